@@ -1,0 +1,944 @@
+//! Configuration: TOML with serde, built-in defaults for every value, environment overrides
+//! (`DULI_SECTION__KEY`), path resolution and a `validate()` whose errors name the key.
+//!
+//! Loading order: built-in defaults ← the file (if any) ← environment. Relative paths in a file
+//! resolve against the file's folder; defaults and environment values resolve against the
+//! working directory.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "DULI_";
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity of this box and where it keeps its data.
+    pub device: DeviceConfig,
+    /// The DICOM service (SCP) and its peers.
+    pub dicom: DicomConfig,
+    /// The inference engine and model.
+    pub inference: InferenceConfig,
+    /// HL7 v2 delivery to the RIS.
+    pub hl7: Hl7Config,
+    /// MQTT delivery to the cloud backend.
+    pub mqtt: MqttConfig,
+    /// PACS destinations for result push and C-MOVE.
+    pub pacs: PacsConfig,
+    /// The console/API listener (also serves `/metrics` and `/healthz`).
+    pub console: ConsoleConfig,
+    /// Retention of pixel data and the disk reserve.
+    pub retention: RetentionConfig,
+}
+
+/// `[device]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// Site identifier (hospital), used in MQTT topics and HL7 MSH-4.
+    pub site_id: String,
+    /// Device identifier, unique within the site.
+    pub device_id: String,
+    /// Folder holding the store, the received files and runtime state.
+    pub data_dir: PathBuf,
+    /// File holding the secret that keys the pseudonyms sent to the cloud
+    /// (default: `<data_dir>/site_secret`, generated on first start).
+    pub site_secret: Option<PathBuf>,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            site_id: "demo-site".into(),
+            device_id: "duli-edge-01".into(),
+            data_dir: PathBuf::from("duli-data"),
+            site_secret: None,
+        }
+    }
+}
+
+/// A permission a DICOM peer may hold.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// C-ECHO (Verification).
+    Echo,
+    /// C-STORE of images.
+    Store,
+    /// C-FIND (query).
+    Find,
+    /// C-MOVE (retrieve to a third AE).
+    Move,
+    /// C-GET (retrieve on the same association).
+    Get,
+}
+
+impl Permission {
+    /// Every permission, the default for a listed peer.
+    pub const ALL: [Permission; 5] = [
+        Permission::Echo,
+        Permission::Store,
+        Permission::Find,
+        Permission::Move,
+        Permission::Get,
+    ];
+}
+
+/// One entry of `[dicom] allowed_peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedPeer {
+    /// Calling AE title of the peer.
+    pub ae_title: String,
+    /// Optional source IP address the peer must connect from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// What the peer may do.
+    #[serde(default = "all_permissions")]
+    pub permissions: Vec<Permission>,
+}
+
+fn all_permissions() -> Vec<Permission> {
+    Permission::ALL.to_vec()
+}
+
+/// `[dicom]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// This appliance's AE title (called AE title peers must use).
+    pub ae_title: String,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Plain DICOM port.
+    pub port: u16,
+    /// UID root for generated UIDs (`2.25.` = UUID-derived).
+    pub uid_root: String,
+    /// Calling AE allow-list; empty accepts any calling AE with every permission.
+    pub allowed_peers: Vec<AllowedPeer>,
+    /// Maximum concurrent associations; over it A-ASSOCIATE-RJ (transient).
+    pub max_associations: usize,
+    /// Maximum PDU length this SCP receives (bytes).
+    pub max_pdu: u32,
+    /// Seconds without a new instance after release before a study is complete
+    /// (0 = complete at release).
+    pub quiet_period: u64,
+    /// Accept any storage SOP class, not only the radiography and result classes.
+    pub accept_any_storage: bool,
+    /// Seconds a new connection may take to send its A-ASSOCIATE-RQ (ARTIM).
+    pub artim_timeout: u64,
+    /// Seconds an association may stay silent before it is aborted.
+    pub idle_timeout: u64,
+    /// Serve DICOM TLS on `tls_port`.
+    pub tls: bool,
+    /// DICOM TLS port.
+    pub tls_port: u16,
+    /// CA bundle (PEM) that client certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// Server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Require a client certificate on DICOM TLS.
+    pub tls_require_client_cert: bool,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        Self {
+            ae_title: "DULI".into(),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 11112,
+            uid_root: "2.25.".into(),
+            allowed_peers: Vec::new(),
+            max_associations: 32,
+            max_pdu: 262_144,
+            quiet_period: 5,
+            accept_any_storage: false,
+            artim_timeout: 30,
+            idle_timeout: 120,
+            tls: false,
+            tls_port: 2762,
+            ca: None,
+            cert: None,
+            key: None,
+            tls_require_client_cert: true,
+        }
+    }
+}
+
+/// `[inference]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Path of the model manifest (`model.toml`).
+    pub model: PathBuf,
+    /// OpenVINO device: CPU, GPU, NPU or AUTO.
+    pub device: String,
+    /// OpenVINO performance hint: LATENCY or THROUGHPUT.
+    pub performance_hint: String,
+    /// Path of `libopenvino_c.so*`; default: `DULI_OPENVINO_LIB` or `.cache/openvino/libs`.
+    pub openvino_lib: Option<PathBuf>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("models/pneumonia-xception/model.toml"),
+            device: "CPU".into(),
+            performance_hint: "LATENCY".into(),
+            openvino_lib: None,
+        }
+    }
+}
+
+/// `[hl7]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hl7Config {
+    /// Send ORU^R01 reports to the RIS.
+    pub enabled: bool,
+    /// RIS MLLP host.
+    pub host: String,
+    /// RIS MLLP port.
+    pub port: u16,
+    /// MLLP over TLS.
+    pub tls: bool,
+    /// CA bundle (PEM) the RIS certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), if the RIS asks for one.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
+    /// MSH-5 receiving application.
+    pub receiving_application: String,
+    /// MSH-6 receiving facility.
+    pub receiving_facility: String,
+    /// Explicit refusals (AE/AR) before a message is dead-lettered.
+    pub max_rejections: u32,
+}
+
+impl Default for Hl7Config {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 2575,
+            tls: false,
+            ca: None,
+            cert: None,
+            key: None,
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSPITAL".into(),
+            max_rejections: 5,
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Publish reports, feedback, status and health to the cloud broker.
+    pub enabled: bool,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS with a client certificate.
+    pub tls: bool,
+    /// Stable client id (persistent session); default `duli-<device_id>`.
+    pub client_id: Option<String>,
+    /// CA bundle (PEM) of the broker.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 8883,
+            tls: true,
+            client_id: None,
+            ca: None,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// One `[[pacs.destinations]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PacsDestination {
+    /// Human name of the destination.
+    pub name: String,
+    /// Its AE title.
+    pub ae_title: String,
+    /// Its host.
+    pub host: String,
+    /// Its DICOM port.
+    pub port: u16,
+    /// Push result objects there by C-STORE.
+    #[serde(default)]
+    pub push: bool,
+    /// Allowed as a C-MOVE destination.
+    #[serde(default, rename = "move")]
+    pub move_: bool,
+}
+
+/// `[pacs]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacsConfig {
+    /// Known PACS/workstation AEs.
+    pub destinations: Vec<PacsDestination>,
+}
+
+/// `[console]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Address of the console/API listener.
+    pub bind: IpAddr,
+    /// Port of the console/API listener.
+    pub port: u16,
+    /// Certificate chain (PEM); generated self-signed when absent.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 8443,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Delete received pixel data after this many days (results are kept); 0 keeps forever.
+    pub pixel_days: u32,
+    /// Free space to keep on the data disk: below it C-STORE answers A700 and the
+    /// oldest delivered pixel data is pruned first.
+    pub disk_reserve_mb: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            pixel_days: 30,
+            disk_reserve_mb: 1024,
+        }
+    }
+}
+
+/// One problem with one configuration key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    /// The key, as `section.key` (or `section.list[i].key`).
+    pub key: String,
+    /// Why the value is not acceptable.
+    pub reason: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML (file or environment) does not parse or has the wrong shape.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the text came from (file path or variable name).
+        origin: String,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// One or more values are invalid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<KeyError>),
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `path` (if given), then `DULI_*` variables
+    /// from `env`, then resolves relative paths and validates.
+    pub fn load<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let mut table = toml::Table::new();
+        let mut file_dir = None;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.message().to_string() + &span_hint(&text, e.span()),
+                })?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            file_dir = Some(if dir.as_os_str().is_empty() {
+                cwd.clone()
+            } else {
+                cwd.join(dir)
+            });
+        }
+        // Paths set in the file resolve against its folder; everything else (defaults and
+        // environment) against the working directory.
+        let file_config: Config = deserialize(table.clone(), path)?;
+        let file_paths = file_config.path_keys_set(&table);
+        apply_env(&mut table, env)?;
+        let mut config: Config = deserialize(table, path)?;
+        config.resolve_paths(&cwd, file_dir.as_deref(), &file_paths);
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Names (`section.key`) of path-valued keys present in the file's table.
+    fn path_keys_set(&self, table: &toml::Table) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (section, value) in table {
+            if let Some(inner) = value.as_table() {
+                for key in inner.keys() {
+                    keys.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        keys
+    }
+
+    fn resolve_paths(&mut self, cwd: &Path, file_dir: Option<&Path>, from_file: &[String]) {
+        let base_for = |key: &str| -> PathBuf {
+            match file_dir {
+                Some(dir) if from_file.iter().any(|k| k == key) => dir.to_path_buf(),
+                _ => cwd.to_path_buf(),
+            }
+        };
+        let fix = |p: &mut PathBuf, key: &str| {
+            if p.is_relative() {
+                *p = base_for(key).join(&*p);
+            }
+        };
+        let fix_opt = |p: &mut Option<PathBuf>, key: &str| {
+            if let Some(p) = p {
+                if p.is_relative() {
+                    *p = base_for(key).join(&*p);
+                }
+            }
+        };
+        fix(&mut self.device.data_dir, "device.data_dir");
+        fix_opt(&mut self.device.site_secret, "device.site_secret");
+        fix_opt(&mut self.dicom.ca, "dicom.ca");
+        fix_opt(&mut self.dicom.cert, "dicom.cert");
+        fix_opt(&mut self.dicom.key, "dicom.key");
+        fix(&mut self.inference.model, "inference.model");
+        fix_opt(&mut self.inference.openvino_lib, "inference.openvino_lib");
+        fix_opt(&mut self.hl7.ca, "hl7.ca");
+        fix_opt(&mut self.hl7.cert, "hl7.cert");
+        fix_opt(&mut self.hl7.key, "hl7.key");
+        fix_opt(&mut self.mqtt.ca, "mqtt.ca");
+        fix_opt(&mut self.mqtt.cert, "mqtt.cert");
+        fix_opt(&mut self.mqtt.key, "mqtt.key");
+        fix_opt(&mut self.console.cert, "console.cert");
+        fix_opt(&mut self.console.key, "console.key");
+    }
+
+    /// Checks every value; returns all problems, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<KeyError>> {
+        let mut errs = Vec::new();
+        let mut bad = |key: &str, reason: String| {
+            errs.push(KeyError {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        check_id(&self.device.site_id, "device.site_id", &mut bad);
+        check_id(&self.device.device_id, "device.device_id", &mut bad);
+        if self.device.data_dir.as_os_str().is_empty() {
+            bad("device.data_dir", "must not be empty".into());
+        }
+        if let Err(r) = check_ae_title(&self.dicom.ae_title) {
+            bad("dicom.ae_title", r);
+        }
+        if self.dicom.port == 0 {
+            bad("dicom.port", "must be between 1 and 65535".into());
+        }
+        if let Err(r) = check_uid_root(&self.dicom.uid_root) {
+            bad("dicom.uid_root", r);
+        }
+        for (i, peer) in self.dicom.allowed_peers.iter().enumerate() {
+            if let Err(r) = check_ae_title(&peer.ae_title) {
+                bad(&format!("dicom.allowed_peers[{i}].ae_title"), r);
+            }
+            if peer.permissions.is_empty() {
+                bad(
+                    &format!("dicom.allowed_peers[{i}].permissions"),
+                    "must list at least one of echo, store, find, move, get".into(),
+                );
+            }
+        }
+        if self.dicom.max_associations == 0 || self.dicom.max_associations > 1024 {
+            bad(
+                "dicom.max_associations",
+                format!(
+                    "must be between 1 and 1024, got {}",
+                    self.dicom.max_associations
+                ),
+            );
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu) {
+            bad(
+                "dicom.max_pdu",
+                format!(
+                    "must be between 4096 and 16777216 bytes, got {}",
+                    self.dicom.max_pdu
+                ),
+            );
+        }
+        if self.dicom.quiet_period > 86_400 {
+            bad(
+                "dicom.quiet_period",
+                "must be at most 86400 seconds".to_string(),
+            );
+        }
+        if self.dicom.artim_timeout == 0 || self.dicom.artim_timeout > 600 {
+            bad(
+                "dicom.artim_timeout",
+                "must be between 1 and 600 seconds".into(),
+            );
+        }
+        if self.dicom.idle_timeout == 0 || self.dicom.idle_timeout > 86_400 {
+            bad(
+                "dicom.idle_timeout",
+                "must be between 1 and 86400 seconds".into(),
+            );
+        }
+        if self.dicom.tls {
+            if self.dicom.tls_port == 0 {
+                bad("dicom.tls_port", "must be between 1 and 65535".into());
+            }
+            if self.dicom.tls_port == self.dicom.port {
+                bad("dicom.tls_port", "must differ from dicom.port".into());
+            }
+            for (key, value) in [
+                ("dicom.cert", &self.dicom.cert),
+                ("dicom.key", &self.dicom.key),
+            ] {
+                match value {
+                    None => bad(key, "required when dicom.tls = true".into()),
+                    Some(p) => check_file(p, key, &mut bad),
+                }
+            }
+            match &self.dicom.ca {
+                None if self.dicom.tls_require_client_cert => bad(
+                    "dicom.ca",
+                    "required when dicom.tls = true and client certificates are required".into(),
+                ),
+                Some(p) => check_file(p, "dicom.ca", &mut bad),
+                None => {}
+            }
+        }
+        if !["CPU", "GPU", "NPU", "AUTO"].contains(&self.inference.device.as_str())
+            && !self.inference.device.starts_with("AUTO:")
+            && !self.inference.device.starts_with("GPU.")
+        {
+            bad(
+                "inference.device",
+                format!(
+                    "must be CPU, GPU, NPU or AUTO, got {:?}",
+                    self.inference.device
+                ),
+            );
+        }
+        if !["LATENCY", "THROUGHPUT"].contains(&self.inference.performance_hint.as_str()) {
+            bad(
+                "inference.performance_hint",
+                format!(
+                    "must be LATENCY or THROUGHPUT, got {:?}",
+                    self.inference.performance_hint
+                ),
+            );
+        }
+        if self.hl7.enabled {
+            if self.hl7.host.trim().is_empty() {
+                bad(
+                    "hl7.host",
+                    "must not be empty when hl7.enabled = true".into(),
+                );
+            }
+            if self.hl7.port == 0 {
+                bad("hl7.port", "must be between 1 and 65535".into());
+            }
+        }
+        if self.hl7.max_rejections == 0 {
+            bad("hl7.max_rejections", "must be at least 1".into());
+        }
+        for (key, value) in [
+            ("hl7.receiving_application", &self.hl7.receiving_application),
+            ("hl7.receiving_facility", &self.hl7.receiving_facility),
+        ] {
+            if value.contains(['|', '^', '~', '\\', '&', '\r', '\n']) {
+                bad(key, "must not contain HL7 delimiters (| ^ ~ \\ &)".into());
+            }
+        }
+        if self.mqtt.enabled {
+            if self.mqtt.host.trim().is_empty() {
+                bad(
+                    "mqtt.host",
+                    "must not be empty when mqtt.enabled = true".into(),
+                );
+            }
+            if self.mqtt.port == 0 {
+                bad("mqtt.port", "must be between 1 and 65535".into());
+            }
+            if self.mqtt.tls {
+                for (key, value) in [
+                    ("mqtt.ca", &self.mqtt.ca),
+                    ("mqtt.cert", &self.mqtt.cert),
+                    ("mqtt.key", &self.mqtt.key),
+                ] {
+                    match value {
+                        None => bad(key, "required when mqtt.tls = true".into()),
+                        Some(p) => check_file(p, key, &mut bad),
+                    }
+                }
+            }
+        }
+        if let Some(id) = &self.mqtt.client_id {
+            if id.is_empty() || id.len() > 64 {
+                bad("mqtt.client_id", "must be 1 to 64 characters".into());
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.pacs.destinations.iter().enumerate() {
+            if d.name.trim().is_empty() {
+                bad(
+                    &format!("pacs.destinations[{i}].name"),
+                    "must not be empty".into(),
+                );
+            } else if !names.insert(d.name.clone()) {
+                bad(
+                    &format!("pacs.destinations[{i}].name"),
+                    format!("duplicate destination name {:?}", d.name),
+                );
+            }
+            if let Err(r) = check_ae_title(&d.ae_title) {
+                bad(&format!("pacs.destinations[{i}].ae_title"), r);
+            }
+            if d.host.trim().is_empty() {
+                bad(
+                    &format!("pacs.destinations[{i}].host"),
+                    "must not be empty".into(),
+                );
+            }
+            if d.port == 0 {
+                bad(
+                    &format!("pacs.destinations[{i}].port"),
+                    "must be between 1 and 65535".into(),
+                );
+            }
+        }
+        if self.console.port == 0 {
+            bad("console.port", "must be between 1 and 65535".into());
+        }
+        if self.console.cert.is_some() != self.console.key.is_some() {
+            bad(
+                "console.cert",
+                "console.cert and console.key must be set together".into(),
+            );
+        }
+        for (key, value) in [
+            ("console.cert", &self.console.cert),
+            ("console.key", &self.console.key),
+        ] {
+            if let Some(p) = value {
+                check_file(p, key, &mut bad);
+            }
+        }
+        if self.retention.pixel_days > 36_500 {
+            bad(
+                "retention.pixel_days",
+                "must be at most 36500 days".to_string(),
+            );
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The effective configuration as TOML (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The MQTT client id in effect.
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("duli-{}", self.device.device_id))
+    }
+
+    /// The site secret file in effect.
+    pub fn site_secret_path(&self) -> PathBuf {
+        self.device
+            .site_secret
+            .clone()
+            .unwrap_or_else(|| self.device.data_dir.join("site_secret"))
+    }
+}
+
+fn deserialize(table: toml::Table, path: Option<&Path>) -> Result<Config, ConfigError> {
+    Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+        origin: path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "configuration".into()),
+        message: e.message().to_string(),
+    })
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Applies `DULI_SECTION__KEY=value` variables to the raw TOML table. Values are parsed as
+/// inline TOML (numbers, booleans, lists, tables); anything that does not parse is a string.
+fn apply_env<I>(table: &mut toml::Table, env: I) -> Result<(), ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let rest = &name[ENV_PREFIX.len()..];
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase();
+        let value = parse_env_value(&raw);
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(inner) = entry.as_table_mut() else {
+            return Err(ConfigError::Parse {
+                origin: name,
+                message: format!("[{section}] is not a table"),
+            });
+        };
+        inner.insert(key, value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Checks an AE title: 1–16 characters of the default repertoire, no backslash or control
+/// characters, not all spaces.
+pub fn check_ae_title(ae: &str) -> Result<(), String> {
+    if ae.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if ae.len() > 16 {
+        return Err(format!("at most 16 characters, got {} ({ae:?})", ae.len()));
+    }
+    if ae
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
+    {
+        return Err(format!(
+            "only printable ASCII without backslash is allowed ({ae:?})"
+        ));
+    }
+    Ok(())
+}
+
+fn check_uid_root(root: &str) -> Result<(), String> {
+    if !root.ends_with('.') {
+        return Err(format!("must end with '.', got {root:?}"));
+    }
+    let body = &root[..root.len() - 1];
+    if body.is_empty()
+        || body.split('.').any(|c| {
+            c.is_empty()
+                || !c.chars().all(|d| d.is_ascii_digit())
+                || (c.len() > 1 && c.starts_with('0'))
+        })
+    {
+        return Err(format!(
+            "must be dot-separated numbers without leading zeros, got {root:?}"
+        ));
+    }
+    if root.len() > 24 {
+        return Err(format!(
+            "at most 24 characters (leaves room for a 40-digit suffix in a 64-character UID), got {}",
+            root.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_id(value: &str, key: &str, bad: &mut impl FnMut(&str, String)) {
+    if value.is_empty() || value.len() > 64 {
+        bad(key, "must be 1 to 64 characters".into());
+    } else if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        bad(
+            key,
+            format!("only letters, digits, '-', '_' and '.' are allowed (used in MQTT topics), got {value:?}"),
+        );
+    }
+}
+
+fn check_file(path: &Path, key: &str, bad: &mut impl FnMut(&str, String)) {
+    if !path.is_file() {
+        bad(key, format!("file {} does not exist", path.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duli.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.dicom.ae_title, "DULI");
+        assert_eq!(c.dicom.port, 11112);
+        assert!(c.dicom.bind.is_loopback());
+        assert!(c.console.bind.is_loopback());
+        assert_eq!(c.console.port, 8443);
+        assert!(c.device.data_dir.is_absolute());
+        assert!(c.device.data_dir.ends_with("duli-data"));
+    }
+
+    #[test]
+    fn env_overrides_scalars_and_lists() {
+        let c = load_str(
+            "[dicom]\nport = 104\n",
+            &[
+                ("DULI_DICOM__PORT", "4242"),
+                ("DULI_DICOM__QUIET_PERIOD", "0"),
+                ("DULI_MQTT__TLS", "false"),
+                ("DULI_DEVICE__SITE_ID", "hospital-a"),
+                (
+                    "DULI_DICOM__ALLOWED_PEERS",
+                    r#"[{ae_title = "MOD1", permissions = ["echo", "store"]}]"#,
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.dicom.port, 4242);
+        assert_eq!(c.dicom.quiet_period, 0);
+        assert!(!c.mqtt.tls);
+        assert_eq!(c.device.site_id, "hospital-a");
+        assert_eq!(c.dicom.allowed_peers[0].ae_title, "MOD1");
+        assert_eq!(
+            c.dicom.allowed_peers[0].permissions,
+            vec![Permission::Echo, Permission::Store]
+        );
+    }
+
+    #[test]
+    fn relative_paths_in_file_resolve_against_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duli.toml");
+        std::fs::write(&path, "[device]\ndata_dir = \"store\"\n").unwrap();
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.device.data_dir, dir.path().join("store"));
+        // a default (not in the file) resolves against the working directory
+        assert!(c
+            .inference
+            .model
+            .starts_with(std::env::current_dir().unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = load_str("[dicom]\nae_titel = \"X\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("ae_titel"), "{err}");
+        let err = load_str("[dicomm]\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("dicomm"), "{err}");
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let err = load_str(
+            "[dicom]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"\nmax_associations = 0\n[inference]\ndevice = \"TPU\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "dicom.ae_title",
+            "dicom.max_associations",
+            "inference.device",
+        ] {
+            assert!(text.contains(key), "{key} missing in {text}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The records every stage shares: received instances, studies and their states, and the
+//! study result that inference produces and delivery sends.
+
+use serde::{Deserialize, Serialize};
+
+/// The life of a study, as INTERFACES.md names it.
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StudyState {
+    /// Instances are arriving (an association is open or the quiet period runs).
+    #[default]
+    Receiving,
+    /// Associations released and the quiet period passed; waiting for inference.
+    Complete,
+    /// Handed to the inference queue.
+    Queued,
+    /// Being analysed.
+    Inferring,
+    /// A result is recorded.
+    Done,
+    /// Analysis failed for the whole study; the reason is recorded.
+    Error,
+}
+
+impl StudyState {
+    /// Every state, in pipeline order.
+    pub const ALL: [StudyState; 6] = [
+        StudyState::Receiving,
+        StudyState::Complete,
+        StudyState::Queued,
+        StudyState::Inferring,
+        StudyState::Done,
+        StudyState::Error,
+    ];
+
+    /// The state's name as used in JSON, metrics and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StudyState::Receiving => "receiving",
+            StudyState::Complete => "complete",
+            StudyState::Queued => "queued",
+            StudyState::Inferring => "inferring",
+            StudyState::Done => "done",
+            StudyState::Error => "error",
+        }
+    }
+}
+
+/// One stored DICOM instance, as the index keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct InstanceRecord {
+    /// SOP Instance UID (the key).
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Series Instance UID.
+    pub series_instance_uid: String,
+    /// Transfer syntax the data set is stored in (as received).
+    pub transfer_syntax: String,
+    /// Path of the Part 10 file, relative to the data directory.
+    pub path: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Receive time, seconds since the Unix epoch.
+    pub received_at: i64,
+    /// Calling AE title of the sender (empty for files found by reindex).
+    pub source_ae: String,
+    /// Modality (0008,0060).
+    pub modality: String,
+    /// Series Number (0020,0011).
+    pub series_number: Option<i64>,
+    /// Instance Number (0020,0013).
+    pub instance_number: Option<i64>,
+    /// Series Description (0008,103E).
+    pub series_description: String,
+    /// Body Part Examined (0018,0015).
+    pub body_part: String,
+    /// View Position (0018,5101).
+    pub view_position: String,
+    /// Image Laterality / Patient Orientation are not needed yet; rows and columns are.
+    pub rows: Option<u32>,
+    /// Columns (0028,0011).
+    pub columns: Option<u32>,
+    /// Whether the pixel data file was pruned by retention (the record stays).
+    #[serde(default)]
+    pub pruned: bool,
+}
+
+/// Patient and study attributes of a study (from its instances, first non-empty wins,
+/// later instances fill gaps), plus its state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StudyRecord {
+    /// Study Instance UID (the key).
+    pub study_instance_uid: String,
+    /// Patient ID (0010,0020).
+    pub patient_id: String,
+    /// Patient's Name (0010,0010), UTF-8.
+    pub patient_name: String,
+    /// Patient's Birth Date (0010,0030), YYYYMMDD.
+    pub patient_birth_date: String,
+    /// Patient's Sex (0010,0040).
+    pub patient_sex: String,
+    /// Accession Number (0008,0050).
+    pub accession_number: String,
+    /// Study Date (0008,0020), YYYYMMDD.
+    pub study_date: String,
+    /// Study Time (0008,0030).
+    pub study_time: String,
+    /// Study Description (0008,1030).
+    pub study_description: String,
+    /// Study ID (0020,0010).
+    pub study_id: String,
+    /// Referring Physician's Name (0008,0090).
+    pub referring_physician: String,
+    /// Modalities seen in the study.
+    pub modalities: Vec<String>,
+    /// Number of instances in the index.
+    pub instances: u64,
+    /// First instance received, seconds since the epoch.
+    pub first_received: i64,
+    /// Last instance received, seconds since the epoch.
+    pub last_received: i64,
+    /// Pipeline state.
+    pub state: StudyState,
+    /// Why the study is in `error`, when it is.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Version of the latest result (0 = none yet).
+    #[serde(default)]
+    pub result_version: u32,
+}

@@ -1,0 +1,319 @@
+//! The file area: received instances as DICOM Part 10 files under the data directory.
+//!
+//! An instance is streamed into a temp file as its P-DATA arrives ([`IncomingFile`]), with
+//! write-behind (the kernel is asked to start writeback every few MiB, so the final fsync
+//! is short), then fsync'd and renamed into `files/<study>/<instance>.dcm` with an fsync of
+//! the directory ([`FileArea::place`]). A file is either complete under `files/` or absent;
+//! leftovers in `tmp/` are removed at start-up.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes written between two write-behind requests.
+const WRITE_BEHIND_CHUNK: u64 = 4 * 1024 * 1024;
+
+/// The folders of the data directory that hold DICOM files.
+#[derive(Debug, Clone)]
+pub struct FileArea {
+    root: PathBuf,
+    files: PathBuf,
+    tmp: PathBuf,
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl FileArea {
+    /// Opens (creating) `files/` and `tmp/` under `root`, and removes temp leftovers of a
+    /// previous run (they were never acknowledged).
+    pub fn open(root: &Path) -> io::Result<FileArea> {
+        let files = root.join("files");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&files)?;
+        fs::create_dir_all(&tmp)?;
+        for entry in fs::read_dir(&tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(FileArea {
+            root: root.to_path_buf(),
+            files,
+            tmp,
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder that holds the placed files.
+    pub fn files_dir(&self) -> &Path {
+        &self.files
+    }
+
+    /// Starts a new temp file.
+    pub fn incoming(&self) -> io::Result<IncomingFile> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}-{seq}.part", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&path)?;
+        Ok(IncomingFile {
+            file: Some(file),
+            path,
+            written: 0,
+            behind_from: 0,
+        })
+    }
+
+    /// Where the file of an instance lives, relative to the data directory.
+    pub fn relative_path(study_uid: &str, sop_uid: &str) -> PathBuf {
+        PathBuf::from("files")
+            .join(safe_component(study_uid))
+            .join(format!("{}.dcm", safe_component(sop_uid)))
+    }
+
+    /// Moves a finished temp file to its place (replacing an earlier copy of the same
+    /// instance) and makes the rename durable. Returns the path relative to the root.
+    pub fn place(
+        &self,
+        mut staged: StagedFile,
+        study_uid: &str,
+        sop_uid: &str,
+    ) -> io::Result<PathBuf> {
+        let rel = Self::relative_path(study_uid, sop_uid);
+        let dest = self.root.join(&rel);
+        let dir = dest.parent().unwrap_or(&self.files).to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir)?;
+            sync_dir(&self.files)?;
+        }
+        fs::rename(&staged.path, &dest)?;
+        staged.placed = true;
+        sync_dir(&dir)?;
+        Ok(rel)
+    }
+
+    /// Removes a placed file (retention) and syncs its folder; removes the folder when empty.
+    pub fn remove(&self, rel: &Path) -> io::Result<()> {
+        let path = self.root.join(rel);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = path.parent() {
+            if fs::remove_dir(dir).is_err() {
+                sync_dir(dir)?;
+            } else {
+                sync_dir(&self.files)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every placed file, for `reindex`.
+    pub fn walk(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for study in fs::read_dir(&self.files)? {
+            let study = study?;
+            if !study.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(study.path())? {
+                let f = f?;
+                if f.file_type()?.is_file() && f.path().extension().is_some_and(|e| e == "dcm") {
+                    out.push(f.path());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Free bytes on the file system of the data directory.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+}
+
+/// A UID is digits and dots; anything else (hostile input) is replaced by a hash so it can
+/// never name another path.
+fn safe_component(uid: &str) -> String {
+    let ok = !uid.is_empty()
+        && uid.len() <= 64
+        && uid.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && !uid.starts_with('.');
+    if ok {
+        uid.to_string()
+    } else {
+        let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
+        format!("x{}", hex::encode(&d.as_ref()[..16]))
+    }
+}
+
+/// fsync of a directory, so that a rename or create in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A temp file being written; removed on drop unless finished.
+#[derive(Debug)]
+pub struct IncomingFile {
+    file: Option<File>,
+    path: PathBuf,
+    written: u64,
+    behind_from: u64,
+}
+
+impl IncomingFile {
+    /// Appends bytes, and asks the kernel to start writing back each full chunk.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("file already finished"))?;
+        file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if self.written - self.behind_from >= WRITE_BEHIND_CHUNK {
+            start_writeback(file, self.behind_from, self.written - self.behind_from);
+            self.behind_from = self.written;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// The temp path (for parsing the header before placing).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes the data to disk (fdatasync). Blocking: call from a blocking context.
+    pub fn finish(mut self) -> io::Result<StagedFile> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("file already finished"))?;
+        file.sync_data()?;
+        Ok(StagedFile {
+            path: std::mem::take(&mut self.path),
+            size: self.written,
+            placed: false,
+        })
+    }
+}
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() && !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is valid for the
+    // lifetime of `file`. It starts writeback without waiting, so the final fsync is short.
+    unsafe {
+        nix::libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            nix::libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// A complete, fsync'd temp file waiting to be placed; removed on drop unless placed.
+#[derive(Debug)]
+pub struct StagedFile {
+    path: PathBuf,
+    size: u64,
+    placed: bool,
+}
+
+impl StagedFile {
+    /// The temp path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_file_is_placed_and_temp_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = FileArea::open(dir.path()).unwrap();
+        let mut f = area.incoming().unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..9 {
+            f.write(&chunk).unwrap();
+        }
+        assert_eq!(f.len(), 9 << 20);
+        let tmp = f.path().to_path_buf();
+        let staged = f.finish().unwrap();
+        let rel = area.place(staged, "1.2.3", "1.2.3.4").unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(fs::metadata(dir.path().join(&rel)).unwrap().len(), 9 << 20);
+        assert_eq!(area.walk().unwrap(), vec![dir.path().join(rel)]);
+    }
+
+    #[test]
+    fn dropped_incoming_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = FileArea::open(dir.path()).unwrap();
+        let mut f = area.incoming().unwrap();
+        f.write(b"partial").unwrap();
+        let tmp = f.path().to_path_buf();
+        drop(f);
+        assert!(!tmp.exists());
+        assert!(area.walk().unwrap().is_empty());
+    }
+
+    #[test]
+    fn hostile_uids_cannot_escape_the_area() {
+        let rel = FileArea::relative_path("../../etc", "passwd");
+        let s = rel.to_string_lossy();
+        assert!(!s.contains(".."), "{s}");
+        assert!(rel.starts_with("files"));
+    }
+}

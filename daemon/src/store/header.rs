@@ -1,0 +1,152 @@
+//! Reads the header of a stored Part 10 file (everything before Pixel Data) into the index
+//! records. Text is decoded per Specific Character Set (dicom-rs does this while parsing), so
+//! Latin-1 and UTF-8 names reach the index as UTF-8.
+
+use crate::model::{InstanceRecord, StudyRecord};
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use std::path::Path;
+
+/// Why a file's header could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// Not a parseable DICOM file.
+    #[error("cannot parse DICOM data: {0}")]
+    Parse(String),
+    /// A required attribute is missing or empty.
+    #[error("required attribute {0} is missing or empty")]
+    Missing(&'static str),
+}
+
+/// What the index needs from one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// The instance's record (path, size and times are filled in by the caller).
+    pub instance: InstanceRecord,
+    /// The patient/study attributes of the instance's study.
+    pub study: StudyRecord,
+}
+
+/// Parses the header of the Part 10 file at `path`.
+pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| HeaderError::Parse(e.to_string()))?;
+    from_object(&obj)
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| clean(&s)))
+        .unwrap_or_default()
+}
+
+/// Trims DICOM padding (spaces and NULs) from a text value.
+fn clean(s: &str) -> String {
+    s.trim_matches(|c: char| c == ' ' || c == '\0').to_string()
+}
+
+fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<i64>().ok())
+}
+
+fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
+    let meta = obj.meta();
+    let sop_instance_uid = {
+        let v = text(obj, tags::SOP_INSTANCE_UID);
+        if v.is_empty() {
+            clean(&meta.media_storage_sop_instance_uid)
+        } else {
+            v
+        }
+    };
+    let sop_class_uid = {
+        let v = text(obj, tags::SOP_CLASS_UID);
+        if v.is_empty() {
+            clean(&meta.media_storage_sop_class_uid)
+        } else {
+            v
+        }
+    };
+    let study_instance_uid = text(obj, tags::STUDY_INSTANCE_UID);
+    let series_instance_uid = text(obj, tags::SERIES_INSTANCE_UID);
+    if sop_instance_uid.is_empty() {
+        return Err(HeaderError::Missing("SOP Instance UID (0008,0018)"));
+    }
+    if study_instance_uid.is_empty() {
+        return Err(HeaderError::Missing("Study Instance UID (0020,000D)"));
+    }
+    if series_instance_uid.is_empty() {
+        return Err(HeaderError::Missing("Series Instance UID (0020,000E)"));
+    }
+    let modality = text(obj, tags::MODALITY);
+    let instance = InstanceRecord {
+        sop_instance_uid,
+        sop_class_uid,
+        study_instance_uid: study_instance_uid.clone(),
+        series_instance_uid,
+        transfer_syntax: clean(&meta.transfer_syntax),
+        modality: modality.clone(),
+        series_number: int(obj, tags::SERIES_NUMBER),
+        instance_number: int(obj, tags::INSTANCE_NUMBER),
+        series_description: text(obj, tags::SERIES_DESCRIPTION),
+        body_part: text(obj, tags::BODY_PART_EXAMINED),
+        view_position: text(obj, tags::VIEW_POSITION),
+        rows: int(obj, tags::ROWS).and_then(|v| u32::try_from(v).ok()),
+        columns: int(obj, tags::COLUMNS).and_then(|v| u32::try_from(v).ok()),
+        ..Default::default()
+    };
+    let study = StudyRecord {
+        study_instance_uid,
+        patient_id: text(obj, tags::PATIENT_ID),
+        patient_name: text(obj, tags::PATIENT_NAME),
+        patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(obj, tags::PATIENT_SEX),
+        accession_number: text(obj, tags::ACCESSION_NUMBER),
+        study_date: text(obj, tags::STUDY_DATE),
+        study_time: text(obj, tags::STUDY_TIME),
+        study_description: text(obj, tags::STUDY_DESCRIPTION),
+        study_id: text(obj, tags::STUDY_ID),
+        referring_physician: text(obj, tags::REFERRING_PHYSICIAN_NAME),
+        modalities: if modality.is_empty() {
+            Vec::new()
+        } else {
+            vec![modality]
+        },
+        ..Default::default()
+    };
+    Ok(Header { instance, study })
+}
+
+/// Fills the gaps of `into` with the values of `from` (first non-empty wins), and merges the
+/// modality lists.
+pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) {
+    let pairs: [(&mut String, &String); 10] = [
+        (&mut into.patient_id, &from.patient_id),
+        (&mut into.patient_name, &from.patient_name),
+        (&mut into.patient_birth_date, &from.patient_birth_date),
+        (&mut into.patient_sex, &from.patient_sex),
+        (&mut into.accession_number, &from.accession_number),
+        (&mut into.study_date, &from.study_date),
+        (&mut into.study_time, &from.study_time),
+        (&mut into.study_description, &from.study_description),
+        (&mut into.study_id, &from.study_id),
+        (&mut into.referring_physician, &from.referring_physician),
+    ];
+    for (a, b) in pairs {
+        if a.is_empty() && !b.is_empty() {
+            a.clone_from(b);
+        }
+    }
+    for m in &from.modalities {
+        if !into.modalities.contains(m) {
+            into.modalities.push(m.clone());
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The embedded store: Part 10 files under `files/` ([`files`]) and an index in sled
+//! (instances, studies with their state, and the trees later stages keep: results, outbox,
+//! users, audit).
+//!
+//! sled is beta, so it stays behind this module: the index carries a schema version, can be
+//! rebuilt from the files ([`Store::reindex`], also automatic when the index is missing or
+//! unreadable), and every acknowledgement waits for [`Store::flush`].
+
+pub mod files;
+pub mod header;
+
+use crate::model::{InstanceRecord, StudyRecord, StudyState};
+use files::FileArea;
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Version of the index layout; bumped when the record formats change incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: &str = "meta";
+const INSTANCES: &str = "instances";
+const STUDIES: &str = "studies";
+const STUDY_INSTANCES: &str = "study_instances";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The index database failed.
+    #[error("index: {0}")]
+    Index(#[from] sled::Error),
+    /// The store is held by another process (normally the running daemon).
+    #[error("the store at {0} is in use by another process (is the daemon running?)")]
+    Locked(PathBuf),
+    /// A record in the index cannot be decoded.
+    #[error("index record {key} is corrupt: {reason}")]
+    Corrupt {
+        /// The key of the record.
+        key: String,
+        /// The decoding error.
+        reason: String,
+    },
+    /// The index was written by a newer version of the software.
+    #[error("index schema version {found} is newer than this software's {SCHEMA_VERSION}")]
+    SchemaTooNew {
+        /// The version found on disk.
+        found: u32,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+/// What committing an instance changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceCommit {
+    /// The instance was not in the index before (a resend replaces without counting).
+    pub new_instance: bool,
+    /// The study record after the commit.
+    pub study: StudyRecord,
+}
+
+/// What a reindex found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReindexReport {
+    /// Files indexed.
+    pub indexed: u64,
+    /// Studies in the rebuilt index.
+    pub studies: u64,
+    /// Files that could not be parsed (left in place, listed in the log).
+    pub unreadable: u64,
+}
+
+/// The store of one data directory. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    instances: sled::Tree,
+    studies: sled::Tree,
+    study_instances: sled::Tree,
+    files: FileArea,
+    count: AtomicU64,
+}
+
+impl Store {
+    /// Opens the store in `data_dir`, creating it when new. An index that is missing (with
+    /// files present) or unreadable is rebuilt from the files; a broken one is kept aside
+    /// as `index.broken-<time>` for inspection.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(io_err(format!(
+            "create data directory {}",
+            data_dir.display()
+        )))?;
+        let files = FileArea::open(data_dir)
+            .map_err(io_err(format!("open file area in {}", data_dir.display())))?;
+        let index_dir = data_dir.join("index");
+        let existed = index_dir.exists();
+        let (db, rebuild) = match open_db(&index_dir) {
+            Ok(db) => (db, !existed),
+            Err(StoreError::Locked(p)) => return Err(StoreError::Locked(p)),
+            Err(e) => {
+                let aside = data_dir.join(format!("index.broken-{}", crate::clock::now_secs()));
+                log::error!(
+                    "index at {} is unreadable ({e}); keeping it as {} and rebuilding from the files",
+                    index_dir.display(),
+                    aside.display()
+                );
+                std::fs::rename(&index_dir, &aside)
+                    .map_err(io_err("move the broken index aside"))?;
+                (open_db(&index_dir)?, true)
+            }
+        };
+        let store = Store {
+            meta: db.open_tree(META)?,
+            instances: db.open_tree(INSTANCES)?,
+            studies: db.open_tree(STUDIES)?,
+            study_instances: db.open_tree(STUDY_INSTANCES)?,
+            db,
+            files,
+            count: AtomicU64::new(0),
+        };
+        match store.schema_version()? {
+            None => store
+                .meta
+                .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                .map(|_| ())?,
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+            Some(_) => {}
+        }
+        let has_files = store
+            .files
+            .walk()
+            .map(|f| !f.is_empty())
+            .map_err(io_err("list stored files"))?;
+        if rebuild && has_files {
+            let report = store.reindex()?;
+            log::warn!(
+                "index rebuilt from files: {} instances in {} studies, {} unreadable",
+                report.indexed,
+                report.studies,
+                report.unreadable
+            );
+        }
+        store
+            .count
+            .store(store.instances.len() as u64, Ordering::Relaxed);
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    fn schema_version(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self.meta.get("schema_version")?.and_then(|v| {
+            let b: [u8; 4] = v.as_ref().try_into().ok()?;
+            Some(u32::from_be_bytes(b))
+        }))
+    }
+
+    /// The file area.
+    pub fn files(&self) -> &FileArea {
+        &self.files
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        self.files.root()
+    }
+
+    /// A named tree for a later stage's records (results, outbox, users, audit).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// The underlying database, for multi-tree transactions of later stages.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Number of instances in the index.
+    pub fn instance_count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Makes everything committed so far durable. Concurrent callers share the work of
+    /// one flush where they overlap.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking flush, for commands and shutdown.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records an instance and updates its study, in one transaction. Not durable until
+    /// [`Store::flush`].
+    pub fn commit_instance(
+        &self,
+        instance: &InstanceRecord,
+        study_attrs: &StudyRecord,
+    ) -> Result<InstanceCommit, StoreError> {
+        let inst_key = instance.sop_instance_uid.as_bytes();
+        let study_key = instance.study_instance_uid.as_bytes();
+        let link_key = link_key(&instance.study_instance_uid, &instance.sop_instance_uid);
+        let inst_val = encode(instance);
+        let result = (&self.instances, &self.studies, &self.study_instances).transaction(
+            |(instances, studies, links)| {
+                let previous = instances.insert(inst_key, inst_val.as_slice())?;
+                let new_instance = previous.is_none();
+                // A resend may move an instance to another study: unlink the old one.
+                if let Some(prev) = &previous {
+                    if let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) {
+                        if prev.study_instance_uid != instance.study_instance_uid {
+                            links.remove(link_key_bytes(
+                                &prev.study_instance_uid,
+                                &prev.sop_instance_uid,
+                            ))?;
+                        }
+                    }
+                }
+                let mut study = match studies.get(study_key)? {
+                    Some(v) => serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
+                        ConflictableTransactionError::Abort(StoreError::Corrupt {
+                            key: instance.study_instance_uid.clone(),
+                            reason: e.to_string(),
+                        })
+                    })?,
+                    None => StudyRecord {
+                        study_instance_uid: instance.study_instance_uid.clone(),
+                        first_received: instance.received_at,
+                        ..Default::default()
+                    },
+                };
+                header::merge_study(&mut study, study_attrs);
+                if links.insert(link_key.as_slice(), &[])?.is_none() {
+                    study.instances += 1;
+                }
+                study.last_received = study.last_received.max(instance.received_at);
+                // New data reopens a study that was already analysed (result version n+1).
+                study.state = StudyState::Receiving;
+                study.error = None;
+                studies.insert(study_key, encode(&study))?;
+                Ok(InstanceCommit {
+                    new_instance,
+                    study,
+                })
+            },
+        );
+        let commit = unwrap_tx(result)?;
+        if commit.new_instance {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(commit)
+    }
+
+    /// One instance by SOP Instance UID.
+    pub fn instance(&self, sop_uid: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        get_json(&self.instances, sop_uid)
+    }
+
+    /// One study by Study Instance UID.
+    pub fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, StoreError> {
+        get_json(&self.studies, study_uid)
+    }
+
+    /// Every study (unordered).
+    pub fn studies(&self) -> Result<Vec<StudyRecord>, StoreError> {
+        self.studies
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The instances of a study, in (series number, instance number) order.
+    pub fn instances_of(&self, study_uid: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut prefix = study_uid.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.study_instances.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let sop = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
+            if let Some(rec) = self.instance(&sop)? {
+                out.push(rec);
+            }
+        }
+        out.sort_by_key(|r| {
+            (
+                r.series_number.unwrap_or(i64::MAX),
+                r.instance_number.unwrap_or(i64::MAX),
+            )
+        });
+        Ok(out)
+    }
+
+    /// Sets a study's state (and error reason). Returns the updated record, or `None` when
+    /// the study is unknown. Not durable until [`Store::flush`].
+    pub fn set_study_state(
+        &self,
+        study_uid: &str,
+        state: StudyState,
+        error: Option<String>,
+    ) -> Result<Option<StudyRecord>, StoreError> {
+        self.update_study(study_uid, |s| {
+            s.state = state;
+            s.error = error.clone();
+        })
+    }
+
+    /// Changes a study record atomically with `f`.
+    pub fn update_study(
+        &self,
+        study_uid: &str,
+        f: impl Fn(&mut StudyRecord),
+    ) -> Result<Option<StudyRecord>, StoreError> {
+        let mut failed = None;
+        let out = self.studies.update_and_fetch(study_uid.as_bytes(), |old| {
+            let old = old?;
+            match serde_json::from_slice::<StudyRecord>(old) {
+                Ok(mut rec) => {
+                    f(&mut rec);
+                    Some(encode(&rec))
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        if let Some(reason) = failed {
+            return Err(StoreError::Corrupt {
+                key: study_uid.to_string(),
+                reason,
+            });
+        }
+        out.map(|v| decode(study_uid.as_bytes(), &v)).transpose()
+    }
+
+    /// Counts studies per state.
+    pub fn study_state_counts(&self) -> Result<Vec<(StudyState, u64)>, StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        for s in StudyState::ALL {
+            counts.insert(s, 0u64);
+        }
+        for s in self.studies()? {
+            *counts.entry(s.state).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    /// Rebuilds the instance and study index from the files. Study states of studies that
+    /// were known are kept; new ones start as `complete` (their associations are long gone).
+    pub fn reindex(&self) -> Result<ReindexReport, StoreError> {
+        let old_states: std::collections::HashMap<String, StudyRecord> = self
+            .studies()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.study_instance_uid.clone(), s))
+            .collect();
+        self.instances.clear()?;
+        self.studies.clear()?;
+        self.study_instances.clear()?;
+        self.count.store(0, Ordering::Relaxed);
+        let mut report = ReindexReport::default();
+        let root = self.root().to_path_buf();
+        for path in self.files.walk().map_err(io_err("list stored files"))? {
+            match header::read_header(&path) {
+                Ok(h) => {
+                    let meta = std::fs::metadata(&path).map_err(io_err("stat stored file"))?;
+                    let mut inst = h.instance;
+                    inst.path = path
+                        .strip_prefix(&root)
+                        .unwrap_or(&path)
+                        .to_string_lossy()
+                        .to_string();
+                    inst.size = meta.len();
+                    inst.received_at = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0);
+                    self.commit_instance(&inst, &h.study)?;
+                    report.indexed += 1;
+                }
+                Err(e) => {
+                    log::warn!("reindex: {} skipped: {e}", path.display());
+                    report.unreadable += 1;
+                }
+            }
+        }
+        for study in self.studies()? {
+            let uid = study.study_instance_uid.clone();
+            let (state, error, version) = match old_states.get(&uid) {
+                Some(old) => (old.state, old.error.clone(), old.result_version),
+                None => (StudyState::Complete, None, 0),
+            };
+            self.update_study(&uid, |s| {
+                s.state = state;
+                s.error = error.clone();
+                s.result_version = version;
+            })?;
+            report.studies += 1;
+        }
+        self.db.flush()?;
+        Ok(report)
+    }
+}
+
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    match sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+    {
+        Ok(db) => Ok(db),
+        Err(sled::Error::Io(e)) if is_lock_error(&e) => Err(StoreError::Locked(dir.to_path_buf())),
+        Err(e) => Err(StoreError::Index(e)),
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().contains("lock")
+        || e.raw_os_error() == Some(nix::libc::EWOULDBLOCK)
+}
+
+fn link_key(study: &str, sop: &str) -> Vec<u8> {
+    link_key_bytes(study, sop)
+}
+
+fn link_key_bytes(study: &str, sop: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(study.len() + sop.len() + 1);
+    k.extend_from_slice(study.as_bytes());
+    k.push(0);
+    k.extend_from_slice(sop.as_bytes());
+    k
+}
+
+/// Serializes a record as JSON bytes.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain records cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Deserializes a record, naming its key on failure.
+pub fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads one JSON record from a tree.
+pub fn get_json<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    tree.get(key.as_bytes())?
+        .map(|v| decode(key.as_bytes(), &v))
+        .transpose()
+}
+
+fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Index(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(study: &str, sop: &str) -> InstanceRecord {
+        InstanceRecord {
+            sop_instance_uid: sop.into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: format!("{study}.1"),
+            received_at: 100,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn commit_counts_new_instances_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let attrs = StudyRecord {
+                patient_name: "João Conceição".into(),
+                ..Default::default()
+            };
+            let c = store
+                .commit_instance(&inst("1.2", "1.2.1"), &attrs)
+                .unwrap();
+            assert!(c.new_instance);
+            let c = store
+                .commit_instance(&inst("1.2", "1.2.1"), &attrs)
+                .unwrap();
+            assert!(!c.new_instance);
+            assert_eq!(c.study.instances, 1);
+            store
+                .commit_instance(&inst("1.2", "1.2.2"), &attrs)
+                .unwrap();
+            assert_eq!(store.instance_count(), 2);
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance_count(), 2);
+        let s = store.study("1.2").unwrap().unwrap();
+        assert_eq!(s.patient_name, "João Conceição");
+        assert_eq!(s.instances, 2);
+        assert_eq!(store.instances_of("1.2").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn second_process_sees_the_store_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        // sled locks the database file per process; a second open in the same process
+        // is also refused, which is what a second `duli` process sees.
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked(_)) => {}
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+}
