@@ -3,10 +3,32 @@
 //! Modules in the order a study flows through them:
 //!
 //! - [`config`]: the TOML configuration, its defaults, environment overrides and validation.
-//! - [`model`]: the records every stage shares (instances, studies, states).
+//! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS.
+//! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
+//! - [`receive`]: the SCP — listener, associations, the Verification and Storage services.
 //! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
-//! - [`clock`]: time helpers.
+//! - [`assemble`]: decides when a study is complete and hands it to the next stage.
+//! - [`model`]: the records every stage shares (instances, studies, states).
+//! - [`web`]: the console listener — health and Prometheus metrics.
+//! - [`metrics`]: counters and histograms in the Prometheus text format.
+//! - [`control`]: the local socket through which CLI commands reach a running daemon.
+//! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
+//! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
+//! - [`demo`]: the newcomer's first run.
+//! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
+pub mod assemble;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod dimse;
+pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod notify;
+pub mod receive;
+pub mod scu;
 pub mod store;
+pub mod ul;
+pub mod web;

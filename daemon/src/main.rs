@@ -1,1 +1,222 @@
-fn main() {}
+//! The `duli` command line: the daemon and the technician's tools.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use duli::config::Config;
+use duli::control::{self, Request, Response};
+use duli::scu::{self, Target};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "duli", version, about = "DULI Edge: on-premises chest X-ray AI appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (built-in defaults without --config: loopback only, data in ./duli-data).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the daemon on defaults, send the sample X-rays to it and show what was recorded.
+    Demo {
+        /// Exit 0 once every sample is recorded (for CI) instead of running until Ctrl-C.
+        #[arg(long)]
+        exit_after_report: bool,
+        /// Folder of sample DICOM files (default: ../shared/data/cxr-samples/dicom/explicit-le).
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Configuration file (TOML); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// C-ECHO a DICOM peer: AET@HOST:PORT.
+    Echo {
+        /// The peer, as AET@HOST:PORT.
+        target: String,
+        /// Our calling AE title.
+        #[arg(long, default_value = "DULI")]
+        calling_ae: String,
+        /// Number of echoes.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+    },
+    /// C-STORE files and folders to a DICOM peer: AET@HOST:PORT PATH...
+    Send {
+        /// The peer, as AET@HOST:PORT.
+        target: String,
+        /// Files or folders (searched recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Our calling AE title.
+        #[arg(long, default_value = "DULI")]
+        calling_ae: String,
+        /// Parallel associations.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        parallel: usize,
+    },
+    /// Rebuild the instance index from the stored files.
+    Reindex {
+        /// Configuration file (for the data directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show instance and study counts from the store.
+    Status {
+        /// Configuration file (for the data directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
+    Config::load(path, std::env::vars()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn store_command(config: Option<PathBuf>, req: Request) -> Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let resp = runtime()?.block_on(control::run_request(&cfg.device.data_dir, req))?;
+    match resp {
+        Response::Ok { data } => {
+            println!("{}", serde_json::to_string_pretty(&data)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    duli::logging::init();
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = load_config(config.as_deref())?;
+            runtime()?.block_on(duli::daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            exit_after_report,
+            samples,
+            config,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            runtime()?.block_on(duli::demo::run(cfg, samples, exit_after_report))
+        }
+        Command::CheckConfig { config } => match Config::load(Some(&config), std::env::vars()) {
+            Ok(cfg) => {
+                println!("# {}: valid\n{}", config.display(), cfg.to_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Echo {
+            target,
+            calling_ae,
+            repeat,
+        } => {
+            let target: Target = target.parse()?;
+            let rt = runtime()?;
+            for i in 0..repeat.max(1) {
+                match rt.block_on(scu::echo(&target, &calling_ae)) {
+                    Ok(rtt) => println!(
+                        "C-ECHO {} to {target}: Success in {:.2} ms",
+                        i + 1,
+                        rtt.as_secs_f64() * 1e3
+                    ),
+                    Err(e) => {
+                        eprintln!("C-ECHO to {target} failed: {e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            target,
+            paths,
+            calling_ae,
+            parallel,
+        } => {
+            let target: Target = target.parse()?;
+            let files = scu::collect_files(&paths);
+            let mut prepared = Vec::new();
+            let mut skipped = 0;
+            for f in files {
+                match scu::prepare(&f) {
+                    Ok(p) => prepared.push(p),
+                    Err(e) => {
+                        eprintln!("skipped: {e}");
+                        skipped += 1;
+                    }
+                }
+            }
+            if prepared.is_empty() {
+                eprintln!("no DICOM files to send");
+                return Ok(ExitCode::FAILURE);
+            }
+            let started = std::time::Instant::now();
+            let results = runtime()?.block_on(scu::send(&target, &calling_ae, prepared, parallel));
+            let elapsed = started.elapsed().as_secs_f64();
+            let mut ok = 0;
+            let mut bytes = 0u64;
+            for r in &results {
+                match &r.outcome {
+                    Ok(0) => {
+                        ok += 1;
+                        bytes += r.bytes;
+                    }
+                    Ok(s) => eprintln!("{}: status {s:04X}", r.path.display()),
+                    Err(e) => eprintln!("{}: {e}", r.path.display()),
+                }
+            }
+            println!(
+                "sent {ok}/{} file(s) to {target} ({:.1} MB in {elapsed:.2} s, {:.1} MB/s){}",
+                results.len(),
+                bytes as f64 / 1e6,
+                bytes as f64 / 1e6 / elapsed.max(1e-9),
+                if skipped > 0 { format!(", {skipped} skipped") } else { String::new() }
+            );
+            Ok(if ok == results.len() && skipped == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Reindex { config } => store_command(config, Request::Reindex),
+        Command::Status { config } => store_command(config, Request::Status),
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Study assembly: decides when a study is complete and hands it to the next stage.
+//!
+//! A study is complete when no association that brought it is still open and no instance
+//! has arrived for `quiet_period` (0 = at release). Completion is recorded in the store
+//! (state `complete`, flushed) before the study UID is sent on the output channel, so a
+//! restart never loses a completion: at start-up, studies still `receiving` are re-armed
+//! from their last receive time, and `complete` ones are handed on again.
+
+use crate::model::StudyState;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// What the receive side tells the tracker.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An instance of `study` was stored by association `assoc`.
+    Stored {
+        /// Association id.
+        assoc: u64,
+        /// Study Instance UID.
+        study: String,
+    },
+    /// Association `assoc` ended (released or aborted).
+    AssociationEnded {
+        /// Association id.
+        assoc: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    open_assocs: std::collections::HashSet<u64>,
+    last_instance: Option<Instant>,
+}
+
+/// Tracks studies being received; run it with [`StudyTracker::run`].
+#[derive(Debug)]
+pub struct StudyTracker {
+    store: Arc<Store>,
+    quiet: Duration,
+    studies: HashMap<String, Pending>,
+    out: mpsc::Sender<String>,
+}
+
+impl StudyTracker {
+    /// A tracker that completes studies after `quiet` and sends their UIDs to `out`.
+    pub fn new(store: Arc<Store>, quiet: Duration, out: mpsc::Sender<String>) -> Self {
+        StudyTracker {
+            store,
+            quiet,
+            studies: HashMap::new(),
+            out,
+        }
+    }
+
+    /// Re-arms studies left `receiving` by a previous run and re-sends `complete` ones.
+    async fn recover(&mut self) {
+        let studies = match self.store.studies() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("assembly: cannot list studies at start-up: {e}");
+                return;
+            }
+        };
+        let now_secs = crate::clock::now_secs();
+        for s in studies {
+            match s.state {
+                StudyState::Receiving => {
+                    let age = Duration::from_secs(now_secs.saturating_sub(s.last_received).max(0) as u64);
+                    let last = Instant::now()
+                        .checked_sub(age)
+                        .unwrap_or_else(Instant::now);
+                    self.studies.insert(
+                        s.study_instance_uid.clone(),
+                        Pending {
+                            open_assocs: Default::default(),
+                            last_instance: Some(last),
+                        },
+                    );
+                }
+                StudyState::Complete | StudyState::Queued | StudyState::Inferring => {
+                    // Handed on before the restart but not finished: hand on again.
+                    if self.out.send(s.study_instance_uid.clone()).await.is_err() {
+                        return;
+                    }
+                }
+                StudyState::Done | StudyState::Error => {}
+            }
+        }
+    }
+
+    fn deadline(&self, p: &Pending) -> Option<Instant> {
+        if !p.open_assocs.is_empty() {
+            return None;
+        }
+        p.last_instance.map(|t| t + self.quiet)
+    }
+
+    /// Processes events until `events` closes (shutdown), completing studies as their
+    /// quiet periods end.
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        self.recover().await;
+        loop {
+            let next = self
+                .studies
+                .values()
+                .filter_map(|p| self.deadline(p))
+                .min();
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Event::Stored { assoc, study }) => {
+                        let p = self.studies.entry(study).or_default();
+                        p.open_assocs.insert(assoc);
+                        p.last_instance = Some(Instant::now());
+                    }
+                    Some(Event::AssociationEnded { assoc }) => {
+                        for p in self.studies.values_mut() {
+                            p.open_assocs.remove(&assoc);
+                        }
+                    }
+                    None => return,
+                },
+                _ = sleep => {}
+            }
+            self.complete_due().await;
+        }
+    }
+
+    async fn complete_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .studies
+            .iter()
+            .filter(|(_, p)| self.deadline(p).is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for uid in due {
+            self.studies.remove(&uid);
+            let updated = self.store.update_study(&uid, |s| {
+                if s.state == StudyState::Receiving {
+                    s.state = StudyState::Complete;
+                }
+            });
+            match updated {
+                Ok(Some(s)) if s.state == StudyState::Complete => {
+                    if let Err(e) = self.store.flush().await {
+                        log::error!("assembly: cannot record completion of {uid}: {e}");
+                        continue;
+                    }
+                    log::info!(
+                        "study {uid} complete ({} instances, patient {:?})",
+                        s.instances,
+                        s.patient_id
+                    );
+                    if self.out.send(uid).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::error!("assembly: cannot update study {uid}: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InstanceRecord, StudyRecord};
+
+    #[tokio::test]
+    async fn completes_after_release_and_quiet_period_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let inst = InstanceRecord {
+            sop_instance_uid: "1.2.3.1".into(),
+            study_instance_uid: "1.2.3".into(),
+            received_at: crate::clock::now_secs(),
+            ..Default::default()
+        };
+        store.commit_instance(&inst, &StudyRecord::default()).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (etx, erx) = mpsc::channel(4);
+        let tracker = StudyTracker::new(store.clone(), Duration::from_millis(200), tx);
+        let task = tokio::spawn(tracker.run(erx));
+        etx.send(Event::Stored { assoc: 1, study: "1.2.3".into() }).await.unwrap();
+        // still open: nothing completes
+        assert!(tokio::time::timeout(Duration::from_millis(400), rx.recv()).await.is_err());
+        let released = Instant::now();
+        etx.send(Event::AssociationEnded { assoc: 1 }).await.unwrap();
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(uid, "1.2.3");
+        assert!(released.elapsed() >= Duration::from_millis(150));
+        assert_eq!(store.study("1.2.3").unwrap().unwrap().state, StudyState::Complete);
+        drop(etx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn receiving_study_from_a_previous_run_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let inst = InstanceRecord {
+            sop_instance_uid: "9.1".into(),
+            study_instance_uid: "9".into(),
+            received_at: crate::clock::now_secs() - 60,
+            ..Default::default()
+        };
+        store.commit_instance(&inst, &StudyRecord::default()).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_etx, erx) = mpsc::channel(4);
+        tokio::spawn(StudyTracker::new(store.clone(), Duration::from_secs(5), tx).run(erx));
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(uid, "9");
+    }
+}

@@ -1,0 +1,240 @@
+//! The local control socket: `duli` commands that read or change the store work whether
+//! or not the daemon runs. The store admits one process, so a command first asks the
+//! running daemon over `<data_dir>/duli.sock` (mode 0600, and the peer's uid must be the
+//! daemon's or root), and opens the store itself when no daemon answers.
+//!
+//! Wire format: one JSON [`Request`] line, one JSON [`Response`] line.
+
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// File name of the socket inside the data directory.
+pub const SOCKET_NAME: &str = "duli.sock";
+
+/// A command for the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Rebuild the instance index from the files.
+    Reindex,
+    /// Counts of instances and studies per state.
+    Status,
+    /// List studies.
+    Studies,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; `data` is the command's result.
+    Ok {
+        /// The result as JSON.
+        data: serde_json::Value,
+    },
+    /// Failed; `message` says why.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Path of the socket in a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// Runs a request against an open store (in the daemon, or in the CLI when no daemon runs).
+pub fn execute(store: &Store, req: &Request) -> Response {
+    let result: Result<serde_json::Value, StoreError> = match req {
+        Request::Reindex => store
+            .reindex()
+            .map(|r| serde_json::to_value(r).unwrap_or_default()),
+        Request::Status => store.study_state_counts().map(|counts| {
+            let mut studies = serde_json::Map::new();
+            for (s, n) in counts {
+                studies.insert(s.as_str().to_string(), n.into());
+            }
+            serde_json::json!({
+                "instances": store.instance_count(),
+                "studies": studies,
+            })
+        }),
+        Request::Studies => store
+            .studies()
+            .map(|s| serde_json::to_value(s).unwrap_or_default()),
+    };
+    match result {
+        Ok(data) => Response::Ok { data },
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Serves the control socket until the task is dropped.
+pub async fn serve(store: Arc<Store>, listener: UnixListener) {
+    let my_uid = nix::unistd::getuid().as_raw();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == my_uid || cred.uid() == 0 => {}
+            Ok(cred) => {
+                log::warn!(
+                    "control socket: refused uid {} (only {my_uid} and root)",
+                    cred.uid()
+                );
+                continue;
+            }
+            Err(e) => {
+                log::warn!("control socket: cannot read peer credentials: {e}");
+                continue;
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(store, stream).await {
+                log::warn!("control socket: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(store: Arc<Store>, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r.take(64 * 1024));
+    reader.read_line(&mut line).await?;
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            log::info!("control: {req:?}");
+            tokio::task::spawn_blocking(move || execute(&store, &req))
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    message: format!("command failed: {e}"),
+                })
+        }
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+/// Binds the socket (replacing a stale one) with mode 0600.
+pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Why the CLI could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Talking to the daemon failed mid-way.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The daemon answered something unreadable.
+    #[error("control socket: unreadable answer: {0}")]
+    Decode(String),
+    /// Opening the store directly failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Sends a request to the running daemon; `Ok(None)` when no daemon listens.
+pub async fn ask_daemon(data_dir: &Path, req: &Request) -> Result<Option<Response>, ClientError> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(source) => return Err(ClientError::Io { path, source }),
+    };
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let (r, mut w) = stream.into_split();
+    let mut msg = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+    msg.push(b'\n');
+    w.write_all(&msg).await.map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await.map_err(io)?;
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Runs a request through the daemon when it runs, else on the store opened here.
+pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, ClientError> {
+    if let Some(resp) = ask_daemon(data_dir, &req).await? {
+        return Ok(resp);
+    }
+    let dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open(&dir)?;
+        let resp = execute(&store, &req);
+        store.flush_blocking()?;
+        Ok(resp)
+    })
+    .await
+    .map_err(|e| ClientError::Decode(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_goes_through_the_socket_when_a_daemon_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let listener = bind(dir.path()).unwrap();
+        let mode = std::fs::metadata(socket_path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let task = tokio::spawn(serve(store.clone(), listener));
+        // The store is held by this process: only the socket path can answer.
+        let resp = run_request(dir.path(), Request::Status).await.unwrap();
+        match resp {
+            Response::Ok { data } => assert_eq!(data["instances"], 0),
+            other => panic!("{other:?}"),
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn without_a_daemon_the_store_is_opened_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let resp = run_request(dir.path(), Request::Reindex).await.unwrap();
+        assert!(matches!(resp, Response::Ok { .. }), "{resp:?}");
+    }
+}

@@ -1,0 +1,218 @@
+//! `duli run`: wires the stages together and owns the process lifecycle — start-up in
+//! dependency order, sd_notify readiness and watchdog, and on SIGTERM/SIGINT a graceful
+//! stop (no new associations, in-flight ones finish up to a deadline, store flushed).
+
+use crate::assemble::StudyTracker;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::receive::{self, Scp};
+use crate::store::Store;
+use crate::{control, notify, web};
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How long in-flight associations may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Handles of a running daemon (used by `duli run` and `duli demo`).
+pub struct Running {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The DICOM port actually bound.
+    pub dicom_addr: SocketAddr,
+    /// The console port actually bound.
+    pub console_addr: SocketAddr,
+    /// Completed study UIDs, for the next stage.
+    pub completed: Option<mpsc::Receiver<String>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops everything gracefully and flushes the store.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
+            .await
+            .context("flush task")?
+            .context("final flush of the store")?;
+        Ok(())
+    }
+}
+
+/// Starts every stage on `config` and returns once all listeners are bound.
+pub async fn start(config: &Config) -> Result<Running> {
+    let data_dir = config.device.data_dir.clone();
+    let store = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .context("store open task")?
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?
+    };
+    let store = Arc::new(store);
+    log::info!(
+        "store open at {}: {} instances",
+        data_dir.display(),
+        store.instance_count()
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Assembly: stored instances -> completed studies.
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (completed_tx, completed_rx) = mpsc::channel(256);
+    let tracker = StudyTracker::new(
+        store.clone(),
+        Duration::from_secs(config.dicom.quiet_period),
+        completed_tx,
+    );
+    let tracker_task = tokio::spawn(tracker.run(events_rx));
+
+    // DICOM listeners.
+    let scp = Arc::new(Scp::new(
+        receive::policy::policy(config),
+        store.clone(),
+        metrics.clone(),
+        events_tx,
+        Duration::from_secs(config.dicom.artim_timeout),
+        Duration::from_secs(config.dicom.idle_timeout),
+        config.dicom.max_associations,
+        config.retention.disk_reserve_mb * 1024 * 1024,
+    ));
+    let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for DICOM on {addr} (dicom.bind, dicom.port)"))?;
+    let dicom_addr = listener.local_addr()?;
+    tasks.push(tokio::spawn(receive::server::serve(
+        listener,
+        None,
+        scp.clone(),
+        shutdown_rx.clone(),
+        SHUTDOWN_GRACE,
+    )));
+    if config.dicom.tls {
+        let (cert, key) = match (&config.dicom.cert, &config.dicom.key) {
+            (Some(c), Some(k)) => (c, k),
+            _ => anyhow::bail!("dicom.cert and dicom.key are required when dicom.tls = true"),
+        };
+        let tls = crate::ul::tls::server_config(
+            cert,
+            key,
+            config.dicom.ca.as_deref(),
+            config.dicom.tls_require_client_cert,
+        )
+        .context("DICOM TLS (dicom.cert, dicom.key, dicom.ca)")?;
+        let addr = SocketAddr::new(config.dicom.bind, config.dicom.tls_port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for DICOM TLS on {addr} (dicom.bind, dicom.tls_port)")
+        })?;
+        log::info!("DICOM TLS listening on {}", listener.local_addr()?);
+        tasks.push(tokio::spawn(receive::server::serve(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+            scp.clone(),
+            shutdown_rx.clone(),
+            SHUTDOWN_GRACE,
+        )));
+    }
+
+    // Console listener (health and metrics).
+    let addr = SocketAddr::new(config.console.bind, config.console.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for the console on {addr} (console.bind, console.port)"))?;
+    let console_addr = listener.local_addr()?;
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(web::serve(
+        listener,
+        web::WebState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        },
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    )));
+
+    // Local control socket for the CLI.
+    let control_listener = control::bind(&data_dir)
+        .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
+    let control_task = tokio::spawn(control::serve(store.clone(), control_listener));
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        control_task.abort();
+        let _ = std::fs::remove_file(control::socket_path(&data_dir));
+    }));
+
+    // The tracker ends when the SCP (holder of its event sender) is gone.
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        drop(scp);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), tracker_task).await;
+    }));
+
+    log::info!(
+        "DICOM SCP {:?} listening on {dicom_addr}; console on http://{console_addr}",
+        config.dicom.ae_title
+    );
+    Ok(Running {
+        store,
+        metrics,
+        dicom_addr,
+        console_addr,
+        completed: Some(completed_rx),
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// `duli run`: starts, notifies systemd, runs until SIGTERM/SIGINT, stops gracefully.
+pub async fn run(config: Config) -> Result<()> {
+    let mut running = start(&config).await?;
+    // Until inference is wired, completed studies are only logged.
+    if let Some(mut completed) = running.completed.take() {
+        tokio::spawn(async move { while completed.recv().await.is_some() {} });
+    }
+    notify::notify("READY=1");
+    if let Some(interval) = notify::watchdog_interval() {
+        tokio::spawn(async move {
+            loop {
+                notify::notify("WATCHDOG=1");
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+    wait_for_signal().await?;
+    log::info!("stopping: no new associations, finishing open ones");
+    notify::notify("STOPPING=1");
+    running.stop().await?;
+    log::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+    Ok(())
+}
+

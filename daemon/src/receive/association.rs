@@ -1,0 +1,212 @@
+//! One association's life after A-ASSOCIATE-AC: reads PDUs (idle timeout), reassembles
+//! DIMSE messages from P-DATA fragments, dispatches them to the services, answers, and ends
+//! on A-RELEASE, A-ABORT, a protocol violation or shutdown.
+
+use super::server::{abort_pdu, pdu_name, Stream};
+use super::store::Incoming;
+use super::{echo, Scp};
+use crate::dimse::assembler::{Assembler, Event};
+use crate::dimse::command::{Command, CommandField};
+use crate::dimse::status;
+use crate::ul::framing::{self, FramingError, PduReader};
+use crate::ul::negotiate::Accepted;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use tokio::sync::watch;
+
+/// The message currently being received.
+enum Current {
+    /// Between messages.
+    Idle,
+    /// A C-STORE whose data set is arriving.
+    Store {
+        rq: Command,
+        incoming: Box<Incoming>,
+    },
+}
+
+/// Writes DIMSE responses as P-DATA.
+pub struct Responder {
+    scratch: Vec<u8>,
+    peer_max_pdu: u32,
+}
+
+impl Responder {
+    /// A responder for a peer that accepts PDUs up to `peer_max_pdu`.
+    pub fn new(peer_max_pdu: u32) -> Self {
+        Responder {
+            scratch: Vec::with_capacity(1024),
+            peer_max_pdu,
+        }
+    }
+
+    /// Sends a command set (no data set) on a presentation context.
+    pub async fn command<S: Stream + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        pc_id: u8,
+        cmd: &Command,
+    ) -> std::io::Result<()> {
+        let bytes = crate::dimse::command::encode(cmd);
+        // Command sets are small; split only if the peer's PDU limit demands it.
+        let max = (self.peer_max_pdu as usize).saturating_sub(6).max(64);
+        let chunks: Vec<&[u8]> = bytes.chunks(max).collect();
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let pdu = Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc_id,
+                    value_type: PDataValueType::Command,
+                    is_last: i + 1 == n,
+                    data: chunk.to_vec(),
+                }],
+            };
+            framing::write(stream, &mut self.scratch, &pdu).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the association to its end; returns a line for the log.
+pub async fn run(
+    id: u64,
+    scp: &Scp,
+    accepted: Accepted,
+    peer: SocketAddr,
+    mut stream: Box<dyn Stream>,
+    mut reader: PduReader,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
+    let contexts: HashMap<u8, (String, String)> = accepted
+        .contexts
+        .iter()
+        .map(|c| (c.id, (c.abstract_syntax.clone(), c.transfer_syntax.clone())))
+        .collect();
+    let mut assembler = Assembler::new(contexts.keys().copied().collect());
+    let mut responder = Responder::new(accepted.peer_max_pdu);
+    let mut scratch = Vec::new();
+    let mut current = Current::Idle;
+    let mut stored = 0u64;
+    let calling = accepted.calling_ae.clone();
+    loop {
+        let pdu = tokio::select! {
+            r = tokio::time::timeout(scp.idle, reader.read(&mut stream)) => r,
+            _ = shutdown.wait_for(|s| *s), if matches!(current, Current::Idle) => {
+                // Between messages at shutdown: nothing is half-received, abort now.
+                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                return format!("aborted at shutdown after {stored} instance(s)");
+            }
+        };
+        let pdu = match pdu {
+            Err(_) => {
+                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                return format!("idle for {:?}; aborted after {stored} instance(s)", scp.idle);
+            }
+            Ok(Err(FramingError::Closed)) => {
+                return format!("connection closed by {calling:?} without release after {stored} instance(s)")
+            }
+            Ok(Err(e)) => {
+                scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                return format!("{e}; aborted after {stored} instance(s)");
+            }
+            Ok(Ok(p)) => p,
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    let len = pdv.data.len() as u64;
+                    let event = match assembler.feed(pdv) {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                            return format!("protocol error from {calling:?} at {peer}: {e}; aborted");
+                        }
+                    };
+                    match event {
+                        None => {}
+                        Some(Event::Command { pc_id, command }) => {
+                            let Some((abstract_syntax, ts)) = contexts.get(&pc_id) else {
+                                continue;
+                            };
+                            match command.field {
+                                CommandField::CEchoRq => {
+                                    let rsp = echo::respond(&command);
+                                    if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                        return "connection lost while answering C-ECHO".into();
+                                    }
+                                }
+                                CommandField::CStoreRq if command.has_data_set() => {
+                                    let sop_class = command.affected_sop_class_uid.clone().unwrap_or_default();
+                                    let sop_class = if sop_class.is_empty() { abstract_syntax.clone() } else { sop_class };
+                                    let incoming = Incoming::begin(
+                                        scp,
+                                        &sop_class,
+                                        command.affected_sop_instance_uid.as_deref().unwrap_or_default(),
+                                        ts,
+                                        &calling,
+                                    );
+                                    current = Current::Store {
+                                        rq: command,
+                                        incoming: Box::new(incoming),
+                                    };
+                                }
+                                CommandField::CCancelRq => {}
+                                _ => {
+                                    // A request we do not serve on this association.
+                                    if let Some(rsp) = Command::failure_response(&command, status::UNRECOGNIZED_OPERATION) {
+                                        if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                            return "connection lost".into();
+                                        }
+                                    }
+                                    if command.has_data_set() {
+                                        scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                                        let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                                        return format!("unsupported request {:?} with a data set; aborted", command.field);
+                                    }
+                                }
+                            }
+                        }
+                        Some(Event::Data { pc_id, bytes, last }) => {
+                            scp.metrics.bytes_received_total.fetch_add(len, Ordering::Relaxed);
+                            if let Current::Store { incoming, .. } = &mut current {
+                                incoming.write(&bytes);
+                            }
+                            if last {
+                                if let Current::Store { rq, incoming } = std::mem::replace(&mut current, Current::Idle) {
+                                    let outcome = incoming.finish(scp, &calling).await;
+                                    if let Some(study) = &outcome.study {
+                                        stored += 1;
+                                        let _ = scp
+                                            .events
+                                            .send(crate::assemble::Event::Stored { assoc: id, study: study.clone() })
+                                            .await;
+                                    }
+                                    let rsp = Command::store_rsp(&rq, outcome.status, outcome.comment.as_deref());
+                                    if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                        return "connection lost while answering C-STORE".into();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Pdu::ReleaseRQ => {
+                let _ = framing::write(&mut stream, &mut scratch, &Pdu::ReleaseRP).await;
+                return format!("released by {calling:?} after {stored} instance(s)");
+            }
+            Pdu::AbortRQ { .. } => {
+                return format!("aborted by {calling:?} after {stored} instance(s)");
+            }
+            other => {
+                scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                return format!("unexpected {} from {calling:?}; aborted", pdu_name(&other));
+            }
+        }
+    }
+}

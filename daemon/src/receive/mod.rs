@@ -1,0 +1,83 @@
+//! The receive stage: the DICOM SCP that modalities send to.
+//!
+//! - [`policy`]: what is offered (SOP classes, transfer syntaxes) built from the config.
+//! - [`server`]: the listener, ARTIM timer, association cap and graceful shutdown.
+//! - [`association`]: one association's PDU loop, dispatching DIMSE messages to services.
+//! - [`echo`] and [`store`]: the Verification and Storage services.
+
+pub mod association;
+pub mod echo;
+pub mod policy;
+pub mod server;
+pub mod store;
+
+use crate::assemble;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::ul::negotiate::Policy;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A check run before accepting an instance; `Some(reason)` refuses it with A700 (out of
+/// resources), e.g. when the outbox is full.
+pub type Admission = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Everything the SCP's tasks share.
+pub struct Scp {
+    /// Negotiation policy.
+    pub policy: Policy,
+    /// The store instances go to.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where stored instances are reported for study assembly.
+    pub events: mpsc::Sender<assemble::Event>,
+    /// ARTIM timeout: a connection must associate within it.
+    pub artim: Duration,
+    /// Idle timeout of an open association.
+    pub idle: Duration,
+    /// Cap on concurrent associations.
+    pub max_associations: usize,
+    /// Free bytes to keep on the data disk; below it C-STORE answers A700.
+    pub disk_reserve: u64,
+    /// Extra admission checks (outbox bound, …).
+    pub admission: Vec<Admission>,
+    pub(crate) active: AtomicUsize,
+    pub(crate) next_id: AtomicU64,
+}
+
+impl Scp {
+    /// A new SCP context.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: Policy,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        events: mpsc::Sender<assemble::Event>,
+        artim: Duration,
+        idle: Duration,
+        max_associations: usize,
+        disk_reserve: u64,
+    ) -> Scp {
+        Scp {
+            policy,
+            store,
+            metrics,
+            events,
+            artim,
+            idle,
+            max_associations,
+            disk_reserve,
+            admission: Vec::new(),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Associations open now.
+    pub fn active(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,229 @@
+//! The listener: accepts TCP (and TLS) connections, enforces the ARTIM timer and the
+//! association cap, runs each association on its own task, and on shutdown stops
+//! accepting, lets in-flight associations finish up to a deadline, then aborts the rest.
+
+use super::association;
+use super::Scp;
+use crate::ul::framing::{self, PduReader};
+use crate::ul::negotiate::{self, reject_busy};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Connections that have not associated yet, beyond which new ones are closed at once
+/// (so a flood of idle sockets cannot exhaust file descriptors).
+const MAX_PENDING_CONNECTIONS: usize = 512;
+
+/// A byte stream an association runs on (TCP or TLS).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Serves `listener` until `shutdown` turns true, then drains associations for up to
+/// `grace` and aborts what is left.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    scp: Arc<Scp>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut tasks = JoinSet::new();
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kind = if tls.is_some() { "DICOM TLS" } else { "DICOM" };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("{kind} accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if pending.load(Ordering::Relaxed) >= MAX_PENDING_CONNECTIONS {
+                    log::warn!("{peer}: closed at once, {MAX_PENDING_CONNECTIONS} connections are still negotiating");
+                    continue;
+                }
+                let _ = tcp.set_nodelay(true);
+                let scp = scp.clone();
+                let tls = tls.clone();
+                let shutdown = shutdown.clone();
+                let pending = pending.clone();
+                tasks.spawn(async move {
+                    pending.fetch_add(1, Ordering::Relaxed);
+                    connection(tcp, peer, tls, scp, shutdown, pending).await;
+                });
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let open = tasks.len();
+    if open > 0 {
+        log::info!("{kind}: waiting up to {grace:?} for {open} connection(s) to finish");
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!(
+            "{kind}: {} connection(s) still open after {grace:?}; aborting them",
+            tasks.len()
+        );
+        tasks.shutdown().await;
+    }
+}
+
+/// Counts a negotiating connection until dropped.
+struct PendingGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    scp: Arc<Scp>,
+    shutdown: watch::Receiver<bool>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let guard = PendingGuard(pending);
+    let artim = scp.artim;
+    // The ARTIM timer covers the TLS handshake and the A-ASSOCIATE-RQ.
+    let stream: Box<dyn Stream> = match tls {
+        Some(acceptor) => match tokio::time::timeout(artim, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => Box::new(s),
+            Ok(Err(e)) => {
+                log::warn!("{peer}: TLS handshake failed: {e}");
+                scp.metrics.associations_rejected_total.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                log::warn!("{peer}: no TLS handshake within {artim:?} (ARTIM); closed");
+                return;
+            }
+        },
+        None => Box::new(tcp),
+    };
+    let mut stream = stream;
+    let mut reader = PduReader::new(scp.policy.max_pdu);
+    let mut scratch = Vec::new();
+    let rq = match tokio::time::timeout(artim, reader.read(&mut stream)).await {
+        Err(_) => {
+            log::info!("{peer}: no A-ASSOCIATE-RQ within {artim:?} (ARTIM); closed");
+            return;
+        }
+        Ok(Err(framing::FramingError::Closed)) => return,
+        Ok(Err(e)) => {
+            log::warn!("{peer}: before association: {e}; aborting");
+            scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+            return;
+        }
+        Ok(Ok(Pdu::AssociationRQ(rq))) => rq,
+        Ok(Ok(other)) => {
+            log::warn!(
+                "{peer}: expected A-ASSOCIATE-RQ, got {}; aborting",
+                pdu_name(&other)
+            );
+            scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+            return;
+        }
+    };
+    drop(guard);
+
+    // Claim a slot; over the cap the rejection is transient (try again later).
+    let active = scp.active.fetch_add(1, Ordering::SeqCst) + 1;
+    let slot = ActiveGuard(scp.clone());
+    if active > scp.max_associations {
+        let rj = reject_busy(active - 1);
+        log::warn!(
+            "{peer}: association from {:?} rejected: {}",
+            rq.calling_ae_title.trim(),
+            rj.reason
+        );
+        scp.metrics.associations_rejected_total.fetch_add(1, Ordering::Relaxed);
+        let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
+        return;
+    }
+    let accepted = match negotiate::negotiate(&rq, peer.ip(), &scp.policy) {
+        Ok(a) => a,
+        Err(rj) => {
+            log::warn!(
+                "{peer}: association from {:?} rejected: {}",
+                rq.calling_ae_title.trim(),
+                rj.reason
+            );
+            scp.metrics.associations_rejected_total.fetch_add(1, Ordering::Relaxed);
+            let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
+            return;
+        }
+    };
+    if framing::write(&mut stream, &mut scratch, &Pdu::AssociationAC(accepted.ac.clone()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    scp.metrics.associations_total.fetch_add(1, Ordering::Relaxed);
+    scp.metrics.associations_active.fetch_add(1, Ordering::Relaxed);
+    let id = scp.next_id.fetch_add(1, Ordering::Relaxed);
+    log::info!(
+        "association {id} from {:?} at {peer}: {} presentation context(s) accepted",
+        accepted.calling_ae,
+        accepted.contexts.len()
+    );
+    let outcome =
+        association::run(id, &scp, accepted, peer, stream, reader, shutdown).await;
+    scp.metrics.associations_active.fetch_sub(1, Ordering::Relaxed);
+    let _ = scp
+        .events
+        .send(crate::assemble::Event::AssociationEnded { assoc: id })
+        .await;
+    log::info!("association {id}: {outcome}");
+    drop(slot);
+}
+
+/// Releases an association slot when dropped.
+struct ActiveGuard(Arc<Scp>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An A-ABORT from the service provider.
+pub fn abort_pdu() -> Pdu {
+    Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::UnexpectedPdu),
+    }
+}
+
+/// A short name of a PDU for log lines.
+pub fn pdu_name(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::Unknown { .. } => "an unknown PDU",
+        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
+        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
+        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
+        Pdu::PData { .. } => "P-DATA-TF",
+        Pdu::ReleaseRQ => "A-RELEASE-RQ",
+        Pdu::ReleaseRP => "A-RELEASE-RP",
+        Pdu::AbortRQ { .. } => "A-ABORT",
+    }
+}

@@ -1,0 +1,433 @@
+//! Association negotiation as a pure function: an A-ASSOCIATE-RQ, the peer's address and
+//! the SCP's policy in; an A-ASSOCIATE-AC with the accepted presentation contexts, or an
+//! A-ASSOCIATE-RJ with the reason the standard prescribes, out.
+
+use crate::config::{AllowedPeer, Permission};
+use dicom_ul::pdu::{
+    AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
+    AssociationRJSource, AssociationRQ, PresentationContextResult,
+    PresentationContextResultReason, RequestorRoles, UserVariableItem,
+};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// The DICOM application context name.
+pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+/// Our implementation class UID (under the 2.25 UUID arc).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.235116404853385516095640263962349632719";
+/// Our implementation version name (at most 16 characters).
+pub const IMPLEMENTATION_VERSION: &str = "DULI_EDGE_010";
+/// Most presentation contexts one association may propose (ids are odd 1..=255).
+pub const MAX_PRESENTATION_CONTEXTS: usize = 128;
+
+/// What the SCP accepts.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Our AE title; the called AE title must match it.
+    pub ae_title: String,
+    /// Calling AE allow-list; empty accepts anyone with every permission.
+    pub allowed_peers: Vec<AllowedPeer>,
+    /// Abstract syntaxes offered, each with the permission it needs.
+    pub abstract_syntaxes: Vec<(String, Permission)>,
+    /// Accept any storage SOP class (needs the `store` permission).
+    pub accept_any_storage: bool,
+    /// Transfer syntaxes accepted for storage, in our preference order.
+    pub transfer_syntaxes: Vec<String>,
+    /// Our maximum P-DATA PDU length.
+    pub max_pdu: u32,
+    /// SOP classes for which the requestor may take the SCP role (C-GET sub-operations).
+    pub scp_role_classes: Vec<String>,
+}
+
+/// One accepted presentation context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedContext {
+    /// Presentation context id.
+    pub id: u8,
+    /// Abstract syntax (SOP class) UID.
+    pub abstract_syntax: String,
+    /// The transfer syntax chosen.
+    pub transfer_syntax: String,
+}
+
+/// The result of a successful negotiation.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The A-ASSOCIATE-AC to send.
+    pub ac: AssociationAC,
+    /// The contexts that were accepted.
+    pub contexts: Vec<AcceptedContext>,
+    /// Calling AE title (trimmed).
+    pub calling_ae: String,
+    /// Largest P-DATA PDU the peer accepts (0 in the RQ = unlimited, capped here).
+    pub peer_max_pdu: u32,
+    /// Permissions the peer holds.
+    pub permissions: HashSet<Permission>,
+    /// SOP classes for which the peer accepted the SCP role (C-GET).
+    pub peer_scp_classes: HashSet<String>,
+}
+
+/// The result of a refused negotiation.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// The A-ASSOCIATE-RJ to send.
+    pub rj: AssociationRJ,
+    /// A log line explaining why.
+    pub reason: String,
+}
+
+fn reject(result: AssociationRJResult, source: AssociationRJSource, reason: String) -> Rejected {
+    Rejected {
+        rj: AssociationRJ { result, source },
+        reason,
+    }
+}
+
+/// Rejection when the association cap is reached: transient, local limit exceeded.
+pub fn reject_busy(active: usize) -> Rejected {
+    reject(
+        AssociationRJResult::Transient,
+        AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+        format!("association limit reached ({active} active)"),
+    )
+}
+
+/// Whether a transfer syntax UID is one of the storage classes' (any `1.2.840.10008.5.1.4.1.1.`).
+fn is_storage_class(uid: &str) -> bool {
+    uid.starts_with("1.2.840.10008.5.1.4.1.1.")
+}
+
+/// Negotiates an association request against `policy`.
+pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Accepted, Rejected> {
+    let calling = rq.calling_ae_title.trim().to_string();
+    let called = rq.called_ae_title.trim().to_string();
+    if rq.protocol_version & 1 == 0 {
+        return Err(reject(
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceProviderASCE(
+                AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+            ),
+            format!("protocol version {} not supported", rq.protocol_version),
+        ));
+    }
+    if rq.application_context_name.trim_end_matches('\0') != APPLICATION_CONTEXT {
+        return Err(reject(
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
+            ),
+            format!(
+                "application context {:?} not supported",
+                rq.application_context_name
+            ),
+        ));
+    }
+    if called != policy.ae_title {
+        return Err(reject(
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            ),
+            format!(
+                "called AE title {called:?} is not ours ({:?})",
+                policy.ae_title
+            ),
+        ));
+    }
+    let permissions: HashSet<Permission> = if policy.allowed_peers.is_empty() {
+        Permission::ALL.into_iter().collect()
+    } else {
+        match policy
+            .allowed_peers
+            .iter()
+            .find(|p| p.ae_title == calling && p.address.is_none_or(|a| a == peer))
+        {
+            Some(p) => p.permissions.iter().copied().collect(),
+            None => {
+                return Err(reject(
+                    AssociationRJResult::Permanent,
+                    AssociationRJSource::ServiceUser(
+                        AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                    ),
+                    format!("calling AE title {calling:?} from {peer} is not in allowed_peers"),
+                ))
+            }
+        }
+    };
+    if rq.presentation_contexts.is_empty()
+        || rq.presentation_contexts.len() > MAX_PRESENTATION_CONTEXTS
+    {
+        return Err(reject(
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+            format!(
+                "{} presentation contexts proposed (1 to {MAX_PRESENTATION_CONTEXTS} allowed)",
+                rq.presentation_contexts.len()
+            ),
+        ));
+    }
+
+    let mut peer_max_pdu = 16_384;
+    let mut requested_roles = Vec::new();
+    for item in &rq.user_variables {
+        match item {
+            UserVariableItem::MaxLength(0) => peer_max_pdu = 16 * 1024 * 1024,
+            UserVariableItem::MaxLength(n) => peer_max_pdu = (*n).clamp(1024, 16 * 1024 * 1024),
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => {
+                requested_roles.push((uid.trim_end_matches('\0').to_string(), roles.clone()))
+            }
+            _ => {}
+        }
+    }
+
+    let mut contexts = Vec::new();
+    let mut results = Vec::new();
+    let mut seen_ids = HashSet::new();
+    for pc in &rq.presentation_contexts {
+        let abstract_syntax = pc.abstract_syntax.trim_end_matches('\0').to_string();
+        let offered: Vec<String> = pc
+            .transfer_syntaxes
+            .iter()
+            .map(|t| t.trim_end_matches('\0').to_string())
+            .collect();
+        let needed = policy
+            .abstract_syntaxes
+            .iter()
+            .find(|(uid, _)| *uid == abstract_syntax)
+            .map(|(_, p)| *p)
+            .or_else(|| {
+                (policy.accept_any_storage && is_storage_class(&abstract_syntax))
+                    .then_some(Permission::Store)
+            });
+        let reason = if pc.id % 2 == 0 || !seen_ids.insert(pc.id) {
+            // even or duplicate ids are protocol errors: refuse the context
+            Some(PresentationContextResultReason::NoReason)
+        } else {
+            match needed {
+                None => Some(PresentationContextResultReason::AbstractSyntaxNotSupported),
+                Some(p) if !permissions.contains(&p) => Some(PresentationContextResultReason::UserRejection),
+                Some(_) => None,
+            }
+        };
+        let chosen = match reason {
+            Some(_) => None,
+            None => choose_transfer_syntax(&abstract_syntax, &offered, policy),
+        };
+        match (reason, chosen) {
+            (None, Some(ts)) => {
+                results.push(PresentationContextResult {
+                    id: pc.id,
+                    reason: PresentationContextResultReason::Acceptance,
+                    transfer_syntax: ts.clone(),
+                });
+                contexts.push(AcceptedContext {
+                    id: pc.id,
+                    abstract_syntax,
+                    transfer_syntax: ts,
+                });
+            }
+            (reason, _) => results.push(PresentationContextResult {
+                id: pc.id,
+                reason: reason.unwrap_or(PresentationContextResultReason::TransferSyntaxesNotSupported),
+                transfer_syntax: crate::ul::IMPLICIT_VR_LE.to_string(),
+            }),
+        }
+    }
+
+    let mut user_variables = vec![
+        UserVariableItem::MaxLength(policy.max_pdu),
+        UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+        UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION.to_string()),
+    ];
+    let mut peer_scp_classes = HashSet::new();
+    for (uid, roles) in requested_roles {
+        if policy.scp_role_classes.contains(&uid) && permissions.contains(&Permission::Get) {
+            if roles.scp {
+                peer_scp_classes.insert(uid.clone());
+            }
+            user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                uid,
+                RequestorRoles {
+                    scu: roles.scu,
+                    scp: roles.scp,
+                },
+            ));
+        }
+    }
+
+    Ok(Accepted {
+        ac: AssociationAC {
+            protocol_version: 1,
+            application_context_name: APPLICATION_CONTEXT.to_string(),
+            calling_ae_title: rq.calling_ae_title.clone(),
+            called_ae_title: rq.called_ae_title.clone(),
+            presentation_contexts: results,
+            user_variables,
+        },
+        contexts,
+        calling_ae: calling,
+        peer_max_pdu,
+        permissions,
+        peer_scp_classes,
+    })
+}
+
+/// Picks the transfer syntax for a context: for storage, the first one the peer proposed
+/// that we accept (so data is stored as the modality encoded it); for other services,
+/// the uncompressed ones only.
+fn choose_transfer_syntax(abstract_syntax: &str, offered: &[String], policy: &Policy) -> Option<String> {
+    let uncompressed = [
+        crate::ul::EXPLICIT_VR_LE,
+        crate::ul::IMPLICIT_VR_LE,
+        crate::ul::EXPLICIT_VR_BE,
+    ];
+    if is_storage_class(abstract_syntax) {
+        offered
+            .iter()
+            .find(|t| policy.transfer_syntaxes.iter().any(|a| a == *t))
+            .cloned()
+    } else {
+        uncompressed
+            .iter()
+            .find(|u| offered.iter().any(|t| t == *u))
+            .map(|s| s.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_ul::pdu::PresentationContextProposed;
+
+    const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
+    const VERIFICATION: &str = "1.2.840.10008.1.1";
+    const JPEG_LS: &str = "1.2.840.10008.1.2.4.80";
+
+    fn policy() -> Policy {
+        Policy {
+            ae_title: "DULI".into(),
+            allowed_peers: vec![],
+            abstract_syntaxes: vec![
+                (VERIFICATION.into(), Permission::Echo),
+                (CR.into(), Permission::Store),
+            ],
+            accept_any_storage: false,
+            transfer_syntaxes: vec![
+                crate::ul::EXPLICIT_VR_LE.into(),
+                crate::ul::IMPLICIT_VR_LE.into(),
+                JPEG_LS.into(),
+            ],
+            max_pdu: 65536,
+            scp_role_classes: vec![],
+        }
+    }
+
+    fn rq(calling: &str, called: &str, pcs: Vec<(u8, &str, Vec<&str>)>) -> AssociationRQ {
+        AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: calling.into(),
+            called_ae_title: called.into(),
+            application_context_name: APPLICATION_CONTEXT.into(),
+            presentation_contexts: pcs
+                .into_iter()
+                .map(|(id, a, ts)| PresentationContextProposed {
+                    id,
+                    abstract_syntax: a.into(),
+                    transfer_syntaxes: ts.into_iter().map(String::from).collect(),
+                })
+                .collect(),
+            user_variables: vec![UserVariableItem::MaxLength(32768)],
+        }
+    }
+
+    fn local() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    #[test]
+    fn accepts_storage_as_proposed_and_refuses_unknown_classes() {
+        let r = rq(
+            "MOD",
+            "DULI",
+            vec![
+                (1, CR, vec![JPEG_LS, crate::ul::EXPLICIT_VR_LE]),
+                (3, "1.2.840.10008.5.1.4.1.1.4", vec![crate::ul::IMPLICIT_VR_LE]),
+                (5, VERIFICATION, vec![crate::ul::IMPLICIT_VR_LE]),
+            ],
+        );
+        let a = negotiate(&r, local(), &policy()).unwrap();
+        assert_eq!(a.contexts.len(), 2);
+        assert_eq!(a.contexts[0].transfer_syntax, JPEG_LS);
+        assert_eq!(
+            a.ac.presentation_contexts[1].reason,
+            PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
+        assert_eq!(a.peer_max_pdu, 32768);
+    }
+
+    #[test]
+    fn wrong_called_ae_and_unknown_calling_ae_are_rejected() {
+        let r = rq("MOD", "OTHER", vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])]);
+        let e = negotiate(&r, local(), &policy()).unwrap_err();
+        assert_eq!(
+            e.rj.source,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+        );
+        let mut p = policy();
+        p.allowed_peers = vec![AllowedPeer {
+            ae_title: "MOD".into(),
+            address: Some(IpAddr::from([10, 0, 0, 1])),
+            permissions: vec![Permission::Echo],
+        }];
+        let r = rq("MOD", "DULI", vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])]);
+        let e = negotiate(&r, local(), &p).unwrap_err();
+        assert_eq!(
+            e.rj.source,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        );
+        assert_eq!(e.rj.result, AssociationRJResult::Permanent);
+    }
+
+    #[test]
+    fn permissions_limit_contexts() {
+        let mut p = policy();
+        p.allowed_peers = vec![AllowedPeer {
+            ae_title: "MOD".into(),
+            address: None,
+            permissions: vec![Permission::Echo],
+        }];
+        let r = rq(
+            "MOD",
+            "DULI",
+            vec![
+                (1, CR, vec![crate::ul::IMPLICIT_VR_LE]),
+                (3, VERIFICATION, vec![crate::ul::IMPLICIT_VR_LE]),
+            ],
+        );
+        let a = negotiate(&r, local(), &p).unwrap();
+        assert_eq!(a.contexts.len(), 1);
+        assert_eq!(a.contexts[0].abstract_syntax, VERIFICATION);
+        assert_eq!(
+            a.ac.presentation_contexts[0].reason,
+            PresentationContextResultReason::UserRejection
+        );
+    }
+
+    #[test]
+    fn too_many_contexts_are_rejected() {
+        let pcs: Vec<_> = (0..200u32)
+            .map(|i| (((i * 2 + 1) % 256) as u8, CR, vec![crate::ul::IMPLICIT_VR_LE]))
+            .collect();
+        let r = rq("MOD", "DULI", pcs);
+        assert!(negotiate(&r, local(), &policy()).is_err());
+    }
+
+    #[test]
+    fn busy_is_transient() {
+        let r = reject_busy(32);
+        assert_eq!(r.rj.result, AssociationRJResult::Transient);
+    }
+}
