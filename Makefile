@@ -1,0 +1,52 @@
+# DULI Edge — developer entry points.
+#
+#   make demo       run the daemon on defaults and send it the sample X-rays
+#   make test       the test suite (installs the test peers first; fast default)
+#   make test-long  the test suite with the long crash rounds
+#   make bench      the ingest benchmark (see bench/README.md)
+#   make lint       rustfmt and clippy, warnings are errors
+
+CARGO ?= cargo
+SHELL := /bin/bash
+BENCH_FILES ?= 60
+
+.PHONY: all build test test-long test-env test-scripts demo bench lint fmt
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+test-env:
+	scripts/setup-test-env.sh
+
+test: test-env
+	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory test-scripts
+
+test-long: test-env
+	DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
+	$(MAKE) --no-print-directory test-scripts
+
+# Shell scripts are checked for syntax; tests/*.sh (if any) are run.
+test-scripts:
+	@set -e; for f in scripts/*.sh bench/*.sh .ci/run; do \
+		[ -f "$$f" ] || continue; bash -n "$$f"; done
+	@set -e; for t in tests/*.sh; do \
+		[ -f "$$t" ] || continue; echo "== $$t"; bash "$$t"; done
+	@echo "script checks: ok"
+
+demo:
+	@if [ -x scripts/setup-demo.sh ]; then scripts/setup-demo.sh; fi
+	$(CARGO) run --release -- demo
+
+bench: test-env
+	$(CARGO) build --release -p duli
+	bench/ingest.sh $(BENCH_FILES)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
