@@ -70,10 +70,9 @@ impl StudyTracker {
         for s in studies {
             match s.state {
                 StudyState::Receiving => {
-                    let age = Duration::from_secs(now_secs.saturating_sub(s.last_received).max(0) as u64);
-                    let last = Instant::now()
-                        .checked_sub(age)
-                        .unwrap_or_else(Instant::now);
+                    let age =
+                        Duration::from_secs(now_secs.saturating_sub(s.last_received).max(0) as u64);
+                    let last = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
                     self.studies.insert(
                         s.study_instance_uid.clone(),
                         Pending {
@@ -105,11 +104,7 @@ impl StudyTracker {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         self.recover().await;
         loop {
-            let next = self
-                .studies
-                .values()
-                .filter_map(|p| self.deadline(p))
-                .min();
+            let next = self.studies.values().filter_map(|p| self.deadline(p)).min();
             let sleep = async {
                 match next {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -188,20 +183,37 @@ mod tests {
             received_at: crate::clock::now_secs(),
             ..Default::default()
         };
-        store.commit_instance(&inst, &StudyRecord::default()).unwrap();
+        store
+            .commit_instance(&inst, &StudyRecord::default())
+            .unwrap();
         let (tx, mut rx) = mpsc::channel(4);
         let (etx, erx) = mpsc::channel(4);
         let tracker = StudyTracker::new(store.clone(), Duration::from_millis(200), tx);
         let task = tokio::spawn(tracker.run(erx));
-        etx.send(Event::Stored { assoc: 1, study: "1.2.3".into() }).await.unwrap();
+        etx.send(Event::Stored {
+            assoc: 1,
+            study: "1.2.3".into(),
+        })
+        .await
+        .unwrap();
         // still open: nothing completes
-        assert!(tokio::time::timeout(Duration::from_millis(400), rx.recv()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(400), rx.recv())
+            .await
+            .is_err());
         let released = Instant::now();
-        etx.send(Event::AssociationEnded { assoc: 1 }).await.unwrap();
-        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        etx.send(Event::AssociationEnded { assoc: 1 })
+            .await
+            .unwrap();
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(uid, "1.2.3");
         assert!(released.elapsed() >= Duration::from_millis(150));
-        assert_eq!(store.study("1.2.3").unwrap().unwrap().state, StudyState::Complete);
+        assert_eq!(
+            store.study("1.2.3").unwrap().unwrap().state,
+            StudyState::Complete
+        );
         drop(etx);
         task.await.unwrap();
     }
@@ -216,11 +228,16 @@ mod tests {
             received_at: crate::clock::now_secs() - 60,
             ..Default::default()
         };
-        store.commit_instance(&inst, &StudyRecord::default()).unwrap();
+        store
+            .commit_instance(&inst, &StudyRecord::default())
+            .unwrap();
         let (tx, mut rx) = mpsc::channel(4);
         let (_etx, erx) = mpsc::channel(4);
         tokio::spawn(StudyTracker::new(store.clone(), Duration::from_secs(5), tx).run(erx));
-        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(uid, "9");
     }
 }

@@ -218,7 +218,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let listener = bind(dir.path()).unwrap();
-        let mode = std::fs::metadata(socket_path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(socket_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let task = tokio::spawn(serve(store.clone(), listener));
         // The store is held by this process: only the socket path can answer.

@@ -130,9 +130,9 @@ pub async fn start(config: &Config) -> Result<Running> {
 
     // Console listener (health and metrics).
     let addr = SocketAddr::new(config.console.bind, config.console.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for the console on {addr} (console.bind, console.port)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for the console on {addr} (console.bind, console.port)")
+    })?;
     let console_addr = listener.local_addr()?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(web::serve(
@@ -215,4 +215,3 @@ pub async fn wait_for_signal() -> Result<()> {
     }
     Ok(())
 }
-

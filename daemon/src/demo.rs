@@ -19,7 +19,11 @@ pub fn default_samples() -> PathBuf {
 }
 
 /// Runs the demo.
-pub async fn run(config: Config, samples: Option<PathBuf>, exit_after_report: bool) -> Result<ExitCode> {
+pub async fn run(
+    config: Config,
+    samples: Option<PathBuf>,
+    exit_after_report: bool,
+) -> Result<ExitCode> {
     let samples = samples.unwrap_or_else(default_samples);
     if !samples.is_dir() {
         bail!(
@@ -41,25 +45,38 @@ pub async fn run(config: Config, samples: Option<PathBuf>, exit_after_report: bo
         .filter_map(|f| scu::prepare(&f).ok())
         .collect();
     let sent_uids: Vec<String> = files.iter().map(|f| f.sop_instance.clone()).collect();
-    println!("Sending {} sample image(s) from {} to {target} ...", files.len(), samples.display());
+    println!(
+        "Sending {} sample image(s) from {} to {target} ...",
+        files.len(),
+        samples.display()
+    );
     let results = scu::send(&target, "DULI_DEMO", files, 2).await;
-    let ok = results.iter().filter(|r| matches!(r.outcome, Ok(0))).count();
+    let ok = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Ok(0)))
+        .count();
     println!("{ok}/{} stored with Success", results.len());
     // Wait until every study of the samples has left `receiving`.
     let store = running.store.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.dicom.quiet_period + 60);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(config.dicom.quiet_period + 60);
     let studies = loop {
         let mut studies = Vec::new();
         for uid in &sent_uids {
             if let Some(i) = store.instance(uid).context("read index")? {
                 if let Some(s) = store.study(&i.study_instance_uid).context("read index")? {
-                    if !studies.iter().any(|x: &crate::model::StudyRecord| x.study_instance_uid == s.study_instance_uid) {
+                    if !studies.iter().any(|x: &crate::model::StudyRecord| {
+                        x.study_instance_uid == s.study_instance_uid
+                    }) {
                         studies.push(s);
                     }
                 }
             }
         }
-        let pending = studies.iter().filter(|s| s.state == StudyState::Receiving).count();
+        let pending = studies
+            .iter()
+            .filter(|s| s.state == StudyState::Receiving)
+            .count();
         if pending == 0 && !studies.is_empty() {
             break studies;
         }
@@ -68,7 +85,10 @@ pub async fn run(config: Config, samples: Option<PathBuf>, exit_after_report: bo
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    println!("\n{:<22} {:<24} {:>9} {:<10}", "patient", "name", "instances", "state");
+    println!(
+        "\n{:<22} {:<24} {:>9} {:<10}",
+        "patient", "name", "instances", "state"
+    );
     for s in &studies {
         println!(
             "{:<22} {:<24} {:>9} {:<10}",
@@ -79,7 +99,11 @@ pub async fn run(config: Config, samples: Option<PathBuf>, exit_after_report: bo
         );
     }
     println!("\nConsole/metrics: http://{}/metrics", running.console_addr);
-    let code = if ok == results.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    let code = if ok == results.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if !exit_after_report {
         println!("Running; press Ctrl-C to stop.");
         daemon::wait_for_signal().await?;

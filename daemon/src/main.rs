@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "duli", version, about = "DULI Edge: on-premises chest X-ray AI appliance")]
+#[command(
+    name = "duli",
+    version,
+    about = "DULI Edge: on-premises chest X-ray AI appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -198,7 +202,11 @@ fn real_main() -> Result<ExitCode> {
                 results.len(),
                 bytes as f64 / 1e6,
                 bytes as f64 / 1e6 / elapsed.max(1e-9),
-                if skipped > 0 { format!(", {skipped} skipped") } else { String::new() }
+                if skipped > 0 {
+                    format!(", {skipped} skipped")
+                } else {
+                    String::new()
+                }
             );
             Ok(if ok == results.len() && skipped == 0 {
                 ExitCode::SUCCESS

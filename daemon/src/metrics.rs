@@ -57,7 +57,9 @@ impl Histogram {
     }
 }
 
-const STORE_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const STORE_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 const INFER_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric the daemon keeps in memory.
@@ -113,7 +115,10 @@ pub struct StoreSnapshot {
 }
 
 fn counter(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
 }
 
 impl Metrics {
@@ -121,23 +126,82 @@ impl Metrics {
     pub fn render(&self, snap: &StoreSnapshot) -> String {
         let mut out = String::with_capacity(4096);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut out, "duli_associations_active", "gauge", "DICOM associations open now.", l(&self.associations_active));
-        counter(&mut out, "duli_associations_total", "counter", "DICOM associations accepted.", l(&self.associations_total));
-        counter(&mut out, "duli_associations_rejected_total", "counter", "DICOM associations rejected.", l(&self.associations_rejected_total));
-        counter(&mut out, "duli_protocol_errors_total", "counter", "Connections aborted for protocol violations.", l(&self.protocol_errors_total));
-        counter(&mut out, "duli_instances_stored_total", "counter", "Instances stored and acknowledged with Success.", l(&self.instances_stored_total));
-        counter(&mut out, "duli_instances_failed_total", "counter", "C-STORE requests answered with a failure status.", l(&self.instances_failed_total));
-        counter(&mut out, "duli_store_instances", "gauge", "Instances in the index.", snap.instances);
-        counter(&mut out, "duli_bytes_received_total", "counter", "Data set bytes received over DICOM.", l(&self.bytes_received_total));
-        self.store_seconds.render(&mut out, "duli_store_seconds", "Last fragment received to durable index entry, per instance.");
-        self.infer_seconds.render(&mut out, "duli_infer_seconds", "Inference time per image.");
-        let _ = writeln!(out, "# HELP duli_studies Studies by state.\n# TYPE duli_studies gauge");
+        counter(
+            &mut out,
+            "duli_associations_active",
+            "gauge",
+            "DICOM associations open now.",
+            l(&self.associations_active),
+        );
+        counter(
+            &mut out,
+            "duli_associations_total",
+            "counter",
+            "DICOM associations accepted.",
+            l(&self.associations_total),
+        );
+        counter(
+            &mut out,
+            "duli_associations_rejected_total",
+            "counter",
+            "DICOM associations rejected.",
+            l(&self.associations_rejected_total),
+        );
+        counter(
+            &mut out,
+            "duli_protocol_errors_total",
+            "counter",
+            "Connections aborted for protocol violations.",
+            l(&self.protocol_errors_total),
+        );
+        counter(
+            &mut out,
+            "duli_instances_stored_total",
+            "counter",
+            "Instances stored and acknowledged with Success.",
+            l(&self.instances_stored_total),
+        );
+        counter(
+            &mut out,
+            "duli_instances_failed_total",
+            "counter",
+            "C-STORE requests answered with a failure status.",
+            l(&self.instances_failed_total),
+        );
+        counter(
+            &mut out,
+            "duli_store_instances",
+            "gauge",
+            "Instances in the index.",
+            snap.instances,
+        );
+        counter(
+            &mut out,
+            "duli_bytes_received_total",
+            "counter",
+            "Data set bytes received over DICOM.",
+            l(&self.bytes_received_total),
+        );
+        self.store_seconds.render(
+            &mut out,
+            "duli_store_seconds",
+            "Last fragment received to durable index entry, per instance.",
+        );
+        self.infer_seconds
+            .render(&mut out, "duli_infer_seconds", "Inference time per image.");
+        let _ = writeln!(
+            out,
+            "# HELP duli_studies Studies by state.\n# TYPE duli_studies gauge"
+        );
         for (state, n) in &snap.studies {
             let _ = writeln!(out, "duli_studies{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP duli_outbox_entries Outbox entries by destination and state.\n# TYPE duli_outbox_entries gauge");
         for (dest, state, n) in &snap.outbox {
-            let _ = writeln!(out, "duli_outbox_entries{{dest=\"{dest}\",state=\"{state}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "duli_outbox_entries{{dest=\"{dest}\",state=\"{state}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP duli_outbox_oldest_seconds Age of the oldest undelivered entry.\n# TYPE duli_outbox_oldest_seconds gauge");
         for (dest, age) in &snap.outbox_oldest {

@@ -3,8 +3,8 @@
 //! stored — read from the file after its meta header and streamed in PDU-sized fragments,
 //! never re-encoded and never held whole in memory.
 
-use crate::dimse::command::{self, Command};
-use crate::dimse::status;
+use crate::dimse::command::{self, Command, Priority};
+use crate::dimse::status::Status;
 use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
@@ -110,15 +110,15 @@ pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuErro
     let rtt = started.elapsed();
     let _ = assoc.release().await;
     match rsp.status {
-        Some(status::SUCCESS) => Ok(rtt),
+        Some(Status::SUCCESS) => Ok(rtt),
         other => Err(ScuError::Protocol(format!(
             "C-ECHO answered with status {:04X}",
-            other.unwrap_or(0xFFFF)
+            other.map(|s| s.0).unwrap_or(0xFFFF)
         ))),
     }
 }
 
-async fn send_command<A: AsyncAssociation<S>, S>(
+async fn send_command<A: AsyncAssociation<S> + Send, S>(
     assoc: &mut A,
     pc_id: u8,
     cmd: &Command,
@@ -126,26 +126,30 @@ async fn send_command<A: AsyncAssociation<S>, S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    assoc
-        .send(&Pdu::PData {
+    AsyncAssociation::send(
+        assoc,
+        &Pdu::PData {
             data: vec![PDataValue {
                 presentation_context_id: pc_id,
                 value_type: PDataValueType::Command,
                 is_last: true,
                 data: command::encode(cmd),
             }],
-        })
-        .await
-        .map_err(|e| ScuError::Protocol(format!("send failed: {e}")))
+        },
+    )
+    .await
+    .map_err(|e| ScuError::Protocol(format!("send failed: {e}")))
 }
 
-async fn receive_command<A: AsyncAssociation<S>, S>(assoc: &mut A) -> Result<Command, ScuError>
+async fn receive_command<A: AsyncAssociation<S> + Send, S>(
+    assoc: &mut A,
+) -> Result<Command, ScuError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let mut buf = Vec::new();
     loop {
-        match assoc.receive().await {
+        match AsyncAssociation::receive(assoc).await {
             Ok(Pdu::PData { data }) => {
                 for pdv in data {
                     if pdv.value_type == PDataValueType::Command {
@@ -157,7 +161,9 @@ where
                     }
                 }
             }
-            Ok(Pdu::AbortRQ { .. }) => return Err(ScuError::Protocol("association aborted by peer".into())),
+            Ok(Pdu::AbortRQ { .. }) => {
+                return Err(ScuError::Protocol("association aborted by peer".into()))
+            }
             Ok(other) => {
                 return Err(ScuError::Protocol(format!(
                     "unexpected PDU while waiting for a response: {other:?}"
@@ -255,7 +261,11 @@ pub struct SendResult {
 }
 
 /// Sends files over one association; every file gets a result.
-pub async fn send_files(target: &Target, calling_ae: &str, files: Vec<Prepared>) -> Vec<SendResult> {
+pub async fn send_files(
+    target: &Target,
+    calling_ae: &str,
+    files: Vec<Prepared>,
+) -> Vec<SendResult> {
     if files.is_empty() {
         return Vec::new();
     }
@@ -277,7 +287,10 @@ pub async fn send_files(target: &Target, calling_ae: &str, files: Vec<Prepared>)
             .collect::<Vec<_>>()
     };
     if pairs.len() > 127 {
-        return fail_all(files, "more than 127 SOP class/transfer syntax pairs in one association".into());
+        return fail_all(
+            files,
+            "more than 127 SOP class/transfer syntax pairs in one association".into(),
+        );
     }
     let mut opts = options(calling_ae, target);
     for (class, ts) in &pairs {
@@ -301,7 +314,11 @@ pub async fn send_files(target: &Target, calling_ae: &str, files: Vec<Prepared>)
     let mut broken: Option<String> = None;
     for f in files {
         if let Some(reason) = &broken {
-            results.push(SendResult { path: f.path, outcome: Err(reason.clone()), bytes: 0 });
+            results.push(SendResult {
+                path: f.path,
+                outcome: Err(reason.clone()),
+                bytes: 0,
+            });
             continue;
         }
         let Some((pc, _, _)) = accepted
@@ -335,7 +352,7 @@ pub async fn send_files(target: &Target, calling_ae: &str, files: Vec<Prepared>)
     results
 }
 
-async fn send_one<A: AsyncAssociation<S>, S>(
+async fn send_one<A: AsyncAssociation<S> + Send, S>(
     assoc: &mut A,
     pc: u8,
     msg_id: u16,
@@ -345,8 +362,10 @@ async fn send_one<A: AsyncAssociation<S>, S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let rq = Command::store_rq(msg_id, &f.sop_class, &f.sop_instance);
-    send_command(assoc, pc, &rq).await.map_err(|e| e.to_string())?;
+    let rq = Command::store_rq(msg_id, &f.sop_class, &f.sop_instance, Priority::Medium);
+    send_command(assoc, pc, &rq)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut file = std::fs::File::open(&f.path).map_err(|e| e.to_string())?;
     file.seek(std::io::SeekFrom::Start(f.offset))
         .map_err(|e| e.to_string())?;
@@ -359,20 +378,21 @@ where
         let n = (remaining as usize).min(chunk);
         file.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
         remaining -= n as u64;
-        assoc
-            .send(&Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc,
-                    value_type: PDataValueType::Data,
-                    is_last: remaining == 0,
-                    data: buf[..n].to_vec(),
-                }],
-            })
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Data,
+                is_last: remaining == 0,
+                data: buf[..n].to_vec(),
+            }],
+        };
+        AsyncAssociation::send(assoc, &pdu)
             .await
             .map_err(|e| format!("send failed: {e}"))?;
     }
     let rsp = receive_command(assoc).await.map_err(|e| e.to_string())?;
     rsp.status
+        .map(|s| s.0)
         .ok_or_else(|| "response without a status".to_string())
 }
 

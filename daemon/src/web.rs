@@ -33,19 +33,17 @@ pub fn snapshot(store: &Store) -> StoreSnapshot {
 pub fn routes(
     state: WebState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    let health = warp::path("healthz").and(warp::path::end()).map(|| {
-        warp::reply::with_header(r#"{"status":"ok"}"#, "content-type", "application/json")
-    });
-    let metrics = warp::path("metrics")
+    let health = warp::path("healthz")
         .and(warp::path::end())
-        .map(move || {
-            let snap = snapshot(&state.store);
-            warp::reply::with_header(
-                state.metrics.render(&snap),
-                "content-type",
-                "text/plain; version=0.0.4",
-            )
-        });
+        .map(|| warp::reply::with_header(r#"{"status":"ok"}"#, "content-type", "application/json"));
+    let metrics = warp::path("metrics").and(warp::path::end()).map(move || {
+        let snap = snapshot(&state.store);
+        warp::reply::with_header(
+            state.metrics.render(&snap),
+            "content-type",
+            "text/plain; version=0.0.4",
+        )
+    });
     warp::get().and(health.or(metrics))
 }
 

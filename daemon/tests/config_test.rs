@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/config")
+        .join(kind);
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -43,7 +45,11 @@ fn invalid_fixtures_name_their_key() {
             Ok(_) => panic!("{} should be invalid", f.display()),
             Err(e) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&expect), "{}: error {msg:?} does not name {expect:?}", f.display());
+                assert!(
+                    msg.contains(&expect),
+                    "{}: error {msg:?} does not name {expect:?}",
+                    f.display()
+                );
             }
         }
     }
@@ -65,7 +71,11 @@ fn check_config_command_reports_and_exits_non_zero() {
         .arg(dir.join("valid/modality-list.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("port = 104"), "{stdout}");
     assert!(stdout.contains("CR_ROOM1"), "{stdout}");

@@ -7,7 +7,7 @@ use super::store::Incoming;
 use super::{echo, Scp};
 use crate::dimse::assembler::{Assembler, Event};
 use crate::dimse::command::{Command, CommandField};
-use crate::dimse::status;
+use crate::dimse::status::Status;
 use crate::ul::framing::{self, FramingError, PduReader};
 use crate::ul::negotiate::Accepted;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
@@ -22,7 +22,7 @@ enum Current {
     Idle,
     /// A C-STORE whose data set is arriving.
     Store {
-        rq: Command,
+        rq: Box<Command>,
         incoming: Box<Incoming>,
     },
 }
@@ -84,7 +84,7 @@ pub async fn run(
         .iter()
         .map(|c| (c.id, (c.abstract_syntax.clone(), c.transfer_syntax.clone())))
         .collect();
-    let mut assembler = Assembler::new(contexts.keys().copied().collect());
+    let mut assembler = Assembler::new(contexts.keys().copied());
     let mut responder = Responder::new(accepted.peer_max_pdu);
     let mut scratch = Vec::new();
     let mut current = Current::Idle;
@@ -93,27 +93,33 @@ pub async fn run(
     loop {
         let pdu = tokio::select! {
             r = tokio::time::timeout(scp.idle, reader.read(&mut stream)) => r,
-            _ = shutdown.wait_for(|s| *s), if matches!(current, Current::Idle) => {
+            _ = until_true(&mut shutdown), if matches!(current, Current::Idle) => {
                 // Between messages at shutdown: nothing is half-received, abort now.
                 let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
                 return format!("aborted at shutdown after {stored} instance(s)");
             }
         };
-        let pdu = match pdu {
-            Err(_) => {
-                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-                return format!("idle for {:?}; aborted after {stored} instance(s)", scp.idle);
-            }
-            Ok(Err(FramingError::Closed)) => {
-                return format!("connection closed by {calling:?} without release after {stored} instance(s)")
-            }
-            Ok(Err(e)) => {
-                scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
-                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-                return format!("{e}; aborted after {stored} instance(s)");
-            }
-            Ok(Ok(p)) => p,
-        };
+        let pdu =
+            match pdu {
+                Err(_) => {
+                    let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                    return format!(
+                        "idle for {:?}; aborted after {stored} instance(s)",
+                        scp.idle
+                    );
+                }
+                Ok(Err(FramingError::Closed)) => return format!(
+                    "connection closed by {calling:?} without release after {stored} instance(s)"
+                ),
+                Ok(Err(e)) => {
+                    scp.metrics
+                        .protocol_errors_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                    return format!("{e}; aborted after {stored} instance(s)");
+                }
+                Ok(Ok(p)) => p,
+            };
         match pdu {
             Pdu::PData { data } => {
                 for pdv in data {
@@ -121,9 +127,13 @@ pub async fn run(
                     let event = match assembler.feed(pdv) {
                         Ok(ev) => ev,
                         Err(e) => {
-                            scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                            scp.metrics
+                                .protocol_errors_total
+                                .fetch_add(1, Ordering::Relaxed);
                             let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-                            return format!("protocol error from {calling:?} at {peer}: {e}; aborted");
+                            return format!(
+                                "protocol error from {calling:?} at {peer}: {e}; aborted"
+                            );
                         }
                     };
                     match event {
@@ -132,20 +142,28 @@ pub async fn run(
                             let Some((abstract_syntax, ts)) = contexts.get(&pc_id) else {
                                 continue;
                             };
-                            match command.field {
+                            match command.command_field {
                                 CommandField::CEchoRq => {
                                     let rsp = echo::respond(&command);
                                     if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
                                         return "connection lost while answering C-ECHO".into();
                                     }
                                 }
-                                CommandField::CStoreRq if command.has_data_set() => {
-                                    let sop_class = command.affected_sop_class_uid.clone().unwrap_or_default();
-                                    let sop_class = if sop_class.is_empty() { abstract_syntax.clone() } else { sop_class };
+                                CommandField::CStoreRq if command.has_data_set => {
+                                    let sop_class =
+                                        command.affected_sop_class_uid.clone().unwrap_or_default();
+                                    let sop_class = if sop_class.is_empty() {
+                                        abstract_syntax.clone()
+                                    } else {
+                                        sop_class
+                                    };
                                     let incoming = Incoming::begin(
                                         scp,
                                         &sop_class,
-                                        command.affected_sop_instance_uid.as_deref().unwrap_or_default(),
+                                        command
+                                            .affected_sop_instance_uid
+                                            .as_deref()
+                                            .unwrap_or_default(),
                                         ts,
                                         &calling,
                                     );
@@ -157,35 +175,51 @@ pub async fn run(
                                 CommandField::CCancelRq => {}
                                 _ => {
                                     // A request we do not serve on this association.
-                                    if let Some(rsp) = Command::failure_response(&command, status::UNRECOGNIZED_OPERATION) {
-                                        if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
-                                            return "connection lost".into();
-                                        }
+                                    let rsp = unrecognized(&command);
+                                    if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                        return "connection lost".into();
                                     }
-                                    if command.has_data_set() {
-                                        scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
-                                        let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-                                        return format!("unsupported request {:?} with a data set; aborted", command.field);
+                                    if command.has_data_set {
+                                        scp.metrics
+                                            .protocol_errors_total
+                                            .fetch_add(1, Ordering::Relaxed);
+                                        let _ =
+                                            framing::write(&mut stream, &mut scratch, &abort_pdu())
+                                                .await;
+                                        return format!(
+                                            "unsupported request {:?} with a data set; aborted",
+                                            command.command_field
+                                        );
                                     }
                                 }
                             }
                         }
                         Some(Event::Data { pc_id, bytes, last }) => {
-                            scp.metrics.bytes_received_total.fetch_add(len, Ordering::Relaxed);
+                            scp.metrics
+                                .bytes_received_total
+                                .fetch_add(len, Ordering::Relaxed);
                             if let Current::Store { incoming, .. } = &mut current {
                                 incoming.write(&bytes);
                             }
                             if last {
-                                if let Current::Store { rq, incoming } = std::mem::replace(&mut current, Current::Idle) {
+                                if let Current::Store { rq, incoming } =
+                                    std::mem::replace(&mut current, Current::Idle)
+                                {
                                     let outcome = incoming.finish(scp, &calling).await;
                                     if let Some(study) = &outcome.study {
                                         stored += 1;
                                         let _ = scp
                                             .events
-                                            .send(crate::assemble::Event::Stored { assoc: id, study: study.clone() })
+                                            .send(crate::assemble::Event::Stored {
+                                                assoc: id,
+                                                study: study.clone(),
+                                            })
                                             .await;
                                     }
-                                    let rsp = Command::store_rsp(&rq, outcome.status, outcome.comment.as_deref());
+                                    let mut rsp = Command::store_rsp(&rq, outcome.status);
+                                    if let Some(c) = &outcome.comment {
+                                        rsp = rsp.with_error_comment(c);
+                                    }
                                     if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
                                         return "connection lost while answering C-STORE".into();
                                     }
@@ -203,10 +237,35 @@ pub async fn run(
                 return format!("aborted by {calling:?} after {stored} instance(s)");
             }
             other => {
-                scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+                scp.metrics
+                    .protocol_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
                 return format!("unexpected {} from {calling:?}; aborted", pdu_name(&other));
             }
+        }
+    }
+}
+
+/// "Unrecognized operation" (0211) for a request this association does not serve.
+fn unrecognized(rq: &Command) -> Command {
+    Command {
+        message_id_being_responded_to: rq.message_id,
+        affected_sop_class_uid: rq.affected_sop_class_uid.clone(),
+        status: Some(Status::UNRECOGNIZED_OPERATION),
+        ..Command::new(CommandField::from_code(rq.command_field.code() | 0x8000))
+    }
+}
+
+/// Resolves once the watch value is true (never, if the sender is gone while false).
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        let now = *rx.borrow_and_update();
+        if now {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -70,10 +70,8 @@ pub async fn serve(
     if open > 0 {
         log::info!("{kind}: waiting up to {grace:?} for {open} connection(s) to finish");
     }
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         log::warn!(
             "{kind}: {} connection(s) still open after {grace:?}; aborting them",
@@ -108,7 +106,9 @@ async fn connection(
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 log::warn!("{peer}: TLS handshake failed: {e}");
-                scp.metrics.associations_rejected_total.fetch_add(1, Ordering::Relaxed);
+                scp.metrics
+                    .associations_rejected_total
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Err(_) => {
@@ -129,7 +129,9 @@ async fn connection(
         Ok(Err(framing::FramingError::Closed)) => return,
         Ok(Err(e)) => {
             log::warn!("{peer}: before association: {e}; aborting");
-            scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            scp.metrics
+                .protocol_errors_total
+                .fetch_add(1, Ordering::Relaxed);
             let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
             return;
         }
@@ -139,7 +141,9 @@ async fn connection(
                 "{peer}: expected A-ASSOCIATE-RQ, got {}; aborting",
                 pdu_name(&other)
             );
-            scp.metrics.protocol_errors_total.fetch_add(1, Ordering::Relaxed);
+            scp.metrics
+                .protocol_errors_total
+                .fetch_add(1, Ordering::Relaxed);
             let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
             return;
         }
@@ -156,7 +160,9 @@ async fn connection(
             rq.calling_ae_title.trim(),
             rj.reason
         );
-        scp.metrics.associations_rejected_total.fetch_add(1, Ordering::Relaxed);
+        scp.metrics
+            .associations_rejected_total
+            .fetch_add(1, Ordering::Relaxed);
         let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
         return;
     }
@@ -168,28 +174,39 @@ async fn connection(
                 rq.calling_ae_title.trim(),
                 rj.reason
             );
-            scp.metrics.associations_rejected_total.fetch_add(1, Ordering::Relaxed);
+            scp.metrics
+                .associations_rejected_total
+                .fetch_add(1, Ordering::Relaxed);
             let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
             return;
         }
     };
-    if framing::write(&mut stream, &mut scratch, &Pdu::AssociationAC(accepted.ac.clone()))
-        .await
-        .is_err()
+    if framing::write(
+        &mut stream,
+        &mut scratch,
+        &Pdu::AssociationAC(accepted.ac.clone()),
+    )
+    .await
+    .is_err()
     {
         return;
     }
-    scp.metrics.associations_total.fetch_add(1, Ordering::Relaxed);
-    scp.metrics.associations_active.fetch_add(1, Ordering::Relaxed);
+    scp.metrics
+        .associations_total
+        .fetch_add(1, Ordering::Relaxed);
+    scp.metrics
+        .associations_active
+        .fetch_add(1, Ordering::Relaxed);
     let id = scp.next_id.fetch_add(1, Ordering::Relaxed);
     log::info!(
         "association {id} from {:?} at {peer}: {} presentation context(s) accepted",
         accepted.calling_ae,
         accepted.contexts.len()
     );
-    let outcome =
-        association::run(id, &scp, accepted, peer, stream, reader, shutdown).await;
-    scp.metrics.associations_active.fetch_sub(1, Ordering::Relaxed);
+    let outcome = association::run(id, &scp, accepted, peer, stream, reader, shutdown).await;
+    scp.metrics
+        .associations_active
+        .fetch_sub(1, Ordering::Relaxed);
     let _ = scp
         .events
         .send(crate::assemble::Event::AssociationEnded { assoc: id })

@@ -4,7 +4,7 @@
 //! failure status and leaves no trace in the index.
 
 use super::Scp;
-use crate::dimse::status;
+use crate::dimse::status::Status;
 use crate::model::InstanceRecord;
 use crate::store::files::IncomingFile;
 use crate::store::header::{self, Header};
@@ -16,7 +16,7 @@ pub struct Incoming {
     file: Option<IncomingFile>,
     /// The status to answer when the data set is complete, if already decided (refusals
     /// still drain the data set).
-    refused: Option<(u16, String)>,
+    refused: Option<(Status, String)>,
     sop_class: String,
     sop_instance: String,
 }
@@ -25,7 +25,7 @@ pub struct Incoming {
 #[derive(Debug)]
 pub struct Outcome {
     /// DIMSE status to answer.
-    pub status: u16,
+    pub status: Status,
     /// Error comment for failures.
     pub comment: Option<String>,
     /// The study the instance was stored in (on success).
@@ -35,7 +35,13 @@ pub struct Outcome {
 impl Incoming {
     /// Starts receiving an instance announced by a C-STORE-RQ. Writes the Part 10 header
     /// (file meta) with the command's UIDs and the context's transfer syntax.
-    pub fn begin(scp: &Scp, sop_class: &str, sop_instance: &str, transfer_syntax: &str, calling_ae: &str) -> Incoming {
+    pub fn begin(
+        scp: &Scp,
+        sop_class: &str,
+        sop_instance: &str,
+        transfer_syntax: &str,
+        calling_ae: &str,
+    ) -> Incoming {
         let mut incoming = Incoming {
             file: None,
             refused: None,
@@ -44,7 +50,7 @@ impl Incoming {
         };
         if sop_instance.is_empty() || sop_class.is_empty() {
             incoming.refused = Some((
-                status::CANNOT_UNDERSTAND,
+                Status::CANNOT_UNDERSTAND,
                 "Affected SOP Class/Instance UID missing in C-STORE-RQ".into(),
             ));
             return incoming;
@@ -52,23 +58,23 @@ impl Incoming {
         match scp.store.files().free_bytes() {
             Ok(free) if free < scp.disk_reserve => {
                 incoming.refused = Some((
-                    status::OUT_OF_RESOURCES,
-                    format!(
-                        "disk below reserve: {} MB free",
-                        free / (1024 * 1024)
-                    ),
+                    Status::OUT_OF_RESOURCES,
+                    format!("disk below reserve: {} MB free", free / (1024 * 1024)),
                 ));
                 return incoming;
             }
             Err(e) => {
-                incoming.refused = Some((status::OUT_OF_RESOURCES, format!("cannot check disk space: {e}")));
+                incoming.refused = Some((
+                    Status::OUT_OF_RESOURCES,
+                    format!("cannot check disk space: {e}"),
+                ));
                 return incoming;
             }
             Ok(_) => {}
         }
         for check in &scp.admission {
             if let Some(reason) = check() {
-                incoming.refused = Some((status::OUT_OF_RESOURCES, reason));
+                incoming.refused = Some((Status::OUT_OF_RESOURCES, reason));
                 return incoming;
             }
         }
@@ -76,7 +82,7 @@ impl Incoming {
             Ok(f) => incoming.file = Some(f),
             Err(e) => {
                 log::error!("cannot create a temp file for {sop_instance}: {e}");
-                incoming.refused = Some((status::OUT_OF_RESOURCES, format!("cannot write: {e}")));
+                incoming.refused = Some((Status::OUT_OF_RESOURCES, format!("cannot write: {e}")));
             }
         }
         incoming
@@ -88,7 +94,7 @@ impl Incoming {
             if let Err(e) = f.write(bytes) {
                 log::error!("write of {} failed: {e}", self.sop_instance);
                 self.file = None;
-                self.refused = Some((status::OUT_OF_RESOURCES, format!("cannot write: {e}")));
+                self.refused = Some((Status::OUT_OF_RESOURCES, format!("cannot write: {e}")));
             }
         }
     }
@@ -97,84 +103,100 @@ impl Incoming {
     /// flushed. Returns the status to answer.
     pub async fn finish(self, scp: &Scp, calling_ae: &str) -> Outcome {
         let started = Instant::now();
-        let fail = |status: u16, comment: String| Outcome {
+        let fail = |status: Status, comment: String| Outcome {
             status,
             comment: Some(comment),
             study: None,
         };
         if let Some((status, comment)) = self.refused {
-            scp.metrics.instances_failed_total.fetch_add(1, Ordering::Relaxed);
+            scp.metrics
+                .instances_failed_total
+                .fetch_add(1, Ordering::Relaxed);
             log::warn!("C-STORE {} refused: {comment}", self.sop_instance);
             return fail(status, comment);
         }
         let Some(file) = self.file else {
-            return fail(status::OUT_OF_RESOURCES, "no file".into());
+            return fail(Status::OUT_OF_RESOURCES, "no file".into());
         };
         let sop_class = self.sop_class;
         let sop_instance = self.sop_instance;
         let store = scp.store.clone();
         let calling_ae = calling_ae.to_string();
-        let placed = tokio::task::spawn_blocking(move || -> Result<(InstanceRecord, Header), (u16, String)> {
-            let staged = file
-                .finish()
-                .map_err(|e| (status::OUT_OF_RESOURCES, format!("fsync failed: {e}")))?;
-            let header = header::read_header(staged.path())
-                .map_err(|e| (status::CANNOT_UNDERSTAND, e.to_string()))?;
-            if header.instance.sop_instance_uid != sop_instance {
-                return Err((
-                    status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                    format!(
+        let placed = tokio::task::spawn_blocking(
+            move || -> Result<(InstanceRecord, Header), (Status, String)> {
+                let staged = file
+                    .finish()
+                    .map_err(|e| (Status::OUT_OF_RESOURCES, format!("fsync failed: {e}")))?;
+                let header = header::read_header(staged.path())
+                    .map_err(|e| (Status::CANNOT_UNDERSTAND, e.to_string()))?;
+                if header.instance.sop_instance_uid != sop_instance {
+                    return Err((
+                        Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                        format!(
                         "data set SOP Instance UID {} differs from the command's {sop_instance}",
                         header.instance.sop_instance_uid
                     ),
-                ));
-            }
-            if header.instance.sop_class_uid != sop_class {
-                return Err((
-                    status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                    format!(
-                        "data set SOP Class UID {} differs from the command's {sop_class}",
-                        header.instance.sop_class_uid
-                    ),
-                ));
-            }
-            let size = staged.size();
-            let rel = store
-                .files()
-                .place(staged, &header.instance.study_instance_uid, &sop_instance)
-                .map_err(|e| (status::OUT_OF_RESOURCES, format!("cannot place file: {e}")))?;
-            let mut rec = header.instance.clone();
-            rec.path = rel.to_string_lossy().to_string();
-            rec.size = size;
-            rec.received_at = crate::clock::now_secs();
-            rec.source_ae = calling_ae;
-            Ok((rec, header))
-        })
+                    ));
+                }
+                if header.instance.sop_class_uid != sop_class {
+                    return Err((
+                        Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                        format!(
+                            "data set SOP Class UID {} differs from the command's {sop_class}",
+                            header.instance.sop_class_uid
+                        ),
+                    ));
+                }
+                let size = staged.size();
+                let rel = store
+                    .files()
+                    .place(staged, &header.instance.study_instance_uid, &sop_instance)
+                    .map_err(|e| (Status::OUT_OF_RESOURCES, format!("cannot place file: {e}")))?;
+                let mut rec = header.instance.clone();
+                rec.path = rel.to_string_lossy().to_string();
+                rec.size = size;
+                rec.received_at = crate::clock::now_secs();
+                rec.source_ae = calling_ae;
+                Ok((rec, header))
+            },
+        )
         .await;
         let (rec, header) = match placed {
             Ok(Ok(v)) => v,
             Ok(Err((status, comment))) => {
-                scp.metrics.instances_failed_total.fetch_add(1, Ordering::Relaxed);
+                scp.metrics
+                    .instances_failed_total
+                    .fetch_add(1, Ordering::Relaxed);
                 log::warn!("C-STORE refused: {comment}");
                 return fail(status, comment);
             }
             Err(e) => {
-                scp.metrics.instances_failed_total.fetch_add(1, Ordering::Relaxed);
-                return fail(status::OUT_OF_RESOURCES, format!("store task failed: {e}"));
+                scp.metrics
+                    .instances_failed_total
+                    .fetch_add(1, Ordering::Relaxed);
+                return fail(Status::OUT_OF_RESOURCES, format!("store task failed: {e}"));
             }
         };
         if let Err(e) = scp.store.commit_instance(&rec, &header.study) {
-            scp.metrics.instances_failed_total.fetch_add(1, Ordering::Relaxed);
+            scp.metrics
+                .instances_failed_total
+                .fetch_add(1, Ordering::Relaxed);
             log::error!("index commit of {} failed: {e}", rec.sop_instance_uid);
-            return fail(status::OUT_OF_RESOURCES, format!("index: {e}"));
+            return fail(Status::OUT_OF_RESOURCES, format!("index: {e}"));
         }
         if let Err(e) = scp.store.flush().await {
-            scp.metrics.instances_failed_total.fetch_add(1, Ordering::Relaxed);
+            scp.metrics
+                .instances_failed_total
+                .fetch_add(1, Ordering::Relaxed);
             log::error!("index flush failed: {e}");
-            return fail(status::OUT_OF_RESOURCES, format!("index flush: {e}"));
+            return fail(Status::OUT_OF_RESOURCES, format!("index flush: {e}"));
         }
-        scp.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
-        scp.metrics.instances_stored_total.fetch_add(1, Ordering::Relaxed);
+        scp.metrics
+            .store_seconds
+            .observe(started.elapsed().as_secs_f64());
+        scp.metrics
+            .instances_stored_total
+            .fetch_add(1, Ordering::Relaxed);
         log::debug!(
             "stored {} ({} bytes, {}) of study {}",
             rec.sop_instance_uid,
@@ -183,7 +205,7 @@ impl Incoming {
             rec.study_instance_uid
         );
         Outcome {
-            status: status::SUCCESS,
+            status: Status::SUCCESS,
             comment: None,
             study: Some(rec.study_instance_uid),
         }

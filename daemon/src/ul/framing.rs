@@ -66,7 +66,10 @@ impl PduReader {
     }
 
     /// Reads the next PDU.
-    pub async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> Result<Pdu, FramingError> {
+    pub async fn read<S: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<Pdu, FramingError> {
         let mut header = [0u8; PDU_HEADER];
         match stream.read_exact(&mut header[..1]).await {
             Ok(_) => {}
@@ -101,7 +104,7 @@ impl PduReader {
 }
 
 /// Encodes a PDU and writes it with one write (no Nagle stalls between header and body).
-pub async fn write<S: AsyncWrite + Unpin>(
+pub async fn write<S: AsyncWrite + Unpin + ?Sized>(
     stream: &mut S,
     scratch: &mut Vec<u8>,
     pdu: &Pdu,
@@ -121,7 +124,16 @@ mod tests {
         let bytes = [0x04u8, 0, 0xFF, 0xFF, 0xFF, 0xFF];
         let mut r = PduReader::new(16384);
         let err = r.read(&mut &bytes[..]).await.unwrap_err();
-        assert!(matches!(err, FramingError::TooLong { length: 0xFFFF_FFFF, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FramingError::TooLong {
+                    length: 0xFFFF_FFFF,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -129,7 +141,10 @@ mod tests {
         let mut r = PduReader::new(16384);
         let err = r.read(&mut &[0x09u8, 0, 0, 0, 0, 0][..]).await.unwrap_err();
         assert!(matches!(err, FramingError::UnknownType(9)));
-        let err = r.read(&mut &[0x04u8, 0, 0, 0, 0, 10, 1, 2][..]).await.unwrap_err();
+        let err = r
+            .read(&mut &[0x04u8, 0, 0, 0, 0, 10, 1, 2][..])
+            .await
+            .unwrap_err();
         assert!(matches!(err, FramingError::Io(_)));
         let err = r.read(&mut &[][..]).await.unwrap_err();
         assert!(matches!(err, FramingError::Closed));
@@ -139,7 +154,9 @@ mod tests {
     async fn release_round_trip() {
         let mut out = Vec::new();
         let mut scratch = Vec::new();
-        write(&mut out, &mut scratch, &Pdu::ReleaseRQ).await.unwrap();
+        write(&mut out, &mut scratch, &Pdu::ReleaseRQ)
+            .await
+            .unwrap();
         let mut r = PduReader::new(16384);
         assert_eq!(r.read(&mut &out[..]).await.unwrap(), Pdu::ReleaseRQ);
     }

@@ -6,8 +6,8 @@ use crate::config::{AllowedPeer, Permission};
 use dicom_ul::pdu::{
     AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
-    AssociationRJSource, AssociationRQ, PresentationContextResult,
-    PresentationContextResultReason, RequestorRoles, UserVariableItem,
+    AssociationRJSource, AssociationRQ, PresentationContextResult, PresentationContextResultReason,
+    RequestorRoles, UserVariableItem,
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -208,7 +208,9 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
         } else {
             match needed {
                 None => Some(PresentationContextResultReason::AbstractSyntaxNotSupported),
-                Some(p) if !permissions.contains(&p) => Some(PresentationContextResultReason::UserRejection),
+                Some(p) if !permissions.contains(&p) => {
+                    Some(PresentationContextResultReason::UserRejection)
+                }
                 Some(_) => None,
             }
         };
@@ -231,7 +233,8 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
             }
             (reason, _) => results.push(PresentationContextResult {
                 id: pc.id,
-                reason: reason.unwrap_or(PresentationContextResultReason::TransferSyntaxesNotSupported),
+                reason: reason
+                    .unwrap_or(PresentationContextResultReason::TransferSyntaxesNotSupported),
                 transfer_syntax: crate::ul::IMPLICIT_VR_LE.to_string(),
             }),
         }
@@ -278,7 +281,11 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
 /// Picks the transfer syntax for a context: for storage, the first one the peer proposed
 /// that we accept (so data is stored as the modality encoded it); for other services,
 /// the uncompressed ones only.
-fn choose_transfer_syntax(abstract_syntax: &str, offered: &[String], policy: &Policy) -> Option<String> {
+fn choose_transfer_syntax(
+    abstract_syntax: &str,
+    offered: &[String],
+    policy: &Policy,
+) -> Option<String> {
     let uncompressed = [
         crate::ul::EXPLICIT_VR_LE,
         crate::ul::IMPLICIT_VR_LE,
@@ -354,7 +361,11 @@ mod tests {
             "DULI",
             vec![
                 (1, CR, vec![JPEG_LS, crate::ul::EXPLICIT_VR_LE]),
-                (3, "1.2.840.10008.5.1.4.1.1.4", vec![crate::ul::IMPLICIT_VR_LE]),
+                (
+                    3,
+                    "1.2.840.10008.5.1.4.1.1.4",
+                    vec![crate::ul::IMPLICIT_VR_LE],
+                ),
                 (5, VERIFICATION, vec![crate::ul::IMPLICIT_VR_LE]),
             ],
         );
@@ -370,11 +381,17 @@ mod tests {
 
     #[test]
     fn wrong_called_ae_and_unknown_calling_ae_are_rejected() {
-        let r = rq("MOD", "OTHER", vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])]);
+        let r = rq(
+            "MOD",
+            "OTHER",
+            vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])],
+        );
         let e = negotiate(&r, local(), &policy()).unwrap_err();
         assert_eq!(
             e.rj.source,
-            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized
+            )
         );
         let mut p = policy();
         p.allowed_peers = vec![AllowedPeer {
@@ -382,11 +399,17 @@ mod tests {
             address: Some(IpAddr::from([10, 0, 0, 1])),
             permissions: vec![Permission::Echo],
         }];
-        let r = rq("MOD", "DULI", vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])]);
+        let r = rq(
+            "MOD",
+            "DULI",
+            vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])],
+        );
         let e = negotiate(&r, local(), &p).unwrap_err();
         assert_eq!(
             e.rj.source,
-            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized
+            )
         );
         assert_eq!(e.rj.result, AssociationRJResult::Permanent);
     }
@@ -419,7 +442,13 @@ mod tests {
     #[test]
     fn too_many_contexts_are_rejected() {
         let pcs: Vec<_> = (0..200u32)
-            .map(|i| (((i * 2 + 1) % 256) as u8, CR, vec![crate::ul::IMPLICIT_VR_LE]))
+            .map(|i| {
+                (
+                    ((i * 2 + 1) % 256) as u8,
+                    CR,
+                    vec![crate::ul::IMPLICIT_VR_LE],
+                )
+            })
             .collect();
         let r = rq("MOD", "DULI", pcs);
         assert!(negotiate(&r, local(), &policy()).is_err());

@@ -1,0 +1,85 @@
+"""Writes small synthetic DX instances for the test suite.
+
+usage: make_dx.py OUT_DIR --count N [--studies S] [--rows R] [--cols C]
+                  [--name "Family^Given"] [--charset "ISO_IR 100"] [--seed K]
+
+Each file is a DX For Presentation image (16 bits allocated, 12 stored, Explicit VR
+Little Endian) with fresh 2.25 UIDs; instances are spread over S studies. Prints one line
+per file: path, SOP Instance UID, Study Instance UID.
+"""
+import argparse
+import os
+import uuid
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def uid():
+    return "2.25." + str(uuid.uuid4().int)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--studies", type=int, default=1)
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--cols", type=int, default=64)
+    p.add_argument("--name", default="Test^Patient")
+    p.add_argument("--charset", default="")
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    rng = np.random.default_rng(a.seed)
+    studies = [(uid(), f"P{i:04d}", f"ACC{i:05d}") for i in range(a.studies)]
+    series = {s[0]: uid() for s in studies}
+    for n in range(a.count):
+        study_uid, pid, acc = studies[n % a.studies]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = DX
+        sop = uid()
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        if a.charset:
+            ds.SpecificCharacterSet = a.charset
+        ds.SOPClassUID = DX
+        ds.SOPInstanceUID = sop
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series[study_uid]
+        ds.PatientName = a.name
+        ds.PatientID = pid
+        ds.PatientBirthDate = "20200101"
+        ds.PatientSex = "F"
+        ds.AccessionNumber = acc
+        ds.StudyDate = "20261123"
+        ds.StudyTime = "101500"
+        ds.StudyID = "1"
+        ds.Modality = "DX"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = n // a.studies + 1
+        ds.BodyPartExamined = "CHEST"
+        ds.ViewPosition = "PA"
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = a.rows
+        ds.Columns = a.cols
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        px = rng.integers(0, 4096, size=(a.rows, a.cols), dtype=np.uint16)
+        ds.PixelData = px.tobytes()
+        path = os.path.join(a.out, f"img{n:05d}.dcm")
+        ds.save_as(path, enforce_file_format=True)
+        print(path, sop, study_uid)
+
+
+if __name__ == "__main__":
+    main()
