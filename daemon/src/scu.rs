@@ -75,7 +75,6 @@ impl std::fmt::Display for Target {
     }
 }
 
-const VERIFICATION: &str = "1.2.840.10008.1.1";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn options(calling_ae: &str, target: &Target) -> ClientAssociationOptions<'static> {
@@ -92,7 +91,10 @@ fn options(calling_ae: &str, target: &Target) -> ClientAssociationOptions<'stati
 pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuError> {
     let addr = format!("{}:{}", target.host, target.port);
     let mut assoc = options(calling_ae, target)
-        .with_presentation_context(VERIFICATION, vec![crate::ul::IMPLICIT_VR_LE])
+        .with_presentation_context(
+            crate::dimse::uids::VERIFICATION,
+            vec![crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN],
+        )
         .establish_async(addr)
         .await
         .map_err(|e| ScuError::Association {

@@ -10,7 +10,7 @@ use crate::dimse::command::{Command, CommandField};
 use crate::dimse::status::Status;
 use crate::ul::framing::{self, FramingError, PduReader};
 use crate::ul::negotiate::Accepted;
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+use dicom_ul::pdu::{PDataValueType, Pdu};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -49,22 +49,16 @@ impl Responder {
         pc_id: u8,
         cmd: &Command,
     ) -> std::io::Result<()> {
-        let bytes = crate::dimse::command::encode(cmd);
-        // Command sets are small; split only if the peer's PDU limit demands it.
-        let max = (self.peer_max_pdu as usize).saturating_sub(6).max(64);
-        let chunks: Vec<&[u8]> = bytes.chunks(max).collect();
-        let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let pdu = Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc_id,
-                    value_type: PDataValueType::Command,
-                    is_last: i + 1 == n,
-                    data: chunk.to_vec(),
-                }],
-            };
-            framing::write(stream, &mut self.scratch, &pdu).await?;
-        }
+        let bytes = crate::dimse::encode(cmd);
+        let pdu = Pdu::PData {
+            data: crate::dimse::fragments(
+                pc_id,
+                PDataValueType::Command,
+                &bytes,
+                self.peer_max_pdu,
+            ),
+        };
+        framing::write(stream, &mut self.scratch, &pdu).await?;
         Ok(())
     }
 }
@@ -99,27 +93,28 @@ pub async fn run(
                 return format!("aborted at shutdown after {stored} instance(s)");
             }
         };
-        let pdu =
-            match pdu {
-                Err(_) => {
-                    let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-                    return format!(
-                        "idle for {:?}; aborted after {stored} instance(s)",
-                        scp.idle
-                    );
-                }
-                Ok(Err(FramingError::Closed)) => return format!(
+        let pdu = match pdu {
+            Err(_) => {
+                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                return format!(
+                    "idle for {:?}; aborted after {stored} instance(s)",
+                    scp.idle
+                );
+            }
+            Ok(Err(FramingError::Closed)) => {
+                return format!(
                     "connection closed by {calling:?} without release after {stored} instance(s)"
-                ),
-                Ok(Err(e)) => {
-                    scp.metrics
-                        .protocol_errors_total
-                        .fetch_add(1, Ordering::Relaxed);
-                    let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-                    return format!("{e}; aborted after {stored} instance(s)");
-                }
-                Ok(Ok(p)) => p,
-            };
+                )
+            }
+            Ok(Err(e)) => {
+                scp.metrics
+                    .protocol_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                return format!("{e}; aborted after {stored} instance(s)");
+            }
+            Ok(Ok(p)) => p,
+        };
         match pdu {
             Pdu::PData { data } => {
                 for pdv in data {

@@ -3,6 +3,7 @@
 //! A-ASSOCIATE-RJ with the reason the standard prescribes, out.
 
 use crate::config::{AllowedPeer, Permission};
+use crate::dimse::uids;
 use dicom_ul::pdu::{
     AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
@@ -93,11 +94,6 @@ pub fn reject_busy(active: usize) -> Rejected {
         ),
         format!("association limit reached ({active} active)"),
     )
-}
-
-/// Whether a transfer syntax UID is one of the storage classes' (any `1.2.840.10008.5.1.4.1.1.`).
-fn is_storage_class(uid: &str) -> bool {
-    uid.starts_with("1.2.840.10008.5.1.4.1.1.")
 }
 
 /// Negotiates an association request against `policy`.
@@ -199,7 +195,7 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
             .find(|(uid, _)| *uid == abstract_syntax)
             .map(|(_, p)| *p)
             .or_else(|| {
-                (policy.accept_any_storage && is_storage_class(&abstract_syntax))
+                (policy.accept_any_storage && uids::is_storage_sop_class(&abstract_syntax))
                     .then_some(Permission::Store)
             });
         let reason = if pc.id % 2 == 0 || !seen_ids.insert(pc.id) {
@@ -235,7 +231,7 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
                 id: pc.id,
                 reason: reason
                     .unwrap_or(PresentationContextResultReason::TransferSyntaxesNotSupported),
-                transfer_syntax: crate::ul::IMPLICIT_VR_LE.to_string(),
+                transfer_syntax: uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
             }),
         }
     }
@@ -287,11 +283,11 @@ fn choose_transfer_syntax(
     policy: &Policy,
 ) -> Option<String> {
     let uncompressed = [
-        crate::ul::EXPLICIT_VR_LE,
-        crate::ul::IMPLICIT_VR_LE,
-        crate::ul::EXPLICIT_VR_BE,
+        uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        uids::EXPLICIT_VR_BIG_ENDIAN,
     ];
-    if is_storage_class(abstract_syntax) {
+    if uids::is_storage_sop_class(abstract_syntax) {
         offered
             .iter()
             .find(|t| policy.transfer_syntaxes.iter().any(|a| a == *t))
@@ -323,8 +319,8 @@ mod tests {
             ],
             accept_any_storage: false,
             transfer_syntaxes: vec![
-                crate::ul::EXPLICIT_VR_LE.into(),
-                crate::ul::IMPLICIT_VR_LE.into(),
+                uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
+                uids::IMPLICIT_VR_LITTLE_ENDIAN.into(),
                 JPEG_LS.into(),
             ],
             max_pdu: 65536,
@@ -360,13 +356,13 @@ mod tests {
             "MOD",
             "DULI",
             vec![
-                (1, CR, vec![JPEG_LS, crate::ul::EXPLICIT_VR_LE]),
+                (1, CR, vec![JPEG_LS, uids::EXPLICIT_VR_LITTLE_ENDIAN]),
                 (
                     3,
                     "1.2.840.10008.5.1.4.1.1.4",
-                    vec![crate::ul::IMPLICIT_VR_LE],
+                    vec![uids::IMPLICIT_VR_LITTLE_ENDIAN],
                 ),
-                (5, VERIFICATION, vec![crate::ul::IMPLICIT_VR_LE]),
+                (5, VERIFICATION, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN]),
             ],
         );
         let a = negotiate(&r, local(), &policy()).unwrap();
@@ -384,7 +380,7 @@ mod tests {
         let r = rq(
             "MOD",
             "OTHER",
-            vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])],
+            vec![(1, CR, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN])],
         );
         let e = negotiate(&r, local(), &policy()).unwrap_err();
         assert_eq!(
@@ -402,7 +398,7 @@ mod tests {
         let r = rq(
             "MOD",
             "DULI",
-            vec![(1, CR, vec![crate::ul::IMPLICIT_VR_LE])],
+            vec![(1, CR, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN])],
         );
         let e = negotiate(&r, local(), &p).unwrap_err();
         assert_eq!(
@@ -426,8 +422,8 @@ mod tests {
             "MOD",
             "DULI",
             vec![
-                (1, CR, vec![crate::ul::IMPLICIT_VR_LE]),
-                (3, VERIFICATION, vec![crate::ul::IMPLICIT_VR_LE]),
+                (1, CR, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN]),
+                (3, VERIFICATION, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN]),
             ],
         );
         let a = negotiate(&r, local(), &p).unwrap();
@@ -446,7 +442,7 @@ mod tests {
                 (
                     ((i * 2 + 1) % 256) as u8,
                     CR,
-                    vec![crate::ul::IMPLICIT_VR_LE],
+                    vec![uids::IMPLICIT_VR_LITTLE_ENDIAN],
                 )
             })
             .collect();
