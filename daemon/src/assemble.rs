@@ -200,7 +200,7 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(400), rx.recv())
             .await
             .is_err());
-        let released = Instant::now();
+        // The quiet period passed while the association was open: complete at release.
         etx.send(Event::AssociationEnded { assoc: 1 })
             .await
             .unwrap();
@@ -209,10 +209,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(uid, "1.2.3");
-        assert!(released.elapsed() >= Duration::from_millis(150));
         assert_eq!(
             store.study("1.2.3").unwrap().unwrap().state,
             StudyState::Complete
+        );
+        // A new instance reopens it; released at once, it completes only after the quiet period.
+        store
+            .set_study_state("1.2.3", StudyState::Receiving, None)
+            .unwrap();
+        let last = Instant::now();
+        etx.send(Event::Stored {
+            assoc: 2,
+            study: "1.2.3".into(),
+        })
+        .await
+        .unwrap();
+        etx.send(Event::AssociationEnded { assoc: 2 })
+            .await
+            .unwrap();
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(uid, "1.2.3");
+        assert!(
+            last.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            last.elapsed()
         );
         drop(etx);
         task.await.unwrap();
