@@ -9,7 +9,8 @@ peak resident memory, with ratios against Orthanc and storescp + sync.
 Receivers (each starts fresh, with its storage on the same disk, for every run):
   storescp       DCMTK storescp (--fork), files land in the page cache
   storescp+sync  the same run, timed until a final `sync` returns
-  orthanc        Orthanc 1.10 from a JSON config, SyncStorageArea (fsync per file)
+  orthanc        Orthanc 1.10 from a JSON config, SyncStorageArea (fsync per file),
+                 TCP_NODELAY=1 (its DICOM layer is DCMTK)
   duli           `duli run` (release build), fsync per instance
 """
 
@@ -203,7 +204,8 @@ def run_orthanc(files, assocs, work):
     with open(config_path, "w") as f:
         json.dump(config, f)
     log = open(os.path.join(root, "orthanc.log"), "w")
-    proc = subprocess.Popen([binary, "--no-jobs", config_path], cwd=root,
+    # Orthanc's DICOM layer is DCMTK: it needs TCP_NODELAY=1 as well.
+    proc = subprocess.Popen([binary, "--no-jobs", config_path], cwd=root, env=PEER_ENV,
                             stdout=log, stderr=log)
     try:
         if not (wait_port(http_port, proc) and wait_port(dicom_port, proc)):
@@ -302,7 +304,7 @@ def main():
     mb = total_bytes / 1e6
     receivers = args.receivers.split(",")
     assoc_list = [int(a) for a in args.assocs.split(",")]
-    print("set: %d files, %.1f MB (%.2f MB each); storescu peers run with TCP_NODELAY=1; "
+    print("set: %d files, %.1f MB (%.2f MB each); DCMTK peers (storescu, storescp, Orthanc) run with TCP_NODELAY=1; "
           "median of %d run(s)" % (len(files), mb, mb / len(files), args.repeats))
     # kind -> assocs -> list of (seconds, peak_kib, received)
     results = {}

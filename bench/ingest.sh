@@ -9,7 +9,7 @@
 # RECEIVERS (default "storescp,orthanc,duli"), BENCH_OUT (default bench/out),
 # DULI_BIN (default: $CARGO_TARGET_DIR/release/duli or target/release/duli).
 # DCMTK 3.6.7 leaves Nagle's algorithm on unless TCP_NODELAY=1 is set: every
-# storescu and storescp here runs with TCP_NODELAY=1 (their best).
+# storescu, storescp and Orthanc here runs with TCP_NODELAY=1 (their best).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
