@@ -28,10 +28,12 @@ test-long: test-env
 	DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
 	$(MAKE) --no-print-directory test-scripts
 
-# Shell scripts are checked for syntax; tests/*.sh (if any) are run.
+# Shell and Python scripts are checked for syntax; tests/*.sh are run.
 test-scripts:
 	@set -e; for f in scripts/*.sh bench/*.sh .ci/run; do \
 		[ -f "$$f" ] || continue; bash -n "$$f"; done
+	@set -e; for f in bench/*.py; do \
+		[ -f "$$f" ] || continue; .venv/bin/python -c "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])" "$$f"; done
 	@set -e; for t in tests/*.sh; do \
 		[ -f "$$t" ] || continue; echo "== $$t"; bash "$$t"; done
 	@echo "script checks: ok"

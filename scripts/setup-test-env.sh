@@ -13,7 +13,7 @@ requirements="$repo/tests/requirements.txt"
 
 apt_packages=(
     dcmtk orthanc mosquitto mosquitto-clients
-    cmake g++ libubootenv-tool u-boot-tools grub-common procps
+    make cmake g++ libubootenv-tool u-boot-tools grub-common procps
     openssl ca-certificates python3-venv
 )
 
