@@ -26,6 +26,12 @@ pub enum Request {
     Status,
     /// List studies.
     Studies,
+    /// List the instances of one study, or of every study.
+    Instances {
+        /// Study Instance UID; all studies when absent.
+        #[serde(default)]
+        study: Option<String>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -68,6 +74,21 @@ pub fn execute(store: &Store, req: &Request) -> Response {
         Request::Studies => store
             .studies()
             .map(|s| serde_json::to_value(s).unwrap_or_default()),
+        Request::Instances { study } => {
+            let studies = match study {
+                Some(uid) => Ok(vec![uid.clone()]),
+                None => store
+                    .studies()
+                    .map(|v| v.into_iter().map(|s| s.study_instance_uid).collect()),
+            };
+            studies.and_then(|uids| {
+                let mut all = Vec::new();
+                for uid in uids {
+                    all.extend(store.instances_of(&uid)?);
+                }
+                Ok(serde_json::to_value(all).unwrap_or_default())
+            })
+        }
     };
     match result {
         Ok(data) => Response::Ok { data },

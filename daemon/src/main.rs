@@ -82,6 +82,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// List the studies in the store (JSON).
+    Studies {
+        /// Configuration file (for the data directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List stored instances (JSON), of one study or all.
+    Instances {
+        /// Study Instance UID.
+        study: Option<String>,
+        /// Configuration file (for the data directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
@@ -216,6 +230,8 @@ fn real_main() -> Result<ExitCode> {
         }
         Command::Reindex { config } => store_command(config, Request::Reindex),
         Command::Status { config } => store_command(config, Request::Status),
+        Command::Studies { config } => store_command(config, Request::Studies),
+        Command::Instances { study, config } => store_command(config, Request::Instances { study }),
     }
 }
 
