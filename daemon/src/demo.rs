@@ -40,7 +40,7 @@ pub async fn run(
         host: running.dicom_addr.ip().to_string(),
         port: running.dicom_addr.port(),
     };
-    let files: Vec<_> = scu::collect_files(&[samples.clone()])
+    let files: Vec<_> = scu::collect_files(std::slice::from_ref(&samples))
         .into_iter()
         .filter_map(|f| scu::prepare(&f).ok())
         .collect();

@@ -173,7 +173,7 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
             UserVariableItem::MaxLength(0) => peer_max_pdu = 16 * 1024 * 1024,
             UserVariableItem::MaxLength(n) => peer_max_pdu = (*n).clamp(1024, 16 * 1024 * 1024),
             UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => {
-                requested_roles.push((uid.trim_end_matches('\0').to_string(), roles.clone()))
+                requested_roles.push((uid.trim_end_matches('\0').to_string(), *roles))
             }
             _ => {}
         }

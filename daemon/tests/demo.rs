@@ -1,0 +1,36 @@
+//! `duli demo --exit-after-report` as a newcomer runs it (on built-in defaults, with only
+//! ports and data directory moved aside so tests can run in parallel).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn demo_sends_the_samples_and_exits_once_recorded() {
+    let Some(samples) = samples_dir() else { return };
+    let dir = temp_dir("demo");
+    let ports = free_ports(2);
+    let mut cmd = std::process::Command::new(Daemon::binary());
+    cmd.args(["demo", "--exit-after-report", "--samples"])
+        .arg(samples.join("dicom/explicit-le"))
+        .current_dir(repo_root())
+        .env("DULI_DICOM__PORT", ports[0].to_string())
+        .env("DULI_CONSOLE__PORT", ports[1].to_string())
+        .env("DULI_DICOM__QUIET_PERIOD", "1")
+        .env("DULI_DEVICE__DATA_DIR", dir.path().join("data"));
+    let out = run(&mut cmd, Duration::from_secs(300));
+    out.assert_success("duli demo --exit-after-report");
+    assert!(out.stdout.contains("16/16 stored with Success"), "{}", out.combined());
+    // One line per study (16 patients), each complete or further along.
+    let rows = out
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .last()
+                .is_some_and(|s| ["complete", "queued", "inferring", "done", "error"].contains(&s))
+        })
+        .count();
+    assert_eq!(rows, 16, "{}", out.stdout);
+}
