@@ -146,6 +146,19 @@ pub async fn start(config: &Config) -> Result<Running> {
         },
     )));
 
+    // Retention of pixel data.
+    let retention = tokio::spawn(crate::retention::run(
+        store.clone(),
+        config.retention.pixel_days,
+        config.retention.disk_reserve_mb * 1024 * 1024,
+        Duration::from_secs(3600),
+    ));
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        retention.abort();
+    }));
+
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;

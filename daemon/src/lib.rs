@@ -8,6 +8,7 @@
 //! - [`receive`]: the SCP — listener, associations, the Verification and Storage services.
 //! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
+//! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
 //! - [`web`]: the console listener — health and Prometheus metrics.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod receive;
+pub mod retention;
 pub mod scu;
 pub mod store;
 pub mod ul;

@@ -21,7 +21,11 @@ fn demo_sends_the_samples_and_exits_once_recorded() {
         .env("DULI_DEVICE__DATA_DIR", dir.path().join("data"));
     let out = run(&mut cmd, Duration::from_secs(300));
     out.assert_success("duli demo --exit-after-report");
-    assert!(out.stdout.contains("16/16 stored with Success"), "{}", out.combined());
+    assert!(
+        out.stdout.contains("16/16 stored with Success"),
+        "{}",
+        out.combined()
+    );
     // One line per study (16 patients), each complete or further along.
     let rows = out
         .stdout

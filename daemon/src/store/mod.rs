@@ -132,14 +132,24 @@ impl Store {
             files,
             count: AtomicU64::new(0),
         };
-        match store.schema_version()? {
-            None => store
-                .meta
-                .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
-                .map(|_| ())?,
+        // sled opens some damaged files as an empty database without an error: an index
+        // without its schema version is treated as lost and rebuilt from the files.
+        let rebuild = match store.schema_version()? {
+            None => {
+                if existed && !rebuild {
+                    log::error!(
+                        "index at {} has no schema version (lost or damaged); rebuilding it from the files",
+                        index_dir.display()
+                    );
+                }
+                store
+                    .meta
+                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                true
+            }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
-            Some(_) => {}
-        }
+            Some(_) => rebuild,
+        };
         let has_files = store
             .files
             .walk()
@@ -350,6 +360,32 @@ impl Store {
             });
         }
         out.map(|v| decode(study_uid.as_bytes(), &v)).transpose()
+    }
+
+    /// Marks an instance's pixel data as pruned by retention (its file is gone). Not
+    /// durable until [`Store::flush`].
+    pub fn mark_pruned(&self, sop_uid: &str) -> Result<(), StoreError> {
+        let mut failed = None;
+        self.instances.update_and_fetch(sop_uid.as_bytes(), |old| {
+            let old = old?;
+            match serde_json::from_slice::<InstanceRecord>(old) {
+                Ok(mut rec) => {
+                    rec.pruned = true;
+                    Some(encode(&rec))
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        match failed {
+            Some(reason) => Err(StoreError::Corrupt {
+                key: sop_uid.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Counts studies per state.

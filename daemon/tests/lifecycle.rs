@@ -1,0 +1,134 @@
+//! Process lifecycle and store maintenance: graceful SIGTERM, index rebuilds (on request,
+//! through the running daemon, and automatically when the index is lost), the disk reserve
+//! (A700), and sd_notify readiness.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn make_dx(dir: &std::path::Path, count: usize) -> Option<Vec<PathBuf>> {
+    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
+    let count = count.to_string();
+    let mut cmd = python_script(
+        &script,
+        &[dir.to_str().unwrap(), "--count", &count, "--studies", "2"],
+    )?;
+    let out = run(&mut cmd, Duration::from_secs(120));
+    out.assert_success("make_dx.py");
+    Some(
+        out.stdout
+            .lines()
+            .map(|l| PathBuf::from(l.split_whitespace().next().unwrap()))
+            .collect(),
+    )
+}
+
+fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let out = run(&mut d.command(args), Duration::from_secs(60));
+    out.assert_success(&format!("duli {args:?}"));
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_exit_zero() {
+    let mut d = Daemon::start();
+    let Some(out) = d.echoscu("MODALITY", &[]) else {
+        return;
+    };
+    out.assert_success("echoscu");
+    let status = d
+        .terminate(Duration::from_secs(30))
+        .expect("daemon did not stop on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let log = d.log();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    assert!(
+        !d.data_dir().join("duli.sock").exists(),
+        "control socket left behind"
+    );
+}
+
+#[test]
+fn reindex_offline_through_the_daemon_and_after_losing_the_index() {
+    let dir = temp_dir("reindex");
+    let Some(files) = make_dx(dir.path(), 6) else {
+        return;
+    };
+    let mut d = Daemon::start();
+    let Some(out) = d.storescu("MODALITY", &[], &files) else {
+        return;
+    };
+    out.assert_success("storescu");
+    // Through the running daemon's socket (the store admits one process).
+    let r = json(&d, &["reindex"]);
+    assert_eq!(r["indexed"], 6, "{r}");
+    assert_eq!(r["studies"], 2, "{r}");
+    // With the daemon stopped, the command opens the store itself.
+    d.terminate(Duration::from_secs(30)).unwrap();
+    let r = json(&d, &["reindex"]);
+    assert_eq!(r["indexed"], 6, "{r}");
+    // The index is lost: the next start rebuilds it from the files.
+    std::fs::remove_dir_all(d.data_dir().join("index")).unwrap();
+    d.restart();
+    assert_eq!(d.metric("duli_store_instances"), Some(6.0));
+    assert_eq!(json(&d, &["studies"]).as_array().unwrap().len(), 2);
+    assert!(d.log().contains("index rebuilt from files"), "{}", d.log());
+    // A garbage index is kept aside and rebuilt.
+    d.terminate(Duration::from_secs(30)).unwrap();
+    let db = d.data_dir().join("index").join("db");
+    std::fs::write(&db, vec![0xA5u8; 4096]).unwrap();
+    match d.try_restart() {
+        Ok(()) => {
+            assert_eq!(d.metric("duli_store_instances"), Some(6.0), "{}", d.log());
+        }
+        Err(log) => panic!("daemon did not survive a corrupt index:\n{log}"),
+    }
+}
+
+#[test]
+fn below_the_disk_reserve_c_store_answers_a700_and_stores_nothing() {
+    let dir = temp_dir("reserve");
+    let Some(files) = make_dx(dir.path(), 2) else {
+        return;
+    };
+    // A reserve larger than any disk.
+    let d = Daemon::builder()
+        .config("retention", "disk_reserve_mb", "1000000000")
+        .start();
+    let Some(out) = d.storescu("MODALITY", &["-v"], &files) else {
+        return;
+    };
+    let text = out.combined();
+    assert!(
+        text.contains("OutOfResources") || text.contains("A700"),
+        "{text}"
+    );
+    assert_eq!(d.metric("duli_store_instances"), Some(0.0));
+    // storescu stops at its first refusal.
+    assert!(d.metric("duli_instances_failed_total").unwrap() >= 1.0);
+    // Echo still works: the daemon is up, only storage is refused.
+    d.echoscu("MODALITY", &[])
+        .unwrap()
+        .assert_success("echo under the reserve");
+}
+
+#[test]
+fn readiness_is_notified_to_systemd() {
+    let dir = temp_dir("notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut d = Daemon::builder()
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .start();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no sd_notify message");
+    assert_eq!(&buf[..n], b"READY=1");
+    d.terminate(Duration::from_secs(30)).unwrap();
+    let n = sock.recv(&mut buf).expect("no STOPPING message");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
