@@ -26,6 +26,8 @@ pub enum Request {
     Status,
     /// List studies.
     Studies,
+    /// Verify the audit trail's hash chain.
+    AuditVerify,
     /// List the instances of one study, or of every study.
     Instances {
         /// Study Instance UID; all studies when absent.
@@ -74,6 +76,16 @@ pub fn execute(store: &Store, req: &Request) -> Response {
         Request::Studies => store
             .studies()
             .map(|s| serde_json::to_value(s).unwrap_or_default()),
+        Request::AuditVerify => crate::audit::Audit::open(store)
+            .and_then(|a| a.verify())
+            .map(|v| {
+                serde_json::json!({
+                    "records": v.records,
+                    "head": v.head,
+                    "intact": v.broken.is_none(),
+                    "first_broken": v.broken.map(|b| serde_json::json!({"seq": b.seq, "reason": b.reason})),
+                })
+            }),
         Request::Instances { study } => {
             let studies = match study {
                 Some(uid) => Ok(vec![uid.clone()]),

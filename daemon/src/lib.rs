@@ -10,6 +10,7 @@
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
+//! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
 //! - [`web`]: the console listener — health and Prometheus metrics.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
@@ -18,6 +19,7 @@
 //! - [`demo`]: the newcomer's first run.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 pub mod assemble;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -82,6 +82,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        /// Configuration file (for the data directory).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// List the studies in the store (JSON).
     Studies {
         /// Configuration file (for the data directory).
@@ -96,6 +104,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chain; prints the first broken link and exits 1 if there is one.
+    Verify,
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
@@ -230,6 +244,39 @@ fn real_main() -> Result<ExitCode> {
         }
         Command::Reindex { config } => store_command(config, Request::Reindex),
         Command::Status { config } => store_command(config, Request::Status),
+        Command::Audit {
+            action: AuditAction::Verify,
+            config,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let resp = runtime()?.block_on(control::run_request(
+                &cfg.device.data_dir,
+                Request::AuditVerify,
+            ))?;
+            match resp {
+                Response::Ok { data } => {
+                    if data["intact"] == true {
+                        println!(
+                            "audit trail intact: {} record(s), head {}",
+                            data["records"],
+                            data["head"].as_str().unwrap_or("-")
+                        );
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        println!(
+                            "audit trail BROKEN at record {}: {}",
+                            data["first_broken"]["seq"],
+                            data["first_broken"]["reason"].as_str().unwrap_or("")
+                        );
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+                Response::Error { message } => {
+                    eprintln!("error: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Studies { config } => store_command(config, Request::Studies),
         Command::Instances { study, config } => store_command(config, Request::Instances { study }),
     }
