@@ -23,6 +23,8 @@ pub struct Running {
     pub store: Arc<Store>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
     /// The DICOM port actually bound.
     pub dicom_addr: SocketAddr,
     /// The console port actually bound.
@@ -65,6 +67,14 @@ pub async fn start(config: &Config) -> Result<Running> {
         data_dir.display(),
         store.instance_count()
     );
+    let audit = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || crate::audit::Audit::open(&store))
+            .await
+            .context("audit open task")?
+            .context("cannot open the audit trail")?
+    };
+    let audit = Arc::new(audit);
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -83,6 +93,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     let scp = Arc::new(Scp::new(
         receive::policy::policy(config),
         store.clone(),
+        audit.clone(),
         metrics.clone(),
         events_tx,
         Duration::from_secs(config.dicom.artim_timeout),
@@ -140,6 +151,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         web::WebState {
             store: store.clone(),
             metrics: metrics.clone(),
+            audit: audit.clone(),
         },
         async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -185,6 +197,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     Ok(Running {
         store,
         metrics,
+        audit,
         dicom_addr,
         console_addr,
         completed: Some(completed_rx),

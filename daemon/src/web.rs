@@ -13,6 +13,8 @@ pub struct WebState {
     pub store: Arc<Store>,
     /// In-memory metrics.
     pub metrics: Arc<Metrics>,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Reads the store-side gauges for a scrape.

@@ -12,6 +12,7 @@ pub mod server;
 pub mod store;
 
 use crate::assemble;
+use crate::audit::Audit;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::ul::negotiate::Policy;
@@ -44,6 +45,8 @@ pub struct Scp {
     pub disk_reserve: u64,
     /// Extra admission checks (outbox bound, …).
     pub admission: Vec<Admission>,
+    /// The audit trail (queries and retrieves are recorded).
+    pub audit: Arc<Audit>,
     pub(crate) active: AtomicUsize,
     pub(crate) next_id: AtomicU64,
 }
@@ -54,6 +57,7 @@ impl Scp {
     pub fn new(
         policy: Policy,
         store: Arc<Store>,
+        audit: Arc<Audit>,
         metrics: Arc<Metrics>,
         events: mpsc::Sender<assemble::Event>,
         artim: Duration,
@@ -71,6 +75,7 @@ impl Scp {
             max_associations,
             disk_reserve,
             admission: Vec::new(),
+            audit,
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }
