@@ -1,0 +1,46 @@
+//! Signed firmware bundles and the A/B slot updater of DULI Edge.
+//!
+//! A map of the crate, in the order an update flows through it:
+//!
+//! - [`keys`]: Ed25519 keys, the built-in trust anchor, key generation, [`TrustAnchors`].
+//! - [`endorsement`]: how a root key lets another key sign bundles.
+//! - [`manifest`]: what a bundle states about its payload ([`Manifest`], [`Release`]).
+//! - [`bundle`]: the on-disk format (header, manifest, payload), encode/decode only.
+//! - [`sign`]: the build pipeline makes a bundle from a payload and a private key.
+//! - [`verify`]: a device checks signature, manifest and streamed payload hash.
+//! - [`policy`]: whether an authentic bundle fits this device (hardware, versions).
+//! - [`bootctl`]: the boot variables behind the [`BootControl`] trait, with GRUB, U-Boot
+//!   and file backends, and the reference of the bootloader's per-boot decision.
+//! - [`slot`]: writing the inactive slot and reading it back.
+//! - [`updater`]: the install / mark-good / rollback state machine over any backend.
+//! - [`model_pack`]: model packs, installed on the data partition instead of a slot.
+//! - [`config`]: the `[firmware]` configuration section.
+//!
+//! `firmware/README.md` documents the bundle format, key management, the boot state
+//! machine and what a power cut at each step leaves behind.
+
+pub mod bootctl;
+pub mod bundle;
+pub mod config;
+pub mod endorsement;
+pub mod keys;
+pub mod manifest;
+pub mod model_pack;
+pub mod policy;
+pub mod progress;
+pub mod sign;
+pub mod slot;
+mod stream;
+pub mod updater;
+pub mod verify;
+pub mod version;
+
+pub use bootctl::{BootControl, BootState, Slot};
+pub use bundle::BundleError;
+pub use config::FirmwareConfig;
+pub use keys::{PublicKey, SigningKey, TrustAnchors};
+pub use manifest::{Manifest, PayloadKind, Release};
+pub use sign::sign;
+pub use updater::{UpdateError, Updater};
+pub use verify::{verify, VerifiedManifest};
+pub use version::Version;

@@ -1,0 +1,71 @@
+//! Model packs: signed like root filesystems, but installed as one file on the data
+//! partition (outside the A/B slots), so a model can change without an OS update and
+//! survives slot switches. No root privileges are needed: the data partition belongs to
+//! the service user.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::Path;
+
+use crate::bundle::BundleError;
+use crate::keys::TrustAnchors;
+use crate::manifest::PayloadKind;
+use crate::policy::DevicePolicy;
+use crate::slot::SlotError;
+use crate::stream::{copy_hashing, CHUNK};
+use crate::updater::UpdateError;
+use crate::verify::{verify, VerifiedManifest};
+use crate::version::Version;
+
+/// Verifies a model-pack bundle and, if the device accepts it, writes its payload to
+/// `dest` atomically (temporary file, fsync, rename, fsync of the directory). `installed`
+/// is the version of the pack currently at `dest`, if any.
+pub fn install_model_pack(
+    bundle: &Path,
+    anchors: &TrustAnchors,
+    policy: &DevicePolicy,
+    installed: Option<Version>,
+    dest: &Path,
+) -> Result<VerifiedManifest, UpdateError> {
+    let verified = verify(bundle, anchors)?;
+    let manifest = verified.manifest();
+    policy.check(manifest, PayloadKind::ModelPack, installed)?;
+    let expected = manifest.payload_sha256().map_err(BundleError::from)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UpdateError::Slot(SlotError::Io { path, source })
+    };
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model-pack".into());
+    let tmp = dest.with_file_name(format!(".{name}.partial"));
+    let result = (|| -> Result<(), UpdateError> {
+        let mut payload = verified.open_payload()?;
+        let mut writer = BufWriter::with_capacity(CHUNK, File::create(&tmp).map_err(io(&tmp))?);
+        let (size, digest) =
+            copy_hashing(&mut payload, &mut writer, |_| Ok(())).map_err(io(&tmp))?;
+        let file = writer.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+        if size != manifest.payload.size || digest != expected {
+            return Err(SlotError::SourceChanged(tmp.clone()).into());
+        }
+        fs::rename(&tmp, dest).map_err(io(dest))?;
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    log::info!(
+        "installed model pack {} at {}",
+        manifest.version,
+        dest.display()
+    );
+    Ok(verified)
+}

@@ -1,0 +1,34 @@
+SUMMARY = "DULI Edge appliance image: A/B root filesystems and a data partition"
+DESCRIPTION = "Minimal systemd image running the duli daemon, laid out by \
+               duli-ab.wks with two root filesystem slots for signed A/B updates \
+               and a separate data partition."
+# nooelint: oelint.vars.homepageping - the project has no public site yet
+HOMEPAGE = "https://duli.invalid/"
+SECTION = "images"
+CVE_PRODUCT = "duli"
+LICENSE = "Apache-2.0"
+# The repository carries no LICENSE file yet; the workspace declares Apache-2.0.
+# nooelint: oelint.var.licenseremotefile
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+inherit core-image
+
+REQUIRED_DISTRO_FEATURES = "systemd usrmerge"
+
+IMAGE_INSTALL:append = " duli duli-model-pneumonia"
+IMAGE_FEATURES:append = " read-only-rootfs"
+
+# wic for the first install; ext4 is the root filesystem payload of update bundles
+# (`duli firmware sign --kind rootfs --payload duli-image-<machine>.rootfs.ext4`).
+IMAGE_FSTYPES = "wic wic.bmap ext4"
+WKS_FILE = "duli-ab.wks"
+WKS_FILE_DEPENDS:append = " duli-bootenv"
+# nooelint: oelint.vars.mispell - read by the bootimg_efi wic plugin
+IMAGE_EFI_BOOT_FILES:append = " duli-grubenv;EFI/BOOT/grubenv"
+
+create_duli_mountpoint[doc] = "Creates the mount point of the data partition"
+# Room for the data partition's mount point in the read-only root.
+create_duli_mountpoint() {
+    install -d ${IMAGE_ROOTFS}/var/lib/duli
+}
+ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint;"
