@@ -418,26 +418,14 @@ impl Config {
         }
         // Paths set in the file resolve against its folder; everything else (defaults and
         // environment) against the working directory.
-        let file_config: Config = deserialize(table.clone(), path)?;
-        let file_paths = file_config.path_keys_set(&table);
-        apply_env(&mut table, env)?;
+        deserialize(table.clone(), path)?;
+        let mut file_paths = keys_of(&table);
+        let from_env = apply_env(&mut table, env)?;
+        file_paths.retain(|k| !from_env.contains(k));
         let mut config: Config = deserialize(table, path)?;
         config.resolve_paths(&cwd, file_dir.as_deref(), &file_paths);
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
-    }
-
-    /// Names (`section.key`) of path-valued keys present in the file's table.
-    fn path_keys_set(&self, table: &toml::Table) -> Vec<String> {
-        let mut keys = Vec::new();
-        for (section, value) in table {
-            if let Some(inner) = value.as_table() {
-                for key in inner.keys() {
-                    keys.push(format!("{section}.{key}"));
-                }
-            }
-        }
-        keys
     }
 
     fn resolve_paths(&mut self, cwd: &Path, file_dir: Option<&Path>, from_file: &[String]) {
@@ -723,6 +711,19 @@ impl Config {
     }
 }
 
+/// Names (`section.key`) of the keys present in a raw table.
+fn keys_of(table: &toml::Table) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (section, value) in table {
+        if let Some(inner) = value.as_table() {
+            for key in inner.keys() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    keys
+}
+
 fn deserialize(table: toml::Table, path: Option<&Path>) -> Result<Config, ConfigError> {
     Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
         origin: path
@@ -742,9 +743,10 @@ fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-/// Applies `DULI_SECTION__KEY=value` variables to the raw TOML table. Values are parsed as
-/// inline TOML (numbers, booleans, lists, tables); anything that does not parse is a string.
-fn apply_env<I>(table: &mut toml::Table, env: I) -> Result<(), ConfigError>
+/// Applies `DULI_SECTION__KEY=value` variables to the raw TOML table and returns the keys
+/// they set. Values are parsed as inline TOML (numbers, booleans, lists, tables); anything
+/// that does not parse is a string.
+fn apply_env<I>(table: &mut toml::Table, env: I) -> Result<Vec<String>, ConfigError>
 where
     I: IntoIterator<Item = (String, String)>,
 {
@@ -753,6 +755,7 @@ where
         .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
         .collect();
     vars.sort();
+    let mut set = Vec::new();
     for (name, raw) in vars {
         let rest = &name[ENV_PREFIX.len()..];
         let Some((section, key)) = rest.split_once("__") else {
@@ -770,9 +773,10 @@ where
                 message: format!("[{section}] is not a table"),
             });
         };
+        set.push(format!("{section}.{key}"));
         inner.insert(key, value);
     }
-    Ok(())
+    Ok(set)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -915,6 +919,19 @@ mod tests {
             .inference
             .model
             .starts_with(std::env::current_dir().unwrap()));
+    }
+
+    #[test]
+    fn an_environment_path_resolves_against_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duli.toml");
+        std::fs::write(&path, "[device]\ndata_dir = \"store\"\n").unwrap();
+        let env = vec![("DULI_DEVICE__DATA_DIR".to_string(), "elsewhere".to_string())];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(
+            c.device.data_dir,
+            std::env::current_dir().unwrap().join("elsewhere")
+        );
     }
 
     #[test]

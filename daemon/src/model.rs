@@ -81,7 +81,7 @@ pub struct InstanceRecord {
     pub body_part: String,
     /// View Position (0018,5101).
     pub view_position: String,
-    /// Image Laterality / Patient Orientation are not needed yet; rows and columns are.
+    /// Rows (0028,0010).
     pub rows: Option<u32>,
     /// Columns (0028,0011).
     pub columns: Option<u32>,
