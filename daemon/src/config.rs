@@ -725,11 +725,22 @@ fn keys_of(table: &toml::Table) -> Vec<String> {
 }
 
 fn deserialize(table: toml::Table, path: Option<&Path>) -> Result<Config, ConfigError> {
-    Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-        origin: path
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "configuration".into()),
-        message: e.message().to_string(),
+    // serde_path_to_error names the key (e.g. `dicom.allowed_peers[0].permissions[0]`) of a
+    // value with the wrong type or an unknown variant, whether it came from the file or
+    // from the environment.
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        ConfigError::Parse {
+            origin: path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "configuration".into()),
+            message: if key.is_empty() || key == "." {
+                message
+            } else {
+                format!("{key}: {message}")
+            },
+        }
     })
 }
 
