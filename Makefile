@@ -34,7 +34,7 @@ test-scripts:
 		[ -f "$$f" ] || continue; bash -n "$$f"; done
 	@set -e; for f in bench/*.py; do \
 		[ -f "$$f" ] || continue; .venv/bin/python -c "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])" "$$f"; done
-	@set -e; for t in tests/*.sh; do \
+	@set -e; for t in tests/*.sh tests/*/*.sh; do \
 		[ -f "$$t" ] || continue; echo "== $$t"; bash "$$t"; done
 	@echo "script checks: ok"
 

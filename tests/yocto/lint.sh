@@ -3,7 +3,7 @@
 #  1. yocto/meta-duli/recipes-duli/duli/duli-crates.inc matches Cargo.lock
 #     (regenerate with yocto/scripts/gen-crates-inc.py);
 #  2. every recipe passes oelint-adv (PyPI) with no finding at any severity.
-# oelint-adv is taken from $OELINT, else PATH, else the venv /work/venvs/firmware; when
+# oelint-adv is taken from $OELINT, else PATH, else the repository's .venv; when
 # none exists the lint step is skipped with a message (the .inc check always runs).
 #
 # Rules suppressed for the whole layer, and why:
@@ -21,8 +21,8 @@ oelint="${OELINT:-}"
 if [ -z "$oelint" ]; then
     if command -v oelint-adv >/dev/null 2>&1; then
         oelint="$(command -v oelint-adv)"
-    elif [ -x /work/venvs/firmware/bin/oelint-adv ]; then
-        oelint=/work/venvs/firmware/bin/oelint-adv
+    elif [ -x .venv/bin/oelint-adv ]; then
+        oelint=.venv/bin/oelint-adv
     else
         echo "SKIP: oelint-adv not installed (python3 -m venv V && V/bin/pip install oelint-adv)"
         exit 0
