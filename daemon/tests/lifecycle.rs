@@ -132,3 +132,72 @@ fn readiness_is_notified_to_systemd() {
     let n = sock.recv(&mut buf).expect("no STOPPING message");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn sigterm_lets_an_open_association_finish_its_transfer() {
+    let Some(storescu_path) = require_tool("storescu") else {
+        return;
+    };
+    let dir = temp_dir("drain");
+    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
+    let Some(mut cmd) = python_script(
+        &script,
+        &[
+            dir.path().join("dx").to_str().unwrap(),
+            "--count",
+            "30",
+            "--rows",
+            "1024",
+            "--cols",
+            "1024",
+        ],
+    ) else {
+        return;
+    };
+    run(&mut cmd, Duration::from_secs(120)).assert_success("make_dx.py");
+    let files = dicom_files(&dir.path().join("dx"));
+    let mut d = Daemon::start();
+    let mut cmd = std::process::Command::new(storescu_path);
+    cmd.env("TCP_NODELAY", "1")
+        .args([
+            "-v",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            DULI_AET,
+            "127.0.0.1",
+            &d.dicom_port.to_string(),
+        ])
+        .args(&files);
+    let mut sender =
+        Background::spawn("storescu", &mut cmd, &dir.path().join("storescu.log")).unwrap();
+    // Wait until the transfer is under way, then ask the daemon to stop.
+    let started = std::time::Instant::now();
+    while !sender.log().contains("Received Store Response (Success)")
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(d.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = sender.signal_and_wait(nix::sys::signal::Signal::SIGCONT, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "storescu did not finish: {}",
+        sender.log()
+    );
+    assert_eq!(
+        sender
+            .log()
+            .matches("Received Store Response (Success)")
+            .count(),
+        30
+    );
+    let status = d
+        .terminate(Duration::from_secs(30))
+        .expect("daemon did not stop");
+    assert!(status.success(), "{status}");
+    assert!(d.log().contains("shutting down"), "{}", d.log());
+    d.restart();
+    assert_eq!(d.metric("duli_store_instances"), Some(30.0));
+}

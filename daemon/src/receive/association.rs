@@ -84,11 +84,24 @@ pub async fn run(
     let mut current = Current::Idle;
     let mut stored = 0u64;
     let calling = accepted.calling_ae.clone();
+    // At shutdown the association may run on (to its release) until the drain deadline;
+    // then, between messages, it is aborted.
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = async {
+            match drain_deadline {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let pdu = tokio::select! {
             r = tokio::time::timeout(scp.idle, reader.read(&mut stream)) => r,
-            _ = until_true(&mut shutdown), if matches!(current, Current::Idle) => {
-                // Between messages at shutdown: nothing is half-received, abort now.
+            _ = until_true(&mut shutdown), if drain_deadline.is_none() => {
+                drain_deadline = Some(tokio::time::Instant::now() + scp.drain);
+                log::info!("association {id}: shutting down, {:?} left to finish", scp.drain);
+                continue;
+            }
+            _ = deadline, if matches!(current, Current::Idle) => {
                 let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
                 return format!("aborted at shutdown after {stored} instance(s)");
             }

@@ -43,6 +43,8 @@ pub struct Scp {
     pub max_associations: usize,
     /// Free bytes to keep on the data disk; below it C-STORE answers A700.
     pub disk_reserve: u64,
+    /// At shutdown, how long open associations may run on before they are aborted.
+    pub drain: Duration,
     /// Extra admission checks (outbox bound, …).
     pub admission: Vec<Admission>,
     /// The audit trail (queries and retrieves are recorded).
@@ -74,6 +76,7 @@ impl Scp {
             idle,
             max_associations,
             disk_reserve,
+            drain: Duration::from_secs(15),
             admission: Vec::new(),
             audit,
             active: AtomicUsize::new(0),
