@@ -10,6 +10,7 @@
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
+//! - [`deliver`]: the durable outbox and the channels that drain it (HL7/MLLP, MQTT, PACS push).
 //! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
 //! - [`web`]: the console listener — health and Prometheus metrics.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod deliver;
 pub mod demo;
 pub mod dimse;
 pub mod logging;

@@ -1,0 +1,213 @@
+//! The HL7 channel: sends each outbox entry as one MLLP frame over TCP (or TLS) to the
+//! RIS and waits for its ACK. The connection is kept between messages and reopened when
+//! the RIS closes it.
+
+use super::ack::Ack;
+use super::message::unescape;
+use super::mllp;
+use crate::config::Hl7Config;
+use crate::deliver::outbox::{Entry, Payload};
+use crate::deliver::tls::{client_config, TlsError};
+use crate::deliver::{Channel, Delivery};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and how to reach the RIS.
+#[derive(Debug, Clone)]
+pub struct Hl7Target {
+    /// RIS host.
+    pub host: String,
+    /// RIS MLLP port.
+    pub port: u16,
+    /// TLS client configuration, when MLLP runs over TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Time allowed to connect (and handshake).
+    pub connect_timeout: Duration,
+    /// Time allowed for the ACK after the message is written.
+    pub ack_timeout: Duration,
+    /// Largest ACK frame accepted.
+    pub max_ack_bytes: usize,
+}
+
+impl Hl7Target {
+    /// The target of `[hl7]`: TLS with `ca` (and `cert`/`key` when the RIS asks for a
+    /// client certificate) when `tls = true`.
+    pub fn from_config(cfg: &Hl7Config) -> Result<Hl7Target, TlsError> {
+        let tls = if cfg.tls {
+            Some(client_config(
+                "hl7",
+                cfg.ca.as_deref(),
+                cfg.cert.as_deref(),
+                cfg.key.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        Ok(Hl7Target {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            tls,
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(30),
+            max_ack_bytes: 64 * 1024,
+        })
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
+/// The HL7 MLLP channel.
+pub struct Hl7Channel {
+    target: Hl7Target,
+    conn: Option<Box<dyn Stream>>,
+}
+
+impl std::fmt::Debug for Hl7Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hl7Channel")
+            .field(
+                "target",
+                &format!("{}:{}", self.target.host, self.target.port),
+            )
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+/// Why one exchange did not produce an ACK.
+enum Exchange {
+    /// The connection broke before any byte of the answer (worth one retry on a new
+    /// connection when the old one had been idle).
+    Broken(String),
+    /// Anything else (timeout, garbage).
+    Failed(String),
+}
+
+impl Hl7Channel {
+    /// A channel to `target`; it connects on the first delivery.
+    pub fn new(target: Hl7Target) -> Hl7Channel {
+        Hl7Channel { target, conn: None }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Stream>, String> {
+        let addr = (self.target.host.as_str(), self.target.port);
+        let tcp = tokio::time::timeout(self.target.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect to {}:{}: {e}", self.target.host, self.target.port))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.target.tls {
+            None => Ok(Box::new(tcp)),
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
+                    .map_err(|e| format!("TLS server name {}: {e}", self.target.host))?;
+                let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+                let tls =
+                    tokio::time::timeout(self.target.connect_timeout, connector.connect(name, tcp))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_string())?
+                        .map_err(|e| format!("TLS handshake: {e}"))?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+
+    async fn exchange(&mut self, frame: &[u8]) -> Result<Vec<u8>, Exchange> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Exchange::Failed("not connected".into()));
+        };
+        if let Err(e) = conn.write_all(frame).await {
+            return Err(Exchange::Broken(format!("write: {e}")));
+        }
+        if let Err(e) = conn.flush().await {
+            return Err(Exchange::Broken(format!("write: {e}")));
+        }
+        let mut decoder = mllp::Decoder::new(self.target.max_ack_bytes);
+        let mut buf = vec![0u8; 4096];
+        let mut got_any = false;
+        let deadline = tokio::time::Instant::now() + self.target.ack_timeout;
+        loop {
+            let n = match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+                Err(_) => return Err(Exchange::Failed("no ACK within the timeout".into())),
+                Ok(Err(e)) if !got_any => return Err(Exchange::Broken(format!("read: {e}"))),
+                Ok(Err(e)) => return Err(Exchange::Failed(format!("read: {e}"))),
+                Ok(Ok(0)) if !got_any => {
+                    return Err(Exchange::Broken("connection closed by the RIS".into()))
+                }
+                Ok(Ok(0)) => return Err(Exchange::Failed("connection closed mid-ACK".into())),
+                Ok(Ok(n)) => n,
+            };
+            got_any = true;
+            decoder.push(&buf[..n]);
+            match decoder.next_frame() {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => continue,
+                Err(e) => return Err(Exchange::Failed(format!("bad MLLP answer: {e}"))),
+            }
+        }
+    }
+}
+
+/// MSH-10 of an encoded message (unescaped), or "" when absent.
+pub fn control_id(message: &str) -> String {
+    message
+        .split('\r')
+        .next()
+        .and_then(|msh| msh.split('|').nth(9))
+        .map(unescape)
+        .unwrap_or_default()
+}
+
+impl Channel for Hl7Channel {
+    async fn deliver(&mut self, entry: &Entry) -> Delivery {
+        let Payload::Hl7 { message } = &entry.payload else {
+            return Delivery::Rejected("entry is not an HL7 message".into());
+        };
+        let expected = control_id(message);
+        let frame = mllp::encode(message.as_bytes());
+        let mut reused = self.conn.is_some();
+        let answer = loop {
+            if self.conn.is_none() {
+                match self.connect().await {
+                    Ok(c) => self.conn = Some(c),
+                    Err(e) => return Delivery::Failed(e),
+                }
+            }
+            match self.exchange(&frame).await {
+                Ok(a) => break a,
+                Err(Exchange::Broken(e)) if reused => {
+                    // the RIS closed an idle connection: once more on a fresh one
+                    log::debug!("hl7: kept connection broken ({e}); reconnecting");
+                    self.conn = None;
+                    reused = false;
+                }
+                Err(Exchange::Broken(e)) | Err(Exchange::Failed(e)) => {
+                    self.conn = None;
+                    return Delivery::Failed(e);
+                }
+            }
+        };
+        match Ack::parse(&answer).and_then(|a| a.expect_control_id(&expected)) {
+            Ok(ack) if ack.code.is_positive() => Delivery::Acked,
+            Ok(ack) => Delivery::Rejected(if ack.text.is_empty() {
+                ack.code.as_str().to_string()
+            } else {
+                format!("{}: {}", ack.code.as_str(), ack.text)
+            }),
+            Err(e) => {
+                // out of step with the RIS: start again on a new connection
+                self.conn = None;
+                Delivery::Failed(format!("unusable ACK: {e}"))
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            let _ = c.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The ORU^R01 (v2.5.1) message made from a [`Report`], its escaping rules, and the
+//! DICOM → HL7 conversions of names and dates. `docs/hl7-interface.md` describes the
+//! profile segment by segment.
+
+use crate::deliver::report::Report;
+
+/// Field separator (MSH-1).
+pub const FIELD_SEP: char = '|';
+/// Encoding characters (MSH-2): component, repetition, escape, sub-component.
+pub const ENCODING_CHARS: &str = "^~\\&";
+/// Segment terminator.
+pub const SEGMENT_END: char = '\r';
+/// MSH-3 sending application.
+pub const SENDING_APPLICATION: &str = "DULI";
+/// Coding system of the codes this appliance defines (OBX-3, OBR-4).
+pub const LOCAL_CODING_SYSTEM: &str = "DULI";
+
+/// Who sends and who receives: the header fields that come from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hl7Profile {
+    /// MSH-4 sending facility: the site id.
+    pub sending_facility: String,
+    /// MSH-5 receiving application.
+    pub receiving_application: String,
+    /// MSH-6 receiving facility.
+    pub receiving_facility: String,
+}
+
+/// Escapes text for one HL7 field component: the delimiters become `\F\ \S\ \R\ \E\ \T\`
+/// and control characters (CR, LF, tab, MLLP framing bytes) become `\Xhh\`.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '|' => out.push_str("\\F\\"),
+            '^' => out.push_str("\\S\\"),
+            '~' => out.push_str("\\R\\"),
+            '\\' => out.push_str("\\E\\"),
+            '&' => out.push_str("\\T\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\X{:02X}\\", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`] (and the other standard escapes it does not produce, which are
+/// dropped). Unknown or unterminated escapes are kept verbatim.
+pub fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('\\') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('\\') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let seq = &after[..end];
+        match seq {
+            "F" => out.push('|'),
+            "S" => out.push('^'),
+            "R" => out.push('~'),
+            "E" => out.push('\\'),
+            "T" => out.push('&'),
+            s if s.starts_with('X') && s.len() > 1 && s.len() % 2 == 1 => {
+                let bytes: Option<Vec<u8>> = (1..s.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+                    .collect();
+                match bytes {
+                    Some(b) => out.push_str(&String::from_utf8_lossy(&b)),
+                    None => out.push_str(&rest[start..start + end + 2]),
+                }
+            }
+            s if s.starts_with('H') || s.starts_with('N') || s.starts_with(".br") => {
+                // highlighting and formatting: no text of their own
+            }
+            _ => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Converts a DICOM PN (`Family^Given^Middle^Prefix^Suffix`, alphabetic group only) to the
+/// components of an HL7 XPN (`Family^Given^Middle^Suffix^Prefix`), each escaped.
+pub fn dicom_name_to_xpn(pn: &str) -> String {
+    let alphabetic = pn.split('=').next().unwrap_or("");
+    let parts: Vec<&str> = alphabetic.split('^').map(str::trim).collect();
+    let get = |i: usize| parts.get(i).copied().unwrap_or("");
+    let xpn = [get(0), get(1), get(2), get(4), get(3)];
+    let last = xpn.iter().rposition(|c| !c.is_empty()).map_or(0, |i| i + 1);
+    xpn[..last]
+        .iter()
+        .map(|c| escape(c))
+        .collect::<Vec<_>>()
+        .join("^")
+}
+
+/// Converts a DICOM DA (`YYYYMMDD`, or the old `YYYY.MM.DD`) to an HL7 date. Anything that
+/// is not a plausible date gives an empty string (the field is then left empty).
+pub fn dicom_date_to_hl7(da: &str) -> String {
+    let digits: String = da.trim().chars().filter(|c| *c != '.').collect();
+    if digits.len() != 8 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return String::new();
+    }
+    let month: u32 = digits[4..6].parse().unwrap_or(0);
+    let day: u32 = digits[6..8].parse().unwrap_or(0);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return String::new();
+    }
+    digits
+}
+
+/// Converts a DICOM TM (`HH`, `HHMM`, `HHMMSS`, `HHMMSS.FFFFFF`, or the old `HH:MM:SS`)
+/// to the time part of an HL7 DTM (`HH[MM[SS[.S[S[S[S]]]]]]`). Invalid input gives "".
+pub fn dicom_time_to_hl7(tm: &str) -> String {
+    let tm: String = tm.trim().chars().filter(|c| *c != ':').collect();
+    let (whole, frac) = match tm.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (tm.as_str(), ""),
+    };
+    if !matches!(whole.len(), 2 | 4 | 6) || !whole.chars().all(|c| c.is_ascii_digit()) {
+        return String::new();
+    }
+    let field = |i: usize| whole.get(i..i + 2).and_then(|s| s.parse::<u32>().ok());
+    if field(0).is_some_and(|h| h > 23)
+        || field(2).is_some_and(|m| m > 59)
+        || field(4).is_some_and(|s| s > 60)
+    {
+        return String::new();
+    }
+    if whole.len() == 6 && !frac.is_empty() && frac.chars().all(|c| c.is_ascii_digit()) {
+        let frac = &frac[..frac.len().min(4)];
+        format!("{whole}.{frac}")
+    } else {
+        whole.to_string()
+    }
+}
+
+/// A DICOM DA + TM pair as an HL7 DTM (date only when the time is absent or invalid; empty
+/// when the date is).
+pub fn dicom_datetime_to_hl7(da: &str, tm: &str) -> String {
+    let date = dicom_date_to_hl7(da);
+    if date.is_empty() {
+        return date;
+    }
+    date + &dicom_time_to_hl7(tm)
+}
+
+/// Unix seconds as an HL7 DTM in UTC (`YYYYMMDDHHMMSS+0000`).
+pub fn unix_to_hl7(secs: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}+0000",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// DICOM Patient's Sex to HL7 administrative sex (table 0001).
+fn sex_to_hl7(sex: &str) -> &'static str {
+    match sex.trim().to_ascii_uppercase().as_str() {
+        "M" => "M",
+        "F" => "F",
+        "O" => "O",
+        "" => "",
+        _ => "U",
+    }
+}
+
+/// A probability or threshold as OBX-5/OBX-7 text: up to 4 decimals, no trailing zeros.
+fn number(x: f64) -> String {
+    if !x.is_finite() {
+        return String::new();
+    }
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// One segment under construction: fields are joined with `|`, trailing empties dropped.
+struct Segment {
+    fields: Vec<String>,
+}
+
+impl Segment {
+    fn new(id: &str) -> Self {
+        Segment {
+            fields: vec![id.to_string()],
+        }
+    }
+
+    /// Sets field `n` (1-based, as the standard numbers them) to already-encoded text.
+    fn set(mut self, n: usize, value: impl Into<String>) -> Self {
+        if self.fields.len() <= n {
+            self.fields.resize(n + 1, String::new());
+        }
+        self.fields[n] = value.into();
+        self
+    }
+
+    fn render(mut self) -> String {
+        while self.fields.len() > 1 && self.fields.last().is_some_and(|f| f.is_empty()) {
+            self.fields.pop();
+        }
+        self.fields.join("|")
+    }
+}
+
+/// Renders the MSH segment. MSH-1 is the separator itself, so MSH-n is field n-1.
+fn msh(profile: &Hl7Profile, report: &Report, message_type: &str) -> String {
+    let fields = [
+        "MSH".to_string(),
+        ENCODING_CHARS.to_string(),             // MSH-2
+        SENDING_APPLICATION.to_string(),        // MSH-3
+        escape(&profile.sending_facility),      // MSH-4
+        escape(&profile.receiving_application), // MSH-5
+        escape(&profile.receiving_facility),    // MSH-6
+        unix_to_hl7(report.created_at),         // MSH-7
+        String::new(),                          // MSH-8
+        message_type.to_string(),               // MSH-9
+        escape(&report.report_id),              // MSH-10
+        "P".to_string(),                        // MSH-11
+        "2.5.1".to_string(),                    // MSH-12
+        String::new(),                          // MSH-13
+        String::new(),                          // MSH-14
+        String::new(),                          // MSH-15
+        String::new(),                          // MSH-16
+        String::new(),                          // MSH-17
+        "UNICODE UTF-8".to_string(),            // MSH-18
+    ];
+    fields.join("|")
+}
+
+/// Builds the ORU^R01 message of a report: segments separated by CR, UTF-8 text, every
+/// free-text value escaped. MSH-10 is the report id, so a resend carries the same id.
+pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
+    let s = &report.study;
+    let study_dt = dicom_datetime_to_hl7(&s.study_date, &s.study_time);
+    let created = unix_to_hl7(report.created_at);
+    let result_status = if report.is_correction() { "C" } else { "P" };
+    let accession = escape(&s.accession_number);
+    let filler = format!("{}^{}", escape(&report.report_id), SENDING_APPLICATION);
+    let service = format!(
+        "DULI-CXR^Chest X-ray AI analysis^{LOCAL_CODING_SYSTEM}^^{}",
+        escape(&s.study_description)
+    );
+    let mut segments = vec![msh(profile, report, "ORU^R01^ORU_R01")];
+    segments.push(
+        Segment::new("PID")
+            .set(1, "1")
+            .set(3, escape(&s.patient_id))
+            .set(5, dicom_name_to_xpn(&s.patient_name))
+            .set(7, dicom_date_to_hl7(&s.patient_birth_date))
+            .set(8, sex_to_hl7(&s.patient_sex))
+            .render(),
+    );
+    segments.push(Segment::new("PV1").set(1, "1").set(2, "U").render());
+    segments.push(
+        Segment::new("ORC")
+            .set(1, "RE")
+            .set(2, accession.clone())
+            .set(3, filler.clone())
+            .set(5, "CM")
+            .set(9, created.clone())
+            .render(),
+    );
+    segments.push(
+        Segment::new("OBR")
+            .set(1, "1")
+            .set(2, accession.clone())
+            .set(3, filler)
+            .set(4, service)
+            .set(7, study_dt.clone())
+            .set(18, accession)
+            .set(22, created.clone())
+            .set(24, "RAD")
+            .set(25, result_status)
+            .render(),
+    );
+    segments.push(
+        Segment::new("NTE")
+            .set(1, "1")
+            .set(2, "L")
+            .set(
+                3,
+                "Preliminary result generated by an AI algorithm; not reviewed by a radiologist.",
+            )
+            .render(),
+    );
+    segments.push(
+        Segment::new("TQ1")
+            .set(1, "1")
+            .set(9, if report.triage { "S" } else { "R" })
+            .render(),
+    );
+    segments.push(
+        Segment::new("ZDS")
+            .set(
+                1,
+                format!(
+                    "{}^{}^Application^DICOM",
+                    escape(&s.study_instance_uid),
+                    SENDING_APPLICATION
+                ),
+            )
+            .render(),
+    );
+    let mut set_id = 0;
+    for f in &report.findings {
+        set_id += 1;
+        segments.push(
+            Segment::new("OBX")
+                .set(1, set_id.to_string())
+                .set(2, "NM")
+                .set(
+                    3,
+                    format!(
+                        "{}^{}^{}",
+                        escape(&f.code),
+                        escape(&f.display),
+                        LOCAL_CODING_SYSTEM
+                    ),
+                )
+                .set(5, number(f.probability))
+                .set(7, format!("<{}", number(f.threshold)))
+                .set(8, if f.positive { "A" } else { "N" })
+                .set(11, "P")
+                .set(14, study_dt.clone())
+                .set(19, created.clone())
+                .render(),
+        );
+    }
+    set_id += 1;
+    segments.push(
+        Segment::new("OBX")
+            .set(1, set_id.to_string())
+            .set(2, "ST")
+            .set(3, format!("DULI-MODEL^AI model^{LOCAL_CODING_SYSTEM}"))
+            .set(
+                5,
+                escape(&format!("{} {}", report.model_name, report.model_version)),
+            )
+            .set(11, "P")
+            .set(19, created)
+            .render(),
+    );
+    let mut out = segments.join("\r");
+    out.push(SEGMENT_END);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::report::fixtures;
+
+    fn profile() -> Hl7Profile {
+        Hl7Profile {
+            sending_facility: "hospital-a".into(),
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSP".into(),
+        }
+    }
+
+    fn segment<'a>(msg: &'a str, id: &str) -> Vec<&'a str> {
+        msg.split('\r')
+            .find(|s| s.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id} in {msg:?}"))
+            .split('|')
+            .collect()
+    }
+
+    #[test]
+    fn escape_covers_every_delimiter_and_control_characters() {
+        assert_eq!(escape("a|b^c~d\\e&f"), "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f");
+        assert_eq!(escape("l1\r\nl2"), "l1\\X0D\\\\X0A\\l2");
+        assert_eq!(escape("\u{0b}\u{1c}"), "\\X0B\\\\X1C\\");
+        assert_eq!(escape("João"), "João");
+        for s in ["a|b^c~d\\e&f", "l1\r\nl2", "plain", "\\", "João & Maria"] {
+            assert_eq!(unescape(&escape(s)), s);
+        }
+        assert_eq!(unescape("trailing\\E"), "trailing\\E");
+        assert_eq!(unescape("\\Xzz\\"), "\\Xzz\\");
+    }
+
+    #[test]
+    fn names_and_dates_follow_the_conversions() {
+        assert_eq!(
+            dicom_name_to_xpn("Conceição^João^Maria^Dr.^Jr."),
+            "Conceição^João^Maria^Jr.^Dr."
+        );
+        assert_eq!(dicom_name_to_xpn("Doe^John"), "Doe^John");
+        assert_eq!(dicom_name_to_xpn("Yamada^Tarou=山田^太郎"), "Yamada^Tarou");
+        assert_eq!(dicom_name_to_xpn("O&Brien^A|B"), "O\\T\\Brien^A\\F\\B");
+        assert_eq!(dicom_name_to_xpn(""), "");
+        assert_eq!(dicom_date_to_hl7("19800215"), "19800215");
+        assert_eq!(dicom_date_to_hl7("1980.02.15"), "19800215");
+        assert_eq!(dicom_date_to_hl7("19801315"), "");
+        assert_eq!(dicom_date_to_hl7("garbage"), "");
+        assert_eq!(dicom_time_to_hl7("093015.123456"), "093015.1234");
+        assert_eq!(dicom_time_to_hl7("09:30:15"), "093015");
+        assert_eq!(dicom_time_to_hl7("0930"), "0930");
+        assert_eq!(dicom_time_to_hl7("2561"), "");
+        assert_eq!(dicom_datetime_to_hl7("20240131", ""), "20240131");
+        assert_eq!(dicom_datetime_to_hl7("", "1200"), "");
+        assert_eq!(unix_to_hl7(1_706_693_415), "20240131093015+0000");
+    }
+
+    #[test]
+    fn oru_r01_has_the_profiles_fields_byte_for_byte() {
+        let report = fixtures::report();
+        let msg = oru_r01(&report, &profile());
+        assert!(msg.ends_with('\r'));
+        assert!(!msg.contains('\n'));
+        let ids: Vec<&str> = msg
+            .split('\r')
+            .filter(|s| !s.is_empty())
+            .map(|s| &s[..3])
+            .collect();
+        assert_eq!(
+            ids,
+            ["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "ZDS", "OBX", "OBX", "OBX"]
+        );
+        let first = msg.split('\r').next().unwrap();
+        assert_eq!(
+            first,
+            "MSH|^~\\&|DULI|hospital-a|RIS|HOSP|20240131093015+0000||ORU^R01^ORU_R01|r-7f3a9c2e01|P|2.5.1||||||UNICODE UTF-8"
+        );
+        let pid = segment(&msg, "PID");
+        assert_eq!(pid[3], "PAT\\F\\001\\S\\X");
+        assert_eq!(pid[5], "Conceição^João^Maria^Jr.^Dr.");
+        assert_eq!(pid[7], "19800215");
+        assert_eq!(pid[8], "M");
+        let obr = segment(&msg, "OBR");
+        assert_eq!(obr[2], "ACC\\T\\42");
+        assert_eq!(obr[7], "20240131093015.1234");
+        assert_eq!(obr[18], "ACC\\T\\42");
+        assert_eq!(obr[25], "P");
+        assert_eq!(segment(&msg, "TQ1")[9], "S");
+        assert_eq!(
+            segment(&msg, "ZDS")[1],
+            "1.2.826.0.1.3680043.8.498.1^DULI^Application^DICOM"
+        );
+        let obx: Vec<Vec<&str>> = msg
+            .split('\r')
+            .filter(|s| s.starts_with("OBX"))
+            .map(|s| s.split('|').collect())
+            .collect();
+        assert_eq!(obx[0][2], "NM");
+        assert_eq!(obx[0][3], "233604007^Pneumonia^DULI");
+        assert_eq!(obx[0][5], "0.8735");
+        assert_eq!(obx[0][7], "<0.5");
+        assert_eq!(obx[0][8], "A");
+        assert_eq!(obx[0][11], "P");
+        assert_eq!(obx[1][5], "0.12");
+        assert_eq!(obx[1][8], "N");
+        assert_eq!(obx[2][2], "ST");
+        assert_eq!(obx[2][5], "pneumonia-xception 1.0.0");
+    }
+
+    #[test]
+    fn a_later_version_is_a_correction_and_routine_without_triage() {
+        let mut report = fixtures::report();
+        report.version = 2;
+        report.triage = false;
+        let msg = oru_r01(&report, &profile());
+        assert_eq!(segment(&msg, "OBR")[25], "C");
+        assert_eq!(segment(&msg, "TQ1")[9], "R");
+    }
+
+    #[test]
+    fn hostile_text_cannot_break_framing_or_structure() {
+        let mut report = fixtures::report();
+        report.study.patient_name = "A\rMSH|x\u{1c}\r^B".into();
+        report.study.study_description = "\u{0b}|||".into();
+        let msg = oru_r01(&report, &profile());
+        assert_eq!(msg.matches('\r').count(), 11);
+        assert!(!msg.contains('\u{1c}') && !msg.contains('\u{0b}'));
+        assert_eq!(segment(&msg, "PID").len(), 9);
+    }
+}

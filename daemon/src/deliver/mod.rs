@@ -1,0 +1,61 @@
+//! Delivery: the outbox and the channels that drain it.
+//!
+//! In the order a report flows through them:
+//!
+//! - [`report`]: the [`report::Report`] every message is made from.
+//! - [`plan`]: turns a report into the outbox entries it owes (HL7, MQTT, PACS push).
+//! - [`outbox`]: the durable, ordered, bounded queue on sled; written in the same
+//!   transaction as the result.
+//! - [`worker`]: one task per destination; sends the head entry through a [`Channel`],
+//!   then marks it delivered, retried or rejected.
+//! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
+//! - [`mqtt`]: report/feedback/health payloads, topics, and the MQTT channel.
+//! - [`secret`]: the site secret that keys the pseudonyms sent to the cloud.
+//! - [`tls`]: the rustls client configuration (ring provider) both channels use.
+//!
+//! The PACS push (C-STORE SCU of the SR and SC) is a third [`Channel`] implementation
+//! serving [`outbox::Destination::Pacs`] entries whose payload is
+//! [`outbox::Payload::Dicom`].
+
+pub mod hl7;
+pub mod mqtt;
+pub mod outbox;
+pub mod plan;
+pub mod report;
+pub mod secret;
+pub mod tls;
+pub mod worker;
+
+use std::future::Future;
+
+/// The outcome of one delivery attempt: the one mapping every channel reports through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The peer took responsibility (HL7 `AA`/`CA`, MQTT PubAck, C-STORE Success): the
+    /// entry is removed.
+    Acked,
+    /// The peer explicitly refused (HL7 `AE`/`AR`/`CE`/`CR`, a DICOM failure status):
+    /// counted towards `max_rejections`, then dead-lettered.
+    Rejected(String),
+    /// No answer (unreachable, timeout, broken connection, garbage): retried with backoff,
+    /// for as long as it takes.
+    Failed(String),
+}
+
+/// One outbound channel (HL7, MQTT, DICOM push). A worker owns its channel and calls it
+/// for one entry at a time, in queue order.
+pub trait Channel: Send + 'static {
+    /// Sends one entry and waits for the peer's answer.
+    fn deliver(&mut self, entry: &outbox::Entry) -> impl Future<Output = Delivery> + Send;
+
+    /// Background work while the queue is empty (keeping a session up, publishing
+    /// status). Must be cancel-safe: the worker drops it when an entry arrives.
+    fn idle(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Called once when the worker stops (e.g. to publish an `offline` status).
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}

@@ -1,0 +1,364 @@
+//! The MQTT channel: publishes outbox entries to the cloud broker with rumqttc, QoS 1,
+//! a persistent session (`clean_session = false`, stable client id), a retained `online`
+//! status and an `offline` last will, over TLS with a client certificate (rustls, ring).
+//!
+//! rumqttc keeps unacknowledged publishes only in memory and hands out no packet ids, so
+//! the outbox stays the source of truth: the channel publishes one entry at a time, learns
+//! its packet id from the event loop's `Outgoing::Publish`, and reports `Acked` only on the
+//! `PubAck` carrying that id. Any connection error drops the whole rumqttc event loop (so it
+//! cannot replay stale publishes) and the entry is retried by the outbox.
+
+use super::topics::Topics;
+use crate::config::Config;
+use crate::deliver::outbox::{Entry, Payload};
+use crate::deliver::tls::{client_config, TlsError};
+use crate::deliver::{Channel, Delivery};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Status payload while connected.
+pub const ONLINE: &str = "online";
+/// Status payload after a clean stop, and the last will.
+pub const OFFLINE: &str = "offline";
+
+/// Where and how to reach the broker.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Stable client id (the persistent session's name).
+    pub client_id: String,
+    /// TLS client configuration; `None` for plain TCP (`[mqtt] tls = false`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The device's topics.
+    pub topics: Topics,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Time allowed to connect (TCP, TLS and CONNACK).
+    pub connect_timeout: Duration,
+    /// Time allowed for a PubAck.
+    pub ack_timeout: Duration,
+    /// Reconnection delay bounds while idle.
+    pub reconnect_min: Duration,
+    /// Largest reconnection delay while idle.
+    pub reconnect_max: Duration,
+}
+
+impl MqttSettings {
+    /// Settings from `[mqtt]` and `[device]`: TLS with `ca`, `cert` and `key` unless
+    /// `tls = false`.
+    pub fn from_config(cfg: &Config) -> Result<MqttSettings, TlsError> {
+        let m = &cfg.mqtt;
+        let tls = if m.tls {
+            Some(client_config(
+                "mqtt",
+                m.ca.as_deref(),
+                m.cert.as_deref(),
+                m.key.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        Ok(MqttSettings {
+            host: m.host.clone(),
+            port: m.port,
+            client_id: cfg.mqtt_client_id(),
+            tls,
+            topics: Topics::new(&cfg.device.site_id, &cfg.device.device_id),
+            keep_alive: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(20),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+        })
+    }
+}
+
+/// One live rumqttc client with its event loop running in a task.
+struct Connection {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Connection {
+    /// Publishes at QoS 1 and waits for the PubAck of this very publish.
+    async fn publish_acked(
+        &mut self,
+        topic: &str,
+        body: &[u8],
+        retain: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, body.to_vec())
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let mut pkid = None;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| "no PubAck within the timeout".to_string())?
+                .ok_or_else(|| "MQTT event loop stopped".to_string())?;
+            match event? {
+                // QoS 0 publishes (health) carry id 0 and are never ours
+                Event::Outgoing(Outgoing::Publish(id)) if pkid.is_none() && id != 0 => {
+                    pkid = Some(id)
+                }
+                Event::Incoming(Packet::PubAck(ack)) if Some(ack.pkid) == pkid => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The MQTT channel.
+pub struct MqttChannel {
+    settings: MqttSettings,
+    conn: Option<Connection>,
+    health: Option<watch::Receiver<String>>,
+    reconnect_at: Instant,
+    failures: u32,
+}
+
+impl std::fmt::Debug for MqttChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttChannel")
+            .field(
+                "broker",
+                &format!("{}:{}", self.settings.host, self.settings.port),
+            )
+            .field("client_id", &self.settings.client_id)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl MqttChannel {
+    /// A channel with `settings`; it connects when idle or on the first delivery.
+    pub fn new(settings: MqttSettings) -> MqttChannel {
+        MqttChannel {
+            settings,
+            conn: None,
+            health: None,
+            reconnect_at: Instant::now(),
+            failures: 0,
+        }
+    }
+
+    /// Publishes each new value of `health` (JSON) on the health topic at QoS 0 while
+    /// connected: health is a sample, not a record, so it never enters the outbox.
+    pub fn with_health(mut self, health: watch::Receiver<String>) -> MqttChannel {
+        self.health = Some(health);
+        self
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let s = &self.settings;
+        let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        opts.set_clean_session(false)
+            .set_keep_alive(s.keep_alive)
+            .set_last_will(LastWill::new(
+                s.topics.status(),
+                OFFLINE,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(tls) = &s.tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let mut net = eventloop.network_options();
+        net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(net);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        break;
+                    }
+                }
+            }
+        });
+        let mut conn = Connection {
+            client,
+            events,
+            task,
+        };
+        let deadline = Instant::now() + s.connect_timeout + Duration::from_secs(1);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, conn.events.recv())
+                .await
+                .map_err(|_| "no CONNACK within the timeout".to_string())?
+                .ok_or_else(|| "MQTT event loop stopped".to_string())?;
+            match ev.map_err(|e| format!("connect to {}:{}: {e}", s.host, s.port))? {
+                Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+                    break
+                }
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    return Err(format!("broker refused the connection: {:?}", ack.code))
+                }
+                _ => {}
+            }
+        }
+        conn.publish_acked(&s.topics.status(), ONLINE.as_bytes(), true, s.ack_timeout)
+            .await?;
+        log::info!(
+            "mqtt: connected to {}:{} as {}",
+            s.host,
+            s.port,
+            s.client_id
+        );
+        Ok(conn)
+    }
+
+    fn lost(&mut self, why: &str) {
+        if self.conn.take().is_some() {
+            log::warn!("mqtt: connection lost: {why}");
+        }
+        self.failures = self.failures.saturating_add(1);
+        let exp = self.failures.min(16) - 1;
+        let delay = self
+            .settings
+            .reconnect_min
+            .saturating_mul(1 << exp)
+            .min(self.settings.reconnect_max);
+        self.reconnect_at = Instant::now() + delay;
+    }
+}
+
+impl Channel for MqttChannel {
+    async fn deliver(&mut self, entry: &Entry) -> Delivery {
+        let Payload::Mqtt {
+            topic,
+            body,
+            retain,
+        } = &entry.payload
+        else {
+            return Delivery::Rejected("entry is not an MQTT publication".into());
+        };
+        if self.conn.is_none() {
+            match self.connect().await {
+                Ok(c) => {
+                    self.conn = Some(c);
+                    self.failures = 0;
+                }
+                Err(e) => {
+                    self.lost(&e);
+                    return Delivery::Failed(e);
+                }
+            }
+        }
+        let timeout = self.settings.ack_timeout;
+        let Some(conn) = self.conn.as_mut() else {
+            return Delivery::Failed("not connected".into());
+        };
+        match conn
+            .publish_acked(topic, body.as_bytes(), *retain, timeout)
+            .await
+        {
+            Ok(()) => Delivery::Acked,
+            Err(e) => {
+                self.lost(&e);
+                Delivery::Failed(e)
+            }
+        }
+    }
+
+    async fn idle(&mut self) {
+        loop {
+            if self.conn.is_none() {
+                tokio::time::sleep_until(self.reconnect_at).await;
+                match self.connect().await {
+                    Ok(c) => {
+                        self.conn = Some(c);
+                        self.failures = 0;
+                    }
+                    Err(e) => {
+                        log::debug!("mqtt: {e}");
+                        self.lost(&e);
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                continue;
+            };
+            let health = &mut self.health;
+            let health_changed = async move {
+                match health.as_mut() {
+                    Some(h) => h.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = conn.events.recv() => match ev {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => self.lost(&e),
+                    None => self.lost("event loop stopped"),
+                },
+                alive = health_changed => {
+                    if !alive {
+                        self.health = None;
+                    } else if let (Some(h), Some(conn)) = (self.health.as_ref(), self.conn.as_ref()) {
+                        let body = h.borrow().clone();
+                        if let Err(e) = conn
+                            .client
+                            .try_publish(self.settings.topics.health(), QoS::AtMostOnce, false, body)
+                        {
+                            log::debug!("mqtt: health not published: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        let timeout = self.settings.ack_timeout.min(Duration::from_secs(5));
+        let status = self.settings.topics.status();
+        if let Some(mut conn) = self.conn.take() {
+            if let Err(e) = conn
+                .publish_acked(&status, OFFLINE.as_bytes(), true, timeout)
+                .await
+            {
+                log::debug!("mqtt: offline status not published: {e}");
+            }
+            let _ = conn.client.disconnect().await;
+            // let the event loop write the DISCONNECT before the task is aborted
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(Ok(ev)) = conn.events.recv().await {
+                    if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The JSON the cloud receives. Nothing here identifies a patient directly: the patient id
+//! and the study instance UID become HMAC-SHA256 pseudonyms under the site secret, and
+//! names, birth dates, accession numbers, dates and raw UIDs are left out. The report's
+//! schema is `docs/mqtt-report.schema.json`.
+
+use crate::deliver::outbox::{DestStats, Fill};
+use crate::deliver::report::Report;
+use crate::deliver::secret::SiteSecret;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// `schema` value of report payloads.
+pub const REPORT_SCHEMA: &str = "duli.report.v1";
+/// `schema` value of feedback payloads.
+pub const FEEDBACK_SCHEMA: &str = "duli.feedback.v1";
+/// `schema` value of health payloads.
+pub const HEALTH_SCHEMA: &str = "duli.health.v1";
+
+/// Pseudonym domain of patient ids.
+pub const PATIENT_DOMAIN: &str = "patient";
+/// Pseudonym domain of study instance UIDs.
+pub const STUDY_DOMAIN: &str = "study";
+
+/// A finding as the cloud receives it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FindingPayload {
+    /// Model label.
+    pub label: String,
+    /// Finding code.
+    pub code: String,
+    /// Code meaning.
+    pub display: String,
+    /// Probability in `[0, 1]`.
+    pub probability: f64,
+    /// Operating threshold.
+    pub threshold: f64,
+    /// Probability reached the threshold.
+    pub positive: bool,
+}
+
+/// The model that made a report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelPayload {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// SHA-256 of the weights (hex).
+    pub sha256: String,
+}
+
+/// The report payload on `duli/{site}/{device}/reports`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReportPayload {
+    /// Always [`REPORT_SCHEMA`].
+    pub schema: &'static str,
+    /// Idempotency key: the same report sent twice has the same id.
+    pub report_id: String,
+    /// Result version (n+1 corrects n).
+    pub version: u32,
+    /// Site id.
+    pub site_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// HMAC-SHA256 pseudonym of the patient id (hex), `null` when the study has none.
+    pub patient_pseudonym: Option<String>,
+    /// HMAC-SHA256 pseudonym of the study instance UID (hex).
+    pub study_pseudonym: String,
+    /// When the result was made (RFC 3339, UTC).
+    pub created_at: String,
+    /// Modalities of the study (e.g. `DX`).
+    pub modalities: Vec<String>,
+    /// Number of images analysed.
+    pub image_count: usize,
+    /// Findings.
+    pub findings: Vec<FindingPayload>,
+    /// Triaged urgent.
+    pub triage: bool,
+    /// The model.
+    pub model: ModelPayload,
+    /// Stage timings in milliseconds.
+    pub timings_ms: BTreeMap<String, f64>,
+    /// Always `true`: made by an algorithm.
+    pub ai_generated: bool,
+    /// Always `true`: not reviewed by a radiologist.
+    pub preliminary: bool,
+}
+
+/// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z` for out-of-range values).
+pub fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// Builds the report payload.
+pub fn report_payload(
+    report: &Report,
+    secret: &SiteSecret,
+    site_id: &str,
+    device_id: &str,
+) -> ReportPayload {
+    let s = &report.study;
+    ReportPayload {
+        schema: REPORT_SCHEMA,
+        report_id: report.report_id.clone(),
+        version: report.version,
+        site_id: site_id.into(),
+        device_id: device_id.into(),
+        patient_pseudonym: (!s.patient_id.trim().is_empty())
+            .then(|| secret.pseudonym(PATIENT_DOMAIN, s.patient_id.trim())),
+        study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &s.study_instance_uid),
+        created_at: rfc3339(report.created_at),
+        modalities: s.modalities.clone(),
+        image_count: report.source_sop_instance_uids.len(),
+        findings: report
+            .findings
+            .iter()
+            .map(|f| FindingPayload {
+                label: f.label.clone(),
+                code: f.code.clone(),
+                display: f.display.clone(),
+                probability: f.probability,
+                threshold: f.threshold,
+                positive: f.positive,
+            })
+            .collect(),
+        triage: report.triage,
+        model: ModelPayload {
+            name: report.model_name.clone(),
+            version: report.model_version.clone(),
+            sha256: report.model_sha256.clone(),
+        },
+        timings_ms: report
+            .timings_ms
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        ai_generated: true,
+        preliminary: true,
+    }
+}
+
+/// The radiologist's verdict on a report, as the console records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    /// The report judged.
+    pub report_id: String,
+    /// Its study (pseudonymised before sending).
+    pub study_instance_uid: String,
+    /// Agree (`true`) or disagree.
+    pub agree: bool,
+    /// The finding label the verdict is about, when it is about one.
+    pub finding: Option<String>,
+    /// Reviewer role (`radiologist`); never the user name.
+    pub reviewer_role: String,
+    /// When it was recorded, seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// The feedback payload on `duli/{site}/{device}/feedback`. Free-text comments are not
+/// sent (they may name the patient).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FeedbackPayload {
+    /// Always [`FEEDBACK_SCHEMA`].
+    pub schema: &'static str,
+    /// The report judged.
+    pub report_id: String,
+    /// Site id.
+    pub site_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Pseudonym of the study instance UID.
+    pub study_pseudonym: String,
+    /// `agree` or `disagree`.
+    pub verdict: &'static str,
+    /// Finding label, if the verdict is about one.
+    pub finding: Option<String>,
+    /// Reviewer role.
+    pub reviewer_role: String,
+    /// RFC 3339 time of the verdict.
+    pub created_at: String,
+}
+
+/// Builds the feedback payload.
+pub fn feedback_payload(
+    fb: &Feedback,
+    secret: &SiteSecret,
+    site_id: &str,
+    device_id: &str,
+) -> FeedbackPayload {
+    FeedbackPayload {
+        schema: FEEDBACK_SCHEMA,
+        report_id: fb.report_id.clone(),
+        site_id: site_id.into(),
+        device_id: device_id.into(),
+        study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &fb.study_instance_uid),
+        verdict: if fb.agree { "agree" } else { "disagree" },
+        finding: fb.finding.clone(),
+        reviewer_role: fb.reviewer_role.clone(),
+        created_at: rfc3339(fb.created_at),
+    }
+}
+
+/// The device's state as the health payload reports it (filled by the daemon).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// Software version.
+    pub software_version: String,
+    /// Model name and version in use.
+    pub model: String,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// Free bytes on the data disk.
+    pub disk_free_bytes: u64,
+    /// Size of the data disk.
+    pub disk_total_bytes: u64,
+    /// Studies per state.
+    pub studies: BTreeMap<String, u64>,
+    /// Outbox per destination.
+    pub outbox: Vec<DestStats>,
+    /// Outbox fill level.
+    pub outbox_fill: Option<Fill>,
+}
+
+/// The health payload on `duli/{site}/{device}/health`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HealthPayload {
+    /// Always [`HEALTH_SCHEMA`].
+    pub schema: &'static str,
+    /// Site id.
+    pub site_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// RFC 3339 time of the sample.
+    pub at: String,
+    /// Software version.
+    pub software_version: String,
+    /// Model in use.
+    pub model: String,
+    /// Uptime in seconds.
+    pub uptime_seconds: u64,
+    /// Disk space.
+    pub disk: DiskPayload,
+    /// Studies per state.
+    pub studies: BTreeMap<String, u64>,
+    /// Outbox per destination.
+    pub outbox: Vec<DestStats>,
+    /// Outbox fill.
+    pub outbox_fill: Option<Fill>,
+}
+
+/// Disk space in the health payload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiskPayload {
+    /// Free bytes.
+    pub free_bytes: u64,
+    /// Total bytes.
+    pub total_bytes: u64,
+}
+
+/// Builds the health payload at time `now` (Unix seconds).
+pub fn health_payload(h: &Health, site_id: &str, device_id: &str, now: i64) -> HealthPayload {
+    HealthPayload {
+        schema: HEALTH_SCHEMA,
+        site_id: site_id.into(),
+        device_id: device_id.into(),
+        at: rfc3339(now),
+        software_version: h.software_version.clone(),
+        model: h.model.clone(),
+        uptime_seconds: h.uptime_seconds,
+        disk: DiskPayload {
+            free_bytes: h.disk_free_bytes,
+            total_bytes: h.disk_total_bytes,
+        },
+        studies: h.studies.clone(),
+        outbox: h.outbox.clone(),
+        outbox_fill: h.outbox_fill,
+    }
+}
+
+/// Serializes a payload as compact JSON (one line).
+pub fn to_json<T: Serialize>(payload: &T) -> String {
+    // Plain structs with string keys: serialization cannot fail.
+    serde_json::to_string(payload).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::report::fixtures;
+
+    #[test]
+    fn report_payload_carries_no_direct_identifiers() {
+        let report = fixtures::report();
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        let p = report_payload(&report, &secret, "hospital-a", "edge-01");
+        let json = to_json(&p);
+        for leak in [
+            "Conceição",
+            "João",
+            "19800215",
+            "PAT|001",
+            "ACC&42",
+            "1.2.826.0.1.3680043.8.498.1",
+            "20240131",
+        ] {
+            assert!(!json.contains(leak), "{leak} leaked into {json}");
+        }
+        assert_eq!(
+            p.patient_pseudonym.as_deref(),
+            Some(secret.pseudonym("patient", "PAT|001^X").as_str())
+        );
+        assert_eq!(
+            p.study_pseudonym,
+            secret.pseudonym("study", &report.study.study_instance_uid)
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["ai_generated"], true);
+        assert_eq!(v["report_id"], "r-7f3a9c2e01");
+        assert_eq!(v["findings"][0]["code"], "233604007");
+        assert_eq!(v["model"]["sha256"], "ab".repeat(32));
+        assert_eq!(v["created_at"], "2024-01-31T09:30:15Z");
+        assert_eq!(v["timings_ms"]["infer"], 27.5);
+    }
+
+    #[test]
+    fn same_patient_same_pseudonym_across_studies_but_not_across_sites() {
+        let mut a = fixtures::report();
+        let mut b = fixtures::report();
+        b.study.study_instance_uid = "1.2.3.4".into();
+        let s1 = SiteSecret::from_bytes(&[1u8; 32]);
+        let s2 = SiteSecret::from_bytes(&[2u8; 32]);
+        let pa = report_payload(&a, &s1, "s", "d");
+        let pb = report_payload(&b, &s1, "s", "d");
+        assert_eq!(pa.patient_pseudonym, pb.patient_pseudonym);
+        assert_ne!(pa.study_pseudonym, pb.study_pseudonym);
+        assert_ne!(
+            pa.patient_pseudonym,
+            report_payload(&a, &s2, "s", "d").patient_pseudonym
+        );
+        a.study.patient_id = " ".into();
+        assert_eq!(report_payload(&a, &s1, "s", "d").patient_pseudonym, None);
+    }
+}

@@ -1,0 +1,1079 @@
+//! The durable outbox: every message a study result owes to a peer, on sled (tree
+//! `outbox`), until that peer acknowledges it.
+//!
+//! - **Same transaction as the result.** [`Outbox::enqueue_in`] writes entries inside the
+//!   caller's multi-tree transaction (`(&results, outbox.tree()).transaction(..)`), then
+//!   [`Outbox::committed`] updates the counters and wakes the destinations' workers.
+//! - **In order per destination.** Keys are `destination 0x00 id` with `id` from sled's
+//!   monotonic `generate_id`, so a prefix scan yields a destination's queue in commit order;
+//!   [`Outbox::head`] is the first entry that is not dead (head-of-line: later entries wait).
+//! - **Removal only on a positive acknowledgement** ([`Outbox::mark_delivered`]); transient
+//!   failures back off with jitter ([`Outbox::mark_retry`]); explicit refusals count towards
+//!   `max_rejections`, after which the entry is dead: kept, listed, re-queueable
+//!   ([`Outbox::retry`]).
+//! - **Bounded.** [`Outbox::is_near_full`] raises the alarm (log + metric);
+//!   [`Outbox::is_full`] is what the receive side checks to answer A700 so that no entry is
+//!   ever dropped: entries of results already received are always accepted.
+
+use crate::clock::now_millis;
+use crate::store::{decode, encode};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use sled::Transactional;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Name of the sled tree holding pending and dead entries.
+pub const TREE: &str = "outbox";
+/// Name of the sled tree recording what was delivered (per report and destination).
+pub const DELIVERED_TREE: &str = "outbox_delivered";
+
+/// Errors of the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database failed.
+    #[error("outbox database: {0}")]
+    Db(#[from] sled::Error),
+    /// An entry cannot be decoded.
+    #[error("outbox entry {key} is corrupt: {reason}")]
+    Corrupt {
+        /// The entry's key, printable.
+        key: String,
+        /// The decoding error.
+        reason: String,
+    },
+    /// The entry is no longer in the outbox (already delivered).
+    #[error("outbox entry {0} not found")]
+    NotFound(u64),
+}
+
+impl From<crate::store::StoreError> for OutboxError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Index(e) => OutboxError::Db(e),
+            crate::store::StoreError::Corrupt { key, reason } => {
+                OutboxError::Corrupt { key, reason }
+            }
+            other => OutboxError::Corrupt {
+                key: String::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Where an entry goes. One delivery worker serves each destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Destination {
+    /// The RIS over HL7/MLLP.
+    Hl7,
+    /// The cloud broker over MQTT.
+    Mqtt,
+    /// A PACS of `[[pacs.destinations]]` (C-STORE push), by name.
+    Pacs(String),
+}
+
+impl Destination {
+    /// The name used in keys, metrics (`dest` label) and the CLI: `hl7`, `mqtt`, `pacs:NAME`.
+    pub fn name(&self) -> String {
+        match self {
+            Destination::Hl7 => "hl7".into(),
+            Destination::Mqtt => "mqtt".into(),
+            Destination::Pacs(n) => format!("pacs:{n}"),
+        }
+    }
+
+    fn prefix(&self) -> Vec<u8> {
+        let mut p = self.name().into_bytes();
+        p.push(0);
+        p
+    }
+
+    fn key(&self, id: u64) -> Vec<u8> {
+        let mut k = self.prefix();
+        k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl FromStr for Destination {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hl7" => Ok(Destination::Hl7),
+            "mqtt" => Ok(Destination::Mqtt),
+            s => match s.strip_prefix("pacs:") {
+                Some(n) if !n.is_empty() && !n.contains('\0') => {
+                    Ok(Destination::Pacs(n.to_string()))
+                }
+                _ => Err(format!(
+                    "unknown destination {s:?} (hl7, mqtt or pacs:NAME)"
+                )),
+            },
+        }
+    }
+}
+
+impl From<Destination> for String {
+    fn from(d: Destination) -> String {
+        d.name()
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// What an entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A study report (HL7 ORU^R01 or MQTT report).
+    Report,
+    /// The radiologist's agree/disagree (MQTT).
+    Feedback,
+    /// The DICOM Structured Report of a result (PACS push).
+    StructuredReport,
+    /// The DICOM Secondary Capture with the heatmap (PACS push).
+    SecondaryCapture,
+}
+
+impl Kind {
+    /// The kind's name in JSON and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Report => "report",
+            Kind::Feedback => "feedback",
+            Kind::StructuredReport => "structured_report",
+            Kind::SecondaryCapture => "secondary_capture",
+        }
+    }
+}
+
+/// The bytes to send, built when the entry is enqueued so every attempt sends the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Payload {
+    /// An HL7 v2 message (segments separated by CR), sent in one MLLP frame.
+    Hl7 {
+        /// The message text.
+        message: String,
+    },
+    /// An MQTT publication (QoS 1).
+    Mqtt {
+        /// Topic.
+        topic: String,
+        /// Body (JSON text).
+        body: String,
+        /// Retain flag.
+        retain: bool,
+    },
+    /// Stored DICOM instances to push by C-STORE.
+    Dicom {
+        /// SOP Instance UIDs, looked up in the store at send time.
+        sop_instance_uids: Vec<String>,
+    },
+}
+
+/// Delivery state of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryState {
+    /// Waiting for its first attempt (or re-queued by a technician).
+    Queued,
+    /// At least one attempt failed; the next is scheduled.
+    Retrying,
+    /// Refused `max_rejections` times: kept until a technician re-queues it.
+    Dead,
+}
+
+impl EntryState {
+    /// The state's name in metrics and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Queued => "queued",
+            EntryState::Retrying => "retrying",
+            EntryState::Dead => "dead",
+        }
+    }
+}
+
+/// An entry to enqueue, before it has an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
+    /// Destination.
+    pub dest: Destination,
+    /// What it carries.
+    pub kind: Kind,
+    /// Idempotency key (the report id).
+    pub report_id: String,
+    /// What to send.
+    pub payload: Payload,
+}
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Unique, monotonic id (position in its destination's queue).
+    pub id: u64,
+    /// Destination.
+    pub dest: Destination,
+    /// What it carries.
+    pub kind: Kind,
+    /// Idempotency key: the report id, carried in every message.
+    pub report_id: String,
+    /// What to send.
+    pub payload: Payload,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Explicit refusals so far (HL7 AE/AR, DICOM failure status).
+    pub rejections: u32,
+    /// Delivery state.
+    pub state: EntryState,
+    /// When the next attempt is due, milliseconds since the epoch.
+    pub next_attempt_at: i64,
+    /// The last failure or refusal, for technicians.
+    pub last_error: Option<String>,
+    /// When the entry was committed, milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+impl Entry {
+    fn key(&self) -> Vec<u8> {
+        self.dest.key(self.id)
+    }
+}
+
+/// What was delivered: one record per (report, destination, kind).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveredRecord {
+    /// Report id.
+    pub report_id: String,
+    /// Destination.
+    pub dest: Destination,
+    /// Kind.
+    pub kind: Kind,
+    /// The entry's id.
+    pub id: u64,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// When the peer acknowledged it, milliseconds since the epoch.
+    pub delivered_at: i64,
+}
+
+/// Delivery status of one message of a report, for the console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryStatus {
+    /// Destination.
+    pub dest: Destination,
+    /// Kind.
+    pub kind: Kind,
+    /// `queued`, `retrying`, `dead` or `delivered`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// Size bounds of the outbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutboxLimits {
+    /// Maximum number of entries.
+    pub max_entries: u64,
+    /// Maximum bytes of encoded entries.
+    pub max_bytes: u64,
+    /// Fraction of either bound at which the near-full alarm is raised.
+    pub near_full_ratio: f64,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_entries: 200_000,
+            max_bytes: 512 * 1024 * 1024,
+            near_full_ratio: 0.8,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: attempt n waits a random time in
+/// `[d/2, d]` with `d = min(cap, base · 2^(n-1))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failure (before jitter).
+    pub base: Duration,
+    /// Largest delay.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `attempts` failed attempts (at least 1).
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(30);
+        let full = self
+            .base
+            .saturating_mul(1u32 << exp)
+            .min(self.cap)
+            .max(Duration::from_millis(1));
+        let ms = full.as_millis().min(u64::MAX as u128) as u64;
+        Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+    }
+}
+
+/// Fill level against the bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Fill {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (encoded entries).
+    pub bytes: u64,
+    /// Entry bound.
+    pub max_entries: u64,
+    /// Byte bound.
+    pub max_bytes: u64,
+}
+
+/// Per-destination figures for metrics and the console.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DestStats {
+    /// Destination name.
+    pub dest: String,
+    /// Entries waiting for a first attempt.
+    pub queued: u64,
+    /// Entries waiting for a retry.
+    pub retrying: u64,
+    /// Dead-lettered entries.
+    pub dead: u64,
+    /// Age in seconds of the oldest entry that is queued or retrying (0 when none).
+    pub oldest_seconds: f64,
+    /// Entries delivered since start.
+    pub delivered_total: u64,
+    /// Failed attempts (peer unreachable, timeout) since start.
+    pub failed_total: u64,
+    /// Explicit refusals since start.
+    pub rejected_total: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    delivered: u64,
+    failed: u64,
+    rejected: u64,
+}
+
+/// Which entries a technician re-queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetrySelector {
+    /// One entry by id.
+    Id(u64),
+    /// Every dead or retrying entry of one destination.
+    Destination(Destination),
+    /// Every dead or retrying entry.
+    All,
+}
+
+/// The outbox. Share it behind an `Arc`: workers, the result commit and the CLI use it.
+#[derive(Debug)]
+pub struct Outbox {
+    db: sled::Db,
+    tree: sled::Tree,
+    delivered: sled::Tree,
+    limits: OutboxLimits,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    alarm: AtomicBool,
+    notifiers: Mutex<HashMap<Destination, Arc<Notify>>>,
+    counters: Mutex<BTreeMap<Destination, Counters>>,
+}
+
+impl Outbox {
+    /// Opens the outbox trees in `db` and counts what they hold.
+    pub fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
+        let outbox = Outbox {
+            tree: db.open_tree(TREE)?,
+            delivered: db.open_tree(DELIVERED_TREE)?,
+            db: db.clone(),
+            limits,
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            alarm: AtomicBool::new(false),
+            notifiers: Mutex::new(HashMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+        };
+        let (mut n, mut b) = (0u64, 0u64);
+        for kv in outbox.tree.iter() {
+            let (_, v) = kv?;
+            n += 1;
+            b += v.len() as u64;
+        }
+        outbox.entries.store(n, Ordering::Relaxed);
+        outbox.bytes.store(b, Ordering::Relaxed);
+        outbox.check_alarm();
+        Ok(outbox)
+    }
+
+    /// The tree to include in a multi-tree transaction with [`Outbox::enqueue_in`].
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Writes `batch` inside a transaction on the outbox tree; returns the new ids. Call
+    /// [`Outbox::committed`] with the same batch once the transaction has committed.
+    ///
+    /// ```ignore
+    /// let ids = (&results, outbox.tree()).transaction(|(results, ob)| {
+    ///     results.insert(key, value)?;
+    ///     Ok(Outbox::enqueue_in(ob, &batch)?)
+    /// })?;
+    /// outbox.committed(&batch);
+    /// ```
+    pub fn enqueue_in(
+        tx: &TransactionalTree,
+        batch: &[NewEntry],
+    ) -> Result<Vec<u64>, UnabortableTransactionError> {
+        let now = now_millis();
+        let mut ids = Vec::with_capacity(batch.len());
+        for new in batch {
+            let id = tx.generate_id()?;
+            let entry = Entry {
+                id,
+                dest: new.dest.clone(),
+                kind: new.kind,
+                report_id: new.report_id.clone(),
+                payload: new.payload.clone(),
+                attempts: 0,
+                rejections: 0,
+                state: EntryState::Queued,
+                next_attempt_at: now,
+                last_error: None,
+                created_at: now,
+            };
+            tx.insert(entry.key(), encode(&entry))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Tells the outbox that a batch written with [`Outbox::enqueue_in`] has committed:
+    /// updates the fill level (raising the alarm when near full) and wakes the workers.
+    pub fn committed(&self, batch: &[NewEntry]) {
+        let bytes: u64 = batch.iter().map(approx_size).sum();
+        self.entries
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.check_alarm();
+        for new in batch {
+            self.notifier(&new.dest).notify_one();
+        }
+    }
+
+    /// Enqueues a batch in a transaction of its own (feedback, or anything not tied to a
+    /// result commit) and wakes the workers.
+    pub fn enqueue(&self, batch: &[NewEntry]) -> Result<Vec<u64>, OutboxError> {
+        let ids = self
+            .tree
+            .transaction(|tx| Ok(Outbox::enqueue_in(tx, batch)?))
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => OutboxError::Db(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    OutboxError::Db(sled::Error::ReportableBug("outbox enqueue aborted".into()))
+                }
+            })?;
+        self.committed(batch);
+        Ok(ids)
+    }
+
+    /// The wake-up signal of a destination's worker (registers the destination for
+    /// metrics).
+    pub fn notifier(&self, dest: &Destination) -> Arc<Notify> {
+        let mut map = self
+            .notifiers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(dest.clone())
+            .or_default();
+        map.entry(dest.clone()).or_default().clone()
+    }
+
+    /// The first entry of `dest` that is not dead, due or not: the worker sends it when
+    /// `next_attempt_at` has come. Undecodable entries are logged and skipped.
+    pub fn head(&self, dest: &Destination) -> Result<Option<Entry>, OutboxError> {
+        for kv in self.tree.scan_prefix(dest.prefix()) {
+            let (k, v) = kv?;
+            match decode::<Entry>(&k, &v) {
+                Ok(e) if e.state == EntryState::Dead => continue,
+                Ok(e) => return Ok(Some(e)),
+                Err(e) => log::error!("outbox: skipping undecodable entry: {e}"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The head entry of `dest` if it is due at `now_ms`.
+    pub fn next_due(&self, dest: &Destination, now_ms: i64) -> Result<Option<Entry>, OutboxError> {
+        Ok(self.head(dest)?.filter(|e| e.next_attempt_at <= now_ms))
+    }
+
+    /// Removes an entry after the peer's positive acknowledgement and records the delivery.
+    pub fn mark_delivered(&self, entry: &Entry) -> Result<(), OutboxError> {
+        let record = DeliveredRecord {
+            report_id: entry.report_id.clone(),
+            dest: entry.dest.clone(),
+            kind: entry.kind,
+            id: entry.id,
+            attempts: entry.attempts + 1,
+            delivered_at: now_millis(),
+        };
+        let dkey = delivered_key(&entry.report_id, &entry.dest, entry.kind);
+        let key = entry.key();
+        let removed = (&self.tree, &self.delivered)
+            .transaction(|(tree, delivered)| {
+                let old = tree.remove(key.as_slice())?;
+                delivered.insert(dkey.as_slice(), encode(&record))?;
+                Ok(old)
+            })
+            .map_err(tx_err)?;
+        match removed {
+            Some(old) => {
+                self.entries.fetch_sub(1, Ordering::Relaxed);
+                sub_saturating(&self.bytes, old.len() as u64);
+                self.count(&entry.dest, |c| c.delivered += 1);
+                self.check_alarm();
+                Ok(())
+            }
+            None => Err(OutboxError::NotFound(entry.id)),
+        }
+    }
+
+    /// Records a failed attempt (peer unreachable, timeout, garbage answer) and schedules
+    /// the next one after `backoff`. Returns the updated entry.
+    pub fn mark_retry(
+        &self,
+        entry: &Entry,
+        reason: &str,
+        backoff: &Backoff,
+    ) -> Result<Entry, OutboxError> {
+        self.count(&entry.dest, |c| c.failed += 1);
+        self.update(entry, |e| {
+            e.attempts += 1;
+            e.state = EntryState::Retrying;
+            e.next_attempt_at = now_millis() + backoff.delay(e.attempts).as_millis() as i64;
+            e.last_error = Some(reason.to_string());
+        })
+    }
+
+    /// Records an explicit refusal; the entry is dead after `max_rejections` of them and
+    /// otherwise retried after `backoff`. Returns the updated entry.
+    pub fn mark_rejected(
+        &self,
+        entry: &Entry,
+        reason: &str,
+        max_rejections: u32,
+        backoff: &Backoff,
+    ) -> Result<Entry, OutboxError> {
+        self.count(&entry.dest, |c| c.rejected += 1);
+        let updated = self.update(entry, |e| {
+            e.attempts += 1;
+            e.rejections += 1;
+            e.last_error = Some(reason.to_string());
+            if e.rejections >= max_rejections.max(1) {
+                e.state = EntryState::Dead;
+            } else {
+                e.state = EntryState::Retrying;
+                e.next_attempt_at = now_millis() + backoff.delay(e.rejections).as_millis() as i64;
+            }
+        })?;
+        if updated.state == EntryState::Dead {
+            log::error!(
+                "outbox: {} {} of report {} dead-lettered after {} refusals: {reason}",
+                updated.dest,
+                updated.kind.as_str(),
+                updated.report_id,
+                updated.rejections
+            );
+        }
+        Ok(updated)
+    }
+
+    /// Re-queues dead entries (and makes retrying ones due now); returns how many changed.
+    /// Refusal counts start again from zero.
+    pub fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError> {
+        let now = now_millis();
+        let mut changed = 0;
+        let mut woken = Vec::new();
+        for entry in self.list(None)? {
+            let selected = match which {
+                RetrySelector::Id(id) => entry.id == *id,
+                RetrySelector::Destination(d) => &entry.dest == d,
+                RetrySelector::All => true,
+            };
+            if !selected || entry.state == EntryState::Queued && entry.next_attempt_at <= now {
+                continue;
+            }
+            self.update(&entry, |e| {
+                e.state = EntryState::Queued;
+                e.rejections = 0;
+                e.next_attempt_at = now;
+            })?;
+            changed += 1;
+            woken.push(entry.dest.clone());
+        }
+        if let RetrySelector::Id(id) = which {
+            if changed == 0 && !self.list(None)?.iter().any(|e| e.id == *id) {
+                return Err(OutboxError::NotFound(*id));
+            }
+        }
+        woken.dedup();
+        for d in woken {
+            self.notifier(&d).notify_one();
+        }
+        Ok(changed)
+    }
+
+    /// Every entry (optionally of one destination), in destination then queue order.
+    pub fn list(&self, dest: Option<&Destination>) -> Result<Vec<Entry>, OutboxError> {
+        let iter = match dest {
+            Some(d) => self.tree.scan_prefix(d.prefix()),
+            None => self.tree.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (k, v) = kv?;
+            match decode::<Entry>(&k, &v) {
+                Ok(e) => out.push(e),
+                Err(e) => log::error!("outbox: undecodable entry: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delivery status of every message of a report, pending or delivered.
+    pub fn status_of(&self, report_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
+        let mut out: Vec<DeliveryStatus> = self
+            .list(None)?
+            .into_iter()
+            .filter(|e| e.report_id == report_id)
+            .map(|e| DeliveryStatus {
+                dest: e.dest,
+                kind: e.kind,
+                state: e.state.as_str().into(),
+                attempts: e.attempts,
+                last_error: e.last_error,
+            })
+            .collect();
+        let mut prefix = report_id.as_bytes().to_vec();
+        prefix.push(0);
+        for kv in self.delivered.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let r: DeliveredRecord = decode(&k, &v)?;
+            if out.iter().any(|s| s.dest == r.dest && s.kind == r.kind) {
+                continue; // a newer copy is pending again (re-sent)
+            }
+            out.push(DeliveryStatus {
+                dest: r.dest,
+                kind: r.kind,
+                state: "delivered".into(),
+                attempts: r.attempts,
+                last_error: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Per-destination counts, oldest age and counters (every destination with a worker or
+    /// an entry appears).
+    pub fn stats(&self) -> Result<Vec<DestStats>, OutboxError> {
+        let now = now_millis();
+        let counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut map: BTreeMap<Destination, DestStats> = BTreeMap::new();
+        for (d, c) in &counters {
+            map.insert(
+                d.clone(),
+                DestStats {
+                    dest: d.name(),
+                    delivered_total: c.delivered,
+                    failed_total: c.failed,
+                    rejected_total: c.rejected,
+                    ..Default::default()
+                },
+            );
+        }
+        for e in self.list(None)? {
+            let s = map.entry(e.dest.clone()).or_insert_with(|| DestStats {
+                dest: e.dest.name(),
+                ..Default::default()
+            });
+            match e.state {
+                EntryState::Queued => s.queued += 1,
+                EntryState::Retrying => s.retrying += 1,
+                EntryState::Dead => s.dead += 1,
+            }
+            if e.state != EntryState::Dead {
+                let age = (now - e.created_at).max(0) as f64 / 1000.0;
+                s.oldest_seconds = s.oldest_seconds.max(age);
+            }
+        }
+        Ok(map.into_values().collect())
+    }
+
+    /// Entries and bytes held against the bounds.
+    pub fn fill(&self) -> Fill {
+        Fill {
+            entries: self.entries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            max_entries: self.limits.max_entries,
+            max_bytes: self.limits.max_bytes,
+        }
+    }
+
+    /// Whether either bound is reached: new studies must then be refused (C-STORE A700).
+    pub fn is_full(&self) -> bool {
+        let f = self.fill();
+        f.entries >= f.max_entries || f.bytes >= f.max_bytes
+    }
+
+    /// Whether either bound is within the near-full ratio (the alarm is on).
+    pub fn is_near_full(&self) -> bool {
+        let f = self.fill();
+        let r = self.limits.near_full_ratio;
+        f.entries as f64 >= f.max_entries as f64 * r || f.bytes as f64 >= f.max_bytes as f64 * r
+    }
+
+    /// Makes the outbox's changes durable.
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    fn check_alarm(&self) {
+        let near = self.is_near_full();
+        let was = self.alarm.swap(near, Ordering::Relaxed);
+        if near && !was {
+            let f = self.fill();
+            log::warn!(
+                "outbox near full: {} of {} entries, {} of {} bytes; new studies will be refused when full",
+                f.entries,
+                f.max_entries,
+                f.bytes,
+                f.max_bytes
+            );
+        } else if !near && was {
+            log::info!("outbox below its near-full mark again");
+        }
+    }
+
+    fn count(&self, dest: &Destination, f: impl FnOnce(&mut Counters)) {
+        let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(dest.clone()).or_default());
+    }
+
+    fn update(&self, entry: &Entry, f: impl Fn(&mut Entry)) -> Result<Entry, OutboxError> {
+        let key = entry.key();
+        let result = self
+            .tree
+            .transaction(|tx| {
+                let Some(old) = tx.get(key.as_slice())? else {
+                    return Ok(None);
+                };
+                let Ok(mut current) = serde_json::from_slice::<Entry>(&old) else {
+                    return Ok(None);
+                };
+                f(&mut current);
+                let new = encode(&current);
+                tx.insert(key.as_slice(), new.as_slice())?;
+                Ok(Some((current, old.len() as u64, new.len() as u64)))
+            })
+            .map_err(tx_err)?;
+        let (updated, old_len, new_len) = result.ok_or(OutboxError::NotFound(entry.id))?;
+        self.bytes.fetch_add(new_len, Ordering::Relaxed);
+        sub_saturating(&self.bytes, old_len);
+        Ok(updated)
+    }
+}
+
+fn delivered_key(report_id: &str, dest: &Destination, kind: Kind) -> Vec<u8> {
+    format!("{report_id}\0{}\0{}", dest.name(), kind.as_str()).into_bytes()
+}
+
+fn approx_size(e: &NewEntry) -> u64 {
+    let payload = match &e.payload {
+        Payload::Hl7 { message } => message.len(),
+        Payload::Mqtt { topic, body, .. } => topic.len() + body.len() * 2,
+        Payload::Dicom { sop_instance_uids } => sop_instance_uids.iter().map(|u| u.len() + 3).sum(),
+    };
+    (payload + e.report_id.len() + 220) as u64
+}
+
+fn sub_saturating(a: &AtomicU64, n: u64) {
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+fn tx_err(e: sled::transaction::TransactionError<()>) -> OutboxError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => OutboxError::Db(e),
+        sled::transaction::TransactionError::Abort(()) => OutboxError::Db(
+            sled::Error::ReportableBug("outbox transaction aborted".into()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, limits: OutboxLimits) -> (sled::Db, Outbox) {
+        let db = sled::open(dir).unwrap();
+        let ob = Outbox::open(&db, limits).unwrap();
+        (db, ob)
+    }
+
+    fn hl7(report: &str) -> NewEntry {
+        NewEntry {
+            dest: Destination::Hl7,
+            kind: Kind::Report,
+            report_id: report.into(),
+            payload: Payload::Hl7 {
+                message: format!("MSH|^~\\&|DULI|||||||{report}\r"),
+            },
+        }
+    }
+
+    fn mqtt(report: &str) -> NewEntry {
+        NewEntry {
+            dest: Destination::Mqtt,
+            kind: Kind::Report,
+            report_id: report.into(),
+            payload: Payload::Mqtt {
+                topic: "duli/s/d/reports".into(),
+                body: format!("{{\"report_id\":\"{report}\"}}"),
+                retain: false,
+            },
+        }
+    }
+
+    const FAST: Backoff = Backoff {
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(2),
+    };
+
+    #[test]
+    fn destinations_parse_and_print() {
+        for s in ["hl7", "mqtt", "pacs:main"] {
+            assert_eq!(s.parse::<Destination>().unwrap().name(), s);
+        }
+        assert!("pacs:".parse::<Destination>().is_err());
+        assert!("smtp".parse::<Destination>().is_err());
+    }
+
+    #[test]
+    fn enqueue_in_a_multi_tree_transaction_is_atomic_with_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ob) = open(dir.path(), OutboxLimits::default());
+        let results = db.open_tree("results").unwrap();
+        let batch = vec![hl7("r1"), mqtt("r1")];
+        let ids = (&results, ob.tree())
+            .transaction(|(results, tx)| {
+                results.insert("r1", "result")?;
+                Ok(Outbox::enqueue_in(tx, &batch)?)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| e)
+            .unwrap();
+        ob.committed(&batch);
+        assert_eq!(ids.len(), 2);
+        assert!(ids[0] < ids[1]);
+        assert_eq!(ob.fill().entries, 2);
+        // an aborted transaction leaves neither the result nor the entries
+        let r: Result<(), _> = (&results, ob.tree()).transaction(|(results, tx)| {
+            results.insert("r2", "result")?;
+            Outbox::enqueue_in(tx, &[hl7("r2")])?;
+            sled::transaction::abort(())
+        });
+        assert!(r.is_err());
+        assert!(results.get("r2").unwrap().is_none());
+        assert_eq!(ob.list(None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn head_of_line_order_per_destination_and_removal_only_when_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        for i in 0..5 {
+            ob.enqueue(&[hl7(&format!("r{i}")), mqtt(&format!("r{i}"))])
+                .unwrap();
+        }
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        assert_eq!(head.report_id, "r0");
+        // a failure keeps the head in place and schedules it later
+        let retried = ob.mark_retry(&head, "connection refused", &FAST).unwrap();
+        assert_eq!(retried.state, EntryState::Retrying);
+        assert_eq!(retried.attempts, 1);
+        assert!(ob.next_due(&Destination::Hl7, 0).unwrap().is_none());
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        assert_eq!(head.report_id, "r0");
+        let mut order = Vec::new();
+        while let Some(e) = ob.head(&Destination::Hl7).unwrap() {
+            order.push(e.report_id.clone());
+            ob.mark_delivered(&e).unwrap();
+        }
+        assert_eq!(order, ["r0", "r1", "r2", "r3", "r4"]);
+        assert_eq!(ob.list(Some(&Destination::Mqtt)).unwrap().len(), 5);
+        assert_eq!(ob.fill().entries, 5);
+        let status = ob.status_of("r0").unwrap();
+        assert!(status
+            .iter()
+            .any(|s| s.dest == Destination::Hl7 && s.state == "delivered" && s.attempts == 2));
+        assert!(status
+            .iter()
+            .any(|s| s.dest == Destination::Mqtt && s.state == "queued"));
+        let stats = ob.stats().unwrap();
+        let h = stats.iter().find(|s| s.dest == "hl7").unwrap();
+        assert_eq!((h.delivered_total, h.failed_total, h.queued), (5, 1, 0));
+        let m = stats.iter().find(|s| s.dest == "mqtt").unwrap();
+        assert_eq!(m.queued, 5);
+    }
+
+    #[test]
+    fn rejections_dead_letter_then_a_technician_requeues() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        ob.enqueue(&[hl7("a"), hl7("b")]).unwrap();
+        let mut e = ob.head(&Destination::Hl7).unwrap().unwrap();
+        for i in 1..=3 {
+            e = ob
+                .mark_rejected(&e, "AR: unknown patient", 3, &FAST)
+                .unwrap();
+            assert_eq!(e.rejections, i);
+        }
+        assert_eq!(e.state, EntryState::Dead);
+        // the dead entry no longer blocks the queue
+        assert_eq!(ob.head(&Destination::Hl7).unwrap().unwrap().report_id, "b");
+        let stats = ob.stats().unwrap();
+        assert_eq!(stats[0].dead, 1);
+        assert_eq!(stats[0].rejected_total, 3);
+        assert_eq!(ob.retry(&RetrySelector::Id(e.id)).unwrap(), 1);
+        let again = ob.head(&Destination::Hl7).unwrap().unwrap();
+        assert_eq!((again.report_id.as_str(), again.rejections), ("a", 0));
+        assert_eq!(again.state, EntryState::Queued);
+        assert!(matches!(
+            ob.retry(&RetrySelector::Id(999_999)),
+            Err(OutboxError::NotFound(999_999))
+        ));
+    }
+
+    #[test]
+    fn entries_survive_reopen_in_order_with_their_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, ob) = open(dir.path(), OutboxLimits::default());
+            for i in 0..3 {
+                ob.enqueue(&[hl7(&format!("r{i}"))]).unwrap();
+            }
+            let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+            ob.mark_retry(&head, "timeout", &FAST).unwrap();
+            db.flush().unwrap();
+        }
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        assert_eq!(ob.fill().entries, 3);
+        let list = ob.list(None).unwrap();
+        let ids: Vec<&str> = list.iter().map(|e| e.report_id.as_str()).collect();
+        assert_eq!(ids, ["r0", "r1", "r2"]);
+        assert_eq!(list[0].state, EntryState::Retrying);
+        assert_eq!(list[0].last_error.as_deref(), Some("timeout"));
+        // new ids after reopen still sort after the old ones
+        ob.enqueue(&[hl7("r3")]).unwrap();
+        let last = ob.list(None).unwrap().pop().unwrap();
+        assert_eq!(last.report_id, "r3");
+    }
+
+    #[test]
+    fn bounds_raise_near_full_then_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits {
+            max_entries: 10,
+            max_bytes: u64::MAX,
+            near_full_ratio: 0.8,
+        };
+        let (_db, ob) = open(dir.path(), limits);
+        for i in 0..7 {
+            ob.enqueue(&[hl7(&format!("r{i}"))]).unwrap();
+        }
+        assert!(!ob.is_near_full());
+        ob.enqueue(&[hl7("r7")]).unwrap();
+        assert!(ob.is_near_full() && !ob.is_full());
+        ob.enqueue(&[hl7("r8"), hl7("r9")]).unwrap();
+        assert!(ob.is_full());
+        // never dropped: a full outbox still takes entries of results already received
+        ob.enqueue(&[hl7("r10")]).unwrap();
+        assert_eq!(ob.list(None).unwrap().len(), 11);
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        ob.mark_delivered(&head).unwrap();
+        ob.mark_delivered(&ob.head(&Destination::Hl7).unwrap().unwrap())
+            .unwrap();
+        assert!(!ob.is_full());
+        let limits = OutboxLimits {
+            max_entries: u64::MAX,
+            max_bytes: 1000,
+            near_full_ratio: 0.8,
+        };
+        let dir2 = tempfile::tempdir().unwrap();
+        let (_db2, ob2) = open(dir2.path(), limits);
+        while !ob2.is_full() {
+            ob2.enqueue(&[hl7("x")]).unwrap();
+        }
+        assert!(ob2.fill().bytes >= 1000);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(1000),
+        };
+        for _ in 0..50 {
+            let d1 = b.delay(1).as_millis();
+            assert!((50..=100).contains(&d1), "{d1}");
+            let d3 = b.delay(3).as_millis();
+            assert!((200..=400).contains(&d3), "{d3}");
+            let d20 = b.delay(20).as_millis();
+            assert!((500..=1000).contains(&d20), "{d20}");
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| b.delay(5).as_millis()).collect();
+        assert!(spread.len() > 5);
+    }
+}

@@ -1,0 +1,221 @@
+//! What a report owes to whom: turns a [`Report`] (and later its DICOM result objects, and
+//! the radiologist's feedback) into the [`NewEntry`] list to commit, per the configuration.
+
+use super::hl7::message::{oru_r01, Hl7Profile};
+use super::mqtt::payload::{feedback_payload, report_payload, to_json, Feedback};
+use super::mqtt::topics::Topics;
+use super::outbox::{Destination, Kind, NewEntry, Payload};
+use super::report::Report;
+use super::secret::SiteSecret;
+use crate::config::Config;
+
+/// The destinations in effect and what their messages need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryPlan {
+    /// Site id (MSH-4, topics, payloads).
+    pub site_id: String,
+    /// Device id (topics, payloads).
+    pub device_id: String,
+    /// HL7 header fields, when `[hl7] enabled`.
+    pub hl7: Option<Hl7Profile>,
+    /// `[mqtt] enabled`.
+    pub mqtt: bool,
+    /// Names of the PACS destinations with `push = true`.
+    pub pacs_push: Vec<String>,
+}
+
+impl DeliveryPlan {
+    /// The plan of a configuration.
+    pub fn from_config(cfg: &Config) -> DeliveryPlan {
+        DeliveryPlan {
+            site_id: cfg.device.site_id.clone(),
+            device_id: cfg.device.device_id.clone(),
+            hl7: cfg.hl7.enabled.then(|| Hl7Profile {
+                sending_facility: cfg.device.site_id.clone(),
+                receiving_application: cfg.hl7.receiving_application.clone(),
+                receiving_facility: cfg.hl7.receiving_facility.clone(),
+            }),
+            mqtt: cfg.mqtt.enabled,
+            pacs_push: cfg
+                .pacs
+                .destinations
+                .iter()
+                .filter(|d| d.push)
+                .map(|d| d.name.clone())
+                .collect(),
+        }
+    }
+
+    /// Every destination that needs a worker.
+    pub fn destinations(&self) -> Vec<Destination> {
+        let mut out = Vec::new();
+        if self.hl7.is_some() {
+            out.push(Destination::Hl7);
+        }
+        if self.mqtt {
+            out.push(Destination::Mqtt);
+        }
+        out.extend(self.pacs_push.iter().cloned().map(Destination::Pacs));
+        out
+    }
+
+    /// The topics of this device.
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.site_id, &self.device_id)
+    }
+
+    /// The HL7 ORU^R01 and MQTT report entries of a report (commit them with the result).
+    pub fn report_entries(&self, report: &Report, secret: &SiteSecret) -> Vec<NewEntry> {
+        let mut out = Vec::new();
+        if let Some(profile) = &self.hl7 {
+            out.push(NewEntry {
+                dest: Destination::Hl7,
+                kind: Kind::Report,
+                report_id: report.report_id.clone(),
+                payload: Payload::Hl7 {
+                    message: oru_r01(report, profile),
+                },
+            });
+        }
+        if self.mqtt {
+            let body = to_json(&report_payload(
+                report,
+                secret,
+                &self.site_id,
+                &self.device_id,
+            ));
+            out.push(NewEntry {
+                dest: Destination::Mqtt,
+                kind: Kind::Report,
+                report_id: report.report_id.clone(),
+                payload: Payload::Mqtt {
+                    topic: self.topics().reports(),
+                    body,
+                    retain: false,
+                },
+            });
+        }
+        out
+    }
+
+    /// The PACS push entries of stored result objects (`kind` is
+    /// [`Kind::StructuredReport`] or [`Kind::SecondaryCapture`]), one per push destination.
+    pub fn push_entries(
+        &self,
+        report_id: &str,
+        kind: Kind,
+        sop_instance_uids: &[String],
+    ) -> Vec<NewEntry> {
+        self.pacs_push
+            .iter()
+            .map(|name| NewEntry {
+                dest: Destination::Pacs(name.clone()),
+                kind,
+                report_id: report_id.to_string(),
+                payload: Payload::Dicom {
+                    sop_instance_uids: sop_instance_uids.to_vec(),
+                },
+            })
+            .collect()
+    }
+
+    /// The MQTT entry of a radiologist's feedback (none when MQTT is off).
+    pub fn feedback_entries(&self, fb: &Feedback, secret: &SiteSecret) -> Vec<NewEntry> {
+        if !self.mqtt {
+            return Vec::new();
+        }
+        vec![NewEntry {
+            dest: Destination::Mqtt,
+            kind: Kind::Feedback,
+            report_id: fb.report_id.clone(),
+            payload: Payload::Mqtt {
+                topic: self.topics().feedback(),
+                body: to_json(&feedback_payload(
+                    fb,
+                    secret,
+                    &self.site_id,
+                    &self.device_id,
+                )),
+                retain: false,
+            },
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PacsDestination;
+    use crate::deliver::report::fixtures;
+
+    #[test]
+    fn plan_follows_the_configuration() {
+        let mut cfg = Config::default();
+        let secret = SiteSecret::from_bytes(&[3u8; 32]);
+        let report = fixtures::report();
+        assert!(DeliveryPlan::from_config(&cfg)
+            .report_entries(&report, &secret)
+            .is_empty());
+        cfg.hl7.enabled = true;
+        cfg.mqtt.enabled = true;
+        cfg.device.site_id = "site-9".into();
+        cfg.pacs.destinations = vec![
+            PacsDestination {
+                name: "main".into(),
+                ae_title: "PACS".into(),
+                host: "10.0.0.1".into(),
+                port: 104,
+                push: true,
+                move_: true,
+            },
+            PacsDestination {
+                name: "viewer".into(),
+                ae_title: "VIEW".into(),
+                host: "10.0.0.2".into(),
+                port: 104,
+                push: false,
+                move_: true,
+            },
+        ];
+        let plan = DeliveryPlan::from_config(&cfg);
+        assert_eq!(
+            plan.destinations(),
+            vec![
+                Destination::Hl7,
+                Destination::Mqtt,
+                Destination::Pacs("main".into())
+            ]
+        );
+        let entries = plan.report_entries(&report, &secret);
+        assert_eq!(entries.len(), 2);
+        match &entries[0].payload {
+            Payload::Hl7 { message } => assert!(message.starts_with("MSH|^~\\&|DULI|site-9|")),
+            other => panic!("{other:?}"),
+        }
+        match &entries[1].payload {
+            Payload::Mqtt {
+                topic,
+                body,
+                retain,
+            } => {
+                assert_eq!(topic, "duli/site-9/duli-edge-01/reports");
+                assert!(body.contains("\"report_id\":\"r-7f3a9c2e01\""));
+                assert!(!retain);
+            }
+            other => panic!("{other:?}"),
+        }
+        let push = plan.push_entries("r1", Kind::StructuredReport, &["1.2.3".into()]);
+        assert_eq!(push.len(), 1);
+        assert_eq!(push[0].dest, Destination::Pacs("main".into()));
+        let fb = Feedback {
+            report_id: "r1".into(),
+            study_instance_uid: "1.2.3".into(),
+            agree: false,
+            finding: Some("PNEUMONIA".into()),
+            reviewer_role: "radiologist".into(),
+            created_at: 0,
+        };
+        let fe = plan.feedback_entries(&fb, &secret);
+        assert_eq!(fe[0].kind, Kind::Feedback);
+    }
+}

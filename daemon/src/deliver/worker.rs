@@ -1,0 +1,156 @@
+//! The delivery worker: one task per destination that drains its queue in order through a
+//! [`Channel`], at least once, surviving peer outages of any length.
+//!
+//! Loop: take the head entry; if it is not due yet, sleep until it is (or until woken);
+//! send it; mark it delivered, rejected or retried; flush. Woken by the outbox's
+//! [`tokio::sync::Notify`] when new entries commit; stopped by a `watch` signal.
+
+use super::outbox::{Backoff, Destination, Outbox};
+use super::{Channel, Delivery};
+use crate::clock::now_millis;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How a worker treats failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// Explicit refusals before an entry is dead-lettered (`[hl7] max_rejections`).
+    pub max_rejections: u32,
+    /// Backoff between attempts.
+    pub backoff: Backoff,
+    /// Pause after an outbox (database) error before trying again.
+    pub error_pause: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            max_rejections: 5,
+            backoff: Backoff::default(),
+            error_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Starts the worker of `dest` on the current tokio runtime. It stops when `shutdown`
+/// turns `true` (or its sender is dropped), after calling [`Channel::close`].
+pub fn spawn<C: Channel>(
+    outbox: Arc<Outbox>,
+    dest: Destination,
+    channel: C,
+    options: WorkerOptions,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(outbox, dest, channel, options, shutdown))
+}
+
+/// The worker loop (see [`spawn`]).
+pub async fn run<C: Channel>(
+    outbox: Arc<Outbox>,
+    dest: Destination,
+    mut channel: C,
+    options: WorkerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let notify = outbox.notifier(&dest);
+    log::info!("delivery worker for {dest} started");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let head = match outbox.head(&dest) {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!("outbox {dest}: {e}");
+                let stop = tokio::select! {
+                    _ = tokio::time::sleep(options.error_pause) => false,
+                    r = shutdown.changed() => r.is_err(),
+                };
+                if stop {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(entry) = head else {
+            let stop = tokio::select! {
+                _ = notify.notified() => false,
+                _ = channel.idle() => false,
+                r = shutdown.changed() => r.is_err(),
+            };
+            if stop {
+                break;
+            }
+            continue;
+        };
+        let wait = entry.next_attempt_at - now_millis();
+        if wait > 0 {
+            let stop = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => false,
+                _ = notify.notified() => false,
+                _ = channel.idle() => false,
+                r = shutdown.changed() => r.is_err(),
+            };
+            if stop {
+                break;
+            }
+            continue;
+        }
+        let outcome = tokio::select! {
+            d = channel.deliver(&entry) => Some(d),
+            r = shutdown.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                None
+            }
+        };
+        let Some(outcome) = outcome else {
+            continue;
+        };
+        let result = match &outcome {
+            Delivery::Acked => outbox.mark_delivered(&entry).map(|_| ()),
+            Delivery::Rejected(reason) => {
+                log::warn!(
+                    "{dest}: {} of report {} refused: {reason}",
+                    entry.kind.as_str(),
+                    entry.report_id
+                );
+                outbox
+                    .mark_rejected(&entry, reason, options.max_rejections, &options.backoff)
+                    .map(|_| ())
+            }
+            Delivery::Failed(reason) => {
+                let level = if entry.attempts == 0 || entry.attempts % 20 == 0 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "{dest}: {} of report {} not delivered (attempt {}): {reason}",
+                    entry.kind.as_str(),
+                    entry.report_id,
+                    entry.attempts + 1
+                );
+                outbox
+                    .mark_retry(&entry, reason, &options.backoff)
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            log::error!(
+                "outbox {dest}: cannot record the outcome of entry {}: {e}",
+                entry.id
+            );
+            tokio::time::sleep(options.error_pause).await;
+        }
+        if let Err(e) = outbox.flush().await {
+            log::error!("outbox {dest}: flush failed: {e}");
+        }
+    }
+    channel.close().await;
+    log::info!("delivery worker for {dest} stopped");
+}

@@ -1,0 +1,423 @@
+//! HL7 delivery against real peers over loopback TCP: the Python `hl7` package as a RIS
+//! that parses every message field by field, and a Rust MLLP listener scripted to answer
+//! AE, AR, garbage or nothing at all, over TCP and TLS.
+
+mod support;
+
+use duli::config::Hl7Config;
+use duli::deliver::hl7::ack::{build_ack, AckCode};
+use duli::deliver::hl7::client::{Hl7Channel, Hl7Target};
+use duli::deliver::hl7::message::Hl7Profile;
+use duli::deliver::hl7::mllp;
+use duli::deliver::outbox::{Destination, EntryState, Outbox};
+use duli::deliver::plan::DeliveryPlan;
+use duli::deliver::secret::SiteSecret;
+use duli::deliver::worker;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+fn plan() -> DeliveryPlan {
+    DeliveryPlan {
+        site_id: "hospital-a".into(),
+        device_id: "edge-01".into(),
+        hl7: Some(Hl7Profile {
+            sending_facility: "hospital-a".into(),
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSP".into(),
+        }),
+        mqtt: false,
+        pacs_push: vec![],
+    }
+}
+
+fn target(port: u16) -> Hl7Target {
+    let mut t = Hl7Target::from_config(&Hl7Config {
+        enabled: true,
+        port,
+        ..Default::default()
+    })
+    .unwrap();
+    t.connect_timeout = Duration::from_secs(2);
+    t.ack_timeout = Duration::from_secs(2);
+    t
+}
+
+fn enqueue_reports(ob: &Outbox, range: std::ops::Range<usize>) {
+    let secret = SiteSecret::from_bytes(&[1u8; 32]);
+    let plan = plan();
+    for i in range {
+        ob.enqueue(&plan.report_entries(&report(i), &secret))
+            .unwrap();
+    }
+}
+
+/// What the scripted listener answers.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Ack(AckCode),
+    Garbage,
+}
+
+type Script = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
+
+/// Serves MLLP on one connection: records each message's MSH-10 and answers per script
+/// (called with the control id and how many times it has been seen before).
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    script: Script,
+    seen: Arc<Mutex<Vec<String>>>,
+) {
+    let mut dec = mllp::Decoder::default();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        dec.push(&buf[..n]);
+        while let Ok(Some(frame)) = dec.next_frame() {
+            let text = String::from_utf8(frame).unwrap();
+            let id = duli::deliver::hl7::client::control_id(&text);
+            let before = {
+                let mut seen = seen.lock().unwrap();
+                let before = seen.iter().filter(|s| **s == id).count();
+                seen.push(id.clone());
+                before
+            };
+            let reply = match script(&id, before) {
+                Answer::Ack(code) => mllp::encode(build_ack(code, &id, "ACK1", "").as_bytes()),
+                Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
+            };
+            if s.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn start_listener(
+    port: u16,
+    script: Script,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (script, seen) = (script.clone(), seen2.clone());
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => serve_conn(tcp, script, seen).await,
+                    Some(acc) => {
+                        if let Ok(s) = acc.accept(tcp).await {
+                            serve_conn(s, script, seen).await
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (seen, task)
+}
+
+fn spawn_worker(
+    ob: &Arc<Outbox>,
+    port: u16,
+    max_rejections: u32,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Hl7,
+        Hl7Channel::new(target(port)),
+        fast_options(max_rejections),
+        rx,
+    );
+    (tx, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_retry() {
+    let Some(python) = python_with(&["hl7"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = dir.path().join("received.jsonl");
+    let script = repo_root().join("daemon/tests/peers/hl7_ris.py");
+    let mut peer = Peer {
+        child: std::process::Command::new(python)
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&out)
+            .arg("AE,AA")
+            .spawn()
+            .unwrap(),
+    };
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "RIS did not start"
+    );
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    enqueue_reports(&ob, 51..52);
+    let mut corrected = report(7);
+    corrected.version = 2;
+    corrected.triage = false;
+    ob.enqueue(&plan().report_entries(&corrected, &SiteSecret::from_bytes(&[1u8; 32])))
+        .unwrap();
+    let (stop, handle) = spawn_worker(&ob, port, 5);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    let _ = peer.child.kill();
+
+    let text = std::fs::read_to_string(&out).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // AE for the first copy, AA for the retry, AA for the next message
+    assert_eq!(records.len(), 3, "{text}");
+    assert_eq!(records[0]["MSH.F10"], "rep-0051");
+    assert_eq!(records[1]["MSH.F10"], "rep-0051");
+    assert_eq!(records[2]["MSH.F10"], "rep-0007");
+    let status = ob.status_of("rep-0051").unwrap();
+    assert_eq!(status[0].state, "delivered");
+    assert_eq!(status[0].attempts, 2);
+    assert_eq!(ob.fill().entries, 0);
+
+    let r = &records[1];
+    let expect = [
+        ("MSH.F3", "DULI"),
+        ("MSH.F4", "hospital-a"),
+        ("MSH.F5", "RIS"),
+        ("MSH.F6", "HOSP"),
+        ("MSH.F7", "20240131093106+0000"),
+        ("MSH.F9.R1.C1", "ORU"),
+        ("MSH.F9.R1.C2", "R01"),
+        ("MSH.F9.R1.C3", "ORU_R01"),
+        ("MSH.F11", "P"),
+        ("MSH.F12", "2.5.1"),
+        ("MSH.F18", "UNICODE UTF-8"),
+        ("PID.F3", "PID00051"),
+        ("PID.F5.R1.C1", "Conceição"),
+        ("PID.F5.R1.C2", "João"),
+        ("PID.F5.R1.C3", "Maria"),
+        ("PID.F5.R1.C4", "Jr."),
+        ("PID.F7", "19800215"),
+        ("PID.F8", "M"),
+        ("ORC.F1", "RE"),
+        ("ORC.F2", "ACC51&X"),
+        ("OBR.F2", "ACC51&X"),
+        ("OBR.F3.R1.C1", "rep-0051"),
+        ("OBR.F4.R1.C5", "Tórax PA|AP"),
+        ("OBR.F7", "20240131093015"),
+        ("OBR.F18", "ACC51&X"),
+        ("OBR.F25", "P"),
+        ("TQ1.F9", "S"),
+        ("ZDS.F1.R1.C1", "1.2.826.0.1.3680043.8.498.1051"),
+        ("ZDS.F1.R1.C2", "DULI"),
+        ("ZDS.F1.R1.C3", "Application"),
+        ("ZDS.F1.R1.C4", "DICOM"),
+        ("OBX1.F2", "NM"),
+        ("OBX1.F3.R1.C1", "233604007"),
+        ("OBX1.F3.R1.C2", "Pneumonia"),
+        ("OBX1.F3.R1.C3", "DULI"),
+        ("OBX1.F5", "0.51"),
+        ("OBX1.F8", "A"),
+        ("OBX1.F11", "P"),
+        ("OBX2.F2", "ST"),
+        ("OBX2.F5", "pneumonia-xception 1.0.0"),
+        ("OBX2.F11", "P"),
+    ];
+    for (key, value) in expect {
+        assert_eq!(r[key], value, "{key} in {r}");
+    }
+    assert_eq!(
+        r["segments"],
+        serde_json::json!(["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "ZDS", "OBX", "OBX"])
+    );
+    let c = &records[2];
+    assert_eq!(c["OBR.F25"], "C");
+    assert_eq!(c["TQ1.F9"], "R");
+    assert_eq!(c["OBX1.F8"], "N");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ar_forever_dead_letters_after_max_rejections_without_blocking_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|id: &str, _| {
+        if id == "rep-0000" {
+            Answer::Ack(AckCode::AR)
+        } else {
+            Answer::Ack(AckCode::AA)
+        }
+    });
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, 0..3);
+    let (stop, handle) = spawn_worker(&ob, port, 3);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    let list = ob.list(None).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].report_id, "rep-0000");
+    assert_eq!(list[0].state, EntryState::Dead);
+    assert_eq!(list[0].rejections, 3);
+    assert_eq!(list[0].last_error.as_deref(), Some("AR"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().filter(|s| *s == "rep-0000").count(), 3);
+    assert_eq!(seen.iter().filter(|s| *s != "rep-0000").count(), 2);
+    let stats = ob.stats().unwrap();
+    assert_eq!(
+        (
+            stats[0].dead,
+            stats[0].rejected_total,
+            stats[0].delivered_total
+        ),
+        (1, 3, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_answers_are_retried_not_counted_as_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, before| {
+        if before < 2 {
+            Answer::Garbage
+        } else {
+            Answer::Ack(AckCode::AA)
+        }
+    });
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, 0..1);
+    let (stop, handle) = spawn_worker(&ob, port, 1);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    let s = &ob.stats().unwrap()[0];
+    assert_eq!(
+        (s.failed_total, s.rejected_total, s.delivered_total),
+        (2, 0, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_then_recovery_delivers_every_report_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_store, ob) = outbox(dir.path());
+    let (stop, handle) = spawn_worker(&ob, port, 5);
+    enqueue_reports(&ob, 0..50);
+    // the RIS is down: attempts fail and the queue stays whole
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+    assert_eq!(head.report_id, "rep-0000");
+    assert!(head.attempts >= 2, "attempts {}", head.attempts);
+    assert_eq!(ob.fill().entries, 50);
+    let script: Script = Arc::new(|_: &str, _| Answer::Ack(AckCode::AA));
+    let (seen, _l) = start_listener(port, script, None).await;
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(30)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<String> = (0..50).map(|i| format!("rep-{i:04}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(ob.fill().entries, 0);
+    assert!(ob.list(None).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::fs::read(&pki.ca).unwrap().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let certs: Vec<_> =
+        rustls_pemfile::certs(&mut std::fs::read(&pki.server_cert).unwrap().as_slice())
+            .map(|c| c.unwrap())
+            .collect();
+    let key = rustls_pemfile::private_key(&mut std::fs::read(&pki.server_key).unwrap().as_slice())
+        .unwrap()
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, _| Answer::Ack(AckCode::AA));
+    let (seen, _l) = start_listener(port, script, Some(acceptor)).await;
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    enqueue_reports(&ob, 0..3);
+    let cfg = Hl7Config {
+        enabled: true,
+        port,
+        tls: true,
+        ca: Some(pki.ca.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+        ..Default::default()
+    };
+    let (tx, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Hl7,
+        Hl7Channel::new(Hl7Target::from_config(&cfg).unwrap()),
+        fast_options(3),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    tx.send(true).unwrap();
+    h.await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 3);
+
+    // without the client certificate the RIS refuses the handshake: retried, never sent
+    let (_store2, ob2) = outbox(&dir.path().join("data2"));
+    enqueue_reports(&ob2, 10..11);
+    let no_cert = Hl7Config {
+        cert: None,
+        key: None,
+        ..cfg
+    };
+    let (tx, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob2.clone(),
+        Destination::Hl7,
+        Hl7Channel::new(Hl7Target::from_config(&no_cert).unwrap()),
+        fast_options(3),
+        rx,
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tx.send(true).unwrap();
+    h.await.unwrap();
+    let e = ob2.head(&Destination::Hl7).unwrap().unwrap();
+    assert!(e.attempts >= 1 && e.rejections == 0, "{e:?}");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}

@@ -1,0 +1,62 @@
+"""A RIS for the tests: an MLLP server built on the `hl7` package.
+
+usage: hl7_ris.py PORT OUT.jsonl ACK[,ACK...]
+
+Every message received is parsed by `hl7.parse` and written to OUT.jsonl as one JSON
+object of field values read through the package's accessors (unescaped). The answers are
+the ACK codes given, in order, the last one repeating, built with `Message.create_ack`.
+"""
+import asyncio
+import json
+import sys
+
+import hl7
+from hl7.mllp import start_hl7_server
+
+PORT = int(sys.argv[1])
+OUT = sys.argv[2]
+ACKS = sys.argv[3].split(",")
+
+KEYS = [
+    "MSH.F3", "MSH.F4", "MSH.F5", "MSH.F6", "MSH.F7", "MSH.F9.R1.C1", "MSH.F9.R1.C2",
+    "MSH.F9.R1.C3", "MSH.F10", "MSH.F11", "MSH.F12", "MSH.F18",
+    "PID.F3", "PID.F5.R1.C1", "PID.F5.R1.C2", "PID.F5.R1.C3", "PID.F5.R1.C4", "PID.F7",
+    "PID.F8", "ORC.F1", "ORC.F2", "OBR.F2", "OBR.F3.R1.C1", "OBR.F4.R1.C5", "OBR.F7",
+    "OBR.F18", "OBR.F25", "TQ1.F9", "ZDS.F1.R1.C1", "ZDS.F1.R1.C2", "ZDS.F1.R1.C3",
+    "ZDS.F1.R1.C4", "OBX1.F2", "OBX1.F3.R1.C1", "OBX1.F3.R1.C2", "OBX1.F3.R1.C3",
+    "OBX1.F5", "OBX1.F8", "OBX1.F11", "OBX2.F2", "OBX2.F5", "OBX2.F11",
+]
+
+count = 0
+
+
+async def handle(reader, writer):
+    global count
+    try:
+        while not writer.is_closing():
+            msg = await reader.readmessage()
+            record = {"segments": [str(seg[0]) for seg in msg]}
+            for key in KEYS:
+                try:
+                    record[key] = msg.unescape(str(msg[key]))
+                except (KeyError, IndexError):
+                    record[key] = None
+            with open(OUT, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            code = ACKS[min(count, len(ACKS) - 1)]
+            count += 1
+            writer.writemessage(msg.create_ack(code))
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass
+    finally:
+        writer.close()
+
+
+async def main():
+    server = await start_hl7_server(handle, "127.0.0.1", PORT, encoding="utf-8")
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())

@@ -1,0 +1,272 @@
+//! Helpers shared by the delivery integration tests: real peers (mosquitto, the Python
+//! `hl7` package, a Rust MLLP listener), a test PKI made with rcgen, and outbox fixtures.
+#![allow(dead_code)]
+
+use duli::deliver::outbox::{Backoff, Destination, Outbox, OutboxLimits};
+use duli::deliver::report::{Report, ReportFinding};
+use duli::deliver::worker::WorkerOptions;
+use duli::model::StudyRecord;
+use std::io::BufRead;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root (the daemon crate's parent).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crate has a parent")
+        .to_path_buf()
+}
+
+/// A Python that can import every module in `modules`: `DULI_PYTHON`, else the repo's
+/// `.venv`, else `python3`. `None` (and a SKIP line) when there is none.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(p) = std::env::var("DULI_PYTHON") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(repo_root().join(".venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    let import = format!("import {}", modules.join(", "));
+    for c in candidates {
+        let ok = Command::new(&c)
+            .args(["-c", &import])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Some(c);
+        }
+    }
+    eprintln!(
+        "SKIP: no Python with {} (set DULI_PYTHON or create .venv with `pip install hl7 jsonschema`)",
+        modules.join(", ")
+    );
+    None
+}
+
+/// Finds a program on PATH (or in /usr/sbin); prints SKIP when absent.
+pub fn program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default() + ":/usr/sbin:/usr/local/sbin";
+    for dir in path.split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    eprintln!("SKIP: {name} is not installed");
+    None
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A child process killed on drop.
+pub struct Peer {
+    /// The process.
+    pub child: Child,
+}
+
+impl Peer {
+    /// Stops the process with SIGTERM and waits for it.
+    pub fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines a child writes on stdout, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Lines(pub Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    /// Starts collecting the child's stdout.
+    pub fn collect(child: &mut Child) -> Lines {
+        let lines = Lines::default();
+        if let Some(out) = child.stdout.take() {
+            let sink = lines.0.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines() {
+                    match line {
+                        Ok(l) => sink.lock().unwrap().push(l),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        lines
+    }
+
+    /// A copy of the lines so far.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds on the lines, or the timeout.
+    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if pred(&self.snapshot()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        pred(&self.snapshot())
+    }
+}
+
+/// A CA with a server and a client certificate, as PEM files in `dir`.
+pub struct Pki {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate (SAN 127.0.0.1 and localhost).
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate.
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+}
+
+/// Makes a test PKI with rcgen.
+pub fn make_pki(dir: &Path) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "DULI test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |cn: &str, sans: Vec<String>, purpose: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![purpose];
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (scert, skey) = leaf(
+        "localhost",
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (ccert, ckey) = leaf("duli-edge-01", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &scert),
+        server_key: write("server.key", &skey),
+        client_cert: write("client.pem", &ccert),
+        client_key: write("client.key", &ckey),
+    }
+}
+
+/// An outbox on a fresh store in `dir`.
+pub fn outbox(dir: &Path) -> (duli::store::Store, Arc<Outbox>) {
+    let store = duli::store::Store::open(dir).unwrap();
+    let ob = Outbox::open(store.db(), OutboxLimits::default()).unwrap();
+    (store, Arc::new(ob))
+}
+
+/// Worker options with short backoff, for tests.
+pub fn fast_options(max_rejections: u32) -> WorkerOptions {
+    WorkerOptions {
+        max_rejections,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(300),
+        },
+        error_pause: Duration::from_millis(50),
+    }
+}
+
+/// Waits (async) until the destination's queue is empty of pending entries.
+pub async fn drained(ob: &Outbox, dest: &Destination, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ob.head(dest).unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A realistic report number `i`.
+pub fn report(i: usize) -> Report {
+    Report {
+        report_id: format!("rep-{i:04}"),
+        version: 1,
+        study: StudyRecord {
+            study_instance_uid: format!("1.2.826.0.1.3680043.8.498.{}", 1000 + i),
+            patient_id: format!("PID{i:05}"),
+            patient_name: "Conceição^João^Maria^^Jr.".into(),
+            patient_birth_date: "19800215".into(),
+            patient_sex: "M".into(),
+            accession_number: format!("ACC{i}&X"),
+            study_date: "20240131".into(),
+            study_time: "093015".into(),
+            study_description: "Tórax PA|AP".into(),
+            modalities: vec!["DX".into()],
+            ..Default::default()
+        },
+        findings: vec![ReportFinding {
+            label: "PNEUMONIA".into(),
+            code: "233604007".into(),
+            display: "Pneumonia".into(),
+            probability: (i % 100) as f64 / 100.0,
+            threshold: 0.5,
+            positive: (i % 100) >= 50,
+        }],
+        triage: (i % 100) >= 50,
+        model_name: "pneumonia-xception".into(),
+        model_version: "1.0.0".into(),
+        model_sha256: "cd".repeat(32),
+        timings_ms: [("infer".to_string(), 27.0)].into_iter().collect(),
+        source_sop_instance_uids: vec![format!("1.2.826.0.1.3680043.8.498.{}.1", 1000 + i)],
+        created_at: 1_706_693_415 + i as i64,
+    }
+}
