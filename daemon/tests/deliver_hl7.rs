@@ -58,6 +58,7 @@ fn enqueue_reports(ob: &Outbox, range: std::ops::Range<usize>) {
 #[derive(Clone, Copy, Debug)]
 enum Answer {
     Ack(AckCode),
+    SlowAck(AckCode),
     Garbage,
 }
 
@@ -89,6 +90,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
             };
             let reply = match script(&id, before) {
                 Answer::Ack(code) => mllp::encode(build_ack(code, &id, "ACK1", "").as_bytes()),
+                Answer::SlowAck(code) => {
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    mllp::encode(build_ack(code, &id, "ACK1", "").as_bytes())
+                }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
             };
             if s.write_all(&reply).await.is_err() {
@@ -420,4 +425,43 @@ async fn mllp_over_tls_with_a_client_certificate() {
     let e = ob2.head(&Destination::Hl7).unwrap().unwrap();
     assert!(e.attempts >= 1 && e.rejections == 0, "{e:?}");
     assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mid_drain_resumes_after_reopening_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, _| Answer::SlowAck(AckCode::AA));
+    let (seen, _l) = start_listener(port, script, None).await;
+    {
+        let (store, ob) = outbox(dir.path());
+        enqueue_reports(&ob, 0..40);
+        store.flush_blocking().unwrap();
+        let (_stop, handle) = spawn_worker(&ob, port, 5);
+        while seen.lock().unwrap().len() < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // the task dies without any cleanup, as in a crash of the worker
+        handle.abort();
+        let _ = handle.await;
+    }
+    let sent_before = seen.lock().unwrap().len();
+    assert!(sent_before < 40, "the whole queue drained before the stop");
+    let (_store, ob) = outbox(dir.path());
+    assert!(ob.fill().entries > 0);
+    let (stop, handle) = spawn_worker(&ob, port, 5);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(30)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    let total = seen.len();
+    seen.dedup();
+    let expected: Vec<String> = (0..40).map(|i| format!("rep-{i:04}")).collect();
+    assert_eq!(seen, expected, "every report, in order (repeats allowed)");
+    eprintln!(
+        "resume after stop: {} sent, {} duplicates",
+        total,
+        total - 40
+    );
+    assert!(total - 40 <= 1);
 }

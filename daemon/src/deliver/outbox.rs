@@ -398,6 +398,50 @@ pub enum RetrySelector {
     All,
 }
 
+impl FromStr for RetrySelector {
+    type Err = String;
+    /// `all`, an entry id, or a destination name (`hl7`, `mqtt`, `pacs:NAME`): the
+    /// argument of `duli outbox retry`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => Ok(RetrySelector::All),
+            t if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) => t
+                .parse()
+                .map(RetrySelector::Id)
+                .map_err(|e| format!("entry id {t:?}: {e}")),
+            t => t
+                .parse()
+                .map(RetrySelector::Destination)
+                .map_err(|e| format!("{e}; or `all`, or an entry id")),
+        }
+    }
+}
+
+/// Renders entries as the table `duli outbox list` prints (one line per entry, payloads
+/// left out), ages relative to `now_ms`.
+pub fn render_table(entries: &[Entry], now_ms: i64) -> String {
+    let mut out = format!(
+        "{:>10}  {:<14} {:<18} {:<9} {:>8} {:>7} {:>9}  {:<24} {}\n",
+        "ID", "DEST", "KIND", "STATE", "ATTEMPTS", "REFUSED", "AGE", "REPORT", "LAST ERROR"
+    );
+    for e in entries {
+        let age = (now_ms - e.created_at).max(0) / 1000;
+        out.push_str(&format!(
+            "{:>10}  {:<14} {:<18} {:<9} {:>8} {:>7} {:>8}s  {:<24} {}\n",
+            e.id,
+            e.dest.name(),
+            e.kind.as_str(),
+            e.state.as_str(),
+            e.attempts,
+            e.rejections,
+            age,
+            e.report_id,
+            e.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
 /// The outbox. Share it behind an `Arc`: workers, the result commit and the CLI use it.
 #[derive(Debug)]
 pub struct Outbox {
@@ -1056,6 +1100,31 @@ mod tests {
             ob2.enqueue(&[hl7("x")]).unwrap();
         }
         assert!(ob2.fill().bytes >= 1000);
+    }
+
+    #[test]
+    fn retry_selector_and_listing_for_technicians() {
+        assert_eq!("all".parse::<RetrySelector>(), Ok(RetrySelector::All));
+        assert_eq!("42".parse::<RetrySelector>(), Ok(RetrySelector::Id(42)));
+        assert_eq!(
+            "pacs:main".parse::<RetrySelector>(),
+            Ok(RetrySelector::Destination(Destination::Pacs("main".into())))
+        );
+        assert!("smtp".parse::<RetrySelector>().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        ob.enqueue(&[hl7("r1")]).unwrap();
+        let e = ob.head(&Destination::Hl7).unwrap().unwrap();
+        ob.mark_rejected(&e, "AR: unknown patient", 1, &FAST)
+            .unwrap();
+        let list = ob.list(None).unwrap();
+        let table = render_table(&list, list[0].created_at + 5_000);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("        ID  DEST"));
+        for part in ["hl7", "report", "dead", "5s", "r1", "AR: unknown patient"] {
+            assert!(lines[1].contains(part), "{part} in {:?}", lines[1]);
+        }
     }
 
     #[test]

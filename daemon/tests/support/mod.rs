@@ -270,3 +270,93 @@ pub fn report(i: usize) -> Report {
         created_at: 1_706_693_415 + i as i64,
     }
 }
+
+/// Starts mosquitto on `port` with its config and persistence in `dir` (TLS with client
+/// certificates required when `pki` is given). `None` (with SKIP) when not installed.
+pub fn start_mosquitto(dir: &Path, port: u16, pki: Option<&Pki>) -> Option<Peer> {
+    let bin = program("mosquitto")?;
+    let mut conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\nlog_type error\n",
+        dir.display()
+    );
+    if nix::unistd::geteuid().is_root() {
+        // keep root so the broker can read the test's private files
+        conf.push_str("user root\n");
+    }
+    if let Some(pki) = pki {
+        conf.push_str(&format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display()
+        ));
+    }
+    let conf_path = dir.join("mosquitto.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let peer = Peer { child };
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "mosquitto did not start"
+    );
+    Some(peer)
+}
+
+/// TLS arguments of the mosquitto clients.
+pub fn client_tls_args(pki: Option<&Pki>) -> Vec<String> {
+    match pki {
+        None => vec![],
+        Some(p) => vec![
+            "--cafile".into(),
+            p.ca.display().to_string(),
+            "--cert".into(),
+            p.client_cert.display().to_string(),
+            "--key".into(),
+            p.client_key.display().to_string(),
+        ],
+    }
+}
+
+/// Starts `mosquitto_sub -v` on `duli/#` with a persistent session, and waits until it
+/// receives a probe (so it is subscribed).
+pub fn start_subscriber(port: u16, pki: Option<&Pki>) -> Option<(Peer, Lines)> {
+    let sub = program("mosquitto_sub")?;
+    let publ = program("mosquitto_pub")?;
+    let mut child = Command::new(sub)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-t",
+            "duli/#",
+            "-v",
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            "duli-test-subscriber",
+        ])
+        .args(client_tls_args(pki))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::collect(&mut child);
+    let peer = Peer { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let _ = Command::new(&publ)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", "duli/probe", "-m", "probe", "-q", "1"])
+            .args(client_tls_args(pki))
+            .status();
+        if lines.wait_until(Duration::from_millis(300), |l| {
+            l.iter().any(|x| x == "duli/probe probe")
+        }) {
+            return Some((peer, lines));
+        }
+    }
+    panic!("mosquitto_sub never received the probe");
+}

@@ -262,6 +262,21 @@ impl Channel for MqttChannel {
         else {
             return Delivery::Rejected("entry is not an MQTT publication".into());
         };
+        // a connection that died while nobody listened is replaced before publishing
+        if let Some(conn) = self.conn.as_mut() {
+            loop {
+                match conn.events.try_recv() {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => {
+                        log::debug!("mqtt: stale connection: {e}");
+                        self.conn = None;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.conn = None,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                break;
+            }
+        }
         if self.conn.is_none() {
             match self.connect().await {
                 Ok(c) => {

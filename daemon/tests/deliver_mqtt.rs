@@ -1,0 +1,302 @@
+//! MQTT delivery against a real mosquitto started by the test on a loopback port (plain,
+//! and TLS with client certificates made with rcgen); `mosquitto_sub` is the cloud.
+
+mod support;
+
+use duli::config::Config;
+use duli::deliver::mqtt::client::{MqttChannel, MqttSettings};
+use duli::deliver::mqtt::payload::Feedback;
+use duli::deliver::outbox::{Destination, Outbox};
+use duli::deliver::plan::DeliveryPlan;
+use duli::deliver::secret::SiteSecret;
+use duli::deliver::worker;
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+use tokio::sync::watch;
+
+const SITE: &str = "hospital-a";
+const DEVICE: &str = "edge-01";
+
+fn config(port: u16, pki: Option<&Pki>) -> Config {
+    let mut cfg = Config::default();
+    cfg.device.site_id = SITE.into();
+    cfg.device.device_id = DEVICE.into();
+    cfg.mqtt.enabled = true;
+    cfg.mqtt.port = port;
+    cfg.mqtt.tls = pki.is_some();
+    if let Some(p) = pki {
+        cfg.mqtt.ca = Some(p.ca.clone());
+        cfg.mqtt.cert = Some(p.client_cert.clone());
+        cfg.mqtt.key = Some(p.client_key.clone());
+    }
+    cfg
+}
+
+fn settings(cfg: &Config) -> MqttSettings {
+    let mut s = MqttSettings::from_config(cfg).unwrap();
+    s.connect_timeout = Duration::from_secs(2);
+    s.ack_timeout = Duration::from_secs(3);
+    s.reconnect_min = Duration::from_millis(100);
+    s.reconnect_max = Duration::from_millis(500);
+    s
+}
+
+fn secret() -> SiteSecret {
+    SiteSecret::from_bytes(&[5u8; 32])
+}
+
+fn enqueue_reports(ob: &Outbox, cfg: &Config, range: std::ops::Range<usize>) {
+    let plan = DeliveryPlan::from_config(cfg);
+    for i in range {
+        ob.enqueue(&plan.report_entries(&report(i), &secret()))
+            .unwrap();
+    }
+}
+
+fn topic(kind: &str) -> String {
+    format!("duli/{SITE}/{DEVICE}/{kind}")
+}
+
+/// Report ids of the report messages the subscriber saw, in arrival order.
+fn report_ids(lines: &[String]) -> Vec<String> {
+    let prefix = format!("{} ", topic("reports"));
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|body| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["report_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Validates every report payload against docs/mqtt-report.schema.json with the Python
+/// `jsonschema` package (Draft 2020-12, formats checked); a hand check of the required
+/// keys when it is not available.
+fn validate_reports(lines: &[String], dir: &Path) {
+    let prefix = format!("{} ", topic("reports"));
+    let bodies: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    assert!(!bodies.is_empty());
+    let schema_path = repo_root().join("docs/mqtt-report.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap()).unwrap();
+    for body in &bodies {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        for key in schema["required"].as_array().unwrap() {
+            assert!(
+                v.get(key.as_str().unwrap()).is_some(),
+                "{key} missing in {body}"
+            );
+        }
+        for leak in [
+            "Conceição",
+            "19800215",
+            "PID0",
+            "ACC",
+            "1.2.826.0.1.3680043",
+        ] {
+            assert!(!body.contains(leak), "{leak} leaked: {body}");
+        }
+    }
+    let Some(python) = python_with(&["jsonschema"]) else {
+        eprintln!("SKIP: schema validation with jsonschema (required keys were checked)");
+        return;
+    };
+    let file = dir.join("payloads.jsonl");
+    std::fs::write(&file, bodies.join("\n")).unwrap();
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,jsonschema\n\
+             schema=json.load(open(sys.argv[1]))\n\
+             jsonschema.Draft202012Validator.check_schema(schema)\n\
+             v=jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)\n\
+             n=0\n\
+             for line in open(sys.argv[2]):\n    v.validate(json.loads(line)); n+=1\n\
+             bad={'report_id':'x','schema':'duli.report.v1'}\n\
+             assert not v.is_valid(bad)\n\
+             print(n)",
+        ])
+        .arg(&schema_path)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "schema validation failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        bodies.len().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+        return;
+    };
+    let Some((_sub, lines)) = start_subscriber(port, None) else {
+        return;
+    };
+    let cfg = config(port, None);
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    let (stop, rx) = watch::channel(false);
+    let (health_tx, health_rx) = watch::channel(String::new());
+    let channel = MqttChannel::new(settings(&cfg)).with_health(health_rx);
+    let h = worker::spawn(ob.clone(), Destination::Mqtt, channel, fast_options(5), rx);
+    // connected while idle: the retained status says online
+    assert!(lines.wait_until(Duration::from_secs(10), |l| l
+        .contains(&format!("{} online", topic("status")))));
+    health_tx
+        .send("{\"schema\":\"duli.health.v1\"}".into())
+        .unwrap();
+    assert!(lines.wait_until(Duration::from_secs(10), |l| l
+        .iter()
+        .any(|x| x.starts_with(&topic("health")))));
+
+    enqueue_reports(&ob, &cfg, 0..20);
+    let plan = DeliveryPlan::from_config(&cfg);
+    ob.enqueue(&plan.feedback_entries(
+        &Feedback {
+            report_id: "rep-0003".into(),
+            study_instance_uid: report(3).study.study_instance_uid,
+            agree: false,
+            finding: Some("PNEUMONIA".into()),
+            reviewer_role: "radiologist".into(),
+            created_at: 1_706_700_000,
+        },
+        &secret(),
+    ))
+    .unwrap();
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
+    assert!(
+        lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 20
+            && l.iter().any(|x| x.starts_with(&topic("feedback"))))
+    );
+    let expected: Vec<String> = (0..20).map(|i| format!("rep-{i:04}")).collect();
+    assert_eq!(report_ids(&lines.snapshot()), expected);
+    let fb = lines
+        .snapshot()
+        .into_iter()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{} ", topic("feedback")))
+                .map(String::from)
+        })
+        .unwrap();
+    let fb: serde_json::Value = serde_json::from_str(&fb).unwrap();
+    assert_eq!(fb["verdict"], "disagree");
+    assert_eq!(fb["study_pseudonym"].as_str().unwrap().len(), 64);
+    validate_reports(&lines.snapshot(), dir.path());
+    assert_eq!(ob.fill().entries, 0);
+
+    // a clean stop publishes the retained offline status
+    stop.send(true).unwrap();
+    h.await.unwrap();
+    assert!(lines.wait_until(Duration::from_secs(10), |l| l
+        .last()
+        .is_some_and(|x| *x == format!("{} offline", topic("status")))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates_and_the_last_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let Some(_broker) = start_mosquitto(dir.path(), port, Some(&pki)) else {
+        return;
+    };
+    let Some((_sub, lines)) = start_subscriber(port, Some(&pki)) else {
+        return;
+    };
+    let cfg = config(port, Some(&pki));
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    enqueue_reports(&ob, &cfg, 0..5);
+
+    // without a client certificate the broker refuses: retried, nothing published
+    let mut no_cert = cfg.clone();
+    no_cert.mqtt.cert = None;
+    no_cert.mqtt.key = None;
+    let (stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&no_cert)),
+        fast_options(5),
+        rx,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(true).unwrap();
+    h.await.unwrap();
+    let head = ob.head(&Destination::Mqtt).unwrap().unwrap();
+    assert!(head.attempts >= 1 && head.rejections == 0, "{head:?}");
+    assert!(report_ids(&lines.snapshot()).is_empty());
+
+    let (_stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&cfg)),
+        fast_options(5),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
+    assert!(lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 5));
+    let expected: Vec<String> = (0..5).map(|i| format!("rep-{i:04}")).collect();
+    assert_eq!(report_ids(&lines.snapshot()), expected);
+    validate_reports(&lines.snapshot(), dir.path());
+    // an unclean end (the task dies, the socket closes): the broker sends the last will
+    h.abort();
+    let _ = h.await;
+    assert!(lines.wait_until(Duration::from_secs(10), |l| l
+        .last()
+        .is_some_and(|x| *x == format!("{} offline", topic("status")))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_then_recovery_delivers_all_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(broker) = start_mosquitto(dir.path(), port, None) else {
+        return;
+    };
+    let Some((_sub, lines)) = start_subscriber(port, None) else {
+        return;
+    };
+    broker.stop(); // the subscriber's session is persisted
+    let cfg = config(port, None);
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    let (stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&cfg)),
+        fast_options(5),
+        rx,
+    );
+    enqueue_reports(&ob, &cfg, 0..50);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let head = ob.head(&Destination::Mqtt).unwrap().unwrap();
+    assert_eq!(head.report_id, "rep-0000");
+    assert!(head.attempts >= 2, "{head:?}");
+    assert_eq!(ob.fill().entries, 50);
+
+    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+        return;
+    };
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(60)).await);
+    assert_eq!(ob.fill().entries, 0);
+    assert!(lines.wait_until(Duration::from_secs(20), |l| report_ids(l).len() >= 50));
+    let ids = report_ids(&lines.snapshot());
+    let expected: Vec<String> = (0..50).map(|i| format!("rep-{i:04}")).collect();
+    assert_eq!(ids, expected);
+    stop.send(true).unwrap();
+    h.await.unwrap();
+}
