@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod receive;
+pub mod results;
 pub mod retention;
 pub mod scu;
 pub mod store;

@@ -20,6 +20,7 @@
 pub mod hl7;
 pub mod mqtt;
 pub mod outbox;
+pub mod pacs;
 pub mod plan;
 pub mod report;
 pub mod secret;

@@ -7,7 +7,7 @@ use super::Scp;
 use crate::dimse::status::Status;
 use crate::model::InstanceRecord;
 use crate::store::files::IncomingFile;
-use crate::store::header::{self, Header};
+use crate::store::header;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -122,8 +122,8 @@ impl Incoming {
         let sop_instance = self.sop_instance;
         let store = scp.store.clone();
         let calling_ae = calling_ae.to_string();
-        let placed = tokio::task::spawn_blocking(
-            move || -> Result<(InstanceRecord, Header), (Status, String)> {
+        let placed =
+            tokio::task::spawn_blocking(move || -> Result<InstanceRecord, (Status, String)> {
                 let staged = file
                     .finish()
                     .map_err(|e| (Status::OUT_OF_RESOURCES, format!("fsync failed: {e}")))?;
@@ -147,21 +147,12 @@ impl Incoming {
                         ),
                     ));
                 }
-                let size = staged.size();
-                let rel = store
-                    .files()
-                    .place(staged, &header.instance.study_instance_uid, &sop_instance)
-                    .map_err(|e| (Status::OUT_OF_RESOURCES, format!("cannot place file: {e}")))?;
-                let mut rec = header.instance.clone();
-                rec.path = rel.to_string_lossy().to_string();
-                rec.size = size;
-                rec.received_at = crate::clock::now_secs();
-                rec.source_ae = calling_ae;
-                Ok((rec, header))
-            },
-        )
-        .await;
-        let (rec, header) = match placed {
+                store
+                    .place_and_commit(staged, &header, &calling_ae)
+                    .map_err(|e| (Status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
+            })
+            .await;
+        let rec = match placed {
             Ok(Ok(v)) => v,
             Ok(Err((status, comment))) => {
                 scp.metrics
@@ -177,13 +168,6 @@ impl Incoming {
                 return fail(Status::OUT_OF_RESOURCES, format!("store task failed: {e}"));
             }
         };
-        if let Err(e) = scp.store.commit_instance(&rec, &header.study) {
-            scp.metrics
-                .instances_failed_total
-                .fetch_add(1, Ordering::Relaxed);
-            log::error!("index commit of {} failed: {e}", rec.sop_instance_uid);
-            return fail(Status::OUT_OF_RESOURCES, format!("index: {e}"));
-        }
         if let Err(e) = scp.store.flush().await {
             scp.metrics
                 .instances_failed_total

@@ -277,6 +277,33 @@ impl Store {
         Ok(commit)
     }
 
+    /// Places a complete, fsync'd file whose header was read, and indexes it in one
+    /// transaction (not durable until [`Store::flush`]). Received instances and the
+    /// objects this box generates both come in this way.
+    pub fn place_and_commit(
+        &self,
+        staged: files::StagedFile,
+        header: &header::Header,
+        source_ae: &str,
+    ) -> Result<InstanceRecord, StoreError> {
+        let size = staged.size();
+        let rel = self
+            .files
+            .place(
+                staged,
+                &header.instance.study_instance_uid,
+                &header.instance.sop_instance_uid,
+            )
+            .map_err(io_err("place the file"))?;
+        let mut rec = header.instance.clone();
+        rec.path = rel.to_string_lossy().to_string();
+        rec.size = size;
+        rec.received_at = crate::clock::now_secs();
+        rec.source_ae = source_ae.to_string();
+        self.commit_instance(&rec, &header.study)?;
+        Ok(rec)
+    }
+
     /// One instance by SOP Instance UID.
     pub fn instance(&self, sop_uid: &str) -> Result<Option<InstanceRecord>, StoreError> {
         get_json(&self.instances, sop_uid)

@@ -1,0 +1,101 @@
+//! The PACS push channel: C-STORE SCU of stored result objects (SR, SC) to one
+//! `[[pacs.destinations]]` entry with `push = true`. The objects are read from the store at
+//! send time and sent as stored, over one association per entry.
+
+use super::outbox::{Entry, Payload};
+use super::{Channel, Delivery};
+use crate::config::PacsDestination;
+use crate::scu::{self, Target};
+use crate::store::Store;
+use std::sync::Arc;
+
+/// Pushes result objects to one PACS.
+pub struct PacsChannel {
+    store: Arc<Store>,
+    target: Target,
+    calling_ae: String,
+}
+
+impl PacsChannel {
+    /// A channel to `dest`, calling as `calling_ae` (our AE title).
+    pub fn new(store: Arc<Store>, dest: &PacsDestination, calling_ae: &str) -> PacsChannel {
+        PacsChannel {
+            store,
+            target: Target {
+                ae_title: dest.ae_title.clone(),
+                host: dest.host.clone(),
+                port: dest.port,
+            },
+            calling_ae: calling_ae.to_string(),
+        }
+    }
+}
+
+/// Maps the per-file results of one push to the outcome of the entry: every file stored
+/// (Success or a warning) → acked; a failure status from the PACS → rejected; no answer →
+/// failed (retried).
+pub fn outcome(results: &[scu::SendResult]) -> Delivery {
+    let mut refused = Vec::new();
+    for r in results {
+        match &r.outcome {
+            Ok(0) => {}
+            Ok(s) if (0xB000..=0xBFFF).contains(s) || *s == 0x0107 || *s == 0x0116 => {}
+            Ok(s) => refused.push(format!("{}: status {s:04X}", r.path.display())),
+            Err(e) => return Delivery::Failed(e.clone()),
+        }
+    }
+    if refused.is_empty() {
+        Delivery::Acked
+    } else {
+        Delivery::Rejected(refused.join("; "))
+    }
+}
+
+impl Channel for PacsChannel {
+    async fn deliver(&mut self, entry: &Entry) -> Delivery {
+        let Payload::Dicom { sop_instance_uids } = &entry.payload else {
+            return Delivery::Rejected(format!("entry {} is not a DICOM push", entry.id));
+        };
+        let mut files = Vec::new();
+        for uid in sop_instance_uids {
+            let rec = match self.store.instance(uid) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Delivery::Rejected(format!("{uid} is not in the store")),
+                Err(e) => return Delivery::Failed(format!("store: {e}")),
+            };
+            match scu::prepare(&self.store.root().join(&rec.path)) {
+                Ok(p) => files.push(p),
+                Err(e) => return Delivery::Rejected(e.to_string()),
+            }
+        }
+        let results = scu::send_files(&self.target, &self.calling_ae, files).await;
+        outcome(&results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn r(outcome: Result<u16, String>) -> scu::SendResult {
+        scu::SendResult {
+            path: PathBuf::from("x.dcm"),
+            outcome,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_acked_rejected_or_failed() {
+        assert_eq!(outcome(&[r(Ok(0)), r(Ok(0xB000))]), Delivery::Acked);
+        assert!(matches!(
+            outcome(&[r(Ok(0)), r(Ok(0xA700))]),
+            Delivery::Rejected(_)
+        ));
+        assert!(matches!(
+            outcome(&[r(Err("association failed: refused".into()))]),
+            Delivery::Failed(_)
+        ));
+    }
+}
