@@ -5,6 +5,7 @@
 //!
 //! Wire format: one JSON [`Request`] line, one JSON [`Response`] line.
 
+use crate::deliver::outbox::{Destination, Outbox, OutboxLimits, RetrySelector};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
@@ -28,6 +29,18 @@ pub enum Request {
     Studies,
     /// Verify the audit trail's hash chain.
     AuditVerify,
+    /// List outbox entries (optionally of one destination).
+    OutboxList {
+        /// `hl7`, `mqtt` or `pacs:NAME`; all when absent.
+        #[serde(default)]
+        dest: Option<String>,
+    },
+    /// Re-queue dead entries and make retrying ones due now: `all`, an entry id, or a
+    /// destination.
+    OutboxRetry {
+        /// What to retry.
+        selector: String,
+    },
     /// List the instances of one study, or of every study.
     Instances {
         /// Study Instance UID; all studies when absent.
@@ -58,8 +71,13 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Runs a request against an open store (in the daemon, or in the CLI when no daemon runs).
-pub fn execute(store: &Store, req: &Request) -> Response {
+/// `outbox` is the daemon's own (so a retry wakes its workers); without one it is opened
+/// here.
+pub fn execute(store: &Store, outbox: Option<&Outbox>, req: &Request) -> Response {
     let result: Result<serde_json::Value, StoreError> = match req {
+        Request::OutboxList { .. } | Request::OutboxRetry { .. } => {
+            return with_outbox(store, outbox, req)
+        }
         Request::Reindex => store
             .reindex()
             .map(|r| serde_json::to_value(r).unwrap_or_default()),
@@ -110,8 +128,62 @@ pub fn execute(store: &Store, req: &Request) -> Response {
     }
 }
 
+/// Runs an outbox request on the daemon's outbox, or on one opened here.
+fn with_outbox(store: &Store, outbox: Option<&Outbox>, req: &Request) -> Response {
+    match outbox {
+        Some(o) => outbox_request(o, req),
+        None => match Outbox::open(store.db(), OutboxLimits::default()) {
+            Ok(o) => outbox_request(&o, req),
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
+    }
+}
+
+fn outbox_request(outbox: &Outbox, req: &Request) -> Response {
+    let result = match req {
+        Request::OutboxList { dest } => {
+            let dest = match dest.as_deref().map(str::parse::<Destination>).transpose() {
+                Ok(d) => d,
+                Err(e) => return Response::Error { message: e },
+            };
+            outbox.list(dest.as_ref()).map(|entries| {
+                serde_json::json!({
+                    "table": crate::deliver::outbox::render_table(&entries, crate::clock::now_millis()),
+                    "entries": entries.len(),
+                })
+            })
+        }
+        Request::OutboxRetry { selector } => {
+            let sel = match selector.parse::<RetrySelector>() {
+                Ok(s) => s,
+                Err(e) => {
+                    return Response::Error {
+                        message: e.to_string(),
+                    }
+                }
+            };
+            outbox
+                .retry(&sel)
+                .map(|n| serde_json::json!({ "requeued": n }))
+        }
+        _ => {
+            return Response::Error {
+                message: "not an outbox request".into(),
+            }
+        }
+    };
+    match result {
+        Ok(data) => Response::Ok { data },
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
 /// Serves the control socket until the task is dropped.
-pub async fn serve(store: Arc<Store>, listener: UnixListener) {
+pub async fn serve(store: Arc<Store>, outbox: Option<Arc<Outbox>>, listener: UnixListener) {
     let my_uid = nix::unistd::getuid().as_raw();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -137,15 +209,20 @@ pub async fn serve(store: Arc<Store>, listener: UnixListener) {
             }
         }
         let store = store.clone();
+        let outbox = outbox.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(store, stream).await {
+            if let Err(e) = handle(store, outbox, stream).await {
                 log::warn!("control socket: {e}");
             }
         });
     }
 }
 
-async fn handle(store: Arc<Store>, stream: UnixStream) -> std::io::Result<()> {
+async fn handle(
+    store: Arc<Store>,
+    outbox: Option<Arc<Outbox>>,
+    stream: UnixStream,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(64 * 1024));
@@ -153,7 +230,7 @@ async fn handle(store: Arc<Store>, stream: UnixStream) -> std::io::Result<()> {
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             log::info!("control: {req:?}");
-            tokio::task::spawn_blocking(move || execute(&store, &req))
+            tokio::task::spawn_blocking(move || execute(&store, outbox.as_deref(), &req))
                 .await
                 .unwrap_or_else(|e| Response::Error {
                     message: format!("command failed: {e}"),
@@ -234,7 +311,7 @@ pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, Clie
     let dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let store = Store::open(&dir)?;
-        let resp = execute(&store, &req);
+        let resp = execute(&store, None, &req);
         store.flush_blocking()?;
         Ok(resp)
     })
@@ -256,7 +333,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let task = tokio::spawn(serve(store.clone(), listener));
+        let task = tokio::spawn(serve(store.clone(), None, listener));
         // The store is held by this process: only the socket path can answer.
         let resp = run_request(dir.path(), Request::Status).await.unwrap();
         match resp {

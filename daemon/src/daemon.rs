@@ -25,6 +25,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// The delivery stage (outbox, plan, site secret).
+    pub delivery: Option<crate::deliver::service::Delivery>,
     /// The DICOM port actually bound.
     pub dicom_addr: SocketAddr,
     /// The console port actually bound.
@@ -37,10 +39,13 @@ pub struct Running {
 
 impl Running {
     /// Stops everything gracefully and flushes the store.
-    pub async fn stop(self) -> Result<()> {
+    pub async fn stop(mut self) -> Result<()> {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(d) = self.delivery.take() {
+            d.stop().await;
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.flush_blocking())
@@ -79,6 +84,16 @@ pub async fn start(config: &Config) -> Result<Running> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    // Delivery: outbox and workers.
+    let model_name = config
+        .inference
+        .model
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let delivery = crate::deliver::service::start(config, &store, &audit, &model_name)?;
+
     // Assembly: stored instances -> completed studies.
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (completed_tx, completed_rx) = mpsc::channel(256);
@@ -90,7 +105,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     let tracker_task = tokio::spawn(tracker.run(events_rx));
 
     // DICOM listeners.
-    let scp = Arc::new(Scp::new(
+    let mut scp = Scp::new(
         receive::policy::policy(config),
         store.clone(),
         audit.clone(),
@@ -100,7 +115,14 @@ pub async fn start(config: &Config) -> Result<Running> {
         Duration::from_secs(config.dicom.idle_timeout),
         config.dicom.max_associations,
         config.retention.disk_reserve_mb * 1024 * 1024,
-    ));
+    );
+    let outbox = delivery.outbox.clone();
+    scp.admission.push(Arc::new(move || {
+        outbox
+            .is_full()
+            .then(|| "the delivery outbox is full".to_string())
+    }));
+    let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -152,6 +174,7 @@ pub async fn start(config: &Config) -> Result<Running> {
             store: store.clone(),
             metrics: metrics.clone(),
             audit: audit.clone(),
+            outbox: Some(delivery.outbox.clone()),
         },
         async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -174,7 +197,11 @@ pub async fn start(config: &Config) -> Result<Running> {
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
-    let control_task = tokio::spawn(control::serve(store.clone(), control_listener));
+    let control_task = tokio::spawn(control::serve(
+        store.clone(),
+        Some(delivery.outbox.clone()),
+        control_listener,
+    ));
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -198,6 +225,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         store,
         metrics,
         audit,
+        delivery: Some(delivery),
         dicom_addr,
         console_addr,
         completed: Some(completed_rx),

@@ -90,6 +90,14 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Inspect and re-queue deliveries.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+        /// Configuration file (for the data directory).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// List the studies in the store (JSON).
     Studies {
         /// Configuration file (for the data directory).
@@ -110,6 +118,20 @@ enum Command {
 enum AuditAction {
     /// Check the hash chain; prints the first broken link and exits 1 if there is one.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Print the entries (all, or of one destination: hl7, mqtt, pacs:NAME).
+    List {
+        /// Destination.
+        dest: Option<String>,
+    },
+    /// Re-queue dead entries and make retrying ones due now: all, an entry id, or a destination.
+    Retry {
+        /// `all`, an entry id, `hl7`, `mqtt` or `pacs:NAME`.
+        selector: String,
+    },
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
@@ -270,6 +292,26 @@ fn real_main() -> Result<ExitCode> {
                         );
                         Ok(ExitCode::FAILURE)
                     }
+                }
+                Response::Error { message } => {
+                    eprintln!("error: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Outbox { action, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let req = match action {
+                OutboxAction::List { dest } => Request::OutboxList { dest },
+                OutboxAction::Retry { selector } => Request::OutboxRetry { selector },
+            };
+            match runtime()?.block_on(control::run_request(&cfg.device.data_dir, req))? {
+                Response::Ok { data } => {
+                    match data.get("table").and_then(|t| t.as_str()) {
+                        Some(table) => print!("{table}"),
+                        None => println!("re-queued {}", data["requeued"]),
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
                 Response::Error { message } => {
                     eprintln!("error: {message}");

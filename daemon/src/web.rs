@@ -15,11 +15,29 @@ pub struct WebState {
     pub metrics: Arc<Metrics>,
     /// The audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// The outbox, for its gauges.
+    pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
 }
 
 /// Reads the store-side gauges for a scrape.
-pub fn snapshot(store: &Store) -> StoreSnapshot {
+pub fn snapshot(store: &Store, outbox: Option<&crate::deliver::outbox::Outbox>) -> StoreSnapshot {
+    let stats = outbox.and_then(|o| o.stats().ok()).unwrap_or_default();
     StoreSnapshot {
+        outbox: stats
+            .iter()
+            .flat_map(|d| {
+                [
+                    (d.dest.clone(), "queued".to_string(), d.queued),
+                    (d.dest.clone(), "retrying".to_string(), d.retrying),
+                    (d.dest.clone(), "dead".to_string(), d.dead),
+                    (d.dest.clone(), "delivered".to_string(), d.delivered_total),
+                ]
+            })
+            .collect(),
+        outbox_oldest: stats
+            .iter()
+            .map(|d| (d.dest.clone(), d.oldest_seconds))
+            .collect(),
         instances: store.instance_count(),
         studies: store
             .study_state_counts()
@@ -27,7 +45,6 @@ pub fn snapshot(store: &Store) -> StoreSnapshot {
             .into_iter()
             .map(|(s, n)| (s.as_str(), n))
             .collect(),
-        ..Default::default()
     }
 }
 
@@ -39,7 +56,7 @@ pub fn routes(
         .and(warp::path::end())
         .map(|| warp::reply::with_header(r#"{"status":"ok"}"#, "content-type", "application/json"));
     let metrics = warp::path("metrics").and(warp::path::end()).map(move || {
-        let snap = snapshot(&state.store);
+        let snap = snapshot(&state.store, state.outbox.as_deref());
         warp::reply::with_header(
             state.metrics.render(&snap),
             "content-type",

@@ -10,6 +10,8 @@
 //!   then marks it delivered, retried or rejected.
 //! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
 //! - [`mqtt`]: report/feedback/health payloads, topics, and the MQTT channel.
+//! - [`pacs`]: the C-STORE push of result objects to PACS.
+//! - [`service`]: starts the outbox, the workers and the health message in the daemon.
 //! - [`secret`]: the site secret that keys the pseudonyms sent to the cloud.
 //! - [`tls`]: the rustls client configuration (ring provider) both channels use.
 //!
@@ -24,6 +26,7 @@ pub mod pacs;
 pub mod plan;
 pub mod report;
 pub mod secret;
+pub mod service;
 pub mod tls;
 pub mod worker;
 

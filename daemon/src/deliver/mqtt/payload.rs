@@ -226,6 +226,8 @@ pub struct Health {
     pub outbox: Vec<DestStats>,
     /// Outbox fill level.
     pub outbox_fill: Option<Fill>,
+    /// Head of the audit trail (sequence number and hash), anchored off the box here.
+    pub audit_head: Option<(u64, String)>,
 }
 
 /// The health payload on `duli/{site}/{device}/health`.
@@ -253,6 +255,17 @@ pub struct HealthPayload {
     pub outbox: Vec<DestStats>,
     /// Outbox fill.
     pub outbox_fill: Option<Fill>,
+    /// Head of the audit trail: anyone keeping these can tell if the chain is rewritten.
+    pub audit_head: Option<AuditHead>,
+}
+
+/// The audit trail's head in the health payload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditHead {
+    /// Sequence number of the last record.
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
 }
 
 /// Disk space in the health payload.
@@ -281,6 +294,10 @@ pub fn health_payload(h: &Health, site_id: &str, device_id: &str, now: i64) -> H
         studies: h.studies.clone(),
         outbox: h.outbox.clone(),
         outbox_fill: h.outbox_fill,
+        audit_head: h.audit_head.as_ref().map(|(seq, hash)| AuditHead {
+            seq: *seq,
+            hash: hash.clone(),
+        }),
     }
 }
 

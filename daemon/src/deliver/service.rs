@@ -1,0 +1,195 @@
+//! Starts delivery in the daemon: the site secret, the outbox, one worker per configured
+//! destination (HL7, MQTT, each PACS with `push = true`), and the periodic health message
+//! that also anchors the audit trail's head off the box.
+
+use super::hl7::client::{Hl7Channel, Hl7Target};
+use super::mqtt::client::{MqttChannel, MqttSettings};
+use super::mqtt::payload::{health_payload, to_json, Health};
+use super::outbox::{Destination, Outbox, OutboxLimits};
+use super::pacs::PacsChannel;
+use super::plan::DeliveryPlan;
+use super::secret::SiteSecret;
+use super::worker::{self, WorkerOptions};
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often the health message is refreshed.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A running delivery stage.
+pub struct Delivery {
+    /// The outbox (shared with the result commit and the receive side's admission check).
+    pub outbox: Arc<Outbox>,
+    /// What each report owes.
+    pub plan: DeliveryPlan,
+    /// The key of the pseudonyms.
+    pub secret: Arc<SiteSecret>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Delivery {
+    /// Stops the workers (the MQTT one publishes `offline`) and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Opens the outbox and starts the workers of `config`.
+pub fn start(
+    config: &Config,
+    store: &Arc<Store>,
+    audit: &Arc<Audit>,
+    model: &str,
+) -> Result<Delivery> {
+    let secret = SiteSecret::load_or_generate(&config.site_secret_path()).with_context(|| {
+        format!(
+            "site secret {} (device.site_secret)",
+            config.site_secret_path().display()
+        )
+    })?;
+    let outbox = Arc::new(
+        Outbox::open(store.db(), OutboxLimits::default()).context("cannot open the outbox")?,
+    );
+    let plan = DeliveryPlan::from_config(config);
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for dest in plan.destinations() {
+        let handle = match &dest {
+            Destination::Hl7 => {
+                let target = Hl7Target::from_config(&config.hl7).context("[hl7] TLS settings")?;
+                worker::spawn(
+                    outbox.clone(),
+                    dest.clone(),
+                    Hl7Channel::new(target),
+                    WorkerOptions {
+                        max_rejections: config.hl7.max_rejections,
+                        ..Default::default()
+                    },
+                    rx.clone(),
+                )
+            }
+            Destination::Mqtt => {
+                let settings = MqttSettings::from_config(config).context("[mqtt] TLS settings")?;
+                let (health_tx, health_rx) = watch::channel(String::new());
+                tasks.push(tokio::spawn(health_loop(
+                    config.clone(),
+                    store.clone(),
+                    audit.clone(),
+                    outbox.clone(),
+                    model.to_string(),
+                    health_tx,
+                    rx.clone(),
+                )));
+                worker::spawn(
+                    outbox.clone(),
+                    dest.clone(),
+                    MqttChannel::new(settings).with_health(health_rx),
+                    WorkerOptions::default(),
+                    rx.clone(),
+                )
+            }
+            Destination::Pacs(name) => {
+                let Some(d) = config.pacs.destinations.iter().find(|d| &d.name == name) else {
+                    continue;
+                };
+                worker::spawn(
+                    outbox.clone(),
+                    dest.clone(),
+                    PacsChannel::new(store.clone(), d, &config.dicom.ae_title),
+                    WorkerOptions {
+                        max_rejections: config.hl7.max_rejections,
+                        ..Default::default()
+                    },
+                    rx.clone(),
+                )
+            }
+        };
+        log::info!("delivery to {dest} started");
+        tasks.push(handle);
+    }
+    // The audit head goes to the log too, so it is anchored even without MQTT.
+    let audit_log = audit.clone();
+    let mut stop = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            if let Some((seq, hash)) = audit_log.head() {
+                log::info!("audit trail head: record {seq}, hash {hash}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }));
+    Ok(Delivery {
+        outbox,
+        plan,
+        secret: Arc::new(secret),
+        shutdown: tx,
+        tasks,
+    })
+}
+
+async fn health_loop(
+    config: Config,
+    store: Arc<Store>,
+    audit: Arc<Audit>,
+    outbox: Arc<Outbox>,
+    model: String,
+    out: watch::Sender<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    loop {
+        let studies = store
+            .study_state_counts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), n))
+            .collect();
+        let (free, total) = disk(&store);
+        let h = Health {
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: model.clone(),
+            uptime_seconds: started.elapsed().as_secs(),
+            disk_free_bytes: free,
+            disk_total_bytes: total,
+            studies,
+            outbox: outbox.stats().unwrap_or_default(),
+            outbox_fill: Some(outbox.fill()),
+            audit_head: audit.head(),
+        };
+        let payload = health_payload(
+            &h,
+            &config.device.site_id,
+            &config.device.device_id,
+            crate::clock::now_secs(),
+        );
+        let _ = out.send(to_json(&payload));
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn disk(store: &Store) -> (u64, u64) {
+    match nix::sys::statvfs::statvfs(store.root()) {
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st) => (
+            st.blocks_available() as u64 * st.fragment_size() as u64,
+            st.blocks() as u64 * st.fragment_size() as u64,
+        ),
+        Err(_) => (0, 0),
+    }
+}
