@@ -1,8 +1,11 @@
 //! The DICOM result objects of a study result: a Comprehensive SR with the findings
-//! ([`sr`]) in its own series, with UIDs derived from the report id ([`uids`]). They are
+//! ([`sr`]) and a Secondary Capture with the heatmap burned in ([`sc`], drawn by
+//! [`overlay`]), each in its own series, with UIDs derived from the report id ([`uids`]). They are
 //! stored and indexed exactly like received instances, so the Q/R SCP serves them and the
 //! outbox pushes them to PACS.
 
+pub mod overlay;
+pub mod sc;
 pub mod sr;
 pub mod uids;
 
@@ -44,4 +47,93 @@ pub fn store_object(
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
     Ok(store.place_and_commit(staged, &header, SOURCE_AE)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::report::fixtures;
+
+    fn tool(name: &str) -> Option<std::path::PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.is_file())
+    }
+
+    #[test]
+    fn sr_and_sc_are_stored_indexed_and_parse_with_dcmtk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let report = fixtures::report();
+        let uids = uids::ResultUids::new("2.25.", &report.report_id);
+        let source = InstanceRecord {
+            sop_instance_uid: "1.2.826.0.1.3680043.8.498.1.1.1".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+            series_instance_uid: "1.2.826.0.1.3680043.8.498.1.1".into(),
+            study_instance_uid: report.study.study_instance_uid.clone(),
+            ..Default::default()
+        };
+        let sr = sr::build(&report, &uids, std::slice::from_ref(&source)).unwrap();
+        let sr_rec = store_object(&store, &sr).unwrap();
+        let mut img = overlay::Rgb::from_gray(320, 240, &vec![90u8; 320 * 240]);
+        overlay::blend_heatmap(&mut img, &[0.0, 1.0, 0.2, 0.6], 2, 2, 0.45, 0.2);
+        overlay::annotate(&mut img, "PNEUMONIA 87%");
+        let sc = sc::build(&report, &uids, &img).unwrap();
+        let sc_rec = store_object(&store, &sc).unwrap();
+
+        // Indexed like received instances, in the original study, in their own series.
+        assert_eq!(sr_rec.modality, "SR");
+        assert_eq!(sc_rec.modality, "OT");
+        assert_eq!(sr_rec.study_instance_uid, report.study.study_instance_uid);
+        assert_ne!(sr_rec.series_instance_uid, sc_rec.series_instance_uid);
+        assert_eq!(
+            store
+                .instances_of(&report.study.study_instance_uid)
+                .unwrap()
+                .len(),
+            2
+        );
+        let study = store
+            .study(&report.study.study_instance_uid)
+            .unwrap()
+            .unwrap();
+        assert_eq!(study.patient_name, "Conceição^João^Maria^Dr.^Jr.");
+        // Building again (a resend) replaces, never duplicates.
+        store_object(&store, &sr::build(&report, &uids, &[source]).unwrap()).unwrap();
+        assert_eq!(store.instance_count(), 2);
+
+        let (Some(dsrdump), Some(dcmdump)) = (tool("dsrdump"), tool("dcmdump")) else {
+            eprintln!("SKIP: DCMTK absent, objects not parsed by a second reader");
+            return;
+        };
+        let out = std::process::Command::new(dsrdump)
+            .arg(dir.path().join(&sr_rec.path))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "dsrdump: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("Pneumonia"), "{text}");
+        assert!(text.contains("Algorithm Name"), "{text}");
+        assert!(
+            text.contains("PRELIMINARY") || text.contains("Preliminary"),
+            "{text}"
+        );
+        assert!(text.contains("0.873460"), "{text}");
+        let out = std::process::Command::new(dcmdump)
+            .arg(dir.path().join(&sc_rec.path))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "dcmdump failed");
+        assert!(text.contains("(0028,0010) US 240"), "{text}");
+        assert!(text.contains("(0028,0011) US 320"), "{text}");
+        assert!(text.contains("RGB"), "{text}");
+    }
 }

@@ -1,0 +1,91 @@
+//! The Secondary Capture of a study result: the analysed radiograph with the heatmap of
+//! the explained finding burned in, a colour legend and a "not for diagnostic use" banner,
+//! as an RGB image in its own series (modality OT) of the original study.
+
+use super::overlay::Rgb;
+use super::sr::common_header;
+use super::uids::ResultUids;
+use super::ResultsError;
+use crate::deliver::report::Report;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, FileMetaTableBuilder, InMemDicomObject};
+
+/// Secondary Capture Image Storage.
+pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+/// Series number of the SC series.
+pub const SC_SERIES_NUMBER: i32 = 9902;
+
+fn text(tag: dicom_core::Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+fn us(tag: dicom_core::Tag, v: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
+}
+
+/// Builds the SC of `report` from the annotated overlay image.
+pub fn build(
+    report: &Report,
+    uids: &ResultUids,
+    image: &Rgb,
+) -> Result<FileDicomObject<InMemDicomObject>, ResultsError> {
+    if image.width == 0 || image.height == 0 || image.width > 65535 || image.height > 65535 {
+        return Err(ResultsError::Build(format!(
+            "overlay image size {}x{} out of range",
+            image.width, image.height
+        )));
+    }
+    let mut obj = InMemDicomObject::new_empty();
+    common_header(report, &mut obj);
+    obj.put(text(tags::SOP_CLASS_UID, VR::UI, SECONDARY_CAPTURE));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &uids.sc_instance));
+    obj.put(text(tags::MODALITY, VR::CS, "OT"));
+    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &uids.sc_series));
+    obj.put(text(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        &SC_SERIES_NUMBER.to_string(),
+    ));
+    obj.put(text(
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        &report.version.to_string(),
+    ));
+    obj.put(text(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "AI heatmap (preliminary, not for diagnostic use)",
+    ));
+    obj.put(text(tags::CONVERSION_TYPE, VR::CS, "WSD"));
+    obj.put(text(tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY"));
+    obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES"));
+    obj.put(text(tags::DERIVATION_DESCRIPTION, VR::ST, "AI-generated class activation heatmap over the source radiograph; preliminary, not verified"));
+    obj.put(text(tags::PATIENT_ORIENTATION, VR::CS, ""));
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
+    obj.put(text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
+    obj.put(us(tags::PLANAR_CONFIGURATION, 0));
+    obj.put(us(tags::ROWS, image.height as u16));
+    obj.put(us(tags::COLUMNS, image.width as u16));
+    obj.put(us(tags::BITS_ALLOCATED, 8));
+    obj.put(us(tags::BITS_STORED, 8));
+    obj.put(us(tags::HIGH_BIT, 7));
+    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    let mut pixels = image.data.clone();
+    if pixels.len() % 2 == 1 {
+        pixels.push(0);
+    }
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::from(pixels),
+    ));
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(SECONDARY_CAPTURE)
+        .media_storage_sop_instance_uid(uids.sc_instance.as_str())
+        .transfer_syntax(crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .implementation_class_uid(crate::ul::negotiate::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(crate::ul::negotiate::IMPLEMENTATION_VERSION);
+    obj.with_meta(meta)
+        .map_err(|e| ResultsError::Build(e.to_string()))
+}
