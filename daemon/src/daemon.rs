@@ -174,7 +174,11 @@ pub async fn start(config: &Config) -> Result<Running> {
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
-    let control_task = tokio::spawn(control::serve(store.clone(), control_listener));
+    let control_task = tokio::spawn(control::serve(
+        store.clone(),
+        audit.clone(),
+        control_listener,
+    ));
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;

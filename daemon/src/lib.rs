@@ -16,6 +16,9 @@
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
 //! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
 //! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
+//! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
+//!   the post-update health check.
+//! - [`fsutil`]: atomic, permission-aware file writes.
 //! - [`demo`]: the newcomer's first run.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 pub mod assemble;
@@ -26,6 +29,9 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dimse;
+pub mod firmware_cli;
+pub mod fsutil;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod model;
