@@ -1005,7 +1005,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(c.firmware.bootloader, duli_firmware::config::Bootloader::File);
+        assert_eq!(
+            c.firmware.bootloader,
+            duli_firmware::config::Bootloader::File
+        );
         assert!(c.firmware.boot_env_file.is_absolute());
         assert!(c.firmware.boot_env_file.ends_with("fw/bootenv"));
         assert_eq!(c.firmware.hardware_id, "test-hw");

@@ -275,10 +275,12 @@ pub fn install(
         } else if path.exists() {
             let mut rejected = path.clone().into_os_string();
             rejected.push(".rejected");
-            fs::rename(&path, &rejected).with_context(|| {
-                format!("moving the refused bundle {} aside", path.display())
-            })?;
-            eprintln!("staged bundle moved to {}", PathBuf::from(rejected).display());
+            fs::rename(&path, &rejected)
+                .with_context(|| format!("moving the refused bundle {} aside", path.display()))?;
+            eprintln!(
+                "staged bundle moved to {}",
+                PathBuf::from(rejected).display()
+            );
         }
     }
     result
@@ -288,7 +290,12 @@ fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode>
     let object = path.display().to_string();
     let data_dir = &cfg.device.data_dir;
     let anchors = device_anchors(cfg)?;
-    let kind = match peek_kind(path) {
+    // A manifest that does not parse may also be one whose signature fails: report
+    // what full verification says, as verify would.
+    let kind = match peek_kind(path).or_else(|e| match duli_firmware::verify(path, &anchors) {
+        Ok(_) => Err(e),
+        Err(full) => Err(full),
+    }) {
         Ok(kind) => kind,
         Err(e) => {
             eprintln!("bundle REFUSED: {e}");
@@ -328,8 +335,7 @@ fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode>
         PayloadKind::ModelPack => {
             let dest = cfg.firmware.model_pack_path(model_name);
             if let Some(dir) = dest.parent() {
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             let installed = installed_pack_version(&dest);
             install_model_pack(
@@ -374,17 +380,17 @@ fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let code = if refused(&e) {
+            let (code, what) = if refused(&e) {
                 eprintln!("bundle REFUSED, nothing was written: {e}");
-                ExitCode::from(EXIT_REFUSED)
+                (ExitCode::from(EXIT_REFUSED), "install refused")
             } else {
                 eprintln!("install FAILED: {e}");
-                ExitCode::FAILURE
+                (ExitCode::FAILURE, "install failed")
             };
             audit(
                 data_dir,
                 false,
-                software(&object, format!("install failed: {e}"), false),
+                software(&object, format!("{what}: {e}"), false),
             );
             Ok(code)
         }

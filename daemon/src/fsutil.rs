@@ -71,9 +71,7 @@ pub fn write_atomic(
 
 /// Fsyncs a folder so that a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), WriteError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
 }
 
 fn parent(path: &Path) -> PathBuf {
