@@ -9,8 +9,8 @@
 //! (mark-good not done).
 
 use crate::audit::{Action, Event};
+use crate::cli_audit::{actor, record as audit};
 use crate::config::Config;
-use crate::control;
 use anyhow::{Context, Result};
 use duli_firmware::manifest::Manifest;
 use duli_firmware::model_pack::install_model_pack;
@@ -60,51 +60,6 @@ pub fn device_anchors(cfg: &Config) -> Result<TrustAnchors> {
         }
     }
     Ok(anchors)
-}
-
-/// Who runs the command, for the audit trail: the invoking user (`SUDO_USER` first).
-pub fn actor() -> String {
-    if let Ok(user) = std::env::var("SUDO_USER") {
-        if !user.is_empty() {
-            return format!("cli:{user}");
-        }
-    }
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(u)) => format!("cli:{}", u.name),
-        _ => format!("cli:uid{uid}"),
-    }
-}
-
-/// Appends a record to the audit trail of `data_dir`. When `only_if_present` and the data
-/// directory does not exist (a build machine), nothing is recorded. Failures are printed
-/// as warnings: the action itself already happened.
-pub fn audit(data_dir: &Path, only_if_present: bool, event: Event) {
-    if only_if_present && !data_dir.is_dir() {
-        log::debug!("no data directory {}: not audited", data_dir.display());
-        return;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warning: audit trail not written: {e}");
-            return;
-        }
-    };
-    match rt.block_on(control::record_audit(data_dir, event)) {
-        Ok(_) => {
-            if let Err(e) = crate::fsutil::restore_ownership(data_dir) {
-                eprintln!(
-                    "warning: cannot hand {} back to its owner: {e}",
-                    data_dir.display()
-                );
-            }
-        }
-        Err(e) => eprintln!("warning: audit trail not written: {e}"),
-    }
 }
 
 fn software(object: &str, detail: String, ok: bool) -> Event {
@@ -292,9 +247,9 @@ fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode>
     let anchors = device_anchors(cfg)?;
     // A manifest that does not parse may also be one whose signature fails: report
     // what full verification says, as verify would.
-    let kind = match peek_kind(path).or_else(|e| match duli_firmware::verify(path, &anchors) {
-        Ok(_) => Err(e),
-        Err(full) => Err(full),
+    let kind = match peek_kind(path).map_err(|e| match duli_firmware::verify(path, &anchors) {
+        Ok(_) => e,
+        Err(full) => full,
     }) {
         Ok(kind) => kind,
         Err(e) => {
