@@ -33,6 +33,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Retention of pixel data and the disk reserve.
     pub retention: RetentionConfig,
+    /// Signed firmware updates: bootloader, A/B slots, hardware id, model packs.
+    pub firmware: duli_firmware::FirmwareConfig,
 }
 
 /// `[device]`
@@ -462,6 +464,20 @@ impl Config {
         fix_opt(&mut self.mqtt.key, "mqtt.key");
         fix_opt(&mut self.console.cert, "console.cert");
         fix_opt(&mut self.console.key, "console.key");
+        let fw = &mut self.firmware;
+        for (p, key) in [
+            (&mut fw.grubenv, "firmware.grubenv"),
+            (&mut fw.uboot_config, "firmware.uboot_config"),
+            (&mut fw.boot_env_file, "firmware.boot_env_file"),
+            (&mut fw.slot_a, "firmware.slot_a"),
+            (&mut fw.slot_b, "firmware.slot_b"),
+            (&mut fw.cmdline, "firmware.cmdline"),
+            (&mut fw.endorsed_keys, "firmware.endorsed_keys"),
+            (&mut fw.staged_bundle, "firmware.staged_bundle"),
+            (&mut fw.model_packs, "firmware.model_packs"),
+        ] {
+            fix(p, key);
+        }
     }
 
     /// Checks every value; returns all problems, each naming its key.
@@ -676,6 +692,7 @@ impl Config {
                 check_file(p, key, &mut bad);
             }
         }
+        check_firmware(&self.firmware, &mut bad);
         if self.retention.pixel_days > 36_500 {
             bad(
                 "retention.pixel_days",
@@ -859,6 +876,45 @@ fn check_id(value: &str, key: &str, bad: &mut impl FnMut(&str, String)) {
     }
 }
 
+fn check_firmware(fw: &duli_firmware::FirmwareConfig, bad: &mut impl FnMut(&str, String)) {
+    check_id(&fw.hardware_id, "firmware.hardware_id", bad);
+    if fw.boot_attempts == 0 || fw.boot_attempts > 9 {
+        bad(
+            "firmware.boot_attempts",
+            format!("must be between 1 and 9, got {}", fw.boot_attempts),
+        );
+    }
+    if let Some(slot) = &fw.booted_slot {
+        if slot != "A" && slot != "B" {
+            bad(
+                "firmware.booted_slot",
+                format!("must be \"A\" or \"B\", got {slot:?}"),
+            );
+        }
+    }
+    if fw.slot_a == fw.slot_b {
+        bad(
+            "firmware.slot_b",
+            "must differ from firmware.slot_a".to_string(),
+        );
+    }
+    for (key, path) in [
+        ("firmware.grubenv", &fw.grubenv),
+        ("firmware.uboot_config", &fw.uboot_config),
+        ("firmware.boot_env_file", &fw.boot_env_file),
+        ("firmware.slot_a", &fw.slot_a),
+        ("firmware.slot_b", &fw.slot_b),
+        ("firmware.cmdline", &fw.cmdline),
+        ("firmware.endorsed_keys", &fw.endorsed_keys),
+        ("firmware.staged_bundle", &fw.staged_bundle),
+        ("firmware.model_packs", &fw.model_packs),
+    ] {
+        if path.as_os_str().is_empty() {
+            bad(key, "must not be empty".into());
+        }
+    }
+}
+
 fn check_file(path: &Path, key: &str, bad: &mut impl FnMut(&str, String)) {
     if !path.is_file() {
         bad(key, format!("file {} does not exist", path.display()));
@@ -968,5 +1024,38 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing in {text}");
         }
+    }
+
+    #[test]
+    fn firmware_section_parses_and_its_errors_name_the_key() {
+        let c = load_str(
+            "[firmware]\nbootloader = \"file\"\nboot_env_file = \"fw/bootenv\"\nhardware_id = \"test-hw\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.firmware.bootloader,
+            duli_firmware::config::Bootloader::File
+        );
+        assert!(c.firmware.boot_env_file.is_absolute());
+        assert!(c.firmware.boot_env_file.ends_with("fw/bootenv"));
+        assert_eq!(c.firmware.hardware_id, "test-hw");
+        // Renders and reloads.
+        assert!(c.to_toml().contains("[firmware]"));
+        let err = load_str(
+            "[firmware]\nboot_attempts = 0\nbooted_slot = \"C\"\nhardware_id = \"a b\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "firmware.boot_attempts",
+            "firmware.booted_slot",
+            "firmware.hardware_id",
+        ] {
+            assert!(err.contains(key), "{key} missing in {err}");
+        }
+        let err = load_str("[firmware]\nslot_c = \"/dev/x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("slot_c"), "{err}");
     }
 }

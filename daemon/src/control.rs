@@ -5,6 +5,7 @@
 //!
 //! Wire format: one JSON [`Request`] line, one JSON [`Response`] line.
 
+use crate::audit::{Action, Audit, Event};
 use crate::deliver::outbox::{Destination, Outbox, OutboxLimits, RetrySelector};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,37 @@ pub enum Request {
         #[serde(default)]
         study: Option<String>,
     },
+    /// Append a record to the audit trail (technician commands: firmware, provisioning).
+    AuditAppend {
+        /// Who.
+        actor: String,
+        /// Where from.
+        #[serde(default)]
+        source: String,
+        /// What kind of event.
+        action: Action,
+        /// On what.
+        object: String,
+        /// Whether it succeeded.
+        success: bool,
+        /// Detail.
+        #[serde(default)]
+        detail: String,
+    },
+}
+
+impl Request {
+    /// The request that appends `event` to the audit trail.
+    pub fn audit(event: Event) -> Request {
+        Request::AuditAppend {
+            actor: event.actor,
+            source: event.source,
+            action: event.action,
+            object: event.object,
+            success: event.success,
+            detail: event.detail,
+        }
+    }
 }
 
 /// The answer to a [`Request`].
@@ -70,10 +102,11 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-/// Runs a request against an open store (in the daemon, or in the CLI when no daemon runs).
-/// `outbox` is the daemon's own (so a retry wakes its workers); without one it is opened
-/// here.
-pub fn execute(store: &Store, outbox: Option<&Outbox>, req: &Request) -> Response {
+/// Runs a request against an open store and its audit trail (in the daemon, or in the CLI
+/// when no daemon runs). The daemon passes its one shared [`Audit`] handle so that
+/// appended records keep the chain, and its own `outbox` so a retry wakes its workers;
+/// without one the outbox is opened here.
+pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Request) -> Response {
     let result: Result<serde_json::Value, StoreError> = match req {
         Request::OutboxList { .. } | Request::OutboxRetry { .. } => {
             return with_outbox(store, outbox, req)
@@ -94,15 +127,33 @@ pub fn execute(store: &Store, outbox: Option<&Outbox>, req: &Request) -> Respons
         Request::Studies => store
             .studies()
             .map(|s| serde_json::to_value(s).unwrap_or_default()),
-        Request::AuditVerify => crate::audit::Audit::open(store)
-            .and_then(|a| a.verify())
-            .map(|v| {
+        Request::AuditVerify => audit.verify().map(|v| {
                 serde_json::json!({
                     "records": v.records,
                     "head": v.head,
                     "intact": v.broken.is_none(),
                     "first_broken": v.broken.map(|b| serde_json::json!({"seq": b.seq, "reason": b.reason})),
                 })
+            }),
+        Request::AuditAppend {
+            actor,
+            source,
+            action,
+            object,
+            success,
+            detail,
+        } => audit
+            .append(Event {
+                actor: actor.clone(),
+                source: source.clone(),
+                action: action.clone(),
+                object: object.clone(),
+                success: *success,
+                detail: detail.clone(),
+            })
+            .and_then(|rec| {
+                store.flush_blocking()?;
+                Ok(serde_json::json!({"seq": rec.seq, "hash": rec.hash}))
             }),
         Request::Instances { study } => {
             let studies = match study {
@@ -183,7 +234,12 @@ fn outbox_request(outbox: &Outbox, req: &Request) -> Response {
 }
 
 /// Serves the control socket until the task is dropped.
-pub async fn serve(store: Arc<Store>, outbox: Option<Arc<Outbox>>, listener: UnixListener) {
+pub async fn serve(
+    store: Arc<Store>,
+    audit: Arc<Audit>,
+    outbox: Option<Arc<Outbox>>,
+    listener: UnixListener,
+) {
     let my_uid = nix::unistd::getuid().as_raw();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -209,9 +265,10 @@ pub async fn serve(store: Arc<Store>, outbox: Option<Arc<Outbox>>, listener: Uni
             }
         }
         let store = store.clone();
+        let audit = audit.clone();
         let outbox = outbox.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(store, outbox, stream).await {
+            if let Err(e) = handle(store, audit, outbox, stream).await {
                 log::warn!("control socket: {e}");
             }
         });
@@ -220,6 +277,7 @@ pub async fn serve(store: Arc<Store>, outbox: Option<Arc<Outbox>>, listener: Uni
 
 async fn handle(
     store: Arc<Store>,
+    audit: Arc<Audit>,
     outbox: Option<Arc<Outbox>>,
     stream: UnixStream,
 ) -> std::io::Result<()> {
@@ -230,7 +288,7 @@ async fn handle(
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             log::info!("control: {req:?}");
-            tokio::task::spawn_blocking(move || execute(&store, outbox.as_deref(), &req))
+            tokio::task::spawn_blocking(move || execute(&store, &audit, outbox.as_deref(), &req))
                 .await
                 .unwrap_or_else(|e| Response::Error {
                     message: format!("command failed: {e}"),
@@ -271,6 +329,18 @@ pub enum ClientError {
     /// Opening the store directly failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The daemon (or the store) refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Appends `event` to the audit trail, through the running daemon or, when none runs, on
+/// the store opened here. Returns the new record's sequence number.
+pub async fn record_audit(data_dir: &Path, event: Event) -> Result<u64, ClientError> {
+    match run_request(data_dir, Request::audit(event)).await? {
+        Response::Ok { data } => Ok(data["seq"].as_u64().unwrap_or_default()),
+        Response::Error { message } => Err(ClientError::Refused(message)),
+    }
 }
 
 /// Sends a request to the running daemon; `Ok(None)` when no daemon listens.
@@ -311,7 +381,8 @@ pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, Clie
     let dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let store = Store::open(&dir)?;
-        let resp = execute(&store, None, &req);
+        let audit = Audit::open(&store)?;
+        let resp = execute(&store, &audit, None, &req);
         store.flush_blocking()?;
         Ok(resp)
     })
@@ -327,19 +398,37 @@ mod tests {
     async fn request_goes_through_the_socket_when_a_daemon_listens() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
         let listener = bind(dir.path()).unwrap();
         let mode = std::fs::metadata(socket_path(dir.path()))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let task = tokio::spawn(serve(store.clone(), None, listener));
+        let task = tokio::spawn(serve(store.clone(), audit.clone(), None, listener));
         // The store is held by this process: only the socket path can answer.
         let resp = run_request(dir.path(), Request::Status).await.unwrap();
         match resp {
             Response::Ok { data } => assert_eq!(data["instances"], 0),
             other => panic!("{other:?}"),
         }
+        // Records appended through the socket use the daemon's handle: the chain holds.
+        audit
+            .append(Event::new("daemon", Action::Other, "x"))
+            .unwrap();
+        let seq = record_audit(
+            dir.path(),
+            Event::new("technician", Action::Software, "firmware").detail("install 1.2.3"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(seq, 1);
+        audit
+            .append(Event::new("daemon", Action::Other, "y"))
+            .unwrap();
+        let v = audit.verify().unwrap();
+        assert_eq!(v.records, 3);
+        assert!(v.broken.is_none(), "{v:?}");
         task.abort();
     }
 
@@ -349,5 +438,13 @@ mod tests {
         drop(Store::open(dir.path()).unwrap());
         let resp = run_request(dir.path(), Request::Reindex).await.unwrap();
         assert!(matches!(resp, Response::Ok { .. }), "{resp:?}");
+        for i in 0..2 {
+            let seq = record_audit(dir.path(), Event::new("technician", Action::Software, "x"))
+                .await
+                .unwrap();
+            assert_eq!(seq, i);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(Audit::open(&store).unwrap().verify().unwrap().records, 2);
     }
 }

@@ -199,6 +199,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
     let control_task = tokio::spawn(control::serve(
         store.clone(),
+        audit.clone(),
         Some(delivery.outbox.clone()),
         control_listener,
     ));

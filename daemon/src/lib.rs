@@ -17,21 +17,33 @@
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
 //! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
 //! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
+//! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
+//!   the post-update health check.
+//! - [`provision`]: `duli provision` (one-step setup, `--check` connectivity table) and
+//!   [`diagnostics`]: the support bundle.
+//! - [`cli_audit`]: audit records of command-line actions.
+//! - [`fsutil`]: atomic, permission-aware file writes.
 //! - [`demo`]: the newcomer's first run.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 pub mod assemble;
 pub mod audit;
+pub mod cli_audit;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod deliver;
 pub mod demo;
+pub mod diagnostics;
 pub mod dimse;
+pub mod firmware_cli;
+pub mod fsutil;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod provision;
 pub mod receive;
 pub mod results;
 pub mod retention;

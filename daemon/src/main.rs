@@ -2,11 +2,15 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use duli::audit::{Action, Event};
 use duli::config::Config;
 use duli::control::{self, Request, Response};
 use duli::scu::{self, Target};
+use duli::{diagnostics, firmware_cli, provision};
+use duli_firmware::{PayloadKind, Release, Version};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -104,6 +108,68 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Signed firmware and model pack updates (A/B slots).
+    Firmware {
+        #[command(subcommand)]
+        action: FirmwareAction,
+        /// Configuration file ([firmware] section, data directory for the audit trail).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Set the box up from a provisioning file and/or flags, or (--check) test its connections.
+    Provision {
+        /// Provisioning file (TOML, see config/provision.example.toml).
+        file: Option<PathBuf>,
+        /// The configuration file to write (its folder receives tls/, site_secret, ...).
+        #[arg(long, default_value = "/etc/duli/duli.toml")]
+        config: PathBuf,
+        /// Test the configured connections instead: C-ECHO, MLLP, MQTT, clock.
+        #[arg(long)]
+        check: bool,
+        /// Check everything and print what would be written, without writing.
+        #[arg(long)]
+        validate_only: bool,
+        /// Root of the system files (time zone, timesyncd drop-in).
+        #[arg(long, default_value = "/")]
+        system_root: PathBuf,
+        /// Service user owning private keys and secrets.
+        #[arg(long, default_value = "duli")]
+        owner: String,
+        /// Site identifier.
+        #[arg(long)]
+        site_id: Option<String>,
+        /// Device identifier.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// This box's AE title.
+        #[arg(long)]
+        ae_title: Option<String>,
+        /// Time zone (IANA name).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// NTP server (repeat for several).
+        #[arg(long)]
+        ntp: Vec<String>,
+        /// Name of the first console administrator.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seconds each --check test may take.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Write a support bundle (tar.gz): versions, configuration without secrets, logs,
+    /// store statistics, firmware state, disk usage.
+    Diagnostics {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Bundle to write (default: duli-diagnostics-<device>-<time>.tar.gz here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// List stored instances (JSON), of one study or all.
     Instances {
         /// Study Instance UID.
@@ -112,6 +178,79 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum FirmwareAction {
+    /// Generate an Ed25519 key pair: DIR/NAME.pk8 (0600, never overwritten) and DIR/NAME.pub.
+    Keygen {
+        /// Folder for the key files.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Base name of the key files.
+        #[arg(long)]
+        name: String,
+    },
+    /// Sign a payload into a bundle (build pipeline).
+    Sign {
+        /// Private key (PKCS#8 .pk8).
+        #[arg(long)]
+        key: PathBuf,
+        /// Root filesystem image or model pack.
+        #[arg(long)]
+        payload: PathBuf,
+        /// What the payload is.
+        #[arg(long, value_parser = ["rootfs", "model-pack"])]
+        kind: String,
+        /// Version it installs (X.Y.Z).
+        #[arg(long)]
+        version: Version,
+        /// Lowest running version it may be installed over (X.Y.Z).
+        #[arg(long)]
+        min_version: Version,
+        /// Hardware identifier that may install it (repeat for several).
+        #[arg(long = "hardware", required = true)]
+        hardware: Vec<String>,
+        /// Bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a bundle's signature and payload; prints its manifest and signer.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Trust only these public keys (.pub) instead of the device's keys.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+    },
+    /// Install a bundle: a root filesystem into the inactive slot, or a model pack.
+    Install {
+        /// The bundle (omit with --staged).
+        bundle: Option<PathBuf>,
+        /// Install firmware.staged_bundle and consume it (duli-update.service).
+        #[arg(long)]
+        staged: bool,
+        /// Name of the model pack file in firmware.model_packs.
+        #[arg(long, default_value = "model")]
+        model_name: String,
+    },
+    /// Show the booted slot, the boot variables and any pending update.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit the booted slot (after the health check on a trial boot).
+    MarkGood {
+        /// On a trial boot, check the daemon, the store and the model first.
+        #[arg(long)]
+        health_check: bool,
+        /// Seconds to wait for the daemon to answer.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Return to the other slot at the next boot.
+    Rollback,
 }
 
 #[derive(Subcommand)]
@@ -319,9 +458,199 @@ fn real_main() -> Result<ExitCode> {
                 }
             }
         }
+        Command::Firmware { action, config } => firmware(action, config),
+        Command::Provision {
+            file,
+            config,
+            check,
+            validate_only,
+            system_root,
+            owner,
+            site_id,
+            device_id,
+            ae_title,
+            timezone,
+            ntp,
+            admin,
+            data_dir,
+            timeout,
+        } => {
+            if check {
+                return provision_check(&config, Duration::from_secs(timeout));
+            }
+            let overrides = provision::Overrides {
+                site_id,
+                device_id,
+                ae_title,
+                timezone,
+                ntp,
+                admin,
+                data_dir,
+            };
+            let target = provision::Target {
+                config,
+                system_root,
+                owner: Some(owner),
+            };
+            provision_apply(file.as_deref(), &overrides, &target, validate_only)
+        }
+        Command::Diagnostics { config, out } => {
+            let cfg = load_config(config.as_deref())?;
+            let out = out.unwrap_or_else(|| diagnostics::default_name(&cfg));
+            let config_dir = config
+                .as_deref()
+                .and_then(|p| p.parent())
+                .map(|p| p.to_path_buf());
+            let entries = runtime()?.block_on(diagnostics::collect(&cfg, config_dir.as_deref()));
+            diagnostics::write(&entries, &out)?;
+            println!("wrote {} ({} files):", out.display(), entries.len());
+            for e in &entries {
+                println!("  {}/{}", diagnostics::ROOT, e.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Studies { config } => store_command(config, Request::Studies),
         Command::Instances { study, config } => store_command(config, Request::Instances { study }),
     }
+}
+
+fn firmware(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    match action {
+        FirmwareAction::Keygen { out_dir, name } => firmware_cli::keygen(&cfg, &out_dir, &name),
+        FirmwareAction::Sign {
+            key,
+            payload,
+            kind,
+            version,
+            min_version,
+            hardware,
+            out,
+        } => {
+            let kind = match kind.as_str() {
+                "rootfs" => PayloadKind::Rootfs,
+                _ => PayloadKind::ModelPack,
+            };
+            let release = Release {
+                version,
+                min_version,
+                hardware,
+                kind,
+            };
+            firmware_cli::sign(&cfg, &key, &payload, &release, &out)
+        }
+        FirmwareAction::Verify { bundle, keys } => firmware_cli::verify(&cfg, &bundle, &keys),
+        FirmwareAction::Install {
+            bundle,
+            staged,
+            model_name,
+        } => firmware_cli::install(&cfg, bundle.as_deref(), staged, &model_name),
+        FirmwareAction::Status { json } => firmware_cli::status(&cfg, json),
+        FirmwareAction::MarkGood {
+            health_check,
+            timeout,
+        } => firmware_cli::mark_good(&cfg, health_check, Duration::from_secs(timeout)),
+        FirmwareAction::Rollback => firmware_cli::rollback(&cfg),
+    }
+}
+
+fn provision_check(config: &std::path::Path, timeout: Duration) -> Result<ExitCode> {
+    let cfg = load_config(Some(config))?;
+    let lines = runtime()?.block_on(provision::check::run(&cfg, timeout));
+    print!("{}", provision::check::render(&lines));
+    Ok(if provision::check::all_passed(&lines) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn provision_apply(
+    file: Option<&std::path::Path>,
+    overrides: &provision::Overrides,
+    target: &provision::Target,
+    validate_only: bool,
+) -> Result<ExitCode> {
+    let (parsed, dir) = match file {
+        Some(path) => match provision::read_file(path) {
+            Ok(f) => (
+                f,
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("provisioning refused, nothing was written");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => (provision::ProvisionFile::default(), PathBuf::from(".")),
+    };
+    let plan = match provision::plan(parsed, &dir, overrides, target) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if validate_only {
+        println!("provisioning file is valid; it would write:");
+        for w in &plan.writes {
+            println!("  {w:?}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let summary = provision::apply(&plan)?;
+    for line in &summary {
+        println!("{line}");
+    }
+    let cfg = &plan.config;
+    println!(
+        "provisioned site {} device {} (AE title {})",
+        cfg.device.site_id, cfg.device.device_id, cfg.dicom.ae_title
+    );
+    if let Some(admin) = &plan.admin {
+        println!(
+            "first administrator {:?}: pending in {}; run `duli user add {} --role admin` \
+             (or open the console's first-boot page) to create the account",
+            admin.name,
+            target
+                .config
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(provision::PENDING_ADMIN)
+                .display(),
+            admin.name
+        );
+    }
+    println!(
+        "next: `duli provision --check --config {}`",
+        target.config.display()
+    );
+    let files: Vec<String> = plan
+        .writes
+        .iter()
+        .map(|w| w.path.display().to_string())
+        .collect();
+    duli::cli_audit::record(
+        &cfg.device.data_dir,
+        false,
+        Event::new(
+            &duli::cli_audit::actor(),
+            Action::ConfigChange,
+            "provisioning",
+        )
+        .from("local")
+        .detail(format!(
+            "provisioned site {} device {}; wrote {}",
+            cfg.device.site_id,
+            cfg.device.device_id,
+            files.join(", ")
+        )),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bootctl::{
     booted_slot_from_cmdline, BootControl, FileBootControl, GrubEnv, Slot, UBootEnv,
@@ -16,7 +16,7 @@ use crate::updater::{UpdateError, Updater, DEFAULT_ATTEMPTS};
 use crate::version::Version;
 
 /// Which bootloader holds the boot variables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bootloader {
     /// GRUB environment block via `grub-editenv` (the x86-64 NUC image).
@@ -28,7 +28,7 @@ pub enum Bootloader {
 }
 
 /// The `[firmware]` section. Every key has a default matching the NUC image.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirmwareConfig {
     /// `grub`, `u-boot` or `file`.
@@ -50,6 +50,7 @@ pub struct FirmwareConfig {
     /// Kernel command line that names the booted slot (`duli.slot=A|B`).
     pub cmdline: PathBuf,
     /// Booted slot when the command line does not name one (`A` or `B`; development).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub booted_slot: Option<String>,
     /// Directory of key endorsements (`*.endorsement.json`) added by provisioning.
     pub endorsed_keys: PathBuf,

@@ -87,9 +87,8 @@ pub fn blend_heatmap(
             }
             let c = jet(v);
             let i = ((y * img.width + x) * 3) as usize;
-            for k in 0..3 {
-                let base = img.data[i + k] as f32;
-                img.data[i + k] = (base * (1.0 - alpha) + c[k] as f32 * alpha).round() as u8;
+            for (px, tint) in img.data[i..i + 3].iter_mut().zip(c) {
+                *px = (*px as f32 * (1.0 - alpha) + tint as f32 * alpha).round() as u8;
             }
         }
     }

@@ -562,6 +562,44 @@ mod tests {
         }
     }
 
+    /// After a rollback to an older binary, a store written by a newer one is refused with
+    /// a message naming both versions, and its records are left as they were.
+    #[test]
+    fn newer_schema_is_refused_and_left_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = (SCHEMA_VERSION + 1).to_be_bytes();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .commit_instance(&inst("1.2", "1.2.1"), &StudyRecord::default())
+                .unwrap();
+            store.meta.insert("schema_version", &newer).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found } if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("newer than this software"),
+            "{err}"
+        );
+        // Nothing was rebuilt or reset: the newer version and the records are still there.
+        let db = sled::open(dir.path().join("index")).unwrap();
+        let meta = db.open_tree(META).unwrap();
+        assert_eq!(
+            meta.get("schema_version").unwrap().as_deref(),
+            Some(&newer[..])
+        );
+        assert_eq!(db.open_tree(INSTANCES).unwrap().len(), 1);
+        assert!(!dir.path().read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("index.broken")));
+    }
+
     #[test]
     fn commit_counts_new_instances_once_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,405 @@
+//! `duli diagnostics`: a support bundle (tar.gz) a technician sends to support — versions,
+//! the configuration without secrets, recent logs, store and audit statistics, firmware
+//! state, disk usage and the configuration folder's file list. It never holds a secret:
+//! no key or secret file is read into it, and before writing, every entry is scrubbed of
+//! the contents of the configured private keys and site secret in case a log quoted them.
+
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Folder inside the archive.
+pub const ROOT: &str = "duli-diagnostics";
+
+/// Why the bundle could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnosticsError {
+    /// Writing the archive failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The archive.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// One file of the bundle.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Name inside [`ROOT`].
+    pub name: String,
+    /// Content.
+    pub text: String,
+}
+
+fn entry(name: &str, text: String) -> Entry {
+    Entry {
+        name: name.to_string(),
+        text,
+    }
+}
+
+/// Keys whose values are secret wherever they appear in a configuration.
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "passphrase", "token", "secret_value"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn redact(value: &mut toml::Value) {
+    if let toml::Value::Table(t) = value {
+        for (k, v) in t.iter_mut() {
+            if secret_key(k) {
+                *v = toml::Value::String("<redacted>".into());
+            } else {
+                redact(v);
+            }
+        }
+    } else if let toml::Value::Array(a) = value {
+        a.iter_mut().for_each(redact);
+    }
+}
+
+/// The effective configuration as TOML with secret values replaced.
+pub fn redacted_config(cfg: &Config) -> String {
+    match toml::Value::try_from(cfg) {
+        Ok(mut v) => {
+            redact(&mut v);
+            toml::to_string_pretty(&v).unwrap_or_default()
+        }
+        Err(e) => format!("# cannot render the configuration: {e}\n"),
+    }
+}
+
+fn command(cmd: &str, args: &[&str]) -> String {
+    match std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) => {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            if !o.status.success() {
+                let _ = write!(
+                    s,
+                    "\n[{cmd} exited with {}: {}]\n",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            s
+        }
+        Err(e) => format!("[{cmd} not available: {e}]\n"),
+    }
+}
+
+fn versions(cfg: &Config) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "duli {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        s,
+        "device {} at site {}",
+        cfg.device.device_id, cfg.device.site_id
+    );
+    for (label, path) in [
+        ("kernel", "/proc/version"),
+        ("os-release", "/etc/os-release"),
+        ("uptime (s)", "/proc/uptime"),
+    ] {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("{path}: {e}\n"));
+        let _ = writeln!(s, "--- {label}\n{}", text.trim_end());
+    }
+    s
+}
+
+fn firmware(cfg: &Config) -> String {
+    match cfg
+        .firmware
+        .updater(crate::firmware_cli::running_version())
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.status().map_err(|e| e.to_string()))
+    {
+        Ok(s) => format!(
+            "backend {}\nbooted slot {}\nrunning version {}\nactive {} target {} attempts {} a_good {} b_good {}\n",
+            s.backend,
+            s.booted,
+            s.running_version,
+            s.boot.active,
+            s.boot.target,
+            s.boot.attempts,
+            s.boot.a_good,
+            s.boot.b_good
+        ),
+        Err(e) => format!("firmware status unavailable: {e}\n"),
+    }
+}
+
+async fn store_stats(cfg: &Config) -> String {
+    let mut out = serde_json::Map::new();
+    let data_dir = &cfg.device.data_dir;
+    let daemon = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            control::ask_daemon(data_dir, &Request::Status)
+        )
+        .await,
+        Ok(Ok(Some(_)))
+    );
+    out.insert("daemon_running".into(), daemon.into());
+    for (name, req) in [("status", Request::Status), ("audit", Request::AuditVerify)] {
+        let value = if !daemon && !data_dir.exists() {
+            serde_json::json!({"error": "no data directory"})
+        } else {
+            match tokio::time::timeout(Duration::from_secs(30), control::run_request(data_dir, req))
+                .await
+            {
+                Ok(Ok(Response::Ok { data })) => data,
+                Ok(Ok(Response::Error { message })) => serde_json::json!({ "error": message }),
+                Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+                Err(_) => serde_json::json!({"error": "timed out"}),
+            }
+        };
+        out.insert(name.into(), value);
+    }
+    out.insert(
+        "outbox".into(),
+        serde_json::json!("the delivery outbox is not part of this build"),
+    );
+    serde_json::to_string_pretty(&serde_json::Value::Object(out)).unwrap_or_default()
+}
+
+fn disk(cfg: &Config) -> String {
+    let mut s = String::new();
+    let mut paths = vec![cfg.device.data_dir.clone(), PathBuf::from("/")];
+    paths.dedup();
+    for p in paths {
+        match nix::sys::statvfs::statvfs(&p) {
+            // The field types differ between 32- and 64-bit targets.
+            #[allow(clippy::useless_conversion)]
+            Ok(v) => {
+                let frag = u64::from(v.fragment_size());
+                let total = u64::from(v.blocks()) * frag;
+                let avail = u64::from(v.blocks_available()) * frag;
+                let _ = writeln!(
+                    s,
+                    "{}: {:.1} GB total, {:.1} GB available ({:.0}% used)",
+                    p.display(),
+                    total as f64 / 1e9,
+                    avail as f64 / 1e9,
+                    if total > 0 {
+                        100.0 * (1.0 - avail as f64 / total as f64)
+                    } else {
+                        0.0
+                    }
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "{}: {e}", p.display());
+            }
+        }
+    }
+    let (files, bytes) = dir_usage(&cfg.device.data_dir);
+    let _ = writeln!(
+        s,
+        "data directory {}: {files} file(s), {:.1} MB",
+        cfg.device.data_dir.display(),
+        bytes as f64 / 1e6
+    );
+    s
+}
+
+fn dir_usage(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => {
+                    files += 1;
+                    bytes += m.len();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// Names, modes and owners of the files in the configuration folder (never contents).
+fn file_list(dir: &Path) -> String {
+    let mut s = format!("{}\n", dir.display());
+    let mut stack = vec![dir.to_path_buf()];
+    let mut rows = Vec::new();
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            rows.push(format!(
+                "{:o} {}:{} {:>10} {}",
+                m.permissions().mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.len(),
+                e.path().display()
+            ));
+        }
+    }
+    rows.sort();
+    for r in rows {
+        let _ = writeln!(s, "{r}");
+    }
+    s
+}
+
+fn logs() -> String {
+    command(
+        "journalctl",
+        &[
+            "-u",
+            "duli",
+            "-u",
+            "duli-update",
+            "-u",
+            "duli-mark-good",
+            "--since",
+            "-7d",
+            "-n",
+            "5000",
+            "--no-pager",
+            "-o",
+            "short-iso",
+        ],
+    )
+}
+
+/// The secret values the bundle must never contain: contents of the configured private
+/// keys and of the site secret (as whole files and as their non-blank lines).
+fn secrets(cfg: &Config) -> Vec<String> {
+    let mut files = vec![cfg.site_secret_path()];
+    files.extend(
+        [
+            &cfg.dicom.key,
+            &cfg.hl7.key,
+            &cfg.mqtt.key,
+            &cfg.console.key,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned(),
+    );
+    let mut out = Vec::new();
+    for f in files {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            for line in text.lines().map(str::trim) {
+                if line.len() >= 16 && !line.starts_with("-----") {
+                    out.push(line.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Collects every entry of the bundle.
+pub async fn collect(cfg: &Config, config_dir: Option<&Path>) -> Vec<Entry> {
+    let mut entries = vec![
+        entry("versions.txt", versions(cfg)),
+        entry("config.toml", redacted_config(cfg)),
+        entry("firmware.txt", firmware(cfg)),
+        entry("store.json", store_stats(cfg).await),
+        entry("disk.txt", disk(cfg)),
+        entry("logs.txt", logs()),
+    ];
+    if let Some(dir) = config_dir {
+        entries.push(entry("config-files.txt", file_list(dir)));
+    }
+    let secrets = secrets(cfg);
+    for e in &mut entries {
+        for s in &secrets {
+            if e.text.contains(s.as_str()) {
+                e.text = e.text.replace(s.as_str(), "<redacted>");
+            }
+        }
+    }
+    entries
+}
+
+/// Writes the entries as `out` (tar.gz, mode 0600), atomically.
+pub fn write(entries: &[Entry], out: &Path) -> Result<(), DiagnosticsError> {
+    let io = |source| DiagnosticsError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for e in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(e.text.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, format!("{ROOT}/{}", e.name), e.text.as_bytes())
+            .map_err(io)?;
+    }
+    let mut gz = tar.into_inner().map_err(io)?;
+    gz.flush().map_err(io)?;
+    let bytes = gz.finish().map_err(io)?;
+    crate::fsutil::write_atomic(out, &bytes, crate::fsutil::PRIVATE, None).map_err(|e| {
+        DiagnosticsError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    })
+}
+
+/// Default bundle name: `duli-diagnostics-<device>-<UTC time>.tar.gz`.
+pub fn default_name(cfg: &Config) -> PathBuf {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    PathBuf::from(format!(
+        "duli-diagnostics-{}-{stamp}.tar.gz",
+        cfg.device.device_id
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys_are_redacted() {
+        let mut v: toml::Value =
+            toml::from_str("[a]\npassword = \"x\"\nport = 1\n[b.c]\napi_token = \"y\"\n").unwrap();
+        redact(&mut v);
+        let text = toml::to_string(&v).unwrap();
+        assert!(!text.contains("\"x\"") && !text.contains("\"y\""), "{text}");
+        assert!(text.contains("port = 1"));
+    }
+}

@@ -1,0 +1,517 @@
+//! `duli firmware ...`: the technician's and the build pipeline's side of signed A/B
+//! updates, over the `duli-firmware` crate. Every command that acts on the box (verify,
+//! install, mark-good, rollback) and the pipeline's keygen and sign (when a data directory
+//! exists) append a `software` record to the audit trail, through the running daemon or
+//! on the store directly.
+//!
+//! Exit codes: 0 done; 1 failed (I/O, configuration, boot variables); 3 bundle refused
+//! (signature, payload hash, hardware, version) with nothing written; 4 health check failed
+//! (mark-good not done).
+
+use crate::audit::{Action, Event};
+use crate::cli_audit::{actor, record as audit};
+use crate::config::Config;
+use anyhow::{Context, Result};
+use duli_firmware::manifest::Manifest;
+use duli_firmware::model_pack::install_model_pack;
+use duli_firmware::updater::{MarkGood, Rollback, UpdateError};
+use duli_firmware::{keys, BundleError, PayloadKind, PublicKey, Release, TrustAnchors, Version};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code of a refused bundle (nothing was written).
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit code of a failed health check (the slot was not marked good).
+pub const EXIT_UNHEALTHY: u8 = 4;
+
+/// Environment variable naming an extra trusted root public key (`.pub` file). Honoured
+/// only by debug builds (tests and development boxes); release builds trust only the
+/// built-in key and the keys it endorsed.
+pub const DEV_ROOT_ENV: &str = "DULI_FIRMWARE_DEV_ROOT";
+
+/// The firmware version this binary is.
+pub fn running_version() -> Version {
+    env!("CARGO_PKG_VERSION")
+        .parse()
+        .unwrap_or(Version::new(0, 0, 0))
+}
+
+/// The keys this device accepts: the built-in key, the endorsed keys of
+/// `firmware.endorsed_keys`, and in debug builds the key named by [`DEV_ROOT_ENV`].
+pub fn device_anchors(cfg: &Config) -> Result<TrustAnchors> {
+    let mut anchors = cfg
+        .firmware
+        .trust_anchors()
+        .context("loading the trusted firmware keys")?;
+    if cfg!(debug_assertions) {
+        if let Some(path) = std::env::var_os(DEV_ROOT_ENV) {
+            let key = PublicKey::read(Path::new(&path))
+                .with_context(|| format!("{DEV_ROOT_ENV}={}", Path::new(&path).display()))?;
+            log::warn!(
+                "debug build: also trusting firmware key {} from {DEV_ROOT_ENV}",
+                key.id()
+            );
+            let mut roots = anchors.roots().to_vec();
+            roots.push(key);
+            anchors = TrustAnchors::from_roots(roots);
+            anchors.load_endorsements(&cfg.firmware.endorsed_keys)?;
+        }
+    }
+    Ok(anchors)
+}
+
+fn software(object: &str, detail: String, ok: bool) -> Event {
+    let e = Event::new(&actor(), Action::Software, object)
+        .from("local")
+        .detail(detail);
+    if ok {
+        e
+    } else {
+        e.failed()
+    }
+}
+
+/// Whether an update error means the bundle was refused before anything was written.
+fn refused(e: &UpdateError) -> bool {
+    matches!(e, UpdateError::Bundle(_) | UpdateError::Policy(_))
+}
+
+/// `duli firmware keygen`.
+pub fn keygen(cfg: &Config, out_dir: &Path, name: &str) -> Result<ExitCode> {
+    let files = keys::write_keypair(out_dir, name)
+        .with_context(|| format!("generating key pair {name} in {}", out_dir.display()))?;
+    println!("private key: {} (mode 0600)", files.private.display());
+    println!("public key:  {}", files.public.display());
+    println!("key id:      {}", files.key.id());
+    audit(
+        &cfg.device.data_dir,
+        true,
+        software(
+            "firmware-key",
+            format!("keygen {name}: key id {}", files.key.id()),
+            true,
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `duli firmware sign`.
+pub fn sign(
+    cfg: &Config,
+    key: &Path,
+    payload: &Path,
+    release: &Release,
+    out: &Path,
+) -> Result<ExitCode> {
+    let pkcs8 = fs::read(key).with_context(|| format!("reading key {}", key.display()))?;
+    let manifest = duli_firmware::sign(&pkcs8, release, payload, out)
+        .with_context(|| format!("signing {}", payload.display()))?;
+    let signer = keys::SigningKey::from_pkcs8(&pkcs8)
+        .map(|k| k.public_key().id().to_string())
+        .unwrap_or_default();
+    println!("{}", manifest_json(&manifest));
+    println!("signed by key {signer} into {}", out.display());
+    audit(
+        &cfg.device.data_dir,
+        true,
+        software(
+            &out.display().to_string(),
+            format!(
+                "sign {} {} with key {signer}",
+                manifest.payload.kind, manifest.version
+            ),
+            true,
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn manifest_json(m: &Manifest) -> String {
+    // Strings and integers only: serialisation cannot fail.
+    serde_json::to_string_pretty(m).unwrap_or_default()
+}
+
+/// `duli firmware verify`: with `keys`, those public keys are the only trusted roots (the
+/// pipeline checks its own output); without, the device's keys.
+pub fn verify(cfg: &Config, bundle: &Path, keys: &[PathBuf]) -> Result<ExitCode> {
+    let anchors = if keys.is_empty() {
+        device_anchors(cfg)?
+    } else {
+        let roots = keys
+            .iter()
+            .map(|k| PublicKey::read(k).with_context(|| format!("reading {}", k.display())))
+            .collect::<Result<Vec<_>>>()?;
+        TrustAnchors::from_roots(roots)
+    };
+    let object = bundle.display().to_string();
+    match duli_firmware::verify(bundle, &anchors) {
+        Ok(v) => {
+            println!("{}", manifest_json(v.manifest()));
+            println!("bundle OK: signed by key {}", v.signer());
+            audit(
+                &cfg.device.data_dir,
+                true,
+                software(
+                    &object,
+                    format!(
+                        "verify {} {}: signed by {}",
+                        v.manifest().payload.kind,
+                        v.manifest().version,
+                        v.signer()
+                    ),
+                    true,
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("bundle REFUSED: {e}");
+            audit(
+                &cfg.device.data_dir,
+                true,
+                software(&object, format!("verify refused: {e}"), false),
+            );
+            Ok(match e {
+                BundleError::Io { .. } => ExitCode::FAILURE,
+                _ => ExitCode::from(EXIT_REFUSED),
+            })
+        }
+    }
+}
+
+/// Reads the manifest of a bundle without trusting it, only to route it (root filesystem
+/// or model pack); the install that follows verifies everything.
+fn peek_kind(bundle: &Path) -> Result<PayloadKind, BundleError> {
+    let file = fs::File::open(bundle).map_err(|source| BundleError::Io {
+        path: bundle.to_path_buf(),
+        source,
+    })?;
+    let mut reader = std::io::BufReader::new(file);
+    let header = duli_firmware::bundle::RawHeader::decode(&mut reader, bundle)?;
+    Ok(Manifest::from_json(&header.manifest)?.payload.kind)
+}
+
+/// Version of the model pack installed at `dest`, from the manifest saved beside it.
+fn installed_pack_version(dest: &Path) -> Option<Version> {
+    let text = fs::read(pack_manifest_path(dest)).ok()?;
+    Manifest::from_json(&text).ok().map(|m| m.version)
+}
+
+fn pack_manifest_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    dest.with_file_name(name)
+}
+
+/// `duli firmware install`: a root filesystem into the inactive slot (trial boot armed),
+/// or a model pack onto the data partition. With `staged`, the bundle is
+/// `firmware.staged_bundle` and is consumed whatever happens (deleted after success,
+/// renamed `*.rejected` after a failure) so that the path unit does not start again.
+pub fn install(
+    cfg: &Config,
+    bundle: Option<&Path>,
+    staged: bool,
+    model_name: &str,
+) -> Result<ExitCode> {
+    let path = match (bundle, staged) {
+        (Some(_), true) => anyhow::bail!("give either a bundle or --staged, not both"),
+        (Some(p), false) => p.to_path_buf(),
+        (None, true) => cfg.firmware.staged_bundle.clone(),
+        (None, false) => anyhow::bail!("give the bundle to install, or --staged"),
+    };
+    let result = install_path(cfg, &path, model_name);
+    if staged {
+        let ok = matches!(result, Ok(ref code) if *code == ExitCode::SUCCESS);
+        if ok {
+            fs::remove_file(&path)
+                .with_context(|| format!("removing the installed {}", path.display()))?;
+        } else if path.exists() {
+            let mut rejected = path.clone().into_os_string();
+            rejected.push(".rejected");
+            fs::rename(&path, &rejected)
+                .with_context(|| format!("moving the refused bundle {} aside", path.display()))?;
+            eprintln!(
+                "staged bundle moved to {}",
+                PathBuf::from(rejected).display()
+            );
+        }
+    }
+    result
+}
+
+fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode> {
+    let object = path.display().to_string();
+    let data_dir = &cfg.device.data_dir;
+    let anchors = device_anchors(cfg)?;
+    // A manifest that does not parse may also be one whose signature fails: report
+    // what full verification says, as verify would.
+    let kind = match peek_kind(path).map_err(|e| match duli_firmware::verify(path, &anchors) {
+        Ok(_) => e,
+        Err(full) => full,
+    }) {
+        Ok(kind) => kind,
+        Err(e) => {
+            eprintln!("bundle REFUSED: {e}");
+            audit(
+                data_dir,
+                false,
+                software(&object, format!("install refused: {e}"), false),
+            );
+            return Ok(match e {
+                BundleError::Io { .. } => ExitCode::FAILURE,
+                _ => ExitCode::from(EXIT_REFUSED),
+            });
+        }
+    };
+    let running = running_version();
+    let outcome = match kind {
+        PayloadKind::Rootfs => {
+            let mut updater = cfg.firmware.updater(running)?;
+            updater.install(path, &anchors).map(|r| {
+                let m = r.manifest.manifest();
+                println!(
+                    "installed firmware {} (signed by {}) into slot {}; {} trial boot(s) armed",
+                    m.version,
+                    r.manifest.signer(),
+                    r.slot,
+                    r.attempts
+                );
+                println!("reboot to start it; the health check commits it after the boot");
+                format!(
+                    "install rootfs {} into slot {} (signed by {})",
+                    m.version,
+                    r.slot,
+                    r.manifest.signer()
+                )
+            })
+        }
+        PayloadKind::ModelPack => {
+            let dest = cfg.firmware.model_pack_path(model_name);
+            if let Some(dir) = dest.parent() {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let installed = installed_pack_version(&dest);
+            install_model_pack(
+                path,
+                &anchors,
+                &cfg.firmware.policy(running),
+                installed,
+                &dest,
+            )
+            .and_then(|v| {
+                let json = v.manifest().to_json();
+                crate::fsutil::write_atomic(
+                    &pack_manifest_path(&dest),
+                    &json,
+                    crate::fsutil::PUBLIC,
+                    None,
+                )
+                .map_err(|e| {
+                    UpdateError::Slot(duli_firmware::slot::SlotError::Io {
+                        path: e.path,
+                        source: e.source,
+                    })
+                })?;
+                println!(
+                    "installed model pack {} (signed by {}) at {}",
+                    v.manifest().version,
+                    v.signer(),
+                    dest.display()
+                );
+                Ok(format!(
+                    "install model pack {} at {} (signed by {})",
+                    v.manifest().version,
+                    dest.display(),
+                    v.signer()
+                ))
+            })
+        }
+    };
+    match outcome {
+        Ok(detail) => {
+            audit(data_dir, false, software(&object, detail, true));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let (code, what) = if refused(&e) {
+                eprintln!("bundle REFUSED, nothing was written: {e}");
+                (ExitCode::from(EXIT_REFUSED), "install refused")
+            } else {
+                eprintln!("install FAILED: {e}");
+                (ExitCode::FAILURE, "install failed")
+            };
+            audit(
+                data_dir,
+                false,
+                software(&object, format!("{what}: {e}"), false),
+            );
+            Ok(code)
+        }
+    }
+}
+
+/// `duli firmware status`.
+pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let updater = cfg.firmware.updater(running_version())?;
+    let s = updater.status()?;
+    let value = serde_json::json!({
+        "backend": s.backend,
+        "booted": s.booted.to_string(),
+        "running_version": s.running_version.to_string(),
+        "active": s.boot.active.to_string(),
+        "target": s.boot.target.to_string(),
+        "attempts": s.boot.attempts,
+        "a_good": s.boot.a_good,
+        "b_good": s.boot.b_good,
+        "trial": s.booted != s.boot.active,
+        "update_pending": s.boot.trial_pending() && s.booted == s.boot.active,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let state = if s.booted != s.boot.active {
+            format!(
+                "TRIAL boot of slot {} (committed slot {}): run mark-good or rollback",
+                s.booted, s.boot.active
+            )
+        } else if s.boot.trial_pending() {
+            format!(
+                "update installed in slot {}: reboot to try it ({} attempt(s))",
+                s.boot.target, s.boot.attempts
+            )
+        } else {
+            "committed".to_string()
+        };
+        println!("firmware {} on slot {}", s.running_version, s.booted);
+        println!("state:      {state}");
+        println!("bootloader: {}", s.backend);
+        println!(
+            "variables:  active={} target={} attempts={} a_good={} b_good={}",
+            s.boot.active, s.boot.target, s.boot.attempts, s.boot.a_good, s.boot.b_good
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `duli firmware mark-good`: on a trial boot with `health_check`, the health check runs
+/// first (waiting up to `timeout` for the daemon) and a failure leaves the slot on trial.
+pub fn mark_good(cfg: &Config, health_check: bool, timeout: Duration) -> Result<ExitCode> {
+    let mut updater = cfg.firmware.updater(running_version())?;
+    let s = updater.status()?;
+    let data_dir = &cfg.device.data_dir;
+    let slot = format!("slot {}", s.booted);
+    if health_check && s.booted != s.boot.active {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the health check")?;
+        let report = rt.block_on(crate::health::check(cfg, timeout));
+        print!("{report}");
+        if !report.passed() {
+            eprintln!(
+                "health check FAILED: slot {} stays on trial; the bootloader returns to slot {} \
+                 when its attempts are spent",
+                s.booted, s.boot.active
+            );
+            let failed: Vec<_> = report
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect();
+            audit(
+                data_dir,
+                false,
+                software(
+                    &slot,
+                    format!("mark-good: health check failed: {}", failed.join("; ")),
+                    false,
+                ),
+            );
+            return Ok(ExitCode::from(EXIT_UNHEALTHY));
+        }
+    }
+    match updater.mark_good() {
+        Ok(MarkGood::Committed(slot_now)) => {
+            println!(
+                "slot {slot_now} committed: firmware {} is now the fallback",
+                s.running_version
+            );
+            audit(
+                data_dir,
+                false,
+                software(
+                    &slot,
+                    format!(
+                        "mark-good: committed slot {slot_now} (firmware {})",
+                        s.running_version
+                    ),
+                    true,
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(MarkGood::AlreadyCommitted(slot_now)) => {
+            println!("slot {slot_now} was already committed; its good flag is set");
+            audit(
+                data_dir,
+                false,
+                software(
+                    &slot,
+                    format!("mark-good: slot {slot_now} already committed"),
+                    true,
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("mark-good FAILED: {e}");
+            audit(
+                data_dir,
+                false,
+                software(&slot, format!("mark-good failed: {e}"), false),
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `duli firmware rollback`.
+pub fn rollback(cfg: &Config) -> Result<ExitCode> {
+    let mut updater = cfg.firmware.updater(running_version())?;
+    let data_dir = &cfg.device.data_dir;
+    match updater.rollback() {
+        Ok(r) => {
+            let what = match r {
+                Rollback::AbandonedTrial(s) => {
+                    format!("trial abandoned; the next boot returns to slot {s}")
+                }
+                Rollback::CancelledPending(s) => {
+                    format!("pending update cancelled; the next boot stays on slot {s}")
+                }
+                Rollback::ArmedPrevious(s) => format!(
+                    "previous slot {s} armed for a trial boot; run mark-good on it to keep it"
+                ),
+            };
+            println!("{what}");
+            println!("reboot to apply");
+            audit(
+                data_dir,
+                false,
+                software("firmware", format!("rollback: {what}"), true),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("rollback FAILED: {e}");
+            audit(
+                data_dir,
+                false,
+                software("firmware", format!("rollback failed: {e}"), false),
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

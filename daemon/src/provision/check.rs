@@ -1,0 +1,427 @@
+//! `duli provision --check`: connectivity tests a technician can read over the phone —
+//! C-ECHO to this box's SCP and to each PACS destination, an MLLP connection to the RIS,
+//! an MQTT CONNECT to the broker (TLS with the client certificate when configured), and
+//! the clock's synchronisation.
+
+use crate::config::Config;
+use crate::scu::{self, Target};
+use rustls::pki_types::ServerName;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The result of one test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Works.
+    Pass,
+    /// Does not work: the box is not ready.
+    Fail,
+    /// Could not be determined here; look at it.
+    Warn,
+    /// Not configured.
+    Skip,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Warn => "WARN",
+            Outcome::Skip => "SKIP",
+        })
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// What is tested.
+    pub check: String,
+    /// Against what.
+    pub target: String,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Round trip or reason.
+    pub detail: String,
+}
+
+fn line(check: &str, target: String, outcome: Outcome, detail: String) -> Line {
+    Line {
+        check: check.to_string(),
+        target,
+        outcome,
+        detail,
+    }
+}
+
+/// Whether every test passed or was skipped/warned (no FAIL).
+pub fn all_passed(lines: &[Line]) -> bool {
+    lines.iter().all(|l| l.outcome != Outcome::Fail)
+}
+
+/// The table as plain text, one numbered row per test.
+pub fn render(lines: &[Line]) -> String {
+    let w_check = lines
+        .iter()
+        .map(|l| l.check.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let w_target = lines
+        .iter()
+        .map(|l| l.target.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut out = format!(
+        "#  {:<w_check$}  {:<w_target$}  RESULT  DETAIL\n",
+        "CHECK", "TARGET"
+    );
+    for (i, l) in lines.iter().enumerate() {
+        out.push_str(&format!(
+            "{:<2} {:<w_check$}  {:<w_target$}  {:<6}  {}\n",
+            i + 1,
+            l.check,
+            l.target,
+            l.outcome.to_string(),
+            l.detail
+        ));
+    }
+    let failed = lines.iter().filter(|l| l.outcome == Outcome::Fail).count();
+    out.push_str(&if failed == 0 {
+        "all checks passed\n".to_string()
+    } else {
+        format!("{failed} check(s) FAILED\n")
+    });
+    out
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Runs every test, each bounded by `timeout`.
+pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let own_host = if cfg.dicom.bind.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        cfg.dicom.bind.to_string()
+    };
+    let mut echoes = vec![(
+        "DICOM echo (this box)".to_string(),
+        Target {
+            ae_title: cfg.dicom.ae_title.clone(),
+            host: own_host,
+            port: cfg.dicom.port,
+        },
+    )];
+    for d in &cfg.pacs.destinations {
+        echoes.push((
+            format!("DICOM echo {}", d.name),
+            Target {
+                ae_title: d.ae_title.clone(),
+                host: d.host.clone(),
+                port: d.port,
+            },
+        ));
+    }
+    for (name, target) in echoes {
+        let shown = format!("{}@{}:{}", target.ae_title, target.host, target.port);
+        let r = tokio::time::timeout(timeout, scu::echo(&target, &cfg.dicom.ae_title)).await;
+        lines.push(match r {
+            Ok(Ok(rtt)) => line(
+                &name,
+                shown,
+                Outcome::Pass,
+                format!("Success in {}", ms(rtt)),
+            ),
+            Ok(Err(e)) => line(&name, shown, Outcome::Fail, e.to_string()),
+            Err(_) => line(&name, shown, Outcome::Fail, "no answer in time".into()),
+        });
+    }
+
+    let hl7 = &cfg.hl7;
+    let shown = format!("{}:{}", hl7.host, hl7.port);
+    lines.push(if !hl7.enabled {
+        line(
+            "HL7 MLLP",
+            shown,
+            Outcome::Skip,
+            "hl7.enabled = false".into(),
+        )
+    } else {
+        match tokio::time::timeout(
+            timeout,
+            connect(
+                &hl7.host,
+                hl7.port,
+                hl7.tls,
+                hl7.ca.as_deref(),
+                hl7.cert.as_deref(),
+                hl7.key.as_deref(),
+            ),
+        )
+        .await
+        {
+            Ok(Ok((_, rtt))) => line(
+                "HL7 MLLP",
+                shown,
+                Outcome::Pass,
+                format!(
+                    "{}connected in {}",
+                    if hl7.tls { "TLS " } else { "" },
+                    ms(rtt)
+                ),
+            ),
+            Ok(Err(e)) => line("HL7 MLLP", shown, Outcome::Fail, e),
+            Err(_) => line("HL7 MLLP", shown, Outcome::Fail, "no answer in time".into()),
+        }
+    });
+
+    let mqtt = &cfg.mqtt;
+    let shown = format!("{}:{}", mqtt.host, mqtt.port);
+    lines.push(if !mqtt.enabled {
+        line(
+            "MQTT connect",
+            shown,
+            Outcome::Skip,
+            "mqtt.enabled = false".into(),
+        )
+    } else {
+        let client_id = format!("{}-check", cfg.mqtt_client_id());
+        match tokio::time::timeout(timeout, mqtt_connect(cfg, &client_id)).await {
+            Ok(Ok(detail)) => line("MQTT connect", shown, Outcome::Pass, detail),
+            Ok(Err(e)) => line("MQTT connect", shown, Outcome::Fail, e),
+            Err(_) => line(
+                "MQTT connect",
+                shown,
+                Outcome::Fail,
+                "no answer in time".into(),
+            ),
+        }
+    });
+
+    let (outcome, target, detail) = clock_sync();
+    lines.push(line("clock sync", target, outcome, detail));
+    lines
+}
+
+/// Any stream the checks speak over.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// TCP connect, then a TLS handshake when `tls`; returns the stream and the time taken.
+async fn connect(
+    host: &str,
+    port: u16,
+    tls: bool,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<(Box<dyn Stream>, Duration), String> {
+    let started = Instant::now();
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("TCP: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok((Box::new(tcp), started.elapsed()));
+    }
+    let config = client_config(ca, cert, key)?;
+    let name = match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.to_string()).map_err(|e| format!("TLS: {e}"))?,
+    };
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    Ok((Box::new(stream), started.elapsed()))
+}
+
+fn client_config(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use crate::ul::tls::{load_certs, load_key, provider};
+    let ca = ca.ok_or("TLS: no CA configured to check the server against")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca).map_err(|e| e.to_string())? {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (cert, key) {
+        (Some(c), Some(k)) => builder
+            .with_client_auth_cert(
+                load_certs(c).map_err(|e| e.to_string())?,
+                load_key(k).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?,
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The MQTT 3.1.1 CONNECT packet of a clean session with `client_id`.
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x1e];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+async fn mqtt_connect(cfg: &Config, client_id: &str) -> Result<String, String> {
+    let m = &cfg.mqtt;
+    let (mut stream, _) = connect(
+        &m.host,
+        m.port,
+        m.tls,
+        m.ca.as_deref(),
+        m.cert.as_deref(),
+        m.key.as_deref(),
+    )
+    .await?;
+    let started = Instant::now();
+    stream
+        .write_all(&connect_packet(client_id))
+        .await
+        .map_err(|e| format!("sending CONNECT: {e}"))?;
+    let mut ack = [0u8; 4];
+    stream
+        .read_exact(&mut ack)
+        .await
+        .map_err(|e| format!("no CONNACK: {e}"))?;
+    let rtt = started.elapsed();
+    let _ = stream.write_all(&[0xe0, 0x00]).await;
+    let _ = stream.shutdown().await;
+    if ack[0] != 0x20 || ack[1] != 0x02 {
+        return Err(format!("not an MQTT CONNACK: {:02x?}", ack));
+    }
+    match ack[3] {
+        0 => Ok(format!(
+            "{}CONNACK accepted in {}",
+            if m.tls { "TLS " } else { "" },
+            ms(rtt)
+        )),
+        1 => Err("refused: protocol version".into()),
+        2 => Err("refused: client id".into()),
+        3 => Err("refused: broker unavailable".into()),
+        4 => Err("refused: bad user name or password".into()),
+        5 => Err("refused: not authorised (client certificate?)".into()),
+        n => Err(format!("refused: code {n}")),
+    }
+}
+
+/// Clock synchronisation from `timedatectl`, else `chronyc`; WARN when neither answers.
+fn clock_sync() -> (Outcome, String, String) {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    if let Some(out) = run(
+        "timedatectl",
+        &[
+            "show",
+            "--property=NTPSynchronized",
+            "--property=NTP",
+            "--property=Timezone",
+        ],
+    ) {
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or("?")
+                .to_string()
+        };
+        let detail = format!(
+            "synchronised={} ntp={} timezone={}",
+            get("NTPSynchronized"),
+            get("NTP"),
+            get("Timezone")
+        );
+        let outcome = if get("NTPSynchronized") == "yes" {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        return (outcome, "timedatectl".into(), detail);
+    }
+    if let Some(out) = run("chronyc", &["-n", "tracking"]) {
+        let leap = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Leap status"))
+            .map(|s| s.trim_start_matches([' ', ':']).trim().to_string())
+            .unwrap_or_default();
+        let outcome = if leap == "Normal" {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        return (outcome, "chronyc".into(), format!("leap status {leap}"));
+    }
+    (
+        Outcome::Warn,
+        "timedatectl/chronyc".into(),
+        "cannot determine (no systemd-timedated or chronyd answering); check the clock by hand"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_packet_is_mqtt_311() {
+        let p = connect_packet("duli-x");
+        assert_eq!(p[0], 0x10);
+        assert_eq!(p[1] as usize, p.len() - 2);
+        assert_eq!(&p[2..8], b"\x00\x04MQTT");
+        assert_eq!(&p[p.len() - 6..], b"duli-x");
+        let long = connect_packet(&"x".repeat(200));
+        assert_eq!(long[1] & 0x80, 0x80, "two-byte remaining length");
+    }
+
+    #[test]
+    fn table_counts_failures() {
+        let lines = vec![
+            line("a", "t".into(), Outcome::Pass, "ok".into()),
+            line("b", "t".into(), Outcome::Fail, "refused".into()),
+            line("c", "t".into(), Outcome::Skip, "off".into()),
+        ];
+        assert!(!all_passed(&lines));
+        let text = render(&lines);
+        assert!(text.contains("1 check(s) FAILED"), "{text}");
+        assert!(all_passed(&lines[..1]));
+    }
+}

@@ -1,0 +1,112 @@
+//! Checks of the certificates and keys a technician brings: every certificate parses as
+//! X.509, a private key parses and matches the public key of its certificate, a CA file
+//! holds usable trust anchors. Messages name the provisioning key, never the key material.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+/// Why a certificate or key was refused; `key` is the provisioning key (`dicom.cert`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct MaterialError {
+    /// The provisioning key naming the file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> MaterialError {
+    MaterialError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses the PEM certificates of `pem` and checks each is X.509 that the TLS stack
+/// accepts. `key` names the file in messages.
+pub fn certificates(key: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(key, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(key, "holds no PEM certificate"));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        // webpki parses the certificate to make a trust anchor of it: a malformed one fails.
+        let mut store = RootCertStore::empty();
+        store
+            .add(cert.clone())
+            .map_err(|e| bad(key, format!("certificate {} is malformed: {e}", i + 1)))?;
+    }
+    Ok(certs)
+}
+
+/// Parses the PEM private key of `pem`.
+pub fn private_key(key: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| bad(key, format!("not a PEM private key file: {e}")))?
+        .ok_or_else(|| bad(key, "holds no PEM private key"))
+}
+
+/// Checks a certificate chain and its private key: both parse, the key is usable for TLS
+/// and matches the first certificate.
+pub fn certified_pair(
+    cert_key: &str,
+    cert_pem: &[u8],
+    key_key: &str,
+    key_pem: &[u8],
+) -> Result<(), MaterialError> {
+    let certs = certificates(cert_key, cert_pem)?;
+    let key = private_key(key_key, key_pem)?;
+    let provider = crate::ul::tls::provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(key_key, format!("private key is not usable: {e}")))?;
+    match CertifiedKey::new(certs, signing).keys_match() {
+        Ok(()) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(bad(
+            key_key,
+            format!("does not match the certificate in {cert_key}"),
+        )),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            log::warn!("{key_key}: cannot compare the key with {cert_key}; accepted");
+            Ok(())
+        }
+        Err(e) => Err(bad(cert_key, format!("certificate is not usable: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (c.cert.pem(), c.key_pair.serialize_pem())
+    }
+
+    #[test]
+    fn matching_pair_passes_and_mismatch_malformed_and_empty_are_named() {
+        let (cert, key) = pair();
+        let (_, other_key) = pair();
+        certified_pair("x.cert", cert.as_bytes(), "x.key", key.as_bytes()).unwrap();
+        let e =
+            certified_pair("x.cert", cert.as_bytes(), "x.key", other_key.as_bytes()).unwrap_err();
+        assert_eq!(e.key, "x.key");
+        assert!(e.reason.contains("does not match"), "{e}");
+        // A certificate whose body is damaged.
+        let mut lines: Vec<String> = cert.lines().map(String::from).collect();
+        lines[3] = "A".repeat(lines[3].len());
+        let damaged = lines.join("\n");
+        let e = certified_pair("x.cert", damaged.as_bytes(), "x.key", key.as_bytes()).unwrap_err();
+        assert_eq!(e.key, "x.cert");
+        let e = certificates("x.ca", b"hello").unwrap_err();
+        assert!(e.reason.contains("no PEM certificate"), "{e}");
+        let e = private_key("x.key", cert.as_bytes()).unwrap_err();
+        assert!(e.reason.contains("no PEM private key"), "{e}");
+        // Messages never carry the key material.
+        assert!(!e.to_string().contains("PRIVATE KEY"));
+    }
+}

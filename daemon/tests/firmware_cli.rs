@@ -1,0 +1,385 @@
+//! `duli firmware ...` end to end with the file-backed boot variables: keygen → sign →
+//! verify → install → (simulated reboot) → status → mark-good with the health check →
+//! rollback, tampered and staged bundles, model packs, and the audit records they leave.
+
+mod common;
+
+use common::*;
+use duli::audit::{Action, Audit};
+use duli::store::Store;
+use duli_firmware::bootctl::{simulate_boot, FileBootControl, Slot};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const HW: &str = "test-hw";
+
+/// A box with two slot files, a kernel command line and a data directory.
+struct Bench {
+    dir: TestDir,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = temp_dir("fwcli");
+        let b = Bench { dir };
+        fs::write(b.path("slot-a.img"), pattern(200_000, 1)).unwrap();
+        fs::write(b.path("slot-b.img"), pattern(150_000, 2)).unwrap();
+        b.boot_into(Slot::A);
+        b
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let p = |n: &str| self.path(n).display().to_string();
+        vec![
+            ("DULI_DEVICE__DATA_DIR".into(), p("data")),
+            ("DULI_FIRMWARE__BOOTLOADER".into(), "file".into()),
+            ("DULI_FIRMWARE__BOOT_ENV_FILE".into(), p("bootenv")),
+            ("DULI_FIRMWARE__SLOT_A".into(), p("slot-a.img")),
+            ("DULI_FIRMWARE__SLOT_B".into(), p("slot-b.img")),
+            ("DULI_FIRMWARE__CMDLINE".into(), p("cmdline")),
+            ("DULI_FIRMWARE__HARDWARE_ID".into(), HW.into()),
+            ("DULI_FIRMWARE__ENDORSED_KEYS".into(), p("endorsed")),
+            ("DULI_FIRMWARE__STAGED_BUNDLE".into(), p("data/staged.duli")),
+            ("DULI_FIRMWARE__MODEL_PACKS".into(), p("data/models")),
+        ]
+    }
+
+    /// `duli firmware ARGS` with this box's configuration; `trust` adds the test key as a
+    /// root (debug builds only).
+    fn duli(&self, args: &[&str], trust: bool) -> ToolOutput {
+        let mut cmd = Command::new(Daemon::binary());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("DULI_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("firmware").args(args).envs(self.env());
+        if trust {
+            cmd.env("DULI_FIRMWARE_DEV_ROOT", self.path("keys/release.pub"));
+        }
+        run(&mut cmd, Duration::from_secs(120))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.duli(&["status", "--json"], false);
+        out.assert_success("firmware status");
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+
+    /// What the bootloader does at power-on, then the kernel command line it passes.
+    fn reboot(&self) -> Slot {
+        let mut env = FileBootControl::new(self.path("bootenv"));
+        let slot = simulate_boot(&mut env).unwrap();
+        self.boot_into(slot);
+        slot
+    }
+
+    fn boot_into(&self, slot: Slot) {
+        fs::write(
+            self.path("cmdline"),
+            format!("root=/dev/x duli.slot={slot} ro\n"),
+        )
+        .unwrap();
+    }
+
+    fn sign(&self, name: &str, kind: &str, version: &str, min: &str, payload: &[u8]) -> PathBuf {
+        let img = self.path(&format!("{name}.img"));
+        fs::write(&img, payload).unwrap();
+        let out = self.path(&format!("{name}.duli"));
+        let o = self.duli(
+            &[
+                "sign",
+                "--key",
+                self.path("keys/release.pk8").to_str().unwrap(),
+                "--payload",
+                img.to_str().unwrap(),
+                "--kind",
+                kind,
+                "--version",
+                version,
+                "--min-version",
+                min,
+                "--hardware",
+                "other-hw",
+                "--hardware",
+                HW,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            false,
+        );
+        o.assert_success("firmware sign");
+        out
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn flip_bit(src: &Path, dst: &Path, offset_from_end: usize) {
+    let mut bytes = fs::read(src).unwrap();
+    let i = bytes.len() - offset_from_end;
+    bytes[i] ^= 0x10;
+    fs::write(dst, bytes).unwrap();
+}
+
+fn software_records(data_dir: &Path) -> Vec<duli::audit::Record> {
+    let store = Store::open(data_dir).unwrap();
+    let audit = Audit::open(&store).unwrap();
+    let v = audit.verify().unwrap();
+    assert!(v.broken.is_none(), "audit chain broken: {v:?}");
+    audit
+        .records(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == Action::Software)
+        .collect()
+}
+
+#[test]
+fn firmware_cli_full_cycle_with_the_file_backend() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+
+    // keygen
+    let out = b.duli(
+        &[
+            "keygen",
+            "--out-dir",
+            b.path("keys").to_str().unwrap(),
+            "--name",
+            "release",
+        ],
+        false,
+    );
+    assert!(
+        !out.success(),
+        "keygen into a missing folder must fail: {}",
+        out.combined()
+    );
+    fs::create_dir_all(b.path("keys")).unwrap();
+    let out = b.duli(
+        &[
+            "keygen",
+            "--out-dir",
+            b.path("keys").to_str().unwrap(),
+            "--name",
+            "release",
+        ],
+        false,
+    );
+    out.assert_success("firmware keygen");
+    assert!(out.stdout.contains("key id:"), "{}", out.stdout);
+    let mode = fs::metadata(b.path("keys/release.pk8"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key_id = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("key id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // sign and verify
+    let payload = pattern(300_000, 7);
+    let bundle = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &payload);
+    let out = b.duli(
+        &[
+            "verify",
+            bundle.to_str().unwrap(),
+            "--key",
+            b.path("keys/release.pub").to_str().unwrap(),
+        ],
+        false,
+    );
+    out.assert_success("firmware verify --key");
+    assert!(out.stdout.contains("\"0.2.0\""), "{}", out.stdout);
+    assert!(out.stdout.contains(&key_id), "{}", out.stdout);
+    // The device itself does not trust a key it was not built with.
+    let out = b.duli(&["verify", bundle.to_str().unwrap()], false);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(out.stderr.contains("does not trust"), "{}", out.stderr);
+
+    // Tampered bundles: payload, manifest, signature. Refused before anything is written.
+    let before = b.status();
+    let slot_b_before = fs::read(b.path("slot-b.img")).unwrap();
+    let payload_bit = b.path("payload-bit.duli");
+    flip_bit(&bundle, &payload_bit, 1000);
+    let manifest_bit = b.path("manifest-bit.duli");
+    let sig_bit = b.path("sig-bit.duli");
+    {
+        let bytes = fs::read(&bundle).unwrap();
+        let mut m = bytes.clone();
+        m[84 + 20] ^= 0x01; // inside the manifest JSON
+        fs::write(&manifest_bit, m).unwrap();
+        let mut s = bytes;
+        s[16 + 5] ^= 0x01; // inside the signature
+        fs::write(&sig_bit, s).unwrap();
+    }
+    for (tampered, says) in [
+        (&payload_bit, "SHA-256"),
+        (&manifest_bit, "signature does not verify"),
+        (&sig_bit, "signature does not verify"),
+    ] {
+        let out = b.duli(
+            &[
+                "verify",
+                tampered.to_str().unwrap(),
+                "--key",
+                b.path("keys/release.pub").to_str().unwrap(),
+            ],
+            false,
+        );
+        assert_eq!(out.code(), Some(3), "{}", out.combined());
+        assert!(out.stderr.contains("REFUSED"), "{}", out.stderr);
+        assert!(out.stderr.contains(says), "{says}: {}", out.stderr);
+        let out = b.duli(&["install", tampered.to_str().unwrap()], true);
+        assert_eq!(out.code(), Some(3), "{}", out.combined());
+        assert!(
+            out.stderr.contains("REFUSED") && out.stderr.contains(says),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(b.status(), before);
+        assert_eq!(fs::read(b.path("slot-b.img")).unwrap(), slot_b_before);
+    }
+
+    // A tampered staged bundle is consumed (moved aside) so the path unit stops.
+    fs::copy(&payload_bit, b.path("data/staged.duli")).unwrap();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(!b.path("data/staged.duli").exists());
+    assert!(b.path("data/staged.duli.rejected").exists());
+    assert_eq!(b.status(), before);
+
+    // A good staged bundle installs into slot B and is deleted.
+    fs::copy(&bundle, b.path("data/staged.duli")).unwrap();
+    let out = b.duli(&["install", "--staged"], true);
+    out.assert_success("firmware install --staged");
+    assert!(out.stdout.contains("slot B"), "{}", out.stdout);
+    assert!(!b.path("data/staged.duli").exists());
+    assert_eq!(
+        &fs::read(b.path("slot-b.img")).unwrap()[..payload.len()],
+        &payload[..]
+    );
+    let s = b.status();
+    assert_eq!(s["booted"], "A");
+    assert_eq!(s["active"], "A");
+    assert_eq!(s["target"], "B");
+    assert_eq!(s["attempts"], 3);
+    assert_eq!(s["update_pending"], true);
+    let text = b.duli(&["status"], false);
+    assert!(text.stdout.contains("reboot to try it"), "{}", text.stdout);
+
+    // Reboot into the trial. Without a daemon the health check fails: no mark-good.
+    assert_eq!(b.reboot(), Slot::B);
+    let s = b.status();
+    assert_eq!(s["booted"], "B");
+    assert_eq!(s["trial"], true);
+    let out = b.duli(&["mark-good", "--health-check", "--timeout", "2"], false);
+    assert_eq!(out.code(), Some(4), "{}", out.combined());
+    assert!(out.stdout.contains("FAIL"), "{}", out.stdout);
+    assert!(out.stdout.contains("daemon"), "{}", out.stdout);
+    assert_eq!(b.status()["active"], "A");
+
+    // With the daemon up the check passes and the slot is committed; the audit records go
+    // through the daemon's control socket.
+    let mut daemon = b
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("DULI_FIRMWARE"))
+        .fold(
+            Daemon::builder().data_dir(&b.data_dir()),
+            |builder, (k, v)| builder.env(&k, &v),
+        )
+        .start();
+    let out = b.duli(&["mark-good", "--health-check", "--timeout", "30"], false);
+    out.assert_success("firmware mark-good --health-check");
+    assert!(out.stdout.contains("PASS   daemon"), "{}", out.stdout);
+    assert!(out.stdout.contains("committed"), "{}", out.stdout);
+    let s = b.status();
+    assert_eq!(
+        (s["active"].clone(), s["target"].clone()),
+        ("B".into(), "B".into())
+    );
+    assert_eq!(s["b_good"], true);
+    assert_eq!(s["trial"], false);
+
+    // A downgrade below the running version is refused.
+    let old = b.sign("v009", "rootfs", "0.0.9", "0.0.1", &pattern(1000, 3));
+    let out = b.duli(&["install", old.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+
+    // Model packs go to the data partition; an older pack is refused afterwards.
+    let pack = pattern(50_000, 9);
+    let pack_bundle = b.sign("pack", "model-pack", "1.2.0", "0.1.0", &pack);
+    let out = b.duli(&["install", pack_bundle.to_str().unwrap()], true);
+    out.assert_success("firmware install (model pack)");
+    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    let older = b.sign("pack-old", "model-pack", "1.1.0", "0.1.0", &pattern(10, 4));
+    let out = b.duli(&["install", older.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+
+    // Rollback: slot A is still flagged good, so it is armed for a trial boot.
+    let out = b.duli(&["rollback"], false);
+    out.assert_success("firmware rollback");
+    assert!(out.stdout.contains("reboot to apply"), "{}", out.stdout);
+    let s = b.status();
+    assert_eq!(s["active"], "B");
+    assert_eq!(s["target"], "A");
+    assert_eq!(b.reboot(), Slot::A);
+    let out = b.duli(&["mark-good"], false);
+    out.assert_success("firmware mark-good (after rollback)");
+    assert_eq!(b.status()["active"], "A");
+
+    // The audit trail holds every action, successes and refusals, in one intact chain.
+    daemon.terminate(Duration::from_secs(30));
+    let records = software_records(&b.data_dir());
+    let details: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {}", r.success, r.detail))
+        .collect();
+    let has = |ok: bool, text: &str| {
+        records
+            .iter()
+            .any(|r| r.success == ok && r.detail.contains(text))
+    };
+    assert!(has(true, "keygen release"), "{details:#?}");
+    assert!(has(true, "sign rootfs 0.2.0"), "{details:#?}");
+    assert!(has(false, "verify refused"), "{details:#?}");
+    assert!(has(false, "install refused"), "{details:#?}");
+    assert!(
+        has(true, "install rootfs 0.2.0 into slot B"),
+        "{details:#?}"
+    );
+    assert!(has(false, "health check failed"), "{details:#?}");
+    assert!(has(true, "committed slot B"), "{details:#?}");
+    assert!(has(true, "install model pack 1.2.0"), "{details:#?}");
+    assert!(has(true, "rollback"), "{details:#?}");
+    assert!(records.iter().all(|r| r.actor.starts_with("cli:")));
+}

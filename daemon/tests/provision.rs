@@ -1,0 +1,593 @@
+//! `duli provision`, `duli provision --check` and `duli diagnostics` as a technician runs
+//! them: the documented example file applied to a temporary configuration folder, each kind
+//! of bad input refused with nothing changed on disk, connectivity against a daemon and
+//! peers started here and against closed ports, and a support bundle free of secrets.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const SECRET: &str = "5173c0ffee-site-secret-never-printed-8a1d";
+const PASSWORD: &str = "correct-horse-battery-9";
+
+/// Runs `duli ARGS` without configuration from the environment.
+fn duli(args: &[&str]) -> ToolOutput {
+    let mut cmd = Command::new(Daemon::binary());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DULI_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args);
+    run(&mut cmd, Duration::from_secs(120))
+}
+
+fn self_signed() -> (String, String) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
+}
+
+/// A technician's USB stick: the example provisioning file with its certificates, keys
+/// and site secret, plus an empty box (config folder, system root, data folder).
+struct Stick {
+    dir: TestDir,
+}
+
+impl Stick {
+    fn new() -> Stick {
+        let s = Stick {
+            dir: temp_dir("provision"),
+        };
+        let usb = s.usb();
+        fs::create_dir_all(usb.join("certs")).unwrap();
+        fs::create_dir_all(usb.join("secrets")).unwrap();
+        fs::create_dir_all(s.path("box/etc")).unwrap();
+        fs::create_dir_all(s.path("box/root")).unwrap();
+        for name in ["dicom", "mqtt-client", "console"] {
+            let (cert, key) = self_signed();
+            fs::write(usb.join(format!("certs/{name}.pem")), cert).unwrap();
+            fs::write(usb.join(format!("certs/{name}.key")), key).unwrap();
+        }
+        for name in ["dicom-ca", "mqtt-ca"] {
+            fs::write(usb.join(format!("certs/{name}.pem")), self_signed().0).unwrap();
+        }
+        fs::write(usb.join("secrets/site_secret"), format!("{SECRET}\n")).unwrap();
+        let example =
+            fs::read_to_string(repo_root().join("config/provision.example.toml")).unwrap();
+        let text = example.replace(
+            "name = \"admin\"",
+            &format!("name = \"admin\"\npassword = \"{PASSWORD}\""),
+        );
+        assert_ne!(text, example, "the example names an [admin]");
+        fs::write(s.file(), text).unwrap();
+        s
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn usb(&self) -> PathBuf {
+        self.path("usb")
+    }
+
+    fn file(&self) -> PathBuf {
+        self.usb().join("hospital-a.toml")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("box/etc/duli.toml")
+    }
+
+    fn provision(&self, extra: &[&str]) -> ToolOutput {
+        let file = self.file();
+        let config = self.config();
+        let root = self.path("box/root");
+        let data = self.path("box/data");
+        let mut args = vec![
+            "provision",
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--system-root",
+            root.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        duli(&args)
+    }
+
+    /// Every file under the box with its mode and content, to prove nothing changed.
+    fn snapshot(&self) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![self.path("box")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                if m.is_dir() {
+                    stack.push(p.clone());
+                    out.insert(p, (m.mode(), Vec::new()));
+                } else if m.file_type().is_symlink() {
+                    let target = fs::read_link(&p).unwrap();
+                    out.insert(p, (m.mode(), target.display().to_string().into_bytes()));
+                } else {
+                    out.insert(p.clone(), (m.mode(), fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Strings that must never be printed or bundled: the secret, the password, and the
+    /// body lines of every private key.
+    fn secrets(&self) -> Vec<String> {
+        let mut s = vec![SECRET.to_string(), PASSWORD.to_string()];
+        for name in ["dicom", "mqtt-client", "console"] {
+            let key = fs::read_to_string(self.usb().join(format!("certs/{name}.key"))).unwrap();
+            s.extend(
+                key.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() > 20)
+                    .map(String::from),
+            );
+        }
+        s
+    }
+
+    fn assert_no_secret(&self, text: &str, what: &str) {
+        for s in self.secrets() {
+            assert!(!text.contains(&s), "{what} contains a secret ({s:.8}...)");
+        }
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn example_file_provisions_a_box() {
+    let s = Stick::new();
+    let owner = if nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .is_some()
+        && nix::unistd::geteuid().is_root()
+    {
+        "nobody"
+    } else {
+        "duli"
+    };
+    let out = s.provision(&["--owner", owner]);
+    out.assert_success("duli provision");
+    s.assert_no_secret(&out.combined(), "provision output");
+    assert!(
+        out.stdout
+            .contains("provisioned site hospital-a device edge-01"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("duli user add admin --role admin"),
+        "{}",
+        out.stdout
+    );
+
+    // The written configuration is valid on its own and points at the copies.
+    let check = duli(&["check-config", "--config", s.config().to_str().unwrap()]);
+    check.assert_success("check-config of the provisioned file");
+    let written = fs::read_to_string(s.config()).unwrap();
+    assert!(written.contains("DULI_HA_01"), "{written}");
+    assert!(
+        !written.contains("/usb/"),
+        "config points at the stick: {written}"
+    );
+    s.assert_no_secret(&written, "duli.toml");
+    let etc = s.path("box/etc");
+    for key in [
+        "tls/dicom.key",
+        "tls/mqtt.key",
+        "tls/console.key",
+        "site_secret",
+        "pending-admin.toml",
+    ] {
+        assert_eq!(mode(&etc.join(key)), 0o600, "{key}");
+    }
+    for cert in [
+        "tls/dicom.pem",
+        "tls/dicom-ca.pem",
+        "tls/mqtt.pem",
+        "tls/mqtt-ca.pem",
+        "tls/console.pem",
+        "duli.toml",
+    ] {
+        assert_eq!(mode(&etc.join(cert)), 0o644, "{cert}");
+    }
+    assert_eq!(
+        fs::read(etc.join("tls/dicom.key")).unwrap(),
+        fs::read(s.usb().join("certs/dicom.key")).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(etc.join("site_secret")).unwrap().trim(),
+        SECRET
+    );
+    if owner == "nobody" {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        for key in ["tls/dicom.key", "site_secret"] {
+            assert_eq!(
+                fs::metadata(etc.join(key)).unwrap().uid(),
+                nobody.uid.as_raw(),
+                "{key}"
+            );
+        }
+        // Public files stay with the invoking user.
+        assert_eq!(fs::metadata(etc.join("duli.toml")).unwrap().uid(), 0);
+    }
+    let pending = fs::read_to_string(etc.join("pending-admin.toml")).unwrap();
+    assert!(pending.contains("name = \"admin\""), "{pending}");
+
+    // System files: NTP drop-in and time zone.
+    let root = s.path("box/root");
+    let ntp = fs::read_to_string(root.join("etc/systemd/timesyncd.conf.d/duli.conf")).unwrap();
+    assert!(
+        ntp.contains("NTP=ntp1.hospital-a.local 10.10.0.1\n"),
+        "{ntp}"
+    );
+    assert_eq!(
+        fs::read_link(root.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/America/Sao_Paulo")
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/timezone")).unwrap(),
+        "America/Sao_Paulo\n"
+    );
+
+    // The audit trail records the provisioning (without secrets).
+    let store = duli::store::Store::open(&s.path("box/data")).unwrap();
+    let audit = duli::audit::Audit::open(&store).unwrap();
+    let records = audit.records(0, 100).unwrap();
+    let rec = records
+        .iter()
+        .find(|r| r.action == duli::audit::Action::ConfigChange)
+        .expect("a config_change record");
+    assert!(rec.detail.contains("hospital-a"), "{}", rec.detail);
+    s.assert_no_secret(&rec.detail, "audit record");
+    drop(audit);
+    drop(store);
+
+    // Provisioning again with the same file is idempotent and still valid.
+    s.provision(&["--owner", owner])
+        .assert_success("second provision");
+
+    // The support bundle: expected files, no secret values.
+    let bundle = s.path("support.tar.gz");
+    let out = duli(&[
+        "diagnostics",
+        "--config",
+        s.config().to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    out.assert_success("duli diagnostics");
+    assert_eq!(mode(&bundle), 0o600);
+    let Some(tar) = require_tool("tar") else {
+        return;
+    };
+    let unpacked = s.path("unpacked");
+    fs::create_dir_all(&unpacked).unwrap();
+    let x = run(
+        Command::new(tar)
+            .arg("-xzf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&unpacked),
+        Duration::from_secs(30),
+    );
+    x.assert_success("tar -xzf");
+    let root = unpacked.join("duli-diagnostics");
+    for name in [
+        "versions.txt",
+        "config.toml",
+        "firmware.txt",
+        "store.json",
+        "disk.txt",
+        "logs.txt",
+        "config-files.txt",
+    ] {
+        let text = fs::read_to_string(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        s.assert_no_secret(&text, name);
+    }
+    let versions = fs::read_to_string(root.join("versions.txt")).unwrap();
+    assert!(
+        versions.contains(&format!("duli {}", env!("CARGO_PKG_VERSION"))),
+        "{versions}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join("store.json")).unwrap()).unwrap();
+    assert_eq!(stats["daemon_running"], false);
+    assert_eq!(stats["status"]["instances"], 0, "{stats}");
+    assert!(stats["audit"]["records"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(stats["audit"]["intact"], true);
+    let config = fs::read_to_string(root.join("config.toml")).unwrap();
+    assert!(config.contains("site_id = \"hospital-a\""), "{config}");
+    let files = fs::read_to_string(root.join("config-files.txt")).unwrap();
+    assert!(
+        files.contains("600") && files.contains("tls/dicom.key"),
+        "{files}"
+    );
+    assert!(fs::read_to_string(root.join("disk.txt"))
+        .unwrap()
+        .contains("GB available"));
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_key_and_nothing_changes() {
+    let s = Stick::new();
+    // A box provisioned once already: a refused second run must leave it as it is.
+    s.provision(&[]).assert_success("first provision");
+    let good = fs::read_to_string(s.file()).unwrap();
+    let other_key = self_signed().1;
+
+    type Breaker = Box<dyn Fn(&Stick)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "missing key",
+            Box::new(|s: &Stick| {
+                let t = fs::read_to_string(s.file()).unwrap();
+                fs::write(s.file(), t.replace("site_id = \"hospital-a\"\n", "")).unwrap();
+            }),
+            "device.site_id",
+        ),
+        (
+            "unknown field",
+            Box::new(|s: &Stick| {
+                let t = fs::read_to_string(s.file()).unwrap();
+                fs::write(
+                    s.file(),
+                    t.replace("port = 104\n", "port = 104\nae_titel = \"X\"\n"),
+                )
+                .unwrap();
+            }),
+            "ae_titel",
+        ),
+        (
+            "unknown field in a provisioning section",
+            Box::new(|s: &Stick| {
+                let t = fs::read_to_string(s.file()).unwrap();
+                fs::write(s.file(), t.replace("[time]\n", "[time]\nzone = \"UTC\"\n")).unwrap();
+            }),
+            "zone",
+        ),
+        (
+            "malformed certificate",
+            Box::new(|s: &Stick| {
+                let p = s.usb().join("certs/dicom.pem");
+                let t = fs::read_to_string(&p).unwrap();
+                let mut lines: Vec<String> = t.lines().map(String::from).collect();
+                lines[2] = "B".repeat(lines[2].len());
+                fs::write(&p, lines.join("\n")).unwrap();
+            }),
+            "dicom.cert",
+        ),
+        (
+            "key that does not match the certificate",
+            Box::new(move |s: &Stick| {
+                fs::write(s.usb().join("certs/mqtt-client.key"), &other_key).unwrap();
+            }),
+            "mqtt.key",
+        ),
+        (
+            "missing certificate file",
+            Box::new(|s: &Stick| {
+                fs::remove_file(s.usb().join("certs/console.pem")).unwrap();
+            }),
+            "console.cert",
+        ),
+        (
+            "invalid value",
+            Box::new(|s: &Stick| {
+                let t = fs::read_to_string(s.file()).unwrap();
+                fs::write(
+                    s.file(),
+                    t.replace(
+                        "ae_title = \"DULI_HA_01\"",
+                        "ae_title = \"THIS_AE_TITLE_IS_TOO_LONG\"",
+                    ),
+                )
+                .unwrap();
+            }),
+            "dicom.ae_title",
+        ),
+        (
+            "unknown time zone",
+            Box::new(|s: &Stick| {
+                let t = fs::read_to_string(s.file()).unwrap();
+                fs::write(
+                    s.file(),
+                    t.replace("America/Sao_Paulo", "Mars/Olympus_Mons"),
+                )
+                .unwrap();
+            }),
+            "time.timezone",
+        ),
+        (
+            "forged firmware key endorsement",
+            Box::new(|s: &Stick| {
+                let t = fs::read_to_string(s.file()).unwrap();
+                let e = serde_json::json!({"format": 1, "key": "11".repeat(32), "label": "x",
+                    "endorser": "0011223344556677", "signature": "22".repeat(64)});
+                fs::write(s.usb().join("forged.endorsement.json"), e.to_string()).unwrap();
+                fs::write(
+                    s.file(),
+                    t.replace(
+                        "endorsements = []",
+                        "endorsements = [\"forged.endorsement.json\"]",
+                    ),
+                )
+                .unwrap();
+            }),
+            "firmware.endorsements[0]",
+        ),
+    ];
+    for (what, breaker, key) in cases {
+        // Restore the stick, then break one thing.
+        let fresh = Stick::new();
+        for name in ["dicom", "mqtt-client", "console"] {
+            for ext in ["pem", "key"] {
+                let rel = format!("certs/{name}.{ext}");
+                fs::copy(fresh.usb().join(&rel), s.usb().join(&rel)).unwrap();
+            }
+        }
+        fs::write(s.file(), &good).unwrap();
+        let _ = fs::remove_file(s.usb().join("forged.endorsement.json"));
+        // The refused run must not change the box provisioned with the old material.
+        let before = s.snapshot();
+        breaker(&s);
+        let out = s.provision(&[]);
+        assert_eq!(out.code(), Some(2), "{what}: {}", out.combined());
+        assert!(
+            out.stderr.contains(key),
+            "{what}: error does not name {key}:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("nothing was written"),
+            "{what}: {}",
+            out.stderr
+        );
+        s.assert_no_secret(&out.combined(), what);
+        assert_eq!(before, s.snapshot(), "{what}: the box changed");
+    }
+}
+
+/// A config file for `--check` against the given ports.
+fn check_config(
+    dir: &Path,
+    dicom_port: u16,
+    pacs_port: u16,
+    hl7_port: u16,
+    mqtt_port: Option<u16>,
+) -> PathBuf {
+    let path = dir.join(format!("check-{pacs_port}-{hl7_port}.toml"));
+    let mqtt = match mqtt_port {
+        Some(p) => {
+            format!("[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {p}\ntls = false\n")
+        }
+        None => String::new(),
+    };
+    fs::write(
+        &path,
+        format!(
+            "[device]\ndata_dir = \"{}\"\n[dicom]\nport = {dicom_port}\n\
+             [[pacs.destinations]]\nname = \"pacs\"\nae_title = \"DULI\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+             [hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {hl7_port}\n{mqtt}",
+            dir.join("check-data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_passes_against_live_peers_and_fails_on_closed_ports() {
+    let daemon = Daemon::start();
+    let dir = temp_dir("check");
+    // An MLLP listener: accepting the connection is what the check needs.
+    let ris = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ris_port = ris.local_addr().unwrap().port();
+    // A real MQTT broker when mosquitto is installed.
+    let mqtt = which("mosquitto").and_then(|bin| {
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .unwrap();
+        let mut b = Background::spawn(
+            "mosquitto",
+            Command::new(bin).arg("-c").arg(&conf),
+            &dir.path().join("mosquitto.log"),
+        )
+        .ok()?;
+        b.wait_for_port(loopback(port), Duration::from_secs(10))
+            .ok()?;
+        Some((b, port))
+    });
+    if mqtt.is_none() {
+        skip("mosquitto not installed: the MQTT row is not tested");
+    }
+    let mqtt_port = mqtt.as_ref().map(|(_, p)| *p);
+
+    let cfg = check_config(
+        dir.path(),
+        daemon.dicom_port,
+        daemon.dicom_port,
+        ris_port,
+        mqtt_port,
+    );
+    let out = duli(&["provision", "--check", "--config", cfg.to_str().unwrap()]);
+    assert!(out.success(), "{}", out.combined());
+    let table = &out.stdout;
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no {name} row:\n{table}"))
+            .to_string()
+    };
+    assert!(row("DICOM echo (this box)").contains("PASS"), "{table}");
+    assert!(row("DICOM echo pacs").contains("PASS"), "{table}");
+    assert!(row("HL7 MLLP").contains("PASS"), "{table}");
+    if mqtt_port.is_some() {
+        assert!(row("MQTT connect").contains("PASS"), "{table}");
+        assert!(row("MQTT connect").contains("CONNACK accepted"), "{table}");
+    }
+    assert!(
+        row("clock sync").contains("PASS")
+            || row("clock sync").contains("WARN")
+            || row("clock sync").contains("FAIL")
+    );
+    assert!(
+        table.contains("all checks passed") || row("clock sync").contains("FAIL"),
+        "{table}"
+    );
+
+    // Closed ports: the PACS and the RIS fail, the exit code says so.
+    let closed = free_port();
+    drop(ris);
+    let mqtt_closed = mqtt_port.map(|_| free_port());
+    let cfg = check_config(dir.path(), daemon.dicom_port, closed, ris_port, mqtt_closed);
+    let out = duli(&[
+        "provision",
+        "--check",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--timeout",
+        "3",
+    ]);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    let table = &out.stdout;
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("DICOM echo (this box)").contains("PASS"), "{table}");
+    assert!(row("DICOM echo pacs").contains("FAIL"), "{table}");
+    assert!(row("HL7 MLLP").contains("FAIL"), "{table}");
+    if mqtt_closed.is_some() {
+        assert!(row("MQTT connect").contains("FAIL"), "{table}");
+    }
+    assert!(table.contains("FAILED"), "{table}");
+}
