@@ -442,6 +442,28 @@ pub fn render_table(entries: &[Entry], now_ms: i64) -> String {
     out
 }
 
+/// A raw (key, value) record of the outbox tree.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+impl Entry {
+    /// A fresh entry with id `id`, created at `now` (ms), due at once.
+    fn new(id: u64, new: &NewEntry, now: i64) -> Entry {
+        Entry {
+            id,
+            dest: new.dest.clone(),
+            kind: new.kind,
+            report_id: new.report_id.clone(),
+            payload: new.payload.clone(),
+            attempts: 0,
+            rejections: 0,
+            state: EntryState::Queued,
+            next_attempt_at: now,
+            last_error: None,
+            created_at: now,
+        }
+    }
+}
+
 /// The outbox. Share it behind an `Arc`: workers, the result commit and the CLI use it.
 #[derive(Debug)]
 pub struct Outbox {
@@ -505,23 +527,26 @@ impl Outbox {
         let mut ids = Vec::with_capacity(batch.len());
         for new in batch {
             let id = tx.generate_id()?;
-            let entry = Entry {
-                id,
-                dest: new.dest.clone(),
-                kind: new.kind,
-                report_id: new.report_id.clone(),
-                payload: new.payload.clone(),
-                attempts: 0,
-                rejections: 0,
-                state: EntryState::Queued,
-                next_attempt_at: now,
-                last_error: None,
-                created_at: now,
-            };
+            let entry = Entry::new(id, new, now);
             tx.insert(entry.key(), encode(&entry))?;
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// The (key, value) records of `batch` for a transaction written by someone else (the
+    /// result commit writes them beside the result): ids are allocated here, in order.
+    /// Call [`Outbox::committed`] with the same batch once the transaction has committed.
+    pub fn prepare(&self, batch: &[NewEntry]) -> Result<Vec<Record>, OutboxError> {
+        let now = now_millis();
+        batch
+            .iter()
+            .map(|new| {
+                let id = self.db.generate_id()?;
+                let entry = Entry::new(id, new, now);
+                Ok((entry.key(), encode(&entry)))
+            })
+            .collect()
     }
 
     /// Tells the outbox that a batch written with [`Outbox::enqueue_in`] has committed:
@@ -934,6 +959,32 @@ mod tests {
         base: Duration::from_millis(1),
         cap: Duration::from_millis(2),
     };
+
+    #[test]
+    fn prepared_entries_written_by_another_transaction_drain_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ob) = open(dir.path(), OutboxLimits::default());
+        let batch = vec![hl7("r1"), mqtt("r1"), hl7("r2")];
+        let writes = ob.prepare(&batch).unwrap();
+        let results = db.open_tree("results").unwrap();
+        let committed: sled::transaction::TransactionResult<()> = (&results, ob.tree())
+            .transaction(|(r, o)| {
+                r.insert("study", "result")?;
+                for (k, v) in &writes {
+                    o.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            });
+        committed.unwrap();
+        ob.committed(&batch);
+        let first = ob.next_due(&Destination::Hl7, i64::MAX).unwrap().unwrap();
+        assert_eq!(first.report_id, "r1");
+        ob.mark_delivered(&first).unwrap();
+        let second = ob.next_due(&Destination::Hl7, i64::MAX).unwrap().unwrap();
+        assert_eq!(second.report_id, "r2");
+        assert_eq!(ob.list(Some(&Destination::Mqtt)).unwrap().len(), 1);
+        assert_eq!(ob.fill().entries, 2);
+    }
 
     #[test]
     fn destinations_parse_and_print() {
