@@ -90,7 +90,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     let tracker_task = tokio::spawn(tracker.run(events_rx));
 
     // DICOM listeners.
-    let scp = Arc::new(Scp::new(
+    let mut scp = Scp::new(
         receive::policy::policy(config),
         store.clone(),
         audit.clone(),
@@ -100,7 +100,9 @@ pub async fn start(config: &Config) -> Result<Running> {
         Duration::from_secs(config.dicom.idle_timeout),
         config.dicom.max_associations,
         config.retention.disk_reserve_mb * 1024 * 1024,
-    ));
+    );
+    scp.move_destinations = config.pacs.destinations.clone();
+    let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
