@@ -378,8 +378,12 @@ pub async fn run(
                 // A peer releases after the final response; if it did not wait, stop the
                 // operation first.
                 if let Some(r) = running.take() {
-                    r.cancel.store(true, Ordering::Relaxed);
-                    let _ = r.task.await;
+                    if !r.task.is_finished() {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                    if let Ok(line) = r.task.await {
+                        log::info!("association {id}: {line}");
+                    }
                 }
                 let _ = writer.lock().await.pdu(&Pdu::ReleaseRP).await;
                 return format!("released by {calling:?} after {stored} instance(s)");
