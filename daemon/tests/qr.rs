@@ -395,9 +395,27 @@ fn findscu_at_each_level_answers_field_by_field() {
     assert_eq!(lines[0]["identifier"]["StudyInstanceUID"], study_c.as_str());
     assert_eq!(lines[1]["status"], 0);
 
-    // Each query is in the audit trail.
-    let audit = d.command(&["audit", "verify"]).output().unwrap();
-    assert!(audit.status.success(), "{audit:?}");
+    // Each query is in the audit trail, with who and how many.
+    let records = audit_records(d);
+    let finds: Vec<&::duli::audit::Record> = records
+        .iter()
+        .filter(|r| r.action == ::duli::audit::Action::Query)
+        .collect();
+    assert!(finds.len() >= 14, "{finds:?}");
+    assert!(finds.iter().any(|r| r.actor == "ae:FINDSCU"
+        && r.source == "127.0.0.1"
+        && r.detail.contains("(0010,0010)=do*: 2 match(es)")));
+    assert!(finds
+        .iter()
+        .any(|r| r.actor == "ae:QRSCU" && r.detail.contains("1 match(es)")));
+}
+
+/// Stops the daemon and reads its audit trail.
+fn audit_records(mut d: Daemon) -> Vec<::duli::audit::Record> {
+    d.terminate(Duration::from_secs(20));
+    let store = ::duli::store::Store::open(d.data_dir()).unwrap();
+    let audit = ::duli::audit::Audit::open(&store).unwrap();
+    audit.records(0, 10_000).unwrap()
 }
 
 /// Starts DCMTK storescp as a move destination; returns it with its port and folder.
@@ -586,6 +604,24 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
         let wire = read(&py_dir.path().join(format!("{}.bin", s(r, "sop"))));
         assert_eq!(wire, data_set(Path::new(&s(r, "path"))));
     }
+
+    // Every retrieve is audited as an export of the study, the refused one as a failure.
+    let records = audit_records(d);
+    let exports: Vec<&::duli::audit::Record> = records
+        .iter()
+        .filter(|r| r.action == ::duli::audit::Action::Export)
+        .collect();
+    assert_eq!(exports.len(), 5, "{exports:?}");
+    assert!(exports
+        .iter()
+        .any(|r| !r.success && r.detail.contains("NOWHERE")));
+    assert_eq!(
+        exports
+            .iter()
+            .filter(|r| r.success && r.object == study && r.detail.contains("4 completed"))
+            .count(),
+        4
+    );
 }
 
 #[test]
@@ -760,4 +796,80 @@ fn orthanc_queries_and_moves_the_result_series() {
         .map(|r| s(r, "sop"))
         .collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn move_falls_back_to_explicit_little_endian_when_the_stored_syntax_is_refused() {
+    let Some(samples) = samples_dir() else { return };
+    if which("storescp").is_none() {
+        return skip("storescp absent");
+    }
+    // storescp without +xa accepts uncompressed syntaxes only.
+    let port = free_port();
+    let scp_dir = temp_dir("storescp-plain");
+    let Some(mut cmd) = dcmtk("storescp") else {
+        return;
+    };
+    cmd.args([
+        "-aet",
+        "PLAIN",
+        "-od",
+        scp_dir.path().to_str().unwrap(),
+        "+B",
+    ])
+    .arg(port.to_string());
+    let mut scp = Background::spawn("storescp", &mut cmd, &scp_dir.path().join("log.log")).unwrap();
+    scp.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+    let d = Daemon::builder()
+        .config(
+            "pacs",
+            "destinations",
+            &destinations("plain", "PLAIN", port, true),
+        )
+        .start();
+    let jls = samples.join("dicom/jpeg-ls-lossless/NORMAL_02.dcm");
+    let plain = samples.join("dicom/explicit-le/NORMAL_02.dcm");
+    d.storescu("MODALITY", &["-xt"], std::slice::from_ref(&jls))
+        .unwrap()
+        .assert_success("storescu -xt");
+    let sop = ::duli::scu::prepare(&jls).unwrap().sop_instance;
+    let out = run_dcmtk(
+        "movescu",
+        &[
+            "-S",
+            "-aec",
+            DULI_AET,
+            "-aem",
+            "PLAIN",
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &format!("SOPInstanceUID={sop}"),
+            "127.0.0.1",
+            &d.dicom_port.to_string(),
+        ],
+    )
+    .unwrap();
+    out.assert_success("movescu");
+    let got = received(scp_dir.path());
+    let path = got
+        .get(&sop)
+        .unwrap_or_else(|| panic!("not received: {}", out.combined()));
+    let received = open_file(path).unwrap();
+    assert_eq!(
+        received.meta().transfer_syntax.trim_end_matches('\0'),
+        "1.2.840.10008.1.2.1"
+    );
+    let pixels = |o: &DefaultDicomObject| {
+        o.element(tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(
+        pixels(&received),
+        pixels(&open_file(&plain).unwrap()),
+        "lossless decode gives the original pixels"
+    );
 }
