@@ -545,7 +545,12 @@ fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryErr
         });
     };
     let sled_err = |e: sled::Error| QueryError::Store(StoreError::Index(e));
-    for k in &query.keys {
+    // Only keys that take part in matching at this level may narrow the search.
+    let usable = query
+        .keys
+        .iter()
+        .filter(|k| attribute_level(k.tag, query.model).is_some_and(|l| l <= query.level));
+    for k in usable {
         let kind = match k.tag {
             tags::PATIENT_ID => Kind::PatientId,
             tags::ACCESSION_NUMBER => Kind::Accession,
