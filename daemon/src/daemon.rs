@@ -122,6 +122,7 @@ pub async fn start(config: &Config) -> Result<Running> {
             .is_full()
             .then(|| "the delivery outbox is full".to_string())
     }));
+    scp.move_destinations = config.pacs.destinations.clone();
     let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
     let listener = tokio::net::TcpListener::bind(addr)

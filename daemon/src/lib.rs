@@ -7,6 +7,7 @@
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
 //! - [`receive`]: the SCP — listener, associations, the Verification and Storage services.
 //! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
+//! - [`qr`]: the Query/Retrieve SCP — C-FIND, C-MOVE and C-GET over the store's index.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod provision;
+pub mod qr;
 pub mod receive;
 pub mod results;
 pub mod retention;

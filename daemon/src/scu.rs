@@ -354,6 +354,15 @@ pub async fn send_files(
     results
 }
 
+/// Where the data set of a C-STORE comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum DataSet<'a> {
+    /// As stored: a byte range of a Part 10 file, streamed in PDU-sized reads.
+    File(&'a Prepared),
+    /// Already encoded in memory (e.g. transcoded for a peer that refused the stored syntax).
+    Memory(&'a [u8]),
+}
+
 async fn send_one<A: AsyncAssociation<S> + Send, S>(
     assoc: &mut A,
     pc: u8,
@@ -365,27 +374,59 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let rq = Command::store_rq(msg_id, &f.sop_class, &f.sop_instance, Priority::Medium);
-    send_command(assoc, pc, &rq)
+    store_one(assoc, pc, &rq, DataSet::File(f), chunk).await
+}
+
+/// Sends C-STORE-RQ `rq` with its data set and returns the status of the response.
+async fn store_one<A: AsyncAssociation<S> + Send, S>(
+    assoc: &mut A,
+    pc: u8,
+    rq: &Command,
+    data: DataSet<'_>,
+    chunk: usize,
+) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    send_command(assoc, pc, rq)
         .await
         .map_err(|e| e.to_string())?;
-    let mut file = std::fs::File::open(&f.path).map_err(|e| e.to_string())?;
-    file.seek(std::io::SeekFrom::Start(f.offset))
-        .map_err(|e| e.to_string())?;
-    let mut remaining = f.len;
-    let mut buf = vec![0u8; chunk];
-    if remaining == 0 {
+    let mut file = None;
+    let total = match data {
+        DataSet::File(f) => {
+            let mut fh = std::fs::File::open(&f.path).map_err(|e| e.to_string())?;
+            fh.seek(std::io::SeekFrom::Start(f.offset))
+                .map_err(|e| e.to_string())?;
+            file = Some(fh);
+            f.len
+        }
+        DataSet::Memory(b) => b.len() as u64,
+    };
+    if total == 0 {
         return Err("empty data set".into());
     }
+    let mut remaining = total;
+    let mut buf = vec![0u8; if file.is_some() { chunk } else { 0 }];
     while remaining > 0 {
         let n = (remaining as usize).min(chunk);
-        file.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
+        let part = match (&mut file, data) {
+            (Some(fh), _) => {
+                fh.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
+                buf[..n].to_vec()
+            }
+            (None, DataSet::Memory(b)) => {
+                let at = (total - remaining) as usize;
+                b[at..at + n].to_vec()
+            }
+            (None, DataSet::File(_)) => return Err("file not open".into()),
+        };
         remaining -= n as u64;
         let pdu = Pdu::PData {
             data: vec![PDataValue {
                 presentation_context_id: pc,
                 value_type: PDataValueType::Data,
                 is_last: remaining == 0,
-                data: buf[..n].to_vec(),
+                data: part,
             }],
         };
         AsyncAssociation::send(assoc, &pdu)
@@ -396,6 +437,101 @@ where
     rsp.status
         .map(|s| s.0)
         .ok_or_else(|| "response without a status".to_string())
+}
+
+/// An open C-STORE SCU association with several presentation contexts, for sending the
+/// sub-operations of a C-MOVE.
+pub struct StoreAssociation {
+    assoc: dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
+    accepted: Vec<(u8, String, String)>,
+    chunk: usize,
+    msg_id: u16,
+}
+
+impl StoreAssociation {
+    /// Opens an association proposing one presentation context per (SOP class, transfer
+    /// syntaxes) pair of `contexts` (at most 128).
+    pub async fn open(
+        target: &Target,
+        calling_ae: &str,
+        contexts: &[(String, Vec<String>)],
+    ) -> Result<StoreAssociation, ScuError> {
+        if contexts.is_empty() || contexts.len() > 128 {
+            return Err(ScuError::Protocol(format!(
+                "{} presentation contexts to propose (1 to 128 allowed)",
+                contexts.len()
+            )));
+        }
+        let mut opts = options(calling_ae, target);
+        for (class, ts) in contexts {
+            opts = opts.with_presentation_context(class.clone(), ts.clone());
+        }
+        let addr = format!("{}:{}", target.host, target.port);
+        let mut assoc = opts
+            .establish_async(addr)
+            .await
+            .map_err(|e| ScuError::Association {
+                target: target.to_string(),
+                reason: e.to_string(),
+            })?;
+        let _ = AsyncAssociation::inner_stream(&mut assoc).set_nodelay(true);
+        let accepted = assoc
+            .presentation_contexts()
+            .iter()
+            .filter(|p| p.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+            .map(|p| {
+                (
+                    p.id,
+                    p.abstract_syntax.trim_end_matches('\0').to_string(),
+                    p.transfer_syntax.trim_end_matches('\0').to_string(),
+                )
+            })
+            .collect();
+        let chunk = (assoc.acceptor_max_pdu_length().max(1024) as usize) - 6;
+        Ok(StoreAssociation {
+            assoc,
+            accepted,
+            chunk,
+            msg_id: 0,
+        })
+    }
+
+    /// The accepted contexts: (id, SOP class, transfer syntax).
+    pub fn accepted(&self) -> &[(u8, String, String)] {
+        &self.accepted
+    }
+
+    /// Sends one instance on context `pc`, marked as a sub-operation of C-MOVE
+    /// `originator` (AE title, message ID) when given; returns the response status.
+    pub async fn store(
+        &mut self,
+        pc: u8,
+        sop_class: &str,
+        sop_instance: &str,
+        data: DataSet<'_>,
+        originator: Option<(&str, u16)>,
+    ) -> Result<u16, ScuError> {
+        self.msg_id = self.msg_id.wrapping_add(1).max(1);
+        let mut rq = Command::store_rq(self.msg_id, sop_class, sop_instance, Priority::Medium);
+        if let Some((ae, id)) = originator {
+            rq = rq.with_move_originator(ae, id);
+        }
+        store_one(&mut self.assoc, pc, &rq, data, self.chunk)
+            .await
+            .map_err(ScuError::Protocol)
+    }
+
+    /// Releases the association (errors are only logged: the work is done).
+    pub async fn release(self) {
+        if let Err(e) = self.assoc.release().await {
+            log::debug!("release after C-STORE sub-operations: {e}");
+        }
+    }
+
+    /// Aborts the association.
+    pub async fn abort(self) {
+        let _ = self.assoc.abort().await;
+    }
 }
 
 /// Sends files over `parallel` associations (files split round-robin).

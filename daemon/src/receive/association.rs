@@ -1,20 +1,29 @@
 //! One association's life after A-ASSOCIATE-AC: reads PDUs (idle timeout), reassembles
 //! DIMSE messages from P-DATA fragments, dispatches them to the services, answers, and ends
 //! on A-RELEASE, A-ABORT, a protocol violation or shutdown.
+//!
+//! The socket is split: this loop owns the reading half, and every response goes through a
+//! shared [`Writer`]. A C-FIND, C-MOVE or C-GET runs as a task of its own (see
+//! [`crate::qr`]) while the loop keeps reading, so that a C-CANCEL stops it and the C-STORE
+//! responses of C-GET sub-operations reach it.
 
+use super::echo;
 use super::server::{abort_pdu, pdu_name, Stream};
 use super::store::Incoming;
-use super::{echo, Scp};
+use super::Scp;
 use crate::dimse::assembler::{Assembler, Event};
 use crate::dimse::command::{Command, CommandField};
 use crate::dimse::status::Status;
+use crate::qr::{Op, Operation};
 use crate::ul::framing::{self, FramingError, PduReader};
 use crate::ul::negotiate::Accepted;
 use dicom_ul::pdu::{PDataValueType, Pdu};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::WriteHalf;
+use tokio::sync::{mpsc, watch};
 
 /// The message currently being received.
 enum Current {
@@ -25,51 +34,86 @@ enum Current {
         rq: Box<Command>,
         incoming: Box<Incoming>,
     },
+    /// The identifier of a C-FIND, C-MOVE or C-GET is arriving.
+    Request {
+        rq: Box<Command>,
+        identifier: Vec<u8>,
+    },
 }
 
-/// Writes DIMSE responses as P-DATA.
-pub struct Responder {
+/// Largest identifier accepted for a C-FIND, C-MOVE or C-GET.
+const MAX_IDENTIFIER: usize = 1 << 20;
+
+/// A C-FIND, C-MOVE or C-GET in progress on this association.
+struct Running {
+    message_id: Option<u16>,
+    cancel: Arc<AtomicBool>,
+    store_rsp: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<String>,
+}
+
+/// The writing half of the association: every outgoing PDU goes through it, one whole
+/// DIMSE message per lock so that messages never interleave.
+pub struct Writer {
+    half: WriteHalf<Box<dyn Stream>>,
     scratch: Vec<u8>,
     peer_max_pdu: u32,
 }
 
-impl Responder {
-    /// A responder for a peer that accepts PDUs up to `peer_max_pdu`.
-    pub fn new(peer_max_pdu: u32) -> Self {
-        Responder {
-            scratch: Vec::with_capacity(1024),
-            peer_max_pdu,
-        }
+/// The writer shared by the association loop and the operation it runs.
+pub type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
+
+impl Writer {
+    /// Sends one PDU.
+    pub async fn pdu(&mut self, pdu: &Pdu) -> std::io::Result<()> {
+        framing::write(&mut self.half, &mut self.scratch, pdu).await
     }
 
-    /// Sends a command set (no data set) on a presentation context.
-    pub async fn command<S: Stream + ?Sized>(
-        &mut self,
-        stream: &mut S,
-        pc_id: u8,
-        cmd: &Command,
-    ) -> std::io::Result<()> {
+    /// Sends a command set on a presentation context.
+    pub async fn command(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
         let bytes = crate::dimse::encode(cmd);
-        let pdu = Pdu::PData {
-            data: crate::dimse::fragments(
-                pc_id,
-                PDataValueType::Command,
-                &bytes,
-                self.peer_max_pdu,
-            ),
-        };
-        framing::write(stream, &mut self.scratch, &pdu).await?;
+        for pdv in
+            crate::dimse::fragments(pc_id, PDataValueType::Command, &bytes, self.peer_max_pdu)
+        {
+            self.pdu(&Pdu::PData { data: vec![pdv] }).await?;
+        }
         Ok(())
     }
+
+    /// Sends a data set on a presentation context, one fragment per PDU.
+    pub async fn data_set(&mut self, pc_id: u8, bytes: &[u8]) -> std::io::Result<()> {
+        for pdv in crate::dimse::fragments(pc_id, PDataValueType::Data, bytes, self.peer_max_pdu) {
+            self.pdu(&Pdu::PData { data: vec![pdv] }).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a command and, when given, its data set.
+    pub async fn message(
+        &mut self,
+        pc_id: u8,
+        cmd: &Command,
+        data: Option<&[u8]>,
+    ) -> std::io::Result<()> {
+        self.command(pc_id, cmd).await?;
+        if let Some(d) = data {
+            self.data_set(pc_id, d).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn abort(writer: &SharedWriter) {
+    let _ = writer.lock().await.pdu(&abort_pdu()).await;
 }
 
 /// Runs the association to its end; returns a line for the log.
 pub async fn run(
     id: u64,
-    scp: &Scp,
+    scp: &Arc<Scp>,
     accepted: Accepted,
     peer: SocketAddr,
-    mut stream: Box<dyn Stream>,
+    stream: Box<dyn Stream>,
     mut reader: PduReader,
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
@@ -79,15 +123,35 @@ pub async fn run(
         .map(|c| (c.id, (c.abstract_syntax.clone(), c.transfer_syntax.clone())))
         .collect();
     let mut assembler = Assembler::new(contexts.keys().copied());
-    let mut responder = Responder::new(accepted.peer_max_pdu);
-    let mut scratch = Vec::new();
+    let (mut stream, half) = tokio::io::split(stream);
+    let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(Writer {
+        half,
+        scratch: Vec::with_capacity(1024),
+        peer_max_pdu: accepted.peer_max_pdu,
+    }));
+    let accepted = Arc::new(accepted);
     let mut current = Current::Idle;
+    let mut running: Option<Running> = None;
     let mut stored = 0u64;
     let calling = accepted.calling_ae.clone();
+    let end = |running: &mut Option<Running>| {
+        if let Some(r) = running.take() {
+            r.cancel.store(true, Ordering::Relaxed);
+            r.task.abort();
+        }
+    };
     // At shutdown the association may run on (to its release) until the drain deadline;
-    // then, between messages, it is aborted.
+    // then, between messages and operations, it is aborted.
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
+        if running.as_ref().is_some_and(|r| r.task.is_finished()) {
+            if let Some(r) = running.take() {
+                if let Ok(line) = r.task.await {
+                    log::info!("association {id}: {line}");
+                }
+            }
+        }
+        let busy = running.is_some();
         let deadline = async {
             match drain_deadline {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -101,29 +165,33 @@ pub async fn run(
                 log::info!("association {id}: shutting down, {:?} left to finish", scp.drain);
                 continue;
             }
-            _ = deadline, if matches!(current, Current::Idle) => {
-                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+            _ = deadline, if matches!(current, Current::Idle) && !busy => {
+                abort(&writer).await;
                 return format!("aborted at shutdown after {stored} instance(s)");
             }
         };
         let pdu = match pdu {
+            // An operation in progress keeps the association alive.
+            Err(_) if running.as_ref().is_some_and(|r| !r.task.is_finished()) => continue,
             Err(_) => {
-                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                abort(&writer).await;
                 return format!(
                     "idle for {:?}; aborted after {stored} instance(s)",
                     scp.idle
                 );
             }
             Ok(Err(FramingError::Closed)) => {
+                end(&mut running);
                 return format!(
                     "connection closed by {calling:?} without release after {stored} instance(s)"
-                )
+                );
             }
             Ok(Err(e)) => {
+                end(&mut running);
                 scp.metrics
                     .protocol_errors_total
                     .fetch_add(1, Ordering::Relaxed);
-                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                abort(&writer).await;
                 return format!("{e}; aborted after {stored} instance(s)");
             }
             Ok(Ok(p)) => p,
@@ -135,10 +203,11 @@ pub async fn run(
                     let event = match assembler.feed(pdv) {
                         Ok(ev) => ev,
                         Err(e) => {
+                            end(&mut running);
                             scp.metrics
                                 .protocol_errors_total
                                 .fetch_add(1, Ordering::Relaxed);
-                            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                            abort(&writer).await;
                             return format!(
                                 "protocol error from {calling:?} at {peer}: {e}; aborted"
                             );
@@ -153,7 +222,8 @@ pub async fn run(
                             match command.command_field {
                                 CommandField::CEchoRq => {
                                     let rsp = echo::respond(&command);
-                                    if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
+                                        end(&mut running);
                                         return "connection lost while answering C-ECHO".into();
                                     }
                                 }
@@ -180,20 +250,44 @@ pub async fn run(
                                         incoming: Box::new(incoming),
                                     };
                                 }
-                                CommandField::CCancelRq => {}
+                                CommandField::CFindRq
+                                | CommandField::CMoveRq
+                                | CommandField::CGetRq
+                                    if command.has_data_set
+                                        && crate::qr::Model::of_sop_class(abstract_syntax)
+                                            .is_some() =>
+                                {
+                                    current = Current::Request {
+                                        rq: command,
+                                        identifier: Vec::new(),
+                                    };
+                                }
+                                CommandField::CCancelRq => {
+                                    if let Some(r) = &running {
+                                        if r.message_id == command.message_id_being_responded_to {
+                                            r.cancel.store(true, Ordering::Relaxed);
+                                        }
+                                    }
+                                }
+                                CommandField::CStoreRsp => {
+                                    // A response to a C-GET sub-operation.
+                                    if let Some(r) = &running {
+                                        let _ = r.store_rsp.send(*command).await;
+                                    }
+                                }
                                 _ => {
                                     // A request we do not serve on this association.
                                     let rsp = unrecognized(&command);
-                                    if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
+                                        end(&mut running);
                                         return "connection lost".into();
                                     }
                                     if command.has_data_set {
+                                        end(&mut running);
                                         scp.metrics
                                             .protocol_errors_total
                                             .fetch_add(1, Ordering::Relaxed);
-                                        let _ =
-                                            framing::write(&mut stream, &mut scratch, &abort_pdu())
-                                                .await;
+                                        abort(&writer).await;
                                         return format!(
                                             "unsupported request {:?} with a data set; aborted",
                                             command.command_field
@@ -206,13 +300,25 @@ pub async fn run(
                             scp.metrics
                                 .bytes_received_total
                                 .fetch_add(len, Ordering::Relaxed);
-                            if let Current::Store { incoming, .. } = &mut current {
-                                incoming.write(&bytes);
+                            match &mut current {
+                                Current::Store { incoming, .. } => incoming.write(&bytes),
+                                Current::Request { identifier, .. } => {
+                                    if identifier.len() + bytes.len() > MAX_IDENTIFIER {
+                                        end(&mut running);
+                                        abort(&writer).await;
+                                        return format!(
+                                            "identifier from {calling:?} over {MAX_IDENTIFIER} bytes; aborted"
+                                        );
+                                    }
+                                    identifier.extend_from_slice(&bytes);
+                                }
+                                Current::Idle => {}
                             }
-                            if last {
-                                if let Current::Store { rq, incoming } =
-                                    std::mem::replace(&mut current, Current::Idle)
-                                {
+                            if !last {
+                                continue;
+                            }
+                            match std::mem::replace(&mut current, Current::Idle) {
+                                Current::Store { rq, incoming } => {
                                     let outcome = incoming.finish(scp, &calling).await;
                                     if let Some(study) = &outcome.study {
                                         stored += 1;
@@ -228,31 +334,107 @@ pub async fn run(
                                     if let Some(c) = &outcome.comment {
                                         rsp = rsp.with_error_comment(c);
                                     }
-                                    if responder.command(&mut stream, pc_id, &rsp).await.is_err() {
+                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
+                                        end(&mut running);
                                         return "connection lost while answering C-STORE".into();
                                     }
                                 }
+                                Current::Request { rq, identifier } => {
+                                    if running.is_some() {
+                                        // One operation at a time (no asynchronous
+                                        // operations window is negotiated).
+                                        let rsp = busy_rsp(&rq);
+                                        if writer.lock().await.command(pc_id, &rsp).await.is_err() {
+                                            end(&mut running);
+                                            return "connection lost".into();
+                                        }
+                                        continue;
+                                    }
+                                    let cancel = Arc::new(AtomicBool::new(false));
+                                    let (store_rsp, store_rsps) = mpsc::channel(4);
+                                    let kind = match rq.command_field {
+                                        CommandField::CFindRq => Operation::Find,
+                                        CommandField::CMoveRq => Operation::Move,
+                                        _ => Operation::Get,
+                                    };
+                                    let op = Op {
+                                        scp: scp.clone(),
+                                        writer: writer.clone(),
+                                        pc_id,
+                                        abstract_syntax: abstract_syntax_of(&contexts, pc_id),
+                                        transfer_syntax: contexts
+                                            .get(&pc_id)
+                                            .map(|c| c.1.clone())
+                                            .unwrap_or_default(),
+                                        message_id: rq.message_id,
+                                        rq: *rq,
+                                        identifier,
+                                        accepted: accepted.clone(),
+                                        peer,
+                                        cancel: cancel.clone(),
+                                        store_rsps,
+                                    };
+                                    running = Some(Running {
+                                        message_id: op.message_id,
+                                        cancel,
+                                        store_rsp,
+                                        task: tokio::spawn(crate::qr::serve(kind, op)),
+                                    });
+                                }
+                                Current::Idle => {}
                             }
                         }
                     }
                 }
             }
             Pdu::ReleaseRQ => {
-                let _ = framing::write(&mut stream, &mut scratch, &Pdu::ReleaseRP).await;
+                // A peer releases after the final response; if it did not wait, stop the
+                // operation first.
+                if let Some(r) = running.take() {
+                    if !r.task.is_finished() {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                    if let Ok(line) = r.task.await {
+                        log::info!("association {id}: {line}");
+                    }
+                }
+                let _ = writer.lock().await.pdu(&Pdu::ReleaseRP).await;
                 return format!("released by {calling:?} after {stored} instance(s)");
             }
             Pdu::AbortRQ { .. } => {
+                end(&mut running);
                 return format!("aborted by {calling:?} after {stored} instance(s)");
             }
             other => {
+                end(&mut running);
                 scp.metrics
                     .protocol_errors_total
                     .fetch_add(1, Ordering::Relaxed);
-                let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+                abort(&writer).await;
                 return format!("unexpected {} from {calling:?}; aborted", pdu_name(&other));
             }
         }
     }
+}
+
+fn abstract_syntax_of(contexts: &HashMap<u8, (String, String)>, pc_id: u8) -> String {
+    contexts
+        .get(&pc_id)
+        .map(|c| c.0.clone())
+        .unwrap_or_default()
+}
+
+/// The failure answer to a request that arrives while another operation runs.
+fn busy_rsp(rq: &Command) -> Command {
+    let status = Status::OUT_OF_RESOURCES;
+    let rsp = match rq.command_field {
+        CommandField::CFindRq => Command::find_rsp(rq, status),
+        CommandField::CMoveRq => {
+            Command::move_rsp(rq, status, crate::dimse::SubOperations::default())
+        }
+        _ => Command::get_rsp(rq, status, crate::dimse::SubOperations::default()),
+    };
+    rsp.with_error_comment("another operation is in progress on this association")
 }
 
 /// "Unrecognized operation" (0211) for a request this association does not serve.

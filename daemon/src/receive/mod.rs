@@ -3,7 +3,8 @@
 //! - [`policy`]: what is offered (SOP classes, transfer syntaxes) built from the config.
 //! - [`server`]: the listener, ARTIM timer, association cap and graceful shutdown.
 //! - [`association`]: one association's PDU loop, dispatching DIMSE messages to services.
-//! - [`echo`] and [`store`]: the Verification and Storage services.
+//! - [`echo`] and [`store`]: the Verification and Storage services; Query/Retrieve
+//!   requests are handed to [`crate::qr`].
 
 pub mod association;
 pub mod echo;
@@ -49,6 +50,8 @@ pub struct Scp {
     pub admission: Vec<Admission>,
     /// The audit trail (queries and retrieves are recorded).
     pub audit: Arc<Audit>,
+    /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
+    pub move_destinations: Vec<crate::config::PacsDestination>,
     pub(crate) active: AtomicUsize,
     pub(crate) next_id: AtomicU64,
 }
@@ -79,6 +82,7 @@ impl Scp {
             drain: Duration::from_secs(15),
             admission: Vec::new(),
             audit,
+            move_destinations: Vec::new(),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }

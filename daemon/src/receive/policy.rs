@@ -13,6 +13,14 @@ pub fn policy(config: &Config) -> Policy {
             .iter()
             .map(|uid| (uid.to_string(), Permission::Store)),
     );
+    abstract_syntaxes.extend([
+        (uids::STUDY_ROOT_QR_FIND.to_string(), Permission::Find),
+        (uids::PATIENT_ROOT_QR_FIND.to_string(), Permission::Find),
+        (uids::STUDY_ROOT_QR_MOVE.to_string(), Permission::Move),
+        (uids::PATIENT_ROOT_QR_MOVE.to_string(), Permission::Move),
+        (uids::STUDY_ROOT_QR_GET.to_string(), Permission::Get),
+        (uids::PATIENT_ROOT_QR_GET.to_string(), Permission::Get),
+    ]);
     Policy {
         ae_title: config.dicom.ae_title.clone(),
         allowed_peers: config.dicom.allowed_peers.clone(),
@@ -23,6 +31,11 @@ pub fn policy(config: &Config) -> Policy {
             .map(|s| s.to_string())
             .collect(),
         max_pdu: config.dicom.max_pdu,
-        scp_role_classes: Vec::new(),
+        // C-GET sends instances back as C-STORE on the requesting association: the peer
+        // may take the SCP role for every storage class we keep.
+        scp_role_classes: uids::STORAGE_SOP_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     }
 }

@@ -24,6 +24,8 @@ const META: &str = "meta";
 const INSTANCES: &str = "instances";
 const STUDIES: &str = "studies";
 const STUDY_INSTANCES: &str = "study_instances";
+/// Meta key set once the query indexes ([`crate::qr::index`]) are maintained.
+const QR_INDEX_MARK: &str = "qr_index_version";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,7 @@ pub struct Store {
     instances: sled::Tree,
     studies: sled::Tree,
     study_instances: sled::Tree,
+    qr_keys: sled::Tree,
     files: FileArea,
     count: AtomicU64,
 }
@@ -128,6 +131,7 @@ impl Store {
             instances: db.open_tree(INSTANCES)?,
             studies: db.open_tree(STUDIES)?,
             study_instances: db.open_tree(STUDY_INSTANCES)?,
+            qr_keys: db.open_tree(crate::qr::index::TREE)?,
             db,
             files,
             count: AtomicU64::new(0),
@@ -155,6 +159,13 @@ impl Store {
             .walk()
             .map(|f| !f.is_empty())
             .map_err(io_err("list stored files"))?;
+        if !rebuild && store.meta.get(QR_INDEX_MARK)?.is_none() {
+            // A store written before the query indexes existed: derive them from the studies.
+            let studies = store.studies()?;
+            crate::qr::index::rebuild(&store.qr_keys, studies.iter())?;
+            log::info!("query indexes built for {} studies", studies.len());
+        }
+        store.meta.insert(QR_INDEX_MARK, &[1u8])?;
         if rebuild && has_files {
             let report = store.reindex()?;
             log::warn!(
@@ -227,8 +238,13 @@ impl Store {
         let study_key = instance.study_instance_uid.as_bytes();
         let link_key = link_key(&instance.study_instance_uid, &instance.sop_instance_uid);
         let inst_val = encode(instance);
-        let result = (&self.instances, &self.studies, &self.study_instances).transaction(
-            |(instances, studies, links)| {
+        let result = (
+            &self.instances,
+            &self.studies,
+            &self.study_instances,
+            &self.qr_keys,
+        )
+            .transaction(|(instances, studies, links, qr_keys)| {
                 let previous = instances.insert(inst_key, inst_val.as_slice())?;
                 let new_instance = previous.is_none();
                 // A resend may move an instance to another study: unlink the old one.
@@ -242,13 +258,17 @@ impl Store {
                         }
                     }
                 }
-                let mut study = match studies.get(study_key)? {
-                    Some(v) => serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
+                let old = match studies.get(study_key)? {
+                    Some(v) => Some(serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
                         ConflictableTransactionError::Abort(StoreError::Corrupt {
                             key: instance.study_instance_uid.clone(),
                             reason: e.to_string(),
                         })
-                    })?,
+                    })?),
+                    None => None,
+                };
+                let mut study = match &old {
+                    Some(s) => s.clone(),
                     None => StudyRecord {
                         study_instance_uid: instance.study_instance_uid.clone(),
                         first_received: instance.received_at,
@@ -264,12 +284,12 @@ impl Store {
                 study.state = StudyState::Receiving;
                 study.error = None;
                 studies.insert(study_key, encode(&study))?;
+                crate::qr::index::update(qr_keys, old.as_ref(), &study)?;
                 Ok(InstanceCommit {
                     new_instance,
                     study,
                 })
-            },
-        );
+            });
         let commit = unwrap_tx(result)?;
         if commit.new_instance {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +364,11 @@ impl Store {
             )
         });
         Ok(out)
+    }
+
+    /// The tree of query keys ([`crate::qr::index`]).
+    pub fn qr_keys(&self) -> &sled::Tree {
+        &self.qr_keys
     }
 
     /// Sets a study's state (and error reason). Returns the updated record, or `None` when
@@ -439,6 +464,7 @@ impl Store {
         self.instances.clear()?;
         self.studies.clear()?;
         self.study_instances.clear()?;
+        self.qr_keys.clear()?;
         self.count.store(0, Ordering::Relaxed);
         let mut report = ReindexReport::default();
         let root = self.root().to_path_buf();

@@ -179,6 +179,17 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
         }
     }
 
+    // A storage class may be accepted for a peer without `store` when it takes the SCP role
+    // for it to receive the sub-operations of its C-GET.
+    let role_allowed = |uid: &str| {
+        policy.scp_role_classes.iter().any(|c| c == uid)
+            || (policy.accept_any_storage && uids::is_storage_sop_class(uid))
+    };
+    let get_receiver = |uid: &str| {
+        permissions.contains(&Permission::Get)
+            && role_allowed(uid)
+            && requested_roles.iter().any(|(u, r)| u == uid && r.scp)
+    };
     let mut contexts = Vec::new();
     let mut results = Vec::new();
     let mut seen_ids = HashSet::new();
@@ -204,7 +215,10 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
         } else {
             match needed {
                 None => Some(PresentationContextResultReason::AbstractSyntaxNotSupported),
-                Some(p) if !permissions.contains(&p) => {
+                Some(p)
+                    if !(permissions.contains(&p)
+                        || (p == Permission::Store && get_receiver(&abstract_syntax))) =>
+                {
                     Some(PresentationContextResultReason::UserRejection)
                 }
                 Some(_) => None,
@@ -243,7 +257,7 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
     ];
     let mut peer_scp_classes = HashSet::new();
     for (uid, roles) in requested_roles {
-        if policy.scp_role_classes.contains(&uid) && permissions.contains(&Permission::Get) {
+        if role_allowed(&uid) && permissions.contains(&Permission::Get) {
             if roles.scp {
                 peer_scp_classes.insert(uid.clone());
             }

@@ -1,0 +1,141 @@
+//! The C-GET service: the instances go back on the requesting association as C-STORE
+//! sub-operations, on the storage contexts for which the peer took the SCP role (SCP/SCU
+//! role selection, PS3.7 D.3.3.4), in the stored transfer syntax or an uncompressed one the
+//! peer accepted. The association loop hands the peer's C-STORE responses to this task.
+
+use super::c_move::{resolve, send_final, send_pending, Tally};
+use super::payload;
+use super::Op;
+use crate::audit::Action;
+use crate::dimse::command::{Command, CommandField, Priority};
+use crate::dimse::status::StatusClass;
+use std::time::Duration;
+
+/// How long a sub-operation's C-STORE response may take.
+const STORE_RSP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs one C-GET to its final response; returns a line for the log.
+pub async fn serve(mut op: Op) -> String {
+    let instances = match resolve(&op, "C-GET").await {
+        Ok(i) => i,
+        Err(line) => return line,
+    };
+    let object = super::audit_object(&instances);
+    let mut tally = Tally::new(instances.len());
+    let root = op.scp.store.root().to_path_buf();
+    let mut message_id: u16 = 0;
+    for inst in &instances {
+        if op.cancelled() {
+            break;
+        }
+        let class = &inst.sop_class_uid;
+        let contexts: Vec<(u8, String)> = if op.accepted.peer_scp_classes.contains(class) {
+            op.accepted
+                .contexts
+                .iter()
+                .filter(|c| c.abstract_syntax == *class)
+                .map(|c| (c.id, c.transfer_syntax.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let offered: Vec<String> = contexts.iter().map(|c| c.1.clone()).collect();
+        let Some(ts) = payload::choose(inst, &offered) else {
+            log::warn!(
+                "C-GET: no storage context with the SCP role for {} ({class})",
+                inst.sop_instance_uid
+            );
+            tally.fail(&inst.sop_instance_uid);
+            continue;
+        };
+        let Some(pc) = contexts.iter().find(|c| c.1 == ts).map(|c| c.0) else {
+            tally.fail(&inst.sop_instance_uid);
+            continue;
+        };
+        let (root2, inst2, ts2) = (root.clone(), inst.clone(), ts.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            payload::load(&root2, &inst2, &ts2).and_then(|p| p.bytes())
+        })
+        .await;
+        let bytes = match loaded {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);
+                tally.fail(&inst.sop_instance_uid);
+                continue;
+            }
+            Err(e) => {
+                log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);
+                tally.fail(&inst.sop_instance_uid);
+                continue;
+            }
+        };
+        message_id = message_id.wrapping_add(1).max(1);
+        let rq = Command::store_rq(message_id, class, &inst.sop_instance_uid, Priority::Medium);
+        if op
+            .writer
+            .lock()
+            .await
+            .message(pc, &rq, Some(&bytes))
+            .await
+            .is_err()
+        {
+            return "connection lost during C-GET".into();
+        }
+        let rsp = loop {
+            match tokio::time::timeout(STORE_RSP_TIMEOUT, op.store_rsps.recv()).await {
+                Ok(Some(r)) if r.command_field == CommandField::CStoreRsp => {
+                    if r.message_id_being_responded_to == Some(message_id) {
+                        break Some(r);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        let Some(rsp) = rsp else {
+            tally.fail(&inst.sop_instance_uid);
+            let line = format!(
+                "C-GET: no C-STORE response for {} within {STORE_RSP_TIMEOUT:?}",
+                inst.sop_instance_uid
+            );
+            send_final(
+                &op,
+                tally.final_status(false),
+                &tally,
+                Some("no C-STORE response"),
+            )
+            .await;
+            op.audit(
+                Action::Export,
+                &object,
+                format!("{line}; {}", tally.summary()),
+                true,
+            );
+            return line;
+        };
+        tally.record(
+            &inst.sop_instance_uid,
+            rsp.status.map(|s| s.0).unwrap_or(0xC000),
+        );
+        if tally.counts().remaining > 0 && !send_pending(&op, &tally).await {
+            return "connection lost while answering C-GET".into();
+        }
+    }
+    let cancelled = op.cancelled() && tally.counts().remaining > 0;
+    let status = tally.final_status(cancelled);
+    let outcome = format!(
+        "C-GET by {}: {}{}",
+        op.accepted.calling_ae,
+        tally.summary(),
+        if cancelled { ", cancelled" } else { "" }
+    );
+    op.audit(
+        Action::Export,
+        &object,
+        outcome.clone(),
+        status.class() == StatusClass::Failure,
+    );
+    send_final(&op, status, &tally, None).await;
+    outcome
+}

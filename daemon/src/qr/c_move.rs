@@ -1,0 +1,367 @@
+//! The C-MOVE service: resolves the identifier to instances, opens an association of its own
+//! to a configured destination (`[[pacs.destinations]]` with `move = true`) and sends each
+//! instance as a C-STORE sub-operation, in its stored transfer syntax or, when the
+//! destination refuses that, decoded to explicit (or implicit) VR little endian. Pending
+//! responses carry the sub-operation counts; C-CANCEL stops between sub-operations.
+
+use super::payload::{self, FALLBACK_SYNTAXES};
+use super::query::{self, QueryError};
+use super::Op;
+use crate::audit::Action;
+use crate::dimse::command::{Command, SubOperations};
+use crate::dimse::status::{Status, StatusClass};
+use crate::model::InstanceRecord;
+use crate::scu::{StoreAssociation, Target};
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+/// Sub-operation bookkeeping shared by C-MOVE and C-GET.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Instances to send.
+    pub total: usize,
+    /// Sent with success.
+    pub completed: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Sent with a warning status.
+    pub warning: usize,
+    /// SOP Instance UIDs that failed.
+    pub failed_uids: Vec<String>,
+}
+
+fn sat(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+impl Tally {
+    /// A tally for `total` sub-operations.
+    pub fn new(total: usize) -> Tally {
+        Tally {
+            total,
+            ..Default::default()
+        }
+    }
+
+    /// Records one sub-operation's DIMSE status.
+    pub fn record(&mut self, sop: &str, status: u16) {
+        match Status(status).class() {
+            StatusClass::Success => self.completed += 1,
+            StatusClass::Warning => self.warning += 1,
+            _ => self.fail(sop),
+        }
+    }
+
+    /// Records a failed sub-operation.
+    pub fn fail(&mut self, sop: &str) {
+        self.failed += 1;
+        self.failed_uids.push(sop.to_string());
+    }
+
+    /// The counts as a response carries them.
+    pub fn counts(&self) -> SubOperations {
+        let done = self.completed + self.failed + self.warning;
+        SubOperations {
+            remaining: sat(self.total.saturating_sub(done)),
+            completed: sat(self.completed),
+            failed: sat(self.failed),
+            warning: sat(self.warning),
+        }
+    }
+
+    /// The final status (PS3.4 C.4.2.1.5): Cancel, all failed (A702), some failed or with
+    /// warnings (B000), or Success.
+    pub fn final_status(&self, cancelled: bool) -> Status {
+        if cancelled {
+            Status::CANCEL
+        } else if self.failed > 0 && self.completed == 0 && self.warning == 0 {
+            Status::OUT_OF_RESOURCES_SUB_OPERATIONS
+        } else if self.failed > 0 || self.warning > 0 {
+            Status::SUB_OPERATIONS_COMPLETE_WITH_FAILURES
+        } else {
+            Status::SUCCESS
+        }
+    }
+
+    /// The final response's identifier: Failed SOP Instance UID List, when any failed.
+    pub fn failed_identifier(&self, ts: &str) -> Option<Vec<u8>> {
+        if self.failed_uids.is_empty() {
+            return None;
+        }
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::FAILED_SOP_INSTANCE_UID_LIST,
+            VR::UI,
+            PrimitiveValue::Strs(self.failed_uids.iter().cloned().collect()),
+        ));
+        query::encode_identifier(&obj, ts).ok()
+    }
+
+    /// A summary for the log and the audit trail.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} completed, {} failed, {} warning of {}",
+            self.completed, self.failed, self.warning, self.total
+        )
+    }
+}
+
+/// Sends the final response of a C-MOVE or C-GET (with the failed list when any).
+pub async fn send_final(op: &Op, status: Status, tally: &Tally, comment: Option<&str>) -> bool {
+    let identifier = tally.failed_identifier(&op.transfer_syntax);
+    let mut rsp = match op.rq.command_field {
+        crate::dimse::CommandField::CGetRq => Command::get_rsp(&op.rq, status, tally.counts()),
+        _ => Command::move_rsp(&op.rq, status, tally.counts()),
+    };
+    rsp.has_data_set = identifier.is_some();
+    if let Some(c) = comment {
+        rsp = rsp.with_error_comment(c);
+    }
+    op.writer
+        .lock()
+        .await
+        .message(op.pc_id, &rsp, identifier.as_deref())
+        .await
+        .is_ok()
+}
+
+/// Sends a pending response with the current counts.
+pub async fn send_pending(op: &Op, tally: &Tally) -> bool {
+    let rsp = match op.rq.command_field {
+        crate::dimse::CommandField::CGetRq => {
+            Command::get_rsp(&op.rq, Status::PENDING, tally.counts())
+        }
+        _ => Command::move_rsp(&op.rq, Status::PENDING, tally.counts()),
+    };
+    op.writer.lock().await.command(op.pc_id, &rsp).await.is_ok()
+}
+
+/// Decodes the identifier and resolves the instances to retrieve; on failure sends the
+/// final response and returns the log line.
+pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, String> {
+    let Some(model) = op.model() else {
+        let tally = Tally::default();
+        send_final(op, Status::SOP_CLASS_NOT_SUPPORTED, &tally, None).await;
+        return Err(format!("{what} refused: not a Q/R SOP class"));
+    };
+    let obj = match query::decode_identifier(&op.identifier, &op.transfer_syntax) {
+        Ok(o) => o,
+        Err(e) => {
+            send_final(
+                op,
+                Status::UNABLE_TO_PROCESS,
+                &Tally::default(),
+                Some(&e.to_string()),
+            )
+            .await;
+            op.audit(Action::Export, "-", format!("{what} refused: {e}"), true);
+            return Err(format!("{what} refused: {e}"));
+        }
+    };
+    let store = op.scp.store.clone();
+    let selected = tokio::task::spawn_blocking(move || query::select(&store, &obj, model)).await;
+    match selected {
+        Ok(Ok((_, instances))) => Ok(instances),
+        Ok(Err(e)) => {
+            let status = match e {
+                QueryError::Store(_) => Status::UNABLE_TO_PROCESS,
+                _ => Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            };
+            send_final(op, status, &Tally::default(), Some(&e.to_string())).await;
+            op.audit(Action::Export, "-", format!("{what} refused: {e}"), true);
+            Err(format!("{what} refused: {e}"))
+        }
+        Err(e) => {
+            send_final(op, Status::UNABLE_TO_PROCESS, &Tally::default(), None).await;
+            Err(format!("{what} failed: {e}"))
+        }
+    }
+}
+
+/// The presentation contexts to propose for `instances`: each SOP class with its stored
+/// syntax, plus one with the uncompressed fallbacks for classes stored otherwise.
+pub fn contexts_for(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for i in instances {
+        let stored = (i.sop_class_uid.clone(), vec![i.transfer_syntax.clone()]);
+        if !out.contains(&stored) {
+            out.push(stored);
+        }
+        if i.transfer_syntax != FALLBACK_SYNTAXES[0] {
+            let fallback = (
+                i.sop_class_uid.clone(),
+                FALLBACK_SYNTAXES.iter().map(|s| s.to_string()).collect(),
+            );
+            if !out.contains(&fallback) {
+                out.push(fallback);
+            }
+        }
+    }
+    out
+}
+
+/// Runs one C-MOVE to its final response; returns a line for the log.
+pub async fn serve(op: Op) -> String {
+    let dest_ae = op.rq.move_destination.clone().unwrap_or_default();
+    let destination = op
+        .scp
+        .move_destinations
+        .iter()
+        .find(|d| d.move_ && d.ae_title == dest_ae)
+        .cloned();
+    let Some(dest) = destination else {
+        op.audit(
+            Action::Export,
+            "-",
+            format!("C-MOVE to unknown destination {dest_ae:?} refused"),
+            true,
+        );
+        send_final(
+            &op,
+            Status::MOVE_DESTINATION_UNKNOWN,
+            &Tally::default(),
+            Some("move destination unknown"),
+        )
+        .await;
+        return format!("C-MOVE to unknown destination {dest_ae:?} refused (A801)");
+    };
+    let instances = match resolve(&op, "C-MOVE").await {
+        Ok(i) => i,
+        Err(line) => return line,
+    };
+    let object = super::audit_object(&instances);
+    let mut tally = Tally::new(instances.len());
+    if instances.is_empty() {
+        send_final(&op, Status::SUCCESS, &tally, None).await;
+        op.audit(
+            Action::Export,
+            &object,
+            format!("C-MOVE to {dest_ae}: nothing matched"),
+            false,
+        );
+        return format!("C-MOVE to {dest_ae}: nothing matched");
+    }
+    let target = Target {
+        ae_title: dest.ae_title.clone(),
+        host: dest.host.clone(),
+        port: dest.port,
+    };
+    let calling = op.scp.policy.ae_title.clone();
+    let mut assoc = match StoreAssociation::open(&target, &calling, &contexts_for(&instances)).await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            for i in &instances {
+                tally.fail(&i.sop_instance_uid);
+            }
+            send_final(
+                &op,
+                Status::OUT_OF_RESOURCES_SUB_OPERATIONS,
+                &tally,
+                Some(&e.to_string()),
+            )
+            .await;
+            op.audit(
+                Action::Export,
+                &object,
+                format!("C-MOVE to {dest_ae}: {e}; {}", tally.summary()),
+                true,
+            );
+            return format!("C-MOVE to {dest_ae} failed: {e}");
+        }
+    };
+    let root = op.scp.store.root().to_path_buf();
+    let originator = op.accepted.calling_ae.clone();
+    let message_id = op.message_id.unwrap_or(0);
+    let mut broken: Option<String> = None;
+    for inst in &instances {
+        if op.cancelled() {
+            break;
+        }
+        if broken.is_some() {
+            tally.fail(&inst.sop_instance_uid);
+            continue;
+        }
+        let offered: Vec<String> = assoc
+            .accepted()
+            .iter()
+            .filter(|(_, class, _)| *class == inst.sop_class_uid)
+            .map(|(_, _, ts)| ts.clone())
+            .collect();
+        let Some(ts) = payload::choose(inst, &offered) else {
+            log::warn!(
+                "C-MOVE to {dest_ae}: {} not accepted in any usable transfer syntax",
+                inst.sop_instance_uid
+            );
+            tally.fail(&inst.sop_instance_uid);
+            continue;
+        };
+        let Some(pc) = assoc
+            .accepted()
+            .iter()
+            .find(|(_, class, t)| *class == inst.sop_class_uid && *t == ts)
+            .map(|(id, _, _)| *id)
+        else {
+            tally.fail(&inst.sop_instance_uid);
+            continue;
+        };
+        let (root2, inst2, ts2) = (root.clone(), inst.clone(), ts.clone());
+        let loaded = tokio::task::spawn_blocking(move || payload::load(&root2, &inst2, &ts2)).await;
+        let payload = match loaded {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);
+                tally.fail(&inst.sop_instance_uid);
+                continue;
+            }
+            Err(e) => {
+                log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);
+                tally.fail(&inst.sop_instance_uid);
+                continue;
+            }
+        };
+        match assoc
+            .store(
+                pc,
+                &inst.sop_class_uid,
+                &inst.sop_instance_uid,
+                payload.data_set(),
+                Some((&originator, message_id)),
+            )
+            .await
+        {
+            Ok(status) => tally.record(&inst.sop_instance_uid, status),
+            Err(e) => {
+                log::warn!("C-MOVE to {dest_ae}: association broke: {e}");
+                tally.fail(&inst.sop_instance_uid);
+                broken = Some(e.to_string());
+            }
+        }
+        if tally.counts().remaining > 0 && !send_pending(&op, &tally).await {
+            op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            assoc.abort().await;
+            return "connection lost while answering C-MOVE".into();
+        }
+    }
+    if broken.is_some() {
+        assoc.abort().await;
+    } else {
+        assoc.release().await;
+    }
+    let cancelled = op.cancelled() && tally.counts().remaining > 0;
+    let status = tally.final_status(cancelled);
+    let outcome = format!(
+        "C-MOVE to {dest_ae}: {}{}",
+        tally.summary(),
+        if cancelled { ", cancelled" } else { "" }
+    );
+    op.audit(
+        Action::Export,
+        &object,
+        outcome.clone(),
+        status.class() == StatusClass::Failure,
+    );
+    send_final(&op, status, &tally, None).await;
+    outcome
+}

@@ -1,0 +1,119 @@
+//! The C-FIND service: the identifier is matched against the index on a blocking thread
+//! that streams each match as a pending response; C-CANCEL stops it between matches and
+//! the final response then says Cancel.
+
+use super::query::{self, QueryError};
+use super::Op;
+use crate::audit::Action;
+use crate::dimse::command::Command;
+use crate::dimse::status::Status;
+use tokio::sync::mpsc;
+
+/// Responses buffered between the matching thread and the socket.
+const IN_FLIGHT: usize = 32;
+
+/// Runs one C-FIND to its final response; returns a line for the log.
+pub async fn serve(op: Op) -> String {
+    let Some(model) = op.model() else {
+        return final_rsp(
+            &op,
+            Status::SOP_CLASS_NOT_SUPPORTED,
+            "not a C-FIND SOP class",
+        )
+        .await;
+    };
+    let q = match query::decode_identifier(&op.identifier, &op.transfer_syntax)
+        .and_then(|obj| query::parse(&obj, model))
+    {
+        Ok(q) => q,
+        Err(e) => {
+            let status = match e {
+                QueryError::Decode(_) => Status::UNABLE_TO_PROCESS,
+                _ => Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            };
+            op.audit(Action::Query, "-", format!("C-FIND refused: {e}"), true);
+            return final_rsp(&op, status, &e.to_string()).await;
+        }
+    };
+    let description = q.describe();
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
+    let store = op.scp.store.clone();
+    let ae = op.scp.policy.ae_title.clone();
+    let ts = op.transfer_syntax.clone();
+    let cancel = op.cancel.clone();
+    let q2 = q.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        query::run(&store, &q2, &ae, &cancel, &mut |obj| {
+            let encoded = query::encode_identifier(&obj, &ts);
+            tx.blocking_send(encoded).is_ok()
+        })
+    });
+    let mut sent = 0usize;
+    let mut failure: Option<String> = None;
+    while let Some(item) = rx.recv().await {
+        if op.cancelled() {
+            break;
+        }
+        match item {
+            Ok(bytes) => {
+                let rsp = Command::find_rsp(&op.rq, Status::PENDING);
+                let mut w = op.writer.lock().await;
+                if w.message(op.pc_id, &rsp, Some(&bytes)).await.is_err() {
+                    op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return "connection lost while answering C-FIND".into();
+                }
+                sent += 1;
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(rx);
+    match worker.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => failure = Some(e.to_string()),
+        Err(e) => failure = Some(format!("query task failed: {e}")),
+    }
+    let (status, outcome) = if let Some(reason) = &failure {
+        (Status::UNABLE_TO_PROCESS, format!("failed: {reason}"))
+    } else if op.cancelled() {
+        (Status::CANCEL, "cancelled".to_string())
+    } else {
+        (Status::SUCCESS, "completed".to_string())
+    };
+    let object = q
+        .keys
+        .iter()
+        .find(|k| k.tag == dicom_dictionary_std::tags::STUDY_INSTANCE_UID && !k.raw.is_empty())
+        .map(|k| k.raw.clone())
+        .unwrap_or_else(|| "-".to_string());
+    op.audit(
+        Action::Query,
+        &object,
+        format!("C-FIND {description}: {sent} match(es), {outcome}"),
+        failure.is_some(),
+    );
+    let mut rsp = Command::find_rsp(&op.rq, status);
+    if let Some(reason) = &failure {
+        rsp = rsp.with_error_comment(reason);
+    }
+    if op
+        .writer
+        .lock()
+        .await
+        .command(op.pc_id, &rsp)
+        .await
+        .is_err()
+    {
+        return "connection lost while answering C-FIND".into();
+    }
+    format!("C-FIND {description}: {sent} match(es), {outcome}")
+}
+
+async fn final_rsp(op: &Op, status: Status, reason: &str) -> String {
+    let rsp = Command::find_rsp(&op.rq, status).with_error_comment(reason);
+    let _ = op.writer.lock().await.command(op.pc_id, &rsp).await;
+    format!("C-FIND refused ({:04X}): {reason}", status.0)
+}

@@ -1,0 +1,195 @@
+//! Secondary indexes of the study records for C-FIND: patient ID, accession number, study
+//! date and patient name (upper-cased), each a key `kind, value, 0, study UID` in one sled
+//! tree. They are written in the same transaction as the study record they derive from
+//! ([`crate::store::Store::commit_instance`]), so a query never sees one without the other.
+
+use crate::model::StudyRecord;
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use std::collections::BTreeSet;
+
+/// Name of the tree holding the keys.
+pub const TREE: &str = "qr_keys";
+
+/// Which attribute a key indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Patient ID (0010,0020), exact.
+    PatientId,
+    /// Accession Number (0008,0050), exact.
+    Accession,
+    /// Study Date (0008,0020), YYYYMMDD (ordered, so ranges scan).
+    StudyDate,
+    /// Patient's Name (0010,0010), upper-cased (prefix scans for `NAME*`).
+    PatientName,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::PatientId => b'P',
+            Kind::Accession => b'A',
+            Kind::StudyDate => b'D',
+            Kind::PatientName => b'N',
+        }
+    }
+}
+
+/// The value a study is indexed under for `kind` (empty values are not indexed).
+fn value(study: &StudyRecord, kind: Kind) -> String {
+    match kind {
+        Kind::PatientId => study.patient_id.clone(),
+        Kind::Accession => study.accession_number.clone(),
+        Kind::StudyDate => study.study_date.clone(),
+        Kind::PatientName => study.patient_name.to_uppercase(),
+    }
+}
+
+fn key(kind: Kind, value: &str, study_uid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + study_uid.len() + 2);
+    k.push(kind.byte());
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(study_uid.as_bytes());
+    k
+}
+
+/// Every index key of a study record.
+pub fn keys(study: &StudyRecord) -> BTreeSet<Vec<u8>> {
+    [
+        Kind::PatientId,
+        Kind::Accession,
+        Kind::StudyDate,
+        Kind::PatientName,
+    ]
+    .into_iter()
+    .filter_map(|kind| {
+        let v = value(study, kind);
+        (!v.is_empty()).then(|| key(kind, &v, &study.study_instance_uid))
+    })
+    .collect()
+}
+
+/// Inside a transaction: replaces the keys of `old` (if any) by those of `new`.
+pub fn update(
+    tree: &TransactionalTree,
+    old: Option<&StudyRecord>,
+    new: &StudyRecord,
+) -> Result<(), UnabortableTransactionError> {
+    let new_keys = keys(new);
+    if let Some(old) = old {
+        for k in keys(old).difference(&new_keys) {
+            tree.remove(k.as_slice())?;
+        }
+    }
+    for k in new_keys {
+        tree.insert(k, &[])?;
+    }
+    Ok(())
+}
+
+/// Rebuilds the whole tree from the study records (for a store written before it existed).
+pub fn rebuild<'a>(
+    tree: &sled::Tree,
+    studies: impl Iterator<Item = &'a StudyRecord>,
+) -> Result<(), sled::Error> {
+    tree.clear()?;
+    for s in studies {
+        for k in keys(s) {
+            tree.insert(k, &[])?;
+        }
+    }
+    Ok(())
+}
+
+fn study_of(k: &[u8]) -> Option<String> {
+    let at = k.iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&k[at + 1..]).into_owned())
+}
+
+/// Study UIDs whose `kind` value equals `value` exactly.
+pub fn exact(tree: &sled::Tree, kind: Kind, value: &str) -> Result<Vec<String>, sled::Error> {
+    let mut prefix = vec![kind.byte()];
+    prefix.extend_from_slice(value.as_bytes());
+    prefix.push(0);
+    scan(tree.scan_prefix(prefix))
+}
+
+/// Study UIDs whose `kind` value starts with `prefix`.
+pub fn prefixed(tree: &sled::Tree, kind: Kind, prefix: &str) -> Result<Vec<String>, sled::Error> {
+    let mut p = vec![kind.byte()];
+    p.extend_from_slice(prefix.as_bytes());
+    scan(tree.scan_prefix(p))
+}
+
+/// Study UIDs whose `kind` value lies in `lo..=hi` (either bound open when empty).
+pub fn range(
+    tree: &sled::Tree,
+    kind: Kind,
+    lo: &str,
+    hi: &str,
+) -> Result<Vec<String>, sled::Error> {
+    let mut start = vec![kind.byte()];
+    start.extend_from_slice(lo.as_bytes());
+    let mut end = vec![kind.byte()];
+    if hi.is_empty() {
+        end = vec![kind.byte() + 1];
+    } else {
+        end.extend_from_slice(hi.as_bytes());
+        // Every key with value `hi` is `hi, 0, uid`, below `hi, 1`.
+        end.push(1);
+    }
+    scan(tree.range(start..end))
+}
+
+fn scan(iter: sled::Iter) -> Result<Vec<String>, sled::Error> {
+    let mut out = Vec::new();
+    for kv in iter {
+        let (k, _) = kv?;
+        if let Some(uid) = study_of(&k) {
+            out.push(uid);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn study(uid: &str, pid: &str, date: &str, name: &str) -> StudyRecord {
+        StudyRecord {
+            study_instance_uid: uid.into(),
+            patient_id: pid.into(),
+            study_date: date.into(),
+            patient_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lookups_by_exact_prefix_and_range() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        let all = [
+            study("1.1", "P1", "20240101", "Doe^John"),
+            study("1.2", "P1", "20240315", "Doe^John"),
+            study("1.3", "P10", "20241231", "Dorian^Gray"),
+        ];
+        rebuild(&tree, all.iter()).unwrap();
+        assert_eq!(exact(&tree, Kind::PatientId, "P1").unwrap(), ["1.1", "1.2"]);
+        assert_eq!(exact(&tree, Kind::PatientId, "P10").unwrap(), ["1.3"]);
+        assert_eq!(prefixed(&tree, Kind::PatientName, "DO").unwrap().len(), 3);
+        assert_eq!(
+            range(&tree, Kind::StudyDate, "20240201", "20241231").unwrap(),
+            ["1.2", "1.3"]
+        );
+        assert_eq!(
+            range(&tree, Kind::StudyDate, "", "20240315").unwrap(),
+            ["1.1", "1.2"]
+        );
+        assert_eq!(
+            range(&tree, Kind::StudyDate, "20240316", "").unwrap(),
+            ["1.3"]
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! The Query/Retrieve SCP (PS3.4 Annex C): C-FIND, C-MOVE and C-GET over the store's index,
+//! in the Study Root and Patient Root information models.
+//!
+//! - [`index`]: secondary index keys (patient ID, accession, study date, name) kept in the
+//!   same transaction as the study records.
+//! - [`matching`]: attribute matching rules (wildcards, ranges, lists, case).
+//! - [`query`]: identifiers to queries, queries to matches and response identifiers, and
+//!   retrieve identifiers to instances.
+//! - [`payload`]: the data set of a sub-operation, as stored or transcoded to a syntax the
+//!   peer accepted.
+//! - [`find`], [`c_move`], [`c_get`]: the three services, each run as a task by the
+//!   association loop ([`crate::receive::association`]) so C-CANCEL can stop it.
+
+pub mod c_get;
+pub mod c_move;
+pub mod find;
+pub mod index;
+pub mod matching;
+pub mod payload;
+pub mod query;
+
+pub use query::{Level, Model};
+
+use crate::audit::{Action, Event};
+use crate::dimse::command::Command;
+use crate::receive::association::SharedWriter;
+use crate::receive::Scp;
+use crate::ul::negotiate::Accepted;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Which service a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// C-FIND.
+    Find,
+    /// C-MOVE.
+    Move,
+    /// C-GET.
+    Get,
+}
+
+/// One C-FIND, C-MOVE or C-GET request, with what its service needs from the association.
+pub struct Op {
+    /// The SCP's shared state (store, audit, destinations).
+    pub scp: Arc<Scp>,
+    /// Where responses (and C-GET sub-operations) are written.
+    pub writer: SharedWriter,
+    /// Presentation context of the request.
+    pub pc_id: u8,
+    /// Its abstract syntax (the Q/R SOP class).
+    pub abstract_syntax: String,
+    /// Its transfer syntax (identifiers are decoded and encoded in it).
+    pub transfer_syntax: String,
+    /// Message ID of the request (what a C-CANCEL names).
+    pub message_id: Option<u16>,
+    /// The request's command set.
+    pub rq: Command,
+    /// The request's identifier, still encoded.
+    pub identifier: Vec<u8>,
+    /// The negotiated association (contexts, roles, calling AE).
+    pub accepted: Arc<Accepted>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Set when the peer sends C-CANCEL for this request.
+    pub cancel: Arc<AtomicBool>,
+    /// C-STORE responses of the peer (C-GET sub-operations).
+    pub store_rsps: mpsc::Receiver<Command>,
+}
+
+impl Op {
+    /// The information model of the request.
+    pub fn model(&self) -> Option<Model> {
+        Model::of_sop_class(&self.abstract_syntax)
+    }
+
+    /// Appends an audit record as the calling AE.
+    pub fn audit(&self, action: Action, object: &str, detail: String, failed: bool) {
+        let mut e = Event::new(&format!("ae:{}", self.accepted.calling_ae), action, object)
+            .from(&self.peer.ip().to_string())
+            .detail(detail);
+        if failed {
+            e = e.failed();
+        }
+        if let Err(err) = self.scp.audit.append(e) {
+            log::error!("audit trail: cannot record a Q/R event: {err}");
+        }
+    }
+
+    /// True once the peer has cancelled this request.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Runs one request to its final response; returns a line for the log.
+pub async fn serve(kind: Operation, op: Op) -> String {
+    match kind {
+        Operation::Find => find::serve(op).await,
+        Operation::Move => c_move::serve(op).await,
+        Operation::Get => c_get::serve(op).await,
+    }
+}
+
+/// The objects a retrieve touched, for the audit trail: the study UIDs, comma-separated.
+pub fn audit_object(instances: &[crate::model::InstanceRecord]) -> String {
+    let mut studies: Vec<&str> = Vec::new();
+    for i in instances {
+        if !studies.contains(&i.study_instance_uid.as_str()) {
+            studies.push(&i.study_instance_uid);
+        }
+    }
+    if studies.is_empty() {
+        "-".to_string()
+    } else {
+        studies.join(",")
+    }
+}

@@ -1,0 +1,120 @@
+//! The data set of a retrieve sub-operation: the stored bytes when the peer accepted the
+//! stored transfer syntax, otherwise the instance decoded and re-encoded in an uncompressed
+//! syntax the peer accepted (explicit VR little endian first).
+
+use crate::dimse::uids;
+use crate::model::InstanceRecord;
+use crate::scu::{self, Prepared};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_pixeldata::Transcode;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use std::path::Path;
+
+/// Why an instance cannot be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// Retention removed its pixel data.
+    #[error("pixel data of {0} was pruned by retention")]
+    Pruned(String),
+    /// The file could not be read.
+    #[error("{0}")]
+    File(String),
+    /// The peer accepts neither the stored syntax nor an uncompressed one.
+    #[error("the peer accepts neither {stored} nor an uncompressed transfer syntax")]
+    NoSyntax {
+        /// The stored transfer syntax.
+        stored: String,
+    },
+    /// Decoding or re-encoding failed.
+    #[error("cannot transcode from {from} to {to}: {reason}")]
+    Transcode {
+        /// Stored syntax.
+        from: String,
+        /// Target syntax.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A data set ready to send, in `transfer_syntax`.
+#[derive(Debug)]
+pub enum Payload {
+    /// The stored file's data set, unchanged.
+    Stored(Prepared),
+    /// Transcoded bytes.
+    Transcoded(Vec<u8>),
+}
+
+impl Payload {
+    /// The data set as the SCU sends it.
+    pub fn data_set(&self) -> scu::DataSet<'_> {
+        match self {
+            Payload::Stored(p) => scu::DataSet::File(p),
+            Payload::Transcoded(b) => scu::DataSet::Memory(b),
+        }
+    }
+
+    /// The data set's bytes (reads a stored file whole).
+    pub fn bytes(&self) -> Result<Vec<u8>, PayloadError> {
+        match self {
+            Payload::Transcoded(b) => Ok(b.clone()),
+            Payload::Stored(p) => {
+                use std::io::{Read, Seek};
+                let mut f = std::fs::File::open(&p.path)
+                    .map_err(|e| PayloadError::File(format!("{}: {e}", p.path.display())))?;
+                f.seek(std::io::SeekFrom::Start(p.offset))
+                    .map_err(|e| PayloadError::File(e.to_string()))?;
+                let mut out = Vec::with_capacity(p.len as usize);
+                f.read_to_end(&mut out)
+                    .map_err(|e| PayloadError::File(e.to_string()))?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Uncompressed syntaxes any decodable instance can be re-encoded in, by preference.
+pub const FALLBACK_SYNTAXES: [&str; 2] = [
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+];
+
+/// Chooses the syntax to send `inst` in among `accepted` (the peer's accepted syntaxes for
+/// its SOP class): the stored one if there, else a fallback.
+pub fn choose(inst: &InstanceRecord, accepted: &[String]) -> Option<String> {
+    if accepted.contains(&inst.transfer_syntax) {
+        return Some(inst.transfer_syntax.clone());
+    }
+    FALLBACK_SYNTAXES
+        .iter()
+        .find(|f| accepted.iter().any(|t| t == *f))
+        .map(|s| s.to_string())
+}
+
+/// Prepares `inst` (a file under `root`) for sending in transfer syntax `ts`. Blocking.
+pub fn load(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, PayloadError> {
+    if inst.pruned {
+        return Err(PayloadError::Pruned(inst.sop_instance_uid.clone()));
+    }
+    let path = root.join(&inst.path);
+    if ts == inst.transfer_syntax {
+        return scu::prepare(&path)
+            .map(Payload::Stored)
+            .map_err(|e| PayloadError::File(e.to_string()));
+    }
+    let err = |reason: String| PayloadError::Transcode {
+        from: inst.transfer_syntax.clone(),
+        to: ts.to_string(),
+        reason,
+    };
+    let target = TransferSyntaxRegistry
+        .get(ts)
+        .ok_or_else(|| err("unknown transfer syntax".into()))?;
+    let mut obj = dicom_object::open_file(&path).map_err(|e| err(e.to_string()))?;
+    obj.transcode(target).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, target)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(Payload::Transcoded(out))
+}

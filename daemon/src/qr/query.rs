@@ -1,0 +1,742 @@
+//! The C-FIND service logic, apart from the protocol: decoding an identifier into a
+//! [`Query`], finding the matching entities in the store's index (never in the files), and
+//! building the response identifiers. Also resolves the unique keys of a C-MOVE/C-GET
+//! identifier to the instances to send ([`select`]).
+
+use super::index::{self, Kind};
+use super::matching::{self, Matcher};
+use crate::model::{InstanceRecord, StudyRecord};
+use crate::store::{Store, StoreError};
+use dicom_core::value::{DataSetSequence, Value};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The query/retrieve information model of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// Patient Root: PATIENT, STUDY, SERIES, IMAGE.
+    PatientRoot,
+    /// Study Root: STUDY, SERIES, IMAGE (patient attributes are study attributes).
+    StudyRoot,
+}
+
+impl Model {
+    /// The model of a Q/R SOP class UID (FIND, MOVE or GET), if it is one we serve.
+    pub fn of_sop_class(uid: &str) -> Option<Model> {
+        use crate::dimse::uids::*;
+        match uid {
+            PATIENT_ROOT_QR_FIND | PATIENT_ROOT_QR_MOVE | PATIENT_ROOT_QR_GET => {
+                Some(Model::PatientRoot)
+            }
+            STUDY_ROOT_QR_FIND | STUDY_ROOT_QR_MOVE | STUDY_ROOT_QR_GET => Some(Model::StudyRoot),
+            _ => None,
+        }
+    }
+}
+
+/// Query/Retrieve Level (0008,0052).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// PATIENT (Patient Root only).
+    Patient,
+    /// STUDY.
+    Study,
+    /// SERIES.
+    Series,
+    /// IMAGE.
+    Image,
+}
+
+impl Level {
+    /// The level's code string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Patient => "PATIENT",
+            Level::Study => "STUDY",
+            Level::Series => "SERIES",
+            Level::Image => "IMAGE",
+        }
+    }
+}
+
+/// Why an identifier cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The identifier does not decode in the presentation context's transfer syntax.
+    #[error("identifier does not decode: {0}")]
+    Decode(String),
+    /// Query/Retrieve Level is absent.
+    #[error("Query/Retrieve Level (0008,0052) is missing")]
+    MissingLevel,
+    /// Query/Retrieve Level has a value this model does not define.
+    #[error("Query/Retrieve Level {0:?} is not defined in this information model")]
+    BadLevel(String),
+    /// A retrieve names no instances by their unique key.
+    #[error("the identifier lacks the unique key {0} of its level")]
+    MissingUniqueKey(&'static str),
+    /// The index failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One key of the identifier.
+#[derive(Debug, Clone)]
+pub struct QueryKey {
+    /// The attribute.
+    pub tag: Tag,
+    /// Its representation (from the identifier, or the dictionary in implicit VR).
+    pub vr: VR,
+    /// How it matches.
+    pub matcher: Matcher,
+    /// The value as sent, values joined by `\`.
+    pub raw: String,
+}
+
+/// A decoded C-FIND identifier.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Information model.
+    pub model: Model,
+    /// Query level.
+    pub level: Level,
+    /// The keys, in tag order, without Query/Retrieve Level and Specific Character Set.
+    pub keys: Vec<QueryKey>,
+}
+
+impl Query {
+    /// A short description for the log and the audit trail (non-universal keys only).
+    pub fn describe(&self) -> String {
+        let mut out = format!("{} level", self.level.as_str());
+        for k in &self.keys {
+            if k.matcher != Matcher::Universal {
+                out.push_str(&format!(" ({:04X},{:04X})={}", k.tag.0, k.tag.1, k.raw));
+            }
+        }
+        out
+    }
+
+    fn key(&self, tag: Tag) -> Option<&QueryKey> {
+        self.keys.iter().find(|k| k.tag == tag)
+    }
+}
+
+/// Decodes a data set sent on a context with transfer syntax `ts_uid`.
+pub fn decode_identifier(bytes: &[u8], ts_uid: &str) -> Result<InMemDicomObject, QueryError> {
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| QueryError::Decode(format!("unknown transfer syntax {ts_uid}")))?;
+    InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| QueryError::Decode(e.to_string()))
+}
+
+/// Encodes a response identifier in transfer syntax `ts_uid`.
+pub fn encode_identifier(obj: &InMemDicomObject, ts_uid: &str) -> Result<Vec<u8>, QueryError> {
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| QueryError::Decode(format!("unknown transfer syntax {ts_uid}")))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, ts)
+        .map_err(|e| QueryError::Decode(e.to_string()))?;
+    Ok(out)
+}
+
+fn level_of(obj: &InMemDicomObject, model: Model) -> Result<Level, QueryError> {
+    let raw = obj
+        .element_opt(tags::QUERY_RETRIEVE_LEVEL)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| matching::clean(&s).to_string()))
+        .ok_or(QueryError::MissingLevel)?;
+    match (raw.as_str(), model) {
+        ("PATIENT", Model::PatientRoot) => Ok(Level::Patient),
+        ("STUDY", _) => Ok(Level::Study),
+        ("SERIES", _) => Ok(Level::Series),
+        ("IMAGE", _) => Ok(Level::Image),
+        _ => Err(QueryError::BadLevel(raw)),
+    }
+}
+
+/// Reads a C-FIND identifier.
+pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> {
+    let level = level_of(obj, model)?;
+    let mut keys = Vec::new();
+    for e in obj.iter() {
+        let tag = e.header().tag;
+        if tag == tags::QUERY_RETRIEVE_LEVEL || tag == tags::SPECIFIC_CHARACTER_SET || tag.0 == 0 {
+            continue;
+        }
+        let vr = e.vr();
+        let raw = match e.value() {
+            Value::Primitive(_) => e.to_str().map(|s| s.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let matcher = if vr == VR::SQ {
+            // Sequence matching is not supported: such keys are returned, never matched.
+            Matcher::Universal
+        } else {
+            matching::parse(vr, &raw)
+        };
+        keys.push(QueryKey {
+            tag,
+            vr,
+            matcher,
+            raw,
+        });
+    }
+    Ok(Query { model, level, keys })
+}
+
+/// The level an attribute belongs to in `model`, for the attributes this SCP supports.
+fn attribute_level(tag: Tag, model: Model) -> Option<Level> {
+    let patient = match model {
+        Model::PatientRoot => Level::Patient,
+        Model::StudyRoot => Level::Study,
+    };
+    Some(match tag {
+        tags::PATIENT_NAME
+        | tags::PATIENT_ID
+        | tags::PATIENT_BIRTH_DATE
+        | tags::PATIENT_SEX
+        | tags::NUMBER_OF_PATIENT_RELATED_STUDIES
+        | tags::NUMBER_OF_PATIENT_RELATED_SERIES
+        | tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => patient,
+        tags::STUDY_DATE
+        | tags::STUDY_TIME
+        | tags::ACCESSION_NUMBER
+        | tags::STUDY_ID
+        | tags::STUDY_INSTANCE_UID
+        | tags::REFERRING_PHYSICIAN_NAME
+        | tags::STUDY_DESCRIPTION
+        | tags::MODALITIES_IN_STUDY
+        | tags::SOP_CLASSES_IN_STUDY
+        | tags::NUMBER_OF_STUDY_RELATED_SERIES
+        | tags::NUMBER_OF_STUDY_RELATED_INSTANCES => Level::Study,
+        tags::MODALITY
+        | tags::SERIES_NUMBER
+        | tags::SERIES_INSTANCE_UID
+        | tags::SERIES_DESCRIPTION
+        | tags::BODY_PART_EXAMINED
+        | tags::NUMBER_OF_SERIES_RELATED_INSTANCES => Level::Series,
+        tags::INSTANCE_NUMBER
+        | tags::SOP_INSTANCE_UID
+        | tags::SOP_CLASS_UID
+        | tags::VIEW_POSITION
+        | tags::ROWS
+        | tags::COLUMNS => Level::Image,
+        _ => return None,
+    })
+}
+
+/// Count attributes are return keys only: they are computed, never matched.
+fn is_count(tag: Tag) -> bool {
+    matches!(
+        tag,
+        tags::NUMBER_OF_PATIENT_RELATED_STUDIES
+            | tags::NUMBER_OF_PATIENT_RELATED_SERIES
+            | tags::NUMBER_OF_PATIENT_RELATED_INSTANCES
+            | tags::NUMBER_OF_STUDY_RELATED_SERIES
+            | tags::NUMBER_OF_STUDY_RELATED_INSTANCES
+            | tags::NUMBER_OF_SERIES_RELATED_INSTANCES
+            | tags::SOP_CLASSES_IN_STUDY
+    )
+}
+
+/// Counts and lists computed from a study's instances.
+#[derive(Debug, Clone, Default)]
+struct Derived {
+    patient_studies: usize,
+    patient_series: usize,
+    patient_instances: usize,
+    study_series: usize,
+    study_instances: usize,
+    series_instances: usize,
+    sop_classes: Vec<String>,
+}
+
+/// One matching entity at the query level.
+struct Row<'a> {
+    study: &'a StudyRecord,
+    /// The instance representing the series (series level) or the instance (image level).
+    instance: Option<&'a InstanceRecord>,
+    derived: Derived,
+}
+
+fn one(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        vec![s.to_string()]
+    }
+}
+
+fn num<T: ToString>(n: Option<T>) -> Vec<String> {
+    n.map(|v| vec![v.to_string()]).unwrap_or_default()
+}
+
+impl Row<'_> {
+    /// The attribute's values in this entity (empty when it has none).
+    fn values(&self, tag: Tag) -> Vec<String> {
+        let s = self.study;
+        let i = self.instance;
+        let d = &self.derived;
+        match tag {
+            tags::PATIENT_NAME => one(&s.patient_name),
+            tags::PATIENT_ID => one(&s.patient_id),
+            tags::PATIENT_BIRTH_DATE => one(&s.patient_birth_date),
+            tags::PATIENT_SEX => one(&s.patient_sex),
+            tags::NUMBER_OF_PATIENT_RELATED_STUDIES => num(Some(d.patient_studies)),
+            tags::NUMBER_OF_PATIENT_RELATED_SERIES => num(Some(d.patient_series)),
+            tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => num(Some(d.patient_instances)),
+            tags::STUDY_DATE => one(&s.study_date),
+            tags::STUDY_TIME => one(&s.study_time),
+            tags::ACCESSION_NUMBER => one(&s.accession_number),
+            tags::STUDY_ID => one(&s.study_id),
+            tags::STUDY_INSTANCE_UID => one(&s.study_instance_uid),
+            tags::REFERRING_PHYSICIAN_NAME => one(&s.referring_physician),
+            tags::STUDY_DESCRIPTION => one(&s.study_description),
+            tags::MODALITIES_IN_STUDY => s.modalities.clone(),
+            tags::SOP_CLASSES_IN_STUDY => d.sop_classes.clone(),
+            tags::NUMBER_OF_STUDY_RELATED_SERIES => num(Some(d.study_series)),
+            tags::NUMBER_OF_STUDY_RELATED_INSTANCES => num(Some(d.study_instances)),
+            tags::NUMBER_OF_SERIES_RELATED_INSTANCES => num(Some(d.series_instances)),
+            _ => match i {
+                None => Vec::new(),
+                Some(i) => match tag {
+                    tags::MODALITY => one(&i.modality),
+                    tags::SERIES_NUMBER => num(i.series_number),
+                    tags::SERIES_INSTANCE_UID => one(&i.series_instance_uid),
+                    tags::SERIES_DESCRIPTION => one(&i.series_description),
+                    tags::BODY_PART_EXAMINED => one(&i.body_part),
+                    tags::INSTANCE_NUMBER => num(i.instance_number),
+                    tags::SOP_INSTANCE_UID => one(&i.sop_instance_uid),
+                    tags::SOP_CLASS_UID => one(&i.sop_class_uid),
+                    tags::VIEW_POSITION => one(&i.view_position),
+                    tags::ROWS => num(i.rows),
+                    tags::COLUMNS => num(i.columns),
+                    _ => Vec::new(),
+                },
+            },
+        }
+    }
+}
+
+/// What the caller does with each match: `false` stops the search.
+pub type Emit<'a> = dyn FnMut(InMemDicomObject) -> bool + 'a;
+
+/// Runs `query` over the index, calling `emit` with each response identifier, until done,
+/// `emit` returns false or `cancel` is set. Returns the number of matches emitted.
+pub fn run(
+    store: &Store,
+    query: &Query,
+    retrieve_ae: &str,
+    cancel: &AtomicBool,
+    emit: &mut Emit<'_>,
+) -> Result<usize, QueryError> {
+    let level = query.level;
+    let model = query.model;
+    // Keys that take part in matching at this level.
+    let active: Vec<&QueryKey> = query
+        .keys
+        .iter()
+        .filter(|k| k.matcher != Matcher::Universal && !is_count(k.tag))
+        .filter(|k| attribute_level(k.tag, model).is_some_and(|l| l <= level))
+        .collect();
+    let at = |max: Level| -> Vec<&QueryKey> {
+        active
+            .iter()
+            .copied()
+            .filter(|k| {
+                attribute_level(k.tag, model).is_some_and(|l| l <= max && l >= Level::Patient)
+            })
+            .collect()
+    };
+    let study_keys = at(Level::Study);
+    let series_keys: Vec<&QueryKey> = active
+        .iter()
+        .copied()
+        .filter(|k| attribute_level(k.tag, model) == Some(Level::Series))
+        .collect();
+    let image_keys: Vec<&QueryKey> = active
+        .iter()
+        .copied()
+        .filter(|k| attribute_level(k.tag, model) == Some(Level::Image))
+        .collect();
+    let requested = |tag: Tag| query.key(tag).is_some();
+    let need_instances = level >= Level::Series
+        || requested(tags::NUMBER_OF_STUDY_RELATED_SERIES)
+        || requested(tags::SOP_CLASSES_IN_STUDY)
+        || requested(tags::NUMBER_OF_PATIENT_RELATED_SERIES);
+
+    let mut studies: Vec<StudyRecord> = candidates(store, query)?
+        .into_iter()
+        .filter(|s| {
+            study_keys.iter().all(|k| {
+                let row = Row {
+                    study: s,
+                    instance: None,
+                    derived: Derived::default(),
+                };
+                matching::matches(&k.matcher, k.vr, &row.values(k.tag))
+            })
+        })
+        .collect();
+    studies.sort_by(|a, b| {
+        (
+            &a.patient_id,
+            &a.study_date,
+            &a.study_time,
+            &a.study_instance_uid,
+        )
+            .cmp(&(
+                &b.patient_id,
+                &b.study_date,
+                &b.study_time,
+                &b.study_instance_uid,
+            ))
+    });
+
+    let mut emitted = 0usize;
+    let mut send = |row: &Row, emit: &mut Emit<'_>| -> bool {
+        emitted += 1;
+        emit(response(query, row, retrieve_ae))
+    };
+
+    if level == Level::Patient {
+        let mut patients: BTreeMap<String, Vec<&StudyRecord>> = BTreeMap::new();
+        for s in &studies {
+            patients.entry(s.patient_id.clone()).or_default().push(s);
+        }
+        for group in patients.values() {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut derived = Derived {
+                patient_studies: group.len(),
+                ..Default::default()
+            };
+            for s in group {
+                derived.patient_instances += s.instances as usize;
+                if need_instances {
+                    derived.patient_series +=
+                        series_of(&store.instances_of(&s.study_instance_uid)?).len();
+                }
+            }
+            let row = Row {
+                study: group[0],
+                instance: None,
+                derived,
+            };
+            if !send(&row, emit) {
+                break;
+            }
+        }
+        return Ok(emitted);
+    }
+
+    'studies: for s in &studies {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let instances = if need_instances {
+            store.instances_of(&s.study_instance_uid)?
+        } else {
+            Vec::new()
+        };
+        let series = series_of(&instances);
+        let mut sop_classes: Vec<String> = Vec::new();
+        for i in &instances {
+            if !sop_classes.contains(&i.sop_class_uid) {
+                sop_classes.push(i.sop_class_uid.clone());
+            }
+        }
+        let study_derived = Derived {
+            study_series: series.len(),
+            study_instances: s.instances as usize,
+            sop_classes,
+            ..Default::default()
+        };
+        if level == Level::Study {
+            let row = Row {
+                study: s,
+                instance: None,
+                derived: study_derived,
+            };
+            if !send(&row, emit) {
+                break;
+            }
+            continue;
+        }
+        for members in series.values() {
+            let first = members[0];
+            let series_row = Row {
+                study: s,
+                instance: Some(first),
+                derived: Derived {
+                    series_instances: members.len(),
+                    ..study_derived.clone()
+                },
+            };
+            if !series_keys
+                .iter()
+                .all(|k| matching::matches(&k.matcher, k.vr, &series_row.values(k.tag)))
+            {
+                continue;
+            }
+            if level == Level::Series {
+                if cancel.load(Ordering::Relaxed) || !send(&series_row, emit) {
+                    break 'studies;
+                }
+                continue;
+            }
+            for inst in members {
+                let row = Row {
+                    study: s,
+                    instance: Some(inst),
+                    derived: series_row.derived.clone(),
+                };
+                if !image_keys
+                    .iter()
+                    .all(|k| matching::matches(&k.matcher, k.vr, &row.values(k.tag)))
+                {
+                    continue;
+                }
+                if cancel.load(Ordering::Relaxed) || !send(&row, emit) {
+                    break 'studies;
+                }
+            }
+        }
+    }
+    Ok(emitted)
+}
+
+/// Groups a study's instances by series, in series-number order.
+fn series_of(instances: &[InstanceRecord]) -> BTreeMap<(i64, String), Vec<&InstanceRecord>> {
+    let mut out: BTreeMap<(i64, String), Vec<&InstanceRecord>> = BTreeMap::new();
+    let mut seen: BTreeMap<&str, (i64, String)> = BTreeMap::new();
+    for i in instances {
+        let key = seen
+            .entry(i.series_instance_uid.as_str())
+            .or_insert_with(|| {
+                (
+                    i.series_number.unwrap_or(i64::MAX),
+                    i.series_instance_uid.clone(),
+                )
+            })
+            .clone();
+        out.entry(key).or_default().push(i);
+    }
+    out
+}
+
+/// The studies worth matching: narrowed by the indexed keys when the query has any,
+/// otherwise every study.
+fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryError> {
+    let tree = store.qr_keys();
+    let mut narrowed: Option<HashSet<String>> = None;
+    let mut intersect = |set: Vec<String>| {
+        let set: HashSet<String> = set.into_iter().collect();
+        narrowed = Some(match narrowed.take() {
+            None => set,
+            Some(prev) => prev.intersection(&set).cloned().collect(),
+        });
+    };
+    let sled_err = |e: sled::Error| QueryError::Store(StoreError::Index(e));
+    // Only keys that take part in matching at this level may narrow the search.
+    let usable = query
+        .keys
+        .iter()
+        .filter(|k| attribute_level(k.tag, query.model).is_some_and(|l| l <= query.level));
+    for k in usable {
+        let kind = match k.tag {
+            tags::PATIENT_ID => Kind::PatientId,
+            tags::ACCESSION_NUMBER => Kind::Accession,
+            tags::STUDY_DATE => Kind::StudyDate,
+            tags::PATIENT_NAME => Kind::PatientName,
+            tags::STUDY_INSTANCE_UID => {
+                match &k.matcher {
+                    Matcher::Single(uid) => intersect(vec![uid.clone()]),
+                    Matcher::List(uids) => intersect(uids.clone()),
+                    _ => {}
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        match &k.matcher {
+            Matcher::Single(v) => intersect(index::exact(tree, kind, v).map_err(sled_err)?),
+            Matcher::List(vs) => {
+                let mut all = Vec::new();
+                for v in vs {
+                    all.extend(index::exact(tree, kind, v).map_err(sled_err)?);
+                }
+                intersect(all);
+            }
+            Matcher::Wildcard(p) => {
+                let prefix: String = p.iter().take_while(|c| **c != '*' && **c != '?').collect();
+                if !prefix.is_empty() {
+                    intersect(index::prefixed(tree, kind, &prefix).map_err(sled_err)?);
+                }
+            }
+            Matcher::Range { lo, hi } if kind == Kind::StudyDate => {
+                intersect(index::range(tree, kind, lo, hi).map_err(sled_err)?)
+            }
+            _ => {}
+        }
+    }
+    match narrowed {
+        None => Ok(store.studies()?),
+        Some(uids) => {
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(s) = store.study(&uid)? {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The response identifier for one match: every requested key (empty when the entity has
+/// no value or the attribute is not supported), the level, and UTF-8 as character set.
+fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::new_empty();
+    obj.put(DataElement::new(
+        tags::SPECIFIC_CHARACTER_SET,
+        VR::CS,
+        PrimitiveValue::from("ISO_IR 192"),
+    ));
+    obj.put(DataElement::new(
+        tags::QUERY_RETRIEVE_LEVEL,
+        VR::CS,
+        PrimitiveValue::from(query.level.as_str()),
+    ));
+    for k in &query.keys {
+        if k.vr == VR::SQ {
+            obj.put(DataElement::new(
+                k.tag,
+                VR::SQ,
+                DataSetSequence::<InMemDicomObject>::empty(),
+            ));
+            continue;
+        }
+        let values: Vec<String> = match k.tag {
+            tags::RETRIEVE_AE_TITLE => vec![retrieve_ae.to_string()],
+            tags::INSTANCE_AVAILABILITY => vec!["ONLINE".to_string()],
+            tag => match attribute_level(tag, query.model) {
+                Some(l) if l <= query.level => row.values(tag),
+                _ => Vec::new(),
+            },
+        };
+        let value = if values.is_empty() {
+            PrimitiveValue::Empty
+        } else if k.vr == VR::US {
+            PrimitiveValue::U16(
+                values
+                    .iter()
+                    .map(|v| v.parse::<u16>().unwrap_or(0))
+                    .collect(),
+            )
+        } else {
+            PrimitiveValue::Strs(values.into_iter().collect())
+        };
+        obj.put(DataElement::new(k.tag, k.vr, value));
+    }
+    obj
+}
+
+fn uid_list(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
+        .map(|s| {
+            s.split('\\')
+                .map(|u| matching::clean(u).to_string())
+                .filter(|u| !u.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resolves a C-MOVE/C-GET identifier (hierarchical unique keys) to the instances to send,
+/// in study, series and instance order.
+pub fn select(
+    store: &Store,
+    obj: &InMemDicomObject,
+    model: Model,
+) -> Result<(Level, Vec<InstanceRecord>), QueryError> {
+    let level = level_of(obj, model)?;
+    let studies = uid_list(obj, tags::STUDY_INSTANCE_UID);
+    let mut out = Vec::new();
+    match level {
+        Level::Patient => {
+            let ids = uid_list(obj, tags::PATIENT_ID);
+            if ids.is_empty() {
+                return Err(QueryError::MissingUniqueKey("Patient ID (0010,0020)"));
+            }
+            for id in ids {
+                for uid in index::exact(store.qr_keys(), Kind::PatientId, &id)
+                    .map_err(|e| QueryError::Store(StoreError::Index(e)))?
+                {
+                    out.extend(store.instances_of(&uid)?);
+                }
+            }
+        }
+        Level::Study => {
+            if studies.is_empty() {
+                return Err(QueryError::MissingUniqueKey(
+                    "Study Instance UID (0020,000D)",
+                ));
+            }
+            for uid in &studies {
+                out.extend(store.instances_of(uid)?);
+            }
+        }
+        Level::Series => {
+            let series: HashSet<String> = uid_list(obj, tags::SERIES_INSTANCE_UID)
+                .into_iter()
+                .collect();
+            if series.is_empty() {
+                return Err(QueryError::MissingUniqueKey(
+                    "Series Instance UID (0020,000E)",
+                ));
+            }
+            let scope: Vec<String> = if studies.is_empty() {
+                store
+                    .studies()?
+                    .into_iter()
+                    .map(|s| s.study_instance_uid)
+                    .collect()
+            } else {
+                studies
+            };
+            for uid in &scope {
+                out.extend(
+                    store
+                        .instances_of(uid)?
+                        .into_iter()
+                        .filter(|i| series.contains(&i.series_instance_uid)),
+                );
+            }
+        }
+        Level::Image => {
+            let sops = uid_list(obj, tags::SOP_INSTANCE_UID);
+            if sops.is_empty() {
+                return Err(QueryError::MissingUniqueKey("SOP Instance UID (0008,0018)"));
+            }
+            for sop in sops {
+                if let Some(i) = store.instance(&sop)? {
+                    out.push(i);
+                }
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    out.retain(|i| seen.insert(i.sop_instance_uid.clone()));
+    Ok((level, out))
+}

@@ -1,0 +1,875 @@
+//! The Query/Retrieve SCP against real peers: DCMTK findscu/movescu/getscu/storescp,
+//! pynetdicom (a second, independent client, with C-GET role selection and C-CANCEL) and
+//! Orthanc as the hospital PACS.
+
+mod common;
+
+use common::*;
+use dicom_dictionary_std::tags;
+use dicom_object::{open_file, DefaultDicomObject};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One fixture instance as make_qr_set.py describes it.
+type Rec = BTreeMap<String, Value>;
+
+fn s(r: &Rec, k: &str) -> String {
+    match &r[k] {
+        Value::String(v) => v.clone(),
+        v => v.to_string(),
+    }
+}
+
+fn python_tool(name: &str, args: &[&str]) -> Option<ToolOutput> {
+    let script = std::fs::read_to_string(repo_root().join("tests/tools").join(name)).unwrap();
+    let mut cmd = python_script(&script, args)?;
+    cmd.env("TCP_NODELAY", "1");
+    Some(run(&mut cmd, Duration::from_secs(180)))
+}
+
+fn json_lines(out: &ToolOutput) -> Vec<Value> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Writes the fixture set and sends it to the daemon with storescu.
+fn load_fixture(d: &Daemon, dir: &Path) -> Option<Vec<Rec>> {
+    require_tool("findscu")?;
+    let out = python_tool("make_qr_set.py", &[dir.to_str().unwrap()])?;
+    out.assert_success("make_qr_set.py");
+    let recs: Vec<Rec> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 6);
+    let files: Vec<PathBuf> = recs.iter().map(|r| PathBuf::from(s(r, "path"))).collect();
+    d.storescu("STORESCU", &[], &files)?
+        .assert_success("storescu");
+    Some(recs)
+}
+
+/// Runs findscu (`-S` study root or `-P` patient root) with `keys`; returns the response
+/// identifiers in arrival order.
+fn findscu(d: &Daemon, root: &str, keys: &[&str]) -> Vec<DefaultDicomObject> {
+    let out_dir = temp_dir("findscu");
+    let port = d.dicom_port.to_string();
+    let mut args = vec![
+        root,
+        "-X",
+        "-od",
+        out_dir.path().to_str().unwrap(),
+        "-aet",
+        "FINDSCU",
+        "-aec",
+        DULI_AET,
+    ];
+    for k in keys {
+        args.push("-k");
+        args.push(k);
+    }
+    args.extend_from_slice(&["127.0.0.1", &port]);
+    let out = run_dcmtk("findscu", &args).unwrap();
+    out.assert_success("findscu");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().map(|p| open_file(p).unwrap()).collect()
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag).unwrap().map(|e| {
+        e.to_str()
+            .map(|v| v.trim_end_matches([' ', '\0']).to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn values(objs: &[DefaultDicomObject], tag: dicom_core::Tag) -> BTreeSet<String> {
+    objs.iter().filter_map(|o| text(o, tag)).collect()
+}
+
+/// The data set of a Part 10 file (everything after the file meta group).
+fn data_set(path: &Path) -> Vec<u8> {
+    let bytes = read(path);
+    let mut cursor = std::io::Cursor::new(&bytes[128..]);
+    dicom_object::meta::FileMetaTable::from_reader(&mut cursor).unwrap();
+    bytes[128 + cursor.position() as usize..].to_vec()
+}
+
+#[test]
+fn findscu_at_each_level_answers_field_by_field() {
+    let d = Daemon::start();
+    let dir = temp_dir("qr-fixture");
+    let Some(recs) = load_fixture(&d, dir.path()) else {
+        return;
+    };
+    let first = &recs[0];
+    let study_a = s(first, "study");
+    let study_b = s(&recs[4], "study");
+    let study_c = s(&recs[5], "study");
+
+    // STUDY level, name wildcard (case-insensitive for PN), with empty return keys.
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "PatientName=do*",
+            "StudyInstanceUID",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "AccessionNumber",
+            "StudyDate",
+            "StudyTime",
+            "StudyDescription",
+            "ReferringPhysicianName",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedSeries",
+            "NumberOfStudyRelatedInstances",
+            "InstitutionName",
+        ],
+    );
+    assert_eq!(rsp.len(), 2, "Doe and Dorian");
+    for o in &rsp {
+        let uid = text(o, tags::STUDY_INSTANCE_UID).unwrap();
+        let r = recs.iter().find(|r| s(r, "study") == uid).unwrap();
+        for (tag, key) in [
+            (tags::PATIENT_NAME, "PatientName"),
+            (tags::PATIENT_ID, "PatientID"),
+            (tags::PATIENT_BIRTH_DATE, "PatientBirthDate"),
+            (tags::PATIENT_SEX, "PatientSex"),
+            (tags::ACCESSION_NUMBER, "AccessionNumber"),
+            (tags::STUDY_DATE, "StudyDate"),
+            (tags::STUDY_TIME, "StudyTime"),
+            (tags::STUDY_DESCRIPTION, "StudyDescription"),
+            (tags::REFERRING_PHYSICIAN_NAME, "ReferringPhysicianName"),
+        ] {
+            assert_eq!(text(o, tag).as_deref(), Some(s(r, key).as_str()), "{key}");
+        }
+        // Requested but unknown here: returned, empty.
+        assert_eq!(text(o, tags::INSTITUTION_NAME).as_deref(), Some(""));
+        let in_study: Vec<&Rec> = recs.iter().filter(|x| s(x, "study") == uid).collect();
+        let series: BTreeSet<String> = in_study.iter().map(|x| s(x, "series")).collect();
+        let modalities: BTreeSet<String> = in_study.iter().map(|x| s(x, "modality")).collect();
+        assert_eq!(
+            text(o, tags::NUMBER_OF_STUDY_RELATED_INSTANCES),
+            Some(in_study.len().to_string())
+        );
+        assert_eq!(
+            text(o, tags::NUMBER_OF_STUDY_RELATED_SERIES),
+            Some(series.len().to_string())
+        );
+        let got: BTreeSet<String> = text(o, tags::MODALITIES_IN_STUDY)
+            .unwrap()
+            .split('\\')
+            .map(String::from)
+            .collect();
+        assert_eq!(got, modalities);
+    }
+    // Case rules: SH is case-sensitive, PN is not.
+    assert!(findscu(
+        &d,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "AccessionNumber=acc001"]
+    )
+    .is_empty());
+    assert_eq!(
+        findscu(
+            &d,
+            "-S",
+            &["QueryRetrieveLevel=STUDY", "PatientName=DOE^JOHN"]
+        )
+        .len(),
+        1
+    );
+    // `?` matches one character.
+    assert_eq!(
+        values(
+            &findscu(
+                &d,
+                "-S",
+                &[
+                    "QueryRetrieveLevel=STUDY",
+                    "PatientID=P00?",
+                    "StudyInstanceUID"
+                ]
+            ),
+            tags::STUDY_INSTANCE_UID
+        ),
+        BTreeSet::from([study_a.clone(), study_b.clone(), study_c.clone()])
+    );
+
+    // Date ranges, open and closed, and a time range.
+    let dates = |range: &str| {
+        values(
+            &findscu(
+                &d,
+                "-S",
+                &[
+                    "QueryRetrieveLevel=STUDY",
+                    &format!("StudyDate={range}"),
+                    "StudyInstanceUID",
+                ],
+            ),
+            tags::STUDY_INSTANCE_UID,
+        )
+    };
+    assert_eq!(
+        dates("20240101-20241231"),
+        BTreeSet::from([study_a.clone(), study_b.clone()])
+    );
+    assert_eq!(dates("-20240131"), BTreeSet::from([study_a.clone()]));
+    assert_eq!(dates("20250101-"), BTreeSet::from([study_c.clone()]));
+    assert_eq!(dates("20240620"), BTreeSet::from([study_b.clone()]));
+    let times = values(
+        &findscu(
+            &d,
+            "-S",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "StudyTime=1000-1500",
+                "StudyInstanceUID",
+            ],
+        ),
+        tags::STUDY_INSTANCE_UID,
+    );
+    assert_eq!(times, BTreeSet::from([study_a.clone(), study_b.clone()]));
+
+    // UID list.
+    let listed = values(
+        &findscu(
+            &d,
+            "-S",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                &format!("StudyInstanceUID={study_a}\\{study_c}"),
+            ],
+        ),
+        tags::STUDY_INSTANCE_UID,
+    );
+    assert_eq!(listed, BTreeSet::from([study_a.clone(), study_c.clone()]));
+
+    // SERIES level by accession number: the SR and OT results are series of their own.
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=SERIES",
+            "AccessionNumber=ACC001",
+            "SeriesInstanceUID",
+            "Modality",
+            "SeriesNumber",
+            "SeriesDescription",
+            "NumberOfSeriesRelatedInstances",
+        ],
+    );
+    assert_eq!(rsp.len(), 3);
+    for o in &rsp {
+        let uid = text(o, tags::SERIES_INSTANCE_UID).unwrap();
+        let members: Vec<&Rec> = recs.iter().filter(|r| s(r, "series") == uid).collect();
+        let r = members[0];
+        assert_eq!(text(o, tags::MODALITY), Some(s(r, "modality")));
+        assert_eq!(text(o, tags::SERIES_NUMBER), Some(s(r, "series_number")));
+        assert_eq!(
+            text(o, tags::SERIES_DESCRIPTION),
+            Some(s(r, "series_description"))
+        );
+        assert_eq!(
+            text(o, tags::NUMBER_OF_SERIES_RELATED_INSTANCES),
+            Some(members.len().to_string())
+        );
+        assert_eq!(text(o, tags::ACCESSION_NUMBER).as_deref(), Some("ACC001"));
+    }
+    assert_eq!(
+        values(&rsp, tags::MODALITY),
+        BTreeSet::from(["DX".into(), "SR".into(), "OT".into()])
+    );
+
+    // IMAGE level: every instance of the study with SOP class and instance number; the SR
+    // found again by its SOP class and by accession number.
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={study_a}"),
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "SOPClassUID",
+            "InstanceNumber",
+        ],
+    );
+    assert_eq!(rsp.len(), 4);
+    for o in &rsp {
+        let sop = text(o, tags::SOP_INSTANCE_UID).unwrap();
+        let r = recs.iter().find(|r| s(r, "sop") == sop).unwrap();
+        assert_eq!(text(o, tags::SOP_CLASS_UID), Some(s(r, "sop_class")));
+        assert_eq!(
+            text(o, tags::INSTANCE_NUMBER),
+            Some(s(r, "instance_number"))
+        );
+        assert_eq!(text(o, tags::SERIES_INSTANCE_UID), Some(s(r, "series")));
+    }
+    let sr = recs.iter().find(|r| s(r, "modality") == "SR").unwrap();
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            "AccessionNumber=ACC001",
+            "SOPClassUID=1.2.840.10008.5.1.4.1.1.88.33",
+            "SOPInstanceUID",
+        ],
+    );
+    assert_eq!(
+        values(&rsp, tags::SOP_INSTANCE_UID),
+        BTreeSet::from([s(sr, "sop")])
+    );
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "AccessionNumber=ACC001",
+            "ModalitiesInStudy=SR",
+            "StudyInstanceUID",
+        ],
+    );
+    assert_eq!(
+        values(&rsp, tags::STUDY_INSTANCE_UID),
+        BTreeSet::from([study_a.clone()])
+    );
+
+    // Patient Root, PATIENT level with counts.
+    let rsp = findscu(
+        &d,
+        "-P",
+        &[
+            "QueryRetrieveLevel=PATIENT",
+            "PatientID=P001",
+            "PatientName",
+            "NumberOfPatientRelatedStudies",
+            "NumberOfPatientRelatedInstances",
+        ],
+    );
+    assert_eq!(rsp.len(), 1);
+    assert_eq!(
+        text(&rsp[0], tags::PATIENT_NAME).as_deref(),
+        Some("Doe^John")
+    );
+    assert_eq!(
+        text(&rsp[0], tags::NUMBER_OF_PATIENT_RELATED_STUDIES).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        text(&rsp[0], tags::NUMBER_OF_PATIENT_RELATED_INSTANCES).as_deref(),
+        Some("4")
+    );
+
+    // pynetdicom as a second client: a UTF-8 name query.
+    let Some(out) = python_tool(
+        "qr_client.py",
+        &[
+            "find",
+            &d.dicom_port.to_string(),
+            "STUDY",
+            "PatientName=Mül*",
+            "StudyInstanceUID=",
+        ],
+    ) else {
+        return;
+    };
+    out.assert_success("qr_client.py find");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", out.combined());
+    assert_eq!(lines[0]["identifier"]["PatientName"], "Müller^Jörg");
+    assert_eq!(lines[0]["identifier"]["StudyInstanceUID"], study_c.as_str());
+    assert_eq!(lines[1]["status"], 0);
+
+    // Each query is in the audit trail, with who and how many.
+    let records = audit_records(d);
+    let finds: Vec<&::duli::audit::Record> = records
+        .iter()
+        .filter(|r| r.action == ::duli::audit::Action::Query)
+        .collect();
+    assert!(finds.len() >= 14, "{finds:?}");
+    assert!(finds.iter().any(|r| r.actor == "ae:FINDSCU"
+        && r.source == "127.0.0.1"
+        && r.detail.contains("(0010,0010)=do*: 2 match(es)")));
+    assert!(finds
+        .iter()
+        .any(|r| r.actor == "ae:QRSCU" && r.detail.contains("1 match(es)")));
+}
+
+/// Stops the daemon and reads its audit trail.
+fn audit_records(mut d: Daemon) -> Vec<::duli::audit::Record> {
+    d.terminate(Duration::from_secs(20));
+    let store = ::duli::store::Store::open(d.data_dir()).unwrap();
+    let audit = ::duli::audit::Audit::open(&store).unwrap();
+    audit.records(0, 10_000).unwrap()
+}
+
+/// Starts DCMTK storescp as a move destination; returns it with its port and folder.
+fn storescp(aet: &str) -> Option<(Background, u16, TestDir)> {
+    let port = free_port();
+    let dir = temp_dir("storescp");
+    let mut cmd = dcmtk("storescp")?;
+    cmd.args([
+        "-aet",
+        aet,
+        "-od",
+        dir.path().to_str().unwrap(),
+        "+xa",
+        "+B",
+    ])
+    .arg(port.to_string());
+    let log = dir.path().join("storescp.log");
+    let mut bg = Background::spawn("storescp", &mut cmd, &log).unwrap();
+    bg.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+    Some((bg, port, dir))
+}
+
+fn received(dir: &Path) -> BTreeMap<String, PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "log"))
+        .map(|p| {
+            let o = open_file(&p).unwrap();
+            (text(&o, tags::SOP_INSTANCE_UID).unwrap(), p)
+        })
+        .collect()
+}
+
+fn destinations(name: &str, aet: &str, port: u16, allow_move: bool) -> String {
+    format!(
+        "[{{name = \"{name}\", ae_title = \"{aet}\", host = \"127.0.0.1\", port = {port}, move = {allow_move}}}]"
+    )
+}
+
+#[test]
+fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
+    if which("movescu").is_none() || which("storescp").is_none() {
+        return skip("movescu/storescp absent");
+    }
+    let Some((_scp, scp_port, scp_dir)) = storescp("STORESCP") else {
+        return;
+    };
+    let d = Daemon::builder()
+        .config(
+            "pacs",
+            "destinations",
+            &destinations("scp", "STORESCP", scp_port, true),
+        )
+        .start();
+    let dir = temp_dir("qr-fixture");
+    let Some(recs) = load_fixture(&d, dir.path()) else {
+        return;
+    };
+    let study = s(&recs[0], "study");
+    let in_study: Vec<&Rec> = recs.iter().filter(|r| s(r, "study") == study).collect();
+    let port = d.dicom_port.to_string();
+
+    // C-MOVE with movescu.
+    let out = run_dcmtk(
+        "movescu",
+        &[
+            "-v",
+            "-S",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            DULI_AET,
+            "-aem",
+            "STORESCP",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &port,
+        ],
+    )
+    .unwrap();
+    out.assert_success("movescu");
+    assert!(
+        out.stderr.contains("Final Move Response (Success)")
+            || out.stdout.contains("Final Move Response (Success)"),
+        "{}",
+        out.combined()
+    );
+    let got = received(scp_dir.path());
+    assert_eq!(got.len(), in_study.len());
+    for r in &in_study {
+        let path = &got[&s(r, "sop")];
+        assert_eq!(
+            data_set(path),
+            data_set(Path::new(&s(r, "path"))),
+            "{}",
+            s(r, "sop")
+        );
+    }
+
+    // Unknown destination: A801.
+    let Some(out) = python_tool("qr_client.py", &["move", &port, "NOWHERE", &study]) else {
+        return;
+    };
+    let lines = json_lines(&out);
+    assert_eq!(
+        lines.last().unwrap()["status"],
+        0xA801,
+        "{}",
+        out.combined()
+    );
+
+    // Counts through pynetdicom's C-MOVE: pending with remaining, final without.
+    let out = python_tool("qr_client.py", &["move", &port, "STORESCP", &study]).unwrap();
+    let lines = json_lines(&out);
+    let n = in_study.len() as u64;
+    assert_eq!(lines.len() as u64, n, "{}", out.combined());
+    for (i, l) in lines[..lines.len() - 1].iter().enumerate() {
+        assert_eq!(l["status"], 0xFF00);
+        assert_eq!(l["NumberOfCompletedSuboperations"], i as u64 + 1);
+        assert_eq!(l["NumberOfRemainingSuboperations"], n - i as u64 - 1);
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], 0);
+    assert_eq!(last["NumberOfCompletedSuboperations"], n);
+    assert_eq!(last["NumberOfFailedSuboperations"], 0);
+    assert!(last.get("NumberOfRemainingSuboperations").is_none());
+
+    // C-GET with getscu.
+    let get_dir = temp_dir("getscu");
+    let out = run_dcmtk(
+        "getscu",
+        &[
+            "-v",
+            "+B",
+            "-S",
+            "-aet",
+            "GETSCU",
+            "-aec",
+            DULI_AET,
+            "-od",
+            get_dir.path().to_str().unwrap(),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &port,
+        ],
+    )
+    .unwrap();
+    out.assert_success("getscu");
+    let all = out.combined();
+    assert!(
+        all.contains(&format!("Number of Completed Suboperations : {n}")),
+        "{all}"
+    );
+    assert!(
+        all.contains("Number of Failed Suboperations    : 0"),
+        "{all}"
+    );
+    let got = received(get_dir.path());
+    assert_eq!(got.len(), in_study.len());
+    for r in &in_study {
+        assert_eq!(
+            data_set(&got[&s(r, "sop")]),
+            data_set(Path::new(&s(r, "path")))
+        );
+    }
+
+    // C-GET with pynetdicom (role selection), data sets as received on the wire.
+    let py_dir = temp_dir("pyget");
+    let out = python_tool(
+        "qr_client.py",
+        &["get", &port, py_dir.path().to_str().unwrap(), &study],
+    )
+    .unwrap();
+    out.assert_success("qr_client.py get");
+    let lines = json_lines(&out);
+    assert_eq!(lines.last().unwrap()["status"], 0, "{}", out.combined());
+    assert_eq!(lines.last().unwrap()["NumberOfCompletedSuboperations"], n);
+    for r in &in_study {
+        let wire = read(&py_dir.path().join(format!("{}.bin", s(r, "sop"))));
+        assert_eq!(wire, data_set(Path::new(&s(r, "path"))));
+    }
+
+    // Every retrieve is audited as an export of the study, the refused one as a failure.
+    let records = audit_records(d);
+    let exports: Vec<&::duli::audit::Record> = records
+        .iter()
+        .filter(|r| r.action == ::duli::audit::Action::Export)
+        .collect();
+    assert_eq!(exports.len(), 5, "{exports:?}");
+    assert!(exports
+        .iter()
+        .any(|r| !r.success && r.detail.contains("NOWHERE")));
+    assert_eq!(
+        exports
+            .iter()
+            .filter(|r| r.success && r.object == study && r.detail.contains("4 completed"))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn c_cancel_stops_a_move() {
+    if which("storescp").is_none() {
+        return skip("storescp absent");
+    }
+    let Some((_scp, scp_port, scp_dir)) = storescp("STORESCP") else {
+        return;
+    };
+    let d = Daemon::builder()
+        .config(
+            "pacs",
+            "destinations",
+            &destinations("scp", "STORESCP", scp_port, true),
+        )
+        .start();
+    let dir = temp_dir("cancel");
+    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
+    let Some(mut cmd) = python_script(
+        &script,
+        &[
+            dir.path().to_str().unwrap(),
+            "--count",
+            "60",
+            "--rows",
+            "512",
+            "--cols",
+            "512",
+        ],
+    ) else {
+        return;
+    };
+    let out = run(&mut cmd, Duration::from_secs(120));
+    out.assert_success("make_dx.py");
+    let study = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let files = dicom_files(dir.path());
+    d.storescu("STORESCU", &[], &files)
+        .unwrap()
+        .assert_success("storescu");
+    let out = python_tool(
+        "qr_client.py",
+        &[
+            "move",
+            &d.dicom_port.to_string(),
+            "STORESCP",
+            &study,
+            "--cancel-after",
+            "2",
+        ],
+    )
+    .unwrap();
+    out.assert_success("qr_client.py move --cancel-after 2");
+    let lines = json_lines(&out);
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], 0xFE00, "{}", out.combined());
+    let completed = last["NumberOfCompletedSuboperations"].as_u64().unwrap();
+    let remaining = last["NumberOfRemainingSuboperations"].as_u64().unwrap();
+    assert!(remaining > 0, "{last}");
+    assert_eq!(completed + remaining, 60, "{last}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(received(scp_dir.path()).len() as u64, completed);
+}
+
+#[test]
+fn peers_without_qr_permission_are_refused() {
+    let d = Daemon::builder()
+        .config(
+            "dicom",
+            "allowed_peers",
+            r#"[{ae_title = "STORESCU", permissions = ["echo", "store"]}, {ae_title = "FINDSCU", permissions = ["echo"]}, {ae_title = "QRSCU", permissions = ["find"]}]"#,
+        )
+        .start();
+    let dir = temp_dir("qr-fixture");
+    let Some(recs) = load_fixture(&d, dir.path()) else {
+        return;
+    };
+    let port = d.dicom_port.to_string();
+    // findscu proposes only FIND, which this peer may not use: no context, no answers.
+    let out = run_dcmtk(
+        "findscu",
+        &[
+            "-S",
+            "-aet",
+            "FINDSCU",
+            "-aec",
+            DULI_AET,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "127.0.0.1",
+            &port,
+        ],
+    )
+    .unwrap();
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        !out.combined().contains("Find Response"),
+        "{}",
+        out.combined()
+    );
+    // A peer with find may query but not move.
+    let Some(out) = python_tool("qr_client.py", &["find", &port, "STUDY", "PatientID=P001"]) else {
+        return;
+    };
+    assert_eq!(json_lines(&out).len(), 2, "{}", out.combined());
+    let out = python_tool(
+        "qr_client.py",
+        &["move", &port, "ANY", &s(&recs[0], "study")],
+    )
+    .unwrap();
+    assert!(!out.success(), "{}", out.combined());
+}
+
+#[test]
+fn orthanc_queries_and_moves_the_result_series() {
+    let Some(orthanc) = Orthanc::start() else {
+        return;
+    };
+    let d = Daemon::builder()
+        .config(
+            "pacs",
+            "destinations",
+            &destinations("pacs", &orthanc.aet, orthanc.dicom_port, true),
+        )
+        .start();
+    // The appliance as one of Orthanc's modalities.
+    let body = serde_json::json!({"AET": DULI_AET, "Host": "127.0.0.1", "Port": d.dicom_port});
+    let r = http_request(
+        orthanc.http_addr(),
+        "PUT",
+        "/modalities/duli",
+        Some(("application/json", &serde_json::to_vec(&body).unwrap())),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = temp_dir("qr-fixture");
+    let Some(recs) = load_fixture(&d, dir.path()) else {
+        return;
+    };
+    // Orthanc looks for the result series by accession number, then retrieves them.
+    let q = orthanc.post_json(
+        "/modalities/duli/query",
+        &serde_json::json!({
+            "Level": "Series",
+            "Query": {"AccessionNumber": "ACC001", "Modality": "SR\\OT", "SeriesInstanceUID": ""}
+        }),
+    );
+    let id = q["ID"].as_str().unwrap().to_string();
+    let answers = orthanc.get_json(&format!("/queries/{id}/answers?expand"));
+    assert_eq!(answers.as_array().unwrap().len(), 2, "{answers}");
+    orthanc.post_json(
+        &format!("/queries/{id}/retrieve"),
+        &serde_json::json!({"TargetAet": orthanc.aet, "Synchronous": true}),
+    );
+    let mut got = BTreeSet::new();
+    for inst in orthanc.instances() {
+        let tags = orthanc.get_json(&format!("/instances/{inst}/simplified-tags"));
+        got.insert(tags["SOPInstanceUID"].as_str().unwrap().to_string());
+    }
+    let want: BTreeSet<String> = recs
+        .iter()
+        .filter(|r| ["SR", "OT"].contains(&s(r, "modality").as_str()))
+        .map(|r| s(r, "sop"))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn move_falls_back_to_explicit_little_endian_when_the_stored_syntax_is_refused() {
+    let Some(samples) = samples_dir() else { return };
+    if which("storescp").is_none() {
+        return skip("storescp absent");
+    }
+    // storescp without +xa accepts uncompressed syntaxes only.
+    let port = free_port();
+    let scp_dir = temp_dir("storescp-plain");
+    let Some(mut cmd) = dcmtk("storescp") else {
+        return;
+    };
+    cmd.args([
+        "-aet",
+        "PLAIN",
+        "-od",
+        scp_dir.path().to_str().unwrap(),
+        "+B",
+    ])
+    .arg(port.to_string());
+    let mut scp = Background::spawn("storescp", &mut cmd, &scp_dir.path().join("log.log")).unwrap();
+    scp.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+    let d = Daemon::builder()
+        .config(
+            "pacs",
+            "destinations",
+            &destinations("plain", "PLAIN", port, true),
+        )
+        .start();
+    let jls = samples.join("dicom/jpeg-ls-lossless/NORMAL_02.dcm");
+    let plain = samples.join("dicom/explicit-le/NORMAL_02.dcm");
+    d.storescu("MODALITY", &["-xt"], std::slice::from_ref(&jls))
+        .unwrap()
+        .assert_success("storescu -xt");
+    let sop = ::duli::scu::prepare(&jls).unwrap().sop_instance;
+    let out = run_dcmtk(
+        "movescu",
+        &[
+            "-S",
+            "-aec",
+            DULI_AET,
+            "-aem",
+            "PLAIN",
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &format!("SOPInstanceUID={sop}"),
+            "127.0.0.1",
+            &d.dicom_port.to_string(),
+        ],
+    )
+    .unwrap();
+    out.assert_success("movescu");
+    let got = received(scp_dir.path());
+    let path = got
+        .get(&sop)
+        .unwrap_or_else(|| panic!("not received: {}", out.combined()));
+    let received = open_file(path).unwrap();
+    assert_eq!(
+        received.meta().transfer_syntax.trim_end_matches('\0'),
+        "1.2.840.10008.1.2.1"
+    );
+    let pixels = |o: &DefaultDicomObject| {
+        o.element(tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(
+        pixels(&received),
+        pixels(&open_file(&plain).unwrap()),
+        "lossless decode gives the original pixels"
+    );
+}

@@ -1,0 +1,133 @@
+"""A Query/Retrieve SCU for the tests (pynetdicom): an independent second client besides DCMTK.
+
+usage:
+  qr_client.py find PORT LEVEL KEY=VALUE...         one JSON line per match, then the status
+  qr_client.py get PORT OUT_DIR STUDY_UID           C-GET with SCP role selection; data sets
+                                                    written to OUT_DIR/<sop uid>.bin
+  qr_client.py move PORT DEST STUDY_UID [--cancel-after N]
+                                                    C-MOVE; sends C-CANCEL after N pending
+                                                    responses when asked
+
+Every response is printed as a JSON line {"status": ..., counts..., "identifier": {...}}.
+Calling AE is QRSCU, called AE DULI, host 127.0.0.1.
+"""
+import json
+import os
+import sys
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+
+# DX, CR, Secondary Capture, Comprehensive SR.
+STORAGE_CLASSES = [
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+]
+
+
+def as_dict(ds):
+    if ds is None:
+        return None
+    out = {}
+    for elem in ds:
+        if elem.VR == "SQ":
+            out[elem.keyword] = []
+        elif elem.VM > 1:
+            out[elem.keyword] = [str(v) for v in elem.value]
+        else:
+            out[elem.keyword] = "" if elem.value is None else str(elem.value)
+    return out
+
+
+def rsp_line(status, identifier):
+    line = {"status": status.Status if status else None}
+    if status:
+        for key in ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+                    "NumberOfFailedSuboperations", "NumberOfWarningSuboperations"):
+            if key in status:
+                line[key] = status.get(key)
+    line["identifier"] = as_dict(identifier)
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+def associate(ae, port, handlers=None, roles=None):
+    assoc = ae.associate("127.0.0.1", port, ae_title="DULI", evt_handlers=handlers or [],
+                         ext_neg=roles or [])
+    if not assoc.is_established:
+        print(json.dumps({"error": "association rejected or aborted"}), flush=True)
+        sys.exit(3)
+    return assoc
+
+
+def main():
+    cmd, port = sys.argv[1], int(sys.argv[2])
+    ae = AE(ae_title="QRSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    if cmd == "find":
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.QueryRetrieveLevel = sys.argv[3]
+        for kv in sys.argv[4:]:
+            k, _, v = kv.partition("=")
+            setattr(ds, k, v)
+        assoc = associate(ae, port)
+        for status, ident in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+            rsp_line(status, ident)
+        assoc.release()
+    elif cmd == "get":
+        out_dir, study = sys.argv[3], sys.argv[4]
+        os.makedirs(out_dir, exist_ok=True)
+
+        def on_store(event):
+            raw = event.request.DataSet.getvalue()
+            with open(os.path.join(out_dir, event.request.AffectedSOPInstanceUID + ".bin"), "wb") as f:
+                f.write(raw)
+            return 0x0000
+
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        roles = []
+        for uid in STORAGE_CLASSES:
+            ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            roles.append(build_role(uid, scp_role=True))
+        assoc = associate(ae, port, [(evt.EVT_C_STORE, on_store)], roles)
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = study
+        for status, ident in assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet):
+            rsp_line(status, ident)
+        assoc.release()
+    elif cmd == "move":
+        dest, study = sys.argv[3], sys.argv[4]
+        cancel_after = None
+        if "--cancel-after" in sys.argv:
+            cancel_after = int(sys.argv[sys.argv.index("--cancel-after") + 1])
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = associate(ae, port)
+        ctx = [c for c in assoc.accepted_contexts
+               if c.abstract_syntax == StudyRootQueryRetrieveInformationModelMove][0]
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = study
+        pending = 0
+        for status, ident in assoc.send_c_move(ds, dest, StudyRootQueryRetrieveInformationModelMove,
+                                               msg_id=7):
+            rsp_line(status, ident)
+            if status and status.Status in (0xFF00, 0xFF01):
+                pending += 1
+                if cancel_after is not None and pending == cancel_after:
+                    assoc.send_c_cancel(7, ctx.context_id)
+        assoc.release()
+
+
+if __name__ == "__main__":
+    main()
