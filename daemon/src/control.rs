@@ -5,6 +5,9 @@
 //!
 //! Wire format: one JSON [`Request`] line, one JSON [`Response`] line.
 
+use crate::audit::{Action, Audit, Event};
+use crate::console::roles::Role;
+use crate::console::users::{PasswordHash, User, Users};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
@@ -34,6 +37,17 @@ pub enum Request {
         #[serde(default)]
         study: Option<String>,
     },
+    /// Create a console user (the password is hashed by the CLI; only the hash travels).
+    UserAdd {
+        /// Login name.
+        name: String,
+        /// Role.
+        role: Role,
+        /// PBKDF2 hash of the password.
+        password_hash: PasswordHash,
+    },
+    /// List console users (names, roles, never hashes).
+    UserList,
 }
 
 /// The answer to a [`Request`].
@@ -57,12 +71,69 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-/// Runs a request against an open store (in the daemon, or in the CLI when no daemon runs).
-pub fn execute(store: &Store, req: &Request) -> Response {
-    let result: Result<serde_json::Value, StoreError> = match req {
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+enum ExecError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn user_add(
+    store: &Store,
+    audit: &Audit,
+    name: &str,
+    role: Role,
+    password_hash: &PasswordHash,
+) -> Result<serde_json::Value, ExecError> {
+    let users = Users::open(store)?;
+    if users.get(name)?.is_some() {
+        return Err(ExecError::Refused(format!(
+            "user {name} exists (change it in the console's Users page)"
+        )));
+    }
+    let user = User {
+        name: name.to_string(),
+        role,
+        password: password_hash.clone(),
+        created_ms: crate::clock::now_millis(),
+        disabled: false,
+    };
+    users.put(&user).map_err(|e| ExecError::Refused(e.to_string()))?;
+    audit.append(
+        Event::new("local-cli", Action::UserChange, name)
+            .from("local")
+            .detail(format!("created with role {role}")),
+    )?;
+    store.flush_blocking()?;
+    Ok(serde_json::json!({"created": name, "role": role}))
+}
+
+/// Runs a request against an open store (in the daemon, or in the CLI when no daemon
+/// runs). `audit` must be the one trail handle of the process that holds the store.
+pub fn execute(store: &Store, audit: &Audit, req: &Request) -> Response {
+    let result: Result<serde_json::Value, ExecError> = match req {
+        Request::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => user_add(store, audit, name, *role, password_hash),
+        Request::UserList => Users::open(store)
+            .and_then(|u| u.list())
+            .map(|list| {
+                serde_json::to_value(
+                    list.iter()
+                        .map(crate::console::users::UserInfo::from)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default()
+            })
+            .map_err(ExecError::from),
         Request::Reindex => store
             .reindex()
-            .map(|r| serde_json::to_value(r).unwrap_or_default()),
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .map_err(ExecError::from),
         Request::Status => store.study_state_counts().map(|counts| {
             let mut studies = serde_json::Map::new();
             for (s, n) in counts {
@@ -72,12 +143,15 @@ pub fn execute(store: &Store, req: &Request) -> Response {
                 "instances": store.instance_count(),
                 "studies": studies,
             })
-        }),
+        })
+        .map_err(ExecError::from),
         Request::Studies => store
             .studies()
-            .map(|s| serde_json::to_value(s).unwrap_or_default()),
-        Request::AuditVerify => crate::audit::Audit::open(store)
-            .and_then(|a| a.verify())
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(ExecError::from),
+        Request::AuditVerify => audit
+            .verify()
+            .map_err(ExecError::from)
             .map(|v| {
                 serde_json::json!({
                     "records": v.records,
@@ -100,6 +174,7 @@ pub fn execute(store: &Store, req: &Request) -> Response {
                 }
                 Ok(serde_json::to_value(all).unwrap_or_default())
             })
+            .map_err(ExecError::from)
         }
     };
     match result {
@@ -111,7 +186,7 @@ pub fn execute(store: &Store, req: &Request) -> Response {
 }
 
 /// Serves the control socket until the task is dropped.
-pub async fn serve(store: Arc<Store>, listener: UnixListener) {
+pub async fn serve(store: Arc<Store>, audit: Arc<Audit>, listener: UnixListener) {
     let my_uid = nix::unistd::getuid().as_raw();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -137,23 +212,24 @@ pub async fn serve(store: Arc<Store>, listener: UnixListener) {
             }
         }
         let store = store.clone();
+        let audit = audit.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(store, stream).await {
+            if let Err(e) = handle(store, audit, stream).await {
                 log::warn!("control socket: {e}");
             }
         });
     }
 }
 
-async fn handle(store: Arc<Store>, stream: UnixStream) -> std::io::Result<()> {
+async fn handle(store: Arc<Store>, audit: Arc<Audit>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(64 * 1024));
     reader.read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
-            log::info!("control: {req:?}");
-            tokio::task::spawn_blocking(move || execute(&store, &req))
+            log::info!("control: {}", describe(&req));
+            tokio::task::spawn_blocking(move || execute(&store, &audit, &req))
                 .await
                 .unwrap_or_else(|e| Response::Error {
                     message: format!("command failed: {e}"),
@@ -166,6 +242,14 @@ async fn handle(store: Arc<Store>, stream: UnixStream) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     w.write_all(&out).await
+}
+
+/// A log line for a request (without password hashes).
+fn describe(req: &Request) -> String {
+    match req {
+        Request::UserAdd { name, role, .. } => format!("UserAdd {{ name: {name:?}, role: {role} }}"),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Binds the socket (replacing a stale one) with mode 0600.
@@ -234,7 +318,8 @@ pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, Clie
     let dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let store = Store::open(&dir)?;
-        let resp = execute(&store, &req);
+        let audit = Audit::open(&store)?;
+        let resp = execute(&store, &audit, &req);
         store.flush_blocking()?;
         Ok(resp)
     })
@@ -256,7 +341,8 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let task = tokio::spawn(serve(store.clone(), listener));
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        let task = tokio::spawn(serve(store.clone(), audit, listener));
         // The store is held by this process: only the socket path can answer.
         let resp = run_request(dir.path(), Request::Status).await.unwrap();
         match resp {

@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
-use crate::{control, notify, web};
+use crate::console::{self, events};
+use crate::{control, notify};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +28,10 @@ pub struct Running {
     pub audit: Arc<crate::audit::Audit>,
     /// The DICOM port actually bound.
     pub dicom_addr: SocketAddr,
-    /// The console port actually bound.
+    /// The console port actually bound (HTTPS).
     pub console_addr: SocketAddr,
+    /// Live study events (the console's worklist follows them; any stage may publish).
+    pub events: events::Bus,
     /// Completed study UIDs, for the next stage.
     pub completed: Option<mpsc::Receiver<String>>,
     shutdown: watch::Sender<bool>,
@@ -139,24 +142,29 @@ pub async fn start(config: &Config) -> Result<Running> {
         )));
     }
 
-    // Console listener (health and metrics).
-    let addr = SocketAddr::new(config.console.bind, config.console.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for the console on {addr} (console.bind, console.port)")
-    })?;
-    let console_addr = listener.local_addr()?;
+    // Live study events, followed from the store's studies and results trees.
+    let events = events::Bus::new();
+    let stop_events = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let events_thread = events::watch_store(&store, events.clone(), stop_events.clone())
+        .context("start the console event watcher")?;
     let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(web::serve(
-        listener,
-        web::WebState {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            audit: audit.clone(),
-        },
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    )));
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        stop_events.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || events_thread.join()).await;
+    }));
+
+    // Console: HTTPS with the API, the front end, /healthz and /metrics.
+    let console_state = Arc::new(console::Console::new(
+        config,
+        store.clone(),
+        audit.clone(),
+        metrics.clone(),
+        events.clone(),
+    )?);
+    let (console_addr, console_task) =
+        console::start(config, console_state, shutdown_rx.clone()).await?;
+    tasks.push(console_task);
 
     // Retention of pixel data.
     let retention = tokio::spawn(crate::retention::run(
@@ -174,7 +182,11 @@ pub async fn start(config: &Config) -> Result<Running> {
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
-    let control_task = tokio::spawn(control::serve(store.clone(), control_listener));
+    let control_task = tokio::spawn(control::serve(
+        store.clone(),
+        audit.clone(),
+        control_listener,
+    ));
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -191,7 +203,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     }));
 
     log::info!(
-        "DICOM SCP {:?} listening on {dicom_addr}; console on http://{console_addr}",
+        "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
         config.dicom.ae_title
     );
     Ok(Running {
@@ -200,6 +212,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         audit,
         dicom_addr,
         console_addr,
+        events,
         completed: Some(completed_rx),
         shutdown: shutdown_tx,
         tasks,
