@@ -100,7 +100,9 @@ fn user_add(
         created_ms: crate::clock::now_millis(),
         disabled: false,
     };
-    users.put(&user).map_err(|e| ExecError::Refused(e.to_string()))?;
+    users
+        .put(&user)
+        .map_err(|e| ExecError::Refused(e.to_string()))?;
     audit.append(
         Event::new("local-cli", Action::UserChange, name)
             .from("local")
@@ -247,7 +249,9 @@ async fn handle(store: Arc<Store>, audit: Arc<Audit>, stream: UnixStream) -> std
 /// A log line for a request (without password hashes).
 fn describe(req: &Request) -> String {
     match req {
-        Request::UserAdd { name, role, .. } => format!("UserAdd {{ name: {name:?}, role: {role} }}"),
+        Request::UserAdd { name, role, .. } => {
+            format!("UserAdd {{ name: {name:?}, role: {role} }}")
+        }
         other => format!("{other:?}"),
     }
 }

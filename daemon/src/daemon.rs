@@ -4,10 +4,10 @@
 
 use crate::assemble::StudyTracker;
 use crate::config::Config;
+use crate::console::{self, events};
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
-use crate::console::{self, events};
 use crate::{control, notify};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;

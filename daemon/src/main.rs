@@ -171,7 +171,10 @@ fn read_new_password() -> Result<String> {
     let stdin = std::io::stdin();
     let read_line = || -> Result<String> {
         let mut line = String::new();
-        stdin.lock().read_line(&mut line).context("read the password")?;
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("read the password")?;
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     };
     if !stdin.is_terminal() {

@@ -10,7 +10,7 @@ use super::roles::{self, Access, Endpoint, NoMatch, Role};
 use super::server::Peer;
 use super::sessions::{self, Session};
 use super::users::{self, User, UserInfo};
-use super::{atna, assets, events, feedback, preview, Console};
+use super::{assets, atna, events, feedback, preview, Console};
 use crate::audit::{Action, Event};
 use crate::model::StudyRecord;
 use bytes::Buf;
@@ -76,11 +76,7 @@ pub fn filter(
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     warp::method()
         .and(warp::path::full())
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify(),
-        )
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<Peer>())
         .and(warp::body::stream())
@@ -134,7 +130,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h * 16 + l);
                     i += 2;
@@ -295,7 +294,9 @@ async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
     let src = source(req);
     let name = body.username.trim().to_string();
     if name.is_empty() || name.len() > 64 || body.password.len() > 1024 {
-        return Err(ApiError::BadRequest("user name and password required".into()));
+        return Err(ApiError::BadRequest(
+            "user name and password required".into(),
+        ));
     }
     if let Err(wait) = c.sessions.login_allowed(&name, req.peer) {
         let secs = wait.as_secs().max(1);
@@ -441,7 +442,10 @@ async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, Ap
         .map(|v| v.trim().to_lowercase())
         .filter(|v| !v.is_empty());
     let state = req.query.get("state").filter(|v| !v.is_empty());
-    let urgent_only = req.query.get("urgent").is_some_and(|v| v == "1" || v == "true");
+    let urgent_only = req
+        .query
+        .get("urgent")
+        .is_some_and(|v| v == "1" || v == "true");
     let limit = req
         .query
         .get("limit")
@@ -474,7 +478,11 @@ async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, Ap
         if urgent_only && !urgent {
             continue;
         }
-        rows.push((urgent, st.first_received, worklist_row(&st, result.as_ref())));
+        rows.push((
+            urgent,
+            st.first_received,
+            worklist_row(&st, result.as_ref()),
+        ));
     }
     // Urgent first, then newest.
     rows.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
@@ -581,11 +589,17 @@ async fn study(c: &Console, req: &Request, s: &Session, uid: &str) -> Result<Res
     .await?;
     let mut row = worklist_row(&rec, result.as_ref());
     if let Value::Object(m) = &mut row {
-        m.insert("study".into(), serde_json::to_value(&rec).unwrap_or_default());
+        m.insert(
+            "study".into(),
+            serde_json::to_value(&rec).unwrap_or_default(),
+        );
         m.insert("instances".into(), Value::Array(inst));
         m.insert("result".into(), result.clone().unwrap_or(Value::Null));
         m.insert("heatmap".into(), json!(heatmap));
-        m.insert("feedback".into(), serde_json::to_value(fb).unwrap_or_default());
+        m.insert(
+            "feedback".into(),
+            serde_json::to_value(fb).unwrap_or_default(),
+        );
         m.insert("delivery".into(), Value::Array(delivery));
         m.insert(
             "ai_notice".into(),
@@ -595,12 +609,7 @@ async fn study(c: &Console, req: &Request, s: &Session, uid: &str) -> Result<Res
     Ok(reply::json(StatusCode::OK, &row))
 }
 
-async fn preview(
-    c: &Console,
-    uid: &str,
-    sop: &str,
-    info_only: bool,
-) -> Result<Response, ApiError> {
+async fn preview(c: &Console, uid: &str, sop: &str, info_only: bool) -> Result<Response, ApiError> {
     let inst = c
         .store
         .instance(sop)?
@@ -636,7 +645,9 @@ async fn heatmap(c: &Console, uid: &str) -> Result<Response, ApiError> {
         .and_then(Value::as_str)
         .and_then(|p| safe_data_path(c, p))
         .ok_or(ApiError::NotFound)?;
-    let bytes = tokio::fs::read(&path).await.map_err(|_| ApiError::NotFound)?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NotFound)?;
     let mut r = reply::bytes(StatusCode::OK, "image/png", bytes);
     r.headers_mut().insert(
         warp::http::header::CACHE_CONTROL,
@@ -703,7 +714,9 @@ fn event_stream(c: &Console, s: &Session) -> Response {
             (s.created_ms + c.sessions.max_age().as_millis() as i64 - crate::clock::now_millis())
                 .max(0) as u64,
         );
-    let first = futures::stream::once(async { Ok::<_, Infallible>(Sse::default().event("ready").data("{}")) });
+    let first = futures::stream::once(async {
+        Ok::<_, Infallible>(Sse::default().event("ready").data("{}"))
+    });
     let rest = futures::stream::unfold(rx, move |mut rx| async move {
         loop {
             let next = tokio::time::timeout_at(end, rx.recv()).await;
@@ -742,7 +755,12 @@ fn admins_left(c: &Console, without: &str) -> Result<usize, ApiError> {
         .count())
 }
 
-async fn put_user(c: &Console, req: &Request, s: &Session, name: &str) -> Result<Response, ApiError> {
+async fn put_user(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    name: &str,
+) -> Result<Response, ApiError> {
     users::check_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let body: UserBody = parse_json(req)?;
     let old = c.users.get(name)?;
@@ -778,7 +796,9 @@ async fn put_user(c: &Console, req: &Request, s: &Session, name: &str) -> Result
         && (user.role != Role::Admin || user.disabled)
         && admins_left(c, name)? == 0
     {
-        return Err(ApiError::Conflict("the last admin cannot be demoted or disabled".into()));
+        return Err(ApiError::Conflict(
+            "the last admin cannot be demoted or disabled".into(),
+        ));
     }
     c.users
         .put(&user)
@@ -825,7 +845,9 @@ async fn delete_user(
 ) -> Result<Response, ApiError> {
     let old = c.users.get(name)?.ok_or(ApiError::NotFound)?;
     if old.role == Role::Admin && admins_left(c, name)? == 0 {
-        return Err(ApiError::Conflict("the last admin cannot be removed".into()));
+        return Err(ApiError::Conflict(
+            "the last admin cannot be removed".into(),
+        ));
     }
     c.users.remove(name)?;
     c.sessions.remove_user(name)?;
@@ -859,7 +881,11 @@ fn audit_list(c: &Console, req: &Request) -> Result<Response, ApiError> {
 }
 
 async fn audit_export(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
-    let format = req.query.get("format").map(String::as_str).unwrap_or("json");
+    let format = req
+        .query
+        .get("format")
+        .map(String::as_str)
+        .unwrap_or("json");
     let records = c.audit.records(0, usize::MAX)?;
     let n = records.len();
     let resp = match format {
@@ -878,7 +904,11 @@ async fn audit_export(c: &Console, req: &Request, s: &Session) -> Result<Respons
                 text.push_str(&atna::syslog_line(r, &host, &c.device_id));
                 text.push('\n');
             }
-            let mut r = reply::bytes(StatusCode::OK, "text/plain; charset=utf-8", text.into_bytes());
+            let mut r = reply::bytes(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                text.into_bytes(),
+            );
             r.headers_mut().insert(
                 warp::http::header::CONTENT_DISPOSITION,
                 warp::http::HeaderValue::from_static("attachment; filename=\"duli-audit.log\""),
@@ -987,7 +1017,10 @@ mod tests {
         assert_eq!(triage_flag(&r), Some(true));
         assert_eq!(top_finding(&r), Some(("PNEUMONIA".to_string(), 0.91)));
         assert_eq!(triage_flag(&json!({"triage": "routine"})), Some(false));
-        assert_eq!(triage_flag(&json!({"triage": {"urgent": true}})), Some(true));
+        assert_eq!(
+            triage_flag(&json!({"triage": {"urgent": true}})),
+            Some(true)
+        );
         assert_eq!(top_finding(&json!({})), None);
     }
 }

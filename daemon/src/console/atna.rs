@@ -120,12 +120,12 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
         xml_escape(source_id)
     ));
     if !rec.object.is_empty() {
-        let (type_code, role, id_code) = if rec.object.chars().all(|c| c.is_ascii_digit() || c == '.')
-        {
-            ("2", "3", ("110180", "DCM", "Study Instance UID"))
-        } else {
-            ("1", "11", ("11", "RFC-3881", "User Identifier"))
-        };
+        let (type_code, role, id_code) =
+            if rec.object.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                ("2", "3", ("110180", "DCM", "Study Instance UID"))
+            } else {
+                ("1", "11", ("11", "RFC-3881", "User Identifier"))
+            };
         x.push_str(&format!(
             "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"{type_code}\" ParticipantObjectTypeCodeRole=\"{role}\"><ParticipantObjectIDTypeCode csd-code=\"{}\" codeSystemName=\"{}\" originalText=\"{}\"/></ParticipantObjectIdentification>",
             xml_escape(&rec.object), id_code.0, id_code.1, id_code.2

@@ -158,21 +158,35 @@ mod tests {
             study_instance_uid: "1.2.3".into(),
             ..Default::default()
         };
-        store.commit_instance(&inst, &StudyRecord::default()).unwrap();
+        store
+            .commit_instance(&inst, &StudyRecord::default())
+            .unwrap();
         let e = next(&mut rx).await;
-        assert_eq!((e.kind, e.study_uid.as_str()), (EventKind::Arrived, "1.2.3"));
+        assert_eq!(
+            (e.kind, e.study_uid.as_str()),
+            (EventKind::Arrived, "1.2.3")
+        );
         // A second instance of the same study in the same state is not an event.
         let inst2 = InstanceRecord {
             sop_instance_uid: "1.2.3.2".into(),
             ..inst.clone()
         };
-        store.commit_instance(&inst2, &StudyRecord::default()).unwrap();
+        store
+            .commit_instance(&inst2, &StudyRecord::default())
+            .unwrap();
         store
             .set_study_state("1.2.3", StudyState::Complete, None)
             .unwrap();
         let e = next(&mut rx).await;
-        assert_eq!((e.kind, e.state), (EventKind::State, Some(StudyState::Complete)));
-        store.tree("results").unwrap().insert("1.2.3", &b"{}"[..]).unwrap();
+        assert_eq!(
+            (e.kind, e.state),
+            (EventKind::State, Some(StudyState::Complete))
+        );
+        store
+            .tree("results")
+            .unwrap()
+            .insert("1.2.3", &b"{}"[..])
+            .unwrap();
         let e = next(&mut rx).await;
         assert_eq!(e.kind, EventKind::Result);
         stop.store(true, Ordering::Relaxed);

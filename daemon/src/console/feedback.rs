@@ -41,9 +41,7 @@ fn key(f: &Feedback) -> Vec<u8> {
 
 /// Stores a feedback record (durable after the store's next flush).
 pub fn store(store: &Store, f: &Feedback) -> Result<(), StoreError> {
-    store
-        .tree(TREE)?
-        .insert(key(f), crate::store::encode(f))?;
+    store.tree(TREE)?.insert(key(f), crate::store::encode(f))?;
     Ok(())
 }
 

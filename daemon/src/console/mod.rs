@@ -148,7 +148,11 @@ pub async fn start(
     log::info!(
         "console on https://{bound}/ ; certificate {} SHA-256 {fingerprint}{}",
         files.cert.display(),
-        if files.generated { " (self-signed)" } else { "" }
+        if files.generated {
+            " (self-signed)"
+        } else {
+            ""
+        }
     );
     if console.users.is_empty() {
         log::warn!(

@@ -211,7 +211,12 @@ pub const ROUTES: &[Route] = &[
         Access::Roles(RADIOLOGIST),
         Endpoint::Events,
     ),
-    route("GET", "/api/v1/users", Access::Roles(ADMIN), Endpoint::Users),
+    route(
+        "GET",
+        "/api/v1/users",
+        Access::Roles(ADMIN),
+        Endpoint::Users,
+    ),
     route(
         "PUT",
         "/api/v1/users/{name}",
@@ -224,7 +229,12 @@ pub const ROUTES: &[Route] = &[
         Access::Roles(ADMIN),
         Endpoint::UserDelete,
     ),
-    route("GET", "/api/v1/audit", Access::Roles(ADMIN), Endpoint::Audit),
+    route(
+        "GET",
+        "/api/v1/audit",
+        Access::Roles(ADMIN),
+        Endpoint::Audit,
+    ),
     route(
         "GET",
         "/api/v1/audit/export",
@@ -317,13 +327,22 @@ mod tests {
 
     #[test]
     fn patterns_match_segments_and_capture_parameters() {
-        assert_eq!(match_pattern("/api/v1/studies", "/api/v1/studies"), Some(vec![]));
+        assert_eq!(
+            match_pattern("/api/v1/studies", "/api/v1/studies"),
+            Some(vec![])
+        );
         assert_eq!(match_pattern("/api/v1/studies", "/api/v1/studies/x"), None);
         assert_eq!(
-            match_pattern("/api/v1/studies/{uid}/heatmap", "/api/v1/studies/1.2.3/heatmap"),
+            match_pattern(
+                "/api/v1/studies/{uid}/heatmap",
+                "/api/v1/studies/1.2.3/heatmap"
+            ),
             Some(vec!["1.2.3".to_string()])
         );
-        assert_eq!(match_pattern("/api/v1/studies/{uid}", "/api/v1/studies/"), None);
+        assert_eq!(
+            match_pattern("/api/v1/studies/{uid}", "/api/v1/studies/"),
+            None
+        );
         assert_eq!(match_pattern("/static/*", "/static/app.js"), Some(vec![]));
         assert_eq!(match_pattern("/", "/"), Some(vec![]));
         assert_eq!(match_pattern("/", "/x"), None);

@@ -97,8 +97,7 @@ fn random_hex(bytes: usize) -> Result<String, SessionError> {
 /// Compares two strings in constant time (for tokens).
 pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -171,8 +170,7 @@ impl Sessions {
         // Write the new idle timer at most once a second.
         if now - s.last_seen_ms >= 1000 {
             s.last_seen_ms = now;
-            self.tree
-                .insert(key.as_bytes(), crate::store::encode(&s))?;
+            self.tree.insert(key.as_bytes(), crate::store::encode(&s))?;
         }
         Ok(Some(s))
     }
@@ -254,7 +252,9 @@ fn keys(user: &str, addr: Option<IpAddr>) -> Vec<(String, u32)> {
 pub fn login_cookies(token: &str, csrf: &str, max_age: Duration) -> [String; 2] {
     let age = max_age.as_secs();
     [
-        format!("{SESSION_COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; Secure; SameSite=Strict"),
+        format!(
+            "{SESSION_COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; Secure; SameSite=Strict"
+        ),
         format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={age}; Secure; SameSite=Strict"),
     ]
 }
@@ -283,7 +283,8 @@ mod tests {
     fn tokens_are_stored_hashed_and_sessions_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let s = Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
+        let s =
+            Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
         let (token, sess) = s.create("ana", Role::Radiologist, "127.0.0.1").unwrap();
         assert_eq!(token.len(), 64);
         assert_eq!(sess.csrf.len(), 64);
@@ -295,7 +296,8 @@ mod tests {
         assert!(s.lookup(&token).unwrap().is_none(), "idle expiry");
         assert!(tree.is_empty());
 
-        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_millis(200)).unwrap();
+        let s =
+            Sessions::open(&store, Duration::from_secs(60), Duration::from_millis(200)).unwrap();
         let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
         std::thread::sleep(Duration::from_millis(250));
         assert!(s.lookup(&token).unwrap().is_none(), "absolute expiry");
@@ -328,7 +330,10 @@ mod tests {
         assert!(session.contains("HttpOnly") && session.contains("Secure"));
         assert!(session.contains("SameSite=Strict"));
         assert!(!csrf.contains("HttpOnly") && csrf.contains("Secure"));
-        assert_eq!(cookie_value("a=1; duli_session=xyz; b=2", SESSION_COOKIE), Some("xyz"));
+        assert_eq!(
+            cookie_value("a=1; duli_session=xyz; b=2", SESSION_COOKIE),
+            Some("xyz")
+        );
         assert!(same_token("abc", "abc") && !same_token("abc", "abd") && !same_token("a", "ab"));
     }
 }

@@ -199,8 +199,7 @@ impl Users {
     /// store's next flush.
     pub fn put(&self, user: &User) -> Result<bool, UserError> {
         check_name(&user.name)?;
-        if hex::decode(&user.password.salt).is_err() || hex::decode(&user.password.hash).is_err()
-        {
+        if hex::decode(&user.password.salt).is_err() || hex::decode(&user.password.hash).is_err() {
             return Err(UserError::BadHash(user.name.clone()));
         }
         let old = self
@@ -234,7 +233,10 @@ mod tests {
         assert_ne!(a.hash, b.hash);
         assert!(verify_password(&a, "correct horse battery"));
         assert!(!verify_password(&a, "correct horse batterY"));
-        assert!(matches!(hash_password("short"), Err(UserError::BadPassword)));
+        assert!(matches!(
+            hash_password("short"),
+            Err(UserError::BadPassword)
+        ));
     }
 
     #[test]
