@@ -62,6 +62,14 @@ function fmtTime(secs) {
   return new Date(secs * 1000).toLocaleString();
 }
 
+// DICOM person name FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX as "FAMILY, GIVEN MIDDLE".
+function personName(pn) {
+  if (!pn) return "(no name)";
+  const [family, given, middle] = pn.split("=")[0].split("^");
+  const rest = [given, middle].filter(Boolean).join(" ");
+  return rest ? `${family}, ${rest}` : family;
+}
+
 function pct(p) {
   return typeof p === "number" ? `${(p * 100).toFixed(1)}%` : "";
 }
@@ -174,7 +182,7 @@ function worklistRow(s) {
   const top = s.top_finding ? `${s.top_finding.label} ${pct(s.top_finding.probability)}` : "";
   return h("tr", { class: s.triage ? "urgent" : "", "data-study": s.study_uid },
     h("td", {}, s.triage ? h("span", { class: "badge urgent", title: "Urgent" }, "URGENT") : ""),
-    h("td", {}, h("a", { href: link }, s.patient_name || "(no name)")),
+    h("td", {}, h("a", { href: link }, personName(s.patient_name))),
     h("td", {}, s.patient_id),
     h("td", {}, s.accession),
     h("td", {}, fmtTime(s.received)),
@@ -220,7 +228,7 @@ async function studyPage(uid) {
   const p = s.study || {};
   app.replaceChildren(
     h("p", {}, h("a", { href: "#/worklist" }, "← Worklist")),
-    h("h2", {}, `${p.patient_name || "(no name)"} `, h("span", { class: "muted" }, `${p.patient_id || ""}`)),
+    h("h2", {}, `${personName(p.patient_name)} `, h("span", { class: "muted" }, `${p.patient_id || ""}`)),
     h("p", { class: "meta" },
       `Accession ${p.accession_number || "-"} · ${p.study_description || ""} · received ${fmtTime(p.first_received)} · `,
       h("span", { class: `state ${s.state}` }, s.state),

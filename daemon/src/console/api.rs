@@ -718,20 +718,17 @@ fn event_stream(c: &Console, s: &Session) -> Response {
         Ok::<_, Infallible>(Sse::default().event("ready").data("{}"))
     });
     let rest = futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            let next = tokio::time::timeout_at(end, rx.recv()).await;
-            match next {
-                Err(_) => return None, // the session's absolute lifetime ended
-                Ok(Ok(ev)) => {
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    return Some((Ok(Sse::default().event("study").data(data)), rx));
-                }
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    return Some((Ok(Sse::default().event("reload").data("{}")), rx));
-                }
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+        let event = match tokio::time::timeout_at(end, rx.recv()).await {
+            // The session's absolute lifetime ended, or the daemon is stopping.
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            Ok(Ok(ev)) => Sse::default()
+                .event("study")
+                .data(serde_json::to_string(&ev).unwrap_or_default()),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                Sse::default().event("reload").data("{}")
             }
-        }
+        };
+        Some((Ok(event), rx))
     });
     let stream = first.chain(rest);
     warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
@@ -956,7 +953,7 @@ fn system(c: &Console) -> Result<Response, ApiError> {
     let free = c.store.files().free_bytes().ok();
     let total = nix::sys::statvfs::statvfs(&c.data_dir)
         .ok()
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64);
+        .map(|s| s.blocks() * s.fragment_size());
     let counts: serde_json::Map<String, Value> = c
         .store
         .study_state_counts()?

@@ -68,6 +68,17 @@ pub fn cache_paths(data_dir: &Path, sop_uid: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Renders run one at a time: a decoded radiograph takes tens of megabytes, and a second
+/// request for the same preview then finds it cached.
+static RENDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cached(png: &Path, json: &Path) -> Option<PreviewInfo> {
+    if !png.exists() {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(json).ok()?).ok()
+}
+
 /// The cached preview of an instance, rendered now when absent. Blocking: call it from
 /// a blocking task.
 pub fn get_or_render(
@@ -75,10 +86,12 @@ pub fn get_or_render(
     inst: &InstanceRecord,
 ) -> Result<(PathBuf, PreviewInfo), PreviewError> {
     let (png, json) = cache_paths(data_dir, &inst.sop_instance_uid);
-    if let (true, Ok(bytes)) = (png.exists(), std::fs::read(&json)) {
-        if let Ok(info) = serde_json::from_slice(&bytes) {
-            return Ok((png, info));
-        }
+    if let Some(info) = cached(&png, &json) {
+        return Ok((png, info));
+    }
+    let _one_at_a_time = RENDER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(info) = cached(&png, &json) {
+        return Ok((png, info));
     }
     if inst.pruned {
         return Err(PreviewError::Pruned);

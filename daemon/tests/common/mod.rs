@@ -421,7 +421,7 @@ pub fn tls_connect(
     let name = rustls::pki_types::ServerName::try_from("localhost")
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let conn = rustls::ClientConnection::new(insecure_tls_client(), name)
-        .map_err(|e| io::Error::new(io::ErrorKind::Other, e))?;
+        .map_err(io::Error::other)?;
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
