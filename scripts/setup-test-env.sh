@@ -14,7 +14,7 @@ requirements="$repo/tests/requirements.txt"
 apt_packages=(
     dcmtk orthanc mosquitto mosquitto-clients
     make cmake g++ libubootenv-tool u-boot-tools grub-common procps
-    openssl ca-certificates python3-venv
+    openssl ca-certificates python3-venv curl chromium chromium-driver
 )
 
 log() { printf 'setup-test-env: %s\n' "$*" >&2; }

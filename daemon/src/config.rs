@@ -318,6 +318,10 @@ pub struct ConsoleConfig {
     pub cert: Option<PathBuf>,
     /// Private key (PEM).
     pub key: Option<PathBuf>,
+    /// A console session ends after this many seconds without a request.
+    pub session_idle_secs: u64,
+    /// A console session ends this many seconds after login, however active.
+    pub session_max_secs: u64,
 }
 
 impl Default for ConsoleConfig {
@@ -327,6 +331,8 @@ impl Default for ConsoleConfig {
             port: 8443,
             cert: None,
             key: None,
+            session_idle_secs: 30 * 60,
+            session_max_secs: 12 * 3600,
         }
     }
 }
@@ -677,6 +683,15 @@ impl Config {
         }
         if self.console.port == 0 {
             bad("console.port", "must be between 1 and 65535".into());
+        }
+        if self.console.session_idle_secs == 0 {
+            bad("console.session_idle_secs", "must be at least 1".into());
+        }
+        if self.console.session_max_secs < self.console.session_idle_secs {
+            bad(
+                "console.session_max_secs",
+                "must be at least console.session_idle_secs".into(),
+            );
         }
         if self.console.cert.is_some() != self.console.key.is_some() {
             bad(

@@ -6,6 +6,8 @@
 //! Wire format: one JSON [`Request`] line, one JSON [`Response`] line.
 
 use crate::audit::{Action, Audit, Event};
+use crate::console::roles::Role;
+use crate::console::users::{PasswordHash, User, Users};
 use crate::deliver::outbox::{Destination, Outbox, OutboxLimits, RetrySelector};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,17 @@ pub enum Request {
         #[serde(default)]
         study: Option<String>,
     },
+    /// Create a console user (the password is hashed by the CLI; only the hash travels).
+    UserAdd {
+        /// Login name.
+        name: String,
+        /// Role.
+        role: Role,
+        /// PBKDF2 hash of the password.
+        password_hash: PasswordHash,
+    },
+    /// List console users (names, roles, never hashes).
+    UserList,
     /// Append a record to the audit trail (technician commands: firmware, provisioning).
     AuditAppend {
         /// Who.
@@ -102,18 +115,76 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+enum ExecError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn user_add(
+    store: &Store,
+    audit: &Audit,
+    name: &str,
+    role: Role,
+    password_hash: &PasswordHash,
+) -> Result<serde_json::Value, ExecError> {
+    let users = Users::open(store)?;
+    if users.get(name)?.is_some() {
+        return Err(ExecError::Refused(format!(
+            "user {name} exists (change it in the console's Users page)"
+        )));
+    }
+    let user = User {
+        name: name.to_string(),
+        role,
+        password: password_hash.clone(),
+        created_ms: crate::clock::now_millis(),
+        disabled: false,
+    };
+    users
+        .put(&user)
+        .map_err(|e| ExecError::Refused(e.to_string()))?;
+    audit.append(
+        Event::new("local-cli", Action::UserChange, name)
+            .from("local")
+            .detail(format!("created with role {role}")),
+    )?;
+    store.flush_blocking()?;
+    Ok(serde_json::json!({"created": name, "role": role}))
+}
+
 /// Runs a request against an open store and its audit trail (in the daemon, or in the CLI
 /// when no daemon runs). The daemon passes its one shared [`Audit`] handle so that
 /// appended records keep the chain, and its own `outbox` so a retry wakes its workers;
 /// without one the outbox is opened here.
 pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Request) -> Response {
-    let result: Result<serde_json::Value, StoreError> = match req {
+    let result: Result<serde_json::Value, ExecError> = match req {
         Request::OutboxList { .. } | Request::OutboxRetry { .. } => {
             return with_outbox(store, outbox, req)
         }
+        Request::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => user_add(store, audit, name, *role, password_hash),
+        Request::UserList => Users::open(store)
+            .and_then(|u| u.list())
+            .map(|list| {
+                serde_json::to_value(
+                    list.iter()
+                        .map(crate::console::users::UserInfo::from)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default()
+            })
+            .map_err(ExecError::from),
         Request::Reindex => store
             .reindex()
-            .map(|r| serde_json::to_value(r).unwrap_or_default()),
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .map_err(ExecError::from),
         Request::Status => store.study_state_counts().map(|counts| {
             let mut studies = serde_json::Map::new();
             for (s, n) in counts {
@@ -123,11 +194,16 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
                 "instances": store.instance_count(),
                 "studies": studies,
             })
-        }),
+        })
+        .map_err(ExecError::from),
         Request::Studies => store
             .studies()
-            .map(|s| serde_json::to_value(s).unwrap_or_default()),
-        Request::AuditVerify => audit.verify().map(|v| {
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(ExecError::from),
+        Request::AuditVerify => audit
+            .verify()
+            .map_err(ExecError::from)
+            .map(|v| {
                 serde_json::json!({
                     "records": v.records,
                     "head": v.head,
@@ -154,7 +230,8 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
             .and_then(|rec| {
                 store.flush_blocking()?;
                 Ok(serde_json::json!({"seq": rec.seq, "hash": rec.hash}))
-            }),
+            })
+            .map_err(ExecError::from),
         Request::Instances { study } => {
             let studies = match study {
                 Some(uid) => Ok(vec![uid.clone()]),
@@ -169,6 +246,7 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
                 }
                 Ok(serde_json::to_value(all).unwrap_or_default())
             })
+            .map_err(ExecError::from)
         }
     };
     match result {
@@ -287,7 +365,7 @@ async fn handle(
     reader.read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
-            log::info!("control: {req:?}");
+            log::info!("control: {}", describe(&req));
             tokio::task::spawn_blocking(move || execute(&store, &audit, outbox.as_deref(), &req))
                 .await
                 .unwrap_or_else(|e| Response::Error {
@@ -301,6 +379,16 @@ async fn handle(
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     w.write_all(&out).await
+}
+
+/// A log line for a request (without password hashes).
+fn describe(req: &Request) -> String {
+    match req {
+        Request::UserAdd { name, role, .. } => {
+            format!("UserAdd {{ name: {name:?}, role: {role} }}")
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 /// Binds the socket (replacing a stale one) with mode 0600.

@@ -4,10 +4,11 @@
 
 use crate::assemble::StudyTracker;
 use crate::config::Config;
+use crate::console::{self, events};
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
-use crate::{control, notify, web};
+use crate::{control, notify};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,8 +30,10 @@ pub struct Running {
     pub delivery: Option<crate::deliver::service::Delivery>,
     /// The DICOM port actually bound.
     pub dicom_addr: SocketAddr,
-    /// The console port actually bound.
+    /// The console port actually bound (HTTPS).
     pub console_addr: SocketAddr,
+    /// Live study events (the console's worklist follows them; any stage may publish).
+    pub events: events::Bus,
     /// Completed study UIDs, for the next stage.
     pub completed: Option<mpsc::Receiver<String>>,
     shutdown: watch::Sender<bool>,
@@ -162,25 +165,31 @@ pub async fn start(config: &Config) -> Result<Running> {
         )));
     }
 
-    // Console listener (health and metrics).
-    let addr = SocketAddr::new(config.console.bind, config.console.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for the console on {addr} (console.bind, console.port)")
-    })?;
-    let console_addr = listener.local_addr()?;
+    // Live study events, followed from the store's studies and results trees.
+    let events = events::Bus::new();
+    let stop_events = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let events_thread = events::watch_store(&store, events.clone(), stop_events.clone())
+        .context("start the console event watcher")?;
     let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(web::serve(
-        listener,
-        web::WebState {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            audit: audit.clone(),
-            outbox: Some(delivery.outbox.clone()),
-        },
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    )));
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        stop_events.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || events_thread.join()).await;
+    }));
+
+    // Console: HTTPS with the API, the front end, /healthz and /metrics.
+    let mut console_state = console::Console::new(
+        config,
+        store.clone(),
+        audit.clone(),
+        metrics.clone(),
+        events.clone(),
+    )?;
+    console_state.outbox = Some(delivery.outbox.clone());
+    let console_state = Arc::new(console_state);
+    let (console_addr, console_task) =
+        console::start(config, console_state, shutdown_rx.clone()).await?;
+    tasks.push(console_task);
 
     // Retention of pixel data.
     let retention = tokio::spawn(crate::retention::run(
@@ -220,7 +229,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     }));
 
     log::info!(
-        "DICOM SCP {:?} listening on {dicom_addr}; console on http://{console_addr}",
+        "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
         config.dicom.ae_title
     );
     Ok(Running {
@@ -230,6 +239,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         delivery: Some(delivery),
         dicom_addr,
         console_addr,
+        events,
         completed: Some(completed_rx),
         shutdown: shutdown_tx,
         tasks,

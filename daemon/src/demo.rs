@@ -98,7 +98,11 @@ pub async fn run(
             s.state.as_str()
         );
     }
-    println!("\nConsole/metrics: http://{}/metrics", running.console_addr);
+    println!(
+        "\nConsole: https://{}/ (self-signed certificate unless console.cert is set; \
+         create a login with `duli user add NAME --role radiologist`)",
+        running.console_addr
+    );
     let code = if ok == results.len() {
         ExitCode::SUCCESS
     } else {

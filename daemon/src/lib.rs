@@ -13,7 +13,9 @@
 //! - [`model`]: the records every stage shares (instances, studies, states).
 //! - [`deliver`]: the durable outbox and the channels that drain it (HL7/MLLP, MQTT, PACS push).
 //! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
-//! - [`web`]: the console listener — health and Prometheus metrics.
+//! - [`console`]: the HTTPS web console and API — logins, roles, worklist, viewer,
+//!   feedback, users, audit export, live events, `/healthz` and `/metrics`.
+//! - [`web`]: the store-side gauges of `/metrics`.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
 //! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
@@ -31,6 +33,7 @@ pub mod audit;
 pub mod cli_audit;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod deliver;

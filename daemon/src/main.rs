@@ -170,6 +170,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Console users.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        /// Configuration file (for the data directory).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// List stored instances (JSON), of one study or all.
     Instances {
         /// Study Instance UID.
@@ -271,6 +279,88 @@ enum OutboxAction {
         /// `all`, an entry id, `hl7`, `mqtt` or `pacs:NAME`.
         selector: String,
     },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a console user; the password is read from stdin (first line) or prompted for.
+    Add {
+        /// Login name.
+        name: String,
+        /// radiologist, technician or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// List console users.
+    List,
+}
+
+/// Turns terminal echo off until dropped.
+struct NoEcho(Option<nix::libc::termios>);
+
+impl NoEcho {
+    fn new() -> NoEcho {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios owned here.
+        unsafe {
+            let mut t: nix::libc::termios = std::mem::zeroed();
+            if nix::libc::tcgetattr(0, &mut t) != 0 {
+                return NoEcho(None);
+            }
+            let saved = t;
+            t.c_lflag &= !nix::libc::ECHO;
+            nix::libc::tcsetattr(0, nix::libc::TCSANOW, &t);
+            NoEcho(Some(saved))
+        }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the attributes read in `new`.
+            unsafe {
+                nix::libc::tcsetattr(0, nix::libc::TCSANOW, t);
+            }
+        }
+    }
+}
+
+/// Reads a new password: prompted twice without echo on a terminal, else the first
+/// line of stdin.
+fn read_new_password() -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let read_line = || -> Result<String> {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("read the password")?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    if !stdin.is_terminal() {
+        return read_line();
+    }
+    let first = {
+        let _quiet = NoEcho::new();
+        eprint!("Password (12 characters or more): ");
+        std::io::stderr().flush().ok();
+        let p = read_line()?;
+        eprintln!();
+        p
+    };
+    let second = {
+        let _quiet = NoEcho::new();
+        eprint!("Repeat it: ");
+        std::io::stderr().flush().ok();
+        let p = read_line()?;
+        eprintln!();
+        p
+    };
+    if first != second {
+        anyhow::bail!("the passwords differ");
+    }
+    Ok(first)
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
@@ -510,6 +600,27 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Studies { config } => store_command(config, Request::Studies),
+        Command::User {
+            action: UserAction::Add { name, role },
+            config,
+        } => {
+            let role: duli::console::roles::Role = role.parse()?;
+            duli::console::users::check_name(&name)?;
+            let password = read_new_password()?;
+            let password_hash = duli::console::users::hash_password(&password)?;
+            store_command(
+                config,
+                Request::UserAdd {
+                    name,
+                    role,
+                    password_hash,
+                },
+            )
+        }
+        Command::User {
+            action: UserAction::List,
+            config,
+        } => store_command(config, Request::UserList),
         Command::Instances { study, config } => store_command(config, Request::Instances { study }),
     }
 }

@@ -1,23 +1,8 @@
-//! The console listener (`[console] bind`/`port`): `/healthz` and `/metrics` (Prometheus)
-//! now; the console and its API join it behind TLS.
+//! Store-side gauges for `/metrics` (served by the console's HTTPS listener, see
+//! [`crate::console`]).
 
-use crate::metrics::{Metrics, StoreSnapshot};
+use crate::metrics::StoreSnapshot;
 use crate::store::Store;
-use std::sync::Arc;
-use warp::Filter;
-
-/// What the handlers read.
-#[derive(Clone)]
-pub struct WebState {
-    /// The store (for gauges read at scrape time).
-    pub store: Arc<Store>,
-    /// In-memory metrics.
-    pub metrics: Arc<Metrics>,
-    /// The audit trail.
-    pub audit: Arc<crate::audit::Audit>,
-    /// The outbox, for its gauges.
-    pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
-}
 
 /// Reads the store-side gauges for a scrape.
 pub fn snapshot(store: &Store, outbox: Option<&crate::deliver::outbox::Outbox>) -> StoreSnapshot {
@@ -46,35 +31,4 @@ pub fn snapshot(store: &Store, outbox: Option<&crate::deliver::outbox::Outbox>) 
             .map(|(s, n)| (s.as_str(), n))
             .collect(),
     }
-}
-
-/// The routes of the listener.
-pub fn routes(
-    state: WebState,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    let health = warp::path("healthz")
-        .and(warp::path::end())
-        .map(|| warp::reply::with_header(r#"{"status":"ok"}"#, "content-type", "application/json"));
-    let metrics = warp::path("metrics").and(warp::path::end()).map(move || {
-        let snap = snapshot(&state.store, state.outbox.as_deref());
-        warp::reply::with_header(
-            state.metrics.render(&snap),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-    });
-    warp::get().and(health.or(metrics))
-}
-
-/// Serves the routes on an already bound listener until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: WebState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
 }

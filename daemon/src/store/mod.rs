@@ -85,9 +85,24 @@ pub struct ReindexReport {
     pub unreadable: u64,
 }
 
+/// A change committed to the store, broadcast to listeners (the console's live events).
+/// Broadcasting never blocks a commit: a listener that falls behind loses the oldest
+/// changes and is told so.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A study record was written (new instance, state change).
+    Study(Box<StudyRecord>),
+    /// A study result was recorded.
+    Result {
+        /// Study Instance UID.
+        study_uid: String,
+    },
+}
+
 /// The store of one data directory. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
+    changes: tokio::sync::broadcast::Sender<Change>,
     db: sled::Db,
     meta: sled::Tree,
     instances: sled::Tree,
@@ -127,6 +142,7 @@ impl Store {
             }
         };
         let store = Store {
+            changes: tokio::sync::broadcast::channel(1024).0,
             meta: db.open_tree(META)?,
             instances: db.open_tree(INSTANCES)?,
             studies: db.open_tree(STUDIES)?,
@@ -187,6 +203,17 @@ impl Store {
             let b: [u8; 4] = v.as_ref().try_into().ok()?;
             Some(u32::from_be_bytes(b))
         }))
+    }
+
+    /// Listens to committed changes.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Announces a committed change (stages that write their own trees call this after
+    /// their transaction, e.g. the result commit).
+    pub fn notify(&self, change: Change) {
+        let _ = self.changes.send(change);
     }
 
     /// The file area.
@@ -294,6 +321,7 @@ impl Store {
         if commit.new_instance {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
+        self.notify(Change::Study(Box::new(commit.study.clone())));
         Ok(commit)
     }
 
@@ -411,7 +439,11 @@ impl Store {
                 reason,
             });
         }
-        out.map(|v| decode(study_uid.as_bytes(), &v)).transpose()
+        let rec: Option<StudyRecord> = out.map(|v| decode(study_uid.as_bytes(), &v)).transpose()?;
+        if let Some(r) = &rec {
+            self.notify(Change::Study(Box::new(r.clone())));
+        }
+        Ok(rec)
     }
 
     /// Marks an instance's pixel data as pruned by retention (its file is gone). Not

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -297,10 +297,18 @@ pub fn parse_http_response(raw: &[u8]) -> io::Result<HttpResponse> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad status line"))?;
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    // Repeated headers (Set-Cookie) are joined with a newline.
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in lines.filter_map(|l| l.split_once(':')) {
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+        headers
+            .entry(k)
+            .and_modify(|old| {
+                old.push('\n');
+                old.push_str(&v);
+            })
+            .or_insert(v);
+    }
     let rest = &raw[split + 4..];
     let chunked = headers
         .get("transfer-encoding")
@@ -334,6 +342,213 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(data.get(..size)?);
         data = data.get(size + 2..)?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS (the console) with certificate verification disabled
+// ---------------------------------------------------------------------------
+
+/// Accepts any server certificate: the console's certificate is self-signed in tests.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client configuration that trusts any server certificate.
+pub fn insecure_tls_client() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A TLS stream to `addr` (certificate not verified).
+pub fn tls_connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let conn =
+        rustls::ClientConnection::new(insecure_tls_client(), name).map_err(io::Error::other)?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Sends one HTTPS/1.1 request (`Connection: close`) with extra headers and reads the
+/// whole response. `body` is `(content type, bytes)`.
+pub fn https_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
+    let mut stream = tls_connect(addr, timeout)?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    match body {
+        Some((content_type, bytes)) => request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            bytes.len()
+        )),
+        None if method != "GET" && method != "HEAD" => request.push_str("Content-Length: 0\r\n"),
+        None => {}
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    if let Some((_, bytes)) = body {
+        stream.write_all(bytes)?;
+    }
+    stream.flush()?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A server that closes without close_notify after a complete answer.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    parse_http_response(&raw)
+}
+
+/// `GET path` over HTTPS with a 10 s timeout.
+pub fn https_get(addr: SocketAddr, path: &str) -> io::Result<HttpResponse> {
+    https_request(addr, "GET", path, &[], None, Duration::from_secs(10))
+}
+
+/// A logged-in console session: the cookie and CSRF token of one user.
+#[derive(Debug, Clone)]
+pub struct ConsoleSession {
+    /// The console address.
+    pub addr: SocketAddr,
+    /// `duli_session=...` for the Cookie header.
+    pub cookie: String,
+    /// The CSRF token for `X-CSRF-Token`.
+    pub csrf: String,
+    /// The login answer.
+    pub login: HttpResponse,
+}
+
+/// `POST /api/v1/login` with JSON credentials; the raw answer.
+pub fn console_login_raw(addr: SocketAddr, user: &str, password: &str) -> HttpResponse {
+    let body = serde_json::json!({"username": user, "password": password}).to_string();
+    https_request(
+        addr,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(("application/json", body.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("login request")
+}
+
+/// Logs in and panics unless it succeeds.
+pub fn console_login(addr: SocketAddr, user: &str, password: &str) -> ConsoleSession {
+    let r = console_login_raw(addr, user, password);
+    assert_eq!(r.status, 200, "login of {user}: {}", r.text());
+    let set_cookie = r.headers.get("set-cookie").cloned().unwrap_or_default();
+    let cookie = set_cookie
+        .lines()
+        .filter_map(|l| l.split(';').next())
+        .find(|c| c.starts_with("duli_session="))
+        .expect("session cookie")
+        .to_string();
+    let csrf = r.json()["csrf"].as_str().expect("csrf").to_string();
+    ConsoleSession {
+        addr,
+        cookie,
+        csrf,
+        login: r,
+    }
+}
+
+impl ConsoleSession {
+    /// A request with the session cookie and, when `csrf`, the CSRF header.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&serde_json::Value>,
+        csrf: bool,
+    ) -> HttpResponse {
+        let body = json.map(|j| j.to_string());
+        let mut headers = vec![("Cookie", self.cookie.as_str())];
+        if csrf {
+            headers.push(("X-CSRF-Token", self.csrf.as_str()));
+        }
+        https_request(
+            self.addr,
+            method,
+            path,
+            &headers,
+            body.as_deref().map(|b| ("application/json", b.as_bytes())),
+            Duration::from_secs(30),
+        )
+        .expect("console request")
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, None, false)
+    }
+
+    /// A state-changing request with the CSRF header.
+    pub fn send(&self, method: &str, path: &str, json: &serde_json::Value) -> HttpResponse {
+        self.request(method, path, Some(json), true)
     }
 }
 
@@ -719,7 +934,7 @@ impl DaemonBuilder {
         self
     }
 
-    /// Whether readiness also waits for `GET /healthz` = 200 on the console port
+    /// Whether readiness also waits for `GET /healthz` = 200 (HTTPS) on the console port
     /// (default true); the DICOM port is always waited for.
     pub fn wait_healthz(mut self, on: bool) -> Self {
         self.wait_healthz = on;
@@ -863,7 +1078,7 @@ impl Daemon {
                         process.log()
                     ));
                 }
-                if matches!(http_get(self.console_addr(), "/healthz"), Ok(r) if r.status == 200) {
+                if matches!(https_get(self.console_addr(), "/healthz"), Ok(r) if r.status == 200) {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -960,9 +1175,36 @@ impl Daemon {
         self.spawn()
     }
 
-    /// `GET path` on the console listener.
+    /// `GET path` on the console listener (HTTPS, certificate not verified).
     pub fn http_get(&self, path: &str) -> io::Result<HttpResponse> {
-        http_get(self.console_addr(), path)
+        https_get(self.console_addr(), path)
+    }
+
+    /// Creates a console user with `duli user add` (password on stdin); panics on failure.
+    pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        let mut cmd = self.command(&["user", "add", name, "--role", role]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("duli user add");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "duli user add {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Logs `user` in on the console.
+    pub fn login(&self, user: &str, password: &str) -> ConsoleSession {
+        console_login(self.console_addr(), user, password)
     }
 
     /// One series of `/metrics`, e.g. `duli_store_instances`.

@@ -1,0 +1,1023 @@
+//! The console's request handling: one warp filter takes every request, [`handle`] finds
+//! its route in the role table, checks the session, role and CSRF token, and dispatches
+//! to the handler of the route's [`Endpoint`].
+//!
+//! Patient data views, searches, feedback, logins and user changes are appended to the
+//! audit trail, and the store is flushed before the answer goes out.
+
+use super::reply::{self, ApiError};
+use super::roles::{self, Access, Endpoint, NoMatch, Role};
+use super::server::Peer;
+use super::sessions::{self, Session};
+use super::users::{self, User, UserInfo};
+use super::{assets, atna, events, feedback, preview, Console};
+use crate::audit::{Action, Event};
+use crate::model::StudyRecord;
+use bytes::Buf;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most studies in one worklist answer.
+pub const MAX_STUDIES: usize = 1000;
+
+/// One request as the handlers see it.
+#[derive(Debug)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path (no query).
+    pub path: String,
+    /// Decoded query parameters.
+    pub query: HashMap<String, String>,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Client address.
+    pub peer: Option<IpAddr>,
+    /// Body (at most [`MAX_BODY`]).
+    pub body: Vec<u8>,
+}
+
+type Body = Result<Vec<u8>, ApiError>;
+
+async fn read_body<S, B>(mut stream: S) -> Body
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if out.len() + chunk.remaining() > MAX_BODY {
+            return Err(ApiError::TooLarge);
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The single filter of the console: every request goes to [`handle`].
+pub fn filter(
+    console: Arc<Console>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<Peer>())
+        .and(warp::body::stream())
+        .then(
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: HeaderMap,
+                  peer: Option<Peer>,
+                  body| {
+                let console = console.clone();
+                async move {
+                    let body = read_body(Box::pin(body)).await;
+                    let query = parse_query(&query);
+                    let req = Request {
+                        method,
+                        path: path.as_str().to_string(),
+                        query,
+                        headers,
+                        peer: peer.map(|p| p.0.ip()),
+                        body: Vec::new(),
+                    };
+                    let resp = match body {
+                        Ok(b) => handle(console, Request { body: b, ..req }).await,
+                        Err(e) => e.into_response(),
+                    };
+                    reply::secure(resp)
+                }
+            },
+        )
+}
+
+/// Decodes `a=1&b=x%20y` (also `+` as space).
+pub fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn source(req: &Request) -> String {
+    req.peer.map(|p| p.to_string()).unwrap_or_default()
+}
+
+fn session_token(req: &Request) -> Option<String> {
+    req.headers
+        .get_all(warp::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| sessions::cookie_value(h, sessions::SESSION_COOKIE))
+        .map(str::to_string)
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers
+        .get(warp::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
+    if !is_json(req) {
+        return Err(ApiError::BadRequest(
+            "the body must be JSON (Content-Type: application/json)".into(),
+        ));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// The session of a request, when it has a valid one.
+pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
+    let Some(token) = session_token(req) else {
+        return Ok(None);
+    };
+    Ok(console.sessions.lookup(&token)?.map(|s| (token, s)))
+}
+
+/// Routes, authenticates, authorises and dispatches one request.
+pub async fn handle(console: Arc<Console>, req: Request) -> Response {
+    match route_and_run(console, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, ApiError> {
+    let matched = roles::find(req.method.as_str(), &req.path).map_err(|e| match e {
+        NoMatch::NotFound => ApiError::NotFound,
+        NoMatch::MethodNotAllowed => ApiError::MethodNotAllowed,
+    })?;
+    let route = matched.route;
+    let session = if route.access == Access::Public {
+        None
+    } else {
+        let (token, s) = session_of(&console, &req)?.ok_or(ApiError::Unauthenticated)?;
+        if !route.access.allows(s.role) {
+            return Err(ApiError::Forbidden);
+        }
+        let safe = matches!(req.method, Method::GET | Method::HEAD);
+        if !safe {
+            let sent = req
+                .headers
+                .get(sessions::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !sessions::same_token(sent, &s.csrf) {
+                return Err(ApiError::Csrf);
+            }
+        }
+        Some((token, s))
+    };
+    let p = &matched.params;
+    let param = |i: usize| p.get(i).map(String::as_str).unwrap_or("");
+    let c = &console;
+    match (route.endpoint, session) {
+        (Endpoint::Health, _) => Ok(reply::json(StatusCode::OK, &json!({"status": "ok"}))),
+        (Endpoint::Metrics, _) => {
+            let snap = crate::web::snapshot(&c.store, c.outbox.as_deref());
+            Ok(reply::bytes(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                c.metrics.render(&snap).into_bytes(),
+            ))
+        }
+        (Endpoint::Asset, _) => asset(&req.path),
+        (Endpoint::Login, _) => login(c, &req).await,
+        (_, None) => Err(ApiError::Unauthenticated),
+        (Endpoint::Logout, Some((token, s))) => logout(c, &req, &token, &s).await,
+        (Endpoint::Me, Some((_, s))) => Ok(reply::json(
+            StatusCode::OK,
+            &json!({"user": s.user, "role": s.role, "csrf": s.csrf}),
+        )),
+        (Endpoint::Models, Some(_)) => models(c),
+        (Endpoint::Studies, Some((_, s))) => studies(c, &req, &s).await,
+        (Endpoint::Study, Some((_, s))) => study(c, &req, &s, param(0)).await,
+        (Endpoint::Preview, Some(_)) => preview(c, param(0), param(1), false).await,
+        (Endpoint::PreviewInfo, Some(_)) => preview(c, param(0), param(1), true).await,
+        (Endpoint::Heatmap, Some(_)) => heatmap(c, param(0)).await,
+        (Endpoint::Feedback, Some((_, s))) => give_feedback(c, &req, &s, param(0)).await,
+        (Endpoint::Events, Some((_, s))) => Ok(event_stream(c, &s)),
+        (Endpoint::Users, Some(_)) => {
+            let list: Vec<UserInfo> = c.users.list()?.iter().map(UserInfo::from).collect();
+            Ok(reply::json(StatusCode::OK, &list))
+        }
+        (Endpoint::UserPut, Some((_, s))) => put_user(c, &req, &s, param(0)).await,
+        (Endpoint::UserDelete, Some((_, s))) => delete_user(c, &req, &s, param(0)).await,
+        (Endpoint::Audit, Some(_)) => audit_list(c, &req),
+        (Endpoint::AuditExport, Some((_, s))) => audit_export(c, &req, &s).await,
+        (Endpoint::AuditVerify, Some(_)) => {
+            let v = c.audit.verify()?;
+            Ok(reply::json(
+                StatusCode::OK,
+                &json!({
+                    "records": v.records,
+                    "head": v.head,
+                    "intact": v.broken.is_none(),
+                    "first_broken": v.broken.map(|b| json!({"seq": b.seq, "reason": b.reason})),
+                }),
+            ))
+        }
+        (Endpoint::System, Some(_)) => system(c),
+        (Endpoint::Outbox, Some(_)) => outbox(c),
+    }
+}
+
+fn asset(path: &str) -> Result<Response, ApiError> {
+    let (_, ctype, body) = assets::lookup(path).ok_or(ApiError::NotFound)?;
+    Ok(reply::bytes(StatusCode::OK, ctype, body.to_vec()))
+}
+
+async fn audit_now(c: &Console, event: Event) -> Result<(), ApiError> {
+    c.audit.append(event)?;
+    c.store.flush().await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
+    let body: LoginBody = parse_json(req)?;
+    let src = source(req);
+    let name = body.username.trim().to_string();
+    if name.is_empty() || name.len() > 64 || body.password.len() > 1024 {
+        return Err(ApiError::BadRequest(
+            "user name and password required".into(),
+        ));
+    }
+    if let Err(wait) = c.sessions.login_allowed(&name, req.peer) {
+        let secs = wait.as_secs().max(1);
+        audit_now(
+            c,
+            Event::new(&name, Action::LoginFailed, &name)
+                .from(&src)
+                .detail(format!("throttled for {secs} s"))
+                .failed(),
+        )
+        .await?;
+        return Err(ApiError::Throttled(secs));
+    }
+    let user = c.users.get(&name)?;
+    let password = body.password;
+    let verified = {
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || match &user {
+            Some(u) => users::verify_password(&u.password, &password) && !u.disabled,
+            None => {
+                users::burn_verify(&password);
+                false
+            }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    };
+    let user = match (verified, user) {
+        (true, Some(u)) => u,
+        (_, u) => {
+            c.sessions.login_failed(&name, req.peer);
+            let why = match u {
+                None => "unknown user",
+                Some(u) if u.disabled => "account disabled",
+                Some(_) => "wrong password",
+            };
+            audit_now(
+                c,
+                Event::new(&name, Action::LoginFailed, &name)
+                    .from(&src)
+                    .detail(why)
+                    .failed(),
+            )
+            .await?;
+            return Err(ApiError::BadLogin);
+        }
+    };
+    c.sessions.login_succeeded(&user.name);
+    let (token, session) = c
+        .sessions
+        .create(&user.name, user.role, &src)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    audit_now(
+        c,
+        Event::new(&user.name, Action::Login, &user.name)
+            .from(&src)
+            .detail(format!("role {}", user.role)),
+    )
+    .await?;
+    let r = reply::json(
+        StatusCode::OK,
+        &json!({"user": user.name, "role": user.role, "csrf": session.csrf}),
+    );
+    Ok(reply::with_cookies(
+        r,
+        &sessions::login_cookies(&token, &session.csrf, c.sessions.max_age()),
+    ))
+}
+
+async fn logout(
+    c: &Console,
+    req: &Request,
+    token: &str,
+    s: &Session,
+) -> Result<Response, ApiError> {
+    c.sessions.remove(token)?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::Logout, &s.user).from(&source(req)),
+    )
+    .await?;
+    Ok(reply::with_cookies(
+        reply::json(StatusCode::OK, &json!({"logged_out": true})),
+        &sessions::logout_cookies(),
+    ))
+}
+
+/// The recorded result of a study (tree `results`), verbatim.
+pub fn result_of(c: &Console, uid: &str) -> Result<Option<Value>, ApiError> {
+    Ok(crate::store::get_json(&c.store.tree("results")?, uid)?)
+}
+
+/// Whether a result marks the study urgent (`triage` as a bool, `"urgent"`, or an
+/// object with `urgent`).
+pub fn triage_flag(result: &Value) -> Option<bool> {
+    match result.get("triage")? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => Some(s.eq_ignore_ascii_case("urgent")),
+        Value::Object(o) => o.get("urgent").and_then(Value::as_bool),
+        _ => None,
+    }
+}
+
+/// The finding with the highest probability: `(label, probability)`.
+pub fn top_finding(result: &Value) -> Option<(String, f64)> {
+    result
+        .get("findings")?
+        .as_array()?
+        .iter()
+        .filter_map(|f| {
+            Some((
+                f.get("label")?.as_str()?.to_string(),
+                f.get("probability")?.as_f64()?,
+            ))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+fn worklist_row(s: &StudyRecord, result: Option<&Value>) -> Value {
+    let top = result.and_then(top_finding);
+    json!({
+        "study_uid": s.study_instance_uid,
+        "patient_id": s.patient_id,
+        "patient_name": s.patient_name,
+        "accession": s.accession_number,
+        "study_date": s.study_date,
+        "description": s.study_description,
+        "modalities": s.modalities,
+        "instances": s.instances,
+        "received": s.first_received,
+        "last_received": s.last_received,
+        "state": s.state,
+        "error": s.error,
+        "triage": result.and_then(triage_flag),
+        "top_finding": top.map(|(label, p)| json!({"label": label, "probability": p})),
+    })
+}
+
+async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
+    let q = req
+        .query
+        .get("q")
+        .map(|v| v.trim().to_lowercase())
+        .filter(|v| !v.is_empty());
+    let state = req.query.get("state").filter(|v| !v.is_empty());
+    let urgent_only = req
+        .query
+        .get("urgent")
+        .is_some_and(|v| v == "1" || v == "true");
+    let limit = req
+        .query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize)
+        .min(MAX_STUDIES);
+    let results = c.store.tree("results")?;
+    let mut rows = Vec::new();
+    for st in c.store.studies()? {
+        if let Some(state) = state {
+            if st.state.as_str() != state.as_str() {
+                continue;
+            }
+        }
+        if let Some(q) = &q {
+            let hay = [
+                &st.patient_name,
+                &st.patient_id,
+                &st.accession_number,
+                &st.study_instance_uid,
+                &st.study_description,
+            ];
+            if !hay.iter().any(|h| h.to_lowercase().contains(q.as_str())) {
+                continue;
+            }
+        }
+        let result: Option<Value> =
+            crate::store::get_json(&results, &st.study_instance_uid).unwrap_or(None);
+        let urgent = result.as_ref().and_then(triage_flag).unwrap_or(false);
+        if urgent_only && !urgent {
+            continue;
+        }
+        rows.push((
+            urgent,
+            st.first_received,
+            worklist_row(&st, result.as_ref()),
+        ));
+    }
+    // Urgent first, then newest.
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let total = rows.len();
+    let rows: Vec<Value> = rows.into_iter().take(limit).map(|r| r.2).collect();
+    if let Some(q) = &q {
+        audit_now(
+            c,
+            Event::new(&s.user, Action::Query, "worklist")
+                .from(&source(req))
+                .detail(format!("search {q:?}: {total} studies")),
+        )
+        .await?;
+    }
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({"total": total, "studies": rows}),
+    ))
+}
+
+fn delivery_of(c: &Console, uid: &str, result: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+    if let Some(Value::Array(d)) = result.and_then(|r| r.get("delivery")) {
+        return Ok(d.clone());
+    }
+    if let Some(Value::Object(d)) = result.and_then(|r| r.get("delivery")) {
+        return Ok(d
+            .iter()
+            .map(|(k, v)| json!({"destination": k, "state": v}))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for kv in c.store.tree("outbox")?.iter().take(100_000) {
+        let (_, v) = kv.map_err(crate::store::StoreError::from)?;
+        let Ok(entry) = serde_json::from_slice::<Value>(&v) else {
+            continue;
+        };
+        let study = entry
+            .get("study_uid")
+            .or_else(|| entry.get("study_instance_uid"))
+            .and_then(Value::as_str);
+        if study == Some(uid) {
+            out.push(json!({
+                "destination": entry.get("dest").or_else(|| entry.get("destination")),
+                "state": entry.get("state"),
+                "attempts": entry.get("attempts"),
+                "last_error": entry.get("last_error"),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn safe_data_path(c: &Console, rel: &str) -> Option<std::path::PathBuf> {
+    let rel = std::path::Path::new(rel);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|p| !matches!(p, std::path::Component::Normal(_)))
+    {
+        return None;
+    }
+    Some(c.data_dir.join(rel))
+}
+
+async fn study(c: &Console, req: &Request, s: &Session, uid: &str) -> Result<Response, ApiError> {
+    let rec = c.store.study(uid)?.ok_or(ApiError::NotFound)?;
+    let instances = c.store.instances_of(uid)?;
+    let result = result_of(c, uid)?;
+    let heatmap = result
+        .as_ref()
+        .and_then(|r| r.get("heatmap_path"))
+        .and_then(Value::as_str)
+        .and_then(|p| safe_data_path(c, p))
+        .filter(|p| p.exists())
+        .map(|_| format!("/api/v1/studies/{uid}/heatmap"));
+    let inst: Vec<Value> = instances
+        .iter()
+        .map(|i| {
+            json!({
+                "sop_instance_uid": i.sop_instance_uid,
+                "series_instance_uid": i.series_instance_uid,
+                "sop_class_uid": i.sop_class_uid,
+                "modality": i.modality,
+                "series_number": i.series_number,
+                "instance_number": i.instance_number,
+                "view_position": i.view_position,
+                "body_part": i.body_part,
+                "rows": i.rows,
+                "columns": i.columns,
+                "pruned": i.pruned,
+                "preview": format!("/api/v1/studies/{uid}/instances/{}/preview", i.sop_instance_uid),
+                "preview_info": format!("/api/v1/studies/{uid}/instances/{}/preview-info", i.sop_instance_uid),
+            })
+        })
+        .collect();
+    let fb = feedback::of_study(&c.store, uid)?;
+    let delivery = delivery_of(c, uid, result.as_ref())?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::View, uid)
+            .from(&source(req))
+            .detail(format!("study of patient {}", rec.patient_id)),
+    )
+    .await?;
+    let mut row = worklist_row(&rec, result.as_ref());
+    if let Value::Object(m) = &mut row {
+        m.insert(
+            "study".into(),
+            serde_json::to_value(&rec).unwrap_or_default(),
+        );
+        m.insert("instances".into(), Value::Array(inst));
+        m.insert("result".into(), result.clone().unwrap_or(Value::Null));
+        m.insert("heatmap".into(), json!(heatmap));
+        m.insert(
+            "feedback".into(),
+            serde_json::to_value(fb).unwrap_or_default(),
+        );
+        m.insert("delivery".into(), Value::Array(delivery));
+        m.insert(
+            "ai_notice".into(),
+            json!("AI-generated, preliminary: not a diagnosis"),
+        );
+    }
+    Ok(reply::json(StatusCode::OK, &row))
+}
+
+async fn preview(c: &Console, uid: &str, sop: &str, info_only: bool) -> Result<Response, ApiError> {
+    let inst = c
+        .store
+        .instance(sop)?
+        .filter(|i| i.study_instance_uid == uid)
+        .ok_or(ApiError::NotFound)?;
+    let data_dir = c.data_dir.clone();
+    let (png, info) = tokio::task::spawn_blocking(move || preview::get_or_render(&data_dir, &inst))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            preview::PreviewError::Pruned => ApiError::Gone(e.to_string()),
+            preview::PreviewError::Write(_) => ApiError::Internal(e.to_string()),
+            _ => ApiError::Conflict(e.to_string()),
+        })?;
+    if info_only {
+        return Ok(reply::json(StatusCode::OK, &info));
+    }
+    let bytes = tokio::fs::read(&png)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", png.display())))?;
+    let mut r = reply::bytes(StatusCode::OK, "image/png", bytes);
+    r.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(r)
+}
+
+async fn heatmap(c: &Console, uid: &str) -> Result<Response, ApiError> {
+    let result = result_of(c, uid)?.ok_or(ApiError::NotFound)?;
+    let path = result
+        .get("heatmap_path")
+        .and_then(Value::as_str)
+        .and_then(|p| safe_data_path(c, p))
+        .ok_or(ApiError::NotFound)?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NotFound)?;
+    let mut r = reply::bytes(StatusCode::OK, "image/png", bytes);
+    r.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("private, no-cache"),
+    );
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+struct FeedbackBody {
+    agree: bool,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    finding: Option<String>,
+}
+
+async fn give_feedback(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    uid: &str,
+) -> Result<Response, ApiError> {
+    let body: FeedbackBody = parse_json(req)?;
+    if body.comment.chars().count() > feedback::MAX_COMMENT {
+        return Err(ApiError::BadRequest(format!(
+            "comment longer than {} characters",
+            feedback::MAX_COMMENT
+        )));
+    }
+    let rec = c.store.study(uid)?.ok_or(ApiError::NotFound)?;
+    let f = feedback::Feedback {
+        study_uid: uid.to_string(),
+        user: s.user.clone(),
+        agree: body.agree,
+        comment: body.comment,
+        finding: body.finding.filter(|f| !f.is_empty()),
+        result_version: rec.result_version,
+        at_ms: crate::clock::now_millis(),
+    };
+    feedback::store(&c.store, &f)?;
+    c.audit.append(
+        Event::new(&s.user, Action::Feedback, uid)
+            .from(&source(req))
+            .detail(format!(
+                "{}{}",
+                if f.agree { "agree" } else { "disagree" },
+                f.finding
+                    .as_ref()
+                    .map(|x| format!(" on {x}"))
+                    .unwrap_or_default()
+            )),
+    )?;
+    feedback::enqueue_for_delivery(&c.store, &f)?;
+    c.store.flush().await?;
+    Ok(reply::json(StatusCode::CREATED, &f))
+}
+
+fn event_stream(c: &Console, s: &Session) -> Response {
+    use warp::sse::Event as Sse;
+    let rx = c.events.subscribe();
+    let end = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(
+            (s.created_ms + c.sessions.max_age().as_millis() as i64 - crate::clock::now_millis())
+                .max(0) as u64,
+        );
+    let first = futures::stream::once(async {
+        Ok::<_, Infallible>(Sse::default().event("ready").data("{}"))
+    });
+    let rest = futures::stream::unfold(rx, move |mut rx| async move {
+        let event = match tokio::time::timeout_at(end, rx.recv()).await {
+            // The session's absolute lifetime ended, or the daemon is stopping.
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            Ok(Ok(ev)) => Sse::default()
+                .event("study")
+                .data(serde_json::to_string(&ev).unwrap_or_default()),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                Sse::default().event("reload").data("{}")
+            }
+        };
+        Some((Ok(event), rx))
+    });
+    let stream = first.chain(rest);
+    warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+fn admins_left(c: &Console, without: &str) -> Result<usize, ApiError> {
+    Ok(c.users
+        .list()?
+        .iter()
+        .filter(|u| u.role == Role::Admin && !u.disabled && u.name != without)
+        .count())
+}
+
+async fn put_user(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    name: &str,
+) -> Result<Response, ApiError> {
+    users::check_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let body: UserBody = parse_json(req)?;
+    let old = c.users.get(name)?;
+    let password = match body.password {
+        Some(p) => Some(
+            tokio::task::spawn_blocking(move || users::hash_password(&p))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let user = match &old {
+        Some(o) => User {
+            name: name.to_string(),
+            role: body.role.unwrap_or(o.role),
+            password: password.unwrap_or_else(|| o.password.clone()),
+            created_ms: o.created_ms,
+            disabled: body.disabled.unwrap_or(o.disabled),
+        },
+        None => User {
+            name: name.to_string(),
+            role: body
+                .role
+                .ok_or_else(|| ApiError::BadRequest("role required for a new user".into()))?,
+            password: password
+                .ok_or_else(|| ApiError::BadRequest("password required for a new user".into()))?,
+            created_ms: crate::clock::now_millis(),
+            disabled: body.disabled.unwrap_or(false),
+        },
+    };
+    if old.as_ref().is_some_and(|o| o.role == Role::Admin)
+        && (user.role != Role::Admin || user.disabled)
+        && admins_left(c, name)? == 0
+    {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be demoted or disabled".into(),
+        ));
+    }
+    c.users
+        .put(&user)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let what = match &old {
+        None => format!("created with role {}", user.role),
+        Some(o) => {
+            let mut changes = Vec::new();
+            if o.role != user.role {
+                changes.push(format!("role {} -> {}", o.role, user.role));
+            }
+            if o.password != user.password {
+                changes.push("password changed".to_string());
+            }
+            if o.disabled != user.disabled {
+                changes.push(if user.disabled { "disabled" } else { "enabled" }.to_string());
+            }
+            if !changes.is_empty() {
+                c.sessions.remove_user(name)?;
+            }
+            format!("changed: {}", changes.join(", "))
+        }
+    };
+    audit_now(
+        c,
+        Event::new(&s.user, Action::UserChange, name)
+            .from(&source(req))
+            .detail(what),
+    )
+    .await?;
+    let status = if old.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(reply::json(status, &UserInfo::from(&user)))
+}
+
+async fn delete_user(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let old = c.users.get(name)?.ok_or(ApiError::NotFound)?;
+    if old.role == Role::Admin && admins_left(c, name)? == 0 {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be removed".into(),
+        ));
+    }
+    c.users.remove(name)?;
+    c.sessions.remove_user(name)?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::UserChange, name)
+            .from(&source(req))
+            .detail("removed"),
+    )
+    .await?;
+    Ok(reply::json(StatusCode::OK, &json!({"removed": name})))
+}
+
+fn audit_list(c: &Console, req: &Request) -> Result<Response, ApiError> {
+    let from = req
+        .query
+        .get("from")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0u64);
+    let limit = req
+        .query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize)
+        .min(1000);
+    let records = c.audit.records(from, limit)?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({"records": records, "head": c.audit.head().map(|(seq, hash)| json!({"seq": seq, "hash": hash}))}),
+    ))
+}
+
+async fn audit_export(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
+    let format = req
+        .query
+        .get("format")
+        .map(String::as_str)
+        .unwrap_or("json");
+    let records = c.audit.records(0, usize::MAX)?;
+    let n = records.len();
+    let resp = match format {
+        "json" => {
+            let mut r = reply::json(StatusCode::OK, &records);
+            r.headers_mut().insert(
+                warp::http::header::CONTENT_DISPOSITION,
+                warp::http::HeaderValue::from_static("attachment; filename=\"duli-audit.json\""),
+            );
+            r
+        }
+        "syslog" => {
+            let host = super::hostname().unwrap_or_default();
+            let mut text = String::new();
+            for r in &records {
+                text.push_str(&atna::syslog_line(r, &host, &c.device_id));
+                text.push('\n');
+            }
+            let mut r = reply::bytes(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                text.into_bytes(),
+            );
+            r.headers_mut().insert(
+                warp::http::header::CONTENT_DISPOSITION,
+                warp::http::HeaderValue::from_static("attachment; filename=\"duli-audit.log\""),
+            );
+            r
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown format {other:?} (json or syslog)"
+            )))
+        }
+    };
+    audit_now(
+        c,
+        Event::new(&s.user, Action::Export, "audit trail")
+            .from(&source(req))
+            .detail(format!("{n} records as {format}")),
+    )
+    .await?;
+    Ok(resp)
+}
+
+fn read_manifest(path: &std::path::Path) -> Value {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str::<Value>(&text)
+            .ok()
+            .or_else(|| {
+                toml::from_str::<toml::Value>(&text)
+                    .ok()
+                    .and_then(|t| serde_json::to_value(t).ok())
+            })
+            .unwrap_or(Value::String(text.chars().take(4096).collect())),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+fn models(c: &Console) -> Result<Response, ApiError> {
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!([{"manifest_path": c.model.display().to_string(), "manifest": read_manifest(&c.model)}]),
+    ))
+}
+
+fn system(c: &Console) -> Result<Response, ApiError> {
+    let free = c.store.files().free_bytes().ok();
+    let total = nix::sys::statvfs::statvfs(&c.data_dir)
+        .ok()
+        .map(|s| s.blocks() * s.fragment_size());
+    let counts: serde_json::Map<String, Value> = c
+        .store
+        .study_state_counts()?
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_string(), n.into()))
+        .collect();
+    let outbox = c.store.tree("outbox")?.len();
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "site_id": c.site_id,
+            "device_id": c.device_id,
+            "uptime_secs": c.started.elapsed().as_secs(),
+            "disk": {"data_dir": c.data_dir.display().to_string(), "free_bytes": free, "total_bytes": total},
+            "store": {"instances": c.store.instance_count(), "studies": counts},
+            "outbox": {"entries": outbox},
+            "model": {"manifest_path": c.model.display().to_string()},
+            "peers": c.peers.iter().map(|p| json!({"name": p.name, "ae_title": p.ae_title, "host": p.host, "port": p.port})).collect::<Vec<_>>(),
+            "audit_head": c.audit.head().map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        }),
+    ))
+}
+
+fn outbox(c: &Console) -> Result<Response, ApiError> {
+    let mut entries = Vec::new();
+    for kv in c.store.tree("outbox")?.iter().take(500) {
+        let (k, v) = kv.map_err(crate::store::StoreError::from)?;
+        entries.push(json!({
+            "key": String::from_utf8_lossy(&k),
+            "entry": serde_json::from_slice::<Value>(&v).unwrap_or(Value::Null),
+        }));
+    }
+    Ok(reply::json(StatusCode::OK, &json!({"entries": entries})))
+}
+
+/// The event kinds, re-exported for clients of the API documentation.
+pub use events::EventKind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = parse_query("q=Jo%C3%A3o+Silva&state=done&x");
+        assert_eq!(q["q"], "João Silva");
+        assert_eq!(q["state"], "done");
+        assert_eq!(q["x"], "");
+        assert_eq!(parse_query("a=%zz%4")["a"], "%zz%4");
+    }
+
+    #[test]
+    fn results_give_triage_and_top_finding() {
+        let r = json!({"triage": true, "findings": [
+            {"label": "NORMAL", "probability": 0.2},
+            {"label": "PNEUMONIA", "probability": 0.91}]});
+        assert_eq!(triage_flag(&r), Some(true));
+        assert_eq!(top_finding(&r), Some(("PNEUMONIA".to_string(), 0.91)));
+        assert_eq!(triage_flag(&json!({"triage": "routine"})), Some(false));
+        assert_eq!(
+            triage_flag(&json!({"triage": {"urgent": true}})),
+            Some(true)
+        );
+        assert_eq!(top_finding(&json!({})), None);
+    }
+}

@@ -1,0 +1,189 @@
+//! Export of the audit trail for an ATNA audit repository: one RFC 5424 syslog line per
+//! record whose message is a DICOM Audit Message (PS3.15 Annex A.5, XML), with the chain
+//! position and hash in a structured-data element so the repository can check the chain.
+//! Codec only: no I/O.
+
+use crate::audit::{Action, Record};
+
+/// Syslog APP-NAME.
+pub const APP_NAME: &str = "duli";
+/// Syslog MSGID of DICOM audit messages.
+pub const MSG_ID: &str = "DICOM+RFC3881";
+/// Structured-data id carrying the chain (private enterprise number placeholder).
+pub const SD_ID: &str = "duli-chain@32473";
+
+/// A coded value: code, code system, display name.
+type Code = (&'static str, &'static str, &'static str);
+
+/// Event ID, optional event type code, and event action code (C, R, U, D, E) of an action.
+fn event_codes(action: &Action) -> (Code, Option<Code>, &'static str) {
+    const DCM: &str = "DCM";
+    match action {
+        Action::Login => (
+            ("110114", DCM, "User Authentication"),
+            Some(("110122", DCM, "Login")),
+            "E",
+        ),
+        Action::LoginFailed => (
+            ("110114", DCM, "User Authentication"),
+            Some(("110122", DCM, "Login")),
+            "E",
+        ),
+        Action::Logout => (
+            ("110114", DCM, "User Authentication"),
+            Some(("110123", DCM, "Logout")),
+            "E",
+        ),
+        Action::View => (("110110", DCM, "Patient Record"), None, "R"),
+        Action::Export => (("110106", DCM, "Export"), None, "R"),
+        Action::Import => (("110107", DCM, "Import"), None, "C"),
+        Action::Query => (("110112", DCM, "Query"), None, "E"),
+        Action::Feedback => (("110110", DCM, "Patient Record"), None, "U"),
+        Action::UserChange => (
+            ("110113", DCM, "Security Alert"),
+            Some(("110137", DCM, "User security Attributes Changed")),
+            "E",
+        ),
+        Action::ConfigChange => (
+            ("110113", DCM, "Security Alert"),
+            Some(("110131", DCM, "Software Configuration")),
+            "E",
+        ),
+        Action::Software => (("110100", DCM, "Application Activity"), None, "E"),
+        Action::Other => (("110100", DCM, "Application Activity"), None, "E"),
+    }
+}
+
+/// Escapes text for an XML attribute.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn sd_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace(']', "\\]")
+}
+
+fn rfc3339(at_ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(at_ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// The DICOM Audit Message (XML) of one record.
+pub fn audit_message(rec: &Record, source_id: &str) -> String {
+    let ((id, sys, name), ty, action_code) = event_codes(&rec.action);
+    let outcome = if rec.success { "0" } else { "4" };
+    let mut x = format!(
+        "<AuditMessage><EventIdentification EventActionCode=\"{action_code}\" EventDateTime=\"{}\" EventOutcomeIndicator=\"{outcome}\"><EventID csd-code=\"{id}\" codeSystemName=\"{sys}\" originalText=\"{name}\"/>",
+        rfc3339(rec.at_ms)
+    );
+    if let Some((id, sys, name)) = ty {
+        x.push_str(&format!(
+            "<EventTypeCode csd-code=\"{id}\" codeSystemName=\"{sys}\" originalText=\"{name}\"/>"
+        ));
+    }
+    if !rec.detail.is_empty() {
+        x.push_str(&format!(
+            "<EventOutcomeDescription>{}</EventOutcomeDescription>",
+            xml_escape(&rec.detail)
+        ));
+    }
+    x.push_str("</EventIdentification>");
+    x.push_str(&format!(
+        "<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"",
+        xml_escape(&rec.actor)
+    ));
+    if !rec.source.is_empty() && rec.source != "local" {
+        x.push_str(&format!(
+            " NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"2\"",
+            xml_escape(&rec.source)
+        ));
+    }
+    x.push_str("/>");
+    x.push_str(&format!(
+        "<AuditSourceIdentification AuditSourceID=\"{}\"/>",
+        xml_escape(source_id)
+    ));
+    if !rec.object.is_empty() {
+        let (type_code, role, id_code) =
+            if rec.object.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                ("2", "3", ("110180", "DCM", "Study Instance UID"))
+            } else {
+                ("1", "11", ("11", "RFC-3881", "User Identifier"))
+            };
+        x.push_str(&format!(
+            "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"{type_code}\" ParticipantObjectTypeCodeRole=\"{role}\"><ParticipantObjectIDTypeCode csd-code=\"{}\" codeSystemName=\"{}\" originalText=\"{}\"/></ParticipantObjectIdentification>",
+            xml_escape(&rec.object), id_code.0, id_code.1, id_code.2
+        ));
+    }
+    x.push_str("</AuditMessage>");
+    x
+}
+
+/// One RFC 5424 line: `<PRI>1 TIMESTAMP HOST duli - DICOM+RFC3881 [chain] <AuditMessage>`.
+/// Facility authpriv (10); severity notice (5), or warning (4) for failures.
+pub fn syslog_line(rec: &Record, hostname: &str, source_id: &str) -> String {
+    let pri = 10 * 8 + if rec.success { 5 } else { 4 };
+    let host = if hostname.is_empty() { "-" } else { hostname };
+    format!(
+        "<{pri}>1 {} {host} {APP_NAME} - {MSG_ID} [{SD_ID} seq=\"{}\" prev=\"{}\" hash=\"{}\"] {}",
+        rfc3339(rec.at_ms),
+        rec.seq,
+        sd_escape(&rec.prev),
+        sd_escape(&rec.hash),
+        audit_message(rec, source_id)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(action: Action, success: bool) -> Record {
+        Record {
+            seq: 7,
+            at_ms: 1_700_000_000_123,
+            actor: "ana<x>".into(),
+            source: "10.0.0.5".into(),
+            action,
+            object: "1.2.840.1".into(),
+            success,
+            detail: "a \"b\"".into(),
+            prev: "00".into(),
+            hash: "ab".into(),
+        }
+    }
+
+    #[test]
+    fn syslog_line_has_rfc5424_header_and_dicom_message() {
+        let l = syslog_line(&rec(Action::View, true), "box1", "duli-edge-01");
+        assert!(
+            l.starts_with("<85>1 2023-11-14T22:13:20.123Z box1 duli - DICOM+RFC3881 [duli-chain@32473 seq=\"7\" prev=\"00\" hash=\"ab\"] <AuditMessage>"),
+            "{l}"
+        );
+        assert!(l.contains("EventActionCode=\"R\""));
+        assert!(l.contains("csd-code=\"110110\""));
+        assert!(l.contains("UserID=\"ana&lt;x&gt;\""));
+        assert!(l.contains("ParticipantObjectID=\"1.2.840.1\""));
+        assert!(l.contains("NetworkAccessPointID=\"10.0.0.5\""));
+        let l = syslog_line(&rec(Action::LoginFailed, false), "box1", "d");
+        assert!(l.starts_with("<84>1 "));
+        assert!(l.contains("EventOutcomeIndicator=\"4\""));
+        assert!(l.contains("csd-code=\"110122\""));
+    }
+}

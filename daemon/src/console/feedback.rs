@@ -1,0 +1,73 @@
+//! Radiologist feedback on a study's result: agree or disagree, with a comment. Stored in
+//! the tree `feedback` (key: study UID, NUL, time, user), audited by the caller, and handed
+//! to delivery by [`enqueue_for_delivery`] so it reaches the cloud through the outbox.
+
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Tree holding the feedback records.
+pub const TREE: &str = "feedback";
+/// Longest comment accepted, in characters.
+pub const MAX_COMMENT: usize = 2000;
+
+/// One feedback record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Who gave it.
+    pub user: String,
+    /// Agrees with the AI result.
+    pub agree: bool,
+    /// Free-text comment (may be empty).
+    pub comment: String,
+    /// The finding it is about, when it is about one (label), else the whole result.
+    #[serde(default)]
+    pub finding: Option<String>,
+    /// Result version it refers to.
+    #[serde(default)]
+    pub result_version: u32,
+    /// When, milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+fn key(f: &Feedback) -> Vec<u8> {
+    let mut k = f.study_uid.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&f.at_ms.to_be_bytes());
+    k.extend_from_slice(f.user.as_bytes());
+    k
+}
+
+/// Stores a feedback record (durable after the store's next flush).
+pub fn store(store: &Store, f: &Feedback) -> Result<(), StoreError> {
+    store.tree(TREE)?.insert(key(f), crate::store::encode(f))?;
+    Ok(())
+}
+
+/// The feedback records of a study, oldest first.
+pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreError> {
+    let mut prefix = study_uid.as_bytes().to_vec();
+    prefix.push(0);
+    store
+        .tree(TREE)?
+        .scan_prefix(prefix)
+        .map(|kv| {
+            let (k, v) = kv?;
+            crate::store::decode(&k, &v)
+        })
+        .collect()
+}
+
+/// The hook where feedback joins the outbox for the cloud (MQTT topic
+/// `duli/{site}/{device}/feedback`, pseudonymised). Delivery is a later stage: until it
+/// is wired here, feedback stays in the store and the audit trail only.
+pub fn enqueue_for_delivery(_store: &Store, f: &Feedback) -> Result<(), StoreError> {
+    log::info!(
+        "feedback on {} by {} ({}) recorded; not queued for delivery (no outbox yet)",
+        f.study_uid,
+        f.user,
+        if f.agree { "agree" } else { "disagree" }
+    );
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The radiologists' LAN web console and its JSON API, over HTTPS only.
+//!
+//! - [`tls`]: the certificate (configured, or self-signed on first start) and TLS 1.2+.
+//! - [`server`]: the listener — warp filters through hyper-util over tokio-rustls.
+//! - [`roles`]: the roles and the one route → role table every request passes.
+//! - [`sessions`]: session cookies, login throttling, CSRF tokens.
+//! - [`users`]: accounts with PBKDF2-HMAC-SHA256 password hashes.
+//! - [`api`]: the handlers (worklist, study, previews, feedback, users, audit, system).
+//! - [`reply`]: the one error → status mapping and the security headers.
+//! - [`preview`]: 16-bit display previews rendered once per instance.
+//! - [`feedback`]: radiologist feedback records and the hook to delivery.
+//! - [`events`]: live study events for the worklist (server-sent events).
+//! - [`atna`]: audit export as RFC 5424 syslog lines with DICOM audit messages.
+//! - [`assets`]: the embedded front end (`web-console/`).
+//!
+//! `/healthz` and `/metrics` are served on the same HTTPS listener without a session, so
+//! health checks and Prometheus need no account; neither reveals patient data.
+
+pub mod api;
+pub mod assets;
+pub mod atna;
+pub mod events;
+pub mod feedback;
+pub mod preview;
+pub mod reply;
+pub mod roles;
+pub mod server;
+pub mod sessions;
+pub mod tls;
+pub mod users;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Everything the handlers read and change.
+#[derive(Debug)]
+pub struct Console {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The audit trail.
+    pub audit: Arc<Audit>,
+    /// In-memory metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live study events.
+    pub events: events::Bus,
+    /// The delivery outbox (gauges in /metrics, delivery status), when delivery runs.
+    pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
+    /// Accounts.
+    pub users: users::Users,
+    /// Sessions and the login throttle.
+    pub sessions: sessions::Sessions,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Site id (for the system page).
+    pub site_id: String,
+    /// Device id (audit source id, system page).
+    pub device_id: String,
+    /// Model manifest path.
+    pub model: PathBuf,
+    /// Configured DICOM peers (system page).
+    pub peers: Vec<crate::config::PacsDestination>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl Console {
+    /// Builds the console state from the configuration and the shared handles.
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+        events: events::Bus,
+    ) -> Result<Console> {
+        let users = users::Users::open(&store).context("open the users tree")?;
+        let sessions = sessions::Sessions::open(
+            &store,
+            Duration::from_secs(config.console.session_idle_secs),
+            Duration::from_secs(config.console.session_max_secs),
+        )
+        .context("open the sessions tree")?;
+        Ok(Console {
+            data_dir: store.root().to_path_buf(),
+            store,
+            audit,
+            metrics,
+            events,
+            outbox: None,
+            users,
+            sessions,
+            site_id: config.device.site_id.clone(),
+            device_id: config.device.device_id.clone(),
+            model: config.inference.model.clone(),
+            peers: config.pacs.destinations.clone(),
+            started: Instant::now(),
+        })
+    }
+}
+
+/// This machine's host name, when the kernel tells it.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Host names and addresses a generated certificate is made for.
+fn certificate_names(config: &Config) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Some(h) = hostname() {
+        names.push(h);
+    }
+    let bind = config.console.bind;
+    if !bind.is_unspecified() && !bind.is_loopback() {
+        names.push(bind.to_string());
+    }
+    names.dedup();
+    names
+}
+
+/// Binds the console listener and starts serving; returns the bound address and the task
+/// (which ends after `shutdown` turns true).
+pub async fn start(
+    config: &Config,
+    console: Arc<Console>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let files = tls::cert_files(
+        config.console.cert.as_deref(),
+        config.console.key.as_deref(),
+        &config.device.data_dir,
+        &certificate_names(config),
+    )
+    .context("console certificate (console.cert, console.key)")?;
+    let tls = tls::server_config(&files).context("console TLS (console.cert, console.key)")?;
+    let fingerprint = tls::fingerprint(&files.cert).context("console certificate")?;
+    let addr = SocketAddr::new(config.console.bind, config.console.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for the console on {addr} (console.bind, console.port)")
+    })?;
+    let bound = listener.local_addr()?;
+    log::info!(
+        "console on https://{bound}/ ; certificate {} SHA-256 {fingerprint}{}",
+        files.cert.display(),
+        if files.generated {
+            " (self-signed)"
+        } else {
+            ""
+        }
+    );
+    if console.users.is_empty() {
+        log::warn!(
+            "console: no users yet; create the first admin with `duli user add NAME --role admin`"
+        );
+    }
+    let task = tokio::spawn(server::serve(listener, tls, console, shutdown));
+    Ok((bound, task))
+}

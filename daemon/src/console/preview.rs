@@ -1,0 +1,221 @@
+//! Display previews: each instance is decoded once (every transfer syntax the DICOM stack
+//! decodes), its Modality LUT applied, scaled to display resolution and written as a
+//! 16-bit grayscale PNG under `<data_dir>/previews/`, with a JSON sidecar saying how the
+//! 16-bit values map back to modality values and which window to start from. The browser
+//! applies window/level itself, so dragging needs no server round trip.
+
+use crate::model::InstanceRecord;
+use dicom_pixeldata::PixelDecoder;
+use ring::digest::{digest, SHA256};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Folder of the cached previews inside the data directory.
+pub const DIR: &str = "previews";
+/// Longest side of a preview in pixels.
+pub const MAX_SIDE: u32 = 1280;
+
+/// Errors of preview rendering.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    /// The instance's pixel data was pruned by retention.
+    #[error("the pixel data of this instance was removed by retention")]
+    Pruned,
+    /// The file cannot be read or parsed.
+    #[error("cannot read the DICOM file: {0}")]
+    Read(String),
+    /// The pixel data cannot be decoded.
+    #[error("cannot decode the pixel data: {0}")]
+    Decode(String),
+    /// Writing the cache failed.
+    #[error("cannot write the preview: {0}")]
+    Write(String),
+}
+
+/// What the preview's 16-bit values mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviewInfo {
+    /// Preview width in pixels.
+    pub width: u32,
+    /// Preview height in pixels.
+    pub height: u32,
+    /// Columns of the original image.
+    pub source_columns: u32,
+    /// Rows of the original image.
+    pub source_rows: u32,
+    /// Modality value of preview value 0.
+    pub min: f64,
+    /// Modality value of preview value 65535.
+    pub max: f64,
+    /// Window centre to start from, in modality values (from the file, else from the
+    /// 1st–99th percentile).
+    pub window_center: f64,
+    /// Window width to start from, in modality values.
+    pub window_width: f64,
+    /// MONOCHROME1: high values are dark; the viewer inverts.
+    pub invert: bool,
+    /// Photometric interpretation of the original.
+    pub photometric: String,
+}
+
+/// Paths of an instance's cached preview and sidecar.
+pub fn cache_paths(data_dir: &Path, sop_uid: &str) -> (PathBuf, PathBuf) {
+    let name = hex::encode(&digest(&SHA256, sop_uid.as_bytes()).as_ref()[..16]);
+    let dir = data_dir.join(DIR);
+    (
+        dir.join(format!("{name}.png")),
+        dir.join(format!("{name}.json")),
+    )
+}
+
+/// Renders run one at a time: a decoded radiograph takes tens of megabytes, and a second
+/// request for the same preview then finds it cached.
+static RENDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cached(png: &Path, json: &Path) -> Option<PreviewInfo> {
+    if !png.exists() {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(json).ok()?).ok()
+}
+
+/// The cached preview of an instance, rendered now when absent. Blocking: call it from
+/// a blocking task.
+pub fn get_or_render(
+    data_dir: &Path,
+    inst: &InstanceRecord,
+) -> Result<(PathBuf, PreviewInfo), PreviewError> {
+    let (png, json) = cache_paths(data_dir, &inst.sop_instance_uid);
+    if let Some(info) = cached(&png, &json) {
+        return Ok((png, info));
+    }
+    let _one_at_a_time = RENDER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(info) = cached(&png, &json) {
+        return Ok((png, info));
+    }
+    if inst.pruned {
+        return Err(PreviewError::Pruned);
+    }
+    let (pixels, info) = render(&data_dir.join(&inst.path))?;
+    let dir = png.parent().unwrap_or(data_dir);
+    std::fs::create_dir_all(dir).map_err(|e| PreviewError::Write(e.to_string()))?;
+    let tmp = png.with_extension("png.tmp");
+    pixels
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| PreviewError::Write(e.to_string()))?;
+    std::fs::rename(&tmp, &png).map_err(|e| PreviewError::Write(e.to_string()))?;
+    let tmp = json.with_extension("json.tmp");
+    std::fs::write(&tmp, crate::store::encode(&info))
+        .and_then(|_| std::fs::rename(&tmp, &json))
+        .map_err(|e| PreviewError::Write(e.to_string()))?;
+    Ok((png, info))
+}
+
+type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;
+
+/// Decodes a DICOM file's first frame into a display-size 16-bit preview.
+pub fn render(path: &Path) -> Result<(Gray16, PreviewInfo), PreviewError> {
+    let obj = dicom_object::open_file(path).map_err(|e| PreviewError::Read(e.to_string()))?;
+    let decoded = obj
+        .decode_pixel_data()
+        .map_err(|e| PreviewError::Decode(e.to_string()))?;
+    let (cols, rows) = (decoded.columns(), decoded.rows());
+    let spp = decoded.samples_per_pixel().max(1) as usize;
+    let values: Vec<f32> = decoded
+        .to_vec_frame(0)
+        .map_err(|e| PreviewError::Decode(e.to_string()))?;
+    let n = cols as usize * rows as usize;
+    if n == 0 || values.len() < n * spp {
+        return Err(PreviewError::Decode(format!(
+            "{} values for {cols}x{rows}x{spp}",
+            values.len()
+        )));
+    }
+    let gray: Vec<f32> = if spp == 1 {
+        values[..n].to_vec()
+    } else {
+        values
+            .chunks_exact(spp)
+            .take(n)
+            .map(|p| p.iter().take(3).sum::<f32>() / 3.0)
+            .collect()
+    };
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for v in &gray {
+        if v.is_finite() {
+            lo = lo.min(*v);
+            hi = hi.max(*v);
+        }
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        return Err(PreviewError::Decode("no finite pixel values".into()));
+    }
+    let span = (hi - lo).max(1e-6);
+    let scaled: Vec<u16> = gray
+        .iter()
+        .map(|v| (((v - lo) / span) * 65535.0).round().clamp(0.0, 65535.0) as u16)
+        .collect();
+    let full = Gray16::from_raw(cols, rows, scaled)
+        .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
+    let scale = (MAX_SIDE as f64 / cols.max(rows) as f64).min(1.0);
+    let (w, h) = (
+        ((cols as f64 * scale).round() as u32).max(1),
+        ((rows as f64 * scale).round() as u32).max(1),
+    );
+    let small = if (w, h) == (cols, rows) {
+        full
+    } else {
+        image::imageops::resize(&full, w, h, image::imageops::FilterType::Triangle)
+    };
+    let photometric = decoded.photometric_interpretation().to_string();
+    let (center, width) = match decoded.window().ok().flatten().and_then(|w| w.first()) {
+        Some(w) if w.width > 0.0 => (w.center, w.width),
+        _ => percentile_window(&gray),
+    };
+    Ok((
+        small,
+        PreviewInfo {
+            width: w,
+            height: h,
+            source_columns: cols,
+            source_rows: rows,
+            min: lo as f64,
+            max: hi as f64,
+            window_center: center,
+            window_width: width,
+            invert: photometric.trim() == "MONOCHROME1",
+            photometric,
+        },
+    ))
+}
+
+/// A window over the 1st to 99th percentile of the values.
+fn percentile_window(values: &[f32]) -> (f64, f64) {
+    let step = (values.len() / 100_000).max(1);
+    let mut sample: Vec<f32> = values
+        .iter()
+        .step_by(step)
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    if sample.is_empty() {
+        return (0.0, 1.0);
+    }
+    sample.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| sample[((sample.len() - 1) as f64 * q) as usize] as f64;
+    let (p1, p99) = (at(0.01), at(0.99));
+    ((p1 + p99) / 2.0, (p99 - p1).max(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_window_spans_the_middle_of_the_values() {
+        let v: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let (c, w) = percentile_window(&v);
+        assert!((c - 499.5).abs() < 2.0, "{c}");
+        assert!((w - 980.0).abs() < 3.0, "{w}");
+    }
+}

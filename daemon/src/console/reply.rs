@@ -1,0 +1,157 @@
+//! HTTP answers of the console: the one mapping from [`ApiError`] to status codes and JSON
+//! bodies, and the security headers every answer carries.
+
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+
+/// Why a request failed; each kind has one status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No such route or object (404).
+    #[error("not found")]
+    NotFound,
+    /// The route exists with another method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// No valid session (401).
+    #[error("login required")]
+    Unauthenticated,
+    /// The session's role may not call this route (403).
+    #[error("your role may not do this")]
+    Forbidden,
+    /// A state-changing request without the session's CSRF token (403).
+    #[error("missing or wrong CSRF token")]
+    Csrf,
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is too large (413).
+    #[error("request body too large")]
+    TooLarge,
+    /// Wrong user name or password, or a disabled account (401).
+    #[error("wrong user name or password")]
+    BadLogin,
+    /// Too many failed logins; retry after this many seconds (429).
+    #[error("too many failed logins; retry in {0} s")]
+    Throttled(u64),
+    /// The object existed but its data is gone (410).
+    #[error("{0}")]
+    Gone(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something failed on our side (500); the detail goes to the log only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The status code of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthenticated | ApiError::BadLogin => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short machine-readable name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden => "forbidden",
+            ApiError::Csrf => "csrf",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge => "too_large",
+            ApiError::BadLogin => "bad_login",
+            ApiError::Throttled(_) => "throttled",
+            ApiError::Gone(_) => "gone",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON answer.
+    pub fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            log::error!("console: {detail}");
+        }
+        let mut r = json(
+            self.status(),
+            &serde_json::json!({"error": self.code(), "message": self.to_string()}),
+        );
+        if let ApiError::Throttled(secs) = self {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A JSON answer.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    bytes(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+/// An answer with a body and content type.
+pub fn bytes(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Adds `Set-Cookie` headers.
+pub fn with_cookies(mut r: Response, cookies: &[String]) -> Response {
+    for c in cookies {
+        if let Ok(v) = HeaderValue::from_str(c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+/// The headers every answer carries: HSTS, no sniffing, no framing, a strict content
+/// security policy, no referrer, and (unless the handler set one) no caching.
+pub fn secure(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    let set = |h: &mut warp::http::HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; \
+         connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, header::CACHE_CONTROL, "no-store");
+    }
+    r
+}

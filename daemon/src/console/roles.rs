@@ -1,0 +1,368 @@
+//! Who may call what: the console's roles and its one route → role table.
+//!
+//! Every request is matched against [`ROUTES`] before any handler runs: a route that is
+//! not public answers 401 without a valid session and 403 when the session's role is not
+//! listed. Radiologists read studies and give feedback; technicians see system status,
+//! the outbox and models; admins manage users and read the audit trail.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A console user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads studies and results, gives feedback.
+    Radiologist,
+    /// Sees system status, queues and models; tests connectivity.
+    Technician,
+    /// Manages users and reads the audit trail.
+    Admin,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Radiologist, Role::Technician, Role::Admin];
+
+    /// The role's name as used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Radiologist => "radiologist",
+            Role::Technician => "technician",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not one of [`Role::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (radiologist, technician or admin)")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        match s {
+            "radiologist" => Ok(Role::Radiologist),
+            "technician" => Ok(Role::Technician),
+            "admin" => Ok(Role::Admin),
+            other => Err(UnknownRole(other.to_string())),
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a session (health, metrics, login, the static front end).
+    Public,
+    /// Any logged-in user.
+    AnyRole,
+    /// Logged-in users holding one of these roles.
+    Roles(&'static [Role]),
+}
+
+impl Access {
+    /// Whether `role` may call a route with this access.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public | Access::AnyRole => true,
+            Access::Roles(roles) => roles.contains(&role),
+        }
+    }
+}
+
+/// What a route does; `api` dispatches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/healthz`.
+    Health,
+    /// `/metrics` (Prometheus).
+    Metrics,
+    /// A file of the front end.
+    Asset,
+    /// Log in.
+    Login,
+    /// Log out.
+    Logout,
+    /// The current session: user, role, CSRF token.
+    Me,
+    /// The worklist.
+    Studies,
+    /// One study with its result.
+    Study,
+    /// An instance's 16-bit preview (PNG).
+    Preview,
+    /// What the preview's values mean (size, value range, window).
+    PreviewInfo,
+    /// The study's heatmap (PNG).
+    Heatmap,
+    /// Radiologist feedback on a study.
+    Feedback,
+    /// Server-sent events: studies arriving and changing state.
+    Events,
+    /// List users.
+    Users,
+    /// Create or replace a user.
+    UserPut,
+    /// Remove a user.
+    UserDelete,
+    /// Read the audit trail (JSON).
+    Audit,
+    /// Export the audit trail (JSON or RFC 5424 syslog lines).
+    AuditExport,
+    /// Verify the audit trail's hash chain.
+    AuditVerify,
+    /// System status: disk, queues, version, uptime.
+    System,
+    /// Deliveries waiting or failed.
+    Outbox,
+    /// The installed model(s).
+    Models,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path pattern: literal segments, `{name}` for one segment, a trailing `*` for any rest.
+    pub pattern: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// What it does.
+    pub endpoint: Endpoint,
+}
+
+const RADIOLOGIST: &[Role] = &[Role::Radiologist];
+const TECHNICIAN_ADMIN: &[Role] = &[Role::Technician, Role::Admin];
+const ADMIN: &[Role] = &[Role::Admin];
+
+const fn route(
+    method: &'static str,
+    pattern: &'static str,
+    access: Access,
+    endpoint: Endpoint,
+) -> Route {
+    Route {
+        method,
+        pattern,
+        access,
+        endpoint,
+    }
+}
+
+/// The one route → role table of the console.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", Access::Public, Endpoint::Health),
+    route("GET", "/metrics", Access::Public, Endpoint::Metrics),
+    route("GET", "/", Access::Public, Endpoint::Asset),
+    route("GET", "/static/*", Access::Public, Endpoint::Asset),
+    route("POST", "/api/v1/login", Access::Public, Endpoint::Login),
+    route("POST", "/api/v1/logout", Access::AnyRole, Endpoint::Logout),
+    route("GET", "/api/v1/me", Access::AnyRole, Endpoint::Me),
+    route("GET", "/api/v1/models", Access::AnyRole, Endpoint::Models),
+    route(
+        "GET",
+        "/api/v1/studies",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::Studies,
+    ),
+    route(
+        "GET",
+        "/api/v1/studies/{uid}",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::Study,
+    ),
+    route(
+        "GET",
+        "/api/v1/studies/{uid}/instances/{sop}/preview",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::Preview,
+    ),
+    route(
+        "GET",
+        "/api/v1/studies/{uid}/instances/{sop}/preview-info",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::PreviewInfo,
+    ),
+    route(
+        "GET",
+        "/api/v1/studies/{uid}/heatmap",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::Heatmap,
+    ),
+    route(
+        "POST",
+        "/api/v1/studies/{uid}/feedback",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::Feedback,
+    ),
+    route(
+        "GET",
+        "/api/v1/events",
+        Access::Roles(RADIOLOGIST),
+        Endpoint::Events,
+    ),
+    route(
+        "GET",
+        "/api/v1/users",
+        Access::Roles(ADMIN),
+        Endpoint::Users,
+    ),
+    route(
+        "PUT",
+        "/api/v1/users/{name}",
+        Access::Roles(ADMIN),
+        Endpoint::UserPut,
+    ),
+    route(
+        "DELETE",
+        "/api/v1/users/{name}",
+        Access::Roles(ADMIN),
+        Endpoint::UserDelete,
+    ),
+    route(
+        "GET",
+        "/api/v1/audit",
+        Access::Roles(ADMIN),
+        Endpoint::Audit,
+    ),
+    route(
+        "GET",
+        "/api/v1/audit/export",
+        Access::Roles(ADMIN),
+        Endpoint::AuditExport,
+    ),
+    route(
+        "GET",
+        "/api/v1/audit/verify",
+        Access::Roles(ADMIN),
+        Endpoint::AuditVerify,
+    ),
+    route(
+        "GET",
+        "/api/v1/system",
+        Access::Roles(TECHNICIAN_ADMIN),
+        Endpoint::System,
+    ),
+    route(
+        "GET",
+        "/api/v1/outbox",
+        Access::Roles(TECHNICIAN_ADMIN),
+        Endpoint::Outbox,
+    ),
+];
+
+/// A matched route with the values of its `{name}` segments, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// The table row.
+    pub route: Route,
+    /// Values of the `{name}` segments.
+    pub params: Vec<String>,
+}
+
+/// Why no route matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoMatch {
+    /// No pattern matches the path (404).
+    NotFound,
+    /// A pattern matches, but not with this method (405).
+    MethodNotAllowed,
+}
+
+/// Matches one pattern against a path; `Some(params)` on a match.
+pub fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
+    let mut pat = pattern.split('/').skip(1).peekable();
+    let mut segs = path.split('/').skip(1);
+    loop {
+        match (pat.next(), segs.next()) {
+            (None, None) => return Some(params),
+            (Some("*"), _) if pat.peek().is_none() => return Some(params),
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') => {
+                if s.is_empty() {
+                    return None;
+                }
+                params.push(s.to_string());
+            }
+            (Some(p), Some(s)) if p == s => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Finds the route of `method` and `path`.
+pub fn find(method: &str, path: &str) -> Result<Matched, NoMatch> {
+    let mut path_matched = false;
+    for route in ROUTES {
+        if let Some(params) = match_pattern(route.pattern, path) {
+            path_matched = true;
+            if route.method == method || (method == "HEAD" && route.method == "GET") {
+                return Ok(Matched {
+                    route: *route,
+                    params,
+                });
+            }
+        }
+    }
+    Err(if path_matched {
+        NoMatch::MethodNotAllowed
+    } else {
+        NoMatch::NotFound
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_segments_and_capture_parameters() {
+        assert_eq!(
+            match_pattern("/api/v1/studies", "/api/v1/studies"),
+            Some(vec![])
+        );
+        assert_eq!(match_pattern("/api/v1/studies", "/api/v1/studies/x"), None);
+        assert_eq!(
+            match_pattern(
+                "/api/v1/studies/{uid}/heatmap",
+                "/api/v1/studies/1.2.3/heatmap"
+            ),
+            Some(vec!["1.2.3".to_string()])
+        );
+        assert_eq!(
+            match_pattern("/api/v1/studies/{uid}", "/api/v1/studies/"),
+            None
+        );
+        assert_eq!(match_pattern("/static/*", "/static/app.js"), Some(vec![]));
+        assert_eq!(match_pattern("/", "/"), Some(vec![]));
+        assert_eq!(match_pattern("/", "/x"), None);
+    }
+
+    #[test]
+    fn every_api_route_but_login_needs_a_session() {
+        for r in ROUTES {
+            if r.pattern.starts_with("/api/") && r.endpoint != Endpoint::Login {
+                assert_ne!(r.access, Access::Public, "{r:?}");
+            }
+        }
+        assert_eq!(
+            find("DELETE", "/api/v1/studies/1").unwrap_err(),
+            NoMatch::MethodNotAllowed
+        );
+        assert_eq!(find("GET", "/nope").unwrap_err(), NoMatch::NotFound);
+        assert_eq!(
+            find("GET", "/api/v1/studies/1.2").unwrap().params,
+            vec!["1.2".to_string()]
+        );
+    }
+}

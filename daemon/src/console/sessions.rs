@@ -1,0 +1,339 @@
+//! Console sessions, login throttling and CSRF protection.
+//!
+//! - A session is a random 256-bit token in an `HttpOnly; Secure; SameSite=Strict`
+//!   cookie; the store keeps only its SHA-256 (tree `sessions`), so a copy of the store
+//!   does not hand out live sessions. Sessions end after an idle time and, however active,
+//!   an absolute time after login.
+//! - Failed logins are slowed down per account and per client address: after a few free
+//!   attempts each further one must wait twice as long as the one before (up to 15 min),
+//!   answered with 429 and `Retry-After`.
+//! - CSRF: every state-changing request of a session must carry the session's own random
+//!   token in the `X-CSRF-Token` header (double submit: the page reads it from the
+//!   `duli_csrf` cookie or from the login answer). A cross-site page can neither read the
+//!   cookie nor set the header.
+
+use super::roles::Role;
+use crate::store::{Store, StoreError};
+use ring::digest::{digest, SHA256};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Tree holding the sessions, keyed by the hex SHA-256 of the token.
+pub const TREE: &str = "sessions";
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "duli_session";
+/// Name of the cookie holding the CSRF token (readable by the page).
+pub const CSRF_COOKIE: &str = "duli_csrf";
+/// Header that must repeat the CSRF token on state-changing requests.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Failed logins per account before throttling starts.
+pub const FREE_FAILURES_ACCOUNT: u32 = 5;
+/// Failed logins per client address before throttling starts.
+pub const FREE_FAILURES_ADDRESS: u32 = 20;
+/// Longest wait imposed between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Failures are forgotten after this long without a new one.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+
+/// One session as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// User name.
+    pub user: String,
+    /// The user's role at login.
+    pub role: Role,
+    /// CSRF token (hex), sent back in `X-CSRF-Token`.
+    pub csrf: String,
+    /// Login time, milliseconds since the epoch.
+    pub created_ms: i64,
+    /// Last request, milliseconds since the epoch.
+    pub last_seen_ms: i64,
+    /// Client address at login.
+    pub source: String,
+}
+
+/// Errors of the session store.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The system random source failed.
+    #[error("random source failed")]
+    Random,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// The sessions of the console, and the login throttle.
+#[derive(Debug)]
+pub struct Sessions {
+    tree: sled::Tree,
+    idle: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+fn token_key(token: &str) -> String {
+    hex::encode(digest(&SHA256, token.as_bytes()).as_ref())
+}
+
+fn random_hex(bytes: usize) -> Result<String, SessionError> {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| SessionError::Random)?;
+    Ok(hex::encode(buf))
+}
+
+/// Compares two strings in constant time (for tokens).
+pub fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn backoff(count: u32, free: u32) -> Duration {
+    if count < free {
+        return Duration::ZERO;
+    }
+    let exp = (count - free).min(20);
+    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+}
+
+impl Sessions {
+    /// Opens the sessions tree with the idle and absolute lifetimes.
+    pub fn open(store: &Store, idle: Duration, max: Duration) -> Result<Sessions, StoreError> {
+        Ok(Sessions {
+            tree: store.tree(TREE)?,
+            idle,
+            max,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The absolute lifetime (cookie `Max-Age`).
+    pub fn max_age(&self) -> Duration {
+        self.max
+    }
+
+    /// Starts a session; returns the token for the cookie and the session.
+    pub fn create(
+        &self,
+        user: &str,
+        role: Role,
+        source: &str,
+    ) -> Result<(String, Session), SessionError> {
+        let token = random_hex(32)?;
+        let now = crate::clock::now_millis();
+        let session = Session {
+            user: user.to_string(),
+            role,
+            csrf: random_hex(32)?,
+            created_ms: now,
+            last_seen_ms: now,
+            source: source.to_string(),
+        };
+        self.tree
+            .insert(token_key(&token), crate::store::encode(&session))
+            .map_err(StoreError::from)?;
+        Ok((token, session))
+    }
+
+    /// The live session of a token, refreshing its idle timer; expired sessions are
+    /// removed and answer `None`.
+    pub fn lookup(&self, token: &str) -> Result<Option<Session>, StoreError> {
+        if token.len() != 64 {
+            return Ok(None);
+        }
+        let key = token_key(token);
+        let Some(mut s) = crate::store::get_json::<Session>(&self.tree, &key)? else {
+            return Ok(None);
+        };
+        let now = crate::clock::now_millis();
+        let idle_end = s.last_seen_ms + self.idle.as_millis() as i64;
+        let abs_end = s.created_ms + self.max.as_millis() as i64;
+        if now >= idle_end || now >= abs_end {
+            self.tree.remove(key.as_bytes())?;
+            return Ok(None);
+        }
+        // Write the new idle timer at most once a second.
+        if now - s.last_seen_ms >= 1000 {
+            s.last_seen_ms = now;
+            self.tree.insert(key.as_bytes(), crate::store::encode(&s))?;
+        }
+        Ok(Some(s))
+    }
+
+    /// Ends the session of a token.
+    pub fn remove(&self, token: &str) -> Result<(), StoreError> {
+        self.tree.remove(token_key(token).as_bytes())?;
+        Ok(())
+    }
+
+    /// Ends every session of a user (removed, disabled or role changed).
+    pub fn remove_user(&self, user: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            if let Ok(s) = serde_json::from_slice::<Session>(&v) {
+                if s.user == user {
+                    self.tree.remove(k)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether a login for `user` from `addr` may be tried now; `Err(wait)` says how long
+    /// the client must wait first.
+    pub fn login_allowed(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
+        let mut wait = Duration::ZERO;
+        for (key, free) in keys(user, addr) {
+            if let Some(f) = map.get(&key) {
+                let until = f.last + backoff(f.count, free);
+                wait = wait.max(until.saturating_duration_since(now));
+            }
+        }
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(wait)
+        }
+    }
+
+    /// Records a failed login.
+    pub fn login_failed(&self, user: &str, addr: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        for (key, _) in keys(user, addr) {
+            let f = map.entry(key).or_insert(Failures {
+                count: 0,
+                last: now,
+            });
+            f.count = f.count.saturating_add(1);
+            f.last = now;
+        }
+    }
+
+    /// Records a successful login: the account's failures are forgotten.
+    pub fn login_succeeded(&self, user: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&format!("account:{user}"));
+    }
+}
+
+fn keys(user: &str, addr: Option<IpAddr>) -> Vec<(String, u32)> {
+    let mut k = vec![(format!("account:{user}"), FREE_FAILURES_ACCOUNT)];
+    if let Some(a) = addr {
+        k.push((format!("address:{a}"), FREE_FAILURES_ADDRESS));
+    }
+    k
+}
+
+/// The `Set-Cookie` values that start a session.
+pub fn login_cookies(token: &str, csrf: &str, max_age: Duration) -> [String; 2] {
+    let age = max_age.as_secs();
+    [
+        format!(
+            "{SESSION_COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; Secure; SameSite=Strict"
+        ),
+        format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={age}; Secure; SameSite=Strict"),
+    ]
+}
+
+/// The `Set-Cookie` values that end a session.
+pub fn logout_cookies() -> [String; 2] {
+    [
+        format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"),
+        format!("{CSRF_COOKIE}=; Path=/; Max-Age=0; Secure; SameSite=Strict"),
+    ]
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_sessions_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s =
+            Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
+        let (token, sess) = s.create("ana", Role::Radiologist, "127.0.0.1").unwrap();
+        assert_eq!(token.len(), 64);
+        assert_eq!(sess.csrf.len(), 64);
+        let tree = store.tree(TREE).unwrap();
+        assert!(tree.get(token.as_bytes()).unwrap().is_none());
+        assert!(tree.get(token_key(&token).as_bytes()).unwrap().is_some());
+        assert_eq!(s.lookup(&token).unwrap().unwrap().user, "ana");
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(s.lookup(&token).unwrap().is_none(), "idle expiry");
+        assert!(tree.is_empty());
+
+        let s =
+            Sessions::open(&store, Duration::from_secs(60), Duration::from_millis(200)).unwrap();
+        let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(s.lookup(&token).unwrap().is_none(), "absolute expiry");
+    }
+
+    #[test]
+    fn throttle_grows_per_account_and_resets_on_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        for _ in 0..FREE_FAILURES_ACCOUNT - 1 {
+            s.login_failed("bob", Some(ip));
+            assert!(s.login_allowed("bob", Some(ip)).is_ok());
+        }
+        s.login_failed("bob", Some(ip));
+        let wait = s.login_allowed("bob", Some(ip)).unwrap_err();
+        assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1));
+        s.login_failed("bob", Some(ip));
+        assert!(s.login_allowed("bob", Some(ip)).unwrap_err() > Duration::from_secs(1));
+        // Another account from the same address is not yet throttled.
+        assert!(s.login_allowed("carol", Some(ip)).is_ok());
+        s.login_succeeded("bob");
+        assert!(s.login_allowed("bob", Some(ip)).is_ok());
+    }
+
+    #[test]
+    fn cookies_carry_the_security_attributes() {
+        let [session, csrf] = login_cookies("t", "c", Duration::from_secs(10));
+        assert!(session.contains("HttpOnly") && session.contains("Secure"));
+        assert!(session.contains("SameSite=Strict"));
+        assert!(!csrf.contains("HttpOnly") && csrf.contains("Secure"));
+        assert_eq!(
+            cookie_value("a=1; duli_session=xyz; b=2", SESSION_COOKIE),
+            Some("xyz")
+        );
+        assert!(same_token("abc", "abc") && !same_token("abc", "abd") && !same_token("a", "ab"));
+    }
+}

@@ -1,0 +1,433 @@
+// The console's pages: login, worklist (live), study, system, users, audit trail.
+// Plain DOM building (never innerHTML with data), hash routes, one fetch helper that sends
+// the CSRF token on state-changing requests and goes back to the login page on 401.
+"use strict";
+
+const state = { user: null, role: null, csrf: null, events: null, reloadTimer: null };
+const app = document.getElementById("app");
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.appendChild(typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c);
+  }
+  return el;
+}
+
+function say(text) {
+  document.getElementById("status").textContent = text || "";
+}
+
+function csrfFromCookie() {
+  const m = document.cookie.match(/(?:^|;\s*)duli_csrf=([0-9a-f]+)/);
+  return m ? m[1] : null;
+}
+
+class Unauthenticated extends Error {}
+
+async function api(method, path, body) {
+  const opts = { method, headers: {}, credentials: "same-origin" };
+  if (method !== "GET") {
+    opts.headers["X-CSRF-Token"] = state.csrf || csrfFromCookie() || "";
+  }
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  if (r.status === 401 && path !== "/api/v1/login") {
+    signedOut();
+    throw new Unauthenticated("login required");
+  }
+  const type = r.headers.get("content-type") || "";
+  const data = type.includes("json") ? await r.json() : await r.arrayBuffer();
+  if (!r.ok) {
+    const msg = (data && data.message) || `${r.status}`;
+    const err = new Error(msg);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+function fmtTime(secs) {
+  if (!secs) return "";
+  return new Date(secs * 1000).toLocaleString();
+}
+
+// DICOM person name FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX as "FAMILY, GIVEN MIDDLE".
+function personName(pn) {
+  if (!pn) return "(no name)";
+  const [family, given, middle] = pn.split("=")[0].split("^");
+  const rest = [given, middle].filter(Boolean).join(" ");
+  return rest ? `${family}, ${rest}` : family;
+}
+
+function pct(p) {
+  return typeof p === "number" ? `${(p * 100).toFixed(1)}%` : "";
+}
+
+function signedOut() {
+  state.user = state.role = state.csrf = null;
+  if (state.events) { state.events.close(); state.events = null; }
+  document.getElementById("nav").hidden = true;
+  document.getElementById("who").hidden = true;
+  if (location.hash !== "#/login") location.hash = "#/login";
+  else route();
+}
+
+function signedIn(me) {
+  state.user = me.user;
+  state.role = me.role;
+  state.csrf = me.csrf;
+  const nav = document.getElementById("nav");
+  nav.hidden = false;
+  for (const a of nav.querySelectorAll("a")) {
+    a.hidden = !a.dataset.role.split(" ").includes(me.role);
+  }
+  document.getElementById("who").hidden = false;
+  document.getElementById("who-name").textContent = `${me.user} (${me.role})`;
+}
+
+function home() {
+  return state.role === "radiologist" ? "#/worklist" : state.role === "admin" ? "#/users" : "#/system";
+}
+
+// ---- login ---------------------------------------------------------------
+
+function loginPage() {
+  const user = h("input", { id: "username", name: "username", autocomplete: "username", required: true });
+  const pass = h("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true });
+  const msg = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "card login", id: "login-form" },
+    h("h2", {}, "Log in"),
+    h("label", { for: "username" }, "User name"), user,
+    h("label", { for: "password" }, "Password"), pass,
+    h("button", { type: "submit", class: "primary" }, "Log in"),
+    msg);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    msg.textContent = "";
+    try {
+      const me = await api("POST", "/api/v1/login", { username: user.value, password: pass.value });
+      signedIn(me);
+      location.hash = home();
+    } catch (err) {
+      msg.textContent = err.status === 429 ? err.message : "Wrong user name or password.";
+    }
+  });
+  app.replaceChildren(form);
+  user.focus();
+}
+
+// ---- worklist ------------------------------------------------------------
+
+const worklistFilter = { q: "", state: "", urgent: false };
+
+function worklistPage() {
+  const search = h("input", { id: "search", type: "search", placeholder: "Patient, ID, accession", value: worklistFilter.q });
+  const stateSel = h("select", { id: "state-filter" },
+    ["", "receiving", "complete", "queued", "inferring", "done", "error"].map((s) =>
+      h("option", { value: s, selected: s === worklistFilter.state }, s || "any state")));
+  const urgent = h("input", { id: "urgent-only", type: "checkbox", checked: worklistFilter.urgent });
+  const live = h("span", { class: "live", id: "live" }, "connecting…");
+  const tbody = h("tbody", { id: "worklist-body" });
+  const count = h("p", { id: "worklist-count", class: "muted" });
+  const table = h("table", { class: "worklist" },
+    h("caption", { class: "sr-only" }, "Studies, urgent first then newest"),
+    h("thead", {}, h("tr", {},
+      ["", "Patient", "Patient ID", "Accession", "Received", "State", "Top finding"].map((t) => h("th", { scope: "col" }, t)))),
+    tbody);
+  app.replaceChildren(
+    h("section", { class: "toolbar", "aria-label": "Search and filters" },
+      h("label", { for: "search" }, "Search"), search,
+      h("label", { for: "state-filter" }, "State"), stateSel,
+      h("label", { class: "check" }, urgent, " urgent only"),
+      live),
+    count, table);
+
+  const load = async () => {
+    const q = new URLSearchParams();
+    if (worklistFilter.q) q.set("q", worklistFilter.q);
+    if (worklistFilter.state) q.set("state", worklistFilter.state);
+    if (worklistFilter.urgent) q.set("urgent", "1");
+    try {
+      const data = await api("GET", `/api/v1/studies?${q}`);
+      tbody.replaceChildren(...data.studies.map(worklistRow));
+      count.textContent = `${data.total} stud${data.total === 1 ? "y" : "ies"}`;
+    } catch (e) {
+      if (!(e instanceof Unauthenticated)) say(`Worklist: ${e.message}`);
+    }
+  };
+  let debounce = null;
+  search.addEventListener("input", () => {
+    clearTimeout(debounce);
+    debounce = setTimeout(() => { worklistFilter.q = search.value.trim(); load(); }, 300);
+  });
+  stateSel.addEventListener("change", () => { worklistFilter.state = stateSel.value; load(); });
+  urgent.addEventListener("change", () => { worklistFilter.urgent = urgent.checked; load(); });
+  load();
+  followEvents(load, live);
+}
+
+function worklistRow(s) {
+  const link = `#/study/${encodeURIComponent(s.study_uid)}`;
+  const top = s.top_finding ? `${s.top_finding.label} ${pct(s.top_finding.probability)}` : "";
+  return h("tr", { class: s.triage ? "urgent" : "", "data-study": s.study_uid },
+    h("td", {}, s.triage ? h("span", { class: "badge urgent", title: "Urgent" }, "URGENT") : ""),
+    h("td", {}, h("a", { href: link }, personName(s.patient_name))),
+    h("td", {}, s.patient_id),
+    h("td", {}, s.accession),
+    h("td", {}, fmtTime(s.received)),
+    h("td", {}, h("span", { class: `state ${s.state}` }, s.state)),
+    h("td", {}, top));
+}
+
+function followEvents(reload, indicator) {
+  if (state.events) state.events.close();
+  const es = new EventSource("/api/v1/events");
+  state.events = es;
+  const schedule = () => {
+    clearTimeout(state.reloadTimer);
+    state.reloadTimer = setTimeout(reload, 250);
+  };
+  es.addEventListener("ready", () => { indicator.textContent = "live"; indicator.classList.add("on"); });
+  es.addEventListener("study", schedule);
+  es.addEventListener("reload", schedule);
+  es.onerror = () => { indicator.textContent = "reconnecting…"; indicator.classList.remove("on"); };
+}
+
+// ---- study ---------------------------------------------------------------
+
+async function studyPage(uid) {
+  app.replaceChildren(h("p", {}, "Loading study…"));
+  let s;
+  try {
+    s = await api("GET", `/api/v1/studies/${encodeURIComponent(uid)}`);
+  } catch (e) {
+    if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, `Study: ${e.message}`));
+    return;
+  }
+  const result = s.result || {};
+  const findings = Array.isArray(result.findings) ? result.findings : [];
+  const model = result.model || {};
+  const canvas = h("canvas", { id: "image", tabindex: "0", "aria-label": "Radiograph. Drag or use arrow keys to change window and level; R resets, I inverts." });
+  const heat = s.heatmap ? h("img", { id: "heatmap", class: "heatmap", src: s.heatmap, alt: "AI heatmap overlay" }) : null;
+  const wl = h("output", { id: "wl" });
+  const heatToggle = h("input", { id: "heat-toggle", type: "checkbox", checked: true, disabled: !heat });
+  const heatOpacity = h("input", { id: "heat-opacity", type: "range", min: "0", max: "100", value: "45", disabled: !heat });
+  const treemap = h("div", { class: "treemap", id: "treemap" });
+
+  const p = s.study || {};
+  app.replaceChildren(
+    h("p", {}, h("a", { href: "#/worklist" }, "← Worklist")),
+    h("h2", {}, `${personName(p.patient_name)} `, h("span", { class: "muted" }, `${p.patient_id || ""}`)),
+    h("p", { class: "meta" },
+      `Accession ${p.accession_number || "-"} · ${p.study_description || ""} · received ${fmtTime(p.first_received)} · `,
+      h("span", { class: `state ${s.state}` }, s.state),
+      s.triage ? h("span", { class: "badge urgent" }, "URGENT") : ""),
+    h("p", { class: "ai-mark", role: "note" }, "AI-generated, preliminary: not a diagnosis."),
+    h("div", { class: "study" },
+      h("section", { class: "viewer", "aria-label": "Image" },
+        h("div", { class: "stage" }, canvas, heat),
+        h("div", { class: "controls" },
+          h("button", { type: "button", id: "wl-reset" }, "Reset window"),
+          h("button", { type: "button", id: "invert" }, "Invert"),
+          wl,
+          h("label", { class: "check" }, heatToggle, " Heatmap"),
+          h("label", { for: "heat-opacity" }, "Opacity"), heatOpacity)),
+      h("section", { class: "side" },
+        h("h3", {}, "Findings"),
+        findings.length ? findingsTable(findings) : h("p", { class: "muted" }, result && s.result ? "No findings reported." : "No result yet."),
+        h("div", { class: "treemap-wrap" }, treemap),
+        h("p", { id: "model" }, "Model: ", model.name ? `${model.name} ${model.version || ""}` : "-"),
+        h("h3", {}, "Delivery"),
+        deliveryTable(s.delivery || []),
+        h("h3", {}, "Feedback"),
+        feedbackForm(uid),
+        h("ul", { id: "feedback-list" }, (s.feedback || []).map(feedbackItem)))));
+
+  if (heat) {
+    const apply = () => {
+      heat.hidden = !heatToggle.checked;
+      heat.style.opacity = String(heatOpacity.value / 100);
+    };
+    heatToggle.addEventListener("change", apply);
+    heatOpacity.addEventListener("input", apply);
+    apply();
+  }
+  requestAnimationFrame(() => renderTreemap(treemap, findings.map((f) => ({
+    label: f.label, value: Number(f.probability) || 0, positive: !!f.positive,
+  }))));
+
+  const inst = (s.instances || []).find((i) => !i.pruned);
+  if (!inst) {
+    canvas.replaceWith(h("p", { class: "muted" }, "No image available (pixel data removed by retention)."));
+    return;
+  }
+  try {
+    const [info, png] = await Promise.all([api("GET", inst.preview_info), api("GET", inst.preview)]);
+    const img = await Png16.decode(png);
+    const viewer = new Viewer(canvas, img, info);
+    viewer.onChange((c, w) => { wl.textContent = `W ${Math.round(w)} / L ${Math.round(c)}`; });
+    document.getElementById("wl-reset").addEventListener("click", () => viewer.reset());
+    document.getElementById("invert").addEventListener("click", () => viewer.toggleInvert());
+    window.duliViewer = viewer;
+  } catch (e) {
+    if (!(e instanceof Unauthenticated)) say(`Image: ${e.message}`);
+  }
+}
+
+function findingsTable(findings) {
+  return h("table", { class: "findings" },
+    h("thead", {}, h("tr", {}, ["Finding", "Probability", "Threshold", ""].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, findings.map((f) => h("tr", { class: f.positive ? "positive" : "" },
+      h("td", {}, f.label, f.code ? h("span", { class: "muted" }, ` ${f.code}`) : ""),
+      h("td", {}, pct(f.probability)),
+      h("td", {}, pct(f.threshold)),
+      h("td", {}, f.positive ? "above threshold" : "")))));
+}
+
+function deliveryTable(rows) {
+  if (!rows.length) return h("p", { class: "muted" }, "Nothing queued for delivery.");
+  return h("table", { class: "delivery" },
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Destination"), h("th", { scope: "col" }, "State"))),
+    h("tbody", {}, rows.map((r) => h("tr", {}, h("td", {}, String(r.destination ?? r.dest ?? "")), h("td", {}, String(r.state ?? ""))))));
+}
+
+function feedbackItem(f) {
+  return h("li", {}, `${new Date(f.at_ms).toLocaleString()} ${f.user}: `,
+    h("strong", {}, f.agree ? "agree" : "disagree"), f.finding ? ` (${f.finding})` : "", f.comment ? ` — ${f.comment}` : "");
+}
+
+function feedbackForm(uid) {
+  const comment = h("textarea", { id: "feedback-comment", rows: "2", maxlength: "2000" });
+  const msg = h("p", { role: "status", id: "feedback-msg" });
+  const send = async (agree) => {
+    try {
+      const f = await api("POST", `/api/v1/studies/${encodeURIComponent(uid)}/feedback`, { agree, comment: comment.value });
+      document.getElementById("feedback-list").appendChild(feedbackItem(f));
+      comment.value = "";
+      msg.textContent = "Feedback recorded.";
+    } catch (e) {
+      if (!(e instanceof Unauthenticated)) msg.textContent = `Not recorded: ${e.message}`;
+    }
+  };
+  return h("div", { class: "feedback" },
+    h("label", { for: "feedback-comment" }, "Comment (optional)"), comment,
+    h("div", { class: "buttons" },
+      h("button", { type: "button", id: "agree", class: "primary", onclick: () => send(true) }, "Agree"),
+      h("button", { type: "button", id: "disagree", onclick: () => send(false) }, "Disagree")),
+    msg);
+}
+
+// ---- system, users, audit -------------------------------------------------
+
+function dl(obj) {
+  return h("dl", { class: "kv" }, Object.entries(obj).flatMap(([k, v]) => [
+    h("dt", {}, k),
+    h("dd", {}, v !== null && typeof v === "object" ? (Array.isArray(v) && !v.length ? "-" : dl(v)) : String(v ?? "-")),
+  ]));
+}
+
+async function systemPage() {
+  try {
+    const [sys, models] = await Promise.all([api("GET", "/api/v1/system"), api("GET", "/api/v1/models")]);
+    app.replaceChildren(h("h2", {}, "System"), dl(sys), h("h2", {}, "Model"), dl(models[0] || {}));
+  } catch (e) {
+    if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, e.message));
+  }
+}
+
+async function usersPage() {
+  const list = h("tbody");
+  const load = async () => {
+    const users = await api("GET", "/api/v1/users");
+    list.replaceChildren(...users.map((u) => h("tr", {},
+      h("td", {}, u.name), h("td", {}, u.role), h("td", {}, u.disabled ? "disabled" : "active"),
+      h("td", {}, new Date(u.created_ms).toLocaleDateString()),
+      h("td", {}, h("button", { type: "button", onclick: async () => {
+        if (!confirm(`Remove ${u.name}?`)) return;
+        try { await api("DELETE", `/api/v1/users/${encodeURIComponent(u.name)}`); load(); } catch (e) { say(e.message); }
+      } }, "Remove")))));
+  };
+  const name = h("input", { id: "new-name", required: true, autocomplete: "off" });
+  const role = h("select", { id: "new-role" }, ["radiologist", "technician", "admin"].map((r) => h("option", { value: r }, r)));
+  const pass = h("input", { id: "new-password", type: "password", required: true, minlength: "12", autocomplete: "new-password" });
+  const form = h("form", { class: "card" }, h("h3", {}, "Add or change a user"),
+    h("label", { for: "new-name" }, "User name"), name,
+    h("label", { for: "new-role" }, "Role"), role,
+    h("label", { for: "new-password" }, "Password (12 characters or more)"), pass,
+    h("button", { type: "submit", class: "primary" }, "Save"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("PUT", `/api/v1/users/${encodeURIComponent(name.value)}`, { role: role.value, password: pass.value });
+      form.reset();
+      say("User saved.");
+      load();
+    } catch (err) { say(err.message); }
+  });
+  app.replaceChildren(h("h2", {}, "Users"),
+    h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Role", "Status", "Created", ""].map((t) => h("th", { scope: "col" }, t)))), list),
+    form);
+  load().catch((e) => { if (!(e instanceof Unauthenticated)) say(e.message); });
+}
+
+async function auditPage() {
+  try {
+    const [data, verify] = await Promise.all([api("GET", "/api/v1/audit?limit=1000"), api("GET", "/api/v1/audit/verify")]);
+    const rows = data.records.slice().reverse().map((r) => h("tr", { class: r.success ? "" : "failed" },
+      h("td", {}, r.seq), h("td", {}, new Date(r.at_ms).toLocaleString()), h("td", {}, r.actor),
+      h("td", {}, r.source), h("td", {}, r.action), h("td", {}, r.object), h("td", {}, r.detail)));
+    app.replaceChildren(h("h2", {}, "Audit trail"),
+      h("p", { class: verify.intact ? "ok" : "error", id: "audit-verify" },
+        verify.intact ? `Chain intact: ${verify.records} records, head ${verify.head || "-"}` :
+          `Chain BROKEN at record ${verify.first_broken.seq}: ${verify.first_broken.reason}`),
+      h("p", {}, "Export: ", h("a", { href: "/api/v1/audit/export?format=json", download: "duli-audit.json" }, "JSON"), " · ",
+        h("a", { href: "/api/v1/audit/export?format=syslog", download: "duli-audit.log" }, "syslog (RFC 5424, DICOM audit messages)")),
+      h("table", { class: "audit" },
+        h("thead", {}, h("tr", {}, ["#", "Time", "Who", "From", "Action", "Object", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, rows)));
+  } catch (e) {
+    if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, e.message));
+  }
+}
+
+// ---- routing -------------------------------------------------------------
+
+async function route() {
+  say("");
+  const hash = location.hash || "#/";
+  if (hash !== "#/worklist" && state.events) { state.events.close(); state.events = null; }
+  if (hash === "#/login") return loginPage();
+  if (!state.user) {
+    try {
+      signedIn(await api("GET", "/api/v1/me"));
+    } catch (e) {
+      return;
+    }
+  }
+  if (hash.startsWith("#/study/")) return studyPage(decodeURIComponent(hash.slice(8)));
+  switch (hash) {
+    case "#/worklist": return worklistPage();
+    case "#/system": return systemPage();
+    case "#/users": return usersPage();
+    case "#/audit": return auditPage();
+    default: location.hash = home();
+  }
+}
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try { await api("POST", "/api/v1/logout", {}); } catch (e) { /* already gone */ }
+  signedOut();
+});
+window.addEventListener("hashchange", route);
+route();
