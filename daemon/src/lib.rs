@@ -12,4 +12,5 @@ pub mod clock;
 pub mod config;
 pub mod infer;
 pub mod model;
+pub mod result;
 pub mod store;

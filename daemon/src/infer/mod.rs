@@ -18,12 +18,23 @@
 //! - [`record`]: the study result and state transitions in the store.
 //! - [`service`]: [`service::run_pipeline`], the daemon's inference stage.
 //! - [`cli`]: `duli infer FILE...`, the offline tool.
+pub mod analyse;
+pub mod backend;
 pub mod dicom_image;
 pub mod display;
+pub mod eligibility;
+pub mod engine;
+pub mod findings;
 pub mod manifest;
+pub mod openvino;
 pub mod raster;
 pub mod resize;
 pub mod samples;
 pub mod tensor;
+
+pub use engine::{Engine, EngineError};
+pub use manifest::Manifest;
 #[cfg(test)]
 pub(crate) mod testdata;
+#[cfg(test)]
+mod golden_tests;
