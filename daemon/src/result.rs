@@ -224,7 +224,10 @@ mod tests {
         ];
         let s = study_findings(&images);
         assert_eq!(s.len(), 2);
-        assert_eq!((s[0].code.as_str(), s[0].probability, s[0].positive), ("A", 0.7, true));
+        assert_eq!(
+            (s[0].code.as_str(), s[0].probability, s[0].positive),
+            ("A", 0.7, true)
+        );
         assert_eq!(s[1].probability, 0.9);
     }
 }

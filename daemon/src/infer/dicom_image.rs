@@ -69,7 +69,11 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.element_opt(tag)
         .ok()
         .flatten()
-        .and_then(|e| e.to_str().ok().map(|s| s.trim_matches([' ', '\0']).to_string()))
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_matches([' ', '\0']).to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -151,7 +155,12 @@ impl DicomImage {
             }
         };
         let modality = self.modality_lut(&decoded, layout.signed)?;
-        let voi = match decoded.window().ok().flatten().and_then(|w| w.first().copied()) {
+        let voi = match decoded
+            .window()
+            .ok()
+            .flatten()
+            .and_then(|w| w.first().copied())
+        {
             Some(w) => Voi::Window {
                 center: w.center,
                 width: w.width,
@@ -196,7 +205,12 @@ impl DicomImage {
         decoded: &dicom_pixeldata::DecodedPixelData<'_>,
         signed: bool,
     ) -> Result<ModalityLut, DicomImageError> {
-        if let Some(seq) = self.obj.element_opt(tags::MODALITY_LUT_SEQUENCE).ok().flatten() {
+        if let Some(seq) = self
+            .obj
+            .element_opt(tags::MODALITY_LUT_SEQUENCE)
+            .ok()
+            .flatten()
+        {
             if let Some(item) = seq.items().and_then(|items| items.first()) {
                 return Ok(ModalityLut::Table(read_lut(item, signed)?));
             }
@@ -227,7 +241,11 @@ fn read_lut(item: &InMemDicomObject, signed: bool) -> Result<LutTable, DicomImag
     if desc.len() != 3 {
         return Err(bad("LUT Descriptor needs 3 values"));
     }
-    let entries = if desc[0] == 0 { 65536 } else { desc[0] as usize };
+    let entries = if desc[0] == 0 {
+        65536
+    } else {
+        desc[0] as usize
+    };
     let first_mapped = if signed && desc[1] > 32767 {
         desc[1] - 65536
     } else {
@@ -306,10 +324,16 @@ mod tests {
                 let name = f.file_stem().unwrap().to_string_lossy().to_string();
                 let img = DicomImage::open(&f).unwrap();
                 assert_eq!(img.header().modality, "DX");
-                let disp = img.display_image().unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                let disp = img
+                    .display_image()
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
                 let png = read_image_file(&dir.join("png").join(format!("{name}.png"))).unwrap();
                 assert_eq!((disp.width, disp.height), (png.width, png.height));
-                assert!(disp.pixels == png.pixels, "{} differs from its PNG", f.display());
+                assert!(
+                    disp.pixels == png.pixels,
+                    "{} differs from its PNG",
+                    f.display()
+                );
                 checked += 1;
             }
         }

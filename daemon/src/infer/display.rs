@@ -216,7 +216,10 @@ impl DisplayPipeline {
 pub fn default_voi(values: &[i32], bits_stored: u16, signed: bool, lut: &ModalityLut) -> Voi {
     if bits_stored <= 8 {
         let (lo, hi) = if signed {
-            (-(1i64 << (bits_stored - 1)), (1i64 << (bits_stored - 1)) - 1)
+            (
+                -(1i64 << (bits_stored - 1)),
+                (1i64 << (bits_stored - 1)) - 1,
+            )
         } else {
             (0, (1i64 << bits_stored) - 1)
         };
@@ -292,7 +295,9 @@ mod tests {
             voi: linear(2048.0, 4096.0),
             monochrome1: false,
         };
-        let wrong = (0..=255u8).filter(|v| p.level(16 * i32::from(*v)) != *v).count();
+        let wrong = (0..=255u8)
+            .filter(|v| p.level(16 * i32::from(*v)) != *v)
+            .count();
         assert!(wrong > 0, "the window functions must differ as PS3.3 says");
     }
 
@@ -330,9 +335,21 @@ mod tests {
     #[test]
     fn missing_voi_uses_full_range_for_8_bits_and_min_max_otherwise() {
         let v8 = default_voi(&[3, 9], 8, false, &IDENTITY);
-        assert_eq!(v8, Voi::Range { min: 0.0, max: 255.0 });
+        assert_eq!(
+            v8,
+            Voi::Range {
+                min: 0.0,
+                max: 255.0
+            }
+        );
         let v12 = default_voi(&[100, 900, 400], 12, false, &IDENTITY);
-        assert_eq!(v12, Voi::Range { min: 100.0, max: 900.0 });
+        assert_eq!(
+            v12,
+            Voi::Range {
+                min: 100.0,
+                max: 900.0
+            }
+        );
         let p = DisplayPipeline {
             modality: IDENTITY,
             voi: v12,

@@ -9,10 +9,10 @@ use super::dicom_image::ImageHeader;
 pub const SC_UPLOAD_MARK: &str = "DULI upload: chest radiograph";
 
 const SC_SOP_CLASSES: &[&str] = &[
-    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.7.2",   // Multi-frame Grayscale Byte SC
-    "1.2.840.10008.5.1.4.1.1.7.3",   // Multi-frame Grayscale Word SC
-    "1.2.840.10008.5.1.4.1.1.7.4",   // Multi-frame True Color SC
+    "1.2.840.10008.5.1.4.1.1.7",   // Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.2", // Multi-frame Grayscale Byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3", // Multi-frame Grayscale Word SC
+    "1.2.840.10008.5.1.4.1.1.7.4", // Multi-frame True Color SC
 ];
 
 /// The verdict on one image.
@@ -46,7 +46,10 @@ pub fn check(h: &ImageHeader) -> Eligibility {
         };
     }
     if h.modality != "CR" && h.modality != "DX" {
-        return NotApplicable(format!("modality {} is not CR or DX", empty_as(&h.modality)));
+        return NotApplicable(format!(
+            "modality {} is not CR or DX",
+            empty_as(&h.modality)
+        ));
     }
     if h.presentation_intent == "FOR PROCESSING" {
         return NotApplicable("a FOR PROCESSING image (raw detector data)".into());
@@ -116,11 +119,42 @@ mod tests {
     #[test]
     fn others_are_not_applicable_with_a_reason() {
         let cases = [
-            (ImageHeader { view_position: "LL".into(), ..dx() }, "lateral view (LL)"),
-            (ImageHeader { modality: "CT".into(), ..dx() }, "modality CT is not CR or DX"),
-            (ImageHeader { body_part: "HAND".into(), ..dx() }, "body part HAND is not the chest"),
-            (ImageHeader { has_pixels: false, sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.22".into(), ..dx() }, "not an image (SOP class 1.2.840.10008.5.1.4.1.1.88.22)"),
-            (ImageHeader { presentation_intent: "FOR PROCESSING".into(), ..dx() }, "a FOR PROCESSING image (raw detector data)"),
+            (
+                ImageHeader {
+                    view_position: "LL".into(),
+                    ..dx()
+                },
+                "lateral view (LL)",
+            ),
+            (
+                ImageHeader {
+                    modality: "CT".into(),
+                    ..dx()
+                },
+                "modality CT is not CR or DX",
+            ),
+            (
+                ImageHeader {
+                    body_part: "HAND".into(),
+                    ..dx()
+                },
+                "body part HAND is not the chest",
+            ),
+            (
+                ImageHeader {
+                    has_pixels: false,
+                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.22".into(),
+                    ..dx()
+                },
+                "not an image (SOP class 1.2.840.10008.5.1.4.1.1.88.22)",
+            ),
+            (
+                ImageHeader {
+                    presentation_intent: "FOR PROCESSING".into(),
+                    ..dx()
+                },
+                "a FOR PROCESSING image (raw detector data)",
+            ),
         ];
         for (h, reason) in cases {
             assert_eq!(check(&h), Eligibility::NotApplicable(reason.into()));

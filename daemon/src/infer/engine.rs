@@ -171,7 +171,9 @@ impl Engine {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Stopped);
         }
-        rx.await.map_err(|_| EngineError::Stopped)?.map_err(EngineError::from)
+        rx.await
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(EngineError::from)
     }
 
     /// Blocking form of [`Engine::infer`] for threads outside the async runtime.
@@ -219,11 +221,7 @@ impl Drop for Engine {
     }
 }
 
-fn worker(
-    mut request: Box<dyn Request>,
-    rx: &Mutex<mpsc::Receiver<Job>>,
-    pending: &AtomicUsize,
-) {
+fn worker(mut request: Box<dyn Request>, rx: &Mutex<mpsc::Receiver<Job>>, pending: &AtomicUsize) {
     loop {
         let job = {
             let Ok(mut rx) = rx.lock() else { return };

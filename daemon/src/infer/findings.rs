@@ -62,7 +62,11 @@ pub fn heatmap_target(manifest: &Manifest, found: &[Finding]) -> Option<usize> {
         .iter()
         .filter(|f| f.positive)
         .max_by(|a, b| a.probability.total_cmp(&b.probability))
-        .or_else(|| found.iter().max_by(|a, b| a.probability.total_cmp(&b.probability)))?;
+        .or_else(|| {
+            found
+                .iter()
+                .max_by(|a, b| a.probability.total_cmp(&b.probability))
+        })?;
     manifest.labels.iter().position(|l| l.code == best.code)
 }
 

@@ -284,9 +284,12 @@ impl Manifest {
         if let Normalisation::MeanStd { mean, std } = &self.input.normalise {
             let n = self.input.channels as usize;
             if !(mean.len() == 1 || mean.len() == n) || !(std.len() == 1 || std.len() == n) {
-                return Err(bad("input.normalise", "mean/std need 1 or `channels` values"));
+                return Err(bad(
+                    "input.normalise",
+                    "mean/std need 1 or `channels` values",
+                ));
             }
-            if std.iter().any(|s| *s == 0.0) {
+            if std.contains(&0.0) {
                 return Err(bad("input.normalise.std", "must not be zero"));
             }
         }
@@ -304,7 +307,12 @@ impl Manifest {
         }
         match (&self.file.weights, &self.file.weights_sha256) {
             (Some(_), Some(h)) if is_hex(h) => {}
-            (Some(_), _) => return Err(bad("file.weights_sha256", "a 64-digit hex SHA-256 is required")),
+            (Some(_), _) => {
+                return Err(bad(
+                    "file.weights_sha256",
+                    "a 64-digit hex SHA-256 is required",
+                ))
+            }
             (None, Some(_)) => return Err(bad("file.weights", "weights_sha256 without weights")),
             (None, None) => {}
         }

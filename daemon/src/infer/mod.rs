@@ -20,21 +20,29 @@
 //! - [`cli`]: `duli infer FILE...`, the offline tool.
 pub mod analyse;
 pub mod backend;
+pub mod cli;
 pub mod dicom_image;
 pub mod display;
 pub mod eligibility;
 pub mod engine;
 pub mod findings;
+pub mod heatmap;
 pub mod manifest;
 pub mod openvino;
 pub mod raster;
+pub mod record;
 pub mod resize;
 pub mod samples;
+pub mod service;
 pub mod tensor;
 
+pub use cli::infer_files_cli;
 pub use engine::{Engine, EngineError};
 pub use manifest::Manifest;
-#[cfg(test)]
-pub(crate) mod testdata;
+pub use service::{run_pipeline, run_pipeline_with, PipelineOptions};
 #[cfg(test)]
 mod golden_tests;
+#[cfg(test)]
+mod service_tests;
+#[cfg(test)]
+pub(crate) mod testdata;

@@ -85,7 +85,11 @@ fn compile_err(e: impl std::fmt::Display) -> BackendError {
 
 impl Backend for OpenVino {
     fn name(&self) -> String {
-        format!("openvino-{}/{}", openvino::version().build_number, self.device)
+        format!(
+            "openvino-{}/{}",
+            openvino::version().build_number,
+            self.device
+        )
     }
 
     fn compile(
@@ -105,17 +109,28 @@ impl Backend for OpenVino {
             .reshape_input_by_name(&manifest.input.name, &shape)
             .map_err(|e| BackendError::Compile(format!("input {:?}: {e}", manifest.input.name)))?;
         let device = self.device();
-        let hint = if options.background { "THROUGHPUT" } else { &self.hint };
+        let hint = if options.background {
+            "THROUGHPUT"
+        } else {
+            &self.hint
+        };
         let threads = if options.background { "1" } else { "0" };
         for (key, value) in [
             (RwPropertyKey::HintPerformanceMode, hint),
             (RwPropertyKey::InferenceNumThreads, threads),
         ] {
             if let Err(e) = self.core.set_property(&device, &key, value) {
-                log::debug!("OpenVINO {} does not take {}={value}: {e}", self.device, key.as_ref());
+                log::debug!(
+                    "OpenVINO {} does not take {}={value}: {e}",
+                    self.device,
+                    key.as_ref()
+                );
             }
         }
-        let compiled = self.core.compile_model(&model, device).map_err(compile_err)?;
+        let compiled = self
+            .core
+            .compile_model(&model, device)
+            .map_err(compile_err)?;
         let output = manifest.output.name.clone();
         Ok(Box::new(OvCompiled {
             compiled,

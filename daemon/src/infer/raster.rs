@@ -57,7 +57,10 @@ mod tests {
         assert_eq!((g.width, g.height, g.pixels.clone()), (2, 1, vec![7, 200]));
         let rgb = image::RgbImage::from_raw(1, 1, vec![255, 0, 0]).unwrap();
         rgb.save(dir.path().join("c.png")).unwrap();
-        assert_eq!(read_image_file(&dir.path().join("c.png")).unwrap().pixels, vec![76]);
+        assert_eq!(
+            read_image_file(&dir.path().join("c.png")).unwrap().pixels,
+            vec![76]
+        );
         std::fs::write(dir.path().join("x.png"), b"not a png").unwrap();
         assert!(read_image_file(&dir.path().join("x.png")).is_err());
     }

@@ -67,7 +67,13 @@ pub fn center_square(img: &GrayImage) -> GrayImage {
 }
 
 /// Crop then resize as a manifest says.
-pub fn fit(img: &GrayImage, crop: Crop, method: ResizeMethod, width: u32, height: u32) -> GrayImage {
+pub fn fit(
+    img: &GrayImage,
+    crop: Crop,
+    method: ResizeMethod,
+    width: u32,
+    height: u32,
+) -> GrayImage {
     let cropped;
     let src = match crop {
         Crop::None => img,
@@ -110,7 +116,10 @@ mod tests {
             pixels: (0..8).collect(),
         };
         let sq = center_square(&img);
-        assert_eq!((sq.width, sq.height, sq.pixels.clone()), (2, 2, vec![1, 2, 5, 6]));
+        assert_eq!(
+            (sq.width, sq.height, sq.pixels.clone()),
+            (2, 2, vec![1, 2, 5, 6])
+        );
         let n = resize_nearest_pil(&img, 2, 1);
         assert_eq!(n.pixels, vec![5, 7]);
         let b = fit(&img, Crop::CenterSquare, ResizeMethod::Bilinear, 3, 3);

@@ -5,7 +5,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SampleError {
     /// The bit layout is not one DICOM allows (or one this reader handles).
-    #[error("unsupported bit layout: bits allocated {allocated}, bits stored {stored}, high bit {high}")]
+    #[error(
+        "unsupported bit layout: bits allocated {allocated}, bits stored {stored}, high bit {high}"
+    )]
     Layout {
         /// Bits Allocated.
         allocated: u16,
@@ -41,7 +43,10 @@ impl BitLayout {
     /// Smallest and largest value a sample can hold.
     pub fn range(&self) -> (i64, i64) {
         if self.signed {
-            (-(1i64 << (self.stored - 1)), (1i64 << (self.stored - 1)) - 1)
+            (
+                -(1i64 << (self.stored - 1)),
+                (1i64 << (self.stored - 1)) - 1,
+            )
         } else {
             (0, (1i64 << self.stored) - 1)
         }
@@ -67,7 +72,11 @@ impl BitLayout {
 
 /// Reads `count` samples from native-endian bytes, keeping only the stored bits
 /// (`high − stored + 1 ..= high`) and sign-extending them when signed.
-pub fn stored_values(bytes: &[u8], layout: BitLayout, count: usize) -> Result<Vec<i32>, SampleError> {
+pub fn stored_values(
+    bytes: &[u8],
+    layout: BitLayout,
+    count: usize,
+) -> Result<Vec<i32>, SampleError> {
     layout.check()?;
     let width = usize::from(layout.allocated / 8);
     let need = count * width;
@@ -89,7 +98,10 @@ pub fn stored_values(bytes: &[u8], layout: BitLayout, count: usize) -> Result<Ve
         }
     };
     let out = match width {
-        1 => bytes[..need].iter().map(|b| convert(u64::from(*b))).collect(),
+        1 => bytes[..need]
+            .iter()
+            .map(|b| convert(u64::from(*b)))
+            .collect(),
         2 => bytes[..need]
             .chunks_exact(2)
             .map(|c| convert(u64::from(u16::from_ne_bytes([c[0], c[1]]))))
@@ -156,7 +168,10 @@ mod tests {
             high: 7,
             signed: false,
         };
-        assert_eq!(stored_values(&[0, 7, 255], layout, 3).unwrap(), vec![0, 7, 255]);
+        assert_eq!(
+            stored_values(&[0, 7, 255], layout, 3).unwrap(),
+            vec![0, 7, 255]
+        );
         assert!(matches!(
             stored_values(&[0, 7], layout, 3),
             Err(SampleError::Short { have: 2, need: 3 })

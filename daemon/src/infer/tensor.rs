@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn xception_and_xrv_ranges() {
-        let x = Normalisation::Range { min: -1.0, max: 1.0 };
+        let x = Normalisation::Range {
+            min: -1.0,
+            max: 1.0,
+        };
         assert_eq!(normalise(0, 0, &x), -1.0);
         assert_eq!(normalise(255, 0, &x), 1.0);
         assert_eq!(normalise(51, 0, &x), 51.0 / 127.5 - 1.0);

@@ -43,11 +43,17 @@ pub fn runtime_config() -> Option<crate::config::InferenceConfig> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".cache/openvino/libs/libopenvino_c.so"));
     if !lib.exists() {
-        eprintln!("SKIP: OpenVINO runtime absent at {} (run scripts/setup-openvino.sh)", lib.display());
+        eprintln!(
+            "SKIP: OpenVINO runtime absent at {} (run scripts/setup-openvino.sh)",
+            lib.display()
+        );
         return None;
     }
     let model = repo_root().join("models/pneumonia-xception/model.toml");
-    if !repo_root().join("models/pneumonia-xception/pneumonia_xception_fp16.bin").exists() {
+    if !repo_root()
+        .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
+        .exists()
+    {
         eprintln!("SKIP: pneumonia-xception weights absent (run scripts/setup-models.sh)");
         return None;
     }
@@ -64,12 +70,20 @@ pub fn reference(dir: &std::path::Path) -> Vec<(String, f32, f32)> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (f, n, p) = (col("file"), col("ir_fp16_p_normal"), col("ir_fp16_p_pneumonia"));
+    let (f, n, p) = (
+        col("file"),
+        col("ir_fp16_p_normal"),
+        col("ir_fp16_p_pneumonia"),
+    );
     lines
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: Vec<&str> = l.split(',').collect();
-            (v[f].to_string(), v[n].parse().unwrap(), v[p].parse().unwrap())
+            (
+                v[f].to_string(),
+                v[n].parse().unwrap(),
+                v[p].parse().unwrap(),
+            )
         })
         .collect()
 }
