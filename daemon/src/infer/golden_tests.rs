@@ -66,3 +66,62 @@ fn every_encoding_gives_the_explicit_le_probabilities() {
     }
     assert_eq!(variants, 16);
 }
+
+/// A Python with `onnx` and numpy: `DULI_PYTHON`, the repository's `.venv`, or `python3`.
+fn onnx_python() -> Option<std::path::PathBuf> {
+    let root = super::testdata::repo_root();
+    let candidates = [
+        std::env::var_os("DULI_PYTHON").map(std::path::PathBuf::from),
+        Some(root.join(".venv/bin/python")),
+        Some("python3".into()),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import onnx, numpy"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn a_densenet_layout_manifest_loads_and_runs() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let Some(python) = onnx_python() else {
+        eprintln!("SKIP: no Python with onnx + numpy (set DULI_PYTHON)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let script = super::testdata::repo_root().join("models/densenet121-res224-all/make_random.py");
+    let status = std::process::Command::new(python)
+        .arg(script)
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let engine = Engine::from_manifest_path(&tmp.path().join("model.toml"), &cfg).unwrap();
+    let m = engine.manifest();
+    assert_eq!(m.input.channels, 1);
+    for path in [
+        dir.join("png/NORMAL_01.png"),
+        dir.join("dicom/monochrome1/PNEUMONIA_01.dcm"),
+    ] {
+        let Preparation::Ready(p) = prepare_file(&path, m) else {
+            panic!("not prepared")
+        };
+        assert_eq!(p.tensor.len(), 224 * 224);
+        assert!(p.tensor.iter().all(|x| (-1024.0..=1024.0).contains(x)));
+        let raw = engine.infer_blocking(p.tensor.clone()).unwrap();
+        let found = super::findings::findings(m, &raw).unwrap();
+        assert_eq!(found.len(), 18);
+        assert_eq!(found[7].code, "EFFUSION");
+        assert!(found.iter().all(|f| f.probability > 0.0 && f.probability < 1.0));
+        // The background compile takes a batch of heatmap masks.
+        let mut req = engine.background_request(m.heatmap.batch as usize).unwrap();
+        let map = super::heatmap::occlusion_map(req.as_mut(), m, &p.tensor, 0, m.heatmap.batch as usize, || {})
+            .unwrap();
+        assert_eq!(map.len(), (m.heatmap.grid * m.heatmap.grid) as usize);
+    }
+}
