@@ -117,11 +117,20 @@ fn a_densenet_layout_manifest_loads_and_runs() {
         let found = super::findings::findings(m, &raw).unwrap();
         assert_eq!(found.len(), 18);
         assert_eq!(found[7].code, "EFFUSION");
-        assert!(found.iter().all(|f| f.probability > 0.0 && f.probability < 1.0));
+        assert!(found
+            .iter()
+            .all(|f| f.probability > 0.0 && f.probability < 1.0));
         // The background compile takes a batch of heatmap masks.
         let mut req = engine.background_request(m.heatmap.batch as usize).unwrap();
-        let map = super::heatmap::occlusion_map(req.as_mut(), m, &p.tensor, 0, m.heatmap.batch as usize, || {})
-            .unwrap();
+        let map = super::heatmap::occlusion_map(
+            req.as_mut(),
+            m,
+            &p.tensor,
+            0,
+            m.heatmap.batch as usize,
+            || {},
+        )
+        .unwrap();
         assert_eq!(map.len(), (m.heatmap.grid * m.heatmap.grid) as usize);
     }
 }
