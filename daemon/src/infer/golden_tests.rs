@@ -134,3 +134,52 @@ fn a_densenet_layout_manifest_loads_and_runs() {
         assert_eq!(map.len(), (m.heatmap.grid * m.heatmap.grid) as usize);
     }
 }
+
+#[test]
+fn offline_tool_exit_codes_and_line_format() {
+    use crate::result::{Finding, HeatmapState, ImageResult, ImageStatus, Timings};
+    let r = ImageResult {
+        sop_instance_uid: "1.2".into(),
+        series_instance_uid: String::new(),
+        status: ImageStatus::Analysed,
+        reason: None,
+        findings: vec![Finding {
+            label: "Pneumonia".into(),
+            code: "PNEUMONIA".into(),
+            probability: 0.75,
+            threshold: 0.5,
+            positive: true,
+        }],
+        timings: Timings::default(),
+        heatmap: HeatmapState::None,
+    };
+    let v = super::cli::json_line(Path::new("a.dcm"), Some("1.2"), &r);
+    assert_eq!(v["file"], "a.dcm");
+    assert_eq!(v["sop_instance_uid"], "1.2");
+    assert_eq!(v["status"], "analysed");
+    assert_eq!(v["findings"][0]["code"], "PNEUMONIA");
+    assert_eq!(v["findings"][0]["positive"], true);
+    assert!(v.get("reason").is_none());
+    assert!(v["timings_ms"]["infer"].is_number());
+    let png = super::cli::json_line(Path::new("b.png"), None, &r);
+    assert!(png.get("sop_instance_uid").is_none());
+
+    let missing = crate::config::InferenceConfig {
+        openvino_lib: Some("/nonexistent/libopenvino_c.so".into()),
+        ..Default::default()
+    };
+    let model = super::testdata::repo_root().join("models/pneumonia-xception/model.toml");
+    assert_eq!(super::infer_files_cli(Some(&model), &[], &missing), 2);
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let ok = [
+        dir.join("png/NORMAL_02.png"),
+        dir.join("dicom/rle/NORMAL_02.dcm"),
+    ];
+    assert_eq!(super::infer_files_cli(None, &ok, &cfg), 0);
+    assert_eq!(
+        super::infer_files_cli(None, &[dir.join("reference.csv")], &cfg),
+        1
+    );
+}
