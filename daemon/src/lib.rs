@@ -9,6 +9,9 @@
 //! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
 //! - [`qr`]: the Query/Retrieve SCP — C-FIND, C-MOVE and C-GET over the store's index.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
+//! - [`infer`]: pixels → model → findings, heatmaps, the study result record.
+//! - [`result`]: the study result record every later stage reads.
+//! - [`results`]: the DICOM result objects (SR with the findings, SC with the heatmap).
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
 //! - [`deliver`]: the durable outbox and the channels that drain it (HL7/MLLP, MQTT, PACS push).
@@ -43,6 +46,7 @@ pub mod dimse;
 pub mod firmware_cli;
 pub mod fsutil;
 pub mod health;
+pub mod infer;
 pub mod logging;
 pub mod metrics;
 pub mod model;
@@ -50,6 +54,7 @@ pub mod notify;
 pub mod provision;
 pub mod qr;
 pub mod receive;
+pub mod result;
 pub mod results;
 pub mod retention;
 pub mod scu;

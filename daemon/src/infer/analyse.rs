@@ -1,0 +1,181 @@
+//! One image file through the pipeline: open, eligibility, decode to the display image,
+//! preprocess to the input tensor (blocking work: run it off the async threads); then,
+//! once the engine has run it, the per-image result. The daemon and the offline tool share
+//! these functions.
+
+use super::dicom_image::DicomImage;
+use super::display::GrayImage;
+use super::eligibility::{check, Eligibility};
+use super::findings::findings;
+use super::manifest::Manifest;
+use super::raster::read_image_file;
+use super::tensor::input_tensor;
+use crate::result::{HeatmapState, ImageResult, ImageStatus, Timings};
+use std::path::Path;
+use std::time::Instant;
+
+/// An image ready for the model.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// SOP Instance UID (DICOM only).
+    pub sop_instance_uid: Option<String>,
+    /// The display image (kept for the heatmap worker).
+    pub display: GrayImage,
+    /// The batch-1 input tensor.
+    pub tensor: Vec<f32>,
+    /// Decode and preprocess timings so far.
+    pub timings: Timings,
+}
+
+/// What preparing a file gave.
+#[derive(Debug, Clone)]
+pub enum Preparation {
+    /// Ready for inference.
+    Ready(Prepared),
+    /// Not an image for this model.
+    NotApplicable {
+        /// SOP Instance UID, when the file is DICOM.
+        sop_instance_uid: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// Should have been analysed but cannot be.
+    Error {
+        /// SOP Instance UID, when it could be read.
+        sop_instance_uid: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Whether `path` holds a DICOM Part 10 file (preamble + `DICM`), else a raster image.
+pub fn is_dicom(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|_| &head[128..] == b"DICM")
+        .unwrap_or(false)
+}
+
+/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file.
+pub fn prepare_file(path: &Path, manifest: &Manifest) -> Preparation {
+    let start = Instant::now();
+    let (sop, display) = if is_dicom(path) {
+        let img = match DicomImage::open(path) {
+            Ok(i) => i,
+            Err(e) => {
+                return Preparation::Error {
+                    sop_instance_uid: None,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let sop = Some(img.header().sop_instance_uid.clone());
+        if let Eligibility::NotApplicable(reason) = check(img.header()) {
+            return Preparation::NotApplicable {
+                sop_instance_uid: sop,
+                reason,
+            };
+        }
+        match img.display_image() {
+            Ok(d) => (sop, d),
+            Err(e) => {
+                return Preparation::Error {
+                    sop_instance_uid: sop,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    } else {
+        match read_image_file(path) {
+            Ok(d) => (None, d),
+            Err(e) => {
+                return Preparation::Error {
+                    sop_instance_uid: None,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    };
+    let decode_ms = ms(start);
+    let start = Instant::now();
+    let tensor = input_tensor(&display, &manifest.input);
+    Preparation::Ready(Prepared {
+        sop_instance_uid: sop,
+        display,
+        tensor,
+        timings: Timings {
+            decode_ms,
+            preprocess_ms: ms(start),
+            ..Timings::default()
+        },
+    })
+}
+
+/// The image result from the network's raw outputs.
+pub fn analysed(
+    manifest: &Manifest,
+    prepared: &Prepared,
+    raw: &[f32],
+    infer_ms: f64,
+) -> ImageResult {
+    let timings = Timings {
+        infer_ms,
+        ..prepared.timings
+    };
+    let sop_instance_uid = prepared.sop_instance_uid.clone().unwrap_or_default();
+    match findings(manifest, raw) {
+        Ok(findings) => ImageResult {
+            sop_instance_uid,
+            series_instance_uid: String::new(),
+            status: ImageStatus::Analysed,
+            reason: None,
+            findings,
+            timings,
+            heatmap: HeatmapState::None,
+        },
+        Err(e) => failed(sop_instance_uid, e.to_string(), timings),
+    }
+}
+
+/// An image result with status `error`.
+pub fn failed(sop_instance_uid: String, reason: String, timings: Timings) -> ImageResult {
+    ImageResult {
+        sop_instance_uid,
+        series_instance_uid: String::new(),
+        status: ImageStatus::Error,
+        reason: Some(reason),
+        findings: Vec::new(),
+        timings,
+        heatmap: HeatmapState::None,
+    }
+}
+
+/// The image result of a preparation that did not reach the model.
+pub fn not_analysed(p: &Preparation) -> Option<ImageResult> {
+    let (sop, reason, status) = match p {
+        Preparation::Ready(_) => return None,
+        Preparation::NotApplicable {
+            sop_instance_uid,
+            reason,
+        } => (sop_instance_uid, reason, ImageStatus::NotApplicable),
+        Preparation::Error {
+            sop_instance_uid,
+            reason,
+        } => (sop_instance_uid, reason, ImageStatus::Error),
+    };
+    Some(ImageResult {
+        sop_instance_uid: sop.clone().unwrap_or_default(),
+        series_instance_uid: String::new(),
+        status,
+        reason: Some(reason.clone()),
+        findings: Vec::new(),
+        timings: Timings::default(),
+        heatmap: HeatmapState::None,
+    })
+}

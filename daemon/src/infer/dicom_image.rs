@@ -1,0 +1,369 @@
+//! A DICOM image file: the header attributes eligibility needs, and its first frame decoded
+//! (every transfer syntax dicom-pixeldata handles: native, deflate, RLE, JPEG, JPEG-LS,
+//! JPEG 2000) and turned into the 8-bit display image by [`super::display`].
+
+use super::display::{
+    default_voi, luma, DisplayPipeline, GrayImage, LutTable, ModalityLut, Voi, WindowFunction,
+};
+use super::samples::{stored_values, BitLayout};
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation};
+use std::path::Path;
+
+/// Why a DICOM image cannot be turned into pixels.
+#[derive(Debug, thiserror::Error)]
+pub enum DicomImageError {
+    /// Not a readable DICOM Part 10 file.
+    #[error("cannot read DICOM file: {0}")]
+    Open(String),
+    /// The pixel data cannot be decoded (unsupported transfer syntax, corrupt stream...).
+    #[error("cannot decode pixel data: {0}")]
+    Decode(String),
+    /// The decoded pixel data does not match the image attributes.
+    #[error("invalid pixel data: {0}")]
+    Invalid(String),
+}
+
+/// Header attributes of an image, as eligibility and results need them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Modality (0008,0060).
+    pub modality: String,
+    /// Body Part Examined (0018,0015), upper case.
+    pub body_part: String,
+    /// View Position (0018,5101), upper case.
+    pub view_position: String,
+    /// Presentation Intent Type (0008,0068): FOR PRESENTATION / FOR PROCESSING.
+    pub presentation_intent: String,
+    /// Derivation Description (0008,2111).
+    pub derivation_description: String,
+    /// Series Description (0008,103E).
+    pub series_description: String,
+    /// Study Description (0008,1030).
+    pub study_description: String,
+    /// Whether the object has a Pixel Data element.
+    pub has_pixels: bool,
+}
+
+/// An opened DICOM file.
+pub struct DicomImage {
+    obj: DefaultDicomObject,
+    header: ImageHeader,
+}
+
+impl std::fmt::Debug for DicomImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DicomImage")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_matches([' ', '\0']).to_string())
+        })
+        .unwrap_or_default()
+}
+
+impl DicomImage {
+    /// Opens and parses the whole file (pixel data stays encoded until asked for).
+    pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
+        let obj = OpenFileOptions::new()
+            .open_file(path)
+            .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        let meta = obj.meta();
+        let mut sop_instance_uid = text(&obj, tags::SOP_INSTANCE_UID);
+        if sop_instance_uid.is_empty() {
+            sop_instance_uid = meta
+                .media_storage_sop_instance_uid
+                .trim_matches([' ', '\0'])
+                .to_string();
+        }
+        let mut sop_class_uid = text(&obj, tags::SOP_CLASS_UID);
+        if sop_class_uid.is_empty() {
+            sop_class_uid = meta
+                .media_storage_sop_class_uid
+                .trim_matches([' ', '\0'])
+                .to_string();
+        }
+        let header = ImageHeader {
+            sop_instance_uid,
+            sop_class_uid,
+            modality: text(&obj, tags::MODALITY).to_ascii_uppercase(),
+            body_part: text(&obj, tags::BODY_PART_EXAMINED).to_ascii_uppercase(),
+            view_position: text(&obj, tags::VIEW_POSITION).to_ascii_uppercase(),
+            presentation_intent: text(&obj, tags::PRESENTATION_INTENT_TYPE).to_ascii_uppercase(),
+            derivation_description: text(&obj, tags::DERIVATION_DESCRIPTION),
+            series_description: text(&obj, tags::SERIES_DESCRIPTION),
+            study_description: text(&obj, tags::STUDY_DESCRIPTION),
+            has_pixels: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+        };
+        Ok(DicomImage { obj, header })
+    }
+
+    /// The header attributes.
+    pub fn header(&self) -> &ImageHeader {
+        &self.header
+    }
+
+    /// Decodes the first frame and maps it to the 8-bit display image.
+    pub fn display_image(&self) -> Result<GrayImage, DicomImageError> {
+        let decoded = self
+            .obj
+            .decode_pixel_data_frame(0)
+            .map_err(|e| DicomImageError::Decode(e.to_string()))?;
+        let (width, height) = (decoded.columns(), decoded.rows());
+        let spp = usize::from(decoded.samples_per_pixel());
+        let count = width as usize * height as usize;
+        if count == 0 || spp == 0 {
+            return Err(DicomImageError::Invalid("empty image".into()));
+        }
+        let layout = BitLayout {
+            allocated: decoded.bits_allocated(),
+            stored: decoded.bits_stored(),
+            high: decoded.high_bit(),
+            signed: decoded.pixel_representation() == PixelRepresentation::Signed,
+        };
+        let frame = decoded
+            .frame_data(0)
+            .map_err(|e| DicomImageError::Decode(e.to_string()))?;
+        let values = stored_values(frame, layout, count * spp)
+            .map_err(|e| DicomImageError::Invalid(e.to_string()))?;
+        let photometric = decoded.photometric_interpretation().clone();
+        if spp != 1 {
+            return colour_to_gray(&values, spp, width, height, &photometric, &decoded);
+        }
+        let monochrome1 = match photometric {
+            PhotometricInterpretation::Monochrome1 => true,
+            PhotometricInterpretation::Monochrome2 => false,
+            other => {
+                return Err(DicomImageError::Invalid(format!(
+                    "photometric interpretation {other} is not a grayscale image"
+                )))
+            }
+        };
+        let modality = self.modality_lut(&decoded, layout.signed)?;
+        let voi = match decoded
+            .window()
+            .ok()
+            .flatten()
+            .and_then(|w| w.first().copied())
+        {
+            Some(w) => Voi::Window {
+                center: w.center,
+                width: w.width,
+                function: match decoded
+                    .voi_lut_function()
+                    .ok()
+                    .flatten()
+                    .and_then(|f| f.first().copied())
+                {
+                    Some(dicom_pixeldata::VoiLutFunction::LinearExact) => {
+                        WindowFunction::LinearExact
+                    }
+                    Some(dicom_pixeldata::VoiLutFunction::Sigmoid) => WindowFunction::Sigmoid,
+                    _ => WindowFunction::Linear,
+                },
+            },
+            None => match decoded
+                .voi_lut_sequence()
+                .ok()
+                .flatten()
+                .and_then(|s| s.first())
+            {
+                Some(lut) => Voi::Table(LutTable {
+                    first_mapped: i64::from(lut.min_pixel_value),
+                    bits: lut.bits_stored,
+                    data: lut.data.clone(),
+                }),
+                None => default_voi(&values, layout.stored, layout.signed, &modality),
+            },
+        };
+        let pipeline = DisplayPipeline {
+            modality,
+            voi,
+            monochrome1,
+        };
+        Ok(pipeline.apply(&values, width, height))
+    }
+
+    /// Rescale Slope/Intercept, or the first Modality LUT Sequence item when present.
+    fn modality_lut(
+        &self,
+        decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+        signed: bool,
+    ) -> Result<ModalityLut, DicomImageError> {
+        if let Some(seq) = self
+            .obj
+            .element_opt(tags::MODALITY_LUT_SEQUENCE)
+            .ok()
+            .flatten()
+        {
+            if let Some(item) = seq.items().and_then(|items| items.first()) {
+                return Ok(ModalityLut::Table(read_lut(item, signed)?));
+            }
+        }
+        let r = decoded
+            .rescale()
+            .ok()
+            .and_then(|r| r.first().copied())
+            .unwrap_or(dicom_pixeldata::Rescale {
+                slope: 1.0,
+                intercept: 0.0,
+            });
+        Ok(ModalityLut::Rescale {
+            slope: r.slope,
+            intercept: r.intercept,
+        })
+    }
+}
+
+/// Reads a LUT item (LUT Descriptor + LUT Data).
+fn read_lut(item: &InMemDicomObject, signed: bool) -> Result<LutTable, DicomImageError> {
+    let bad = |what: &str| DicomImageError::Invalid(format!("Modality LUT: {what}"));
+    let desc: Vec<i64> = item
+        .element(tags::LUT_DESCRIPTOR)
+        .map_err(|_| bad("no LUT Descriptor"))?
+        .to_multi_int::<i64>()
+        .map_err(|_| bad("unreadable LUT Descriptor"))?;
+    if desc.len() != 3 {
+        return Err(bad("LUT Descriptor needs 3 values"));
+    }
+    let entries = if desc[0] == 0 {
+        65536
+    } else {
+        desc[0] as usize
+    };
+    let first_mapped = if signed && desc[1] > 32767 {
+        desc[1] - 65536
+    } else {
+        desc[1]
+    };
+    let data: Vec<u16> = item
+        .element(tags::LUT_DATA)
+        .map_err(|_| bad("no LUT Data"))?
+        .to_multi_int::<u16>()
+        .map_err(|_| bad("unreadable LUT Data"))?;
+    if data.len() < entries {
+        return Err(bad("LUT Data shorter than its descriptor"));
+    }
+    Ok(LutTable {
+        first_mapped,
+        bits: u8::try_from(desc[2].clamp(1, 16)).unwrap_or(16),
+        data: data[..entries].to_vec(),
+    })
+}
+
+/// Colour images (a Secondary Capture upload): grey = luma of RGB, or Y of YBR.
+fn colour_to_gray(
+    values: &[i32],
+    spp: usize,
+    width: u32,
+    height: u32,
+    photometric: &PhotometricInterpretation,
+    decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+) -> Result<GrayImage, DicomImageError> {
+    if spp != 3 || decoded.bits_allocated() != 8 {
+        return Err(DicomImageError::Invalid(format!(
+            "{spp} samples per pixel of {} bits is not supported",
+            decoded.bits_allocated()
+        )));
+    }
+    let planar = decoded.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst;
+    let n = width as usize * height as usize;
+    let sample = |i: usize, c: usize| -> u8 {
+        let idx = if planar { c * n + i } else { i * 3 + c };
+        values[idx].clamp(0, 255) as u8
+    };
+    let is_rgb = matches!(photometric, PhotometricInterpretation::Rgb);
+    let pixels = (0..n)
+        .map(|i| {
+            if is_rgb {
+                luma(sample(i, 0), sample(i, 1), sample(i, 2))
+            } else {
+                sample(i, 0)
+            }
+        })
+        .collect();
+    Ok(GrayImage {
+        width,
+        height,
+        pixels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::raster::read_image_file;
+    use crate::infer::testdata::samples_dir;
+
+    #[test]
+    fn every_sample_variant_decodes_to_the_png_levels() {
+        let Some(dir) = samples_dir() else { return };
+        let mut checked = 0;
+        for variant in std::fs::read_dir(dir.join("dicom")).unwrap() {
+            let variant = variant.unwrap().path();
+            if !variant.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&variant).unwrap() {
+                let f = f.unwrap().path();
+                let name = f.file_stem().unwrap().to_string_lossy().to_string();
+                let img = DicomImage::open(&f).unwrap();
+                assert_eq!(img.header().modality, "DX");
+                let disp = img
+                    .display_image()
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                let png = read_image_file(&dir.join("png").join(format!("{name}.png"))).unwrap();
+                assert_eq!((disp.width, disp.height), (png.width, png.height));
+                assert!(
+                    disp.pixels == png.pixels,
+                    "{} differs from its PNG",
+                    f.display()
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 16 + 8 * 2);
+    }
+
+    #[test]
+    fn broken_pixel_data_is_an_error_not_a_panic() {
+        let Some(dir) = samples_dir() else { return };
+        let src = dir.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+        let bytes = std::fs::read(&src).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // Cut the file in the middle of its pixel data.
+        let cut = tmp.path().join("cut.dcm");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        match DicomImage::open(&cut) {
+            Err(_) => {}
+            Ok(img) => assert!(img.display_image().is_err()),
+        }
+        // A JPEG-LS stream with its payload overwritten.
+        let src = dir.join("dicom/jpeg-ls-lossless/PNEUMONIA_01.dcm");
+        let mut bytes = std::fs::read(&src).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[n - 20_000..n - 100] {
+            *b = 0xFF;
+        }
+        let bad = tmp.path().join("bad.dcm");
+        std::fs::write(&bad, &bytes).unwrap();
+        if let Ok(img) = DicomImage::open(&bad) {
+            assert!(img.display_image().is_err());
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The pipeline against the shipped IR's reference outputs (`reference.csv`), from the PNGs
+//! and from every DICOM encoding of the samples.
+
+use super::analyse::{prepare_file, Preparation};
+use super::findings::probabilities;
+use super::testdata::{reference, runtime_config, samples_dir};
+use super::Engine;
+use std::path::Path;
+
+fn probs(engine: &Engine, path: &Path) -> Vec<f32> {
+    let Preparation::Ready(p) = prepare_file(path, engine.manifest()) else {
+        panic!("{} was not prepared", path.display());
+    };
+    let raw = engine.infer_blocking(p.tensor).unwrap();
+    probabilities(&raw, engine.manifest().output.activation)
+}
+
+#[test]
+fn golden_probabilities_from_png_and_dicom_match_the_reference() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let engine = Engine::new(&cfg).unwrap();
+    let mut worst = 0f32;
+    let rows = reference(&dir);
+    assert_eq!(rows.len(), 16);
+    for (file, normal, pneumonia) in &rows {
+        let stem = file.trim_end_matches(".png");
+        for path in [
+            dir.join("png").join(file),
+            dir.join("dicom/explicit-le").join(format!("{stem}.dcm")),
+        ] {
+            let p = probs(&engine, &path);
+            let d = (p[0] - normal).abs().max((p[1] - pneumonia).abs());
+            worst = worst.max(d);
+            assert!(
+                d <= 1e-3,
+                "{}: got {:?}, reference [{normal}, {pneumonia}]",
+                path.display(),
+                p
+            );
+        }
+    }
+    eprintln!("golden: 32 inputs, max |Δp| vs reference.csv ir_fp16 = {worst:.2e}");
+}
+
+#[test]
+fn every_encoding_gives_the_explicit_le_probabilities() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let engine = Engine::new(&cfg).unwrap();
+    let mut variants = 0;
+    for name in ["NORMAL_02", "PNEUMONIA_01"] {
+        let base = probs(&engine, &dir.join(format!("dicom/explicit-le/{name}.dcm")));
+        for v in std::fs::read_dir(dir.join("dicom")).unwrap() {
+            let v = v.unwrap().path();
+            let f = v.join(format!("{name}.dcm"));
+            if !v.is_dir() || !f.exists() || v.ends_with("explicit-le") {
+                continue;
+            }
+            let p = probs(&engine, &f);
+            assert_eq!(p, base, "{} differs from explicit-le", f.display());
+            variants += 1;
+        }
+    }
+    assert_eq!(variants, 16);
+}
+
+/// A Python with `onnx` and numpy: `DULI_PYTHON`, the repository's `.venv`, or `python3`.
+fn onnx_python() -> Option<std::path::PathBuf> {
+    let root = super::testdata::repo_root();
+    let candidates = [
+        std::env::var_os("DULI_PYTHON").map(std::path::PathBuf::from),
+        Some(root.join(".venv/bin/python")),
+        Some("python3".into()),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import onnx, numpy"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn a_densenet_layout_manifest_loads_and_runs() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let Some(python) = onnx_python() else {
+        eprintln!("SKIP: no Python with onnx + numpy (set DULI_PYTHON)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let script = super::testdata::repo_root().join("models/densenet121-res224-all/make_random.py");
+    let status = std::process::Command::new(python)
+        .arg(script)
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let engine = Engine::from_manifest_path(&tmp.path().join("model.toml"), &cfg).unwrap();
+    let m = engine.manifest();
+    assert_eq!(m.input.channels, 1);
+    for path in [
+        dir.join("png/NORMAL_01.png"),
+        dir.join("dicom/monochrome1/PNEUMONIA_01.dcm"),
+    ] {
+        let Preparation::Ready(p) = prepare_file(&path, m) else {
+            panic!("not prepared")
+        };
+        assert_eq!(p.tensor.len(), 224 * 224);
+        assert!(p.tensor.iter().all(|x| (-1024.0..=1024.0).contains(x)));
+        let raw = engine.infer_blocking(p.tensor.clone()).unwrap();
+        let found = super::findings::findings(m, &raw).unwrap();
+        assert_eq!(found.len(), 18);
+        assert_eq!(found[7].code, "EFFUSION");
+        assert!(found
+            .iter()
+            .all(|f| f.probability > 0.0 && f.probability < 1.0));
+        // The background compile takes a batch of heatmap masks.
+        let mut req = engine.background_request(m.heatmap.batch as usize).unwrap();
+        let map = super::heatmap::occlusion_map(
+            req.as_mut(),
+            m,
+            &p.tensor,
+            0,
+            m.heatmap.batch as usize,
+            || {},
+        )
+        .unwrap();
+        assert_eq!(map.len(), (m.heatmap.grid * m.heatmap.grid) as usize);
+    }
+}
+
+#[test]
+fn offline_tool_exit_codes_and_line_format() {
+    use crate::result::{Finding, HeatmapState, ImageResult, ImageStatus, Timings};
+    let r = ImageResult {
+        sop_instance_uid: "1.2".into(),
+        series_instance_uid: String::new(),
+        status: ImageStatus::Analysed,
+        reason: None,
+        findings: vec![Finding {
+            label: "Pneumonia".into(),
+            code: "PNEUMONIA".into(),
+            probability: 0.75,
+            threshold: 0.5,
+            positive: true,
+        }],
+        timings: Timings::default(),
+        heatmap: HeatmapState::None,
+    };
+    let v = super::cli::json_line(Path::new("a.dcm"), Some("1.2"), &r);
+    assert_eq!(v["file"], "a.dcm");
+    assert_eq!(v["sop_instance_uid"], "1.2");
+    assert_eq!(v["status"], "analysed");
+    assert_eq!(v["findings"][0]["code"], "PNEUMONIA");
+    assert_eq!(v["findings"][0]["positive"], true);
+    assert!(v.get("reason").is_none());
+    assert!(v["timings_ms"]["infer"].is_number());
+    let png = super::cli::json_line(Path::new("b.png"), None, &r);
+    assert!(png.get("sop_instance_uid").is_none());
+
+    let missing = crate::config::InferenceConfig {
+        openvino_lib: Some("/nonexistent/libopenvino_c.so".into()),
+        ..Default::default()
+    };
+    let model = super::testdata::repo_root().join("models/pneumonia-xception/model.toml");
+    assert_eq!(super::infer_files_cli(Some(&model), &[], &missing), 2);
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let ok = [
+        dir.join("png/NORMAL_02.png"),
+        dir.join("dicom/rle/NORMAL_02.dcm"),
+    ];
+    assert_eq!(super::infer_files_cli(None, &ok, &cfg), 0);
+    assert_eq!(
+        super::infer_files_cli(None, &[dir.join("reference.csv")], &cfg),
+        1
+    );
+}

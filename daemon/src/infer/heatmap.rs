@@ -1,0 +1,272 @@
+//! Occlusion-sensitivity heatmaps: grey out each cell of a `grid × grid` partition of the
+//! input, run the masked copies in batches, and map how much the explained finding's
+//! probability drops. Works for any model. Runs on one background worker (one runtime
+//! thread, waits while report inference has work) after the result is recorded; a full
+//! backlog makes callers skip (and record why) instead of queueing without bound.
+
+use super::backend::{BackendError, Request};
+use super::engine::{Engine, EngineError};
+use super::findings::probabilities;
+use super::manifest::{Layout, Manifest};
+use super::tensor::normalise;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Heatmap jobs that may wait; beyond that, new ones are skipped.
+pub const BACKLOG: usize = 8;
+
+/// Positions where cell `i` of `grid` cells starts, over `n` pixels (`grid + 1` values).
+pub fn cell_edges(n: u32, grid: u32) -> Vec<u32> {
+    (0..=grid).map(|i| i * n / grid).collect()
+}
+
+/// Greys out cell (cx, cy) of a batch-1 input tensor.
+pub fn mask_cell(input: &mut [f32], manifest: &Manifest, grid: u32, cx: u32, cy: u32) {
+    let spec = &manifest.input;
+    let (w, h, ch) = (spec.width, spec.height, spec.channels as usize);
+    let xs = cell_edges(w, grid);
+    let ys = cell_edges(h, grid);
+    for c in 0..ch {
+        let fill = normalise(128, c, &spec.normalise);
+        for y in ys[cy as usize]..ys[cy as usize + 1] {
+            for x in xs[cx as usize]..xs[cx as usize + 1] {
+                let p = (y * w + x) as usize;
+                let i = match spec.layout {
+                    Layout::NHWC => p * ch + c,
+                    Layout::NCHW => c * (w * h) as usize + p,
+                };
+                input[i] = fill;
+            }
+        }
+    }
+}
+
+/// The occlusion map of label `target`: per cell (row-major), max(0, p − p_masked).
+/// `request` must take `batch` inputs per call.
+pub fn occlusion_map(
+    request: &mut dyn Request,
+    manifest: &Manifest,
+    input: &[f32],
+    target: usize,
+    batch: usize,
+    mut before_batch: impl FnMut(),
+) -> Result<Vec<f32>, BackendError> {
+    let grid = manifest.heatmap.grid;
+    let n = manifest.input_len();
+    let labels = manifest.labels.len();
+    // Copy 0 is the unmasked baseline, copies 1.. mask one cell each.
+    let cells = (grid * grid) as usize;
+    let mut probs = Vec::with_capacity(cells + 1);
+    let mut next = 0usize;
+    while next < cells + 1 {
+        before_batch();
+        let mut buf = Vec::with_capacity(batch * n);
+        for k in 0..batch {
+            let copy = (next + k).min(cells);
+            let mut one = input.to_vec();
+            if copy > 0 {
+                let cell = (copy - 1) as u32;
+                mask_cell(&mut one, manifest, grid, cell % grid, cell / grid);
+            }
+            buf.extend_from_slice(&one);
+        }
+        let raw = request.run(&buf)?;
+        if raw.len() != batch * labels {
+            return Err(BackendError::Infer(format!(
+                "heatmap batch gave {} outputs, expected {}",
+                raw.len(),
+                batch * labels
+            )));
+        }
+        for k in 0..batch {
+            if next + k <= cells {
+                let p = probabilities(
+                    &raw[k * labels..(k + 1) * labels],
+                    manifest.output.activation,
+                );
+                probs.push(p[target]);
+            }
+        }
+        next += batch;
+    }
+    let base = probs[0];
+    Ok(probs[1..].iter().map(|p| (base - p).max(0.0)).collect())
+}
+
+/// Renders a grid map as an 8-bit grey PNG of `width × height` (brightest = largest drop).
+pub fn render_png(map: &[f32], grid: u32, width: u32, height: u32) -> Result<Vec<u8>, String> {
+    let max = map.iter().copied().fold(0f32, f32::max);
+    let cells: Vec<u8> = map
+        .iter()
+        .map(|v| {
+            if max > 0.0 {
+                (v / max * 255.0).round() as u8
+            } else {
+                0
+            }
+        })
+        .collect();
+    let small = image::GrayImage::from_raw(grid, grid, cells).ok_or("grid size mismatch")?;
+    let big = image::imageops::resize(&small, width, height, image::imageops::FilterType::Triangle);
+    let mut png = Vec::new();
+    big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(png)
+}
+
+/// One heatmap to compute.
+#[derive(Debug, Clone)]
+pub struct HeatmapJob {
+    /// Study Instance UID of the result.
+    pub study_uid: String,
+    /// Result version.
+    pub version: u32,
+    /// The image.
+    pub sop_instance_uid: String,
+    /// Its batch-1 input tensor.
+    pub input: Vec<f32>,
+    /// Output index of the finding to explain.
+    pub target: usize,
+}
+
+/// What became of a job: the PNG and the milliseconds it took, or why it failed.
+pub type HeatmapOutcome = Result<(Vec<u8>, f64), String>;
+
+/// Called on the worker thread when a job ends.
+pub type OnHeatmap = Box<dyn Fn(&HeatmapJob, HeatmapOutcome) + Send>;
+
+/// The low-priority heatmap worker.
+#[derive(Debug, Clone)]
+pub struct HeatmapWorker {
+    tx: mpsc::Sender<HeatmapJob>,
+}
+
+impl HeatmapWorker {
+    /// Compiles the background network and starts the worker thread.
+    pub fn start(engine: Arc<Engine>, on_done: OnHeatmap) -> Result<HeatmapWorker, EngineError> {
+        let batch = engine.manifest().heatmap.batch as usize;
+        let mut request = engine.background_request(batch)?;
+        let (tx, mut rx) = mpsc::channel::<HeatmapJob>(BACKLOG);
+        std::thread::Builder::new()
+            .name("heatmap".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    let start = Instant::now();
+                    let manifest = Arc::clone(engine.manifest());
+                    let wait_for_reports = || {
+                        // Report inference first: wait (bounded) while it has work.
+                        let until = Instant::now() + Duration::from_secs(30);
+                        while engine.pending() > 0 && Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    };
+                    let out = occlusion_map(
+                        request.as_mut(),
+                        &manifest,
+                        &job.input,
+                        job.target,
+                        batch,
+                        wait_for_reports,
+                    )
+                    .map_err(|e| e.to_string())
+                    .and_then(|map| {
+                        render_png(
+                            &map,
+                            manifest.heatmap.grid,
+                            manifest.input.width,
+                            manifest.input.height,
+                        )
+                    })
+                    .map(|png| (png, start.elapsed().as_secs_f64() * 1000.0));
+                    on_done(&job, out);
+                }
+            })
+            .map_err(|e| EngineError::Backend(BackendError::Compile(e.to_string())))?;
+        Ok(HeatmapWorker { tx })
+    }
+
+    /// Queues a job; gives it back when the backlog is full (the caller records a skip).
+    pub fn submit(&self, job: HeatmapJob) -> Result<(), HeatmapJob> {
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_cover_the_input_without_overlap() {
+        assert_eq!(
+            cell_edges(150, 8),
+            vec![0, 18, 37, 56, 75, 93, 112, 131, 150]
+        );
+    }
+
+    /// A fake network whose probability is the mean of the top-left quarter (NHWC, 1 ch).
+    struct QuarterMean(usize);
+    impl Request for QuarterMean {
+        fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+            let n = 16 * 16;
+            Ok(input
+                .chunks(n)
+                .flat_map(|img| {
+                    let mut s = 0.0;
+                    for y in 0..8 {
+                        for x in 0..8 {
+                            s += img[y * 16 + x];
+                        }
+                    }
+                    let p = s / 64.0;
+                    [1.0 - p, p]
+                })
+                .take(self.0 * 2)
+                .collect())
+        }
+    }
+
+    #[test]
+    fn occlusion_finds_the_region_the_network_reads() {
+        let text = r#"name = "t"
+version = "1"
+[file]
+path = "x.onnx"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[input]
+name = "x"
+layout = "NHWC"
+width = 16
+height = 16
+channels = 1
+resize = "nearest_pil"
+normalise = { kind = "range", min = 0.0, max = 1.0 }
+[output]
+activation = "none"
+[heatmap]
+grid = 2
+batch = 3
+[[labels]]
+code = "N"
+name = "N"
+background = true
+[[labels]]
+code = "X"
+name = "X"
+"#;
+        let mut m: Manifest = toml::from_str(text).unwrap();
+        m.dir = ".".into();
+        let input = vec![1.0f32; 256];
+        let mut calls = 0;
+        let map = occlusion_map(&mut QuarterMean(3), &m, &input, 1, 3, || calls += 1).unwrap();
+        assert_eq!(calls, 2); // 5 copies in batches of 3
+        assert!(map[0] > 0.4, "{map:?}");
+        assert_eq!(&map[1..], &[0.0, 0.0, 0.0]);
+        let png = render_png(&map, 2, 16, 16).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_luma8();
+        assert_eq!(img.dimensions(), (16, 16));
+        assert!(img.get_pixel(0, 0).0[0] > img.get_pixel(15, 15).0[0]);
+    }
+}

@@ -1,0 +1,487 @@
+//! The model manifest (`models/<name>/model.toml`): which file to load, what the network
+//! expects as input, what its output means, the findings it reports and the checksums its
+//! files must match. Any model is loaded from its manifest alone.
+
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Why a manifest (or the files it names) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The manifest file cannot be read.
+    #[error("cannot read model manifest {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest is not valid TOML of the expected shape.
+    #[error("model manifest {path}: {message}")]
+    Parse {
+        /// The manifest path.
+        path: PathBuf,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A value is inconsistent (e.g. no labels, bad channel count).
+    #[error("model manifest {path}: {key}: {reason}")]
+    Invalid {
+        /// The manifest path.
+        path: PathBuf,
+        /// The offending key.
+        key: String,
+        /// Why it is not acceptable.
+        reason: String,
+    },
+    /// A model file named by the manifest is missing or unreadable.
+    #[error("model file {path} cannot be read ({source}); run scripts/setup-models.sh")]
+    ModelFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A model file's SHA-256 differs from the manifest's.
+    #[error("model file {path} has SHA-256 {actual}, but the manifest says {expected}: refusing to load it (wrong or corrupt weights; run scripts/setup-models.sh)")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The checksum in the manifest.
+        expected: String,
+        /// The checksum of the file on disk.
+        actual: String,
+    },
+}
+
+/// A model manifest, as read from `model.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Short model name (also the folder name under `models/`).
+    pub name: String,
+    /// Version of this model build (weights + conversion).
+    pub version: String,
+    /// One-line description for people.
+    #[serde(default)]
+    pub description: String,
+    /// Coding scheme designator of the label codes (DICOM style; `99…` is a local scheme).
+    #[serde(default = "default_scheme")]
+    pub coding_scheme: String,
+    /// The network file(s) and their checksums.
+    pub file: ModelFile,
+    /// What the network expects as input.
+    pub input: InputSpec,
+    /// What the network's output means.
+    pub output: OutputSpec,
+    /// One entry per output index, in output order.
+    pub labels: Vec<Label>,
+    /// Threshold for labels that do not set their own.
+    #[serde(default = "default_threshold")]
+    pub default_threshold: f32,
+    /// Occlusion heatmap settings.
+    #[serde(default)]
+    pub heatmap: HeatmapSpec,
+    /// Folder of the manifest; relative file paths resolve against it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+fn default_scheme() -> String {
+    "99DULI".into()
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+/// The network file and its checksums.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// OpenVINO IR `.xml` or `.onnx`, relative to the manifest's folder.
+    pub path: PathBuf,
+    /// SHA-256 (hex) of `path`.
+    pub sha256: String,
+    /// Weights file of an IR (`.bin`), relative to the manifest's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+    /// SHA-256 (hex) of `weights`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+}
+
+/// Memory layout of the input tensor.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Layout {
+    /// Batch, height, width, channels.
+    NHWC,
+    /// Batch, channels, height, width.
+    NCHW,
+}
+
+/// How the display image is cropped before resizing.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Crop {
+    /// Keep the whole image (a squash resize when the aspect ratio differs).
+    #[default]
+    None,
+    /// Cut the largest centred square first.
+    CenterSquare,
+}
+
+/// How the image is resized to the input size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMethod {
+    /// Nearest neighbour, sampling exactly where PIL's `Image.NEAREST` samples.
+    NearestPil,
+    /// Linear (triangle) filter with antialiasing when shrinking.
+    Bilinear,
+}
+
+/// How 8-bit display values `v` become input values.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Normalisation {
+    /// Linear map of 0..255 onto `min..max`: `x = v / (255 / (max − min)) + min`.
+    Range {
+        /// Value of display level 0.
+        min: f32,
+        /// Value of display level 255.
+        max: f32,
+    },
+    /// `x = (v / 255 − mean[c]) / std[c]` per channel (one value applies to all channels).
+    MeanStd {
+        /// Per-channel means (of v/255).
+        mean: Vec<f32>,
+        /// Per-channel standard deviations (of v/255).
+        std: Vec<f32>,
+    },
+}
+
+/// The input tensor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Name of the input tensor.
+    pub name: String,
+    /// Tensor layout.
+    pub layout: Layout,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// 1 (grey) or 3 (grey copied into R, G and B).
+    pub channels: u32,
+    /// Crop before resize.
+    #[serde(default)]
+    pub crop: Crop,
+    /// Resize method.
+    pub resize: ResizeMethod,
+    /// Normalisation of display values.
+    pub normalise: Normalisation,
+}
+
+/// What the raw output values are.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// The network outputs probabilities already.
+    None,
+    /// Independent logits: probability = sigmoid(logit) (multi-label).
+    Sigmoid,
+    /// Mutually exclusive logits: probabilities = softmax(logits).
+    Softmax,
+}
+
+/// The output tensor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Name of the output tensor (the first output when absent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What turns raw outputs into probabilities.
+    pub activation: Activation,
+}
+
+/// One output index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    /// Code of the finding (in `coding_scheme`).
+    pub code: String,
+    /// Display name of the finding.
+    pub name: String,
+    /// Decision threshold (else the manifest's `default_threshold`).
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// A background class (e.g. NORMAL): never reported as a finding.
+    #[serde(default)]
+    pub background: bool,
+}
+
+/// Occlusion-sensitivity settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeatmapSpec {
+    /// Cells per side of the occlusion grid (grid² masked inferences per image).
+    pub grid: u32,
+    /// Masks per inference call.
+    pub batch: u32,
+}
+
+impl Default for HeatmapSpec {
+    fn default() -> Self {
+        Self { grid: 8, batch: 8 }
+    }
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path` (checksums are checked by
+    /// [`Manifest::verify_files`]).
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        m.dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |key: &str, reason: &str| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        };
+        if self.labels.is_empty() {
+            return Err(bad("labels", "at least one label is required"));
+        }
+        if !self.labels.iter().any(|l| !l.background) {
+            return Err(bad("labels", "every label is a background class"));
+        }
+        if self.input.channels != 1 && self.input.channels != 3 {
+            return Err(bad("input.channels", "must be 1 or 3"));
+        }
+        if self.input.width == 0 || self.input.height == 0 {
+            return Err(bad("input.width/height", "must be positive"));
+        }
+        if self.output.activation == Activation::Softmax && self.labels.len() < 2 {
+            return Err(bad("output.activation", "softmax needs two or more labels"));
+        }
+        if let Normalisation::MeanStd { mean, std } = &self.input.normalise {
+            let n = self.input.channels as usize;
+            if !(mean.len() == 1 || mean.len() == n) || !(std.len() == 1 || std.len() == n) {
+                return Err(bad(
+                    "input.normalise",
+                    "mean/std need 1 or `channels` values",
+                ));
+            }
+            if std.contains(&0.0) {
+                return Err(bad("input.normalise.std", "must not be zero"));
+            }
+        }
+        if let Normalisation::Range { min, max } = &self.input.normalise {
+            if min == max {
+                return Err(bad("input.normalise", "min and max must differ"));
+            }
+        }
+        let is_hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hex(&self.file.sha256) {
+            return Err(bad(
+                "file.sha256",
+                "a 64-digit hex SHA-256 is required (a model without a recorded checksum is not loaded)",
+            ));
+        }
+        match (&self.file.weights, &self.file.weights_sha256) {
+            (Some(_), Some(h)) if is_hex(h) => {}
+            (Some(_), _) => {
+                return Err(bad(
+                    "file.weights_sha256",
+                    "a 64-digit hex SHA-256 is required",
+                ))
+            }
+            (None, Some(_)) => return Err(bad("file.weights", "weights_sha256 without weights")),
+            (None, None) => {}
+        }
+        if self.heatmap.grid == 0 || self.heatmap.batch == 0 {
+            return Err(bad("heatmap", "grid and batch must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Absolute (or working-directory relative) path of the network file.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.file.path)
+    }
+
+    /// Path of the weights file of an IR.
+    pub fn weights_path(&self) -> Option<PathBuf> {
+        self.file.weights.as_ref().map(|w| self.dir.join(w))
+    }
+
+    /// Checks every file against its SHA-256. Returns the network file's checksum.
+    pub fn verify_files(&self) -> Result<String, ManifestError> {
+        verify(&self.model_path(), &self.file.sha256)?;
+        if let (Some(w), Some(h)) = (self.weights_path(), &self.file.weights_sha256) {
+            verify(&w, h)?;
+        }
+        Ok(self.file.sha256.to_ascii_lowercase())
+    }
+
+    /// The decision threshold of label `i`.
+    pub fn threshold(&self, i: usize) -> f32 {
+        self.labels
+            .get(i)
+            .and_then(|l| l.threshold)
+            .unwrap_or(self.default_threshold)
+    }
+
+    /// Number of values in one input tensor of batch 1.
+    pub fn input_len(&self) -> usize {
+        (self.input.width * self.input.height * self.input.channels) as usize
+    }
+}
+
+fn verify(path: &Path, expected: &str) -> Result<(), ManifestError> {
+    let actual = sha256_file(path).map_err(|source| ManifestError::ModelFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(ManifestError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.to_ascii_lowercase(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT_MANIFESTS: &[&str] = &[
+        "../models/pneumonia-xception/model.toml",
+        "../models/densenet121-res224-all/model.toml",
+    ];
+
+    #[test]
+    fn shipped_manifests_parse() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let m = Manifest::load(&base.join(ROOT_MANIFESTS[0])).unwrap();
+        assert_eq!(m.labels.len(), 2);
+        assert!(m.labels[0].background);
+        assert_eq!(m.threshold(1), 0.5);
+        assert_eq!(m.input_len(), 150 * 150 * 3);
+        // The DenseNet manifest ships without weights, so without a checksum: it parses
+        // as TOML but is refused until its conversion records the checksum.
+        let text = std::fs::read_to_string(base.join(ROOT_MANIFESTS[1])).unwrap();
+        let raw: toml::Table = text.parse().unwrap();
+        assert_eq!(raw["labels"].as_array().unwrap().len(), 18);
+        match Manifest::load(&base.join(ROOT_MANIFESTS[1])) {
+            Err(ManifestError::Invalid { key, .. }) => assert_eq!(key, "file.sha256"),
+            other => panic!("expected a refusal for the missing checksum, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn checksum_mismatch_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("net.onnx"), b"not the weights").unwrap();
+        let good = sha256_file(&dir.path().join("net.onnx")).unwrap();
+        let manifest = |sha: &str| {
+            format!(
+                r#"name = "t"
+version = "1"
+[file]
+path = "net.onnx"
+sha256 = "{sha}"
+[input]
+name = "x"
+layout = "NCHW"
+width = 4
+height = 4
+channels = 1
+resize = "bilinear"
+normalise = {{ kind = "range", min = -1024.0, max = 1024.0 }}
+[output]
+activation = "sigmoid"
+[[labels]]
+code = "A"
+name = "A"
+"#
+            )
+        };
+        let path = dir.path().join("model.toml");
+        std::fs::write(&path, manifest(&good)).unwrap();
+        let m = Manifest::load(&path).unwrap();
+        assert_eq!(m.verify_files().unwrap(), good);
+        std::fs::write(&path, manifest(&"0".repeat(64))).unwrap();
+        let m = Manifest::load(&path).unwrap();
+        let err = m.verify_files().unwrap_err();
+        assert!(matches!(err, ManifestError::Checksum { .. }));
+        assert!(err.to_string().contains("refusing to load"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.toml");
+        std::fs::write(
+            &path,
+            r#"name = "t"
+version = "1"
+[file]
+path = "x.onnx"
+sha256 = "00"
+[input]
+name = "x"
+layout = "NCHW"
+width = 4
+height = 4
+channels = 2
+resize = "bilinear"
+normalise = { kind = "range", min = 0.0, max = 1.0 }
+[output]
+activation = "none"
+[[labels]]
+code = "A"
+name = "A"
+"#,
+        )
+        .unwrap();
+        match Manifest::load(&path) {
+            Err(ManifestError::Invalid { key, .. }) => assert_eq!(key, "input.channels"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Inference: from a stored study's images to a recorded study result.
+//!
+//! In the order an image flows through them:
+//!
+//! - [`eligibility`]: which images are analysed (CR/DX chest PA/AP, marked SC uploads).
+//! - [`dicom_image`]: header attributes and first-frame decoding of a DICOM file.
+//! - [`samples`]: stored values from native pixel bytes (bits stored, sign).
+//! - [`display`]: Modality LUT, VOI window/LUT, MONOCHROME1 → the 8-bit display image.
+//! - [`raster`]: PNG/JPEG files → the same 8-bit display image.
+//! - [`resize`]: crop and resize to the model input (PIL-exact nearest, or linear).
+//! - [`tensor`]: normalisation and layout of the input tensor.
+//! - [`manifest`]: the model manifest (`model.toml`) and its checksums.
+//! - [`backend`]: the runtime trait; [`openvino`] implements it over OpenVINO.
+//! - [`engine`]: worker threads owning infer requests, fed by a bounded queue.
+//! - [`findings`]: raw outputs → probabilities, thresholds, background classes.
+//! - [`analyse`]: one image file through all of the above (shared by daemon and CLI).
+//! - [`heatmap`]: occlusion-sensitivity heatmaps on a low-priority worker.
+//! - [`record`]: the study result and state transitions in the store.
+//! - [`service`]: [`service::run_pipeline`], the daemon's inference stage.
+//! - [`cli`]: `duli infer FILE...`, the offline tool.
+pub mod analyse;
+pub mod backend;
+pub mod cli;
+pub mod dicom_image;
+pub mod display;
+pub mod eligibility;
+pub mod engine;
+pub mod findings;
+pub mod heatmap;
+pub mod manifest;
+pub mod openvino;
+pub mod raster;
+pub mod record;
+pub mod resize;
+pub mod samples;
+pub mod service;
+pub mod tensor;
+
+pub use cli::infer_files_cli;
+pub use engine::{Engine, EngineError};
+pub use manifest::Manifest;
+pub use service::{run_pipeline, run_pipeline_with, PipelineOptions};
+#[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
+mod service_tests;
+#[cfg(test)]
+pub(crate) mod testdata;

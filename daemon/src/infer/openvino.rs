@@ -1,0 +1,214 @@
+//! The OpenVINO backend. The runtime is linked at run time: its C library is loaded from
+//! `inference.openvino_lib`, else `DULI_OPENVINO_LIB`, else `.cache/openvino/libs` (what
+//! `scripts/setup-openvino.sh` unpacks from the pinned PyPI wheel), before the first `Core`.
+
+use super::backend::{input_shape, Backend, BackendError, CompileOptions, Compiled, Request};
+use super::manifest::Manifest;
+use crate::config::InferenceConfig;
+use openvino::{
+    CompiledModel, Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey,
+    RwPropertyKey, Shape, Tensor,
+};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Environment variable naming the OpenVINO C library (or its folder).
+pub const LIB_ENV: &str = "DULI_OPENVINO_LIB";
+/// Default location of the runtime, relative to the working directory.
+pub const DEFAULT_LIB_DIR: &str = ".cache/openvino/libs";
+const LIB_NAME: &str = "libopenvino_c.so";
+const HINT: &str = "run scripts/setup-openvino.sh (fetches the pinned runtime into .cache/openvino/libs) or set inference.openvino_lib / DULI_OPENVINO_LIB to libopenvino_c.so";
+/// Longest an inference call may take before it is reported as failed (ms).
+const INFER_TIMEOUT_MS: i64 = 120_000;
+
+/// Where the OpenVINO C library is looked for: config, then environment, then default.
+pub fn library_path(cfg: &InferenceConfig) -> PathBuf {
+    let p = cfg
+        .openvino_lib
+        .clone()
+        .or_else(|| std::env::var_os(LIB_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_LIB_DIR));
+    if p.is_dir() {
+        p.join(LIB_NAME)
+    } else {
+        p
+    }
+}
+
+/// Loads the runtime library once per process (later calls are no-ops once one succeeded).
+pub fn load_runtime(path: &Path) -> Result<(), BackendError> {
+    if !path.exists() {
+        return Err(BackendError::RuntimeMissing {
+            reason: format!("{} does not exist", path.display()),
+            hint: HINT.into(),
+        });
+    }
+    openvino_sys::library::load_from(path).map_err(|e| BackendError::RuntimeMissing {
+        reason: format!("{} does not load: {e}", path.display()),
+        hint: HINT.into(),
+    })
+}
+
+/// OpenVINO on one device with one performance hint.
+pub struct OpenVino {
+    core: Core,
+    device: String,
+    hint: String,
+}
+
+impl OpenVino {
+    /// Loads the runtime found by [`library_path`] and creates a `Core`.
+    pub fn new(cfg: &InferenceConfig) -> Result<OpenVino, BackendError> {
+        load_runtime(&library_path(cfg))?;
+        let core = Core::new().map_err(|e| BackendError::RuntimeMissing {
+            reason: format!("OpenVINO core: {e}"),
+            hint: HINT.into(),
+        })?;
+        Ok(OpenVino {
+            core,
+            device: cfg.device.to_ascii_uppercase(),
+            hint: cfg.performance_hint.to_ascii_uppercase(),
+        })
+    }
+
+    fn device(&self) -> DeviceType<'static> {
+        // Parsing never fails: unknown names become `DeviceType::Other`.
+        DeviceType::from_str(&self.device)
+            .map(|d| d.to_owned())
+            .unwrap_or(DeviceType::CPU)
+    }
+}
+
+fn compile_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Compile(e.to_string())
+}
+
+impl Backend for OpenVino {
+    fn name(&self) -> String {
+        format!(
+            "openvino-{}/{}",
+            openvino::version().build_number,
+            self.device
+        )
+    }
+
+    fn compile(
+        &mut self,
+        manifest: &Manifest,
+        options: CompileOptions,
+    ) -> Result<Box<dyn Compiled>, BackendError> {
+        let xml = manifest.model_path();
+        let weights = manifest.weights_path().unwrap_or_default();
+        let mut model = self
+            .core
+            .read_model_from_file(&xml.to_string_lossy(), &weights.to_string_lossy())
+            .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?;
+        let shape = PartialShape::new_static(4, &input_shape(manifest, options.batch))
+            .map_err(compile_err)?;
+        model
+            .reshape_input_by_name(&manifest.input.name, &shape)
+            .map_err(|e| BackendError::Compile(format!("input {:?}: {e}", manifest.input.name)))?;
+        let device = self.device();
+        let hint = if options.background {
+            "THROUGHPUT"
+        } else {
+            &self.hint
+        };
+        let threads = if options.background { "1" } else { "0" };
+        for (key, value) in [
+            (RwPropertyKey::HintPerformanceMode, hint),
+            (RwPropertyKey::InferenceNumThreads, threads),
+        ] {
+            if let Err(e) = self.core.set_property(&device, &key, value) {
+                log::debug!(
+                    "OpenVINO {} does not take {}={value}: {e}",
+                    self.device,
+                    key.as_ref()
+                );
+            }
+        }
+        let compiled = self
+            .core
+            .compile_model(&model, device)
+            .map_err(compile_err)?;
+        let output = manifest.output.name.clone();
+        Ok(Box::new(OvCompiled {
+            compiled,
+            input: manifest.input.name.clone(),
+            output,
+            shape: input_shape(manifest, options.batch),
+        }))
+    }
+}
+
+struct OvCompiled {
+    compiled: CompiledModel,
+    input: String,
+    output: Option<String>,
+    shape: [i64; 4],
+}
+
+impl Compiled for OvCompiled {
+    fn optimal_requests(&self) -> usize {
+        self.compiled
+            .get_property(&PropertyKey::OptimalNumberOfInferRequests)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(1)
+            .clamp(1, 16)
+    }
+
+    fn request(&mut self) -> Result<Box<dyn Request>, BackendError> {
+        let request = self.compiled.create_infer_request().map_err(compile_err)?;
+        let tensor = Tensor::new(
+            ElementType::F32,
+            &Shape::new(&self.shape).map_err(compile_err)?,
+        )
+        .map_err(compile_err)?;
+        Ok(Box::new(OvRequest {
+            request,
+            tensor,
+            input: self.input.clone(),
+            output: self.output.clone(),
+        }))
+    }
+}
+
+struct OvRequest {
+    request: InferRequest,
+    tensor: Tensor,
+    input: String,
+    output: Option<String>,
+}
+
+fn infer_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Infer(e.to_string())
+}
+
+impl Request for OvRequest {
+    fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        let data = self.tensor.get_data_mut::<f32>().map_err(infer_err)?;
+        if data.len() != input.len() {
+            return Err(BackendError::Infer(format!(
+                "input has {} values, the network takes {}",
+                input.len(),
+                data.len()
+            )));
+        }
+        data.copy_from_slice(input);
+        self.request
+            .set_tensor(&self.input, &self.tensor)
+            .map_err(infer_err)?;
+        self.request.infer_async().map_err(infer_err)?;
+        self.request.wait(INFER_TIMEOUT_MS).map_err(infer_err)?;
+        let out = match &self.output {
+            Some(name) => self.request.get_tensor(name),
+            None => self.request.get_output_tensor_by_index(0),
+        }
+        .map_err(infer_err)?;
+        if out.get_element_type().map_err(infer_err)? != ElementType::F32 {
+            return Err(BackendError::Infer("output is not f32".into()));
+        }
+        Ok(out.get_data::<f32>().map_err(infer_err)?.to_vec())
+    }
+}

@@ -1,0 +1,199 @@
+//! Study results in the store, and the study state transitions of inference
+//! (`complete → queued → inferring → done | error`).
+//!
+//! A result is committed in ONE sled transaction with the study's state change and any
+//! extra writes a later stage adds (the deliver stage's outbox entries): see
+//! [`commit_result`] and [`ExtraWrite`]. Keys of the `results` tree are
+//! `<study uid> NUL <version as 8 hex digits>`, so a study's versions sort in order.
+
+use crate::model::{StudyRecord, StudyState};
+use crate::result::{HeatmapState, StudyResult};
+use crate::store::{decode, encode, Store, StoreError};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// Tree of study results.
+pub const RESULTS_TREE: &str = "results";
+/// The store's study tree (state changes commit in the same transaction as the result).
+const STUDIES_TREE: &str = "studies";
+
+/// One more write to commit atomically with a result (e.g. an outbox entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraWrite {
+    /// Tree name.
+    pub tree: String,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// Builds the extra writes for a result about to be committed (given the study record as
+/// it is before the commit). The deliver stage supplies one for its outbox entries.
+pub type ExtraWrites =
+    std::sync::Arc<dyn Fn(&StudyResult, &StudyRecord) -> Vec<ExtraWrite> + Send + Sync>;
+
+/// What committing a result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Recorded; the study is `done`.
+    Done,
+    /// Recorded, but instances arrived meanwhile: the study stays `receiving` and will be
+    /// analysed again as version n+1.
+    Superseded,
+}
+
+/// Key of a result in [`RESULTS_TREE`].
+pub fn result_key(study_uid: &str, version: u32) -> Vec<u8> {
+    let mut k = study_uid.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(format!("{version:08x}").as_bytes());
+    k
+}
+
+/// Marks a study `queued` (handed to inference).
+pub fn mark_queued(store: &Store, study_uid: &str) -> Result<Option<StudyRecord>, StoreError> {
+    store.set_study_state(study_uid, StudyState::Queued, None)
+}
+
+/// Marks a study `inferring`.
+pub fn mark_inferring(store: &Store, study_uid: &str) -> Result<Option<StudyRecord>, StoreError> {
+    store.set_study_state(study_uid, StudyState::Inferring, None)
+}
+
+/// Marks a study `error` with the reason (nothing of it could be analysed and it is not
+/// worth retrying: e.g. every image undecodable).
+pub fn mark_error(
+    store: &Store,
+    study_uid: &str,
+    reason: &str,
+) -> Result<Option<StudyRecord>, StoreError> {
+    store.set_study_state(study_uid, StudyState::Error, Some(reason.to_string()))
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Commits `result`, moves the study to `done` (unless new instances reopened it) with
+/// `result_version = result.version`, and applies `extra` — all in one transaction.
+/// Not durable until [`Store::flush`].
+pub fn commit_result(
+    store: &Store,
+    result: &StudyResult,
+    extra: &[ExtraWrite],
+) -> Result<Committed, StoreError> {
+    let mut names: Vec<&str> = vec![RESULTS_TREE, STUDIES_TREE];
+    for e in extra {
+        if !names.contains(&e.tree.as_str()) {
+            names.push(&e.tree);
+        }
+    }
+    let trees = names
+        .iter()
+        .map(|n| store.tree(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&sled::Tree> = trees.iter().collect();
+    let key = result_key(&result.study_instance_uid, result.version);
+    let value = encode(result);
+    let uid = result.study_instance_uid.as_str();
+    let out = refs.as_slice().transaction(|views| {
+        let (results, studies) = (&views[0], &views[1]);
+        let Some(raw) = studies.get(uid.as_bytes())? else {
+            return Err(corrupt(uid, "the study is not in the index"));
+        };
+        let mut study: StudyRecord = serde_json::from_slice(&raw).map_err(|e| corrupt(uid, e))?;
+        results.insert(key.as_slice(), value.as_slice())?;
+        let outcome = if study.state == StudyState::Receiving {
+            Committed::Superseded
+        } else {
+            study.state = StudyState::Done;
+            study.error = None;
+            Committed::Done
+        };
+        study.result_version = study.result_version.max(result.version);
+        studies.insert(uid.as_bytes(), encode(&study))?;
+        for e in extra {
+            let i = names.iter().position(|n| *n == e.tree).unwrap_or(0);
+            views[i].insert(e.key.as_slice(), e.value.as_slice())?;
+        }
+        Ok(outcome)
+    });
+    match out {
+        Ok(c) => Ok(c),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Index(e)),
+    }
+}
+
+/// One result version of a study.
+pub fn result(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+) -> Result<Option<StudyResult>, StoreError> {
+    let key = result_key(study_uid, version);
+    store
+        .tree(RESULTS_TREE)?
+        .get(&key)?
+        .map(|v| decode(&key, &v))
+        .transpose()
+}
+
+/// The latest result of a study.
+pub fn latest_result(store: &Store, study_uid: &str) -> Result<Option<StudyResult>, StoreError> {
+    let mut prefix = study_uid.as_bytes().to_vec();
+    prefix.push(0);
+    match store.tree(RESULTS_TREE)?.scan_prefix(&prefix).next_back() {
+        Some(kv) => {
+            let (k, v) = kv?;
+            Ok(Some(decode(&k, &v)?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Records the heatmap state of one image of a stored result.
+pub fn set_heatmap(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+    sop_instance_uid: &str,
+    state: HeatmapState,
+    heatmap_ms: f64,
+) -> Result<(), StoreError> {
+    let key = result_key(study_uid, version);
+    let tree = store.tree(RESULTS_TREE)?;
+    let mut failed = None;
+    tree.update_and_fetch(&key, |old| {
+        let old = old?;
+        match serde_json::from_slice::<StudyResult>(old) {
+            Ok(mut r) => {
+                for img in r
+                    .images
+                    .iter_mut()
+                    .filter(|i| i.sop_instance_uid == sop_instance_uid)
+                {
+                    img.heatmap = state.clone();
+                    img.timings.heatmap_ms = heatmap_ms;
+                }
+                r.timings.heatmap_ms = r.images.iter().map(|i| i.timings.heatmap_ms).sum();
+                Some(encode(&r))
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                Some(old.to_vec())
+            }
+        }
+    })?;
+    match failed {
+        Some(reason) => Err(StoreError::Corrupt {
+            key: String::from_utf8_lossy(&key).to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,447 @@
+//! The daemon's inference stage: [`run_pipeline`] takes completed study UIDs from the
+//! assembly stage and turns each into a recorded [`StudyResult`].
+//!
+//! Contract:
+//! - The sender (assembly) creates a BOUNDED `tokio::sync::mpsc::channel::<String>` and
+//!   sends Study Instance UIDs of studies in state `complete`; a full channel is the
+//!   back-pressure. Each UID received is marked `queued` at once.
+//! - At most [`Engine::workers`] studies are analysed at a time; the channel is not read
+//!   while they all are busy.
+//! - If the runtime or the model cannot be loaded (missing library, checksum mismatch),
+//!   the error is logged with what to do, received studies stay `queued` (nothing is lost,
+//!   nothing is stuck in memory), and loading is retried every `retry_after`; once it
+//!   works, every `queued`/`inferring` study in the store is analysed (this also resumes
+//!   studies interrupted by a crash or restart).
+//! - Per study: `queued → inferring → done`, with the result committed together with the
+//!   state change and any [`PipelineOptions::extra_writes`] (outbox entries), then flushed.
+//!   A study none of whose images could be decoded ends in `error` with the reasons.
+//!   A study that received new instances meanwhile stays `receiving` (its next result is
+//!   version n+1).
+//! - Heatmaps are computed afterwards and recorded into the result (`heatmap` of each
+//!   image: pending → done with a PNG under `<data_dir>/heatmaps/<report_id>/`, or skipped
+//!   with the reason).
+//! - Returns when the channel is closed and in-flight studies are finished.
+
+use super::analyse::{analysed, failed, not_analysed, prepare_file, Preparation};
+use super::engine::{Engine, EngineError};
+use super::findings::heatmap_target;
+use super::heatmap::{HeatmapJob, HeatmapWorker, BACKLOG};
+use super::record::{self, Committed, ExtraWrites};
+use crate::config::InferenceConfig;
+use crate::model::StudyState;
+use crate::result::{
+    report_id, study_findings, HeatmapState, ImageResult, ImageStatus, ModelInfo, StudyResult,
+    Timings,
+};
+use crate::store::Store;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Builds the engine (called again after a failure).
+pub type EngineFactory = Arc<dyn Fn() -> Result<Engine, EngineError> + Send + Sync>;
+
+/// Options of [`run_pipeline_with`].
+#[derive(Clone)]
+pub struct PipelineOptions {
+    /// Extra writes committed with each result (the deliver stage's outbox entries).
+    pub extra_writes: Option<ExtraWrites>,
+    /// Wait between attempts to load the engine.
+    pub retry_after: Duration,
+    /// Compute heatmaps.
+    pub heatmaps: bool,
+    /// Told the `report_id` of each result once it is durable (e.g. `duli demo`).
+    pub on_result: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            extra_writes: None,
+            retry_after: Duration::from_secs(30),
+            heatmaps: true,
+            on_result: None,
+        }
+    }
+}
+
+/// Runs the inference stage with the configured model and OpenVINO (see the module
+/// documentation for the contract).
+pub async fn run_pipeline(store: Arc<Store>, cfg: InferenceConfig, rx: mpsc::Receiver<String>) {
+    let factory: EngineFactory = Arc::new(move || Engine::new(&cfg));
+    run_pipeline_with(store, factory, rx, PipelineOptions::default()).await
+}
+
+/// [`run_pipeline`] with any engine and options.
+pub async fn run_pipeline_with(
+    store: Arc<Store>,
+    factory: EngineFactory,
+    mut rx: mpsc::Receiver<String>,
+    options: PipelineOptions,
+) {
+    let mut engine: Option<(Arc<Engine>, Option<HeatmapWorker>, Arc<Semaphore>)> = None;
+    let mut backlog: VecDeque<String> = VecDeque::new();
+    let mut last_error = String::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if engine.is_none() {
+            let f = Arc::clone(&factory);
+            match tokio::task::spawn_blocking(move || f()).await {
+                Ok(Ok(e)) => {
+                    let e = Arc::new(e);
+                    let heatmaps = if options.heatmaps {
+                        start_heatmaps(&store, &e)
+                    } else {
+                        None
+                    };
+                    let sem = Arc::new(Semaphore::new(e.workers()));
+                    engine = Some((e, heatmaps, sem));
+                    last_error.clear();
+                    backlog.extend(pending_studies(&store));
+                }
+                Ok(Err(err)) => {
+                    let msg = err.to_string();
+                    if msg != last_error {
+                        log::error!("inference is waiting: {msg}; received studies stay queued and are analysed once this is fixed (retry every {:?})", options.retry_after);
+                        last_error = msg;
+                    }
+                }
+                Err(join) => log::error!("inference engine start panicked: {join}"),
+            }
+        }
+        let Some((e, heatmaps, sem)) = &engine else {
+            tokio::select! {
+                uid = rx.recv() => match uid {
+                    Some(uid) => queue(&store, &uid),
+                    None => break,
+                },
+                _ = tokio::time::sleep(options.retry_after) => {}
+            }
+            continue;
+        };
+        let Ok(permit) = Arc::clone(sem).acquire_owned().await else {
+            break;
+        };
+        let uid = match backlog.pop_front() {
+            Some(uid) => uid,
+            None => match rx.recv().await {
+                Some(uid) => {
+                    queue(&store, &uid);
+                    uid
+                }
+                None => break,
+            },
+        };
+        let (store, e, heatmaps, options) = (
+            Arc::clone(&store),
+            Arc::clone(e),
+            heatmaps.clone(),
+            options.clone(),
+        );
+        tasks.spawn(async move {
+            analyse_study(&store, &e, heatmaps.as_ref(), &options, &uid).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn queue(store: &Store, uid: &str) {
+    if let Err(e) = record::mark_queued(store, uid) {
+        log::error!("study {uid}: cannot mark queued: {e}");
+    }
+}
+
+/// Studies left `queued` or `inferring` (by a failed engine, a crash or a restart).
+fn pending_studies(store: &Store) -> Vec<String> {
+    match store.studies() {
+        Ok(s) => s
+            .into_iter()
+            .filter(|s| matches!(s.state, StudyState::Queued | StudyState::Inferring))
+            .map(|s| s.study_instance_uid)
+            .collect(),
+        Err(e) => {
+            log::error!("cannot list studies to resume: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn start_heatmaps(store: &Arc<Store>, engine: &Arc<Engine>) -> Option<HeatmapWorker> {
+    let store = Arc::clone(store);
+    let on_done = Box::new(
+        move |job: &HeatmapJob, out: super::heatmap::HeatmapOutcome| {
+            let rid = report_id(&job.study_uid, job.version);
+            let code = engine_code(&store, job);
+            let (state, ms) = match out {
+                Ok((png, ms)) => match write_heatmap(&store, &rid, &job.sop_instance_uid, &png) {
+                    Ok(path) => (HeatmapState::Done { code, path }, ms),
+                    Err(e) => (
+                        HeatmapState::Failed {
+                            reason: e.to_string(),
+                        },
+                        ms,
+                    ),
+                },
+                Err(reason) => (HeatmapState::Failed { reason }, 0.0),
+            };
+            if let Err(e) = record::set_heatmap(
+                &store,
+                &job.study_uid,
+                job.version,
+                &job.sop_instance_uid,
+                state,
+                ms,
+            ) {
+                log::error!("heatmap of {}: cannot record: {e}", job.sop_instance_uid);
+            }
+            let _ = store.flush_blocking();
+        },
+    );
+    match HeatmapWorker::start(Arc::clone(engine), on_done) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!("heatmaps disabled: {e}");
+            None
+        }
+    }
+}
+
+/// The code recorded as pending for the job's image.
+fn engine_code(store: &Store, job: &HeatmapJob) -> String {
+    record::result(store, &job.study_uid, job.version)
+        .ok()
+        .flatten()
+        .and_then(|r| {
+            r.images
+                .into_iter()
+                .find(|i| i.sop_instance_uid == job.sop_instance_uid)
+        })
+        .and_then(|i| match i.heatmap {
+            HeatmapState::Pending { code } => Some(code),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn write_heatmap(store: &Store, rid: &str, sop: &str, png: &[u8]) -> std::io::Result<String> {
+    let rel = format!("heatmaps/{rid}/{}.png", sanitize(sop));
+    let path = store.root().join(&rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    std::fs::write(&tmp, png)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(rel)
+}
+
+fn sanitize(uid: &str) -> String {
+    uid.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Analyses one study and records its result (see the module contract).
+pub async fn analyse_study(
+    store: &Arc<Store>,
+    engine: &Arc<Engine>,
+    heatmaps: Option<&HeatmapWorker>,
+    options: &PipelineOptions,
+    uid: &str,
+) {
+    if let Err(e) = record::mark_inferring(store, uid) {
+        log::error!("study {uid}: {e}");
+        return;
+    }
+    let instances = match store.instances_of(uid) {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!("study {uid}: cannot list instances: {e}");
+            let _ = record::mark_error(store, uid, &format!("cannot list instances: {e}"));
+            return;
+        }
+    };
+    let manifest = Arc::clone(engine.manifest());
+    let mut images = Vec::with_capacity(instances.len());
+    let mut inputs: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
+    for inst in &instances {
+        let mut result = if inst.pruned {
+            ImageResult {
+                status: ImageStatus::NotApplicable,
+                reason: Some("pixel data pruned by retention".into()),
+                ..failed(String::new(), String::new(), Timings::default())
+            }
+        } else {
+            let path = store.root().join(&inst.path);
+            let m = Arc::clone(&manifest);
+            let prep = tokio::task::spawn_blocking(move || prepare_file(&path, &m)).await;
+            match prep {
+                Ok(Preparation::Ready(p)) => {
+                    let start = Instant::now();
+                    let tensor = p.tensor.clone();
+                    match engine.infer(tensor).await {
+                        Ok(raw) => {
+                            let r = analysed(&manifest, &p, &raw, ms(start));
+                            inputs.push(Some(p.tensor));
+                            push(&mut images, r, inst);
+                            continue;
+                        }
+                        Err(e) => failed(String::new(), e.to_string(), p.timings),
+                    }
+                }
+                Ok(other) => not_analysed(&other).unwrap_or_else(|| {
+                    failed(String::new(), "not prepared".into(), Timings::default())
+                }),
+                Err(join) => failed(
+                    String::new(),
+                    format!("decoder panicked: {join}"),
+                    Timings::default(),
+                ),
+            }
+        };
+        if result.status == ImageStatus::NotApplicable && result.reason.is_none() {
+            result.reason = Some("not applicable".into());
+        }
+        inputs.push(None);
+        push(&mut images, result, inst);
+    }
+    let version = store
+        .study(uid)
+        .ok()
+        .flatten()
+        .map(|s| s.result_version + 1)
+        .unwrap_or(1);
+    // Heatmap targets are decided now so the record says which are pending.
+    let mut jobs = Vec::new();
+    for (img, input) in images.iter_mut().zip(inputs) {
+        if let (Some(input), Some(target), Some(_)) =
+            (input, heatmap_target(&manifest, &img.findings), heatmaps)
+        {
+            img.heatmap = HeatmapState::Pending {
+                code: manifest.labels[target].code.clone(),
+            };
+            jobs.push(HeatmapJob {
+                study_uid: uid.to_string(),
+                version,
+                sop_instance_uid: img.sop_instance_uid.clone(),
+                input,
+                target,
+            });
+        }
+    }
+    let result = build_result(uid, version, images, engine);
+    let analysed_any = result
+        .images
+        .iter()
+        .any(|i| i.status == ImageStatus::Analysed);
+    let errors: Vec<String> = result
+        .images
+        .iter()
+        .filter(|i| i.status == ImageStatus::Error)
+        .map(|i| {
+            format!(
+                "{}: {}",
+                i.sop_instance_uid,
+                i.reason.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    let all_failed = !analysed_any && !errors.is_empty();
+    let extra = match (&options.extra_writes, store.study(uid)) {
+        (Some(f), Ok(Some(study))) if !all_failed => f(&result, &study),
+        _ => Vec::new(),
+    };
+    match record::commit_result(store, &result, &extra) {
+        Ok(Committed::Done) if all_failed => {
+            let _ = record::mark_error(
+                store,
+                uid,
+                &format!("no image could be analysed: {}", errors.join("; ")),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            log::error!("study {uid}: cannot record the result: {e}");
+            let _ = record::mark_error(store, uid, &format!("cannot record the result: {e}"));
+        }
+    }
+    if let Err(e) = store.flush().await {
+        log::error!("study {uid}: flush: {e}");
+    }
+    log::info!(
+        "study {uid}: result v{version} ({} images, triage {}) report {}",
+        result.images.len(),
+        result.triage,
+        result.report_id
+    );
+    if let Some(tx) = &options.on_result {
+        let _ = tx.send(result.report_id.clone());
+    }
+    if let Some(worker) = heatmaps {
+        for job in jobs {
+            if let Err(job) = worker.submit(job) {
+                let _ = record::set_heatmap(
+                    store,
+                    uid,
+                    version,
+                    &job.sop_instance_uid,
+                    HeatmapState::Skipped {
+                        reason: format!("backlog: {BACKLOG} heatmaps already waiting"),
+                    },
+                    0.0,
+                );
+            }
+        }
+    }
+}
+
+fn push(images: &mut Vec<ImageResult>, mut r: ImageResult, inst: &crate::model::InstanceRecord) {
+    if r.sop_instance_uid.is_empty() {
+        r.sop_instance_uid = inst.sop_instance_uid.clone();
+    }
+    r.series_instance_uid = inst.series_instance_uid.clone();
+    images.push(r);
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Assembles the study result from its image results.
+pub fn build_result(
+    uid: &str,
+    version: u32,
+    images: Vec<ImageResult>,
+    engine: &Engine,
+) -> StudyResult {
+    let findings = study_findings(&images);
+    let mut timings = Timings::default();
+    for i in &images {
+        timings.add(&i.timings);
+    }
+    let id = engine.identity();
+    StudyResult {
+        report_id: report_id(uid, version),
+        study_instance_uid: uid.to_string(),
+        version,
+        triage: findings.iter().any(|f| f.positive),
+        findings,
+        images,
+        model: ModelInfo {
+            name: id.name.clone(),
+            version: id.version.clone(),
+            sha256: id.sha256.clone(),
+        },
+        timings,
+        created_at: crate::clock::now_millis(),
+    }
+}

@@ -1,0 +1,435 @@
+//! The inference stage over a real store: eligibility and error records, a missing runtime
+//! and a bad checksum, and a burst of studies. A deterministic test backend stands in for
+//! the runtime here (the golden tests run the real one), so these run everywhere.
+
+use super::backend::{Backend, BackendError, CompileOptions, Compiled, Request};
+use super::manifest::Manifest;
+use super::record;
+use super::service::{run_pipeline_with, EngineFactory, PipelineOptions};
+use super::testdata::samples_dir;
+use super::{Engine, EngineError};
+use crate::config::InferenceConfig;
+use crate::model::{InstanceRecord, StudyRecord, StudyState};
+use crate::result::{HeatmapState, ImageStatus};
+use crate::store::Store;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Probability of PNEUMONIA = mean input value mapped to [0, 1]; `delay` per call.
+struct MeanBackend {
+    delay: Duration,
+    calls: Arc<AtomicUsize>,
+}
+
+struct MeanCompiled(Duration, Arc<AtomicUsize>, usize);
+struct MeanRequest(Duration, Arc<AtomicUsize>, usize);
+
+impl Backend for MeanBackend {
+    fn name(&self) -> String {
+        "mean-test".into()
+    }
+    fn compile(
+        &mut self,
+        m: &Manifest,
+        _o: CompileOptions,
+    ) -> Result<Box<dyn Compiled>, BackendError> {
+        Ok(Box::new(MeanCompiled(
+            self.delay,
+            Arc::clone(&self.calls),
+            m.input_len(),
+        )))
+    }
+}
+
+impl Compiled for MeanCompiled {
+    fn optimal_requests(&self) -> usize {
+        2
+    }
+    fn request(&mut self) -> Result<Box<dyn Request>, BackendError> {
+        Ok(Box::new(MeanRequest(self.0, Arc::clone(&self.1), self.2)))
+    }
+}
+
+impl Request for MeanRequest {
+    fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        std::thread::sleep(self.0);
+        self.1.fetch_add(1, Ordering::Relaxed);
+        Ok(input
+            .chunks(self.2)
+            .flat_map(|x| {
+                let p = (x.iter().sum::<f32>() / x.len() as f32 + 1.0) / 2.0;
+                [1.0 - p, p]
+            })
+            .collect())
+    }
+}
+
+fn manifest() -> Manifest {
+    Manifest::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pneumonia-xception/model.toml"),
+    )
+    .unwrap()
+}
+
+fn test_engine(delay: Duration) -> (Engine, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let backend = MeanBackend {
+        delay,
+        calls: Arc::clone(&calls),
+    };
+    (
+        Engine::with_backend(manifest(), "00".repeat(32), Box::new(backend)).unwrap(),
+        calls,
+    )
+}
+
+fn factory(delay: Duration) -> EngineFactory {
+    Arc::new(move || Ok(test_engine(delay).0))
+}
+
+/// Copies `src` into the store's file area as instance `sop` of `study`, optionally
+/// changing the data set first.
+fn add_instance(
+    store: &Store,
+    study: &str,
+    sop: &str,
+    src: &Path,
+    edit: impl FnOnce(&mut dicom_object::DefaultDicomObject),
+) {
+    let rel = format!("files/{study}/{sop}.dcm");
+    let dest = store.root().join(&rel);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    if crate::infer::analyse::is_dicom(src) {
+        let mut obj = dicom_object::open_file(src).unwrap();
+        obj.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop),
+        ));
+        obj.meta_mut().media_storage_sop_instance_uid = sop.to_string();
+        edit(&mut obj);
+        obj.write_to_file(&dest).unwrap();
+    } else {
+        std::fs::copy(src, &dest).unwrap();
+    }
+    let inst = InstanceRecord {
+        sop_instance_uid: sop.into(),
+        study_instance_uid: study.into(),
+        series_instance_uid: format!("{study}.1"),
+        path: rel,
+        ..Default::default()
+    };
+    store
+        .commit_instance(&inst, &StudyRecord::default())
+        .unwrap();
+    store
+        .set_study_state(study, StudyState::Complete, None)
+        .unwrap();
+}
+
+fn cs(tag: dicom_core::Tag, v: &str) -> DataElement<dicom_object::InMemDicomObject> {
+    DataElement::new(tag, VR::CS, PrimitiveValue::from(v))
+}
+
+async fn wait_for(store: &Store, uid: &str, states: &[StudyState]) -> StudyRecord {
+    for _ in 0..2000 {
+        if let Some(s) = store.study(uid).unwrap() {
+            if states.contains(&s.state) {
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "study {uid} never reached {states:?}: {:?}",
+        store.study(uid).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_study_records_not_applicable_and_error_and_analyses_the_rest() {
+    let Some(dir) = samples_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let src = dir.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    let study = "1.2.3.4";
+    add_instance(&store, study, "1.2.3.4.1", &src, |_| {});
+    add_instance(&store, study, "1.2.3.4.2", &src, |o| {
+        o.put(cs(tags::VIEW_POSITION, "LL"));
+    });
+    add_instance(&store, study, "1.2.3.4.3", &src, |o| {
+        o.put(cs(tags::MODALITY, "CT"));
+        o.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2"),
+        ));
+    });
+    add_instance(&store, study, "1.2.3.4.4", &src, |o| {
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U8(vec![1u8; 10].into()),
+        ));
+    });
+    let (tx, rx) = mpsc::channel(4);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let options = PipelineOptions {
+        on_result: Some(done_tx),
+        ..Default::default()
+    };
+    let task = tokio::spawn(run_pipeline_with(
+        Arc::clone(&store),
+        factory(Duration::ZERO),
+        rx,
+        options,
+    ));
+    tx.send(study.to_string()).await.unwrap();
+    let rid = done_rx.recv().await.unwrap();
+    let s = wait_for(&store, study, &[StudyState::Done]).await;
+    assert_eq!(s.result_version, 1);
+    let r = record::latest_result(&store, study).unwrap().unwrap();
+    assert_eq!(r.report_id, rid);
+    let by_sop = |sop: &str| r.images.iter().find(|i| i.sop_instance_uid == sop).unwrap();
+    assert_eq!(by_sop("1.2.3.4.1").status, ImageStatus::Analysed);
+    assert_eq!(by_sop("1.2.3.4.1").findings.len(), 1);
+    assert_eq!(by_sop("1.2.3.4.2").status, ImageStatus::NotApplicable);
+    assert_eq!(
+        by_sop("1.2.3.4.2").reason.as_deref(),
+        Some("lateral view (LL)")
+    );
+    assert_eq!(by_sop("1.2.3.4.3").status, ImageStatus::NotApplicable);
+    assert_eq!(
+        by_sop("1.2.3.4.3").reason.as_deref(),
+        Some("modality CT is not CR or DX")
+    );
+    let broken = by_sop("1.2.3.4.4");
+    assert_eq!(broken.status, ImageStatus::Error);
+    assert!(
+        broken.reason.as_deref().unwrap().contains("pixel data"),
+        "{broken:?}"
+    );
+    assert_eq!(r.findings, by_sop("1.2.3.4.1").findings);
+    assert_eq!(r.triage, r.findings[0].positive);
+    // The heatmap of the analysed image is computed after the result and recorded.
+    let mut state = HeatmapState::None;
+    for _ in 0..500 {
+        state = record::latest_result(&store, study)
+            .unwrap()
+            .unwrap()
+            .images[0]
+            .heatmap
+            .clone();
+        if matches!(state, HeatmapState::Done { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let HeatmapState::Done { path, code } = state else {
+        panic!("heatmap: {state:?}")
+    };
+    assert_eq!(code, "PNEUMONIA");
+    let png = image::open(store.root().join(path)).unwrap();
+    assert_eq!((png.width(), png.height()), (150, 150));
+    drop(tx);
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_with_only_undecodable_images_ends_in_error() {
+    let Some(dir) = samples_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let src = dir.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    add_instance(&store, "9.9", "9.9.1", &src, |o| {
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U8(vec![0u8; 4].into()),
+        ));
+    });
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(run_pipeline_with(
+        Arc::clone(&store),
+        factory(Duration::ZERO),
+        rx,
+        PipelineOptions::default(),
+    ));
+    tx.send("9.9".into()).await.unwrap();
+    let s = wait_for(&store, "9.9", &[StudyState::Error]).await;
+    assert!(s.error.unwrap().contains("no image could be analysed"));
+    drop(tx);
+    task.await.unwrap();
+}
+
+#[test]
+fn missing_runtime_and_bad_checksum_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = InferenceConfig {
+        model: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/pneumonia-xception/model.toml"),
+        openvino_lib: Some(tmp.path().join("nowhere/libopenvino_c.so")),
+        ..Default::default()
+    };
+    if manifest().verify_files().is_ok() {
+        let err = Engine::new(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::Backend(BackendError::RuntimeMissing { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("scripts/setup-openvino.sh"),
+            "{err}"
+        );
+    } else {
+        eprintln!(
+            "SKIP (runtime part): pneumonia-xception weights absent (run scripts/setup-models.sh)"
+        );
+    }
+    // Same model files, wrong checksum in the manifest.
+    let text = std::fs::read_to_string(&cfg.model).unwrap();
+    let bad = text.replace(
+        "b092f4cb54f2dfbd77ae4f1b853dd2915b9800c0d60e5b327a925f3ed79641b9",
+        &"ab".repeat(32),
+    );
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.toml"), bad).unwrap();
+    let xml = cfg
+        .model
+        .parent()
+        .unwrap()
+        .join("pneumonia_xception_fp16.xml");
+    std::fs::write(
+        dir.join("pneumonia_xception_fp16.xml"),
+        std::fs::read(&xml).unwrap_or_default(),
+    )
+    .unwrap();
+    let err = Engine::from_manifest_path(&dir.join("model.toml"), &cfg).unwrap_err();
+    assert!(matches!(err, EngineError::Model(_)));
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn studies_wait_queued_while_the_engine_is_missing_and_finish_once_it_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let png = write_png(tmp.path(), 32);
+    add_instance(&store, "5.5", "5.5.1", &png, |_| {});
+    let available = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (a, n) = (Arc::clone(&available), Arc::clone(&attempts));
+    let factory: EngineFactory = Arc::new(move || {
+        n.fetch_add(1, Ordering::Relaxed);
+        if a.load(Ordering::Relaxed) {
+            Ok(test_engine(Duration::ZERO).0)
+        } else {
+            Err(EngineError::Backend(BackendError::RuntimeMissing {
+                reason: "test: no runtime".into(),
+                hint: "install it".into(),
+            }))
+        }
+    });
+    let options = PipelineOptions {
+        retry_after: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel(2);
+    let task = tokio::spawn(run_pipeline_with(Arc::clone(&store), factory, rx, options));
+    tx.send("5.5".into()).await.unwrap();
+    wait_for(&store, "5.5", &[StudyState::Queued]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store.study("5.5").unwrap().unwrap().state,
+        StudyState::Queued
+    );
+    assert!(attempts.load(Ordering::Relaxed) >= 2, "loading is retried");
+    assert!(!task.is_finished(), "the stage stays alive");
+    available.store(true, Ordering::Relaxed);
+    wait_for(&store, "5.5", &[StudyState::Done]).await;
+    drop(tx);
+    task.await.unwrap();
+}
+
+fn write_png(dir: &Path, v: u8) -> PathBuf {
+    let p = dir.join(format!("img{v}.png"));
+    image::GrayImage::from_pixel(64, 48, image::Luma([v]))
+        .save(&p)
+        .unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let png = write_png(tmp.path(), 200);
+    let uids: Vec<String> = (0..100).map(|i| format!("7.{i}")).collect();
+    for u in &uids {
+        add_instance(&store, u, &format!("{u}.1"), &png, |_| {});
+    }
+    let (tx, rx) = mpsc::channel(4);
+    let options = PipelineOptions {
+        heatmaps: false,
+        ..Default::default()
+    };
+    let delay = Duration::from_millis(5);
+    let task = tokio::spawn(run_pipeline_with(
+        Arc::clone(&store),
+        factory(delay),
+        rx,
+        options,
+    ));
+    // Watch how many studies are being analysed at once.
+    let watch_store = Arc::clone(&store);
+    let peak = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&peak);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let watcher = tokio::spawn(async move {
+        while !s.load(Ordering::Relaxed) {
+            let n = watch_store
+                .studies()
+                .unwrap()
+                .iter()
+                .filter(|x| x.state == StudyState::Inferring)
+                .count();
+            p.fetch_max(n, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let start = std::time::Instant::now();
+    for u in &uids {
+        tx.send(u.clone()).await.unwrap();
+    }
+    let send_time = start.elapsed();
+    for u in &uids {
+        wait_for(&store, u, &[StudyState::Done]).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    drop(tx);
+    task.await.unwrap();
+    // Two workers: two studies in flight at once (the watcher's scan is not a snapshot, so a
+    // study finishing and the next one starting may both be seen: at most one more), and
+    // the sender was held back by the bounded channel (100 × 5 ms over 2 workers ≥ 250 ms).
+    assert!(
+        peak.load(Ordering::Relaxed) <= 3,
+        "peak {}",
+        peak.load(Ordering::Relaxed)
+    );
+    assert!(
+        send_time >= Duration::from_millis(150),
+        "sends took {send_time:?}"
+    );
+    let r = record::latest_result(&store, "7.99").unwrap().unwrap();
+    assert_eq!(r.images[0].status, ImageStatus::Analysed);
+}

@@ -1,0 +1,89 @@
+//! Locations of the shared sample data for tests (`../shared` from the repository root, or
+//! `DULI_SHARED`). Tests print a SKIP line and return when it is absent.
+
+use std::path::PathBuf;
+
+/// The shared folder, when present: `DULI_SHARED`, else the nearest `shared/` beside the
+/// repository root or one of its parents (`../shared` for a checkout, `../../shared` for a
+/// worktree kept in a subfolder).
+pub fn shared_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DULI_SHARED") {
+        let dir = PathBuf::from(dir);
+        return dir.is_dir().then_some(dir);
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    repo.canonicalize()
+        .ok()?
+        .ancestors()
+        .skip(1)
+        .map(|a| a.join("shared"))
+        .find(|d| d.join("data").is_dir() || d.join("models").is_dir())
+}
+
+/// `../shared/data/cxr-samples`, or `None` after printing a SKIP line.
+pub fn samples_dir() -> Option<PathBuf> {
+    match shared_dir().map(|d| d.join("data/cxr-samples")) {
+        Some(d) if d.join("reference.csv").is_file() => Some(d),
+        _ => {
+            eprintln!("SKIP: ../shared/data/cxr-samples is absent (set DULI_SHARED)");
+            None
+        }
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// An inference configuration with the repository's runtime and default model, or `None`
+/// after printing a SKIP line naming the setup script to run.
+pub fn runtime_config() -> Option<crate::config::InferenceConfig> {
+    let lib = std::env::var_os("DULI_OPENVINO_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache/openvino/libs/libopenvino_c.so"));
+    if !lib.exists() {
+        eprintln!(
+            "SKIP: OpenVINO runtime absent at {} (run scripts/setup-openvino.sh)",
+            lib.display()
+        );
+        return None;
+    }
+    let model = repo_root().join("models/pneumonia-xception/model.toml");
+    if !repo_root()
+        .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
+        .exists()
+    {
+        eprintln!("SKIP: pneumonia-xception weights absent (run scripts/setup-models.sh)");
+        return None;
+    }
+    Some(crate::config::InferenceConfig {
+        model,
+        openvino_lib: Some(lib),
+        ..Default::default()
+    })
+}
+
+/// `reference.csv` rows: (PNG file name, ir_fp16_p_normal, ir_fp16_p_pneumonia).
+pub fn reference(dir: &std::path::Path) -> Vec<(String, f32, f32)> {
+    let text = std::fs::read_to_string(dir.join("reference.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (f, n, p) = (
+        col("file"),
+        col("ir_fp16_p_normal"),
+        col("ir_fp16_p_pneumonia"),
+    );
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Vec<&str> = l.split(',').collect();
+            (
+                v[f].to_string(),
+                v[n].parse().unwrap(),
+                v[p].parse().unwrap(),
+            )
+        })
+        .collect()
+}

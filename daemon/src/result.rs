@@ -1,0 +1,233 @@
+//! The study result record: what inference found in a study, per image and for the study,
+//! with the model that found it and how long each stage took. Stored in the `results` tree
+//! (see [`crate::infer::record`]); HL7, MQTT, DICOM SR and the console read it.
+
+use serde::{Deserialize, Serialize};
+
+/// One finding of one image (or of the study: the maximum over its images).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    /// Display name (e.g. `Pneumonia`).
+    pub label: String,
+    /// Code in the model's coding scheme (e.g. `PNEUMONIA`).
+    pub code: String,
+    /// Probability in [0, 1].
+    pub probability: f32,
+    /// Decision threshold from the manifest.
+    pub threshold: f32,
+    /// `probability >= threshold`.
+    pub positive: bool,
+}
+
+/// What happened to one image.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageStatus {
+    /// The model ran on it.
+    Analysed,
+    /// Not an image the model is for (lateral view, CT, report object...): see the reason.
+    NotApplicable,
+    /// It should have been analysed but could not be (undecodable...): see the reason.
+    Error,
+}
+
+impl ImageStatus {
+    /// The status as the offline tool and the API print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStatus::Analysed => "analysed",
+            ImageStatus::NotApplicable => "not_applicable",
+            ImageStatus::Error => "error",
+        }
+    }
+}
+
+/// Milliseconds spent per stage.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Timings {
+    /// Reading and decoding pixel data to the display image.
+    pub decode_ms: f64,
+    /// Crop, resize and normalisation.
+    pub preprocess_ms: f64,
+    /// The inference call (queue wait included).
+    pub infer_ms: f64,
+    /// Heatmap computation (filled in later; 0 until then).
+    #[serde(default)]
+    pub heatmap_ms: f64,
+}
+
+impl Timings {
+    /// Stage-wise sum.
+    pub fn add(&mut self, o: &Timings) {
+        self.decode_ms += o.decode_ms;
+        self.preprocess_ms += o.preprocess_ms;
+        self.infer_ms += o.infer_ms;
+        self.heatmap_ms += o.heatmap_ms;
+    }
+}
+
+/// State of an image's heatmap (computed after the result is recorded).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum HeatmapState {
+    /// No heatmap for this image (not analysed).
+    #[default]
+    None,
+    /// Waiting for the heatmap worker.
+    Pending {
+        /// Code of the finding it explains.
+        code: String,
+    },
+    /// Stored as a PNG.
+    Done {
+        /// Code of the finding it explains.
+        code: String,
+        /// PNG path relative to the data directory.
+        path: String,
+    },
+    /// Not computed, and why (e.g. backlog).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// Computation failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of one image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageResult {
+    /// SOP Instance UID (empty for files without one).
+    pub sop_instance_uid: String,
+    /// Series Instance UID.
+    #[serde(default)]
+    pub series_instance_uid: String,
+    /// Analysed, not applicable or error.
+    pub status: ImageStatus,
+    /// Why it was not analysed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Findings (background classes excluded), in model order.
+    pub findings: Vec<Finding>,
+    /// Stage timings.
+    pub timings: Timings,
+    /// The heatmap.
+    #[serde(default)]
+    pub heatmap: HeatmapState,
+}
+
+/// The model that produced a result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    /// Manifest name.
+    pub name: String,
+    /// Manifest version.
+    pub version: String,
+    /// SHA-256 of the network file.
+    pub sha256: String,
+}
+
+/// The result of one study, version `version` (n+1 when instances arrive after a result).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StudyResult {
+    /// Deterministic id of (study UID, version): the idempotency key of every message.
+    pub report_id: String,
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Result version, from 1.
+    pub version: u32,
+    /// Per image, in series/instance order.
+    pub images: Vec<ImageResult>,
+    /// Per finding, the maximum over the analysed images.
+    pub findings: Vec<Finding>,
+    /// Any study-level finding is positive.
+    pub triage: bool,
+    /// The model.
+    pub model: ModelInfo,
+    /// Sum of the image timings.
+    pub timings: Timings,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// `report_id` of (study UID, version): the first 32 hex digits of
+/// SHA-256(`study_uid` NUL `version`).
+pub fn report_id(study_uid: &str, version: u32) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(study_uid.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(version.to_string().as_bytes());
+    hex::encode(&ctx.finish().as_ref()[..16])
+}
+
+/// Study-level findings: per code, the maximum probability over the images' findings.
+pub fn study_findings(images: &[ImageResult]) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::new();
+    for f in images
+        .iter()
+        .filter(|i| i.status == ImageStatus::Analysed)
+        .flat_map(|i| &i.findings)
+    {
+        match out.iter_mut().find(|o| o.code == f.code) {
+            Some(o) if f.probability > o.probability => *o = f.clone(),
+            Some(_) => {}
+            None => out.push(f.clone()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(code: &str, p: f32) -> Finding {
+        Finding {
+            label: code.into(),
+            code: code.into(),
+            probability: p,
+            threshold: 0.5,
+            positive: p >= 0.5,
+        }
+    }
+
+    fn img(status: ImageStatus, findings: Vec<Finding>) -> ImageResult {
+        ImageResult {
+            sop_instance_uid: "1".into(),
+            series_instance_uid: String::new(),
+            status,
+            reason: None,
+            findings,
+            timings: Timings::default(),
+            heatmap: HeatmapState::None,
+        }
+    }
+
+    #[test]
+    fn report_id_is_deterministic_per_study_and_version() {
+        let a = report_id("1.2.3", 1);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, report_id("1.2.3", 1));
+        assert_ne!(a, report_id("1.2.3", 2));
+        assert_ne!(a, report_id("1.2.31", 1));
+    }
+
+    #[test]
+    fn study_level_is_the_maximum_over_analysed_images() {
+        let images = vec![
+            img(ImageStatus::Analysed, vec![f("A", 0.2), f("B", 0.9)]),
+            img(ImageStatus::Analysed, vec![f("A", 0.7), f("B", 0.1)]),
+            img(ImageStatus::Error, vec![f("A", 1.0)]),
+        ];
+        let s = study_findings(&images);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].code.as_str(), s[0].probability, s[0].positive),
+            ("A", 0.7, true)
+        );
+        assert_eq!(s[1].probability, 0.9);
+    }
+}
