@@ -10,15 +10,21 @@ CARGO ?= cargo
 SHELL := /bin/bash
 BENCH_FILES ?= 60
 
-.PHONY: all build test test-long test-env test-scripts demo bench lint fmt
+.PHONY: all build test test-long test-env test-scripts demo bench lint fmt models
 
 all: build
 
 build:
 	$(CARGO) build --workspace
 
-test-env:
+test-env: models
 	scripts/setup-test-env.sh
+
+# The OpenVINO runtime (from the pinned PyPI wheel) and the default model's IR
+# (copied from ../shared and checked, or rebuilt); a few seconds once done.
+models:
+	scripts/setup-openvino.sh
+	scripts/setup-models.sh
 
 test: test-env
 	$(CARGO) test --workspace
@@ -38,8 +44,7 @@ test-scripts:
 		[ -f "$$t" ] || continue; echo "== $$t"; bash "$$t"; done
 	@echo "script checks: ok"
 
-demo:
-	@if [ -x scripts/setup-demo.sh ]; then scripts/setup-demo.sh; fi
+demo: models
 	$(CARGO) run --release -- demo
 
 bench: test-env

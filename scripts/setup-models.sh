@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Puts the default model's weights in models/pneumonia-xception/ (they are never committed):
-# copies the OpenVINO IR from the shared folder when present (DULI_SHARED, else ../shared or
+# copies the OpenVINO IR from the shared folder when present (DULI_SHARED_DIR, else ../shared or
 # ../../shared from the repository root), otherwise rebuilds it from its PyPI source with
 # models/pneumonia-xception/rebuild.sh. Either way every file must hash to model.toml's
 # SHA-256, or the script fails. Idempotent: files that already match are left alone.
@@ -36,7 +36,7 @@ if verify "$DEST"; then
     exit 0
 fi
 
-SHARED="${DULI_SHARED:-}"
+SHARED="${DULI_SHARED_DIR:-}"
 if [[ -z "$SHARED" ]]; then
     for c in "$ROOT/../shared" "$ROOT/../../shared"; do
         [[ -d "$c/models" ]] && { SHARED="$(cd "$c" && pwd)"; break; }

@@ -34,8 +34,8 @@ pub struct Running {
     pub console_addr: SocketAddr,
     /// Live study events (the console's worklist follows them; any stage may publish).
     pub events: events::Bus,
-    /// Completed study UIDs, for the next stage.
-    pub completed: Option<mpsc::Receiver<String>>,
+    /// Report ids of results as they become durable (for `duli demo`).
+    pub results: tokio::sync::broadcast::Sender<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -228,6 +228,54 @@ pub async fn start(config: &Config) -> Result<Running> {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), tracker_task).await;
     }));
 
+    // Inference: completed studies -> results; each result brings its SR and outbox
+    // entries in the same transaction, and its heatmap SC later.
+    let publisher = crate::deliver::publish::Publisher::new(
+        store.clone(),
+        delivery.outbox.clone(),
+        delivery.plan.clone(),
+        delivery.secret.clone(),
+        &config.dicom.uid_root,
+    );
+    let (results_tx, _) = tokio::sync::broadcast::channel(1024);
+    let (on_result_tx, mut on_result_rx) = mpsc::unbounded_channel::<String>();
+    let heat_publisher = publisher.clone();
+    let options = crate::infer::PipelineOptions {
+        extra_writes: Some(publisher.hook()),
+        on_result: Some(on_result_tx),
+        on_heatmap: Some(Arc::new(
+            move |study: &str, version: u32, sop: &str, png: &str| {
+                heat_publisher.heatmap_ready(study, version, sop, png)
+            },
+        )),
+        ..Default::default()
+    };
+    let inference_cfg = config.inference.clone();
+    let factory: crate::infer::service::EngineFactory =
+        Arc::new(move || crate::infer::Engine::new(&inference_cfg));
+    let pipeline = tokio::spawn(crate::infer::run_pipeline_with(
+        store.clone(),
+        factory,
+        completed_rx,
+        options,
+    ));
+    let results_fanout = results_tx.clone();
+    let announcer = tokio::spawn(async move {
+        while let Some(report_id) = on_result_rx.recv().await {
+            let p = publisher.clone();
+            let rid = report_id.clone();
+            let _ = tokio::task::spawn_blocking(move || p.committed(&rid)).await;
+            let _ = results_fanout.send(report_id);
+        }
+    });
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        // The pipeline ends once assembly (its sender) has stopped.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(10), pipeline).await;
+        announcer.abort();
+    }));
+
     log::info!(
         "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
         config.dicom.ae_title
@@ -240,7 +288,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         dicom_addr,
         console_addr,
         events,
-        completed: Some(completed_rx),
+        results: results_tx,
         shutdown: shutdown_tx,
         tasks,
     })
@@ -248,11 +296,7 @@ pub async fn start(config: &Config) -> Result<Running> {
 
 /// `duli run`: starts, notifies systemd, runs until SIGTERM/SIGINT, stops gracefully.
 pub async fn run(config: Config) -> Result<()> {
-    let mut running = start(&config).await?;
-    // Until inference is wired, completed studies are only logged.
-    if let Some(mut completed) = running.completed.take() {
-        tokio::spawn(async move { while completed.recv().await.is_some() {} });
-    }
+    let running = start(&config).await?;
     notify::notify("READY=1");
     if let Some(interval) = notify::watchdog_interval() {
         tokio::spawn(async move {

@@ -31,10 +31,7 @@ pub async fn run(
             samples.display()
         );
     }
-    let mut running = daemon::start(&config).await?;
-    if let Some(mut completed) = running.completed.take() {
-        tokio::spawn(async move { while completed.recv().await.is_some() {} });
-    }
+    let running = daemon::start(&config).await?;
     let target = scu::Target {
         ae_title: config.dicom.ae_title.clone(),
         host: running.dicom_addr.ip().to_string(),
@@ -56,46 +53,92 @@ pub async fn run(
         .filter(|r| matches!(r.outcome, Ok(0)))
         .count();
     println!("{ok}/{} stored with Success", results.len());
-    // Wait until every study of the samples has left `receiving`.
+    // Wait until every sample study has its result (or a recorded error).
     let store = running.store.clone();
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(config.dicom.quiet_period + 60);
+    let wait = Duration::from_secs(config.dicom.quiet_period + 600);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut announced = 0usize;
     let studies = loop {
-        let mut studies = Vec::new();
+        let mut studies: Vec<crate::model::StudyRecord> = Vec::new();
         for uid in &sent_uids {
             if let Some(i) = store.instance(uid).context("read index")? {
                 if let Some(s) = store.study(&i.study_instance_uid).context("read index")? {
-                    if !studies.iter().any(|x: &crate::model::StudyRecord| {
-                        x.study_instance_uid == s.study_instance_uid
-                    }) {
+                    if !studies
+                        .iter()
+                        .any(|x| x.study_instance_uid == s.study_instance_uid)
+                    {
                         studies.push(s);
                     }
                 }
             }
         }
-        let pending = studies
+        let finished = studies
             .iter()
-            .filter(|s| s.state == StudyState::Receiving)
+            .filter(|s| matches!(s.state, StudyState::Done | StudyState::Error))
             .count();
-        if pending == 0 && !studies.is_empty() {
+        if finished > announced {
+            println!("  {finished}/{} studies analysed", studies.len());
+            announced = finished;
+        }
+        if finished == studies.len() && !studies.is_empty() {
             break studies;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{pending} study(ies) still receiving after the deadline");
+            let waiting: Vec<_> = studies
+                .iter()
+                .filter(|s| !matches!(s.state, StudyState::Done | StudyState::Error))
+                .map(|s| s.state.as_str())
+                .collect();
+            bail!(
+                "{} study(ies) without a result after {wait:?} (states: {waiting:?}); is the OpenVINO runtime installed (scripts/setup-openvino.sh) and the model set up (scripts/setup-models.sh)?",
+                waiting.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     println!(
-        "\n{:<22} {:<24} {:>9} {:<10}",
-        "patient", "name", "instances", "state"
+        "\n{:<10} {:<26} {:<8} {:<6} {:<36} where the report went",
+        "patient", "name", "state", "triage", "top finding"
     );
+    let outbox = running.delivery.as_ref().map(|d| d.outbox.clone());
     for s in &studies {
+        let result = crate::infer::record::latest_result(&store, &s.study_instance_uid)
+            .ok()
+            .flatten();
+        let (triage, top, went) = match &result {
+            Some(r) => {
+                let top = r
+                    .findings
+                    .iter()
+                    .max_by(|a, b| a.probability.total_cmp(&b.probability))
+                    .map(|f| format!("{} {:.3} (thr {:.2})", f.label, f.probability, f.threshold))
+                    .unwrap_or_else(|| "no finding".into());
+                let went = match &outbox {
+                    Some(o) => {
+                        let st = o.status_of(&r.report_id).unwrap_or_default();
+                        if st.is_empty() {
+                            "recorded (no destination configured)".to_string()
+                        } else {
+                            st.iter()
+                                .map(|d| format!("{}: {}", d.dest, d.state))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    }
+                    None => "recorded".into(),
+                };
+                (if r.triage { "URGENT" } else { "-" }, top, went)
+            }
+            None => ("-", s.error.clone().unwrap_or_default(), String::new()),
+        };
         println!(
-            "{:<22} {:<24} {:>9} {:<10}",
+            "{:<10} {:<26} {:<8} {:<6} {:<36} {}",
             s.patient_id,
-            s.patient_name,
-            s.instances,
-            s.state.as_str()
+            s.patient_name.chars().take(26).collect::<String>(),
+            s.state.as_str(),
+            triage,
+            top,
+            went
         );
     }
     println!(

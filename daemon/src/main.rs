@@ -43,6 +43,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the inference pipeline on DICOM, PNG or JPEG files: one JSON line per file.
+    Infer {
+        /// Model manifest (default: inference.model of the configuration).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Files to analyse.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Configuration file ([inference] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
         /// Configuration file (TOML).
@@ -405,6 +417,15 @@ fn real_main() -> Result<ExitCode> {
         } => {
             let cfg = load_config(config.as_deref())?;
             runtime()?.block_on(duli::demo::run(cfg, samples, exit_after_report))
+        }
+        Command::Infer {
+            model,
+            files,
+            config,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let code = duli::infer::infer_files_cli(model.as_deref(), &files, &cfg.inference);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::CheckConfig { config } => match Config::load(Some(&config), std::env::vars()) {
             Ok(cfg) => {

@@ -88,6 +88,9 @@ pub struct InstanceRecord {
     /// Whether the pixel data file was pruned by retention (the record stays).
     #[serde(default)]
     pub pruned: bool,
+    /// Made by this box (SR, SC result objects): does not reopen its study.
+    #[serde(default)]
+    pub generated: bool,
 }
 
 /// Patient and study attributes of a study (from its instances, first non-empty wins,

@@ -4,6 +4,7 @@
 //!
 //! - [`report`]: the [`report::Report`] every message is made from.
 //! - [`plan`]: turns a report into the outbox entries it owes (HL7, MQTT, PACS push).
+//! - [`publish`]: from a committed result to its SR, SC and outbox entries.
 //! - [`outbox`]: the durable, ordered, bounded queue on sled; written in the same
 //!   transaction as the result.
 //! - [`worker`]: one task per destination; sends the head entry through a [`Channel`],
@@ -24,6 +25,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod pacs;
 pub mod plan;
+pub mod publish;
 pub mod report;
 pub mod secret;
 pub mod service;

@@ -504,6 +504,11 @@ impl Outbox {
         Ok(outbox)
     }
 
+    /// Name of the outbox tree (for writes committed by another stage's transaction).
+    pub fn tree_name(&self) -> &'static str {
+        TREE
+    }
+
     /// The tree to include in a multi-tree transaction with [`Outbox::enqueue_in`].
     pub fn tree(&self) -> &sled::Tree {
         &self.tree

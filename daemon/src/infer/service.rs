@@ -53,7 +53,13 @@ pub struct PipelineOptions {
     pub heatmaps: bool,
     /// Told the `report_id` of each result once it is durable (e.g. `duli demo`).
     pub on_result: Option<mpsc::UnboundedSender<String>>,
+    /// Called (on the heatmap thread) when an image's heatmap PNG is stored.
+    pub on_heatmap: Option<OnHeatmapReady>,
 }
+
+/// Callback of a stored heatmap: study UID, result version, SOP Instance UID, PNG path
+/// relative to the data directory.
+pub type OnHeatmapReady = Arc<dyn Fn(&str, u32, &str, &str) + Send + Sync>;
 
 impl Default for PipelineOptions {
     fn default() -> Self {
@@ -62,6 +68,7 @@ impl Default for PipelineOptions {
             retry_after: Duration::from_secs(30),
             heatmaps: true,
             on_result: None,
+            on_heatmap: None,
         }
     }
 }
@@ -91,7 +98,7 @@ pub async fn run_pipeline_with(
                 Ok(Ok(e)) => {
                     let e = Arc::new(e);
                     let heatmaps = if options.heatmaps {
-                        start_heatmaps(&store, &e)
+                        start_heatmaps(&store, &e, options.on_heatmap.clone())
                     } else {
                         None
                     };
@@ -169,7 +176,11 @@ fn pending_studies(store: &Store) -> Vec<String> {
     }
 }
 
-fn start_heatmaps(store: &Arc<Store>, engine: &Arc<Engine>) -> Option<HeatmapWorker> {
+fn start_heatmaps(
+    store: &Arc<Store>,
+    engine: &Arc<Engine>,
+    on_ready: Option<OnHeatmapReady>,
+) -> Option<HeatmapWorker> {
     let store = Arc::clone(store);
     let on_done = Box::new(
         move |job: &HeatmapJob, out: super::heatmap::HeatmapOutcome| {
@@ -187,6 +198,7 @@ fn start_heatmaps(store: &Arc<Store>, engine: &Arc<Engine>) -> Option<HeatmapWor
                 },
                 Err(reason) => (HeatmapState::Failed { reason }, 0.0),
             };
+            let recorded = state.clone();
             if let Err(e) = record::set_heatmap(
                 &store,
                 &job.study_uid,
@@ -196,6 +208,9 @@ fn start_heatmaps(store: &Arc<Store>, engine: &Arc<Engine>) -> Option<HeatmapWor
                 ms,
             ) {
                 log::error!("heatmap of {}: cannot record: {e}", job.sop_instance_uid);
+            } else if let (Some(cb), HeatmapState::Done { path, .. }) = (&on_ready, &recorded) {
+                let _ = store.flush_blocking();
+                cb(&job.study_uid, job.version, &job.sop_instance_uid, path);
             }
             let _ = store.flush_blocking();
         },

@@ -46,7 +46,7 @@ pub fn store_object(
     file.write(&bytes)?;
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
-    Ok(store.place_and_commit(staged, &header, SOURCE_AE)?)
+    Ok(store.place_and_commit(staged, &header, SOURCE_AE, true)?)
 }
 
 #[cfg(test)]
@@ -100,9 +100,25 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(study.patient_name, "Conceição^João^Maria^Dr.^Jr.");
+        // Generated objects do not reopen the study.
+        store
+            .set_study_state(
+                &report.study.study_instance_uid,
+                crate::model::StudyState::Done,
+                None,
+            )
+            .unwrap();
         // Building again (a resend) replaces, never duplicates.
         store_object(&store, &sr::build(&report, &uids, &[source]).unwrap()).unwrap();
         assert_eq!(store.instance_count(), 2);
+        assert_eq!(
+            store
+                .study(&report.study.study_instance_uid)
+                .unwrap()
+                .unwrap()
+                .state,
+            crate::model::StudyState::Done
+        );
 
         let (Some(dsrdump), Some(dcmdump)) = (tool("dsrdump"), tool("dcmdump")) else {
             eprintln!("SKIP: DCMTK absent, objects not parsed by a second reader");

@@ -307,9 +307,12 @@ impl Store {
                     study.instances += 1;
                 }
                 study.last_received = study.last_received.max(instance.received_at);
-                // New data reopens a study that was already analysed (result version n+1).
-                study.state = StudyState::Receiving;
-                study.error = None;
+                // New data reopens a study that was already analysed (result version n+1);
+                // the result objects this box adds to it do not.
+                if !instance.generated {
+                    study.state = StudyState::Receiving;
+                    study.error = None;
+                }
                 studies.insert(study_key, encode(&study))?;
                 crate::qr::index::update(qr_keys, old.as_ref(), &study)?;
                 Ok(InstanceCommit {
@@ -333,6 +336,7 @@ impl Store {
         staged: files::StagedFile,
         header: &header::Header,
         source_ae: &str,
+        generated: bool,
     ) -> Result<InstanceRecord, StoreError> {
         let size = staged.size();
         let rel = self
@@ -348,6 +352,7 @@ impl Store {
         rec.size = size;
         rec.received_at = crate::clock::now_secs();
         rec.source_ae = source_ae.to_string();
+        rec.generated = generated;
         self.commit_instance(&rec, &header.study)?;
         Ok(rec)
     }
