@@ -317,7 +317,7 @@ mod tests {
         let px = vec![0, 255, 0, 255, 100, 100, 100, 100];
         let (w, h, out) = downscale(4, 2, &px, 2);
         assert_eq!((w, h), (2, 1));
-        assert_eq!(out, vec![88, 88]);
+        assert_eq!(out, vec![113, 113]); // (0 + 255 + 100 + 100) / 4
         let (w, h, out) = downscale(4, 2, &px, 8);
         assert_eq!((w, h, out.len()), (4, 2, 8));
     }

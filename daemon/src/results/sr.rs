@@ -213,7 +213,11 @@ pub fn common_header(report: &Report, obj: &mut InMemDicomObject) {
         &s.referring_physician,
     ));
     obj.put(text(tags::STUDY_DESCRIPTION, VR::LO, &s.study_description));
-    obj.put(text(tags::MANUFACTURER, VR::LO, "DULI Edge"));
+    obj.put(text(
+        tags::MANUFACTURER,
+        VR::LO,
+        crate::store::header::GENERATED_BY,
+    ));
     obj.put(text(
         tags::MANUFACTURER_MODEL_NAME,
         VR::LO,

@@ -7,6 +7,10 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use std::path::Path;
 
+/// Manufacturer (0008,0070) of the objects this box generates (SR, SC), by which a rebuilt
+/// index still knows them.
+pub const GENERATED_BY: &str = "DULI Edge";
+
 /// Why a file's header could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
@@ -99,6 +103,7 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
         body_part: text(obj, tags::BODY_PART_EXAMINED),
         view_position: text(obj, tags::VIEW_POSITION),
         rows: int(obj, tags::ROWS).and_then(|v| u32::try_from(v).ok()),
+        generated: text(obj, tags::MANUFACTURER) == GENERATED_BY,
         columns: int(obj, tags::COLUMNS).and_then(|v| u32::try_from(v).ok()),
         ..Default::default()
     };

@@ -352,7 +352,7 @@ impl Store {
         rec.size = size;
         rec.received_at = crate::clock::now_secs();
         rec.source_ae = source_ae.to_string();
-        rec.generated = generated;
+        rec.generated = generated || header.instance.generated;
         self.commit_instance(&rec, &header.study)?;
         Ok(rec)
     }

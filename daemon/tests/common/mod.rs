@@ -947,6 +947,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Turns inference on with the repository's default model (off by default in tests).
+    pub fn with_inference(self) -> Self {
+        let model = repo_root().join("models/pneumonia-xception/model.toml");
+        self.env("DULI_INFERENCE__MODEL", model.to_str().unwrap_or_default())
+    }
+
     /// Starts the daemon and waits until it is ready; `Err` carries its log.
     pub fn try_start(self) -> Result<Daemon, String> {
         let root = temp_dir("daemon");
@@ -1045,6 +1051,13 @@ impl Daemon {
             (
                 "DULI_DEVICE__DATA_DIR".into(),
                 self.data_dir.display().to_string(),
+            ),
+            // Inference is off unless a test turns it on (`.config("inference", "model",
+            // ...)` or `.with_inference()`): the receive, store and Q/R tests count exactly
+            // the instances they sent, and result objects would join them.
+            (
+                "DULI_INFERENCE__MODEL".into(),
+                "/nonexistent/inference-off-in-this-test/model.toml".into(),
             ),
         ];
         if tls {
