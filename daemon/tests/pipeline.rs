@@ -1,0 +1,188 @@
+//! The whole path of one study with every peer real: a chest X-ray sent by `storescu` is
+//! analysed with OpenVINO, and its report reaches the RIS (an MLLP listener in this test
+//! answering `AA`), the cloud (Mosquitto, read by `mosquitto_sub`) and the PACS (Orthanc
+//! receives the SR and, once the heatmap is ready, the SC).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An MLLP listener that records every message and answers `AA` with MSA-2 = MSH-10.
+fn mllp_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                        let start = frame.iter().position(|b| *b == 0x0b).map_or(0, |i| i + 1);
+                        let msg = String::from_utf8_lossy(&frame[start..end]).to_string();
+                        let control_id = msg
+                            .split('\r')
+                            .next()
+                            .and_then(|msh| msh.split('|').nth(9))
+                            .unwrap_or("")
+                            .to_string();
+                        store.lock().unwrap().push(msg);
+                        let ack = format!(
+                            "\x0bMSH|^~\\&|RIS|HOSPITAL|DULI|demo-site|20261123000000||ACK^R01^ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r\x1c\x0d"
+                        );
+                        if conn.write_all(ack.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
+    let Some(samples) = samples_dir() else { return };
+    if !repo_root()
+        .join(".cache/openvino/libs/libopenvino_c.so")
+        .exists()
+    {
+        return skip("OpenVINO runtime absent (scripts/setup-openvino.sh)");
+    }
+    if !repo_root()
+        .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
+        .exists()
+    {
+        return skip("model weights absent (scripts/setup-models.sh)");
+    }
+    let Some(mq) = Mosquitto::start() else { return };
+    let Some(orthanc) = Orthanc::start() else {
+        return;
+    };
+    let (hl7_port, hl7) = mllp_listener();
+    let dir = temp_dir("pipeline");
+    let mut sub_cmd = mq.client("mosquitto_sub").unwrap();
+    sub_cmd.args(["-t", "duli/#", "-v"]);
+    let sub =
+        Background::spawn("mosquitto_sub", &mut sub_cmd, &dir.path().join("sub.log")).unwrap();
+
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .config("mqtt", "enabled", "true")
+        .config("mqtt", "port", &mq.port.to_string())
+        .config("mqtt", "tls", "false")
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                r#"[{{name = "orthanc", ae_title = "{}", host = "127.0.0.1", port = {}, push = true}}]"#,
+                orthanc.aet, orthanc.dicom_port
+            ),
+        )
+        .start();
+    let file: PathBuf = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    let sent = Instant::now();
+    d.storescu("MODALITY", &[], &[file])
+        .unwrap()
+        .assert_success("storescu");
+
+    // Everything arrives: HL7 ORU^R01, the MQTT report, the SR and the SC in Orthanc.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut hl7_at, mut mqtt_at, mut pacs_at) = (None, None, None);
+    while Instant::now() < deadline && (hl7_at.is_none() || mqtt_at.is_none() || pacs_at.is_none())
+    {
+        if hl7_at.is_none() && !hl7.lock().unwrap().is_empty() {
+            hl7_at = Some(sent.elapsed());
+        }
+        if mqtt_at.is_none() && sub.log().contains("/reports {") {
+            mqtt_at = Some(sent.elapsed());
+        }
+        if pacs_at.is_none() && orthanc.instances().len() >= 2 {
+            pacs_at = Some(sent.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("delivered after: HL7 {hl7_at:?}, MQTT {mqtt_at:?}, PACS SR+SC {pacs_at:?}");
+    assert!(hl7_at.is_some(), "no HL7 message; daemon log:\n{}", d.log());
+    assert!(
+        mqtt_at.is_some(),
+        "no MQTT report; subscriber saw:\n{}",
+        sub.log()
+    );
+    assert!(
+        pacs_at.is_some(),
+        "Orthanc has {:?}; daemon log:\n{}",
+        orthanc.instances(),
+        d.log()
+    );
+
+    // The RIS got an ORU^R01 with the finding, flagged abnormal (PNEUMONIA_01: p ≈ 0.999).
+    let msg = hl7.lock().unwrap()[0].clone();
+    assert!(msg.starts_with("MSH|^~\\&|DULI|demo-site|"), "{msg}");
+    assert!(msg.contains("ORU^R01"), "{msg}");
+    assert!(msg.contains("OBX|") && msg.contains("PNEUMONIA"), "{msg}");
+    assert!(msg.contains("|A|"), "abnormal flag missing: {msg}");
+    assert!(
+        msg.contains("TQ1|") && msg.contains("|S"),
+        "urgent priority missing: {msg}"
+    );
+
+    // The cloud got a pseudonymised report: no patient name or raw study UID.
+    let log = sub.log();
+    let report = log
+        .lines()
+        .find(|l| l.contains("/reports {"))
+        .and_then(|l| l.split_once(' '))
+        .map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).unwrap())
+        .unwrap();
+    assert_eq!(report["ai_generated"], true, "{report}");
+    assert_eq!(report["triage"], true, "{report}");
+    let text = report.to_string();
+    assert!(
+        !text.contains("1.2.826.0.1.3680043.8.498"),
+        "raw UID leaked: {text}"
+    );
+    assert!(log.contains("/status online"), "{log}");
+
+    // The PACS got one SR and one OT, in the original study.
+    let modalities: Vec<String> = orthanc
+        .instances()
+        .iter()
+        .map(|id| {
+            orthanc.get_json(&format!("/instances/{id}/simplified-tags"))["Modality"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(modalities.contains(&"SR".to_string()), "{modalities:?}");
+    assert!(modalities.contains(&"OT".to_string()), "{modalities:?}");
+    // And the outbox has drained.
+    let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+    out.assert_success("duli outbox list");
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "entries left:\n{}",
+        out.stdout
+    );
+}
