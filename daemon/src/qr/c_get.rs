@@ -52,18 +52,9 @@ pub async fn serve(mut op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         };
-        let (root2, inst2, ts2) = (root.clone(), inst.clone(), ts.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            payload::load(&root2, &inst2, &ts2).and_then(|p| p.bytes())
-        })
-        .await;
-        let bytes = match loaded {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);
-                tally.fail(&inst.sop_instance_uid);
-                continue;
-            }
+        let bytes = match payload::load_async(&root, inst, &ts, true).await {
+            Ok((_, Some(b))) => b,
+            Ok((_, None)) => continue,
             Err(e) => {
                 log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);
                 tally.fail(&inst.sop_instance_uid);

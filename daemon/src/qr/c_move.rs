@@ -306,15 +306,8 @@ pub async fn serve(op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         };
-        let (root2, inst2, ts2) = (root.clone(), inst.clone(), ts.clone());
-        let loaded = tokio::task::spawn_blocking(move || payload::load(&root2, &inst2, &ts2)).await;
-        let payload = match loaded {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);
-                tally.fail(&inst.sop_instance_uid);
-                continue;
-            }
+        let payload = match payload::load_async(&root, inst, &ts, false).await {
+            Ok((p, _)) => p,
             Err(e) => {
                 log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);
                 tally.fail(&inst.sop_instance_uid);

@@ -118,3 +118,25 @@ pub fn load(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, Pay
         .map_err(|e| err(e.to_string()))?;
     Ok(Payload::Transcoded(out))
 }
+
+/// [`load`] on a blocking thread, and (for C-GET) the bytes of the data set; errors as text
+/// for the operation's log line.
+pub async fn load_async(
+    root: &Path,
+    inst: &InstanceRecord,
+    ts: &str,
+    bytes: bool,
+) -> Result<(Payload, Option<Vec<u8>>), String> {
+    let (root, inst, ts) = (root.to_path_buf(), inst.clone(), ts.to_string());
+    let loaded = tokio::task::spawn_blocking(move || {
+        let p = load(&root, &inst, &ts)?;
+        let b = if bytes { Some(p.bytes()?) } else { None };
+        Ok::<_, PayloadError>((p, b))
+    })
+    .await;
+    match loaded {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
