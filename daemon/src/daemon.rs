@@ -299,9 +299,16 @@ pub async fn run(config: Config) -> Result<()> {
     let running = start(&config).await?;
     notify::notify("READY=1");
     if let Some(interval) = notify::watchdog_interval() {
+        let store = running.store.clone();
         tokio::spawn(async move {
             loop {
-                notify::notify("WATCHDOG=1");
+                // Fed by real work, not a bare timer: the store must answer a read and
+                // complete an index flush in time, on a runtime responsive enough to run
+                // this task. Otherwise systemd restarts the daemon.
+                match alive(&store, interval).await {
+                    Ok(()) => notify::notify("WATCHDOG=1"),
+                    Err(why) => log::error!("watchdog withheld: {why}"),
+                }
                 tokio::time::sleep(interval).await;
             }
         });
@@ -312,6 +319,23 @@ pub async fn run(config: Config) -> Result<()> {
     running.stop().await?;
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// The liveness check behind each watchdog ping.
+async fn alive(store: &Arc<Store>, budget: Duration) -> Result<(), String> {
+    let s = store.clone();
+    let read = tokio::task::spawn_blocking(move || s.study_state_counts().map(|_| ()));
+    match tokio::time::timeout(budget, read).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(format!("store read failed: {e}")),
+        Ok(Err(e)) => return Err(format!("store read task: {e}")),
+        Err(_) => return Err(format!("store read took longer than {budget:?}")),
+    }
+    match tokio::time::timeout(budget, store.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("index flush failed: {e}")),
+        Err(_) => Err(format!("index flush took longer than {budget:?}")),
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -116,6 +116,30 @@ fn below_the_disk_reserve_c_store_answers_a700_and_stores_nothing() {
 }
 
 #[test]
+fn the_watchdog_is_fed_while_the_store_answers() {
+    let dir = temp_dir("watchdog");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // WATCHDOG_USEC=400 ms: systemd expects a ping at least every 200 ms.
+    let _d = Daemon::builder()
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start();
+    let mut buf = [0u8; 256];
+    let mut pings = 0;
+    let started = std::time::Instant::now();
+    while pings < 3 && started.elapsed() < Duration::from_secs(10) {
+        let n = sock.recv(&mut buf).expect("no sd_notify message");
+        if &buf[..n] == b"WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 3, "fewer than 3 watchdog pings in 10 s");
+}
+
+#[test]
 fn readiness_is_notified_to_systemd() {
     let dir = temp_dir("notify");
     let sock_path = dir.path().join("notify.sock");
