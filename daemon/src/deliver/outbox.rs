@@ -846,10 +846,19 @@ impl Outbox {
         f.entries as f64 >= f.max_entries as f64 * r || f.bytes as f64 >= f.max_bytes as f64 * r
     }
 
-    /// Makes the outbox's changes durable.
+    /// Makes the outbox's changes durable (a blocking flush on tokio's blocking pool, not
+    /// sled's flush_async: see `Store::flush`).
     pub async fn flush(&self) -> Result<(), OutboxError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(e) => Err(OutboxError::Db(sled::Error::Io(std::io::Error::other(
+                format!("flush task: {e}"),
+            )))),
+        }
     }
 
     fn check_alarm(&self) {

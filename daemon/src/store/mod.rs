@@ -244,7 +244,16 @@ impl Store {
     /// Makes everything committed so far durable. Concurrent callers share the work of
     /// one flush where they overlap.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        // sled's flush_async runs on sled's own small thread pool; under load, with several
+        // associations flushing at once, it was seen to stall every caller. A blocking
+        // flush on tokio's blocking pool does the same work without that pool.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "index flush task".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
         Ok(())
     }
 
