@@ -178,6 +178,13 @@ pub async fn start(config: &Config) -> Result<Running> {
     }));
 
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
+    let publisher = crate::deliver::publish::Publisher::new(
+        store.clone(),
+        delivery.outbox.clone(),
+        delivery.plan.clone(),
+        delivery.secret.clone(),
+        &config.dicom.uid_root,
+    );
     let mut console_state = console::Console::new(
         config,
         store.clone(),
@@ -186,6 +193,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         events.clone(),
     )?;
     console_state.outbox = Some(delivery.outbox.clone());
+    console_state.publisher = Some(publisher.clone());
     let console_state = Arc::new(console_state);
     let (console_addr, console_task) =
         console::start(config, console_state, shutdown_rx.clone()).await?;
@@ -230,13 +238,6 @@ pub async fn start(config: &Config) -> Result<Running> {
 
     // Inference: completed studies -> results; each result brings its SR and outbox
     // entries in the same transaction, and its heatmap SC later.
-    let publisher = crate::deliver::publish::Publisher::new(
-        store.clone(),
-        delivery.outbox.clone(),
-        delivery.plan.clone(),
-        delivery.secret.clone(),
-        &config.dicom.uid_root,
-    );
     let (results_tx, _) = tokio::sync::broadcast::channel(1024);
     let (on_result_tx, mut on_result_rx) = mpsc::unbounded_channel::<String>();
     let heat_publisher = publisher.clone();

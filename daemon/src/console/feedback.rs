@@ -59,15 +59,25 @@ pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreEr
         .collect()
 }
 
-/// The hook where feedback joins the outbox for the cloud (MQTT topic
-/// `duli/{site}/{device}/feedback`, pseudonymised). Delivery is a later stage: until it
-/// is wired here, feedback stays in the store and the audit trail only.
-pub fn enqueue_for_delivery(_store: &Store, f: &Feedback) -> Result<(), StoreError> {
-    log::info!(
-        "feedback on {} by {} ({}) recorded; not queued for delivery (no outbox yet)",
-        f.study_uid,
-        f.user,
-        if f.agree { "agree" } else { "disagree" }
-    );
-    Ok(())
+/// Hands feedback to delivery: it joins the outbox for the cloud (MQTT topic
+/// `duli/{site}/{device}/feedback`, pseudonymised, without the comment or the user name),
+/// unless no delivery runs (then it stays in the store and the audit trail).
+pub fn enqueue_for_delivery(
+    publisher: Option<&crate::deliver::publish::Publisher>,
+    f: &Feedback,
+    role: &str,
+) -> Result<(), StoreError> {
+    match publisher {
+        Some(p) => p.feedback(f, role).map_err(|e| StoreError::Corrupt {
+            key: f.study_uid.clone(),
+            reason: format!("feedback not queued for delivery: {e}"),
+        }),
+        None => {
+            log::info!(
+                "feedback on {} recorded; no delivery configured",
+                f.study_uid
+            );
+            Ok(())
+        }
+    }
 }

@@ -53,6 +53,8 @@ pub struct Console {
     pub events: events::Bus,
     /// The delivery outbox (gauges in /metrics, delivery status), when delivery runs.
     pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
+    /// Delivery of feedback to the cloud, when delivery runs.
+    pub publisher: Option<Arc<crate::deliver::publish::Publisher>>,
     /// Accounts.
     pub users: users::Users,
     /// Sessions and the login throttle.
@@ -94,6 +96,7 @@ impl Console {
             metrics,
             events,
             outbox: None,
+            publisher: None,
             users,
             sessions,
             site_id: config.device.site_id.clone(),

@@ -32,6 +32,7 @@ pub const SC_MAX_SIDE: u32 = 1024;
 type Prepared = (String, u32, Vec<NewEntry>);
 
 /// Glue between the result commit and delivery.
+#[derive(Debug)]
 pub struct Publisher {
     store: Arc<Store>,
     outbox: Arc<Outbox>,
@@ -275,6 +276,38 @@ impl Publisher {
         let sc = results::sc::build(report, &uids, &img).map_err(|e| e.to_string())?;
         let rec = results::store_object(&self.store, &sc).map_err(|e| e.to_string())?;
         Ok(rec.sop_instance_uid)
+    }
+}
+
+impl Publisher {
+    /// Queues a radiologist's feedback for the cloud (pseudonymised; the comment and the
+    /// user name are never sent). Manual uploads are not sent.
+    pub fn feedback(
+        &self,
+        f: &crate::console::feedback::Feedback,
+        role: &str,
+    ) -> Result<(), String> {
+        if let Ok(Some(study)) = self.store.study(&f.study_uid) {
+            if is_manual_upload(&study) {
+                return Ok(());
+            }
+        }
+        let fb = super::mqtt::payload::Feedback {
+            report_id: crate::result::report_id(&f.study_uid, f.result_version.max(1)),
+            study_instance_uid: f.study_uid.clone(),
+            agree: f.agree,
+            finding: f.finding.clone(),
+            reviewer_role: role.to_string(),
+            created_at: f.at_ms / 1000,
+        };
+        let batch = self.plan.feedback_entries(&fb, &self.secret);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.outbox
+            .enqueue(&batch)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
