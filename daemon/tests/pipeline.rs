@@ -176,6 +176,39 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         .collect();
     assert!(modalities.contains(&"SR".to_string()), "{modalities:?}");
     assert!(modalities.contains(&"OT".to_string()), "{modalities:?}");
+    // A radiologist disagrees in the console: the feedback reaches the cloud too,
+    // pseudonymised, without the comment or the user name.
+    d.add_user("rita", "radiologist", "a long passphrase for rita");
+    let session = d.login("rita", "a long passphrase for rita");
+    let study_uid = d
+        .command(&["studies"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v[0]["study_instance_uid"].as_str().map(String::from))
+        .expect("study uid");
+    let r = session.send(
+        "POST",
+        &format!("/api/v1/studies/{study_uid}/feedback"),
+        &serde_json::json!({"agree": false, "comment": "secret remark about Silva", "finding": "PNEUMONIA"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sub.log().contains("/feedback {") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = sub.log();
+    let feedback = log
+        .lines()
+        .find(|l| l.contains("/feedback {"))
+        .expect("no feedback on MQTT");
+    assert!(feedback.contains("\"verdict\":\"disagree\""), "{feedback}");
+    assert!(
+        !feedback.contains("secret remark") && !feedback.contains("rita"),
+        "{feedback}"
+    );
+    assert!(!feedback.contains(&study_uid), "raw UID leaked: {feedback}");
+
     // And the outbox has drained.
     let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
     out.assert_success("duli outbox list");
