@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 
 /// An MLLP listener that records every message and answers `AA` with MSA-2 = MSH-10.
 fn mllp_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
+    mllp_listener_slow(Duration::ZERO)
+}
+
+/// [`mllp_listener`] that waits `delay` before each answer (a slow RIS).
+fn mllp_listener_slow(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -42,6 +47,7 @@ fn mllp_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
                             .unwrap_or("")
                             .to_string();
                         store.lock().unwrap().push(msg);
+                        std::thread::sleep(delay);
                         let ack = format!(
                             "\x0bMSH|^~\\&|RIS|HOSPITAL|DULI|demo-site|20261123000000||ACK^R01^ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r\x1c\x0d"
                         );
@@ -218,4 +224,118 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         "entries left:\n{}",
         out.stdout
     );
+}
+
+/// The MSH-10 control ids (report ids) of the recorded messages.
+fn control_ids(msgs: &[String]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| m.split('\r').next()?.split('|').nth(9).map(String::from))
+        .collect()
+}
+
+#[test]
+fn killed_while_the_outbox_drains_every_report_still_arrives() {
+    let Some(_) = samples_dir() else { return };
+    if !repo_root()
+        .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
+        .exists()
+        || !repo_root()
+            .join(".cache/openvino/libs/libopenvino_c.so")
+            .exists()
+    {
+        return skip("OpenVINO runtime or model absent");
+    }
+    let rounds = rounds(2, 20);
+    let studies = 10;
+    // A slow RIS: 150 ms per message, so the drain spans the kills.
+    let (hl7_port, hl7) = mllp_listener_slow(Duration::from_millis(150));
+    let dir = temp_dir("outbox-crash");
+    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
+    let Some(mut cmd) = python_script(
+        &script,
+        &[
+            dir.path().join("dx").to_str().unwrap(),
+            "--count",
+            &studies.to_string(),
+            "--studies",
+            &studies.to_string(),
+            "--rows",
+            "256",
+            "--cols",
+            "256",
+        ],
+    ) else {
+        return;
+    };
+    let out = run(&mut cmd, Duration::from_secs(120));
+    out.assert_success("make_dx.py");
+    let files: Vec<PathBuf> = dicom_files(&dir.path().join("dx"));
+    let mut d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .start();
+    d.storescu("MODALITY", &[], &files)
+        .unwrap()
+        .assert_success("storescu");
+    // Kill only once the drain is under way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while hl7.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no HL7 message; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seed = 0x9E37_79B9u64;
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 600));
+        d.kill();
+        let got = control_ids(&hl7.lock().unwrap()).len();
+        eprintln!("round {round}: killed with {got} message(s) received so far");
+        d.restart();
+    }
+    // After the last restart, everything drains.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids = control_ids(&hl7.lock().unwrap());
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        if distinct.len() >= studies {
+            eprintln!(
+                "{studies} reports, {} messages received: {} duplicate(s) after {rounds} kill(s)",
+                ids.len(),
+                ids.len() - distinct.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {studies} reports arrived; log:\n{}",
+            distinct.len(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each study has exactly one report id, and every one arrived at least once.
+    let out = run(&mut d.command(&["studies"]), Duration::from_secs(30));
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), studies);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+        if out.stdout.lines().count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox not drained:\n{}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
