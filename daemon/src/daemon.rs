@@ -34,8 +34,6 @@ pub struct Running {
     pub console_addr: SocketAddr,
     /// Live study events (the console's worklist follows them; any stage may publish).
     pub events: events::Bus,
-    /// Report ids of results as they become durable (for `duli demo`).
-    pub results: tokio::sync::broadcast::Sender<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -165,7 +163,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         )));
     }
 
-    // Live study events, followed from the store's studies and results trees.
+    // Live study events, from the store's broadcast of committed changes.
     let events = events::Bus::new();
     let stop_events = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let events_thread = events::watch_store(&store, events.clone(), stop_events.clone())
@@ -238,7 +236,6 @@ pub async fn start(config: &Config) -> Result<Running> {
 
     // Inference: completed studies -> results; each result brings its SR and outbox
     // entries in the same transaction, and its heatmap SC later.
-    let (results_tx, _) = tokio::sync::broadcast::channel(1024);
     let (on_result_tx, mut on_result_rx) = mpsc::unbounded_channel::<String>();
     let heat_publisher = publisher.clone();
     let options = crate::infer::PipelineOptions {
@@ -260,13 +257,10 @@ pub async fn start(config: &Config) -> Result<Running> {
         completed_rx,
         options,
     ));
-    let results_fanout = results_tx.clone();
     let announcer = tokio::spawn(async move {
         while let Some(report_id) = on_result_rx.recv().await {
             let p = publisher.clone();
-            let rid = report_id.clone();
-            let _ = tokio::task::spawn_blocking(move || p.committed(&rid)).await;
-            let _ = results_fanout.send(report_id);
+            let _ = tokio::task::spawn_blocking(move || p.committed(&report_id)).await;
         }
     });
     let mut rx = shutdown_rx.clone();
@@ -289,7 +283,6 @@ pub async fn start(config: &Config) -> Result<Running> {
         dicom_addr,
         console_addr,
         events,
-        results: results_tx,
         shutdown: shutdown_tx,
         tasks,
     })

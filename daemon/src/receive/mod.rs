@@ -87,9 +87,4 @@ impl Scp {
             next_id: AtomicU64::new(1),
         }
     }
-
-    /// Associations open now.
-    pub fn active(&self) -> usize {
-        self.active.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }

@@ -51,11 +51,6 @@ impl FileArea {
         &self.root
     }
 
-    /// The folder that holds the placed files.
-    pub fn files_dir(&self) -> &Path {
-        &self.files
-    }
-
     /// Starts a new temp file.
     pub fn incoming(&self) -> io::Result<IncomingFile> {
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
