@@ -213,6 +213,7 @@ fn console_in_headless_chromium() {
     }
     let file = files[0].clone();
     let uid = study_uid_of(&file);
+    let sop = ::duli::scu::prepare(&file).unwrap().sop_instance;
 
     let mut d = Daemon::start();
     d.add_user("rita", "radiologist", PW);
@@ -225,21 +226,17 @@ fn console_in_headless_chromium() {
         });
         std::fs::create_dir_all(d.data_dir().join("heatmaps")).unwrap();
         heat.save(d.data_dir().join("heatmaps/h.png")).unwrap();
-        let db = sled::open(d.data_dir().join("index")).unwrap();
-        let result = json!({
-            "triage": true,
-            "model": {"name": "pneumonia-xception", "version": "1.0.0"},
-            "findings": [
-                {"label": "PNEUMONIA", "code": "233604007", "probability": 0.91, "threshold": 0.5, "positive": true},
-                {"label": "NORMAL", "code": "17621005", "probability": 0.09, "threshold": 0.5, "positive": false}
+        record_result(
+            d.data_dir(),
+            &uid,
+            &sop,
+            "1.0.0",
+            &[
+                ("PNEUMONIA", "233604007", 0.91),
+                ("NORMAL", "17621005", 0.09),
             ],
-            "heatmap_path": "heatmaps/h.png"
-        });
-        db.open_tree("results")
-            .unwrap()
-            .insert(uid.as_bytes(), serde_json::to_vec(&result).unwrap())
-            .unwrap();
-        db.flush().unwrap();
+            "heatmaps/h.png",
+        );
     }
     d.restart();
 

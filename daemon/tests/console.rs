@@ -415,21 +415,21 @@ fn worklist_live_events_study_preview_heatmap_and_feedback() {
         std::fs::create_dir_all(&heat_dir).unwrap();
         let img = image::RgbaImage::from_pixel(8, 8, image::Rgba([255, 0, 0, 128]));
         img.save(heat_dir.join("h.png")).unwrap();
-        let db = sled::open(d.data_dir().join("index")).unwrap();
-        let result = serde_json::json!({
-            "triage": true,
-            "model": {"name": "pneumonia-xception", "version": "1.0"},
-            "findings": [
-                {"label": "PNEUMONIA", "code": "233604007", "probability": 0.93, "threshold": 0.5, "positive": true},
-                {"label": "EFFUSION", "code": "60046008", "probability": 0.12, "threshold": 0.5, "positive": false}
-            ],
-            "heatmap_path": "heatmaps/h.png"
-        });
-        db.open_tree("results")
+        let sop = detail["instances"][0]["sop_instance_uid"]
+            .as_str()
             .unwrap()
-            .insert(uid.as_bytes(), serde_json::to_vec(&result).unwrap())
-            .unwrap();
-        db.flush().unwrap();
+            .to_string();
+        record_result(
+            d.data_dir(),
+            &uid,
+            &sop,
+            "1.0",
+            &[
+                ("PNEUMONIA", "233604007", 0.93),
+                ("EFFUSION", "60046008", 0.12),
+            ],
+            "heatmaps/h.png",
+        );
     }
     d.restart();
     let s = d.login("rita", PW);

@@ -193,6 +193,22 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
         .and_then(|v| v[0]["study_instance_uid"].as_str().map(String::from))
         .expect("study uid");
+    // The console shows the live result: urgent, with its top finding and the heatmap.
+    let list = session.get("/api/v1/studies").json();
+    let row = &list["studies"][0];
+    assert_eq!(row["triage"], true, "{list}");
+    assert_eq!(row["top_finding"]["label"], "Pneumonia", "{list}");
+    let detail = session.get(&format!("/api/v1/studies/{study_uid}")).json();
+    assert_eq!(
+        detail["result"]["model"]["name"], "pneumonia-xception",
+        "{detail}"
+    );
+    let heat = session.get(
+        detail["heatmap"]
+            .as_str()
+            .expect("no heatmap in the console"),
+    );
+    assert_eq!((heat.status, &heat.body[1..4]), (200, &b"PNG"[..]));
     let r = session.send(
         "POST",
         &format!("/api/v1/studies/{study_uid}/feedback"),

@@ -384,9 +384,26 @@ async fn logout(
     ))
 }
 
-/// The recorded result of a study (tree `results`), verbatim.
+/// The latest recorded result of a study (as the inference stage stored it), plus
+/// `heatmap_path`: the first analysed image's heatmap, when one is done.
 pub fn result_of(c: &Console, uid: &str) -> Result<Option<Value>, ApiError> {
-    Ok(crate::store::get_json(&c.store.tree("results")?, uid)?)
+    let Some(result) = crate::infer::record::latest_result(&c.store, uid)? else {
+        return Ok(None);
+    };
+    let heatmap = result.images.iter().find_map(|i| match &i.heatmap {
+        crate::result::HeatmapState::Done { path, .. } => Some(path.clone()),
+        _ => None,
+    });
+    // Through JSON text, so f32 probabilities keep their shortest form (0.93, not
+    // 0.9300000071525574).
+    let mut v: Value = serde_json::to_string(&result)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if let (Some(path), Some(obj)) = (heatmap, v.as_object_mut()) {
+        obj.insert("heatmap_path".into(), Value::String(path));
+    }
+    Ok(Some(v))
 }
 
 /// Whether a result marks the study urgent (`triage` as a bool, `"urgent"`, or an
@@ -452,7 +469,6 @@ async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, Ap
         .and_then(|v| v.parse().ok())
         .unwrap_or(200usize)
         .min(MAX_STUDIES);
-    let results = c.store.tree("results")?;
     let mut rows = Vec::new();
     for st in c.store.studies()? {
         if let Some(state) = state {
@@ -472,8 +488,7 @@ async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, Ap
                 continue;
             }
         }
-        let result: Option<Value> =
-            crate::store::get_json(&results, &st.study_instance_uid).unwrap_or(None);
+        let result = result_of(c, &st.study_instance_uid).unwrap_or(None);
         let urgent = result.as_ref().and_then(triage_flag).unwrap_or(false);
         if urgent_only && !urgent {
             continue;

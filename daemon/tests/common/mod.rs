@@ -1711,3 +1711,69 @@ pub fn tool_output(output: Output) -> ToolOutput {
         timed_out: false,
     }
 }
+
+// ---------------------------------------------------------------------------
+// Results as the inference stage records them
+// ---------------------------------------------------------------------------
+
+/// Writes a study result into a stopped daemon's store exactly as the inference stage
+/// records it (tree `results`, key `study NUL version`), for one analysed image with
+/// `findings` as (label, code, probability) at threshold 0.5 and its heatmap PNG at
+/// `heatmap` (relative to the data directory).
+pub fn record_result(
+    data_dir: &Path,
+    study_uid: &str,
+    sop_uid: &str,
+    model_version: &str,
+    findings: &[(&str, &str, f32)],
+    heatmap: &str,
+) {
+    use duli::result::{
+        report_id, Finding, HeatmapState, ImageResult, ImageStatus, ModelInfo, StudyResult, Timings,
+    };
+    let findings: Vec<Finding> = findings
+        .iter()
+        .map(|(label, code, p)| Finding {
+            label: label.to_string(),
+            code: code.to_string(),
+            probability: *p,
+            threshold: 0.5,
+            positive: *p >= 0.5,
+        })
+        .collect();
+    let result = StudyResult {
+        report_id: report_id(study_uid, 1),
+        study_instance_uid: study_uid.to_string(),
+        version: 1,
+        images: vec![ImageResult {
+            sop_instance_uid: sop_uid.to_string(),
+            series_instance_uid: String::new(),
+            status: ImageStatus::Analysed,
+            reason: None,
+            findings: findings.clone(),
+            timings: Timings::default(),
+            heatmap: HeatmapState::Done {
+                code: findings.first().map(|f| f.code.clone()).unwrap_or_default(),
+                path: heatmap.to_string(),
+            },
+        }],
+        triage: findings.iter().any(|f| f.positive),
+        findings,
+        model: ModelInfo {
+            name: "pneumonia-xception".into(),
+            version: model_version.into(),
+            sha256: String::new(),
+        },
+        timings: Timings::default(),
+        created_at: 0,
+    };
+    let db = sled::open(data_dir.join("index")).unwrap();
+    db.open_tree(duli::infer::record::RESULTS_TREE)
+        .unwrap()
+        .insert(
+            duli::infer::record::result_key(study_uid, 1),
+            serde_json::to_vec(&result).unwrap(),
+        )
+        .unwrap();
+    db.flush().unwrap();
+}
