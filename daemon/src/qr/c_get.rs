@@ -3,12 +3,11 @@
 //! role selection, PS3.7 D.3.3.4), in the stored transfer syntax or an uncompressed one the
 //! peer accepted. The association loop hands the peer's C-STORE responses to this task.
 
-use super::c_move::{resolve, send_final, send_pending, Tally};
+use super::c_move::{finish, resolve, send_final, send_pending, Tally};
 use super::payload;
 use super::Op;
 use crate::audit::Action;
 use crate::dimse::command::{Command, CommandField, Priority};
-use crate::dimse::status::StatusClass;
 use std::time::Duration;
 
 /// How long a sub-operation's C-STORE response may take.
@@ -113,20 +112,6 @@ pub async fn serve(mut op: Op) -> String {
             return "connection lost while answering C-GET".into();
         }
     }
-    let cancelled = op.cancelled() && tally.counts().remaining > 0;
-    let status = tally.final_status(cancelled);
-    let outcome = format!(
-        "C-GET by {}: {}{}",
-        op.accepted.calling_ae,
-        tally.summary(),
-        if cancelled { ", cancelled" } else { "" }
-    );
-    op.audit(
-        Action::Export,
-        &object,
-        outcome.clone(),
-        status.class() == StatusClass::Failure,
-    );
-    send_final(&op, status, &tally, None).await;
-    outcome
+    let what = format!("C-GET by {}", op.accepted.calling_ae);
+    finish(&op, &tally, &object, &what).await
 }

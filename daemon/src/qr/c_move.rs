@@ -126,6 +126,27 @@ pub async fn send_final(op: &Op, status: Status, tally: &Tally, comment: Option<
         .is_ok()
 }
 
+/// Ends a retrieve (C-MOVE or C-GET): works out the final status (Cancel when stopped
+/// with sub-operations left), records the export in the audit trail, sends the final
+/// response and returns the log line, which starts with `what`.
+pub async fn finish(op: &Op, tally: &Tally, object: &str, what: &str) -> String {
+    let cancelled = op.cancelled() && tally.counts().remaining > 0;
+    let status = tally.final_status(cancelled);
+    let outcome = format!(
+        "{what}: {}{}",
+        tally.summary(),
+        if cancelled { ", cancelled" } else { "" }
+    );
+    op.audit(
+        Action::Export,
+        object,
+        outcome.clone(),
+        status.class() == StatusClass::Failure,
+    );
+    send_final(op, status, tally, None).await;
+    outcome
+}
+
 /// Sends a pending response with the current counts.
 pub async fn send_pending(op: &Op, tally: &Tally) -> bool {
     let rsp = match op.rq.command_field {
@@ -342,19 +363,5 @@ pub async fn serve(op: Op) -> String {
     } else {
         assoc.release().await;
     }
-    let cancelled = op.cancelled() && tally.counts().remaining > 0;
-    let status = tally.final_status(cancelled);
-    let outcome = format!(
-        "C-MOVE to {dest_ae}: {}{}",
-        tally.summary(),
-        if cancelled { ", cancelled" } else { "" }
-    );
-    op.audit(
-        Action::Export,
-        &object,
-        outcome.clone(),
-        status.class() == StatusClass::Failure,
-    );
-    send_final(&op, status, &tally, None).await;
-    outcome
+    finish(&op, &tally, &object, &format!("C-MOVE to {dest_ae}")).await
 }
