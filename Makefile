@@ -4,13 +4,14 @@
 #   make test       the test suite (installs the test peers first; fast default)
 #   make test-long  the test suite with the long crash rounds
 #   make bench      the ingest benchmark (see bench/README.md)
+#   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
 #   make lint       rustfmt and clippy, warnings are errors
 
 CARGO ?= cargo
 SHELL := /bin/bash
 BENCH_FILES ?= 60
 
-.PHONY: all build test test-long test-env test-scripts demo bench lint fmt models
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr lint fmt models
 
 all: build
 
@@ -50,6 +51,10 @@ demo: models
 bench: test-env
 	$(CARGO) build --release -p duli
 	bench/ingest.sh $(BENCH_FILES)
+
+bench-qr: test-env
+	$(CARGO) build --release -p duli
+	bench/qr.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

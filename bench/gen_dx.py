@@ -4,10 +4,10 @@
 Each instance is a Digital X-Ray Image Storage - For Presentation object in
 explicit VR little endian: 16 bits allocated, 12 stored, 2800 x 1800 pixels by
 default (about 10 MB), with proper 2.25 UIDs, two images (PA and lateral) per
-study. The pixel data is a smooth anatomy-like field plus per-pixel noise, so it
-is not trivially compressible (as with a real detector).
+study (or --per-study N). The pixel data is a smooth anatomy-like field plus per-pixel
+noise, so it is not trivially compressible (as with a real detector).
 
-    gen_dx.py OUT_DIR COUNT [--rows N] [--cols N] [--seed N]
+    gen_dx.py OUT_DIR COUNT [--rows N] [--cols N] [--seed N] [--per-study N]
 
 Reuses OUT_DIR when it already holds the same set (same count and geometry).
 """
@@ -84,7 +84,7 @@ def instance(base, rng, index, study, rows, cols, now):
     ds.SeriesInstanceUID = study["series_uid"]
     ds.StudyID = str(study["number"])
     ds.SeriesNumber = 1
-    ds.InstanceNumber = index % 2 + 1
+    ds.InstanceNumber = index % study["size"] + 1
     ds.PatientOrientation = ["L", "F"]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
@@ -117,11 +117,14 @@ def main():
     parser.add_argument("--rows", type=int, default=2800)
     parser.add_argument("--cols", type=int, default=1800)
     parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--per-study", type=int, default=2)
     args = parser.parse_args()
 
     os.makedirs(args.out_dir, exist_ok=True)
     stamp_path = os.path.join(args.out_dir, "set.json")
     stamp = {"count": args.count, "rows": args.rows, "cols": args.cols, "seed": args.seed}
+    if args.per_study != 2:
+        stamp["per_study"] = args.per_study
     files = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".dcm"))
     try:
         with open(stamp_path) as f:
@@ -139,8 +142,9 @@ def main():
     total = 0
     study = None
     for i in range(args.count):
-        if i % 2 == 0:
-            study = {"number": i // 2 + 1, "study_uid": uid(), "series_uid": uid()}
+        if i % args.per_study == 0:
+            study = {"number": i // args.per_study + 1, "study_uid": uid(),
+                     "series_uid": uid(), "size": args.per_study}
         ds = instance(bases[i % len(bases)], rng, i, study, args.rows, args.cols, now)
         path = os.path.join(args.out_dir, "dx%05d.dcm" % i)
         ds.save_as(path, enforce_file_format=True)

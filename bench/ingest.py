@@ -15,10 +15,12 @@ Receivers (each starts fresh, with its storage on the same disk, for every run):
 """
 
 import argparse
+import http.client
 import json
 import os
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,11 +53,6 @@ def wait_port(port, proc, timeout=30.0):
 def http_json(port, path):
     with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
         return json.load(r)
-
-
-def http_text(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
-        return r.read().decode()
 
 
 def tree_pids(pid):
@@ -176,12 +173,14 @@ def run_storescp(files, assocs, work):
         stop(proc)
 
 
-def run_orthanc(files, assocs, work):
+def start_orthanc(root, overrides=None):
+    """Starts Orthanc with its storage under `root` and `overrides` merged into its
+    configuration; returns (proc, dicom port, http port, log file), or None (with the
+    reason printed) when it is missing or does not start."""
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not os.access(binary, os.X_OK):
         print("orthanc: not available (apt orthanc)")
-        return []
-    root = os.path.join(work, "orthanc")
+        return None
     os.makedirs(root)
     dicom_port, http_port = free_port(), free_port()
     config = {
@@ -200,6 +199,7 @@ def run_orthanc(files, assocs, work):
         "DicomAlwaysAllowStore": True,
         "SaveJobs": False,
     }
+    config.update(overrides or {})
     config_path = os.path.join(root, "orthanc.json")
     with open(config_path, "w") as f:
         json.dump(config, f)
@@ -207,12 +207,22 @@ def run_orthanc(files, assocs, work):
     # Orthanc's DICOM layer is DCMTK: it needs TCP_NODELAY=1 as well.
     proc = subprocess.Popen([binary, "--no-jobs", config_path], cwd=root, env=PEER_ENV,
                             stdout=log, stderr=log)
+    if not (wait_port(http_port, proc) and wait_port(dicom_port, proc)):
+        log.flush()
+        with open(log.name, errors="replace") as f:
+            print("orthanc: did not start; its log ends:\n" + f.read()[-800:])
+        stop(proc)
+        log.close()
+        return None
+    return proc, dicom_port, http_port, log
+
+
+def run_orthanc(files, assocs, work):
+    started = start_orthanc(os.path.join(work, "orthanc"))
+    if started is None:
+        return []
+    proc, dicom_port, http_port, log = started
     try:
-        if not (wait_port(http_port, proc) and wait_port(dicom_port, proc)):
-            log.flush()
-            with open(log.name, errors="replace") as f:
-                print("orthanc: did not start; its log ends:\n" + f.read()[-800:])
-            return []
         sampler = RssSampler(proc.pid)
         seconds, failures = send(files, "ORTHANC", dicom_port, assocs)
         peak = sampler.stop()
@@ -223,11 +233,13 @@ def run_orthanc(files, assocs, work):
         log.close()
 
 
-def run_duli(files, assocs, work, binary):
+def start_duli(root, binary, settings=None):
+    """Starts `duli run` with its data under `root` and `settings` (DULI_SECTION__KEY
+    overrides); returns (proc, dicom port, console port, log file), or None (with the
+    reason printed) when it is not built or does not start."""
     if not binary or not os.access(binary, os.X_OK):
         print("duli: not available (no release binary; `cargo build --release`)")
-        return []
-    root = os.path.join(work, "duli")
+        return None
     os.makedirs(root)
     dicom_port, console_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not (k.startswith("DULI_") and "__" in k)}
@@ -239,27 +251,48 @@ def run_duli(files, assocs, work, binary):
         "DULI_DEVICE__DATA_DIR": os.path.join(root, "data"),
         "DULI_DICOM__QUIET_PERIOD": "0",
     })
+    env.update(settings or {})
     log = open(os.path.join(root, "duli.log"), "w")
     proc = subprocess.Popen([binary, "run"], env=env, cwd=root, stdout=log, stderr=log)
+    if not wait_port(dicom_port, proc):
+        log.flush()
+        with open(log.name, errors="replace") as f:
+            tail = f.read()[-800:].strip()
+        print("duli: not available (`duli run` did not start)%s"
+              % ("; its log ends:\n" + tail if tail else ""))
+        stop(proc)
+        log.close()
+        return None
+    return proc, dicom_port, console_port, log
+
+
+def duli_stored(console_port):
+    """duli's count of stored instances (its /metrics, over the console's self-signed
+    HTTPS), or None."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    url = "https://127.0.0.1:%d/metrics" % console_port
     try:
-        if not wait_port(dicom_port, proc):
-            log.flush()
-            with open(log.name, errors="replace") as f:
-                tail = f.read()[-800:].strip()
-            print("duli: not available (`duli run` did not start)%s"
-                  % ("; its log ends:\n" + tail if tail else ""))
-            return []
+        with urllib.request.urlopen(url, timeout=10, context=insecure) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("duli_instances_stored_total "):
+                    return int(float(line.split()[1]))
+    except (OSError, http.client.HTTPException):
+        pass
+    return None
+
+
+def run_duli(files, assocs, work, binary):
+    started = start_duli(os.path.join(work, "duli"), binary)
+    if started is None:
+        return []
+    proc, dicom_port, console_port, log = started
+    try:
         sampler = RssSampler(proc.pid)
         seconds, failures = send(files, "DULI", dicom_port, assocs)
         peak = sampler.stop()
-        received = None
-        try:
-            for line in http_text(console_port, "/metrics").splitlines():
-                if line.startswith("duli_instances_stored_total "):
-                    received = int(float(line.split()[1]))
-        except OSError:
-            pass
-        return [("duli", seconds, peak, received, failures)]
+        return [("duli", seconds, peak, duli_stored(console_port), failures)]
     finally:
         stop(proc)
         log.close()

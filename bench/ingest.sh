@@ -12,24 +12,8 @@
 # storescu, storescp and Orthanc here runs with TCP_NODELAY=1 (their best).
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 count="${1:-60}"
-out="${BENCH_OUT:-$repo/bench/out}"
-python="$repo/.venv/bin/python"
-
-for tool in storescu storescp sync; do
-    command -v "$tool" >/dev/null || { echo "ingest: $tool not found (scripts/setup-test-env.sh)" >&2; exit 1; }
-done
-[ -x "$python" ] || "$repo/scripts/setup-test-env.sh"
-
-duli="${DULI_BIN:-}"
-if [ -z "$duli" ]; then
-    for candidate in "${CARGO_TARGET_DIR:-}/release/duli" "$repo/target/release/duli"; do
-        if [ -x "$candidate" ]; then duli="$candidate"; break; fi
-    done
-fi
-
-mkdir -p "$out"
 "$python" "$repo/bench/gen_dx.py" "$out/dx-$count" "$count"
 echo "host: $(nproc) cores, $(uname -r), storage on $(df --output=source "$out" | tail -1)"
 echo "duli binary: ${duli:-not built}"
