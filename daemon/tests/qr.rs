@@ -54,27 +54,25 @@ fn load_fixture(d: &Daemon, dir: &Path) -> Option<Vec<Rec>> {
     Some(recs)
 }
 
-/// Runs findscu (`-S` study root or `-P` patient root) with `keys`; returns the response
-/// identifiers in arrival order.
-fn findscu(d: &Daemon, root: &str, keys: &[&str]) -> Vec<DefaultDicomObject> {
+/// Runs findscu (`-S` study root or `-P` patient root) with `keys` (bytes as given: a key
+/// may carry Latin-1 or UTF-8); returns the response identifiers in arrival order.
+fn findscu<K: AsRef<std::ffi::OsStr>>(
+    d: &Daemon,
+    root: &str,
+    keys: &[K],
+) -> Vec<DefaultDicomObject> {
     let out_dir = temp_dir("findscu");
-    let port = d.dicom_port.to_string();
-    let mut args = vec![
-        root,
-        "-X",
-        "-od",
-        out_dir.path().to_str().unwrap(),
-        "-aet",
-        "FINDSCU",
-        "-aec",
-        DULI_AET,
-    ];
+    let Some(mut cmd) = dcmtk("findscu") else {
+        panic!("findscu is required");
+    };
+    cmd.args([root, "-X", "-od"])
+        .arg(out_dir.path())
+        .args(["-aet", "FINDSCU", "-aec", DULI_AET]);
     for k in keys {
-        args.push("-k");
-        args.push(k);
+        cmd.arg("-k").arg(k);
     }
-    args.extend_from_slice(&["127.0.0.1", &port]);
-    let out = run_dcmtk("findscu", &args).unwrap();
+    cmd.args(["127.0.0.1", &d.dicom_port.to_string()]);
+    let out = run(&mut cmd, TOOL_TIMEOUT);
     out.assert_success("findscu");
     let mut files: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
         .unwrap()
@@ -871,5 +869,291 @@ fn move_falls_back_to_explicit_little_endian_when_the_stored_syntax_is_refused()
         pixels(&received),
         pixels(&open_file(&plain).unwrap()),
         "lossless decode gives the original pixels"
+    );
+}
+
+/// The character set fixture: one DX study each (make_dx.py), stored over DICOM:
+/// `Conceição^Maria` in UTF-8 (patient ID AP0000), `Gonçalves^José` in Latin-1 (BP0000)
+/// and `Wałęsa^Łukasz` in UTF-8 (CP0000; Latin-1 cannot carry it). Returns their records
+/// by patient ID.
+fn load_charset_fixture(d: &Daemon, dir: &Path) -> Option<BTreeMap<String, Rec>> {
+    require_tool("findscu")?;
+    let mut recs = BTreeMap::new();
+    let mut files = Vec::new();
+    for (prefix, charset, name, description) in [
+        ("A", "ISO_IR 192", "Conceição^Maria", "RAIO-X TÓRAX"),
+        ("B", "ISO_IR 100", "Gonçalves^José", "TÓRAX PA"),
+        ("C", "ISO_IR 192", "Wałęsa^Łukasz", "RTG KLATKI PIERSIOWEJ"),
+    ] {
+        let out_dir = dir.join(prefix);
+        let out = python_tool(
+            "make_dx.py",
+            &[
+                out_dir.to_str().unwrap(),
+                "--prefix",
+                prefix,
+                "--charset",
+                charset,
+                "--name",
+                name,
+                "--description",
+                description,
+            ],
+        )?;
+        out.assert_success("make_dx.py");
+        let line: Vec<&str> = out.stdout.split_whitespace().collect();
+        assert_eq!(line.len(), 3, "{}", out.stdout);
+        files.push(PathBuf::from(line[0]));
+        let pid = format!("{prefix}P0000");
+        let rec: Rec = [
+            ("PatientName", name.to_string()),
+            ("PatientID", pid.clone()),
+            ("AccessionNumber", format!("{prefix}ACC00000")),
+            ("StudyInstanceUID", line[2].to_string()),
+            ("StudyDescription", description.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v)))
+        .collect();
+        recs.insert(pid, rec);
+    }
+    d.storescu("STORESCU", &[], &files)?
+        .assert_success("storescu");
+    Some(recs)
+}
+
+/// Return keys of the character set queries (the answers carry (0008,0005) anyway).
+const CHARSET_KEYS: [&str; 5] = [
+    "QueryRetrieveLevel=STUDY",
+    "PatientID",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "StudyDescription",
+];
+
+/// Runs `qr_client.py find` (pynetdicom) at STUDY level with `args`; returns its lines.
+fn qr_client_find(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    let port = d.dicom_port.to_string();
+    let mut all = vec!["find", port.as_str(), "STUDY"];
+    all.extend_from_slice(args);
+    let out = python_tool("qr_client.py", &all).unwrap();
+    out.assert_success("qr_client.py find");
+    json_lines(&out)
+}
+
+/// One findscu answer against its fixture record, field by field, and the character set
+/// it declares.
+fn assert_answer(o: &DefaultDicomObject, r: &Rec, charset: &str) {
+    for (tag, key) in [
+        (tags::PATIENT_NAME, "PatientName"),
+        (tags::PATIENT_ID, "PatientID"),
+        (tags::ACCESSION_NUMBER, "AccessionNumber"),
+        (tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
+        (tags::STUDY_DESCRIPTION, "StudyDescription"),
+    ] {
+        assert_eq!(text(o, tag).as_deref(), Some(s(r, key).as_str()), "{key}");
+    }
+    assert_eq!(
+        text(o, tags::SPECIFIC_CHARACTER_SET).as_deref(),
+        Some(charset)
+    );
+}
+
+/// The same for a pynetdicom answer line.
+fn assert_json_answer(line: &Value, r: &Rec, charset: &str) {
+    let id = &line["identifier"];
+    for key in [
+        "PatientName",
+        "PatientID",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "StudyDescription",
+    ] {
+        assert_eq!(id[key], s(r, key).as_str(), "{key} in {line}");
+    }
+    assert_eq!(id["SpecificCharacterSet"], charset, "{line}");
+}
+
+#[test]
+fn find_without_character_set_reads_utf8_or_latin1_and_answers_in_utf8() {
+    let d = Daemon::start();
+    let dir = temp_dir("qr-charset");
+    let Some(recs) = load_charset_fixture(&d, dir.path()) else {
+        return;
+    };
+    let with = |name: &str| -> Vec<String> {
+        let mut keys = vec![format!("PatientName={name}")];
+        keys.extend(CHARSET_KEYS.iter().map(|k| k.to_string()));
+        keys
+    };
+    // findscu from a UTF-8 shell: UTF-8 bytes, no (0008,0005). The study stored in UTF-8
+    // and the one stored in Latin-1 both match; the answers are in UTF-8.
+    let rsp = findscu(&d, "-S", &with("Conceição*"));
+    assert_eq!(rsp.len(), 1);
+    assert_answer(&rsp[0], &recs["AP0000"], "ISO_IR 192");
+    let rsp = findscu(&d, "-S", &with("gonçalves^josé"));
+    assert_eq!(
+        rsp.len(),
+        1,
+        "PN matches case-insensitively, beyond ASCII too"
+    );
+    assert_answer(&rsp[0], &recs["BP0000"], "ISO_IR 192");
+    // Latin-1 bytes from findscu, still without (0008,0005).
+    use std::os::unix::ffi::OsStringExt;
+    let latin1 = std::ffi::OsString::from_vec(b"PatientName=Concei\xe7\xe3o*".to_vec());
+    let mut keys = vec![latin1];
+    keys.extend(CHARSET_KEYS.iter().map(std::ffi::OsString::from));
+    let rsp = findscu(&d, "-S", &keys);
+    assert_eq!(rsp.len(), 1);
+    assert_answer(&rsp[0], &recs["AP0000"], "ISO_IR 192");
+    // An ASCII-only answer declares no character set.
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "PatientID=CP0000",
+            "PatientName=",
+        ],
+    );
+    assert_eq!(rsp.len(), 1);
+    assert_eq!(
+        text(&rsp[0], tags::PATIENT_NAME).as_deref(),
+        Some("Wałęsa^Łukasz")
+    );
+    assert_eq!(
+        text(&rsp[0], tags::SPECIFIC_CHARACTER_SET).as_deref(),
+        Some("ISO_IR 192")
+    );
+    let rsp = findscu(&d, "-S", &["QueryRetrieveLevel=STUDY", "PatientID=CP0000"]);
+    assert_eq!(rsp.len(), 1);
+    assert_eq!(text(&rsp[0], tags::SPECIFIC_CHARACTER_SET), None);
+
+    // pynetdicom, Latin-1 bytes without (0008,0005), the same query three times on one
+    // association: three answers, one warning.
+    let find = |args: &[&str]| qr_client_find(&d, args);
+    let lines = find(&[
+        "PatientName=Gonçalves*",
+        "PatientID=",
+        "AccessionNumber=",
+        "StudyInstanceUID=",
+        "StudyDescription=",
+        "--charset",
+        "none",
+        "--bytes",
+        "latin-1",
+        "--repeat",
+        "3",
+    ]);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for pair in lines.chunks(2) {
+        assert_json_answer(&pair[0], &recs["BP0000"], "ISO_IR 192");
+        assert_eq!(pair[1]["status"], 0);
+    }
+    // Bytes that are neither ASCII nor UTF-8 nor a name we hold: no match, no failure.
+    let lines = find(&[
+        "PatientName=fffe2a",
+        "PatientID=",
+        "--charset",
+        "none",
+        "--bytes",
+        "hex",
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], 0);
+
+    let log = d.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("without Specific Character Set"))
+        .count();
+    // findscu: three associations with non-ASCII keys; pynetdicom: two.
+    assert_eq!(warnings, 5, "one warning per association:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn find_with_character_set_matches_studies_stored_in_another() {
+    let d = Daemon::start();
+    let dir = temp_dir("qr-charset");
+    let Some(recs) = load_charset_fixture(&d, dir.path()) else {
+        return;
+    };
+    // findscu, ISO_IR 100 and Latin-1 bytes: matches the study stored in UTF-8; the answer
+    // echoes ISO_IR 100 (and findscu's file decodes with it).
+    use std::os::unix::ffi::OsStringExt;
+    let mut keys = vec![
+        std::ffi::OsString::from("SpecificCharacterSet=ISO_IR 100"),
+        std::ffi::OsString::from_vec(b"PatientName=CONCEI\xc7\xc3O^MARIA".to_vec()),
+    ];
+    keys.extend(CHARSET_KEYS.iter().map(std::ffi::OsString::from));
+    let rsp = findscu(&d, "-S", &keys);
+    assert_eq!(rsp.len(), 1);
+    assert_answer(&rsp[0], &recs["AP0000"], "ISO_IR 100");
+
+    // pynetdicom, ISO_IR 192 and UTF-8: matches the study stored in Latin-1.
+    let find = |args: &[&str]| qr_client_find(&d, args);
+    let returned = [
+        "PatientID=",
+        "AccessionNumber=",
+        "StudyInstanceUID=",
+        "StudyDescription=",
+    ];
+    let mut args = vec!["PatientName=Gonçalves^José"];
+    args.extend_from_slice(&returned);
+    let lines = find(&args);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_json_answer(&lines[0], &recs["BP0000"], "ISO_IR 192");
+    // pynetdicom, ISO_IR 100: the Latin-1 study answers in ISO_IR 100; the Polish name
+    // cannot be written in Latin-1, so that answer is in UTF-8.
+    let mut args = vec!["PatientName=*", "--charset", "ISO_IR 100"];
+    args.extend_from_slice(&returned);
+    let lines = find(&args);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["identifier"]["PatientID"] == id)
+            .unwrap_or_else(|| panic!("{id} in {lines:?}"))
+    };
+    assert_json_answer(by_id("AP0000"), &recs["AP0000"], "ISO_IR 100");
+    assert_json_answer(by_id("BP0000"), &recs["BP0000"], "ISO_IR 100");
+    assert_json_answer(by_id("CP0000"), &recs["CP0000"], "ISO_IR 192");
+    // Latin-1 bytes declared as UTF-8: taken at their word, no match, no failure.
+    let lines = find(&["PatientName=Gonçalves*", "PatientID=", "--bytes", "latin-1"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], 0);
+    assert!(!d.log().contains("without Specific Character Set"));
+}
+
+#[test]
+fn back_to_back_finds_on_one_association_are_all_answered() {
+    // findscu --repeat sends each query as soon as the previous final response arrives:
+    // the next request must never meet "another operation is in progress" (A700).
+    let d = Daemon::start();
+    let dir = temp_dir("qr-fixture");
+    if load_fixture(&d, dir.path()).is_none() {
+        return;
+    }
+    let out_dir = temp_dir("findscu");
+    let Some(mut cmd) = dcmtk("findscu") else {
+        return;
+    };
+    cmd.args(["-S", "--repeat", "200", "-X", "-od"])
+        .arg(out_dir.path())
+        .args(["-aet", "FINDSCU", "-aec", DULI_AET])
+        .args(["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=P001"])
+        .args(["-k", "StudyInstanceUID"])
+        .args(["127.0.0.1", &d.dicom_port.to_string()]);
+    run(&mut cmd, TOOL_TIMEOUT).assert_success("findscu --repeat 200");
+    let answers = std::fs::read_dir(out_dir.path()).unwrap().count();
+    assert_eq!(answers, 200, "one match per query");
+    let log = d.log();
+    assert!(!log.contains("another operation is in progress"), "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("(0010,0020)=P001: 1 match(es), completed"))
+            .count(),
+        200
     );
 }

@@ -2,10 +2,12 @@
 
 usage: make_dx.py OUT_DIR --count N [--studies S] [--rows R] [--cols C]
                   [--name "Family^Given"] [--charset "ISO_IR 100"] [--seed K]
+                  [--prefix X] [--description TEXT]
 
 Each file is a DX For Presentation image (16 bits allocated, 12 stored, Explicit VR
 Little Endian) with fresh 2.25 UIDs; instances are spread over S studies. Prints one line
-per file: path, SOP Instance UID, Study Instance UID.
+per file: path, SOP Instance UID, Study Instance UID. Patient IDs are XP0000, XP0001...
+and accession numbers XACC00000... for --prefix X (none by default).
 """
 import argparse
 import os
@@ -32,10 +34,13 @@ def main():
     p.add_argument("--name", default="Test^Patient")
     p.add_argument("--charset", default="")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prefix", default="")
+    p.add_argument("--description", default="")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rng = np.random.default_rng(a.seed)
-    studies = [(uid(), f"P{i:04d}", f"ACC{i:05d}") for i in range(a.studies)]
+    studies = [(uid(), f"{a.prefix}P{i:04d}", f"{a.prefix}ACC{i:05d}")
+               for i in range(a.studies)]
     series = {s[0]: uid() for s in studies}
     for n in range(a.count):
         study_uid, pid, acc = studies[n % a.studies]
@@ -60,6 +65,8 @@ def main():
         ds.StudyDate = "20261123"
         ds.StudyTime = "101500"
         ds.StudyID = "1"
+        if a.description:
+            ds.StudyDescription = a.description
         ds.Modality = "DX"
         ds.SeriesNumber = 1
         ds.InstanceNumber = n // a.studies + 1

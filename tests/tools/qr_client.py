@@ -1,7 +1,14 @@
 """A Query/Retrieve SCU for the tests (pynetdicom): an independent second client besides DCMTK.
 
 usage:
-  qr_client.py find PORT LEVEL KEY=VALUE...         one JSON line per match, then the status
+  qr_client.py find PORT LEVEL KEY=VALUE... [--charset CS] [--bytes ENC] [--repeat N]
+                                                    one JSON line per match, then the status;
+                                                    (0008,0005) is CS (default ISO_IR 192;
+                                                    "none" leaves it out); with --bytes,
+                                                    non-ASCII values are sent as raw bytes in
+                                                    ENC (e.g. latin-1, utf-8, or "hex" for
+                                                    VALUE in hex); --repeat sends the query N
+                                                    times on the one association
   qr_client.py get PORT OUT_DIR STUDY_UID           C-GET with SCP role selection; data sets
                                                     written to OUT_DIR/<sop uid>.bin
   qr_client.py move PORT DEST STUDY_UID [--cancel-after N]
@@ -15,6 +22,8 @@ import json
 import os
 import sys
 
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
@@ -59,6 +68,32 @@ def rsp_line(status, identifier):
     print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
+def option(args, name, default):
+    """Removes `name VALUE` from args; returns VALUE (or default)."""
+    if name in args:
+        i = args.index(name)
+        value = args[i + 1]
+        del args[i:i + 2]
+        return value
+    return default
+
+
+def find_identifier(level, keys, charset, raw):
+    ds = Dataset()
+    if charset != "none":
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = level
+    for kv in keys:
+        k, _, v = kv.partition("=")
+        if raw == "hex" and v:
+            ds.add(DataElement(k, dictionary_VR(k), bytes.fromhex(v)))
+        elif raw and not v.isascii():
+            ds.add(DataElement(k, dictionary_VR(k), v.encode(raw)))
+        else:
+            setattr(ds, k, v)
+    return ds
+
+
 def associate(ae, port, handlers=None, roles=None):
     assoc = ae.associate("127.0.0.1", port, ae_title="DULI", evt_handlers=handlers or [],
                          ext_neg=roles or [])
@@ -74,15 +109,16 @@ def main():
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     if cmd == "find":
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        ds = Dataset()
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.QueryRetrieveLevel = sys.argv[3]
-        for kv in sys.argv[4:]:
-            k, _, v = kv.partition("=")
-            setattr(ds, k, v)
+        args = sys.argv[4:]
+        charset = option(args, "--charset", "ISO_IR 192")
+        raw = option(args, "--bytes", None)
+        repeat = int(option(args, "--repeat", "1"))
+        ds = find_identifier(sys.argv[3], args, charset, raw)
         assoc = associate(ae, port)
-        for status, ident in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
-            rsp_line(status, ident)
+        for _ in range(repeat):
+            for status, ident in assoc.send_c_find(
+                    ds, StudyRootQueryRetrieveInformationModelFind):
+                rsp_line(status, ident)
         assoc.release()
     elif cmd == "get":
         out_dir, study = sys.argv[3], sys.argv[4]

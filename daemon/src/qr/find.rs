@@ -35,6 +35,19 @@ pub async fn serve(op: Op) -> String {
             return final_rsp(&op, status, &e.to_string()).await;
         }
     };
+    if q.undeclared_non_ascii
+        && !op
+            .charset_warned
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        log::warn!(
+            "C-FIND from {:?} at {}: non-ASCII values without Specific Character Set \
+             (0008,0005); read as UTF-8 where valid, otherwise as ISO-IR 100 (Latin-1) \
+             (said once per association)",
+            op.accepted.calling_ae,
+            op.peer
+        );
+    }
     let description = q.describe();
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
     let store = op.scp.store.clone();

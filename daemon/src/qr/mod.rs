@@ -4,6 +4,7 @@
 //! - [`index`]: secondary index keys (patient ID, accession, study date, name) kept in the
 //!   same transaction as the study records.
 //! - [`matching`]: attribute matching rules (wildcards, ranges, lists, case).
+//! - [`charset`]: identifiers without Specific Character Set, and the responses' own.
 //! - [`query`]: identifiers to queries, queries to matches and response identifiers, and
 //!   retrieve identifiers to instances.
 //! - [`payload`]: the data set of a sub-operation, as stored or transcoded to a syntax the
@@ -13,6 +14,7 @@
 
 pub mod c_get;
 pub mod c_move;
+pub mod charset;
 pub mod find;
 pub mod index;
 pub mod matching;
@@ -68,6 +70,9 @@ pub struct Op {
     pub cancel: Arc<AtomicBool>,
     /// C-STORE responses of the peer (C-GET sub-operations).
     pub store_rsps: mpsc::Receiver<Command>,
+    /// Set once the association has logged that the peer omits Specific Character Set
+    /// (0008,0005) before non-ASCII values (the warning is given once per association).
+    pub charset_warned: Arc<AtomicBool>,
 }
 
 impl Op {

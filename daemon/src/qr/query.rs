@@ -3,6 +3,7 @@
 //! building the response identifiers. Also resolves the unique keys of a C-MOVE/C-GET
 //! identifier to the instances to send ([`select`]).
 
+use super::charset;
 use super::index::{self, Kind};
 use super::matching::{self, Matcher};
 use crate::model::{InstanceRecord, StudyRecord};
@@ -106,6 +107,11 @@ pub struct Query {
     pub level: Level,
     /// The keys, in tag order, without Query/Retrieve Level and Specific Character Set.
     pub keys: Vec<QueryKey>,
+    /// Specific Character Set (0008,0005) as the identifier declared it (`None`: absent).
+    pub charset: Option<String>,
+    /// Some value had non-ASCII bytes but the identifier declared no character set: such
+    /// values were read as UTF-8 where valid, otherwise as ISO-IR 100 (Latin-1).
+    pub undeclared_non_ascii: bool,
 }
 
 impl Query {
@@ -163,6 +169,8 @@ fn level_of(obj: &InMemDicomObject, model: Model) -> Result<Level, QueryError> {
 /// Reads a C-FIND identifier.
 pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> {
     let level = level_of(obj, model)?;
+    let declared = charset::declared(obj);
+    let mut undeclared_non_ascii = false;
     let mut keys = Vec::new();
     for e in obj.iter() {
         let tag = e.header().tag;
@@ -173,6 +181,12 @@ pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> 
         let raw = match e.value() {
             Value::Primitive(_) => e.to_str().map(|s| s.to_string()).unwrap_or_default(),
             _ => String::new(),
+        };
+        let raw = if declared.is_none() && !raw.is_ascii() {
+            undeclared_non_ascii = true;
+            charset::undeclared(raw)
+        } else {
+            raw
         };
         let matcher = if vr == VR::SQ {
             // Sequence matching is not supported: such keys are returned, never matched.
@@ -187,7 +201,13 @@ pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> 
             raw,
         });
     }
-    Ok(Query { model, level, keys })
+    Ok(Query {
+        model,
+        level,
+        keys,
+        charset: declared,
+        undeclared_non_ascii,
+    })
 }
 
 /// The level an attribute belongs to in `model`, for the attributes this SCP supports.
@@ -602,19 +622,16 @@ fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryErr
 }
 
 /// The response identifier for one match: every requested key (empty when the entity has
-/// no value or the attribute is not supported), the level, and UTF-8 as character set.
+/// no value or the attribute is not supported), the level, and the character set that
+/// carries the values ([`charset::for_response`]).
 fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
-    obj.put(DataElement::new(
-        tags::SPECIFIC_CHARACTER_SET,
-        VR::CS,
-        PrimitiveValue::from("ISO_IR 192"),
-    ));
     obj.put(DataElement::new(
         tags::QUERY_RETRIEVE_LEVEL,
         VR::CS,
         PrimitiveValue::from(query.level.as_str()),
     ));
+    let mut texts: Vec<String> = Vec::new();
     for k in &query.keys {
         if k.vr == VR::SQ {
             obj.put(DataElement::new(
@@ -642,9 +659,19 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
                     .collect(),
             )
         } else {
+            texts.extend(values.iter().filter(|v| !v.is_ascii()).cloned());
             PrimitiveValue::Strs(values.into_iter().collect())
         };
         obj.put(DataElement::new(k.tag, k.vr, value));
+    }
+    if let Some(cs) =
+        charset::for_response(query.charset.as_deref(), texts.iter().map(String::as_str))
+    {
+        obj.put(DataElement::new(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            PrimitiveValue::from(cs),
+        ));
     }
     obj
 }

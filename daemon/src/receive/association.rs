@@ -58,6 +58,9 @@ pub struct Writer {
     half: WriteHalf<Box<dyn Stream>>,
     scratch: Vec<u8>,
     peer_max_pdu: u32,
+    /// Message ID Being Responded To of the last final C-FIND/C-MOVE/C-GET response sent:
+    /// once it is out, the peer may send its next request before the task has ended.
+    answered: Option<u16>,
 }
 
 /// The writer shared by the association loop and the operation it runs.
@@ -71,6 +74,16 @@ impl Writer {
 
     /// Sends a command set on a presentation context.
     pub async fn command(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
+        let final_qr = matches!(
+            cmd.command_field,
+            CommandField::CFindRsp | CommandField::CMoveRsp | CommandField::CGetRsp
+        ) && !matches!(
+            cmd.status,
+            Some(Status::PENDING | Status::PENDING_WARNING) | None
+        );
+        if final_qr {
+            self.answered = cmd.message_id_being_responded_to;
+        }
         let bytes = crate::dimse::encode(cmd);
         for pdv in
             crate::dimse::fragments(pc_id, PDataValueType::Command, &bytes, self.peer_max_pdu)
@@ -128,12 +141,14 @@ pub async fn run(
         half,
         scratch: Vec::with_capacity(1024),
         peer_max_pdu: accepted.peer_max_pdu,
+        answered: None,
     }));
     let accepted = Arc::new(accepted);
     let mut current = Current::Idle;
     let mut running: Option<Running> = None;
     let mut stored = 0u64;
     let calling = accepted.calling_ae.clone();
+    let charset_warned = Arc::new(AtomicBool::new(false));
     let end = |running: &mut Option<Running>| {
         if let Some(r) = running.take() {
             r.cancel.store(true, Ordering::Relaxed);
@@ -340,6 +355,19 @@ pub async fn run(
                                     }
                                 }
                                 Current::Request { rq, identifier } => {
+                                    // The previous operation may have sent its final
+                                    // response (so the peer went on) and not yet ended.
+                                    let answered = writer.lock().await.answered;
+                                    if running.as_ref().is_some_and(|r| {
+                                        r.task.is_finished()
+                                            || (r.message_id.is_some() && r.message_id == answered)
+                                    }) {
+                                        if let Some(r) = running.take() {
+                                            if let Ok(line) = r.task.await {
+                                                log::info!("association {id}: {line}");
+                                            }
+                                        }
+                                    }
                                     if running.is_some() {
                                         // One operation at a time (no asynchronous
                                         // operations window is negotiated).
@@ -373,6 +401,7 @@ pub async fn run(
                                         peer,
                                         cancel: cancel.clone(),
                                         store_rsps,
+                                        charset_warned: charset_warned.clone(),
                                     };
                                     running = Some(Running {
                                         message_id: op.message_id,
