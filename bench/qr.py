@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
 """Query/Retrieve benchmark driver (run through bench/qr.sh).
 
-For each peer in turn (Orthanc, then `duli run`), on loopback with its own fresh storage:
+Both peers (Orthanc and `duli run`) run side by side on loopback, each with its own fresh
+storage. Each is loaded with the small-study set (gen_qr.py: one small instance per study)
+by storescu over parallel associations, and with the retrieve study (gen_dx.py
+--per-study: one study of ~10 MB instances) over one association. Then the peers take
+turns, query by query and move by move (so that load from elsewhere on a shared machine
+falls on both alike):
 
-1. loads the small-study set (gen_qr.py: one small instance per study) with storescu over
-   parallel associations, and the retrieve study (gen_dx.py --per-study: one study of
-   ~10 MB instances) over one association;
-2. C-FIND at study level over one association: the same shuffled mix of queries for
-   both peers (PatientID exact, PatientName wildcard `Surname*`, StudyDate range of 1 to
-   7 days, AccessionNumber exact), each timed from the request to its final response,
-   and each answer checked against the number of matches the set implies;
-3. C-MOVE of the retrieve study to DCMTK storescp (`--ignore`: receives every byte, writes
-   nothing, so the receiver's disk is no part of the figure), timed from the request to
-   the final response; the same receiver serves both peers.
+- C-FIND at study level over one association per peer: the same shuffled mix of queries
+  (PatientID exact, PatientName wildcard `Surname*`, StudyDate range of 1 to 7 days,
+  AccessionNumber exact), each timed from the request to its final response, and each
+  answer checked against the number of matches the set implies;
+- C-MOVE of the retrieve study to DCMTK storescp (`--ignore`: receives every byte, writes
+  nothing, so the receiver's disk is no part of the figure), timed from the request to
+  the final response; the same receiver serves both peers.
 
 The client is bench/scu.py (a minimal SCU on a raw socket with TCP_NODELAY: it counts the
-responses without decoding them, so the figures are the peers' own); Orthanc and storescp
-run with TCP_NODELAY=1 (DCMTK leaves Nagle's algorithm on otherwise). duli runs with a quiet period
-longer than the run, so no study completes and nothing but the SCP works during it.
+responses without decoding them, so the figures are the peers' own); Orthanc and
+storescp run with TCP_NODELAY=1 (DCMTK leaves Nagle's algorithm on otherwise). duli runs
+with a quiet period longer than the run, so no study completes and nothing but the SCP
+works during it.
 """
 
 import argparse
@@ -95,18 +98,26 @@ def c_find(assoc, keys):
     return time.perf_counter() - start, matches, status
 
 
-def run_finds(assoc, queries, warmup):
-    """Times every query; returns {kind: [(seconds, matches)]} and the wrong answers."""
-    for kind, keys, _ in queries[:warmup]:
-        c_find(assoc, keys)
-    times, wrong = {}, []
-    for kind, keys, expected in queries:
-        seconds, matches, final = c_find(assoc, keys)
-        if final != 0 or matches != expected:
-            wrong.append("%s %s: %d match(es), expected %d, final status %s"
-                         % (kind, keys, matches, expected, final))
-        times.setdefault(kind, []).append((seconds, matches))
-    return times, wrong
+def run_finds(assocs, queries, warmup):
+    """Times every query on every peer, the peers taking turns query by query (so load
+    from elsewhere falls on both alike); returns {peer: ({kind: [(seconds, matches)]},
+    wrong answers)}."""
+    for _, keys, _ in queries[:warmup]:
+        for assoc in assocs.values():
+            c_find(assoc, keys)
+    out = {peer: ({}, []) for peer in assocs}
+    for n, (kind, keys, expected) in enumerate(queries):
+        order = list(assocs.items())
+        if n % 2:
+            order.reverse()
+        for peer, assoc in order:
+            seconds, matches, final = c_find(assoc, keys)
+            times, wrong = out[peer]
+            if final != 0 or matches != expected:
+                wrong.append("%s %s: %d match(es), expected %d, final status %s"
+                             % (kind, keys, matches, expected, final))
+            times.setdefault(kind, []).append((seconds, matches))
+    return out
 
 
 def c_move(assoc, study_uid):
@@ -139,35 +150,45 @@ def wait_count(count_fn, expected, timeout=120):
     return n
 
 
-def bench_peer(name, started, aec, count_fn, args, sets, queries):
-    proc, dicom_port, log = started
+def prepare(name, port, aec, count_fn, args, small, big):
+    """Loads both sets into a peer and waits until it holds them."""
+    print("%s:" % name, flush=True)
+    load(small, aec, port, args.load_assocs, "small studies")
+    load(big, aec, port, 1, "retrieve instances")
+    stored = wait_count(count_fn, len(small) + len(big))
+    if stored != len(small) + len(big):
+        print("  %s: WARNING holds %s instances, expected %d"
+              % (name, stored, len(small) + len(big)))
+
+
+def measure(peers, args, queries, study_uid):
+    """C-FIND and C-MOVE on every peer in turn; returns results by peer."""
+    settle()
+    assocs = {name: scu.Association(port, aec, [FIND, MOVE])
+              for name, (port, aec) in peers.items()}
     try:
-        small, big, study_uid = sets
-        load(small, aec, dicom_port, args.load_assocs, "small studies")
-        load(big, aec, dicom_port, 1, "retrieve instances")
-        stored = wait_count(count_fn, len(small) + len(big))
-        if stored != len(small) + len(big):
-            print("  %s: WARNING holds %s instances, expected %d"
-                  % (name, stored, len(small) + len(big)))
-        settle()
-        assoc = scu.Association(dicom_port, aec, [FIND, MOVE])
-        try:
-            times, wrong = run_finds(assoc, queries, args.warmup)
-            for w in wrong[:5]:
-                print("  %s: WRONG ANSWER %s" % (name, w))
-            if len(wrong) > 5:
-                print("  %s: ... %d wrong answers in all" % (name, len(wrong)))
-            moves = []
-            for _ in range(args.moves):
-                moves.append(c_move(assoc, study_uid))
+        finds = run_finds(assocs, queries, args.warmup)
+        moves = {name: [] for name in peers}
+        for n in range(args.moves):
+            order = list(assocs.items())
+            if n % 2:
+                order.reverse()
+            for name, assoc in order:
+                moves[name].append(c_move(assoc, study_uid))
                 print("  %s: C-MOVE %.2f s, %d completed, %d failed"
-                      % (name, *moves[-1]), flush=True)
-        finally:
-            assoc.release()
-        return {"finds": times, "wrong": len(wrong), "moves": moves}
+                      % (name, *moves[name][-1]), flush=True)
     finally:
-        stop(proc)
-        log.close()
+        for assoc in assocs.values():
+            assoc.release()
+    results = {}
+    for name in peers:
+        times, wrong = finds[name]
+        for w in wrong[:5]:
+            print("  %s: WRONG ANSWER %s" % (name, w))
+        if len(wrong) > 5:
+            print("  %s: ... %d wrong answers in all" % (name, len(wrong)))
+        results[name] = {"finds": times, "wrong": len(wrong), "moves": moves[name]}
+    return results
 
 
 def ms(xs, q):
@@ -179,8 +200,8 @@ def ms(xs, q):
 
 def report(results, big_bytes, instances, n_studies):
     print()
-    print("C-FIND, study level, %d studies in the store, one association, each query timed "
-          "to its final response:" % n_studies)
+    print("C-FIND, study level, %d studies in the store, one association per peer "
+          "(taking turns), each query timed to its final response:" % n_studies)
     fmt = "%-8s %-22s %5s %9s %8s %8s %9s"
     print(fmt % ("peer", "query", "n", "median ms", "p99 ms", "max ms", "matches"))
     for peer, r in results.items():
@@ -225,7 +246,7 @@ def main():
     parser.add_argument("--peers", default="orthanc,duli")
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--moves", type=int, default=3)
+    parser.add_argument("--moves", type=int, default=4)
     parser.add_argument("--load-assocs", type=int, default=4)
     args = parser.parse_args()
 
@@ -249,16 +270,14 @@ def main():
         ["storescp", "--ignore", "--max-pdu", "131072", "-aet", RECEIVER_AET,
          str(receiver_port)],
         env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = {}
+    work = os.path.join(os.path.abspath(args.work), "qr")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    running, peers = [], {}
     try:
         if not wait_port(receiver_port, receiver):
             sys.exit("storescp (the C-MOVE receiver) did not start")
         for peer in args.peers.split(","):
-            work = os.path.join(os.path.abspath(args.work), "qr")
-            shutil.rmtree(work, ignore_errors=True)
-            os.makedirs(work)
-            settle()
-            print("%s:" % peer, flush=True)
             if peer == "orthanc":
                 started = start_orthanc(os.path.join(work, "orthanc"), {
                     # Loading speed is no part of this benchmark: no fsync per file.
@@ -271,7 +290,7 @@ def main():
                 if started is None:
                     continue
                 proc, dicom_port, http_port, log = started
-                count = lambda: http_json(http_port, "/statistics")["CountInstances"]
+                count = lambda port=http_port: http_json(port, "/statistics")["CountInstances"]
                 aec = "ORTHANC"
             elif peer == "duli":
                 started = start_duli(os.path.join(work, "duli"), args.duli, {
@@ -283,15 +302,22 @@ def main():
                 if started is None:
                     continue
                 proc, dicom_port, console_port, log = started
-                count = lambda: duli_stored(console_port)
+                count = lambda port=console_port: duli_stored(port)
                 aec = "DULI"
             else:
                 sys.exit("unknown peer %s" % peer)
-            results[peer] = bench_peer(peer, (proc, dicom_port, log), aec, count, args,
-                                       (small, big, study_uid), queries)
-            shutil.rmtree(work, ignore_errors=True)
+            running.append((proc, log))
+            prepare(peer, dicom_port, aec, count, args, small, big)
+            peers[peer] = (dicom_port, aec)
+        print("measuring (the peers take turns, query by query and move by move)",
+              flush=True)
+        results = measure(peers, args, queries, study_uid)
     finally:
+        for proc, log in running:
+            stop(proc)
+            log.close()
         stop(receiver)
+        shutil.rmtree(work, ignore_errors=True)
     report(results, big_bytes, len(big), len(studies))
 
 

@@ -5,7 +5,7 @@
 #
 #   bench/qr.sh [STUDIES]     STUDIES small studies (default 10000)
 #
-# Environment: QUERIES (default 400), MOVES (default 3), MOVE_INSTANCES (default 200),
+# Environment: QUERIES (default 400), MOVES (default 4), MOVE_INSTANCES (default 200),
 # PEERS (default "orthanc,duli"), BENCH_OUT (default bench/out),
 # DULI_BIN (default: $CARGO_TARGET_DIR/release/duli or target/release/duli).
 set -euo pipefail
@@ -19,4 +19,4 @@ echo "host: $(nproc) cores, $(uname -r), storage on $(df --output=source "$out" 
 echo "duli binary: ${duli:-not built}"
 exec "$python" "$repo/bench/qr.py" "$out/qr-$studies" "$out/dx-move-$moves" \
     --work "$out/work" --duli "$duli" --peers "${PEERS:-orthanc,duli}" \
-    --queries "${QUERIES:-400}" --moves "${MOVES:-3}"
+    --queries "${QUERIES:-400}" --moves "${MOVES:-4}"
