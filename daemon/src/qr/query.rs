@@ -676,11 +676,15 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
     obj
 }
 
+/// The values of a key of a retrieve identifier (UIDs, or the Patient ID), read as
+/// [`parse`] reads values when the identifier declares no character set.
 fn uid_list(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
+    let declared = charset::declared(obj).is_some();
     obj.element_opt(tag)
         .ok()
         .flatten()
         .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
+        .map(|s| if declared { s } else { charset::undeclared(s) })
         .map(|s| {
             s.split('\\')
                 .map(|u| matching::clean(u).to_string())
