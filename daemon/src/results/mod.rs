@@ -10,7 +10,7 @@ pub mod sr;
 pub mod uids;
 
 use crate::model::InstanceRecord;
-use crate::store::{header, Store, StoreError};
+use crate::store::{header, ExtraWrite, Store, StoreError};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// The AE title recorded as the source of objects this box generates.
@@ -39,6 +39,16 @@ pub fn store_object(
     store: &Store,
     obj: &FileDicomObject<InMemDicomObject>,
 ) -> Result<InstanceRecord, ResultsError> {
+    store_object_with(store, obj, &[])
+}
+
+/// [`store_object`], committing `extra` (e.g. the object's push entries) in the same
+/// index transaction.
+pub fn store_object_with(
+    store: &Store,
+    obj: &FileDicomObject<InMemDicomObject>,
+    extra: &[ExtraWrite],
+) -> Result<InstanceRecord, ResultsError> {
     let mut bytes = Vec::with_capacity(64 * 1024);
     obj.write_all(&mut bytes)
         .map_err(|e| ResultsError::Build(e.to_string()))?;
@@ -46,7 +56,7 @@ pub fn store_object(
     file.write(&bytes)?;
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
-    Ok(store.place_and_commit(staged, &header, SOURCE_AE, true)?)
+    Ok(store.place_and_commit(staged, &header, SOURCE_AE, true, extra)?)
 }
 
 #[cfg(test)]
