@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod link;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
