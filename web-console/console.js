@@ -1,4 +1,5 @@
-// The console's pages: login, worklist (live), study, system, users, audit trail.
+// The console's pages: login, worklist (live), study, system, users, audit trail
+// (upload, connectivity test and outbox are in operations.js).
 // Plain DOM building (never innerHTML with data), hash routes, one fetch helper that sends
 // the CSRF token on state-changing requests and goes back to the login page on 401.
 "use strict";
@@ -340,7 +341,10 @@ function dl(obj) {
 async function systemPage() {
   try {
     const [sys, models] = await Promise.all([api("GET", "/api/v1/system"), api("GET", "/api/v1/models")]);
-    app.replaceChildren(h("h2", {}, "System"), dl(sys), h("h2", {}, "Model"), dl(models[0] || {}));
+    app.replaceChildren(h("h2", {}, "System"),
+      state.role === "technician" ? echoSection() : "",
+      outboxSection(),
+      h("h2", {}, "Status"), dl(sys), h("h2", {}, "Model"), dl(models[0] || {}));
   } catch (e) {
     if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, e.message));
   }
@@ -419,6 +423,7 @@ async function route() {
   switch (hash) {
     case "#/worklist": return worklistPage();
     case "#/system": return systemPage();
+    case "#/upload": return uploadPage();
     case "#/users": return usersPage();
     case "#/audit": return auditPage();
     default: location.hash = home();

@@ -29,6 +29,12 @@ pub enum Event {
         /// Association id.
         assoc: u64,
     },
+    /// An instance of `study` was stored without an association (a console upload): the
+    /// study completes after the quiet period.
+    Added {
+        /// Study Instance UID.
+        study: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +123,9 @@ impl StudyTracker {
                         let p = self.studies.entry(study).or_default();
                         p.open_assocs.insert(assoc);
                         p.last_instance = Some(Instant::now());
+                    }
+                    Some(Event::Added { study }) => {
+                        self.studies.entry(study).or_default().last_instance = Some(Instant::now());
                     }
                     Some(Event::AssociationEnded { assoc }) => {
                         for p in self.studies.values_mut() {

@@ -75,6 +75,21 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// An error with its causes (`outer: inner: innermost`), so "could not connect" says why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn options(calling_ae: &str, target: &Target) -> ClientAssociationOptions<'static> {
@@ -99,7 +114,7 @@ pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuErro
         .await
         .map_err(|e| ScuError::Association {
             target: target.to_string(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         })?;
     let pc = assoc
         .presentation_contexts()
@@ -472,7 +487,7 @@ impl StoreAssociation {
             .await
             .map_err(|e| ScuError::Association {
                 target: target.to_string(),
-                reason: e.to_string(),
+                reason: with_causes(&e),
             })?;
         let _ = AsyncAssociation::inner_stream(&mut assoc).set_nodelay(true);
         let accepted = assoc

@@ -187,15 +187,7 @@ impl Drop for WebDriver {
 }
 
 fn study_uid_of(file: &std::path::Path) -> String {
-    use dicom_dictionary_std::tags;
-    let obj = dicom_object::open_file(file).unwrap();
-    obj.element(tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .trim()
-        .to_string()
+    dicom_attr(file, dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
 }
 
 #[test]
