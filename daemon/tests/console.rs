@@ -796,9 +796,15 @@ fn uploads_become_non_patient_studies_that_complete_like_received_ones() {
         assert_ne!(row["patient_id"], orig(tags::PATIENT_ID).as_str());
     }
 
-    // An admin may not upload.
+    // An admin may not upload; nor may anyone without a session.
     let ada = d.login("ada", PW);
-    assert_eq!(upload(&ada, "a.png", "image/png", &png).status, 403);
+    let small = &png[..1000];
+    assert_eq!(upload(&ada, "a.png", "image/png", small).status, 403);
+    let anonymous = ConsoleSession {
+        cookie: String::new(),
+        ..rita.clone()
+    };
+    assert_eq!(upload(&anonymous, "a.png", "image/png", small).status, 401);
 
     // Over the limit: refused from the declared length, before any body is read.
     let mut s = tls_connect(d.console_addr(), Duration::from_secs(10)).unwrap();
@@ -1095,5 +1101,76 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
                     .unwrap()
                     .contains(&format!("entry {id}: 1 entries re-queued"))),
         "{records}"
+    );
+}
+
+/// Whether the OpenVINO runtime and the default model are in the checkout (SKIP if not).
+fn inference_available() -> bool {
+    let ok = repo_root()
+        .join(".cache/openvino/libs/libopenvino_c.so")
+        .exists()
+        && repo_root()
+            .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
+            .exists();
+    if !ok {
+        skip(
+            "OpenVINO runtime or model weights absent (scripts/setup-openvino.sh, setup-models.sh)",
+        );
+    }
+    ok
+}
+
+#[test]
+fn an_uploaded_png_is_analysed_and_its_result_never_delivered() {
+    let Some(shared) = samples_dir() else {
+        return;
+    };
+    if !inference_available() {
+        return;
+    }
+    // A RIS that would take every report: nothing may reach it.
+    let ris = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ris_port = ris.local_addr().unwrap().port();
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &ris_port.to_string())
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    let rita = d.login("rita", PW);
+    let png = std::fs::read(shared.join("png/PNEUMONIA_03.png")).unwrap();
+    let r = upload(&rita, "PNEUMONIA_03.png", "image/png", &png);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let uid = r.json()["study_uid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let row = loop {
+        let row = wait_for_study(
+            &rita,
+            &uid,
+            &["complete", "queued", "inferring", "done", "error"],
+        );
+        if row["state"] == "done" || row["state"] == "error" || Instant::now() > deadline {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(row["state"], "done", "{row}\n{}", d.log());
+    let detail = rita.get(&format!("/api/v1/studies/{uid}")).json();
+    let result = &detail["result"];
+    assert_eq!(result["images"][0]["status"], "analysed", "{result}");
+    assert!(
+        !result["findings"].as_array().unwrap().is_empty(),
+        "{result}"
+    );
+    assert!(row["top_finding"]["label"].is_string(), "{row}");
+    // Not delivered: no outbox entry, no connection to the RIS, and the log says why.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(detail["delivery"], serde_json::json!([]), "{detail}");
+    ris.set_nonblocking(true).unwrap();
+    assert!(ris.accept().is_err(), "the RIS was contacted");
+    assert!(
+        d.log().contains("manual upload, not delivered"),
+        "{}",
+        d.log()
     );
 }

@@ -59,22 +59,25 @@ fn size_text(n: usize) -> String {
 }
 
 /// The largest body this request may send: uploads from a session allowed to upload may
-/// send [`upload::MAX_UPLOAD`], everything else [`MAX_BODY`].
-fn body_limit(console: &Console, method: &Method, path: &str, headers: &HeaderMap) -> usize {
+/// send [`upload::MAX_UPLOAD`], everything else [`MAX_BODY`]. `None` for an upload that
+/// will be refused (no session, or a role that may not upload): its body is not read, so
+/// the answer is the 401 or 403, whatever its size.
+fn body_limit(
+    console: &Console,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<usize> {
     let Ok(m) = roles::find(method.as_str(), path) else {
-        return MAX_BODY;
+        return Some(MAX_BODY);
     };
     if m.route.endpoint != Endpoint::Upload {
-        return MAX_BODY;
+        return Some(MAX_BODY);
     }
-    let allowed = session_token(headers)
+    session_token(headers)
         .and_then(|t| console.sessions.lookup(&t).ok().flatten())
-        .is_some_and(|s| m.route.access.allows(s.role));
-    if allowed {
-        upload::MAX_UPLOAD
-    } else {
-        MAX_BODY
-    }
+        .filter(|s| m.route.access.allows(s.role))
+        .map(|_| upload::MAX_UPLOAD)
 }
 
 async fn read_body<S, B>(mut stream: S, headers: &HeaderMap, limit: usize) -> Body
@@ -124,8 +127,10 @@ pub fn filter(
                   body| {
                 let console = console.clone();
                 async move {
-                    let limit = body_limit(&console, &method, path.as_str(), &headers);
-                    let body = read_body(Box::pin(body), &headers, limit).await;
+                    let body = match body_limit(&console, &method, path.as_str(), &headers) {
+                        Some(limit) => read_body(Box::pin(body), &headers, limit).await,
+                        None => Ok(Vec::new()),
+                    };
                     let query = parse_query(&query);
                     let req = Request {
                         method,
