@@ -83,7 +83,8 @@ function echoSection() {
         h("td", {}, r.rtt_ms === null ? "" : `${r.rtt_ms.toFixed(1)} ms`),
         h("td", {}, r.error || ""))));
       const bad = data.results.filter((r) => r.status !== "success").length;
-      msg.textContent = bad ? `${bad} of ${data.results.length} peers failed.` : `All ${data.results.length} peers answered.`;
+      const n = data.results.length;
+      msg.textContent = bad ? `${bad} of ${n} peer${n === 1 ? "" : "s"} failed.` : n === 1 ? "The peer answered." : `All ${n} peers answered.`;
     } catch (e) {
       if (!(e instanceof Unauthenticated)) msg.textContent = `Test failed: ${e.message}`;
     } finally {
@@ -141,7 +142,7 @@ function outboxSection() {
     const list = entries.length ? h("table", { class: "outbox-entries" },
       h("thead", {}, h("tr", {}, ["ID", "Destination", "Kind", "Report", "State", "Attempts", "Next attempt", "Age", "Last error", ""].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, entries.map((e) => h("tr", { class: e.state === "dead" ? "failed" : "", "data-entry": e.id },
-        h("td", {}, e.id), h("td", {}, e.dest), h("td", {}, e.kind), h("td", {}, e.report_id),
+        h("td", {}, e.id), h("td", {}, e.dest), h("td", {}, e.kind), h("td", { class: "id" }, e.report_id),
         h("td", {}, h("span", { class: `state ${e.state}` }, e.state)), h("td", {}, e.attempts),
         h("td", {}, e.state === "dead" ? "-" : `in ${secs(e.next_attempt_in_secs)}`), h("td", {}, secs(e.age_secs)),
         h("td", {}, e.last_error || ""),

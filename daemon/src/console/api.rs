@@ -565,7 +565,7 @@ async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, Ap
     ))
 }
 
-fn delivery_of(c: &Console, uid: &str, result: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+fn delivery_of(c: &Console, result: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     if let Some(Value::Array(d)) = result.and_then(|r| r.get("delivery")) {
         return Ok(d.clone());
     }
@@ -575,26 +575,29 @@ fn delivery_of(c: &Console, uid: &str, result: Option<&Value>) -> Result<Vec<Val
             .map(|(k, v)| json!({"destination": k, "state": v}))
             .collect());
     }
-    let mut out = Vec::new();
-    for kv in c.store.tree("outbox")?.iter().take(100_000) {
-        let (_, v) = kv.map_err(crate::store::StoreError::from)?;
-        let Ok(entry) = serde_json::from_slice::<Value>(&v) else {
-            continue;
-        };
-        let study = entry
-            .get("study_uid")
-            .or_else(|| entry.get("study_instance_uid"))
-            .and_then(Value::as_str);
-        if study == Some(uid) {
-            out.push(json!({
-                "destination": entry.get("dest").or_else(|| entry.get("destination")),
-                "state": entry.get("state"),
-                "attempts": entry.get("attempts"),
-                "last_error": entry.get("last_error"),
-            }));
-        }
-    }
-    Ok(out)
+    // Otherwise the outbox's account of the result's report: pending and delivered.
+    let (Some(outbox), Some(report_id)) = (
+        c.outbox.as_deref(),
+        result
+            .and_then(|r| r.get("report_id"))
+            .and_then(Value::as_str),
+    ) else {
+        return Ok(Vec::new());
+    };
+    Ok(outbox
+        .status_of(report_id)
+        .map_err(outbox_error)?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "destination": s.dest.name(),
+                "kind": s.kind.as_str(),
+                "state": s.state,
+                "attempts": s.attempts,
+                "last_error": s.last_error,
+            })
+        })
+        .collect())
 }
 
 fn safe_data_path(c: &Console, rel: &str) -> Option<std::path::PathBuf> {
@@ -641,7 +644,7 @@ async fn study(c: &Console, req: &Request, s: &Session, uid: &str) -> Result<Res
         })
         .collect();
     let fb = feedback::of_study(&c.store, uid)?;
-    let delivery = delivery_of(c, uid, result.as_ref())?;
+    let delivery = delivery_of(c, result.as_ref())?;
     audit_now(
         c,
         Event::new(&s.user, Action::View, uid)
