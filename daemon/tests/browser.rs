@@ -143,6 +143,15 @@ impl WebDriver {
         }
     }
 
+    /// Waits until an element matches `css`.
+    fn wait_css(&self, css: &str, secs: u64) {
+        self.wait_for(
+            css,
+            &format!("document.querySelector({css:?})"),
+            Duration::from_secs(secs),
+        );
+    }
+
     fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine;
         let b64 = self.call("GET", "/screenshot", None);
@@ -253,11 +262,7 @@ fn console_in_headless_chromium() {
 
     // Log in.
     log_in(&wd, &base, "rita", "#/worklist");
-    wd.wait_for(
-        "live worklist",
-        "document.querySelector('#live.on')",
-        Duration::from_secs(20),
-    );
+    wd.wait_css("#live.on", 20);
     assert_eq!(
         wd.js("return document.querySelectorAll('#worklist-body tr').length;"),
         json!(0)
@@ -368,11 +373,7 @@ fn console_in_headless_chromium() {
 
     // Log out: back to the login form, and the API refuses the old session.
     wd.click("#logout");
-    wd.wait_for(
-        "login form",
-        "document.querySelector('#login-form')",
-        Duration::from_secs(10),
-    );
+    wd.wait_css("#login-form", 10);
     let status = wd.js(
         "const x = new XMLHttpRequest(); x.open('GET', '/api/v1/me', false); x.send(); return x.status;",
     );
@@ -400,11 +401,7 @@ fn inference_available() -> bool {
 /// Logs `user` in through the login form and waits for `hash`.
 fn log_in(wd: &WebDriver, base: &str, user: &str, hash: &str) {
     wd.go(&format!("{base}/#/login"));
-    wd.wait_for(
-        "login form",
-        "document.querySelector('#login-form')",
-        Duration::from_secs(20),
-    );
+    wd.wait_css("#login-form", 20);
     wd.type_into("#username", user);
     wd.type_into("#password", PW);
     wd.click("#login-form button[type=submit]");
@@ -462,18 +459,10 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
 
     // Upload a PNG through the page; the answer links to the new study.
     wd.click("#nav a[href='#/upload']");
-    wd.wait_for(
-        "upload page",
-        "document.querySelector('#upload-file')",
-        Duration::from_secs(10),
-    );
+    wd.wait_css("#upload-file", 10);
     let png = samples.join("png/PNEUMONIA_03.png");
     wd.type_into("#upload-file", png.to_str().unwrap());
-    wd.wait_for(
-        "link to the uploaded study",
-        "document.querySelector('#upload-study-link')",
-        Duration::from_secs(30),
-    );
+    wd.wait_css("#upload-study-link", 30);
     let msg = wd.js("return document.querySelector('#upload-msg').textContent;");
     assert!(
         msg.as_str().unwrap().contains("as patient UPLOAD-"),
@@ -554,23 +543,11 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
 
     // The technician's system page: C-ECHO to this box, and the outbox with a retry.
     wd.click("#logout");
-    wd.wait_for(
-        "login form",
-        "document.querySelector('#login-form')",
-        Duration::from_secs(10),
-    );
+    wd.wait_css("#login-form", 10);
     log_in(&wd, &base, "theo", "#/system");
-    wd.wait_for(
-        "echo button",
-        "document.querySelector('#echo-run')",
-        Duration::from_secs(10),
-    );
+    wd.wait_css("#echo-run", 10);
     wd.click("#echo-run");
-    wd.wait_for(
-        "echo result",
-        "document.querySelector('#echo-body tr')",
-        Duration::from_secs(30),
-    );
+    wd.wait_css("#echo-body tr", 30);
     let row = wd.js("return document.querySelector('#echo-body tr').innerText;");
     assert!(
         row.as_str().unwrap().contains("this box (SCP)")
