@@ -1,8 +1,10 @@
 //! The console end to end in headless Chromium, driven through chromedriver's WebDriver
 //! HTTP API: log in, see a study that `storescu` just sent appear in the worklist without
 //! reloading, open it, check the 16-bit image renders and window/level follows a drag,
-//! toggle the heatmap, give feedback, log out. Screenshots go to
-//! `$CARGO_TARGET_TMPDIR/console-screenshots/`.
+//! toggle the heatmap, give feedback, log out; then sample studies analysed by the real
+//! model, a PNG uploaded through the upload page, and the technician's C-ECHO table and
+//! outbox retry. Screenshots go to `$CARGO_TARGET_TMPDIR/console-screenshots/`
+//! (`worklist-analysed.png` and `study-analysed.png` are the README's).
 
 mod common;
 

@@ -1,7 +1,10 @@
 //! The console over real HTTPS on loopback: the role table, logins and their throttling,
 //! cookie flags, CSRF refusal, the audit chain (and a tampered record found by
 //! `duli audit verify`), the worklist with live events, the study page's data, previews,
-//! heatmaps and feedback, and TLS protocol checks with `openssl`/`curl`.
+//! heatmaps and feedback, TLS protocol checks with `openssl`/`curl`, manual uploads
+//! (PNG, DICOM, broken, too large; analysed by the model and never delivered), the C-ECHO
+//! test against DCMTK `storescp` and a closed port, and the outbox with a dead letter from
+//! an MLLP listener answering AR re-queued by a technician.
 
 mod common;
 
