@@ -272,4 +272,34 @@ mod tests {
             .unwrap();
         assert_eq!(uid, "9");
     }
+
+    #[tokio::test]
+    async fn an_instance_added_without_an_association_completes_after_the_quiet_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let inst = InstanceRecord {
+            sop_instance_uid: "7.1".into(),
+            study_instance_uid: "7".into(),
+            received_at: crate::clock::now_secs(),
+            ..Default::default()
+        };
+        store
+            .commit_instance(&inst, &StudyRecord::default())
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (etx, erx) = mpsc::channel(4);
+        tokio::spawn(StudyTracker::new(store.clone(), Duration::from_millis(200), tx).run(erx));
+        let added = Instant::now();
+        etx.send(Event::Added { study: "7".into() }).await.unwrap();
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(uid, "7");
+        assert!(added.elapsed() >= Duration::from_millis(190));
+        assert_eq!(
+            store.study("7").unwrap().unwrap().state,
+            StudyState::Complete
+        );
+    }
 }

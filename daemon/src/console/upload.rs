@@ -313,6 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn a_jpeg_is_taken_too() {
+        let img = image::GrayImage::from_fn(40, 30, |x, y| image::Luma([(x * 6 + y) as u8]));
+        let mut jpeg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let p = prepare(&jpeg, "chest.jpg", "1.2.826.0.1.3680043.10.").unwrap();
+        assert_eq!(p.format, "jpeg");
+        assert!(p.study_uid.starts_with("1.2.826.0.1.3680043.10."));
+        assert!(p.study_uid.len() <= 64);
+    }
+
+    #[test]
     fn broken_and_unknown_files_are_refused_with_the_reason() {
         let mut broken = png(8, 8);
         broken.truncate(40);
