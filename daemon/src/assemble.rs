@@ -182,19 +182,25 @@ mod tests {
     use super::*;
     use crate::model::{InstanceRecord, StudyRecord};
 
-    #[tokio::test]
-    async fn completes_after_release_and_quiet_period_and_records_it() {
+    /// A store holding one instance of `study`, received at `received_at`.
+    fn store_with(study: &str, sop: &str, received_at: i64) -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let inst = InstanceRecord {
-            sop_instance_uid: "1.2.3.1".into(),
-            study_instance_uid: "1.2.3".into(),
-            received_at: crate::clock::now_secs(),
+            sop_instance_uid: sop.into(),
+            study_instance_uid: study.into(),
+            received_at,
             ..Default::default()
         };
         store
             .commit_instance(&inst, &StudyRecord::default())
             .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn completes_after_release_and_quiet_period_and_records_it() {
+        let (_dir, store) = store_with("1.2.3", "1.2.3.1", crate::clock::now_secs());
         let (tx, mut rx) = mpsc::channel(4);
         let (etx, erx) = mpsc::channel(4);
         let tracker = StudyTracker::new(store.clone(), Duration::from_millis(200), tx);
@@ -252,17 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn receiving_study_from_a_previous_run_is_completed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let inst = InstanceRecord {
-            sop_instance_uid: "9.1".into(),
-            study_instance_uid: "9".into(),
-            received_at: crate::clock::now_secs() - 60,
-            ..Default::default()
-        };
-        store
-            .commit_instance(&inst, &StudyRecord::default())
-            .unwrap();
+        let (_dir, store) = store_with("9", "9.1", crate::clock::now_secs() - 60);
         let (tx, mut rx) = mpsc::channel(4);
         let (_etx, erx) = mpsc::channel(4);
         tokio::spawn(StudyTracker::new(store.clone(), Duration::from_secs(5), tx).run(erx));
@@ -275,17 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_added_without_an_association_completes_after_the_quiet_period() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let inst = InstanceRecord {
-            sop_instance_uid: "7.1".into(),
-            study_instance_uid: "7".into(),
-            received_at: crate::clock::now_secs(),
-            ..Default::default()
-        };
-        store
-            .commit_instance(&inst, &StudyRecord::default())
-            .unwrap();
+        let (_dir, store) = store_with("7", "7.1", crate::clock::now_secs());
         let (tx, mut rx) = mpsc::channel(4);
         let (etx, erx) = mpsc::channel(4);
         tokio::spawn(StudyTracker::new(store.clone(), Duration::from_millis(200), tx).run(erx));
