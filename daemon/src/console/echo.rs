@@ -1,18 +1,10 @@
-//! The system page's connectivity test: one C-ECHO to each configured DICOM peer (the PACS
-//! destinations and this box's own SCP), all at once, each with a time limit.
+//! The system page's connectivity test: one C-ECHO to each configured DICOM peer
+//! ([`scu::configured_peers`]: this box's own SCP and the PACS destinations), all at once,
+//! each with a time limit.
 
-use crate::scu::{self, Target};
+use crate::scu::{self, Peer};
 use serde::Serialize;
 use std::time::Duration;
-
-/// One peer to test.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// What the table calls it.
-    pub name: String,
-    /// Its address and AE title.
-    pub target: Target,
-}
 
 /// The result of one C-ECHO.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,34 +23,6 @@ pub struct EchoRow {
     pub rtt_ms: Option<f64>,
     /// Why it failed.
     pub error: Option<String>,
-}
-
-/// The peers of the test: this box's SCP first (an unspecified bind address is reached
-/// over loopback), then the `[[pacs.destinations]]`.
-pub fn peers(config: &crate::config::Config) -> Vec<Peer> {
-    let bind = config.dicom.bind;
-    let host = match bind {
-        std::net::IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
-        std::net::IpAddr::V6(a) if a.is_unspecified() => "::1".to_string(),
-        a => a.to_string(),
-    };
-    let mut out = vec![Peer {
-        name: "this box (SCP)".into(),
-        target: Target {
-            ae_title: config.dicom.ae_title.clone(),
-            host,
-            port: config.dicom.port,
-        },
-    }];
-    out.extend(config.pacs.destinations.iter().map(|d| Peer {
-        name: d.name.clone(),
-        target: Target {
-            ae_title: d.ae_title.clone(),
-            host: d.host.clone(),
-            port: d.port,
-        },
-    }));
-    out
 }
 
 async fn echo_one(peer: &Peer, calling_ae: &str, limit: Duration) -> EchoRow {

@@ -76,7 +76,7 @@ pub struct Console {
     /// Configured DICOM peers (system page).
     pub peers: Vec<crate::config::PacsDestination>,
     /// The peers of the C-ECHO test: this box's SCP and the PACS destinations.
-    pub echo_peers: Vec<echo::Peer>,
+    pub echo_peers: Vec<crate::scu::Peer>,
     /// This box's AE title (calling AE of the C-ECHO test).
     pub ae_title: String,
     /// `dicom.uid_root`, for the UIDs of uploads.
@@ -118,7 +118,7 @@ impl Console {
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),
             peers: config.pacs.destinations.clone(),
-            echo_peers: echo::peers(config),
+            echo_peers: crate::scu::configured_peers(config),
             ae_title: config.dicom.ae_title.clone(),
             uid_root: config.dicom.uid_root.clone(),
             assembly: None,
