@@ -1050,6 +1050,7 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
         "{view}"
     );
     assert_eq!(view["fill"]["entries"], 1);
+    assert_eq!(theo.get("/api/v1/system").json()["outbox"]["entries"], 1);
 
     // The RIS comes up and refuses the report: dead-lettered after one refusal.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1025,7 +1025,7 @@ fn system(c: &Console) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(s, n)| (s.as_str().to_string(), n.into()))
         .collect();
-    let outbox = c.store.tree("outbox")?.len();
+    let outbox = c.outbox.as_ref().map(|o| o.fill());
     Ok(reply::json(
         StatusCode::OK,
         &json!({
@@ -1035,7 +1035,7 @@ fn system(c: &Console) -> Result<Response, ApiError> {
             "uptime_secs": c.started.elapsed().as_secs(),
             "disk": {"data_dir": c.data_dir.display().to_string(), "free_bytes": free, "total_bytes": total},
             "store": {"instances": c.store.instance_count(), "studies": counts},
-            "outbox": {"entries": outbox},
+            "outbox": outbox,
             "model": {"manifest_path": c.model.display().to_string()},
             "peers": c.peers.iter().map(|p| json!({"name": p.name, "ae_title": p.ae_title, "host": p.host, "port": p.port})).collect::<Vec<_>>(),
             "audit_head": c.audit.head().map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
