@@ -104,6 +104,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         completed_tx,
     );
     let tracker_task = tokio::spawn(tracker.run(events_rx));
+    let uploads_tx = events_tx.downgrade();
 
     // DICOM listeners.
     let mut scp = Scp::new(
@@ -192,6 +193,7 @@ pub async fn start(config: &Config) -> Result<Running> {
     )?;
     console_state.outbox = Some(delivery.outbox.clone());
     console_state.publisher = Some(publisher.clone());
+    console_state.assembly = Some(uploads_tx);
     let console_state = Arc::new(console_state);
     let (console_addr, console_task) =
         console::start(config, console_state, shutdown_rx.clone()).await?;

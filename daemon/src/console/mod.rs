@@ -10,6 +10,9 @@
 //! - [`preview`]: 16-bit display previews rendered once per instance.
 //! - [`feedback`]: radiologist feedback records and the hook to delivery.
 //! - [`events`]: live study events for the worklist (server-sent events).
+//! - [`upload`]: manual uploads (DICOM, or PNG/JPEG as Secondary Capture), never patient data.
+//! - [`echo`]: C-ECHO to every configured DICOM peer for the system page.
+//! - [`outbox_view`]: the outbox by destination, and technicians' retry requests.
 //! - [`atna`]: audit export as RFC 5424 syslog lines with DICOM audit messages.
 //! - [`assets`]: the embedded front end (`web-console/`).
 //!
@@ -19,14 +22,17 @@
 pub mod api;
 pub mod assets;
 pub mod atna;
+pub mod echo;
 pub mod events;
 pub mod feedback;
+pub mod outbox_view;
 pub mod preview;
 pub mod reply;
 pub mod roles;
 pub mod server;
 pub mod sessions;
 pub mod tls;
+pub mod upload;
 pub mod users;
 
 use crate::audit::Audit;
@@ -69,6 +75,15 @@ pub struct Console {
     pub model: PathBuf,
     /// Configured DICOM peers (system page).
     pub peers: Vec<crate::config::PacsDestination>,
+    /// The peers of the C-ECHO test: this box's SCP and the PACS destinations.
+    pub echo_peers: Vec<crate::scu::Peer>,
+    /// This box's AE title (calling AE of the C-ECHO test).
+    pub ae_title: String,
+    /// `dicom.uid_root`, for the UIDs of uploads.
+    pub uid_root: String,
+    /// Study assembly, told about uploads so they complete like received studies; weak,
+    /// so the console never keeps the assembly stage alive at shutdown.
+    pub assembly: Option<tokio::sync::mpsc::WeakSender<crate::assemble::Event>>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -103,6 +118,10 @@ impl Console {
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),
             peers: config.pacs.destinations.clone(),
+            echo_peers: crate::scu::configured_peers(config),
+            ae_title: config.dicom.ae_title.clone(),
+            uid_root: config.dicom.uid_root.clone(),
+            assembly: None,
             started: Instant::now(),
         })
     }

@@ -3,7 +3,8 @@
 //! Every request is matched against [`ROUTES`] before any handler runs: a route that is
 //! not public answers 401 without a valid session and 403 when the session's role is not
 //! listed. Radiologists read studies and give feedback; technicians see system status,
-//! the outbox and models; admins manage users and read the audit trail.
+//! the outbox and models, test connectivity and re-queue deliveries; both may upload
+//! images for analysis; admins manage users and read the audit trail.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -126,6 +127,12 @@ pub enum Endpoint {
     Outbox,
     /// The installed model(s).
     Models,
+    /// A manual upload: DICOM, or a PNG/JPEG wrapped as Secondary Capture.
+    Upload,
+    /// C-ECHO to every configured DICOM peer.
+    Echo,
+    /// Re-queue dead-lettered outbox entries.
+    OutboxRetry,
 }
 
 /// One row of the table.
@@ -142,6 +149,8 @@ pub struct Route {
 }
 
 const RADIOLOGIST: &[Role] = &[Role::Radiologist];
+const RADIOLOGIST_TECHNICIAN: &[Role] = &[Role::Radiologist, Role::Technician];
+const TECHNICIAN: &[Role] = &[Role::Technician];
 const TECHNICIAN_ADMIN: &[Role] = &[Role::Technician, Role::Admin];
 const ADMIN: &[Role] = &[Role::Admin];
 
@@ -258,6 +267,24 @@ pub const ROUTES: &[Route] = &[
         "/api/v1/outbox",
         Access::Roles(TECHNICIAN_ADMIN),
         Endpoint::Outbox,
+    ),
+    route(
+        "POST",
+        "/api/v1/outbox/retry",
+        Access::Roles(TECHNICIAN),
+        Endpoint::OutboxRetry,
+    ),
+    route(
+        "POST",
+        "/api/v1/system/echo",
+        Access::Roles(TECHNICIAN),
+        Endpoint::Echo,
+    ),
+    route(
+        "POST",
+        "/api/v1/uploads",
+        Access::Roles(RADIOLOGIST_TECHNICIAN),
+        Endpoint::Upload,
     ),
 ];
 

@@ -1779,3 +1779,16 @@ pub fn record_result(
         .unwrap();
     db.flush().unwrap();
 }
+
+/// The text of element `tag` of the DICOM file at `path`, trimmed (empty when absent).
+pub fn dicom_attr(path: &Path, tag: dicom_core::Tag) -> String {
+    let obj = dicom_object::open_file(path).expect("a DICOM file");
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
+        .unwrap_or_default()
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
+}
