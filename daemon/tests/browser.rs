@@ -462,7 +462,11 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
     // Upload a PNG through the page; the answer links to the new study.
     wd.click("#nav a[href='#/upload']");
     wd.wait_css("#upload-file", 10);
-    let png = samples.join("png/PNEUMONIA_03.png");
+    // ChromeDriver takes only canonical paths for file inputs.
+    let png = samples
+        .join("png/PNEUMONIA_03.png")
+        .canonicalize()
+        .unwrap();
     wd.type_into("#upload-file", png.to_str().unwrap());
     wd.wait_css("#upload-study-link", 30);
     let msg = wd.js("return document.querySelector('#upload-msg').textContent;");
