@@ -453,7 +453,9 @@ async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
         heatmaps: false,
         ..Default::default()
     };
-    let delay = Duration::from_millis(5);
+    // 20 ms per inference: long beside one scan of the watcher below, even on a loaded
+    // machine, so a scan sees at most one study change state while it runs.
+    let delay = Duration::from_millis(20);
     let task = tokio::spawn(run_pipeline_with(
         Arc::clone(&store),
         factory(delay),
@@ -492,7 +494,7 @@ async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
     task.await.unwrap();
     // Two workers: two studies in flight at once (the watcher's scan is not a snapshot, so a
     // study finishing and the next one starting may both be seen: at most one more), and
-    // the sender was held back by the bounded channel (100 × 5 ms over 2 workers ≥ 250 ms).
+    // the sender was held back by the bounded channel (100 × 20 ms over 2 workers ≥ 1 s).
     assert!(
         peak.load(Ordering::Relaxed) <= 3,
         "peak {}",
