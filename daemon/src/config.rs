@@ -35,6 +35,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Signed firmware updates: bootloader, A/B slots, hardware id, model packs.
     pub firmware: duli_firmware::FirmwareConfig,
+    /// The file this configuration was read from, if any (its folder holds what
+    /// provisioning left beside it, e.g. the pending first administrator).
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
 }
 
 /// `[device]`
@@ -432,6 +436,7 @@ impl Config {
         file_paths.retain(|k| !from_env.contains(k));
         let mut config: Config = deserialize(table, path)?;
         config.resolve_paths(&cwd, file_dir.as_deref(), &file_paths);
+        config.origin = path.map(|p| cwd.join(p));
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }

@@ -744,9 +744,14 @@ fn provision_apply(
         cfg.device.site_id, cfg.device.device_id, cfg.dicom.ae_title
     );
     if let Some(admin) = &plan.admin {
+        let how = if admin.password.is_some() {
+            "the daemon creates the account at its next start"
+        } else {
+            "finish on the console's first-time setup page with the setup code the daemon \
+             logs (also in <data dir>/console/setup-code)"
+        };
         println!(
-            "first administrator {:?}: pending in {}; run `duli user add {} --role admin` \
-             (or open the console's first-boot page) to create the account",
+            "first administrator {:?}: pending in {}; {how}, or run `duli user add {} --role admin`",
             admin.name,
             target
                 .config

@@ -12,6 +12,7 @@
 //! - [`events`]: live study events for the worklist (server-sent events).
 //! - [`atna`]: audit export as RFC 5424 syslog lines with DICOM audit messages.
 //! - [`assets`]: the embedded front end (`web-console/`).
+//! - [`setup`]: first-time setup of the first administrator with a one-time code.
 //!
 //! `/healthz` and `/metrics` are served on the same HTTPS listener without a session, so
 //! health checks and Prometheus need no account; neither reveals patient data.
@@ -26,6 +27,7 @@ pub mod reply;
 pub mod roles;
 pub mod server;
 pub mod sessions;
+pub mod setup;
 pub mod tls;
 pub mod users;
 
@@ -71,6 +73,8 @@ pub struct Console {
     pub peers: Vec<crate::config::PacsDestination>,
     /// When the daemon started.
     pub started: Instant,
+    /// First-time setup (open while no admin account exists).
+    pub setup: setup::Setup,
 }
 
 impl Console {
@@ -89,6 +93,9 @@ impl Console {
             Duration::from_secs(config.console.session_max_secs),
         )
         .context("open the sessions tree")?;
+        let config_dir = config.origin.as_deref().and_then(std::path::Path::parent);
+        let setup = setup::Setup::prepare(&users, &audit, store.root(), config_dir)
+            .context("first-time setup")?;
         Ok(Console {
             data_dir: store.root().to_path_buf(),
             store,
@@ -104,6 +111,7 @@ impl Console {
             model: config.inference.model.clone(),
             peers: config.pacs.destinations.clone(),
             started: Instant::now(),
+            setup,
         })
     }
 }
@@ -160,11 +168,6 @@ pub async fn start(
             ""
         }
     );
-    if console.users.is_empty() {
-        log::warn!(
-            "console: no users yet; create the first admin with `duli user add NAME --role admin`"
-        );
-    }
     let task = tokio::spawn(server::serve(listener, tls, console, shutdown));
     Ok((bound, task))
 }
