@@ -30,6 +30,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// When started as root, stay root instead of switching to device.service_user.
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Run the daemon on defaults, send the sample X-rays to it and show what was recorded.
     Demo {
@@ -405,9 +408,11 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     duli::logging::init();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, allow_root } => {
             let cfg = load_config(config.as_deref())?;
-            runtime()?.block_on(duli::daemon::run(cfg))?;
+            // Before the runtime starts: credentials change while the process has one thread.
+            let (prebound, _) = duli::privileges::enter_service_user(&cfg, allow_root)?;
+            runtime()?.block_on(duli::daemon::run_with(cfg, prebound))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

@@ -138,11 +138,12 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Binds the console listener and starts serving; returns the bound address and the task
-/// (which ends after `shutdown` turns true).
+/// Binds the console listener (or takes `prebound`) and starts serving; returns the bound
+/// address and the task (which ends after `shutdown` turns true).
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
+    prebound: Option<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let files = tls::cert_files(
@@ -155,9 +156,9 @@ pub async fn start(
     let tls = tls::server_config(&files).context("console TLS (console.cert, console.key)")?;
     let fingerprint = tls::fingerprint(&files.cert).context("console certificate")?;
     let addr = SocketAddr::new(config.console.bind, config.console.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for the console on {addr} (console.bind, console.port)")
-    })?;
+    let listener =
+        crate::daemon::take_or_bind(prebound, addr, "the console (console.bind, console.port)")
+            .await?;
     let bound = listener.local_addr()?;
     log::info!(
         "console on https://{bound}/ ; certificate {} SHA-256 {fingerprint}{}",
