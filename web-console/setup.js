@@ -12,6 +12,19 @@ window.duliSetup = async function duliSetup() {
     return;
   }
   if (!st.required || location.hash !== "#/login") return;
+  if (st.accounts) {
+    // Accounts exist, none of them an administrator: keep the login form, offer setup.
+    const login = document.getElementById("login-form");
+    if (login) {
+      login.appendChild(h("p", {}, "This box has no administrator yet. ",
+        h("button", { type: "button", id: "show-setup", onclick: () => setupForm(st) }, "First-time setup")));
+    }
+    return;
+  }
+  setupForm(st);
+};
+
+function setupForm(st) {
   const code = h("input", { id: "setup-code", name: "code", autocomplete: "off", required: true, spellcheck: "false" });
   const user = h("input", { id: "setup-user", name: "username", autocomplete: "username", required: true });
   if (st.username) { user.value = st.username; user.readOnly = true; }
@@ -42,4 +55,4 @@ window.duliSetup = async function duliSetup() {
   });
   app.replaceChildren(form);
   code.focus();
-};
+}

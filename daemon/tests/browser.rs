@@ -198,12 +198,50 @@ fn study_uid_of(file: &std::path::Path) -> String {
         .to_string()
 }
 
+/// chromedriver's path when it and chromium are installed; a SKIP line otherwise.
+fn chromedriver() -> Option<PathBuf> {
+    match (which("chromedriver"), which("chromium")) {
+        (Some(driver), Some(_)) => Some(driver),
+        _ => {
+            skip("chromium or chromium-driver absent (apt-get install chromium chromium-driver)");
+            None
+        }
+    }
+}
+
+/// chromedriver on a free port with one headless Chromium session; the session ends
+/// before the driver stops (fields drop in order).
+struct Browser {
+    wd: WebDriver,
+    _driver: Background,
+    _root: TestDir,
+}
+
+impl Browser {
+    fn start(driver_bin: &std::path::Path) -> Browser {
+        let port = free_port();
+        let root = temp_dir("chromedriver");
+        let mut driver = Background::spawn(
+            "chromedriver",
+            std::process::Command::new(driver_bin).arg(format!("--port={port}")),
+            &root.path().join("chromedriver.log"),
+        )
+        .unwrap();
+        driver
+            .wait_for_port(loopback(port), Duration::from_secs(30))
+            .unwrap();
+        Browser {
+            wd: WebDriver::start(loopback(port)),
+            _driver: driver,
+            _root: root,
+        }
+    }
+}
+
 #[test]
 fn console_in_headless_chromium() {
-    let (Some(driver_bin), Some(_)) = (which("chromedriver"), which("chromium")) else {
-        return skip(
-            "chromium or chromium-driver absent (apt-get install chromium chromium-driver)",
-        );
+    let Some(driver_bin) = chromedriver() else {
+        return;
     };
     let Some(files) = sample_dicoms("explicit-le") else {
         return;
@@ -240,18 +278,8 @@ fn console_in_headless_chromium() {
     }
     d.restart();
 
-    let port = free_port();
-    let root = temp_dir("chromedriver");
-    let mut driver = Background::spawn(
-        "chromedriver",
-        std::process::Command::new(driver_bin).arg(format!("--port={port}")),
-        &root.path().join("chromedriver.log"),
-    )
-    .unwrap();
-    driver
-        .wait_for_port(loopback(port), Duration::from_secs(30))
-        .unwrap();
-    let wd = WebDriver::start(loopback(port));
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
     let base = format!("https://127.0.0.1:{}", d.console_port);
 
     // Log in.
@@ -396,4 +424,64 @@ fn console_in_headless_chromium() {
     );
     out.assert_success("audit verify");
     eprintln!("screenshots: {} {}", shot.display(), shot2.display());
+}
+
+#[test]
+fn first_time_setup_in_headless_chromium() {
+    let Some(driver_bin) = chromedriver() else {
+        return;
+    };
+    let d = Daemon::start();
+    let code = std::fs::read_to_string(d.data_dir().join("console/setup-code")).unwrap();
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
+    let base = format!("https://127.0.0.1:{}", d.console_port);
+
+    // No account at all: the login page is the setup form.
+    wd.go(&format!("{base}/"));
+    wd.wait_for(
+        "setup form",
+        "document.querySelector('#setup-form')",
+        Duration::from_secs(20),
+    );
+    wd.screenshot("first-time-setup.png");
+    assert_eq!(
+        wd.js("return getComputedStyle(document.getElementById('nav')).display + ' ' + getComputedStyle(document.getElementById('who')).display;"),
+        json!("none none"),
+        "no navigation or log-out button before anyone is logged in"
+    );
+    // A wrong code is refused on the page.
+    wd.type_into("#setup-code", "AAAA-BBBB-CCCC-DDDD");
+    wd.type_into("#setup-user", "ada");
+    wd.type_into("#setup-password", PW);
+    wd.type_into("#setup-again", PW);
+    wd.click("#setup-form button[type=submit]");
+    wd.wait_for(
+        "refusal",
+        "document.querySelector('#setup-form .error').textContent.includes('Wrong setup code')",
+        Duration::from_secs(20),
+    );
+    wd.js("document.querySelector('#setup-code').value = '';");
+    wd.type_into("#setup-code", code.trim());
+    wd.click("#setup-form button[type=submit]");
+    // Created, logged in, on the admin's home page.
+    wd.wait_for(
+        "logged in as the new admin",
+        "location.hash === '#/users' && document.querySelector('#who-name').textContent === 'ada (admin)'",
+        Duration::from_secs(30),
+    );
+    let shot = wd.screenshot("first-time-setup-done.png");
+    assert!(shot.exists());
+    // From now on the login page is the login form.
+    wd.click("#logout");
+    wd.wait_for(
+        "login form",
+        "document.querySelector('#login-form') && !document.querySelector('#setup-form')",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        wd.js("return !!document.querySelector('#setup-form');"),
+        json!(false)
+    );
 }

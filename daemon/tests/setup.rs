@@ -52,6 +52,7 @@ fn first_admin_needs_the_code_from_the_box_then_setup_closes_for_good() {
     let st = setup_status(&d);
     assert_eq!(st["required"], true, "{st}");
     assert!(st["username"].is_null());
+    assert_eq!(st["accounts"], false);
     let code = read_code(&d);
     assert_eq!(code.len(), 19, "XXXX-XXXX-XXXX-XXXX: {code}");
     assert!(d.log().contains(&code), "the code is in the log");

@@ -198,24 +198,21 @@ impl Setup {
             config_dir: closed.config_dir,
         })
     }
-
-    /// A closed setup (no code, nothing to create): for consoles built without one.
-    pub fn closed() -> Setup {
-        Setup {
-            open: tokio::sync::Mutex::new(None),
-            config_dir: None,
-        }
-    }
 }
 
-/// `GET /api/v1/setup`: whether first-time setup is open and the fixed user name.
+/// `GET /api/v1/setup`: whether first-time setup is open, the fixed user name, and
+/// whether any account exists (then the login page offers setup beside the login form).
 pub async fn status(c: &Console) -> Result<Response, ApiError> {
     let open = c.setup.open.lock().await;
     let required = open.is_some() && !has_admin(&c.users)?;
     let username = open.as_ref().and_then(|o| o.username.clone());
     Ok(reply::json(
         StatusCode::OK,
-        &json!({"required": required, "username": if required { username } else { None }}),
+        &json!({
+            "required": required,
+            "username": if required { username } else { None },
+            "accounts": !c.users.is_empty(),
+        }),
     ))
 }
 
