@@ -629,3 +629,36 @@ fn the_daemon_creates_the_provisioned_admin_at_its_first_start() {
         "{audit}"
     );
 }
+
+#[test]
+fn on_the_image_the_time_zone_goes_through_the_links_into_the_data_partition() {
+    let s = Stick::new();
+    // The image's read-only root: /etc/localtime and /etc/timezone link into /data/etc
+    // (seeded with UTC by duli-data-layout.service).
+    let root = s.path("box/root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(root.join("data/etc")).unwrap();
+    std::os::unix::fs::symlink("/data/etc/localtime", root.join("etc/localtime")).unwrap();
+    std::os::unix::fs::symlink("/data/etc/timezone", root.join("etc/timezone")).unwrap();
+    std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", root.join("data/etc/localtime")).unwrap();
+    fs::write(root.join("data/etc/timezone"), "UTC").unwrap();
+
+    s.provision(&[]).assert_success("duli provision");
+    assert_eq!(
+        fs::read_link(root.join("etc/localtime")).unwrap(),
+        Path::new("/data/etc/localtime"),
+        "the image's link is not replaced"
+    );
+    assert_eq!(
+        fs::read_link(root.join("etc/timezone")).unwrap(),
+        Path::new("/data/etc/timezone")
+    );
+    assert_eq!(
+        fs::read_link(root.join("data/etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/America/Sao_Paulo")
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("data/etc/timezone")).unwrap(),
+        "America/Sao_Paulo\n"
+    );
+}

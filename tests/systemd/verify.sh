@@ -21,7 +21,7 @@ units="$root/usr/lib/systemd/system"
 mkdir -p "$units" "$root/usr/bin" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" \
     "$root/etc/duli" "$root/etc/systemd/system/duli.service.d" "$root/var/lib/duli/firmware"
 all_units="duli.service duli-update.service duli-update.path duli-mark-good.service data.mount \
-    duli-data-layout.service var-lib-duli.mount etc-duli.mount"
+    duli-data-layout.service var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
 for unit in $all_units; do
     cp "$here/systemd/$unit" "$units/"
 done
@@ -30,6 +30,7 @@ cp "$here/systemd/duli.tmpfiles" "$root/usr/lib/tmpfiles.d/duli.conf"
 mkdir -p "$root/usr/lib/duli" "$root/usr/share/duli"
 cp "$here/systemd/duli-data-layout.conf" "$root/usr/lib/duli/data-layout.conf"
 cp "$here/config/duli.toml" "$root/usr/share/duli/duli.toml"
+cp "$here/systemd/duli-timesyncd.conf" "$root/usr/share/duli/timesyncd.conf"
 # Stand-in for the installed binary: verify only checks that ExecStart= exists and runs.
 printf '#!/bin/sh\nexit 0\n' > "$root/usr/bin/duli"
 chmod 755 "$root/usr/bin/duli"
@@ -73,11 +74,16 @@ check_mode /data/etc/duli 750 root duli
 check_mode /data/duli 750 duli duli
 cmp -s "$root/data/etc/duli/duli.toml" "$here/config/duli.toml" \
     || { echo "FAIL: /data/etc/duli/duli.toml not seeded from the image's default"; exit 1; }
+cmp -s "$root/data/etc/timesyncd.conf.d/duli.conf" "$here/systemd/duli-timesyncd.conf" \
+    || { echo "FAIL: the NTP drop-in not seeded"; exit 1; }
+test "$(readlink "$root/data/etc/localtime")" = /usr/share/zoneinfo/UTC \
+    || { echo "FAIL: /data/etc/localtime is not a link to UTC"; exit 1; }
+test "$(cat "$root/data/etc/timezone")" = UTC || { echo "FAIL: /data/etc/timezone is not UTC"; exit 1; }
 echo '# provisioned' > "$root/data/etc/duli/duli.toml"
 systemd-tmpfiles --root="$root" --create "$root/usr/lib/duli/data-layout.conf"
 grep -q '^# provisioned' "$root/data/etc/duli/duli.toml" \
     || { echo "FAIL: the seed overwrote a provisioned configuration"; exit 1; }
-for m in var-lib-duli etc-duli; do
+for m in var-lib-duli etc-duli etc-systemd-timesyncd.conf.d; do
     grep -q '^Requires=duli-data-layout.service' "$units/$m.mount" \
         || { echo "FAIL: $m.mount does not require the layout service"; exit 1; }
 done

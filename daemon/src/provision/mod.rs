@@ -687,7 +687,7 @@ pub fn plan(
     }
     if let Some(tz) = &timezone {
         writes.push(Write {
-            path: target.system_root.join("etc/timezone"),
+            path: system::redirect(&target.system_root, "etc/timezone"),
             bytes: format!("{tz}\n").into_bytes(),
             mode: PUBLIC,
             private: false,
@@ -747,7 +747,7 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
         ));
     }
     if let Some(tz) = &plan.timezone {
-        let link = plan.target.system_root.join("etc/localtime");
+        let link = system::redirect(&plan.target.system_root, "etc/localtime");
         system::link_localtime(&link, tz)?;
         summary.push(format!("linked {} to {tz}", link.display()));
     }

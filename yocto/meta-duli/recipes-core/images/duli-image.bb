@@ -33,4 +33,12 @@ create_duli_mountpoint[doc] = "Creates the mount points of the data partition an
 create_duli_mountpoint() {
     install -d ${IMAGE_ROOTFS}/data ${IMAGE_ROOTFS}/var/lib/duli ${IMAGE_ROOTFS}/etc/duli
 }
-ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint;"
+
+link_duli_time_settings[doc] = "Points /etc/localtime and /etc/timezone into the data partition"
+# `duli provision` sets the time zone; on the read-only root it writes through these links
+# (the seeds are made by duli-data-layout.service on first boot).
+link_duli_time_settings() {
+    ln -sf /data/etc/localtime ${IMAGE_ROOTFS}${sysconfdir}/localtime
+    ln -sf /data/etc/timezone ${IMAGE_ROOTFS}${sysconfdir}/timezone
+}
+ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint; link_duli_time_settings;"

@@ -36,6 +36,7 @@ FILES:${PN} += "\
     ${systemd_system_unitdir} \
     ${nonarch_libdir}/duli/data-layout.conf \
     ${datadir}/duli/duli.toml \
+    ${datadir}/duli/timesyncd.conf \
     ${nonarch_libdir}/sysusers.d/duli.conf \
     ${nonarch_libdir}/tmpfiles.d/duli.conf \
     ${sysconfdir}/systemd/timesyncd.conf.d/duli.conf \
@@ -47,15 +48,16 @@ RDEPENDS:${PN}:append:x86-64 = " openvino-inference-engine"
 RDEPENDS:${PN} += "grub-editenv"
 RDEPENDS:${PN}:append:aarch64 = " libubootenv-bin"
 
-# The data partition (data.mount) holds /var/lib/duli and /etc/duli (bind mounts whose
-# sources duli-data-layout.service creates): see docs/appliance.md.
-SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service data.mount var-lib-duli.mount etc-duli.mount"
+# The data partition (data.mount) holds /var/lib/duli, /etc/duli and the NTP drop-ins
+# (bind mounts whose sources duli-data-layout.service creates): see docs/appliance.md.
+SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service data.mount var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     for unit in duli.service duli-update.service duli-update.path duli-mark-good.service \
-                data.mount duli-data-layout.service var-lib-duli.mount etc-duli.mount; do
+                data.mount duli-data-layout.service var-lib-duli.mount etc-duli.mount \
+                etc-systemd-timesyncd.conf.d.mount; do
         install -m 0644 ${S}/systemd/${unit} ${D}${systemd_system_unitdir}/${unit}
     done
     install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
@@ -73,6 +75,7 @@ do_install:append() {
     sed -e 's|^data_dir = .*|data_dir = "${localstatedir}/lib/duli"|' \
         ${S}/config/duli.toml > ${D}${datadir}/duli/duli.toml
     chmod 0644 ${D}${datadir}/duli/duli.toml
+    install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${datadir}/duli/timesyncd.conf
     install -d ${D}${docdir}/duli/firmware
     install -m 0644 ${S}/firmware/README.md ${D}${docdir}/duli/firmware/README.md
 }
