@@ -1,8 +1,9 @@
 //! First-time setup over real HTTPS on loopback: the setup code written on the box (file
 //! and log), refusal without it, with a wrong one, cross-site or without JSON, throttling
-//! of wrong codes, the first admin created with the right code (audit record, code file
-//! gone), the route closed for good (also after a restart), the user name fixed by
-//! provisioning, and an administrator provisioned with a password created at start.
+//! of wrong codes, no takeover of an existing account, the first admin created with the
+//! right code (audit record, code file gone), the route closed for good (also after a
+//! restart), the user name fixed by provisioning, and an administrator provisioned with a
+//! password created at start.
 
 mod common;
 
@@ -154,7 +155,7 @@ fn first_admin_needs_the_code_from_the_box_then_setup_closes_for_good() {
 }
 
 #[test]
-fn wrong_codes_are_throttled_like_failed_logins() {
+fn wrong_codes_are_throttled_and_existing_accounts_are_not_taken_over() {
     let d = Daemon::start();
     let code = read_code(&d);
     let wrong = serde_json::json!({"code": "WRONG", "username": "ada", "password": PW});
@@ -171,8 +172,19 @@ fn wrong_codes_are_throttled_like_failed_logins() {
     );
     assert!(r.headers.contains_key("retry-after"));
     std::thread::sleep(Duration::from_millis(1100));
+    // An existing account (not an admin) is never taken over.
+    d.add_user("rita", "radiologist", PW);
+    assert_eq!(setup_status(&d)["accounts"], true);
+    let takeover = serde_json::json!({"code": code, "username": "rita", "password": PW});
+    let r = setup_request(&d, &takeover, &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("exists already"), "{}", r.text());
     let r = setup_request(&d, &right, &[]);
     assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        d.login("rita", PW).get("/api/v1/me").json()["role"],
+        "radiologist"
+    );
 }
 
 fn daemon_with_pending_admin(pending: &str) -> (Daemon, TestDir) {

@@ -283,6 +283,12 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         (None, None) => return Err(ApiError::BadRequest("user name required".into())),
     };
     users::check_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if c.users.get(&name)?.is_some() {
+        // Setup creates an account; it never takes over one that exists.
+        return Err(ApiError::Conflict(format!(
+            "an account {name:?} exists already; choose another name"
+        )));
+    }
     let password = body.password;
     let hash = tokio::task::spawn_blocking(move || users::hash_password(&password))
         .await
