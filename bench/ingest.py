@@ -238,6 +238,7 @@ def run_duli(files, assocs, work, binary):
         "DULI_CONSOLE__PORT": str(console_port),
         "DULI_DEVICE__DATA_DIR": os.path.join(root, "data"),
         "DULI_DICOM__QUIET_PERIOD": "0",
+        "DULI_DEVICE__ALLOW_ROOT": "true",
     })
     log = open(os.path.join(root, "duli.log"), "w")
     proc = subprocess.Popen([binary, "run"], env=env, cwd=root, stdout=log, stderr=log)

@@ -126,6 +126,7 @@ function loginPage() {
   });
   app.replaceChildren(form);
   user.focus();
+  if (window.duliSetup) window.duliSetup();
 }
 
 // ---- worklist ------------------------------------------------------------

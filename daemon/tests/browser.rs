@@ -201,28 +201,50 @@ fn study_uid_of(file: &std::path::Path) -> String {
     dicom_attr(file, dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
 }
 
-/// Starts chromedriver and a headless Chromium session; keep the first two alive.
-fn start_browser(driver_bin: &std::path::Path) -> (Background, TestDir, WebDriver) {
-    let port = free_port();
-    let root = temp_dir("chromedriver");
-    let mut driver = Background::spawn(
-        "chromedriver",
-        std::process::Command::new(driver_bin).arg(format!("--port={port}")),
-        &root.path().join("chromedriver.log"),
-    )
-    .unwrap();
-    driver
-        .wait_for_port(loopback(port), Duration::from_secs(30))
+/// chromedriver's path when it and chromium are installed; a SKIP line otherwise.
+fn chromedriver() -> Option<PathBuf> {
+    match (which("chromedriver"), which("chromium")) {
+        (Some(driver), Some(_)) => Some(driver),
+        _ => {
+            skip("chromium or chromium-driver absent (apt-get install chromium chromium-driver)");
+            None
+        }
+    }
+}
+
+/// chromedriver on a free port with one headless Chromium session; the session ends
+/// before the driver stops (fields drop in order).
+struct Browser {
+    wd: WebDriver,
+    _driver: Background,
+    _root: TestDir,
+}
+
+impl Browser {
+    fn start(driver_bin: &std::path::Path) -> Browser {
+        let port = free_port();
+        let root = temp_dir("chromedriver");
+        let mut driver = Background::spawn(
+            "chromedriver",
+            std::process::Command::new(driver_bin).arg(format!("--port={port}")),
+            &root.path().join("chromedriver.log"),
+        )
         .unwrap();
-    (driver, root, WebDriver::start(loopback(port)))
+        driver
+            .wait_for_port(loopback(port), Duration::from_secs(30))
+            .unwrap();
+        Browser {
+            wd: WebDriver::start(loopback(port)),
+            _driver: driver,
+            _root: root,
+        }
+    }
 }
 
 #[test]
 fn console_in_headless_chromium() {
-    let (Some(driver_bin), Some(_)) = (which("chromedriver"), which("chromium")) else {
-        return skip(
-            "chromium or chromium-driver absent (apt-get install chromium chromium-driver)",
-        );
+    let Some(driver_bin) = chromedriver() else {
+        return;
     };
     let Some(files) = sample_dicoms("explicit-le") else {
         return;
@@ -259,7 +281,8 @@ fn console_in_headless_chromium() {
     }
     d.restart();
 
-    let (_driver, _driver_dir, wd) = start_browser(&driver_bin);
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
     let base = format!("https://127.0.0.1:{}", d.console_port);
 
     // Log in.
@@ -419,10 +442,8 @@ fn log_in(wd: &WebDriver, base: &str, user: &str, hash: &str) {
 /// technician's system page: the C-ECHO table and the outbox with a retry.
 #[test]
 fn uploads_results_and_the_system_page_in_headless_chromium() {
-    let (Some(driver_bin), Some(_)) = (which("chromedriver"), which("chromium")) else {
-        return skip(
-            "chromium or chromium-driver absent (apt-get install chromium chromium-driver)",
-        );
+    let Some(driver_bin) = chromedriver() else {
+        return;
     };
     let Some(samples) = samples_dir() else {
         return;
@@ -447,9 +468,10 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
     d.add_user("rita", "radiologist", PW);
     d.add_user("theo", "technician", PW);
 
-    let (_driver, _driver_dir, wd) = start_browser(&driver_bin);
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
     let base = format!("https://127.0.0.1:{}", d.console_port);
-    log_in(&wd, &base, "rita", "#/worklist");
+    log_in(wd, &base, "rita", "#/worklist");
 
     let files: Vec<PathBuf> = ["PNEUMONIA_01", "NORMAL_02", "PNEUMONIA_05", "NORMAL_07"]
         .iter()
@@ -463,10 +485,7 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
     wd.click("#nav a[href='#/upload']");
     wd.wait_css("#upload-file", 10);
     // ChromeDriver takes only canonical paths for file inputs.
-    let png = samples
-        .join("png/PNEUMONIA_03.png")
-        .canonicalize()
-        .unwrap();
+    let png = samples.join("png/PNEUMONIA_03.png").canonicalize().unwrap();
     wd.type_into("#upload-file", png.to_str().unwrap());
     wd.wait_css("#upload-study-link", 30);
     let msg = wd.js("return document.querySelector('#upload-msg').textContent;");
@@ -586,4 +605,64 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
             "{msg}"
         );
     }
+}
+
+#[test]
+fn first_time_setup_in_headless_chromium() {
+    let Some(driver_bin) = chromedriver() else {
+        return;
+    };
+    let d = Daemon::start();
+    let code = std::fs::read_to_string(d.data_dir().join("console/setup-code")).unwrap();
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
+    let base = format!("https://127.0.0.1:{}", d.console_port);
+
+    // No account at all: the login page is the setup form.
+    wd.go(&format!("{base}/"));
+    wd.wait_for(
+        "setup form",
+        "document.querySelector('#setup-form')",
+        Duration::from_secs(20),
+    );
+    wd.screenshot("first-time-setup.png");
+    assert_eq!(
+        wd.js("return getComputedStyle(document.getElementById('nav')).display + ' ' + getComputedStyle(document.getElementById('who')).display;"),
+        json!("none none"),
+        "no navigation or log-out button before anyone is logged in"
+    );
+    // A wrong code is refused on the page.
+    wd.type_into("#setup-code", "AAAA-BBBB-CCCC-DDDD");
+    wd.type_into("#setup-user", "ada");
+    wd.type_into("#setup-password", PW);
+    wd.type_into("#setup-again", PW);
+    wd.click("#setup-form button[type=submit]");
+    wd.wait_for(
+        "refusal",
+        "document.querySelector('#setup-form .error').textContent.includes('Wrong setup code')",
+        Duration::from_secs(20),
+    );
+    wd.js("document.querySelector('#setup-code').value = '';");
+    wd.type_into("#setup-code", code.trim());
+    wd.click("#setup-form button[type=submit]");
+    // Created, logged in, on the admin's home page.
+    wd.wait_for(
+        "logged in as the new admin",
+        "location.hash === '#/users' && document.querySelector('#who-name').textContent === 'ada (admin)'",
+        Duration::from_secs(30),
+    );
+    let shot = wd.screenshot("first-time-setup-done.png");
+    assert!(shot.exists());
+    // From now on the login page is the login form.
+    wd.click("#logout");
+    wd.wait_for(
+        "login form",
+        "document.querySelector('#login-form') && !document.querySelector('#setup-form')",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        wd.js("return !!document.querySelector('#setup-form');"),
+        json!(false)
+    );
 }

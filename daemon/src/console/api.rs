@@ -208,7 +208,7 @@ fn is_json(req: &Request) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
+pub(super) fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
     if !is_json(req) {
         return Err(ApiError::BadRequest(
             "the body must be JSON (Content-Type: application/json)".into(),
@@ -239,7 +239,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         NoMatch::MethodNotAllowed => ApiError::MethodNotAllowed,
     })?;
     let route = matched.route;
-    let session = if route.access == Access::Public {
+    let session = if matches!(route.access, Access::Public | Access::Setup) {
         None
     } else {
         let (token, s) = session_of(&console, &req)?.ok_or(ApiError::Unauthenticated)?;
@@ -274,6 +274,8 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         }
         (Endpoint::Asset, _) => asset(&req.path),
         (Endpoint::Login, _) => login(c, &req).await,
+        (Endpoint::SetupStatus, _) => super::setup::status(c).await,
+        (Endpoint::Setup, _) => super::setup::complete(c, &req).await,
         (_, None) => Err(ApiError::Unauthenticated),
         (Endpoint::Logout, Some((token, s))) => logout(c, &req, &token, &s).await,
         (Endpoint::Me, Some((_, s))) => Ok(reply::json(
@@ -324,7 +326,7 @@ fn asset(path: &str) -> Result<Response, ApiError> {
     Ok(reply::bytes(StatusCode::OK, ctype, body.to_vec()))
 }
 
-async fn audit_now(c: &Console, event: Event) -> Result<(), ApiError> {
+pub(super) async fn audit_now(c: &Console, event: Event) -> Result<(), ApiError> {
     c.audit.append(event)?;
     c.store.flush().await?;
     Ok(())

@@ -32,6 +32,11 @@ pub const ASSETS: &[Asset] = &[
         include_bytes!("../../../web-console/viewer.js"),
     ),
     (
+        "setup.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web-console/setup.js"),
+    ),
+    (
         "png16.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../../web-console/png16.js"),

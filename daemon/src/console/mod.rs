@@ -15,6 +15,7 @@
 //! - [`outbox_view`]: the outbox by destination, and technicians' retry requests.
 //! - [`atna`]: audit export as RFC 5424 syslog lines with DICOM audit messages.
 //! - [`assets`]: the embedded front end (`web-console/`).
+//! - [`setup`]: first-time setup of the first administrator with a one-time code.
 //!
 //! `/healthz` and `/metrics` are served on the same HTTPS listener without a session, so
 //! health checks and Prometheus need no account; neither reveals patient data.
@@ -31,6 +32,7 @@ pub mod reply;
 pub mod roles;
 pub mod server;
 pub mod sessions;
+pub mod setup;
 pub mod tls;
 pub mod upload;
 pub mod users;
@@ -86,6 +88,8 @@ pub struct Console {
     pub assembly: Option<tokio::sync::mpsc::WeakSender<crate::assemble::Event>>,
     /// When the daemon started.
     pub started: Instant,
+    /// First-time setup (open while no admin account exists).
+    pub setup: setup::Setup,
 }
 
 impl Console {
@@ -104,6 +108,9 @@ impl Console {
             Duration::from_secs(config.console.session_max_secs),
         )
         .context("open the sessions tree")?;
+        let config_dir = config.origin.as_deref().and_then(std::path::Path::parent);
+        let setup = setup::Setup::prepare(&users, &audit, store.root(), config_dir)
+            .context("first-time setup")?;
         Ok(Console {
             data_dir: store.root().to_path_buf(),
             store,
@@ -123,6 +130,7 @@ impl Console {
             uid_root: config.dicom.uid_root.clone(),
             assembly: None,
             started: Instant::now(),
+            setup,
         })
     }
 }
@@ -149,11 +157,12 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Binds the console listener and starts serving; returns the bound address and the task
-/// (which ends after `shutdown` turns true).
+/// Binds the console listener (or takes `prebound`) and starts serving; returns the bound
+/// address and the task (which ends after `shutdown` turns true).
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
+    prebound: Option<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let files = tls::cert_files(
@@ -166,9 +175,9 @@ pub async fn start(
     let tls = tls::server_config(&files).context("console TLS (console.cert, console.key)")?;
     let fingerprint = tls::fingerprint(&files.cert).context("console certificate")?;
     let addr = SocketAddr::new(config.console.bind, config.console.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for the console on {addr} (console.bind, console.port)")
-    })?;
+    let listener =
+        crate::daemon::take_or_bind(prebound, addr, "the console (console.bind, console.port)")
+            .await?;
     let bound = listener.local_addr()?;
     log::info!(
         "console on https://{bound}/ ; certificate {} SHA-256 {fingerprint}{}",
@@ -179,11 +188,6 @@ pub async fn start(
             ""
         }
     );
-    if console.users.is_empty() {
-        log::warn!(
-            "console: no users yet; create the first admin with `duli user add NAME --role admin`"
-        );
-    }
     let task = tokio::spawn(server::serve(listener, tls, console, shutdown));
     Ok((bound, task))
 }

@@ -64,6 +64,8 @@ impl FromStr for Role {
 pub enum Access {
     /// Anyone, without a session (health, metrics, login, the static front end).
     Public,
+    /// No session, and changes only while no admin account exists (first-time setup).
+    Setup,
     /// Any logged-in user.
     AnyRole,
     /// Logged-in users holding one of these roles.
@@ -75,6 +77,7 @@ impl Access {
     pub fn allows(self, role: Role) -> bool {
         match self {
             Access::Public | Access::AnyRole => true,
+            Access::Setup => false,
             Access::Roles(roles) => roles.contains(&role),
         }
     }
@@ -91,6 +94,10 @@ pub enum Endpoint {
     Asset,
     /// Log in.
     Login,
+    /// Whether first-time setup is open.
+    SetupStatus,
+    /// Create the first administrator (first-time setup).
+    Setup,
     /// Log out.
     Logout,
     /// The current session: user, role, CSRF token.
@@ -175,6 +182,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/", Access::Public, Endpoint::Asset),
     route("GET", "/static/*", Access::Public, Endpoint::Asset),
     route("POST", "/api/v1/login", Access::Public, Endpoint::Login),
+    route("GET", "/api/v1/setup", Access::Setup, Endpoint::SetupStatus),
+    route("POST", "/api/v1/setup", Access::Setup, Endpoint::Setup),
     route("POST", "/api/v1/logout", Access::AnyRole, Endpoint::Logout),
     route("GET", "/api/v1/me", Access::AnyRole, Endpoint::Me),
     route("GET", "/api/v1/models", Access::AnyRole, Endpoint::Models),

@@ -1061,6 +1061,9 @@ impl Daemon {
                 "DULI_INFERENCE__MODEL".into(),
                 "/nonexistent/inference-off-in-this-test/model.toml".into(),
             ),
+            // Tests run as whoever runs them (root on CI machines, where no `duli` account
+            // exists); tests/privileges.rs sets it back to false.
+            ("DULI_DEVICE__ALLOW_ROOT".into(), "true".into()),
         ];
         if tls {
             env.push(("DULI_DICOM__TLS_PORT".into(), self.tls_port.to_string()));
