@@ -286,7 +286,7 @@ fn console_in_headless_chromium() {
     let base = format!("https://127.0.0.1:{}", d.console_port);
 
     // Log in.
-    log_in(&wd, &base, "rita", "#/worklist");
+    log_in(wd, &base, "rita", "#/worklist");
     wd.wait_css("#live.on", 20);
     assert_eq!(
         wd.js("return document.querySelectorAll('#worklist-body tr').length;"),
@@ -569,7 +569,7 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
     // The technician's system page: C-ECHO to this box, and the outbox with a retry.
     wd.click("#logout");
     wd.wait_css("#login-form", 10);
-    log_in(&wd, &base, "theo", "#/system");
+    log_in(wd, &base, "theo", "#/system");
     wd.wait_css("#echo-run", 10);
     wd.click("#echo-run");
     wd.wait_css("#echo-body tr", 30);
