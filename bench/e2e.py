@@ -71,7 +71,8 @@ def main():
     env = dict(os.environ, DULI_DEVICE__DATA_DIR=os.path.join(work, "data"),
                DULI_DICOM__PORT=str(dicom_port), DULI_CONSOLE__PORT=str(console_port),
                DULI_DICOM__QUIET_PERIOD="0", DULI_MQTT__ENABLED="true",
-               DULI_MQTT__PORT=str(mq_port), DULI_MQTT__TLS="false", DULI_LOG="warn")
+               DULI_MQTT__PORT=str(mq_port), DULI_MQTT__TLS="false", DULI_LOG="warn",
+               DULI_DEVICE__ALLOW_ROOT="true")
     log = open(os.path.join(work, "duli.log"), "w")
     procs.append(subprocess.Popen([duli, "run"], cwd=ROOT, env=env, stderr=log))
     wait_port(dicom_port)

@@ -250,6 +250,7 @@ def start_duli(root, binary, settings=None):
         "DULI_CONSOLE__PORT": str(console_port),
         "DULI_DEVICE__DATA_DIR": os.path.join(root, "data"),
         "DULI_DICOM__QUIET_PERIOD": "0",
+        "DULI_DEVICE__ALLOW_ROOT": "true",
     })
     env.update(settings or {})
     log = open(os.path.join(root, "duli.log"), "w")

@@ -14,7 +14,7 @@ xml, tensor = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 core = ov.Core()
 model = core.read_model(xml)
-compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
 shape = list(compiled.inputs[0].shape)
 x = np.fromfile(tensor, dtype="<f4").reshape(shape)
 req = compiled.create_infer_request()

@@ -1,4 +1,5 @@
-// The console's pages: login, worklist (live), study, system, users, audit trail.
+// The console's pages: login, worklist (live), study, system, users, audit trail
+// (upload, connectivity test and outbox are in operations.js).
 // Plain DOM building (never innerHTML with data), hash routes, one fetch helper that sends
 // the CSRF token on state-changing requests and goes back to the login page on 401.
 "use strict";
@@ -125,6 +126,7 @@ function loginPage() {
   });
   app.replaceChildren(form);
   user.focus();
+  if (window.duliSetup) window.duliSetup();
 }
 
 // ---- worklist ------------------------------------------------------------
@@ -255,6 +257,7 @@ async function studyPage(uid) {
         h("ul", { id: "feedback-list" }, (s.feedback || []).map(feedbackItem)))));
 
   if (heat) {
+    heat.addEventListener("load", () => colorizeHeatmap(heat));
     const apply = () => {
       heat.hidden = !heatToggle.checked;
       heat.style.opacity = String(heatOpacity.value / 100);
@@ -285,6 +288,31 @@ async function studyPage(uid) {
   }
 }
 
+// The analysis stage records heatmaps as 8-bit grey (brightest = most important). Shown
+// as is they would only lighten the image; recolour them once loaded: transparent where
+// low, red to yellow where high. Images that carry their own transparency stay as they are.
+function colorizeHeatmap(img) {
+  if (img.dataset.colored || !img.naturalWidth) return;
+  const c = document.createElement("canvas");
+  c.width = img.naturalWidth;
+  c.height = img.naturalHeight;
+  const g = c.getContext("2d");
+  g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height);
+  const p = d.data;
+  for (let i = 3; i < p.length; i += 4) if (p[i] < 255) return;
+  for (let i = 0; i < p.length; i += 4) {
+    const v = p[i] / 255;
+    p[i] = 255;
+    p[i + 1] = Math.round(255 * Math.max(0, (v - 0.5) * 2));
+    p[i + 2] = 0;
+    p[i + 3] = Math.round(255 * Math.max(0, (v - 0.25) / 0.75));
+  }
+  g.putImageData(d, 0, 0);
+  img.dataset.colored = "true";
+  img.src = c.toDataURL("image/png");
+}
+
 function findingsTable(findings) {
   return h("table", { class: "findings" },
     h("thead", {}, h("tr", {}, ["Finding", "Probability", "Threshold", ""].map((t) => h("th", { scope: "col" }, t)))),
@@ -297,9 +325,12 @@ function findingsTable(findings) {
 
 function deliveryTable(rows) {
   if (!rows.length) return h("p", { class: "muted" }, "Nothing queued for delivery.");
-  return h("table", { class: "delivery" },
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Destination"), h("th", { scope: "col" }, "State"))),
-    h("tbody", {}, rows.map((r) => h("tr", {}, h("td", {}, String(r.destination ?? r.dest ?? "")), h("td", {}, String(r.state ?? ""))))));
+  return h("table", { class: "delivery", id: "delivery" },
+    h("thead", {}, h("tr", {}, ["Destination", "Message", "State", "Attempts"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows.map((r) => h("tr", { title: r.last_error || "" },
+      h("td", {}, String(r.destination ?? r.dest ?? "")), h("td", {}, String(r.kind ?? "")),
+      h("td", {}, h("span", { class: `state ${r.state ?? ""}` }, String(r.state ?? ""))),
+      h("td", {}, r.attempts ?? "")))));
 }
 
 function feedbackItem(f) {
@@ -340,7 +371,10 @@ function dl(obj) {
 async function systemPage() {
   try {
     const [sys, models] = await Promise.all([api("GET", "/api/v1/system"), api("GET", "/api/v1/models")]);
-    app.replaceChildren(h("h2", {}, "System"), dl(sys), h("h2", {}, "Model"), dl(models[0] || {}));
+    app.replaceChildren(h("h2", {}, "System"),
+      state.role === "technician" ? echoSection() : "",
+      outboxSection(),
+      h("h2", {}, "Status"), dl(sys), h("h2", {}, "Model"), dl(models[0] || {}));
   } catch (e) {
     if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, e.message));
   }
@@ -419,6 +453,7 @@ async function route() {
   switch (hash) {
     case "#/worklist": return worklistPage();
     case "#/system": return systemPage();
+    case "#/upload": return uploadPage();
     case "#/users": return usersPage();
     case "#/audit": return auditPage();
     default: location.hash = home();

@@ -29,6 +29,12 @@ pub enum Event {
         /// Association id.
         assoc: u64,
     },
+    /// An instance of `study` was stored without an association (a console upload): the
+    /// study completes after the quiet period.
+    Added {
+        /// Study Instance UID.
+        study: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +124,9 @@ impl StudyTracker {
                         p.open_assocs.insert(assoc);
                         p.last_instance = Some(Instant::now());
                     }
+                    Some(Event::Added { study }) => {
+                        self.studies.entry(study).or_default().last_instance = Some(Instant::now());
+                    }
                     Some(Event::AssociationEnded { assoc }) => {
                         for p in self.studies.values_mut() {
                             p.open_assocs.remove(&assoc);
@@ -173,19 +182,25 @@ mod tests {
     use super::*;
     use crate::model::{InstanceRecord, StudyRecord};
 
-    #[tokio::test]
-    async fn completes_after_release_and_quiet_period_and_records_it() {
+    /// A store holding one instance of `study`, received at `received_at`.
+    fn store_with(study: &str, sop: &str, received_at: i64) -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let inst = InstanceRecord {
-            sop_instance_uid: "1.2.3.1".into(),
-            study_instance_uid: "1.2.3".into(),
-            received_at: crate::clock::now_secs(),
+            sop_instance_uid: sop.into(),
+            study_instance_uid: study.into(),
+            received_at,
             ..Default::default()
         };
         store
             .commit_instance(&inst, &StudyRecord::default())
             .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn completes_after_release_and_quiet_period_and_records_it() {
+        let (_dir, store) = store_with("1.2.3", "1.2.3.1", crate::clock::now_secs());
         let (tx, mut rx) = mpsc::channel(4);
         let (etx, erx) = mpsc::channel(4);
         let tracker = StudyTracker::new(store.clone(), Duration::from_millis(200), tx);
@@ -243,17 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn receiving_study_from_a_previous_run_is_completed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let inst = InstanceRecord {
-            sop_instance_uid: "9.1".into(),
-            study_instance_uid: "9".into(),
-            received_at: crate::clock::now_secs() - 60,
-            ..Default::default()
-        };
-        store
-            .commit_instance(&inst, &StudyRecord::default())
-            .unwrap();
+        let (_dir, store) = store_with("9", "9.1", crate::clock::now_secs() - 60);
         let (tx, mut rx) = mpsc::channel(4);
         let (_etx, erx) = mpsc::channel(4);
         tokio::spawn(StudyTracker::new(store.clone(), Duration::from_secs(5), tx).run(erx));
@@ -262,5 +267,25 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(uid, "9");
+    }
+
+    #[tokio::test]
+    async fn an_instance_added_without_an_association_completes_after_the_quiet_period() {
+        let (_dir, store) = store_with("7", "7.1", crate::clock::now_secs());
+        let (tx, mut rx) = mpsc::channel(4);
+        let (etx, erx) = mpsc::channel(4);
+        tokio::spawn(StudyTracker::new(store.clone(), Duration::from_millis(200), tx).run(erx));
+        let added = Instant::now();
+        etx.send(Event::Added { study: "7".into() }).await.unwrap();
+        let uid = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(uid, "7");
+        assert!(added.elapsed() >= Duration::from_millis(190));
+        assert_eq!(
+            store.study("7").unwrap().unwrap().state,
+            StudyState::Complete
+        );
     }
 }

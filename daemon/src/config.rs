@@ -35,6 +35,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Signed firmware updates: bootloader, A/B slots, hardware id, model packs.
     pub firmware: duli_firmware::FirmwareConfig,
+    /// The file this configuration was read from, if any (its folder holds what
+    /// provisioning left beside it, e.g. the pending first administrator).
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
 }
 
 /// `[device]`
@@ -50,6 +54,11 @@ pub struct DeviceConfig {
     /// File holding the secret that keys the pseudonyms sent to the cloud
     /// (default: `<data_dir>/site_secret`, generated on first start).
     pub site_secret: Option<PathBuf>,
+    /// The account `duli run` switches to when started as root (after binding its ports,
+    /// before opening the store). Under systemd the unit's `User=` applies instead.
+    pub service_user: String,
+    /// Let `duli run` keep running as root when started as root (also `--allow-root`).
+    pub allow_root: bool,
 }
 
 impl Default for DeviceConfig {
@@ -59,6 +68,8 @@ impl Default for DeviceConfig {
             device_id: "duli-edge-01".into(),
             data_dir: PathBuf::from("duli-data"),
             site_secret: None,
+            service_user: "duli".into(),
+            allow_root: false,
         }
     }
 }
@@ -432,6 +443,7 @@ impl Config {
         file_paths.retain(|k| !from_env.contains(k));
         let mut config: Config = deserialize(table, path)?;
         config.resolve_paths(&cwd, file_dir.as_deref(), &file_paths);
+        config.origin = path.map(|p| cwd.join(p));
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
@@ -497,6 +509,16 @@ impl Config {
         };
         check_id(&self.device.site_id, "device.site_id", &mut bad);
         check_id(&self.device.device_id, "device.device_id", &mut bad);
+        if self.device.service_user.is_empty()
+            || self.device.service_user.len() > 32
+            || !self
+                .device
+                .service_user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            bad("device.service_user", "1 to 32 of A-Z a-z 0-9 _ - .".into());
+        }
         if self.device.data_dir.as_os_str().is_empty() {
             bad("device.data_dir", "must not be empty".into());
         }

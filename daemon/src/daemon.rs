@@ -57,8 +57,40 @@ impl Running {
     }
 }
 
+/// Listeners bound before the daemon starts (as root, before switching to the service
+/// user, see [`crate::privileges`]); the rest are bound by [`start_with`] itself.
+#[derive(Debug, Default)]
+pub struct Prebound {
+    /// The plain DICOM listener (`dicom.bind`, `dicom.port`).
+    pub dicom: Option<std::net::TcpListener>,
+    /// The DICOM TLS listener (`dicom.tls_port`), when `dicom.tls`.
+    pub dicom_tls: Option<std::net::TcpListener>,
+    /// The console listener (`console.bind`, `console.port`).
+    pub console: Option<std::net::TcpListener>,
+}
+
+/// A listener bound earlier, or a new one on `addr`; `what` names the keys in errors.
+pub async fn take_or_bind(
+    prebound: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    what: &str,
+) -> Result<tokio::net::TcpListener> {
+    let bound = match prebound {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l)),
+        None => tokio::net::TcpListener::bind(addr).await,
+    };
+    bound.with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
 /// Starts every stage on `config` and returns once all listeners are bound.
 pub async fn start(config: &Config) -> Result<Running> {
+    start_with(config, Prebound::default()).await
+}
+
+/// [`start`] with listeners bound beforehand.
+pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Running> {
     let data_dir = config.device.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
@@ -104,6 +136,7 @@ pub async fn start(config: &Config) -> Result<Running> {
         completed_tx,
     );
     let tracker_task = tokio::spawn(tracker.run(events_rx));
+    let uploads_tx = events_tx.downgrade();
 
     // DICOM listeners.
     let mut scp = Scp::new(
@@ -126,9 +159,12 @@ pub async fn start(config: &Config) -> Result<Running> {
     scp.move_destinations = config.pacs.destinations.clone();
     let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for DICOM on {addr} (dicom.bind, dicom.port)"))?;
+    let listener = take_or_bind(
+        prebound.dicom.take(),
+        addr,
+        "DICOM (dicom.bind, dicom.port)",
+    )
+    .await?;
     let dicom_addr = listener.local_addr()?;
     tasks.push(tokio::spawn(receive::server::serve(
         listener,
@@ -150,9 +186,12 @@ pub async fn start(config: &Config) -> Result<Running> {
         )
         .context("DICOM TLS (dicom.cert, dicom.key, dicom.ca)")?;
         let addr = SocketAddr::new(config.dicom.bind, config.dicom.tls_port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen for DICOM TLS on {addr} (dicom.bind, dicom.tls_port)")
-        })?;
+        let listener = take_or_bind(
+            prebound.dicom_tls.take(),
+            addr,
+            "DICOM TLS (dicom.bind, dicom.tls_port)",
+        )
+        .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
         tasks.push(tokio::spawn(receive::server::serve(
             listener,
@@ -192,9 +231,15 @@ pub async fn start(config: &Config) -> Result<Running> {
     )?;
     console_state.outbox = Some(delivery.outbox.clone());
     console_state.publisher = Some(publisher.clone());
+    console_state.assembly = Some(uploads_tx);
     let console_state = Arc::new(console_state);
-    let (console_addr, console_task) =
-        console::start(config, console_state, shutdown_rx.clone()).await?;
+    let (console_addr, console_task) = console::start(
+        config,
+        console_state,
+        prebound.console.take(),
+        shutdown_rx.clone(),
+    )
+    .await?;
     tasks.push(console_task);
 
     // Retention of pixel data.
@@ -290,7 +335,12 @@ pub async fn start(config: &Config) -> Result<Running> {
 
 /// `duli run`: starts, notifies systemd, runs until SIGTERM/SIGINT, stops gracefully.
 pub async fn run(config: Config) -> Result<()> {
-    let running = start(&config).await?;
+    run_with(config, Prebound::default()).await
+}
+
+/// [`run`] with listeners bound beforehand (see [`crate::privileges`]).
+pub async fn run_with(config: Config, prebound: Prebound) -> Result<()> {
+    let running = start_with(&config, prebound).await?;
     notify::notify("READY=1");
     if let Some(interval) = notify::watchdog_interval() {
         let store = running.store.clone();

@@ -142,10 +142,25 @@ pub async fn run(
         );
     }
     println!(
-        "\nConsole: https://{}/ (self-signed certificate unless console.cert is set; \
-         create a login with `duli user add NAME --role radiologist`)",
+        "\nConsole: https://{}/ (self-signed certificate unless console.cert is set)",
         running.console_addr
     );
+    let code_file = running
+        .store
+        .root()
+        .join("console")
+        .join(crate::console::setup::CODE_FILE);
+    match std::fs::read_to_string(&code_file) {
+        Ok(code) => println!(
+            "First visit: the console asks for first-time setup; enter the one-time code {} \
+             (also in {}) and choose the administrator's name and password.",
+            code.trim(),
+            code_file.display()
+        ),
+        Err(_) => println!(
+            "Log in with an existing account, or add one: `duli user add NAME --role radiologist`."
+        ),
+    }
     let code = if ok == results.len() {
         ExitCode::SUCCESS
     } else {

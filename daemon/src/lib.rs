@@ -22,6 +22,7 @@
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
 //! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
+//! - [`privileges`]: started as root, binds the listeners then switches to the service user.
 //! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
 //! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
 //!   the post-update health check.
@@ -51,6 +52,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod privileges;
 pub mod provision;
 pub mod qr;
 pub mod receive;

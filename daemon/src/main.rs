@@ -30,6 +30,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// When started as root, stay root instead of switching to device.service_user.
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Run the daemon on defaults, send the sample X-rays to it and show what was recorded.
     Demo {
@@ -405,9 +408,11 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     duli::logging::init();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, allow_root } => {
             let cfg = load_config(config.as_deref())?;
-            runtime()?.block_on(duli::daemon::run(cfg))?;
+            // Before the runtime starts: credentials change while the process has one thread.
+            let (prebound, _) = duli::privileges::enter_service_user(&cfg, allow_root)?;
+            runtime()?.block_on(duli::daemon::run_with(cfg, prebound))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -744,9 +749,14 @@ fn provision_apply(
         cfg.device.site_id, cfg.device.device_id, cfg.dicom.ae_title
     );
     if let Some(admin) = &plan.admin {
+        let how = if admin.password.is_some() {
+            "the daemon creates the account at its next start"
+        } else {
+            "finish on the console's first-time setup page with the setup code the daemon \
+             logs (also in <data dir>/console/setup-code)"
+        };
         println!(
-            "first administrator {:?}: pending in {}; run `duli user add {} --role admin` \
-             (or open the console's first-boot page) to create the account",
+            "first administrator {:?}: pending in {}; {how}, or run `duli user add {} --role admin`",
             admin.name,
             target
                 .config

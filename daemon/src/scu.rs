@@ -76,6 +76,62 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// A configured DICOM peer of this box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The destination's name (`this box` for the own SCP).
+    pub name: String,
+    /// Whether it is this box's own SCP.
+    pub own: bool,
+    /// Its address and AE title.
+    pub target: Target,
+}
+
+/// This box's SCP first (an unspecified bind address is reached over loopback), then the
+/// `[[pacs.destinations]]`: what the connectivity checks echo.
+pub fn configured_peers(config: &crate::config::Config) -> Vec<Peer> {
+    let host = match config.dicom.bind {
+        std::net::IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(a) if a.is_unspecified() => "::1".to_string(),
+        a => a.to_string(),
+    };
+    let own = Peer {
+        name: "this box".into(),
+        own: true,
+        target: Target {
+            ae_title: config.dicom.ae_title.clone(),
+            host,
+            port: config.dicom.port,
+        },
+    };
+    std::iter::once(own)
+        .chain(config.pacs.destinations.iter().map(|d| Peer {
+            name: d.name.clone(),
+            own: false,
+            target: Target {
+                ae_title: d.ae_title.clone(),
+                host: d.host.clone(),
+                port: d.port,
+            },
+        }))
+        .collect()
+}
+
+/// An error with its causes (`outer: inner: innermost`), so "could not connect" says why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn options(calling_ae: &str, target: &Target) -> ClientAssociationOptions<'static> {
@@ -100,7 +156,7 @@ pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuErro
         .await
         .map_err(|e| ScuError::Association {
             target: target.to_string(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         })?;
     let pc = assoc
         .presentation_contexts()
@@ -487,7 +543,7 @@ impl StoreAssociation {
             .await
             .map_err(|e| ScuError::Association {
                 target: target.to_string(),
-                reason: e.to_string(),
+                reason: with_causes(&e),
             })?;
         let _ = AsyncAssociation::inner_stream(&mut assoc).set_nodelay(true);
         let accepted = assoc

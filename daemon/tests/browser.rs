@@ -1,8 +1,10 @@
 //! The console end to end in headless Chromium, driven through chromedriver's WebDriver
 //! HTTP API: log in, see a study that `storescu` just sent appear in the worklist without
 //! reloading, open it, check the 16-bit image renders and window/level follows a drag,
-//! toggle the heatmap, give feedback, log out. Screenshots go to
-//! `$CARGO_TARGET_TMPDIR/console-screenshots/`.
+//! toggle the heatmap, give feedback, log out; then sample studies analysed by the real
+//! model, a PNG uploaded through the upload page, and the technician's C-ECHO table and
+//! outbox retry. Screenshots go to `$CARGO_TARGET_TMPDIR/console-screenshots/`
+//! (`worklist-analysed.png` and `study-analysed.png` are the README's).
 
 mod common;
 
@@ -143,6 +145,15 @@ impl WebDriver {
         }
     }
 
+    /// Waits until an element matches `css`.
+    fn wait_css(&self, css: &str, secs: u64) {
+        self.wait_for(
+            css,
+            &format!("document.querySelector({css:?})"),
+            Duration::from_secs(secs),
+        );
+    }
+
     fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine;
         let b64 = self.call("GET", "/screenshot", None);
@@ -187,23 +198,53 @@ impl Drop for WebDriver {
 }
 
 fn study_uid_of(file: &std::path::Path) -> String {
-    use dicom_dictionary_std::tags;
-    let obj = dicom_object::open_file(file).unwrap();
-    obj.element(tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .trim()
-        .to_string()
+    dicom_attr(file, dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+}
+
+/// chromedriver's path when it and chromium are installed; a SKIP line otherwise.
+fn chromedriver() -> Option<PathBuf> {
+    match (which("chromedriver"), which("chromium")) {
+        (Some(driver), Some(_)) => Some(driver),
+        _ => {
+            skip("chromium or chromium-driver absent (apt-get install chromium chromium-driver)");
+            None
+        }
+    }
+}
+
+/// chromedriver on a free port with one headless Chromium session; the session ends
+/// before the driver stops (fields drop in order).
+struct Browser {
+    wd: WebDriver,
+    _driver: Background,
+    _root: TestDir,
+}
+
+impl Browser {
+    fn start(driver_bin: &std::path::Path) -> Browser {
+        let port = free_port();
+        let root = temp_dir("chromedriver");
+        let mut driver = Background::spawn(
+            "chromedriver",
+            std::process::Command::new(driver_bin).arg(format!("--port={port}")),
+            &root.path().join("chromedriver.log"),
+        )
+        .unwrap();
+        driver
+            .wait_for_port(loopback(port), Duration::from_secs(30))
+            .unwrap();
+        Browser {
+            wd: WebDriver::start(loopback(port)),
+            _driver: driver,
+            _root: root,
+        }
+    }
 }
 
 #[test]
 fn console_in_headless_chromium() {
-    let (Some(driver_bin), Some(_)) = (which("chromedriver"), which("chromium")) else {
-        return skip(
-            "chromium or chromium-driver absent (apt-get install chromium chromium-driver)",
-        );
+    let Some(driver_bin) = chromedriver() else {
+        return;
     };
     let Some(files) = sample_dicoms("explicit-le") else {
         return;
@@ -240,35 +281,13 @@ fn console_in_headless_chromium() {
     }
     d.restart();
 
-    let port = free_port();
-    let root = temp_dir("chromedriver");
-    let mut driver = Background::spawn(
-        "chromedriver",
-        std::process::Command::new(driver_bin).arg(format!("--port={port}")),
-        &root.path().join("chromedriver.log"),
-    )
-    .unwrap();
-    driver
-        .wait_for_port(loopback(port), Duration::from_secs(30))
-        .unwrap();
-    let wd = WebDriver::start(loopback(port));
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
     let base = format!("https://127.0.0.1:{}", d.console_port);
 
     // Log in.
-    wd.go(&format!("{base}/#/login"));
-    wd.wait_for(
-        "login form",
-        "document.querySelector('#login-form')",
-        Duration::from_secs(20),
-    );
-    wd.type_into("#username", "rita");
-    wd.type_into("#password", PW);
-    wd.click("#login-form button[type=submit]");
-    wd.wait_for(
-        "live worklist",
-        "location.hash === '#/worklist' && document.querySelector('#live.on')",
-        Duration::from_secs(20),
-    );
+    log_in(wd, &base, "rita", "#/worklist");
+    wd.wait_css("#live.on", 20);
     assert_eq!(
         wd.js("return document.querySelectorAll('#worklist-body tr').length;"),
         json!(0)
@@ -379,11 +398,7 @@ fn console_in_headless_chromium() {
 
     // Log out: back to the login form, and the API refuses the old session.
     wd.click("#logout");
-    wd.wait_for(
-        "login form",
-        "document.querySelector('#login-form')",
-        Duration::from_secs(10),
-    );
+    wd.wait_css("#login-form", 10);
     let status = wd.js(
         "const x = new XMLHttpRequest(); x.open('GET', '/api/v1/me', false); x.send(); return x.status;",
     );
@@ -396,4 +411,258 @@ fn console_in_headless_chromium() {
     );
     out.assert_success("audit verify");
     eprintln!("screenshots: {} {}", shot.display(), shot2.display());
+}
+
+/// Whether the OpenVINO runtime and the default model are in the checkout.
+fn inference_available() -> bool {
+    repo_root()
+        .join(".cache/openvino/libs/libopenvino_c.so")
+        .exists()
+        && repo_root()
+            .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
+            .exists()
+}
+
+/// Logs `user` in through the login form and waits for `hash`.
+fn log_in(wd: &WebDriver, base: &str, user: &str, hash: &str) {
+    wd.go(&format!("{base}/#/login"));
+    wd.wait_css("#login-form", 20);
+    wd.type_into("#username", user);
+    wd.type_into("#password", PW);
+    wd.click("#login-form button[type=submit]");
+    wd.wait_for(
+        hash,
+        &format!("location.hash === '{hash}'"),
+        Duration::from_secs(20),
+    );
+}
+
+/// Sample studies analysed by the real model (when it is installed), an image uploaded
+/// through the upload page, the worklist and study pages with real results, then the
+/// technician's system page: the C-ECHO table and the outbox with a retry.
+#[test]
+fn uploads_results_and_the_system_page_in_headless_chromium() {
+    let Some(driver_bin) = chromedriver() else {
+        return;
+    };
+    let Some(samples) = samples_dir() else {
+        return;
+    };
+    if which("storescu").is_none() {
+        return skip("storescu absent");
+    }
+    let analysed = inference_available();
+    if !analysed {
+        skip("OpenVINO runtime or model absent: studies stay queued, no results shown");
+    }
+    // A RIS that is down: the reports of the received studies wait in the outbox.
+    let ris = free_port();
+    let mut builder =
+        Daemon::builder()
+            .config("hl7", "enabled", "true")
+            .config("hl7", "port", &ris.to_string());
+    if analysed {
+        builder = builder.with_inference();
+    }
+    let d = builder.start();
+    d.add_user("rita", "radiologist", PW);
+    d.add_user("theo", "technician", PW);
+
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
+    let base = format!("https://127.0.0.1:{}", d.console_port);
+    log_in(wd, &base, "rita", "#/worklist");
+
+    let files: Vec<PathBuf> = ["PNEUMONIA_01", "NORMAL_02", "PNEUMONIA_05", "NORMAL_07"]
+        .iter()
+        .map(|n| samples.join(format!("dicom/explicit-le/{n}.dcm")))
+        .collect();
+    d.storescu("MODALITY", &[], &files)
+        .unwrap()
+        .assert_success("storescu");
+
+    // Upload a PNG through the page; the answer links to the new study.
+    wd.click("#nav a[href='#/upload']");
+    wd.wait_css("#upload-file", 10);
+    // ChromeDriver takes only canonical paths for file inputs.
+    let png = samples.join("png/PNEUMONIA_03.png").canonicalize().unwrap();
+    wd.type_into("#upload-file", png.to_str().unwrap());
+    wd.wait_css("#upload-study-link", 30);
+    let msg = wd.js("return document.querySelector('#upload-msg').textContent;");
+    assert!(
+        msg.as_str().unwrap().contains("as patient UPLOAD-"),
+        "{msg}"
+    );
+    assert_eq!(
+        wd.js("return document.querySelector('#upload-progress').value;"),
+        json!(100)
+    );
+    wd.screenshot("upload.png");
+    wd.click("#upload-study-link");
+    wd.wait_for(
+        "uploaded study page",
+        "document.querySelector('#image') && document.querySelector('#image').dataset.rendered === 'true'",
+        Duration::from_secs(30),
+    );
+    let page = wd.js("return document.body.innerText;");
+    assert!(page.as_str().unwrap().contains("UPLOAD-"), "{page}");
+
+    // The worklist: five studies, analysed when the model is installed.
+    wd.go(&format!("{base}/#/worklist"));
+    let want = if analysed {
+        "[...document.querySelectorAll('#worklist-body tr')].length === 5 && \
+         [...document.querySelectorAll('#worklist-body .state')].every((e) => e.textContent === 'done')"
+    } else {
+        "document.querySelectorAll('#worklist-body tr').length === 5"
+    };
+    wd.wait_for(
+        "five studies in the worklist",
+        want,
+        Duration::from_secs(240),
+    );
+    let shot_worklist = wd.screenshot("worklist-analysed.png");
+
+    // The first urgent study with its real heatmap.
+    if analysed {
+        let urgent = wd.js("return document.querySelectorAll('#worklist-body tr.urgent').length;");
+        assert!(urgent.as_u64().unwrap() >= 1, "no urgent study");
+        // A received (not uploaded) urgent study; its heatmap is drawn after the result,
+        // so open it again until the page has one.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            wd.go(&format!("{base}/#/worklist"));
+            wd.wait_for(
+                "worklist rows",
+                "document.querySelectorAll('#worklist-body tr').length === 5",
+                Duration::from_secs(20),
+            );
+            wd.js("[...document.querySelectorAll('#worklist-body tr.urgent')]
+                     .find((r) => !r.innerText.includes('UPLOAD-')).querySelector('a').click();");
+            wd.wait_for(
+                "analysed study",
+                "document.querySelector('#image') && document.querySelector('#image').dataset.rendered === 'true'",
+                Duration::from_secs(30),
+            );
+            let heat = wd.js("const h = document.querySelector('#heatmap'); \
+                 return !!h && h.complete && h.naturalWidth > 0;");
+            if heat == json!(true) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no heatmap on the study page");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        // Its report waits for the RIS, which is down.
+        let delivery = wd.js("return document.querySelector('#delivery').innerText;");
+        assert!(
+            delivery.as_str().unwrap().contains("hl7")
+                && delivery.as_str().unwrap().contains("report"),
+            "{delivery}"
+        );
+        let shot_study = wd.screenshot("study-analysed.png");
+        eprintln!(
+            "screenshots: {} {}",
+            shot_worklist.display(),
+            shot_study.display()
+        );
+    }
+
+    // The technician's system page: C-ECHO to this box, and the outbox with a retry.
+    wd.click("#logout");
+    wd.wait_css("#login-form", 10);
+    log_in(wd, &base, "theo", "#/system");
+    wd.wait_css("#echo-run", 10);
+    wd.click("#echo-run");
+    wd.wait_css("#echo-body tr", 30);
+    let row = wd.js("return document.querySelector('#echo-body tr').innerText;");
+    assert!(
+        row.as_str().unwrap().contains("this box") && row.as_str().unwrap().contains("success"),
+        "{row}"
+    );
+    if analysed {
+        // Four received studies, four reports waiting for the RIS (the upload has none).
+        wd.wait_for(
+            "reports waiting for the RIS",
+            "document.querySelectorAll('.outbox-entries tbody tr').length === 4 || \
+             (document.querySelector('#outbox-refresh').click(), false)",
+            Duration::from_secs(60),
+        );
+        wd.wait_for(
+            "retry button of the RIS",
+            "document.querySelector('#retry-dest-hl7') || \
+             (document.querySelector('#outbox-refresh').click(), false)",
+            Duration::from_secs(60),
+        );
+        wd.screenshot("system.png");
+        wd.click("#retry-dest-hl7");
+        let msg = wd.wait_for(
+            "retry answer",
+            "document.querySelector('#outbox-msg').textContent",
+            Duration::from_secs(10),
+        );
+        assert!(
+            msg.as_str().unwrap().starts_with("hl7: ")
+                && msg.as_str().unwrap().ends_with("re-queued."),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn first_time_setup_in_headless_chromium() {
+    let Some(driver_bin) = chromedriver() else {
+        return;
+    };
+    let d = Daemon::start();
+    let code = std::fs::read_to_string(d.data_dir().join("console/setup-code")).unwrap();
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
+    let base = format!("https://127.0.0.1:{}", d.console_port);
+
+    // No account at all: the login page is the setup form.
+    wd.go(&format!("{base}/"));
+    wd.wait_for(
+        "setup form",
+        "document.querySelector('#setup-form')",
+        Duration::from_secs(20),
+    );
+    wd.screenshot("first-time-setup.png");
+    assert_eq!(
+        wd.js("return getComputedStyle(document.getElementById('nav')).display + ' ' + getComputedStyle(document.getElementById('who')).display;"),
+        json!("none none"),
+        "no navigation or log-out button before anyone is logged in"
+    );
+    // A wrong code is refused on the page.
+    wd.type_into("#setup-code", "AAAA-BBBB-CCCC-DDDD");
+    wd.type_into("#setup-user", "ada");
+    wd.type_into("#setup-password", PW);
+    wd.type_into("#setup-again", PW);
+    wd.click("#setup-form button[type=submit]");
+    wd.wait_for(
+        "refusal",
+        "document.querySelector('#setup-form .error').textContent.includes('Wrong setup code')",
+        Duration::from_secs(20),
+    );
+    wd.js("document.querySelector('#setup-code').value = '';");
+    wd.type_into("#setup-code", code.trim());
+    wd.click("#setup-form button[type=submit]");
+    // Created, logged in, on the admin's home page.
+    wd.wait_for(
+        "logged in as the new admin",
+        "location.hash === '#/users' && document.querySelector('#who-name').textContent === 'ada (admin)'",
+        Duration::from_secs(30),
+    );
+    let shot = wd.screenshot("first-time-setup-done.png");
+    assert!(shot.exists());
+    // From now on the login page is the login form.
+    wd.click("#logout");
+    wd.wait_for(
+        "login form",
+        "document.querySelector('#login-form') && !document.querySelector('#setup-form')",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        wd.js("return !!document.querySelector('#setup-form');"),
+        json!(false)
+    );
 }

@@ -38,6 +38,14 @@ fn demo_sends_the_samples_and_exits_once_recorded() {
         .filter(|l| l.contains(" done ") && l.contains("Pneumonia"))
         .collect();
     assert_eq!(rows.len(), 16, "{}", out.stdout);
+    // How to reach the console, and how to get in the first time.
+    assert!(out.stdout.contains("Console: https://"), "{}", out.stdout);
+    let code = std::fs::read_to_string(dir.path().join("data/console/setup-code")).unwrap();
+    assert!(
+        out.stdout.contains(&format!("one-time code {}", code.trim())),
+        "{}",
+        out.stdout
+    );
     // The model finds 6 of the 8 pneumonia cases and flags NORMAL_06 (SOURCE.md).
     assert_eq!(
         rows.iter().filter(|l| l.contains("URGENT")).count(),

@@ -1,7 +1,8 @@
 //! `duli provision`, `duli provision --check` and `duli diagnostics` as a technician runs
 //! them: the documented example file applied to a temporary configuration folder, each kind
 //! of bad input refused with nothing changed on disk, connectivity against a daemon and
-//! peers started here and against closed ports, and a support bundle free of secrets.
+//! peers started here and against closed ports, a support bundle free of secrets, and the
+//! daemon creating the provisioned first administrator at its first start.
 
 mod common;
 
@@ -590,4 +591,74 @@ fn check_passes_against_live_peers_and_fails_on_closed_ports() {
         assert!(row("MQTT connect").contains("FAIL"), "{table}");
     }
     assert!(table.contains("FAILED"), "{table}");
+}
+
+#[test]
+fn the_daemon_creates_the_provisioned_admin_at_its_first_start() {
+    let s = Stick::new();
+    s.provision(&["--owner", "duli"])
+        .assert_success("duli provision");
+    let pending = s.path("box/etc/pending-admin.toml");
+    assert!(pending.exists());
+    // The provisioned configuration, on loopback test ports and without its peers.
+    let d = Daemon::builder()
+        .arg("--config")
+        .arg(s.config().to_str().unwrap())
+        .data_dir(&s.path("box/data"))
+        .config("dicom", "tls", "false")
+        .config("dicom", "allowed_peers", "[]")
+        .config("mqtt", "enabled", "false")
+        .config("hl7", "enabled", "false")
+        .start();
+    assert!(!pending.exists(), "the initial password is not kept");
+    assert!(!s.path("box/data/console/setup-code").exists());
+    let setup = d.http_get("/api/v1/setup").unwrap().json();
+    assert_eq!(setup["required"], false, "{setup}");
+    let admin = d.login("admin", PASSWORD);
+    assert_eq!(admin.get("/api/v1/me").json()["role"], "admin");
+    let audit = admin.get("/api/v1/audit").json();
+    assert!(
+        audit["records"].as_array().unwrap().iter().any(|r| {
+            r["action"] == "user_change"
+                && r["object"] == "admin"
+                && r["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("from the provisioning file")
+        }),
+        "{audit}"
+    );
+}
+
+#[test]
+fn on_the_image_the_time_zone_goes_through_the_links_into_the_data_partition() {
+    let s = Stick::new();
+    // The image's read-only root: /etc/localtime and /etc/timezone link into /data/etc
+    // (seeded with UTC by duli-data-layout.service).
+    let root = s.path("box/root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(root.join("data/etc")).unwrap();
+    std::os::unix::fs::symlink("/data/etc/localtime", root.join("etc/localtime")).unwrap();
+    std::os::unix::fs::symlink("/data/etc/timezone", root.join("etc/timezone")).unwrap();
+    std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", root.join("data/etc/localtime")).unwrap();
+    fs::write(root.join("data/etc/timezone"), "UTC").unwrap();
+
+    s.provision(&[]).assert_success("duli provision");
+    assert_eq!(
+        fs::read_link(root.join("etc/localtime")).unwrap(),
+        Path::new("/data/etc/localtime"),
+        "the image's link is not replaced"
+    );
+    assert_eq!(
+        fs::read_link(root.join("etc/timezone")).unwrap(),
+        Path::new("/data/etc/timezone")
+    );
+    assert_eq!(
+        fs::read_link(root.join("data/etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/America/Sao_Paulo")
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("data/etc/timezone")).unwrap(),
+        "America/Sao_Paulo\n"
+    );
 }

@@ -20,21 +20,28 @@ trap 'rm -rf "$root"' EXIT
 units="$root/usr/lib/systemd/system"
 mkdir -p "$units" "$root/usr/bin" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" \
     "$root/etc/duli" "$root/etc/systemd/system/duli.service.d" "$root/var/lib/duli/firmware"
-for unit in duli.service duli-update.service duli-update.path duli-mark-good.service var-lib-duli.mount; do
+all_units="duli.service duli-update.service duli-update.path duli-mark-good.service data.mount \
+    duli-data-layout.service var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
+for unit in $all_units; do
     cp "$here/systemd/$unit" "$units/"
 done
 cp "$here/systemd/duli.sysusers" "$root/usr/lib/sysusers.d/duli.conf"
 cp "$here/systemd/duli.tmpfiles" "$root/usr/lib/tmpfiles.d/duli.conf"
+mkdir -p "$root/usr/lib/duli" "$root/usr/share/duli"
+cp "$here/systemd/duli-data-layout.conf" "$root/usr/lib/duli/data-layout.conf"
+cp "$here/config/duli.toml" "$root/usr/share/duli/duli.toml"
+cp "$here/systemd/duli-timesyncd.conf" "$root/usr/share/duli/timesyncd.conf"
 # Stand-in for the installed binary: verify only checks that ExecStart= exists and runs.
 printf '#!/bin/sh\nexit 0\n' > "$root/usr/bin/duli"
 chmod 755 "$root/usr/bin/duli"
+cp "$root/usr/bin/duli" "$root/usr/bin/systemd-tmpfiles"
 # Units referenced by the ones under test, so verify can load the dependency graph.
 cp /usr/lib/systemd/system/{network-online.target,time-sync.target,multi-user.target,basic.target,sysinit.target,shutdown.target,reboot.target} "$units/" 2>/dev/null || true
 
 echo "== systemd-analyze verify --root"
-out="$(systemd-analyze verify --root="$root" \
-    "$units/duli.service" "$units/duli-update.service" "$units/duli-update.path" \
-    "$units/duli-mark-good.service" "$units/var-lib-duli.mount" 2>&1)" || { echo "$out"; echo "FAIL: verify"; exit 1; }
+mapfile -t unit_paths < <(for u in $all_units; do echo "$units/$u"; done)
+out="$(systemd-analyze verify --root="$root" "${unit_paths[@]}" 2>&1)" \
+    || { echo "$out"; echo "FAIL: verify"; exit 1; }
 # verify prints warnings without failing; any line naming our units is a finding.
 if echo "$out" | grep -E 'duli' ; then
     echo "FAIL: systemd-analyze verify reported findings for the units above"
@@ -48,6 +55,40 @@ grep -q '^duli:' "$root/etc/passwd" || { echo "FAIL: sysusers did not create dul
 systemd-tmpfiles --root="$root" --create "$root/usr/lib/tmpfiles.d/duli.conf"
 test "$(stat -c '%a %U' "$root/var/lib/duli/firmware" 2>/dev/null | cut -d' ' -f1)" = 750 \
     || { echo "FAIL: tmpfiles did not create /var/lib/duli/firmware 0750"; exit 1; }
+echo "ok"
+
+echo "== data partition layout (duli-data-layout.service's tmpfiles lines)"
+# What the service does at boot, on the staged tree: the bind mounts' sources, the seeded
+# configuration, and a provisioned configuration left alone on the next boot.
+systemd-tmpfiles --root="$root" --create "$root/usr/lib/duli/data-layout.conf"
+# Owners by number, named through the staged tree's own passwd/group (not the host's).
+uid_of() { [ "$1" = root ] && echo 0 || awk -F: -v n="$1" '$1 == n { print $3 }' "$root/etc/passwd"; }
+gid_of() { [ "$1" = root ] && echo 0 || awk -F: -v n="$1" '$1 == n { print $3 }' "$root/etc/group"; }
+check_mode() {
+    local want="$2 $(uid_of "$3"):$(gid_of "$4")"
+    test "$(stat -c '%a %u:%g' "$root$1")" = "$want" \
+        || { echo "FAIL: $1 is $(stat -c '%a %u:%g' "$root$1"), want $want ($3:$4)"; exit 1; }
+}
+check_mode /data/etc 755 root root
+check_mode /data/etc/duli 750 root duli
+check_mode /data/duli 750 duli duli
+cmp -s "$root/data/etc/duli/duli.toml" "$here/config/duli.toml" \
+    || { echo "FAIL: /data/etc/duli/duli.toml not seeded from the image's default"; exit 1; }
+cmp -s "$root/data/etc/timesyncd.conf.d/duli.conf" "$here/systemd/duli-timesyncd.conf" \
+    || { echo "FAIL: the NTP drop-in not seeded"; exit 1; }
+test "$(readlink "$root/data/etc/localtime")" = /usr/share/zoneinfo/UTC \
+    || { echo "FAIL: /data/etc/localtime is not a link to UTC"; exit 1; }
+test "$(cat "$root/data/etc/timezone")" = UTC || { echo "FAIL: /data/etc/timezone is not UTC"; exit 1; }
+echo '# provisioned' > "$root/data/etc/duli/duli.toml"
+systemd-tmpfiles --root="$root" --create "$root/usr/lib/duli/data-layout.conf"
+grep -q '^# provisioned' "$root/data/etc/duli/duli.toml" \
+    || { echo "FAIL: the seed overwrote a provisioned configuration"; exit 1; }
+for m in var-lib-duli etc-duli etc-systemd-timesyncd.conf.d; do
+    grep -q '^Requires=duli-data-layout.service' "$units/$m.mount" \
+        || { echo "FAIL: $m.mount does not require the layout service"; exit 1; }
+done
+grep -qx 'What=/data/etc/duli' "$units/etc-duli.mount" && grep -qx 'Where=/etc/duli' "$units/etc-duli.mount" \
+    || { echo "FAIL: etc-duli.mount does not bind /data/etc/duli to /etc/duli"; exit 1; }
 echo "ok"
 
 # exposure UNIT: prints the report's findings and sets $score.

@@ -10,7 +10,7 @@ use super::roles::{self, Access, Endpoint, NoMatch, Role};
 use super::server::Peer;
 use super::sessions::{self, Session};
 use super::users::{self, User, UserInfo};
-use super::{assets, atna, events, feedback, preview, Console};
+use super::{assets, atna, echo, events, feedback, outbox_view, preview, upload, Console};
 use crate::audit::{Action, Event};
 use crate::model::StudyRecord;
 use bytes::Buf;
@@ -43,22 +43,60 @@ pub struct Request {
     pub headers: HeaderMap,
     /// Client address.
     pub peer: Option<IpAddr>,
-    /// Body (at most [`MAX_BODY`]).
+    /// Body (at most [`MAX_BODY`], or [`upload::MAX_UPLOAD`] for uploads).
     pub body: Vec<u8>,
 }
 
 type Body = Result<Vec<u8>, ApiError>;
 
-async fn read_body<S, B>(mut stream: S) -> Body
+/// `n` bytes as the 413 answer states the limit (`64 KB`, `64 MB`).
+fn size_text(n: usize) -> String {
+    if n >= 1024 * 1024 {
+        format!("{} MB", n / (1024 * 1024))
+    } else {
+        format!("{} KB", n / 1024)
+    }
+}
+
+/// The largest body this request may send: uploads from a session allowed to upload may
+/// send [`upload::MAX_UPLOAD`], everything else [`MAX_BODY`]. `None` for an upload that
+/// will be refused (no session, or a role that may not upload): its body is not read, so
+/// the answer is the 401 or 403, whatever its size.
+fn body_limit(
+    console: &Console,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<usize> {
+    let Ok(m) = roles::find(method.as_str(), path) else {
+        return Some(MAX_BODY);
+    };
+    if m.route.endpoint != Endpoint::Upload {
+        return Some(MAX_BODY);
+    }
+    session_token(headers)
+        .and_then(|t| console.sessions.lookup(&t).ok().flatten())
+        .filter(|s| m.route.access.allows(s.role))
+        .map(|_| upload::MAX_UPLOAD)
+}
+
+async fn read_body<S, B>(mut stream: S, headers: &HeaderMap, limit: usize) -> Body
 where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(size_text(limit)));
+    }
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if out.len() + chunk.remaining() > MAX_BODY {
-            return Err(ApiError::TooLarge);
+        if out.len() + chunk.remaining() > limit {
+            return Err(ApiError::TooLarge(size_text(limit)));
         }
         while chunk.has_remaining() {
             let c = chunk.chunk();
@@ -89,7 +127,10 @@ pub fn filter(
                   body| {
                 let console = console.clone();
                 async move {
-                    let body = read_body(Box::pin(body)).await;
+                    let body = match body_limit(&console, &method, path.as_str(), &headers) {
+                        Some(limit) => read_body(Box::pin(body), &headers, limit).await,
+                        None => Ok(Vec::new()),
+                    };
                     let query = parse_query(&query);
                     let req = Request {
                         method,
@@ -151,8 +192,8 @@ fn source(req: &Request) -> String {
     req.peer.map(|p| p.to_string()).unwrap_or_default()
 }
 
-fn session_token(req: &Request) -> Option<String> {
-    req.headers
+fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(warp::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -167,7 +208,7 @@ fn is_json(req: &Request) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
+pub(super) fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
     if !is_json(req) {
         return Err(ApiError::BadRequest(
             "the body must be JSON (Content-Type: application/json)".into(),
@@ -178,7 +219,7 @@ fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
 
 /// The session of a request, when it has a valid one.
 pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
-    let Some(token) = session_token(req) else {
+    let Some(token) = session_token(&req.headers) else {
         return Ok(None);
     };
     Ok(console.sessions.lookup(&token)?.map(|s| (token, s)))
@@ -198,7 +239,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         NoMatch::MethodNotAllowed => ApiError::MethodNotAllowed,
     })?;
     let route = matched.route;
-    let session = if route.access == Access::Public {
+    let session = if matches!(route.access, Access::Public | Access::Setup) {
         None
     } else {
         let (token, s) = session_of(&console, &req)?.ok_or(ApiError::Unauthenticated)?;
@@ -233,6 +274,8 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         }
         (Endpoint::Asset, _) => asset(&req.path),
         (Endpoint::Login, _) => login(c, &req).await,
+        (Endpoint::SetupStatus, _) => super::setup::status(c).await,
+        (Endpoint::Setup, _) => super::setup::complete(c, &req).await,
         (_, None) => Err(ApiError::Unauthenticated),
         (Endpoint::Logout, Some((token, s))) => logout(c, &req, &token, &s).await,
         (Endpoint::Me, Some((_, s))) => Ok(reply::json(
@@ -269,6 +312,12 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         }
         (Endpoint::System, Some(_)) => system(c),
         (Endpoint::Outbox, Some(_)) => outbox(c),
+        (Endpoint::OutboxRetry, Some((_, s))) => outbox_retry(c, &req, &s).await,
+        (Endpoint::Echo, Some(_)) => Ok(reply::json(
+            StatusCode::OK,
+            &json!({"results": echo::echo_all(&c.echo_peers, &c.ae_title, ECHO_LIMIT).await}),
+        )),
+        (Endpoint::Upload, Some((_, s))) => upload_file(c, req, &s).await,
     }
 }
 
@@ -277,7 +326,7 @@ fn asset(path: &str) -> Result<Response, ApiError> {
     Ok(reply::bytes(StatusCode::OK, ctype, body.to_vec()))
 }
 
-async fn audit_now(c: &Console, event: Event) -> Result<(), ApiError> {
+pub(super) async fn audit_now(c: &Console, event: Event) -> Result<(), ApiError> {
     c.audit.append(event)?;
     c.store.flush().await?;
     Ok(())
@@ -518,7 +567,7 @@ async fn studies(c: &Console, req: &Request, s: &Session) -> Result<Response, Ap
     ))
 }
 
-fn delivery_of(c: &Console, uid: &str, result: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+fn delivery_of(c: &Console, result: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     if let Some(Value::Array(d)) = result.and_then(|r| r.get("delivery")) {
         return Ok(d.clone());
     }
@@ -528,26 +577,29 @@ fn delivery_of(c: &Console, uid: &str, result: Option<&Value>) -> Result<Vec<Val
             .map(|(k, v)| json!({"destination": k, "state": v}))
             .collect());
     }
-    let mut out = Vec::new();
-    for kv in c.store.tree("outbox")?.iter().take(100_000) {
-        let (_, v) = kv.map_err(crate::store::StoreError::from)?;
-        let Ok(entry) = serde_json::from_slice::<Value>(&v) else {
-            continue;
-        };
-        let study = entry
-            .get("study_uid")
-            .or_else(|| entry.get("study_instance_uid"))
-            .and_then(Value::as_str);
-        if study == Some(uid) {
-            out.push(json!({
-                "destination": entry.get("dest").or_else(|| entry.get("destination")),
-                "state": entry.get("state"),
-                "attempts": entry.get("attempts"),
-                "last_error": entry.get("last_error"),
-            }));
-        }
-    }
-    Ok(out)
+    // Otherwise the outbox's account of the result's report: pending and delivered.
+    let (Some(outbox), Some(report_id)) = (
+        c.outbox.as_deref(),
+        result
+            .and_then(|r| r.get("report_id"))
+            .and_then(Value::as_str),
+    ) else {
+        return Ok(Vec::new());
+    };
+    Ok(outbox
+        .status_of(report_id)
+        .map_err(outbox_error)?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "destination": s.dest.name(),
+                "kind": s.kind.as_str(),
+                "state": s.state,
+                "attempts": s.attempts,
+                "last_error": s.last_error,
+            })
+        })
+        .collect())
 }
 
 fn safe_data_path(c: &Console, rel: &str) -> Option<std::path::PathBuf> {
@@ -594,7 +646,7 @@ async fn study(c: &Console, req: &Request, s: &Session, uid: &str) -> Result<Res
         })
         .collect();
     let fb = feedback::of_study(&c.store, uid)?;
-    let delivery = delivery_of(c, uid, result.as_ref())?;
+    let delivery = delivery_of(c, result.as_ref())?;
     audit_now(
         c,
         Event::new(&s.user, Action::View, uid)
@@ -975,7 +1027,7 @@ fn system(c: &Console) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(s, n)| (s.as_str().to_string(), n.into()))
         .collect();
-    let outbox = c.store.tree("outbox")?.len();
+    let outbox = c.outbox.as_ref().map(|o| o.fill());
     Ok(reply::json(
         StatusCode::OK,
         &json!({
@@ -985,7 +1037,7 @@ fn system(c: &Console) -> Result<Response, ApiError> {
             "uptime_secs": c.started.elapsed().as_secs(),
             "disk": {"data_dir": c.data_dir.display().to_string(), "free_bytes": free, "total_bytes": total},
             "store": {"instances": c.store.instance_count(), "studies": counts},
-            "outbox": {"entries": outbox},
+            "outbox": outbox,
             "model": {"manifest_path": c.model.display().to_string()},
             "peers": c.peers.iter().map(|p| json!({"name": p.name, "ae_title": p.ae_title, "host": p.host, "port": p.port})).collect::<Vec<_>>(),
             "audit_head": c.audit.head().map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
@@ -993,16 +1045,101 @@ fn system(c: &Console) -> Result<Response, ApiError> {
     ))
 }
 
-fn outbox(c: &Console) -> Result<Response, ApiError> {
-    let mut entries = Vec::new();
-    for kv in c.store.tree("outbox")?.iter().take(500) {
-        let (k, v) = kv.map_err(crate::store::StoreError::from)?;
-        entries.push(json!({
-            "key": String::from_utf8_lossy(&k),
-            "entry": serde_json::from_slice::<Value>(&v).unwrap_or(Value::Null),
-        }));
+fn delivery(c: &Console) -> Result<&crate::deliver::outbox::Outbox, ApiError> {
+    c.outbox
+        .as_deref()
+        .ok_or_else(|| ApiError::Conflict("delivery is not running".into()))
+}
+
+fn outbox_error(e: crate::deliver::outbox::OutboxError) -> ApiError {
+    match e {
+        crate::deliver::outbox::OutboxError::NotFound(_) => ApiError::NotFound,
+        e => ApiError::Internal(e.to_string()),
     }
-    Ok(reply::json(StatusCode::OK, &json!({"entries": entries})))
+}
+
+fn outbox(c: &Console) -> Result<Response, ApiError> {
+    let view =
+        outbox_view::overview(delivery(c)?, crate::clock::now_millis()).map_err(outbox_error)?;
+    Ok(reply::json(StatusCode::OK, &view))
+}
+
+async fn outbox_retry(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
+    let body: outbox_view::RetryBody = parse_json(req)?;
+    let which = body.selector().map_err(ApiError::BadRequest)?;
+    let requeued = delivery(c)?.retry(&which).map_err(outbox_error)?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::Other, "outbox")
+            .from(&source(req))
+            .detail(format!(
+                "retry {}: {requeued} entries re-queued",
+                outbox_view::describe(&which)
+            )),
+    )
+    .await?;
+    Ok(reply::json(StatusCode::OK, &json!({"requeued": requeued})))
+}
+
+/// How long the connectivity test waits for each peer.
+const ECHO_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn upload_file(c: &Console, req: Request, s: &Session) -> Result<Response, ApiError> {
+    let src = source(&req);
+    let filename = req.query.get("name").cloned().unwrap_or_default();
+    let size = req.body.len();
+    let (store, root, name) = (c.store.clone(), c.uid_root.clone(), filename.clone());
+    let body = req.body;
+    let stored = tokio::task::spawn_blocking(move || {
+        let p = upload::prepare(&body, &name, &root)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let rec = crate::results::store_as(&store, &p.object, upload::UPLOAD_AE, false)
+            .map_err(|e| ApiError::Internal(format!("store the upload: {e}")))?;
+        Ok::<_, ApiError>((p.format, p.patient_id, rec))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (format, patient_id, rec) = match stored {
+        Ok(x) => x,
+        Err(e) => {
+            audit_now(
+                c,
+                Event::new(&s.user, Action::Import, "upload")
+                    .from(&src)
+                    .detail(format!("{filename:?} ({size} bytes) refused: {e}"))
+                    .failed(),
+            )
+            .await?;
+            return Err(e);
+        }
+    };
+    let study = rec.study_instance_uid.clone();
+    c.audit.append(
+        Event::new(&s.user, Action::Import, &study)
+            .from(&src)
+            .detail(format!(
+                "upload {filename:?} ({format}, {size} bytes) as patient {patient_id}"
+            )),
+    )?;
+    c.store.flush().await?;
+    if let Some(tx) = c.assembly.as_ref().and_then(|w| w.upgrade()) {
+        let _ = tx
+            .send(crate::assemble::Event::Added {
+                study: study.clone(),
+            })
+            .await;
+    }
+    Ok(reply::json(
+        StatusCode::CREATED,
+        &json!({
+            "study_uid": study,
+            "sop_instance_uid": rec.sop_instance_uid,
+            "sop_class_uid": rec.sop_class_uid,
+            "patient_id": patient_id,
+            "format": format,
+            "study_url": format!("#/study/{study}"),
+        }),
+    ))
 }
 
 /// The event kinds, re-exported for clients of the API documentation.

@@ -22,9 +22,19 @@ pub const ASSETS: &[Asset] = &[
         include_bytes!("../../../web-console/console.js"),
     ),
     (
+        "operations.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web-console/operations.js"),
+    ),
+    (
         "viewer.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../../web-console/viewer.js"),
+    ),
+    (
+        "setup.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web-console/setup.js"),
     ),
     (
         "png16.js",

@@ -10,8 +10,12 @@
 //! - [`preview`]: 16-bit display previews rendered once per instance.
 //! - [`feedback`]: radiologist feedback records and the hook to delivery.
 //! - [`events`]: live study events for the worklist (server-sent events).
+//! - [`upload`]: manual uploads (DICOM, or PNG/JPEG as Secondary Capture), never patient data.
+//! - [`echo`]: C-ECHO to every configured DICOM peer for the system page.
+//! - [`outbox_view`]: the outbox by destination, and technicians' retry requests.
 //! - [`atna`]: audit export as RFC 5424 syslog lines with DICOM audit messages.
 //! - [`assets`]: the embedded front end (`web-console/`).
+//! - [`setup`]: first-time setup of the first administrator with a one-time code.
 //!
 //! `/healthz` and `/metrics` are served on the same HTTPS listener without a session, so
 //! health checks and Prometheus need no account; neither reveals patient data.
@@ -19,14 +23,18 @@
 pub mod api;
 pub mod assets;
 pub mod atna;
+pub mod echo;
 pub mod events;
 pub mod feedback;
+pub mod outbox_view;
 pub mod preview;
 pub mod reply;
 pub mod roles;
 pub mod server;
 pub mod sessions;
+pub mod setup;
 pub mod tls;
+pub mod upload;
 pub mod users;
 
 use crate::audit::Audit;
@@ -69,8 +77,19 @@ pub struct Console {
     pub model: PathBuf,
     /// Configured DICOM peers (system page).
     pub peers: Vec<crate::config::PacsDestination>,
+    /// The peers of the C-ECHO test: this box's SCP and the PACS destinations.
+    pub echo_peers: Vec<crate::scu::Peer>,
+    /// This box's AE title (calling AE of the C-ECHO test).
+    pub ae_title: String,
+    /// `dicom.uid_root`, for the UIDs of uploads.
+    pub uid_root: String,
+    /// Study assembly, told about uploads so they complete like received studies; weak,
+    /// so the console never keeps the assembly stage alive at shutdown.
+    pub assembly: Option<tokio::sync::mpsc::WeakSender<crate::assemble::Event>>,
     /// When the daemon started.
     pub started: Instant,
+    /// First-time setup (open while no admin account exists).
+    pub setup: setup::Setup,
 }
 
 impl Console {
@@ -89,6 +108,9 @@ impl Console {
             Duration::from_secs(config.console.session_max_secs),
         )
         .context("open the sessions tree")?;
+        let config_dir = config.origin.as_deref().and_then(std::path::Path::parent);
+        let setup = setup::Setup::prepare(&users, &audit, store.root(), config_dir)
+            .context("first-time setup")?;
         Ok(Console {
             data_dir: store.root().to_path_buf(),
             store,
@@ -103,7 +125,12 @@ impl Console {
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),
             peers: config.pacs.destinations.clone(),
+            echo_peers: crate::scu::configured_peers(config),
+            ae_title: config.dicom.ae_title.clone(),
+            uid_root: config.dicom.uid_root.clone(),
+            assembly: None,
             started: Instant::now(),
+            setup,
         })
     }
 }
@@ -130,11 +157,12 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Binds the console listener and starts serving; returns the bound address and the task
-/// (which ends after `shutdown` turns true).
+/// Binds the console listener (or takes `prebound`) and starts serving; returns the bound
+/// address and the task (which ends after `shutdown` turns true).
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
+    prebound: Option<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let files = tls::cert_files(
@@ -147,9 +175,9 @@ pub async fn start(
     let tls = tls::server_config(&files).context("console TLS (console.cert, console.key)")?;
     let fingerprint = tls::fingerprint(&files.cert).context("console certificate")?;
     let addr = SocketAddr::new(config.console.bind, config.console.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for the console on {addr} (console.bind, console.port)")
-    })?;
+    let listener =
+        crate::daemon::take_or_bind(prebound, addr, "the console (console.bind, console.port)")
+            .await?;
     let bound = listener.local_addr()?;
     log::info!(
         "console on https://{bound}/ ; certificate {} SHA-256 {fingerprint}{}",
@@ -160,11 +188,6 @@ pub async fn start(
             ""
         }
     );
-    if console.users.is_empty() {
-        log::warn!(
-            "console: no users yet; create the first admin with `duli user add NAME --role admin`"
-        );
-    }
     let task = tokio::spawn(server::serve(listener, tls, console, shutdown));
     Ok((bound, task))
 }

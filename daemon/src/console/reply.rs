@@ -25,9 +25,9 @@ pub enum ApiError {
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
-    /// The body is too large (413).
-    #[error("request body too large")]
-    TooLarge,
+    /// The body is larger than the route accepts (413); the limit as text.
+    #[error("request body too large (at most {0})")]
+    TooLarge(String),
     /// Wrong user name or password, or a disabled account (401).
     #[error("wrong user name or password")]
     BadLogin,
@@ -54,7 +54,7 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::BadLogin => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -71,7 +71,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::Csrf => "csrf",
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::TooLarge => "too_large",
+            ApiError::TooLarge(_) => "too_large",
             ApiError::BadLogin => "bad_login",
             ApiError::Throttled(_) => "throttled",
             ApiError::Gone(_) => "gone",

@@ -3,7 +3,8 @@
 //! Every request is matched against [`ROUTES`] before any handler runs: a route that is
 //! not public answers 401 without a valid session and 403 when the session's role is not
 //! listed. Radiologists read studies and give feedback; technicians see system status,
-//! the outbox and models; admins manage users and read the audit trail.
+//! the outbox and models, test connectivity and re-queue deliveries; both may upload
+//! images for analysis; admins manage users and read the audit trail.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -63,6 +64,8 @@ impl FromStr for Role {
 pub enum Access {
     /// Anyone, without a session (health, metrics, login, the static front end).
     Public,
+    /// No session, and changes only while no admin account exists (first-time setup).
+    Setup,
     /// Any logged-in user.
     AnyRole,
     /// Logged-in users holding one of these roles.
@@ -74,6 +77,7 @@ impl Access {
     pub fn allows(self, role: Role) -> bool {
         match self {
             Access::Public | Access::AnyRole => true,
+            Access::Setup => false,
             Access::Roles(roles) => roles.contains(&role),
         }
     }
@@ -90,6 +94,10 @@ pub enum Endpoint {
     Asset,
     /// Log in.
     Login,
+    /// Whether first-time setup is open.
+    SetupStatus,
+    /// Create the first administrator (first-time setup).
+    Setup,
     /// Log out.
     Logout,
     /// The current session: user, role, CSRF token.
@@ -126,6 +134,12 @@ pub enum Endpoint {
     Outbox,
     /// The installed model(s).
     Models,
+    /// A manual upload: DICOM, or a PNG/JPEG wrapped as Secondary Capture.
+    Upload,
+    /// C-ECHO to every configured DICOM peer.
+    Echo,
+    /// Re-queue dead-lettered outbox entries.
+    OutboxRetry,
 }
 
 /// One row of the table.
@@ -142,6 +156,8 @@ pub struct Route {
 }
 
 const RADIOLOGIST: &[Role] = &[Role::Radiologist];
+const RADIOLOGIST_TECHNICIAN: &[Role] = &[Role::Radiologist, Role::Technician];
+const TECHNICIAN: &[Role] = &[Role::Technician];
 const TECHNICIAN_ADMIN: &[Role] = &[Role::Technician, Role::Admin];
 const ADMIN: &[Role] = &[Role::Admin];
 
@@ -166,6 +182,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/", Access::Public, Endpoint::Asset),
     route("GET", "/static/*", Access::Public, Endpoint::Asset),
     route("POST", "/api/v1/login", Access::Public, Endpoint::Login),
+    route("GET", "/api/v1/setup", Access::Setup, Endpoint::SetupStatus),
+    route("POST", "/api/v1/setup", Access::Setup, Endpoint::Setup),
     route("POST", "/api/v1/logout", Access::AnyRole, Endpoint::Logout),
     route("GET", "/api/v1/me", Access::AnyRole, Endpoint::Me),
     route("GET", "/api/v1/models", Access::AnyRole, Endpoint::Models),
@@ -258,6 +276,24 @@ pub const ROUTES: &[Route] = &[
         "/api/v1/outbox",
         Access::Roles(TECHNICIAN_ADMIN),
         Endpoint::Outbox,
+    ),
+    route(
+        "POST",
+        "/api/v1/outbox/retry",
+        Access::Roles(TECHNICIAN),
+        Endpoint::OutboxRetry,
+    ),
+    route(
+        "POST",
+        "/api/v1/system/echo",
+        Access::Roles(TECHNICIAN),
+        Endpoint::Echo,
+    ),
+    route(
+        "POST",
+        "/api/v1/uploads",
+        Access::Roles(RADIOLOGIST_TECHNICIAN),
+        Endpoint::Upload,
     ),
 ];
 

@@ -7,12 +7,12 @@
 //! - Once the result is durable ([`Publisher::committed`]), the outbox is told (fill level,
 //!   workers woken) and the console hears of it.
 //! - When the heatmap of an analysed image is ready ([`Publisher::heatmap_ready`]), the
-//!   Secondary Capture with the heatmap burned in is stored and its push entries are
-//!   enqueued.
+//!   Secondary Capture with the heatmap burned in is stored and indexed in one transaction
+//!   with its push entries.
 //!
 //! Manual uploads without a real patient are never sent anywhere (the plan is skipped).
 
-use super::outbox::{Kind, NewEntry, Outbox};
+use super::outbox::{Kind, NewEntry, Outbox, OutboxError};
 use super::plan::DeliveryPlan;
 use super::report::{Report, ReportFinding};
 use super::secret::SiteSecret;
@@ -21,6 +21,7 @@ use crate::model::{InstanceRecord, StudyRecord};
 use crate::result::{ImageStatus, StudyResult};
 use crate::results::{self, overlay, uids::ResultUids};
 use crate::store::{Change, Store};
+use dicom_object::{FileDicomObject, InMemDicomObject};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -144,7 +145,7 @@ impl Publisher {
                 study.study_instance_uid
             ),
         }
-        let writes = match self.outbox.prepare(&batch) {
+        let writes = match self.outbox_writes(&batch) {
             Ok(w) => w,
             Err(e) => {
                 log::error!(
@@ -161,13 +162,20 @@ impl Publisher {
             );
         }
         writes
+    }
+
+    /// The outbox records of `batch` as writes for someone else's transaction.
+    fn outbox_writes(&self, batch: &[NewEntry]) -> Result<Vec<ExtraWrite>, OutboxError> {
+        Ok(self
+            .outbox
+            .prepare(batch)?
             .into_iter()
             .map(|(key, value)| ExtraWrite {
                 tree: self.outbox.tree_name().to_string(),
                 key,
                 value,
             })
-            .collect()
+            .collect())
     }
 
     /// Called once a result is durable: wakes the workers and tells the console.
@@ -215,30 +223,49 @@ impl Publisher {
             }
         }
         let report = to_report(&result, &study);
-        match self.secondary_capture(&report, sop_uid, png_path) {
-            Ok(sc_uid) => {
-                let batch = self.plan.push_entries(
-                    &report.report_id,
-                    Kind::SecondaryCapture,
-                    std::slice::from_ref(&sc_uid),
-                );
-                if !batch.is_empty() {
-                    if let Err(e) = self.outbox.enqueue(&batch) {
-                        log::error!("study {study_uid}: SC push not enqueued: {e}");
-                    }
+        match self.store_secondary_capture(&report, sop_uid, png_path) {
+            Ok(batch) => {
+                self.outbox.committed(&batch);
+                if let Err(e) = self.store.flush_blocking() {
+                    log::error!("study {study_uid}: store flush after the SC failed: {e}");
                 }
-                let _ = self.store.flush_blocking();
             }
             Err(e) => log::error!("study {study_uid}: heatmap secondary capture not made: {e}"),
         }
     }
 
+    /// Builds the Secondary Capture of `report` and stores it with its push entries in one
+    /// index transaction; returns the committed batch.
+    fn store_secondary_capture(
+        &self,
+        report: &Report,
+        sop_uid: &str,
+        png_path: &str,
+    ) -> Result<Vec<NewEntry>, String> {
+        let sc = self.secondary_capture(report, sop_uid, png_path)?;
+        let sc_uid = sc
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let batch = self.plan.push_entries(
+            &report.report_id,
+            Kind::SecondaryCapture,
+            std::slice::from_ref(&sc_uid),
+        );
+        let writes = self.outbox_writes(&batch).map_err(|e| e.to_string())?;
+        results::store_object_with(&self.store, &sc, &writes).map_err(|e| e.to_string())?;
+        Ok(batch)
+    }
+
+    /// Draws the heatmap of `sop_uid` over its radiograph, with the legend and banner, as
+    /// a Secondary Capture object.
     fn secondary_capture(
         &self,
         report: &Report,
         sop_uid: &str,
         png_path: &str,
-    ) -> Result<String, String> {
+    ) -> Result<FileDicomObject<InMemDicomObject>, String> {
         let inst = self
             .store
             .instance(sop_uid)
@@ -273,9 +300,7 @@ impl Publisher {
         };
         overlay::annotate(&mut img, &caption);
         let uids = ResultUids::new(&self.uid_root, &report.report_id);
-        let sc = results::sc::build(report, &uids, &img).map_err(|e| e.to_string())?;
-        let rec = results::store_object(&self.store, &sc).map_err(|e| e.to_string())?;
-        Ok(rec.sop_instance_uid)
+        results::sc::build(report, &uids, &img).map_err(|e| e.to_string())
     }
 }
 

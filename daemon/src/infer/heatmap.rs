@@ -8,7 +8,10 @@ use super::backend::{BackendError, Request};
 use super::engine::{Engine, EngineError};
 use super::findings::probabilities;
 use super::manifest::{Layout, Manifest};
+use super::record;
 use super::tensor::normalise;
+use crate::result::HeatmapState;
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -191,6 +194,21 @@ impl HeatmapWorker {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
         })
+    }
+
+    /// Queues `jobs`; those that do not fit the backlog are recorded as skipped.
+    pub fn submit_all(&self, store: &Store, jobs: Vec<HeatmapJob>) {
+        for job in jobs {
+            if let Err(job) = self.submit(job) {
+                let skipped = HeatmapState::Skipped {
+                    reason: format!("backlog: {BACKLOG} heatmaps already waiting"),
+                };
+                let (uid, sop) = (&job.study_uid, &job.sop_instance_uid);
+                if let Err(e) = record::set_heatmap(store, uid, job.version, sop, skipped, 0.0) {
+                    log::error!("study {uid}: cannot record the skipped heatmap: {e}");
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`analyse`]: one image file through all of the above (shared by daemon and CLI).
 //! - [`heatmap`]: occlusion-sensitivity heatmaps on a low-priority worker.
 //! - [`record`]: the study result and state transitions in the store.
+//! - [`resume`]: heatmaps a restart left pending, queued again when the engine starts.
 //! - [`service`]: [`service::run_pipeline`], the daemon's inference stage.
 //! - [`cli`]: `duli infer FILE...`, the offline tool.
 pub mod analyse;
@@ -32,6 +33,7 @@ pub mod openvino;
 pub mod raster;
 pub mod record;
 pub mod resize;
+pub mod resume;
 pub mod samples;
 pub mod service;
 pub mod tensor;

@@ -115,9 +115,13 @@ impl Backend for OpenVino {
             &self.hint
         };
         let threads = if options.background { "1" } else { "0" };
+        // f32 arithmetic everywhere: on CPUs with native bf16 (AVX512_BF16, AMX) OpenVINO
+        // would otherwise run in bf16 and move probabilities by ~2e-3, so the same image
+        // would get different numbers on different boxes (and miss the validated reference).
         for (key, value) in [
             (RwPropertyKey::HintPerformanceMode, hint),
             (RwPropertyKey::InferenceNumThreads, threads),
+            (RwPropertyKey::HintInferencePrecision, "f32"),
         ] {
             if let Err(e) = self.core.set_property(&device, &key, value) {
                 log::debug!(

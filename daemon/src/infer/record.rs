@@ -8,7 +8,7 @@
 
 use crate::model::{StudyRecord, StudyState};
 use crate::result::{HeatmapState, StudyResult};
-use crate::store::{decode, encode, Store, StoreError};
+use crate::store::{decode, encode, write_extra, Store, StoreError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -17,16 +17,7 @@ pub const RESULTS_TREE: &str = "results";
 /// The store's study tree (state changes commit in the same transaction as the result).
 const STUDIES_TREE: &str = "studies";
 
-/// One more write to commit atomically with a result (e.g. an outbox entry).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtraWrite {
-    /// Tree name.
-    pub tree: String,
-    /// Key.
-    pub key: Vec<u8>,
-    /// Value.
-    pub value: Vec<u8>,
-}
+pub use crate::store::ExtraWrite;
 
 /// Builds the extra writes for a result about to be committed (given the study record as
 /// it is before the commit). The deliver stage supplies one for its outbox entries.
@@ -86,17 +77,10 @@ pub fn commit_result(
     result: &StudyResult,
     extra: &[ExtraWrite],
 ) -> Result<Committed, StoreError> {
-    let mut names: Vec<&str> = vec![RESULTS_TREE, STUDIES_TREE];
-    for e in extra {
-        if !names.contains(&e.tree.as_str()) {
-            names.push(&e.tree);
-        }
-    }
-    let trees = names
-        .iter()
-        .map(|n| store.tree(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    let refs: Vec<&sled::Tree> = trees.iter().collect();
+    let (names, extra_trees) = store.extra_trees(extra)?;
+    let (results_tree, studies_tree) = (store.tree(RESULTS_TREE)?, store.tree(STUDIES_TREE)?);
+    let mut refs: Vec<&sled::Tree> = vec![&results_tree, &studies_tree];
+    refs.extend(extra_trees.iter());
     let key = result_key(&result.study_instance_uid, result.version);
     let value = encode(result);
     let uid = result.study_instance_uid.as_str();
@@ -116,10 +100,7 @@ pub fn commit_result(
         };
         study.result_version = study.result_version.max(result.version);
         studies.insert(uid.as_bytes(), encode(&study))?;
-        for e in extra {
-            let i = names.iter().position(|n| *n == e.tree).unwrap_or(0);
-            views[i].insert(e.key.as_slice(), e.value.as_slice())?;
-        }
+        write_extra(&views[2..], &names, extra)?;
         Ok(outcome)
     });
     match out {

@@ -19,14 +19,16 @@
 //!   version n+1).
 //! - Heatmaps are computed afterwards and recorded into the result (`heatmap` of each
 //!   image: pending → done with a PNG under `<data_dir>/heatmaps/<report_id>/`, or skipped
-//!   with the reason).
+//!   with the reason); those a restart left pending are queued again when the engine
+//!   starts ([`super::resume`]).
 //! - Returns when the channel is closed and in-flight studies are finished.
 
 use super::analyse::{analysed, failed, not_analysed, prepare_file, Preparation};
 use super::engine::{Engine, EngineError};
 use super::findings::heatmap_target;
-use super::heatmap::{HeatmapJob, HeatmapWorker, BACKLOG};
+use super::heatmap::{HeatmapJob, HeatmapWorker};
 use super::record::{self, Committed, ExtraWrites};
+use super::resume::resume_heatmaps;
 use crate::config::InferenceConfig;
 use crate::model::StudyState;
 use crate::result::{
@@ -102,6 +104,13 @@ pub async fn run_pipeline_with(
                     } else {
                         None
                     };
+                    if let Some(worker) = &heatmaps {
+                        let (store, e, worker) =
+                            (Arc::clone(&store), Arc::clone(&e), worker.clone());
+                        tokio::task::spawn_blocking(move || {
+                            resume_heatmaps(&store, e.manifest(), &worker)
+                        });
+                    }
                     let sem = Arc::new(Semaphore::new(e.workers()));
                     engine = Some((e, heatmaps, sem));
                     last_error.clear();
@@ -402,20 +411,7 @@ pub async fn analyse_study(
         let _ = tx.send(result.report_id.clone());
     }
     if let Some(worker) = heatmaps {
-        for job in jobs {
-            if let Err(job) = worker.submit(job) {
-                let _ = record::set_heatmap(
-                    store,
-                    uid,
-                    version,
-                    &job.sop_instance_uid,
-                    HeatmapState::Skipped {
-                        reason: format!("backlog: {BACKLOG} heatmaps already waiting"),
-                    },
-                    0.0,
-                );
-            }
-        }
+        worker.submit_all(store, jobs);
     }
 }
 

@@ -151,6 +151,96 @@ async fn wait_for(store: &Store, uid: &str, states: &[StudyState]) -> StudyRecor
     );
 }
 
+/// The heatmap state of the first image of `study`'s latest result, once it is no longer
+/// pending (or after 5 s).
+async fn wait_heatmap(store: &Store, study: &str) -> HeatmapState {
+    let mut state = HeatmapState::None;
+    for _ in 0..500 {
+        state = record::latest_result(store, study).unwrap().unwrap().images[0]
+            .heatmap
+            .clone();
+        if matches!(
+            state,
+            HeatmapState::Done { .. } | HeatmapState::Skipped { .. }
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    state
+}
+
+/// Starts the pipeline with the instant test engine; returns its input and its task.
+fn start(
+    store: &Arc<Store>,
+    options: PipelineOptions,
+) -> (mpsc::Sender<String>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(run_pipeline_with(
+        Arc::clone(store),
+        factory(Duration::ZERO),
+        rx,
+        options,
+    ));
+    (tx, task)
+}
+
+/// Runs the pipeline over `studies` until each has its result and heatmap, then stops it.
+async fn analyse_and_stop(store: &Arc<Store>, studies: &[&str]) {
+    let (tx, task) = start(store, PipelineOptions::default());
+    for study in studies {
+        tx.send(study.to_string()).await.unwrap();
+        wait_for(store, study, &[StudyState::Done]).await;
+        wait_heatmap(store, study).await;
+    }
+    drop(tx);
+    task.await.unwrap();
+}
+
+/// A restart between a result and its heatmap leaves the heatmap pending: the next start
+/// makes it (and calls the hook that makes the Secondary Capture); one whose image is
+/// gone is recorded as skipped with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heatmaps_left_pending_by_a_restart_are_made_on_the_next_start() {
+    let Some(dir) = samples_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let src = dir.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    add_instance(&store, "1.2.5", "1.2.5.1", &src, |_| {});
+    add_instance(&store, "1.2.6", "1.2.6.1", &src, |_| {});
+    analyse_and_stop(&store, &["1.2.5", "1.2.6"]).await;
+
+    // As if the daemon died before the heatmaps were made; one image is gone since.
+    let pending = || HeatmapState::Pending {
+        code: "PNEUMONIA".into(),
+    };
+    record::set_heatmap(&store, "1.2.5", 1, "1.2.5.1", pending(), 0.0).unwrap();
+    record::set_heatmap(&store, "1.2.6", 1, "1.2.6.1", pending(), 0.0).unwrap();
+    std::fs::remove_file(store.root().join("files/1.2.6/1.2.6.1.dcm")).unwrap();
+
+    let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&ready);
+    let options = PipelineOptions {
+        on_heatmap: Some(Arc::new(move |study: &str, v: u32, sop: &str, _: &str| {
+            seen.lock().unwrap().push(format!("{study} v{v} {sop}"));
+        })),
+        ..Default::default()
+    };
+    let (tx, task) = start(&store, options);
+    let HeatmapState::Done { path, code } = wait_heatmap(&store, "1.2.5").await else {
+        panic!("heatmap not made after the restart");
+    };
+    assert_eq!(code, "PNEUMONIA");
+    assert!(store.root().join(path).is_file());
+    assert_eq!(*ready.lock().unwrap(), vec!["1.2.5 v1 1.2.5.1".to_string()]);
+    let HeatmapState::Skipped { reason } = wait_heatmap(&store, "1.2.6").await else {
+        panic!("the heatmap of a vanished image is not recorded as skipped");
+    };
+    assert!(!reason.is_empty());
+    drop(tx);
+    task.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_study_records_not_applicable_and_error_and_analyses_the_rest() {
     let Some(dir) = samples_dir() else { return };
@@ -177,18 +267,12 @@ async fn mixed_study_records_not_applicable_and_error_and_analyses_the_rest() {
             PrimitiveValue::U8(vec![1u8; 10].into()),
         ));
     });
-    let (tx, rx) = mpsc::channel(4);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let options = PipelineOptions {
         on_result: Some(done_tx),
         ..Default::default()
     };
-    let task = tokio::spawn(run_pipeline_with(
-        Arc::clone(&store),
-        factory(Duration::ZERO),
-        rx,
-        options,
-    ));
+    let (tx, task) = start(&store, options);
     tx.send(study.to_string()).await.unwrap();
     let rid = done_rx.recv().await.unwrap();
     let s = wait_for(&store, study, &[StudyState::Done]).await;
@@ -217,19 +301,7 @@ async fn mixed_study_records_not_applicable_and_error_and_analyses_the_rest() {
     assert_eq!(r.findings, by_sop("1.2.3.4.1").findings);
     assert_eq!(r.triage, r.findings[0].positive);
     // The heatmap of the analysed image is computed after the result and recorded.
-    let mut state = HeatmapState::None;
-    for _ in 0..500 {
-        state = record::latest_result(&store, study)
-            .unwrap()
-            .unwrap()
-            .images[0]
-            .heatmap
-            .clone();
-        if matches!(state, HeatmapState::Done { .. }) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let state = wait_heatmap(&store, study).await;
     let HeatmapState::Done { path, code } = state else {
         panic!("heatmap: {state:?}")
     };
@@ -381,7 +453,9 @@ async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
         heatmaps: false,
         ..Default::default()
     };
-    let delay = Duration::from_millis(5);
+    // 20 ms per inference: long beside one scan of the watcher below, even on a loaded
+    // machine, so a scan sees at most one study change state while it runs.
+    let delay = Duration::from_millis(20);
     let task = tokio::spawn(run_pipeline_with(
         Arc::clone(&store),
         factory(delay),
@@ -420,7 +494,7 @@ async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
     task.await.unwrap();
     // Two workers: two studies in flight at once (the watcher's scan is not a snapshot, so a
     // study finishing and the next one starting may both be seen: at most one more), and
-    // the sender was held back by the bounded channel (100 × 5 ms over 2 workers ≥ 250 ms).
+    // the sender was held back by the bounded channel (100 × 20 ms over 2 workers ≥ 1 s).
     assert!(
         peak.load(Ordering::Relaxed) <= 3,
         "peak {}",

@@ -4,7 +4,7 @@
 //! the clock's synchronisation.
 
 use crate::config::Config;
-use crate::scu::{self, Target};
+use crate::scu;
 use rustls::pki_types::ServerName;
 use std::net::IpAddr;
 use std::path::Path;
@@ -108,29 +108,14 @@ fn ms(d: Duration) -> String {
 /// Runs every test, each bounded by `timeout`.
 pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Line> {
     let mut lines = Vec::new();
-    let own_host = if cfg.dicom.bind.is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        cfg.dicom.bind.to_string()
-    };
-    let mut echoes = vec![(
-        "DICOM echo (this box)".to_string(),
-        Target {
-            ae_title: cfg.dicom.ae_title.clone(),
-            host: own_host,
-            port: cfg.dicom.port,
-        },
-    )];
-    for d in &cfg.pacs.destinations {
-        echoes.push((
-            format!("DICOM echo {}", d.name),
-            Target {
-                ae_title: d.ae_title.clone(),
-                host: d.host.clone(),
-                port: d.port,
-            },
-        ));
-    }
+    let echoes = scu::configured_peers(cfg).into_iter().map(|p| {
+        let name = if p.own {
+            "DICOM echo (this box)".to_string()
+        } else {
+            format!("DICOM echo {}", p.name)
+        };
+        (name, p.target)
+    });
     for (name, target) in echoes {
         let shown = format!("{}@{}:{}", target.ae_title, target.host, target.port);
         let r = tokio::time::timeout(timeout, scu::echo(&target, &cfg.dicom.ae_title)).await;

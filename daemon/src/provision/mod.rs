@@ -687,7 +687,7 @@ pub fn plan(
     }
     if let Some(tz) = &timezone {
         writes.push(Write {
-            path: target.system_root.join("etc/timezone"),
+            path: system::redirect(&target.system_root, "etc/timezone"),
             bytes: format!("{tz}\n").into_bytes(),
             mode: PUBLIC,
             private: false,
@@ -747,7 +747,7 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
         ));
     }
     if let Some(tz) = &plan.timezone {
-        let link = plan.target.system_root.join("etc/localtime");
+        let link = system::redirect(&plan.target.system_root, "etc/localtime");
         system::link_localtime(&link, tz)?;
         summary.push(format!("linked {} to {tz}", link.display()));
     }
@@ -771,18 +771,41 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
     Ok(summary)
 }
 
-/// Reads and removes the pending first administrator left by provisioning in
-/// `config_dir`, for the console to create the account.
-pub fn take_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAdmin>> {
+/// Reads the pending first administrator left by provisioning in `config_dir`, without
+/// removing it. An empty file (one the service user could only truncate) counts as none.
+pub fn read_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAdmin>> {
     let path = config_dir.join(PENDING_ADMIN);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
     let admin: PendingAdmin = toml::from_str(&text).map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e.message().to_string())
     })?;
-    std::fs::remove_file(&path)?;
+    Ok(Some(admin))
+}
+
+/// Reads and removes the pending first administrator left by provisioning in
+/// `config_dir`, for the console to create the account. When the folder belongs to root
+/// and the caller is the service user (the file's owner), the file cannot be unlinked: it
+/// is emptied instead, so the initial password does not outlive the account's creation.
+pub fn take_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAdmin>> {
+    let Some(admin) = read_pending_admin(config_dir)? else {
+        return Ok(None);
+    };
+    let path = config_dir.join(PENDING_ADMIN);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            file.set_len(0)?;
+            file.sync_all()?;
+        }
+        Err(e) => return Err(e),
+    }
     Ok(Some(admin))
 }

@@ -1,5 +1,8 @@
 //! System settings provisioning writes outside the configuration: the site's NTP servers
 //! (a timesyncd drop-in) and the time zone (`/etc/localtime`, `/etc/timezone`).
+//!
+//! On the read-only image `/etc/localtime` and `/etc/timezone` are symlinks into the data
+//! partition (`/data/etc/...`): [`redirect`] sends those writes to the symlink's target.
 
 use crate::fsutil::WriteError;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,26 @@ pub fn timesyncd_dropin(servers: &[String]) -> String {
     )
 }
 
+/// Where to write the system file `rel` (e.g. `etc/localtime`) under `system_root`: the
+/// file itself, or, when it is a symlink that does not point into [`ZONEINFO`] (the image
+/// ships `/etc/localtime -> /data/etc/localtime` on its read-only root), the symlink's
+/// target under the same root. One level only: the target itself is then replaced.
+pub fn redirect(system_root: &Path, rel: &str) -> PathBuf {
+    let path = system_root.join(rel);
+    let Ok(target) = std::fs::read_link(&path) else {
+        return path;
+    };
+    if target.starts_with(ZONEINFO) {
+        return path;
+    }
+    if target.is_absolute() {
+        let inside = target.strip_prefix("/").unwrap_or(&target);
+        system_root.join(inside)
+    } else {
+        path.parent().unwrap_or(system_root).join(target)
+    }
+}
+
 /// Points `link` (`/etc/localtime`) at the zone file, replacing it atomically.
 pub fn link_localtime(link: &Path, tz: &str) -> Result<(), WriteError> {
     let target = Path::new(ZONEINFO).join(tz);
@@ -83,6 +106,37 @@ pub fn link_localtime(link: &Path, tz: &str) -> Result<(), WriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlinks_out_of_the_read_only_root_are_followed_once() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        // A plain file or a missing one: written in place.
+        assert_eq!(redirect(r, "etc/timezone"), r.join("etc/timezone"));
+        // A link into the zone database (a provisioned or ordinary system): replaced.
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", r.join("etc/localtime")).unwrap();
+        assert_eq!(redirect(r, "etc/localtime"), r.join("etc/localtime"));
+        // The image's links into the data partition: their targets, under the same root.
+        std::fs::remove_file(r.join("etc/localtime")).unwrap();
+        std::os::unix::fs::symlink("/data/etc/localtime", r.join("etc/localtime")).unwrap();
+        std::os::unix::fs::symlink("../data/etc/timezone", r.join("etc/timezone")).unwrap();
+        assert_eq!(redirect(r, "etc/localtime"), r.join("data/etc/localtime"));
+        assert_eq!(
+            redirect(r, "etc/timezone"),
+            r.join("etc/../data/etc/timezone")
+        );
+        link_localtime(&redirect(r, "etc/localtime"), "UTC").unwrap();
+        assert_eq!(
+            std::fs::read_link(r.join("etc/localtime")).unwrap(),
+            Path::new("/data/etc/localtime"),
+            "the image's link is left alone"
+        );
+        assert_eq!(
+            std::fs::read_link(r.join("data/etc/localtime")).unwrap(),
+            Path::new(ZONEINFO).join("UTC")
+        );
+    }
 
     #[test]
     fn names_are_checked() {

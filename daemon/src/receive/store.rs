@@ -148,7 +148,7 @@ impl Incoming {
                     ));
                 }
                 store
-                    .place_and_commit(staged, &header, &calling_ae, false)
+                    .place_and_commit(staged, &header, &calling_ae, false, &[])
                     .map_err(|e| (Status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
             })
             .await;

@@ -10,7 +10,7 @@ pub mod sr;
 pub mod uids;
 
 use crate::model::InstanceRecord;
-use crate::store::{header, Store, StoreError};
+use crate::store::{header, ExtraWrite, Store, StoreError};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// The AE title recorded as the source of objects this box generates.
@@ -33,11 +33,72 @@ pub enum ResultsError {
     Store(#[from] StoreError),
 }
 
+/// Wraps a data set as a Part 10 object of `sop_class` / `sop_instance` in
+/// `transfer_syntax`, with this box's implementation class and version.
+pub fn with_meta(
+    obj: InMemDicomObject,
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
+) -> Result<FileDicomObject<InMemDicomObject>, ResultsError> {
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .transfer_syntax(transfer_syntax)
+        .implementation_class_uid(crate::ul::negotiate::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(crate::ul::negotiate::IMPLEMENTATION_VERSION);
+    obj.with_meta(meta)
+        .map_err(|e| ResultsError::Build(e.to_string()))
+}
+
+/// Puts 8-bit pixel data (OB, padded to an even length).
+pub fn put_pixels_8bit(obj: &mut InMemDicomObject, mut pixels: Vec<u8>) {
+    if pixels.len() % 2 == 1 {
+        pixels.push(0);
+    }
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        dicom_core::PrimitiveValue::from(pixels),
+    ));
+}
+
 /// Writes `obj` as a Part 10 file into the store and indexes it (durable after the store's
 /// next flush). Blocking: call from a blocking context.
 pub fn store_object(
     store: &Store,
     obj: &FileDicomObject<InMemDicomObject>,
+) -> Result<InstanceRecord, ResultsError> {
+    write_object(store, obj, SOURCE_AE, true, &[])
+}
+
+/// [`store_object`], committing `extra` (e.g. the object's push entries) in the same
+/// index transaction.
+pub fn store_object_with(
+    store: &Store,
+    obj: &FileDicomObject<InMemDicomObject>,
+    extra: &[ExtraWrite],
+) -> Result<InstanceRecord, ResultsError> {
+    write_object(store, obj, SOURCE_AE, true, extra)
+}
+
+/// Writes `obj` into the store like [`store_object`], recorded as coming from
+/// `source_ae`; `generated` marks objects this box made (they do not reopen the study).
+pub fn store_as(
+    store: &Store,
+    obj: &FileDicomObject<InMemDicomObject>,
+    source_ae: &str,
+    generated: bool,
+) -> Result<InstanceRecord, ResultsError> {
+    write_object(store, obj, source_ae, generated, &[])
+}
+
+fn write_object(
+    store: &Store,
+    obj: &FileDicomObject<InMemDicomObject>,
+    source_ae: &str,
+    generated: bool,
+    extra: &[ExtraWrite],
 ) -> Result<InstanceRecord, ResultsError> {
     let mut bytes = Vec::with_capacity(64 * 1024);
     obj.write_all(&mut bytes)
@@ -46,7 +107,7 @@ pub fn store_object(
     file.write(&bytes)?;
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
-    Ok(store.place_and_commit(staged, &header, SOURCE_AE, true)?)
+    Ok(store.place_and_commit(staged, &header, source_ae, generated, extra)?)
 }
 
 #[cfg(test)]

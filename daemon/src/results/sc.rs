@@ -9,7 +9,7 @@ use super::ResultsError;
 use crate::deliver::report::Report;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{FileDicomObject, FileMetaTableBuilder, InMemDicomObject};
+use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// Secondary Capture Image Storage.
 pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
@@ -71,21 +71,11 @@ pub fn build(
     obj.put(us(tags::BITS_STORED, 8));
     obj.put(us(tags::HIGH_BIT, 7));
     obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    let mut pixels = image.data.clone();
-    if pixels.len() % 2 == 1 {
-        pixels.push(0);
-    }
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PrimitiveValue::from(pixels),
-    ));
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(SECONDARY_CAPTURE)
-        .media_storage_sop_instance_uid(uids.sc_instance.as_str())
-        .transfer_syntax(crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(crate::ul::negotiate::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(crate::ul::negotiate::IMPLEMENTATION_VERSION);
-    obj.with_meta(meta)
-        .map_err(|e| ResultsError::Build(e.to_string()))
+    super::put_pixels_8bit(&mut obj, image.data.clone());
+    super::with_meta(
+        obj,
+        SECONDARY_CAPTURE,
+        &uids.sc_instance,
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
 }

@@ -15,7 +15,7 @@ use crate::model::InstanceRecord;
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{FileDicomObject, FileMetaTableBuilder, InMemDicomObject};
+use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// Comprehensive SR Storage.
 pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
@@ -327,12 +327,10 @@ pub fn build(
     obj.put(concept(DOC_TITLE));
     obj.put(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
     obj.put(seq(tags::CONTENT_SEQUENCE, children));
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(COMPREHENSIVE_SR)
-        .media_storage_sop_instance_uid(uids.sr_instance.as_str())
-        .transfer_syntax(crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(crate::ul::negotiate::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(crate::ul::negotiate::IMPLEMENTATION_VERSION);
-    obj.with_meta(meta)
-        .map_err(|e| super::ResultsError::Build(e.to_string()))
+    super::with_meta(
+        obj,
+        COMPREHENSIVE_SR,
+        &uids.sr_instance,
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
 }

@@ -99,6 +99,18 @@ pub enum Change {
     },
 }
 
+/// One more write to commit in the same transaction as an index change (e.g. the outbox
+/// entries of a result, or the push entries of a generated object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraWrite {
+    /// Tree name.
+    pub tree: String,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
 /// The store of one data directory. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -270,65 +282,79 @@ impl Store {
         instance: &InstanceRecord,
         study_attrs: &StudyRecord,
     ) -> Result<InstanceCommit, StoreError> {
+        self.commit_instance_with(instance, study_attrs, &[])
+    }
+
+    /// [`Store::commit_instance`] with `extra` writes in the same transaction.
+    pub fn commit_instance_with(
+        &self,
+        instance: &InstanceRecord,
+        study_attrs: &StudyRecord,
+        extra: &[ExtraWrite],
+    ) -> Result<InstanceCommit, StoreError> {
         let inst_key = instance.sop_instance_uid.as_bytes();
         let study_key = instance.study_instance_uid.as_bytes();
         let link_key = link_key(&instance.study_instance_uid, &instance.sop_instance_uid);
         let inst_val = encode(instance);
-        let result = (
+        let (names, extra_trees) = self.extra_trees(extra)?;
+        let mut trees = vec![
             &self.instances,
             &self.studies,
             &self.study_instances,
             &self.qr_keys,
-        )
-            .transaction(|(instances, studies, links, qr_keys)| {
-                let previous = instances.insert(inst_key, inst_val.as_slice())?;
-                let new_instance = previous.is_none();
-                // A resend may move an instance to another study: unlink the old one.
-                if let Some(prev) = &previous {
-                    if let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) {
-                        if prev.study_instance_uid != instance.study_instance_uid {
-                            links.remove(link_key_bytes(
-                                &prev.study_instance_uid,
-                                &prev.sop_instance_uid,
-                            ))?;
-                        }
+        ];
+        trees.extend(extra_trees.iter());
+        let result = trees.as_slice().transaction(|views| {
+            let (instances, studies, links, qr_keys) = (&views[0], &views[1], &views[2], &views[3]);
+            let previous = instances.insert(inst_key, inst_val.as_slice())?;
+            let new_instance = previous.is_none();
+            // A resend may move an instance to another study: unlink the old one.
+            if let Some(prev) = &previous {
+                if let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) {
+                    if prev.study_instance_uid != instance.study_instance_uid {
+                        links.remove(link_key_bytes(
+                            &prev.study_instance_uid,
+                            &prev.sop_instance_uid,
+                        ))?;
                     }
                 }
-                let old = match studies.get(study_key)? {
-                    Some(v) => Some(serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
-                        ConflictableTransactionError::Abort(StoreError::Corrupt {
-                            key: instance.study_instance_uid.clone(),
-                            reason: e.to_string(),
-                        })
-                    })?),
-                    None => None,
-                };
-                let mut study = match &old {
-                    Some(s) => s.clone(),
-                    None => StudyRecord {
-                        study_instance_uid: instance.study_instance_uid.clone(),
-                        first_received: instance.received_at,
-                        ..Default::default()
-                    },
-                };
-                header::merge_study(&mut study, study_attrs);
-                if links.insert(link_key.as_slice(), &[])?.is_none() {
-                    study.instances += 1;
-                }
-                study.last_received = study.last_received.max(instance.received_at);
-                // New data reopens a study that was already analysed (result version n+1);
-                // the result objects this box adds to it do not.
-                if !instance.generated {
-                    study.state = StudyState::Receiving;
-                    study.error = None;
-                }
-                studies.insert(study_key, encode(&study))?;
-                crate::qr::index::update(qr_keys, old.as_ref(), &study)?;
-                Ok(InstanceCommit {
-                    new_instance,
-                    study,
-                })
-            });
+            }
+            let old = match studies.get(study_key)? {
+                Some(v) => Some(serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
+                    ConflictableTransactionError::Abort(StoreError::Corrupt {
+                        key: instance.study_instance_uid.clone(),
+                        reason: e.to_string(),
+                    })
+                })?),
+                None => None,
+            };
+            let mut study = match &old {
+                Some(s) => s.clone(),
+                None => StudyRecord {
+                    study_instance_uid: instance.study_instance_uid.clone(),
+                    first_received: instance.received_at,
+                    ..Default::default()
+                },
+            };
+            header::merge_study(&mut study, study_attrs);
+            if links.insert(link_key.as_slice(), &[])?.is_none() {
+                study.instances += 1;
+            }
+            study.last_received = study.last_received.max(instance.received_at);
+            // New data reopens a study that was already analysed (result version n+1);
+            // the result objects this box adds to it do not.
+            if !instance.generated {
+                study.state = StudyState::Receiving;
+                study.error = None;
+            }
+            studies.insert(study_key, encode(&study))?;
+            crate::qr::index::update(qr_keys, old.as_ref(), &study)?;
+            write_extra(&views[4..], &names, extra)?;
+            Ok(InstanceCommit {
+                new_instance,
+                study,
+            })
+        });
         let commit = unwrap_tx(result)?;
         if commit.new_instance {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -339,13 +365,15 @@ impl Store {
 
     /// Places a complete, fsync'd file whose header was read, and indexes it in one
     /// transaction (not durable until [`Store::flush`]). Received instances and the
-    /// objects this box generates both come in this way.
+    /// objects this box generates both come in this way; `extra` commits in the same
+    /// transaction (a generated object's push entries).
     pub fn place_and_commit(
         &self,
         staged: files::StagedFile,
         header: &header::Header,
         source_ae: &str,
         generated: bool,
+        extra: &[ExtraWrite],
     ) -> Result<InstanceRecord, StoreError> {
         let size = staged.size();
         let rel = self
@@ -362,8 +390,26 @@ impl Store {
         rec.received_at = crate::clock::now_secs();
         rec.source_ae = source_ae.to_string();
         rec.generated = generated || header.instance.generated;
-        self.commit_instance(&rec, &header.study)?;
+        self.commit_instance_with(&rec, &header.study, extra)?;
         Ok(rec)
+    }
+
+    /// The distinct trees `extra` writes to, by name, opened (for a transaction over them).
+    pub fn extra_trees(
+        &self,
+        extra: &[ExtraWrite],
+    ) -> Result<(Vec<String>, Vec<sled::Tree>), StoreError> {
+        let mut names: Vec<String> = Vec::new();
+        for e in extra {
+            if !names.contains(&e.tree) {
+                names.push(e.tree.clone());
+            }
+        }
+        let trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((names, trees))
     }
 
     /// One instance by SOP Instance UID.
@@ -612,6 +658,26 @@ pub fn get_json<T: DeserializeOwned>(
         .transpose()
 }
 
+/// Applies `extra` inside a transaction whose views of the trees `names` are `views`
+/// (as opened by [`Store::extra_trees`]; extra writes never target the trees the
+/// transaction itself writes).
+pub fn write_extra(
+    views: &[sled::transaction::TransactionalTree],
+    names: &[String],
+    extra: &[ExtraWrite],
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    for e in extra {
+        if let Some(view) = names
+            .iter()
+            .position(|n| *n == e.tree)
+            .and_then(|i| views.get(i))
+        {
+            view.insert(e.key.as_slice(), e.value.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
 fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
     match r {
         Ok(v) => Ok(v),
@@ -632,6 +698,41 @@ mod tests {
             received_at: 100,
             ..Default::default()
         }
+    }
+
+    /// Extra writes land with the instance, or not at all when the commit aborts.
+    #[test]
+    fn extra_writes_commit_with_the_instance_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let extra = |k: &str| ExtraWrite {
+            tree: "outbox".into(),
+            key: k.as_bytes().to_vec(),
+            value: b"entry".to_vec(),
+        };
+        store
+            .commit_instance_with(
+                &inst("1.2", "1.2.1"),
+                &StudyRecord::default(),
+                &[extra("a")],
+            )
+            .unwrap();
+        let outbox = store.tree("outbox").unwrap();
+        assert_eq!(outbox.get("a").unwrap().as_deref(), Some(&b"entry"[..]));
+        assert!(store.instance("1.2.1").unwrap().is_some());
+
+        // A corrupt study record aborts the transaction: no instance, no extra write.
+        store.studies.insert("1.3", &b"not json"[..]).unwrap();
+        let err = store
+            .commit_instance_with(
+                &inst("1.3", "1.3.1"),
+                &StudyRecord::default(),
+                &[extra("b")],
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(outbox.get("b").unwrap().is_none());
+        assert!(store.instance("1.3.1").unwrap().is_none());
     }
 
     /// After a rollback to an older binary, a store written by a newer one is refused with

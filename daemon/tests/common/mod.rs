@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod link;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -1059,6 +1061,9 @@ impl Daemon {
                 "DULI_INFERENCE__MODEL".into(),
                 "/nonexistent/inference-off-in-this-test/model.toml".into(),
             ),
+            // Tests run as whoever runs them (root on CI machines, where no `duli` account
+            // exists); tests/privileges.rs sets it back to false.
+            ("DULI_DEVICE__ALLOW_ROOT".into(), "true".into()),
         ];
         if tls {
             env.push(("DULI_DICOM__TLS_PORT".into(), self.tls_port.to_string()));
@@ -1776,4 +1781,17 @@ pub fn record_result(
         )
         .unwrap();
     db.flush().unwrap();
+}
+
+/// The text of element `tag` of the DICOM file at `path`, trimmed (empty when absent).
+pub fn dicom_attr(path: &Path, tag: dicom_core::Tag) -> String {
+    let obj = dicom_object::open_file(path).expect("a DICOM file");
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
+        .unwrap_or_default()
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
 }

@@ -26,9 +26,19 @@ WKS_FILE_DEPENDS:append = " duli-bootenv"
 # nooelint: oelint.vars.mispell - read by the bootimg_efi wic plugin
 IMAGE_EFI_BOOT_FILES:append = " duli-grubenv;EFI/BOOT/grubenv"
 
-create_duli_mountpoint[doc] = "Creates the mount point of the data partition"
-# Room for the data partition's mount point in the read-only root.
+create_duli_mountpoint[doc] = "Creates the mount points of the data partition and its bind mounts"
+# Room in the read-only root for the data partition (/data, data.mount) and the folders
+# bound from it: /var/lib/duli (var-lib-duli.mount) and /etc/duli (etc-duli.mount, the
+# provisioned configuration, which must survive slot switches).
 create_duli_mountpoint() {
-    install -d ${IMAGE_ROOTFS}/var/lib/duli
+    install -d ${IMAGE_ROOTFS}/data ${IMAGE_ROOTFS}/var/lib/duli ${IMAGE_ROOTFS}/etc/duli
 }
-ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint;"
+
+link_duli_time_settings[doc] = "Points /etc/localtime and /etc/timezone into the data partition"
+# `duli provision` sets the time zone; on the read-only root it writes through these links
+# (the seeds are made by duli-data-layout.service on first boot).
+link_duli_time_settings() {
+    ln -sf /data/etc/localtime ${IMAGE_ROOTFS}${sysconfdir}/localtime
+    ln -sf /data/etc/timezone ${IMAGE_ROOTFS}${sysconfdir}/timezone
+}
+ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint; link_duli_time_settings;"

@@ -22,13 +22,21 @@ SRCREV = "1c85014745f00f3dcfa0054c25d47ee665d72d64"
 # yocto/scripts/gen-crates-inc.py (the same as `bitbake -c update_crates duli`).
 require duli-crates.inc
 
-inherit cargo cargo-update-recipe-crates systemd
+inherit cargo cargo-update-recipe-crates systemd useradd
 
 # The workspace builds two crates; the product is the daemon binary.
 CARGO_BUILD_FLAGS += "--package duli --bin duli"
 
+# The service account exists in the image itself: the root filesystem is read-only, so
+# systemd-sysusers could not add it at boot (duli.sysusers stays for non-Yocto installs).
+USERADD_PACKAGES = "${PN}"
+USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/duli --no-create-home --shell /sbin/nologin --user-group duli"
+
 FILES:${PN} += "\
     ${systemd_system_unitdir} \
+    ${nonarch_libdir}/duli/data-layout.conf \
+    ${datadir}/duli/duli.toml \
+    ${datadir}/duli/timesyncd.conf \
     ${nonarch_libdir}/sysusers.d/duli.conf \
     ${nonarch_libdir}/tmpfiles.d/duli.conf \
     ${sysconfdir}/systemd/timesyncd.conf.d/duli.conf \
@@ -40,12 +48,16 @@ RDEPENDS:${PN}:append:x86-64 = " openvino-inference-engine"
 RDEPENDS:${PN} += "grub-editenv"
 RDEPENDS:${PN}:append:aarch64 = " libubootenv-bin"
 
-SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service var-lib-duli.mount"
+# The data partition (data.mount) holds /var/lib/duli, /etc/duli and the NTP drop-ins
+# (bind mounts whose sources duli-data-layout.service creates): see docs/appliance.md.
+SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service data.mount var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
-    for unit in duli.service duli-update.service duli-update.path duli-mark-good.service var-lib-duli.mount; do
+    for unit in duli.service duli-update.service duli-update.path duli-mark-good.service \
+                data.mount duli-data-layout.service var-lib-duli.mount etc-duli.mount \
+                etc-systemd-timesyncd.conf.d.mount; do
         install -m 0644 ${S}/systemd/${unit} ${D}${systemd_system_unitdir}/${unit}
     done
     install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
@@ -53,10 +65,17 @@ do_install:append() {
     install -m 0644 ${S}/systemd/duli.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/duli.conf
     install -d ${D}${sysconfdir}/systemd/timesyncd.conf.d
     install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${sysconfdir}/systemd/timesyncd.conf.d/duli.conf
+    install -d ${D}${nonarch_libdir}/duli
+    install -m 0644 ${S}/systemd/duli-data-layout.conf ${D}${nonarch_libdir}/duli/data-layout.conf
+    # /etc/duli is only the mount point of etc-duli.mount; the default configuration,
+    # with the appliance's data directory, is the seed copied to the data partition on
+    # first boot (duli-data-layout.service).
     install -d -m 0750 ${D}${sysconfdir}/duli
-    install -m 0640 ${S}/config/duli.toml ${D}${sysconfdir}/duli/duli.toml
+    install -d ${D}${datadir}/duli
+    sed -e 's|^data_dir = .*|data_dir = "${localstatedir}/lib/duli"|' \
+        ${S}/config/duli.toml > ${D}${datadir}/duli/duli.toml
+    chmod 0644 ${D}${datadir}/duli/duli.toml
+    install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${datadir}/duli/timesyncd.conf
     install -d ${D}${docdir}/duli/firmware
     install -m 0644 ${S}/firmware/README.md ${D}${docdir}/duli/firmware/README.md
 }
-
-CONFFILES:${PN} = "${sysconfdir}/duli/duli.toml"

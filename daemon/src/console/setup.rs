@@ -1,0 +1,344 @@
+//! First-time setup: creating the first administrator from the console while the users
+//! store holds no admin account.
+//!
+//! - At start, with no admin account, a provisioned first administrator that came with a
+//!   password (`pending-admin.toml` beside `duli.toml`, see
+//!   [`crate::provision::take_pending_admin`]) is created at once. Otherwise a one-time
+//!   setup code is generated, written to `<data_dir>/console/setup-code` (0600) and logged:
+//!   whoever completes the setup must have read it on the box (its console or journal),
+//!   so a random client of the LAN cannot claim the box.
+//! - `GET /api/v1/setup` tells the login page whether setup is open and which user name
+//!   provisioning fixed. `POST /api/v1/setup` takes `{code, username, password}` as a
+//!   same-origin JSON request (a cross-site form can neither send `application/json` nor
+//!   forge `Origin`), needs no session, and is accepted only while no admin exists. Wrong
+//!   codes are throttled like failed logins.
+//! - Success: the admin account, an audit record, the code file and the pending file
+//!   deleted; from then on the route answers 409 and the normal login works.
+
+use super::api::{audit_now, parse_json, Request};
+use super::reply::{self, ApiError};
+use super::roles::Role;
+use super::users::{self, User, UserInfo, Users};
+use super::Console;
+use crate::audit::{Action, Audit, Event};
+use crate::fsutil::{self, PRIVATE};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Deserialize;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// Name of the setup code file under `<data_dir>/console/`.
+pub const CODE_FILE: &str = "setup-code";
+/// The throttle key that wrong setup codes count against (shared with failed logins).
+pub const THROTTLE_KEY: &str = "first-time-setup";
+/// Characters of a setup code (no 0/O, 1/I/L).
+const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+/// Characters in a setup code (about 79 bits).
+const CODE_LEN: usize = 16;
+
+/// Errors of preparing the setup at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The users store failed.
+    #[error("users store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The code file could not be written.
+    #[error("setup code: {0}")]
+    Write(#[from] fsutil::WriteError),
+    /// The provisioned first administrator could not be created.
+    #[error("provisioned first administrator: {0}")]
+    User(#[from] users::UserError),
+    /// The pending administrator file could not be read.
+    #[error("{path}: {source}")]
+    Pending {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The system random source failed.
+    #[error("random source failed")]
+    Random,
+}
+
+/// Setup while it is open.
+struct Open {
+    code: String,
+    username: Option<String>,
+    code_file: PathBuf,
+}
+
+/// The first-time setup state of the console.
+pub struct Setup {
+    open: tokio::sync::Mutex<Option<Open>>,
+    config_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("config_dir", &self.config_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether any admin account exists (disabled ones count: setup is for a new box only).
+pub fn has_admin(users: &Users) -> Result<bool, crate::store::StoreError> {
+    Ok(users.list()?.iter().any(|u| u.role == Role::Admin))
+}
+
+fn new_code() -> Result<String, SetupError> {
+    let mut bytes = [0u8; CODE_LEN];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| SetupError::Random)?;
+    let mut code = String::with_capacity(CODE_LEN + CODE_LEN / 4);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            code.push('-');
+        }
+        // 256 is not a multiple of 31: the bias (at most 1/8 per character) is harmless here.
+        code.push(char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]));
+    }
+    Ok(code)
+}
+
+/// A code as typed: upper case, without dashes and spaces.
+fn normalise(code: &str) -> String {
+    code.chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+fn read_pending(config_dir: &Path) -> Result<Option<crate::provision::PendingAdmin>, SetupError> {
+    let path = config_dir.join(crate::provision::PENDING_ADMIN);
+    crate::provision::read_pending_admin(config_dir)
+        .map_err(|source| SetupError::Pending { path, source })
+}
+
+fn forget_pending(config_dir: &Path) {
+    if let Err(e) = crate::provision::take_pending_admin(config_dir) {
+        log::warn!(
+            "console: cannot remove {}: {e}; delete it by hand",
+            config_dir.join(crate::provision::PENDING_ADMIN).display()
+        );
+    }
+}
+
+impl Setup {
+    /// Prepares the setup at start: nothing when an admin exists (a stale code file is
+    /// removed); the provisioned administrator when it came with a password; else a new
+    /// one-time code, written to `<data_dir>/console/setup-code` (0600) and logged.
+    pub fn prepare(
+        users: &Users,
+        audit: &Audit,
+        data_dir: &Path,
+        config_dir: Option<&Path>,
+    ) -> Result<Setup, SetupError> {
+        let code_file = data_dir.join(super::tls::GENERATED_DIR).join(CODE_FILE);
+        let closed = Setup {
+            open: tokio::sync::Mutex::new(None),
+            config_dir: config_dir.map(Path::to_path_buf),
+        };
+        if has_admin(users)? {
+            let _ = std::fs::remove_file(&code_file);
+            return Ok(closed);
+        }
+        let pending = match config_dir {
+            Some(dir) => read_pending(dir)?,
+            None => None,
+        };
+        if let (Some(p), Some(dir)) = (&pending, config_dir) {
+            if let Some(password) = &p.password {
+                let user = User {
+                    name: p.name.clone(),
+                    role: Role::Admin,
+                    password: users::hash_password(password)?,
+                    created_ms: crate::clock::now_millis(),
+                    disabled: false,
+                };
+                users.put(&user)?;
+                audit.append(
+                    Event::new("system", Action::UserChange, &user.name)
+                        .from("local")
+                        .detail("first administrator created from the provisioning file"),
+                )?;
+                forget_pending(dir);
+                let _ = std::fs::remove_file(&code_file);
+                log::info!(
+                    "console: first administrator {:?} created from {}",
+                    user.name,
+                    dir.join(crate::provision::PENDING_ADMIN).display()
+                );
+                return Ok(closed);
+            }
+        }
+        let code = new_code()?;
+        fsutil::write_atomic(&code_file, format!("{code}\n").as_bytes(), PRIVATE, None)?;
+        let username = pending.map(|p| p.name);
+        log::warn!(
+            "console: no administrator yet; first-time setup is open on the console with setup \
+             code {code} (also in {}){}",
+            code_file.display(),
+            username
+                .as_ref()
+                .map(|u| format!("; the administrator will be {u:?}"))
+                .unwrap_or_default()
+        );
+        Ok(Setup {
+            open: tokio::sync::Mutex::new(Some(Open {
+                code,
+                username,
+                code_file,
+            })),
+            config_dir: closed.config_dir,
+        })
+    }
+}
+
+/// `GET /api/v1/setup`: whether first-time setup is open, the fixed user name, and
+/// whether any account exists (then the login page offers setup beside the login form).
+pub async fn status(c: &Console) -> Result<Response, ApiError> {
+    let open = c.setup.open.lock().await;
+    let required = open.is_some() && !has_admin(&c.users)?;
+    let username = open.as_ref().and_then(|o| o.username.clone());
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({
+            "required": required,
+            "username": if required { username } else { None },
+            "accounts": !c.users.is_empty(),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct SetupBody {
+    code: String,
+    #[serde(default)]
+    username: Option<String>,
+    password: String,
+}
+
+/// Refuses a request whose `Origin` (or `Sec-Fetch-Site`) shows another site.
+fn same_origin(req: &Request) -> Result<(), ApiError> {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return Err(ApiError::Forbidden);
+        }
+    }
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or_default();
+        if origin != format!("https://{host}") {
+            return Err(ApiError::Forbidden);
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/setup`: creates the first administrator with the setup code.
+pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
+    same_origin(req)?;
+    let body: SetupBody = parse_json(req)?;
+    let src = req.peer.map(|p| p.to_string()).unwrap_or_default();
+    let mut open = c.setup.open.lock().await;
+    if has_admin(&c.users)? {
+        if let Some(o) = open.take() {
+            let _ = std::fs::remove_file(&o.code_file);
+        }
+    }
+    let Some(o) = open.as_ref() else {
+        return Err(ApiError::Conflict(
+            "first-time setup is done; log in instead".into(),
+        ));
+    };
+    if let Err(wait) = c.sessions.login_allowed(THROTTLE_KEY, req.peer) {
+        return Err(ApiError::Throttled(wait.as_secs().max(1)));
+    }
+    if !super::sessions::same_token(&normalise(&body.code), &normalise(&o.code)) {
+        c.sessions.login_failed(THROTTLE_KEY, req.peer);
+        audit_now(
+            c,
+            Event::new("setup", Action::LoginFailed, "first-time setup")
+                .from(&src)
+                .detail("wrong setup code")
+                .failed(),
+        )
+        .await?;
+        return Err(ApiError::Forbidden);
+    }
+    let name = match (&o.username, body.username.as_deref().map(str::trim)) {
+        (Some(fixed), Some(given)) if given != fixed && !given.is_empty() => {
+            return Err(ApiError::BadRequest(format!(
+                "the administrator of this box is {fixed:?} (set at provisioning)"
+            )))
+        }
+        (Some(fixed), _) => fixed.clone(),
+        (None, Some(given)) => given.to_string(),
+        (None, None) => return Err(ApiError::BadRequest("user name required".into())),
+    };
+    users::check_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if c.users.get(&name)?.is_some() {
+        // Setup creates an account; it never takes over one that exists.
+        return Err(ApiError::Conflict(format!(
+            "an account {name:?} exists already; choose another name"
+        )));
+    }
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || users::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = User {
+        name: name.clone(),
+        role: Role::Admin,
+        password: hash,
+        created_ms: crate::clock::now_millis(),
+        disabled: false,
+    };
+    c.users
+        .put(&user)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    c.sessions.login_succeeded(THROTTLE_KEY);
+    audit_now(
+        c,
+        Event::new(&name, Action::UserChange, &name)
+            .from(&src)
+            .detail("first administrator created by first-time setup"),
+    )
+    .await?;
+    if let Some(o) = open.take() {
+        if let Err(e) = std::fs::remove_file(&o.code_file) {
+            log::warn!("console: cannot remove {}: {e}", o.code_file.display());
+        }
+    }
+    if let Some(dir) = &c.setup.config_dir {
+        forget_pending(dir);
+    }
+    log::info!("console: first-time setup done; administrator {name:?} created from {src}");
+    Ok(reply::json(StatusCode::CREATED, &UserInfo::from(&user)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_random_grouped_and_compare_as_typed() {
+        let a = new_code().unwrap();
+        let b = new_code().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), CODE_LEN + 3);
+        assert_eq!(a.matches('-').count(), 3);
+        assert!(normalise(&a).bytes().all(|c| ALPHABET.contains(&c)));
+        assert_eq!(
+            normalise(&a.to_lowercase().replace('-', " ")),
+            normalise(&a)
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! `duli run` started as root: it binds its ports (a privileged one included), switches to
+//! the service user before opening the store (checked in `/proc/<pid>/status` while it
+//! answers C-ECHO), creates the data directory for that user, refuses a root-owned data
+//! directory with content and a missing service user with a clear error, and stays root
+//! only when told to (`--allow-root`). Needs root (skips otherwise): each test creates a
+//! temporary system user and removes it afterwards.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::Duration;
+
+/// A system user created for one test, removed when dropped.
+struct TempUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+fn temp_user(tag: &str) -> Option<TempUser> {
+    if !nix::unistd::geteuid().is_root() {
+        skip("switching users needs root; this test runs as another user");
+        return None;
+    }
+    let useradd = require_tool("useradd")?;
+    let name = format!("duli-t{tag}{}", std::process::id());
+    let out = run(
+        Command::new(useradd).args([
+            "--system",
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            &name,
+        ]),
+        Duration::from_secs(30),
+    );
+    out.assert_success("useradd");
+    let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+    Some(TempUser {
+        name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
+}
+
+/// The four ids of a `Uid:` or `Gid:` line of `/proc/<pid>/status`.
+fn proc_ids(pid: u32, field: &str) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+/// A free port below 1024 (104 when free), where only root may listen.
+fn privileged_port() -> Option<u16> {
+    std::iter::once(104)
+        .chain(1000..1024)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}
+
+/// `duli run` with ports on loopback, inference off and the given overrides; every
+/// configuration variable inherited from the caller is dropped.
+fn duli_run(
+    dicom_port: u16,
+    console_port: u16,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = Command::new(Daemon::binary());
+    cmd.arg("run").current_dir(repo_root());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DULI_") && key.contains("__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("DULI_DICOM__BIND", "127.0.0.1")
+        .env("DULI_DICOM__PORT", dicom_port.to_string())
+        .env("DULI_CONSOLE__BIND", "127.0.0.1")
+        .env("DULI_CONSOLE__PORT", console_port.to_string())
+        .env("DULI_DEVICE__DATA_DIR", data)
+        .env("DULI_INFERENCE__MODEL", "/nonexistent/model.toml");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn started_as_root_it_binds_then_serves_as_the_service_user() {
+    let Some(user) = temp_user("a") else { return };
+    let Some(port) = privileged_port() else {
+        skip("no free port below 1024 on loopback");
+        return;
+    };
+    let dir = temp_dir("privileges");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_user = [("DULI_DEVICE__SERVICE_USER", user.name.as_str())];
+
+    // A data directory of root's with content: refused before anything is opened.
+    let taken = dir.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::write(taken.join("something"), b"root's").unwrap();
+    let out = run(
+        &mut duli_run(port, free_port(), &taken, &as_user),
+        Duration::from_secs(30),
+    );
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        out.stderr.contains("belongs to root and is not empty"),
+        "{}",
+        out.combined()
+    );
+
+    // A fresh data directory: created for the user; ports bound as root, then the switch.
+    let data = dir.path().join("data");
+    let log = dir.path().join("daemon.log");
+    let console = free_port();
+    let mut daemon = Background::spawn(
+        "duli run",
+        &mut duli_run(port, console, &data, &as_user),
+        &log,
+    )
+    .unwrap();
+    // The DICOM port is bound before the switch; ready means the console answers too.
+    daemon
+        .wait_for_port(loopback(port), Duration::from_secs(60))
+        .unwrap();
+    wait_healthy(&mut daemon, console);
+    let pid = daemon.pid().unwrap();
+    assert_eq!(
+        proc_ids(pid, "Uid:"),
+        vec![user.uid; 4],
+        "real, effective, saved, fs uid"
+    );
+    assert_eq!(
+        proc_ids(pid, "Gid:"),
+        vec![user.gid; 4],
+        "real, effective, saved, fs gid"
+    );
+    let groups = proc_ids(pid, "Groups:");
+    assert!(!groups.contains(&0), "root's groups are gone: {groups:?}");
+    if let Some(echo) = echoscu("ECHOSCU", DULI_AET, port, &[]) {
+        echo.assert_success("C-ECHO to the daemon running as the service user");
+    }
+    let meta = std::fs::metadata(&data).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o750);
+    // The store was opened as the service user: nothing in it belongs to root.
+    for entry in walk(&data) {
+        let m = std::fs::symlink_metadata(&entry).unwrap();
+        assert_eq!(
+            m.uid(),
+            user.uid,
+            "{} belongs to the service user",
+            entry.display()
+        );
+    }
+    assert!(daemon.log().contains("now running as"), "{}", daemon.log());
+    let status = daemon.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        daemon.log()
+    );
+}
+
+/// Waits until the console answers `/healthz` (the daemon is fully started).
+fn wait_healthy(daemon: &mut Background, console_port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !matches!(https_get(loopback(console_port), "/healthz"), Ok(r) if r.status == 200) {
+        assert!(daemon.is_running(), "exited:\n{}", daemon.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_missing_service_user_is_refused_unless_root_is_allowed() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("the refusal applies to root only; this test runs as another user");
+        return;
+    }
+    let dir = temp_dir("privileges-missing");
+    let data = dir.path().join("data");
+    let missing = [
+        ("DULI_DEVICE__SERVICE_USER", "duli-no-such-user"),
+        ("DULI_DEVICE__ALLOW_ROOT", "false"),
+    ];
+    let out = run(
+        &mut duli_run(free_port(), free_port(), &data, &missing),
+        Duration::from_secs(30),
+    );
+    assert!(!out.success(), "{}", out.combined());
+    for part in [
+        "\"duli-no-such-user\" (device.service_user) does not exist",
+        "--allow-root",
+        "device.allow_root = true",
+    ] {
+        assert!(out.stderr.contains(part), "{part}: {}", out.combined());
+    }
+    assert!(!data.exists(), "nothing was created");
+
+    // --allow-root: stays root, on purpose.
+    let port = free_port();
+    let log = dir.path().join("daemon.log");
+    let mut cmd = duli_run(port, free_port(), &data, &missing);
+    cmd.arg("--allow-root");
+    let mut daemon = Background::spawn("duli run --allow-root", &mut cmd, &log).unwrap();
+    daemon
+        .wait_for_port(loopback(port), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(proc_ids(daemon.pid().unwrap(), "Uid:"), vec![0; 4]);
+    assert!(daemon.log().contains("running as root (--allow-root)"));
+    daemon.kill();
+}
