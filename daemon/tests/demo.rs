@@ -42,7 +42,8 @@ fn demo_sends_the_samples_and_exits_once_recorded() {
     assert!(out.stdout.contains("Console: https://"), "{}", out.stdout);
     let code = std::fs::read_to_string(dir.path().join("data/console/setup-code")).unwrap();
     assert!(
-        out.stdout.contains(&format!("one-time code {}", code.trim())),
+        out.stdout
+            .contains(&format!("one-time code {}", code.trim())),
         "{}",
         out.stdout
     );
