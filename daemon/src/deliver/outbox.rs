@@ -940,7 +940,20 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, limits: OutboxLimits) -> (sled::Db, Outbox) {
-        let db = sled::open(dir).unwrap();
+        // sled releases its file lock from a background thread after a drop: a reopen in
+        // the same process may have to wait a moment.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if tries < 40 => {
+                    tries += 1;
+                    eprintln!("reopen: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot reopen the outbox database: {e}"),
+            }
+        };
         let ob = Outbox::open(&db, limits).unwrap();
         (db, ob)
     }

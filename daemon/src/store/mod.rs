@@ -604,15 +604,26 @@ impl Store {
     }
 }
 
+/// Opens the sled index. A lock held by a store that is just closing (sled releases it
+/// from a background thread) is waited for up to a second before `Locked` is reported.
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    match sled::Config::new()
-        .path(dir)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-    {
-        Ok(db) => Ok(db),
-        Err(sled::Error::Io(e)) if is_lock_error(&e) => Err(StoreError::Locked(dir.to_path_buf())),
-        Err(e) => Err(StoreError::Index(e)),
+    let mut tries = 0;
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                tries += 1;
+                if tries >= 20 {
+                    return Err(StoreError::Locked(dir.to_path_buf()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(StoreError::Index(e)),
+        }
     }
 }
 
