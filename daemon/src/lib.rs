@@ -32,6 +32,8 @@
 //! - [`fsutil`]: atomic, permission-aware file writes.
 //! - [`demo`]: the newcomer's first run.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
+#![warn(missing_docs)]
+
 pub mod assemble;
 pub mod audit;
 pub mod cli_audit;

@@ -19,6 +19,8 @@
 //! `firmware/README.md` documents the bundle format, key management, the boot state
 //! machine and what a power cut at each step leaves behind.
 
+#![warn(missing_docs)]
+
 pub mod bootctl;
 pub mod bundle;
 pub mod config;
