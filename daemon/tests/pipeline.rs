@@ -292,6 +292,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         .collect();
     assert!(modalities.contains(&"SR".to_string()), "{modalities:?}");
     assert!(modalities.contains(&"OT".to_string()), "{modalities:?}");
+    check_result_objects_in_orthanc(&orthanc, dir.path());
     // A radiologist disagrees in the console: the feedback reaches the cloud too,
     // pseudonymised, without the comment or the user name.
     d.add_user("rita", "radiologist", "a long passphrase for rita");
@@ -350,6 +351,53 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         "entries left:\n{}",
         out.stdout
     );
+}
+
+/// Reads the pushed SR and SC back through Orthanc's REST API: the SR carries the
+/// finding, its probability and the algorithm; the SC is an RGB image of the radiograph
+/// at most [`duli::deliver::publish::SC_MAX_SIDE`] on its longest side; both files, as
+/// Orthanc stored them, parse with `dsrdump` and `dcmdump`.
+fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
+    for id in orthanc.instances() {
+        let tags = orthanc.get_json(&format!("/instances/{id}/simplified-tags"));
+        let file = dir.join(format!("{id}.dcm"));
+        let raw = orthanc.get(&format!("/instances/{id}/file")).unwrap();
+        assert_eq!(raw.status, 200);
+        std::fs::write(&file, &raw.body).unwrap();
+        let dump = run_dcmtk("dcmdump", &[file.to_str().unwrap()]).unwrap();
+        dump.assert_success("dcmdump of the object Orthanc received");
+        match tags["Modality"].as_str() {
+            Some("SR") => {
+                let text = tags["ContentSequence"].to_string();
+                assert!(text.contains("Pneumonia"), "{text}");
+                assert!(
+                    tags["PreliminaryFlag"] == "PRELIMINARY",
+                    "{}",
+                    tags["PreliminaryFlag"]
+                );
+                let sr = run_dcmtk("dsrdump", &[file.to_str().unwrap()]).unwrap();
+                sr.assert_success("dsrdump of the SR Orthanc received");
+                assert!(sr.stdout.contains("Algorithm Name"), "{}", sr.stdout);
+                assert!(sr.stdout.contains("pneumonia-xception"), "{}", sr.stdout);
+            }
+            Some("OT") => {
+                let num = |k: &str| tags[k].as_str().and_then(|v| v.parse::<u32>().ok());
+                let (rows, cols) = (num("Rows").unwrap(), num("Columns").unwrap());
+                let max = duli::deliver::publish::SC_MAX_SIDE;
+                assert!(
+                    rows.max(cols) <= max && rows.min(cols) >= 256,
+                    "{rows}×{cols}"
+                );
+                assert_eq!(tags["PhotometricInterpretation"], "RGB", "{tags}");
+                assert_eq!(tags["BurnedInAnnotation"], "YES", "{tags}");
+                let px = orthanc
+                    .get(&format!("/instances/{id}/frames/0/raw"))
+                    .unwrap();
+                assert_eq!(px.body.len(), (rows * cols * 3) as usize, "pixel data size");
+            }
+            other => panic!("unexpected object in the PACS: {other:?}"),
+        }
+    }
 }
 
 /// The MSH-10 control ids (report ids) of the recorded messages.
