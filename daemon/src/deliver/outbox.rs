@@ -324,10 +324,13 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
+    /// 1 s doubling to 2 min: a peer back from an outage of any length is reached again
+    /// within two minutes (urgent reports should not wait longer), and one connection
+    /// attempt every minute or two costs an unreachable peer nothing.
     fn default() -> Self {
         Backoff {
             base: Duration::from_secs(1),
-            cap: Duration::from_secs(600),
+            cap: Duration::from_secs(120),
         }
     }
 }
