@@ -153,20 +153,12 @@ async fn connection(
     // Claim a slot; over the cap the rejection is transient (try again later).
     let active = scp.active.fetch_add(1, Ordering::SeqCst) + 1;
     let slot = ActiveGuard(scp.clone());
-    if active > scp.max_associations {
-        let rj = reject_busy(active - 1);
-        log::warn!(
-            "{peer}: association from {:?} rejected: {}",
-            rq.calling_ae_title.trim(),
-            rj.reason
-        );
-        scp.metrics
-            .associations_rejected_total
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
-        return;
-    }
-    let accepted = match negotiate::negotiate(&rq, peer.ip(), &scp.policy) {
+    let negotiated = if active > scp.max_associations {
+        Err(reject_busy(active - 1))
+    } else {
+        negotiate::negotiate(&rq, peer.ip(), &scp.policy)
+    };
+    let accepted = match negotiated {
         Ok(a) => a,
         Err(rj) => {
             log::warn!(
