@@ -943,20 +943,8 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, limits: OutboxLimits) -> (sled::Db, Outbox) {
-        // sled releases its file lock from a background thread after a drop: a reopen in
-        // the same process may have to wait a moment.
-        let mut tries = 0;
-        let db = loop {
-            match sled::open(dir) {
-                Ok(db) => break db,
-                Err(e) if tries < 40 => {
-                    tries += 1;
-                    eprintln!("reopen: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot reopen the outbox database: {e}"),
-            }
-        };
+        // The store's open waits for a lock that a just-dropped database still holds.
+        let db = crate::store::open_db(dir).unwrap();
         let ob = Outbox::open(&db, limits).unwrap();
         (db, ob)
     }

@@ -606,7 +606,7 @@ impl Store {
 
 /// Opens the sled index. A lock held by a store that is just closing (sled releases it
 /// from a background thread) is waited for up to a second before `Locked` is reported.
-fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let mut tries = 0;
     loop {
         match sled::Config::new()
