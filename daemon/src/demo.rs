@@ -145,11 +145,7 @@ pub async fn run(
         "\nConsole: https://{}/ (self-signed certificate unless console.cert is set)",
         running.console_addr
     );
-    let code_file = running
-        .store
-        .root()
-        .join("console")
-        .join(crate::console::setup::CODE_FILE);
+    let code_file = crate::console::setup::code_file(running.store.root());
     match std::fs::read_to_string(&code_file) {
         Ok(code) => println!(
             "First visit: the console asks for first-time setup; enter the one-time code {} \

@@ -114,6 +114,11 @@ fn normalise(code: &str) -> String {
         .collect()
 }
 
+/// Where the one-time setup code of `data_dir`'s console is kept while setup is open.
+pub fn code_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(super::tls::GENERATED_DIR).join(CODE_FILE)
+}
+
 fn read_pending(config_dir: &Path) -> Result<Option<crate::provision::PendingAdmin>, SetupError> {
     let path = config_dir.join(crate::provision::PENDING_ADMIN);
     crate::provision::read_pending_admin(config_dir)
@@ -139,7 +144,7 @@ impl Setup {
         data_dir: &Path,
         config_dir: Option<&Path>,
     ) -> Result<Setup, SetupError> {
-        let code_file = data_dir.join(super::tls::GENERATED_DIR).join(CODE_FILE);
+        let code_file = code_file(data_dir);
         let closed = Setup {
             open: tokio::sync::Mutex::new(None),
             config_dir: config_dir.map(Path::to_path_buf),
