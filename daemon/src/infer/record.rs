@@ -5,6 +5,9 @@
 //! extra writes a later stage adds (the deliver stage's outbox entries): see
 //! [`commit_result`] and [`ExtraWrite`]. Keys of the `results` tree are
 //! `<study uid> NUL <version as 8 hex digits>`, so a study's versions sort in order.
+//!
+//! Heatmaps still to make are marked in their own tree (written with the result, removed
+//! when the heatmap is recorded), so a restart finds them without reading every result.
 
 use crate::model::{StudyRecord, StudyState};
 use crate::result::{HeatmapState, StudyResult};
@@ -14,6 +17,8 @@ use sled::Transactional;
 
 /// Tree of study results.
 pub const RESULTS_TREE: &str = "results";
+/// Marks of heatmaps still to make: `<result key> NUL <SOP Instance UID>`, empty values.
+pub const PENDING_HEATMAPS_TREE: &str = "heatmaps_pending";
 /// The store's study tree (state changes commit in the same transaction as the result).
 const STUDIES_TREE: &str = "studies";
 
@@ -138,6 +143,65 @@ pub fn latest_result(store: &Store, study_uid: &str) -> Result<Option<StudyResul
 }
 
 /// Records the heatmap state of one image of a stored result.
+/// The marks of the heatmaps of `sops` in result `version` of `study_uid`, to commit with
+/// the result.
+pub fn pending_heatmap_marks(study_uid: &str, version: u32, sops: &[&str]) -> Vec<ExtraWrite> {
+    sops.iter()
+        .map(|sop| ExtraWrite {
+            tree: PENDING_HEATMAPS_TREE.to_string(),
+            key: pending_key(study_uid, version, sop),
+            value: Vec::new(),
+        })
+        .collect()
+}
+
+fn pending_key(study_uid: &str, version: u32, sop: &str) -> Vec<u8> {
+    let mut k = result_key(study_uid, version);
+    k.push(0);
+    k.extend_from_slice(sop.as_bytes());
+    k
+}
+
+/// The heatmaps marked as still to make: (study UID, result version, SOP Instance UID).
+/// Marks that do not parse are skipped.
+pub fn pending_heatmaps(store: &Store) -> Result<Vec<(String, u32, String)>, StoreError> {
+    let mut out = Vec::new();
+    for item in store.tree(PENDING_HEATMAPS_TREE)?.iter() {
+        let (key, _) = item?;
+        let mut parts = key.split(|b| *b == 0);
+        let (Some(study), Some(version), Some(sop)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let version = std::str::from_utf8(version)
+            .ok()
+            .and_then(|v| u32::from_str_radix(v, 16).ok());
+        if let (Ok(study), Some(version), Ok(sop)) = (
+            std::str::from_utf8(study),
+            version,
+            std::str::from_utf8(sop),
+        ) {
+            out.push((study.to_string(), version, sop.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the mark of a heatmap that is no longer to be made.
+pub fn clear_pending_heatmap(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+    sop: &str,
+) -> Result<(), StoreError> {
+    store
+        .tree(PENDING_HEATMAPS_TREE)?
+        .remove(pending_key(study_uid, version, sop))?;
+    Ok(())
+}
+
+/// Records the heatmap state of one image of a result; a state other than pending
+/// clears its mark (a crash in between leaves a mark the next start discards).
 pub fn set_heatmap(
     store: &Store,
     study_uid: &str,
@@ -170,11 +234,14 @@ pub fn set_heatmap(
             }
         }
     })?;
-    match failed {
-        Some(reason) => Err(StoreError::Corrupt {
+    if let Some(reason) = failed {
+        return Err(StoreError::Corrupt {
             key: String::from_utf8_lossy(&key).to_string(),
             reason,
-        }),
-        None => Ok(()),
+        });
     }
+    if !matches!(state, HeatmapState::Pending { .. }) {
+        clear_pending_heatmap(store, study_uid, version, sop_instance_uid)?;
+    }
+    Ok(())
 }

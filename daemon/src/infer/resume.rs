@@ -1,50 +1,53 @@
-//! Heatmaps a restart or a crash left pending: when the engine starts, the latest result of
-//! every finished study is checked for images whose heatmap is still `pending`, their input
-//! is prepared again from the stored file, and the jobs are queued on the heatmap worker.
-//! So every analysed image still gets its heatmap, and through it its Secondary Capture.
+//! Heatmaps a restart or a crash left pending: when the engine starts, the marks the result
+//! commit left for them ([`record::pending_heatmaps`]) are walked, each image's input is
+//! prepared again from the stored file, and the jobs are queued on the heatmap worker. So
+//! every analysed image still gets its heatmap, and through it its Secondary Capture.
 
 use super::analyse::{prepare_file, Preparation};
 use super::heatmap::{HeatmapJob, HeatmapWorker};
 use super::manifest::Manifest;
 use super::record;
-use crate::model::StudyState;
-use crate::result::{HeatmapState, ImageResult, StudyResult};
+use crate::result::HeatmapState;
 use crate::store::Store;
 
 /// Queues the pending heatmaps again (see the module docs); returns how many were queued.
 /// Images whose heatmap can no longer be made (model changed, pixel data pruned or
-/// unreadable) are recorded as skipped with the reason. Blocking: decodes images.
+/// unreadable) are recorded as skipped with the reason; marks whose heatmap was recorded
+/// meanwhile are dropped. Blocking: decodes images.
 pub fn resume_heatmaps(store: &Store, manifest: &Manifest, worker: &HeatmapWorker) -> usize {
-    let studies = match store.studies() {
-        Ok(s) => s,
+    let marks = match record::pending_heatmaps(store) {
+        Ok(m) => m,
         Err(e) => {
-            log::error!("cannot list studies to resume heatmaps: {e}");
+            log::error!("cannot list the heatmaps to resume: {e}");
             return 0;
         }
     };
     let mut jobs = Vec::new();
-    for study in studies
-        .iter()
-        .filter(|s| s.state == StudyState::Done && s.result_version > 0)
-    {
-        let uid = &study.study_instance_uid;
-        let Ok(Some(result)) = record::result(store, uid, study.result_version) else {
+    for (uid, version, sop) in marks {
+        let code = match record::result(store, &uid, version) {
+            Ok(Some(r)) => r
+                .images
+                .into_iter()
+                .find(|i| i.sop_instance_uid == sop)
+                .and_then(|i| match i.heatmap {
+                    HeatmapState::Pending { code } => Some(code),
+                    _ => None,
+                }),
+            _ => None,
+        };
+        let Some(code) = code else {
+            // Recorded since (or the result is gone): nothing to make.
+            if let Err(e) = record::clear_pending_heatmap(store, &uid, version, &sop) {
+                log::error!("study {uid}: cannot clear a heatmap mark: {e}");
+            }
             continue;
         };
-        for img in &result.images {
-            let HeatmapState::Pending { code } = &img.heatmap else {
-                continue;
-            };
-            match job_for(store, manifest, &result, img, code) {
-                Ok(job) => jobs.push(job),
-                Err(reason) => {
-                    let skipped = HeatmapState::Skipped { reason };
-                    let sop = &img.sop_instance_uid;
-                    if let Err(e) =
-                        record::set_heatmap(store, uid, result.version, sop, skipped, 0.0)
-                    {
-                        log::error!("study {uid}: cannot record the skipped heatmap: {e}");
-                    }
+        match job_for(store, manifest, &uid, version, &sop, &code) {
+            Ok(job) => jobs.push(job),
+            Err(reason) => {
+                let skipped = HeatmapState::Skipped { reason };
+                if let Err(e) = record::set_heatmap(store, &uid, version, &sop, skipped, 0.0) {
+                    log::error!("study {uid}: cannot record the skipped heatmap: {e}");
                 }
             }
         }
@@ -57,12 +60,13 @@ pub fn resume_heatmaps(store: &Store, manifest: &Manifest, worker: &HeatmapWorke
     queued
 }
 
-/// The job of `img`'s pending heatmap for finding `code`, or why it cannot be made.
+/// The job of image `sop`'s pending heatmap for finding `code`, or why it cannot be made.
 fn job_for(
     store: &Store,
     manifest: &Manifest,
-    result: &StudyResult,
-    img: &ImageResult,
+    study_uid: &str,
+    version: u32,
+    sop: &str,
     code: &str,
 ) -> Result<HeatmapJob, String> {
     let target = manifest
@@ -71,7 +75,7 @@ fn job_for(
         .position(|l| l.code == code)
         .ok_or_else(|| format!("the model no longer has finding {code}"))?;
     let inst = store
-        .instance(&img.sop_instance_uid)
+        .instance(sop)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "the image is no longer in the store".to_string())?;
     if inst.pruned {
@@ -79,9 +83,9 @@ fn job_for(
     }
     match prepare_file(&store.root().join(&inst.path), manifest) {
         Preparation::Ready(p) => Ok(HeatmapJob {
-            study_uid: result.study_instance_uid.clone(),
-            version: result.version,
-            sop_instance_uid: img.sop_instance_uid.clone(),
+            study_uid: study_uid.to_string(),
+            version,
+            sop_instance_uid: sop.to_string(),
             input: p.tensor,
             target,
         }),

@@ -380,10 +380,12 @@ pub async fn analyse_study(
         })
         .collect();
     let all_failed = !analysed_any && !errors.is_empty();
-    let extra = match (&options.extra_writes, store.study(uid)) {
+    let mut extra = match (&options.extra_writes, store.study(uid)) {
         (Some(f), Ok(Some(study))) if !all_failed => f(&result, &study),
         _ => Vec::new(),
     };
+    let pending: Vec<&str> = jobs.iter().map(|j| j.sop_instance_uid.as_str()).collect();
+    extra.extend(record::pending_heatmap_marks(uid, version, &pending));
     match record::commit_result(store, &result, &extra) {
         Ok(Committed::Done) if all_failed => {
             let _ = record::mark_error(

@@ -210,12 +210,25 @@ async fn heatmaps_left_pending_by_a_restart_are_made_on_the_next_start() {
     add_instance(&store, "1.2.6", "1.2.6.1", &src, |_| {});
     analyse_and_stop(&store, &["1.2.5", "1.2.6"]).await;
 
-    // As if the daemon died before the heatmaps were made; one image is gone since.
+    // Recording the heatmaps cleared their marks.
+    assert!(record::pending_heatmaps(&store).unwrap().is_empty());
+
+    // As if the daemon died before the heatmaps were made (result pending, mark present);
+    // one image is gone since.
     let pending = || HeatmapState::Pending {
         code: "PNEUMONIA".into(),
     };
-    record::set_heatmap(&store, "1.2.5", 1, "1.2.5.1", pending(), 0.0).unwrap();
-    record::set_heatmap(&store, "1.2.6", 1, "1.2.6.1", pending(), 0.0).unwrap();
+    for (study, sop) in [("1.2.5", "1.2.5.1"), ("1.2.6", "1.2.6.1")] {
+        record::set_heatmap(&store, study, 1, sop, pending(), 0.0).unwrap();
+        for mark in record::pending_heatmap_marks(study, 1, &[sop]) {
+            store
+                .tree(&mark.tree)
+                .unwrap()
+                .insert(mark.key, mark.value)
+                .unwrap();
+        }
+    }
+    assert_eq!(record::pending_heatmaps(&store).unwrap().len(), 2);
     std::fs::remove_file(store.root().join("files/1.2.6/1.2.6.1.dcm")).unwrap();
 
     let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -237,6 +250,7 @@ async fn heatmaps_left_pending_by_a_restart_are_made_on_the_next_start() {
         panic!("the heatmap of a vanished image is not recorded as skipped");
     };
     assert!(!reason.is_empty());
+    assert!(record::pending_heatmaps(&store).unwrap().is_empty());
     drop(tx);
     task.await.unwrap();
 }
