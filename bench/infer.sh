@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks the inference pipeline per image (decode, preprocess, infer, heatmap) and the
 # same model through plain OpenVINO in Python on the same input, with the ratio.
-# Env: PYTHON (a Python with the openvino 2026.4.1 wheel; default /work/venvs/infer/bin/python
-# when present, else python3), RUNS (default 20), SAMPLES (default ../shared/data/cxr-samples).
+# Env: PYTHON (a Python with the openvino wheel of scripts/setup-openvino.sh and numpy;
+# default: a venv made on first use in .cache/openvino/venv), RUNS (default 20),
+# SAMPLES (default ../shared/data/cxr-samples).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,8 +16,17 @@ if [[ -z "$SAMPLES" ]]; then
 fi
 [[ -n "$SAMPLES" ]] || { echo "SKIP: no cxr-samples (set SAMPLES)"; exit 0; }
 PY="${PYTHON:-}"
-[[ -z "$PY" && -x /work/venvs/infer/bin/python ]] && PY=/work/venvs/infer/bin/python
-PY="${PY:-python3}"
+if [[ -z "$PY" ]]; then
+    # The plain-OpenVINO peer: the same wheel version the daemon loads, in a venv of its own.
+    OV_VERSION="$(cat .cache/openvino/.version)"
+    VENV=.cache/openvino/venv
+    if ! "$VENV/bin/python" -c "import openvino, numpy, sys; sys.exit(openvino.__version__.split('-')[0] != '$OV_VERSION')" 2>/dev/null; then
+        echo "setting up $VENV (openvino==$OV_VERSION, numpy)"
+        python3 -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check "openvino==$OV_VERSION" numpy
+    fi
+    PY="$VENV/bin/python"
+fi
 TENSOR="$(mktemp)"
 trap 'rm -f "$TENSOR"' EXIT
 cargo build --release -q -p duli --example infer_bench
