@@ -22,7 +22,7 @@ use crate::result::{ImageStatus, StudyResult};
 use crate::results::{self, overlay, uids::ResultUids};
 use crate::store::{Change, Store};
 use dicom_object::{FileDicomObject, InMemDicomObject};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// Longest side of the Secondary Capture image.
@@ -42,8 +42,6 @@ pub struct Publisher {
     uid_root: String,
     /// Batches prepared for results not yet known to be durable, by report id.
     pending: Mutex<HashMap<String, Prepared>>,
-    /// Reports whose Secondary Capture exists (one per report).
-    captured: Mutex<HashSet<String>>,
 }
 
 /// Builds the report every channel sends from a result and its study.
@@ -99,7 +97,6 @@ impl Publisher {
             secret,
             uid_root: uid_root.to_string(),
             pending: Mutex::new(HashMap::new()),
-            captured: Mutex::new(HashSet::new()),
         })
     }
 
@@ -214,13 +211,11 @@ impl Publisher {
         if is_manual_upload(&study) {
             return;
         }
-        {
-            let Ok(mut done) = self.captured.lock() else {
-                return;
-            };
-            if !done.insert(result.report_id.clone()) {
-                return;
-            }
+        // One SC per report (the first heatmap): its UID derives from the report id, so
+        // the store says whether it exists, across restarts too.
+        let sc_uid = ResultUids::new(&self.uid_root, &result.report_id).sc_instance;
+        if matches!(self.store.instance(&sc_uid), Ok(Some(_))) {
+            return;
         }
         let report = to_report(&result, &study);
         match self.store_secondary_capture(&report, sop_uid, png_path) {
