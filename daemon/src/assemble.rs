@@ -4,7 +4,8 @@
 //! has arrived for `quiet_period` (0 = at release). Completion is recorded in the store
 //! (state `complete`, flushed) before the study UID is sent on the output channel, so a
 //! restart never loses a completion: at start-up, studies still `receiving` are re-armed
-//! from their last receive time, and `complete` ones are handed on again.
+//! from their last receive time, and `complete` ones are handed on again (`queued` and
+//! `inferring` ones are the inference stage's to resume).
 
 use crate::model::StudyState;
 use crate::store::Store;
@@ -87,13 +88,19 @@ impl StudyTracker {
                         },
                     );
                 }
-                StudyState::Complete | StudyState::Queued | StudyState::Inferring => {
-                    // Handed on before the restart but not finished: hand on again.
+                StudyState::Complete => {
+                    // Completed before the restart but not yet taken by inference.
                     if self.out.send(s.study_instance_uid.clone()).await.is_err() {
                         return;
                     }
                 }
-                StudyState::Done | StudyState::Error => {}
+                // `queued` and `inferring` ones belong to the inference stage, which resumes
+                // them itself when its engine loads: handing them on here as well would
+                // analyse them twice (a second result version and report).
+                StudyState::Queued
+                | StudyState::Inferring
+                | StudyState::Done
+                | StudyState::Error => {}
             }
         }
     }

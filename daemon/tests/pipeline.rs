@@ -569,4 +569,7 @@ fn killed_while_the_outbox_drains_every_report_still_arrives() {
         "both peers got the same reports in the same order"
     );
     wait_drained(&d, Duration::from_secs(60));
+    // One report per study: no study was analysed twice across the restarts.
+    assert_eq!(distinct(&control_ids(&hl7.lock().unwrap())).len(), studies);
+    assert_eq!(distinct(&mqtt_reports(&sub.log())).len(), studies);
 }
