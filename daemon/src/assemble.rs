@@ -207,7 +207,9 @@ mod tests {
 
     #[tokio::test]
     async fn completes_after_release_and_quiet_period_and_records_it() {
-        let (_dir, store) = store_with("1.2.3", "1.2.3.1", crate::clock::now_secs());
+        // Received "later than now": the start-up re-arm (whole seconds) cannot find its
+        // quiet period already over before the test's own events arrive.
+        let (_dir, store) = store_with("1.2.3", "1.2.3.1", crate::clock::now_secs() + 60);
         let (tx, mut rx) = mpsc::channel(4);
         let (etx, erx) = mpsc::channel(4);
         let tracker = StudyTracker::new(store.clone(), Duration::from_millis(200), tx);
