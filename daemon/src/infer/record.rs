@@ -11,7 +11,7 @@
 
 use crate::model::{StudyRecord, StudyState};
 use crate::result::{HeatmapState, StudyResult};
-use crate::store::{decode, encode, write_extra, Store, StoreError};
+use crate::store::{decode, encode, write_extra, Change, Store, StoreError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -75,8 +75,8 @@ fn corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError
 }
 
 /// Commits `result`, moves the study to `done` (unless new instances reopened it) with
-/// `result_version = result.version`, and applies `extra` — all in one transaction.
-/// Not durable until [`Store::flush`].
+/// `result_version = result.version`, and applies `extra` — all in one transaction; the
+/// new study record is broadcast ([`Store::changes`]). Not durable until [`Store::flush`].
 pub fn commit_result(
     store: &Store,
     result: &StudyResult,
@@ -106,10 +106,14 @@ pub fn commit_result(
         study.result_version = study.result_version.max(result.version);
         studies.insert(uid.as_bytes(), encode(&study))?;
         write_extra(&views[2..], &names, extra)?;
-        Ok(outcome)
+        Ok((outcome, study))
     });
     match out {
-        Ok(c) => Ok(c),
+        Ok((outcome, study)) => {
+            // Like every write of a study record, the state change is broadcast.
+            store.notify(Change::Study(Box::new(study)));
+            Ok(outcome)
+        }
         Err(TransactionError::Abort(e)) => Err(e),
         Err(TransactionError::Storage(e)) => Err(StoreError::Index(e)),
     }
