@@ -21,11 +21,16 @@ build:
 test-env: models
 	scripts/setup-test-env.sh
 
-# The OpenVINO runtime (from the pinned PyPI wheel) and the default model's IR
-# (copied from ../shared and checked, or rebuilt); a few seconds once done.
+# The OpenVINO runtime (from the pinned PyPI wheel), the default model's IR (copied from
+# ../shared and checked, or rebuilt) and the demo's sample X-rays (from the model's PyPI
+# package); a few seconds once done.
 models:
+	@echo "== make models: OpenVINO runtime (pinned PyPI wheel -> .cache/openvino/libs)"
 	scripts/setup-openvino.sh
+	@echo "== make models: default model (models/pneumonia-xception, SHA-256 checked)"
 	scripts/setup-models.sh
+	@echo "== make models: sample chest X-rays (model's PyPI package -> .cache/samples/cxr-jpeg)"
+	scripts/setup-samples.sh
 
 test: test-env
 	$(CARGO) test --workspace
@@ -46,7 +51,10 @@ test-scripts:
 	@echo "script checks: ok"
 
 demo: models
-	$(CARGO) run --release -- demo
+	@echo "== make demo: build the release binary (first time about 4 min on 2 cores)"
+	$(CARGO) build --release -p duli
+	@echo "== make demo: start the daemon and send it the sample studies"
+	$(CARGO) run --release -q -p duli -- demo
 
 bench: test-env
 	$(CARGO) build --release -p duli

@@ -371,7 +371,9 @@ function dl(obj) {
 async function systemPage() {
   try {
     const [sys, models] = await Promise.all([api("GET", "/api/v1/system"), api("GET", "/api/v1/models")]);
+    const modelState = (sys.model && sys.model.state) || "";
     app.replaceChildren(h("h2", {}, "System"),
+      modelState.startsWith("waiting") ? h("p", { class: "error", role: "alert", id: "model-state" }, modelState) : "",
       state.role === "technician" ? echoSection() : "",
       outboxSection(),
       h("h2", {}, "Status"), dl(sys), h("h2", {}, "Model"), dl(models[0] || {}));

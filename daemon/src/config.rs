@@ -440,8 +440,13 @@ impl Config {
         deserialize(table.clone(), path)?;
         let mut file_paths = keys_of(&table);
         let from_env = apply_env(&mut table, env)?;
+        let set = keys_of(&table);
         file_paths.retain(|k| !from_env.contains(k));
         let mut config: Config = deserialize(table, path)?;
+        if !set.iter().any(|k| k == "inference.model") {
+            // Not configured: the default model wherever it is installed (see `locate`).
+            config.inference.model = crate::locate::model_manifest().or_first();
+        }
         config.resolve_paths(&cwd, file_dir.as_deref(), &file_paths);
         config.origin = path.map(|p| cwd.join(p));
         config.validate().map_err(ConfigError::Invalid)?;
@@ -1018,11 +1023,12 @@ mod tests {
         std::fs::write(&path, "[device]\ndata_dir = \"store\"\n").unwrap();
         let c = Config::load(Some(&path), Vec::new()).unwrap();
         assert_eq!(c.device.data_dir, dir.path().join("store"));
-        // a default (not in the file) resolves against the working directory
-        assert!(c
-            .inference
-            .model
-            .starts_with(std::env::current_dir().unwrap()));
+        // the default model (not in the file) is wherever `locate` finds it
+        assert_eq!(
+            c.inference.model,
+            crate::locate::model_manifest().or_first()
+        );
+        assert!(c.inference.model.is_absolute());
     }
 
     #[test]

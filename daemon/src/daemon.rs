@@ -232,6 +232,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     console_state.outbox = Some(delivery.outbox.clone());
     console_state.publisher = Some(publisher.clone());
     console_state.assembly = Some(uploads_tx);
+    let model_status = crate::infer::ModelStatus::default();
+    console_state.model_status = model_status.clone();
     let console_state = Arc::new(console_state);
     let (console_addr, console_task) = console::start(
         config,
@@ -286,6 +288,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let options = crate::infer::PipelineOptions {
         extra_writes: Some(publisher.hook()),
         on_result: Some(on_result_tx),
+        status: model_status,
         on_heatmap: Some(Arc::new(
             move |study: &str, version: u32, sop: &str, png: &str| {
                 heat_publisher.heatmap_ready(study, version, sop, png)

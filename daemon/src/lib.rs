@@ -30,7 +30,8 @@
 //!   [`diagnostics`]: the support bundle.
 //! - [`cli_audit`]: audit records of command-line actions.
 //! - [`fsutil`]: atomic, permission-aware file writes.
-//! - [`demo`]: the newcomer's first run.
+//! - [`demo`]: the newcomer's first run; [`locate`]: where the model, the OpenVINO runtime
+//!   and the demo's samples are found when the configuration does not say.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 #![warn(missing_docs)]
 
@@ -50,6 +51,7 @@ pub mod firmware_cli;
 pub mod fsutil;
 pub mod health;
 pub mod infer;
+pub mod locate;
 pub mod logging;
 pub mod metrics;
 pub mod model;

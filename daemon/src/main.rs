@@ -35,11 +35,12 @@ enum Command {
         allow_root: bool,
     },
     /// Run the daemon on defaults, send the sample X-rays to it and show what was recorded.
+    #[command(after_help = duli::demo::SEARCH_ORDER)]
     Demo {
         /// Exit 0 once every sample is recorded (for CI) instead of running until Ctrl-C.
         #[arg(long)]
         exit_after_report: bool,
-        /// Folder of sample DICOM files (default: ../shared/data/cxr-samples/dicom/explicit-le).
+        /// Folder of sample DICOM files or PNG/JPEG chest X-rays (default: see below).
         #[arg(long)]
         samples: Option<PathBuf>,
         /// Configuration file (TOML); defaults otherwise.

@@ -4,12 +4,16 @@
 # empty system/ folder lets `systemd --user` start, with XDG_RUNTIME_DIR, XDG_CONFIG_HOME
 # and XDG_STATE_HOME under a temporary folder. The unit file is systemd/duli.service as is,
 # plus one drop-in with what a user manager needs instead:
-#   ExecStart=  the binary under test, configuration from the environment (loopback ports,
-#               data in %S/duli = the StateDirectory=, inference off);
+#   ExecStart=  the binary under test, copied into the test's own folder under /var/lib
+#               (the shipped ProtectHome= and PrivateTmp= hide a checkout under /home,
+#               /root or /tmp from the unit, so the binary is placed where an installed one
+#               could be), configuration from the environment (loopback ports, data in
+#               %S/duli = the StateDirectory=, inference off);
 #   User=, Group= reset: a user manager cannot switch users, so the daemon runs as the
 #               manager's user (root here) with DULI_DEVICE__ALLOW_ROOT=true;
 #   StandardError= a file, as there is no journald to read.
-# Everything else (Type=notify, WatchdogSec=, the sandboxing) applies as shipped.
+# Everything else (Type=notify, WatchdogSec=, the sandboxing) applies as shipped: the test
+# fails if its drop-in sets any Protect*, Private* or Capability* key.
 # Checks: `systemctl --user start` returns only after READY=1, the unit is active/running
 # with its watchdog, C-ECHO and /healthz answer, the store lies in the StateDirectory, and
 # `systemctl --user stop` ends it cleanly (Result=success, exit status 0).
@@ -53,10 +57,13 @@ s = [socket.socket() for _ in range(2)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
 cp "$here/systemd/duli.service" "$base/config/systemd/user/duli.service"
-cat > "$base/config/systemd/user/duli.service.d/user-manager.conf" <<CONF
+mkdir -p "$base/bin"
+install -m 0755 "$bin" "$base/bin/duli"
+dropin="$base/config/systemd/user/duli.service.d/user-manager.conf"
+cat > "$dropin" <<CONF
 [Service]
 ExecStart=
-ExecStart=$bin run
+ExecStart=$base/bin/duli run
 User=
 Group=
 Environment=DULI_DEVICE__DATA_DIR=%S/duli DULI_DEVICE__ALLOW_ROOT=true DULI_LOG=info
@@ -65,6 +72,11 @@ Environment=DULI_CONSOLE__BIND=127.0.0.1 DULI_CONSOLE__PORT=$console_port
 Environment=DULI_INFERENCE__MODEL=/nonexistent/inference-off/model.toml
 StandardError=file:$base/duli.log
 CONF
+
+# The shipped hardening is what is tested: the drop-in may not loosen it.
+if grep -Eq '^[[:space:]]*(Protect[A-Za-z]*|Private[A-Za-z]*|Capability[A-Za-z]*|AmbientCapabilities)[[:space:]]*=' "$dropin"; then
+    echo "FAIL: the test's drop-in changes the sandbox:"; grep -E '^(Protect|Private|Capab|Ambient)' "$dropin"; exit 1
+fi
 
 /usr/lib/systemd/systemd --user >"$base/manager.log" 2>&1 &
 manager=$!

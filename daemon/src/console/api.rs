@@ -263,7 +263,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
     let param = |i: usize| p.get(i).map(String::as_str).unwrap_or("");
     let c = &console;
     match (route.endpoint, session) {
-        (Endpoint::Health, _) => Ok(reply::json(StatusCode::OK, &json!({"status": "ok"}))),
+        (Endpoint::Health, _) => Ok(health(c)),
         (Endpoint::Metrics, _) => {
             let snap = crate::web::snapshot(&c.store, c.outbox.as_deref());
             Ok(reply::bytes(
@@ -1016,6 +1016,20 @@ fn models(c: &Console) -> Result<Response, ApiError> {
     ))
 }
 
+/// `/healthz`: 200 while the daemon serves; `status` is `ok`, or `degraded` with the
+/// inference stage's reason (e.g. `waiting for model: ...`) while studies cannot be analysed.
+fn health(c: &Console) -> Response {
+    let model = c.model_status.get();
+    let status = match model {
+        crate::infer::ModelState::Waiting(_) => "degraded",
+        _ => "ok",
+    };
+    reply::json(
+        StatusCode::OK,
+        &json!({"status": status, "inference": model.describe()}),
+    )
+}
+
 fn system(c: &Console) -> Result<Response, ApiError> {
     let free = c.store.files().free_bytes().ok();
     let total = nix::sys::statvfs::statvfs(&c.data_dir)
@@ -1038,7 +1052,7 @@ fn system(c: &Console) -> Result<Response, ApiError> {
             "disk": {"data_dir": c.data_dir.display().to_string(), "free_bytes": free, "total_bytes": total},
             "store": {"instances": c.store.instance_count(), "studies": counts},
             "outbox": outbox,
-            "model": {"manifest_path": c.model.display().to_string()},
+            "model": {"manifest_path": c.model.display().to_string(), "state": c.model_status.get().describe()},
             "peers": c.peers.iter().map(|p| json!({"name": p.name, "ae_title": p.ae_title, "host": p.host, "port": p.port})).collect::<Vec<_>>(),
             "audit_head": c.audit.head().map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
         }),

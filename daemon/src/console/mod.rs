@@ -75,6 +75,8 @@ pub struct Console {
     pub device_id: String,
     /// Model manifest path.
     pub model: PathBuf,
+    /// Whether the inference stage has its model (`/healthz`, system page).
+    pub model_status: crate::infer::ModelStatus,
     /// Configured DICOM peers (system page).
     pub peers: Vec<crate::config::PacsDestination>,
     /// The peers of the C-ECHO test: this box's SCP and the PACS destinations.
@@ -124,6 +126,7 @@ impl Console {
             site_id: config.device.site_id.clone(),
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),
+            model_status: crate::infer::ModelStatus::default(),
             peers: config.pacs.destinations.clone(),
             echo_peers: crate::scu::configured_peers(config),
             ae_title: config.dicom.ae_title.clone(),

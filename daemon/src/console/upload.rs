@@ -124,14 +124,19 @@ pub fn prepare(bytes: &[u8], filename: &str, uid_root: &str) -> Result<Prepared,
     if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
         return from_dicom(bytes, id);
     }
-    let format = if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        image::ImageFormat::Png
-    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        image::ImageFormat::Jpeg
-    } else {
-        return Err(UploadError::UnknownFormat);
-    };
+    let format = sniff(bytes).ok_or(UploadError::UnknownFormat)?;
     from_image(bytes, format, filename, id)
+}
+
+/// PNG or JPEG, from the signature.
+fn sniff(bytes: &[u8]) -> Option<image::ImageFormat> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(image::ImageFormat::Png)
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(image::ImageFormat::Jpeg)
+    } else {
+        None
+    }
 }
 
 fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
@@ -200,6 +205,140 @@ fn dicom_now() -> (String, String) {
     )
 }
 
+/// What an image wrapped as DICOM is recorded as: the patient, the study and the kind of
+/// object. Uploads become Secondary Captures marked as chest radiographs; the demo's
+/// sample images become DX images as a modality would send them.
+#[derive(Debug, Clone)]
+pub struct WrapHeader {
+    /// SOP Class UID (Secondary Capture or DX for presentation).
+    pub sop_class: &'static str,
+    /// Patient's Name (PN).
+    pub patient_name: String,
+    /// Patient ID.
+    pub patient_id: String,
+    /// Patient's Birth Date (DA, may be empty).
+    pub birth_date: String,
+    /// Patient's Sex (`M`, `F`, `O` or empty).
+    pub sex: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// SOP Instance UID.
+    pub instance_uid: String,
+    /// Accession Number (may be empty).
+    pub accession: String,
+    /// Study ID.
+    pub study_id: String,
+    /// Study Description.
+    pub study_description: String,
+    /// Series Description.
+    pub series_description: String,
+    /// Image Type.
+    pub image_type: &'static str,
+    /// View Position (`PA`, `AP`).
+    pub view_position: &'static str,
+    /// Derivation Description (the upload mark), when any.
+    pub derivation: Option<&'static str>,
+    /// Institution Name, when any.
+    pub institution: Option<String>,
+}
+
+/// Decodes a PNG or JPEG into 8-bit grey levels (bounded in size).
+pub fn decode_image(bytes: &[u8]) -> Result<(image::GrayImage, &'static str), UploadError> {
+    let format = sniff(bytes).ok_or(UploadError::UnknownFormat)?;
+    let name = if format == image::ImageFormat::Png {
+        "png"
+    } else {
+        "jpeg"
+    };
+    Ok((decode(bytes, format)?, name))
+}
+
+/// Wraps 8-bit grey levels as a monochrome DICOM image in explicit VR little endian.
+pub fn wrap_gray(
+    gray: image::GrayImage,
+    h: &WrapHeader,
+) -> Result<FileDicomObject<InMemDicomObject>, UploadError> {
+    let (w, ht) = (gray.width(), gray.height());
+    let (Ok(rows), Ok(cols)) = (u16::try_from(ht), u16::try_from(w)) else {
+        return Err(UploadError::Build(format!(
+            "{w}x{ht} is too large for DICOM"
+        )));
+    };
+    let (date, time) = dicom_now();
+    let is_sc = h.sop_class == SECONDARY_CAPTURE;
+    let mut obj = InMemDicomObject::new_empty();
+    obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
+    obj.put(text(tags::IMAGE_TYPE, VR::CS, h.image_type));
+    obj.put(text(tags::SOP_CLASS_UID, VR::UI, h.sop_class));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &h.instance_uid));
+    obj.put(text(tags::STUDY_DATE, VR::DA, &date));
+    obj.put(text(tags::STUDY_TIME, VR::TM, &time));
+    obj.put(text(tags::CONTENT_DATE, VR::DA, &date));
+    obj.put(text(tags::CONTENT_TIME, VR::TM, &time));
+    obj.put(text(tags::ACCESSION_NUMBER, VR::SH, &h.accession));
+    obj.put(text(tags::MODALITY, VR::CS, "DX"));
+    if !is_sc {
+        obj.put(text(
+            tags::PRESENTATION_INTENT_TYPE,
+            VR::CS,
+            "FOR PRESENTATION",
+        ));
+    }
+    if let Some(inst) = &h.institution {
+        obj.put(text(tags::INSTITUTION_NAME, VR::LO, inst));
+    }
+    obj.put(text(tags::REFERRING_PHYSICIAN_NAME, VR::PN, ""));
+    obj.put(text(tags::STUDY_DESCRIPTION, VR::LO, &h.study_description));
+    obj.put(text(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        &h.series_description,
+    ));
+    obj.put(text(tags::PATIENT_NAME, VR::PN, &h.patient_name));
+    obj.put(text(tags::PATIENT_ID, VR::LO, &h.patient_id));
+    obj.put(text(tags::PATIENT_BIRTH_DATE, VR::DA, &h.birth_date));
+    obj.put(text(tags::PATIENT_SEX, VR::CS, &h.sex));
+    obj.put(text(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"));
+    obj.put(text(tags::VIEW_POSITION, VR::CS, h.view_position));
+    obj.put(text(tags::STUDY_INSTANCE_UID, VR::UI, &h.study_uid));
+    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &h.series_uid));
+    obj.put(text(tags::STUDY_ID, VR::SH, &h.study_id));
+    obj.put(text(tags::SERIES_NUMBER, VR::IS, "1"));
+    obj.put(text(tags::INSTANCE_NUMBER, VR::IS, "1"));
+    obj.put(text(tags::PATIENT_ORIENTATION, VR::CS, ""));
+    if is_sc {
+        obj.put(text(tags::CONVERSION_TYPE, VR::CS, "WSD"));
+    } else {
+        obj.put(text(tags::IMAGE_LATERALITY, VR::CS, "U"));
+        obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO"));
+    }
+    if let Some(mark) = h.derivation {
+        obj.put(text(tags::DERIVATION_DESCRIPTION, VR::ST, mark));
+    }
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    obj.put(text(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    ));
+    obj.put(us(tags::ROWS, rows));
+    obj.put(us(tags::COLUMNS, cols));
+    obj.put(us(tags::BITS_ALLOCATED, 8));
+    obj.put(us(tags::BITS_STORED, 8));
+    obj.put(us(tags::HIGH_BIT, 7));
+    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    put_pixels_8bit(&mut obj, gray.into_raw());
+    with_meta(
+        obj,
+        h.sop_class,
+        &h.instance_uid,
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+    .map_err(|e| UploadError::Build(e.to_string()))
+}
+
 fn from_image(
     bytes: &[u8],
     format: image::ImageFormat,
@@ -207,61 +346,26 @@ fn from_image(
     id: Identity,
 ) -> Result<Prepared, UploadError> {
     let gray = decode(bytes, format)?;
-    let (w, h) = (gray.width(), gray.height());
-    let (date, time) = dicom_now();
     let name = name_component(filename);
-    let mut obj = InMemDicomObject::new_empty();
-    obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
-    obj.put(text(tags::SOP_CLASS_UID, VR::UI, SECONDARY_CAPTURE));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &id.instance));
-    obj.put(text(tags::PATIENT_NAME, VR::PN, &format!("UPLOAD^{name}")));
-    obj.put(text(tags::PATIENT_ID, VR::LO, &id.patient_id));
-    obj.put(text(tags::PATIENT_BIRTH_DATE, VR::DA, ""));
-    obj.put(text(tags::PATIENT_SEX, VR::CS, ""));
-    obj.put(text(tags::STUDY_INSTANCE_UID, VR::UI, &id.study));
-    obj.put(text(tags::STUDY_DATE, VR::DA, &date));
-    obj.put(text(tags::STUDY_TIME, VR::TM, &time));
-    obj.put(text(tags::CONTENT_DATE, VR::DA, &date));
-    obj.put(text(tags::CONTENT_TIME, VR::TM, &time));
-    obj.put(text(tags::STUDY_ID, VR::SH, "UPLOAD"));
-    obj.put(text(tags::ACCESSION_NUMBER, VR::SH, ""));
-    obj.put(text(tags::REFERRING_PHYSICIAN_NAME, VR::PN, ""));
-    obj.put(text(
-        tags::STUDY_DESCRIPTION,
-        VR::LO,
-        "Uploaded chest radiograph (not a patient record)",
-    ));
-    obj.put(text(tags::MODALITY, VR::CS, "DX"));
-    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &id.series));
-    obj.put(text(tags::SERIES_NUMBER, VR::IS, "1"));
-    obj.put(text(tags::INSTANCE_NUMBER, VR::IS, "1"));
-    obj.put(text(tags::SERIES_DESCRIPTION, VR::LO, &name));
-    obj.put(text(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"));
-    obj.put(text(tags::VIEW_POSITION, VR::CS, "PA"));
-    obj.put(text(tags::PATIENT_ORIENTATION, VR::CS, ""));
-    obj.put(text(tags::CONVERSION_TYPE, VR::CS, "WSD"));
-    obj.put(text(tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY"));
-    obj.put(text(tags::DERIVATION_DESCRIPTION, VR::ST, SC_UPLOAD_MARK));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(text(
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    ));
-    obj.put(us(tags::ROWS, h as u16));
-    obj.put(us(tags::COLUMNS, w as u16));
-    obj.put(us(tags::BITS_ALLOCATED, 8));
-    obj.put(us(tags::BITS_STORED, 8));
-    obj.put(us(tags::HIGH_BIT, 7));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    put_pixels_8bit(&mut obj, gray.into_raw());
-    let object = with_meta(
-        obj,
-        SECONDARY_CAPTURE,
-        &id.instance,
-        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
-    )
-    .map_err(|e| UploadError::Build(e.to_string()))?;
+    let header = WrapHeader {
+        sop_class: SECONDARY_CAPTURE,
+        patient_name: format!("UPLOAD^{name}"),
+        patient_id: id.patient_id.clone(),
+        birth_date: String::new(),
+        sex: String::new(),
+        study_uid: id.study.clone(),
+        series_uid: id.series,
+        instance_uid: id.instance,
+        accession: String::new(),
+        study_id: "UPLOAD".into(),
+        study_description: "Uploaded chest radiograph (not a patient record)".into(),
+        series_description: name,
+        image_type: "DERIVED\\SECONDARY",
+        view_position: "PA",
+        derivation: Some(SC_UPLOAD_MARK),
+        institution: None,
+    };
+    let object = wrap_gray(gray, &header)?;
     Ok(Prepared {
         object,
         format: if format == image::ImageFormat::Png {

@@ -17,7 +17,8 @@
 //! - [`heatmap`]: occlusion-sensitivity heatmaps on a low-priority worker.
 //! - [`record`]: the study result and state transitions in the store.
 //! - [`resume`]: heatmaps a restart left pending, queued again when the engine starts.
-//! - [`service`]: [`service::run_pipeline`], the daemon's inference stage.
+//! - [`service`]: [`service::run_pipeline`], the daemon's inference stage, and
+//!   [`status`]: whether it has its model (shown by `/healthz` and the console).
 //! - [`cli`]: `duli infer FILE...`, the offline tool.
 pub mod analyse;
 pub mod backend;
@@ -36,12 +37,14 @@ pub mod resize;
 pub mod resume;
 pub mod samples;
 pub mod service;
+pub mod status;
 pub mod tensor;
 
 pub use cli::infer_files_cli;
 pub use engine::{Engine, EngineError};
 pub use manifest::Manifest;
 pub use service::{run_pipeline, run_pipeline_with, PipelineOptions};
+pub use status::{ModelState, ModelStatus};
 #[cfg(test)]
 mod golden_tests;
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The OpenVINO backend. The runtime is linked at run time: its C library is loaded from
 //! `inference.openvino_lib`, else `DULI_OPENVINO_LIB`, else `.cache/openvino/libs` (what
-//! `scripts/setup-openvino.sh` unpacks from the pinned PyPI wheel), before the first `Core`.
+//! `scripts/setup-openvino.sh` unpacks from the pinned PyPI wheel) in the working directory
+//! or the repository the binary was built from, else `/usr/lib/duli/openvino` (see
+//! [`crate::locate`]), before the first `Core`.
 
 use super::backend::{input_shape, Backend, BackendError, CompileOptions, Compiled, Request};
 use super::manifest::Manifest;
@@ -14,8 +16,6 @@ use std::str::FromStr;
 
 /// Environment variable naming the OpenVINO C library (or its folder).
 pub const LIB_ENV: &str = "DULI_OPENVINO_LIB";
-/// Default location of the runtime, relative to the working directory.
-pub const DEFAULT_LIB_DIR: &str = ".cache/openvino/libs";
 const LIB_NAME: &str = "libopenvino_c.so";
 const HINT: &str = "run scripts/setup-openvino.sh (fetches the pinned runtime into .cache/openvino/libs) or set inference.openvino_lib / DULI_OPENVINO_LIB to libopenvino_c.so";
 /// Longest an inference call may take before it is reported as failed (ms).
@@ -27,7 +27,7 @@ pub fn library_path(cfg: &InferenceConfig) -> PathBuf {
         .openvino_lib
         .clone()
         .or_else(|| std::env::var_os(LIB_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_LIB_DIR));
+        .unwrap_or_else(|| crate::locate::openvino_runtime().or_first());
     if p.is_dir() {
         p.join(LIB_NAME)
     } else {

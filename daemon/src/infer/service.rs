@@ -29,6 +29,7 @@ use super::findings::heatmap_target;
 use super::heatmap::{HeatmapJob, HeatmapWorker};
 use super::record::{self, Committed, ExtraWrites};
 use super::resume::resume_heatmaps;
+use super::status::{ModelState, ModelStatus};
 use crate::config::InferenceConfig;
 use crate::model::StudyState;
 use crate::result::{
@@ -40,6 +41,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
+
+/// How often the reason is logged again while the stage waits for its model.
+pub const WAITING_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the engine (called again after a failure).
 pub type EngineFactory = Arc<dyn Fn() -> Result<Engine, EngineError> + Send + Sync>;
@@ -57,6 +61,8 @@ pub struct PipelineOptions {
     pub on_result: Option<mpsc::UnboundedSender<String>>,
     /// Called (on the heatmap thread) when an image's heatmap PNG is stored.
     pub on_heatmap: Option<OnHeatmapReady>,
+    /// Where the stage says whether it has its model.
+    pub status: ModelStatus,
 }
 
 /// Callback of a stored heatmap: study UID, result version, SOP Instance UID, PNG path
@@ -71,6 +77,7 @@ impl Default for PipelineOptions {
             heatmaps: true,
             on_result: None,
             on_heatmap: None,
+            status: ModelStatus::default(),
         }
     }
 }
@@ -92,6 +99,7 @@ pub async fn run_pipeline_with(
     let mut engine: Option<(Arc<Engine>, Option<HeatmapWorker>, Arc<Semaphore>)> = None;
     let mut backlog: VecDeque<String> = VecDeque::new();
     let mut last_error = String::new();
+    let mut last_logged: Option<Instant> = None;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         if engine.is_none() {
@@ -113,15 +121,24 @@ pub async fn run_pipeline_with(
                     }
                     let sem = Arc::new(Semaphore::new(e.workers()));
                     engine = Some((e, heatmaps, sem));
+                    if !last_error.is_empty() {
+                        log::info!(
+                            "inference: the model is loaded; queued studies are analysed now"
+                        );
+                    }
                     last_error.clear();
+                    options.status.set(ModelState::Ready);
                     backlog.extend(pending_studies(&store));
                 }
                 Ok(Err(err)) => {
                     let msg = err.to_string();
-                    if msg != last_error {
-                        log::error!("inference is waiting: {msg}; received studies stay queued and are analysed once this is fixed (retry every {:?})", options.retry_after);
-                        last_error = msg;
+                    let due = last_logged.is_none_or(|t| t.elapsed() >= WAITING_LOG_EVERY);
+                    if msg != last_error || due {
+                        log::error!("inference is waiting for its model: {msg}; received studies stay queued and are analysed once this is fixed (retry every {:?})", options.retry_after);
+                        last_logged = Some(Instant::now());
                     }
+                    options.status.set(ModelState::Waiting(msg.clone()));
+                    last_error = msg;
                 }
                 Err(join) => log::error!("inference engine start panicked: {join}"),
             }

@@ -245,6 +245,13 @@ async fn heatmaps_left_pending_by_a_restart_are_made_on_the_next_start() {
     };
     assert_eq!(code, "PNEUMONIA");
     assert!(store.root().join(path).is_file());
+    // The callback runs just after the heatmap is recorded: give it a moment.
+    for _ in 0..100 {
+        if !ready.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(*ready.lock().unwrap(), vec!["1.2.5 v1 1.2.5.1".to_string()]);
     let HeatmapState::Skipped { reason } = wait_heatmap(&store, "1.2.6").await else {
         panic!("the heatmap of a vanished image is not recorded as skipped");

@@ -1,6 +1,12 @@
-//! `duli demo`: the newcomer's first run. Starts the daemon on the given configuration,
-//! sends the sample X-rays to it over DICOM, prints what was recorded for each study, and
-//! keeps running until Ctrl-C (or exits once every sample study is recorded).
+//! `duli demo`: the newcomer's first run. Checks within seconds that the model, the
+//! OpenVINO runtime and the sample studies are there (naming the command that fixes what
+//! is missing), starts the daemon on the given configuration, sends the samples to it over
+//! DICOM, prints what was recorded for each study, and keeps running until Ctrl-C (or exits
+//! once every sample study is recorded).
+//!
+//! - [`samples`]: where the samples are found, and sample images wrapped as DX studies.
+
+pub mod samples;
 
 use crate::config::Config;
 use crate::model::StudyState;
@@ -10,12 +16,47 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Where the sample studies are looked for when no folder is given.
-pub fn default_samples() -> PathBuf {
-    let shared = std::env::var_os("DULI_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared"));
-    shared.join("data/cxr-samples/dicom/explicit-le")
+/// The search order `duli demo --help` prints.
+pub const SEARCH_ORDER: &str =
+    "Sample studies, first found: --samples FOLDER (DICOM files, PNG or JPEG images); \
+$DULI_SHARED_DIR/data/cxr-samples/dicom/explicit-le; shared/data/cxr-samples/dicom/explicit-le \
+beside the repository the binary was built from; .cache/samples/cxr-jpeg in that repository \
+(the 16 chest X-rays `make models` prepares from the model's PyPI package, sent as DX studies). \
+Model manifest (unless inference.model is set): models/pneumonia-xception/model.toml in the \
+working directory, then in the repository the binary was built from, then \
+/usr/share/duli/models/pneumonia-xception/model.toml. OpenVINO runtime (unless \
+inference.openvino_lib or DULI_OPENVINO_LIB is set): .cache/openvino/libs in the working \
+directory, then in that repository, then /usr/lib/duli/openvino.";
+
+/// Checks, before anything starts, that the model manifest, its weights and the OpenVINO
+/// runtime are there; the error names what is missing and the command that fixes it.
+pub fn preflight(config: &Config) -> Result<()> {
+    let fix = "run `make models` in the repository (scripts/setup-openvino.sh and scripts/setup-models.sh)";
+    let manifest_path = &config.inference.model;
+    if !manifest_path.is_file() {
+        let looked = crate::locate::model_manifest();
+        bail!(
+            "model manifest {} not found (looked in:\n{}\n); {fix}, or set inference.model",
+            manifest_path.display(),
+            looked.describe()
+        );
+    }
+    let manifest = crate::infer::Manifest::load(manifest_path)
+        .with_context(|| format!("model manifest {}", manifest_path.display()))?;
+    for f in std::iter::once(manifest.model_path()).chain(manifest.weights_path()) {
+        if !f.is_file() {
+            bail!("model file {} not found; {fix}", f.display());
+        }
+    }
+    let lib = crate::infer::openvino::library_path(&config.inference);
+    if !lib.exists() {
+        bail!(
+            "OpenVINO runtime {} not found (looked in:\n{}\n); {fix}, or set DULI_OPENVINO_LIB",
+            lib.display(),
+            crate::locate::openvino_runtime().describe()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the demo.
@@ -24,11 +65,15 @@ pub async fn run(
     samples: Option<PathBuf>,
     exit_after_report: bool,
 ) -> Result<ExitCode> {
-    let samples = samples.unwrap_or_else(default_samples);
-    if !samples.is_dir() {
+    let source = samples::find(samples)?;
+    preflight(&config)?;
+    let wrapped = config.device.data_dir.join("demo-samples");
+    let paths = samples::dicom_files(&source.dir, &wrapped, &config.dicom.uid_root)?;
+    if paths.is_empty() {
         bail!(
-            "sample folder {} not found: pass --samples FOLDER or set DULI_SHARED_DIR",
-            samples.display()
+            "no DICOM files or PNG/JPEG images in {} ({}); run `make models` or pass --samples FOLDER",
+            source.dir.display(),
+            source.origin
         );
     }
     let running = daemon::start(&config).await?;
@@ -37,15 +82,13 @@ pub async fn run(
         host: running.dicom_addr.ip().to_string(),
         port: running.dicom_addr.port(),
     };
-    let files: Vec<_> = scu::collect_files(std::slice::from_ref(&samples))
-        .into_iter()
-        .filter_map(|f| scu::prepare(&f).ok())
-        .collect();
+    let files: Vec<_> = paths.iter().filter_map(|f| scu::prepare(f).ok()).collect();
     let sent_uids: Vec<String> = files.iter().map(|f| f.sop_instance.clone()).collect();
     println!(
-        "Sending {} sample image(s) from {} to {target} ...",
+        "Sending {} sample image(s) from {} ({}) to {target} ...",
         files.len(),
-        samples.display()
+        source.dir.display(),
+        source.origin
     );
     let results = scu::send(&target, "DULI_DEMO", files, 2).await;
     let ok = results
