@@ -677,7 +677,7 @@ fn tls_only_1_2_and_up_and_the_certificate_is_the_logged_one() {
                 .args(["-skS", &format!("https://127.0.0.1:{port}/healthz")]),
             Duration::from_secs(30),
         );
-        assert!(out.stdout.contains("\"ok\""), "{}", out.combined());
+        assert!(out.stdout.contains("\"status\""), "{}", out.combined());
         let out = run(
             std::process::Command::new("curl")
                 .args(["-sS", &format!("http://127.0.0.1:{port}/healthz")]),
@@ -685,6 +685,34 @@ fn tls_only_1_2_and_up_and_the_certificate_is_the_logged_one() {
         );
         assert!(!out.success(), "curl over plain HTTP: {}", out.combined());
     }
+}
+
+#[test]
+fn healthz_and_the_system_page_say_what_inference_is_waiting_for() {
+    // The test daemon's model is a path that does not exist.
+    let d = daemon_with_users();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let r = https_get(d.console_addr(), "/healthz").expect("/healthz");
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        if v["status"] == "degraded" || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health["status"], "degraded", "{health}");
+    let why = health["inference"].as_str().unwrap_or_default();
+    assert!(why.starts_with("waiting for model: "), "{health}");
+    assert!(why.contains("inference-off-in-this-test"), "{health}");
+    let theo = d.login("theo", PW);
+    let sys: serde_json::Value = serde_json::from_slice(&theo.get("/api/v1/system").body).unwrap();
+    assert_eq!(sys["model"]["state"], why, "{sys}");
+    assert!(
+        d.log().contains("inference is waiting for its model"),
+        "{}",
+        d.log()
+    );
 }
 
 /// `POST /api/v1/uploads?name=NAME` with the file's bytes as the body.
