@@ -27,8 +27,11 @@ one_copy() {  # one_copy PARENT DEMO_SHARED(yes|no)
     trap 'rm -rf "$dir"' RETURN
     step "copy the checkout to $copy"
     mkdir -p "$copy"
-    # Everything but the release build and bulky benchmark output.
-    tar -C "$src" --exclude=./target/release --exclude=./bench/out --exclude=./duli-data -cf - . |
+    # Everything but the release build, incremental caches, test executables and bulky
+    # benchmark output (the dependencies' compiled libraries are what saves the rebuild).
+    tar -C "$src" --exclude=./target/release --exclude="./target/*/incremental" \
+        --exclude="./target/debug/deps/*-????????????????" \
+        --exclude=./bench/out --exclude=./duli-data -cf - . |
         tar -C "$copy" -xf -
     step "build the debug binary in $copy"
     (cd "$copy" && env -u CARGO_TARGET_DIR cargo build -q -p duli --bin duli)
