@@ -108,9 +108,7 @@ fn a_peer_without_store_cannot_store_through_a_c_get_storage_context() {
         &[(&sop_class, true, true)],
     );
     assert!(pacs.accepted(1).is_some(), "kept for C-GET sub-operations");
-    let roles = pacs.roles(&sop_class).expect("roles answered");
-    assert!(roles.scp && !roles.scu, "{roles:?}");
-    // The C-STORE is sent all the same: refused, "not authorized".
+    // A C-STORE on it: refused, "not authorized".
     let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
     let rsp = pacs.request(1, &rq, Some(&data)).unwrap();
     assert_eq!(status(&rsp), 0x0124, "{rsp:?}");
@@ -120,6 +118,9 @@ fn a_peer_without_store_cannot_store_through_a_c_get_storage_context() {
         Some(&*sop_instance)
     );
     assert!(rsp.error_comment.is_some());
+    // The reply gave it the SCP role only (it sent the C-STORE all the same).
+    let roles = pacs.roles(&sop_class).expect("roles answered");
+    assert!(roles.scp && !roles.scu, "{roles:?}");
     // The association serves on.
     let echo = pacs.request(3, &Command::echo_rq(2), None).unwrap();
     assert_eq!(status(&echo), 0x0000);

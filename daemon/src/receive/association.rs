@@ -265,7 +265,7 @@ pub async fn run(
                                         return "connection lost".into();
                                     }
                                 }
-                                if refusals > MAX_REFUSALS {
+                                if refusals >= MAX_REFUSALS {
                                     end(&mut running);
                                     abort(&writer).await;
                                     return format!(
