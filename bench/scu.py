@@ -18,7 +18,8 @@ APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
 IMPLICIT_LE = b"1.2.840.10008.1.2"
 IMPLEMENTATION_UID = b"1.2.826.0.1.3680043.9.7433.1.1"
 PENDING = (0xFF00, 0xFF01)
-C_FIND_RQ, C_MOVE_RQ = 0x0020, 0x0021
+C_FIND_RQ, C_MOVE_RQ, C_ECHO_RQ = 0x0020, 0x0021, 0x0030
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def _item(kind, body):
@@ -61,8 +62,9 @@ def encode_identifier(ds):
 class Association:
     """An association proposing `sop_classes` (one presentation context each)."""
 
-    def __init__(self, port, called, sop_classes, calling="BENCH", host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port))
+    def __init__(self, port, called, sop_classes, calling="BENCH", host="127.0.0.1",
+                 timeout=None):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.contexts = {}
         items = [_item(0x10, APPLICATION_CONTEXT)]
@@ -120,12 +122,17 @@ class Association:
     def _request(self, field, sop_class, identifier, extra=None):
         self.message_id += 1
         fields = {0x0002: _uid(sop_class.encode()), 0x0100: _us(field),
-                  0x0110: _us(self.message_id), 0x0700: _us(0), 0x0800: _us(0)}
+                  0x0110: _us(self.message_id), 0x0700: _us(0),
+                  0x0800: _us(0x0101 if identifier is None else 0)}
+        if field == C_ECHO_RQ:
+            del fields[0x0700]  # C-ECHO-RQ has no Priority
         fields.update(extra or {})
         pc_id = self.contexts[sop_class]
-        data = encode_identifier(identifier)
+        values = [(0x03, _command(fields))]
+        if identifier is not None:
+            values.append((0x02, encode_identifier(identifier)))
         pdvs = b""
-        for control, value in ((0x03, _command(fields)), (0x02, data)):
+        for control, value in values:
             pdvs += struct.pack(">IBB", len(value) + 2, pc_id, control) + value
         self.sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdvs)) + pdvs)
         pending = 0
@@ -135,6 +142,11 @@ class Association:
             if status not in PENDING:
                 return pending, status, fields
             pending += 1
+
+    def echo(self):
+        """One C-ECHO (the association must propose Verification); returns its status."""
+        _, status, _ = self._request(C_ECHO_RQ, VERIFICATION, None)
+        return status
 
     def find(self, sop_class, identifier):
         """One C-FIND; returns (matches, final status)."""

@@ -99,6 +99,23 @@ impl Permission {
         Permission::Move,
         Permission::Get,
     ];
+
+    /// The permission's name as written in `allowed_peers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Echo => "echo",
+            Permission::Store => "store",
+            Permission::Find => "find",
+            Permission::Move => "move",
+            Permission::Get => "get",
+        }
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One entry of `[dicom] allowed_peers`.
@@ -144,6 +161,12 @@ pub struct DicomConfig {
     pub accept_any_storage: bool,
     /// Seconds a new connection may take to send its A-ASSOCIATE-RQ (ARTIM).
     pub artim_timeout: u64,
+    /// Connections held at most while they have not associated (TLS handshake,
+    /// A-ASSOCIATE-RQ); over it the oldest of the busiest address is closed.
+    pub max_pending_connections: usize,
+    /// Connections held at most from one address while they have not associated; over it
+    /// that address's oldest is closed.
+    pub max_pending_per_address: usize,
     /// Seconds an association may stay silent before it is aborted.
     pub idle_timeout: u64,
     /// Serve DICOM TLS on `tls_port`.
@@ -173,6 +196,8 @@ impl Default for DicomConfig {
             quiet_period: 5,
             accept_any_storage: false,
             artim_timeout: 30,
+            max_pending_connections: 512,
+            max_pending_per_address: 32,
             idle_timeout: 120,
             tls: false,
             tls_port: 2762,
@@ -575,6 +600,26 @@ impl Config {
             bad(
                 "dicom.artim_timeout",
                 "must be between 1 and 600 seconds".into(),
+            );
+        }
+        if !(1..=16_384).contains(&self.dicom.max_pending_connections) {
+            bad(
+                "dicom.max_pending_connections",
+                format!(
+                    "must be between 1 and 16384, got {}",
+                    self.dicom.max_pending_connections
+                ),
+            );
+        }
+        if self.dicom.max_pending_per_address == 0
+            || self.dicom.max_pending_per_address > self.dicom.max_pending_connections
+        {
+            bad(
+                "dicom.max_pending_per_address",
+                format!(
+                    "must be between 1 and dicom.max_pending_connections ({}), got {}",
+                    self.dicom.max_pending_connections, self.dicom.max_pending_per_address
+                ),
             );
         }
         if self.dicom.idle_timeout == 0 || self.dicom.idle_timeout > 86_400 {
@@ -1066,6 +1111,40 @@ mod tests {
             "inference.device",
         ] {
             assert!(text.contains(key), "{key} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn pending_connection_bounds_are_validated() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.dicom.max_pending_connections, 512);
+        assert_eq!(c.dicom.max_pending_per_address, 32);
+        let c = load_str(
+            "[dicom]\nmax_pending_connections = 64\nmax_pending_per_address = 64\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.dicom.max_pending_per_address, 64);
+        for (text, key) in [
+            (
+                "max_pending_connections = 0",
+                "dicom.max_pending_connections",
+            ),
+            (
+                "max_pending_connections = 20000",
+                "dicom.max_pending_connections",
+            ),
+            (
+                "max_pending_per_address = 0",
+                "dicom.max_pending_per_address",
+            ),
+            (
+                "max_pending_per_address = 513",
+                "dicom.max_pending_per_address",
+            ),
+        ] {
+            let err = load_str(&format!("[dicom]\n{text}\n"), &[]).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
         }
     }
 

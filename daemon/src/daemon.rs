@@ -157,6 +157,10 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             .then(|| "the delivery outbox is full".to_string())
     }));
     scp.move_destinations = config.pacs.destinations.clone();
+    scp.unassociated = receive::unassociated::Unassociated::new(
+        config.dicom.max_pending_connections,
+        config.dicom.max_pending_per_address,
+    );
     let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
     let listener = take_or_bind(

@@ -5,7 +5,9 @@
 //! - [`config`]: the TOML configuration, its defaults, environment overrides and validation.
 //! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
-//! - [`receive`]: the SCP — listener, associations, the Verification and Storage services.
+//! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
+//!   associations, the check of every request (context, role, permission), the Verification
+//!   and Storage services.
 //! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
 //! - [`qr`]: the Query/Retrieve SCP — C-FIND, C-MOVE and C-GET over the store's index.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.

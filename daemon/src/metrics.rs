@@ -73,6 +73,10 @@ pub struct Metrics {
     pub associations_rejected_total: AtomicU64,
     /// Connections closed or aborted for protocol violations since start.
     pub protocol_errors_total: AtomicU64,
+    /// Unassociated connections closed to make room for newer ones since start.
+    pub connections_evicted_total: AtomicU64,
+    /// DIMSE requests refused by the per-request check (context, role, permission).
+    pub requests_refused_total: AtomicU64,
     /// Instances acknowledged with Success since start.
     pub instances_stored_total: AtomicU64,
     /// C-STORE requests answered with a failure status since start.
@@ -92,6 +96,8 @@ impl Default for Metrics {
             associations_total: AtomicU64::new(0),
             associations_rejected_total: AtomicU64::new(0),
             protocol_errors_total: AtomicU64::new(0),
+            connections_evicted_total: AtomicU64::new(0),
+            requests_refused_total: AtomicU64::new(0),
             instances_stored_total: AtomicU64::new(0),
             instances_failed_total: AtomicU64::new(0),
             bytes_received_total: AtomicU64::new(0),
@@ -153,6 +159,20 @@ impl Metrics {
             "counter",
             "Connections aborted for protocol violations.",
             l(&self.protocol_errors_total),
+        );
+        counter(
+            &mut out,
+            "duli_connections_evicted_total",
+            "counter",
+            "Unassociated DICOM connections closed to make room for newer ones.",
+            l(&self.connections_evicted_total),
+        );
+        counter(
+            &mut out,
+            "duli_requests_refused_total",
+            "counter",
+            "DIMSE requests refused: wrong context, role or permission.",
+            l(&self.requests_refused_total),
         );
         counter(
             &mut out,

@@ -2,11 +2,16 @@
 //! DIMSE messages from P-DATA fragments, dispatches them to the services, answers, and ends
 //! on A-RELEASE, A-ABORT, a protocol violation or shutdown.
 //!
+//! Every request is checked by [`super::authorize`] before it runs; a refused one is
+//! answered with its failure status (after its data set, which is read and dropped), logged
+//! and audited.
+//!
 //! The socket is split: this loop owns the reading half, and every response goes through a
 //! shared [`Writer`]. A C-FIND, C-MOVE or C-GET runs as a task of its own (see
 //! [`crate::qr`]) while the loop keeps reading, so that a C-CANCEL stops it and the C-STORE
 //! responses of C-GET sub-operations reach it.
 
+use super::authorize::{self, Refusal};
 use super::echo;
 use super::server::{abort_pdu, pdu_name, Stream};
 use super::store::Incoming;
@@ -39,7 +44,12 @@ enum Current {
         rq: Box<Command>,
         identifier: Vec<u8>,
     },
+    /// The data set of a refused request is arriving; it is dropped, then answered.
+    Refused { rq: Box<Command>, refusal: Refusal },
 }
+
+/// Refused requests after which the association is aborted (each is logged and audited).
+const MAX_REFUSALS: u32 = 8;
 
 /// Largest identifier accepted for a C-FIND, C-MOVE or C-GET.
 const MAX_IDENTIFIER: usize = 1 << 20;
@@ -147,6 +157,7 @@ pub async fn run(
     let mut current = Current::Idle;
     let mut running: Option<Running> = None;
     let mut stored = 0u64;
+    let mut refusals = 0u32;
     let calling = accepted.calling_ae.clone();
     let charset_warned = Arc::new(AtomicBool::new(false));
     let end = |running: &mut Option<Running>| {
@@ -234,6 +245,35 @@ pub async fn run(
                             let Some((abstract_syntax, ts)) = contexts.get(&pc_id) else {
                                 continue;
                             };
+                            let checked =
+                                accepted.contexts.iter().find(|c| c.id == pc_id).map(|c| {
+                                    authorize::authorize(&command, c, &accepted.permissions)
+                                });
+                            if let Some(Err(refusal)) = checked {
+                                refusals += 1;
+                                record_refusal(id, scp, &accepted, peer, &command, &refusal);
+                                if command.has_data_set {
+                                    current = Current::Refused {
+                                        rq: command,
+                                        refusal,
+                                    };
+                                } else {
+                                    let rsp =
+                                        failure_rsp(&command, refusal.status(), refusal.comment());
+                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
+                                        end(&mut running);
+                                        return "connection lost".into();
+                                    }
+                                }
+                                if refusals >= MAX_REFUSALS {
+                                    end(&mut running);
+                                    abort(&writer).await;
+                                    return format!(
+                                        "{refusals} refused requests from {calling:?}; aborted"
+                                    );
+                                }
+                                continue;
+                            }
                             match command.command_field {
                                 CommandField::CEchoRq => {
                                     let rsp = echo::respond(&command);
@@ -327,7 +367,7 @@ pub async fn run(
                                     }
                                     identifier.extend_from_slice(&bytes);
                                 }
-                                Current::Idle => {}
+                                Current::Refused { .. } | Current::Idle => {}
                             }
                             if !last {
                                 continue;
@@ -410,6 +450,13 @@ pub async fn run(
                                         task: tokio::spawn(crate::qr::serve(kind, op)),
                                     });
                                 }
+                                Current::Refused { rq, refusal } => {
+                                    let rsp = failure_rsp(&rq, refusal.status(), refusal.comment());
+                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
+                                        end(&mut running);
+                                        return "connection lost".into();
+                                    }
+                                }
                                 Current::Idle => {}
                             }
                         }
@@ -455,15 +502,67 @@ fn abstract_syntax_of(contexts: &HashMap<u8, (String, String)>, pc_id: u8) -> St
 
 /// The failure answer to a request that arrives while another operation runs.
 fn busy_rsp(rq: &Command) -> Command {
-    let status = Status::OUT_OF_RESOURCES;
+    failure_rsp(
+        rq,
+        Status::OUT_OF_RESOURCES,
+        "another operation is in progress on this association",
+    )
+}
+
+/// The final response to request `rq` with a failure `status` and an Error Comment.
+fn failure_rsp(rq: &Command, status: Status, comment: &str) -> Command {
+    let none = crate::dimse::SubOperations::default();
     let rsp = match rq.command_field {
+        CommandField::CEchoRq => Command::echo_rsp(rq, status),
+        CommandField::CStoreRq => Command::store_rsp(rq, status),
         CommandField::CFindRq => Command::find_rsp(rq, status),
-        CommandField::CMoveRq => {
-            Command::move_rsp(rq, status, crate::dimse::SubOperations::default())
-        }
-        _ => Command::get_rsp(rq, status, crate::dimse::SubOperations::default()),
+        CommandField::CMoveRq => Command::move_rsp(rq, status, none),
+        CommandField::CGetRq => Command::get_rsp(rq, status, none),
+        _ => Command {
+            status: Some(status),
+            ..unrecognized(rq)
+        },
     };
-    rsp.with_error_comment("another operation is in progress on this association")
+    rsp.with_error_comment(comment)
+}
+
+/// Logs, counts and audits a refused request.
+fn record_refusal(
+    id: u64,
+    scp: &Scp,
+    accepted: &Accepted,
+    peer: SocketAddr,
+    rq: &Command,
+    refusal: &Refusal,
+) {
+    use crate::audit::{Action, Event as AuditEvent};
+    use crate::config::Permission;
+    let calling = &accepted.calling_ae;
+    let status = refusal.status();
+    log::warn!("association {id}: {calling:?} at {peer}: refused with {status}: {refusal}");
+    scp.metrics
+        .requests_refused_total
+        .fetch_add(1, Ordering::Relaxed);
+    let action = match authorize::permission_for(rq.command_field) {
+        Some(Permission::Store) => Action::Import,
+        Some(Permission::Find) => Action::Query,
+        Some(Permission::Move | Permission::Get) => Action::Export,
+        _ => Action::Other,
+    };
+    let object: String = match rq.affected_sop_instance_uid.as_deref() {
+        Some(uid) if !uid.is_empty() => uid.chars().take(64).collect(),
+        _ => "-".into(),
+    };
+    let event = AuditEvent::new(&format!("ae:{calling}"), action, &object)
+        .from(&peer.ip().to_string())
+        .detail(format!(
+            "{} refused ({:04X}): {refusal}",
+            rq.command_field, status.0
+        ))
+        .failed();
+    if let Err(e) = scp.audit.append(event) {
+        log::error!("audit trail: cannot record a refused request: {e}");
+    }
 }
 
 /// "Unrecognized operation" (0211) for a request this association does not serve.

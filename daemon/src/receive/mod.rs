@@ -2,15 +2,19 @@
 //!
 //! - [`policy`]: what is offered (SOP classes, transfer syntaxes) built from the config.
 //! - [`server`]: the listener, ARTIM timer, association cap and graceful shutdown.
+//! - [`unassociated`]: the bounded table of connections still to associate.
 //! - [`association`]: one association's PDU loop, dispatching DIMSE messages to services.
+//! - [`authorize`]: whether one DIMSE request may run (context, role, permission).
 //! - [`echo`] and [`store`]: the Verification and Storage services; Query/Retrieve
 //!   requests are handed to [`crate::qr`].
 
 pub mod association;
+pub mod authorize;
 pub mod echo;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod unassociated;
 
 use crate::assemble;
 use crate::audit::Audit;
@@ -52,6 +56,8 @@ pub struct Scp {
     pub audit: Arc<Audit>,
     /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
     pub move_destinations: Vec<crate::config::PacsDestination>,
+    /// Connections still to associate, bounded in total and per address.
+    pub unassociated: Arc<unassociated::Unassociated>,
     pub(crate) active: AtomicUsize,
     pub(crate) next_id: AtomicU64,
 }
@@ -83,6 +89,13 @@ impl Scp {
             admission: Vec::new(),
             audit,
             move_destinations: Vec::new(),
+            unassociated: {
+                let d = crate::config::DicomConfig::default();
+                unassociated::Unassociated::new(
+                    d.max_pending_connections,
+                    d.max_pending_per_address,
+                )
+            },
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }

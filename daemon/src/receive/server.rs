@@ -1,12 +1,14 @@
-//! The listener: accepts TCP (and TLS) connections, enforces the ARTIM timer and the
-//! association cap, runs each association on its own task, and on shutdown stops
-//! accepting, lets in-flight associations finish up to a deadline, then aborts the rest.
+//! The listener: accepts TCP (and TLS) connections, holds each in the table of
+//! unassociated connections (see [`super::unassociated`]) until its A-ASSOCIATE-RQ arrives
+//! under the ARTIM timer, enforces the association cap, runs each association on its own
+//! task, and on shutdown stops accepting, lets in-flight associations finish up to a
+//! deadline, then aborts the rest.
 
 use super::association;
 use super::Scp;
 use crate::ul::framing::{self, PduReader};
 use crate::ul::negotiate::{self, reject_busy};
-use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, AssociationRQ, Pdu};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,10 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-/// Connections that have not associated yet, beyond which new ones are closed at once
-/// (so a flood of idle sockets cannot exhaust file descriptors).
-const MAX_PENDING_CONNECTIONS: usize = 512;
 
 /// A byte stream an association runs on (TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -34,7 +32,6 @@ pub async fn serve(
     grace: Duration,
 ) {
     let mut tasks = JoinSet::new();
-    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let kind = if tls.is_some() { "DICOM TLS" } else { "DICOM" };
     loop {
         tokio::select! {
@@ -47,19 +44,18 @@ pub async fn serve(
                         continue;
                     }
                 };
-                if pending.load(Ordering::Relaxed) >= MAX_PENDING_CONNECTIONS {
-                    log::warn!("{peer}: closed at once, {MAX_PENDING_CONNECTIONS} connections are still negotiating");
-                    continue;
+                let admission = scp.unassociated.admit(peer.ip());
+                if let Some(address) = admission.evicted {
+                    scp.metrics
+                        .connections_evicted_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::debug!("{peer}: the oldest unassociated connection from {address} closed to make room");
                 }
                 let _ = tcp.set_nodelay(true);
                 let scp = scp.clone();
                 let tls = tls.clone();
                 let shutdown = shutdown.clone();
-                let pending = pending.clone();
-                tasks.spawn(async move {
-                    pending.fetch_add(1, Ordering::Relaxed);
-                    connection(tcp, peer, tls, scp, shutdown, pending).await;
-                });
+                tasks.spawn(connection(tcp, peer, tls, scp, shutdown, admission.slot));
             }
             _ = shutdown.changed() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -81,74 +77,31 @@ pub async fn serve(
     }
 }
 
-/// Counts a negotiating connection until dropped.
-struct PendingGuard(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     scp: Arc<Scp>,
     shutdown: watch::Receiver<bool>,
-    pending: Arc<std::sync::atomic::AtomicUsize>,
+    slot: super::unassociated::Slot,
 ) {
-    let guard = PendingGuard(pending);
     let artim = scp.artim;
-    // The ARTIM timer covers the TLS handshake and the A-ASSOCIATE-RQ.
-    let stream: Box<dyn Stream> = match tls {
-        Some(acceptor) => match tokio::time::timeout(artim, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => Box::new(s),
-            Ok(Err(e)) => {
-                log::warn!("{peer}: TLS handshake failed: {e}");
-                scp.metrics
-                    .associations_rejected_total
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(_) => {
-                log::warn!("{peer}: no TLS handshake within {artim:?} (ARTIM); closed");
-                return;
-            }
-        },
-        None => Box::new(tcp),
+    // One ARTIM deadline covers the TLS handshake and the A-ASSOCIATE-RQ; a newer
+    // connection may evict this one before (see `unassociated`).
+    let opened = tokio::select! {
+        r = tokio::time::timeout(artim, open(tcp, peer, tls, &scp)) => r,
+        _ = slot.evicted() => return,
     };
-    let mut stream = stream;
-    let mut reader = PduReader::new(scp.policy.max_pdu);
-    let mut scratch = Vec::new();
-    let rq = match tokio::time::timeout(artim, reader.read(&mut stream)).await {
+    let (mut stream, reader, rq) = match opened {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return,
         Err(_) => {
             log::info!("{peer}: no A-ASSOCIATE-RQ within {artim:?} (ARTIM); closed");
             return;
         }
-        Ok(Err(framing::FramingError::Closed)) => return,
-        Ok(Err(e)) => {
-            log::warn!("{peer}: before association: {e}; aborting");
-            scp.metrics
-                .protocol_errors_total
-                .fetch_add(1, Ordering::Relaxed);
-            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-            return;
-        }
-        Ok(Ok(Pdu::AssociationRQ(rq))) => rq,
-        Ok(Ok(other)) => {
-            log::warn!(
-                "{peer}: expected A-ASSOCIATE-RQ, got {}; aborting",
-                pdu_name(&other)
-            );
-            scp.metrics
-                .protocol_errors_total
-                .fetch_add(1, Ordering::Relaxed);
-            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
-            return;
-        }
     };
-    drop(guard);
+    drop(slot);
+    let mut scratch = Vec::new();
 
     // Claim a slot; over the cap the rejection is transient (try again later).
     let active = scp.active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -205,6 +158,54 @@ async fn connection(
         .await;
     log::info!("association {id}: {outcome}");
     drop(slot);
+}
+
+/// Completes the TLS handshake (if any) and reads the A-ASSOCIATE-RQ; `None` when the
+/// connection ended or broke the protocol first (answered with A-ABORT where apt).
+async fn open(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    scp: &Scp,
+) -> Option<(Box<dyn Stream>, PduReader, AssociationRQ)> {
+    let mut stream: Box<dyn Stream> = match tls {
+        Some(acceptor) => match acceptor.accept(tcp).await {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                log::warn!("{peer}: TLS handshake failed: {e}");
+                scp.metrics
+                    .associations_rejected_total
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        },
+        None => Box::new(tcp),
+    };
+    let mut reader = PduReader::new(scp.policy.max_pdu);
+    let mut scratch = Vec::new();
+    match reader.read(&mut stream).await {
+        Err(framing::FramingError::Closed) => None,
+        Err(e) => {
+            log::warn!("{peer}: before association: {e}; aborting");
+            scp.metrics
+                .protocol_errors_total
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+            None
+        }
+        Ok(Pdu::AssociationRQ(rq)) => Some((stream, reader, rq)),
+        Ok(other) => {
+            log::warn!(
+                "{peer}: expected A-ASSOCIATE-RQ, got {}; aborting",
+                pdu_name(&other)
+            );
+            scp.metrics
+                .protocol_errors_total
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
+            None
+        }
+    }
 }
 
 /// Releases an association slot when dropped.

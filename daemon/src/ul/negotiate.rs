@@ -50,6 +50,10 @@ pub struct AcceptedContext {
     pub abstract_syntax: String,
     /// The transfer syntax chosen.
     pub transfer_syntax: String,
+    /// Whether the peer holds the SCU role on this context, i.e. may send it requests:
+    /// true unless SCP/SCU role selection for its SOP class left the peer the SCP role only
+    /// (a storage context kept for the sub-operations of a C-GET).
+    pub peer_scu: bool,
 }
 
 /// The result of a successful negotiation.
@@ -190,6 +194,26 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
             && role_allowed(uid)
             && requested_roles.iter().any(|(u, r)| u == uid && r.scp)
     };
+    // The roles answered (PS3.7 D.3.3.4), for the peers that may C-GET: the SCP role as
+    // proposed, the SCU role (sending C-STOREs) only with the `store` permission.
+    let granted_roles: Vec<(String, RequestorRoles)> = if permissions.contains(&Permission::Get) {
+        requested_roles
+            .iter()
+            .filter(|(uid, _)| role_allowed(uid))
+            .map(|(uid, roles)| {
+                let scu = roles.scu && permissions.contains(&Permission::Store);
+                (
+                    uid.clone(),
+                    RequestorRoles {
+                        scu,
+                        scp: roles.scp,
+                    },
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut contexts = Vec::new();
     let mut results = Vec::new();
     let mut seen_ids = HashSet::new();
@@ -235,10 +259,16 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
                     reason: PresentationContextResultReason::Acceptance,
                     transfer_syntax: ts.clone(),
                 });
+                // Without a role selection item the requestor is the SCU (the default).
+                let peer_scu = granted_roles
+                    .iter()
+                    .find(|(uid, _)| *uid == abstract_syntax)
+                    .is_none_or(|(_, roles)| roles.scu);
                 contexts.push(AcceptedContext {
                     id: pc.id,
                     abstract_syntax,
                     transfer_syntax: ts,
+                    peer_scu,
                 });
             }
             (reason, _) => results.push(PresentationContextResult {
@@ -256,19 +286,11 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
         UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION.to_string()),
     ];
     let mut peer_scp_classes = HashSet::new();
-    for (uid, roles) in requested_roles {
-        if role_allowed(&uid) && permissions.contains(&Permission::Get) {
-            if roles.scp {
-                peer_scp_classes.insert(uid.clone());
-            }
-            user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
-                uid,
-                RequestorRoles {
-                    scu: roles.scu,
-                    scp: roles.scp,
-                },
-            ));
+    for (uid, roles) in granted_roles {
+        if roles.scp {
+            peer_scp_classes.insert(uid.clone());
         }
+        user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles));
     }
 
     Ok(Accepted {
@@ -447,6 +469,60 @@ mod tests {
             a.ac.presentation_contexts[0].reason,
             PresentationContextResultReason::UserRejection
         );
+    }
+
+    #[test]
+    fn role_selection_gives_the_scu_role_only_with_store() {
+        use Permission::*;
+        let mut p = policy();
+        p.scp_role_classes = vec![CR.into()];
+        let mut r = rq(
+            "PACS",
+            "DULI",
+            vec![(1, CR, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN])],
+        );
+        let both = RequestorRoles {
+            scu: true,
+            scp: true,
+        };
+        r.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                CR.into(),
+                both,
+            ));
+        let scp_only = RequestorRoles {
+            scu: false,
+            scp: true,
+        };
+        // (permissions, context accepted with peer_scu, roles answered, peer may C-GET into it)
+        type Case<'a> = (&'a [Permission], Option<bool>, Option<RequestorRoles>, bool);
+        let cases: [Case; 4] = [
+            // A C-GET SCU without `store`: the context is kept for the sub-operations only.
+            (&[Echo, Find, Move, Get], Some(false), Some(scp_only), true),
+            (&[Store, Get], Some(true), Some(both), true),
+            // Without `get` no role is answered, and without `store` no context either.
+            (&[Echo, Find], None, None, false),
+            (&[Store], Some(true), None, false),
+        ];
+        for (permissions, peer_scu, roles, scp) in cases {
+            p.allowed_peers = vec![AllowedPeer {
+                ae_title: "PACS".into(),
+                address: None,
+                permissions: permissions.to_vec(),
+            }];
+            let a = negotiate(&r, local(), &p).unwrap();
+            let answered = a.ac.user_variables.iter().find_map(|v| match v {
+                UserVariableItem::ScuScpRoleSelectionSubItem(uid, r) if uid == CR => Some(*r),
+                _ => None,
+            });
+            assert_eq!(
+                a.contexts.first().map(|c| c.peer_scu),
+                peer_scu,
+                "{permissions:?}"
+            );
+            assert_eq!(answered, roles, "{permissions:?}");
+            assert_eq!(a.peer_scp_classes.contains(CR), scp, "{permissions:?}");
+        }
     }
 
     #[test]

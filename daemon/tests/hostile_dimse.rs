@@ -1,0 +1,352 @@
+//! DIMSE requests the association did not agree on, from a hand-driven peer on a real
+//! socket: each is refused with its standard status, nothing refused is stored or
+//! answered with data, every refusal is audited, and the association serves on. Also
+//! floods of connections that never send an A-ASSOCIATE-RQ, beside which a C-ECHO is
+//! still answered within a second.
+
+mod common;
+mod raw_peer;
+
+use common::*;
+use duli::dimse::command::{Command, Priority};
+use duli::dimse::uids;
+use raw_peer::{Outcome, Proposal, RawPeer, EXPLICIT_LE};
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A sample chest X-ray: (path, SOP class, SOP instance, its data set in Explicit VR LE).
+fn sample() -> Option<(PathBuf, String, String, Vec<u8>)> {
+    let path = sample_dicoms("explicit-le")?.into_iter().next()?;
+    let p = duli::scu::prepare(&path).unwrap();
+    assert_eq!(p.transfer_syntax, EXPLICIT_LE, "{}", path.display());
+    let bytes = std::fs::read(&path).unwrap();
+    let data = bytes[p.offset as usize..].to_vec();
+    Some((path, p.sop_class, p.sop_instance, data))
+}
+
+fn open(d: &Daemon, calling: &str, contexts: &[Proposal], roles: &[(&str, bool, bool)]) -> RawPeer {
+    match RawPeer::associate(d.dicom_addr(), calling, DULI_AET, contexts, roles).unwrap() {
+        Outcome::Accepted(peer) => peer,
+        Outcome::Refused(pdu) => panic!("association of {calling} refused: {pdu:?}"),
+    }
+}
+
+fn ctx(id: u8, abstract_syntax: &str) -> Proposal<'_> {
+    Proposal {
+        id,
+        abstract_syntax,
+        transfer_syntaxes: &[EXPLICIT_LE],
+    }
+}
+
+/// One Explicit VR Little Endian element with an even-padded value.
+fn element(group: u16, elem: u16, vr: &[u8; 2], value: &str, pad: u8) -> Vec<u8> {
+    let mut v = value.as_bytes().to_vec();
+    if v.len() % 2 == 1 {
+        v.push(pad);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&elem.to_le_bytes());
+    out.extend_from_slice(vr);
+    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    out.extend(v);
+    out
+}
+
+/// A study-level identifier (Explicit VR LE) asking for every study with its patient.
+fn study_identifier() -> Vec<u8> {
+    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
+    id.extend(element(0x0010, 0x0010, b"PN", "", b' '));
+    id.extend(element(0x0010, 0x0020, b"LO", "", b' '));
+    id.extend(element(0x0020, 0x000D, b"UI", "", 0));
+    id
+}
+
+fn status(rsp: &Command) -> u16 {
+    rsp.status.map(|s| s.0).unwrap_or(0xFFFF)
+}
+
+/// The audit records (as JSON) of a stopped daemon's store.
+fn audit_records(d: &mut Daemon) -> Vec<serde_json::Value> {
+    assert!(d.terminate(Duration::from_secs(30)).is_some());
+    let db = sled::open(d.data_dir().join("index")).unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    tree.iter()
+        .map(|kv| serde_json::from_slice(&kv.unwrap().1).unwrap())
+        .collect()
+}
+
+fn refusals_of<'a>(records: &'a [serde_json::Value], actor: &str) -> Vec<&'a serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["actor"] == actor && r["success"] == false)
+        .filter(|r| r["detail"].as_str().is_some_and(|d| d.contains("refused")))
+        .collect()
+}
+
+#[test]
+fn a_peer_without_store_cannot_store_through_a_c_get_storage_context() {
+    let Some((_, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let mut d = Daemon::builder()
+        .config(
+            "dicom",
+            "allowed_peers",
+            r#"[{ae_title = "PACS", permissions = ["echo", "find", "move", "get"]},
+                {ae_title = "MODALITY", permissions = ["echo", "store"]}]"#,
+        )
+        .start();
+    // As a C-GET SCU does: the storage class proposed with SCP/SCU role selection.
+    let mut pacs = open(
+        &d,
+        "PACS",
+        &[ctx(1, &sop_class), ctx(3, uids::VERIFICATION)],
+        &[(&sop_class, true, true)],
+    );
+    assert!(pacs.accepted(1).is_some(), "kept for C-GET sub-operations");
+    // A C-STORE on it: refused, "not authorized".
+    let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
+    let rsp = pacs.request(1, &rq, Some(&data)).unwrap();
+    assert_eq!(status(&rsp), 0x0124, "{rsp:?}");
+    assert_eq!(rsp.message_id_being_responded_to, Some(1));
+    assert_eq!(
+        rsp.affected_sop_instance_uid.as_deref(),
+        Some(&*sop_instance)
+    );
+    assert!(rsp.error_comment.is_some());
+    // The reply gave it the SCP role only (it sent the C-STORE all the same).
+    let roles = pacs.roles(&sop_class).expect("roles answered");
+    assert!(roles.scp && !roles.scu, "{roles:?}");
+    // The association serves on.
+    let echo = pacs.request(3, &Command::echo_rq(2), None).unwrap();
+    assert_eq!(status(&echo), 0x0000);
+    pacs.release().unwrap();
+    // Nothing stored, nothing to analyse.
+    assert_eq!(d.metric("duli_store_instances"), Some(0.0));
+    assert_eq!(d.metric("duli_requests_refused_total"), Some(1.0));
+    let studies = run(&mut d.command(&["studies"]), Duration::from_secs(60));
+    studies.assert_success("duli studies");
+    assert_eq!(studies.stdout.trim(), "[]", "{}", studies.stdout);
+    assert!(d.log().contains("refused with 0124H"), "{}", d.log());
+
+    // A peer with `store` still stores the same instance.
+    let mut modality = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
+    let rsp = modality
+        .request(
+            1,
+            &Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium),
+            Some(&data),
+        )
+        .unwrap();
+    assert_eq!(status(&rsp), 0x0000, "{rsp:?}");
+    modality.release().unwrap();
+    assert_eq!(d.metric("duli_store_instances"), Some(1.0));
+
+    let records = audit_records(&mut d);
+    let refused = refusals_of(&records, "ae:PACS");
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    assert_eq!(refused[0]["action"], "import");
+    assert_eq!(refused[0]["object"], sop_instance.as_str());
+    assert_eq!(refused[0]["source"], "127.0.0.1");
+    let detail = refused[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0124") && detail.contains("store permission"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn operations_on_contexts_of_other_services_are_refused_and_the_association_serves_on() {
+    let Some((_, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let mut d = Daemon::start();
+    let mut peer = open(
+        &d,
+        "MODALITY",
+        &[
+            ctx(1, uids::VERIFICATION),
+            ctx(3, uids::STUDY_ROOT_QR_FIND),
+            ctx(5, &sop_class),
+        ],
+        &[],
+    );
+    for id in [1, 3, 5] {
+        assert_eq!(peer.accepted(id), Some(EXPLICIT_LE), "context {id}");
+    }
+    // C-STORE on the Verification context.
+    let store = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
+    let rsp = peer.request(1, &store, Some(&data)).unwrap();
+    assert_eq!(status(&rsp), 0x0211, "C-STORE on Verification: {rsp:?}");
+    // C-MOVE on the FIND context.
+    let rq = Command::move_rq(2, uids::STUDY_ROOT_QR_MOVE, Priority::Medium, "MODALITY");
+    let rsp = peer.request(3, &rq, Some(&study_identifier())).unwrap();
+    assert_eq!(status(&rsp), 0x0211, "C-MOVE on FIND: {rsp:?}");
+    assert_eq!(rsp.message_id_being_responded_to, Some(2));
+    // C-STORE on a storage context naming another SOP class.
+    let rq = Command::store_rq(
+        3,
+        uids::COMPUTED_RADIOGRAPHY,
+        &sop_instance,
+        Priority::Medium,
+    );
+    let rsp = peer.request(5, &rq, Some(&data)).unwrap();
+    assert_eq!(
+        status(&rsp),
+        0x0122,
+        "C-STORE naming CR on a DX context: {rsp:?}"
+    );
+    // C-ECHO on the FIND context.
+    let rsp = peer.request(3, &Command::echo_rq(4), None).unwrap();
+    assert_eq!(status(&rsp), 0x0211, "C-ECHO on FIND: {rsp:?}");
+    // The association still serves what was agreed.
+    let rsp = peer.request(1, &Command::echo_rq(5), None).unwrap();
+    assert_eq!(status(&rsp), 0x0000);
+    let rsp = peer.request(5, &store, Some(&data)).unwrap();
+    assert_eq!(status(&rsp), 0x0000, "{rsp:?}");
+    peer.release().unwrap();
+    assert_eq!(d.metric("duli_store_instances"), Some(1.0));
+    assert_eq!(d.metric("duli_requests_refused_total"), Some(4.0));
+    let records = audit_records(&mut d);
+    let refused = refusals_of(&records, "ae:MODALITY");
+    let actions: Vec<&str> = refused
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["import", "export", "import", "other"],
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn a_peer_without_find_cannot_query_through_its_move_context() {
+    let Some((_, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let d = Daemon::builder()
+        .config(
+            "dicom",
+            "allowed_peers",
+            r#"[{ae_title = "ROUTER", permissions = ["echo", "move"]},
+                {ae_title = "MODALITY", permissions = ["echo", "store"]}]"#,
+        )
+        .start();
+    // A study to leak.
+    let mut modality = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
+    let stored = modality
+        .request(
+            1,
+            &Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium),
+            Some(&data),
+        )
+        .unwrap();
+    assert_eq!(status(&stored), 0x0000);
+    modality.release().unwrap();
+
+    let mut router = open(
+        &d,
+        "ROUTER",
+        &[
+            ctx(1, uids::STUDY_ROOT_QR_MOVE),
+            ctx(3, uids::STUDY_ROOT_QR_FIND),
+            ctx(5, uids::VERIFICATION),
+        ],
+        &[],
+    );
+    assert!(router.accepted(1).is_some());
+    assert!(
+        router.accepted(3).is_none(),
+        "FIND context refused at negotiation"
+    );
+    // C-FIND on the MOVE context (named as either class): refused, no match sent.
+    for (message_id, named) in [(1, uids::STUDY_ROOT_QR_FIND), (2, uids::STUDY_ROOT_QR_MOVE)] {
+        let rq = Command::find_rq(message_id, named, Priority::Medium);
+        let rsp = router.request(1, &rq, Some(&study_identifier())).unwrap();
+        assert!(!rsp.has_data_set, "a match was sent: {rsp:?}");
+        assert_eq!(status(&rsp), 0x0211, "C-FIND naming {named}: {rsp:?}");
+    }
+    let rsp = router.request(5, &Command::echo_rq(3), None).unwrap();
+    assert_eq!(status(&rsp), 0x0000);
+    router.release().unwrap();
+    assert_eq!(d.metric("duli_requests_refused_total"), Some(2.0));
+}
+
+#[test]
+fn repeated_refusals_end_the_association() {
+    let d = Daemon::start();
+    let mut peer = open(
+        &d,
+        "MODALITY",
+        &[ctx(1, uids::VERIFICATION), ctx(3, uids::STUDY_ROOT_QR_FIND)],
+        &[],
+    );
+    for message_id in 1..=8 {
+        let rsp = peer
+            .request(3, &Command::echo_rq(message_id), None)
+            .unwrap();
+        assert_eq!(status(&rsp), 0x0211, "refusal {message_id}: {rsp:?}");
+    }
+    let ended = peer.command().unwrap_err();
+    assert!(ended.to_string().contains("AbortRQ"), "{ended}");
+    assert!(d.log().contains("8 refused requests"), "{}", d.log());
+}
+
+/// Associates, echoes and releases on a fresh association; returns how long it took.
+fn timed_echo(d: &Daemon) -> Duration {
+    let started = Instant::now();
+    let mut peer = open(d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+    let rsp = peer.request(1, &Command::echo_rq(1), None).unwrap();
+    assert_eq!(status(&rsp), 0x0000);
+    peer.release().unwrap();
+    started.elapsed()
+}
+
+#[test]
+fn six_hundred_silent_connections_do_not_delay_an_echo() {
+    // Fewer association slots than silent sockets: they must not count against them.
+    let d = Daemon::builder()
+        .config("dicom", "max_associations", "2")
+        .start();
+    let before = timed_echo(&d);
+    // More than the whole table of unassociated connections holds (512), all from the
+    // address the echoes come from.
+    let silent: Vec<TcpStream> = (0..600)
+        .map(|_| TcpStream::connect(d.dicom_addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        worst = worst.max(timed_echo(&d));
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "echo took {worst:?} (alone: {before:?})"
+    );
+    // Only the newest are held; the daemon closed the rest.
+    let mut closed = 0;
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let still_open = match s.read(&mut [0u8; 1]) {
+            Ok(n) => n > 0,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        if !still_open {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 600 - 32,
+        "only {closed} of 600 silent connections closed"
+    );
+    let evicted = d.metric("duli_connections_evicted_total").unwrap();
+    assert!(evicted >= 568.0, "{evicted}");
+}
