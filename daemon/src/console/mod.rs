@@ -160,13 +160,15 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Binds the console listener (or takes `prebound`) and starts serving; returns the bound
-/// address and the task (which ends after `shutdown` turns true).
+/// Binds the console listener (or takes `prebound`) and starts serving as the supervised
+/// stage `console` of `stages`; returns the bound address and the task (which ends after
+/// `shutdown` turns true).
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
     prebound: Option<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
+    stages: &Arc<crate::supervise::Registry>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let files = tls::cert_files(
         config.console.cert.as_deref(),
@@ -191,6 +193,27 @@ pub async fn start(
             ""
         }
     );
-    let task = tokio::spawn(server::serve(listener, tls, console, shutdown));
+    let listener = crate::supervise::Listener::keep(listener)?;
+    let stop = shutdown.clone();
+    let task = crate::supervise::spawn(
+        "console",
+        stages,
+        shutdown,
+        crate::supervise::Backoff::default(),
+        move |beat| {
+            let (listener, tls, console, stop) = (
+                listener.incarnation(),
+                tls.clone(),
+                console.clone(),
+                stop.clone(),
+            );
+            async move {
+                let listener = listener.map_err(|e| format!("console listener: {e}"))?;
+                beat.pulse(server::serve(listener, tls, console, stop))
+                    .await;
+                Ok::<(), String>(())
+            }
+        },
+    );
     Ok((bound, task))
 }

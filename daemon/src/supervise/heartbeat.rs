@@ -68,6 +68,12 @@ impl Beat {
         }
     }
 
+    /// [`Beat::during`] taking the heartbeat along: for a stage whose loop lives in code
+    /// that does not beat itself (an accept loop, a periodic job), run as a whole.
+    pub async fn pulse<F: Future>(self, fut: F) -> F::Output {
+        self.during(fut).await
+    }
+
     /// Marks the stage running (a new incarnation started) and beats.
     pub(crate) fn started(&self) {
         self.cell.running.store(true, Ordering::Relaxed);

@@ -40,6 +40,25 @@ impl Default for Backoff {
     }
 }
 
+/// A listening socket kept across a stage's incarnations: each gets its own duplicate
+/// of it, so a restarted accept loop listens on the same (possibly privileged) port.
+#[derive(Debug)]
+pub struct Listener(std::net::TcpListener);
+
+impl Listener {
+    /// Keeps `listener` for the incarnations.
+    pub fn keep(listener: tokio::net::TcpListener) -> std::io::Result<Listener> {
+        Ok(Listener(listener.into_std()?))
+    }
+
+    /// A duplicate for one incarnation (on the current runtime).
+    pub fn incarnation(&self) -> std::io::Result<tokio::net::TcpListener> {
+        let dup = self.0.try_clone()?;
+        dup.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(dup)
+    }
+}
+
 /// How an incarnation's result says whether it failed.
 pub trait Outcome: Send + 'static {
     /// Why the stage failed, or `None` for a plain return.
@@ -112,7 +131,7 @@ async fn supervise<F, Fut>(
             r = &mut task.0 => r,
             _ = stopped(&mut shutdown) => {
                 // no more incarnations; this one stops by itself
-                make = None;
+                drop(make.take());
                 let r = (&mut task.0).await;
                 beat.ended(None);
                 if let Err(e) = r {
