@@ -248,6 +248,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     )?;
     console_state.outbox = Some(delivery.outbox.clone());
     console_state.publisher = Some(publisher.clone());
+    console_state.stages = Some(stages.clone());
     console_state.assembly = Some(uploads_tx);
     let model_status = crate::infer::ModelStatus::default();
     console_state.model_status = model_status.clone();

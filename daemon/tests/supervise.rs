@@ -98,7 +98,28 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
         .env("WATCHDOG_USEC", "200000")
         .env("DULI_DEBUG_PANIC_STAGE", "assemble:2")
         .start();
+    // /healthz, polled meanwhile, names the stage while it is down
+    let console = d.console_addr();
+    let health = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut answers = Vec::new();
+        while started.elapsed() < Duration::from_secs(9) {
+            if let Ok(r) = https_get(console, "/healthz") {
+                answers.push((r.status, String::from_utf8_lossy(&r.body).to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        answers
+    });
     let pings = watchdog_pings(&sock, Duration::from_secs(9));
+    let health = health.join().unwrap();
+    assert!(
+        health
+            .iter()
+            .any(|(status, body)| *status == 503 && body.contains(r#""stage":"assemble""#)),
+        "{health:?}"
+    );
+    assert_eq!(health.last().map(|h| h.0), Some(200), "{health:?}");
     let gaps: Vec<(Duration, Duration)> = pings
         .windows(2)
         .map(|w| (w[0], w[1] - w[0]))

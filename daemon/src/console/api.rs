@@ -321,6 +321,28 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
     }
 }
 
+/// `/healthz`: 200 `{"status": "ok"}` while every supervised stage runs and beats, else
+/// 503 `{"status": "degraded", "stages": [{"stage", "problem"}]}`.
+fn health(c: &Console) -> Response {
+    let check = c
+        .stages
+        .as_ref()
+        .map_or(Ok(()), |s| s.check(crate::supervise::STALE_AFTER));
+    match check {
+        Ok(()) => reply::json(StatusCode::OK, &json!({"status": "ok"})),
+        Err(problems) => {
+            let stages: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|p| json!({"stage": p.stage(), "problem": p.to_string()}))
+                .collect();
+            reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "degraded", "stages": stages}),
+            )
+        }
+    }
+}
+
 fn asset(path: &str) -> Result<Response, ApiError> {
     let (_, ctype, body) = assets::lookup(path).ok_or(ApiError::NotFound)?;
     Ok(reply::bytes(StatusCode::OK, ctype, body.to_vec()))

@@ -63,6 +63,8 @@ pub struct Console {
     pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
     /// Delivery of feedback to the cloud, when delivery runs.
     pub publisher: Option<Arc<crate::deliver::publish::Publisher>>,
+    /// The daemon's supervised stages: `/healthz` answers 503 naming any that is down.
+    pub stages: Option<Arc<crate::supervise::Registry>>,
     /// Accounts.
     pub users: users::Users,
     /// Sessions and the login throttle.
@@ -121,6 +123,7 @@ impl Console {
             events,
             outbox: None,
             publisher: None,
+            stages: None,
             users,
             sessions,
             site_id: config.device.site_id.clone(),

@@ -101,6 +101,8 @@ where
     Fut::Output: Outcome,
 {
     let beat = registry.register(name);
+    // running from now on: a check made before the task's first poll must not see a gap
+    beat.started();
     tokio::spawn(supervise(beat, shutdown, backoff, make))
 }
 
