@@ -252,21 +252,43 @@ mod tests {
         }
     }
 
+    /// Records when each incarnation starts (ms since creation); `start()` returns its
+    /// number (1-based).
+    #[derive(Clone)]
+    struct Starts(Arc<std::sync::Mutex<Vec<u128>>>, tokio::time::Instant);
+
+    impl Starts {
+        fn new() -> Starts {
+            Starts(Default::default(), tokio::time::Instant::now())
+        }
+
+        fn start(&self) -> usize {
+            let mut s = self.0.lock().unwrap();
+            s.push(self.1.elapsed().as_millis());
+            s.len()
+        }
+
+        /// The pauses between consecutive starts.
+        fn pauses(&self) -> Vec<u128> {
+            self.0
+                .lock()
+                .unwrap()
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .collect()
+        }
+    }
+
     #[tokio::test]
     async fn a_failing_stage_is_restarted_with_a_doubling_pause() {
         let reg = Registry::new();
         let (stop, rx) = watch::channel(false);
-        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let starts = Starts::new();
         let s = starts.clone();
-        let t0 = tokio::time::Instant::now();
         let handle = spawn("flaky", &reg, rx, quick(), move |beat: Beat| {
             let s = s.clone();
             async move {
-                let n = {
-                    let mut s = s.lock().unwrap();
-                    s.push(t0.elapsed().as_millis());
-                    s.len()
-                };
+                let n = s.start();
                 beat.tick();
                 if n <= 4 {
                     return Err(format!("incarnation {n} fails"));
@@ -277,10 +299,9 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(3_000)).await;
-        let at = starts.lock().unwrap().clone();
         // pauses 200, 400, 800, 800 (capped) ms
-        let pauses: Vec<u128> = at.windows(2).map(|w| w[1] - w[0]).collect();
-        assert_eq!(pauses.len(), 4, "{at:?}");
+        let pauses = starts.pauses();
+        assert_eq!(pauses.len(), 4, "{pauses:?}");
         for (got, want) in pauses.iter().zip([200, 400, 800, 800]) {
             assert!((want..want + 150).contains(got), "{pauses:?}");
         }
@@ -297,7 +318,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         handle.abort();
         let _ = handle.await;
-        assert_eq!(starts.lock().unwrap().len(), 5);
+        assert_eq!(starts.pauses().len(), 4);
     }
 
     #[tokio::test]
@@ -366,9 +387,8 @@ mod tests {
     async fn a_healthy_period_resets_the_pause() {
         let reg = Registry::new();
         let (_stop, rx) = watch::channel(false);
-        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let starts = Starts::new();
         let s = starts.clone();
-        let t0 = tokio::time::Instant::now();
         let backoff = Backoff {
             healthy_after: Duration::from_secs(1),
             ..quick()
@@ -376,11 +396,7 @@ mod tests {
         let _h = spawn("tracker", &reg, rx, backoff, move |_beat| {
             let s = s.clone();
             async move {
-                let n = {
-                    let mut s = s.lock().unwrap();
-                    s.push(t0.elapsed().as_millis());
-                    s.len()
-                };
+                let n = s.start();
                 // short lives, then one long (healthy) life, then short again
                 let life = if n == 3 { 1_200 } else { 10 };
                 tokio::time::sleep(Duration::from_millis(life)).await;
@@ -388,10 +404,9 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(2_300)).await;
-        let at = starts.lock().unwrap().clone();
         // 0 +10 +200 → 210; +10 +400 → 620; lives 1.2 s → 1820, +200 (reset) → 2020
-        let pauses: Vec<u128> = at.windows(2).map(|w| w[1] - w[0]).collect();
-        assert_eq!(pauses.len(), 3, "{at:?}");
+        let pauses = starts.pauses();
+        assert_eq!(pauses.len(), 3, "{pauses:?}");
         for (got, want) in pauses.iter().zip([210, 410, 1_400]) {
             assert!((want..want + 150).contains(got), "{pauses:?}");
         }
