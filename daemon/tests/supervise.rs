@@ -177,3 +177,45 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_watchdog_starves_while_a_stage_is_stuck_and_is_fed_when_it_carries_on() {
+    if !cfg!(debug_assertions) {
+        skip("stage fault injection exists only in debug builds");
+        return;
+    }
+    let dir = temp_dir("supervise-stall");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    // The tracker blocks its thread 2 s after it starts, for 14 s: stale 10 s later, so the
+    // pings stop for about 4 s, and it is never restarted (it did not end).
+    let d = Daemon::builder()
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .env("DULI_DEBUG_STALL_STAGE", "assemble")
+        .start();
+    let pings = watchdog_pings(&sock, Duration::from_secs(20));
+    let gaps: Vec<(Duration, Duration)> = pings
+        .windows(2)
+        .map(|w| (w[0], w[1] - w[0]))
+        .filter(|(_, gap)| *gap > Duration::from_millis(1000))
+        .collect();
+    let log = d.log();
+    assert_eq!(gaps.len(), 1, "{gaps:?} in {pings:?}; log:\n{log}");
+    assert!(gaps[0].1 >= Duration::from_secs(3), "{gaps:?}");
+    assert!(
+        gaps[0].0 >= Duration::from_secs(9),
+        "stale too early: {gaps:?}"
+    );
+    assert!(
+        pings.iter().filter(|t| **t > gaps[0].0 + gaps[0].1).count() >= 5,
+        "{pings:?}"
+    );
+    for want in [
+        "watchdog withheld: stage assemble has not reported for",
+        "watchdog fed again",
+    ] {
+        assert!(log.contains(want), "{want:?} not in log:\n{log}");
+    }
+    assert!(!log.contains("ended unexpectedly"), "{log}");
+}

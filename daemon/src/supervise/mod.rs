@@ -192,13 +192,17 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 
 /// Fault injection for tests of supervision and the watchdog, in debug builds only:
 /// `DULI_DEBUG_PANIC_STAGE=<stage>[:<n>]` makes each of the stage's first `n` (default 1)
-/// incarnations panic [`fault::AFTER`] after it starts. Release builds ignore it.
+/// incarnations panic [`fault::AFTER`] after it starts; `DULI_DEBUG_STALL_STAGE=<stage>`
+/// makes its first incarnation block its thread for [`fault::STALL`] at that time (it goes
+/// stale, then carries on). Release builds ignore both.
 pub mod fault {
     use std::future::Future;
     use std::time::Duration;
 
     /// How long an incarnation named in `DULI_DEBUG_PANIC_STAGE` runs before it panics.
     pub const AFTER: Duration = Duration::from_secs(2);
+    /// How long an incarnation named in `DULI_DEBUG_STALL_STAGE` blocks its thread.
+    pub const STALL: Duration = Duration::from_secs(super::STALE_AFTER.as_secs() + 4);
 
     /// Whether `DULI_DEBUG_PANIC_STAGE` asks incarnation `n` of `stage` to fail.
     pub fn armed(spec: Option<&str>, stage: &str, n: u32) -> bool {
@@ -232,6 +236,19 @@ pub mod fault {
                         out = fut => out,
                         _ = tokio::time::sleep(AFTER) => panic!("fault injected into stage {stage}"),
                     }
+                });
+            }
+            let spec = std::env::var("DULI_DEBUG_STALL_STAGE").ok();
+            if armed(spec.as_deref(), stage, n) {
+                log::warn!("stage {stage}: incarnation {n} will block for {STALL:?} in {AFTER:?} (DULI_DEBUG_STALL_STAGE)");
+                return Box::pin(async move {
+                    tokio::pin!(fut);
+                    tokio::select! {
+                        out = &mut fut => return out,
+                        _ = tokio::time::sleep(AFTER) => {}
+                    }
+                    std::thread::sleep(STALL);
+                    fut.await
                 });
             }
         }
