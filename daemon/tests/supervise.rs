@@ -82,22 +82,47 @@ fn watchdog_pings(sock: &std::os::unix::net::UnixDatagram, window: Duration) -> 
     pings
 }
 
-#[test]
-fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
+/// A daemon with a notify socket of the test's own, `WATCHDOG_USEC` and the debug fault
+/// variable `fault` = `stage`, or `None` (with a SKIP line) in a release build.
+fn faulty_daemon(
+    dir: &std::path::Path,
+    watchdog_usec: &str,
+    fault: &str,
+    stage: &str,
+) -> Option<(Daemon, std::os::unix::net::UnixDatagram)> {
     if !cfg!(debug_assertions) {
         skip("stage fault injection exists only in debug builds");
-        return;
+        return None;
     }
-    let dir = temp_dir("supervise-watchdog");
-    let sock_path = dir.path().join("notify.sock");
+    let sock_path = dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    // WATCHDOG_USEC=200 ms: a ping every 100 ms while all is well. The tracker's first
-    // two incarnations panic 2 s after they start: down for 1 s, up 2 s, down 2 s.
     let d = Daemon::builder()
         .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "200000")
-        .env("DULI_DEBUG_PANIC_STAGE", "assemble:2")
+        .env("WATCHDOG_USEC", watchdog_usec)
+        .env(fault, stage)
         .start();
+    Some((d, sock))
+}
+
+/// The silences longer than `longer_than` between `pings`: (start, length).
+fn silences(pings: &[Duration], longer_than: Duration) -> Vec<(Duration, Duration)> {
+    pings
+        .windows(2)
+        .map(|w| (w[0], w[1] - w[0]))
+        .filter(|(_, gap)| *gap > longer_than)
+        .collect()
+}
+
+#[test]
+fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
+    // WATCHDOG_USEC=200 ms: a ping every 100 ms while all is well. The tracker's first
+    // two incarnations panic 2 s after they start: down for 1 s, up 2 s, down 2 s.
+    let dir = temp_dir("supervise-watchdog");
+    let Some((d, sock)) =
+        faulty_daemon(dir.path(), "200000", "DULI_DEBUG_PANIC_STAGE", "assemble:2")
+    else {
+        return;
+    };
     // /healthz, polled meanwhile, names the stage while it is down
     let console = d.console_addr();
     let health = std::thread::spawn(move || {
@@ -120,11 +145,7 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
         "{health:?}"
     );
     assert_eq!(health.last().map(|h| h.0), Some(200), "{health:?}");
-    let gaps: Vec<(Duration, Duration)> = pings
-        .windows(2)
-        .map(|w| (w[0], w[1] - w[0]))
-        .filter(|(_, gap)| *gap > Duration::from_millis(600))
-        .collect();
+    let gaps = silences(&pings, Duration::from_millis(600));
     let log = d.log();
     assert!(
         gaps.len() == 2,
@@ -180,26 +201,15 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
 
 #[test]
 fn the_watchdog_starves_while_a_stage_is_stuck_and_is_fed_when_it_carries_on() {
-    if !cfg!(debug_assertions) {
-        skip("stage fault injection exists only in debug builds");
-        return;
-    }
-    let dir = temp_dir("supervise-stall");
-    let sock_path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     // The tracker blocks its thread 2 s after it starts, for 14 s: stale 10 s later, so the
     // pings stop for about 4 s, and it is never restarted (it did not end).
-    let d = Daemon::builder()
-        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "400000")
-        .env("DULI_DEBUG_STALL_STAGE", "assemble")
-        .start();
+    let dir = temp_dir("supervise-stall");
+    let Some((d, sock)) = faulty_daemon(dir.path(), "400000", "DULI_DEBUG_STALL_STAGE", "assemble")
+    else {
+        return;
+    };
     let pings = watchdog_pings(&sock, Duration::from_secs(20));
-    let gaps: Vec<(Duration, Duration)> = pings
-        .windows(2)
-        .map(|w| (w[0], w[1] - w[0]))
-        .filter(|(_, gap)| *gap > Duration::from_millis(1000))
-        .collect();
+    let gaps = silences(&pings, Duration::from_millis(1000));
     let log = d.log();
     assert_eq!(gaps.len(), 1, "{gaps:?} in {pings:?}; log:\n{log}");
     assert!(gaps[0].1 >= Duration::from_secs(3), "{gaps:?}");
