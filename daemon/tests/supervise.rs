@@ -146,6 +146,7 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
     );
     assert_eq!(health.last().map(|h| h.0), Some(200), "{health:?}");
     let gaps = silences(&pings, Duration::from_millis(600));
+    eprintln!("watchdog silences (start, length) after a stage died twice: {gaps:?}");
     let log = d.log();
     assert!(
         gaps.len() == 2,
@@ -210,6 +211,7 @@ fn the_watchdog_starves_while_a_stage_is_stuck_and_is_fed_when_it_carries_on() {
     };
     let pings = watchdog_pings(&sock, Duration::from_secs(20));
     let gaps = silences(&pings, Duration::from_millis(1000));
+    eprintln!("watchdog silences (start, length) while a stage was stuck: {gaps:?}");
     let log = d.log();
     assert_eq!(gaps.len(), 1, "{gaps:?} in {pings:?}; log:\n{log}");
     assert!(gaps[0].1 >= Duration::from_secs(3), "{gaps:?}");
