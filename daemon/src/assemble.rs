@@ -9,6 +9,7 @@
 
 use crate::model::StudyState;
 use crate::store::Store;
+use crate::supervise::Beat;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub struct StudyTracker {
     quiet: Duration,
     studies: HashMap<String, Pending>,
     out: mpsc::Sender<String>,
+    beat: Beat,
 }
 
 impl StudyTracker {
@@ -61,7 +63,14 @@ impl StudyTracker {
             quiet,
             studies: HashMap::new(),
             out,
+            beat: Beat::detached("assemble"),
         }
+    }
+
+    /// Beats `beat` from the tracker's loop (see [`crate::supervise`]).
+    pub fn with_heartbeat(mut self, beat: Beat) -> Self {
+        self.beat = beat;
+        self
     }
 
     /// Re-arms studies left `receiving` by a previous run and re-sends `complete` ones.
@@ -114,9 +123,18 @@ impl StudyTracker {
 
     /// Processes events until `events` closes (shutdown), completing studies as their
     /// quiet periods end.
-    pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
-        self.recover().await;
+    pub async fn run(self, mut events: mpsc::Receiver<Event>) {
+        self.run_on(&mut events).await
+    }
+
+    /// [`StudyTracker::run`] on a borrowed receiver, so that a restarted tracker (see
+    /// [`crate::supervise`]) takes over the events of the one that ended; it re-arms
+    /// pending studies from the store first.
+    pub async fn run_on(mut self, events: &mut mpsc::Receiver<Event>) {
+        let beat = self.beat.clone();
+        beat.during(self.recover()).await;
         loop {
+            self.beat.tick();
             let next = self.studies.values().filter_map(|p| self.deadline(p)).min();
             let sleep = async {
                 match next {
@@ -124,24 +142,31 @@ impl StudyTracker {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(Event::Stored { assoc, study }) => {
-                        let p = self.studies.entry(study).or_default();
-                        p.open_assocs.insert(assoc);
-                        p.last_instance = Some(Instant::now());
+            let received = self
+                .beat
+                .during(async {
+                    tokio::select! {
+                        ev = events.recv() => Some(ev),
+                        _ = sleep => None,
                     }
-                    Some(Event::Added { study }) => {
-                        self.studies.entry(study).or_default().last_instance = Some(Instant::now());
+                })
+                .await;
+            match received {
+                Some(Some(Event::Stored { assoc, study })) => {
+                    let p = self.studies.entry(study).or_default();
+                    p.open_assocs.insert(assoc);
+                    p.last_instance = Some(Instant::now());
+                }
+                Some(Some(Event::Added { study })) => {
+                    self.studies.entry(study).or_default().last_instance = Some(Instant::now());
+                }
+                Some(Some(Event::AssociationEnded { assoc })) => {
+                    for p in self.studies.values_mut() {
+                        p.open_assocs.remove(&assoc);
                     }
-                    Some(Event::AssociationEnded { assoc }) => {
-                        for p in self.studies.values_mut() {
-                            p.open_assocs.remove(&assoc);
-                        }
-                    }
-                    None => return,
-                },
-                _ = sleep => {}
+                }
+                Some(None) => return,
+                None => {}
             }
             self.complete_due().await;
         }
@@ -173,7 +198,7 @@ impl StudyTracker {
                         s.instances,
                         s.patient_id
                     );
-                    if self.out.send(uid).await.is_err() {
+                    if self.beat.during(self.out.send(uid)).await.is_err() {
                         return;
                     }
                 }

@@ -8,6 +8,7 @@ use crate::console::{self, events};
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
+use crate::supervise::{self, Backoff, Registry};
 use crate::{control, notify};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct Running {
     pub console_addr: SocketAddr,
     /// Live study events (the console's worklist follows them; any stage may publish).
     pub events: events::Bus,
+    /// The supervised stages and their heartbeats (read by the watchdog).
+    pub stages: Arc<Registry>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -116,6 +119,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Every long-lived stage below runs supervised, with a heartbeat in `stages`.
+    let stages = Registry::new();
 
     // Delivery: outbox and workers.
     let model_name = config
@@ -125,17 +130,27 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let delivery = crate::deliver::service::start(config, &store, &audit, &model_name)?;
+    let delivery = crate::deliver::service::start(config, &store, &audit, &model_name, &stages)?;
 
     // Assembly: stored instances -> completed studies.
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (completed_tx, completed_rx) = mpsc::channel(256);
-    let tracker = StudyTracker::new(
-        store.clone(),
-        Duration::from_secs(config.dicom.quiet_period),
-        completed_tx,
-    );
-    let tracker_task = tokio::spawn(tracker.run(events_rx));
+    let tracker_task = {
+        let (store, events_rx) = (store.clone(), Arc::new(tokio::sync::Mutex::new(events_rx)));
+        let quiet = Duration::from_secs(config.dicom.quiet_period);
+        supervise::spawn(
+            "assemble",
+            &stages,
+            shutdown_rx.clone(),
+            Backoff::default(),
+            move |beat| {
+                let tracker = StudyTracker::new(store.clone(), quiet, completed_tx.clone())
+                    .with_heartbeat(beat);
+                let events_rx = events_rx.clone();
+                async move { tracker.run_on(&mut *events_rx.lock().await).await }
+            },
+        )
+    };
     let uploads_tx = events_tx.downgrade();
 
     // DICOM listeners.
@@ -170,13 +185,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     )
     .await?;
     let dicom_addr = listener.local_addr()?;
-    tasks.push(tokio::spawn(receive::server::serve(
-        listener,
+    tasks.push(supervise_receive(
+        "receive",
+        &stages,
+        supervise::Listener::keep(listener)?,
         None,
         scp.clone(),
         shutdown_rx.clone(),
-        SHUTDOWN_GRACE,
-    )));
+    ));
     if config.dicom.tls {
         let (cert, key) = match (&config.dicom.cert, &config.dicom.key) {
             (Some(c), Some(k)) => (c, k),
@@ -197,13 +213,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         )
         .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
-        tasks.push(tokio::spawn(receive::server::serve(
-            listener,
+        tasks.push(supervise_receive(
+            "receive tls",
+            &stages,
+            supervise::Listener::keep(listener)?,
             Some(tokio_rustls::TlsAcceptor::from(tls)),
             scp.clone(),
             shutdown_rx.clone(),
-            SHUTDOWN_GRACE,
-        )));
+        ));
     }
 
     // Live study events, from the store's broadcast of committed changes.
@@ -235,6 +252,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     )?;
     console_state.outbox = Some(delivery.outbox.clone());
     console_state.publisher = Some(publisher.clone());
+    console_state.stages = Some(stages.clone());
     console_state.assembly = Some(uploads_tx);
     let model_status = crate::infer::ModelStatus::default();
     console_state.model_status = model_status.clone();
@@ -244,17 +262,33 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         console_state,
         prebound.console.take(),
         shutdown_rx.clone(),
+        &stages,
     )
     .await?;
     tasks.push(console_task);
 
     // Retention of pixel data.
-    let retention = tokio::spawn(crate::retention::run(
-        store.clone(),
-        config.retention.pixel_days,
-        config.retention.disk_reserve_mb * 1024 * 1024,
-        Duration::from_secs(3600),
-    ));
+    let retention = {
+        let store = store.clone();
+        let (days, reserve) = (
+            config.retention.pixel_days,
+            config.retention.disk_reserve_mb * 1024 * 1024,
+        );
+        supervise::spawn(
+            "retention",
+            &stages,
+            shutdown_rx.clone(),
+            Backoff::default(),
+            move |beat| {
+                beat.pulse(crate::retention::run(
+                    store.clone(),
+                    days,
+                    reserve,
+                    Duration::from_secs(3600),
+                ))
+            },
+        )
+    };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -264,12 +298,27 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
-    let control_task = tokio::spawn(control::serve(
-        store.clone(),
-        audit.clone(),
-        Some(delivery.outbox.clone()),
-        control_listener,
-    ));
+    let control_task = {
+        let (store, audit, outbox) = (store.clone(), audit.clone(), delivery.outbox.clone());
+        let (dir, mut first) = (data_dir.clone(), Some(control_listener));
+        supervise::spawn(
+            "control",
+            &stages,
+            shutdown_rx.clone(),
+            Backoff::default(),
+            move |beat| {
+                // a restart binds the socket again
+                let listener = first.take().map_or_else(|| control::bind(&dir), Ok);
+                let (store, audit, outbox) = (store.clone(), audit.clone(), outbox.clone());
+                async move {
+                    let listener = listener.map_err(|e| format!("control socket: {e}"))?;
+                    beat.pulse(control::serve(store, audit, Some(outbox), listener))
+                        .await;
+                    Ok::<(), String>(())
+                }
+            },
+        )
+    };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -287,7 +336,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
 
     // Inference: completed studies -> results; each result brings its SR and outbox
     // entries in the same transaction, and its heatmap SC later.
-    let (on_result_tx, mut on_result_rx) = mpsc::unbounded_channel::<String>();
+    let (on_result_tx, on_result_rx) = mpsc::unbounded_channel::<String>();
     let heat_publisher = publisher.clone();
     let options = crate::infer::PipelineOptions {
         extra_writes: Some(publisher.hook()),
@@ -303,18 +352,49 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let inference_cfg = config.inference.clone();
     let factory: crate::infer::service::EngineFactory =
         Arc::new(move || crate::infer::Engine::new(&inference_cfg));
-    let pipeline = tokio::spawn(crate::infer::run_pipeline_with(
-        store.clone(),
-        factory,
-        completed_rx,
-        options,
-    ));
-    let announcer = tokio::spawn(async move {
-        while let Some(report_id) = on_result_rx.recv().await {
-            let p = publisher.clone();
-            let _ = tokio::task::spawn_blocking(move || p.committed(&report_id)).await;
-        }
-    });
+    let pipeline = {
+        let (store, completed_rx) = (
+            store.clone(),
+            Arc::new(tokio::sync::Mutex::new(completed_rx)),
+        );
+        supervise::spawn(
+            "infer",
+            &stages,
+            shutdown_rx.clone(),
+            Backoff::default(),
+            move |beat| {
+                let (store, factory, completed_rx) =
+                    (store.clone(), factory.clone(), completed_rx.clone());
+                let options = crate::infer::PipelineOptions {
+                    beat,
+                    ..options.clone()
+                };
+                async move {
+                    let mut rx = completed_rx.lock().await;
+                    crate::infer::run_pipeline_on(store, factory, &mut rx, options).await
+                }
+            },
+        )
+    };
+    let announcer = {
+        let on_result_rx = Arc::new(tokio::sync::Mutex::new(on_result_rx));
+        supervise::spawn(
+            "announce",
+            &stages,
+            shutdown_rx.clone(),
+            Backoff::default(),
+            move |beat| {
+                let (on_result_rx, publisher) = (on_result_rx.clone(), publisher.clone());
+                beat.pulse(async move {
+                    let mut rx = on_result_rx.lock().await;
+                    while let Some(report_id) = rx.recv().await {
+                        let p = publisher.clone();
+                        let _ = tokio::task::spawn_blocking(move || p.committed(&report_id)).await;
+                    }
+                })
+            },
+        )
+    };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -335,8 +415,41 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         dicom_addr,
         console_addr,
         events,
+        stages,
         shutdown: shutdown_tx,
         tasks,
+    })
+}
+
+/// Serves DICOM on `listener` as the supervised stage `name`.
+fn supervise_receive(
+    name: &'static str,
+    stages: &Arc<Registry>,
+    listener: supervise::Listener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    scp: Arc<Scp>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let stop = shutdown.clone();
+    supervise::spawn(name, stages, shutdown, Backoff::default(), move |beat| {
+        let (listener, tls, scp, stop) = (
+            listener.incarnation(),
+            tls.clone(),
+            scp.clone(),
+            stop.clone(),
+        );
+        async move {
+            let listener = listener.map_err(|e| format!("{name} listener: {e}"))?;
+            beat.pulse(receive::server::serve(
+                listener,
+                tls,
+                scp,
+                stop,
+                SHUTDOWN_GRACE,
+            ))
+            .await;
+            Ok::<(), String>(())
+        }
     })
 }
 
@@ -350,15 +463,37 @@ pub async fn run_with(config: Config, prebound: Prebound) -> Result<()> {
     let running = start_with(&config, prebound).await?;
     notify::notify("READY=1");
     if let Some(interval) = notify::watchdog_interval() {
-        let store = running.store.clone();
+        let (store, stages) = (running.store.clone(), running.stages.clone());
         tokio::spawn(async move {
+            let mut withheld: Option<String> = None;
             loop {
                 // Fed by real work, not a bare timer: the store must answer a read and
                 // complete an index flush in time, on a runtime responsive enough to run
-                // this task. Otherwise systemd restarts the daemon.
-                match alive(&store, interval).await {
-                    Ok(()) => notify::notify("WATCHDOG=1"),
-                    Err(why) => log::error!("watchdog withheld: {why}"),
+                // this task, and every stage must be running and beating. Otherwise
+                // systemd restarts the daemon.
+                let verdict = match alive(&store, interval).await {
+                    Ok(()) => stages.check(supervise::STALE_AFTER).map_err(|problems| {
+                        problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    }),
+                    Err(why) => Err(why),
+                };
+                match verdict {
+                    Ok(()) => {
+                        notify::notify("WATCHDOG=1");
+                        if withheld.take().is_some() {
+                            log::info!("watchdog fed again: every stage is alive");
+                        }
+                    }
+                    Err(why) => {
+                        if withheld.as_deref() != Some(why.as_str()) {
+                            log::error!("watchdog withheld: {why}");
+                        }
+                        withheld = Some(why);
+                    }
                 }
                 tokio::time::sleep(interval).await;
             }

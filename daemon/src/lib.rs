@@ -24,6 +24,8 @@
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
 //! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
+//! - [`supervise`]: restarts a stage that ends unexpectedly, with backoff; the stages'
+//!   heartbeats that feed the watchdog.
 //! - [`privileges`]: started as root, binds the listeners then switches to the service user.
 //! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
 //! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
@@ -67,5 +69,6 @@ pub mod results;
 pub mod retention;
 pub mod scu;
 pub mod store;
+pub mod supervise;
 pub mod ul;
 pub mod web;

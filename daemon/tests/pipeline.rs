@@ -7,9 +7,8 @@
 mod common;
 
 use common::link::TcpLink;
+use common::ris::wait_drained;
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,47 +20,7 @@ fn mllp_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 /// [`mllp_listener`] that waits `delay` before each answer (a slow RIS).
 fn mllp_listener_slow(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let store = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
-                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
-                        let start = frame.iter().position(|b| *b == 0x0b).map_or(0, |i| i + 1);
-                        let msg = String::from_utf8_lossy(&frame[start..end]).to_string();
-                        let control_id = msg
-                            .split('\r')
-                            .next()
-                            .and_then(|msh| msh.split('|').nth(9))
-                            .unwrap_or("")
-                            .to_string();
-                        store.lock().unwrap().push(msg);
-                        std::thread::sleep(delay);
-                        let ack = format!(
-                            "\x0bMSH|^~\\&|RIS|HOSPITAL|DULI|demo-site|20261123000000||ACK^R01^ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r\x1c\x0d"
-                        );
-                        if conn.write_all(ack.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, got)
+    common::ris::scripted_ris(Arc::new(|_, id: &str| common::ris::aa(id)), delay)
 }
 
 /// Whether the OpenVINO runtime and the default model are here (a SKIP line otherwise).
@@ -173,23 +132,6 @@ fn start_and_send(
         .unwrap()
         .assert_success("storescu");
     (sub, d)
-}
-
-/// Waits until the outbox is empty.
-fn wait_drained(d: &Daemon, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
-        if out.stdout.lines().count() == 1 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "outbox not drained:\n{}",
-            out.stdout
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]

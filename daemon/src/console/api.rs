@@ -1016,18 +1016,37 @@ fn models(c: &Console) -> Result<Response, ApiError> {
     ))
 }
 
-/// `/healthz`: 200 while the daemon serves; `status` is `ok`, or `degraded` with the
-/// inference stage's reason (e.g. `waiting for model: ...`) while studies cannot be analysed.
+/// `/healthz`: `status` is `ok`, or `degraded` with the inference stage's reason (e.g.
+/// `waiting for model: ...`) while studies cannot be analysed: 200 while every supervised
+/// stage runs and beats; 503 with `stages` naming each one that is down or stale.
 fn health(c: &Console) -> Response {
     let model = c.model_status.get();
-    let status = match model {
-        crate::infer::ModelState::Waiting(_) => "degraded",
-        _ => "ok",
-    };
-    reply::json(
-        StatusCode::OK,
-        &json!({"status": status, "inference": model.describe()}),
-    )
+    let check = c
+        .stages
+        .as_ref()
+        .map_or(Ok(()), |s| s.check(crate::supervise::STALE_AFTER));
+    match check {
+        Ok(()) => {
+            let status = match model {
+                crate::infer::ModelState::Waiting(_) => "degraded",
+                _ => "ok",
+            };
+            reply::json(
+                StatusCode::OK,
+                &json!({"status": status, "inference": model.describe()}),
+            )
+        }
+        Err(problems) => {
+            let stages: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|p| json!({"stage": p.stage(), "problem": p.to_string()}))
+                .collect();
+            reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "degraded", "inference": model.describe(), "stages": stages}),
+            )
+        }
+    }
 }
 
 fn system(c: &Console) -> Result<Response, ApiError> {

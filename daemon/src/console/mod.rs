@@ -63,6 +63,8 @@ pub struct Console {
     pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
     /// Delivery of feedback to the cloud, when delivery runs.
     pub publisher: Option<Arc<crate::deliver::publish::Publisher>>,
+    /// The daemon's supervised stages: `/healthz` answers 503 naming any that is down.
+    pub stages: Option<Arc<crate::supervise::Registry>>,
     /// Accounts.
     pub users: users::Users,
     /// Sessions and the login throttle.
@@ -121,6 +123,7 @@ impl Console {
             events,
             outbox: None,
             publisher: None,
+            stages: None,
             users,
             sessions,
             site_id: config.device.site_id.clone(),
@@ -160,13 +163,15 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Binds the console listener (or takes `prebound`) and starts serving; returns the bound
-/// address and the task (which ends after `shutdown` turns true).
+/// Binds the console listener (or takes `prebound`) and starts serving as the supervised
+/// stage `console` of `stages`; returns the bound address and the task (which ends after
+/// `shutdown` turns true).
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
     prebound: Option<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
+    stages: &Arc<crate::supervise::Registry>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let files = tls::cert_files(
         config.console.cert.as_deref(),
@@ -191,6 +196,27 @@ pub async fn start(
             ""
         }
     );
-    let task = tokio::spawn(server::serve(listener, tls, console, shutdown));
+    let listener = crate::supervise::Listener::keep(listener)?;
+    let stop = shutdown.clone();
+    let task = crate::supervise::spawn(
+        "console",
+        stages,
+        shutdown,
+        crate::supervise::Backoff::default(),
+        move |beat| {
+            let (listener, tls, console, stop) = (
+                listener.incarnation(),
+                tls.clone(),
+                console.clone(),
+                stop.clone(),
+            );
+            async move {
+                let listener = listener.map_err(|e| format!("console listener: {e}"))?;
+                beat.pulse(server::serve(listener, tls, console, stop))
+                    .await;
+                Ok::<(), String>(())
+            }
+        },
+    );
     Ok((bound, task))
 }

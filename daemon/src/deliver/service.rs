@@ -10,9 +10,11 @@ use super::pacs::PacsChannel;
 use super::plan::DeliveryPlan;
 use super::secret::SiteSecret;
 use super::worker::{self, WorkerOptions};
+use super::Channel;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::store::Store;
+use crate::supervise::{self, Backoff, Registry};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +46,14 @@ impl Delivery {
     }
 }
 
-/// Opens the outbox and starts the workers of `config`.
+/// Opens the outbox and starts the workers of `config`, each supervised (restarted when
+/// it ends unexpectedly) with a heartbeat in `stages`.
 pub fn start(
     config: &Config,
     store: &Arc<Store>,
     audit: &Arc<Audit>,
     model: &str,
+    stages: &Arc<Registry>,
 ) -> Result<Delivery> {
     let secret = SiteSecret::load_or_generate(&config.site_secret_path()).with_context(|| {
         format!(
@@ -63,74 +67,107 @@ pub fn start(
     let plan = DeliveryPlan::from_config(config);
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // HL7 and the PACS push count explicit refusals towards dead-lettering.
+    let refusals = WorkerOptions {
+        max_rejections: config.hl7.max_rejections,
+        ..Default::default()
+    };
     for dest in plan.destinations() {
-        let handle = match &dest {
+        match &dest {
             Destination::Hl7 => {
                 let target = Hl7Target::from_config(&config.hl7).context("[hl7] TLS settings")?;
-                worker::spawn(
-                    outbox.clone(),
-                    dest.clone(),
-                    Hl7Channel::new(target),
-                    WorkerOptions {
-                        max_rejections: config.hl7.max_rejections,
-                        ..Default::default()
-                    },
-                    rx.clone(),
-                )
+                tasks.push(spawn_worker(
+                    stages,
+                    &outbox,
+                    dest,
+                    refusals,
+                    &rx,
+                    move || Hl7Channel::new(target.clone()),
+                ));
             }
             Destination::Mqtt => {
                 let settings = MqttSettings::from_config(config).context("[mqtt] TLS settings")?;
                 let (health_tx, health_rx) = watch::channel(String::new());
-                tasks.push(tokio::spawn(health_loop(
+                let health_tx = Arc::new(health_tx);
+                let (config, store, audit, model) = (
                     config.clone(),
                     store.clone(),
                     audit.clone(),
-                    outbox.clone(),
                     model.to_string(),
-                    health_tx,
+                );
+                let (health_outbox, stop) = (outbox.clone(), rx.clone());
+                let handle = supervise::spawn(
+                    "delivery health",
+                    stages,
                     rx.clone(),
-                )));
-                worker::spawn(
-                    outbox.clone(),
-                    dest.clone(),
-                    MqttChannel::new(settings).with_health(health_rx),
+                    Backoff::default(),
+                    move |beat| {
+                        beat.pulse(health_loop(
+                            config.clone(),
+                            store.clone(),
+                            audit.clone(),
+                            health_outbox.clone(),
+                            model.clone(),
+                            health_tx.clone(),
+                            stop.clone(),
+                        ))
+                    },
+                );
+                tasks.push(handle);
+                tasks.push(spawn_worker(
+                    stages,
+                    &outbox,
+                    dest,
                     WorkerOptions::default(),
-                    rx.clone(),
-                )
+                    &rx,
+                    move || MqttChannel::new(settings.clone()).with_health(health_rx.clone()),
+                ));
             }
             Destination::Pacs(name) => {
-                let Some(d) = config.pacs.destinations.iter().find(|d| &d.name == name) else {
+                let Some(d) = config
+                    .pacs
+                    .destinations
+                    .iter()
+                    .find(|d| &d.name == name)
+                    .cloned()
+                else {
                     continue;
                 };
-                worker::spawn(
-                    outbox.clone(),
-                    dest.clone(),
-                    PacsChannel::new(store.clone(), d, &config.dicom.ae_title),
-                    WorkerOptions {
-                        max_rejections: config.hl7.max_rejections,
-                        ..Default::default()
-                    },
-                    rx.clone(),
-                )
+                let (store, ae) = (store.clone(), config.dicom.ae_title.clone());
+                tasks.push(spawn_worker(
+                    stages,
+                    &outbox,
+                    dest,
+                    refusals,
+                    &rx,
+                    move || PacsChannel::new(store.clone(), &d, &ae),
+                ));
             }
-        };
-        log::info!("delivery to {dest} started");
-        tasks.push(handle);
+        }
     }
     // The audit head goes to the log too, so it is anchored even without MQTT.
     let audit_log = audit.clone();
-    let mut stop = rx.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            if let Some((seq, hash)) = audit_log.head() {
-                log::info!("audit trail head: record {seq}, hash {hash}");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }));
+    let stop = rx.clone();
+    tasks.push(supervise::spawn(
+        "audit head",
+        stages,
+        rx.clone(),
+        Backoff::default(),
+        move |beat| {
+            let (audit_log, mut stop) = (audit_log.clone(), stop.clone());
+            beat.pulse(async move {
+                loop {
+                    if let Some((seq, hash)) = audit_log.head() {
+                        log::info!("audit trail head: record {seq}, hash {hash}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        },
+    ));
     Ok(Delivery {
         outbox,
         plan,
@@ -140,13 +177,45 @@ pub fn start(
     })
 }
 
+/// Starts the supervised worker of `dest`; `channel` makes the channel of each
+/// incarnation (a restarted worker starts on a fresh connection).
+fn spawn_worker<C: Channel>(
+    stages: &Arc<Registry>,
+    outbox: &Arc<Outbox>,
+    dest: Destination,
+    options: WorkerOptions,
+    shutdown: &watch::Receiver<bool>,
+    mut channel: impl FnMut() -> C + Send + 'static,
+) -> JoinHandle<()> {
+    let name = format!("deliver {dest}");
+    let (outbox, stop) = (outbox.clone(), shutdown.clone());
+    let handle = supervise::spawn(
+        &name,
+        stages,
+        shutdown.clone(),
+        Backoff::default(),
+        move |beat| {
+            worker::run_beating(
+                outbox.clone(),
+                dest.clone(),
+                channel(),
+                options,
+                stop.clone(),
+                beat,
+            )
+        },
+    );
+    log::info!("{name} started");
+    handle
+}
+
 async fn health_loop(
     config: Config,
     store: Arc<Store>,
     audit: Arc<Audit>,
     outbox: Arc<Outbox>,
     model: String,
-    out: watch::Sender<String>,
+    out: Arc<watch::Sender<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let started = Instant::now();

@@ -8,6 +8,7 @@
 use super::outbox::{Backoff, Destination, Outbox};
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
+use crate::supervise::Beat;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -34,6 +35,16 @@ impl Default for WorkerOptions {
     }
 }
 
+/// How one delivery attempt ended for the loop.
+enum Attempt {
+    /// The channel answered.
+    Done(Delivery),
+    /// The shutdown signal's sender is gone.
+    Stop,
+    /// The shutdown signal changed: look again.
+    Again,
+}
+
 /// Starts the worker of `dest` on the current tokio runtime. It stops when `shutdown`
 /// turns `true` (or its sender is dropped), after calling [`Channel::close`].
 pub fn spawn<C: Channel>(
@@ -50,13 +61,28 @@ pub fn spawn<C: Channel>(
 pub async fn run<C: Channel>(
     outbox: Arc<Outbox>,
     dest: Destination,
+    channel: C,
+    options: WorkerOptions,
+    shutdown: watch::Receiver<bool>,
+) {
+    let beat = Beat::detached(&format!("deliver {dest}"));
+    run_beating(outbox, dest, channel, options, shutdown, beat).await
+}
+
+/// [`run`] beating `beat` each time round its loop and while it waits (for an entry, a
+/// due time, or the peer's answer), for [`crate::supervise`].
+pub async fn run_beating<C: Channel>(
+    outbox: Arc<Outbox>,
+    dest: Destination,
     mut channel: C,
     options: WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
+    beat: Beat,
 ) {
     let notify = outbox.notifier(&dest);
     log::info!("delivery worker for {dest} started");
     loop {
+        beat.tick();
         if *shutdown.borrow() {
             break;
         }
@@ -64,10 +90,14 @@ pub async fn run<C: Channel>(
             Ok(h) => h,
             Err(e) => {
                 log::error!("outbox {dest}: {e}");
-                let stop = tokio::select! {
-                    _ = tokio::time::sleep(options.error_pause) => false,
-                    r = shutdown.changed() => r.is_err(),
-                };
+                let stop = beat
+                    .during(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(options.error_pause) => false,
+                            r = shutdown.changed() => r.is_err(),
+                        }
+                    })
+                    .await;
                 if stop {
                     break;
                 }
@@ -75,11 +105,15 @@ pub async fn run<C: Channel>(
             }
         };
         let Some(entry) = head else {
-            let stop = tokio::select! {
-                _ = notify.notified() => false,
-                _ = channel.idle() => false,
-                r = shutdown.changed() => r.is_err(),
-            };
+            let stop = beat
+                .during(async {
+                    tokio::select! {
+                        _ = notify.notified() => false,
+                        _ = channel.idle() => false,
+                        r = shutdown.changed() => r.is_err(),
+                    }
+                })
+                .await;
             if stop {
                 break;
             }
@@ -87,28 +121,33 @@ pub async fn run<C: Channel>(
         };
         let wait = entry.next_attempt_at - now_millis();
         if wait > 0 {
-            let stop = tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => false,
-                _ = notify.notified() => false,
-                _ = channel.idle() => false,
-                r = shutdown.changed() => r.is_err(),
-            };
+            let stop = beat
+                .during(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => false,
+                        _ = notify.notified() => false,
+                        _ = channel.idle() => false,
+                        r = shutdown.changed() => r.is_err(),
+                    }
+                })
+                .await;
             if stop {
                 break;
             }
             continue;
         }
-        let outcome = tokio::select! {
-            d = channel.deliver(&entry) => Some(d),
-            r = shutdown.changed() => {
-                if r.is_err() {
-                    break;
+        let attempt = beat
+            .during(async {
+                tokio::select! {
+                    d = channel.deliver(&entry) => Attempt::Done(d),
+                    r = shutdown.changed() => if r.is_err() { Attempt::Stop } else { Attempt::Again },
                 }
-                None
-            }
-        };
-        let Some(outcome) = outcome else {
-            continue;
+            })
+            .await;
+        let outcome = match attempt {
+            Attempt::Done(d) => d,
+            Attempt::Stop => break,
+            Attempt::Again => continue,
         };
         let result = match &outcome {
             Delivery::Acked => outbox.mark_delivered(&entry).map(|_| ()),

@@ -43,7 +43,7 @@ pub mod tensor;
 pub use cli::infer_files_cli;
 pub use engine::{Engine, EngineError};
 pub use manifest::Manifest;
-pub use service::{run_pipeline, run_pipeline_with, PipelineOptions};
+pub use service::{run_pipeline, run_pipeline_on, run_pipeline_with, PipelineOptions};
 pub use status::{ModelState, ModelStatus};
 #[cfg(test)]
 mod golden_tests;

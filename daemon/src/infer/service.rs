@@ -37,6 +37,7 @@ use crate::result::{
     Timings,
 };
 use crate::store::Store;
+use crate::supervise::Beat;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +64,9 @@ pub struct PipelineOptions {
     pub on_heatmap: Option<OnHeatmapReady>,
     /// Where the stage says whether it has its model.
     pub status: ModelStatus,
+    /// The stage's heartbeat: beats each time round the loop and while it waits (for a
+    /// study, a free worker, or a model that is not there yet).
+    pub beat: Beat,
 }
 
 /// Callback of a stored heatmap: study UID, result version, SOP Instance UID, PNG path
@@ -78,6 +82,7 @@ impl Default for PipelineOptions {
             on_result: None,
             on_heatmap: None,
             status: ModelStatus::default(),
+            beat: Beat::detached("infer"),
         }
     }
 }
@@ -96,15 +101,28 @@ pub async fn run_pipeline_with(
     mut rx: mpsc::Receiver<String>,
     options: PipelineOptions,
 ) {
+    run_pipeline_on(store, factory, &mut rx, options).await
+}
+
+/// [`run_pipeline_with`] on a borrowed receiver, so that a restarted stage (see
+/// [`crate::supervise`]) takes over the queue of the one that ended.
+pub async fn run_pipeline_on(
+    store: Arc<Store>,
+    factory: EngineFactory,
+    rx: &mut mpsc::Receiver<String>,
+    options: PipelineOptions,
+) {
+    let beat = options.beat.clone();
     let mut engine: Option<(Arc<Engine>, Option<HeatmapWorker>, Arc<Semaphore>)> = None;
     let mut backlog: VecDeque<String> = VecDeque::new();
     let mut last_error = String::new();
     let mut last_logged: Option<Instant> = None;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
+        beat.tick();
         if engine.is_none() {
             let f = Arc::clone(&factory);
-            match tokio::task::spawn_blocking(move || f()).await {
+            match beat.during(tokio::task::spawn_blocking(move || f())).await {
                 Ok(Ok(e)) => {
                     let e = Arc::new(e);
                     let heatmaps = if options.heatmaps {
@@ -144,21 +162,27 @@ pub async fn run_pipeline_with(
             }
         }
         let Some((e, heatmaps, sem)) = &engine else {
-            tokio::select! {
-                uid = rx.recv() => match uid {
-                    Some(uid) => queue(&store, &uid),
-                    None => break,
-                },
-                _ = tokio::time::sleep(options.retry_after) => {}
+            let waited = beat
+                .during(async {
+                    tokio::select! {
+                        uid = rx.recv() => Some(uid),
+                        _ = tokio::time::sleep(options.retry_after) => None,
+                    }
+                })
+                .await;
+            match waited {
+                Some(Some(uid)) => queue(&store, &uid),
+                Some(None) => break,
+                None => {}
             }
             continue;
         };
-        let Ok(permit) = Arc::clone(sem).acquire_owned().await else {
+        let Ok(permit) = beat.during(Arc::clone(sem).acquire_owned()).await else {
             break;
         };
         let uid = match backlog.pop_front() {
             Some(uid) => uid,
-            None => match rx.recv().await {
+            None => match beat.during(rx.recv()).await {
                 Some(uid) => {
                     queue(&store, &uid);
                     uid

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod ris;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};

@@ -2,7 +2,24 @@
 //! one mapping from acknowledgement codes to delivery outcomes, and the ACK a receiver
 //! builds (used by the test peers).
 
-use super::message::{escape, unescape};
+use super::message::{escape, unescape_with, Delimiters};
+
+/// Most characters kept of any text taken from an ACK (control id, MSA-3, ERR).
+pub const MAX_TEXT_CHARS: usize = 256;
+
+/// `s` cut to [`MAX_TEXT_CHARS`] characters (an ellipsis marks the cut), with control
+/// characters replaced by spaces: safe to log and to store.
+fn bounded(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(MAX_TEXT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().nth(MAX_TEXT_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
 
 /// MSA-1 acknowledgement code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +109,12 @@ pub struct Ack {
 impl Ack {
     /// Parses an ACK message (the payload of one MLLP frame). Accepts CR, LF or CRLF as
     /// segment terminators and any field separator/encoding characters the MSH declares.
+    ///
+    /// Any input gives an [`Ack`] or an [`AckError`], never a panic: the text is handled
+    /// as whole characters, and what is kept of it (MSA-2, MSA-3, ERR) is cut to
+    /// [`MAX_TEXT_CHARS`] characters with control characters replaced, so a RIS cannot
+    /// put line breaks or megabytes into a log line or an outbox record. The size of the
+    /// input itself is bounded by the MLLP frame cap of the channel.
     pub fn parse(bytes: &[u8]) -> Result<Ack, AckError> {
         let text = std::str::from_utf8(bytes).map_err(|_| AckError::NotText)?;
         let mut segments = text
@@ -99,32 +122,32 @@ impl Ack {
             .map(|s| s.trim_start_matches('\u{feff}'))
             .filter(|s| !s.trim().is_empty());
         let msh = segments.next().ok_or(AckError::NoMsh)?;
-        let mut chars = msh.chars();
-        if chars.by_ref().take(3).collect::<String>() != "MSH" {
-            return Err(AckError::NoMsh);
-        }
+        let after_id = msh.strip_prefix("MSH").ok_or(AckError::NoMsh)?;
+        let mut chars = after_id.chars();
         let sep = chars.next().ok_or(AckError::NoMsh)?;
-        let enc: Vec<char> = chars.take_while(|c| *c != sep).collect();
-        if sep.is_alphanumeric() || enc.is_empty() {
+        let encoding: String = chars.take_while(|c| *c != sep).take(4).collect();
+        if sep.is_alphanumeric() || sep.is_whitespace() || encoding.is_empty() {
             return Err(AckError::NoMsh);
         }
-        let component = enc[0];
-        let mut msa = None;
+        let delimiters = Delimiters::declared(sep, &encoding);
+        let unescape = |s: &str| bounded(&unescape_with(s, &delimiters));
+        let mut msa: Option<Vec<&str>> = None;
         let mut err_text = String::new();
         for seg in segments {
-            let fields: Vec<&str> = seg.split(sep).collect();
-            match fields[0] {
-                "MSA" if msa.is_none() => msa = Some(fields),
-                "ERR" if err_text.is_empty() => {
+            let mut fields = seg.split(sep);
+            match fields.next() {
+                Some("MSA") if msa.is_none() => msa = Some(fields.take(3).collect()),
+                Some("ERR") if err_text.is_empty() => {
+                    let fields: Vec<&str> = fields.take(8).collect();
                     // ERR-8 user message, else ERR-3 (HL7 error code) text component
                     err_text = fields
-                        .get(8)
+                        .get(7)
                         .filter(|s| !s.is_empty())
                         .map(|s| unescape(s))
                         .or_else(|| {
                             fields
-                                .get(3)
-                                .and_then(|f| f.split(component).nth(1))
+                                .get(2)
+                                .and_then(|f| f.split(delimiters.component).nth(1))
                                 .map(unescape)
                         })
                         .unwrap_or_default();
@@ -132,13 +155,14 @@ impl Ack {
                 _ => {}
             }
         }
+        // `msa` holds MSA-1.. (the segment id is consumed)
         let msa = msa.ok_or(AckError::NoMsa)?;
-        let raw_code = msa.get(1).copied().unwrap_or("");
+        let raw_code = msa.first().copied().unwrap_or("");
         let code =
-            AckCode::parse(raw_code).ok_or_else(|| AckError::UnknownCode(raw_code.to_string()))?;
-        let control_id = unescape(msa.get(2).copied().unwrap_or("").trim());
+            AckCode::parse(raw_code).ok_or_else(|| AckError::UnknownCode(bounded(raw_code)))?;
+        let control_id = unescape(msa.get(1).copied().unwrap_or("").trim());
         let text = msa
-            .get(3)
+            .get(2)
             .filter(|s| !s.is_empty())
             .map(|s| unescape(s))
             .unwrap_or(err_text);
@@ -246,5 +270,149 @@ mod tests {
         assert_eq!(ack.code, AckCode::AE);
         assert_eq!(ack.control_id, "id|1");
         assert_eq!(ack.text, "bad ^ field");
+    }
+
+    /// The acknowledgement that stopped HL7 delivery: a two-byte character between hex
+    /// digits of a `\X..\` escape in MSA-3.
+    const MULTIBYTE_IN_HEX_ESCAPE: &[u8] =
+        "MSH|^~\\&|RIS|HOSP|DULI|SITE|20261203||ACK^R01^ACK|A1|P|2.5.1\rMSA|AE|r-1|Paciente \\X0é0\\ não encontrado\r"
+            .as_bytes();
+
+    #[test]
+    fn a_multibyte_character_inside_a_hex_escape_is_text_not_a_panic() {
+        let ack = Ack::parse(MULTIBYTE_IN_HEX_ESCAPE).unwrap();
+        assert_eq!(ack.code, AckCode::AE);
+        assert_eq!(ack.control_id, "r-1");
+        // not hex digits: the escape is kept as it came
+        assert_eq!(ack.text, "Paciente \\X0é0\\ não encontrado");
+        for seq in [
+            "\\Xé\\",
+            "\\X0é\\",
+            "\\Xé0\\",
+            "\\X山0\\",
+            "\\X0😀0\\",
+            "\\X",
+            "\\",
+        ] {
+            let msg = format!("MSH|^~\\&\rMSA|AR|r-1|{seq}\r");
+            let ack = Ack::parse(msg.as_bytes()).unwrap();
+            assert_eq!(ack.code, AckCode::AR, "{seq}");
+            assert_eq!(ack.text, seq.replace("\\\\", "\\"), "{seq}");
+        }
+    }
+
+    #[test]
+    fn text_taken_from_an_ack_is_bounded_and_free_of_control_characters() {
+        let long = "é".repeat(5000);
+        let msg = format!("MSH|^~\\&\rMSA|AE|r-1|line1\\X0A\\line2\\X1B\\[31m{long}\r");
+        let ack = Ack::parse(msg.as_bytes()).unwrap();
+        assert!(ack.text.starts_with("line1 line2 [31m"), "{}", ack.text);
+        assert_eq!(ack.text.chars().count(), MAX_TEXT_CHARS + 1);
+        assert!(!ack.text.chars().any(char::is_control));
+        let msg = format!("MSH|^~\\&\rMSA|{long}|r-1\r");
+        match Ack::parse(msg.as_bytes()) {
+            Err(AckError::UnknownCode(code)) => assert!(code.chars().count() <= MAX_TEXT_CHARS + 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_escape_character_declared_in_msh_is_the_one_unescaped() {
+        let ack = Ack::parse(b"MSH|^~!&\rMSA|AE|r-1|a!T!b!X41!\\c\r").unwrap();
+        assert_eq!(ack.text, "a&bA\\c");
+        let ack = Ack::parse(b"MSH|^\rMSA|AE|r-1|a\\T\\b\r").unwrap();
+        assert_eq!(
+            ack.text, "a&b",
+            "missing encoding characters keep the standard ones"
+        );
+    }
+
+    /// xorshift64*: a fixed-seed generator, so a failure is reproducible.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Pieces that matter to the parser: delimiters, escapes, hex digits, segment ends,
+    /// multi-byte characters of every width, MLLP bytes.
+    const PIECES: &[&str] = &[
+        "\\", "X", "0", "A", "f", "|", "^", "~", "&", "\r", "\n", "é", "山", "😀", "\u{feff}",
+        "MSH", "MSA", "ERR", "AA", "AE", "\\X", "\\F\\", "\\.br\\", "\\H\\", "\u{0b}", "\u{1c}",
+        " ",
+    ];
+
+    #[test]
+    fn no_mutation_of_an_ack_makes_the_parser_panic() {
+        let seeds: [&[u8]; 4] = [
+            MULTIBYTE_IN_HEX_ESCAPE,
+            b"MSH|^~\\&|RIS|HOSP\rMSA|AA|r-7f3a9c2e01\r",
+            b"MSH|^~\\&|R|H\rMSA|AR|X1\rERR||PID^1^3|204^Unknown key^HL70357|E||||Patient not found\r",
+            b"MSH#$~!&#R#H\rMSA#CE#X9#!X4142!\r",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut parsed, mut refused) = (0, 0);
+        for round in 0..30_000 {
+            let mut bytes = seeds[round % seeds.len()].to_vec();
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(bytes.len() + 1);
+                match rng.below(4) {
+                    // insert a piece
+                    0 | 1 => {
+                        let piece = PIECES[rng.below(PIECES.len())].as_bytes();
+                        bytes.splice(at..at, piece.iter().copied());
+                    }
+                    // delete a run (may split a multi-byte character)
+                    2 => {
+                        let end = (at + 1 + rng.below(4)).min(bytes.len());
+                        bytes.drain(at.min(end)..end);
+                    }
+                    // overwrite a byte with anything
+                    _ => {
+                        if let Some(b) = bytes.get_mut(at) {
+                            *b = rng.next() as u8;
+                        }
+                    }
+                }
+            }
+            match Ack::parse(&bytes) {
+                Ok(ack) => {
+                    parsed += 1;
+                    assert!(ack.text.chars().count() <= MAX_TEXT_CHARS + 1);
+                    assert!(ack.control_id.chars().count() <= MAX_TEXT_CHARS + 1);
+                }
+                Err(_) => refused += 1,
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let out = unescape_with(text, &Delimiters::default());
+                assert!(out.len() <= 2 * text.len() + 4, "{text:?}");
+            }
+        }
+        // the mutations exercise both outcomes, not only the first check
+        assert!(
+            parsed > 5_000 && refused > 1_000,
+            "{parsed} parsed, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn random_texts_round_trip_through_build_ack() {
+        let mut rng = Rng(42);
+        for _ in 0..5_000 {
+            let text: String = (0..rng.below(24))
+                .map(|_| PIECES[rng.below(PIECES.len())])
+                .collect();
+            let ack = Ack::parse(build_ack(AckCode::AE, "r-1", "A1", &text).as_bytes()).unwrap();
+            assert_eq!(ack.text, bounded(&text), "{text:?}");
+        }
     }
 }

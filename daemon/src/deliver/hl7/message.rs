@@ -46,44 +46,115 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// The delimiters a message declares in MSH-1 and MSH-2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delimiters {
+    /// Field separator (MSH-1).
+    pub field: char,
+    /// Component separator.
+    pub component: char,
+    /// Repetition separator.
+    pub repetition: char,
+    /// Escape character.
+    pub escape: char,
+    /// Sub-component separator.
+    pub subcomponent: char,
+}
+
+impl Default for Delimiters {
+    /// The standard `|^~\&`, the ones this appliance writes.
+    fn default() -> Self {
+        Delimiters {
+            field: FIELD_SEP,
+            component: '^',
+            repetition: '~',
+            escape: '\\',
+            subcomponent: '&',
+        }
+    }
+}
+
+impl Delimiters {
+    /// The delimiters declared by `field` (MSH-1) and the encoding characters (MSH-2);
+    /// characters MSH-2 leaves out keep their standard value.
+    pub fn declared(field: char, encoding: &str) -> Delimiters {
+        let standard = Delimiters::default();
+        let mut chars = encoding.chars();
+        Delimiters {
+            field,
+            component: chars.next().unwrap_or(standard.component),
+            repetition: chars.next().unwrap_or(standard.repetition),
+            escape: chars.next().unwrap_or(standard.escape),
+            subcomponent: chars.next().unwrap_or(standard.subcomponent),
+        }
+    }
+}
+
 /// Reverses [`escape`] (and the other standard escapes it does not produce, which are
 /// dropped). Unknown or unterminated escapes are kept verbatim.
 pub fn unescape(text: &str) -> String {
+    unescape_with(text, &Delimiters::default())
+}
+
+/// [`unescape`] for a message that declared other delimiters. Works on whole characters
+/// only (a received text may hold any UTF-8 anywhere, escapes included), never panics,
+/// and its output is at most twice the length of its input.
+pub fn unescape_with(text: &str, d: &Delimiters) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find('\\') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let Some(end) = after.find('\\') else {
-            out.push_str(&rest[start..]);
+    while let Some((before, after)) = rest.split_once(d.escape) {
+        out.push_str(before);
+        let Some((seq, tail)) = after.split_once(d.escape) else {
+            // unterminated: kept as it came
+            out.push(d.escape);
+            out.push_str(after);
             return out;
         };
-        let seq = &after[..end];
         match seq {
-            "F" => out.push('|'),
-            "S" => out.push('^'),
-            "R" => out.push('~'),
-            "E" => out.push('\\'),
-            "T" => out.push('&'),
-            s if s.starts_with('X') && s.len() > 1 && s.len() % 2 == 1 => {
-                let bytes: Option<Vec<u8>> = (1..s.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-                    .collect();
-                match bytes {
-                    Some(b) => out.push_str(&String::from_utf8_lossy(&b)),
-                    None => out.push_str(&rest[start..start + end + 2]),
-                }
-            }
+            "F" => out.push(d.field),
+            "S" => out.push(d.component),
+            "R" => out.push(d.repetition),
+            "E" => out.push(d.escape),
+            "T" => out.push(d.subcomponent),
             s if s.starts_with('H') || s.starts_with('N') || s.starts_with(".br") => {
                 // highlighting and formatting: no text of their own
             }
-            _ => out.push_str(&rest[start..start + end + 2]),
+            s => match s.strip_prefix('X').and_then(hex_bytes) {
+                Some(bytes) => out.push_str(&String::from_utf8_lossy(&bytes)),
+                None => {
+                    out.push(d.escape);
+                    out.push_str(s);
+                    out.push(d.escape);
+                }
+            },
         }
-        rest = &after[end + 1..];
+        rest = tail;
     }
     out.push_str(rest);
     out
+}
+
+/// The bytes of a `\Xhhhh..\` escape's hex digits; `None` unless it is a non-empty, even
+/// run of ASCII hex digits (any other character, multi-byte ones included, refuses it).
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    let digits = hex.as_bytes();
+    if digits.is_empty() || digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(*pair.first()?)? << 4 | nibble(*pair.get(1)?)?))
+        .collect()
+}
+
+/// The value of one ASCII hex digit.
+fn nibble(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// Converts a DICOM PN (`Family^Given^Middle^Prefix^Suffix`, alphabetic group only) to the

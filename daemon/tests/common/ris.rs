@@ -1,0 +1,89 @@
+//! A scripted RIS for tests that drive the daemon: an MLLP listener on loopback that
+//! records every message and answers each with an ACK chosen by the test.
+
+use super::{run, Daemon};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Chooses the ACK payload for the `n`-th message received (1-based) with control id `id`.
+pub type Answer = Arc<dyn Fn(usize, &str) -> String + Send + Sync>;
+
+/// MSH-10 of an HL7 message (as sent: not unescaped), or "".
+pub fn control_id(msg: &str) -> String {
+    msg.split('\r')
+        .next()
+        .and_then(|msh| msh.split('|').nth(9))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A plain `AA` for the message with control id `id`.
+pub fn aa(id: &str) -> String {
+    format!(
+        "MSH|^~\\&|RIS|HOSPITAL|DULI|demo-site|20261123000000||ACK^R01^ACK|A{id}|P|2.5.1\rMSA|AA|{id}\r"
+    )
+}
+
+/// Starts the listener: each message is recorded, then answered with `answer` after
+/// `delay`. Returns its port and the messages received so far.
+pub fn scripted_ris(answer: Answer, delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (store, answer) = (store.clone(), answer.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                        let start = frame.iter().position(|b| *b == 0x0b).map_or(0, |i| i + 1);
+                        let msg = String::from_utf8_lossy(&frame[start..end]).to_string();
+                        let id = control_id(&msg);
+                        let n = {
+                            let mut store = store.lock().unwrap();
+                            store.push(msg);
+                            store.len()
+                        };
+                        std::thread::sleep(delay);
+                        let mut reply = vec![0x0b];
+                        reply.extend_from_slice(answer(n, &id).as_bytes());
+                        reply.extend_from_slice(&[0x1c, 0x0d]);
+                        if conn.write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// Waits until the daemon's outbox is empty (every message acknowledged).
+pub fn wait_drained(d: &Daemon, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+        if out.stdout.lines().count() == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox not drained:\n{}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,233 @@
+//! Supervision and the watchdog on the running daemon: an odd ACK from the RIS does not
+//! stop HL7 delivery, and a stage that dies withholds the sd_notify watchdog until the
+//! supervisor has restarted it.
+
+mod common;
+
+use common::ris;
+use common::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The ACK that stopped all HL7 delivery: a two-byte character between the hex digits
+/// of a `\X..\` escape in MSA-3.
+fn odd_ack(id: &str) -> String {
+    format!("MSH|^~\\&|RIS|HOSP|DULI|SITE|20261203||ACK^R01^ACK|A1|P|2.5.1\rMSA|AE|{id}|Paciente \\X0é0\\ não encontrado\r")
+}
+
+fn inference_available() -> bool {
+    let runtime = repo_root().join(".cache/openvino/libs/libopenvino_c.so");
+    let weights = repo_root().join("models/pneumonia-xception/pneumonia_xception_fp16.bin");
+    if !runtime.exists() || !weights.exists() {
+        skip("OpenVINO runtime or model weights absent");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn an_odd_ack_neither_stops_hl7_delivery_nor_the_daemon() {
+    let Some(samples) = samples_dir() else { return };
+    if !inference_available() {
+        return;
+    }
+    let answer = |n: usize, id: &str| if n == 1 { odd_ack(id) } else { ris::aa(id) };
+    let (port, seen) = ris::scripted_ris(Arc::new(answer), Duration::ZERO);
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &port.to_string())
+        .config("hl7", "tls", "false")
+        .start();
+    let file: PathBuf = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    d.storescu("MODALITY", &[], &[file])
+        .unwrap()
+        .assert_success("storescu");
+    // The report is refused once (AE with the odd text), then sent again and accepted.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "report not sent again; log:\n{}", d.log());
+    assert_eq!(seen[0], seen[1], "the same report both times");
+    ris::wait_drained(&d, Duration::from_secs(20));
+    let log = d.log();
+    assert!(
+        log.contains("refused: AE: Paciente \\X0é0\\ não encontrado"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("ended unexpectedly"), "{log}");
+    d.echoscu("MODALITY", &[])
+        .unwrap()
+        .assert_success("echo after the odd ACK");
+}
+
+/// The times at which `WATCHDOG=1` arrived on `sock` during `window`.
+fn watchdog_pings(sock: &std::os::unix::net::UnixDatagram, window: Duration) -> Vec<Duration> {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut pings = Vec::new();
+    let mut buf = [0u8; 256];
+    while started.elapsed() < window {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if &buf[..n] == b"WATCHDOG=1" {
+                pings.push(started.elapsed());
+            }
+        }
+    }
+    pings
+}
+
+/// A daemon with a notify socket of the test's own, `WATCHDOG_USEC` and the debug fault
+/// variable `fault` = `stage`, or `None` (with a SKIP line) in a release build.
+fn faulty_daemon(
+    dir: &std::path::Path,
+    watchdog_usec: &str,
+    fault: &str,
+    stage: &str,
+) -> Option<(Daemon, std::os::unix::net::UnixDatagram)> {
+    if !cfg!(debug_assertions) {
+        skip("stage fault injection exists only in debug builds");
+        return None;
+    }
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let d = Daemon::builder()
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", watchdog_usec)
+        .env(fault, stage)
+        .start();
+    Some((d, sock))
+}
+
+/// The silences longer than `longer_than` between `pings`: (start, length).
+fn silences(pings: &[Duration], longer_than: Duration) -> Vec<(Duration, Duration)> {
+    pings
+        .windows(2)
+        .map(|w| (w[0], w[1] - w[0]))
+        .filter(|(_, gap)| *gap > longer_than)
+        .collect()
+}
+
+#[test]
+fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
+    // WATCHDOG_USEC=200 ms: a ping every 100 ms while all is well. The tracker's first
+    // two incarnations panic 2 s after they start: down for 1 s, up 2 s, down 2 s.
+    let dir = temp_dir("supervise-watchdog");
+    let Some((d, sock)) =
+        faulty_daemon(dir.path(), "200000", "DULI_DEBUG_PANIC_STAGE", "assemble:2")
+    else {
+        return;
+    };
+    // /healthz, polled meanwhile, names the stage while it is down
+    let console = d.console_addr();
+    let health = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut answers = Vec::new();
+        while started.elapsed() < Duration::from_secs(9) {
+            if let Ok(r) = https_get(console, "/healthz") {
+                answers.push((r.status, String::from_utf8_lossy(&r.body).to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        answers
+    });
+    let pings = watchdog_pings(&sock, Duration::from_secs(9));
+    let health = health.join().unwrap();
+    assert!(
+        health
+            .iter()
+            .any(|(status, body)| *status == 503 && body.contains(r#""stage":"assemble""#)),
+        "{health:?}"
+    );
+    assert_eq!(health.last().map(|h| h.0), Some(200), "{health:?}");
+    let gaps = silences(&pings, Duration::from_millis(600));
+    eprintln!("watchdog silences (start, length) after a stage died twice: {gaps:?}");
+    let log = d.log();
+    assert!(
+        gaps.len() == 2,
+        "expected two silences (one per death), got {gaps:?} in {} pings; log:\n{log}",
+        pings.len()
+    );
+    // the second silence covers the doubled pause (2 s)
+    assert!(gaps[0].1 >= Duration::from_millis(800), "{gaps:?}");
+    assert!(gaps[1].1 >= Duration::from_millis(1600), "{gaps:?}");
+    // fed again after the restart, steadily
+    let last = *pings.last().unwrap();
+    let after: Vec<&Duration> = pings
+        .iter()
+        .filter(|t| **t > gaps[1].0 + gaps[1].1)
+        .collect();
+    assert!(after.len() >= 5, "{pings:?}");
+    assert!(
+        Duration::from_secs(9).saturating_sub(last) < Duration::from_millis(600),
+        "{pings:?}"
+    );
+    for want in [
+        "stage assemble ended unexpectedly (panicked: fault injected into stage assemble)",
+        "restarting in 1.0 s",
+        "restarting in 2.0 s",
+        "watchdog withheld: stage assemble is not running",
+        "watchdog fed again",
+    ] {
+        assert!(log.contains(want), "{want:?} not in log:\n{log}");
+    }
+    // the restarted tracker took over the queue: a study sent now completes
+    let Some(samples) = samples_dir() else { return };
+    let file: PathBuf = samples.join("dicom/explicit-le/NORMAL_01.dcm");
+    d.storescu("MODALITY", &[], &[file])
+        .unwrap()
+        .assert_success("storescu after the restart");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&mut d.command(&["studies"]), Duration::from_secs(30));
+        out.assert_success("duli studies");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let state = v[0]["state"].as_str().unwrap_or("").to_string();
+        if !state.is_empty() && state != "receiving" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "study never completed: {v}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_watchdog_starves_while_a_stage_is_stuck_and_is_fed_when_it_carries_on() {
+    // The tracker blocks its thread 2 s after it starts, for 14 s: stale 10 s later, so the
+    // pings stop for about 4 s, and it is never restarted (it did not end).
+    let dir = temp_dir("supervise-stall");
+    let Some((d, sock)) = faulty_daemon(dir.path(), "400000", "DULI_DEBUG_STALL_STAGE", "assemble")
+    else {
+        return;
+    };
+    let pings = watchdog_pings(&sock, Duration::from_secs(20));
+    let gaps = silences(&pings, Duration::from_millis(1000));
+    eprintln!("watchdog silences (start, length) while a stage was stuck: {gaps:?}");
+    let log = d.log();
+    assert_eq!(gaps.len(), 1, "{gaps:?} in {pings:?}; log:\n{log}");
+    assert!(gaps[0].1 >= Duration::from_secs(3), "{gaps:?}");
+    assert!(
+        gaps[0].0 >= Duration::from_secs(9),
+        "stale too early: {gaps:?}"
+    );
+    assert!(
+        pings.iter().filter(|t| **t > gaps[0].0 + gaps[0].1).count() >= 5,
+        "{pings:?}"
+    );
+    for want in [
+        "watchdog withheld: stage assemble has not reported for",
+        "watchdog fed again",
+    ] {
+        assert!(log.contains(want), "{want:?} not in log:\n{log}");
+    }
+    assert!(!log.contains("ended unexpectedly"), "{log}");
+}
