@@ -157,6 +157,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             .then(|| "the delivery outbox is full".to_string())
     }));
     scp.move_destinations = config.pacs.destinations.clone();
+    scp.max_instance = config.dicom.max_instance_mb * 1024 * 1024;
     let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
     let listener = take_or_bind(

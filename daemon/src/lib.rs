@@ -4,6 +4,8 @@
 //!
 //! - [`config`]: the TOML configuration, its defaults, environment overrides and validation.
 //! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS.
+//! - [`dataset_guard`]: a bounded pre-scan (nesting depth, declared lengths) of every data
+//!   set from outside before dicom-rs parses it.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
 //! - [`receive`]: the SCP — listener, associations, the Verification and Storage services.
 //! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
@@ -42,6 +44,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod daemon;
+pub mod dataset_guard;
 pub mod deliver;
 pub mod demo;
 pub mod diagnostics;

@@ -62,8 +62,10 @@ pub fn is_dicom(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file.
-pub fn prepare_file(path: &Path, manifest: &Manifest) -> Preparation {
+/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file. A DICOM image whose
+/// header declares more than `max_pixels` (Rows × Columns × Frames × Samples per Pixel) is
+/// not decoded: it is not applicable, with the reason.
+pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Preparation {
     let start = Instant::now();
     let (sop, display) = if is_dicom(path) {
         let img = match DicomImage::open(path) {
@@ -80,6 +82,12 @@ pub fn prepare_file(path: &Path, manifest: &Manifest) -> Preparation {
             return Preparation::NotApplicable {
                 sop_instance_uid: sop,
                 reason,
+            };
+        }
+        if let Err(e) = img.check_pixel_budget(max_pixels) {
+            return Preparation::NotApplicable {
+                sop_instance_uid: sop,
+                reason: e.to_string(),
             };
         }
         match img.display_image() {

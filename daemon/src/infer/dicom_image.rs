@@ -12,6 +12,48 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation};
 use std::path::Path;
 
+/// An image whose header declares more pixel samples than `inference.max_pixels`; it is
+/// never decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "image too large to analyse: Rows x Columns x Frames x Samples per Pixel = {declared}, over inference.max_pixels = {limit}"
+)]
+pub struct TooManyPixels {
+    /// The product the header declares (saturating).
+    pub declared: u64,
+    /// The configured limit.
+    pub limit: u64,
+}
+
+fn count_of(obj: &InMemDicomObject, tag: Tag, absent: u64) -> u64 {
+    match obj.element_opt(tag).ok().flatten() {
+        None => absent,
+        Some(e) => e
+            .to_int::<i64>()
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(absent),
+    }
+}
+
+/// Rows × Columns × Number of Frames × Samples per Pixel as `obj` declares them (absent
+/// frames and samples count as 1); saturating, so a lying header cannot wrap around.
+pub fn declared_pixels(obj: &InMemDicomObject) -> u64 {
+    count_of(obj, tags::ROWS, 0)
+        .saturating_mul(count_of(obj, tags::COLUMNS, 0))
+        .saturating_mul(count_of(obj, tags::NUMBER_OF_FRAMES, 1).max(1))
+        .saturating_mul(count_of(obj, tags::SAMPLES_PER_PIXEL, 1).max(1))
+}
+
+/// Refuses an image over `limit` pixel samples, before anything is decoded.
+pub fn check_pixel_budget(obj: &InMemDicomObject, limit: u64) -> Result<(), TooManyPixels> {
+    let declared = declared_pixels(obj);
+    if declared > limit {
+        return Err(TooManyPixels { declared, limit });
+    }
+    Ok(())
+}
+
 /// Why a DICOM image cannot be turned into pixels.
 #[derive(Debug, thiserror::Error)]
 pub enum DicomImageError {
@@ -80,6 +122,7 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> String {
 impl DicomImage {
     /// Opens and parses the whole file (pixel data stays encoded until asked for).
     pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
+        crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
         let obj = OpenFileOptions::new()
             .open_file(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
@@ -116,6 +159,12 @@ impl DicomImage {
     /// The header attributes.
     pub fn header(&self) -> &ImageHeader {
         &self.header
+    }
+
+    /// Refuses the image when it declares more than `limit` pixel samples
+    /// ([`declared_pixels`]); call before [`DicomImage::display_image`].
+    pub fn check_pixel_budget(&self, limit: u64) -> Result<(), TooManyPixels> {
+        check_pixel_budget(&self.obj, limit)
     }
 
     /// Decodes the first frame and maps it to the 8-bit display image.
@@ -309,6 +358,62 @@ mod tests {
     use super::*;
     use crate::infer::raster::read_image_file;
     use crate::infer::testdata::samples_dir;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    #[test]
+    fn pixel_budget_counts_rows_columns_frames_and_samples() {
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(60_000u16),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(60_000u16),
+        ));
+        // 3.6 G pixels in a header of a few bytes: refused before any decode.
+        assert_eq!(declared_pixels(&obj), 3_600_000_000);
+        assert_eq!(
+            check_pixel_budget(&obj, 100_000_000),
+            Err(TooManyPixels {
+                declared: 3_600_000_000,
+                limit: 100_000_000
+            })
+        );
+        let mut small = InMemDicomObject::new_empty();
+        small.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(2000u16),
+        ));
+        small.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(2000u16),
+        ));
+        assert_eq!(check_pixel_budget(&small, 100_000_000), Ok(()));
+        small.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("9"),
+        ));
+        small.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(3u16),
+        ));
+        assert_eq!(declared_pixels(&small), 108_000_000);
+        assert!(check_pixel_budget(&small, 100_000_000).is_err());
+        // Garbage counts as the default, never as a huge number.
+        small.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("-5"),
+        ));
+        assert_eq!(declared_pixels(&small), 12_000_000);
+    }
 
     #[test]
     fn every_sample_variant_decodes_to_the_png_levels() {

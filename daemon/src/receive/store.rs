@@ -2,6 +2,11 @@
 //! fragments arrive, then made durable (fsync, header parse, rename, index commit, index
 //! flush) before the response says Success. Anything that fails on the way answers with a
 //! failure status and leaves no trace in the index.
+//!
+//! While the data set streams in, its size is held to `dicom.max_instance_mb` and the free
+//! space of the data disk is checked against the reserve every [`DISK_CHECK_EVERY`] bytes:
+//! past either, [`Incoming::write`] returns a [`StreamLimit`], the association is aborted and
+//! the partial file removed (a peer that never marks a fragment last cannot fill the disk).
 
 use super::Scp;
 use crate::dimse::status::Status;
@@ -11,6 +16,33 @@ use crate::store::header;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// Default of `dicom.max_instance_mb`, in bytes.
+pub const DEFAULT_MAX_INSTANCE: u64 = 2048 * 1024 * 1024;
+
+/// Bytes received between two checks of the disk reserve while an instance streams in.
+pub const DISK_CHECK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// Why an instance stream was cut off; the association is then aborted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StreamLimit {
+    /// The instance grew past `dicom.max_instance_mb`.
+    #[error("instance {sop_instance} exceeds the maximum instance size of {limit} bytes")]
+    TooLarge {
+        /// The command's SOP Instance UID.
+        sop_instance: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The data disk fell below its reserve while the instance streamed in.
+    #[error("disk below reserve while receiving {sop_instance}: {free_mb} MB free")]
+    DiskReserve {
+        /// The command's SOP Instance UID.
+        sop_instance: String,
+        /// Free MiB when checked.
+        free_mb: u64,
+    },
+}
+
 /// An instance being received.
 pub struct Incoming {
     file: Option<IncomingFile>,
@@ -19,6 +51,10 @@ pub struct Incoming {
     refused: Option<(Status, String)>,
     sop_class: String,
     sop_instance: String,
+    /// Data-set bytes received so far (also while refusing and draining).
+    received: u64,
+    /// Value of `received` at the last disk reserve check.
+    checked_at: u64,
 }
 
 /// The outcome of one C-STORE.
@@ -47,6 +83,8 @@ impl Incoming {
             refused: None,
             sop_class: sop_class.to_string(),
             sop_instance: sop_instance.to_string(),
+            received: 0,
+            checked_at: 0,
         };
         if sop_instance.is_empty() || sop_class.is_empty() {
             incoming.refused = Some((
@@ -88,8 +126,49 @@ impl Incoming {
         incoming
     }
 
-    /// Appends a data-set fragment.
-    pub fn write(&mut self, bytes: &[u8]) {
+    /// Appends a data-set fragment. An error means the stream must be cut off: the caller
+    /// aborts the association and drops this instance, which removes its partial file.
+    /// Refused instances that are only drained are held to the same size limit.
+    pub fn write(&mut self, scp: &Scp, bytes: &[u8]) -> Result<(), StreamLimit> {
+        self.received = self.received.saturating_add(bytes.len() as u64);
+        if self.received > scp.max_instance {
+            return Err(self.cut_off(
+                scp,
+                StreamLimit::TooLarge {
+                    sop_instance: self.sop_instance.clone(),
+                    limit: scp.max_instance,
+                },
+            ));
+        }
+        if self.file.is_some() && self.received - self.checked_at >= DISK_CHECK_EVERY {
+            self.checked_at = self.received;
+            if let Ok(free) = scp.store.files().free_bytes() {
+                if free < scp.disk_reserve {
+                    return Err(self.cut_off(
+                        scp,
+                        StreamLimit::DiskReserve {
+                            sop_instance: self.sop_instance.clone(),
+                            free_mb: free / (1024 * 1024),
+                        },
+                    ));
+                }
+            }
+        }
+        self.append(bytes);
+        Ok(())
+    }
+
+    /// Counts and logs a stream cut off, and removes the partial file now.
+    fn cut_off(&mut self, scp: &Scp, why: StreamLimit) -> StreamLimit {
+        self.file = None;
+        scp.metrics
+            .instances_failed_total
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!("C-STORE cut off: {why}");
+        why
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
         if let Some(f) = self.file.as_mut() {
             if let Err(e) = f.write(bytes) {
                 log::error!("write of {} failed: {e}", self.sop_instance);

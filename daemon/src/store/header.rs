@@ -14,6 +14,10 @@ pub const GENERATED_BY: &str = "DULI Edge";
 /// Why a file's header could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
+    /// Refused before parsing: nested too deep, lengths beyond the data (see
+    /// [`crate::dataset_guard`]).
+    #[error("data set refused: {0}")]
+    Refused(#[from] crate::dataset_guard::GuardError),
     /// Not a parseable DICOM file.
     #[error("cannot parse DICOM data: {0}")]
     Parse(String),
@@ -31,8 +35,9 @@ pub struct Header {
     pub study: StudyRecord,
 }
 
-/// Parses the header of the Part 10 file at `path`.
+/// Parses the header of the Part 10 file at `path`, after the bounded pre-scan.
 pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
+    crate::dataset_guard::check_file(path)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -153,5 +158,40 @@ pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) {
         if !into.modalities.contains(m) {
             into.modalities.push(m.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset_guard::{fixtures, GuardError};
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn hostile_files_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2,000 levels overflowed a worker's stack in the recursive parser.
+        let deep = dir.path().join("deep.dcm");
+        std::fs::write(
+            &deep,
+            fixtures::part10(EXPLICIT_LE, &fixtures::nested(2000)),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_header(&deep),
+            Err(HeaderError::Refused(GuardError::TooDeep { .. }))
+        ));
+        // A 30-byte lie made the parser allocate and zero 4 GiB.
+        let lie = dir.path().join("lie.dcm");
+        std::fs::write(&lie, fixtures::part10(EXPLICIT_LE, &fixtures::ut_lie())).unwrap();
+        let err = read_header(&lie).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HeaderError::Refused(GuardError::LengthBeyondData { .. })
+            ),
+            "{err}"
+        );
     }
 }
