@@ -27,11 +27,14 @@ models:
 	scripts/setup-openvino.sh
 	scripts/setup-models.sh
 
+# The hostile-peer suite (daemon/tests/hostile.rs) drives the release daemon.
 test: test-env
+	$(CARGO) build --release -p duli
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory test-scripts
 
 test-long: test-env
+	$(CARGO) build --release -p duli
 	DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
 	$(MAKE) --no-print-directory test-scripts
 

@@ -121,6 +121,8 @@ pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), Pre
     let obj = dicom_object::open_file(path).map_err(|e| PreviewError::Read(e.to_string()))?;
     crate::infer::dicom_image::check_pixel_budget(&obj, max_pixels)
         .map_err(|e| PreviewError::Decode(e.to_string()))?;
+    crate::infer::dicom_image::check_rle(&obj, obj.meta().transfer_syntax())
+        .map_err(|e| PreviewError::Decode(e.to_string()))?;
     let decoded = obj
         .decode_pixel_data()
         .map_err(|e| PreviewError::Decode(e.to_string()))?;

@@ -85,6 +85,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             };
         }
         if let Err(e) = img.check_pixel_budget(max_pixels) {
+            log::warn!("{}: {e}", path.display());
             return Preparation::NotApplicable {
                 sop_instance_uid: sop,
                 reason: e.to_string(),

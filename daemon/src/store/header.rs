@@ -24,6 +24,26 @@ pub enum HeaderError {
     /// A required attribute is missing or empty.
     #[error("required attribute {0} is missing or empty")]
     Missing(&'static str),
+    /// A unique identifier that is not a UID (digits and dots, at most 64 characters).
+    #[error("{0} is not a valid UID: {1:?}")]
+    InvalidUid(&'static str, String),
+}
+
+/// Whether `uid` can be a UID (PS3.5 §9.1): 1 to 64 characters, digits and dots only.
+/// Components with leading zeros, which some modalities write, are let through.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+fn valid(name: &'static str, uid: &str) -> Result<(), HeaderError> {
+    if is_valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(HeaderError::InvalidUid(
+            name,
+            uid.chars().take(80).collect(),
+        ))
+    }
 }
 
 /// What the index needs from one file.
@@ -94,6 +114,9 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     if series_instance_uid.is_empty() {
         return Err(HeaderError::Missing("Series Instance UID (0020,000E)"));
     }
+    valid("SOP Instance UID (0008,0018)", &sop_instance_uid)?;
+    valid("Study Instance UID (0020,000D)", &study_instance_uid)?;
+    valid("Series Instance UID (0020,000E)", &series_instance_uid)?;
     let modality = text(obj, tags::MODALITY);
     let instance = InstanceRecord {
         sop_instance_uid,
@@ -167,6 +190,22 @@ mod tests {
     use crate::dataset_guard::{fixtures, GuardError};
 
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn uids_that_could_name_paths_are_refused() {
+        assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.1.1"));
+        assert!(is_valid_uid("1.2.03.4"));
+        for bad in [
+            "",
+            "../../etc",
+            "1.2.3/4",
+            "1.2.3.4 ",
+            &"1".repeat(65),
+            "1.2.x",
+        ] {
+            assert!(!is_valid_uid(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn hostile_files_are_refused_before_parsing() {
