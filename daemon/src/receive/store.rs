@@ -300,3 +300,97 @@ fn start_file(
     file.write(&head)?;
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Audit;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn scp(dir: &std::path::Path) -> Scp {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        Scp::new(
+            crate::receive::policy::policy(&crate::config::Config::default()),
+            store,
+            audit,
+            Arc::new(Metrics::default()),
+            events,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            4,
+            0,
+        )
+    }
+
+    fn leftovers(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
+    const TS: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn an_instance_past_the_size_limit_is_cut_off_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        scp.max_instance = 1024 * 1024;
+        let mut incoming = Incoming::begin(&scp, DX, "1.2.3.4", TS, "PEER");
+        assert_eq!(leftovers(dir.path()), 1);
+        let chunk = vec![0u8; 256 * 1024];
+        for _ in 0..4 {
+            incoming.write(&scp, &chunk).unwrap();
+        }
+        assert!(matches!(
+            incoming.write(&scp, &chunk),
+            Err(StreamLimit::TooLarge { limit, .. }) if limit == 1024 * 1024
+        ));
+        // The partial file is gone at once, before the association is even aborted.
+        assert_eq!(leftovers(dir.path()), 0);
+        assert_eq!(
+            scp.metrics.instances_failed_total.load(Ordering::Relaxed),
+            1
+        );
+        drop(incoming);
+        assert_eq!(scp.store.instances_of("1.2.3").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_disk_reserve_is_checked_while_streaming() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        // Free space was fine when the C-STORE started...
+        let mut incoming = Incoming::begin(&scp, DX, "1.2.3.5", TS, "PEER");
+        let chunk = vec![0u8; 1024 * 1024];
+        incoming.write(&scp, &chunk).unwrap();
+        // ...then the disk fills up (a reserve above any free space stands in for it).
+        scp.disk_reserve = u64::MAX;
+        let mut cut = None;
+        for _ in 0..(DISK_CHECK_EVERY / chunk.len() as u64 + 1) {
+            if let Err(e) = incoming.write(&scp, &chunk) {
+                cut = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(cut, Some(StreamLimit::DiskReserve { .. })),
+            "{cut:?}"
+        );
+        assert_eq!(leftovers(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_refused_instance_is_still_held_to_the_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        scp.max_instance = 64 * 1024;
+        // Refused at the start (no SOP Instance UID): drained, but not forever.
+        let mut incoming = Incoming::begin(&scp, DX, "", TS, "PEER");
+        assert!(incoming.write(&scp, &[0u8; 60 * 1024]).is_ok());
+        assert!(incoming.write(&scp, &[0u8; 8 * 1024]).is_err());
+    }
+}
