@@ -133,6 +133,17 @@ pub fn check_rle(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), Di
     Ok(())
 }
 
+/// Checks the pixel budget of the file at `path` from its header alone (everything before
+/// Pixel Data), so an image over the limit is never loaded, let alone decoded.
+pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<(), DicomImageError> {
+    crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| DicomImageError::Open(e.to_string()))?;
+    check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))
+}
+
 /// Why a DICOM image cannot be turned into pixels.
 #[derive(Debug, thiserror::Error)]
 pub enum DicomImageError {
@@ -145,6 +156,9 @@ pub enum DicomImageError {
     /// The decoded pixel data does not match the image attributes.
     #[error("invalid pixel data: {0}")]
     Invalid(String),
+    /// More pixel samples than `inference.max_pixels` ([`TooManyPixels`]).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Header attributes of an image, as eligibility and results need them.
