@@ -32,11 +32,14 @@ models:
 	@echo "== make models: sample chest X-rays (model's PyPI package -> .cache/samples/cxr-jpeg)"
 	scripts/setup-samples.sh
 
+# The hostile-peer suite (daemon/tests/hostile.rs) drives the release daemon.
 test: test-env
+	$(CARGO) build --release -p duli
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory test-scripts
 
 test-long: test-env
+	$(CARGO) build --release -p duli
 	DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
 	$(MAKE) --no-print-directory test-scripts
 
@@ -51,7 +54,7 @@ test-scripts:
 	@echo "script checks: ok"
 
 demo: models
-	@echo "== make demo: build the release binary (first time about 4 min on 2 cores)"
+	@echo "== make demo: build the release binary (the first time takes minutes, see README)"
 	$(CARGO) build --release -p duli
 	@echo "== make demo: start the daemon and send it the sample studies"
 	$(CARGO) run --release -q -p duli -- demo

@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let mut last = Vec::new();
     let mut all_infer = Vec::new();
     for f in &files {
-        let Preparation::Ready(p) = prepare_file(f, &m) else {
+        let Preparation::Ready(p) = prepare_file(f, &m, duli::config::DEFAULT_MAX_PIXELS) else {
             println!("{:<34} not analysed", f.display());
             continue;
         };

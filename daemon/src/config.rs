@@ -154,6 +154,8 @@ pub struct DicomConfig {
     pub max_associations: usize,
     /// Maximum PDU length this SCP receives (bytes).
     pub max_pdu: u32,
+    /// Largest instance accepted (MiB); a C-STORE that streams past it is aborted.
+    pub max_instance_mb: u64,
     /// Seconds without a new instance after release before a study is complete
     /// (0 = complete at release).
     pub quiet_period: u64,
@@ -193,6 +195,7 @@ impl Default for DicomConfig {
             allowed_peers: Vec::new(),
             max_associations: 32,
             max_pdu: 262_144,
+            max_instance_mb: 2048,
             quiet_period: 5,
             accept_any_storage: false,
             artim_timeout: 30,
@@ -221,7 +224,13 @@ pub struct InferenceConfig {
     pub performance_hint: String,
     /// Path of `libopenvino_c.so*`; default: `DULI_OPENVINO_LIB` or `.cache/openvino/libs`.
     pub openvino_lib: Option<PathBuf>,
+    /// Largest image analysed or previewed, as Rows × Columns × Frames × Samples per Pixel,
+    /// checked before any decode; larger images are recorded as not analysable.
+    pub max_pixels: u64,
 }
+
+/// Default of `inference.max_pixels`.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 impl Default for InferenceConfig {
     fn default() -> Self {
@@ -230,6 +239,7 @@ impl Default for InferenceConfig {
             device: "CPU".into(),
             performance_hint: "LATENCY".into(),
             openvino_lib: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -587,6 +597,24 @@ impl Config {
                 format!(
                     "must be between 4096 and 16777216 bytes, got {}",
                     self.dicom.max_pdu
+                ),
+            );
+        }
+        if !(1..=65_536).contains(&self.dicom.max_instance_mb) {
+            bad(
+                "dicom.max_instance_mb",
+                format!(
+                    "must be between 1 and 65536 MiB, got {}",
+                    self.dicom.max_instance_mb
+                ),
+            );
+        }
+        if !(1..=4_000_000_000).contains(&self.inference.max_pixels) {
+            bad(
+                "inference.max_pixels",
+                format!(
+                    "must be between 1 and 4000000000, got {}",
+                    self.inference.max_pixels
                 ),
             );
         }
@@ -1100,7 +1128,7 @@ mod tests {
     #[test]
     fn every_error_names_its_key() {
         let err = load_str(
-            "[dicom]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"\nmax_associations = 0\n[inference]\ndevice = \"TPU\"\n",
+            "[dicom]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"\nmax_associations = 0\nmax_instance_mb = 0\n[inference]\ndevice = \"TPU\"\nmax_pixels = 0\n",
             &[],
         )
         .unwrap_err();
@@ -1108,7 +1136,9 @@ mod tests {
         for key in [
             "dicom.ae_title",
             "dicom.max_associations",
+            "dicom.max_instance_mb",
             "inference.device",
+            "inference.max_pixels",
         ] {
             assert!(text.contains(key), "{key} missing in {text}");
         }

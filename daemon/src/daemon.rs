@@ -176,6 +176,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         config.dicom.max_pending_connections,
         config.dicom.max_pending_per_address,
     );
+    scp.max_instance = config.dicom.max_instance_mb * 1024 * 1024;
     let scp = Arc::new(scp);
     let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
     let listener = take_or_bind(

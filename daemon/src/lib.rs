@@ -4,6 +4,8 @@
 //!
 //! - [`config`]: the TOML configuration, its defaults, environment overrides and validation.
 //! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS.
+//! - [`dataset_guard`]: a bounded pre-scan (nesting depth, declared lengths) of every data
+//!   set from outside before dicom-rs parses it.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
 //! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
 //!   associations, the check of every request (context, role, permission), the Verification
@@ -47,6 +49,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod daemon;
+pub mod dataset_guard;
 pub mod deliver;
 pub mod demo;
 pub mod diagnostics;

@@ -683,14 +683,16 @@ async fn preview(c: &Console, uid: &str, sop: &str, info_only: bool) -> Result<R
         .filter(|i| i.study_instance_uid == uid)
         .ok_or(ApiError::NotFound)?;
     let data_dir = c.data_dir.clone();
-    let (png, info) = tokio::task::spawn_blocking(move || preview::get_or_render(&data_dir, &inst))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            preview::PreviewError::Pruned => ApiError::Gone(e.to_string()),
-            preview::PreviewError::Write(_) => ApiError::Internal(e.to_string()),
-            _ => ApiError::Conflict(e.to_string()),
-        })?;
+    let max_pixels = c.max_pixels;
+    let (png, info) =
+        tokio::task::spawn_blocking(move || preview::get_or_render(&data_dir, &inst, max_pixels))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| match e {
+                preview::PreviewError::Pruned => ApiError::Gone(e.to_string()),
+                preview::PreviewError::Write(_) => ApiError::Internal(e.to_string()),
+                _ => ApiError::Conflict(e.to_string()),
+            })?;
     if info_only {
         return Ok(reply::json(StatusCode::OK, &info));
     }

@@ -94,6 +94,8 @@ pub struct Console {
     pub started: Instant,
     /// First-time setup (open while no admin account exists).
     pub setup: setup::Setup,
+    /// Largest image a preview decodes (`inference.max_pixels`).
+    pub max_pixels: u64,
 }
 
 impl Console {
@@ -137,6 +139,7 @@ impl Console {
             assembly: None,
             started: Instant::now(),
             setup,
+            max_pixels: config.inference.max_pixels,
         })
     }
 }

@@ -79,11 +79,12 @@ fn cached(png: &Path, json: &Path) -> Option<PreviewInfo> {
     serde_json::from_slice(&std::fs::read(json).ok()?).ok()
 }
 
-/// The cached preview of an instance, rendered now when absent. Blocking: call it from
-/// a blocking task.
+/// The cached preview of an instance, rendered now when absent (images over `max_pixels`
+/// are refused before any decode). Blocking: call it from a blocking task.
 pub fn get_or_render(
     data_dir: &Path,
     inst: &InstanceRecord,
+    max_pixels: u64,
 ) -> Result<(PathBuf, PreviewInfo), PreviewError> {
     let (png, json) = cache_paths(data_dir, &inst.sop_instance_uid);
     if let Some(info) = cached(&png, &json) {
@@ -96,7 +97,7 @@ pub fn get_or_render(
     if inst.pruned {
         return Err(PreviewError::Pruned);
     }
-    let (pixels, info) = render(&data_dir.join(&inst.path))?;
+    let (pixels, info) = render(&data_dir.join(&inst.path), max_pixels)?;
     let dir = png.parent().unwrap_or(data_dir);
     std::fs::create_dir_all(dir).map_err(|e| PreviewError::Write(e.to_string()))?;
     let tmp = png.with_extension("png.tmp");
@@ -113,9 +114,15 @@ pub fn get_or_render(
 
 type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;
 
-/// Decodes a DICOM file's first frame into a display-size 16-bit preview.
-pub fn render(path: &Path) -> Result<(Gray16, PreviewInfo), PreviewError> {
+/// Decodes a DICOM file's first frame into a display-size 16-bit preview; an image over
+/// `max_pixels` is refused before any decode.
+pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), PreviewError> {
+    crate::dataset_guard::check_file(path).map_err(|e| PreviewError::Read(e.to_string()))?;
     let obj = dicom_object::open_file(path).map_err(|e| PreviewError::Read(e.to_string()))?;
+    crate::infer::dicom_image::check_pixel_budget(&obj, max_pixels)
+        .map_err(|e| PreviewError::Decode(e.to_string()))?;
+    crate::infer::dicom_image::check_rle(&obj, obj.meta().transfer_syntax())
+        .map_err(|e| PreviewError::Decode(e.to_string()))?;
     let decoded = obj
         .decode_pixel_data()
         .map_err(|e| PreviewError::Decode(e.to_string()))?;

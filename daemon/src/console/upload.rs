@@ -140,6 +140,8 @@ fn sniff(bytes: &[u8]) -> Option<image::ImageFormat> {
 }
 
 fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
+    crate::dataset_guard::check_part10_bytes(bytes)
+        .map_err(|e| UploadError::BadDicom(e.to_string()))?;
     let obj = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Always)
         .from_reader(bytes)
@@ -390,6 +392,21 @@ mod tests {
         img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn hostile_dicom_uploads_are_refused_before_parsing() {
+        use crate::dataset_guard::fixtures;
+        let ts = "1.2.840.10008.1.2.1";
+        for body in [fixtures::nested(2000), fixtures::ut_lie()] {
+            let err = prepare(&fixtures::part10(ts, &body), "x.dcm", "2.25.").unwrap_err();
+            assert!(matches!(err, UploadError::BadDicom(_)), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("declares") || text.contains("nested"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

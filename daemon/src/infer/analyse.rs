@@ -3,7 +3,7 @@
 //! once the engine has run it, the per-image result. The daemon and the offline tool share
 //! these functions.
 
-use super::dicom_image::DicomImage;
+use super::dicom_image::{check_file_pixel_budget, DicomImage, DicomImageError};
 use super::display::GrayImage;
 use super::eligibility::{check, Eligibility};
 use super::findings::findings;
@@ -62,10 +62,28 @@ pub fn is_dicom(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file.
-pub fn prepare_file(path: &Path, manifest: &Manifest) -> Preparation {
+/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file. A DICOM image whose
+/// header declares more than `max_pixels` (Rows × Columns × Frames × Samples per Pixel) is
+/// not decoded: it is not applicable, with the reason.
+pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Preparation {
     let start = Instant::now();
     let (sop, display) = if is_dicom(path) {
+        if let Err(e) = check_file_pixel_budget(path, max_pixels) {
+            log::warn!("{}: {e}", path.display());
+            let sop_instance_uid = crate::store::header::read_header(path)
+                .ok()
+                .map(|h| h.instance.sop_instance_uid);
+            return match e {
+                DicomImageError::TooLarge(reason) => Preparation::NotApplicable {
+                    sop_instance_uid,
+                    reason,
+                },
+                other => Preparation::Error {
+                    sop_instance_uid,
+                    reason: other.to_string(),
+                },
+            };
+        }
         let img = match DicomImage::open(path) {
             Ok(i) => i,
             Err(e) => {

@@ -55,7 +55,7 @@ pub fn infer_files_cli(model: Option<&Path>, files: &[PathBuf], cfg: &InferenceC
     let mut out = std::io::stdout().lock();
     let mut status = 0;
     for file in files {
-        let prep = prepare_file(file, engine.manifest());
+        let prep = prepare_file(file, engine.manifest(), engine.max_pixels());
         let (sop, result) = match &prep {
             Preparation::Ready(p) => {
                 let start = Instant::now();

@@ -12,6 +12,138 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation};
 use std::path::Path;
 
+/// An image whose header declares more pixel samples than `inference.max_pixels`; it is
+/// never decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "image too large to analyse: Rows x Columns x Frames x Samples per Pixel = {declared}, over inference.max_pixels = {limit}"
+)]
+pub struct TooManyPixels {
+    /// The product the header declares (saturating).
+    pub declared: u64,
+    /// The configured limit.
+    pub limit: u64,
+}
+
+fn count_of(obj: &InMemDicomObject, tag: Tag, absent: u64) -> u64 {
+    match obj.element_opt(tag).ok().flatten() {
+        None => absent,
+        Some(e) => e
+            .to_int::<i64>()
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(absent),
+    }
+}
+
+/// Rows × Columns × Number of Frames × Samples per Pixel as `obj` declares them (absent
+/// frames and samples count as 1); saturating, so a lying header cannot wrap around.
+pub fn declared_pixels(obj: &InMemDicomObject) -> u64 {
+    count_of(obj, tags::ROWS, 0)
+        .saturating_mul(count_of(obj, tags::COLUMNS, 0))
+        .saturating_mul(count_of(obj, tags::NUMBER_OF_FRAMES, 1).max(1))
+        .saturating_mul(count_of(obj, tags::SAMPLES_PER_PIXEL, 1).max(1))
+}
+
+/// Refuses an image over `limit` pixel samples, before anything is decoded.
+pub fn check_pixel_budget(obj: &InMemDicomObject, limit: u64) -> Result<(), TooManyPixels> {
+    let declared = declared_pixels(obj);
+    if declared > limit {
+        return Err(TooManyPixels { declared, limit });
+    }
+    Ok(())
+}
+
+/// RLE Lossless.
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Output bytes of one PackBits segment, counted without decoding (PS3.5 Annex G.3.1).
+fn packbits_output_len(segment: &[u8]) -> u64 {
+    let mut out = 0u64;
+    let mut at = 0usize;
+    while at < segment.len() {
+        let n = segment[at];
+        at += 1;
+        match n {
+            0..=127 => {
+                let literal = usize::from(n) + 1;
+                out += literal.min(segment.len().saturating_sub(at)) as u64;
+                at += literal;
+            }
+            128 => {}
+            _ => {
+                if at < segment.len() {
+                    out += 257 - u64::from(n);
+                }
+                at += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Checks every RLE fragment's header and segments before the decoder sees them: the
+/// decoder indexes the fragment by the segment count and offsets it reads, allocates by
+/// the count, and indexes decoded segments by Rows × Columns — each a panic or a huge
+/// allocation on a lying fragment. Other transfer syntaxes pass unchanged.
+pub fn check_rle(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), DicomImageError> {
+    if transfer_syntax.trim_end_matches(['\0', ' ']) != RLE_LOSSLESS {
+        return Ok(());
+    }
+    let bad = |why: String| DicomImageError::Invalid(format!("RLE fragment {why}"));
+    let plane = count_of(obj, tags::ROWS, 0).saturating_mul(count_of(obj, tags::COLUMNS, 0));
+    let Some(fragments) = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .and_then(|e| e.value().fragments())
+    else {
+        return Err(bad("sequence missing".into()));
+    };
+    for (frame, fragment) in fragments.iter().enumerate() {
+        if fragment.len() < 64 {
+            return Err(bad(format!("{frame}: shorter than its 64-byte header")));
+        }
+        let word = |i: usize| {
+            u32::from_le_bytes([
+                fragment[4 * i],
+                fragment[4 * i + 1],
+                fragment[4 * i + 2],
+                fragment[4 * i + 3],
+            ])
+        };
+        let segments = word(0) as usize;
+        if !(1..=15).contains(&segments) {
+            return Err(bad(format!("{frame}: {segments} segments")));
+        }
+        let mut bounds: Vec<usize> = (1..=segments).map(|i| word(i) as usize).collect();
+        bounds.push(fragment.len());
+        for (i, pair) in bounds.windows(2).enumerate() {
+            let (start, end) = (pair[0], pair[1]);
+            if start < 64 || start > end {
+                return Err(bad(format!(
+                    "{frame}: segment {i} offset {start} out of order"
+                )));
+            }
+            if packbits_output_len(&fragment[start..end]) < plane {
+                return Err(bad(format!("{frame}: segment {i} decodes short")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the pixel budget of the file at `path` from its header alone (everything before
+/// Pixel Data), so an image over the limit is never loaded, let alone decoded.
+pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<(), DicomImageError> {
+    crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| DicomImageError::Open(e.to_string()))?;
+    check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))
+}
+
 /// Why a DICOM image cannot be turned into pixels.
 #[derive(Debug, thiserror::Error)]
 pub enum DicomImageError {
@@ -24,6 +156,9 @@ pub enum DicomImageError {
     /// The decoded pixel data does not match the image attributes.
     #[error("invalid pixel data: {0}")]
     Invalid(String),
+    /// More pixel samples than `inference.max_pixels` ([`TooManyPixels`]).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Header attributes of an image, as eligibility and results need them.
@@ -80,6 +215,7 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> String {
 impl DicomImage {
     /// Opens and parses the whole file (pixel data stays encoded until asked for).
     pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
+        crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
         let obj = OpenFileOptions::new()
             .open_file(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
@@ -118,8 +254,15 @@ impl DicomImage {
         &self.header
     }
 
+    /// Refuses the image when it declares more than `limit` pixel samples
+    /// ([`declared_pixels`]); call before [`DicomImage::display_image`].
+    pub fn check_pixel_budget(&self, limit: u64) -> Result<(), TooManyPixels> {
+        check_pixel_budget(&self.obj, limit)
+    }
+
     /// Decodes the first frame and maps it to the 8-bit display image.
     pub fn display_image(&self) -> Result<GrayImage, DicomImageError> {
+        check_rle(&self.obj, self.obj.meta().transfer_syntax())?;
         let decoded = self
             .obj
             .decode_pixel_data_frame(0)
@@ -309,6 +452,114 @@ mod tests {
     use super::*;
     use crate::infer::raster::read_image_file;
     use crate::infer::testdata::samples_dir;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    #[test]
+    fn lying_rle_fragments_are_refused_before_decoding() {
+        use dicom_core::value::PixelFragmentSequence;
+        let with = |fragment: Vec<u8>| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::ROWS,
+                VR::US,
+                PrimitiveValue::from(4u16),
+            ));
+            obj.put(DataElement::new(
+                tags::COLUMNS,
+                VR::US,
+                PrimitiveValue::from(4u16),
+            ));
+            obj.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PixelFragmentSequence::new_fragments(vec![fragment]),
+            ));
+            check_rle(&obj, RLE_LOSSLESS)
+        };
+        let header = |count: u32, offsets: &[u32]| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&count.to_le_bytes());
+            for (i, o) in offsets.iter().enumerate() {
+                h[4 + 4 * i..8 + 4 * i].copy_from_slice(&o.to_le_bytes());
+            }
+            h
+        };
+        // One segment: a run of 16 zeros (PackBits 0xF1 = 257 - 241 = 16 copies).
+        let mut good = header(1, &[64]);
+        good.extend_from_slice(&[0xF1, 0x00]);
+        assert!(with(good).is_ok());
+        // A segment count of 0x00FFFFFF made the decoder slice far past the fragment.
+        let mut lie = header(0x00FF_FFFF, &[64]);
+        lie.extend_from_slice(&[0xF1, 0x00]);
+        assert!(with(lie).is_err());
+        // An offset beyond the fragment.
+        let mut lie = header(1, &[9_000]);
+        lie.extend_from_slice(&[0xF1, 0x00]);
+        assert!(with(lie).is_err());
+        // A segment that decodes to fewer bytes than Rows x Columns.
+        let mut short = header(1, &[64]);
+        short.extend_from_slice(&[0x02, 1, 2, 3]);
+        assert!(with(short).is_err());
+        assert!(with(vec![1, 0, 0]).is_err());
+        // Other transfer syntaxes are not this check's business.
+        let obj = InMemDicomObject::new_empty();
+        assert!(check_rle(&obj, "1.2.840.10008.1.2.1").is_ok());
+    }
+
+    #[test]
+    fn pixel_budget_counts_rows_columns_frames_and_samples() {
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(60_000u16),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(60_000u16),
+        ));
+        // 3.6 G pixels in a header of a few bytes: refused before any decode.
+        assert_eq!(declared_pixels(&obj), 3_600_000_000);
+        assert_eq!(
+            check_pixel_budget(&obj, 100_000_000),
+            Err(TooManyPixels {
+                declared: 3_600_000_000,
+                limit: 100_000_000
+            })
+        );
+        let mut small = InMemDicomObject::new_empty();
+        small.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(2000u16),
+        ));
+        small.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(2000u16),
+        ));
+        assert_eq!(check_pixel_budget(&small, 100_000_000), Ok(()));
+        small.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("9"),
+        ));
+        small.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(3u16),
+        ));
+        assert_eq!(declared_pixels(&small), 108_000_000);
+        assert!(check_pixel_budget(&small, 100_000_000).is_err());
+        // Garbage counts as the default, never as a huge number.
+        small.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("-5"),
+        ));
+        assert_eq!(declared_pixels(&small), 12_000_000);
+    }
 
     #[test]
     fn every_sample_variant_decodes_to_the_png_levels() {

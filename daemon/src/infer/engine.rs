@@ -61,6 +61,7 @@ pub struct Engine {
     // Compiled networks live as long as the requests made from them.
     compiled: Mutex<Vec<Box<dyn Compiled>>>,
     backend: Mutex<Box<dyn Backend>>,
+    max_pixels: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -87,7 +88,9 @@ impl Engine {
         let manifest = Manifest::load(path)?;
         let sha256 = manifest.verify_files()?;
         let backend = super::openvino::OpenVino::new(cfg)?;
-        Self::with_backend(manifest, sha256, Box::new(backend))
+        let mut engine = Self::with_backend(manifest, sha256, Box::new(backend))?;
+        engine.max_pixels = cfg.max_pixels;
+        Ok(engine)
     }
 
     /// Compiles a verified manifest on any backend and starts its workers.
@@ -139,7 +142,13 @@ impl Engine {
             threads,
             compiled: Mutex::new(vec![compiled]),
             backend: Mutex::new(backend),
+            max_pixels: crate::config::DEFAULT_MAX_PIXELS,
         })
+    }
+
+    /// Largest image prepared for the model (`inference.max_pixels`).
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
     }
 
     /// The model's manifest.

@@ -8,7 +8,7 @@ use super::Engine;
 use std::path::Path;
 
 fn probs(engine: &Engine, path: &Path) -> Vec<f32> {
-    let Preparation::Ready(p) = prepare_file(path, engine.manifest()) else {
+    let Preparation::Ready(p) = prepare_file(path, engine.manifest(), engine.max_pixels()) else {
         panic!("{} was not prepared", path.display());
     };
     let raw = engine.infer_blocking(p.tensor).unwrap();
@@ -108,7 +108,8 @@ fn a_densenet_layout_manifest_loads_and_runs() {
         dir.join("png/NORMAL_01.png"),
         dir.join("dicom/monochrome1/PNEUMONIA_01.dcm"),
     ] {
-        let Preparation::Ready(p) = prepare_file(&path, m) else {
+        let Preparation::Ready(p) = prepare_file(&path, m, crate::config::DEFAULT_MAX_PIXELS)
+        else {
             panic!("not prepared")
         };
         assert_eq!(p.tensor.len(), 224 * 224);

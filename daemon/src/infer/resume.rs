@@ -14,7 +14,12 @@ use crate::store::Store;
 /// Images whose heatmap can no longer be made (model changed, pixel data pruned or
 /// unreadable) are recorded as skipped with the reason; marks whose heatmap was recorded
 /// meanwhile are dropped. Blocking: decodes images.
-pub fn resume_heatmaps(store: &Store, manifest: &Manifest, worker: &HeatmapWorker) -> usize {
+pub fn resume_heatmaps(
+    store: &Store,
+    manifest: &Manifest,
+    max_pixels: u64,
+    worker: &HeatmapWorker,
+) -> usize {
     let marks = match record::pending_heatmaps(store) {
         Ok(m) => m,
         Err(e) => {
@@ -42,7 +47,7 @@ pub fn resume_heatmaps(store: &Store, manifest: &Manifest, worker: &HeatmapWorke
             }
             continue;
         };
-        match job_for(store, manifest, &uid, version, &sop, &code) {
+        match job_for(store, manifest, max_pixels, &uid, version, &sop, &code) {
             Ok(job) => jobs.push(job),
             Err(reason) => {
                 let skipped = HeatmapState::Skipped { reason };
@@ -64,6 +69,7 @@ pub fn resume_heatmaps(store: &Store, manifest: &Manifest, worker: &HeatmapWorke
 fn job_for(
     store: &Store,
     manifest: &Manifest,
+    max_pixels: u64,
     study_uid: &str,
     version: u32,
     sop: &str,
@@ -81,7 +87,7 @@ fn job_for(
     if inst.pruned {
         return Err("pixel data pruned by retention".into());
     }
-    match prepare_file(&store.root().join(&inst.path), manifest) {
+    match prepare_file(&store.root().join(&inst.path), manifest, max_pixels) {
         Preparation::Ready(p) => Ok(HeatmapJob {
             study_uid: study_uid.to_string(),
             version,

@@ -134,7 +134,7 @@ pub async fn run_pipeline_on(
                         let (store, e, worker) =
                             (Arc::clone(&store), Arc::clone(&e), worker.clone());
                         tokio::task::spawn_blocking(move || {
-                            resume_heatmaps(&store, e.manifest(), &worker)
+                            resume_heatmaps(&store, e.manifest(), e.max_pixels(), &worker)
                         });
                     }
                     let sem = Arc::new(Semaphore::new(e.workers()));
@@ -348,7 +348,9 @@ pub async fn analyse_study(
         } else {
             let path = store.root().join(&inst.path);
             let m = Arc::clone(&manifest);
-            let prep = tokio::task::spawn_blocking(move || prepare_file(&path, &m)).await;
+            let max_pixels = engine.max_pixels();
+            let prep =
+                tokio::task::spawn_blocking(move || prepare_file(&path, &m, max_pixels)).await;
             match prep {
                 Ok(Preparation::Ready(p)) => {
                     let start = Instant::now();

@@ -111,6 +111,7 @@ pub fn load(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, Pay
     let target = TransferSyntaxRegistry
         .get(ts)
         .ok_or_else(|| err("unknown transfer syntax".into()))?;
+    crate::dataset_guard::check_file(&path).map_err(|e| err(e.to_string()))?;
     let mut obj = dicom_object::open_file(&path).map_err(|e| err(e.to_string()))?;
     obj.transcode(target).map_err(|e| err(e.to_string()))?;
     let mut out = Vec::new();

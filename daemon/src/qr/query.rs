@@ -136,6 +136,8 @@ pub fn decode_identifier(bytes: &[u8], ts_uid: &str) -> Result<InMemDicomObject,
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| QueryError::Decode(format!("unknown transfer syntax {ts_uid}")))?;
+    crate::dataset_guard::check_dataset(bytes, ts_uid)
+        .map_err(|e| QueryError::Decode(e.to_string()))?;
     InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| QueryError::Decode(e.to_string()))
 }
 
@@ -770,4 +772,21 @@ pub fn select(
     let mut seen = HashSet::new();
     out.retain(|i| seen.insert(i.sop_instance_uid.clone()));
     Ok((level, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset_guard::fixtures;
+
+    #[test]
+    fn hostile_identifiers_are_refused_before_parsing() {
+        for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1\0"] {
+            let deep = decode_identifier(&fixtures::nested(2000), ts).unwrap_err();
+            assert!(deep.to_string().contains("nested deeper"), "{deep}");
+            let lie = decode_identifier(&fixtures::ut_lie(), ts).unwrap_err();
+            assert!(lie.to_string().contains("declares"), "{lie}");
+        }
+        assert!(decode_identifier(&fixtures::nested(3), "1.2.840.10008.1.2.1").is_ok());
+    }
 }

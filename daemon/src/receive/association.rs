@@ -356,7 +356,13 @@ pub async fn run(
                                 .bytes_received_total
                                 .fetch_add(len, Ordering::Relaxed);
                             match &mut current {
-                                Current::Store { incoming, .. } => incoming.write(&bytes),
+                                Current::Store { incoming, .. } => {
+                                    if let Err(e) = incoming.write(scp, &bytes) {
+                                        end(&mut running);
+                                        abort(&writer).await;
+                                        return format!("{e}; aborted after {stored} instance(s)");
+                                    }
+                                }
                                 Current::Request { identifier, .. } => {
                                     if identifier.len() + bytes.len() > MAX_IDENTIFIER {
                                         end(&mut running);

@@ -46,8 +46,12 @@ pub struct Scp {
     pub idle: Duration,
     /// Cap on concurrent associations.
     pub max_associations: usize,
-    /// Free bytes to keep on the data disk; below it C-STORE answers A700.
+    /// Free bytes to keep on the data disk; below it C-STORE answers A700, and an instance
+    /// still streaming in is aborted.
     pub disk_reserve: u64,
+    /// Largest instance accepted (bytes of the Part 10 file); past it the association is
+    /// aborted (`dicom.max_instance_mb`).
+    pub max_instance: u64,
     /// At shutdown, how long open associations may run on before they are aborted.
     pub drain: Duration,
     /// Extra admission checks (outbox bound, …).
@@ -85,6 +89,7 @@ impl Scp {
             idle,
             max_associations,
             disk_reserve,
+            max_instance: crate::receive::store::DEFAULT_MAX_INSTANCE,
             drain: Duration::from_secs(15),
             admission: Vec::new(),
             audit,

@@ -2,6 +2,11 @@
 //! fragments arrive, then made durable (fsync, header parse, rename, index commit, index
 //! flush) before the response says Success. Anything that fails on the way answers with a
 //! failure status and leaves no trace in the index.
+//!
+//! While the data set streams in, its size is held to `dicom.max_instance_mb` and the free
+//! space of the data disk is checked against the reserve every [`DISK_CHECK_EVERY`] bytes:
+//! past either, [`Incoming::write`] returns a [`StreamLimit`], the association is aborted and
+//! the partial file removed (a peer that never marks a fragment last cannot fill the disk).
 
 use super::Scp;
 use crate::dimse::status::Status;
@@ -11,6 +16,33 @@ use crate::store::header;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// Default of `dicom.max_instance_mb`, in bytes.
+pub const DEFAULT_MAX_INSTANCE: u64 = 2048 * 1024 * 1024;
+
+/// Bytes received between two checks of the disk reserve while an instance streams in.
+pub const DISK_CHECK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// Why an instance stream was cut off; the association is then aborted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StreamLimit {
+    /// The instance grew past `dicom.max_instance_mb`.
+    #[error("instance {sop_instance} exceeds the maximum instance size of {limit} bytes")]
+    TooLarge {
+        /// The command's SOP Instance UID.
+        sop_instance: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The data disk fell below its reserve while the instance streamed in.
+    #[error("disk below reserve while receiving {sop_instance}: {free_mb} MB free")]
+    DiskReserve {
+        /// The command's SOP Instance UID.
+        sop_instance: String,
+        /// Free MiB when checked.
+        free_mb: u64,
+    },
+}
+
 /// An instance being received.
 pub struct Incoming {
     file: Option<IncomingFile>,
@@ -19,6 +51,10 @@ pub struct Incoming {
     refused: Option<(Status, String)>,
     sop_class: String,
     sop_instance: String,
+    /// Data-set bytes received so far (also while refusing and draining).
+    received: u64,
+    /// Value of `received` at the last disk reserve check.
+    checked_at: u64,
 }
 
 /// The outcome of one C-STORE.
@@ -47,6 +83,8 @@ impl Incoming {
             refused: None,
             sop_class: sop_class.to_string(),
             sop_instance: sop_instance.to_string(),
+            received: 0,
+            checked_at: 0,
         };
         if sop_instance.is_empty() || sop_class.is_empty() {
             incoming.refused = Some((
@@ -88,8 +126,49 @@ impl Incoming {
         incoming
     }
 
-    /// Appends a data-set fragment.
-    pub fn write(&mut self, bytes: &[u8]) {
+    /// Appends a data-set fragment. An error means the stream must be cut off: the caller
+    /// aborts the association and drops this instance, which removes its partial file.
+    /// Refused instances that are only drained are held to the same size limit.
+    pub fn write(&mut self, scp: &Scp, bytes: &[u8]) -> Result<(), StreamLimit> {
+        self.received = self.received.saturating_add(bytes.len() as u64);
+        if self.received > scp.max_instance {
+            return Err(self.cut_off(
+                scp,
+                StreamLimit::TooLarge {
+                    sop_instance: self.sop_instance.clone(),
+                    limit: scp.max_instance,
+                },
+            ));
+        }
+        if self.file.is_some() && self.received - self.checked_at >= DISK_CHECK_EVERY {
+            self.checked_at = self.received;
+            if let Ok(free) = scp.store.files().free_bytes() {
+                if free < scp.disk_reserve {
+                    return Err(self.cut_off(
+                        scp,
+                        StreamLimit::DiskReserve {
+                            sop_instance: self.sop_instance.clone(),
+                            free_mb: free / (1024 * 1024),
+                        },
+                    ));
+                }
+            }
+        }
+        self.append(bytes);
+        Ok(())
+    }
+
+    /// Counts and logs a stream cut off, and removes the partial file now.
+    fn cut_off(&mut self, scp: &Scp, why: StreamLimit) -> StreamLimit {
+        self.file = None;
+        scp.metrics
+            .instances_failed_total
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!("C-STORE cut off: {why}");
+        why
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
         if let Some(f) = self.file.as_mut() {
             if let Err(e) = f.write(bytes) {
                 log::error!("write of {} failed: {e}", self.sop_instance);
@@ -220,4 +299,98 @@ fn start_file(
     let mut file = scp.store.files().incoming()?;
     file.write(&head)?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Audit;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn scp(dir: &std::path::Path) -> Scp {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        Scp::new(
+            crate::receive::policy::policy(&crate::config::Config::default()),
+            store,
+            audit,
+            Arc::new(Metrics::default()),
+            events,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            4,
+            0,
+        )
+    }
+
+    fn leftovers(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
+    const TS: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn an_instance_past_the_size_limit_is_cut_off_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        scp.max_instance = 1024 * 1024;
+        let mut incoming = Incoming::begin(&scp, DX, "1.2.3.4", TS, "PEER");
+        assert_eq!(leftovers(dir.path()), 1);
+        let chunk = vec![0u8; 256 * 1024];
+        for _ in 0..4 {
+            incoming.write(&scp, &chunk).unwrap();
+        }
+        assert!(matches!(
+            incoming.write(&scp, &chunk),
+            Err(StreamLimit::TooLarge { limit, .. }) if limit == 1024 * 1024
+        ));
+        // The partial file is gone at once, before the association is even aborted.
+        assert_eq!(leftovers(dir.path()), 0);
+        assert_eq!(
+            scp.metrics.instances_failed_total.load(Ordering::Relaxed),
+            1
+        );
+        drop(incoming);
+        assert_eq!(scp.store.instances_of("1.2.3").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_disk_reserve_is_checked_while_streaming() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        // Free space was fine when the C-STORE started...
+        let mut incoming = Incoming::begin(&scp, DX, "1.2.3.5", TS, "PEER");
+        let chunk = vec![0u8; 1024 * 1024];
+        incoming.write(&scp, &chunk).unwrap();
+        // ...then the disk fills up (a reserve above any free space stands in for it).
+        scp.disk_reserve = u64::MAX;
+        let mut cut = None;
+        for _ in 0..(DISK_CHECK_EVERY / chunk.len() as u64 + 1) {
+            if let Err(e) = incoming.write(&scp, &chunk) {
+                cut = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(cut, Some(StreamLimit::DiskReserve { .. })),
+            "{cut:?}"
+        );
+        assert_eq!(leftovers(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_refused_instance_is_still_held_to_the_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        scp.max_instance = 64 * 1024;
+        // Refused at the start (no SOP Instance UID): drained, but not forever.
+        let mut incoming = Incoming::begin(&scp, DX, "", TS, "PEER");
+        assert!(incoming.write(&scp, &[0u8; 60 * 1024]).is_ok());
+        assert!(incoming.write(&scp, &[0u8; 8 * 1024]).is_err());
+    }
 }

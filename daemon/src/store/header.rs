@@ -14,12 +14,36 @@ pub const GENERATED_BY: &str = "DULI Edge";
 /// Why a file's header could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
+    /// Refused before parsing: nested too deep, lengths beyond the data (see
+    /// [`crate::dataset_guard`]).
+    #[error("data set refused: {0}")]
+    Refused(#[from] crate::dataset_guard::GuardError),
     /// Not a parseable DICOM file.
     #[error("cannot parse DICOM data: {0}")]
     Parse(String),
     /// A required attribute is missing or empty.
     #[error("required attribute {0} is missing or empty")]
     Missing(&'static str),
+    /// A unique identifier that is not a UID (digits and dots, at most 64 characters).
+    #[error("{0} is not a valid UID: {1:?}")]
+    InvalidUid(&'static str, String),
+}
+
+/// Whether `uid` can be a UID (PS3.5 §9.1): 1 to 64 characters, digits and dots only.
+/// Components with leading zeros, which some modalities write, are let through.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+fn valid(name: &'static str, uid: &str) -> Result<(), HeaderError> {
+    if is_valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(HeaderError::InvalidUid(
+            name,
+            uid.chars().take(80).collect(),
+        ))
+    }
 }
 
 /// What the index needs from one file.
@@ -31,8 +55,9 @@ pub struct Header {
     pub study: StudyRecord,
 }
 
-/// Parses the header of the Part 10 file at `path`.
+/// Parses the header of the Part 10 file at `path`, after the bounded pre-scan.
 pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
+    crate::dataset_guard::check_file(path)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -89,6 +114,9 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     if series_instance_uid.is_empty() {
         return Err(HeaderError::Missing("Series Instance UID (0020,000E)"));
     }
+    valid("SOP Instance UID (0008,0018)", &sop_instance_uid)?;
+    valid("Study Instance UID (0020,000D)", &study_instance_uid)?;
+    valid("Series Instance UID (0020,000E)", &series_instance_uid)?;
     let modality = text(obj, tags::MODALITY);
     let instance = InstanceRecord {
         sop_instance_uid,
@@ -153,5 +181,56 @@ pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) {
         if !into.modalities.contains(m) {
             into.modalities.push(m.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset_guard::{fixtures, GuardError};
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn uids_that_could_name_paths_are_refused() {
+        assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.1.1"));
+        assert!(is_valid_uid("1.2.03.4"));
+        for bad in [
+            "",
+            "../../etc",
+            "1.2.3/4",
+            "1.2.3.4 ",
+            &"1".repeat(65),
+            "1.2.x",
+        ] {
+            assert!(!is_valid_uid(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_files_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2,000 levels overflowed a worker's stack in the recursive parser.
+        let deep = dir.path().join("deep.dcm");
+        std::fs::write(
+            &deep,
+            fixtures::part10(EXPLICIT_LE, &fixtures::nested(2000)),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_header(&deep),
+            Err(HeaderError::Refused(GuardError::TooDeep { .. }))
+        ));
+        // A 30-byte lie made the parser allocate and zero 4 GiB.
+        let lie = dir.path().join("lie.dcm");
+        std::fs::write(&lie, fixtures::part10(EXPLICIT_LE, &fixtures::ut_lie())).unwrap();
+        let err = read_header(&lie).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HeaderError::Refused(GuardError::LengthBeyondData { .. })
+            ),
+            "{err}"
+        );
     }
 }

@@ -885,6 +885,7 @@ pub struct DaemonBuilder {
     args: Vec<String>,
     wait_healthz: bool,
     ready_timeout: Duration,
+    binary: Option<PathBuf>,
 }
 
 impl Default for DaemonBuilder {
@@ -896,6 +897,7 @@ impl Default for DaemonBuilder {
             args: Vec::new(),
             wait_healthz: true,
             ready_timeout: READY_TIMEOUT,
+            binary: None,
         }
     }
 }
@@ -954,6 +956,12 @@ impl DaemonBuilder {
     pub fn with_inference(self) -> Self {
         let model = repo_root().join("models/pneumonia-xception/model.toml");
         self.env("DULI_INFERENCE__MODEL", model.to_str().unwrap_or_default())
+    }
+
+    /// Runs another `duli` binary than the test build's (e.g. the release build).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
     }
 
     /// Starts the daemon and waits until it is ready; `Err` carries its log.
@@ -1078,7 +1086,8 @@ impl Daemon {
 
     fn spawn(&mut self) -> Result<(), String> {
         self.starts += 1;
-        let mut cmd = Command::new(Self::binary());
+        let binary = self.builder.binary.clone().unwrap_or_else(Self::binary);
+        let mut cmd = Command::new(&binary);
         cmd.arg("run").args(&self.builder.args);
         self.apply_env(&mut cmd);
         let log = self.root.path().join("daemon.log");
@@ -1086,7 +1095,7 @@ impl Daemon {
             let _ = writeln!(f, "==== start #{} ====", self.starts);
         }
         let mut process = Background::spawn("duli run", &mut cmd, &log)
-            .map_err(|e| format!("cannot start {}: {e}", Self::binary().display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         let deadline = Instant::now() + self.builder.ready_timeout;
         process.wait_for_port(self.dicom_addr(), self.builder.ready_timeout)?;
         if self.builder.wait_healthz {

@@ -1,0 +1,916 @@
+//! A bounded pre-scan of encoded DICOM data sets, run before any bytes from outside reach
+//! the dicom-rs parser.
+//!
+//! dicom-rs builds nested sequences by recursion (one stack frame chain per level) and sizes
+//! each value's buffer from its declared length. Both are safe only on well-formed input, so
+//! every path that parses bytes this box did not write itself — the C-STORE header parse,
+//! C-FIND/C-MOVE/C-GET identifiers, console uploads, and files read back by inference,
+//! previews, retrieval and `reindex` — first walks the encoding here:
+//!
+//! - iteratively, with an explicit stack of open sequences and items (no recursion), refusing
+//!   data sets whose sequences nest deeper than [`MAX_DEPTH`];
+//! - checking that every declared length fits the bytes actually present: in the enclosing
+//!   item or sequence of defined length, and in the input itself;
+//! - capping each element that is not bulk data (pixel, overlay, waveform, document data)
+//!   at [`MAX_ELEMENT_BYTES`];
+//! - reading values only to skip them (seeks on files and slices), so its memory use is a
+//!   few fixed buffers whatever the input declares.
+//!
+//! The walk is linear in the input (every element header consumes at least 8 bytes). A
+//! wrapper rather than a patched dependency keeps the upstream parser untouched and the
+//! rules in one place that tests exercise with byte fixtures.
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
+use dicom_encoding::transfer_syntax::Codec;
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Deepest nesting of sequences accepted (a sequence inside an item of a sequence is
+/// depth 2). Stated in the conformance statement.
+pub const MAX_DEPTH: usize = 64;
+
+/// Largest value accepted for an element that is not bulk data.
+pub const MAX_ELEMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest inflated size of a deflated data set that is scanned.
+pub const MAX_INFLATED_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Largest value of a file meta element (they are short UIDs and names).
+const MAX_META_ELEMENT_BYTES: u64 = 64 * 1024;
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const ITEM: u16 = 0xE000;
+const ITEM_END: u16 = 0xE00D;
+const SEQUENCE_END: u16 = 0xE0DD;
+const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+const TRANSFER_SYNTAX: Tag = Tag(0x0002, 0x0010);
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+
+/// Why a data set was refused before parsing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuardError {
+    /// Sequences nest deeper than [`MAX_DEPTH`].
+    #[error("sequences nested deeper than {MAX_DEPTH} levels (at byte {offset})")]
+    TooDeep {
+        /// Offset of the element that opened one level too many.
+        offset: u64,
+    },
+    /// A declared length runs past the bytes present or past its container.
+    #[error(
+        "element ({:04X},{:04X}) declares {length} bytes but only {available} remain (at byte {offset})",
+        tag.0, tag.1
+    )]
+    LengthBeyondData {
+        /// The element.
+        tag: Tag,
+        /// Its declared length.
+        length: u64,
+        /// Bytes left in its container or the input.
+        available: u64,
+        /// Offset of its header.
+        offset: u64,
+    },
+    /// A non-bulk element over [`MAX_ELEMENT_BYTES`].
+    #[error(
+        "element ({:04X},{:04X}) of {length} bytes is over the {MAX_ELEMENT_BYTES}-byte cap",
+        tag.0, tag.1
+    )]
+    ElementTooLarge {
+        /// The element.
+        tag: Tag,
+        /// Its declared length.
+        length: u64,
+    },
+    /// Items and delimiters that do not nest (an item outside a sequence, a stray
+    /// delimiter, an element directly in a sequence).
+    #[error("malformed sequence structure at byte {offset}: {what}")]
+    Structure {
+        /// Offset of the offending header.
+        offset: u64,
+        /// What was wrong.
+        what: &'static str,
+    },
+    /// The input ends inside an element header, a value, or an open sequence or item.
+    #[error("data set truncated at byte {offset}")]
+    Truncated {
+        /// Where the input ended.
+        offset: u64,
+    },
+    /// A deflated data set inflates beyond [`MAX_INFLATED_BYTES`].
+    #[error("deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")]
+    InflatesTooMuch,
+    /// Not a Part 10 file (no `DICM` marker), or no usable transfer syntax in its meta.
+    #[error("not a DICOM Part 10 file: {0}")]
+    NotPart10(&'static str),
+    /// A transfer syntax this build cannot read.
+    #[error("unknown transfer syntax {0}")]
+    UnknownTransferSyntax(String),
+    /// Reading the input failed.
+    #[error("read error: {0}")]
+    Io(String),
+}
+
+/// How a data set is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Encoding {
+    explicit: bool,
+    big_endian: bool,
+    deflated: bool,
+}
+
+impl Encoding {
+    fn of(ts_uid: &str) -> Result<Encoding, GuardError> {
+        let uid = ts_uid.trim_end_matches(['\0', ' ']);
+        let ts = TransferSyntaxRegistry
+            .get(uid)
+            .ok_or_else(|| GuardError::UnknownTransferSyntax(uid.chars().take(64).collect()))?;
+        Ok(Encoding {
+            explicit: uid != IMPLICIT_LE,
+            big_endian: uid == EXPLICIT_BE,
+            deflated: uid == DEFLATED || matches!(ts.codec(), Codec::Dataset(_)),
+        })
+    }
+}
+
+/// Checks a data set (no preamble or meta) encoded in transfer syntax `ts_uid`, as a C-FIND
+/// identifier arrives.
+pub fn check_dataset(bytes: &[u8], ts_uid: &str) -> Result<(), GuardError> {
+    let enc = Encoding::of(ts_uid)?;
+    let len = bytes.len() as u64;
+    scan_body(io::Cursor::new(bytes), Some(len), enc)
+}
+
+/// Checks a Part 10 stream (preamble optional, file meta, data set) of `len` bytes.
+pub fn check_part10<R: Read + Seek>(mut input: R, len: u64) -> Result<(), GuardError> {
+    let mut head = [0u8; 132];
+    let got = read_full(&mut input, &mut head)?;
+    let start = if got >= 132 && &head[128..132] == b"DICM" {
+        132
+    } else if got >= 4 && &head[..4] == b"DICM" {
+        4
+    } else {
+        return Err(GuardError::NotPart10("no DICM marker"));
+    };
+    seek_to(&mut input, start)?;
+    let mut meta = Input {
+        inner: input,
+        pos: start,
+        len: Some(len),
+    };
+    let ts = scan_meta(&mut meta)?;
+    let enc = Encoding::of(&ts)?;
+    let Input { inner, pos, .. } = meta;
+    if enc.deflated {
+        let inflated =
+            flate2::read::DeflateDecoder::new(BufReader::new(inner)).take(MAX_INFLATED_BYTES + 1);
+        return scan_body(ForwardOnly::new(inflated), None, enc).map_err(|e| match e {
+            GuardError::Truncated { offset } if offset > MAX_INFLATED_BYTES => {
+                GuardError::InflatesTooMuch
+            }
+            other => other,
+        });
+    }
+    let mut body = Input {
+        inner,
+        pos,
+        len: Some(len),
+    };
+    walk(&mut body, enc)
+}
+
+/// Checks a Part 10 file on disk.
+pub fn check_file(path: &Path) -> Result<(), GuardError> {
+    let file = File::open(path).map_err(|e| GuardError::Io(e.to_string()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| GuardError::Io(e.to_string()))?
+        .len();
+    check_part10(BufReader::with_capacity(64 * 1024, file), len)
+}
+
+/// Checks a Part 10 file held in memory (an upload).
+pub fn check_part10_bytes(bytes: &[u8]) -> Result<(), GuardError> {
+    check_part10(io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, GuardError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(GuardError::Io(e.to_string())),
+        }
+    }
+    Ok(got)
+}
+
+fn seek_to<R: Seek>(input: &mut R, pos: u64) -> Result<(), GuardError> {
+    input
+        .seek(SeekFrom::Start(pos))
+        .map(|_| ())
+        .map_err(|e| GuardError::Io(e.to_string()))
+}
+
+fn scan_body<R: Read + Seek>(inner: R, len: Option<u64>, enc: Encoding) -> Result<(), GuardError> {
+    let mut input = Input { inner, pos: 0, len };
+    walk(&mut input, enc)
+}
+
+/// The input with the position the walk is at and, when known, its total length.
+struct Input<R> {
+    inner: R,
+    pos: u64,
+    len: Option<u64>,
+}
+
+impl<R: Read + Seek> Input<R> {
+    /// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean end of input before the first.
+    fn read_or_end(&mut self, buf: &mut [u8]) -> Result<bool, GuardError> {
+        let got = read_full(&mut self.inner, buf)?;
+        self.pos += got as u64;
+        match got {
+            0 => Ok(false),
+            n if n == buf.len() => Ok(true),
+            _ => Err(GuardError::Truncated { offset: self.pos }),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), GuardError> {
+        if self.read_or_end(buf)? {
+            Ok(())
+        } else {
+            Err(GuardError::Truncated { offset: self.pos })
+        }
+    }
+
+    /// Skips a value already checked to fit (when the length is known).
+    fn skip(&mut self, n: u64) -> Result<(), GuardError> {
+        let step = i64::try_from(n).map_err(|_| GuardError::Truncated { offset: self.pos })?;
+        self.inner
+            .seek(SeekFrom::Current(step))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => GuardError::Truncated { offset: self.pos },
+                _ => GuardError::Io(e.to_string()),
+            })?;
+        self.pos += n;
+        Ok(())
+    }
+}
+
+/// A reader that can only skip forward (by reading), for inflated data sets. Skipping past
+/// the end is an `UnexpectedEof` error.
+struct ForwardOnly<R> {
+    inner: R,
+}
+
+impl<R: Read> ForwardOnly<R> {
+    fn new(inner: R) -> Self {
+        ForwardOnly { inner }
+    }
+}
+
+impl<R: Read> Read for ForwardOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Read> Seek for ForwardOnly<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let SeekFrom::Current(n) = pos else {
+            return Err(io::Error::other("only forward skips"));
+        };
+        let n = u64::try_from(n).map_err(|_| io::Error::other("only forward skips"))?;
+        let copied = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())?;
+        if copied < n {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(0)
+    }
+}
+
+/// What an open container on the walk's stack is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sequence,
+    Item,
+    /// Encapsulated pixel data: items are fragments, never parsed.
+    Fragments,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    kind: Kind,
+    /// Offset where a container of defined length ends.
+    end: Option<u64>,
+    /// Whether elements inside use explicit VR (a UN of undefined length holds implicit VR).
+    explicit: bool,
+}
+
+/// Reads the file meta group (explicit VR little endian, group 0002) and returns the
+/// transfer syntax UID. Leaves the input at the first data set element.
+fn scan_meta<R: Read + Seek>(input: &mut Input<R>) -> Result<String, GuardError> {
+    let mut ts = None;
+    loop {
+        let offset = input.pos;
+        let mut tag_bytes = [0u8; 4];
+        if !input.read_or_end(&mut tag_bytes)? {
+            break;
+        }
+        let group = u16::from_le_bytes([tag_bytes[0], tag_bytes[1]]);
+        let element = u16::from_le_bytes([tag_bytes[2], tag_bytes[3]]);
+        if group != 0x0002 {
+            seek_to(&mut input.inner, offset)?;
+            input.pos = offset;
+            break;
+        }
+        let tag = Tag(group, element);
+        let (_, length) = explicit_vr_and_length(input, false)?;
+        if length == UNDEFINED {
+            return Err(GuardError::Structure {
+                offset,
+                what: "file meta element of undefined length",
+            });
+        }
+        let length = u64::from(length);
+        fits(input, None, tag, length, offset)?;
+        if length > MAX_META_ELEMENT_BYTES {
+            return Err(GuardError::ElementTooLarge { tag, length });
+        }
+        if tag == TRANSFER_SYNTAX {
+            let mut value = vec![0u8; length as usize];
+            input.read(&mut value)?;
+            ts = Some(String::from_utf8_lossy(&value).into_owned());
+        } else {
+            input.skip(length)?;
+        }
+    }
+    ts.ok_or(GuardError::NotPart10(
+        "no Transfer Syntax UID in the file meta",
+    ))
+}
+
+fn u16_of(bytes: [u8; 2], big_endian: bool) -> u16 {
+    if big_endian {
+        u16::from_be_bytes(bytes)
+    } else {
+        u16::from_le_bytes(bytes)
+    }
+}
+
+fn u32_of(bytes: [u8; 4], big_endian: bool) -> u32 {
+    if big_endian {
+        u32::from_be_bytes(bytes)
+    } else {
+        u32::from_le_bytes(bytes)
+    }
+}
+
+/// Reads the VR and length of an explicit VR element header (the tag already read).
+fn explicit_vr_and_length<R: Read + Seek>(
+    input: &mut Input<R>,
+    big_endian: bool,
+) -> Result<(VR, u32), GuardError> {
+    let mut vr_bytes = [0u8; 2];
+    input.read(&mut vr_bytes)?;
+    // dicom-rs reads an unknown VR as UN, with the long header form.
+    let vr = VR::from_binary(vr_bytes).unwrap_or(VR::UN);
+    let long = matches!(
+        vr,
+        VR::OB
+            | VR::OD
+            | VR::OF
+            | VR::OL
+            | VR::OV
+            | VR::OW
+            | VR::SQ
+            | VR::SV
+            | VR::UC
+            | VR::UN
+            | VR::UR
+            | VR::UT
+            | VR::UV
+    );
+    if long {
+        let mut rest = [0u8; 6];
+        input.read(&mut rest)?;
+        Ok((vr, u32_of([rest[2], rest[3], rest[4], rest[5]], big_endian)))
+    } else {
+        let mut len = [0u8; 2];
+        input.read(&mut len)?;
+        Ok((vr, u32::from(u16_of(len, big_endian))))
+    }
+}
+
+/// The VR an implicit VR element has per the dictionary (SQ matters; others are opaque).
+fn implicit_vr(tag: Tag) -> VR {
+    match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
+        Some(VirtualVr::Exact(vr)) => vr,
+        _ => VR::UN,
+    }
+}
+
+/// Bulk data elements, exempt from the per-element cap (their size is bounded by the
+/// instance size limit and the bytes present).
+fn is_bulk(tag: Tag) -> bool {
+    matches!(
+        tag,
+        Tag(0x7FE0, 0x0008..=0x0010)
+            | Tag(0x0042, 0x0011)
+            | Tag(0x5400, 0x1010)
+            | Tag(0x5600, 0x0020)
+            | Tag(0x0028, 0x1201..=0x1203)
+            | Tag(0x0028, 0x1221..=0x1223)
+    ) || (tag.0 & 0xFF01 == 0x6000 && tag.1 == 0x3000)
+}
+
+/// Checks that `length` bytes fit both the innermost container of defined length and the
+/// input.
+fn fits<R>(
+    input: &Input<R>,
+    container_end: Option<u64>,
+    tag: Tag,
+    length: u64,
+    offset: u64,
+) -> Result<(), GuardError> {
+    let limit = match (container_end, input.len) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(limit) = limit {
+        let available = limit.saturating_sub(input.pos);
+        if length > available {
+            return Err(GuardError::LengthBeyondData {
+                tag,
+                length,
+                available,
+                offset,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn innermost_end(stack: &[Frame]) -> Option<u64> {
+    stack.iter().rev().find_map(|f| f.end)
+}
+
+fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), GuardError> {
+    let mut stack: Vec<Frame> = Vec::with_capacity(2 * MAX_DEPTH + 2);
+    let mut depth = 0usize;
+    let be = enc.big_endian;
+    loop {
+        // Close the containers of defined length that end here.
+        while let Some(top) = stack.last().copied() {
+            match top.end {
+                Some(end) if input.pos == end => {
+                    if top.kind == Kind::Sequence {
+                        depth -= 1;
+                    }
+                    stack.pop();
+                }
+                Some(end) if input.pos > end => {
+                    return Err(GuardError::Structure {
+                        offset: input.pos,
+                        what: "element overruns its sequence or item",
+                    })
+                }
+                _ => break,
+            }
+        }
+        let offset = input.pos;
+        let mut tag_bytes = [0u8; 4];
+        if !input.read_or_end(&mut tag_bytes)? {
+            if stack.is_empty() {
+                return Ok(());
+            }
+            return Err(GuardError::Truncated { offset });
+        }
+        let tag = Tag(
+            u16_of([tag_bytes[0], tag_bytes[1]], be),
+            u16_of([tag_bytes[2], tag_bytes[3]], be),
+        );
+        let top = stack.last().copied();
+        let explicit = top.map_or(enc.explicit, |f| f.explicit);
+        let end = innermost_end(&stack);
+        if tag.0 == 0xFFFE {
+            let mut len = [0u8; 4];
+            input.read(&mut len)?;
+            let length = u32_of(len, be);
+            match (tag.1, top.map(|f| (f.kind, f.end))) {
+                (ITEM, Some((Kind::Sequence, _))) => {
+                    let item_end = if length == UNDEFINED {
+                        None
+                    } else {
+                        fits(input, end, tag, u64::from(length), offset)?;
+                        Some(input.pos + u64::from(length))
+                    };
+                    stack.push(Frame {
+                        kind: Kind::Item,
+                        end: item_end,
+                        explicit,
+                    });
+                }
+                (ITEM, Some((Kind::Fragments, _))) => {
+                    if length == UNDEFINED {
+                        return Err(GuardError::Structure {
+                            offset,
+                            what: "pixel data fragment of undefined length",
+                        });
+                    }
+                    fits(input, end, tag, u64::from(length), offset)?;
+                    input.skip(u64::from(length))?;
+                }
+                (ITEM_END, Some((Kind::Item, None))) => {
+                    stack.pop();
+                }
+                (SEQUENCE_END, Some((Kind::Sequence, None))) => {
+                    depth -= 1;
+                    stack.pop();
+                }
+                (SEQUENCE_END, Some((Kind::Fragments, _))) => {
+                    stack.pop();
+                }
+                _ => {
+                    return Err(GuardError::Structure {
+                        offset,
+                        what: "item or delimiter out of place",
+                    })
+                }
+            }
+            continue;
+        }
+        if matches!(top.map(|f| f.kind), Some(Kind::Sequence | Kind::Fragments)) {
+            return Err(GuardError::Structure {
+                offset,
+                what: "data element directly inside a sequence",
+            });
+        }
+        let (vr, length) = if explicit {
+            explicit_vr_and_length(input, be)?
+        } else {
+            let mut len = [0u8; 4];
+            input.read(&mut len)?;
+            (implicit_vr(tag), u32_of(len, be))
+        };
+        if length == UNDEFINED || vr == VR::SQ {
+            let kind = if tag == PIXEL_DATA && length == UNDEFINED {
+                Kind::Fragments
+            } else {
+                Kind::Sequence
+            };
+            let seq_end = if length == UNDEFINED {
+                None
+            } else {
+                fits(input, end, tag, u64::from(length), offset)?;
+                Some(input.pos + u64::from(length))
+            };
+            if kind == Kind::Sequence {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(GuardError::TooDeep { offset });
+                }
+            }
+            stack.push(Frame {
+                kind,
+                end: seq_end,
+                // A UN of undefined length holds implicit VR little endian (PS3.5 §6.2.2).
+                explicit: explicit && !(vr == VR::UN && length == UNDEFINED),
+            });
+            continue;
+        }
+        let length = u64::from(length);
+        fits(input, end, tag, length, offset)?;
+        if length > MAX_ELEMENT_BYTES && !is_bulk(tag) {
+            return Err(GuardError::ElementTooLarge { tag, length });
+        }
+        input.skip(length)?;
+    }
+}
+
+/// Byte fixtures of hostile data sets, shared by the tests of every parsing path.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{ITEM, ITEM_END, SEQUENCE_END, UNDEFINED};
+
+    /// An explicit VR LE element with a short header.
+    pub fn short(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// An explicit VR LE element header with the long form and a given (maybe lying) length.
+    pub fn long_header(group: u16, element: u16, vr: &[u8; 2], length: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&length.to_le_bytes());
+        out
+    }
+
+    pub fn delimiter(element: u16, length: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xFFFEu16.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(&length.to_le_bytes());
+        out
+    }
+
+    /// Sequences nested `depth` deep, all of undefined length, around a patient name.
+    pub fn nested(depth: usize) -> Vec<u8> {
+        let mut out = short(0x0010, 0x0010, b"PN", b"DOE^JOHN");
+        for _ in 0..depth {
+            out.extend(long_header(0x0040, 0xA730, b"SQ", UNDEFINED));
+            out.extend(delimiter(ITEM, UNDEFINED));
+        }
+        for _ in 0..depth {
+            out.extend(delimiter(ITEM_END, 0));
+            out.extend(delimiter(SEQUENCE_END, 0));
+        }
+        out
+    }
+
+    /// A Part 10 file (preamble, meta with `ts`) around `body`.
+    pub fn part10(ts: &str, body: &[u8]) -> Vec<u8> {
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        let mut uid = ts.as_bytes().to_vec();
+        if uid.len() % 2 == 1 {
+            uid.push(0);
+        }
+        file.extend(short(0x0002, 0x0010, b"UI", &uid));
+        file.extend_from_slice(body);
+        file
+    }
+
+    /// A 30-byte data set whose UT element claims 0xFFFFFFF0 bytes.
+    pub fn ut_lie() -> Vec<u8> {
+        let mut ds = short(0x0008, 0x0060, b"CS", b"DX");
+        ds.extend(long_header(0x0008, 0x2111, b"UT", 0xFFFF_FFF0));
+        ds.extend_from_slice(b"abcdefgh");
+        ds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    #[test]
+    fn nesting_up_to_the_limit_passes_and_deeper_is_refused() {
+        assert_eq!(check_dataset(&nested(MAX_DEPTH), EXPLICIT_LE), Ok(()));
+        assert!(matches!(
+            check_dataset(&nested(MAX_DEPTH + 1), EXPLICIT_LE),
+            Err(GuardError::TooDeep { .. })
+        ));
+        // Far deeper than any stack would survive with recursion: refused, no overflow.
+        assert!(matches!(
+            check_dataset(&nested(100_000), EXPLICIT_LE),
+            Err(GuardError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn nested_defined_length_sequences_count_too() {
+        // Innermost first: each level wraps the previous in an item and a sequence of
+        // defined length.
+        let mut inner = short(0x0010, 0x0010, b"PN", b"X^Y ");
+        for _ in 0..(MAX_DEPTH + 1) {
+            let mut item = delimiter(ITEM, inner.len() as u32);
+            item.extend(&inner);
+            let mut seq = long_header(0x0040, 0xA730, b"SQ", item.len() as u32);
+            seq.extend(item);
+            inner = seq;
+        }
+        assert!(matches!(
+            check_dataset(&inner, EXPLICIT_LE),
+            Err(GuardError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn a_length_beyond_the_data_is_refused_without_allocating() {
+        let ds = ut_lie();
+        assert!(ds.len() <= 32);
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::LengthBeyondData {
+                length: 0xFFFF_FFF0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn lying_sequence_and_item_lengths_are_refused() {
+        // A defined-length SQ longer than the data.
+        let mut ds = long_header(0x0040, 0xA730, b"SQ", 1000);
+        ds.extend(delimiter(ITEM, 8));
+        ds.extend(short(0x0010, 0x0010, b"PN", b"AB"));
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::LengthBeyondData { .. })
+        ));
+        // An item longer than its sequence.
+        let mut ds = long_header(0x0040, 0xA730, b"SQ", 18);
+        ds.extend(delimiter(ITEM, 100));
+        ds.extend(short(0x0010, 0x0010, b"PN", b"AB"));
+        ds.extend(short(0x0010, 0x0020, b"LO", b"12"));
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::LengthBeyondData { .. })
+        ));
+        // An element that runs past the end of its item.
+        let mut ds = long_header(0x0040, 0xA730, b"SQ", 18);
+        ds.extend(delimiter(ITEM, 10));
+        ds.extend(short(0x0010, 0x0010, b"PN", b"ABCD"));
+        assert!(check_dataset(&ds, EXPLICIT_LE).is_err());
+    }
+
+    #[test]
+    fn structural_lies_are_refused() {
+        // An item at the top level.
+        assert!(matches!(
+            check_dataset(&delimiter(ITEM, 0), EXPLICIT_LE),
+            Err(GuardError::Structure { .. })
+        ));
+        // A sequence delimiter with nothing open.
+        assert!(matches!(
+            check_dataset(&delimiter(SEQUENCE_END, 0), EXPLICIT_LE),
+            Err(GuardError::Structure { .. })
+        ));
+        // A sequence never closed.
+        let mut ds = long_header(0x0040, 0xA730, b"SQ", UNDEFINED);
+        ds.extend(delimiter(ITEM, UNDEFINED));
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::Truncated { .. })
+        ));
+        // A header cut short.
+        assert!(matches!(
+            check_dataset(&[0x10, 0x00, 0x10], EXPLICIT_LE),
+            Err(GuardError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn lying_fragments_are_refused() {
+        let mut ds = long_header(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        ds.extend(delimiter(ITEM, 0)); // empty offset table
+        ds.extend(delimiter(ITEM, 0x7FFF_0000)); // a fragment far beyond the data
+        ds.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::LengthBeyondData { .. })
+        ));
+        // An offset table that claims more than is there.
+        let mut ds = long_header(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        ds.extend(delimiter(ITEM, 4000));
+        ds.extend_from_slice(&[0; 8]);
+        assert!(check_dataset(&ds, EXPLICIT_LE).is_err());
+        // Well-formed fragments pass.
+        let mut ds = long_header(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        ds.extend(delimiter(ITEM, 0));
+        ds.extend(delimiter(ITEM, 4));
+        ds.extend_from_slice(&[1, 2, 3, 4]);
+        ds.extend(delimiter(SEQUENCE_END, 0));
+        assert_eq!(check_dataset(&ds, EXPLICIT_LE), Ok(()));
+    }
+
+    #[test]
+    fn non_bulk_elements_are_capped() {
+        let big = (MAX_ELEMENT_BYTES + 2) as usize;
+        let mut ds = long_header(0x0009, 0x1010, b"OB", big as u32);
+        ds.resize(ds.len() + big, 0);
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::ElementTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn implicit_vr_sequences_come_from_the_dictionary() {
+        // (0040,A730) Content Sequence in implicit VR, defined lengths, too deep.
+        let mut inner = Vec::new();
+        for _ in 0..(MAX_DEPTH + 1) {
+            let mut item = Vec::new();
+            item.extend_from_slice(&0xFFFEu16.to_le_bytes());
+            item.extend_from_slice(&ITEM.to_le_bytes());
+            item.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+            item.extend(&inner);
+            let mut seq = Vec::new();
+            seq.extend_from_slice(&0x0040u16.to_le_bytes());
+            seq.extend_from_slice(&0xA730u16.to_le_bytes());
+            seq.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            seq.extend(item);
+            inner = seq;
+        }
+        assert!(matches!(
+            check_dataset(&inner, IMPLICIT_LE),
+            Err(GuardError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn part10_meta_is_checked_and_bodies_follow_their_syntax() {
+        let file = part10(EXPLICIT_LE, &nested(3));
+        assert_eq!(check_part10_bytes(&file), Ok(()));
+        let mut bad = file.clone();
+        bad.extend(long_header(0x0008, 0x2111, b"UT", 0xFFFF_FFF0));
+        assert!(matches!(
+            check_part10_bytes(&bad),
+            Err(GuardError::LengthBeyondData { .. })
+        ));
+        assert!(matches!(
+            check_part10_bytes(b"not dicom at all"),
+            Err(GuardError::NotPart10(_))
+        ));
+        // A meta element whose length lies.
+        let mut lie = vec![0u8; 128];
+        lie.extend_from_slice(b"DICM");
+        lie.extend(long_header(0x0002, 0x0001, b"OB", 0xFFFF_FF00));
+        assert!(matches!(
+            check_part10_bytes(&lie),
+            Err(GuardError::LengthBeyondData { .. })
+        ));
+    }
+
+    #[test]
+    fn deflated_bodies_are_inflated_and_walked() {
+        use std::io::Write;
+        let file = part10(DEFLATED, &[]);
+        let deflate = |body: &[u8]| {
+            let mut enc =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(body).unwrap();
+            enc.finish().unwrap()
+        };
+        let mut good = file.clone();
+        good.extend(deflate(&nested(2)));
+        assert_eq!(check_part10_bytes(&good), Ok(()));
+        let mut deep = file.clone();
+        deep.extend(deflate(&nested(MAX_DEPTH + 5)));
+        assert!(matches!(
+            check_part10_bytes(&deep),
+            Err(GuardError::TooDeep { .. })
+        ));
+        let mut lie = file;
+        let mut body = short(0x0008, 0x0060, b"CS", b"DX");
+        body.extend(long_header(0x0008, 0x2111, b"UT", 0xFFFF_FFF0));
+        lie.extend(deflate(&body));
+        let got = check_part10_bytes(&lie);
+        // The inflated length is unknown up front: the cap answers before any skip.
+        assert!(
+            matches!(got, Err(GuardError::ElementTooLarge { .. })),
+            "{got:?}"
+        );
+        let mut short_lie = Vec::new();
+        short_lie.extend(&lie[..lie.len() - deflate(&body).len()]);
+        let mut body = short(0x0008, 0x0060, b"CS", b"DX");
+        body.extend(long_header(0x0009, 0x1000, b"OB", 1 << 20));
+        body.extend_from_slice(&[0; 100]);
+        short_lie.extend(deflate(&body));
+        let got = check_part10_bytes(&short_lie);
+        assert!(matches!(got, Err(GuardError::Truncated { .. })), "{got:?}");
+    }
+
+    #[test]
+    fn every_sample_file_passes() {
+        let Some(dir) = crate::infer::testdata::samples_dir() else {
+            return;
+        };
+        let mut seen = 0;
+        for folder in std::fs::read_dir(dir.join("dicom")).unwrap() {
+            let folder = folder.unwrap().path();
+            if !folder.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "dcm") {
+                    assert_eq!(check_file(&path), Ok(()), "{}", path.display());
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 16, "{seen} sample files");
+    }
+}

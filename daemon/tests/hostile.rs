@@ -1,0 +1,550 @@
+//! The hostile-peer suite: the release daemon, with the model loaded, driven over real
+//! sockets by a peer that lies — sequences nested thousands deep, lengths of 4 GiB, pixel
+//! bombs, lying encapsulated fragments, broken JPEG / JPEG 2000 / JPEG-LS / RLE streams,
+//! invalid and path-traversal UIDs, charset tricks, markup and HL7 delimiters in names,
+//! endless and truncated data sets, hostile C-FIND identifiers.
+//!
+//! After each case: C-ECHO answers, `/healthz` answers 200, no panic in the daemon's log,
+//! no partial file left behind, and the index holds exactly the instances that were
+//! acknowledged with Success. At the end the daemon's peak RSS stays under 500 MB.
+//!
+//! The daemon is `DULI_RELEASE_BIN`, else `target/release/duli` (`make test` builds it).
+
+mod common;
+mod hostile_peer;
+
+use common::*;
+use hostile_peer::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Peak RSS allowed over the whole suite, model loaded.
+const MAX_PEAK_RSS_KIB: u64 = 500 * 1024;
+
+/// `dicom.max_instance_mb` for this daemon, so the endless case ends quickly.
+const MAX_INSTANCE_MB: u64 = 8;
+
+fn release_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DULI_RELEASE_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("release/duli")
+}
+
+struct Suite {
+    daemon: Daemon,
+    stored: BTreeSet<String>,
+    run: u64,
+    next: u64,
+}
+
+impl Suite {
+    fn ids(&mut self) -> Ids {
+        self.next += 1;
+        let base = format!("1.2.826.0.1.3680043.10.1234.{}.{}", self.run, self.next);
+        Ids {
+            sop: format!("{base}.3"),
+            study: format!("{base}.1"),
+            series: format!("{base}.2"),
+        }
+    }
+
+    fn peer(&self, abstract_syntax: &str, ts: &str) -> Peer {
+        Peer::associate(self.daemon.dicom_addr(), abstract_syntax, ts)
+    }
+
+    /// Stores `data_set` on a fresh association; a Success is remembered as stored.
+    fn store(&mut self, ts: &str, sop: &str, data_set: &[u8]) -> Answer {
+        let mut peer = self.peer(DX, ts);
+        let answer = peer.store(DX, sop, data_set);
+        if answer.status() == Some(0x0000) {
+            self.stored.insert(sop.to_string());
+        }
+        if matches!(answer, Answer::Status(..)) {
+            peer.release();
+        }
+        answer
+    }
+
+    /// The invariants every case must leave intact.
+    fn check(&mut self, case: &str) {
+        // C-ECHO.
+        let mut peer = self.peer("1.2.840.10008.1.1", EXPLICIT_LE);
+        peer.command(&duli::dimse::command::Command::echo_rq(1))
+            .unwrap_or_else(|e| panic!("{case}: C-ECHO not sent: {e}"));
+        assert_eq!(
+            peer.answer(),
+            Answer::Status(0, None),
+            "{case}: C-ECHO failed"
+        );
+        peer.release();
+        // /healthz.
+        let health = self
+            .daemon
+            .http_get("/healthz")
+            .unwrap_or_else(|e| panic!("{case}: /healthz: {e}"));
+        assert_eq!(health.status, 200, "{case}: /healthz {}", health.text());
+        // No panic, still running.
+        let log = self.daemon.log();
+        assert!(
+            !log.contains("panicked"),
+            "{case}: panic in the log:\n{log}"
+        );
+        assert!(
+            self.daemon.is_running(),
+            "{case}: the daemon exited:\n{log}"
+        );
+        // No partial file left behind (removal may trail the abort by a moment).
+        let tmp = self.daemon.data_dir().join("tmp");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<_> = std::fs::read_dir(&tmp)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{case}: left in tmp/: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The index holds exactly what was acknowledged.
+        let indexed = self.received_instances();
+        assert_eq!(
+            indexed, self.stored,
+            "{case}: index differs from the acknowledged set"
+        );
+        // Every file stays inside the data directory's files/ tree, under a safe name.
+        for f in walk(&self.daemon.data_dir().join("files")) {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'),
+                "{case}: unsafe file name {name:?}"
+            );
+        }
+        eprintln!("ok: {case}");
+    }
+
+    /// SOP Instance UIDs of received (not generated) instances in the index.
+    fn received_instances(&self) -> BTreeSet<String> {
+        let out = run(
+            &mut self.daemon.command(&["instances"]),
+            Duration::from_secs(60),
+        );
+        out.assert_success("duli instances");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| !i["generated"].as_bool().unwrap_or(false))
+            .map(|i| i["sop_instance_uid"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn is_failure(answer: &Answer) -> bool {
+    matches!(answer.status(), Some(s) if s & 0xF000 == 0xC000 || s & 0xF000 == 0xA000)
+}
+
+fn assert_cannot_understand(case: &str, answer: &Answer) {
+    match answer {
+        Answer::Status(s, comment) => {
+            assert_eq!(s & 0xF000, 0xC000, "{case}: status {s:04X} ({comment:?})");
+            assert!(comment.is_some(), "{case}: no Error Comment");
+        }
+        Answer::Aborted(e) => panic!("{case}: expected a C000-class status, got abort: {e}"),
+    }
+}
+
+/// The data set of a Part 10 file (after the file meta group) and its transfer syntax.
+fn data_set_of(path: &Path) -> (Vec<u8>, String) {
+    let prepared = duli::scu::prepare(path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    (
+        bytes[prepared.offset as usize..].to_vec(),
+        prepared.transfer_syntax.clone(),
+    )
+}
+
+/// SOP Instance UID of a data set (first (0008,0018) element, explicit VR LE).
+fn sop_of(data_set: &[u8]) -> String {
+    let tag = [0x08, 0x00, 0x18, 0x00, b'U', b'I'];
+    let at = data_set
+        .windows(6)
+        .position(|w| w == tag)
+        .expect("SOP Instance UID present");
+    let len = u16::from_le_bytes([data_set[at + 6], data_set[at + 7]]) as usize;
+    String::from_utf8_lossy(&data_set[at + 8..at + 8 + len])
+        .trim_end_matches(['\0', ' '])
+        .to_string()
+}
+
+/// Offset of the encapsulated Pixel Data element's first item.
+fn fragments_start(data_set: &[u8]) -> Option<usize> {
+    let tag = [
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+    data_set
+        .windows(tag.len())
+        .rposition(|w| w == tag)
+        .map(|p| p + tag.len())
+}
+
+/// Corrupts the inside of every fragment (not the item headers), so the codec meets
+/// garbage while the encapsulation stays well-formed.
+fn corrupt_fragments(data_set: &mut [u8]) -> bool {
+    let Some(mut at) = fragments_start(data_set) else {
+        return false;
+    };
+    let mut index = 0;
+    while at + 8 <= data_set.len() {
+        let len = u32::from_le_bytes([
+            data_set[at + 4],
+            data_set[at + 5],
+            data_set[at + 6],
+            data_set[at + 7],
+        ]) as usize;
+        if data_set[at..at + 4] != [0xFE, 0xFF, 0x00, 0xE0] {
+            break;
+        }
+        let body = at + 8;
+        // Leave the offset table (item 0) alone; garble the second half of each fragment.
+        if index > 0 && len > 32 {
+            for b in &mut data_set[body + len / 2..body + len] {
+                *b ^= 0xA5;
+            }
+            data_set[body + 2] ^= 0xFF;
+        }
+        at = body + len;
+        index += 1;
+    }
+    index > 1
+}
+
+#[test]
+fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
+    let binary = release_binary();
+    assert!(
+        binary.is_file(),
+        "the hostile suite runs the release daemon, and {} is missing: build it with \
+         `cargo build --release -p duli` (`make test` does) or set DULI_RELEASE_BIN",
+        binary.display()
+    );
+    let Some(_) = infer_runtime_present() else {
+        return;
+    };
+    let daemon = Daemon::builder()
+        .binary(&binary)
+        .with_inference()
+        .config("dicom", "max_instance_mb", &MAX_INSTANCE_MB.to_string())
+        .config("dicom", "accept_any_storage", "true")
+        .ready_timeout(Duration::from_secs(60))
+        .start();
+    let started = Instant::now();
+    let mut s = Suite {
+        daemon,
+        stored: BTreeSet::new(),
+        run: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        next: 0,
+    };
+    s.check("start");
+
+    // A baseline that must be stored.
+    let ids = s.ids();
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &dx(&ids, b"", b"BASE^LINE"));
+    assert_eq!(answer.status(), Some(0), "baseline: {answer:?}");
+    s.check("baseline");
+
+    // 1. Sequences nested 2,000 and 10,000 deep (a stack overflow on the recursive parser);
+    //    64 levels are accepted.
+    for depth in [2_000usize, 10_000] {
+        let ids = s.ids();
+        let ds = dx_header(&ids, b"", b"DEEP^NEST", &nested_sequence(depth), 64, 64);
+        let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+        assert_cannot_understand(&format!("nested {depth}"), &answer);
+        s.check(&format!("sequences nested {depth} deep"));
+    }
+    let ids = s.ids();
+    let mut ds = dx_header(&ids, b"", b"NEST^OK", &nested_sequence(64), 8, 8);
+    ds.extend(el(0x7FE0, 0x0010, b"OW", &[0u8; 128]));
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+    assert_eq!(answer.status(), Some(0), "64 levels: {answer:?}");
+    s.check("sequences nested 64 deep (accepted)");
+
+    // 2. Length lies: a UT claiming 0xFFFFFFF0 bytes, an SQ and an item longer than the data.
+    let ids = s.ids();
+    let mut ds = dx_header(&ids, b"", b"LIE^UT", &[], 64, 64);
+    ds.extend(header(0x0040, 0xA160, b"UT", 0xFFFF_FFF0));
+    ds.extend_from_slice(b"short!");
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+    assert_cannot_understand("4 GiB UT", &answer);
+    s.check("UT length 0xFFFFFFF0");
+
+    let ids = s.ids();
+    let mut lie = header(0x0010, 0x1002, b"SQ", 0x7FFF_FFF0);
+    lie.extend(item(0xE000, 10));
+    lie.extend(el(0x0010, 0x0020, b"LO", b"XY"));
+    let ds = dx_header(&ids, b"", b"LIE^SQ", &lie, 64, 64);
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+    assert_cannot_understand("lying SQ length", &answer);
+    s.check("SQ length beyond the data");
+
+    let ids = s.ids();
+    let mut lie = header(0x0010, 0x1002, b"SQ", UNDEFINED);
+    lie.extend(item(0xE000, 0xFFFF_FF00));
+    lie.extend(el(0x0010, 0x0020, b"LO", b"XY"));
+    lie.extend(item(0xE0DD, 0));
+    let ds = dx_header(&ids, b"", b"LIE^ITEM", &lie, 64, 64);
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+    assert_cannot_understand("lying item length", &answer);
+    s.check("item length beyond the data");
+
+    // 3. Pixel bomb: 65535 × 65535 declared over 128 bytes. Stored (nothing is decoded to
+    //    store it); analysis must refuse it before decoding (checked at the end).
+    let bomb = s.ids();
+    let mut ds = dx_header(&bomb, b"", b"PIXEL^BOMB", &[], 65_535, 65_535);
+    ds.extend(el(0x7FE0, 0x0010, b"OW", &[0u8; 128]));
+    let answer = s.store(EXPLICIT_LE, &bomb.sop, &ds);
+    assert_eq!(answer.status(), Some(0), "pixel bomb: {answer:?}");
+    s.check("pixel bomb stored");
+
+    // 4. Lying encapsulated fragments (JPEG Baseline context).
+    let jpeg = "1.2.840.10008.1.2.4.50";
+    for (what, table_len, fragment_len) in [
+        ("offset table beyond the data", 4000u32, 4u32),
+        ("fragment beyond the data", 0, 0x7FFF_0000),
+    ] {
+        let ids = s.ids();
+        let mut ds = dx_header(&ids, b"", b"LIE^FRAGMENT", &[], 64, 64);
+        ds.extend(header(0x7FE0, 0x0010, b"OB", UNDEFINED));
+        ds.extend(item(0xE000, table_len));
+        ds.extend(item(0xE000, fragment_len));
+        ds.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+        ds.extend(item(0xE0DD, 0));
+        let answer = s.store(jpeg, &ids.sop, &ds);
+        assert_cannot_understand(what, &answer);
+        s.check(what);
+    }
+
+    // 5. Broken compressed streams from the real samples: truncated (refused), then
+    //    corrupted inside well-formed fragments (stored; analysis must fail cleanly).
+    let mut corrupted = Vec::new();
+    if let Some(dir) = samples_dir() {
+        for encoding in [
+            "jpeg-lossless-sv1",
+            "j2k-lossless",
+            "jpeg-ls-lossless",
+            "rle",
+        ] {
+            let Some(file) = dicom_files(&dir.join("dicom").join(encoding))
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            let (full, ts) = data_set_of(&file);
+            let sop = sop_of(&full);
+            let cut = &full[..full.len() * 3 / 5];
+            let answer = s.store(&ts, &sop, cut);
+            assert_cannot_understand(&format!("truncated {encoding}"), &answer);
+            s.check(&format!("truncated {encoding} stream"));
+
+            let mut broken = full.clone();
+            assert!(
+                corrupt_fragments(&mut broken),
+                "{encoding}: no fragments found"
+            );
+            let answer = s.store(&ts, &sop, &broken);
+            assert_eq!(answer.status(), Some(0), "corrupted {encoding}: {answer:?}");
+            corrupted.push(sop);
+            s.check(&format!("corrupted {encoding} stream"));
+        }
+    }
+
+    // 6. Invalid and path-traversal UIDs: refused, nothing written outside files/.
+    for (what, sop, study) in [
+        ("traversal SOP UID", "../../etc/passwd".to_string(), None),
+        (
+            "traversal study UID",
+            String::new(),
+            Some("../../../tmp/duli-x".to_string()),
+        ),
+        ("very long UID", "1.".repeat(100) + "1", None),
+        ("non-digit UID", "1.2.abc.4".to_string(), None),
+    ] {
+        let mut ids = s.ids();
+        if !sop.is_empty() {
+            ids.sop = sop;
+        }
+        if let Some(study) = study {
+            ids.study = study;
+        }
+        let answer = s.store(EXPLICIT_LE, &ids.sop, &dx(&ids, b"", b"UID^TRICK"));
+        assert_cannot_understand(what, &answer);
+        s.check(what);
+    }
+    assert!(!Path::new("/tmp/duli-x").exists());
+
+    // 7. Charset tricks and markup / HL7 delimiters in names: stored or refused, never a
+    //    crash; what is stored keeps its name.
+    let cases: [(&str, &[u8], &[u8]); 4] = [
+        ("bogus character set", b"ISO_IR 999", b"BOGUS^CHARSET"),
+        ("invalid UTF-8", b"ISO_IR 192", b"\xFF\xFE\xC3^\xE2\x82"),
+        (
+            "escape sequences",
+            b"ISO 2022 IR 87",
+            b"\x1b$B\xFF\xFF\x1b(B^X",
+        ),
+        (
+            "markup and HL7 delimiters",
+            b"",
+            b"<script>alert(1)</script>|^~&^\r\nMSH|",
+        ),
+    ];
+    for (what, charset, name) in cases {
+        let ids = s.ids();
+        let answer = s.store(EXPLICIT_LE, &ids.sop, &dx(&ids, charset, name));
+        assert!(
+            answer.status() == Some(0) || is_failure(&answer),
+            "{what}: {answer:?}"
+        );
+        s.check(what);
+    }
+
+    // 8. An endless data set: fragments never marked last. The daemon must abort at
+    //    dicom.max_instance_mb and remove the partial file.
+    let ids = s.ids();
+    let mut peer = s.peer(DX, EXPLICIT_LE);
+    let fragment = vec![0x42u8; 60_000];
+    let (answer, sent) = peer.endless_store(&ids.sop, &fragment, 64 * 1024 * 1024);
+    assert!(
+        matches!(answer, Answer::Aborted(_)),
+        "endless data set: {answer:?}"
+    );
+    assert!(
+        sent < 4 * MAX_INSTANCE_MB * 1024 * 1024,
+        "endless data set: {sent} bytes went in before the abort"
+    );
+    drop(peer);
+    let log = s.daemon.log();
+    assert!(log.contains("exceeds the maximum instance size"), "{log}");
+    s.check("endless data set");
+
+    // 9. A truncated data set: the connection drops mid data set.
+    let ids = s.ids();
+    let full = dx(&ids, b"", b"CUT^SHORT");
+    let mut peer = s.peer(DX, EXPLICIT_LE);
+    peer.command(&duli::dimse::command::Command::store_rq(
+        1,
+        DX,
+        &ids.sop,
+        duli::dimse::command::Priority::Medium,
+    ))
+    .unwrap();
+    peer.data(&full[..full.len() / 2], false).unwrap();
+    peer.drop_connection();
+    s.check("connection dropped mid data set");
+
+    // 10. Hostile C-FIND identifiers.
+    for (what, identifier) in [
+        ("C-FIND nested 2000 deep", {
+            let mut id = el(0x0008, 0x0052, b"CS", b"STUDY");
+            id.extend(nested_sequence(2000));
+            id
+        }),
+        ("C-FIND UT length lie", {
+            let mut id = el(0x0008, 0x0052, b"CS", b"STUDY");
+            id.extend(header(0x0040, 0xA160, b"UT", 0xFFFF_FFF0));
+            id.extend_from_slice(b"abcd");
+            id
+        }),
+    ] {
+        let mut peer = s.peer(STUDY_FIND, EXPLICIT_LE);
+        let answer = peer.find(&identifier);
+        assert!(is_failure(&answer), "{what}: {answer:?}");
+        peer.release();
+        s.check(what);
+    }
+
+    // The pixel bomb's study completes, its image recorded as not analysable, undecoded;
+    // corrupted streams end as errors, not crashes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let bomb_state = loop {
+        let out = run(&mut s.daemon.command(&["studies"]), Duration::from_secs(60));
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let st = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["study_instance_uid"] == bomb.study.as_str())
+            .cloned()
+            .expect("pixel bomb study indexed");
+        let state = st["state"].as_str().unwrap_or_default().to_string();
+        if !matches!(
+            state.as_str(),
+            "receiving" | "complete" | "queued" | "inferring"
+        ) {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pixel bomb study stuck in {state}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("pixel bomb study: {bomb_state}");
+    let log = s.daemon.log();
+    assert!(
+        log.contains("too large to analyse"),
+        "the pixel bomb was not refused before decoding:\n{log}"
+    );
+    s.check("after analysis");
+
+    let peak = s.daemon.peak_rss_kib().expect("VmHWM");
+    eprintln!(
+        "hostile suite: peak RSS {} MiB, {} instances stored, {:.1} s",
+        peak / 1024,
+        s.stored.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        peak < MAX_PEAK_RSS_KIB,
+        "peak RSS {} MiB over the 500 MB budget",
+        peak / 1024
+    );
+}
+
+/// The OpenVINO runtime and model are needed for the model-loaded figure; `None` (with a
+/// SKIP line) when the test environment is not set up.
+fn infer_runtime_present() -> Option<()> {
+    let root = repo_root();
+    let weights = root.join("models/pneumonia-xception/pneumonia_xception_fp16.bin");
+    let lib = root.join(".cache/openvino/libs");
+    if !weights.is_file() || !lib.is_dir() {
+        skip("OpenVINO runtime or model weights absent (run `make test-env`)");
+        return None;
+    }
+    Some(())
+}
