@@ -1,18 +1,26 @@
-//! The HTTPS listener: warp filters served through hyper-util over tokio-rustls (warp 0.4
-//! has no TLS of its own). One task per connection, at most [`MAX_CONNECTIONS`] at once;
-//! the TLS handshake must finish within [`HANDSHAKE_TIMEOUT`]; at shutdown the listener
-//! closes, open connections get a grace period, then are dropped.
+//! The HTTPS listener: warp filters served through hyper's HTTP/1 connections over
+//! tokio-rustls (warp 0.4 has no TLS of its own).
+//!
+//! Each accepted connection takes a slot of `console.max_connections`, at most
+//! `console.max_connections_per_address` of them per client address; beyond either cap
+//! the connection is closed at once, so a flood from one address cannot lock others out.
+//! The TLS handshake must finish within [`HANDSHAKE_TIMEOUT`]; after it, the
+//! [`timeouts`](super::timeouts) clock closes connections whose request headers do not
+//! arrive within `console.header_read_timeout_secs` or that stay without a request for
+//! `console.idle_timeout_secs`, and never while a request (an event stream included) is in
+//! flight. Idle connections hold no request permit: handlers take one of
+//! `console.max_requests` only while they run. At shutdown the listener closes, open
+//! connections get a grace period, then are dropped.
 
+use super::timeouts::{Clock, Guarded, Watched};
 use super::Console;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// Most connections served at once; further ones wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time open connections get at shutdown.
@@ -34,17 +42,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let service = warp::service(super::api::filter(console));
+    let service = warp::service(super::api::filter(console.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -56,12 +56,21 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        let slot = match console.limits.connections.try_take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                log::debug!("console: connection from {peer} refused: {why}");
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
+        let (header_read, idle) = (console.limits.header_read, console.limits.idle);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -73,19 +82,33 @@ pub async fn serve(
                     return;
                 }
             };
+            let clock = Clock::new(header_read, idle);
+            let io = hyper_util::rt::TokioIo::new(Watched::new(stream, clock.clone()));
             let service = hyper_util::service::TowerToHyperService::new(service);
+            let requests = clock.clone();
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(Peer(peer));
-                    hyper::service::Service::call(&service, req)
+                    let in_flight = requests.request();
+                    let answer = hyper::service::Service::call(&service, req);
+                    async move {
+                        let r = answer.await?;
+                        Ok::<_, std::convert::Infallible>(
+                            r.map(|body| Guarded::new(body, in_flight)),
+                        )
+                    }
                 },
             );
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                log::debug!("console: connection from {peer}: {e}");
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            tokio::select! {
+                r = watcher.watch(conn) => {
+                    if let Err(e) = r {
+                        log::debug!("console: connection from {peer}: {e}");
+                    }
+                }
+                why = clock.expired() => {
+                    log::debug!("console: connection from {peer} closed ({why:?} timeout)");
+                }
             }
         });
     }
