@@ -312,6 +312,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ended_sessions_are_announced_and_liveness_does_not_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s =
+            Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
+        let mut ended = s.ended();
+        let (a, _) = s.create("ana", Role::Radiologist, "").unwrap();
+        let (b, _) = s.create("bea", Role::Radiologist, "").unwrap();
+        assert!(s.is_live(&a).unwrap());
+        assert!(!ended.has_changed().unwrap());
+        s.remove(&a).unwrap();
+        assert!(ended.has_changed().unwrap(), "logout announced");
+        ended.mark_unchanged();
+        assert!(!s.is_live(&a).unwrap());
+        s.remove_user("bea").unwrap();
+        assert!(ended.has_changed().unwrap(), "user change announced");
+        assert!(!s.is_live(&b).unwrap());
+        // Asking whether a session lives is not activity: it still idles out.
+        let (c, _) = s.create("cy", Role::Radiologist, "").unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = s.is_live(&c).unwrap();
+        }
+        assert!(!s.is_live(&c).unwrap(), "idle expiry despite the checks");
+    }
+
+    #[test]
     fn tokens_are_stored_hashed_and_sessions_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
