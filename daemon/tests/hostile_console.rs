@@ -336,6 +336,17 @@ fn per_address_and_total_connection_caps_refuse_the_excess_only() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(healthz_from(lo(2), addr).await.0.status, 200);
     });
+    // Refusals are logged (one warning per minute at most, the rest counted).
+    let log = d.log();
+    assert!(
+        log.contains("refused (4 slots already in use by this client)"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("WARN  duli::console::server").count(),
+        1,
+        "{log}"
+    );
 }
 
 fn upload_head(s: &ConsoleSession, length: Option<usize>) -> String {

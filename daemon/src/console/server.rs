@@ -30,6 +30,37 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);
 
+/// Connections refused at accept, logged as a warning at most once per
+/// [`REFUSAL_LOG_INTERVAL`] (a flood must not flood the journal too).
+#[derive(Debug, Default)]
+struct Refusals {
+    last_warning: Option<std::time::Instant>,
+    since: u64,
+}
+
+/// Least time between two warnings about refused connections.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Refusals {
+    fn note(&mut self, peer: SocketAddr, why: super::limits::Refused) {
+        self.since += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            log::warn!(
+                "console: connection from {peer} refused ({why}); {} refused since the last \
+                 warning",
+                self.since
+            );
+            self.last_warning = Some(std::time::Instant::now());
+            self.since = 0;
+        } else {
+            log::debug!("console: connection from {peer} refused: {why}");
+        }
+    }
+}
+
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -44,6 +75,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let service = warp::service(super::api::filter(console.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refused = Refusals::default();
     loop {
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -59,7 +91,7 @@ pub async fn serve(
         let slot = match console.limits.connections.try_take(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
-                log::debug!("console: connection from {peer} refused: {why}");
+                refused.note(peer, why);
                 drop(tcp);
                 continue;
             }
