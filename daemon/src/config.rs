@@ -368,6 +368,25 @@ pub struct ConsoleConfig {
     pub session_idle_secs: u64,
     /// A console session ends this many seconds after login, however active.
     pub session_max_secs: u64,
+    /// Seconds a client has to send a request's headers, counted from its first byte
+    /// (or from the end of the TLS handshake for the first request).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight (keep-alive).
+    pub idle_timeout_secs: u64,
+    /// Most console connections open at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Most console connections open at once from one client address.
+    pub max_connections_per_address: usize,
+    /// Most requests served at once (idle connections hold none).
+    pub max_requests: usize,
+    /// Most live event streams (server-sent events) open at once.
+    pub max_event_streams: usize,
+    /// Largest manual upload accepted (MB).
+    pub max_upload_mb: u64,
+    /// Most uploads received at once, all users together.
+    pub max_uploads: usize,
+    /// Most uploads one user may send at once.
+    pub max_uploads_per_user: usize,
 }
 
 impl Default for ConsoleConfig {
@@ -379,6 +398,15 @@ impl Default for ConsoleConfig {
             key: None,
             session_idle_secs: 30 * 60,
             session_max_secs: 12 * 3600,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 2048,
+            max_connections_per_address: 64,
+            max_requests: 64,
+            max_event_streams: 256,
+            max_upload_mb: 64,
+            max_uploads: 4,
+            max_uploads_per_user: 2,
         }
     }
 }
@@ -793,6 +821,7 @@ impl Config {
                 "must be at least console.session_idle_secs".into(),
             );
         }
+        check_console_limits(&self.console, &mut bad);
         if self.console.cert.is_some() != self.console.key.is_some() {
             bad(
                 "console.cert",
@@ -991,6 +1020,51 @@ fn check_id(value: &str, key: &str, bad: &mut impl FnMut(&str, String)) {
     }
 }
 
+/// Most console connections `console.max_connections` may allow (the unit's
+/// `LimitNOFILE=` is sized for this).
+pub const MAX_CONSOLE_CONNECTIONS: usize = 4096;
+
+fn check_console_limits(c: &ConsoleConfig, bad: &mut impl FnMut(&str, String)) {
+    let mut range = |key: &str, value: u64, low: u64, high: u64| {
+        if value < low || value > high {
+            bad(
+                &format!("console.{key}"),
+                format!("must be between {low} and {high}, got {value}"),
+            );
+        }
+    };
+    range(
+        "header_read_timeout_secs",
+        c.header_read_timeout_secs,
+        1,
+        300,
+    );
+    range("idle_timeout_secs", c.idle_timeout_secs, 1, 3600);
+    let conns = c.max_connections as u64;
+    range("max_connections", conns, 1, MAX_CONSOLE_CONNECTIONS as u64);
+    range(
+        "max_connections_per_address",
+        c.max_connections_per_address as u64,
+        1,
+        conns.max(1),
+    );
+    range("max_requests", c.max_requests as u64, 1, 4096);
+    range(
+        "max_event_streams",
+        c.max_event_streams as u64,
+        1,
+        conns.max(1),
+    );
+    range("max_upload_mb", c.max_upload_mb, 1, 1024);
+    range("max_uploads", c.max_uploads as u64, 1, 64);
+    range(
+        "max_uploads_per_user",
+        c.max_uploads_per_user as u64,
+        1,
+        (c.max_uploads as u64).max(1),
+    );
+}
+
 fn check_firmware(fw: &duli_firmware::FirmwareConfig, bad: &mut impl FnMut(&str, String)) {
     check_id(&fw.hardware_id, "firmware.hardware_id", bad);
     if fw.boot_attempts == 0 || fw.boot_attempts > 9 {
@@ -1114,6 +1188,42 @@ mod tests {
         assert_eq!(
             c.device.data_dir,
             std::env::current_dir().unwrap().join("elsewhere")
+        );
+    }
+
+    #[test]
+    fn console_limits_have_defaults_and_are_checked() {
+        let c = load_str("", &[]).unwrap();
+        assert_eq!(c.console.max_connections_per_address, 64);
+        assert_eq!(c.console.header_read_timeout_secs, 10);
+        assert_eq!(c.console.max_uploads_per_user, 2);
+        let err = load_str(
+            "[console]\nmax_connections = 10\nmax_connections_per_address = 11\n\
+             header_read_timeout_secs = 0\nmax_uploads = 2\nmax_uploads_per_user = 3\n\
+             max_upload_mb = 0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "console.max_connections_per_address",
+            "console.header_read_timeout_secs",
+            "console.max_uploads_per_user",
+            "console.max_upload_mb",
+        ] {
+            assert!(err.contains(key), "{key} not in {err}");
+        }
+        let c = load_str(
+            "[console]\nmax_connections_per_address = 4\nidle_timeout_secs = 5\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.console.max_connections_per_address,
+                c.console.idle_timeout_secs
+            ),
+            (4, 5)
         );
     }
 

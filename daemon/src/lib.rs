@@ -21,7 +21,8 @@
 //! - [`deliver`]: the durable outbox and the channels that drain it (HL7/MLLP, MQTT, PACS push).
 //! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
 //! - [`console`]: the HTTPS web console and API — logins, roles, worklist, viewer,
-//!   feedback, users, audit export, live events, `/healthz` and `/metrics`.
+//!   feedback, users, audit export, live events, `/healthz` and `/metrics`; connection
+//!   caps, header-read and idle timeouts, upload limits.
 //! - [`web`]: the store-side gauges of `/metrics`.
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.

@@ -43,7 +43,7 @@ pub struct Request {
     pub headers: HeaderMap,
     /// Client address.
     pub peer: Option<IpAddr>,
-    /// Body (at most [`MAX_BODY`], or [`upload::MAX_UPLOAD`] for uploads).
+    /// Body (at most [`MAX_BODY`], or `console.max_upload_mb` for uploads).
     pub body: Vec<u8>,
 }
 
@@ -58,29 +58,63 @@ fn size_text(n: usize) -> String {
     }
 }
 
-/// The largest body this request may send: uploads from a session allowed to upload may
-/// send [`upload::MAX_UPLOAD`], everything else [`MAX_BODY`]. `None` for an upload that
-/// will be refused (no session, or a role that may not upload): its body is not read, so
-/// the answer is the 401 or 403, whatever its size.
-fn body_limit(
+/// How a request's body is read.
+enum BodyPlan {
+    /// Read at most this many bytes.
+    Read(usize),
+    /// An upload: read at most this many bytes while holding the user's upload slot.
+    Upload(usize, super::limits::Slot<String>),
+    /// Not read: the request will be refused (401/403) whatever its body.
+    Skip,
+}
+
+/// How this request's body is read: uploads from a session allowed to upload may send
+/// `console.max_upload_mb` once they hold an upload slot (429 when the user already
+/// sends as many uploads as allowed, 503 when the console does; then the body is never
+/// read), everything else [`MAX_BODY`]. An upload without a session or with a role that
+/// may not upload is not read, so the answer is the 401 or 403, whatever its size.
+fn body_plan(
     console: &Console,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-) -> Option<usize> {
+) -> Result<BodyPlan, ApiError> {
     let Ok(m) = roles::find(method.as_str(), path) else {
-        return Some(MAX_BODY);
+        return Ok(BodyPlan::Read(MAX_BODY));
     };
     if m.route.endpoint != Endpoint::Upload {
-        return Some(MAX_BODY);
+        return Ok(BodyPlan::Read(MAX_BODY));
     }
-    session_token(headers)
+    let Some(s) = session_token(headers)
         .and_then(|t| console.sessions.lookup(&t).ok().flatten())
         .filter(|s| m.route.access.allows(s.role))
-        .map(|_| upload::MAX_UPLOAD)
+    else {
+        return Ok(BodyPlan::Skip);
+    };
+    let slot = console
+        .limits
+        .uploads
+        .try_take(s.user.clone())
+        .map_err(|e| match e {
+            super::limits::Refused::PerKey(n) => {
+                ApiError::TooMany(format!("at most {n} uploads at a time per user"))
+            }
+            super::limits::Refused::Total(_) => {
+                ApiError::Busy("the console receives as many uploads as it can".into())
+            }
+        })?;
+    Ok(BodyPlan::Upload(console.limits.max_upload, slot))
 }
 
-async fn read_body<S, B>(mut stream: S, headers: &HeaderMap, limit: usize) -> Body
+/// Reads a body of at most `limit` bytes: 413 as soon as the declared length or the
+/// bytes received pass it (nothing beyond it is buffered), 408 when no byte arrives for
+/// `stall`.
+async fn read_body<S, B>(
+    mut stream: S,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Body
 where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -93,7 +127,11 @@ where
         return Err(ApiError::TooLarge(size_text(limit)));
     }
     let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::time::timeout(stall, stream.next())
+            .await
+            .map_err(|_| ApiError::Timeout)?;
+        let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if out.len() + chunk.remaining() > limit {
             return Err(ApiError::TooLarge(size_text(limit)));
@@ -127,9 +165,18 @@ pub fn filter(
                   body| {
                 let console = console.clone();
                 async move {
-                    let body = match body_limit(&console, &method, path.as_str(), &headers) {
-                        Some(limit) => read_body(Box::pin(body), &headers, limit).await,
-                        None => Ok(Vec::new()),
+                    let stall = console.limits.header_read;
+                    let mut upload_slot = None;
+                    let body = match body_plan(&console, &method, path.as_str(), &headers) {
+                        Ok(BodyPlan::Read(limit)) => {
+                            read_body(Box::pin(body), &headers, limit, stall).await
+                        }
+                        Ok(BodyPlan::Upload(limit, slot)) => {
+                            upload_slot = Some(slot);
+                            read_body(Box::pin(body), &headers, limit, stall).await
+                        }
+                        Ok(BodyPlan::Skip) => Ok(Vec::new()),
+                        Err(e) => Err(e),
                     };
                     let query = parse_query(&query);
                     let req = Request {
@@ -141,9 +188,17 @@ pub fn filter(
                         body: Vec::new(),
                     };
                     let resp = match body {
-                        Ok(b) => handle(console, Request { body: b, ..req }).await,
+                        Ok(b) => {
+                            // A permit only while the handler runs: idle connections
+                            // and bodies still arriving hold none.
+                            let permit = console.limits.requests.clone().acquire_owned().await;
+                            let resp = handle(console, Request { body: b, ..req }).await;
+                            drop(permit);
+                            resp
+                        }
                         Err(e) => e.into_response(),
                     };
+                    drop(upload_slot);
                     reply::secure(resp)
                 }
             },
@@ -289,7 +344,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (Endpoint::PreviewInfo, Some(_)) => preview(c, param(0), param(1), true).await,
         (Endpoint::Heatmap, Some(_)) => heatmap(c, param(0)).await,
         (Endpoint::Feedback, Some((_, s))) => give_feedback(c, &req, &s, param(0)).await,
-        (Endpoint::Events, Some((_, s))) => Ok(event_stream(c, &s)),
+        (Endpoint::Events, Some((token, s))) => event_stream(c, token, &s),
         (Endpoint::Users, Some(_)) => {
             let list: Vec<UserInfo> = c.users.list()?.iter().map(UserInfo::from).collect();
             Ok(reply::json(StatusCode::OK, &list))
@@ -349,14 +404,20 @@ async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
     }
     if let Err(wait) = c.sessions.login_allowed(&name, req.peer) {
         let secs = wait.as_secs().max(1);
-        audit_now(
-            c,
-            Event::new(&name, Action::LoginFailed, &name)
-                .from(&src)
-                .detail(format!("throttled for {secs} s"))
-                .failed(),
-        )
-        .await?;
+        // Only the first throttled attempt of a window is written; the rest are counted
+        // and summed up in one record per window.
+        if c.sessions.throttled.note(&name, req.peer) == super::throttle_log::Noted::First {
+            audit_now(
+                c,
+                Event::new(&name, Action::LoginFailed, &name)
+                    .from(&src)
+                    .detail(format!(
+                        "throttled for {secs} s; further throttled attempts are counted"
+                    ))
+                    .failed(),
+            )
+            .await?;
+        }
         return Err(ApiError::Throttled(secs));
     }
     let user = c.users.get(&name)?;
@@ -775,9 +836,31 @@ async fn give_feedback(
     Ok(reply::json(StatusCode::CREATED, &f))
 }
 
-fn event_stream(c: &Console, s: &Session) -> Response {
+/// How often a live event stream checks that its session still lives (besides being
+/// woken at once by every ended session).
+pub const STREAM_SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// Interval of the keep-alive comments of event streams.
+pub const STREAM_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What woke an event stream.
+enum Wake {
+    Event(Result<events::StudyEvent, tokio::sync::broadcast::error::RecvError>),
+    Check,
+    Ended,
+}
+
+/// The live study events of a session (server-sent events), until the session ends
+/// (logout, user removed, disabled or role changed, idle or absolute expiry) or the
+/// daemon stops. Each stream holds one of `console.max_event_streams` permits.
+fn event_stream(c: &Arc<Console>, token: String, s: &Session) -> Result<Response, ApiError> {
+    use tokio::sync::broadcast::error::RecvError;
     use warp::sse::Event as Sse;
+    let permit =
+        c.limits.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Busy("the console serves as many event streams as it can".into())
+        })?;
     let rx = c.events.subscribe();
+    let ended = c.sessions.ended();
     let end = tokio::time::Instant::now()
         + std::time::Duration::from_millis(
             (s.created_ms + c.sessions.max_age().as_millis() as i64 - crate::clock::now_millis())
@@ -786,21 +869,41 @@ fn event_stream(c: &Console, s: &Session) -> Response {
     let first = futures::stream::once(async {
         Ok::<_, Infallible>(Sse::default().event("ready").data("{}"))
     });
-    let rest = futures::stream::unfold(rx, move |mut rx| async move {
-        let event = match tokio::time::timeout_at(end, rx.recv()).await {
-            // The session's absolute lifetime ended, or the daemon is stopping.
-            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
-            Ok(Ok(ev)) => Sse::default()
-                .event("study")
-                .data(serde_json::to_string(&ev).unwrap_or_default()),
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                Sse::default().event("reload").data("{}")
-            }
-        };
-        Some((Ok(event), rx))
+    let check = tokio::time::interval(STREAM_SESSION_CHECK);
+    let state = (rx, ended, check, c.clone(), token, permit);
+    let rest = futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            let (rx, ended, check, c, token, _) = &mut st;
+            let wake = tokio::select! {
+                e = rx.recv() => Wake::Event(e),
+                _ = check.tick() => Wake::Check,
+                r = ended.changed() => if r.is_ok() { Wake::Check } else { Wake::Ended },
+                // The session's absolute lifetime ended.
+                _ = tokio::time::sleep_until(end) => Wake::Ended,
+            };
+            let event = match wake {
+                Wake::Ended | Wake::Event(Err(RecvError::Closed)) => return None,
+                Wake::Check => {
+                    if c.sessions.is_live(token).unwrap_or(false) {
+                        continue;
+                    }
+                    return None;
+                }
+                Wake::Event(Ok(ev)) => Sse::default()
+                    .event("study")
+                    .data(serde_json::to_string(&ev).unwrap_or_default()),
+                Wake::Event(Err(RecvError::Lagged(_))) => Sse::default().event("reload").data("{}"),
+            };
+            return Some((Ok(event), st));
+        }
     });
     let stream = first.chain(rest);
-    warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+    Ok(warp::sse::reply(
+        warp::sse::keep_alive()
+            .interval(STREAM_KEEP_ALIVE)
+            .stream(stream),
+    )
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -1,9 +1,13 @@
 //! The radiologists' LAN web console and its JSON API, over HTTPS only.
 //!
 //! - [`tls`]: the certificate (configured, or self-signed on first start) and TLS 1.2+.
-//! - [`server`]: the listener — warp filters through hyper-util over tokio-rustls.
+//! - [`server`]: the listener — warp filters through hyper over tokio-rustls.
+//! - [`limits`]: connection caps (total, per address), request, event stream and upload
+//!   limits.
+//! - [`timeouts`]: header-read and idle timeouts of each connection.
 //! - [`roles`]: the roles and the one route → role table every request passes.
 //! - [`sessions`]: session cookies, login throttling, CSRF tokens.
+//! - [`throttle_log`]: throttled logins counted, audited once per window.
 //! - [`users`]: accounts with PBKDF2-HMAC-SHA256 password hashes.
 //! - [`api`]: the handlers (worklist, study, previews, feedback, users, audit, system).
 //! - [`reply`]: the one error → status mapping and the security headers.
@@ -26,6 +30,7 @@ pub mod atna;
 pub mod echo;
 pub mod events;
 pub mod feedback;
+pub mod limits;
 pub mod outbox_view;
 pub mod preview;
 pub mod reply;
@@ -33,6 +38,8 @@ pub mod roles;
 pub mod server;
 pub mod sessions;
 pub mod setup;
+pub mod throttle_log;
+pub mod timeouts;
 pub mod tls;
 pub mod upload;
 pub mod users;
@@ -96,6 +103,8 @@ pub struct Console {
     pub setup: setup::Setup,
     /// Largest image a preview decodes (`inference.max_pixels`).
     pub max_pixels: u64,
+    /// Connection, request, event stream and upload limits.
+    pub limits: limits::Limits,
 }
 
 impl Console {
@@ -140,6 +149,7 @@ impl Console {
             started: Instant::now(),
             setup,
             max_pixels: config.inference.max_pixels,
+            limits: limits::Limits::new(&config.console),
         })
     }
 }
@@ -199,6 +209,7 @@ pub async fn start(
             ""
         }
     );
+    tokio::spawn(audit_throttled_logins(console.clone(), shutdown.clone()));
     let listener = crate::supervise::Listener::keep(listener)?;
     let stop = shutdown.clone();
     let task = crate::supervise::spawn(
@@ -222,4 +233,27 @@ pub async fn start(
         },
     );
     Ok((bound, task))
+}
+
+/// Writes the summary record of each window of throttled logins (and of the open one at
+/// shutdown).
+async fn audit_throttled_logins(console: Arc<Console>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        };
+        if let Some(s) = console.sessions.throttled.take(stopping) {
+            let event = crate::audit::Event::new("-", crate::audit::Action::LoginFailed, "login")
+                .detail(s.detail())
+                .failed();
+            if let Err(e) = console.audit.append(event) {
+                log::error!("console: audit the throttled logins: {e}");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }

@@ -34,6 +34,15 @@ pub enum ApiError {
     /// Too many failed logins; retry after this many seconds (429).
     #[error("too many failed logins; retry in {0} s")]
     Throttled(u64),
+    /// This user already runs as many such requests as allowed (429).
+    #[error("{0}")]
+    TooMany(String),
+    /// The console runs as many such requests as it can (503).
+    #[error("{0}")]
+    Busy(String),
+    /// The request body stopped arriving (408).
+    #[error("the request body stopped arriving")]
+    Timeout,
     /// The object existed but its data is gone (410).
     #[error("{0}")]
     Gone(String),
@@ -55,7 +64,9 @@ impl ApiError {
             ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Throttled(_) | ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,6 +85,9 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::BadLogin => "bad_login",
             ApiError::Throttled(_) => "throttled",
+            ApiError::TooMany(_) => "too_many",
+            ApiError::Busy(_) => "busy",
+            ApiError::Timeout => "timeout",
             ApiError::Gone(_) => "gone",
             ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal",
@@ -89,7 +103,12 @@ impl ApiError {
             self.status(),
             &serde_json::json!({"error": self.code(), "message": self.to_string()}),
         );
-        if let ApiError::Throttled(secs) = self {
+        let retry = match &self {
+            ApiError::Throttled(secs) => Some(*secs),
+            ApiError::TooMany(_) | ApiError::Busy(_) => Some(5),
+            _ => None,
+        };
+        if let Some(secs) = retry {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }

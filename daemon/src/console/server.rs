@@ -1,18 +1,26 @@
-//! The HTTPS listener: warp filters served through hyper-util over tokio-rustls (warp 0.4
-//! has no TLS of its own). One task per connection, at most [`MAX_CONNECTIONS`] at once;
-//! the TLS handshake must finish within [`HANDSHAKE_TIMEOUT`]; at shutdown the listener
-//! closes, open connections get a grace period, then are dropped.
+//! The HTTPS listener: warp filters served through hyper's HTTP/1 connections over
+//! tokio-rustls (warp 0.4 has no TLS of its own).
+//!
+//! Each accepted connection takes a slot of `console.max_connections`, at most
+//! `console.max_connections_per_address` of them per client address; beyond either cap
+//! the connection is closed at once, so a flood from one address cannot lock others out.
+//! The TLS handshake must finish within [`HANDSHAKE_TIMEOUT`]; after it, the
+//! [`timeouts`](super::timeouts) clock closes connections whose request headers do not
+//! arrive within `console.header_read_timeout_secs` or that stay without a request for
+//! `console.idle_timeout_secs`, and never while a request (an event stream included) is in
+//! flight. Idle connections hold no request permit: handlers take one of
+//! `console.max_requests` only while they run. At shutdown the listener closes, open
+//! connections get a grace period, then are dropped.
 
+use super::timeouts::{Clock, Guarded, Watched};
 use super::Console;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// Most connections served at once; further ones wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time open connections get at shutdown.
@@ -21,6 +29,37 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// The client's address, put into every request's extensions for the filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);
+
+/// Connections refused at accept, logged as a warning at most once per
+/// [`REFUSAL_LOG_INTERVAL`] (a flood must not flood the journal too).
+#[derive(Debug, Default)]
+struct Refusals {
+    last_warning: Option<std::time::Instant>,
+    since: u64,
+}
+
+/// Least time between two warnings about refused connections.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Refusals {
+    fn note(&mut self, peer: SocketAddr, why: super::limits::Refused) {
+        self.since += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            log::warn!(
+                "console: connection from {peer} refused ({why}); {} refused since the last \
+                 warning",
+                self.since
+            );
+            self.last_warning = Some(std::time::Instant::now());
+            self.since = 0;
+        } else {
+            log::debug!("console: connection from {peer} refused: {why}");
+        }
+    }
+}
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -34,17 +73,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let service = warp::service(super::api::filter(console));
+    let service = warp::service(super::api::filter(console.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refused = Refusals::default();
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -56,12 +88,21 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        let slot = match console.limits.connections.try_take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refused.note(peer, why);
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
+        let (header_read, idle) = (console.limits.header_read, console.limits.idle);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -73,19 +114,33 @@ pub async fn serve(
                     return;
                 }
             };
+            let clock = Clock::new(header_read, idle);
+            let io = hyper_util::rt::TokioIo::new(Watched::new(stream, clock.clone()));
             let service = hyper_util::service::TowerToHyperService::new(service);
+            let requests = clock.clone();
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(Peer(peer));
-                    hyper::service::Service::call(&service, req)
+                    let in_flight = requests.request();
+                    let answer = hyper::service::Service::call(&service, req);
+                    async move {
+                        let r = answer.await?;
+                        Ok::<_, std::convert::Infallible>(
+                            r.map(|body| Guarded::new(body, in_flight)),
+                        )
+                    }
                 },
             );
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                log::debug!("console: connection from {peer}: {e}");
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            tokio::select! {
+                r = watcher.watch(conn) => {
+                    if let Err(e) = r {
+                        log::debug!("console: connection from {peer}: {e}");
+                    }
+                }
+                why = clock.expired() => {
+                    log::debug!("console: connection from {peer} closed ({why:?} timeout)");
+                }
             }
         });
     }

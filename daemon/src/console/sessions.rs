@@ -6,7 +6,10 @@
 //!   an absolute time after login.
 //! - Failed logins are slowed down per account and per client address: after a few free
 //!   attempts each further one must wait twice as long as the one before (up to 15 min),
-//!   answered with 429 and `Retry-After`.
+//!   answered with 429 and `Retry-After`. Throttled attempts are counted, not audited one
+//!   by one ([`super::throttle_log`]).
+//! - Every ended session (logout, user removed, disabled or role changed, expiry found)
+//!   bumps [`Sessions::ended`], so live event streams re-check their session at once.
 //! - CSRF: every state-changing request of a session must carry the session's own random
 //!   token in the `X-CSRF-Token` header (double submit: the page reads it from the
 //!   `duli_csrf` cookie or from the login answer). A cross-site page can neither read the
@@ -80,6 +83,9 @@ pub struct Sessions {
     idle: Duration,
     max: Duration,
     failures: Mutex<HashMap<String, Failures>>,
+    ended: tokio::sync::watch::Sender<u64>,
+    /// Throttled login attempts of the current window.
+    pub throttled: super::throttle_log::ThrottleLog,
 }
 
 fn token_key(token: &str) -> String {
@@ -119,7 +125,30 @@ impl Sessions {
             idle,
             max,
             failures: Mutex::new(HashMap::new()),
+            ended: tokio::sync::watch::channel(0).0,
+            throttled: Default::default(),
         })
+    }
+
+    /// Changes whenever a session ends (logout, user change, expiry).
+    pub fn ended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ended.subscribe()
+    }
+
+    fn bump_ended(&self) {
+        self.ended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether the session of `token` is still live, without refreshing its idle timer
+    /// (a live event stream is not user activity).
+    pub fn is_live(&self, token: &str) -> Result<bool, StoreError> {
+        let key = token_key(token);
+        let Some(s) = crate::store::get_json::<Session>(&self.tree, &key)? else {
+            return Ok(false);
+        };
+        let now = crate::clock::now_millis();
+        Ok(now < s.last_seen_ms + self.idle.as_millis() as i64
+            && now < s.created_ms + self.max.as_millis() as i64)
     }
 
     /// The absolute lifetime (cookie `Max-Age`).
@@ -165,6 +194,7 @@ impl Sessions {
         let abs_end = s.created_ms + self.max.as_millis() as i64;
         if now >= idle_end || now >= abs_end {
             self.tree.remove(key.as_bytes())?;
+            self.bump_ended();
             return Ok(None);
         }
         // Write the new idle timer at most once a second.
@@ -178,6 +208,7 @@ impl Sessions {
     /// Ends the session of a token.
     pub fn remove(&self, token: &str) -> Result<(), StoreError> {
         self.tree.remove(token_key(token).as_bytes())?;
+        self.bump_ended();
         Ok(())
     }
 
@@ -193,6 +224,7 @@ impl Sessions {
                 }
             }
         }
+        self.bump_ended();
         Ok(n)
     }
 
@@ -278,6 +310,33 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_sessions_are_announced_and_liveness_does_not_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s =
+            Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
+        let mut ended = s.ended();
+        let (a, _) = s.create("ana", Role::Radiologist, "").unwrap();
+        let (b, _) = s.create("bea", Role::Radiologist, "").unwrap();
+        assert!(s.is_live(&a).unwrap());
+        assert!(!ended.has_changed().unwrap());
+        s.remove(&a).unwrap();
+        assert!(ended.has_changed().unwrap(), "logout announced");
+        ended.mark_unchanged();
+        assert!(!s.is_live(&a).unwrap());
+        s.remove_user("bea").unwrap();
+        assert!(ended.has_changed().unwrap(), "user change announced");
+        assert!(!s.is_live(&b).unwrap());
+        // Asking whether a session lives is not activity: it still idles out.
+        let (c, _) = s.create("cy", Role::Radiologist, "").unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = s.is_live(&c).unwrap();
+        }
+        assert!(!s.is_live(&c).unwrap(), "idle expiry despite the checks");
+    }
 
     #[test]
     fn tokens_are_stored_hashed_and_sessions_expire() {

@@ -1,0 +1,499 @@
+//! The HTTPS console against hostile clients, over real TLS sockets on loopback (client
+//! source addresses from 127.0.0.0/8): hundreds of TLS connections that never send a
+//! request, a flood from one address, uploads that are too large, too many or stall,
+//! event streams that must end with their session, and a password spray.
+
+mod common;
+
+use common::*;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+const PW: &str = "correct horse battery staple";
+
+type Tls = TlsStream<tokio::net::TcpStream>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `127.0.0.n`.
+fn lo(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, n)
+}
+
+/// A TLS connection to `addr` from source address `src` (handshake done), or the error
+/// (a refused connection is closed by the server before or during the handshake).
+async fn tls_from(src: Ipv4Addr, addr: SocketAddr) -> io::Result<Tls> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+    let tcp = sock.connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(io::Error::other)?;
+    let connector = TlsConnector::from(insecure_tls_client());
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+/// Reads until the server closes; the bytes read (a reset after data counts as closed).
+async fn read_to_close(s: &mut Tls) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One request (`Connection: close`) from `src`; the parsed answer.
+async fn request_from(src: Ipv4Addr, addr: SocketAddr, head: &str, body: &[u8]) -> HttpResponse {
+    let mut s = tls_from(src, addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("send headers");
+    s.write_all(body).await.expect("send body");
+    let raw = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut s))
+        .await
+        .expect("answer in time");
+    parse_http_response(&raw).expect("an HTTP answer")
+}
+
+async fn healthz_from(src: Ipv4Addr, addr: SocketAddr) -> (HttpResponse, Duration) {
+    let t = Instant::now();
+    let head = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let r = request_from(src, addr, head, b"").await;
+    (r, t.elapsed())
+}
+
+/// Waits until the server closes `s`; how long that took, or `None` after `limit`.
+async fn closed_within(s: &mut Tls, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    tokio::time::timeout(limit, read_to_close(s))
+        .await
+        .ok()
+        .map(|_| t.elapsed())
+}
+
+#[test]
+fn idle_tls_connections_do_not_lock_out_healthz_and_are_closed_after_the_header_read_timeout() {
+    const HEADER_READ: u64 = 6;
+    let d = Daemon::builder()
+        .config(
+            "console",
+            "header_read_timeout_secs",
+            &HEADER_READ.to_string(),
+        )
+        .start();
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        // 320 connections (more than the old limit of 256) from 8 addresses, 40 each:
+        // TLS done, not one byte of HTTP.
+        let t0 = Instant::now();
+        let mut idle: Vec<(Tls, Instant)> = Vec::new();
+        for batch in 0..10usize {
+            let tries = (0..32usize).map(|i| tls_from(lo(10 + ((batch * 32 + i) % 8) as u8), addr));
+            for r in futures::future::join_all(tries).await {
+                idle.push((r.expect("idle connection accepted"), Instant::now()));
+            }
+        }
+        let opened = t0.elapsed();
+        // /healthz from another address answers within 1 s, every time.
+        let mut worst = Duration::ZERO;
+        for _ in 0..5 {
+            let (r, took) = healthz_from(lo(99), addr).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            worst = worst.max(took);
+        }
+        assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(HEADER_READ),
+            "opening {} connections took {opened:?}: /healthz was not measured while all \
+             were held",
+            idle.len()
+        );
+        // Every idle connection is closed after the header-read timeout, not before.
+        let waits = idle.into_iter().map(|(mut s, since)| async move {
+            closed_within(&mut s, Duration::from_secs(HEADER_READ + 10))
+                .await
+                .map(|_| since.elapsed())
+        });
+        let closed = futures::future::join_all(waits).await;
+        let header_read = Duration::from_secs(HEADER_READ);
+        for (i, c) in closed.iter().enumerate() {
+            let after = c.unwrap_or_else(|| panic!("idle connection {i} still open"));
+            assert!(
+                after >= header_read - Duration::from_millis(300)
+                    && after <= header_read + Duration::from_secs(4),
+                "idle connection {i} closed after {after:?}, header-read timeout {header_read:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let d = Daemon::builder()
+        .config("console", "idle_timeout_secs", "3")
+        .config("console", "header_read_timeout_secs", "10")
+        .start();
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        let mut s = tls_from(lo(1), addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(15).any(|w| w == b"{\"status\":\"ok\"}") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let answered = Instant::now();
+        let took = closed_within(&mut s, Duration::from_secs(15))
+            .await
+            .expect("an idle keep-alive connection is closed");
+        let after = answered.elapsed();
+        assert!(
+            after >= Duration::from_millis(2700) && after <= Duration::from_secs(6),
+            "closed {after:?} after the answer ({took:?}); idle timeout 3 s"
+        );
+    });
+}
+
+/// Opens `GET /api/v1/events` with `cookie`; the reader after the `ready` event.
+fn open_event_stream(d: &Daemon, cookie: &str) -> BufReader<impl io::Read> {
+    let mut s = tls_connect(d.console_addr(), Duration::from_secs(30)).unwrap();
+    write!(
+        s,
+        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "event stream answered {line}");
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended early");
+        if line.contains("event:ready") || line.contains("event: ready") {
+            return r;
+        }
+    }
+}
+
+/// Reads the stream until the server ends it; how long that took, or `None` after
+/// `limit` (the reader's socket has a 30 s read timeout).
+fn stream_end_within(r: &mut BufReader<impl io::Read>, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return Some(t.elapsed()),
+            // A close without close_notify after the last chunk.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(t.elapsed()),
+            Err(_) => return None,
+            Ok(_) if t.elapsed() > limit => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn an_event_stream_gets_keep_alive_comments_and_outlives_the_idle_timeout() {
+    let d = Daemon::builder()
+        .config("console", "idle_timeout_secs", "2")
+        .config("console", "header_read_timeout_secs", "2")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    let rita = d.login("rita", PW);
+    let mut r = open_event_stream(&d, &rita.cookie);
+    let opened = Instant::now();
+    let mut line = String::new();
+    let comment_at = loop {
+        line.clear();
+        let n = r.read_line(&mut line).expect("the stream stays open");
+        assert!(n > 0, "the stream ended after {:?}", opened.elapsed());
+        if line.trim_end().starts_with(':') {
+            break opened.elapsed();
+        }
+    };
+    assert!(
+        comment_at >= Duration::from_secs(14) && comment_at <= Duration::from_secs(17),
+        "keep-alive comment after {comment_at:?}"
+    );
+    // Still open long after the idle timeout: a second comment arrives.
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).expect("still open") > 0);
+        if line.trim_end().starts_with(':') {
+            break;
+        }
+    }
+    assert!(opened.elapsed() >= Duration::from_secs(29));
+}
+
+#[test]
+fn event_streams_end_at_logout_user_disable_role_change_and_session_expiry() {
+    let d = Daemon::start();
+    for (name, role) in [
+        ("rita", "radiologist"),
+        ("rex", "radiologist"),
+        ("ada", "admin"),
+    ] {
+        d.add_user(name, role, PW);
+    }
+    let ada = d.login("ada", PW);
+    let quick = Duration::from_secs(3);
+
+    let rita = d.login("rita", PW);
+    let mut r = open_event_stream(&d, &rita.cookie);
+    assert_eq!(
+        rita.send("POST", "/api/v1/logout", &serde_json::json!({}))
+            .status,
+        200
+    );
+    let t = stream_end_within(&mut r, quick).expect("stream ended at logout");
+    assert!(t < quick, "ended {t:?} after logout");
+
+    let rita = d.login("rita", PW);
+    let mut r = open_event_stream(&d, &rita.cookie);
+    let put = ada.send(
+        "PUT",
+        "/api/v1/users/rita",
+        &serde_json::json!({"disabled": true}),
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    stream_end_within(&mut r, quick).expect("stream ended when the user was disabled");
+
+    let rex = d.login("rex", PW);
+    let mut r = open_event_stream(&d, &rex.cookie);
+    let put = ada.send(
+        "PUT",
+        "/api/v1/users/rex",
+        &serde_json::json!({"role": "technician"}),
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    stream_end_within(&mut r, quick).expect("stream ended at the role change");
+
+    // Idle expiry: the stream is not activity, so the session ends 3 s after login and
+    // the stream with it (checked every 5 s).
+    let d = Daemon::builder()
+        .config("console", "session_idle_secs", "3")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    let rita = d.login("rita", PW);
+    let mut r = open_event_stream(&d, &rita.cookie);
+    let t = stream_end_within(&mut r, Duration::from_secs(12))
+        .expect("stream ended when the session expired");
+    assert!(t <= Duration::from_secs(9), "ended {t:?} after opening");
+}
+
+#[test]
+fn per_address_and_total_connection_caps_refuse_the_excess_only() {
+    let d = Daemon::builder()
+        .config("console", "max_connections_per_address", "4")
+        .config("console", "max_connections", "6")
+        .config("console", "max_event_streams", "6")
+        .start();
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        let mut from2 = Vec::new();
+        for _ in 0..4 {
+            from2.push(
+                tls_from(lo(2), addr)
+                    .await
+                    .expect("within the per-address cap"),
+            );
+        }
+        // Connection 5 from the same address is closed at once...
+        assert!(
+            tls_from(lo(2), addr).await.is_err(),
+            "a fifth connection from 127.0.0.2 was accepted"
+        );
+        // ...while another address still gets in.
+        let (r, took) = healthz_from(lo(3), addr).await;
+        assert_eq!(r.status, 200);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        // The total cap: 4 + 2 held, a third address is refused.
+        let _from3 = [
+            tls_from(lo(3), addr).await.unwrap(),
+            tls_from(lo(3), addr).await.unwrap(),
+        ];
+        assert!(tls_from(lo(4), addr).await.is_err(), "over the total cap");
+        // A connection that closes gives its slot back.
+        drop(from2.pop());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(healthz_from(lo(2), addr).await.0.status, 200);
+    });
+    // Refusals are logged (one warning per minute at most, the rest counted).
+    let log = d.log();
+    assert!(
+        log.contains("refused (4 slots already in use by this client)"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("WARN  duli::console::server").count(),
+        1,
+        "{log}"
+    );
+}
+
+fn upload_head(s: &ConsoleSession, length: Option<usize>) -> String {
+    let length = match length {
+        Some(n) => format!("Content-Length: {n}\r\n"),
+        None => "Transfer-Encoding: chunked\r\n".into(),
+    };
+    format!(
+        "POST /api/v1/uploads?name=x.png HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\
+         X-CSRF-Token: {}\r\nContent-Type: image/png\r\n{length}Connection: close\r\n\r\n",
+        s.cookie, s.csrf
+    )
+}
+
+#[test]
+fn uploads_over_the_limit_get_413_a_third_concurrent_one_429_and_stalled_ones_408() {
+    let d = Daemon::builder()
+        .config("console", "max_upload_mb", "1")
+        .config("console", "header_read_timeout_secs", "4")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    d.add_user("theo", "technician", PW);
+    let rita = d.login("rita", PW);
+    let theo = d.login("theo", PW);
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        // Declared too large: refused before any body is read.
+        let r = request_from(lo(1), addr, &upload_head(&rita, Some(2 << 20)), b"").await;
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert!(r.text().contains("at most 1 MB"), "{}", r.text());
+
+        // Chunked, no declared length: refused once the bytes pass 1 MB, and the
+        // connection closed (the client cannot push the rest of its 64 MB).
+        let mut s = tls_from(lo(1), addr).await.unwrap();
+        s.write_all(upload_head(&rita, None).as_bytes())
+            .await
+            .unwrap();
+        let (mut rd, mut wr) = tokio::io::split(s);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0x42u8; 64 * 1024];
+            let mut sent = 0usize;
+            for _ in 0..1024 {
+                let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut raw)).await;
+        let r = parse_http_response(&raw).expect("an answer");
+        assert_eq!(r.status, 413, "{}", r.text());
+        let sent = writer.await.unwrap();
+        assert!(
+            sent < 32 << 20,
+            "the server read {sent} bytes of a 64 MB upload over a 1 MB limit"
+        );
+
+        // Two uploads of one user in progress (headers sent, body stalled)...
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut s = tls_from(lo(1), addr).await.unwrap();
+            s.write_all(upload_head(&rita, Some(1000)).as_bytes())
+                .await
+                .unwrap();
+            s.write_all(b"\x89PNG").await.unwrap();
+            stalled.push((s, Instant::now()));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...a third of the same user is refused with 429, before its body is read.
+        let r = request_from(lo(1), addr, &upload_head(&rita, Some(10)), b"0123456789").await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(r.headers.contains_key("retry-after"));
+        // Another user is not affected (the upload itself is refused: not an image).
+        let r = request_from(lo(1), addr, &upload_head(&theo, Some(10)), b"0123456789").await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        // The stalled uploads are answered 408 after the stall limit, freeing their slots.
+        for (mut s, since) in stalled {
+            let raw = tokio::time::timeout(Duration::from_secs(15), read_to_close(&mut s))
+                .await
+                .expect("a stalled upload is ended");
+            let r = parse_http_response(&raw).expect("an answer");
+            assert_eq!(r.status, 408, "{}", r.text());
+            let after = since.elapsed();
+            assert!(after >= Duration::from_millis(3500), "408 after {after:?}");
+        }
+        let r = request_from(lo(1), addr, &upload_head(&rita, Some(10)), b"0123456789").await;
+        assert_eq!(r.status, 400, "slots came back: {}", r.text());
+    });
+}
+
+fn audit_records(admin: &ConsoleSession) -> Vec<serde_json::Value> {
+    admin.get("/api/v1/audit?limit=1000").json()["records"]
+        .as_array()
+        .expect("records")
+        .clone()
+}
+
+#[test]
+fn a_password_spray_of_throttled_logins_adds_o1_audit_records() {
+    let mut d = Daemon::start();
+    d.add_user("rita", "radiologist", PW);
+    d.add_user("ada", "admin", PW);
+    let addr = d.console_addr();
+    let ada = d.login("ada", PW);
+    let before = audit_records(&ada).len();
+    // Five free failures (each audited), then 60 throttled attempts.
+    for _ in 0..5 {
+        assert_eq!(console_login_raw(addr, "rita", "guess").status, 401);
+    }
+    // Then a spray: 60 attempts as fast as they come. The account's backoff lets one
+    // through now and then (a 401, audited like any failure); the rest are throttled.
+    let (mut throttled, mut failed) = (0usize, 0usize);
+    for i in 0..60 {
+        let r = console_login_raw(addr, "rita", &format!("guess{i}"));
+        match r.status {
+            429 => throttled += 1,
+            401 => failed += 1,
+            s => panic!("login answered {s}: {}", r.text()),
+        }
+    }
+    assert!(throttled >= 40, "only {throttled} of 60 throttled");
+    let added = audit_records(&ada).len() - before;
+    assert!(
+        added <= 5 + failed + 2,
+        "{throttled} throttled logins added {added} audit records ({} failures)",
+        5 + failed
+    );
+    // At shutdown the open window is summed up in one record with the exact count.
+    d.terminate(Duration::from_secs(20));
+    d.restart();
+    let ada = d.login("ada", PW);
+    let records = audit_records(&ada);
+    let summary = records
+        .iter()
+        .filter(|r| r["action"] == "login_failed")
+        .find_map(|r| {
+            r["detail"]
+                .as_str()
+                .filter(|t| t.contains("throttled login attempts"))
+        })
+        .unwrap_or_else(|| panic!("no summary record in {records:?}"));
+    assert!(
+        summary.starts_with(&format!("{throttled} throttled login attempts"))
+            && summary.contains("rita"),
+        "{summary}"
+    );
+}
