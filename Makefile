@@ -5,13 +5,14 @@
 #   make test-long  the test suite with the long crash rounds
 #   make bench      the ingest benchmark (see bench/README.md)
 #   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
+#   make bench-hostile  C-ECHO beside 500 silent connections, duli and Orthanc (bench/README.md)
 #   make lint       rustfmt and clippy, warnings are errors
 
 CARGO ?= cargo
 SHELL := /bin/bash
 BENCH_FILES ?= 60
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr lint fmt models
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile lint fmt models
 
 all: build
 
@@ -66,6 +67,10 @@ bench: test-env
 bench-qr: test-env
 	$(CARGO) build --release -p duli
 	bench/qr.sh
+
+bench-hostile: test-env
+	$(CARGO) build --release -p duli
+	.venv/bin/python bench/hostile_dicom.py target/release/duli
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -154,7 +154,7 @@ def main():
     for peer in args.peers.split(","):
         root = os.path.join(work, peer)
         if peer == "duli":
-            started = start_duli(root, args.duli)
+            started = start_duli(root, os.path.abspath(args.duli) if args.duli else "")
             called = "DULI"
         elif peer == "orthanc":
             started = start_orthanc(root)
