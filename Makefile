@@ -5,7 +5,8 @@
 #   make test-long  the test suite with the long crash rounds
 #   make bench      the ingest benchmark (see bench/README.md)
 #   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
-#   make bench-hostile  C-ECHO beside 500 silent connections, duli and Orthanc (bench/README.md)
+#   make bench-hostile  C-ECHO beside 500 silent connections and /healthz beside 1,000 idle
+#                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
 #   make lint       rustfmt and clippy, warnings are errors
 
 CARGO ?= cargo
@@ -71,6 +72,8 @@ bench-qr: test-env
 bench-hostile: test-env
 	$(CARGO) build --release -p duli
 	.venv/bin/python bench/hostile_dicom.py target/release/duli
+	.venv/bin/python bench/hostile_https.py
+	$(CARGO) test -q -p duli --test hostile -- --nocapture 2>&1 | grep -E "peak RSS|test result"
 
 lint:
 	$(CARGO) fmt --all -- --check
