@@ -5,9 +5,7 @@
 
 use crate::config::Config;
 use crate::control::{self, Request, Response};
-use ring::digest::{Context, SHA256};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The outcome of one check.
@@ -123,7 +121,8 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
 }
 
 /// The model check: no manifest means no model is provisioned (passes); a manifest must
-/// parse, and every file it lists with a `sha256` must exist and match.
+/// load as the inference stage loads it, and its network and weights files must match
+/// their SHA-256 (the manifest's `sha256` and `weights_sha256`).
 pub fn model_check(manifest: &Path) -> Check {
     let name = "model";
     if !manifest.exists() {
@@ -133,117 +132,62 @@ pub fn model_check(manifest: &Path) -> Check {
             detail: format!("none provisioned ({} absent)", manifest.display()),
         };
     }
-    let text = match std::fs::read_to_string(manifest) {
-        Ok(t) => t,
-        Err(e) => {
-            return Check {
-                name,
-                ok: false,
-                detail: format!("{}: {e}", manifest.display()),
-            }
-        }
-    };
-    let table: toml::Table = match text.parse() {
-        Ok(t) => t,
-        Err(e) => {
-            return Check {
-                name,
-                ok: false,
-                detail: format!("{}: {}", manifest.display(), e.message()),
-            }
-        }
-    };
-    let base = manifest.parent().unwrap_or(Path::new("."));
-    let mut files = Vec::new();
-    hashed_files(&table, base, &mut files);
-    let mut checked = 0;
-    for (path, want) in files {
-        match sha256_file(&path) {
-            Ok(got) if got.eq_ignore_ascii_case(&want) => checked += 1,
-            Ok(got) => {
-                return Check {
-                    name,
-                    ok: false,
-                    detail: format!(
-                        "{}: SHA-256 {got} does not match the manifest's {want}",
-                        path.display()
-                    ),
-                }
-            }
-            Err(e) => {
-                return Check {
-                    name,
-                    ok: false,
-                    detail: format!("{}: {e}", path.display()),
-                }
-            }
-        }
+    let verified = crate::infer::Manifest::load(manifest)
+        .map_err(|e| e.to_string())
+        .and_then(|m| m.verify_files().map(|_| m).map_err(|e| e.to_string()));
+    match verified {
+        Ok(m) => Check {
+            name,
+            ok: true,
+            detail: format!(
+                "{} {} ({}): network and weights match their SHA-256 \
+                 (this check does not load the model)",
+                m.name,
+                m.version,
+                manifest.display()
+            ),
+        },
+        Err(e) => Check {
+            name,
+            ok: false,
+            detail: format!("{}: {e}", manifest.display()),
+        },
     }
-    Check {
-        name,
-        ok: true,
-        detail: format!(
-            "manifest {} present, {checked} weight file(s) match their SHA-256 \
-             (this build has no inference engine: the model is not loaded)",
-            manifest.display()
-        ),
-    }
-}
-
-/// Collects `(file, sha256)` from every table holding a `sha256` string next to a path
-/// under one of the usual keys.
-fn hashed_files(table: &toml::Table, base: &Path, out: &mut Vec<(PathBuf, String)>) {
-    if let Some(sha) = table.get("sha256").and_then(|v| v.as_str()) {
-        for key in ["weights", "bin", "path", "file"] {
-            if let Some(p) = table.get(key).and_then(|v| v.as_str()) {
-                out.push((base.join(p), sha.to_string()));
-                break;
-            }
-        }
-    }
-    for value in table.values() {
-        if let Some(inner) = value.as_table() {
-            hashed_files(inner, base, out);
-        }
-    }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut ctx = Context::new(&SHA256);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(hex::encode(ctx.finish().as_ref()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::digest::SHA256;
 
     #[test]
-    fn model_check_hashes_listed_weights() {
+    fn model_check_verifies_network_and_weights_like_the_inference_stage() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("model.toml");
-        assert!(model_check(&manifest).ok);
-        std::fs::write(dir.path().join("w.bin"), b"weights").unwrap();
-        let good = sha256_file(&dir.path().join("w.bin")).unwrap();
-        std::fs::write(
-            &manifest,
-            format!("[files]\nweights = \"w.bin\"\nsha256 = \"{good}\"\n"),
+        assert!(model_check(&manifest).ok, "absent: none provisioned");
+        let sha = |b: &[u8]| hex::encode(ring::digest::digest(&SHA256, b).as_ref());
+        std::fs::write(dir.path().join("net.xml"), b"network").unwrap();
+        std::fs::write(dir.path().join("net.bin"), b"weights").unwrap();
+        let shipped = std::fs::read_to_string(
+            crate::locate::source_root()
+                .unwrap()
+                .join(crate::locate::DEFAULT_MODEL),
         )
         .unwrap();
+        let table: toml::Table = shipped.parse().unwrap();
+        let file = table["file"].as_table().unwrap();
+        let text = shipped
+            .replace(file["path"].as_str().unwrap(), "net.xml")
+            .replace(file["weights"].as_str().unwrap(), "net.bin")
+            .replace(file["sha256"].as_str().unwrap(), &sha(b"network"))
+            .replace(file["weights_sha256"].as_str().unwrap(), &sha(b"weights"));
+        std::fs::write(&manifest, text).unwrap();
         let c = model_check(&manifest);
         assert!(c.ok, "{c:?}");
-        assert!(c.detail.contains("1 weight file"), "{c:?}");
-        std::fs::write(dir.path().join("w.bin"), b"weightz").unwrap();
+        // The weights are checked against their own hash, not the network's.
+        std::fs::write(dir.path().join("net.bin"), b"weightz").unwrap();
         let c = model_check(&manifest);
-        assert!(!c.ok && c.detail.contains("does not match"), "{c:?}");
+        assert!(!c.ok && c.detail.contains("net.bin"), "{c:?}");
         std::fs::write(&manifest, "not toml [").unwrap();
         assert!(!model_check(&manifest).ok);
     }
