@@ -294,6 +294,11 @@ fn repeated_refusals_end_the_association() {
     }
     let ended = peer.command().unwrap_err();
     assert!(ended.to_string().contains("AbortRQ"), "{ended}");
+    // The abort is logged just after it is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.log().contains("8 refused requests") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(d.log().contains("8 refused requests"), "{}", d.log());
 }
 

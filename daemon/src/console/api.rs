@@ -1227,9 +1227,10 @@ async fn upload_file(c: &Console, req: Request, s: &Session) -> Result<Response,
     let filename = req.query.get("name").cloned().unwrap_or_default();
     let size = req.body.len();
     let (store, root, name) = (c.store.clone(), c.uid_root.clone(), filename.clone());
+    let max_pixels = c.max_pixels;
     let body = req.body;
     let stored = tokio::task::spawn_blocking(move || {
-        let p = upload::prepare(&body, &name, &root)
+        let p = upload::prepare(&body, &name, &root, max_pixels)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let rec = crate::results::store_as(&store, &p.object, upload::UPLOAD_AE, false)
             .map_err(|e| ApiError::Internal(format!("store the upload: {e}")))?;

@@ -116,7 +116,12 @@ pub fn name_component(filename: &str) -> String {
 }
 
 /// Builds the object to store from the uploaded bytes.
-pub fn prepare(bytes: &[u8], filename: &str, uid_root: &str) -> Result<Prepared, UploadError> {
+pub fn prepare(
+    bytes: &[u8],
+    filename: &str,
+    uid_root: &str,
+    max_pixels: u64,
+) -> Result<Prepared, UploadError> {
     if bytes.is_empty() {
         return Err(UploadError::Empty);
     }
@@ -125,7 +130,7 @@ pub fn prepare(bytes: &[u8], filename: &str, uid_root: &str) -> Result<Prepared,
         return from_dicom(bytes, id);
     }
     let format = sniff(bytes).ok_or(UploadError::UnknownFormat)?;
-    from_image(bytes, format, filename, id)
+    from_image(bytes, format, filename, id, max_pixels)
 }
 
 /// PNG or JPEG, from the signature.
@@ -176,7 +181,11 @@ fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
     })
 }
 
-fn decode(bytes: &[u8], format: image::ImageFormat) -> Result<image::GrayImage, UploadError> {
+fn decode(
+    bytes: &[u8],
+    format: image::ImageFormat,
+    max_pixels: u64,
+) -> Result<image::GrayImage, UploadError> {
     let name = if format == image::ImageFormat::Png {
         "PNG"
     } else {
@@ -186,6 +195,16 @@ fn decode(bytes: &[u8], format: image::ImageFormat) -> Result<image::GrayImage, 
         format: name,
         reason,
     };
+    // The dimensions come from the header alone: an image over the pixel budget is never
+    // decoded (the same `inference.max_pixels` that received images are held to).
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| bad(e.to_string()))?;
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(bad(format!(
+            "{w}x{h} pixels is over the limit of {max_pixels} (inference.max_pixels)"
+        )));
+    }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -247,14 +266,17 @@ pub struct WrapHeader {
 }
 
 /// Decodes a PNG or JPEG into 8-bit grey levels (bounded in size).
-pub fn decode_image(bytes: &[u8]) -> Result<(image::GrayImage, &'static str), UploadError> {
+pub fn decode_image(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<(image::GrayImage, &'static str), UploadError> {
     let format = sniff(bytes).ok_or(UploadError::UnknownFormat)?;
     let name = if format == image::ImageFormat::Png {
         "png"
     } else {
         "jpeg"
     };
-    Ok((decode(bytes, format)?, name))
+    Ok((decode(bytes, format, max_pixels)?, name))
 }
 
 /// Wraps 8-bit grey levels as a monochrome DICOM image in explicit VR little endian.
@@ -346,8 +368,9 @@ fn from_image(
     format: image::ImageFormat,
     filename: &str,
     id: Identity,
+    max_pixels: u64,
 ) -> Result<Prepared, UploadError> {
-    let gray = decode(bytes, format)?;
+    let gray = decode(bytes, format, max_pixels)?;
     let name = name_component(filename);
     let header = WrapHeader {
         sop_class: SECONDARY_CAPTURE,
@@ -382,6 +405,7 @@ fn from_image(
 
 #[cfg(test)]
 mod tests {
+    const TEST_MAX_PIXELS: u64 = 100_000_000;
     use super::*;
     use crate::infer::dicom_image::DicomImage;
     use crate::infer::eligibility::{check, Eligibility};
@@ -399,7 +423,13 @@ mod tests {
         use crate::dataset_guard::fixtures;
         let ts = "1.2.840.10008.1.2.1";
         for body in [fixtures::nested(2000), fixtures::ut_lie()] {
-            let err = prepare(&fixtures::part10(ts, &body), "x.dcm", "2.25.").unwrap_err();
+            let err = prepare(
+                &fixtures::part10(ts, &body),
+                "x.dcm",
+                "2.25.",
+                TEST_MAX_PIXELS,
+            )
+            .unwrap_err();
             assert!(matches!(err, UploadError::BadDicom(_)), "{err}");
             let text = err.to_string();
             assert!(
@@ -411,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_png_becomes_an_analysable_monochrome_secondary_capture() {
-        let p = prepare(&png(33, 20), "dir/chest^pa.png", "2.25.").unwrap();
+        let p = prepare(&png(33, 20), "dir/chest^pa.png", "2.25.", TEST_MAX_PIXELS).unwrap();
         assert_eq!(p.format, "png");
         assert!(p.patient_id.starts_with("UPLOAD-"));
         let dir = tempfile::tempdir().unwrap();
@@ -428,7 +458,7 @@ mod tests {
         assert_eq!(s(tags::PHOTOMETRIC_INTERPRETATION), "MONOCHROME2");
         assert_eq!(s(tags::STUDY_INSTANCE_UID), p.study_uid);
         // Fresh identifiers every time.
-        let q = prepare(&png(4, 4), "a.png", "2.25.").unwrap();
+        let q = prepare(&png(4, 4), "a.png", "2.25.", TEST_MAX_PIXELS).unwrap();
         assert_ne!(q.study_uid, p.study_uid);
         assert_ne!(q.patient_id, p.patient_id);
     }
@@ -442,30 +472,50 @@ mod tests {
             image::ImageFormat::Jpeg,
         )
         .unwrap();
-        let p = prepare(&jpeg, "chest.jpg", "1.2.826.0.1.3680043.10.").unwrap();
+        let p = prepare(
+            &jpeg,
+            "chest.jpg",
+            "1.2.826.0.1.3680043.10.",
+            TEST_MAX_PIXELS,
+        )
+        .unwrap();
         assert_eq!(p.format, "jpeg");
         assert!(p.study_uid.starts_with("1.2.826.0.1.3680043.10."));
         assert!(p.study_uid.len() <= 64);
     }
 
     #[test]
+    fn an_image_over_the_pixel_budget_is_refused_from_its_header() {
+        let big = png(2000, 1000);
+        let e = prepare(&big, "big.png", "2.25.", 1_999_999).unwrap_err();
+        assert!(
+            matches!(&e, UploadError::BadImage { reason, .. } if reason.contains("2000x1000")),
+            "{e}"
+        );
+        assert!(prepare(&big, "big.png", "2.25.", 2_000_000).is_ok());
+    }
+
+    #[test]
     fn broken_and_unknown_files_are_refused_with_the_reason() {
         let mut broken = png(8, 8);
         broken.truncate(40);
-        let e = prepare(&broken, "b.png", "2.25.").unwrap_err();
+        let e = prepare(&broken, "b.png", "2.25.", TEST_MAX_PIXELS).unwrap_err();
         assert!(
             e.to_string().starts_with("the PNG image cannot be read"),
             "{e}"
         );
         assert_eq!(
-            prepare(b"hello", "x.txt", "2.25.").unwrap_err(),
+            prepare(b"hello", "x.txt", "2.25.", TEST_MAX_PIXELS).unwrap_err(),
             UploadError::UnknownFormat
         );
-        assert_eq!(prepare(b"", "x", "2.25.").unwrap_err(), UploadError::Empty);
+        assert_eq!(
+            prepare(b"", "x", "2.25.", TEST_MAX_PIXELS).unwrap_err(),
+            UploadError::Empty
+        );
         let mut fake = vec![0u8; 128];
         fake.extend_from_slice(b"DICMgarbage");
         assert!(matches!(
-            prepare(&fake, "x.dcm", "2.25.").unwrap_err(),
+            prepare(&fake, "x.dcm", "2.25.", TEST_MAX_PIXELS).unwrap_err(),
             UploadError::BadDicom(_)
         ));
     }

@@ -68,7 +68,12 @@ pub async fn run(
     let source = samples::find(samples)?;
     preflight(&config)?;
     let wrapped = config.device.data_dir.join("demo-samples");
-    let paths = samples::dicom_files(&source.dir, &wrapped, &config.dicom.uid_root)?;
+    let paths = samples::dicom_files(
+        &source.dir,
+        &wrapped,
+        &config.dicom.uid_root,
+        config.inference.max_pixels,
+    )?;
     if paths.is_empty() {
         bail!(
             "no DICOM files or PNG/JPEG images in {} ({}); run `make models` or pass --samples FOLDER",

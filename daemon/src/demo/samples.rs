@@ -100,7 +100,12 @@ fn is_image(path: &Path) -> bool {
 
 /// The DICOM files to send from `dir`: DICOM files as they are, PNG/JPEG images wrapped as
 /// DX files into `out` (kept between runs: an image already wrapped is not wrapped again).
-pub fn dicom_files(dir: &Path, out: &Path, uid_root: &str) -> Result<Vec<PathBuf>> {
+pub fn dicom_files(
+    dir: &Path,
+    out: &Path,
+    uid_root: &str,
+    max_pixels: u64,
+) -> Result<Vec<PathBuf>> {
     let mut files = crate::scu::collect_files(&[dir.to_path_buf()]);
     files.sort();
     let mut result = Vec::new();
@@ -113,8 +118,8 @@ pub fn dicom_files(dir: &Path, out: &Path, uid_root: &str) -> Result<Vec<PathBuf
         let header = header_for(&bytes, uid_root);
         let dest = out.join(format!("{}.dcm", header.instance_uid));
         if !dest.is_file() {
-            let (gray, _) =
-                decode_image(&bytes).with_context(|| format!("sample image {}", f.display()))?;
+            let (gray, _) = decode_image(&bytes, max_pixels)
+                .with_context(|| format!("sample image {}", f.display()))?;
             let obj = wrap_gray(gray, &header)
                 .with_context(|| format!("wrap sample image {}", f.display()))?;
             std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
@@ -194,9 +199,9 @@ mod tests {
         std::fs::write(src.join("a.jpeg"), jpeg(64, 48)).unwrap();
         std::fs::write(src.join("b.jpg"), jpeg(50, 40)).unwrap();
         let out = dir.path().join("out");
-        let files = dicom_files(&src, &out, "1.2.3.").unwrap();
+        let files = dicom_files(&src, &out, "1.2.3.", 100_000_000).unwrap();
         assert_eq!(files.len(), 2);
-        let again = dicom_files(&src, &out, "1.2.3.").unwrap();
+        let again = dicom_files(&src, &out, "1.2.3.", 100_000_000).unwrap();
         assert_eq!(files, again, "the same images give the same UIDs");
         let img = DicomImage::open(&files[0]).unwrap();
         let h = img.header();
