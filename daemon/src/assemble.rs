@@ -305,7 +305,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_added_without_an_association_completes_after_the_quiet_period() {
-        let (_dir, store) = store_with("7", "7.1", crate::clock::now_secs());
+        // Received "later than now", as in the test above: the start-up re-arm (whole
+        // seconds) must not complete the study before the test's own event.
+        let (_dir, store) = store_with("7", "7.1", crate::clock::now_secs() + 60);
         let (tx, mut rx) = mpsc::channel(4);
         let (etx, erx) = mpsc::channel(4);
         tokio::spawn(StudyTracker::new(store.clone(), Duration::from_millis(200), tx).run(erx));
