@@ -25,8 +25,11 @@ use crate::qr::{matching, query};
 use crate::ul::framing::PduReader;
 use crate::ul::negotiate;
 
+/// A fuzz entry point: takes any bytes, returns nothing, must never panic or hang.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (also the folder of its corpus under `fuzz/corpus/`) and entry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("pdu", pdu),
     ("dimse", dimse),
     ("store_header", store_header),
