@@ -5,29 +5,10 @@
 
 mod common;
 
+use common::inference::inference_available;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Whether the OpenVINO runtime and the default model are here (a SKIP line otherwise).
-fn inference_available() -> bool {
-    for (file, fix) in [
-        (
-            ".cache/openvino/libs/libopenvino_c.so",
-            "OpenVINO runtime absent (scripts/setup-openvino.sh)",
-        ),
-        (
-            "models/pneumonia-xception/pneumonia_xception_fp16.bin",
-            "model weights absent (scripts/setup-models.sh)",
-        ),
-    ] {
-        if !repo_root().join(file).exists() {
-            skip(fix);
-            return false;
-        }
-    }
-    true
-}
 
 /// `<dir>/NORMAL` and `<dir>/PNEUMONIA` with the 16 sample PNGs and their 16 DICOM
 /// copies (explicit VR LE), by their label in `png/labels.csv`. Returns the files.

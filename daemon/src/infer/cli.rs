@@ -34,6 +34,9 @@ pub fn json_line(file: &Path, sop: Option<&str>, r: &ImageResult) -> serde_json:
     if let Some(reason) = &r.reason {
         v["reason"] = json!(reason);
     }
+    if let Some(caveat) = &r.caveat {
+        v["caveat"] = json!(caveat);
+    }
     v
 }
 
