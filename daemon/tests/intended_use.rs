@@ -5,36 +5,16 @@
 
 mod common;
 
-use common::inference::inference_available;
+use common::inference::{inference_available, make_dx_study};
 use common::ris::{aa, scripted_ris};
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PW: &str = "correct horse battery staple";
 const NOT_APPLICABLE: &str = "age 45 y outside the model's 1\u{2013}5 y";
 const CAVEAT: &str = "patient age unknown: the model is intended for 1\u{2013}5 y";
-
-/// One 256×256 chest DX study made by tests/tools/make_dx.py with `args`; its file.
-fn make_study(dir: &Path, prefix: &str, args: &[&str]) -> Option<PathBuf> {
-    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
-    let out = dir.join(prefix);
-    let mut all = vec![
-        out.to_str().unwrap(),
-        "--rows",
-        "256",
-        "--cols",
-        "256",
-        "--prefix",
-        prefix,
-    ];
-    all.extend_from_slice(args);
-    let mut cmd = python_script(&script, &all)?;
-    run(&mut cmd, Duration::from_secs(120)).assert_success("make_dx.py");
-    Some(out.join("img00000.dcm"))
-}
 
 #[test]
 fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
@@ -43,13 +23,13 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     }
     let Some(mq) = Mosquitto::start() else { return };
     let dir = temp_dir("intended-use");
-    let Some(adult) = make_study(dir.path(), "A", &["--outside-every", "1"]) else {
+    let Some(adult) = make_dx_study(dir.path(), "A", &["--outside-every", "1"]) else {
         return;
     };
-    let Some(unknown) = make_study(dir.path(), "U", &["--age", "none"]) else {
+    let Some(unknown) = make_dx_study(dir.path(), "U", &["--age", "none"]) else {
         return;
     };
-    let Some(child) = make_study(dir.path(), "C", &[]) else {
+    let Some(child) = make_dx_study(dir.path(), "C", &[]) else {
         return;
     };
     let (hl7_port, hl7) = scripted_ris(Arc::new(|_, id: &str| aa(id)), Duration::ZERO);
