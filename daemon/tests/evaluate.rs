@@ -1,11 +1,11 @@
 //! `duli evaluate` on the shared labelled samples: its AUC and DeLong interval match an
 //! independent plain-Python computation over the probabilities `duli infer` gives for the
-//! same files; unreadable files are listed, not fatal; plots are written; a set without
-//! negatives is a clear error.
+//! same files; unreadable files and studies outside the model's intended use are listed,
+//! not counted; plots are written; a set without negatives is a clear error.
 
 mod common;
 
-use common::inference::inference_available;
+use common::inference::{inference_available, make_dx_study};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +71,11 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     let files = labelled_set(&samples, &set);
     // An unreadable file is listed, not fatal; a folder naming no finding is not read.
     std::fs::write(set.join("NORMAL/truncated.png"), b"\x89PNG\r\n").unwrap();
+    // A DICOM study outside the model's intended use (an adult) is listed, not counted.
+    let Some(adult) = make_dx_study(dir.path(), "A", &["--outside-every", "1"]) else {
+        return;
+    };
+    std::fs::copy(&adult, set.join("NORMAL/adult.dcm")).unwrap();
     std::fs::create_dir(set.join("unsorted")).unwrap();
     std::fs::copy(&files[0], set.join("unsorted/x.png")).unwrap();
     let plots = dir.path().join("plots");
@@ -87,8 +92,12 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     let f = &report["findings"]["PNEUMONIA"];
     assert_eq!(f["n_pos"], 16, "{}", out.stdout);
     assert_eq!(f["n_neg"], 16);
-    assert_eq!(report["dataset"]["images"], 33);
+    assert_eq!(report["dataset"]["images"], 34);
     assert_eq!(report["dataset"]["scored"], 32);
+    let na = report["dataset"]["not_applicable"].as_array().unwrap();
+    assert_eq!(na.len(), 1, "{}", report["dataset"]);
+    assert!(na[0]["file"].as_str().unwrap().ends_with("adult.dcm"));
+    assert_eq!(na[0]["reason"], "age 45 y outside the model's 1\u{2013}5 y");
     let errors = report["dataset"]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1);
     assert!(errors[0]["file"]
