@@ -114,6 +114,22 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
         .collect();
     assert_eq!(caveats.len(), 1, "{payloads:?}");
     assert_eq!(caveats[0]["caveat"], CAVEAT);
+    // All three are valid against the published schema.
+    let bodies = dir.path().join("reports.jsonl");
+    std::fs::write(&bodies, sub.log()).unwrap();
+    let schema = repo_root().join("docs/mqtt-report.schema.json");
+    if let Some(mut check) = python_script(
+        "import json, sys, jsonschema\n\
+         v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+         lines = [json.loads(l) for l in open(sys.argv[2]) if l.startswith('{')]\n\
+         [v.validate(x) for x in lines]\n\
+         print(len(lines))",
+        &[schema.to_str().unwrap(), bodies.to_str().unwrap()],
+    ) {
+        let out = run(&mut check, Duration::from_secs(60));
+        out.assert_success("schema validation");
+        assert_eq!(out.stdout.trim(), "3");
+    }
 
     // The store, through the console's worklist and study API.
     let rita = console_login(d.console_addr(), "rita", PW);
