@@ -31,6 +31,8 @@
 //!   heartbeats that feed the watchdog.
 //! - [`privileges`]: started as root, binds the listeners then switches to the service user.
 //! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
+//! - [`evaluate`]: `duli evaluate`, the acceptance test of a model on a site's own labelled
+//!   cases (AUC with DeLong interval, operating points, calibration, plots).
 //! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
 //!   the post-update health check.
 //! - [`provision`]: `duli provision` (one-step setup, `--check` connectivity table) and
@@ -57,6 +59,7 @@ pub mod deliver;
 pub mod demo;
 pub mod diagnostics;
 pub mod dimse;
+pub mod evaluate;
 pub mod firmware_cli;
 pub mod fsutil;
 pub mod fuzz_targets;

@@ -59,6 +59,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure the model on labelled cases: AUC (DeLong 95% CI), sensitivity, specificity,
+    /// PPV, NPV, calibration. DIR holds one folder per finding plus NORMAL (negatives).
+    Evaluate {
+        #[command(flatten)]
+        opts: duli::evaluate::EvaluateOptions,
+        /// Configuration file ([inference] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
         /// Configuration file (TOML).
@@ -431,6 +440,11 @@ fn real_main() -> Result<ExitCode> {
         } => {
             let cfg = load_config(config.as_deref())?;
             let code = duli::infer::infer_files_cli(model.as_deref(), &files, &cfg.inference);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Evaluate { opts, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let code = duli::evaluate::evaluate_cli(&opts, &cfg.inference);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::CheckConfig { config } => match Config::load(Some(&config), std::env::vars()) {

@@ -184,6 +184,16 @@ pub struct ImageHeader {
     pub study_description: String,
     /// Whether the object has a Pixel Data element.
     pub has_pixels: bool,
+    /// Patient's Age (0010,1010), as written.
+    pub patient_age: String,
+    /// Patient's Birth Date (0010,0030), as written.
+    pub patient_birth_date: String,
+    /// Study Date (0008,0020), as written.
+    pub study_date: String,
+    /// Rows (0028,0010); 0 when absent.
+    pub rows: u32,
+    /// Columns (0028,0011); 0 when absent.
+    pub columns: u32,
 }
 
 /// An opened DICOM file.
@@ -246,6 +256,11 @@ impl DicomImage {
             series_description: text(&obj, tags::SERIES_DESCRIPTION),
             study_description: text(&obj, tags::STUDY_DESCRIPTION),
             has_pixels: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+            patient_age: text(&obj, tags::PATIENT_AGE),
+            patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
+            study_date: text(&obj, tags::STUDY_DATE),
+            rows: u32::try_from(count_of(&obj, tags::ROWS, 0)).unwrap_or(u32::MAX),
+            columns: u32::try_from(count_of(&obj, tags::COLUMNS, 0)).unwrap_or(u32::MAX),
         };
         Ok(DicomImage {
             obj,
