@@ -39,6 +39,8 @@
 //!   [`diagnostics`]: the support bundle.
 //! - [`cli_audit`]: audit records of command-line actions.
 //! - [`fsutil`]: atomic, permission-aware file writes.
+//! - [`fuzz_targets`]: one entry per parser of outside bytes, for the fuzzers and the
+//!   corpus replay in the test suite.
 //! - [`demo`]: the newcomer's first run; [`locate`]: where the model, the OpenVINO runtime
 //!   and the demo's samples are found when the configuration does not say.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
@@ -60,6 +62,7 @@ pub mod dimse;
 pub mod evaluate;
 pub mod firmware_cli;
 pub mod fsutil;
+pub mod fuzz_targets;
 pub mod health;
 pub mod infer;
 pub mod locate;

@@ -811,6 +811,20 @@ fn provision_apply(
 }
 
 fn main() -> ExitCode {
+    // The sandboxed pixel decoder's child process (see `duli::infer::decode_sandbox`):
+    // nothing else runs in it, so it is recognised before any start-up work.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == duli::infer::decode_sandbox::SUBCOMMAND)
+    {
+        return match (args.next(), args.next()) {
+            (Some(file), None) => {
+                duli::infer::decode_sandbox::child_main(std::path::Path::new(&file))
+            }
+            _ => ExitCode::from(2),
+        };
+    }
     match real_main() {
         Ok(code) => code,
         Err(e) => {

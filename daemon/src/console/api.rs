@@ -272,6 +272,16 @@ pub(super) fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, 
     serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// Decodes `body` as each JSON request body of the API, as its handler would (the entry
+/// point of the console's fuzz target and its corpus replay).
+pub fn fuzz_bodies(body: &[u8]) {
+    let _ = serde_json::from_slice::<LoginBody>(body);
+    let _ = serde_json::from_slice::<FeedbackBody>(body);
+    let _ = serde_json::from_slice::<UserBody>(body);
+    let _ = serde_json::from_slice::<outbox_view::RetryBody>(body);
+    let _ = serde_json::from_slice::<super::setup::SetupBody>(body);
+}
+
 /// The session of a request, when it has a valid one.
 pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
     let Some(token) = session_token(&req.headers) else {

@@ -25,6 +25,7 @@ pub mod age;
 pub mod analyse;
 pub mod backend;
 pub mod cli;
+pub mod decode_sandbox;
 pub mod dicom_image;
 pub mod display;
 pub mod eligibility;
