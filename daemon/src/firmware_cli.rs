@@ -128,6 +128,17 @@ pub fn sign(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The signer's scopes as `duli firmware verify` prints them: `root (every scope)` or the
+/// endorsed scopes, comma-separated.
+fn scopes_line(a: &duli_firmware::scope::Authority) -> String {
+    match a {
+        duli_firmware::scope::Authority::Root => "root (every scope)".into(),
+        duli_firmware::scope::Authority::Endorsed(s) => {
+            s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
 fn manifest_json(m: &Manifest) -> String {
     // Strings and integers only: serialisation cannot fail.
     serde_json::to_string_pretty(m).unwrap_or_default()
@@ -150,6 +161,7 @@ pub fn verify(cfg: &Config, bundle: &Path, keys: &[PathBuf]) -> Result<ExitCode>
         Ok(v) => {
             println!("{}", manifest_json(v.manifest()));
             println!("bundle OK: signed by key {}", v.signer());
+            println!("signer scopes: {}", scopes_line(v.authority()));
             audit(
                 &cfg.device.data_dir,
                 true,

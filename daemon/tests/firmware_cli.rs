@@ -383,3 +383,123 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     assert!(has(true, "rollback"), "{details:#?}");
     assert!(records.iter().all(|r| r.actor.starts_with("cli:")));
 }
+
+/// An endorsed key signs only what its endorsement's scopes name: a hospital group's
+/// model-pack key (format 1, or format 2 scoped `model-pack`) cannot get a root filesystem
+/// installed; a key endorsed for `rootfs` can; `verify` prints the signer's scopes.
+#[test]
+fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
+    use duli_firmware::endorsement::Endorsement;
+    use duli_firmware::scope::Scope;
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    fs::create_dir_all(b.path("keys")).unwrap();
+    fs::create_dir_all(b.path("endorsed")).unwrap();
+    for name in ["release", "site"] {
+        b.duli(
+            &[
+                "keygen",
+                "--out-dir",
+                b.path("keys").to_str().unwrap(),
+                "--name",
+                name,
+            ],
+            false,
+        )
+        .assert_success("firmware keygen");
+    }
+    let root = duli_firmware::SigningKey::read(&b.path("keys/release.pk8")).unwrap();
+    let site = duli_firmware::PublicKey::read(&b.path("keys/site.pub")).unwrap();
+    let endorse = |e: Endorsement| {
+        fs::write(b.path("endorsed/site.endorsement.json"), e.to_json()).unwrap();
+    };
+    let sign_with_site = |name: &str, kind: &str, version: &str| {
+        let img = b.path(&format!("{name}.img"));
+        fs::write(&img, pattern(20_000, 5)).unwrap();
+        let out = b.path(&format!("{name}.duli"));
+        b.duli(
+            &[
+                "sign",
+                "--key",
+                b.path("keys/site.pk8").to_str().unwrap(),
+                "--payload",
+                img.to_str().unwrap(),
+                "--kind",
+                kind,
+                "--version",
+                version,
+                "--min-version",
+                "0.0.1",
+                "--hardware",
+                HW,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            false,
+        )
+        .assert_success("firmware sign (site key)");
+        out
+    };
+    let rootfs = sign_with_site("evil-os", "rootfs", "9.0.0");
+    let pack = sign_with_site("site-pack", "model-pack", "2.0.0");
+    let slot_b = fs::read(b.path("slot-b.img")).unwrap();
+
+    for (what, e) in [
+        (
+            "format 1",
+            Endorsement::create_format1(&root, &site, "site model packs"),
+        ),
+        (
+            "format 2, model-pack",
+            Endorsement::create(&root, &site, "site model packs"),
+        ),
+    ] {
+        endorse(e);
+        let out = b.duli(&["verify", rootfs.to_str().unwrap()], true);
+        assert_eq!(out.code(), Some(3), "{what}: {}", out.combined());
+        assert!(
+            out.stderr.contains("REFUSED")
+                && out.stderr.contains("only as endorsed key (model-pack)"),
+            "{what}: {}",
+            out.stderr
+        );
+        let out = b.duli(&["install", rootfs.to_str().unwrap()], true);
+        assert_eq!(out.code(), Some(3), "{what}: {}", out.combined());
+        assert_eq!(fs::read(b.path("slot-b.img")).unwrap(), slot_b, "{what}");
+        assert_eq!(b.status()["update_pending"], false, "{what}");
+        // Its model packs still verify, and verify says what the key may sign.
+        let out = b.duli(&["verify", pack.to_str().unwrap()], true);
+        out.assert_success("verify site pack");
+        assert!(
+            out.stdout.contains("signer scopes: model-pack"),
+            "{what}: {}",
+            out.stdout
+        );
+    }
+
+    // A key endorsed for root filesystems may sign one.
+    endorse(Endorsement::create_scoped(
+        &root,
+        &site,
+        "site images",
+        &[Scope::Rootfs],
+    ));
+    let out = b.duli(&["verify", rootfs.to_str().unwrap()], true);
+    out.assert_success("verify rootfs with a rootfs-scoped key");
+    assert!(
+        out.stdout.contains("signer scopes: rootfs"),
+        "{}",
+        out.stdout
+    );
+    let out = b.duli(&["verify", pack.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    // A root key signs anything.
+    let own = b.sign("own", "rootfs", "0.3.0", "0.0.1", &pattern(1000, 6));
+    let out = b.duli(&["verify", own.to_str().unwrap()], true);
+    out.assert_success("verify root-signed rootfs");
+    assert!(
+        out.stdout.contains("signer scopes: root (every scope)"),
+        "{}",
+        out.stdout
+    );
+}

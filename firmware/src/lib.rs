@@ -4,6 +4,8 @@
 //!
 //! - [`keys`]: Ed25519 keys, the built-in trust anchor, key generation, [`TrustAnchors`].
 //! - [`endorsement`]: how a root key lets another key sign bundles.
+//! - [`scope`]: what each trusted key may sign (root keys anything, endorsed keys their
+//!   endorsement's scopes).
 //! - [`manifest`]: what a bundle states about its payload ([`Manifest`], [`Release`]).
 //! - [`bundle`]: the on-disk format (header, manifest, payload), encode/decode only.
 //! - [`sign`]: the build pipeline makes a bundle from a payload and a private key.
@@ -30,6 +32,7 @@ pub mod manifest;
 pub mod model_pack;
 pub mod policy;
 pub mod progress;
+pub mod scope;
 pub mod sign;
 pub mod slot;
 mod stream;
