@@ -94,6 +94,19 @@ impl Bench {
     }
 
     fn sign(&self, name: &str, kind: &str, version: &str, min: &str, payload: &[u8]) -> PathBuf {
+        self.sign_with("release", name, kind, version, min, payload)
+    }
+
+    /// Signs with the key pair `keys/KEY.pk8`.
+    fn sign_with(
+        &self,
+        key: &str,
+        name: &str,
+        kind: &str,
+        version: &str,
+        min: &str,
+        payload: &[u8],
+    ) -> PathBuf {
         let img = self.path(&format!("{name}.img"));
         fs::write(&img, payload).unwrap();
         let out = self.path(&format!("{name}.duli"));
@@ -101,7 +114,7 @@ impl Bench {
             &[
                 "sign",
                 "--key",
-                self.path("keys/release.pk8").to_str().unwrap(),
+                self.path(&format!("keys/{key}.pk8")).to_str().unwrap(),
                 "--payload",
                 img.to_str().unwrap(),
                 "--kind",
@@ -413,35 +426,16 @@ fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
     let endorse = |e: Endorsement| {
         fs::write(b.path("endorsed/site.endorsement.json"), e.to_json()).unwrap();
     };
-    let sign_with_site = |name: &str, kind: &str, version: &str| {
-        let img = b.path(&format!("{name}.img"));
-        fs::write(&img, pattern(20_000, 5)).unwrap();
-        let out = b.path(&format!("{name}.duli"));
-        b.duli(
-            &[
-                "sign",
-                "--key",
-                b.path("keys/site.pk8").to_str().unwrap(),
-                "--payload",
-                img.to_str().unwrap(),
-                "--kind",
-                kind,
-                "--version",
-                version,
-                "--min-version",
-                "0.0.1",
-                "--hardware",
-                HW,
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            false,
-        )
-        .assert_success("firmware sign (site key)");
-        out
-    };
-    let rootfs = sign_with_site("evil-os", "rootfs", "9.0.0");
-    let pack = sign_with_site("site-pack", "model-pack", "2.0.0");
+    let payload = pattern(20_000, 5);
+    let rootfs = b.sign_with("site", "evil-os", "rootfs", "9.0.0", "0.0.1", &payload);
+    let pack = b.sign_with(
+        "site",
+        "site-pack",
+        "model-pack",
+        "2.0.0",
+        "0.0.1",
+        &payload,
+    );
     let slot_b = fs::read(b.path("slot-b.img")).unwrap();
 
     for (what, e) in [
