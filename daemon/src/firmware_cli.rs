@@ -313,19 +313,19 @@ fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode>
                 &dest,
             )
             .and_then(|v| {
-                let json = v.manifest().to_json();
-                crate::fsutil::write_atomic(
-                    &pack_manifest_path(&dest),
-                    &json,
-                    crate::fsutil::PUBLIC,
-                    None,
-                )
-                .map_err(|e| {
+                // Root writes into the service user's folder: through the folder's
+                // descriptor, never following a link planted there.
+                let sidecar = pack_manifest_path(&dest);
+                let io = |source| {
                     UpdateError::Slot(duli_firmware::slot::SlotError::Io {
-                        path: e.path,
-                        source: e.source,
+                        path: sidecar.clone(),
+                        source,
                     })
-                })?;
+                };
+                let name = sidecar.file_name().unwrap_or_default().to_string_lossy();
+                duli_firmware::dir_write::Dir::open(sidecar.parent().unwrap_or(Path::new(".")))
+                    .and_then(|d| d.replace(&name, &v.manifest().to_json()))
+                    .map_err(io)?;
                 println!(
                     "installed model pack {} (signed by {}) at {}",
                     v.manifest().version,

@@ -71,6 +71,22 @@ impl Bench {
         run(&mut cmd, Duration::from_secs(120))
     }
 
+    /// `duli firmware keygen` into `keys/` (created if missing).
+    fn keygen(&self, name: &str) {
+        fs::create_dir_all(self.path("keys")).unwrap();
+        self.duli(
+            &[
+                "keygen",
+                "--out-dir",
+                self.path("keys").to_str().unwrap(),
+                "--name",
+                name,
+            ],
+            false,
+        )
+        .assert_success("firmware keygen");
+    }
+
     fn status(&self) -> serde_json::Value {
         let out = self.duli(&["status", "--json"], false);
         out.assert_success("firmware status");
@@ -409,17 +425,7 @@ fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
     fs::create_dir_all(b.path("keys")).unwrap();
     fs::create_dir_all(b.path("endorsed")).unwrap();
     for name in ["release", "site"] {
-        b.duli(
-            &[
-                "keygen",
-                "--out-dir",
-                b.path("keys").to_str().unwrap(),
-                "--name",
-                name,
-            ],
-            false,
-        )
-        .assert_success("firmware keygen");
+        b.keygen(name);
     }
     let root = duli_firmware::SigningKey::read(&b.path("keys/release.pk8")).unwrap();
     let site = duli_firmware::PublicKey::read(&b.path("keys/site.pub")).unwrap();
@@ -496,4 +502,58 @@ fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
         "{}",
         out.stdout
     );
+}
+
+/// Root installs model packs into a folder the service user owns: links planted there (at
+/// the temporary name, or at the pack's own name, pointing at a slot or the boot
+/// variables) are replaced, never followed; a folder that is itself a link is refused.
+#[test]
+fn root_install_of_a_model_pack_never_follows_a_planted_link() {
+    let b = Bench::new();
+    fs::create_dir_all(b.path("data/models")).unwrap();
+    b.keygen("release");
+    let slot_a = fs::read(b.path("slot-a.img")).unwrap();
+    fs::write(b.path("bootenv-copy"), b"duli_slot=A\n").unwrap();
+    std::os::unix::fs::symlink(
+        b.path("slot-a.img"),
+        b.path("data/models/.model.pack.partial"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(b.path("bootenv-copy"), b.path("data/models/model.pack")).unwrap();
+    std::os::unix::fs::symlink(
+        b.path("bootenv-copy"),
+        b.path("data/models/model.pack.manifest.json"),
+    )
+    .unwrap();
+    let pack = pattern(40_000, 11);
+    let bundle = b.sign("pack", "model-pack", "1.0.0", "0.0.1", &pack);
+    let out = b.duli(&["install", bundle.to_str().unwrap()], true);
+    out.assert_success("firmware install (model pack)");
+    assert_eq!(
+        fs::read(b.path("slot-a.img")).unwrap(),
+        slot_a,
+        "slot written"
+    );
+    assert_eq!(fs::read(b.path("bootenv-copy")).unwrap(), b"duli_slot=A\n");
+    let installed = b.path("data/models/model.pack");
+    assert!(fs::symlink_metadata(&installed)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(fs::read(&installed).unwrap(), pack);
+    assert!(!b.path("data/models/.model.pack.partial").exists());
+    let sidecar = b.path("data/models/model.pack.manifest.json");
+    assert!(fs::symlink_metadata(&sidecar)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert!(fs::read_to_string(&sidecar).unwrap().contains("1.0.0"));
+
+    // The folder itself replaced by a link to somewhere else: refused, nothing written.
+    fs::rename(b.path("data/models"), b.path("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(b.path("elsewhere"), b.path("data/models")).unwrap();
+    let newer = b.sign("pack2", "model-pack", "1.1.0", "0.0.1", &pattern(1000, 12));
+    let out = b.duli(&["install", newer.to_str().unwrap()], true);
+    assert!(!out.success(), "{}", out.combined());
+    assert_eq!(fs::read(b.path("elsewhere/model.pack")).unwrap(), pack);
 }

@@ -16,6 +16,7 @@
 //! - [`slot`]: writing the inactive slot and reading it back.
 //! - [`updater`]: the install / mark-good / rollback state machine over any backend.
 //! - [`model_pack`]: model packs, installed on the data partition instead of a slot.
+//! - [`dir_write`]: root's writes into folders the service user owns, never through a link.
 //! - [`config`]: the `[firmware]` configuration section.
 //!
 //! `firmware/README.md` documents the bundle format, key management, the boot state
@@ -26,6 +27,7 @@
 pub mod bootctl;
 pub mod bundle;
 pub mod config;
+pub mod dir_write;
 pub mod endorsement;
 pub mod keys;
 pub mod manifest;
