@@ -233,13 +233,31 @@ pub fn install(
         (None, true) => cfg.firmware.staged_bundle.clone(),
         (None, false) => anyhow::bail!("give the bundle to install, or --staged"),
     };
-    let result = install_path(cfg, &path, model_name);
+    // The staged bundle lies in the service user's folder and root reads it: only a
+    // regular file is taken (a link could point at a device, a FIFO or a secret).
+    let planted = staged && fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file());
+    let result = if planted {
+        let why = format!("{} is not a regular file", path.display());
+        eprintln!("bundle REFUSED: {why}");
+        audit(
+            &cfg.device.data_dir,
+            false,
+            software(
+                &path.display().to_string(),
+                format!("install refused: {why}"),
+                false,
+            ),
+        );
+        Ok(ExitCode::from(EXIT_REFUSED))
+    } else {
+        install_path(cfg, &path, model_name)
+    };
     if staged {
         let ok = matches!(result, Ok(ref code) if *code == ExitCode::SUCCESS);
         if ok {
             fs::remove_file(&path)
                 .with_context(|| format!("removing the installed {}", path.display()))?;
-        } else if path.exists() {
+        } else if fs::symlink_metadata(&path).is_ok() {
             let mut rejected = path.clone().into_os_string();
             rejected.push(".rejected");
             fs::rename(&path, &rejected)

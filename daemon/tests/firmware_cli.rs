@@ -549,6 +549,15 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
         .is_file());
     assert!(fs::read_to_string(&sidecar).unwrap().contains("1.0.0"));
 
+    // A staged bundle that is a link (to a slot here; a FIFO or a secret elsewhere) is
+    // refused and moved aside, never read.
+    std::os::unix::fs::symlink(b.path("slot-a.img"), b.path("data/staged.duli")).unwrap();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    assert!(fs::symlink_metadata(b.path("data/staged.duli")).is_err());
+    assert_eq!(fs::read(b.path("slot-a.img")).unwrap(), slot_a);
+
     // The folder itself replaced by a link to somewhere else: refused, nothing written.
     fs::rename(b.path("data/models"), b.path("elsewhere")).unwrap();
     std::os::unix::fs::symlink(b.path("elsewhere"), b.path("data/models")).unwrap();
