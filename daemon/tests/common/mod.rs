@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod dx;
+pub mod inference;
 pub mod link;
 pub mod ris;
 
@@ -1780,6 +1781,7 @@ pub fn record_result(
             series_instance_uid: String::new(),
             status: ImageStatus::Analysed,
             reason: None,
+            caveat: None,
             findings: findings.clone(),
             timings: Timings::default(),
             heatmap: HeatmapState::Done {
