@@ -152,10 +152,10 @@ fn refusal_audited(records: &[duli::audit::Record], calling: &str, sop: &str) ->
     })
 }
 
-/// Whether DCMTK's verbose output reports a C-STORE refused with 0124.
+/// Whether DCMTK's verbose output reports a C-STORE answered 0124 (3.6.7 prints
+/// `Received Store Response (Unknown Status: 0x124)` and exits 1).
 fn dcmtk_saw_0124(out: &ToolOutput) -> bool {
-    let text = out.combined();
-    text.contains("0x0124") || text.contains("0x124") || text.contains("Not Authorized")
+    !out.success() && out.combined().contains("Status: 0x124")
 }
 
 /// The data set of a Part 10 file (everything after the file meta group).
