@@ -178,11 +178,8 @@ fn tls_get(
 ) -> (BTreeMap<String, Vec<u8>>, Option<u64>) {
     let script = std::fs::read_to_string(repo_root().join("tests/tools/qr_client.py")).unwrap();
     let port = d.tls_port.to_string();
-    let mut cmd = python_script(
-        &script,
-        &["get", &port, out_dir.to_str().unwrap(), study],
-    )
-    .expect("the venv (checked before)");
+    let mut cmd = python_script(&script, &["get", &port, out_dir.to_str().unwrap(), study])
+        .expect("the venv (checked before)");
     cmd.env("QR_CALLING", calling)
         .env("QR_TLS_CA", &pki.ca_cert)
         .env("QR_TLS_CERT", &pki.client_cert)
@@ -251,9 +248,7 @@ fn pipeline_result_objects_survive_forged_c_stores_and_q_r_serves_ours() {
         },
     };
     let data = dir.path().join("data");
-    let mut d = tls_builder(&pki, Some(&data), &[])
-        .with_inference()
-        .start();
+    let mut d = tls_builder(&pki, Some(&data), &[]).with_inference().start();
     // The modality sends the study over TLS (DCMTK, its own certificate).
     let out = dcmtk_tls_store(&d, &pki, client(&pki), "MODALITY", &[study_file]).unwrap();
     out.assert_success("storescu --enable-tls");
@@ -329,7 +324,11 @@ fn pipeline_result_objects_survive_forged_c_stores_and_q_r_serves_ours() {
     for (sop, bytes) in &original {
         let rec = store.instance(sop).unwrap().unwrap();
         assert!(rec.generated && rec.source_ae != "MODALITY", "{rec:?}");
-        assert_eq!(&std::fs::read(data.join(&rec.path)).unwrap(), bytes, "{sop}");
+        assert_eq!(
+            &std::fs::read(data.join(&rec.path)).unwrap(),
+            bytes,
+            "{sop}"
+        );
     }
     drop(store);
     let records = audit_records(&data);
@@ -400,7 +399,12 @@ fn generated_result_objects_cannot_be_replaced_by_a_c_store_over_tls() {
     // Q/R serves ours.
     let (got, status) = tls_get(&d, &pki, "MODALITY", &study, &dir.path().join("got"));
     assert_eq!(status, Some(0));
-    assert_eq!(got.get(ours_uid), Some(&data_set(&stored)), "{:?}", got.keys());
+    assert_eq!(
+        got.get(ours_uid),
+        Some(&data_set(&stored)),
+        "{:?}",
+        got.keys()
+    );
     assert!(d.terminate(Duration::from_secs(30)).is_some());
 
     // Ours is untouched, still ours, and the attempt is on the audit trail.
@@ -412,7 +416,10 @@ fn generated_result_objects_cannot_be_replaced_by_a_c_store_over_tls() {
         assert!(!store.instance(&files[1].1).unwrap().unwrap().generated);
     }
     let records = audit_records(&data);
-    assert!(refusal_audited(&records, "INTRUDER", ours_uid), "{records:#?}");
+    assert!(
+        refusal_audited(&records, "INTRUDER", ours_uid),
+        "{records:#?}"
+    );
 }
 
 /// `dicom.plain = false` leaves only the TLS port; an AE title bound to a certificate
@@ -453,8 +460,7 @@ fn plain_port_off_and_ae_titles_bound_to_client_certificates() {
     // The AE with its own certificate is served, by pynetdicom and by DCMTK.
     let line = tls_store(&d, &pki, client(&pki), "MODALITY", &files[0].0, &[]);
     assert!(line.starts_with("STATUS 0x0000"), "{line}\n{}", d.log());
-    if let Some(out) = dcmtk_tls_store(&d, &pki, client(&pki), "MODALITY", &[files[1].0.clone()])
-    {
+    if let Some(out) = dcmtk_tls_store(&d, &pki, client(&pki), "MODALITY", &[files[1].0.clone()]) {
         out.assert_success("storescu --enable-tls with the bound certificate");
     }
     // Another certificate of the same CA claiming that AE title: rejected.

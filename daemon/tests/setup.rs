@@ -278,11 +278,7 @@ fn the_support_bundle_never_carries_the_open_setup_code() {
     )
     .unwrap();
     let shim = bin.path().join("journalctl");
-    std::fs::write(
-        &shim,
-        format!("#!/bin/sh\ncat '{}'\n", journal.display()),
-    )
-    .unwrap();
+    std::fs::write(&shim, format!("#!/bin/sh\ncat '{}'\n", journal.display())).unwrap();
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!(
         "{}:{}",
