@@ -189,8 +189,7 @@ fn tls_get(
     let last = out
         .stdout
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .last()
+        .rfind(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
     let status = last.and_then(|l| l["status"].as_u64());
     let mut got = BTreeMap::new();
