@@ -130,6 +130,27 @@ pub struct AllowedPeer {
     /// What the peer may do.
     #[serde(default = "all_permissions")]
     pub permissions: Vec<Permission>,
+    /// SHA-256 of the peer's TLS client certificate (DER), 64 hex digits (colons and case
+    /// ignored). When set, the entry matches only associations on the TLS port whose
+    /// client certificate has this fingerprint: the AE title is bound to the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+}
+
+impl AllowedPeer {
+    /// The certificate fingerprint as compared: lower-case hex without colons.
+    pub fn cert_fingerprint(&self) -> Option<String> {
+        self.cert_sha256.as_deref().map(normalise_fingerprint)
+    }
+}
+
+/// A SHA-256 fingerprint as written (`AB:CD:…` or `abcd…`) in the form compared.
+pub fn normalise_fingerprint(text: &str) -> String {
+    text.trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 fn all_permissions() -> Vec<Permission> {
@@ -171,6 +192,8 @@ pub struct DicomConfig {
     pub max_pending_per_address: usize,
     /// Seconds an association may stay silent before it is aborted.
     pub idle_timeout: u64,
+    /// Serve plain (unencrypted) DICOM on `port`; `false` leaves only the TLS port.
+    pub plain: bool,
     /// Serve DICOM TLS on `tls_port`.
     pub tls: bool,
     /// DICOM TLS port.
@@ -202,6 +225,7 @@ impl Default for DicomConfig {
             max_pending_connections: 512,
             max_pending_per_address: 32,
             idle_timeout: 120,
+            plain: true,
             tls: false,
             tls_port: 2762,
             ca: None,
@@ -609,6 +633,27 @@ impl Config {
                     "must list at least one of echo, store, find, move, get".into(),
                 );
             }
+            if let Some(fp) = peer.cert_fingerprint() {
+                let key = format!("dicom.allowed_peers[{i}].cert_sha256");
+                if fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
+                    bad(
+                        &key,
+                        "must be a SHA-256 fingerprint: 64 hex digits (colons allowed)".into(),
+                    );
+                } else if !self.dicom.tls {
+                    bad(
+                        &key,
+                        "needs dicom.tls = true (a certificate is only seen on the TLS port)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if !self.dicom.plain && !self.dicom.tls {
+            bad(
+                "dicom.plain",
+                "false needs dicom.tls = true (no DICOM port would be left)".into(),
+            );
         }
         if self.dicom.max_associations == 0 || self.dicom.max_associations > 1024 {
             bad(
@@ -1161,6 +1206,32 @@ mod tests {
             c.dicom.allowed_peers[0].permissions,
             vec![Permission::Echo, Permission::Store]
         );
+    }
+
+    #[test]
+    fn plain_port_and_certificate_bindings_are_checked() {
+        let err = |env: &[(&str, &str)]| match load_str("", env) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{env:?} accepted"),
+        };
+        // No port left at all.
+        assert!(err(&[("DULI_DICOM__PLAIN", "false")]).contains("dicom.plain"));
+        let fp = "AB:".repeat(31) + "AB";
+        let peers = format!(r#"[{{ae_title = "MOD1", cert_sha256 = "{fp}"}}]"#);
+        // A certificate binding needs the TLS port; a malformed fingerprint is named.
+        assert!(err(&[("DULI_DICOM__ALLOWED_PEERS", &peers)]).contains("needs dicom.tls"));
+        let short = r#"[{ae_title = "MOD1", cert_sha256 = "abcd"}]"#;
+        assert!(err(&[("DULI_DICOM__ALLOWED_PEERS", short)])
+            .contains("dicom.allowed_peers[0].cert_sha256"));
+        let c = load_str("", &[]).unwrap();
+        assert!(c.dicom.plain, "plain DICOM stays on by default");
+        let p = AllowedPeer {
+            ae_title: "MOD1".into(),
+            address: None,
+            permissions: all_permissions(),
+            cert_sha256: Some(fp),
+        };
+        assert_eq!(p.cert_fingerprint().unwrap(), "ab".repeat(32));
     }
 
     #[test]

@@ -178,22 +178,27 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     );
     scp.max_instance = config.dicom.max_instance_mb * 1024 * 1024;
     let scp = Arc::new(scp);
-    let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
-    let listener = take_or_bind(
-        prebound.dicom.take(),
-        addr,
-        "DICOM (dicom.bind, dicom.port)",
-    )
-    .await?;
-    let dicom_addr = listener.local_addr()?;
-    tasks.push(supervise_receive(
-        "receive",
-        &stages,
-        supervise::Listener::keep(listener)?,
-        None,
-        scp.clone(),
-        shutdown_rx.clone(),
-    ));
+    // The plain port, unless `dicom.plain = false` leaves DICOM to the TLS port alone.
+    let mut plain_addr = None;
+    if config.dicom.plain {
+        let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
+        let listener = take_or_bind(
+            prebound.dicom.take(),
+            addr,
+            "DICOM (dicom.bind, dicom.port)",
+        )
+        .await?;
+        plain_addr = Some(listener.local_addr()?);
+        tasks.push(supervise_receive(
+            "receive",
+            &stages,
+            supervise::Listener::keep(listener)?,
+            None,
+            scp.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let mut tls_addr = None;
     if config.dicom.tls {
         let (cert, key) = match (&config.dicom.cert, &config.dicom.key) {
             (Some(c), Some(k)) => (c, k),
@@ -214,6 +219,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         )
         .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
+        tls_addr = Some(listener.local_addr()?);
         tasks.push(supervise_receive(
             "receive tls",
             &stages,
@@ -222,6 +228,13 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             scp.clone(),
             shutdown_rx.clone(),
         ));
+    }
+
+    let dicom_addr = plain_addr
+        .or(tls_addr)
+        .context("no DICOM listener: dicom.plain = false needs dicom.tls = true")?;
+    if !config.dicom.plain {
+        log::info!("plain DICOM is off (dicom.plain = false): DICOM TLS only");
     }
 
     // Live study events, from the store's broadcast of committed changes.

@@ -2,7 +2,8 @@
 //! the configuration without secrets, recent logs, store and audit statistics, firmware
 //! state, disk usage and the configuration folder's file list. It never holds a secret:
 //! no key or secret file is read into it, and before writing, every entry is scrubbed of
-//! the contents of the configured private keys and site secret in case a log quoted them.
+//! the contents of the configured private keys and site secret in case a log quoted them,
+//! and of first-time setup codes (the open one, and any a log of an older version quoted).
 
 use crate::config::Config;
 use crate::control::{self, Request, Response};
@@ -315,6 +316,41 @@ fn secrets(cfg: &Config) -> Vec<String> {
     out
 }
 
+/// The open first-time setup code of the console, as written and as it may be typed.
+fn setup_code(cfg: &Config) -> Vec<String> {
+    let file = crate::console::setup::code_file(&cfg.device.data_dir);
+    match std::fs::read_to_string(file) {
+        Ok(code) if !code.trim().is_empty() => {
+            let code = code.trim().to_string();
+            vec![code.replace('-', ""), code]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `text` with every known secret and every word shaped like a setup code replaced by
+/// `<redacted>`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+    }
+    let codes: Vec<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| crate::console::setup::looks_like_code(w))
+        .collect();
+    if codes.is_empty() {
+        return text;
+    }
+    let codes: Vec<String> = codes.into_iter().map(str::to_string).collect();
+    for c in codes {
+        text = text.replace(c.as_str(), "<redacted>");
+    }
+    text
+}
+
 /// Collects every entry of the bundle.
 pub async fn collect(cfg: &Config, config_dir: Option<&Path>) -> Vec<Entry> {
     let mut entries = vec![
@@ -328,13 +364,10 @@ pub async fn collect(cfg: &Config, config_dir: Option<&Path>) -> Vec<Entry> {
     if let Some(dir) = config_dir {
         entries.push(entry("config-files.txt", file_list(dir)));
     }
-    let secrets = secrets(cfg);
+    let mut secrets = secrets(cfg);
+    secrets.extend(setup_code(cfg));
     for e in &mut entries {
-        for s in &secrets {
-            if e.text.contains(s.as_str()) {
-                e.text = e.text.replace(s.as_str(), "<redacted>");
-            }
-        }
+        e.text = scrub(&e.text, &secrets);
     }
     entries
 }
@@ -392,6 +425,36 @@ pub fn default_name(cfg: &Config) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setup_codes_are_scrubbed_from_every_entry() {
+        let dir = std::env::temp_dir().join(format!("duli-diag-{}", std::process::id()));
+        let mut cfg = Config::default();
+        cfg.device.data_dir = dir.clone();
+        let file = crate::console::setup::code_file(&dir);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "QRST-UVWX-YZ23-4567\n").unwrap();
+        let secrets = setup_code(&cfg);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The open code as written and as typed; a code an older version logged.
+        let log = "setup code QRST-UVWX-YZ23-4567 (also in x)\n\
+                   typed QRSTUVWXYZ234567\n\
+                   older: setup is open with setup code ABCD-EFGH-JKMN-PQRS (also in y)\n\
+                   a UID 1.2.840.10008.1.1 and a word like AB-CD stay\n";
+        let out = scrub(log, &secrets);
+        for code in [
+            "QRST-UVWX-YZ23-4567",
+            "QRSTUVWXYZ234567",
+            "ABCD-EFGH-JKMN-PQRS",
+        ] {
+            assert!(!out.contains(code), "{code} in {out}");
+        }
+        assert_eq!(out.matches("<redacted>").count(), 3, "{out}");
+        assert!(
+            out.contains("1.2.840.10008.1.1") && out.contains("AB-CD"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn secret_keys_are_redacted() {

@@ -128,6 +128,17 @@ pub fn sign(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The signer's scopes as `duli firmware verify` prints them: `root (every scope)` or the
+/// endorsed scopes, comma-separated.
+fn scopes_line(a: &duli_firmware::scope::Authority) -> String {
+    match a {
+        duli_firmware::scope::Authority::Root => "root (every scope)".into(),
+        duli_firmware::scope::Authority::Endorsed(s) => {
+            s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
 fn manifest_json(m: &Manifest) -> String {
     // Strings and integers only: serialisation cannot fail.
     serde_json::to_string_pretty(m).unwrap_or_default()
@@ -150,6 +161,7 @@ pub fn verify(cfg: &Config, bundle: &Path, keys: &[PathBuf]) -> Result<ExitCode>
         Ok(v) => {
             println!("{}", manifest_json(v.manifest()));
             println!("bundle OK: signed by key {}", v.signer());
+            println!("signer scopes: {}", scopes_line(v.authority()));
             audit(
                 &cfg.device.data_dir,
                 true,
@@ -221,13 +233,31 @@ pub fn install(
         (None, true) => cfg.firmware.staged_bundle.clone(),
         (None, false) => anyhow::bail!("give the bundle to install, or --staged"),
     };
-    let result = install_path(cfg, &path, model_name);
+    // The staged bundle lies in the service user's folder and root reads it: only a
+    // regular file is taken (a link could point at a device, a FIFO or a secret).
+    let planted = staged && fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file());
+    let result = if planted {
+        let why = format!("{} is not a regular file", path.display());
+        eprintln!("bundle REFUSED: {why}");
+        audit(
+            &cfg.device.data_dir,
+            false,
+            software(
+                &path.display().to_string(),
+                format!("install refused: {why}"),
+                false,
+            ),
+        );
+        Ok(ExitCode::from(EXIT_REFUSED))
+    } else {
+        install_path(cfg, &path, model_name)
+    };
     if staged {
         let ok = matches!(result, Ok(ref code) if *code == ExitCode::SUCCESS);
         if ok {
             fs::remove_file(&path)
                 .with_context(|| format!("removing the installed {}", path.display()))?;
-        } else if path.exists() {
+        } else if fs::symlink_metadata(&path).is_ok() {
             let mut rejected = path.clone().into_os_string();
             rejected.push(".rejected");
             fs::rename(&path, &rejected)
@@ -301,19 +331,19 @@ fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode>
                 &dest,
             )
             .and_then(|v| {
-                let json = v.manifest().to_json();
-                crate::fsutil::write_atomic(
-                    &pack_manifest_path(&dest),
-                    &json,
-                    crate::fsutil::PUBLIC,
-                    None,
-                )
-                .map_err(|e| {
+                // Root writes into the service user's folder: through the folder's
+                // descriptor, never following a link planted there.
+                let sidecar = pack_manifest_path(&dest);
+                let io = |source| {
                     UpdateError::Slot(duli_firmware::slot::SlotError::Io {
-                        path: e.path,
-                        source: e.source,
+                        path: sidecar.clone(),
+                        source,
                     })
-                })?;
+                };
+                let name = sidecar.file_name().unwrap_or_default().to_string_lossy();
+                duli_firmware::dir_write::Dir::open(sidecar.parent().unwrap_or(Path::new(".")))
+                    .and_then(|d| d.replace(&name, &v.manifest().to_json()))
+                    .map_err(io)?;
                 println!(
                     "installed model pack {} (signed by {}) at {}",
                     v.manifest().version,

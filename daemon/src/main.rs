@@ -767,8 +767,8 @@ fn provision_apply(
         let how = if admin.password.is_some() {
             "the daemon creates the account at its next start"
         } else {
-            "finish on the console's first-time setup page with the setup code the daemon \
-             logs (also in <data dir>/console/setup-code)"
+            "finish on the console's first-time setup page with the one-time code in \
+             <data dir>/console/setup-code (never logged)"
         };
         println!(
             "first administrator {:?}: pending in {}; {how}, or run `duli user add {} --role admin`",

@@ -98,7 +98,11 @@ fn bind_all(config: &Config) -> Result<Prebound, PrivilegeError> {
     let console = SocketAddr::new(config.console.bind, config.console.port);
     let tls = SocketAddr::new(config.dicom.bind, config.dicom.tls_port);
     Ok(Prebound {
-        dicom: Some(bind(dicom, "DICOM (dicom.bind, dicom.port)")?),
+        dicom: if config.dicom.plain {
+            Some(bind(dicom, "DICOM (dicom.bind, dicom.port)")?)
+        } else {
+            None
+        },
         dicom_tls: if config.dicom.tls {
             Some(bind(tls, "DICOM TLS (dicom.bind, dicom.tls_port)")?)
         } else {

@@ -424,6 +424,10 @@ fn worklist_live_events_study_preview_heatmap_and_feedback() {
     // Rendered once: the cached file is served again.
     let again = s.get(inst["preview"].as_str().unwrap());
     assert_eq!(again.body, png.body);
+    // Reading-room PCs are shared: no image of a patient is kept by the browser.
+    for r in [&png, &again] {
+        assert_eq!(r.headers["cache-control"], "no-store", "preview");
+    }
 
     // A result and a heatmap recorded by the analysis stage (written here while the
     // daemon is stopped, as that stage would in the store).
@@ -460,7 +464,18 @@ fn worklist_live_events_study_preview_heatmap_and_feedback() {
     assert_eq!(detail["result"]["findings"][0]["probability"], 0.93);
     let heat = s.get(detail["heatmap"].as_str().unwrap());
     assert_eq!((heat.status, &heat.body[1..4]), (200, &b"PNG"[..]));
+    assert_eq!(heat.headers["cache-control"], "no-store", "heatmap");
 
+    // The finding of a feedback reaches the cloud: it must name one of the model's
+    // labels, never free text.
+    for finding in ["John Smith has pneumonia", "CARDIOMEGALY"] {
+        let r = s.send(
+            "POST",
+            &format!("/api/v1/studies/{uid}/feedback"),
+            &serde_json::json!({"agree": false, "finding": finding}),
+        );
+        assert_eq!(r.status, 400, "{finding}: {}", r.text());
+    }
     // Feedback is stored, shown and audited.
     let r = s.send(
         "POST",

@@ -11,6 +11,7 @@ use duli::deliver::plan::DeliveryPlan;
 use duli::deliver::secret::SiteSecret;
 use duli::deliver::worker;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use tokio::sync::watch;
@@ -46,6 +47,11 @@ fn secret() -> SiteSecret {
     SiteSecret::from_bytes(&[5u8; 32])
 }
 
+/// The report id the cloud sees for the local report id `rid`.
+fn cloud_id(rid: &str) -> String {
+    secret().pseudonym("report", rid)
+}
+
 fn enqueue_reports(ob: &Outbox, cfg: &Config, range: std::ops::Range<usize>) {
     let plan = DeliveryPlan::from_config(cfg);
     for i in range {
@@ -69,6 +75,16 @@ fn report_ids(lines: &[String]) -> Vec<String> {
             v["report_id"].as_str().unwrap().to_string()
         })
         .collect()
+}
+
+/// The first feedback message the subscriber saw.
+fn first_feedback(lines: &[String]) -> serde_json::Value {
+    let prefix = format!("{} ", topic("feedback"));
+    let body = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .expect("a feedback message");
+    serde_json::from_str(body).unwrap()
 }
 
 /// Validates every report payload against docs/mqtt-report.schema.json with the Python
@@ -150,7 +166,7 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
     let (_store, ob) = outbox(&dir.path().join("data"));
     let (stop, rx) = watch::channel(false);
     let (health_tx, health_rx) = watch::channel(String::new());
-    let channel = MqttChannel::new(settings(&cfg)).with_health(health_rx);
+    let channel = MqttChannel::new(settings(&cfg), Arc::new(secret())).with_health(health_rx);
     let h = worker::spawn(ob.clone(), Destination::Mqtt, channel, fast_options(5), rx);
     // connected while idle: the retained status says online
     assert!(lines.wait_until(Duration::from_secs(10), |l| l
@@ -181,18 +197,12 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
         lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 20
             && l.iter().any(|x| x.starts_with(&topic("feedback"))))
     );
-    let expected: Vec<String> = (0..20).map(|i| format!("rep-{i:04}")).collect();
+    let expected: Vec<String> = (0..20).map(|i| cloud_id(&format!("rep-{i:04}"))).collect();
     assert_eq!(report_ids(&lines.snapshot()), expected);
-    let fb = lines
-        .snapshot()
-        .into_iter()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{} ", topic("feedback")))
-                .map(String::from)
-        })
-        .unwrap();
-    let fb: serde_json::Value = serde_json::from_str(&fb).unwrap();
+    let fb = first_feedback(&lines.snapshot());
     assert_eq!(fb["verdict"], "disagree");
+    // Keyed like the report it judges: the cloud links the two, an outsider cannot.
+    assert_eq!(fb["report_id"], cloud_id("rep-0003").as_str());
     assert_eq!(fb["study_pseudonym"].as_str().unwrap().len(), 64);
     validate_reports(&lines.snapshot(), dir.path());
     assert_eq!(ob.fill().entries, 0);
@@ -228,7 +238,7 @@ async fn tls_with_client_certificates_and_the_last_will() {
     let h = worker::spawn(
         ob.clone(),
         Destination::Mqtt,
-        MqttChannel::new(settings(&no_cert)),
+        MqttChannel::new(settings(&no_cert), Arc::new(secret())),
         fast_options(5),
         rx,
     );
@@ -243,13 +253,13 @@ async fn tls_with_client_certificates_and_the_last_will() {
     let h = worker::spawn(
         ob.clone(),
         Destination::Mqtt,
-        MqttChannel::new(settings(&cfg)),
+        MqttChannel::new(settings(&cfg), Arc::new(secret())),
         fast_options(5),
         rx,
     );
     assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
     assert!(lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 5));
-    let expected: Vec<String> = (0..5).map(|i| format!("rep-{i:04}")).collect();
+    let expected: Vec<String> = (0..5).map(|i| cloud_id(&format!("rep-{i:04}"))).collect();
     assert_eq!(report_ids(&lines.snapshot()), expected);
     validate_reports(&lines.snapshot(), dir.path());
     // an unclean end (the task dies, the socket closes): the broker sends the last will
@@ -277,7 +287,7 @@ async fn broker_outage_then_recovery_delivers_all_in_order() {
     let h = worker::spawn(
         ob.clone(),
         Destination::Mqtt,
-        MqttChannel::new(settings(&cfg)),
+        MqttChannel::new(settings(&cfg), Arc::new(secret())),
         fast_options(5),
         rx,
     );
@@ -295,8 +305,80 @@ async fn broker_outage_then_recovery_delivers_all_in_order() {
     assert_eq!(ob.fill().entries, 0);
     assert!(lines.wait_until(Duration::from_secs(20), |l| report_ids(l).len() >= 50));
     let ids = report_ids(&lines.snapshot());
-    let expected: Vec<String> = (0..50).map(|i| format!("rep-{i:04}")).collect();
+    let expected: Vec<String> = (0..50).map(|i| cloud_id(&format!("rep-{i:04}"))).collect();
     assert_eq!(ids, expected);
+    stop.send(true).unwrap();
+    h.await.unwrap();
+}
+
+/// Report ids derive from the study UID: in clear, anyone holding the UID links the cloud's
+/// records to the patient. Entries queued by a version that sent them in clear (and a
+/// feedback finding never checked against the model's labels) go out the current way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_queued_before_keying_reach_the_broker_keyed() {
+    use duli::deliver::outbox::{Kind, NewEntry, Payload};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+        return;
+    };
+    let Some((_sub, lines)) = start_subscriber(port, None) else {
+        return;
+    };
+    let cfg = config(port, None);
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    let r = report(7);
+    let rid = duli::result::report_id(&r.study.study_instance_uid, 1);
+    let legacy = |kind: Kind, topic_kind: &str, body: String| NewEntry {
+        dest: Destination::Mqtt,
+        kind,
+        report_id: rid.clone(),
+        payload: Payload::Mqtt {
+            topic: topic(topic_kind),
+            body,
+            retain: false,
+        },
+    };
+    ob.enqueue(&[
+        legacy(
+            Kind::Report,
+            "reports",
+            format!("{{\"schema\":\"duli.report.v1\",\"report_id\":\"{rid}\",\"version\":1}}"),
+        ),
+        legacy(
+            Kind::Feedback,
+            "feedback",
+            format!(
+                "{{\"schema\":\"duli.feedback.v1\",\"report_id\":\"{rid}\",\"verdict\":\"agree\",\"finding\":\"see Mrs Doe in bed 4\"}}"
+            ),
+        ),
+    ])
+    .unwrap();
+    let (stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&cfg), Arc::new(secret())),
+        fast_options(5),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
+    assert!(lines.wait_until(Duration::from_secs(10), |l| l
+        .iter()
+        .any(|x| x.starts_with(&topic("feedback")))));
+    let seen = lines.snapshot().join("\n");
+    assert!(
+        !seen.contains(&rid),
+        "a study-derived report id reached the cloud: {seen}"
+    );
+    assert!(
+        !seen.contains("Mrs Doe"),
+        "free text reached the cloud: {seen}"
+    );
+    assert_eq!(report_ids(&lines.snapshot()), vec![cloud_id(&rid)]);
+    let fb = first_feedback(&lines.snapshot());
+    assert_eq!(fb["report_id"], cloud_id(&rid).as_str());
+    assert_eq!(fb["finding"], serde_json::Value::Null);
     stop.send(true).unwrap();
     h.await.unwrap();
 }

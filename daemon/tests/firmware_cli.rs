@@ -71,6 +71,22 @@ impl Bench {
         run(&mut cmd, Duration::from_secs(120))
     }
 
+    /// `duli firmware keygen` into `keys/` (created if missing).
+    fn keygen(&self, name: &str) {
+        fs::create_dir_all(self.path("keys")).unwrap();
+        self.duli(
+            &[
+                "keygen",
+                "--out-dir",
+                self.path("keys").to_str().unwrap(),
+                "--name",
+                name,
+            ],
+            false,
+        )
+        .assert_success("firmware keygen");
+    }
+
     fn status(&self) -> serde_json::Value {
         let out = self.duli(&["status", "--json"], false);
         out.assert_success("firmware status");
@@ -94,6 +110,19 @@ impl Bench {
     }
 
     fn sign(&self, name: &str, kind: &str, version: &str, min: &str, payload: &[u8]) -> PathBuf {
+        self.sign_with("release", name, kind, version, min, payload)
+    }
+
+    /// Signs with the key pair `keys/KEY.pk8`.
+    fn sign_with(
+        &self,
+        key: &str,
+        name: &str,
+        kind: &str,
+        version: &str,
+        min: &str,
+        payload: &[u8],
+    ) -> PathBuf {
         let img = self.path(&format!("{name}.img"));
         fs::write(&img, payload).unwrap();
         let out = self.path(&format!("{name}.duli"));
@@ -101,7 +130,7 @@ impl Bench {
             &[
                 "sign",
                 "--key",
-                self.path("keys/release.pk8").to_str().unwrap(),
+                self.path(&format!("keys/{key}.pk8")).to_str().unwrap(),
                 "--payload",
                 img.to_str().unwrap(),
                 "--kind",
@@ -382,4 +411,158 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     assert!(has(true, "install model pack 1.2.0"), "{details:#?}");
     assert!(has(true, "rollback"), "{details:#?}");
     assert!(records.iter().all(|r| r.actor.starts_with("cli:")));
+}
+
+/// An endorsed key signs only what its endorsement's scopes name: a hospital group's
+/// model-pack key (format 1, or format 2 scoped `model-pack`) cannot get a root filesystem
+/// installed; a key endorsed for `rootfs` can; `verify` prints the signer's scopes.
+#[test]
+fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
+    use duli_firmware::endorsement::Endorsement;
+    use duli_firmware::scope::Scope;
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    fs::create_dir_all(b.path("keys")).unwrap();
+    fs::create_dir_all(b.path("endorsed")).unwrap();
+    for name in ["release", "site"] {
+        b.keygen(name);
+    }
+    let root = duli_firmware::SigningKey::read(&b.path("keys/release.pk8")).unwrap();
+    let site = duli_firmware::PublicKey::read(&b.path("keys/site.pub")).unwrap();
+    let endorse = |e: Endorsement| {
+        fs::write(b.path("endorsed/site.endorsement.json"), e.to_json()).unwrap();
+    };
+    let payload = pattern(20_000, 5);
+    let rootfs = b.sign_with("site", "evil-os", "rootfs", "9.0.0", "0.0.1", &payload);
+    let pack = b.sign_with(
+        "site",
+        "site-pack",
+        "model-pack",
+        "2.0.0",
+        "0.0.1",
+        &payload,
+    );
+    let slot_b = fs::read(b.path("slot-b.img")).unwrap();
+
+    for (what, e) in [
+        (
+            "format 1",
+            Endorsement::create_format1(&root, &site, "site model packs"),
+        ),
+        (
+            "format 2, model-pack",
+            Endorsement::create(&root, &site, "site model packs"),
+        ),
+    ] {
+        endorse(e);
+        let out = b.duli(&["verify", rootfs.to_str().unwrap()], true);
+        assert_eq!(out.code(), Some(3), "{what}: {}", out.combined());
+        assert!(
+            out.stderr.contains("REFUSED")
+                && out.stderr.contains("only as endorsed key (model-pack)"),
+            "{what}: {}",
+            out.stderr
+        );
+        let out = b.duli(&["install", rootfs.to_str().unwrap()], true);
+        assert_eq!(out.code(), Some(3), "{what}: {}", out.combined());
+        assert_eq!(fs::read(b.path("slot-b.img")).unwrap(), slot_b, "{what}");
+        assert_eq!(b.status()["update_pending"], false, "{what}");
+        // Its model packs still verify, and verify says what the key may sign.
+        let out = b.duli(&["verify", pack.to_str().unwrap()], true);
+        out.assert_success("verify site pack");
+        assert!(
+            out.stdout.contains("signer scopes: model-pack"),
+            "{what}: {}",
+            out.stdout
+        );
+    }
+
+    // A key endorsed for root filesystems may sign one.
+    endorse(Endorsement::create_scoped(
+        &root,
+        &site,
+        "site images",
+        &[Scope::Rootfs],
+    ));
+    let out = b.duli(&["verify", rootfs.to_str().unwrap()], true);
+    out.assert_success("verify rootfs with a rootfs-scoped key");
+    assert!(
+        out.stdout.contains("signer scopes: rootfs"),
+        "{}",
+        out.stdout
+    );
+    let out = b.duli(&["verify", pack.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    // A root key signs anything.
+    let own = b.sign("own", "rootfs", "0.3.0", "0.0.1", &pattern(1000, 6));
+    let out = b.duli(&["verify", own.to_str().unwrap()], true);
+    out.assert_success("verify root-signed rootfs");
+    assert!(
+        out.stdout.contains("signer scopes: root (every scope)"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Root installs model packs into a folder the service user owns: links planted there (at
+/// the temporary name, or at the pack's own name, pointing at a slot or the boot
+/// variables) are replaced, never followed; a folder that is itself a link is refused.
+#[test]
+fn root_install_of_a_model_pack_never_follows_a_planted_link() {
+    let b = Bench::new();
+    fs::create_dir_all(b.path("data/models")).unwrap();
+    b.keygen("release");
+    let slot_a = fs::read(b.path("slot-a.img")).unwrap();
+    fs::write(b.path("bootenv-copy"), b"duli_slot=A\n").unwrap();
+    std::os::unix::fs::symlink(
+        b.path("slot-a.img"),
+        b.path("data/models/.model.pack.partial"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(b.path("bootenv-copy"), b.path("data/models/model.pack")).unwrap();
+    std::os::unix::fs::symlink(
+        b.path("bootenv-copy"),
+        b.path("data/models/model.pack.manifest.json"),
+    )
+    .unwrap();
+    let pack = pattern(40_000, 11);
+    let bundle = b.sign("pack", "model-pack", "1.0.0", "0.0.1", &pack);
+    let out = b.duli(&["install", bundle.to_str().unwrap()], true);
+    out.assert_success("firmware install (model pack)");
+    assert_eq!(
+        fs::read(b.path("slot-a.img")).unwrap(),
+        slot_a,
+        "slot written"
+    );
+    assert_eq!(fs::read(b.path("bootenv-copy")).unwrap(), b"duli_slot=A\n");
+    let installed = b.path("data/models/model.pack");
+    assert!(fs::symlink_metadata(&installed)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(fs::read(&installed).unwrap(), pack);
+    assert!(!b.path("data/models/.model.pack.partial").exists());
+    let sidecar = b.path("data/models/model.pack.manifest.json");
+    assert!(fs::symlink_metadata(&sidecar)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert!(fs::read_to_string(&sidecar).unwrap().contains("1.0.0"));
+
+    // A staged bundle that is a link (to a slot here; a FIFO or a secret elsewhere) is
+    // refused and moved aside, never read.
+    std::os::unix::fs::symlink(b.path("slot-a.img"), b.path("data/staged.duli")).unwrap();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    assert!(fs::symlink_metadata(b.path("data/staged.duli")).is_err());
+    assert_eq!(fs::read(b.path("slot-a.img")).unwrap(), slot_a);
+
+    // The folder itself replaced by a link to somewhere else: refused, nothing written.
+    fs::rename(b.path("data/models"), b.path("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(b.path("elsewhere"), b.path("data/models")).unwrap();
+    let newer = b.sign("pack2", "model-pack", "1.1.0", "0.0.1", &pattern(1000, 12));
+    let out = b.duli(&["install", newer.to_str().unwrap()], true);
+    assert!(!out.success(), "{}", out.combined());
+    assert_eq!(fs::read(b.path("elsewhere/model.pack")).unwrap(), pack);
 }

@@ -4,48 +4,12 @@
 
 mod common;
 
+use common::dx::make_dx;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Writes `count` synthetic DX instances (over `studies` studies) into `dir` with the
-/// venv's pydicom; returns (path, sop uid, study uid) per file.
-fn make_dx(
-    dir: &Path,
-    count: usize,
-    studies: usize,
-    extra: &[&str],
-) -> Option<Vec<(PathBuf, String, String)>> {
-    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
-    let count = count.to_string();
-    let studies = studies.to_string();
-    let mut args = vec![
-        dir.to_str().unwrap(),
-        "--count",
-        &count,
-        "--studies",
-        &studies,
-    ];
-    args.extend_from_slice(extra);
-    let mut cmd = python_script(&script, &args)?;
-    let out = run(&mut cmd, Duration::from_secs(120));
-    out.assert_success("make_dx.py");
-    Some(
-        out.stdout
-            .lines()
-            .map(|l| {
-                let mut it = l.split_whitespace();
-                (
-                    PathBuf::from(it.next().unwrap()),
-                    it.next().unwrap().to_string(),
-                    it.next().unwrap().to_string(),
-                )
-            })
-            .collect(),
-    )
-}
 
 /// JSON output of a `duli` store command run against the daemon's data directory.
 fn duli_json(d: &Daemon, args: &[&str]) -> serde_json::Value {

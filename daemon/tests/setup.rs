@@ -1,9 +1,9 @@
-//! First-time setup over real HTTPS on loopback: the setup code written on the box (file
-//! and log), refusal without it, with a wrong one, cross-site or without JSON, throttling
-//! of wrong codes, no takeover of an existing account, the first admin created with the
-//! right code (audit record, code file gone), the route closed for good (also after a
-//! restart), the user name fixed by provisioning, and an administrator provisioned with a
-//! password created at start.
+//! First-time setup over real HTTPS on loopback: the setup code written on the box (in a
+//! file the log names, never in the log or the support bundle), refusal without it, with a
+//! wrong one, cross-site or without JSON, throttling of wrong codes, no takeover of an
+//! existing account, the first admin created with the right code (audit record, code file
+//! gone), the route closed for good (also after a restart), the user name fixed by
+//! provisioning, and an administrator provisioned with a password created at start.
 
 mod common;
 
@@ -56,7 +56,18 @@ fn first_admin_needs_the_code_from_the_box_then_setup_closes_for_good() {
     assert_eq!(st["accounts"], false);
     let code = read_code(&d);
     assert_eq!(code.len(), 19, "XXXX-XXXX-XXXX-XXXX: {code}");
-    assert!(d.log().contains(&code), "the code is in the log");
+    // The log names the file, never the code: logs travel (journal exports, support
+    // bundles), and whoever reads the code can claim the box while setup is open.
+    let log = d.log();
+    assert!(!log.contains(&code), "the code is in the log:\n{log}");
+    assert!(
+        !log.contains(&code.replace('-', "")),
+        "the code is in the log"
+    );
+    assert!(
+        log.contains(&code_file(&d).display().to_string()),
+        "the log names the code's file:\n{log}"
+    );
 
     // No code, a wrong code, no JSON, another site: refused, nothing created.
     let no_code = setup_request(
@@ -239,4 +250,71 @@ fn a_provisioned_admin_with_a_password_is_created_at_start() {
         &[],
     );
     assert_eq!(r.status, 409);
+}
+
+/// The support bundle (`duli diagnostics`) travels outside the hospital: it never carries
+/// the open setup code, not even when the journal it collects quotes it, as an older
+/// version logged it (as written, or as typed without dashes).
+#[test]
+fn the_support_bundle_never_carries_the_open_setup_code() {
+    let Some(tar) = require_tool("tar") else {
+        return;
+    };
+    let d = Daemon::start();
+    let code = read_code(&d);
+    // journalctl as the bundle runs it: the daemon's own log, then an older version's
+    // lines quoting the code.
+    let bin = temp_dir("journal");
+    let journal = bin.path().join("journal.txt");
+    std::fs::write(
+        &journal,
+        format!(
+            "{}\nduli[17]: console: no administrator yet; first-time setup is open on the \
+             console with setup code {code} (also in {})\nduli[17]: typed {}\n",
+            d.log(),
+            code_file(&d).display(),
+            code.replace('-', "")
+        ),
+    )
+    .unwrap();
+    let shim = bin.path().join("journalctl");
+    std::fs::write(&shim, format!("#!/bin/sh\ncat '{}'\n", journal.display())).unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let bundle = bin.path().join("support.tar.gz");
+    let mut cmd = d.command(&["diagnostics", "--out", bundle.to_str().unwrap()]);
+    cmd.env("PATH", &path);
+    run(&mut cmd, Duration::from_secs(120)).assert_success("duli diagnostics");
+    let unpacked = bin.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    run(
+        std::process::Command::new(tar)
+            .arg("-xzf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&unpacked),
+        Duration::from_secs(30),
+    )
+    .assert_success("tar -xzf");
+    let root = unpacked.join("duli-diagnostics");
+    let logs = std::fs::read_to_string(root.join("logs.txt")).unwrap();
+    assert!(
+        logs.contains("first-time setup is open") && logs.contains("<redacted>"),
+        "the shimmed journal is in the bundle, scrubbed: {logs}"
+    );
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned();
+        let name = e.file_name();
+        assert!(!text.contains(&code), "{name:?} carries the setup code");
+        assert!(
+            !text.contains(&code.replace('-', "")),
+            "{name:?} carries the setup code as typed"
+        );
+    }
+    // Setup is still open with that code: the bundle changed nothing on the box.
+    assert_eq!(read_code(&d), code);
 }

@@ -52,6 +52,19 @@ pub enum BundleError {
     /// The bundle is signed by a key this device does not trust.
     #[error("bundle is signed by key {0}, which this device does not trust")]
     UntrustedKey(KeyId),
+    /// The signing key is trusted, but not for this kind of payload (an endorsed key
+    /// outside its endorsement's scopes).
+    #[error(
+        "bundle is a {kind} signed by key {key}, which this device trusts only as {authority}"
+    )]
+    OutOfScope {
+        /// The signing key.
+        key: KeyId,
+        /// The payload kind the manifest states.
+        kind: crate::manifest::PayloadKind,
+        /// What the key may sign.
+        authority: crate::scope::Authority,
+    },
     /// The signature does not match the manifest: manifest or signature altered.
     #[error("bundle manifest signature does not verify (manifest or signature altered)")]
     BadSignature,

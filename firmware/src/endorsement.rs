@@ -2,15 +2,19 @@
 //!
 //! Provisioning may add a signing key (for example a hospital group's own model-pack key)
 //! only together with an endorsement made by a root key, normally the built-in release key.
-//! An endorsement is a small JSON document:
+//! An endorsement is a small JSON document naming what the key may sign:
 //!
 //! ```json
-//! {"format":1,"key":"<64 hex>","label":"site model packs","endorser":"<16 hex key id>","signature":"<128 hex>"}
+//! {"format":2,"key":"<64 hex>","label":"site model packs","scopes":["model-pack"],"endorser":"<16 hex key id>","signature":"<128 hex>"}
 //! ```
 //!
-//! The signature is Ed25519 by the endorser over
-//! `"DULI-FIRMWARE-KEY-ENDORSEMENT-V1\n" || key (32 bytes) || label (UTF-8)`.
-//! Endorsed keys can sign bundles; they cannot endorse further keys.
+//! Scopes ([`Scope`]): `model-pack`, `rootfs`, and `fleet` (reserved; signs no bundle yet).
+//! The format 2 signature is Ed25519 by the endorser over
+//! `"DULI-FIRMWARE-KEY-ENDORSEMENT-V2\n" || key (32 bytes) || scopes joined by "," || "\n" ||
+//! label (UTF-8)`. Format 1 (no `scopes`, signed over
+//! `"DULI-FIRMWARE-KEY-ENDORSEMENT-V1\n" || key || label`) is still read and means
+//! `["model-pack"]`: the purpose it was documented for.
+//! Endorsed keys sign only bundles of their scopes; they cannot endorse further keys.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,9 +22,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyId, PublicKey, SigningKey, TrustAnchors};
+use crate::scope::Scope;
 
-/// Domain-separation prefix of the endorsed message.
-const ENDORSEMENT_DOMAIN: &[u8] = b"DULI-FIRMWARE-KEY-ENDORSEMENT-V1\n";
+/// Domain-separation prefix of the endorsed message, format 1.
+const ENDORSEMENT_DOMAIN_V1: &[u8] = b"DULI-FIRMWARE-KEY-ENDORSEMENT-V1\n";
+/// Domain-separation prefix of the endorsed message, format 2 (with scopes).
+const ENDORSEMENT_DOMAIN_V2: &[u8] = b"DULI-FIRMWARE-KEY-ENDORSEMENT-V2\n";
+/// The current format.
+pub const FORMAT: u32 = 2;
 
 /// File name suffix of endorsements in an endorsement directory.
 pub const ENDORSEMENT_SUFFIX: &str = ".endorsement.json";
@@ -29,12 +38,15 @@ pub const ENDORSEMENT_SUFFIX: &str = ".endorsement.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endorsement {
-    /// Schema version, 1.
+    /// Schema version: 2, or 1 (read only; scopes implied).
     pub format: u32,
     /// The endorsed public key, hex.
     pub key: String,
     /// Free text naming the key's purpose; covered by the signature.
     pub label: String,
+    /// What the key may sign; covered by the signature. Format 2 only (never empty there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<Scope>,
     /// [`KeyId`] of the endorsing root key, hex.
     pub endorser: String,
     /// Ed25519 signature, hex.
@@ -63,36 +75,86 @@ pub enum EndorsementError {
     },
 }
 
-fn message(key: &PublicKey, label: &str) -> Vec<u8> {
-    let mut msg = ENDORSEMENT_DOMAIN.to_vec();
+/// The signed message of a format 1 endorsement.
+fn message_v1(key: &PublicKey, label: &str) -> Vec<u8> {
+    let mut msg = ENDORSEMENT_DOMAIN_V1.to_vec();
     msg.extend_from_slice(&key.0);
     msg.extend_from_slice(label.as_bytes());
     msg
 }
 
+/// The signed message of a format 2 endorsement: scope names hold neither `,` nor a
+/// newline, and the label comes last, so no two endorsements share a message.
+fn message_v2(key: &PublicKey, scopes: &[Scope], label: &str) -> Vec<u8> {
+    let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let mut msg = ENDORSEMENT_DOMAIN_V2.to_vec();
+    msg.extend_from_slice(&key.0);
+    msg.extend_from_slice(names.join(",").as_bytes());
+    msg.push(b'\n');
+    msg.extend_from_slice(label.as_bytes());
+    msg
+}
+
 impl Endorsement {
-    /// Endorses `key` with a root signing key.
+    /// Endorses `key` for model packs only, the usual purpose of an endorsed key.
     pub fn create(root: &SigningKey, key: &PublicKey, label: &str) -> Self {
+        Self::create_scoped(root, key, label, &[Scope::ModelPack])
+    }
+
+    /// Endorses `key` for `scopes` (format 2).
+    pub fn create_scoped(
+        root: &SigningKey,
+        key: &PublicKey,
+        label: &str,
+        scopes: &[Scope],
+    ) -> Self {
+        Endorsement {
+            format: FORMAT,
+            key: key.to_hex(),
+            label: label.to_string(),
+            scopes: scopes.to_vec(),
+            endorser: root.public_key().id().to_string(),
+            signature: hex::encode(root.sign(&message_v2(key, scopes, label))),
+        }
+    }
+
+    /// A format 1 endorsement (no scopes: model packs only), as older tooling made them.
+    pub fn create_format1(root: &SigningKey, key: &PublicKey, label: &str) -> Self {
         Endorsement {
             format: 1,
             key: key.to_hex(),
             label: label.to_string(),
+            scopes: Vec::new(),
             endorser: root.public_key().id().to_string(),
-            signature: hex::encode(root.sign(&message(key, label))),
+            signature: hex::encode(root.sign(&message_v1(key, label))),
         }
     }
 
-    /// Parses endorsement JSON.
+    /// Parses endorsement JSON: format 2 with a non-empty `scopes`, or format 1 without.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EndorsementError> {
         let e: Endorsement = serde_json::from_slice(bytes)
             .map_err(|err| EndorsementError::Malformed(err.to_string()))?;
-        if e.format != 1 {
-            return Err(EndorsementError::Malformed(format!(
-                "format {} is not supported",
-                e.format
-            )));
+        match (e.format, e.scopes.is_empty()) {
+            (1, true) | (2, false) => Ok(e),
+            (1, false) => Err(EndorsementError::Malformed(
+                "format 1 carries no scopes (scopes need format 2)".into(),
+            )),
+            (2, true) => Err(EndorsementError::Malformed(
+                "format 2 needs a non-empty scopes list".into(),
+            )),
+            (f, _) => Err(EndorsementError::Malformed(format!(
+                "format {f} is not supported"
+            ))),
         }
-        Ok(e)
+    }
+
+    /// What the endorsed key may sign: the signed scopes, or model packs for format 1.
+    pub fn effective_scopes(&self) -> Vec<Scope> {
+        if self.format == 1 {
+            vec![Scope::ModelPack]
+        } else {
+            self.scopes.clone()
+        }
     }
 
     /// Serialises the endorsement.
@@ -110,7 +172,12 @@ impl Endorsement {
             .find(|root| root.id().to_string() == self.endorser)
             .ok_or_else(|| EndorsementError::UnknownEndorser(self.endorser.clone()))?;
         let signature = hex::decode(&self.signature).map_err(|_| EndorsementError::BadSignature)?;
-        if !root.verifies(&message(&key, &self.label), &signature) {
+        let message = if self.format == 1 {
+            message_v1(&key, &self.label)
+        } else {
+            message_v2(&key, &self.scopes, &self.label)
+        };
+        if !root.verifies(&message, &signature) {
             return Err(EndorsementError::BadSignature);
         }
         Ok(key)
@@ -118,10 +185,11 @@ impl Endorsement {
 }
 
 impl TrustAnchors {
-    /// Accepts the key an endorsement names if one of the root keys signed it.
+    /// Accepts the key an endorsement names, for its scopes, if one of the root keys
+    /// signed it.
     pub fn accept_endorsement(&mut self, e: &Endorsement) -> Result<PublicKey, EndorsementError> {
         let key = e.verify(self.roots())?;
-        self.add_endorsed(key);
+        self.add_endorsed(key, &e.effective_scopes());
         Ok(key)
     }
 
@@ -226,6 +294,47 @@ mod tests {
             Err(EndorsementError::UnknownEndorser(_))
         ));
         assert!(anchors.find(other.public_key().id()).is_none());
+    }
+
+    #[test]
+    fn scopes_are_signed_and_format_1_means_model_packs() {
+        use crate::scope::Authority;
+        let root = key();
+        let site = key();
+        let mut anchors = TrustAnchors::from_roots(vec![root.public_key()]);
+        let old = Endorsement::create_format1(&root, &site.public_key(), "packs");
+        let parsed = Endorsement::from_json(old.to_json().as_bytes()).unwrap();
+        assert!(!old.to_json().contains("scopes"));
+        anchors.accept_endorsement(&parsed).unwrap();
+        assert_eq!(
+            anchors.authority(site.public_key().id()),
+            Some(Authority::Endorsed(vec![Scope::ModelPack]))
+        );
+        // Widening the signed scopes breaks the signature.
+        let mut widened = Endorsement::create(&root, &site.public_key(), "packs");
+        widened.scopes.push(Scope::Rootfs);
+        assert!(matches!(
+            anchors.accept_endorsement(&widened),
+            Err(EndorsementError::BadSignature)
+        ));
+        // A format 1 document claiming scopes, a format 2 one without, an unknown scope.
+        let mut v1_scoped = old.clone();
+        v1_scoped.scopes = vec![Scope::Rootfs];
+        assert!(Endorsement::from_json(v1_scoped.to_json().as_bytes()).is_err());
+        let mut v2_bare = Endorsement::create(&root, &site.public_key(), "x");
+        v2_bare.scopes.clear();
+        assert!(Endorsement::from_json(v2_bare.to_json().as_bytes()).is_err());
+        let unknown = Endorsement::create(&root, &site.public_key(), "x")
+            .to_json()
+            .replace("model-pack", "everything");
+        assert!(Endorsement::from_json(unknown.as_bytes()).is_err());
+        let rootfs = Endorsement::create_scoped(&root, &site.public_key(), "os", &[Scope::Rootfs]);
+        let parsed = Endorsement::from_json(rootfs.to_json().as_bytes()).unwrap();
+        anchors.accept_endorsement(&parsed).unwrap();
+        assert_eq!(
+            anchors.authority(site.public_key().id()),
+            Some(Authority::Endorsed(vec![Scope::ModelPack, Scope::Rootfs]))
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
+use crate::scope::{Authority, Scope};
+
 /// The release public key compiled into every binary: the root of trust for updates.
 ///
 /// Its private half lives only in the build pipeline's secret store (see
@@ -185,11 +187,12 @@ pub fn write_keypair(dir: &Path, name: &str) -> Result<KeyFiles, KeyError> {
 }
 
 /// The keys a device accepts bundle signatures from: root keys (normally only
-/// [`BUILTIN_PUBLIC_KEY`]) and keys those roots endorsed (see [`crate::endorsement`]).
+/// [`BUILTIN_PUBLIC_KEY`]) and keys those roots endorsed (see [`crate::endorsement`]), each
+/// for the scopes its endorsement names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustAnchors {
     roots: Vec<PublicKey>,
-    endorsed: Vec<PublicKey>,
+    endorsed: Vec<(PublicKey, Vec<Scope>)>,
 }
 
 impl TrustAnchors {
@@ -212,23 +215,46 @@ impl TrustAnchors {
     }
 
     /// Keys accepted because a root endorsed them.
-    pub fn endorsed(&self) -> &[PublicKey] {
-        &self.endorsed
+    pub fn endorsed(&self) -> Vec<PublicKey> {
+        self.endorsed.iter().map(|(k, _)| *k).collect()
     }
 
-    /// Adds a key whose endorsement has already been checked against [`Self::roots`].
-    pub(crate) fn add_endorsed(&mut self, key: PublicKey) {
-        if !self.roots.contains(&key) && !self.endorsed.contains(&key) {
-            self.endorsed.push(key);
+    /// Adds a key whose endorsement has already been checked against [`Self::roots`], for
+    /// `scopes` (added to those of an earlier endorsement of the same key).
+    pub(crate) fn add_endorsed(&mut self, key: PublicKey, scopes: &[Scope]) {
+        if self.roots.contains(&key) {
+            return;
         }
+        let at = match self.endorsed.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.endorsed.push((key, Vec::new()));
+                self.endorsed.len() - 1
+            }
+        };
+        let have = &mut self.endorsed[at].1;
+        have.extend(scopes.iter().copied());
+        have.sort();
+        have.dedup();
     }
 
     /// Finds a trusted key (root or endorsed) by its identifier.
     pub fn find(&self, id: KeyId) -> Option<&PublicKey> {
         self.roots
             .iter()
-            .chain(self.endorsed.iter())
+            .chain(self.endorsed.iter().map(|(k, _)| k))
             .find(|key| key.id() == id)
+    }
+
+    /// What the trusted key `id` may sign; `None` for a key this device does not trust.
+    pub fn authority(&self, id: KeyId) -> Option<Authority> {
+        if self.roots.iter().any(|k| k.id() == id) {
+            return Some(Authority::Root);
+        }
+        self.endorsed
+            .iter()
+            .find(|(k, _)| k.id() == id)
+            .map(|(_, scopes)| Authority::Endorsed(scopes.clone()))
     }
 }
 
@@ -321,9 +347,14 @@ mod tests {
         let mut anchors = TrustAnchors::from_roots(vec![a]);
         assert_eq!(anchors.find(a.id()), Some(&a));
         assert_eq!(anchors.find(b.id()), None);
-        anchors.add_endorsed(b);
-        anchors.add_endorsed(b);
-        assert_eq!(anchors.endorsed(), &[b]);
+        anchors.add_endorsed(b, &[Scope::ModelPack]);
+        anchors.add_endorsed(b, &[Scope::Rootfs, Scope::ModelPack]);
+        assert_eq!(anchors.endorsed(), vec![b]);
         assert_eq!(anchors.find(b.id()), Some(&b));
+        assert_eq!(
+            anchors.authority(b.id()),
+            Some(Authority::Endorsed(vec![Scope::ModelPack, Scope::Rootfs]))
+        );
+        assert_eq!(anchors.authority(a.id()), Some(Authority::Root));
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`keys`]: Ed25519 keys, the built-in trust anchor, key generation, [`TrustAnchors`].
 //! - [`endorsement`]: how a root key lets another key sign bundles.
+//! - [`scope`]: what each trusted key may sign (root keys anything, endorsed keys their
+//!   endorsement's scopes).
 //! - [`manifest`]: what a bundle states about its payload ([`Manifest`], [`Release`]).
 //! - [`bundle`]: the on-disk format (header, manifest, payload), encode/decode only.
 //! - [`sign`]: the build pipeline makes a bundle from a payload and a private key.
@@ -14,6 +16,7 @@
 //! - [`slot`]: writing the inactive slot and reading it back.
 //! - [`updater`]: the install / mark-good / rollback state machine over any backend.
 //! - [`model_pack`]: model packs, installed on the data partition instead of a slot.
+//! - [`dir_write`]: root's writes into folders the service user owns, never through a link.
 //! - [`config`]: the `[firmware]` configuration section.
 //!
 //! `firmware/README.md` documents the bundle format, key management, the boot state
@@ -24,12 +27,14 @@
 pub mod bootctl;
 pub mod bundle;
 pub mod config;
+pub mod dir_write;
 pub mod endorsement;
 pub mod keys;
 pub mod manifest;
 pub mod model_pack;
 pub mod policy;
 pub mod progress;
+pub mod scope;
 pub mod sign;
 pub mod slot;
 mod stream;

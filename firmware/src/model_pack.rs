@@ -1,13 +1,15 @@
 //! Model packs: signed like root filesystems, but installed as one file on the data
 //! partition (outside the A/B slots), so a model can change without an OS update and
 //! survives slot switches. No root privileges are needed: the data partition belongs to
-//! the service user.
+//! the service user. When root installs one all the same (`duli-update.service`), the
+//! service user could have planted links in that folder: every write goes through
+//! [`crate::dir_write`], so none is followed.
 
-use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::Path;
 
 use crate::bundle::BundleError;
+use crate::dir_write::Dir;
 use crate::keys::TrustAnchors;
 use crate::manifest::PayloadKind;
 use crate::policy::DevicePolicy;
@@ -18,7 +20,8 @@ use crate::verify::{verify, VerifiedManifest};
 use crate::version::Version;
 
 /// Verifies a model-pack bundle and, if the device accepts it, writes its payload to
-/// `dest` atomically (temporary file, fsync, rename, fsync of the directory). `installed`
+/// `dest` atomically (a temporary file it creates itself, fsync, rename, fsync of the
+/// directory), never following a link at either name or at `dest`'s folder. `installed`
 /// is the version of the pack currently at `dest`, if any.
 pub fn install_model_pack(
     bundle: &Path,
@@ -39,10 +42,17 @@ pub fn install_model_pack(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model-pack".into());
-    let tmp = dest.with_file_name(format!(".{name}.partial"));
+    let tmp_name = format!(".{name}.partial");
+    let tmp = dest.with_file_name(&tmp_name);
+    let folder = match dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => Path::new(".").to_path_buf(),
+    };
+    let dir = Dir::open(&folder).map_err(io(&folder))?;
     let result = (|| -> Result<(), UpdateError> {
         let mut payload = verified.open_payload()?;
-        let mut writer = BufWriter::with_capacity(CHUNK, File::create(&tmp).map_err(io(&tmp))?);
+        let file = dir.create_new(&tmp_name).map_err(io(&tmp))?;
+        let mut writer = BufWriter::with_capacity(CHUNK, file);
         let (size, digest) =
             copy_hashing(&mut payload, &mut writer, |_| Ok(())).map_err(io(&tmp))?;
         let file = writer.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
@@ -50,16 +60,12 @@ pub fn install_model_pack(
         if size != manifest.payload.size || digest != expected {
             return Err(SlotError::SourceChanged(tmp.clone()).into());
         }
-        fs::rename(&tmp, dest).map_err(io(dest))?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
-        }
+        dir.rename(&tmp_name, &name).map_err(io(dest))?;
+        dir.sync().map_err(io(&folder))?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.remove(&tmp_name);
     }
     result?;
     log::info!(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::bundle::{signed_message, BundleError, RawHeader};
 use crate::keys::{KeyId, TrustAnchors};
 use crate::manifest::Manifest;
+use crate::scope::Authority;
 use crate::stream::{hash_reader, CHUNK};
 
 /// A manifest whose signature and payload were checked. Only [`verify`] makes one.
@@ -14,6 +15,7 @@ use crate::stream::{hash_reader, CHUNK};
 pub struct VerifiedManifest {
     manifest: Manifest,
     signer: KeyId,
+    authority: Authority,
     payload_offset: u64,
     bundle: PathBuf,
 }
@@ -27,6 +29,11 @@ impl VerifiedManifest {
     /// The key that signed it.
     pub fn signer(&self) -> KeyId {
         self.signer
+    }
+
+    /// What the signing key may sign on this device (root, or its endorsed scopes).
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     /// The verified bundle file.
@@ -50,8 +57,9 @@ impl VerifiedManifest {
 }
 
 /// Verifies a bundle: the signing key must be in `anchors`, the signature must cover the
-/// manifest, the manifest must be well formed, and the payload must have exactly the
-/// stated size and SHA-256. The payload is streamed, never held in memory.
+/// manifest, the manifest must be well formed, the key must be allowed to sign its payload
+/// kind (a root key, or an endorsed key whose scopes hold it), and the payload must have
+/// exactly the stated size and SHA-256. The payload is streamed, never held in memory.
 pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedManifest, BundleError> {
     let io = |source| BundleError::Io {
         path: bundle_path.to_path_buf(),
@@ -67,6 +75,16 @@ pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedMani
         return Err(BundleError::BadSignature);
     }
     let manifest = Manifest::from_json(&header.manifest)?;
+    let authority = anchors
+        .authority(header.key_id)
+        .ok_or(BundleError::UntrustedKey(header.key_id))?;
+    if !authority.may_sign(manifest.payload.kind) {
+        return Err(BundleError::OutOfScope {
+            key: header.key_id,
+            kind: manifest.payload.kind,
+            authority,
+        });
+    }
     let expected = manifest.payload_sha256()?;
     let (size, digest) = hash_reader(&mut (&mut reader).take(manifest.payload.size)).map_err(io)?;
     let mut extra = [0u8; 1];
@@ -91,6 +109,7 @@ pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedMani
     Ok(VerifiedManifest {
         payload_offset: header.payload_offset(),
         signer: header.key_id,
+        authority,
         manifest,
         bundle: bundle_path.to_path_buf(),
     })

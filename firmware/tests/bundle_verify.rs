@@ -8,6 +8,7 @@ use common::*;
 use duli_firmware::bundle::{BundleError, HEADER_LEN};
 use duli_firmware::endorsement::Endorsement;
 use duli_firmware::keys::{generate_pkcs8, SigningKey};
+use duli_firmware::scope::Scope;
 use duli_firmware::{verify, PayloadKind, TrustAnchors, Version};
 
 fn flip(path: &std::path::Path, offset: usize) -> std::path::PathBuf {
@@ -141,9 +142,28 @@ fn wrong_key_is_untrusted_and_endorsement_admits_a_key() {
     let e = verify(&bundle, &anchors).unwrap_err();
     assert!(matches!(e, BundleError::UntrustedKey(id) if id == other.anchors.roots()[0].id()));
 
-    // The root endorses the other key: bundles signed with it now verify.
+    // The root endorses the other key for model packs: its root filesystem stays refused.
     let root_key = SigningKey::from_pkcs8(&root.pkcs8).unwrap();
     let endorsement = Endorsement::create(&root_key, &other.anchors.roots()[0], "site packs");
+    anchors.accept_endorsement(&endorsement).unwrap();
+    let e = verify(&bundle, &anchors).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BundleError::OutOfScope {
+                kind: PayloadKind::Rootfs,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Endorsed for root filesystems too: bundles signed with it now verify.
+    let endorsement = Endorsement::create_scoped(
+        &root_key,
+        &other.anchors.roots()[0],
+        "site images",
+        &[Scope::Rootfs],
+    );
     anchors.accept_endorsement(&endorsement).unwrap();
     verify(&bundle, &anchors).unwrap();
 

@@ -16,7 +16,9 @@ usage:
                                                     responses when asked
 
 Every response is printed as a JSON line {"status": ..., counts..., "identifier": {...}}.
-Calling AE is QRSCU, called AE DULI, host 127.0.0.1.
+Calling AE is QRSCU (QR_CALLING overrides it), called AE DULI, host 127.0.0.1. With
+QR_TLS_CA, QR_TLS_CERT and QR_TLS_KEY set, the association runs over DICOM TLS with that
+CA and client certificate.
 """
 import json
 import os
@@ -94,9 +96,20 @@ def find_identifier(level, keys, charset, raw):
     return ds
 
 
+def tls_args():
+    """(SSLContext, server name) from QR_TLS_*, or None for plain DICOM."""
+    ca = os.environ.get("QR_TLS_CA")
+    if not ca:
+        return None
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.load_cert_chain(os.environ["QR_TLS_CERT"], os.environ["QR_TLS_KEY"])
+    return (ctx, "localhost")
+
+
 def associate(ae, port, handlers=None, roles=None):
     assoc = ae.associate("127.0.0.1", port, ae_title="DULI", evt_handlers=handlers or [],
-                         ext_neg=roles or [])
+                         ext_neg=roles or [], tls_args=tls_args())
     if not assoc.is_established:
         print(json.dumps({"error": "association rejected or aborted"}), flush=True)
         sys.exit(3)
@@ -105,7 +118,7 @@ def associate(ae, port, handlers=None, roles=None):
 
 def main():
     cmd, port = sys.argv[1], int(sys.argv[2])
-    ae = AE(ae_title="QRSCU")
+    ae = AE(ae_title=os.environ.get("QR_CALLING", "QRSCU"))
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     if cmd == "find":
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)

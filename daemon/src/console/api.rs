@@ -781,12 +781,9 @@ async fn preview(c: &Console, uid: &str, sop: &str, info_only: bool) -> Result<R
     let bytes = tokio::fs::read(&png)
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", png.display())))?;
-    let mut r = reply::bytes(StatusCode::OK, "image/png", bytes);
-    r.headers_mut().insert(
-        warp::http::header::CACHE_CONTROL,
-        warp::http::HeaderValue::from_static("private, max-age=3600"),
-    );
-    Ok(r)
+    // Never stored by the browser (`reply::secure` sets `no-store`): reading-room PCs are
+    // shared, and the file is cached on the server already.
+    Ok(reply::bytes(StatusCode::OK, "image/png", bytes))
 }
 
 async fn heatmap(c: &Console, uid: &str) -> Result<Response, ApiError> {
@@ -799,12 +796,7 @@ async fn heatmap(c: &Console, uid: &str) -> Result<Response, ApiError> {
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|_| ApiError::NotFound)?;
-    let mut r = reply::bytes(StatusCode::OK, "image/png", bytes);
-    r.headers_mut().insert(
-        warp::http::header::CACHE_CONTROL,
-        warp::http::HeaderValue::from_static("private, no-cache"),
-    );
-    Ok(r)
+    Ok(reply::bytes(StatusCode::OK, "image/png", bytes))
 }
 
 #[derive(Deserialize)]
@@ -830,12 +822,16 @@ async fn give_feedback(
         )));
     }
     let rec = c.store.study(uid)?.ok_or(ApiError::NotFound)?;
+    let finding = match body.finding.filter(|f| !f.is_empty()) {
+        Some(named) => Some(model_label(c, uid, &named)?),
+        None => None,
+    };
     let f = feedback::Feedback {
         study_uid: uid.to_string(),
         user: s.user.clone(),
         agree: body.agree,
         comment: body.comment,
-        finding: body.finding.filter(|f| !f.is_empty()),
+        finding,
         result_version: rec.result_version,
         at_ms: crate::clock::now_millis(),
     };
@@ -855,6 +851,21 @@ async fn give_feedback(
     feedback::enqueue_for_delivery(c.publisher.as_deref(), &f, &s.role.to_string())?;
     c.store.flush().await?;
     Ok(reply::json(StatusCode::CREATED, &f))
+}
+
+/// The label of the study's finding that `named` names (by label or code): feedback on a
+/// finding may only name one of the model's labels, since it reaches the cloud and free
+/// text could carry anything (a name, a note).
+fn model_label(c: &Console, uid: &str, named: &str) -> Result<String, ApiError> {
+    let result = crate::infer::record::latest_result(&c.store, uid)?;
+    result
+        .iter()
+        .flat_map(|r| r.findings.iter())
+        .find(|f| f.label == named || f.code == named)
+        .map(|f| f.label.clone())
+        .ok_or_else(|| {
+            ApiError::BadRequest("finding is not one of the model's labels for this study".into())
+        })
 }
 
 /// How often a live event stream checks that its session still lives (besides being

@@ -4,9 +4,10 @@
 //! - At start, with no admin account, a provisioned first administrator that came with a
 //!   password (`pending-admin.toml` beside `duli.toml`, see
 //!   [`crate::provision::take_pending_admin`]) is created at once. Otherwise a one-time
-//!   setup code is generated, written to `<data_dir>/console/setup-code` (0600) and logged:
-//!   whoever completes the setup must have read it on the box (its console or journal),
-//!   so a random client of the LAN cannot claim the box.
+//!   setup code is generated and written to `<data_dir>/console/setup-code` (0600); the log
+//!   names that file but never holds the code (logs travel: journal exports, support
+//!   bundles). Whoever completes the setup must have read the file on the box, so a random
+//!   client of the LAN cannot claim the box.
 //! - `GET /api/v1/setup` tells the login page whether setup is open and which user name
 //!   provisioning fixed. `POST /api/v1/setup` takes `{code, username, password}` as a
 //!   same-origin JSON request (a cross-site form can neither send `application/json` nor
@@ -106,6 +107,20 @@ fn new_code() -> Result<String, SetupError> {
     Ok(code)
 }
 
+/// Whether `word` has the shape of a setup code (`XXXX-XXXX-XXXX-XXXX` over the code's
+/// alphabet), so that text can be scrubbed of codes it should never have held.
+pub fn looks_like_code(word: &str) -> bool {
+    let b = word.as_bytes();
+    b.len() == CODE_LEN + CODE_LEN / 4 - 1
+        && b.iter().enumerate().all(|(i, c)| {
+            if i % 5 == 4 {
+                *c == b'-'
+            } else {
+                ALPHABET.contains(c)
+            }
+        })
+}
+
 /// A code as typed: upper case, without dashes and spaces.
 fn normalise(code: &str) -> String {
     code.chars()
@@ -137,7 +152,8 @@ fn forget_pending(config_dir: &Path) {
 impl Setup {
     /// Prepares the setup at start: nothing when an admin exists (a stale code file is
     /// removed); the provisioned administrator when it came with a password; else a new
-    /// one-time code, written to `<data_dir>/console/setup-code` (0600) and logged.
+    /// one-time code, written to `<data_dir>/console/setup-code` (0600); the log names the
+    /// file, never the code.
     pub fn prepare(
         users: &Users,
         audit: &Audit,
@@ -186,8 +202,8 @@ impl Setup {
         fsutil::write_atomic(&code_file, format!("{code}\n").as_bytes(), PRIVATE, None)?;
         let username = pending.map(|p| p.name);
         log::warn!(
-            "console: no administrator yet; first-time setup is open on the console with setup \
-             code {code} (also in {}){}",
+            "console: no administrator yet; first-time setup is open on the console with the \
+             one-time code in {} (readable by root and the service user only){}",
             code_file.display(),
             username
                 .as_ref()

@@ -199,7 +199,13 @@ mod tests {
                 retain,
             } => {
                 assert_eq!(topic, "duli/site-9/duli-edge-01/reports");
-                assert!(body.contains("\"report_id\":\"r-7f3a9c2e01\""));
+                // The cloud sees the report id keyed, never the one HL7 carries.
+                assert!(!body.contains("r-7f3a9c2e01"), "{body}");
+                let keyed = secret.pseudonym("report", "r-7f3a9c2e01");
+                assert!(
+                    body.contains(&format!("\"report_id\":\"{keyed}\"")),
+                    "{body}"
+                );
                 assert!(!retain);
             }
             other => panic!("{other:?}"),

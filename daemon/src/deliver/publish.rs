@@ -128,7 +128,7 @@ impl Publisher {
             return Vec::new();
         }
         let report = to_report(result, study);
-        let uids = ResultUids::new(&self.uid_root, &report.report_id);
+        let uids = ResultUids::new(&self.uid_root, &report.report_id, &self.secret);
         let mut batch = self.plan.report_entries(&report, &self.secret);
         let sources = self.sources(&report);
         match results::sr::build(&report, &uids, &sources)
@@ -214,9 +214,14 @@ impl Publisher {
             return;
         }
         // One SC per report (the first heatmap): its UID derives from the report id, so
-        // the store says whether it exists, across restarts too.
-        let sc_uid = ResultUids::new(&self.uid_root, &result.report_id).sc_instance;
-        if matches!(self.store.instance(&sc_uid), Ok(Some(_))) {
+        // the store says whether it exists, across restarts too (under the UID an earlier
+        // version gave it, too).
+        let keyed = ResultUids::new(&self.uid_root, &result.report_id, &self.secret).sc_instance;
+        let unkeyed = ResultUids::unkeyed(&self.uid_root, &result.report_id).sc_instance;
+        if [keyed, unkeyed]
+            .iter()
+            .any(|uid| matches!(self.store.instance(uid), Ok(Some(_))))
+        {
             return;
         }
         let report = to_report(&result, &study);
@@ -296,7 +301,7 @@ impl Publisher {
             None => "NO FINDING".to_string(),
         };
         overlay::annotate(&mut img, &caption);
-        let uids = ResultUids::new(&self.uid_root, &report.report_id);
+        let uids = ResultUids::new(&self.uid_root, &report.report_id, &self.secret);
         results::sc::build(report, &uids, &img).map_err(|e| e.to_string())
     }
 }

@@ -61,6 +61,7 @@ pub fn start(
             config.site_secret_path().display()
         )
     })?;
+    let secret = Arc::new(secret);
     let outbox = Arc::new(
         Outbox::open(store.db(), OutboxLimits::default()).context("cannot open the outbox")?,
     );
@@ -87,6 +88,7 @@ pub fn start(
             }
             Destination::Mqtt => {
                 let settings = MqttSettings::from_config(config).context("[mqtt] TLS settings")?;
+                let key = secret.clone();
                 let (health_tx, health_rx) = watch::channel(String::new());
                 let health_tx = Arc::new(health_tx);
                 let (config, store, audit, model) = (
@@ -120,7 +122,10 @@ pub fn start(
                     dest,
                     WorkerOptions::default(),
                     &rx,
-                    move || MqttChannel::new(settings.clone()).with_health(health_rx.clone()),
+                    move || {
+                        MqttChannel::new(settings.clone(), key.clone())
+                            .with_health(health_rx.clone())
+                    },
                 ));
             }
             Destination::Pacs(name) => {
@@ -171,7 +176,7 @@ pub fn start(
     Ok(Delivery {
         outbox,
         plan,
-        secret: Arc::new(secret),
+        secret,
         shutdown: tx,
         tasks,
     })

@@ -642,7 +642,16 @@ pub fn plan(
                     bytes: e.to_json().into_bytes(),
                     mode: PUBLIC,
                     private: false,
-                    what: format!("firmware key endorsement {} ({})", k.id(), e.label),
+                    what: format!(
+                        "firmware key endorsement {} ({}; scopes: {})",
+                        k.id(),
+                        e.label,
+                        e.effective_scopes()
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 }),
                 Err(r) => errs.push(KeyError { key, reason: r }),
             }

@@ -92,7 +92,7 @@ async fn connection(
         r = tokio::time::timeout(artim, open(tcp, peer, tls, &scp)) => r,
         _ = slot.evicted() => return,
     };
-    let (mut stream, reader, rq) = match opened {
+    let (mut stream, reader, rq, cert_sha256) = match opened {
         Ok(Some(opened)) => opened,
         Ok(None) => return,
         Err(_) => {
@@ -109,7 +109,7 @@ async fn connection(
     let negotiated = if active > scp.max_associations {
         Err(reject_busy(active - 1))
     } else {
-        negotiate::negotiate(&rq, peer.ip(), &scp.policy)
+        negotiate::negotiate_with_cert(&rq, peer.ip(), cert_sha256.as_deref(), &scp.policy)
     };
     let accepted = match negotiated {
         Ok(a) => a,
@@ -119,10 +119,15 @@ async fn connection(
                 rq.calling_ae_title.trim(),
                 rj.reason
             );
+            if rj.identity_mismatch {
+                audit_identity_mismatch(&scp, peer, rq.calling_ae_title.trim(), &rj.reason);
+            }
             scp.metrics
                 .associations_rejected_total
                 .fetch_add(1, Ordering::Relaxed);
             let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
+            drop(slot);
+            close_after_reject(&mut stream).await;
             return;
         }
     };
@@ -160,6 +165,49 @@ async fn connection(
     drop(slot);
 }
 
+/// How long a rejected peer is given to close the connection itself.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
+
+/// Ends a connection whose association was rejected: the requestor closes it (PS3.8
+/// 9.1.4); closing first while its bytes are unread would reset the connection and can
+/// destroy the A-ASSOCIATE-RJ before the peer reads it (seen over TLS).
+async fn close_after_reject(stream: &mut Box<dyn Stream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.flush().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(REJECT_LINGER, async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let _ = stream.shutdown().await;
+}
+
+/// Records an association refused because the calling AE came with another client
+/// certificate than the one `allowed_peers` binds it to.
+fn audit_identity_mismatch(scp: &Scp, peer: SocketAddr, calling: &str, reason: &str) {
+    use crate::audit::{Action, Event};
+    let calling: String = calling.chars().take(16).collect();
+    let event = Event::new(&format!("ae:{calling}"), Action::Other, "dicom-association")
+        .from(&peer.ip().to_string())
+        .detail(format!("association rejected: {reason}"))
+        .failed();
+    if let Err(e) = scp.audit.append(event) {
+        log::error!("audit trail: cannot record a rejected association: {e}");
+    }
+}
+
+/// SHA-256 (lower-case hex) of the leaf client certificate of a TLS connection.
+fn client_cert_sha256(conn: &rustls::ServerConnection) -> Option<String> {
+    let leaf = conn.peer_certificates()?.first()?;
+    Some(hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref(),
+    ))
+}
+
+/// A connection ready to negotiate: its stream, the PDU reader, the A-ASSOCIATE-RQ and the
+/// SHA-256 of the client certificate it presented on TLS.
+type Opened = (Box<dyn Stream>, PduReader, AssociationRQ, Option<String>);
+
 /// Completes the TLS handshake (if any) and reads the A-ASSOCIATE-RQ; `None` when the
 /// connection ended or broke the protocol first (answered with A-ABORT where apt).
 async fn open(
@@ -167,10 +215,14 @@ async fn open(
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     scp: &Scp,
-) -> Option<(Box<dyn Stream>, PduReader, AssociationRQ)> {
+) -> Option<Opened> {
+    let mut cert_sha256 = None;
     let mut stream: Box<dyn Stream> = match tls {
         Some(acceptor) => match acceptor.accept(tcp).await {
-            Ok(s) => Box::new(s),
+            Ok(s) => {
+                cert_sha256 = client_cert_sha256(s.get_ref().1);
+                Box::new(s)
+            }
             Err(e) => {
                 log::warn!("{peer}: TLS handshake failed: {e}");
                 scp.metrics
@@ -193,7 +245,7 @@ async fn open(
             let _ = framing::write(&mut stream, &mut scratch, &abort_pdu()).await;
             None
         }
-        Ok(Pdu::AssociationRQ(rq)) => Some((stream, reader, rq)),
+        Ok(Pdu::AssociationRQ(rq)) => Some((stream, reader, rq, cert_sha256)),
         Ok(other) => {
             log::warn!(
                 "{peer}: expected A-ASSOCIATE-RQ, got {}; aborting",

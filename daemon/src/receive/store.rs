@@ -7,12 +7,17 @@
 //! space of the data disk is checked against the reserve every [`DISK_CHECK_EVERY`] bytes:
 //! past either, [`Incoming::write`] returns a [`StreamLimit`], the association is aborted and
 //! the partial file removed (a peer that never marks a fragment last cannot fill the disk).
+//!
+//! The result objects this box generates (SR, SC) cannot be replaced from outside: a
+//! C-STORE of one of their SOP Instance UIDs is refused with 0124 (not authorized) and an
+//! Error Comment, drained, and audited; the store refuses it too ([`StoreError::Protected`]).
 
 use super::Scp;
 use crate::dimse::status::Status;
 use crate::model::InstanceRecord;
 use crate::store::files::IncomingFile;
 use crate::store::header;
+use crate::store::StoreError;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -91,6 +96,10 @@ impl Incoming {
                 Status::CANNOT_UNDERSTAND,
                 "Affected SOP Class/Instance UID missing in C-STORE-RQ".into(),
             ));
+            return incoming;
+        }
+        if let Some(comment) = protected(scp, sop_instance, calling_ae) {
+            incoming.refused = Some((Status::NOT_AUTHORIZED, comment));
             return incoming;
         }
         match scp.store.files().free_bytes() {
@@ -228,7 +237,10 @@ impl Incoming {
                 }
                 store
                     .place_and_commit(staged, &header, &calling_ae, false, &[])
-                    .map_err(|e| (Status::OUT_OF_RESOURCES, format!("cannot store: {e}")))
+                    .map_err(|e| match e {
+                        StoreError::Protected(_) => (Status::NOT_AUTHORIZED, e.to_string()),
+                        e => (Status::OUT_OF_RESOURCES, format!("cannot store: {e}")),
+                    })
             })
             .await;
         let rec = match placed {
@@ -273,6 +285,32 @@ impl Incoming {
             study: Some(rec.study_instance_uid),
         }
     }
+}
+
+/// The refusal comment when `sop_instance` is a result object this box generated (which
+/// no peer may replace), after auditing the attempt; `None` otherwise.
+fn protected(scp: &Scp, sop_instance: &str, calling_ae: &str) -> Option<String> {
+    use crate::audit::{Action, Event};
+    let ours = match scp.store.instance(sop_instance) {
+        Ok(Some(rec)) if rec.generated => rec,
+        _ => return None,
+    };
+    let comment = "SOP Instance UID belongs to a result object of this device".to_string();
+    log::warn!(
+        "C-STORE from {calling_ae:?} would replace {sop_instance}, a result object this device \
+         generated in study {}: refused",
+        ours.study_instance_uid
+    );
+    let event = Event::new(&format!("ae:{calling_ae}"), Action::Import, sop_instance)
+        .detail(format!(
+            "C-STORE refused (0124): would replace the generated {} of study {}",
+            ours.modality, ours.study_instance_uid
+        ))
+        .failed();
+    if let Err(e) = scp.audit.append(event) {
+        log::error!("audit trail: cannot record a refused C-STORE: {e}");
+    }
+    Some(comment)
 }
 
 fn start_file(

@@ -1,8 +1,14 @@
-//! UIDs of the result objects, derived from `dicom.uid_root` and the report id, so that
-//! building the objects of the same report again (a resend, a restart) gives the same UIDs
-//! and never a duplicate.
+//! UIDs of the result objects, derived from `dicom.uid_root` and the report id under the
+//! site secret, so that building the objects of the same report again (a resend, a
+//! restart) gives the same UIDs and never a duplicate, while nobody without the secret can
+//! predict them from the study UID (and store an object of their own under them first).
+//! Objects made before the UIDs were keyed keep theirs ([`ResultUids::unkeyed`]).
 
+use crate::deliver::secret::SiteSecret;
 use ring::digest::{digest, SHA256};
+
+/// Pseudonym domain of the keyed seeds.
+const UID_DOMAIN: &str = "result-uid";
 
 /// The series and instance UIDs of one report's result objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +43,26 @@ pub fn derive(root: &str, seed: &str) -> String {
 }
 
 impl ResultUids {
-    /// The UIDs of the report `report_id` under `root` (`dicom.uid_root`).
-    pub fn new(root: &str, report_id: &str) -> ResultUids {
+    /// The UIDs of the report `report_id` under `root` (`dicom.uid_root`), keyed by the
+    /// site secret.
+    pub fn new(root: &str, report_id: &str, key: &SiteSecret) -> ResultUids {
+        Self::from_seeds(root, |part| {
+            key.pseudonym(UID_DOMAIN, &format!("{report_id}/{part}"))
+        })
+    }
+
+    /// The UIDs earlier versions gave the report's objects (anyone holding the study UID
+    /// can compute them): only to recognise objects already made.
+    pub fn unkeyed(root: &str, report_id: &str) -> ResultUids {
+        Self::from_seeds(root, |part| format!("{report_id}/{part}"))
+    }
+
+    fn from_seeds(root: &str, seed: impl Fn(&str) -> String) -> ResultUids {
         ResultUids {
-            sr_series: derive(root, &format!("{report_id}/sr/series")),
-            sr_instance: derive(root, &format!("{report_id}/sr/instance")),
-            sc_series: derive(root, &format!("{report_id}/sc/series")),
-            sc_instance: derive(root, &format!("{report_id}/sc/instance")),
+            sr_series: derive(root, &seed("sr/series")),
+            sr_instance: derive(root, &seed("sr/instance")),
+            sc_series: derive(root, &seed("sc/series")),
+            sc_instance: derive(root, &seed("sc/instance")),
         }
     }
 }
@@ -53,11 +72,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uids_cannot_be_predicted_without_the_site_secret() {
+        let rid = crate::result::report_id("1.2.826.0.1.3680043.8.498.7", 1);
+        let (k1, k2) = (
+            SiteSecret::from_bytes(&[1u8; 32]),
+            SiteSecret::from_bytes(&[2u8; 32]),
+        );
+        let keyed = ResultUids::new("2.25.", &rid, &k1);
+        assert_eq!(keyed, ResultUids::new("2.25.", &rid, &k1));
+        let other_site = ResultUids::new("2.25.", &rid, &k2);
+        let unkeyed = ResultUids::unkeyed("2.25.", &rid);
+        for (a, b) in [
+            (&keyed.sr_instance, &other_site.sr_instance),
+            (&keyed.sr_instance, &unkeyed.sr_instance),
+            (&keyed.sc_instance, &unkeyed.sc_instance),
+        ] {
+            assert_ne!(a, b);
+        }
+    }
+
+    #[test]
     fn uids_are_stable_distinct_and_valid() {
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
         for root in ["2.25.", "1.2.826.0.1.3680043.10.", "1.2.3."] {
-            let a = ResultUids::new(root, "r-1");
-            assert_eq!(a, ResultUids::new(root, "r-1"));
-            let b = ResultUids::new(root, "r-2");
+            let a = ResultUids::new(root, "r-1", &key);
+            assert_eq!(a, ResultUids::new(root, "r-1", &key));
+            let b = ResultUids::new(root, "r-2", &key);
             let all = [
                 &a.sr_series,
                 &a.sr_instance,

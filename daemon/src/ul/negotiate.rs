@@ -80,12 +80,16 @@ pub struct Rejected {
     pub rj: AssociationRJ,
     /// A log line explaining why.
     pub reason: String,
+    /// The calling AE is allowed, but only with another client certificate: an identity
+    /// claim that failed, for the audit trail.
+    pub identity_mismatch: bool,
 }
 
 fn reject(result: AssociationRJResult, source: AssociationRJSource, reason: String) -> Rejected {
     Rejected {
         rj: AssociationRJ { result, source },
         reason,
+        identity_mismatch: false,
     }
 }
 
@@ -100,8 +104,21 @@ pub fn reject_busy(active: usize) -> Rejected {
     )
 }
 
-/// Negotiates an association request against `policy`.
+/// Negotiates an association request that came without a client certificate (plain
+/// DICOM) against `policy`.
 pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Accepted, Rejected> {
+    negotiate_with_cert(rq, peer, None, policy)
+}
+
+/// Negotiates an association request against `policy`; `cert_sha256` is the SHA-256
+/// (lower-case hex) of the peer's TLS client certificate, if it presented one. An
+/// `allowed_peers` entry with `cert_sha256` matches only that certificate.
+pub fn negotiate_with_cert(
+    rq: &AssociationRQ,
+    peer: IpAddr,
+    cert_sha256: Option<&str>,
+    policy: &Policy,
+) -> Result<Accepted, Rejected> {
     let calling = rq.calling_ae_title.trim().to_string();
     let called = rq.called_ae_title.trim().to_string();
     if rq.protocol_version & 1 == 0 {
@@ -140,12 +157,32 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
     let permissions: HashSet<Permission> = if policy.allowed_peers.is_empty() {
         Permission::ALL.into_iter().collect()
     } else {
-        match policy
+        let claims: Vec<&AllowedPeer> = policy
             .allowed_peers
             .iter()
-            .find(|p| p.ae_title == calling && p.address.is_none_or(|a| a == peer))
-        {
+            .filter(|p| p.ae_title == calling && p.address.is_none_or(|a| a == peer))
+            .collect();
+        let certified = |p: &&&AllowedPeer| match p.cert_fingerprint() {
+            None => true,
+            Some(want) => cert_sha256 == Some(want.as_str()),
+        };
+        match claims.iter().find(certified) {
             Some(p) => p.permissions.iter().copied().collect(),
+            None if !claims.is_empty() => {
+                let mut rj = reject(
+                    AssociationRJResult::Permanent,
+                    AssociationRJSource::ServiceUser(
+                        AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                    ),
+                    format!(
+                        "calling AE title {calling:?} from {peer} is bound to another client \
+                         certificate than {} (allowed_peers cert_sha256)",
+                        cert_sha256.unwrap_or("none (no client certificate)")
+                    ),
+                );
+                rj.identity_mismatch = true;
+                return Err(rj);
+            }
             None => {
                 return Err(reject(
                     AssociationRJResult::Permanent,
@@ -430,6 +467,7 @@ mod tests {
             ae_title: "MOD".into(),
             address: Some(IpAddr::from([10, 0, 0, 1])),
             permissions: vec![Permission::Echo],
+            cert_sha256: None,
         }];
         let r = rq(
             "MOD",
@@ -453,6 +491,7 @@ mod tests {
             ae_title: "MOD".into(),
             address: None,
             permissions: vec![Permission::Echo],
+            cert_sha256: None,
         }];
         let r = rq(
             "MOD",
@@ -509,6 +548,7 @@ mod tests {
                 ae_title: "PACS".into(),
                 address: None,
                 permissions: permissions.to_vec(),
+                cert_sha256: None,
             }];
             let a = negotiate(&r, local(), &p).unwrap();
             let answered = a.ac.user_variables.iter().find_map(|v| match v {
@@ -544,5 +584,46 @@ mod tests {
     fn busy_is_transient() {
         let r = reject_busy(32);
         assert_eq!(r.rj.result, AssociationRJResult::Transient);
+    }
+
+    #[test]
+    fn a_certificate_bound_ae_needs_its_certificate() {
+        let mut p = policy();
+        let fp = "ab".repeat(32);
+        p.allowed_peers = vec![AllowedPeer {
+            ae_title: "MOD".into(),
+            address: None,
+            permissions: vec![Permission::Echo],
+            cert_sha256: Some(fp.to_uppercase()),
+        }];
+        let r = rq(
+            "MOD",
+            "DULI",
+            vec![(3, VERIFICATION, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN])],
+        );
+        assert!(negotiate_with_cert(&r, local(), Some(&fp), &p).is_ok());
+        for cert in [None, Some("cd".repeat(32))] {
+            let e = negotiate_with_cert(&r, local(), cert.as_deref(), &p).unwrap_err();
+            assert!(e.identity_mismatch, "{}", e.reason);
+            assert_eq!(
+                e.rj.source,
+                AssociationRJSource::ServiceUser(
+                    AssociationRJServiceUserReason::CallingAETitleNotRecognized
+                )
+            );
+        }
+        // Plain DICOM never carries a certificate.
+        assert!(negotiate(&r, local(), &p).unwrap_err().identity_mismatch);
+        // An AE not on the list at all is no identity claim.
+        let other = rq(
+            "OTHER",
+            "DULI",
+            vec![(3, VERIFICATION, vec![uids::IMPLICIT_VR_LITTLE_ENDIAN])],
+        );
+        assert!(
+            !negotiate_with_cert(&other, local(), Some(&fp), &p)
+                .unwrap_err()
+                .identity_mismatch
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod dx;
 pub mod inference;
 pub mod link;
 pub mod ris;
@@ -1047,13 +1048,7 @@ impl Daemon {
                 }
             }
         }
-        let tls = self
-            .builder
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "DULI_DICOM__TLS")
-            .is_some_and(|(_, v)| v == "true" || v == "1");
+        let tls = self.env_value("DULI_DICOM__TLS", &["true", "1"]);
         let mut env: Vec<(String, String)> = vec![
             ("DULI_DICOM__BIND".into(), "127.0.0.1".into()),
             ("DULI_DICOM__PORT".into(), self.dicom_port.to_string()),
@@ -1098,7 +1093,7 @@ impl Daemon {
         let mut process = Background::spawn("duli run", &mut cmd, &log)
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         let deadline = Instant::now() + self.builder.ready_timeout;
-        process.wait_for_port(self.dicom_addr(), self.builder.ready_timeout)?;
+        process.wait_for_port(self.ready_addr(), self.builder.ready_timeout)?;
         if self.builder.wait_healthz {
             loop {
                 if let Some(status) = process.try_wait() {
@@ -1122,6 +1117,26 @@ impl Daemon {
         }
         self.process = Some(process);
         Ok(())
+    }
+
+    /// Whether the test set `key` (last setting wins) to one of `values`.
+    fn env_value(&self, key: &str, values: &[&str]) -> bool {
+        self.builder
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .is_some_and(|(_, v)| values.contains(&v.as_str()))
+    }
+
+    /// The port that tells the daemon is up: the plain DICOM port, or the TLS port when
+    /// the test turned plain DICOM off (`dicom.plain = false`).
+    fn ready_addr(&self) -> SocketAddr {
+        if self.env_value("DULI_DICOM__PLAIN", &["false", "0"]) {
+            loopback(self.tls_port)
+        } else {
+            self.dicom_addr()
+        }
     }
 
     /// The DICOM listener address.

@@ -11,6 +11,7 @@
 use super::topics::Topics;
 use crate::config::Config;
 use crate::deliver::outbox::{Entry, Payload};
+use crate::deliver::secret::SiteSecret;
 use crate::deliver::tls::{client_config, TlsError};
 use crate::deliver::{Channel, Delivery};
 use rumqttc::{
@@ -131,6 +132,7 @@ impl Connection {
 /// The MQTT channel.
 pub struct MqttChannel {
     settings: MqttSettings,
+    secret: Arc<SiteSecret>,
     conn: Option<Connection>,
     health: Option<watch::Receiver<String>>,
     reconnect_at: Instant,
@@ -151,10 +153,13 @@ impl std::fmt::Debug for MqttChannel {
 }
 
 impl MqttChannel {
-    /// A channel with `settings`; it connects when idle or on the first delivery.
-    pub fn new(settings: MqttSettings) -> MqttChannel {
+    /// A channel with `settings`; it connects when idle or on the first delivery. `secret`
+    /// keys the report ids of entries queued before they were keyed
+    /// ([`super::payload::current_body`]).
+    pub fn new(settings: MqttSettings, secret: Arc<SiteSecret>) -> MqttChannel {
         MqttChannel {
             settings,
+            secret,
             conn: None,
             health: None,
             reconnect_at: Instant::now(),
@@ -293,6 +298,7 @@ impl Channel for MqttChannel {
         let Some(conn) = self.conn.as_mut() else {
             return Delivery::Failed("not connected".into());
         };
+        let body = super::payload::current_body(body, &entry.report_id, &self.secret);
         match conn
             .publish_acked(topic, body.as_bytes(), *retain, timeout)
             .await

@@ -1,7 +1,9 @@
 //! The JSON the cloud receives. Nothing here identifies a patient directly: the patient id
 //! and the study instance UID become HMAC-SHA256 pseudonyms under the site secret, and
-//! names, birth dates, accession numbers, dates and raw UIDs are left out. The report's
-//! schema is `docs/mqtt-report.schema.json`.
+//! names, birth dates, accession numbers, dates and raw UIDs are left out. The report id
+//! is keyed the same way: the local one is a hash of the study UID, which anyone holding
+//! that UID (PACS, RIS, a patient's CD) could recompute and link. The report's schema is
+//! `docs/mqtt-report.schema.json`.
 
 use crate::deliver::outbox::{DestStats, Fill};
 use crate::deliver::report::Report;
@@ -20,6 +22,13 @@ pub const HEALTH_SCHEMA: &str = "duli.health.v1";
 pub const PATIENT_DOMAIN: &str = "patient";
 /// Pseudonym domain of study instance UIDs.
 pub const STUDY_DOMAIN: &str = "study";
+/// Pseudonym domain of report ids.
+pub const REPORT_DOMAIN: &str = "report";
+
+/// The report id the cloud sees: HMAC-SHA256 under the site secret of the local one.
+pub fn cloud_report_id(secret: &SiteSecret, report_id: &str) -> String {
+    secret.pseudonym(REPORT_DOMAIN, report_id)
+}
 
 /// A finding as the cloud receives it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -54,7 +63,8 @@ pub struct ModelPayload {
 pub struct ReportPayload {
     /// Always [`REPORT_SCHEMA`].
     pub schema: &'static str,
-    /// Idempotency key: the same report sent twice has the same id.
+    /// Idempotency key: the same report sent twice has the same id. Keyed: HMAC-SHA256
+    /// under the site secret of the local report id ([`cloud_report_id`]).
     pub report_id: String,
     /// Result version (n+1 corrects n).
     pub version: u32,
@@ -113,7 +123,7 @@ pub fn report_payload(
     let s = &report.study;
     ReportPayload {
         schema: REPORT_SCHEMA,
-        report_id: report.report_id.clone(),
+        report_id: cloud_report_id(secret, &report.report_id),
         version: report.version,
         site_id: site_id.into(),
         device_id: device_id.into(),
@@ -177,7 +187,7 @@ pub struct Feedback {
 pub struct FeedbackPayload {
     /// Always [`FEEDBACK_SCHEMA`].
     pub schema: &'static str,
-    /// The report judged.
+    /// The report judged, keyed as in the report payload.
     pub report_id: String,
     /// Site id.
     pub site_id: String,
@@ -204,7 +214,7 @@ pub fn feedback_payload(
 ) -> FeedbackPayload {
     FeedbackPayload {
         schema: FEEDBACK_SCHEMA,
-        report_id: fb.report_id.clone(),
+        report_id: cloud_report_id(secret, &fb.report_id),
         site_id: site_id.into(),
         device_id: device_id.into(),
         study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &fb.study_instance_uid),
@@ -309,6 +319,32 @@ pub fn health_payload(h: &Health, site_id: &str, device_id: &str, now: i64) -> H
     }
 }
 
+/// The body to publish for an outbox entry of report `report_id`. Entries queued by an
+/// earlier version carry the local report id in clear, and a feedback's `finding` that
+/// was never checked against the model's labels: those are rendered the current way (id
+/// keyed, finding dropped). Bodies already rendered so pass unchanged.
+pub fn current_body<'a>(
+    body: &'a str,
+    report_id: &str,
+    secret: &SiteSecret,
+) -> std::borrow::Cow<'a, str> {
+    use serde_json::Value;
+    let Ok(Value::Object(mut v)) = serde_json::from_str::<Value>(body) else {
+        return body.into();
+    };
+    if report_id.is_empty() || v.get("report_id").and_then(Value::as_str) != Some(report_id) {
+        return body.into();
+    }
+    v.insert(
+        "report_id".into(),
+        Value::String(cloud_report_id(secret, report_id)),
+    );
+    if v.get("schema").and_then(Value::as_str) == Some(FEEDBACK_SCHEMA) {
+        v.insert("finding".into(), Value::Null);
+    }
+    to_json(&v).into()
+}
+
 /// Serializes a payload as compact JSON (one line).
 pub fn to_json<T: Serialize>(payload: &T) -> String {
     // Plain structs with string keys: serialization cannot fail.
@@ -347,7 +383,13 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["ai_generated"], true);
-        assert_eq!(v["report_id"], "r-7f3a9c2e01");
+        // The report id is keyed: whoever holds the study UID cannot recompute it.
+        assert_ne!(v["report_id"], "r-7f3a9c2e01");
+        assert_eq!(
+            v["report_id"].as_str().unwrap(),
+            secret.pseudonym("report", "r-7f3a9c2e01")
+        );
+        assert!(!json.contains("r-7f3a9c2e01"));
         assert_eq!(v["findings"][0]["code"], "233604007");
         assert_eq!(v["model"]["sha256"], "ab".repeat(32));
         assert_eq!(v["created_at"], "2024-01-31T09:30:15Z");
@@ -389,5 +431,27 @@ mod tests {
         );
         a.study.patient_id = " ".into();
         assert_eq!(report_payload(&a, &s1, "s", "d").patient_pseudonym, None);
+    }
+
+    #[test]
+    fn entries_queued_before_keying_are_rendered_keyed() {
+        let secret = SiteSecret::from_bytes(&[4u8; 32]);
+        let rid = crate::result::report_id("1.2.826.0.1.3680043.8.498.1", 1);
+        let keyed = secret.pseudonym("report", &rid);
+        let old =
+            format!("{{\"schema\":\"duli.report.v1\",\"report_id\":\"{rid}\",\"version\":1}}");
+        let v: serde_json::Value =
+            serde_json::from_str(&current_body(&old, &rid, &secret)).unwrap();
+        assert_eq!(v["report_id"], keyed.as_str());
+        assert_eq!(v["version"], 1);
+        let old_fb = format!(
+            "{{\"schema\":\"duli.feedback.v1\",\"report_id\":\"{rid}\",\"finding\":\"Mr Smith, bed 4\"}}"
+        );
+        let fb = current_body(&old_fb, &rid, &secret);
+        assert!(!fb.contains("Smith") && !fb.contains(&rid), "{fb}");
+        // Rendered already, or not a report: unchanged, byte for byte.
+        let new = to_json(&report_payload(&fixtures::report(), &secret, "s", "d"));
+        assert_eq!(current_body(&new, "r-7f3a9c2e01", &secret), new);
+        assert_eq!(current_body("online", &rid, &secret), "online");
     }
 }
