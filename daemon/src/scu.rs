@@ -51,6 +51,13 @@ pub enum ScuError {
     },
 }
 
+impl From<ScuError> for crate::dimse::Refused {
+    /// An SCU failure ends a C-MOVE whose destination could not be used.
+    fn from(e: ScuError) -> crate::dimse::Refused {
+        crate::dimse::Refused::new(crate::dimse::Cause::DestinationUnreachable, e.to_string())
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = ScuError;
 

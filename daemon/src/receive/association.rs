@@ -18,6 +18,7 @@ use super::store::Incoming;
 use super::Scp;
 use crate::dimse::assembler::{Assembler, Event};
 use crate::dimse::command::{Command, CommandField};
+use crate::dimse::refusal::{unrecognized, Cause, Refused};
 use crate::dimse::status::Status;
 use crate::qr::{Op, Operation};
 use crate::ul::framing::{self, FramingError, PduReader};
@@ -258,8 +259,7 @@ pub async fn run(
                                         refusal,
                                     };
                                 } else {
-                                    let rsp =
-                                        failure_rsp(&command, refusal.status(), refusal.comment());
+                                    let rsp = Refused::from(&refusal).response(&command);
                                     if writer.lock().await.command(pc_id, &rsp).await.is_err() {
                                         end(&mut running);
                                         return "connection lost".into();
@@ -381,7 +381,7 @@ pub async fn run(
                             match std::mem::replace(&mut current, Current::Idle) {
                                 Current::Store { rq, incoming } => {
                                     let outcome = incoming.finish(scp, &calling).await;
-                                    if let Some(study) = &outcome.study {
+                                    if let Ok(study) = &outcome {
                                         stored += 1;
                                         let _ = scp
                                             .events
@@ -391,10 +391,10 @@ pub async fn run(
                                             })
                                             .await;
                                     }
-                                    let mut rsp = Command::store_rsp(&rq, outcome.status);
-                                    if let Some(c) = &outcome.comment {
-                                        rsp = rsp.with_error_comment(c);
-                                    }
+                                    let rsp = match &outcome {
+                                        Ok(_) => Command::store_rsp(&rq, Status::SUCCESS),
+                                        Err(refused) => refused.response(&rq),
+                                    };
                                     if writer.lock().await.command(pc_id, &rsp).await.is_err() {
                                         end(&mut running);
                                         return "connection lost while answering C-STORE".into();
@@ -457,7 +457,7 @@ pub async fn run(
                                     });
                                 }
                                 Current::Refused { rq, refusal } => {
-                                    let rsp = failure_rsp(&rq, refusal.status(), refusal.comment());
+                                    let rsp = Refused::from(&refusal).response(&rq);
                                     if writer.lock().await.command(pc_id, &rsp).await.is_err() {
                                         end(&mut running);
                                         return "connection lost".into();
@@ -508,28 +508,11 @@ fn abstract_syntax_of(contexts: &HashMap<u8, (String, String)>, pc_id: u8) -> St
 
 /// The failure answer to a request that arrives while another operation runs.
 fn busy_rsp(rq: &Command) -> Command {
-    failure_rsp(
-        rq,
-        Status::OUT_OF_RESOURCES,
+    Refused::new(
+        Cause::Busy,
         "another operation is in progress on this association",
     )
-}
-
-/// The final response to request `rq` with a failure `status` and an Error Comment.
-fn failure_rsp(rq: &Command, status: Status, comment: &str) -> Command {
-    let none = crate::dimse::SubOperations::default();
-    let rsp = match rq.command_field {
-        CommandField::CEchoRq => Command::echo_rsp(rq, status),
-        CommandField::CStoreRq => Command::store_rsp(rq, status),
-        CommandField::CFindRq => Command::find_rsp(rq, status),
-        CommandField::CMoveRq => Command::move_rsp(rq, status, none),
-        CommandField::CGetRq => Command::get_rsp(rq, status, none),
-        _ => Command {
-            status: Some(status),
-            ..unrecognized(rq)
-        },
-    };
-    rsp.with_error_comment(comment)
+    .response(rq)
 }
 
 /// Logs, counts and audits a refused request.
@@ -568,16 +551,6 @@ fn record_refusal(
         .failed();
     if let Err(e) = scp.audit.append(event) {
         log::error!("audit trail: cannot record a refused request: {e}");
-    }
-}
-
-/// "Unrecognized operation" (0211) for a request this association does not serve.
-fn unrecognized(rq: &Command) -> Command {
-    Command {
-        message_id_being_responded_to: rq.message_id,
-        affected_sop_class_uid: rq.affected_sop_class_uid.clone(),
-        status: Some(Status::UNRECOGNIZED_OPERATION),
-        ..Command::new(CommandField::from_code(rq.command_field.code() | 0x8000))
     }
 }
 
