@@ -21,7 +21,7 @@ pub async fn serve(mut op: Op) -> String {
     };
     let object = super::audit_object(&instances);
     let mut tally = Tally::new(instances.len());
-    let root = op.scp.store.root().to_path_buf();
+    let root = op.ctx.store.root().to_path_buf();
     let mut message_id: u16 = 0;
     for inst in &instances {
         if op.cancelled() {

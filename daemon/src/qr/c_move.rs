@@ -194,7 +194,7 @@ pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, String>
         Ok(o) => o,
         Err(e) => return Err(refuse(op, e.into(), &Tally::default(), "-", what, true).await),
     };
-    let store = op.scp.store.clone();
+    let store = op.ctx.store.clone();
     let selected = tokio::task::spawn_blocking(move || query::select(&store, &obj, model)).await;
     let refused = match selected {
         Ok(Ok((_, instances))) => return Ok(instances),
@@ -230,7 +230,7 @@ pub fn contexts_for(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> 
 pub async fn serve(op: Op) -> String {
     let dest_ae = op.rq.move_destination.clone().unwrap_or_default();
     let destination = op
-        .scp
+        .ctx
         .move_destinations
         .iter()
         .find(|d| d.move_ && d.ae_title == dest_ae)
@@ -263,7 +263,7 @@ pub async fn serve(op: Op) -> String {
         host: dest.host.clone(),
         port: dest.port,
     };
-    let calling = op.scp.policy.ae_title.clone();
+    let calling = op.ctx.ae_title.clone();
     let mut assoc = match StoreAssociation::open(&target, &calling, &contexts_for(&instances)).await
     {
         Ok(a) => a,
@@ -275,7 +275,7 @@ pub async fn serve(op: Op) -> String {
             return refuse(&op, e.into(), &tally, &object, &what, true).await;
         }
     };
-    let root = op.scp.store.root().to_path_buf();
+    let root = op.ctx.store.root().to_path_buf();
     let originator = op.accepted.calling_ae.clone();
     let message_id = op.message_id.unwrap_or(0);
     let mut broken: Option<String> = None;

@@ -46,8 +46,8 @@ pub async fn serve(op: Op) -> String {
     }
     let description = q.describe();
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
-    let store = op.scp.store.clone();
-    let ae = op.scp.policy.ae_title.clone();
+    let store = op.ctx.store.clone();
+    let ae = op.ctx.ae_title.clone();
     let ts = op.transfer_syntax.clone();
     let cancel = op.cancel.clone();
     let q2 = q.clone();
