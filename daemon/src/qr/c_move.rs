@@ -258,11 +258,7 @@ pub async fn serve(op: Op) -> String {
         );
         return format!("C-MOVE to {dest_ae}: nothing matched");
     }
-    let target = Target {
-        ae_title: dest.ae_title.clone(),
-        host: dest.host.clone(),
-        port: dest.port,
-    };
+    let target = Target::of(&dest);
     let calling = op.ctx.ae_title.clone();
     let mut assoc = match StoreAssociation::open(&target, &calling, &contexts_for(&instances)).await
     {
@@ -310,8 +306,8 @@ pub async fn serve(op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         };
-        let payload = match payload::load_async(&root, inst, &ts, false).await {
-            Ok((p, _)) => p,
+        let payload = match payload::load_async(&root, inst, &ts).await {
+            Ok(p) => p,
             Err(e) => {
                 log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);
                 tally.fail(&inst.sop_instance_uid);
