@@ -80,7 +80,7 @@ def main():
     try:
         seconds, failures = send(files, "DULI", dicom_port, 1)
         stored = duli_stored(console_port)
-        print("stored %s of %d instances in %.1f s (%d failures)"
+        print("stored %s of %d instances in %.1f s (failures: %s)"
               % (stored, len(files), seconds, failures), flush=True)
         for _ in range(args.repeats):
             time.sleep(2)

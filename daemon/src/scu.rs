@@ -1,7 +1,9 @@
-//! The technician's SCU tools: C-ECHO (`duli echo`) and C-STORE of files and folders
-//! (`duli send`, optionally over several parallel associations). Data sets are sent as
-//! stored — read from the file after its meta header and streamed in PDU-sized fragments,
-//! never re-encoded and never held whole in memory.
+//! C-ECHO and C-STORE as SCU: the technician's tools (`duli echo`, `duli send` of files
+//! and folders, optionally over several parallel associations), the PACS push and the
+//! C-MOVE sub-operations ([`StoreAssociation`]). Every association is opened by one
+//! function over [`crate::ul::client`] (plain TCP or DICOM TLS per [`Target`]). Data sets
+//! are sent as stored — read from the file after its meta header and streamed in PDU-sized
+//! fragments, never re-encoded and never held whole in memory.
 
 use crate::dimse::command::{Command, Priority};
 use crate::dimse::status::Status;

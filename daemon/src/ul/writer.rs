@@ -3,7 +3,8 @@
 //! set split into P-DATA values that fit the peer's maximum PDU length.
 //!
 //! A data set is sent from where it is ([`DataSet`]): a stored file is streamed from disk
-//! one PDU at a time, so sending an instance costs one PDU-sized buffer whatever its size.
+//! one PDU at a time (read a MiB at a time), so sending an instance costs one PDU buffer
+//! and one MiB whatever its size.
 //! The SCP (C-GET sub-operations) and the SCU (C-MOVE sub-operations, PACS push,
 //! `duli send`) send every C-STORE through [`Writer::store`].
 
@@ -159,10 +160,15 @@ impl Writer {
         }
         let chunk = self.chunk();
         let mut file = match data {
-            DataSet::File { path, offset, .. } => {
+            DataSet::File { path, offset, len } => {
                 let mut f = tokio::fs::File::open(path).await?;
                 f.seek(std::io::SeekFrom::Start(offset)).await?;
-                Some(f)
+                Some(Staged {
+                    file: f,
+                    left: len,
+                    buf: Vec::new(),
+                    at: 0,
+                })
             }
             DataSet::Memory(_) => None,
         };
@@ -173,9 +179,7 @@ impl Writer {
             let n = usize::try_from(remaining).unwrap_or(chunk).min(chunk);
             let body = &mut buf[PDATA_HEADER..PDATA_HEADER + n];
             match (&mut file, data) {
-                (Some(f), _) => {
-                    f.read_exact(body).await?;
-                }
+                (Some(f), _) => f.fill(body).await?,
                 (None, DataSet::Memory(b)) => {
                     let at = usize::try_from(total - remaining).unwrap_or(usize::MAX);
                     let part = b
@@ -222,6 +226,43 @@ impl Writer {
     }
 }
 
+/// Bytes read from a file at once: one trip to the blocking pool per read, not per PDU.
+const STAGE: usize = 1 << 20;
+
+/// A data set's byte range in a file, read [`STAGE`] bytes at a time.
+struct Staged {
+    file: tokio::fs::File,
+    /// Bytes of the range not yet read from the file.
+    left: u64,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out.
+    at: usize,
+}
+
+impl Staged {
+    /// Fills `out` with the next bytes of the range.
+    async fn fill(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.at == self.buf.len() {
+                let want = usize::try_from(self.left).unwrap_or(STAGE).min(STAGE);
+                if want == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.buf.resize(want, 0);
+                self.file.read_exact(&mut self.buf).await?;
+                self.left -= want as u64;
+                self.at = 0;
+            }
+            let take = (out.len() - filled).min(self.buf.len() - self.at);
+            out[filled..filled + take].copy_from_slice(&self.buf[self.at..self.at + take]);
+            self.at += take;
+            filled += take;
+        }
+        Ok(())
+    }
+}
+
 /// Runs a write, failing it when `limit` passes without it completing.
 async fn timed(
     limit: Option<std::time::Duration>,
@@ -261,7 +302,7 @@ mod tests {
     async fn a_file_is_streamed_in_pdus_within_the_peer_maximum() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.dcm");
-        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let body: Vec<u8> = (0..2_600_003u32).map(|i| (i % 251) as u8).collect();
         let mut file = vec![9u8; 300];
         file.extend_from_slice(&body);
         std::fs::write(&path, &file).unwrap();
