@@ -77,6 +77,8 @@ pub fn to_report(result: &StudyResult, study: &StudyRecord) -> Report {
             .filter(|i| i.status == ImageStatus::Analysed)
             .map(|i| i.sop_instance_uid.clone())
             .collect(),
+        not_applicable: result.not_applicable_reason(),
+        caveat: result.caveat(),
         created_at: crate::clock::now_secs(),
     }
 }

@@ -49,6 +49,13 @@ pub struct Report {
     pub timings_ms: BTreeMap<String, f64>,
     /// SOP Instance UIDs of the images the report was made from.
     pub source_sop_instance_uids: Vec<String>,
+    /// Why the study was not analysed: outside the model's intended use (e.g. "age 45 y
+    /// outside the model's 1–5 y"). The report then has no findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
+    /// What a reader must know about the findings (e.g. the patient's age is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
     /// When the result was made, seconds since the Unix epoch.
     pub created_at: i64,
 }
@@ -57,6 +64,21 @@ impl Report {
     /// Whether this report corrects an earlier one (HL7 OBR-25 `C`).
     pub fn is_correction(&self) -> bool {
         self.version > 1
+    }
+
+    /// What every message says besides the findings: why the study was not analysed, or
+    /// the caveat of its findings (HL7 NTE, SR comments).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(reason) = &self.not_applicable {
+            notes.push(format!(
+                "Not applicable: outside the model's intended use ({reason}); not analysed."
+            ));
+        }
+        if let Some(caveat) = &self.caveat {
+            notes.push(format!("Caveat: {caveat}"));
+        }
+        notes
     }
 }
 
@@ -107,6 +129,8 @@ pub(crate) mod fixtures {
                 .into_iter()
                 .collect(),
             source_sop_instance_uids: vec!["1.2.826.0.1.3680043.8.498.1.1.1".into()],
+            not_applicable: None,
+            caveat: None,
             created_at: 1_706_693_415,
         }
     }
