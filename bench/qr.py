@@ -20,7 +20,9 @@ The client is bench/scu.py (a minimal SCU on a raw socket with TCP_NODELAY: it c
 responses without decoding them, so the figures are the peers' own); Orthanc and
 storescp run with TCP_NODELAY=1 (DCMTK leaves Nagle's algorithm on otherwise). duli runs
 with a quiet period longer than the run, so no study completes and nothing but the SCP
-works during it.
+works during it. `--before BIN` with `before` in `--peers` adds a second duli (another
+build) as a third peer taking its turn like the others: a before/after comparison under the
+same load.
 """
 
 import argparse
@@ -243,6 +245,9 @@ def main():
     parser.add_argument("big_dir")
     parser.add_argument("--work", required=True)
     parser.add_argument("--duli", default="")
+    parser.add_argument("--before", default="",
+                        help="a second duli binary, measured as peer 'before' (list it "
+                             "in --peers), for a before/after comparison under equal load")
     parser.add_argument("--peers", default="orthanc,duli")
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=20)
@@ -292,8 +297,11 @@ def main():
                 proc, dicom_port, http_port, log = started
                 count = lambda port=http_port: http_json(port, "/statistics")["CountInstances"]
                 aec = "ORTHANC"
-            elif peer == "duli":
-                started = start_duli(os.path.join(work, "duli"), args.duli, {
+            elif peer in ("duli", "before"):
+                binary = args.duli if peer == "duli" else args.before
+                if not binary:
+                    sys.exit("peer %s: no binary given" % peer)
+                started = start_duli(os.path.join(work, peer), binary, {
                     "DULI_DICOM__QUIET_PERIOD": "86400",
                     "DULI_PACS__DESTINATIONS":
                         '[{name = "receiver", ae_title = "%s", host = "127.0.0.1", '

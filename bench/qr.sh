@@ -7,7 +7,8 @@
 #
 # Environment: QUERIES (default 400), MOVES (default 4), MOVE_INSTANCES (default 200),
 # PEERS (default "orthanc,duli"), BENCH_OUT (default bench/out),
-# DULI_BIN (default: $CARGO_TARGET_DIR/release/duli or target/release/duli).
+# DULI_BIN (default: $CARGO_TARGET_DIR/release/duli or target/release/duli),
+# DULI_BEFORE (another duli binary, peer "before": PEERS=orthanc,before,duli).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -18,5 +19,5 @@ moves="${MOVE_INSTANCES:-200}"
 echo "host: $(nproc) cores, $(uname -r), storage on $(df --output=source "$out" | tail -1)"
 echo "duli binary: ${duli:-not built}"
 exec "$python" "$repo/bench/qr.py" "$out/qr-$studies" "$out/dx-move-$moves" \
-    --work "$out/work" --duli "$duli" --peers "${PEERS:-orthanc,duli}" \
+    --work "$out/work" --duli "$duli" --before "${DULI_BEFORE:-}" --peers "${PEERS:-orthanc,duli}" \
     --queries "${QUERIES:-400}" --moves "${MOVES:-4}"

@@ -366,6 +366,32 @@ pub struct PacsDestination {
     /// Allowed as a C-MOVE destination.
     #[serde(default, rename = "move")]
     pub move_: bool,
+    /// Speak DICOM TLS to it (TLS 1.2 or 1.3, the SCP's profile).
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle (PEM) its certificate must chain to; required with `tls = true`.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Our client certificate chain (PEM), when it asks for one.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl PacsDestination {
+    /// Its outbound TLS settings (`None` for plain TCP).
+    pub fn outbound_tls(&self) -> Option<crate::ul::client::OutboundTls> {
+        if !self.tls {
+            return None;
+        }
+        Some(crate::ul::client::OutboundTls {
+            ca: self.tls_ca.clone().unwrap_or_default(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        })
+    }
 }
 
 /// `[pacs]`
@@ -853,6 +879,7 @@ impl Config {
                     "must be between 1 and 65535".into(),
                 );
             }
+            check_destination_tls(i, d, &mut bad);
         }
         if self.console.port == 0 {
             bad("console.port", "must be between 1 and 65535".into());
@@ -1149,6 +1176,37 @@ fn check_firmware(fw: &duli_firmware::FirmwareConfig, bad: &mut impl FnMut(&str,
     }
 }
 
+/// `tls = true` needs a CA file; a client certificate and its key go together; TLS files
+/// without `tls = true` are a mistake (the connection would be plain).
+fn check_destination_tls(i: usize, d: &PacsDestination, bad: &mut impl FnMut(&str, String)) {
+    let key = |k: &str| format!("pacs.destinations[{i}].{k}");
+    if !d.tls {
+        for (k, v) in [
+            ("tls_ca", &d.tls_ca),
+            ("tls_cert", &d.tls_cert),
+            ("tls_key", &d.tls_key),
+        ] {
+            if v.is_some() {
+                bad(&key(k), "is set but tls is false".into());
+            }
+        }
+        return;
+    }
+    match &d.tls_ca {
+        Some(p) => check_file(p, &key("tls_ca"), bad),
+        None => bad(&key("tls_ca"), "is required with tls = true".into()),
+    }
+    match (&d.tls_cert, &d.tls_key) {
+        (Some(c), Some(k)) => {
+            check_file(c, &key("tls_cert"), bad);
+            check_file(k, &key("tls_key"), bad);
+        }
+        (Some(_), None) => bad(&key("tls_key"), "is required with tls_cert".into()),
+        (None, Some(_)) => bad(&key("tls_cert"), "is required with tls_key".into()),
+        (None, None) => {}
+    }
+}
+
 fn check_file(path: &Path, key: &str, bad: &mut impl FnMut(&str, String)) {
     if !path.is_file() {
         bad(key, format!("file {} does not exist", path.display()));
@@ -1390,5 +1448,47 @@ mod tests {
         }
         let err = load_str("[firmware]\nslot_c = \"/dev/x\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("slot_c"), "{err}");
+    }
+
+    #[test]
+    fn destination_tls_needs_a_ca_and_a_cert_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let dest = |extra: &str| {
+            format!(
+                "[[pacs.destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\n\
+                 host = \"pacs.example\"\nport = 2762\npush = true\n{extra}\n"
+            )
+        };
+        let keys = |text: &str| -> Vec<String> {
+            match load_str(text, &[]) {
+                Ok(_) => Vec::new(),
+                Err(ConfigError::Invalid(errors)) => errors.into_iter().map(|e| e.key).collect(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let ok = dest(&format!(
+            "tls = true\ntls_ca = {:?}",
+            ca.display().to_string()
+        ));
+        assert_eq!(keys(&ok), Vec::<String>::new());
+        let cfg = load_str(&ok, &[]).unwrap();
+        let tls = cfg.pacs.destinations[0].outbound_tls().unwrap();
+        assert_eq!(tls.ca, ca);
+        assert_eq!(keys(&dest("tls = true")), ["pacs.destinations[0].tls_ca"]);
+        assert_eq!(
+            keys(&dest(&format!("tls_ca = {:?}", ca.display().to_string()))),
+            ["pacs.destinations[0].tls_ca"]
+        );
+        let cert_only = format!(
+            "tls = true\ntls_ca = {ca:?}\ntls_cert = {ca:?}",
+            ca = ca.display().to_string()
+        );
+        assert_eq!(keys(&dest(&cert_only)), ["pacs.destinations[0].tls_key"]);
+        assert_eq!(
+            load_str(&dest(""), &[]).unwrap().pacs.destinations[0].outbound_tls(),
+            None
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! Modules in the order a study flows through them:
 //!
 //! - [`config`]: the TOML configuration, its defaults, environment overrides and validation.
-//! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS.
+//! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS, the
+//!   writing half of an association (data sets streamed from disk) and the requesting side
+//!   (SCU associations, outbound DICOM TLS).
 //! - [`dataset_guard`]: a bounded pre-scan (nesting depth, declared lengths) of every data
 //!   set from outside before dicom-rs parses it.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
@@ -30,7 +32,8 @@
 //! - [`supervise`]: restarts a stage that ends unexpectedly, with backoff; the stages'
 //!   heartbeats that feed the watchdog.
 //! - [`privileges`]: started as root, binds the listeners then switches to the service user.
-//! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
+//! - [`scu`]: C-ECHO and C-STORE as SCU: the technicians' tools, the PACS push and C-MOVE
+//!   sub-operations.
 //! - [`evaluate`]: `duli evaluate`, the acceptance test of a model on a site's own labelled
 //!   cases (AUC with DeLong interval, operating points, calibration, plots).
 //! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and

@@ -1,17 +1,18 @@
-//! The technician's SCU tools: C-ECHO (`duli echo`) and C-STORE of files and folders
-//! (`duli send`, optionally over several parallel associations). Data sets are sent as
-//! stored — read from the file after its meta header and streamed in PDU-sized fragments,
-//! never re-encoded and never held whole in memory.
+//! C-ECHO and C-STORE as SCU: the technician's tools (`duli echo`, `duli send` of files
+//! and folders, optionally over several parallel associations), the PACS push and the
+//! C-MOVE sub-operations ([`StoreAssociation`]). Every association is opened by one
+//! function over [`crate::ul::client`] (plain TCP or DICOM TLS per [`Target`]). Data sets
+//! are sent as stored — read from the file after its meta header and streamed in PDU-sized
+//! fragments, never re-encoded and never held whole in memory.
 
-use crate::dimse::command::{self, Command, Priority};
+use crate::dimse::command::{Command, Priority};
 use crate::dimse::status::Status;
-use dicom_ul::association::client::ClientAssociationOptions;
-use dicom_ul::association::AsyncAssociation;
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+pub use crate::ul::client::OutboundTls;
+use crate::ul::client::{Client, ClientError, Request};
+pub use crate::ul::writer::DataSet;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 /// A remote AE: `AET@HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,20 @@ pub struct Target {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// DICOM TLS, when the peer requires it (`None`: plain TCP).
+    pub tls: Option<OutboundTls>,
+}
+
+impl Target {
+    /// The target of a `[[pacs.destinations]]` entry, with its TLS settings.
+    pub fn of(dest: &crate::config::PacsDestination) -> Target {
+        Target {
+            ae_title: dest.ae_title.clone(),
+            host: dest.host.clone(),
+            port: dest.port,
+            tls: dest.outbound_tls(),
+        }
+    }
 }
 
 /// Errors of the SCU tools.
@@ -51,6 +66,13 @@ pub enum ScuError {
     },
 }
 
+impl From<ScuError> for crate::dimse::Refused {
+    /// An SCU failure ends a C-MOVE whose destination could not be used.
+    fn from(e: ScuError) -> crate::dimse::Refused {
+        crate::dimse::Refused::new(crate::dimse::Cause::DestinationUnreachable, e.to_string())
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = ScuError;
 
@@ -66,6 +88,7 @@ impl std::str::FromStr for Target {
             ae_title: ae.to_string(),
             host: host.trim_matches(['[', ']']).to_string(),
             port,
+            tls: None,
         })
     }
 }
@@ -102,70 +125,60 @@ pub fn configured_peers(config: &crate::config::Config) -> Vec<Peer> {
             ae_title: config.dicom.ae_title.clone(),
             host,
             port: config.dicom.port,
+            tls: None,
         },
     };
     std::iter::once(own)
         .chain(config.pacs.destinations.iter().map(|d| Peer {
             name: d.name.clone(),
             own: false,
-            target: Target {
-                ae_title: d.ae_title.clone(),
-                host: d.host.clone(),
-                port: d.port,
-            },
+            target: Target::of(d),
         }))
         .collect()
 }
 
-/// An error with its causes (`outer: inner: innermost`), so "could not connect" says why.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+/// Opens an association with `target`: the one set-up of every SCU use, and its one error
+/// mapping.
+async fn connect(
+    target: &Target,
+    calling_ae: &str,
+    contexts: &[(String, Vec<String>)],
+) -> Result<Client, ScuError> {
+    Client::connect(&Request {
+        host: &target.host,
+        port: target.port,
+        called_ae: &target.ae_title,
+        calling_ae,
+        contexts,
+        tls: target.tls.as_ref(),
+    })
+    .await
+    .map_err(|e| ScuError::Association {
+        target: target.to_string(),
+        reason: e.to_string(),
+    })
 }
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn options(calling_ae: &str, target: &Target) -> ClientAssociationOptions<'static> {
-    ClientAssociationOptions::new()
-        .calling_ae_title(calling_ae.to_string())
-        .called_ae_title(target.ae_title.clone())
-        .max_pdu_length(262_144)
-        .read_timeout(TIMEOUT)
-        .write_timeout(TIMEOUT)
-        .connection_timeout(Duration::from_secs(10))
+fn protocol(e: ClientError) -> ScuError {
+    ScuError::Protocol(e.to_string())
 }
 
 /// Sends one C-ECHO; returns the round-trip time of the echo itself.
 pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuError> {
-    let addr = format!("{}:{}", target.host, target.port);
-    let mut assoc = options(calling_ae, target)
-        .with_presentation_context(
-            crate::dimse::uids::VERIFICATION,
-            vec![crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN],
-        )
-        .establish_async(addr)
-        .await
-        .map_err(|e| ScuError::Association {
-            target: target.to_string(),
-            reason: with_causes(&e),
-        })?;
-    let pc = assoc
-        .presentation_contexts()
-        .first()
-        .map(|p| p.id)
-        .ok_or_else(|| ScuError::Protocol("Verification was not accepted".into()))?;
+    let contexts = [(
+        crate::dimse::uids::VERIFICATION.to_string(),
+        vec![crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string()],
+    )];
+    let mut assoc = connect(target, calling_ae, &contexts).await?;
+    let Some(pc) = assoc.accepted().first().map(|c| c.0) else {
+        assoc.abort().await;
+        return Err(ScuError::Protocol("Verification was not accepted".into()));
+    };
     let started = Instant::now();
-    send_command(&mut assoc, pc, &Command::echo_rq(1)).await?;
-    let rsp = receive_command(&mut assoc).await?;
+    let rsp = assoc
+        .request(pc, &Command::echo_rq(1), None)
+        .await
+        .map_err(protocol)?;
     let rtt = started.elapsed();
     let _ = assoc.release().await;
     match rsp.status {
@@ -174,62 +187,6 @@ pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuErro
             "C-ECHO answered with status {:04X}",
             other.map(|s| s.0).unwrap_or(0xFFFF)
         ))),
-    }
-}
-
-async fn send_command<A: AsyncAssociation<S> + Send, S>(
-    assoc: &mut A,
-    pc_id: u8,
-    cmd: &Command,
-) -> Result<(), ScuError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    AsyncAssociation::send(
-        assoc,
-        &Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc_id,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: command::encode(cmd),
-            }],
-        },
-    )
-    .await
-    .map_err(|e| ScuError::Protocol(format!("send failed: {e}")))
-}
-
-async fn receive_command<A: AsyncAssociation<S> + Send, S>(
-    assoc: &mut A,
-) -> Result<Command, ScuError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    let mut buf = Vec::new();
-    loop {
-        match AsyncAssociation::receive(assoc).await {
-            Ok(Pdu::PData { data }) => {
-                for pdv in data {
-                    if pdv.value_type == PDataValueType::Command {
-                        buf.extend_from_slice(&pdv.data);
-                        if pdv.is_last {
-                            return command::decode(&buf)
-                                .map_err(|e| ScuError::Protocol(format!("bad response: {e}")));
-                        }
-                    }
-                }
-            }
-            Ok(Pdu::AbortRQ { .. }) => {
-                return Err(ScuError::Protocol("association aborted by peer".into()))
-            }
-            Ok(other) => {
-                return Err(ScuError::Protocol(format!(
-                    "unexpected PDU while waiting for a response: {other:?}"
-                )))
-            }
-            Err(e) => return Err(ScuError::Protocol(format!("receive failed: {e}"))),
-        }
     }
 }
 
@@ -248,6 +205,17 @@ pub struct Prepared {
     pub offset: u64,
     /// Length of the data set.
     pub len: u64,
+}
+
+impl Prepared {
+    /// Its data set, to be streamed from the file.
+    pub fn data_set(&self) -> DataSet<'_> {
+        DataSet::File {
+            path: &self.path,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
 }
 
 /// Reads the file meta of a Part 10 file.
@@ -351,25 +319,13 @@ pub async fn send_files(
             "more than 127 SOP class/transfer syntax pairs in one association".into(),
         );
     }
-    let mut opts = options(calling_ae, target);
-    for (class, ts) in &pairs {
-        opts = opts.with_presentation_context(class.clone(), vec![ts.clone()]);
-    }
-    let addr = format!("{}:{}", target.host, target.port);
-    let mut assoc = match opts.establish_async(addr).await {
+    let contexts: Vec<(String, Vec<String>)> =
+        pairs.into_iter().map(|(c, ts)| (c, vec![ts])).collect();
+    let mut assoc = match StoreAssociation::open(target, calling_ae, &contexts).await {
         Ok(a) => a,
-        Err(e) => return fail_all(files, format!("association failed: {e}")),
+        Err(e) => return fail_all(files, e.to_string()),
     };
-    let accepted: Vec<(u8, String, String)> = assoc
-        .presentation_contexts()
-        .iter()
-        .filter(|p| p.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
-        .map(|p| (p.id, p.abstract_syntax.clone(), p.transfer_syntax.clone()))
-        .collect();
-    let max_pdu = assoc.acceptor_max_pdu_length().max(1024) as usize;
-    let chunk = max_pdu - 6;
     let mut results = Vec::with_capacity(files.len());
-    let mut msg_id: u16 = 0;
     let mut broken: Option<String> = None;
     for f in files {
         if let Some(reason) = &broken {
@@ -380,10 +336,7 @@ pub async fn send_files(
             });
             continue;
         }
-        let Some((pc, _, _)) = accepted
-            .iter()
-            .find(|(_, a, t)| *a == f.sop_class && *t == f.transfer_syntax)
-        else {
+        let Some(pc) = assoc.context_for(&f.sop_class, &f.transfer_syntax) else {
             results.push(SendResult {
                 path: f.path,
                 outcome: Err(format!(
@@ -394,8 +347,10 @@ pub async fn send_files(
             });
             continue;
         };
-        msg_id = msg_id.wrapping_add(1).max(1);
-        let outcome = send_one(&mut assoc, *pc, msg_id, &f, chunk).await;
+        let outcome = assoc
+            .store(pc, &f.sop_class, &f.sop_instance, f.data_set(), None)
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             broken = Some(e.clone());
         }
@@ -406,116 +361,17 @@ pub async fn send_files(
         });
     }
     if broken.is_none() {
-        let _ = assoc.release().await;
+        assoc.release().await;
+    } else {
+        assoc.abort().await;
     }
     results
-}
-
-/// Where the data set of a C-STORE comes from.
-#[derive(Debug, Clone, Copy)]
-pub enum DataSet<'a> {
-    /// As stored: a byte range of a Part 10 file, streamed in PDU-sized reads.
-    File(&'a Prepared),
-    /// Already encoded in memory (e.g. transcoded for a peer that refused the stored syntax).
-    Memory(&'a [u8]),
-}
-
-async fn send_one<A: AsyncAssociation<S> + Send, S>(
-    assoc: &mut A,
-    pc: u8,
-    msg_id: u16,
-    f: &Prepared,
-    chunk: usize,
-) -> Result<u16, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    let rq = Command::store_rq(msg_id, &f.sop_class, &f.sop_instance, Priority::Medium);
-    store_one(assoc, pc, &rq, DataSet::File(f), chunk).await
-}
-
-/// Sends C-STORE-RQ `rq` with its data set and returns the status of the response.
-async fn store_one<A: AsyncAssociation<S> + Send, S>(
-    assoc: &mut A,
-    pc: u8,
-    rq: &Command,
-    data: DataSet<'_>,
-    chunk: usize,
-) -> Result<u16, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    send_command(assoc, pc, rq)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut file = None;
-    let total = match data {
-        DataSet::File(f) => {
-            let mut fh = std::fs::File::open(&f.path).map_err(|e| e.to_string())?;
-            fh.seek(std::io::SeekFrom::Start(f.offset))
-                .map_err(|e| e.to_string())?;
-            file = Some(fh);
-            f.len
-        }
-        DataSet::Memory(b) => b.len() as u64,
-    };
-    if total == 0 {
-        return Err("empty data set".into());
-    }
-    // Each P-DATA-TF PDU (one data PDV) is written straight to the socket from one buffer:
-    // its 12-byte header, then the data read into place. That is one copy of the data in
-    // user space instead of three (read, PDV, encoded PDU), which decides the throughput of
-    // a C-MOVE of large images. dicom-ul writes each PDU whole and buffers nothing between
-    // PDUs, so writing at these PDU boundaries keeps the association consistent.
-    let mut remaining = total;
-    let mut buf = vec![0u8; PDATA_HEADER + (total as usize).min(chunk)];
-    while remaining > 0 {
-        let n = (remaining as usize).min(chunk);
-        let body = &mut buf[PDATA_HEADER..PDATA_HEADER + n];
-        match (&mut file, data) {
-            (Some(fh), _) => fh.read_exact(body).map_err(|e| e.to_string())?,
-            (None, DataSet::Memory(b)) => {
-                let at = (total - remaining) as usize;
-                body.copy_from_slice(&b[at..at + n]);
-            }
-            (None, DataSet::File(_)) => return Err("file not open".into()),
-        }
-        remaining -= n as u64;
-        pdata_header(&mut buf[..PDATA_HEADER], pc, n, remaining == 0);
-        let stream = AsyncAssociation::inner_stream(assoc);
-        match tokio::time::timeout(TIMEOUT, stream.write_all(&buf[..PDATA_HEADER + n])).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("send failed: {e}")),
-            Err(_) => return Err(format!("send failed: no progress in {TIMEOUT:?}")),
-        }
-    }
-    let rsp = receive_command(assoc).await.map_err(|e| e.to_string())?;
-    rsp.status
-        .map(|s| s.0)
-        .ok_or_else(|| "response without a status".to_string())
-}
-
-/// Bytes before the data in a P-DATA-TF PDU carrying one PDV: PDU type, reserved, PDU
-/// length (4), PDV item length (4), presentation context ID, message control header.
-const PDATA_HEADER: usize = 12;
-
-/// Writes the header of a P-DATA-TF PDU whose one PDV carries `n` bytes of data set on
-/// context `pc` (PS3.8 9.3.5, E.2).
-fn pdata_header(out: &mut [u8], pc: u8, n: usize, last: bool) {
-    out[0] = 0x04;
-    out[1] = 0;
-    out[2..6].copy_from_slice(&((n + 6) as u32).to_be_bytes());
-    out[6..10].copy_from_slice(&((n + 2) as u32).to_be_bytes());
-    out[10] = pc;
-    out[11] = if last { 0x02 } else { 0x00 };
 }
 
 /// An open C-STORE SCU association with several presentation contexts, for sending the
 /// sub-operations of a C-MOVE.
 pub struct StoreAssociation {
-    assoc: dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
-    accepted: Vec<(u8, String, String)>,
-    chunk: usize,
+    assoc: Client,
     msg_id: u16,
 }
 
@@ -527,49 +383,23 @@ impl StoreAssociation {
         calling_ae: &str,
         contexts: &[(String, Vec<String>)],
     ) -> Result<StoreAssociation, ScuError> {
-        if contexts.is_empty() || contexts.len() > 128 {
-            return Err(ScuError::Protocol(format!(
-                "{} presentation contexts to propose (1 to 128 allowed)",
-                contexts.len()
-            )));
-        }
-        let mut opts = options(calling_ae, target);
-        for (class, ts) in contexts {
-            opts = opts.with_presentation_context(class.clone(), ts.clone());
-        }
-        let addr = format!("{}:{}", target.host, target.port);
-        let mut assoc = opts
-            .establish_async(addr)
-            .await
-            .map_err(|e| ScuError::Association {
-                target: target.to_string(),
-                reason: with_causes(&e),
-            })?;
-        let _ = AsyncAssociation::inner_stream(&mut assoc).set_nodelay(true);
-        let accepted = assoc
-            .presentation_contexts()
-            .iter()
-            .filter(|p| p.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
-            .map(|p| {
-                (
-                    p.id,
-                    p.abstract_syntax.trim_end_matches('\0').to_string(),
-                    p.transfer_syntax.trim_end_matches('\0').to_string(),
-                )
-            })
-            .collect();
-        let chunk = (assoc.acceptor_max_pdu_length().max(1024) as usize) - 6;
         Ok(StoreAssociation {
-            assoc,
-            accepted,
-            chunk,
+            assoc: connect(target, calling_ae, contexts).await?,
             msg_id: 0,
         })
     }
 
     /// The accepted contexts: (id, SOP class, transfer syntax).
     pub fn accepted(&self) -> &[(u8, String, String)] {
-        &self.accepted
+        self.assoc.accepted()
+    }
+
+    /// The accepted context for `sop_class` in `transfer_syntax`.
+    pub fn context_for(&self, sop_class: &str, transfer_syntax: &str) -> Option<u8> {
+        self.accepted()
+            .iter()
+            .find(|(_, c, t)| c == sop_class && t == transfer_syntax)
+            .map(|(id, _, _)| *id)
     }
 
     /// Sends one instance on context `pc`, marked as a sub-operation of C-MOVE
@@ -587,9 +417,14 @@ impl StoreAssociation {
         if let Some((ae, id)) = originator {
             rq = rq.with_move_originator(ae, id);
         }
-        store_one(&mut self.assoc, pc, &rq, data, self.chunk)
+        let rsp = self
+            .assoc
+            .request(pc, &rq, Some(data))
             .await
-            .map_err(ScuError::Protocol)
+            .map_err(protocol)?;
+        rsp.status
+            .map(|s| s.0)
+            .ok_or_else(|| ScuError::Protocol("response without a status".into()))
     }
 
     /// Releases the association (errors are only logged: the work is done).
@@ -601,7 +436,7 @@ impl StoreAssociation {
 
     /// Aborts the association.
     pub async fn abort(self) {
-        let _ = self.assoc.abort().await;
+        self.assoc.abort().await;
     }
 }
 

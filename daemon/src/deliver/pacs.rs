@@ -21,11 +21,7 @@ impl PacsChannel {
     pub fn new(store: Arc<Store>, dest: &PacsDestination, calling_ae: &str) -> PacsChannel {
         PacsChannel {
             store,
-            target: Target {
-                ae_title: dest.ae_title.clone(),
-                host: dest.host.clone(),
-                port: dest.port,
-            },
+            target: Target::of(dest),
             calling_ae: calling_ae.to_string(),
         }
     }

@@ -167,6 +167,10 @@ mod tests {
                 port: 104,
                 push: true,
                 move_: true,
+                tls: false,
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
             },
             PacsDestination {
                 name: "viewer".into(),
@@ -175,6 +179,10 @@ mod tests {
                 port: 104,
                 push: false,
                 move_: true,
+                tls: false,
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
             },
         ];
         let plan = DeliveryPlan::from_config(&cfg);

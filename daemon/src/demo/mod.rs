@@ -86,6 +86,7 @@ pub async fn run(
         ae_title: config.dicom.ae_title.clone(),
         host: running.dicom_addr.ip().to_string(),
         port: running.dicom_addr.port(),
+        tls: None,
     };
     let files: Vec<_> = paths.iter().filter_map(|f| scu::prepare(f).ok()).collect();
     let sent_uids: Vec<String> = files.iter().map(|f| f.sop_instance.clone()).collect();

@@ -5,6 +5,8 @@
 //!
 //! - [`uids`]: the SOP class and transfer syntax UIDs the product negotiates.
 //! - [`status`]: DIMSE status codes and their classification (PS3.7 Annex C).
+//! - [`refusal`]: the one answer of a request that does not succeed (cause → status, Error
+//!   Comment), and the conformance statement's table of them.
 //! - [`command`]: the command set (group 0000) of C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET and
 //!   C-CANCEL, encoded and decoded in Implicit VR Little Endian.
 //! - [`assembler`]: reassembly of incoming P-DATA fragments into command sets, with data-set
@@ -15,12 +17,14 @@
 pub mod assembler;
 pub mod command;
 pub mod fragment;
+pub mod refusal;
 pub mod status;
 pub mod uids;
 
 pub use assembler::{Assembler, Event};
 pub use command::{decode, encode, Command, CommandField, Priority, SubOperations};
 pub use fragment::fragments;
+pub use refusal::{Cause, Refused};
 pub use status::{Status, StatusClass};
 
 use dicom_core::Tag;

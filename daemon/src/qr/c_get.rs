@@ -21,7 +21,7 @@ pub async fn serve(mut op: Op) -> String {
     };
     let object = super::audit_object(&instances);
     let mut tally = Tally::new(instances.len());
-    let root = op.scp.store.root().to_path_buf();
+    let root = op.ctx.store.root().to_path_buf();
     let mut message_id: u16 = 0;
     for inst in &instances {
         if op.cancelled() {
@@ -51,9 +51,10 @@ pub async fn serve(mut op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         };
-        let bytes = match payload::load_async(&root, inst, &ts, true).await {
-            Ok((_, Some(b))) => b,
-            Ok((_, None)) => continue,
+        // Streamed from the file one PDU at a time: a retrieve of any size holds one
+        // PDU-sized buffer, never a whole instance (unless it had to be transcoded).
+        let payload = match payload::load_async(&root, inst, &ts).await {
+            Ok(p) => p,
             Err(e) => {
                 log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);
                 tally.fail(&inst.sop_instance_uid);
@@ -66,7 +67,7 @@ pub async fn serve(mut op: Op) -> String {
             .writer
             .lock()
             .await
-            .message(pc, &rq, Some(&bytes))
+            .store(pc, &rq, payload.data_set())
             .await
             .is_err()
         {

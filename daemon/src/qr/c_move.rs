@@ -5,10 +5,11 @@
 //! responses carry the sub-operation counts; C-CANCEL stops between sub-operations.
 
 use super::payload::{self, FALLBACK_SYNTAXES};
-use super::query::{self, QueryError};
+use super::query;
 use super::Op;
 use crate::audit::Action;
 use crate::dimse::command::{Command, SubOperations};
+use crate::dimse::refusal::{Cause, Refused};
 use crate::dimse::status::{Status, StatusClass};
 use crate::model::InstanceRecord;
 use crate::scu::{StoreAssociation, Target};
@@ -147,6 +148,30 @@ pub async fn finish(op: &Op, tally: &Tally, object: &str, what: &str) -> String 
     outcome
 }
 
+/// Ends a retrieve refused before (or when) its sub-operations start: sends `refused` as
+/// the final response with the counts of `tally`, records it in the audit trail when
+/// `audit` (attributed to `object`) and returns the log line, which starts with `what`.
+pub async fn refuse(
+    op: &Op,
+    refused: Refused,
+    tally: &Tally,
+    object: &str,
+    what: &str,
+    audit: bool,
+) -> String {
+    let line = format!("{what} refused ({refused})");
+    if audit {
+        let summary = if tally.total > 0 {
+            format!("; {}", tally.summary())
+        } else {
+            String::new()
+        };
+        op.audit(Action::Export, object, format!("{line}{summary}"), true);
+    }
+    send_final(op, refused.status(), tally, Some(&refused.comment)).await;
+    line
+}
+
 /// Sends a pending response with the current counts.
 pub async fn send_pending(op: &Op, tally: &Tally) -> bool {
     let rsp = match op.rq.command_field {
@@ -162,42 +187,21 @@ pub async fn send_pending(op: &Op, tally: &Tally) -> bool {
 /// final response and returns the log line.
 pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, String> {
     let Some(model) = op.model() else {
-        let tally = Tally::default();
-        send_final(op, Status::SOP_CLASS_NOT_SUPPORTED, &tally, None).await;
-        return Err(format!("{what} refused: not a Q/R SOP class"));
+        let refused = Refused::new(Cause::NotQueryRetrieve, "not a Q/R SOP class");
+        return Err(refuse(op, refused, &Tally::default(), "-", what, false).await);
     };
     let obj = match query::decode_identifier(&op.identifier, &op.transfer_syntax) {
         Ok(o) => o,
-        Err(e) => {
-            send_final(
-                op,
-                Status::UNABLE_TO_PROCESS,
-                &Tally::default(),
-                Some(&e.to_string()),
-            )
-            .await;
-            op.audit(Action::Export, "-", format!("{what} refused: {e}"), true);
-            return Err(format!("{what} refused: {e}"));
-        }
+        Err(e) => return Err(refuse(op, e.into(), &Tally::default(), "-", what, true).await),
     };
-    let store = op.scp.store.clone();
+    let store = op.ctx.store.clone();
     let selected = tokio::task::spawn_blocking(move || query::select(&store, &obj, model)).await;
-    match selected {
-        Ok(Ok((_, instances))) => Ok(instances),
-        Ok(Err(e)) => {
-            let status = match e {
-                QueryError::Store(_) => Status::UNABLE_TO_PROCESS,
-                _ => Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-            };
-            send_final(op, status, &Tally::default(), Some(&e.to_string())).await;
-            op.audit(Action::Export, "-", format!("{what} refused: {e}"), true);
-            Err(format!("{what} refused: {e}"))
-        }
-        Err(e) => {
-            send_final(op, Status::UNABLE_TO_PROCESS, &Tally::default(), None).await;
-            Err(format!("{what} failed: {e}"))
-        }
-    }
+    let refused = match selected {
+        Ok(Ok((_, instances))) => return Ok(instances),
+        Ok(Err(e)) => e.into(),
+        Err(e) => Refused::new(Cause::IndexFailed, format!("query task failed: {e}")),
+    };
+    Err(refuse(op, refused, &Tally::default(), "-", what, true).await)
 }
 
 /// The presentation contexts to propose for `instances`: each SOP class with its stored
@@ -226,26 +230,17 @@ pub fn contexts_for(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> 
 pub async fn serve(op: Op) -> String {
     let dest_ae = op.rq.move_destination.clone().unwrap_or_default();
     let destination = op
-        .scp
+        .ctx
         .move_destinations
         .iter()
         .find(|d| d.move_ && d.ae_title == dest_ae)
         .cloned();
     let Some(dest) = destination else {
-        op.audit(
-            Action::Export,
-            "-",
-            format!("C-MOVE to unknown destination {dest_ae:?} refused"),
-            true,
+        let refused = Refused::new(
+            Cause::MoveDestinationUnknown,
+            format!("move destination {dest_ae:?} unknown"),
         );
-        send_final(
-            &op,
-            Status::MOVE_DESTINATION_UNKNOWN,
-            &Tally::default(),
-            Some("move destination unknown"),
-        )
-        .await;
-        return format!("C-MOVE to unknown destination {dest_ae:?} refused (A801)");
+        return refuse(&op, refused, &Tally::default(), "-", "C-MOVE", true).await;
     };
     let instances = match resolve(&op, "C-MOVE").await {
         Ok(i) => i,
@@ -263,12 +258,8 @@ pub async fn serve(op: Op) -> String {
         );
         return format!("C-MOVE to {dest_ae}: nothing matched");
     }
-    let target = Target {
-        ae_title: dest.ae_title.clone(),
-        host: dest.host.clone(),
-        port: dest.port,
-    };
-    let calling = op.scp.policy.ae_title.clone();
+    let target = Target::of(&dest);
+    let calling = op.ctx.ae_title.clone();
     let mut assoc = match StoreAssociation::open(&target, &calling, &contexts_for(&instances)).await
     {
         Ok(a) => a,
@@ -276,23 +267,11 @@ pub async fn serve(op: Op) -> String {
             for i in &instances {
                 tally.fail(&i.sop_instance_uid);
             }
-            send_final(
-                &op,
-                Status::OUT_OF_RESOURCES_SUB_OPERATIONS,
-                &tally,
-                Some(&e.to_string()),
-            )
-            .await;
-            op.audit(
-                Action::Export,
-                &object,
-                format!("C-MOVE to {dest_ae}: {e}; {}", tally.summary()),
-                true,
-            );
-            return format!("C-MOVE to {dest_ae} failed: {e}");
+            let what = format!("C-MOVE to {dest_ae}");
+            return refuse(&op, e.into(), &tally, &object, &what, true).await;
         }
     };
-    let root = op.scp.store.root().to_path_buf();
+    let root = op.ctx.store.root().to_path_buf();
     let originator = op.accepted.calling_ae.clone();
     let message_id = op.message_id.unwrap_or(0);
     let mut broken: Option<String> = None;
@@ -327,8 +306,8 @@ pub async fn serve(op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         };
-        let payload = match payload::load_async(&root, inst, &ts, false).await {
-            Ok((p, _)) => p,
+        let payload = match payload::load_async(&root, inst, &ts).await {
+            Ok(p) => p,
             Err(e) => {
                 log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);
                 tally.fail(&inst.sop_instance_uid);

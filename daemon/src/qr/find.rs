@@ -6,6 +6,7 @@ use super::query::{self, QueryError};
 use super::Op;
 use crate::audit::Action;
 use crate::dimse::command::Command;
+use crate::dimse::refusal::{Cause, Refused};
 use crate::dimse::status::Status;
 use tokio::sync::mpsc;
 
@@ -15,10 +16,9 @@ const IN_FLIGHT: usize = 32;
 /// Runs one C-FIND to its final response; returns a line for the log.
 pub async fn serve(op: Op) -> String {
     let Some(model) = op.model() else {
-        return final_rsp(
+        return refuse(
             &op,
-            Status::SOP_CLASS_NOT_SUPPORTED,
-            "not a C-FIND SOP class",
+            Refused::new(Cause::NotQueryRetrieve, "not a C-FIND SOP class"),
         )
         .await;
     };
@@ -27,12 +27,8 @@ pub async fn serve(op: Op) -> String {
     {
         Ok(q) => q,
         Err(e) => {
-            let status = match e {
-                QueryError::Decode(_) => Status::UNABLE_TO_PROCESS,
-                _ => Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-            };
             op.audit(Action::Query, "-", format!("C-FIND refused: {e}"), true);
-            return final_rsp(&op, status, &e.to_string()).await;
+            return refuse(&op, e.into()).await;
         }
     };
     if q.undeclared_non_ascii
@@ -50,8 +46,8 @@ pub async fn serve(op: Op) -> String {
     }
     let description = q.describe();
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
-    let store = op.scp.store.clone();
-    let ae = op.scp.policy.ae_title.clone();
+    let store = op.ctx.store.clone();
+    let ae = op.ctx.ae_title.clone();
     let ts = op.transfer_syntax.clone();
     let cancel = op.cancel.clone();
     let q2 = q.clone();
@@ -62,7 +58,7 @@ pub async fn serve(op: Op) -> String {
         })
     });
     let mut sent = 0usize;
-    let mut failure: Option<String> = None;
+    let mut failure: Option<Refused> = None;
     while let Some(item) = rx.recv().await {
         if op.cancelled() {
             break;
@@ -78,7 +74,7 @@ pub async fn serve(op: Op) -> String {
                 sent += 1;
             }
             Err(e) => {
-                failure = Some(e.to_string());
+                failure = Some(e.into());
                 break;
             }
         }
@@ -86,11 +82,16 @@ pub async fn serve(op: Op) -> String {
     drop(rx);
     match worker.await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => failure = Some(e.to_string()),
-        Err(e) => failure = Some(format!("query task failed: {e}")),
+        Ok(Err(e)) => failure = Some(e.into()),
+        Err(e) => {
+            failure = Some(Refused::new(
+                Cause::IndexFailed,
+                format!("query task failed: {e}"),
+            ))
+        }
     }
-    let (status, outcome) = if let Some(reason) = &failure {
-        (Status::UNABLE_TO_PROCESS, format!("failed: {reason}"))
+    let (status, outcome) = if let Some(refused) = &failure {
+        (refused.status(), format!("failed: {}", refused.comment))
     } else if op.cancelled() {
         (Status::CANCEL, "cancelled".to_string())
     } else {
@@ -109,8 +110,8 @@ pub async fn serve(op: Op) -> String {
         failure.is_some(),
     );
     let mut rsp = Command::find_rsp(&op.rq, status);
-    if let Some(reason) = &failure {
-        rsp = rsp.with_error_comment(reason);
+    if let Some(refused) = &failure {
+        rsp = rsp.with_error_comment(&refused.comment);
     }
     if op
         .writer
@@ -125,8 +126,12 @@ pub async fn serve(op: Op) -> String {
     format!("C-FIND {description}: {sent} match(es), {outcome}")
 }
 
-async fn final_rsp(op: &Op, status: Status, reason: &str) -> String {
-    let rsp = Command::find_rsp(&op.rq, status).with_error_comment(reason);
-    let _ = op.writer.lock().await.command(op.pc_id, &rsp).await;
-    format!("C-FIND refused ({:04X}): {reason}", status.0)
+async fn refuse(op: &Op, refused: Refused) -> String {
+    let _ = op
+        .writer
+        .lock()
+        .await
+        .command(op.pc_id, &refused.response(&op.rq))
+        .await;
+    format!("C-FIND refused ({refused})")
 }

@@ -23,11 +23,13 @@ pub mod query;
 
 pub use query::{Level, Model};
 
+use crate::audit::Audit;
 use crate::audit::{Action, Event};
+use crate::config::PacsDestination;
 use crate::dimse::command::Command;
-use crate::receive::association::SharedWriter;
-use crate::receive::Scp;
+use crate::store::Store;
 use crate::ul::negotiate::Accepted;
+use crate::ul::writer::SharedWriter;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -44,10 +46,22 @@ pub enum Operation {
     Get,
 }
 
+/// What the Q/R services use of the appliance: nothing else of the SCP reaches them.
+pub struct Context {
+    /// The store the index and the files are read from.
+    pub store: Arc<Store>,
+    /// The audit trail queries and retrieves are recorded in.
+    pub audit: Arc<Audit>,
+    /// Our AE title (Retrieve AE Title, calling AE of C-MOVE associations).
+    pub ae_title: String,
+    /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
+    pub move_destinations: Vec<PacsDestination>,
+}
+
 /// One C-FIND, C-MOVE or C-GET request, with what its service needs from the association.
 pub struct Op {
-    /// The SCP's shared state (store, audit, destinations).
-    pub scp: Arc<Scp>,
+    /// The appliance's side of the services.
+    pub ctx: Arc<Context>,
     /// Where responses (and C-GET sub-operations) are written.
     pub writer: SharedWriter,
     /// Presentation context of the request.
@@ -89,7 +103,7 @@ impl Op {
         if failed {
             e = e.failed();
         }
-        if let Err(err) = self.scp.audit.append(e) {
+        if let Err(err) = self.ctx.audit.append(e) {
             log::error!("audit trail: cannot record a Q/R event: {err}");
         }
     }

@@ -50,26 +50,8 @@ impl Payload {
     /// The data set as the SCU sends it.
     pub fn data_set(&self) -> scu::DataSet<'_> {
         match self {
-            Payload::Stored(p) => scu::DataSet::File(p),
+            Payload::Stored(p) => p.data_set(),
             Payload::Transcoded(b) => scu::DataSet::Memory(b),
-        }
-    }
-
-    /// The data set's bytes (reads a stored file whole).
-    pub fn bytes(&self) -> Result<Vec<u8>, PayloadError> {
-        match self {
-            Payload::Transcoded(b) => Ok(b.clone()),
-            Payload::Stored(p) => {
-                use std::io::{Read, Seek};
-                let mut f = std::fs::File::open(&p.path)
-                    .map_err(|e| PayloadError::File(format!("{}: {e}", p.path.display())))?;
-                f.seek(std::io::SeekFrom::Start(p.offset))
-                    .map_err(|e| PayloadError::File(e.to_string()))?;
-                let mut out = Vec::with_capacity(p.len as usize);
-                f.read_to_end(&mut out)
-                    .map_err(|e| PayloadError::File(e.to_string()))?;
-                Ok(out)
-            }
         }
     }
 }
@@ -120,23 +102,11 @@ pub fn load(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, Pay
     Ok(Payload::Transcoded(out))
 }
 
-/// [`load`] on a blocking thread, and (for C-GET) the bytes of the data set; errors as text
-/// for the operation's log line.
-pub async fn load_async(
-    root: &Path,
-    inst: &InstanceRecord,
-    ts: &str,
-    bytes: bool,
-) -> Result<(Payload, Option<Vec<u8>>), String> {
+/// [`load`] on a blocking thread; errors as text for the operation's log line.
+pub async fn load_async(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, String> {
     let (root, inst, ts) = (root.to_path_buf(), inst.clone(), ts.to_string());
-    let loaded = tokio::task::spawn_blocking(move || {
-        let p = load(&root, &inst, &ts)?;
-        let b = if bytes { Some(p.bytes()?) } else { None };
-        Ok::<_, PayloadError>((p, b))
-    })
-    .await;
-    match loaded {
-        Ok(Ok(v)) => Ok(v),
+    match tokio::task::spawn_blocking(move || load(&root, &inst, &ts)).await {
+        Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
     }

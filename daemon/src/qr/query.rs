@@ -85,6 +85,20 @@ pub enum QueryError {
     Store(#[from] StoreError),
 }
 
+impl From<QueryError> for crate::dimse::Refused {
+    fn from(e: QueryError) -> crate::dimse::Refused {
+        use crate::dimse::Cause;
+        let cause = match &e {
+            QueryError::Decode(_) => Cause::IdentifierUndecodable,
+            QueryError::Store(_) => Cause::IndexFailed,
+            QueryError::MissingLevel
+            | QueryError::BadLevel(_)
+            | QueryError::MissingUniqueKey(_) => Cause::IdentifierInvalid,
+        };
+        crate::dimse::Refused::new(cause, e.to_string())
+    }
+}
+
 /// One key of the identifier.
 #[derive(Debug, Clone)]
 pub struct QueryKey {

@@ -2,14 +2,20 @@
 //! DIMSE messages from P-DATA fragments, dispatches them to the services, answers, and ends
 //! on A-RELEASE, A-ABORT, a protocol violation or shutdown.
 //!
+//! The loop is a sequence of small steps (a PDU, a P-DATA value, a command, a data
+//! fragment, a complete message), each returning what happens [`Next`]: go on, release, end
+//! or abort with a reason. Only [`Association::end`] sends A-RELEASE-RP or A-ABORT and
+//! counts protocol errors.
+//!
 //! Every request is checked by [`super::authorize`] before it runs; a refused one is
 //! answered with its failure status (after its data set, which is read and dropped), logged
 //! and audited.
 //!
 //! The socket is split: this loop owns the reading half, and every response goes through a
-//! shared [`Writer`]. A C-FIND, C-MOVE or C-GET runs as a task of its own (see
-//! [`crate::qr`]) while the loop keeps reading, so that a C-CANCEL stops it and the C-STORE
-//! responses of C-GET sub-operations reach it.
+//! shared [`crate::ul::writer::Writer`]. A C-FIND, C-MOVE or C-GET runs as a task of its own
+//! (see [`crate::qr`], which sees only a [`crate::qr::Context`]) while the loop keeps
+//! reading, so that a C-CANCEL stops it and the C-STORE responses of C-GET sub-operations
+//! reach it.
 
 use super::authorize::{self, Refusal};
 use super::echo;
@@ -18,16 +24,17 @@ use super::store::Incoming;
 use super::Scp;
 use crate::dimse::assembler::{Assembler, Event};
 use crate::dimse::command::{Command, CommandField};
+use crate::dimse::refusal::{unrecognized, Cause, Refused};
 use crate::dimse::status::Status;
 use crate::qr::{Op, Operation};
-use crate::ul::framing::{self, FramingError, PduReader};
+use crate::ul::framing::{FramingError, PduReader};
 use crate::ul::negotiate::Accepted;
-use dicom_ul::pdu::{PDataValueType, Pdu};
+use crate::ul::writer::{SharedWriter, Writer};
+use dicom_ul::pdu::{PDataValue, Pdu};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::io::WriteHalf;
 use tokio::sync::{mpsc, watch};
 
 /// The message currently being received.
@@ -45,7 +52,7 @@ enum Current {
         identifier: Vec<u8>,
     },
     /// The data set of a refused request is arriving; it is dropped, then answered.
-    Refused { rq: Box<Command>, refusal: Refusal },
+    Refused { rq: Box<Command>, refused: Refused },
 }
 
 /// Refused requests after which the association is aborted (each is logged and audited).
@@ -62,72 +69,25 @@ struct Running {
     task: tokio::task::JoinHandle<String>,
 }
 
-/// The writing half of the association: every outgoing PDU goes through it, one whole
-/// DIMSE message per lock so that messages never interleave.
-pub struct Writer {
-    half: WriteHalf<Box<dyn Stream>>,
-    scratch: Vec<u8>,
-    peer_max_pdu: u32,
-    /// Message ID Being Responded To of the last final C-FIND/C-MOVE/C-GET response sent:
-    /// once it is out, the peer may send its next request before the task has ended.
-    answered: Option<u16>,
+/// What happens after one step of the loop.
+enum Next {
+    /// Read on.
+    Continue,
+    /// The peer asked to release the association.
+    Release,
+    /// Send A-ABORT and end, for this reason.
+    Abort(AbortReason),
+    /// The association is over with nothing left to send (the peer aborted or closed the
+    /// connection, or a write failed); the line for the log.
+    Ended(String),
 }
 
-/// The writer shared by the association loop and the operation it runs.
-pub type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
-
-impl Writer {
-    /// Sends one PDU.
-    pub async fn pdu(&mut self, pdu: &Pdu) -> std::io::Result<()> {
-        framing::write(&mut self.half, &mut self.scratch, pdu).await
-    }
-
-    /// Sends a command set on a presentation context.
-    pub async fn command(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
-        let final_qr = matches!(
-            cmd.command_field,
-            CommandField::CFindRsp | CommandField::CMoveRsp | CommandField::CGetRsp
-        ) && !matches!(
-            cmd.status,
-            Some(Status::PENDING | Status::PENDING_WARNING) | None
-        );
-        if final_qr {
-            self.answered = cmd.message_id_being_responded_to;
-        }
-        let bytes = crate::dimse::encode(cmd);
-        for pdv in
-            crate::dimse::fragments(pc_id, PDataValueType::Command, &bytes, self.peer_max_pdu)
-        {
-            self.pdu(&Pdu::PData { data: vec![pdv] }).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends a data set on a presentation context, one fragment per PDU.
-    pub async fn data_set(&mut self, pc_id: u8, bytes: &[u8]) -> std::io::Result<()> {
-        for pdv in crate::dimse::fragments(pc_id, PDataValueType::Data, bytes, self.peer_max_pdu) {
-            self.pdu(&Pdu::PData { data: vec![pdv] }).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends a command and, when given, its data set.
-    pub async fn message(
-        &mut self,
-        pc_id: u8,
-        cmd: &Command,
-        data: Option<&[u8]>,
-    ) -> std::io::Result<()> {
-        self.command(pc_id, cmd).await?;
-        if let Some(d) = data {
-            self.data_set(pc_id, d).await?;
-        }
-        Ok(())
-    }
-}
-
-async fn abort(writer: &SharedWriter) {
-    let _ = writer.lock().await.pdu(&abort_pdu()).await;
+/// Why the appliance aborts an association; each carries the line for the log.
+enum AbortReason {
+    /// The peer broke the protocol (counted in `duli_protocol_errors_total`).
+    Protocol(String),
+    /// A limit (size, refusals, idle time) or the shutdown deadline.
+    Limit(String),
 }
 
 /// Runs the association to its end; returns a line for the log.
@@ -140,396 +100,489 @@ pub async fn run(
     mut reader: PduReader,
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
-    let contexts: HashMap<u8, (String, String)> = accepted
-        .contexts
-        .iter()
-        .map(|c| (c.id, (c.abstract_syntax.clone(), c.transfer_syntax.clone())))
-        .collect();
-    let mut assembler = Assembler::new(contexts.keys().copied());
     let (mut stream, half) = tokio::io::split(stream);
-    let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(Writer {
-        half,
-        scratch: Vec::with_capacity(1024),
-        peer_max_pdu: accepted.peer_max_pdu,
-        answered: None,
-    }));
-    let accepted = Arc::new(accepted);
-    let mut current = Current::Idle;
-    let mut running: Option<Running> = None;
-    let mut stored = 0u64;
-    let mut refusals = 0u32;
-    let calling = accepted.calling_ae.clone();
-    let charset_warned = Arc::new(AtomicBool::new(false));
-    let end = |running: &mut Option<Running>| {
-        if let Some(r) = running.take() {
-            r.cancel.store(true, Ordering::Relaxed);
-            r.task.abort();
-        }
-    };
+    let writer = Writer::shared(Box::new(half), accepted.peer_max_pdu);
+    let mut assoc = Association::new(id, scp, accepted, peer, writer);
     // At shutdown the association may run on (to its release) until the drain deadline;
     // then, between messages and operations, it is aborted.
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
-        if running.as_ref().is_some_and(|r| r.task.is_finished()) {
-            if let Some(r) = running.take() {
-                if let Ok(line) = r.task.await {
-                    log::info!("association {id}: {line}");
-                }
-            }
-        }
-        let busy = running.is_some();
+        assoc.reap().await;
+        let between_messages = assoc.between_messages();
         let deadline = async {
             match drain_deadline {
                 Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
-        let pdu = tokio::select! {
-            r = tokio::time::timeout(scp.idle, reader.read(&mut stream)) => r,
-            _ = until_true(&mut shutdown), if drain_deadline.is_none() => {
+        let woke = tokio::select! {
+            r = tokio::time::timeout(scp.idle, reader.read(&mut stream)) => Woke::Read(r),
+            _ = until_true(&mut shutdown), if drain_deadline.is_none() => Woke::Shutdown,
+            _ = deadline, if between_messages => Woke::Deadline,
+        };
+        let next = match woke {
+            Woke::Read(Ok(Ok(pdu))) => assoc.on_pdu(pdu).await,
+            Woke::Read(Ok(Err(e))) => assoc.on_read_error(e),
+            Woke::Read(Err(_)) => assoc.on_idle(),
+            Woke::Shutdown => {
                 drain_deadline = Some(tokio::time::Instant::now() + scp.drain);
-                log::info!("association {id}: shutting down, {:?} left to finish", scp.drain);
-                continue;
-            }
-            _ = deadline, if matches!(current, Current::Idle) && !busy => {
-                abort(&writer).await;
-                return format!("aborted at shutdown after {stored} instance(s)");
-            }
-        };
-        let pdu = match pdu {
-            // An operation in progress keeps the association alive.
-            Err(_) if running.as_ref().is_some_and(|r| !r.task.is_finished()) => continue,
-            Err(_) => {
-                abort(&writer).await;
-                return format!(
-                    "idle for {:?}; aborted after {stored} instance(s)",
-                    scp.idle
+                log::info!(
+                    "association {id}: shutting down, {:?} left to finish",
+                    scp.drain
                 );
+                Next::Continue
             }
-            Ok(Err(FramingError::Closed)) => {
-                end(&mut running);
-                return format!(
-                    "connection closed by {calling:?} without release after {stored} instance(s)"
-                );
-            }
-            Ok(Err(e)) => {
-                end(&mut running);
-                scp.metrics
-                    .protocol_errors_total
-                    .fetch_add(1, Ordering::Relaxed);
-                abort(&writer).await;
-                return format!("{e}; aborted after {stored} instance(s)");
-            }
-            Ok(Ok(p)) => p,
+            Woke::Deadline => Next::Abort(AbortReason::Limit(format!(
+                "aborted at shutdown after {} instance(s)",
+                assoc.stored
+            ))),
         };
-        match pdu {
-            Pdu::PData { data } => {
-                for pdv in data {
-                    let len = pdv.data.len() as u64;
-                    let event = match assembler.feed(pdv) {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            end(&mut running);
-                            scp.metrics
-                                .protocol_errors_total
-                                .fetch_add(1, Ordering::Relaxed);
-                            abort(&writer).await;
-                            return format!(
-                                "protocol error from {calling:?} at {peer}: {e}; aborted"
-                            );
-                        }
-                    };
-                    match event {
-                        None => {}
-                        Some(Event::Command { pc_id, command }) => {
-                            let Some((abstract_syntax, ts)) = contexts.get(&pc_id) else {
-                                continue;
-                            };
-                            let checked =
-                                accepted.contexts.iter().find(|c| c.id == pc_id).map(|c| {
-                                    authorize::authorize(&command, c, &accepted.permissions)
-                                });
-                            if let Some(Err(refusal)) = checked {
-                                refusals += 1;
-                                record_refusal(id, scp, &accepted, peer, &command, &refusal);
-                                if command.has_data_set {
-                                    current = Current::Refused {
-                                        rq: command,
-                                        refusal,
-                                    };
-                                } else {
-                                    let rsp =
-                                        failure_rsp(&command, refusal.status(), refusal.comment());
-                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
-                                        end(&mut running);
-                                        return "connection lost".into();
-                                    }
-                                }
-                                if refusals >= MAX_REFUSALS {
-                                    end(&mut running);
-                                    abort(&writer).await;
-                                    return format!(
-                                        "{refusals} refused requests from {calling:?}; aborted"
-                                    );
-                                }
-                                continue;
-                            }
-                            match command.command_field {
-                                CommandField::CEchoRq => {
-                                    let rsp = echo::respond(&command);
-                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
-                                        end(&mut running);
-                                        return "connection lost while answering C-ECHO".into();
-                                    }
-                                }
-                                CommandField::CStoreRq if command.has_data_set => {
-                                    let sop_class =
-                                        command.affected_sop_class_uid.clone().unwrap_or_default();
-                                    let sop_class = if sop_class.is_empty() {
-                                        abstract_syntax.clone()
-                                    } else {
-                                        sop_class
-                                    };
-                                    let incoming = Incoming::begin(
-                                        scp,
-                                        &sop_class,
-                                        command
-                                            .affected_sop_instance_uid
-                                            .as_deref()
-                                            .unwrap_or_default(),
-                                        ts,
-                                        &calling,
-                                    );
-                                    current = Current::Store {
-                                        rq: command,
-                                        incoming: Box::new(incoming),
-                                    };
-                                }
-                                CommandField::CFindRq
-                                | CommandField::CMoveRq
-                                | CommandField::CGetRq
-                                    if command.has_data_set
-                                        && crate::qr::Model::of_sop_class(abstract_syntax)
-                                            .is_some() =>
-                                {
-                                    current = Current::Request {
-                                        rq: command,
-                                        identifier: Vec::new(),
-                                    };
-                                }
-                                CommandField::CCancelRq => {
-                                    if let Some(r) = &running {
-                                        if r.message_id == command.message_id_being_responded_to {
-                                            r.cancel.store(true, Ordering::Relaxed);
-                                        }
-                                    }
-                                }
-                                CommandField::CStoreRsp => {
-                                    // A response to a C-GET sub-operation.
-                                    if let Some(r) = &running {
-                                        let _ = r.store_rsp.send(*command).await;
-                                    }
-                                }
-                                _ => {
-                                    // A request we do not serve on this association.
-                                    let rsp = unrecognized(&command);
-                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
-                                        end(&mut running);
-                                        return "connection lost".into();
-                                    }
-                                    if command.has_data_set {
-                                        end(&mut running);
-                                        scp.metrics
-                                            .protocol_errors_total
-                                            .fetch_add(1, Ordering::Relaxed);
-                                        abort(&writer).await;
-                                        return format!(
-                                            "unsupported request {:?} with a data set; aborted",
-                                            command.command_field
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                        Some(Event::Data { pc_id, bytes, last }) => {
-                            scp.metrics
-                                .bytes_received_total
-                                .fetch_add(len, Ordering::Relaxed);
-                            match &mut current {
-                                Current::Store { incoming, .. } => {
-                                    if let Err(e) = incoming.write(scp, &bytes) {
-                                        end(&mut running);
-                                        abort(&writer).await;
-                                        return format!("{e}; aborted after {stored} instance(s)");
-                                    }
-                                }
-                                Current::Request { identifier, .. } => {
-                                    if identifier.len() + bytes.len() > MAX_IDENTIFIER {
-                                        end(&mut running);
-                                        abort(&writer).await;
-                                        return format!(
-                                            "identifier from {calling:?} over {MAX_IDENTIFIER} bytes; aborted"
-                                        );
-                                    }
-                                    identifier.extend_from_slice(&bytes);
-                                }
-                                Current::Refused { .. } | Current::Idle => {}
-                            }
-                            if !last {
-                                continue;
-                            }
-                            match std::mem::replace(&mut current, Current::Idle) {
-                                Current::Store { rq, incoming } => {
-                                    let outcome = incoming.finish(scp, &calling).await;
-                                    if let Some(study) = &outcome.study {
-                                        stored += 1;
-                                        let _ = scp
-                                            .events
-                                            .send(crate::assemble::Event::Stored {
-                                                assoc: id,
-                                                study: study.clone(),
-                                            })
-                                            .await;
-                                    }
-                                    let mut rsp = Command::store_rsp(&rq, outcome.status);
-                                    if let Some(c) = &outcome.comment {
-                                        rsp = rsp.with_error_comment(c);
-                                    }
-                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
-                                        end(&mut running);
-                                        return "connection lost while answering C-STORE".into();
-                                    }
-                                }
-                                Current::Request { rq, identifier } => {
-                                    // The previous operation may have sent its final
-                                    // response (so the peer went on) and not yet ended.
-                                    let answered = writer.lock().await.answered;
-                                    if running.as_ref().is_some_and(|r| {
-                                        r.task.is_finished()
-                                            || (r.message_id.is_some() && r.message_id == answered)
-                                    }) {
-                                        if let Some(r) = running.take() {
-                                            if let Ok(line) = r.task.await {
-                                                log::info!("association {id}: {line}");
-                                            }
-                                        }
-                                    }
-                                    if running.is_some() {
-                                        // One operation at a time (no asynchronous
-                                        // operations window is negotiated).
-                                        let rsp = busy_rsp(&rq);
-                                        if writer.lock().await.command(pc_id, &rsp).await.is_err() {
-                                            end(&mut running);
-                                            return "connection lost".into();
-                                        }
-                                        continue;
-                                    }
-                                    let cancel = Arc::new(AtomicBool::new(false));
-                                    let (store_rsp, store_rsps) = mpsc::channel(4);
-                                    let kind = match rq.command_field {
-                                        CommandField::CFindRq => Operation::Find,
-                                        CommandField::CMoveRq => Operation::Move,
-                                        _ => Operation::Get,
-                                    };
-                                    let op = Op {
-                                        scp: scp.clone(),
-                                        writer: writer.clone(),
-                                        pc_id,
-                                        abstract_syntax: abstract_syntax_of(&contexts, pc_id),
-                                        transfer_syntax: contexts
-                                            .get(&pc_id)
-                                            .map(|c| c.1.clone())
-                                            .unwrap_or_default(),
-                                        message_id: rq.message_id,
-                                        rq: *rq,
-                                        identifier,
-                                        accepted: accepted.clone(),
-                                        peer,
-                                        cancel: cancel.clone(),
-                                        store_rsps,
-                                        charset_warned: charset_warned.clone(),
-                                    };
-                                    running = Some(Running {
-                                        message_id: op.message_id,
-                                        cancel,
-                                        store_rsp,
-                                        task: tokio::spawn(crate::qr::serve(kind, op)),
-                                    });
-                                }
-                                Current::Refused { rq, refusal } => {
-                                    let rsp = failure_rsp(&rq, refusal.status(), refusal.comment());
-                                    if writer.lock().await.command(pc_id, &rsp).await.is_err() {
-                                        end(&mut running);
-                                        return "connection lost".into();
-                                    }
-                                }
-                                Current::Idle => {}
-                            }
-                        }
-                    }
-                }
-            }
-            Pdu::ReleaseRQ => {
-                // A peer releases after the final response; if it did not wait, stop the
-                // operation first.
-                if let Some(r) = running.take() {
-                    if !r.task.is_finished() {
-                        r.cancel.store(true, Ordering::Relaxed);
-                    }
-                    if let Ok(line) = r.task.await {
-                        log::info!("association {id}: {line}");
-                    }
-                }
-                let _ = writer.lock().await.pdu(&Pdu::ReleaseRP).await;
-                return format!("released by {calling:?} after {stored} instance(s)");
-            }
-            Pdu::AbortRQ { .. } => {
-                end(&mut running);
-                return format!("aborted by {calling:?} after {stored} instance(s)");
-            }
-            other => {
-                end(&mut running);
-                scp.metrics
-                    .protocol_errors_total
-                    .fetch_add(1, Ordering::Relaxed);
-                abort(&writer).await;
-                return format!("unexpected {} from {calling:?}; aborted", pdu_name(&other));
-            }
+        if !matches!(next, Next::Continue) {
+            return assoc.end(next).await;
         }
     }
 }
 
-fn abstract_syntax_of(contexts: &HashMap<u8, (String, String)>, pc_id: u8) -> String {
-    contexts
-        .get(&pc_id)
-        .map(|c| c.0.clone())
-        .unwrap_or_default()
+/// What woke the loop.
+enum Woke {
+    /// A PDU, a read error, or the idle timeout.
+    Read(Result<Result<Pdu, FramingError>, tokio::time::error::Elapsed>),
+    /// The daemon is shutting down.
+    Shutdown,
+    /// The drain deadline passed between messages.
+    Deadline,
 }
 
-/// The failure answer to a request that arrives while another operation runs.
-fn busy_rsp(rq: &Command) -> Command {
-    failure_rsp(
-        rq,
-        Status::OUT_OF_RESOURCES,
-        "another operation is in progress on this association",
-    )
+/// One association's state between steps.
+struct Association<'a> {
+    id: u64,
+    scp: &'a Arc<Scp>,
+    peer: SocketAddr,
+    accepted: Arc<Accepted>,
+    /// Abstract and transfer syntax of each accepted presentation context.
+    contexts: HashMap<u8, (String, String)>,
+    assembler: Assembler,
+    writer: SharedWriter,
+    /// What the Q/R services see of the SCP.
+    qr: Arc<crate::qr::Context>,
+    current: Current,
+    running: Option<Running>,
+    stored: u64,
+    refusals: u32,
+    charset_warned: Arc<AtomicBool>,
 }
 
-/// The final response to request `rq` with a failure `status` and an Error Comment.
-fn failure_rsp(rq: &Command, status: Status, comment: &str) -> Command {
-    let none = crate::dimse::SubOperations::default();
-    let rsp = match rq.command_field {
-        CommandField::CEchoRq => Command::echo_rsp(rq, status),
-        CommandField::CStoreRq => Command::store_rsp(rq, status),
-        CommandField::CFindRq => Command::find_rsp(rq, status),
-        CommandField::CMoveRq => Command::move_rsp(rq, status, none),
-        CommandField::CGetRq => Command::get_rsp(rq, status, none),
-        _ => Command {
-            status: Some(status),
-            ..unrecognized(rq)
-        },
-    };
-    rsp.with_error_comment(comment)
+impl<'a> Association<'a> {
+    fn new(
+        id: u64,
+        scp: &'a Arc<Scp>,
+        accepted: Accepted,
+        peer: SocketAddr,
+        writer: SharedWriter,
+    ) -> Self {
+        let contexts: HashMap<u8, (String, String)> = accepted
+            .contexts
+            .iter()
+            .map(|c| (c.id, (c.abstract_syntax.clone(), c.transfer_syntax.clone())))
+            .collect();
+        let qr = Arc::new(crate::qr::Context {
+            store: scp.store.clone(),
+            audit: scp.audit.clone(),
+            ae_title: scp.policy.ae_title.clone(),
+            move_destinations: scp.move_destinations.clone(),
+        });
+        Association {
+            id,
+            scp,
+            peer,
+            assembler: Assembler::new(contexts.keys().copied()),
+            contexts,
+            accepted: Arc::new(accepted),
+            writer,
+            qr,
+            current: Current::Idle,
+            running: None,
+            stored: 0,
+            refusals: 0,
+            charset_warned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn calling(&self) -> &str {
+        &self.accepted.calling_ae
+    }
+
+    /// True between messages with no operation running: the shutdown may abort now.
+    fn between_messages(&self) -> bool {
+        matches!(self.current, Current::Idle) && self.running.is_none()
+    }
+
+    /// Logs the line of an operation that has ended.
+    async fn reap(&mut self) {
+        if self.running.as_ref().is_some_and(|r| r.task.is_finished()) {
+            self.join_running(false).await;
+        }
+    }
+
+    /// Waits for the running operation (cancelling it first when `cancel`) and logs its line.
+    async fn join_running(&mut self, cancel: bool) {
+        if let Some(r) = self.running.take() {
+            if cancel && !r.task.is_finished() {
+                r.cancel.store(true, Ordering::Relaxed);
+            }
+            if let Ok(line) = r.task.await {
+                log::info!("association {}: {line}", self.id);
+            }
+        }
+    }
+
+    /// Stops the running operation at once.
+    fn stop_running(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.cancel.store(true, Ordering::Relaxed);
+            r.task.abort();
+        }
+    }
+
+    /// Ends the association as `next` says; returns the line for the log.
+    async fn end(mut self, next: Next) -> String {
+        match next {
+            Next::Continue => String::new(),
+            Next::Release => {
+                // A peer releases after the final response; if it did not wait, stop the
+                // operation first.
+                self.join_running(true).await;
+                let _ = self.writer.lock().await.pdu(&Pdu::ReleaseRP).await;
+                format!(
+                    "released by {:?} after {} instance(s)",
+                    self.calling(),
+                    self.stored
+                )
+            }
+            Next::Abort(reason) => {
+                self.stop_running();
+                let line = match reason {
+                    AbortReason::Protocol(line) => {
+                        self.scp
+                            .metrics
+                            .protocol_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        line
+                    }
+                    AbortReason::Limit(line) => line,
+                };
+                let _ = self.writer.lock().await.pdu(&abort_pdu()).await;
+                line
+            }
+            Next::Ended(line) => {
+                self.stop_running();
+                line
+            }
+        }
+    }
+
+    /// The read timed out: an operation in progress keeps the association alive.
+    fn on_idle(&self) -> Next {
+        if self.running.as_ref().is_some_and(|r| !r.task.is_finished()) {
+            return Next::Continue;
+        }
+        Next::Abort(AbortReason::Limit(format!(
+            "idle for {:?}; aborted after {} instance(s)",
+            self.scp.idle, self.stored
+        )))
+    }
+
+    fn on_read_error(&self, e: FramingError) -> Next {
+        match e {
+            FramingError::Closed => Next::Ended(format!(
+                "connection closed by {:?} without release after {} instance(s)",
+                self.calling(),
+                self.stored
+            )),
+            e => Next::Abort(AbortReason::Protocol(format!(
+                "{e}; aborted after {} instance(s)",
+                self.stored
+            ))),
+        }
+    }
+
+    async fn on_pdu(&mut self, pdu: Pdu) -> Next {
+        match pdu {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    let next = self.on_pdv(pdv).await;
+                    if !matches!(next, Next::Continue) {
+                        return next;
+                    }
+                }
+                Next::Continue
+            }
+            Pdu::ReleaseRQ => Next::Release,
+            Pdu::AbortRQ { .. } => Next::Ended(format!(
+                "aborted by {:?} after {} instance(s)",
+                self.calling(),
+                self.stored
+            )),
+            other => Next::Abort(AbortReason::Protocol(format!(
+                "unexpected {} from {:?}; aborted",
+                pdu_name(&other),
+                self.calling()
+            ))),
+        }
+    }
+
+    async fn on_pdv(&mut self, pdv: PDataValue) -> Next {
+        let len = pdv.data.len() as u64;
+        match self.assembler.feed(pdv) {
+            Err(e) => Next::Abort(AbortReason::Protocol(format!(
+                "protocol error from {:?} at {}: {e}; aborted",
+                self.calling(),
+                self.peer
+            ))),
+            Ok(None) => Next::Continue,
+            Ok(Some(Event::Command { pc_id, command })) => self.on_command(pc_id, command).await,
+            Ok(Some(Event::Data { pc_id, bytes, last })) => {
+                self.scp
+                    .metrics
+                    .bytes_received_total
+                    .fetch_add(len, Ordering::Relaxed);
+                self.on_data(pc_id, &bytes, last).await
+            }
+        }
+    }
+
+    /// Sends a command; a failed write ends the association with `lost` as its line.
+    async fn send(&self, pc_id: u8, cmd: &Command, lost: &str) -> Next {
+        match self.writer.lock().await.command(pc_id, cmd).await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Ended(lost.to_string()),
+        }
+    }
+
+    async fn on_command(&mut self, pc_id: u8, command: Box<Command>) -> Next {
+        let Some((abstract_syntax, ts)) = self.contexts.get(&pc_id).cloned() else {
+            return Next::Continue;
+        };
+        let checked = self
+            .accepted
+            .contexts
+            .iter()
+            .find(|c| c.id == pc_id)
+            .map(|c| authorize::authorize(&command, c, &self.accepted.permissions));
+        if let Some(Err(refusal)) = checked {
+            return self.refuse(pc_id, command, &refusal).await;
+        }
+        match command.command_field {
+            CommandField::CEchoRq => {
+                let rsp = echo::respond(&command);
+                self.send(pc_id, &rsp, "connection lost while answering C-ECHO")
+                    .await
+            }
+            CommandField::CStoreRq if command.has_data_set => {
+                let sop_class = match command.affected_sop_class_uid.as_deref() {
+                    Some(c) if !c.is_empty() => c.to_string(),
+                    _ => abstract_syntax,
+                };
+                let incoming = Incoming::begin(
+                    self.scp,
+                    &sop_class,
+                    command
+                        .affected_sop_instance_uid
+                        .as_deref()
+                        .unwrap_or_default(),
+                    &ts,
+                    self.calling(),
+                );
+                self.current = Current::Store {
+                    rq: command,
+                    incoming: Box::new(incoming),
+                };
+                Next::Continue
+            }
+            CommandField::CFindRq | CommandField::CMoveRq | CommandField::CGetRq
+                if command.has_data_set
+                    && crate::qr::Model::of_sop_class(&abstract_syntax).is_some() =>
+            {
+                self.current = Current::Request {
+                    rq: command,
+                    identifier: Vec::new(),
+                };
+                Next::Continue
+            }
+            CommandField::CCancelRq => {
+                if let Some(r) = &self.running {
+                    if r.message_id == command.message_id_being_responded_to {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                Next::Continue
+            }
+            CommandField::CStoreRsp => {
+                // A response to a C-GET sub-operation.
+                if let Some(r) = &self.running {
+                    let _ = r.store_rsp.send(*command).await;
+                }
+                Next::Continue
+            }
+            _ => {
+                // A request we do not serve on this association.
+                let next = self
+                    .send(pc_id, &unrecognized(&command), "connection lost")
+                    .await;
+                if command.has_data_set && matches!(next, Next::Continue) {
+                    return Next::Abort(AbortReason::Protocol(format!(
+                        "unsupported request {:?} with a data set; aborted",
+                        command.command_field
+                    )));
+                }
+                next
+            }
+        }
+    }
+
+    /// Records a refused request and answers it (after its data set, when one follows).
+    async fn refuse(&mut self, pc_id: u8, command: Box<Command>, refusal: &Refusal) -> Next {
+        self.refusals += 1;
+        record_refusal(
+            self.id,
+            self.scp,
+            &self.accepted,
+            self.peer,
+            &command,
+            refusal,
+        );
+        let refused = Refused::from(refusal);
+        if command.has_data_set {
+            self.current = Current::Refused {
+                rq: command,
+                refused,
+            };
+        } else {
+            let next = self
+                .send(pc_id, &refused.response(&command), "connection lost")
+                .await;
+            if !matches!(next, Next::Continue) {
+                return next;
+            }
+        }
+        if self.refusals >= MAX_REFUSALS {
+            return Next::Abort(AbortReason::Limit(format!(
+                "{} refused requests from {:?}; aborted",
+                self.refusals,
+                self.calling()
+            )));
+        }
+        Next::Continue
+    }
+
+    async fn on_data(&mut self, pc_id: u8, bytes: &[u8], last: bool) -> Next {
+        match &mut self.current {
+            Current::Store { incoming, .. } => {
+                if let Err(e) = incoming.write(self.scp, bytes) {
+                    return Next::Abort(AbortReason::Limit(format!(
+                        "{e}; aborted after {} instance(s)",
+                        self.stored
+                    )));
+                }
+            }
+            Current::Request { identifier, .. } => {
+                if identifier.len() + bytes.len() > MAX_IDENTIFIER {
+                    return Next::Abort(AbortReason::Limit(format!(
+                        "identifier from {:?} over {MAX_IDENTIFIER} bytes; aborted",
+                        self.accepted.calling_ae
+                    )));
+                }
+                identifier.extend_from_slice(bytes);
+            }
+            Current::Refused { .. } | Current::Idle => {}
+        }
+        if !last {
+            return Next::Continue;
+        }
+        match std::mem::replace(&mut self.current, Current::Idle) {
+            Current::Store { rq, incoming } => self.finish_store(pc_id, &rq, *incoming).await,
+            Current::Request { rq, identifier } => self.start(pc_id, rq, identifier).await,
+            Current::Refused { rq, refused } => {
+                self.send(pc_id, &refused.response(&rq), "connection lost")
+                    .await
+            }
+            Current::Idle => Next::Continue,
+        }
+    }
+
+    async fn finish_store(&mut self, pc_id: u8, rq: &Command, incoming: Incoming) -> Next {
+        let outcome = incoming.finish(self.scp, self.calling()).await;
+        let rsp = match outcome {
+            Ok(study) => {
+                self.stored += 1;
+                let _ = self
+                    .scp
+                    .events
+                    .send(crate::assemble::Event::Stored {
+                        assoc: self.id,
+                        study,
+                    })
+                    .await;
+                Command::store_rsp(rq, Status::SUCCESS)
+            }
+            Err(refused) => refused.response(rq),
+        };
+        self.send(pc_id, &rsp, "connection lost while answering C-STORE")
+            .await
+    }
+
+    /// Starts a C-FIND, C-MOVE or C-GET as a task of its own.
+    async fn start(&mut self, pc_id: u8, rq: Box<Command>, identifier: Vec<u8>) -> Next {
+        // The previous operation may have sent its final response (so the peer went on)
+        // and not yet ended.
+        let answered = self.writer.lock().await.answered();
+        if self.running.as_ref().is_some_and(|r| {
+            r.task.is_finished() || (r.message_id.is_some() && r.message_id == answered)
+        }) {
+            self.join_running(false).await;
+        }
+        if self.running.is_some() {
+            // One operation at a time (no asynchronous operations window is negotiated).
+            let busy = Refused::new(
+                Cause::Busy,
+                "another operation is in progress on this association",
+            );
+            return self
+                .send(pc_id, &busy.response(&rq), "connection lost")
+                .await;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (store_rsp, store_rsps) = mpsc::channel(4);
+        let kind = match rq.command_field {
+            CommandField::CFindRq => Operation::Find,
+            CommandField::CMoveRq => Operation::Move,
+            _ => Operation::Get,
+        };
+        let (abstract_syntax, transfer_syntax) =
+            self.contexts.get(&pc_id).cloned().unwrap_or_default();
+        let op = Op {
+            ctx: self.qr.clone(),
+            writer: self.writer.clone(),
+            pc_id,
+            abstract_syntax,
+            transfer_syntax,
+            message_id: rq.message_id,
+            rq: *rq,
+            identifier,
+            accepted: self.accepted.clone(),
+            peer: self.peer,
+            cancel: cancel.clone(),
+            store_rsps,
+            charset_warned: self.charset_warned.clone(),
+        };
+        self.running = Some(Running {
+            message_id: op.message_id,
+            cancel,
+            store_rsp,
+            task: tokio::spawn(crate::qr::serve(kind, op)),
+        });
+        Next::Continue
+    }
 }
 
 /// Logs, counts and audits a refused request.
@@ -568,16 +621,6 @@ fn record_refusal(
         .failed();
     if let Err(e) = scp.audit.append(event) {
         log::error!("audit trail: cannot record a refused request: {e}");
-    }
-}
-
-/// "Unrecognized operation" (0211) for a request this association does not serve.
-fn unrecognized(rq: &Command) -> Command {
-    Command {
-        message_id_being_responded_to: rq.message_id,
-        affected_sop_class_uid: rq.affected_sop_class_uid.clone(),
-        status: Some(Status::UNRECOGNIZED_OPERATION),
-        ..Command::new(CommandField::from_code(rq.command_field.code() | 0x8000))
     }
 }
 

@@ -9,6 +9,7 @@
 
 use crate::config::Permission;
 use crate::dimse::command::{Command, CommandField};
+use crate::dimse::refusal::{Cause, Refused};
 use crate::dimse::status::Status;
 use crate::dimse::uids;
 use crate::ul::negotiate::AcceptedContext;
@@ -67,26 +68,29 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The DIMSE status that answers this refusal.
+    /// The cause that answers this refusal, which fixes its DIMSE status.
     ///
     /// A context or role the peers did not agree on is "unrecognized operation" (0211: the
     /// operation is not one of those agreed between the DIMSE service users); a SOP class
     /// other than the context's is "SOP class not supported" (0122); a missing permission is
     /// "not authorized" (0124) where the service defines it (C-STORE, C-MOVE, C-GET), and
     /// "SOP class not supported" for C-ECHO and C-FIND, whose status lists have no 0124.
-    pub fn status(&self) -> Status {
+    pub fn cause(&self) -> Cause {
         match self {
-            Refusal::WrongContext { .. } | Refusal::RoleNotAccepted { .. } => {
-                Status::UNRECOGNIZED_OPERATION
-            }
-            Refusal::SopClassMismatch { .. } => Status::SOP_CLASS_NOT_SUPPORTED,
+            Refusal::WrongContext { .. } | Refusal::RoleNotAccepted { .. } => Cause::NotAgreed,
+            Refusal::SopClassMismatch { .. } => Cause::SopClassMismatch,
             Refusal::NotPermitted { operation, .. } => match operation {
                 CommandField::CStoreRq | CommandField::CMoveRq | CommandField::CGetRq => {
-                    Status::NOT_AUTHORIZED
+                    Cause::NotPermitted
                 }
-                _ => Status::SOP_CLASS_NOT_SUPPORTED,
+                _ => Cause::NotPermittedNoStatus,
             },
         }
+    }
+
+    /// The DIMSE status that answers this refusal (see [`Refusal::cause`]).
+    pub fn status(&self) -> Status {
+        self.cause().status()
     }
 
     /// A short Error Comment (0000,0902) for the peer (at most 64 characters).
@@ -99,6 +103,12 @@ impl Refusal {
             Refusal::NotPermitted { .. } => "calling AE is not permitted this operation",
             Refusal::RoleNotAccepted { .. } => "peer holds only the SCP role on this context",
         }
+    }
+}
+
+impl From<&Refusal> for Refused {
+    fn from(r: &Refusal) -> Refused {
+        Refused::new(r.cause(), r.comment())
     }
 }
 

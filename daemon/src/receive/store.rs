@@ -13,7 +13,7 @@
 //! Error Comment, drained, and audited; the store refuses it too ([`StoreError::Protected`]).
 
 use super::Scp;
-use crate::dimse::status::Status;
+use crate::dimse::refusal::{Cause, Refused};
 use crate::model::InstanceRecord;
 use crate::store::files::IncomingFile;
 use crate::store::header;
@@ -48,29 +48,89 @@ pub enum StreamLimit {
     },
 }
 
+/// Why an instance is refused or not stored; answered with the status of its
+/// [`Cause`] (see [`crate::dimse::refusal`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    /// The command lacks Affected SOP Class or Instance UID.
+    #[error("Affected SOP Class/Instance UID missing in C-STORE-RQ")]
+    MissingUids,
+    /// The data disk is below its reserve.
+    #[error("disk below reserve: {free_mb} MB free")]
+    DiskReserve {
+        /// Free MiB when checked.
+        free_mb: u64,
+    },
+    /// The free space of the data disk cannot be read.
+    #[error("cannot check disk space: {0}")]
+    DiskUnknown(std::io::Error),
+    /// An admission check refused (its reason).
+    #[error("{0}")]
+    Admission(String),
+    /// Writing the instance's file failed.
+    #[error("cannot write: {0}")]
+    Write(std::io::Error),
+    /// Making the file durable failed.
+    #[error("fsync failed: {0}")]
+    Fsync(std::io::Error),
+    /// The data set cannot be parsed or breaks a limit.
+    #[error(transparent)]
+    Header(#[from] crate::store::header::HeaderError),
+    /// A UID of the data set differs from the command's.
+    #[error("data set {what} {data} differs from the command's {command}")]
+    Mismatch {
+        /// "SOP Instance UID" or "SOP Class UID".
+        what: &'static str,
+        /// The data set's value.
+        data: String,
+        /// The command's value.
+        command: String,
+    },
+    /// The SOP Instance UID belongs to a result object this box generated.
+    #[error("{0}")]
+    Protected(String),
+    /// Placing the file or committing the index entry failed.
+    #[error("cannot store: {0}")]
+    Store(crate::store::StoreError),
+    /// Flushing the index failed.
+    #[error("index flush: {0}")]
+    Flush(crate::store::StoreError),
+    /// The blocking task that stores the instance failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+impl From<StoreFailure> for Refused {
+    fn from(e: StoreFailure) -> Refused {
+        let cause = match &e {
+            StoreFailure::MissingUids => Cause::MissingUids,
+            StoreFailure::DiskReserve { .. } | StoreFailure::DiskUnknown(_) => Cause::DiskReserve,
+            StoreFailure::Admission(_) => Cause::Admission,
+            StoreFailure::Write(_)
+            | StoreFailure::Fsync(_)
+            | StoreFailure::Store(_)
+            | StoreFailure::Flush(_)
+            | StoreFailure::Task(_) => Cause::WriteFailed,
+            StoreFailure::Header(_) => Cause::CannotUnderstand,
+            StoreFailure::Mismatch { .. } => Cause::DataSetMismatch,
+            StoreFailure::Protected(_) => Cause::Protected,
+        };
+        Refused::new(cause, e.to_string())
+    }
+}
+
 /// An instance being received.
 pub struct Incoming {
     file: Option<IncomingFile>,
     /// The status to answer when the data set is complete, if already decided (refusals
     /// still drain the data set).
-    refused: Option<(Status, String)>,
+    refused: Option<Refused>,
     sop_class: String,
     sop_instance: String,
     /// Data-set bytes received so far (also while refusing and draining).
     received: u64,
     /// Value of `received` at the last disk reserve check.
     checked_at: u64,
-}
-
-/// The outcome of one C-STORE.
-#[derive(Debug)]
-pub struct Outcome {
-    /// DIMSE status to answer.
-    pub status: Status,
-    /// Error comment for failures.
-    pub comment: Option<String>,
-    /// The study the instance was stored in (on success).
-    pub study: Option<String>,
 }
 
 impl Incoming {
@@ -92,36 +152,32 @@ impl Incoming {
             checked_at: 0,
         };
         if sop_instance.is_empty() || sop_class.is_empty() {
-            incoming.refused = Some((
-                Status::CANNOT_UNDERSTAND,
-                "Affected SOP Class/Instance UID missing in C-STORE-RQ".into(),
-            ));
+            incoming.refused = Some(StoreFailure::MissingUids.into());
             return incoming;
         }
         if let Some(comment) = protected(scp, sop_instance, calling_ae) {
-            incoming.refused = Some((Status::NOT_AUTHORIZED, comment));
+            incoming.refused = Some(StoreFailure::Protected(comment).into());
             return incoming;
         }
         match scp.store.files().free_bytes() {
             Ok(free) if free < scp.disk_reserve => {
-                incoming.refused = Some((
-                    Status::OUT_OF_RESOURCES,
-                    format!("disk below reserve: {} MB free", free / (1024 * 1024)),
-                ));
+                incoming.refused = Some(
+                    StoreFailure::DiskReserve {
+                        free_mb: free / (1024 * 1024),
+                    }
+                    .into(),
+                );
                 return incoming;
             }
             Err(e) => {
-                incoming.refused = Some((
-                    Status::OUT_OF_RESOURCES,
-                    format!("cannot check disk space: {e}"),
-                ));
+                incoming.refused = Some(StoreFailure::DiskUnknown(e).into());
                 return incoming;
             }
             Ok(_) => {}
         }
         for check in &scp.admission {
             if let Some(reason) = check() {
-                incoming.refused = Some((Status::OUT_OF_RESOURCES, reason));
+                incoming.refused = Some(StoreFailure::Admission(reason).into());
                 return incoming;
             }
         }
@@ -129,7 +185,7 @@ impl Incoming {
             Ok(f) => incoming.file = Some(f),
             Err(e) => {
                 log::error!("cannot create a temp file for {sop_instance}: {e}");
-                incoming.refused = Some((Status::OUT_OF_RESOURCES, format!("cannot write: {e}")));
+                incoming.refused = Some(StoreFailure::Write(e).into());
             }
         }
         incoming
@@ -182,90 +238,21 @@ impl Incoming {
             if let Err(e) = f.write(bytes) {
                 log::error!("write of {} failed: {e}", self.sop_instance);
                 self.file = None;
-                self.refused = Some((Status::OUT_OF_RESOURCES, format!("cannot write: {e}")));
+                self.refused = Some(StoreFailure::Write(e).into());
             }
         }
     }
 
     /// Finishes the instance: durable file, parsed header, placed file, index entry
-    /// flushed. Returns the status to answer.
-    pub async fn finish(self, scp: &Scp, calling_ae: &str) -> Outcome {
+    /// flushed. Returns the study it was stored in, or why it was not.
+    pub async fn finish(self, scp: &Scp, calling_ae: &str) -> Result<String, Refused> {
         let started = Instant::now();
-        let fail = |status: Status, comment: String| Outcome {
-            status,
-            comment: Some(comment),
-            study: None,
-        };
-        if let Some((status, comment)) = self.refused {
+        let stored = self.store(scp, calling_ae).await.inspect_err(|r| {
             scp.metrics
                 .instances_failed_total
                 .fetch_add(1, Ordering::Relaxed);
-            log::warn!("C-STORE {} refused: {comment}", self.sop_instance);
-            return fail(status, comment);
-        }
-        let Some(file) = self.file else {
-            return fail(Status::OUT_OF_RESOURCES, "no file".into());
-        };
-        let sop_class = self.sop_class;
-        let sop_instance = self.sop_instance;
-        let store = scp.store.clone();
-        let calling_ae = calling_ae.to_string();
-        let placed =
-            tokio::task::spawn_blocking(move || -> Result<InstanceRecord, (Status, String)> {
-                let staged = file
-                    .finish()
-                    .map_err(|e| (Status::OUT_OF_RESOURCES, format!("fsync failed: {e}")))?;
-                let header = header::read_header(staged.path())
-                    .map_err(|e| (Status::CANNOT_UNDERSTAND, e.to_string()))?;
-                if header.instance.sop_instance_uid != sop_instance {
-                    return Err((
-                        Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                        format!(
-                        "data set SOP Instance UID {} differs from the command's {sop_instance}",
-                        header.instance.sop_instance_uid
-                    ),
-                    ));
-                }
-                if header.instance.sop_class_uid != sop_class {
-                    return Err((
-                        Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                        format!(
-                            "data set SOP Class UID {} differs from the command's {sop_class}",
-                            header.instance.sop_class_uid
-                        ),
-                    ));
-                }
-                store
-                    .place_and_commit(staged, &header, &calling_ae, false, &[])
-                    .map_err(|e| match e {
-                        StoreError::Protected(_) => (Status::NOT_AUTHORIZED, e.to_string()),
-                        e => (Status::OUT_OF_RESOURCES, format!("cannot store: {e}")),
-                    })
-            })
-            .await;
-        let rec = match placed {
-            Ok(Ok(v)) => v,
-            Ok(Err((status, comment))) => {
-                scp.metrics
-                    .instances_failed_total
-                    .fetch_add(1, Ordering::Relaxed);
-                log::warn!("C-STORE refused: {comment}");
-                return fail(status, comment);
-            }
-            Err(e) => {
-                scp.metrics
-                    .instances_failed_total
-                    .fetch_add(1, Ordering::Relaxed);
-                return fail(Status::OUT_OF_RESOURCES, format!("store task failed: {e}"));
-            }
-        };
-        if let Err(e) = scp.store.flush().await {
-            scp.metrics
-                .instances_failed_total
-                .fetch_add(1, Ordering::Relaxed);
-            log::error!("index flush failed: {e}");
-            return fail(Status::OUT_OF_RESOURCES, format!("index flush: {e}"));
-        }
+            log::warn!("C-STORE refused ({}): {}", r.status(), r.comment);
+        })?;
         scp.metrics
             .store_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -274,16 +261,58 @@ impl Incoming {
             .fetch_add(1, Ordering::Relaxed);
         log::debug!(
             "stored {} ({} bytes, {}) of study {}",
-            rec.sop_instance_uid,
-            rec.size,
-            rec.transfer_syntax,
-            rec.study_instance_uid
+            stored.sop_instance_uid,
+            stored.size,
+            stored.transfer_syntax,
+            stored.study_instance_uid
         );
-        Outcome {
-            status: Status::SUCCESS,
-            comment: None,
-            study: Some(rec.study_instance_uid),
+        Ok(stored.study_instance_uid)
+    }
+
+    async fn store(self, scp: &Scp, calling_ae: &str) -> Result<InstanceRecord, Refused> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
         }
+        let Some(file) = self.file else {
+            return Err(StoreFailure::Task("no file".into()).into());
+        };
+        let sop_class = self.sop_class;
+        let sop_instance = self.sop_instance;
+        let store = scp.store.clone();
+        let calling_ae = calling_ae.to_string();
+        let rec = tokio::task::spawn_blocking(move || -> Result<InstanceRecord, StoreFailure> {
+            let staged = file.finish().map_err(StoreFailure::Fsync)?;
+            let header = header::read_header(staged.path())?;
+            for (what, data, command) in [
+                (
+                    "SOP Instance UID",
+                    &header.instance.sop_instance_uid,
+                    &sop_instance,
+                ),
+                ("SOP Class UID", &header.instance.sop_class_uid, &sop_class),
+            ] {
+                if data != command {
+                    return Err(StoreFailure::Mismatch {
+                        what,
+                        data: data.clone(),
+                        command: command.clone(),
+                    });
+                }
+            }
+            store
+                .place_and_commit(staged, &header, &calling_ae, false, &[])
+                .map_err(|e| match e {
+                    StoreError::Protected(_) => StoreFailure::Protected(e.to_string()),
+                    e => StoreFailure::Store(e),
+                })
+        })
+        .await
+        .map_err(|e| StoreFailure::Task(e.to_string()))??;
+        scp.store.flush().await.map_err(|e| {
+            log::error!("index flush failed: {e}");
+            StoreFailure::Flush(e)
+        })?;
+        Ok(rec)
     }
 }
 

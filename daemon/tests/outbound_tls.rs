@@ -1,0 +1,227 @@
+//! Outbound DICOM TLS (`tls = true` on a `[[pacs.destinations]]` entry) against real TLS
+//! peers: DCMTK `storescp --enable-tls` requiring our client certificate, and Orthanc with
+//! DICOM TLS enabled. C-MOVE sub-operations and the PACS push share the SCU path these
+//! tests drive.
+
+mod common;
+
+use common::*;
+use dicom_dictionary_std::tags;
+use dicom_object::open_file;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+type Rec = BTreeMap<String, Value>;
+
+fn s(r: &Rec, k: &str) -> String {
+    match &r[k] {
+        Value::String(v) => v.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// Stores the six-instance Q/R fixture in `d`; returns its records.
+fn load_fixture(d: &Daemon, dir: &Path) -> Option<Vec<Rec>> {
+    require_tool("movescu")?;
+    let script = std::fs::read_to_string(repo_root().join("tests/tools/make_qr_set.py")).unwrap();
+    let mut cmd = python_script(&script, &[dir.to_str().unwrap()])?;
+    let out = run(&mut cmd, Duration::from_secs(120));
+    out.assert_success("make_qr_set.py");
+    let recs: Vec<Rec> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let files: Vec<PathBuf> = recs.iter().map(|r| PathBuf::from(s(r, "path"))).collect();
+    d.storescu("STORESCU", &[], &files)?
+        .assert_success("storescu");
+    Some(recs)
+}
+
+/// A daemon with `destinations`, holding the fixture; returns it, the first study and the
+/// SOP Instance UIDs of that study.
+fn daemon_with(destinations: &str) -> Option<(Daemon, TestDir, String, Vec<String>)> {
+    let d = Daemon::builder()
+        .config("pacs", "destinations", destinations)
+        .start();
+    let fixture = temp_dir("tls-fixture");
+    let recs = load_fixture(&d, fixture.path())?;
+    let study = s(&recs[0], "study");
+    let mut sops: Vec<String> = recs
+        .iter()
+        .filter(|r| s(r, "study") == study)
+        .map(|r| s(r, "sop"))
+        .collect();
+    sops.sort();
+    Some((d, fixture, study, sops))
+}
+
+/// `movescu` of `study` to `dest`; returns its combined output and whether it said
+/// "Final Move Response (Success)".
+fn movescu(d: &Daemon, dest: &str, study: &str) -> (String, bool) {
+    let out = run_dcmtk(
+        "movescu",
+        &[
+            "-v",
+            "-S",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            DULI_AET,
+            "-aem",
+            dest,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &d.dicom_port.to_string(),
+        ],
+    )
+    .unwrap();
+    let text = out.combined();
+    let ok = text.contains("Final Move Response (Success)");
+    (text, ok)
+}
+
+fn tls_destination(name: &str, aet: &str, port: u16, pki: &TestPki, client_cert: bool) -> String {
+    let mut d = format!(
+        "{{name = \"{name}\", ae_title = \"{aet}\", host = \"127.0.0.1\", port = {port}, \
+         move = true, tls = true, tls_ca = {:?}",
+        pki.ca_cert.display().to_string()
+    );
+    if client_cert {
+        d.push_str(&format!(
+            ", tls_cert = {:?}, tls_key = {:?}",
+            pki.client_cert.display().to_string(),
+            pki.client_key.display().to_string()
+        ));
+    }
+    d.push('}');
+    d
+}
+
+fn received(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "log"))
+        .map(|p| {
+            let o = open_file(&p).unwrap();
+            o.element(tags::SOP_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(['\0', ' '])
+                .to_string()
+        })
+        .collect()
+}
+
+/// C-MOVE to a DCMTK storescp that speaks only TLS and requires a client certificate:
+/// with the site CA and our certificate every instance arrives; a destination whose CA
+/// does not sign storescp's certificate, one without a client certificate, and one over
+/// plain TCP all fail (A702) and deliver nothing.
+#[test]
+fn c_move_over_dicom_tls_to_storescp_checks_both_certificates() {
+    if which("storescp").is_none() || which("movescu").is_none() {
+        return skip("storescp/movescu absent");
+    }
+    let dir = temp_dir("outbound-tls");
+    let Some(pki) = TestPki::generate(dir.path(), "site") else {
+        return;
+    };
+    let Some(rogue) = TestPki::generate(dir.path(), "rogue") else {
+        return;
+    };
+    let port = free_port();
+    let out_dir = temp_dir("storescp-tls");
+    let mut cmd = dcmtk("storescp").unwrap();
+    cmd.args(["-aet", "TLSSCP", "-od", out_dir.path().to_str().unwrap()])
+        .arg("+tls")
+        .arg(&pki.server_key)
+        .arg(&pki.server_cert)
+        .arg("+cf")
+        .arg(&pki.ca_cert)
+        .arg("--require-peer-cert")
+        .arg(port.to_string());
+    let log = dir.path().join("storescp.log");
+    let mut scp = Background::spawn("storescp", &mut cmd, &log).unwrap();
+    scp.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+
+    let destinations = format!(
+        "[{}, {}, {}, {{name = \"plain\", ae_title = \"PLAIN\", host = \"127.0.0.1\", \
+         port = {port}, move = true}}]",
+        tls_destination("site", "TLSSCP", port, &pki, true),
+        tls_destination("rogue", "ROGUE", port, &rogue, true),
+        tls_destination("anonymous", "ANON", port, &pki, false),
+    );
+    let Some((d, _fixture, study, in_study)) = daemon_with(&destinations) else {
+        return;
+    };
+
+    let (text, ok) = movescu(&d, "TLSSCP", &study);
+    assert!(ok, "{text}\n{}", d.log());
+    let mut got = received(out_dir.path());
+    got.sort();
+    assert_eq!(got, in_study, "storescp log:\n{}", scp.log());
+
+    for dest in ["ROGUE", "ANON", "PLAIN"] {
+        let (text, ok) = movescu(&d, dest, &study);
+        assert!(!ok, "C-MOVE to {dest} succeeded:\n{text}");
+        assert!(
+            text.contains("Sub-Operations Complete - One or more Failures")
+                || text.contains("A702")
+                || text.contains("Refused: OutOfResourcesSubOperations")
+                || text.contains("Out of Resources"),
+            "{dest}: {text}"
+        );
+        assert_eq!(
+            received(out_dir.path()).len(),
+            in_study.len(),
+            "{dest} delivered"
+        );
+    }
+    let log = d.log();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    drop(scp);
+}
+
+/// C-MOVE to Orthanc with DICOM TLS enabled (and its remote certificate required).
+#[test]
+fn c_move_over_dicom_tls_to_orthanc() {
+    if which("movescu").is_none() {
+        return skip("movescu absent");
+    }
+    let dir = temp_dir("outbound-tls-orthanc");
+    let Some(pki) = TestPki::generate(dir.path(), "site") else {
+        return;
+    };
+    let Some(orthanc) = Orthanc::builder()
+        .option("DicomTlsEnabled", serde_json::json!(true))
+        .option("DicomTlsCertificate", serde_json::json!(pki.server_cert))
+        .option("DicomTlsPrivateKey", serde_json::json!(pki.server_key))
+        .option(
+            "DicomTlsTrustedCertificates",
+            serde_json::json!(pki.ca_cert),
+        )
+        .option("DicomTlsRemoteCertificateRequired", serde_json::json!(true))
+        .start()
+    else {
+        return;
+    };
+    let destinations = format!(
+        "[{}]",
+        tls_destination("pacs", &orthanc.aet, orthanc.dicom_port, &pki, true)
+    );
+    let Some((d, _fixture, study, in_study)) = daemon_with(&destinations) else {
+        return;
+    };
+    let n = in_study.len();
+    let (text, ok) = movescu(&d, &orthanc.aet, &study);
+    assert!(ok, "{text}\n{}\n{}", d.log(), orthanc.process.log());
+    let instances = orthanc.get_json("/instances");
+    assert_eq!(instances.as_array().unwrap().len(), n, "{instances}");
+}
