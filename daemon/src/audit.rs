@@ -7,6 +7,7 @@
 //! whole, so the head hash is anchored off the box: [`Audit::head`] is published
 //! periodically (health message, log).
 
+use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
@@ -144,7 +145,7 @@ pub struct Verification {
 /// Appends to and verifies the trail.
 #[derive(Debug)]
 pub struct Audit {
-    tree: sled::Tree,
+    records: Records<Record>,
     /// Serialises appends so each record links to the one before it.
     last: Mutex<Option<(u64, String)>>,
 }
@@ -162,16 +163,10 @@ fn canonical_hash(prev: &str, r: &Record) -> String {
 impl Audit {
     /// Opens the trail in `store`.
     pub fn open(store: &Store) -> Result<Audit, StoreError> {
-        let tree = store.tree(TREE)?;
-        let last = match tree.last()? {
-            Some((k, v)) => {
-                let rec: Record = crate::store::decode(&k, &v)?;
-                Some((rec.seq, rec.hash))
-            }
-            None => None,
-        };
+        let records = store.records::<Record>(TREE)?;
+        let last = records.last()?.map(|(_, rec)| (rec.seq, rec.hash));
         Ok(Audit {
-            tree,
+            records,
             last: Mutex::new(last),
         })
     }
@@ -197,8 +192,7 @@ impl Audit {
             hash: String::new(),
         };
         rec.hash = canonical_hash(&prev, &rec);
-        self.tree
-            .insert(seq.to_be_bytes(), crate::store::encode(&rec))?;
+        self.records.insert(seq.to_be_bytes(), &rec)?;
         *last = Some((seq, rec.hash.clone()));
         Ok(rec)
     }
@@ -210,13 +204,10 @@ impl Audit {
 
     /// Records from `from_seq` on, at most `limit`.
     pub fn records(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        self.tree
-            .range(from_seq.to_be_bytes()..)
+        self.records
+            .from_key(from_seq.to_be_bytes())
             .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                crate::store::decode(&k, &v)
-            })
+            .map(|kv| kv.map(|(_, rec)| rec))
             .collect()
     }
 
@@ -224,9 +215,8 @@ impl Audit {
     pub fn verify(&self) -> Result<Verification, StoreError> {
         let mut prev = GENESIS.to_string();
         let mut records = 0u64;
-        for kv in self.tree.iter() {
+        for kv in self.records.iter() {
             let expected_seq = records;
-            let (k, v) = kv?;
             let broken = |reason: String| Verification {
                 records,
                 head: None,
@@ -235,9 +225,12 @@ impl Audit {
                     reason,
                 }),
             };
-            let rec: Record = match serde_json::from_slice(&v) {
-                Ok(r) => r,
-                Err(e) => return Ok(broken(format!("record does not parse: {e}"))),
+            let (k, rec) = match kv {
+                Ok(entry) => entry,
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    return Ok(broken(format!("record does not parse: {reason}")))
+                }
+                Err(e) => return Err(e),
             };
             let key_seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).ok();
             if rec.seq != expected_seq || key_seq != Some(rec.seq) {
@@ -299,12 +292,10 @@ mod tests {
         assert_eq!(audit.verify().unwrap().records, 6);
 
         // Tamper with record 2's object.
-        let tree = store.tree(TREE).unwrap();
-        let mut rec: Record =
-            serde_json::from_slice(&tree.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        let tree = store.records::<Record>(TREE).unwrap();
+        let mut rec = tree.get(2u64.to_be_bytes()).unwrap().unwrap();
         rec.object = "9.9.9".into();
-        tree.insert(2u64.to_be_bytes(), serde_json::to_vec(&rec).unwrap())
-            .unwrap();
+        tree.insert(2u64.to_be_bytes(), &rec).unwrap();
         let v = audit.verify().unwrap();
         assert_eq!(v.broken.as_ref().unwrap().seq, 2, "{v:?}");
 
@@ -316,7 +307,7 @@ mod tests {
             a2.append(Event::new("x", Action::Login, "x")).unwrap();
         }
         store2
-            .tree(TREE)
+            .records::<Record>(TREE)
             .unwrap()
             .remove(1u64.to_be_bytes())
             .unwrap();

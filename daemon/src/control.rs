@@ -261,7 +261,7 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
 fn with_outbox(store: &Store, outbox: Option<&Outbox>, req: &Request) -> Response {
     match outbox {
         Some(o) => outbox_request(o, req),
-        None => match Outbox::open(store.db(), OutboxLimits::default()) {
+        None => match store.outbox(OutboxLimits::default()) {
             Ok(o) => outbox_request(&o, req),
             Err(e) => Response::Error {
                 message: e.to_string(),

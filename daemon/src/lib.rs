@@ -10,7 +10,8 @@
 //! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
 //!   associations, the check of every request (context, role, permission), the Verification
 //!   and Storage services.
-//! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
+//! - [`store`]: Part 10 files plus the embedded index, the only owner of persistence; every
+//!   acknowledgement waits for its flush.
 //! - [`qr`]: the Query/Retrieve SCP — C-FIND, C-MOVE and C-GET over the store's index.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`infer`]: pixels → model → findings, heatmaps, the study result record.

@@ -1,6 +1,6 @@
 //! The study result record: what inference found in a study, per image and for the study,
 //! with the model that found it and how long each stage took. Stored in the `results` tree
-//! (see [`crate::infer::record`]); HL7, MQTT, DICOM SR and the console read it.
+//! (see [`crate::store::results`]); HL7, MQTT, DICOM SR and the console read it.
 
 use serde::{Deserialize, Serialize};
 

@@ -41,7 +41,7 @@ fn key(f: &Feedback) -> Vec<u8> {
 
 /// Stores a feedback record (durable after the store's next flush).
 pub fn store(store: &Store, f: &Feedback) -> Result<(), StoreError> {
-    store.tree(TREE)?.insert(key(f), crate::store::encode(f))?;
+    store.records::<Feedback>(TREE)?.insert(key(f), f)?;
     Ok(())
 }
 
@@ -50,12 +50,9 @@ pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreEr
     let mut prefix = study_uid.as_bytes().to_vec();
     prefix.push(0);
     store
-        .tree(TREE)?
+        .records::<Feedback>(TREE)?
         .scan_prefix(prefix)
-        .map(|kv| {
-            let (k, v) = kv?;
-            crate::store::decode(&k, &v)
-        })
+        .map(|kv| kv.map(|(_, f)| f))
         .collect()
 }
 

@@ -5,8 +5,8 @@
 //! - [`report`]: the [`report::Report`] every message is made from.
 //! - [`plan`]: turns a report into the outbox entries it owes (HL7, MQTT, PACS push).
 //! - [`publish`]: from a committed result to its SR, SC and outbox entries.
-//! - [`outbox`]: the durable, ordered, bounded queue on sled; written in the same
-//!   transaction as the result.
+//! - [`outbox`]: the durable, ordered, bounded queue (kept by the store); written in the
+//!   same transaction as the result.
 //! - [`worker`]: one task per destination; sends the head entry through a [`Channel`],
 //!   then marks it delivered, retried or rejected.
 //! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
@@ -22,7 +22,7 @@
 
 pub mod hl7;
 pub mod mqtt;
-pub mod outbox;
+pub use crate::store::outbox;
 pub mod pacs;
 pub mod plan;
 pub mod publish;

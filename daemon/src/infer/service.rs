@@ -36,7 +36,7 @@ use crate::result::{
     report_id, study_findings, HeatmapState, ImageResult, ImageStatus, ModelInfo, StudyResult,
     Timings,
 };
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::supervise::Beat;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -206,8 +206,10 @@ pub async fn run_pipeline_on(
 }
 
 fn queue(store: &Store, uid: &str) {
-    if let Err(e) = record::mark_queued(store, uid) {
-        log::error!("study {uid}: cannot mark queued: {e}");
+    match record::mark_queued(store, uid) {
+        Ok(_) => {}
+        Err(e @ StoreError::Transition { .. }) => log::info!("study {uid}: {e}"),
+        Err(e) => log::error!("study {uid}: cannot mark queued: {e}"),
     }
 }
 
@@ -323,9 +325,17 @@ pub async fn analyse_study(
     options: &PipelineOptions,
     uid: &str,
 ) {
-    if let Err(e) = record::mark_inferring(store, uid) {
-        log::error!("study {uid}: {e}");
-        return;
+    match record::mark_inferring(store, uid) {
+        Ok(_) => {}
+        // Reopened by new instances since it was queued: assembly hands it on again.
+        Err(e @ StoreError::Transition { .. }) => {
+            log::info!("study {uid}: not analysed now: {e}");
+            return;
+        }
+        Err(e) => {
+            log::error!("study {uid}: {e}");
+            return;
+        }
     }
     let instances = match store.instances_of(uid) {
         Ok(i) => i,

@@ -128,7 +128,7 @@ fn add_instance(
         .commit_instance(&inst, &StudyRecord::default())
         .unwrap();
     store
-        .set_study_state(study, StudyState::Complete, None)
+        .transition(study, &[StudyState::Receiving], StudyState::Complete)
         .unwrap();
 }
 
@@ -220,13 +220,9 @@ async fn heatmaps_left_pending_by_a_restart_are_made_on_the_next_start() {
     };
     for (study, sop) in [("1.2.5", "1.2.5.1"), ("1.2.6", "1.2.6.1")] {
         record::set_heatmap(&store, study, 1, sop, pending(), 0.0).unwrap();
-        for mark in record::pending_heatmap_marks(study, 1, &[sop]) {
-            store
-                .tree(&mark.tree)
-                .unwrap()
-                .insert(mark.key, mark.value)
-                .unwrap();
-        }
+        store
+            .write_now(&record::pending_heatmap_marks(study, 1, &[sop]))
+            .unwrap();
     }
     assert_eq!(record::pending_heatmaps(&store).unwrap().len(), 2);
     std::fs::remove_file(store.root().join("files/1.2.6/1.2.6.1.dcm")).unwrap();

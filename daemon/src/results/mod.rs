@@ -162,13 +162,10 @@ mod tests {
             .unwrap();
         assert_eq!(study.patient_name, "Conceição^João^Maria^Dr.^Jr.");
         // Generated objects do not reopen the study.
-        store
-            .set_study_state(
-                &report.study.study_instance_uid,
-                crate::model::StudyState::Done,
-                None,
-            )
-            .unwrap();
+        store.force_state(
+            &report.study.study_instance_uid,
+            crate::model::StudyState::Done,
+        );
         // Building again (a resend) replaces, never duplicates.
         store_object(&store, &sr::build(&report, &uids, &[source]).unwrap()).unwrap();
         assert_eq!(store.instance_count(), 2);

@@ -207,7 +207,7 @@ pub fn make_pki(dir: &Path) -> Pki {
 /// An outbox on a fresh store in `dir`.
 pub fn outbox(dir: &Path) -> (duli::store::Store, Arc<Outbox>) {
     let store = duli::store::Store::open(dir).unwrap();
-    let ob = Outbox::open(store.db(), OutboxLimits::default()).unwrap();
+    let ob = store.outbox(OutboxLimits::default()).unwrap();
     (store, Arc::new(ob))
 }
 

@@ -482,8 +482,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Opens the outbox trees in `db` and counts what they hold.
-    pub fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
+    /// Opens the outbox trees in `db` and counts what they hold ([`super::Store::outbox`]).
+    pub(super) fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
         let outbox = Outbox {
             tree: db.open_tree(TREE)?,
             delivered: db.open_tree(DELIVERED_TREE)?,
