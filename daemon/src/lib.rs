@@ -16,6 +16,10 @@
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`infer`]: pixels → model → findings, heatmaps, the study result record.
 //! - [`result`]: the study result record every later stage reads.
+//! - [`record`]: the record stage — a result (and each later heatmap) with its SR, SC and
+//!   every outbox entry, committed in one store transaction, then broadcast.
+//! - [`report`]: the domain records made from a result: the report every message and
+//!   result object is built from, and a radiologist's feedback.
 //! - [`results`]: the DICOM result objects (SR with the findings, SC with the heatmap).
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
@@ -69,6 +73,8 @@ pub mod privileges;
 pub mod provision;
 pub mod qr;
 pub mod receive;
+pub mod record;
+pub mod report;
 pub mod result;
 pub mod results;
 pub mod retention;

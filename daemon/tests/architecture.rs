@@ -31,12 +31,17 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// The text of a file without its unit tests (a test may use fixtures of any module).
-fn without_tests(text: &str) -> &str {
-    match text.find("#[cfg(test)]\nmod tests") {
+/// The code of a file: without its unit tests (a test may use fixtures of any module) and
+/// without comments (a doc link is not a use).
+fn without_tests(text: &str) -> String {
+    let code = match text.find("#[cfg(test)]\nmod tests") {
         Some(at) => &text[..at],
         None => text,
-    }
+    };
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The modules a file names, as `crate::<module>` paths (first segment only).
@@ -68,7 +73,7 @@ fn violations(module: &str, forbidden: &[&str]) -> Vec<String> {
         if !in_module(&rel, module) {
             continue;
         }
-        for used in crate_modules(without_tests(&text)) {
+        for used in crate_modules(&without_tests(&text)) {
             if forbidden.contains(&used.as_str()) {
                 bad.push(format!("{rel} uses crate::{used}"));
             }
@@ -130,13 +135,43 @@ fn protocol_layers_use_no_service() {
     }
 }
 
+/// The record stage owns "result → deliverables": inference hands it results and does
+/// not build messages or objects itself; `results/` builds DICOM objects only; `deliver/`
+/// only delivers; the domain records depend on no stage.
+#[test]
+fn the_record_stage_sits_between_inference_results_and_delivery() {
+    let bad = violations("infer", &["deliver", "results", "console", "report"]);
+    assert!(bad.is_empty(), "{bad:#?}");
+    let bad = violations("results", &["deliver", "infer", "record", "console"]);
+    assert!(bad.is_empty(), "{bad:#?}");
+    let bad = violations("deliver", &["results", "infer", "record", "console"]);
+    assert!(bad.is_empty(), "{bad:#?}");
+    let bad = violations(
+        "report",
+        &["deliver", "infer", "record", "results", "console", "store"],
+    );
+    assert!(bad.is_empty(), "{bad:#?}");
+    // Of inference, the record stage uses only the pixel decoding (for the SC).
+    for (rel, text) in sources(&src_dir()) {
+        if in_module(&rel, "record") {
+            let code = without_tests(&text);
+            for (at, _) in code.match_indices("crate::infer::") {
+                assert!(
+                    code[at..].starts_with("crate::infer::dicom_image"),
+                    "{rel} uses more of inference than its pixel decoding"
+                );
+            }
+        }
+    }
+}
+
 /// The checker itself: a `crate::` path is found, a longer identifier ending in `crate`
 /// is not, and unit tests are left out.
 #[test]
 fn the_checker_finds_crate_paths() {
     let text = "use crate::store::Store;\nlet x = my_crate::deliver::y;\n#[cfg(test)]\nmod tests {\n use crate::infer; }";
     assert_eq!(
-        crate_modules(without_tests(text)),
+        crate_modules(&without_tests(text)),
         vec!["store".to_string()]
     );
     assert!(in_module("store/mod.rs", "store"));

@@ -10,8 +10,8 @@
 //!   flags to match: Preliminary Flag `PRELIMINARY`, Verification Flag `UNVERIFIED`.
 
 use super::uids::ResultUids;
-use crate::deliver::report::Report;
 use crate::model::InstanceRecord;
+use crate::report::Report;
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;

@@ -128,16 +128,17 @@ pub enum Change {
     },
 }
 
-/// One more write to commit in the same transaction as an index change (e.g. the outbox
-/// entries of a result, or the push entries of a generated object).
+/// One more write to commit in the same transaction as an index change (the outbox
+/// entries of a result or of a generated object, the marks of heatmaps still to make).
+/// Made only inside the store, from typed values ([`outbox::Batch`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtraWrite {
+struct ExtraWrite {
     /// Tree name.
-    pub tree: String,
+    tree: String,
     /// Key.
-    pub key: Vec<u8>,
+    key: Vec<u8>,
     /// Value.
-    pub value: Vec<u8>,
+    value: Vec<u8>,
 }
 
 /// The store of one data directory. Cheap to share behind an `Arc`.
@@ -326,7 +327,7 @@ impl Store {
     }
 
     /// [`Store::commit_instance`] with `extra` writes in the same transaction.
-    pub fn commit_instance_with(
+    fn commit_instance_with(
         &self,
         instance: &InstanceRecord,
         study_attrs: &StudyRecord,
@@ -405,7 +406,7 @@ impl Store {
 
     /// Places a complete, fsync'd file whose header was read, and indexes it in one
     /// transaction (not durable until [`Store::flush`]). Received instances and the
-    /// objects this box generates both come in this way; `extra` commits in the same
+    /// objects this box generates both come in this way; `batches` commit in the same
     /// transaction (a generated object's push entries).
     pub fn place_and_commit(
         &self,
@@ -413,8 +414,9 @@ impl Store {
         header: &header::Header,
         source_ae: &str,
         generated: bool,
-        extra: &[ExtraWrite],
+        batches: &[outbox::Batch],
     ) -> Result<InstanceRecord, StoreError> {
+        let extra = batch_writes(batches)?;
         let size = staged.size();
         let rel = self
             .files
@@ -430,7 +432,7 @@ impl Store {
         rec.received_at = crate::clock::now_secs();
         rec.source_ae = source_ae.to_string();
         rec.generated = generated || header.instance.generated;
-        self.commit_instance_with(&rec, &header.study, extra)?;
+        self.commit_instance_with(&rec, &header.study, &extra)?;
         Ok(rec)
     }
 
@@ -593,16 +595,6 @@ impl Store {
         self.update_study(study_uid, |s| s.state = state)
             .expect("study state")
             .expect("known study");
-    }
-
-    /// Applies `writes` at once, outside any other commit (tests that set up marks).
-    #[cfg(test)]
-    pub(crate) fn write_now(&self, writes: &[ExtraWrite]) -> Result<(), StoreError> {
-        for w in writes {
-            self.tree(&w.tree)?
-                .insert(w.key.as_slice(), w.value.as_slice())?;
-        }
-        Ok(())
     }
 
     /// Changes a study record atomically with `f`, and broadcasts the result.
@@ -781,6 +773,21 @@ fn write_extra(
         }
     }
     Ok(())
+}
+
+/// The writes of outbox batches, for a transaction of the store.
+fn batch_writes(batches: &[outbox::Batch]) -> Result<Vec<ExtraWrite>, StoreError> {
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(b.writes().map_err(|e| match e {
+            outbox::OutboxError::Db(e) => StoreError::Index(e),
+            other => StoreError::Corrupt {
+                key: outbox::TREE.to_string(),
+                reason: other.to_string(),
+            },
+        })?);
+    }
+    Ok(out)
 }
 
 fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {

@@ -467,6 +467,32 @@ impl Entry {
     }
 }
 
+/// Entries to write in the same transaction as another commit (a result, a generated
+/// object). After the commit is durable, call [`Outbox::committed`] with `entries`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The outbox the entries join.
+    pub outbox: &'a Outbox,
+    /// The entries.
+    pub entries: &'a [NewEntry],
+}
+
+impl Batch<'_> {
+    /// The writes of the batch, with ids allocated in order, for the store's transaction.
+    pub(super) fn writes(&self) -> Result<Vec<super::ExtraWrite>, OutboxError> {
+        Ok(self
+            .outbox
+            .prepare(self.entries)?
+            .into_iter()
+            .map(|(key, value)| super::ExtraWrite {
+                tree: TREE.to_string(),
+                key,
+                value,
+            })
+            .collect())
+    }
+}
+
 /// The outbox. Share it behind an `Arc`: workers, the result commit and the CLI use it.
 #[derive(Debug)]
 pub struct Outbox {

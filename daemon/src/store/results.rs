@@ -2,7 +2,7 @@
 //!
 //! A result is committed in ONE transaction with the study's state change (`inferring →
 //! done`) and any extra writes a later stage adds (the outbox entries): see
-//! [`commit_result`] and [`ExtraWrite`]. Keys of the `results` tree are
+//! [`commit_result`]. Keys of the `results` tree are
 //! `<study uid> NUL <version as 8 hex digits>`, so a study's versions sort in order.
 //!
 //! Heatmaps still to make are marked in their own tree (written with the result, removed
@@ -19,12 +19,8 @@ use sled::Transactional;
 pub const RESULTS_TREE: &str = "results";
 /// Marks of heatmaps still to make: `<result key> NUL <SOP Instance UID>`, empty values.
 pub const PENDING_HEATMAPS_TREE: &str = "heatmaps_pending";
-pub use super::ExtraWrite;
-
-/// Builds the extra writes for a result about to be committed (given the study record as
-/// it is before the commit). The deliver stage supplies one for its outbox entries.
-pub type ExtraWrites =
-    std::sync::Arc<dyn Fn(&StudyResult, &StudyRecord) -> Vec<ExtraWrite> + Send + Sync>;
+use super::outbox::Batch;
+use super::{batch_writes, ExtraWrite};
 
 /// What committing a result did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +48,23 @@ fn corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError
 }
 
 /// Commits `result`, moves the study to `done` (unless new instances reopened it) with
-/// `result_version = result.version`, and applies `extra` — all in one transaction; the
-/// new study record is broadcast ([`Store::changes`]). Not durable until [`Store::flush`].
+/// `result_version = result.version`, writes the outbox `batches` and marks the heatmaps
+/// of `pending_heatmaps` (SOP Instance UIDs) as still to make — all in one transaction; the
+/// new study record is broadcast ([`Store::changes`]). Not durable until [`Store::flush`];
+/// tell each batch's outbox ([`super::outbox::Outbox::committed`]) once it is.
 pub fn commit_result(
     store: &Store,
     result: &StudyResult,
-    extra: &[ExtraWrite],
+    batches: &[Batch],
+    pending_heatmaps: &[&str],
 ) -> Result<Committed, StoreError> {
+    let mut extra = batch_writes(batches)?;
+    extra.extend(pending_heatmap_marks(
+        &result.study_instance_uid,
+        result.version,
+        pending_heatmaps,
+    ));
+    let extra = extra.as_slice();
     let (names, extra_trees) = store.extra_trees(extra)?;
     let results_tree = store.tree(RESULTS_TREE)?;
     let mut refs: Vec<&sled::Tree> = vec![&results_tree, &store.studies];
@@ -123,10 +129,9 @@ pub fn latest_result(store: &Store, study_uid: &str) -> Result<Option<StudyResul
     }
 }
 
-/// Records the heatmap state of one image of a stored result.
 /// The marks of the heatmaps of `sops` in result `version` of `study_uid`, to commit with
 /// the result.
-pub fn pending_heatmap_marks(study_uid: &str, version: u32, sops: &[&str]) -> Vec<ExtraWrite> {
+fn pending_heatmap_marks(study_uid: &str, version: u32, sops: &[&str]) -> Vec<ExtraWrite> {
     sops.iter()
         .map(|sop| ExtraWrite {
             tree: PENDING_HEATMAPS_TREE.to_string(),
@@ -168,6 +173,21 @@ pub fn pending_heatmaps(store: &Store) -> Result<Vec<(String, u32, String)>, Sto
     Ok(out)
 }
 
+/// Marks the heatmap of `sop` in result `version` of `study_uid` as still to make, outside
+/// a result commit (tests of the restart path).
+#[cfg(test)]
+pub(crate) fn mark_pending_heatmap(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+    sop: &str,
+) -> Result<(), StoreError> {
+    store
+        .tree(PENDING_HEATMAPS_TREE)?
+        .insert(pending_key(study_uid, version, sop), &[])?;
+    Ok(())
+}
+
 /// Removes the mark of a heatmap that is no longer to be made.
 pub fn clear_pending_heatmap(
     store: &Store,
@@ -207,4 +227,69 @@ pub fn set_heatmap(
         clear_pending_heatmap(store, study_uid, version, sop_instance_uid)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::outbox::{Destination, Kind, NewEntry, OutboxLimits, Payload};
+
+    /// The outbox entries of a result commit with it or not at all: a result whose study
+    /// is not in the index is refused, and no entry is left behind.
+    #[test]
+    fn outbox_entries_commit_with_the_result_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = store.outbox(OutboxLimits::default()).unwrap();
+        let entries = vec![NewEntry {
+            dest: Destination::Hl7,
+            kind: Kind::Report,
+            report_id: "r-1".into(),
+            payload: Payload::Hl7 {
+                message: "MSH|^~\\&|DULI\r".into(),
+            },
+        }];
+        let result = StudyResult {
+            report_id: "r-1".into(),
+            study_instance_uid: "4.4".into(),
+            version: 1,
+            images: Vec::new(),
+            findings: Vec::new(),
+            triage: false,
+            model: crate::result::ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: String::new(),
+            },
+            timings: Default::default(),
+            created_at: 0,
+        };
+        let batch = Batch {
+            outbox: &outbox,
+            entries: &entries,
+        };
+        let err = commit_result(&store, &result, &[batch], &["4.4.1"]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(outbox.list(None).unwrap().is_empty());
+        assert!(pending_heatmaps(&store).unwrap().is_empty());
+        assert!(super::result(&store, "4.4", 1).unwrap().is_none());
+
+        store
+            .commit_instance(
+                &crate::model::InstanceRecord {
+                    sop_instance_uid: "4.4.1".into(),
+                    study_instance_uid: "4.4".into(),
+                    ..Default::default()
+                },
+                &StudyRecord::default(),
+            )
+            .unwrap();
+        store.force_state("4.4", StudyState::Inferring);
+        assert_eq!(
+            commit_result(&store, &result, &[batch], &["4.4.1"]).unwrap(),
+            Committed::Done
+        );
+        assert_eq!(outbox.list(None).unwrap().len(), 1);
+        assert_eq!(pending_heatmaps(&store).unwrap().len(), 1);
+    }
 }

@@ -1,10 +1,13 @@
-//! The study report that delivery sends: the input of every channel's codec.
+//! The domain records made from a study result for the world outside: the [`Report`]
+//! every message and result object is built from, and a radiologist's [`Feedback`] on it.
 //!
-//! Kept apart from the inference result type on purpose: the result commit converts its
-//! result into a [`Report`] together with the [`StudyRecord`] of the study, and from then on
-//! every message (HL7, MQTT, DICOM push) is built from this one value.
+//! Kept apart from the inference result type on purpose: the record stage
+//! ([`crate::record`]) converts a result into a [`Report`] together with the [`StudyRecord`]
+//! of the study ([`Report::from_result`]), and from then on every message (HL7, MQTT, DICOM
+//! push) and result object (SR, SC) is built from this one value.
 
 use crate::model::StudyRecord;
+use crate::result::{ImageStatus, StudyResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -54,10 +57,69 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of `result` for `study`: its findings, model, timings and the images it
+    /// was made from (those analysed).
+    pub fn from_result(result: &StudyResult, study: &StudyRecord) -> Report {
+        let mut timings = BTreeMap::new();
+        timings.insert("decode".to_string(), result.timings.decode_ms);
+        timings.insert("preprocess".to_string(), result.timings.preprocess_ms);
+        timings.insert("infer".to_string(), result.timings.infer_ms);
+        Report {
+            report_id: result.report_id.clone(),
+            version: result.version,
+            study: study.clone(),
+            findings: result
+                .findings
+                .iter()
+                .map(|f| ReportFinding {
+                    label: f.code.clone(),
+                    code: f.code.clone(),
+                    display: f.label.clone(),
+                    probability: f64::from(f.probability),
+                    threshold: f64::from(f.threshold),
+                    positive: f.positive,
+                })
+                .collect(),
+            triage: result.triage,
+            model_name: result.model.name.clone(),
+            model_version: result.model.version.clone(),
+            model_sha256: result.model.sha256.clone(),
+            timings_ms: timings,
+            source_sop_instance_uids: result
+                .images
+                .iter()
+                .filter(|i| i.status == ImageStatus::Analysed)
+                .map(|i| i.sop_instance_uid.clone())
+                .collect(),
+            created_at: crate::clock::now_secs(),
+        }
+    }
+
     /// Whether this report corrects an earlier one (HL7 OBR-25 `C`).
     pub fn is_correction(&self) -> bool {
         self.version > 1
     }
+}
+
+/// A radiologist's feedback on a study's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Who gave it.
+    pub user: String,
+    /// Agrees with the AI result.
+    pub agree: bool,
+    /// Free-text comment (may be empty).
+    pub comment: String,
+    /// The finding it is about, when it is about one (label), else the whole result.
+    #[serde(default)]
+    pub finding: Option<String>,
+    /// Result version it refers to.
+    #[serde(default)]
+    pub result_version: u32,
+    /// When, milliseconds since the epoch.
+    pub at_ms: i64,
 }
 
 #[cfg(test)]
