@@ -7,26 +7,12 @@
 //! push) and result object (SR, SC) is built from this one value.
 
 use crate::model::StudyRecord;
+/// One finding of a report: the study-level finding of the result (the maximum over its
+/// images). The wire formats are views of it (HL7 OBX, the MQTT `findings` of schema v1).
+pub use crate::result::Finding;
 use crate::result::{ImageStatus, StudyResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// One finding of a report, study level (the maximum over its images).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReportFinding {
-    /// The model's label for the finding (e.g. `PNEUMONIA`).
-    pub label: String,
-    /// The finding's code (e.g. a SNOMED CT or RadLex code).
-    pub code: String,
-    /// The code's display name (e.g. `Pneumonia`).
-    pub display: String,
-    /// Probability in `[0, 1]`.
-    pub probability: f64,
-    /// Operating threshold of the finding.
-    pub threshold: f64,
-    /// Whether the probability reached the threshold.
-    pub positive: bool,
-}
 
 /// A study report, as delivered to the RIS, the cloud and PACS.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,7 +25,7 @@ pub struct Report {
     /// Patient and study attributes of the study.
     pub study: StudyRecord,
     /// Findings, in the model's label order.
-    pub findings: Vec<ReportFinding>,
+    pub findings: Vec<Finding>,
     /// The study is triaged urgent (a finding reached its threshold).
     pub triage: bool,
     /// Model name.
@@ -68,18 +54,7 @@ impl Report {
             report_id: result.report_id.clone(),
             version: result.version,
             study: study.clone(),
-            findings: result
-                .findings
-                .iter()
-                .map(|f| ReportFinding {
-                    label: f.code.clone(),
-                    code: f.code.clone(),
-                    display: f.label.clone(),
-                    probability: f64::from(f.probability),
-                    threshold: f64::from(f.threshold),
-                    positive: f.positive,
-                })
-                .collect(),
+            findings: result.findings.clone(),
             triage: result.triage,
             model_name: result.model.name.clone(),
             model_version: result.model.version.clone(),
@@ -144,18 +119,16 @@ pub(crate) mod fixtures {
                 ..Default::default()
             },
             findings: vec![
-                ReportFinding {
-                    label: "PNEUMONIA".into(),
+                Finding {
+                    label: "Pneumonia".into(),
                     code: "233604007".into(),
-                    display: "Pneumonia".into(),
                     probability: 0.87346,
                     threshold: 0.5,
                     positive: true,
                 },
-                ReportFinding {
-                    label: "EFFUSION".into(),
+                Finding {
+                    label: "Pleural effusion".into(),
                     code: "60046008".into(),
-                    display: "Pleural effusion".into(),
                     probability: 0.12,
                     threshold: 0.4,
                     positive: false,

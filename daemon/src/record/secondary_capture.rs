@@ -44,9 +44,9 @@ pub fn build(
     let caption = match top {
         Some(f) => format!(
             "{} {:.0}% (THRESHOLD {:.0}%)",
-            f.display,
-            f.probability * 100.0,
-            f.threshold * 100.0
+            f.label,
+            f64::from(f.probability) * 100.0,
+            f64::from(f.threshold) * 100.0
         ),
         None => "NO FINDING".to_string(),
     };

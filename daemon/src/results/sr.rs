@@ -303,10 +303,10 @@ pub fn build(
         let finding_code = Code {
             value: &f.code,
             scheme: "99DULI",
-            meaning: if f.display.is_empty() {
-                &f.label
+            meaning: if f.label.is_empty() {
+                &f.code
             } else {
-                &f.display
+                &f.label
             },
         };
         findings.push(container(
@@ -314,8 +314,8 @@ pub fn build(
             finding_code,
             vec![
                 code_value_item("CONTAINS", FINDING, finding_code),
-                num_item("CONTAINS", PROBABILITY, f.probability),
-                num_item("CONTAINS", THRESHOLD, f.threshold),
+                num_item("CONTAINS", PROBABILITY, f64::from(f.probability)),
+                num_item("CONTAINS", THRESHOLD, f64::from(f.threshold)),
                 code_value_item("CONTAINS", POSITIVE, if f.positive { YES } else { NO }),
             ],
         ));
