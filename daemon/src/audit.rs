@@ -48,16 +48,38 @@ pub enum Action {
     Other,
 }
 
-/// One audit record as stored.
+/// One audit record as stored: the [`Event`] with its place in the chain. Its fields
+/// read through to the event (`record.actor`); stored as one flat JSON object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     /// Sequence number (0-based, gap-free).
     pub seq: u64,
     /// Time, milliseconds since the epoch.
     pub at_ms: i64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Hash of the previous record (hex).
+    pub prev: String,
+    /// SHA-256 over `prev` and the canonical body (hex).
+    pub hash: String,
+}
+
+impl std::ops::Deref for Record {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// What an audit record says happened: the one shape of an audited action, whether the
+/// daemon appends it, a CLI command sends it over the control socket, or it is read back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
     /// Who: user name, AE title (`ae:NAME`) or `system`.
     pub actor: String,
     /// Where from: IP address, `local` or empty.
+    #[serde(default)]
     pub source: String,
     /// What kind of event.
     pub action: Action,
@@ -66,27 +88,7 @@ pub struct Record {
     /// Whether the action succeeded.
     pub success: bool,
     /// Free-text detail (counts, reasons).
-    pub detail: String,
-    /// Hash of the previous record (hex).
-    pub prev: String,
-    /// SHA-256 over `prev` and the canonical body (hex).
-    pub hash: String,
-}
-
-/// A new event to append.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// Who.
-    pub actor: String,
-    /// Where from.
-    pub source: String,
-    /// What kind.
-    pub action: Action,
-    /// On what.
-    pub object: String,
-    /// Whether it succeeded.
-    pub success: bool,
-    /// Detail.
+    #[serde(default)]
     pub detail: String,
 }
 
@@ -182,12 +184,7 @@ impl Audit {
         let mut rec = Record {
             seq,
             at_ms: crate::clock::now_millis(),
-            actor: event.actor,
-            source: event.source,
-            action: event.action,
-            object: event.object,
-            success: event.success,
-            detail: event.detail,
+            event,
             prev: prev.clone(),
             hash: String::new(),
         };
@@ -268,6 +265,34 @@ impl Audit {
 mod tests {
     use super::*;
 
+    /// A record is stored as one flat object, as before the event was its own type: old
+    /// trails read, and a record reads back equal.
+    #[test]
+    fn records_are_stored_flat_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let rec = audit
+            .append(Event::new("ana", Action::Login, "ana").from("10.0.0.5"))
+            .unwrap();
+        let v = serde_json::to_value(&rec).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "action", "actor", "at_ms", "detail", "hash", "object", "prev", "seq", "source",
+                "success"
+            ]
+        );
+        assert_eq!(serde_json::from_value::<Record>(v).unwrap(), rec);
+        assert_eq!(
+            (rec.actor.as_str(), rec.source.as_str()),
+            ("ana", "10.0.0.5")
+        );
+        assert_eq!(audit.records(0, 10).unwrap(), vec![rec]);
+    }
+
     #[test]
     fn chain_verifies_and_any_change_breaks_it_at_that_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -294,7 +319,7 @@ mod tests {
         // Tamper with record 2's object.
         let tree = store.records::<Record>(TREE).unwrap();
         let mut rec = tree.get(2u64.to_be_bytes()).unwrap().unwrap();
-        rec.object = "9.9.9".into();
+        rec.event.object = "9.9.9".into();
         tree.insert(2u64.to_be_bytes(), &rec).unwrap();
         let v = audit.verify().unwrap();
         assert_eq!(v.broken.as_ref().unwrap().seq, 2, "{v:?}");
