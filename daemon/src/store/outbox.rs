@@ -1,9 +1,11 @@
 //! The durable outbox: every message a study result owes to a peer, on sled (tree
-//! `outbox`), until that peer acknowledges it.
+//! `outbox`), until that peer acknowledges it. Kept by the store; the deliver stage
+//! drains it (re-exported as `deliver::outbox`).
 //!
-//! - **Same transaction as the result.** [`Outbox::enqueue_in`] writes entries inside the
-//!   caller's multi-tree transaction (`(&results, outbox.tree()).transaction(..)`), then
-//!   [`Outbox::committed`] updates the counters and wakes the destinations' workers.
+//! - **Same transaction as the result.** A [`Batch`] handed to the store's result or
+//!   object commit ([`super::results::commit_result`], [`super::Store::place_and_commit`])
+//!   is written inside that transaction; once it is durable [`Outbox::committed`] updates
+//!   the counters and wakes the destinations' workers.
 //! - **In order per destination.** Keys are `destination 0x00 id` with `id` from sled's
 //!   monotonic `generate_id`, so a prefix scan yields a destination's queue in commit order;
 //!   [`Outbox::head`] is the first entry that is not dead (head-of-line: later entries wait).
