@@ -23,7 +23,8 @@
 //! - [`results`]: the DICOM result objects (SR with the findings, SC with the heatmap).
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
-//! - [`deliver`]: the durable outbox and the channels that drain it (HL7/MLLP, MQTT, PACS push).
+//! - [`deliver`]: the channels that drain the store's durable outbox (HL7/MLLP, MQTT, PACS
+//!   push), and the delivery plan of a report.
 //! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
 //! - [`console`]: the HTTPS web console and API — logins, roles, worklist, viewer,
 //!   feedback, users, audit export, live events, `/healthz` and `/metrics`; connection
