@@ -4,10 +4,13 @@
 Each instance is a Digital X-Ray Image Storage - For Presentation object in
 explicit VR little endian: 16 bits allocated, 12 stored, 2800 x 1800 pixels by
 default (about 10 MB), with proper 2.25 UIDs, two images (PA and lateral) per
-study (or --per-study N). The pixel data is a smooth anatomy-like field plus per-pixel
+study (or --per-study N). Patients are 3 years old, inside the shipped model's intended
+age range (1-5 years); --outside-every K makes every K-th study an adult of 46, which the
+appliance records as not applicable. The pixel data is a smooth anatomy-like field plus per-pixel
 noise, so it is not trivially compressible (as with a real detector).
 
     gen_dx.py OUT_DIR COUNT [--rows N] [--cols N] [--seed N] [--per-study N]
+              [--outside-every K]
 
 Reuses OUT_DIR when it already holds the same set (same count and geometry).
 """
@@ -75,7 +78,10 @@ def instance(base, rng, index, study, rows, cols, now):
     ds.SeriesDescription = "PA" if index % 2 == 0 else "LAT"
     ds.PatientName = "Bench^Patient%05d" % study["number"]
     ds.PatientID = "BP%05d" % study["number"]
-    ds.PatientBirthDate = "19700101"
+    # Inside the shipped model's intended age range (1-5 years), except the studies that
+    # --outside-every marks: adults, recorded as not applicable.
+    years = 46 if study.get("outside") else 3
+    ds.PatientBirthDate = "%04d0101" % (now.year - years)
     ds.PatientSex = "O"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA" if index % 2 == 0 else "LL"
@@ -118,6 +124,7 @@ def main():
     parser.add_argument("--cols", type=int, default=1800)
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--per-study", type=int, default=2)
+    parser.add_argument("--outside-every", type=int, default=0)
     args = parser.parse_args()
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -125,6 +132,8 @@ def main():
     stamp = {"count": args.count, "rows": args.rows, "cols": args.cols, "seed": args.seed}
     if args.per_study != 2:
         stamp["per_study"] = args.per_study
+    # Sets made before ages were written are made again.
+    stamp["ages"] = {"inside": 3, "outside_every": args.outside_every}
     files = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".dcm"))
     try:
         with open(stamp_path) as f:
@@ -143,8 +152,11 @@ def main():
     study = None
     for i in range(args.count):
         if i % args.per_study == 0:
-            study = {"number": i // args.per_study + 1, "study_uid": uid(),
-                     "series_uid": uid(), "size": args.per_study}
+            number = i // args.per_study + 1
+            study = {"number": number, "study_uid": uid(),
+                     "series_uid": uid(), "size": args.per_study,
+                     "outside": args.outside_every > 0
+                     and (number - 1) % args.outside_every == 0}
         ds = instance(bases[i % len(bases)], rng, i, study, args.rows, args.cols, now)
         path = os.path.join(args.out_dir, "dx%05d.dcm" % i)
         ds.save_as(path, enforce_file_format=True)

@@ -189,7 +189,20 @@ function worklistRow(s) {
     h("td", {}, s.accession),
     h("td", {}, fmtTime(s.received)),
     h("td", {}, h("span", { class: `state ${s.state}` }, s.state)),
-    h("td", {}, top));
+    h("td", {}, applicabilityCell(s) || top));
+}
+
+// Outside the model's intended use, or analysed with a caveat (e.g. age unknown).
+function applicabilityCell(s) {
+  if (s.not_applicable) {
+    return h("span", { class: "badge not-applicable", title: s.not_applicable },
+      `Not applicable: ${s.not_applicable}`);
+  }
+  if (s.caveat) {
+    const top = s.top_finding ? `${s.top_finding.label} ${pct(s.top_finding.probability)} ` : "";
+    return h("span", {}, top, h("span", { class: "badge caveat", title: s.caveat }, "caveat"));
+  }
+  return null;
 }
 
 function followEvents(reload, indicator) {
@@ -236,6 +249,9 @@ async function studyPage(uid) {
       h("span", { class: `state ${s.state}` }, s.state),
       s.triage ? h("span", { class: "badge urgent" }, "URGENT") : ""),
     h("p", { class: "ai-mark", role: "note" }, "AI-generated, preliminary: not a diagnosis."),
+    result.not_applicable ? h("p", { id: "not-applicable", class: "not-applicable", role: "status" },
+      `Not applicable: outside the model's intended use (${result.not_applicable}). Not analysed.`) : "",
+    result.caveat ? h("p", { id: "caveat", class: "caveat", role: "note" }, `Caveat: ${result.caveat}`) : "",
     h("div", { class: "study" },
       h("section", { class: "viewer", "aria-label": "Image" },
         h("div", { class: "stage" }, canvas, heat),
@@ -247,7 +263,7 @@ async function studyPage(uid) {
           h("label", { for: "heat-opacity" }, "Opacity"), heatOpacity)),
       h("section", { class: "side" },
         h("h3", {}, "Findings"),
-        findings.length ? findingsTable(findings) : h("p", { class: "muted" }, result && s.result ? "No findings reported." : "No result yet."),
+        findings.length ? findingsTable(findings) : h("p", { class: "muted" }, result.not_applicable ? "Not analysed." : s.result ? "No findings reported." : "No result yet."),
         h("div", { class: "treemap-wrap" }, treemap),
         h("p", { id: "model" }, "Model: ", model.name ? `${model.name} ${model.version || ""}` : "-"),
         h("h3", {}, "Delivery"),

@@ -37,12 +37,16 @@
 //!   heartbeats that feed the watchdog.
 //! - [`privileges`]: started as root, binds the listeners then switches to the service user.
 //! - [`scu`]: C-ECHO and C-STORE client tools for technicians.
+//! - [`evaluate`]: `duli evaluate`, the acceptance test of a model on a site's own labelled
+//!   cases (AUC with DeLong interval, operating points, calibration, plots).
 //! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
 //!   the post-update health check.
 //! - [`provision`]: `duli provision` (one-step setup, `--check` connectivity table) and
 //!   [`diagnostics`]: the support bundle.
 //! - [`cli_audit`]: audit records of command-line actions.
 //! - [`fsutil`]: atomic, permission-aware file writes.
+//! - [`fuzz_targets`]: one entry per parser of outside bytes, for the fuzzers and the
+//!   corpus replay in the test suite.
 //! - [`demo`]: the newcomer's first run; [`locate`]: where the model, the OpenVINO runtime
 //!   and the demo's samples are found when the configuration does not say.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
@@ -61,8 +65,10 @@ pub mod deliver;
 pub mod demo;
 pub mod diagnostics;
 pub mod dimse;
+pub mod evaluate;
 pub mod firmware_cli;
 pub mod fsutil;
+pub mod fuzz_targets;
 pub mod health;
 pub mod infer;
 pub mod locate;

@@ -59,6 +59,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure the model on labelled cases: AUC (DeLong 95% CI), sensitivity, specificity,
+    /// PPV, NPV, calibration. DIR holds one folder per finding plus NORMAL (negatives).
+    Evaluate {
+        #[command(flatten)]
+        opts: duli::evaluate::EvaluateOptions,
+        /// Configuration file ([inference] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
         /// Configuration file (TOML).
@@ -433,6 +442,11 @@ fn real_main() -> Result<ExitCode> {
             let code = duli::infer::infer_files_cli(model.as_deref(), &files, &cfg.inference);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
+        Command::Evaluate { opts, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let code = duli::evaluate::evaluate_cli(&opts, &cfg.inference);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
         Command::CheckConfig { config } => match Config::load(Some(&config), std::env::vars()) {
             Ok(cfg) => {
                 println!("# {}: valid\n{}", config.display(), cfg.to_toml());
@@ -797,6 +811,20 @@ fn provision_apply(
 }
 
 fn main() -> ExitCode {
+    // The sandboxed pixel decoder's child process (see `duli::infer::decode_sandbox`):
+    // nothing else runs in it, so it is recognised before any start-up work.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == duli::infer::decode_sandbox::SUBCOMMAND)
+    {
+        return match (args.next(), args.next()) {
+            (Some(file), None) => {
+                duli::infer::decode_sandbox::child_main(std::path::Path::new(&file))
+            }
+            _ => ExitCode::from(2),
+        };
+    }
     match real_main() {
         Ok(code) => code,
         Err(e) => {

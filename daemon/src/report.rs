@@ -38,6 +38,13 @@ pub struct Report {
     pub timings_ms: BTreeMap<String, f64>,
     /// SOP Instance UIDs of the images the report was made from.
     pub source_sop_instance_uids: Vec<String>,
+    /// Why the study was not analysed: outside the model's intended use (e.g. "age 45 y
+    /// outside the model's 1–5 y"). The report then has no findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
+    /// What a reader must know about the findings (e.g. the patient's age is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
     /// When the result was made, seconds since the Unix epoch.
     pub created_at: i64,
 }
@@ -66,6 +73,8 @@ impl Report {
                 .filter(|i| i.status == ImageStatus::Analysed)
                 .map(|i| i.sop_instance_uid.clone())
                 .collect(),
+            not_applicable: result.not_applicable_reason(),
+            caveat: result.caveat(),
             created_at: crate::clock::now_secs(),
         }
     }
@@ -73,6 +82,21 @@ impl Report {
     /// Whether this report corrects an earlier one (HL7 OBR-25 `C`).
     pub fn is_correction(&self) -> bool {
         self.version > 1
+    }
+
+    /// What every message says besides the findings: why the study was not analysed, or
+    /// the caveat of its findings (HL7 NTE, SR comments).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(reason) = &self.not_applicable {
+            notes.push(format!(
+                "Not applicable: outside the model's intended use ({reason}); not analysed."
+            ));
+        }
+        if let Some(caveat) = &self.caveat {
+            notes.push(format!("Caveat: {caveat}"));
+        }
+        notes
     }
 }
 
@@ -142,7 +166,74 @@ pub(crate) mod fixtures {
                 .into_iter()
                 .collect(),
             source_sop_instance_uids: vec!["1.2.826.0.1.3680043.8.498.1.1.1".into()],
+            not_applicable: None,
+            caveat: None,
             created_at: 1_706_693_415,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::{HeatmapState, ImageResult, ModelInfo, Timings};
+
+    fn image(status: ImageStatus, reason: Option<&str>, caveat: Option<&str>) -> ImageResult {
+        ImageResult {
+            sop_instance_uid: format!("1.2.3.{}", status.as_str()),
+            series_instance_uid: "1.2.3.0".into(),
+            status,
+            reason: reason.map(Into::into),
+            caveat: caveat.map(Into::into),
+            findings: Vec::new(),
+            timings: Timings::default(),
+            heatmap: HeatmapState::None,
+        }
+    }
+
+    fn result(images: Vec<ImageResult>) -> StudyResult {
+        StudyResult {
+            report_id: crate::result::report_id("1.2.3", 1),
+            study_instance_uid: "1.2.3".into(),
+            version: 1,
+            images,
+            findings: Vec::new(),
+            triage: false,
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: "00".into(),
+            },
+            timings: Timings::default(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_intended_use_verdict_of_the_result_is_the_reports() {
+        let study = StudyRecord::default();
+        let outside = result(vec![image(
+            ImageStatus::NotApplicable,
+            Some("age 45 y outside the model's 1\u{2013}5 y"),
+            None,
+        )]);
+        let r = Report::from_result(&outside, &study);
+        assert_eq!(
+            r.not_applicable.as_deref(),
+            Some("age 45 y outside the model's 1\u{2013}5 y")
+        );
+        assert_eq!(r.caveat, None);
+        assert!(r.source_sop_instance_uids.is_empty());
+        assert!(r.notes()[0].starts_with("Not applicable: outside the model's intended use"));
+
+        let unknown_age = result(vec![image(
+            ImageStatus::Analysed,
+            None,
+            Some("patient age unknown"),
+        )]);
+        let r = Report::from_result(&unknown_age, &study);
+        assert_eq!(r.not_applicable, None);
+        assert_eq!(r.caveat.as_deref(), Some("patient age unknown"));
+        assert_eq!(r.notes(), vec!["Caveat: patient age unknown".to_string()]);
     }
 }

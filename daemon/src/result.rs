@@ -110,6 +110,10 @@ pub struct ImageResult {
     /// Why it was not analysed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What a reader must know about an analysed image (e.g. the patient's age is unknown,
+    /// so whether it is within the model's intended use could not be checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
     /// Findings (background classes excluded), in model order.
     pub findings: Vec<Finding>,
     /// Stage timings.
@@ -151,6 +155,46 @@ pub struct StudyResult {
     pub timings: Timings,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at: i64,
+}
+
+fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut seen: Vec<&str> = Vec::new();
+    for i in items {
+        if !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    (!seen.is_empty()).then(|| seen.join("; "))
+}
+
+impl StudyResult {
+    /// Why the study was not analysed, when no image was analysed and some were not
+    /// applicable (e.g. "age 45 y outside the model's 1–5 y"); distinct reasons joined.
+    pub fn not_applicable_reason(&self) -> Option<String> {
+        if self
+            .images
+            .iter()
+            .any(|i| i.status == ImageStatus::Analysed)
+        {
+            return None;
+        }
+        distinct(
+            self.images
+                .iter()
+                .filter(|i| i.status == ImageStatus::NotApplicable)
+                .filter_map(|i| i.reason.as_deref()),
+        )
+    }
+
+    /// The caveats of the analysed images, distinct ones joined.
+    pub fn caveat(&self) -> Option<String> {
+        distinct(
+            self.images
+                .iter()
+                .filter(|i| i.status == ImageStatus::Analysed)
+                .filter_map(|i| i.caveat.as_deref()),
+        )
+    }
 }
 
 /// `report_id` of (study UID, version): the first 32 hex digits of
@@ -200,10 +244,55 @@ mod tests {
             series_instance_uid: String::new(),
             status,
             reason: None,
+            caveat: None,
             findings,
             timings: Timings::default(),
             heatmap: HeatmapState::None,
         }
+    }
+
+    fn study(images: Vec<ImageResult>) -> StudyResult {
+        StudyResult {
+            report_id: String::new(),
+            study_instance_uid: "1".into(),
+            version: 1,
+            findings: study_findings(&images),
+            images,
+            triage: false,
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: String::new(),
+            },
+            timings: Timings::default(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn study_not_applicable_reason_and_caveat() {
+        let na = |r: &str| ImageResult {
+            reason: Some(r.into()),
+            ..img(ImageStatus::NotApplicable, vec![])
+        };
+        let s = study(vec![
+            na("age 45 y"),
+            na("lateral view (LL)"),
+            na("age 45 y"),
+        ]);
+        assert_eq!(
+            s.not_applicable_reason().as_deref(),
+            Some("age 45 y; lateral view (LL)")
+        );
+        assert_eq!(s.caveat(), None);
+        // One analysed image: the study is analysed; its caveat is the study's.
+        let analysed = ImageResult {
+            caveat: Some("patient age unknown".into()),
+            ..img(ImageStatus::Analysed, vec![f("A", 0.2)])
+        };
+        let s = study(vec![na("lateral view (LL)"), analysed]);
+        assert_eq!(s.not_applicable_reason(), None);
+        assert_eq!(s.caveat().as_deref(), Some("patient age unknown"));
     }
 
     #[test]

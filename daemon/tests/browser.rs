@@ -666,3 +666,89 @@ fn first_time_setup_in_headless_chromium() {
         json!(false)
     );
 }
+
+/// The pediatric model and two studies outside what it knows: an adult is shown as not
+/// applicable with its reason in the worklist and on the study page, and a study without
+/// a usable age shows its caveat next to the findings.
+#[test]
+fn intended_use_in_headless_chromium() {
+    let Some(driver_bin) = chromedriver() else {
+        return;
+    };
+    if !common::inference::inference_available() {
+        return;
+    }
+    if which("storescu").is_none() {
+        return skip("storescu absent");
+    }
+    let dir = temp_dir("browser-intended-use");
+    let make = |prefix, args| common::inference::make_dx_study(dir.path(), prefix, args);
+    let (Some(adult), Some(unknown)) = (
+        make("A", &["--outside-every", "1"]),
+        make("U", &["--age", "none"]),
+    ) else {
+        return;
+    };
+    let d = Daemon::builder().with_inference().start();
+    d.add_user("rita", "radiologist", PW);
+    d.storescu("MODALITY", &[], &[adult, unknown])
+        .unwrap()
+        .assert_success("storescu");
+
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
+    let base = format!("https://127.0.0.1:{}", d.console_port);
+    log_in(wd, &base, "rita", "#/worklist");
+    let reason = "age 45 y outside the model's 1\u{2013}5 y";
+    wd.wait_for(
+        "both studies analysed",
+        "[...document.querySelectorAll('#worklist-body .state')].filter((e) => e.textContent === 'done').length === 2",
+        Duration::from_secs(180),
+    );
+    let row = |pid: &str| {
+        wd.js(&format!(
+            "return [...document.querySelectorAll('#worklist-body tr')]\
+               .find((r) => r.innerText.includes('{pid}')).innerText;"
+        ))
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    let adult_row = row("AP0000");
+    assert!(
+        adult_row.contains(&format!("Not applicable: {reason}")),
+        "{adult_row}"
+    );
+    let unknown_row = row("UP0000");
+    assert!(unknown_row.contains("caveat"), "{unknown_row}");
+    wd.screenshot("worklist-intended-use.png");
+
+    wd.js("[...document.querySelectorAll('#worklist-body tr')]
+             .find((r) => r.innerText.includes('AP0000')).querySelector('a').click();");
+    wd.wait_css("#not-applicable", 30);
+    let note = wd.js("return document.querySelector('#not-applicable').innerText;");
+    assert_eq!(
+        note.as_str().unwrap(),
+        format!("Not applicable: outside the model's intended use ({reason}). Not analysed.")
+    );
+    let side = wd.js("return document.querySelector('.side').innerText;");
+    assert!(side.as_str().unwrap().contains("Not analysed."), "{side}");
+    wd.screenshot("study-not-applicable.png");
+
+    wd.go(&format!("{base}/#/worklist"));
+    wd.wait_css("#worklist-body tr", 20);
+    wd.js("[...document.querySelectorAll('#worklist-body tr')]
+             .find((r) => r.innerText.includes('UP0000')).querySelector('a').click();");
+    wd.wait_css("#caveat", 30);
+    let caveat = wd.js("return document.querySelector('#caveat').innerText;");
+    assert_eq!(
+        caveat.as_str().unwrap(),
+        "Caveat: patient age unknown: the model is intended for 1\u{2013}5 y"
+    );
+    // Analysed all the same: its finding is listed.
+    assert_eq!(
+        wd.js("return document.querySelectorAll('table.findings tbody tr').length;"),
+        json!(1)
+    );
+    wd.screenshot("study-caveat.png");
+}

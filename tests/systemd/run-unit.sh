@@ -120,6 +120,25 @@ state="$XDG_STATE_HOME/duli"; [ -d "$state" ] || state="$XDG_CONFIG_HOME/duli"
 grep -q "store open at $state:" "$base/duli.log" || fail "the store is not in $state"
 echo "ok: C-ECHO, /healthz 200, store in StateDirectory=duli"
 
+echo "== the sandboxed pixel decoder works inside the unit's sandbox"
+# JPEG-LS and JPEG 2000 are decoded by a child (`duli decode-pixels`) that installs its own
+# seccomp filter beneath the unit's SystemCallFilter=: run it as a transient unit with
+# every sandboxing key of the shipped unit.
+props=()
+while IFS= read -r line; do
+    case "$line" in
+    NoNewPrivileges=* | SystemCall*=* | Restrict*=* | Protect*=* | Private*=* | \
+        MemoryDenyWriteExecute=* | LockPersonality=* | CapabilityBoundingSet=* | \
+        UMask=* | Limit*=*) props+=(-p "$line") ;;
+    esac
+done < <(sed -n '/^\[Service\]/,/^\[/p' "$here/systemd/duli.service")
+[ ${#props[@]} -ge 10 ] || fail "found only ${#props[@]} sandboxing keys in the unit"
+cp "$here/fuzz/corpus/pixels/jpeg-ls-lossless.dcm" "$base/ls.dcm"
+magic="$(systemd-run --user --quiet --wait --pipe --collect "${props[@]}" \
+    "$base/bin/duli" decode-pixels "$base/ls.dcm" 2>"$base/decoder.err" | head -c 8 || true)"
+[ "$magic" = DULIGRAY ] || fail "decode-pixels under the unit's sandbox: $(cat "$base/decoder.err")"
+echo "ok: a JPEG-LS image decodes in the confined child under the unit's ${#props[@]} sandboxing keys"
+
 echo "== systemctl --user stop duli.service"
 timeout 60 systemctl --user stop duli.service || fail "stop"
 [ "$(show Result)" = success ] || fail "Result=$(show Result)"

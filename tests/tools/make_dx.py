@@ -2,12 +2,18 @@
 
 usage: make_dx.py OUT_DIR --count N [--studies S] [--rows R] [--cols C]
                   [--name "Family^Given"] [--charset "ISO_IR 100"] [--seed K]
-                  [--prefix X] [--description TEXT]
+                  [--prefix X] [--description TEXT] [--age AS|none]
+                  [--outside-every K]
 
 Each file is a DX For Presentation image (16 bits allocated, 12 stored, Explicit VR
 Little Endian) with fresh 2.25 UIDs; instances are spread over S studies. Prints one line
 per file: path, SOP Instance UID, Study Instance UID. Patient IDs are XP0000, XP0001...
 and accession numbers XACC00000... for --prefix X (none by default).
+
+Patients are inside the shipped model's intended age range (1-5 years): born 2023-01-01,
+studied 2026-11-23 (3 years). --age writes Patient's Age as given (e.g. 045Y) instead, and
+--age none leaves out both the age and the birth date (an unknown age). --outside-every K
+makes every K-th study (the first included) an adult of 45 years, outside the range.
 """
 import argparse
 import os
@@ -36,6 +42,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prefix", default="")
     p.add_argument("--description", default="")
+    p.add_argument("--age", default="")
+    p.add_argument("--outside-every", type=int, default=0)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rng = np.random.default_rng(a.seed)
@@ -59,7 +67,14 @@ def main():
         ds.SeriesInstanceUID = series[study_uid]
         ds.PatientName = a.name
         ds.PatientID = pid
-        ds.PatientBirthDate = "20200101"
+        outside = a.outside_every > 0 and (n % a.studies) % a.outside_every == 0
+        if outside:
+            ds.PatientBirthDate = "19810101"
+            ds.PatientAge = "045Y"
+        elif a.age != "none":
+            ds.PatientBirthDate = "20230101"
+            if a.age:
+                ds.PatientAge = a.age
         ds.PatientSex = "F"
         ds.AccessionNumber = acc
         ds.StudyDate = "20261123"

@@ -272,6 +272,16 @@ pub(super) fn parse_json<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, 
     serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// Decodes `body` as each JSON request body of the API, as its handler would (the entry
+/// point of the console's fuzz target and its corpus replay).
+pub fn fuzz_bodies(body: &[u8]) {
+    let _ = serde_json::from_slice::<LoginBody>(body);
+    let _ = serde_json::from_slice::<FeedbackBody>(body);
+    let _ = serde_json::from_slice::<UserBody>(body);
+    let _ = serde_json::from_slice::<outbox_view::RetryBody>(body);
+    let _ = serde_json::from_slice::<super::setup::SetupBody>(body);
+}
+
 /// The session of a request, when it has a valid one.
 pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
     let Some(token) = session_token(&req.headers) else {
@@ -495,7 +505,8 @@ async fn logout(
 }
 
 /// The latest recorded result of a study (as the inference stage stored it), plus
-/// `heatmap_path`: the first analysed image's heatmap, when one is done.
+/// `heatmap_path`: the first analysed image's heatmap, when one is done, `not_applicable`:
+/// why the study was not analysed, and `caveat`: what comes with its findings.
 pub fn result_of(c: &Console, uid: &str) -> Result<Option<Value>, ApiError> {
     let Some(result) = crate::infer::record::latest_result(&c.store, uid)? else {
         return Ok(None);
@@ -510,8 +521,16 @@ pub fn result_of(c: &Console, uid: &str) -> Result<Option<Value>, ApiError> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    if let (Some(path), Some(obj)) = (heatmap, v.as_object_mut()) {
-        obj.insert("heatmap_path".into(), Value::String(path));
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(path) = heatmap {
+            obj.insert("heatmap_path".into(), Value::String(path));
+        }
+        // Outside the model's intended use, or analysed with a caveat: said on every page.
+        obj.insert(
+            "not_applicable".into(),
+            json!(result.not_applicable_reason()),
+        );
+        obj.insert("caveat".into(), json!(result.caveat()));
     }
     Ok(Some(v))
 }
@@ -559,6 +578,8 @@ fn worklist_row(s: &StudyRecord, result: Option<&Value>) -> Value {
         "error": s.error,
         "triage": result.and_then(triage_flag),
         "top_finding": top.map(|(label, p)| json!({"label": label, "probability": p})),
+        "not_applicable": result.and_then(|r| r.get("not_applicable")).cloned(),
+        "caveat": result.and_then(|r| r.get("caveat")).cloned(),
     })
 }
 

@@ -222,7 +222,7 @@ pub async fn status(c: &Console) -> Result<Response, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct SetupBody {
+pub(super) struct SetupBody {
     code: String,
     #[serde(default)]
     username: Option<String>,

@@ -140,7 +140,10 @@ pub fn header_for(bytes: &[u8], uid_root: &str) -> WrapHeader {
     let d = digest.as_ref();
     let n = |i: usize| usize::from(d[i]);
     let seed = hex::encode(&d[..16]);
-    let year = time::OffsetDateTime::now_utc().year() - 1 - (n(2) % 5) as i32;
+    // Between 366 days and 5 years (less a day) old today, so inside the shipped model's
+    // intended 1–5 y on the study date.
+    let age_days = 366 + (n(2) * 256 + n(8)) as i64 % (4 * 365);
+    let birth = time::OffsetDateTime::now_utc().date() - time::Duration::days(age_days);
     let sex = if n(3) % 2 == 0 { "M" } else { "F" };
     WrapHeader {
         sop_class: DX_FOR_PRESENTATION,
@@ -153,7 +156,12 @@ pub fn header_for(bytes: &[u8], uid_root: &str) -> WrapHeader {
             "{:08}",
             u32::from_be_bytes([d[4], d[5], d[6], d[7]]) % 100_000_000
         ),
-        birth_date: format!("{year:04}{:02}{:02}", 1 + n(8) % 12, 1 + n(9) % 28),
+        birth_date: format!(
+            "{:04}{:02}{:02}",
+            birth.year(),
+            u8::from(birth.month()),
+            birth.day()
+        ),
         sex: sex.into(),
         study_uid: derive(uid_root, &format!("demo-sample/{seed}/study")),
         series_uid: derive(uid_root, &format!("demo-sample/{seed}/series")),
@@ -221,6 +229,19 @@ mod tests {
         assert_ne!(a.study_uid, b.study_uid);
         assert_ne!(a.patient_id, b.patient_id);
         assert!(a.study_uid.starts_with("1.2.3."));
+    }
+
+    #[test]
+    fn every_sample_patient_is_inside_the_shipped_models_age_range() {
+        let d = time::OffsetDateTime::now_utc().date();
+        let today = format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day());
+        for i in 0u32..500 {
+            let h = header_for(&i.to_le_bytes(), "1.2.3.");
+            let age = crate::infer::age::patient_age("", &h.birth_date, &today)
+                .years()
+                .unwrap();
+            assert!((1.0..=5.0).contains(&age), "{} is {age} y", h.birth_date);
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use super::dicom_image::{check_file_pixel_budget, DicomImage, DicomImageError};
 use super::display::GrayImage;
-use super::eligibility::{check, Eligibility};
+use super::eligibility::{check_with, Eligibility};
 use super::findings::findings;
 use super::manifest::Manifest;
 use super::raster::read_image_file;
@@ -25,6 +25,8 @@ pub struct Prepared {
     pub tensor: Vec<f32>,
     /// Decode and preprocess timings so far.
     pub timings: Timings,
+    /// Shown with the result (e.g. the patient's age is unknown).
+    pub caveat: Option<String>,
 }
 
 /// What preparing a file gave.
@@ -67,7 +69,7 @@ pub fn is_dicom(path: &Path) -> bool {
 /// not decoded: it is not applicable, with the reason.
 pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Preparation {
     let start = Instant::now();
-    let (sop, display) = if is_dicom(path) {
+    let (sop, display, caveat) = if is_dicom(path) {
         if let Err(e) = check_file_pixel_budget(path, max_pixels) {
             log::warn!("{}: {e}", path.display());
             let sop_instance_uid = crate::store::header::read_header(path)
@@ -94,14 +96,18 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             }
         };
         let sop = Some(img.header().sop_instance_uid.clone());
-        if let Eligibility::NotApplicable(reason) = check(img.header()) {
-            return Preparation::NotApplicable {
-                sop_instance_uid: sop,
-                reason,
-            };
-        }
+        let caveat = match check_with(img.header(), &manifest.intended_use) {
+            Eligibility::NotApplicable(reason) => {
+                return Preparation::NotApplicable {
+                    sop_instance_uid: sop,
+                    reason,
+                }
+            }
+            Eligibility::EligibleWithCaveat(c) => Some(c),
+            Eligibility::Eligible => None,
+        };
         match img.display_image() {
-            Ok(d) => (sop, d),
+            Ok(d) => (sop, d, caveat),
             Err(e) => {
                 return Preparation::Error {
                     sop_instance_uid: sop,
@@ -110,8 +116,11 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             }
         }
     } else {
+        // A PNG or JPEG file carries no patient data: its age is unknown.
+        let caveat = super::eligibility::age_range(&manifest.intended_use)
+            .map(|r| super::eligibility::unknown_age_caveat(&r));
         match read_image_file(path) {
-            Ok(d) => (None, d),
+            Ok(d) => (None, d, caveat),
             Err(e) => {
                 return Preparation::Error {
                     sop_instance_uid: None,
@@ -132,6 +141,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             preprocess_ms: ms(start),
             ..Timings::default()
         },
+        caveat,
     })
 }
 
@@ -153,6 +163,7 @@ pub fn analysed(
             series_instance_uid: String::new(),
             status: ImageStatus::Analysed,
             reason: None,
+            caveat: prepared.caveat.clone(),
             findings,
             timings,
             heatmap: HeatmapState::None,
@@ -168,6 +179,7 @@ pub fn failed(sop_instance_uid: String, reason: String, timings: Timings) -> Ima
         series_instance_uid: String::new(),
         status: ImageStatus::Error,
         reason: Some(reason),
+        caveat: None,
         findings: Vec::new(),
         timings,
         heatmap: HeatmapState::None,
@@ -192,6 +204,7 @@ pub fn not_analysed(p: &Preparation) -> Option<ImageResult> {
         series_instance_uid: String::new(),
         status,
         reason: Some(reason.clone()),
+        caveat: None,
         findings: Vec::new(),
         timings: Timings::default(),
         heatmap: HeatmapState::None,

@@ -34,7 +34,42 @@ pub fn json_line(file: &Path, sop: Option<&str>, r: &ImageResult) -> serde_json:
     if let Some(reason) = &r.reason {
         v["reason"] = json!(reason);
     }
+    if let Some(caveat) = &r.caveat {
+        v["caveat"] = json!(caveat);
+    }
     v
+}
+
+/// One file through decode, preprocessing and the model: its SOP Instance UID (DICOM) and
+/// its image result (analysed, not applicable or error, never a panic). Blocking.
+pub fn score_file(engine: &Engine, file: &Path) -> (Option<String>, ImageResult) {
+    let prep = prepare_file(file, engine.manifest(), engine.max_pixels());
+    match &prep {
+        Preparation::Ready(p) => {
+            let start = Instant::now();
+            let r = match engine.infer_blocking(p.tensor.clone()) {
+                Ok(raw) => analysed(
+                    engine.manifest(),
+                    p,
+                    &raw,
+                    start.elapsed().as_secs_f64() * 1000.0,
+                ),
+                Err(e) => super::analyse::failed(String::new(), e.to_string(), p.timings),
+            };
+            (p.sop_instance_uid.clone(), r)
+        }
+        Preparation::NotApplicable {
+            sop_instance_uid, ..
+        }
+        | Preparation::Error {
+            sop_instance_uid, ..
+        } => (
+            sop_instance_uid.clone(),
+            not_analysed(&prep).unwrap_or_else(|| {
+                super::analyse::failed(String::new(), "not prepared".into(), Default::default())
+            }),
+        ),
+    }
 }
 
 /// Runs the pipeline on `files` with the model at `model` (default: `cfg.model`), printing
@@ -55,33 +90,7 @@ pub fn infer_files_cli(model: Option<&Path>, files: &[PathBuf], cfg: &InferenceC
     let mut out = std::io::stdout().lock();
     let mut status = 0;
     for file in files {
-        let prep = prepare_file(file, engine.manifest(), engine.max_pixels());
-        let (sop, result) = match &prep {
-            Preparation::Ready(p) => {
-                let start = Instant::now();
-                let r = match engine.infer_blocking(p.tensor.clone()) {
-                    Ok(raw) => analysed(
-                        engine.manifest(),
-                        p,
-                        &raw,
-                        start.elapsed().as_secs_f64() * 1000.0,
-                    ),
-                    Err(e) => super::analyse::failed(String::new(), e.to_string(), p.timings),
-                };
-                (p.sop_instance_uid.clone(), r)
-            }
-            Preparation::NotApplicable {
-                sop_instance_uid, ..
-            }
-            | Preparation::Error {
-                sop_instance_uid, ..
-            } => (
-                sop_instance_uid.clone(),
-                not_analysed(&prep).unwrap_or_else(|| {
-                    super::analyse::failed(String::new(), "not prepared".into(), Default::default())
-                }),
-            ),
-        };
+        let (sop, result) = score_file(&engine, file);
         if result.status == ImageStatus::Error {
             status = 1;
         }

@@ -184,12 +184,23 @@ pub struct ImageHeader {
     pub study_description: String,
     /// Whether the object has a Pixel Data element.
     pub has_pixels: bool,
+    /// Patient's Age (0010,1010), as written.
+    pub patient_age: String,
+    /// Patient's Birth Date (0010,0030), as written.
+    pub patient_birth_date: String,
+    /// Study Date (0008,0020), as written.
+    pub study_date: String,
+    /// Rows (0028,0010); 0 when absent.
+    pub rows: u32,
+    /// Columns (0028,0011); 0 when absent.
+    pub columns: u32,
 }
 
 /// An opened DICOM file.
 pub struct DicomImage {
     obj: DefaultDicomObject,
     header: ImageHeader,
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for DicomImage {
@@ -245,8 +256,17 @@ impl DicomImage {
             series_description: text(&obj, tags::SERIES_DESCRIPTION),
             study_description: text(&obj, tags::STUDY_DESCRIPTION),
             has_pixels: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+            patient_age: text(&obj, tags::PATIENT_AGE),
+            patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
+            study_date: text(&obj, tags::STUDY_DATE),
+            rows: u32::try_from(count_of(&obj, tags::ROWS, 0)).unwrap_or(u32::MAX),
+            columns: u32::try_from(count_of(&obj, tags::COLUMNS, 0)).unwrap_or(u32::MAX),
         };
-        Ok(DicomImage { obj, header })
+        Ok(DicomImage {
+            obj,
+            header,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The header attributes.
@@ -260,8 +280,32 @@ impl DicomImage {
         check_pixel_budget(&self.obj, limit)
     }
 
-    /// Decodes the first frame and maps it to the 8-bit display image.
+    /// Decodes the first frame and maps it to the 8-bit display image. Pixel data in a
+    /// transfer syntax whose decoder is native code (JPEG-LS, JPEG 2000) is decoded in a
+    /// sandboxed child process ([`super::decode_sandbox`]).
     pub fn display_image(&self) -> Result<GrayImage, DicomImageError> {
+        let ts = self.obj.meta().transfer_syntax();
+        if super::decode_sandbox::is_sandboxed(ts) {
+            if let Some(exe) = super::decode_sandbox::decoder_exe() {
+                let budget = declared_pixels(&self.obj);
+                return super::decode_sandbox::decode_display(
+                    &exe,
+                    &self.path,
+                    budget,
+                    super::decode_sandbox::DEADLINE,
+                );
+            }
+            log::warn!(
+                "no duli executable to decode {} in a sandboxed process: decoding in-process",
+                self.path.display()
+            );
+        }
+        self.decode_in_process()
+    }
+
+    /// [`DicomImage::display_image`] in this process, whatever the transfer syntax (the
+    /// sandboxed child's own decode).
+    pub fn decode_in_process(&self) -> Result<GrayImage, DicomImageError> {
         check_rle(&self.obj, self.obj.meta().transfer_syntax())?;
         let decoded = self
             .obj

@@ -1,8 +1,12 @@
 //! Which images the chest model is for: CR and DX images of the chest in PA or AP view
 //! (or with no view recorded), and Secondary Capture images the console's upload marks as
-//! chest radiographs. Everything else is "not applicable", with the reason.
+//! chest radiographs; then the model's intended use from its manifest (modalities, views,
+//! body parts, the patient's age range, the shortest image side). Everything else is "not
+//! applicable", with the reason; an image whose age is unknown is analysed with a caveat.
 
+use super::age::{bound, describe, patient_age};
 use super::dicom_image::ImageHeader;
+use super::manifest::IntendedUse;
 
 /// Derivation Description (0008,2111) the console writes on a Secondary Capture made from
 /// an uploaded chest radiograph (with Body Part Examined CHEST).
@@ -20,6 +24,8 @@ const SC_SOP_CLASSES: &[&str] = &[
 pub enum Eligibility {
     /// Analyse it.
     Eligible,
+    /// Analyse it, and show the caveat with the result (e.g. the age is unknown).
+    EligibleWithCaveat(String),
     /// Do not; the reason is recorded.
     NotApplicable(String),
 }
@@ -71,6 +77,85 @@ pub fn check(h: &ImageHeader) -> Eligibility {
             NotApplicable(format!("lateral view ({})", h.view_position))
         }
         other => NotApplicable(format!("view {other} is not PA or AP")),
+    }
+}
+
+/// [`check`], then the model's intended use.
+pub fn check_with(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
+    match check(h) {
+        Eligibility::Eligible => check_intended_use(h, iu),
+        other => other,
+    }
+}
+
+fn listed(list: &[String], value: &str) -> bool {
+    list.is_empty() || list.iter().any(|v| v.eq_ignore_ascii_case(value))
+}
+
+/// The model's age range for people: "1–5 y", "from 18 y", "up to 5 y".
+pub fn age_range(iu: &IntendedUse) -> Option<String> {
+    match (iu.age_min_years, iu.age_max_years) {
+        (Some(lo), Some(hi)) => Some(format!("{}\u{2013}{} y", bound(lo), bound(hi))),
+        (Some(lo), None) => Some(format!("from {} y", bound(lo))),
+        (None, Some(hi)) => Some(format!("up to {} y", bound(hi))),
+        (None, None) => None,
+    }
+}
+
+/// The caveat of an image without a usable age, for a model intended for `range`.
+pub fn unknown_age_caveat(range: &str) -> String {
+    format!("patient age unknown: the model is intended for {range}")
+}
+
+/// Whether an image is within the intended use declared in the model's manifest. Marked
+/// Secondary Capture uploads are checked for age and size only (their modality is OT).
+pub fn check_intended_use(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
+    use Eligibility::*;
+    let is_sc = SC_SOP_CLASSES.contains(&h.sop_class_uid.as_str());
+    if !is_sc {
+        if !listed(&iu.modalities, &h.modality) {
+            return NotApplicable(format!(
+                "modality {} outside the model's {}",
+                empty_as(&h.modality),
+                iu.modalities.join("/")
+            ));
+        }
+        if !h.view_position.is_empty() && !listed(&iu.views, &h.view_position) {
+            return NotApplicable(format!(
+                "view {} outside the model's {}",
+                h.view_position,
+                iu.views.join("/")
+            ));
+        }
+        if !h.body_part.is_empty() && !listed(&iu.body_parts, &h.body_part) {
+            return NotApplicable(format!(
+                "body part {} outside the model's {}",
+                h.body_part,
+                iu.body_parts.join("/")
+            ));
+        }
+    }
+    if let Some(min) = iu.min_image_size {
+        let side = h.rows.min(h.columns);
+        if side > 0 && side < min {
+            return NotApplicable(format!(
+                "image {}\u{d7}{} smaller than the model's minimum side of {min} px",
+                h.columns, h.rows
+            ));
+        }
+    }
+    let Some(range) = age_range(iu) else {
+        return Eligible;
+    };
+    match patient_age(&h.patient_age, &h.patient_birth_date, &h.study_date).years() {
+        Some(age)
+            if iu.age_min_years.is_some_and(|lo| age < lo)
+                || iu.age_max_years.is_some_and(|hi| age > hi) =>
+        {
+            NotApplicable(format!("age {} outside the model's {range}", describe(age)))
+        }
+        Some(_) => Eligible,
+        None => EligibleWithCaveat(unknown_age_caveat(&range)),
     }
 }
 
@@ -159,6 +244,111 @@ mod tests {
         for (h, reason) in cases {
             assert_eq!(check(&h), Eligibility::NotApplicable(reason.into()));
         }
+    }
+
+    fn pediatric() -> IntendedUse {
+        IntendedUse {
+            modalities: vec!["CR".into(), "DX".into()],
+            views: vec!["AP".into(), "PA".into()],
+            body_parts: vec!["CHEST".into()],
+            age_min_years: Some(1.0),
+            age_max_years: Some(5.0),
+            min_image_size: Some(150),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_adult_is_outside_a_pediatric_model_with_the_reason() {
+        let adult = ImageHeader {
+            patient_age: "045Y".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check_with(&adult, &pediatric()),
+            Eligibility::NotApplicable("age 45 y outside the model's 1\u{2013}5 y".into())
+        );
+        // The age from the birth date and the study date when Patient's Age is absent.
+        let by_dates = ImageHeader {
+            patient_birth_date: "19800301".into(),
+            study_date: "20250303".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check_with(&by_dates, &pediatric()),
+            Eligibility::NotApplicable("age 45 y outside the model's 1\u{2013}5 y".into())
+        );
+        let infant = ImageHeader {
+            patient_age: "006M".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check_with(&infant, &pediatric()),
+            Eligibility::NotApplicable("age 6 mo outside the model's 1\u{2013}5 y".into())
+        );
+        for inside in ["001Y", "003Y", "005Y", "030M"] {
+            let h = ImageHeader {
+                patient_age: inside.into(),
+                ..dx()
+            };
+            assert_eq!(
+                check_with(&h, &pediatric()),
+                Eligibility::Eligible,
+                "{inside}"
+            );
+        }
+        // Without a declared range, age does not matter.
+        assert_eq!(
+            check_with(&adult, &IntendedUse::default()),
+            Eligibility::Eligible
+        );
+    }
+
+    #[test]
+    fn an_unknown_age_is_analysed_with_a_caveat() {
+        for (age, birth, study) in [("", "", ""), ("", "20240101", ""), ("4 years", "x", "y")] {
+            let h = ImageHeader {
+                patient_age: age.into(),
+                patient_birth_date: birth.into(),
+                study_date: study.into(),
+                ..dx()
+            };
+            assert_eq!(
+                check_with(&h, &pediatric()),
+                Eligibility::EligibleWithCaveat(
+                    "patient age unknown: the model is intended for 1\u{2013}5 y".into()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn manifest_lists_and_minimum_size_restrict() {
+        let iu = IntendedUse {
+            modalities: vec!["DX".into()],
+            ..pediatric()
+        };
+        let cr = ImageHeader {
+            modality: "CR".into(),
+            patient_age: "002Y".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check_with(&cr, &iu),
+            Eligibility::NotApplicable("modality CR outside the model's DX".into())
+        );
+        let small = ImageHeader {
+            rows: 100,
+            columns: 120,
+            patient_age: "002Y".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check_with(&small, &pediatric()),
+            Eligibility::NotApplicable(
+                "image 120\u{d7}100 smaller than the model's minimum side of 150 px".into()
+            )
+        );
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn offline_tool_exit_codes_and_line_format() {
         series_instance_uid: String::new(),
         status: ImageStatus::Analysed,
         reason: None,
+        caveat: None,
         findings: vec![Finding {
             label: "Pneumonia".into(),
             code: "PNEUMONIA".into(),

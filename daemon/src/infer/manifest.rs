@@ -82,6 +82,9 @@ pub struct Manifest {
     /// Occlusion heatmap settings.
     #[serde(default)]
     pub heatmap: HeatmapSpec,
+    /// The studies the model is for; others are recorded as not applicable.
+    #[serde(default)]
+    pub intended_use: IntendedUse,
     /// Folder of the manifest; relative file paths resolve against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -223,6 +226,27 @@ pub struct Label {
     pub background: bool,
 }
 
+/// The intended use (`[intended_use]`): the population and images the model was trained
+/// and validated on. Empty lists and absent bounds do not restrict.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntendedUse {
+    /// The population for people (e.g. "pediatric chest radiographs, 1-5 years").
+    pub population: String,
+    /// Modalities (0008,0060) the model is for, e.g. `["CR", "DX"]`.
+    pub modalities: Vec<String>,
+    /// View positions (0018,5101) the model is for; an image without one is analysed.
+    pub views: Vec<String>,
+    /// Body parts (0018,015) the model is for; an image without one is analysed.
+    pub body_parts: Vec<String>,
+    /// Youngest patient, in decimal years (inclusive).
+    pub age_min_years: Option<f64>,
+    /// Oldest patient, in decimal years (inclusive).
+    pub age_max_years: Option<f64>,
+    /// Shortest image side, in pixels.
+    pub min_image_size: Option<u32>,
+}
+
 /// Occlusion-sensitivity settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -315,6 +339,20 @@ impl Manifest {
             (None, Some(_)) => return Err(bad("file.weights", "weights_sha256 without weights")),
             (None, None) => {}
         }
+        let iu = &self.intended_use;
+        for (key, v) in [
+            ("intended_use.age_min_years", iu.age_min_years),
+            ("intended_use.age_max_years", iu.age_max_years),
+        ] {
+            if v.is_some_and(|v| !(0.0..=150.0).contains(&v)) {
+                return Err(bad(key, "must be between 0 and 150 years"));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (iu.age_min_years, iu.age_max_years) {
+            if lo > hi {
+                return Err(bad("intended_use", "age_min_years is above age_max_years"));
+            }
+        }
         if self.heatmap.grid == 0 || self.heatmap.batch == 0 {
             return Err(bad("heatmap", "grid and batch must be positive"));
         }
@@ -394,6 +432,10 @@ mod tests {
         assert!(m.labels[0].background);
         assert_eq!(m.threshold(1), 0.5);
         assert_eq!(m.input_len(), 150 * 150 * 3);
+        // The pediatric model declares the population its training data covered.
+        assert_eq!(m.intended_use.age_min_years, Some(1.0));
+        assert_eq!(m.intended_use.age_max_years, Some(5.0));
+        assert_eq!(m.intended_use.modalities, ["CR", "DX"]);
         // The DenseNet manifest ships without weights, so without a checksum: it parses
         // as TOML but is refused until its conversion records the checksum.
         let text = std::fs::read_to_string(base.join(ROOT_MANIFESTS[1])).unwrap();

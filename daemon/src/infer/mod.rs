@@ -2,7 +2,8 @@
 //!
 //! In the order an image flows through them:
 //!
-//! - [`eligibility`]: which images are analysed (CR/DX chest PA/AP, marked SC uploads).
+//! - [`eligibility`]: which images are analysed (CR/DX chest PA/AP, marked SC uploads,
+//!   the manifest's intended use); [`age`]: the patient's age at the study.
 //! - [`dicom_image`]: header attributes and first-frame decoding of a DICOM file.
 //! - [`samples`]: stored values from native pixel bytes (bits stored, sign).
 //! - [`display`]: Modality LUT, VOI window/LUT, MONOCHROME1 → the 8-bit display image.
@@ -22,9 +23,11 @@
 //! - [`service`]: [`service::run_pipeline`], the daemon's inference stage, and
 //!   [`status`]: whether it has its model (shown by `/healthz` and the console).
 //! - [`cli`]: `duli infer FILE...`, the offline tool.
+pub mod age;
 pub mod analyse;
 pub mod backend;
 pub mod cli;
+pub mod decode_sandbox;
 pub mod dicom_image;
 pub mod display;
 pub mod eligibility;

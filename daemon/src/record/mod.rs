@@ -320,6 +320,7 @@ mod tests {
                 findings: Vec::new(),
                 timings: Timings::default(),
                 heatmap: HeatmapState::None,
+                caveat: None,
             }],
             findings: Vec::new(),
             triage: false,

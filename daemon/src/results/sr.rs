@@ -6,6 +6,8 @@
 //! - per finding a container with the finding (code and meaning), its probability (NUM,
 //!   UCUM `{ratio}`), the operating threshold and the positive flag,
 //! - references to the source images (IMAGE items and the evidence sequence),
+//! - a comment saying why the study was not analysed (outside the model's intended use)
+//!   or the caveat that comes with its findings (e.g. the patient's age is unknown),
 //! - a plain statement that the content is AI-generated and not verified, and the header
 //!   flags to match: Preliminary Flag `PRELIMINARY`, Verification Flag `UNVERIFIED`.
 
@@ -298,6 +300,9 @@ pub fn build(
             &format!("weights sha256 {}", report.model_sha256),
         ),
     ];
+    for note in report.notes() {
+        children.push(text_item("CONTAINS", COMMENT, &note));
+    }
     let mut findings = Vec::new();
     for f in &report.findings {
         let finding_code = Code {
@@ -333,4 +338,47 @@ pub fn build(
         &uids.sr_instance,
         crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::report::fixtures;
+
+    fn comments(sr: &FileDicomObject<InMemDicomObject>) -> Vec<String> {
+        sr.element(tags::CONTENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.element(tags::TEXT_VALUE).ok()?.to_str().ok())
+            .map(|t| t.into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn not_applicable_and_caveat_are_stated_in_the_document() {
+        let mut report = fixtures::report();
+        report.findings.clear();
+        report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
+        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &report.report_id);
+        let sr = build(&report, &uids, &[]).unwrap();
+        let texts = comments(&sr);
+        assert!(
+            texts.iter().any(|t| t
+                == "Not applicable: outside the model's intended use (age 45 y outside the model's 1\u{2013}5 y); not analysed."),
+            "{texts:?}"
+        );
+        let mut report = fixtures::report();
+        report.caveat = Some("patient age unknown: the model is intended for 1\u{2013}5 y".into());
+        let sr = build(&report, &uids, &[]).unwrap();
+        assert!(comments(&sr)
+            .iter()
+            .any(|t| t == "Caveat: patient age unknown: the model is intended for 1\u{2013}5 y"));
+        // Without either, no such comment.
+        let sr = build(&fixtures::report(), &uids, &[]).unwrap();
+        assert!(!comments(&sr)
+            .iter()
+            .any(|t| t.starts_with("Not applicable") || t.starts_with("Caveat")));
+    }
 }

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod inference;
 pub mod link;
 pub mod ris;
 
@@ -1765,6 +1766,7 @@ pub fn record_result(
             series_instance_uid: String::new(),
             status: ImageStatus::Analysed,
             reason: None,
+            caveat: None,
             findings: findings.clone(),
             timings: Timings::default(),
             heatmap: HeatmapState::Done {

@@ -266,6 +266,8 @@ pub fn report(i: usize) -> Report {
         model_sha256: "cd".repeat(32),
         timings_ms: [("infer".to_string(), 27.0)].into_iter().collect(),
         source_sop_instance_uids: vec![format!("1.2.826.0.1.3680043.8.498.{}.1", 1000 + i)],
+        not_applicable: None,
+        caveat: None,
         created_at: 1_706_693_415 + i as i64,
     }
 }

@@ -374,6 +374,15 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
             )
             .render(),
     );
+    for (i, note) in report.notes().into_iter().enumerate() {
+        segments.push(
+            Segment::new("NTE")
+                .set(1, (i + 2).to_string())
+                .set(2, "L")
+                .set(3, escape(&note))
+                .render(),
+        );
+    }
     segments.push(
         Segment::new("TQ1")
             .set(1, "1")
@@ -491,6 +500,28 @@ mod tests {
         assert_eq!(dicom_datetime_to_hl7("20240131", ""), "20240131");
         assert_eq!(dicom_datetime_to_hl7("", "1200"), "");
         assert_eq!(unix_to_hl7(1_706_693_415), "20240131093015+0000");
+    }
+
+    #[test]
+    fn not_applicable_and_caveat_are_notes_after_the_ai_statement() {
+        let mut report = fixtures::report();
+        report.findings.clear();
+        report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
+        report.caveat = Some("patient age unknown | 1^5".into());
+        let msg = oru_r01(&report, &profile());
+        let ntes: Vec<Vec<&str>> = msg
+            .split('\r')
+            .filter(|s| s.starts_with("NTE"))
+            .map(|s| s.split('|').collect())
+            .collect();
+        assert_eq!(ntes.len(), 3);
+        assert_eq!(ntes[1][1], "2");
+        assert_eq!(
+            ntes[1][3],
+            "Not applicable: outside the model's intended use (age 45 y outside the model's 1\u{2013}5 y); not analysed."
+        );
+        assert_eq!(ntes[2][1], "3");
+        assert_eq!(ntes[2][3], "Caveat: patient age unknown \\F\\ 1\\S\\5");
     }
 
     #[test]

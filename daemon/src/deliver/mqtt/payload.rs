@@ -91,6 +91,12 @@ pub struct ReportPayload {
     pub ai_generated: bool,
     /// Always `true`: not reviewed by a radiologist.
     pub preliminary: bool,
+    /// Why the study was not analysed (outside the model's intended use); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
+    /// What a reader must know about the findings (e.g. the patient's age is unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
 }
 
 /// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z` for out-of-range values).
@@ -139,6 +145,8 @@ pub fn report_payload(
             .collect(),
         ai_generated: true,
         preliminary: true,
+        not_applicable: report.not_applicable.clone(),
+        caveat: report.caveat.clone(),
     }
 }
 
@@ -365,6 +373,24 @@ mod tests {
         assert_eq!(v["model"]["sha256"], "ab".repeat(32));
         assert_eq!(v["created_at"], "2024-01-31T09:30:15Z");
         assert_eq!(v["timings_ms"]["infer"], 27.5);
+    }
+
+    #[test]
+    fn not_applicable_and_caveat_are_carried_only_when_present() {
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        let plain = to_json(&report_payload(&fixtures::report(), &secret, "h", "d"));
+        assert!(!plain.contains("not_applicable") && !plain.contains("caveat"));
+        let mut report = fixtures::report();
+        report.findings.clear();
+        report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
+        report.caveat = Some("patient age unknown".into());
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json(&report_payload(&report, &secret, "h", "d"))).unwrap();
+        assert_eq!(
+            v["not_applicable"],
+            "age 45 y outside the model's 1\u{2013}5 y"
+        );
+        assert_eq!(v["caveat"], "patient age unknown");
     }
 
     #[test]

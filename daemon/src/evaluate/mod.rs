@@ -1,0 +1,21 @@
+//! `duli evaluate`: how a model performs on a site's own labelled cases, the acceptance
+//! test before go-live and after every model or threshold change.
+//!
+//! In flow order:
+//!
+//! - [`dataset`]: label folders or a `file,finding,0|1` CSV → labelled cases.
+//! - [`score`]: every case through the daemon's decode path and the model, in parallel.
+//! - [`metrics`]: operating points, target-sensitivity threshold, ROC curve, calibration.
+//! - [`delong`]: ROC AUC with its DeLong 95% confidence interval.
+//! - [`report`]: the per-finding report, as JSON or a table.
+//! - [`plot`]: ROC and reliability plots (SVG and PNG).
+//! - [`cli`]: the command.
+pub mod cli;
+pub mod dataset;
+pub mod delong;
+pub mod metrics;
+pub mod plot;
+pub mod report;
+pub mod score;
+
+pub use cli::{evaluate_cli, EvaluateOptions};

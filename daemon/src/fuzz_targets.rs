@@ -1,0 +1,306 @@
+//! One entry point per parser that takes bytes from outside the box: the `fuzz/` crate
+//! drives each with libFuzzer, and `daemon/tests/fuzz_corpus.rs` replays every corpus and
+//! crash file through the same functions in the ordinary test suite.
+//!
+//! Each entry takes arbitrary bytes, runs the parser the daemon runs on that input (with
+//! its real limits), and follows a successful parse with the next step the daemon takes, so
+//! that a crash anywhere on the path is found. Results are discarded: the contract under
+//! test is "never panics, never allocates by a number the input wrote, always ends".
+//! Targets are listed by [`TARGETS`] and run by name through [`run`].
+
+use std::io::{Cursor, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+
+use dicom_core::VR;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+
+use crate::config::Config;
+use crate::deliver::hl7::{ack::Ack, mllp};
+use crate::dimse::{assembler::Assembler, command};
+use crate::infer::manifest::Manifest;
+use crate::qr::{matching, query};
+use crate::ul::framing::PduReader;
+use crate::ul::negotiate;
+
+/// A fuzz entry point: takes any bytes, returns nothing, must never panic or hang.
+pub type Entry = fn(&[u8]);
+
+/// Every target: its name (also the folder of its corpus under `fuzz/corpus/`) and entry.
+pub const TARGETS: &[(&str, Entry)] = &[
+    ("pdu", pdu),
+    ("dimse", dimse),
+    ("store_header", store_header),
+    ("find_identifier", find_identifier),
+    ("pixels", pixels),
+    ("hl7_ack", hl7_ack),
+    ("console_json", console_json),
+    ("firmware_bundle", firmware_bundle),
+    ("endorsement", endorsement),
+    ("config_toml", config_toml),
+];
+
+/// Runs the target called `name` on `data`; `false` when no target has that name.
+pub fn run(name: &str, data: &[u8]) -> bool {
+    match TARGETS.iter().find(|(n, _)| *n == name) {
+        Some((_, f)) => {
+            f(data);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Largest P-DATA PDU the SCP advertises by default.
+const MAX_PDU: u32 = 64 * 1024;
+
+/// Polls a future that never waits (it reads from memory) to completion.
+fn ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
+fn default_config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        Config::load(None, std::iter::empty()).unwrap_or_else(|e| {
+            panic!("built-in defaults must load: {e}");
+        })
+    })
+}
+
+/// A scratch file per process (and thread) for parsers that read from a path.
+fn scratch_file(tag: &str, data: &[u8]) -> Option<PathBuf> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("duli-fuzz-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    });
+    let path = dir.join(format!("{tag}-{:?}", std::thread::current().id()));
+    let mut f = std::fs::File::create(&path).ok()?;
+    f.write_all(data).ok()?;
+    Some(path)
+}
+
+/// The DICOM upper layer: PDUs read as from a socket (length checked before any
+/// allocation), an A-ASSOCIATE-RQ negotiated against the default policy, and the P-DATA
+/// values fed to the DIMSE assembler of the accepted contexts.
+pub fn pdu(data: &[u8]) {
+    let policy = crate::receive::policy::policy(default_config());
+    let mut reader = PduReader::new(MAX_PDU);
+    let mut stream: &[u8] = data;
+    let mut assembler = Assembler::new((1u8..=255).step_by(2));
+    for _ in 0..64 {
+        let Some(Ok(pdu)) = ready(reader.read(&mut stream)) else {
+            return;
+        };
+        match pdu {
+            Pdu::AssociationRQ(rq) => {
+                if let Ok(acc) = negotiate::negotiate(&rq, IpAddr::V4(Ipv4Addr::LOCALHOST), &policy)
+                {
+                    assembler = Assembler::new(acc.contexts.iter().map(|c| c.id));
+                }
+            }
+            Pdu::PData { data } => {
+                for pdv in data {
+                    if let Ok(Some(crate::dimse::assembler::Event::Command { command, .. })) =
+                        assembler.feed(pdv)
+                    {
+                        let _ = command::encode(&command);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// DIMSE: the input split into P-DATA values (a header byte per value: bit 0 last, bit 1
+/// command, the rest the context id; then a 16-bit length) fed to the assembler; each
+/// command set decoded, and a decoded command encoded again.
+pub fn dimse(data: &[u8]) {
+    if let Ok(cmd) = command::decode(data) {
+        let again = command::encode(&cmd);
+        let _ = command::decode(&again);
+    }
+    let mut assembler = Assembler::new([1u8, 3, 5]).with_command_limit(16 * 1024);
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let flags = rest[0];
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let value = rest[3..3 + len].to_vec();
+        rest = &rest[3 + len..];
+        let pdv = PDataValue {
+            presentation_context_id: (flags >> 2) | 1,
+            value_type: if flags & 2 != 0 {
+                PDataValueType::Command
+            } else {
+                PDataValueType::Data
+            },
+            is_last: flags & 1 != 0,
+            data: value,
+        };
+        let _ = assembler.feed(pdv);
+    }
+}
+
+/// The C-STORE path: the bounded pre-scan of a Part 10 stream, then the header parse the
+/// store runs before it indexes an instance.
+pub fn store_header(data: &[u8]) {
+    if crate::dataset_guard::check_part10_bytes(data).is_err() {
+        return;
+    }
+    if let Some(path) = scratch_file("store", data) {
+        let _ = crate::store::header::read_header(&path);
+    }
+}
+
+/// C-FIND: the identifier pre-scanned and decoded in each transfer syntax a context may
+/// carry, parsed for each information model, every key's matcher run against sample values,
+/// and the response identifier encoded.
+pub fn find_identifier(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let ts = match selector % 3 {
+        0 => crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        1 => crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        _ => crate::dimse::uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    };
+    if crate::dataset_guard::check_dataset(body, ts).is_err() {
+        return;
+    }
+    let Ok(obj) = query::decode_identifier(body, ts) else {
+        return;
+    };
+    let samples = [
+        String::from("DOE^JANE"),
+        String::from("20260101"),
+        String::from("1.2.826.0.1.3680043.8.498.1"),
+        String::from("CR"),
+        String::from("120000.000"),
+    ];
+    for model in [query::Model::PatientRoot, query::Model::StudyRoot] {
+        if let Ok(q) = query::parse(&obj, model) {
+            let _ = q.describe();
+            for key in &q.keys {
+                let _ = matching::matches(&key.matcher, key.vr, &samples);
+            }
+        }
+    }
+    for vr in [VR::PN, VR::DA, VR::TM, VR::DT, VR::UI, VR::LO, VR::CS] {
+        if let Ok(text) = std::str::from_utf8(body) {
+            let m = matching::parse(vr, text);
+            let _ = matching::matches(&m, vr, &samples);
+        }
+    }
+    let _ = query::encode_identifier(&obj, ts);
+}
+
+fn input_spec() -> &'static crate::infer::manifest::InputSpec {
+    static SPEC: OnceLock<crate::infer::manifest::InputSpec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        let text = include_str!("../../models/pneumonia-xception/model.toml");
+        let m: Manifest = toml::from_str(text)
+            .unwrap_or_else(|e| panic!("the shipped model manifest must parse: {e}"));
+        m.input
+    })
+}
+
+/// The pixel pipeline from file bytes to the model's input tensor: a DICOM file through
+/// the pre-scan, the header, the pixel budget, every transfer syntax's decoder, the display
+/// mapping and the tensor; PNG and JPEG (and DICOM) through the console's upload path.
+pub fn pixels(data: &[u8]) {
+    const MAX_PIXELS: u64 = 4096 * 4096;
+    let _ =
+        crate::console::upload::prepare(data, "fuzz.dcm", "1.2.826.0.1.3680043.8.498", MAX_PIXELS);
+    let Some(path) = scratch_file("pixels", data) else {
+        return;
+    };
+    let Ok(image) = crate::infer::dicom_image::DicomImage::open(&path) else {
+        return;
+    };
+    if image.check_pixel_budget(MAX_PIXELS).is_err() {
+        return;
+    }
+    if let Ok(gray) = image.display_image() {
+        let _ = crate::infer::tensor::input_tensor(&gray, input_spec());
+    }
+}
+
+/// HL7: the MLLP frame decoder over the bytes a RIS sends back, and each frame parsed as
+/// an ACK and checked against the control id we sent.
+pub fn hl7_ack(data: &[u8]) {
+    let mut decoder = mllp::Decoder::new(64 * 1024);
+    decoder.push(data);
+    for _ in 0..16 {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
+                if let Ok(ack) = Ack::parse(&frame) {
+                    let _ = ack.expect_control_id("DULI0000000001");
+                }
+            }
+            _ => break,
+        }
+    }
+    let _ = Ack::parse(data);
+}
+
+/// Every JSON request body of the console API, decoded as its handler decodes it.
+pub fn console_json(data: &[u8]) {
+    crate::console::api::fuzz_bodies(data);
+}
+
+fn test_anchors() -> &'static duli_firmware::TrustAnchors {
+    static ANCHORS: OnceLock<duli_firmware::TrustAnchors> = OnceLock::new();
+    ANCHORS.get_or_init(|| {
+        // A fixed test root (never a production key): the fuzzer cannot forge its
+        // signatures, so it explores the header, manifest and endorsement checks.
+        duli_firmware::TrustAnchors::from_roots(vec![duli_firmware::PublicKey([7u8; 32])])
+    })
+}
+
+/// Firmware: the bundle header, the verifier (key, signature, manifest, payload size and
+/// hash, streamed) and the manifest JSON the verifier parses once the signature holds.
+pub fn firmware_bundle(data: &[u8]) {
+    let _ = duli_firmware::bundle::RawHeader::decode(
+        &mut Cursor::new(data),
+        std::path::Path::new("fuzz"),
+    );
+    if let Some(path) = scratch_file("bundle", data) {
+        let _ = duli_firmware::verify(&path, test_anchors());
+    }
+    if let Ok(m) = duli_firmware::Manifest::from_json(data) {
+        let _ = m.check();
+        let _ = m.payload_sha256();
+    }
+}
+
+/// Endorsement JSON: parsed, verified against the roots, and accepted into trust anchors.
+pub fn endorsement(data: &[u8]) {
+    if let Ok(e) = duli_firmware::endorsement::Endorsement::from_json(data) {
+        let _ = e.verify(test_anchors().roots());
+        let mut anchors = test_anchors().clone();
+        let _ = anchors.accept_endorsement(&e);
+        let _ = e.to_json();
+    }
+}
+
+/// Configuration and provisioning TOML: loaded and validated as `duli run` and
+/// `duli provision` load them.
+pub fn config_toml(data: &[u8]) {
+    let Some(path) = scratch_file("config.toml", data) else {
+        return;
+    };
+    if let Ok(cfg) = Config::load(Some(&path), std::iter::empty()) {
+        let _ = cfg.to_toml();
+    }
+    let _ = crate::provision::read_file(&path);
+}

@@ -1,0 +1,325 @@
+//! The native pixel decoders (CharLS for JPEG-LS, C++; OpenJPEG for JPEG 2000, machine
+//! translated from C) run in a child process, so that a memory-safety bug reached by a
+//! hostile codestream ends that child, not the daemon.
+//!
+//! The parent ([`decode_display`]) starts `duli decode-pixels FILE` (the running executable)
+//! with no environment, stdin closed and stdout piped, reads at most the image the header
+//! declared (already held to `inference.max_pixels`), and kills the child when it runs past
+//! its deadline. The child ([`child_main`]) lowers its limits (address space, CPU seconds,
+//! open descriptors, no core dump), opens and pre-scans the
+//! file, then installs a seccomp filter that allows only memory management, reading and
+//! writing already-open descriptors and exiting, decodes the first frame through the same
+//! display pipeline as in-process decoding, and writes `DULIGRAY`, width and height (u32
+//! little endian) and the 8-bit pixels to stdout.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use super::dicom_image::{DicomImage, DicomImageError};
+use super::display::GrayImage;
+
+/// Transfer syntaxes whose decoder is native or machine-translated code.
+pub const SANDBOXED_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless (CharLS)
+    "1.2.840.10008.1.2.4.81", // JPEG-LS near-lossless (CharLS)
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless (OpenJPEG)
+    "1.2.840.10008.1.2.4.91", // JPEG 2000 (OpenJPEG)
+];
+
+/// Subcommand the child runs (hidden from `duli --help`).
+pub const SUBCOMMAND: &str = "decode-pixels";
+/// Longest a child may take (wall clock) before it is killed.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// CPU seconds a child may use.
+const CPU_SECONDS: u64 = 60;
+/// Address space of a child: the largest image `inference.max_pixels` admits, decoded at
+/// 16 bits, with the decoders' working memory, fits well inside.
+const ADDRESS_SPACE: u64 = 4 << 30;
+/// Output header.
+const MAGIC: &[u8; 8] = b"DULIGRAY";
+
+/// Whether pixel data in `transfer_syntax` is decoded in a child process.
+pub fn is_sandboxed(transfer_syntax: &str) -> bool {
+    let ts = transfer_syntax.trim_end_matches(['\0', ' ']);
+    SANDBOXED_SYNTAXES.contains(&ts)
+}
+
+/// The executable that runs the child: `DULI_DECODER` when set (tests), else this
+/// executable when it is `duli`, else a `duli` beside it or one folder up (test binaries in
+/// `target/*/deps/`). `None`: no decoder executable, decode in-process.
+pub fn decoder_exe() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DULI_DECODER") {
+        return Some(PathBuf::from(p));
+    }
+    if cfg!(test) {
+        // Unit tests: a `duli` beside the test binary may be stale.
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    if exe.file_name().is_some_and(|n| n == "duli") {
+        return Some(exe);
+    }
+    let dir = exe.parent()?;
+    [dir.join("duli"), dir.parent()?.join("duli")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Decodes the first frame of the file at `path` in a sandboxed child and returns its
+/// 8-bit display image. `max_pixels` bounds what is read back (the header's declared size,
+/// already checked against `inference.max_pixels`); the child is killed at `deadline`
+/// ([`DEADLINE`] in the daemon).
+pub fn decode_display(
+    exe: &Path,
+    path: &Path,
+    max_pixels: u64,
+    deadline: Duration,
+) -> Result<GrayImage, DicomImageError> {
+    let mut child = Command::new(exe)
+        .arg(SUBCOMMAND)
+        .arg(path)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            DicomImageError::Decode(format!(
+                "cannot start the pixel decoder {}: {e}",
+                exe.display()
+            ))
+        })?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let cap = max_pixels.saturating_add(16);
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(s) = stdout {
+            s.take(cap.saturating_add(1)).read_to_end(&mut out)?;
+        }
+        Ok(out)
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stderr {
+            let _ = s.take(4096).read_to_string(&mut text);
+        }
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(DicomImageError::Decode(format!(
+                    "the pixel decoder did not finish in {:.1} s and was stopped",
+                    deadline.as_secs_f64()
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(DicomImageError::Decode(format!("pixel decoder: {e}"))),
+        }
+    };
+    let out = reader
+        .join()
+        .map_err(|_| DicomImageError::Decode("pixel decoder output reader failed".into()))?
+        .map_err(|e| DicomImageError::Decode(format!("pixel decoder output: {e}")))?;
+    let message = errors.join().unwrap_or_default();
+    if !status.success() {
+        let first = message.lines().next().unwrap_or("").trim();
+        return Err(match status.code() {
+            Some(2) if !first.is_empty() => DicomImageError::Decode(first.to_string()),
+            Some(code) => DicomImageError::Decode(format!(
+                "the pixel decoder failed (exit status {code}){}",
+                if first.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {first}")
+                }
+            )),
+            None => DicomImageError::Decode(format!(
+                "the pixel decoder crashed ({}); the image is refused",
+                signal_of(&status)
+            )),
+        });
+    }
+    parse_output(&out, max_pixels)
+}
+
+fn signal_of(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(sig) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("signal {}", s.as_str()),
+            Err(_) => format!("signal {sig}"),
+        },
+        None => "no exit status".into(),
+    }
+}
+
+/// Parses the child's output, refusing anything but exactly one declared image.
+fn parse_output(out: &[u8], max_pixels: u64) -> Result<GrayImage, DicomImageError> {
+    let bad = |why: &str| DicomImageError::Decode(format!("pixel decoder output {why}"));
+    if out.len() < 16 || &out[..8] != MAGIC {
+        return Err(bad("has no image header"));
+    }
+    let width = u32::from_le_bytes([out[8], out[9], out[10], out[11]]);
+    let height = u32::from_le_bytes([out[12], out[13], out[14], out[15]]);
+    let count = u64::from(width) * u64::from(height);
+    if count == 0 || count > max_pixels || out.len() as u64 != 16 + count {
+        return Err(bad("does not match its header"));
+    }
+    Ok(GrayImage {
+        width,
+        height,
+        pixels: out[16..].to_vec(),
+    })
+}
+
+/// `duli decode-pixels FILE`: the child. Exit status 0 with the image on stdout, 2 with
+/// the reason on stderr.
+pub fn child_main(path: &Path) -> ExitCode {
+    match child(path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn child(path: &Path) -> Result<(), String> {
+    limit_resources()?;
+    let image = DicomImage::open(path).map_err(|e| e.to_string())?;
+    confine()?;
+    if cfg!(debug_assertions) && std::env::var_os("DULI_DEBUG_SANDBOX_PROBE").is_some() {
+        return Err(probe());
+    }
+    let gray = image.decode_in_process().map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(16 + gray.pixels.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&gray.width.to_le_bytes());
+    out.extend_from_slice(&gray.height.to_le_bytes());
+    out.extend_from_slice(&gray.pixels);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("writing the image: {e}"))
+}
+
+/// Debug builds only: what the confined child can still do, for the sandbox test.
+fn probe() -> String {
+    let open = std::fs::File::open("/etc/hostname")
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    let create = std::fs::File::create("/tmp/duli-sandbox-probe")
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    let thread = std::thread::Builder::new()
+        .spawn(|| ())
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    let socket = std::net::TcpStream::connect("127.0.0.1:9")
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    let exec = std::process::Command::new("/bin/true")
+        .status()
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    format!(
+        "probe open={open:?} create={create:?} thread={thread:?} socket={socket:?} exec={exec:?}"
+    )
+}
+
+fn limit_resources() -> Result<(), String> {
+    use nix::sys::resource::{setrlimit, Resource};
+    let set = |r: Resource, v: u64| setrlimit(r, v, v).map_err(|e| format!("setrlimit {r:?}: {e}"));
+    set(Resource::RLIMIT_AS, ADDRESS_SPACE)?;
+    set(Resource::RLIMIT_CPU, CPU_SECONDS)?;
+    set(Resource::RLIMIT_CORE, 0)?;
+    set(Resource::RLIMIT_NOFILE, 16)?;
+    Ok(())
+}
+
+/// No new privileges, then a seccomp filter: memory management, I/O on descriptors already
+/// open, time, futexes, signals' return and exit. Anything else fails with EPERM; the
+/// process may not create threads or processes, open files or use the network.
+fn confine() -> Result<(), String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+    let allowed = [
+        nix::libc::SYS_read,
+        nix::libc::SYS_write,
+        nix::libc::SYS_writev,
+        nix::libc::SYS_close,
+        nix::libc::SYS_lseek,
+        nix::libc::SYS_fstat,
+        nix::libc::SYS_newfstatat,
+        nix::libc::SYS_statx,
+        nix::libc::SYS_brk,
+        nix::libc::SYS_mmap,
+        nix::libc::SYS_munmap,
+        nix::libc::SYS_mremap,
+        nix::libc::SYS_madvise,
+        nix::libc::SYS_mprotect,
+        nix::libc::SYS_futex,
+        nix::libc::SYS_clock_gettime,
+        nix::libc::SYS_getrandom,
+        nix::libc::SYS_sigaltstack,
+        nix::libc::SYS_rt_sigaction,
+        nix::libc::SYS_rt_sigprocmask,
+        nix::libc::SYS_rt_sigreturn,
+        nix::libc::SYS_sched_yield,
+        nix::libc::SYS_sched_getaffinity,
+        nix::libc::SYS_exit,
+        nix::libc::SYS_exit_group,
+    ];
+    let rules = allowed.iter().map(|&nr| (nr, Vec::new())).collect();
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp on {}: {e:?}", std::env::consts::ARCH))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(nix::libc::EPERM as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(|e| format!("seccomp filter: {e}"))?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|e| format!("seccomp filter: {e:?}"))?;
+    seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_must_match_its_header() {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        let img = parse_output(&out, 6).expect("exact image");
+        assert_eq!((img.width, img.height, img.pixels.len()), (2, 3, 6));
+        assert!(parse_output(&out, 5).is_err(), "over the declared budget");
+        assert!(parse_output(&out[..20], 6).is_err(), "truncated");
+        let mut long = out.clone();
+        long.push(0);
+        assert!(parse_output(&long, 100).is_err(), "trailing bytes");
+        assert!(parse_output(b"GRAYDULI", 6).is_err());
+    }
+
+    #[test]
+    fn only_native_codecs_are_sandboxed() {
+        assert!(is_sandboxed("1.2.840.10008.1.2.4.80\0"));
+        assert!(is_sandboxed("1.2.840.10008.1.2.4.90"));
+        assert!(!is_sandboxed("1.2.840.10008.1.2.1"));
+        assert!(!is_sandboxed("1.2.840.10008.1.2.5"));
+    }
+}

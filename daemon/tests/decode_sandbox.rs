@@ -1,0 +1,151 @@
+//! The native pixel decoders (JPEG-LS, JPEG 2000) run in a confined child process: the
+//! images decode exactly as in-process, a crashing or hanging decoder costs only the child,
+//! and the confined child can neither open files, start threads or processes, nor use the
+//! network.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use duli::infer::decode_sandbox::{decode_display, is_sandboxed};
+use duli::infer::dicom_image::DicomImage;
+
+fn duli() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_duli"))
+}
+
+fn seed(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/pixels")
+        .join(name)
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn jpeg_ls_and_jpeg_2000_decode_in_the_child_exactly_as_in_process() {
+    for name in [
+        "jpeg-ls-lossless.dcm",
+        "jpeg-ls-near-lossless.dcm",
+        "j2k-lossless.dcm",
+        "j2k-lossy.dcm",
+    ] {
+        let path = seed(name);
+        let image = DicomImage::open(&path).unwrap();
+        let here = image.decode_in_process().unwrap();
+        let child = decode_display(&duli(), &path, u64::MAX, Duration::from_secs(30)).unwrap();
+        assert_eq!(child, here, "{name}");
+        // And the ordinary entry point takes the sandboxed route for these syntaxes.
+        assert_eq!(image.display_image().unwrap(), here, "{name}");
+    }
+    let ts = |name: &str| {
+        let bytes = std::fs::read(seed(name)).unwrap();
+        dicom_object::from_reader(std::io::Cursor::new(&bytes[128..]))
+            .unwrap()
+            .meta()
+            .transfer_syntax()
+            .to_string()
+    };
+    assert!(is_sandboxed(&ts("j2k-lossless.dcm")));
+    assert!(is_sandboxed(&ts("jpeg-ls-lossless.dcm")));
+    assert!(!is_sandboxed(&ts("rle.dcm")));
+}
+
+#[test]
+fn a_crashing_decoder_is_an_error_for_that_image_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let segv = script(dir.path(), "segv", "kill -SEGV $$");
+    let err = decode_display(
+        &segv,
+        &seed("j2k-lossless.dcm"),
+        1 << 20,
+        Duration::from_secs(10),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("crashed") && err.contains("SIGSEGV"), "{err}");
+
+    let liar = script(
+        dir.path(),
+        "liar",
+        "printf 'DULIGRAY\\377\\377\\0\\0\\377\\377\\0\\0'; head -c 100 /dev/zero",
+    );
+    let err = decode_display(
+        &liar,
+        &seed("j2k-lossless.dcm"),
+        1 << 20,
+        Duration::from_secs(10),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not match its header"), "{err}");
+}
+
+#[test]
+fn a_hanging_decoder_is_killed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = script(dir.path(), "hang", "exec sleep 600");
+    let started = Instant::now();
+    let err = decode_display(
+        &hang,
+        &seed("j2k-lossless.dcm"),
+        1 << 20,
+        Duration::from_millis(500),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.contains("did not finish"), "{err}");
+}
+
+#[test]
+fn the_confined_child_cannot_open_files_spawn_threads_or_processes_or_connect() {
+    let out = Command::new(duli())
+        .arg("decode-pixels")
+        .arg(seed("j2k-lossless.dcm"))
+        .env_clear()
+        .env("DULI_DEBUG_SANDBOX_PROBE", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.starts_with("probe "), "{text}");
+    for what in ["open", "create", "thread", "socket", "exec"] {
+        assert!(
+            text.contains(&format!("{what}=Err(")),
+            "{what} was allowed inside the sandbox: {text}"
+        );
+    }
+    assert!(!Path::new("/tmp/duli-sandbox-probe").exists());
+
+    // Without the probe the same child writes exactly one image and nothing else.
+    let out = Command::new(duli())
+        .arg("decode-pixels")
+        .arg(seed("jpeg-ls-lossless.dcm"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&out.stdout[..8], b"DULIGRAY");
+}
+
+#[test]
+fn a_file_that_is_not_dicom_is_refused_by_the_child_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.dcm");
+    std::fs::write(&junk, b"not a dicom file at all").unwrap();
+    let err = decode_display(&duli(), &junk, 1 << 20, Duration::from_secs(10))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("DICOM"), "{err}");
+}

@@ -1,0 +1,195 @@
+//! `duli evaluate` on the shared labelled samples: its AUC and DeLong interval match an
+//! independent plain-Python computation over the probabilities `duli infer` gives for the
+//! same files; unreadable files and studies outside the model's intended use are listed,
+//! not counted; plots are written; a set without negatives is a clear error.
+
+mod common;
+
+use common::inference::{inference_available, make_dx_study};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `<dir>/NORMAL` and `<dir>/PNEUMONIA` with the 16 sample PNGs and their 16 DICOM
+/// copies (explicit VR LE), by their label in `png/labels.csv`. Returns the files.
+fn labelled_set(samples: &Path, dir: &Path) -> Vec<PathBuf> {
+    let labels = std::fs::read_to_string(samples.join("png/labels.csv")).unwrap();
+    let mut files = Vec::new();
+    for line in labels.lines().skip(1) {
+        let (name, label) = line.split_once(',').unwrap();
+        let folder = dir.join(label.trim());
+        std::fs::create_dir_all(&folder).unwrap();
+        let dcm = name.replace(".png", ".dcm");
+        for (src, dst) in [
+            (samples.join("png").join(name), folder.join(name)),
+            (
+                samples.join("dicom/explicit-le").join(&dcm),
+                folder.join(&dcm),
+            ),
+        ] {
+            std::fs::copy(&src, &dst).unwrap();
+            files.push(dst);
+        }
+    }
+    files
+}
+
+/// Pairwise AUC and DeLong 95% CI, written from the definitions (no library).
+const PYTHON_DELONG: &str = r#"
+import json, math, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+pos, neg = [], []
+for r in rows:
+    p = [f["probability"] for f in r["findings"] if f["code"] == "PNEUMONIA"][0]
+    (pos if "/PNEUMONIA/" in r["file"] else neg).append(p)
+def psi(x, y):
+    return 1.0 if x > y else (0.5 if x == y else 0.0)
+m, n = len(pos), len(neg)
+v10 = [sum(psi(x, y) for y in neg) / n for x in pos]
+v01 = [sum(psi(x, y) for x in pos) / m for y in neg]
+auc = sum(v10) / m
+var = sum((v - auc) ** 2 for v in v10) / (m - 1) / m + sum((v - auc) ** 2 for v in v01) / (n - 1) / n
+se = math.sqrt(var)
+print(json.dumps({"auc": auc, "lo": max(0.0, auc - 1.959963984540054 * se),
+                  "hi": min(1.0, auc + 1.959963984540054 * se), "m": m, "n": n}))
+"#;
+
+fn duli(args: &[&str]) -> ToolOutput {
+    let mut cmd = Command::new(Daemon::binary());
+    cmd.current_dir(repo_root()).args(args);
+    run(&mut cmd, TOOL_TIMEOUT)
+}
+
+#[test]
+fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
+    if !inference_available() {
+        return;
+    }
+    let Some(samples) = samples_dir() else { return };
+    let dir = temp_dir("evaluate");
+    let set = dir.path().join("set");
+    let files = labelled_set(&samples, &set);
+    // An unreadable file is listed, not fatal; a folder naming no finding is not read.
+    std::fs::write(set.join("NORMAL/truncated.png"), b"\x89PNG\r\n").unwrap();
+    // A DICOM study outside the model's intended use (an adult) is listed, not counted.
+    let Some(adult) = make_dx_study(dir.path(), "A", &["--outside-every", "1"]) else {
+        return;
+    };
+    std::fs::copy(&adult, set.join("NORMAL/adult.dcm")).unwrap();
+    std::fs::create_dir(set.join("unsorted")).unwrap();
+    std::fs::copy(&files[0], set.join("unsorted/x.png")).unwrap();
+    let plots = dir.path().join("plots");
+
+    let out = duli(&[
+        "evaluate",
+        set.to_str().unwrap(),
+        "--json",
+        "--plot",
+        plots.to_str().unwrap(),
+    ]);
+    out.assert_success("duli evaluate");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let f = &report["findings"]["PNEUMONIA"];
+    assert_eq!(f["n_pos"], 16, "{}", out.stdout);
+    assert_eq!(f["n_neg"], 16);
+    assert_eq!(report["dataset"]["images"], 34);
+    assert_eq!(report["dataset"]["scored"], 32);
+    let na = report["dataset"]["not_applicable"].as_array().unwrap();
+    assert_eq!(na.len(), 1, "{}", report["dataset"]);
+    assert!(na[0]["file"].as_str().unwrap().ends_with("adult.dcm"));
+    assert_eq!(na[0]["reason"], "age 45 y outside the model's 1\u{2013}5 y");
+    let errors = report["dataset"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("truncated.png"));
+    assert!(out.stderr.contains("truncated.png"), "{}", out.stderr);
+    assert!(out.stderr.contains("unsorted"), "{}", out.stderr);
+    assert_eq!(report["model"]["name"], "pneumonia-xception");
+    assert_eq!(report["model"]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(f["threshold"], 0.5);
+    assert_eq!(report["target_sensitivity"], 0.95);
+    let tgt = &f["at_target_sensitivity"];
+    assert!(tgt["sensitivity"].as_f64().unwrap() >= 0.95);
+    assert_eq!(f["calibration"]["bins"].as_array().unwrap().len(), 10);
+    let counted: u64 = f["calibration"]["bins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["n"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 32);
+
+    // The same files through `duli infer`, and the figures recomputed in plain Python.
+    let mut args = vec!["infer".to_string()];
+    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let infer = duli(&args);
+    infer.assert_success("duli infer");
+    let lines = dir.path().join("infer.jsonl");
+    std::fs::write(&lines, &infer.stdout).unwrap();
+    let Some(mut py) = python_script(PYTHON_DELONG, &[lines.to_str().unwrap()]) else {
+        return;
+    };
+    let py = run(&mut py, TOOL_TIMEOUT);
+    py.assert_success("python DeLong");
+    let expect: serde_json::Value = serde_json::from_str(py.stdout.trim()).unwrap();
+    assert_eq!(
+        (expect["m"].as_u64(), expect["n"].as_u64()),
+        (Some(16), Some(16))
+    );
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
+    };
+    assert!(close(&f["auc"], &expect["auc"]), "{f} vs {expect}");
+    assert!(close(&f["auc_ci"][0], &expect["lo"]), "{f} vs {expect}");
+    assert!(close(&f["auc_ci"][1], &expect["hi"]), "{f} vs {expect}");
+    // The model separates these samples well but not perfectly.
+    let auc = f["auc"].as_f64().unwrap();
+    assert!(auc > 0.8 && auc < 1.0, "{auc}");
+
+    for name in [
+        "roc-PNEUMONIA.svg",
+        "roc-PNEUMONIA.png",
+        "reliability-PNEUMONIA.svg",
+        "reliability-PNEUMONIA.png",
+    ] {
+        let len = std::fs::metadata(plots.join(name)).map_or(0, |m| m.len());
+        assert!(len > 1000, "{name} is {len} bytes");
+    }
+    let svg = std::fs::read_to_string(plots.join("roc-PNEUMONIA.svg")).unwrap();
+    assert!(svg.contains("<polyline"), "no curve in the ROC plot");
+
+    // Without --json: the table names the figures.
+    let out = duli(&["evaluate", set.to_str().unwrap()]);
+    out.assert_success("duli evaluate (table)");
+    assert!(out.stdout.contains("Pneumonia"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("{auc:.3}")), "{}", out.stdout);
+}
+
+#[test]
+fn a_set_without_negatives_is_a_clear_error() {
+    if !inference_available() {
+        return;
+    }
+    let Some(samples) = samples_dir() else { return };
+    let dir = temp_dir("evaluate-noneg");
+    let pos = dir.path().join("Pneumonia");
+    std::fs::create_dir(&pos).unwrap();
+    std::fs::copy(
+        samples.join("png/PNEUMONIA_01.png"),
+        pos.join("PNEUMONIA_01.png"),
+    )
+    .unwrap();
+    let out = duli(&["evaluate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(out.stderr.contains("no negatives"), "{}", out.stderr);
+
+    // No label folder at all: nothing has positives, and the error says which names work.
+    let empty = temp_dir("evaluate-nolabel");
+    std::fs::create_dir(empty.path().join("NORMAL")).unwrap();
+    let out = duli(&["evaluate", empty.path().to_str().unwrap()]);
+    assert_eq!(out.code(), Some(2), "{}", out.combined());
+    assert!(out.stderr.contains("PNEUMONIA"), "{}", out.stderr);
+}

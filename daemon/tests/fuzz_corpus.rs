@@ -1,0 +1,140 @@
+//! Replays every fuzzing corpus file and every crash found by the fuzzers through the same
+//! entry points the fuzz targets call (`duli::fuzz_targets`), on the stable toolchain: a
+//! parser change that brings back a crash, a hang or a panic fails the ordinary suite.
+//!
+//! Corpora: `fuzz/corpus/<target>/` (seeds from `fuzz/make_seeds.py` plus inputs the
+//! fuzzers kept); crashes: `fuzz/regressions/<target>/` (each one a fixed bug).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use duli::fuzz_targets::{run, TARGETS};
+
+/// Longest one input may take in this (unoptimised) build before it counts as a hang.
+const PER_INPUT: Duration = Duration::from_secs(20);
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
+
+/// Runs one input in its own thread so that a hang is reported with its file name.
+fn replay(target: &'static str, path: &Path) {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            assert!(run(target, &data), "no target named {target}");
+            let _ = tx.send(());
+        })
+        .expect("spawn replay thread");
+    match rx.recv_timeout(PER_INPUT) {
+        Ok(()) => {
+            let _ = handle.join();
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = handle.join();
+            panic!("{target}: {} panicked", path.display());
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!(
+                "{target}: {} did not finish in {PER_INPUT:?}",
+                path.display()
+            )
+        }
+    }
+}
+
+#[test]
+fn every_target_has_seeds_and_every_corpus_and_crash_file_replays_cleanly() {
+    let root = fuzz_dir();
+    let mut replayed = 0;
+    for (name, _) in TARGETS {
+        let corpus = files(&root.join("corpus").join(name));
+        assert!(
+            !corpus.is_empty(),
+            "fuzz/corpus/{name} has no seeds (run .venv/bin/python fuzz/make_seeds.py)"
+        );
+        let crashes = files(&root.join("regressions").join(name));
+        for path in corpus.iter().chain(crashes.iter()) {
+            replay(name, path);
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= TARGETS.len());
+    eprintln!(
+        "replayed {replayed} fuzz inputs through {} targets",
+        TARGETS.len()
+    );
+}
+
+#[test]
+fn every_fuzz_crate_target_is_an_entry_point() {
+    // The fuzz crate declares one binary per entry point: a target added to one side
+    // only would go unfuzzed or unreplayed.
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    for (name, _) in TARGETS {
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "fuzz/Cargo.toml has no [[bin]] for {name}"
+        );
+        let src = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+        assert!(src.is_file(), "{} is missing", src.display());
+    }
+    assert!(!run("no-such-target", b""));
+}
+
+#[test]
+fn the_pixel_seeds_cover_every_transfer_syntax_and_reach_the_tensor() {
+    // Seeds that stop at the first error would leave the decoders unfuzzed: each DICOM
+    // seed must decode to a display image, and together they cover every transfer syntax
+    // the SCP accepts for storage.
+    let dir = fuzz_dir().join("corpus/pixels");
+    let mut syntaxes = std::collections::BTreeSet::new();
+    for path in files(&dir) {
+        if path.extension().and_then(|e| e.to_str()) != Some("dcm") {
+            continue;
+        }
+        let image = duli::infer::dicom_image::DicomImage::open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if path.ends_with("jpeg-extended-12bit.dcm") {
+            // 12-bit lossy JPEG is not decoded (the conformance statement says so): a clear
+            // error, never a crash.
+            assert!(image.display_image().is_err());
+            continue;
+        }
+        let gray = image
+            .display_image()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(gray.width > 0 && gray.height > 0);
+        let bytes = std::fs::read(&path).expect("read seed");
+        let obj =
+            dicom_object::from_reader(std::io::Cursor::new(&bytes[128..])).expect("parse seed");
+        syntaxes.insert(
+            obj.meta()
+                .transfer_syntax()
+                .trim_end_matches('\0')
+                .to_string(),
+        );
+    }
+    for ts in duli::dimse::uids::TRANSFER_SYNTAXES {
+        assert!(
+            syntaxes.contains(*ts),
+            "no pixel seed in transfer syntax {ts}: {syntaxes:?}"
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! The pediatric model's intended use, end to end with real peers: an adult study is
+//! recorded as not applicable with its reason (store, worklist API, HL7 ORU^R01 to an MLLP
+//! listener, MQTT report through Mosquitto), a study without a usable age is analysed
+//! with a caveat, and a study inside the range is analysed without either.
+
+mod common;
+
+use common::inference::{inference_available, make_dx_study};
+use common::ris::{aa, scripted_ris};
+use common::*;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery staple";
+const NOT_APPLICABLE: &str = "age 45 y outside the model's 1\u{2013}5 y";
+const CAVEAT: &str = "patient age unknown: the model is intended for 1\u{2013}5 y";
+
+#[test]
+fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
+    if !inference_available() {
+        return;
+    }
+    let Some(mq) = Mosquitto::start() else { return };
+    let dir = temp_dir("intended-use");
+    let Some(adult) = make_dx_study(dir.path(), "A", &["--outside-every", "1"]) else {
+        return;
+    };
+    let Some(unknown) = make_dx_study(dir.path(), "U", &["--age", "none"]) else {
+        return;
+    };
+    let Some(child) = make_dx_study(dir.path(), "C", &[]) else {
+        return;
+    };
+    let (hl7_port, hl7) = scripted_ris(Arc::new(|_, id: &str| aa(id)), Duration::ZERO);
+    let mut sub_cmd = mq.client("mosquitto_sub").unwrap();
+    sub_cmd.args(["-t", "duli/+/+/reports", "-q", "1"]);
+    let sub =
+        Background::spawn("mosquitto_sub", &mut sub_cmd, &dir.path().join("sub.log")).unwrap();
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .config("mqtt", "enabled", "true")
+        .config("mqtt", "port", &mq.port.to_string())
+        .config("mqtt", "tls", "false")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    d.storescu(
+        "MODALITY",
+        &[],
+        &[adult.clone(), unknown.clone(), child.clone()],
+    )
+    .unwrap()
+    .assert_success("storescu");
+
+    // Three reports reach the RIS and the cloud.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let reports = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    };
+    while Instant::now() < deadline
+        && (hl7.lock().unwrap().len() < 3 || reports(&sub.log()).len() < 3)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let messages = hl7.lock().unwrap().clone();
+    assert_eq!(messages.len(), 3, "HL7 messages: {messages:?}\n{}", d.log());
+    let by_patient = |pid: &str| -> String {
+        messages
+            .iter()
+            .find(|m| m.contains(&format!("PID|1||{pid}|")))
+            .unwrap_or_else(|| panic!("no message for {pid}: {messages:?}"))
+            .clone()
+    };
+    let na_note = format!(
+        "NTE|2|L|Not applicable: outside the model's intended use ({NOT_APPLICABLE}); not analysed."
+    );
+    let adult_msg = by_patient("AP0000");
+    assert!(adult_msg.contains(&na_note), "{adult_msg}");
+    assert!(
+        !adult_msg.contains("|NM|"),
+        "an adult got a probability: {adult_msg}"
+    );
+    let unknown_msg = by_patient("UP0000");
+    assert!(
+        unknown_msg.contains(&format!("NTE|2|L|Caveat: {CAVEAT}")),
+        "{unknown_msg}"
+    );
+    assert!(unknown_msg.contains("|NM|"), "{unknown_msg}");
+    let child_msg = by_patient("CP0000");
+    assert!(child_msg.contains("|NM|"), "{child_msg}");
+    assert!(
+        !child_msg.contains("Not applicable") && !child_msg.contains("Caveat"),
+        "{child_msg}"
+    );
+
+    let payloads = reports(&sub.log());
+    assert_eq!(payloads.len(), 3, "{}", sub.log());
+    let na: Vec<&Value> = payloads
+        .iter()
+        .filter(|p| p.get("not_applicable").is_some())
+        .collect();
+    assert_eq!(na.len(), 1, "{payloads:?}");
+    assert_eq!(na[0]["not_applicable"], NOT_APPLICABLE);
+    assert_eq!(na[0]["findings"], serde_json::json!([]));
+    assert_eq!(na[0]["image_count"], 0);
+    let caveats: Vec<&Value> = payloads
+        .iter()
+        .filter(|p| p.get("caveat").is_some())
+        .collect();
+    assert_eq!(caveats.len(), 1, "{payloads:?}");
+    assert_eq!(caveats[0]["caveat"], CAVEAT);
+    // All three are valid against the published schema.
+    let bodies = dir.path().join("reports.jsonl");
+    std::fs::write(&bodies, sub.log()).unwrap();
+    let schema = repo_root().join("docs/mqtt-report.schema.json");
+    if let Some(mut check) = python_script(
+        "import json, sys, jsonschema\n\
+         v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+         lines = [json.loads(l) for l in open(sys.argv[2]) if l.startswith('{')]\n\
+         [v.validate(x) for x in lines]\n\
+         print(len(lines))",
+        &[schema.to_str().unwrap(), bodies.to_str().unwrap()],
+    ) {
+        let out = run(&mut check, Duration::from_secs(60));
+        out.assert_success("schema validation");
+        assert_eq!(out.stdout.trim(), "3");
+    }
+
+    // The store, through the console's worklist and study API.
+    let rita = console_login(d.console_addr(), "rita", PW);
+    let list = rita.get("/api/v1/studies").json();
+    let row = |pid: &str| -> Value {
+        list["studies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["patient_id"] == pid)
+            .unwrap_or_else(|| panic!("{pid} not in {list}"))
+            .clone()
+    };
+    assert_eq!(row("AP0000")["not_applicable"], NOT_APPLICABLE);
+    assert_eq!(row("AP0000")["top_finding"], Value::Null);
+    assert_eq!(row("UP0000")["caveat"], CAVEAT);
+    assert_eq!(row("UP0000")["not_applicable"], Value::Null);
+    assert_eq!(row("CP0000")["caveat"], Value::Null);
+    let uid = row("AP0000")["study_uid"].as_str().unwrap().to_string();
+    let study = rita.get(&format!("/api/v1/studies/{uid}")).json();
+    assert_eq!(study["result"]["not_applicable"], NOT_APPLICABLE, "{study}");
+    assert_eq!(study["result"]["images"][0]["status"], "not_applicable");
+    assert_eq!(study["result"]["images"][0]["reason"], NOT_APPLICABLE);
+}

@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' seed corpora under fuzz/corpus/<target>/.
+
+Every seed is synthetic (made here, no patient data): small DICOM objects in each
+transfer syntax the daemon decodes, the PDUs and command sets of a real association,
+HL7 ACKs as RIS systems send them, console request bodies, configuration and
+provisioning files, and a firmware bundle and endorsement signed with a throw-away key.
+
+Run from the repository root with the test environment's Python:
+    .venv/bin/python fuzz/make_seeds.py
+Needs pydicom and numpy (in .venv), DCMTK's dcmconv/dcmcrle/dcmcjpls/dcmcjpeg, and for the
+JPEG 2000 seed the PyPI package pylibjpeg-openjpeg (skipped with a note when absent).
+The firmware seeds need a built `duli` (target/debug/duli).
+"""
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         DeflatedExplicitVRLittleEndian, generate_uid)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = os.path.join(ROOT, "fuzz", "corpus")
+UID_ROOT = "1.2.826.0.1.3680043.8.498."
+
+
+def out(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def image(bits=16, photometric="MONOCHROME2", size=24):
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = UID_ROOT + "1.1"
+    ds.StudyInstanceUID = UID_ROOT + "2.1"
+    ds.SeriesInstanceUID = UID_ROOT + "3.1"
+    ds.PatientName = "SEED^SYNTHETIC"
+    ds.PatientID = "SEED0001"
+    ds.PatientAge = "003Y"
+    ds.PatientBirthDate = "20230101"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "ACC0001"
+    ds.Modality = "DX"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "AP"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows = size
+    ds.Columns = size
+    ds.BitsAllocated = bits
+    ds.BitsStored = 12 if bits == 16 else 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = 2048 if bits == 16 else 128
+    ds.WindowWidth = 4096 if bits == 16 else 256
+    y, x = np.mgrid[0:size, 0:size]
+    top = (1 << ds.BitsStored) - 1
+    arr = ((x + y) * top // (2 * size - 2)).astype(np.uint16 if bits == 16 else np.uint8)
+    ds.PixelData = arr.tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def part10(ds, ts=ExplicitVRLittleEndian):
+    ds.file_meta.TransferSyntaxUID = ts
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=(ts == ImplicitVRLittleEndian),
+               little_endian=True)
+    return buf.getvalue()
+
+
+def dicom_seeds(tmp):
+    base = os.path.join(tmp, "explicit.dcm")
+    with open(base, "wb") as f:
+        f.write(part10(image()))
+    files = {"explicit-le.dcm": base}
+    for name, ds in [("8bit.dcm", image(bits=8)), ("monochrome1.dcm", image(photometric="MONOCHROME1"))]:
+        p = os.path.join(tmp, name)
+        with open(p, "wb") as f:
+            f.write(part10(ds))
+        files[name] = p
+    p = os.path.join(tmp, "implicit.dcm")
+    with open(p, "wb") as f:
+        f.write(part10(image(), ImplicitVRLittleEndian))
+    files["implicit-le.dcm"] = p
+    for name, cmd, src in [("deflate.dcm", ["dcmconv", "+td"], base),
+                           ("big-endian.dcm", ["dcmconv", "+tb"], base),
+                           ("rle.dcm", ["dcmcrle"], base),
+                           ("jpeg-ls-lossless.dcm", ["dcmcjpls", "+el"], base),
+                           ("jpeg-ls-near-lossless.dcm", ["dcmcjpls", "+en"], base),
+                           ("jpeg-lossless-sv1.dcm", ["dcmcjpeg", "+e1"], base),
+                           ("jpeg-lossless.dcm", ["dcmcjpeg", "+el"], base),
+                           ("jpeg-extended-12bit.dcm", ["dcmcjpeg", "+ee"], base),
+                           ("jpeg-extended-8bit.dcm", ["dcmcjpeg", "+ee"], files["8bit.dcm"]),
+                           ("jpeg-baseline.dcm", ["dcmcjpeg", "+eb"], files["8bit.dcm"])]:
+        p = os.path.join(tmp, name)
+        subprocess.run(cmd + [src, p], check=True)
+        files[name] = p
+    try:
+        from pydicom.uid import JPEG2000Lossless
+        ds = image(size=64)  # below 64 pixels the encoder's default levels do not fit
+        ds.compress(JPEG2000Lossless)
+        p = os.path.join(tmp, "j2k-lossless.dcm")
+        ds.save_as(p, enforce_file_format=True)
+        files["j2k-lossless.dcm"] = p
+        from pydicom.uid import JPEG2000
+        ds = image(size=64)
+        ds.compress(JPEG2000, j2k_cr=[20])
+        p = os.path.join(tmp, "j2k-lossy.dcm")
+        ds.save_as(p, enforce_file_format=True)
+        files["j2k-lossy.dcm"] = p
+    except Exception as e:  # plugin missing
+        print(f"note: no JPEG 2000 seed ({e})", file=sys.stderr)
+    for name, path in files.items():
+        data = open(path, "rb").read()
+        out("pixels", name, data)
+        out("store_header", name, data)
+    out("pixels", "upload.png", png_bytes())
+
+
+def png_bytes():
+    import zlib
+    w = h = 16
+    raw = b"".join(b"\x00" + bytes((x * 16 + y) & 0xFF for x in range(w)) for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def implicit(ds):
+    buf = pydicom.filebase.DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = True
+    pydicom.filewriter.write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def command(**kw):
+    ds = Dataset()
+    ds.set_original_encoding(True, True)
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    body = implicit(ds)
+    g = Dataset()
+    g.CommandGroupLength = len(body)
+    g.set_original_encoding(True, True)
+    return implicit(g) + body
+
+
+def commands():
+    return {
+        "echo-rq": command(AffectedSOPClassUID="1.2.840.10008.1.1", CommandField=0x0030,
+                           MessageID=1, CommandDataSetType=0x0101),
+        "store-rq": command(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.1.1", CommandField=0x0001,
+                            MessageID=2, Priority=0, CommandDataSetType=0x0000,
+                            AffectedSOPInstanceUID=UID_ROOT + "1.1"),
+        "find-rq": command(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.1", CommandField=0x0020,
+                           MessageID=3, Priority=0, CommandDataSetType=0x0000),
+        "move-rq": command(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.2", CommandField=0x0021,
+                           MessageID=4, Priority=0, CommandDataSetType=0x0000, MoveDestination="PACS"),
+        "cancel-rq": command(CommandField=0x0FFF, MessageIDBeingRespondedTo=3, CommandDataSetType=0x0101),
+    }
+
+
+def identifier(level, **kw):
+    ds = Dataset()
+    ds.set_original_encoding(True, True)
+    ds.QueryRetrieveLevel = level
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return implicit(ds)
+
+
+def item(t, body):
+    return struct.pack(">BxH", t, len(body)) + body
+
+
+def associate_rq(contexts, calling=b"SEEDSCU", called=b"DULI"):
+    body = struct.pack(">H2x", 1) + called.ljust(16) + calling.ljust(16) + bytes(32)
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for pc_id, abstract, tss in contexts:
+        sub = item(0x30, abstract.encode()) + b"".join(item(0x40, ts.encode()) for ts in tss)
+        body += item(0x20, struct.pack(">B3x", pc_id) + sub)
+    user = item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.826.0.1.3680043.8.498.9") \
+        + item(0x55, b"SEED_0_1")
+    user += item(0x54, struct.pack(">H", 27) + b"1.2.840.10008.5.1.4.1.1.1.1" + b"\x01\x01")
+    body += item(0x50, user)
+    return struct.pack(">BxI", 0x01, len(body)) + body
+
+
+def pdata(pc_id, flags, data):
+    pdv = struct.pack(">IBB", len(data) + 2, pc_id, flags) + data
+    return struct.pack(">BxI", 0x04, len(pdv)) + pdv
+
+
+def pdv(pc_id, command_, last, data):
+    flags = (pc_id >> 1 << 2) | (2 if command_ else 0) | (1 if last else 0)
+    return struct.pack(">BH", flags & 0xFF, len(data)) + data
+
+
+def association_seeds():
+    explicit, implicit_ts = ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    rq = associate_rq([(1, "1.2.840.10008.1.1", [implicit_ts]),
+                       (3, "1.2.840.10008.5.1.4.1.1.1.1", [explicit, implicit_ts]),
+                       (5, "1.2.840.10008.5.1.4.1.2.2.1", [implicit_ts])])
+    cmds = commands()
+    release = struct.pack(">BxI", 0x05, 4) + bytes(4)
+    abort = struct.pack(">BxI", 0x07, 4) + bytes([0, 0, 2, 0])
+    out("pdu", "associate-rq", rq)
+    out("pdu", "echo", rq + pdata(1, 3, cmds["echo-rq"]) + release)
+    ds = part10(image(size=8))
+    body = ds[132 + 12 + struct.unpack("<I", ds[140:144])[0]:]  # data set after the meta group
+    out("pdu", "store", rq + pdata(3, 3, cmds["store-rq"]) + pdata(3, 2, body) + release)
+    out("pdu", "find", rq + pdata(5, 3, cmds["find-rq"])
+        + pdata(5, 2, identifier("STUDY", PatientName="DOE*", StudyDate="20250101-",
+                                 StudyInstanceUID="")) + abort)
+    for name, c in cmds.items():
+        out("dimse", name, c)
+    out("dimse", "store-stream", pdv(3, True, True, cmds["store-rq"]) + pdv(3, False, False, body[:40])
+        + pdv(3, False, True, body[40:]))
+    out("dimse", "echo-in-two", pdv(1, True, False, cmds["echo-rq"][:20]) + pdv(1, True, True, cmds["echo-rq"][20:]))
+
+
+def find_seeds():
+    seeds = {
+        "study-wildcard": identifier("STUDY", PatientName="DO?*^J*", StudyDate="20250101-20261231",
+                                     StudyTime="080000-", ModalitiesInStudy="CR\\DX",
+                                     StudyInstanceUID="", NumberOfStudyRelatedInstances=""),
+        "patient": identifier("PATIENT", PatientID="SEED*", PatientBirthDate="-20240101",
+                              SpecificCharacterSet="ISO_IR 100"),
+        "series-list": identifier("SERIES", StudyInstanceUID=UID_ROOT + "2.1\\" + UID_ROOT + "2.2",
+                                  SeriesInstanceUID="", Modality="DX"),
+        "image": identifier("IMAGE", StudyInstanceUID=UID_ROOT + "2.1", SeriesInstanceUID=UID_ROOT + "3.1",
+                            SOPInstanceUID="", InstanceNumber="1"),
+    }
+    for name, data in seeds.items():
+        out("find_identifier", name, b"\x00" + data)
+
+
+def hl7_seeds():
+    acks = {
+        "aa": "MSH|^~\\&|RIS|HOSP|DULI|EDGE|20260101120000||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|DULI0000000001\r",
+        "ae-err": "MSH|^~\\&|RIS|HOSP|DULI|EDGE|20260101120000||ACK|A2|P|2.3\rMSA|AE|DULI0000000001|bad PID\rERR|^^^207&Application internal error&HL70357\r",
+        "ca-lf": "MSH|^~\\&|RIS|HOSP|DULI|EDGE|20260101||ACK|A3|P|2.4\nMSA|CA|DULI0000000001\n",
+        "odd-delims": "MSH#!@$%RIS#HOSP#DULI#EDGE#20260101##ACK#A4#P#2.5\rMSA#AR#DULI0000000001\r",
+    }
+    for name, text in acks.items():
+        out("hl7_ack", name, b"\x0b" + text.encode() + b"\x1c\x0d")
+    out("hl7_ack", "two-frames", b"\x0b" + acks["aa"].encode() + b"\x1c\x0d\x0b" + acks["ca-lf"].encode() + b"\x1c\x0d")
+
+
+def console_seeds():
+    bodies = {
+        "login": {"username": "admin", "password": "correct horse battery"},
+        "feedback": {"agree": False, "comment": "consolidation left lower lobe", "finding": "PNEUMONIA"},
+        "user": {"role": "radiologist", "password": "another long passphrase", "disabled": False},
+        "retry": {"ids": [1, 2, 3]},
+        "setup": {"code": "123456", "username": "admin", "password": "a long first password"},
+    }
+    for name, body in bodies.items():
+        out("console_json", name, json.dumps(body).encode())
+
+
+def config_seeds():
+    for src in ["config/duli.toml", "config/provision.example.toml",
+                "daemon/tests/config/valid/modality-list.toml"]:
+        out("config_toml", os.path.basename(src), open(os.path.join(ROOT, src), "rb").read())
+
+
+def firmware_seeds(tmp):
+    duli = os.path.join(ROOT, "target", "debug", "duli")
+    if not os.path.exists(duli):
+        print("note: no firmware seeds (build target/debug/duli first)", file=sys.stderr)
+        return
+    keys = os.path.join(tmp, "keys")
+    os.makedirs(keys)
+
+    def run(*a):
+        subprocess.run([duli, "firmware", *a], check=True, capture_output=True, text=True)
+    run("keygen", "--out-dir", keys, "--name", "root")
+    payload = os.path.join(tmp, "payload.bin")
+    with open(payload, "wb") as f:
+        f.write(b"seed payload " * 8)
+    for kind in ["model-pack", "rootfs"]:
+        bundle = os.path.join(tmp, f"{kind}.duf")
+        run("sign", "--key", os.path.join(keys, "root.pk8"), "--kind", kind, "--version", "1.2.0",
+            "--min-version", "1.0.0", "--hardware", "nuc-x86_64", "--out", bundle, "--payload", payload)
+        out("firmware_bundle", f"{kind}.duf", open(bundle, "rb").read())
+    # The shape `duli` writes; the fuzz target's anchor is a fixed test key, so the
+    # fuzzer explores parsing and every check before the signature.
+    endorsement = {"format": 1, "key": "ab" * 32, "label": "hospital group model packs",
+                   "endorser": "0707070707070707", "signature": "00" * 64}
+    out("endorsement", "format1.json", json.dumps(endorsement, indent=2).encode())
+
+
+def main():
+    shutil.rmtree(CORPUS, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        dicom_seeds(tmp)
+        association_seeds()
+        find_seeds()
+        hl7_seeds()
+        console_seeds()
+        config_seeds()
+        firmware_seeds(tmp)
+    for t in sorted(os.listdir(CORPUS)):
+        print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
+
+
+if __name__ == "__main__":
+    main()

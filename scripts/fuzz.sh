@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (fuzz/, cargo fuzz + libFuzzer on the nightly toolchain) for
+# FUZZ_SECONDS each, then prints one row per target: executions, executions per second,
+# coverage (libFuzzer's edge counter) and crashes. New coverage-increasing inputs are kept
+# in fuzz/corpus/<target>/; a crash, hang or out-of-memory input is copied to
+# fuzz/regressions/<target>/, where the ordinary test suite (daemon/tests/fuzz_corpus.rs)
+# replays it on every run until the bug is fixed.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     (make fuzz FUZZ_SECONDS=600)
+#
+# Results are appended to fuzz/runs.tsv (date, target, seconds, executions, exec/s,
+# coverage, features, crashes).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo/fuzz"
+seconds="${1:-${FUZZ_SECONDS:-60}}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^duli-fuzz$')
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "cargo fuzz and a nightly toolchain are needed: rustup toolchain install nightly;" \
+        "cargo install cargo-fuzz" >&2
+    exit 2
+fi
+# The OpenVINO runtime is loaded at run time only by inference; no target needs it.
+# Memory-safety checks: AddressSanitizer on our code and the Rust decoders. The C and C++
+# codecs (CharLS, OpenJPEG) are compiled by their build scripts without it, see
+# docs/security.md for how they are contained.
+flags=(--release --debug-assertions)
+echo "== building ${#targets[@]} fuzz targets (nightly, AddressSanitizer)"
+cargo +nightly fuzz build "${flags[@]}" "${targets[@]/#/}" >/dev/null 2>&1 || cargo +nightly fuzz build "${flags[@]}"
+mkdir -p logs
+printf '%-16s %12s %10s %8s %8s %8s\n' target executions exec/s cov ft crashes
+status=0
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t" "regressions/$t" "artifacts/$t"
+    log="logs/$t.log"
+    before=$(find "artifacts/$t" -type f | wc -l)
+    set +e
+    cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
+        -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
+    set -e
+    after=$(find "artifacts/$t" -type f | wc -l)
+    crashes=$((after - before))
+    if [ "$crashes" -gt 0 ]; then
+        cp -n artifacts/"$t"/* "regressions/$t/"
+        status=1
+    fi
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+    ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+    printf '%-16s %12s %10s %8s %8s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$crashes"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${execs:-}" \
+        "${rate:-}" "${cov:-}" "${ft:-}" "$crashes" >>runs.tsv
+done
+[ "$status" -eq 0 ] || echo "crashes were found: see fuzz/regressions/ and fuzz/logs/" >&2
+exit "$status"
