@@ -7,13 +7,20 @@
 #   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
 #   make bench-hostile  C-ECHO beside 500 silent connections and /healthz beside 1,000 idle
 #                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
-#   make lint       rustfmt and clippy, warnings are errors
+#   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
+#   make audit      known vulnerabilities in the dependencies (cargo deny advisories; needs the RustSec
+#                   database online: a release step)
+#   make fuzz       every fuzz target for FUZZ_SECONDS each (nightly toolchain + cargo-fuzz), see
+#                   docs/security.md
+#   make sbom       CycloneDX SBOM of the daemon into target/sbom/
 
 CARGO ?= cargo
 SHELL := /bin/bash
 BENCH_FILES ?= 60
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile lint fmt models
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile lint fmt models \
+	audit fuzz sbom cargo-deny cargo-cyclonedx
 
 all: build
 
@@ -75,9 +82,25 @@ bench-hostile: test-env
 	.venv/bin/python bench/hostile_https.py
 	$(CARGO) test -q -p duli --test hostile -- --nocapture 2>&1 | grep -E "peak RSS|test result"
 
-lint:
+lint: cargo-deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny --offline check bans licenses sources
+
+audit: cargo-deny
+	$(CARGO) deny check advisories
+
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+sbom: cargo-cyclonedx
+	scripts/sbom.sh
+
+cargo-deny:
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+
+cargo-cyclonedx:
+	@$(CARGO) cyclonedx --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-cyclonedx
 
 fmt:
 	$(CARGO) fmt --all
