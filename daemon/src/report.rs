@@ -176,7 +176,7 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::result::{HeatmapState, ImageResult, ModelInfo, Timings};
+    use crate::result::{HeatmapState, ImageResult, Timings};
 
     fn image(status: ImageStatus, reason: Option<&str>, caveat: Option<&str>) -> ImageResult {
         ImageResult {
@@ -192,21 +192,7 @@ mod tests {
     }
 
     fn result(images: Vec<ImageResult>) -> StudyResult {
-        StudyResult {
-            report_id: crate::result::report_id("1.2.3", 1),
-            study_instance_uid: "1.2.3".into(),
-            version: 1,
-            images,
-            findings: Vec::new(),
-            triage: false,
-            model: ModelInfo {
-                name: "m".into(),
-                version: "1".into(),
-                sha256: "00".into(),
-            },
-            timings: Timings::default(),
-            created_at: 0,
-        }
+        crate::result::fixtures::study_result("1.2.3", images)
     }
 
     #[test]

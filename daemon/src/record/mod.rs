@@ -304,34 +304,21 @@ pub fn failure(result: &StudyResult) -> Option<String> {
 mod tests {
     use super::*;
     use crate::model::InstanceRecord;
-    use crate::result::{ImageResult, ModelInfo, Timings};
+    use crate::result::{ImageResult, Timings};
     use crate::store::outbox::{Destination, OutboxLimits};
 
     fn result(study: &str, status: ImageStatus) -> StudyResult {
-        StudyResult {
-            report_id: crate::result::report_id(study, 1),
-            study_instance_uid: study.into(),
-            version: 1,
-            images: vec![ImageResult {
-                sop_instance_uid: format!("{study}.1"),
-                series_instance_uid: format!("{study}.0"),
-                status,
-                reason: Some("undecodable".into()),
-                findings: Vec::new(),
-                timings: Timings::default(),
-                heatmap: HeatmapState::None,
-                caveat: None,
-            }],
+        let image = ImageResult {
+            sop_instance_uid: format!("{study}.1"),
+            series_instance_uid: format!("{study}.0"),
+            status,
+            reason: Some("undecodable".into()),
             findings: Vec::new(),
-            triage: false,
-            model: ModelInfo {
-                name: "m".into(),
-                version: "1".into(),
-                sha256: "00".into(),
-            },
             timings: Timings::default(),
-            created_at: 0,
-        }
+            heatmap: HeatmapState::None,
+            caveat: None,
+        };
+        crate::result::fixtures::study_result(study, vec![image])
     }
 
     fn setup() -> (tempfile::TempDir, Arc<Store>, Recorder, Arc<Outbox>) {
