@@ -8,7 +8,7 @@
 //! `inferring` ones are the inference stage's to resume).
 
 use crate::model::StudyState;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::supervise::Beat;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,13 +182,13 @@ impl StudyTracker {
             .collect();
         for uid in due {
             self.studies.remove(&uid);
-            let updated = self.store.update_study(&uid, |s| {
-                if s.state == StudyState::Receiving {
-                    s.state = StudyState::Complete;
-                }
-            });
+            let updated = self.store.transition(
+                &uid,
+                &[StudyState::Receiving, StudyState::Complete],
+                StudyState::Complete,
+            );
             match updated {
-                Ok(Some(s)) if s.state == StudyState::Complete => {
+                Ok(s) => {
                     if let Err(e) = self.store.flush().await {
                         log::error!("assembly: cannot record completion of {uid}: {e}");
                         continue;
@@ -202,7 +202,8 @@ impl StudyTracker {
                         return;
                     }
                 }
-                Ok(_) => {}
+                // Already taken further (queued, analysed) or gone: nothing to hand on.
+                Err(StoreError::Transition { .. } | StoreError::UnknownStudy(_)) => {}
                 Err(e) => log::error!("assembly: cannot update study {uid}: {e}"),
             }
         }
@@ -263,9 +264,7 @@ mod tests {
             StudyState::Complete
         );
         // A new instance reopens it; released at once, it completes only after the quiet period.
-        store
-            .set_study_state("1.2.3", StudyState::Receiving, None)
-            .unwrap();
+        store.force_state("1.2.3", StudyState::Receiving);
         let last = Instant::now();
         etx.send(Event::Stored {
             assoc: 2,

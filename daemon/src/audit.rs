@@ -7,6 +7,7 @@
 //! whole, so the head hash is anchored off the box: [`Audit::head`] is published
 //! periodically (health message, log).
 
+use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
@@ -47,16 +48,38 @@ pub enum Action {
     Other,
 }
 
-/// One audit record as stored.
+/// One audit record as stored: the [`Event`] with its place in the chain. Its fields
+/// read through to the event (`record.actor`); stored as one flat JSON object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     /// Sequence number (0-based, gap-free).
     pub seq: u64,
     /// Time, milliseconds since the epoch.
     pub at_ms: i64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Hash of the previous record (hex).
+    pub prev: String,
+    /// SHA-256 over `prev` and the canonical body (hex).
+    pub hash: String,
+}
+
+impl std::ops::Deref for Record {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// What an audit record says happened: the one shape of an audited action, whether the
+/// daemon appends it, a CLI command sends it over the control socket, or it is read back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
     /// Who: user name, AE title (`ae:NAME`) or `system`.
     pub actor: String,
     /// Where from: IP address, `local` or empty.
+    #[serde(default)]
     pub source: String,
     /// What kind of event.
     pub action: Action,
@@ -65,27 +88,7 @@ pub struct Record {
     /// Whether the action succeeded.
     pub success: bool,
     /// Free-text detail (counts, reasons).
-    pub detail: String,
-    /// Hash of the previous record (hex).
-    pub prev: String,
-    /// SHA-256 over `prev` and the canonical body (hex).
-    pub hash: String,
-}
-
-/// A new event to append.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// Who.
-    pub actor: String,
-    /// Where from.
-    pub source: String,
-    /// What kind.
-    pub action: Action,
-    /// On what.
-    pub object: String,
-    /// Whether it succeeded.
-    pub success: bool,
-    /// Detail.
+    #[serde(default)]
     pub detail: String,
 }
 
@@ -144,7 +147,7 @@ pub struct Verification {
 /// Appends to and verifies the trail.
 #[derive(Debug)]
 pub struct Audit {
-    tree: sled::Tree,
+    records: Records<Record>,
     /// Serialises appends so each record links to the one before it.
     last: Mutex<Option<(u64, String)>>,
 }
@@ -162,16 +165,10 @@ fn canonical_hash(prev: &str, r: &Record) -> String {
 impl Audit {
     /// Opens the trail in `store`.
     pub fn open(store: &Store) -> Result<Audit, StoreError> {
-        let tree = store.tree(TREE)?;
-        let last = match tree.last()? {
-            Some((k, v)) => {
-                let rec: Record = crate::store::decode(&k, &v)?;
-                Some((rec.seq, rec.hash))
-            }
-            None => None,
-        };
+        let records = store.records::<Record>(TREE)?;
+        let last = records.last()?.map(|(_, rec)| (rec.seq, rec.hash));
         Ok(Audit {
-            tree,
+            records,
             last: Mutex::new(last),
         })
     }
@@ -187,18 +184,12 @@ impl Audit {
         let mut rec = Record {
             seq,
             at_ms: crate::clock::now_millis(),
-            actor: event.actor,
-            source: event.source,
-            action: event.action,
-            object: event.object,
-            success: event.success,
-            detail: event.detail,
+            event,
             prev: prev.clone(),
             hash: String::new(),
         };
         rec.hash = canonical_hash(&prev, &rec);
-        self.tree
-            .insert(seq.to_be_bytes(), crate::store::encode(&rec))?;
+        self.records.insert(seq.to_be_bytes(), &rec)?;
         *last = Some((seq, rec.hash.clone()));
         Ok(rec)
     }
@@ -210,13 +201,10 @@ impl Audit {
 
     /// Records from `from_seq` on, at most `limit`.
     pub fn records(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        self.tree
-            .range(from_seq.to_be_bytes()..)
+        self.records
+            .from_key(from_seq.to_be_bytes())
             .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                crate::store::decode(&k, &v)
-            })
+            .map(|kv| kv.map(|(_, rec)| rec))
             .collect()
     }
 
@@ -224,9 +212,8 @@ impl Audit {
     pub fn verify(&self) -> Result<Verification, StoreError> {
         let mut prev = GENESIS.to_string();
         let mut records = 0u64;
-        for kv in self.tree.iter() {
+        for kv in self.records.iter() {
             let expected_seq = records;
-            let (k, v) = kv?;
             let broken = |reason: String| Verification {
                 records,
                 head: None,
@@ -235,9 +222,12 @@ impl Audit {
                     reason,
                 }),
             };
-            let rec: Record = match serde_json::from_slice(&v) {
-                Ok(r) => r,
-                Err(e) => return Ok(broken(format!("record does not parse: {e}"))),
+            let (k, rec) = match kv {
+                Ok(entry) => entry,
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    return Ok(broken(format!("record does not parse: {reason}")))
+                }
+                Err(e) => return Err(e),
             };
             let key_seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).ok();
             if rec.seq != expected_seq || key_seq != Some(rec.seq) {
@@ -275,6 +265,34 @@ impl Audit {
 mod tests {
     use super::*;
 
+    /// A record is stored as one flat object, as before the event was its own type: old
+    /// trails read, and a record reads back equal.
+    #[test]
+    fn records_are_stored_flat_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let rec = audit
+            .append(Event::new("ana", Action::Login, "ana").from("10.0.0.5"))
+            .unwrap();
+        let v = serde_json::to_value(&rec).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "action", "actor", "at_ms", "detail", "hash", "object", "prev", "seq", "source",
+                "success"
+            ]
+        );
+        assert_eq!(serde_json::from_value::<Record>(v).unwrap(), rec);
+        assert_eq!(
+            (rec.actor.as_str(), rec.source.as_str()),
+            ("ana", "10.0.0.5")
+        );
+        assert_eq!(audit.records(0, 10).unwrap(), vec![rec]);
+    }
+
     #[test]
     fn chain_verifies_and_any_change_breaks_it_at_that_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -299,12 +317,10 @@ mod tests {
         assert_eq!(audit.verify().unwrap().records, 6);
 
         // Tamper with record 2's object.
-        let tree = store.tree(TREE).unwrap();
-        let mut rec: Record =
-            serde_json::from_slice(&tree.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
-        rec.object = "9.9.9".into();
-        tree.insert(2u64.to_be_bytes(), serde_json::to_vec(&rec).unwrap())
-            .unwrap();
+        let tree = store.records::<Record>(TREE).unwrap();
+        let mut rec = tree.get(2u64.to_be_bytes()).unwrap().unwrap();
+        rec.event.object = "9.9.9".into();
+        tree.insert(2u64.to_be_bytes(), &rec).unwrap();
         let v = audit.verify().unwrap();
         assert_eq!(v.broken.as_ref().unwrap().seq, 2, "{v:?}");
 
@@ -316,7 +332,7 @@ mod tests {
             a2.append(Event::new("x", Action::Login, "x")).unwrap();
         }
         store2
-            .tree(TREE)
+            .records::<Record>(TREE)
             .unwrap()
             .remove(1u64.to_be_bytes())
             .unwrap();

@@ -62,35 +62,13 @@ pub enum Request {
     /// List console users (names, roles, never hashes).
     UserList,
     /// Append a record to the audit trail (technician commands: firmware, provisioning).
-    AuditAppend {
-        /// Who.
-        actor: String,
-        /// Where from.
-        #[serde(default)]
-        source: String,
-        /// What kind of event.
-        action: Action,
-        /// On what.
-        object: String,
-        /// Whether it succeeded.
-        success: bool,
-        /// Detail.
-        #[serde(default)]
-        detail: String,
-    },
+    AuditAppend(Event),
 }
 
 impl Request {
     /// The request that appends `event` to the audit trail.
     pub fn audit(event: Event) -> Request {
-        Request::AuditAppend {
-            actor: event.actor,
-            source: event.source,
-            action: event.action,
-            object: event.object,
-            success: event.success,
-            detail: event.detail,
-        }
+        Request::AuditAppend(event)
     }
 }
 
@@ -211,22 +189,8 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
                     "first_broken": v.broken.map(|b| serde_json::json!({"seq": b.seq, "reason": b.reason})),
                 })
             }),
-        Request::AuditAppend {
-            actor,
-            source,
-            action,
-            object,
-            success,
-            detail,
-        } => audit
-            .append(Event {
-                actor: actor.clone(),
-                source: source.clone(),
-                action: action.clone(),
-                object: object.clone(),
-                success: *success,
-                detail: detail.clone(),
-            })
+        Request::AuditAppend(event) => audit
+            .append(event.clone())
             .and_then(|rec| {
                 store.flush_blocking()?;
                 Ok(serde_json::json!({"seq": rec.seq, "hash": rec.hash}))
@@ -261,7 +225,7 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
 fn with_outbox(store: &Store, outbox: Option<&Outbox>, req: &Request) -> Response {
     match outbox {
         Some(o) => outbox_request(o, req),
-        None => match Outbox::open(store.db(), OutboxLimits::default()) {
+        None => match store.outbox(OutboxLimits::default()) {
             Ok(o) => outbox_request(&o, req),
             Err(e) => Response::Error {
                 message: e.to_string(),
@@ -481,6 +445,29 @@ pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, Clie
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The audit request carries the event's fields flat beside the command, as an older
+    /// CLI sends them (source and detail optional).
+    #[test]
+    fn audit_append_is_the_event_flat_on_the_wire() {
+        let req = Request::audit(Event::new("cli:root", Action::Software, "firmware").detail("x"));
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["cmd"], "audit_append");
+        assert_eq!(
+            (v["actor"].as_str(), v["detail"].as_str()),
+            (Some("cli:root"), Some("x"))
+        );
+        let old = r#"{"cmd":"audit_append","actor":"a","action":"software","object":"o","success":false}"#;
+        match serde_json::from_str::<Request>(old).unwrap() {
+            Request::AuditAppend(e) => {
+                assert_eq!(
+                    (e.actor.as_str(), e.success, e.detail.as_str()),
+                    ("a", false, "")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn request_goes_through_the_socket_when_a_daemon_listens() {

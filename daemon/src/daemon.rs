@@ -250,13 +250,17 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     }));
 
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
-    let publisher = crate::deliver::publish::Publisher::new(
+    // The record stage: each result with its SR and outbox entries in one commit, each
+    // heatmap with its SC, each feedback into the outbox.
+    let recorder = Arc::new(crate::record::Recorder::new(
         store.clone(),
-        delivery.outbox.clone(),
-        delivery.plan.clone(),
-        delivery.secret.clone(),
-        &config.dicom.uid_root,
-    );
+        Some(crate::record::Delivery {
+            outbox: delivery.outbox.clone(),
+            plan: delivery.plan.clone(),
+            secret: delivery.secret.clone(),
+            uid_root: config.dicom.uid_root.clone(),
+        }),
+    ));
     let mut console_state = console::Console::new(
         config,
         store.clone(),
@@ -265,7 +269,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         events.clone(),
     )?;
     console_state.outbox = Some(delivery.outbox.clone());
-    console_state.publisher = Some(publisher.clone());
+    console_state.recorder = Some(recorder.clone());
     console_state.stages = Some(stages.clone());
     console_state.assembly = Some(uploads_tx);
     let model_status = crate::infer::ModelStatus::default();
@@ -348,19 +352,11 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), tracker_task).await;
     }));
 
-    // Inference: completed studies -> results; each result brings its SR and outbox
-    // entries in the same transaction, and its heatmap SC later.
-    let (on_result_tx, on_result_rx) = mpsc::unbounded_channel::<String>();
-    let heat_publisher = publisher.clone();
+    // Inference: completed studies -> results, handed to the record stage; each result
+    // brings its SR and outbox entries in the same transaction, and its heatmap SC later.
     let options = crate::infer::PipelineOptions {
-        extra_writes: Some(publisher.hook()),
-        on_result: Some(on_result_tx),
+        recorder: Some(recorder),
         status: model_status,
-        on_heatmap: Some(Arc::new(
-            move |study: &str, version: u32, sop: &str, png: &str| {
-                heat_publisher.heatmap_ready(study, version, sop, png)
-            },
-        )),
         ..Default::default()
     };
     let inference_cfg = config.inference.clone();
@@ -390,31 +386,11 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let announcer = {
-        let on_result_rx = Arc::new(tokio::sync::Mutex::new(on_result_rx));
-        supervise::spawn(
-            "announce",
-            &stages,
-            shutdown_rx.clone(),
-            Backoff::default(),
-            move |beat| {
-                let (on_result_rx, publisher) = (on_result_rx.clone(), publisher.clone());
-                beat.pulse(async move {
-                    let mut rx = on_result_rx.lock().await;
-                    while let Some(report_id) = rx.recv().await {
-                        let p = publisher.clone();
-                        let _ = tokio::task::spawn_blocking(move || p.committed(&report_id)).await;
-                    }
-                })
-            },
-        )
-    };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let _ = rx.wait_for(|s| *s).await;
         // The pipeline ends once assembly (its sender) has stopped.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(10), pipeline).await;
-        announcer.abort();
     }));
 
     log::info!(

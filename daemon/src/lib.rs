@@ -12,15 +12,21 @@
 //! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
 //!   associations, the check of every request (context, role, permission), the Verification
 //!   and Storage services.
-//! - [`store`]: Part 10 files plus the sled index; every acknowledgement waits for its flush.
+//! - [`store`]: Part 10 files plus the embedded index, the only owner of persistence; every
+//!   acknowledgement waits for its flush.
 //! - [`qr`]: the Query/Retrieve SCP — C-FIND, C-MOVE and C-GET over the store's index.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`infer`]: pixels → model → findings, heatmaps, the study result record.
 //! - [`result`]: the study result record every later stage reads.
+//! - [`record`]: the record stage — a result (and each later heatmap) with its SR, SC and
+//!   every outbox entry, committed in one store transaction, then broadcast.
+//! - [`report`]: the domain records made from a result: the report every message and
+//!   result object is built from, and a radiologist's feedback.
 //! - [`results`]: the DICOM result objects (SR with the findings, SC with the heatmap).
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
-//! - [`deliver`]: the durable outbox and the channels that drain it (HL7/MLLP, MQTT, PACS push).
+//! - [`deliver`]: the channels that drain the store's durable outbox (HL7/MLLP, MQTT, PACS
+//!   push), and the delivery plan of a report.
 //! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
 //! - [`console`]: the HTTPS web console and API — logins, roles, worklist, viewer,
 //!   feedback, users, audit export, live events, `/healthz` and `/metrics`; connection
@@ -77,6 +83,8 @@ pub mod privileges;
 pub mod provision;
 pub mod qr;
 pub mod receive;
+pub mod record;
+pub mod report;
 pub mod result;
 pub mod results;
 pub mod retention;

@@ -1,6 +1,6 @@
 //! The study result record: what inference found in a study, per image and for the study,
 //! with the model that found it and how long each stage took. Stored in the `results` tree
-//! (see [`crate::infer::record`]); HL7, MQTT, DICOM SR and the console read it.
+//! (see [`crate::store::results`]); HL7, MQTT, DICOM SR and the console read it.
 
 use serde::{Deserialize, Serialize};
 
@@ -225,6 +225,30 @@ pub fn study_findings(images: &[ImageResult]) -> Vec<Finding> {
 }
 
 #[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// Version 1 of the result of `study`, made from `images` by model `m` 1.
+    pub fn study_result(study: &str, images: Vec<ImageResult>) -> StudyResult {
+        StudyResult {
+            report_id: report_id(study, 1),
+            study_instance_uid: study.into(),
+            version: 1,
+            findings: study_findings(&images),
+            images,
+            triage: false,
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: "00".into(),
+            },
+            timings: Timings::default(),
+            created_at: 0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -252,21 +276,7 @@ mod tests {
     }
 
     fn study(images: Vec<ImageResult>) -> StudyResult {
-        StudyResult {
-            report_id: String::new(),
-            study_instance_uid: "1".into(),
-            version: 1,
-            findings: study_findings(&images),
-            images,
-            triage: false,
-            model: ModelInfo {
-                name: "m".into(),
-                version: "1".into(),
-                sha256: String::new(),
-            },
-            timings: Timings::default(),
-            created_at: 0,
-        }
+        super::fixtures::study_result("1", images)
     }
 
     #[test]

@@ -172,12 +172,8 @@ mod tests {
         put(&store, "2.1", "2.1.1", 100);
         put(&store, "2.2", "2.2.1", 200);
         put(&store, "2.3", "2.3.1", 300);
-        store
-            .set_study_state("2.1", StudyState::Done, None)
-            .unwrap();
-        store
-            .set_study_state("2.3", StudyState::Done, None)
-            .unwrap();
+        store.force_state("2.1", StudyState::Done);
+        store.force_state("2.3", StudyState::Done);
         // An impossible reserve: everything finished goes, the rest stays.
         let r = prune(&store, 0, u64::MAX, 1000).unwrap();
         assert_eq!(r.for_space, 2);

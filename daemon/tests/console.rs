@@ -1050,13 +1050,13 @@ fn wait_for_entry(
 
 #[test]
 fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
-    use duli::deliver::outbox::{Destination, Kind, NewEntry, Outbox, OutboxLimits, Payload};
+    use duli::deliver::outbox::{Destination, Kind, NewEntry, OutboxLimits, Payload};
     // A report waiting for the RIS, put in the outbox before the daemon starts.
     let root = temp_dir("outbox-console");
     let data = root.path().join("data");
     {
         let store = duli::store::Store::open(&data).unwrap();
-        let outbox = Outbox::open(store.db(), OutboxLimits::default()).unwrap();
+        let outbox = store.outbox(OutboxLimits::default()).unwrap();
         outbox
             .enqueue(&[NewEntry {
                 dest: Destination::Hl7,
@@ -1067,7 +1067,7 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
                 },
             }])
             .unwrap();
-        store.db().flush().unwrap();
+        store.flush_blocking().unwrap();
     }
     // The RIS port is closed at first.
     let ris = free_port();

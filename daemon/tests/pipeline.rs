@@ -308,7 +308,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
 
 /// Reads the pushed SR and SC back through Orthanc's REST API: the SR carries the
 /// finding, its probability and the algorithm; the SC is an RGB image of the radiograph
-/// at most [`duli::deliver::publish::SC_MAX_SIDE`] on its longest side; both files, as
+/// at most [`duli::record::SC_MAX_SIDE`] on its longest side; both files, as
 /// Orthanc stored them, parse with `dsrdump` and `dcmdump`.
 fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
     for id in orthanc.instances() {
@@ -336,7 +336,7 @@ fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
             Some("OT") => {
                 let num = |k: &str| tags[k].as_str().and_then(|v| v.parse::<u32>().ok());
                 let (rows, cols) = (num("Rows").unwrap(), num("Columns").unwrap());
-                let max = duli::deliver::publish::SC_MAX_SIDE;
+                let max = duli::record::SC_MAX_SIDE;
                 assert!(
                     rows.max(cols) <= max && rows.min(cols) >= 256,
                     "{rows}×{cols}"

@@ -48,6 +48,7 @@ pub use config::FirmwareConfig;
 pub use keys::{PublicKey, SigningKey, TrustAnchors};
 pub use manifest::{Manifest, PayloadKind, Release};
 pub use sign::sign;
+pub use stream::hash_reader;
 pub use updater::{UpdateError, Updater};
 pub use verify::{verify, VerifiedManifest};
 pub use version::Version;

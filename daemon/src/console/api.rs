@@ -848,7 +848,7 @@ async fn give_feedback(
                     .unwrap_or_default()
             )),
     )?;
-    feedback::enqueue_for_delivery(c.publisher.as_deref(), &f, &s.role.to_string())?;
+    feedback::enqueue_for_delivery(c.recorder.as_deref(), &f, &s.role.to_string())?;
     c.store.flush().await?;
     Ok(reply::json(StatusCode::CREATED, &f))
 }

@@ -158,12 +158,14 @@ mod tests {
         Record {
             seq: 7,
             at_ms: 1_700_000_000_123,
-            actor: "ana<x>".into(),
-            source: "10.0.0.5".into(),
-            action,
-            object: "1.2.840.1".into(),
-            success,
-            detail: "a \"b\"".into(),
+            event: crate::audit::Event {
+                actor: "ana<x>".into(),
+                source: "10.0.0.5".into(),
+                action,
+                object: "1.2.840.1".into(),
+                success,
+                detail: "a \"b\"".into(),
+            },
             prev: "00".into(),
             hash: "ab".into(),
         }

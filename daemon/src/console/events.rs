@@ -167,7 +167,7 @@ mod tests {
             .commit_instance(&inst2, &StudyRecord::default())
             .unwrap();
         store
-            .set_study_state("1.2.3", StudyState::Complete, None)
+            .transition("1.2.3", &[StudyState::Receiving], StudyState::Complete)
             .unwrap();
         let e = next(&mut rx).await;
         assert_eq!(
@@ -175,9 +175,9 @@ mod tests {
             (EventKind::State, Some(StudyState::Complete))
         );
         store
-            .tree("results")
+            .records::<serde_json::Value>("results")
             .unwrap()
-            .insert("1.2.3", &b"{}"[..])
+            .insert("1.2.3", &serde_json::json!({}))
             .unwrap();
         store.notify(Change::Result {
             study_uid: "1.2.3".into(),

@@ -2,34 +2,13 @@
 //! the tree `feedback` (key: study UID, NUL, time, user), audited by the caller, and handed
 //! to delivery by [`enqueue_for_delivery`] so it reaches the cloud through the outbox.
 
+pub use crate::report::Feedback;
 use crate::store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
 
 /// Tree holding the feedback records.
 pub const TREE: &str = "feedback";
 /// Longest comment accepted, in characters.
 pub const MAX_COMMENT: usize = 2000;
-
-/// One feedback record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Feedback {
-    /// Study Instance UID.
-    pub study_uid: String,
-    /// Who gave it.
-    pub user: String,
-    /// Agrees with the AI result.
-    pub agree: bool,
-    /// Free-text comment (may be empty).
-    pub comment: String,
-    /// The finding it is about, when it is about one (label), else the whole result.
-    #[serde(default)]
-    pub finding: Option<String>,
-    /// Result version it refers to.
-    #[serde(default)]
-    pub result_version: u32,
-    /// When, milliseconds since the epoch.
-    pub at_ms: i64,
-}
 
 fn key(f: &Feedback) -> Vec<u8> {
     let mut k = f.study_uid.as_bytes().to_vec();
@@ -41,7 +20,7 @@ fn key(f: &Feedback) -> Vec<u8> {
 
 /// Stores a feedback record (durable after the store's next flush).
 pub fn store(store: &Store, f: &Feedback) -> Result<(), StoreError> {
-    store.tree(TREE)?.insert(key(f), crate::store::encode(f))?;
+    store.records::<Feedback>(TREE)?.insert(key(f), f)?;
     Ok(())
 }
 
@@ -50,12 +29,9 @@ pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreEr
     let mut prefix = study_uid.as_bytes().to_vec();
     prefix.push(0);
     store
-        .tree(TREE)?
+        .records::<Feedback>(TREE)?
         .scan_prefix(prefix)
-        .map(|kv| {
-            let (k, v) = kv?;
-            crate::store::decode(&k, &v)
-        })
+        .map(|kv| kv.map(|(_, f)| f))
         .collect()
 }
 
@@ -63,12 +39,12 @@ pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreEr
 /// `duli/{site}/{device}/feedback`, pseudonymised, without the comment or the user name),
 /// unless no delivery runs (then it stays in the store and the audit trail).
 pub fn enqueue_for_delivery(
-    publisher: Option<&crate::deliver::publish::Publisher>,
+    recorder: Option<&crate::record::Recorder>,
     f: &Feedback,
     role: &str,
 ) -> Result<(), StoreError> {
-    match publisher {
-        Some(p) => p.feedback(f, role).map_err(|e| StoreError::Corrupt {
+    match recorder {
+        Some(r) => r.record_feedback(f, role).map_err(|e| StoreError::Corrupt {
             key: f.study_uid.clone(),
             reason: format!("feedback not queued for delivery: {e}"),
         }),

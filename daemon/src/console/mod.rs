@@ -69,7 +69,7 @@ pub struct Console {
     /// The delivery outbox (gauges in /metrics, delivery status), when delivery runs.
     pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
     /// Delivery of feedback to the cloud, when delivery runs.
-    pub publisher: Option<Arc<crate::deliver::publish::Publisher>>,
+    pub recorder: Option<Arc<crate::record::Recorder>>,
     /// The daemon's supervised stages: `/healthz` answers 503 naming any that is down.
     pub stages: Option<Arc<crate::supervise::Registry>>,
     /// Accounts.
@@ -133,7 +133,7 @@ impl Console {
             metrics,
             events,
             outbox: None,
-            publisher: None,
+            recorder: None,
             stages: None,
             users,
             sessions,

@@ -16,6 +16,7 @@
 //!   cookie nor set the header.
 
 use super::roles::Role;
+use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -79,7 +80,7 @@ struct Failures {
 /// The sessions of the console, and the login throttle.
 #[derive(Debug)]
 pub struct Sessions {
-    tree: sled::Tree,
+    records: Records<Session>,
     idle: Duration,
     max: Duration,
     failures: Mutex<HashMap<String, Failures>>,
@@ -121,7 +122,7 @@ impl Sessions {
     /// Opens the sessions tree with the idle and absolute lifetimes.
     pub fn open(store: &Store, idle: Duration, max: Duration) -> Result<Sessions, StoreError> {
         Ok(Sessions {
-            tree: store.tree(TREE)?,
+            records: store.records(TREE)?,
             idle,
             max,
             failures: Mutex::new(HashMap::new()),
@@ -143,7 +144,7 @@ impl Sessions {
     /// (a live event stream is not user activity).
     pub fn is_live(&self, token: &str) -> Result<bool, StoreError> {
         let key = token_key(token);
-        let Some(s) = crate::store::get_json::<Session>(&self.tree, &key)? else {
+        let Some(s) = self.records.get(&key)? else {
             return Ok(false);
         };
         let now = crate::clock::now_millis();
@@ -173,9 +174,7 @@ impl Sessions {
             last_seen_ms: now,
             source: source.to_string(),
         };
-        self.tree
-            .insert(token_key(&token), crate::store::encode(&session))
-            .map_err(StoreError::from)?;
+        self.records.insert(token_key(&token), &session)?;
         Ok((token, session))
     }
 
@@ -186,28 +185,28 @@ impl Sessions {
             return Ok(None);
         }
         let key = token_key(token);
-        let Some(mut s) = crate::store::get_json::<Session>(&self.tree, &key)? else {
+        let Some(mut s) = self.records.get(&key)? else {
             return Ok(None);
         };
         let now = crate::clock::now_millis();
         let idle_end = s.last_seen_ms + self.idle.as_millis() as i64;
         let abs_end = s.created_ms + self.max.as_millis() as i64;
         if now >= idle_end || now >= abs_end {
-            self.tree.remove(key.as_bytes())?;
+            self.records.remove(&key)?;
             self.bump_ended();
             return Ok(None);
         }
         // Write the new idle timer at most once a second.
         if now - s.last_seen_ms >= 1000 {
             s.last_seen_ms = now;
-            self.tree.insert(key.as_bytes(), crate::store::encode(&s))?;
+            self.records.insert(&key, &s)?;
         }
         Ok(Some(s))
     }
 
     /// Ends the session of a token.
     pub fn remove(&self, token: &str) -> Result<(), StoreError> {
-        self.tree.remove(token_key(token).as_bytes())?;
+        self.records.remove(token_key(token))?;
         self.bump_ended();
         Ok(())
     }
@@ -215,13 +214,12 @@ impl Sessions {
     /// Ends every session of a user (removed, disabled or role changed).
     pub fn remove_user(&self, user: &str) -> Result<usize, StoreError> {
         let mut n = 0;
-        for kv in self.tree.iter() {
-            let (k, v) = kv?;
-            if let Ok(s) = serde_json::from_slice::<Session>(&v) {
-                if s.user == user {
-                    self.tree.remove(k)?;
-                    n += 1;
-                }
+        for kv in self.records.iter() {
+            // A session record that does not decode belongs to no one: skipped.
+            let Ok((k, s)) = kv else { continue };
+            if s.user == user {
+                self.records.remove(k)?;
+                n += 1;
             }
         }
         self.bump_ended();
@@ -347,7 +345,7 @@ mod tests {
         let (token, sess) = s.create("ana", Role::Radiologist, "127.0.0.1").unwrap();
         assert_eq!(token.len(), 64);
         assert_eq!(sess.csrf.len(), 64);
-        let tree = store.tree(TREE).unwrap();
+        let tree = store.records::<Session>(TREE).unwrap();
         assert!(tree.get(token.as_bytes()).unwrap().is_none());
         assert!(tree.get(token_key(&token).as_bytes()).unwrap().is_some());
         assert_eq!(s.lookup(&token).unwrap().unwrap().user, "ana");

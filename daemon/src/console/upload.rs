@@ -3,7 +3,7 @@
 //!
 //! An upload is never a patient's record: its Patient ID becomes `UPLOAD-<random>`, which
 //! keeps its results away from the RIS, the cloud and the PACS
-//! (`deliver::publish::is_manual_upload`), and it gets fresh Study, Series and SOP
+//! (`record::is_manual_upload`), and it gets fresh Study, Series and SOP
 //! Instance UIDs under `dicom.uid_root`, so it never joins or replaces a received study.
 
 use crate::infer::eligibility::SC_UPLOAD_MARK;

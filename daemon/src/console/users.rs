@@ -4,6 +4,7 @@
 //! is kept with each hash so it can be raised later without invalidating old ones.
 
 use super::roles::Role;
+use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -168,31 +169,25 @@ pub fn burn_verify(password: &str) {
 /// The accounts of a store.
 #[derive(Debug, Clone)]
 pub struct Users {
-    tree: sled::Tree,
+    records: Records<User>,
 }
 
 impl Users {
     /// Opens the accounts tree.
     pub fn open(store: &Store) -> Result<Users, StoreError> {
         Ok(Users {
-            tree: store.tree(TREE)?,
+            records: store.records(TREE)?,
         })
     }
 
     /// One user by name.
     pub fn get(&self, name: &str) -> Result<Option<User>, StoreError> {
-        crate::store::get_json(&self.tree, name)
+        self.records.get(name)
     }
 
     /// Every user, by name.
     pub fn list(&self) -> Result<Vec<User>, StoreError> {
-        self.tree
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                crate::store::decode(&k, &v)
-            })
-            .collect()
+        self.records.iter().map(|kv| kv.map(|(_, u)| u)).collect()
     }
 
     /// Creates or replaces a user; returns whether it existed. Not durable until the
@@ -202,21 +197,17 @@ impl Users {
         if hex::decode(&user.password.salt).is_err() || hex::decode(&user.password.hash).is_err() {
             return Err(UserError::BadHash(user.name.clone()));
         }
-        let old = self
-            .tree
-            .insert(user.name.as_bytes(), crate::store::encode(user))
-            .map_err(StoreError::from)?;
-        Ok(old.is_some())
+        Ok(self.records.insert(&user.name, user)?)
     }
 
     /// Removes a user; returns whether it existed.
     pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.tree.remove(name.as_bytes())?.is_some())
+        self.records.remove(name)
     }
 
     /// Whether any account exists.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.records.is_empty()
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! In the order a report flows through them:
 //!
-//! - [`report`]: the [`report::Report`] every message is made from.
-//! - [`plan`]: turns a report into the outbox entries it owes (HL7, MQTT, PACS push).
-//! - [`publish`]: from a committed result to its SR, SC and outbox entries.
-//! - [`outbox`]: the durable, ordered, bounded queue on sled; written in the same
-//!   transaction as the result.
+//! - [`report`]: the [`report::Report`] every message is made from (the domain module
+//!   [`crate::report`], re-exported).
+//! - [`plan`]: turns a report into the outbox entries it owes (HL7, MQTT, PACS push); the
+//!   record stage ([`crate::record`]) commits them with the result.
+//! - [`outbox`]: the durable, ordered, bounded queue (kept by the store); written in the
+//!   same transaction as the result.
 //! - [`worker`]: one task per destination; sends the head entry through a [`Channel`],
 //!   then marks it delivered, retried or rejected.
 //! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
@@ -22,11 +23,10 @@
 
 pub mod hl7;
 pub mod mqtt;
-pub mod outbox;
+pub use crate::store::outbox;
 pub mod pacs;
 pub mod plan;
-pub mod publish;
-pub mod report;
+pub use crate::report;
 pub mod secret;
 pub mod service;
 pub mod tls;

@@ -63,7 +63,9 @@ pub fn start(
     })?;
     let secret = Arc::new(secret);
     let outbox = Arc::new(
-        Outbox::open(store.db(), OutboxLimits::default()).context("cannot open the outbox")?,
+        store
+            .outbox(OutboxLimits::default())
+            .context("cannot open the outbox")?,
     );
     let plan = DeliveryPlan::from_config(config);
     let (tx, rx) = watch::channel(false);

@@ -3,7 +3,6 @@
 //! files must match. Any model is loaded from its manifest alone.
 
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Why a manifest (or the files it names) cannot be used.
@@ -408,19 +407,12 @@ fn verify(path: &Path, expected: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
-/// SHA-256 of a file, as lowercase hex.
+/// SHA-256 of a file, as lowercase hex (streamed by the one hashing helper,
+/// [`duli_firmware::hash_reader`], that also hashes firmware payloads).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(hex::encode(ctx.finish().as_ref()))
+    let (_, digest) = duli_firmware::hash_reader(&mut f)?;
+    Ok(hex::encode(digest))
 }
 
 #[cfg(test)]

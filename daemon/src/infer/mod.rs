@@ -16,7 +16,9 @@
 //! - [`findings`]: raw outputs → probabilities, thresholds, background classes.
 //! - [`analyse`]: one image file through all of the above (shared by daemon and CLI).
 //! - [`heatmap`]: occlusion-sensitivity heatmaps on a low-priority worker.
-//! - [`record`]: the study result and state transitions in the store.
+//! - [`record`]: the study state transitions of inference, checked by the store, and the
+//!   result records of [`crate::store::results`] (re-exported); results go to the record
+//!   stage ([`crate::record`]).
 //! - [`resume`]: heatmaps a restart left pending, queued again when the engine starts.
 //! - [`service`]: [`service::run_pipeline`], the daemon's inference stage, and
 //!   [`status`]: whether it has its model (shown by `/healthz` and the console).

@@ -12,31 +12,33 @@
 //!   nothing is stuck in memory), and loading is retried every `retry_after`; once it
 //!   works, every `queued`/`inferring` study in the store is analysed (this also resumes
 //!   studies interrupted by a crash or restart).
-//! - Per study: `queued → inferring → done`, with the result committed together with the
-//!   state change and any [`PipelineOptions::extra_writes`] (outbox entries), then flushed.
+//! - Per study: `queued → inferring → done`: the result goes to the record stage
+//!   ([`PipelineOptions::recorder`]), which commits it with the state change and all it
+//!   owes (outbox entries), then flushes.
 //!   A study none of whose images could be decoded ends in `error` with the reasons.
 //!   A study that received new instances meanwhile stays `receiving` (its next result is
 //!   version n+1).
 //! - Heatmaps are computed afterwards and recorded into the result (`heatmap` of each
 //!   image: pending → done with a PNG under `<data_dir>/heatmaps/<report_id>/`, or skipped
-//!   with the reason); those a restart left pending are queued again when the engine
-//!   starts ([`super::resume`]).
+//!   with the reason), each through the record stage ([`Recorder::record_heatmap`]); those
+//!   a restart left pending are queued again when the engine starts ([`super::resume`]).
 //! - Returns when the channel is closed and in-flight studies are finished.
 
 use super::analyse::{analysed, failed, not_analysed, prepare_file, Preparation};
 use super::engine::{Engine, EngineError};
 use super::findings::heatmap_target;
 use super::heatmap::{HeatmapJob, HeatmapWorker};
-use super::record::{self, Committed, ExtraWrites};
+use super::record;
 use super::resume::resume_heatmaps;
 use super::status::{ModelState, ModelStatus};
 use crate::config::InferenceConfig;
 use crate::model::StudyState;
+use crate::record::{Outcome, Recorder};
 use crate::result::{
     report_id, study_findings, HeatmapState, ImageResult, ImageStatus, ModelInfo, StudyResult,
     Timings,
 };
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::supervise::Beat;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,16 +54,13 @@ pub type EngineFactory = Arc<dyn Fn() -> Result<Engine, EngineError> + Send + Sy
 /// Options of [`run_pipeline_with`].
 #[derive(Clone)]
 pub struct PipelineOptions {
-    /// Extra writes committed with each result (the deliver stage's outbox entries).
-    pub extra_writes: Option<ExtraWrites>,
+    /// The record stage each result and heatmap goes to (one without delivery when
+    /// `None`).
+    pub recorder: Option<Arc<Recorder>>,
     /// Wait between attempts to load the engine.
     pub retry_after: Duration,
     /// Compute heatmaps.
     pub heatmaps: bool,
-    /// Told the `report_id` of each result once it is durable (e.g. `duli demo`).
-    pub on_result: Option<mpsc::UnboundedSender<String>>,
-    /// Called (on the heatmap thread) when an image's heatmap PNG is stored.
-    pub on_heatmap: Option<OnHeatmapReady>,
     /// Where the stage says whether it has its model.
     pub status: ModelStatus,
     /// The stage's heartbeat: beats each time round the loop and while it waits (for a
@@ -69,18 +68,12 @@ pub struct PipelineOptions {
     pub beat: Beat,
 }
 
-/// Callback of a stored heatmap: study UID, result version, SOP Instance UID, PNG path
-/// relative to the data directory.
-pub type OnHeatmapReady = Arc<dyn Fn(&str, u32, &str, &str) + Send + Sync>;
-
 impl Default for PipelineOptions {
     fn default() -> Self {
         Self {
-            extra_writes: None,
+            recorder: None,
             retry_after: Duration::from_secs(30),
             heatmaps: true,
-            on_result: None,
-            on_heatmap: None,
             status: ModelStatus::default(),
             beat: Beat::detached("infer"),
         }
@@ -110,8 +103,12 @@ pub async fn run_pipeline_on(
     store: Arc<Store>,
     factory: EngineFactory,
     rx: &mut mpsc::Receiver<String>,
-    options: PipelineOptions,
+    mut options: PipelineOptions,
 ) {
+    let recorder = options
+        .recorder
+        .get_or_insert_with(|| Arc::new(Recorder::new(Arc::clone(&store), None)))
+        .clone();
     let beat = options.beat.clone();
     let mut engine: Option<(Arc<Engine>, Option<HeatmapWorker>, Arc<Semaphore>)> = None;
     let mut backlog: VecDeque<String> = VecDeque::new();
@@ -126,7 +123,7 @@ pub async fn run_pipeline_on(
                 Ok(Ok(e)) => {
                     let e = Arc::new(e);
                     let heatmaps = if options.heatmaps {
-                        start_heatmaps(&store, &e, options.on_heatmap.clone())
+                        start_heatmaps(&recorder, &e)
                     } else {
                         None
                     };
@@ -206,8 +203,10 @@ pub async fn run_pipeline_on(
 }
 
 fn queue(store: &Store, uid: &str) {
-    if let Err(e) = record::mark_queued(store, uid) {
-        log::error!("study {uid}: cannot mark queued: {e}");
+    match record::mark_queued(store, uid) {
+        Ok(_) => {}
+        Err(e @ StoreError::Transition { .. }) => log::info!("study {uid}: {e}"),
+        Err(e) => log::error!("study {uid}: cannot mark queued: {e}"),
     }
 }
 
@@ -226,18 +225,15 @@ fn pending_studies(store: &Store) -> Vec<String> {
     }
 }
 
-fn start_heatmaps(
-    store: &Arc<Store>,
-    engine: &Arc<Engine>,
-    on_ready: Option<OnHeatmapReady>,
-) -> Option<HeatmapWorker> {
-    let store = Arc::clone(store);
+fn start_heatmaps(recorder: &Arc<Recorder>, engine: &Arc<Engine>) -> Option<HeatmapWorker> {
+    let recorder = Arc::clone(recorder);
     let on_done = Box::new(
         move |job: &HeatmapJob, out: super::heatmap::HeatmapOutcome| {
             let rid = report_id(&job.study_uid, job.version);
-            let code = engine_code(&store, job);
+            let store = recorder.store();
+            let code = engine_code(store, job);
             let (state, ms) = match out {
-                Ok((png, ms)) => match write_heatmap(&store, &rid, &job.sop_instance_uid, &png) {
+                Ok((png, ms)) => match write_heatmap(store, &rid, &job.sop_instance_uid, &png) {
                     Ok(path) => (HeatmapState::Done { code, path }, ms),
                     Err(e) => (
                         HeatmapState::Failed {
@@ -248,9 +244,7 @@ fn start_heatmaps(
                 },
                 Err(reason) => (HeatmapState::Failed { reason }, 0.0),
             };
-            let recorded = state.clone();
-            if let Err(e) = record::set_heatmap(
-                &store,
+            if let Err(e) = recorder.record_heatmap(
                 &job.study_uid,
                 job.version,
                 &job.sop_instance_uid,
@@ -258,11 +252,7 @@ fn start_heatmaps(
                 ms,
             ) {
                 log::error!("heatmap of {}: cannot record: {e}", job.sop_instance_uid);
-            } else if let (Some(cb), HeatmapState::Done { path, .. }) = (&on_ready, &recorded) {
-                let _ = store.flush_blocking();
-                cb(&job.study_uid, job.version, &job.sop_instance_uid, path);
             }
-            let _ = store.flush_blocking();
         },
     );
     match HeatmapWorker::start(Arc::clone(engine), on_done) {
@@ -323,9 +313,21 @@ pub async fn analyse_study(
     options: &PipelineOptions,
     uid: &str,
 ) {
-    if let Err(e) = record::mark_inferring(store, uid) {
-        log::error!("study {uid}: {e}");
-        return;
+    let recorder = options
+        .recorder
+        .clone()
+        .unwrap_or_else(|| Arc::new(Recorder::new(Arc::clone(store), None)));
+    match record::mark_inferring(store, uid) {
+        Ok(_) => {}
+        // Reopened by new instances since it was queued: assembly hands it on again.
+        Err(e @ StoreError::Transition { .. }) => {
+            log::info!("study {uid}: not analysed now: {e}");
+            return;
+        }
+        Err(e) => {
+            log::error!("study {uid}: {e}");
+            return;
+        }
     }
     let instances = match store.instances_of(uid) {
         Ok(i) => i,
@@ -406,45 +408,17 @@ pub async fn analyse_study(
         }
     }
     let result = build_result(uid, version, images, engine);
-    let analysed_any = result
-        .images
-        .iter()
-        .any(|i| i.status == ImageStatus::Analysed);
-    let errors: Vec<String> = result
-        .images
-        .iter()
-        .filter(|i| i.status == ImageStatus::Error)
-        .map(|i| {
-            format!(
-                "{}: {}",
-                i.sop_instance_uid,
-                i.reason.clone().unwrap_or_default()
-            )
-        })
-        .collect();
-    let all_failed = !analysed_any && !errors.is_empty();
-    let mut extra = match (&options.extra_writes, store.study(uid)) {
-        (Some(f), Ok(Some(study))) if !all_failed => f(&result, &study),
-        _ => Vec::new(),
-    };
+    let failure = crate::record::failure(&result);
     let pending: Vec<&str> = jobs.iter().map(|j| j.sop_instance_uid.as_str()).collect();
-    extra.extend(record::pending_heatmap_marks(uid, version, &pending));
-    match record::commit_result(store, &result, &extra) {
-        Ok(Committed::Done) if all_failed => {
-            let _ = record::mark_error(
-                store,
-                uid,
-                &format!("no image could be analysed: {}", errors.join("; ")),
-            );
-        }
-        Ok(_) => {}
-        Err(e) => {
-            log::error!("study {uid}: cannot record the result: {e}");
-            let _ = record::mark_error(store, uid, &format!("cannot record the result: {e}"));
-        }
-    }
-    if let Err(e) = store.flush().await {
-        log::error!("study {uid}: flush: {e}");
+    let recorded = recorder
+        .record_result(Outcome {
+            result: &result,
+            heatmaps_to_make: &pending,
+            failure: failure.as_deref(),
+        })
+        .await;
+    if let Err(e) = recorded {
+        log::error!("study {uid}: the result was not recorded: {e}");
     }
     log::info!(
         "study {uid}: result v{version} ({} images, triage {}) report {}",
@@ -452,9 +426,6 @@ pub async fn analyse_study(
         result.triage,
         result.report_id
     );
-    if let Some(tx) = &options.on_result {
-        let _ = tx.send(result.report_id.clone());
-    }
     if let Some(worker) = heatmaps {
         worker.submit_all(store, jobs);
     }

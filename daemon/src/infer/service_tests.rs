@@ -128,7 +128,7 @@ fn add_instance(
         .commit_instance(&inst, &StudyRecord::default())
         .unwrap();
     store
-        .set_study_state(study, StudyState::Complete, None)
+        .transition(study, &[StudyState::Receiving], StudyState::Complete)
         .unwrap();
 }
 
@@ -220,42 +220,42 @@ async fn heatmaps_left_pending_by_a_restart_are_made_on_the_next_start() {
     };
     for (study, sop) in [("1.2.5", "1.2.5.1"), ("1.2.6", "1.2.6.1")] {
         record::set_heatmap(&store, study, 1, sop, pending(), 0.0).unwrap();
-        for mark in record::pending_heatmap_marks(study, 1, &[sop]) {
-            store
-                .tree(&mark.tree)
-                .unwrap()
-                .insert(mark.key, mark.value)
-                .unwrap();
-        }
+        record::mark_pending_heatmap(&store, study, 1, sop).unwrap();
     }
     assert_eq!(record::pending_heatmaps(&store).unwrap().len(), 2);
     std::fs::remove_file(store.root().join("files/1.2.6/1.2.6.1.dcm")).unwrap();
 
-    let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = Arc::clone(&ready);
-    let options = PipelineOptions {
-        on_heatmap: Some(Arc::new(move |study: &str, v: u32, sop: &str, _: &str| {
-            seen.lock().unwrap().push(format!("{study} v{v} {sop}"));
-        })),
-        ..Default::default()
-    };
-    let (tx, task) = start(&store, options);
+    // The record stage announces each heatmap it records as made (the first run's last
+    // announcement follows its mark's removal by a flush: let it pass first).
+    let mut changes = store.changes();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    while changes.try_recv().is_ok() {}
+    let (tx, task) = start(&store, PipelineOptions::default());
     let HeatmapState::Done { path, code } = wait_heatmap(&store, "1.2.5").await else {
         panic!("heatmap not made after the restart");
     };
     assert_eq!(code, "PNEUMONIA");
     assert!(store.root().join(path).is_file());
-    // The callback runs just after the heatmap is recorded: give it a moment.
-    for _ in 0..100 {
-        if !ready.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(*ready.lock().unwrap(), vec!["1.2.5 v1 1.2.5.1".to_string()]);
     let HeatmapState::Skipped { reason } = wait_heatmap(&store, "1.2.6").await else {
         panic!("the heatmap of a vanished image is not recorded as skipped");
     };
+    let mut announced = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while announced.is_empty() {
+        match tokio::time::timeout_at(until, changes.recv()).await {
+            Ok(Ok(crate::store::Change::Result { study_uid })) => announced.push(study_uid),
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    // Nothing else is announced: the skipped heatmap is not a made one.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    while let Ok(change) = changes.try_recv() {
+        if let crate::store::Change::Result { study_uid } = change {
+            announced.push(study_uid);
+        }
+    }
+    assert_eq!(announced, vec!["1.2.5".to_string()]);
     assert!(!reason.is_empty());
     assert!(record::pending_heatmaps(&store).unwrap().is_empty());
     drop(tx);
@@ -288,14 +288,17 @@ async fn mixed_study_records_not_applicable_and_error_and_analyses_the_rest() {
             PrimitiveValue::U8(vec![1u8; 10].into()),
         ));
     });
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let options = PipelineOptions {
-        on_result: Some(done_tx),
-        ..Default::default()
-    };
-    let (tx, task) = start(&store, options);
+    // The record stage announces each durable result on the store's broadcast.
+    let mut changes = store.changes();
+    let (tx, task) = start(&store, PipelineOptions::default());
     tx.send(study.to_string()).await.unwrap();
-    let rid = done_rx.recv().await.unwrap();
+    loop {
+        match changes.recv().await.unwrap() {
+            crate::store::Change::Result { study_uid } if study_uid == study => break,
+            _ => {}
+        }
+    }
+    let rid = crate::result::report_id(study, 1);
     let s = wait_for(&store, study, &[StudyState::Done]).await;
     assert_eq!(s.result_version, 1);
     let r = record::latest_result(&store, study).unwrap().unwrap();

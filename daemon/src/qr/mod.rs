@@ -1,8 +1,8 @@
 //! The Query/Retrieve SCP (PS3.4 Annex C): C-FIND, C-MOVE and C-GET over the store's index,
 //! in the Study Root and Patient Root information models.
 //!
-//! - [`index`]: secondary index keys (patient ID, accession, study date, name) kept in the
-//!   same transaction as the study records.
+//! - [`index`]: secondary index keys (patient ID, accession, study date, name) kept by the
+//!   store in the same transaction as the study records.
 //! - [`matching`]: attribute matching rules (wildcards, ranges, lists, case).
 //! - [`charset`]: identifiers without Specific Character Set, and the responses' own.
 //! - [`query`]: identifiers to queries, queries to matches and response identifiers, and
@@ -16,7 +16,7 @@ pub mod c_get;
 pub mod c_move;
 pub mod charset;
 pub mod find;
-pub mod index;
+pub use crate::store::qr_index as index;
 pub mod matching;
 pub mod payload;
 pub mod query;

@@ -4,7 +4,7 @@
 //! identifier to the instances to send ([`select`]).
 
 use super::charset;
-use super::index::{self, Kind};
+use super::index::Kind;
 use super::matching::{self, Matcher};
 use crate::model::{InstanceRecord, StudyRecord};
 use crate::store::{Store, StoreError};
@@ -571,7 +571,6 @@ fn series_of(instances: &[InstanceRecord]) -> BTreeMap<(i64, String), Vec<&Insta
 /// The studies worth matching: narrowed by the indexed keys when the query has any,
 /// otherwise every study.
 fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryError> {
-    let tree = store.qr_keys();
     let mut narrowed: Option<HashSet<String>> = None;
     let mut intersect = |set: Vec<String>| {
         let set: HashSet<String> = set.into_iter().collect();
@@ -580,7 +579,6 @@ fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryErr
             Some(prev) => prev.intersection(&set).cloned().collect(),
         });
     };
-    let sled_err = |e: sled::Error| QueryError::Store(StoreError::Index(e));
     // Only keys that take part in matching at this level may narrow the search.
     let usable = query
         .keys
@@ -603,22 +601,22 @@ fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryErr
             _ => continue,
         };
         match &k.matcher {
-            Matcher::Single(v) => intersect(index::exact(tree, kind, v).map_err(sled_err)?),
+            Matcher::Single(v) => intersect(store.query_exact(kind, v)?),
             Matcher::List(vs) => {
                 let mut all = Vec::new();
                 for v in vs {
-                    all.extend(index::exact(tree, kind, v).map_err(sled_err)?);
+                    all.extend(store.query_exact(kind, v)?);
                 }
                 intersect(all);
             }
             Matcher::Wildcard(p) => {
                 let prefix: String = p.iter().take_while(|c| **c != '*' && **c != '?').collect();
                 if !prefix.is_empty() {
-                    intersect(index::prefixed(tree, kind, &prefix).map_err(sled_err)?);
+                    intersect(store.query_prefixed(kind, &prefix)?);
                 }
             }
             Matcher::Range { lo, hi } if kind == Kind::StudyDate => {
-                intersect(index::range(tree, kind, lo, hi).map_err(sled_err)?)
+                intersect(store.query_range(kind, lo, hi)?)
             }
             _ => {}
         }
@@ -727,9 +725,7 @@ pub fn select(
                 return Err(QueryError::MissingUniqueKey("Patient ID (0010,0020)"));
             }
             for id in ids {
-                for uid in index::exact(store.qr_keys(), Kind::PatientId, &id)
-                    .map_err(|e| QueryError::Store(StoreError::Index(e)))?
-                {
+                for uid in store.query_exact(Kind::PatientId, &id)? {
                     out.extend(store.instances_of(&uid)?);
                 }
             }

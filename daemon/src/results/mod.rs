@@ -10,7 +10,8 @@ pub mod sr;
 pub mod uids;
 
 use crate::model::InstanceRecord;
-use crate::store::{header, ExtraWrite, Store, StoreError};
+use crate::store::outbox::Batch;
+use crate::store::{header, Store, StoreError};
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// The AE title recorded as the source of objects this box generates.
@@ -72,14 +73,14 @@ pub fn store_object(
     write_object(store, obj, SOURCE_AE, true, &[])
 }
 
-/// [`store_object`], committing `extra` (e.g. the object's push entries) in the same
-/// index transaction.
+/// [`store_object`], committing `batches` (the object's push entries) in the same index
+/// transaction.
 pub fn store_object_with(
     store: &Store,
     obj: &FileDicomObject<InMemDicomObject>,
-    extra: &[ExtraWrite],
+    batches: &[Batch],
 ) -> Result<InstanceRecord, ResultsError> {
-    write_object(store, obj, SOURCE_AE, true, extra)
+    write_object(store, obj, SOURCE_AE, true, batches)
 }
 
 /// Writes `obj` into the store like [`store_object`], recorded as coming from
@@ -98,7 +99,7 @@ fn write_object(
     obj: &FileDicomObject<InMemDicomObject>,
     source_ae: &str,
     generated: bool,
-    extra: &[ExtraWrite],
+    batches: &[Batch],
 ) -> Result<InstanceRecord, ResultsError> {
     let mut bytes = Vec::with_capacity(64 * 1024);
     obj.write_all(&mut bytes)
@@ -107,13 +108,13 @@ fn write_object(
     file.write(&bytes)?;
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
-    Ok(store.place_and_commit(staged, &header, source_ae, generated, extra)?)
+    Ok(store.place_and_commit(staged, &header, source_ae, generated, batches)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::report::fixtures;
+    use crate::report::fixtures;
 
     fn tool(name: &str) -> Option<std::path::PathBuf> {
         std::env::var_os("PATH")?
@@ -163,13 +164,10 @@ mod tests {
             .unwrap();
         assert_eq!(study.patient_name, "Conceição^João^Maria^Dr.^Jr.");
         // Generated objects do not reopen the study.
-        store
-            .set_study_state(
-                &report.study.study_instance_uid,
-                crate::model::StudyState::Done,
-                None,
-            )
-            .unwrap();
+        store.force_state(
+            &report.study.study_instance_uid,
+            crate::model::StudyState::Done,
+        );
         // Building again (a resend) replaces, never duplicates.
         store_object(&store, &sr::build(&report, &uids, &[source]).unwrap()).unwrap();
         assert_eq!(store.instance_count(), 2);

@@ -6,7 +6,7 @@ use super::overlay::Rgb;
 use super::sr::common_header;
 use super::uids::ResultUids;
 use super::ResultsError;
-use crate::deliver::report::Report;
+use crate::report::Report;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};

@@ -12,8 +12,8 @@
 //!   flags to match: Preliminary Flag `PRELIMINARY`, Verification Flag `UNVERIFIED`.
 
 use super::uids::ResultUids;
-use crate::deliver::report::Report;
 use crate::model::InstanceRecord;
+use crate::report::Report;
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -308,10 +308,10 @@ pub fn build(
         let finding_code = Code {
             value: &f.code,
             scheme: "99DULI",
-            meaning: if f.display.is_empty() {
-                &f.label
+            meaning: if f.label.is_empty() {
+                &f.code
             } else {
-                &f.display
+                &f.label
             },
         };
         findings.push(container(
@@ -319,8 +319,8 @@ pub fn build(
             finding_code,
             vec![
                 code_value_item("CONTAINS", FINDING, finding_code),
-                num_item("CONTAINS", PROBABILITY, f.probability),
-                num_item("CONTAINS", THRESHOLD, f.threshold),
+                num_item("CONTAINS", PROBABILITY, f64::from(f.probability)),
+                num_item("CONTAINS", THRESHOLD, f64::from(f.threshold)),
                 code_value_item("CONTAINS", POSITIVE, if f.positive { YES } else { NO }),
             ],
         ));

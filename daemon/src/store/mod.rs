@@ -1,13 +1,27 @@
 //! The embedded store: Part 10 files under `files/` ([`files`]) and an index in sled
 //! (instances, studies with their state, and the trees later stages keep: results, outbox,
-//! users, audit).
+//! users, sessions, audit, feedback).
 //!
-//! sled is beta, so it stays behind this module: the index carries a schema version, can be
-//! rebuilt from the files ([`Store::reindex`], also automatic when the index is missing or
-//! unreadable), and every acknowledgement waits for [`Store::flush`].
+//! sled is beta, so it stays behind this module: no other module names it. Later stages
+//! reach their records through typed handles ([`records::Records`], [`outbox::Outbox`],
+//! [`results`]), study states change only through the checked [`Store::transition`], and
+//! the query keys of C-FIND ([`qr_index`]) are written in the same transaction as the
+//! study records. The index carries a schema version, can be rebuilt from the files
+//! ([`Store::reindex`], also automatic when the index is missing or unreadable), and every
+//! acknowledgement waits for [`Store::flush`].
+//!
+//! - [`files`]: the Part 10 file area; [`header`]: what the index keeps of a file's header.
+//! - [`records`]: typed JSON record trees and the one decode-mutate-encode loop.
+//! - [`qr_index`]: the secondary query keys of the study records.
+//! - [`results`]: study results and the heatmap marks, committed with the study state.
+//! - [`outbox`]: the durable delivery queue, written in the same transaction as a result.
 
 pub mod files;
 pub mod header;
+pub mod outbox;
+pub mod qr_index;
+pub mod records;
+pub mod results;
 
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use files::FileArea;
@@ -24,7 +38,7 @@ const META: &str = "meta";
 const INSTANCES: &str = "instances";
 const STUDIES: &str = "studies";
 const STUDY_INSTANCES: &str = "study_instances";
-/// Meta key set once the query indexes ([`crate::qr::index`]) are maintained.
+/// Meta key set once the query indexes ([`qr_index`]) are maintained.
 const QR_INDEX_MARK: &str = "qr_index_version";
 
 /// Errors of the store.
@@ -51,6 +65,21 @@ pub enum StoreError {
         key: String,
         /// The decoding error.
         reason: String,
+    },
+    /// The study is not in the index.
+    #[error("study {0} is not in the index")]
+    UnknownStudy(String),
+    /// A study state change that does not start from an expected state.
+    #[error("study {uid} is {found}, not {expected}: it does not become {to}")]
+    Transition {
+        /// Study Instance UID.
+        uid: String,
+        /// The state the study is in.
+        found: &'static str,
+        /// The states the change may start from.
+        expected: String,
+        /// The state asked for.
+        to: &'static str,
     },
     /// The index was written by a newer version of the software.
     #[error("index schema version {found} is newer than this software's {SCHEMA_VERSION}")]
@@ -107,16 +136,17 @@ pub enum Change {
     },
 }
 
-/// One more write to commit in the same transaction as an index change (e.g. the outbox
-/// entries of a result, or the push entries of a generated object).
+/// One more write to commit in the same transaction as an index change (the outbox
+/// entries of a result or of a generated object, the marks of heatmaps still to make).
+/// Made only inside the store, from typed values ([`outbox::Batch`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtraWrite {
+struct ExtraWrite {
     /// Tree name.
-    pub tree: String,
+    tree: String,
     /// Key.
-    pub key: Vec<u8>,
+    key: Vec<u8>,
     /// Value.
-    pub value: Vec<u8>,
+    value: Vec<u8>,
 }
 
 /// The store of one data directory. Cheap to share behind an `Arc`.
@@ -167,7 +197,7 @@ impl Store {
             instances: db.open_tree(INSTANCES)?,
             studies: db.open_tree(STUDIES)?,
             study_instances: db.open_tree(STUDY_INSTANCES)?,
-            qr_keys: db.open_tree(crate::qr::index::TREE)?,
+            qr_keys: db.open_tree(qr_index::TREE)?,
             db,
             files,
             count: AtomicU64::new(0),
@@ -198,7 +228,7 @@ impl Store {
         if !rebuild && store.meta.get(QR_INDEX_MARK)?.is_none() {
             // A store written before the query indexes existed: derive them from the studies.
             let studies = store.studies()?;
-            crate::qr::index::rebuild(&store.qr_keys, studies.iter())?;
+            qr_index::rebuild(&store.qr_keys, studies.iter())?;
             log::info!("query indexes built for {} studies", studies.len());
         }
         store.meta.insert(QR_INDEX_MARK, &[1u8])?;
@@ -246,14 +276,25 @@ impl Store {
         self.files.root()
     }
 
-    /// A named tree for a later stage's records (results, outbox, users, audit).
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+    /// A named tree (for this module's typed handles only).
+    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// The underlying database, for multi-tree transactions of later stages.
-    pub fn db(&self) -> &sled::Db {
-        &self.db
+    /// The typed records of the tree `name` (users, sessions, audit, feedback).
+    pub fn records<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<records::Records<T>, StoreError> {
+        Ok(records::Records::new(self.tree(name)?))
+    }
+
+    /// Opens the outbox (its trees live in this store) and counts what it holds.
+    pub fn outbox(
+        &self,
+        limits: outbox::OutboxLimits,
+    ) -> Result<outbox::Outbox, outbox::OutboxError> {
+        outbox::Outbox::open(&self.db, limits)
     }
 
     /// Number of instances in the index.
@@ -294,7 +335,7 @@ impl Store {
     }
 
     /// [`Store::commit_instance`] with `extra` writes in the same transaction.
-    pub fn commit_instance_with(
+    fn commit_instance_with(
         &self,
         instance: &InstanceRecord,
         study_attrs: &StudyRecord,
@@ -364,7 +405,7 @@ impl Store {
                 study.error = None;
             }
             studies.insert(study_key, encode(&study))?;
-            crate::qr::index::update(qr_keys, old.as_ref(), &study)?;
+            qr_index::update(qr_keys, old.as_ref(), &study)?;
             write_extra(&views[4..], &names, extra)?;
             Ok(InstanceCommit {
                 new_instance,
@@ -381,7 +422,7 @@ impl Store {
 
     /// Places a complete, fsync'd file whose header was read, and indexes it in one
     /// transaction (not durable until [`Store::flush`]). Received instances and the
-    /// objects this box generates both come in this way; `extra` commits in the same
+    /// objects this box generates both come in this way; `batches` commit in the same
     /// transaction (a generated object's push entries).
     pub fn place_and_commit(
         &self,
@@ -389,13 +430,14 @@ impl Store {
         header: &header::Header,
         source_ae: &str,
         generated: bool,
-        extra: &[ExtraWrite],
+        batches: &[outbox::Batch],
     ) -> Result<InstanceRecord, StoreError> {
         // Checked before the file is placed too: the placement would overwrite ours.
         let sop = &header.instance.sop_instance_uid;
         if !generated && self.instance(sop)?.is_some_and(|i| i.generated) {
             return Err(StoreError::Protected(sop.clone()));
         }
+        let extra = batch_writes(batches)?;
         let size = staged.size();
         let rel = self
             .files
@@ -413,12 +455,12 @@ impl Store {
         // The caller says whether this box made it; a header claiming to come from this
         // box proves nothing.
         rec.generated = generated;
-        self.commit_instance_with(&rec, &header.study, extra)?;
+        self.commit_instance_with(&rec, &header.study, &extra)?;
         Ok(rec)
     }
 
     /// The distinct trees `extra` writes to, by name, opened (for a transaction over them).
-    pub fn extra_trees(
+    fn extra_trees(
         &self,
         extra: &[ExtraWrite],
     ) -> Result<(Vec<String>, Vec<sled::Tree>), StoreError> {
@@ -477,52 +519,114 @@ impl Store {
         Ok(out)
     }
 
-    /// The tree of query keys ([`crate::qr::index`]).
-    pub fn qr_keys(&self) -> &sled::Tree {
-        &self.qr_keys
+    /// Study UIDs whose `kind` query key equals `value` exactly ([`qr_index`]).
+    pub fn query_exact(
+        &self,
+        kind: qr_index::Kind,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(qr_index::exact(&self.qr_keys, kind, value)?)
     }
 
-    /// Sets a study's state (and error reason). Returns the updated record, or `None` when
-    /// the study is unknown. Not durable until [`Store::flush`].
-    pub fn set_study_state(
+    /// Study UIDs whose `kind` query key starts with `prefix`.
+    pub fn query_prefixed(
+        &self,
+        kind: qr_index::Kind,
+        prefix: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(qr_index::prefixed(&self.qr_keys, kind, prefix)?)
+    }
+
+    /// Study UIDs whose `kind` query key lies in `lo..=hi` (either bound open when empty).
+    pub fn query_range(
+        &self,
+        kind: qr_index::Kind,
+        lo: &str,
+        hi: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(qr_index::range(&self.qr_keys, kind, lo, hi)?)
+    }
+
+    /// Moves a study to state `to`, clearing its error reason, if it is in one of `from`;
+    /// otherwise nothing changes and [`StoreError::Transition`] says what it is in. The
+    /// new record is broadcast. Not durable until [`Store::flush`].
+    pub fn transition(
         &self,
         study_uid: &str,
-        state: StudyState,
+        from: &[StudyState],
+        to: StudyState,
+    ) -> Result<StudyRecord, StoreError> {
+        self.checked_state_change(study_uid, from, to, None)
+    }
+
+    /// [`Store::transition`] to `error`, recording `reason`.
+    pub fn transition_to_error(
+        &self,
+        study_uid: &str,
+        from: &[StudyState],
+        reason: &str,
+    ) -> Result<StudyRecord, StoreError> {
+        self.checked_state_change(study_uid, from, StudyState::Error, Some(reason.to_string()))
+    }
+
+    fn checked_state_change(
+        &self,
+        study_uid: &str,
+        from: &[StudyState],
+        to: StudyState,
         error: Option<String>,
-    ) -> Result<Option<StudyRecord>, StoreError> {
-        self.update_study(study_uid, |s| {
-            s.state = state;
-            s.error = error.clone();
-        })
+    ) -> Result<StudyRecord, StoreError> {
+        let mut found = None;
+        let rec = records::update_json(
+            &self.studies,
+            study_uid.as_bytes(),
+            |s: &mut StudyRecord| {
+                if from.contains(&s.state) {
+                    found = None;
+                    s.state = to;
+                    s.error = error.clone();
+                } else {
+                    found = Some(s.state);
+                }
+            },
+        )?;
+        let Some(rec) = rec else {
+            return Err(StoreError::UnknownStudy(study_uid.to_string()));
+        };
+        match found {
+            None => {
+                self.notify(Change::Study(Box::new(rec.clone())));
+                Ok(rec)
+            }
+            Some(found) => Err(StoreError::Transition {
+                uid: study_uid.to_string(),
+                found: found.as_str(),
+                expected: from
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+                to: to.as_str(),
+            }),
+        }
     }
 
-    /// Changes a study record atomically with `f`.
-    pub fn update_study(
+    /// Sets a study's state without the check of [`Store::transition`] (tests that need a
+    /// study in a given state).
+    #[cfg(test)]
+    pub(crate) fn force_state(&self, study_uid: &str, state: StudyState) {
+        self.update_study(study_uid, |s| s.state = state)
+            .expect("study state")
+            .expect("known study");
+    }
+
+    /// Changes a study record atomically with `f`, and broadcasts the result.
+    fn update_study(
         &self,
         study_uid: &str,
-        f: impl Fn(&mut StudyRecord),
+        f: impl FnMut(&mut StudyRecord),
     ) -> Result<Option<StudyRecord>, StoreError> {
-        let mut failed = None;
-        let out = self.studies.update_and_fetch(study_uid.as_bytes(), |old| {
-            let old = old?;
-            match serde_json::from_slice::<StudyRecord>(old) {
-                Ok(mut rec) => {
-                    f(&mut rec);
-                    Some(encode(&rec))
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        if let Some(reason) = failed {
-            return Err(StoreError::Corrupt {
-                key: study_uid.to_string(),
-                reason,
-            });
-        }
-        let rec: Option<StudyRecord> = out.map(|v| decode(study_uid.as_bytes(), &v)).transpose()?;
+        let rec = records::update_json(&self.studies, study_uid.as_bytes(), f)?;
         if let Some(r) = &rec {
             self.notify(Change::Study(Box::new(r.clone())));
         }
@@ -532,27 +636,12 @@ impl Store {
     /// Marks an instance's pixel data as pruned by retention (its file is gone). Not
     /// durable until [`Store::flush`].
     pub fn mark_pruned(&self, sop_uid: &str) -> Result<(), StoreError> {
-        let mut failed = None;
-        self.instances.update_and_fetch(sop_uid.as_bytes(), |old| {
-            let old = old?;
-            match serde_json::from_slice::<InstanceRecord>(old) {
-                Ok(mut rec) => {
-                    rec.pruned = true;
-                    Some(encode(&rec))
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        match failed {
-            Some(reason) => Err(StoreError::Corrupt {
-                key: sop_uid.to_string(),
-                reason,
-            }),
-            None => Ok(()),
-        }
+        records::update_json(
+            &self.instances,
+            sop_uid.as_bytes(),
+            |rec: &mut InstanceRecord| rec.pruned = true,
+        )?;
+        Ok(())
     }
 
     /// Counts studies per state.
@@ -683,10 +772,7 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreE
 }
 
 /// Reads one JSON record from a tree.
-pub fn get_json<T: DeserializeOwned>(
-    tree: &sled::Tree,
-    key: &str,
-) -> Result<Option<T>, StoreError> {
+fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
     tree.get(key.as_bytes())?
         .map(|v| decode(key.as_bytes(), &v))
         .transpose()
@@ -695,7 +781,7 @@ pub fn get_json<T: DeserializeOwned>(
 /// Applies `extra` inside a transaction whose views of the trees `names` are `views`
 /// (as opened by [`Store::extra_trees`]; extra writes never target the trees the
 /// transaction itself writes).
-pub fn write_extra(
+fn write_extra(
     views: &[sled::transaction::TransactionalTree],
     names: &[String],
     extra: &[ExtraWrite],
@@ -710,6 +796,21 @@ pub fn write_extra(
         }
     }
     Ok(())
+}
+
+/// The writes of outbox batches, for a transaction of the store.
+fn batch_writes(batches: &[outbox::Batch]) -> Result<Vec<ExtraWrite>, StoreError> {
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(b.writes().map_err(|e| match e {
+            outbox::OutboxError::Db(e) => StoreError::Index(e),
+            other => StoreError::Corrupt {
+                key: outbox::TREE.to_string(),
+                reason: other.to_string(),
+            },
+        })?);
+    }
+    Ok(out)
 }
 
 fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
@@ -837,6 +938,59 @@ mod tests {
         assert_eq!(s.patient_name, "João Conceição");
         assert_eq!(s.instances, 2);
         assert_eq!(store.instances_of("1.2").unwrap().len(), 2);
+    }
+
+    /// A state change happens only from the states it names: otherwise the study is left
+    /// as it is, nothing is broadcast, and the error says what it is in.
+    #[test]
+    fn transitions_are_checked_against_the_current_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .commit_instance(&inst("1.2", "1.2.1"), &StudyRecord::default())
+            .unwrap();
+        let mut changes = store.changes();
+        let err = store
+            .transition("1.2", &[StudyState::Queued], StudyState::Inferring)
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Transition {
+                    found: "receiving",
+                    to: "inferring",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            changes.try_recv().is_err(),
+            "a refused change is not broadcast"
+        );
+        assert_eq!(
+            store.study("1.2").unwrap().unwrap().state,
+            StudyState::Receiving
+        );
+
+        let s = store
+            .transition("1.2", &[StudyState::Receiving], StudyState::Complete)
+            .unwrap();
+        assert_eq!(s.state, StudyState::Complete);
+        assert!(
+            matches!(changes.try_recv(), Ok(Change::Study(s)) if s.state == StudyState::Complete)
+        );
+        let s = store
+            .transition_to_error("1.2", &[StudyState::Complete], "no pixels")
+            .unwrap();
+        assert_eq!(
+            (s.state, s.error.as_deref()),
+            (StudyState::Error, Some("no pixels"))
+        );
+        assert!(matches!(
+            store.transition("9.9", &[StudyState::Receiving], StudyState::Complete),
+            Err(StoreError::UnknownStudy(_))
+        ));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use duli::deliver::outbox::{Backoff, Destination, Outbox, OutboxLimits};
-use duli::deliver::report::{Report, ReportFinding};
+use duli::deliver::report::{Finding, Report};
 use duli::deliver::worker::WorkerOptions;
 use duli::model::StudyRecord;
 use std::io::BufRead;
@@ -207,7 +207,7 @@ pub fn make_pki(dir: &Path) -> Pki {
 /// An outbox on a fresh store in `dir`.
 pub fn outbox(dir: &Path) -> (duli::store::Store, Arc<Outbox>) {
     let store = duli::store::Store::open(dir).unwrap();
-    let ob = Outbox::open(store.db(), OutboxLimits::default()).unwrap();
+    let ob = store.outbox(OutboxLimits::default()).unwrap();
     (store, Arc::new(ob))
 }
 
@@ -253,11 +253,10 @@ pub fn report(i: usize) -> Report {
             modalities: vec!["DX".into()],
             ..Default::default()
         },
-        findings: vec![ReportFinding {
-            label: "PNEUMONIA".into(),
+        findings: vec![Finding {
+            label: "Pneumonia".into(),
             code: "233604007".into(),
-            display: "Pneumonia".into(),
-            probability: (i % 100) as f64 / 100.0,
+            probability: (i % 100) as f32 / 100.0,
             threshold: 0.5,
             positive: (i % 100) >= 50,
         }],

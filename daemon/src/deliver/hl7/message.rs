@@ -413,12 +413,12 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
                     format!(
                         "{}^{}^{}",
                         escape(&f.code),
-                        escape(&f.display),
+                        escape(&f.label),
                         LOCAL_CODING_SYSTEM
                     ),
                 )
-                .set(5, number(f.probability))
-                .set(7, format!("<{}", number(f.threshold)))
+                .set(5, number(f64::from(f.probability)))
+                .set(7, format!("<{}", number(f64::from(f.threshold))))
                 .set(8, if f.positive { "A" } else { "N" })
                 .set(11, "P")
                 .set(14, study_dt.clone())

@@ -6,7 +6,7 @@
 //! `docs/mqtt-report.schema.json`.
 
 use crate::deliver::outbox::{DestStats, Fill};
-use crate::deliver::report::Report;
+use crate::deliver::report::{Finding, Report};
 use crate::deliver::secret::SiteSecret;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -30,21 +30,27 @@ pub fn cloud_report_id(secret: &SiteSecret, report_id: &str) -> String {
     secret.pseudonym(REPORT_DOMAIN, report_id)
 }
 
-/// A finding as the cloud receives it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FindingPayload {
-    /// Model label.
-    pub label: String,
-    /// Finding code.
-    pub code: String,
-    /// Code meaning.
-    pub display: String,
-    /// Probability in `[0, 1]`.
-    pub probability: f64,
-    /// Operating threshold.
-    pub threshold: f64,
-    /// Probability reached the threshold.
-    pub positive: bool,
+/// A finding as the cloud receives it (schema v1): a view of a report's [`Finding`], with
+/// the finding's code as `label` and its display name as `display`.
+#[derive(Serialize)]
+struct FindingView<'a> {
+    label: &'a str,
+    code: &'a str,
+    display: &'a str,
+    probability: f64,
+    threshold: f64,
+    positive: bool,
+}
+
+fn findings_v1<S: serde::Serializer>(findings: &[Finding], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(findings.iter().map(|f| FindingView {
+        label: &f.code,
+        code: &f.code,
+        display: &f.label,
+        probability: f64::from(f.probability),
+        threshold: f64::from(f.threshold),
+        positive: f.positive,
+    }))
 }
 
 /// The model that made a report.
@@ -83,7 +89,8 @@ pub struct ReportPayload {
     /// Number of images analysed.
     pub image_count: usize,
     /// Findings.
-    pub findings: Vec<FindingPayload>,
+    #[serde(serialize_with = "findings_v1")]
+    pub findings: Vec<Finding>,
     /// Triaged urgent.
     pub triage: bool,
     /// The model.
@@ -133,18 +140,7 @@ pub fn report_payload(
         created_at: rfc3339(report.created_at),
         modalities: s.modalities.clone(),
         image_count: report.source_sop_instance_uids.len(),
-        findings: report
-            .findings
-            .iter()
-            .map(|f| FindingPayload {
-                label: f.label.clone(),
-                code: f.code.clone(),
-                display: f.display.clone(),
-                probability: f.probability,
-                threshold: f.threshold,
-                positive: f.positive,
-            })
-            .collect(),
+        findings: report.findings.clone(),
         triage: report.triage,
         model: ModelPayload {
             name: report.model_name.clone(),
@@ -355,6 +351,31 @@ pub fn to_json<T: Serialize>(payload: &T) -> String {
 mod tests {
     use super::*;
     use crate::deliver::report::fixtures;
+
+    /// The findings of schema v1 are a view of the one finding type: the code as `label`
+    /// and `code`, the display name as `display`, in this field order.
+    #[test]
+    fn findings_keep_the_v1_names_and_order() {
+        let report = fixtures::report();
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        let json = to_json(&report_payload(&report, &secret, "s", "d"));
+        let at = json.find("\"findings\":[").unwrap();
+        assert!(
+            json[at..].starts_with(
+                "\"findings\":[{\"label\":\"233604007\",\"code\":\"233604007\",\"display\":\"Pneumonia\",\"probability\":0.87345"
+            ),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["findings"][1]["display"], "Pleural effusion");
+        assert_eq!(
+            v["findings"][1]["threshold"]
+                .as_f64()
+                .map(|t| (t * 10.0).round()),
+            Some(4.0)
+        );
+        assert_eq!(v["findings"][1]["positive"], false);
+    }
 
     #[test]
     fn report_payload_carries_no_direct_identifiers() {

@@ -1,9 +1,11 @@
 //! The durable outbox: every message a study result owes to a peer, on sled (tree
-//! `outbox`), until that peer acknowledges it.
+//! `outbox`), until that peer acknowledges it. Kept by the store; the deliver stage
+//! drains it (re-exported as `deliver::outbox`).
 //!
-//! - **Same transaction as the result.** [`Outbox::enqueue_in`] writes entries inside the
-//!   caller's multi-tree transaction (`(&results, outbox.tree()).transaction(..)`), then
-//!   [`Outbox::committed`] updates the counters and wakes the destinations' workers.
+//! - **Same transaction as the result.** A [`Batch`] handed to the store's result or
+//!   object commit ([`super::results::commit_result`], [`super::Store::place_and_commit`])
+//!   is written inside that transaction; once it is durable [`Outbox::committed`] updates
+//!   the counters and wakes the destinations' workers.
 //! - **In order per destination.** Keys are `destination 0x00 id` with `id` from sled's
 //!   monotonic `generate_id`, so a prefix scan yields a destination's queue in commit order;
 //!   [`Outbox::head`] is the first entry that is not dead (head-of-line: later entries wait).
@@ -467,6 +469,32 @@ impl Entry {
     }
 }
 
+/// Entries to write in the same transaction as another commit (a result, a generated
+/// object). After the commit is durable, call [`Outbox::committed`] with `entries`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The outbox the entries join.
+    pub outbox: &'a Outbox,
+    /// The entries.
+    pub entries: &'a [NewEntry],
+}
+
+impl Batch<'_> {
+    /// The writes of the batch, with ids allocated in order, for the store's transaction.
+    pub(super) fn writes(&self) -> Result<Vec<super::ExtraWrite>, OutboxError> {
+        Ok(self
+            .outbox
+            .prepare(self.entries)?
+            .into_iter()
+            .map(|(key, value)| super::ExtraWrite {
+                tree: TREE.to_string(),
+                key,
+                value,
+            })
+            .collect())
+    }
+}
+
 /// The outbox. Share it behind an `Arc`: workers, the result commit and the CLI use it.
 #[derive(Debug)]
 pub struct Outbox {
@@ -482,8 +510,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Opens the outbox trees in `db` and counts what they hold.
-    pub fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
+    /// Opens the outbox trees in `db` and counts what they hold ([`super::Store::outbox`]).
+    pub(super) fn open(db: &sled::Db, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
         let outbox = Outbox {
             tree: db.open_tree(TREE)?,
             delivered: db.open_tree(DELIVERED_TREE)?,

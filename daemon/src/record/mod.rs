@@ -1,0 +1,448 @@
+//! The record stage: from a typed study result to everything it owes, committed at once.
+//!
+//! Inference hands a [`StudyResult`] to [`Recorder::record_result`]; the recorder builds
+//! the [`Report`] from it and the study record, stores the Structured Report
+//! ([`crate::results::sr`]), plans every outbox entry (HL7, MQTT, the SR's push to each
+//! PACS: [`crate::deliver::plan`]), and commits the result, the study's state change, the
+//! entries and the marks of the heatmaps still to make in ONE store transaction
+//! ([`crate::store::results::commit_result`]). Once that is durable it tells the outbox
+//! (fill level, workers woken) and broadcasts the result.
+//!
+//! A heatmap made later (the occlusion map) comes back through
+//! [`Recorder::record_heatmap`]: its state is recorded into the result, and the first one of
+//! a report becomes the Secondary Capture ([`secondary_capture`]), stored in one
+//! transaction with its push entries. A radiologist's [`Feedback`] joins the outbox through
+//! [`Recorder::record_feedback`].
+//!
+//! Without delivery (tests, `duli demo` without peers) only the result and its marks are
+//! committed. Manual uploads without a real patient are never sent anywhere.
+
+pub mod secondary_capture;
+
+use crate::deliver::plan::DeliveryPlan;
+use crate::deliver::secret::SiteSecret;
+use crate::model::{StudyRecord, StudyState};
+use crate::report::{Feedback, Report};
+use crate::result::{HeatmapState, ImageStatus, StudyResult};
+use crate::results::{self, uids::ResultUids};
+use crate::store::outbox::{Batch, Kind, NewEntry, Outbox};
+use crate::store::results::{self as stored, Committed};
+use crate::store::{Change, Store, StoreError};
+use std::sync::Arc;
+
+pub use secondary_capture::SC_MAX_SIDE;
+
+/// Where a result's deliverables go: the running delivery stage.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The outbox the entries join.
+    pub outbox: Arc<Outbox>,
+    /// What each report owes.
+    pub plan: DeliveryPlan,
+    /// The key of the pseudonyms.
+    pub secret: Arc<SiteSecret>,
+    /// The root of the UIDs of the result objects.
+    pub uid_root: String,
+}
+
+/// What inference found for a study, as handed to the record stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    /// The study result.
+    pub result: &'a StudyResult,
+    /// SOP Instance UIDs of the images whose heatmap is still to make.
+    pub heatmaps_to_make: &'a [&'a str],
+    /// Why no image could be analysed, when none could: the study ends in `error` and
+    /// nothing is delivered.
+    pub failure: Option<&'a str>,
+}
+
+/// The record stage of one store. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Recorder {
+    store: Arc<Store>,
+    delivery: Option<Delivery>,
+}
+
+/// Studies that came from the console's manual upload (no real patient) are analysed and
+/// shown, never sent.
+pub fn is_manual_upload(study: &StudyRecord) -> bool {
+    study.patient_id.starts_with("UPLOAD-")
+}
+
+impl Recorder {
+    /// A recorder committing into `store`, planning deliveries when `delivery` is given.
+    pub fn new(store: Arc<Store>, delivery: Option<Delivery>) -> Recorder {
+        Recorder { store, delivery }
+    }
+
+    /// The store it records into.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Records a study result with all it owes (see the module docs), makes it durable,
+    /// then wakes delivery and broadcasts it. A result is never lost because a message
+    /// could not be prepared: such a failure is logged and the result recorded without it.
+    pub async fn record_result(&self, outcome: Outcome<'_>) -> Result<Committed, StoreError> {
+        let result = outcome.result;
+        let uid = result.study_instance_uid.as_str();
+        let entries = match (&self.delivery, outcome.failure) {
+            (Some(d), None) => match self.store.study(uid) {
+                Ok(Some(study)) => self.deliverables(d, result, &study),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let batches: Vec<Batch> = match &self.delivery {
+            Some(d) if !entries.is_empty() => vec![Batch {
+                outbox: &d.outbox,
+                entries: &entries,
+            }],
+            _ => Vec::new(),
+        };
+        let committed =
+            stored::commit_result(&self.store, result, &batches, outcome.heatmaps_to_make);
+        match (&committed, outcome.failure) {
+            (Ok(Committed::Done), Some(reason)) => {
+                let reason = format!("no image could be analysed: {reason}");
+                if let Err(e) = self
+                    .store
+                    .transition_to_error(uid, &[StudyState::Done], &reason)
+                {
+                    log::error!("study {uid}: {e}");
+                }
+            }
+            (Ok(_), _) => {}
+            (Err(e), _) => {
+                log::error!("study {uid}: cannot record the result: {e}");
+                let reason = format!("cannot record the result: {e}");
+                let from = [StudyState::Queued, StudyState::Inferring, StudyState::Done];
+                let _ = self.store.transition_to_error(uid, &from, &reason);
+            }
+        }
+        self.store.flush().await?;
+        if committed.is_ok() {
+            for b in &batches {
+                b.outbox.committed(b.entries);
+            }
+            self.store.notify(Change::Result {
+                study_uid: uid.to_string(),
+            });
+        }
+        committed
+    }
+
+    /// The Structured Report stored and the outbox entries planned for `result` (none for
+    /// a manual upload, or when the entries cannot be planned).
+    fn deliverables(
+        &self,
+        d: &Delivery,
+        result: &StudyResult,
+        study: &StudyRecord,
+    ) -> Vec<NewEntry> {
+        if is_manual_upload(study) {
+            log::info!(
+                "study {}: manual upload, not delivered",
+                study.study_instance_uid
+            );
+            return Vec::new();
+        }
+        let report = Report::from_result(result, study);
+        let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret);
+        let mut batch = d.plan.report_entries(&report, &d.secret);
+        let sources: Vec<_> = report
+            .source_sop_instance_uids
+            .iter()
+            .filter_map(|uid| self.store.instance(uid).ok().flatten())
+            .collect();
+        match results::sr::build(&report, &uids, &sources)
+            .and_then(|sr| results::store_object(&self.store, &sr))
+        {
+            Ok(rec) => batch.extend(d.plan.push_entries(
+                &report.report_id,
+                Kind::StructuredReport,
+                std::slice::from_ref(&rec.sop_instance_uid),
+            )),
+            Err(e) => log::error!(
+                "study {}: structured report not made: {e}",
+                study.study_instance_uid
+            ),
+        }
+        batch
+    }
+
+    /// Records the heatmap state of one image of result `version` of `study_uid`, made
+    /// `heatmap_ms` after the result; a heatmap that is done is broadcast and, the first of
+    /// its report, becomes the Secondary Capture pushed to PACS. Blocking: call from a
+    /// blocking context.
+    pub fn record_heatmap(
+        &self,
+        study_uid: &str,
+        version: u32,
+        sop_uid: &str,
+        state: HeatmapState,
+        heatmap_ms: f64,
+    ) -> Result<(), StoreError> {
+        let png = match &state {
+            HeatmapState::Done { path, .. } => Some(path.clone()),
+            _ => None,
+        };
+        stored::set_heatmap(&self.store, study_uid, version, sop_uid, state, heatmap_ms)?;
+        self.store.flush_blocking()?;
+        if let Some(png) = png {
+            self.store.notify(Change::Result {
+                study_uid: study_uid.to_string(),
+            });
+            if let Some(d) = &self.delivery {
+                self.secondary_capture(d, study_uid, version, sop_uid, &png);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the study's Secondary Capture (once per report: its UID derives from the
+    /// report id, so the store says whether it exists, across restarts too) and commits it
+    /// with its push entries.
+    fn secondary_capture(&self, d: &Delivery, study_uid: &str, version: u32, sop: &str, png: &str) {
+        let Ok(Some(result)) = stored::result(&self.store, study_uid, version) else {
+            return;
+        };
+        let Ok(Some(study)) = self.store.study(study_uid) else {
+            return;
+        };
+        if is_manual_upload(&study) {
+            return;
+        }
+        let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
+        // Under the UID an earlier version gave it, too.
+        let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id).sc_instance;
+        if [&uids.sc_instance, &unkeyed]
+            .iter()
+            .any(|uid| matches!(self.store.instance(uid), Ok(Some(_))))
+        {
+            return;
+        }
+        let report = Report::from_result(&result, &study);
+        let made = secondary_capture::build(&self.store, &report, &uids, sop, png).and_then(|sc| {
+            let entries = d.plan.push_entries(
+                &report.report_id,
+                Kind::SecondaryCapture,
+                std::slice::from_ref(&uids.sc_instance),
+            );
+            let batch = Batch {
+                outbox: &d.outbox,
+                entries: &entries,
+            };
+            results::store_object_with(&self.store, &sc, &[batch]).map_err(|e| e.to_string())?;
+            Ok(entries)
+        });
+        match made {
+            Ok(entries) => match self.store.flush_blocking() {
+                Ok(()) => d.outbox.committed(&entries),
+                Err(e) => log::error!("study {study_uid}: store flush after the SC failed: {e}"),
+            },
+            Err(e) => log::error!("study {study_uid}: heatmap secondary capture not made: {e}"),
+        }
+    }
+
+    /// Queues a radiologist's feedback for the cloud (pseudonymised; the comment and the
+    /// user name are never sent). Manual uploads, and a box without delivery, send nothing.
+    pub fn record_feedback(&self, f: &Feedback, role: &str) -> Result<(), String> {
+        let Some(d) = &self.delivery else {
+            log::info!(
+                "feedback on {} recorded; no delivery configured",
+                f.study_uid
+            );
+            return Ok(());
+        };
+        if let Ok(Some(study)) = self.store.study(&f.study_uid) {
+            if is_manual_upload(&study) {
+                return Ok(());
+            }
+        }
+        let fb = crate::deliver::mqtt::payload::Feedback {
+            report_id: crate::result::report_id(&f.study_uid, f.result_version.max(1)),
+            study_instance_uid: f.study_uid.clone(),
+            agree: f.agree,
+            finding: f.finding.clone(),
+            reviewer_role: role.to_string(),
+            created_at: f.at_ms / 1000,
+        };
+        let batch = d.plan.feedback_entries(&fb, &d.secret);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        d.outbox
+            .enqueue(&batch)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Why no image of `result` could be analysed, when none could and some failed (the
+/// study then ends in `error`); `None` when any image was analysed.
+pub fn failure(result: &StudyResult) -> Option<String> {
+    if result
+        .images
+        .iter()
+        .any(|i| i.status == ImageStatus::Analysed)
+    {
+        return None;
+    }
+    let errors: Vec<String> = result
+        .images
+        .iter()
+        .filter(|i| i.status == ImageStatus::Error)
+        .map(|i| {
+            format!(
+                "{}: {}",
+                i.sop_instance_uid,
+                i.reason.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceRecord;
+    use crate::result::{ImageResult, Timings};
+    use crate::store::outbox::{Destination, OutboxLimits};
+
+    fn result(study: &str, status: ImageStatus) -> StudyResult {
+        let image = ImageResult {
+            sop_instance_uid: format!("{study}.1"),
+            series_instance_uid: format!("{study}.0"),
+            status,
+            reason: Some("undecodable".into()),
+            findings: Vec::new(),
+            timings: Timings::default(),
+            heatmap: HeatmapState::None,
+            caveat: None,
+        };
+        crate::result::fixtures::study_result(study, vec![image])
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<Store>, Recorder, Arc<Outbox>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let outbox = Arc::new(store.outbox(OutboxLimits::default()).unwrap());
+        let mut cfg = crate::config::Config::default();
+        cfg.hl7.enabled = true;
+        cfg.mqtt.enabled = true;
+        let delivery = Delivery {
+            outbox: Arc::clone(&outbox),
+            plan: DeliveryPlan::from_config(&cfg),
+            secret: Arc::new(SiteSecret::from_bytes(&[7u8; 32])),
+            uid_root: "1.2.826.0.1.3680043.8.498".into(),
+        };
+        let recorder = Recorder::new(Arc::clone(&store), Some(delivery));
+        (dir, store, recorder, outbox)
+    }
+
+    fn add_study(store: &Store, study: &str, patient: &str) {
+        let inst = InstanceRecord {
+            sop_instance_uid: format!("{study}.1"),
+            study_instance_uid: study.into(),
+            received_at: 1,
+            ..Default::default()
+        };
+        let attrs = StudyRecord {
+            patient_id: patient.into(),
+            ..Default::default()
+        };
+        store.commit_instance(&inst, &attrs).unwrap();
+        store.force_state(study, StudyState::Inferring);
+    }
+
+    /// One call records the result, the study's `done`, the SR and every outbox entry,
+    /// wakes delivery only then and broadcasts the result.
+    #[tokio::test]
+    async fn a_result_is_recorded_with_its_report_entries_and_sr_then_announced() {
+        let (_dir, store, recorder, outbox) = setup();
+        add_study(&store, "1.2.9", "PAT-1");
+        let mut changes = store.changes();
+        let r = result("1.2.9", ImageStatus::Analysed);
+        let committed = recorder
+            .record_result(Outcome {
+                result: &r,
+                heatmaps_to_make: &["1.2.9.1"],
+                failure: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed, Committed::Done);
+        assert_eq!(
+            store.study("1.2.9").unwrap().unwrap().state,
+            StudyState::Done
+        );
+        assert!(stored::result(&store, "1.2.9", 1).unwrap().is_some());
+        let dests: Vec<Destination> = outbox
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.dest)
+            .collect();
+        assert_eq!(dests.len(), 2, "{dests:?}");
+        assert!(dests.contains(&Destination::Hl7) && dests.contains(&Destination::Mqtt));
+        assert_eq!(
+            outbox.fill().entries,
+            2,
+            "the outbox was told of the committed entries"
+        );
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
+        let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
+        assert!(store.instance(&sr).unwrap().is_some(), "the SR is stored");
+        assert_eq!(
+            stored::pending_heatmaps(&store).unwrap(),
+            vec![("1.2.9".to_string(), 1, "1.2.9.1".to_string())]
+        );
+        let mut announced = false;
+        while let Ok(c) = changes.try_recv() {
+            announced |= matches!(c, Change::Result { study_uid } if study_uid == "1.2.9");
+        }
+        assert!(announced);
+    }
+
+    /// A study none of whose images could be analysed ends in `error` and owes nothing;
+    /// a manual upload is recorded but never sent.
+    #[tokio::test]
+    async fn failed_studies_and_manual_uploads_owe_nothing() {
+        let (_dir, store, recorder, outbox) = setup();
+        add_study(&store, "1.3.1", "PAT-2");
+        let r = result("1.3.1", ImageStatus::Error);
+        let why = failure(&r).unwrap();
+        assert!(why.contains("undecodable"), "{why}");
+        recorder
+            .record_result(Outcome {
+                result: &r,
+                heatmaps_to_make: &[],
+                failure: Some(&why),
+            })
+            .await
+            .unwrap();
+        let s = store.study("1.3.1").unwrap().unwrap();
+        assert_eq!(s.state, StudyState::Error);
+        assert!(s.error.unwrap().contains("no image could be analysed"));
+
+        add_study(&store, "1.3.2", "UPLOAD-42");
+        let r = result("1.3.2", ImageStatus::Analysed);
+        assert!(failure(&r).is_none());
+        recorder
+            .record_result(Outcome {
+                result: &r,
+                heatmaps_to_make: &[],
+                failure: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.study("1.3.2").unwrap().unwrap().state,
+            StudyState::Done
+        );
+        assert!(outbox.list(None).unwrap().is_empty());
+    }
+}

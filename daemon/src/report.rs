@@ -1,0 +1,225 @@
+//! The domain records made from a study result for the world outside: the [`Report`]
+//! every message and result object is built from, and a radiologist's [`Feedback`] on it.
+//!
+//! Kept apart from the inference result type on purpose: the record stage
+//! ([`crate::record`]) converts a result into a [`Report`] together with the [`StudyRecord`]
+//! of the study ([`Report::from_result`]), and from then on every message (HL7, MQTT, DICOM
+//! push) and result object (SR, SC) is built from this one value.
+
+use crate::model::StudyRecord;
+/// One finding of a report: the study-level finding of the result (the maximum over its
+/// images). The wire formats are views of it (HL7 OBX, the MQTT `findings` of schema v1).
+pub use crate::result::Finding;
+use crate::result::{ImageStatus, StudyResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A study report, as delivered to the RIS, the cloud and PACS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Idempotency key of every message made from this report (derived from the study
+    /// and the version). It goes to the cloud as is, so it must not be a raw DICOM UID.
+    pub report_id: String,
+    /// Result version: 1 for the first result of a study, n+1 when later instances arrive.
+    pub version: u32,
+    /// Patient and study attributes of the study.
+    pub study: StudyRecord,
+    /// Findings, in the model's label order.
+    pub findings: Vec<Finding>,
+    /// The study is triaged urgent (a finding reached its threshold).
+    pub triage: bool,
+    /// Model name.
+    pub model_name: String,
+    /// Model version.
+    pub model_version: String,
+    /// SHA-256 of the model weights (hex).
+    pub model_sha256: String,
+    /// Stage timings in milliseconds (e.g. `decode`, `infer`, `total`).
+    pub timings_ms: BTreeMap<String, f64>,
+    /// SOP Instance UIDs of the images the report was made from.
+    pub source_sop_instance_uids: Vec<String>,
+    /// Why the study was not analysed: outside the model's intended use (e.g. "age 45 y
+    /// outside the model's 1–5 y"). The report then has no findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
+    /// What a reader must know about the findings (e.g. the patient's age is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
+    /// When the result was made, seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+impl Report {
+    /// The report of `result` for `study`: its findings, model, timings and the images it
+    /// was made from (those analysed).
+    pub fn from_result(result: &StudyResult, study: &StudyRecord) -> Report {
+        let mut timings = BTreeMap::new();
+        timings.insert("decode".to_string(), result.timings.decode_ms);
+        timings.insert("preprocess".to_string(), result.timings.preprocess_ms);
+        timings.insert("infer".to_string(), result.timings.infer_ms);
+        Report {
+            report_id: result.report_id.clone(),
+            version: result.version,
+            study: study.clone(),
+            findings: result.findings.clone(),
+            triage: result.triage,
+            model_name: result.model.name.clone(),
+            model_version: result.model.version.clone(),
+            model_sha256: result.model.sha256.clone(),
+            timings_ms: timings,
+            source_sop_instance_uids: result
+                .images
+                .iter()
+                .filter(|i| i.status == ImageStatus::Analysed)
+                .map(|i| i.sop_instance_uid.clone())
+                .collect(),
+            not_applicable: result.not_applicable_reason(),
+            caveat: result.caveat(),
+            created_at: crate::clock::now_secs(),
+        }
+    }
+
+    /// Whether this report corrects an earlier one (HL7 OBR-25 `C`).
+    pub fn is_correction(&self) -> bool {
+        self.version > 1
+    }
+
+    /// What every message says besides the findings: why the study was not analysed, or
+    /// the caveat of its findings (HL7 NTE, SR comments).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(reason) = &self.not_applicable {
+            notes.push(format!(
+                "Not applicable: outside the model's intended use ({reason}); not analysed."
+            ));
+        }
+        if let Some(caveat) = &self.caveat {
+            notes.push(format!("Caveat: {caveat}"));
+        }
+        notes
+    }
+}
+
+/// A radiologist's feedback on a study's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Who gave it.
+    pub user: String,
+    /// Agrees with the AI result.
+    pub agree: bool,
+    /// Free-text comment (may be empty).
+    pub comment: String,
+    /// The finding it is about, when it is about one (label), else the whole result.
+    #[serde(default)]
+    pub finding: Option<String>,
+    /// Result version it refers to.
+    #[serde(default)]
+    pub result_version: u32,
+    /// When, milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A report with awkward characters in every free-text field.
+    pub fn report() -> Report {
+        Report {
+            report_id: "r-7f3a9c2e01".into(),
+            version: 1,
+            study: StudyRecord {
+                study_instance_uid: "1.2.826.0.1.3680043.8.498.1".into(),
+                patient_id: "PAT|001^X".into(),
+                patient_name: "Conceição^João^Maria^Dr.^Jr.".into(),
+                patient_birth_date: "19800215".into(),
+                patient_sex: "M".into(),
+                accession_number: "ACC&42".into(),
+                study_date: "20240131".into(),
+                study_time: "093015.123456".into(),
+                study_description: "Tórax PA\\AP ~ test".into(),
+                ..Default::default()
+            },
+            findings: vec![
+                Finding {
+                    label: "Pneumonia".into(),
+                    code: "233604007".into(),
+                    probability: 0.87346,
+                    threshold: 0.5,
+                    positive: true,
+                },
+                Finding {
+                    label: "Pleural effusion".into(),
+                    code: "60046008".into(),
+                    probability: 0.12,
+                    threshold: 0.4,
+                    positive: false,
+                },
+            ],
+            triage: true,
+            model_name: "pneumonia-xception".into(),
+            model_version: "1.0.0".into(),
+            model_sha256: "ab".repeat(32),
+            timings_ms: [("infer".to_string(), 27.5), ("total".to_string(), 80.25)]
+                .into_iter()
+                .collect(),
+            source_sop_instance_uids: vec!["1.2.826.0.1.3680043.8.498.1.1.1".into()],
+            not_applicable: None,
+            caveat: None,
+            created_at: 1_706_693_415,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::{HeatmapState, ImageResult, Timings};
+
+    fn image(status: ImageStatus, reason: Option<&str>, caveat: Option<&str>) -> ImageResult {
+        ImageResult {
+            sop_instance_uid: format!("1.2.3.{}", status.as_str()),
+            series_instance_uid: "1.2.3.0".into(),
+            status,
+            reason: reason.map(Into::into),
+            caveat: caveat.map(Into::into),
+            findings: Vec::new(),
+            timings: Timings::default(),
+            heatmap: HeatmapState::None,
+        }
+    }
+
+    fn result(images: Vec<ImageResult>) -> StudyResult {
+        crate::result::fixtures::study_result("1.2.3", images)
+    }
+
+    #[test]
+    fn the_intended_use_verdict_of_the_result_is_the_reports() {
+        let study = StudyRecord::default();
+        let outside = result(vec![image(
+            ImageStatus::NotApplicable,
+            Some("age 45 y outside the model's 1\u{2013}5 y"),
+            None,
+        )]);
+        let r = Report::from_result(&outside, &study);
+        assert_eq!(
+            r.not_applicable.as_deref(),
+            Some("age 45 y outside the model's 1\u{2013}5 y")
+        );
+        assert_eq!(r.caveat, None);
+        assert!(r.source_sop_instance_uids.is_empty());
+        assert!(r.notes()[0].starts_with("Not applicable: outside the model's intended use"));
+
+        let unknown_age = result(vec![image(
+            ImageStatus::Analysed,
+            None,
+            Some("patient age unknown"),
+        )]);
+        let r = Report::from_result(&unknown_age, &study);
+        assert_eq!(r.not_applicable, None);
+        assert_eq!(r.caveat.as_deref(), Some("patient age unknown"));
+        assert_eq!(r.notes(), vec!["Caveat: patient age unknown".to_string()]);
+    }
+}

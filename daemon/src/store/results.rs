@@ -1,0 +1,295 @@
+//! Study results in the store.
+//!
+//! A result is committed in ONE transaction with the study's state change (`inferring →
+//! done`) and any extra writes a later stage adds (the outbox entries): see
+//! [`commit_result`]. Keys of the `results` tree are
+//! `<study uid> NUL <version as 8 hex digits>`, so a study's versions sort in order.
+//!
+//! Heatmaps still to make are marked in their own tree (written with the result, removed
+//! when the heatmap is recorded), so a restart finds them without reading every result.
+
+use super::records::update_json;
+use super::{decode, encode, write_extra, Change, Store, StoreError};
+use crate::model::{StudyRecord, StudyState};
+use crate::result::{HeatmapState, StudyResult};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// Tree of study results.
+pub const RESULTS_TREE: &str = "results";
+/// Marks of heatmaps still to make: `<result key> NUL <SOP Instance UID>`, empty values.
+pub const PENDING_HEATMAPS_TREE: &str = "heatmaps_pending";
+use super::outbox::Batch;
+use super::{batch_writes, ExtraWrite};
+
+/// What committing a result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Recorded; the study is `done`.
+    Done,
+    /// Recorded, but instances arrived meanwhile: the study stays `receiving` and will be
+    /// analysed again as version n+1.
+    Superseded,
+}
+
+/// Key of a result in [`RESULTS_TREE`].
+pub fn result_key(study_uid: &str, version: u32) -> Vec<u8> {
+    let mut k = study_uid.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(format!("{version:08x}").as_bytes());
+    k
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Commits `result`, moves the study to `done` (unless new instances reopened it) with
+/// `result_version = result.version`, writes the outbox `batches` and marks the heatmaps
+/// of `pending_heatmaps` (SOP Instance UIDs) as still to make — all in one transaction; the
+/// new study record is broadcast ([`Store::changes`]). Not durable until [`Store::flush`];
+/// tell each batch's outbox ([`super::outbox::Outbox::committed`]) once it is.
+pub fn commit_result(
+    store: &Store,
+    result: &StudyResult,
+    batches: &[Batch],
+    pending_heatmaps: &[&str],
+) -> Result<Committed, StoreError> {
+    let mut extra = batch_writes(batches)?;
+    extra.extend(pending_heatmap_marks(
+        &result.study_instance_uid,
+        result.version,
+        pending_heatmaps,
+    ));
+    let extra = extra.as_slice();
+    let (names, extra_trees) = store.extra_trees(extra)?;
+    let results_tree = store.tree(RESULTS_TREE)?;
+    let mut refs: Vec<&sled::Tree> = vec![&results_tree, &store.studies];
+    refs.extend(extra_trees.iter());
+    let key = result_key(&result.study_instance_uid, result.version);
+    let value = encode(result);
+    let uid = result.study_instance_uid.as_str();
+    let out = refs.as_slice().transaction(|views| {
+        let (results, studies) = (&views[0], &views[1]);
+        let Some(raw) = studies.get(uid.as_bytes())? else {
+            return Err(corrupt(uid, "the study is not in the index"));
+        };
+        let mut study: StudyRecord = serde_json::from_slice(&raw).map_err(|e| corrupt(uid, e))?;
+        results.insert(key.as_slice(), value.as_slice())?;
+        let outcome = if study.state == StudyState::Receiving {
+            Committed::Superseded
+        } else {
+            study.state = StudyState::Done;
+            study.error = None;
+            Committed::Done
+        };
+        study.result_version = study.result_version.max(result.version);
+        studies.insert(uid.as_bytes(), encode(&study))?;
+        write_extra(&views[2..], &names, extra)?;
+        Ok((outcome, study))
+    });
+    match out {
+        Ok((outcome, study)) => {
+            // Like every write of a study record, the state change is broadcast.
+            store.notify(Change::Study(Box::new(study)));
+            Ok(outcome)
+        }
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Index(e)),
+    }
+}
+
+/// One result version of a study.
+pub fn result(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+) -> Result<Option<StudyResult>, StoreError> {
+    let key = result_key(study_uid, version);
+    store
+        .tree(RESULTS_TREE)?
+        .get(&key)?
+        .map(|v| decode(&key, &v))
+        .transpose()
+}
+
+/// The latest result of a study.
+pub fn latest_result(store: &Store, study_uid: &str) -> Result<Option<StudyResult>, StoreError> {
+    let mut prefix = study_uid.as_bytes().to_vec();
+    prefix.push(0);
+    match store.tree(RESULTS_TREE)?.scan_prefix(&prefix).next_back() {
+        Some(kv) => {
+            let (k, v) = kv?;
+            Ok(Some(decode(&k, &v)?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The marks of the heatmaps of `sops` in result `version` of `study_uid`, to commit with
+/// the result.
+fn pending_heatmap_marks(study_uid: &str, version: u32, sops: &[&str]) -> Vec<ExtraWrite> {
+    sops.iter()
+        .map(|sop| ExtraWrite {
+            tree: PENDING_HEATMAPS_TREE.to_string(),
+            key: pending_key(study_uid, version, sop),
+            value: Vec::new(),
+        })
+        .collect()
+}
+
+fn pending_key(study_uid: &str, version: u32, sop: &str) -> Vec<u8> {
+    let mut k = result_key(study_uid, version);
+    k.push(0);
+    k.extend_from_slice(sop.as_bytes());
+    k
+}
+
+/// The heatmaps marked as still to make: (study UID, result version, SOP Instance UID).
+/// Marks that do not parse are skipped.
+pub fn pending_heatmaps(store: &Store) -> Result<Vec<(String, u32, String)>, StoreError> {
+    let mut out = Vec::new();
+    for item in store.tree(PENDING_HEATMAPS_TREE)?.iter() {
+        let (key, _) = item?;
+        let mut parts = key.split(|b| *b == 0);
+        let (Some(study), Some(version), Some(sop)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let version = std::str::from_utf8(version)
+            .ok()
+            .and_then(|v| u32::from_str_radix(v, 16).ok());
+        if let (Ok(study), Some(version), Ok(sop)) = (
+            std::str::from_utf8(study),
+            version,
+            std::str::from_utf8(sop),
+        ) {
+            out.push((study.to_string(), version, sop.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Marks the heatmap of `sop` in result `version` of `study_uid` as still to make, outside
+/// a result commit (tests of the restart path).
+#[cfg(test)]
+pub(crate) fn mark_pending_heatmap(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+    sop: &str,
+) -> Result<(), StoreError> {
+    store
+        .tree(PENDING_HEATMAPS_TREE)?
+        .insert(pending_key(study_uid, version, sop), &[])?;
+    Ok(())
+}
+
+/// Removes the mark of a heatmap that is no longer to be made.
+pub fn clear_pending_heatmap(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+    sop: &str,
+) -> Result<(), StoreError> {
+    store
+        .tree(PENDING_HEATMAPS_TREE)?
+        .remove(pending_key(study_uid, version, sop))?;
+    Ok(())
+}
+
+/// Records the heatmap state of one image of a result; a state other than pending
+/// clears its mark (a crash in between leaves a mark the next start discards).
+pub fn set_heatmap(
+    store: &Store,
+    study_uid: &str,
+    version: u32,
+    sop_instance_uid: &str,
+    state: HeatmapState,
+    heatmap_ms: f64,
+) -> Result<(), StoreError> {
+    let key = result_key(study_uid, version);
+    update_json(&store.tree(RESULTS_TREE)?, &key, |r: &mut StudyResult| {
+        for img in r
+            .images
+            .iter_mut()
+            .filter(|i| i.sop_instance_uid == sop_instance_uid)
+        {
+            img.heatmap = state.clone();
+            img.timings.heatmap_ms = heatmap_ms;
+        }
+        r.timings.heatmap_ms = r.images.iter().map(|i| i.timings.heatmap_ms).sum();
+    })?;
+    if !matches!(state, HeatmapState::Pending { .. }) {
+        clear_pending_heatmap(store, study_uid, version, sop_instance_uid)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::outbox::{Destination, Kind, NewEntry, OutboxLimits, Payload};
+
+    /// The outbox entries of a result commit with it or not at all: a result whose study
+    /// is not in the index is refused, and no entry is left behind.
+    #[test]
+    fn outbox_entries_commit_with_the_result_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = store.outbox(OutboxLimits::default()).unwrap();
+        let entries = vec![NewEntry {
+            dest: Destination::Hl7,
+            kind: Kind::Report,
+            report_id: "r-1".into(),
+            payload: Payload::Hl7 {
+                message: "MSH|^~\\&|DULI\r".into(),
+            },
+        }];
+        let result = StudyResult {
+            report_id: "r-1".into(),
+            study_instance_uid: "4.4".into(),
+            version: 1,
+            images: Vec::new(),
+            findings: Vec::new(),
+            triage: false,
+            model: crate::result::ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: String::new(),
+            },
+            timings: Default::default(),
+            created_at: 0,
+        };
+        let batch = Batch {
+            outbox: &outbox,
+            entries: &entries,
+        };
+        let err = commit_result(&store, &result, &[batch], &["4.4.1"]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(outbox.list(None).unwrap().is_empty());
+        assert!(pending_heatmaps(&store).unwrap().is_empty());
+        assert!(super::result(&store, "4.4", 1).unwrap().is_none());
+
+        store
+            .commit_instance(
+                &crate::model::InstanceRecord {
+                    sop_instance_uid: "4.4.1".into(),
+                    study_instance_uid: "4.4".into(),
+                    ..Default::default()
+                },
+                &StudyRecord::default(),
+            )
+            .unwrap();
+        store.force_state("4.4", StudyState::Inferring);
+        assert_eq!(
+            commit_result(&store, &result, &[batch], &["4.4.1"]).unwrap(),
+            Committed::Done
+        );
+        assert_eq!(outbox.list(None).unwrap().len(), 1);
+        assert_eq!(pending_heatmaps(&store).unwrap().len(), 1);
+    }
+}
