@@ -133,9 +133,12 @@ fn run_gate(
         return Ok(None);
     }
     let net = crate::infer::gate::network(manifest, id.precision).map_err(|e| e.to_string())?;
-    eprintln!("duli evaluate: gate: scoring the same {} images at f32", cases.len());
-    let reference = Engine::at_precision(manifest_path, cfg, Precision::F32)
-        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "duli evaluate: gate: scoring the same {} images at f32",
+        cases.len()
+    );
+    let reference =
+        Engine::at_precision(manifest_path, cfg, Precision::F32).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let f32_scored = score_all(&reference, cases, threads);
     let f32_elapsed = started.elapsed();
@@ -265,7 +268,9 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             elapsed,
         ) {
             Ok(Some(g)) => {
-                eprint!("{}", super::gate::summary(&g));
+                if opts.json {
+                    eprint!("{}", super::gate::summary(&g));
+                }
                 if !g.passed {
                     status = GATE_FAILED;
                 }

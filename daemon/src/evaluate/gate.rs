@@ -107,10 +107,9 @@ pub fn compare(
         }
         let (auc_f32, auc_p) = (auc(reference, i), auc(gated, i));
         match (auc_f32, auc_p) {
-            (Some(a), Some(b)) if b < a => reasons.push(format!(
-                "{}: AUC {b:.4} below f32's {a:.4}",
-                label.code
-            )),
+            (Some(a), Some(b)) if b < a => {
+                reasons.push(format!("{}: AUC {b:.4} below f32's {a:.4}", label.code))
+            }
             (Some(_), Some(_)) => {}
             _ => reasons.push(format!(
                 "{}: no AUC (the set needs positives and negatives)",

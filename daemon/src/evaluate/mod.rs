@@ -13,8 +13,8 @@
 //! - [`cli`]: the command.
 pub mod cli;
 pub mod dataset;
-pub mod gate;
 pub mod delong;
+pub mod gate;
 pub mod metrics;
 pub mod plot;
 pub mod report;

@@ -56,6 +56,7 @@ impl Mode {
             Mode::Throughput => "THROUGHPUT",
         }
     }
+}
 
 /// A runtime able to compile networks described by manifests.
 pub trait Backend: Send {

@@ -109,13 +109,17 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
     let (e, log) = engine(Scheduling::Auto, Precision::Bf16);
     assert_eq!(
         *log.compiled.lock().unwrap(),
-        [(Mode::Latency, Precision::Bf16), (Mode::Throughput, Precision::Bf16)]
+        [
+            (Mode::Latency, Precision::Bf16),
+            (Mode::Throughput, Precision::Bf16)
+        ]
     );
     assert_eq!(e.workers(), 3);
     assert_eq!(e.identity().precision, Precision::Bf16);
     // One image at a time: every run on the latency request.
     for _ in 0..3 {
-        e.infer_blocking(vec![0.0; e.manifest().input_len()]).unwrap();
+        e.infer_blocking(vec![0.0; e.manifest().input_len()])
+            .unwrap();
     }
     assert_eq!(log.latency_runs.load(Ordering::SeqCst), 3);
     assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 0);
@@ -126,7 +130,8 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
             let e = Arc::clone(&e);
             s.spawn(move || {
                 for _ in 0..2 {
-                    e.infer_blocking(vec![0.0; e.manifest().input_len()]).unwrap();
+                    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+                        .unwrap();
                 }
             });
         }
@@ -149,14 +154,22 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
 #[test]
 fn latency_and_throughput_hints_keep_one_network() {
     let (e, log) = engine(Scheduling::Latency, Precision::F32);
-    assert_eq!(*log.compiled.lock().unwrap(), [(Mode::Latency, Precision::F32)]);
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [(Mode::Latency, Precision::F32)]
+    );
     assert_eq!(e.workers(), 1);
-    e.infer_blocking(vec![0.0; e.manifest().input_len()]).unwrap();
+    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+        .unwrap();
     assert_eq!(log.latency_runs.load(Ordering::SeqCst), 1);
     let (e, log) = engine(Scheduling::Throughput, Precision::F32);
-    assert_eq!(*log.compiled.lock().unwrap(), [(Mode::Throughput, Precision::F32)]);
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [(Mode::Throughput, Precision::F32)]
+    );
     assert_eq!(e.workers(), 3);
-    e.infer_blocking(vec![0.0; e.manifest().input_len()]).unwrap();
+    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+        .unwrap();
     assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 1);
     assert_eq!(Scheduling::from_hint("AUTO"), Scheduling::Auto);
     assert_eq!(Scheduling::from_hint("THROUGHPUT"), Scheduling::Throughput);

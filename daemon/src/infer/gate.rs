@@ -201,7 +201,11 @@ pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, String
         ));
     }
     if record.cpu_feature != feature || record.precision != net.precision {
-        return Err(format!("{}: not a record of {} on {feature}", path.display(), net.precision));
+        return Err(format!(
+            "{}: not a record of {} on {feature}",
+            path.display(),
+            net.precision
+        ));
     }
     if !record.passed {
         return Err(format!(
@@ -349,7 +353,11 @@ name = "A"
                 gated: ms,
             },
             passed,
-            reasons: if passed { vec![] } else { vec!["A: 1 flipped".into()] },
+            reasons: if passed {
+                vec![]
+            } else {
+                vec!["A: 1 flipped".into()]
+            },
         }
     }
 

@@ -233,7 +233,10 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
         // Without native bf16 OpenVINO computes in f32: the same numbers as f32.
         if !precision.differs_from_f32(&flags) {
             for ((file, a), (_, b)) in got.iter().zip(&f32_probs) {
-                assert_eq!(a, b, "{file}: {precision} without native support differs from f32");
+                assert_eq!(
+                    a, b,
+                    "{file}: {precision} without native support differs from f32"
+                );
             }
         }
         let path = golden_path(precision, feature);
@@ -274,7 +277,10 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
             let (n, q): (f32, f32) = (v[1].parse().unwrap(), v[2].parse().unwrap());
             let d = (p[0] - n).abs().max((p[1] - q).abs());
             worst = worst.max(d);
-            assert!(d <= 1e-3, "{precision} {file}: got {p:?}, golden [{n}, {q}]");
+            assert!(
+                d <= 1e-3,
+                "{precision} {file}: got {p:?}, golden [{n}, {q}]"
+            );
         }
         let shift = got
             .iter()

@@ -161,10 +161,7 @@ mod tests {
             assert_eq!(p.to_string(), p.as_str());
         }
         assert_eq!("AUTO".parse(), Ok(PrecisionSetting::Auto));
-        assert_eq!(
-            "bf16".parse(),
-            Ok(PrecisionSetting::Fixed(Precision::Bf16))
-        );
+        assert_eq!("bf16".parse(), Ok(PrecisionSetting::Fixed(Precision::Bf16)));
         assert!("fp16".parse::<PrecisionSetting>().is_err());
     }
 

@@ -1780,6 +1780,7 @@ pub fn record_result(
             name: "pneumonia-xception".into(),
             version: model_version.into(),
             sha256: String::new(),
+            precision: "f32".into(),
         },
         timings: Timings::default(),
         created_at: 0,
