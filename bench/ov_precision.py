@@ -48,7 +48,8 @@ compiled = core.compile_model(model, "CPU", {
     "PERFORMANCE_HINT": "LATENCY",
     "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
 })
-actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+actual = hint.to_string() if hasattr(hint, "to_string") else str(hint)
 req = compiled.create_infer_request()
 req.infer({0: tensor(files[0])})
 times, probs = [], []
