@@ -295,3 +295,46 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
     }
     eprintln!("golden at other precisions: {checked} file(s) checked");
 }
+
+#[test]
+fn auto_hint_gives_the_latency_probabilities_alone_and_in_a_burst() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let latency = Engine::new(&cfg).unwrap();
+    let want = sample_probabilities(&latency, &dir);
+    drop(latency);
+    let auto_cfg = crate::config::InferenceConfig {
+        performance_hint: "AUTO".into(),
+        ..cfg
+    };
+    let engine = std::sync::Arc::new(Engine::new(&auto_cfg).unwrap());
+    // Alone: one image at a time.
+    let alone = sample_probabilities(&engine, &dir);
+    // A burst: all 16 at once from 16 threads.
+    let burst: Vec<(String, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = reference(&dir)
+            .into_iter()
+            .map(|(file, _, _)| {
+                let (engine, dir) = (std::sync::Arc::clone(&engine), dir.clone());
+                s.spawn(move || {
+                    let p = probs(&engine, &dir.join("png").join(&file));
+                    (file, p)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut worst = 0f32;
+    for got in [&alone, &burst] {
+        for ((file, a), (_, b)) in got.iter().zip(&want) {
+            let d = (a[1] - b[1]).abs();
+            worst = worst.max(d);
+            assert!(d <= 1e-5, "{file}: AUTO {a:?} vs LATENCY {b:?}");
+        }
+    }
+    eprintln!(
+        "AUTO hint: {} throughput request(s) plus the latency request; 16 alone and 16 in a burst, max |dp| vs LATENCY {worst:.2e}",
+        engine.workers()
+    );
+}
