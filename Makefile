@@ -9,13 +9,20 @@
 #                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
 #   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
 #                   with each precision's AUC and gate (bench/README.md)
-#   make lint       rustfmt and clippy, warnings are errors
+#   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
+#   make audit      known vulnerabilities in the dependencies (cargo deny advisories; needs the RustSec
+#                   database online: a release step)
+#   make fuzz       every fuzz target for FUZZ_SECONDS each (nightly toolchain + cargo-fuzz), see
+#                   docs/security.md
+#   make sbom       CycloneDX SBOM of the daemon into target/sbom/
 
 CARGO ?= cargo
 SHELL := /bin/bash
 BENCH_FILES ?= 60
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-infer lint fmt models
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-infer lint fmt models \
+	audit fuzz sbom cargo-deny cargo-cyclonedx
 
 all: build
 
@@ -83,9 +90,25 @@ bench-infer: test-env
 	$(CARGO) build --release -p duli
 	bench/bench-infer.sh
 
-lint:
+lint: cargo-deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny --offline check bans licenses sources
+
+audit: cargo-deny
+	$(CARGO) deny check advisories
+
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+sbom: cargo-cyclonedx
+	scripts/sbom.sh
+
+cargo-deny:
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+
+cargo-cyclonedx:
+	@$(CARGO) cyclonedx --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-cyclonedx
 
 fmt:
 	$(CARGO) fmt --all
