@@ -7,6 +7,8 @@
 #   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
 #   make bench-hostile  C-ECHO beside 500 silent connections and /healthz beside 1,000 idle
 #                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
+#   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
+#                   with each precision's AUC and gate (bench/README.md)
 #   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
 #   make audit      known vulnerabilities in the dependencies (cargo deny advisories; needs the RustSec
 #                   database online: a release step)
@@ -19,7 +21,7 @@ SHELL := /bin/bash
 BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile lint fmt models \
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-infer lint fmt models \
 	audit fuzz sbom cargo-deny cargo-cyclonedx
 
 all: build
@@ -40,6 +42,8 @@ models:
 	scripts/setup-models.sh
 	@echo "== make models: sample chest X-rays (model's PyPI package -> .cache/samples/cxr-jpeg)"
 	scripts/setup-samples.sh
+	@echo "== make models: INT8 network (NNCF post-training quantization -> .cache/models/*/int8)"
+	scripts/setup-int8.sh
 
 # The hostile-peer suite (daemon/tests/hostile.rs) drives the release daemon.
 test: test-env
@@ -81,6 +85,10 @@ bench-hostile: test-env
 	.venv/bin/python bench/hostile_dicom.py target/release/duli
 	.venv/bin/python bench/hostile_https.py
 	$(CARGO) test -q -p duli --test hostile -- --nocapture 2>&1 | grep -E "peak RSS|test result"
+
+bench-infer: test-env
+	$(CARGO) build --release -p duli
+	bench/bench-infer.sh
 
 lint: cargo-deny
 	$(CARGO) fmt --all -- --check

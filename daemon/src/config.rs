@@ -244,8 +244,13 @@ pub struct InferenceConfig {
     pub model: PathBuf,
     /// OpenVINO device: CPU, GPU, NPU or AUTO.
     pub device: String,
-    /// OpenVINO performance hint: LATENCY or THROUGHPUT.
+    /// OpenVINO performance hint: LATENCY, THROUGHPUT, or AUTO (latency for an image
+    /// alone, throughput with several infer requests when images wait).
     pub performance_hint: String,
+    /// Inference precision: f32, bf16, int8, or auto (the fastest precision whose gate
+    /// passed on this CPU). bf16 and int8 are used only with a passed gate for this
+    /// CPU's feature (`duli evaluate --precision P --gate`), else f32 runs.
+    pub precision: String,
     /// Path of `libopenvino_c.so*`; default: `DULI_OPENVINO_LIB` or `.cache/openvino/libs`.
     pub openvino_lib: Option<PathBuf>,
     /// Largest image analysed or previewed, as Rows × Columns × Frames × Samples per Pixel,
@@ -262,6 +267,7 @@ impl Default for InferenceConfig {
             model: PathBuf::from("models/pneumonia-xception/model.toml"),
             device: "CPU".into(),
             performance_hint: "LATENCY".into(),
+            precision: "f32".into(),
             openvino_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
         }
@@ -792,14 +798,21 @@ impl Config {
                 ),
             );
         }
-        if !["LATENCY", "THROUGHPUT"].contains(&self.inference.performance_hint.as_str()) {
+        if !["LATENCY", "THROUGHPUT", "AUTO"].contains(&self.inference.performance_hint.as_str()) {
             bad(
                 "inference.performance_hint",
                 format!(
-                    "must be LATENCY or THROUGHPUT, got {:?}",
+                    "must be LATENCY, THROUGHPUT or AUTO, got {:?}",
                     self.inference.performance_hint
                 ),
             );
+        }
+        if let Err(e) = self
+            .inference
+            .precision
+            .parse::<crate::infer::precision::PrecisionSetting>()
+        {
+            bad("inference.precision", e.to_string());
         }
         if self.hl7.enabled {
             if self.hl7.host.trim().is_empty() {

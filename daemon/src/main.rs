@@ -52,6 +52,10 @@ enum Command {
         /// Model manifest (default: inference.model of the configuration).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// f32, bf16, int8 or auto (default: inference.precision of the configuration).
+        /// A fixed precision runs even without a passed gate, with a warning.
+        #[arg(long)]
+        precision: Option<duli::infer::precision::PrecisionSetting>,
         /// Files to analyse.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -435,11 +439,13 @@ fn real_main() -> Result<ExitCode> {
         }
         Command::Infer {
             model,
+            precision,
             files,
             config,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let code = duli::infer::infer_files_cli(model.as_deref(), &files, &cfg.inference);
+            let code =
+                duli::infer::infer_files_cli(model.as_deref(), &files, &cfg.inference, precision);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Evaluate { opts, config } => {

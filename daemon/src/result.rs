@@ -132,6 +132,14 @@ pub struct ModelInfo {
     pub version: String,
     /// SHA-256 of the network file.
     pub sha256: String,
+    /// Arithmetic precision the network ran at (f32, bf16, int8; results recorded before
+    /// precisions existed ran at f32).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// The result of one study, version `version` (n+1 when instances arrive after a result).
@@ -241,6 +249,7 @@ pub(crate) mod fixtures {
                 name: "m".into(),
                 version: "1".into(),
                 sha256: "00".into(),
+                precision: "f32".into(),
             },
             timings: Timings::default(),
             created_at: 0,

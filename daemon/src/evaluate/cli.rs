@@ -5,9 +5,16 @@ use super::plot::{write_plot, Plot};
 use super::report::{build, labelled_scores, table, ModelInfo, Report};
 use super::score::score_all;
 use crate::config::InferenceConfig;
+use crate::infer::cli::tool_engine;
+use crate::infer::gate::{record_path, MsPerImage};
+use crate::infer::precision::{Precision, PrecisionSetting};
 use crate::infer::Engine;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Exit status when the precision gate fails.
+pub const GATE_FAILED: i32 = 3;
 
 /// Default `--target-sensitivity`.
 pub const DEFAULT_TARGET_SENSITIVITY: f64 = 0.95;
@@ -40,6 +47,16 @@ pub struct EvaluateOptions {
     /// Decode threads (default: one per CPU).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
+    /// Score at f32, bf16, int8 or auto (default: inference.precision as the daemon
+    /// resolves it).
+    #[arg(long)]
+    pub precision: Option<PrecisionSetting>,
+    /// Also score the set at f32 and gate the precision against it: it passes when no
+    /// finding's AUC is below f32's and no decision flips at the threshold. The record is
+    /// written beside the network (`gate-<precision>-<cpu feature>.json`); exit status 3
+    /// when it fails.
+    #[arg(long)]
+    pub gate: bool,
 }
 
 /// File-name-safe form of a finding code.
@@ -96,17 +113,73 @@ fn write_plots(
     Ok(files)
 }
 
+/// Scores the cases again at f32, compares and writes the gate record beside the
+/// network. `None` when the precision is f32 itself (the reference needs no gate).
+#[allow(clippy::too_many_arguments)]
+fn run_gate(
+    opts: &EvaluateOptions,
+    cfg: &InferenceConfig,
+    manifest_path: &Path,
+    manifest: &crate::infer::Manifest,
+    id: &crate::infer::engine::ModelIdentity,
+    cases: Vec<super::dataset::Case>,
+    scored: &[super::score::ScoredCase],
+    findings: &std::collections::BTreeSet<usize>,
+    threads: usize,
+    elapsed: std::time::Duration,
+) -> Result<Option<crate::infer::gate::GateRecord>, String> {
+    if id.precision == Precision::F32 {
+        eprintln!("duli evaluate: --gate: f32 is the reference, it needs no gate");
+        return Ok(None);
+    }
+    let net = crate::infer::gate::network(manifest, id.precision).map_err(|e| e.to_string())?;
+    eprintln!(
+        "duli evaluate: gate: scoring the same {} images at f32",
+        cases.len()
+    );
+    let reference =
+        Engine::at_precision(manifest_path, cfg, Precision::F32).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let f32_scored = score_all(&reference, cases, threads);
+    let f32_elapsed = started.elapsed();
+    drop(reference);
+    let per_image = |d: std::time::Duration| d.as_secs_f64() * 1000.0 / scored.len().max(1) as f64;
+    let digest = super::gate::dataset_digest(&opts.dir, scored)
+        .map_err(|e| format!("reading the set for its digest: {e}"))?;
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| e.to_string())?;
+    let dir = opts.dir.canonicalize().unwrap_or_else(|_| opts.dir.clone());
+    let run = super::gate::GateRun {
+        manifest,
+        precision: id.precision,
+        cpu_feature: id.cpu_feature.clone(),
+        network_sha256: id.network_sha256.clone(),
+        dir: &dir,
+        ms_per_image: MsPerImage {
+            f32: per_image(f32_elapsed),
+            gated: per_image(elapsed),
+        },
+        date,
+    };
+    let record = super::gate::compare(&run, &f32_scored, scored, findings, digest);
+    let path = record_path(&net.gate_dir, id.precision, &id.cpu_feature);
+    record.save(&path).map_err(|e| e.to_string())?;
+    eprintln!("duli evaluate: gate record written to {}", path.display());
+    Ok(Some(record))
+}
+
 /// Runs the evaluation and prints the report. Exit status: 0 when every finding has
 /// figures (unreadable files are listed, not fatal), 1 when a finding has no positives or
 /// no negatives or a plot cannot be written, 2 when the model, the folder or the labels
-/// cannot be read.
+/// cannot be read, 3 when `--gate` ran and the precision failed it.
 pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
     if !(opts.target_sensitivity > 0.0 && opts.target_sensitivity <= 1.0) {
         eprintln!("duli evaluate: --target-sensitivity must be in (0, 1]");
         return 2;
     }
     let manifest_path = opts.model.clone().unwrap_or_else(|| cfg.model.clone());
-    let engine = match Engine::from_manifest_path(&manifest_path, cfg) {
+    let engine = match tool_engine("evaluate", &manifest_path, cfg, opts.precision) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("duli evaluate: {e}");
@@ -144,16 +217,21 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
         manifest.name,
         manifest.version
     );
+    let cases = opts.gate.then(|| set.cases.clone());
+    let started = Instant::now();
     let scored = score_all(&engine, set.cases, threads);
-    let id = engine.identity();
+    let elapsed = started.elapsed();
+    let id = engine.identity().clone();
+    drop(engine);
     let model = ModelInfo {
         name: id.name.clone(),
         version: id.version.clone(),
         hash: id.sha256.clone(),
-        precision: "default".into(),
+        precision: id.precision.to_string(),
+        cpu_feature: id.cpu_feature.clone(),
         backend: id.backend.clone(),
     };
-    let report = build(
+    let mut report = build(
         model,
         &manifest,
         &scored,
@@ -176,10 +254,39 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
         );
     }
     let mut status = 0;
+    if let Some(cases) = cases {
+        match run_gate(
+            opts,
+            cfg,
+            &manifest_path,
+            &manifest,
+            &id,
+            cases,
+            &scored,
+            &set.findings,
+            threads,
+            elapsed,
+        ) {
+            Ok(Some(g)) => {
+                if opts.json {
+                    eprint!("{}", super::gate::summary(&g));
+                }
+                if !g.passed {
+                    status = GATE_FAILED;
+                }
+                report.gate = Some(g);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("duli evaluate: gate: {e}");
+                return 2;
+            }
+        }
+    }
     for (code, f) in &report.findings {
         if let Some(e) = &f.error {
             eprintln!("duli evaluate: {code}: {e}");
-            status = 1;
+            status = status.max(1);
         }
     }
     if let Some(dir) = &opts.plot {
@@ -191,7 +298,7 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             }
             Err(e) => {
                 eprintln!("duli evaluate: plots: {e}");
-                status = 1;
+                status = status.max(1);
             }
         }
     }

@@ -9,10 +9,12 @@
 //! - [`delong`]: ROC AUC with its DeLong 95% confidence interval.
 //! - [`report`]: the per-finding report, as JSON or a table.
 //! - [`plot`]: ROC and reliability plots (SVG and PNG).
+//! - [`gate`]: `--precision P --gate`, P against f32 on the same cases.
 //! - [`cli`]: the command.
 pub mod cli;
 pub mod dataset;
 pub mod delong;
+pub mod gate;
 pub mod metrics;
 pub mod plot;
 pub mod report;

@@ -22,8 +22,10 @@ pub struct ModelInfo {
     pub version: String,
     /// SHA-256 of the network file (verified at load).
     pub hash: String,
-    /// Inference precision: the runtime's default for the device.
+    /// Inference precision the cases were scored at (f32, bf16, int8).
     pub precision: String,
+    /// The CPU feature that decides that precision's results (`any` for f32).
+    pub cpu_feature: String,
     /// Runtime and device.
     pub backend: String,
 }
@@ -90,6 +92,9 @@ pub struct Report {
     pub target_sensitivity: f64,
     /// Per finding code.
     pub findings: BTreeMap<String, FindingReport>,
+    /// The precision gate against f32 (`--gate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::infer::gate::GateRecord>,
 }
 
 /// The labelled scores of finding `label` over the scored cases.
@@ -186,6 +191,7 @@ pub fn build(
         dataset,
         target_sensitivity: target,
         findings,
+        gate: None,
     }
 }
 
@@ -200,8 +206,8 @@ pub fn table(r: &Report) -> String {
     let short = m.hash.get(..12).unwrap_or(&m.hash);
     let _ = writeln!(
         s,
-        "Model {} {} (sha256 {short}…), {}, precision {}",
-        m.name, m.version, m.backend, m.precision
+        "Model {} {} (sha256 {short}…), {}, precision {} (CPU feature {})",
+        m.name, m.version, m.backend, m.precision, m.cpu_feature
     );
     let d = &r.dataset;
     let _ = writeln!(
@@ -301,6 +307,9 @@ pub fn table(r: &Report) -> String {
         for f in &d.ignored_folders {
             let _ = writeln!(s, "  {}", f.display());
         }
+    }
+    if let Some(g) = &r.gate {
+        let _ = write!(s, "\n{}", super::gate::summary(g));
     }
     s
 }

@@ -4,6 +4,7 @@
 //! implement these three traits.
 
 use super::manifest::Manifest;
+use super::precision::Precision;
 
 /// Why a runtime could not load, compile or run a model.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,6 +33,29 @@ pub struct CompileOptions {
     /// Background work (heatmaps): keep it to one runtime thread so report inference keeps
     /// the rest of the machine.
     pub background: bool,
+    /// Arithmetic precision (the network file for int8 is the manifest's).
+    pub precision: Precision,
+    /// What the runtime optimises for.
+    pub mode: Mode,
+}
+
+/// What a compiled network is tuned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One image as fast as possible (all cores on one request).
+    Latency,
+    /// Images per second with several requests in flight.
+    Throughput,
+}
+
+impl Mode {
+    /// OpenVINO's `PERFORMANCE_HINT` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Latency => "LATENCY",
+            Mode::Throughput => "THROUGHPUT",
+        }
+    }
 }
 
 /// A runtime able to compile networks described by manifests.

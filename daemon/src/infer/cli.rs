@@ -1,8 +1,10 @@
-//! `duli infer [--model PATH] FILE...`: the inference pipeline on DICOM, PNG or JPEG files
-//! without the daemon, one JSON object per line and file on stdout.
+//! `duli infer [--model PATH] [--precision P] FILE...`: the inference pipeline on DICOM,
+//! PNG or JPEG files without the daemon, one JSON object per line and file on stdout.
 
 use super::analyse::{analysed, not_analysed, prepare_file, Preparation};
-use super::engine::Engine;
+use super::engine::{Engine, EngineError};
+use super::gate;
+use super::precision::{CpuFlags, Precision, PrecisionSetting};
 use crate::config::InferenceConfig;
 use crate::result::{ImageResult, ImageStatus};
 use serde_json::json;
@@ -72,15 +74,60 @@ pub fn score_file(engine: &Engine, file: &Path) -> (Option<String>, ImageResult)
     }
 }
 
-/// Runs the pipeline on `files` with the model at `model` (default: `cfg.model`), printing
-/// one JSON line per file. Returns the exit status: 0 when every file was analysed or not
-/// applicable, 1 when any file failed, 2 when the model or runtime cannot be loaded (the
-/// message, on stderr, says what to do).
-pub fn infer_files_cli(model: Option<&Path>, files: &[PathBuf], cfg: &InferenceConfig) -> i32 {
+/// The engine of an offline tool (`tool` names it in messages): the model at `manifest`
+/// at `precision` when given (`auto` as the daemon would resolve it; a fixed precision
+/// even without a passed gate, with a warning on stderr, since the tools measure it),
+/// else at `cfg.precision` as the daemon resolves it.
+pub fn tool_engine(
+    tool: &str,
+    manifest: &Path,
+    cfg: &InferenceConfig,
+    precision: Option<PrecisionSetting>,
+) -> Result<Engine, EngineError> {
+    let engine = match precision {
+        None => Engine::from_manifest_path(manifest, cfg)?,
+        Some(PrecisionSetting::Auto) => {
+            let cfg = InferenceConfig {
+                precision: "auto".into(),
+                ..cfg.clone()
+            };
+            Engine::from_manifest_path(manifest, &cfg)?
+        }
+        Some(PrecisionSetting::Fixed(p)) => {
+            let engine = Engine::at_precision(manifest, cfg, p)?;
+            if p != Precision::F32 {
+                let net = gate::network(engine.manifest(), p)
+                    .map_err(|e| EngineError::Model(e.to_string()))?;
+                if let Err(why) = gate::passed_gate(&net, &CpuFlags::detect()) {
+                    eprintln!("duli {tool}: warning: {why}; the daemon would run f32 (these results measure {p}, they are not a gated configuration)");
+                }
+            }
+            engine
+        }
+    };
+    let id = engine.identity();
+    eprintln!(
+        "duli {tool}: {} {} at {} (CPU feature {}) on {}",
+        id.name, id.version, id.precision, id.cpu_feature, id.backend
+    );
+    Ok(engine)
+}
+
+/// Runs the pipeline on `files` with the model at `model` (default: `cfg.model`) at
+/// `precision` (default: `cfg.precision`, see [`tool_engine`]), printing one JSON line
+/// per file. Returns the exit status: 0 when every file was analysed or not applicable, 1
+/// when any file failed, 2 when the model or runtime cannot be loaded (the message, on
+/// stderr, says what to do).
+pub fn infer_files_cli(
+    model: Option<&Path>,
+    files: &[PathBuf],
+    cfg: &InferenceConfig,
+    precision: Option<PrecisionSetting>,
+) -> i32 {
     let manifest = model
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cfg.model.clone());
-    let engine = match Engine::from_manifest_path(&manifest, cfg) {
+    let engine = match tool_engine("infer", &manifest, cfg, precision) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("duli infer: {e}");

@@ -1,12 +1,20 @@
 //! [`Engine`]: a verified model compiled on a backend, with one worker thread per infer
 //! request (as many as the runtime calls optimal under the configured performance hint),
 //! fed by a bounded queue so a burst of images waits instead of growing memory.
+//!
+//! With `performance_hint = "AUTO"` the network is compiled twice: for latency (one
+//! request on every core) and for throughput (several requests). An image that is alone
+//! in the engine runs on the latency request; when images wait, the workers run them on
+//! their throughput requests. The two never run at the same time (a read/write lock), so
+//! the cores are never oversubscribed.
 
-use super::backend::{Backend, BackendError, CompileOptions, Compiled, Request};
+use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
+use super::gate::{self, Network};
 use super::manifest::{Manifest, ManifestError};
+use super::precision::{CpuFlags, Precision, PrecisionSetting};
 use crate::config::InferenceConfig;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// Images waiting per worker before senders wait (back-pressure).
@@ -32,6 +40,16 @@ impl From<ManifestError> for EngineError {
     }
 }
 
+/// State the workers share.
+struct Shared {
+    rx: Mutex<mpsc::Receiver<Job>>,
+    pending: Arc<AtomicUsize>,
+    /// The latency-tuned request of AUTO scheduling.
+    solo: Option<Mutex<Box<dyn Request>>>,
+    /// Held shared by throughput runs, exclusively by the solo request.
+    cores: RwLock<()>,
+}
+
 struct Job {
     input: Vec<f32>,
     reply: oneshot::Sender<Result<Vec<f32>, BackendError>>,
@@ -48,11 +66,52 @@ pub struct ModelIdentity {
     pub sha256: String,
     /// Backend name (runtime version and device).
     pub backend: String,
+    /// Precision the network runs at.
+    pub precision: Precision,
+    /// SHA-256 of the network actually run (the INT8 IR for int8, else `sha256`).
+    pub network_sha256: String,
+    /// The CPU feature that decides the precision's results (`any` for f32).
+    pub cpu_feature: String,
+}
+
+/// How the engine schedules its requests (`inference.performance_hint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduling {
+    /// Always the latency-tuned network.
+    Latency,
+    /// Always the throughput-tuned network with several requests.
+    Throughput,
+    /// Latency for an image alone, throughput when images wait.
+    Auto,
+}
+
+impl Scheduling {
+    /// From `inference.performance_hint` (validated by the configuration; anything else
+    /// means LATENCY).
+    pub fn from_hint(hint: &str) -> Scheduling {
+        match hint.to_ascii_uppercase().as_str() {
+            "THROUGHPUT" => Scheduling::Throughput,
+            "AUTO" => Scheduling::Auto,
+            _ => Scheduling::Latency,
+        }
+    }
+}
+
+/// What to compile: the network (at its precision) and the scheduling.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The network and its precision.
+    pub network: Network,
+    /// Request scheduling.
+    pub scheduling: Scheduling,
 }
 
 /// A loaded model with its workers. Cheap to share behind an `Arc`.
 pub struct Engine {
     manifest: Arc<Manifest>,
+    /// The manifest whose `file` is the network run (the INT8 IR for int8).
+    network: Manifest,
+    precision: Precision,
     identity: ModelIdentity,
     tx: Option<mpsc::Sender<Job>>,
     workers: usize,
@@ -75,7 +134,8 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Loads the manifest `cfg.model` (checking its checksums), the OpenVINO runtime and
-    /// compiles the model on `cfg.device` with `cfg.performance_hint`.
+    /// compiles the model on `cfg.device` with `cfg.performance_hint`, at the precision
+    /// `cfg.precision` resolves to (see [`gate::resolve`]).
     pub fn new(cfg: &InferenceConfig) -> Result<Engine, EngineError> {
         Self::from_manifest_path(&cfg.model, cfg)
     }
@@ -86,61 +146,158 @@ impl Engine {
         cfg: &InferenceConfig,
     ) -> Result<Engine, EngineError> {
         let manifest = Manifest::load(path)?;
+        let setting: PrecisionSetting = cfg
+            .precision
+            .parse()
+            .map_err(|e: super::precision::BadPrecision| EngineError::Model(e.to_string()))?;
+        let resolved = gate::resolve(&manifest, setting, &CpuFlags::detect());
+        log::info!(
+            "model {}: precision {} ({})",
+            manifest.name,
+            resolved.network.precision,
+            resolved.reason
+        );
+        Self::load(manifest, resolved.network, cfg)
+    }
+
+    /// The model at `precision` whether or not that precision passed a gate (for
+    /// measuring it: `duli evaluate --precision`, `duli infer --precision`).
+    pub fn at_precision(
+        path: &std::path::Path,
+        cfg: &InferenceConfig,
+        precision: Precision,
+    ) -> Result<Engine, EngineError> {
+        let manifest = Manifest::load(path)?;
+        let network =
+            gate::network(&manifest, precision).map_err(|e| EngineError::Model(e.to_string()))?;
+        Self::load(manifest, network, cfg)
+    }
+
+    fn load(
+        manifest: Manifest,
+        network: Network,
+        cfg: &InferenceConfig,
+    ) -> Result<Engine, EngineError> {
         let sha256 = manifest.verify_files()?;
+        if network.precision == Precision::Int8 {
+            network.manifest.verify_files()?;
+        }
         let backend = super::openvino::OpenVino::new(cfg)?;
-        let mut engine = Self::with_backend(manifest, sha256, Box::new(backend))?;
+        let options = EngineOptions {
+            network,
+            scheduling: Scheduling::from_hint(&cfg.performance_hint),
+        };
+        let mut engine = Self::start(manifest, sha256, Box::new(backend), options)?;
         engine.max_pixels = cfg.max_pixels;
         Ok(engine)
     }
 
-    /// Compiles a verified manifest on any backend and starts its workers.
+    /// Compiles a verified manifest on any backend at f32 for latency and starts its
+    /// workers.
     pub fn with_backend(
         manifest: Manifest,
         sha256: String,
-        mut backend: Box<dyn Backend>,
+        backend: Box<dyn Backend>,
     ) -> Result<Engine, EngineError> {
-        let mut compiled = backend.compile(
-            &manifest,
-            CompileOptions {
-                batch: 1,
-                background: false,
+        let network = Network {
+            precision: Precision::F32,
+            manifest: manifest.clone(),
+            sha256: sha256.clone(),
+            gate_dir: manifest.dir.clone(),
+        };
+        Self::start(
+            manifest,
+            sha256,
+            backend,
+            EngineOptions {
+                network,
+                scheduling: Scheduling::Latency,
             },
-        )?;
+        )
+    }
+
+    /// Compiles `options.network` on `backend` and starts the workers.
+    pub fn start(
+        manifest: Manifest,
+        sha256: String,
+        mut backend: Box<dyn Backend>,
+        options: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let precision = options.network.precision;
+        let compile = |backend: &mut Box<dyn Backend>, mode| {
+            backend.compile(
+                &options.network.manifest,
+                CompileOptions {
+                    batch: 1,
+                    background: false,
+                    precision,
+                    mode,
+                },
+            )
+        };
+        let mut kept = Vec::new();
+        let solo = match options.scheduling {
+            Scheduling::Auto => {
+                let mut c = compile(&mut backend, Mode::Latency)?;
+                let request = c.request()?;
+                kept.push(c);
+                Some(Mutex::new(request))
+            }
+            Scheduling::Latency | Scheduling::Throughput => None,
+        };
+        let mode = match options.scheduling {
+            Scheduling::Latency => Mode::Latency,
+            Scheduling::Throughput | Scheduling::Auto => Mode::Throughput,
+        };
+        let mut compiled = compile(&mut backend, mode)?;
         let workers = compiled.optimal_requests().max(1);
         let (tx, rx) = mpsc::channel::<Job>(workers * QUEUE_PER_WORKER);
-        let rx = Arc::new(Mutex::new(rx));
         let pending = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            rx: Mutex::new(rx),
+            pending: Arc::clone(&pending),
+            solo,
+            cores: RwLock::new(()),
+        });
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
             let request = compiled.request()?;
-            let rx = Arc::clone(&rx);
-            let pending = Arc::clone(&pending);
+            let shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("infer-{i}"))
-                .spawn(move || worker(request, &rx, &pending))
+                .spawn(move || worker(request, &shared))
                 .map_err(|e| EngineError::Backend(BackendError::Compile(e.to_string())))?;
             threads.push(handle);
         }
+        kept.push(compiled);
+        let cpu_feature = precision.cpu_feature(&CpuFlags::detect()).to_string();
         let identity = ModelIdentity {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
             sha256,
             backend: backend.name(),
+            precision,
+            network_sha256: options.network.sha256.clone(),
+            cpu_feature,
         };
         log::info!(
-            "model {} {} loaded on {} with {workers} infer request(s)",
+            "model {} {} loaded on {} at {precision} ({}) with {workers} infer request(s), {:?} scheduling",
             identity.name,
             identity.version,
-            identity.backend
+            identity.backend,
+            identity.cpu_feature,
+            options.scheduling
         );
         Ok(Engine {
             manifest: Arc::new(manifest),
+            network: options.network.manifest,
+            precision,
             identity,
             tx: Some(tx),
             workers,
             pending,
             threads,
-            compiled: Mutex::new(vec![compiled]),
+            compiled: Mutex::new(kept),
             backend: Mutex::new(backend),
             max_pixels: crate::config::DEFAULT_MAX_PIXELS,
         })
@@ -207,10 +364,12 @@ impl Engine {
             .lock()
             .map_err(|_| EngineError::Model("backend lock poisoned".into()))?;
         let mut compiled = backend.compile(
-            &self.manifest,
+            &self.network,
             CompileOptions {
                 batch,
                 background: true,
+                precision: self.precision,
+                mode: Mode::Throughput,
             },
         )?;
         let request = compiled.request()?;
@@ -230,15 +389,28 @@ impl Drop for Engine {
     }
 }
 
-fn worker(mut request: Box<dyn Request>, rx: &Mutex<mpsc::Receiver<Job>>, pending: &AtomicUsize) {
+fn worker(mut own: Box<dyn Request>, shared: &Shared) {
     loop {
         let job = {
-            let Ok(mut rx) = rx.lock() else { return };
+            let Ok(mut rx) = shared.rx.lock() else { return };
             rx.blocking_recv()
         };
         let Some(job) = job else { return };
-        let out = request.run(&job.input);
-        pending.fetch_sub(1, Ordering::Relaxed);
+        let out = match &shared.solo {
+            // Alone in the engine: the latency request, with every core to itself.
+            Some(solo) if shared.pending.load(Ordering::Relaxed) <= 1 => {
+                let _cores = shared.cores.write();
+                match solo.lock() {
+                    Ok(mut r) => r.run(&job.input),
+                    Err(_) => Err(BackendError::Infer("latency request poisoned".into())),
+                }
+            }
+            _ => {
+                let _cores = shared.cores.read();
+                own.run(&job.input)
+            }
+        };
+        shared.pending.fetch_sub(1, Ordering::Relaxed);
         let _ = job.reply.send(out);
     }
 }

@@ -171,7 +171,7 @@ fn offline_tool_exit_codes_and_line_format() {
         ..Default::default()
     };
     let model = super::testdata::repo_root().join("models/pneumonia-xception/model.toml");
-    assert_eq!(super::infer_files_cli(Some(&model), &[], &missing), 2);
+    assert_eq!(super::infer_files_cli(Some(&model), &[], &missing, None), 2);
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
         return;
     };
@@ -179,9 +179,162 @@ fn offline_tool_exit_codes_and_line_format() {
         dir.join("png/NORMAL_02.png"),
         dir.join("dicom/rle/NORMAL_02.dcm"),
     ];
-    assert_eq!(super::infer_files_cli(None, &ok, &cfg), 0);
+    assert_eq!(super::infer_files_cli(None, &ok, &cfg, None), 0);
     assert_eq!(
-        super::infer_files_cli(None, &[dir.join("reference.csv")], &cfg),
+        super::infer_files_cli(None, &[dir.join("reference.csv")], &cfg, None),
         1
+    );
+}
+
+/// Probabilities of the 16 PNG samples at `precision`, by file name.
+fn sample_probabilities(engine: &Engine, dir: &Path) -> Vec<(String, Vec<f32>)> {
+    reference(dir)
+        .into_iter()
+        .map(|(file, _, _)| {
+            let p = probs(engine, &dir.join("png").join(&file));
+            (file, p)
+        })
+        .collect()
+}
+
+/// Golden files of other precisions: `models/<name>/golden/<precision>-<cpu feature>.csv`
+/// with a `# network_sha256=` line, then `file,p_normal,p_pneumonia` rows.
+fn golden_path(precision: super::precision::Precision, feature: &str) -> std::path::PathBuf {
+    super::testdata::repo_root().join(format!(
+        "models/pneumonia-xception/golden/{precision}-{feature}.csv"
+    ))
+}
+
+#[test]
+fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
+    use super::precision::{CpuFlags, Precision};
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let flags = CpuFlags::detect();
+    let f32_engine = Engine::at_precision(&cfg.model, &cfg, Precision::F32).unwrap();
+    let f32_probs = sample_probabilities(&f32_engine, &dir);
+    drop(f32_engine);
+    let mut checked = 0;
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let feature = precision.cpu_feature(&flags);
+        let engine = match Engine::at_precision(&cfg.model, &cfg, precision) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("SKIP golden {precision}: {e}");
+                continue;
+            }
+        };
+        assert_eq!(engine.identity().precision, precision);
+        assert_eq!(engine.identity().cpu_feature, feature);
+        let sha = engine.identity().network_sha256.clone();
+        let got = sample_probabilities(&engine, &dir);
+        drop(engine);
+        // Without native bf16 OpenVINO computes in f32: the same numbers as f32.
+        if !precision.differs_from_f32(&flags) {
+            for ((file, a), (_, b)) in got.iter().zip(&f32_probs) {
+                assert_eq!(
+                    a, b,
+                    "{file}: {precision} without native support differs from f32"
+                );
+            }
+        }
+        let path = golden_path(precision, feature);
+        if std::env::var_os("DULI_WRITE_GOLDEN").is_some() {
+            let mut text = format!("# network_sha256={sha}\nfile,p_normal,p_pneumonia\n");
+            for (file, p) in &got {
+                text.push_str(&format!("{file},{:.7},{:.7}\n", p[0], p[1]));
+            }
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            eprintln!("golden {precision}: wrote {}", path.display());
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!(
+                "SKIP golden {precision}: no golden file for CPU feature {feature} ({}); DULI_WRITE_GOLDEN=1 writes it",
+                path.display()
+            );
+            continue;
+        };
+        let mut lines = text.lines();
+        let recorded = lines
+            .next()
+            .and_then(|l| l.strip_prefix("# network_sha256="))
+            .unwrap_or_default();
+        if recorded != sha {
+            eprintln!(
+                "SKIP golden {precision}: {} is of network {recorded}, this build is {sha} (another quantization build)",
+                path.display()
+            );
+            continue;
+        }
+        let mut worst = 0f32;
+        let rows: Vec<&str> = lines.skip(1).filter(|l| !l.is_empty()).collect();
+        assert_eq!(rows.len(), got.len());
+        for (row, (file, p)) in rows.iter().zip(&got) {
+            let v: Vec<&str> = row.split(',').collect();
+            assert_eq!(v[0], file);
+            let (n, q): (f32, f32) = (v[1].parse().unwrap(), v[2].parse().unwrap());
+            let d = (p[0] - n).abs().max((p[1] - q).abs());
+            worst = worst.max(d);
+            assert!(
+                d <= 1e-3,
+                "{precision} {file}: got {p:?}, golden [{n}, {q}]"
+            );
+        }
+        let shift = got
+            .iter()
+            .zip(&f32_probs)
+            .map(|((_, a), (_, b))| (a[1] - b[1]).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "golden {precision}: checked {} (CPU feature {feature}): 16 PNGs, max |dp| vs golden {worst:.2e}, vs f32 {shift:.4}",
+            path.display()
+        );
+        checked += 1;
+    }
+    eprintln!("golden at other precisions: {checked} file(s) checked");
+}
+
+#[test]
+fn auto_hint_gives_the_latency_probabilities_alone_and_in_a_burst() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let latency = Engine::new(&cfg).unwrap();
+    let want = sample_probabilities(&latency, &dir);
+    drop(latency);
+    let auto_cfg = crate::config::InferenceConfig {
+        performance_hint: "AUTO".into(),
+        ..cfg
+    };
+    let engine = std::sync::Arc::new(Engine::new(&auto_cfg).unwrap());
+    // Alone: one image at a time.
+    let alone = sample_probabilities(&engine, &dir);
+    // A burst: all 16 at once from 16 threads.
+    let burst: Vec<(String, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = reference(&dir)
+            .into_iter()
+            .map(|(file, _, _)| {
+                let (engine, dir) = (std::sync::Arc::clone(&engine), dir.clone());
+                s.spawn(move || {
+                    let p = probs(&engine, &dir.join("png").join(&file));
+                    (file, p)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut worst = 0f32;
+    for got in [&alone, &burst] {
+        for ((file, a), (_, b)) in got.iter().zip(&want) {
+            let d = (a[1] - b[1]).abs();
+            worst = worst.max(d);
+            assert!(d <= 1e-5, "{file}: AUTO {a:?} vs LATENCY {b:?}");
+        }
+    }
+    eprintln!(
+        "AUTO hint: {} throughput request(s) plus the latency request; 16 alone and 16 in a burst, max |dp| vs LATENCY {worst:.2e}",
+        engine.workers()
     );
 }

@@ -12,6 +12,9 @@
 //! - [`tensor`]: normalisation and layout of the input tensor.
 //! - [`manifest`]: the model manifest (`model.toml`) and its checksums.
 //! - [`backend`]: the runtime trait; [`openvino`] implements it over OpenVINO.
+//! - [`precision`]: f32, bf16, int8 and the CPU feature that decides their results;
+//!   [`int8`]: the quantized network `make models` builds; [`gate`]: a precision is
+//!   used only once gated against f32 on this CPU's feature.
 //! - [`engine`]: worker threads owning infer requests, fed by a bounded queue.
 //! - [`findings`]: raw outputs → probabilities, thresholds, background classes.
 //! - [`analyse`]: one image file through all of the above (shared by daemon and CLI).
@@ -33,9 +36,12 @@ pub mod display;
 pub mod eligibility;
 pub mod engine;
 pub mod findings;
+pub mod gate;
 pub mod heatmap;
+pub mod int8;
 pub mod manifest;
 pub mod openvino;
+pub mod precision;
 pub mod raster;
 pub mod record;
 pub mod resize;
@@ -50,6 +56,8 @@ pub use engine::{Engine, EngineError};
 pub use manifest::Manifest;
 pub use service::{run_pipeline, run_pipeline_on, run_pipeline_with, PipelineOptions};
 pub use status::{ModelState, ModelStatus};
+#[cfg(test)]
+mod engine_tests;
 #[cfg(test)]
 mod golden_tests;
 #[cfg(test)]

@@ -49,11 +49,10 @@ pub fn load_runtime(path: &Path) -> Result<(), BackendError> {
     })
 }
 
-/// OpenVINO on one device with one performance hint.
+/// OpenVINO on one device.
 pub struct OpenVino {
     core: Core,
     device: String,
-    hint: String,
 }
 
 impl OpenVino {
@@ -67,7 +66,6 @@ impl OpenVino {
         Ok(OpenVino {
             core,
             device: cfg.device.to_ascii_uppercase(),
-            hint: cfg.performance_hint.to_ascii_uppercase(),
         })
     }
 
@@ -112,16 +110,20 @@ impl Backend for OpenVino {
         let hint = if options.background {
             "THROUGHPUT"
         } else {
-            &self.hint
+            options.mode.as_str()
         };
         let threads = if options.background { "1" } else { "0" };
-        // f32 arithmetic everywhere: on CPUs with native bf16 (AVX512_BF16, AMX) OpenVINO
-        // would otherwise run in bf16 and move probabilities by ~2e-3, so the same image
-        // would get different numbers on different boxes (and miss the validated reference).
+        // The precision is always explicit: on CPUs with native bf16 (AVX512_BF16, AMX)
+        // OpenVINO's default is bf16, which moves probabilities by up to ~0.06, so the same
+        // image would get different numbers on different boxes. bf16 is asked for only
+        // when chosen (and gated, see `gate`).
         for (key, value) in [
             (RwPropertyKey::HintPerformanceMode, hint),
             (RwPropertyKey::InferenceNumThreads, threads),
-            (RwPropertyKey::HintInferencePrecision, "f32"),
+            (
+                RwPropertyKey::HintInferencePrecision,
+                options.precision.openvino_hint(),
+            ),
         ] {
             if let Err(e) = self.core.set_property(&device, &key, value) {
                 log::debug!(

@@ -467,6 +467,7 @@ pub fn build_result(
             name: id.name.clone(),
             version: id.version.clone(),
             sha256: id.sha256.clone(),
+            precision: id.precision.to_string(),
         },
         timings,
         created_at: crate::clock::now_millis(),

@@ -260,6 +260,7 @@ mod tests {
                 name: "m".into(),
                 version: "1".into(),
                 sha256: String::new(),
+                precision: "f32".into(),
             },
             timings: Default::default(),
             created_at: 0,

@@ -1795,6 +1795,7 @@ pub fn record_result(
             name: "pneumonia-xception".into(),
             version: model_version.into(),
             sha256: String::new(),
+            precision: "f32".into(),
         },
         timings: Timings::default(),
         created_at: 0,

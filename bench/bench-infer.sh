@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make bench-infer`: `duli infer` on a labelled folder at each precision beside plain
+# OpenVINO from Python at the same precision (same IR, same files, preprocessing like the
+# daemon's), printed side by side, with each precision's AUC and its gate against f32
+# (`duli evaluate --precision P --gate`, which also writes the gate record).
+# Heatmap milliseconds per image are printed only when `duli infer` has `--heatmap`.
+#
+# Env: LABELLED (a folder with NORMAL/ and PNEUMONIA/; default: the 16 shared samples
+# linked under bench/out/cxr16), REPEAT (each file this many times per timing run,
+# default 10), PRECISIONS (default "f32 bf16 int8"), GATE (default 1), DULI_BIN.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+REPEAT="${REPEAT:-10}"
+PRECISIONS="${PRECISIONS:-f32 bf16 int8}"
+GATE="${GATE:-1}"
+MODEL="models/pneumonia-xception/model.toml"
+BIN="${DULI_BIN:-${CARGO_TARGET_DIR:-target}/release/duli}"
+[[ -x "$BIN" ]] || { echo "bench-infer: $BIN is not built (cargo build --release -p duli)" >&2; exit 1; }
+scripts/setup-openvino.sh >/dev/null
+scripts/setup-models.sh >/dev/null
+scripts/setup-int8.sh >/dev/null
+PY="$ROOT/.cache/quantize/venv/bin/python"   # openvino (same version as the daemon's), numpy, pillow
+
+LABELLED="${LABELLED:-}"
+if [[ -z "$LABELLED" ]]; then
+    LABELLED="$ROOT/bench/out/cxr16"
+    src=""
+    for c in "${DULI_SHARED_DIR:-}" "$ROOT/../shared" "$ROOT/../../shared"; do
+        [[ -n "$c" && -d "$c/data/cxr-samples/png" ]] && { src="$(cd "$c/data/cxr-samples/png" && pwd)"; break; }
+    done
+    [[ -n "$src" ]] || { echo "SKIP: no shared samples (set LABELLED or DULI_SHARED_DIR)"; exit 0; }
+    rm -rf "$LABELLED"; mkdir -p "$LABELLED/NORMAL" "$LABELLED/PNEUMONIA"
+    for f in "$src"/*.png; do
+        n="$(basename "$f")"; ln -s "$f" "$LABELLED/${n%%_*}/$n"
+    done
+fi
+mapfile -t IMAGES < <(find -L "$LABELLED" -type f \( -iname '*.png' -o -iname '*.jp*g' -o -iname '*.dcm' \) | sort)
+FILES=()
+for ((r = 0; r < REPEAT; r++)); do FILES+=("${IMAGES[@]}"); done
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+echo "== bench-infer: ${#IMAGES[@]} labelled images in $LABELLED, each ${REPEAT}x per timing run (${#FILES[@]} inferences)"
+echo "== CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores;" \
+     "bf16 feature: $(grep -qw amx_bf16 /proc/cpuinfo && echo amx-bf16 || (grep -qw avx512_bf16 /proc/cpuinfo && echo avx512-bf16 || echo none))," \
+     "int8 feature: $(grep -qw amx_int8 /proc/cpuinfo && echo amx-int8 || (grep -qw avx512_vnni /proc/cpuinfo && echo avx512-vnni || (grep -qw avx_vnni /proc/cpuinfo && echo avx-vnni || echo none)))"
+echo "== load before: $(uptime)"
+HEATMAP=()
+"$BIN" infer --help 2>/dev/null | grep -q -- '--heatmap' && HEATMAP=(--heatmap)
+
+for p in $PRECISIONS; do
+    t0=$(date +%s.%N)
+    "$BIN" infer --model "$MODEL" --precision "$p" "${HEATMAP[@]}" "${FILES[@]}" > "$OUT/duli-$p.jsonl" 2> "$OUT/duli-$p.err" || true
+    t1=$(date +%s.%N)
+    echo "$t0 $t1" > "$OUT/duli-$p.wall"
+    "$PY" bench/ov_precision.py "$MODEL" "$p" "${FILES[@]}" > "$OUT/plain-$p.json" 2> "$OUT/plain-$p.err" \
+        || echo '{}' > "$OUT/plain-$p.json"
+    if [[ "$GATE" == 1 && "$p" != f32 ]]; then
+        "$BIN" evaluate --model "$MODEL" --precision "$p" --gate --json "$LABELLED" > "$OUT/eval-$p.json" 2> "$OUT/eval-$p.err" || true
+    else
+        "$BIN" evaluate --model "$MODEL" --precision "$p" --json "$LABELLED" > "$OUT/eval-$p.json" 2> "$OUT/eval-$p.err" || true
+    fi
+done
+echo "== load after: $(uptime)"
+
+"$PY" - "$OUT" "$PRECISIONS" <<'PY'
+import json, sys, statistics
+from pathlib import Path
+out, precisions = Path(sys.argv[1]), sys.argv[2].split()
+def load(p):
+    try: return json.loads(p.read_text() or "{}")
+    except Exception: return {}
+print()
+print(f"{'precision':<9} {'duli wall s':>11} {'duli pipe s':>11} {'duli inf ms':>11} {'plain pipe s':>12} {'plain inf ms':>12} {'duli/plain':>10} {'heatmap ms':>10} {'AUC':>6}  gate")
+notes = []
+for p in precisions:
+    lines = [json.loads(l) for l in (out / f"duli-{p}.jsonl").read_text().splitlines() if l.strip()]
+    ok = [l for l in lines if l.get("status") == "analysed"]
+    t0, t1 = map(float, (out / f"duli-{p}.wall").read_text().split())
+    if not ok:
+        err = (out / f"duli-{p}.err").read_text().strip().splitlines()
+        print(f"{p:<9} duli infer failed: {err[-1] if err else 'no output'}")
+        continue
+    tm = [l["timings_ms"] for l in ok]
+    pipe = sum(t["decode"] + t["preprocess"] + t["infer"] for t in tm) / 1000
+    inf = statistics.fmean(t["infer"] for t in tm)
+    hm = [t["heatmap"] for t in tm if "heatmap" in t]
+    plain = load(out / f"plain-{p}.json")
+    ev = load(out / f"eval-{p}.json")
+    auc = ev.get("findings", {}).get("PNEUMONIA", {}).get("auc")
+    gate = ev.get("gate")
+    if gate:
+        g = f"{'PASSED' if gate['passed'] else 'FAILED'} ({gate['cpu_feature']}): max|dp| {gate['max_shift']:.4f}, p99 {gate['p99_shift']:.4f}, {gate['flipped']} flipped"
+    elif p == "f32":
+        g = "reference"
+    else:
+        g = "not run"
+    ratio = pipe / plain["wall_s"] if plain.get("wall_s") else float("nan")
+    print(f"{p:<9} {t1 - t0:>11.2f} {pipe:>11.2f} {inf:>11.2f} {plain.get('wall_s', float('nan')):>12.2f} {plain.get('infer_ms_mean', float('nan')):>12.2f} {ratio:>10.3f} {(statistics.fmean(hm) if hm else float('nan')):>10.1f} {auc if auc is None else round(auc, 4)!s:>6}  {g}")
+    if plain.get("runtime_precision"):
+        notes.append(f"plain OpenVINO at {p}: runtime reports INFERENCE_PRECISION_HINT={plain['runtime_precision']}")
+    for l in (out / f"eval-{p}.err").read_text().splitlines():
+        if l.startswith("  fails:") or "warning" in l:
+            notes.append(f"{p}: {l.strip()}")
+print()
+print("duli wall s: the whole `duli infer` process (start, model compile, every file); duli pipe s: the sum of")
+print("its per-file decode + preprocess + infer; plain pipe s: Python PIL preprocessing + infer per file, compile")
+print("excluded; inf ms: mean infer call. AUC and gate: `duli evaluate --precision P [--gate]` on the labelled folder.")
+for n in notes: print(n)
+PY

@@ -1,0 +1,290 @@
+//! `duli evaluate --precision P --gate`: the same labelled set scored at f32 and at P,
+//! compared case by case. P passes when no finding's AUC is below f32's and no decision
+//! at the manifest threshold flips; the record (see [`crate::infer::gate`]) says so with
+//! the AUCs, the largest and 99th-percentile probability shifts and the flips.
+
+use super::delong::delong;
+use super::report::labelled_scores;
+use super::score::{Outcome, ScoredCase};
+use crate::infer::gate::{DatasetId, FindingGate, GateRecord, MsPerImage};
+use crate::infer::manifest::Manifest;
+use crate::infer::precision::Precision;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::Path;
+
+/// What identifies the run being gated.
+#[derive(Debug, Clone)]
+pub struct GateRun<'a> {
+    /// The manifest (labels, thresholds).
+    pub manifest: &'a Manifest,
+    /// Precision gated.
+    pub precision: Precision,
+    /// Its CPU feature.
+    pub cpu_feature: String,
+    /// SHA-256 of the network run at `precision`.
+    pub network_sha256: String,
+    /// The labelled set's folder.
+    pub dir: &'a Path,
+    /// Milliseconds per image at f32 and at `precision`.
+    pub ms_per_image: MsPerImage,
+    /// When (RFC 3339).
+    pub date: String,
+}
+
+fn auc(scored: &[ScoredCase], label: usize) -> Option<f64> {
+    let cases = labelled_scores(scored, label);
+    let pos: Vec<f64> = cases
+        .iter()
+        .filter(|c| c.positive)
+        .map(|c| c.probability)
+        .collect();
+    let neg: Vec<f64> = cases
+        .iter()
+        .filter(|c| !c.positive)
+        .map(|c| c.probability)
+        .collect();
+    delong(&pos, &neg).map(|e| e.auc)
+}
+
+fn probability(outcome: &Outcome, label: usize) -> Option<f64> {
+    match outcome {
+        Outcome::Scored(p) => p.iter().find(|(i, _)| *i == label).map(|(_, v)| *v),
+        Outcome::NotApplicable(_) | Outcome::Error(_) => None,
+    }
+}
+
+/// The value at quantile `q` (nearest rank) of `v` sorted ascending.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Compares `reference` (f32) and `gated` (the same cases, in the same order, at
+/// `run.precision`) over `findings`.
+pub fn compare(
+    run: &GateRun<'_>,
+    reference: &[ScoredCase],
+    gated: &[ScoredCase],
+    findings: &BTreeSet<usize>,
+    dataset_sha256: String,
+) -> GateRecord {
+    let mut shifts = Vec::new();
+    let mut per = BTreeMap::new();
+    let mut reasons = Vec::new();
+    let mut both = 0;
+    for (r, g) in reference.iter().zip(gated) {
+        if matches!(r.outcome, Outcome::Scored(_)) && matches!(g.outcome, Outcome::Scored(_)) {
+            both += 1;
+        } else if std::mem::discriminant(&r.outcome) != std::mem::discriminant(&g.outcome) {
+            reasons.push(format!(
+                "{}: scored at one precision only",
+                r.case.file.display()
+            ));
+        }
+    }
+    for &i in findings {
+        let Some(label) = run.manifest.labels.get(i) else {
+            continue;
+        };
+        let threshold = f64::from(run.manifest.threshold(i));
+        let mut flipped = 0;
+        let mut max_shift = 0f64;
+        for (r, g) in reference.iter().zip(gated) {
+            let (Some(pr), Some(pg)) = (probability(&r.outcome, i), probability(&g.outcome, i))
+            else {
+                continue;
+            };
+            let d = (pg - pr).abs();
+            shifts.push(d);
+            max_shift = max_shift.max(d);
+            if (pr >= threshold) != (pg >= threshold) {
+                flipped += 1;
+            }
+        }
+        let (auc_f32, auc_p) = (auc(reference, i), auc(gated, i));
+        match (auc_f32, auc_p) {
+            (Some(a), Some(b)) if b < a => {
+                reasons.push(format!("{}: AUC {b:.4} below f32's {a:.4}", label.code))
+            }
+            (Some(_), Some(_)) => {}
+            _ => reasons.push(format!(
+                "{}: no AUC (the set needs positives and negatives)",
+                label.code
+            )),
+        }
+        if flipped > 0 {
+            reasons.push(format!(
+                "{}: {flipped} decision(s) flipped at threshold {threshold}",
+                label.code
+            ));
+        }
+        per.insert(
+            label.code.clone(),
+            FindingGate {
+                auc_f32,
+                auc: auc_p,
+                threshold,
+                flipped,
+                max_shift,
+            },
+        );
+    }
+    shifts.sort_by(f64::total_cmp);
+    let flipped = per.values().map(|f| f.flipped).sum();
+    GateRecord {
+        precision: run.precision,
+        cpu_feature: run.cpu_feature.clone(),
+        date: run.date.clone(),
+        model: format!("{} {}", run.manifest.name, run.manifest.version),
+        network_sha256: run.network_sha256.clone(),
+        reference_sha256: run.manifest.file.sha256.to_ascii_lowercase(),
+        dataset: DatasetId {
+            dir: run.dir.to_path_buf(),
+            images: both,
+            sha256: dataset_sha256,
+        },
+        findings: per,
+        max_shift: shifts.last().copied().unwrap_or(0.0),
+        p99_shift: quantile(&shifts, 0.99),
+        flipped,
+        ms_per_image: run.ms_per_image,
+        passed: reasons.is_empty(),
+        reasons,
+    }
+}
+
+/// SHA-256 over the cases' file names (relative to `dir`) and contents, in sorted order.
+pub fn dataset_digest(dir: &Path, cases: &[ScoredCase]) -> std::io::Result<String> {
+    let mut files: Vec<&Path> = cases.iter().map(|c| c.case.file.as_path()).collect();
+    files.sort();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    for f in files {
+        let name = f.strip_prefix(dir).unwrap_or(f);
+        ctx.update(name.to_string_lossy().as_bytes());
+        ctx.update(&[0]);
+        let mut file = std::fs::File::open(f)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
+}
+
+/// The gate as lines for people.
+pub fn summary(g: &GateRecord) -> String {
+    let mut s = format!(
+        "Gate {} on {} ({}): {}\n",
+        g.precision,
+        g.cpu_feature,
+        g.date,
+        if g.passed { "PASSED" } else { "FAILED" }
+    );
+    for (code, f) in &g.findings {
+        let a = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.4}"));
+        s.push_str(&format!(
+            "  {code}: AUC {} vs f32 {}, {} flipped at {}, max |dp| {:.4}\n",
+            a(f.auc),
+            a(f.auc_f32),
+            f.flipped,
+            f.threshold,
+            f.max_shift
+        ));
+    }
+    s.push_str(&format!(
+        "  over {} images: max |dp| {:.4}, p99 |dp| {:.4}; {:.1} ms per image vs {:.1} at f32\n",
+        g.dataset.images, g.max_shift, g.p99_shift, g.ms_per_image.gated, g.ms_per_image.f32
+    ));
+    for r in &g.reasons {
+        s.push_str(&format!("  fails: {r}\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::dataset::Case;
+
+    fn case(name: &str, positive: bool, p: f64) -> ScoredCase {
+        ScoredCase {
+            case: Case {
+                file: name.into(),
+                truth: [(1, positive)].into_iter().collect(),
+            },
+            outcome: Outcome::Scored(vec![(1, p)]),
+        }
+    }
+
+    fn manifest() -> Manifest {
+        let path = crate::infer::testdata::repo_root().join("models/pneumonia-xception/model.toml");
+        Manifest::load(&path).unwrap()
+    }
+
+    #[test]
+    fn a_flip_or_a_lower_auc_fails_and_small_shifts_pass() {
+        let m = manifest();
+        let run = GateRun {
+            manifest: &m,
+            precision: Precision::Bf16,
+            cpu_feature: "amx-bf16".into(),
+            network_sha256: m.file.sha256.clone(),
+            dir: Path::new("/set"),
+            ms_per_image: MsPerImage {
+                f32: 20.0,
+                gated: 8.0,
+            },
+            date: "2026-12-03T00:00:00Z".into(),
+        };
+        let findings: BTreeSet<usize> = [1].into_iter().collect();
+        let f32 = vec![
+            case("a", true, 0.9),
+            case("b", true, 0.52),
+            case("c", false, 0.2),
+            case("d", false, 0.6),
+        ];
+        let close = vec![
+            case("a", true, 0.91),
+            case("b", true, 0.53),
+            case("c", false, 0.19),
+            case("d", false, 0.58),
+        ];
+        let g = compare(&run, &f32, &close, &findings, "x".into());
+        assert!(g.passed, "{:?}", g.reasons);
+        assert_eq!(g.flipped, 0);
+        assert!((g.max_shift - 0.02).abs() < 1e-9);
+        assert!((g.p99_shift - 0.02).abs() < 1e-9);
+        assert_eq!(g.findings["PNEUMONIA"].auc, g.findings["PNEUMONIA"].auc_f32);
+
+        // b drops below the threshold: one flip, and the AUC falls under f32's.
+        let flip = vec![
+            case("a", true, 0.9),
+            case("b", true, 0.15),
+            case("c", false, 0.2),
+            case("d", false, 0.6),
+        ];
+        let g = compare(&run, &f32, &flip, &findings, "x".into());
+        assert!(!g.passed);
+        assert_eq!(g.flipped, 1);
+        assert!(g.findings["PNEUMONIA"].auc < g.findings["PNEUMONIA"].auc_f32);
+        assert_eq!(g.reasons.len(), 2, "{:?}", g.reasons);
+        assert!(summary(&g).contains("FAILED"));
+    }
+
+    #[test]
+    fn quantile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&v, 1.0), 100.0);
+        assert_eq!(quantile(&[], 0.99), 0.0);
+        assert_eq!(quantile(&[3.0], 0.99), 3.0);
+    }
+}

@@ -1,0 +1,177 @@
+//! AUTO scheduling of the engine over a recording test backend: an image alone runs on
+//! the latency-tuned request, a queue on the throughput requests, never both at once.
+
+use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
+use super::engine::{Engine, EngineOptions, Scheduling};
+use super::gate::Network;
+use super::manifest::Manifest;
+use super::precision::Precision;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the test backend saw.
+#[derive(Default)]
+struct Log {
+    /// Modes compiled, in order.
+    compiled: Mutex<Vec<(Mode, Precision)>>,
+    /// Runs per mode.
+    latency_runs: AtomicUsize,
+    throughput_runs: AtomicUsize,
+    /// Runs in flight now, per mode, and the worst overlap seen.
+    latency_now: AtomicUsize,
+    throughput_now: AtomicUsize,
+    overlap: AtomicUsize,
+    max_throughput_now: AtomicUsize,
+}
+
+struct Recording(Arc<Log>);
+struct RecCompiled(Arc<Log>, Mode);
+struct RecRequest(Arc<Log>, Mode);
+
+impl Backend for Recording {
+    fn name(&self) -> String {
+        "recording-test".into()
+    }
+    fn compile(
+        &mut self,
+        _m: &Manifest,
+        o: CompileOptions,
+    ) -> Result<Box<dyn Compiled>, BackendError> {
+        if let Ok(mut c) = self.0.compiled.lock() {
+            c.push((o.mode, o.precision));
+        }
+        Ok(Box::new(RecCompiled(Arc::clone(&self.0), o.mode)))
+    }
+}
+
+impl Compiled for RecCompiled {
+    fn optimal_requests(&self) -> usize {
+        match self.1 {
+            Mode::Latency => 1,
+            Mode::Throughput => 3,
+        }
+    }
+    fn request(&mut self) -> Result<Box<dyn Request>, BackendError> {
+        Ok(Box::new(RecRequest(Arc::clone(&self.0), self.1)))
+    }
+}
+
+impl Request for RecRequest {
+    fn run(&mut self, _input: &[f32]) -> Result<Vec<f32>, BackendError> {
+        let log = &self.0;
+        let (mine, other, runs) = match self.1 {
+            Mode::Latency => (&log.latency_now, &log.throughput_now, &log.latency_runs),
+            Mode::Throughput => (&log.throughput_now, &log.latency_now, &log.throughput_runs),
+        };
+        let now = mine.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.1 == Mode::Throughput {
+            log.max_throughput_now.fetch_max(now, Ordering::SeqCst);
+        }
+        if other.load(Ordering::SeqCst) > 0 || (self.1 == Mode::Latency && now > 1) {
+            log.overlap.fetch_add(1, Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        mine.fetch_sub(1, Ordering::SeqCst);
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok(vec![0.5, 0.5])
+    }
+}
+
+fn engine(scheduling: Scheduling, precision: Precision) -> (Engine, Arc<Log>) {
+    let m = Manifest::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pneumonia-xception/model.toml"),
+    )
+    .unwrap();
+    let log = Arc::new(Log::default());
+    let network = Network {
+        precision,
+        manifest: m.clone(),
+        sha256: m.file.sha256.clone(),
+        gate_dir: m.dir.clone(),
+    };
+    let e = Engine::start(
+        m,
+        "00".repeat(32),
+        Box::new(Recording(Arc::clone(&log))),
+        EngineOptions {
+            network,
+            scheduling,
+        },
+    )
+    .unwrap();
+    (e, log)
+}
+
+#[test]
+fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
+    let (e, log) = engine(Scheduling::Auto, Precision::Bf16);
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [
+            (Mode::Latency, Precision::Bf16),
+            (Mode::Throughput, Precision::Bf16)
+        ]
+    );
+    assert_eq!(e.workers(), 3);
+    assert_eq!(e.identity().precision, Precision::Bf16);
+    // One image at a time: every run on the latency request.
+    for _ in 0..3 {
+        e.infer_blocking(vec![0.0; e.manifest().input_len()])
+            .unwrap();
+    }
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 3);
+    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 0);
+    // A burst of 12 from 6 threads: most on the throughput requests, in parallel.
+    let e = Arc::new(e);
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            let e = Arc::clone(&e);
+            s.spawn(move || {
+                for _ in 0..2 {
+                    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let (lat, thr) = (
+        log.latency_runs.load(Ordering::SeqCst),
+        log.throughput_runs.load(Ordering::SeqCst),
+    );
+    assert_eq!(lat + thr, 15);
+    assert!(thr >= 8, "burst ran {thr} of 12 on throughput requests");
+    assert!(log.max_throughput_now.load(Ordering::SeqCst) >= 2);
+    assert_eq!(
+        log.overlap.load(Ordering::SeqCst),
+        0,
+        "the latency request ran beside another"
+    );
+    eprintln!("auto scheduling: 3 lone images on the latency request; burst of 12: {} latency, {thr} throughput, up to {} in parallel", lat - 3, log.max_throughput_now.load(Ordering::SeqCst));
+}
+
+#[test]
+fn latency_and_throughput_hints_keep_one_network() {
+    let (e, log) = engine(Scheduling::Latency, Precision::F32);
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [(Mode::Latency, Precision::F32)]
+    );
+    assert_eq!(e.workers(), 1);
+    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+        .unwrap();
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 1);
+    let (e, log) = engine(Scheduling::Throughput, Precision::F32);
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [(Mode::Throughput, Precision::F32)]
+    );
+    assert_eq!(e.workers(), 3);
+    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+        .unwrap();
+    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(Scheduling::from_hint("AUTO"), Scheduling::Auto);
+    assert_eq!(Scheduling::from_hint("THROUGHPUT"), Scheduling::Throughput);
+    assert_eq!(Scheduling::from_hint("LATENCY"), Scheduling::Latency);
+}

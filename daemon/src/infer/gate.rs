@@ -1,0 +1,409 @@
+//! Precision gates: a precision other than f32 is used only after `duli evaluate
+//! --precision P --gate` showed, on a labelled set and on a CPU with the same feature,
+//! that it loses no AUC against f32 and flips no decision at the threshold. The record
+//! lives beside the network it gated (`gate-<precision>-<feature>.json` next to the
+//! manifest for bf16, inside the INT8 build's folder for int8) and binds that network's
+//! checksum. [`resolve`] turns `inference.precision` into the precision actually used.
+
+use super::int8;
+use super::manifest::Manifest;
+use super::precision::{CpuFlags, Precision, PrecisionSetting};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Figures of one finding in a gate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FindingGate {
+    /// ROC AUC at f32.
+    pub auc_f32: Option<f64>,
+    /// ROC AUC at the gated precision.
+    pub auc: Option<f64>,
+    /// Decision threshold.
+    pub threshold: f64,
+    /// Cases whose decision at the threshold differs from f32's.
+    pub flipped: usize,
+    /// Largest |p − p_f32| of this finding.
+    pub max_shift: f64,
+}
+
+/// What a gate run measured and decided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateRecord {
+    /// The precision gated.
+    pub precision: Precision,
+    /// The CPU feature it ran with (see [`Precision::cpu_feature`]).
+    pub cpu_feature: String,
+    /// When (UTC, RFC 3339).
+    pub date: String,
+    /// Model name and version.
+    pub model: String,
+    /// SHA-256 of the network run at `precision` (the INT8 IR for int8).
+    pub network_sha256: String,
+    /// SHA-256 of the f32 reference network (the manifest's).
+    pub reference_sha256: String,
+    /// The labelled set: folder, images scored, digest of its files.
+    pub dataset: DatasetId,
+    /// Per finding code.
+    pub findings: BTreeMap<String, FindingGate>,
+    /// Largest |p − p_f32| over every finding and case.
+    pub max_shift: f64,
+    /// 99th percentile of |p − p_f32|.
+    pub p99_shift: f64,
+    /// Decisions flipped at the threshold, over every finding.
+    pub flipped: usize,
+    /// Wall-clock milliseconds per image of the scoring run at f32 and at `precision`.
+    pub ms_per_image: MsPerImage,
+    /// AUC not below f32's for every finding and no decision flipped.
+    pub passed: bool,
+    /// Why it failed (empty when passed).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+/// The labelled set of a gate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetId {
+    /// Folder read.
+    pub dir: PathBuf,
+    /// Images scored at both precisions.
+    pub images: usize,
+    /// SHA-256 over the files' names and contents, in sorted order.
+    pub sha256: String,
+}
+
+/// Scoring speed of a gate run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct MsPerImage {
+    /// At f32.
+    pub f32: f64,
+    /// At the gated precision.
+    pub gated: f64,
+}
+
+/// Why a gate record cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// I/O.
+    #[error("gate record {path}: {source}")]
+    Io {
+        /// The record.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not a gate record.
+    #[error("gate record {path}: {reason}")]
+    Parse {
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// File name of the record of `precision` on `feature`.
+pub fn file_name(precision: Precision, feature: &str) -> String {
+    format!("gate-{precision}-{feature}.json")
+}
+
+/// Where the gate record of `precision` on `feature` lives for a network in `dir`.
+pub fn record_path(dir: &Path, precision: Precision, feature: &str) -> PathBuf {
+    dir.join(file_name(precision, feature))
+}
+
+impl GateRecord {
+    /// Reads a record.
+    pub fn load(path: &Path) -> Result<GateRecord, GateError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| GateError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes the record atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), GateError> {
+        let io = |source| GateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| GateError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n").map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+/// The network run at a precision: its manifest (file pointing at the right IR), its
+/// checksum, and the folder its gate records live in.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Precision it runs at.
+    pub precision: Precision,
+    /// Manifest whose `file` names the IR to load.
+    pub manifest: Manifest,
+    /// SHA-256 of that IR's `.xml`.
+    pub sha256: String,
+    /// Where its gate records live.
+    pub gate_dir: PathBuf,
+}
+
+/// The network `manifest` runs at `precision` (the INT8 build for int8).
+pub fn network(manifest: &Manifest, precision: Precision) -> Result<Network, int8::Int8Error> {
+    match precision {
+        Precision::Int8 => {
+            let q = int8::load(manifest)?;
+            Ok(Network {
+                precision,
+                gate_dir: q.dir,
+                sha256: q.sha256,
+                manifest: q.manifest,
+            })
+        }
+        Precision::F32 | Precision::Bf16 => Ok(Network {
+            precision,
+            manifest: manifest.clone(),
+            sha256: manifest.file.sha256.to_ascii_lowercase(),
+            gate_dir: manifest.dir.clone(),
+        }),
+    }
+}
+
+/// A passed gate for `net` on this CPU, or why there is none.
+pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, String> {
+    let feature = net.precision.cpu_feature(flags);
+    let path = record_path(&net.gate_dir, net.precision, feature);
+    let how = format!(
+        "run `duli evaluate --precision {} --gate` on a labelled set",
+        net.precision
+    );
+    let record = GateRecord::load(&path).map_err(|e| match e {
+        GateError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => format!(
+            "{} has no gate record for this CPU ({feature}) at {}: {how}",
+            net.precision,
+            path.display()
+        ),
+        e => e.to_string(),
+    })?;
+    if !record.network_sha256.eq_ignore_ascii_case(&net.sha256) {
+        return Err(format!(
+            "{}: the gate was run on another network (SHA-256 {}), this one is {}: {how}",
+            path.display(),
+            record.network_sha256,
+            net.sha256
+        ));
+    }
+    if record.cpu_feature != feature || record.precision != net.precision {
+        return Err(format!(
+            "{}: not a record of {} on {feature}",
+            path.display(),
+            net.precision
+        ));
+    }
+    if !record.passed {
+        return Err(format!(
+            "{} failed its gate on {} ({}): {}",
+            net.precision,
+            record.date,
+            path.display(),
+            record.reasons.join("; ")
+        ));
+    }
+    Ok(record)
+}
+
+/// The precision `inference.precision` resolves to on this CPU.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The network to load.
+    pub network: Network,
+    /// Why this precision (for the log): the gate used, or why another was not.
+    pub reason: String,
+}
+
+/// Resolves `setting`: f32 as is; bf16 or int8 only with a passed gate for this CPU's
+/// feature (else f32, saying why); `auto` the fastest precision with a passed gate (by the
+/// gate runs' milliseconds per image), f32 when none passed or none is faster.
+pub fn resolve(manifest: &Manifest, setting: PrecisionSetting, flags: &CpuFlags) -> Resolved {
+    let f32_net = || network(manifest, Precision::F32);
+    let reference = |reason: String| Resolved {
+        network: Network {
+            precision: Precision::F32,
+            manifest: manifest.clone(),
+            sha256: manifest.file.sha256.to_ascii_lowercase(),
+            gate_dir: manifest.dir.clone(),
+        },
+        reason,
+    };
+    let gated = |p: Precision| -> Result<(Network, GateRecord), String> {
+        let net = network(manifest, p).map_err(|e| e.to_string())?;
+        let record = passed_gate(&net, flags)?;
+        Ok((net, record))
+    };
+    match setting {
+        PrecisionSetting::Fixed(Precision::F32) => match f32_net() {
+            Ok(network) => Resolved {
+                network,
+                reason: "configured".into(),
+            },
+            Err(e) => reference(e.to_string()),
+        },
+        PrecisionSetting::Fixed(p) => match gated(p) {
+            Ok((network, r)) => Resolved {
+                network,
+                reason: format!("configured; gate passed on {} ({})", r.date, r.cpu_feature),
+            },
+            Err(why) => reference(format!("{p} is not used: {why}; running f32")),
+        },
+        PrecisionSetting::Auto => {
+            let mut best: Option<(Network, GateRecord)> = None;
+            let mut skipped = Vec::new();
+            for p in [Precision::Bf16, Precision::Int8] {
+                if !p.differs_from_f32(flags) {
+                    skipped.push(format!("{p}: no native support on this CPU"));
+                    continue;
+                }
+                match gated(p) {
+                    Ok((net, r)) if r.ms_per_image.gated < r.ms_per_image.f32 => {
+                        let faster = best
+                            .as_ref()
+                            .is_none_or(|(_, b)| r.ms_per_image.gated < b.ms_per_image.gated);
+                        if faster {
+                            best = Some((net, r));
+                        }
+                    }
+                    Ok((_, r)) => skipped.push(format!(
+                        "{p}: passed but not faster ({:.1} vs {:.1} ms per image)",
+                        r.ms_per_image.gated, r.ms_per_image.f32
+                    )),
+                    Err(why) => skipped.push(why),
+                }
+            }
+            match best {
+                Some((network, r)) => Resolved {
+                    reason: format!(
+                        "auto: fastest gated precision on {} ({:.1} ms per image vs {:.1} at f32, gate of {})",
+                        r.cpu_feature, r.ms_per_image.gated, r.ms_per_image.f32, r.date
+                    ),
+                    network,
+                },
+                None => reference(format!("auto: f32 ({})", skipped.join("; "))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(dir: &Path) -> Manifest {
+        let text = format!(
+            r#"name = "gate-test"
+version = "1"
+[file]
+path = "net.xml"
+sha256 = "{}"
+[input]
+name = "x"
+layout = "NCHW"
+width = 4
+height = 4
+channels = 1
+resize = "bilinear"
+normalise = {{ kind = "range", min = 0.0, max = 1.0 }}
+[output]
+activation = "sigmoid"
+[[labels]]
+code = "A"
+name = "A"
+"#,
+            "a".repeat(64)
+        );
+        std::fs::write(dir.join("model.toml"), text).unwrap();
+        Manifest::load(&dir.join("model.toml")).unwrap()
+    }
+
+    fn record(m: &Manifest, feature: &str, passed: bool, ms: f64) -> GateRecord {
+        GateRecord {
+            precision: Precision::Bf16,
+            cpu_feature: feature.into(),
+            date: "2026-12-03T00:00:00Z".into(),
+            model: "gate-test 1".into(),
+            network_sha256: m.file.sha256.clone(),
+            reference_sha256: m.file.sha256.clone(),
+            dataset: DatasetId {
+                dir: "/set".into(),
+                images: 16,
+                sha256: "x".into(),
+            },
+            findings: BTreeMap::new(),
+            max_shift: 0.01,
+            p99_shift: 0.01,
+            flipped: 0,
+            ms_per_image: MsPerImage {
+                f32: 20.0,
+                gated: ms,
+            },
+            passed,
+            reasons: if passed {
+                vec![]
+            } else {
+                vec!["A: 1 flipped".into()]
+            },
+        }
+    }
+
+    #[test]
+    fn bf16_is_used_only_with_a_passed_gate_for_this_cpu_feature() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = manifest(tmp.path());
+        let amx = CpuFlags::parse("flags : avx512f amx_bf16 avx512_bf16\n");
+        let bf16 = PrecisionSetting::Fixed(Precision::Bf16);
+        // No record: f32, saying how to gate.
+        let r = resolve(&m, bf16, &amx);
+        assert_eq!(r.network.precision, Precision::F32);
+        assert!(r.reason.contains("--gate"), "{}", r.reason);
+        // A failed record: still f32, with the failure.
+        let path = record_path(tmp.path(), Precision::Bf16, "amx-bf16");
+        record(&m, "amx-bf16", false, 8.0).save(&path).unwrap();
+        let r = resolve(&m, bf16, &amx);
+        assert_eq!(r.network.precision, Precision::F32);
+        assert!(r.reason.contains("flipped"), "{}", r.reason);
+        // Passed: bf16, fixed or auto.
+        record(&m, "amx-bf16", true, 8.0).save(&path).unwrap();
+        assert_eq!(resolve(&m, bf16, &amx).network.precision, Precision::Bf16);
+        let auto = resolve(&m, PrecisionSetting::Auto, &amx);
+        assert_eq!(auto.network.precision, Precision::Bf16, "{}", auto.reason);
+        // The record is for AMX: a CPU with only AVX512-BF16 has no gate.
+        let avx512 = CpuFlags::parse("flags : avx512f avx512_bf16\n");
+        assert_eq!(resolve(&m, bf16, &avx512).network.precision, Precision::F32);
+        // Passed but slower than f32: auto keeps f32.
+        record(&m, "amx-bf16", true, 30.0).save(&path).unwrap();
+        let auto = resolve(&m, PrecisionSetting::Auto, &amx);
+        assert_eq!(auto.network.precision, Precision::F32);
+        assert!(auto.reason.contains("not faster"), "{}", auto.reason);
+        // A record of another network is not honoured.
+        let mut other = record(&m, "amx-bf16", true, 8.0);
+        other.network_sha256 = "b".repeat(64);
+        other.save(&path).unwrap();
+        assert_eq!(resolve(&m, bf16, &amx).network.precision, Precision::F32);
+        // int8 without a build: f32, naming make models.
+        let r = resolve(&m, PrecisionSetting::Fixed(Precision::Int8), &amx);
+        assert_eq!(r.network.precision, Precision::F32);
+        assert!(r.reason.contains("make models"), "{}", r.reason);
+        assert_eq!(
+            resolve(&m, PrecisionSetting::Fixed(Precision::F32), &amx)
+                .network
+                .precision,
+            Precision::F32
+        );
+    }
+}
