@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Writes a CycloneDX (JSON, spec 1.5) software bill of materials of the daemon binary and of
-# the firmware tool library into target/sbom/: every crate compiled into them with its
-# version, licence, source and checksum (cargo cyclonedx, from Cargo.lock).
+# Writes a CycloneDX (JSON, spec 1.5) software bill of materials of the daemon binary `duli`
+# (which carries the firmware updater too) into target/sbom/: every crate compiled into it
+# with its version, licence, source and checksum (cargo cyclonedx, from Cargo.lock).
 #
 #   scripts/sbom.sh            (make sbom)
 #
