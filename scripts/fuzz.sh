@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/, cargo fuzz + libFuzzer on the nightly toolchain) for
 # FUZZ_SECONDS each, then prints one row per target: executions, executions per second,
-# coverage (libFuzzer's edge counter) and crashes. New coverage-increasing inputs are kept
-# in fuzz/corpus/<target>/; a crash, hang or out-of-memory input is copied to
-# fuzz/regressions/<target>/, where the ordinary test suite (daemon/tests/fuzz_corpus.rs)
-# replays it on every run until the bug is fixed.
+# coverage (libFuzzer's edge counter) and crashes. Runs start from the committed seeds in
+# fuzz/corpus/<target>/ and keep the coverage-increasing inputs they find in
+# fuzz/grown/<target>/ (not committed: later runs start from them too); a crash, hang or
+# out-of-memory input is copied to fuzz/regressions/<target>/, where the ordinary test
+# suite (daemon/tests/fuzz_corpus.rs) replays it on every run, once fixed, for good.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (make fuzz FUZZ_SECONDS=600)
 #
@@ -35,11 +36,11 @@ mkdir -p logs
 printf '%-16s %12s %10s %8s %8s %8s\n' target executions exec/s cov ft crashes
 status=0
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "regressions/$t" "artifacts/$t"
+    mkdir -p "grown/$t" "corpus/$t" "regressions/$t" "artifacts/$t"
     log="logs/$t.log"
     before=$(find "artifacts/$t" -type f | wc -l)
     set +e
-    cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" -- \
+    cargo +nightly fuzz run "${flags[@]}" "$t" "grown/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     set -e

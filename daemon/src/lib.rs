@@ -23,6 +23,8 @@
 //! - [`report`]: the domain records made from a result: the report every message and
 //!   result object is built from, and a radiologist's feedback.
 //! - [`results`]: the DICOM result objects (SR with the findings, SC with the heatmap).
+//! - [`site_secret`]: the box's own secret that keys the pseudonyms and report identifiers
+//!   sent to the cloud and the UIDs of the result objects.
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
 //! - [`deliver`]: the channels that drain the store's durable outbox (HL7/MLLP, MQTT, PACS
@@ -89,6 +91,7 @@ pub mod result;
 pub mod results;
 pub mod retention;
 pub mod scu;
+pub mod site_secret;
 pub mod store;
 pub mod supervise;
 pub mod ul;

@@ -96,8 +96,7 @@ fn mqtt_reports(sub_log: &str) -> Vec<String> {
 /// secret of `d`).
 fn cloud_ids(d: &Daemon, ids: &[String]) -> Vec<String> {
     let secret =
-        duli::deliver::secret::SiteSecret::load_or_generate(&d.data_dir().join("site_secret"))
-            .unwrap();
+        duli::site_secret::SiteSecret::load_or_generate(&d.data_dir().join("site_secret")).unwrap();
     ids.iter()
         .map(|id| duli::deliver::mqtt::payload::cloud_report_id(&secret, id))
         .collect()

@@ -14,7 +14,6 @@
 //! - [`mqtt`]: report/feedback/health payloads, topics, and the MQTT channel.
 //! - [`pacs`]: the C-STORE push of result objects to PACS.
 //! - [`service`]: starts the outbox, the workers and the health message in the daemon.
-//! - [`secret`]: the site secret that keys the pseudonyms sent to the cloud.
 //! - [`tls`]: the rustls client configuration (ring provider) both channels use.
 //!
 //! The PACS push (C-STORE SCU of the SR and SC) is a third [`Channel`] implementation
@@ -27,7 +26,6 @@ pub use crate::store::outbox;
 pub mod pacs;
 pub mod plan;
 pub use crate::report;
-pub mod secret;
 pub mod service;
 pub mod tls;
 pub mod worker;

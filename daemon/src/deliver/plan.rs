@@ -6,8 +6,8 @@ use super::mqtt::payload::{feedback_payload, report_payload, to_json, Feedback};
 use super::mqtt::topics::Topics;
 use super::outbox::{Destination, Kind, NewEntry, Payload};
 use super::report::Report;
-use super::secret::SiteSecret;
 use crate::config::Config;
+use crate::site_secret::SiteSecret;
 
 /// The destinations in effect and what their messages need.
 #[derive(Debug, Clone, PartialEq)]

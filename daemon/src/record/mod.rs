@@ -20,11 +20,11 @@
 pub mod secondary_capture;
 
 use crate::deliver::plan::DeliveryPlan;
-use crate::deliver::secret::SiteSecret;
 use crate::model::{StudyRecord, StudyState};
 use crate::report::{Feedback, Report};
 use crate::result::{HeatmapState, ImageStatus, StudyResult};
 use crate::results::{self, uids::ResultUids};
+use crate::site_secret::SiteSecret;
 use crate::store::outbox::{Batch, Kind, NewEntry, Outbox};
 use crate::store::results::{self as stored, Committed};
 use crate::store::{Change, Store, StoreError};

@@ -129,7 +129,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let report = fixtures::report();
-        let key = crate::deliver::secret::SiteSecret::from_bytes(&[6u8; 32]);
+        let key = crate::site_secret::SiteSecret::from_bytes(&[6u8; 32]);
         let uids = uids::ResultUids::new("2.25.", &report.report_id, &key);
         let source = InstanceRecord {
             sop_instance_uid: "1.2.826.0.1.3680043.8.498.1.1.1".into(),

@@ -361,7 +361,7 @@ mod tests {
         let mut report = fixtures::report();
         report.findings.clear();
         report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
-        let key = crate::deliver::secret::SiteSecret::from_bytes(&[3u8; 32]);
+        let key = crate::site_secret::SiteSecret::from_bytes(&[3u8; 32]);
         let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &report.report_id, &key);
         let sr = build(&report, &uids, &[]).unwrap();
         let texts = comments(&sr);

@@ -4,7 +4,7 @@
 //! predict them from the study UID (and store an object of their own under them first).
 //! Objects made before the UIDs were keyed keep theirs ([`ResultUids::unkeyed`]).
 
-use crate::deliver::secret::SiteSecret;
+use crate::site_secret::SiteSecret;
 use ring::digest::{digest, SHA256};
 
 /// Pseudonym domain of the keyed seeds.

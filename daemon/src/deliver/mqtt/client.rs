@@ -11,9 +11,9 @@
 use super::topics::Topics;
 use crate::config::Config;
 use crate::deliver::outbox::{Entry, Payload};
-use crate::deliver::secret::SiteSecret;
 use crate::deliver::tls::{client_config, TlsError};
 use crate::deliver::{Channel, Delivery};
+use crate::site_secret::SiteSecret;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,

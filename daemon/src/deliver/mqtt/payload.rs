@@ -7,7 +7,7 @@
 
 use crate::deliver::outbox::{DestStats, Fill};
 use crate::deliver::report::{Finding, Report};
-use crate::deliver::secret::SiteSecret;
+use crate::site_secret::SiteSecret;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
