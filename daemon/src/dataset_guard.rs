@@ -102,6 +102,24 @@ pub enum GuardError {
         /// Where the input ended.
         offset: u64,
     },
+    /// A binary value whose length is not a whole number of its VR's values (the parser
+    /// would read the whole values and lose its place in the stream).
+    #[error(
+        "element ({:04X},{:04X}) {vr:?} of {length} bytes is not a multiple of {size} (at byte {offset})",
+        tag.0, tag.1
+    )]
+    PartialValue {
+        /// The element.
+        tag: Tag,
+        /// Its VR.
+        vr: VR,
+        /// Its declared length.
+        length: u64,
+        /// The size of one value of the VR.
+        size: u64,
+        /// Offset of its header.
+        offset: u64,
+    },
     /// A deflated data set inflates beyond [`MAX_INFLATED_BYTES`].
     #[error("deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")]
     InflatesTooMuch,
@@ -410,6 +428,17 @@ fn explicit_vr_and_length<R: Read + Seek>(
     }
 }
 
+/// The size of one value of a binary VR whose values the parser reads whole (PS3.5 §6.2:
+/// a value length is a multiple of it); `None` for text and byte VRs.
+fn value_size(vr: VR) -> Option<u64> {
+    match vr {
+        VR::US | VR::SS | VR::OW => Some(2),
+        VR::UL | VR::SL | VR::FL | VR::AT | VR::OL | VR::OF => Some(4),
+        VR::FD | VR::SV | VR::UV | VR::OD | VR::OV => Some(8),
+        _ => None,
+    }
+}
+
 /// The VR an implicit VR element has per the dictionary (SQ matters; others are opaque).
 fn implicit_vr(tag: Tag) -> VR {
     match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
@@ -589,6 +618,15 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), Guard
         }
         let length = u64::from(length);
         fits(input, end, tag, length, offset)?;
+        if let Some(size) = value_size(vr).filter(|size| length % size != 0) {
+            return Err(GuardError::PartialValue {
+                tag,
+                vr,
+                length,
+                size,
+                offset,
+            });
+        }
         if length > MAX_ELEMENT_BYTES && !is_bulk(tag) {
             return Err(GuardError::ElementTooLarge { tag, length });
         }

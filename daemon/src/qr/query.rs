@@ -861,6 +861,20 @@ mod tests {
         assert!(err.to_string().contains("inflates beyond"), "{err}");
     }
 
+    /// Found by fuzzing: a UL of 29 bytes (not a whole number of values) made the parser
+    /// lose its place and then allocate 2 GB for a length it read out of the value.
+    #[test]
+    fn a_binary_value_of_a_partial_length_is_refused_before_parsing() {
+        let mut body = vec![0x00, 0x08, 0xc3, 0xfc, b'U', b'L', 0x1d, 0x00];
+        body.extend_from_slice(&[
+            0x09, 0x01, 0, 0, 0, 0, 0, 0, 0x09, 0x00, 0xfc, b'U', b'L', 0x07,
+        ]);
+        body.extend_from_slice(&[0u8; 15]);
+        let err =
+            decode_identifier(&body, crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN).unwrap_err();
+        assert!(err.to_string().contains("not a multiple of 4"), "{err}");
+    }
+
     #[test]
     fn hostile_identifiers_are_refused_before_parsing() {
         for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1\0"] {
