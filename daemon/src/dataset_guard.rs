@@ -48,6 +48,7 @@ const ITEM_END: u16 = 0xE00D;
 const SEQUENCE_END: u16 = 0xE0DD;
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 const TRANSFER_SYNTAX: Tag = Tag(0x0002, 0x0010);
+const META_GROUP_LENGTH: Tag = Tag(0x0002, 0x0000);
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
@@ -337,15 +338,31 @@ struct Frame {
 /// transfer syntax UID. Leaves the input at the first data set element.
 fn scan_meta<R: Read + Seek>(input: &mut Input<R>) -> Result<String, GuardError> {
     let mut ts = None;
+    let mut group_end: Option<u64> = None;
     loop {
         let offset = input.pos;
         let mut tag_bytes = [0u8; 4];
         if !input.read_or_end(&mut tag_bytes)? {
+            if group_end.is_some_and(|end| offset != end) {
+                return Err(GuardError::Structure {
+                    offset,
+                    what: "file meta group length disagrees with its elements",
+                });
+            }
             break;
         }
         let group = u16::from_le_bytes([tag_bytes[0], tag_bytes[1]]);
         let element = u16::from_le_bytes([tag_bytes[2], tag_bytes[3]]);
-        if group != 0x0002 {
+        // The group length, when given, must end the group exactly where its elements end:
+        // the parser trusts it, so a disagreement would let it read other bytes than these.
+        let past_group_end = group_end.is_some_and(|end| offset >= end);
+        if group != 0x0002 || past_group_end {
+            if group_end.is_some_and(|end| offset != end) {
+                return Err(GuardError::Structure {
+                    offset,
+                    what: "file meta group length disagrees with its elements",
+                });
+            }
             seek_to(&mut input.inner, offset)?;
             input.pos = offset;
             break;
@@ -367,6 +384,10 @@ fn scan_meta<R: Read + Seek>(input: &mut Input<R>) -> Result<String, GuardError>
             let mut value = vec![0u8; length as usize];
             input.read(&mut value)?;
             ts = Some(String::from_utf8_lossy(&value).into_owned());
+        } else if tag == META_GROUP_LENGTH && length == 4 && group_end.is_none() {
+            let mut value = [0u8; 4];
+            input.read(&mut value)?;
+            group_end = Some(input.pos + u64::from(u32::from_le_bytes(value)));
         } else {
             input.skip(length)?;
         }
@@ -889,6 +910,18 @@ mod tests {
             check_part10_bytes(&lie),
             Err(GuardError::LengthBeyondData { .. })
         ));
+    }
+
+    /// Found by fuzzing the console upload: a file meta group whose group length ends
+    /// elsewhere than its elements made the parser start the deflated body at another byte
+    /// than this scan, and allocate 3.5 GB.
+    #[test]
+    fn a_meta_group_length_that_disagrees_with_its_elements_is_refused() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/pixels/oom-1b115f98cd57878e18ffd731a6d8fb29d0b0fa1c");
+        let bytes = std::fs::read(path).unwrap();
+        let err = check_part10_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("group length disagrees"), "{err}");
     }
 
     #[test]
