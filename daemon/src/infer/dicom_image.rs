@@ -120,7 +120,7 @@ pub fn check_rle(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), Di
         bounds.push(fragment.len());
         for (i, pair) in bounds.windows(2).enumerate() {
             let (start, end) = (pair[0], pair[1]);
-            if start < 64 || start > end {
+            if start < 64 || start > end || end > fragment.len() {
                 return Err(bad(format!(
                     "{frame}: segment {i} offset {start} out of order"
                 )));
