@@ -113,6 +113,7 @@ fn add_instance(
         ));
         obj.meta_mut().media_storage_sop_instance_uid = sop.to_string();
         edit(&mut obj);
+        obj.meta_mut().update_information_group_length();
         obj.write_to_file(&dest).unwrap();
     } else {
         std::fs::copy(src, &dest).unwrap();
