@@ -305,30 +305,7 @@ mod tests {
     use super::*;
 
     fn manifest(dir: &Path) -> Manifest {
-        let text = format!(
-            r#"name = "gate-test"
-version = "1"
-[file]
-path = "net.xml"
-sha256 = "{}"
-[input]
-name = "x"
-layout = "NCHW"
-width = 4
-height = 4
-channels = 1
-resize = "bilinear"
-normalise = {{ kind = "range", min = 0.0, max = 1.0 }}
-[output]
-activation = "sigmoid"
-[[labels]]
-code = "A"
-name = "A"
-"#,
-            "a".repeat(64)
-        );
-        std::fs::write(dir.join("model.toml"), text).unwrap();
-        Manifest::load(&dir.join("model.toml")).unwrap()
+        crate::infer::manifest::tiny_manifest(dir, "gate-test", &"a".repeat(64))
     }
 
     fn record(m: &Manifest, feature: &str, passed: bool, ms: f64) -> GateRecord {

@@ -174,30 +174,7 @@ mod tests {
     use super::*;
 
     fn manifest(dir: &Path, sha: &str) -> Manifest {
-        let text = format!(
-            r#"name = "t"
-version = "1"
-[file]
-path = "net.xml"
-sha256 = "{sha}"
-[input]
-name = "x"
-layout = "NCHW"
-width = 4
-height = 4
-channels = 1
-resize = "bilinear"
-normalise = {{ kind = "range", min = 0.0, max = 1.0 }}
-[output]
-activation = "sigmoid"
-[[labels]]
-code = "A"
-name = "A"
-"#
-        );
-        let path = dir.join("model.toml");
-        std::fs::write(&path, text).unwrap();
-        Manifest::load(&path).unwrap()
+        crate::infer::manifest::tiny_manifest(dir, "t", sha)
     }
 
     #[test]

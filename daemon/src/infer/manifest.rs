@@ -415,6 +415,36 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(digest))
 }
 
+/// Writes `model.toml` for a tiny one-label sigmoid network `net.xml` named `name` with
+/// file hash `sha` into `dir`, and loads it: the manifest fixture of the unit tests.
+#[cfg(test)]
+pub(crate) fn tiny_manifest(dir: &Path, name: &str, sha: &str) -> Manifest {
+    let text = format!(
+        r#"name = "{name}"
+version = "1"
+[file]
+path = "net.xml"
+sha256 = "{sha}"
+[input]
+name = "x"
+layout = "NCHW"
+width = 4
+height = 4
+channels = 1
+resize = "bilinear"
+normalise = {{ kind = "range", min = 0.0, max = 1.0 }}
+[output]
+activation = "sigmoid"
+[[labels]]
+code = "A"
+name = "A"
+"#
+    );
+    let path = dir.join("model.toml");
+    std::fs::write(&path, text).unwrap();
+    Manifest::load(&path).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
