@@ -12,7 +12,7 @@ venv="$repo/.venv"
 requirements="$repo/tests/requirements.txt"
 
 apt_packages=(
-    dcmtk orthanc mosquitto mosquitto-clients
+    dcmtk dicom3tools orthanc mosquitto mosquitto-clients
     make cmake g++ libubootenv-tool u-boot-tools grub-common procps
     openssl ca-certificates python3-venv curl chromium chromium-driver
 )
@@ -85,7 +85,7 @@ setup_venv() {
     local stamp="$venv/.requirements.sha256" want
     want="$(sha256sum "$requirements" | cut -d' ' -f1)"
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-        "$venv/bin/python" -c 'import pynetdicom, pydicom, hl7, numpy' 2>/dev/null; then
+        "$venv/bin/python" -c 'import pynetdicom, pydicom, hl7, numpy, highdicom, hl7apy' 2>/dev/null; then
         log ".venv up to date"
         return 0
     fi

@@ -298,6 +298,21 @@ pub struct Hl7Config {
     pub receiving_facility: String,
     /// Explicit refusals (AE/AR) before a message is dead-lettered.
     pub max_rejections: u32,
+    /// Where the ORU carries the Study Instance UID: an OBX (standard) or a ZDS segment.
+    pub study_uid_in: StudyUidIn,
+}
+
+/// Where an ORU^R01 carries the Study Instance UID (`hl7.study_uid_in`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StudyUidIn {
+    /// An OBX of type ST coded `110180^Study Instance UID^DCM`, after the findings: valid
+    /// in strict HL7 v2.5.1 parsers.
+    #[default]
+    Obx,
+    /// A `ZDS` segment (IHE Radiology) at the end of the message, where strict parsers
+    /// accept a Z segment, for RIS that look for it there.
+    Zds,
 }
 
 impl Default for Hl7Config {
@@ -313,6 +328,7 @@ impl Default for Hl7Config {
             receiving_application: "RIS".into(),
             receiving_facility: "HOSPITAL".into(),
             max_rejections: 5,
+            study_uid_in: StudyUidIn::Obx,
         }
     }
 }

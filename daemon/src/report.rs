@@ -34,6 +34,12 @@ pub struct Report {
     pub model_version: String,
     /// SHA-256 of the model weights (hex).
     pub model_sha256: String,
+    /// Arithmetic precision the model ran at (`f32`, `bf16`, `int8`).
+    #[serde(default = "crate::result::f32_name")]
+    pub model_precision: String,
+    /// Coding scheme of the findings' local codes (the model manifest's).
+    #[serde(default = "crate::result::local_scheme")]
+    pub coding_scheme: String,
     /// Stage timings in milliseconds (e.g. `decode`, `infer`, `total`).
     pub timings_ms: BTreeMap<String, f64>,
     /// SOP Instance UIDs of the images the report was made from.
@@ -66,6 +72,8 @@ impl Report {
             model_name: result.model.name.clone(),
             model_version: result.model.version.clone(),
             model_sha256: result.model.sha256.clone(),
+            model_precision: result.model.precision.clone(),
+            coding_scheme: result.model.coding_scheme.clone(),
             timings_ms: timings,
             source_sop_instance_uids: result
                 .images
@@ -145,23 +153,31 @@ pub(crate) mod fixtures {
             findings: vec![
                 Finding {
                     label: "Pneumonia".into(),
-                    code: "233604007".into(),
+                    code: "PNEUMONIA".into(),
                     probability: 0.87346,
                     threshold: 0.5,
                     positive: true,
+                    standard: Some(crate::result::Concept {
+                        code: "233604007".into(),
+                        scheme: "SCT".into(),
+                        meaning: "Pneumonia".into(),
+                    }),
                 },
                 Finding {
                     label: "Pleural effusion".into(),
-                    code: "60046008".into(),
+                    code: "EFFUSION".into(),
                     probability: 0.12,
                     threshold: 0.4,
                     positive: false,
+                    standard: None,
                 },
             ],
             triage: true,
             model_name: "pneumonia-xception".into(),
             model_version: "1.0.0".into(),
             model_sha256: "ab".repeat(32),
+            model_precision: "f32".into(),
+            coding_scheme: "99DULI".into(),
             timings_ms: [("infer".to_string(), 27.5), ("total".to_string(), 80.25)]
                 .into_iter()
                 .collect(),

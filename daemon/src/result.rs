@@ -4,6 +4,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A concept of a standard terminology: SNOMED CT (`SCT`), RadLex (`RADLEX`), DICOM
+/// (`DCM`) or LOINC (`LN`), as DICOM code items and HL7 CWE components carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Concept {
+    /// Code value (e.g. `233604007`).
+    pub code: String,
+    /// Coding scheme designator (e.g. `SCT`).
+    pub scheme: String,
+    /// Code meaning (e.g. `Pneumonia`).
+    pub meaning: String,
+}
+
 /// One finding of one image (or of the study: the maximum over its images).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
@@ -17,6 +30,10 @@ pub struct Finding {
     pub threshold: f32,
     /// `probability >= threshold`.
     pub positive: bool,
+    /// The finding in a standard terminology, when the manifest maps its label to one
+    /// (results made before manifests carried standard codes have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standard: Option<Concept>,
 }
 
 /// What happened to one image.
@@ -136,10 +153,19 @@ pub struct ModelInfo {
     /// precisions existed ran at f32).
     #[serde(default = "f32_name")]
     pub precision: String,
+    /// Coding scheme designator of the model's own label codes (a `99…` local scheme).
+    #[serde(default = "local_scheme")]
+    pub coding_scheme: String,
 }
 
-fn f32_name() -> String {
+/// The precision of results recorded before precisions existed.
+pub fn f32_name() -> String {
     "f32".into()
+}
+
+/// The local coding scheme of results recorded before the scheme was kept with them.
+pub fn local_scheme() -> String {
+    crate::infer::manifest::LOCAL_SCHEME.into()
 }
 
 /// The result of one study, version `version` (n+1 when instances arrive after a result).
@@ -250,6 +276,7 @@ pub(crate) mod fixtures {
                 version: "1".into(),
                 sha256: "00".into(),
                 precision: "f32".into(),
+                coding_scheme: local_scheme(),
             },
             timings: Timings::default(),
             created_at: 0,
@@ -268,6 +295,7 @@ mod tests {
             probability: p,
             threshold: 0.5,
             positive: p >= 0.5,
+            standard: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 mod support;
 
-use duli::config::Hl7Config;
+use duli::config::{Hl7Config, StudyUidIn};
 use duli::deliver::hl7::ack::{build_ack, AckCode};
 use duli::deliver::hl7::client::{Hl7Channel, Hl7Target};
 use duli::deliver::hl7::message::Hl7Profile;
@@ -27,6 +27,7 @@ fn plan() -> DeliveryPlan {
             sending_facility: "hospital-a".into(),
             receiving_application: "RIS".into(),
             receiving_facility: "HOSP".into(),
+            study_uid_in: StudyUidIn::Obx,
         }),
         mqtt: false,
         pacs_push: vec![],
@@ -153,7 +154,7 @@ fn spawn_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_retry() {
-    let Some(python) = python_with(&["hl7"]) else {
+    let Some(python) = python_with(&["hl7", "hl7apy"]) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -178,7 +179,12 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
     let mut corrected = report(7);
     corrected.version = 2;
     corrected.triage = false;
-    ob.enqueue(&plan().report_entries(&corrected, &SiteSecret::from_bytes(&[1u8; 32])))
+    // The correction goes to a RIS that wants the Study Instance UID in a ZDS.
+    let mut zds = plan();
+    if let Some(p) = zds.hl7.as_mut() {
+        p.study_uid_in = StudyUidIn::Zds;
+    }
+    ob.enqueue(&zds.report_entries(&corrected, &SiteSecret::from_bytes(&[1u8; 32])))
         .unwrap();
     let (stop, handle) = spawn_worker(&ob, port, 5);
     assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
@@ -230,32 +236,43 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
         ("OBR.F18", "ACC51&X"),
         ("OBR.F25", "P"),
         ("TQ1.F9", "S"),
-        ("ZDS.F1.R1.C1", "1.2.826.0.1.3680043.8.498.1051"),
-        ("ZDS.F1.R1.C2", "DULI"),
-        ("ZDS.F1.R1.C3", "Application"),
-        ("ZDS.F1.R1.C4", "DICOM"),
         ("OBX1.F2", "NM"),
         ("OBX1.F3.R1.C1", "233604007"),
         ("OBX1.F3.R1.C2", "Pneumonia"),
-        ("OBX1.F3.R1.C3", "DULI"),
+        ("OBX1.F3.R1.C3", "SCT"),
+        ("OBX1.F3.R1.C4", "PNEUMONIA"),
+        ("OBX1.F3.R1.C6", "99DULI"),
         ("OBX1.F5", "0.51"),
         ("OBX1.F8", "A"),
         ("OBX1.F11", "P"),
         ("OBX2.F2", "ST"),
-        ("OBX2.F5", "pneumonia-xception 1.0.0"),
+        ("OBX2.F3.R1.C1", "110180"),
+        ("OBX2.F5", "1.2.826.0.1.3680043.8.498.1051"),
         ("OBX2.F11", "P"),
+        ("OBX3.F2", "ST"),
+        ("OBX3.F5", "pneumonia-xception 1.0.0 f32"),
     ];
     for (key, value) in expect {
         assert_eq!(r[key], value, "{key} in {r}");
     }
     assert_eq!(
         r["segments"],
-        serde_json::json!(["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "ZDS", "OBX", "OBX"])
+        serde_json::json!(["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "OBX", "OBX", "OBX"])
     );
     let c = &records[2];
     assert_eq!(c["OBR.F25"], "C");
     assert_eq!(c["TQ1.F9"], "R");
     assert_eq!(c["OBX1.F8"], "N");
+    assert_eq!(c["ZDS.F1.R1.C1"], "1.2.826.0.1.3680043.8.498.1007");
+    assert_eq!(c["ZDS.F1.R1.C4"], "DICOM");
+    assert_eq!(
+        c["segments"],
+        serde_json::json!(["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "OBX", "OBX", "ZDS"])
+    );
+    // A strict HL7 v2.5.1 validator accepts every message, in both placements.
+    for r in &records {
+        assert_eq!(r["strict"], "valid", "{r}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

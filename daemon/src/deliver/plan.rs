@@ -34,6 +34,7 @@ impl DeliveryPlan {
                 sending_facility: cfg.device.site_id.clone(),
                 receiving_application: cfg.hl7.receiving_application.clone(),
                 receiving_facility: cfg.hl7.receiving_facility.clone(),
+                study_uid_in: cfg.hl7.study_uid_in,
             }),
             mqtt: cfg.mqtt.enabled,
             pacs_push: cfg

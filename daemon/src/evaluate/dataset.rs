@@ -262,18 +262,21 @@ mod tests {
                 name: "Normal".into(),
                 threshold: None,
                 background: true,
+                standard: None,
             },
             Label {
                 code: "PNEUMONIA".into(),
                 name: "Pneumonia".into(),
                 threshold: None,
                 background: false,
+                standard: None,
             },
             Label {
                 code: "EFF".into(),
                 name: "Effusion".into(),
                 threshold: None,
                 background: false,
+                standard: None,
             },
         ];
         m

@@ -50,6 +50,7 @@ pub fn findings(manifest: &Manifest, raw: &[f32]) -> Result<Vec<Finding>, Output
                 probability: probs[i],
                 threshold,
                 positive: probs[i] >= threshold,
+                standard: l.standard.clone(),
             }
         })
         .collect())

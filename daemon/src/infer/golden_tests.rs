@@ -151,6 +151,7 @@ fn offline_tool_exit_codes_and_line_format() {
             probability: 0.75,
             threshold: 0.5,
             positive: true,
+            standard: None,
         }],
         timings: Timings::default(),
         heatmap: HeatmapState::None,

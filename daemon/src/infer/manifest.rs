@@ -90,8 +90,12 @@ pub struct Manifest {
     pub dir: PathBuf,
 }
 
+/// The coding scheme of label codes when a manifest names none: this appliance's private
+/// scheme (DICOM PS3.16 §8.2: `99` + an organisation's abbreviation).
+pub const LOCAL_SCHEME: &str = "99DULI";
+
 fn default_scheme() -> String {
-    "99DULI".into()
+    LOCAL_SCHEME.into()
 }
 
 fn default_threshold() -> f32 {
@@ -224,6 +228,12 @@ pub struct Label {
     /// A background class (e.g. NORMAL): never reported as a finding.
     #[serde(default)]
     pub background: bool,
+    /// The finding in a standard terminology (SNOMED CT, RadLex), e.g.
+    /// `standard = { code = "233604007", scheme = "SCT", meaning = "Pneumonia" }`. Results,
+    /// SRs and HL7 carry it first and the local code as the alternate; without it only the
+    /// local code is sent.
+    #[serde(default)]
+    pub standard: Option<crate::result::Concept>,
 }
 
 /// The intended use (`[intended_use]`): the population and images the model was trained
@@ -294,6 +304,22 @@ impl Manifest {
         }
         if !self.labels.iter().any(|l| !l.background) {
             return Err(bad("labels", "every label is a background class"));
+        }
+        for l in &self.labels {
+            if let Some(c) = &l.standard {
+                // DICOM SH (code, scheme) and LO (meaning) limits, no HL7 delimiters.
+                let fits = |v: &str, max: usize| {
+                    !v.trim().is_empty()
+                        && v.chars().count() <= max
+                        && !v.contains(['|', '^', '~', '\\', '&', '\r', '\n'])
+                };
+                if !fits(&c.code, 16) || !fits(&c.scheme, 16) || !fits(&c.meaning, 64) {
+                    return Err(bad(
+                        "labels.standard",
+                        "code and scheme need 1-16 characters, meaning 1-64, none of |^~\\&",
+                    ));
+                }
+            }
         }
         if self.input.channels != 1 && self.input.channels != 3 {
             return Err(bad("input.channels", "must be 1 or 3"));

@@ -468,6 +468,7 @@ pub fn build_result(
             version: id.version.clone(),
             sha256: id.sha256.clone(),
             precision: id.precision.to_string(),
+            coding_scheme: engine.manifest().coding_scheme.clone(),
         },
         timings,
         created_at: crate::clock::now_millis(),

@@ -261,6 +261,7 @@ mod tests {
                 version: "1".into(),
                 sha256: String::new(),
                 precision: "f32".into(),
+                coding_scheme: crate::result::local_scheme(),
             },
             timings: Default::default(),
             created_at: 0,

@@ -1770,6 +1770,7 @@ pub fn record_result(
             probability: *p,
             threshold: 0.5,
             positive: *p >= 0.5,
+            standard: None,
         })
         .collect();
     let result = StudyResult {
@@ -1796,6 +1797,7 @@ pub fn record_result(
             version: model_version.into(),
             sha256: String::new(),
             precision: "f32".into(),
+            coding_scheme: "99DULI".into(),
         },
         timings: Timings::default(),
         created_at: 0,

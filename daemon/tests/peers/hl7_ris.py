@@ -5,6 +5,10 @@ usage: hl7_ris.py PORT OUT.jsonl ACK[,ACK...]
 Every message received is parsed by `hl7.parse` and written to OUT.jsonl as one JSON
 object of field values read through the package's accessors (unescaped). The answers are
 the ACK codes given, in order, the last one repeating, built with `Message.create_ack`.
+
+When `hl7apy` is installed, every message is also parsed and validated by it at its STRICT
+level against the HL7 v2.5.1 ORU_R01 structure (groups found, every segment, field, data
+type and length checked): the record's `strict` is "valid" or the validator's error.
 """
 import asyncio
 import json
@@ -24,10 +28,33 @@ KEYS = [
     "PID.F8", "ORC.F1", "ORC.F2", "OBR.F2", "OBR.F3.R1.C1", "OBR.F4.R1.C5", "OBR.F7",
     "OBR.F18", "OBR.F25", "TQ1.F9", "ZDS.F1.R1.C1", "ZDS.F1.R1.C2", "ZDS.F1.R1.C3",
     "ZDS.F1.R1.C4", "OBX1.F2", "OBX1.F3.R1.C1", "OBX1.F3.R1.C2", "OBX1.F3.R1.C3",
-    "OBX1.F5", "OBX1.F8", "OBX1.F11", "OBX2.F2", "OBX2.F5", "OBX2.F11",
+    "OBX1.F3.R1.C4", "OBX1.F3.R1.C6", "OBX1.F5", "OBX1.F8", "OBX1.F11", "OBX2.F2",
+    "OBX2.F3.R1.C1", "OBX2.F5", "OBX2.F11", "OBX3.F2", "OBX3.F5",
 ]
 
 count = 0
+
+try:
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+    from hl7apy.validation import Validator
+except ImportError:
+    parse_message = None
+
+
+def strict(text):
+    """Validates one message with hl7apy at STRICT: "valid" or the error."""
+    if parse_message is None:
+        return None
+    try:
+        parsed = parse_message(
+            text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True
+        )
+        Validator.validate(parsed, reference=None)
+        return "valid"
+    except Exception as e:  # every hl7apy error is a finding of the validator
+        return f"{type(e).__name__}: {e}"
+
 
 
 async def handle(reader, writer):
@@ -35,7 +62,7 @@ async def handle(reader, writer):
     try:
         while not writer.is_closing():
             msg = await reader.readmessage()
-            record = {"segments": [str(seg[0]) for seg in msg]}
+            record = {"segments": [str(seg[0]) for seg in msg], "strict": strict(str(msg))}
             for key in KEYS:
                 try:
                     record[key] = msg.unescape(str(msg[key]))

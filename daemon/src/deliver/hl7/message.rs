@@ -1,8 +1,12 @@
 //! The ORU^R01 (v2.5.1) message made from a [`Report`], its escaping rules, and the
 //! DICOM → HL7 conversions of names and dates. `docs/hl7-interface.md` describes the
-//! profile segment by segment.
+//! profile segment by segment. The message validates in strict HL7 v2.5.1 parsers: the
+//! Study Instance UID travels in an OBX by default, or in a ZDS segment at the end of the
+//! message where such parsers accept a Z segment.
 
+use crate::config::StudyUidIn;
 use crate::deliver::report::Report;
+use crate::report::Finding;
 
 /// Field separator (MSH-1).
 pub const FIELD_SEP: char = '|';
@@ -12,8 +16,11 @@ pub const ENCODING_CHARS: &str = "^~\\&";
 pub const SEGMENT_END: char = '\r';
 /// MSH-3 sending application.
 pub const SENDING_APPLICATION: &str = "DULI";
-/// Coding system of the codes this appliance defines (OBX-3, OBR-4).
-pub const LOCAL_CODING_SYSTEM: &str = "DULI";
+/// Coding system of the codes this appliance defines (OBX-3, OBR-4): a local coding
+/// system name of the form HL7 table 0396 reserves for them (`99zzz`).
+pub const LOCAL_CODING_SYSTEM: &str = "99DULI";
+/// OBX-3 of the Study Instance UID observation (DICOM PS3.16 `DCM` code).
+pub const STUDY_UID_CODE: &str = "110180^Study Instance UID^DCM";
 
 /// Who sends and who receives: the header fields that come from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +31,8 @@ pub struct Hl7Profile {
     pub receiving_application: String,
     /// MSH-6 receiving facility.
     pub receiving_facility: String,
+    /// Where the Study Instance UID goes.
+    pub study_uid_in: StudyUidIn,
 }
 
 /// Escapes text for one HL7 field component: the delimiters become `\F\ \S\ \R\ \E\ \T\`
@@ -293,6 +302,26 @@ impl Segment {
     }
 }
 
+/// OBX-3 of a finding (CWE): the standard code first with the local code as the alternate
+/// (`233604007^Pneumonia^SCT^PNEUMONIA^Pneumonia^99DULI`), or the local code alone.
+fn observation_id(f: &Finding, local_scheme: &str) -> String {
+    let local = format!(
+        "{}^{}^{}",
+        escape(&f.code),
+        escape(&f.label),
+        escape(local_scheme)
+    );
+    match &f.standard {
+        Some(c) => format!(
+            "{}^{}^{}^{local}",
+            escape(&c.code),
+            escape(&c.meaning),
+            escape(&c.scheme)
+        ),
+        None => local,
+    }
+}
+
 /// Renders the MSH segment. MSH-1 is the separator itself, so MSH-n is field n-1.
 fn msh(profile: &Hl7Profile, report: &Report, message_type: &str) -> String {
     let fields = [
@@ -389,18 +418,6 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
             .set(9, if report.triage { "S" } else { "R" })
             .render(),
     );
-    segments.push(
-        Segment::new("ZDS")
-            .set(
-                1,
-                format!(
-                    "{}^{}^Application^DICOM",
-                    escape(&s.study_instance_uid),
-                    SENDING_APPLICATION
-                ),
-            )
-            .render(),
-    );
     let mut set_id = 0;
     for f in &report.findings {
         set_id += 1;
@@ -408,18 +425,24 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
             Segment::new("OBX")
                 .set(1, set_id.to_string())
                 .set(2, "NM")
-                .set(
-                    3,
-                    format!(
-                        "{}^{}^{}",
-                        escape(&f.code),
-                        escape(&f.label),
-                        LOCAL_CODING_SYSTEM
-                    ),
-                )
+                .set(3, observation_id(f, &report.coding_scheme))
                 .set(5, number(f64::from(f.probability)))
                 .set(7, format!("<{}", number(f64::from(f.threshold))))
                 .set(8, if f.positive { "A" } else { "N" })
+                .set(11, "P")
+                .set(14, study_dt.clone())
+                .set(19, created.clone())
+                .render(),
+        );
+    }
+    if profile.study_uid_in == StudyUidIn::Obx {
+        set_id += 1;
+        segments.push(
+            Segment::new("OBX")
+                .set(1, set_id.to_string())
+                .set(2, "ST")
+                .set(3, STUDY_UID_CODE)
+                .set(5, escape(&s.study_instance_uid))
                 .set(11, "P")
                 .set(14, study_dt.clone())
                 .set(19, created.clone())
@@ -434,12 +457,29 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
             .set(3, format!("DULI-MODEL^AI model^{LOCAL_CODING_SYSTEM}"))
             .set(
                 5,
-                escape(&format!("{} {}", report.model_name, report.model_version)),
+                escape(&format!(
+                    "{} {} {}",
+                    report.model_name, report.model_version, report.model_precision
+                )),
             )
             .set(11, "P")
             .set(19, created)
             .render(),
     );
+    if profile.study_uid_in == StudyUidIn::Zds {
+        segments.push(
+            Segment::new("ZDS")
+                .set(
+                    1,
+                    format!(
+                        "{}^{}^Application^DICOM",
+                        escape(&s.study_instance_uid),
+                        SENDING_APPLICATION
+                    ),
+                )
+                .render(),
+        );
+    }
     let mut out = segments.join("\r");
     out.push(SEGMENT_END);
     out
@@ -455,6 +495,7 @@ mod tests {
             sending_facility: "hospital-a".into(),
             receiving_application: "RIS".into(),
             receiving_facility: "HOSP".into(),
+            study_uid_in: StudyUidIn::Obx,
         }
     }
 
@@ -537,7 +578,7 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            ["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "ZDS", "OBX", "OBX", "OBX"]
+            ["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "OBX", "OBX", "OBX", "OBX"]
         );
         let first = msg.split('\r').next().unwrap();
         assert_eq!(
@@ -555,25 +596,51 @@ mod tests {
         assert_eq!(obr[18], "ACC\\T\\42");
         assert_eq!(obr[25], "P");
         assert_eq!(segment(&msg, "TQ1")[9], "S");
-        assert_eq!(
-            segment(&msg, "ZDS")[1],
-            "1.2.826.0.1.3680043.8.498.1^DULI^Application^DICOM"
-        );
         let obx: Vec<Vec<&str>> = msg
             .split('\r')
             .filter(|s| s.starts_with("OBX"))
             .map(|s| s.split('|').collect())
             .collect();
         assert_eq!(obx[0][2], "NM");
-        assert_eq!(obx[0][3], "233604007^Pneumonia^DULI");
+        assert_eq!(
+            obx[0][3],
+            "233604007^Pneumonia^SCT^PNEUMONIA^Pneumonia^99DULI"
+        );
         assert_eq!(obx[0][5], "0.8735");
         assert_eq!(obx[0][7], "<0.5");
         assert_eq!(obx[0][8], "A");
         assert_eq!(obx[0][11], "P");
         assert_eq!(obx[1][5], "0.12");
         assert_eq!(obx[1][8], "N");
+        assert_eq!(obx[1][3], "EFFUSION^Pleural effusion^99DULI");
         assert_eq!(obx[2][2], "ST");
-        assert_eq!(obx[2][5], "pneumonia-xception 1.0.0");
+        assert_eq!(obx[2][3], STUDY_UID_CODE);
+        assert_eq!(obx[2][5], "1.2.826.0.1.3680043.8.498.1");
+        assert_eq!(obx[3][2], "ST");
+        assert_eq!(obx[3][5], "pneumonia-xception 1.0.0 f32");
+        assert!(!msg.contains("ZDS"));
+    }
+
+    #[test]
+    fn zds_mode_puts_the_study_uid_in_a_zds_at_the_end_instead_of_an_obx() {
+        let report = fixtures::report();
+        let mut p = profile();
+        p.study_uid_in = StudyUidIn::Zds;
+        let msg = oru_r01(&report, &p);
+        let ids: Vec<&str> = msg
+            .split('\r')
+            .filter(|s| !s.is_empty())
+            .map(|s| &s[..3])
+            .collect();
+        assert_eq!(
+            ids,
+            ["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "OBX", "OBX", "OBX", "ZDS"]
+        );
+        assert_eq!(
+            segment(&msg, "ZDS")[1],
+            "1.2.826.0.1.3680043.8.498.1^DULI^Application^DICOM"
+        );
+        assert!(!msg.contains(STUDY_UID_CODE));
     }
 
     #[test]
