@@ -400,6 +400,27 @@ pub struct PacsDestination {
     /// The private key (PEM) of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Which result objects a push sends there: `"sr"` (the TID 1500 Structured Report),
+    /// `"pm"` (the heatmap as a Parametric Map), `"sc"` (the heatmap burned into a
+    /// Secondary Capture). Default `["sr", "sc"]`.
+    #[serde(default = "default_result_objects")]
+    pub result_objects: Vec<ResultObject>,
+}
+
+/// A kind of DICOM result object (`[[pacs.destinations]] result_objects`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultObject {
+    /// The Comprehensive SR (TID 1500 Imaging Measurement Report).
+    Sr,
+    /// The heatmap as a Parametric Map.
+    Pm,
+    /// The heatmap burned into a Secondary Capture.
+    Sc,
+}
+
+fn default_result_objects() -> Vec<ResultObject> {
+    vec![ResultObject::Sr, ResultObject::Sc]
 }
 
 impl PacsDestination {

@@ -6,7 +6,7 @@ use super::mqtt::payload::{feedback_payload, report_payload, to_json, Feedback};
 use super::mqtt::topics::Topics;
 use super::outbox::{Destination, Kind, NewEntry, Payload};
 use super::report::Report;
-use crate::config::Config;
+use crate::config::{Config, ResultObject};
 use crate::site_secret::SiteSecret;
 
 /// The destinations in effect and what their messages need.
@@ -20,8 +20,27 @@ pub struct DeliveryPlan {
     pub hl7: Option<Hl7Profile>,
     /// `[mqtt] enabled`.
     pub mqtt: bool,
-    /// Names of the PACS destinations with `push = true`.
-    pub pacs_push: Vec<String>,
+    /// The PACS destinations with `push = true`, with the result objects each receives.
+    pub pacs_push: Vec<PushDestination>,
+}
+
+/// A PACS destination results are pushed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushDestination {
+    /// Its name in `[[pacs.destinations]]`.
+    pub name: String,
+    /// The result objects it receives.
+    pub objects: Vec<ResultObject>,
+}
+
+/// The result object an outbox entry kind pushes (none for messages).
+pub fn result_object(kind: Kind) -> Option<ResultObject> {
+    match kind {
+        Kind::StructuredReport => Some(ResultObject::Sr),
+        Kind::ParametricMap => Some(ResultObject::Pm),
+        Kind::SecondaryCapture => Some(ResultObject::Sc),
+        Kind::Report | Kind::Feedback => None,
+    }
 }
 
 impl DeliveryPlan {
@@ -42,7 +61,10 @@ impl DeliveryPlan {
                 .destinations
                 .iter()
                 .filter(|d| d.push)
-                .map(|d| d.name.clone())
+                .map(|d| PushDestination {
+                    name: d.name.clone(),
+                    objects: d.result_objects.clone(),
+                })
                 .collect(),
         }
     }
@@ -56,7 +78,11 @@ impl DeliveryPlan {
         if self.mqtt {
             out.push(Destination::Mqtt);
         }
-        out.extend(self.pacs_push.iter().cloned().map(Destination::Pacs));
+        out.extend(
+            self.pacs_push
+                .iter()
+                .map(|d| Destination::Pacs(d.name.clone())),
+        );
         out
     }
 
@@ -99,18 +125,20 @@ impl DeliveryPlan {
         out
     }
 
-    /// The PACS push entries of stored result objects (`kind` is
-    /// [`Kind::StructuredReport`] or [`Kind::SecondaryCapture`]), one per push destination.
+    /// The PACS push entries of stored result objects of `kind` (a result object kind:
+    /// [`result_object`]), one per push destination that receives that kind.
     pub fn push_entries(
         &self,
         report_id: &str,
         kind: Kind,
         sop_instance_uids: &[String],
     ) -> Vec<NewEntry> {
+        let wanted = result_object(kind);
         self.pacs_push
             .iter()
-            .map(|name| NewEntry {
-                dest: Destination::Pacs(name.clone()),
+            .filter(|d| wanted.is_some_and(|o| d.objects.contains(&o)))
+            .map(|d| NewEntry {
+                dest: Destination::Pacs(d.name.clone()),
                 kind,
                 report_id: report_id.to_string(),
                 payload: Payload::Dicom {
@@ -172,6 +200,7 @@ mod tests {
                 tls_ca: None,
                 tls_cert: None,
                 tls_key: None,
+                result_objects: vec![ResultObject::Sr, ResultObject::Sc],
             },
             PacsDestination {
                 name: "viewer".into(),
@@ -184,6 +213,7 @@ mod tests {
                 tls_ca: None,
                 tls_cert: None,
                 tls_key: None,
+                result_objects: vec![ResultObject::Sr, ResultObject::Sc],
             },
         ];
         let plan = DeliveryPlan::from_config(&cfg);

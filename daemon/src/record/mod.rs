@@ -17,13 +17,14 @@
 //! Without delivery (tests, `duli demo` without peers) only the result and its marks are
 //! committed. Manual uploads without a real patient are never sent anywhere.
 
+pub mod parametric_map;
 pub mod secondary_capture;
 
 use crate::deliver::plan::DeliveryPlan;
 use crate::model::{StudyRecord, StudyState};
 use crate::report::{Feedback, Report};
 use crate::result::{HeatmapState, ImageStatus, StudyResult};
-use crate::results::{self, uids::ResultUids};
+use crate::results::{self, sr::ObjectRef, uids::ResultUids};
 use crate::site_secret::SiteSecret;
 use crate::store::outbox::{Batch, Kind, NewEntry, Outbox};
 use crate::store::results::{self as stored, Committed};
@@ -89,7 +90,7 @@ impl Recorder {
         let uid = result.study_instance_uid.as_str();
         let entries = match (&self.delivery, outcome.failure) {
             (Some(d), None) => match self.store.study(uid) {
-                Ok(Some(study)) => self.deliverables(d, result, &study),
+                Ok(Some(study)) => self.deliverables(d, result, &study, outcome.heatmaps_to_make),
                 _ => Vec::new(),
             },
             _ => Vec::new(),
@@ -134,12 +135,14 @@ impl Recorder {
     }
 
     /// The Structured Report stored and the outbox entries planned for `result` (none for
-    /// a manual upload, or when the entries cannot be planned).
+    /// a manual upload, or when the entries cannot be planned). When a heatmap is to be
+    /// made, the SR references the Parametric Map it becomes (its UID is known now).
     fn deliverables(
         &self,
         d: &Delivery,
         result: &StudyResult,
         study: &StudyRecord,
+        heatmaps_to_make: &[&str],
     ) -> Vec<NewEntry> {
         if is_manual_upload(study) {
             log::info!(
@@ -156,7 +159,14 @@ impl Recorder {
             .iter()
             .filter_map(|uid| self.store.instance(uid).ok().flatten())
             .collect();
-        match results::sr::build(&report, &uids, &sources)
+        let explained = heatmap_finding(result, heatmaps_to_make);
+        let explanation = explained.as_deref().map(|code| ObjectRef {
+            sop_class: results::parametric_map::PARAMETRIC_MAP,
+            sop_instance: &uids.pm_instance,
+            series: &uids.pm_series,
+            finding: code,
+        });
+        match results::sr::build(&report, &uids, &sources, explanation)
             .and_then(|sr| results::store_object(&self.store, &sr))
         {
             Ok(rec) => batch.extend(d.plan.push_entries(
@@ -195,16 +205,16 @@ impl Recorder {
                 study_uid: study_uid.to_string(),
             });
             if let Some(d) = &self.delivery {
-                self.secondary_capture(d, study_uid, version, sop_uid, &png);
+                self.heatmap_objects(d, study_uid, version, sop_uid, &png);
             }
         }
         Ok(())
     }
 
-    /// Makes the study's Secondary Capture (once per report: its UID derives from the
-    /// report id, so the store says whether it exists, across restarts too) and commits it
-    /// with its push entries.
-    fn secondary_capture(&self, d: &Delivery, study_uid: &str, version: u32, sop: &str, png: &str) {
+    /// Makes the report's Parametric Map and Secondary Capture of the heatmap (once per
+    /// report each: their UIDs derive from the report id, so the store says whether they
+    /// exist, across restarts too) and commits each with its push entries.
+    fn heatmap_objects(&self, d: &Delivery, study_uid: &str, version: u32, sop: &str, png: &str) {
         let Ok(Some(result)) = stored::result(&self.store, study_uid, version) else {
             return;
         };
@@ -215,34 +225,54 @@ impl Recorder {
             return;
         }
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
+        let report = Report::from_result(&result, &study);
+        let exists = |uid: &str| matches!(self.store.instance(uid), Ok(Some(_)));
+        if !exists(&uids.pm_instance) {
+            let made =
+                parametric_map::build(&self.store, &report, &uids, sop, png, &d.plan.device_id);
+            self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance);
+        }
         // Under the UID an earlier version gave it, too.
         let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id).sc_instance;
-        if [&uids.sc_instance, &unkeyed]
-            .iter()
-            .any(|uid| matches!(self.store.instance(uid), Ok(Some(_))))
-        {
-            return;
+        if !exists(&uids.sc_instance) && !exists(&unkeyed) {
+            let made = secondary_capture::build(&self.store, &report, &uids, sop, png);
+            self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance);
         }
-        let report = Report::from_result(&result, &study);
-        let made = secondary_capture::build(&self.store, &report, &uids, sop, png).and_then(|sc| {
+    }
+
+    /// Stores a result object `made` for `report` with its push entries in one
+    /// transaction, makes it durable and wakes delivery; logs why when it cannot.
+    fn commit_object(
+        &self,
+        d: &Delivery,
+        report: &Report,
+        made: Result<dicom_object::FileDicomObject<dicom_object::InMemDicomObject>, String>,
+        kind: Kind,
+        sop_uid: &str,
+    ) {
+        let study_uid = &report.study.study_instance_uid;
+        let stored = made.and_then(|obj| {
             let entries = d.plan.push_entries(
                 &report.report_id,
-                Kind::SecondaryCapture,
-                std::slice::from_ref(&uids.sc_instance),
+                kind,
+                std::slice::from_ref(&sop_uid.to_string()),
             );
             let batch = Batch {
                 outbox: &d.outbox,
                 entries: &entries,
             };
-            results::store_object_with(&self.store, &sc, &[batch]).map_err(|e| e.to_string())?;
+            results::store_object_with(&self.store, &obj, &[batch]).map_err(|e| e.to_string())?;
             Ok(entries)
         });
-        match made {
+        match stored {
             Ok(entries) => match self.store.flush_blocking() {
                 Ok(()) => d.outbox.committed(&entries),
-                Err(e) => log::error!("study {study_uid}: store flush after the SC failed: {e}"),
+                Err(e) => log::error!(
+                    "study {study_uid}: store flush after the {} failed: {e}",
+                    kind.as_str()
+                ),
             },
-            Err(e) => log::error!("study {study_uid}: heatmap secondary capture not made: {e}"),
+            Err(e) => log::error!("study {study_uid}: {} not made: {e}", kind.as_str()),
         }
     }
 
@@ -278,6 +308,19 @@ impl Recorder {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// The local code of the finding the heatmap of `result` explains: the finding of the
+/// first image whose heatmap is to be made.
+fn heatmap_finding(result: &StudyResult, heatmaps_to_make: &[&str]) -> Option<String> {
+    result
+        .images
+        .iter()
+        .filter(|i| heatmaps_to_make.contains(&i.sop_instance_uid.as_str()))
+        .find_map(|i| match &i.heatmap {
+            HeatmapState::Pending { code } | HeatmapState::Done { code, .. } => Some(code.clone()),
+            _ => None,
+        })
 }
 
 /// Why no image of `result` could be analysed, when none could and some failed (the

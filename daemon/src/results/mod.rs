@@ -1,10 +1,12 @@
-//! The DICOM result objects of a study result: a Comprehensive SR with the findings
-//! ([`sr`]) and a Secondary Capture with the heatmap burned in ([`sc`], drawn by
-//! [`overlay`]), each in its own series, with UIDs derived from the report id ([`uids`]). They are
-//! stored and indexed exactly like received instances, so the Q/R SCP serves them and the
-//! outbox pushes them to PACS.
+//! The DICOM result objects of a study result: a Comprehensive SR holding a TID 1500
+//! measurement report of the findings ([`sr`]), the heatmap as a Parametric Map a viewer
+//! overlays itself ([`parametric_map`]) and a Secondary Capture with the heatmap burned in
+//! ([`sc`], drawn by [`overlay`]), each in its own series, with UIDs derived from the
+//! report id ([`uids`]). They are stored and indexed exactly like received instances, so
+//! the Q/R SCP serves them and the outbox pushes them to PACS.
 
 pub mod overlay;
+pub mod parametric_map;
 pub mod sc;
 pub mod sr;
 pub mod uids;

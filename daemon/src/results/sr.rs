@@ -1,19 +1,31 @@
-//! The Comprehensive SR of a study result, in its own series (modality SR) in the original
-//! study: one document per report version, with
+//! The Structured Report of a study result, per IHE AI Results (AIR): a Comprehensive SR
+//! holding a TID 1500 Imaging Measurement Report of image-level findings (no spatial
+//! coordinates), in its own series (modality SR) of the original study, one document per
+//! report version. The content tree:
 //!
-//! - the algorithm identification (TID 4019: name, version, and the weights' SHA-256 as
-//!   the algorithm parameters),
-//! - per finding a container with the finding (code and meaning), its probability (NUM,
-//!   UCUM `{ratio}`), the operating threshold and the positive flag,
-//! - references to the source images (IMAGE items and the evidence sequence),
-//! - a comment saying why the study was not analysed (outside the model's intended use)
-//!   or the caveat that comes with its findings (e.g. the patient's age is unknown),
-//! - a plain statement that the content is AI-generated and not verified, and the header
-//!   flags to match: Preliminary Flag `PRELIMINARY`, Verification Flag `UNVERIFIED`.
+//! - TID 1204 language (`en-US`), TID 1001/1004 observation context: the observer is a
+//!   device, this appliance (Device Observer UID derived from the site, name, manufacturer,
+//!   model name = the AI model), and the procedure reported (plain chest X-ray, SNOMED CT);
+//! - TID 1600 image library: the analysed images;
+//! - Imaging Measurements, one TID 1501 measurement group per finding: tracking identifier
+//!   (the label) and tracking UID, the finding as a standard code (SNOMED CT, RadLex; the
+//!   model's local code when its manifest maps the label to none), the algorithm (TID 4019:
+//!   name, version, parameters = weights SHA-256, precision, the finding's threshold), the
+//!   probability (NUM `Probability`, DCM 122157, unit `1`), the qualitative evaluation at
+//!   the threshold (the finding: `Present` / `Absent`, SNOMED CT), and, when a heatmap is
+//!   made, the Parametric Map as its visual explanation (DCM 130401);
+//! - comments: that the content is AI-generated and not verified, why the study was not
+//!   analysed (outside the model's intended use) or the caveat of its findings; with the
+//!   header flags to match: Preliminary Flag `PRELIMINARY`, Verification Flag `UNVERIFIED`.
+//!
+//! The only private codes left are the model's own label codes (scheme `99DULI`) where no
+//! standard concept matches a label, and the `DULI-MODEL` identification in HL7; every
+//! other concept is from DCM, SCT, UCUM or RFC 5646.
 
 use super::uids::ResultUids;
 use crate::model::InstanceRecord;
-use crate::report::Report;
+use crate::report::{Finding, Report};
+use crate::result::Concept;
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
@@ -43,20 +55,53 @@ const fn code<'a>(value: &'a str, scheme: &'a str, meaning: &'a str) -> Code<'a>
     }
 }
 
-const DOC_TITLE: Code = code("18748-4", "LN", "Diagnostic imaging study");
+impl<'a> From<&'a Concept> for Code<'a> {
+    fn from(c: &'a Concept) -> Self {
+        code(&c.code, &c.scheme, &c.meaning)
+    }
+}
+
+const DOC_TITLE: Code = code("126000", "DCM", "Imaging Measurement Report");
+const LANGUAGE: Code = code("121049", "DCM", "Language of Content Item and Descendants");
+const ENGLISH: Code = code("en-US", "RFC5646", "English (United States)");
+const OBSERVER_TYPE: Code = code("121005", "DCM", "Observer Type");
+const DEVICE: Code = code("121007", "DCM", "Device");
+const DEVICE_UID: Code = code("121012", "DCM", "Device Observer UID");
+const DEVICE_NAME: Code = code("121013", "DCM", "Device Observer Name");
+const DEVICE_MANUFACTURER: Code = code("121014", "DCM", "Device Observer Manufacturer");
+const DEVICE_MODEL: Code = code("121015", "DCM", "Device Observer Model Name");
+const PROCEDURE_REPORTED: Code = code("121058", "DCM", "Procedure reported");
+/// The procedure the report is about: a plain chest X-ray.
+pub const CHEST_X_RAY: Code = code("399208008", "SCT", "Plain chest X-ray");
+const IMAGE_LIBRARY: Code = code("111028", "DCM", "Image Library");
+const IMAGE_LIBRARY_GROUP: Code = code("126200", "DCM", "Image Library Group");
+const IMAGING_MEASUREMENTS: Code = code("126010", "DCM", "Imaging Measurements");
+const MEASUREMENT_GROUP: Code = code("125007", "DCM", "Measurement Group");
+const TRACKING_ID: Code = code("112039", "DCM", "Tracking Identifier");
+const TRACKING_UID: Code = code("112040", "DCM", "Tracking Unique Identifier");
 const FINDING: Code = code("121071", "DCM", "Finding");
-const PROBABILITY: Code = code("PROBABILITY", "99DULI", "Probability of finding");
-const THRESHOLD: Code = code("THRESHOLD", "99DULI", "Operating threshold");
-const POSITIVE: Code = code("POSITIVE", "99DULI", "Finding at or above threshold");
-const YES: Code = code("373066001", "SCT", "Yes");
-const NO: Code = code("373067005", "SCT", "No");
+const PROBABILITY: Code = code("122157", "DCM", "Probability");
+const NO_UNITS: Code = code("1", "UCUM", "no units");
+const PRESENT: Code = code("52101004", "SCT", "Present");
+const ABSENT: Code = code("272519000", "SCT", "Absent");
 const ALGORITHM_NAME: Code = code("111001", "DCM", "Algorithm Name");
 const ALGORITHM_VERSION: Code = code("111003", "DCM", "Algorithm Version");
 const ALGORITHM_PARAMETERS: Code = code("111002", "DCM", "Algorithm Parameters");
-const SOURCE: Code = code("260753009", "SCT", "Source");
+const VISUAL_EXPLANATION: Code = code("130401", "DCM", "Visual explanation");
 const COMMENT: Code = code("121106", "DCM", "Comment");
-const RATIO: Code = code("{ratio}", "UCUM", "ratio");
-const FINDINGS: Code = code("121070", "DCM", "Findings");
+
+/// A result object the SR points to (the Parametric Map of the heatmap).
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRef<'a> {
+    /// SOP Class UID.
+    pub sop_class: &'a str,
+    /// SOP Instance UID.
+    pub sop_instance: &'a str,
+    /// Series Instance UID.
+    pub series: &'a str,
+    /// Local code of the finding it explains.
+    pub finding: &'a str,
+}
 
 fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, PrimitiveValue::from(v))
@@ -98,14 +143,11 @@ fn code_value_item(relationship: &str, name: Code, value: Code) -> InMemDicomObj
     o
 }
 
-fn num_item(relationship: &str, name: Code, value: f64) -> InMemDicomObject {
+fn num_item(relationship: &str, name: Code, value: f64, unit: Code) -> InMemDicomObject {
     let mut o = item(relationship, "NUM", name);
     let mv = InMemDicomObject::from_element_iter([
         text(tags::NUMERIC_VALUE, VR::DS, &format_ds(value)),
-        seq(
-            tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
-            vec![code_item(RATIO)],
-        ),
+        seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(unit)]),
     ]);
     o.put(seq(tags::MEASURED_VALUE_SEQUENCE, vec![mv]));
     o
@@ -124,32 +166,43 @@ fn container(relationship: &str, name: Code, children: Vec<InMemDicomObject>) ->
     o
 }
 
-fn image_item(inst: &InstanceRecord) -> InMemDicomObject {
-    let mut o = item("CONTAINS", "IMAGE", SOURCE);
+fn uidref_item(relationship: &str, name: Code, uid: &str) -> InMemDicomObject {
+    let mut o = item(relationship, "UIDREF", name);
+    o.put(text(tags::UID, VR::UI, uid));
+    o
+}
+
+fn sop_ref(sop_class: &str, sop_instance: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop_class),
+        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, sop_instance),
+    ])
+}
+
+/// An IMAGE content item, named `name` or (image library entries) unnamed.
+fn image_item(name: Option<Code>, sop_class: &str, sop_instance: &str) -> InMemDicomObject {
+    let mut o = InMemDicomObject::from_element_iter([
+        text(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
+        text(tags::VALUE_TYPE, VR::CS, "IMAGE"),
+    ]);
+    if let Some(name) = name {
+        o.put(concept(name));
+    }
     o.put(seq(
         tags::REFERENCED_SOP_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &inst.sop_class_uid),
-            text(
-                tags::REFERENCED_SOP_INSTANCE_UID,
-                VR::UI,
-                &inst.sop_instance_uid,
-            ),
-        ])],
+        vec![sop_ref(sop_class, sop_instance)],
     ));
     o
 }
 
-/// The evidence sequence: the source images grouped by series.
-fn evidence(study_uid: &str, sources: &[InstanceRecord]) -> InMemDicomObject {
-    let mut series: Vec<(String, Vec<&InstanceRecord>)> = Vec::new();
-    for s in sources {
-        match series
-            .iter_mut()
-            .find(|(uid, _)| *uid == s.series_instance_uid)
-        {
-            Some((_, v)) => v.push(s),
-            None => series.push((s.series_instance_uid.clone(), vec![s])),
+/// One evidence item: the referenced instances of `study_uid`, grouped by series.
+fn evidence(study_uid: &str, objects: &[(&str, &str, &str)]) -> InMemDicomObject {
+    let mut series: Vec<(&str, Vec<InMemDicomObject>)> = Vec::new();
+    for &(series_uid, class, instance) in objects {
+        let r = sop_ref(class, instance);
+        match series.iter_mut().find(|(uid, _)| *uid == series_uid) {
+            Some((_, v)) => v.push(r),
+            None => series.push((series_uid, vec![r])),
         }
     }
     InMemDicomObject::from_element_iter([
@@ -158,29 +211,10 @@ fn evidence(study_uid: &str, sources: &[InstanceRecord]) -> InMemDicomObject {
             tags::REFERENCED_SERIES_SEQUENCE,
             series
                 .into_iter()
-                .map(|(uid, insts)| {
+                .map(|(uid, refs)| {
                     InMemDicomObject::from_element_iter([
-                        text(tags::SERIES_INSTANCE_UID, VR::UI, &uid),
-                        seq(
-                            tags::REFERENCED_SOP_SEQUENCE,
-                            insts
-                                .into_iter()
-                                .map(|i| {
-                                    InMemDicomObject::from_element_iter([
-                                        text(
-                                            tags::REFERENCED_SOP_CLASS_UID,
-                                            VR::UI,
-                                            &i.sop_class_uid,
-                                        ),
-                                        text(
-                                            tags::REFERENCED_SOP_INSTANCE_UID,
-                                            VR::UI,
-                                            &i.sop_instance_uid,
-                                        ),
-                                    ])
-                                })
-                                .collect(),
-                        ),
+                        text(tags::SERIES_INSTANCE_UID, VR::UI, uid),
+                        seq(tags::REFERENCED_SOP_SEQUENCE, refs),
                     ])
                 })
                 .collect(),
@@ -247,11 +281,107 @@ pub fn dicom_now(unix: i64) -> (String, String) {
     )
 }
 
-/// Builds the SR of `report`, referencing `sources` (the analysed images).
+/// The finding as coded in the SR: its standard concept, else the model's local code.
+fn finding_code<'a>(f: &'a Finding, local_scheme: &'a str) -> Code<'a> {
+    match &f.standard {
+        Some(c) => c.into(),
+        None => code(
+            &f.code,
+            local_scheme,
+            if f.label.is_empty() {
+                &f.code
+            } else {
+                &f.label
+            },
+        ),
+    }
+}
+
+/// The TID 4019 algorithm identification of `report`'s model for one finding: name,
+/// version and its parameters (weights hash, precision, the finding's threshold).
+fn algorithm(report: &Report, f: &Finding) -> Vec<InMemDicomObject> {
+    vec![
+        text_item("HAS CONCEPT MOD", ALGORITHM_NAME, &report.model_name),
+        text_item("HAS CONCEPT MOD", ALGORITHM_VERSION, &report.model_version),
+        text_item(
+            "HAS CONCEPT MOD",
+            ALGORITHM_PARAMETERS,
+            &format!("weights sha256 {}", report.model_sha256),
+        ),
+        text_item(
+            "HAS CONCEPT MOD",
+            ALGORITHM_PARAMETERS,
+            &format!("precision {}", report.model_precision),
+        ),
+        text_item(
+            "HAS CONCEPT MOD",
+            ALGORITHM_PARAMETERS,
+            &format!("threshold {}", format_ds(f64::from(f.threshold))),
+        ),
+    ]
+}
+
+/// The TID 1501 measurement group of one finding.
+fn measurement_group(
+    report: &Report,
+    uids: &ResultUids,
+    f: &Finding,
+    explanation: Option<ObjectRef>,
+) -> InMemDicomObject {
+    let finding = finding_code(f, &report.coding_scheme);
+    let tracking = if f.label.is_empty() {
+        &f.code
+    } else {
+        &f.label
+    };
+    let mut children = vec![
+        text_item("HAS OBS CONTEXT", TRACKING_ID, tracking),
+        uidref_item("HAS OBS CONTEXT", TRACKING_UID, &uids.tracking(&f.code)),
+        code_value_item("CONTAINS", FINDING, finding),
+    ];
+    children.extend(algorithm(report, f));
+    children.push(num_item(
+        "CONTAINS",
+        PROBABILITY,
+        f64::from(f.probability),
+        NO_UNITS,
+    ));
+    children.push(code_value_item(
+        "CONTAINS",
+        finding,
+        if f.positive { PRESENT } else { ABSENT },
+    ));
+    if let Some(pm) = explanation {
+        children.push(image_item(
+            Some(VISUAL_EXPLANATION),
+            pm.sop_class,
+            pm.sop_instance,
+        ));
+    }
+    let mut group = container("CONTAINS", MEASUREMENT_GROUP, children);
+    group.put(template(1501));
+    group
+}
+
+/// A Content Template Sequence naming DCMR template `id`.
+fn template(id: u32) -> DataElement<InMemDicomObject> {
+    seq(
+        tags::CONTENT_TEMPLATE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
+            text(tags::TEMPLATE_IDENTIFIER, VR::CS, &id.to_string()),
+        ])],
+    )
+}
+
+/// Builds the SR of `report`, referencing `sources` (the analysed images) and, when the
+/// report has a heatmap, its Parametric Map `explanation` (the visual explanation of the
+/// finding it explains).
 pub fn build(
     report: &Report,
     uids: &ResultUids,
     sources: &[InstanceRecord],
+    explanation: Option<ObjectRef>,
 ) -> Result<FileDicomObject<InMemDicomObject>, super::ResultsError> {
     let mut obj = InMemDicomObject::new_empty();
     common_header(report, &mut obj);
@@ -278,59 +408,92 @@ pub fn build(
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         Vec::new(),
     ));
+    obj.put(seq(
+        tags::PERFORMED_PROCEDURE_CODE_SEQUENCE,
+        vec![code_item(CHEST_X_RAY)],
+    ));
     obj.put(text(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"));
     obj.put(text(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"));
     obj.put(text(tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY"));
-    obj.put(seq(
-        tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
-        vec![evidence(&report.study.study_instance_uid, sources)],
-    ));
+    let study = report.study.study_instance_uid.as_str();
+    let source_refs: Vec<(&str, &str, &str)> = sources
+        .iter()
+        .map(|s| {
+            (
+                s.series_instance_uid.as_str(),
+                s.sop_class_uid.as_str(),
+                s.sop_instance_uid.as_str(),
+            )
+        })
+        .collect();
+    if !source_refs.is_empty() {
+        obj.put(seq(
+            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+            vec![evidence(study, &source_refs)],
+        ));
+    }
+    // The heatmap is referenced from the group of the finding it explains.
+    let explanation = explanation.filter(|pm| report.findings.iter().any(|f| f.code == pm.finding));
+    if let Some(pm) = explanation {
+        obj.put(seq(
+            tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
+            vec![evidence(
+                study,
+                &[(pm.series, pm.sop_class, pm.sop_instance)],
+            )],
+        ));
+    }
 
     let mut children = vec![
-        text_item(
-            "CONTAINS",
-            COMMENT,
-            "AI-generated, preliminary result; not verified by a radiologist. Not for diagnostic use on its own.",
-        ),
-        text_item("HAS OBS CONTEXT", ALGORITHM_NAME, &report.model_name),
-        text_item("HAS OBS CONTEXT", ALGORITHM_VERSION, &report.model_version),
+        code_value_item("HAS CONCEPT MOD", LANGUAGE, ENGLISH),
+        code_value_item("HAS OBS CONTEXT", OBSERVER_TYPE, DEVICE),
+        uidref_item("HAS OBS CONTEXT", DEVICE_UID, &uids.device_observer),
         text_item(
             "HAS OBS CONTEXT",
-            ALGORITHM_PARAMETERS,
-            &format!("weights sha256 {}", report.model_sha256),
+            DEVICE_NAME,
+            crate::store::header::GENERATED_BY,
         ),
+        text_item(
+            "HAS OBS CONTEXT",
+            DEVICE_MANUFACTURER,
+            crate::store::header::GENERATED_BY,
+        ),
+        text_item("HAS OBS CONTEXT", DEVICE_MODEL, &report.model_name),
+        code_value_item("HAS CONCEPT MOD", PROCEDURE_REPORTED, CHEST_X_RAY),
     ];
+    if !sources.is_empty() {
+        let entries = sources
+            .iter()
+            .map(|s| image_item(None, &s.sop_class_uid, &s.sop_instance_uid))
+            .collect();
+        children.push(container(
+            "CONTAINS",
+            IMAGE_LIBRARY,
+            vec![container("CONTAINS", IMAGE_LIBRARY_GROUP, entries)],
+        ));
+    }
+    let groups = report
+        .findings
+        .iter()
+        .map(|f| {
+            let explains = explanation.filter(|pm| pm.finding == f.code);
+            measurement_group(report, uids, f, explains)
+        })
+        .collect();
+    children.push(container("CONTAINS", IMAGING_MEASUREMENTS, groups));
+    children.push(text_item(
+        "CONTAINS",
+        COMMENT,
+        "AI-generated, preliminary result; not verified by a radiologist. Not for diagnostic use on its own.",
+    ));
     for note in report.notes() {
         children.push(text_item("CONTAINS", COMMENT, &note));
     }
-    let mut findings = Vec::new();
-    for f in &report.findings {
-        let finding_code = Code {
-            value: &f.code,
-            scheme: "99DULI",
-            meaning: if f.label.is_empty() {
-                &f.code
-            } else {
-                &f.label
-            },
-        };
-        findings.push(container(
-            "CONTAINS",
-            finding_code,
-            vec![
-                code_value_item("CONTAINS", FINDING, finding_code),
-                num_item("CONTAINS", PROBABILITY, f64::from(f.probability)),
-                num_item("CONTAINS", THRESHOLD, f64::from(f.threshold)),
-                code_value_item("CONTAINS", POSITIVE, if f.positive { YES } else { NO }),
-            ],
-        ));
-    }
-    children.push(container("CONTAINS", FINDINGS, findings));
-    children.extend(sources.iter().map(image_item));
 
     obj.put(text(tags::VALUE_TYPE, VR::CS, "CONTAINER"));
     obj.put(concept(DOC_TITLE));
     obj.put(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
+    obj.put(template(1500));
     obj.put(seq(tags::CONTENT_SEQUENCE, children));
     super::with_meta(
         obj,

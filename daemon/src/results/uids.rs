@@ -21,6 +21,17 @@ pub struct ResultUids {
     pub sc_series: String,
     /// The Secondary Capture.
     pub sc_instance: String,
+    /// Series of the Parametric Map.
+    pub pm_series: String,
+    /// The Parametric Map (the heatmap as values a viewer overlays itself).
+    pub pm_instance: String,
+    /// Frame of reference of the Parametric Map when its source image has none (projection
+    /// radiographs usually have none).
+    pub frame_of_reference: String,
+    /// Device Observer UID of this appliance ([`device_observer`]).
+    pub device_observer: String,
+    /// Seed of the tracking UIDs of the report's findings ([`ResultUids::tracking`]).
+    tracking_seed: String,
 }
 
 /// Derives one UID under `root` from `seed` (at most 64 characters, no leading zeros).
@@ -46,9 +57,11 @@ impl ResultUids {
     /// The UIDs of the report `report_id` under `root` (`dicom.uid_root`), keyed by the
     /// site secret.
     pub fn new(root: &str, report_id: &str, key: &SiteSecret) -> ResultUids {
-        Self::from_seeds(root, |part| {
+        let mut uids = Self::from_seeds(root, |part| {
             key.pseudonym(UID_DOMAIN, &format!("{report_id}/{part}"))
-        })
+        });
+        uids.device_observer = device_observer(root, key);
+        uids
     }
 
     /// The UIDs earlier versions gave the report's objects (anyone holding the study UID
@@ -63,8 +76,28 @@ impl ResultUids {
             sr_instance: derive(root, &seed("sr/instance")),
             sc_series: derive(root, &seed("sc/series")),
             sc_instance: derive(root, &seed("sc/instance")),
+            pm_series: derive(root, &seed("pm/series")),
+            pm_instance: derive(root, &seed("pm/instance")),
+            frame_of_reference: derive(root, &seed("pm/frame-of-reference")),
+            device_observer: derive(root, "device-observer"),
+            tracking_seed: format!("{root}\n{}", seed("tracking")),
         }
     }
+
+    /// The Tracking Unique Identifier of the finding coded `code` in this report (TID 1501).
+    pub fn tracking(&self, code: &str) -> String {
+        let (root, seed) = self
+            .tracking_seed
+            .split_once('\n')
+            .unwrap_or(("2.25.", &self.tracking_seed));
+        derive(root, &format!("{seed}/{code}"))
+    }
+}
+
+/// The Device Observer UID of this appliance (TID 1004): one per site secret and UID root,
+/// stable across reports and restarts.
+pub fn device_observer(root: &str, key: &SiteSecret) -> String {
+    derive(root, &key.pseudonym(UID_DOMAIN, "device-observer"))
 }
 
 #[cfg(test)]
@@ -104,6 +137,12 @@ mod tests {
                 &a.sc_series,
                 &a.sc_instance,
                 &b.sr_instance,
+                &a.pm_series,
+                &a.pm_instance,
+                &a.frame_of_reference,
+                &a.tracking("PNEUMONIA"),
+                &a.tracking("EFFUSION"),
+                &device_observer(root, &key),
             ];
             for u in all {
                 assert!(u.len() <= 64 && u.starts_with(root), "{u}");
@@ -114,7 +153,7 @@ mod tests {
                 );
             }
             let set: std::collections::HashSet<_> = all.iter().collect();
-            assert_eq!(set.len(), 5);
+            assert_eq!(set.len(), 11);
         }
     }
 }

@@ -154,6 +154,8 @@ pub enum Kind {
     StructuredReport,
     /// The DICOM Secondary Capture with the heatmap (PACS push).
     SecondaryCapture,
+    /// The heatmap as a DICOM Parametric Map (PACS push).
+    ParametricMap,
 }
 
 impl Kind {
@@ -164,6 +166,7 @@ impl Kind {
             Kind::Feedback => "feedback",
             Kind::StructuredReport => "structured_report",
             Kind::SecondaryCapture => "secondary_capture",
+            Kind::ParametricMap => "parametric_map",
         }
     }
 }

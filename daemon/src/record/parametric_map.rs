@@ -1,0 +1,98 @@
+//! The Parametric Map of a report: the heatmap PNG of one analysed image, brought onto the
+//! map's grid over its radiograph ([`crate::results::parametric_map::resample`]), with
+//! what the map needs of the source image's header, as a DICOM object
+//! ([`crate::results::parametric_map::build`]).
+
+use crate::report::Report;
+use crate::results::parametric_map::{self, Source};
+use crate::results::uids::ResultUids;
+use crate::store::Store;
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
+
+/// Builds the Parametric Map of `report` from the heatmap PNG `png_path` (relative to the
+/// data directory) of image `sop_uid`, made by the appliance `device_serial`.
+pub fn build(
+    store: &Store,
+    report: &Report,
+    uids: &ResultUids,
+    sop_uid: &str,
+    png_path: &str,
+    device_serial: &str,
+) -> Result<FileDicomObject<InMemDicomObject>, String> {
+    let source = source(store, sop_uid)?;
+    let heat = image::open(store.root().join(png_path))
+        .map_err(|e| format!("heatmap {png_path}: {e}"))?
+        .to_luma8();
+    let values: Vec<f32> = heat
+        .as_raw()
+        .iter()
+        .map(|v| f32::from(*v) / 255.0)
+        .collect();
+    let grid = parametric_map::resample(
+        &values,
+        heat.width(),
+        heat.height(),
+        source.columns,
+        source.rows,
+    );
+    parametric_map::build(report, uids, &source, &grid, device_serial).map_err(|e| e.to_string())
+}
+
+/// What the map needs of the stored image `sop_uid` (its header only, up to the pixels).
+pub fn source(store: &Store, sop_uid: &str) -> Result<Source, String> {
+    let inst = store
+        .instance(sop_uid)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{sop_uid} is not in the store"))?;
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(store.root().join(&inst.path))
+        .map_err(|e| format!("{sop_uid}: {e}"))?;
+    let text = |tag: Tag| -> String {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let number = |tag: Tag| -> u32 {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let spacing = |tag: Tag| -> Option<(f64, f64)> {
+        let v = obj
+            .element_opt(tag)
+            .ok()
+            .flatten()?
+            .to_multi_float64()
+            .ok()?;
+        match v.as_slice() {
+            [r, c] if *r > 0.0 && *c > 0.0 && r.is_finite() && c.is_finite() => Some((*r, *c)),
+            _ => None,
+        }
+    };
+    let (rows, columns) = (number(tags::ROWS), number(tags::COLUMNS));
+    if rows == 0 || columns == 0 {
+        return Err(format!("{sop_uid} has no image size"));
+    }
+    let frame_of_reference = Some(text(tags::FRAME_OF_REFERENCE_UID)).filter(|f| !f.is_empty());
+    let laterality = match text(tags::IMAGE_LATERALITY) {
+        l if !l.is_empty() => l,
+        _ => text(tags::LATERALITY),
+    };
+    Ok(Source {
+        sop_class: inst.sop_class_uid,
+        sop_instance: inst.sop_instance_uid,
+        series: inst.series_instance_uid,
+        rows,
+        columns,
+        pixel_spacing: spacing(tags::PIXEL_SPACING).or_else(|| spacing(tags::IMAGER_PIXEL_SPACING)),
+        frame_of_reference,
+        laterality,
+    })
+}

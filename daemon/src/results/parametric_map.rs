@@ -1,0 +1,526 @@
+//! The heatmap of a study result as a Parametric Map (PS3.3 A.75), the form the IHE AI
+//! Results profile gives probability and saliency maps: values a viewer overlays on the
+//! source radiograph itself, instead of pixels burned into a copy of it.
+//!
+//! - One frame on a grid of at most [`PM_MAX_SIDE`] pixels on the long side, aligned with
+//!   the source: the source is divided into `factor × factor` blocks (the factor is the
+//!   smallest integer that brings the long side within the limit), the pixel spacing is the
+//!   source's times the factor, and the Derivation Image Sequence names the source image.
+//! - The frame of reference is the source's; projection radiographs usually have none, and
+//!   then the map gets one of its own (derived from the report, so a rebuild gives the same),
+//!   with the image plane as the patient plane at the origin.
+//! - Stored values are unsigned 16-bit; a Real World Value Mapping turns them into the
+//!   floating-point saliency (0 = no effect on the finding, 1 = the largest effect in the
+//!   image; quantity DCM 130404 "Saliency", unit `1`), and a Palette Color Lookup Table
+//!   (the heatmap's own colours, `COLOR_RANGE`) says how to show them. A palette needs
+//!   integer stored values, which is why the floats are carried by the mapping.
+
+use super::sr::common_header;
+use super::uids::ResultUids;
+use super::ResultsError;
+use crate::report::Report;
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+
+/// Parametric Map Storage.
+pub const PARAMETRIC_MAP: &str = "1.2.840.10008.5.1.4.1.1.30";
+/// Series number of the Parametric Map series.
+pub const PM_SERIES_NUMBER: i32 = 9903;
+/// Longest side of the map's grid.
+pub const PM_MAX_SIDE: u32 = 1024;
+/// Largest stored value (the real-world value 1).
+const STORED_MAX: u16 = u16::MAX;
+
+/// What the map needs to know of its source image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    /// SOP Class UID.
+    pub sop_class: String,
+    /// SOP Instance UID.
+    pub sop_instance: String,
+    /// Series Instance UID.
+    pub series: String,
+    /// Rows.
+    pub rows: u32,
+    /// Columns.
+    pub columns: u32,
+    /// Pixel Spacing, else Imager Pixel Spacing (row spacing, column spacing, mm).
+    pub pixel_spacing: Option<(f64, f64)>,
+    /// Frame of Reference UID, when it has one.
+    pub frame_of_reference: Option<String>,
+    /// Image Laterality (or Laterality).
+    pub laterality: String,
+}
+
+/// The map's values: `width × height` floats in [0, 1], row by row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Columns.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// The block factor and grid size (`factor`, columns, rows) for a source of
+/// `columns × rows`: the smallest integer factor that brings the long side within
+/// `max_side`; the grid covers whole blocks.
+pub fn grid_size(columns: u32, rows: u32, max_side: u32) -> (u32, u32, u32) {
+    let long = columns.max(rows).max(1);
+    let factor = long.div_ceil(max_side.max(1)).max(1);
+    (factor, (columns / factor).max(1), (rows / factor).max(1))
+}
+
+/// Resamples a `src_w × src_h` map laid over the whole source image (bilinear, sampled at
+/// block centres) onto the grid of a `columns × rows` source reduced by [`grid_size`].
+pub fn resample(values: &[f32], src_w: u32, src_h: u32, columns: u32, rows: u32) -> Grid {
+    let (factor, width, height) = grid_size(columns, rows, PM_MAX_SIDE);
+    let at = |x: i64, y: i64| -> f32 {
+        let x = x.clamp(0, i64::from(src_w) - 1) as usize;
+        let y = y.clamp(0, i64::from(src_h) - 1) as usize;
+        values.get(y * src_w as usize + x).copied().unwrap_or(0.0)
+    };
+    let mut out = Vec::with_capacity(width as usize * height as usize);
+    for gy in 0..height {
+        for gx in 0..width {
+            // Block centre in source pixels, then in map pixels (pixel centres at +0.5).
+            let sx = (f64::from(gx) + 0.5) * f64::from(factor);
+            let sy = (f64::from(gy) + 0.5) * f64::from(factor);
+            let mx = sx * f64::from(src_w) / f64::from(columns.max(1)) - 0.5;
+            let my = sy * f64::from(src_h) / f64::from(rows.max(1)) - 0.5;
+            let (x0, y0) = (mx.floor(), my.floor());
+            let (fx, fy) = ((mx - x0) as f32, (my - y0) as f32);
+            let (x0, y0) = (x0 as i64, y0 as i64);
+            let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1, y0) * fx;
+            let bottom = at(x0, y0 + 1) * (1.0 - fx) + at(x0 + 1, y0 + 1) * fx;
+            out.push((top * (1.0 - fy) + bottom * fy).clamp(0.0, 1.0));
+        }
+    }
+    Grid {
+        width,
+        height,
+        values: out,
+    }
+}
+
+fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
+}
+
+fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+}
+
+fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        text(tags::CODE_VALUE, VR::SH, value),
+        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
+        text(tags::CODE_MEANING, VR::LO, meaning),
+    ])
+}
+
+fn ds(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.chars().take(16).collect()
+}
+
+/// The palette: the heatmap colours of the burned-in overlay, 256 entries of 16 bits
+/// (red, green, blue) from stored value 0; stored values past the last entry take it, so
+/// the palette is applied after the VOI window has brought the 16-bit range to 0-255.
+fn palette(obj: &mut InMemDicomObject) {
+    let descriptor = PrimitiveValue::U16([256u16, 0, 16].into_iter().collect());
+    let (mut r, mut g, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..256u16 {
+        let [cr, cg, cb] = super::overlay::jet(f32::from(i) / 255.0);
+        r.push(u16::from(cr) * 257);
+        g.push(u16::from(cg) * 257);
+        b.push(u16::from(cb) * 257);
+    }
+    for tag in [
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+    ] {
+        obj.put(DataElement::new(tag, VR::US, descriptor.clone()));
+    }
+    for (tag, data) in [
+        (tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, r),
+        (tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, g),
+        (tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, b),
+    ] {
+        obj.put(DataElement::new(
+            tag,
+            VR::OW,
+            PrimitiveValue::U16(data.into_iter().collect()),
+        ));
+    }
+}
+
+/// Builds the Parametric Map of `report`'s heatmap `grid` over `source`, made by the
+/// appliance `device_serial`.
+pub fn build(
+    report: &Report,
+    uids: &ResultUids,
+    source: &Source,
+    grid: &Grid,
+    device_serial: &str,
+) -> Result<FileDicomObject<InMemDicomObject>, ResultsError> {
+    let n = grid.width as usize * grid.height as usize;
+    if grid.width == 0
+        || grid.height == 0
+        || grid.width > PM_MAX_SIDE
+        || grid.height > PM_MAX_SIDE
+        || grid.values.len() != n
+    {
+        return Err(ResultsError::Build(format!(
+            "heatmap grid {}x{} with {} values",
+            grid.width,
+            grid.height,
+            grid.values.len()
+        )));
+    }
+    let (factor, _, _) = grid_size(source.columns, source.rows, PM_MAX_SIDE);
+    let mut obj = InMemDicomObject::new_empty();
+    common_header(report, &mut obj);
+    obj.put(text(tags::SOP_CLASS_UID, VR::UI, PARAMETRIC_MAP));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &uids.pm_instance));
+    obj.put(text(tags::MODALITY, VR::CS, "OT"));
+    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &uids.pm_series));
+    obj.put(text(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        &PM_SERIES_NUMBER.to_string(),
+    ));
+    obj.put(text(
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        &report.version.to_string(),
+    ));
+    obj.put(text(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        "AI heatmap map (preliminary, not for diagnostic use)",
+    ));
+    if !source.laterality.is_empty() {
+        obj.put(text(tags::LATERALITY, VR::CS, &source.laterality));
+    }
+    // Enhanced General Equipment.
+    obj.put(text(tags::DEVICE_SERIAL_NUMBER, VR::LO, device_serial));
+    // Frame of Reference.
+    let frame_of_reference = source
+        .frame_of_reference
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .unwrap_or(&uids.frame_of_reference);
+    obj.put(text(
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        frame_of_reference,
+    ));
+    obj.put(text(tags::POSITION_REFERENCE_INDICATOR, VR::LO, ""));
+    // Parametric Map Image.
+    obj.put(text(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        "DERIVED\\PRIMARY\\VOLUME\\QUANTITY",
+    ));
+    obj.put(text(tags::CONTENT_QUALIFICATION, VR::CS, "PRODUCT"));
+    obj.put(text(tags::CONTENT_LABEL, VR::CS, "HEATMAP"));
+    obj.put(text(
+        tags::CONTENT_DESCRIPTION,
+        VR::LO,
+        "Occlusion saliency of the AI finding; preliminary, not verified",
+    ));
+    obj.put(text(tags::CONTENT_CREATOR_NAME, VR::PN, ""));
+    obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO"));
+    obj.put(text(tags::RECOGNIZABLE_VISUAL_FEATURES, VR::CS, "NO"));
+    obj.put(text(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"));
+    obj.put(text(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY"));
+    obj.put(text(tags::PIXEL_PRESENTATION, VR::CS, "COLOR_RANGE"));
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    obj.put(text(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    ));
+    obj.put(us(tags::ROWS, grid.height as u16));
+    obj.put(us(tags::COLUMNS, grid.width as u16));
+    obj.put(us(tags::BITS_ALLOCATED, 16));
+    obj.put(us(tags::BITS_STORED, 16));
+    obj.put(us(tags::HIGH_BIT, 15));
+    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    obj.put(seq(tags::ACQUISITION_CONTEXT_SEQUENCE, Vec::new()));
+    palette(&mut obj);
+    // Multi-frame Functional Groups and Dimensions.
+    obj.put(text(tags::NUMBER_OF_FRAMES, VR::IS, "1"));
+    let dimension_org = derive_dimension_uid(uids);
+    obj.put(seq(
+        tags::DIMENSION_ORGANIZATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([text(
+            tags::DIMENSION_ORGANIZATION_UID,
+            VR::UI,
+            &dimension_org,
+        )])],
+    ));
+    obj.put(seq(
+        tags::DIMENSION_INDEX_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_org),
+            DataElement::new(
+                tags::DIMENSION_INDEX_POINTER,
+                VR::AT,
+                PrimitiveValue::Tags([tags::IMAGE_POSITION_PATIENT].into_iter().collect()),
+            ),
+            DataElement::new(
+                tags::FUNCTIONAL_GROUP_POINTER,
+                VR::AT,
+                PrimitiveValue::Tags([tags::PLANE_POSITION_SEQUENCE].into_iter().collect()),
+            ),
+            text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, "Image position"),
+        ])],
+    ));
+    obj.put(seq(
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![shared_groups(source, factor)],
+    ));
+    obj.put(seq(
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            seq(
+                tags::FRAME_CONTENT_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([DataElement::new(
+                    tags::DIMENSION_INDEX_VALUES,
+                    VR::UL,
+                    PrimitiveValue::from(1u32),
+                )])],
+            ),
+            seq(
+                tags::PLANE_POSITION_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([text(
+                    tags::IMAGE_POSITION_PATIENT,
+                    VR::DS,
+                    "0\\0\\0",
+                )])],
+            ),
+        ])],
+    ));
+    // Common Instance Reference: the source image.
+    obj.put(seq(
+        tags::REFERENCED_SERIES_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::SERIES_INSTANCE_UID, VR::UI, &source.series),
+            seq(
+                tags::REFERENCED_INSTANCE_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([
+                    text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &source.sop_class),
+                    text(
+                        tags::REFERENCED_SOP_INSTANCE_UID,
+                        VR::UI,
+                        &source.sop_instance,
+                    ),
+                ])],
+            ),
+        ])],
+    ));
+    let pixels: Vec<u16> = grid
+        .values
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * f32::from(STORED_MAX)).round() as u16)
+        .collect();
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(pixels.into_iter().collect()),
+    ));
+    super::with_meta(
+        obj,
+        PARAMETRIC_MAP,
+        &uids.pm_instance,
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+}
+
+/// The dimension organisation UID of the map (a sibling of its instance UID).
+fn derive_dimension_uid(uids: &ResultUids) -> String {
+    let root = uids
+        .pm_instance
+        .rsplit_once('.')
+        .map_or("2.25", |(root, _)| root);
+    super::uids::derive(
+        &format!("{root}."),
+        &format!("{}/dimensions", uids.pm_instance),
+    )
+}
+
+/// The functional groups every frame shares: pixel measures, plane orientation, the
+/// derivation from the source, the frame type, identity pixel value transformation, the
+/// VOI window and the real-world value mapping.
+fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
+    let mut g = InMemDicomObject::new_empty();
+    let (row, col) = source.pixel_spacing.unwrap_or((1.0, 1.0));
+    let f = f64::from(factor);
+    g.put(seq(
+        tags::PIXEL_MEASURES_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                &format!("{}\\{}", ds(row * f), ds(col * f)),
+            ),
+            text(tags::SLICE_THICKNESS, VR::DS, "1"),
+        ])],
+    ));
+    g.put(seq(
+        tags::PLANE_ORIENTATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([text(
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            "1\\0\\0\\0\\1\\0",
+        )])],
+    ));
+    g.put(seq(
+        tags::DERIVATION_IMAGE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            seq(
+                tags::DERIVATION_CODE_SEQUENCE,
+                vec![code_item("130404", "DCM", "Saliency")],
+            ),
+            seq(
+                tags::SOURCE_IMAGE_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([
+                    text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &source.sop_class),
+                    text(
+                        tags::REFERENCED_SOP_INSTANCE_UID,
+                        VR::UI,
+                        &source.sop_instance,
+                    ),
+                    seq(
+                        tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                        vec![code_item(
+                            "121322",
+                            "DCM",
+                            "Source image for image processing operation",
+                        )],
+                    ),
+                ])],
+            ),
+        ])],
+    ));
+    g.put(seq(
+        tags::PARAMETRIC_MAP_FRAME_TYPE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([text(
+            tags::FRAME_TYPE,
+            VR::CS,
+            "DERIVED\\PRIMARY\\VOLUME\\QUANTITY",
+        )])],
+    ));
+    g.put(seq(
+        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::RESCALE_INTERCEPT, VR::DS, "0"),
+            text(tags::RESCALE_SLOPE, VR::DS, "1"),
+            text(tags::RESCALE_TYPE, VR::LO, "US"),
+        ])],
+    ));
+    g.put(seq(
+        tags::FRAME_VOILUT_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::WINDOW_CENTER, VR::DS, "32767.5"),
+            text(tags::WINDOW_WIDTH, VR::DS, "65536"),
+        ])],
+    ));
+    g.put(seq(
+        tags::REAL_WORLD_VALUE_MAPPING_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::REAL_WORLD_VALUE_FIRST_VALUE_MAPPED,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ),
+            DataElement::new(
+                tags::REAL_WORLD_VALUE_LAST_VALUE_MAPPED,
+                VR::US,
+                PrimitiveValue::from(STORED_MAX),
+            ),
+            DataElement::new(
+                tags::REAL_WORLD_VALUE_INTERCEPT,
+                VR::FD,
+                PrimitiveValue::from(0f64),
+            ),
+            DataElement::new(
+                tags::REAL_WORLD_VALUE_SLOPE,
+                VR::FD,
+                PrimitiveValue::from(1.0 / f64::from(STORED_MAX)),
+            ),
+            text(tags::LUT_EXPLANATION, VR::LO, "Saliency of the AI finding"),
+            text(tags::LUT_LABEL, VR::SH, "SALIENCY"),
+            seq(
+                tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
+                vec![code_item("1", "UCUM", "no units")],
+            ),
+            seq(
+                tags::QUANTITY_DEFINITION_SEQUENCE,
+                vec![{
+                    let mut q = InMemDicomObject::from_element_iter([
+                        text(tags::VALUE_TYPE, VR::CS, "CODE"),
+                        seq(
+                            tags::CONCEPT_NAME_CODE_SEQUENCE,
+                            vec![code_item("246205007", "SCT", "Quantity")],
+                        ),
+                    ]);
+                    q.put(seq(
+                        tags::CONCEPT_CODE_SEQUENCE,
+                        vec![code_item("130404", "DCM", "Saliency")],
+                    ));
+                    q
+                }],
+            ),
+        ])],
+    ));
+    g.put(seq(
+        tags::FRAME_ANATOMY_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            seq(
+                tags::ANATOMIC_REGION_SEQUENCE,
+                vec![code_item("51185008", "SCT", "Thorax")],
+            ),
+            text(tags::FRAME_LATERALITY, VR::CS, "B"),
+        ])],
+    ));
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_keeps_whole_blocks_within_the_limit() {
+        assert_eq!(grid_size(968, 592, 1024), (1, 968, 592));
+        assert_eq!(grid_size(2048, 2500, 1024), (3, 682, 833));
+        assert_eq!(grid_size(8192, 8192, 1024), (8, 1024, 1024));
+        assert_eq!(grid_size(0, 0, 1024), (1, 1, 1));
+    }
+
+    #[test]
+    fn resampling_follows_the_map_over_the_whole_image() {
+        // A 2x2 map: left column 0, right column 1, over a 4x2 image kept at full size.
+        let g = resample(&[0.0, 1.0, 0.0, 1.0], 2, 2, 4, 2);
+        assert_eq!((g.width, g.height), (4, 2));
+        assert_eq!(g.values[0], 0.0);
+        assert_eq!(g.values[3], 1.0);
+        assert!(g.values[1] > 0.0 && g.values[1] < g.values[2]);
+        // Values stay within [0, 1] whatever comes in.
+        let g = resample(&[5.0, -1.0, 0.5, 0.5], 2, 2, 3000, 1000);
+        assert!(g.values.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(g.width, 1000);
+    }
+}
