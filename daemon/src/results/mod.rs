@@ -140,7 +140,7 @@ mod tests {
             study_instance_uid: report.study.study_instance_uid.clone(),
             ..Default::default()
         };
-        let sr = sr::build(&report, &uids, std::slice::from_ref(&source)).unwrap();
+        let sr = sr::build(&report, &uids, std::slice::from_ref(&source), None).unwrap();
         let sr_rec = store_object(&store, &sr).unwrap();
         let mut img = overlay::Rgb::from_gray(320, 240, &vec![90u8; 320 * 240]);
         overlay::blend_heatmap(&mut img, &[0.0, 1.0, 0.2, 0.6], 2, 2, 0.45, 0.2);
@@ -171,7 +171,7 @@ mod tests {
             crate::model::StudyState::Done,
         );
         // Building again (a resend) replaces, never duplicates.
-        store_object(&store, &sr::build(&report, &uids, &[source]).unwrap()).unwrap();
+        store_object(&store, &sr::build(&report, &uids, &[source], None).unwrap()).unwrap();
         assert_eq!(store.instance_count(), 2);
         assert_eq!(
             store
@@ -204,6 +204,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("0.873460"), "{text}");
+        assert!(text.contains("Imaging Measurement Report"), "{text}");
         let out = std::process::Command::new(dcmdump)
             .arg(dir.path().join(&sc_rec.path))
             .output()

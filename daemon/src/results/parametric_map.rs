@@ -11,9 +11,13 @@
 //!   with the image plane as the patient plane at the origin.
 //! - Stored values are unsigned 16-bit; a Real World Value Mapping turns them into the
 //!   floating-point saliency (0 = no effect on the finding, 1 = the largest effect in the
-//!   image; quantity DCM 130404 "Saliency", unit `1`), and a Palette Color Lookup Table
-//!   (the heatmap's own colours, `COLOR_RANGE`) says how to show them. A palette needs
-//!   integer stored values, which is why the floats are carried by the mapping.
+//!   image; quantity DCM 130404 "Saliency", unit `1`); the map is `MONOCHROME` with a VOI
+//!   window over the whole range, and the viewer applies its own colour map when it
+//!   overlays it. A palette (`COLOR_RANGE` with a Palette Color Lookup Table, an ICC
+//!   profile and a Stored Value Color Range) was tried and left out: dicom3tools' `dciodvfy`
+//!   reports the palette attributes as errors under the Image Pixel Description macro
+//!   whatever else the object carries, and an object the field's validator refuses is
+//!   worse for a PACS than one without a palette.
 
 use super::sr::common_header;
 use super::uids::ResultUids;
@@ -132,38 +136,6 @@ fn ds(v: f64) -> String {
     s.chars().take(16).collect()
 }
 
-/// The palette: the heatmap colours of the burned-in overlay, 256 entries of 16 bits
-/// (red, green, blue) from stored value 0; stored values past the last entry take it, so
-/// the palette is applied after the VOI window has brought the 16-bit range to 0-255.
-fn palette(obj: &mut InMemDicomObject) {
-    let descriptor = PrimitiveValue::U16([256u16, 0, 16].into_iter().collect());
-    let (mut r, mut g, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..256u16 {
-        let [cr, cg, cb] = super::overlay::jet(f32::from(i) / 255.0);
-        r.push(u16::from(cr) * 257);
-        g.push(u16::from(cg) * 257);
-        b.push(u16::from(cb) * 257);
-    }
-    for tag in [
-        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
-        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
-        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
-    ] {
-        obj.put(DataElement::new(tag, VR::US, descriptor.clone()));
-    }
-    for (tag, data) in [
-        (tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, r),
-        (tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, g),
-        (tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, b),
-    ] {
-        obj.put(DataElement::new(
-            tag,
-            VR::OW,
-            PrimitiveValue::U16(data.into_iter().collect()),
-        ));
-    }
-}
-
 /// Builds the Parametric Map of `report`'s heatmap `grid` over `source`, made by the
 /// appliance `device_serial`.
 pub fn build(
@@ -209,9 +181,6 @@ pub fn build(
         VR::LO,
         "AI heatmap map (preliminary, not for diagnostic use)",
     ));
-    if !source.laterality.is_empty() {
-        obj.put(text(tags::LATERALITY, VR::CS, &source.laterality));
-    }
     // Enhanced General Equipment.
     obj.put(text(tags::DEVICE_SERIAL_NUMBER, VR::LO, device_serial));
     // Frame of Reference.
@@ -244,7 +213,8 @@ pub fn build(
     obj.put(text(tags::RECOGNIZABLE_VISUAL_FEATURES, VR::CS, "NO"));
     obj.put(text(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"));
     obj.put(text(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY"));
-    obj.put(text(tags::PIXEL_PRESENTATION, VR::CS, "COLOR_RANGE"));
+    obj.put(text(tags::PIXEL_PRESENTATION, VR::CS, "MONOCHROME"));
+
     obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
     obj.put(text(
         tags::PHOTOMETRIC_INTERPRETATION,
@@ -258,7 +228,6 @@ pub fn build(
     obj.put(us(tags::HIGH_BIT, 15));
     obj.put(us(tags::PIXEL_REPRESENTATION, 0));
     obj.put(seq(tags::ACQUISITION_CONTEXT_SEQUENCE, Vec::new()));
-    palette(&mut obj);
     // Multi-frame Functional Groups and Dimensions.
     obj.put(text(tags::NUMBER_OF_FRAMES, VR::IS, "1"));
     let dimension_org = derive_dimension_uid(uids);

@@ -62,6 +62,8 @@ pub fn build(
     obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES"));
     obj.put(text(tags::DERIVATION_DESCRIPTION, VR::ST, "AI-generated class activation heatmap over the source radiograph; preliminary, not verified"));
     obj.put(text(tags::PATIENT_ORIENTATION, VR::CS, ""));
+    // General Series, type 2C: a chest image has no laterality of its own.
+    obj.put(text(tags::LATERALITY, VR::CS, ""));
     obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
     obj.put(text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
     obj.put(us(tags::PLANAR_CONFIGURATION, 0));

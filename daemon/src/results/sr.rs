@@ -526,7 +526,7 @@ mod tests {
         report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
         let key = crate::site_secret::SiteSecret::from_bytes(&[3u8; 32]);
         let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &report.report_id, &key);
-        let sr = build(&report, &uids, &[]).unwrap();
+        let sr = build(&report, &uids, &[], None).unwrap();
         let texts = comments(&sr);
         assert!(
             texts.iter().any(|t| t
@@ -535,12 +535,12 @@ mod tests {
         );
         let mut report = fixtures::report();
         report.caveat = Some("patient age unknown: the model is intended for 1\u{2013}5 y".into());
-        let sr = build(&report, &uids, &[]).unwrap();
+        let sr = build(&report, &uids, &[], None).unwrap();
         assert!(comments(&sr)
             .iter()
             .any(|t| t == "Caveat: patient age unknown: the model is intended for 1\u{2013}5 y"));
         // Without either, no such comment.
-        let sr = build(&fixtures::report(), &uids, &[]).unwrap();
+        let sr = build(&fixtures::report(), &uids, &[], None).unwrap();
         assert!(!comments(&sr)
             .iter()
             .any(|t| t.starts_with("Not applicable") || t.starts_with("Caveat")));

@@ -1,0 +1,278 @@
+//! The result objects of a report on a real sample radiograph — the TID 1500 Structured
+//! Report, the heatmap as a Parametric Map and the heatmap burned into a Secondary Capture —
+//! checked by the field's own tools, not by our own reader: `dciodvfy` (dicom3tools)
+//! reports no error on any of them; highdicom reads the SR as a TID 1500 measurement report
+//! and finds each finding with its standard code, probability, evaluation and algorithm;
+//! Orthanc accepts all three over C-STORE (DCMTK `storescu`) and gives back the same
+//! attributes and values over REST.
+
+mod common;
+
+use common::*;
+use duli::model::{InstanceRecord, StudyRecord};
+use duli::report::{Finding, Report};
+use duli::result::Concept;
+use duli::results::{self, parametric_map, sr, uids::ResultUids};
+use duli::site_secret::SiteSecret;
+use duli::store::Store;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A sample radiograph stored as received, a heatmap PNG beside it, and the report of it.
+struct Fixture {
+    _dir: TestDir,
+    store: Store,
+    source: InstanceRecord,
+    report: Report,
+    uids: ResultUids,
+    png: String,
+}
+
+fn fixture() -> Option<Fixture> {
+    let samples = samples_dir()?;
+    let dir = temp_dir("result-objects");
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let file = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    let obj = dicom_object::open_file(&file).unwrap();
+    let source = results::store_as(&store, &obj, "MODALITY", false).unwrap();
+    let study: StudyRecord = store.study(&source.study_instance_uid).unwrap().unwrap();
+    // A heatmap at the model's input size: a hot spot in the right lower lung.
+    let png = "heatmaps/fixture.png".to_string();
+    let mut heat = image::GrayImage::new(150, 150);
+    for (x, y, p) in heat.enumerate_pixels_mut() {
+        let d = ((x as f32 - 100.0).powi(2) + (y as f32 - 95.0).powi(2)).sqrt();
+        p.0 = [(255.0 * (1.0 - d / 80.0).max(0.0)) as u8];
+    }
+    std::fs::create_dir_all(store.root().join("heatmaps")).unwrap();
+    heat.save(store.root().join(&png)).unwrap();
+    let report = Report {
+        report_id: "r-fixture".into(),
+        version: 1,
+        study,
+        findings: vec![Finding {
+            label: "Pneumonia".into(),
+            code: "PNEUMONIA".into(),
+            probability: 0.9731,
+            threshold: 0.5,
+            positive: true,
+            standard: Some(Concept {
+                code: "233604007".into(),
+                scheme: "SCT".into(),
+                meaning: "Pneumonia".into(),
+            }),
+        }],
+        triage: true,
+        model_name: "pneumonia-xception".into(),
+        model_version: "0.3.0".into(),
+        model_sha256: "ab".repeat(32),
+        model_precision: "f32".into(),
+        coding_scheme: "99DULI".into(),
+        timings_ms: Default::default(),
+        source_sop_instance_uids: vec![source.sop_instance_uid.clone()],
+        not_applicable: None,
+        caveat: Some("patient age 2 y".into()),
+        created_at: 1_706_693_415,
+    };
+    let uids = ResultUids::new(
+        "1.2.826.0.1.3680043.8.498.",
+        &report.report_id,
+        &SiteSecret::from_bytes(&[9u8; 32]),
+    );
+    Some(Fixture {
+        _dir: dir,
+        store,
+        source,
+        report,
+        uids,
+        png,
+    })
+}
+
+/// Builds and stores the SR, PM and SC; their files in the store.
+fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
+    let pm = duli::record::parametric_map::build(
+        &f.store,
+        &f.report,
+        &f.uids,
+        &f.source.sop_instance_uid,
+        &f.png,
+        "edge-01",
+    )
+    .unwrap();
+    let explanation = sr::ObjectRef {
+        sop_class: parametric_map::PARAMETRIC_MAP,
+        sop_instance: &f.uids.pm_instance,
+        series: &f.uids.pm_series,
+        finding: "PNEUMONIA",
+    };
+    let sr = sr::build(
+        &f.report,
+        &f.uids,
+        std::slice::from_ref(&f.source),
+        Some(explanation),
+    )
+    .unwrap();
+    let sc = duli::record::secondary_capture::build(
+        &f.store,
+        &f.report,
+        &f.uids,
+        &f.source.sop_instance_uid,
+        &f.png,
+    )
+    .unwrap();
+    [("SR", sr), ("PM", pm), ("SC", sc)]
+        .into_iter()
+        .map(|(name, obj)| {
+            let rec = results::store_object(&f.store, &obj).unwrap();
+            (name, f.store.root().join(rec.path))
+        })
+        .collect()
+}
+
+/// `dciodvfy`'s error lines for `file` (it prints its findings on stderr).
+fn dciodvfy_errors(dciodvfy: &Path, file: &Path) -> (Vec<String>, String) {
+    let out = run(
+        std::process::Command::new(dciodvfy).arg(file),
+        Duration::from_secs(60),
+    );
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let errors = text
+        .lines()
+        .filter(|l| l.starts_with("Error"))
+        .map(String::from)
+        .collect();
+    (errors, text)
+}
+
+#[test]
+fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
+    let Some(f) = fixture() else { return };
+    let Some(dciodvfy) = require_tool("dciodvfy") else {
+        return;
+    };
+    for (name, file) in build_all(&f) {
+        let (errors, text) = dciodvfy_errors(&dciodvfy, &file);
+        eprintln!("dciodvfy {name}:\n{text}");
+        assert!(errors.is_empty(), "{name}: {errors:#?}\n{text}");
+        let iod = match name {
+            "SR" => "ComprehensiveSR",
+            "PM" => "ParametricMap",
+            _ => "SC",
+        };
+        assert!(
+            text.contains(iod),
+            "{name}: dciodvfy did not check it as {iod}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn highdicom_reads_the_sr_as_a_tid_1500_measurement_report() {
+    let Some(f) = fixture() else { return };
+    let Some(mut cmd) = python_script(
+        &std::fs::read_to_string(repo_root().join("tests/tools/read_sr.py")).unwrap(),
+        &[],
+    ) else {
+        return;
+    };
+    let files = build_all(&f);
+    let sr = &files[0].1;
+    let out = run(cmd.arg(sr), Duration::from_secs(120));
+    out.assert_success("highdicom read_sr.py");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["title"]["value"], "126000", "{v}");
+    assert_eq!(v["template"], "1500", "{v}");
+    assert_eq!(v["observer_type"]["value"], "121007", "{v}");
+    assert_eq!(v["procedure_reported"][0]["value"], "399208008", "{v}");
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{v}");
+    let g = &groups[0];
+    assert_eq!(g["tracking_identifier"], "Pneumonia", "{v}");
+    assert!(g["tracking_uid"]
+        .as_str()
+        .unwrap()
+        .starts_with("1.2.826.0.1.3680043.8.498."));
+    assert_eq!(g["finding"]["value"], "233604007", "{v}");
+    assert_eq!(g["finding"]["scheme"], "SCT", "{v}");
+    assert_eq!(g["algorithm"]["name"], "pneumonia-xception", "{v}");
+    assert_eq!(g["algorithm"]["version"], "0.3.0", "{v}");
+    let params: Vec<&str> = g["algorithm"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(params.contains(&"precision f32"), "{params:?}");
+    assert!(params.contains(&"threshold 0.500000"), "{params:?}");
+    assert!(
+        params.iter().any(|p| p.starts_with("weights sha256 abab")),
+        "{params:?}"
+    );
+    let m = &g["measurements"][0];
+    assert_eq!(m["name"]["value"], "122157", "{v}");
+    assert!((m["value"].as_f64().unwrap() - 0.9731).abs() < 1e-6, "{v}");
+    assert_eq!(m["unit"]["value"], "1", "{v}");
+    let e = &g["evaluations"][0];
+    assert_eq!(e["name"]["value"], "233604007", "{v}");
+    assert_eq!(e["value"]["value"], "52101004", "{v}");
+}
+
+/// The data set of `file` as DCMTK dumps it, without the file meta group (a receiver
+/// rewrites it) and without how sequences and items are delimited (DCMTK's storescu sends
+/// undefined-length sequences with explicit lengths): the attributes and their values.
+fn data_set_dump(file: &Path) -> Vec<String> {
+    let out = run_dcmtk("dcmdump", &["-q", file.to_str().unwrap()]).unwrap();
+    out.assert_success("dcmdump");
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("(0002,"))
+        .filter(|l| !l.contains("(fffe,e00d)") && !l.contains("(fffe,e0dd)"))
+        .map(|l| {
+            let l = l.split('#').next().unwrap_or("").trim_end();
+            l.replace("with undefined length", "")
+                .replace("with explicit length", "")
+        })
+        .collect()
+}
+
+#[test]
+fn orthanc_takes_all_three_by_c_store_and_gives_them_back_unchanged() {
+    let Some(f) = fixture() else { return };
+    let Some(orthanc) = Orthanc::start() else {
+        return;
+    };
+    let files = build_all(&f);
+    let paths: Vec<&str> = files.iter().map(|(_, p)| p.to_str().unwrap()).collect();
+    let port = orthanc.dicom_port.to_string();
+    // -R: propose exactly the classes of the files (DCMTK's default list has no
+    // Parametric Map).
+    let mut args = vec![
+        "-R",
+        "-aec",
+        orthanc.aet.as_str(),
+        "127.0.0.1",
+        port.as_str(),
+    ];
+    args.extend(paths.iter().copied());
+    run_dcmtk("storescu", &args)
+        .unwrap()
+        .assert_success("storescu of the SR, PM and SC into Orthanc");
+    assert_eq!(orthanc.instances().len(), 3, "{:?}", orthanc.instances());
+    let dir = temp_dir("result-objects-back");
+    for id in orthanc.instances() {
+        let raw = orthanc.get(&format!("/instances/{id}/file")).unwrap();
+        assert_eq!(raw.status, 200);
+        let back = dir.path().join(format!("{id}.dcm"));
+        std::fs::write(&back, &raw.body).unwrap();
+        let sop = dicom_attr(&back, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+        let (name, ours) = files
+            .iter()
+            .find(|(_, p)| dicom_attr(p, dicom_dictionary_std::tags::SOP_INSTANCE_UID) == sop)
+            .unwrap_or_else(|| panic!("Orthanc returned an object we did not send: {sop}"));
+        assert_eq!(
+            data_set_dump(ours),
+            data_set_dump(&back),
+            "{name} came back changed over REST"
+        );
+    }
+}
