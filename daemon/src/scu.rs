@@ -287,7 +287,12 @@ pub struct SendResult {
     pub bytes: u64,
 }
 
-/// Sends files over one association; every file gets a result.
+/// The DIMSE status a refused presentation context is reported as: "Refused: SOP Class
+/// not supported".
+pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+
+/// Sends files over one association; every file gets a result. A file whose SOP class
+/// and transfer syntax the peer did not accept gets [`SOP_CLASS_NOT_SUPPORTED`].
 pub async fn send_files(
     target: &Target,
     calling_ae: &str,
@@ -337,12 +342,17 @@ pub async fn send_files(
             continue;
         }
         let Some(pc) = assoc.context_for(&f.sop_class, &f.transfer_syntax) else {
+            // The peer refused the presentation context: as final as a C-STORE answered
+            // "SOP Class not supported", and reported as that status.
+            log::warn!(
+                "{}: peer did not accept {} in {}",
+                target.ae_title,
+                f.sop_class,
+                f.transfer_syntax
+            );
             results.push(SendResult {
                 path: f.path,
-                outcome: Err(format!(
-                    "peer did not accept {} in {}",
-                    f.sop_class, f.transfer_syntax
-                )),
+                outcome: Ok(SOP_CLASS_NOT_SUPPORTED),
                 bytes: 0,
             });
             continue;

@@ -36,6 +36,11 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
         match &r.outcome {
             Ok(0) => {}
             Ok(s) if (0xB000..=0xBFFF).contains(s) || *s == 0x0107 || *s == 0x0116 => {}
+            Ok(scu::SOP_CLASS_NOT_SUPPORTED) => refused.push(format!(
+                "{}: the PACS does not accept this SOP class (status 0122, e.g. a Parametric \
+                 Map): take it out of this destination's result_objects",
+                r.path.display()
+            )),
             Ok(s) => refused.push(format!("{}: status {s:04X}", r.path.display())),
             Err(e) => return Delivery::Failed(e.clone()),
         }
@@ -85,6 +90,10 @@ mod tests {
     #[test]
     fn statuses_map_to_acked_rejected_or_failed() {
         assert_eq!(outcome(&[r(Ok(0)), r(Ok(0xB000))]), Delivery::Acked);
+        match outcome(&[r(Ok(scu::SOP_CLASS_NOT_SUPPORTED))]) {
+            Delivery::Rejected(why) => assert!(why.contains("result_objects"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             outcome(&[r(Ok(0)), r(Ok(0xA700))]),
             Delivery::Rejected(_)

@@ -40,6 +40,14 @@ pub async fn serve(mut op: Op) -> String {
         };
         let offered: Vec<String> = contexts.iter().map(|c| c.1.clone()).collect();
         let Some(ts) = payload::choose(inst, &offered) else {
+            if super::c_move::skippable(inst, &offered) {
+                log::info!(
+                    "C-GET: {} skipped, {class} not negotiated",
+                    inst.sop_instance_uid
+                );
+                tally.skip();
+                continue;
+            }
             log::warn!(
                 "C-GET: no storage context with the SCP role for {} ({class})",
                 inst.sop_instance_uid

@@ -54,6 +54,12 @@ impl Tally {
         }
     }
 
+    /// Leaves one instance out of the retrieve (a result object the peer did not
+    /// negotiate and never asked for by class): it is neither sent nor counted.
+    pub fn skip(&mut self) {
+        self.total = self.total.saturating_sub(1);
+    }
+
     /// Records a failed sub-operation.
     pub fn fail(&mut self, sop: &str) {
         self.failed += 1;
@@ -204,6 +210,14 @@ pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, String>
     Err(refuse(op, refused, &Tally::default(), "-", what, true).await)
 }
 
+/// Whether a retrieve leaves `inst` out instead of failing it when the peer accepted none
+/// of `offered` transfer syntaxes for it: a Parametric Map this appliance made (many
+/// PACS and viewers do not take the class; it travels beside the SR and SC, which carry
+/// the same result).
+pub fn skippable(inst: &InstanceRecord, offered: &[String]) -> bool {
+    offered.is_empty() && inst.sop_class_uid == crate::results::parametric_map::PARAMETRIC_MAP
+}
+
 /// The presentation contexts to propose for `instances`: each SOP class with its stored
 /// syntax, plus one with the uncompressed fallbacks for classes stored otherwise.
 pub fn contexts_for(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> {
@@ -290,6 +304,15 @@ pub async fn serve(op: Op) -> String {
             .map(|(_, _, ts)| ts.clone())
             .collect();
         let Some(ts) = payload::choose(inst, &offered) else {
+            if skippable(inst, &offered) {
+                log::info!(
+                    "C-MOVE to {dest_ae}: {} skipped, {} not negotiated",
+                    inst.sop_instance_uid,
+                    inst.sop_class_uid
+                );
+                tally.skip();
+                continue;
+            }
             log::warn!(
                 "C-MOVE to {dest_ae}: {} not accepted in any usable transfer syntax",
                 inst.sop_instance_uid
@@ -343,4 +366,35 @@ pub async fn serve(op: Op) -> String {
         assoc.release().await;
     }
     finish(&op, &tally, &object, &format!("C-MOVE to {dest_ae}")).await
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::*;
+
+    /// A Parametric Map the peer did not negotiate is left out of the counts; any other
+    /// class it did not negotiate is a failed sub-operation.
+    #[test]
+    fn an_unnegotiated_parametric_map_is_skipped_not_failed() {
+        let pm = InstanceRecord {
+            sop_instance_uid: "1.2.3.1".into(),
+            sop_class_uid: crate::results::parametric_map::PARAMETRIC_MAP.into(),
+            ..Default::default()
+        };
+        let dx = InstanceRecord {
+            sop_instance_uid: "1.2.3.2".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+            ..Default::default()
+        };
+        assert!(skippable(&pm, &[]));
+        assert!(!skippable(&pm, &["1.2.840.10008.1.2.1".to_string()]));
+        assert!(!skippable(&dx, &[]));
+        let mut t = Tally::new(3);
+        t.skip();
+        t.record("1.2.3.3", 0);
+        t.fail(&dx.sop_instance_uid);
+        let c = t.counts();
+        assert_eq!((c.remaining, c.completed, c.failed), (0, 1, 1));
+        assert_eq!(t.total, 2);
+    }
 }

@@ -40,6 +40,8 @@ struct FindingView<'a> {
     probability: f64,
     threshold: f64,
     positive: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standard: Option<&'a crate::result::Concept>,
 }
 
 fn findings_v1<S: serde::Serializer>(findings: &[Finding], s: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +52,7 @@ fn findings_v1<S: serde::Serializer>(findings: &[Finding], s: S) -> Result<S::Ok
         probability: f64::from(f.probability),
         threshold: f64::from(f.threshold),
         positive: f.positive,
+        standard: f.standard.as_ref(),
     }))
 }
 
@@ -62,6 +65,8 @@ pub struct ModelPayload {
     pub version: String,
     /// SHA-256 of the weights (hex).
     pub sha256: String,
+    /// Arithmetic precision it ran at (`f32`, `bf16`, `int8`).
+    pub precision: String,
 }
 
 /// The report payload on `duli/{site}/{device}/reports`.
@@ -146,6 +151,7 @@ pub fn report_payload(
             name: report.model_name.clone(),
             version: report.model_version.clone(),
             sha256: report.model_sha256.clone(),
+            precision: report.model_precision.clone(),
         },
         timings_ms: report
             .timings_ms
@@ -362,7 +368,7 @@ mod tests {
         let at = json.find("\"findings\":[").unwrap();
         assert!(
             json[at..].starts_with(
-                "\"findings\":[{\"label\":\"233604007\",\"code\":\"233604007\",\"display\":\"Pneumonia\",\"probability\":0.87345"
+                "\"findings\":[{\"label\":\"PNEUMONIA\",\"code\":\"PNEUMONIA\",\"display\":\"Pneumonia\",\"probability\":0.87345"
             ),
             "{json}"
         );
@@ -411,7 +417,11 @@ mod tests {
             secret.pseudonym("report", "r-7f3a9c2e01")
         );
         assert!(!json.contains("r-7f3a9c2e01"));
-        assert_eq!(v["findings"][0]["code"], "233604007");
+        assert_eq!(v["findings"][0]["code"], "PNEUMONIA");
+        assert_eq!(v["findings"][0]["standard"]["code"], "233604007");
+        assert_eq!(v["findings"][0]["standard"]["scheme"], "SCT");
+        assert!(v["findings"][1].get("standard").is_none());
+        assert_eq!(v["model"]["precision"], "f32");
         assert_eq!(v["model"]["sha256"], "ab".repeat(32));
         assert_eq!(v["created_at"], "2024-01-31T09:30:15Z");
         assert_eq!(v["timings_ms"]["infer"], 27.5);
