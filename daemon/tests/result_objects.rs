@@ -276,3 +276,80 @@ fn orthanc_takes_all_three_by_c_store_and_gives_them_back_unchanged() {
         );
     }
 }
+
+/// A PACS that takes the SR and the SC but not the Parametric Map: the push of the SR is
+/// acknowledged, the push of the map is refused with a reason that says what to change,
+/// and nothing is retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
+    use duli::config::{PacsDestination, ResultObject};
+    use duli::deliver::outbox::{Destination, Entry, EntryState, Kind, Payload};
+    use duli::deliver::pacs::PacsChannel;
+    use duli::deliver::{Channel, Delivery};
+    let Some(f) = fixture() else { return };
+    let dir = temp_dir("picky-pacs");
+    let port = free_port();
+    let out = dir.path().to_str().unwrap().to_string();
+    let sr_class = sr::COMPREHENSIVE_SR;
+    let sc_class = duli::results::sc::SECONDARY_CAPTURE;
+    let Some(mut cmd) = python_script(
+        &std::fs::read_to_string(repo_root().join("tests/tools/store_scp.py")).unwrap(),
+        &[&port.to_string(), &out, sr_class, sc_class],
+    ) else {
+        return;
+    };
+    let _peer = Background::spawn("store_scp.py", &mut cmd, &dir.path().join("scp.log")).unwrap();
+    assert!(
+        wait_for_port(loopback(port), Duration::from_secs(20)),
+        "store_scp.py did not start"
+    );
+    build_all(&f);
+    let dest = PacsDestination {
+        name: "picky".into(),
+        ae_title: "PICKYPACS".into(),
+        host: "127.0.0.1".into(),
+        port,
+        push: true,
+        move_: false,
+        tls: false,
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        result_objects: vec![ResultObject::Sr, ResultObject::Pm],
+    };
+    let uids = f.uids.clone();
+    let mut channel = PacsChannel::new(std::sync::Arc::new(f.store), &dest, "DULI");
+    let entry = |kind: Kind, uid: &str| Entry {
+        id: 1,
+        dest: Destination::Pacs("picky".into()),
+        kind,
+        report_id: "r-fixture".into(),
+        payload: Payload::Dicom {
+            sop_instance_uids: vec![uid.to_string()],
+        },
+        attempts: 0,
+        rejections: 0,
+        state: EntryState::Queued,
+        next_attempt_at: 0,
+        last_error: None,
+        created_at: 0,
+    };
+    let sr = channel
+        .deliver(&entry(Kind::StructuredReport, &uids.sr_instance))
+        .await;
+    assert_eq!(sr, Delivery::Acked);
+    assert!(dir
+        .path()
+        .join(format!("{}.dcm", uids.sr_instance))
+        .exists());
+    match channel
+        .deliver(&entry(Kind::ParametricMap, &uids.pm_instance))
+        .await
+    {
+        Delivery::Rejected(why) => {
+            assert!(why.contains("does not accept this SOP class"), "{why}");
+            assert!(why.contains("result_objects"), "{why}");
+        }
+        other => panic!("a refused class must be a refusal, not {other:?}"),
+    }
+}
