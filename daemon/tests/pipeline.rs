@@ -1,7 +1,8 @@
 //! The whole path of one study with every peer real: a chest X-ray sent by `storescu` is
 //! analysed with OpenVINO, and its report reaches the RIS (an MLLP listener in this test
 //! answering `AA`), the cloud (Mosquitto, read by `mosquitto_sub`) and the PACS (Orthanc
-//! receives the SR and, once the heatmap is ready, the SC); then the same peers through an
+//! receives the SR and, once the heatmap is ready, the Parametric Map and the SC); then the
+//! same peers through an
 //! outage of 50 studies and through SIGKILLs while the outbox drains.
 
 mod common;
@@ -162,7 +163,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
             "pacs",
             "destinations",
             &format!(
-                r#"[{{name = "orthanc", ae_title = "{}", host = "127.0.0.1", port = {}, push = true}}]"#,
+                r#"[{{name = "orthanc", ae_title = "{}", host = "127.0.0.1", port = {}, push = true, result_objects = ["sr", "pm", "sc"]}}]"#,
                 orthanc.aet, orthanc.dicom_port
             ),
         )
@@ -184,12 +185,12 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         if mqtt_at.is_none() && sub.log().contains("/reports {") {
             mqtt_at = Some(sent.elapsed());
         }
-        if pacs_at.is_none() && orthanc.instances().len() >= 2 {
+        if pacs_at.is_none() && orthanc.instances().len() >= 3 {
             pacs_at = Some(sent.elapsed());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("delivered after: HL7 {hl7_at:?}, MQTT {mqtt_at:?}, PACS SR+SC {pacs_at:?}");
+    eprintln!("delivered after: HL7 {hl7_at:?}, MQTT {mqtt_at:?}, PACS SR+PM+SC {pacs_at:?}");
     assert!(hl7_at.is_some(), "no HL7 message; daemon log:\n{}", d.log());
     assert!(
         mqtt_at.is_some(),
@@ -231,7 +232,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
     );
     assert!(log.contains("/status online"), "{log}");
 
-    // The PACS got one SR and one OT, in the original study.
+    // The PACS got the SR and two OT objects (Parametric Map, SC), in the original study.
     let modalities: Vec<String> = orthanc
         .instances()
         .iter()
@@ -243,7 +244,11 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         })
         .collect();
     assert!(modalities.contains(&"SR".to_string()), "{modalities:?}");
-    assert!(modalities.contains(&"OT".to_string()), "{modalities:?}");
+    assert_eq!(
+        modalities.iter().filter(|m| *m == "OT").count(),
+        2,
+        "{modalities:?}"
+    );
     check_result_objects_in_orthanc(&orthanc, dir.path());
     // A radiologist disagrees in the console: the feedback reaches the cloud too,
     // pseudonymised, without the comment or the user name.
@@ -318,6 +323,32 @@ fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
         std::fs::write(&file, &raw.body).unwrap();
         let dump = run_dcmtk("dcmdump", &[file.to_str().unwrap()]).unwrap();
         dump.assert_success("dcmdump of the object Orthanc received");
+        // The field's validator finds no error in what the PACS received.
+        if let Some(dciodvfy) = which("dciodvfy") {
+            let out = run(
+                std::process::Command::new(dciodvfy).arg(&file),
+                Duration::from_secs(60),
+            );
+            let text = format!("{}{}", out.stdout, out.stderr);
+            assert!(
+                !text.lines().any(|l| l.starts_with("Error")),
+                "dciodvfy on {}:\n{text}",
+                tags["SOPClassUID"]
+            );
+        }
+        let class = tags["SOPClassUID"].as_str().unwrap_or_default();
+        if class == duli::results::parametric_map::PARAMETRIC_MAP {
+            let num = |k: &str| tags[k].as_str().and_then(|v| v.parse::<u32>().ok());
+            let (rows, cols) = (num("Rows").unwrap(), num("Columns").unwrap());
+            assert!(
+                rows.max(cols) <= 1024 && rows.min(cols) >= 64,
+                "{rows}×{cols}"
+            );
+            let text = tags["SharedFunctionalGroupsSequence"].to_string();
+            assert!(text.contains("SALIENCY"), "{text}");
+            assert!(text.contains("DerivationImageSequence"), "{text}");
+            continue;
+        }
         match tags["Modality"].as_str() {
             Some("SR") => {
                 let text = tags["ContentSequence"].to_string();
@@ -331,6 +362,12 @@ fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
                 sr.assert_success("dsrdump of the SR Orthanc received");
                 assert!(sr.stdout.contains("Algorithm Name"), "{}", sr.stdout);
                 assert!(sr.stdout.contains("pneumonia-xception"), "{}", sr.stdout);
+                assert!(
+                    sr.stdout.contains("Imaging Measurement Report"),
+                    "{}",
+                    sr.stdout
+                );
+                assert!(sr.stdout.contains("Visual explanation"), "{}", sr.stdout);
             }
             Some("OT") => {
                 let num = |k: &str| tags[k].as_str().and_then(|v| v.parse::<u32>().ok());
