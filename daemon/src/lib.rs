@@ -49,7 +49,7 @@
 //! - [`provision`]: `duli provision` (one-step setup, `--check` connectivity table) and
 //!   [`diagnostics`]: the support bundle.
 //! - [`cli_audit`]: audit records of command-line actions.
-//! - [`fsutil`]: atomic, permission-aware file writes.
+//! - [`fsutil`]: atomic, permission-aware file writes; [`stats`]: rank statistics.
 //! - [`fuzz_targets`]: one entry per parser of outside bytes, for the fuzzers and the
 //!   corpus replay in the test suite.
 //! - [`demo`]: the newcomer's first run; [`locate`]: where the model, the OpenVINO runtime
@@ -92,6 +92,7 @@ pub mod results;
 pub mod retention;
 pub mod scu;
 pub mod site_secret;
+pub mod stats;
 pub mod store;
 pub mod supervise;
 pub mod ul;

@@ -56,6 +56,13 @@ enum Command {
         /// A fixed precision runs even without a passed gate, with a warning.
         #[arg(long)]
         precision: Option<duli::infer::precision::PrecisionSetting>,
+        /// Make each analysed file's heatmap as the manifest says (class activation or
+        /// occlusion) and report its time as timings_ms.heatmap.
+        #[arg(long)]
+        heatmap: bool,
+        /// Write the heatmaps as PNG files into this folder (with --heatmap).
+        #[arg(long, requires = "heatmap")]
+        heatmap_dir: Option<PathBuf>,
         /// Files to analyse.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -440,12 +447,23 @@ fn real_main() -> Result<ExitCode> {
         Command::Infer {
             model,
             precision,
+            heatmap,
+            heatmap_dir,
             files,
             config,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let code =
-                duli::infer::infer_files_cli(model.as_deref(), &files, &cfg.inference, precision);
+            let heatmaps = duli::infer::cli::HeatmapOptions {
+                enabled: heatmap,
+                dir: heatmap_dir,
+            };
+            let code = duli::infer::infer_files_cli(
+                model.as_deref(),
+                &files,
+                &cfg.inference,
+                precision,
+                &heatmaps,
+            );
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Evaluate { opts, config } => {

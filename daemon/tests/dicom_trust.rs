@@ -256,8 +256,8 @@ fn pipeline_result_objects_survive_forged_c_stores_and_q_r_serves_ours() {
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let ours = loop {
         let generated: Vec<_> = instances(&d).into_iter().filter(|i| i.generated).collect();
-        let has = |m: &str| generated.iter().any(|i| i.modality == m);
-        if has("SR") && has("OT") {
+        let has = |class: &str| generated.iter().any(|i| i.sop_class_uid == class);
+        if has(duli::results::sr::COMPREHENSIVE_SR) && has(duli::results::sc::SECONDARY_CAPTURE) {
             break generated;
         }
         assert!(
@@ -268,7 +268,12 @@ fn pipeline_result_objects_survive_forged_c_stores_and_q_r_serves_ours() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let sr = ours.iter().find(|i| i.modality == "SR").unwrap().clone();
-    let sc = ours.iter().find(|i| i.modality == "OT").unwrap().clone();
+    // (The heatmap's Parametric Map is OT too: the SC is the one in Secondary Capture.)
+    let sc = ours
+        .iter()
+        .find(|i| i.sop_class_uid == duli::results::sc::SECONDARY_CAPTURE)
+        .unwrap()
+        .clone();
     let original: BTreeMap<String, Vec<u8>> = ours
         .iter()
         .map(|i| {

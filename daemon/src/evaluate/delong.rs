@@ -2,6 +2,8 @@
 //! O(n log n) midrank form of Sun & Xu (2014): no pairwise loop, so it stays fast on a
 //! site's full acceptance set.
 
+use crate::stats::midranks;
+
 /// z for a two-sided 95% interval.
 pub const Z_95: f64 = 1.959_963_984_540_054;
 
@@ -16,27 +18,6 @@ pub struct AucEstimate {
     pub lo: f64,
     /// Upper bound of the 95% interval, clipped to [0, 1].
     pub hi: f64,
-}
-
-/// Midranks (1-based, ties averaged) of `v`, in the order of `v`.
-fn midranks(v: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..v.len()).collect();
-    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut ranks = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
-            j += 1;
-        }
-        // Positions i..=j (0-based) share the mean of ranks i+1..=j+1.
-        let rank = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            ranks[k] = rank;
-        }
-        i = j + 1;
-    }
-    ranks
 }
 
 fn sample_variance(v: &[f64], mean: f64) -> f64 {

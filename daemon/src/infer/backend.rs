@@ -78,10 +78,28 @@ pub trait Compiled: Send {
     fn request(&mut self) -> Result<Box<dyn Request>, BackendError>;
 }
 
+/// What one inference call gives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outputs {
+    /// `batch × outputs` raw output values.
+    pub values: Vec<f32>,
+    /// The last convolutional block's activations, when the network was compiled with
+    /// them as an extra output (`[heatmap] method = "cam"`).
+    pub features: Option<Vec<f32>>,
+}
+
 /// One inference request (owned by one thread at a time).
 pub trait Request: Send {
     /// Runs `batch × input_len` input values; returns `batch × outputs` raw output values.
     fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, BackendError>;
+
+    /// [`Request::run`], with the features output when the network has one.
+    fn run_outputs(&mut self, input: &[f32]) -> Result<Outputs, BackendError> {
+        Ok(Outputs {
+            values: self.run(input)?,
+            features: None,
+        })
+    }
 }
 
 /// Input shape of a batch as the manifest's layout orders it.

@@ -1,12 +1,15 @@
-//! `duli infer [--model PATH] [--precision P] FILE...`: the inference pipeline on DICOM,
-//! PNG or JPEG files without the daemon, one JSON object per line and file on stdout.
+//! `duli infer [--model PATH] [--precision P] [--heatmap [--heatmap-dir DIR]] FILE...`:
+//! the inference pipeline on DICOM, PNG or JPEG files without the daemon, one JSON object
+//! per line and file on stdout; with `--heatmap`, each analysed file's heatmap is made the
+//! way the model's manifest says (class activation or occlusion) and timed
+//! (`timings_ms.heatmap`), and written as a PNG into DIR when given.
 
 use super::analyse::{analysed, not_analysed, prepare_file, Preparation};
 use super::engine::{Engine, EngineError};
 use super::gate;
 use super::precision::{CpuFlags, Precision, PrecisionSetting};
 use crate::config::InferenceConfig;
-use crate::result::{ImageResult, ImageStatus};
+use crate::result::{HeatmapState, ImageResult, ImageStatus};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,10 @@ pub fn json_line(file: &Path, sop: Option<&str>, r: &ImageResult) -> serde_json:
             "infer": r.timings.infer_ms,
         },
     });
+    if r.heatmap != crate::result::HeatmapState::None {
+        v["timings_ms"]["heatmap"] = json!(r.timings.heatmap_ms);
+        v["heatmap"] = serde_json::to_value(&r.heatmap).unwrap_or_default();
+    }
     if let Some(sop) = sop {
         v["sop_instance_uid"] = json!(sop);
     }
@@ -72,6 +79,112 @@ pub fn score_file(engine: &Engine, file: &Path) -> (Option<String>, ImageResult)
             }),
         ),
     }
+}
+
+/// What `duli infer` makes besides the findings.
+#[derive(Debug, Clone, Default)]
+pub struct HeatmapOptions {
+    /// Make each analysed file's heatmap (`--heatmap`).
+    pub enabled: bool,
+    /// Write the heatmaps as PNG files here (`--heatmap-dir`).
+    pub dir: Option<PathBuf>,
+}
+
+/// [`score_file`] that also makes the file's heatmap the way the manifest says, timed into
+/// `timings.heatmap_ms`, its state `done` (with the PNG path under `dir`, or the file's
+/// name) or `failed`. `occlusion` is the request occlusion maps run on.
+fn score_with_heatmap(
+    engine: &Engine,
+    file: &Path,
+    dir: Option<&Path>,
+    occlusion: &mut Option<Box<dyn super::backend::Request>>,
+) -> (Option<String>, ImageResult) {
+    let prep = prepare_file(file, engine.manifest(), engine.max_pixels());
+    let Preparation::Ready(p) = &prep else {
+        return score_file(engine, file);
+    };
+    let manifest = engine.manifest();
+    let start = Instant::now();
+    let out = match engine.infer_outputs_blocking(p.tensor.clone()) {
+        Ok(out) => out,
+        Err(e) => {
+            return (
+                p.sop_instance_uid.clone(),
+                super::analyse::failed(String::new(), e.to_string(), p.timings),
+            )
+        }
+    };
+    let mut r = analysed(
+        manifest,
+        p,
+        &out.values,
+        start.elapsed().as_secs_f64() * 1000.0,
+    );
+    let Some(target) = super::findings::heatmap_target(manifest, &r.findings) else {
+        return (p.sop_instance_uid.clone(), r);
+    };
+    let code = manifest.labels[target].code.clone();
+    let started = Instant::now();
+    let png = match (engine.cam(), &out.features) {
+        (Some(head), Some(f)) => super::heatmap::cam_png(head, f, target, manifest),
+        _ => {
+            if occlusion.is_none() {
+                match engine.background_request(manifest.heatmap.batch as usize) {
+                    Ok(req) => *occlusion = Some(req),
+                    Err(e) => eprintln!("duli infer: no occlusion heatmaps: {e}"),
+                }
+            }
+            match occlusion.as_mut() {
+                Some(req) => super::heatmap::occlusion_map(
+                    req.as_mut(),
+                    manifest,
+                    &p.tensor,
+                    target,
+                    manifest.heatmap.batch as usize,
+                    || {},
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|map| {
+                    let g = manifest.heatmap.grid;
+                    super::heatmap::render_png(
+                        &map,
+                        g,
+                        g,
+                        manifest.input.width,
+                        manifest.input.height,
+                    )
+                }),
+                None => Err("no request for occlusion heatmaps".into()),
+            }
+        }
+    };
+    r.timings.heatmap_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    r.heatmap = match png {
+        Ok(png) => match dir {
+            Some(dir) => {
+                let path = dir.join(format!("{name}.heatmap.png"));
+                match std::fs::write(&path, &png) {
+                    Ok(()) => HeatmapState::Done {
+                        code,
+                        path: path.to_string_lossy().into_owned(),
+                    },
+                    Err(e) => HeatmapState::Failed {
+                        reason: format!("{}: {e}", path.display()),
+                    },
+                }
+            }
+            None => HeatmapState::Done {
+                code,
+                path: String::new(),
+            },
+        },
+        Err(reason) => HeatmapState::Failed { reason },
+    };
+    (p.sop_instance_uid.clone(), r)
 }
 
 /// The engine of an offline tool (`tool` names it in messages): the model at `manifest`
@@ -123,6 +236,7 @@ pub fn infer_files_cli(
     files: &[PathBuf],
     cfg: &InferenceConfig,
     precision: Option<PrecisionSetting>,
+    heatmaps: &HeatmapOptions,
 ) -> i32 {
     let manifest = model
         .map(Path::to_path_buf)
@@ -134,10 +248,21 @@ pub fn infer_files_cli(
             return 2;
         }
     };
+    if let Some(dir) = &heatmaps.dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("duli infer: --heatmap-dir {}: {e}", dir.display());
+            return 2;
+        }
+    }
     let mut out = std::io::stdout().lock();
     let mut status = 0;
+    let mut occlusion = None;
     for file in files {
-        let (sop, result) = score_file(&engine, file);
+        let (sop, result) = if heatmaps.enabled {
+            score_with_heatmap(&engine, file, heatmaps.dir.as_deref(), &mut occlusion)
+        } else {
+            score_file(&engine, file)
+        };
         if result.status == ImageStatus::Error {
             status = 1;
         }

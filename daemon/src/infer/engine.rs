@@ -8,7 +8,8 @@
 //! their throughput requests. The two never run at the same time (a read/write lock), so
 //! the cores are never oversubscribed.
 
-use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
+use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Outputs, Request};
+use super::cam::{self, CamHead};
 use super::gate::{self, Network};
 use super::manifest::{Manifest, ManifestError};
 use super::precision::{CpuFlags, Precision, PrecisionSetting};
@@ -52,7 +53,7 @@ struct Shared {
 
 struct Job {
     input: Vec<f32>,
-    reply: oneshot::Sender<Result<Vec<f32>, BackendError>>,
+    reply: oneshot::Sender<Result<Outputs, BackendError>>,
 }
 
 /// Identity of the loaded model, as results record it.
@@ -121,6 +122,8 @@ pub struct Engine {
     compiled: Mutex<Vec<Box<dyn Compiled>>>,
     backend: Mutex<Box<dyn Backend>>,
     max_pixels: u64,
+    /// The head class-activation maps are computed with (`[heatmap] method = "cam"`).
+    cam: Option<Arc<CamHead>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -288,7 +291,9 @@ impl Engine {
             identity.cpu_feature,
             options.scheduling
         );
+        let cam = cam_head(&manifest);
         Ok(Engine {
+            cam,
             manifest: Arc::new(manifest),
             network: options.network.manifest,
             precision,
@@ -306,6 +311,11 @@ impl Engine {
     /// Largest image prepared for the model (`inference.max_pixels`).
     pub fn max_pixels(&self) -> u64 {
         self.max_pixels
+    }
+
+    /// The head of a `cam` model's class-activation maps (read from its f32 network).
+    pub fn cam(&self) -> Option<&Arc<CamHead>> {
+        self.cam.as_ref()
     }
 
     /// The model's manifest.
@@ -330,6 +340,11 @@ impl Engine {
 
     /// Runs one batch-1 input; waits for queue space (back-pressure), then for the result.
     pub async fn infer(&self, input: Vec<f32>) -> Result<Vec<f32>, EngineError> {
+        Ok(self.infer_outputs(input).await?.values)
+    }
+
+    /// [`Engine::infer`] with the features output of a `cam` model.
+    pub async fn infer_outputs(&self, input: Vec<f32>) -> Result<Outputs, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
         self.pending.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +359,11 @@ impl Engine {
 
     /// Blocking form of [`Engine::infer`] for threads outside the async runtime.
     pub fn infer_blocking(&self, input: Vec<f32>) -> Result<Vec<f32>, EngineError> {
+        Ok(self.infer_outputs_blocking(input)?.values)
+    }
+
+    /// Blocking form of [`Engine::infer_outputs`].
+    pub fn infer_outputs_blocking(&self, input: Vec<f32>) -> Result<Outputs, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
         self.pending.fetch_add(1, Ordering::Relaxed);
@@ -389,6 +409,18 @@ impl Drop for Engine {
     }
 }
 
+/// The class-activation head of a `cam` manifest, read from its network files; `None` when
+/// the manifest is not `cam` or its head is not one the maps support (logged).
+fn cam_head(manifest: &Manifest) -> Option<Arc<CamHead>> {
+    match cam::for_manifest(manifest) {
+        Ok(g) => g.map(|(g, _)| Arc::new(g.head)),
+        Err(e) => {
+            log::warn!("{}: class-activation maps unavailable: {e}", manifest.name);
+            None
+        }
+    }
+}
+
 fn worker(mut own: Box<dyn Request>, shared: &Shared) {
     loop {
         let job = {
@@ -401,13 +433,13 @@ fn worker(mut own: Box<dyn Request>, shared: &Shared) {
             Some(solo) if shared.pending.load(Ordering::Relaxed) <= 1 => {
                 let _cores = shared.cores.write();
                 match solo.lock() {
-                    Ok(mut r) => r.run(&job.input),
+                    Ok(mut r) => r.run_outputs(&job.input),
                     Err(_) => Err(BackendError::Infer("latency request poisoned".into())),
                 }
             }
             _ => {
                 let _cores = shared.cores.read();
-                own.run(&job.input)
+                own.run_outputs(&job.input)
             }
         };
         shared.pending.fetch_sub(1, Ordering::Relaxed);

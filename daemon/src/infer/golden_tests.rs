@@ -172,7 +172,10 @@ fn offline_tool_exit_codes_and_line_format() {
         ..Default::default()
     };
     let model = super::testdata::repo_root().join("models/pneumonia-xception/model.toml");
-    assert_eq!(super::infer_files_cli(Some(&model), &[], &missing, None), 2);
+    assert_eq!(
+        super::infer_files_cli(Some(&model), &[], &missing, None, &Default::default()),
+        2
+    );
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
         return;
     };
@@ -180,9 +183,18 @@ fn offline_tool_exit_codes_and_line_format() {
         dir.join("png/NORMAL_02.png"),
         dir.join("dicom/rle/NORMAL_02.dcm"),
     ];
-    assert_eq!(super::infer_files_cli(None, &ok, &cfg, None), 0);
     assert_eq!(
-        super::infer_files_cli(None, &[dir.join("reference.csv")], &cfg, None),
+        super::infer_files_cli(None, &ok, &cfg, None, &Default::default()),
+        0
+    );
+    assert_eq!(
+        super::infer_files_cli(
+            None,
+            &[dir.join("reference.csv")],
+            &cfg,
+            None,
+            &Default::default()
+        ),
         1
     );
 }
@@ -338,4 +350,89 @@ fn auto_hint_gives_the_latency_probabilities_alone_and_in_a_burst() {
         "AUTO hint: {} throughput request(s) plus the latency request; 16 alone and 16 in a burst, max |dp| vs LATENCY {worst:.2e}",
         engine.workers()
     );
+}
+
+/// The last convolutional block of the shipped Xception (the input of its global pooling).
+pub const XCEPTION_FEATURES: &str =
+    "pneumonia_xception_softmax_1/functional_1_1/xception_1/block14_sepconv2_act_1/Relu";
+
+/// Class-activation maps of the shipped model against its occlusion maps on the 16
+/// labelled samples: the head recomputed from the features gives the network's
+/// probabilities; the median Spearman ρ between the two maps (CAM averaged over each
+/// occlusion cell) is printed, and the shipped manifest uses `cam` only when it is at
+/// least 0.5.
+#[test]
+fn class_activation_maps_against_occlusion_on_the_samples() {
+    use super::manifest::{HeatmapMethod, Manifest};
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let shipped = Manifest::load(&cfg.model).unwrap();
+    let mut m = shipped.clone();
+    m.heatmap.method = HeatmapMethod::Cam;
+    m.heatmap.features = Some(XCEPTION_FEATURES.into());
+    let sha = m.verify_files().unwrap();
+    let backend = super::openvino::OpenVino::new(&cfg).unwrap();
+    let engine = Engine::with_backend(m, sha, Box::new(backend)).unwrap();
+    let m = engine.manifest();
+    let head = engine.cam().expect("the shipped head is supported");
+    let (k, h, w) = head.shape;
+    assert_eq!((k, h, w), (2048, 5, 5));
+    let batch = m.heatmap.batch as usize;
+    let mut occlusion = engine.background_request(batch).unwrap();
+    let grid = m.heatmap.grid;
+    let (iw, ih) = (m.input.width as usize, m.input.height as usize);
+    let xs = super::heatmap::cell_edges(m.input.width, grid);
+    let ys = super::heatmap::cell_edges(m.input.height, grid);
+    let mut rhos = Vec::new();
+    for (file, _, _) in reference(&dir) {
+        let Preparation::Ready(p) = prepare_file(&dir.join("png").join(&file), m, u64::MAX) else {
+            panic!("{file} not prepared");
+        };
+        let out = engine.infer_outputs_blocking(p.tensor.clone()).unwrap();
+        let f = out.features.expect("the network returns the features");
+        let net = probabilities(&out.values, m.output.activation);
+        let again = head.probabilities(&f);
+        for (a, b) in net.iter().zip(&again) {
+            assert!(
+                (a - b).abs() < 1e-3,
+                "{file}: head {again:?} vs network {net:?}"
+            );
+        }
+        let found = super::findings::findings(m, &out.values).unwrap();
+        let target = super::findings::heatmap_target(m, &found).unwrap();
+        let cam = super::cam::upsample(&head.cam(&f, target), w, h, iw, ih);
+        let cells: Vec<f32> = (0..grid as usize * grid as usize)
+            .map(|c| {
+                let (cx, cy) = (c % grid as usize, c / grid as usize);
+                let (mut s, mut n) = (0f32, 0f32);
+                for y in ys[cy]..ys[cy + 1] {
+                    for x in xs[cx]..xs[cx + 1] {
+                        s += cam[y as usize * iw + x as usize];
+                        n += 1.0;
+                    }
+                }
+                s / n.max(1.0)
+            })
+            .collect();
+        let occ =
+            super::heatmap::occlusion_map(occlusion.as_mut(), m, &p.tensor, target, batch, || {})
+                .unwrap();
+        rhos.push(crate::stats::spearman(&cells, &occ));
+    }
+    assert_eq!(rhos.len(), 16);
+    let mut sorted = rhos.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = (sorted[7] + sorted[8]) / 2.0;
+    eprintln!(
+        "class activation vs occlusion, Spearman rho over 16 samples: median {median:.3}, min {:.3}, max {:.3}",
+        sorted[0], sorted[15]
+    );
+    if median < 0.5 {
+        assert_eq!(
+            shipped.heatmap.method,
+            HeatmapMethod::Occlusion,
+            "median rho {median:.3} < 0.5: the shipped manifest must keep occlusion"
+        );
+    }
 }

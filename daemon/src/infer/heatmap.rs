@@ -3,8 +3,11 @@
 //! probability drops. Works for any model. Runs on one background worker (one runtime
 //! thread, waits while report inference has work) after the result is recorded; a full
 //! backlog makes callers skip (and record why) instead of queueing without bound.
+//! Every heatmap, occlusion or class activation ([`cam_png`]), is stored as the same
+//! grey PNG at the model's input size ([`render_png`]).
 
 use super::backend::{BackendError, Request};
+use super::cam::CamHead;
 use super::engine::{Engine, EngineError};
 use super::findings::probabilities;
 use super::manifest::{Layout, Manifest};
@@ -97,8 +100,15 @@ pub fn occlusion_map(
     Ok(probs[1..].iter().map(|p| (base - p).max(0.0)).collect())
 }
 
-/// Renders a grid map as an 8-bit grey PNG of `width × height` (brightest = largest drop).
-pub fn render_png(map: &[f32], grid: u32, width: u32, height: u32) -> Result<Vec<u8>, String> {
+/// Renders a `map_w × map_h` map as an 8-bit grey PNG of `width × height` (brightest =
+/// largest value), upsampled with a linear filter.
+pub fn render_png(
+    map: &[f32],
+    map_w: u32,
+    map_h: u32,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>, String> {
     let max = map.iter().copied().fold(0f32, f32::max);
     let cells: Vec<u8> = map
         .iter()
@@ -110,12 +120,37 @@ pub fn render_png(map: &[f32], grid: u32, width: u32, height: u32) -> Result<Vec
             }
         })
         .collect();
-    let small = image::GrayImage::from_raw(grid, grid, cells).ok_or("grid size mismatch")?;
+    let small = image::GrayImage::from_raw(map_w, map_h, cells).ok_or("map size mismatch")?;
     let big = image::imageops::resize(&small, width, height, image::imageops::FilterType::Triangle);
     let mut png = Vec::new();
     big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| e.to_string())?;
     Ok(png)
+}
+
+/// The class-activation map of output `target` from one image's `features`, rendered at
+/// the model's input size like an occlusion map.
+pub fn cam_png(
+    head: &CamHead,
+    features: &[f32],
+    target: usize,
+    manifest: &Manifest,
+) -> Result<Vec<u8>, String> {
+    let (k, h, w) = head.shape;
+    if features.len() != k * h * w {
+        return Err(format!(
+            "{} feature values, the head expects {k} × {h} × {w}",
+            features.len()
+        ));
+    }
+    let map = head.cam(features, target);
+    render_png(
+        &map,
+        w as u32,
+        h as u32,
+        manifest.input.width,
+        manifest.input.height,
+    )
 }
 
 /// One heatmap to compute.
@@ -176,6 +211,7 @@ impl HeatmapWorker {
                     .and_then(|map| {
                         render_png(
                             &map,
+                            manifest.heatmap.grid,
                             manifest.heatmap.grid,
                             manifest.input.width,
                             manifest.input.height,
@@ -282,7 +318,7 @@ name = "X"
         assert_eq!(calls, 2); // 5 copies in batches of 3
         assert!(map[0] > 0.4, "{map:?}");
         assert_eq!(&map[1..], &[0.0, 0.0, 0.0]);
-        let png = render_png(&map, 2, 16, 16).unwrap();
+        let png = render_png(&map, 2, 2, 16, 16).unwrap();
         let img = image::load_from_memory(&png).unwrap().to_luma8();
         assert_eq!(img.dimensions(), (16, 16));
         assert!(img.get_pixel(0, 0).0[0] > img.get_pixel(15, 15).0[0]);

@@ -257,10 +257,28 @@ pub struct IntendedUse {
     pub min_image_size: Option<u32>,
 }
 
-/// Occlusion-sensitivity settings.
+/// How a model's heatmaps are made (`[heatmap] method`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HeatmapMethod {
+    /// Occlusion sensitivity: grid² masked inferences per image, on a low-priority worker
+    /// after the result.
+    #[default]
+    Occlusion,
+    /// Grad-CAM from the last convolutional block (`features`), in the result's own
+    /// inference pass (see [`super::cam`]).
+    Cam,
+}
+
+/// Heatmap settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeatmapSpec {
+    /// How heatmaps are made.
+    pub method: HeatmapMethod,
+    /// For `cam`: the IR layer whose output is the last convolutional block (the input of
+    /// the global average pooling).
+    pub features: Option<String>,
     /// Cells per side of the occlusion grid (grid² masked inferences per image).
     pub grid: u32,
     /// Masks per inference call.
@@ -269,7 +287,12 @@ pub struct HeatmapSpec {
 
 impl Default for HeatmapSpec {
     fn default() -> Self {
-        Self { grid: 8, batch: 8 }
+        Self {
+            method: HeatmapMethod::Occlusion,
+            features: None,
+            grid: 8,
+            batch: 8,
+        }
     }
 }
 
@@ -304,6 +327,14 @@ impl Manifest {
         }
         if !self.labels.iter().any(|l| !l.background) {
             return Err(bad("labels", "every label is a background class"));
+        }
+        if self.heatmap.method == HeatmapMethod::Cam
+            && self.heatmap.features.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(bad(
+                "heatmap.features",
+                "method = \"cam\" needs the layer of the last convolutional block",
+            ));
         }
         for l in &self.labels {
             if let Some(c) = &l.standard {

@@ -18,7 +18,10 @@
 //! - [`engine`]: worker threads owning infer requests, fed by a bounded queue.
 //! - [`findings`]: raw outputs → probabilities, thresholds, background classes.
 //! - [`analyse`]: one image file through all of the above (shared by daemon and CLI).
-//! - [`heatmap`]: occlusion-sensitivity heatmaps on a low-priority worker.
+//! - [`cam`]: class-activation heatmaps (Grad-CAM) from the last convolutional block,
+//!   computed with the result in the same inference pass.
+//! - [`heatmap`]: occlusion-sensitivity heatmaps on a low-priority worker, and the PNG
+//!   every heatmap is stored as.
 //! - [`record`]: the study state transitions of inference, checked by the store, and the
 //!   result records of [`crate::store::results`] (re-exported); results go to the record
 //!   stage ([`crate::record`]).
@@ -29,6 +32,7 @@
 pub mod age;
 pub mod analyse;
 pub mod backend;
+pub mod cam;
 pub mod cli;
 pub mod decode_sandbox;
 pub mod dicom_image;

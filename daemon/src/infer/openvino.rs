@@ -4,7 +4,10 @@
 //! or the repository the binary was built from, else `/usr/lib/duli/openvino` (see
 //! [`crate::locate`]), before the first `Core`.
 
-use super::backend::{input_shape, Backend, BackendError, CompileOptions, Compiled, Request};
+use super::backend::{
+    input_shape, Backend, BackendError, CompileOptions, Compiled, Outputs, Request,
+};
+use super::cam::{self, CamGraph};
 use super::manifest::Manifest;
 use crate::config::InferenceConfig;
 use openvino::{
@@ -97,10 +100,32 @@ impl Backend for OpenVino {
     ) -> Result<Box<dyn Compiled>, BackendError> {
         let xml = manifest.model_path();
         let weights = manifest.weights_path().unwrap_or_default();
-        let mut model = self
-            .core
-            .read_model_from_file(&xml.to_string_lossy(), &weights.to_string_lossy())
-            .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?;
+        // Report inference of a `cam` model also returns the last convolutional block.
+        let cam = if options.background {
+            None
+        } else {
+            cam_graph(manifest)
+        };
+        let mut model = match &cam {
+            Some((graph, bin)) => {
+                let mut tensor = Tensor::new(
+                    ElementType::U8,
+                    &Shape::new(&[bin.len() as i64]).map_err(compile_err)?,
+                )
+                .map_err(compile_err)?;
+                tensor
+                    .get_raw_data_mut()
+                    .map_err(compile_err)?
+                    .copy_from_slice(bin);
+                self.core
+                    .read_model_from_buffer(graph.xml.as_bytes(), Some(&tensor))
+                    .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?
+            }
+            None => self
+                .core
+                .read_model_from_file(&xml.to_string_lossy(), &weights.to_string_lossy())
+                .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?,
+        };
         let shape = PartialShape::new_static(4, &input_shape(manifest, options.batch))
             .map_err(compile_err)?;
         model
@@ -142,15 +167,29 @@ impl Backend for OpenVino {
             compiled,
             input: manifest.input.name.clone(),
             output,
+            features: cam.map(|(g, _)| g.tensor),
             shape: input_shape(manifest, options.batch),
         }))
     }
+}
+
+/// The IR of a `cam` manifest with its features output, and the weights it reads; `None`
+/// (with the reason logged) when the manifest is not `cam` or its head is not supported.
+fn cam_graph(manifest: &Manifest) -> Option<(CamGraph, Vec<u8>)> {
+    cam::for_manifest(manifest).unwrap_or_else(|e| {
+        log::warn!(
+            "{}: no class-activation output ({e}); heatmaps fall back to occlusion",
+            manifest.name
+        );
+        None
+    })
 }
 
 struct OvCompiled {
     compiled: CompiledModel,
     input: String,
     output: Option<String>,
+    features: Option<String>,
     shape: [i64; 4],
 }
 
@@ -176,6 +215,7 @@ impl Compiled for OvCompiled {
             tensor,
             input: self.input.clone(),
             output: self.output.clone(),
+            features: self.features.clone(),
         }))
     }
 }
@@ -185,6 +225,7 @@ struct OvRequest {
     tensor: Tensor,
     input: String,
     output: Option<String>,
+    features: Option<String>,
 }
 
 fn infer_err(e: impl std::fmt::Display) -> BackendError {
@@ -216,5 +257,20 @@ impl Request for OvRequest {
             return Err(BackendError::Infer("output is not f32".into()));
         }
         Ok(out.get_data::<f32>().map_err(infer_err)?.to_vec())
+    }
+
+    fn run_outputs(&mut self, input: &[f32]) -> Result<Outputs, BackendError> {
+        let values = self.run(input)?;
+        let features = match &self.features {
+            Some(name) => {
+                let t = self.request.get_tensor(name).map_err(infer_err)?;
+                if t.get_element_type().map_err(infer_err)? != ElementType::F32 {
+                    return Err(BackendError::Infer("features are not f32".into()));
+                }
+                Some(t.get_data::<f32>().map_err(infer_err)?.to_vec())
+            }
+            None => None,
+        };
+        Ok(Outputs { values, features })
     }
 }

@@ -340,6 +340,7 @@ pub async fn analyse_study(
     let manifest = Arc::clone(engine.manifest());
     let mut images = Vec::with_capacity(instances.len());
     let mut inputs: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
+    let mut features: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
     for inst in &instances {
         let mut result = if inst.pruned {
             ImageResult {
@@ -357,10 +358,11 @@ pub async fn analyse_study(
                 Ok(Preparation::Ready(p)) => {
                     let start = Instant::now();
                     let tensor = p.tensor.clone();
-                    match engine.infer(tensor).await {
-                        Ok(raw) => {
-                            let r = analysed(&manifest, &p, &raw, ms(start));
+                    match engine.infer_outputs(tensor).await {
+                        Ok(out) => {
+                            let r = analysed(&manifest, &p, &out.values, ms(start));
                             inputs.push(Some(p.tensor));
+                            features.push(out.features);
                             push(&mut images, r, inst);
                             continue;
                         }
@@ -381,6 +383,7 @@ pub async fn analyse_study(
             result.reason = Some("not applicable".into());
         }
         inputs.push(None);
+        features.push(None);
         push(&mut images, result, inst);
     }
     let version = store
@@ -389,15 +392,30 @@ pub async fn analyse_study(
         .flatten()
         .map(|s| s.result_version + 1)
         .unwrap_or(1);
-    // Heatmap targets are decided now so the record says which are pending.
+    // Heatmap targets are decided now so the record says which are pending. A `cam`
+    // model's maps are made here, from the result's own inference pass; occlusion maps
+    // (and a `cam` model's images whose network gave no features) go to the worker.
     let mut jobs = Vec::new();
-    for (img, input) in images.iter_mut().zip(inputs) {
-        if let (Some(input), Some(target), Some(_)) =
-            (input, heatmap_target(&manifest, &img.findings), heatmaps)
-        {
-            img.heatmap = HeatmapState::Pending {
-                code: manifest.labels[target].code.clone(),
-            };
+    let mut cams = Vec::new();
+    for ((img, input), feats) in images.iter_mut().zip(inputs).zip(features) {
+        let (Some(input), Some(target)) = (input, heatmap_target(&manifest, &img.findings)) else {
+            continue;
+        };
+        let code = manifest.labels[target].code.clone();
+        if let (true, Some(head), Some(f)) = (options.heatmaps, engine.cam(), feats) {
+            let start = Instant::now();
+            match super::heatmap::cam_png(head, &f, target, &manifest) {
+                Ok(png) => {
+                    img.heatmap = HeatmapState::Pending { code: code.clone() };
+                    img.timings.heatmap_ms = ms(start);
+                    cams.push((img.sop_instance_uid.clone(), code, png, ms(start)));
+                    continue;
+                }
+                Err(e) => log::warn!("{}: class-activation map: {e}", img.sop_instance_uid),
+            }
+        }
+        if heatmaps.is_some() {
+            img.heatmap = HeatmapState::Pending { code };
             jobs.push(HeatmapJob {
                 study_uid: uid.to_string(),
                 version,
@@ -409,7 +427,11 @@ pub async fn analyse_study(
     }
     let result = build_result(uid, version, images, engine);
     let failure = crate::record::failure(&result);
-    let pending: Vec<&str> = jobs.iter().map(|j| j.sop_instance_uid.as_str()).collect();
+    let pending: Vec<&str> = cams
+        .iter()
+        .map(|c| c.0.as_str())
+        .chain(jobs.iter().map(|j| j.sop_instance_uid.as_str()))
+        .collect();
     let recorded = recorder
         .record_result(Outcome {
             result: &result,
@@ -426,6 +448,31 @@ pub async fn analyse_study(
         result.triage,
         result.report_id
     );
+    // The class-activation maps, made with the result, are recorded right after it
+    // (and become the result's heatmap objects in the record stage).
+    for (sop, code, png, heatmap_ms) in cams {
+        let (store, recorder, study, rid) = (
+            Arc::clone(store),
+            Arc::clone(&recorder),
+            uid.to_string(),
+            result.report_id.clone(),
+        );
+        let recorded = tokio::task::spawn_blocking(move || {
+            let state = match write_heatmap(&store, &rid, &sop, &png) {
+                Ok(path) => HeatmapState::Done { code, path },
+                Err(e) => HeatmapState::Failed {
+                    reason: format!("cannot write the heatmap: {e}"),
+                },
+            };
+            recorder.record_heatmap(&study, version, &sop, state, heatmap_ms)
+        })
+        .await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("study {uid}: cannot record the heatmap: {e}"),
+            Err(e) => log::error!("study {uid}: heatmap task failed: {e}"),
+        }
+    }
     if let Some(worker) = heatmaps {
         worker.submit_all(store, jobs);
     }

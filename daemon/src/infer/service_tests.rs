@@ -531,3 +531,72 @@ async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
     let r = record::latest_result(&store, "7.99").unwrap().unwrap();
     assert_eq!(r.images[0].status, ImageStatus::Analysed);
 }
+
+/// A `cam` model makes the heatmap in the result's own inference pass: when the analysis
+/// of a study returns, its heatmap is already done (no worker involved), timed, and the
+/// record stage has made the Parametric Map and the Secondary Capture from it, with the
+/// SR pointing at the map as the finding's visual explanation. Real OpenVINO runtime and
+/// the shipped model, switched to `cam` in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cam_model_makes_the_heatmap_and_its_objects_with_the_result() {
+    use super::manifest::HeatmapMethod;
+    use crate::record::{Delivery, Recorder};
+    let (Some(samples), Some(cfg)) = (samples_dir(), super::testdata::runtime_config()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let outbox = Arc::new(store.outbox(Default::default()).unwrap());
+    let secret = Arc::new(crate::site_secret::SiteSecret::from_bytes(&[5u8; 32]));
+    let delivery = Delivery {
+        outbox,
+        plan: crate::deliver::plan::DeliveryPlan::from_config(&crate::config::Config::default()),
+        secret: Arc::clone(&secret),
+        uid_root: "1.2.826.0.1.3680043.8.498.".into(),
+    };
+    let recorder = Arc::new(Recorder::new(Arc::clone(&store), Some(delivery)));
+    let mut m = manifest();
+    m.heatmap.method = HeatmapMethod::Cam;
+    m.heatmap.features = Some(super::golden_tests::XCEPTION_FEATURES.into());
+    let sha = m.verify_files().unwrap();
+    let backend = super::openvino::OpenVino::new(&cfg).unwrap();
+    let engine = Arc::new(Engine::with_backend(m, sha, Box::new(backend)).unwrap());
+    assert!(engine.cam().is_some());
+    let src = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    add_instance(&store, "9.1", "9.1.1", &src, |_| {});
+    store
+        .transition("9.1", &[StudyState::Complete], StudyState::Queued)
+        .unwrap();
+    let options = PipelineOptions {
+        recorder: Some(Arc::clone(&recorder)),
+        ..Default::default()
+    };
+    // No occlusion worker: the map can only come from the result's pass.
+    super::service::analyse_study(&store, &engine, None, &options, "9.1").await;
+    let result = record::latest_result(&store, "9.1").unwrap().unwrap();
+    let image = &result.images[0];
+    assert_eq!(image.status, ImageStatus::Analysed, "{image:?}");
+    let HeatmapState::Done { code, path } = &image.heatmap else {
+        panic!("heatmap not done with the result: {:?}", image.heatmap);
+    };
+    assert_eq!(code, "PNEUMONIA");
+    let png = image::open(store.root().join(path)).unwrap().to_luma8();
+    assert_eq!((png.width(), png.height()), (150, 150));
+    assert!(png.as_raw().iter().any(|v| *v > 200), "an empty map");
+    assert!(image.timings.heatmap_ms > 0.0);
+    let uids = crate::results::uids::ResultUids::new(
+        "1.2.826.0.1.3680043.8.498.",
+        &result.report_id,
+        &secret,
+    );
+    for uid in [&uids.sr_instance, &uids.pm_instance, &uids.sc_instance] {
+        assert!(store.instance(uid).unwrap().is_some(), "{uid} not made");
+    }
+    let sr = store.instance(&uids.sr_instance).unwrap().unwrap();
+    let text = std::fs::read(store.root().join(&sr.path)).unwrap();
+    assert!(
+        text.windows(uids.pm_instance.len())
+            .any(|w| w == uids.pm_instance.as_bytes()),
+        "the SR does not reference the Parametric Map"
+    );
+}
