@@ -3,7 +3,9 @@
 # OpenVINO from Python at the same precision (same IR, same files, preprocessing like the
 # daemon's), printed side by side, with each precision's AUC and its gate against f32
 # (`duli evaluate --precision P --gate`, which also writes the gate record).
-# Heatmap milliseconds per image are printed only when `duli infer` has `--heatmap`.
+# Then heatmap milliseconds per image at f32, once over the labelled images, for the shipped
+# manifest's occlusion maps and for class-activation maps (a copy of the manifest with
+# [heatmap] method = "cam"), with `duli infer --heatmap`.
 #
 # Env: LABELLED (a folder with NORMAL/ and PNEUMONIA/; default: the 16 shared samples
 # linked under bench/out/cxr16), REPEAT (each file this many times per timing run,
@@ -46,12 +48,10 @@ echo "== CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //
      "bf16 feature: $(grep -qw amx_bf16 /proc/cpuinfo && echo amx-bf16 || (grep -qw avx512_bf16 /proc/cpuinfo && echo avx512-bf16 || echo none))," \
      "int8 feature: $(grep -qw amx_int8 /proc/cpuinfo && echo amx-int8 || (grep -qw avx512_vnni /proc/cpuinfo && echo avx512-vnni || (grep -qw avx_vnni /proc/cpuinfo && echo avx-vnni || echo none)))"
 echo "== load before: $(uptime)"
-HEATMAP=()
-"$BIN" infer --help 2>/dev/null | grep -q -- '--heatmap' && HEATMAP=(--heatmap)
 
 for p in $PRECISIONS; do
     t0=$(date +%s.%N)
-    "$BIN" infer --model "$MODEL" --precision "$p" "${HEATMAP[@]}" "${FILES[@]}" > "$OUT/duli-$p.jsonl" 2> "$OUT/duli-$p.err" || true
+    "$BIN" infer --model "$MODEL" --precision "$p" "${FILES[@]}" > "$OUT/duli-$p.jsonl" 2> "$OUT/duli-$p.err" || true
     t1=$(date +%s.%N)
     echo "$t0 $t1" > "$OUT/duli-$p.wall"
     "$PY" bench/ov_precision.py "$MODEL" "$p" "${FILES[@]}" > "$OUT/plain-$p.json" 2> "$OUT/plain-$p.err" \
@@ -62,6 +62,14 @@ for p in $PRECISIONS; do
         "$BIN" evaluate --model "$MODEL" --precision "$p" --json "$LABELLED" > "$OUT/eval-$p.json" 2> "$OUT/eval-$p.err" || true
     fi
 done
+# Heatmaps, f32, each labelled image once: occlusion (the shipped manifest) and class
+# activation (a copy of it with method = "cam" and its files named absolutely).
+CAM_MODEL="$OUT/model-cam.toml"
+sed -e "s|^path = \"|path = \"$ROOT/models/pneumonia-xception/|" \
+    -e "s|^weights = \"|weights = \"$ROOT/models/pneumonia-xception/|" \
+    -e 's|^method = "occlusion"|method = "cam"|' "$MODEL" > "$CAM_MODEL"
+"$BIN" infer --model "$MODEL" --precision f32 --heatmap "${IMAGES[@]}" > "$OUT/heatmap-occlusion.jsonl" 2> "$OUT/heatmap-occlusion.err" || true
+"$BIN" infer --model "$CAM_MODEL" --precision f32 --heatmap "${IMAGES[@]}" > "$OUT/heatmap-cam.jsonl" 2> "$OUT/heatmap-cam.err" || true
 echo "== load after: $(uptime)"
 
 "$PY" - "$OUT" "$PRECISIONS" <<'PY'
@@ -72,7 +80,7 @@ def load(p):
     try: return json.loads(p.read_text() or "{}")
     except Exception: return {}
 print()
-print(f"{'precision':<9} {'duli wall s':>11} {'duli pipe s':>11} {'duli inf ms':>11} {'plain pipe s':>12} {'plain inf ms':>12} {'duli/plain':>10} {'heatmap ms':>10} {'AUC':>6}  gate")
+print(f"{'precision':<9} {'duli wall s':>11} {'duli pipe s':>11} {'duli inf ms':>11} {'plain pipe s':>12} {'plain inf ms':>12} {'duli/plain':>10} {'AUC':>6}  gate")
 notes = []
 for p in precisions:
     lines = [json.loads(l) for l in (out / f"duli-{p}.jsonl").read_text().splitlines() if l.strip()]
@@ -85,7 +93,6 @@ for p in precisions:
     tm = [l["timings_ms"] for l in ok]
     pipe = sum(t["decode"] + t["preprocess"] + t["infer"] for t in tm) / 1000
     inf = statistics.fmean(t["infer"] for t in tm)
-    hm = [t["heatmap"] for t in tm if "heatmap" in t]
     plain = load(out / f"plain-{p}.json")
     ev = load(out / f"eval-{p}.json")
     auc = ev.get("findings", {}).get("PNEUMONIA", {}).get("auc")
@@ -97,12 +104,25 @@ for p in precisions:
     else:
         g = "not run"
     ratio = pipe / plain["wall_s"] if plain.get("wall_s") else float("nan")
-    print(f"{p:<9} {t1 - t0:>11.2f} {pipe:>11.2f} {inf:>11.2f} {plain.get('wall_s', float('nan')):>12.2f} {plain.get('infer_ms_mean', float('nan')):>12.2f} {ratio:>10.3f} {(statistics.fmean(hm) if hm else float('nan')):>10.1f} {auc if auc is None else round(auc, 4)!s:>6}  {g}")
+    print(f"{p:<9} {t1 - t0:>11.2f} {pipe:>11.2f} {inf:>11.2f} {plain.get('wall_s', float('nan')):>12.2f} {plain.get('infer_ms_mean', float('nan')):>12.2f} {ratio:>10.3f} {auc if auc is None else round(auc, 4)!s:>6}  {g}")
     if plain.get("runtime_precision"):
         notes.append(f"plain OpenVINO at {p}: runtime reports INFERENCE_PRECISION_HINT={plain['runtime_precision']}")
     for l in (out / f"eval-{p}.err").read_text().splitlines():
         if l.startswith("  fails:") or "warning" in l:
             notes.append(f"{p}: {l.strip()}")
+print()
+print(f"{'heatmap (f32, each image once)':<32} {'n':>3} {'median ms':>10} {'max ms':>8}")
+for method in ("occlusion", "cam"):
+    path = out / f"heatmap-{method}.jsonl"
+    lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    ms = sorted(l["timings_ms"]["heatmap"] for l in lines if "heatmap" in l.get("timings_ms", {}))
+    done = sum(1 for l in lines if l.get("heatmap", {}).get("state") == "done")
+    if ms:
+        print(f"{method:<32} {len(ms):>3} {statistics.median(ms):>10.1f} {ms[-1]:>8.1f}  ({done} done)")
+    else:
+        err = (out / f"heatmap-{method}.err").read_text().strip().splitlines() if (out / f"heatmap-{method}.err").exists() else []
+        print(f"{method:<32} failed: {err[-1] if err else 'no output'}")
+print("target: heatmap <= 50 ms per image")
 print()
 print("duli wall s: the whole `duli infer` process (start, model compile, every file); duli pipe s: the sum of")
 print("its per-file decode + preprocess + infer; plain pipe s: Python PIL preprocessing + infer per file, compile")

@@ -164,6 +164,15 @@ fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
             "{name}: dciodvfy did not check it as {iod}:\n{text}"
         );
     }
+    // The SR of a study outside the model's intended use: no findings, the reason said.
+    let mut report = f.report.clone();
+    report.findings.clear();
+    report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
+    let na = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
+    let path = f.store.root().join("not-applicable-sr.dcm");
+    na.write_to_file(&path).unwrap();
+    let (errors, text) = dciodvfy_errors(&dciodvfy, &path);
+    assert!(errors.is_empty(), "not-applicable SR: {errors:#?}\n{text}");
 }
 
 #[test]

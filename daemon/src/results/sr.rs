@@ -472,7 +472,7 @@ pub fn build(
             vec![container("CONTAINS", IMAGE_LIBRARY_GROUP, entries)],
         ));
     }
-    let groups = report
+    let groups: Vec<InMemDicomObject> = report
         .findings
         .iter()
         .map(|f| {
@@ -480,7 +480,11 @@ pub fn build(
             measurement_group(report, uids, f, explains)
         })
         .collect();
-    children.push(container("CONTAINS", IMAGING_MEASUREMENTS, groups));
+    // A study outside the intended use has no findings: no empty measurements container,
+    // its comment says why.
+    if !groups.is_empty() {
+        children.push(container("CONTAINS", IMAGING_MEASUREMENTS, groups));
+    }
     children.push(text_item(
         "CONTAINS",
         COMMENT,
