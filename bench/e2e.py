@@ -54,11 +54,15 @@ def make_studies(out, n, seed):
     return sorted(os.path.join(out, f) for f in os.listdir(out))
 
 
-def report_id(path):
+def report_id(path, secret):
+    """The report id the cloud sees for the first result of the study in `path`: the
+    device's report id (SHA-256 of study UID, 0, version) keyed by the site secret."""
     import hashlib
+    import hmac
     out = subprocess.run(["dcmdump", "+P", "0020,000d", path], capture_output=True, text=True).stdout
     study = out.split("[", 1)[1].split("]", 1)[0]
-    return hashlib.sha256(study.encode() + b"\0" + b"1").hexdigest()[:32]
+    local = hashlib.sha256(study.encode() + b"\0" + b"1").hexdigest()[:32]
+    return hmac.new(secret, b"report\0" + local.encode(), hashlib.sha256).hexdigest()
 
 
 def free_port():
@@ -119,12 +123,13 @@ def main():
     procs.append(subprocess.Popen([duli, "run"], cwd=ROOT, env=env, stderr=log))
     wait_port(dicom_port)
     time.sleep(1.0)
+    secret = open(os.path.join(work, "data", "site_secret"), "rb").read()
     latencies = []
     burst_s = None
     denv = dict(os.environ, TCP_NODELAY="1")
     try:
         for i, f in enumerate(files):
-            rid = report_id(f)
+            rid = report_id(f, secret)
             subprocess.run(["storescu", "-aec", "DULI", "127.0.0.1", str(dicom_port), f], env=denv,
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             released = time.time()
@@ -135,7 +140,7 @@ def main():
                 raise SystemExit(f"no report for study {i} ({rid}); see {work}/duli.log")
             latencies.append(arrivals[rid] - released)
         if burst:
-            want = {report_id(f) for f in burst}
+            want = {report_id(f, secret) for f in burst}
             start = time.time()
             subprocess.run(["storescu", "-aec", "DULI", "127.0.0.1", str(dicom_port), *burst], env=denv,
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
