@@ -92,8 +92,8 @@ pub struct HeatmapOptions {
 
 /// [`score_file`] that also makes the file's heatmap the way the manifest says, timed into
 /// `timings.heatmap_ms`, its state `done` (with the PNG path under `dir`, or the file's
-/// name) or `failed`. `occlusion` is the request occlusion maps run on.
-fn score_with_heatmap(
+/// name) or `failed`. `occlusion` is the request occlusion maps run on (made on first use).
+pub fn score_with_heatmap(
     engine: &Engine,
     file: &Path,
     dir: Option<&Path>,

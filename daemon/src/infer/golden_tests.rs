@@ -436,3 +436,43 @@ fn class_activation_maps_against_occlusion_on_the_samples() {
         );
     }
 }
+
+/// `duli infer --heatmap --heatmap-dir`: each analysed file gets its heatmap the way the
+/// manifest says, timed, written as a PNG, and its line carries `timings_ms.heatmap`;
+/// occlusion with the shipped manifest, class activation with it switched to `cam`.
+#[test]
+fn the_offline_tool_makes_and_times_heatmaps_by_either_method() {
+    use super::manifest::HeatmapMethod;
+    use crate::result::HeatmapState;
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let file = dir.join("png/PNEUMONIA_01.png");
+    for method in [HeatmapMethod::Occlusion, HeatmapMethod::Cam] {
+        let mut m = super::manifest::Manifest::load(&cfg.model).unwrap();
+        m.heatmap.method = method;
+        let sha = m.verify_files().unwrap();
+        let backend = super::openvino::OpenVino::new(&cfg).unwrap();
+        let engine = Engine::with_backend(m, sha, Box::new(backend)).unwrap();
+        assert_eq!(engine.cam().is_some(), method == HeatmapMethod::Cam);
+        let target = out.path().join(format!("{method:?}"));
+        std::fs::create_dir_all(&target).unwrap();
+        let mut occlusion = None;
+        let (_, r) = super::cli::score_with_heatmap(&engine, &file, Some(&target), &mut occlusion);
+        let HeatmapState::Done { code, path } = &r.heatmap else {
+            panic!("{method:?}: {:?}", r.heatmap);
+        };
+        assert_eq!(code, "PNEUMONIA");
+        let png = image::open(path).unwrap().to_luma8();
+        assert_eq!((png.width(), png.height()), (150, 150));
+        assert!(r.timings.heatmap_ms > 0.0);
+        assert_eq!(occlusion.is_some(), method == HeatmapMethod::Occlusion);
+        let line = super::cli::json_line(&file, None, &r);
+        assert!(
+            line["timings_ms"]["heatmap"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+        assert_eq!(line["heatmap"]["state"], "done", "{line}");
+    }
+}
