@@ -261,19 +261,21 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             uid_root: config.dicom.uid_root.clone(),
         }),
     ));
-    let mut console_state = console::Console::new(
-        config,
-        store.clone(),
-        audit.clone(),
-        metrics.clone(),
-        events.clone(),
-    )?;
-    console_state.outbox = Some(delivery.outbox.clone());
-    console_state.recorder = Some(recorder.clone());
-    console_state.stages = Some(stages.clone());
-    console_state.assembly = Some(uploads_tx);
     let model_status = crate::infer::ModelStatus::default();
-    console_state.model_status = model_status.clone();
+    let console_state = console::Console::new(
+        config,
+        console::Parts {
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
+            delivery: delivery.outbox.clone(),
+            feedback: recorder.clone(),
+            stages: stages.clone(),
+            assembly: uploads_tx,
+            model_status: model_status.clone(),
+        },
+    )?;
     let console_state = Arc::new(console_state);
     let (console_addr, console_task) = console::start(
         config,

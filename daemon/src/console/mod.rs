@@ -9,7 +9,10 @@
 //! - [`sessions`]: session cookies, login throttling, CSRF tokens.
 //! - [`throttle_log`]: throttled logins counted, audited once per window.
 //! - [`users`]: accounts with PBKDF2-HMAC-SHA256 password hashes.
-//! - [`api`]: the handlers (worklist, study, previews, feedback, users, audit, system).
+//! - [`api`]: the router and one handler module per resource (worklist and studies,
+//!   results, feedback, users, audit, outbox, system, uploads, live events).
+//! - [`services`]: what the console needs of delivery and of the feedback hand-off, as
+//!   traits.
 //! - [`reply`]: the one error → status mapping and the security headers.
 //! - [`preview`]: 16-bit display previews rendered once per instance.
 //! - [`feedback`]: radiologist feedback records and the hook to delivery.
@@ -36,6 +39,7 @@ pub mod preview;
 pub mod reply;
 pub mod roles;
 pub mod server;
+pub mod services;
 pub mod sessions;
 pub mod setup;
 pub mod throttle_log;
@@ -66,12 +70,12 @@ pub struct Console {
     pub metrics: Arc<Metrics>,
     /// Live study events.
     pub events: events::Bus,
-    /// The delivery outbox (gauges in /metrics, delivery status), when delivery runs.
-    pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
-    /// Delivery of feedback to the cloud, when delivery runs.
-    pub recorder: Option<Arc<crate::record::Recorder>>,
+    /// The delivery outbox (gauges in /metrics, delivery status, retries).
+    pub delivery: Arc<dyn services::DeliveryQueue>,
+    /// Delivery of feedback to the cloud.
+    pub feedback: Arc<dyn services::FeedbackSink>,
     /// The daemon's supervised stages: `/healthz` answers 503 naming any that is down.
-    pub stages: Option<Arc<crate::supervise::Registry>>,
+    pub stages: Arc<crate::supervise::Registry>,
     /// Accounts.
     pub users: users::Users,
     /// Sessions and the login throttle.
@@ -96,7 +100,7 @@ pub struct Console {
     pub uid_root: String,
     /// Study assembly, told about uploads so they complete like received studies; weak,
     /// so the console never keeps the assembly stage alive at shutdown.
-    pub assembly: Option<tokio::sync::mpsc::WeakSender<crate::assemble::Event>>,
+    pub assembly: tokio::sync::mpsc::WeakSender<crate::assemble::Event>,
     /// When the daemon started.
     pub started: Instant,
     /// First-time setup (open while no admin account exists).
@@ -107,15 +111,43 @@ pub struct Console {
     pub limits: limits::Limits,
 }
 
+/// The handles the daemon gives the console: shared state and the stages it talks to.
+#[derive(Debug)]
+pub struct Parts {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The audit trail.
+    pub audit: Arc<Audit>,
+    /// In-memory metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live study events.
+    pub events: events::Bus,
+    /// The delivery outbox.
+    pub delivery: Arc<dyn services::DeliveryQueue>,
+    /// Where feedback goes after it is stored.
+    pub feedback: Arc<dyn services::FeedbackSink>,
+    /// The supervised stages (`/healthz`).
+    pub stages: Arc<crate::supervise::Registry>,
+    /// Study assembly, told about uploads.
+    pub assembly: tokio::sync::mpsc::WeakSender<crate::assemble::Event>,
+    /// Whether the inference stage has its model.
+    pub model_status: crate::infer::ModelStatus,
+}
+
 impl Console {
-    /// Builds the console state from the configuration and the shared handles.
-    pub fn new(
-        config: &Config,
-        store: Arc<Store>,
-        audit: Arc<Audit>,
-        metrics: Arc<Metrics>,
-        events: events::Bus,
-    ) -> Result<Console> {
+    /// Builds the console state from the configuration and the daemon's handles.
+    pub fn new(config: &Config, parts: Parts) -> Result<Console> {
+        let Parts {
+            store,
+            audit,
+            metrics,
+            events,
+            delivery,
+            feedback,
+            stages,
+            assembly,
+            model_status,
+        } = parts;
         let users = users::Users::open(&store).context("open the users tree")?;
         let sessions = sessions::Sessions::open(
             &store,
@@ -132,20 +164,20 @@ impl Console {
             audit,
             metrics,
             events,
-            outbox: None,
-            recorder: None,
-            stages: None,
+            delivery,
+            feedback,
+            stages,
             users,
             sessions,
             site_id: config.device.site_id.clone(),
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),
-            model_status: crate::infer::ModelStatus::default(),
+            model_status,
             peers: config.pacs.destinations.clone(),
             echo_peers: crate::scu::configured_peers(config),
             ae_title: config.dicom.ae_title.clone(),
             uid_root: config.dicom.uid_root.clone(),
-            assembly: None,
+            assembly,
             started: Instant::now(),
             setup,
             max_pixels: config.inference.max_pixels,

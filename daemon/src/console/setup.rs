@@ -303,7 +303,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         (None, Some(given)) => given.to_string(),
         (None, None) => return Err(ApiError::BadRequest("user name required".into())),
     };
-    users::check_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    users::check_name(&name)?;
     if c.users.get(&name)?.is_some() {
         // Setup creates an account; it never takes over one that exists.
         return Err(ApiError::Conflict(format!(
@@ -311,10 +311,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         )));
     }
     let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || users::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let hash = tokio::task::spawn_blocking(move || users::hash_password(&password)).await??;
     let user = User {
         name: name.clone(),
         role: Role::Admin,
@@ -322,9 +319,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         created_ms: crate::clock::now_millis(),
         disabled: false,
     };
-    c.users
-        .put(&user)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    c.users.put(&user)?;
     c.sessions.login_succeeded(THROTTLE_KEY);
     audit_now(
         c,

@@ -15,6 +15,7 @@
 //! - [`qr_index`]: the secondary query keys of the study records.
 //! - [`results`]: study results and the heatmap marks, committed with the study state.
 //! - [`outbox`]: the durable delivery queue, written in the same transaction as a result.
+//! - [`worklist`]: what the console's worklist shows of each study's result.
 
 pub mod files;
 pub mod header;
@@ -22,6 +23,7 @@ pub mod outbox;
 pub mod qr_index;
 pub mod records;
 pub mod results;
+pub mod worklist;
 
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use files::FileArea;
