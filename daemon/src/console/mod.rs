@@ -242,6 +242,12 @@ pub async fn start(
         }
     );
     tokio::spawn(audit_throttled_logins(console.clone(), shutdown.clone()));
+    let store = console.store.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.prepare_worklist() {
+            log::error!("console: the worklist index: {e}");
+        }
+    });
     let listener = crate::supervise::Listener::keep(listener)?;
     let stop = shutdown.clone();
     let task = crate::supervise::spawn(

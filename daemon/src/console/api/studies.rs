@@ -9,7 +9,7 @@ use crate::console::sessions::Session;
 use crate::console::{feedback, preview, Console};
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use crate::report::Feedback;
-use crate::store::worklist::{ResultSummary, TopFinding};
+use crate::store::worklist::{ResultSummary, Row, TopFinding};
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -122,7 +122,8 @@ impl WorklistQuery {
         }
     }
 
-    fn matches(&self, study: &StudyRecord, summary: Option<&ResultSummary>) -> bool {
+    fn matches(&self, row: &Row) -> bool {
+        let study = &row.study;
         if self
             .state
             .as_deref()
@@ -142,41 +143,30 @@ impl WorklistQuery {
                 return false;
             }
         }
-        !self.urgent_only || summary.is_some_and(|r| r.urgent)
+        !self.urgent_only || row.urgent()
     }
 }
 
-/// `GET /api/v1/studies`: urgent studies first, then the newest.
+/// `GET /api/v1/studies`: urgent studies first, then the newest, from the store's
+/// worklist index.
 pub(super) async fn worklist(
     c: &Console,
     req: &Request,
     s: &Session,
 ) -> Result<Response, ApiError> {
     let query = WorklistQuery::of(req);
-    let mut rows: Vec<(StudyRecord, Option<ResultSummary>)> = Vec::new();
-    for study in c.store.studies()? {
-        let summary = crate::store::results::latest_result(&c.store, &study.study_instance_uid)
-            .unwrap_or(None)
-            .map(|r| ResultSummary::of(&r));
-        if query.matches(&study, summary.as_ref()) {
-            rows.push((study, summary));
-        }
-    }
-    let urgent = |r: &Option<ResultSummary>| r.as_ref().is_some_and(|r| r.urgent);
-    rows.sort_by(|a, b| {
-        urgent(&b.1)
-            .cmp(&urgent(&a.1))
-            .then(b.0.first_received.cmp(&a.0.first_received))
-    });
-    let total = rows.len();
-    let page = Worklist {
+    let page = c
+        .store
+        .worklist_page(|row| query.matches(row), query.limit)?;
+    let total = page.total;
+    let answer = Worklist {
         total,
-        studies: rows
+        studies: page
+            .rows
             .iter()
-            .take(query.limit)
-            .map(|(study, summary)| WorklistRow {
-                summary: StudySummary::new(study, summary.as_ref()),
-                instances: study.instances,
+            .map(|row| WorklistRow {
+                summary: StudySummary::new(&row.study, row.result.as_ref()),
+                instances: row.study.instances,
             })
             .collect(),
     };
@@ -189,7 +179,7 @@ pub(super) async fn worklist(
         )
         .await?;
     }
-    Ok(reply::json(StatusCode::OK, &page))
+    Ok(reply::json(StatusCode::OK, &answer))
 }
 
 /// One instance of the study page, with the URLs of its preview.
