@@ -5,9 +5,8 @@
 //!
 //! Wire format: one JSON [`Request`] line, one JSON [`Response`] line.
 
+use crate::accounts::{PasswordHash, Role, User, UserInfo, Users};
 use crate::audit::{Action, Audit, Event};
-use crate::console::roles::Role;
-use crate::console::users::{PasswordHash, User, Users};
 use crate::deliver::outbox::{Destination, Outbox, OutboxLimits, RetrySelector};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -153,7 +152,7 @@ pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Requ
             .map(|list| {
                 serde_json::to_value(
                     list.iter()
-                        .map(crate::console::users::UserInfo::from)
+                        .map(UserInfo::from)
                         .collect::<Vec<_>>(),
                 )
                 .unwrap_or_default()

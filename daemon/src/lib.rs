@@ -57,6 +57,7 @@
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod assemble;
 pub mod audit;
 pub mod cli_audit;

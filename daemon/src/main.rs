@@ -651,10 +651,10 @@ fn real_main() -> Result<ExitCode> {
             action: UserAction::Add { name, role },
             config,
         } => {
-            let role: duli::console::roles::Role = role.parse()?;
-            duli::console::users::check_name(&name)?;
+            let role: duli::accounts::Role = role.parse()?;
+            duli::accounts::check_name(&name)?;
             let password = read_new_password()?;
-            let password_hash = duli::console::users::hash_password(&password)?;
+            let password_hash = duli::accounts::hash_password(&password)?;
             store_command(
                 config,
                 Request::UserAdd {

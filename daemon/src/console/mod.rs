@@ -8,7 +8,8 @@
 //! - [`roles`]: the roles and the one route → role table every request passes.
 //! - [`sessions`]: session cookies, login throttling, CSRF tokens.
 //! - [`throttle_log`]: throttled logins counted, audited once per window.
-//! - [`users`]: accounts with PBKDF2-HMAC-SHA256 password hashes.
+//! - accounts (users, roles, password hashes) live in [`crate::accounts`], shared with
+//!   the command line.
 //! - [`api`]: the router and one handler module per resource (worklist and studies,
 //!   results, feedback, users, audit, outbox, system, uploads, live events).
 //! - [`services`]: what the console needs of delivery and of the feedback hand-off, as
@@ -46,7 +47,6 @@ pub mod throttle_log;
 pub mod timeouts;
 pub mod tls;
 pub mod upload;
-pub mod users;
 
 use crate::audit::Audit;
 use crate::config::Config;
@@ -77,7 +77,7 @@ pub struct Console {
     /// The daemon's supervised stages: `/healthz` answers 503 naming any that is down.
     pub stages: Arc<crate::supervise::Registry>,
     /// Accounts.
-    pub users: users::Users,
+    pub users: crate::accounts::Users,
     /// Sessions and the login throttle.
     pub sessions: sessions::Sessions,
     /// The data directory.
@@ -148,7 +148,7 @@ impl Console {
             assembly,
             model_status,
         } = parts;
-        let users = users::Users::open(&store).context("open the users tree")?;
+        let users = crate::accounts::Users::open(&store).context("open the users tree")?;
         let sessions = sessions::Sessions::open(
             &store,
             Duration::from_secs(config.console.session_idle_secs),

@@ -140,9 +140,9 @@ impl From<tokio::task::JoinError> for ApiError {
 }
 
 /// A bad user name or password is the client's mistake; the rest is ours.
-impl From<super::users::UserError> for ApiError {
-    fn from(e: super::users::UserError) -> ApiError {
-        use super::users::UserError;
+impl From<crate::accounts::UserError> for ApiError {
+    fn from(e: crate::accounts::UserError) -> ApiError {
+        use crate::accounts::UserError;
         match e {
             UserError::BadName(_) | UserError::BadPassword => ApiError::BadRequest(e.to_string()),
             UserError::Store(_) | UserError::BadHash(_) | UserError::Random => {

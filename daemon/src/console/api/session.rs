@@ -1,11 +1,10 @@
 //! `/api/v1/login`, `/api/v1/logout` and `/api/v1/me`: sessions as the browser sees them.
 
 use super::{audit_now, parse_json, source, Request};
+use crate::accounts::{self, Role};
 use crate::audit::{Action, Event};
 use crate::console::reply::{self, ApiError};
-use crate::console::roles::Role;
 use crate::console::sessions::{self, Session};
-use crate::console::users;
 use crate::console::Console;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -83,9 +82,9 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
     let verified = {
         let user = user.clone();
         tokio::task::spawn_blocking(move || match &user {
-            Some(u) => users::verify_password(&u.password, &password) && !u.disabled,
+            Some(u) => accounts::verify_password(&u.password, &password) && !u.disabled,
             None => {
-                users::burn_verify(&password);
+                accounts::burn_verify(&password);
                 false
             }
         })

@@ -2,11 +2,10 @@
 //! demoted, disabled nor removed; every change ends the user's sessions and is audited.
 
 use super::{audit_now, parse_json, source, Request};
+use crate::accounts::{self, Role, User, UserInfo};
 use crate::audit::{Action, Event};
 use crate::console::reply::{self, ApiError};
-use crate::console::roles::Role;
 use crate::console::sessions::Session;
-use crate::console::users::{self, User, UserInfo};
 use crate::console::Console;
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
@@ -39,11 +38,11 @@ pub(super) async fn put(
     s: &Session,
     name: &str,
 ) -> Result<Response, ApiError> {
-    users::check_name(name)?;
+    accounts::check_name(name)?;
     let body: UserBody = parse_json(req)?;
     let old = c.users.get(name)?;
     let password = match body.password {
-        Some(p) => Some(tokio::task::spawn_blocking(move || users::hash_password(&p)).await??),
+        Some(p) => Some(tokio::task::spawn_blocking(move || accounts::hash_password(&p)).await??),
         None => None,
     };
     let user = match &old {
