@@ -2,7 +2,9 @@
 //! per-destination figures, and the technician's retry request.
 
 use super::services::DeliveryQueue;
-use crate::deliver::outbox::{DestStats, Destination, Entry, Fill, OutboxError, RetrySelector};
+use crate::deliver::outbox::{
+    DestStats, Destination, Entry, Fill, OutboxError, RetrySelector, SelectorError,
+};
 use serde::{Deserialize, Serialize};
 
 /// Most entries listed per destination.
@@ -108,6 +110,17 @@ pub fn overview<'a>(
     })
 }
 
+/// Why a retry body selects nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryBodyError {
+    /// None or several of `id`, `destination` and `all`.
+    #[error("give exactly one of \"id\", \"destination\" or \"all\": true")]
+    NotExactlyOne,
+    /// The destination is unknown.
+    #[error(transparent)]
+    Destination(#[from] SelectorError),
+}
+
 /// Body of `POST /api/v1/outbox/retry`: exactly one of `id`, `destination`, `all: true`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,12 +138,12 @@ pub struct RetryBody {
 
 impl RetryBody {
     /// The selector it asks for, or why it is not one.
-    pub fn selector(&self) -> Result<RetrySelector, String> {
+    pub fn selector(&self) -> Result<RetrySelector, RetryBodyError> {
         match (self.id, &self.destination, self.all) {
             (Some(id), None, false) => Ok(RetrySelector::Id(id)),
-            (None, Some(d), false) => d.parse::<Destination>().map(RetrySelector::Destination),
+            (None, Some(d), false) => Ok(RetrySelector::Destination(d.parse::<Destination>()?)),
             (None, None, true) => Ok(RetrySelector::All),
-            _ => Err("give exactly one of \"id\", \"destination\" or \"all\": true".into()),
+            _ => Err(RetryBodyError::NotExactlyOne),
         }
     }
 }
@@ -153,6 +166,7 @@ mod tests {
         serde_json::from_value::<RetryBody>(v)
             .map_err(|e| e.to_string())?
             .selector()
+            .map_err(|e| e.to_string())
     }
 
     #[test]

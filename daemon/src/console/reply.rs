@@ -132,6 +132,12 @@ impl From<crate::deliver::outbox::OutboxError> for ApiError {
     }
 }
 
+impl From<super::outbox_view::RetryBodyError> for ApiError {
+    fn from(e: super::outbox_view::RetryBodyError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 /// A blocking task that panicked or was cancelled.
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> ApiError {

@@ -25,7 +25,7 @@ pub(super) fn overview(c: &Console) -> Result<Response, ApiError> {
 /// `POST /api/v1/outbox/retry`: one entry, one destination or all (audited).
 pub(super) async fn retry(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
     let body: outbox_view::RetryBody = parse_json(req)?;
-    let which = body.selector().map_err(ApiError::BadRequest)?;
+    let which = body.selector()?;
     let requeued = c.delivery.retry(&which)?;
     audit_now(
         c,
