@@ -204,12 +204,13 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             (Some(c), Some(k)) => (c, k),
             _ => anyhow::bail!("dicom.cert and dicom.key are required when dicom.tls = true"),
         };
-        let tls = crate::ul::tls::server_config(
+        let tls = crate::tls::server_config(&crate::tls::ServerTls {
             cert,
             key,
-            config.dicom.ca.as_deref(),
-            config.dicom.tls_require_client_cert,
-        )
+            client_ca: config.dicom.ca.as_deref(),
+            require_client_cert: config.dicom.tls_require_client_cert,
+            alpn: &[],
+        })
         .context("DICOM TLS (dicom.cert, dicom.key, dicom.ca)")?;
         let addr = SocketAddr::new(config.dicom.bind, config.dicom.tls_port);
         let listener = take_or_bind(

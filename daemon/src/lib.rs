@@ -95,5 +95,6 @@ pub mod scu;
 pub mod site_secret;
 pub mod store;
 pub mod supervise;
+pub mod tls;
 pub mod ul;
 pub mod web;

@@ -1,6 +1,7 @@
 //! The radiologists' LAN web console and its JSON API, over HTTPS only.
 //!
-//! - [`tls`]: the certificate (configured, or self-signed on first start) and TLS 1.2+.
+//! - TLS: [`crate::tls`] (the certificate, configured or self-signed on first start, in
+//!   [`crate::tls::self_signed`]).
 //! - [`server`]: the listener — warp filters through hyper over tokio-rustls.
 //! - [`limits`]: connection caps (total, per address), request, event stream and upload
 //!   limits.
@@ -45,7 +46,6 @@ pub mod sessions;
 pub mod setup;
 pub mod throttle_log;
 pub mod timeouts;
-pub mod tls;
 pub mod upload;
 
 use crate::audit::Audit;
@@ -218,15 +218,17 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
     stages: &Arc<crate::supervise::Registry>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let files = tls::cert_files(
+    let files = crate::tls::self_signed::cert_files(
         config.console.cert.as_deref(),
         config.console.key.as_deref(),
         &config.device.data_dir,
         &certificate_names(config),
     )
     .context("console certificate (console.cert, console.key)")?;
-    let tls = tls::server_config(&files).context("console TLS (console.cert, console.key)")?;
-    let fingerprint = tls::fingerprint(&files.cert).context("console certificate")?;
+    let tls = crate::tls::server_config(&crate::tls::ServerTls::console(&files.cert, &files.key))
+        .context("console TLS (console.cert, console.key)")?;
+    let fingerprint =
+        crate::tls::self_signed::fingerprint(&files.cert).context("console certificate")?;
     let addr = SocketAddr::new(config.console.bind, config.console.port);
     let listener =
         crate::daemon::take_or_bind(prebound, addr, "the console (console.bind, console.port)")

@@ -130,7 +130,9 @@ fn normalise(code: &str) -> String {
 
 /// Where the one-time setup code of `data_dir`'s console is kept while setup is open.
 pub fn code_file(data_dir: &Path) -> PathBuf {
-    data_dir.join(super::tls::GENERATED_DIR).join(CODE_FILE)
+    data_dir
+        .join(crate::tls::self_signed::GENERATED_DIR)
+        .join(CODE_FILE)
 }
 
 fn read_pending(config_dir: &Path) -> Result<Option<crate::provision::PendingAdmin>, SetupError> {
