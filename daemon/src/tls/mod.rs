@@ -80,26 +80,34 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// A PEM file's bytes, and how to say what is wrong with it.
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn invalid(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::Invalid {
+        what,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
 /// Reads every certificate of a PEM file (`what` names it in errors).
 pub fn read_certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let invalid = |reason: String| TlsError::Invalid {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
+    let pem = read_pem(what, path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid(what, path, e))?;
     if certs.is_empty() {
-        return Err(invalid("no certificate in the file".into()));
+        return Err(invalid(what, path, "no certificate in the file"));
     }
     Ok(certs)
 }
@@ -112,30 +120,17 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// Reads the private key of a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let invalid = |reason: String| TlsError::Invalid {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
+    let pem = read_pem(what, path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| invalid(e.to_string()))?
-        .ok_or_else(|| invalid("no private key in the file".into()))
+        .map_err(|e| invalid(what, path, e))?
+        .ok_or_else(|| invalid(what, path, "no private key in the file"))
 }
 
 /// The roots of a CA bundle.
 fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in read_certs("CA bundle", ca)? {
-        roots.add(c).map_err(|e| TlsError::Invalid {
-            what: "CA bundle",
-            path: ca.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        roots.add(c).map_err(|e| invalid("CA bundle", ca, e))?;
     }
     Ok(roots)
 }
@@ -181,11 +176,7 @@ pub fn server_config(s: &ServerTls<'_>) -> Result<Arc<ServerConfig>, TlsError> {
             } else {
                 v.allow_unauthenticated().build()
             }
-            .map_err(|e| TlsError::Invalid {
-                what: "CA bundle",
-                path: ca.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| invalid("CA bundle", ca, e))?;
             builder.with_client_cert_verifier(v)
         }
         None => builder.with_no_client_auth(),
