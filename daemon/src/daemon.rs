@@ -154,29 +154,21 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let uploads_tx = events_tx.downgrade();
 
     // DICOM listeners.
-    let mut scp = Scp::new(
-        receive::policy::policy(config),
-        store.clone(),
-        audit.clone(),
-        metrics.clone(),
-        events_tx,
-        Duration::from_secs(config.dicom.artim_timeout),
-        Duration::from_secs(config.dicom.idle_timeout),
-        config.dicom.max_associations,
-        config.retention.disk_reserve_mb * 1024 * 1024,
-    );
     let outbox = delivery.outbox.clone();
-    scp.admission.push(Arc::new(move || {
+    let scp = Scp::new(
+        receive::ScpParts {
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            events: events_tx,
+        },
+        config,
+    )
+    .with_admission(Arc::new(move || {
         outbox
             .is_full()
             .then(|| "the delivery outbox is full".to_string())
     }));
-    scp.move_destinations = config.pacs.destinations.clone();
-    scp.unassociated = receive::unassociated::Unassociated::new(
-        config.dicom.max_pending_connections,
-        config.dicom.max_pending_per_address,
-    );
-    scp.max_instance = config.dicom.max_instance_mb * 1024 * 1024;
     let scp = Arc::new(scp);
     // The plain port, unless `dicom.plain = false` leaves DICOM to the TLS port alone.
     let mut plain_addr = None;
