@@ -37,17 +37,13 @@ pub struct Running {
     pub events: events::Bus,
     /// The supervised stages and their heartbeats (read by the watchdog).
     pub stages: Arc<Registry>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: supervise::Shutdown,
 }
 
 impl Running {
     /// Stops everything gracefully and flushes the store.
     pub async fn stop(mut self) -> Result<()> {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.shutdown.stop(None).await;
         if let Some(d) = self.delivery.take() {
             d.stop().await;
         }
@@ -117,8 +113,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     };
     let audit = Arc::new(audit);
     let metrics = Arc::new(Metrics::default());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut shutdown = supervise::Shutdown::new();
+    let shutdown_rx = shutdown.signal();
     // Every long-lived stage below runs supervised, with a heartbeat in `stages`.
     let stages = Registry::new();
 
@@ -181,7 +177,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         )
         .await?;
         plain_addr = Some(listener.local_addr()?);
-        tasks.push(supervise_receive(
+        shutdown.track(supervise_receive(
             "receive",
             &stages,
             supervise::Listener::keep(listener)?,
@@ -213,7 +209,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
         tls_addr = Some(listener.local_addr()?);
-        tasks.push(supervise_receive(
+        shutdown.track(supervise_receive(
             "receive tls",
             &stages,
             supervise::Listener::keep(listener)?,
@@ -235,12 +231,10 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let stop_events = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let events_thread = events::watch_store(&store, events.clone(), stop_events.clone())
         .context("start the console event watcher")?;
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
+    shutdown.on_stop(async move {
         stop_events.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::task::spawn_blocking(move || events_thread.join()).await;
-    }));
+    });
 
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
     // The record stage: each result with its SR and outbox entries in one commit, each
@@ -278,7 +272,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         &stages,
     )
     .await?;
-    tasks.push(console_task);
+    shutdown.track(console_task);
 
     // Retention of pixel data.
     let retention = {
@@ -302,11 +296,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
-        retention.abort();
-    }));
+    shutdown.abort_on_stop(retention);
 
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
@@ -332,20 +322,16 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
+    shutdown.on_stop(async move {
         control_task.abort();
         let _ = std::fs::remove_file(control::socket_path(&data_dir));
-    }));
+    });
 
     // The tracker ends when the SCP (holder of its event sender) is gone.
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
+    shutdown.on_stop(async move {
         drop(scp);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), tracker_task).await;
-    }));
+    });
 
     // Inference: completed studies -> results, handed to the record stage; each result
     // brings its SR and outbox entries in the same transaction, and its heatmap SC later.
@@ -381,12 +367,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
-        // The pipeline ends once assembly (its sender) has stopped.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(10), pipeline).await;
-    }));
+    // The pipeline ends once assembly (its sender) has stopped.
+    shutdown.drain_on_stop(pipeline, SHUTDOWN_GRACE + Duration::from_secs(10));
 
     log::info!(
         "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
@@ -401,8 +383,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         console_addr,
         events,
         stages,
-        shutdown: shutdown_tx,
-        tasks,
+        shutdown,
     })
 }
 
