@@ -7,6 +7,7 @@
 #   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
 #   make bench-hostile  C-ECHO beside 500 silent connections and /healthz beside 1,000 idle
 #                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
+#   make bench-worklist  /api/v1/studies latency (p50/p95) with 10,000 studies (bench/README.md)
 #   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
 #                   with each precision's AUC and gate (bench/README.md)
 #   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
@@ -20,8 +21,9 @@ CARGO ?= cargo
 SHELL := /bin/bash
 BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
+WORKLIST_STUDIES ?= 10000
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-infer lint fmt models \
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer lint fmt models \
 	audit fuzz sbom cargo-deny cargo-cyclonedx
 
 all: build
@@ -85,6 +87,10 @@ bench-hostile: test-env
 	.venv/bin/python bench/hostile_dicom.py target/release/duli
 	.venv/bin/python bench/hostile_https.py
 	$(CARGO) test -q -p duli --test hostile -- --nocapture 2>&1 | grep -E "peak RSS|test result"
+
+bench-worklist:
+	$(CARGO) build --release -p duli --bin duli --example seed_worklist
+	bench/worklist.sh $(WORKLIST_STUDIES)
 
 bench-infer: test-env
 	$(CARGO) build --release -p duli

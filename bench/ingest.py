@@ -233,6 +233,21 @@ def run_orthanc(files, assocs, work):
         log.close()
 
 
+def duli_environment(data_dir, dicom_port, console_port):
+    """The environment of a `duli` command on loopback ports with its data in `data_dir`
+    (other DULI_SECTION__KEY overrides of the caller's environment left out)."""
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("DULI_") and "__" in k)}
+    env.update({
+        "DULI_DICOM__BIND": "127.0.0.1",
+        "DULI_DICOM__PORT": str(dicom_port),
+        "DULI_CONSOLE__BIND": "127.0.0.1",
+        "DULI_CONSOLE__PORT": str(console_port),
+        "DULI_DEVICE__DATA_DIR": data_dir,
+        "DULI_DEVICE__ALLOW_ROOT": "true",
+    })
+    return env
+
+
 def start_duli(root, binary, settings=None):
     """Starts `duli run` with its data under `root` and `settings` (DULI_SECTION__KEY
     overrides); returns (proc, dicom port, console port, log file), or None (with the
@@ -242,16 +257,8 @@ def start_duli(root, binary, settings=None):
         return None
     os.makedirs(root)
     dicom_port, console_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("DULI_") and "__" in k)}
-    env.update({
-        "DULI_DICOM__BIND": "127.0.0.1",
-        "DULI_DICOM__PORT": str(dicom_port),
-        "DULI_CONSOLE__BIND": "127.0.0.1",
-        "DULI_CONSOLE__PORT": str(console_port),
-        "DULI_DEVICE__DATA_DIR": os.path.join(root, "data"),
-        "DULI_DICOM__QUIET_PERIOD": "0",
-        "DULI_DEVICE__ALLOW_ROOT": "true",
-    })
+    env = duli_environment(os.path.join(root, "data"), dicom_port, console_port)
+    env["DULI_DICOM__QUIET_PERIOD"] = "0"
     env.update(settings or {})
     log = open(os.path.join(root, "duli.log"), "w")
     proc = subprocess.Popen([binary, "run"], env=env, cwd=root, stdout=log, stderr=log)

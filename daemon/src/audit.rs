@@ -125,7 +125,7 @@ impl Event {
 }
 
 /// The first broken link found by [`Audit::verify`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokenLink {
     /// Sequence number of the first record that does not verify.
     pub seq: u64,
@@ -142,6 +142,39 @@ pub struct Verification {
     pub head: Option<String>,
     /// The first broken link, if any.
     pub broken: Option<BrokenLink>,
+}
+
+/// A verification as the console and the control socket answer it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerificationReport {
+    /// Records checked.
+    pub records: u64,
+    /// Hash of the last record (the head), if any.
+    pub head: Option<String>,
+    /// Whether every link verified.
+    pub intact: bool,
+    /// The first broken link, if any.
+    pub first_broken: Option<BrokenLink>,
+}
+
+impl From<Verification> for VerificationReport {
+    fn from(v: Verification) -> VerificationReport {
+        VerificationReport {
+            records: v.records,
+            head: v.head,
+            intact: v.broken.is_none(),
+            first_broken: v.broken,
+        }
+    }
+}
+
+/// The last record of the trail: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Sequence number.
+    pub seq: u64,
+    /// Hash.
+    pub hash: String,
 }
 
 /// Appends to and verifies the trail.

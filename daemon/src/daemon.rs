@@ -37,17 +37,13 @@ pub struct Running {
     pub events: events::Bus,
     /// The supervised stages and their heartbeats (read by the watchdog).
     pub stages: Arc<Registry>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: supervise::Shutdown,
 }
 
 impl Running {
     /// Stops everything gracefully and flushes the store.
     pub async fn stop(mut self) -> Result<()> {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.shutdown.stop(None).await;
         if let Some(d) = self.delivery.take() {
             d.stop().await;
         }
@@ -117,8 +113,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     };
     let audit = Arc::new(audit);
     let metrics = Arc::new(Metrics::default());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut shutdown = supervise::Shutdown::new();
+    let shutdown_rx = shutdown.signal();
     // Every long-lived stage below runs supervised, with a heartbeat in `stages`.
     let stages = Registry::new();
 
@@ -154,29 +150,21 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let uploads_tx = events_tx.downgrade();
 
     // DICOM listeners.
-    let mut scp = Scp::new(
-        receive::policy::policy(config),
-        store.clone(),
-        audit.clone(),
-        metrics.clone(),
-        events_tx,
-        Duration::from_secs(config.dicom.artim_timeout),
-        Duration::from_secs(config.dicom.idle_timeout),
-        config.dicom.max_associations,
-        config.retention.disk_reserve_mb * 1024 * 1024,
-    );
     let outbox = delivery.outbox.clone();
-    scp.admission.push(Arc::new(move || {
+    let scp = Scp::new(
+        receive::ScpParts {
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            events: events_tx,
+        },
+        config,
+    )
+    .with_admission(Arc::new(move || {
         outbox
             .is_full()
             .then(|| "the delivery outbox is full".to_string())
     }));
-    scp.move_destinations = config.pacs.destinations.clone();
-    scp.unassociated = receive::unassociated::Unassociated::new(
-        config.dicom.max_pending_connections,
-        config.dicom.max_pending_per_address,
-    );
-    scp.max_instance = config.dicom.max_instance_mb * 1024 * 1024;
     let scp = Arc::new(scp);
     // The plain port, unless `dicom.plain = false` leaves DICOM to the TLS port alone.
     let mut plain_addr = None;
@@ -189,7 +177,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         )
         .await?;
         plain_addr = Some(listener.local_addr()?);
-        tasks.push(supervise_receive(
+        shutdown.track(supervise_receive(
             "receive",
             &stages,
             supervise::Listener::keep(listener)?,
@@ -204,12 +192,13 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             (Some(c), Some(k)) => (c, k),
             _ => anyhow::bail!("dicom.cert and dicom.key are required when dicom.tls = true"),
         };
-        let tls = crate::ul::tls::server_config(
+        let tls = crate::tls::server_config(&crate::tls::ServerTls {
             cert,
             key,
-            config.dicom.ca.as_deref(),
-            config.dicom.tls_require_client_cert,
-        )
+            client_ca: config.dicom.ca.as_deref(),
+            require_client_cert: config.dicom.tls_require_client_cert,
+            alpn: &[],
+        })
         .context("DICOM TLS (dicom.cert, dicom.key, dicom.ca)")?;
         let addr = SocketAddr::new(config.dicom.bind, config.dicom.tls_port);
         let listener = take_or_bind(
@@ -220,7 +209,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
         tls_addr = Some(listener.local_addr()?);
-        tasks.push(supervise_receive(
+        shutdown.track(supervise_receive(
             "receive tls",
             &stages,
             supervise::Listener::keep(listener)?,
@@ -242,12 +231,10 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let stop_events = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let events_thread = events::watch_store(&store, events.clone(), stop_events.clone())
         .context("start the console event watcher")?;
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
+    shutdown.on_stop(async move {
         stop_events.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tokio::task::spawn_blocking(move || events_thread.join()).await;
-    }));
+    });
 
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
     // The record stage: each result with its SR and outbox entries in one commit, each
@@ -261,19 +248,21 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             uid_root: config.dicom.uid_root.clone(),
         }),
     ));
-    let mut console_state = console::Console::new(
-        config,
-        store.clone(),
-        audit.clone(),
-        metrics.clone(),
-        events.clone(),
-    )?;
-    console_state.outbox = Some(delivery.outbox.clone());
-    console_state.recorder = Some(recorder.clone());
-    console_state.stages = Some(stages.clone());
-    console_state.assembly = Some(uploads_tx);
     let model_status = crate::infer::ModelStatus::default();
-    console_state.model_status = model_status.clone();
+    let console_state = console::Console::new(
+        config,
+        console::Parts {
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
+            delivery: delivery.outbox.clone(),
+            feedback: recorder.clone(),
+            stages: stages.clone(),
+            assembly: uploads_tx,
+            model_status: model_status.clone(),
+        },
+    )?;
     let console_state = Arc::new(console_state);
     let (console_addr, console_task) = console::start(
         config,
@@ -283,7 +272,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         &stages,
     )
     .await?;
-    tasks.push(console_task);
+    shutdown.track(console_task);
 
     // Retention of pixel data.
     let retention = {
@@ -307,11 +296,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
-        retention.abort();
-    }));
+    shutdown.abort_on_stop(retention);
 
     // Local control socket for the CLI.
     let control_listener = control::bind(&data_dir)
@@ -337,20 +322,16 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
+    shutdown.on_stop(async move {
         control_task.abort();
         let _ = std::fs::remove_file(control::socket_path(&data_dir));
-    }));
+    });
 
     // The tracker ends when the SCP (holder of its event sender) is gone.
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
+    shutdown.on_stop(async move {
         drop(scp);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), tracker_task).await;
-    }));
+    });
 
     // Inference: completed studies -> results, handed to the record stage; each result
     // brings its SR and outbox entries in the same transaction, and its heatmap SC later.
@@ -386,12 +367,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             },
         )
     };
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = rx.wait_for(|s| *s).await;
-        // The pipeline ends once assembly (its sender) has stopped.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(10), pipeline).await;
-    }));
+    // The pipeline ends once assembly (its sender) has stopped.
+    shutdown.drain_on_stop(pipeline, SHUTDOWN_GRACE + Duration::from_secs(10));
 
     log::info!(
         "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
@@ -406,8 +383,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         console_addr,
         events,
         stages,
-        shutdown: shutdown_tx,
-        tasks,
+        shutdown,
     })
 }
 

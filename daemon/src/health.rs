@@ -4,7 +4,8 @@
 //! check passes.
 
 use crate::config::Config;
-use crate::control::{self, Request, Response};
+use crate::control::protocol::StoreStatus;
+use crate::control::{self, Request};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -91,28 +92,23 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
                 detail: "not checked: the daemon holds the store and does not answer".into(),
             });
         }
-        Some(Response::Ok { data }) => {
+        Some(resp) => {
             report.checks.push(Check {
                 name: "daemon",
                 ok: true,
                 detail: "answers on its control socket".into(),
             });
-            report.checks.push(Check {
-                name: "store",
-                ok: true,
-                detail: format!("readable: {} instance(s)", data["instances"]),
-            });
-        }
-        Some(Response::Error { message }) => {
-            report.checks.push(Check {
-                name: "daemon",
-                ok: true,
-                detail: "answers on its control socket".into(),
-            });
-            report.checks.push(Check {
-                name: "store",
-                ok: false,
-                detail: format!("not readable: {message}"),
+            report.checks.push(match resp.into_answer::<StoreStatus>() {
+                Ok(status) => Check {
+                    name: "store",
+                    ok: true,
+                    detail: format!("readable: {} instance(s)", status.instances),
+                },
+                Err(e) => Check {
+                    name: "store",
+                    ok: false,
+                    detail: format!("not readable: {e}"),
+                },
             });
         }
     }

@@ -57,6 +57,7 @@
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod assemble;
 pub mod audit;
 pub mod cli_audit;
@@ -95,5 +96,6 @@ pub mod site_secret;
 pub mod stats;
 pub mod store;
 pub mod supervise;
+pub mod tls;
 pub mod ul;
 pub mod web;

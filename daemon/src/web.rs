@@ -5,8 +5,7 @@ use crate::metrics::StoreSnapshot;
 use crate::store::Store;
 
 /// Reads the store-side gauges for a scrape.
-pub fn snapshot(store: &Store, outbox: Option<&crate::deliver::outbox::Outbox>) -> StoreSnapshot {
-    let stats = outbox.and_then(|o| o.stats().ok()).unwrap_or_default();
+pub fn snapshot(store: &Store, stats: &[crate::deliver::outbox::DestStats]) -> StoreSnapshot {
     StoreSnapshot {
         outbox: stats
             .iter()

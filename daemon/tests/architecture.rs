@@ -178,3 +178,16 @@ fn the_checker_finds_crate_paths() {
     assert!(in_module("dataset_guard.rs", "dataset_guard"));
     assert!(!in_module("storex.rs", "store"));
 }
+
+/// Accounts are shared by the console and the command line: they use neither, nor any
+/// other stage.
+#[test]
+fn accounts_use_no_stage() {
+    let bad = violations(
+        "accounts",
+        &[
+            "console", "control", "daemon", "deliver", "record", "infer", "receive",
+        ],
+    );
+    assert!(bad.is_empty(), "{bad:#?}");
+}

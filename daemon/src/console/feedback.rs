@@ -1,6 +1,6 @@
 //! Radiologist feedback on a study's result: agree or disagree, with a comment. Stored in
 //! the tree `feedback` (key: study UID, NUL, time, user), audited by the caller, and handed
-//! to delivery by [`enqueue_for_delivery`] so it reaches the cloud through the outbox.
+//! to delivery ([`super::services::FeedbackSink`]) so it reaches the cloud through the outbox.
 
 pub use crate::report::Feedback;
 use crate::store::{Store, StoreError};
@@ -33,27 +33,4 @@ pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreEr
         .scan_prefix(prefix)
         .map(|kv| kv.map(|(_, f)| f))
         .collect()
-}
-
-/// Hands feedback to delivery: it joins the outbox for the cloud (MQTT topic
-/// `duli/{site}/{device}/feedback`, pseudonymised, without the comment or the user name),
-/// unless no delivery runs (then it stays in the store and the audit trail).
-pub fn enqueue_for_delivery(
-    recorder: Option<&crate::record::Recorder>,
-    f: &Feedback,
-    role: &str,
-) -> Result<(), StoreError> {
-    match recorder {
-        Some(r) => r.record_feedback(f, role).map_err(|e| StoreError::Corrupt {
-            key: f.study_uid.clone(),
-            reason: format!("feedback not queued for delivery: {e}"),
-        }),
-        None => {
-            log::info!(
-                "feedback on {} recorded; no delivery configured",
-                f.study_uid
-            );
-            Ok(())
-        }
-    }
 }

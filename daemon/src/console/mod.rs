@@ -1,6 +1,7 @@
 //! The radiologists' LAN web console and its JSON API, over HTTPS only.
 //!
-//! - [`tls`]: the certificate (configured, or self-signed on first start) and TLS 1.2+.
+//! - TLS: [`crate::tls`] (the certificate, configured or self-signed on first start, in
+//!   [`crate::tls::self_signed`]).
 //! - [`server`]: the listener — warp filters through hyper over tokio-rustls.
 //! - [`limits`]: connection caps (total, per address), request, event stream and upload
 //!   limits.
@@ -8,8 +9,12 @@
 //! - [`roles`]: the roles and the one route → role table every request passes.
 //! - [`sessions`]: session cookies, login throttling, CSRF tokens.
 //! - [`throttle_log`]: throttled logins counted, audited once per window.
-//! - [`users`]: accounts with PBKDF2-HMAC-SHA256 password hashes.
-//! - [`api`]: the handlers (worklist, study, previews, feedback, users, audit, system).
+//! - accounts (users, roles, password hashes) live in [`crate::accounts`], shared with
+//!   the command line.
+//! - [`api`]: the router and one handler module per resource (worklist and studies,
+//!   results, feedback, users, audit, outbox, system, uploads, live events).
+//! - [`services`]: what the console needs of delivery and of the feedback hand-off, as
+//!   traits.
 //! - [`reply`]: the one error → status mapping and the security headers.
 //! - [`preview`]: 16-bit display previews rendered once per instance.
 //! - [`feedback`]: radiologist feedback records and the hook to delivery.
@@ -36,13 +41,12 @@ pub mod preview;
 pub mod reply;
 pub mod roles;
 pub mod server;
+pub mod services;
 pub mod sessions;
 pub mod setup;
 pub mod throttle_log;
 pub mod timeouts;
-pub mod tls;
 pub mod upload;
-pub mod users;
 
 use crate::audit::Audit;
 use crate::config::Config;
@@ -66,14 +70,14 @@ pub struct Console {
     pub metrics: Arc<Metrics>,
     /// Live study events.
     pub events: events::Bus,
-    /// The delivery outbox (gauges in /metrics, delivery status), when delivery runs.
-    pub outbox: Option<Arc<crate::deliver::outbox::Outbox>>,
-    /// Delivery of feedback to the cloud, when delivery runs.
-    pub recorder: Option<Arc<crate::record::Recorder>>,
+    /// The delivery outbox (gauges in /metrics, delivery status, retries).
+    pub delivery: Arc<dyn services::DeliveryQueue>,
+    /// Delivery of feedback to the cloud.
+    pub feedback: Arc<dyn services::FeedbackSink>,
     /// The daemon's supervised stages: `/healthz` answers 503 naming any that is down.
-    pub stages: Option<Arc<crate::supervise::Registry>>,
+    pub stages: Arc<crate::supervise::Registry>,
     /// Accounts.
-    pub users: users::Users,
+    pub users: crate::accounts::Users,
     /// Sessions and the login throttle.
     pub sessions: sessions::Sessions,
     /// The data directory.
@@ -96,7 +100,7 @@ pub struct Console {
     pub uid_root: String,
     /// Study assembly, told about uploads so they complete like received studies; weak,
     /// so the console never keeps the assembly stage alive at shutdown.
-    pub assembly: Option<tokio::sync::mpsc::WeakSender<crate::assemble::Event>>,
+    pub assembly: tokio::sync::mpsc::WeakSender<crate::assemble::Event>,
     /// When the daemon started.
     pub started: Instant,
     /// First-time setup (open while no admin account exists).
@@ -107,16 +111,44 @@ pub struct Console {
     pub limits: limits::Limits,
 }
 
+/// The handles the daemon gives the console: shared state and the stages it talks to.
+#[derive(Debug)]
+pub struct Parts {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The audit trail.
+    pub audit: Arc<Audit>,
+    /// In-memory metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live study events.
+    pub events: events::Bus,
+    /// The delivery outbox.
+    pub delivery: Arc<dyn services::DeliveryQueue>,
+    /// Where feedback goes after it is stored.
+    pub feedback: Arc<dyn services::FeedbackSink>,
+    /// The supervised stages (`/healthz`).
+    pub stages: Arc<crate::supervise::Registry>,
+    /// Study assembly, told about uploads.
+    pub assembly: tokio::sync::mpsc::WeakSender<crate::assemble::Event>,
+    /// Whether the inference stage has its model.
+    pub model_status: crate::infer::ModelStatus,
+}
+
 impl Console {
-    /// Builds the console state from the configuration and the shared handles.
-    pub fn new(
-        config: &Config,
-        store: Arc<Store>,
-        audit: Arc<Audit>,
-        metrics: Arc<Metrics>,
-        events: events::Bus,
-    ) -> Result<Console> {
-        let users = users::Users::open(&store).context("open the users tree")?;
+    /// Builds the console state from the configuration and the daemon's handles.
+    pub fn new(config: &Config, parts: Parts) -> Result<Console> {
+        let Parts {
+            store,
+            audit,
+            metrics,
+            events,
+            delivery,
+            feedback,
+            stages,
+            assembly,
+            model_status,
+        } = parts;
+        let users = crate::accounts::Users::open(&store).context("open the users tree")?;
         let sessions = sessions::Sessions::open(
             &store,
             Duration::from_secs(config.console.session_idle_secs),
@@ -132,20 +164,20 @@ impl Console {
             audit,
             metrics,
             events,
-            outbox: None,
-            recorder: None,
-            stages: None,
+            delivery,
+            feedback,
+            stages,
             users,
             sessions,
             site_id: config.device.site_id.clone(),
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),
-            model_status: crate::infer::ModelStatus::default(),
+            model_status,
             peers: config.pacs.destinations.clone(),
             echo_peers: crate::scu::configured_peers(config),
             ae_title: config.dicom.ae_title.clone(),
             uid_root: config.dicom.uid_root.clone(),
-            assembly: None,
+            assembly,
             started: Instant::now(),
             setup,
             max_pixels: config.inference.max_pixels,
@@ -186,15 +218,17 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
     stages: &Arc<crate::supervise::Registry>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let files = tls::cert_files(
+    let files = crate::tls::self_signed::cert_files(
         config.console.cert.as_deref(),
         config.console.key.as_deref(),
         &config.device.data_dir,
         &certificate_names(config),
     )
     .context("console certificate (console.cert, console.key)")?;
-    let tls = tls::server_config(&files).context("console TLS (console.cert, console.key)")?;
-    let fingerprint = tls::fingerprint(&files.cert).context("console certificate")?;
+    let tls = crate::tls::server_config(&crate::tls::ServerTls::console(&files.cert, &files.key))
+        .context("console TLS (console.cert, console.key)")?;
+    let fingerprint =
+        crate::tls::self_signed::fingerprint(&files.cert).context("console certificate")?;
     let addr = SocketAddr::new(config.console.bind, config.console.port);
     let listener =
         crate::daemon::take_or_bind(prebound, addr, "the console (console.bind, console.port)")
@@ -210,6 +244,12 @@ pub async fn start(
         }
     );
     tokio::spawn(audit_throttled_logins(console.clone(), shutdown.clone()));
+    let store = console.store.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.prepare_worklist() {
+            log::error!("console: the worklist index: {e}");
+        }
+    });
     let listener = crate::supervise::Listener::keep(listener)?;
     let stop = shutdown.clone();
     let task = crate::supervise::spawn(

@@ -1,49 +1,124 @@
 //! The outbox as the console shows it: entries grouped by destination with the
 //! per-destination figures, and the technician's retry request.
 
-use crate::deliver::outbox::{Destination, Entry, Outbox, OutboxError, RetrySelector};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use super::services::DeliveryQueue;
+use crate::deliver::outbox::{
+    DestStats, Destination, Entry, Fill, OutboxError, RetrySelector, SelectorError,
+};
+use serde::{Deserialize, Serialize};
 
 /// Most entries listed per destination.
 pub const MAX_PER_DESTINATION: usize = 500;
 
 /// One entry without its payload; times relative to `now_ms` as well as absolute.
-pub fn entry_json(e: &Entry, now_ms: i64) -> Value {
-    json!({
-        "id": e.id,
-        "dest": e.dest.name(),
-        "report_id": e.report_id,
-        "kind": e.kind.as_str(),
-        "state": e.state.as_str(),
-        "attempts": e.attempts,
-        "rejections": e.rejections,
-        "next_attempt_at": e.next_attempt_at,
-        "next_attempt_in_secs": ((e.next_attempt_at - now_ms).max(0) as f64 / 1000.0),
-        "last_error": e.last_error,
-        "created_at": e.created_at,
-        "age_secs": ((now_ms - e.created_at).max(0) as f64 / 1000.0),
-    })
+#[derive(Debug, Serialize)]
+pub struct EntryView<'a> {
+    /// Entry id.
+    pub id: u64,
+    /// Destination name.
+    pub dest: String,
+    /// Report the entry delivers.
+    pub report_id: &'a str,
+    /// Message kind.
+    pub kind: &'static str,
+    /// `queued`, `retrying`, `dead` or `delivered`.
+    pub state: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Rejections by the peer.
+    pub rejections: u32,
+    /// Next attempt, milliseconds since the epoch.
+    pub next_attempt_at: i64,
+    /// Seconds until the next attempt.
+    pub next_attempt_in_secs: f64,
+    /// The last failure.
+    pub last_error: Option<&'a str>,
+    /// Creation time, milliseconds since the epoch.
+    pub created_at: i64,
+    /// Seconds since creation.
+    pub age_secs: f64,
 }
 
-/// `{"fill", "destinations": [{"dest", "stats", "entries", "more"}]}` with every
-/// destination that has a worker or an entry.
-pub fn overview(outbox: &Outbox, now_ms: i64) -> Result<Value, OutboxError> {
-    let entries = outbox.list(None)?;
+impl<'a> EntryView<'a> {
+    /// The view of `e` at `now_ms`.
+    pub fn new(e: &'a Entry, now_ms: i64) -> EntryView<'a> {
+        EntryView {
+            id: e.id,
+            dest: e.dest.name(),
+            report_id: &e.report_id,
+            kind: e.kind.as_str(),
+            state: e.state.as_str(),
+            attempts: e.attempts,
+            rejections: e.rejections,
+            next_attempt_at: e.next_attempt_at,
+            next_attempt_in_secs: (e.next_attempt_at - now_ms).max(0) as f64 / 1000.0,
+            last_error: e.last_error.as_deref(),
+            created_at: e.created_at,
+            age_secs: (now_ms - e.created_at).max(0) as f64 / 1000.0,
+        }
+    }
+}
+
+/// One destination: its figures and its first [`MAX_PER_DESTINATION`] entries.
+#[derive(Debug, Serialize)]
+pub struct DestinationView<'a> {
+    /// Destination name.
+    pub dest: String,
+    /// Its figures.
+    pub stats: DestStats,
+    /// Its entries, at most [`MAX_PER_DESTINATION`].
+    pub entries: Vec<EntryView<'a>>,
+    /// Entries not listed.
+    pub more: usize,
+}
+
+/// The outbox page: the fill level and every destination with a worker or an entry.
+#[derive(Debug, Serialize)]
+pub struct Overview<'a> {
+    /// Fill level against the bounds.
+    pub fill: Fill,
+    /// Destinations.
+    pub destinations: Vec<DestinationView<'a>>,
+}
+
+/// The overview of `entries` (every entry of `delivery`) at `now_ms`.
+pub fn overview<'a>(
+    delivery: &dyn DeliveryQueue,
+    entries: &'a [Entry],
+    now_ms: i64,
+) -> Result<Overview<'a>, OutboxError> {
     let mut destinations = Vec::new();
-    for stats in outbox.stats()? {
+    for stats in delivery.stats()? {
         let mine: Vec<&Entry> = entries
             .iter()
             .filter(|e| e.dest.name() == stats.dest)
             .collect();
-        destinations.push(json!({
-            "dest": stats.dest,
-            "stats": stats,
-            "entries": mine.iter().take(MAX_PER_DESTINATION).map(|e| entry_json(e, now_ms)).collect::<Vec<_>>(),
-            "more": mine.len().saturating_sub(MAX_PER_DESTINATION),
-        }));
+        destinations.push(DestinationView {
+            dest: stats.dest.clone(),
+            entries: mine
+                .iter()
+                .take(MAX_PER_DESTINATION)
+                .map(|e| EntryView::new(e, now_ms))
+                .collect(),
+            more: mine.len().saturating_sub(MAX_PER_DESTINATION),
+            stats,
+        });
     }
-    Ok(json!({"fill": outbox.fill(), "destinations": destinations}))
+    Ok(Overview {
+        fill: delivery.fill(),
+        destinations,
+    })
+}
+
+/// Why a retry body selects nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryBodyError {
+    /// None or several of `id`, `destination` and `all`.
+    #[error("give exactly one of \"id\", \"destination\" or \"all\": true")]
+    NotExactlyOne,
+    /// The destination is unknown.
+    #[error(transparent)]
+    Destination(#[from] SelectorError),
 }
 
 /// Body of `POST /api/v1/outbox/retry`: exactly one of `id`, `destination`, `all: true`.
@@ -63,12 +138,12 @@ pub struct RetryBody {
 
 impl RetryBody {
     /// The selector it asks for, or why it is not one.
-    pub fn selector(&self) -> Result<RetrySelector, String> {
+    pub fn selector(&self) -> Result<RetrySelector, RetryBodyError> {
         match (self.id, &self.destination, self.all) {
             (Some(id), None, false) => Ok(RetrySelector::Id(id)),
-            (None, Some(d), false) => d.parse::<Destination>().map(RetrySelector::Destination),
+            (None, Some(d), false) => Ok(RetrySelector::Destination(d.parse::<Destination>()?)),
             (None, None, true) => Ok(RetrySelector::All),
-            _ => Err("give exactly one of \"id\", \"destination\" or \"all\": true".into()),
+            _ => Err(RetryBodyError::NotExactlyOne),
         }
     }
 }
@@ -85,11 +160,13 @@ pub fn describe(which: &RetrySelector) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn body(v: Value) -> Result<RetrySelector, String> {
         serde_json::from_value::<RetryBody>(v)
             .map_err(|e| e.to_string())?
             .selector()
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -123,6 +123,66 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::deliver::outbox::OutboxError> for ApiError {
+    fn from(e: crate::deliver::outbox::OutboxError) -> ApiError {
+        match e {
+            crate::deliver::outbox::OutboxError::NotFound(_) => ApiError::NotFound,
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<super::outbox_view::RetryBodyError> for ApiError {
+    fn from(e: super::outbox_view::RetryBodyError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A bad user name or password is the client's mistake; the rest is ours.
+impl From<crate::accounts::UserError> for ApiError {
+    fn from(e: crate::accounts::UserError) -> ApiError {
+        use crate::accounts::UserError;
+        match e {
+            UserError::BadName(_) | UserError::BadPassword => ApiError::BadRequest(e.to_string()),
+            UserError::Store(_) | UserError::BadHash(_) | UserError::Random => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<super::sessions::SessionError> for ApiError {
+    fn from(e: super::sessions::SessionError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<super::services::FeedbackNotQueued> for ApiError {
+    fn from(e: super::services::FeedbackNotQueued) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A preview of pruned pixel data is gone, one that cannot be written is our failure,
+/// and one that cannot be read or decoded conflicts with what the instance holds.
+impl From<super::preview::PreviewError> for ApiError {
+    fn from(e: super::preview::PreviewError) -> ApiError {
+        use super::preview::PreviewError;
+        match e {
+            PreviewError::Pruned => ApiError::Gone(e.to_string()),
+            PreviewError::Write(_) => ApiError::Internal(e.to_string()),
+            _ => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
 /// A JSON answer.
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     bytes(

@@ -15,7 +15,7 @@
 //!   `duli_csrf` cookie or from the login answer). A cross-site page can neither read the
 //!   cookie nor set the header.
 
-use super::roles::Role;
+use crate::accounts::Role;
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::digest::{digest, SHA256};

@@ -18,9 +18,8 @@
 
 use super::api::{audit_now, parse_json, Request};
 use super::reply::{self, ApiError};
-use super::roles::Role;
-use super::users::{self, User, UserInfo, Users};
 use super::Console;
+use crate::accounts::{self, Role, User, UserInfo, Users};
 use crate::audit::{Action, Audit, Event};
 use crate::fsutil::{self, PRIVATE};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -51,7 +50,7 @@ pub enum SetupError {
     Write(#[from] fsutil::WriteError),
     /// The provisioned first administrator could not be created.
     #[error("provisioned first administrator: {0}")]
-    User(#[from] users::UserError),
+    User(#[from] accounts::UserError),
     /// The pending administrator file could not be read.
     #[error("{path}: {source}")]
     Pending {
@@ -131,7 +130,9 @@ fn normalise(code: &str) -> String {
 
 /// Where the one-time setup code of `data_dir`'s console is kept while setup is open.
 pub fn code_file(data_dir: &Path) -> PathBuf {
-    data_dir.join(super::tls::GENERATED_DIR).join(CODE_FILE)
+    data_dir
+        .join(crate::tls::self_signed::GENERATED_DIR)
+        .join(CODE_FILE)
 }
 
 fn read_pending(config_dir: &Path) -> Result<Option<crate::provision::PendingAdmin>, SetupError> {
@@ -178,7 +179,7 @@ impl Setup {
                 let user = User {
                     name: p.name.clone(),
                     role: Role::Admin,
-                    password: users::hash_password(password)?,
+                    password: accounts::hash_password(password)?,
                     created_ms: crate::clock::now_millis(),
                     disabled: false,
                 };
@@ -303,7 +304,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         (None, Some(given)) => given.to_string(),
         (None, None) => return Err(ApiError::BadRequest("user name required".into())),
     };
-    users::check_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    accounts::check_name(&name)?;
     if c.users.get(&name)?.is_some() {
         // Setup creates an account; it never takes over one that exists.
         return Err(ApiError::Conflict(format!(
@@ -311,10 +312,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         )));
     }
     let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || users::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&password)).await??;
     let user = User {
         name: name.clone(),
         role: Role::Admin,
@@ -322,9 +320,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         created_ms: crate::clock::now_millis(),
         disabled: false,
     };
-    c.users
-        .put(&user)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    c.users.put(&user)?;
     c.sessions.login_succeeded(THROTTLE_KEY);
     audit_now(
         c,

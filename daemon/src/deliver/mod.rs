@@ -27,7 +27,7 @@ pub mod pacs;
 pub mod plan;
 pub use crate::report;
 pub mod service;
-pub mod tls;
+pub use crate::tls;
 pub mod worker;
 
 use std::future::Future;

@@ -32,17 +32,13 @@ pub struct Delivery {
     pub plan: DeliveryPlan,
     /// The key of the pseudonyms.
     pub secret: Arc<SiteSecret>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    shutdown: supervise::Shutdown,
 }
 
 impl Delivery {
     /// Stops the workers (the MQTT one publishes `offline`) and waits for them.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        self.shutdown.stop(Some(Duration::from_secs(10))).await;
     }
 }
 
@@ -68,8 +64,8 @@ pub fn start(
             .context("cannot open the outbox")?,
     );
     let plan = DeliveryPlan::from_config(config);
-    let (tx, rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut shutdown = supervise::Shutdown::new();
+    let rx = shutdown.signal();
     // HL7 and the PACS push count explicit refusals towards dead-lettering.
     let refusals = WorkerOptions {
         max_rejections: config.hl7.max_rejections,
@@ -79,7 +75,7 @@ pub fn start(
         match &dest {
             Destination::Hl7 => {
                 let target = Hl7Target::from_config(&config.hl7).context("[hl7] TLS settings")?;
-                tasks.push(spawn_worker(
+                shutdown.track(spawn_worker(
                     stages,
                     &outbox,
                     dest,
@@ -117,8 +113,8 @@ pub fn start(
                         ))
                     },
                 );
-                tasks.push(handle);
-                tasks.push(spawn_worker(
+                shutdown.track(handle);
+                shutdown.track(spawn_worker(
                     stages,
                     &outbox,
                     dest,
@@ -141,7 +137,7 @@ pub fn start(
                     continue;
                 };
                 let (store, ae) = (store.clone(), config.dicom.ae_title.clone());
-                tasks.push(spawn_worker(
+                shutdown.track(spawn_worker(
                     stages,
                     &outbox,
                     dest,
@@ -155,7 +151,7 @@ pub fn start(
     // The audit head goes to the log too, so it is anchored even without MQTT.
     let audit_log = audit.clone();
     let stop = rx.clone();
-    tasks.push(supervise::spawn(
+    shutdown.track(supervise::spawn(
         "audit head",
         stages,
         rx.clone(),
@@ -179,8 +175,7 @@ pub fn start(
         outbox,
         plan,
         secret,
-        shutdown: tx,
-        tasks,
+        shutdown,
     })
 }
 

@@ -8,7 +8,7 @@ use crate::scu;
 use rustls::pki_types::ServerName;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -218,7 +218,8 @@ async fn connect(
     if !tls {
         return Ok((Box::new(tcp), started.elapsed()));
     }
-    let config = client_config(ca, cert, key)?;
+    let config = crate::tls::client_config("the checked connection", ca, cert, key)
+        .map_err(|e| format!("TLS: {e}"))?;
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
         Err(_) => ServerName::try_from(host.to_string()).map_err(|e| format!("TLS: {e}"))?,
@@ -228,33 +229,6 @@ async fn connect(
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
     Ok((Box::new(stream), started.elapsed()))
-}
-
-fn client_config(
-    ca: Option<&Path>,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    use crate::ul::tls::{load_certs, load_key, provider};
-    let ca = ca.ok_or("TLS: no CA configured to check the server against")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = match (cert, key) {
-        (Some(c), Some(k)) => builder
-            .with_client_auth_cert(
-                load_certs(c).map_err(|e| e.to_string())?,
-                load_key(k).map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?,
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
 }
 
 /// The MQTT 3.1.1 CONNECT packet of a clean session with `client_id`.

@@ -59,7 +59,7 @@ pub fn certified_pair(
 ) -> Result<(), MaterialError> {
     let certs = certificates(cert_key, cert_pem)?;
     let key = private_key(key_key, key_pem)?;
-    let provider = crate::ul::tls::provider();
+    let provider = crate::tls::provider();
     let signing = provider
         .key_provider
         .load_private_key(key)

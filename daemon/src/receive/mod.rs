@@ -66,43 +66,57 @@ pub struct Scp {
     pub(crate) next_id: AtomicU64,
 }
 
+/// The shared handles an SCP is built from.
+#[derive(Debug, Clone)]
+pub struct ScpParts {
+    /// The store instances go to.
+    pub store: Arc<Store>,
+    /// The audit trail.
+    pub audit: Arc<Audit>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where stored instances are reported for study assembly.
+    pub events: mpsc::Sender<assemble::Event>,
+}
+
 impl Scp {
-    /// A new SCP context.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        policy: Policy,
-        store: Arc<Store>,
-        audit: Arc<Audit>,
-        metrics: Arc<Metrics>,
-        events: mpsc::Sender<assemble::Event>,
-        artim: Duration,
-        idle: Duration,
-        max_associations: usize,
-        disk_reserve: u64,
-    ) -> Scp {
+    /// The SCP of `config`: its negotiation policy, timeouts, association and connection
+    /// caps, instance size limit, disk reserve and C-MOVE destinations, with no admission
+    /// check yet ([`Scp::with_admission`]).
+    pub fn new(parts: ScpParts, config: &crate::config::Config) -> Scp {
+        let ScpParts {
+            store,
+            audit,
+            metrics,
+            events,
+        } = parts;
+        let dicom = &config.dicom;
         Scp {
-            policy,
+            policy: policy::policy(config),
             store,
             metrics,
             events,
-            artim,
-            idle,
-            max_associations,
-            disk_reserve,
-            max_instance: crate::receive::store::DEFAULT_MAX_INSTANCE,
+            artim: Duration::from_secs(dicom.artim_timeout),
+            idle: Duration::from_secs(dicom.idle_timeout),
+            max_associations: dicom.max_associations,
+            disk_reserve: config.retention.disk_reserve_mb * 1024 * 1024,
+            max_instance: dicom.max_instance_mb * 1024 * 1024,
             drain: Duration::from_secs(15),
             admission: Vec::new(),
             audit,
-            move_destinations: Vec::new(),
-            unassociated: {
-                let d = crate::config::DicomConfig::default();
-                unassociated::Unassociated::new(
-                    d.max_pending_connections,
-                    d.max_pending_per_address,
-                )
-            },
+            move_destinations: config.pacs.destinations.clone(),
+            unassociated: unassociated::Unassociated::new(
+                dicom.max_pending_connections,
+                dicom.max_pending_per_address,
+            ),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Adds a check run before each instance is accepted (`Some(reason)` refuses it).
+    pub fn with_admission(mut self, check: Admission) -> Scp {
+        self.admission.push(check);
+        self
     }
 }

@@ -381,17 +381,21 @@ mod tests {
         let store = Arc::new(Store::open(dir).unwrap());
         let audit = Arc::new(Audit::open(&store).unwrap());
         let (events, _) = tokio::sync::mpsc::channel(1);
-        Scp::new(
-            crate::receive::policy::policy(&crate::config::Config::default()),
-            store,
-            audit,
-            Arc::new(Metrics::default()),
-            events,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            4,
-            0,
-        )
+        let mut scp = Scp::new(
+            crate::receive::ScpParts {
+                store,
+                audit,
+                metrics: Arc::new(Metrics::default()),
+                events,
+            },
+            &crate::config::Config::default(),
+        );
+        scp.artim = Duration::from_secs(5);
+        scp.idle = Duration::from_secs(5);
+        scp.max_associations = 4;
+        scp.disk_reserve = 0;
+        scp.max_instance = crate::receive::store::DEFAULT_MAX_INSTANCE;
+        scp
     }
 
     fn leftovers(dir: &std::path::Path) -> usize {

@@ -15,6 +15,7 @@
 //! - [`qr_index`]: the secondary query keys of the study records.
 //! - [`results`]: study results and the heatmap marks, committed with the study state.
 //! - [`outbox`]: the durable delivery queue, written in the same transaction as a result.
+//! - [`worklist`]: what the console's worklist shows of each study's result.
 
 pub mod files;
 pub mod header;
@@ -22,6 +23,7 @@ pub mod outbox;
 pub mod qr_index;
 pub mod records;
 pub mod results;
+pub mod worklist;
 
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use files::FileArea;
@@ -161,6 +163,8 @@ pub struct Store {
     qr_keys: sled::Tree,
     files: FileArea,
     count: AtomicU64,
+    /// The worklist index, once built ([`Store::worklist_page`]).
+    worklist: std::sync::RwLock<Option<worklist::Index>>,
 }
 
 impl Store {
@@ -201,6 +205,7 @@ impl Store {
             db,
             files,
             count: AtomicU64::new(0),
+            worklist: std::sync::RwLock::new(None),
         };
         // sled opens some damaged files as an empty database without an error: an index
         // without its schema version is treated as lost and rebuilt from the files.
@@ -261,9 +266,93 @@ impl Store {
     }
 
     /// Announces a committed change (stages that write their own trees call this after
-    /// their transaction, e.g. the result commit).
+    /// their transaction, e.g. the result commit). A changed study record also updates
+    /// the worklist index.
     pub fn notify(&self, change: Change) {
+        if let Change::Study(study) = &change {
+            if let Some(index) = self.worklist_index().as_mut() {
+                if index.contains(&study.study_instance_uid) {
+                    index.put_study(study);
+                } else {
+                    // A study new to the index may have a result already (one kept
+                    // through a reindex, or written before the study was indexed).
+                    index.put(worklist::Row {
+                        study: (**study).clone(),
+                        result: self.result_summary(&study.study_instance_uid),
+                    });
+                }
+            }
+        }
         let _ = self.changes.send(change);
+    }
+
+    fn worklist_index(&self) -> std::sync::RwLockWriteGuard<'_, Option<worklist::Index>> {
+        self.worklist.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A page of the worklist: the studies `keep` accepts, urgent first, then the newest
+    /// ([`worklist::Index::page`]). The index is built on first use (one pass over the
+    /// studies and their latest results) and kept up to date by every commit after that.
+    pub fn worklist_page(
+        &self,
+        keep: impl Fn(&worklist::Row) -> bool,
+        limit: usize,
+    ) -> Result<worklist::Page, StoreError> {
+        if let Some(index) = self
+            .worklist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(index.page(keep, limit));
+        }
+        // Built under the write lock: a commit meanwhile waits, then applies its change
+        // to the built index (whether or not the pass saw it, the outcome is the same).
+        let mut guard = self.worklist_index();
+        if guard.is_none() {
+            *guard = Some(self.build_worklist()?);
+        }
+        Ok(guard
+            .as_ref()
+            .map(|index| index.page(keep, limit))
+            .unwrap_or_default())
+    }
+
+    /// Builds the worklist index now, unless it is built (so the first worklist request
+    /// does not wait for it).
+    pub fn prepare_worklist(&self) -> Result<(), StoreError> {
+        self.worklist_page(|_| false, 0).map(|_| ())
+    }
+
+    /// The worklist index from the study records and their latest results.
+    fn build_worklist(&self) -> Result<worklist::Index, StoreError> {
+        let mut index = worklist::Index::default();
+        for study in self.studies()? {
+            let result = self.result_summary(&study.study_instance_uid);
+            index.put(worklist::Row { study, result });
+        }
+        Ok(index)
+    }
+
+    /// The worklist summary of a study's latest result (none when unreadable).
+    fn result_summary(&self, study_uid: &str) -> Option<worklist::ResultSummary> {
+        match results::latest_result(self, study_uid) {
+            Ok(r) => r.map(|r| worklist::ResultSummary::of(&r)),
+            Err(e) => {
+                log::warn!("worklist: the result of study {study_uid} is unreadable: {e}");
+                None
+            }
+        }
+    }
+
+    /// A result was committed: the worklist index shows it.
+    fn index_result(&self, result: &crate::result::StudyResult) {
+        if let Some(index) = self.worklist_index().as_mut() {
+            index.put_result(
+                &result.study_instance_uid,
+                worklist::ResultSummary::of(result),
+            );
+        }
     }
 
     /// The file area.
@@ -665,6 +754,8 @@ impl Store {
             .into_iter()
             .map(|s| (s.study_instance_uid.clone(), s))
             .collect();
+        // The worklist index is built again when next asked for.
+        *self.worklist_index() = None;
         self.instances.clear()?;
         self.studies.clear()?;
         self.study_instances.clear()?;

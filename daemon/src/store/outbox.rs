@@ -111,8 +111,22 @@ impl fmt::Display for Destination {
     }
 }
 
+/// A destination or retry selector that names nothing the outbox knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// Not `hl7`, `mqtt` or `pacs:NAME`.
+    #[error("unknown destination {0:?} (hl7, mqtt or pacs:NAME)")]
+    UnknownDestination(String),
+    /// Digits that are no entry id.
+    #[error("entry id {0:?}: {1}")]
+    BadEntryId(String, std::num::ParseIntError),
+    /// Neither `all`, an entry id nor a destination.
+    #[error("{0}; or `all`, or an entry id")]
+    NotASelector(Box<SelectorError>),
+}
+
 impl FromStr for Destination {
-    type Err = String;
+    type Err = SelectorError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "hl7" => Ok(Destination::Hl7),
@@ -121,9 +135,7 @@ impl FromStr for Destination {
                 Some(n) if !n.is_empty() && !n.contains('\0') => {
                     Ok(Destination::Pacs(n.to_string()))
                 }
-                _ => Err(format!(
-                    "unknown destination {s:?} (hl7, mqtt or pacs:NAME)"
-                )),
+                _ => Err(SelectorError::UnknownDestination(s.to_string())),
             },
         }
     }
@@ -136,7 +148,7 @@ impl From<Destination> for String {
 }
 
 impl TryFrom<String> for Destination {
-    type Error = String;
+    type Error = SelectorError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
@@ -407,7 +419,7 @@ pub enum RetrySelector {
 }
 
 impl FromStr for RetrySelector {
-    type Err = String;
+    type Err = SelectorError;
     /// `all`, an entry id, or a destination name (`hl7`, `mqtt`, `pacs:NAME`): the
     /// argument of `duli outbox retry`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -416,11 +428,11 @@ impl FromStr for RetrySelector {
             t if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) => t
                 .parse()
                 .map(RetrySelector::Id)
-                .map_err(|e| format!("entry id {t:?}: {e}")),
+                .map_err(|e| SelectorError::BadEntryId(t.to_string(), e)),
             t => t
                 .parse()
                 .map(RetrySelector::Destination)
-                .map_err(|e| format!("{e}; or `all`, or an entry id")),
+                .map_err(|e| SelectorError::NotASelector(Box::new(e))),
         }
     }
 }

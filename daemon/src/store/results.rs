@@ -93,6 +93,7 @@ pub fn commit_result(
     });
     match out {
         Ok((outcome, study)) => {
+            store.index_result(result);
             // Like every write of a study record, the state change is broadcast.
             store.notify(Change::Study(Box::new(study)));
             Ok(outcome)
@@ -251,20 +252,8 @@ mod tests {
         }];
         let result = StudyResult {
             report_id: "r-1".into(),
-            study_instance_uid: "4.4".into(),
-            version: 1,
-            images: Vec::new(),
             findings: Vec::new(),
-            triage: false,
-            model: crate::result::ModelInfo {
-                name: "m".into(),
-                version: "1".into(),
-                sha256: String::new(),
-                precision: "f32".into(),
-                coding_scheme: crate::result::local_scheme(),
-            },
-            timings: Default::default(),
-            created_at: 0,
+            ..result("4.4", 1, 0.0)
         };
         let batch = Batch {
             outbox: &outbox,
@@ -293,5 +282,115 @@ mod tests {
         );
         assert_eq!(outbox.list(None).unwrap().len(), 1);
         assert_eq!(pending_heatmaps(&store).unwrap().len(), 1);
+    }
+
+    fn result(uid: &str, version: u32, p: f32) -> StudyResult {
+        let finding = crate::result::Finding {
+            label: "Pneumonia".into(),
+            code: "PNEUMONIA".into(),
+            probability: p,
+            threshold: 0.5,
+            positive: p >= 0.5,
+            standard: None,
+        };
+        StudyResult {
+            report_id: format!("r-{uid}-{version}"),
+            study_instance_uid: uid.into(),
+            version,
+            images: Vec::new(),
+            findings: vec![finding],
+            triage: p >= 0.5,
+            model: crate::result::ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: String::new(),
+                precision: "f32".into(),
+                coding_scheme: crate::result::local_scheme(),
+            },
+            timings: Default::default(),
+            created_at: 0,
+        }
+    }
+
+    fn add_study(store: &Store, uid: &str, received_at: i64) {
+        let inst = crate::model::InstanceRecord {
+            sop_instance_uid: format!("{uid}.1"),
+            study_instance_uid: uid.into(),
+            received_at,
+            ..Default::default()
+        };
+        store
+            .commit_instance(&inst, &StudyRecord::default())
+            .unwrap();
+    }
+
+    fn page(store: &Store) -> Vec<(String, StudyState, Option<bool>)> {
+        store
+            .worklist_page(|_| true, 10)
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| {
+                let urgent = r.result.as_ref().map(|s| s.urgent);
+                (r.study.study_instance_uid, r.study.state, urgent)
+            })
+            .collect()
+    }
+
+    /// The worklist index follows every commit once built: new studies, state changes
+    /// and results (urgent first, then the newest), and a reindex rebuilds it.
+    #[test]
+    fn the_worklist_index_follows_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        add_study(&store, "1.1", 100);
+        store.prepare_worklist().unwrap();
+        add_study(&store, "1.2", 200);
+        assert_eq!(
+            page(&store),
+            vec![
+                ("1.2".into(), StudyState::Receiving, None),
+                ("1.1".into(), StudyState::Receiving, None)
+            ]
+        );
+        store.force_state("1.1", StudyState::Inferring);
+        commit_result(&store, &result("1.1", 1, 0.9), &[], &[]).unwrap();
+        assert_eq!(
+            page(&store),
+            vec![
+                ("1.1".into(), StudyState::Done, Some(true)),
+                ("1.2".into(), StudyState::Receiving, None)
+            ]
+        );
+        // A newer version that is not urgent moves the study back to its place.
+        store.force_state("1.1", StudyState::Inferring);
+        commit_result(&store, &result("1.1", 2, 0.1), &[], &[]).unwrap();
+        assert_eq!(
+            page(&store)[1],
+            ("1.1".into(), StudyState::Done, Some(false))
+        );
+        let urgent = store.worklist_page(|r| r.urgent(), 10).unwrap();
+        assert_eq!((urgent.total, urgent.rows.len()), (0, 0));
+        let limited = store.worklist_page(|_| true, 1).unwrap();
+        assert_eq!((limited.total, limited.rows.len()), (2, 1));
+    }
+
+    /// A result already in the store when its study first appears is shown with it.
+    #[test]
+    fn a_study_new_to_the_index_brings_its_recorded_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.prepare_worklist().unwrap();
+        let r = result("2.1", 1, 0.9);
+        store
+            .tree(RESULTS_TREE)
+            .unwrap()
+            .insert(result_key("2.1", 1), encode(&r))
+            .unwrap();
+        add_study(&store, "2.1", 100);
+        assert_eq!(
+            page(&store),
+            vec![("2.1".into(), StudyState::Receiving, Some(true))]
+        );
     }
 }

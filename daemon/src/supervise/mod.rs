@@ -7,11 +7,14 @@
 //! At shutdown the supervisor stops restarting, drops the factory (and with it whatever
 //! it held for the next incarnation, such as a duplicate of a listening socket) and waits
 //! for the running incarnation to finish its own graceful stop. Dropping or aborting the
-//! supervisor's task aborts the incarnation too.
+//! supervisor's task aborts the incarnation too. [`Shutdown`] is the stop signal of a group
+//! of stages and the tasks to wait for when it turns.
 
 pub mod heartbeat;
+pub mod shutdown;
 
 pub use heartbeat::{Beat, Problem, Registry, StageStatus, STALE_AFTER, TICK};
+pub use shutdown::Shutdown;
 
 use std::future::Future;
 use std::sync::Arc;

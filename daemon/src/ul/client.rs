@@ -3,22 +3,22 @@
 //! C-ECHO, the C-STORE sub-operations of C-MOVE, the PACS push and `duli send` all open
 //! their associations here, so they share one set-up, one error type and one send path.
 //!
-//! Outbound TLS ([`OutboundTls`]) has the SCP's profile ([`super::tls::provider`]): TLS 1.2
+//! Outbound TLS ([`OutboundTls`]) has the SCP's profile ([`crate::tls::provider`]): TLS 1.2
 //! and 1.3 only, ECDHE with AEAD suites; the peer's certificate must chain to the
 //! configured CA and name the host as configured; a client certificate is presented when
 //! one is configured.
 
 use super::framing::{self, FramingError, PduReader};
 use super::negotiate::{APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
-use super::tls::{load_certs, load_key, provider, TlsError};
 use super::writer::{DataSet, Writer};
 use super::Stream;
 use crate::dimse::command::{self, Command};
+use crate::tls::TlsError;
 use dicom_ul::pdu::{
     AbortRQSource, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
     PresentationContextResultReason, UserVariableItem,
 };
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,20 +82,12 @@ pub struct OutboundTls {
 impl OutboundTls {
     /// The rustls client configuration: the SCP's provider and protocol versions.
     pub fn config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for c in load_certs(&self.ca)? {
-            roots.add(c)?;
-        }
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_root_certificates(roots);
-        let config = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
-            }
-            _ => builder.with_no_client_auth(),
-        };
-        Ok(Arc::new(config))
+        crate::tls::client_config(
+            "pacs.destinations",
+            Some(&self.ca),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )
     }
 }
 

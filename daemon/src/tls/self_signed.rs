@@ -1,40 +1,15 @@
-//! The console's TLS: the configured certificate and key, or a self-signed pair made on
-//! first start and kept in `<data_dir>/console/` (its SHA-256 fingerprint is logged so a
-//! user can check what the browser shows). TLS 1.2 and 1.3 only, BCP 195 cipher suites,
-//! the ring provider (shared with DICOM TLS).
+//! The console's certificate: the configured pair, or a self-signed one made on first
+//! start and kept in `<data_dir>/console/` (its SHA-256 fingerprint is logged so a user can
+//! check what the browser shows).
 
-use crate::ul::tls::{load_certs, load_key, provider, TlsError};
+use super::{load_certs, TlsError};
 use ring::digest::{digest, SHA256};
-use rustls::ServerConfig;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Folder (inside the data directory) of the generated certificate.
 pub const GENERATED_DIR: &str = "console";
-
-/// Errors of the console's TLS set-up.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsoleTlsError {
-    /// Reading or using the certificate or key failed.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-    /// Generating the self-signed certificate failed.
-    #[error("cannot generate a self-signed certificate: {0}")]
-    Generate(#[from] rcgen::Error),
-    /// Writing the generated certificate failed.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
 
 /// The certificate and key the console will use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +22,8 @@ pub struct CertFiles {
     pub generated: bool,
 }
 
-fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), ConsoleTlsError> {
-    let err = |source| ConsoleTlsError::Write {
+fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -72,7 +47,7 @@ pub fn cert_files(
     key: Option<&Path>,
     data_dir: &Path,
     names: &[String],
-) -> Result<CertFiles, ConsoleTlsError> {
+) -> Result<CertFiles, TlsError> {
     if let (Some(c), Some(k)) = (cert, key) {
         return Ok(CertFiles {
             cert: c.to_path_buf(),
@@ -89,7 +64,7 @@ pub fn cert_files(
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(&dir).map_err(|source| ConsoleTlsError::Write {
+    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Write {
         path: dir.clone(),
         source,
     })?;
@@ -106,11 +81,12 @@ pub fn cert_files(
 
 /// SHA-256 fingerprint of the first certificate of a PEM file, as colon-separated hex
 /// (the form browsers show).
-pub fn fingerprint(cert: &Path) -> Result<String, ConsoleTlsError> {
+pub fn fingerprint(cert: &Path) -> Result<String, TlsError> {
     let certs = load_certs(cert)?;
-    let first = certs.first().ok_or_else(|| TlsError::Content {
-        path: cert.display().to_string(),
-        what: "no certificate found".into(),
+    let first = certs.first().ok_or_else(|| TlsError::Invalid {
+        what: "certificate",
+        path: cert.to_path_buf(),
+        reason: "no certificate in the file".into(),
     })?;
     Ok(digest(&SHA256, first.as_ref())
         .as_ref()
@@ -118,16 +94,6 @@ pub fn fingerprint(cert: &Path) -> Result<String, ConsoleTlsError> {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":"))
-}
-
-/// The server configuration: TLS 1.3 and 1.2 only, BCP 195 suites, HTTP/1.1 by ALPN.
-pub fn server_config(files: &CertFiles) -> Result<Arc<ServerConfig>, ConsoleTlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
@@ -147,6 +113,6 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&a.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
-        server_config(&a).unwrap();
+        super::super::server_config(&super::super::ServerTls::console(&a.cert, &a.key)).unwrap();
     }
 }

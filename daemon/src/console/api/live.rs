@@ -1,0 +1,84 @@
+//! `GET /api/v1/events`: live study events for the worklist, as server-sent events.
+
+use crate::console::reply::ApiError;
+use crate::console::sessions::Session;
+use crate::console::{events, Console};
+use futures::StreamExt;
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::reply::Response;
+use warp::Reply;
+
+/// How often a live event stream checks that its session still lives (besides being
+/// woken at once by every ended session).
+pub const STREAM_SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// Interval of the keep-alive comments of event streams.
+pub const STREAM_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What woke an event stream.
+enum Wake {
+    Event(Result<events::StudyEvent, tokio::sync::broadcast::error::RecvError>),
+    Check,
+    Ended,
+}
+
+/// The live study events of a session (server-sent events), until the session ends
+/// (logout, user removed, disabled or role changed, idle or absolute expiry) or the
+/// daemon stops. Each stream holds one of `console.max_event_streams` permits.
+pub(super) fn event_stream(
+    c: &Arc<Console>,
+    token: String,
+    s: &Session,
+) -> Result<Response, ApiError> {
+    use tokio::sync::broadcast::error::RecvError;
+    use warp::sse::Event as Sse;
+    let permit =
+        c.limits.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Busy("the console serves as many event streams as it can".into())
+        })?;
+    let rx = c.events.subscribe();
+    let ended = c.sessions.ended();
+    let end = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(
+            (s.created_ms + c.sessions.max_age().as_millis() as i64 - crate::clock::now_millis())
+                .max(0) as u64,
+        );
+    let first = futures::stream::once(async {
+        Ok::<_, Infallible>(Sse::default().event("ready").data("{}"))
+    });
+    let check = tokio::time::interval(STREAM_SESSION_CHECK);
+    let state = (rx, ended, check, c.clone(), token, permit);
+    let rest = futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            let (rx, ended, check, c, token, _) = &mut st;
+            let wake = tokio::select! {
+                e = rx.recv() => Wake::Event(e),
+                _ = check.tick() => Wake::Check,
+                r = ended.changed() => if r.is_ok() { Wake::Check } else { Wake::Ended },
+                // The session's absolute lifetime ended.
+                _ = tokio::time::sleep_until(end) => Wake::Ended,
+            };
+            let event = match wake {
+                Wake::Ended | Wake::Event(Err(RecvError::Closed)) => return None,
+                Wake::Check => {
+                    if c.sessions.is_live(token).unwrap_or(false) {
+                        continue;
+                    }
+                    return None;
+                }
+                Wake::Event(Ok(ev)) => Sse::default()
+                    .event("study")
+                    .data(serde_json::to_string(&ev).unwrap_or_default()),
+                Wake::Event(Err(RecvError::Lagged(_))) => Sse::default().event("reload").data("{}"),
+            };
+            return Some((Ok(event), st));
+        }
+    });
+    let stream = first.chain(rest);
+    Ok(warp::sse::reply(
+        warp::sse::keep_alive()
+            .interval(STREAM_KEEP_ALIVE)
+            .stream(stream),
+    )
+    .into_response())
+}

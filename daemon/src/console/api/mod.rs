@@ -1,0 +1,404 @@
+//! The console's request handling: one warp filter takes every request, [`handle`] finds
+//! its route in the role table, checks the session, role and CSRF token, and dispatches
+//! to the handler of the route's [`Endpoint`].
+//!
+//! Patient data views, searches, feedback, logins and user changes are appended to the
+//! audit trail, and the store is flushed before the answer goes out.
+
+mod audit;
+mod feedback;
+mod live;
+mod outbox;
+mod results;
+mod session;
+mod studies;
+mod system;
+mod upload;
+mod users;
+
+pub use live::{STREAM_KEEP_ALIVE, STREAM_SESSION_CHECK};
+pub use results::ResultView;
+pub use studies::{StudyView, WorklistRow};
+
+use super::reply::{self, ApiError};
+use super::roles::{self, Access, Endpoint, NoMatch};
+use super::server::Peer;
+use super::sessions::{self, Session};
+use super::{assets, Console};
+use crate::audit::Event;
+use bytes::Buf;
+use futures::StreamExt;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most studies in one worklist answer.
+pub const MAX_STUDIES: usize = 1000;
+
+/// One request as the handlers see it.
+#[derive(Debug)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path (no query).
+    pub path: String,
+    /// Decoded query parameters.
+    pub query: HashMap<String, String>,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Client address.
+    pub peer: Option<IpAddr>,
+    /// Body (at most [`MAX_BODY`], or `console.max_upload_mb` for uploads).
+    pub body: Vec<u8>,
+}
+
+type Body = Result<Vec<u8>, ApiError>;
+
+/// `n` bytes as the 413 answer states the limit (`64 KB`, `64 MB`).
+fn size_text(n: usize) -> String {
+    if n >= 1024 * 1024 {
+        format!("{} MB", n / (1024 * 1024))
+    } else {
+        format!("{} KB", n / 1024)
+    }
+}
+
+/// How a request's body is read.
+enum BodyPlan {
+    /// Read at most this many bytes.
+    Read(usize),
+    /// An upload: read at most this many bytes while holding the user's upload slot.
+    Upload(usize, super::limits::Slot<String>),
+    /// Not read: the request will be refused (401/403) whatever its body.
+    Skip,
+}
+
+/// How this request's body is read: uploads from a session allowed to upload may send
+/// `console.max_upload_mb` once they hold an upload slot (429 when the user already
+/// sends as many uploads as allowed, 503 when the console does; then the body is never
+/// read), everything else [`MAX_BODY`]. An upload without a session or with a role that
+/// may not upload is not read, so the answer is the 401 or 403, whatever its size.
+fn body_plan(
+    console: &Console,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<BodyPlan, ApiError> {
+    let Ok(m) = roles::find(method.as_str(), path) else {
+        return Ok(BodyPlan::Read(MAX_BODY));
+    };
+    if m.route.endpoint != Endpoint::Upload {
+        return Ok(BodyPlan::Read(MAX_BODY));
+    }
+    let Some(s) = session_token(headers)
+        .and_then(|t| console.sessions.lookup(&t).ok().flatten())
+        .filter(|s| m.route.access.allows(s.role))
+    else {
+        return Ok(BodyPlan::Skip);
+    };
+    let slot = console
+        .limits
+        .uploads
+        .try_take(s.user.clone())
+        .map_err(|e| match e {
+            super::limits::Refused::PerKey(n) => {
+                ApiError::TooMany(format!("at most {n} uploads at a time per user"))
+            }
+            super::limits::Refused::Total(_) => {
+                ApiError::Busy("the console receives as many uploads as it can".into())
+            }
+        })?;
+    Ok(BodyPlan::Upload(console.limits.max_upload, slot))
+}
+
+/// Reads a body of at most `limit` bytes: 413 as soon as the declared length or the
+/// bytes received pass it (nothing beyond it is buffered), 408 when no byte arrives for
+/// `stall`.
+async fn read_body<S, B>(
+    mut stream: S,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Body
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(size_text(limit)));
+    }
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(stall, stream.next())
+            .await
+            .map_err(|_| ApiError::Timeout)?;
+        let Some(chunk) = next else { break };
+        let mut chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(ApiError::TooLarge(size_text(limit)));
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The single filter of the console: every request goes to [`handle`].
+pub fn filter(
+    console: Arc<Console>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<Peer>())
+        .and(warp::body::stream())
+        .then(
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: HeaderMap,
+                  peer: Option<Peer>,
+                  body| {
+                let console = console.clone();
+                async move {
+                    let stall = console.limits.header_read;
+                    let mut upload_slot = None;
+                    let body = match body_plan(&console, &method, path.as_str(), &headers) {
+                        Ok(BodyPlan::Read(limit)) => {
+                            read_body(Box::pin(body), &headers, limit, stall).await
+                        }
+                        Ok(BodyPlan::Upload(limit, slot)) => {
+                            upload_slot = Some(slot);
+                            read_body(Box::pin(body), &headers, limit, stall).await
+                        }
+                        Ok(BodyPlan::Skip) => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    };
+                    let query = parse_query(&query);
+                    let req = Request {
+                        method,
+                        path: path.as_str().to_string(),
+                        query,
+                        headers,
+                        peer: peer.map(|p| p.0.ip()),
+                        body: Vec::new(),
+                    };
+                    let resp = match body {
+                        Ok(b) => {
+                            // A permit only while the handler runs: idle connections
+                            // and bodies still arriving hold none.
+                            let permit = console.limits.requests.clone().acquire_owned().await;
+                            let resp = handle(console, Request { body: b, ..req }).await;
+                            drop(permit);
+                            resp
+                        }
+                        Err(e) => e.into_response(),
+                    };
+                    drop(upload_slot);
+                    reply::secure(resp)
+                }
+            },
+        )
+}
+
+/// Decodes `a=1&b=x%20y` (also `+` as space).
+pub fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The client address of a request, as the audit trail names it.
+fn source(req: &Request) -> String {
+    req.peer.map(|p| p.to_string()).unwrap_or_default()
+}
+
+fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(warp::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| sessions::cookie_value(h, sessions::SESSION_COOKIE))
+        .map(str::to_string)
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers
+        .get(warp::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// The JSON body of a request (400 unless it is JSON of the expected shape).
+pub(in crate::console) fn parse_json<'a, T: Deserialize<'a>>(
+    req: &'a Request,
+) -> Result<T, ApiError> {
+    if !is_json(req) {
+        return Err(ApiError::BadRequest(
+            "the body must be JSON (Content-Type: application/json)".into(),
+        ));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Decodes `body` as each JSON request body of the API, as its handler would (the entry
+/// point of the console's fuzz target and its corpus replay).
+pub fn fuzz_bodies(body: &[u8]) {
+    let _ = serde_json::from_slice::<session::LoginBody>(body);
+    let _ = serde_json::from_slice::<feedback::FeedbackBody>(body);
+    let _ = serde_json::from_slice::<users::UserBody>(body);
+    let _ = serde_json::from_slice::<super::outbox_view::RetryBody>(body);
+    let _ = serde_json::from_slice::<super::setup::SetupBody>(body);
+}
+
+/// The session of a request, when it has a valid one.
+pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
+    let Some(token) = session_token(&req.headers) else {
+        return Ok(None);
+    };
+    Ok(console.sessions.lookup(&token)?.map(|s| (token, s)))
+}
+
+/// Routes, authenticates, authorises and dispatches one request.
+pub async fn handle(console: Arc<Console>, req: Request) -> Response {
+    match route_and_run(console, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, ApiError> {
+    let matched = roles::find(req.method.as_str(), &req.path).map_err(|e| match e {
+        NoMatch::NotFound => ApiError::NotFound,
+        NoMatch::MethodNotAllowed => ApiError::MethodNotAllowed,
+    })?;
+    let route = matched.route;
+    let session = if matches!(route.access, Access::Public | Access::Setup) {
+        None
+    } else {
+        let (token, s) = session_of(&console, &req)?.ok_or(ApiError::Unauthenticated)?;
+        if !route.access.allows(s.role) {
+            return Err(ApiError::Forbidden);
+        }
+        let safe = matches!(req.method, Method::GET | Method::HEAD);
+        if !safe {
+            let sent = req
+                .headers
+                .get(sessions::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !sessions::same_token(sent, &s.csrf) {
+                return Err(ApiError::Csrf);
+            }
+        }
+        Some((token, s))
+    };
+    let p = &matched.params;
+    let param = |i: usize| p.get(i).map(String::as_str).unwrap_or("");
+    let c = &console;
+    match (route.endpoint, session) {
+        (Endpoint::Health, _) => Ok(system::health(c)),
+        (Endpoint::Metrics, _) => system::metrics(c),
+        (Endpoint::Asset, _) => asset(&req.path),
+        (Endpoint::Login, _) => session::login(c, &req).await,
+        (Endpoint::SetupStatus, _) => super::setup::status(c).await,
+        (Endpoint::Setup, _) => super::setup::complete(c, &req).await,
+        (_, None) => Err(ApiError::Unauthenticated),
+        (Endpoint::Logout, Some((token, s))) => session::logout(c, &req, &token, &s).await,
+        (Endpoint::Me, Some((_, s))) => Ok(session::me(&s)),
+        (Endpoint::Models, Some(_)) => Ok(system::models(c)),
+        (Endpoint::Studies, Some((_, s))) => studies::worklist(c, &req, &s).await,
+        (Endpoint::Study, Some((_, s))) => studies::study(c, &req, &s, param(0)).await,
+        (Endpoint::Preview, Some(_)) => studies::preview(c, param(0), param(1), false).await,
+        (Endpoint::PreviewInfo, Some(_)) => studies::preview(c, param(0), param(1), true).await,
+        (Endpoint::Heatmap, Some(_)) => results::heatmap(c, param(0)).await,
+        (Endpoint::Feedback, Some((_, s))) => feedback::give(c, &req, &s, param(0)).await,
+        (Endpoint::Events, Some((token, s))) => live::event_stream(c, token, &s),
+        (Endpoint::Users, Some(_)) => users::list(c),
+        (Endpoint::UserPut, Some((_, s))) => users::put(c, &req, &s, param(0)).await,
+        (Endpoint::UserDelete, Some((_, s))) => users::delete(c, &req, &s, param(0)).await,
+        (Endpoint::Audit, Some(_)) => audit::list(c, &req),
+        (Endpoint::AuditExport, Some((_, s))) => audit::export(c, &req, &s).await,
+        (Endpoint::AuditVerify, Some(_)) => audit::verify(c),
+        (Endpoint::System, Some(_)) => system::system(c),
+        (Endpoint::Outbox, Some(_)) => outbox::overview(c),
+        (Endpoint::OutboxRetry, Some((_, s))) => outbox::retry(c, &req, &s).await,
+        (Endpoint::Echo, Some(_)) => Ok(system::echo(c).await),
+        (Endpoint::Upload, Some((_, s))) => upload::upload(c, req, &s).await,
+    }
+}
+
+fn asset(path: &str) -> Result<Response, ApiError> {
+    let (_, ctype, body) = assets::lookup(path).ok_or(ApiError::NotFound)?;
+    Ok(reply::bytes(StatusCode::OK, ctype, body.to_vec()))
+}
+
+/// Appends `event` to the audit trail and makes it durable before the answer goes out.
+pub(in crate::console) async fn audit_now(c: &Console, event: Event) -> Result<(), ApiError> {
+    c.audit.append(event)?;
+    c.store.flush().await?;
+    Ok(())
+}
+
+/// The event kinds, re-exported for clients of the API documentation.
+pub use super::events::EventKind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = parse_query("q=Jo%C3%A3o+Silva&state=done&x");
+        assert_eq!(q["q"], "João Silva");
+        assert_eq!(q["state"], "done");
+        assert_eq!(q["x"], "");
+        assert_eq!(parse_query("a=%zz%4")["a"], "%zz%4");
+    }
+}

@@ -1,0 +1,41 @@
+//! `/api/v1/outbox`: delivery by destination, and technicians' retry requests.
+
+use super::{audit_now, parse_json, source, Request};
+use crate::audit::{Action, Event};
+use crate::console::reply::{self, ApiError};
+use crate::console::sessions::Session;
+use crate::console::{outbox_view, Console};
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// Answer of a retry request.
+#[derive(Serialize)]
+struct Requeued {
+    requeued: u64,
+}
+
+/// `GET /api/v1/outbox`.
+pub(super) fn overview(c: &Console) -> Result<Response, ApiError> {
+    let entries = c.delivery.entries()?;
+    let view = outbox_view::overview(c.delivery.as_ref(), &entries, crate::clock::now_millis())?;
+    Ok(reply::json(StatusCode::OK, &view))
+}
+
+/// `POST /api/v1/outbox/retry`: one entry, one destination or all (audited).
+pub(super) async fn retry(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
+    let body: outbox_view::RetryBody = parse_json(req)?;
+    let which = body.selector()?;
+    let requeued = c.delivery.retry(&which)?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::Other, "outbox")
+            .from(&source(req))
+            .detail(format!(
+                "retry {}: {requeued} entries re-queued",
+                outbox_view::describe(&which)
+            )),
+    )
+    .await?;
+    Ok(reply::json(StatusCode::OK, &Requeued { requeued }))
+}

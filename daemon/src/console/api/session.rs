@@ -1,0 +1,153 @@
+//! `/api/v1/login`, `/api/v1/logout` and `/api/v1/me`: sessions as the browser sees them.
+
+use super::{audit_now, parse_json, source, Request};
+use crate::accounts::{self, Role};
+use crate::audit::{Action, Event};
+use crate::console::reply::{self, ApiError};
+use crate::console::sessions::{self, Session};
+use crate::console::Console;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// Body of `POST /api/v1/login`.
+#[derive(Deserialize)]
+pub(super) struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// Who is logged in, and the CSRF token of the session (answer of login and `me`).
+#[derive(Debug, Serialize)]
+pub struct SessionView<'a> {
+    /// User name.
+    pub user: &'a str,
+    /// Role.
+    pub role: Role,
+    /// The token state-changing requests must send in `X-CSRF-Token`.
+    pub csrf: &'a str,
+}
+
+/// Answer of `POST /api/v1/logout`.
+#[derive(Debug, Serialize)]
+struct LoggedOut {
+    logged_out: bool,
+}
+
+/// `GET /api/v1/me`.
+pub(super) fn me(s: &Session) -> Response {
+    reply::json(
+        StatusCode::OK,
+        &SessionView {
+            user: &s.user,
+            role: s.role,
+            csrf: &s.csrf,
+        },
+    )
+}
+
+/// `POST /api/v1/login`: checks the password (throttled per account and address) and
+/// opens a session.
+pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
+    let body: LoginBody = parse_json(req)?;
+    let src = source(req);
+    let name = body.username.trim().to_string();
+    if name.is_empty() || name.len() > 64 || body.password.len() > 1024 {
+        return Err(ApiError::BadRequest(
+            "user name and password required".into(),
+        ));
+    }
+    if let Err(wait) = c.sessions.login_allowed(&name, req.peer) {
+        let secs = wait.as_secs().max(1);
+        // Only the first throttled attempt of a window is written; the rest are counted
+        // and summed up in one record per window.
+        if c.sessions.throttled.note(&name, req.peer) == crate::console::throttle_log::Noted::First
+        {
+            audit_now(
+                c,
+                Event::new(&name, Action::LoginFailed, &name)
+                    .from(&src)
+                    .detail(format!(
+                        "throttled for {secs} s; further throttled attempts are counted"
+                    ))
+                    .failed(),
+            )
+            .await?;
+        }
+        return Err(ApiError::Throttled(secs));
+    }
+    let user = c.users.get(&name)?;
+    let password = body.password;
+    let verified = {
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || match &user {
+            Some(u) => accounts::verify_password(&u.password, &password) && !u.disabled,
+            None => {
+                accounts::burn_verify(&password);
+                false
+            }
+        })
+        .await?
+    };
+    let user = match (verified, user) {
+        (true, Some(u)) => u,
+        (_, u) => {
+            c.sessions.login_failed(&name, req.peer);
+            let why = match u {
+                None => "unknown user",
+                Some(u) if u.disabled => "account disabled",
+                Some(_) => "wrong password",
+            };
+            audit_now(
+                c,
+                Event::new(&name, Action::LoginFailed, &name)
+                    .from(&src)
+                    .detail(why)
+                    .failed(),
+            )
+            .await?;
+            return Err(ApiError::BadLogin);
+        }
+    };
+    c.sessions.login_succeeded(&user.name);
+    let (token, session) = c.sessions.create(&user.name, user.role, &src)?;
+    audit_now(
+        c,
+        Event::new(&user.name, Action::Login, &user.name)
+            .from(&src)
+            .detail(format!("role {}", user.role)),
+    )
+    .await?;
+    let r = reply::json(
+        StatusCode::OK,
+        &SessionView {
+            user: &user.name,
+            role: user.role,
+            csrf: &session.csrf,
+        },
+    );
+    Ok(reply::with_cookies(
+        r,
+        &sessions::login_cookies(&token, &session.csrf, c.sessions.max_age()),
+    ))
+}
+
+/// `POST /api/v1/logout`: ends the session.
+pub(super) async fn logout(
+    c: &Console,
+    req: &Request,
+    token: &str,
+    s: &Session,
+) -> Result<Response, ApiError> {
+    c.sessions.remove(token)?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::Logout, &s.user).from(&source(req)),
+    )
+    .await?;
+    Ok(reply::with_cookies(
+        reply::json(StatusCode::OK, &LoggedOut { logged_out: true }),
+        &sessions::logout_cookies(),
+    ))
+}

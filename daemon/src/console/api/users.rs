@@ -1,0 +1,145 @@
+//! `/api/v1/users`: console accounts (admins only). The last enabled admin can be neither
+//! demoted, disabled nor removed; every change ends the user's sessions and is audited.
+
+use super::{audit_now, parse_json, source, Request};
+use crate::accounts::{self, Role, User, UserInfo};
+use crate::audit::{Action, Event};
+use crate::console::reply::{self, ApiError};
+use crate::console::sessions::Session;
+use crate::console::Console;
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// Body of `PUT /api/v1/users/{name}`: what changes (all of role and password for a new
+/// account).
+#[derive(Deserialize)]
+pub(super) struct UserBody {
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+fn admins_left(c: &Console, without: &str) -> Result<usize, ApiError> {
+    Ok(c.users
+        .list()?
+        .iter()
+        .filter(|u| u.role == Role::Admin && !u.disabled && u.name != without)
+        .count())
+}
+
+/// `PUT /api/v1/users/{name}`: creates (201) or changes (200) an account.
+pub(super) async fn put(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    name: &str,
+) -> Result<Response, ApiError> {
+    accounts::check_name(name)?;
+    let body: UserBody = parse_json(req)?;
+    let old = c.users.get(name)?;
+    let password = match body.password {
+        Some(p) => Some(tokio::task::spawn_blocking(move || accounts::hash_password(&p)).await??),
+        None => None,
+    };
+    let user = match &old {
+        Some(o) => User {
+            name: name.to_string(),
+            role: body.role.unwrap_or(o.role),
+            password: password.unwrap_or_else(|| o.password.clone()),
+            created_ms: o.created_ms,
+            disabled: body.disabled.unwrap_or(o.disabled),
+        },
+        None => User {
+            name: name.to_string(),
+            role: body
+                .role
+                .ok_or_else(|| ApiError::BadRequest("role required for a new user".into()))?,
+            password: password
+                .ok_or_else(|| ApiError::BadRequest("password required for a new user".into()))?,
+            created_ms: crate::clock::now_millis(),
+            disabled: body.disabled.unwrap_or(false),
+        },
+    };
+    if old.as_ref().is_some_and(|o| o.role == Role::Admin)
+        && (user.role != Role::Admin || user.disabled)
+        && admins_left(c, name)? == 0
+    {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be demoted or disabled".into(),
+        ));
+    }
+    c.users.put(&user)?;
+    let what = match &old {
+        None => format!("created with role {}", user.role),
+        Some(o) => {
+            let mut changes = Vec::new();
+            if o.role != user.role {
+                changes.push(format!("role {} -> {}", o.role, user.role));
+            }
+            if o.password != user.password {
+                changes.push("password changed".to_string());
+            }
+            if o.disabled != user.disabled {
+                changes.push(if user.disabled { "disabled" } else { "enabled" }.to_string());
+            }
+            if !changes.is_empty() {
+                c.sessions.remove_user(name)?;
+            }
+            format!("changed: {}", changes.join(", "))
+        }
+    };
+    audit_now(
+        c,
+        Event::new(&s.user, Action::UserChange, name)
+            .from(&source(req))
+            .detail(what),
+    )
+    .await?;
+    let status = if old.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(reply::json(status, &UserInfo::from(&user)))
+}
+
+/// `DELETE /api/v1/users/{name}`.
+pub(super) async fn delete(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let old = c.users.get(name)?.ok_or(ApiError::NotFound)?;
+    if old.role == Role::Admin && admins_left(c, name)? == 0 {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be removed".into(),
+        ));
+    }
+    c.users.remove(name)?;
+    c.sessions.remove_user(name)?;
+    audit_now(
+        c,
+        Event::new(&s.user, Action::UserChange, name)
+            .from(&source(req))
+            .detail("removed"),
+    )
+    .await?;
+    Ok(reply::json(StatusCode::OK, &Removed { removed: name }))
+}
+
+/// Answer of a removal.
+#[derive(Serialize)]
+struct Removed<'a> {
+    removed: &'a str,
+}
+
+/// `GET /api/v1/users`: every account, without password hashes.
+pub(super) fn list(c: &Console) -> Result<Response, ApiError> {
+    let list: Vec<UserInfo> = c.users.list()?.iter().map(UserInfo::from).collect();
+    Ok(reply::json(StatusCode::OK, &list))
+}

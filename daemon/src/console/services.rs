@@ -1,0 +1,63 @@
+//! What the console needs of the other stages, as traits: the delivery outbox (its
+//! figures, entries and retries) and the hand-off of feedback to delivery. The daemon
+//! passes the real stages ([`Outbox`], [`Recorder`]); tests may pass their own.
+
+use crate::deliver::outbox::{
+    DeliveryStatus, DestStats, Entry, Fill, Outbox, OutboxError, RetrySelector,
+};
+use crate::record::Recorder;
+use crate::report::Feedback;
+
+/// The delivery outbox as the console reads and nudges it.
+pub trait DeliveryQueue: Send + Sync + std::fmt::Debug {
+    /// Per-destination figures (every destination with a worker or an entry).
+    fn stats(&self) -> Result<Vec<DestStats>, OutboxError>;
+    /// Every entry, in destination order.
+    fn entries(&self) -> Result<Vec<Entry>, OutboxError>;
+    /// How full the outbox is.
+    fn fill(&self) -> Fill;
+    /// The delivery status of each message of one report.
+    fn status_of(&self, report_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError>;
+    /// Re-queues dead entries and makes retrying ones due now; how many changed.
+    fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError>;
+}
+
+impl DeliveryQueue for Outbox {
+    fn stats(&self) -> Result<Vec<DestStats>, OutboxError> {
+        Outbox::stats(self)
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, OutboxError> {
+        self.list(None)
+    }
+
+    fn fill(&self) -> Fill {
+        Outbox::fill(self)
+    }
+
+    fn status_of(&self, report_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
+        Outbox::status_of(self, report_id)
+    }
+
+    fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError> {
+        Outbox::retry(self, which)
+    }
+}
+
+/// Why feedback could not be handed to delivery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("feedback not queued for delivery: {0}")]
+pub struct FeedbackNotQueued(pub String);
+
+/// Where radiologist feedback goes after it is stored: the cloud, through the outbox.
+pub trait FeedbackSink: Send + Sync + std::fmt::Debug {
+    /// Queues `feedback`, given by a user of `role`, for delivery.
+    fn queue_feedback(&self, feedback: &Feedback, role: &str) -> Result<(), FeedbackNotQueued>;
+}
+
+impl FeedbackSink for Recorder {
+    fn queue_feedback(&self, feedback: &Feedback, role: &str) -> Result<(), FeedbackNotQueued> {
+        self.record_feedback(feedback, role)
+            .map_err(FeedbackNotQueued)
+    }
+}

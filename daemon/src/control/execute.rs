@@ -1,0 +1,155 @@
+//! Runs a control [`Request`] against an open store: in the daemon (its store, audit
+//! handle and outbox) or in the command line when no daemon runs.
+
+use super::protocol::{Answer, OutboxListing, Request, Requeued, Response, StoreStatus, UserAdded};
+use crate::accounts::{PasswordHash, Role, User, UserError, UserInfo, Users};
+use crate::audit::{Action, Audit, Event, Head};
+use crate::deliver::outbox::{
+    Destination, Outbox, OutboxError, OutboxLimits, RetrySelector, SelectorError,
+};
+use crate::store::{Store, StoreError};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// A destination or selector names nothing known.
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// The account cannot be stored.
+    #[error(transparent)]
+    Account(#[from] UserError),
+    /// The account exists already.
+    #[error("user {0} exists (change it in the console's Users page)")]
+    UserExists(String),
+}
+
+fn user_add(
+    store: &Store,
+    audit: &Audit,
+    name: &str,
+    role: Role,
+    password_hash: &PasswordHash,
+) -> Result<Answer, ExecError> {
+    let users = Users::open(store)?;
+    if users.get(name)?.is_some() {
+        return Err(ExecError::UserExists(name.to_string()));
+    }
+    let user = User {
+        name: name.to_string(),
+        role,
+        password: password_hash.clone(),
+        created_ms: crate::clock::now_millis(),
+        disabled: false,
+    };
+    users.put(&user)?;
+    audit.append(
+        Event::new("local-cli", Action::UserChange, name)
+            .from("local")
+            .detail(format!("created with role {role}")),
+    )?;
+    store.flush_blocking()?;
+    Ok(Answer::UserAdded(UserAdded {
+        created: name.to_string(),
+        role,
+    }))
+}
+
+/// Runs a request against an open store and its audit trail (in the daemon, or in the CLI
+/// when no daemon runs). The daemon passes its one shared [`Audit`] handle so that
+/// appended records keep the chain, and its own `outbox` so a retry wakes its workers;
+/// without one the outbox is opened here.
+pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Request) -> Response {
+    match answer(store, audit, outbox, req) {
+        Ok(answer) => Response::answer(&answer),
+        Err(e) => Response::error(e),
+    }
+}
+
+/// The typed answer of a request.
+pub fn answer(
+    store: &Store,
+    audit: &Audit,
+    outbox: Option<&Outbox>,
+    req: &Request,
+) -> Result<Answer, ExecError> {
+    Ok(match req {
+        Request::OutboxList { dest } => with_outbox(store, outbox, |o| {
+            let dest = dest.as_deref().map(str::parse::<Destination>).transpose()?;
+            let entries = o.list(dest.as_ref())?;
+            Ok(Answer::OutboxListed(OutboxListing {
+                table: crate::deliver::outbox::render_table(&entries, crate::clock::now_millis()),
+                entries: entries.len(),
+            }))
+        })?,
+        Request::OutboxRetry { selector } => with_outbox(store, outbox, |o| {
+            let which = selector.parse::<RetrySelector>()?;
+            Ok(Answer::Requeued(Requeued {
+                requeued: o.retry(&which)?,
+            }))
+        })?,
+        Request::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => user_add(store, audit, name, *role, password_hash)?,
+        Request::UserList => Answer::Users(
+            Users::open(store)?
+                .list()?
+                .iter()
+                .map(UserInfo::from)
+                .collect(),
+        ),
+        Request::Reindex => Answer::Reindexed(store.reindex()?),
+        Request::Status => Answer::Status(StoreStatus {
+            instances: store.instance_count(),
+            studies: store
+                .study_state_counts()?
+                .into_iter()
+                .map(|(s, n)| (s.as_str().to_string(), n))
+                .collect(),
+        }),
+        Request::Studies => Answer::Studies(store.studies()?),
+        Request::AuditVerify => Answer::AuditVerified(audit.verify()?.into()),
+        Request::AuditAppend(event) => {
+            let rec = audit.append(event.clone())?;
+            store.flush_blocking()?;
+            Answer::AuditAppended(Head {
+                seq: rec.seq,
+                hash: rec.hash,
+            })
+        }
+        Request::Instances { study } => {
+            let uids = match study {
+                Some(uid) => vec![uid.clone()],
+                None => store
+                    .studies()?
+                    .into_iter()
+                    .map(|s| s.study_instance_uid)
+                    .collect(),
+            };
+            let mut all = Vec::new();
+            for uid in uids {
+                all.extend(store.instances_of(&uid)?);
+            }
+            Answer::Instances(all)
+        }
+    })
+}
+
+/// Runs `f` on the daemon's outbox, or on one opened here.
+fn with_outbox(
+    store: &Store,
+    outbox: Option<&Outbox>,
+    f: impl FnOnce(&Outbox) -> Result<Answer, ExecError>,
+) -> Result<Answer, ExecError> {
+    match outbox {
+        Some(o) => f(o),
+        None => f(&store.outbox(OutboxLimits::default())?),
+    }
+}

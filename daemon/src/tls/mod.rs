@@ -1,0 +1,209 @@
+//! TLS for every listener and client: rustls with the ring provider restricted to the BCP
+//! 195 suites (ECDHE with AEAD), TLS 1.2 and 1.3 only.
+//!
+//! - [`server_config`]: the DICOM TLS listener (client certificates checked against a CA,
+//!   required unless configured otherwise) and the console (HTTP/1.1 by ALPN).
+//! - [`client_config`]: every outbound connection (DICOM TLS to PACS, MLLP to the RIS,
+//!   MQTT, the provisioning checks): the CA bundle the peer must chain to, and a client
+//!   certificate when one is configured.
+//! - [`self_signed`]: the console's configured or generated certificate.
+
+pub mod self_signed;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file cannot be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Which file (CA bundle, certificate, private key).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds nothing usable.
+    #[error("{what} {path}: {reason}")]
+    Invalid {
+        /// Which file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No CA bundle was configured for a client.
+    #[error("TLS needs a CA bundle ({0}.ca)")]
+    NoCa(&'static str),
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Generating a self-signed certificate failed.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing a generated certificate failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The ring crypto provider restricted to BCP 195 suites (ECDHE + AEAD).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
+}
+
+/// TLS 1.3 and 1.2.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A PEM file's bytes, and how to say what is wrong with it.
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn invalid(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::Invalid {
+        what,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file (`what` names it in errors).
+pub fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(what, path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(what, path, e))?;
+    if certs.is_empty() {
+        return Err(invalid(what, path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Reads the certificate chain of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    read_certs("certificate", path)
+}
+
+/// Reads the private key of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let what = "private key";
+    let pem = read_pem(what, path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| invalid(what, path, e))?
+        .ok_or_else(|| invalid(what, path, "no private key in the file"))
+}
+
+/// The roots of a CA bundle.
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs("CA bundle", ca)? {
+        roots.add(c).map_err(|e| invalid("CA bundle", ca, e))?;
+    }
+    Ok(roots)
+}
+
+/// What a listener serves with.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTls<'a> {
+    /// PEM certificate chain.
+    pub cert: &'a Path,
+    /// PEM private key.
+    pub key: &'a Path,
+    /// With a CA bundle, clients present a certificate that chains to it.
+    pub client_ca: Option<&'a Path>,
+    /// With `client_ca`: whether the certificate is required (else optional).
+    pub require_client_cert: bool,
+    /// ALPN protocols offered (none for DICOM).
+    pub alpn: &'a [&'a [u8]],
+}
+
+impl<'a> ServerTls<'a> {
+    /// The console's listener: no client certificates, HTTP/1.1 by ALPN.
+    pub fn console(cert: &'a Path, key: &'a Path) -> ServerTls<'a> {
+        ServerTls {
+            cert,
+            key,
+            client_ca: None,
+            require_client_cert: false,
+            alpn: &[b"http/1.1"],
+        }
+    }
+}
+
+/// Builds a server configuration.
+pub fn server_config(s: &ServerTls<'_>) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
+    let builder = match s.client_ca {
+        Some(ca) => {
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
+            let v = if s.require_client_cert {
+                v.build()
+            } else {
+                v.allow_unauthenticated().build()
+            }
+            .map_err(|e| invalid("CA bundle", ca, e))?;
+            builder.with_client_cert_verifier(v)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(load_certs(s.cert)?, load_key(s.key)?)?;
+    config.alpn_protocols = s.alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Builds a client configuration trusting the CA bundle `ca`, presenting `cert`/`key`
+/// when both are given. `section` names the configuration section in errors (`hl7`,
+/// `mqtt`, ...).
+pub fn client_config(
+    section: &'static str,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let ca = ca.ok_or(TlsError::NoCa(section))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(roots(ca)?);
+    let config = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
