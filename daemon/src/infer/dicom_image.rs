@@ -1,15 +1,24 @@
 //! A DICOM image file: the header attributes eligibility needs, and its first frame decoded
 //! (every transfer syntax dicom-pixeldata handles: native, deflate, RLE, JPEG, JPEG-LS,
-//! JPEG 2000) and turned into the 8-bit display image by [`super::display`].
+//! JPEG 2000) and read as the 8-bit display image of [`super::display`] pixel by pixel
+//! ([`super::frame`]): native pixel data is read where the parsed file holds it, in its own
+//! sample width, and the model input and the reduced display image are sampled from it
+//! without a full-resolution copy.
 
 use super::display::{
-    default_voi, luma, DisplayPipeline, GrayImage, LutTable, ModalityLut, Voi, WindowFunction,
+    default_voi, DisplayPipeline, GrayImage, GrayView, LutTable, ModalityLut, Voi, WindowFunction,
 };
-use super::samples::{stored_values, BitLayout};
-use dicom_core::Tag;
+use super::frame::{DisplayFrame, Frame, Samples, Tone};
+use super::manifest::InputSpec;
+use super::resize::{fit, reduce};
+use super::samples::{BitLayout, SampleError};
+use dicom_core::header::{HasLength, Header};
+use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value as DicomValue};
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation};
+use std::borrow::Cow;
 use std::path::Path;
 
 /// An image whose header declares more pixel samples than `inference.max_pixels`; it is
@@ -284,31 +293,129 @@ impl DicomImage {
     /// transfer syntax whose decoder is native code (JPEG-LS, JPEG 2000) is decoded in a
     /// sandboxed child process ([`super::decode_sandbox`]).
     pub fn display_image(&self) -> Result<GrayImage, DicomImageError> {
+        self.with_view(|view| view.to_image())
+    }
+
+    /// From the first frame: the model's input image (cropped and resized as `spec`
+    /// says) and the display image reduced to at most `max_side` on its long side
+    /// ([`super::resize::reduce`]). Decoded in this process, the frame's stored samples are
+    /// read in place, so no full-resolution display image is made; the sandboxed
+    /// decoders hand back the full display image, reduced here.
+    pub fn input_and_reduced(
+        &self,
+        spec: &InputSpec,
+        max_side: u32,
+    ) -> Result<(GrayImage, GrayImage), DicomImageError> {
+        self.with_view(|view| {
+            (
+                fit(view, spec.crop, spec.resize, spec.width, spec.height),
+                reduce(view, max_side),
+            )
+        })
+    }
+
+    /// The display image of the first frame reduced to at most `max_side` on its long
+    /// side ([`super::resize::reduce`]), as [`DicomImage::input_and_reduced`] makes it.
+    pub fn reduced_display(&self, max_side: u32) -> Result<GrayImage, DicomImageError> {
+        self.with_view(|view| reduce(view, max_side))
+    }
+
+    /// Runs `use_view` over the first frame's display image: decoded in a sandboxed child
+    /// for the transfer syntaxes that need it, else read in place ([`Self::with_frame`]).
+    fn with_view<R>(
+        &self,
+        use_view: impl FnOnce(&dyn GrayView) -> R,
+    ) -> Result<R, DicomImageError> {
         let ts = self.obj.meta().transfer_syntax();
         if super::decode_sandbox::is_sandboxed(ts) {
             if let Some(exe) = super::decode_sandbox::decoder_exe() {
                 let budget = declared_pixels(&self.obj);
-                return super::decode_sandbox::decode_display(
+                let image = super::decode_sandbox::decode_display(
                     &exe,
                     &self.path,
                     budget,
                     super::decode_sandbox::DEADLINE,
-                );
+                )?;
+                return Ok(use_view(&image));
             }
             log::warn!(
                 "no duli executable to decode {} in a sandboxed process: decoding in-process",
                 self.path.display()
             );
         }
-        self.decode_in_process()
+        self.with_frame(|frame| use_view(frame))
     }
 
     /// [`DicomImage::display_image`] in this process, whatever the transfer syntax (the
     /// sandboxed child's own decode).
     pub fn decode_in_process(&self) -> Result<GrayImage, DicomImageError> {
+        self.with_frame(|frame| frame.to_image())
+    }
+
+    /// Native (uncompressed) pixel data as it sits in the parsed file: borrowed, in its
+    /// own sample width. `None` for encapsulated pixel data, which a decoder must expand.
+    fn native_samples(&self) -> Option<Samples<'_>> {
+        if super::decode_sandbox::is_sandboxed(self.obj.meta().transfer_syntax()) {
+            return None;
+        }
+        let element = self.obj.element_opt(tags::PIXEL_DATA).ok().flatten()?;
+        match element.value() {
+            DicomValue::Primitive(PrimitiveValue::U16(words)) => {
+                Some(Samples::Words(Cow::Borrowed(&words[..])))
+            }
+            DicomValue::Primitive(PrimitiveValue::U8(bytes)) => {
+                Some(Samples::Bytes(Cow::Borrowed(&bytes[..])))
+            }
+            DicomValue::Primitive(other) => {
+                Some(Samples::Bytes(Cow::Owned(other.to_bytes().into_owned())))
+            }
+            _ => None,
+        }
+    }
+
+    /// The object's attributes without its pixel data (one empty fragment stands in for
+    /// it, one frame), so that the pixel data library reads the image attributes (window,
+    /// rescale, VOI LUT...) exactly as for a decode without copying the pixels.
+    fn attributes_only(&self) -> Result<DefaultDicomObject, DicomImageError> {
+        if let Some(frames) = self.obj.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+            if !frames.is_empty() && !matches!(frames.to_int::<i32>(), Ok(n) if n > 0) {
+                return Err(DicomImageError::Decode(
+                    "invalid Number of Frames".to_string(),
+                ));
+            }
+        }
+        let mut attributes = DefaultDicomObject::new_empty_with_meta(self.obj.meta().clone());
+        for element in self.obj.iter() {
+            if element.tag() != tags::PIXEL_DATA && element.tag() != tags::NUMBER_OF_FRAMES {
+                attributes.put(element.clone());
+            }
+        }
+        attributes.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PixelFragmentSequence::new_fragments(vec![Vec::<u8>::new()]),
+        ));
+        Ok(attributes)
+    }
+
+    /// Decodes the first frame in this process and runs `use_frame` over its display
+    /// image read in place ([`DisplayFrame`]): native pixel data is not copied, encapsulated
+    /// pixel data is decoded once into its native sample width.
+    pub fn with_frame<R>(
+        &self,
+        use_frame: impl FnOnce(&DisplayFrame<'_>) -> R,
+    ) -> Result<R, DicomImageError> {
         check_rle(&self.obj, self.obj.meta().transfer_syntax())?;
-        let decoded = self
-            .obj
+        let native = self.native_samples();
+        let is_native = native.is_some();
+        let attributes;
+        let source = if is_native {
+            attributes = self.attributes_only()?;
+            &attributes
+        } else {
+            &self.obj
+        };
+        let decoded = source
             .decode_pixel_data_frame(0)
             .map_err(|e| DicomImageError::Decode(e.to_string()))?;
         let (width, height) = (decoded.columns(), decoded.rows());
@@ -323,14 +430,22 @@ impl DicomImage {
             high: decoded.high_bit(),
             signed: decoded.pixel_representation() == PixelRepresentation::Signed,
         };
-        let frame = decoded
-            .frame_data(0)
-            .map_err(|e| DicomImageError::Decode(e.to_string()))?;
-        let values = stored_values(frame, layout, count * spp)
-            .map_err(|e| DicomImageError::Invalid(e.to_string()))?;
+        let samples = match native {
+            Some(samples) => samples,
+            None => Samples::Bytes(Cow::Borrowed(
+                decoded
+                    .frame_data(0)
+                    .map_err(|e| DicomImageError::Decode(e.to_string()))?,
+            )),
+        };
+        let frame = Frame::new(samples, layout, width, height, spp).map_err(|e| match e {
+            SampleError::Short { .. } if is_native => DicomImageError::Decode(e.to_string()),
+            other => DicomImageError::Invalid(other.to_string()),
+        })?;
         let photometric = decoded.photometric_interpretation().clone();
         if spp != 1 {
-            return colour_to_gray(&values, spp, width, height, &photometric, &decoded);
+            let tone = colour_tone(spp, &photometric, &decoded)?;
+            return Ok(use_frame(&DisplayFrame::new(frame, tone)));
         }
         let monochrome1 = match photometric {
             PhotometricInterpretation::Monochrome1 => true,
@@ -375,7 +490,7 @@ impl DicomImage {
                     bits: lut.bits_stored,
                     data: lut.data.clone(),
                 }),
-                None => default_voi(&values, layout.stored, layout.signed, &modality),
+                None => default_voi(frame.values(), layout.stored, layout.signed, &modality),
             },
         };
         let pipeline = DisplayPipeline {
@@ -383,7 +498,9 @@ impl DicomImage {
             voi,
             monochrome1,
         };
-        Ok(pipeline.apply(&values, width, height))
+        let (lo, hi) = frame.range();
+        let levels = pipeline.levels(lo, hi);
+        Ok(use_frame(&DisplayFrame::new(frame, Tone::Gray(levels))))
     }
 
     /// Rescale Slope/Intercept, or the first Modality LUT Sequence item when present.
@@ -454,14 +571,11 @@ fn read_lut(item: &InMemDicomObject, signed: bool) -> Result<LutTable, DicomImag
 }
 
 /// Colour images (a Secondary Capture upload): grey = luma of RGB, or Y of YBR.
-fn colour_to_gray(
-    values: &[i32],
+fn colour_tone(
     spp: usize,
-    width: u32,
-    height: u32,
     photometric: &PhotometricInterpretation,
     decoded: &dicom_pixeldata::DecodedPixelData<'_>,
-) -> Result<GrayImage, DicomImageError> {
+) -> Result<Tone, DicomImageError> {
     if spp != 3 || decoded.bits_allocated() != 8 {
         return Err(DicomImageError::Invalid(format!(
             "{spp} samples per pixel of {} bits is not supported",
@@ -469,25 +583,10 @@ fn colour_to_gray(
         )));
     }
     let planar = decoded.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst;
-    let n = width as usize * height as usize;
-    let sample = |i: usize, c: usize| -> u8 {
-        let idx = if planar { c * n + i } else { i * 3 + c };
-        values[idx].clamp(0, 255) as u8
-    };
-    let is_rgb = matches!(photometric, PhotometricInterpretation::Rgb);
-    let pixels = (0..n)
-        .map(|i| {
-            if is_rgb {
-                luma(sample(i, 0), sample(i, 1), sample(i, 2))
-            } else {
-                sample(i, 0)
-            }
-        })
-        .collect();
-    Ok(GrayImage {
-        width,
-        height,
-        pixels,
+    Ok(if matches!(photometric, PhotometricInterpretation::Rgb) {
+        Tone::Rgb { planar }
+    } else {
+        Tone::FirstSample { planar }
     })
 }
 

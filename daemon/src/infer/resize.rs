@@ -1,8 +1,9 @@
 //! Geometry: the optional centre-square crop, and resizing to the model's input size by
 //! nearest neighbour exactly as PIL samples (`Image.NEAREST`, the Keras `load_img`
-//! default) or by a linear filter.
+//! default) or by a linear filter, reading any [`GrayView`] in place; and the reduced
+//! display image (an area average to a bounded long side) that previews and overlays use.
 
-use super::display::GrayImage;
+use super::display::{GrayImage, GrayView};
 use super::manifest::{Crop, ResizeMethod};
 
 /// Source indices PIL's nearest-neighbour resize reads for `out` destination pixels from
@@ -21,14 +22,13 @@ pub fn pil_nearest_indices(n: u32, out: u32) -> Vec<u32> {
     idx
 }
 
-/// Nearest-neighbour resize sampling where PIL samples.
-pub fn resize_nearest_pil(img: &GrayImage, width: u32, height: u32) -> GrayImage {
-    let xs = pil_nearest_indices(img.width, width);
-    let ys = pil_nearest_indices(img.height, height);
-    let mut pixels = Vec::with_capacity((width * height) as usize);
+/// Nearest-neighbour resize sampling where PIL samples: reads only the sampled pixels.
+pub fn resize_nearest_pil<V: GrayView + ?Sized>(img: &V, width: u32, height: u32) -> GrayImage {
+    let xs = pil_nearest_indices(img.width(), width);
+    let ys = pil_nearest_indices(img.height(), height);
+    let mut pixels = Vec::with_capacity(width as usize * height as usize);
     for y in &ys {
-        let row = (*y * img.width) as usize;
-        pixels.extend(xs.iter().map(|x| img.pixels[row + *x as usize]));
+        pixels.extend(xs.iter().map(|x| img.level(*x, *y)));
     }
     GrayImage {
         width,
@@ -37,11 +37,31 @@ pub fn resize_nearest_pil(img: &GrayImage, width: u32, height: u32) -> GrayImage
     }
 }
 
-/// Linear (triangle filter) resize, antialiased when shrinking.
-pub fn resize_bilinear(img: &GrayImage, width: u32, height: u32) -> GrayImage {
-    let src = image::GrayImage::from_raw(img.width, img.height, img.pixels.clone())
-        .unwrap_or_else(|| image::GrayImage::new(img.width, img.height));
-    let out = image::imageops::resize(&src, width, height, image::imageops::FilterType::Triangle);
+/// A [`GrayView`] as the `image` crate's view, so its resamplers read it in place.
+struct AsImage<'a, V: ?Sized>(&'a V);
+
+impl<V: GrayView + ?Sized> image::GenericImageView for AsImage<'_, V> {
+    type Pixel = image::Luma<u8>;
+
+    fn dimensions(&self) -> (u32, u32) {
+        (self.0.width(), self.0.height())
+    }
+
+    fn get_pixel(&self, x: u32, y: u32) -> image::Luma<u8> {
+        image::Luma([self.0.level(x, y)])
+    }
+}
+
+/// Linear (triangle filter) resize, antialiased when shrinking: the `image` crate's
+/// resampler reading the view in place (its intermediate holds `width × height` of the
+/// output rows only).
+pub fn resize_bilinear<V: GrayView + ?Sized>(img: &V, width: u32, height: u32) -> GrayImage {
+    let out = image::imageops::resize(
+        &AsImage(img),
+        width,
+        height,
+        image::imageops::FilterType::Triangle,
+    );
     GrayImage {
         width,
         height,
@@ -49,42 +69,98 @@ pub fn resize_bilinear(img: &GrayImage, width: u32, height: u32) -> GrayImage {
     }
 }
 
-/// The largest centred square of the image.
-pub fn center_square(img: &GrayImage) -> GrayImage {
-    let side = img.width.min(img.height);
-    let x0 = (img.width - side) / 2;
-    let y0 = (img.height - side) / 2;
-    let mut pixels = Vec::with_capacity((side * side) as usize);
-    for y in y0..y0 + side {
-        let row = (y * img.width + x0) as usize;
-        pixels.extend_from_slice(&img.pixels[row..row + side as usize]);
+/// A rectangle of another view.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a, V: ?Sized> {
+    inner: &'a V,
+    x0: u32,
+    y0: u32,
+    width: u32,
+    height: u32,
+}
+
+impl<V: GrayView + ?Sized> GrayView for Window<'_, V> {
+    fn width(&self) -> u32 {
+        self.width
     }
-    GrayImage {
-        width: side,
-        height: side,
-        pixels,
+
+    fn height(&self) -> u32 {
+        self.height
+    }
+
+    fn level(&self, x: u32, y: u32) -> u8 {
+        self.inner.level(self.x0 + x, self.y0 + y)
     }
 }
 
-/// Crop then resize as a manifest says.
-pub fn fit(
-    img: &GrayImage,
+/// The largest centred square of the view, as a view.
+pub fn center_square_view<V: GrayView + ?Sized>(img: &V) -> Window<'_, V> {
+    let side = img.width().min(img.height());
+    Window {
+        inner: img,
+        x0: (img.width() - side) / 2,
+        y0: (img.height() - side) / 2,
+        width: side,
+        height: side,
+    }
+}
+
+/// The largest centred square of the image.
+pub fn center_square(img: &GrayImage) -> GrayImage {
+    center_square_view(img).to_image()
+}
+
+/// Crop then resize as a manifest says, reading the view in place.
+pub fn fit<V: GrayView + ?Sized>(
+    img: &V,
     crop: Crop,
     method: ResizeMethod,
     width: u32,
     height: u32,
 ) -> GrayImage {
-    let cropped;
-    let src = match crop {
-        Crop::None => img,
-        Crop::CenterSquare => {
-            cropped = center_square(img);
-            &cropped
+    fn resize<W: GrayView + ?Sized>(src: &W, method: ResizeMethod, w: u32, h: u32) -> GrayImage {
+        match method {
+            ResizeMethod::NearestPil => resize_nearest_pil(src, w, h),
+            ResizeMethod::Bilinear => resize_bilinear(src, w, h),
         }
-    };
-    match method {
-        ResizeMethod::NearestPil => resize_nearest_pil(src, width, height),
-        ResizeMethod::Bilinear => resize_bilinear(src, width, height),
+    }
+    match crop {
+        Crop::None => resize(img, method, width, height),
+        Crop::CenterSquare => resize(&center_square_view(img), method, width, height),
+    }
+}
+
+/// Area-averages a view so its longest side is at most `max_side`: blocks of `f × f`
+/// pixels, `f = ⌈long side / max_side⌉`, each the truncated mean of its levels (the
+/// right and bottom remainders that make no whole block are left out). A view already
+/// small enough is copied as it is. Reads every pixel once, row by row.
+pub fn reduce<V: GrayView + ?Sized>(img: &V, max_side: u32) -> GrayImage {
+    let (width, height) = (img.width(), img.height());
+    let long = width.max(height);
+    if long <= max_side || width == 0 || height == 0 {
+        return img.to_image();
+    }
+    let f = long.div_ceil(max_side.max(1));
+    let (w, h) = (width / f, height / f);
+    let mut pixels = Vec::with_capacity(w as usize * h as usize);
+    let mut sums = vec![0u32; w as usize];
+    for y in 0..h {
+        sums.iter_mut().for_each(|s| *s = 0);
+        for dy in 0..f {
+            let row = y * f + dy;
+            for (x, sum) in sums.iter_mut().enumerate() {
+                let x0 = x as u32 * f;
+                for dx in 0..f {
+                    *sum += u32::from(img.level(x0 + dx, row));
+                }
+            }
+        }
+        pixels.extend(sums.iter().map(|s| (s / (f * f)) as u8));
+    }
+    GrayImage {
+        width: w,
+        height: h,
+        pixels,
     }
 }
 

@@ -11,7 +11,8 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 pub const SC_MAX_SIDE: u32 = 1024;
 
 /// Draws the heatmap PNG `png_path` (relative to the data directory) of image `sop_uid`
-/// over its radiograph, downscaled to [`SC_MAX_SIDE`], as the Secondary Capture of `report`.
+/// over its radiograph, reduced to [`SC_MAX_SIDE`] as it is decoded (no full-resolution
+/// display image), as the Secondary Capture of `report`.
 pub fn build(
     store: &Store,
     report: &Report,
@@ -24,7 +25,7 @@ pub fn build(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{sop_uid} is not in the store"))?;
     let gray = crate::infer::dicom_image::DicomImage::open(&store.root().join(&inst.path))
-        .and_then(|d| d.display_image())
+        .and_then(|d| d.reduced_display(SC_MAX_SIDE))
         .map_err(|e| e.to_string())?;
     let (w, h, pixels) = downscale(gray.width, gray.height, &gray.pixels, SC_MAX_SIDE);
     let heat = image::open(store.root().join(png_path))
@@ -54,28 +55,24 @@ pub fn build(
     crate::results::sc::build(report, uids, &img).map_err(|e| e.to_string())
 }
 
-/// Area-averages a grayscale image so its longest side is at most `max_side`.
+/// Area-averages a grayscale image so its longest side is at most `max_side`
+/// ([`crate::infer::resize::reduce`]).
 pub fn downscale(width: u32, height: u32, pixels: &[u8], max_side: u32) -> (u32, u32, Vec<u8>) {
     let long = width.max(height);
-    if long <= max_side || width == 0 || height == 0 {
+    if long <= max_side
+        || width == 0
+        || height == 0
+        || pixels.len() as u64 != u64::from(width) * u64::from(height)
+    {
         return (width, height, pixels.to_vec());
     }
-    let f = long.div_ceil(max_side);
-    let (w, h) = (width / f, height / f);
-    let mut out = Vec::with_capacity((w * h) as usize);
-    for y in 0..h {
-        for x in 0..w {
-            let mut sum = 0u32;
-            for dy in 0..f {
-                for dx in 0..f {
-                    let i = ((y * f + dy) * width + (x * f + dx)) as usize;
-                    sum += u32::from(pixels.get(i).copied().unwrap_or(0));
-                }
-            }
-            out.push((sum / (f * f)) as u8);
-        }
-    }
-    (w, h, out)
+    let image = crate::infer::display::GrayImage {
+        width,
+        height,
+        pixels: pixels.to_vec(),
+    };
+    let reduced = crate::infer::resize::reduce(&image, max_side);
+    (reduced.width, reduced.height, reduced.pixels)
 }
 
 #[cfg(test)]

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Peak memory of `duli run` (release build, model loaded) for large images.
+
+Two runs, each against a fresh daemon with its data under the work folder:
+
+  large   one 8192 x 8192 DX (16 bits allocated, 12 stored, about 128 MiB) sent with DCMTK
+          storescu; the daemon receives it, analyses it, makes its heatmap and pushes the
+          SR and the Secondary Capture of the heatmap to a PACS (DCMTK storescp).
+  burst   32 ordinary one-image studies (2800 x 2800 DX, about 15 MiB each) sent over 32
+          concurrent associations (32 storescu processes at once), each analysed, with its
+          heatmap, SR and Secondary Capture pushed likewise.
+
+Every study is inside the shipped model's intended use (3-year-old patients, PA chest).
+Each run ends when the PACS has received one Secondary Capture per study (the last object a
+study makes); the figure is the daemon's peak RSS, VmHWM from /proc/PID/status (the
+kernel's own high-water mark, so no sample can miss a peak), beside its VmHWM once the
+model was loaded and before anything was sent.
+
+    memory.py DULI_BINARY [--work DIR] [--label TEXT] [--large-side N] [--burst N]
+
+DCMTK runs with TCP_NODELAY=1 (Debian's 3.6.7 stalls about 44 ms per exchange otherwise).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ingest import PEER_ENV, free_port, start_duli, status_kib, stop, wait_port  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+
+
+def https_json(port, path):
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    url = "https://127.0.0.1:%d%s" % (port, path)
+    with urllib.request.urlopen(url, timeout=10, context=insecure) as r:
+        return json.load(r)
+
+
+def generate(out_dir, count, side, seed):
+    """`count` one-image PA studies of `side` x `side` (bench/gen_dx.py, cached)."""
+    subprocess.run([PYTHON, os.path.join(REPO, "bench", "gen_dx.py"), out_dir, str(count),
+                    "--rows", str(side), "--cols", str(side), "--per-study", "1",
+                    "--seed", str(seed)], check=True)
+    return sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir) if f.endswith(".dcm"))
+
+
+def run(binary, work, files, parallel, timeout):
+    """Starts a PACS and the daemon, sends `files` over `parallel` associations, waits for
+    every study's Secondary Capture; returns (idle VmHWM MiB, peak VmHWM MiB, seconds)."""
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    pacs_dir = os.path.join(work, "pacs")
+    os.makedirs(pacs_dir)
+    pacs_port = free_port()
+    pacs_log = open(os.path.join(work, "pacs.log"), "w")
+    pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", pacs_dir, str(pacs_port)],
+                            env=PEER_ENV, stdout=pacs_log, stderr=pacs_log)
+    started = start_duli(os.path.join(work, "duli"), binary, {
+        "DULI_LOG": "warn",
+        "DULI_PACS__DESTINATIONS": '[{name = "pacs", ae_title = "PACS", host = "127.0.0.1", '
+                                   'port = %d, push = true, result_objects = ["sr", "sc"]}]'
+                                   % pacs_port,
+    })
+    if started is None:
+        stop(pacs)
+        raise SystemExit("the daemon did not start")
+    duli, dicom_port, console_port, log = started
+    try:
+        if not wait_port(pacs_port, pacs):
+            raise SystemExit("the PACS did not start; see %s" % work)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if https_json(console_port, "/healthz").get("inference") == "ready":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit("the model did not load; see %s/duli/duli.log" % work)
+        time.sleep(1.0)
+        idle = status_kib(duli.pid, "VmHWM")
+        start = time.time()
+        groups = [files[i::parallel] for i in range(parallel)]
+        senders = [subprocess.Popen(["storescu", "-aec", "DULI", "127.0.0.1", str(dicom_port),
+                                     *group], env=PEER_ENV, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL) for group in groups if group]
+        for s in senders:
+            if s.wait() != 0:
+                raise SystemExit("storescu failed; see %s" % work)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            made = [f for f in os.listdir(pacs_dir) if f.startswith("SC")]
+            if len(made) >= len(files):
+                break
+            if duli.poll() is not None:
+                raise SystemExit("the daemon exited; see %s/duli/duli.log" % work)
+            time.sleep(0.2)
+        else:
+            raise SystemExit("%d of %d Secondary Captures after %d s; see %s"
+                             % (len(made), len(files), timeout, work))
+        seconds = time.time() - start
+        peak = status_kib(duli.pid, "VmHWM")
+        return idle / 1024, peak / 1024, seconds
+    finally:
+        stop(duli)
+        stop(pacs)
+        log.close()
+        pacs_log.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("binary")
+    parser.add_argument("--work", default=os.path.join(REPO, "bench", "out", "memory"))
+    parser.add_argument("--label", default="")
+    parser.add_argument("--large-side", type=int, default=8192)
+    parser.add_argument("--burst", type=int, default=32)
+    parser.add_argument("--burst-side", type=int, default=2800)
+    args = parser.parse_args()
+    if not os.access(args.binary, os.X_OK):
+        raise SystemExit("%s not built: cargo build --release -p duli" % args.binary)
+    sets = os.path.join(REPO, "bench", "out")
+    large = generate(os.path.join(sets, "dx-large-%d" % args.large_side), 1, args.large_side, 8192)
+    burst = generate(os.path.join(sets, "dx-burst-%d-%d" % (args.burst, args.burst_side)),
+                     args.burst, args.burst_side, 2800)
+    work = tempfile.mkdtemp(prefix="run-", dir=args.work) if os.path.isdir(args.work) else None
+    if work is None:
+        os.makedirs(args.work, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="run-", dir=args.work)
+    rows = []
+    rows.append(("1 x %d^2 16-bit DX, 1 association" % args.large_side,
+                 *run(args.binary, os.path.join(work, "large"), large, 1, 600)))
+    rows.append(("%d x %d^2 16-bit DX, %d associations" % (args.burst, args.burst_side, args.burst),
+                 *run(args.binary, os.path.join(work, "burst"), burst, args.burst, 900)))
+    print("duli peak RSS (VmHWM), release build %s%s, model loaded, heatmaps on, SR + SC pushed "
+          "to DCMTK storescp; DCMTK with TCP_NODELAY=1; %d cores"
+          % (args.binary, " (%s)" % args.label if args.label else "", os.cpu_count()))
+    print("%-44s %12s %12s %10s" % ("run", "idle MiB", "peak MiB", "seconds"))
+    for name, idle, peak, seconds in rows:
+        print("%-44s %12.0f %12.0f %10.1f" % (name, idle, peak, seconds))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+//! One decoded frame read pixel by pixel: its stored samples stay in their native width (the
+//! file's own 8- or 16-bit buffer when the pixel data is native, the decoder's output when
+//! it is encapsulated), and each pixel's display level is computed when it is read, through
+//! the level table of [`super::display::Levels`]. Resizing to the model's input and reducing
+//! to a display image then read the frame once, without a full-resolution copy in another
+//! type ([`super::resize`]).
+
+use super::display::{luma, GrayView, Levels};
+use super::samples::{BitLayout, SampleError};
+use std::borrow::Cow;
+
+/// Stored samples of one frame, row by row, as the pixel data holds them.
+#[derive(Debug, Clone)]
+pub enum Samples<'a> {
+    /// Bytes: 8-bit samples, or 16/32-bit samples in native byte order.
+    Bytes(Cow<'a, [u8]>),
+    /// 16-bit samples (Bits Allocated 16) as 16-bit words.
+    Words(Cow<'a, [u16]>),
+}
+
+/// The stored samples of one frame with their bit layout.
+#[derive(Debug, Clone)]
+pub struct Frame<'a> {
+    samples: Samples<'a>,
+    layout: BitLayout,
+    width: u32,
+    height: u32,
+    spp: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame of `width × height` pixels of `spp` samples each; refuses a layout this
+    /// reader does not handle and samples shorter than the frame.
+    pub fn new(
+        samples: Samples<'a>,
+        layout: BitLayout,
+        width: u32,
+        height: u32,
+        spp: usize,
+    ) -> Result<Frame<'a>, SampleError> {
+        layout.check()?;
+        let count = width as usize * height as usize * spp;
+        let (have, need) = match &samples {
+            Samples::Bytes(b) => (b.len(), count * usize::from(layout.allocated / 8)),
+            Samples::Words(w) if layout.allocated == 16 => (w.len() * 2, count * 2),
+            Samples::Words(_) => {
+                return Err(SampleError::Layout {
+                    allocated: layout.allocated,
+                    stored: layout.stored,
+                    high: layout.high,
+                })
+            }
+        };
+        if have < need {
+            return Err(SampleError::Short { have, need });
+        }
+        Ok(Frame {
+            samples,
+            layout,
+            width,
+            height,
+            spp,
+        })
+    }
+
+    /// Columns.
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    /// Rows.
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// Samples per pixel.
+    pub fn samples_per_pixel(&self) -> usize {
+        self.spp
+    }
+
+    /// The bit layout of each sample.
+    pub fn layout(&self) -> BitLayout {
+        self.layout
+    }
+
+    /// Number of samples (pixels × samples per pixel).
+    pub fn len(&self) -> usize {
+        self.width as usize * self.height as usize * self.spp
+    }
+
+    /// Whether the frame has no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored value of sample `i` (`i < len()`), as [`super::samples::stored_values`]
+    /// reads it.
+    pub fn stored(&self, i: usize) -> i32 {
+        let raw = match (&self.samples, self.layout.allocated) {
+            (Samples::Words(w), _) => u64::from(w[i]),
+            (Samples::Bytes(b), 8) => u64::from(b[i]),
+            (Samples::Bytes(b), 16) => u64::from(u16::from_ne_bytes([b[2 * i], b[2 * i + 1]])),
+            (Samples::Bytes(b), _) => u64::from(u32::from_ne_bytes([
+                b[4 * i],
+                b[4 * i + 1],
+                b[4 * i + 2],
+                b[4 * i + 3],
+            ])),
+        };
+        self.layout.value(raw)
+    }
+
+    /// Every stored value, in order.
+    pub fn values(&self) -> impl Iterator<Item = i32> + '_ {
+        (0..self.len()).map(|i| self.stored(i))
+    }
+
+    /// Smallest and largest stored value (`(0, 0)` for an empty frame).
+    pub fn range(&self) -> (i32, i32) {
+        self.values()
+            .fold(None, |acc: Option<(i32, i32)>, v| match acc {
+                None => Some((v, v)),
+                Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+            })
+            .unwrap_or((0, 0))
+    }
+}
+
+/// How a pixel's samples become its grey level.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tone {
+    /// One sample per pixel through the grayscale pipeline's levels.
+    Gray(Levels),
+    /// Three 8-bit samples, grey = luma of RGB as PIL computes it.
+    Rgb {
+        /// Planar Configuration 1 (one plane per colour).
+        planar: bool,
+    },
+    /// Three 8-bit samples of which the first is the grey (YBR: Y).
+    FirstSample {
+        /// Planar Configuration 1.
+        planar: bool,
+    },
+}
+
+/// A frame seen as its 8-bit display image ([`GrayView`]).
+#[derive(Debug, Clone)]
+pub struct DisplayFrame<'a> {
+    frame: Frame<'a>,
+    tone: Tone,
+}
+
+impl<'a> DisplayFrame<'a> {
+    /// The frame with the mapping of its samples to levels.
+    pub fn new(frame: Frame<'a>, tone: Tone) -> DisplayFrame<'a> {
+        DisplayFrame { frame, tone }
+    }
+
+    fn sample8(&self, i: usize, c: usize, planar: bool) -> u8 {
+        let n = self.frame.width as usize * self.frame.height as usize;
+        let idx = if planar { c * n + i } else { i * 3 + c };
+        self.frame.stored(idx).clamp(0, 255) as u8
+    }
+}
+
+impl GrayView for DisplayFrame<'_> {
+    fn width(&self) -> u32 {
+        self.frame.width
+    }
+
+    fn height(&self) -> u32 {
+        self.frame.height
+    }
+
+    fn level(&self, x: u32, y: u32) -> u8 {
+        let i = y as usize * self.frame.width as usize + x as usize;
+        match &self.tone {
+            Tone::Gray(levels) => levels.get(self.frame.stored(i)),
+            Tone::Rgb { planar } => luma(
+                self.sample8(i, 0, *planar),
+                self.sample8(i, 1, *planar),
+                self.sample8(i, 2, *planar),
+            ),
+            Tone::FirstSample { planar } => self.sample8(i, 0, *planar),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::display::{DisplayPipeline, ModalityLut, Voi, WindowFunction};
+    use crate::infer::samples::stored_values;
+
+    const U12: BitLayout = BitLayout {
+        allocated: 16,
+        stored: 12,
+        high: 11,
+        signed: false,
+    };
+
+    #[test]
+    fn words_and_bytes_read_the_same_values_as_stored_values() {
+        let raw: Vec<u16> = vec![0x0FFF, 0xF010, 16 * 255, 7];
+        let bytes: Vec<u8> = raw.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let expected = stored_values(&bytes, U12, 4).unwrap();
+        let words = Frame::new(Samples::Words(Cow::Borrowed(&raw)), U12, 2, 2, 1).unwrap();
+        let from_bytes = Frame::new(Samples::Bytes(Cow::Borrowed(&bytes)), U12, 2, 2, 1).unwrap();
+        assert_eq!(words.values().collect::<Vec<_>>(), expected);
+        assert_eq!(from_bytes.values().collect::<Vec<_>>(), expected);
+        assert_eq!(words.range(), (7, 4095));
+        let signed = BitLayout {
+            signed: true,
+            ..U12
+        };
+        let words = Frame::new(Samples::Words(Cow::Borrowed(&raw)), signed, 4, 1, 1).unwrap();
+        assert_eq!(
+            words.values().collect::<Vec<_>>(),
+            stored_values(&bytes, signed, 4).unwrap()
+        );
+        assert_eq!(words.range(), (-16, 16));
+    }
+
+    #[test]
+    fn short_samples_and_odd_layouts_are_refused() {
+        let raw = [1u16, 2, 3];
+        assert!(matches!(
+            Frame::new(Samples::Words(Cow::Borrowed(&raw)), U12, 2, 2, 1),
+            Err(SampleError::Short { have: 6, need: 8 })
+        ));
+        let eight = BitLayout {
+            allocated: 8,
+            stored: 8,
+            high: 7,
+            signed: false,
+        };
+        assert!(Frame::new(Samples::Words(Cow::Borrowed(&raw)), eight, 1, 1, 1).is_err());
+        let one = BitLayout {
+            allocated: 1,
+            stored: 1,
+            high: 0,
+            signed: false,
+        };
+        assert!(Frame::new(Samples::Bytes(Cow::Borrowed(&[0u8; 8])), one, 1, 1, 1).is_err());
+    }
+
+    #[test]
+    fn levels_read_per_pixel_equal_the_pipeline_applied_to_every_value() {
+        let raw: Vec<u16> = (0..64u16).map(|v| v * 61 % 4096).collect();
+        let values = stored_values(
+            &raw.iter()
+                .flat_map(|v| v.to_ne_bytes())
+                .collect::<Vec<u8>>(),
+            U12,
+            64,
+        )
+        .unwrap();
+        let pipeline = DisplayPipeline {
+            modality: ModalityLut::Rescale {
+                slope: 1.0,
+                intercept: 0.0,
+            },
+            voi: Voi::Window {
+                center: 1000.0,
+                width: 2001.0,
+                function: WindowFunction::Linear,
+            },
+            monochrome1: true,
+        };
+        let expected = pipeline.apply(&values, 8, 8);
+        let frame = Frame::new(Samples::Words(Cow::Borrowed(&raw)), U12, 8, 8, 1).unwrap();
+        let (lo, hi) = frame.range();
+        let view = DisplayFrame::new(frame, Tone::Gray(pipeline.levels(lo, hi)));
+        assert_eq!(view.to_image(), expected);
+    }
+
+    #[test]
+    fn colour_pixels_become_luma_or_their_first_sample() {
+        let eight = BitLayout {
+            allocated: 8,
+            stored: 8,
+            high: 7,
+            signed: false,
+        };
+        // Two pixels, interleaved: red then white; planar: the same two pixels.
+        let interleaved = [255u8, 0, 0, 255, 255, 255];
+        let planar = [255u8, 255, 0, 255, 0, 255];
+        for (bytes, planar) in [(&interleaved, false), (&planar, true)] {
+            let f = Frame::new(Samples::Bytes(Cow::Borrowed(bytes)), eight, 2, 1, 3).unwrap();
+            let rgb = DisplayFrame::new(f.clone(), Tone::Rgb { planar });
+            assert_eq!(rgb.to_image().pixels, vec![76, 255]);
+            let y = DisplayFrame::new(f, Tone::FirstSample { planar });
+            assert_eq!(y.to_image().pixels, vec![255, 255]);
+        }
+    }
+}
