@@ -11,10 +11,12 @@ Two runs, each against a fresh daemon with its data under the work folder:
           heatmap, SR and Secondary Capture pushed likewise.
 
 Every study is inside the shipped model's intended use (3-year-old patients, PA chest).
-Each run ends when the PACS has received one Secondary Capture per study (the last object a
-study makes); the figure is the daemon's peak RSS, VmHWM from /proc/PID/status (the
-kernel's own high-water mark, so no sample can miss a peak), beside its VmHWM once the
-model was loaded and before anything was sent.
+Each run ends when the PACS holds every study's SR and the daemon has then used no CPU for
+5 s (heatmaps, Secondary Captures and pushes finished; heatmaps the backlog skipped make no
+Secondary Capture, the SCs column counts those made). The figure is the daemon's peak RSS,
+VmHWM from /proc/PID/status (the kernel's own high-water mark, so no sample can miss a
+peak), beside its VmHWM once the model was loaded and before anything was sent; seconds
+run from the first association to the last work done.
 
     memory.py DULI_BINARY [--work DIR] [--label TEXT] [--large-side N] [--burst N]
 
@@ -37,6 +39,20 @@ from ingest import PEER_ENV, free_port, start_duli, status_kib, stop, wait_port 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+
+
+IDLE_SECONDS = 5
+
+
+def cpu_ticks(pid):
+    """User + system clock ticks the process has used."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def count(folder, prefix):
+    return sum(1 for f in os.listdir(folder) if f.startswith(prefix))
 
 
 def https_json(port, path):
@@ -100,20 +116,31 @@ def run(binary, work, files, parallel, timeout):
         for s in senders:
             if s.wait() != 0:
                 raise SystemExit("storescu failed; see %s" % work)
+        # Done when the PACS holds every study's SR and the daemon has been idle for
+        # IDLE_SECONDS (heatmaps, Secondary Captures and their pushes finished; a heatmap
+        # the backlog skipped makes no Secondary Capture).
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            made = [f for f in os.listdir(pacs_dir) if f.startswith("SC")]
-            if len(made) >= len(files):
-                break
+        idle_since, ticks = None, cpu_ticks(duli.pid)
+        while True:
+            if time.time() > deadline:
+                raise SystemExit("not done after %d s; see %s" % (timeout, work))
             if duli.poll() is not None:
                 raise SystemExit("the daemon exited; see %s/duli/duli.log" % work)
-            time.sleep(0.2)
-        else:
-            raise SystemExit("%d of %d Secondary Captures after %d s; see %s"
-                             % (len(made), len(files), timeout, work))
-        seconds = time.time() - start
+            time.sleep(1.0)
+            now = cpu_ticks(duli.pid)
+            busy = now - ticks > 0.05 * os.sysconf("SC_CLK_TCK")
+            ticks = now
+            reports = count(pacs_dir, "SR")
+            if busy or reports < len(files):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.time()
+            elif time.time() - idle_since >= IDLE_SECONDS:
+                break
+        seconds = time.time() - start - IDLE_SECONDS
+        captures = count(pacs_dir, "SC")
         peak = status_kib(duli.pid, "VmHWM")
-        return idle / 1024, peak / 1024, seconds
+        return idle / 1024, peak / 1024, seconds, captures
     finally:
         stop(duli)
         stop(pacs)
@@ -140,17 +167,17 @@ def main():
     if work is None:
         os.makedirs(args.work, exist_ok=True)
         work = tempfile.mkdtemp(prefix="run-", dir=args.work)
-    rows = []
-    rows.append(("1 x %d^2 16-bit DX, 1 association" % args.large_side,
-                 *run(args.binary, os.path.join(work, "large"), large, 1, 600)))
-    rows.append(("%d x %d^2 16-bit DX, %d associations" % (args.burst, args.burst_side, args.burst),
-                 *run(args.binary, os.path.join(work, "burst"), burst, args.burst, 900)))
     print("duli peak RSS (VmHWM), release build %s%s, model loaded, heatmaps on, SR + SC pushed "
           "to DCMTK storescp; DCMTK with TCP_NODELAY=1; %d cores"
           % (args.binary, " (%s)" % args.label if args.label else "", os.cpu_count()))
-    print("%-44s %12s %12s %10s" % ("run", "idle MiB", "peak MiB", "seconds"))
-    for name, idle, peak, seconds in rows:
-        print("%-44s %12.0f %12.0f %10.1f" % (name, idle, peak, seconds))
+    print("%-40s %9s %9s %8s %5s" % ("run", "idle MiB", "peak MiB", "seconds", "SCs"))
+    runs = [("1 x %d^2 16-bit DX, 1 association" % args.large_side, large, 1, 600),
+            ("%d x %d^2 16-bit DX, %d associations" % (args.burst, args.burst_side, args.burst),
+             burst, args.burst, 1800)]
+    for i, (name, files, parallel, timeout) in enumerate(runs):
+        idle, peak, seconds, captures = run(args.binary, os.path.join(work, "run%d" % i), files,
+                                            parallel, timeout)
+        print("%-40s %9.0f %9.0f %8.1f %5d" % (name, idle, peak, seconds, captures), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

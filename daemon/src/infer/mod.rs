@@ -62,6 +62,8 @@ pub use status::{ModelState, ModelStatus};
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]
+mod frame_tests;
+#[cfg(test)]
 mod golden_tests;
 #[cfg(test)]
 mod service_tests;
