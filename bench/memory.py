@@ -19,6 +19,7 @@ peak), beside its VmHWM once the model was loaded and before anything was sent; 
 run from the first association to the last work done.
 
     memory.py DULI_BINARY [--work DIR] [--label TEXT] [--large-side N] [--burst N]
+              [--burst-side N] [--runs large,burst]
 
 DCMTK runs with TCP_NODELAY=1 (Debian's 3.6.7 stalls about 44 ms per exchange otherwise).
 """
@@ -156,6 +157,7 @@ def main():
     parser.add_argument("--large-side", type=int, default=8192)
     parser.add_argument("--burst", type=int, default=32)
     parser.add_argument("--burst-side", type=int, default=2800)
+    parser.add_argument("--runs", default="large,burst", help="which runs, comma-separated")
     args = parser.parse_args()
     if not os.access(args.binary, os.X_OK):
         raise SystemExit("%s not built: cargo build --release -p duli" % args.binary)
@@ -174,7 +176,8 @@ def main():
     runs = [("1 x %d^2 16-bit DX, 1 association" % args.large_side, large, 1, 600),
             ("%d x %d^2 16-bit DX, %d associations" % (args.burst, args.burst_side, args.burst),
              burst, args.burst, 1800)]
-    for i, (name, files, parallel, timeout) in enumerate(runs):
+    chosen = [r for r, kind in zip(runs, ("large", "burst")) if kind in args.runs.split(",")]
+    for i, (name, files, parallel, timeout) in enumerate(chosen):
         idle, peak, seconds, captures = run(args.binary, os.path.join(work, "run%d" % i), files,
                                             parallel, timeout)
         print("%-40s %9.0f %9.0f %8.1f %5d" % (name, idle, peak, seconds, captures), flush=True)

@@ -8,7 +8,7 @@
 use super::display::{
     default_voi, DisplayPipeline, GrayImage, GrayView, LutTable, ModalityLut, Voi, WindowFunction,
 };
-use super::frame::{DisplayFrame, Frame, Samples, Tone};
+use super::frame::{DisplayFrame, FileSamples, Frame, Samples, Tone};
 use super::manifest::InputSpec;
 use super::resize::{fit, reduce};
 use super::samples::{BitLayout, SampleError};
@@ -20,6 +20,13 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation};
 use std::borrow::Cow;
 use std::path::Path;
+use std::rc::Rc;
+
+/// Native pixel data: loaded with the data set, or left in the file at this offset.
+enum Native<'a> {
+    Loaded(Samples<'a>),
+    InFile(u64),
+}
 
 /// An image whose header declares more pixel samples than `inference.max_pixels`; it is
 /// never decoded.
@@ -207,9 +214,59 @@ pub struct ImageHeader {
 
 /// An opened DICOM file.
 pub struct DicomImage {
+    /// The data set; without its Pixel Data when that is left in the file (`pixels_at`).
     obj: DefaultDicomObject,
     header: ImageHeader,
     path: std::path::PathBuf,
+    /// Byte offset in the file of native little-endian pixel data that was not loaded.
+    pixels_at: Option<u64>,
+}
+
+/// Explicit VR Little Endian.
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+/// Implicit VR Little Endian.
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+
+/// Where the value of the top-level Pixel Data of a native little-endian file starts, when
+/// it is the last element of the file (as it nearly always is): the value length that
+/// Rows × Columns × Frames × Samples × Bits Allocated give (made even) must end the file,
+/// right after a Pixel Data element header (OB/OW) that declares exactly that length.
+/// `None` otherwise (the file is then loaded whole).
+fn native_pixel_offset(header: &DefaultDicomObject, path: &Path) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let ts = header
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' ']);
+    let explicit = match ts {
+        EXPLICIT_LE => true,
+        IMPLICIT_LE => false,
+        _ => return None,
+    };
+    let allocated = count_of(header, tags::BITS_ALLOCATED, 0);
+    if !matches!(allocated, 8 | 16 | 32) {
+        return None;
+    }
+    let len = count_of(header, tags::ROWS, 0)
+        .checked_mul(count_of(header, tags::COLUMNS, 0))?
+        .checked_mul(count_of(header, tags::NUMBER_OF_FRAMES, 1).max(1))?
+        .checked_mul(count_of(header, tags::SAMPLES_PER_PIXEL, 1).max(1))?
+        .checked_mul(allocated / 8)?;
+    let len = len + (len & 1);
+    let value_len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l != u32::MAX && *l > 0)?;
+    let file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let head = if explicit { 12 } else { 8 };
+    let at = size.checked_sub(len)?;
+    let mut element = [0u8; 12];
+    file.read_exact_at(&mut element[..head], at.checked_sub(head as u64)?)
+        .ok()?;
+    let declared = u32::from_le_bytes(element[head - 4..head].try_into().ok()?);
+    let tag_ok = element[..4] == [0xE0, 0x7F, 0x10, 0x00];
+    let vr_ok = !explicit || matches!(&element[4..8], b"OW\0\0" | b"OB\0\0");
+    (tag_ok && vr_ok && declared == value_len).then_some(at)
 }
 
 impl std::fmt::Debug for DicomImage {
@@ -236,9 +293,19 @@ impl DicomImage {
     /// Opens and parses the whole file (pixel data stays encoded until asked for).
     pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
         crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
-        let obj = OpenFileOptions::new()
+        // Native pixel data stays in the file (read a row at a time when decoded);
+        // anything else is loaded whole.
+        let header = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
             .open_file(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        let pixels_at = native_pixel_offset(&header, path);
+        let obj = match pixels_at {
+            Some(_) => header,
+            None => OpenFileOptions::new()
+                .open_file(path)
+                .map_err(|e| DicomImageError::Open(e.to_string()))?,
+        };
         let meta = obj.meta();
         let mut sop_instance_uid = text(&obj, tags::SOP_INSTANCE_UID);
         if sop_instance_uid.is_empty() {
@@ -264,7 +331,8 @@ impl DicomImage {
             derivation_description: text(&obj, tags::DERIVATION_DESCRIPTION),
             series_description: text(&obj, tags::SERIES_DESCRIPTION),
             study_description: text(&obj, tags::STUDY_DESCRIPTION),
-            has_pixels: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+            has_pixels: pixels_at.is_some()
+                || obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
             patient_age: text(&obj, tags::PATIENT_AGE),
             patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
             study_date: text(&obj, tags::STUDY_DATE),
@@ -275,6 +343,7 @@ impl DicomImage {
             obj,
             header,
             path: path.to_path_buf(),
+            pixels_at,
         })
     }
 
@@ -354,21 +423,24 @@ impl DicomImage {
 
     /// Native (uncompressed) pixel data as it sits in the parsed file: borrowed, in its
     /// own sample width. `None` for encapsulated pixel data, which a decoder must expand.
-    fn native_samples(&self) -> Option<Samples<'_>> {
+    fn native_samples(&self) -> Option<Native<'_>> {
+        if let Some(at) = self.pixels_at {
+            return Some(Native::InFile(at));
+        }
         if super::decode_sandbox::is_sandboxed(self.obj.meta().transfer_syntax()) {
             return None;
         }
         let element = self.obj.element_opt(tags::PIXEL_DATA).ok().flatten()?;
         match element.value() {
             DicomValue::Primitive(PrimitiveValue::U16(words)) => {
-                Some(Samples::Words(Cow::Borrowed(&words[..])))
+                Some(Native::Loaded(Samples::Words(Cow::Borrowed(&words[..]))))
             }
             DicomValue::Primitive(PrimitiveValue::U8(bytes)) => {
-                Some(Samples::Bytes(Cow::Borrowed(&bytes[..])))
+                Some(Native::Loaded(Samples::Bytes(Cow::Borrowed(&bytes[..]))))
             }
-            DicomValue::Primitive(other) => {
-                Some(Samples::Bytes(Cow::Owned(other.to_bytes().into_owned())))
-            }
+            DicomValue::Primitive(other) => Some(Native::Loaded(Samples::Bytes(Cow::Owned(
+                other.to_bytes().into_owned(),
+            )))),
             _ => None,
         }
     }
@@ -398,12 +470,16 @@ impl DicomImage {
         Ok(attributes)
     }
 
-    /// Decodes the first frame in this process and runs `use_frame` over its display
-    /// image read in place ([`DisplayFrame`]): native pixel data is not copied, encapsulated
-    /// pixel data is decoded once into its native sample width.
-    pub fn with_frame<R>(
+    /// Decodes the first frame in this process and runs `use_frame` over its stored samples
+    /// ([`Frame`]) with the image attributes the pixel data library read (window, rescale,
+    /// photometric interpretation...): native pixel data is not copied, encapsulated pixel
+    /// data is decoded once into its native sample width.
+    pub fn with_stored_frame<R>(
         &self,
-        use_frame: impl FnOnce(&DisplayFrame<'_>) -> R,
+        use_frame: impl FnOnce(
+            Frame<'_>,
+            &dicom_pixeldata::DecodedPixelData<'_>,
+        ) -> Result<R, DicomImageError>,
     ) -> Result<R, DicomImageError> {
         check_rle(&self.obj, self.obj.meta().transfer_syntax())?;
         let native = self.native_samples();
@@ -430,8 +506,17 @@ impl DicomImage {
             high: decoded.high_bit(),
             signed: decoded.pixel_representation() == PixelRepresentation::Signed,
         };
+        let mut file_error = None;
         let samples = match native {
-            Some(samples) => samples,
+            Some(Native::Loaded(samples)) => samples,
+            Some(Native::InFile(at)) => {
+                let file = std::fs::File::open(&self.path)
+                    .map_err(|e| DicomImageError::Open(e.to_string()))?;
+                let row_bytes = width as usize * spp * usize::from(layout.allocated / 8);
+                let rows = Rc::new(FileSamples::new(file, at, row_bytes, height as usize));
+                file_error = Some(Rc::clone(&rows));
+                Samples::File(rows)
+            }
             None => Samples::Bytes(Cow::Borrowed(
                 decoded
                     .frame_data(0)
@@ -442,10 +527,37 @@ impl DicomImage {
             SampleError::Short { .. } if is_native => DicomImageError::Decode(e.to_string()),
             other => DicomImageError::Invalid(other.to_string()),
         })?;
+        let out = use_frame(frame, &decoded)?;
+        match file_error.and_then(|rows| rows.error()) {
+            Some(e) => Err(DicomImageError::Decode(format!("reading pixel data: {e}"))),
+            None => Ok(out),
+        }
+    }
+
+    /// Decodes the first frame in this process and runs `use_frame` over its display
+    /// image read in place ([`DisplayFrame`], [`Self::with_stored_frame`]).
+    pub fn with_frame<R>(
+        &self,
+        use_frame: impl FnOnce(&DisplayFrame<'_>) -> R,
+    ) -> Result<R, DicomImageError> {
+        self.with_stored_frame(|frame, decoded| {
+            self.display_frame(frame, decoded).map(|d| use_frame(&d))
+        })
+    }
+
+    /// The display view of a decoded frame: the grayscale pipeline's levels, or the grey of
+    /// a colour image.
+    fn display_frame<'a>(
+        &self,
+        frame: Frame<'a>,
+        decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+    ) -> Result<DisplayFrame<'a>, DicomImageError> {
+        let spp = frame.samples_per_pixel();
+        let layout = frame.layout();
         let photometric = decoded.photometric_interpretation().clone();
         if spp != 1 {
-            let tone = colour_tone(spp, &photometric, &decoded)?;
-            return Ok(use_frame(&DisplayFrame::new(frame, tone)));
+            let tone = colour_tone(spp, &photometric, decoded)?;
+            return Ok(DisplayFrame::new(frame, tone));
         }
         let monochrome1 = match photometric {
             PhotometricInterpretation::Monochrome1 => true,
@@ -456,7 +568,7 @@ impl DicomImage {
                 )))
             }
         };
-        let modality = self.modality_lut(&decoded, layout.signed)?;
+        let modality = self.modality_lut(decoded, layout.signed)?;
         let voi = match decoded
             .window()
             .ok()
@@ -500,7 +612,7 @@ impl DicomImage {
         };
         let (lo, hi) = frame.range();
         let levels = pipeline.levels(lo, hi);
-        Ok(use_frame(&DisplayFrame::new(frame, Tone::Gray(levels))))
+        Ok(DisplayFrame::new(frame, Tone::Gray(levels)))
     }
 
     /// Rescale Slope/Intercept, or the first Modality LUT Sequence item when present.

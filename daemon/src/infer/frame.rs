@@ -1,6 +1,7 @@
-//! One decoded frame read pixel by pixel: its stored samples stay in their native width (the
-//! file's own 8- or 16-bit buffer when the pixel data is native, the decoder's output when
-//! it is encapsulated), and each pixel's display level is computed when it is read, through
+//! One decoded frame read pixel by pixel: its stored samples stay in their native width (in
+//! the file itself, read a row at a time, when the pixel data is native little endian; the
+//! parsed file's buffer, or the decoder's output when it is encapsulated), and each pixel's
+//! display level is computed when it is read, through
 //! the level table of [`super::display::Levels`]. Resizing to the model's input and reducing
 //! to a display image then read the frame once, without a full-resolution copy in another
 //! type ([`super::resize`]).
@@ -8,6 +9,8 @@
 use super::display::{luma, GrayView, Levels};
 use super::samples::{BitLayout, SampleError};
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// Stored samples of one frame, row by row, as the pixel data holds them.
 #[derive(Debug, Clone)]
@@ -16,6 +19,97 @@ pub enum Samples<'a> {
     Bytes(Cow<'a, [u8]>),
     /// 16-bit samples (Bits Allocated 16) as 16-bit words.
     Words(Cow<'a, [u16]>),
+    /// Native little-endian pixel data left in its file, read a row at a time.
+    File(Rc<FileSamples>),
+}
+
+/// Rows of native (little-endian) pixel data read from the file when first needed, into a
+/// direct-mapped cache of whole rows (row `r` in slot `r mod slots`): a pass in row order
+/// reads each row once, and a resampler that reads a band of rows for each output row
+/// (the linear filter) finds the band cached while it is narrower than the cache. An I/O
+/// error reads as zeros and is kept for [`FileSamples::error`].
+pub struct FileSamples {
+    file: std::fs::File,
+    offset: u64,
+    row_bytes: usize,
+    rows: usize,
+    cache: RefCell<RowCache>,
+    error: RefCell<Option<String>>,
+}
+
+struct RowCache {
+    tags: Vec<Option<usize>>,
+    data: Vec<u8>,
+}
+
+/// Bytes of rows the cache of [`FileSamples`] holds at most (at least 16 rows).
+pub const ROW_CACHE_BYTES: usize = 8 << 20;
+
+impl std::fmt::Debug for FileSamples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSamples")
+            .field("offset", &self.offset)
+            .field("row_bytes", &self.row_bytes)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileSamples {
+    /// `rows` rows of `row_bytes` bytes each, starting at byte `offset` of `file`; the
+    /// caller has checked that the file holds them.
+    pub fn new(file: std::fs::File, offset: u64, row_bytes: usize, rows: usize) -> FileSamples {
+        let slots = (ROW_CACHE_BYTES / row_bytes.max(1))
+            .clamp(16, 4096)
+            .min(rows.max(1));
+        FileSamples {
+            file,
+            offset,
+            row_bytes,
+            rows,
+            cache: RefCell::new(RowCache {
+                tags: vec![None; slots],
+                data: vec![0; slots * row_bytes],
+            }),
+            error: RefCell::new(None),
+        }
+    }
+
+    /// Bytes the samples cover.
+    pub fn len(&self) -> usize {
+        self.row_bytes * self.rows
+    }
+
+    /// Whether there is no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first I/O error met while reading, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+
+    /// `N` bytes at byte `at` of the pixel data (a sample never straddles rows).
+    fn bytes<const N: usize>(&self, at: usize) -> [u8; N] {
+        use std::os::unix::fs::FileExt;
+        let (row, col) = (at / self.row_bytes, at % self.row_bytes);
+        let mut cache = self.cache.borrow_mut();
+        let slot = row % cache.tags.len();
+        let start = slot * self.row_bytes;
+        if cache.tags[slot] != Some(row) {
+            let from = self.offset + (row * self.row_bytes) as u64;
+            let line = &mut cache.data[start..start + self.row_bytes];
+            if let Err(e) = self.file.read_exact_at(line, from) {
+                line.fill(0);
+                self.error.borrow_mut().get_or_insert_with(|| e.to_string());
+            }
+            cache.tags[slot] = Some(row);
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&cache.data[start + col..start + col + N]);
+        out
+    }
 }
 
 /// The stored samples of one frame with their bit layout.
@@ -43,6 +137,7 @@ impl<'a> Frame<'a> {
         let (have, need) = match &samples {
             Samples::Bytes(b) => (b.len(), count * usize::from(layout.allocated / 8)),
             Samples::Words(w) if layout.allocated == 16 => (w.len() * 2, count * 2),
+            Samples::File(f) => (f.len(), count * usize::from(layout.allocated / 8)),
             Samples::Words(_) => {
                 return Err(SampleError::Layout {
                     allocated: layout.allocated,
@@ -106,6 +201,9 @@ impl<'a> Frame<'a> {
                 b[4 * i + 2],
                 b[4 * i + 3],
             ])),
+            (Samples::File(f), 8) => u64::from(f.bytes::<1>(i)[0]),
+            (Samples::File(f), 16) => u64::from(u16::from_le_bytes(f.bytes(2 * i))),
+            (Samples::File(f), _) => u64::from(u32::from_le_bytes(f.bytes(4 * i))),
         };
         self.layout.value(raw)
     }

@@ -141,27 +141,39 @@ pub fn reduce<V: GrayView + ?Sized>(img: &V, max_side: u32) -> GrayImage {
         return img.to_image();
     }
     let f = long.div_ceil(max_side.max(1));
-    let (w, h) = (width / f, height / f);
-    let mut pixels = Vec::with_capacity(w as usize * h as usize);
-    let mut sums = vec![0u32; w as usize];
-    for y in 0..h {
-        sums.iter_mut().for_each(|s| *s = 0);
-        for dy in 0..f {
-            let row = y * f + dy;
-            for (x, sum) in sums.iter_mut().enumerate() {
-                let x0 = x as u32 * f;
-                for dx in 0..f {
-                    *sum += u32::from(img.level(x0 + dx, row));
-                }
-            }
-        }
-        pixels.extend(sums.iter().map(|s| (s / (f * f)) as u8));
-    }
+    let (w, h, means) = block_means(width, height, f, |x, y| u32::from(img.level(x, y)));
     GrayImage {
         width: w,
         height: h,
-        pixels,
+        pixels: means.into_iter().map(|m| m as u8).collect(),
     }
+}
+
+/// The truncated mean of each whole `f × f` block of a `width × height` image whose
+/// values `value(x, y)` gives, row by row: (columns, rows, means). Reads each pixel of the
+/// whole blocks once, in row order, and holds one row of sums.
+pub fn block_means(
+    width: u32,
+    height: u32,
+    f: u32,
+    value: impl Fn(u32, u32) -> u32,
+) -> (u32, u32, Vec<u32>) {
+    let f = f.max(1);
+    let (w, h) = (width / f, height / f);
+    let area = u64::from(f) * u64::from(f);
+    let mut means = Vec::with_capacity(w as usize * h as usize);
+    let mut sums = vec![0u64; w as usize];
+    for y in 0..h {
+        sums.iter_mut().for_each(|s| *s = 0);
+        for row in y * f..(y + 1) * f {
+            for (x, sum) in sums.iter_mut().enumerate() {
+                let x0 = x as u32 * f;
+                *sum += (x0..x0 + f).map(|x| u64::from(value(x, row))).sum::<u64>();
+            }
+        }
+        means.extend(sums.iter().map(|s| (s / area) as u32));
+    }
+    (w, h, means)
 }
 
 #[cfg(test)]
