@@ -19,7 +19,7 @@ peak), beside its VmHWM once the model was loaded and before anything was sent; 
 run from the first association to the last work done.
 
     memory.py DULI_BINARY [--work DIR] [--label TEXT] [--large-side N] [--burst N]
-              [--burst-side N] [--runs large,burst]
+              [--burst-side N] [--runs large,burst] [--set DULI_SECTION__KEY=VALUE]...
 
 DCMTK runs with TCP_NODELAY=1 (Debian's 3.6.7 stalls about 44 ms per exchange otherwise).
 """
@@ -73,7 +73,7 @@ def generate(out_dir, count, side, seed):
     return sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir) if f.endswith(".dcm"))
 
 
-def run(binary, work, files, parallel, timeout):
+def run(binary, work, files, parallel, timeout, settings):
     """Starts a PACS and the daemon, sends `files` over `parallel` associations, waits for
     every study's Secondary Capture; returns (idle VmHWM MiB, peak VmHWM MiB, seconds)."""
     shutil.rmtree(work, ignore_errors=True)
@@ -84,12 +84,12 @@ def run(binary, work, files, parallel, timeout):
     pacs_log = open(os.path.join(work, "pacs.log"), "w")
     pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", pacs_dir, str(pacs_port)],
                             env=PEER_ENV, stdout=pacs_log, stderr=pacs_log)
-    started = start_duli(os.path.join(work, "duli"), binary, {
+    started = start_duli(os.path.join(work, "duli"), binary, dict(settings, **{
         "DULI_LOG": "warn",
         "DULI_PACS__DESTINATIONS": '[{name = "pacs", ae_title = "PACS", host = "127.0.0.1", '
                                    'port = %d, push = true, result_objects = ["sr", "sc"]}]'
                                    % pacs_port,
-    })
+    }))
     if started is None:
         stop(pacs)
         raise SystemExit("the daemon did not start")
@@ -158,6 +158,8 @@ def main():
     parser.add_argument("--burst", type=int, default=32)
     parser.add_argument("--burst-side", type=int, default=2800)
     parser.add_argument("--runs", default="large,burst", help="which runs, comma-separated")
+    parser.add_argument("--set", action="append", default=[], metavar="DULI_SECTION__KEY=VALUE",
+                        help="a configuration override for the daemon (repeatable)")
     args = parser.parse_args()
     if not os.access(args.binary, os.X_OK):
         raise SystemExit("%s not built: cargo build --release -p duli" % args.binary)
@@ -178,8 +180,9 @@ def main():
              burst, args.burst, 1800)]
     chosen = [r for r, kind in zip(runs, ("large", "burst")) if kind in args.runs.split(",")]
     for i, (name, files, parallel, timeout) in enumerate(chosen):
+        settings = dict(kv.split("=", 1) for kv in args.set)
         idle, peak, seconds, captures = run(args.binary, os.path.join(work, "run%d" % i), files,
-                                            parallel, timeout)
+                                            parallel, timeout, settings)
         print("%-40s %9.0f %9.0f %8.1f %5d" % (name, idle, peak, seconds, captures), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
