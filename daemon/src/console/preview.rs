@@ -146,31 +146,52 @@ fn from_frame(
         .ok()
         .and_then(|r| r.first().copied())
         .filter(|_| spp == 1);
-    let value = |i: usize| -> f32 {
+    // The values of row `y`, one per pixel.
+    let values = |y: u32, out: &mut Vec<f32>| {
+        let mut stored = Vec::with_capacity(cols as usize * spp);
+        frame.stored_row(y, &mut stored);
+        out.clear();
         if spp == 1 {
-            let v = f64::from(frame.stored(i));
-            rescale.map_or(v, |r| v * r.slope + r.intercept) as f32
+            out.extend(stored.iter().map(|v| {
+                let v = f64::from(*v);
+                rescale.map_or(v, |r| v * r.slope + r.intercept) as f32
+            }));
         } else {
-            (0..spp.min(3))
-                .map(|c| frame.stored(i * spp + c) as f32)
-                .sum::<f32>()
-                / 3.0
+            out.extend(
+                stored
+                    .chunks_exact(spp)
+                    .map(|p| p.iter().take(3).map(|v| *v as f32).sum::<f32>() / 3.0),
+            );
         }
     };
+    let step = (n / 100_000).max(1);
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for v in (0..n).map(value) {
-        if v.is_finite() {
-            lo = lo.min(v);
-            hi = hi.max(v);
+    let mut sample = Vec::with_capacity(n / step + 1);
+    let mut line = Vec::with_capacity(cols as usize);
+    for y in 0..rows {
+        values(y, &mut line);
+        let first = y as usize * cols as usize;
+        for (i, v) in line.iter().enumerate() {
+            if v.is_finite() {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+            if (first + i) % step == 0 {
+                sample.push(*v);
+            }
         }
     }
     if !lo.is_finite() || !hi.is_finite() {
         return Err(PreviewError::Decode("no finite pixel values".into()));
     }
     let span = (hi - lo).max(1e-6);
-    let level = |x: u32, y: u32| -> u32 {
-        let v = value(y as usize * cols as usize + x as usize);
-        (((v - lo) / span) * 65535.0).round().clamp(0.0, 65535.0) as u32
+    let levels = |y: u32, out: &mut Vec<u16>| {
+        values(y, &mut line);
+        out.clear();
+        out.extend(
+            line.iter()
+                .map(|v| (((v - lo) / span) * 65535.0).round().clamp(0.0, 65535.0) as u16),
+        );
     };
     let long = cols.max(rows);
     let scale = (MAX_SIDE as f64 / long as f64).min(1.0);
@@ -179,7 +200,7 @@ fn from_frame(
         ((rows as f64 * scale).round() as u32).max(1),
     );
     let factor = (long / MAX_SIDE).max(1);
-    let (bw, bh, means) = block_means(cols, rows, factor, level);
+    let (bw, bh, means) = block_means(cols, rows, factor, levels);
     let blocks = Gray16::from_raw(bw, bh, means.into_iter().map(|m| m as u16).collect())
         .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
     let small = if (w, h) == (bw, bh) {
@@ -190,10 +211,7 @@ fn from_frame(
     let photometric = decoded.photometric_interpretation().to_string();
     let (center, width) = match decoded.window().ok().flatten().and_then(|w| w.first()) {
         Some(w) if w.width > 0.0 => (w.center, w.width),
-        _ => {
-            let step = (n / 100_000).max(1);
-            percentile_window((0..n).step_by(step).map(value))
-        }
+        _ => percentile_window(sample.into_iter()),
     };
     Ok((
         small,

@@ -352,6 +352,12 @@ impl DicomImage {
         &self.header
     }
 
+    /// Whether the pixel data was left in the file (native little endian, ending the file),
+    /// to be read a row at a time, rather than loaded with the data set.
+    pub fn pixels_in_file(&self) -> bool {
+        self.pixels_at.is_some()
+    }
+
     /// Refuses the image when it declares more than `limit` pixel samples
     /// ([`declared_pixels`]); call before [`DicomImage::display_image`].
     pub fn check_pixel_budget(&self, limit: u64) -> Result<(), TooManyPixels> {
@@ -610,7 +616,12 @@ impl DicomImage {
             voi,
             monochrome1,
         };
-        let (lo, hi) = frame.range();
+        // Levels for every value the layout can hold when that makes a table (the same
+        // level per value as a table over the values present), else over those present.
+        let (lo, hi) = match layout.range() {
+            (lo, hi) if hi - lo < 1 << 17 => (lo as i32, hi as i32),
+            _ => frame.range(),
+        };
         let levels = pipeline.levels(lo, hi);
         Ok(DisplayFrame::new(frame, Tone::Gray(levels)))
     }

@@ -35,12 +35,21 @@ pub trait GrayView {
     /// The level at (x, y); callers keep x < width and y < height.
     fn level(&self, x: u32, y: u32) -> u8;
 
+    /// The levels of row `y` (`y < height`) into `out` (cleared first); a view that can
+    /// read a whole row at once does so.
+    fn row(&self, y: u32, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend((0..self.width()).map(|x| self.level(x, y)));
+    }
+
     /// Every level, row by row, as an image in memory.
     fn to_image(&self) -> GrayImage {
         let (width, height) = (self.width(), self.height());
         let mut pixels = Vec::with_capacity(width as usize * height as usize);
+        let mut line = Vec::with_capacity(width as usize);
         for y in 0..height {
-            pixels.extend((0..width).map(|x| self.level(x, y)));
+            self.row(y, &mut line);
+            pixels.extend_from_slice(&line);
         }
         GrayImage {
             width,

@@ -92,8 +92,15 @@ impl FileSamples {
 
     /// `N` bytes at byte `at` of the pixel data (a sample never straddles rows).
     fn bytes<const N: usize>(&self, at: usize) -> [u8; N] {
-        use std::os::unix::fs::FileExt;
         let (row, col) = (at / self.row_bytes, at % self.row_bytes);
+        let mut out = [0u8; N];
+        self.with_row(row, |line| out.copy_from_slice(&line[col..col + N]));
+        out
+    }
+
+    /// Runs `use_row` over the bytes of row `row`, read into the cache first if absent.
+    fn with_row<R>(&self, row: usize, use_row: impl FnOnce(&[u8]) -> R) -> R {
+        use std::os::unix::fs::FileExt;
         let mut cache = self.cache.borrow_mut();
         let slot = row % cache.tags.len();
         let start = slot * self.row_bytes;
@@ -106,9 +113,7 @@ impl FileSamples {
             }
             cache.tags[slot] = Some(row);
         }
-        let mut out = [0u8; N];
-        out.copy_from_slice(&cache.data[start + col..start + col + N]);
-        out
+        use_row(&cache.data[start..start + self.row_bytes])
     }
 }
 
@@ -210,7 +215,52 @@ impl<'a> Frame<'a> {
 
     /// Every stored value, in order.
     pub fn values(&self) -> impl Iterator<Item = i32> + '_ {
-        (0..self.len()).map(|i| self.stored(i))
+        (0..self.height).flat_map(move |y| {
+            let mut row = Vec::new();
+            self.stored_row(y, &mut row);
+            row
+        })
+    }
+
+    /// The stored values of row `y` (`width × samples per pixel` of them) into `out`
+    /// (cleared first): one read of the row, not one per sample.
+    pub fn stored_row(&self, y: u32, out: &mut Vec<i32>) {
+        out.clear();
+        let n = self.width as usize * self.spp;
+        let start = y as usize * n;
+        let layout = self.layout;
+        match &self.samples {
+            Samples::Words(w) => out.extend(
+                w[start..start + n]
+                    .iter()
+                    .map(|v| layout.value(u64::from(*v))),
+            ),
+            Samples::Bytes(b) => match layout.allocated {
+                8 => out.extend(
+                    b[start..start + n]
+                        .iter()
+                        .map(|v| layout.value(u64::from(*v))),
+                ),
+                16 => out.extend(
+                    b[2 * start..2 * (start + n)]
+                        .chunks_exact(2)
+                        .map(|c| layout.value(u64::from(u16::from_ne_bytes([c[0], c[1]])))),
+                ),
+                _ => out.extend(b[4 * start..4 * (start + n)].chunks_exact(4).map(|c| {
+                    layout.value(u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                })),
+            },
+            Samples::File(f) => f.with_row(y as usize, |line| match layout.allocated {
+                8 => out.extend(line.iter().map(|v| layout.value(u64::from(*v)))),
+                16 => out.extend(
+                    line.chunks_exact(2)
+                        .map(|c| layout.value(u64::from(u16::from_le_bytes([c[0], c[1]])))),
+                ),
+                _ => out.extend(line.chunks_exact(4).map(|c| {
+                    layout.value(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                })),
+            }),
+        }
     }
 
     /// Smallest and largest stored value (`(0, 0)` for an empty frame).
@@ -268,6 +318,33 @@ impl GrayView for DisplayFrame<'_> {
 
     fn height(&self) -> u32 {
         self.frame.height
+    }
+
+    fn row(&self, y: u32, out: &mut Vec<u8>) {
+        out.clear();
+        if matches!(
+            self.tone,
+            Tone::Rgb { planar: true } | Tone::FirstSample { planar: true }
+        ) {
+            // Planes: a row's samples are not together.
+            out.extend((0..self.frame.width).map(|x| self.level(x, y)));
+            return;
+        }
+        let mut values = Vec::with_capacity(self.frame.width as usize * self.frame.spp);
+        self.frame.stored_row(y, &mut values);
+        let sample = |v: i32| v.clamp(0, 255) as u8;
+        match &self.tone {
+            Tone::Gray(levels) => out.extend(values.iter().map(|v| levels.get(*v))),
+            Tone::Rgb { planar: false } => out.extend(
+                values
+                    .chunks_exact(3)
+                    .map(|p| luma(sample(p[0]), sample(p[1]), sample(p[2]))),
+            ),
+            Tone::FirstSample { planar: false } => {
+                out.extend(values.chunks_exact(3).map(|p| sample(p[0])))
+            }
+            Tone::Rgb { planar: true } | Tone::FirstSample { planar: true } => {}
+        }
     }
 
     fn level(&self, x: u32, y: u32) -> u8 {

@@ -22,6 +22,8 @@ const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
 
 /// One test image: raw samples of every frame, as the file holds them.
 struct Dx {
+    /// A Data Set Trailing Padding element after the Pixel Data.
+    trailing: bool,
     width: u32,
     height: u32,
     frames: u32,
@@ -55,6 +57,7 @@ impl Dx {
             })
             .collect();
         Dx {
+            trailing: false,
             width,
             height,
             frames,
@@ -155,6 +158,13 @@ impl Dx {
             ));
             EXPLICIT_LE
         };
+        if self.trailing {
+            obj.put(DataElement::new(
+                tags::DATA_SET_TRAILING_PADDING,
+                VR::OB,
+                PrimitiveValue::from(vec![0u8; 8]),
+            ));
+        }
         let meta = FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(DX)
             .media_storage_sop_instance_uid("2.25.1")
@@ -278,6 +288,8 @@ fn check(dx: &Dx, max_side: u32) -> GrayImage {
     let path = dir.path().join("image.dcm");
     dx.write(&path);
     let img = DicomImage::open(&path).unwrap();
+    // Native pixel data that ends the file is read from it a row at a time.
+    assert_eq!(img.pixels_in_file(), !dx.rle && !dx.trailing);
     let display = dx.reference_display();
     assert_eq!(img.display_image().unwrap(), display);
     // The shipped model: squash, PIL nearest, 150 x 150.
@@ -303,6 +315,14 @@ fn a_large_image_is_sampled_and_reduced_exactly_as_from_the_full_display_image()
     dx.window = Some((2040.5, 4081.0));
     let reduced = check(&dx, 1024);
     assert_eq!((reduced.width, reduced.height), (1000, 733));
+}
+
+#[test]
+fn pixel_data_followed_by_other_elements_is_loaded_whole() {
+    let mut dx = Dx::new(300, 200, 1, 12, 19);
+    dx.trailing = true;
+    dx.window = Some((2040.5, 4081.0));
+    check(&dx, 128);
 }
 
 #[test]

@@ -27,8 +27,14 @@ pub fn resize_nearest_pil<V: GrayView + ?Sized>(img: &V, width: u32, height: u32
     let xs = pil_nearest_indices(img.width(), width);
     let ys = pil_nearest_indices(img.height(), height);
     let mut pixels = Vec::with_capacity(width as usize * height as usize);
+    let mut line = Vec::with_capacity(img.width() as usize);
+    let mut last = None;
     for y in &ys {
-        pixels.extend(xs.iter().map(|x| img.level(*x, *y)));
+        if last != Some(*y) {
+            img.row(*y, &mut line);
+            last = Some(*y);
+        }
+        pixels.extend(xs.iter().map(|x| line[*x as usize]));
     }
     GrayImage {
         width,
@@ -91,6 +97,12 @@ impl<V: GrayView + ?Sized> GrayView for Window<'_, V> {
     fn level(&self, x: u32, y: u32) -> u8 {
         self.inner.level(self.x0 + x, self.y0 + y)
     }
+
+    fn row(&self, y: u32, out: &mut Vec<u8>) {
+        self.inner.row(self.y0 + y, out);
+        out.truncate((self.x0 + self.width) as usize);
+        out.drain(..self.x0 as usize);
+    }
 }
 
 /// The largest centred square of the view, as a view.
@@ -141,7 +153,7 @@ pub fn reduce<V: GrayView + ?Sized>(img: &V, max_side: u32) -> GrayImage {
         return img.to_image();
     }
     let f = long.div_ceil(max_side.max(1));
-    let (w, h, means) = block_means(width, height, f, |x, y| u32::from(img.level(x, y)));
+    let (w, h, means) = block_means(width, height, f, |y, line: &mut Vec<u8>| img.row(y, line));
     GrayImage {
         width: w,
         height: h,
@@ -149,26 +161,27 @@ pub fn reduce<V: GrayView + ?Sized>(img: &V, max_side: u32) -> GrayImage {
     }
 }
 
-/// The truncated mean of each whole `f × f` block of a `width × height` image whose
-/// values `value(x, y)` gives, row by row: (columns, rows, means). Reads each pixel of the
-/// whole blocks once, in row order, and holds one row of sums.
-pub fn block_means(
+/// The truncated mean of each whole `f × f` block of a `width × height` image whose rows
+/// `read_row(y, buffer)` gives (at least `width` values each): (columns, rows, means).
+/// Reads the rows of the whole blocks once, in order, and holds one row of sums.
+pub fn block_means<T: Copy + Into<u64>>(
     width: u32,
     height: u32,
     f: u32,
-    value: impl Fn(u32, u32) -> u32,
+    mut read_row: impl FnMut(u32, &mut Vec<T>),
 ) -> (u32, u32, Vec<u32>) {
     let f = f.max(1);
     let (w, h) = (width / f, height / f);
     let area = u64::from(f) * u64::from(f);
     let mut means = Vec::with_capacity(w as usize * h as usize);
     let mut sums = vec![0u64; w as usize];
+    let mut line = Vec::with_capacity(width as usize);
     for y in 0..h {
         sums.iter_mut().for_each(|s| *s = 0);
         for row in y * f..(y + 1) * f {
-            for (x, sum) in sums.iter_mut().enumerate() {
-                let x0 = x as u32 * f;
-                *sum += (x0..x0 + f).map(|x| u64::from(value(x, row))).sum::<u64>();
+            read_row(row, &mut line);
+            for (sum, block) in sums.iter_mut().zip(line.chunks_exact(f as usize)) {
+                *sum += block.iter().map(|v| (*v).into()).sum::<u64>();
             }
         }
         means.extend(sums.iter().map(|s| (s / area) as u32));
