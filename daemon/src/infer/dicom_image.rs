@@ -1,9 +1,10 @@
 //! A DICOM image file: the header attributes eligibility needs, and its first frame decoded
 //! (every transfer syntax dicom-pixeldata handles: native, deflate, RLE, JPEG, JPEG-LS,
 //! JPEG 2000) and read as the 8-bit display image of [`super::display`] pixel by pixel
-//! ([`super::frame`]): native pixel data is read where the parsed file holds it, in its own
-//! sample width, and the model input and the reduced display image are sampled from it
-//! without a full-resolution copy.
+//! ([`super::frame`]): native little-endian pixel data that ends the file (the usual case)
+//! is not loaded but read from the file a row at a time, other native data where the parsed
+//! data set holds it, each in its own sample width; the model input and the reduced display
+//! image are sampled from the frame without a full-resolution copy.
 
 use super::display::{
     default_voi, DisplayPipeline, GrayImage, GrayView, LutTable, ModalityLut, Voi, WindowFunction,
