@@ -210,6 +210,27 @@ mod tests {
     }
 
     #[test]
+    fn reduce_averages_whole_blocks() {
+        let img = GrayImage {
+            width: 4,
+            height: 2,
+            pixels: vec![0, 255, 0, 255, 100, 100, 100, 100],
+        };
+        let small = reduce(&img, 2);
+        assert_eq!((small.width, small.height), (2, 1));
+        assert_eq!(small.pixels, vec![113, 113]); // (0 + 255 + 100 + 100) / 4
+        assert_eq!(reduce(&img, 8), img);
+        // 5 x 3 by blocks of 3: one block; the remainders are left out.
+        let img = GrayImage {
+            width: 5,
+            height: 3,
+            pixels: (0..15).collect(),
+        };
+        let small = reduce(&img, 2);
+        assert_eq!((small.width, small.height, small.pixels), (1, 1, vec![6]));
+    }
+
+    #[test]
     fn resize_and_crop_shapes() {
         let img = GrayImage {
             width: 4,

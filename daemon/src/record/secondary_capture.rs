@@ -27,7 +27,6 @@ pub fn build(
     let gray = crate::infer::dicom_image::DicomImage::open(&store.root().join(&inst.path))
         .and_then(|d| d.reduced_display(SC_MAX_SIDE))
         .map_err(|e| e.to_string())?;
-    let (w, h, pixels) = downscale(gray.width, gray.height, &gray.pixels, SC_MAX_SIDE);
     let heat = image::open(store.root().join(png_path))
         .map_err(|e| format!("heatmap {png_path}: {e}"))?
         .to_luma8();
@@ -36,7 +35,7 @@ pub fn build(
         .iter()
         .map(|v| f32::from(*v) / 255.0)
         .collect();
-    let mut img = overlay::Rgb::from_gray(w, h, &pixels);
+    let mut img = overlay::Rgb::from_gray(gray.width, gray.height, &gray.pixels);
     overlay::blend_heatmap(&mut img, &values, heat.width(), heat.height(), 0.45, 0.25);
     let top = report
         .findings
@@ -53,39 +52,4 @@ pub fn build(
     };
     overlay::annotate(&mut img, &caption);
     crate::results::sc::build(report, uids, &img).map_err(|e| e.to_string())
-}
-
-/// Area-averages a grayscale image so its longest side is at most `max_side`
-/// ([`crate::infer::resize::reduce`]).
-pub fn downscale(width: u32, height: u32, pixels: &[u8], max_side: u32) -> (u32, u32, Vec<u8>) {
-    let long = width.max(height);
-    if long <= max_side
-        || width == 0
-        || height == 0
-        || pixels.len() as u64 != u64::from(width) * u64::from(height)
-    {
-        return (width, height, pixels.to_vec());
-    }
-    let image = crate::infer::display::GrayImage {
-        width,
-        height,
-        pixels: pixels.to_vec(),
-    };
-    let reduced = crate::infer::resize::reduce(&image, max_side);
-    (reduced.width, reduced.height, reduced.pixels)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn downscale_averages_blocks() {
-        let px = vec![0, 255, 0, 255, 100, 100, 100, 100];
-        let (w, h, out) = downscale(4, 2, &px, 2);
-        assert_eq!((w, h), (2, 1));
-        assert_eq!(out, vec![113, 113]); // (0 + 255 + 100 + 100) / 4
-        let (w, h, out) = downscale(4, 2, &px, 8);
-        assert_eq!((w, h, out.len()), (4, 2, 8));
-    }
 }
