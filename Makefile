@@ -10,6 +10,8 @@
 #   make bench-worklist  /api/v1/studies latency (p50/p95) with 10,000 studies (bench/README.md)
 #   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
 #                   with each precision's AUC and gate (bench/README.md)
+#   make bench-memory  peak RSS of the release daemon (model loaded) for one 8192x8192 16-bit
+#                   DX and under 32 concurrent associations (bench/README.md)
 #   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
 #   make audit      known vulnerabilities in the dependencies (cargo deny advisories; needs the RustSec
 #                   database online: a release step)
@@ -23,7 +25,8 @@ BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
 WORKLIST_STUDIES ?= 10000
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer lint fmt models \
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer bench-memory \
+	lint fmt models \
 	audit fuzz sbom cargo-deny cargo-cyclonedx
 
 all: build
@@ -95,6 +98,10 @@ bench-worklist:
 bench-infer: test-env
 	$(CARGO) build --release -p duli
 	bench/bench-infer.sh
+
+bench-memory: test-env
+	$(CARGO) build --release -p duli
+	.venv/bin/python bench/memory.py $${CARGO_TARGET_DIR:-target}/release/duli
 
 lint: cargo-deny
 	$(CARGO) fmt --all -- --check

@@ -55,6 +55,7 @@
 //! - [`demo`]: the newcomer's first run; [`locate`]: where the model, the OpenVINO runtime
 //!   and the demo's samples are found when the configuration does not say.
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
+//! - [`malloc_arenas`]: two allocator arenas, so a burst's freed buffers do not stay resident.
 #![warn(missing_docs)]
 
 pub mod accounts;
@@ -79,6 +80,7 @@ pub mod health;
 pub mod infer;
 pub mod locate;
 pub mod logging;
+pub mod malloc_arenas;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -228,6 +228,7 @@ fn real_main() -> Result<ExitCode> {
     duli::logging::init();
     match cli.command {
         Command::Run { config, allow_root } => {
+            duli::malloc_arenas::limit();
             let cfg = commands::load_config(config.as_deref())?;
             // Before the runtime starts: credentials change while the process has one thread.
             let (prebound, _) = duli::privileges::enter_service_user(&cfg, allow_root)?;

@@ -1,11 +1,14 @@
 //! Display previews: each instance is decoded once (every transfer syntax the DICOM stack
-//! decodes), its Modality LUT applied, scaled to display resolution and written as a
-//! 16-bit grayscale PNG under `<data_dir>/previews/`, with a JSON sidecar saying how the
-//! 16-bit values map back to modality values and which window to start from. The browser
-//! applies window/level itself, so dragging needs no server round trip.
+//! decodes, its first frame read in place), its rescale applied, scaled to display
+//! resolution and written as a 16-bit grayscale PNG under `<data_dir>/previews/`, with a
+//! JSON sidecar saying how the 16-bit values map back to modality values and which window
+//! to start from. The browser applies window/level itself, so dragging needs no server
+//! round trip.
 
+use crate::infer::dicom_image::DicomImage;
+use crate::infer::frame::Frame;
+use crate::infer::resize::block_means;
 use crate::model::InstanceRecord;
-use dicom_pixeldata::PixelDecoder;
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -115,69 +118,100 @@ pub fn get_or_render(
 type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;
 
 /// Decodes a DICOM file's first frame into a display-size 16-bit preview; an image over
-/// `max_pixels` is refused before any decode.
+/// `max_pixels` is refused before any decode. The frame's stored samples are read in place
+/// ([`DicomImage::with_stored_frame`]): no full-resolution copy in another type is made.
 pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), PreviewError> {
-    crate::dataset_guard::check_file(path).map_err(|e| PreviewError::Read(e.to_string()))?;
-    let obj = dicom_object::open_file(path).map_err(|e| PreviewError::Read(e.to_string()))?;
-    crate::infer::dicom_image::check_pixel_budget(&obj, max_pixels)
+    let image = DicomImage::open(path).map_err(|e| PreviewError::Read(e.to_string()))?;
+    image
+        .check_pixel_budget(max_pixels)
         .map_err(|e| PreviewError::Decode(e.to_string()))?;
-    crate::infer::dicom_image::check_rle(&obj, obj.meta().transfer_syntax())
-        .map_err(|e| PreviewError::Decode(e.to_string()))?;
-    let decoded = obj
-        .decode_pixel_data()
-        .map_err(|e| PreviewError::Decode(e.to_string()))?;
-    let (cols, rows) = (decoded.columns(), decoded.rows());
-    let spp = decoded.samples_per_pixel().max(1) as usize;
-    let values: Vec<f32> = decoded
-        .to_vec_frame(0)
-        .map_err(|e| PreviewError::Decode(e.to_string()))?;
+    image
+        .with_stored_frame(|frame, decoded| Ok(from_frame(&frame, decoded)))
+        .map_err(|e| PreviewError::Decode(e.to_string()))?
+}
+
+/// The preview of one decoded frame: modality values (the mean of the first three samples
+/// for colour) scaled from their minimum to their maximum onto 0..65535, area-averaged by
+/// the whole factor that keeps the long side at least [`MAX_SIDE`], then resized (linear
+/// filter) to at most [`MAX_SIDE`].
+fn from_frame(
+    frame: &Frame<'_>,
+    decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+) -> Result<(Gray16, PreviewInfo), PreviewError> {
+    let (cols, rows) = (frame.width(), frame.height());
+    let spp = frame.samples_per_pixel();
     let n = cols as usize * rows as usize;
-    if n == 0 || values.len() < n * spp {
-        return Err(PreviewError::Decode(format!(
-            "{} values for {cols}x{rows}x{spp}",
-            values.len()
-        )));
-    }
-    let gray: Vec<f32> = if spp == 1 {
-        values[..n].to_vec()
-    } else {
-        values
-            .chunks_exact(spp)
-            .take(n)
-            .map(|p| p.iter().take(3).sum::<f32>() / 3.0)
-            .collect()
+    let rescale = decoded
+        .rescale()
+        .ok()
+        .and_then(|r| r.first().copied())
+        .filter(|_| spp == 1);
+    // The values of row `y`, one per pixel.
+    let values = |y: u32, out: &mut Vec<f32>| {
+        let mut stored = Vec::with_capacity(cols as usize * spp);
+        frame.stored_row(y, &mut stored);
+        out.clear();
+        if spp == 1 {
+            out.extend(stored.iter().map(|v| {
+                let v = f64::from(*v);
+                rescale.map_or(v, |r| v * r.slope + r.intercept) as f32
+            }));
+        } else {
+            out.extend(
+                stored
+                    .chunks_exact(spp)
+                    .map(|p| p.iter().take(3).map(|v| *v as f32).sum::<f32>() / 3.0),
+            );
+        }
     };
+    let step = (n / 100_000).max(1);
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for v in &gray {
-        if v.is_finite() {
-            lo = lo.min(*v);
-            hi = hi.max(*v);
+    let mut sample = Vec::with_capacity(n / step + 1);
+    let mut line = Vec::with_capacity(cols as usize);
+    for y in 0..rows {
+        values(y, &mut line);
+        let first = y as usize * cols as usize;
+        for (i, v) in line.iter().enumerate() {
+            if v.is_finite() {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+            if (first + i) % step == 0 {
+                sample.push(*v);
+            }
         }
     }
     if !lo.is_finite() || !hi.is_finite() {
         return Err(PreviewError::Decode("no finite pixel values".into()));
     }
     let span = (hi - lo).max(1e-6);
-    let scaled: Vec<u16> = gray
-        .iter()
-        .map(|v| (((v - lo) / span) * 65535.0).round().clamp(0.0, 65535.0) as u16)
-        .collect();
-    let full = Gray16::from_raw(cols, rows, scaled)
-        .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
-    let scale = (MAX_SIDE as f64 / cols.max(rows) as f64).min(1.0);
+    let levels = |y: u32, out: &mut Vec<u16>| {
+        values(y, &mut line);
+        out.clear();
+        out.extend(
+            line.iter()
+                .map(|v| (((v - lo) / span) * 65535.0).round().clamp(0.0, 65535.0) as u16),
+        );
+    };
+    let long = cols.max(rows);
+    let scale = (MAX_SIDE as f64 / long as f64).min(1.0);
     let (w, h) = (
         ((cols as f64 * scale).round() as u32).max(1),
         ((rows as f64 * scale).round() as u32).max(1),
     );
-    let small = if (w, h) == (cols, rows) {
-        full
+    let factor = (long / MAX_SIDE).max(1);
+    let (bw, bh, means) = block_means(cols, rows, factor, levels);
+    let blocks = Gray16::from_raw(bw, bh, means.into_iter().map(|m| m as u16).collect())
+        .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
+    let small = if (w, h) == (bw, bh) {
+        blocks
     } else {
-        image::imageops::resize(&full, w, h, image::imageops::FilterType::Triangle)
+        image::imageops::resize(&blocks, w, h, image::imageops::FilterType::Triangle)
     };
     let photometric = decoded.photometric_interpretation().to_string();
     let (center, width) = match decoded.window().ok().flatten().and_then(|w| w.first()) {
         Some(w) if w.width > 0.0 => (w.center, w.width),
-        _ => percentile_window(&gray),
+        _ => percentile_window(sample.into_iter()),
     };
     Ok((
         small,
@@ -196,15 +230,9 @@ pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), Pre
     ))
 }
 
-/// A window over the 1st to 99th percentile of the values.
-fn percentile_window(values: &[f32]) -> (f64, f64) {
-    let step = (values.len() / 100_000).max(1);
-    let mut sample: Vec<f32> = values
-        .iter()
-        .step_by(step)
-        .copied()
-        .filter(|v| v.is_finite())
-        .collect();
+/// A window over the 1st to 99th percentile of a sample of the values.
+fn percentile_window(values: impl Iterator<Item = f32>) -> (f64, f64) {
+    let mut sample: Vec<f32> = values.filter(|v| v.is_finite()).collect();
     if sample.is_empty() {
         return (0.0, 1.0);
     }
@@ -221,7 +249,7 @@ mod tests {
     #[test]
     fn percentile_window_spans_the_middle_of_the_values() {
         let v: Vec<f32> = (0..1000).map(|i| i as f32).collect();
-        let (c, w) = percentile_window(&v);
+        let (c, w) = percentile_window(v.into_iter());
         assert!((c - 499.5).abs() < 2.0, "{c}");
         assert!((w - 980.0).abs() < 3.0, "{w}");
     }

@@ -9,7 +9,8 @@ use super::eligibility::{check_with, Eligibility};
 use super::findings::findings;
 use super::manifest::Manifest;
 use super::raster::read_image_file;
-use super::tensor::input_tensor;
+use super::resize::{fit, reduce};
+use super::tensor::to_tensor;
 use crate::result::{HeatmapState, ImageResult, ImageStatus, Timings};
 use std::path::Path;
 use std::time::Instant;
@@ -19,7 +20,8 @@ use std::time::Instant;
 pub struct Prepared {
     /// SOP Instance UID (DICOM only).
     pub sop_instance_uid: Option<String>,
-    /// The display image (kept for the heatmap worker).
+    /// The display image reduced to at most [`DISPLAY_MAX_SIDE`] on its long side (an area
+    /// average, [`super::resize::reduce`]): what overlays and previews are drawn from.
     pub display: GrayImage,
     /// The batch-1 input tensor.
     pub tensor: Vec<f32>,
@@ -28,6 +30,10 @@ pub struct Prepared {
     /// Shown with the result (e.g. the patient's age is unknown).
     pub caveat: Option<String>,
 }
+
+/// Longest side of [`Prepared::display`]: the Secondary Capture's size, so the overlay is
+/// drawn from exactly this image.
+pub const DISPLAY_MAX_SIDE: u32 = 1024;
 
 /// What preparing a file gave.
 #[derive(Debug, Clone)]
@@ -66,10 +72,14 @@ pub fn is_dicom(path: &Path) -> bool {
 
 /// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file. A DICOM image whose
 /// header declares more than `max_pixels` (Rows × Columns × Frames × Samples per Pixel) is
-/// not decoded: it is not applicable, with the reason.
+/// not decoded: it is not applicable, with the reason. The model's input image and the
+/// reduced display image are sampled from the decoded frame directly (no full-resolution
+/// display image), so `decode_ms` includes the crop and resize and `preprocess_ms` is the
+/// tensor's normalisation.
 pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Preparation {
     let start = Instant::now();
-    let (sop, display, caveat) = if is_dicom(path) {
+    let spec = &manifest.input;
+    let (sop, (fitted, display), caveat) = if is_dicom(path) {
         if let Err(e) = check_file_pixel_budget(path, max_pixels) {
             log::warn!("{}: {e}", path.display());
             let sop_instance_uid = crate::store::header::read_header(path)
@@ -106,8 +116,8 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             Eligibility::EligibleWithCaveat(c) => Some(c),
             Eligibility::Eligible => None,
         };
-        match img.display_image() {
-            Ok(d) => (sop, d, caveat),
+        match img.input_and_reduced(spec, DISPLAY_MAX_SIDE) {
+            Ok(images) => (sop, images, caveat),
             Err(e) => {
                 return Preparation::Error {
                     sop_instance_uid: sop,
@@ -120,7 +130,14 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
         let caveat = super::eligibility::age_range(&manifest.intended_use)
             .map(|r| super::eligibility::unknown_age_caveat(&r));
         match read_image_file(path) {
-            Ok(d) => (None, d, caveat),
+            Ok(d) => (
+                None,
+                (
+                    fit(&d, spec.crop, spec.resize, spec.width, spec.height),
+                    reduce(&d, DISPLAY_MAX_SIDE),
+                ),
+                caveat,
+            ),
             Err(e) => {
                 return Preparation::Error {
                     sop_instance_uid: None,
@@ -131,7 +148,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
     };
     let decode_ms = ms(start);
     let start = Instant::now();
-    let tensor = input_tensor(&display, &manifest.input);
+    let tensor = to_tensor(&fitted, spec);
     Preparation::Ready(Prepared {
         sop_instance_uid: sop,
         display,

@@ -1,16 +1,33 @@
 //! A DICOM image file: the header attributes eligibility needs, and its first frame decoded
 //! (every transfer syntax dicom-pixeldata handles: native, deflate, RLE, JPEG, JPEG-LS,
-//! JPEG 2000) and turned into the 8-bit display image by [`super::display`].
+//! JPEG 2000) and read as the 8-bit display image of [`super::display`] pixel by pixel
+//! ([`super::frame`]): native little-endian pixel data that ends the file (the usual case)
+//! is not loaded but read from the file a row at a time, other native data where the parsed
+//! data set holds it, each in its own sample width; the model input and the reduced display
+//! image are sampled from the frame without a full-resolution copy.
 
 use super::display::{
-    default_voi, luma, DisplayPipeline, GrayImage, LutTable, ModalityLut, Voi, WindowFunction,
+    default_voi, DisplayPipeline, GrayImage, GrayView, LutTable, ModalityLut, Voi, WindowFunction,
 };
-use super::samples::{stored_values, BitLayout};
-use dicom_core::Tag;
+use super::frame::{DisplayFrame, FileSamples, Frame, Samples, Tone};
+use super::manifest::InputSpec;
+use super::resize::{fit, reduce};
+use super::samples::{BitLayout, SampleError};
+use dicom_core::header::{HasLength, Header};
+use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value as DicomValue};
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, PixelRepresentation};
+use std::borrow::Cow;
 use std::path::Path;
+use std::rc::Rc;
+
+/// Native pixel data: loaded with the data set, or left in the file at this offset.
+enum Native<'a> {
+    Loaded(Samples<'a>),
+    InFile(u64),
+}
 
 /// An image whose header declares more pixel samples than `inference.max_pixels`; it is
 /// never decoded.
@@ -198,9 +215,59 @@ pub struct ImageHeader {
 
 /// An opened DICOM file.
 pub struct DicomImage {
+    /// The data set; without its Pixel Data when that is left in the file (`pixels_at`).
     obj: DefaultDicomObject,
     header: ImageHeader,
     path: std::path::PathBuf,
+    /// Byte offset in the file of native little-endian pixel data that was not loaded.
+    pixels_at: Option<u64>,
+}
+
+/// Explicit VR Little Endian.
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+/// Implicit VR Little Endian.
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+
+/// Where the value of the top-level Pixel Data of a native little-endian file starts, when
+/// it is the last element of the file (as it nearly always is): the value length that
+/// Rows × Columns × Frames × Samples × Bits Allocated give (made even) must end the file,
+/// right after a Pixel Data element header (OB/OW) that declares exactly that length.
+/// `None` otherwise (the file is then loaded whole).
+fn native_pixel_offset(header: &DefaultDicomObject, path: &Path) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let ts = header
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' ']);
+    let explicit = match ts {
+        EXPLICIT_LE => true,
+        IMPLICIT_LE => false,
+        _ => return None,
+    };
+    let allocated = count_of(header, tags::BITS_ALLOCATED, 0);
+    if !matches!(allocated, 8 | 16 | 32) {
+        return None;
+    }
+    let len = count_of(header, tags::ROWS, 0)
+        .checked_mul(count_of(header, tags::COLUMNS, 0))?
+        .checked_mul(count_of(header, tags::NUMBER_OF_FRAMES, 1).max(1))?
+        .checked_mul(count_of(header, tags::SAMPLES_PER_PIXEL, 1).max(1))?
+        .checked_mul(allocated / 8)?;
+    let len = len + (len & 1);
+    let value_len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l != u32::MAX && *l > 0)?;
+    let file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let head = if explicit { 12 } else { 8 };
+    let at = size.checked_sub(len)?;
+    let mut element = [0u8; 12];
+    file.read_exact_at(&mut element[..head], at.checked_sub(head as u64)?)
+        .ok()?;
+    let declared = u32::from_le_bytes(element[head - 4..head].try_into().ok()?);
+    let tag_ok = element[..4] == [0xE0, 0x7F, 0x10, 0x00];
+    let vr_ok = !explicit || matches!(&element[4..8], b"OW\0\0" | b"OB\0\0");
+    (tag_ok && vr_ok && declared == value_len).then_some(at)
 }
 
 impl std::fmt::Debug for DicomImage {
@@ -227,9 +294,19 @@ impl DicomImage {
     /// Opens and parses the whole file (pixel data stays encoded until asked for).
     pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
         crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
-        let obj = OpenFileOptions::new()
+        // Native pixel data stays in the file (read a row at a time when decoded);
+        // anything else is loaded whole.
+        let header = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
             .open_file(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        let pixels_at = native_pixel_offset(&header, path);
+        let obj = match pixels_at {
+            Some(_) => header,
+            None => OpenFileOptions::new()
+                .open_file(path)
+                .map_err(|e| DicomImageError::Open(e.to_string()))?,
+        };
         let meta = obj.meta();
         let mut sop_instance_uid = text(&obj, tags::SOP_INSTANCE_UID);
         if sop_instance_uid.is_empty() {
@@ -255,7 +332,8 @@ impl DicomImage {
             derivation_description: text(&obj, tags::DERIVATION_DESCRIPTION),
             series_description: text(&obj, tags::SERIES_DESCRIPTION),
             study_description: text(&obj, tags::STUDY_DESCRIPTION),
-            has_pixels: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+            has_pixels: pixels_at.is_some()
+                || obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
             patient_age: text(&obj, tags::PATIENT_AGE),
             patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
             study_date: text(&obj, tags::STUDY_DATE),
@@ -266,12 +344,19 @@ impl DicomImage {
             obj,
             header,
             path: path.to_path_buf(),
+            pixels_at,
         })
     }
 
     /// The header attributes.
     pub fn header(&self) -> &ImageHeader {
         &self.header
+    }
+
+    /// Whether the pixel data was left in the file (native little endian, ending the file),
+    /// to be read a row at a time, rather than loaded with the data set.
+    pub fn pixels_in_file(&self) -> bool {
+        self.pixels_at.is_some()
     }
 
     /// Refuses the image when it declares more than `limit` pixel samples
@@ -284,31 +369,136 @@ impl DicomImage {
     /// transfer syntax whose decoder is native code (JPEG-LS, JPEG 2000) is decoded in a
     /// sandboxed child process ([`super::decode_sandbox`]).
     pub fn display_image(&self) -> Result<GrayImage, DicomImageError> {
+        self.with_view(|view| view.to_image())
+    }
+
+    /// From the first frame: the model's input image (cropped and resized as `spec`
+    /// says) and the display image reduced to at most `max_side` on its long side
+    /// ([`super::resize::reduce`]). Decoded in this process, the frame's stored samples are
+    /// read in place, so no full-resolution display image is made; the sandboxed
+    /// decoders hand back the full display image, reduced here.
+    pub fn input_and_reduced(
+        &self,
+        spec: &InputSpec,
+        max_side: u32,
+    ) -> Result<(GrayImage, GrayImage), DicomImageError> {
+        self.with_view(|view| {
+            (
+                fit(view, spec.crop, spec.resize, spec.width, spec.height),
+                reduce(view, max_side),
+            )
+        })
+    }
+
+    /// The display image of the first frame reduced to at most `max_side` on its long
+    /// side ([`super::resize::reduce`]), as [`DicomImage::input_and_reduced`] makes it.
+    pub fn reduced_display(&self, max_side: u32) -> Result<GrayImage, DicomImageError> {
+        self.with_view(|view| reduce(view, max_side))
+    }
+
+    /// Runs `use_view` over the first frame's display image: decoded in a sandboxed child
+    /// for the transfer syntaxes that need it, else read in place ([`Self::with_frame`]).
+    fn with_view<R>(
+        &self,
+        use_view: impl FnOnce(&dyn GrayView) -> R,
+    ) -> Result<R, DicomImageError> {
         let ts = self.obj.meta().transfer_syntax();
         if super::decode_sandbox::is_sandboxed(ts) {
             if let Some(exe) = super::decode_sandbox::decoder_exe() {
                 let budget = declared_pixels(&self.obj);
-                return super::decode_sandbox::decode_display(
+                let image = super::decode_sandbox::decode_display(
                     &exe,
                     &self.path,
                     budget,
                     super::decode_sandbox::DEADLINE,
-                );
+                )?;
+                return Ok(use_view(&image));
             }
             log::warn!(
                 "no duli executable to decode {} in a sandboxed process: decoding in-process",
                 self.path.display()
             );
         }
-        self.decode_in_process()
+        self.with_frame(|frame| use_view(frame))
     }
 
     /// [`DicomImage::display_image`] in this process, whatever the transfer syntax (the
     /// sandboxed child's own decode).
     pub fn decode_in_process(&self) -> Result<GrayImage, DicomImageError> {
+        self.with_frame(|frame| frame.to_image())
+    }
+
+    /// Native (uncompressed) pixel data as it sits in the parsed file: borrowed, in its
+    /// own sample width. `None` for encapsulated pixel data, which a decoder must expand.
+    fn native_samples(&self) -> Option<Native<'_>> {
+        if let Some(at) = self.pixels_at {
+            return Some(Native::InFile(at));
+        }
+        if super::decode_sandbox::is_sandboxed(self.obj.meta().transfer_syntax()) {
+            return None;
+        }
+        let element = self.obj.element_opt(tags::PIXEL_DATA).ok().flatten()?;
+        match element.value() {
+            DicomValue::Primitive(PrimitiveValue::U16(words)) => {
+                Some(Native::Loaded(Samples::Words(Cow::Borrowed(&words[..]))))
+            }
+            DicomValue::Primitive(PrimitiveValue::U8(bytes)) => {
+                Some(Native::Loaded(Samples::Bytes(Cow::Borrowed(&bytes[..]))))
+            }
+            DicomValue::Primitive(other) => Some(Native::Loaded(Samples::Bytes(Cow::Owned(
+                other.to_bytes().into_owned(),
+            )))),
+            _ => None,
+        }
+    }
+
+    /// The object's attributes without its pixel data (one empty fragment stands in for
+    /// it, one frame), so that the pixel data library reads the image attributes (window,
+    /// rescale, VOI LUT...) exactly as for a decode without copying the pixels.
+    fn attributes_only(&self) -> Result<DefaultDicomObject, DicomImageError> {
+        if let Some(frames) = self.obj.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+            if !frames.is_empty() && !matches!(frames.to_int::<i32>(), Ok(n) if n > 0) {
+                return Err(DicomImageError::Decode(
+                    "invalid Number of Frames".to_string(),
+                ));
+            }
+        }
+        let mut attributes = DefaultDicomObject::new_empty_with_meta(self.obj.meta().clone());
+        for element in self.obj.iter() {
+            if element.tag() != tags::PIXEL_DATA && element.tag() != tags::NUMBER_OF_FRAMES {
+                attributes.put(element.clone());
+            }
+        }
+        attributes.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PixelFragmentSequence::new_fragments(vec![Vec::<u8>::new()]),
+        ));
+        Ok(attributes)
+    }
+
+    /// Decodes the first frame in this process and runs `use_frame` over its stored samples
+    /// ([`Frame`]) with the image attributes the pixel data library read (window, rescale,
+    /// photometric interpretation...): native pixel data is not copied, encapsulated pixel
+    /// data is decoded once into its native sample width.
+    pub fn with_stored_frame<R>(
+        &self,
+        use_frame: impl FnOnce(
+            Frame<'_>,
+            &dicom_pixeldata::DecodedPixelData<'_>,
+        ) -> Result<R, DicomImageError>,
+    ) -> Result<R, DicomImageError> {
         check_rle(&self.obj, self.obj.meta().transfer_syntax())?;
-        let decoded = self
-            .obj
+        let native = self.native_samples();
+        let is_native = native.is_some();
+        let attributes;
+        let source = if is_native {
+            attributes = self.attributes_only()?;
+            &attributes
+        } else {
+            &self.obj
+        };
+        let decoded = source
             .decode_pixel_data_frame(0)
             .map_err(|e| DicomImageError::Decode(e.to_string()))?;
         let (width, height) = (decoded.columns(), decoded.rows());
@@ -323,14 +513,58 @@ impl DicomImage {
             high: decoded.high_bit(),
             signed: decoded.pixel_representation() == PixelRepresentation::Signed,
         };
-        let frame = decoded
-            .frame_data(0)
-            .map_err(|e| DicomImageError::Decode(e.to_string()))?;
-        let values = stored_values(frame, layout, count * spp)
-            .map_err(|e| DicomImageError::Invalid(e.to_string()))?;
+        let mut file_error = None;
+        let samples = match native {
+            Some(Native::Loaded(samples)) => samples,
+            Some(Native::InFile(at)) => {
+                let file = std::fs::File::open(&self.path)
+                    .map_err(|e| DicomImageError::Open(e.to_string()))?;
+                let row_bytes = width as usize * spp * usize::from(layout.allocated / 8);
+                let rows = Rc::new(FileSamples::new(file, at, row_bytes, height as usize));
+                file_error = Some(Rc::clone(&rows));
+                Samples::File(rows)
+            }
+            None => Samples::Bytes(Cow::Borrowed(
+                decoded
+                    .frame_data(0)
+                    .map_err(|e| DicomImageError::Decode(e.to_string()))?,
+            )),
+        };
+        let frame = Frame::new(samples, layout, width, height, spp).map_err(|e| match e {
+            SampleError::Short { .. } if is_native => DicomImageError::Decode(e.to_string()),
+            other => DicomImageError::Invalid(other.to_string()),
+        })?;
+        let out = use_frame(frame, &decoded)?;
+        match file_error.and_then(|rows| rows.error()) {
+            Some(e) => Err(DicomImageError::Decode(format!("reading pixel data: {e}"))),
+            None => Ok(out),
+        }
+    }
+
+    /// Decodes the first frame in this process and runs `use_frame` over its display
+    /// image read in place ([`DisplayFrame`], [`Self::with_stored_frame`]).
+    pub fn with_frame<R>(
+        &self,
+        use_frame: impl FnOnce(&DisplayFrame<'_>) -> R,
+    ) -> Result<R, DicomImageError> {
+        self.with_stored_frame(|frame, decoded| {
+            self.display_frame(frame, decoded).map(|d| use_frame(&d))
+        })
+    }
+
+    /// The display view of a decoded frame: the grayscale pipeline's levels, or the grey of
+    /// a colour image.
+    fn display_frame<'a>(
+        &self,
+        frame: Frame<'a>,
+        decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+    ) -> Result<DisplayFrame<'a>, DicomImageError> {
+        let spp = frame.samples_per_pixel();
+        let layout = frame.layout();
         let photometric = decoded.photometric_interpretation().clone();
         if spp != 1 {
-            return colour_to_gray(&values, spp, width, height, &photometric, &decoded);
+            let tone = colour_tone(spp, &photometric, decoded)?;
+            return Ok(DisplayFrame::new(frame, tone));
         }
         let monochrome1 = match photometric {
             PhotometricInterpretation::Monochrome1 => true,
@@ -341,7 +575,7 @@ impl DicomImage {
                 )))
             }
         };
-        let modality = self.modality_lut(&decoded, layout.signed)?;
+        let modality = self.modality_lut(decoded, layout.signed)?;
         let voi = match decoded
             .window()
             .ok()
@@ -375,7 +609,7 @@ impl DicomImage {
                     bits: lut.bits_stored,
                     data: lut.data.clone(),
                 }),
-                None => default_voi(&values, layout.stored, layout.signed, &modality),
+                None => default_voi(frame.values(), layout.stored, layout.signed, &modality),
             },
         };
         let pipeline = DisplayPipeline {
@@ -383,7 +617,14 @@ impl DicomImage {
             voi,
             monochrome1,
         };
-        Ok(pipeline.apply(&values, width, height))
+        // Levels for every value the layout can hold when that makes a table (the same
+        // level per value as a table over the values present), else over those present.
+        let (lo, hi) = match layout.range() {
+            (lo, hi) if hi - lo < 1 << 17 => (lo as i32, hi as i32),
+            _ => frame.range(),
+        };
+        let levels = pipeline.levels(lo, hi);
+        Ok(DisplayFrame::new(frame, Tone::Gray(levels)))
     }
 
     /// Rescale Slope/Intercept, or the first Modality LUT Sequence item when present.
@@ -454,14 +695,11 @@ fn read_lut(item: &InMemDicomObject, signed: bool) -> Result<LutTable, DicomImag
 }
 
 /// Colour images (a Secondary Capture upload): grey = luma of RGB, or Y of YBR.
-fn colour_to_gray(
-    values: &[i32],
+fn colour_tone(
     spp: usize,
-    width: u32,
-    height: u32,
     photometric: &PhotometricInterpretation,
     decoded: &dicom_pixeldata::DecodedPixelData<'_>,
-) -> Result<GrayImage, DicomImageError> {
+) -> Result<Tone, DicomImageError> {
     if spp != 3 || decoded.bits_allocated() != 8 {
         return Err(DicomImageError::Invalid(format!(
             "{spp} samples per pixel of {} bits is not supported",
@@ -469,25 +707,10 @@ fn colour_to_gray(
         )));
     }
     let planar = decoded.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst;
-    let n = width as usize * height as usize;
-    let sample = |i: usize, c: usize| -> u8 {
-        let idx = if planar { c * n + i } else { i * 3 + c };
-        values[idx].clamp(0, 255) as u8
-    };
-    let is_rgb = matches!(photometric, PhotometricInterpretation::Rgb);
-    let pixels = (0..n)
-        .map(|i| {
-            if is_rgb {
-                luma(sample(i, 0), sample(i, 1), sample(i, 2))
-            } else {
-                sample(i, 0)
-            }
-        })
-        .collect();
-    Ok(GrayImage {
-        width,
-        height,
-        pixels,
+    Ok(if matches!(photometric, PhotometricInterpretation::Rgb) {
+        Tone::Rgb { planar }
+    } else {
+        Tone::FirstSample { planar }
     })
 }
 

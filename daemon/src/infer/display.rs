@@ -24,6 +24,53 @@ impl GrayImage {
     }
 }
 
+/// An 8-bit grey image read pixel by pixel: a [`GrayImage`] in memory, or a decoded frame
+/// whose display levels are computed from its stored samples as they are read
+/// ([`super::frame::DisplayFrame`]), so that resizing needs no full-resolution copy.
+pub trait GrayView {
+    /// Columns.
+    fn width(&self) -> u32;
+    /// Rows.
+    fn height(&self) -> u32;
+    /// The level at (x, y); callers keep x < width and y < height.
+    fn level(&self, x: u32, y: u32) -> u8;
+
+    /// The levels of row `y` (`y < height`) into `out` (cleared first); a view that can
+    /// read a whole row at once does so.
+    fn row(&self, y: u32, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend((0..self.width()).map(|x| self.level(x, y)));
+    }
+
+    /// Every level, row by row, as an image in memory.
+    fn to_image(&self) -> GrayImage {
+        let (width, height) = (self.width(), self.height());
+        let mut pixels = Vec::with_capacity(width as usize * height as usize);
+        let mut line = Vec::with_capacity(width as usize);
+        for y in 0..height {
+            self.row(y, &mut line);
+            pixels.extend_from_slice(&line);
+        }
+        GrayImage {
+            width,
+            height,
+            pixels,
+        }
+    }
+}
+
+impl GrayView for GrayImage {
+    fn width(&self) -> u32 {
+        self.width
+    }
+    fn height(&self) -> u32 {
+        self.height
+    }
+    fn level(&self, x: u32, y: u32) -> u8 {
+        self.get(x, y)
+    }
+}
+
 /// A lookup table (Modality LUT or VOI LUT), as PS3.3 C.11.1/C.11.2 define it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LutTable {
@@ -189,23 +236,58 @@ impl DisplayPipeline {
         to_level(invert(voi(m, &self.voi), self.monochrome1))
     }
 
+    /// The display levels of every stored value from `lo` to `hi`: a table when the span
+    /// is at most 2^17 values, else the chain evaluated per value.
+    pub fn levels(&self, lo: i32, hi: i32) -> Levels {
+        let span = (i64::from(hi) - i64::from(lo) + 1).max(1) as usize;
+        if span <= 1 << 17 {
+            Levels::Table {
+                lo,
+                table: (0..span).map(|i| self.level(lo + i as i32)).collect(),
+            }
+        } else {
+            Levels::Chain(self.clone())
+        }
+    }
+
     /// Maps stored values to an 8-bit image (`values.len()` must be `width × height`).
     pub fn apply(&self, values: &[i32], width: u32, height: u32) -> GrayImage {
         let (lo, hi) = match (values.iter().min(), values.iter().max()) {
             (Some(lo), Some(hi)) => (*lo, *hi),
             _ => (0, 0),
         };
-        let span = (i64::from(hi) - i64::from(lo) + 1) as usize;
-        let pixels = if span <= 1 << 17 {
-            let table: Vec<u8> = (0..span).map(|i| self.level(lo + i as i32)).collect();
-            values.iter().map(|v| table[(v - lo) as usize]).collect()
-        } else {
-            values.iter().map(|v| self.level(*v)).collect()
-        };
+        let levels = self.levels(lo, hi);
         GrayImage {
             width,
             height,
-            pixels,
+            pixels: values.iter().map(|v| levels.get(*v)).collect(),
+        }
+    }
+}
+
+/// The display level of each stored value of one image ([`DisplayPipeline::levels`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Levels {
+    /// Levels of the stored values `lo..lo + table.len()`.
+    Table {
+        /// The first stored value of the table.
+        lo: i32,
+        /// One level per stored value.
+        table: Vec<u8>,
+    },
+    /// Too wide a span for a table: the chain per value.
+    Chain(DisplayPipeline),
+}
+
+impl Levels {
+    /// The level of stored value `v` (inside the span the levels were made for).
+    pub fn get(&self, v: i32) -> u8 {
+        match self {
+            Levels::Table { lo, table } => {
+                let i = (i64::from(v) - i64::from(*lo)).max(0) as usize;
+                table.get(i).or(table.last()).copied().unwrap_or(0)
+            }
+            Levels::Chain(p) => p.level(v),
         }
     }
 }
@@ -213,7 +295,12 @@ impl DisplayPipeline {
 /// The VOI to use when an object carries none: small stored depths (≤ 8 bits) are display
 /// values already (their full range maps onto 0..255); deeper data is scaled from its
 /// minimum to its maximum modality value.
-pub fn default_voi(values: &[i32], bits_stored: u16, signed: bool, lut: &ModalityLut) -> Voi {
+pub fn default_voi(
+    values: impl IntoIterator<Item = i32>,
+    bits_stored: u16,
+    signed: bool,
+    lut: &ModalityLut,
+) -> Voi {
     if bits_stored <= 8 {
         let (lo, hi) = if signed {
             (
@@ -232,7 +319,7 @@ pub fn default_voi(values: &[i32], bits_stored: u16, signed: bool, lut: &Modalit
     let mut min = f64::INFINITY;
     let mut max = f64::NEG_INFINITY;
     for v in values {
-        let m = modality(f64::from(*v), lut);
+        let m = modality(f64::from(v), lut);
         min = min.min(m);
         max = max.max(m);
     }
@@ -334,7 +421,7 @@ mod tests {
 
     #[test]
     fn missing_voi_uses_full_range_for_8_bits_and_min_max_otherwise() {
-        let v8 = default_voi(&[3, 9], 8, false, &IDENTITY);
+        let v8 = default_voi([3, 9], 8, false, &IDENTITY);
         assert_eq!(
             v8,
             Voi::Range {
@@ -342,7 +429,7 @@ mod tests {
                 max: 255.0
             }
         );
-        let v12 = default_voi(&[100, 900, 400], 12, false, &IDENTITY);
+        let v12 = default_voi([100, 900, 400], 12, false, &IDENTITY);
         assert_eq!(
             v12,
             Voi::Range {

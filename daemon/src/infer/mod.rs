@@ -6,9 +6,11 @@
 //!   the manifest's intended use); [`age`]: the patient's age at the study.
 //! - [`dicom_image`]: header attributes and first-frame decoding of a DICOM file.
 //! - [`samples`]: stored values from native pixel bytes (bits stored, sign).
+//! - [`frame`]: one decoded frame read pixel by pixel, its samples in their native width.
 //! - [`display`]: Modality LUT, VOI window/LUT, MONOCHROME1 → the 8-bit display image.
 //! - [`raster`]: PNG/JPEG files → the same 8-bit display image.
-//! - [`resize`]: crop and resize to the model input (PIL-exact nearest, or linear).
+//! - [`resize`]: crop and resize to the model input (PIL-exact nearest, or linear), and
+//!   the reduced display image (area average to a bounded long side).
 //! - [`tensor`]: normalisation and layout of the input tensor.
 //! - [`manifest`]: the model manifest (`model.toml`) and its checksums.
 //! - [`backend`]: the runtime trait; [`openvino`] implements it over OpenVINO.
@@ -40,6 +42,7 @@ pub mod display;
 pub mod eligibility;
 pub mod engine;
 pub mod findings;
+pub mod frame;
 pub mod gate;
 pub mod heatmap;
 pub mod int8;
@@ -62,6 +65,8 @@ pub use service::{run_pipeline, run_pipeline_on, run_pipeline_with, PipelineOpti
 pub use status::{ModelState, ModelStatus};
 #[cfg(test)]
 mod engine_tests;
+#[cfg(test)]
+mod frame_tests;
 #[cfg(test)]
 mod golden_tests;
 #[cfg(test)]

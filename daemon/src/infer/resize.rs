@@ -1,8 +1,9 @@
 //! Geometry: the optional centre-square crop, and resizing to the model's input size by
 //! nearest neighbour exactly as PIL samples (`Image.NEAREST`, the Keras `load_img`
-//! default) or by a linear filter.
+//! default) or by a linear filter, reading any [`GrayView`] in place; and the reduced
+//! display image (an area average to a bounded long side) that previews and overlays use.
 
-use super::display::GrayImage;
+use super::display::{GrayImage, GrayView};
 use super::manifest::{Crop, ResizeMethod};
 
 /// Source indices PIL's nearest-neighbour resize reads for `out` destination pixels from
@@ -21,14 +22,19 @@ pub fn pil_nearest_indices(n: u32, out: u32) -> Vec<u32> {
     idx
 }
 
-/// Nearest-neighbour resize sampling where PIL samples.
-pub fn resize_nearest_pil(img: &GrayImage, width: u32, height: u32) -> GrayImage {
-    let xs = pil_nearest_indices(img.width, width);
-    let ys = pil_nearest_indices(img.height, height);
-    let mut pixels = Vec::with_capacity((width * height) as usize);
+/// Nearest-neighbour resize sampling where PIL samples: reads only the sampled pixels.
+pub fn resize_nearest_pil<V: GrayView + ?Sized>(img: &V, width: u32, height: u32) -> GrayImage {
+    let xs = pil_nearest_indices(img.width(), width);
+    let ys = pil_nearest_indices(img.height(), height);
+    let mut pixels = Vec::with_capacity(width as usize * height as usize);
+    let mut line = Vec::with_capacity(img.width() as usize);
+    let mut last = None;
     for y in &ys {
-        let row = (*y * img.width) as usize;
-        pixels.extend(xs.iter().map(|x| img.pixels[row + *x as usize]));
+        if last != Some(*y) {
+            img.row(*y, &mut line);
+            last = Some(*y);
+        }
+        pixels.extend(xs.iter().map(|x| line[*x as usize]));
     }
     GrayImage {
         width,
@@ -37,11 +43,31 @@ pub fn resize_nearest_pil(img: &GrayImage, width: u32, height: u32) -> GrayImage
     }
 }
 
-/// Linear (triangle filter) resize, antialiased when shrinking.
-pub fn resize_bilinear(img: &GrayImage, width: u32, height: u32) -> GrayImage {
-    let src = image::GrayImage::from_raw(img.width, img.height, img.pixels.clone())
-        .unwrap_or_else(|| image::GrayImage::new(img.width, img.height));
-    let out = image::imageops::resize(&src, width, height, image::imageops::FilterType::Triangle);
+/// A [`GrayView`] as the `image` crate's view, so its resamplers read it in place.
+struct AsImage<'a, V: ?Sized>(&'a V);
+
+impl<V: GrayView + ?Sized> image::GenericImageView for AsImage<'_, V> {
+    type Pixel = image::Luma<u8>;
+
+    fn dimensions(&self) -> (u32, u32) {
+        (self.0.width(), self.0.height())
+    }
+
+    fn get_pixel(&self, x: u32, y: u32) -> image::Luma<u8> {
+        image::Luma([self.0.level(x, y)])
+    }
+}
+
+/// Linear (triangle filter) resize, antialiased when shrinking: the `image` crate's
+/// resampler reading the view in place (its intermediate holds `width × height` of the
+/// output rows only).
+pub fn resize_bilinear<V: GrayView + ?Sized>(img: &V, width: u32, height: u32) -> GrayImage {
+    let out = image::imageops::resize(
+        &AsImage(img),
+        width,
+        height,
+        image::imageops::FilterType::Triangle,
+    );
     GrayImage {
         width,
         height,
@@ -49,43 +75,118 @@ pub fn resize_bilinear(img: &GrayImage, width: u32, height: u32) -> GrayImage {
     }
 }
 
-/// The largest centred square of the image.
-pub fn center_square(img: &GrayImage) -> GrayImage {
-    let side = img.width.min(img.height);
-    let x0 = (img.width - side) / 2;
-    let y0 = (img.height - side) / 2;
-    let mut pixels = Vec::with_capacity((side * side) as usize);
-    for y in y0..y0 + side {
-        let row = (y * img.width + x0) as usize;
-        pixels.extend_from_slice(&img.pixels[row..row + side as usize]);
+/// A rectangle of another view.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a, V: ?Sized> {
+    inner: &'a V,
+    x0: u32,
+    y0: u32,
+    width: u32,
+    height: u32,
+}
+
+impl<V: GrayView + ?Sized> GrayView for Window<'_, V> {
+    fn width(&self) -> u32 {
+        self.width
     }
-    GrayImage {
-        width: side,
-        height: side,
-        pixels,
+
+    fn height(&self) -> u32 {
+        self.height
+    }
+
+    fn level(&self, x: u32, y: u32) -> u8 {
+        self.inner.level(self.x0 + x, self.y0 + y)
+    }
+
+    fn row(&self, y: u32, out: &mut Vec<u8>) {
+        self.inner.row(self.y0 + y, out);
+        out.truncate((self.x0 + self.width) as usize);
+        out.drain(..self.x0 as usize);
     }
 }
 
-/// Crop then resize as a manifest says.
-pub fn fit(
-    img: &GrayImage,
+/// The largest centred square of the view, as a view.
+pub fn center_square_view<V: GrayView + ?Sized>(img: &V) -> Window<'_, V> {
+    let side = img.width().min(img.height());
+    Window {
+        inner: img,
+        x0: (img.width() - side) / 2,
+        y0: (img.height() - side) / 2,
+        width: side,
+        height: side,
+    }
+}
+
+/// The largest centred square of the image.
+pub fn center_square(img: &GrayImage) -> GrayImage {
+    center_square_view(img).to_image()
+}
+
+/// Crop then resize as a manifest says, reading the view in place.
+pub fn fit<V: GrayView + ?Sized>(
+    img: &V,
     crop: Crop,
     method: ResizeMethod,
     width: u32,
     height: u32,
 ) -> GrayImage {
-    let cropped;
-    let src = match crop {
-        Crop::None => img,
-        Crop::CenterSquare => {
-            cropped = center_square(img);
-            &cropped
+    fn resize<W: GrayView + ?Sized>(src: &W, method: ResizeMethod, w: u32, h: u32) -> GrayImage {
+        match method {
+            ResizeMethod::NearestPil => resize_nearest_pil(src, w, h),
+            ResizeMethod::Bilinear => resize_bilinear(src, w, h),
         }
-    };
-    match method {
-        ResizeMethod::NearestPil => resize_nearest_pil(src, width, height),
-        ResizeMethod::Bilinear => resize_bilinear(src, width, height),
     }
+    match crop {
+        Crop::None => resize(img, method, width, height),
+        Crop::CenterSquare => resize(&center_square_view(img), method, width, height),
+    }
+}
+
+/// Area-averages a view so its longest side is at most `max_side`: blocks of `f × f`
+/// pixels, `f = ⌈long side / max_side⌉`, each the truncated mean of its levels (the
+/// right and bottom remainders that make no whole block are left out). A view already
+/// small enough is copied as it is. Reads every pixel once, row by row.
+pub fn reduce<V: GrayView + ?Sized>(img: &V, max_side: u32) -> GrayImage {
+    let (width, height) = (img.width(), img.height());
+    let long = width.max(height);
+    if long <= max_side || width == 0 || height == 0 {
+        return img.to_image();
+    }
+    let f = long.div_ceil(max_side.max(1));
+    let (w, h, means) = block_means(width, height, f, |y, line: &mut Vec<u8>| img.row(y, line));
+    GrayImage {
+        width: w,
+        height: h,
+        pixels: means.into_iter().map(|m| m as u8).collect(),
+    }
+}
+
+/// The truncated mean of each whole `f × f` block of a `width × height` image whose rows
+/// `read_row(y, buffer)` gives (at least `width` values each): (columns, rows, means).
+/// Reads the rows of the whole blocks once, in order, and holds one row of sums.
+pub fn block_means<T: Copy + Into<u64>>(
+    width: u32,
+    height: u32,
+    f: u32,
+    mut read_row: impl FnMut(u32, &mut Vec<T>),
+) -> (u32, u32, Vec<u32>) {
+    let f = f.max(1);
+    let (w, h) = (width / f, height / f);
+    let area = u64::from(f) * u64::from(f);
+    let mut means = Vec::with_capacity(w as usize * h as usize);
+    let mut sums = vec![0u64; w as usize];
+    let mut line = Vec::with_capacity(width as usize);
+    for y in 0..h {
+        sums.iter_mut().for_each(|s| *s = 0);
+        for row in y * f..(y + 1) * f {
+            read_row(row, &mut line);
+            for (sum, block) in sums.iter_mut().zip(line.chunks_exact(f as usize)) {
+                *sum += block.iter().map(|v| (*v).into()).sum::<u64>();
+            }
+        }
+        means.extend(sums.iter().map(|s| (s / area) as u32));
+    }
+    (w, h, means)
 }
 
 #[cfg(test)]
@@ -106,6 +207,27 @@ mod tests {
         // Identity and upscaling.
         assert_eq!(pil_nearest_indices(4, 4), vec![0, 1, 2, 3]);
         assert_eq!(pil_nearest_indices(2, 4), vec![0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn reduce_averages_whole_blocks() {
+        let img = GrayImage {
+            width: 4,
+            height: 2,
+            pixels: vec![0, 255, 0, 255, 100, 100, 100, 100],
+        };
+        let small = reduce(&img, 2);
+        assert_eq!((small.width, small.height), (2, 1));
+        assert_eq!(small.pixels, vec![113, 113]); // (0 + 255 + 100 + 100) / 4
+        assert_eq!(reduce(&img, 8), img);
+        // 5 x 3 by blocks of 3: one block; the remainders are left out.
+        let img = GrayImage {
+            width: 5,
+            height: 3,
+            pixels: (0..15).collect(),
+        };
+        let small = reduce(&img, 2);
+        assert_eq!((small.width, small.height, small.pixels), (1, 1, vec![6]));
     }
 
     #[test]

@@ -52,7 +52,22 @@ impl BitLayout {
         }
     }
 
-    fn check(&self) -> Result<(), SampleError> {
+    /// The stored value of one raw sample: only the stored bits
+    /// (`high − stored + 1 ..= high`), sign-extended when signed. Call on a checked layout.
+    pub fn value(&self, raw: u64) -> i32 {
+        let shift = u32::from(self.high + 1 - self.stored);
+        let stored = u32::from(self.stored);
+        let v = (raw >> shift) & ((1u64 << stored) - 1);
+        if self.signed && (v >> (stored - 1)) & 1 == 1 {
+            (v as i64 - (1i64 << stored)) as i32
+        } else {
+            v as i32
+        }
+    }
+
+    /// Whether DICOM allows this layout and this reader handles it (8, 16 or 32 bits
+    /// allocated, the stored bits inside them).
+    pub fn check(&self) -> Result<(), SampleError> {
         let ok = matches!(self.allocated, 8 | 16 | 32)
             && self.stored >= 1
             && self.stored <= self.allocated
@@ -86,17 +101,7 @@ pub fn stored_values(
             need,
         });
     }
-    let shift = u32::from(layout.high + 1 - layout.stored);
-    let stored = u32::from(layout.stored);
-    let mask: u64 = (1u64 << stored) - 1;
-    let convert = |raw: u64| -> i32 {
-        let v = (raw >> shift) & mask;
-        if layout.signed && (v >> (stored - 1)) & 1 == 1 {
-            (v as i64 - (1i64 << stored)) as i32
-        } else {
-            v as i32
-        }
-    };
+    let convert = |raw: u64| layout.value(raw);
     let out = match width {
         1 => bytes[..need]
             .iter()

@@ -11,7 +11,8 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 pub const SC_MAX_SIDE: u32 = 1024;
 
 /// Draws the heatmap PNG `png_path` (relative to the data directory) of image `sop_uid`
-/// over its radiograph, downscaled to [`SC_MAX_SIDE`], as the Secondary Capture of `report`.
+/// over its radiograph, reduced to [`SC_MAX_SIDE`] as it is decoded (no full-resolution
+/// display image), as the Secondary Capture of `report`.
 pub fn build(
     store: &Store,
     report: &Report,
@@ -24,9 +25,8 @@ pub fn build(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{sop_uid} is not in the store"))?;
     let gray = crate::infer::dicom_image::DicomImage::open(&store.root().join(&inst.path))
-        .and_then(|d| d.display_image())
+        .and_then(|d| d.reduced_display(SC_MAX_SIDE))
         .map_err(|e| e.to_string())?;
-    let (w, h, pixels) = downscale(gray.width, gray.height, &gray.pixels, SC_MAX_SIDE);
     let heat = image::open(store.root().join(png_path))
         .map_err(|e| format!("heatmap {png_path}: {e}"))?
         .to_luma8();
@@ -35,7 +35,7 @@ pub fn build(
         .iter()
         .map(|v| f32::from(*v) / 255.0)
         .collect();
-    let mut img = overlay::Rgb::from_gray(w, h, &pixels);
+    let mut img = overlay::Rgb::from_gray(gray.width, gray.height, &gray.pixels);
     overlay::blend_heatmap(&mut img, &values, heat.width(), heat.height(), 0.45, 0.25);
     let top = report
         .findings
@@ -52,43 +52,4 @@ pub fn build(
     };
     overlay::annotate(&mut img, &caption);
     crate::results::sc::build(report, uids, &img).map_err(|e| e.to_string())
-}
-
-/// Area-averages a grayscale image so its longest side is at most `max_side`.
-pub fn downscale(width: u32, height: u32, pixels: &[u8], max_side: u32) -> (u32, u32, Vec<u8>) {
-    let long = width.max(height);
-    if long <= max_side || width == 0 || height == 0 {
-        return (width, height, pixels.to_vec());
-    }
-    let f = long.div_ceil(max_side);
-    let (w, h) = (width / f, height / f);
-    let mut out = Vec::with_capacity((w * h) as usize);
-    for y in 0..h {
-        for x in 0..w {
-            let mut sum = 0u32;
-            for dy in 0..f {
-                for dx in 0..f {
-                    let i = ((y * f + dy) * width + (x * f + dx)) as usize;
-                    sum += u32::from(pixels.get(i).copied().unwrap_or(0));
-                }
-            }
-            out.push((sum / (f * f)) as u8);
-        }
-    }
-    (w, h, out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn downscale_averages_blocks() {
-        let px = vec![0, 255, 0, 255, 100, 100, 100, 100];
-        let (w, h, out) = downscale(4, 2, &px, 2);
-        assert_eq!((w, h), (2, 1));
-        assert_eq!(out, vec![113, 113]); // (0 + 255 + 100 + 100) / 4
-        let (w, h, out) = downscale(4, 2, &px, 8);
-        assert_eq!((w, h, out.len()), (4, 2, 8));
-    }
 }
