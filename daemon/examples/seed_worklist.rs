@@ -16,6 +16,7 @@ fn finding(label: &str, probability: f32) -> Finding {
         probability,
         threshold: 0.5,
         positive: probability >= 0.5,
+        standard: None,
     }
 }
 
@@ -90,6 +91,7 @@ fn main() -> anyhow::Result<()> {
                 version: "1".into(),
                 sha256: "0".repeat(64),
                 precision: "f32".into(),
+                coding_scheme: duli::result::local_scheme(),
             },
             timings: Timings::default(),
             created_at: received * 1000,
