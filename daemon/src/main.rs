@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use duli::config::Config;
 use duli::control::Request;
-use duli::{diagnostics, provision};
+use duli::provision;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -331,22 +331,7 @@ fn real_main() -> Result<ExitCode> {
             };
             commands::provision::apply(file.as_deref(), &overrides, &target, validate_only)
         }
-        Command::Diagnostics { config, out } => {
-            let cfg = commands::load_config(config.as_deref())?;
-            let out = out.unwrap_or_else(|| diagnostics::default_name(&cfg));
-            let config_dir = config
-                .as_deref()
-                .and_then(|p| p.parent())
-                .map(|p| p.to_path_buf());
-            let entries =
-                commands::runtime()?.block_on(diagnostics::collect(&cfg, config_dir.as_deref()));
-            diagnostics::write(&entries, &out)?;
-            println!("wrote {} ({} files):", out.display(), entries.len());
-            for e in &entries {
-                println!("  {}/{}", diagnostics::ROOT, e.name);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Diagnostics { config, out } => commands::diagnostics::write(config, out),
         Command::Studies { config } => commands::store::print_answer(config, Request::Studies),
         Command::User { action, config } => commands::store::user(action, config),
         Command::Instances { study, config } => {

@@ -2,8 +2,9 @@
 //! that parses every message field by field, and a Rust MLLP listener scripted to answer
 //! AE, AR, garbage or nothing at all, over TCP and TLS.
 
-mod support;
+mod common;
 
+use common::delivery::*;
 use duli::config::{Hl7Config, StudyUidIn};
 use duli::deliver::hl7::ack::{build_ack, AckCode};
 use duli::deliver::hl7::client::{Hl7Channel, Hl7Target};
@@ -15,7 +16,6 @@ use duli::deliver::worker;
 use duli::site_secret::SiteSecret;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 

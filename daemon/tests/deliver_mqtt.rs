@@ -1,8 +1,9 @@
 //! MQTT delivery against a real mosquitto started by the test on a loopback port (plain,
 //! and TLS with client certificates made with rcgen); `mosquitto_sub` is the cloud.
 
-mod support;
+mod common;
 
+use common::delivery::*;
 use duli::config::Config;
 use duli::deliver::mqtt::client::{MqttChannel, MqttSettings};
 use duli::deliver::mqtt::payload::Feedback;
@@ -13,7 +14,6 @@ use duli::site_secret::SiteSecret;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio::sync::watch;
 
 const SITE: &str = "hospital-a";

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::inference::inference_available;
 use common::*;
 use duli::config::{Config, InferenceConfig};
 use duli::infer::manifest::{HeatmapMethod, Manifest};
@@ -44,7 +45,10 @@ async fn a_cam_model_makes_the_heatmap_and_its_objects_with_the_result() {
         ..Default::default()
     };
     let mut m = Manifest::load(&cfg.model).unwrap();
-    assert!(m.heatmap.features.is_some(), "the shipped manifest names its block");
+    assert!(
+        m.heatmap.features.is_some(),
+        "the shipped manifest names its block"
+    );
     m.heatmap.method = HeatmapMethod::Cam;
     let sha = m.verify_files().unwrap();
     let backend = duli::infer::openvino::OpenVino::new(&cfg).unwrap();

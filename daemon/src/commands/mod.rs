@@ -1,6 +1,7 @@
 //! The bodies of the `duli` subcommands, one module per family; `main.rs` parses the
 //! command line and dispatches here.
 
+pub mod diagnostics;
 pub mod firmware;
 pub mod password;
 pub mod provision;

@@ -218,7 +218,8 @@ async fn connect(
     if !tls {
         return Ok((Box::new(tcp), started.elapsed()));
     }
-    let config = crate::tls::client_config("the checked connection", ca, cert, key)
+    let ca = ca.ok_or("TLS: no CA configured to check the server against")?;
+    let config = crate::tls::client_config("provision", Some(ca), cert, key)
         .map_err(|e| format!("TLS: {e}"))?;
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod delivery;
 pub mod dx;
 pub mod inference;
 pub mod link;

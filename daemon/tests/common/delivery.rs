@@ -1,25 +1,21 @@
-//! Helpers shared by the delivery integration tests: real peers (mosquitto, the Python
-//! `hl7` package, a Rust MLLP listener), a test PKI made with rcgen, and outbox fixtures.
-#![allow(dead_code)]
+//! The delivery tests' part of the harness: real peers (mosquitto, the Python `hl7`
+//! package, a Rust MLLP listener), a test PKI made with rcgen, and outbox fixtures. The
+//! repository root and ports come from the common harness (`free_port` hands out each
+//! port once per test binary).
+
+// Re-exported for the delivery tests (`use common::delivery::*`); unused by the others.
+#[allow(unused_imports)]
+pub use super::{free_port, repo_root};
 
 use duli::deliver::outbox::{Backoff, Destination, Outbox, OutboxLimits};
 use duli::deliver::report::{Finding, Report};
 use duli::deliver::worker::WorkerOptions;
 use duli::model::StudyRecord;
 use std::io::BufRead;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The repository root (the daemon crate's parent).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate has a parent")
-        .to_path_buf()
-}
 
 /// A Python that can import every module in `modules`: `DULI_PYTHON`, else the repo's
 /// `.venv`, else `python3`. `None` (and a SKIP line) when there is none.
@@ -63,25 +59,9 @@ pub fn program(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
-/// Waits until something accepts connections on `port`.
+/// Waits until something accepts connections on loopback `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    super::wait_for_port(super::loopback(port), timeout)
 }
 
 /// A child process killed on drop.

@@ -1,0 +1,25 @@
+//! `duli diagnostics`: the support bundle.
+
+use super::{load_config, runtime};
+use anyhow::Result;
+use duli::diagnostics;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Writes the support bundle to `out` (default: a name with the device and the time) and
+/// lists what it holds.
+pub fn write(config: Option<PathBuf>, out: Option<PathBuf>) -> Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let out = out.unwrap_or_else(|| diagnostics::default_name(&cfg));
+    let config_dir = config
+        .as_deref()
+        .and_then(|p| p.parent())
+        .map(|p| p.to_path_buf());
+    let entries = runtime()?.block_on(diagnostics::collect(&cfg, config_dir.as_deref()));
+    diagnostics::write(&entries, &out)?;
+    println!("wrote {} ({} files):", out.display(), entries.len());
+    for e in &entries {
+        println!("  {}/{}", diagnostics::ROOT, e.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
