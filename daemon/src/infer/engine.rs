@@ -7,6 +7,10 @@
 //! in the engine runs on the latency request; when images wait, the workers run them on
 //! their throughput requests. The two never run at the same time (a read/write lock), so
 //! the cores are never oversubscribed.
+//!
+//! Heatmaps of batch 1 run as one more request on the report network (one compiled copy
+//! of the weights in memory); the heatmap worker waits while report images are decoded or
+//! inferred ([`Engine::report_work`]).
 
 use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Outputs, Request};
 use super::cam::{self, CamHead};
@@ -54,6 +58,16 @@ struct Shared {
 struct Job {
     input: Vec<f32>,
     reply: oneshot::Sender<Result<Outputs, BackendError>>,
+}
+
+/// A report image being decoded (from [`Engine::preparing`]); dropping it ends the mark.
+#[derive(Debug)]
+pub struct Preparing(Arc<AtomicUsize>);
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Identity of the loaded model, as results record it.
@@ -117,6 +131,8 @@ pub struct Engine {
     tx: Option<mpsc::Sender<Job>>,
     workers: usize,
     pending: Arc<AtomicUsize>,
+    /// Report images being decoded for this engine (see [`Engine::preparing`]).
+    preparing: Arc<AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<()>>,
     // Compiled networks live as long as the requests made from them.
     compiled: Mutex<Vec<Box<dyn Compiled>>>,
@@ -301,6 +317,7 @@ impl Engine {
             tx: Some(tx),
             workers,
             pending,
+            preparing: Arc::new(AtomicUsize::new(0)),
             threads,
             compiled: Mutex::new(kept),
             backend: Mutex::new(backend),
@@ -336,6 +353,19 @@ impl Engine {
     /// Images queued or running now.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Marks a report image as being decoded for this engine until the guard is dropped,
+    /// so background work (heatmaps) waits for it as for queued inference.
+    pub fn preparing(&self) -> Preparing {
+        self.preparing.fetch_add(1, Ordering::Relaxed);
+        Preparing(Arc::clone(&self.preparing))
+    }
+
+    /// Report work now: images being decoded, queued or running. Background work waits
+    /// while there is any.
+    pub fn report_work(&self) -> usize {
+        self.preparing.load(Ordering::Relaxed) + self.pending()
     }
 
     /// Runs one batch-1 input; waits for queue space (back-pressure), then for the result.
@@ -376,9 +406,22 @@ impl Engine {
             .map_err(EngineError::from)
     }
 
-    /// Compiles the same model again for background work (heatmaps): `batch` inputs per
-    /// call, one runtime thread. Returns the request to run it with.
+    /// A request for background work (heatmaps), `batch` inputs per call.
+    ///
+    /// Batch 1 is another request on the report network, the first one compiled (no second
+    /// copy of the weights in memory; the runtime runs it between report inferences, and
+    /// the heatmap worker waits while reports are queued). A larger batch compiles the
+    /// model again for it, on one runtime thread so report inference keeps the other cores.
     pub fn background_request(&self, batch: usize) -> Result<Box<dyn Request>, EngineError> {
+        if batch == 1 {
+            let mut kept = self
+                .compiled
+                .lock()
+                .map_err(|_| EngineError::Model("compiled network lock poisoned".into()))?;
+            if let Some(report) = kept.first_mut() {
+                return Ok(report.request()?);
+            }
+        }
         let mut backend = self
             .backend
             .lock()

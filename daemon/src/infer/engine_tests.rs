@@ -1,5 +1,6 @@
-//! AUTO scheduling of the engine over a recording test backend: an image alone runs on
-//! the latency-tuned request, a queue on the throughput requests, never both at once.
+//! The engine over a recording test backend: AUTO scheduling (an image alone runs on
+//! the latency-tuned request, a queue on the throughput requests, never both at once),
+//! the heatmap request's network, and the report-work mark heatmaps wait for.
 
 use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
 use super::engine::{Engine, EngineOptions, Scheduling};
@@ -174,4 +175,42 @@ fn latency_and_throughput_hints_keep_one_network() {
     assert_eq!(Scheduling::from_hint("AUTO"), Scheduling::Auto);
     assert_eq!(Scheduling::from_hint("THROUGHPUT"), Scheduling::Throughput);
     assert_eq!(Scheduling::from_hint("LATENCY"), Scheduling::Latency);
+}
+
+#[test]
+fn a_batch_of_one_for_heatmaps_shares_the_report_network_and_a_larger_one_compiles_its_own() {
+    let (e, log) = engine(Scheduling::Latency, Precision::F32);
+    let mut shared = e.background_request(1).unwrap();
+    shared.run(&vec![0.0; e.manifest().input_len()]).unwrap();
+    // No second network: the heatmap request is another request on the report network.
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [(Mode::Latency, Precision::F32)]
+    );
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 1);
+    let _own = e.background_request(8).unwrap();
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [
+            (Mode::Latency, Precision::F32),
+            (Mode::Throughput, Precision::F32)
+        ]
+    );
+    // With AUTO scheduling the shared one is the latency network, compiled first.
+    let (e, log) = engine(Scheduling::Auto, Precision::F32);
+    e.background_request(1).unwrap();
+    assert_eq!(log.compiled.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn report_work_counts_images_being_prepared_until_their_mark_is_dropped() {
+    let (e, _log) = engine(Scheduling::Latency, Precision::F32);
+    assert_eq!(e.report_work(), 0);
+    let a = e.preparing();
+    let b = e.preparing();
+    assert_eq!(e.report_work(), 2);
+    drop(a);
+    assert_eq!(e.report_work(), 1);
+    drop(b);
+    assert_eq!(e.report_work(), 0);
 }

@@ -181,7 +181,8 @@ pub struct HeatmapWorker {
 }
 
 impl HeatmapWorker {
-    /// Compiles the background network and starts the worker thread.
+    /// Gets the heatmap request (see [`Engine::background_request`]) and starts the worker
+    /// thread.
     pub fn start(engine: Arc<Engine>, on_done: OnHeatmap) -> Result<HeatmapWorker, EngineError> {
         let batch = engine.manifest().heatmap.batch as usize;
         let mut request = engine.background_request(batch)?;
@@ -193,9 +194,10 @@ impl HeatmapWorker {
                     let start = Instant::now();
                     let manifest = Arc::clone(engine.manifest());
                     let wait_for_reports = || {
-                        // Report inference first: wait (bounded) while it has work.
+                        // Report work first: wait (bounded) while images are decoded
+                        // or inferred for a report.
                         let until = Instant::now() + Duration::from_secs(30);
-                        while engine.pending() > 0 && Instant::now() < until {
+                        while engine.report_work() > 0 && Instant::now() < until {
                             std::thread::sleep(Duration::from_millis(5));
                         }
                     };

@@ -352,6 +352,8 @@ pub async fn analyse_study(
             let path = store.root().join(&inst.path);
             let m = Arc::clone(&manifest);
             let max_pixels = engine.max_pixels();
+            // Decoding and inferring for the report: background heatmaps wait meanwhile.
+            let _report_work = engine.preparing();
             let prep =
                 tokio::task::spawn_blocking(move || prepare_file(&path, &m, max_pixels)).await;
             match prep {
