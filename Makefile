@@ -15,8 +15,8 @@
 #   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
 #   make audit      known vulnerabilities in the dependencies (cargo deny advisories; needs the RustSec
 #                   database online: a release step)
-#   make fuzz       every fuzz target for FUZZ_SECONDS each (nightly toolchain + cargo-fuzz), see
-#                   docs/security.md
+#   make fuzz       every fuzz target for FUZZ_SECONDS each, or FUZZ_RUNS executions if sooner
+#                   (nightly toolchain + cargo-fuzz), see docs/security.md
 #   make sbom       CycloneDX SBOM of the daemon into target/sbom/
 
 CARGO ?= cargo
@@ -112,7 +112,7 @@ audit: cargo-deny
 	$(CARGO) deny check advisories
 
 fuzz:
-	scripts/fuzz.sh $(FUZZ_SECONDS)
+	FUZZ_RUNS=$(FUZZ_RUNS) scripts/fuzz.sh $(FUZZ_SECONDS)
 
 sbom: cargo-cyclonedx
 	scripts/sbom.sh

@@ -9,6 +9,9 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (make fuzz FUZZ_SECONDS=600)
 #
+# FUZZ_RUNS=N also stops each target after N executions, whichever comes first:
+# FUZZ_RUNS=10000000 FUZZ_SECONDS=3600 runs each to 10 million executions or one CPU-hour.
+#
 # Results are appended to fuzz/runs.tsv (date, target, seconds, executions, exec/s,
 # coverage, features, crashes).
 set -euo pipefail
@@ -41,7 +44,7 @@ for t in "${targets[@]}"; do
     before=$(find "artifacts/$t" -type f | wc -l)
     set +e
     cargo +nightly fuzz run "${flags[@]}" "$t" "grown/$t" "corpus/$t" -- \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
+        -max_total_time="$seconds" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     set -e
     after=$(find "artifacts/$t" -type f | wc -l)
