@@ -684,17 +684,17 @@ impl Config {
             bad("device.data_dir", "must not be empty".into());
         }
         if let Err(r) = check_ae_title(&self.dicom.ae_title) {
-            bad("dicom.ae_title", r);
+            bad("dicom.ae_title", r.to_string());
         }
         if self.dicom.port == 0 {
             bad("dicom.port", "must be between 1 and 65535".into());
         }
         if let Err(r) = check_uid_root(&self.dicom.uid_root) {
-            bad("dicom.uid_root", r);
+            bad("dicom.uid_root", r.to_string());
         }
         for (i, peer) in self.dicom.allowed_peers.iter().enumerate() {
             if let Err(r) = check_ae_title(&peer.ae_title) {
-                bad(&format!("dicom.allowed_peers[{i}].ae_title"), r);
+                bad(&format!("dicom.allowed_peers[{i}].ae_title"), r.to_string());
             }
             if peer.permissions.is_empty() {
                 bad(
@@ -915,7 +915,7 @@ impl Config {
                 );
             }
             if let Err(r) = check_ae_title(&d.ae_title) {
-                bad(&format!("pacs.destinations[{i}].ae_title"), r);
+                bad(&format!("pacs.destinations[{i}].ae_title"), r.to_string());
             }
             if d.host.trim().is_empty() {
                 bad(
@@ -1083,29 +1083,63 @@ fn parse_env_value(raw: &str) -> toml::Value {
     }
 }
 
+/// Why an AE title is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AeTitleError {
+    /// It is empty or only spaces.
+    #[error("must not be empty")]
+    Empty,
+    /// It is longer than 16 characters.
+    #[error("at most 16 characters, got {} ({ae:?})", .ae.len())]
+    TooLong {
+        /// The AE title.
+        ae: String,
+    },
+    /// It has a character outside printable ASCII, or a backslash.
+    #[error("only printable ASCII without backslash is allowed ({ae:?})")]
+    Characters {
+        /// The AE title.
+        ae: String,
+    },
+}
+
 /// Checks an AE title: 1–16 characters of the default repertoire, no backslash or control
 /// characters, not all spaces.
-pub fn check_ae_title(ae: &str) -> Result<(), String> {
+pub fn check_ae_title(ae: &str) -> Result<(), AeTitleError> {
     if ae.trim().is_empty() {
-        return Err("must not be empty".into());
+        return Err(AeTitleError::Empty);
     }
     if ae.len() > 16 {
-        return Err(format!("at most 16 characters, got {} ({ae:?})", ae.len()));
+        return Err(AeTitleError::TooLong { ae: ae.to_string() });
     }
     if ae
         .chars()
         .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
     {
-        return Err(format!(
-            "only printable ASCII without backslash is allowed ({ae:?})"
-        ));
+        return Err(AeTitleError::Characters { ae: ae.to_string() });
     }
     Ok(())
 }
 
-fn check_uid_root(root: &str) -> Result<(), String> {
+/// Why a UID root (`dicom.uid_root`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum UidRootError {
+    /// It does not end with a dot.
+    #[error("must end with '.', got {0:?}")]
+    NoFinalDot(String),
+    /// A component is empty, not a number, or has a leading zero.
+    #[error("must be dot-separated numbers without leading zeros, got {0:?}")]
+    NotNumbers(String),
+    /// It is longer than 24 characters (of this length).
+    #[error(
+        "at most 24 characters (leaves room for a 40-digit suffix in a 64-character UID), got {0}"
+    )]
+    TooLong(usize),
+}
+
+fn check_uid_root(root: &str) -> Result<(), UidRootError> {
     if !root.ends_with('.') {
-        return Err(format!("must end with '.', got {root:?}"));
+        return Err(UidRootError::NoFinalDot(root.to_string()));
     }
     let body = &root[..root.len() - 1];
     if body.is_empty()
@@ -1115,15 +1149,10 @@ fn check_uid_root(root: &str) -> Result<(), String> {
                 || (c.len() > 1 && c.starts_with('0'))
         })
     {
-        return Err(format!(
-            "must be dot-separated numbers without leading zeros, got {root:?}"
-        ));
+        return Err(UidRootError::NotNumbers(root.to_string()));
     }
     if root.len() > 24 {
-        return Err(format!(
-            "at most 24 characters (leaves room for a 40-digit suffix in a 64-character UID), got {}",
-            root.len()
-        ));
+        return Err(UidRootError::TooLong(root.len()));
     }
     Ok(())
 }

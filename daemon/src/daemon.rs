@@ -1,6 +1,8 @@
 //! `duli run`: wires the stages together and owns the process lifecycle — start-up in
-//! dependency order, sd_notify readiness and watchdog, and on SIGTERM/SIGINT a graceful
-//! stop (no new associations, in-flight ones finish up to a deadline, store flushed).
+//! dependency order, sd_notify readiness, the watchdog started with the store as its
+//! liveness probe (the watchdog itself lives in [`crate::supervise::watchdog`]), and on
+//! SIGTERM/SIGINT a graceful stop (no new associations, in-flight ones finish up to a
+//! deadline, store flushed).
 
 use crate::assemble::StudyTracker;
 use crate::config::Config;
@@ -8,13 +10,13 @@ use crate::console::{self, events};
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
-use crate::supervise::{self, Backoff, Registry};
+use crate::supervise::{self, Backoff, Registry, Shutdown};
 use crate::{control, notify};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// How long in-flight associations may take to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -35,12 +37,24 @@ pub struct Running {
     pub console_addr: SocketAddr,
     /// Live study events (the console's worklist follows them; any stage may publish).
     pub events: events::Bus,
-    /// The supervised stages and their heartbeats (read by the watchdog).
-    pub stages: Arc<Registry>,
-    shutdown: supervise::Shutdown,
+    /// The stop signal, the supervised stages and the watchdog over them.
+    shutdown: Shutdown,
 }
 
 impl Running {
+    /// The supervised stages and their heartbeats (read by the watchdog and `/healthz`).
+    pub fn stages(&self) -> &Arc<Registry> {
+        self.shutdown.stages()
+    }
+
+    /// Starts the sd_notify watchdog: a ping every `interval` while the store answers a
+    /// read and an index flush in time and every stage is alive.
+    pub fn start_watchdog(&mut self, interval: Duration) {
+        let store = self.store.clone();
+        self.shutdown
+            .start_watchdog(interval, move |budget| store.clone().answers_within(budget));
+    }
+
     /// Stops everything gracefully and flushes the store.
     pub async fn stop(mut self) -> Result<()> {
         self.shutdown.stop(None).await;
@@ -113,10 +127,9 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     };
     let audit = Arc::new(audit);
     let metrics = Arc::new(Metrics::default());
-    let mut shutdown = supervise::Shutdown::new();
-    let shutdown_rx = shutdown.signal();
-    // Every long-lived stage below runs supervised, with a heartbeat in `stages`.
-    let stages = Registry::new();
+    // Every long-lived stage below runs supervised by `shutdown`, with a heartbeat in its
+    // registry of stages.
+    let mut shutdown = Shutdown::new();
 
     // Delivery: outbox and workers.
     let model_name = config
@@ -126,7 +139,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let delivery = crate::deliver::service::start(config, &store, &audit, &model_name, &stages)?;
+    let delivery = crate::deliver::service::start(config, &store, &audit, &model_name, &shutdown)?;
 
     // Assembly: stored instances -> completed studies.
     let (events_tx, events_rx) = mpsc::channel(1024);
@@ -134,18 +147,12 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let tracker_task = {
         let (store, events_rx) = (store.clone(), Arc::new(tokio::sync::Mutex::new(events_rx)));
         let quiet = Duration::from_secs(config.dicom.quiet_period);
-        supervise::spawn(
-            "assemble",
-            &stages,
-            shutdown_rx.clone(),
-            Backoff::default(),
-            move |beat| {
-                let tracker = StudyTracker::new(store.clone(), quiet, completed_tx.clone())
-                    .with_heartbeat(beat);
-                let events_rx = events_rx.clone();
-                async move { tracker.run_on(&mut *events_rx.lock().await).await }
-            },
-        )
+        shutdown.supervise("assemble", Backoff::default(), move |beat| {
+            let tracker =
+                StudyTracker::new(store.clone(), quiet, completed_tx.clone()).with_heartbeat(beat);
+            let events_rx = events_rx.clone();
+            async move { tracker.run_on(&mut *events_rx.lock().await).await }
+        })
     };
     let uploads_tx = events_tx.downgrade();
 
@@ -177,14 +184,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         )
         .await?;
         plain_addr = Some(listener.local_addr()?);
-        shutdown.track(supervise_receive(
+        let task = supervise_receive(
             "receive",
-            &stages,
+            &shutdown,
             supervise::Listener::keep(listener)?,
             None,
             scp.clone(),
-            shutdown_rx.clone(),
-        ));
+        );
+        shutdown.track(task);
     }
     let mut tls_addr = None;
     if config.dicom.tls {
@@ -209,14 +216,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
         tls_addr = Some(listener.local_addr()?);
-        shutdown.track(supervise_receive(
+        let task = supervise_receive(
             "receive tls",
-            &stages,
+            &shutdown,
             supervise::Listener::keep(listener)?,
             Some(tokio_rustls::TlsAcceptor::from(tls)),
             scp.clone(),
-            shutdown_rx.clone(),
-        ));
+        );
+        shutdown.track(task);
     }
 
     let dicom_addr = plain_addr
@@ -258,20 +265,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             events: events.clone(),
             delivery: delivery.outbox.clone(),
             feedback: recorder.clone(),
-            stages: stages.clone(),
+            stages: shutdown.stages().clone(),
             assembly: uploads_tx,
             model_status: model_status.clone(),
         },
     )?;
     let console_state = Arc::new(console_state);
-    let (console_addr, console_task) = console::start(
-        config,
-        console_state,
-        prebound.console.take(),
-        shutdown_rx.clone(),
-        &stages,
-    )
-    .await?;
+    let (console_addr, console_task) =
+        console::start(config, console_state, prebound.console.take(), &shutdown).await?;
     shutdown.track(console_task);
 
     // Retention of pixel data.
@@ -281,20 +282,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             config.retention.pixel_days,
             config.retention.disk_reserve_mb * 1024 * 1024,
         );
-        supervise::spawn(
-            "retention",
-            &stages,
-            shutdown_rx.clone(),
-            Backoff::default(),
-            move |beat| {
-                beat.pulse(crate::retention::run(
-                    store.clone(),
-                    days,
-                    reserve,
-                    Duration::from_secs(3600),
-                ))
-            },
-        )
+        shutdown.supervise("retention", Backoff::default(), move |beat| {
+            beat.pulse(crate::retention::run(
+                store.clone(),
+                days,
+                reserve,
+                Duration::from_secs(3600),
+            ))
+        })
     };
     shutdown.abort_on_stop(retention);
 
@@ -304,23 +299,17 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     let control_task = {
         let (store, audit, outbox) = (store.clone(), audit.clone(), delivery.outbox.clone());
         let (dir, mut first) = (data_dir.clone(), Some(control_listener));
-        supervise::spawn(
-            "control",
-            &stages,
-            shutdown_rx.clone(),
-            Backoff::default(),
-            move |beat| {
-                // a restart binds the socket again
-                let listener = first.take().map_or_else(|| control::bind(&dir), Ok);
-                let (store, audit, outbox) = (store.clone(), audit.clone(), outbox.clone());
-                async move {
-                    let listener = listener.map_err(|e| format!("control socket: {e}"))?;
-                    beat.pulse(control::serve(store, audit, Some(outbox), listener))
-                        .await;
-                    Ok::<(), String>(())
-                }
-            },
-        )
+        shutdown.supervise("control", Backoff::default(), move |beat| {
+            // a restart binds the socket again
+            let listener = first.take().map_or_else(|| control::bind(&dir), Ok);
+            let (store, audit, outbox) = (store.clone(), audit.clone(), outbox.clone());
+            async move {
+                let listener = listener.map_err(|e| format!("control socket: {e}"))?;
+                beat.pulse(control::serve(store, audit, Some(outbox), listener))
+                    .await;
+                Ok::<(), String>(())
+            }
+        })
     };
     shutdown.on_stop(async move {
         control_task.abort();
@@ -348,24 +337,18 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             store.clone(),
             Arc::new(tokio::sync::Mutex::new(completed_rx)),
         );
-        supervise::spawn(
-            "infer",
-            &stages,
-            shutdown_rx.clone(),
-            Backoff::default(),
-            move |beat| {
-                let (store, factory, completed_rx) =
-                    (store.clone(), factory.clone(), completed_rx.clone());
-                let options = crate::infer::PipelineOptions {
-                    beat,
-                    ..options.clone()
-                };
-                async move {
-                    let mut rx = completed_rx.lock().await;
-                    crate::infer::run_pipeline_on(store, factory, &mut rx, options).await
-                }
-            },
-        )
+        shutdown.supervise("infer", Backoff::default(), move |beat| {
+            let (store, factory, completed_rx) =
+                (store.clone(), factory.clone(), completed_rx.clone());
+            let options = crate::infer::PipelineOptions {
+                beat,
+                ..options.clone()
+            };
+            async move {
+                let mut rx = completed_rx.lock().await;
+                crate::infer::run_pipeline_on(store, factory, &mut rx, options).await
+            }
+        })
     };
     // The pipeline ends once assembly (its sender) has stopped.
     shutdown.drain_on_stop(pipeline, SHUTDOWN_GRACE + Duration::from_secs(10));
@@ -382,22 +365,20 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         dicom_addr,
         console_addr,
         events,
-        stages,
         shutdown,
     })
 }
 
-/// Serves DICOM on `listener` as the supervised stage `name`.
+/// Serves DICOM on `listener` as the stage `name` supervised by `shutdown`.
 fn supervise_receive(
     name: &'static str,
-    stages: &Arc<Registry>,
+    shutdown: &Shutdown,
     listener: supervise::Listener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     scp: Arc<Scp>,
-    shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let stop = shutdown.clone();
-    supervise::spawn(name, stages, shutdown, Backoff::default(), move |beat| {
+    let stop = shutdown.signal();
+    shutdown.supervise(name, Backoff::default(), move |beat| {
         let (listener, tls, scp, stop) = (
             listener.incarnation(),
             tls.clone(),
@@ -426,44 +407,10 @@ pub async fn run(config: Config) -> Result<()> {
 
 /// [`run`] with listeners bound beforehand (see [`crate::privileges`]).
 pub async fn run_with(config: Config, prebound: Prebound) -> Result<()> {
-    let running = start_with(&config, prebound).await?;
+    let mut running = start_with(&config, prebound).await?;
     notify::notify("READY=1");
     if let Some(interval) = notify::watchdog_interval() {
-        let (store, stages) = (running.store.clone(), running.stages.clone());
-        tokio::spawn(async move {
-            let mut withheld: Option<String> = None;
-            loop {
-                // Fed by real work, not a bare timer: the store must answer a read and
-                // complete an index flush in time, on a runtime responsive enough to run
-                // this task, and every stage must be running and beating. Otherwise
-                // systemd restarts the daemon.
-                let verdict = match alive(&store, interval).await {
-                    Ok(()) => stages.check(supervise::STALE_AFTER).map_err(|problems| {
-                        problems
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    }),
-                    Err(why) => Err(why),
-                };
-                match verdict {
-                    Ok(()) => {
-                        notify::notify("WATCHDOG=1");
-                        if withheld.take().is_some() {
-                            log::info!("watchdog fed again: every stage is alive");
-                        }
-                    }
-                    Err(why) => {
-                        if withheld.as_deref() != Some(why.as_str()) {
-                            log::error!("watchdog withheld: {why}");
-                        }
-                        withheld = Some(why);
-                    }
-                }
-                tokio::time::sleep(interval).await;
-            }
-        });
+        running.start_watchdog(interval);
     }
     wait_for_signal().await?;
     log::info!("stopping: no new associations, finishing open ones");
@@ -471,23 +418,6 @@ pub async fn run_with(config: Config, prebound: Prebound) -> Result<()> {
     running.stop().await?;
     log::info!("stopped cleanly");
     Ok(())
-}
-
-/// The liveness check behind each watchdog ping.
-async fn alive(store: &Arc<Store>, budget: Duration) -> Result<(), String> {
-    let s = store.clone();
-    let read = tokio::task::spawn_blocking(move || s.study_state_counts().map(|_| ()));
-    match tokio::time::timeout(budget, read).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(format!("store read failed: {e}")),
-        Ok(Err(e)) => return Err(format!("store read task: {e}")),
-        Err(_) => return Err(format!("store read took longer than {budget:?}")),
-    }
-    match tokio::time::timeout(budget, store.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("index flush failed: {e}")),
-        Err(_) => Err(format!("index flush took longer than {budget:?}")),
-    }
 }
 
 /// Waits for SIGTERM or SIGINT.

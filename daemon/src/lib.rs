@@ -37,8 +37,9 @@
 //! - [`metrics`]: counters and histograms in the Prometheus text format.
 //! - [`control`]: the local socket through which CLI commands reach a running daemon.
 //! - [`daemon`]: wires the stages together and owns start-up and graceful shutdown.
-//! - [`supervise`]: restarts a stage that ends unexpectedly, with backoff; the stages'
-//!   heartbeats that feed the watchdog.
+//! - [`supervise`]: the shutdown of a group of stages, which supervises them (restarts a
+//!   stage that ends unexpectedly, with backoff), keeps their heartbeats and runs the
+//!   sd_notify watchdog over them and a liveness probe (the store's).
 //! - [`privileges`]: started as root, binds the listeners then switches to the service user.
 //! - [`scu`]: C-ECHO and C-STORE as SCU: the technicians' tools, the PACS push and C-MOVE
 //!   sub-operations.

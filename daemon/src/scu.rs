@@ -12,6 +12,7 @@ use crate::ul::client::{Client, ClientError, Request};
 pub use crate::ul::writer::DataSet;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A remote AE: `AET@HOST:PORT`.
@@ -276,13 +277,24 @@ pub fn collect_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// Why a file was not sent (shared by every file of the association it concerns).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotSent {
+    /// More SOP class/transfer syntax pairs than one association can propose.
+    #[error("more than 127 SOP class/transfer syntax pairs in one association")]
+    TooManyContexts,
+    /// The association could not be opened, or broke on this file or an earlier one.
+    #[error("{0}")]
+    Association(Arc<ScuError>),
+}
+
 /// The result of sending one file.
 #[derive(Debug, Clone)]
 pub struct SendResult {
     /// The file.
     pub path: PathBuf,
     /// The DIMSE status, or the reason it was not sent.
-    pub outcome: Result<u16, String>,
+    pub outcome: Result<u16, NotSent>,
     /// Bytes of the data set.
     pub bytes: u64,
 }
@@ -308,7 +320,7 @@ pub async fn send_files(
             pairs.push(p);
         }
     }
-    let fail_all = |files: Vec<Prepared>, reason: String| {
+    let fail_all = |files: Vec<Prepared>, reason: NotSent| {
         files
             .into_iter()
             .map(|f| SendResult {
@@ -319,19 +331,16 @@ pub async fn send_files(
             .collect::<Vec<_>>()
     };
     if pairs.len() > 127 {
-        return fail_all(
-            files,
-            "more than 127 SOP class/transfer syntax pairs in one association".into(),
-        );
+        return fail_all(files, NotSent::TooManyContexts);
     }
     let contexts: Vec<(String, Vec<String>)> =
         pairs.into_iter().map(|(c, ts)| (c, vec![ts])).collect();
     let mut assoc = match StoreAssociation::open(target, calling_ae, &contexts).await {
         Ok(a) => a,
-        Err(e) => return fail_all(files, e.to_string()),
+        Err(e) => return fail_all(files, NotSent::Association(Arc::new(e))),
     };
     let mut results = Vec::with_capacity(files.len());
-    let mut broken: Option<String> = None;
+    let mut broken: Option<NotSent> = None;
     for f in files {
         if let Some(reason) = &broken {
             results.push(SendResult {
@@ -360,7 +369,7 @@ pub async fn send_files(
         let outcome = assoc
             .store(pc, &f.sop_class, &f.sop_instance, f.data_set(), None)
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| NotSent::Association(Arc::new(e)));
         if let Err(e) = &outcome {
             broken = Some(e.clone());
         }

@@ -367,10 +367,12 @@ async fn outage_then_recovery_delivers_every_report_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mllp_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some(pki) = TestPki::generate(dir.path(), "hl7") else {
+        return;
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::fs::read(&pki.ca).unwrap().as_slice()) {
+    for c in rustls_pemfile::certs(&mut std::fs::read(&pki.ca_cert).unwrap().as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -402,7 +404,7 @@ async fn mllp_over_tls_with_a_client_certificate() {
         enabled: true,
         port,
         tls: true,
-        ca: Some(pki.ca.clone()),
+        ca: Some(pki.ca_cert.clone()),
         cert: Some(pki.client_cert.clone()),
         key: Some(pki.client_key.clone()),
         ..Default::default()

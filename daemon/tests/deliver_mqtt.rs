@@ -1,5 +1,6 @@
 //! MQTT delivery against a real mosquitto started by the test on a loopback port (plain,
-//! and TLS with client certificates made with rcgen); `mosquitto_sub` is the cloud.
+//! and TLS with client certificates from the harness's `TestPki`); `mosquitto_sub` is the
+//! cloud.
 
 mod common;
 
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 const SITE: &str = "hospital-a";
 const DEVICE: &str = "edge-01";
 
-fn config(port: u16, pki: Option<&Pki>) -> Config {
+fn config(port: u16, pki: Option<&TestPki>) -> Config {
     let mut cfg = Config::default();
     cfg.device.site_id = SITE.into();
     cfg.device.device_id = DEVICE.into();
@@ -27,7 +28,7 @@ fn config(port: u16, pki: Option<&Pki>) -> Config {
     cfg.mqtt.port = port;
     cfg.mqtt.tls = pki.is_some();
     if let Some(p) = pki {
-        cfg.mqtt.ca = Some(p.ca.clone());
+        cfg.mqtt.ca = Some(p.ca_cert.clone());
         cfg.mqtt.cert = Some(p.client_cert.clone());
         cfg.mqtt.key = Some(p.client_key.clone());
     }
@@ -218,7 +219,9 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_the_last_will() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let Some(pki) = TestPki::generate(dir.path(), "mqtt") else {
+        return;
+    };
     let port = free_port();
     let Some(_broker) = start_mosquitto(dir.path(), port, Some(&pki)) else {
         return;

@@ -208,15 +208,14 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Binds the console listener (or takes `prebound`) and starts serving as the supervised
-/// stage `console` of `stages`; returns the bound address and the task (which ends after
-/// `shutdown` turns true).
+/// Binds the console listener (or takes `prebound`) and starts serving as the stage
+/// `console` supervised by `shutdown`; returns the bound address and the task (which ends
+/// after shutdown begins).
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
     prebound: Option<std::net::TcpListener>,
-    shutdown: watch::Receiver<bool>,
-    stages: &Arc<crate::supervise::Registry>,
+    shutdown: &crate::supervise::Shutdown,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let files = crate::tls::self_signed::cert_files(
         config.console.cert.as_deref(),
@@ -243,7 +242,7 @@ pub async fn start(
             ""
         }
     );
-    tokio::spawn(audit_throttled_logins(console.clone(), shutdown.clone()));
+    tokio::spawn(audit_throttled_logins(console.clone(), shutdown.signal()));
     let store = console.store.clone();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = store.prepare_worklist() {
@@ -251,11 +250,9 @@ pub async fn start(
         }
     });
     let listener = crate::supervise::Listener::keep(listener)?;
-    let stop = shutdown.clone();
-    let task = crate::supervise::spawn(
+    let stop = shutdown.signal();
+    let task = shutdown.supervise(
         "console",
-        stages,
-        shutdown,
         crate::supervise::Backoff::default(),
         move |beat| {
             let (listener, tls, console, stop) = (

@@ -58,6 +58,6 @@ pub trait FeedbackSink: Send + Sync + std::fmt::Debug {
 impl FeedbackSink for Recorder {
     fn queue_feedback(&self, feedback: &Feedback, role: &str) -> Result<(), FeedbackNotQueued> {
         self.record_feedback(feedback, role)
-            .map_err(FeedbackNotQueued)
+            .map_err(|e| FeedbackNotQueued(e.to_string()))
     }
 }

@@ -42,7 +42,7 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
                 r.path.display()
             )),
             Ok(s) => refused.push(format!("{}: status {s:04X}", r.path.display())),
-            Err(e) => return Delivery::Failed(e.clone()),
+            Err(e) => return Delivery::Failed(e.to_string()),
         }
     }
     if refused.is_empty() {
@@ -79,7 +79,7 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn r(outcome: Result<u16, String>) -> scu::SendResult {
+    fn r(outcome: Result<u16, scu::NotSent>) -> scu::SendResult {
         scu::SendResult {
             path: PathBuf::from("x.dcm"),
             outcome,
@@ -99,7 +99,12 @@ mod tests {
             Delivery::Rejected(_)
         ));
         assert!(matches!(
-            outcome(&[r(Err("association failed: refused".into()))]),
+            outcome(&[r(Err(scu::NotSent::Association(std::sync::Arc::new(
+                scu::ScuError::Association {
+                    target: "PACS@pacs:104".into(),
+                    reason: "refused".into()
+                }
+            ))))]),
             Delivery::Failed(_)
         ));
     }

@@ -14,7 +14,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::site_secret::SiteSecret;
 use crate::store::Store;
-use crate::supervise::{self, Backoff, Registry};
+use crate::supervise::{self, Backoff, Shutdown};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,13 +43,14 @@ impl Delivery {
 }
 
 /// Opens the outbox and starts the workers of `config`, each supervised (restarted when
-/// it ends unexpectedly) with a heartbeat in `stages`.
+/// it ends unexpectedly) with a heartbeat among the stages of `daemon`; delivery has a
+/// stop signal of its own ([`Delivery::stop`]).
 pub fn start(
     config: &Config,
     store: &Arc<Store>,
     audit: &Arc<Audit>,
     model: &str,
-    stages: &Arc<Registry>,
+    daemon: &Shutdown,
 ) -> Result<Delivery> {
     let secret = SiteSecret::load_or_generate(&config.site_secret_path()).with_context(|| {
         format!(
@@ -64,7 +65,7 @@ pub fn start(
             .context("cannot open the outbox")?,
     );
     let plan = DeliveryPlan::from_config(config);
-    let mut shutdown = supervise::Shutdown::new();
+    let mut shutdown = daemon.sharing_stages();
     let rx = shutdown.signal();
     // HL7 and the PACS push count explicit refusals towards dead-lettering.
     let refusals = WorkerOptions {
@@ -75,14 +76,10 @@ pub fn start(
         match &dest {
             Destination::Hl7 => {
                 let target = Hl7Target::from_config(&config.hl7).context("[hl7] TLS settings")?;
-                shutdown.track(spawn_worker(
-                    stages,
-                    &outbox,
-                    dest,
-                    refusals,
-                    &rx,
-                    move || Hl7Channel::new(target.clone()),
-                ));
+                let task = spawn_worker(&shutdown, &outbox, dest, refusals, move || {
+                    Hl7Channel::new(target.clone())
+                });
+                shutdown.track(task);
             }
             Destination::Mqtt => {
                 let settings = MqttSettings::from_config(config).context("[mqtt] TLS settings")?;
@@ -96,12 +93,8 @@ pub fn start(
                     model.to_string(),
                 );
                 let (health_outbox, stop) = (outbox.clone(), rx.clone());
-                let handle = supervise::spawn(
-                    "delivery health",
-                    stages,
-                    rx.clone(),
-                    Backoff::default(),
-                    move |beat| {
+                let handle =
+                    shutdown.supervise("delivery health", Backoff::default(), move |beat| {
                         beat.pulse(health_loop(
                             config.clone(),
                             store.clone(),
@@ -111,20 +104,19 @@ pub fn start(
                             health_tx.clone(),
                             stop.clone(),
                         ))
-                    },
-                );
+                    });
                 shutdown.track(handle);
-                shutdown.track(spawn_worker(
-                    stages,
+                let task = spawn_worker(
+                    &shutdown,
                     &outbox,
                     dest,
                     WorkerOptions::default(),
-                    &rx,
                     move || {
                         MqttChannel::new(settings.clone(), key.clone())
                             .with_health(health_rx.clone())
                     },
-                ));
+                );
+                shutdown.track(task);
             }
             Destination::Pacs(name) => {
                 let Some(d) = config
@@ -137,40 +129,31 @@ pub fn start(
                     continue;
                 };
                 let (store, ae) = (store.clone(), config.dicom.ae_title.clone());
-                shutdown.track(spawn_worker(
-                    stages,
-                    &outbox,
-                    dest,
-                    refusals,
-                    &rx,
-                    move || PacsChannel::new(store.clone(), &d, &ae),
-                ));
+                let task = spawn_worker(&shutdown, &outbox, dest, refusals, move || {
+                    PacsChannel::new(store.clone(), &d, &ae)
+                });
+                shutdown.track(task);
             }
         }
     }
     // The audit head goes to the log too, so it is anchored even without MQTT.
     let audit_log = audit.clone();
     let stop = rx.clone();
-    shutdown.track(supervise::spawn(
-        "audit head",
-        stages,
-        rx.clone(),
-        Backoff::default(),
-        move |beat| {
-            let (audit_log, mut stop) = (audit_log.clone(), stop.clone());
-            beat.pulse(async move {
-                loop {
-                    if let Some((seq, hash)) = audit_log.head() {
-                        log::info!("audit trail head: record {seq}, hash {hash}");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                        _ = stop.changed() => return,
-                    }
+    let task = shutdown.supervise("audit head", Backoff::default(), move |beat| {
+        let (audit_log, mut stop) = (audit_log.clone(), stop.clone());
+        beat.pulse(async move {
+            loop {
+                if let Some((seq, hash)) = audit_log.head() {
+                    log::info!("audit trail head: record {seq}, hash {hash}");
                 }
-            })
-        },
-    ));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    });
+    shutdown.track(task);
     Ok(Delivery {
         outbox,
         plan,
@@ -179,34 +162,27 @@ pub fn start(
     })
 }
 
-/// Starts the supervised worker of `dest`; `channel` makes the channel of each
-/// incarnation (a restarted worker starts on a fresh connection).
+/// Starts the worker of `dest`, supervised by `shutdown`; `channel` makes the channel of
+/// each incarnation (a restarted worker starts on a fresh connection).
 fn spawn_worker<C: Channel>(
-    stages: &Arc<Registry>,
+    shutdown: &Shutdown,
     outbox: &Arc<Outbox>,
     dest: Destination,
     options: WorkerOptions,
-    shutdown: &watch::Receiver<bool>,
     mut channel: impl FnMut() -> C + Send + 'static,
 ) -> JoinHandle<()> {
     let name = format!("deliver {dest}");
-    let (outbox, stop) = (outbox.clone(), shutdown.clone());
-    let handle = supervise::spawn(
-        &name,
-        stages,
-        shutdown.clone(),
-        Backoff::default(),
-        move |beat| {
-            worker::run_beating(
-                outbox.clone(),
-                dest.clone(),
-                channel(),
-                options,
-                stop.clone(),
-                beat,
-            )
-        },
-    );
+    let (outbox, stop) = (outbox.clone(), shutdown.signal());
+    let handle = shutdown.supervise(&name, Backoff::default(), move |beat| {
+        worker::run_beating(
+            outbox.clone(),
+            dest.clone(),
+            channel(),
+            options,
+            stop.clone(),
+            beat,
+        )
+    });
     log::info!("{name} started");
     handle
 }

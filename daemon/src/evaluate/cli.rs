@@ -9,6 +9,7 @@ use crate::infer::cli::tool_engine;
 use crate::infer::gate::{record_path, MsPerImage};
 use crate::infer::precision::{Precision, PrecisionSetting};
 use crate::infer::Engine;
+use anyhow::anyhow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -72,13 +73,15 @@ fn stem(code: &str) -> String {
         .collect()
 }
 
+/// Writes the ROC and reliability plots of every finding with figures into `dir`; the
+/// files written. The error's text is the whole message (it is printed with `{}`).
 fn write_plots(
     dir: &Path,
     report: &Report,
     scored: &[super::score::ScoredCase],
     manifest: &crate::infer::Manifest,
-) -> Result<Vec<PathBuf>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for (code, f) in &report.findings {
         let Some(i) = manifest.labels.iter().position(|l| &l.code == code) else {
@@ -91,30 +94,25 @@ fn write_plots(
         let roc = super::metrics::roc_curve(&cases);
         let auc = f.auc.zip(f.auc_ci).map(|(a, [lo, hi])| (a, lo, hi));
         let s = stem(code);
-        files.extend(
-            write_plot(
-                dir,
-                &format!("roc-{s}"),
-                &format!("ROC: {}", f.name),
-                Plot::Roc { points: &roc, auc },
-            )
-            .map_err(|e| e.to_string())?,
-        );
-        files.extend(
-            write_plot(
-                dir,
-                &format!("reliability-{s}"),
-                &format!("Reliability: {}", f.name),
-                Plot::Reliability(&f.calibration),
-            )
-            .map_err(|e| e.to_string())?,
-        );
+        files.extend(write_plot(
+            dir,
+            &format!("roc-{s}"),
+            &format!("ROC: {}", f.name),
+            Plot::Roc { points: &roc, auc },
+        )?);
+        files.extend(write_plot(
+            dir,
+            &format!("reliability-{s}"),
+            &format!("Reliability: {}", f.name),
+            Plot::Reliability(&f.calibration),
+        )?);
     }
     Ok(files)
 }
 
 /// Scores the cases again at f32, compares and writes the gate record beside the
-/// network. `None` when the precision is f32 itself (the reference needs no gate).
+/// network. `None` when the precision is f32 itself (the reference needs no gate). The
+/// error's text is the whole message (it is printed with `{}`).
 #[allow(clippy::too_many_arguments)]
 fn run_gate(
     opts: &EvaluateOptions,
@@ -127,28 +125,26 @@ fn run_gate(
     findings: &std::collections::BTreeSet<usize>,
     threads: usize,
     elapsed: std::time::Duration,
-) -> Result<Option<crate::infer::gate::GateRecord>, String> {
+) -> anyhow::Result<Option<crate::infer::gate::GateRecord>> {
     if id.precision == Precision::F32 {
         eprintln!("duli evaluate: --gate: f32 is the reference, it needs no gate");
         return Ok(None);
     }
-    let net = crate::infer::gate::network(manifest, id.precision).map_err(|e| e.to_string())?;
+    let net = crate::infer::gate::network(manifest, id.precision)?;
     eprintln!(
         "duli evaluate: gate: scoring the same {} images at f32",
         cases.len()
     );
-    let reference =
-        Engine::at_precision(manifest_path, cfg, Precision::F32).map_err(|e| e.to_string())?;
+    let reference = Engine::at_precision(manifest_path, cfg, Precision::F32)?;
     let started = Instant::now();
     let f32_scored = score_all(&reference, cases, threads);
     let f32_elapsed = started.elapsed();
     drop(reference);
     let per_image = |d: std::time::Duration| d.as_secs_f64() * 1000.0 / scored.len().max(1) as f64;
     let digest = super::gate::dataset_digest(&opts.dir, scored)
-        .map_err(|e| format!("reading the set for its digest: {e}"))?;
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("reading the set for its digest: {e}"))?;
+    let date =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
     let dir = opts.dir.canonicalize().unwrap_or_else(|_| opts.dir.clone());
     let run = super::gate::GateRun {
         manifest,
@@ -164,7 +160,7 @@ fn run_gate(
     };
     let record = super::gate::compare(&run, &f32_scored, scored, findings, digest);
     let path = record_path(&net.gate_dir, id.precision, &id.cpu_feature);
-    record.save(&path).map_err(|e| e.to_string())?;
+    record.save(&path)?;
     eprintln!("duli evaluate: gate record written to {}", path.display());
     Ok(Some(record))
 }

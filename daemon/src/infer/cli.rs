@@ -143,7 +143,7 @@ pub fn score_with_heatmap(
                     manifest.heatmap.batch as usize,
                     || {},
                 )
-                .map_err(|e| e.to_string())
+                .map_err(super::heatmap::HeatmapError::from)
                 .and_then(|map| {
                     let g = manifest.heatmap.grid;
                     super::heatmap::render_png(
@@ -154,7 +154,7 @@ pub fn score_with_heatmap(
                         manifest.input.height,
                     )
                 }),
-                None => Err("no request for occlusion heatmaps".into()),
+                None => Err(super::heatmap::HeatmapError::NoRequest),
             }
         }
     };
@@ -182,7 +182,9 @@ pub fn score_with_heatmap(
                 path: String::new(),
             },
         },
-        Err(reason) => HeatmapState::Failed { reason },
+        Err(e) => HeatmapState::Failed {
+            reason: e.to_string(),
+        },
     };
     (p.sop_instance_uid.clone(), r)
 }

@@ -192,14 +192,48 @@ pub fn child_main(path: &Path) -> ExitCode {
     }
 }
 
-fn child(path: &Path) -> Result<(), String> {
+/// Why the child did not write an image (its stderr line).
+#[derive(Debug, thiserror::Error)]
+enum ChildError {
+    /// A resource limit could not be set.
+    #[error("setrlimit {resource:?}: {source}")]
+    Limit {
+        /// The limit.
+        resource: nix::sys::resource::Resource,
+        /// The system's error.
+        source: nix::Error,
+    },
+    /// The file cannot be opened or its pixels decoded.
+    #[error(transparent)]
+    Image(#[from] DicomImageError),
+    /// No seccomp filter exists for this architecture.
+    #[error("seccomp on {arch}: {0:?}", arch = std::env::consts::ARCH)]
+    Arch(seccompiler::BackendError),
+    /// The seccomp filter cannot be built.
+    #[error("seccomp filter: {0}")]
+    Filter(seccompiler::BackendError),
+    /// The seccomp filter cannot be compiled.
+    #[error("seccomp filter: {0:?}")]
+    Compile(seccompiler::BackendError),
+    /// The seccomp filter cannot be applied.
+    #[error("seccomp: {0}")]
+    Apply(seccompiler::Error),
+    /// Debug builds only: what the confined child can still do (see [`probe`]).
+    #[error("{0}")]
+    Probe(String),
+    /// The image cannot be written to stdout.
+    #[error("writing the image: {0}")]
+    Write(std::io::Error),
+}
+
+fn child(path: &Path) -> Result<(), ChildError> {
     limit_resources()?;
-    let image = DicomImage::open(path).map_err(|e| e.to_string())?;
+    let image = DicomImage::open(path)?;
     confine()?;
     if cfg!(debug_assertions) && std::env::var_os("DULI_DEBUG_SANDBOX_PROBE").is_some() {
-        return Err(probe());
+        return Err(ChildError::Probe(probe()));
     }
-    let gray = image.decode_in_process().map_err(|e| e.to_string())?;
+    let gray = image.decode_in_process()?;
     let mut out = Vec::with_capacity(16 + gray.pixels.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&gray.width.to_le_bytes());
@@ -209,7 +243,7 @@ fn child(path: &Path) -> Result<(), String> {
     stdout
         .write_all(&out)
         .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing the image: {e}"))
+        .map_err(ChildError::Write)
 }
 
 /// Debug builds only: what the confined child can still do, for the sandbox test.
@@ -236,9 +270,11 @@ fn probe() -> String {
     )
 }
 
-fn limit_resources() -> Result<(), String> {
+fn limit_resources() -> Result<(), ChildError> {
     use nix::sys::resource::{setrlimit, Resource};
-    let set = |r: Resource, v: u64| setrlimit(r, v, v).map_err(|e| format!("setrlimit {r:?}: {e}"));
+    let set = |resource: Resource, v: u64| {
+        setrlimit(resource, v, v).map_err(|source| ChildError::Limit { resource, source })
+    };
     set(Resource::RLIMIT_AS, ADDRESS_SPACE)?;
     set(Resource::RLIMIT_CPU, CPU_SECONDS)?;
     set(Resource::RLIMIT_CORE, 0)?;
@@ -249,7 +285,7 @@ fn limit_resources() -> Result<(), String> {
 /// No new privileges, then a seccomp filter: memory management, I/O on descriptors already
 /// open, time, futexes, signals' return and exit. Anything else fails with EPERM; the
 /// process may not create threads or processes, open files or use the network.
-fn confine() -> Result<(), String> {
+fn confine() -> Result<(), ChildError> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
     let allowed = [
         nix::libc::SYS_read,
@@ -281,18 +317,16 @@ fn confine() -> Result<(), String> {
     let rules = allowed.iter().map(|&nr| (nr, Vec::new())).collect();
     let arch = std::env::consts::ARCH
         .try_into()
-        .map_err(|e| format!("seccomp on {}: {e:?}", std::env::consts::ARCH))?;
+        .map_err(ChildError::Arch)?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Errno(nix::libc::EPERM as u32),
         SeccompAction::Allow,
         arch,
     )
-    .map_err(|e| format!("seccomp filter: {e}"))?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|e| format!("seccomp filter: {e:?}"))?;
-    seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
+    .map_err(ChildError::Filter)?;
+    let program: BpfProgram = filter.try_into().map_err(ChildError::Compile)?;
+    seccompiler::apply_filter(&program).map_err(ChildError::Apply)
 }
 
 #[cfg(test)]

@@ -176,45 +176,103 @@ pub fn network(manifest: &Manifest, precision: Precision) -> Result<Network, int
     }
 }
 
+/// Why a precision has no passed gate on this CPU.
+#[derive(Debug, thiserror::Error)]
+pub enum NoPassedGate {
+    /// The network of that precision cannot be found (the INT8 build).
+    #[error(transparent)]
+    Network(#[from] int8::Int8Error),
+    /// No gate record for this CPU's feature.
+    #[error("{precision} has no gate record for this CPU ({feature}) at {}: {}", .path.display(), how(*.precision))]
+    Missing {
+        /// The precision.
+        precision: Precision,
+        /// This CPU's feature for it.
+        feature: &'static str,
+        /// The record looked for.
+        path: PathBuf,
+    },
+    /// The record cannot be read.
+    #[error(transparent)]
+    Unreadable(GateError),
+    /// The record is of another network.
+    #[error("{}: the gate was run on another network (SHA-256 {recorded}), this one is {actual}: {}", .path.display(), how(*.precision))]
+    OtherNetwork {
+        /// The record.
+        path: PathBuf,
+        /// The precision.
+        precision: Precision,
+        /// The SHA-256 the gate was run on.
+        recorded: String,
+        /// The SHA-256 of this network.
+        actual: String,
+    },
+    /// The record is of another precision or CPU feature.
+    #[error("{}: not a record of {precision} on {feature}", .path.display())]
+    OtherTarget {
+        /// The record.
+        path: PathBuf,
+        /// The precision.
+        precision: Precision,
+        /// This CPU's feature for it.
+        feature: &'static str,
+    },
+    /// The precision failed its gate.
+    #[error("{precision} failed its gate on {date} ({}): {}", .path.display(), .reasons.join("; "))]
+    Failed {
+        /// The precision.
+        precision: Precision,
+        /// When the gate ran.
+        date: String,
+        /// The record.
+        path: PathBuf,
+        /// Why it failed.
+        reasons: Vec<String>,
+    },
+}
+
+/// How to make a gate record of `precision`.
+fn how(precision: Precision) -> String {
+    format!("run `duli evaluate --precision {precision} --gate` on a labelled set")
+}
+
 /// A passed gate for `net` on this CPU, or why there is none.
-pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, String> {
+pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, NoPassedGate> {
     let feature = net.precision.cpu_feature(flags);
     let path = record_path(&net.gate_dir, net.precision, feature);
-    let how = format!(
-        "run `duli evaluate --precision {} --gate` on a labelled set",
-        net.precision
-    );
+    let precision = net.precision;
     let record = GateRecord::load(&path).map_err(|e| match e {
-        GateError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => format!(
-            "{} has no gate record for this CPU ({feature}) at {}: {how}",
-            net.precision,
-            path.display()
-        ),
-        e => e.to_string(),
+        GateError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            NoPassedGate::Missing {
+                precision,
+                feature,
+                path: path.clone(),
+            }
+        }
+        e => NoPassedGate::Unreadable(e),
     })?;
     if !record.network_sha256.eq_ignore_ascii_case(&net.sha256) {
-        return Err(format!(
-            "{}: the gate was run on another network (SHA-256 {}), this one is {}: {how}",
-            path.display(),
-            record.network_sha256,
-            net.sha256
-        ));
+        return Err(NoPassedGate::OtherNetwork {
+            path,
+            precision,
+            recorded: record.network_sha256,
+            actual: net.sha256.clone(),
+        });
     }
     if record.cpu_feature != feature || record.precision != net.precision {
-        return Err(format!(
-            "{}: not a record of {} on {feature}",
-            path.display(),
-            net.precision
-        ));
+        return Err(NoPassedGate::OtherTarget {
+            path,
+            precision,
+            feature,
+        });
     }
     if !record.passed {
-        return Err(format!(
-            "{} failed its gate on {} ({}): {}",
-            net.precision,
-            record.date,
-            path.display(),
-            record.reasons.join("; ")
-        ));
+        return Err(NoPassedGate::Failed {
+            precision,
+            date: record.date,
+            path,
+            reasons: record.reasons,
+        });
     }
     Ok(record)
 }
@@ -242,8 +300,8 @@ pub fn resolve(manifest: &Manifest, setting: PrecisionSetting, flags: &CpuFlags)
         },
         reason,
     };
-    let gated = |p: Precision| -> Result<(Network, GateRecord), String> {
-        let net = network(manifest, p).map_err(|e| e.to_string())?;
+    let gated = |p: Precision| -> Result<(Network, GateRecord), NoPassedGate> {
+        let net = network(manifest, p)?;
         let record = passed_gate(&net, flags)?;
         Ok((net, record))
     };
@@ -283,7 +341,7 @@ pub fn resolve(manifest: &Manifest, setting: PrecisionSetting, flags: &CpuFlags)
                         "{p}: passed but not faster ({:.1} vs {:.1} ms per image)",
                         r.ms_per_image.gated, r.ms_per_image.f32
                     )),
-                    Err(why) => skipped.push(why),
+                    Err(why) => skipped.push(why.to_string()),
                 }
             }
             match best {

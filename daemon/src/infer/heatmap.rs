@@ -100,6 +100,35 @@ pub fn occlusion_map(
     Ok(probs[1..].iter().map(|p| (base - p).max(0.0)).collect())
 }
 
+/// Why a heatmap was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum HeatmapError {
+    /// Inference of the occluded images failed.
+    #[error(transparent)]
+    Occlusion(#[from] BackendError),
+    /// No inference request could be had for occlusion heatmaps.
+    #[error("no request for occlusion heatmaps")]
+    NoRequest,
+    /// The map does not hold `map_w × map_h` values.
+    #[error("map size mismatch")]
+    MapSize,
+    /// The PNG could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] image::ImageError),
+    /// The features do not fit the class-activation head.
+    #[error("{got} feature values, the head expects {k} × {h} × {w}")]
+    Features {
+        /// How many came.
+        got: usize,
+        /// Channels the head expects.
+        k: usize,
+        /// Rows it expects.
+        h: usize,
+        /// Columns it expects.
+        w: usize,
+    },
+}
+
 /// Renders a `map_w × map_h` map as an 8-bit grey PNG of `width × height` (brightest =
 /// largest value), upsampled with a linear filter.
 pub fn render_png(
@@ -108,7 +137,7 @@ pub fn render_png(
     map_h: u32,
     width: u32,
     height: u32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, HeatmapError> {
     let max = map.iter().copied().fold(0f32, f32::max);
     let cells: Vec<u8> = map
         .iter()
@@ -120,11 +149,10 @@ pub fn render_png(
             }
         })
         .collect();
-    let small = image::GrayImage::from_raw(map_w, map_h, cells).ok_or("map size mismatch")?;
+    let small = image::GrayImage::from_raw(map_w, map_h, cells).ok_or(HeatmapError::MapSize)?;
     let big = image::imageops::resize(&small, width, height, image::imageops::FilterType::Triangle);
     let mut png = Vec::new();
-    big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
+    big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
     Ok(png)
 }
 
@@ -135,13 +163,15 @@ pub fn cam_png(
     features: &[f32],
     target: usize,
     manifest: &Manifest,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, HeatmapError> {
     let (k, h, w) = head.shape;
     if features.len() != k * h * w {
-        return Err(format!(
-            "{} feature values, the head expects {k} × {h} × {w}",
-            features.len()
-        ));
+        return Err(HeatmapError::Features {
+            got: features.len(),
+            k,
+            h,
+            w,
+        });
     }
     let map = head.cam(features, target);
     render_png(
@@ -169,7 +199,7 @@ pub struct HeatmapJob {
 }
 
 /// What became of a job: the PNG and the milliseconds it took, or why it failed.
-pub type HeatmapOutcome = Result<(Vec<u8>, f64), String>;
+pub type HeatmapOutcome = Result<(Vec<u8>, f64), HeatmapError>;
 
 /// Called on the worker thread when a job ends.
 pub type OnHeatmap = Box<dyn Fn(&HeatmapJob, HeatmapOutcome) + Send>;
@@ -209,7 +239,7 @@ impl HeatmapWorker {
                         batch,
                         wait_for_reports,
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(HeatmapError::from)
                     .and_then(|map| {
                         render_png(
                             &map,

@@ -8,7 +8,7 @@ use super::heatmap::{HeatmapJob, HeatmapWorker};
 use super::manifest::Manifest;
 use super::record;
 use crate::result::HeatmapState;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Queues the pending heatmaps again (see the module docs); returns how many were queued.
 /// Images whose heatmap can no longer be made (model changed, pixel data pruned or
@@ -49,8 +49,10 @@ pub fn resume_heatmaps(
         };
         match job_for(store, manifest, max_pixels, &uid, version, &sop, &code) {
             Ok(job) => jobs.push(job),
-            Err(reason) => {
-                let skipped = HeatmapState::Skipped { reason };
+            Err(why) => {
+                let skipped = HeatmapState::Skipped {
+                    reason: why.to_string(),
+                };
                 if let Err(e) = record::set_heatmap(store, &uid, version, &sop, skipped, 0.0) {
                     log::error!("study {uid}: cannot record the skipped heatmap: {e}");
                 }
@@ -65,6 +67,26 @@ pub fn resume_heatmaps(
     queued
 }
 
+/// Why a heatmap left pending cannot be made any more (its skip reason).
+#[derive(Debug, thiserror::Error)]
+enum NoJob {
+    /// The model has no output for the finding.
+    #[error("the model no longer has finding {0}")]
+    UnknownFinding(String),
+    /// The index failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The image is gone from the store.
+    #[error("the image is no longer in the store")]
+    Gone,
+    /// Retention removed the pixel data.
+    #[error("pixel data pruned by retention")]
+    Pruned,
+    /// The image cannot be prepared for the model.
+    #[error("{0}")]
+    Preparation(String),
+}
+
 /// The job of image `sop`'s pending heatmap for finding `code`, or why it cannot be made.
 fn job_for(
     store: &Store,
@@ -74,18 +96,15 @@ fn job_for(
     version: u32,
     sop: &str,
     code: &str,
-) -> Result<HeatmapJob, String> {
+) -> Result<HeatmapJob, NoJob> {
     let target = manifest
         .labels
         .iter()
         .position(|l| l.code == code)
-        .ok_or_else(|| format!("the model no longer has finding {code}"))?;
-    let inst = store
-        .instance(sop)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the image is no longer in the store".to_string())?;
+        .ok_or_else(|| NoJob::UnknownFinding(code.to_string()))?;
+    let inst = store.instance(sop)?.ok_or(NoJob::Gone)?;
     if inst.pruned {
-        return Err("pixel data pruned by retention".into());
+        return Err(NoJob::Pruned);
     }
     match prepare_file(&store.root().join(&inst.path), manifest, max_pixels) {
         Preparation::Ready(p) => Ok(HeatmapJob {
@@ -96,7 +115,7 @@ fn job_for(
             target,
         }),
         Preparation::NotApplicable { reason, .. } | Preparation::Error { reason, .. } => {
-            Err(reason)
+            Err(NoJob::Preparation(reason))
         }
     }
 }

@@ -242,7 +242,12 @@ fn start_heatmaps(recorder: &Arc<Recorder>, engine: &Arc<Engine>) -> Option<Heat
                         ms,
                     ),
                 },
-                Err(reason) => (HeatmapState::Failed { reason }, 0.0),
+                Err(e) => (
+                    HeatmapState::Failed {
+                        reason: e.to_string(),
+                    },
+                    0.0,
+                ),
             };
             if let Err(e) = recorder.record_heatmap(
                 &job.study_uid,

@@ -164,7 +164,7 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Line> {
                     ms(rtt)
                 ),
             ),
-            Ok(Err(e)) => line("HL7 MLLP", shown, Outcome::Fail, e),
+            Ok(Err(e)) => line("HL7 MLLP", shown, Outcome::Fail, e.to_string()),
             Err(_) => line("HL7 MLLP", shown, Outcome::Fail, "no answer in time".into()),
         }
     });
@@ -182,7 +182,7 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Line> {
         let client_id = format!("{}-check", cfg.mqtt_client_id());
         match tokio::time::timeout(timeout, mqtt_connect(cfg, &client_id)).await {
             Ok(Ok(detail)) => line("MQTT connect", shown, Outcome::Pass, detail),
-            Ok(Err(e)) => line("MQTT connect", shown, Outcome::Fail, e),
+            Ok(Err(e)) => line("MQTT connect", shown, Outcome::Fail, e.to_string()),
             Err(_) => line(
                 "MQTT connect",
                 shown,
@@ -201,6 +201,50 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Line> {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// Why a peer of the checks did not answer as it should.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    /// The TCP connection failed.
+    #[error("TCP: {0}")]
+    Tcp(std::io::Error),
+    /// TLS is on but no CA is configured.
+    #[error("TLS: no CA configured to check the server against")]
+    NoCa,
+    /// The client's TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsError),
+    /// The host is not a valid TLS server name.
+    #[error("TLS: {0}")]
+    ServerName(rustls::pki_types::InvalidDnsNameError),
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
+    /// The MQTT CONNECT could not be sent.
+    #[error("sending CONNECT: {0}")]
+    SendConnect(std::io::Error),
+    /// No MQTT CONNACK came back.
+    #[error("no CONNACK: {0}")]
+    NoConnack(std::io::Error),
+    /// The answer is not an MQTT CONNACK.
+    #[error("not an MQTT CONNACK: {0:02x?}")]
+    NotConnack([u8; 4]),
+    /// The broker refused the connection with this return code.
+    #[error("refused: {}", refusal(*.0))]
+    Refused(u8),
+}
+
+/// The meaning of a CONNACK return code.
+fn refusal(code: u8) -> String {
+    match code {
+        1 => "protocol version".into(),
+        2 => "client id".into(),
+        3 => "broker unavailable".into(),
+        4 => "bad user name or password".into(),
+        5 => "not authorised (client certificate?)".into(),
+        n => format!("code {n}"),
+    }
+}
+
 /// TCP connect, then a TLS handshake when `tls`; returns the stream and the time taken.
 async fn connect(
     host: &str,
@@ -209,26 +253,26 @@ async fn connect(
     ca: Option<&Path>,
     cert: Option<&Path>,
     key: Option<&Path>,
-) -> Result<(Box<dyn Stream>, Duration), String> {
+) -> Result<(Box<dyn Stream>, Duration), Unreachable> {
     let started = Instant::now();
     let tcp = TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("TCP: {e}"))?;
+        .map_err(Unreachable::Tcp)?;
     let _ = tcp.set_nodelay(true);
     if !tls {
         return Ok((Box::new(tcp), started.elapsed()));
     }
-    let ca = ca.ok_or("TLS: no CA configured to check the server against")?;
-    let config = crate::tls::client_config("provision", Some(ca), cert, key)
-        .map_err(|e| format!("TLS: {e}"))?;
+    let ca = ca.ok_or(Unreachable::NoCa)?;
+    let config =
+        crate::tls::client_config("provision", Some(ca), cert, key).map_err(Unreachable::Tls)?;
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => ServerName::try_from(host.to_string()).map_err(|e| format!("TLS: {e}"))?,
+        Err(_) => ServerName::try_from(host.to_string()).map_err(Unreachable::ServerName)?,
     };
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(Unreachable::Handshake)?;
     Ok((Box::new(stream), started.elapsed()))
 }
 
@@ -255,7 +299,8 @@ fn connect_packet(client_id: &str) -> Vec<u8> {
     packet
 }
 
-async fn mqtt_connect(cfg: &Config, client_id: &str) -> Result<String, String> {
+/// An MQTT CONNECT to the configured broker; the detail of the check when accepted.
+async fn mqtt_connect(cfg: &Config, client_id: &str) -> Result<String, Unreachable> {
     let m = &cfg.mqtt;
     let (mut stream, _) = connect(
         &m.host,
@@ -270,17 +315,17 @@ async fn mqtt_connect(cfg: &Config, client_id: &str) -> Result<String, String> {
     stream
         .write_all(&connect_packet(client_id))
         .await
-        .map_err(|e| format!("sending CONNECT: {e}"))?;
+        .map_err(Unreachable::SendConnect)?;
     let mut ack = [0u8; 4];
     stream
         .read_exact(&mut ack)
         .await
-        .map_err(|e| format!("no CONNACK: {e}"))?;
+        .map_err(Unreachable::NoConnack)?;
     let rtt = started.elapsed();
     let _ = stream.write_all(&[0xe0, 0x00]).await;
     let _ = stream.shutdown().await;
     if ack[0] != 0x20 || ack[1] != 0x02 {
-        return Err(format!("not an MQTT CONNACK: {:02x?}", ack));
+        return Err(Unreachable::NotConnack(ack));
     }
     match ack[3] {
         0 => Ok(format!(
@@ -288,12 +333,7 @@ async fn mqtt_connect(cfg: &Config, client_id: &str) -> Result<String, String> {
             if m.tls { "TLS " } else { "" },
             ms(rtt)
         )),
-        1 => Err("refused: protocol version".into()),
-        2 => Err("refused: client id".into()),
-        3 => Err("refused: broker unavailable".into()),
-        4 => Err("refused: bad user name or password".into()),
-        5 => Err("refused: not authorised (client certificate?)".into()),
-        n => Err(format!("refused: code {n}")),
+        n => Err(Unreachable::Refused(n)),
     }
 }
 

@@ -507,7 +507,7 @@ pub fn plan(
         .or_else(|| file.time.timezone.clone());
     if let Some(tz) = &timezone {
         if let Err(r) = system::check_timezone(tz) {
-            bad("time.timezone", r);
+            bad("time.timezone", r.to_string());
         }
     }
     let ntp = if overrides.ntp.is_empty() {
@@ -517,7 +517,7 @@ pub fn plan(
     };
     for (i, server) in ntp.iter().enumerate() {
         if let Err(r) = system::check_host(server) {
-            bad(&format!("time.ntp[{i}]"), r);
+            bad(&format!("time.ntp[{i}]"), r.to_string());
         }
     }
 
@@ -583,8 +583,8 @@ pub fn plan(
         t.insert((*name).into(), toml::Value::Table(table.clone()));
         merge(&mut base, &t);
     }
-    let parse = |table: toml::Table| -> Result<Config, String> {
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| e.message().to_string())
+    let parse = |table: toml::Table| -> Result<Config, toml::de::Error> {
+        Config::deserialize(toml::Value::Table(table))
     };
     let config = match parse(checked) {
         Ok(c) => {
@@ -596,7 +596,7 @@ pub fn plan(
                 Err(m) => {
                     errs.push(KeyError {
                         key: "configuration".into(),
-                        reason: m,
+                        reason: m.message().to_string(),
                     });
                     None
                 }
@@ -606,7 +606,7 @@ pub fn plan(
             if !shape_errors {
                 errs.push(KeyError {
                     key: "configuration".into(),
-                    reason: m,
+                    reason: m.message().to_string(),
                 });
             }
             None

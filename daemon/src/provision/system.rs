@@ -10,8 +10,27 @@ use std::path::{Path, PathBuf};
 /// Where time zone files live, on the box and here.
 pub const ZONEINFO: &str = "/usr/share/zoneinfo";
 
+/// Why a time setting is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeSettingError {
+    /// Not the form of an IANA time zone name.
+    #[error("{0:?} is not a time zone name like America/Sao_Paulo")]
+    ZoneName(String),
+    /// A well-formed name with no file in [`ZONEINFO`].
+    #[error("unknown time zone {zone:?} (no {})", .file.display())]
+    UnknownZone {
+        /// The name.
+        zone: String,
+        /// The file looked for.
+        file: PathBuf,
+    },
+    /// An NTP server that is neither a host name nor an IP address.
+    #[error("{0:?} is not a host name or IP address")]
+    Host(String),
+}
+
 /// Checks an IANA time zone name and that its file exists in [`ZONEINFO`].
-pub fn check_timezone(tz: &str) -> Result<(), String> {
+pub fn check_timezone(tz: &str) -> Result<(), TimeSettingError> {
     let valid = !tz.is_empty()
         && tz.len() <= 64
         && !tz.starts_with('/')
@@ -24,19 +43,20 @@ pub fn check_timezone(tz: &str) -> Result<(), String> {
                     .all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
         });
     if !valid {
-        return Err(format!(
-            "{tz:?} is not a time zone name like America/Sao_Paulo"
-        ));
+        return Err(TimeSettingError::ZoneName(tz.to_string()));
     }
     let path = Path::new(ZONEINFO).join(tz);
     if !path.is_file() {
-        return Err(format!("unknown time zone {tz:?} (no {})", path.display()));
+        return Err(TimeSettingError::UnknownZone {
+            zone: tz.to_string(),
+            file: path,
+        });
     }
     Ok(())
 }
 
 /// Checks an NTP server: a host name or an IP address.
-pub fn check_host(host: &str) -> Result<(), String> {
+pub fn check_host(host: &str) -> Result<(), TimeSettingError> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
     }
@@ -52,7 +72,7 @@ pub fn check_host(host: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{host:?} is not a host name or IP address"))
+        Err(TimeSettingError::Host(host.to_string()))
     }
 }
 

@@ -17,7 +17,7 @@ const STORE_RSP_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn serve(mut op: Op) -> String {
     let instances = match resolve(&op, "C-GET").await {
         Ok(i) => i,
-        Err(line) => return line,
+        Err(answered) => return answered.line,
     };
     let object = super::audit_object(&instances);
     let mut tally = Tally::new(instances.len());

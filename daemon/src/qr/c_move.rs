@@ -189,16 +189,28 @@ pub async fn send_pending(op: &Op, tally: &Tally) -> bool {
     op.writer.lock().await.command(op.pc_id, &rsp).await.is_ok()
 }
 
+/// A retrieve refused before its sub-operations: the final response is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}")]
+pub struct Answered {
+    /// The operation's line for the log (see [`refuse`]).
+    pub line: String,
+}
+
 /// Decodes the identifier and resolves the instances to retrieve; on failure sends the
-/// final response and returns the log line.
-pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, String> {
+/// final response and says so with the log line.
+pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, Answered> {
     let Some(model) = op.model() else {
         let refused = Refused::new(Cause::NotQueryRetrieve, "not a Q/R SOP class");
-        return Err(refuse(op, refused, &Tally::default(), "-", what, false).await);
+        let line = refuse(op, refused, &Tally::default(), "-", what, false).await;
+        return Err(Answered { line });
     };
     let obj = match query::decode_identifier(&op.identifier, &op.transfer_syntax) {
         Ok(o) => o,
-        Err(e) => return Err(refuse(op, e.into(), &Tally::default(), "-", what, true).await),
+        Err(e) => {
+            let line = refuse(op, e.into(), &Tally::default(), "-", what, true).await;
+            return Err(Answered { line });
+        }
     };
     let store = op.ctx.store.clone();
     let selected = tokio::task::spawn_blocking(move || query::select(&store, &obj, model)).await;
@@ -207,7 +219,8 @@ pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, String>
         Ok(Err(e)) => e.into(),
         Err(e) => Refused::new(Cause::IndexFailed, format!("query task failed: {e}")),
     };
-    Err(refuse(op, refused, &Tally::default(), "-", what, true).await)
+    let line = refuse(op, refused, &Tally::default(), "-", what, true).await;
+    Err(Answered { line })
 }
 
 /// Whether a retrieve leaves `inst` out instead of failing it when the peer accepted none
@@ -258,7 +271,7 @@ pub async fn serve(op: Op) -> String {
     };
     let instances = match resolve(&op, "C-MOVE").await {
         Ok(i) => i,
-        Err(line) => return line,
+        Err(answered) => return answered.line,
     };
     let object = super::audit_object(&instances);
     let mut tally = Tally::new(instances.len());

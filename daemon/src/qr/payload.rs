@@ -25,6 +25,9 @@ pub enum PayloadError {
         /// The stored transfer syntax.
         stored: String,
     },
+    /// The blocking task that prepared it failed.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
     /// Decoding or re-encoding failed.
     #[error("cannot transcode from {from} to {to}: {reason}")]
     Transcode {
@@ -102,12 +105,12 @@ pub fn load(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, Pay
     Ok(Payload::Transcoded(out))
 }
 
-/// [`load`] on a blocking thread; errors as text for the operation's log line.
-pub async fn load_async(root: &Path, inst: &InstanceRecord, ts: &str) -> Result<Payload, String> {
+/// [`load`] on a blocking thread.
+pub async fn load_async(
+    root: &Path,
+    inst: &InstanceRecord,
+    ts: &str,
+) -> Result<Payload, PayloadError> {
     let (root, inst, ts) = (root.to_path_buf(), inst.clone(), ts.to_string());
-    match tokio::task::spawn_blocking(move || load(&root, &inst, &ts)).await {
-        Ok(Ok(p)) => Ok(p),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+    tokio::task::spawn_blocking(move || load(&root, &inst, &ts)).await?
 }

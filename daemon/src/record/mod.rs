@@ -26,12 +26,49 @@ use crate::report::{Feedback, Report};
 use crate::result::{HeatmapState, ImageStatus, StudyResult};
 use crate::results::{self, sr::ObjectRef, uids::ResultUids};
 use crate::site_secret::SiteSecret;
-use crate::store::outbox::{Batch, Kind, NewEntry, Outbox};
+use crate::store::outbox::{Batch, Kind, NewEntry, Outbox, OutboxError};
 use crate::store::results::{self as stored, Committed};
 use crate::store::{Change, Store, StoreError};
 use std::sync::Arc;
 
 pub use secondary_capture::SC_MAX_SIDE;
+
+/// Why a result object made from a heatmap (the Parametric Map, the Secondary Capture)
+/// was not made or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The index failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The analysed image is no longer in the store.
+    #[error("{0} is not in the store")]
+    NotStored(String),
+    /// The analysed image cannot be opened or decoded.
+    #[error(transparent)]
+    Image(#[from] crate::infer::dicom_image::DicomImageError),
+    /// The analysed image's header cannot be read.
+    #[error("{sop_uid}: {source}")]
+    Header {
+        /// The image.
+        sop_uid: String,
+        /// The reader's error (boxed: it is large).
+        source: Box<dicom_object::ReadError>,
+    },
+    /// The analysed image has no rows or columns.
+    #[error("{0} has no image size")]
+    NoImageSize(String),
+    /// The heatmap PNG cannot be read.
+    #[error("heatmap {path}: {source}")]
+    Heatmap {
+        /// The PNG, relative to the data directory.
+        path: String,
+        /// The image library's error.
+        source: image::ImageError,
+    },
+    /// Building or storing the DICOM object failed.
+    #[error(transparent)]
+    Results(#[from] results::ResultsError),
+}
 
 /// Where a result's deliverables go: the running delivery stage.
 #[derive(Debug, Clone)]
@@ -246,7 +283,7 @@ impl Recorder {
         &self,
         d: &Delivery,
         report: &Report,
-        made: Result<dicom_object::FileDicomObject<dicom_object::InMemDicomObject>, String>,
+        made: Result<dicom_object::FileDicomObject<dicom_object::InMemDicomObject>, ObjectError>,
         kind: Kind,
         sop_uid: &str,
     ) {
@@ -261,7 +298,7 @@ impl Recorder {
                 outbox: &d.outbox,
                 entries: &entries,
             };
-            results::store_object_with(&self.store, &obj, &[batch]).map_err(|e| e.to_string())?;
+            results::store_object_with(&self.store, &obj, &[batch])?;
             Ok(entries)
         });
         match stored {
@@ -278,7 +315,7 @@ impl Recorder {
 
     /// Queues a radiologist's feedback for the cloud (pseudonymised; the comment and the
     /// user name are never sent). Manual uploads, and a box without delivery, send nothing.
-    pub fn record_feedback(&self, f: &Feedback, role: &str) -> Result<(), String> {
+    pub fn record_feedback(&self, f: &Feedback, role: &str) -> Result<(), OutboxError> {
         let Some(d) = &self.delivery else {
             log::info!(
                 "feedback on {} recorded; no delivery configured",
@@ -303,10 +340,7 @@ impl Recorder {
         if batch.is_empty() {
             return Ok(());
         }
-        d.outbox
-            .enqueue(&batch)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        d.outbox.enqueue(&batch).map(|_| ())
     }
 }
 

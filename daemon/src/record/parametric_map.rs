@@ -3,6 +3,7 @@
 //! what the map needs of the source image's header, as a DICOM object
 //! ([`crate::results::parametric_map::build`]).
 
+use super::ObjectError;
 use crate::report::Report;
 use crate::results::parametric_map::{self, Source};
 use crate::results::uids::ResultUids;
@@ -20,11 +21,9 @@ pub fn build(
     sop_uid: &str,
     png_path: &str,
     device_serial: &str,
-) -> Result<FileDicomObject<InMemDicomObject>, String> {
+) -> Result<FileDicomObject<InMemDicomObject>, ObjectError> {
     let source = source(store, sop_uid)?;
-    let heat = image::open(store.root().join(png_path))
-        .map_err(|e| format!("heatmap {png_path}: {e}"))?
-        .to_luma8();
+    let heat = heatmap(store, png_path)?;
     let values: Vec<f32> = heat
         .as_raw()
         .iter()
@@ -37,19 +36,36 @@ pub fn build(
         source.columns,
         source.rows,
     );
-    parametric_map::build(report, uids, &source, &grid, device_serial).map_err(|e| e.to_string())
+    Ok(parametric_map::build(
+        report,
+        uids,
+        &source,
+        &grid,
+        device_serial,
+    )?)
+}
+
+/// The heatmap PNG `png_path` (relative to the data directory) as grey levels.
+pub(super) fn heatmap(store: &Store, png_path: &str) -> Result<image::GrayImage, ObjectError> {
+    let heat = image::open(store.root().join(png_path)).map_err(|source| ObjectError::Heatmap {
+        path: png_path.to_string(),
+        source,
+    })?;
+    Ok(heat.to_luma8())
 }
 
 /// What the map needs of the stored image `sop_uid` (its header only, up to the pixels).
-pub fn source(store: &Store, sop_uid: &str) -> Result<Source, String> {
+pub fn source(store: &Store, sop_uid: &str) -> Result<Source, ObjectError> {
     let inst = store
-        .instance(sop_uid)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{sop_uid} is not in the store"))?;
+        .instance(sop_uid)?
+        .ok_or_else(|| ObjectError::NotStored(sop_uid.to_string()))?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(store.root().join(&inst.path))
-        .map_err(|e| format!("{sop_uid}: {e}"))?;
+        .map_err(|source| ObjectError::Header {
+            sop_uid: sop_uid.to_string(),
+            source: Box::new(source),
+        })?;
     let text = |tag: Tag| -> String {
         obj.element_opt(tag)
             .ok()
@@ -78,7 +94,7 @@ pub fn source(store: &Store, sop_uid: &str) -> Result<Source, String> {
     };
     let (rows, columns) = (number(tags::ROWS), number(tags::COLUMNS));
     if rows == 0 || columns == 0 {
-        return Err(format!("{sop_uid} has no image size"));
+        return Err(ObjectError::NoImageSize(sop_uid.to_string()));
     }
     let frame_of_reference = Some(text(tags::FRAME_OF_REFERENCE_UID)).filter(|f| !f.is_empty());
     let laterality = match text(tags::IMAGE_LATERALITY) {

@@ -2,6 +2,7 @@
 //! radiograph, with the legend and the top finding's banner ([`crate::results::overlay`]),
 //! as a DICOM object ([`crate::results::sc`]).
 
+use super::ObjectError;
 use crate::report::Report;
 use crate::results::{overlay, uids::ResultUids};
 use crate::store::Store;
@@ -19,17 +20,13 @@ pub fn build(
     uids: &ResultUids,
     sop_uid: &str,
     png_path: &str,
-) -> Result<FileDicomObject<InMemDicomObject>, String> {
+) -> Result<FileDicomObject<InMemDicomObject>, ObjectError> {
     let inst = store
-        .instance(sop_uid)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{sop_uid} is not in the store"))?;
+        .instance(sop_uid)?
+        .ok_or_else(|| ObjectError::NotStored(sop_uid.to_string()))?;
     let gray = crate::infer::dicom_image::DicomImage::open(&store.root().join(&inst.path))
-        .and_then(|d| d.reduced_display(SC_MAX_SIDE))
-        .map_err(|e| e.to_string())?;
-    let heat = image::open(store.root().join(png_path))
-        .map_err(|e| format!("heatmap {png_path}: {e}"))?
-        .to_luma8();
+        .and_then(|d| d.reduced_display(SC_MAX_SIDE))?;
+    let heat = super::parametric_map::heatmap(store, png_path)?;
     let values: Vec<f32> = heat
         .as_raw()
         .iter()
@@ -51,5 +48,5 @@ pub fn build(
         None => "NO FINDING".to_string(),
     };
     overlay::annotate(&mut img, &caption);
-    crate::results::sc::build(report, uids, &img).map_err(|e| e.to_string())
+    Ok(crate::results::sc::build(report, uids, &img)?)
 }

@@ -16,9 +16,12 @@
 //! - [`results`]: study results and the heatmap marks, committed with the study state.
 //! - [`outbox`]: the durable delivery queue, written in the same transaction as a result.
 //! - [`worklist`]: what the console's worklist shows of each study's result.
+//! - [`liveness`]: whether the store answers a read and an index flush in time (the
+//!   watchdog's probe).
 
 pub mod files;
 pub mod header;
+pub mod liveness;
 pub mod outbox;
 pub mod qr_index;
 pub mod records;

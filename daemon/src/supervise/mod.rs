@@ -2,19 +2,24 @@
 //! factory; when it ends unexpectedly (a panic, an error, or a return nobody asked for)
 //! the reason is logged and a new incarnation starts after a backoff (1 s doubling to
 //! 60 s, back to 1 s once an incarnation has lived a healthy minute). Every stage has a
-//! heartbeat in a shared [`Registry`] ([`heartbeat`]) that the watchdog reads.
+//! heartbeat in a shared [`Registry`] ([`heartbeat`]) that the sd_notify watchdog
+//! ([`watchdog`]) and `/healthz` read.
 //!
 //! At shutdown the supervisor stops restarting, drops the factory (and with it whatever
 //! it held for the next incarnation, such as a duplicate of a listening socket) and waits
 //! for the running incarnation to finish its own graceful stop. Dropping or aborting the
-//! supervisor's task aborts the incarnation too. [`Shutdown`] is the stop signal of a group
-//! of stages and the tasks to wait for when it turns.
+//! supervisor's task aborts the incarnation too. [`Shutdown`] owns a group of stages: their
+//! stop signal, their registry, their supervision ([`Shutdown::supervise`]), the watchdog
+//! over them ([`Shutdown::start_watchdog`], given a liveness probe of the daemon's) and the
+//! tasks to wait for when the signal turns.
 
 pub mod heartbeat;
 pub mod shutdown;
+pub mod watchdog;
 
 pub use heartbeat::{Beat, Problem, Registry, StageStatus, STALE_AFTER, TICK};
 pub use shutdown::Shutdown;
+pub use watchdog::{Probe, Watchdog, Withheld};
 
 use std::future::Future;
 use std::sync::Arc;

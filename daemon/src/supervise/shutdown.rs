@@ -1,16 +1,25 @@
-//! One shutdown for a group of tasks: the stop signal every stage watches, and the tasks
-//! that wind down when it turns (each awaited by [`Shutdown::stop`]).
+//! One shutdown for a group of tasks: the stop signal every stage watches, the registry
+//! of the stages' heartbeats, the stages it supervises ([`Shutdown::supervise`]), the
+//! watchdog that reads their heartbeats ([`Shutdown::start_watchdog`]), and the tasks that
+//! wind down when the signal turns (each awaited by [`Shutdown::stop`]).
 
+use super::heartbeat::Registry;
+use super::watchdog::{Probe, Watchdog};
+use super::{Backoff, Beat, Outcome};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The stop signal of a group of tasks, and the tasks to wait for when it turns.
+/// The stop signal of a group of tasks, the heartbeats of its supervised stages, its
+/// watchdog, and the tasks to wait for when the signal turns.
 #[derive(Debug)]
 pub struct Shutdown {
     signal: watch::Sender<bool>,
+    stages: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl Default for Shutdown {
@@ -20,11 +29,52 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
-    /// A shutdown not yet begun, with no task.
+    /// A shutdown not yet begun, with no task and a registry of its own.
     pub fn new() -> Shutdown {
+        Shutdown::with_stages(Registry::new())
+    }
+
+    /// A shutdown not yet begun, with no task, whose stages beat in `stages`.
+    fn with_stages(stages: Arc<Registry>) -> Shutdown {
         Shutdown {
             signal: watch::channel(false).0,
+            stages,
             tasks: Vec::new(),
+            watchdog: None,
+        }
+    }
+
+    /// A group of its own (its own signal and tasks, stopped on its own) whose stages beat
+    /// in this one's registry, so that one watchdog and `/healthz` see them all.
+    pub fn sharing_stages(&self) -> Shutdown {
+        Shutdown::with_stages(self.stages.clone())
+    }
+
+    /// The heartbeats of the supervised stages (what the watchdog and `/healthz` read).
+    pub fn stages(&self) -> &Arc<Registry> {
+        &self.stages
+    }
+
+    /// Runs the stage `name` under supervision until shutdown begins (see
+    /// [`super::spawn`]); `make` is called with the stage's heartbeat for every
+    /// incarnation. The caller says how stopping waits for the returned task.
+    pub fn supervise<F, Fut>(&self, name: &str, backoff: Backoff, make: F) -> JoinHandle<()>
+    where
+        F: FnMut(Beat) -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Outcome,
+    {
+        super::spawn(name, &self.stages, self.signal(), backoff, make)
+    }
+
+    /// Starts the sd_notify watchdog: every `interval`, `WATCHDOG=1` when `probe` passes
+    /// within `interval` and every stage is alive (see [`Watchdog`]). It stops pinging as
+    /// soon as shutdown begins, when the stages end on purpose.
+    pub fn start_watchdog(&mut self, interval: Duration, probe: impl Probe) {
+        let dog = Watchdog::new(self.stages.clone(), probe);
+        let task = tokio::spawn(dog.run(interval, || crate::notify::notify("WATCHDOG=1")));
+        if let Some(old) = self.watchdog.replace(task) {
+            old.abort();
         }
     }
 
@@ -61,6 +111,9 @@ impl Shutdown {
 
     /// Begins shutdown and waits for every task, each for at most `limit` when given.
     pub async fn stop(self, limit: Option<Duration>) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
+        }
         self.signal.send_replace(true);
         for task in self.tasks {
             match limit {
@@ -104,5 +157,42 @@ mod tests {
             .await
             .expect("stop waits only as long as the tasks take");
         assert_eq!(done.load(Ordering::SeqCst), 11);
+    }
+
+    #[tokio::test]
+    async fn a_group_sharing_the_stages_supervises_into_the_same_registry() {
+        let daemon = Shutdown::new();
+        let mut delivery = daemon.sharing_stages();
+        let assemble = daemon.supervise("assemble", Backoff::default(), |_beat| {
+            std::future::pending::<()>()
+        });
+        let stop = delivery.signal();
+        let worker = delivery.supervise("deliver hl7", Backoff::default(), move |_beat| {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        });
+        delivery.track(worker);
+        let names = |d: &Shutdown| -> Vec<(String, bool)> {
+            d.stages()
+                .stages()
+                .into_iter()
+                .map(|s| (s.name, s.running))
+                .collect()
+        };
+        assert_eq!(
+            names(&daemon),
+            [("assemble".into(), true), ("deliver hl7".into(), true)]
+        );
+        // stopping delivery stops its stages only
+        tokio::time::timeout(Duration::from_secs(5), delivery.stop(None))
+            .await
+            .expect("the worker ends on its group's signal");
+        assert_eq!(
+            names(&daemon),
+            [("assemble".into(), true), ("deliver hl7".into(), false)]
+        );
+        assemble.abort();
     }
 }

@@ -1,11 +1,14 @@
-//! The delivery tests' part of the harness: real peers (mosquitto, the Python `hl7`
-//! package, a Rust MLLP listener), a test PKI made with rcgen, and outbox fixtures. The
-//! repository root and ports come from the common harness (`free_port` hands out each
-//! port once per test binary).
+//! The delivery tests' part of the harness: real peers (mosquitto with persistent
+//! sessions, `mosquitto_sub` as the cloud, the Python `hl7` package) and outbox fixtures.
+//! The repository root, ports, the test PKI ([`TestPki`]) and the broker
+//! ([`Mosquitto`]) come from the common harness (`free_port` hands out each port once per
+//! test binary).
 
 // Re-exported for the delivery tests (`use common::delivery::*`); unused by the others.
 #[allow(unused_imports)]
-pub use super::{free_port, repo_root};
+pub use super::{free_port, repo_root, TestPki};
+
+use super::{require_tool, Mosquitto};
 
 use duli::deliver::outbox::{Backoff, Destination, Outbox, OutboxLimits};
 use duli::deliver::report::{Finding, Report};
@@ -43,19 +46,6 @@ pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
         "SKIP: no Python with {} (set DULI_PYTHON or create .venv with `pip install hl7 jsonschema`)",
         modules.join(", ")
     );
-    None
-}
-
-/// Finds a program on PATH (or in /usr/sbin); prints SKIP when absent.
-pub fn program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default() + ":/usr/sbin:/usr/local/sbin";
-    for dir in path.split(':') {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    eprintln!("SKIP: {name} is not installed");
     None
 }
 
@@ -125,62 +115,6 @@ impl Lines {
             std::thread::sleep(Duration::from_millis(25));
         }
         pred(&self.snapshot())
-    }
-}
-
-/// A CA with a server and a client certificate, as PEM files in `dir`.
-pub struct Pki {
-    /// CA certificate.
-    pub ca: PathBuf,
-    /// Server certificate (SAN 127.0.0.1 and localhost).
-    pub server_cert: PathBuf,
-    /// Server key.
-    pub server_key: PathBuf,
-    /// Client certificate.
-    pub client_cert: PathBuf,
-    /// Client key.
-    pub client_key: PathBuf,
-}
-
-/// Makes a test PKI with rcgen.
-pub fn make_pki(dir: &Path) -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "DULI test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf = |cn: &str, sans: Vec<String>, purpose: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![purpose];
-        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (scert, skey) = leaf(
-        "localhost",
-        vec!["localhost".into(), "127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (ccert, ckey) = leaf("duli-edge-01", vec![], ExtendedKeyUsagePurpose::ClientAuth);
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    Pki {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("server.pem", &scert),
-        server_key: write("server.key", &skey),
-        client_cert: write("client.pem", &ccert),
-        client_key: write("client.key", &ckey),
     }
 }
 
@@ -259,49 +193,25 @@ pub fn report(i: usize) -> Report {
     }
 }
 
-/// Starts mosquitto on `port` with its config and persistence in `dir` (TLS with client
-/// certificates required when `pki` is given). `None` (with SKIP) when not installed.
-pub fn start_mosquitto(dir: &Path, port: u16, pki: Option<&Pki>) -> Option<Peer> {
-    let bin = program("mosquitto")?;
-    let mut conf = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\nlog_type error\n",
-        dir.display()
-    );
-    if nix::unistd::geteuid().is_root() {
-        // keep root so the broker can read the test's private files
-        conf.push_str("user root\n");
+/// Starts mosquitto with its sessions persisted in `dir`: plain on `port`, or with `pki`
+/// TLS with client certificates required on `port` (see [`super::MosquittoBuilder`]). `None`
+/// (with SKIP) when not installed.
+pub fn start_mosquitto(dir: &Path, port: u16, pki: Option<&TestPki>) -> Option<Mosquitto> {
+    let broker = Mosquitto::builder().persistence_in(dir);
+    match pki {
+        None => broker.port(port),
+        Some(pki) => broker.tls(pki, true).tls_port(port),
     }
-    if let Some(pki) = pki {
-        conf.push_str(&format!(
-            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-            pki.ca.display(),
-            pki.server_cert.display(),
-            pki.server_key.display()
-        ));
-    }
-    let conf_path = dir.join("mosquitto.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let peer = Peer { child };
-    assert!(
-        wait_for_port(port, Duration::from_secs(10)),
-        "mosquitto did not start"
-    );
-    Some(peer)
+    .start()
 }
 
 /// TLS arguments of the mosquitto clients.
-pub fn client_tls_args(pki: Option<&Pki>) -> Vec<String> {
+pub fn client_tls_args(pki: Option<&TestPki>) -> Vec<String> {
     match pki {
         None => vec![],
         Some(p) => vec![
             "--cafile".into(),
-            p.ca.display().to_string(),
+            p.ca_cert.display().to_string(),
             "--cert".into(),
             p.client_cert.display().to_string(),
             "--key".into(),
@@ -312,9 +222,9 @@ pub fn client_tls_args(pki: Option<&Pki>) -> Vec<String> {
 
 /// Starts `mosquitto_sub -v` on `duli/#` with a persistent session, and waits until it
 /// receives a probe (so it is subscribed).
-pub fn start_subscriber(port: u16, pki: Option<&Pki>) -> Option<(Peer, Lines)> {
-    let sub = program("mosquitto_sub")?;
-    let publ = program("mosquitto_pub")?;
+pub fn start_subscriber(port: u16, pki: Option<&TestPki>) -> Option<(Peer, Lines)> {
+    let sub = require_tool("mosquitto_sub")?;
+    let publ = require_tool("mosquitto_pub")?;
     let mut child = Command::new(sub)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args([

@@ -86,30 +86,69 @@ enum Exchange {
     Failed(String),
 }
 
+/// Why the channel could not connect to the RIS.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP did not connect in time.
+    #[error("connect timed out")]
+    Timeout,
+    /// TCP failed.
+    #[error("connect to {host}:{port}: {source}")]
+    Tcp {
+        /// The RIS host.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The host is not a valid TLS server name.
+    #[error("TLS server name {host}: {source}")]
+    ServerName {
+        /// The RIS host.
+        host: String,
+        /// Why it is not a name.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
+}
+
 impl Hl7Channel {
     /// A channel to `target`; it connects on the first delivery.
     pub fn new(target: Hl7Target) -> Hl7Channel {
         Hl7Channel { target, conn: None }
     }
 
-    async fn connect(&self) -> Result<Box<dyn Stream>, String> {
+    async fn connect(&self) -> Result<Box<dyn Stream>, ConnectError> {
         let addr = (self.target.host.as_str(), self.target.port);
         let tcp = tokio::time::timeout(self.target.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect to {}:{}: {e}", self.target.host, self.target.port))?;
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(|source| ConnectError::Tcp {
+                host: self.target.host.clone(),
+                port: self.target.port,
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         match &self.target.tls {
             None => Ok(Box::new(tcp)),
             Some(cfg) => {
                 let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
-                    .map_err(|e| format!("TLS server name {}: {e}", self.target.host))?;
+                    .map_err(|source| ConnectError::ServerName {
+                        host: self.target.host.clone(),
+                        source,
+                    })?;
                 let connector = tokio_rustls::TlsConnector::from(cfg.clone());
                 let tls =
                     tokio::time::timeout(self.target.connect_timeout, connector.connect(name, tcp))
                         .await
-                        .map_err(|_| "TLS handshake timed out".to_string())?
-                        .map_err(|e| format!("TLS handshake: {e}"))?;
+                        .map_err(|_| ConnectError::HandshakeTimeout)?
+                        .map_err(ConnectError::Handshake)?;
                 Ok(Box::new(tls))
             }
         }
@@ -173,7 +212,7 @@ impl Channel for Hl7Channel {
             if self.conn.is_none() {
                 match self.connect().await {
                     Ok(c) => self.conn = Some(c),
-                    Err(e) => return Delivery::Failed(e),
+                    Err(e) => return Delivery::Failed(e.to_string()),
                 }
             }
             match self.exchange(&frame).await {

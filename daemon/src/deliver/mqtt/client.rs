@@ -15,8 +15,8 @@ use crate::deliver::tls::{client_config, TlsError};
 use crate::deliver::{Channel, Delivery};
 use crate::site_secret::SiteSecret;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
+    Packet, QoS, TlsConfiguration, Transport,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,10 +84,43 @@ impl MqttSettings {
     }
 }
 
+/// Why the channel could not connect or publish (the connection is then dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The client did not take the publish.
+    #[error("publish: {0}")]
+    Publish(#[from] rumqttc::ClientError),
+    /// No PubAck came in time.
+    #[error("no PubAck within the timeout")]
+    NoPubAck,
+    /// No CONNACK came in time.
+    #[error("no CONNACK within the timeout")]
+    NoConnack,
+    /// The event loop has ended.
+    #[error("MQTT event loop stopped")]
+    Stopped,
+    /// The connection failed while connecting.
+    #[error("connect to {host}:{port}: {source}")]
+    Connect {
+        /// Broker host.
+        host: String,
+        /// Broker port.
+        port: u16,
+        /// The event loop's error.
+        source: ConnectionError,
+    },
+    /// The broker refused the connection.
+    #[error("broker refused the connection: {0:?}")]
+    Refused(ConnectReturnCode),
+    /// The connection failed once established.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+}
+
 /// One live rumqttc client with its event loop running in a task.
 struct Connection {
     client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
     task: JoinHandle<()>,
 }
 
@@ -105,18 +138,17 @@ impl Connection {
         body: &[u8],
         retain: bool,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), MqttError> {
         self.client
             .publish(topic, QoS::AtLeastOnce, retain, body.to_vec())
-            .await
-            .map_err(|e| format!("publish: {e}"))?;
+            .await?;
         let deadline = Instant::now() + timeout;
         let mut pkid = None;
         loop {
             let event = tokio::time::timeout_at(deadline, self.events.recv())
                 .await
-                .map_err(|_| "no PubAck within the timeout".to_string())?
-                .ok_or_else(|| "MQTT event loop stopped".to_string())?;
+                .map_err(|_| MqttError::NoPubAck)?
+                .ok_or(MqttError::Stopped)?;
             match event? {
                 // QoS 0 publishes (health) carry id 0 and are never ours
                 Event::Outgoing(Outgoing::Publish(id)) if pkid.is_none() && id != 0 => {
@@ -174,7 +206,7 @@ impl MqttChannel {
         self
     }
 
-    async fn connect(&self) -> Result<Connection, String> {
+    async fn connect(&self) -> Result<Connection, MqttError> {
         let s = &self.settings;
         let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         opts.set_clean_session(false)
@@ -204,7 +236,7 @@ impl MqttChannel {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
+                        let _ = tx.send(Err(e));
                         break;
                     }
                 }
@@ -219,15 +251,18 @@ impl MqttChannel {
         loop {
             let ev = tokio::time::timeout_at(deadline, conn.events.recv())
                 .await
-                .map_err(|_| "no CONNACK within the timeout".to_string())?
-                .ok_or_else(|| "MQTT event loop stopped".to_string())?;
-            match ev.map_err(|e| format!("connect to {}:{}: {e}", s.host, s.port))? {
+                .map_err(|_| MqttError::NoConnack)?
+                .ok_or(MqttError::Stopped)?;
+            let ev = ev.map_err(|source| MqttError::Connect {
+                host: s.host.clone(),
+                port: s.port,
+                source,
+            })?;
+            match ev {
                 Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
                     break
                 }
-                Event::Incoming(Packet::ConnAck(ack)) => {
-                    return Err(format!("broker refused the connection: {:?}", ack.code))
-                }
+                Event::Incoming(Packet::ConnAck(ack)) => return Err(MqttError::Refused(ack.code)),
                 _ => {}
             }
         }
@@ -242,7 +277,7 @@ impl MqttChannel {
         Ok(conn)
     }
 
-    fn lost(&mut self, why: &str) {
+    fn lost(&mut self, why: &dyn std::fmt::Display) {
         if self.conn.take().is_some() {
             log::warn!("mqtt: connection lost: {why}");
         }
@@ -290,7 +325,7 @@ impl Channel for MqttChannel {
                 }
                 Err(e) => {
                     self.lost(&e);
-                    return Delivery::Failed(e);
+                    return Delivery::Failed(e.to_string());
                 }
             }
         }
@@ -306,7 +341,7 @@ impl Channel for MqttChannel {
             Ok(()) => Delivery::Acked,
             Err(e) => {
                 self.lost(&e);
-                Delivery::Failed(e)
+                Delivery::Failed(e.to_string())
             }
         }
     }
@@ -341,7 +376,7 @@ impl Channel for MqttChannel {
                 ev = conn.events.recv() => match ev {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => self.lost(&e),
-                    None => self.lost("event loop stopped"),
+                    None => self.lost(&"event loop stopped"),
                 },
                 alive = health_changed => {
                     if !alive {
