@@ -348,6 +348,14 @@ impl DicomImage {
         })
     }
 
+    /// The file's transfer syntax UID (without padding).
+    pub fn transfer_syntax(&self) -> &str {
+        self.obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches(['\0', ' '])
+    }
+
     /// The header attributes.
     pub fn header(&self) -> &ImageHeader {
         &self.header
