@@ -86,8 +86,14 @@ impl Lines {
     /// Starts collecting the child's stdout.
     pub fn collect(child: &mut Child) -> Lines {
         let lines = Lines::default();
+        lines.add(child);
+        lines
+    }
+
+    /// Appends the child's stdout to these lines too.
+    pub fn add(&self, child: &mut Child) {
         if let Some(out) = child.stdout.take() {
-            let sink = lines.0.clone();
+            let sink = self.0.clone();
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(out).lines() {
                     match line {
@@ -97,7 +103,6 @@ impl Lines {
                 }
             });
         }
-        lines
     }
 
     /// A copy of the lines so far.
@@ -221,30 +226,39 @@ pub fn client_tls_args(pki: Option<&TestPki>) -> Vec<String> {
 }
 
 /// Starts `mosquitto_sub -v` on `duli/#` with a persistent session, and waits until it
-/// receives a probe (so it is subscribed).
+/// receives a probe (so it is subscribed). A subscriber that gave up (it exits when its
+/// first connection is refused) is started again until the deadline.
 pub fn start_subscriber(port: u16, pki: Option<&TestPki>) -> Option<(Peer, Lines)> {
     let sub = require_tool("mosquitto_sub")?;
     let publ = require_tool("mosquitto_pub")?;
-    let mut child = Command::new(sub)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args([
-            "-t",
-            "duli/#",
-            "-v",
-            "-q",
-            "1",
-            "-c",
-            "-i",
-            "duli-test-subscriber",
-        ])
-        .args(client_tls_args(pki))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::collect(&mut child);
-    let peer = Peer { child };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let spawn = || {
+        Command::new(&sub)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-t",
+                "duli/#",
+                "-v",
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                "duli-test-subscriber",
+            ])
+            .args(client_tls_args(pki))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut peer = Peer { child: spawn() };
+    let lines = Lines::collect(&mut peer.child);
+    let mut exits = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
+        if let Ok(Some(status)) = peer.child.try_wait() {
+            exits.push(status.to_string());
+            peer = Peer { child: spawn() };
+            lines.add(&mut peer.child);
+        }
         let _ = Command::new(&publ)
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-t", "duli/probe", "-m", "probe", "-q", "1"])
@@ -256,5 +270,5 @@ pub fn start_subscriber(port: u16, pki: Option<&TestPki>) -> Option<(Peer, Lines
             return Some((peer, lines));
         }
     }
-    panic!("mosquitto_sub never received the probe");
+    panic!("mosquitto_sub never received the probe (earlier subscribers exited: {exits:?})");
 }

@@ -241,11 +241,24 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// True once a TCP connection to `addr` succeeds, false after `timeout`.
+/// True when a listener answers on `addr`. A connection whose local end is `addr` itself
+/// is not one: with nothing listening on a port of the ephemeral range, the kernel may pick
+/// that very port as the source and connect the socket to itself.
+pub fn answers(addr: SocketAddr) -> bool {
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        Ok(stream) => stream
+            .local_addr()
+            .map(|local| local != addr)
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// True once a listener answers on `addr` (see [`answers`]), false after `timeout`.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if answers(addr) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -493,7 +506,7 @@ impl Background {
                     self.log()
                 ));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if answers(addr) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
