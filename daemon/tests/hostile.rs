@@ -198,6 +198,19 @@ fn sop_of(data_set: &[u8]) -> String {
         .to_string()
 }
 
+/// Gives the data set's SOP Instance UID another last digit (same length) and returns it.
+fn another_sop_uid(data_set: &mut [u8]) -> String {
+    let sop = sop_of(data_set);
+    let at = data_set
+        .windows(sop.len())
+        .position(|w| w == sop.as_bytes())
+        .expect("SOP Instance UID in the data set")
+        + sop.len()
+        - 1;
+    data_set[at] = if data_set[at] == b'7' { b'8' } else { b'7' };
+    sop_of(data_set)
+}
+
 /// Offset of the encapsulated Pixel Data element's first item.
 fn fragments_start(data_set: &[u8]) -> Option<usize> {
     let tag = [
@@ -383,6 +396,32 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         }
     }
 
+    // A JPEG frame header declaring another size than Rows x Columns (found by fuzzing:
+    // the decoder's output overran the buffer the pixel data library copies it into):
+    // stored, its analysis refused before decoding.
+    let mut wide_frame = false;
+    if let Some(file) = samples_dir().and_then(|dir| {
+        dicom_files(&dir.join("dicom").join("jpeg-lossless-sv1"))
+            .into_iter()
+            .next()
+    }) {
+        let (mut lying, ts) = data_set_of(&file);
+        let sop = another_sop_uid(&mut lying);
+        let start = fragments_start(&lying).expect("encapsulated pixel data");
+        let table = u32::from_le_bytes(lying[start + 4..start + 8].try_into().unwrap()) as usize;
+        let first = start + 8 + table + 8;
+        let sof = lying[first..first + 512]
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC3])
+            .expect("a lossless frame header")
+            + first;
+        lying[sof + 7..sof + 9].copy_from_slice(&12_568u16.to_be_bytes());
+        let answer = s.store(&ts, &sop, &lying);
+        assert_eq!(answer.status(), Some(0), "wide JPEG frame: {answer:?}");
+        wide_frame = true;
+        s.check("JPEG frame wider than Columns");
+    }
+
     // 6. Invalid and path-traversal UIDs: refused, nothing written outside files/.
     for (what, sop, study) in [
         ("traversal SOP UID", "../../etc/passwd".to_string(), None),
@@ -520,6 +559,17 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         log.contains("too large to analyse"),
         "the pixel bomb was not refused before decoding:\n{log}"
     );
+    if wide_frame {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !s.daemon.log().contains("JPEG stream frame is 12568 x") {
+            assert!(
+                Instant::now() < deadline,
+                "the wide JPEG frame was not refused before decoding:\n{}",
+                s.daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     s.check("after analysis");
 
     let peak = s.daemon.peak_rss_kib().expect("VmHWM");

@@ -4,7 +4,10 @@
 //!
 //! - [`eligibility`]: which images are analysed (CR/DX chest PA/AP, marked SC uploads,
 //!   the manifest's intended use); [`age`]: the patient's age at the study.
-//! - [`dicom_image`]: header attributes and first-frame decoding of a DICOM file.
+//! - [`dicom_image`]: header attributes and first-frame decoding of a DICOM file;
+//!   [`stream_check`]: encapsulated pixel data held to the image attributes before a
+//!   decoder sees it; [`decode_sandbox`]: JPEG-LS and JPEG 2000 decoded in a confined
+//!   child process.
 //! - [`samples`]: stored values from native pixel bytes (bits stored, sign).
 //! - [`frame`]: one decoded frame read pixel by pixel, its samples in their native width.
 //! - [`display`]: Modality LUT, VOI window/LUT, MONOCHROME1 → the 8-bit display image.
@@ -56,6 +59,7 @@ pub mod resume;
 pub mod samples;
 pub mod service;
 pub mod status;
+pub mod stream_check;
 pub mod tensor;
 
 pub use cli::infer_files_cli;

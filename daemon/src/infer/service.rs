@@ -376,9 +376,14 @@ pub async fn analyse_study(
                         Err(e) => failed(String::new(), e.to_string(), p.timings),
                     }
                 }
-                Ok(other) => not_analysed(&other).unwrap_or_else(|| {
-                    failed(String::new(), "not prepared".into(), Timings::default())
-                }),
+                Ok(other) => {
+                    if let Preparation::Error { reason, .. } = &other {
+                        log::warn!("study {uid}: {}: not analysed: {reason}", inst.path);
+                    }
+                    not_analysed(&other).unwrap_or_else(|| {
+                        failed(String::new(), "not prepared".into(), Timings::default())
+                    })
+                }
                 Err(join) => failed(
                     String::new(),
                     format!("decoder panicked: {join}"),
