@@ -8,7 +8,7 @@ use super::display::GrayImage;
 use super::eligibility::{check_with, Eligibility};
 use super::findings::findings;
 use super::manifest::Manifest;
-use super::raster::read_image_file;
+use super::raster::{read_image_file, RasterError};
 use super::resize::{fit, reduce};
 use super::tensor::to_tensor;
 use crate::result::{HeatmapState, ImageResult, ImageStatus, Timings};
@@ -70,9 +70,9 @@ pub fn is_dicom(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file. A DICOM image whose
-/// header declares more than `max_pixels` (Rows × Columns × Frames × Samples per Pixel) is
-/// not decoded: it is not applicable, with the reason. The model's input image and the
+/// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file. An image whose
+/// header declares more than `max_pixels` (Rows × Columns × Frames × Samples per Pixel, or
+/// width × height) is not decoded: it is not applicable, with the reason. The model's input image and the
 /// reduced display image are sampled from the decoded frame directly (no full-resolution
 /// display image), so `decode_ms` includes the crop and resize and `preprocess_ms` is the
 /// tensor's normalisation.
@@ -129,7 +129,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
         // A PNG or JPEG file carries no patient data: its age is unknown.
         let caveat = super::eligibility::age_range(&manifest.intended_use)
             .map(|r| super::eligibility::unknown_age_caveat(&r));
-        match read_image_file(path) {
+        match read_image_file(path, max_pixels) {
             Ok(d) => (
                 None,
                 (
@@ -138,6 +138,12 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
                 ),
                 caveat,
             ),
+            Err(e @ RasterError::TooLarge { .. }) => {
+                return Preparation::NotApplicable {
+                    sop_instance_uid: None,
+                    reason: e.to_string(),
+                }
+            }
             Err(e) => {
                 return Preparation::Error {
                     sop_instance_uid: None,

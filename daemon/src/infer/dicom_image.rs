@@ -727,7 +727,8 @@ mod tests {
                 let disp = img
                     .display_image()
                     .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-                let png = read_image_file(&dir.join("png").join(format!("{name}.png"))).unwrap();
+                let png = read_image_file(&dir.join("png").join(format!("{name}.png")), u64::MAX)
+                    .unwrap();
                 assert_eq!((disp.width, disp.height), (png.width, png.height));
                 assert!(
                     disp.pixels == png.pixels,

@@ -10,14 +10,38 @@ pub enum RasterError {
     /// The file cannot be read or decoded.
     #[error("cannot decode image file: {0}")]
     Decode(String),
+    /// The header declares more pixels than allowed; the image was not decoded.
+    #[error("image too large to analyse: {width} x {height} pixels, over inference.max_pixels = {limit}")]
+    TooLarge {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The configured limit.
+        limit: u64,
+    },
 }
 
-/// Reads a PNG or JPEG file.
-pub fn read_image_file(path: &Path) -> Result<GrayImage, RasterError> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| RasterError::Decode(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| RasterError::Decode(e.to_string()))?
+/// Reads a PNG or JPEG file; one whose header declares more than `max_pixels` pixels is
+/// refused before it is decoded (the budget received DICOM images are held to).
+pub fn read_image_file(path: &Path, max_pixels: u64) -> Result<GrayImage, RasterError> {
+    let reader = || {
+        image::ImageReader::open(path)
+            .map_err(|e| RasterError::Decode(e.to_string()))?
+            .with_guessed_format()
+            .map_err(|e| RasterError::Decode(e.to_string()))
+    };
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| RasterError::Decode(e.to_string()))?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(RasterError::TooLarge {
+            width,
+            height,
+            limit: max_pixels,
+        });
+    }
+    let img = reader()?
         .decode()
         .map_err(|e| RasterError::Decode(e.to_string()))?;
     Ok(to_gray(&img))
@@ -53,15 +77,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let grey = image::GrayImage::from_raw(2, 1, vec![7, 200]).unwrap();
         grey.save(dir.path().join("g.png")).unwrap();
-        let g = read_image_file(&dir.path().join("g.png")).unwrap();
+        let g = read_image_file(&dir.path().join("g.png"), u64::MAX).unwrap();
         assert_eq!((g.width, g.height, g.pixels.clone()), (2, 1, vec![7, 200]));
         let rgb = image::RgbImage::from_raw(1, 1, vec![255, 0, 0]).unwrap();
         rgb.save(dir.path().join("c.png")).unwrap();
         assert_eq!(
-            read_image_file(&dir.path().join("c.png")).unwrap().pixels,
+            read_image_file(&dir.path().join("c.png"), u64::MAX)
+                .unwrap()
+                .pixels,
             vec![76]
         );
         std::fs::write(dir.path().join("x.png"), b"not a png").unwrap();
-        assert!(read_image_file(&dir.path().join("x.png")).is_err());
+        assert!(read_image_file(&dir.path().join("x.png"), u64::MAX).is_err());
+        // Over the budget: refused from the header, not decoded.
+        let big = image::GrayImage::new(300, 200);
+        big.save(dir.path().join("big.png")).unwrap();
+        let err = read_image_file(&dir.path().join("big.png"), 59_999).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RasterError::TooLarge {
+                    width: 300,
+                    height: 200,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(read_image_file(&dir.path().join("big.png"), 60_000).is_ok());
     }
 }
