@@ -58,6 +58,8 @@
 //! - [`logging`], [`notify`], [`clock`]: journald/stderr logging, sd_notify, time helpers.
 //! - [`malloc_arenas`]: two allocator arenas, so a burst's freed buffers do not stay resident.
 #![warn(missing_docs)]
+// Outside tests no input, from the network or the disk, may reach a panic by `unwrap`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod accounts;
 pub mod assemble;

@@ -23,6 +23,8 @@
 //! machine and what a power cut at each step leaves behind.
 
 #![warn(missing_docs)]
+// Outside tests no input, from the network or the disk, may reach a panic by `unwrap`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bootctl;
 pub mod bundle;
