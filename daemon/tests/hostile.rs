@@ -363,7 +363,6 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
 
     // 5. Broken compressed streams from the real samples: truncated (refused), then
     //    corrupted inside well-formed fragments (stored; analysis must fail cleanly).
-    let mut corrupted = Vec::new();
     if let Some(dir) = samples_dir() {
         for encoding in [
             "jpeg-lossless-sv1",
@@ -391,7 +390,6 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
             );
             let answer = s.store(&ts, &sop, &broken);
             assert_eq!(answer.status(), Some(0), "corrupted {encoding}: {answer:?}");
-            corrupted.push(sop);
             s.check(&format!("corrupted {encoding} stream"));
         }
     }
