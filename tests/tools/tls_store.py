@@ -11,6 +11,7 @@ import ssl
 
 from pydicom import dcmread
 from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 
 def main():
@@ -31,20 +32,26 @@ def main():
     ae = AE(ae_title=a.calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    # The A-ASSOCIATE-RJ as it arrives: pynetdicom may report the association aborted
-    # when the connection ends right after it.
+    # The A-ASSOCIATE-RJ as it is decoded off the wire. pynetdicom's requestor races
+    # with itself: when the RJ arrives before its ACSE thread looks at the connection,
+    # the DUL thread has already closed it and the association is reported aborted,
+    # not rejected. What the acceptor sent is what this tool reports.
     rejections = []
+
+    def on_pdu(event):
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu)
+
     assoc = ae.associate(
         a.host,
         int(a.port),
         ae_title=a.called,
         tls_args=(ctx, "localhost"),
-        evt_handlers=[(evt.EVT_REJECTED, lambda event: rejections.append(event))],
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)],
     )
-    if assoc.is_rejected or rejections:
-        rj = assoc.acceptor.primitive
-        detail = f"{rj.result} {rj.result_source} {rj.diagnostic}" if rj else ""
-        print(f"REJECTED {detail}".strip())
+    if rejections:
+        rj = rejections[0]
+        print(f"REJECTED {rj.result} {rj.source} {rj.reason_diagnostic}")
         return
     if not assoc.is_established:
         print(f"NO-ASSOCIATION aborted={assoc.is_aborted}")
