@@ -2,7 +2,8 @@
 # Builds the INT8 network of the default model: post-training quantization of its IR with
 # NNCF (pinned, from PyPI) in a private venv, calibrated on the 16 shared labelled chest
 # X-rays (../shared/data/cxr-samples/png, else the same images from the model's PyPI
-# package in .cache/samples/cxr-jpeg), into .cache/models/<name>/int8/ with its build
+# package in .cache/samples/cxr-jpeg), keeping the operations listed in the model's
+# int8-float-ops.txt in floating point, into .cache/models/<name>/int8/ with its build
 # record int8.json. Never committed: the source weights carry no licence.
 # Idempotent: a build whose record matches the manifest's IR and its own files is kept.
 # DULI_SKIP_INT8=1 skips it (the int8 precision then reports the build missing).
@@ -26,7 +27,11 @@ m = tomllib.load(open(sys.argv[1], "rb"))
 out = Path(sys.argv[2])
 r = json.loads((out / "int8.json").read_text())
 def sha(p): return hashlib.sha256(p.read_bytes()).hexdigest()
+ops = Path(sys.argv[1]).parent / "int8-float-ops.txt"
+keep = [l.strip() for l in ops.read_text().splitlines()] if ops.is_file() else []
+keep = [l for l in keep if l and not l.startswith("#")]
 ok = (r.get("recipe") == sys.argv[3] and r["source_sha256"] == m["file"]["sha256"]
+      and r.get("float_ops", []) == keep
       and (out / r["xml"]).is_file() and sha(out / r["xml"]) == r["xml_sha256"]
       and (out / r["bin"]).is_file() and sha(out / r["bin"]) == r["bin_sha256"])
 sys.exit(0 if ok else 1)

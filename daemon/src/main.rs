@@ -62,6 +62,10 @@ enum Command {
         /// Write the heatmaps as PNG files into this folder (with --heatmap).
         #[arg(long, requires = "heatmap")]
         heatmap_dir: Option<PathBuf>,
+        /// Files scored at a time (default: the number of CPUs); one at a time with
+        /// --heatmap. Lines come out in the order of the files either way.
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
         /// Files to analyse.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -248,6 +252,7 @@ fn real_main() -> Result<ExitCode> {
             precision,
             heatmap,
             heatmap_dir,
+            jobs,
             files,
             config,
         } => {
@@ -256,12 +261,18 @@ fn real_main() -> Result<ExitCode> {
                 enabled: heatmap,
                 dir: heatmap_dir,
             };
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(1)
+            });
             let code = duli::infer::infer_files_cli(
                 model.as_deref(),
                 &files,
                 &cfg.inference,
                 precision,
                 &heatmaps,
+                jobs,
             );
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }

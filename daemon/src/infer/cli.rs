@@ -1,6 +1,7 @@
-//! `duli infer [--model PATH] [--precision P] [--heatmap [--heatmap-dir DIR]] FILE...`:
+//! `duli infer [--model PATH] [--precision P] [-j N] [--heatmap [--heatmap-dir DIR]] FILE...`:
 //! the inference pipeline on DICOM, PNG or JPEG files without the daemon, one JSON object
-//! per line and file on stdout; with `--heatmap`, each analysed file's heatmap is made the
+//! per line and file on stdout, in the order given (N files scored at a time: one is
+//! decoded while another is in the model); with `--heatmap`, each analysed file's heatmap is made the
 //! way the model's manifest says (class activation or occlusion) and timed
 //! (`timings_ms.heatmap`), and written as a PNG into DIR when given.
 
@@ -230,7 +231,7 @@ pub fn tool_engine(
 
 /// Runs the pipeline on `files` with the model at `model` (default: `cfg.model`) at
 /// `precision` (default: `cfg.precision`, see [`tool_engine`]), printing one JSON line
-/// per file. Returns the exit status: 0 when every file was analysed or not applicable, 1
+/// per file in the order given; `jobs` files are scored at a time (one with heatmaps). Returns the exit status: 0 when every file was analysed or not applicable, 1
 /// when any file failed, 2 when the model or runtime cannot be loaded (the message, on
 /// stderr, says what to do).
 pub fn infer_files_cli(
@@ -239,6 +240,7 @@ pub fn infer_files_cli(
     cfg: &InferenceConfig,
     precision: Option<PrecisionSetting>,
     heatmaps: &HeatmapOptions,
+    jobs: usize,
 ) -> i32 {
     let manifest = model
         .map(Path::to_path_buf)
@@ -258,20 +260,72 @@ pub fn infer_files_cli(
     }
     let mut out = std::io::stdout().lock();
     let mut status = 0;
-    let mut occlusion = None;
-    for file in files {
-        let (sop, result) = if heatmaps.enabled {
-            score_with_heatmap(&engine, file, heatmaps.dir.as_deref(), &mut occlusion)
-        } else {
-            score_file(&engine, file)
-        };
+    let mut emit = |file: &Path, sop: Option<String>, result: ImageResult| {
         if result.status == ImageStatus::Error {
             status = 1;
         }
-        let line = json_line(file, sop.as_deref(), &result);
-        if writeln!(out, "{line}").is_err() {
-            return 1;
-        }
+        writeln!(out, "{}", json_line(file, sop.as_deref(), &result)).is_ok()
+    };
+    let written = if heatmaps.enabled {
+        // One file at a time: the occlusion request is reused from file to file.
+        let mut occlusion = None;
+        files.iter().all(|file| {
+            let (sop, result) =
+                score_with_heatmap(&engine, file, heatmaps.dir.as_deref(), &mut occlusion);
+            emit(file, sop, result)
+        })
+    } else {
+        score_in_order(&engine, files, jobs, emit)
+    };
+    if written {
+        status
+    } else {
+        1
     }
-    status
+}
+
+/// Scores `files` with [`score_file`] on `jobs` threads (one decodes while another waits
+/// for the model), handing each result to `emit` in the order of `files`; stops handing
+/// them over once `emit` returns false (and returns false).
+pub fn score_in_order(
+    engine: &Engine,
+    files: &[PathBuf],
+    jobs: usize,
+    mut emit: impl FnMut(&Path, Option<String>, ImageResult) -> bool,
+) -> bool {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, files.len().max(1)) {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(file) = files.get(i) else { break };
+                    if tx.send((i, score_file(engine, file))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Results that arrived ahead of their turn; at most about `jobs` of them.
+        let mut waiting = BTreeMap::new();
+        let mut turn = 0;
+        for (i, scored) in rx {
+            waiting.insert(i, scored);
+            while let Some((sop, result)) = waiting.remove(&turn) {
+                if !emit(&files[turn], sop, result) {
+                    stop.store(true, Ordering::Relaxed);
+                    return false;
+                }
+                turn += 1;
+            }
+        }
+        true
+    })
 }

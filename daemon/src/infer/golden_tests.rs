@@ -173,7 +173,7 @@ fn offline_tool_exit_codes_and_line_format() {
     };
     let model = super::testdata::repo_root().join("models/pneumonia-xception/model.toml");
     assert_eq!(
-        super::infer_files_cli(Some(&model), &[], &missing, None, &Default::default()),
+        super::infer_files_cli(Some(&model), &[], &missing, None, &Default::default(), 1),
         2
     );
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
@@ -184,7 +184,7 @@ fn offline_tool_exit_codes_and_line_format() {
         dir.join("dicom/rle/NORMAL_02.dcm"),
     ];
     assert_eq!(
-        super::infer_files_cli(None, &ok, &cfg, None, &Default::default()),
+        super::infer_files_cli(None, &ok, &cfg, None, &Default::default(), 2),
         0
     );
     assert_eq!(
@@ -193,10 +193,54 @@ fn offline_tool_exit_codes_and_line_format() {
             &[dir.join("reference.csv")],
             &cfg,
             None,
-            &Default::default()
+            &Default::default(),
+            2
         ),
         1
     );
+}
+
+/// `duli infer -j N`: the files scored on several threads come out in the order given,
+/// with the probabilities of one-at-a-time scoring, and an output that refuses a line
+/// stops the run.
+#[test]
+fn scoring_on_several_threads_keeps_the_order_and_the_results() {
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    let engine = Engine::new(&cfg).unwrap();
+    let mut files: Vec<std::path::PathBuf> = reference(&dir)
+        .into_iter()
+        .map(|(name, _, _)| dir.join("png").join(name))
+        .collect();
+    files.push(dir.join("reference.csv")); // an error, in its place
+    files.extend(files.clone().into_iter().take(4).rev());
+    let run = |jobs| {
+        let mut got = Vec::new();
+        let all = super::cli::score_in_order(&engine, &files, jobs, |file, _, r| {
+            let p: Vec<f32> = r.findings.iter().map(|f| f.probability).collect();
+            got.push((file.to_path_buf(), r.status, p));
+            true
+        });
+        assert!(all);
+        got
+    };
+    let one = run(1);
+    let three = run(3);
+    assert_eq!(one.len(), files.len());
+    for ((a, b), file) in one.iter().zip(&three).zip(&files) {
+        assert_eq!(&a.0, file, "order");
+        assert_eq!(a, b, "{}", file.display());
+    }
+    assert_eq!(one[16].1, crate::result::ImageStatus::Error);
+    assert!(one[..16].iter().all(|r| r.2.len() == 1));
+    let mut seen = 0;
+    let all = super::cli::score_in_order(&engine, &files, 3, |_, _, _| {
+        seen += 1;
+        seen < 5
+    });
+    assert!(!all);
+    assert_eq!(seen, 5, "no line handed over after the output refused one");
 }
 
 /// Probabilities of the 16 PNG samples at `precision`, by file name.
