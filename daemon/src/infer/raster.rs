@@ -44,15 +44,15 @@ pub fn read_image_file(path: &Path, max_pixels: u64) -> Result<GrayImage, Raster
     let img = reader()?
         .decode()
         .map_err(|e| RasterError::Decode(e.to_string()))?;
-    Ok(to_gray(&img))
+    Ok(to_gray(img))
 }
 
-/// Converts a decoded image to 8-bit grey.
-pub fn to_gray(img: &image::DynamicImage) -> GrayImage {
+/// Converts a decoded image to 8-bit grey (an 8-bit grey image keeps its buffer).
+pub fn to_gray(img: image::DynamicImage) -> GrayImage {
     use image::DynamicImage as D;
     let (width, height) = (img.width(), img.height());
     let pixels = match img {
-        D::ImageLuma8(g) => g.as_raw().clone(),
+        D::ImageLuma8(g) => g.into_raw(),
         D::ImageLumaA8(g) => g.pixels().map(|p| p.0[0]).collect(),
         D::ImageLuma16(g) => g.pixels().map(|p| (p.0[0] >> 8) as u8).collect(),
         other => other
