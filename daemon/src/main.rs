@@ -1,5 +1,8 @@
 //! The `duli` command line: the daemon and the technician's tools.
 
+// As in the library: no unwrap() or expect() outside tests, so no input can reach one.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod commands;
 
 use anyhow::Result;
