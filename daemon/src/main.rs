@@ -264,11 +264,7 @@ fn real_main() -> Result<ExitCode> {
                 enabled: heatmap,
                 dir: heatmap_dir,
             };
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(usize::from)
-                    .unwrap_or(1)
-            });
+            let jobs = duli::infer::cli::jobs_or_cpus(jobs);
             let code = duli::infer::infer_files_cli(
                 model.as_deref(),
                 &files,

@@ -202,11 +202,7 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             opts.negative
         );
     }
-    let threads = opts.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-    });
+    let threads = crate::infer::cli::jobs_or_cpus(opts.jobs);
     eprintln!(
         "duli evaluate: scoring {} images with {} {} on {threads} threads",
         set.cases.len(),

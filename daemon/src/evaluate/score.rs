@@ -3,13 +3,11 @@
 //! progress on stderr.
 
 use super::dataset::Case;
-use crate::infer::cli::score_file;
+use crate::infer::cli::score_in_order;
 use crate::infer::Engine;
-use crate::result::ImageStatus;
+use crate::result::{ImageResult, ImageStatus};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often progress is written to stderr at most.
@@ -35,8 +33,7 @@ pub struct ScoredCase {
     pub outcome: Outcome,
 }
 
-fn outcome(engine: &Engine, file: &std::path::Path) -> Outcome {
-    let (_, r) = score_file(engine, file);
+fn outcome(engine: &Engine, r: ImageResult) -> Outcome {
     match r.status {
         ImageStatus::Analysed => Outcome::Scored(
             r.findings
@@ -61,41 +58,24 @@ fn outcome(engine: &Engine, file: &std::path::Path) -> Outcome {
 /// Scores `cases` on `threads` threads (at least one), keeping their order.
 pub fn score_all(engine: &Engine, cases: Vec<Case>, threads: usize) -> Vec<ScoredCase> {
     let total = cases.len();
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<Outcome>>> = (0..total).map(|_| Mutex::new(None)).collect();
-    let last_report = Mutex::new(Instant::now());
+    let files: Vec<PathBuf> = cases.iter().map(|c| c.file.clone()).collect();
+    let mut outcomes = Vec::with_capacity(total);
+    let mut last_report = Instant::now();
     let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, total.max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(case) = cases.get(i) else { break };
-                let o = outcome(engine, &case.file);
-                if let Ok(mut slot) = slots[i].lock() {
-                    *slot = Some(o);
-                }
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Ok(mut last) = last_report.lock() {
-                    if n == total || last.elapsed() >= PROGRESS_EVERY {
-                        *last = Instant::now();
-                        progress(n, total, started.elapsed());
-                    }
-                }
-            });
+    // Every file is handed over (the closure never refuses one), in the order of `cases`.
+    score_in_order(engine, &files, threads, |_, _, r| {
+        outcomes.push(outcome(engine, r));
+        let n = outcomes.len();
+        if n == total || last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            progress(n, total, started.elapsed());
         }
+        true
     });
     cases
         .into_iter()
-        .zip(slots)
-        .map(|(case, slot)| ScoredCase {
-            case,
-            outcome: slot
-                .into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Outcome::Error("not scored".into())),
-        })
+        .zip(outcomes)
+        .map(|(case, outcome)| ScoredCase { case, outcome })
         .collect()
 }
 

@@ -1,9 +1,9 @@
-//! `duli infer [--model PATH] [--precision P] [-j N] [--heatmap [--heatmap-dir DIR]] FILE...`:
-//! the inference pipeline on DICOM, PNG or JPEG files without the daemon, one JSON object
-//! per line and file on stdout, in the order given (N files scored at a time: one is
-//! decoded while another is in the model); with `--heatmap`, each analysed file's heatmap is made the
-//! way the model's manifest says (class activation or occlusion) and timed
-//! (`timings_ms.heatmap`), and written as a PNG into DIR when given.
+//! `duli infer [--model PATH] [--precision P] [-j N] [--heatmap [--heatmap-dir DIR]]
+//! FILE...`: the inference pipeline on DICOM, PNG or JPEG files without the daemon, one
+//! JSON object per line and file on stdout, in the order given (N files scored at a time:
+//! one is decoded while another is in the model); with `--heatmap`, each analysed file's
+//! heatmap is made the way the model's manifest says (class activation or occlusion) and
+//! timed (`timings_ms.heatmap`), and written as a PNG into DIR when given.
 
 use super::analyse::{analysed, not_analysed, prepare_file, Preparation};
 use super::engine::{Engine, EngineError};
@@ -231,9 +231,10 @@ pub fn tool_engine(
 
 /// Runs the pipeline on `files` with the model at `model` (default: `cfg.model`) at
 /// `precision` (default: `cfg.precision`, see [`tool_engine`]), printing one JSON line
-/// per file in the order given; `jobs` files are scored at a time (one with heatmaps). Returns the exit status: 0 when every file was analysed or not applicable, 1
-/// when any file failed, 2 when the model or runtime cannot be loaded (the message, on
-/// stderr, says what to do).
+/// per file in the order given; `jobs` files are scored at a time (one with heatmaps).
+/// Returns the exit status: 0 when every file was analysed or not applicable, 1 when any
+/// file failed, 2 when the model or runtime cannot be loaded (the message, on stderr, says
+/// what to do).
 pub fn infer_files_cli(
     model: Option<&Path>,
     files: &[PathBuf],
@@ -284,9 +285,19 @@ pub fn infer_files_cli(
     }
 }
 
+/// How many files the offline tools score at a time: `jobs` when given, else one per CPU.
+pub fn jobs_or_cpus(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    })
+}
+
 /// Scores `files` with [`score_file`] on `jobs` threads (one decodes while another waits
 /// for the model), handing each result to `emit` in the order of `files`; stops handing
-/// them over once `emit` returns false (and returns false).
+/// them over once `emit` returns false (and returns false). `duli infer` prints with it,
+/// `duli evaluate` collects with it.
 pub fn score_in_order(
     engine: &Engine,
     files: &[PathBuf],
@@ -313,7 +324,8 @@ pub fn score_in_order(
             });
         }
         drop(tx);
-        // Results that arrived ahead of their turn; at most about `jobs` of them.
+        // Results that arrived ahead of their turn (small: findings and timings, no pixels;
+        // a slow file holds back the lines after it, not the threads).
         let mut waiting = BTreeMap::new();
         let mut turn = 0;
         for (i, scored) in rx {
