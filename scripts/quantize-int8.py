@@ -82,7 +82,7 @@ def float_ops(manifest_path, m):
 
 
 def load(manifest_path, images):
-    """(manifest, IR path, tensors, model reshaped to one image) after the SHA check."""
+    """(manifest, tensors, model reshaped to one image) after the IR's SHA-256 check."""
     if not images:
         sys.exit("quantize-int8: no calibration images")
     m = tomllib.loads(manifest_path.read_text())
@@ -93,7 +93,7 @@ def load(manifest_path, images):
     data = [tensor(p, spec) for p in sorted(images)]
     model = ov.Core().read_model(xml)
     model.reshape({spec["name"]: list(data[0].shape)})
-    return m, xml, data, model
+    return m, data, model
 
 
 def int8_weights(op):
@@ -111,9 +111,8 @@ def int8_weights(op):
 def search(manifest_path, images):
     """Writes int8-float-ops.txt: the fewest operations kept in floating point for no
     probability of the images to move by more than MAX_SHIFT."""
-    m, xml, data, model = load(manifest_path, images)
-    core = ov.Core()
-    f32 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    m, data, model = load(manifest_path, images)
+    f32 = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     items = [(x, f32(x)[f32.outputs[0]].reshape(-1)) for x in data]
 
     def agreement(compiled, items):
@@ -157,8 +156,9 @@ def main():
         return
     manifest_path, out = Path(sys.argv[1]), Path(sys.argv[2])
     images = [Path(p) for p in sys.argv[3:]]
-    m, xml, data, model = load(manifest_path, images)
+    m, data, model = load(manifest_path, images)
     keep = float_ops(manifest_path, m)
+    ops_file = manifest_path.parent / FLOAT_OPS
     quantized = nncf.quantize(
         model,
         nncf.Dataset(data),
@@ -184,6 +184,8 @@ def main():
             "preset": "mixed",
         },
         "float_ops": keep,
+        # setup-int8.sh rebuilds when the list's file is no longer this one.
+        "float_ops_sha256": sha256(ops_file) if ops_file.is_file() else None,
     }
     (out / "int8.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"quantize-int8: {out / record['xml']} ({len(data)} calibration images)")

@@ -28,10 +28,8 @@ out = Path(sys.argv[2])
 r = json.loads((out / "int8.json").read_text())
 def sha(p): return hashlib.sha256(p.read_bytes()).hexdigest()
 ops = Path(sys.argv[1]).parent / "int8-float-ops.txt"
-keep = [l.strip() for l in ops.read_text().splitlines()] if ops.is_file() else []
-keep = [l for l in keep if l and not l.startswith("#")]
 ok = (r.get("recipe") == sys.argv[3] and r["source_sha256"] == m["file"]["sha256"]
-      and r.get("float_ops", []) == keep
+      and r.get("float_ops_sha256") == (sha(ops) if ops.is_file() else None)
       and (out / r["xml"]).is_file() and sha(out / r["xml"]) == r["xml_sha256"]
       and (out / r["bin"]).is_file() and sha(out / r["bin"]) == r["bin_sha256"])
 sys.exit(0 if ok else 1)
