@@ -65,8 +65,10 @@ enum Command {
         /// Write the heatmaps as PNG files into this folder (with --heatmap).
         #[arg(long, requires = "heatmap")]
         heatmap_dir: Option<PathBuf>,
-        /// Files scored at a time (default: the number of CPUs); one at a time with
-        /// --heatmap. Lines come out in the order of the files either way.
+        /// Files scored at a time (default: two per CPU); one at a time with --heatmap.
+        /// With more than one the model is compiled for throughput (several infer
+        /// requests), else as inference.performance_hint says; the results are the same.
+        /// Lines come out in the order of the files either way.
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
         /// Files to analyse.

@@ -45,7 +45,8 @@ pub struct EvaluateOptions {
     /// Model manifest (default: inference.model of the configuration).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Decode threads (default: one per CPU).
+    /// Images scored at a time (default: two per CPU; more than one compiles the model
+    /// for throughput, as `duli infer -j` does).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
     /// Score at f32, bf16, int8 or auto (default: inference.precision as the daemon
@@ -175,6 +176,8 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
         return 2;
     }
     let manifest_path = opts.model.clone().unwrap_or_else(|| cfg.model.clone());
+    let threads = crate::infer::cli::jobs_or_cpus(opts.jobs);
+    let cfg = &crate::infer::cli::batch_settings(cfg, threads, usize::MAX);
     let engine = match tool_engine("evaluate", &manifest_path, cfg, opts.precision) {
         Ok(e) => e,
         Err(e) => {
@@ -202,7 +205,6 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             opts.negative
         );
     }
-    let threads = crate::infer::cli::jobs_or_cpus(opts.jobs);
     eprintln!(
         "duli evaluate: scoring {} images with {} {} on {threads} threads",
         set.cases.len(),

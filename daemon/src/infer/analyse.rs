@@ -4,12 +4,11 @@
 //! these functions.
 
 use super::dicom_image::{check_file_pixel_budget, DicomImage, DicomImageError};
-use super::display::GrayImage;
 use super::eligibility::{check_with, Eligibility};
 use super::findings::findings;
 use super::manifest::Manifest;
 use super::raster::{read_image_file, RasterError};
-use super::resize::{fit, reduce};
+use super::resize::fit;
 use super::tensor::to_tensor;
 use crate::result::{HeatmapState, ImageResult, ImageStatus, Timings};
 use std::path::Path;
@@ -20,9 +19,6 @@ use std::time::Instant;
 pub struct Prepared {
     /// SOP Instance UID (DICOM only).
     pub sop_instance_uid: Option<String>,
-    /// The display image reduced to at most [`DISPLAY_MAX_SIDE`] on its long side (an area
-    /// average, [`super::resize::reduce`]): what overlays and previews are drawn from.
-    pub display: GrayImage,
     /// The batch-1 input tensor.
     pub tensor: Vec<f32>,
     /// Decode and preprocess timings so far.
@@ -30,10 +26,6 @@ pub struct Prepared {
     /// Shown with the result (e.g. the patient's age is unknown).
     pub caveat: Option<String>,
 }
-
-/// Longest side of [`Prepared::display`]: the Secondary Capture's size, so the overlay is
-/// drawn from exactly this image.
-pub const DISPLAY_MAX_SIDE: u32 = 1024;
 
 /// What preparing a file gave.
 #[derive(Debug, Clone)]
@@ -72,14 +64,15 @@ pub fn is_dicom(path: &Path) -> bool {
 
 /// Reads, checks, decodes and preprocesses one DICOM, PNG or JPEG file. An image whose
 /// header declares more than `max_pixels` (Rows × Columns × Frames × Samples per Pixel, or
-/// width × height) is not decoded: it is not applicable, with the reason. The model's input image and the
-/// reduced display image are sampled from the decoded frame directly (no full-resolution
-/// display image), so `decode_ms` includes the crop and resize and `preprocess_ms` is the
-/// tensor's normalisation.
+/// width × height) is not decoded: it is not applicable, with the reason. The model's input image is
+/// sampled from the decoded frame directly (no full-resolution display image), so
+/// `decode_ms` includes the crop and resize and `preprocess_ms` is the tensor's
+/// normalisation. Previews and overlays are made later, by the stages that show them, from
+/// their own reduced image.
 pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Preparation {
     let start = Instant::now();
     let spec = &manifest.input;
-    let (sop, (fitted, display), caveat) = if is_dicom(path) {
+    let (sop, fitted, caveat) = if is_dicom(path) {
         if let Err(e) = check_file_pixel_budget(path, max_pixels) {
             log::warn!("{}: {e}", path.display());
             let sop_instance_uid = crate::store::header::read_header(path)
@@ -116,7 +109,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             Eligibility::EligibleWithCaveat(c) => Some(c),
             Eligibility::Eligible => None,
         };
-        match img.input_and_reduced(spec, DISPLAY_MAX_SIDE) {
+        match img.input_image(spec) {
             Ok(images) => (sop, images, caveat),
             Err(e) => {
                 return Preparation::Error {
@@ -132,10 +125,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
         match read_image_file(path, max_pixels) {
             Ok(d) => (
                 None,
-                (
-                    fit(&d, spec.crop, spec.resize, spec.width, spec.height),
-                    reduce(&d, DISPLAY_MAX_SIDE),
-                ),
+                fit(&d, spec.crop, spec.resize, spec.width, spec.height),
                 caveat,
             ),
             Err(e @ RasterError::TooLarge { .. }) => {
@@ -157,7 +147,6 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
     let tensor = to_tensor(&fitted, spec);
     Preparation::Ready(Prepared {
         sop_instance_uid: sop,
-        display,
         tensor,
         timings: Timings {
             decode_ms,

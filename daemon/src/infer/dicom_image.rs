@@ -304,26 +304,15 @@ impl DicomImage {
         self.with_view(|view| view.to_image())
     }
 
-    /// From the first frame: the model's input image (cropped and resized as `spec`
-    /// says) and the display image reduced to at most `max_side` on its long side
-    /// ([`super::resize::reduce`]). Decoded in this process, the frame's stored samples are
-    /// read in place, so no full-resolution display image is made; the sandboxed
-    /// decoders hand back the full display image, reduced here.
-    pub fn input_and_reduced(
-        &self,
-        spec: &InputSpec,
-        max_side: u32,
-    ) -> Result<(GrayImage, GrayImage), DicomImageError> {
-        self.with_view(|view| {
-            (
-                fit(view, spec.crop, spec.resize, spec.width, spec.height),
-                reduce(view, max_side),
-            )
-        })
+    /// From the first frame: the model's input image, cropped and resized as `spec` says.
+    /// Decoded in this process, the frame's stored samples are read in place, so no
+    /// full-resolution display image is made.
+    pub fn input_image(&self, spec: &InputSpec) -> Result<GrayImage, DicomImageError> {
+        self.with_view(|view| fit(view, spec.crop, spec.resize, spec.width, spec.height))
     }
 
     /// The display image of the first frame reduced to at most `max_side` on its long
-    /// side ([`super::resize::reduce`]), as [`DicomImage::input_and_reduced`] makes it.
+    /// side ([`super::resize::reduce`]).
     pub fn reduced_display(&self, max_side: u32) -> Result<GrayImage, DicomImageError> {
         self.with_view(|view| reduce(view, max_side))
     }

@@ -69,6 +69,13 @@ impl GrayView for GrayImage {
     fn level(&self, x: u32, y: u32) -> u8 {
         self.get(x, y)
     }
+
+    fn row(&self, y: u32, out: &mut Vec<u8>) {
+        let w = self.width as usize;
+        let start = y as usize * w;
+        out.clear();
+        out.extend_from_slice(self.pixels.get(start..start + w).unwrap_or_default());
+    }
 }
 
 /// A lookup table (Modality LUT or VOI LUT), as PS3.3 C.11.1/C.11.2 define it.

@@ -200,24 +200,31 @@ fn offline_tool_exit_codes_and_line_format() {
     );
 }
 
-/// `duli infer -j N`: the files scored on several threads come out in the order given,
-/// with the probabilities of one-at-a-time scoring, and an output that refuses a line
-/// stops the run.
+/// `duli infer -j N`: the files scored on several threads, on the network compiled for
+/// throughput as the offline tools compile it then, come out in the order given with the
+/// probabilities of one-at-a-time scoring on the latency network, and an output that
+/// refuses a line stops the run.
 #[test]
 fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
         return;
     };
     let engine = Engine::new(&cfg).unwrap();
+    let batch = Engine::new(&super::cli::batch_settings(&cfg, 3, 21)).unwrap();
+    assert_eq!(super::cli::batch_settings(&cfg, 1, 21).performance_hint, "LATENCY");
+    assert_eq!(super::cli::batch_settings(&cfg, 3, 1).performance_hint, "LATENCY");
+    if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
+        assert!(batch.workers() >= 2, "throughput network: {} requests", batch.workers());
+    }
     let mut files: Vec<std::path::PathBuf> = reference(&dir)
         .into_iter()
         .map(|(name, _, _)| dir.join("png").join(name))
         .collect();
     files.push(dir.join("reference.csv")); // an error, in its place
     files.extend(files.clone().into_iter().take(4).rev());
-    let run = |jobs| {
+    let run = |engine: &Engine, jobs| {
         let mut got = Vec::new();
-        let all = super::cli::score_in_order(&engine, &files, jobs, |file, _, r| {
+        let all = super::cli::score_in_order(engine, &files, jobs, |file, _, r| {
             let p: Vec<f32> = r.findings.iter().map(|f| f.probability).collect();
             got.push((file.to_path_buf(), r.status, p));
             true
@@ -225,8 +232,8 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
         assert!(all);
         got
     };
-    let one = run(1);
-    let three = run(3);
+    let one = run(&engine, 1);
+    let three = run(&batch, 3);
     assert_eq!(one.len(), files.len());
     for ((a, b), file) in one.iter().zip(&three).zip(&files) {
         assert_eq!(&a.0, file, "order");
@@ -235,7 +242,7 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     assert_eq!(one[16].1, crate::result::ImageStatus::Error);
     assert!(one[..16].iter().all(|r| r.2.len() == 1));
     let mut seen = 0;
-    let all = super::cli::score_in_order(&engine, &files, 3, |_, _, _| {
+    let all = super::cli::score_in_order(&batch, &files, 3, |_, _, _| {
         seen += 1;
         seen < 5
     });

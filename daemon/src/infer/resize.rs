@@ -163,28 +163,53 @@ pub fn reduce<V: GrayView + ?Sized>(img: &V, max_side: u32) -> GrayImage {
 
 /// The truncated mean of each whole `f × f` block of a `width × height` image whose rows
 /// `read_row(y, buffer)` gives (at least `width` values each): (columns, rows, means).
-/// Reads the rows of the whole blocks once, in order, and holds one row of sums.
-pub fn block_means<T: Copy + Into<u64>>(
+/// Reads the rows of the whole blocks once, in order, adding each into one row of column
+/// sums (a loop the compiler vectorises: 32-bit sums, which `f` rows of 16-bit values
+/// cannot overflow for any `f` up to 65,537, else 64-bit); a block's `f` column sums are
+/// added once per band of `f` rows.
+pub fn block_means<T: Copy + Into<u32>>(
+    width: u32,
+    height: u32,
+    f: u32,
+    read_row: impl FnMut(u32, &mut Vec<T>),
+) -> (u32, u32, Vec<u32>) {
+    let f = f.max(1);
+    if u64::from(f) * u64::from(u16::MAX) <= u64::from(u32::MAX) {
+        block_means_with::<T, u32>(width, height, f, read_row)
+    } else {
+        block_means_with::<T, u64>(width, height, f, read_row)
+    }
+}
+
+/// [`block_means`] with column sums of type `S`.
+fn block_means_with<T, S>(
     width: u32,
     height: u32,
     f: u32,
     mut read_row: impl FnMut(u32, &mut Vec<T>),
-) -> (u32, u32, Vec<u32>) {
-    let f = f.max(1);
+) -> (u32, u32, Vec<u32>)
+where
+    T: Copy + Into<u32>,
+    S: Copy + Default + std::ops::AddAssign + From<u32> + Into<u64>,
+{
     let (w, h) = (width / f, height / f);
     let area = u64::from(f) * u64::from(f);
+    let used = w as usize * f as usize;
     let mut means = Vec::with_capacity(w as usize * h as usize);
-    let mut sums = vec![0u64; w as usize];
+    let mut columns = vec![S::default(); used];
     let mut line = Vec::with_capacity(width as usize);
     for y in 0..h {
-        sums.iter_mut().for_each(|s| *s = 0);
+        columns.iter_mut().for_each(|s| *s = S::default());
         for row in y * f..(y + 1) * f {
             read_row(row, &mut line);
-            for (sum, block) in sums.iter_mut().zip(line.chunks_exact(f as usize)) {
-                *sum += block.iter().map(|v| (*v).into()).sum::<u64>();
+            for (sum, v) in columns.iter_mut().zip(&line[..used.min(line.len())]) {
+                *sum += S::from((*v).into());
             }
         }
-        means.extend(sums.iter().map(|s| (s / area) as u32));
+        means.extend(columns.chunks_exact(f as usize).map(|block| {
+            let total: u64 = block.iter().map(|s| (*s).into()).sum();
+            (total / area) as u32
+        }));
     }
     (w, h, means)
 }
