@@ -2,7 +2,8 @@
 # `make bench-infer`: `duli infer` on a labelled folder at each precision beside plain
 # OpenVINO from Python at the same precision (same IR, same files, preprocessing like the
 # daemon's), printed side by side, with each precision's AUC and its gate against f32
-# (`duli evaluate --precision P --gate`, which also writes the gate record).
+# (`duli evaluate --precision P --gate`; its records are left in bench/out/gates/, the
+# records in place are put back).
 # Then heatmap milliseconds per image at f32, once over the labelled images, for the shipped
 # manifest's occlusion maps and for class-activation maps (a copy of the manifest with
 # [heatmap] method = "cam"), with `duli infer --heatmap`.
@@ -53,7 +54,21 @@ mapfile -t IMAGES < <(find -L "$LABELLED" -type f \( -iname '*.png' -o -iname '*
 FILES=()
 for ((r = 0; r < REPEAT; r++)); do FILES+=("${IMAGES[@]}"); done
 OUT="$(mktemp -d)"
-trap 'rm -rf "$OUT"' EXIT
+# `duli evaluate --gate` writes each precision's gate record where the daemon reads it.
+# The benchmark's set is not the site's gate set: the records in place are kept aside and
+# put back at the end, and the benchmark's own are left in bench/out/gates/.
+GATES=(models/pneumonia-xception/gate-*.json .cache/models/pneumonia-xception/int8/gate-*.json)
+mkdir -p "$OUT/gates-before"
+for g in "${GATES[@]}"; do [[ -f "$g" ]] && cp -p --parents "$g" "$OUT/gates-before/"; done
+restore_gates() {
+    rm -rf bench/out/gates; mkdir -p bench/out/gates
+    for g in models/pneumonia-xception/gate-*.json .cache/models/pneumonia-xception/int8/gate-*.json; do
+        [[ -f "$g" ]] || continue
+        cp -p "$g" bench/out/gates/
+        if [[ -f "$OUT/gates-before/$g" ]]; then cp -p "$OUT/gates-before/$g" "$g"; else rm -f "$g"; fi
+    done
+}
+trap 'restore_gates; rm -rf "$OUT"' EXIT
 
 echo "== bench-infer: ${#IMAGES[@]} labelled images in $LABELLED, each ${REPEAT}x per timing run (${#FILES[@]} inferences)"
 echo "== CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores;" \
