@@ -10,6 +10,8 @@
 #   make bench-worklist  /api/v1/studies latency (p50/p95) with 10,000 studies (bench/README.md)
 #   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
 #                   with each precision's AUC and gate (bench/README.md)
+#   make bench-infer-throughput  alternating whole runs: int8 as shipped against f32 one file
+#                   at a time and as shipped, medians of ROUNDS (bench/README.md)
 #   make bench-memory  peak RSS of the release daemon (model loaded) for one 8192x8192 16-bit
 #                   DX and under 32 concurrent associations (bench/README.md)
 #   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
@@ -25,7 +27,7 @@ BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
 WORKLIST_STUDIES ?= 10000
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer bench-memory \
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer bench-infer-throughput bench-memory \
 	lint fmt models \
 	audit fuzz sbom cargo-deny cargo-cyclonedx
 
@@ -98,6 +100,10 @@ bench-worklist:
 bench-infer: test-env
 	$(CARGO) build --release -p duli
 	bench/bench-infer.sh
+
+bench-infer-throughput: test-env
+	$(CARGO) build --release -p duli
+	bench/infer-throughput.sh
 
 bench-memory: test-env
 	$(CARGO) build --release -p duli
