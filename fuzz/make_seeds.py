@@ -134,6 +134,28 @@ def dicom_seeds(tmp):
         out("pixels", name, data)
         out("store_header", name, data)
     out("pixels", "upload.png", png_bytes())
+    for name, data in jpeg_uploads():
+        out("pixels", name, data)
+
+
+def jpeg_uploads():
+    """Uploaded JPEGs for the patched decoder (vendor/jpeg-decoder): grey progressive and
+    4:2:0 colour, made by PIL (skipped with a note without it)."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        print(f"note: no JPEG upload seeds ({e})", file=sys.stderr)
+        return []
+    r = np.random.default_rng(3)
+    seeds = []
+    for name, pixels, options in [
+            ("grey-progressive.jpg", (r.random((64, 48)) * 255).astype(np.uint8),
+             {"quality": 85, "progressive": True}),
+            ("colour-420.jpg", (r.random((33, 47, 3)) * 255).astype(np.uint8), {"quality": 80})]:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", **options)
+        seeds.append((name, buf.getvalue()))
+    return seeds
 
 
 def png_bytes():

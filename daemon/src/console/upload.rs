@@ -205,17 +205,17 @@ fn decode(
             "{w}x{h} pixels is over the limit of {max_pixels} (inference.max_pixels)"
         )));
     }
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
-    let gray = img.to_luma8();
-    if gray.width() == 0 || gray.height() == 0 {
-        return Err(bad("no pixels".into()));
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(bad(format!("{w}x{h} pixels: a side is over {MAX_SIDE}")));
     }
-    Ok(gray)
+    // Grey as the offline tool and the reference pipeline make it (PIL's luma, JPEGs with
+    // libjpeg's inverse DCT): one decoder for files and uploads.
+    let gray = crate::infer::raster::decode_bytes(bytes, max_pixels).map_err(|e| match e {
+        crate::infer::raster::RasterError::Decode(reason) => bad(reason),
+        other => bad(other.to_string()),
+    })?;
+    image::GrayImage::from_raw(gray.width, gray.height, gray.pixels)
+        .ok_or_else(|| bad("no pixels".into()))
 }
 
 fn dicom_now() -> (String, String) {

@@ -67,21 +67,9 @@ fn every_encoding_gives_the_explicit_le_probabilities() {
     assert_eq!(variants, 16);
 }
 
-/// A Python with `onnx` and numpy: `DULI_PYTHON`, the repository's `.venv`, or `python3`.
+/// A Python with `onnx` and numpy ([`super::testdata::python_with`]).
 fn onnx_python() -> Option<std::path::PathBuf> {
-    let root = super::testdata::repo_root();
-    let candidates = [
-        std::env::var_os("DULI_PYTHON").map(std::path::PathBuf::from),
-        Some(root.join(".venv/bin/python")),
-        Some("python3".into()),
-    ];
-    candidates.into_iter().flatten().find(|p| {
-        std::process::Command::new(p)
-            .args(["-c", "import onnx, numpy"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
+    super::testdata::python_with("onnx, numpy")
 }
 
 #[test]
@@ -211,10 +199,20 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     };
     let engine = Engine::new(&cfg).unwrap();
     let batch = Engine::new(&super::cli::batch_settings(&cfg, 3, 21)).unwrap();
-    assert_eq!(super::cli::batch_settings(&cfg, 1, 21).performance_hint, "LATENCY");
-    assert_eq!(super::cli::batch_settings(&cfg, 3, 1).performance_hint, "LATENCY");
+    assert_eq!(
+        super::cli::batch_settings(&cfg, 1, 21).performance_hint,
+        "LATENCY"
+    );
+    assert_eq!(
+        super::cli::batch_settings(&cfg, 3, 1).performance_hint,
+        "LATENCY"
+    );
     if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
-        assert!(batch.workers() >= 2, "throughput network: {} requests", batch.workers());
+        assert!(
+            batch.workers() >= 2,
+            "throughput network: {} requests",
+            batch.workers()
+        );
     }
     let mut files: Vec<std::path::PathBuf> = reference(&dir)
         .into_iter()

@@ -1,5 +1,8 @@
 //! PNG and JPEG files (uploads, the offline tool) as 8-bit display images: grey stays as
 //! is, 16-bit grey keeps its high byte, colour becomes luma as PIL's `convert("L")` does.
+//! Grey and colour JPEGs are decoded with libjpeg's accurate integer inverse DCT
+//! (`jpeg-decoder` as patched in `vendor/`), so a grey JPEG gives the very samples PIL
+//! (libjpeg-turbo), the reference pipeline's decoder, gives.
 
 use super::display::{luma, GrayImage};
 use std::path::Path;
@@ -25,9 +28,28 @@ pub enum RasterError {
 /// Reads a PNG or JPEG file; one whose header declares more than `max_pixels` pixels is
 /// refused before it is decoded (the budget received DICOM images are held to).
 pub fn read_image_file(path: &Path, max_pixels: u64) -> Result<GrayImage, RasterError> {
+    let open = || {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| RasterError::Decode(e.to_string()))
+    };
+    decode_with(open, max_pixels)
+}
+
+/// [`read_image_file`] for an image in memory (an upload).
+pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, RasterError> {
+    decode_with(|| Ok(std::io::Cursor::new(bytes)), max_pixels)
+}
+
+/// Decodes the image `open` reads (called once for the header, once for the pixels):
+/// the format from its first bytes, the pixel budget from its header, then grey and
+/// colour JPEGs with [`read_jpeg`] and everything else with the `image` crate.
+fn decode_with<R: std::io::BufRead + std::io::Seek>(
+    open: impl Fn() -> Result<R, RasterError>,
+    max_pixels: u64,
+) -> Result<GrayImage, RasterError> {
     let reader = || {
-        image::ImageReader::open(path)
-            .map_err(|e| RasterError::Decode(e.to_string()))?
+        image::ImageReader::new(open()?)
             .with_guessed_format()
             .map_err(|e| RasterError::Decode(e.to_string()))
     };
@@ -41,10 +63,63 @@ pub fn read_image_file(path: &Path, max_pixels: u64) -> Result<GrayImage, Raster
             limit: max_pixels,
         });
     }
-    let img = reader()?
+    if width == 0 || height == 0 {
+        return Err(RasterError::Decode("no pixels".into()));
+    }
+    let reader = reader()?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        if let Some(gray) = read_jpeg(open()?, width, height)? {
+            return Ok(gray);
+        }
+    }
+    let img = reader
         .decode()
         .map_err(|e| RasterError::Decode(e.to_string()))?;
     Ok(to_gray(img))
+}
+
+/// Decodes a grey or colour JPEG whose header declared `width × height` (already held to
+/// the pixel budget): `None` for the other JPEG kinds (CMYK, lossless 16-bit), which the
+/// `image` crate decodes as before. The decoder's buffer is bounded by the declared size.
+fn read_jpeg(
+    source: impl std::io::Read,
+    width: u32,
+    height: u32,
+) -> Result<Option<GrayImage>, RasterError> {
+    let mut decoder = jpeg_decoder::Decoder::new(source);
+    let declared = u64::from(width) * u64::from(height);
+    decoder.set_max_decoding_buffer_size(usize::try_from(declared * 3).unwrap_or(usize::MAX));
+    let pixels = decoder
+        .decode()
+        .map_err(|e| RasterError::Decode(format!("JPEG: {e}")))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| RasterError::Decode("JPEG without a frame header".into()))?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    if (w, h) != (width, height) {
+        return Err(RasterError::Decode(format!(
+            "JPEG frame is {w} x {h}, its header said {width} x {height}"
+        )));
+    }
+    let pixels: Vec<u8> = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => pixels,
+        jpeg_decoder::PixelFormat::RGB24 => pixels
+            .chunks_exact(3)
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect(),
+        _ => return Ok(None),
+    };
+    if pixels.len() as u64 != declared {
+        return Err(RasterError::Decode(format!(
+            "JPEG decoded to {} samples for {w} x {h}",
+            pixels.len()
+        )));
+    }
+    Ok(Some(GrayImage {
+        width,
+        height,
+        pixels,
+    }))
 }
 
 /// Converts a decoded image to 8-bit grey (an 8-bit grey image keeps its buffer).
@@ -71,6 +146,107 @@ pub fn to_gray(img: image::DynamicImage) -> GrayImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::testdata;
+
+    /// Every sample in `dir` (sorted) with the 8-bit grey samples PIL decodes from it, as
+    /// the `.venv` Python writes them beside it (`<file>.pil`), or `None` without PIL.
+    fn pil_samples(dir: &Path, files: &[&str]) -> Option<Vec<Vec<u8>>> {
+        let py = testdata::python_with("PIL, numpy")?;
+        let script = "import sys, numpy\nfrom PIL import Image\nfor f in sys.argv[1:]:\n    numpy.asarray(Image.open(f).convert('L')).tofile(f + '.pil')\n";
+        let status = std::process::Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .args(files.iter().map(|f| dir.join(f)))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Some(
+            files
+                .iter()
+                .map(|f| std::fs::read(dir.join(format!("{f}.pil"))).unwrap())
+                .collect(),
+        )
+    }
+
+    /// The reference pipeline reads images with PIL (libjpeg-turbo): grey JPEGs must give
+    /// its samples exactly — baseline and progressive, any quality, any size; colour
+    /// without chroma subsampling too, and 4:2:0 colour within one level (the chroma
+    /// upsampling differs, not the inverse DCT).
+    #[test]
+    fn jpegs_decode_to_the_samples_pil_decodes() {
+        let Some(py) = testdata::python_with("PIL, numpy") else {
+            eprintln!("SKIP: no Python with PIL and numpy (run scripts/setup-test-env.sh)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let make = "import sys, numpy\nfrom PIL import Image\nd = sys.argv[1]\nr = numpy.random.default_rng(7)\ng = (r.random((37, 53)) * 255).astype(numpy.uint8)\nx = numpy.linspace(0, 255, 300)\ns = (numpy.add.outer(x, x) / 2).astype(numpy.uint8)\nc = (r.random((40, 61, 3)) * 255).astype(numpy.uint8)\nImage.fromarray(g).save(d + '/g100.jpg', quality=100)\nImage.fromarray(g).save(d + '/g10.jpg', quality=10)\nImage.fromarray(g).save(d + '/gprog.jpg', quality=90, progressive=True)\nImage.fromarray(s).save(d + '/srst.jpg', quality=75, restart_marker_blocks=3)\nImage.fromarray(c).save(d + '/c444.jpg', quality=90, subsampling=0)\nImage.fromarray(c).save(d + '/c420.jpg', quality=90, subsampling=2)\n";
+        let status = std::process::Command::new(py)
+            .arg("-c")
+            .arg(make)
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let files = [
+            "g100.jpg",
+            "g10.jpg",
+            "gprog.jpg",
+            "srst.jpg",
+            "c444.jpg",
+            "c420.jpg",
+        ];
+        let pil = pil_samples(dir.path(), &files).unwrap();
+        for (file, want) in files.iter().zip(&pil) {
+            let got = read_image_file(&dir.path().join(file), u64::MAX).unwrap();
+            assert_eq!(got.pixels.len(), want.len(), "{file}");
+            let differing = got.pixels.iter().zip(want).filter(|(a, b)| a != b).count();
+            let largest = got
+                .pixels
+                .iter()
+                .zip(want)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap_or(0);
+            if *file == "c420.jpg" {
+                assert!(largest <= 1, "{file}: off by {largest}");
+                assert!(differing * 50 < want.len(), "{file}: {differing} differ");
+            } else {
+                assert_eq!(
+                    differing, 0,
+                    "{file}: {differing} samples differ from PIL's"
+                );
+            }
+        }
+    }
+
+    /// The 16 sample radiographs as the model's PyPI package ships them (JPEGs) decode to
+    /// the very samples of the shared PNGs, which are PIL's decoding of those JPEGs.
+    #[test]
+    fn the_sample_jpegs_decode_to_the_shared_pngs() {
+        let (Some(jpegs), Some(samples)) = (testdata::jpeg_samples_dir(), testdata::samples_dir())
+        else {
+            return;
+        };
+        let mut names: Vec<String> = std::fs::read_dir(&jpegs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".jpeg"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 16);
+        // Sorted, NORMAL2-IM-* are NORMAL_01..08 and person*_bacteria_* PNEUMONIA_01..08.
+        for (i, name) in names.iter().enumerate() {
+            let png = if i < 8 {
+                format!("NORMAL_{:02}.png", i + 1)
+            } else {
+                format!("PNEUMONIA_{:02}.png", i - 7)
+            };
+            let got = read_image_file(&jpegs.join(name), u64::MAX).unwrap();
+            let want = read_image_file(&samples.join("png").join(&png), u64::MAX).unwrap();
+            assert_eq!((got.width, got.height), (want.width, want.height), "{name}");
+            assert!(got.pixels == want.pixels, "{name} differs from {png}");
+        }
+    }
 
     #[test]
     fn grey_and_colour_pngs_decode_to_grey() {

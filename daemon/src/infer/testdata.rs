@@ -87,3 +87,36 @@ pub fn reference(dir: &std::path::Path) -> Vec<(String, f32, f32)> {
         })
         .collect()
 }
+
+/// A Python that imports `modules` (comma-separated): `DULI_PYTHON`, the repository's
+/// `.venv`, or `python3`.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let root = repo_root();
+    let candidates = [
+        std::env::var_os("DULI_PYTHON").map(PathBuf::from),
+        Some(root.join(".venv/bin/python")),
+        Some("python3".into()),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", &format!("import {modules}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// The 16 sample radiographs as JPEGs from the model's PyPI package
+/// (`scripts/setup-samples.sh`, run by `make models`), or `None` after a SKIP line.
+pub fn jpeg_samples_dir() -> Option<PathBuf> {
+    let dir = repo_root().join(".cache/samples/cxr-jpeg");
+    if dir.join("ATTRIBUTION.md").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP: {} is absent (run scripts/setup-samples.sh)",
+            dir.display()
+        );
+        None
+    }
+}
