@@ -525,3 +525,63 @@ fn the_offline_tool_makes_and_times_heatmaps_by_either_method() {
         assert_eq!(line["heatmap"]["state"], "done", "{line}");
     }
 }
+
+/// DICOM's lossy JPEG (baseline, as a modality or DCMTK's `dcmcjpeg +eb` writes it)
+/// decodes to the samples DCMTK's own decoder (`dcmdjpeg`, the IJG library's accurate
+/// integer IDCT) gives, sample for sample: the patched `jpeg-decoder` dicom-rs uses.
+#[test]
+fn dicom_jpeg_baseline_decodes_as_dcmtk_does() {
+    let Some(dir) = samples_dir() else {
+        return;
+    };
+    let tool = |name: &str| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !(tool("dcmcjpeg") && tool("dcmdjpeg")) {
+        eprintln!("SKIP: DCMTK's dcmcjpeg/dcmdjpeg are absent (scripts/setup-test-env.sh)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["NORMAL_02.dcm", "PNEUMONIA_01.dcm"] {
+        let jpeg = tmp.path().join(format!("jpeg-{name}"));
+        let plain = tmp.path().join(format!("dcmtk-{name}"));
+        let run = |args: &[&std::path::Path]| {
+            let (cmd, rest) = args.split_first().unwrap();
+            let ok = std::process::Command::new(cmd)
+                .args(rest.iter().map(|p| p.as_os_str()))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{}", cmd.display());
+        };
+        let source = dir.join("dicom/8bit").join(name);
+        run(&[Path::new("dcmcjpeg"), Path::new("+eb"), &source, &jpeg]);
+        run(&[Path::new("dcmdjpeg"), &jpeg, &plain]);
+        let ours = super::dicom_image::DicomImage::open(&jpeg)
+            .unwrap()
+            .display_image()
+            .unwrap();
+        let dcmtk = super::dicom_image::DicomImage::open(&plain)
+            .unwrap()
+            .display_image()
+            .unwrap();
+        let original = super::dicom_image::DicomImage::open(&source)
+            .unwrap()
+            .display_image()
+            .unwrap();
+        assert_eq!((ours.width, ours.height), (dcmtk.width, dcmtk.height));
+        assert!(
+            ours.pixels == dcmtk.pixels,
+            "{name}: differs from dcmdjpeg's samples"
+        );
+        // Lossy: the test would show nothing if the codec had kept every sample.
+        assert!(
+            ours.pixels != original.pixels,
+            "{name}: baseline JPEG kept every sample"
+        );
+    }
+}
