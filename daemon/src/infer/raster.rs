@@ -88,18 +88,34 @@ fn read_jpeg(
 ) -> Result<Option<GrayImage>, RasterError> {
     let mut decoder = jpeg_decoder::Decoder::new(source);
     let declared = u64::from(width) * u64::from(height);
-    decoder.set_max_decoding_buffer_size(usize::try_from(declared * 3).unwrap_or(usize::MAX));
+    // Output bounded by the declared size (up to four components: CMYK decodes, then goes
+    // to the `image` crate); the frame header this decoder reads must be the one the
+    // budget was checked against before anything is allocated for the scans.
+    decoder.set_max_decoding_buffer_size(
+        usize::try_from(declared.saturating_mul(4)).unwrap_or(usize::MAX),
+    );
+    decoder
+        .read_info()
+        .map_err(|e| RasterError::Decode(format!("JPEG: {e}")))?;
+    let frame = decoder
+        .info()
+        .ok_or_else(|| RasterError::Decode("JPEG without a frame header".into()))?;
+    let (w, h) = (u32::from(frame.width), u32::from(frame.height));
+    if (w, h) != (width, height) {
+        return Err(RasterError::Decode(format!(
+            "JPEG frame is {w} x {h}, its header said {width} x {height}"
+        )));
+    }
     let pixels = decoder
         .decode()
         .map_err(|e| RasterError::Decode(format!("JPEG: {e}")))?;
     let info = decoder
         .info()
         .ok_or_else(|| RasterError::Decode("JPEG without a frame header".into()))?;
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    if (w, h) != (width, height) {
-        return Err(RasterError::Decode(format!(
-            "JPEG frame is {w} x {h}, its header said {width} x {height}"
-        )));
+    if (u32::from(info.width), u32::from(info.height)) != (width, height) {
+        return Err(RasterError::Decode(
+            "JPEG frame changed while decoding".into(),
+        ));
     }
     let pixels: Vec<u8> = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => pixels,
@@ -217,6 +233,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A JPEG cut short, or with its scan data garbled, is a decode error, never a panic.
+    #[test]
+    fn broken_jpegs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image::GrayImage::from_fn(40, 24, |x, y| image::Luma([(x * 5 + y * 3) as u8]));
+        let path = dir.path().join("ok.jpg");
+        img.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(decode_bytes(&bytes, u64::MAX).is_ok());
+        for cut in [4, 20, bytes.len() / 2, bytes.len() - 3] {
+            let r = decode_bytes(&bytes[..cut], u64::MAX);
+            assert!(
+                matches!(r, Err(RasterError::Decode(_))),
+                "cut at {cut}: {r:?}"
+            );
+        }
+        let mut garbled = bytes.clone();
+        let scan = garbled.len() - 40;
+        garbled[scan..scan + 20].iter_mut().for_each(|b| *b = 0xFF);
+        // Garbled entropy-coded data decodes to something or fails; it must not panic.
+        let _ = decode_bytes(&garbled, u64::MAX);
+        // The budget holds before any scan is read.
+        assert!(matches!(
+            decode_bytes(&bytes, 40 * 24 - 1),
+            Err(RasterError::TooLarge { .. })
+        ));
     }
 
     /// The 16 sample radiographs as the model's PyPI package ships them (JPEGs) decode to
