@@ -238,6 +238,8 @@ pub(crate) fn dequantize_and_idct_block(
     }
 }
 
+/// Dequantizes one block of coefficients (natural order) and writes its 8x8 samples, rows
+/// `output_linestride` apart, with libjpeg's accurate integer IDCT ([`islow`]).
 pub fn dequantize_and_idct_block_8x8(
     coefficients: &[i16; 64],
     quantization_table: &[u16; 64],
@@ -263,6 +265,8 @@ unsafe fn islow_avx2(coefficients: &[i16; 64], q: &[u16; 64], stride: usize, out
     islow(coefficients, q, stride, output)
 }
 
+// libjpeg's fixed point: FIX(x) = round(x * 2^CONST_BITS); PASS1_BITS more bits of
+// precision are kept between the two passes.
 const CONST_BITS: u32 = 13;
 const PASS1_BITS: u32 = 2;
 const FIX_0_298631336: i32 = 2446;
