@@ -43,7 +43,9 @@ pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> Result<GrayImage, RasterEr
 
 /// Decodes the image `open` reads (called once for the header, once for the pixels):
 /// the format from its first bytes, the pixel budget from its header, then grey and
-/// colour JPEGs with [`read_jpeg`] and everything else with the `image` crate.
+/// colour JPEGs with [`read_jpeg`] and everything else with the `image` crate. The
+/// decoders are third-party code fed outside data: a defect that panics costs this image
+/// (an error), not the thread decoding it, as for DICOM pixel data.
 fn decode_with<R: std::io::BufRead + std::io::Seek>(
     open: impl Fn() -> Result<R, RasterError>,
     max_pixels: u64,
@@ -53,7 +55,9 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
             .with_guessed_format()
             .map_err(|e| RasterError::Decode(e.to_string()))
     };
-    let (width, height) = reader()?
+    let header = reader()?;
+    let format = header.format();
+    let (width, height) = header
         .into_dimensions()
         .map_err(|e| RasterError::Decode(e.to_string()))?;
     if u64::from(width) * u64::from(height) > max_pixels {
@@ -66,16 +70,22 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
     if width == 0 || height == 0 {
         return Err(RasterError::Decode("no pixels".into()));
     }
-    let reader = reader()?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        if let Some(gray) = read_jpeg(open()?, width, height)? {
-            return Ok(gray);
+    let decode = || {
+        if format == Some(image::ImageFormat::Jpeg) {
+            if let Some(gray) = read_jpeg(open()?, width, height)? {
+                return Ok(gray);
+            }
         }
-    }
-    let img = reader
-        .decode()
-        .map_err(|e| RasterError::Decode(e.to_string()))?;
-    Ok(to_gray(img))
+        let img = reader()?
+            .decode()
+            .map_err(|e| RasterError::Decode(e.to_string()))?;
+        Ok(to_gray(img))
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(RasterError::Decode(
+            "the decoder failed on this image".into(),
+        ))
+    })
 }
 
 /// Decodes a grey or colour JPEG whose header declared `width × height` (already held to
@@ -260,6 +270,34 @@ mod tests {
         assert!(matches!(
             decode_bytes(&bytes, 40 * 24 - 1),
             Err(RasterError::TooLarge { .. })
+        ));
+    }
+
+    /// A JPEG whose frame header lies about its size (far more pixels than its scan
+    /// holds, within the budget) decodes to the declared size or fails; it never panics and
+    /// is never decoded past the budget.
+    #[test]
+    fn a_jpeg_that_lies_about_its_size_is_held_to_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small.jpg");
+        image::GrayImage::from_fn(16, 8, |x, _| image::Luma([(x * 9) as u8]))
+            .save(&path)
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0x07, 0xD0, 0x0B, 0xB8]); // 2000 x 3000
+        match decode_bytes(&bytes, 6_000_000) {
+            Ok(g) => assert_eq!((g.width, g.height, g.pixels.len()), (3000, 2000, 6_000_000)),
+            Err(e) => assert!(matches!(e, RasterError::Decode(_)), "{e}"),
+        }
+        assert!(matches!(
+            decode_bytes(&bytes, 5_999_999),
+            Err(RasterError::TooLarge {
+                width: 3000,
+                height: 2000,
+                ..
+            })
         ));
     }
 
