@@ -28,28 +28,8 @@ scripts/setup-models.sh >/dev/null
 scripts/setup-int8.sh >/dev/null
 PY="$ROOT/.cache/quantize/venv/bin/python"   # openvino (same version as the daemon's), numpy, pillow
 
-LABELLED="${LABELLED:-}"
-if [[ -z "$LABELLED" && "${SET:-}" == jpeg ]]; then
-    scripts/setup-samples.sh >/dev/null
-    LABELLED="$ROOT/bench/out/cxr16-jpeg"
-    rm -rf "$LABELLED"; mkdir -p "$LABELLED/NORMAL" "$LABELLED/PNEUMONIA"
-    for f in "$ROOT"/.cache/samples/cxr-jpeg/*.jpeg; do
-        n="$(basename "$f")"
-        case "$n" in NORMAL*) ln -s "$f" "$LABELLED/NORMAL/$n" ;; *) ln -s "$f" "$LABELLED/PNEUMONIA/$n" ;; esac
-    done
-fi
-if [[ -z "$LABELLED" ]]; then
-    LABELLED="$ROOT/bench/out/cxr16"
-    src=""
-    for c in "${DULI_SHARED_DIR:-}" "$ROOT/../shared" "$ROOT/../../shared"; do
-        [[ -n "$c" && -d "$c/data/cxr-samples/png" ]] && { src="$(cd "$c/data/cxr-samples/png" && pwd)"; break; }
-    done
-    [[ -n "$src" ]] || { echo "SKIP: no shared samples (set LABELLED or DULI_SHARED_DIR)"; exit 0; }
-    rm -rf "$LABELLED"; mkdir -p "$LABELLED/NORMAL" "$LABELLED/PNEUMONIA"
-    for f in "$src"/*.png; do
-        n="$(basename "$f")"; ln -s "$f" "$LABELLED/${n%%_*}/$n"
-    done
-fi
+LABELLED="${LABELLED:-$(bench/labelled-samples.sh)}"
+[[ -n "$LABELLED" ]] || { echo "SKIP: no shared samples (set LABELLED, DULI_SHARED_DIR or SET=jpeg)"; exit 0; }
 mapfile -t IMAGES < <(find -L "$LABELLED" -type f \( -iname '*.png' -o -iname '*.jp*g' -o -iname '*.dcm' \) | sort)
 FILES=()
 for ((r = 0; r < REPEAT; r++)); do FILES+=("${IMAGES[@]}"); done

@@ -14,7 +14,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SET="${SET:-png}"
+export SET="${SET:-png}"
 REPEAT="${REPEAT:-39}"
 ROUNDS="${ROUNDS:-5}"
 PRECISION="${PRECISION:-int8}"
@@ -25,19 +25,9 @@ scripts/setup-openvino.sh >/dev/null
 scripts/setup-models.sh >/dev/null
 [[ "$PRECISION" == int8 ]] && scripts/setup-int8.sh >/dev/null
 
-case "$SET" in
-    jpeg)
-        scripts/setup-samples.sh >/dev/null
-        mapfile -t IMAGES < <(find "$ROOT/.cache/samples/cxr-jpeg" -name '*.jpeg' | sort) ;;
-    png)
-        src=""
-        for c in "${DULI_SHARED_DIR:-}" "$ROOT/../shared" "$ROOT/../../shared"; do
-            [[ -n "$c" && -d "$c/data/cxr-samples/png" ]] && { src="$c/data/cxr-samples/png"; break; }
-        done
-        [[ -n "$src" ]] || { echo "SKIP: no shared samples (set DULI_SHARED_DIR or SET=jpeg)"; exit 0; }
-        mapfile -t IMAGES < <(find "$src" -name '*.png' | sort) ;;
-    *) echo "infer-throughput: SET is png or jpeg" >&2; exit 2 ;;
-esac
+DIR="$(bench/labelled-samples.sh)"
+[[ -n "$DIR" ]] || { echo "SKIP: no shared samples (set DULI_SHARED_DIR or SET=jpeg)"; exit 0; }
+mapfile -t IMAGES < <(find -L "$DIR" -type f | sort)
 FILES=()
 for ((r = 0; r < REPEAT; r++)); do FILES+=("${IMAGES[@]}"); done
 
