@@ -195,27 +195,26 @@ fn decode(
         format: name,
         reason,
     };
-    // The dimensions come from the header alone: an image over the pixel budget is never
-    // decoded (the same `inference.max_pixels` that received images are held to).
-    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| bad(e.to_string()))?;
-    if u64::from(w) * u64::from(h) > max_pixels {
-        return Err(bad(format!(
-            "{w}x{h} pixels is over the limit of {max_pixels} (inference.max_pixels)"
-        )));
-    }
+    // Grey as the offline tool and the reference pipeline make it (PIL's luma, JPEGs with
+    // libjpeg's inverse DCT), by the one decoder for files and uploads, which refuses an
+    // image over the pixel budget from its header (the same `inference.max_pixels` that
+    // received images are held to) before decoding it.
+    use crate::infer::raster::{decode_bytes, RasterError};
+    let gray = decode_bytes(bytes, max_pixels).map_err(|e| match e {
+        RasterError::TooLarge {
+            width,
+            height,
+            limit,
+        } => bad(format!(
+            "{width}x{height} pixels is over the limit of {limit} (inference.max_pixels)"
+        )),
+        RasterError::Decode(reason) => bad(reason),
+    })?;
+    let (w, h) = (gray.width, gray.height);
     if w > MAX_SIDE || h > MAX_SIDE {
         return Err(bad(format!("{w}x{h} pixels: a side is over {MAX_SIDE}")));
     }
-    // Grey as the offline tool and the reference pipeline make it (PIL's luma, JPEGs with
-    // libjpeg's inverse DCT): one decoder for files and uploads.
-    let gray = crate::infer::raster::decode_bytes(bytes, max_pixels).map_err(|e| match e {
-        crate::infer::raster::RasterError::Decode(reason) => bad(reason),
-        other => bad(other.to_string()),
-    })?;
-    image::GrayImage::from_raw(gray.width, gray.height, gray.pixels)
-        .ok_or_else(|| bad("no pixels".into()))
+    image::GrayImage::from_raw(w, h, gray.pixels).ok_or_else(|| bad("no pixels".into()))
 }
 
 fn dicom_now() -> (String, String) {

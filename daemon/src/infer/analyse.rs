@@ -110,7 +110,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             Eligibility::Eligible => None,
         };
         match img.input_image(spec) {
-            Ok(images) => (sop, images, caveat),
+            Ok(input) => (sop, input, caveat),
             Err(e) => {
                 return Preparation::Error {
                     sop_instance_uid: sop,

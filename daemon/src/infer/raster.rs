@@ -119,15 +119,7 @@ fn read_jpeg(
     let pixels = decoder
         .decode()
         .map_err(|e| RasterError::Decode(format!("JPEG: {e}")))?;
-    let info = decoder
-        .info()
-        .ok_or_else(|| RasterError::Decode("JPEG without a frame header".into()))?;
-    if (u32::from(info.width), u32::from(info.height)) != (width, height) {
-        return Err(RasterError::Decode(
-            "JPEG frame changed while decoding".into(),
-        ));
-    }
-    let pixels: Vec<u8> = match info.pixel_format {
+    let pixels: Vec<u8> = match frame.pixel_format {
         jpeg_decoder::PixelFormat::L8 => pixels,
         jpeg_decoder::PixelFormat::RGB24 => pixels
             .chunks_exact(3)
