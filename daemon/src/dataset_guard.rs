@@ -12,7 +12,10 @@
 //! - checking that every declared length fits the bytes actually present: in the enclosing
 //!   item or sequence of defined length, and in the input itself;
 //! - capping each element that is not bulk data (pixel, overlay, waveform, document data)
-//!   at [`MAX_ELEMENT_BYTES`];
+//!   at [`MAX_ELEMENT_BYTES`], and everything before the top-level Pixel Data (what a
+//!   header parse holds in memory, bulk or not) at [`MAX_HEADER_BYTES`];
+//! - measuring the top-level Pixel Data ([`Summary`]), so that a reader about to load it
+//!   can hold it to what the image attributes declare first;
 //! - reading values only to skip them (seeks on files and slices), so its memory use is a
 //!   few fixed buffers whatever the input declares.
 //!
@@ -35,6 +38,10 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Largest value accepted for an element that is not bulk data.
 pub const MAX_ELEMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest total of the values before the top-level Pixel Data (everything a header parse
+/// holds in memory). A chest X-ray's header is well under a megabyte.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Largest inflated size of a deflated data set that is scanned.
 pub const MAX_INFLATED_BYTES: u64 = 1024 * 1024 * 1024;
@@ -121,6 +128,9 @@ pub enum GuardError {
         /// Offset of its header.
         offset: u64,
     },
+    /// The values before the top-level Pixel Data total more than [`MAX_HEADER_BYTES`].
+    #[error("the elements before Pixel Data hold over {MAX_HEADER_BYTES} bytes")]
+    HeaderTooLarge,
     /// A deflated data set inflates beyond [`MAX_INFLATED_BYTES`].
     #[error("deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")]
     InflatesTooMuch,
@@ -133,6 +143,16 @@ pub enum GuardError {
     /// Reading the input failed.
     #[error("read error: {0}")]
     Io(String),
+}
+
+/// What a successful scan measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Total of the values before the top-level Pixel Data (at most [`MAX_HEADER_BYTES`]).
+    pub header_bytes: u64,
+    /// Bytes of the top-level Pixel Data: its value, or the sum of its fragments when
+    /// encapsulated; `None` without Pixel Data.
+    pub pixel_data_bytes: Option<u64>,
 }
 
 /// How a data set is encoded.
@@ -159,14 +179,14 @@ impl Encoding {
 
 /// Checks a data set (no preamble or meta) encoded in transfer syntax `ts_uid`, as a C-FIND
 /// identifier arrives.
-pub fn check_dataset(bytes: &[u8], ts_uid: &str) -> Result<(), GuardError> {
+pub fn check_dataset(bytes: &[u8], ts_uid: &str) -> Result<Summary, GuardError> {
     let enc = Encoding::of(ts_uid)?;
     let len = bytes.len() as u64;
     scan_body(io::Cursor::new(bytes), Some(len), enc)
 }
 
 /// Checks a Part 10 stream (preamble optional, file meta, data set) of `len` bytes.
-pub fn check_part10<R: Read + Seek>(mut input: R, len: u64) -> Result<(), GuardError> {
+pub fn check_part10<R: Read + Seek>(mut input: R, len: u64) -> Result<Summary, GuardError> {
     let mut head = [0u8; 132];
     let got = read_full(&mut input, &mut head)?;
     let start = if got >= 132 && &head[128..132] == b"DICM" {
@@ -204,7 +224,7 @@ pub fn check_part10<R: Read + Seek>(mut input: R, len: u64) -> Result<(), GuardE
 }
 
 /// Checks a Part 10 file on disk.
-pub fn check_file(path: &Path) -> Result<(), GuardError> {
+pub fn check_file(path: &Path) -> Result<Summary, GuardError> {
     let file = File::open(path).map_err(|e| GuardError::Io(e.to_string()))?;
     let len = file
         .metadata()
@@ -214,7 +234,7 @@ pub fn check_file(path: &Path) -> Result<(), GuardError> {
 }
 
 /// Checks a Part 10 file held in memory (an upload).
-pub fn check_part10_bytes(bytes: &[u8]) -> Result<(), GuardError> {
+pub fn check_part10_bytes(bytes: &[u8]) -> Result<Summary, GuardError> {
     check_part10(io::Cursor::new(bytes), bytes.len() as u64)
 }
 
@@ -238,7 +258,11 @@ fn seek_to<R: Seek>(input: &mut R, pos: u64) -> Result<(), GuardError> {
         .map_err(|e| GuardError::Io(e.to_string()))
 }
 
-fn scan_body<R: Read + Seek>(inner: R, len: Option<u64>, enc: Encoding) -> Result<(), GuardError> {
+fn scan_body<R: Read + Seek>(
+    inner: R,
+    len: Option<u64>,
+    enc: Encoding,
+) -> Result<Summary, GuardError> {
     let mut input = Input { inner, pos: 0, len };
     walk(&mut input, enc)
 }
@@ -513,9 +537,21 @@ fn innermost_end(stack: &[Frame]) -> Option<u64> {
     stack.iter().rev().find_map(|f| f.end)
 }
 
-fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), GuardError> {
+fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, GuardError> {
     let mut stack: Vec<Frame> = Vec::with_capacity(2 * MAX_DEPTH + 2);
     let mut depth = 0usize;
+    let mut summary = Summary::default();
+    // Whether the walk is past the top-level Pixel Data (no longer in the header).
+    let mut past_header = false;
+    let held = |summary: &mut Summary, past: bool, n: u64| -> Result<(), GuardError> {
+        if !past {
+            summary.header_bytes = summary.header_bytes.saturating_add(n);
+            if summary.header_bytes > MAX_HEADER_BYTES {
+                return Err(GuardError::HeaderTooLarge);
+            }
+        }
+        Ok(())
+    };
     let be = enc.big_endian;
     loop {
         // Close the containers of defined length that end here.
@@ -540,7 +576,7 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), Guard
         let mut tag_bytes = [0u8; 4];
         if !input.read_or_end(&mut tag_bytes)? {
             if stack.is_empty() {
-                return Ok(());
+                return Ok(summary);
             }
             return Err(GuardError::Truncated { offset });
         }
@@ -577,6 +613,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), Guard
                         });
                     }
                     fits(input, end, tag, u64::from(length), offset)?;
+                    if stack.len() == 1 {
+                        let bytes = summary.pixel_data_bytes.get_or_insert(0);
+                        *bytes = bytes.saturating_add(u64::from(length));
+                    }
                     input.skip(u64::from(length))?;
                 }
                 (ITEM_END, Some((Kind::Item, None))) => {
@@ -611,6 +651,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), Guard
             input.read(&mut len)?;
             (implicit_vr(tag), u32_of(len, be))
         };
+        let top_level_pixels = stack.is_empty() && tag >= PIXEL_DATA;
+        if top_level_pixels {
+            past_header = true;
+        }
         if length == UNDEFINED || vr == VR::SQ {
             let kind = if tag == PIXEL_DATA && length == UNDEFINED {
                 Kind::Fragments
@@ -623,6 +667,9 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), Guard
                 fits(input, end, tag, u64::from(length), offset)?;
                 Some(input.pos + u64::from(length))
             };
+            if kind == Kind::Fragments && stack.is_empty() {
+                summary.pixel_data_bytes = Some(0);
+            }
             if kind == Kind::Sequence {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -650,6 +697,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<(), Guard
         }
         if length > MAX_ELEMENT_BYTES && !is_bulk(tag) {
             return Err(GuardError::ElementTooLarge { tag, length });
+        }
+        held(&mut summary, past_header, length)?;
+        if stack.is_empty() && tag == PIXEL_DATA {
+            summary.pixel_data_bytes = Some(length);
         }
         input.skip(length)?;
     }
@@ -735,7 +786,7 @@ mod tests {
 
     #[test]
     fn nesting_up_to_the_limit_passes_and_deeper_is_refused() {
-        assert_eq!(check_dataset(&nested(MAX_DEPTH), EXPLICIT_LE), Ok(()));
+        assert!(check_dataset(&nested(MAX_DEPTH), EXPLICIT_LE).is_ok());
         assert!(matches!(
             check_dataset(&nested(MAX_DEPTH + 1), EXPLICIT_LE),
             Err(GuardError::TooDeep { .. })
@@ -851,7 +902,7 @@ mod tests {
         ds.extend(delimiter(ITEM, 4));
         ds.extend_from_slice(&[1, 2, 3, 4]);
         ds.extend(delimiter(SEQUENCE_END, 0));
-        assert_eq!(check_dataset(&ds, EXPLICIT_LE), Ok(()));
+        assert!(check_dataset(&ds, EXPLICIT_LE).is_ok());
     }
 
     #[test]
@@ -863,6 +914,50 @@ mod tests {
             check_dataset(&ds, EXPLICIT_LE),
             Err(GuardError::ElementTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn bulk_values_before_pixel_data_are_held_to_the_header_budget() {
+        // An Encapsulated Document (bulk, so past the per-element cap) and an overlay
+        // before Pixel Data: what a header parse would hold in memory.
+        let half = (MAX_HEADER_BYTES / 2) as usize;
+        let mut ds = long_header(0x0042, 0x0011, b"OB", half as u32);
+        ds.resize(ds.len() + half, 0);
+        assert_eq!(
+            check_dataset(&ds, EXPLICIT_LE).map(|s| s.header_bytes),
+            Ok(half as u64)
+        );
+        ds.extend(long_header(0x6000, 0x3000, b"OB", half as u32 + 2));
+        ds.resize(ds.len() + half + 2, 0);
+        assert_eq!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::HeaderTooLarge)
+        );
+        // The same bytes as Pixel Data are not header.
+        let mut ds = short(0x0028, 0x0010, b"US", &4u16.to_le_bytes());
+        ds.extend(long_header(0x7FE0, 0x0010, b"OB", 2 * half as u32 + 2));
+        ds.resize(ds.len() + 2 * half + 2, 0);
+        let summary = check_dataset(&ds, EXPLICIT_LE).unwrap();
+        assert_eq!(summary.header_bytes, 2);
+        assert_eq!(summary.pixel_data_bytes, Some(2 * half as u64 + 2));
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_is_measured_by_its_fragments() {
+        let mut ds = long_header(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        ds.extend(delimiter(ITEM, 0));
+        ds.extend(delimiter(ITEM, 4));
+        ds.extend_from_slice(&[1, 2, 3, 4]);
+        ds.extend(delimiter(ITEM, 6));
+        ds.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        ds.extend(delimiter(SEQUENCE_END, 0));
+        let summary = check_dataset(&ds, EXPLICIT_LE).unwrap();
+        assert_eq!(summary.pixel_data_bytes, Some(10));
+        assert_eq!(summary.header_bytes, 0);
+        assert_eq!(
+            check_dataset(&[], EXPLICIT_LE).unwrap().pixel_data_bytes,
+            None
+        );
     }
 
     #[test]
@@ -891,7 +986,7 @@ mod tests {
     #[test]
     fn part10_meta_is_checked_and_bodies_follow_their_syntax() {
         let file = part10(EXPLICIT_LE, &nested(3));
-        assert_eq!(check_part10_bytes(&file), Ok(()));
+        assert!(check_part10_bytes(&file).is_ok());
         let mut bad = file.clone();
         bad.extend(long_header(0x0008, 0x2111, b"UT", 0xFFFF_FFF0));
         assert!(matches!(
@@ -936,7 +1031,7 @@ mod tests {
         };
         let mut good = file.clone();
         good.extend(deflate(&nested(2)));
-        assert_eq!(check_part10_bytes(&good), Ok(()));
+        assert!(check_part10_bytes(&good).is_ok());
         let mut deep = file.clone();
         deep.extend(deflate(&nested(MAX_DEPTH + 5)));
         assert!(matches!(
@@ -977,7 +1072,7 @@ mod tests {
             for entry in std::fs::read_dir(folder).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "dcm") {
-                    assert_eq!(check_file(&path), Ok(()), "{}", path.display());
+                    assert!(check_file(&path).is_ok(), "{}", path.display());
                     seen += 1;
                 }
             }

@@ -230,18 +230,24 @@ pub fn pixels(data: &[u8]) {
     if image.check_pixel_budget(MAX_PIXELS).is_err() {
         return;
     }
-    // The daemon decodes JPEG 2000 only in its confined child (`decode_sandbox`). Without a
-    // `duli` executable to run that child (the fuzzer) the decode would run here, and the
-    // OpenJPEG translation frees every decoded tile through a null pointer: undefined
+    // The daemon decodes JPEG-LS and JPEG 2000 only in its confined child
+    // (`decode_sandbox`), and refuses them without a `duli` executable to run it (the
+    // fuzzer). JPEG-LS is fuzzed here by calling the child's own decode. JPEG 2000 is not:
+    // the OpenJPEG translation frees every decoded tile through a null pointer, undefined
     // behaviour that builds with debug assertions stop at, whatever the input (even the
     // valid seeds), so every run would end at its first JPEG 2000 input. The pre-scan,
     // header, budget and fragment checks above still run for it; the corpus replay in the
     // test suite, which has the executable, decodes it in the child.
-    let jpeg_2000 = matches!(
-        image.transfer_syntax(),
-        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91"
-    );
-    if jpeg_2000 && crate::infer::decode_sandbox::decoder_exe().is_none() {
+    let ts = image.transfer_syntax();
+    if crate::infer::decode_sandbox::is_sandboxed(ts)
+        && crate::infer::decode_sandbox::decoder_exe().is_none()
+    {
+        let jpeg_ls = matches!(ts, "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81");
+        if jpeg_ls {
+            if let Ok(gray) = image.decode_in_process() {
+                let _ = crate::infer::tensor::input_tensor(&gray, input_spec());
+            }
+        }
         return;
     }
     if let Ok(gray) = image.display_image() {

@@ -360,12 +360,8 @@ fn main() -> ExitCode {
         .next()
         .is_some_and(|a| a == duli::infer::decode_sandbox::SUBCOMMAND)
     {
-        return match (args.next(), args.next()) {
-            (Some(file), None) => {
-                duli::infer::decode_sandbox::child_main(std::path::Path::new(&file))
-            }
-            _ => ExitCode::from(2),
-        };
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        return duli::infer::decode_sandbox::child_main(&rest);
     }
     match real_main() {
         Ok(code) => code,

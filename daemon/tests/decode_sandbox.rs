@@ -171,3 +171,70 @@ fn a_file_that_is_not_dicom_is_refused_by_the_child_with_its_reason() {
         .to_string();
     assert!(err.contains("DICOM"), "{err}");
 }
+
+#[test]
+fn retrieval_re_encodes_these_syntaxes_in_the_child_exactly_as_in_process() {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_pixeldata::Transcode;
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    let target = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(EXPLICIT_LE)
+        .unwrap();
+    for name in ["jpeg-ls-lossless.dcm", "j2k-lossless.dcm"] {
+        let path = seed(name);
+        let child = duli::infer::decode_sandbox::transcode(
+            &duli(),
+            &path,
+            EXPLICIT_LE,
+            64 << 20,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let mut obj = dicom_object::open_file(&path).unwrap();
+        obj.transcode(target).unwrap();
+        let mut here = Vec::new();
+        obj.write_dataset_with_ts(&mut here, target).unwrap();
+        assert_eq!(child, here, "{name}");
+        // Held to the bound it is given.
+        let err = duli::infer::decode_sandbox::transcode(
+            &duli(),
+            &path,
+            EXPLICIT_LE,
+            1024,
+            Duration::from_secs(30),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("over its bound"), "{err}");
+    }
+}
+
+#[test]
+fn jpeg_2000_part_2_is_sandboxed_too_and_previews_take_the_same_route() {
+    // The registry hands JPEG 2000 Part 2 (and HTJ2K) to the same OpenJPEG decoder: a
+    // lossless JPEG 2000 file relabelled Part 2 decodes, in the child, to the same image.
+    let dir = tempfile::tempdir().unwrap();
+    let original = seed("j2k-lossless.dcm");
+    let mut bytes = std::fs::read(&original).unwrap();
+    let at = bytes
+        .windows(22)
+        .position(|w| w == b"1.2.840.10008.1.2.4.90")
+        .unwrap();
+    bytes[at + 21] = b'2';
+    let part2 = dir.path().join("part2.dcm");
+    std::fs::write(&part2, &bytes).unwrap();
+    let image = DicomImage::open(&part2).unwrap();
+    assert_eq!(image.transfer_syntax(), "1.2.840.10008.1.2.4.92");
+    assert!(is_sandboxed(image.transfer_syntax()));
+    let expected = DicomImage::open(&original)
+        .unwrap()
+        .decode_in_process()
+        .unwrap();
+    assert_eq!(image.display_image().unwrap(), expected);
+    // The console preview of a sandboxed syntax is made from the child's display image.
+    let (preview, info) = duli::console::preview::render(&part2, 1 << 30).unwrap();
+    assert_eq!((info.min, info.max), (0.0, 255.0));
+    assert_eq!(preview.width(), info.width);
+    // And the pixel budget comes first.
+    let err = duli::console::preview::render(&part2, 16).unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+}

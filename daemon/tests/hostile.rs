@@ -2,7 +2,8 @@
 //! sockets by a peer that lies — sequences nested thousands deep, lengths of 4 GiB, pixel
 //! bombs, lying encapsulated fragments, broken JPEG / JPEG 2000 / JPEG-LS / RLE streams,
 //! invalid and path-traversal UIDs, charset tricks, markup and HL7 delimiters in names,
-//! endless and truncated data sets, hostile C-FIND identifiers.
+//! endless and truncated data sets, hostile C-FIND identifiers, a deflate bomb and Pixel
+//! Data far larger than the image it declares.
 //!
 //! After each case: C-ECHO answers, `/healthz` answers 200, no panic in the daemon's log,
 //! no partial file left behind, and the index holds exactly the instances that were
@@ -21,6 +22,11 @@ use std::time::{Duration, Instant};
 
 /// Peak RSS allowed over the whole suite, model loaded.
 const MAX_PEAK_RSS_KIB: u64 = 500 * 1024;
+
+/// Deflated Explicit VR Little Endian.
+const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
+/// RLE Lossless.
+const RLE: &str = "1.2.840.10008.1.2.5";
 
 /// `dicom.max_instance_mb` for this daemon, so the endless case ends quickly.
 const MAX_INSTANCE_MB: u64 = 8;
@@ -420,6 +426,51 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         s.check("JPEG frame wider than Columns");
     }
 
+    // 5b. Memory by compression: a deflated data set of about 0.5 MB that inflates to a
+    //     512 MiB Encapsulated Document before Pixel Data (everything a header parse holds
+    //     in memory): refused, never inflated into memory.
+    let ids = s.ids();
+    let deflated = {
+        use std::io::Write;
+        let mut head = dx_header(&ids, b"", b"DEFLATE^BOMB", &[], 64, 64);
+        head.extend(header(0x0042, 0x0011, b"OB", 512 << 20));
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&head).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..512 {
+            z.write_all(&zeros).unwrap();
+        }
+        z.write_all(&el(0x7FE0, 0x0010, b"OW", &[0u8; 128]))
+            .unwrap();
+        z.finish().unwrap()
+    };
+    assert!(
+        deflated.len() < 4 << 20,
+        "{} bytes deflated",
+        deflated.len()
+    );
+    let answer = s.store(DEFLATED_LE, &ids.sop, &deflated);
+    assert_cannot_understand("deflate bomb", &answer);
+    let log = s.daemon.log();
+    assert!(
+        log.contains("the elements before Pixel Data hold over"),
+        "the deflate bomb was not refused by the header budget:\n{log}"
+    );
+    s.check("deflated data set inflating to 512 MiB before Pixel Data");
+
+    // 5c. Pixel Data far larger than the image it declares (64 x 64 with 6 MiB of RLE
+    //     fragments): stored, but never loaded for analysis (checked at the end).
+    let oversized = s.ids();
+    let mut ds = dx_header(&oversized, b"", b"PIXELS^OVERSIZED", &[], 64, 64);
+    ds.extend(header(0x7FE0, 0x0010, b"OB", UNDEFINED));
+    ds.extend(item(0xE000, 0));
+    ds.extend(item(0xE000, 6 << 20));
+    ds.resize(ds.len() + (6 << 20), 0);
+    ds.extend(item(0xE0DD, 0));
+    let answer = s.store(RLE, &oversized.sop, &ds);
+    assert_eq!(answer.status(), Some(0), "oversized pixel data: {answer:?}");
+    s.check("pixel data 700 times its declared size");
+
     // 6. Invalid and path-traversal UIDs: refused, nothing written outside files/.
     for (what, sop, study) in [
         ("traversal SOP UID", "../../etc/passwd".to_string(), None),
@@ -557,6 +608,19 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         log.contains("too large to analyse"),
         "the pixel bomb was not refused before decoding:\n{log}"
     );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s
+        .daemon
+        .log()
+        .contains("over twice the 8192 its image attributes declare")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the oversized pixel data was not refused before loading:\n{}",
+            s.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     if wide_frame {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !s.daemon.log().contains("JPEG stream frame is 12568 x") {

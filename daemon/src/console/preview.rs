@@ -5,7 +5,9 @@
 //! to start from. The browser applies window/level itself, so dragging needs no server
 //! round trip.
 
-use crate::infer::dicom_image::DicomImage;
+use crate::infer::decode_sandbox::is_sandboxed;
+use crate::infer::dicom_image::{check_file_pixel_budget, DicomImage, DicomImageError};
+use crate::infer::display::GrayImage;
 use crate::infer::frame::Frame;
 use crate::infer::resize::block_means;
 use crate::model::InstanceRecord;
@@ -120,14 +122,54 @@ type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;
 /// Decodes a DICOM file's first frame into a display-size 16-bit preview; an image over
 /// `max_pixels` is refused before any decode. The frame's stored samples are read in place
 /// ([`DicomImage::with_stored_frame`]): no full-resolution copy in another type is made.
+///
+/// JPEG-LS and JPEG 2000 are decoded only in the confined child process
+/// ([`crate::infer::decode_sandbox`]), which returns the 8-bit display image (window
+/// applied): their previews are made from it ([`from_display`]).
 pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), PreviewError> {
+    check_file_pixel_budget(path, max_pixels).map_err(|e| match e {
+        DicomImageError::Open(e) => PreviewError::Read(e),
+        other => PreviewError::Decode(other.to_string()),
+    })?;
     let image = DicomImage::open(path).map_err(|e| PreviewError::Read(e.to_string()))?;
-    image
-        .check_pixel_budget(max_pixels)
-        .map_err(|e| PreviewError::Decode(e.to_string()))?;
+    if is_sandboxed(image.transfer_syntax()) {
+        let display = image
+            .reduced_display(MAX_SIDE)
+            .map_err(|e| PreviewError::Decode(e.to_string()))?;
+        let header = image.header();
+        return from_display(&display, header.columns, header.rows);
+    }
     image
         .with_stored_frame(|frame, decoded| Ok(from_frame(&frame, decoded)))
         .map_err(|e| PreviewError::Decode(e.to_string()))?
+}
+
+/// The preview of an 8-bit display image (already windowed, high values bright) of a
+/// `columns × rows` source: display values 0..255 spread over 0..65535, the window the
+/// whole range.
+fn from_display(
+    display: &GrayImage,
+    columns: u32,
+    rows: u32,
+) -> Result<(Gray16, PreviewInfo), PreviewError> {
+    let pixels = display.pixels.iter().map(|v| u16::from(*v) * 257).collect();
+    let image = Gray16::from_raw(display.width, display.height, pixels)
+        .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
+    Ok((
+        image,
+        PreviewInfo {
+            width: display.width,
+            height: display.height,
+            source_columns: columns,
+            source_rows: rows,
+            min: 0.0,
+            max: 255.0,
+            window_center: 127.5,
+            window_width: 256.0,
+            invert: false,
+            photometric: "MONOCHROME2".into(),
+        },
+    ))
 }
 
 /// The preview of one decoded frame: modality values (the mean of the first three samples

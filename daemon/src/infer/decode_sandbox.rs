@@ -11,6 +11,12 @@
 //! writing already-open descriptors and exiting, decodes the first frame through the same
 //! display pipeline as in-process decoding, and writes `DULIGRAY`, width and height (u32
 //! little endian) and the 8-bit pixels to stdout.
+//!
+//! Retrieval by a peer that does not accept the stored transfer syntax needs the whole
+//! instance re-encoded uncompressed: [`transcode`] runs `duli decode-pixels --transcode TS
+//! FILE` under the same limits and filter, which writes the re-encoded data set.
+//!
+//! Without a decoder executable these syntaxes are refused, never decoded in the daemon.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,15 +27,24 @@ use super::dicom_image::{DicomImage, DicomImageError};
 use super::display::GrayImage;
 
 /// Transfer syntaxes whose decoder is native or machine-translated code.
+/// Every syntax the registry hands to CharLS or OpenJPEG is listed (a test checks the
+/// registry against this list).
 pub const SANDBOXED_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless (CharLS)
-    "1.2.840.10008.1.2.4.81", // JPEG-LS near-lossless (CharLS)
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless (OpenJPEG)
-    "1.2.840.10008.1.2.4.91", // JPEG 2000 (OpenJPEG)
+    "1.2.840.10008.1.2.4.80",  // JPEG-LS lossless (CharLS)
+    "1.2.840.10008.1.2.4.81",  // JPEG-LS near-lossless (CharLS)
+    "1.2.840.10008.1.2.4.90",  // JPEG 2000 lossless (OpenJPEG)
+    "1.2.840.10008.1.2.4.91",  // JPEG 2000 (OpenJPEG)
+    "1.2.840.10008.1.2.4.92",  // JPEG 2000 Part 2 lossless (OpenJPEG)
+    "1.2.840.10008.1.2.4.93",  // JPEG 2000 Part 2 (OpenJPEG)
+    "1.2.840.10008.1.2.4.201", // HTJ2K lossless (OpenJPEG)
+    "1.2.840.10008.1.2.4.202", // HTJ2K lossless RPCL (OpenJPEG)
+    "1.2.840.10008.1.2.4.203", // HTJ2K (OpenJPEG)
 ];
 
 /// Subcommand the child runs (hidden from `duli --help`).
 pub const SUBCOMMAND: &str = "decode-pixels";
+/// Option of [`SUBCOMMAND`] that re-encodes the instance instead of making its image.
+pub const TRANSCODE: &str = "--transcode";
 /// Longest a child may take (wall clock) before it is killed.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 /// CPU seconds a child may use.
@@ -77,9 +92,53 @@ pub fn decode_display(
     max_pixels: u64,
     deadline: Duration,
 ) -> Result<GrayImage, DicomImageError> {
+    let out = run_child(
+        exe,
+        &[SUBCOMMAND.as_ref(), path.as_os_str()],
+        max_pixels.saturating_add(16),
+        deadline,
+    )?;
+    parse_output(&out, max_pixels)
+}
+
+/// Re-encodes the file at `path` in transfer syntax `ts` in a sandboxed child and returns
+/// the data set (no file meta). At most `max_bytes` are read back: more is refused.
+pub fn transcode(
+    exe: &Path,
+    path: &Path,
+    ts: &str,
+    max_bytes: u64,
+    deadline: Duration,
+) -> Result<Vec<u8>, DicomImageError> {
+    let out = run_child(
+        exe,
+        &[
+            SUBCOMMAND.as_ref(),
+            TRANSCODE.as_ref(),
+            ts.as_ref(),
+            path.as_os_str(),
+        ],
+        max_bytes,
+        deadline,
+    )?;
+    if out.is_empty() {
+        return Err(DicomImageError::Decode(
+            "the pixel decoder gave no data set".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs `exe args` with no environment, reads at most `cap` + 1 bytes of its stdout, kills
+/// it at `deadline`, and maps a failure to a [`DicomImageError`] naming it.
+fn run_child(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    cap: u64,
+    deadline: Duration,
+) -> Result<Vec<u8>, DicomImageError> {
     let mut child = Command::new(exe)
-        .arg(SUBCOMMAND)
-        .arg(path)
+        .args(args)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -93,7 +152,6 @@ pub fn decode_display(
         })?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let cap = max_pixels.saturating_add(16);
     let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
         if let Some(s) = stdout {
@@ -129,6 +187,11 @@ pub fn decode_display(
         .map_err(|_| DicomImageError::Decode("pixel decoder output reader failed".into()))?
         .map_err(|e| DicomImageError::Decode(format!("pixel decoder output: {e}")))?;
     let message = errors.join().unwrap_or_default();
+    if out.len() as u64 > cap {
+        return Err(DicomImageError::Decode(format!(
+            "the pixel decoder's output is over its bound of {cap} bytes"
+        )));
+    }
     if !status.success() {
         let first = message.lines().next().unwrap_or("").trim();
         return Err(match status.code() {
@@ -147,7 +210,7 @@ pub fn decode_display(
             )),
         });
     }
-    parse_output(&out, max_pixels)
+    Ok(out)
 }
 
 fn signal_of(status: &std::process::ExitStatus) -> String {
@@ -180,10 +243,19 @@ fn parse_output(out: &[u8], max_pixels: u64) -> Result<GrayImage, DicomImageErro
     })
 }
 
-/// `duli decode-pixels FILE`: the child. Exit status 0 with the image on stdout, 2 with
-/// the reason on stderr.
-pub fn child_main(path: &Path) -> ExitCode {
-    match child(path) {
+/// `duli decode-pixels FILE` (the image) or `duli decode-pixels --transcode TS FILE` (the
+/// re-encoded data set): the child. Exit status 0 with the output on stdout, 2 with the
+/// reason on stderr.
+pub fn child_main(args: &[std::ffi::OsString]) -> ExitCode {
+    let result = match args {
+        [file] => child(Path::new(file)),
+        [flag, ts, file] if flag == TRANSCODE => match ts.to_str() {
+            Some(ts) => child_transcode(Path::new(file), ts),
+            None => Err(ChildError::Usage),
+        },
+        _ => Err(ChildError::Usage),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e}");
@@ -224,6 +296,9 @@ enum ChildError {
     /// The image cannot be written to stdout.
     #[error("writing the image: {0}")]
     Write(std::io::Error),
+    /// Arguments other than `FILE` or `--transcode TS FILE`.
+    #[error("usage: duli {SUBCOMMAND} [{TRANSCODE} TS] FILE")]
+    Usage,
 }
 
 fn child(path: &Path) -> Result<(), ChildError> {
@@ -239,11 +314,33 @@ fn child(path: &Path) -> Result<(), ChildError> {
     out.extend_from_slice(&gray.width.to_le_bytes());
     out.extend_from_slice(&gray.height.to_le_bytes());
     out.extend_from_slice(&gray.pixels);
+    write_out(&out)
+}
+
+fn write_out(out: &[u8]) -> Result<(), ChildError> {
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(&out)
+        .write_all(out)
         .and_then(|()| stdout.flush())
         .map_err(ChildError::Write)
+}
+
+fn child_transcode(path: &Path, ts: &str) -> Result<(), ChildError> {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_pixeldata::Transcode;
+    limit_resources()?;
+    let fail = |why: String| ChildError::Image(DicomImageError::Decode(why));
+    let target = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(ts)
+        .ok_or_else(|| fail(format!("unknown transfer syntax {ts}")))?;
+    crate::dataset_guard::check_file(path).map_err(|e| fail(e.to_string()))?;
+    let mut obj = dicom_object::open_file(path).map_err(|e| fail(e.to_string()))?;
+    confine()?;
+    obj.transcode(target).map_err(|e| fail(e.to_string()))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, target)
+        .map_err(|e| fail(e.to_string()))?;
+    write_out(&out)
 }
 
 /// Debug builds only: what the confined child can still do, for the sandbox test.
@@ -350,9 +447,47 @@ mod tests {
     }
 
     #[test]
+    fn every_pixel_codec_of_the_registry_is_rust_or_sandboxed() {
+        // Codecs written in Rust, decoded in the daemon behind `stream_check`.
+        let in_process = [
+            "1.2.840.10008.1.2.5",    // RLE Lossless
+            "1.2.840.10008.1.2.4.50", // JPEG (jpeg-decoder, vendored)
+            "1.2.840.10008.1.2.4.51",
+            "1.2.840.10008.1.2.4.57",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.8.1", // Deflated Image Frame Compression (flate2)
+            "1.2.840.10008.1.2.1.98", // Encapsulated Uncompressed (a copy)
+        ];
+        let mut seen = Vec::new();
+        for ts in dicom_transfer_syntax_registry::TransferSyntaxRegistry.iter() {
+            let decodes_pixels = matches!(
+                ts.codec(),
+                dicom_encoding::transfer_syntax::Codec::EncapsulatedPixelData(Some(_), _)
+            );
+            if !decodes_pixels {
+                continue;
+            }
+            let uid = ts.uid();
+            seen.push(uid.to_string());
+            assert!(
+                in_process.contains(&uid) || is_sandboxed(uid),
+                "{uid} ({}) has a pixel decoder that is neither Rust nor sandboxed",
+                ts.name()
+            );
+        }
+        for uid in SANDBOXED_SYNTAXES {
+            assert!(
+                seen.iter().any(|s| s == uid),
+                "{uid} is listed but not decodable"
+            );
+        }
+    }
+
+    #[test]
     fn only_native_codecs_are_sandboxed() {
         assert!(is_sandboxed("1.2.840.10008.1.2.4.80\0"));
         assert!(is_sandboxed("1.2.840.10008.1.2.4.90"));
+        assert!(is_sandboxed("1.2.840.10008.1.2.4.201"));
         assert!(!is_sandboxed("1.2.840.10008.1.2.1"));
         assert!(!is_sandboxed("1.2.840.10008.1.2.5"));
     }

@@ -77,12 +77,40 @@ pub fn check_pixel_budget(obj: &InMemDicomObject, limit: u64) -> Result<(), TooM
 /// Checks the pixel budget of the file at `path` from its header alone (everything before
 /// Pixel Data), so an image over the limit is never loaded, let alone decoded.
 pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<(), DicomImageError> {
-    crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
+    let summary =
+        crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
     let header = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| DicomImageError::Open(e.to_string()))?;
-    check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))
+    check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
+    check_pixel_data_size(&header, &summary)
+}
+
+/// Slack over the declared image size allowed to the Pixel Data value: fragment items,
+/// offset tables, and lossless codestreams a little larger than their samples.
+const PIXEL_DATA_SLACK: u64 = 1024 * 1024;
+
+/// Refuses a file whose Pixel Data holds more than twice (plus [`PIXEL_DATA_SLACK`]) the
+/// bytes its image attributes declare (`summary` from [`crate::dataset_guard`]), before it
+/// is loaded into memory: the attributes are held to `inference.max_pixels`, so this bounds
+/// what loading the pixel data can cost, whatever length the sender wrote.
+pub fn check_pixel_data_size(
+    header: &InMemDicomObject,
+    summary: &crate::dataset_guard::Summary,
+) -> Result<(), DicomImageError> {
+    let Some(bytes) = summary.pixel_data_bytes else {
+        return Ok(());
+    };
+    let bits = count_of(header, tags::BITS_ALLOCATED, 16).clamp(1, 64);
+    let declared = declared_pixels(header).saturating_mul(bits).div_ceil(8);
+    let limit = declared.saturating_mul(2).saturating_add(PIXEL_DATA_SLACK);
+    if bytes > limit {
+        return Err(DicomImageError::Invalid(format!(
+            "Pixel Data holds {bytes} bytes, over twice the {declared} its image attributes declare"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a DICOM image cannot be turned into pixels.
@@ -217,9 +245,10 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> String {
 impl DicomImage {
     /// Opens and parses the whole file (pixel data stays encoded until asked for).
     pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
-        crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
+        let summary = crate::dataset_guard::check_file(path)
+            .map_err(|e| DicomImageError::Open(e.to_string()))?;
         // Native pixel data stays in the file (read a row at a time when decoded);
-        // anything else is loaded whole.
+        // anything else is loaded whole, once its size is held to the image attributes.
         let header = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
             .open_file(path)
@@ -227,9 +256,12 @@ impl DicomImage {
         let pixels_at = native_pixel_offset(&header, path);
         let obj = match pixels_at {
             Some(_) => header,
-            None => OpenFileOptions::new()
-                .open_file(path)
-                .map_err(|e| DicomImageError::Open(e.to_string()))?,
+            None => {
+                check_pixel_data_size(&header, &summary)?;
+                OpenFileOptions::new()
+                    .open_file(path)
+                    .map_err(|e| DicomImageError::Open(e.to_string()))?
+            }
         };
         let meta = obj.meta();
         let mut sop_instance_uid = text(&obj, tags::SOP_INSTANCE_UID);
@@ -325,20 +357,26 @@ impl DicomImage {
     ) -> Result<R, DicomImageError> {
         let ts = self.obj.meta().transfer_syntax();
         if super::decode_sandbox::is_sandboxed(ts) {
-            if let Some(exe) = super::decode_sandbox::decoder_exe() {
-                let budget = declared_pixels(&self.obj);
-                let image = super::decode_sandbox::decode_display(
-                    &exe,
-                    &self.path,
-                    budget,
-                    super::decode_sandbox::DEADLINE,
-                )?;
-                return Ok(use_view(&image));
+            match super::decode_sandbox::decoder_exe() {
+                Some(exe) => {
+                    let budget = declared_pixels(&self.obj);
+                    let image = super::decode_sandbox::decode_display(
+                        &exe,
+                        &self.path,
+                        budget,
+                        super::decode_sandbox::DEADLINE,
+                    )?;
+                    return Ok(use_view(&image));
+                }
+                // The crate's own unit tests exercise the decoders themselves.
+                None if cfg!(test) => {}
+                None => {
+                    return Err(DicomImageError::Decode(format!(
+                        "no duli executable to decode {} in its confined process: refused",
+                        ts.trim_end_matches(['\0', ' '])
+                    )))
+                }
             }
-            log::warn!(
-                "no duli executable to decode {} in a sandboxed process: decoding in-process",
-                self.path.display()
-            );
         }
         self.with_frame(|frame| use_view(frame))
     }

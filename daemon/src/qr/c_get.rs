@@ -61,7 +61,7 @@ pub async fn serve(mut op: Op) -> String {
         };
         // Streamed from the file one PDU at a time: a retrieve of any size holds one
         // PDU-sized buffer, never a whole instance (unless it had to be transcoded).
-        let payload = match payload::load_async(&root, inst, &ts).await {
+        let payload = match payload::load_async(&root, inst, &ts, op.ctx.max_pixels).await {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);

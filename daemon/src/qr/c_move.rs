@@ -342,7 +342,7 @@ pub async fn serve(op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         };
-        let payload = match payload::load_async(&root, inst, &ts).await {
+        let payload = match payload::load_async(&root, inst, &ts, op.ctx.max_pixels).await {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);

@@ -56,6 +56,9 @@ pub struct Context {
     pub ae_title: String,
     /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
     pub move_destinations: Vec<PacsDestination>,
+    /// Largest image re-encoded for a peer that does not take the stored syntax
+    /// (`inference.max_pixels`).
+    pub max_pixels: u64,
 }
 
 /// One C-FIND, C-MOVE or C-GET request, with what its service needs from the association.

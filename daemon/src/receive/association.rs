@@ -190,6 +190,7 @@ impl<'a> Association<'a> {
             audit: scp.audit.clone(),
             ae_title: scp.policy.ae_title.clone(),
             move_destinations: scp.move_destinations.clone(),
+            max_pixels: scp.max_pixels,
         });
         Association {
             id,

@@ -60,6 +60,8 @@ pub struct Scp {
     pub audit: Arc<Audit>,
     /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
     pub move_destinations: Vec<crate::config::PacsDestination>,
+    /// Largest image decoded for retrieval (`inference.max_pixels`).
+    pub max_pixels: u64,
     /// Connections still to associate, bounded in total and per address.
     pub unassociated: Arc<unassociated::Unassociated>,
     pub(crate) active: AtomicUsize,
@@ -105,6 +107,7 @@ impl Scp {
             admission: Vec::new(),
             audit,
             move_destinations: config.pacs.destinations.clone(),
+            max_pixels: config.inference.max_pixels,
             unassociated: unassociated::Unassociated::new(
                 dicom.max_pending_connections,
                 dicom.max_pending_per_address,
