@@ -1,6 +1,6 @@
 //! Audit records of technician commands run from the command line (firmware, provisioning):
 //! appended through the running daemon's control socket, or on the store directly when no
-//! daemon runs.
+//! daemon runs (by root: in a child running as the data folder's owner).
 
 use crate::audit::Event;
 use crate::control;
@@ -38,15 +38,9 @@ pub fn record(data_dir: &Path, only_if_present: bool, event: Event) {
             return;
         }
     };
-    match rt.block_on(control::record_audit(data_dir, event)) {
-        Ok(_) => {
-            if let Err(e) = crate::fsutil::restore_ownership(data_dir) {
-                eprintln!(
-                    "warning: cannot hand {} back to its owner: {e}",
-                    data_dir.display()
-                );
-            }
-        }
-        Err(e) => eprintln!("warning: audit trail not written: {e}"),
+    // Root writes through the daemon, or as the folder's owner (see `control::client`):
+    // nothing it leaves behind needs handing back.
+    if let Err(e) = rt.block_on(control::record_audit(data_dir, event)) {
+        eprintln!("warning: audit trail not written: {e}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Mode of files holding private keys and secrets: the owner (the service user) only.
@@ -79,36 +79,6 @@ fn parent(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-/// When this process runs as root and `dir` belongs to another user, hands every entry
-/// below `dir` that root owns to `dir`'s owner: a command run as root (the update units)
-/// that opened the store directly must not leave files the service user cannot write.
-pub fn restore_ownership(dir: &Path) -> io::Result<usize> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(0);
-    }
-    let meta = fs::metadata(dir)?;
-    if meta.uid() == 0 {
-        return Ok(0);
-    }
-    let (uid, gid) = (meta.uid(), meta.gid());
-    let mut changed = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let path = entry?.path();
-            let m = fs::symlink_metadata(&path)?;
-            if m.uid() == 0 && !m.file_type().is_symlink() {
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-                changed += 1;
-            }
-            if m.is_dir() {
-                stack.push(path);
-            }
-        }
-    }
-    Ok(changed)
 }
 
 #[cfg(test)]

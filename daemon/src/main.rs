@@ -355,13 +355,18 @@ fn real_main() -> Result<ExitCode> {
 fn main() -> ExitCode {
     // The sandboxed pixel decoder's child process (see `duli::infer::decode_sandbox`):
     // nothing else runs in it, so it is recognised before any start-up work.
+    // So is the child that runs one control request as the data folder's owner.
     let mut args = std::env::args_os().skip(1);
-    if args
-        .next()
-        .is_some_and(|a| a == duli::infer::decode_sandbox::SUBCOMMAND)
-    {
-        let rest: Vec<std::ffi::OsString> = args.collect();
-        return duli::infer::decode_sandbox::child_main(&rest);
+    match args.next() {
+        Some(a) if a == duli::infer::decode_sandbox::SUBCOMMAND => {
+            let rest: Vec<std::ffi::OsString> = args.collect();
+            return duli::infer::decode_sandbox::child_main(&rest);
+        }
+        Some(a) if a == duli::control::OWNER_SUBCOMMAND => {
+            let rest: Vec<std::ffi::OsString> = args.collect();
+            return duli::control::owner_child_main(&rest);
+        }
+        _ => {}
     }
     match real_main() {
         Ok(code) => code,

@@ -245,3 +245,59 @@ fn a_missing_service_user_is_refused_unless_root_is_allowed() {
     assert!(daemon.log().contains("running as root (--allow-root)"));
     daemon.kill();
 }
+
+#[test]
+fn root_opens_a_data_folder_of_the_service_user_only_as_that_user() {
+    let Some(user) = temp_user("c") else { return };
+    // Everything the user's child must reach lies in a folder others may enter.
+    let dir = tempfile::Builder::new()
+        .prefix("duli-owner")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("duli");
+    std::fs::copy(Daemon::binary(), &exe).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid)).unwrap();
+    // The service user planted its `tmp/` as a link to a folder of root's: the store's
+    // start-up clean-up removes the files it finds in `tmp/`.
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), b"root's").unwrap();
+    std::os::unix::fs::symlink(&victim, data.join("tmp")).unwrap();
+    let status = |what: &str| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("status")
+            .current_dir(dir.path())
+            .env("DULI_DEVICE__DATA_DIR", &data);
+        let out = run(&mut cmd, Duration::from_secs(60));
+        out.assert_success(what);
+        out
+    };
+    // Root runs a store command with no daemon: it runs as the folder's owner.
+    status("status with the planted link");
+    assert!(
+        victim.join("precious").exists(),
+        "root followed the service user's link and removed a file of root's"
+    );
+    std::fs::remove_file(data.join("tmp")).unwrap();
+    let out = status("status");
+    let answer: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(answer.is_object(), "{}", out.stdout);
+    // Everything the store made belongs to the user; nothing is root's.
+    for path in walk(&data) {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.uid(), user.uid, "{} is not the user's", path.display());
+    }
+    // A data folder given through a link is refused to root.
+    let link = dir.path().join("data-link");
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("status")
+        .current_dir(dir.path())
+        .env("DULI_DEVICE__DATA_DIR", &link);
+    let out = run(&mut cmd, Duration::from_secs(60));
+    assert!(!out.success(), "{}", out.combined());
+    assert!(out.stderr.contains("symbolic link"), "{}", out.combined());
+}

@@ -1,5 +1,11 @@
 //! The command line's side of the control socket: a request goes to the running daemon,
 //! or to the store opened here when no daemon answers; typed calls decode each answer.
+//!
+//! Root never opens a data folder that belongs to another user (the service user) by path:
+//! that user can plant links in it, and the store's start-up clean-up or a file root
+//! creates would then act on whatever they point to. When no daemon answers, root runs the
+//! request in a child process ([`OWNER_SUBCOMMAND`]) with the folder owner's user and group,
+//! which opens the store as that user, and reads its answer.
 
 use super::execute::execute;
 use super::protocol::{OutboxListing, Request, Requeued, Response, StoreStatus};
@@ -110,11 +116,168 @@ pub async fn ask_daemon(data_dir: &Path, req: &Request) -> Result<Option<Respons
         .map_err(|e| ClientError::Decode(e.to_string()))
 }
 
-/// Runs a request through the daemon when it runs, else on the store opened here.
+/// Runs a request through the daemon when it runs, else on the store opened here (as the
+/// data folder's owner when this process is root and the folder is another user's).
 pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, ClientError> {
     if let Some(resp) = ask_daemon(data_dir, &req).await? {
         return Ok(resp);
     }
+    if let Some(owner) = foreign_owner(data_dir)? {
+        return run_as_owner(data_dir, &req, owner).await;
+    }
+    run_here(data_dir, req).await
+}
+
+/// Hidden subcommand of the child that runs one request as the data folder's owner:
+/// `duli control-as-owner DATA_DIR`, the request on stdin, the response on stdout.
+pub const OWNER_SUBCOMMAND: &str = "control-as-owner";
+
+/// Largest request the child reads, and largest answer read back from it.
+const MAX_CHILD_MESSAGE: u64 = 256 << 20;
+
+/// The owner (uid, gid) of `data_dir` when this process is root and the folder belongs to
+/// another user; `None` otherwise (and when the folder does not exist yet).
+fn foreign_owner(data_dir: &Path) -> Result<Option<(u32, u32)>, ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match std::fs::symlink_metadata(data_dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(ClientError::Refused(format!(
+            "{} is a symbolic link: root does not open a data folder through one",
+            data_dir.display()
+        ))),
+        Ok(m) if m.uid() != 0 => Ok(Some((m.uid(), m.gid()))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ClientError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Runs `req` in a child process with the user and group `owner` (no supplementary
+/// groups, empty environment) and reads its answer.
+async fn run_as_owner(
+    data_dir: &Path,
+    req: &Request,
+    owner: (u32, u32),
+) -> Result<Response, ClientError> {
+    let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+    let dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || run_as_owner_blocking(&dir, &body, owner))
+        .await
+        .map_err(|e| ClientError::Decode(e.to_string()))?
+}
+
+fn run_as_owner_blocking(
+    data_dir: &Path,
+    body: &[u8],
+    (uid, gid): (u32, u32),
+) -> Result<Response, ClientError> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|source| ClientError::Io {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let io = |source| ClientError::Io {
+        path: exe.clone(),
+        source,
+    };
+    // As root, setting the user also drops the supplementary groups.
+    let mut child = Command::new(&exe)
+        .arg(OWNER_SUBCOMMAND)
+        .arg(data_dir)
+        .uid(uid)
+        .gid(gid)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(body).map_err(io)?;
+    }
+    let stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(s) = stderr {
+            let _ = s.take(4096).read_to_end(&mut text);
+        }
+        text
+    });
+    let mut out = Vec::new();
+    if let Some(s) = child.stdout.take() {
+        s.take(MAX_CHILD_MESSAGE)
+            .read_to_end(&mut out)
+            .map_err(io)?;
+    }
+    let status = child.wait().map_err(io)?;
+    let err = errors.join().unwrap_or_default();
+    if !status.success() {
+        return Err(ClientError::Refused(format!(
+            "running the request as the owner of {} (uid {uid}) failed ({status}): {}",
+            data_dir.display(),
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    serde_json::from_slice(&out).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// The child of [`run_as_owner`]: reads one request from stdin, runs it on the store of
+/// `args[0]` and writes the response to stdout. Refuses to run as root.
+pub fn owner_child_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let fail = |why: String| {
+        let _ = writeln!(std::io::stderr(), "{why}");
+        std::process::ExitCode::from(2)
+    };
+    let [dir] = args else {
+        return fail(format!("usage: duli {OWNER_SUBCOMMAND} DATA_DIR"));
+    };
+    if nix::unistd::geteuid().is_root() {
+        return fail("refusing to open a data folder as root".into());
+    }
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .take(MAX_CHILD_MESSAGE)
+        .read_to_end(&mut body)
+    {
+        return fail(format!("reading the request: {e}"));
+    }
+    let req: Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("unreadable request: {e}")),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    let resp = match rt.block_on(run_here(Path::new(dir), req)) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let out = match serde_json::to_vec(&resp) {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(format!("writing the answer: {e}")),
+    }
+}
+
+/// Runs `req` on the store of `data_dir` opened in this process.
+async fn run_here(data_dir: &Path, req: Request) -> Result<Response, ClientError> {
     let dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let store = Store::open(&dir)?;

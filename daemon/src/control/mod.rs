@@ -12,7 +12,9 @@ pub mod client;
 pub mod execute;
 pub mod protocol;
 
-pub use client::{ask_daemon, record_audit, run_request, ClientError};
+pub use client::{
+    ask_daemon, owner_child_main, record_audit, run_request, ClientError, OWNER_SUBCOMMAND,
+};
 pub use execute::execute;
 pub use protocol::{Answer, Request, Response};
 
