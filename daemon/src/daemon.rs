@@ -37,6 +37,8 @@ pub struct Running {
     pub console_addr: SocketAddr,
     /// Live study events (the console's worklist follows them; any stage may publish).
     pub events: events::Bus,
+    /// Whether the inference stage has its model (starting, ready, or waiting with why).
+    pub model: crate::infer::ModelStatus,
     /// The stop signal, the supervised stages and the watchdog over them.
     shutdown: Shutdown,
 }
@@ -326,7 +328,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     // brings its SR and outbox entries in the same transaction, and its heatmap SC later.
     let options = crate::infer::PipelineOptions {
         recorder: Some(recorder),
-        status: model_status,
+        status: model_status.clone(),
         ..Default::default()
     };
     let inference_cfg = config.inference.clone();
@@ -365,6 +367,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         dicom_addr,
         console_addr,
         events,
+        model: model_status,
         shutdown,
     })
 }

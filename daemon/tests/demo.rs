@@ -148,6 +148,46 @@ fn demo_without_its_model_fails_within_seconds_naming_the_file_and_the_fix() {
 }
 
 #[test]
+fn demo_with_a_model_that_does_not_load_says_why_and_stops() {
+    // The files are all there, but the weights are damaged (a broken download): the
+    // manifest's checksum refuses them, and the demo says so instead of waiting.
+    let Some(samples) = samples_dir() else { return };
+    let dir = temp_dir("demo-damaged");
+    let models = dir.path().join("model");
+    std::fs::create_dir(&models).unwrap();
+    let source = repo_root().join("models/pneumonia-xception");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, models.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let weights = models.join("pneumonia_xception_fp16.bin");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[1000] ^= 0xFF;
+    std::fs::write(&weights, bytes).unwrap();
+    let started = Instant::now();
+    let out = run(
+        demo(dir.path(), &dir.path().join("data"))
+            .env("DULI_INFERENCE__MODEL", models.join("model.toml"))
+            .arg("--samples")
+            .arg(samples.join("png")),
+        Duration::from_secs(120),
+    );
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = out.combined();
+    assert!(err.contains("the model cannot be loaded"), "{err}");
+    assert!(err.contains("SHA-256"), "{err}");
+    assert!(err.contains("make models"), "{err}");
+    assert!(!out.stdout.contains("stored with Success"), "{err}");
+}
+
+#[test]
 fn demo_with_a_missing_sample_folder_fails_within_seconds() {
     let dir = temp_dir("demo-nosamples");
     let started = Instant::now();

@@ -59,6 +59,27 @@ pub fn preflight(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Longest the demo waits for the model to compile.
+const MODEL_LOAD_WAIT: Duration = Duration::from_secs(300);
+
+/// Waits until the inference stage has its model; `Err` with the reason when loading failed
+/// (or did not finish within [`MODEL_LOAD_WAIT`]).
+async fn model_loaded(model: &crate::infer::ModelStatus) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + MODEL_LOAD_WAIT;
+    loop {
+        match model.get() {
+            crate::infer::ModelState::Ready => return Ok(()),
+            crate::infer::ModelState::Waiting(why) => return Err(why),
+            crate::infer::ModelState::Starting if tokio::time::Instant::now() > deadline => {
+                return Err(format!("still loading after {MODEL_LOAD_WAIT:?}"))
+            }
+            crate::infer::ModelState::Starting => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+    }
+}
+
 /// Runs the demo.
 pub async fn run(
     config: Config,
@@ -82,6 +103,14 @@ pub async fn run(
         );
     }
     let running = daemon::start(&config).await?;
+    // The files are there (preflight), but they may not load: a truncated download, weights
+    // that do not match the manifest, a runtime that does not start. Say so and stop.
+    if let Err(why) = model_loaded(&running.model).await {
+        running.stop().await?;
+        bail!(
+            "the model cannot be loaded: {why}; run `make models` in the repository (scripts/setup-models.sh) to fetch it again"
+        );
+    }
     let target = scu::Target {
         ae_title: config.dicom.ae_title.clone(),
         host: running.dicom_addr.ip().to_string(),
