@@ -7,6 +7,7 @@
 use crate::assemble::StudyTracker;
 use crate::config::Config;
 use crate::console::{self, events};
+use crate::listeners::{take_or_bind, IncarnationError, Prebound};
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
@@ -70,33 +71,6 @@ impl Running {
             .context("final flush of the store")?;
         Ok(())
     }
-}
-
-/// Listeners bound before the daemon starts (as root, before switching to the service
-/// user, see [`crate::privileges`]); the rest are bound by [`start_with`] itself.
-#[derive(Debug, Default)]
-pub struct Prebound {
-    /// The plain DICOM listener (`dicom.bind`, `dicom.port`).
-    pub dicom: Option<std::net::TcpListener>,
-    /// The DICOM TLS listener (`dicom.tls_port`), when `dicom.tls`.
-    pub dicom_tls: Option<std::net::TcpListener>,
-    /// The console listener (`console.bind`, `console.port`).
-    pub console: Option<std::net::TcpListener>,
-}
-
-/// A listener bound earlier, or a new one on `addr`; `what` names the keys in errors.
-pub async fn take_or_bind(
-    prebound: Option<std::net::TcpListener>,
-    addr: SocketAddr,
-    what: &str,
-) -> Result<tokio::net::TcpListener> {
-    let bound = match prebound {
-        Some(l) => l
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(l)),
-        None => tokio::net::TcpListener::bind(addr).await,
-    };
-    bound.with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
 /// Starts every stage on `config` and returns once all listeners are bound.
@@ -237,13 +211,17 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
 
     // Live study events, from the store's broadcast of committed changes.
     let events = events::Bus::new();
-    let stop_events = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let events_thread = events::watch_store(&store, events.clone(), stop_events.clone())
-        .context("start the console event watcher")?;
-    shutdown.on_stop(async move {
-        stop_events.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = tokio::task::spawn_blocking(move || events_thread.join()).await;
-    });
+    let events_task = {
+        let (store, bus, stop) = (store.clone(), events.clone(), shutdown.signal());
+        shutdown.supervise("console-events", Backoff::default(), move |beat| {
+            beat.pulse(events::watch_store(
+                store.clone(),
+                bus.clone(),
+                stop.clone(),
+            ))
+        })
+    };
+    shutdown.track(events_task);
 
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
     // The record stage: each result with its SR and outbox entries in one commit, each
@@ -273,9 +251,13 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         },
     )?;
     let console_state = Arc::new(console_state);
-    let (console_addr, console_task) =
-        console::start(config, console_state, prebound.console.take(), &shutdown).await?;
-    shutdown.track(console_task);
+    let console_addr = console::start(
+        config,
+        console_state,
+        prebound.console.take(),
+        &mut shutdown,
+    )
+    .await?;
 
     // Retention of pixel data.
     let retention = {
@@ -306,10 +288,10 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             let listener = first.take().map_or_else(|| control::bind(&dir), Ok);
             let (store, audit, outbox) = (store.clone(), audit.clone(), outbox.clone());
             async move {
-                let listener = listener.map_err(|e| format!("control socket: {e}"))?;
+                let listener = listener.map_err(IncarnationError::of("control socket"))?;
                 beat.pulse(control::serve(store, audit, Some(outbox), listener))
                     .await;
-                Ok::<(), String>(())
+                Ok::<(), IncarnationError>(())
             }
         })
     };
@@ -389,7 +371,7 @@ fn supervise_receive(
             stop.clone(),
         );
         async move {
-            let listener = listener.map_err(|e| format!("{name} listener: {e}"))?;
+            let listener = listener.map_err(IncarnationError::of(name))?;
             beat.pulse(receive::server::serve(
                 listener,
                 tls,
@@ -398,7 +380,7 @@ fn supervise_receive(
                 SHUTDOWN_GRACE,
             ))
             .await;
-            Ok::<(), String>(())
+            Ok::<(), IncarnationError>(())
         }
     })
 }

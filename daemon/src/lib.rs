@@ -3,6 +3,11 @@
 //! Modules in the order a study flows through them:
 //!
 //! - [`config`]: the TOML configuration, its defaults, environment overrides and validation.
+//! - [`privileges`]: started as root, binds the listeners then switches to the service user;
+//!   [`listeners`]: those prebound listeners and the binding of the rest.
+//! - [`tls`]: the one TLS profile (BCP 195) of every server and client: DICOM, console,
+//!   HL7, MQTT, outbound DICOM; certificates and keys read from PEM; self-signed console
+//!   certificates.
 //! - [`ul`]: the DICOM upper layer — PDU framing, association negotiation, TLS, the
 //!   writing half of an association (data sets streamed from disk) and the requesting side
 //!   (SCU associations, outbound DICOM TLS).
@@ -14,6 +19,8 @@
 //!   and Storage services.
 //! - [`store`]: Part 10 files plus the embedded index, the only owner of persistence; every
 //!   acknowledgement waits for its flush.
+//! - [`scu`]: C-ECHO and C-STORE as SCU: the technicians' tools, the PACS push and C-MOVE
+//!   sub-operations.
 //! - [`qr`]: the Query/Retrieve SCP — C-FIND, C-MOVE and C-GET over the store's index.
 //! - [`assemble`]: decides when a study is complete and hands it to the next stage.
 //! - [`infer`]: pixels → model → findings, heatmaps, the study result record.
@@ -22,7 +29,8 @@
 //!   every outbox entry, committed in one store transaction, then broadcast.
 //! - [`report`]: the domain records made from a result: the report every message and
 //!   result object is built from, and a radiologist's feedback.
-//! - [`results`]: the DICOM result objects (SR with the findings, SC with the heatmap).
+//! - [`results`]: the DICOM result objects (TID 1500 SR with the findings, Parametric Map
+//!   and Secondary Capture of the heatmap).
 //! - [`site_secret`]: the box's own secret that keys the pseudonyms and report identifiers
 //!   sent to the cloud and the UIDs of the result objects.
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
@@ -30,6 +38,8 @@
 //! - [`deliver`]: the channels that drain the store's durable outbox (HL7/MLLP, MQTT, PACS
 //!   push), and the delivery plan of a report.
 //! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
+//! - [`accounts`]: console user accounts, roles and password hashes, shared by the console
+//!   and the CLI.
 //! - [`console`]: the HTTPS web console and API — logins, roles, worklist, viewer,
 //!   feedback, users, audit export, live events, `/healthz` and `/metrics`; connection
 //!   caps, header-read and idle timeouts, upload limits.
@@ -40,9 +50,6 @@
 //! - [`supervise`]: the shutdown of a group of stages, which supervises them (restarts a
 //!   stage that ends unexpectedly, with backoff), keeps their heartbeats and runs the
 //!   sd_notify watchdog over them and a liveness probe (the store's).
-//! - [`privileges`]: started as root, binds the listeners then switches to the service user.
-//! - [`scu`]: C-ECHO and C-STORE as SCU: the technicians' tools, the PACS push and C-MOVE
-//!   sub-operations.
 //! - [`evaluate`]: `duli evaluate`, the acceptance test of a model on a site's own labelled
 //!   cases (AUC with DeLong interval, operating points, calibration, plots).
 //! - [`firmware_cli`], [`health`]: `duli firmware ...` over the `duli-firmware` crate and
@@ -81,6 +88,7 @@ pub mod fsutil;
 pub mod fuzz_targets;
 pub mod health;
 pub mod infer;
+pub mod listeners;
 pub mod locate;
 pub mod logging;
 pub mod malloc_arenas;

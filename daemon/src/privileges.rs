@@ -11,7 +11,7 @@
 //! asks to stay root.
 
 use crate::config::Config;
-use crate::daemon::Prebound;
+use crate::listeners::Prebound;
 use nix::unistd::{self, Gid, Uid, User};
 use std::ffi::CString;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@ use crate::metrics::StoreSnapshot;
 use crate::store::Store;
 
 /// Reads the store-side gauges for a scrape.
-pub fn snapshot(store: &Store, stats: &[crate::deliver::outbox::DestStats]) -> StoreSnapshot {
+pub fn snapshot(store: &Store, stats: &[crate::store::outbox::DestStats]) -> StoreSnapshot {
     StoreSnapshot {
         outbox: stats
             .iter()

@@ -1050,7 +1050,7 @@ fn wait_for_entry(
 
 #[test]
 fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
-    use duli::deliver::outbox::{Destination, Kind, NewEntry, OutboxLimits, Payload};
+    use duli::store::outbox::{Destination, Kind, NewEntry, OutboxLimits, Payload};
     // A report waiting for the RIS, put in the outbox before the daemon starts.
     let root = temp_dir("outbox-console");
     let data = root.path().join("data");

@@ -8,10 +8,10 @@ use common::delivery::*;
 use duli::config::Config;
 use duli::deliver::mqtt::client::{MqttChannel, MqttSettings};
 use duli::deliver::mqtt::payload::Feedback;
-use duli::deliver::outbox::{Destination, Outbox};
 use duli::deliver::plan::DeliveryPlan;
 use duli::deliver::worker;
 use duli::site_secret::SiteSecret;
+use duli::store::outbox::{Destination, Outbox};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -319,7 +319,7 @@ async fn broker_outage_then_recovery_delivers_all_in_order() {
 /// feedback finding never checked against the model's labels) go out the current way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_queued_before_keying_reach_the_broker_keyed() {
-    use duli::deliver::outbox::{Kind, NewEntry, Payload};
+    use duli::store::outbox::{Kind, NewEntry, Payload};
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let Some(_broker) = start_mosquitto(dir.path(), port, None) else {

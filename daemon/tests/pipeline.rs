@@ -1,7 +1,7 @@
 //! The whole path of one study with every peer real: a chest X-ray sent by `storescu` is
 //! analysed with OpenVINO, and its report reaches the RIS (an MLLP listener in this test
 //! answering `AA`), the cloud (Mosquitto, read by `mosquitto_sub`) and the PACS (Orthanc
-//! receives the SR and, once the heatmap is ready, the Parametric Map and the SC); then the
+//! receives, once the heatmap is ready, the Parametric Map, the SC and the SR that references the map); then the
 //! same peers through an
 //! outage of 50 studies and through SIGKILLs while the outbox drains.
 

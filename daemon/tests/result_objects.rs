@@ -292,9 +292,9 @@ fn orthanc_takes_all_three_by_c_store_and_gives_them_back_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
     use duli::config::{PacsDestination, ResultObject};
-    use duli::deliver::outbox::{Destination, Entry, EntryState, Kind, Payload};
     use duli::deliver::pacs::PacsChannel;
     use duli::deliver::{Channel, Delivery};
+    use duli::store::outbox::{Destination, Entry, EntryState, Kind, Payload};
     let Some(f) = fixture() else { return };
     let dir = temp_dir("picky-pacs");
     let port = free_port();

@@ -235,3 +235,45 @@ fn the_watchdog_starves_while_a_stage_is_stuck_and_is_fed_when_it_carries_on() {
     }
     assert!(!log.contains("ended unexpectedly"), "{log}");
 }
+
+#[test]
+fn the_console_event_feed_and_login_audit_are_supervised_stages() {
+    // Each panics in its first incarnation, is restarted, and /healthz ends healthy.
+    for stage in ["console-events", "console-audit"] {
+        let dir = temp_dir("supervise-console");
+        let Some((d, _sock)) = faulty_daemon(
+            dir.path(),
+            "2000000",
+            "DULI_DEBUG_PANIC_STAGE",
+            &format!("{stage}:1"),
+        ) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let restarted = format!("stage {stage}: restarting (incarnation 2)");
+        while !d.log().contains(&restarted) {
+            assert!(
+                Instant::now() < deadline,
+                "{stage} was not restarted:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            d.log().contains(&format!(
+                "stage {stage} ended unexpectedly (panicked: fault injected into stage {stage})"
+            )),
+            "{}",
+            d.log()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = https_get(d.console_addr(), "/healthz");
+            if r.as_ref().is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{stage}: /healthz {r:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

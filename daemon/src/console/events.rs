@@ -10,10 +10,8 @@ use crate::model::StudyState;
 use crate::store::{Change, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Events kept for slow subscribers before they miss some (they then reload).
 pub const CAPACITY: usize = 256;
@@ -73,55 +71,64 @@ impl Bus {
 }
 
 /// Turns the store's committed changes into study events (arrived, state changed,
-/// result ready) on a thread of its own, until `stop` is set. It listens to
-/// [`Store::changes`], which never holds back a commit.
+/// result ready) until `stop` turns true; the daemon runs it as the supervised stage
+/// `console-events`. It listens to [`Store::changes`], which never holds back a commit; an
+/// incarnation starts from the states the store holds.
+///
+/// It subscribes and reads the states when called (a short read of the index), before the
+/// returned future first runs, so no change committed after the call is missed.
 pub fn watch_store(
-    store: &Store,
+    store: Arc<Store>,
     bus: Bus,
-    stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, crate::store::StoreError> {
-    let mut changes = store.changes();
-    let mut known: HashMap<String, StudyState> = store
-        .studies()?
+    stop: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Result<(), crate::store::StoreError>> + Send {
+    let changes = store.changes();
+    let known = store.studies();
+    follow_changes(known, changes, bus, stop)
+}
+
+async fn follow_changes(
+    known: Result<Vec<crate::model::StudyRecord>, crate::store::StoreError>,
+    mut changes: broadcast::Receiver<Change>,
+    bus: Bus,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), crate::store::StoreError> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut known: HashMap<String, StudyState> = known?
         .into_iter()
         .map(|s| (s.study_instance_uid, s.state))
         .collect();
-    std::thread::Builder::new()
-        .name("console-events".into())
-        .spawn(move || {
-            use tokio::sync::broadcast::error::TryRecvError;
-            while !stop.load(Ordering::Relaxed) {
-                match changes.try_recv() {
-                    Ok(Change::Study(s)) => {
-                        let s = *s;
-                        let kind = match known.insert(s.study_instance_uid.clone(), s.state) {
-                            None => EventKind::Arrived,
-                            Some(old) if old != s.state => EventKind::State,
-                            Some(_) => continue,
-                        };
-                        bus.publish(StudyEvent {
-                            kind,
-                            study_uid: s.study_instance_uid,
-                            state: Some(s.state),
-                        });
-                    }
-                    Ok(Change::Result { study_uid }) => bus.publish(StudyEvent {
-                        kind: EventKind::Result,
-                        study_uid,
-                        state: None,
-                    }),
-                    Err(TryRecvError::Lagged(n)) => {
-                        log::warn!("console events: {n} store changes skipped (listener behind)")
-                    }
-                    Err(TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(20)),
-                    Err(TryRecvError::Closed) => return,
-                }
+    loop {
+        let change = tokio::select! {
+            c = changes.recv() => c,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        match change {
+            Ok(Change::Study(s)) => {
+                let s = *s;
+                let kind = match known.insert(s.study_instance_uid.clone(), s.state) {
+                    None => EventKind::Arrived,
+                    Some(old) if old != s.state => EventKind::State,
+                    Some(_) => continue,
+                };
+                bus.publish(StudyEvent {
+                    kind,
+                    study_uid: s.study_instance_uid,
+                    state: Some(s.state),
+                });
             }
-        })
-        .map_err(|e| crate::store::StoreError::Io {
-            what: "start the console event thread".into(),
-            source: e,
-        })
+            Ok(Change::Result { study_uid }) => bus.publish(StudyEvent {
+                kind: EventKind::Result,
+                study_uid,
+                state: None,
+            }),
+            Err(RecvError::Lagged(n)) => {
+                log::warn!("console events: {n} store changes skipped (listener behind)")
+            }
+            // The store is gone: only at shutdown.
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +136,7 @@ mod tests {
     use super::*;
     use crate::model::InstanceRecord;
     use crate::model::StudyRecord;
+    use std::time::Duration;
 
     async fn next(rx: &mut broadcast::Receiver<StudyEvent>) -> StudyEvent {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -140,11 +148,11 @@ mod tests {
     #[tokio::test]
     async fn store_changes_become_events() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let bus = Bus::new();
         let mut rx = bus.subscribe();
-        let stop = Arc::new(AtomicBool::new(false));
-        let t = watch_store(&store, bus, stop.clone()).unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let t = tokio::spawn(watch_store(store.clone(), bus, stopped));
         let inst = InstanceRecord {
             sop_instance_uid: "1.2.3.1".into(),
             study_instance_uid: "1.2.3".into(),
@@ -184,7 +192,7 @@ mod tests {
         });
         let e = next(&mut rx).await;
         assert_eq!(e.kind, EventKind::Result);
-        stop.store(true, Ordering::Relaxed);
-        t.join().unwrap();
+        stop.send(true).unwrap();
+        t.await.unwrap().unwrap();
     }
 }

@@ -209,14 +209,14 @@ fn certificate_names(config: &Config) -> Vec<String> {
 }
 
 /// Binds the console listener (or takes `prebound`) and starts serving as the stage
-/// `console` supervised by `shutdown`; returns the bound address and the task (which ends
-/// after shutdown begins).
+/// `console`, with the stage `console-audit` that writes the throttled-login summaries,
+/// both supervised and waited for by `shutdown`; returns the bound address.
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
     prebound: Option<std::net::TcpListener>,
-    shutdown: &crate::supervise::Shutdown,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    shutdown: &mut crate::supervise::Shutdown,
+) -> Result<SocketAddr> {
     let files = crate::tls::self_signed::cert_files(
         config.console.cert.as_deref(),
         config.console.key.as_deref(),
@@ -230,7 +230,7 @@ pub async fn start(
         crate::tls::self_signed::fingerprint(&files.cert).context("console certificate")?;
     let addr = SocketAddr::new(config.console.bind, config.console.port);
     let listener =
-        crate::daemon::take_or_bind(prebound, addr, "the console (console.bind, console.port)")
+        crate::listeners::take_or_bind(prebound, addr, "the console (console.bind, console.port)")
             .await?;
     let bound = listener.local_addr()?;
     log::info!(
@@ -242,7 +242,15 @@ pub async fn start(
             ""
         }
     );
-    tokio::spawn(audit_throttled_logins(console.clone(), shutdown.signal()));
+    let audit_task = {
+        let (console, stop) = (console.clone(), shutdown.signal());
+        shutdown.supervise(
+            "console-audit",
+            crate::supervise::Backoff::default(),
+            move |beat| beat.pulse(audit_throttled_logins(console.clone(), stop.clone())),
+        )
+    };
+    shutdown.track(audit_task);
     let store = console.store.clone();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = store.prepare_worklist() {
@@ -262,14 +270,16 @@ pub async fn start(
                 stop.clone(),
             );
             async move {
-                let listener = listener.map_err(|e| format!("console listener: {e}"))?;
+                let listener =
+                    listener.map_err(crate::listeners::IncarnationError::of("console listener"))?;
                 beat.pulse(server::serve(listener, tls, console, stop))
                     .await;
-                Ok::<(), String>(())
+                Ok::<(), crate::listeners::IncarnationError>(())
             }
         },
     );
-    Ok((bound, task))
+    shutdown.track(task);
+    Ok(bound)
 }
 
 /// Writes the summary record of each window of throttled logins (and of the open one at

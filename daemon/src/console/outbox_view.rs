@@ -2,7 +2,7 @@
 //! per-destination figures, and the technician's retry request.
 
 use super::services::DeliveryQueue;
-use crate::deliver::outbox::{
+use crate::store::outbox::{
     DestStats, Destination, Entry, Fill, OutboxError, RetrySelector, SelectorError,
 };
 use serde::{Deserialize, Serialize};

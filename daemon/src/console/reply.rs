@@ -123,10 +123,10 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::deliver::outbox::OutboxError> for ApiError {
-    fn from(e: crate::deliver::outbox::OutboxError) -> ApiError {
+impl From<crate::store::outbox::OutboxError> for ApiError {
+    fn from(e: crate::store::outbox::OutboxError) -> ApiError {
         match e {
-            crate::deliver::outbox::OutboxError::NotFound(_) => ApiError::NotFound,
+            crate::store::outbox::OutboxError::NotFound(_) => ApiError::NotFound,
             e => ApiError::Internal(e.to_string()),
         }
     }
@@ -135,6 +135,41 @@ impl From<crate::deliver::outbox::OutboxError> for ApiError {
 impl From<super::outbox_view::RetryBodyError> for ApiError {
     fn from(e: super::outbox_view::RetryBodyError) -> ApiError {
         ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// An upload that is not an image this box takes is the client's mistake.
+impl From<super::upload::UploadError> for ApiError {
+    fn from(e: super::upload::UploadError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// Storing an object failed on our side.
+impl From<crate::results::ResultsError> for ApiError {
+    fn from(e: crate::results::ResultsError) -> ApiError {
+        ApiError::Internal(format!("store: {e}"))
+    }
+}
+
+/// A request body that breaks off mid-way.
+impl From<warp::Error> for ApiError {
+    fn from(e: warp::Error) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// A JSON body that does not decode as the route's request.
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// A file of ours that cannot be read (its path stays in the server's log, not the answer).
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> ApiError {
+        ApiError::Internal(e.to_string())
     }
 }
 

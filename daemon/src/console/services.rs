@@ -2,11 +2,11 @@
 //! figures, entries and retries) and the hand-off of feedback to delivery. The daemon
 //! passes the real stages ([`Outbox`], [`Recorder`]); tests may pass their own.
 
-use crate::deliver::outbox::{
-    DeliveryStatus, DestStats, Entry, Fill, Outbox, OutboxError, RetrySelector,
-};
 use crate::record::Recorder;
 use crate::report::Feedback;
+use crate::store::outbox::{
+    DeliveryStatus, DestStats, Entry, Fill, Outbox, OutboxError, RetrySelector,
+};
 
 /// The delivery outbox as the console reads and nudges it.
 pub trait DeliveryQueue: Send + Sync + std::fmt::Debug {

@@ -4,7 +4,7 @@
 use super::protocol::{Answer, OutboxListing, Request, Requeued, Response, StoreStatus, UserAdded};
 use crate::accounts::{PasswordHash, Role, User, UserError, UserInfo, Users};
 use crate::audit::{Action, Audit, Event, Head};
-use crate::deliver::outbox::{
+use crate::store::outbox::{
     Destination, Outbox, OutboxError, OutboxLimits, RetrySelector, SelectorError,
 };
 use crate::store::{Store, StoreError};
@@ -83,7 +83,7 @@ pub fn answer(
             let dest = dest.as_deref().map(str::parse::<Destination>).transpose()?;
             let entries = o.list(dest.as_ref())?;
             Ok(Answer::OutboxListed(OutboxListing {
-                table: crate::deliver::outbox::render_table(&entries, crate::clock::now_millis()),
+                table: crate::store::outbox::render_table(&entries, crate::clock::now_millis()),
                 entries: entries.len(),
             }))
         })?,

@@ -19,7 +19,7 @@ pub use execute::execute;
 pub use protocol::{Answer, Request, Response};
 
 use crate::audit::Audit;
-use crate::deliver::outbox::Outbox;
+use crate::store::outbox::Outbox;
 use crate::store::Store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -2,19 +2,18 @@
 //!
 //! In the order a report flows through them:
 //!
-//! - [`report`]: the [`report::Report`] every message is made from (the domain module
-//!   [`crate::report`], re-exported).
+//! - [`crate::report`]: the [`crate::report::Report`] every message is made from.
 //! - [`plan`]: turns a report into the outbox entries it owes (HL7, MQTT, PACS push); the
 //!   record stage ([`crate::record`]) commits them with the result.
-//! - [`outbox`]: the durable, ordered, bounded queue (kept by the store); written in the
-//!   same transaction as the result.
+//! - [`crate::store::outbox`]: the durable, ordered, bounded queue (kept by the store);
+//!   written in the same transaction as the result.
 //! - [`worker`]: one task per destination; sends the head entry through a [`Channel`],
 //!   then marks it delivered, retried or rejected.
 //! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
 //! - [`mqtt`]: report/feedback/health payloads, topics, and the MQTT channel.
 //! - [`pacs`]: the C-STORE push of result objects to PACS.
 //! - [`service`]: starts the outbox, the workers and the health message in the daemon.
-//! - [`tls`]: the rustls client configuration (ring provider) both channels use.
+//! - [`crate::tls`]: the rustls client configuration (ring provider) both channels use.
 //!
 //! The PACS push (C-STORE SCU of the SR and SC) is a third [`Channel`] implementation
 //! serving [`outbox::Destination::Pacs`] entries whose payload is
@@ -22,12 +21,9 @@
 
 pub mod hl7;
 pub mod mqtt;
-pub use crate::store::outbox;
 pub mod pacs;
 pub mod plan;
-pub use crate::report;
 pub mod service;
-pub use crate::tls;
 pub mod worker;
 
 use std::future::Future;
@@ -50,7 +46,10 @@ pub enum Delivery {
 /// for one entry at a time, in queue order.
 pub trait Channel: Send + 'static {
     /// Sends one entry and waits for the peer's answer.
-    fn deliver(&mut self, entry: &outbox::Entry) -> impl Future<Output = Delivery> + Send;
+    fn deliver(
+        &mut self,
+        entry: &crate::store::outbox::Entry,
+    ) -> impl Future<Output = Delivery> + Send;
 
     /// Background work while the queue is empty (keeping a session up, publishing
     /// status). Must be cancel-safe: the worker drops it when an entry arrives.

@@ -2,10 +2,10 @@
 //! `[[pacs.destinations]]` entry with `push = true`. The objects are read from the store at
 //! send time and sent as stored, over one association per entry.
 
-use super::outbox::{Entry, Payload};
 use super::{Channel, Delivery};
 use crate::config::PacsDestination;
 use crate::scu::{self, Target};
+use crate::store::outbox::{Entry, Payload};
 use crate::store::Store;
 use std::sync::Arc;
 

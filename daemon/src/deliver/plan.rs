@@ -4,10 +4,10 @@
 use super::hl7::message::{oru_r01, Hl7Profile};
 use super::mqtt::payload::{feedback_payload, report_payload, to_json, Feedback};
 use super::mqtt::topics::Topics;
-use super::outbox::{Destination, Kind, NewEntry, Payload};
-use super::report::Report;
 use crate::config::{Config, ResultObject};
+use crate::report::Report;
 use crate::site_secret::SiteSecret;
+use crate::store::outbox::{Destination, Kind, NewEntry, Payload};
 
 /// The destinations in effect and what their messages need.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +175,7 @@ impl DeliveryPlan {
 mod tests {
     use super::*;
     use crate::config::PacsDestination;
-    use crate::deliver::report::fixtures;
+    use crate::report::fixtures;
 
     #[test]
     fn plan_follows_the_configuration() {

@@ -5,7 +5,6 @@
 use super::hl7::client::{Hl7Channel, Hl7Target};
 use super::mqtt::client::{MqttChannel, MqttSettings};
 use super::mqtt::payload::{health_payload, to_json, Health};
-use super::outbox::{Destination, Outbox, OutboxLimits};
 use super::pacs::PacsChannel;
 use super::plan::DeliveryPlan;
 use super::worker::{self, WorkerOptions};
@@ -13,6 +12,7 @@ use super::Channel;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::site_secret::SiteSecret;
+use crate::store::outbox::{Destination, Outbox, OutboxLimits};
 use crate::store::Store;
 use crate::supervise::{self, Backoff, Shutdown};
 use anyhow::{Context, Result};

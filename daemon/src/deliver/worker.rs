@@ -5,9 +5,9 @@
 //! send it; mark it delivered, rejected or retried; flush. Woken by the outbox's
 //! [`tokio::sync::Notify`] when new entries commit; stopped by a `watch` signal.
 
-use super::outbox::{Backoff, Destination, Outbox};
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
+use crate::store::outbox::{Backoff, Destination, Outbox};
 use crate::supervise::Beat;
 use std::sync::Arc;
 use std::time::Duration;

@@ -62,16 +62,16 @@ pub fn preflight(config: &Config) -> Result<()> {
 /// Longest the demo waits for the model to compile.
 const MODEL_LOAD_WAIT: Duration = Duration::from_secs(300);
 
-/// Waits until the inference stage has its model; `Err` with the reason when loading failed
-/// (or did not finish within [`MODEL_LOAD_WAIT`]).
-async fn model_loaded(model: &crate::infer::ModelStatus) -> Result<(), String> {
+/// Waits until the inference stage has its model; the reason when loading failed (or did
+/// not finish within [`MODEL_LOAD_WAIT`]), `None` once it is loaded.
+async fn load_failure(model: &crate::infer::ModelStatus) -> Option<String> {
     let deadline = tokio::time::Instant::now() + MODEL_LOAD_WAIT;
     loop {
         match model.get() {
-            crate::infer::ModelState::Ready => return Ok(()),
-            crate::infer::ModelState::Waiting(why) => return Err(why),
+            crate::infer::ModelState::Ready => return None,
+            crate::infer::ModelState::Waiting(why) => return Some(why),
             crate::infer::ModelState::Starting if tokio::time::Instant::now() > deadline => {
-                return Err(format!("still loading after {MODEL_LOAD_WAIT:?}"))
+                return Some(format!("still loading after {MODEL_LOAD_WAIT:?}"))
             }
             crate::infer::ModelState::Starting => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -105,7 +105,7 @@ pub async fn run(
     let running = daemon::start(&config).await?;
     // The files are there (preflight), but they may not load: a truncated download, weights
     // that do not match the manifest, a runtime that does not start. Say so and stop.
-    if let Err(why) = model_loaded(&running.model).await {
+    if let Some(why) = load_failure(&running.model).await {
         running.stop().await?;
         bail!(
             "the model cannot be loaded: {why}; run `make models` in the repository (scripts/setup-models.sh) to fetch it again"

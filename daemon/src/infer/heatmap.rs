@@ -11,10 +11,8 @@ use super::cam::CamHead;
 use super::engine::{Engine, EngineError};
 use super::findings::probabilities;
 use super::manifest::{Layout, Manifest};
-use super::record;
 use super::tensor::normalise;
 use crate::result::HeatmapState;
-use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -264,15 +262,16 @@ impl HeatmapWorker {
         })
     }
 
-    /// Queues `jobs`; those that do not fit the backlog are recorded as skipped.
-    pub fn submit_all(&self, store: &Store, jobs: Vec<HeatmapJob>) {
+    /// Queues `jobs`; those that do not fit the backlog are recorded as skipped through the
+    /// record stage (which then makes the report's SR). Blocking.
+    pub fn submit_all(&self, recorder: &crate::record::Recorder, jobs: Vec<HeatmapJob>) {
         for job in jobs {
             if let Err(job) = self.submit(job) {
                 let skipped = HeatmapState::Skipped {
                     reason: format!("backlog: {BACKLOG} heatmaps already waiting"),
                 };
                 let (uid, sop) = (&job.study_uid, &job.sop_instance_uid);
-                if let Err(e) = record::set_heatmap(store, uid, job.version, sop, skipped, 0.0) {
+                if let Err(e) = recorder.record_heatmap(uid, job.version, sop, skipped, 0.0) {
                     log::error!("study {uid}: cannot record the skipped heatmap: {e}");
                 }
             }

@@ -7,6 +7,7 @@ use super::analyse::{prepare_file, Preparation};
 use super::heatmap::{HeatmapJob, HeatmapWorker};
 use super::manifest::Manifest;
 use super::record;
+use crate::record::Recorder;
 use crate::result::HeatmapState;
 use crate::store::{Store, StoreError};
 
@@ -15,11 +16,12 @@ use crate::store::{Store, StoreError};
 /// unreadable) are recorded as skipped with the reason; marks whose heatmap was recorded
 /// meanwhile are dropped. Blocking: decodes images.
 pub fn resume_heatmaps(
-    store: &Store,
+    recorder: &Recorder,
     manifest: &Manifest,
     max_pixels: u64,
     worker: &HeatmapWorker,
 ) -> usize {
+    let store: &Store = recorder.store();
     let marks = match record::pending_heatmaps(store) {
         Ok(m) => m,
         Err(e) => {
@@ -53,7 +55,7 @@ pub fn resume_heatmaps(
                 let skipped = HeatmapState::Skipped {
                     reason: why.to_string(),
                 };
-                if let Err(e) = record::set_heatmap(store, &uid, version, &sop, skipped, 0.0) {
+                if let Err(e) = recorder.record_heatmap(&uid, version, &sop, skipped, 0.0) {
                     log::error!("study {uid}: cannot record the skipped heatmap: {e}");
                 }
             }
@@ -63,7 +65,7 @@ pub fn resume_heatmaps(
     if queued > 0 {
         log::info!("{queued} heatmap(s) left pending by a restart queued again");
     }
-    worker.submit_all(store, jobs);
+    worker.submit_all(recorder, jobs);
     queued
 }
 

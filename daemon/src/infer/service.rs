@@ -128,10 +128,10 @@ pub async fn run_pipeline_on(
                         None
                     };
                     if let Some(worker) = &heatmaps {
-                        let (store, e, worker) =
-                            (Arc::clone(&store), Arc::clone(&e), worker.clone());
+                        let (recorder, e, worker) =
+                            (Arc::clone(&recorder), Arc::clone(&e), worker.clone());
                         tokio::task::spawn_blocking(move || {
-                            resume_heatmaps(&store, e.manifest(), e.max_pixels(), &worker)
+                            resume_heatmaps(&recorder, e.manifest(), e.max_pixels(), &worker)
                         });
                     }
                     let sem = Arc::new(Semaphore::new(e.workers()));
@@ -486,7 +486,11 @@ pub async fn analyse_study(
         }
     }
     if let Some(worker) = heatmaps {
-        worker.submit_all(store, jobs);
+        let (worker, recorder) = (worker.clone(), Arc::clone(&recorder));
+        let queued = tokio::task::spawn_blocking(move || worker.submit_all(&recorder, jobs)).await;
+        if let Err(e) = queued {
+            log::error!("study {uid}: queueing the heatmaps failed: {e}");
+        }
     }
 }
 

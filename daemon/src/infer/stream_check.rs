@@ -129,13 +129,39 @@ pub struct JpegFrameHeader {
     pub components: u8,
 }
 
+/// Why a JPEG stream has no frame header the decoder would read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JpegHeaderError {
+    /// The stream does not begin with SOI.
+    #[error("does not start with an SOI marker")]
+    NoSoi,
+    /// The bytes end before any frame header.
+    #[error("ends before its frame header")]
+    Ends,
+    /// EOI comes before any frame header.
+    #[error("ends (EOI) before its frame header")]
+    EoiFirst,
+    /// A scan comes before any frame header.
+    #[error("has a scan before its frame header")]
+    ScanFirst,
+    /// The bytes end inside a marker segment's length.
+    #[error("ends inside a marker segment")]
+    EndsInSegment,
+    /// A marker segment declares a length below 2.
+    #[error("has a marker segment of length {0}")]
+    SegmentLength(usize),
+    /// The bytes end inside the frame header.
+    #[error("ends inside its frame header")]
+    EndsInFrameHeader,
+}
+
 /// Reads the first frame header of a JPEG stream the way the decoder does: SOI, then
 /// marker segments by their lengths (bytes between segments are skipped, as the decoder
 /// tolerates them) until the first SOFn. An error when the stream ends, or a scan or EOI
 /// comes, before any frame header.
-pub fn jpeg_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, String> {
+pub fn jpeg_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, JpegHeaderError> {
     if !stream.starts_with(&[0xFF, 0xD8]) {
-        return Err("does not start with an SOI marker".into());
+        return Err(JpegHeaderError::NoSoi);
     }
     let mut at = 2usize;
     loop {
@@ -146,28 +172,28 @@ pub fn jpeg_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, String> {
             at += 1;
         }
         let Some(&marker) = stream.get(at) else {
-            return Err("ends before its frame header".into());
+            return Err(JpegHeaderError::Ends);
         };
         at += 1;
         match marker {
             // A stuffed zero, RSTn, SOI or TEM: no segment follows.
             0x00 | 0x01 | 0xD0..=0xD8 => continue,
-            0xD9 => return Err("ends (EOI) before its frame header".into()),
-            0xDA => return Err("has a scan before its frame header".into()),
+            0xD9 => return Err(JpegHeaderError::EoiFirst),
+            0xDA => return Err(JpegHeaderError::ScanFirst),
             _ => {}
         }
         let length = match stream.get(at..at + 2) {
             Some(bytes) => usize::from(u16::from_be_bytes([bytes[0], bytes[1]])),
-            None => return Err("ends inside a marker segment".into()),
+            None => return Err(JpegHeaderError::EndsInSegment),
         };
         if length < 2 {
-            return Err(format!("has a marker segment of length {length}"));
+            return Err(JpegHeaderError::SegmentLength(length));
         }
         let is_frame_header =
             matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
         if is_frame_header {
             let Some(h) = stream.get(at + 2..at + 8) else {
-                return Err("ends inside its frame header".into());
+                return Err(JpegHeaderError::EndsInFrameHeader);
             };
             return Ok(JpegFrameHeader {
                 marker,
@@ -223,7 +249,8 @@ pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
         return Err(bad("missing: no fragment".into()));
     }
     let frames = count_of(obj, tags::NUMBER_OF_FRAMES, 1).max(1);
-    let header = jpeg_frame_header(&first_jpeg_frame(fragments, offsets, frames)).map_err(bad)?;
+    let header = jpeg_frame_header(&first_jpeg_frame(fragments, offsets, frames))
+        .map_err(|e| bad(e.to_string()))?;
     let rows = count_of(obj, tags::ROWS, 0);
     let columns = count_of(obj, tags::COLUMNS, 0);
     if header.lines == 0 || header.samples_per_line == 0 {

@@ -26,12 +26,10 @@ fn bad(key: &str, reason: impl Into<String>) -> MaterialError {
 /// Parses the PEM certificates of `pem` and checks each is X.509 that the TLS stack
 /// accepts. `key` names the file in messages.
 pub fn certificates(key: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(key, format!("not a PEM certificate file: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad(key, "holds no PEM certificate"));
-    }
+    let certs = crate::tls::certs_from_pem(pem).map_err(|e| match e {
+        crate::tls::PemError::NoCertificate => bad(key, "holds no PEM certificate"),
+        other => bad(key, format!("not a PEM certificate file: {other}")),
+    })?;
     for (i, cert) in certs.iter().enumerate() {
         // webpki parses the certificate to make a trust anchor of it: a malformed one fails.
         let mut store = RootCertStore::empty();
@@ -44,9 +42,10 @@ pub fn certificates(key: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>
 
 /// Parses the PEM private key of `pem`.
 pub fn private_key(key: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| bad(key, format!("not a PEM private key file: {e}")))?
-        .ok_or_else(|| bad(key, "holds no PEM private key"))
+    crate::tls::key_from_pem(pem).map_err(|e| match e {
+        crate::tls::PemError::NoKey => bad(key, "holds no PEM private key"),
+        other => bad(key, format!("not a PEM private key file: {other}")),
+    })
 }
 
 /// Checks a certificate chain and its private key: both parse, the key is usable for TLS

@@ -1,18 +1,24 @@
 //! The record stage: from a typed study result to everything it owes, committed at once.
 //!
 //! Inference hands a [`StudyResult`] to [`Recorder::record_result`]; the recorder builds
-//! the [`Report`] from it and the study record, stores the Structured Report
-//! ([`crate::results::sr`]), plans every outbox entry (HL7, MQTT, the SR's push to each
-//! PACS: [`crate::deliver::plan`]), and commits the result, the study's state change, the
+//! the [`Report`] from it and the study record, plans every outbox entry (HL7, MQTT:
+//! [`crate::deliver::plan`]), and commits the result, the study's state change, the
 //! entries and the marks of the heatmaps still to make in ONE store transaction
 //! ([`crate::store::results::commit_result`]). Once that is durable it tells the outbox
-//! (fill level, workers woken) and broadcasts the result.
+//! (fill level, workers woken) and broadcasts the result. A result with no heatmap to come
+//! also gets its Structured Report ([`crate::results::sr`]) and the SR's push to each PACS
+//! then.
 //!
-//! A heatmap made later (the occlusion map) comes back through
-//! [`Recorder::record_heatmap`]: its state is recorded into the result, and the first one of
-//! a report becomes the Secondary Capture ([`secondary_capture`]), stored in one
-//! transaction with its push entries. A radiologist's [`Feedback`] joins the outbox through
-//! [`Recorder::record_feedback`].
+//! A heatmap made later (the occlusion map, or a class-activation map recorded just after
+//! its result) comes back through [`Recorder::record_heatmap`], made, skipped or failed. In
+//! this order: a made heatmap becomes the report's Parametric Map and Secondary Capture
+//! ([`parametric_map`], [`secondary_capture`]); once no heatmap of the result is pending,
+//! the SR is made, referencing the map only when this box made it; each object is stored
+//! in one transaction with its push entries; the heatmap's state is recorded last. Until
+//! then its mark stays, so a crash in between makes the heatmap again on the next start,
+//! and each object, made once per report, is found made. An object under one of our UIDs
+//! that a peer stored is never taken for ours. A radiologist's [`Feedback`] joins the
+//! outbox through [`Recorder::record_feedback`].
 //!
 //! Without delivery (tests, `duli demo` without peers) only the result and its marks are
 //! committed. Manual uploads without a real patient are never sent anywhere.
@@ -171,9 +177,9 @@ impl Recorder {
         committed
     }
 
-    /// The Structured Report stored and the outbox entries planned for `result` (none for
-    /// a manual upload, or when the entries cannot be planned). When a heatmap is to be
-    /// made, the SR references the Parametric Map it becomes (its UID is known now).
+    /// The outbox entries planned for `result` and, when no heatmap is still to be made,
+    /// the Structured Report stored with its push entries (none for a manual upload, or
+    /// when the entries cannot be planned).
     fn deliverables(
         &self,
         d: &Delivery,
@@ -196,14 +202,13 @@ impl Recorder {
             .iter()
             .filter_map(|uid| self.store.instance(uid).ok().flatten())
             .collect();
-        let explained = heatmap_finding(result, heatmaps_to_make);
-        let explanation = explained.as_deref().map(|code| ObjectRef {
-            sop_class: results::parametric_map::PARAMETRIC_MAP,
-            sop_instance: &uids.pm_instance,
-            series: &uids.pm_series,
-            finding: code,
-        });
-        match results::sr::build(&report, &uids, &sources, explanation)
+        if !heatmaps_to_make.is_empty() {
+            // The SR is made once its heatmap is settled (made, skipped or failed), so that
+            // it references the Parametric Map only when the map exists
+            // ([`Recorder::record_heatmap`]).
+            return batch;
+        }
+        match results::sr::build(&report, &uids, &sources, None)
             .and_then(|sr| results::store_object(&self.store, &sr))
         {
             Ok(rec) => batch.extend(d.plan.push_entries(
@@ -231,21 +236,80 @@ impl Recorder {
         state: HeatmapState,
         heatmap_ms: f64,
     ) -> Result<(), StoreError> {
-        let png = match &state {
-            HeatmapState::Done { path, .. } => Some(path.clone()),
+        let made = match &state {
+            HeatmapState::Done { path, code } => Some((path.clone(), code.clone())),
             _ => None,
         };
+        // Objects first, the state last: until the state is recorded the heatmap's mark
+        // stays, so a crash in between makes it again on the next start, and each object
+        // (made once per report) is then found made.
+        if let Some(d) = &self.delivery {
+            if let Some((png, _)) = &made {
+                self.heatmap_objects(d, study_uid, version, sop_uid, png);
+            }
+            self.settled_report(d, study_uid, version, sop_uid, made.as_ref().map(|m| &m.1));
+        }
         stored::set_heatmap(&self.store, study_uid, version, sop_uid, state, heatmap_ms)?;
         self.store.flush_blocking()?;
-        if let Some(png) = png {
-            self.store.notify(Change::Result {
-                study_uid: study_uid.to_string(),
-            });
-            if let Some(d) = &self.delivery {
-                self.heatmap_objects(d, study_uid, version, sop_uid, &png);
-            }
-        }
+        self.store.notify(Change::Result {
+            study_uid: study_uid.to_string(),
+        });
         Ok(())
+    }
+
+    /// Whether `uid` is an object this box generated (a peer's object under the same UID
+    /// does not count: it is never taken for ours).
+    fn generated(&self, uid: &str) -> bool {
+        matches!(self.store.instance(uid), Ok(Some(i)) if i.generated)
+    }
+
+    /// The Structured Report of result `version` of `study_uid`, made once no heatmap of it
+    /// is pending besides `settling` (whose heatmap is being recorded now): it references
+    /// the report's Parametric Map when this box made it (`explained` names the finding
+    /// the map explains). Made once per report; stored with its push entries.
+    fn settled_report(
+        &self,
+        d: &Delivery,
+        study_uid: &str,
+        version: u32,
+        settling: &str,
+        explained: Option<&String>,
+    ) {
+        let Ok(Some(result)) = stored::result(&self.store, study_uid, version) else {
+            return;
+        };
+        let Ok(Some(study)) = self.store.study(study_uid) else {
+            return;
+        };
+        let still_pending = result.images.iter().any(|i| {
+            i.sop_instance_uid != settling && matches!(i.heatmap, HeatmapState::Pending { .. })
+        });
+        if is_manual_upload(&study) || still_pending {
+            return;
+        }
+        let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
+        if self.generated(&uids.sr_instance) {
+            return;
+        }
+        let report = Report::from_result(&result, &study);
+        let sources: Vec<_> = report
+            .source_sop_instance_uids
+            .iter()
+            .filter_map(|uid| self.store.instance(uid).ok().flatten())
+            .collect();
+        let finding = explained
+            .cloned()
+            .or_else(|| heatmap_finding(&result))
+            .filter(|_| self.generated(&uids.pm_instance));
+        let explanation = finding.as_deref().map(|code| ObjectRef {
+            sop_class: results::parametric_map::PARAMETRIC_MAP,
+            sop_instance: &uids.pm_instance,
+            series: &uids.pm_series,
+            finding: code,
+        });
+        let made =
+            results::sr::build(&report, &uids, &sources, explanation).map_err(ObjectError::from);
+        self.commit_object(d, &report, made, Kind::StructuredReport, &uids.sr_instance);
     }
 
     /// Makes the report's Parametric Map and Secondary Capture of the heatmap (once per
@@ -263,15 +327,15 @@ impl Recorder {
         }
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
         let report = Report::from_result(&result, &study);
-        let exists = |uid: &str| matches!(self.store.instance(uid), Ok(Some(_)));
-        if !exists(&uids.pm_instance) {
+        if !self.generated(&uids.pm_instance) {
             let made =
                 parametric_map::build(&self.store, &report, &uids, sop, png, &d.plan.device_id);
             self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance);
         }
-        // Under the UID an earlier version gave it, too.
+        // Under the UID an earlier version gave it, too (made by this box, not stored by
+        // a peer that computed that unkeyed UID).
         let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id).sc_instance;
-        if !exists(&uids.sc_instance) && !exists(&unkeyed) {
+        if !self.generated(&uids.sc_instance) && !self.generated(&unkeyed) {
             let made = secondary_capture::build(&self.store, &report, &uids, sop, png);
             self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance);
         }
@@ -345,16 +409,12 @@ impl Recorder {
 }
 
 /// The local code of the finding the heatmap of `result` explains: the finding of the
-/// first image whose heatmap is to be made.
-fn heatmap_finding(result: &StudyResult, heatmaps_to_make: &[&str]) -> Option<String> {
-    result
-        .images
-        .iter()
-        .filter(|i| heatmaps_to_make.contains(&i.sop_instance_uid.as_str()))
-        .find_map(|i| match &i.heatmap {
-            HeatmapState::Pending { code } | HeatmapState::Done { code, .. } => Some(code.clone()),
-            _ => None,
-        })
+/// first image whose heatmap was made.
+fn heatmap_finding(result: &StudyResult) -> Option<String> {
+    result.images.iter().find_map(|i| match &i.heatmap {
+        HeatmapState::Done { code, .. } => Some(code.clone()),
+        _ => None,
+    })
 }
 
 /// Why no image of `result` could be analysed, when none could and some failed (the
@@ -472,7 +532,6 @@ mod tests {
         );
         let key = SiteSecret::from_bytes(&[7u8; 32]);
         let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
-        assert!(store.instance(&sr).unwrap().is_some(), "the SR is stored");
         assert_eq!(
             stored::pending_heatmaps(&store).unwrap(),
             vec![("1.2.9".to_string(), 1, "1.2.9.1".to_string())]
@@ -482,6 +541,56 @@ mod tests {
             announced |= matches!(c, Change::Result { study_uid } if study_uid == "1.2.9");
         }
         assert!(announced);
+        // Its heatmap is still to come: the SR waits for it, so that it never names a map
+        // that is not made.
+        assert!(store.instance(&sr).unwrap().is_none(), "the SR waits");
+        // The heatmap is skipped (a full backlog): the SR is made now, without a map.
+        recorder
+            .record_heatmap(
+                "1.2.9",
+                1,
+                "1.2.9.1",
+                HeatmapState::Skipped {
+                    reason: "backlog".into(),
+                },
+                0.0,
+            )
+            .unwrap();
+        let made = store.instance(&sr).unwrap().expect("the SR is stored");
+        assert!(made.generated);
+        let sr_file = dicom_object::open_file(store.root().join(&made.path)).unwrap();
+        let mut text = Vec::new();
+        sr_file
+            .write_dataset_with_ts(
+                &mut text,
+                &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+            )
+            .unwrap();
+        let pm = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).pm_instance;
+        assert!(
+            !text.windows(pm.len()).any(|w| w == pm.as_bytes()),
+            "the SR names a Parametric Map that was never made"
+        );
+        assert!(stored::pending_heatmaps(&store).unwrap().is_empty());
+        // Recording it again (as after a crash before the state was kept) makes no second SR.
+        recorder
+            .record_heatmap(
+                "1.2.9",
+                1,
+                "1.2.9.1",
+                HeatmapState::Skipped {
+                    reason: "backlog".into(),
+                },
+                0.0,
+            )
+            .unwrap();
+        let sr_entries = outbox
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == Kind::StructuredReport)
+            .count();
+        assert!(sr_entries <= 1, "{sr_entries} SR pushes");
     }
 
     /// A study none of whose images could be analysed ends in `error` and owes nothing;

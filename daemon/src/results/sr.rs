@@ -510,7 +510,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::report::fixtures;
+    use crate::report::fixtures;
 
     fn comments(sr: &FileDicomObject<InMemDicomObject>) -> Vec<String> {
         sr.element(tags::CONTENT_SEQUENCE)

@@ -1,6 +1,6 @@
 //! The durable outbox: every message a study result owes to a peer, on sled (tree
 //! `outbox`), until that peer acknowledges it. Kept by the store; the deliver stage
-//! drains it (re-exported as `deliver::outbox`).
+//! drains it (re-exported as `store::outbox`).
 //!
 //! - **Same transaction as the result.** A [`Batch`] handed to the store's result or
 //!   object commit ([`super::results::commit_result`], [`super::Store::place_and_commit`])

@@ -97,19 +97,46 @@ fn invalid(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
     }
 }
 
+/// What is wrong with PEM text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    /// Not PEM that can be read.
+    #[error("not PEM: {0}")]
+    Syntax(String),
+    /// No certificate in it.
+    #[error("no certificate in the file")]
+    NoCertificate,
+    /// No private key in it.
+    #[error("no private key in the file")]
+    NoKey,
+}
+
+/// Every certificate of PEM text, at least one: the one PEM reader of certificates
+/// (files here, provisioning bundles in [`crate::provision`]).
+pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PemError::Syntax(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+/// The first private key of PEM text: the one PEM reader of keys.
+pub fn key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, PemError> {
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| PemError::Syntax(e.to_string()))?
+        .ok_or(PemError::NoKey)
+}
+
 /// Reads every certificate of a PEM file (`what` names it in errors).
 pub fn read_certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_pem(what, path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(what, path, e))?;
-    if certs.is_empty() {
-        return Err(invalid(what, path, "no certificate in the file"));
-    }
-    Ok(certs)
+    certs_from_pem(&pem).map_err(|e| invalid(what, path, e))
 }
 
 /// Reads the certificate chain of a PEM file.
@@ -121,9 +148,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
     let pem = read_pem(what, path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| invalid(what, path, e))?
-        .ok_or_else(|| invalid(what, path, "no private key in the file"))
+    key_from_pem(&pem).map_err(|e| invalid(what, path, e))
 }
 
 /// The roots of a CA bundle.

@@ -10,10 +10,10 @@ pub use super::{free_port, repo_root, TestPki};
 
 use super::{require_tool, Mosquitto};
 
-use duli::deliver::outbox::{Backoff, Destination, Outbox, OutboxLimits};
-use duli::deliver::report::{Finding, Report};
 use duli::deliver::worker::WorkerOptions;
 use duli::model::StudyRecord;
+use duli::report::{Finding, Report};
+use duli::store::outbox::{Backoff, Destination, Outbox, OutboxLimits};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -143,7 +143,7 @@ where
             .await
             .map_err(|_| ApiError::Timeout)?;
         let Some(chunk) = next else { break };
-        let mut chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let mut chunk = chunk?;
         if out.len() + chunk.remaining() > limit {
             return Err(ApiError::TooLarge(size_text(limit)));
         }
@@ -284,7 +284,7 @@ pub(in crate::console) fn parse_json<'a, T: Deserialize<'a>>(
             "the body must be JSON (Content-Type: application/json)".into(),
         ));
     }
-    serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(e.to_string()))
+    Ok(serde_json::from_slice(&req.body)?)
 }
 
 /// Decodes `body` as each JSON request body of the API, as its handler would (the entry

@@ -340,9 +340,9 @@ pub(super) async fn preview(
     if info_only {
         return Ok(reply::json(StatusCode::OK, &info));
     }
-    let bytes = tokio::fs::read(&png)
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", png.display())))?;
+    let bytes = tokio::fs::read(&png).await.inspect_err(|e| {
+        log::error!("console: preview {}: {e}", png.display());
+    })?;
     // Never stored by the browser (`reply::secure` sets `no-store`): reading-room PCs are
     // shared, and the file is cached on the server already.
     Ok(reply::bytes(StatusCode::OK, "image/png", bytes))

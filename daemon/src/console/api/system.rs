@@ -5,7 +5,7 @@ use super::audit::head;
 use crate::audit::Head;
 use crate::console::reply::{self, ApiError};
 use crate::console::{echo, Console};
-use crate::deliver::outbox::Fill;
+use crate::store::outbox::Fill;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -30,10 +30,8 @@ pub(super) async fn upload(c: &Console, req: Request, s: &Session) -> Result<Res
     let max_pixels = c.max_pixels;
     let body = req.body;
     let stored = tokio::task::spawn_blocking(move || {
-        let p = upload::prepare(&body, &name, &root, max_pixels)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let rec = crate::results::store_as(&store, &p.object, upload::UPLOAD_AE, false)
-            .map_err(|e| ApiError::Internal(format!("store the upload: {e}")))?;
+        let p = upload::prepare(&body, &name, &root, max_pixels)?;
+        let rec = crate::results::store_as(&store, &p.object, upload::UPLOAD_AE, false)?;
         Ok::<_, ApiError>((p.format, p.patient_id, rec))
     })
     .await?;

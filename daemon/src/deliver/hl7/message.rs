@@ -5,8 +5,8 @@
 //! message where such parsers accept a Z segment.
 
 use crate::config::StudyUidIn;
-use crate::deliver::report::Report;
 use crate::report::Finding;
+use crate::report::Report;
 
 /// Field separator (MSH-1).
 pub const FIELD_SEP: char = '|';
@@ -488,7 +488,7 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::report::fixtures;
+    use crate::report::fixtures;
 
     fn profile() -> Hl7Profile {
         Hl7Profile {

@@ -10,10 +10,10 @@
 
 use super::topics::Topics;
 use crate::config::Config;
-use crate::deliver::outbox::{Entry, Payload};
-use crate::deliver::tls::{client_config, TlsError};
 use crate::deliver::{Channel, Delivery};
 use crate::site_secret::SiteSecret;
+use crate::store::outbox::{Entry, Payload};
+use crate::tls::{client_config, TlsError};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
     Packet, QoS, TlsConfiguration, Transport,

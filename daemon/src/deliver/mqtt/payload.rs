@@ -5,9 +5,9 @@
 //! that UID (PACS, RIS, a patient's CD) could recompute and link. The report's schema is
 //! `docs/mqtt-report.schema.json`.
 
-use crate::deliver::outbox::{DestStats, Fill};
-use crate::deliver::report::{Finding, Report};
+use crate::report::{Finding, Report};
 use crate::site_secret::SiteSecret;
+use crate::store::outbox::{DestStats, Fill};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -356,7 +356,7 @@ pub fn to_json<T: Serialize>(payload: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::report::fixtures;
+    use crate::report::fixtures;
 
     /// The findings of schema v1 are a view of the one finding type: the code as `label`
     /// and `code`, the display name as `display`, in this field order.
