@@ -545,17 +545,20 @@ mod tests {
         // that is not made.
         assert!(store.instance(&sr).unwrap().is_none(), "the SR waits");
         // The heatmap is skipped (a full backlog): the SR is made now, without a map.
-        recorder
-            .record_heatmap(
-                "1.2.9",
-                1,
-                "1.2.9.1",
-                HeatmapState::Skipped {
-                    reason: "backlog".into(),
-                },
-                0.0,
-            )
-            .unwrap();
+        let skip = || {
+            recorder
+                .record_heatmap(
+                    "1.2.9",
+                    1,
+                    "1.2.9.1",
+                    HeatmapState::Skipped {
+                        reason: "backlog".into(),
+                    },
+                    0.0,
+                )
+                .unwrap()
+        };
+        skip();
         let made = store.instance(&sr).unwrap().expect("the SR is stored");
         assert!(made.generated);
         let sr_file = dicom_object::open_file(store.root().join(&made.path)).unwrap();
@@ -573,17 +576,7 @@ mod tests {
         );
         assert!(stored::pending_heatmaps(&store).unwrap().is_empty());
         // Recording it again (as after a crash before the state was kept) makes no second SR.
-        recorder
-            .record_heatmap(
-                "1.2.9",
-                1,
-                "1.2.9.1",
-                HeatmapState::Skipped {
-                    reason: "backlog".into(),
-                },
-                0.0,
-            )
-            .unwrap();
+        skip();
         let sr_entries = outbox
             .list(None)
             .unwrap()
