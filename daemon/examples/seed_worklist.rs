@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
                 name: "bench".into(),
                 version: "1".into(),
                 sha256: "0".repeat(64),
+                weights_sha256: String::new(),
                 precision: "f32".into(),
                 coding_scheme: duli::result::local_scheme(),
             },

@@ -32,8 +32,11 @@ pub struct Report {
     pub model_name: String,
     /// Model version.
     pub model_version: String,
-    /// SHA-256 of the model weights (hex).
+    /// SHA-256 of the model's network file (hex).
     pub model_sha256: String,
+    /// SHA-256 of the weights that ran (hex; empty when not recorded).
+    #[serde(default)]
+    pub model_weights_sha256: String,
     /// Arithmetic precision the model ran at (`f32`, `bf16`, `int8`).
     #[serde(default = "crate::result::f32_name")]
     pub model_precision: String,
@@ -72,6 +75,7 @@ impl Report {
             model_name: result.model.name.clone(),
             model_version: result.model.version.clone(),
             model_sha256: result.model.sha256.clone(),
+            model_weights_sha256: result.model.weights_sha256.clone(),
             model_precision: result.model.precision.clone(),
             coding_scheme: result.model.coding_scheme.clone(),
             timings_ms: timings,
@@ -176,6 +180,7 @@ pub(crate) mod fixtures {
             model_name: "pneumonia-xception".into(),
             model_version: "1.0.0".into(),
             model_sha256: "ab".repeat(32),
+            model_weights_sha256: "cd".repeat(32),
             model_precision: "f32".into(),
             coding_scheme: "99DULI".into(),
             timings_ms: [("infer".to_string(), 27.5), ("total".to_string(), 80.25)]

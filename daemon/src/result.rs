@@ -149,6 +149,10 @@ pub struct ModelInfo {
     pub version: String,
     /// SHA-256 of the network file.
     pub sha256: String,
+    /// SHA-256 of the weights of the network that ran (empty in results recorded before
+    /// it was kept, or for a network without a separate weights file).
+    #[serde(default)]
+    pub weights_sha256: String,
     /// Arithmetic precision the network ran at (f32, bf16, int8; results recorded before
     /// precisions existed ran at f32).
     #[serde(default = "f32_name")]
@@ -275,6 +279,7 @@ pub(crate) mod fixtures {
                 name: "m".into(),
                 version: "1".into(),
                 sha256: "00".into(),
+                weights_sha256: String::new(),
                 precision: "f32".into(),
                 coding_scheme: local_scheme(),
             },

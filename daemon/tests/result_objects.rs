@@ -65,6 +65,7 @@ fn fixture() -> Option<Fixture> {
         model_name: "pneumonia-xception".into(),
         model_version: "0.3.0".into(),
         model_sha256: "ab".repeat(32),
+        model_weights_sha256: "cd".repeat(32),
         model_precision: "f32".into(),
         coding_scheme: "99DULI".into(),
         timings_ms: Default::default(),
@@ -214,7 +215,11 @@ fn highdicom_reads_the_sr_as_a_tid_1500_measurement_report() {
     assert!(params.contains(&"precision f32"), "{params:?}");
     assert!(params.contains(&"threshold 0.500000"), "{params:?}");
     assert!(
-        params.iter().any(|p| p.starts_with("weights sha256 abab")),
+        params.iter().any(|p| p.starts_with("network sha256 abab")),
+        "{params:?}"
+    );
+    assert!(
+        params.iter().any(|p| p.starts_with("weights sha256 cdcd")),
         "{params:?}"
     );
     let m = &g["measurements"][0];

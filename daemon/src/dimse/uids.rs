@@ -28,6 +28,10 @@ pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 /// Key Object Selection Document Storage.
 pub const KEY_OBJECT_SELECTION: &str = "1.2.840.10008.5.1.4.1.1.88.59";
 
+/// Parametric Map Storage (the heatmaps this box makes; a C-GET requester takes them in
+/// the SCP role).
+pub const PARAMETRIC_MAP: &str = "1.2.840.10008.5.1.4.1.1.30";
+
 /// Storage SOP classes the SCP accepts by default.
 pub const STORAGE_SOP_CLASSES: &[&str] = &[
     COMPUTED_RADIOGRAPHY,
@@ -42,6 +46,7 @@ pub const STORAGE_SOP_CLASSES: &[&str] = &[
     ENHANCED_SR,
     COMPREHENSIVE_SR,
     KEY_OBJECT_SELECTION,
+    PARAMETRIC_MAP,
 ];
 
 /// Patient Root Query/Retrieve Information Model - FIND.
@@ -138,6 +143,7 @@ pub fn name(uid: &str) -> Option<&'static str> {
         ENHANCED_SR => "Enhanced SR Storage",
         COMPREHENSIVE_SR => "Comprehensive SR Storage",
         KEY_OBJECT_SELECTION => "Key Object Selection Document Storage",
+        PARAMETRIC_MAP => "Parametric Map Storage",
         PATIENT_ROOT_QR_FIND => "Patient Root Q/R FIND",
         PATIENT_ROOT_QR_MOVE => "Patient Root Q/R MOVE",
         PATIENT_ROOT_QR_GET => "Patient Root Q/R GET",

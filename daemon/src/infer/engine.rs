@@ -85,6 +85,9 @@ pub struct ModelIdentity {
     pub precision: Precision,
     /// SHA-256 of the network actually run (the INT8 IR for int8, else `sha256`).
     pub network_sha256: String,
+    /// SHA-256 of the weights of the network actually run (from its manifest, verified
+    /// at load); empty when the network has no separate weights file.
+    pub weights_sha256: String,
     /// The CPU feature that decides the precision's results (`any` for f32).
     pub cpu_feature: String,
 }
@@ -297,6 +300,14 @@ impl Engine {
             backend: backend.name(),
             precision,
             network_sha256: options.network.sha256.clone(),
+            weights_sha256: options
+                .network
+                .manifest
+                .file
+                .weights_sha256
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
             cpu_feature,
         };
         log::info!(

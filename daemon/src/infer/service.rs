@@ -530,6 +530,7 @@ pub fn build_result(
             name: id.name.clone(),
             version: id.version.clone(),
             sha256: id.sha256.clone(),
+            weights_sha256: id.weights_sha256.clone(),
             precision: id.precision.to_string(),
             coding_scheme: engine.manifest().coding_scheme.clone(),
         },

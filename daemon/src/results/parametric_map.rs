@@ -29,7 +29,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// Parametric Map Storage.
-pub const PARAMETRIC_MAP: &str = "1.2.840.10008.5.1.4.1.1.30";
+pub const PARAMETRIC_MAP: &str = crate::dimse::uids::PARAMETRIC_MAP;
 /// Series number of the Parametric Map series.
 pub const PM_SERIES_NUMBER: i32 = 9903;
 /// Longest side of the map's grid.

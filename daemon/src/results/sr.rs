@@ -298,16 +298,26 @@ fn finding_code<'a>(f: &'a Finding, local_scheme: &'a str) -> Code<'a> {
 }
 
 /// The TID 4019 algorithm identification of `report`'s model for one finding: name,
-/// version and its parameters (weights hash, precision, the finding's threshold).
+/// version and its parameters (network and weights hashes, precision, the finding's
+/// threshold).
 fn algorithm(report: &Report, f: &Finding) -> Vec<InMemDicomObject> {
-    vec![
+    let mut items = vec![
         text_item("HAS CONCEPT MOD", ALGORITHM_NAME, &report.model_name),
         text_item("HAS CONCEPT MOD", ALGORITHM_VERSION, &report.model_version),
         text_item(
             "HAS CONCEPT MOD",
             ALGORITHM_PARAMETERS,
-            &format!("weights sha256 {}", report.model_sha256),
+            &format!("network sha256 {}", report.model_sha256),
         ),
+    ];
+    if !report.model_weights_sha256.is_empty() {
+        items.push(text_item(
+            "HAS CONCEPT MOD",
+            ALGORITHM_PARAMETERS,
+            &format!("weights sha256 {}", report.model_weights_sha256),
+        ));
+    }
+    items.extend([
         text_item(
             "HAS CONCEPT MOD",
             ALGORITHM_PARAMETERS,
@@ -318,7 +328,8 @@ fn algorithm(report: &Report, f: &Finding) -> Vec<InMemDicomObject> {
             ALGORITHM_PARAMETERS,
             &format!("threshold {}", format_ds(f64::from(f.threshold))),
         ),
-    ]
+    ]);
+    items
 }
 
 /// The TID 1501 measurement group of one finding.

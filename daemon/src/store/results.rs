@@ -304,6 +304,7 @@ mod tests {
                 name: "m".into(),
                 version: "1".into(),
                 sha256: String::new(),
+                weights_sha256: String::new(),
                 precision: "f32".into(),
                 coding_scheme: crate::result::local_scheme(),
             },

@@ -188,6 +188,7 @@ pub fn report(i: usize) -> Report {
         model_name: "pneumonia-xception".into(),
         model_version: "1.0.0".into(),
         model_sha256: "cd".repeat(32),
+        model_weights_sha256: "ef".repeat(32),
         model_precision: "f32".into(),
         coding_scheme: "99DULI".into(),
         timings_ms: [("infer".to_string(), 27.0)].into_iter().collect(),

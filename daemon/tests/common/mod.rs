@@ -645,6 +645,7 @@ pub fn record_result(
             name: "pneumonia-xception".into(),
             version: model_version.into(),
             sha256: String::new(),
+            weights_sha256: String::new(),
             precision: "f32".into(),
             coding_scheme: "99DULI".into(),
         },
