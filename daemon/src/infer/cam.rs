@@ -15,8 +15,13 @@
 //! probability with respect to the pooled features, back through the dense layers with
 //! their ReLU masks and the output activation's derivative, divided by H × W, gives one
 //! weight per channel; the map is `ReLU(Σ_k w_k A_k)`, scaled to [0, 1]. The head's
-//! probabilities recomputed from `A` must match the network's ([`CamHead::probabilities`]):
-//! a model whose head is not what the walk found is refused, not explained wrongly.
+//! probabilities recomputed from `A` ([`CamHead::probabilities`]) must match the network's
+//! for every image (`infer::heatmap::cam_png`, within `HEAD_TOLERANCE`): a map whose head
+//! is not what the walk found is refused, not shown as an explanation.
+//!
+//! At bf16 and INT8 the network compiled is another IR (the INT8 one carries quantize steps
+//! in its head): [`features_output`] adds the same features output to it without reading
+//! its head, and the maps use the head read from the f32 network.
 
 use super::manifest::{HeatmapMethod, Manifest};
 use roxmltree::{Document, Node};
@@ -39,6 +44,16 @@ pub enum CamError {
 /// The class-activation graph of `manifest`'s network with the weights it reads;
 /// `Ok(None)` when the manifest's heatmaps are not `cam`.
 pub fn for_manifest(manifest: &Manifest) -> Result<Option<(CamGraph, Vec<u8>)>, CamError> {
+    let Some(n) = cam_network(manifest)? else {
+        return Ok(None);
+    };
+    let graph = CamGraph::prepare(&n.xml, &n.bin, n.features)?;
+    Ok(Some((graph, n.bin)))
+}
+
+/// The features layer, IR and weights of a `cam` manifest's network; `Ok(None)` when its
+/// heatmaps are not `cam`.
+fn cam_network(manifest: &Manifest) -> Result<Option<CamNetwork<'_>>, CamError> {
     if manifest.heatmap.method != HeatmapMethod::Cam {
         return Ok(None);
     }
@@ -54,8 +69,25 @@ pub fn for_manifest(manifest: &Manifest) -> Result<Option<(CamGraph, Vec<u8>)>, 
         }
         None => Vec::new(),
     };
-    let graph = CamGraph::prepare(&xml, &bin, features)?;
-    Ok(Some((graph, bin)))
+    Ok(Some(CamNetwork { features, xml, bin }))
+}
+
+/// What [`cam_network`] reads.
+struct CamNetwork<'a> {
+    features: &'a str,
+    xml: String,
+    bin: Vec<u8>,
+}
+
+/// A network's IR with its features output added ([`features_output`]).
+#[derive(Debug, Clone)]
+pub struct FeaturesOutput {
+    /// The IR XML with the extra output.
+    pub xml: String,
+    /// Name of the features tensor.
+    pub tensor: String,
+    /// The weights the IR reads.
+    pub bin: Vec<u8>,
 }
 
 /// Output activation of the head.
@@ -177,6 +209,18 @@ impl<'a> Graph<'a> {
         self.layer(&e.0)
     }
 
+    /// The layer named `name`, its output dims and its tensor name.
+    fn features_layer(&self, name: &str) -> Result<(&Layer<'a>, Vec<usize>, String), CamError> {
+        let f = self
+            .layers
+            .values()
+            .find(|l| l.name == name)
+            .ok_or_else(|| CamError::Head(format!("no layer named {name:?}")))?;
+        let (dims, tensor) = out_dims(f);
+        let tensor = tensor.ok_or_else(|| CamError::Ir(format!("{name} has no tensor name")))?;
+        Ok((f, dims, tensor))
+    }
+
     /// The one consumer of `id`, skipping shape-only layers.
     fn next(&self, id: &str) -> Result<&Layer<'a>, CamError> {
         let mut current = id.to_string();
@@ -263,6 +307,26 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// The IR of the network of `manifest` with its `[heatmap] features` layer added as an
+/// extra output, the features tensor's name and the weights it reads; `Ok(None)` when the
+/// manifest's heatmaps are not `cam`. Unlike [`for_manifest`] the head is not read: this
+/// is what the runtime compiles for a network at another precision (the INT8 IR, whose
+/// head carries quantize steps), while the head's weights come from the f32 network.
+pub fn features_output(manifest: &Manifest) -> Result<Option<FeaturesOutput>, CamError> {
+    let Some(n) = cam_network(manifest)? else {
+        return Ok(None);
+    };
+    let doc = Document::parse(&n.xml).map_err(|e| CamError::Ir(e.to_string()))?;
+    let g = Graph::parse(&doc)?;
+    let (f, dims, tensor) = g.features_layer(n.features)?;
+    let xml = with_output(&n.xml, &g, &f.id, &dims)?;
+    Ok(Some(FeaturesOutput {
+        xml,
+        tensor,
+        bin: n.bin,
+    }))
+}
+
 /// An IEEE half-precision value as f32.
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
@@ -321,14 +385,7 @@ impl CamGraph {
     pub fn prepare(xml: &str, bin: &[u8], features: &str) -> Result<CamGraph, CamError> {
         let doc = Document::parse(xml).map_err(|e| CamError::Ir(e.to_string()))?;
         let g = Graph::parse(&doc)?;
-        let f = g
-            .layers
-            .values()
-            .find(|l| l.name == features)
-            .ok_or_else(|| CamError::Head(format!("no layer named {features:?}")))?;
-        let (dims, tensor) = out_dims(f);
-        let tensor =
-            tensor.ok_or_else(|| CamError::Ir(format!("{features} has no tensor name")))?;
+        let (f, dims, tensor) = g.features_layer(features)?;
         let pool = g.next(&f.id)?;
         if pool.kind != "ReduceMean" {
             return Err(CamError::Head(format!(

@@ -127,7 +127,10 @@ pub fn score_with_heatmap(
     let code = manifest.labels[target].code.clone();
     let started = Instant::now();
     let png = match (engine.cam(), &out.features) {
-        (Some(head), Some(f)) => super::heatmap::cam_png(head, f, target, manifest),
+        (Some(head), Some(f)) => {
+            let network = super::findings::probabilities(&out.values, manifest.output.activation);
+            super::heatmap::cam_png(head, f, &network, target, manifest)
+        }
         _ => {
             if occlusion.is_none() {
                 match engine.background_request(manifest.heatmap.batch as usize) {

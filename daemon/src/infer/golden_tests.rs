@@ -585,3 +585,116 @@ fn dicom_jpeg_baseline_decodes_as_dcmtk_does() {
         );
     }
 }
+
+/// At bf16 and INT8 the network still hands back its last convolutional block (the INT8
+/// IR's head carries quantize steps the head walk does not read: the features output is
+/// added without it, and the head's weights come from the f32 network), and the maps
+/// follow the f32 maps: the 5 × 5 map of every image a heatmap is made for (a positive
+/// finding at f32) ranks its cells much as the f32 map does (Spearman ρ: median ≥ 0.95,
+/// none below 0.7; on this machine the lowest is a false positive whose map is faint; at
+/// most two faint maps may be flat at one precision only), and
+/// the head recomputed from the features stays near the network's own probabilities.
+#[test]
+fn class_activation_maps_at_bf16_and_int8_follow_the_f32_maps() {
+    use super::precision::Precision;
+    let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
+        return;
+    };
+    // The shipped manifest with class activation, beside it (its files resolve there).
+    let text = std::fs::read_to_string(&cfg.model).unwrap();
+    let cam_toml = text.replace("method = \"occlusion\"", "method = \"cam\"");
+    assert_ne!(
+        cam_toml, text,
+        "the shipped manifest names its heatmap method"
+    );
+    let path = cfg
+        .model
+        .with_file_name(format!("model-cam-{}.toml", std::process::id()));
+    std::fs::write(&path, cam_toml).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(path.clone());
+    type Maps = Vec<(String, Vec<f32>, f32, bool)>;
+    let maps = |precision: Precision| -> Option<Maps> {
+        let engine = match Engine::at_precision(&path, &cfg, precision) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("SKIP class activation at {precision}: {e}");
+                return None;
+            }
+        };
+        let m = engine.manifest().clone();
+        let head = engine
+            .cam()
+            .expect("the head is read from the f32 network")
+            .clone();
+        let mut out = Vec::new();
+        for (file, _, _) in reference(&dir) {
+            let Preparation::Ready(p) = prepare_file(&dir.join("png").join(&file), &m, u64::MAX)
+            else {
+                panic!("{file} not prepared");
+            };
+            let o = engine.infer_outputs_blocking(p.tensor).unwrap();
+            let f = o
+                .features
+                .unwrap_or_else(|| panic!("{file}: no features at {precision}"));
+            let net = probabilities(&o.values, m.output.activation);
+            let again = head.probabilities(&f);
+            let shift = net
+                .iter()
+                .zip(&again)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // The map of the finding a heatmap would explain (the model's one positive
+            // label), and whether one would be made for this image.
+            let target = m.labels.iter().position(|l| !l.background).unwrap_or(0);
+            let found = super::findings::findings(&m, &o.values).unwrap();
+            let made = super::findings::heatmap_target(&m, &found).is_some();
+            out.push((file, head.cam(&f, target), shift, made));
+        }
+        Some(out)
+    };
+    let f32_maps = maps(Precision::F32).expect("f32 always loads");
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let Some(got) = maps(precision) else { continue };
+        let mut worst_rho = 1f64;
+        let mut rhos = Vec::new();
+        let mut flats = 0usize;
+        let mut worst_shift = 0f32;
+        for ((file, map, shift, _), (_, reference, _, made)) in got.iter().zip(&f32_maps) {
+            worst_shift = worst_shift.max(*shift);
+            if !made {
+                continue;
+            }
+            // No positive evidence anywhere (ReLU of the weighted sum): nothing to rank. A
+            // faint map can drop to that at another precision; at most two may.
+            let flat = |m: &[f32]| m.iter().all(|v| *v == m[0]);
+            if flat(reference) || flat(map) {
+                flats += usize::from(flat(reference) != flat(map));
+                continue;
+            }
+            let rho = crate::stats::spearman(map, reference);
+            worst_rho = worst_rho.min(rho);
+            rhos.push(rho);
+            assert!(rho >= 0.7, "{file}: {precision} map ρ {rho} against f32");
+        }
+        rhos.sort_by(f64::total_cmp);
+        let median = rhos.get(rhos.len() / 2).copied().unwrap_or(1.0);
+        assert!(median >= 0.95, "{precision}: median ρ {median} against f32");
+        assert!(
+            flats <= 2,
+            "{precision}: {flats} maps flat at one precision only"
+        );
+        eprintln!(
+            "class activation at {precision}: ρ against f32 over the images with a heatmap: median {median:.3}, lowest {worst_rho:.3}, {flats} flat at one precision only; head vs network max |Δp| {worst_shift:.4}"
+        );
+        assert!(
+            worst_shift < 0.1,
+            "{precision}: head vs network {worst_shift}"
+        );
+    }
+}

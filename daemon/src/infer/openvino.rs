@@ -7,7 +7,7 @@
 use super::backend::{
     input_shape, Backend, BackendError, CompileOptions, Compiled, Outputs, Request,
 };
-use super::cam::{self, CamGraph};
+use super::cam;
 use super::manifest::Manifest;
 use crate::config::InferenceConfig;
 use openvino::{
@@ -107,7 +107,7 @@ impl Backend for OpenVino {
             cam_graph(manifest)
         };
         let mut model = match &cam {
-            Some((graph, bin)) => {
+            Some(cam::FeaturesOutput { xml: ir, bin, .. }) => {
                 let mut tensor = Tensor::new(
                     ElementType::U8,
                     &Shape::new(&[bin.len() as i64]).map_err(compile_err)?,
@@ -118,7 +118,7 @@ impl Backend for OpenVino {
                     .map_err(compile_err)?
                     .copy_from_slice(bin);
                 self.core
-                    .read_model_from_buffer(graph.xml.as_bytes(), Some(&tensor))
+                    .read_model_from_buffer(ir.as_bytes(), Some(&tensor))
                     .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?
             }
             None => self
@@ -167,16 +167,17 @@ impl Backend for OpenVino {
             compiled,
             input: manifest.input.name.clone(),
             output,
-            features: cam.map(|(g, _)| g.tensor),
+            features: cam.map(|c| c.tensor),
             shape: input_shape(manifest, options.batch),
         }))
     }
 }
 
-/// The IR of a `cam` manifest with its features output, and the weights it reads; `None`
-/// (with the reason logged) when the manifest is not `cam` or its head is not supported.
-fn cam_graph(manifest: &Manifest) -> Option<(CamGraph, Vec<u8>)> {
-    cam::for_manifest(manifest).unwrap_or_else(|e| {
+/// The IR of a `cam` manifest's network with its features output, the features tensor and
+/// the weights it reads; `None` (with the reason logged) when the manifest is not `cam` or
+/// its features layer cannot be had. The head is read from the f32 network by the engine.
+fn cam_graph(manifest: &Manifest) -> Option<cam::FeaturesOutput> {
+    cam::features_output(manifest).unwrap_or_else(|e| {
         log::warn!(
             "{}: no class-activation output ({e}); heatmaps fall back to occlusion",
             manifest.name

@@ -345,7 +345,8 @@ pub async fn analyse_study(
     let manifest = Arc::clone(engine.manifest());
     let mut images = Vec::with_capacity(instances.len());
     let mut inputs: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
-    let mut features: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
+    // An analysed image's features (a `cam` model) with the network's probabilities.
+    let mut features: Vec<Option<(Vec<f32>, Vec<f32>)>> = Vec::with_capacity(instances.len());
     for inst in &instances {
         let mut result = if inst.pruned {
             ImageResult {
@@ -369,7 +370,11 @@ pub async fn analyse_study(
                         Ok(out) => {
                             let r = analysed(&manifest, &p, &out.values, ms(start));
                             inputs.push(Some(p.tensor));
-                            features.push(out.features);
+                            let network = super::findings::probabilities(
+                                &out.values,
+                                manifest.output.activation,
+                            );
+                            features.push(out.features.map(|f| (f, network)));
                             push(&mut images, r, inst);
                             continue;
                         }
@@ -414,9 +419,9 @@ pub async fn analyse_study(
             continue;
         };
         let code = manifest.labels[target].code.clone();
-        if let (true, Some(head), Some(f)) = (options.heatmaps, engine.cam(), feats) {
+        if let (true, Some(head), Some((f, network))) = (options.heatmaps, engine.cam(), feats) {
             let start = Instant::now();
-            match super::heatmap::cam_png(head, &f, target, &manifest) {
+            match super::heatmap::cam_png(head, &f, &network, target, &manifest) {
                 Ok(png) => {
                     img.heatmap = HeatmapState::Pending { code: code.clone() };
                     img.timings.heatmap_ms = ms(start);
