@@ -75,7 +75,10 @@ def instance(base, rng, index, study, rows, cols, now):
     ds.InstitutionName = "Benchmark Hospital"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "CHEST 2 VIEWS"
-    ds.SeriesDescription = "PA" if index % 2 == 0 else "LAT"
+    # The first image of a study is the PA view (which the model analyses), a second the
+    # lateral: one-image studies are all PA, inside the model's intended use.
+    frontal = (index % study["size"]) % 2 == 0
+    ds.SeriesDescription = "PA" if frontal else "LAT"
     ds.PatientName = "Bench^Patient%05d" % study["number"]
     ds.PatientID = "BP%05d" % study["number"]
     # Inside the shipped model's intended age range (1-5 years), except the studies that
@@ -84,7 +87,7 @@ def instance(base, rng, index, study, rows, cols, now):
     ds.PatientBirthDate = "%04d0101" % (now.year - years)
     ds.PatientSex = "O"
     ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA" if index % 2 == 0 else "LL"
+    ds.ViewPosition = "PA" if frontal else "LL"
     ds.KVP = "120"
     ds.StudyInstanceUID = study["study_uid"]
     ds.SeriesInstanceUID = study["series_uid"]
@@ -134,6 +137,8 @@ def main():
         stamp["per_study"] = args.per_study
     # Sets made before ages were written are made again.
     stamp["ages"] = {"inside": 3, "outside_every": args.outside_every}
+    # Sets whose views alternated by file rather than within each study are made again.
+    stamp["views"] = "pa-first-in-study"
     files = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".dcm"))
     try:
         with open(stamp_path) as f:

@@ -161,6 +161,8 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="DULI_SECTION__KEY=VALUE",
                         help="a configuration override for the daemon (repeatable)")
     args = parser.parse_args()
+    # The daemon runs in its own work folder: a relative path would not reach it there.
+    args.binary = os.path.abspath(args.binary)
     if not os.access(args.binary, os.X_OK):
         raise SystemExit("%s not built: cargo build --release -p duli" % args.binary)
     sets = os.path.join(REPO, "bench", "out")

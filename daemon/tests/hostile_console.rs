@@ -499,3 +499,77 @@ fn a_password_spray_of_throttled_logins_adds_o1_audit_records() {
         "{summary}"
     );
 }
+
+#[test]
+fn bare_connections_that_never_finish_tls_cannot_fill_the_console() {
+    // Every slot held by a TCP connection that never sends a ClientHello, from many
+    // addresses: a real client still gets in, at once, by taking the oldest one's slot.
+    let d = Daemon::builder()
+        .config("console", "max_connections", "8")
+        .config("console", "max_connections_per_address", "8")
+        .config("console", "max_event_streams", "8")
+        .start();
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        let mut bare = Vec::new();
+        for i in 0..16u8 {
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::new(IpAddr::V4(lo(10 + i)), 0))
+                .unwrap();
+            bare.push(sock.connect(addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for n in 0..3u8 {
+            let (r, took) = healthz_from(lo(40 + n), addr).await;
+            assert_eq!(r.status, 200);
+            assert!(took < Duration::from_secs(2), "{took:?}");
+        }
+        // Clients that finished their handshake keep their slots: the cap still holds
+        // against connections that do speak TLS.
+        let mut held = Vec::new();
+        for n in 0..8u8 {
+            held.push(tls_from(lo(60 + n), addr).await.expect("a slot"));
+        }
+        assert!(tls_from(lo(70), addr).await.is_err(), "over the total cap");
+        drop(bare);
+    });
+}
+
+#[test]
+fn a_request_body_that_trickles_in_is_ended_with_408() {
+    // One byte every two seconds never trips the 4 s stall limit, but the body (1000
+    // bytes declared) must arrive within the stall limit plus its size at 64 KiB/s.
+    let d = Daemon::builder()
+        .config("console", "header_read_timeout_secs", "4")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    let rita = d.login("rita", PW);
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        let mut s = tls_from(lo(1), addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/studies/1.2.3/feedback HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\
+             X-CSRF-Token: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\
+             Connection: close\r\n\r\n",
+            rita.cookie, rita.csrf
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let since = Instant::now();
+        let trickle = async {
+            for _ in 0..30 {
+                if s.write_all(b" ").await.is_err() || s.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            read_to_close(&mut s).await
+        };
+        let raw = tokio::time::timeout(Duration::from_secs(30), trickle)
+            .await
+            .expect("the trickling body was never ended");
+        let took = since.elapsed();
+        let r = parse_http_response(&raw).expect("an answer");
+        assert_eq!(r.status, 408, "{}", r.text());
+        assert!(took < Duration::from_secs(12), "ended after {took:?}");
+    });
+}

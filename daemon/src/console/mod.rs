@@ -35,6 +35,7 @@ pub mod atna;
 pub mod echo;
 pub mod events;
 pub mod feedback;
+pub mod handshakes;
 pub mod limits;
 pub mod outbox_view;
 pub mod preview;

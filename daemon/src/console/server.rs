@@ -4,7 +4,9 @@
 //! Each accepted connection takes a slot of `console.max_connections`, at most
 //! `console.max_connections_per_address` of them per client address; beyond either cap
 //! the connection is closed at once, so a flood from one address cannot lock others out.
-//! The TLS handshake must finish within [`HANDSHAKE_TIMEOUT`]; after it, the
+//! When every slot is taken, a new connection takes the slot of the oldest connection still
+//! in its TLS handshake ([`super::handshakes`]): bare TCP connections cannot hold the
+//! console. The TLS handshake must finish within [`HANDSHAKE_TIMEOUT`]; after it, the
 //! [`timeouts`](super::timeouts) clock closes connections whose request headers do not
 //! arrive within `console.header_read_timeout_secs` or that stay without a request for
 //! `console.idle_timeout_secs`, and never while a request (an event stream included) is in
@@ -12,6 +14,7 @@
 //! `console.max_requests` only while they run. At shutdown the listener closes, open
 //! connections get a grace period, then are dropped.
 
+use super::handshakes::Handshakes;
 use super::timeouts::{Clock, Guarded, Watched};
 use super::Console;
 use std::net::SocketAddr;
@@ -76,6 +79,7 @@ pub async fn serve(
     let service = warp::service(super::api::filter(console.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refused = Refusals::default();
+    let handshakes = Handshakes::default();
     loop {
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -88,22 +92,36 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let slot = match console.limits.connections.try_take(peer.ip()) {
-            Ok(slot) => slot,
+        let connections = &console.limits.connections;
+        let taken = match connections.try_take(peer.ip()) {
+            Err(super::limits::Refused::Total(_)) if handshakes.evict_oldest() => {
+                log::debug!("console: {peer} takes the slot of the oldest unfinished handshake");
+                connections.try_take(peer.ip())
+            }
+            other => other,
+        };
+        let slot = match taken {
+            Ok(slot) => Handshakes::hold(slot),
             Err(why) => {
                 refused.note(peer, why);
                 drop(tcp);
                 continue;
             }
         };
+        let held = slot.clone();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
         let (header_read, idle) = (console.limits.header_read, console.limits.idle);
-        tokio::spawn(async move {
-            let _slot = slot;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let task = tokio::spawn(async move {
+            let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            // Done with the handshake either way: the slot is taken back from the list of
+            // handshakes (freed now on failure, this connection's until it closes else).
+            let Some(_slot) = Handshakes::finish(&slot) else {
+                return;
+            };
+            let stream = match shaken {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     log::debug!("console: TLS handshake with {peer} failed: {e}");
@@ -143,6 +161,7 @@ pub async fn serve(
                 }
             }
         });
+        handshakes.register(held, task.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())

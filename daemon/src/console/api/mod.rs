@@ -117,9 +117,14 @@ fn body_plan(
     Ok(BodyPlan::Upload(console.limits.max_upload, slot))
 }
 
+/// Slowest a request body may arrive on average, beyond the first `stall`: a body that
+/// trickles in (one byte every few seconds) would otherwise hold its connection for days.
+pub const MIN_BODY_BYTES_PER_SEC: u64 = 64 * 1024;
+
 /// Reads a body of at most `limit` bytes: 413 as soon as the declared length or the
 /// bytes received pass it (nothing beyond it is buffered), 408 when no byte arrives for
-/// `stall`.
+/// `stall`, or when the whole body has not arrived within `stall` plus its size (declared,
+/// else `limit`) at [`MIN_BODY_BYTES_PER_SEC`].
 async fn read_body<S, B>(
     mut stream: S,
     headers: &HeaderMap,
@@ -137,9 +142,14 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(size_text(limit)));
     }
+    let size = declared.unwrap_or(limit as u64).min(limit as u64);
+    let deadline = tokio::time::Instant::now()
+        + stall
+        + std::time::Duration::from_secs(size / MIN_BODY_BYTES_PER_SEC + 1);
     let mut out = Vec::new();
     loop {
-        let next = tokio::time::timeout(stall, stream.next())
+        let until = deadline.min(tokio::time::Instant::now() + stall);
+        let next = tokio::time::timeout_at(until, stream.next())
             .await
             .map_err(|_| ApiError::Timeout)?;
         let Some(chunk) = next else { break };
