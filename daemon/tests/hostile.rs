@@ -522,23 +522,32 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     }
 
     // 8. An endless data set: fragments never marked last. The daemon must abort at
-    //    dicom.max_instance_mb and remove the partial file.
-    let ids = s.ids();
-    let mut peer = s.peer(DX, EXPLICIT_LE);
+    //    dicom.max_instance_mb and remove the partial file. 8b. The same for a refused
+    //    request (a CT C-STORE over the DX context): its data set is dropped as it
+    //    arrives, but not for ever.
     let fragment = vec![0x42u8; 60_000];
-    let (answer, sent) = peer.endless_store(&ids.sop, &fragment, 64 * 1024 * 1024);
-    assert!(
-        matches!(answer, Answer::Aborted(_)),
-        "endless data set: {answer:?}"
-    );
-    assert!(
-        sent < 4 * MAX_INSTANCE_MB * 1024 * 1024,
-        "endless data set: {sent} bytes went in before the abort"
-    );
-    drop(peer);
-    let log = s.daemon.log();
-    assert!(log.contains("exceeds the maximum instance size"), "{log}");
-    s.check("endless data set");
+    for (what, sop_class, logged) in [
+        ("endless data set", DX, "exceeds the maximum instance size"),
+        (
+            "endless data set of a refused request",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "the data set of a refused request",
+        ),
+    ] {
+        let ids = s.ids();
+        let mut peer = s.peer(DX, EXPLICIT_LE);
+        let (answer, sent) =
+            peer.endless_store_of(sop_class, &ids.sop, &fragment, 64 * 1024 * 1024);
+        assert!(matches!(answer, Answer::Aborted(_)), "{what}: {answer:?}");
+        assert!(
+            sent < 4 * MAX_INSTANCE_MB * 1024 * 1024,
+            "{what}: {sent} bytes went in before the abort"
+        );
+        drop(peer);
+        let log = s.daemon.log();
+        assert!(log.contains(logged), "{what}: {log}");
+        s.check(what);
+    }
 
     // 9. A truncated data set: the connection drops mid data set.
     let ids = s.ids();

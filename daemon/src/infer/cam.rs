@@ -43,12 +43,46 @@ pub enum CamError {
 
 /// The class-activation graph of `manifest`'s network with the weights it reads;
 /// `Ok(None)` when the manifest's heatmaps are not `cam`.
-pub fn for_manifest(manifest: &Manifest) -> Result<Option<(CamGraph, Vec<u8>)>, CamError> {
+pub fn for_manifest(manifest: &Manifest) -> Result<Option<CamGraph>, CamError> {
     let Some(n) = cam_network(manifest)? else {
         return Ok(None);
     };
-    let graph = CamGraph::prepare(&n.xml, &n.bin, n.features)?;
-    Ok(Some((graph, n.bin)))
+    // Only the head's constants are read from the weights file, not the whole of it.
+    let weights: Box<dyn WeightSource> = match manifest.weights_path() {
+        Some(p) => Box::new(
+            std::fs::File::open(&p).map_err(|e| CamError::Read(format!("{}: {e}", p.display())))?,
+        ),
+        None => Box::new(Vec::new()),
+    };
+    CamGraph::prepare(&n.xml, weights.as_ref(), n.features).map(Some)
+}
+
+/// Where the head's constants are read from: the weights in memory, or the weights file
+/// (read at the constants' offsets only).
+pub trait WeightSource {
+    /// `size` bytes at `offset`, or `None` when they lie outside the weights.
+    fn bytes(&self, offset: u64, size: usize) -> Option<Vec<u8>>;
+}
+
+impl WeightSource for Vec<u8> {
+    fn bytes(&self, offset: u64, size: usize) -> Option<Vec<u8>> {
+        let start = usize::try_from(offset).ok()?;
+        self.get(start..start.checked_add(size)?)
+            .map(<[u8]>::to_vec)
+    }
+}
+
+impl WeightSource for std::fs::File {
+    fn bytes(&self, offset: u64, size: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let len = self.metadata().ok()?.len();
+        if offset.checked_add(size as u64)? > len {
+            return None;
+        }
+        let mut out = vec![0u8; size];
+        self.read_exact_at(&mut out, offset).ok()?;
+        Some(out)
+    }
 }
 
 /// The features layer, IR and weights of a `cam` manifest's network; `Ok(None)` when its
@@ -63,31 +97,23 @@ fn cam_network(manifest: &Manifest) -> Result<Option<CamNetwork<'_>>, CamError> 
     let path = manifest.model_path();
     let xml = std::fs::read_to_string(&path)
         .map_err(|e| CamError::Read(format!("{}: {e}", path.display())))?;
-    let bin = match manifest.weights_path() {
-        Some(p) => {
-            std::fs::read(&p).map_err(|e| CamError::Read(format!("{}: {e}", p.display())))?
-        }
-        None => Vec::new(),
-    };
-    Ok(Some(CamNetwork { features, xml, bin }))
+    Ok(Some(CamNetwork { features, xml }))
 }
 
 /// What [`cam_network`] reads.
 struct CamNetwork<'a> {
     features: &'a str,
     xml: String,
-    bin: Vec<u8>,
 }
 
-/// A network's IR with its features output added ([`features_output`]).
+/// A network's IR with its features output added ([`features_output`]); its weights stay
+/// in the network's weights file, which the runtime maps.
 #[derive(Debug, Clone)]
 pub struct FeaturesOutput {
     /// The IR XML with the extra output.
     pub xml: String,
     /// Name of the features tensor.
     pub tensor: String,
-    /// The weights the IR reads.
-    pub bin: Vec<u8>,
 }
 
 /// Output activation of the head.
@@ -246,7 +272,7 @@ impl<'a> Graph<'a> {
         &self,
         id: &str,
         port: &str,
-        bin: &[u8],
+        bin: &dyn WeightSource,
     ) -> Result<(Vec<f32>, Vec<usize>), CamError> {
         let mut l = self.producer(id, port)?;
         if l.kind == "Convert" {
@@ -277,9 +303,8 @@ impl<'a> Graph<'a> {
             .split(',')
             .filter_map(|d| d.trim().parse().ok())
             .collect();
-        let bytes = offset
-            .checked_add(size)
-            .and_then(|end| bin.get(offset..end))
+        let bytes = bin
+            .bytes(offset as u64, size)
             .ok_or_else(|| CamError::Ir(format!("constant {} lies outside the weights", l.name)))?;
         let values: Vec<f32> = match data.attribute("element_type") {
             Some("f16") => bytes
@@ -320,11 +345,7 @@ pub fn features_output(manifest: &Manifest) -> Result<Option<FeaturesOutput>, Ca
     let g = Graph::parse(&doc)?;
     let (f, dims, tensor) = g.features_layer(n.features)?;
     let xml = with_output(&n.xml, &g, &f.id, &dims)?;
-    Ok(Some(FeaturesOutput {
-        xml,
-        tensor,
-        bin: n.bin,
-    }))
+    Ok(Some(FeaturesOutput { xml, tensor }))
 }
 
 /// An IEEE half-precision value as f32.
@@ -382,7 +403,11 @@ fn attr_true(l: &Layer, key: &str) -> bool {
 
 impl CamGraph {
     /// Prepares the map of `features` (a layer name) in the IR `xml` with weights `bin`.
-    pub fn prepare(xml: &str, bin: &[u8], features: &str) -> Result<CamGraph, CamError> {
+    pub fn prepare(
+        xml: &str,
+        bin: &dyn WeightSource,
+        features: &str,
+    ) -> Result<CamGraph, CamError> {
         let doc = Document::parse(xml).map_err(|e| CamError::Ir(e.to_string()))?;
         let g = Graph::parse(&doc)?;
         let (f, dims, tensor) = g.features_layer(features)?;
@@ -775,7 +800,7 @@ mod tests {
             Err(CamError::Head(_))
         ));
         // A weights file too short for the constants is refused, not read past.
-        assert!(CamGraph::prepare(&xml, &bin[..8], "block").is_err());
+        assert!(CamGraph::prepare(&xml, &bin[..8].to_vec(), "block").is_err());
     }
 
     /// Output 1 is channel 0 minus channel 1 of the pooled features: its map lights where

@@ -106,26 +106,21 @@ impl Backend for OpenVino {
         } else {
             cam_graph(manifest)
         };
-        let mut model = match &cam {
-            Some(cam::FeaturesOutput { xml: ir, bin, .. }) => {
-                let mut tensor = Tensor::new(
-                    ElementType::U8,
-                    &Shape::new(&[bin.len() as i64]).map_err(compile_err)?,
-                )
-                .map_err(compile_err)?;
-                tensor
-                    .get_raw_data_mut()
-                    .map_err(compile_err)?
-                    .copy_from_slice(bin);
-                self.core
-                    .read_model_from_buffer(ir.as_bytes(), Some(&tensor))
-                    .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?
-            }
-            None => self
-                .core
-                .read_model_from_file(&xml.to_string_lossy(), &weights.to_string_lossy())
-                .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?,
+        // The IR with the features output is written beside nothing of the model's own (a
+        // temporary file): the runtime then maps the weights file itself, as without it,
+        // instead of holding a copy of the weights in memory.
+        let ir_file = match &cam {
+            Some(c) => Some(write_temp_ir(&c.xml).map_err(|e| {
+                BackendError::Compile(format!("the IR with the features output: {e}"))
+            })?),
+            None => None,
         };
+        let ir_path = ir_file.as_ref().map_or(xml.as_path(), |f| f.path());
+        let mut model = self
+            .core
+            .read_model_from_file(&ir_path.to_string_lossy(), &weights.to_string_lossy())
+            .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?;
+        drop(ir_file);
         let shape = PartialShape::new_static(4, &input_shape(manifest, options.batch))
             .map_err(compile_err)?;
         model
@@ -170,6 +165,44 @@ impl Backend for OpenVino {
             features: cam.map(|c| c.tensor),
             shape: input_shape(manifest, options.batch),
         }))
+    }
+}
+
+/// `xml` in a temporary file of this process (created new, owner-only, removed when
+/// dropped).
+fn write_temp_ir(xml: &str) -> std::io::Result<TempIr> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "duli-ir-{}-{}.xml",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let file = TempIr(path);
+    f.write_all(xml.as_bytes())?;
+    f.flush()?;
+    Ok(file)
+}
+
+/// A temporary IR file, removed when dropped.
+struct TempIr(std::path::PathBuf);
+
+impl TempIr {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempIr {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

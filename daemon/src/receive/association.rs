@@ -51,8 +51,13 @@ enum Current {
         rq: Box<Command>,
         identifier: Vec<u8>,
     },
-    /// The data set of a refused request is arriving; it is dropped, then answered.
-    Refused { rq: Box<Command>, refused: Refused },
+    /// The data set of a refused request is arriving; it is dropped (counted against the
+    /// instance size limit), then answered.
+    Refused {
+        rq: Box<Command>,
+        refused: Refused,
+        dropped: u64,
+    },
 }
 
 /// Refused requests after which the association is aborted (each is logged and audited).
@@ -457,6 +462,7 @@ impl<'a> Association<'a> {
             self.current = Current::Refused {
                 rq: command,
                 refused,
+                dropped: 0,
             };
         } else {
             let next = self
@@ -495,7 +501,22 @@ impl<'a> Association<'a> {
                 }
                 identifier.extend_from_slice(bytes);
             }
-            Current::Refused { .. } | Current::Idle => {}
+            Current::Refused { dropped, .. } => {
+                *dropped = dropped.saturating_add(bytes.len() as u64);
+                if *dropped > self.scp.max_instance {
+                    return Next::Abort(AbortReason::Limit(format!(
+                        "the data set of a refused request from {:?} passed the {} byte \
+                         instance limit; aborted",
+                        self.accepted.calling_ae, self.scp.max_instance
+                    )));
+                }
+            }
+            Current::Idle => {
+                return Next::Abort(AbortReason::Protocol(format!(
+                    "a data set from {:?} with no command before it; aborted",
+                    self.accepted.calling_ae
+                )));
+            }
         }
         if !last {
             return Next::Continue;
@@ -503,7 +524,7 @@ impl<'a> Association<'a> {
         match std::mem::replace(&mut self.current, Current::Idle) {
             Current::Store { rq, incoming } => self.finish_store(pc_id, &rq, *incoming).await,
             Current::Request { rq, identifier } => self.start(pc_id, rq, identifier).await,
-            Current::Refused { rq, refused } => {
+            Current::Refused { rq, refused, .. } => {
                 self.send(pc_id, &refused.response(&rq), "connection lost")
                     .await
             }

@@ -169,17 +169,19 @@ impl Peer {
         self.answer()
     }
 
-    /// Starts a C-STORE whose data set is never marked last: keeps sending `fragment` until
-    /// the daemon stops the association or `max_bytes` went out. Returns what came back and
-    /// the bytes sent.
-    pub fn endless_store(
+    /// Starts a C-STORE of `sop_class` whose data set is never marked last: keeps sending
+    /// `fragment` until the daemon stops the association or `max_bytes` went out. Returns
+    /// what came back and the bytes sent. (A class other than the context's makes it a
+    /// refused request whose data set is dropped as it arrives.)
+    pub fn endless_store_of(
         &mut self,
+        sop_class: &str,
         sop_instance: &str,
         fragment: &[u8],
         max_bytes: u64,
     ) -> (Answer, u64) {
         let id = self.next_id();
-        let rq = Command::store_rq(id, DX, sop_instance, Priority::Medium);
+        let rq = Command::store_rq(id, sop_class, sop_instance, Priority::Medium);
         if let Err(e) = self.command(&rq) {
             return (Answer::Aborted(e), 0);
         }
