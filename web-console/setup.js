@@ -1,6 +1,6 @@
 // First-time setup: while the box has no administrator, the login page becomes a form that
-// creates the first one with the one-time setup code shown on the box (its console or
-// journal, or <data dir>/console/setup-code). Uses h(), api(), signedIn() and home() of
+// creates the first one with the one-time setup code shown on the box's own screen (or in
+// <data dir>/console/setup-code; never in the journal). Uses h(), api(), signedIn() and home() of
 // console.js, which calls duliSetup() from its login page.
 "use strict";
 
@@ -33,7 +33,7 @@ function setupForm(st) {
   const msg = h("p", { class: "error", role: "alert" });
   const form = h("form", { class: "card login", id: "setup-form" },
     h("h2", {}, "First-time setup"),
-    h("p", {}, "This box has no administrator yet. Enter the setup code shown on the box's own screen or in its log (also in the file console/setup-code of its data folder), and choose the administrator's password."),
+    h("p", {}, "This box has no administrator yet. Enter the setup code shown on the box's own screen (also in the file console/setup-code of its data folder, readable by root and the service only), and choose the administrator's password."),
     h("label", { for: "setup-code" }, "Setup code"), code,
     h("label", { for: "setup-user" }, "Administrator user name"), user,
     h("label", { for: "setup-password" }, "Password (at least 12 characters)"), pass,

@@ -715,6 +715,13 @@ impl Config {
                         "needs dicom.tls = true (a certificate is only seen on the TLS port)"
                             .into(),
                     );
+                } else if self.dicom.ca.is_none() {
+                    bad(
+                        &key,
+                        "needs dicom.ca: without it no client certificate is asked for, so \
+                         the binding could never match"
+                            .into(),
+                    );
                 }
             }
         }
@@ -865,10 +872,26 @@ impl Config {
         if self.hl7.max_rejections == 0 {
             bad("hl7.max_rejections", "must be at least 1".into());
         }
+        // MSH-4, -5 and -6 are HD namespace ids: at most 20 characters in HL7 v2.5.1.
+        if self.hl7.enabled && self.device.site_id.chars().count() > HL7_NAMESPACE_ID_MAX {
+            bad(
+                "device.site_id",
+                format!(
+                    "is the HL7 sending facility (MSH-4) while hl7.enabled = true: at most \
+                     {HL7_NAMESPACE_ID_MAX} characters"
+                ),
+            );
+        }
         for (key, value) in [
             ("hl7.receiving_application", &self.hl7.receiving_application),
             ("hl7.receiving_facility", &self.hl7.receiving_facility),
         ] {
+            if value.chars().count() > HL7_NAMESPACE_ID_MAX {
+                bad(
+                    key,
+                    format!("at most {HL7_NAMESPACE_ID_MAX} characters (an HL7 namespace id)"),
+                );
+            }
             if value.contains(['|', '^', '~', '\\', '&', '\r', '\n']) {
                 bad(key, "must not contain HL7 delimiters (| ^ ~ \\ &)".into());
             }
@@ -1157,6 +1180,9 @@ fn check_uid_root(root: &str) -> Result<(), UidRootError> {
     Ok(())
 }
 
+/// Longest HL7 v2.5.1 namespace id (HD.1, IS): MSH-4, MSH-5 and MSH-6.
+pub const HL7_NAMESPACE_ID_MAX: usize = 20;
+
 fn check_id(value: &str, key: &str, bad: &mut impl FnMut(&str, String)) {
     if value.is_empty() || value.len() > 64 {
         bad(key, "must be 1 to 64 characters".into());
@@ -1357,6 +1383,25 @@ mod tests {
         let peers = format!(r#"[{{ae_title = "MOD1", cert_sha256 = "{fp}"}}]"#);
         // A certificate binding needs the TLS port; a malformed fingerprint is named.
         assert!(err(&[("DULI_DICOM__ALLOWED_PEERS", &peers)]).contains("needs dicom.tls"));
+        // HL7 namespace ids (MSH-4/5/6) are at most 20 characters.
+        let long_site = err(&[
+            ("DULI_HL7__ENABLED", "true"),
+            ("DULI_HL7__HOST", "ris.example"),
+            ("DULI_DEVICE__SITE_ID", "a-very-long-site-identifier"),
+        ]);
+        assert!(long_site.contains("MSH-4"), "{long_site}");
+        let long_app = err(&[("DULI_HL7__RECEIVING_APPLICATION", "RIS-WITH-A-LONG-NAME-X")]);
+        assert!(long_app.contains("hl7.receiving_application"), "{long_app}");
+        // With the TLS port but no CA, no client certificate is asked for.
+        let tls_without_ca = err(&[
+            ("DULI_DICOM__ALLOWED_PEERS", &peers),
+            ("DULI_DICOM__TLS", "true"),
+            ("DULI_DICOM__TLS_REQUIRE_CLIENT_CERT", "false"),
+        ]);
+        assert!(
+            tls_without_ca.contains("needs dicom.ca"),
+            "{tls_without_ca}"
+        );
         let short = r#"[{ae_title = "MOD1", cert_sha256 = "abcd"}]"#;
         assert!(err(&[("DULI_DICOM__ALLOWED_PEERS", short)])
             .contains("dicom.allowed_peers[0].cert_sha256"));

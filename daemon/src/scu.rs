@@ -301,7 +301,7 @@ pub struct SendResult {
 
 /// The DIMSE status a refused presentation context is reported as: "Refused: SOP Class
 /// not supported".
-pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+pub const SOP_CLASS_NOT_SUPPORTED: u16 = crate::dimse::status::Status::SOP_CLASS_NOT_SUPPORTED.0;
 
 /// Sends files over one association; every file gets a result. A file whose SOP class
 /// and transfer syntax the peer did not accept gets [`SOP_CLASS_NOT_SUPPORTED`].

@@ -95,6 +95,18 @@ fn every_fuzz_crate_target_is_an_entry_point() {
         let src = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
         assert!(src.is_file(), "{} is missing", src.display());
     }
+    // And the other way: every fuzz target source is an entry point replayed here.
+    for entry in std::fs::read_dir(fuzz_dir().join("fuzz_targets")).expect("fuzz_targets") {
+        let path = entry.unwrap().path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        assert!(
+            TARGETS.iter().any(|(name, _)| *name == stem),
+            "{} is fuzzed but not replayed: add it to fuzz_targets::TARGETS",
+            path.display()
+        );
+    }
     assert!(!run("no-such-target", b""));
 }
 

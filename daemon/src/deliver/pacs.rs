@@ -34,8 +34,8 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
     let mut refused = Vec::new();
     for r in results {
         match &r.outcome {
-            Ok(0) => {}
-            Ok(s) if (0xB000..=0xBFFF).contains(s) || *s == 0x0107 || *s == 0x0116 => {}
+            // Success and the warnings (one classification: `Status::class`).
+            Ok(s) if crate::dimse::status::Status(*s).is_ok() => {}
             Ok(scu::SOP_CLASS_NOT_SUPPORTED) => refused.push(format!(
                 "{}: the PACS does not accept this SOP class (status 0122, e.g. a Parametric \
                  Map): take it out of this destination's result_objects",

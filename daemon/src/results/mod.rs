@@ -182,6 +182,22 @@ mod tests {
             crate::model::StudyState::Done
         );
 
+        // A peer's object under another UID whose header claims to come from this box
+        // (its Manufacturer): stored as the peer's. A rebuilt index asks the ledger of
+        // what this box generated, not the header: ours stay ours, the forgery is not.
+        let elsewhere = crate::site_secret::SiteSecret::from_bytes(&[9u8; 32]);
+        let other = uids::ResultUids::new("2.25.", &report.report_id, &elsewhere);
+        let forged = sc::build(&report, &other, &img).unwrap();
+        let forged_uid = other.sc_instance.clone();
+        let forged_rec = store_as(&store, &forged, "PEER", false).unwrap();
+        assert!(!forged_rec.generated);
+        store.reindex().unwrap();
+        let generated = |uid: &str| store.instance(uid).unwrap().unwrap().generated;
+        assert!(generated(&sr_rec.sop_instance_uid));
+        assert!(generated(&sc_rec.sop_instance_uid));
+        assert!(!generated(&forged_uid), "a header made the forgery ours");
+        assert_eq!(store.instance_count(), 3);
+
         let (Some(dsrdump), Some(dcmdump)) = (tool("dsrdump"), tool("dcmdump")) else {
             eprintln!("SKIP: DCMTK absent, objects not parsed by a second reader");
             return;

@@ -333,6 +333,28 @@ fn algorithm(report: &Report, f: &Finding) -> Vec<InMemDicomObject> {
 }
 
 /// The TID 1501 measurement group of one finding.
+/// The measurement group of a study without findings (outside the model's intended use,
+/// or no image analysable): tracked like the others, its comment says why.
+fn not_measured_group(report: &Report, uids: &ResultUids) -> InMemDicomObject {
+    let why = report
+        .notes()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "No image was analysed.".into());
+    let children = vec![
+        text_item("HAS OBS CONTEXT", TRACKING_ID, "not analysed"),
+        uidref_item(
+            "HAS OBS CONTEXT",
+            TRACKING_UID,
+            &uids.tracking("NOT-ANALYSED"),
+        ),
+        text_item("CONTAINS", COMMENT, &why),
+    ];
+    let mut group = container("CONTAINS", MEASUREMENT_GROUP, children);
+    group.put(template(1501));
+    group
+}
+
 fn measurement_group(
     report: &Report,
     uids: &ResultUids,
@@ -491,11 +513,14 @@ pub fn build(
             measurement_group(report, uids, f, explains)
         })
         .collect();
-    // A study outside the intended use has no findings: no empty measurements container,
-    // its comment says why.
-    if !groups.is_empty() {
-        children.push(container("CONTAINS", IMAGING_MEASUREMENTS, groups));
-    }
+    // A study outside the intended use has no findings. TID 1500 still wants its Imaging
+    // Measurements: one group, tracked, whose only content says why nothing was measured.
+    let groups = if groups.is_empty() {
+        vec![not_measured_group(report, uids)]
+    } else {
+        groups
+    };
+    children.push(container("CONTAINS", IMAGING_MEASUREMENTS, groups));
     children.push(text_item(
         "CONTAINS",
         COMMENT,
@@ -524,7 +549,12 @@ mod tests {
     use crate::report::fixtures;
 
     fn comments(sr: &FileDicomObject<InMemDicomObject>) -> Vec<String> {
-        sr.element(tags::CONTENT_SEQUENCE)
+        text_values(sr)
+    }
+
+    /// The TEXT values directly in `item`'s content.
+    fn text_values(item: &InMemDicomObject) -> Vec<String> {
+        item.element(tags::CONTENT_SEQUENCE)
             .unwrap()
             .items()
             .unwrap()
@@ -547,6 +577,34 @@ mod tests {
             texts.iter().any(|t| t
                 == "Not applicable: outside the model's intended use (age 45 y outside the model's 1\u{2013}5 y); not analysed."),
             "{texts:?}"
+        );
+        // TID 1500 still has its Imaging Measurements: one group, whose comment says why.
+        let content = sr.element(tags::CONTENT_SEQUENCE).unwrap().items().unwrap();
+        let measurements = content
+            .iter()
+            .find(|i| {
+                i.element(tags::CONCEPT_NAME_CODE_SEQUENCE)
+                    .ok()
+                    .and_then(|e| {
+                        e.items()?
+                            .first()?
+                            .element(tags::CODE_VALUE)
+                            .ok()?
+                            .to_str()
+                            .ok()
+                    })
+                    .is_some_and(|v| v.trim_end_matches(['\0', ' ']) == "126010")
+            })
+            .expect("an Imaging Measurements container");
+        let group = &measurements
+            .element(tags::CONTENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        let group_texts = text_values(group);
+        assert!(
+            group_texts.iter().any(|t| t.starts_with("Not applicable")),
+            "{group_texts:?}"
         );
         let mut report = fixtures::report();
         report.caveat = Some("patient age unknown: the model is intended for 1\u{2013}5 y".into());
