@@ -111,7 +111,9 @@ pub struct Peer {
     pub target: Target,
 }
 
-/// This box's SCP first (an unspecified bind address is reached over loopback), then the
+/// This box's SCP first (an unspecified bind address is reached over loopback; only when
+/// its plain port is on: with `dicom.plain = false` it speaks DICOM TLS alone, whose
+/// server certificate need not name the loopback address), then the
 /// `[[pacs.destinations]]`: what the connectivity checks echo.
 pub fn configured_peers(config: &crate::config::Config) -> Vec<Peer> {
     let host = match config.dicom.bind {
@@ -129,7 +131,11 @@ pub fn configured_peers(config: &crate::config::Config) -> Vec<Peer> {
             tls: None,
         },
     };
-    std::iter::once(own)
+    config
+        .dicom
+        .plain
+        .then_some(own)
+        .into_iter()
         .chain(config.pacs.destinations.iter().map(|d| Peer {
             name: d.name.clone(),
             own: false,
@@ -489,6 +495,15 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_own_scp_is_echoed_on_its_plain_port_only() {
+        let mut cfg = crate::config::Config::default();
+        let peers = configured_peers(&cfg);
+        assert!(peers[0].own && peers[0].target.port == cfg.dicom.port);
+        cfg.dicom.plain = false;
+        assert!(configured_peers(&cfg).iter().all(|p| !p.own));
+    }
 
     #[test]
     fn targets_parse() {

@@ -114,6 +114,13 @@ pub struct ReportPayload {
     pub caveat: Option<String>,
 }
 
+/// Times in the cloud's messages are rounded down to the hour: a time to the second is
+/// what HL7 (MSH-7) and the PACS carry too, and would let anyone holding those join a cloud
+/// record to a patient by its time stamp.
+pub fn to_the_hour(secs: i64) -> i64 {
+    secs - secs.rem_euclid(3600)
+}
+
 /// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z` for out-of-range values).
 pub fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
@@ -142,7 +149,7 @@ pub fn report_payload(
         patient_pseudonym: (!s.patient_id.trim().is_empty())
             .then(|| secret.pseudonym(PATIENT_DOMAIN, s.patient_id.trim())),
         study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &s.study_instance_uid),
-        created_at: rfc3339(report.created_at),
+        created_at: rfc3339(to_the_hour(report.created_at)),
         modalities: s.modalities.clone(),
         image_count: report.source_sop_instance_uids.len(),
         findings: report.findings.clone(),
@@ -223,7 +230,7 @@ pub fn feedback_payload(
         verdict: if fb.agree { "agree" } else { "disagree" },
         finding: fb.finding.clone(),
         reviewer_role: fb.reviewer_role.clone(),
-        created_at: rfc3339(fb.created_at),
+        created_at: rfc3339(to_the_hour(fb.created_at)),
     }
 }
 
@@ -423,7 +430,8 @@ mod tests {
         assert!(v["findings"][1].get("standard").is_none());
         assert_eq!(v["model"]["precision"], "f32");
         assert_eq!(v["model"]["sha256"], "ab".repeat(32));
-        assert_eq!(v["created_at"], "2024-01-31T09:30:15Z");
+        // To the hour only: the HL7 message and the PACS have it to the second.
+        assert_eq!(v["created_at"], "2024-01-31T09:00:00Z");
         assert_eq!(v["timings_ms"]["infer"], 27.5);
     }
 
