@@ -17,6 +17,7 @@ use duli_firmware::model_pack::install_model_pack;
 use duli_firmware::updater::{MarkGood, Rollback, UpdateError};
 use duli_firmware::{keys, BundleError, PayloadKind, PublicKey, Release, TrustAnchors, Version};
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -205,9 +206,32 @@ fn peek_kind(bundle: &Path) -> Result<PayloadKind, BundleError> {
     Ok(Manifest::from_json(&header.manifest)?.payload.kind)
 }
 
-/// Version of the model pack installed at `dest`, from the manifest saved beside it.
+/// Opens `path` for reading without following a link and without blocking on a FIFO, and
+/// keeps it only when the opened file is a regular file.
+fn open_regular(path: &Path) -> Result<fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("is not a regular file that opens without following a link ({e})"))?;
+    match file.metadata() {
+        Ok(m) if m.file_type().is_file() => Ok(file),
+        Ok(_) => Err("is not a regular file".into()),
+        Err(e) => Err(format!("cannot be examined ({e})")),
+    }
+}
+
+/// Largest manifest sidecar read back.
+const MAX_SIDECAR: u64 = 1 << 20;
+
+/// Version of the model pack installed at `dest`, from the manifest saved beside it (read
+/// without following a link: the folder is the service user's).
 fn installed_pack_version(dest: &Path) -> Option<Version> {
-    let text = fs::read(pack_manifest_path(dest)).ok()?;
+    use std::io::Read;
+    let file = open_regular(&pack_manifest_path(dest)).ok()?;
+    let mut text = Vec::new();
+    file.take(MAX_SIDECAR).read_to_end(&mut text).ok()?;
     Manifest::from_json(&text).ok().map(|m| m.version)
 }
 
@@ -233,11 +257,18 @@ pub fn install(
         (None, true) => cfg.firmware.staged_bundle.clone(),
         (None, false) => anyhow::bail!("give the bundle to install, or --staged"),
     };
-    // The staged bundle lies in the service user's folder and root reads it: only a
-    // regular file is taken (a link could point at a device, a FIFO or a secret).
-    let planted = staged && fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file());
-    let result = if planted {
-        let why = format!("{} is not a regular file", path.display());
+    // The staged bundle lies in the service user's folder and root reads it: it is opened
+    // once, without following a link and without blocking (a FIFO), and taken only when
+    // that opened file is a regular one; every later read goes through this descriptor
+    // (`/proc/self/fd/N`), so swapping the path afterwards changes nothing. (Its content
+    // may still change: the payload is hashed again as it is written.)
+    let opened = if staged {
+        Some(open_regular(&path))
+    } else {
+        None
+    };
+    let result = if let Some(Err(why)) = &opened {
+        let why = format!("{}: {why}", path.display());
         eprintln!("bundle REFUSED: {why}");
         audit(
             &cfg.device.data_dir,
@@ -250,8 +281,15 @@ pub fn install(
         );
         Ok(ExitCode::from(EXIT_REFUSED))
     } else {
-        install_path(cfg, &path, model_name)
+        match &opened {
+            Some(Ok(file)) => {
+                let through = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                install_path(cfg, &through, &path, model_name)
+            }
+            _ => install_path(cfg, &path, &path, model_name),
+        }
     };
+    drop(opened);
     if staged {
         let ok = matches!(result, Ok(ref code) if *code == ExitCode::SUCCESS);
         if ok {
@@ -271,8 +309,10 @@ pub fn install(
     result
 }
 
-fn install_path(cfg: &Config, path: &Path, model_name: &str) -> Result<ExitCode> {
-    let object = path.display().to_string();
+/// Installs the bundle read at `path`, named `shown` in messages and the audit trail (the
+/// staged bundle is read through its descriptor).
+fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Result<ExitCode> {
+    let object = shown.display().to_string();
     let data_dir = &cfg.device.data_dir;
     let anchors = device_anchors(cfg)?;
     // A manifest that does not parse may also be one whose signature fails: report

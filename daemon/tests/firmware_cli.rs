@@ -557,6 +557,18 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
     assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
     assert!(fs::symlink_metadata(b.path("data/staged.duli")).is_err());
     assert_eq!(fs::read(b.path("slot-a.img")).unwrap(), slot_a);
+    // A FIFO (which a blocking open or read would hang on): refused at once.
+    nix::unistd::mkfifo(
+        &b.path("data/staged.duli"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(fs::symlink_metadata(b.path("data/staged.duli")).is_err());
 
     // The folder itself replaced by a link to somewhere else: refused, nothing written.
     fs::rename(b.path("data/models"), b.path("elsewhere")).unwrap();
