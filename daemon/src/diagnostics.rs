@@ -160,7 +160,7 @@ async fn store_stats(cfg: &Config) -> String {
             match tokio::time::timeout(Duration::from_secs(30), control::run_request(data_dir, req))
                 .await
             {
-                Ok(Ok(Response::Ok { data })) => data,
+                Ok(Ok(Response::Ok { data })) => data.value(),
                 Ok(Ok(Response::Error { message })) => serde_json::json!({ "error": message }),
                 Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
                 Err(_) => serde_json::json!({"error": "timed out"}),

@@ -50,7 +50,7 @@ pub fn print_answer(config: Option<PathBuf>, req: Request) -> Result<ExitCode> {
     let resp = runtime()?.block_on(control::run_request(&cfg.device.data_dir, req))?;
     match resp {
         Response::Ok { data } => {
-            println!("{}", serde_json::to_string_pretty(&data)?);
+            println!("{}", serde_json::to_string_pretty(&data.value())?);
             Ok(ExitCode::SUCCESS)
         }
         Response::Error { message } => {

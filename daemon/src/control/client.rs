@@ -8,11 +8,10 @@
 //! which opens the store as that user, and reads its answer.
 
 use super::execute::execute;
-use super::protocol::{OutboxListing, Request, Requeued, Response, StoreStatus};
+use super::protocol::{FromAnswer, OutboxListing, Request, Requeued, Response, StoreStatus};
 use super::socket_path;
 use crate::audit::{Audit, Event, Head, VerificationReport};
 use crate::store::{Store, StoreError};
-use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -39,19 +38,20 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// Runs `req` and decodes its answer as `T` (the type the request answers, see
-/// [`super::Answer`]); the daemon's or the store's refusal is [`ClientError::Refused`].
-pub async fn call<T: DeserializeOwned>(data_dir: &Path, req: Request) -> Result<T, ClientError> {
+/// Runs `req` and takes its answer as `T` (the type the request answers, see
+/// [`super::Answer`]); the daemon's or the store's refusal is [`ClientError::Refused`],
+/// an answer of another kind [`ClientError::Decode`].
+pub async fn call<T: FromAnswer>(data_dir: &Path, req: Request) -> Result<T, ClientError> {
     run_request(data_dir, req).await?.into_answer()
 }
 
 impl Response {
-    /// The answer decoded as `T` (the type the request answers), or the refusal.
-    pub fn into_answer<T: DeserializeOwned>(self) -> Result<T, ClientError> {
+    /// The answer taken as `T` (the type the request answers), or the refusal.
+    pub fn into_answer<T: FromAnswer>(self) -> Result<T, ClientError> {
         match self {
-            Response::Ok { data } => {
-                serde_json::from_value(data).map_err(|e| ClientError::Decode(e.to_string()))
-            }
+            Response::Ok { data } => T::from_answer(data).ok_or_else(|| {
+                ClientError::Decode("an answer of another kind than the request's".into())
+            }),
             Response::Error { message } => Err(ClientError::Refused(message)),
         }
     }

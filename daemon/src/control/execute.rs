@@ -66,7 +66,7 @@ fn user_add(
 /// without one the outbox is opened here.
 pub fn execute(store: &Store, audit: &Audit, outbox: Option<&Outbox>, req: &Request) -> Response {
     match answer(store, audit, outbox, req) {
-        Ok(answer) => Response::answer(&answer),
+        Ok(answer) => Response::answer(answer),
         Err(e) => Response::error(e),
     }
 }

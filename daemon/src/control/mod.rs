@@ -167,7 +167,9 @@ mod tests {
         // The store is held by this process: only the socket path can answer.
         let resp = run_request(dir.path(), Request::Status).await.unwrap();
         match resp {
-            Response::Ok { data } => assert_eq!(data["instances"], 0),
+            Response::Ok {
+                data: Answer::Status(status),
+            } => assert_eq!(status.instances, 0),
             other => panic!("{other:?}"),
         }
         // Records appended through the socket use the daemon's handle: the chain holds.

@@ -1,7 +1,8 @@
 //! The control socket's protocol, shared by the daemon and the command line: one JSON
 //! [`Request`] line, one JSON [`Response`] line. The `data` of an `ok` response is the
-//! request's typed answer ([`Answer`]); the typed client calls ([`super::client`]) decode
-//! it into the type their request answers.
+//! request's typed [`Answer`], tagged with its kind on the wire; the typed client calls
+//! ([`super::client`]) take the variant their request answers ([`FromAnswer`]) and refuse
+//! any other.
 
 use crate::accounts::{PasswordHash, Role, UserInfo};
 use crate::audit::{Event, Head, VerificationReport};
@@ -68,8 +69,8 @@ impl Request {
 pub enum Response {
     /// Done; `data` is the command's result.
     Ok {
-        /// The command's [`Answer`] as JSON.
-        data: serde_json::Value,
+        /// The command's [`Answer`].
+        data: Answer,
     },
     /// Failed; `message` says why.
     Error {
@@ -80,13 +81,8 @@ pub enum Response {
 
 impl Response {
     /// The response carrying `answer`.
-    pub fn answer(answer: &Answer) -> Response {
-        match serde_json::to_value(answer) {
-            Ok(data) => Response::Ok { data },
-            Err(e) => Response::Error {
-                message: format!("answer not encodable: {e}"),
-            },
-        }
+    pub fn answer(answer: Answer) -> Response {
+        Response::Ok { data: answer }
     }
 
     /// The response of a failed request.
@@ -97,10 +93,10 @@ impl Response {
     }
 }
 
-/// The typed answer of each request (the `data` of [`Response::Ok`]; on the wire without
-/// a tag: the request says which it is).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(untagged)]
+/// The typed answer of each request (the `data` of [`Response::Ok`]; on the wire
+/// `{"answer": "<kind>", "value": ...}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "answer", content = "value", rename_all = "snake_case")]
 pub enum Answer {
     /// [`Request::Reindex`].
     Reindexed(ReindexReport),
@@ -122,6 +118,58 @@ pub enum Answer {
     Users(Vec<UserInfo>),
     /// [`Request::AuditAppend`]: the new record's place in the chain.
     AuditAppended(Head),
+}
+
+impl Answer {
+    /// The answer's value as JSON, without its tag (what `duli status` and the others print).
+    pub fn value(&self) -> serde_json::Value {
+        let value = match self {
+            Answer::Reindexed(v) => serde_json::to_value(v),
+            Answer::Status(v) => serde_json::to_value(v),
+            Answer::Studies(v) => serde_json::to_value(v),
+            Answer::AuditVerified(v) => serde_json::to_value(v),
+            Answer::OutboxListed(v) => serde_json::to_value(v),
+            Answer::Requeued(v) => serde_json::to_value(v),
+            Answer::Instances(v) => serde_json::to_value(v),
+            Answer::UserAdded(v) => serde_json::to_value(v),
+            Answer::Users(v) => serde_json::to_value(v),
+            Answer::AuditAppended(v) => serde_json::to_value(v),
+        };
+        value.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+}
+
+/// A type some request answers: taken out of the [`Answer`] of that request, `None` for
+/// any other answer.
+pub trait FromAnswer: Sized {
+    /// The value when `answer` is of this type's variant.
+    fn from_answer(answer: Answer) -> Option<Self>;
+}
+
+macro_rules! from_answer {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        $(impl FromAnswer for $ty {
+            fn from_answer(answer: Answer) -> Option<Self> {
+                match answer {
+                    Answer::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+from_answer! {
+    Reindexed => ReindexReport,
+    Status => StoreStatus,
+    Studies => Vec<StudyRecord>,
+    AuditVerified => VerificationReport,
+    OutboxListed => OutboxListing,
+    Requeued => Requeued,
+    Instances => Vec<InstanceRecord>,
+    UserAdded => UserAdded,
+    Users => Vec<UserInfo>,
+    AuditAppended => Head,
 }
 
 /// Answer of [`Request::Status`]: instances, and studies per state.
