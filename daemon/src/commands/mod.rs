@@ -1,6 +1,8 @@
 //! The bodies of the `duli` subcommands, one module per family; `main.rs` parses the
 //! command line and dispatches here.
 
+pub mod analysis;
+pub mod daemon;
 pub mod diagnostics;
 pub mod firmware;
 pub mod password;

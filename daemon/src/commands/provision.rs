@@ -113,3 +113,76 @@ pub fn apply(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `duli provision`.
+#[derive(clap::Args)]
+pub struct ProvisionArgs {
+    /// Provisioning file (TOML, see config/provision.example.toml).
+    pub file: Option<PathBuf>,
+    /// The configuration file to write (its folder receives tls/, site_secret, ...).
+    #[arg(long, default_value = "/etc/duli/duli.toml")]
+    pub config: PathBuf,
+    /// Test the configured connections instead: C-ECHO, MLLP, MQTT, clock.
+    #[arg(long)]
+    pub check: bool,
+    /// Check everything and print what would be written, without writing.
+    #[arg(long)]
+    pub validate_only: bool,
+    /// Root of the system files (time zone, timesyncd drop-in).
+    #[arg(long, default_value = "/")]
+    pub system_root: PathBuf,
+    /// Service user owning private keys and secrets.
+    #[arg(long, default_value = "duli")]
+    pub owner: String,
+    /// Site identifier.
+    #[arg(long)]
+    pub site_id: Option<String>,
+    /// Device identifier.
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// This box's AE title.
+    #[arg(long)]
+    pub ae_title: Option<String>,
+    /// Time zone (IANA name).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// NTP server (repeat for several).
+    #[arg(long)]
+    pub ntp: Vec<String>,
+    /// Name of the first console administrator.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds each --check test may take.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+/// `duli provision`: the connectivity check with `--check`, else the provisioning.
+pub fn run(args: ProvisionArgs) -> Result<ExitCode> {
+    if args.check {
+        return check(&args.config, std::time::Duration::from_secs(args.timeout));
+    }
+    let overrides = duli::provision::Overrides {
+        site_id: args.site_id,
+        device_id: args.device_id,
+        ae_title: args.ae_title,
+        timezone: args.timezone,
+        ntp: args.ntp,
+        admin: args.admin,
+        data_dir: args.data_dir,
+    };
+    let target = duli::provision::Target {
+        config: args.config,
+        system_root: args.system_root,
+        owner: Some(args.owner),
+    };
+    apply(
+        args.file.as_deref(),
+        &overrides,
+        &target,
+        args.validate_only,
+    )
+}
