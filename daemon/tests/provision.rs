@@ -29,10 +29,14 @@ fn duli(args: &[&str]) -> ToolOutput {
     run(&mut cmd, Duration::from_secs(120))
 }
 
-fn self_signed() -> (String, String) {
-    let c =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    (c.cert.pem(), c.key_pair.serialize_pem())
+/// The harness's PKI (one per stick); certificates and keys as PEM text.
+fn pki(dir: &std::path::Path) -> TestPki {
+    fs::create_dir_all(dir).unwrap();
+    TestPki::generate(dir, "stick").expect("openssl (scripts/setup-test-env.sh installs it)")
+}
+
+fn pem(path: &std::path::Path) -> String {
+    fs::read_to_string(path).unwrap()
 }
 
 /// A technician's USB stick: the example provisioning file with its certificates, keys
@@ -51,13 +55,17 @@ impl Stick {
         fs::create_dir_all(usb.join("secrets")).unwrap();
         fs::create_dir_all(s.path("box/etc")).unwrap();
         fs::create_dir_all(s.path("box/root")).unwrap();
-        for name in ["dicom", "mqtt-client", "console"] {
-            let (cert, key) = self_signed();
-            fs::write(usb.join(format!("certs/{name}.pem")), cert).unwrap();
-            fs::write(usb.join(format!("certs/{name}.key")), key).unwrap();
+        let pki = pki(&s.path("pki"));
+        for (name, cert, key) in [
+            ("dicom", &pki.server_cert, &pki.server_key),
+            ("mqtt-client", &pki.client_cert, &pki.client_key),
+            ("console", &pki.server_cert, &pki.server_key),
+        ] {
+            fs::write(usb.join(format!("certs/{name}.pem")), pem(cert)).unwrap();
+            fs::write(usb.join(format!("certs/{name}.key")), pem(key)).unwrap();
         }
         for name in ["dicom-ca", "mqtt-ca"] {
-            fs::write(usb.join(format!("certs/{name}.pem")), self_signed().0).unwrap();
+            fs::write(usb.join(format!("certs/{name}.pem")), pem(&pki.ca_cert)).unwrap();
         }
         fs::write(usb.join("secrets/site_secret"), format!("{SECRET}\n")).unwrap();
         let example =
@@ -335,7 +343,8 @@ fn bad_input_is_refused_naming_the_key_and_nothing_changes() {
     // A box provisioned once already: a refused second run must leave it as it is.
     s.provision(&[]).assert_success("first provision");
     let good = fs::read_to_string(s.file()).unwrap();
-    let other_key = self_signed().1;
+    // A key of another certificate (the stick's client key).
+    let other_key = pem(&s.path("pki/stick-client.key"));
 
     type Breaker = Box<dyn Fn(&Stick)>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
@@ -505,28 +514,8 @@ fn check_passes_against_live_peers_and_fails_on_closed_ports() {
     let ris = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let ris_port = ris.local_addr().unwrap().port();
     // A real MQTT broker when mosquitto is installed.
-    let mqtt = which("mosquitto").and_then(|bin| {
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .unwrap();
-        let mut b = Background::spawn(
-            "mosquitto",
-            Command::new(bin).arg("-c").arg(&conf),
-            &dir.path().join("mosquitto.log"),
-        )
-        .ok()?;
-        b.wait_for_port(loopback(port), Duration::from_secs(10))
-            .ok()?;
-        Some((b, port))
-    });
-    if mqtt.is_none() {
-        skip("mosquitto not installed: the MQTT row is not tested");
-    }
-    let mqtt_port = mqtt.as_ref().map(|(_, p)| *p);
+    let mqtt = Mosquitto::start();
+    let mqtt_port = mqtt.as_ref().map(|m| m.port);
 
     let cfg = check_config(
         dir.path(),

@@ -6,7 +6,7 @@
 
 // Re-exported for the delivery tests (`use common::delivery::*`); unused by the others.
 #[allow(unused_imports)]
-pub use super::{free_port, repo_root, TestPki};
+pub use super::{free_port, python_with, repo_root, TestPki};
 
 use super::{require_tool, Mosquitto};
 
@@ -15,39 +15,10 @@ use duli::model::StudyRecord;
 use duli::report::{Finding, Report};
 use duli::store::outbox::{Backoff, Destination, Outbox, OutboxLimits};
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A Python that can import every module in `modules`: `DULI_PYTHON`, else the repo's
-/// `.venv`, else `python3`. `None` (and a SKIP line) when there is none.
-pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("DULI_PYTHON") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(repo_root().join(".venv/bin/python"));
-    candidates.push(PathBuf::from("python3"));
-    let import = format!("import {}", modules.join(", "));
-    for c in candidates {
-        let ok = Command::new(&c)
-            .args(["-c", &import])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            return Some(c);
-        }
-    }
-    eprintln!(
-        "SKIP: no Python with {} (set DULI_PYTHON or create .venv with `pip install hl7 jsonschema`)",
-        modules.join(", ")
-    );
-    None
-}
 
 /// Waits until something accepts connections on loopback `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {

@@ -180,19 +180,52 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The Python interpreter of the repository's virtual environment (`.venv/bin/python`),
-/// or `None` with a SKIP line.
+/// The test environment's Python (`DULI_PYTHON`, else the repository's `.venv`), or
+/// `None` with a SKIP line.
 pub fn venv_python() -> Option<PathBuf> {
-    let python = repo_root().join(".venv").join("bin").join("python");
-    if is_executable(&python) {
-        Some(python)
-    } else {
+    let found = python_candidates().into_iter().find(|p| is_executable(p));
+    if found.is_none() {
         skip(&format!(
-            "{} is absent (run scripts/setup-test-env.sh)",
-            python.display()
+            "{} is absent (run scripts/setup-test-env.sh, or set DULI_PYTHON)",
+            repo_root().join(".venv/bin/python").display()
         ));
-        None
     }
+    found
+}
+
+/// The test environment's interpreters, by preference: `DULI_PYTHON`, then the
+/// repository's `.venv` (what `scripts/setup-test-env.sh` makes). The one Python lookup of
+/// the harness.
+fn python_candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("DULI_PYTHON") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(repo_root().join(".venv").join("bin").join("python"));
+    candidates
+}
+
+/// An interpreter that imports every one of `modules`: the test environment's
+/// ([`venv_python`]'s candidates), else the system's `python3`; `None` with a SKIP line.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let import = format!("import {}", modules.join(", "));
+    let mut candidates = python_candidates();
+    candidates.push(PathBuf::from("python3"));
+    let found = candidates.into_iter().find(|c| {
+        Command::new(c)
+            .args(["-c", &import])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        skip(&format!(
+            "no Python with {} (run scripts/setup-test-env.sh, or set DULI_PYTHON)",
+            modules.join(", ")
+        ));
+    }
+    found
 }
 
 /// A `Command` running `script` (Python source) with the venv interpreter and `args`
