@@ -9,7 +9,8 @@
 #                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
 #   make bench-worklist  /api/v1/studies latency (p50/p95) with 10,000 studies (bench/README.md)
 #   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
-#                   with each precision's AUC and gate (bench/README.md)
+#                   with each precision's AUC and gate and the heatmap ms; then release ->
+#                   report p50/p99 with the heatmap, a burst of 200, and peak RSS (bench/README.md)
 #   make bench-infer-throughput  alternating whole runs: int8 as shipped against f32 one file
 #                   at a time and as shipped, medians of ROUNDS (bench/README.md)
 #   make bench-memory  peak RSS of the release daemon (model loaded) for one 8192x8192 16-bit
@@ -100,6 +101,10 @@ bench-worklist:
 bench-infer: test-env
 	$(CARGO) build --release -p duli
 	bench/bench-infer.sh
+	@echo "== release -> MQTT report p50/p99: one-image 2800x2800 16-bit studies, heatmap (class activation) made with the result, quiet_period 0; then studies/hour for a burst of 200"
+	.venv/bin/python bench/e2e.py 100 --rows 2800 --cols 2800 --heatmap cam --burst 200
+	@echo "== peak RSS: one 8192x8192 16-bit instance, and 32 concurrent associations, model loaded"
+	.venv/bin/python bench/memory.py $${CARGO_TARGET_DIR:-target}/release/duli
 
 bench-infer-throughput: test-env
 	$(CARGO) build --release -p duli
