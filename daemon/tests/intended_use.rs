@@ -69,6 +69,12 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     }
     let messages = hl7.lock().unwrap().clone();
     assert_eq!(messages.len(), 3, "HL7 messages: {messages:?}\n{}", d.log());
+    // Every one of them (not applicable, with a caveat, analysed) passes a strict parser.
+    for m in &messages {
+        if let Some(verdict) = common::ris::hl7_strict(m) {
+            assert_eq!(verdict, "valid", "{m}");
+        }
+    }
     let by_patient = |pid: &str| -> String {
         messages
             .iter()

@@ -206,6 +206,9 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
 
     // The RIS got an ORU^R01 with the finding, flagged abnormal (PNEUMONIA_01: p ≈ 0.999).
     let msg = hl7.lock().unwrap()[0].clone();
+    if let Some(verdict) = common::ris::hl7_strict(&msg) {
+        assert_eq!(verdict, "valid", "hl7apy STRICT: {msg}");
+    }
     assert!(msg.starts_with("MSH|^~\\&|DULI|demo-site|"), "{msg}");
     assert!(msg.contains("ORU^R01"), "{msg}");
     assert!(msg.contains("OBX|") && msg.contains("PNEUMONIA"), "{msg}");

@@ -87,3 +87,32 @@ pub fn wait_drained(d: &Daemon, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// What hl7apy says of `msg` at its STRICT level against the HL7 v2.5.1 ORU_R01 structure
+/// (groups, segments, fields, data types, lengths): "valid" or the validator's error;
+/// `None` with a SKIP line when no Python has hl7apy.
+pub fn hl7_strict(msg: &str) -> Option<String> {
+    let python = super::python_with(&["hl7apy"])?;
+    let script = r#"
+import sys
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+from hl7apy.validation import Validator
+text = sys.stdin.read()
+try:
+    m = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    Validator.validate(m, reference=None)
+    print("valid")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(msg.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
