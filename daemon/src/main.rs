@@ -50,6 +50,8 @@ enum Command {
     Echo {
         /// The peer, as AET@HOST:PORT.
         target: String,
+        #[command(flatten)]
+        tls: commands::send::TlsArgs,
         /// Our calling AE title.
         #[arg(long, default_value = "DULI")]
         calling_ae: String,
@@ -61,6 +63,8 @@ enum Command {
     Send {
         /// The peer, as AET@HOST:PORT.
         target: String,
+        #[command(flatten)]
+        tls: commands::send::TlsArgs,
         /// Files or folders (searched recursively).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -154,15 +158,17 @@ fn real_main() -> Result<ExitCode> {
         Command::CheckConfig { config } => commands::daemon::check_config(&config),
         Command::Echo {
             target,
+            tls,
             calling_ae,
             repeat,
-        } => commands::send::echo(&target, &calling_ae, repeat),
+        } => commands::send::echo(&target, &tls, &calling_ae, repeat),
         Command::Send {
             target,
+            tls,
             paths,
             calling_ae,
             parallel,
-        } => commands::send::send(&target, &paths, &calling_ae, parallel),
+        } => commands::send::send(&target, &tls, &paths, &calling_ae, parallel),
         Command::Reindex { config } => commands::store::print_answer(config, Request::Reindex),
         Command::Status { config } => commands::store::print_answer(config, Request::Status),
         Command::Audit { action, config } => commands::store::audit(action, config),

@@ -374,6 +374,40 @@ fn tls_needs_a_trusted_client_certificate() {
     );
     // Neither refused attempt opened an association.
     assert_eq!(d.metric("duli_associations_total"), Some(1.0));
+
+    // The command line's C-ECHO and C-STORE speak the same DICOM TLS (--tls-*).
+    let target = format!("{DULI_AET}@127.0.0.1:{tls_port}");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let with_cert = [
+        "--tls-ca".to_string(),
+        s(&pki.ca_cert),
+        "--tls-cert".into(),
+        s(&pki.client_cert),
+        "--tls-key".into(),
+        s(&pki.client_key),
+    ];
+    let duli = |args: &[String]| {
+        let mut cmd = std::process::Command::new(Daemon::binary());
+        cmd.args(args);
+        run(&mut cmd, Duration::from_secs(60))
+    };
+    let mut echo = vec!["echo".to_string(), target.clone()];
+    echo.extend(with_cert.iter().cloned());
+    duli(&echo).assert_success("duli echo over DICOM TLS with a client certificate");
+    let anonymous = duli(&[
+        "echo".into(),
+        target.clone(),
+        "--tls-ca".into(),
+        s(&pki.ca_cert),
+    ]);
+    assert!(
+        !anonymous.success(),
+        "duli echo without a client certificate accepted"
+    );
+    let mut send = vec!["send".to_string(), target, s(&files[0])];
+    send.extend(with_cert.iter().cloned());
+    duli(&send).assert_success("duli send over DICOM TLS");
+    assert_eq!(d.metric("duli_associations_total"), Some(3.0));
 }
 
 #[test]

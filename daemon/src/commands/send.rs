@@ -1,14 +1,47 @@
 //! `duli echo` and `duli send`: C-ECHO and C-STORE to a DICOM peer.
 
 use super::runtime;
-use anyhow::Result;
+use anyhow::{bail, Result};
+use clap::Args;
 use duli::scu::{self, Target};
+use duli::ul::client::OutboundTls;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// DICOM TLS towards the peer (the same profile as the PACS destinations: TLS 1.2 or 1.3,
+/// BCP 195 suites, the peer's certificate checked against the CA).
+#[derive(Args, Debug, Default)]
+pub struct TlsArgs {
+    /// Speak DICOM TLS: the CA bundle the peer's certificate must chain to.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Our client certificate chain (PEM), when the peer asks for one (with --tls-key).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// `target` (AET@HOST:PORT) with these TLS settings.
+    pub fn target(&self, target: &str) -> Result<Target> {
+        let mut t: Target = target.parse()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("--tls-cert and --tls-key go together");
+        }
+        t.tls = self.tls_ca.clone().map(|ca| OutboundTls {
+            ca,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        });
+        Ok(t)
+    }
+}
+
 /// C-ECHO `repeat` times; fails at the first failure.
-pub fn echo(target: &str, calling_ae: &str, repeat: u32) -> Result<ExitCode> {
-    let target: Target = target.parse()?;
+pub fn echo(target: &str, tls: &TlsArgs, calling_ae: &str, repeat: u32) -> Result<ExitCode> {
+    let target = tls.target(target)?;
     let rt = runtime()?;
     for i in 0..repeat.max(1) {
         match rt.block_on(scu::echo(&target, calling_ae)) {
@@ -29,11 +62,12 @@ pub fn echo(target: &str, calling_ae: &str, repeat: u32) -> Result<ExitCode> {
 /// Sends every DICOM file under `paths` over `parallel` associations.
 pub fn send(
     target: &str,
+    tls: &TlsArgs,
     paths: &[PathBuf],
     calling_ae: &str,
     parallel: usize,
 ) -> Result<ExitCode> {
-    let target: Target = target.parse()?;
+    let target = tls.target(target)?;
     let files = scu::collect_files(paths);
     let mut prepared = Vec::new();
     let mut skipped = 0;
