@@ -173,6 +173,9 @@ pub struct DicomConfig {
     pub allowed_peers: Vec<AllowedPeer>,
     /// Maximum concurrent associations; over it A-ASSOCIATE-RJ (transient).
     pub max_associations: usize,
+    /// Maximum concurrent associations from one address (its share of
+    /// `max_associations`, which caps it); over it A-ASSOCIATE-RJ (transient).
+    pub max_associations_per_address: usize,
     /// Maximum PDU length this SCP receives (bytes).
     pub max_pdu: u32,
     /// Largest instance accepted (MiB); a C-STORE that streams past it is aborted.
@@ -217,6 +220,7 @@ impl Default for DicomConfig {
             uid_root: "2.25.".into(),
             allowed_peers: Vec::new(),
             max_associations: 32,
+            max_associations_per_address: 16,
             max_pdu: 262_144,
             max_instance_mb: 2048,
             quiet_period: 5,
@@ -786,6 +790,12 @@ impl Config {
                     "must be between 1 and 16384, got {}",
                     self.dicom.max_pending_connections
                 ),
+            );
+        }
+        if self.dicom.max_associations_per_address == 0 {
+            bad(
+                "dicom.max_associations_per_address",
+                "must be at least 1 (above dicom.max_associations it is that limit)".into(),
             );
         }
         if self.dicom.max_pending_per_address == 0

@@ -355,3 +355,54 @@ fn six_hundred_silent_connections_do_not_delay_an_echo() {
     let evicted = d.metric("duli_connections_evicted_total").unwrap();
     assert!(evicted >= 568.0, "{evicted}");
 }
+
+#[test]
+fn one_address_holds_at_most_its_share_of_the_associations() {
+    let d = Daemon::builder()
+        .config("dicom", "max_associations", "6")
+        .config("dicom", "max_associations_per_address", "2")
+        .start();
+    // Two from 127.0.0.1 are accepted and held open; a third from it is rejected
+    // (transient), while another address still gets in.
+    let held: Vec<RawPeer> = (0..2)
+        .map(|_| open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]))
+        .collect();
+    let third = RawPeer::associate(
+        d.dicom_addr(),
+        "MODALITY",
+        DULI_AET,
+        &[ctx(1, uids::VERIFICATION)],
+        &[],
+    )
+    .unwrap();
+    assert!(
+        matches!(third, Outcome::Refused(_)),
+        "a third association from one address was accepted"
+    );
+    assert!(
+        d.log().contains("already holds 2 associations"),
+        "{}",
+        d.log()
+    );
+    let Outcome::Accepted(mut elsewhere) = RawPeer::associate_from(
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        d.dicom_addr(),
+        "MODALITY",
+        DULI_AET,
+        &[ctx(1, uids::VERIFICATION)],
+        &[],
+    )
+    .unwrap() else {
+        panic!("another address was refused");
+    };
+    let echo = elsewhere.request(1, &Command::echo_rq(1), None).unwrap();
+    assert_eq!(status(&echo), 0x0000);
+    elsewhere.release().unwrap();
+    for p in held {
+        p.release().unwrap();
+    }
+    // Their slots came back.
+    open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[])
+        .release()
+        .unwrap();
+}

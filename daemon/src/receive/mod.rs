@@ -3,11 +3,13 @@
 //! - [`policy`]: what is offered (SOP classes, transfer syntaxes) built from the config.
 //! - [`server`]: the listener, ARTIM timer, association cap and graceful shutdown.
 //! - [`unassociated`]: the bounded table of connections still to associate.
+//! - [`address_share`]: each address's share of the association slots.
 //! - [`association`]: one association's PDU loop, dispatching DIMSE messages to services.
 //! - [`authorize`]: whether one DIMSE request may run (context, role, permission).
 //! - [`echo`] and [`store`]: the Verification and Storage services; Query/Retrieve
 //!   requests are handed to [`crate::qr`].
 
+pub mod address_share;
 pub mod association;
 pub mod authorize;
 pub mod echo;
@@ -46,6 +48,8 @@ pub struct Scp {
     pub idle: Duration,
     /// Cap on concurrent associations.
     pub max_associations: usize,
+    /// Associations open per client address, at most `dicom.max_associations_per_address`.
+    pub per_address: address_share::AddressShare,
     /// Free bytes to keep on the data disk; below it C-STORE answers A700, and an instance
     /// still streaming in is aborted.
     pub disk_reserve: u64,
@@ -101,6 +105,11 @@ impl Scp {
             artim: Duration::from_secs(dicom.artim_timeout),
             idle: Duration::from_secs(dicom.idle_timeout),
             max_associations: dicom.max_associations,
+            per_address: address_share::AddressShare::new(
+                dicom
+                    .max_associations_per_address
+                    .min(dicom.max_associations),
+            ),
             disk_reserve: config.retention.disk_reserve_mb * 1024 * 1024,
             max_instance: dicom.max_instance_mb * 1024 * 1024,
             drain: Duration::from_secs(15),

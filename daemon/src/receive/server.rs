@@ -103,8 +103,11 @@ async fn connection(
     // Claim a slot; over the cap the rejection is transient (try again later).
     let active = scp.active.fetch_add(1, Ordering::SeqCst) + 1;
     let slot = ActiveGuard(scp.clone());
+    let share = scp.per_address.try_take(peer.ip());
     let negotiated = if active > scp.max_associations {
         Err(reject_busy(active - 1))
+    } else if let Err(held) = &share {
+        Err(negotiate::reject_busy_address(*held))
     } else {
         negotiate::negotiate_with_cert(&rq, peer.ip(), cert_sha256.as_deref(), &scp.policy)
     };

@@ -104,6 +104,20 @@ pub fn reject_busy(active: usize) -> Rejected {
     )
 }
 
+/// The rejection of an association over its address's share
+/// (`dicom.max_associations_per_address`): transient, like the overall limit.
+pub fn reject_busy_address(held: usize) -> Rejected {
+    reject(
+        AssociationRJResult::Transient,
+        AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+        format!(
+            "this address already holds {held} associations (dicom.max_associations_per_address)"
+        ),
+    )
+}
+
 /// Negotiates an association request that came without a client certificate (plain
 /// DICOM) against `policy`.
 pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Accepted, Rejected> {

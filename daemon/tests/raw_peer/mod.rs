@@ -76,7 +76,39 @@ impl RawPeer {
         contexts: &[Proposal],
         roles: &[(&str, bool, bool)],
     ) -> io::Result<Outcome> {
-        let mut stream = TcpStream::connect(addr)?;
+        Self::associate_on(TcpStream::connect(addr)?, calling, called, contexts, roles)
+    }
+
+    /// [`RawPeer::associate`] from source address `src` (an IPv4 loopback address such as
+    /// 127.0.0.2, to stand for another device).
+    pub fn associate_from(
+        src: std::net::Ipv4Addr,
+        addr: SocketAddr,
+        calling: &str,
+        called: &str,
+        contexts: &[Proposal],
+        roles: &[(&str, bool, bool)],
+    ) -> io::Result<Outcome> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stream = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(std::net::IpAddr::V4(src), 0))?;
+            socket.connect(addr).await
+        })?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Self::associate_on(stream, calling, called, contexts, roles)
+    }
+
+    fn associate_on(
+        mut stream: TcpStream,
+        calling: &str,
+        called: &str,
+        contexts: &[Proposal],
+        roles: &[(&str, bool, bool)],
+    ) -> io::Result<Outcome> {
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         stream.set_nodelay(true)?;
         let mut user_variables = vec![UserVariableItem::MaxLength(MAX_PDU)];

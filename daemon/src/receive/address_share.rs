@@ -1,0 +1,76 @@
+//! Each client address's share of the association slots (`dicom.max_associations`): at
+//! most `dicom.max_associations_per_address` at once, so that one device (or one attacker)
+//! holding associations open cannot leave none for the modalities.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Associations open per address.
+#[derive(Debug)]
+pub struct AddressShare {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+}
+
+/// One address's association, counted until dropped.
+#[derive(Debug)]
+pub struct Held {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressShare {
+    /// At most `cap` associations per address.
+    pub fn new(cap: usize) -> AddressShare {
+        AddressShare {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+            cap,
+        }
+    }
+
+    /// Counts one more association of `ip`, or `Err(held)` with how many it holds when
+    /// that is its share already.
+    pub fn try_take(&self, ip: IpAddr) -> Result<Held, usize> {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(Held {
+            counts: self.counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_share_and_gives_it_back() {
+        let share = AddressShare::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let one = share.try_take(a).unwrap();
+        let _two = share.try_take(a).unwrap();
+        assert_eq!(share.try_take(a).unwrap_err(), 2);
+        assert!(share.try_take(b).is_ok(), "another address is not affected");
+        drop(one);
+        assert!(share.try_take(a).is_ok());
+    }
+}
