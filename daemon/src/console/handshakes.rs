@@ -17,7 +17,19 @@ pub type Held = Arc<Mutex<Option<Slot<IpAddr>>>>;
 /// The connections in their handshake.
 #[derive(Default)]
 pub struct Handshakes {
-    waiting: Mutex<VecDeque<(Held, AbortHandle)>>,
+    waiting: Mutex<Waiting>,
+}
+
+/// The queue, and its length at which finished entries are next swept out (so that a
+/// flood costs amortised O(1) per connection, not a walk of the queue each time).
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<(Held, AbortHandle)>,
+    sweep_at: usize,
+}
+
+fn in_handshake(held: &Held) -> bool {
+    held.lock().map(|s| s.is_some()).unwrap_or(false)
 }
 
 impl Handshakes {
@@ -35,16 +47,23 @@ impl Handshakes {
     /// Registers the task serving `held`.
     pub fn register(&self, held: Held, task: AbortHandle) {
         let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        // Entries whose handshake finished are dropped as they are met.
-        w.retain(|(h, _)| h.lock().map(|s| s.is_some()).unwrap_or(false));
-        w.push_back((held, task));
+        // Entries whose handshake finished are dropped from the front as they are met,
+        // and from anywhere whenever the queue doubled since the last sweep.
+        while w.queue.front().is_some_and(|(h, _)| !in_handshake(h)) {
+            w.queue.pop_front();
+        }
+        if w.queue.len() >= w.sweep_at {
+            w.queue.retain(|(h, _)| in_handshake(h));
+            w.sweep_at = (2 * w.queue.len()).max(64);
+        }
+        w.queue.push_back((held, task));
     }
 
     /// Frees the slot of the oldest connection still in its handshake and stops its task;
     /// `false` when there is none.
     pub fn evict_oldest(&self) -> bool {
         let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((held, task)) = w.pop_front() {
+        while let Some((held, task)) = w.queue.pop_front() {
             let slot = held.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(slot) = slot {
                 drop(slot);
@@ -58,9 +77,7 @@ impl Handshakes {
     /// Connections registered and still in their handshake.
     pub fn waiting(&self) -> usize {
         let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        w.iter()
-            .filter(|(h, _)| h.lock().map(|s| s.is_some()).unwrap_or(false))
-            .count()
+        w.queue.iter().filter(|(h, _)| in_handshake(h)).count()
     }
 }
 

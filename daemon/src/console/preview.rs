@@ -6,7 +6,7 @@
 //! round trip.
 
 use crate::infer::decode_sandbox::is_sandboxed;
-use crate::infer::dicom_image::{check_file_pixel_budget, DicomImage, DicomImageError};
+use crate::infer::dicom_image::{DicomImage, DicomImageError};
 use crate::infer::display::GrayImage;
 use crate::infer::frame::Frame;
 use crate::infer::resize::block_means;
@@ -127,11 +127,10 @@ type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;
 /// ([`crate::infer::decode_sandbox`]), which returns the 8-bit display image (window
 /// applied): their previews are made from it ([`from_display`]).
 pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), PreviewError> {
-    check_file_pixel_budget(path, max_pixels).map_err(|e| match e {
+    let image = DicomImage::open_within(path, max_pixels).map_err(|e| match e {
         DicomImageError::Open(e) => PreviewError::Read(e),
         other => PreviewError::Decode(other.to_string()),
     })?;
-    let image = DicomImage::open(path).map_err(|e| PreviewError::Read(e.to_string()))?;
     if is_sandboxed(image.transfer_syntax()) {
         let display = image
             .reduced_display(MAX_SIDE)

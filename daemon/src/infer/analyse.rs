@@ -3,7 +3,7 @@
 //! once the engine has run it, the per-image result. The daemon and the offline tool share
 //! these functions.
 
-use super::dicom_image::{check_file_pixel_budget, DicomImage, DicomImageError};
+use super::dicom_image::{DicomImage, DicomImageError};
 use super::eligibility::{check_with, Eligibility};
 use super::findings::findings;
 use super::manifest::Manifest;
@@ -73,29 +73,23 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
     let start = Instant::now();
     let spec = &manifest.input;
     let (sop, fitted, caveat) = if is_dicom(path) {
-        if let Err(e) = check_file_pixel_budget(path, max_pixels) {
-            log::warn!("{}: {e}", path.display());
-            let sop_instance_uid = crate::store::header::read_header(path)
-                .ok()
-                .map(|h| h.instance.sop_instance_uid);
-            return match e {
-                DicomImageError::TooLarge(reason) => Preparation::NotApplicable {
-                    sop_instance_uid,
-                    reason,
-                },
-                other => Preparation::Error {
-                    sop_instance_uid,
-                    reason: other.to_string(),
-                },
-            };
-        }
-        let img = match DicomImage::open(path) {
+        let img = match DicomImage::open_within(path, max_pixels) {
             Ok(i) => i,
             Err(e) => {
-                return Preparation::Error {
-                    sop_instance_uid: None,
-                    reason: e.to_string(),
-                }
+                log::warn!("{}: {e}", path.display());
+                let sop_instance_uid = crate::store::header::read_header(path)
+                    .ok()
+                    .map(|h| h.instance.sop_instance_uid);
+                return match e {
+                    DicomImageError::TooLarge(reason) => Preparation::NotApplicable {
+                        sop_instance_uid,
+                        reason,
+                    },
+                    other => Preparation::Error {
+                        sop_instance_uid,
+                        reason: other.to_string(),
+                    },
+                };
             }
         };
         let sop = Some(img.header().sop_instance_uid.clone());

@@ -245,6 +245,18 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> String {
 impl DicomImage {
     /// Opens and parses the whole file (pixel data stays encoded until asked for).
     pub fn open(path: &Path) -> Result<DicomImage, DicomImageError> {
+        Self::open_checked(path, None)
+    }
+
+    /// [`DicomImage::open`] of an image held to `max_pixels` pixel samples
+    /// ([`check_pixel_budget`], [`DicomImageError::TooLarge`]), checked on the header
+    /// before anything else is loaded: one pre-scan and one header parse, as the analysis
+    /// and the previews need.
+    pub fn open_within(path: &Path, max_pixels: u64) -> Result<DicomImage, DicomImageError> {
+        Self::open_checked(path, Some(max_pixels))
+    }
+
+    fn open_checked(path: &Path, max_pixels: Option<u64>) -> Result<DicomImage, DicomImageError> {
         let summary = crate::dataset_guard::check_file(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
         // Native pixel data stays in the file (read a row at a time when decoded);
@@ -253,6 +265,10 @@ impl DicomImage {
             .read_until(tags::PIXEL_DATA)
             .open_file(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        if let Some(limit) = max_pixels {
+            check_pixel_budget(&header, limit)
+                .map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
+        }
         let pixels_at = native_pixel_offset(&header, path);
         let obj = match pixels_at {
             Some(_) => header,

@@ -511,12 +511,9 @@ impl<'a> Association<'a> {
                     )));
                 }
             }
-            Current::Idle => {
-                return Next::Abort(AbortReason::Protocol(format!(
-                    "a data set from {:?} with no command before it; aborted",
-                    self.accepted.calling_ae
-                )));
-            }
+            // Never reached: the assembler aborts on a data fragment that no command
+            // announced.
+            Current::Idle => {}
         }
         if !last {
             return Next::Continue;

@@ -197,18 +197,13 @@ impl Recorder {
         let report = Report::from_result(result, study);
         let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret);
         let mut batch = d.plan.report_entries(&report, &d.secret);
-        let sources: Vec<_> = report
-            .source_sop_instance_uids
-            .iter()
-            .filter_map(|uid| self.store.instance(uid).ok().flatten())
-            .collect();
         if !heatmaps_to_make.is_empty() {
             // The SR is made once its heatmap is settled (made, skipped or failed), so that
             // it references the Parametric Map only when the map exists
             // ([`Recorder::record_heatmap`]).
             return batch;
         }
-        match results::sr::build(&report, &uids, &sources, None)
+        match results::sr::build(&report, &uids, &self.sources(&report), None)
             .and_then(|sr| results::store_object(&self.store, &sr))
         {
             Ok(rec) => batch.extend(d.plan.push_entries(
@@ -247,7 +242,10 @@ impl Recorder {
             if let Some((png, _)) = &made {
                 self.heatmap_objects(d, study_uid, version, sop_uid, png);
             }
-            self.settled_report(d, study_uid, version, sop_uid, made.as_ref().map(|m| &m.1));
+            // A heatmap recorded as still pending settles nothing.
+            if !matches!(state, HeatmapState::Pending { .. }) {
+                self.settled_report(d, study_uid, version, sop_uid, made.as_ref().map(|m| &m.1));
+            }
         }
         stored::set_heatmap(&self.store, study_uid, version, sop_uid, state, heatmap_ms)?;
         self.store.flush_blocking()?;
@@ -255,6 +253,15 @@ impl Recorder {
             study_uid: study_uid.to_string(),
         });
         Ok(())
+    }
+
+    /// The stored instances `report` was made from (those still in the index).
+    fn sources(&self, report: &Report) -> Vec<crate::model::InstanceRecord> {
+        report
+            .source_sop_instance_uids
+            .iter()
+            .filter_map(|uid| self.store.instance(uid).ok().flatten())
+            .collect()
     }
 
     /// Whether `uid` is an object this box generated (a peer's object under the same UID
@@ -292,11 +299,6 @@ impl Recorder {
             return;
         }
         let report = Report::from_result(&result, &study);
-        let sources: Vec<_> = report
-            .source_sop_instance_uids
-            .iter()
-            .filter_map(|uid| self.store.instance(uid).ok().flatten())
-            .collect();
         let finding = explained
             .cloned()
             .or_else(|| heatmap_finding(&result))
@@ -307,8 +309,8 @@ impl Recorder {
             series: &uids.pm_series,
             finding: code,
         });
-        let made =
-            results::sr::build(&report, &uids, &sources, explanation).map_err(ObjectError::from);
+        let made = results::sr::build(&report, &uids, &self.sources(&report), explanation)
+            .map_err(ObjectError::from);
         self.commit_object(d, &report, made, Kind::StructuredReport, &uids.sr_instance);
     }
 
