@@ -238,3 +238,57 @@ fn jpeg_2000_part_2_is_sandboxed_too_and_previews_take_the_same_route() {
     let err = duli::console::preview::render(&part2, 16).unwrap_err();
     assert!(err.to_string().contains("too large"), "{err}");
 }
+
+/// Hostile stored instances retrieved by a peer that wants them uncompressed: a corrupted
+/// JPEG 2000 codestream (decoded in the child), a truncated RLE one (decoded here, behind
+/// the stream checks) and an image over the pixel budget are each a clear error for that
+/// sub-operation, never a crash; a good one is re-encoded.
+#[test]
+fn retrieval_of_hostile_stored_instances_fails_cleanly() {
+    use duli::qr::payload::{load, Payload, PayloadError};
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    let dir = tempfile::tempdir().unwrap();
+    let record = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        let obj = dicom_object::open_file(seed(name)).unwrap();
+        duli::model::InstanceRecord {
+            sop_instance_uid: name.into(),
+            transfer_syntax: obj
+                .meta()
+                .transfer_syntax()
+                .trim_end_matches('\0')
+                .to_string(),
+            path: name.into(),
+            ..Default::default()
+        }
+    };
+    // Good: re-encoded.
+    let good = record(
+        "j2k-lossless.dcm",
+        &std::fs::read(seed("j2k-lossless.dcm")).unwrap(),
+    );
+    assert!(matches!(
+        load(dir.path(), &good, EXPLICIT_LE, 1 << 30),
+        Ok(Payload::Transcoded(_))
+    ));
+    // Over the pixel budget: refused before anything is decoded.
+    let err = load(dir.path(), &good, EXPLICIT_LE, 16).unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+    // Corrupted codestreams, the lengths left intact.
+    for name in ["j2k-lossy.dcm", "rle.dcm"] {
+        let mut bytes = std::fs::read(seed(name)).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[n - n / 3..n - 16] {
+            *b = 0xA5;
+        }
+        let rec = record(name, &bytes);
+        match load(dir.path(), &rec, EXPLICIT_LE, 1 << 30) {
+            Err(PayloadError::Transcode { .. }) | Ok(_) => {}
+            Err(other) => panic!("{name}: {other}"),
+        }
+    }
+    // Truncated: the pre-scan refuses it.
+    let bytes = std::fs::read(seed("rle.dcm")).unwrap();
+    let rec = record("rle.dcm", &bytes[..bytes.len() / 2]);
+    assert!(load(dir.path(), &rec, EXPLICIT_LE, 1 << 30).is_err());
+}

@@ -406,3 +406,22 @@ fn one_address_holds_at_most_its_share_of_the_associations() {
         .release()
         .unwrap();
 }
+
+#[test]
+fn a_data_set_with_no_command_before_it_ends_the_association() {
+    let d = Daemon::start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+    peer.data_only(1, &[0u8; 64]).unwrap();
+    // The daemon aborts: the next read ends (A-ABORT, then the connection closes).
+    assert!(peer.command().is_err(), "the association went on");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("without a command announcing a data set") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And it serves the next peer.
+    let mut next = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+    let echo = next.request(1, &Command::echo_rq(1), None).unwrap();
+    assert_eq!(status(&echo), 0x0000);
+    next.release().unwrap();
+}

@@ -177,6 +177,15 @@ impl RawPeer {
         Ok(())
     }
 
+    /// Sends `data` as data set fragments on context `pc_id` with no command before them
+    /// (a protocol violation).
+    pub fn data_only(&mut self, pc_id: u8, data: &[u8]) -> io::Result<()> {
+        for pdv in fragments(pc_id, PDataValueType::Data, data, MAX_PDU) {
+            write_pdu(&mut self.stream, &Pdu::PData { data: vec![pdv] })?;
+        }
+        Ok(())
+    }
+
     /// Reads until a whole command arrives and returns it (data set fragments in between
     /// are skipped); an error when the association ends first.
     pub fn command(&mut self) -> io::Result<Command> {
