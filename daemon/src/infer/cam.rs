@@ -2,13 +2,15 @@
 //! same inference pass as the result.
 //!
 //! A manifest with `[heatmap] method = "cam"` names the last convolutional block of its
-//! network (`features`, a layer of the IR). At load, [`CamGraph::prepare`] reads the IR:
+//! network (`features`, a layer of the IR). At load:
 //!
-//! - it adds the block's output as an extra network output (a `Result` layer and its edge,
-//!   in the XML handed to the runtime: the files on disk are not changed), and
-//! - it walks the graph from that block through the head — global average pooling, then
-//!   one or more dense layers (`MatMul` + bias `Add`, `ReLU` between them), then `SoftMax`,
-//!   `Sigmoid` or nothing — and reads the head's weights from the weights file.
+//! - [`features_output`] adds the block's output as an extra network output (a `Result`
+//!   layer and its edge, in the XML handed to the runtime: the files on disk are not
+//!   changed), and
+//! - [`CamHead::read`] walks the graph from that block through the head — global average
+//!   pooling, then one or more dense layers (`MatMul` + bias `Add`, `ReLU` between them),
+//!   then `SoftMax`, `Sigmoid` or nothing — and reads the head's weights from the weights
+//!   file.
 //!
 //! With the block's activations `A` (K channels of H × W) of one image, [`CamHead::cam`]
 //! computes Grad-CAM for the explained finding exactly: the gradient of the finding's
@@ -43,7 +45,7 @@ pub enum CamError {
 
 /// The class-activation graph of `manifest`'s network with the weights it reads;
 /// `Ok(None)` when the manifest's heatmaps are not `cam`.
-pub fn for_manifest(manifest: &Manifest) -> Result<Option<CamGraph>, CamError> {
+pub fn for_manifest(manifest: &Manifest) -> Result<Option<CamHead>, CamError> {
     let Some(n) = cam_network(manifest)? else {
         return Ok(None);
     };
@@ -54,7 +56,7 @@ pub fn for_manifest(manifest: &Manifest) -> Result<Option<CamGraph>, CamError> {
         ),
         None => Box::new(Vec::new()),
     };
-    CamGraph::prepare(&n.xml, weights.as_ref(), n.features).map(Some)
+    CamHead::read(&n.xml, weights.as_ref(), n.features).map(Some)
 }
 
 /// Where the head's constants are read from: the weights in memory, or the weights file
@@ -151,17 +153,6 @@ pub struct CamHead {
     pub shape: (usize, usize, usize),
     /// The features are laid out channel-last (H × W × K) rather than K × H × W.
     pub channels_last: bool,
-}
-
-/// The IR with the features output added, and the head to compute maps with.
-#[derive(Debug, Clone)]
-pub struct CamGraph {
-    /// The IR XML with the extra output.
-    pub xml: String,
-    /// Name of the features tensor (to fetch it from an inference request).
-    pub tensor: String,
-    /// The head.
-    pub head: CamHead,
 }
 
 struct Layer<'a> {
@@ -341,11 +332,16 @@ pub fn features_output(manifest: &Manifest) -> Result<Option<FeaturesOutput>, Ca
     let Some(n) = cam_network(manifest)? else {
         return Ok(None);
     };
-    let doc = Document::parse(&n.xml).map_err(|e| CamError::Ir(e.to_string()))?;
+    ir_with_features(&n.xml, n.features).map(Some)
+}
+
+/// The IR `xml` with the output of layer `features` added as an extra network output.
+pub fn ir_with_features(xml: &str, features: &str) -> Result<FeaturesOutput, CamError> {
+    let doc = Document::parse(xml).map_err(|e| CamError::Ir(e.to_string()))?;
     let g = Graph::parse(&doc)?;
-    let (f, dims, tensor) = g.features_layer(n.features)?;
-    let xml = with_output(&n.xml, &g, &f.id, &dims)?;
-    Ok(Some(FeaturesOutput { xml, tensor }))
+    let (f, dims, tensor) = g.features_layer(features)?;
+    let xml = with_output(xml, &g, &f.id, &dims)?;
+    Ok(FeaturesOutput { xml, tensor })
 }
 
 /// An IEEE half-precision value as f32.
@@ -401,16 +397,13 @@ fn attr_true(l: &Layer, key: &str) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-impl CamGraph {
-    /// Prepares the map of `features` (a layer name) in the IR `xml` with weights `bin`.
-    pub fn prepare(
-        xml: &str,
-        bin: &dyn WeightSource,
-        features: &str,
-    ) -> Result<CamGraph, CamError> {
+impl CamHead {
+    /// Reads the head after layer `features` (its last convolutional block) in the IR
+    /// `xml`, its constants from `bin`.
+    pub fn read(xml: &str, bin: &dyn WeightSource, features: &str) -> Result<CamHead, CamError> {
         let doc = Document::parse(xml).map_err(|e| CamError::Ir(e.to_string()))?;
         let g = Graph::parse(&doc)?;
-        let (f, dims, tensor) = g.features_layer(features)?;
+        let (f, dims, _) = g.features_layer(features)?;
         let pool = g.next(&f.id)?;
         if pool.kind != "ReduceMean" {
             return Err(CamError::Head(format!(
@@ -492,16 +485,11 @@ impl CamGraph {
                 )))
             }
         };
-        let xml = with_output(xml, &g, &f.id, &dims)?;
-        Ok(CamGraph {
-            xml,
-            tensor,
-            head: CamHead {
-                layers,
-                activation,
-                shape,
-                channels_last,
-            },
+        Ok(CamHead {
+            layers,
+            activation,
+            shape,
+            channels_last,
         })
     }
 }
@@ -784,23 +772,24 @@ mod tests {
     #[test]
     fn the_walk_finds_the_head_and_adds_the_output() {
         let (xml, bin) = tiny();
-        let g = CamGraph::prepare(&xml, &bin, "block").unwrap();
-        assert_eq!(g.tensor, "block:0");
-        assert_eq!(g.head.layers.len(), 2);
-        assert_eq!(g.head.activation, HeadActivation::Softmax);
-        assert_eq!(g.head.shape, (2, 2, 2));
-        assert!(g.xml.contains("name=\"duli_cam_features\""));
-        assert!(g
+        let head = CamHead::read(&xml, &bin, "block").unwrap();
+        assert_eq!(head.layers.len(), 2);
+        assert_eq!(head.activation, HeadActivation::Softmax);
+        assert_eq!(head.shape, (2, 2, 2));
+        let out = ir_with_features(&xml, "block").unwrap();
+        assert_eq!(out.tensor, "block:0");
+        assert!(out.xml.contains("name=\"duli_cam_features\""));
+        assert!(out
             .xml
             .contains("<edge from-layer=\"1\" from-port=\"1\" to-layer=\"14\""));
         // The modified IR still parses.
-        Document::parse(&g.xml).unwrap();
+        Document::parse(&out.xml).unwrap();
         assert!(matches!(
-            CamGraph::prepare(&xml, &bin, "nope"),
+            CamHead::read(&xml, &bin, "nope"),
             Err(CamError::Head(_))
         ));
         // A weights file too short for the constants is refused, not read past.
-        assert!(CamGraph::prepare(&xml, &bin[..8].to_vec(), "block").is_err());
+        assert!(CamHead::read(&xml, &bin[..8].to_vec(), "block").is_err());
     }
 
     /// Output 1 is channel 0 minus channel 1 of the pooled features: its map lights where
@@ -808,17 +797,17 @@ mod tests {
     #[test]
     fn grad_cam_follows_the_channel_that_raises_the_output() {
         let (xml, bin) = tiny();
-        let g = CamGraph::prepare(&xml, &bin, "block").unwrap();
+        let head = CamHead::read(&xml, &bin, "block").unwrap();
         // channel 0: hot at (0,0); channel 1: flat 0.1
         let features = [4.0, 0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.1];
-        let p = g.head.probabilities(&features);
+        let p = head.probabilities(&features);
         assert!((p[0] + p[1] - 1.0).abs() < 1e-6 && p[1] > p[0], "{p:?}");
-        let map = g.head.cam(&features, 1);
+        let map = head.cam(&features, 1);
         assert_eq!(map[0], 1.0);
         assert!(map[1..].iter().all(|v| *v == 0.0), "{map:?}");
         // Output 0 rises with channel 1 and falls with channel 0: its map is dark where
         // channel 0 is hot and even elsewhere.
-        let map = g.head.cam(&features, 0);
+        let map = head.cam(&features, 0);
         assert_eq!(map, vec![0.0, 1.0, 1.0, 1.0]);
     }
 }

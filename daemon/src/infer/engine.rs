@@ -467,7 +467,7 @@ impl Drop for Engine {
 /// the manifest is not `cam` or its head is not one the maps support (logged).
 fn cam_head(manifest: &Manifest) -> Option<Arc<CamHead>> {
     match cam::for_manifest(manifest) {
-        Ok(g) => g.map(|g| Arc::new(g.head)),
+        Ok(head) => head.map(Arc::new),
         Err(e) => {
             log::warn!("{}: class-activation maps unavailable: {e}", manifest.name);
             None
