@@ -2,7 +2,7 @@
 //! is allocated (a hostile 4 GiB length costs nothing), and writes each PDU with a single
 //! write. Encoding and decoding of PDU bodies is dicom-ul's.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use dicom_ul::pdu::{read_pdu, write_pdu, Pdu};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -66,21 +66,29 @@ impl PduReader {
     }
 
     /// Reads the next PDU.
+    ///
+    /// Cancel safe: the bytes read so far stay in the reader, so a read dropped at an
+    /// `.await` (a `select!` that woke for the shutdown) loses nothing, and the next call
+    /// goes on from where it stopped. Bytes read past the PDU's end are kept for the next.
+    /// After an error the stream's framing is lost: the bytes held are dropped.
     pub async fn read<S: AsyncRead + Unpin + ?Sized>(
         &mut self,
         stream: &mut S,
     ) -> Result<Pdu, FramingError> {
-        let mut header = [0u8; PDU_HEADER];
-        match stream.read_exact(&mut header[..1]).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(FramingError::Closed)
-            }
-            Err(e) => return Err(e.into()),
+        let read = self.read_one(stream).await;
+        if read.is_err() {
+            self.buf.clear();
         }
-        stream.read_exact(&mut header[1..]).await?;
-        let pdu_type = header[0];
-        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+        read
+    }
+
+    async fn read_one<S: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<Pdu, FramingError> {
+        self.fill(stream, PDU_HEADER).await?;
+        let pdu_type = self.buf[0];
+        let length = u32::from_be_bytes([self.buf[2], self.buf[3], self.buf[4], self.buf[5]]);
         let limit = self.limit(pdu_type)?;
         if length > limit {
             return Err(FramingError::TooLong {
@@ -89,17 +97,39 @@ impl PduReader {
                 limit,
             });
         }
-        self.buf.clear();
-        self.buf.extend_from_slice(&header);
-        self.buf.resize(PDU_HEADER + length as usize, 0);
-        stream.read_exact(&mut self.buf[PDU_HEADER..]).await?;
+        let total = PDU_HEADER + length as usize;
+        self.fill(stream, total).await?;
         // dicom-ul wants a max length within its own bounds; ours is already enforced.
         let max = length.max(dicom_ul::pdu::MINIMUM_PDU_SIZE);
-        match read_pdu(&self.buf[..], max, false) {
+        let pdu = read_pdu(&self.buf[..total], max, false);
+        self.buf.advance(total);
+        match pdu {
             Ok(Some(pdu)) => Ok(pdu),
             Ok(None) => Err(FramingError::Malformed("truncated PDU body".into())),
             Err(e) => Err(FramingError::Malformed(e.to_string())),
         }
+    }
+
+    /// Reads until the buffer holds at least `want` bytes (`want` is bounded by the
+    /// PDU-type limit checked before). End of stream before any byte of a PDU is
+    /// [`FramingError::Closed`]; within one, an i/o error.
+    async fn fill<S: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        want: usize,
+    ) -> Result<(), FramingError> {
+        while self.buf.len() < want {
+            self.buf.reserve(want - self.buf.len());
+            // `read_buf` is cancel safe: if dropped, nothing was read.
+            if stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(if self.buf.is_empty() {
+                    FramingError::Closed
+                } else {
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -159,5 +189,39 @@ mod tests {
             .unwrap();
         let mut r = PduReader::new(16384);
         assert_eq!(r.read(&mut &out[..]).await.unwrap(), Pdu::ReleaseRQ);
+    }
+
+    #[tokio::test]
+    async fn a_read_dropped_mid_pdu_loses_nothing() {
+        use dicom_ul::pdu::{PDataValue, PDataValueType};
+        let data = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: 1,
+                value_type: PDataValueType::Data,
+                is_last: true,
+                data: (0..=255u8).cycle().take(5000).collect(),
+            }],
+        };
+        let mut wire = Vec::new();
+        write(&mut wire, &mut Vec::new(), &data).await.unwrap();
+        write(&mut wire, &mut Vec::new(), &Pdu::ReleaseRQ)
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
+        let mut r = PduReader::new(16384);
+        // Half the header, then half the body: each read is dropped while it waits.
+        for cut in [3, 2500] {
+            tx.write_all(&wire[..cut]).await.unwrap();
+            wire.drain(..cut);
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut rx)).await;
+            assert!(waited.is_err(), "a PDU came from a partial one");
+        }
+        // The rest of both PDUs in one write: each is read whole, in order.
+        tx.write_all(&wire).await.unwrap();
+        assert_eq!(r.read(&mut rx).await.unwrap(), data);
+        assert_eq!(r.read(&mut rx).await.unwrap(), Pdu::ReleaseRQ);
+        drop(tx);
+        assert!(matches!(r.read(&mut rx).await, Err(FramingError::Closed)));
     }
 }
