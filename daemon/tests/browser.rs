@@ -413,16 +413,6 @@ fn console_in_headless_chromium() {
     eprintln!("screenshots: {} {}", shot.display(), shot2.display());
 }
 
-/// Whether the OpenVINO runtime and the default model are in the checkout.
-fn inference_available() -> bool {
-    repo_root()
-        .join(".cache/openvino/libs/libopenvino_c.so")
-        .exists()
-        && repo_root()
-            .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
-            .exists()
-}
-
 /// Logs `user` in through the login form and waits for `hash`.
 fn log_in(wd: &WebDriver, base: &str, user: &str, hash: &str) {
     wd.go(&format!("{base}/#/login"));
@@ -451,7 +441,7 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
     if which("storescu").is_none() {
         return skip("storescu absent");
     }
-    let analysed = inference_available();
+    let analysed = common::inference::inference_available();
     if !analysed {
         skip("OpenVINO runtime or model absent: studies stay queued, no results shown");
     }

@@ -1166,28 +1166,12 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
     );
 }
 
-/// Whether the OpenVINO runtime and the default model are in the checkout (SKIP if not).
-fn inference_available() -> bool {
-    let ok = repo_root()
-        .join(".cache/openvino/libs/libopenvino_c.so")
-        .exists()
-        && repo_root()
-            .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
-            .exists();
-    if !ok {
-        skip(
-            "OpenVINO runtime or model weights absent (scripts/setup-openvino.sh, setup-models.sh)",
-        );
-    }
-    ok
-}
-
 #[test]
 fn an_uploaded_png_is_analysed_and_its_result_never_delivered() {
     let Some(shared) = samples_dir() else {
         return;
     };
-    if !inference_available() {
+    if !common::inference::inference_available() {
         return;
     }
     // A RIS that would take every report: nothing may reach it.

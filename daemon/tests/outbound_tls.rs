@@ -120,6 +120,25 @@ fn received(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A DCMTK storescp "TLSSCP" that speaks only TLS with `pki`'s server certificate and
+/// requires a client certificate its CA signed; it, the folder it stores into, its port.
+fn storescp_tls(dir: &Path, pki: &TestPki) -> (Background, TestDir, u16) {
+    let port = free_port();
+    let out_dir = temp_dir("storescp-tls");
+    let mut cmd = dcmtk("storescp").unwrap();
+    cmd.args(["-aet", "TLSSCP", "-od", out_dir.path().to_str().unwrap()])
+        .arg("+tls")
+        .arg(&pki.server_key)
+        .arg(&pki.server_cert)
+        .arg("+cf")
+        .arg(&pki.ca_cert)
+        .arg("--require-peer-cert")
+        .arg(port.to_string());
+    let mut scp = Background::spawn("storescp", &mut cmd, &dir.join("storescp.log")).unwrap();
+    scp.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+    (scp, out_dir, port)
+}
+
 /// C-MOVE to a DCMTK storescp that speaks only TLS and requires a client certificate:
 /// with the site CA and our certificate every instance arrives; a destination whose CA
 /// does not sign storescp's certificate, one without a client certificate, and one over
@@ -136,20 +155,7 @@ fn c_move_over_dicom_tls_to_storescp_checks_both_certificates() {
     let Some(rogue) = TestPki::generate(dir.path(), "rogue") else {
         return;
     };
-    let port = free_port();
-    let out_dir = temp_dir("storescp-tls");
-    let mut cmd = dcmtk("storescp").unwrap();
-    cmd.args(["-aet", "TLSSCP", "-od", out_dir.path().to_str().unwrap()])
-        .arg("+tls")
-        .arg(&pki.server_key)
-        .arg(&pki.server_cert)
-        .arg("+cf")
-        .arg(&pki.ca_cert)
-        .arg("--require-peer-cert")
-        .arg(port.to_string());
-    let log = dir.path().join("storescp.log");
-    let mut scp = Background::spawn("storescp", &mut cmd, &log).unwrap();
-    scp.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+    let (scp, out_dir, port) = storescp_tls(dir.path(), &pki);
 
     let destinations = format!(
         "[{}, {}, {}, {{name = \"plain\", ae_title = \"PLAIN\", host = \"127.0.0.1\", \
@@ -224,4 +230,127 @@ fn c_move_over_dicom_tls_to_orthanc() {
     assert!(ok, "{text}\n{}\n{}", d.log(), orthanc.process.log());
     let instances = orthanc.get_json("/instances");
     assert_eq!(instances.as_array().unwrap().len(), n, "{instances}");
+}
+
+/// The PACS push (result objects after analysis) over DICOM TLS to a DCMTK storescp that
+/// requires our client certificate: the SR, the Parametric Map and the Secondary Capture
+/// arrive. A second push destination whose CA does not sign storescp's certificate gets
+/// nothing: its entries stay in the outbox, the first retried with the TLS failure as its
+/// last error, so nothing is lost while the site fixes its certificates.
+#[test]
+fn pacs_push_over_dicom_tls_delivers_every_result_object_and_keeps_refused_ones() {
+    if which("storescp").is_none() {
+        return skip("storescp absent");
+    }
+    let Some(samples) = samples_dir() else { return };
+    if !common::inference::inference_available() {
+        return;
+    }
+    let dir = temp_dir("push-tls");
+    let Some(pki) = TestPki::generate(dir.path(), "site") else {
+        return;
+    };
+    let Some(rogue) = TestPki::generate(dir.path(), "rogue") else {
+        return;
+    };
+    let (scp, out_dir, port) = storescp_tls(dir.path(), &pki);
+
+    let push = |name: &str, pki: &TestPki| {
+        format!(
+            "{{name = \"{name}\", ae_title = \"TLSSCP\", host = \"127.0.0.1\", port = {port}, \
+             push = true, result_objects = [\"sr\", \"pm\", \"sc\"], tls = true, \
+             tls_ca = {:?}, tls_cert = {:?}, tls_key = {:?}}}",
+            pki.ca_cert.display().to_string(),
+            pki.client_cert.display().to_string(),
+            pki.client_key.display().to_string()
+        )
+    };
+    let d = Daemon::builder()
+        .with_inference()
+        .config(
+            "pacs",
+            "destinations",
+            &format!("[{}, {}]", push("site", &pki), push("rogue", &rogue)),
+        )
+        .start();
+    let file = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    d.storescu("MODALITY", &[], &[file])
+        .unwrap()
+        .assert_success("storescu");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while received(out_dir.path()).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let classes: Vec<String> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "log"))
+        .map(|p| {
+            open_file(&p)
+                .unwrap()
+                .element(tags::SOP_CLASS_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(['\0', ' '])
+                .to_string()
+        })
+        .collect();
+    let mut classes = classes;
+    classes.sort();
+    assert_eq!(
+        classes,
+        [
+            "1.2.840.10008.5.1.4.1.1.30",    // Parametric Map
+            "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+            "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
+        ],
+        "daemon log:\n{}\nstorescp log:\n{}",
+        d.log(),
+        scp.log()
+    );
+
+    // The rogue destination's three objects wait in the outbox with the TLS failure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+        let rogue_rows: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.contains("pacs:rogue"))
+            .collect();
+        let site_rows = out
+            .stdout
+            .lines()
+            .filter(|l| l.contains("pacs:site"))
+            .count();
+        // The destination's queue is ordered: the first object is retried, the others
+        // wait behind it.
+        if rogue_rows.len() == 3
+            && rogue_rows
+                .iter()
+                .any(|l| l.contains("retrying") && l.contains("TLS handshake failed"))
+        {
+            assert_eq!(
+                site_rows, 0,
+                "site entries not acknowledged:\n{}",
+                out.stdout
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outbox:\n{}\ndaemon log:\n{}",
+            out.combined(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        received(out_dir.path()).len(),
+        3,
+        "the rogue push delivered"
+    );
+    drop(scp);
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::inference::inference_available;
 use common::link::TcpLink;
 use common::ris::wait_drained;
 use common::*;
@@ -22,25 +23,6 @@ fn mllp_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
 /// [`mllp_listener`] that waits `delay` before each answer (a slow RIS).
 fn mllp_listener_slow(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
     common::ris::scripted_ris(Arc::new(|_, id: &str| common::ris::aa(id)), delay)
-}
-
-/// Whether the OpenVINO runtime and the default model are here (a SKIP line otherwise).
-fn inference_available() -> bool {
-    if !repo_root()
-        .join(".cache/openvino/libs/libopenvino_c.so")
-        .exists()
-    {
-        skip("OpenVINO runtime absent (scripts/setup-openvino.sh)");
-        return false;
-    }
-    if !repo_root()
-        .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
-        .exists()
-    {
-        skip("model weights absent (scripts/setup-models.sh)");
-        return false;
-    }
-    true
 }
 
 /// `studies` one-image 256×256 chest DX studies made by tests/tools/make_dx.py in `dir`.

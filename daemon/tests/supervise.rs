@@ -16,20 +16,10 @@ fn odd_ack(id: &str) -> String {
     format!("MSH|^~\\&|RIS|HOSP|DULI|SITE|20261203||ACK^R01^ACK|A1|P|2.5.1\rMSA|AE|{id}|Paciente \\X0é0\\ não encontrado\r")
 }
 
-fn inference_available() -> bool {
-    let runtime = repo_root().join(".cache/openvino/libs/libopenvino_c.so");
-    let weights = repo_root().join("models/pneumonia-xception/pneumonia_xception_fp16.bin");
-    if !runtime.exists() || !weights.exists() {
-        skip("OpenVINO runtime or model weights absent");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn an_odd_ack_neither_stops_hl7_delivery_nor_the_daemon() {
     let Some(samples) = samples_dir() else { return };
-    if !inference_available() {
+    if !common::inference::inference_available() {
         return;
     }
     let answer = |n: usize, id: &str| if n == 1 { odd_ack(id) } else { ris::aa(id) };
