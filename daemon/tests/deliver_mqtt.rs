@@ -7,9 +7,9 @@ mod common;
 use common::delivery::*;
 use duli::config::Config;
 use duli::deliver::mqtt::client::{MqttChannel, MqttSettings};
-use duli::deliver::mqtt::payload::Feedback;
 use duli::deliver::plan::DeliveryPlan;
 use duli::deliver::worker;
+use duli::report::Feedback;
 use duli::site_secret::SiteSecret;
 use duli::store::outbox::{Destination, Outbox};
 use std::path::Path;
@@ -183,13 +183,16 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
     let plan = DeliveryPlan::from_config(&cfg);
     ob.enqueue(&plan.feedback_entries(
         &Feedback {
-            report_id: "rep-0003".into(),
-            study_instance_uid: report(3).study.study_instance_uid,
+            study_uid: report(3).study.study_instance_uid,
+            user: "rita".into(),
             agree: false,
+            comment: "not on this film".into(),
             finding: Some("PNEUMONIA".into()),
-            reviewer_role: "radiologist".into(),
-            created_at: 1_706_700_000,
+            result_version: 1,
+            at_ms: 1_706_700_000_000,
         },
+        "rep-0003",
+        "radiologist",
         &secret(),
     ))
     .unwrap();
@@ -205,6 +208,13 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
     // Keyed like the report it judges: the cloud links the two, an outsider cannot.
     assert_eq!(fb["report_id"], cloud_id("rep-0003").as_str());
     assert_eq!(fb["study_pseudonym"].as_str().unwrap().len(), 64);
+    // The comment and the user name stay on the box; the time is rounded to the hour.
+    let text = fb.to_string();
+    assert!(
+        !text.contains("rita") && !text.contains("not on this film"),
+        "{text}"
+    );
+    assert_eq!(fb["created_at"], "2024-01-31T11:00:00Z", "{text}");
     validate_reports(&lines.snapshot(), dir.path());
     assert_eq!(ob.fill().entries, 0);
 

@@ -2,9 +2,10 @@
 //! the radiologist's feedback) into the [`NewEntry`] list to commit, per the configuration.
 
 use super::hl7::message::{oru_r01, Hl7Profile};
-use super::mqtt::payload::{feedback_payload, report_payload, to_json, Feedback};
+use super::mqtt::payload::{feedback_payload, report_payload, to_json};
 use super::mqtt::topics::Topics;
 use crate::config::{Config, ResultObject};
+use crate::report::Feedback;
 use crate::report::Report;
 use crate::site_secret::SiteSecret;
 use crate::store::outbox::{Destination, Kind, NewEntry, Payload};
@@ -148,19 +149,28 @@ impl DeliveryPlan {
             .collect()
     }
 
-    /// The MQTT entry of a radiologist's feedback (none when MQTT is off).
-    pub fn feedback_entries(&self, fb: &Feedback, secret: &SiteSecret) -> Vec<NewEntry> {
+    /// The MQTT entry of a radiologist's feedback on the report `report_id`, given by a
+    /// user of `reviewer_role` (none when MQTT is off).
+    pub fn feedback_entries(
+        &self,
+        fb: &Feedback,
+        report_id: &str,
+        reviewer_role: &str,
+        secret: &SiteSecret,
+    ) -> Vec<NewEntry> {
         if !self.mqtt {
             return Vec::new();
         }
         vec![NewEntry {
             dest: Destination::Mqtt,
             kind: Kind::Feedback,
-            report_id: fb.report_id.clone(),
+            report_id: report_id.to_string(),
             payload: Payload::Mqtt {
                 topic: self.topics().feedback(),
                 body: to_json(&feedback_payload(
                     fb,
+                    report_id,
+                    reviewer_role,
                     secret,
                     &self.site_id,
                     &self.device_id,
@@ -253,14 +263,15 @@ mod tests {
         assert_eq!(push.len(), 1);
         assert_eq!(push[0].dest, Destination::Pacs("main".into()));
         let fb = Feedback {
-            report_id: "r1".into(),
-            study_instance_uid: "1.2.3".into(),
+            study_uid: "1.2.3".into(),
+            user: "rita".into(),
             agree: false,
+            comment: "not on this film".into(),
             finding: Some("PNEUMONIA".into()),
-            reviewer_role: "radiologist".into(),
-            created_at: 0,
+            result_version: 1,
+            at_ms: 0,
         };
-        let fe = plan.feedback_entries(&fb, &secret);
+        let fe = plan.feedback_entries(&fb, "r1", "radiologist", &secret);
         assert_eq!(fe[0].kind, Kind::Feedback);
     }
 }

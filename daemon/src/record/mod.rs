@@ -394,15 +394,8 @@ impl Recorder {
                 return Ok(());
             }
         }
-        let fb = crate::deliver::mqtt::payload::Feedback {
-            report_id: crate::result::report_id(&f.study_uid, f.result_version.max(1)),
-            study_instance_uid: f.study_uid.clone(),
-            agree: f.agree,
-            finding: f.finding.clone(),
-            reviewer_role: role.to_string(),
-            created_at: f.at_ms / 1000,
-        };
-        let batch = d.plan.feedback_entries(&fb, &d.secret);
+        let report_id = crate::result::report_id(&f.study_uid, f.result_version.max(1));
+        let batch = d.plan.feedback_entries(f, &report_id, role, &d.secret);
         if batch.is_empty() {
             return Ok(());
         }

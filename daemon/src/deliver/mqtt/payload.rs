@@ -173,23 +173,6 @@ pub fn report_payload(
     }
 }
 
-/// The radiologist's verdict on a report, as the console records it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Feedback {
-    /// The report judged.
-    pub report_id: String,
-    /// Its study (pseudonymised before sending).
-    pub study_instance_uid: String,
-    /// Agree (`true`) or disagree.
-    pub agree: bool,
-    /// The finding label the verdict is about, when it is about one.
-    pub finding: Option<String>,
-    /// Reviewer role (`radiologist`); never the user name.
-    pub reviewer_role: String,
-    /// When it was recorded, seconds since the epoch.
-    pub created_at: i64,
-}
-
 /// The feedback payload on `duli/{site}/{device}/feedback`. Free-text comments are not
 /// sent (they may name the patient).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -214,23 +197,27 @@ pub struct FeedbackPayload {
     pub created_at: String,
 }
 
-/// Builds the feedback payload.
+/// Builds the feedback payload of `fb`, a verdict on the report `report_id` (its local
+/// id, keyed here as in the report payload) given by a user of `reviewer_role`. The
+/// comment and the user name stay on the box.
 pub fn feedback_payload(
-    fb: &Feedback,
+    fb: &crate::report::Feedback,
+    report_id: &str,
+    reviewer_role: &str,
     secret: &SiteSecret,
     site_id: &str,
     device_id: &str,
 ) -> FeedbackPayload {
     FeedbackPayload {
         schema: FEEDBACK_SCHEMA,
-        report_id: cloud_report_id(secret, &fb.report_id),
+        report_id: cloud_report_id(secret, report_id),
         site_id: site_id.into(),
         device_id: device_id.into(),
-        study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &fb.study_instance_uid),
+        study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &fb.study_uid),
         verdict: if fb.agree { "agree" } else { "disagree" },
         finding: fb.finding.clone(),
-        reviewer_role: fb.reviewer_role.clone(),
-        created_at: rfc3339(to_the_hour(fb.created_at)),
+        reviewer_role: reviewer_role.into(),
+        created_at: rfc3339(to_the_hour(fb.at_ms.div_euclid(1000))),
     }
 }
 
