@@ -14,6 +14,7 @@
 //! - [`dataset_guard`]: a bounded pre-scan (nesting depth, declared lengths) of every data
 //!   set from outside before dicom-rs parses it.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
+//! - [`client_key`]: the unit per-client limits count (an IPv4 address, an IPv6 /64).
 //! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
 //!   associations, the check of every request (context, role, permission), the Verification
 //!   and Storage services.
@@ -72,6 +73,7 @@ pub mod accounts;
 pub mod assemble;
 pub mod audit;
 pub mod cli_audit;
+pub mod client_key;
 pub mod clock;
 pub mod config;
 pub mod console;

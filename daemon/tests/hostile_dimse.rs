@@ -8,6 +8,7 @@ mod common;
 mod raw_peer;
 
 use common::*;
+use dicom_ul::pdu::{AssociationRJResult, Pdu};
 use duli::dimse::command::{Command, Priority};
 use duli::dimse::uids;
 use raw_peer::{Outcome, Proposal, RawPeer, EXPLICIT_LE};
@@ -424,4 +425,55 @@ fn a_data_set_with_no_command_before_it_ends_the_association() {
     let echo = next.request(1, &Command::echo_rq(1), None).unwrap();
     assert_eq!(status(&echo), 0x0000);
     next.release().unwrap();
+}
+
+/// On a dual-stack listener (`bind = "::"`) an IPv4 peer arrives as `::ffff:a.b.c.d`: the
+/// allow-list entry written with its IPv4 address still admits it and the per-address
+/// share counts it as that address, while an IPv6 peer is held to the entry's address.
+#[test]
+fn a_dual_stack_listener_sees_ipv4_peers_as_their_ipv4_address() {
+    let d = Daemon::builder()
+        .config("dicom", "bind", "::")
+        .config(
+            "dicom",
+            "allowed_peers",
+            r#"[{ae_title = "MODALITY", address = "127.0.0.1", permissions = ["echo"]}]"#,
+        )
+        .config("dicom", "max_associations_per_address", "1")
+        .start();
+    let port = d.dicom_port;
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let associate = |addr| {
+        RawPeer::associate(
+            addr,
+            "MODALITY",
+            DULI_AET,
+            &[ctx(1, uids::VERIFICATION)],
+            &[],
+        )
+        .unwrap()
+    };
+    let Outcome::Accepted(mut first) = associate(v4) else {
+        panic!("the allow-listed IPv4 peer was refused:\n{}", d.log());
+    };
+    let echo = first.request(1, &Command::echo_rq(1), None).unwrap();
+    assert_eq!(status(&echo), 0x0000);
+    // Its share is one association: a second from 127.0.0.1 is refused (transient).
+    match associate(v4) {
+        Outcome::Refused(Pdu::AssociationRJ(rj)) => {
+            assert_eq!(rj.result, AssociationRJResult::Transient, "{rj:?}")
+        }
+        Outcome::Refused(other) => panic!("a second association from 127.0.0.1: {other:?}"),
+        Outcome::Accepted(_) => panic!("a second association from 127.0.0.1 was accepted"),
+    }
+    // ::1 is not the allow-listed address: refused for good.
+    match associate(v6) {
+        Outcome::Refused(Pdu::AssociationRJ(rj)) => {
+            assert_eq!(rj.result, AssociationRJResult::Permanent, "{rj:?}")
+        }
+        Outcome::Refused(other) => panic!("MODALITY from ::1: {other:?}"),
+        Outcome::Accepted(_) => panic!("MODALITY from ::1 was accepted"),
+    }
+    first.release().unwrap();
 }

@@ -5,14 +5,14 @@
 //! connection evicts one of them.
 
 use super::limits::Slot;
+use crate::client_key::ClientKey;
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use tokio::task::AbortHandle;
 
 /// A connection's slot while its handshake runs: taken back by the task once the
 /// handshake is done, or by an eviction.
-pub type Held = Arc<Mutex<Option<Slot<IpAddr>>>>;
+pub type Held = Arc<Mutex<Option<Slot<ClientKey>>>>;
 
 /// The connections in their handshake.
 #[derive(Default)]
@@ -34,13 +34,13 @@ fn in_handshake(held: &Held) -> bool {
 
 impl Handshakes {
     /// A cell for a new connection's slot.
-    pub fn hold(slot: Slot<IpAddr>) -> Held {
+    pub fn hold(slot: Slot<ClientKey>) -> Held {
         Arc::new(Mutex::new(Some(slot)))
     }
 
     /// Takes the slot back from `held` (the handshake finished): it can no longer be
     /// evicted. `None` when it was evicted meanwhile.
-    pub fn finish(held: &Held) -> Option<Slot<IpAddr>> {
+    pub fn finish(held: &Held) -> Option<Slot<ClientKey>> {
         held.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -88,8 +88,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_oldest_handshake_gives_its_slot_and_finished_ones_keep_theirs() {
-        let slots: Slots<IpAddr> = Slots::new(2, 2);
-        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let slots: Slots<ClientKey> = Slots::new(2, 2);
+        let ip = ClientKey::of("127.0.0.2".parse().unwrap());
         let hs = Handshakes::default();
         let idle = || tokio::spawn(std::future::pending::<()>());
         let first = Handshakes::hold(slots.try_take(ip).unwrap());

@@ -5,10 +5,10 @@
 //! place back when dropped, so a connection or upload that ends in any way (answer,
 //! error, timeout, panic of its task) frees it.
 
+use crate::client_key::ClientKey;
 use crate::config::ConsoleConfig;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -104,7 +104,7 @@ pub struct Limits {
     /// pause allowed while a request body arrives.
     pub idle: Duration,
     /// Open connections, by client address.
-    pub connections: Slots<IpAddr>,
+    pub connections: Slots<ClientKey>,
     /// Requests being served (handler running); idle connections hold none.
     pub requests: Arc<Semaphore>,
     /// Live event streams.

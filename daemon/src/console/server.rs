@@ -17,6 +17,7 @@
 use super::handshakes::Handshakes;
 use super::timeouts::{Clock, Guarded, Watched};
 use super::Console;
+use crate::client_key::ClientKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,10 +94,11 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let connections = &console.limits.connections;
-        let taken = match connections.try_take(peer.ip()) {
+        let client = ClientKey::of(peer.ip());
+        let taken = match connections.try_take(client) {
             Err(super::limits::Refused::Total(_)) if handshakes.evict_oldest() => {
                 log::debug!("console: {peer} takes the slot of the oldest unfinished handshake");
-                connections.try_take(peer.ip())
+                connections.try_take(client)
             }
             other => other,
         };

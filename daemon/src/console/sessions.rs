@@ -273,7 +273,8 @@ impl Sessions {
 fn keys(user: &str, addr: Option<IpAddr>) -> Vec<(String, u32)> {
     let mut k = vec![(format!("account:{user}"), FREE_FAILURES_ACCOUNT)];
     if let Some(a) = addr {
-        k.push((format!("address:{a}"), FREE_FAILURES_ADDRESS));
+        let client = crate::client_key::ClientKey::of(a);
+        k.push((format!("address:{client}"), FREE_FAILURES_ADDRESS));
     }
     k
 }

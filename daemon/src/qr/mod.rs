@@ -101,7 +101,7 @@ impl Op {
     /// Appends an audit record as the calling AE.
     pub fn audit(&self, action: Action, object: &str, detail: String, failed: bool) {
         let mut e = Event::new(&format!("ae:{}", self.accepted.calling_ae), action, object)
-            .from(&self.peer.ip().to_string())
+            .from(&self.peer.ip().to_canonical().to_string())
             .detail(detail);
         if failed {
             e = e.failed();

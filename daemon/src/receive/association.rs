@@ -632,7 +632,7 @@ fn record_refusal(
         _ => "-".into(),
     };
     let event = AuditEvent::new(&format!("ae:{calling}"), action, &object)
-        .from(&peer.ip().to_string())
+        .from(&peer.ip().to_canonical().to_string())
         .detail(format!(
             "{} refused ({:04X}): {refusal}",
             rq.command_field, status.0

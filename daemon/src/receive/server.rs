@@ -41,7 +41,9 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let admission = scp.unassociated.admit(peer.ip());
+                let admission = scp
+                    .unassociated
+                    .admit(crate::client_key::ClientKey::of(peer.ip()));
                 if let Some(address) = admission.evicted {
                     scp.metrics
                         .connections_evicted_total
@@ -103,7 +105,9 @@ async fn connection(
     // Claim a slot; over the cap the rejection is transient (try again later).
     let active = scp.active.fetch_add(1, Ordering::SeqCst) + 1;
     let slot = ActiveGuard(scp.clone());
-    let share = scp.per_address.try_take(peer.ip());
+    let share = scp
+        .per_address
+        .try_take(crate::client_key::ClientKey::of(peer.ip()));
     let negotiated = if active > scp.max_associations {
         Err(reject_busy(active - 1))
     } else if let Err(held) = &share {
@@ -188,7 +192,7 @@ fn audit_identity_mismatch(scp: &Scp, peer: SocketAddr, calling: &str, reason: &
     use crate::audit::{Action, Event};
     let calling: String = calling.chars().take(16).collect();
     let event = Event::new(&format!("ae:{calling}"), Action::Other, "dicom-association")
-        .from(&peer.ip().to_string())
+        .from(&peer.ip().to_canonical().to_string())
         .detail(format!("association rejected: {reason}"))
         .failed();
     if let Err(e) = scp.audit.append(event) {

@@ -3,14 +3,15 @@
 //! association slot.
 //!
 //! Two bounds keep a flood of silent connections from locking real peers out: at most
-//! `per_address` unassociated connections from one address and `total` from everywhere.
+//! `per_address` unassociated connections from one address (a [`ClientKey`]: an IPv4
+//! address or an IPv6 /64) and `total` from everywhere.
 //! A newcomer is never turned away: over a bound, the oldest unassociated connection of
 //! that address (over the total: of the address holding the most) is evicted instead, so
 //! a real peer, which sends its A-ASSOCIATE-RQ within milliseconds, always gets its turn
 //! even when it shares an address with the flood (a NAT, a reading-room gateway).
 
+use crate::client_key::ClientKey;
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -27,7 +28,7 @@ pub struct Unassociated {
 struct Inner {
     next_id: u64,
     count: usize,
-    by_address: HashMap<IpAddr, VecDeque<Entry>>,
+    by_address: HashMap<ClientKey, VecDeque<Entry>>,
 }
 
 #[derive(Debug)]
@@ -55,7 +56,7 @@ impl Eviction {
 #[derive(Debug)]
 pub struct Slot {
     table: Arc<Unassociated>,
-    address: IpAddr,
+    address: ClientKey,
     id: u64,
     eviction: Arc<Eviction>,
 }
@@ -66,7 +67,7 @@ pub struct Admission {
     /// The newcomer's slot.
     pub slot: Slot,
     /// The address whose oldest unassociated connection was evicted to make room.
-    pub evicted: Option<IpAddr>,
+    pub evicted: Option<ClientKey>,
 }
 
 impl Unassociated {
@@ -87,7 +88,7 @@ impl Unassociated {
 
     /// Admits a new connection from `address`, evicting an older unassociated one when a
     /// bound would be exceeded.
-    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Admission {
+    pub fn admit(self: &Arc<Self>, address: ClientKey) -> Admission {
         let mut inner = self.lock();
         let own = inner.by_address.get(&address).map_or(0, VecDeque::len);
         let victim = if own >= self.per_address {
@@ -143,7 +144,7 @@ impl Unassociated {
         self.len() == 0
     }
 
-    fn release(&self, address: IpAddr, id: u64) {
+    fn release(&self, address: ClientKey, id: u64) {
         let mut inner = self.lock();
         let Some(queue) = inner.by_address.get_mut(&address) else {
             return;
@@ -187,8 +188,8 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([10, 0, 0, last])
+    fn ip(last: u8) -> ClientKey {
+        ClientKey::of(std::net::IpAddr::from([10, 0, 0, last]))
     }
 
     #[test]

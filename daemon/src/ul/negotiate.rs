@@ -174,7 +174,11 @@ pub fn negotiate_with_cert(
         let claims: Vec<&AllowedPeer> = policy
             .allowed_peers
             .iter()
-            .filter(|p| p.ae_title == calling && p.address.is_none_or(|a| a == peer))
+            .filter(|p| {
+                p.ae_title == calling
+                    && p.address
+                        .is_none_or(|a| crate::client_key::same_host(a, peer))
+            })
             .collect();
         let certified = |p: &&&AllowedPeer| match p.cert_fingerprint() {
             None => true,
