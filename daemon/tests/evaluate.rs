@@ -1,7 +1,8 @@
 //! `duli evaluate` on the shared labelled samples: its AUC and DeLong interval match an
 //! independent plain-Python computation over the probabilities `duli infer` gives for the
 //! same files; unreadable files and studies outside the model's intended use are listed,
-//! not counted; plots are written; a set without negatives is a clear error.
+//! not counted; plots are written; a set without negatives is a clear error; a `--labels`
+//! CSV over JPEGs gives the figures of the same files through `duli infer`.
 
 mod common;
 
@@ -34,14 +35,15 @@ fn labelled_set(samples: &Path, dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Pairwise AUC and DeLong 95% CI, written from the definitions (no library).
+/// Pairwise AUC and DeLong 95% CI, written from the definitions (no library); a file is
+/// positive when its path has a component starting with `PNEUMONIA`.
 const PYTHON_DELONG: &str = r#"
 import json, math, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 pos, neg = [], []
 for r in rows:
     p = [f["probability"] for f in r["findings"] if f["code"] == "PNEUMONIA"][0]
-    (pos if "/PNEUMONIA/" in r["file"] else neg).append(p)
+    (pos if "/PNEUMONIA" in r["file"] else neg).append(p)
 def psi(x, y):
     return 1.0 if x > y else (0.5 if x == y else 0.0)
 m, n = len(pos), len(neg)
@@ -53,6 +55,26 @@ se = math.sqrt(var)
 print(json.dumps({"auc": auc, "lo": max(0.0, auc - 1.959963984540054 * se),
                   "hi": min(1.0, auc + 1.959963984540054 * se), "m": m, "n": n}))
 "#;
+
+/// Runs [`PYTHON_DELONG`] over the `duli infer` lines of `files`; its answer.
+fn independent_auc(dir: &Path, files: &[PathBuf]) -> Option<serde_json::Value> {
+    let mut args = vec!["infer".to_string()];
+    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let infer = duli(&args);
+    infer.assert_success("duli infer");
+    let lines = dir.join("infer.jsonl");
+    std::fs::write(&lines, &infer.stdout).unwrap();
+    let mut py = python_script(PYTHON_DELONG, &[lines.to_str().unwrap()])?;
+    let py = run(&mut py, TOOL_TIMEOUT);
+    py.assert_success("python DeLong");
+    Some(serde_json::from_str(py.stdout.trim()).unwrap())
+}
+
+/// Whether `a` and `b` are the same number to 1e-9.
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
+}
 
 fn duli(args: &[&str]) -> ToolOutput {
     let mut cmd = Command::new(Daemon::binary());
@@ -122,26 +144,13 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     assert_eq!(counted, 32);
 
     // The same files through `duli infer`, and the figures recomputed in plain Python.
-    let mut args = vec!["infer".to_string()];
-    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let infer = duli(&args);
-    infer.assert_success("duli infer");
-    let lines = dir.path().join("infer.jsonl");
-    std::fs::write(&lines, &infer.stdout).unwrap();
-    let Some(mut py) = python_script(PYTHON_DELONG, &[lines.to_str().unwrap()]) else {
+    let Some(expect) = independent_auc(dir.path(), &files) else {
         return;
     };
-    let py = run(&mut py, TOOL_TIMEOUT);
-    py.assert_success("python DeLong");
-    let expect: serde_json::Value = serde_json::from_str(py.stdout.trim()).unwrap();
     assert_eq!(
         (expect["m"].as_u64(), expect["n"].as_u64()),
         (Some(16), Some(16))
     );
-    let close = |a: &serde_json::Value, b: &serde_json::Value| {
-        (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9
-    };
     assert!(close(&f["auc"], &expect["auc"]), "{f} vs {expect}");
     assert!(close(&f["auc_ci"][0], &expect["lo"]), "{f} vs {expect}");
     assert!(close(&f["auc_ci"][1], &expect["hi"]), "{f} vs {expect}");
@@ -192,4 +201,86 @@ fn a_set_without_negatives_is_a_clear_error() {
     let out = duli(&["evaluate", empty.path().to_str().unwrap()]);
     assert_eq!(out.code(), Some(2), "{}", out.combined());
     assert!(out.stderr.contains("PNEUMONIA"), "{}", out.stderr);
+}
+
+/// `--labels CSV` (file, finding, 0/1; paths relative to the folder given) over JPEGs: the
+/// counts, AUC and interval of the same files through `duli infer` recomputed in plain
+/// Python; a row naming no finding of the model is a clear error with its line.
+#[test]
+fn a_labels_csv_over_jpegs_matches_the_same_files_through_infer() {
+    if !inference_available() {
+        return;
+    }
+    let Some(samples) = samples_dir() else { return };
+    let dir = temp_dir("evaluate-csv");
+    let jpegs = dir.path().join("jpeg");
+    std::fs::create_dir(&jpegs).unwrap();
+    const TO_JPEG: &str = r#"
+import sys
+from pathlib import Path
+from PIL import Image
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+for line in (src / "labels.csv").read_text().splitlines()[1:]:
+    name, label = [c.strip() for c in line.split(",")]
+    jpg = name.replace(".png", ".jpg")
+    Image.open(src / name).convert("L").save(out / jpg, quality=92)
+    print(f"{jpg},PNEUMONIA,{1 if label == 'PNEUMONIA' else 0}")
+"#;
+    let Some(mut py) = python_script(
+        TO_JPEG,
+        &[
+            samples.join("png").to_str().unwrap(),
+            jpegs.to_str().unwrap(),
+        ],
+    ) else {
+        return;
+    };
+    let rows = run(&mut py, TOOL_TIMEOUT);
+    rows.assert_success("PNG to JPEG");
+    let csv = dir.path().join("labels.csv");
+    std::fs::write(&csv, format!("file,finding,label\n{}", rows.stdout)).unwrap();
+    let files: Vec<PathBuf> = rows
+        .stdout
+        .lines()
+        .map(|l| jpegs.join(l.split(',').next().unwrap()))
+        .collect();
+    assert_eq!(files.len(), 16);
+
+    let out = duli(&[
+        "evaluate",
+        jpegs.to_str().unwrap(),
+        "--labels",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
+    out.assert_success("duli evaluate --labels");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let f = &report["findings"]["PNEUMONIA"];
+    assert_eq!(
+        (f["n_pos"].as_u64(), f["n_neg"].as_u64()),
+        (Some(8), Some(8)),
+        "{f}"
+    );
+    assert_eq!(report["dataset"]["scored"], 16, "{}", report["dataset"]);
+    let Some(expect) = independent_auc(dir.path(), &files) else {
+        return;
+    };
+    assert!(close(&f["auc"], &expect["auc"]), "{f} vs {expect}");
+    assert!(close(&f["auc_ci"][0], &expect["lo"]), "{f} vs {expect}");
+    assert!(close(&f["auc_ci"][1], &expect["hi"]), "{f} vs {expect}");
+
+    // A finding the model does not have: refused, naming the line.
+    std::fs::write(&csv, "file,finding,label\nNORMAL_01.jpg,EFFUSION,1\n").unwrap();
+    let out = duli(&[
+        "evaluate",
+        jpegs.to_str().unwrap(),
+        "--labels",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        out.stderr.contains("line 2") && out.stderr.contains("EFFUSION"),
+        "{}",
+        out.stderr
+    );
 }
