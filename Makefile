@@ -15,7 +15,7 @@
 #                   at a time and as shipped, medians of ROUNDS (bench/README.md)
 #   make bench-memory  peak RSS of the release daemon (model loaded) for one 8192x8192 16-bit
 #                   DX and under 32 concurrent associations (bench/README.md)
-#   make lint       rustfmt, clippy (warnings are errors) and the dependency policy (cargo deny, offline)
+#   make lint       rustfmt, clippy and rustdoc (warnings are errors) and the dependency policy (cargo deny, offline)
 #   make audit      known vulnerabilities in the dependencies (cargo deny advisories; needs the RustSec
 #                   database online: a release step)
 #   make fuzz       every fuzz target for FUZZ_SECONDS each, or FUZZ_RUNS executions if sooner
@@ -117,6 +117,7 @@ bench-memory: test-env
 lint: cargo-deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 	$(CARGO) deny --offline check bans licenses sources
 
 audit: cargo-deny

@@ -8,8 +8,8 @@
 //!   endorsement's scopes).
 //! - [`manifest`]: what a bundle states about its payload ([`Manifest`], [`Release`]).
 //! - [`bundle`]: the on-disk format (header, manifest, payload), encode/decode only.
-//! - [`sign`]: the build pipeline makes a bundle from a payload and a private key.
-//! - [`verify`]: a device checks signature, manifest and streamed payload hash.
+//! - [`mod@sign`]: the build pipeline makes a bundle from a payload and a private key.
+//! - [`mod@verify`]: a device checks signature, manifest and streamed payload hash.
 //! - [`policy`]: whether an authentic bundle fits this device (hardware, versions).
 //! - [`bootctl`]: the boot variables behind the [`BootControl`] trait, with GRUB, U-Boot
 //!   and file backends, and the reference of the bootloader's per-boot decision.

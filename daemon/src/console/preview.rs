@@ -125,7 +125,7 @@ type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;
 ///
 /// JPEG-LS and JPEG 2000 are decoded only in the confined child process
 /// ([`crate::infer::decode_sandbox`]), which returns the 8-bit display image (window
-/// applied): their previews are made from it ([`from_display`]).
+/// applied): their previews are made from it (`from_display`).
 pub fn render(path: &Path, max_pixels: u64) -> Result<(Gray16, PreviewInfo), PreviewError> {
     let image = DicomImage::open_within(path, max_pixels).map_err(|e| match e {
         DicomImageError::Open(e) => PreviewError::Read(e),

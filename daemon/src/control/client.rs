@@ -229,7 +229,7 @@ fn run_as_owner_blocking(
     serde_json::from_slice(&out).map_err(|e| ClientError::Decode(e.to_string()))
 }
 
-/// The child of [`run_as_owner`]: reads one request from stdin, runs it on the store of
+/// The child of `run_as_owner`: reads one request from stdin, runs it on the store of
 /// `args[0]` and writes the response to stdout. Refuses to run as root.
 pub fn owner_child_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     use std::io::{Read, Write};

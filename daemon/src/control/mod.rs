@@ -4,7 +4,7 @@
 //! daemon's or root), and opens the store itself when no daemon answers.
 //!
 //! - [`protocol`]: the requests and their typed answers (one JSON line each way).
-//! - [`execute`]: a request run against an open store.
+//! - [`mod@execute`]: a request run against an open store.
 //! - [`client`]: the command line's calls, through the daemon or on the store.
 //! - this module: the daemon's socket (mode 0600, peer uid checked).
 

@@ -16,8 +16,8 @@
 //! - [`crate::tls`]: the rustls client configuration (ring provider) both channels use.
 //!
 //! The PACS push (C-STORE SCU of the SR and SC) is a third [`Channel`] implementation
-//! serving [`outbox::Destination::Pacs`] entries whose payload is
-//! [`outbox::Payload::Dicom`].
+//! serving [`crate::store::outbox::Destination::Pacs`] entries whose payload is
+//! [`crate::store::outbox::Payload::Dicom`].
 
 pub mod hl7;
 pub mod mqtt;

@@ -91,7 +91,7 @@ pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<(), DicomImage
 /// offset tables, and lossless codestreams a little larger than their samples.
 const PIXEL_DATA_SLACK: u64 = 1024 * 1024;
 
-/// Refuses a file whose Pixel Data holds more than twice (plus [`PIXEL_DATA_SLACK`]) the
+/// Refuses a file whose Pixel Data holds more than twice (plus `PIXEL_DATA_SLACK`) the
 /// bytes its image attributes declare (`summary` from [`crate::dataset_guard`]), before it
 /// is loaded into memory: the attributes are held to `inference.max_pixels`, so this bounds
 /// what loading the pixel data can cost, whatever length the sender wrote.

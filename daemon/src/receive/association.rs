@@ -3,8 +3,8 @@
 //! on A-RELEASE, A-ABORT, a protocol violation or shutdown.
 //!
 //! The loop is a sequence of small steps (a PDU, a P-DATA value, a command, a data
-//! fragment, a complete message), each returning what happens [`Next`]: go on, release, end
-//! or abort with a reason. Only [`Association::end`] sends A-RELEASE-RP or A-ABORT and
+//! fragment, a complete message), each returning what happens `Next`: go on, release, end
+//! or abort with a reason. Only `Association::end` sends A-RELEASE-RP or A-ABORT and
 //! counts protocol errors.
 //!
 //! Every request is checked by [`super::authorize`] before it runs; a refused one is

@@ -32,42 +32,44 @@ use tokio::sync::mpsc;
 /// resources), e.g. when the outbox is full.
 pub type Admission = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-/// Everything the SCP's tasks share.
+/// Everything the SCP's tasks share: built from the configuration by [`Scp::new`] and
+/// the admission checks added with [`Scp::with_admission`]; its fields are the receive
+/// module's own.
 pub struct Scp {
     /// Negotiation policy.
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// The store instances go to.
-    pub store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Where stored instances are reported for study assembly.
-    pub events: mpsc::Sender<assemble::Event>,
+    pub(crate) events: mpsc::Sender<assemble::Event>,
     /// ARTIM timeout: a connection must associate within it.
-    pub artim: Duration,
+    pub(crate) artim: Duration,
     /// Idle timeout of an open association.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// Cap on concurrent associations.
-    pub max_associations: usize,
+    pub(crate) max_associations: usize,
     /// Associations open per client address, at most `dicom.max_associations_per_address`.
-    pub per_address: address_share::AddressShare,
+    pub(crate) per_address: address_share::AddressShare,
     /// Free bytes to keep on the data disk; below it C-STORE answers A700, and an instance
     /// still streaming in is aborted.
-    pub disk_reserve: u64,
+    pub(crate) disk_reserve: u64,
     /// Largest instance accepted (bytes of the Part 10 file); past it the association is
     /// aborted (`dicom.max_instance_mb`).
-    pub max_instance: u64,
+    pub(crate) max_instance: u64,
     /// At shutdown, how long open associations may run on before they are aborted.
-    pub drain: Duration,
+    pub(crate) drain: Duration,
     /// Extra admission checks (outbox bound, …).
-    pub admission: Vec<Admission>,
+    pub(crate) admission: Vec<Admission>,
     /// The audit trail (queries and retrieves are recorded).
-    pub audit: Arc<Audit>,
+    pub(crate) audit: Arc<Audit>,
     /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
-    pub move_destinations: Vec<crate::config::PacsDestination>,
+    pub(crate) move_destinations: Vec<crate::config::PacsDestination>,
     /// Largest image decoded for retrieval (`inference.max_pixels`).
-    pub max_pixels: u64,
+    pub(crate) max_pixels: u64,
     /// Connections still to associate, bounded in total and per address.
-    pub unassociated: Arc<unassociated::Unassociated>,
+    pub(crate) unassociated: Arc<unassociated::Unassociated>,
     pub(crate) active: AtomicUsize,
     pub(crate) next_id: AtomicU64,
 }

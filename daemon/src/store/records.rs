@@ -94,7 +94,7 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
     }
 
     /// Decodes the record under `key`, changes it with `f` and writes it back, atomically
-    /// (see [`update_json`]). `None` when there is no such record.
+    /// (see `update_json`). `None` when there is no such record.
     pub fn update(
         &self,
         key: impl AsRef<[u8]>,
