@@ -38,30 +38,50 @@ fn echo_from_dcmtk_with_repeats_and_from_pynetdicom() {
         3,
         "{text}"
     );
+    // pynetdicom (3.0.x) now and then loses a response that arrives while its reactor is
+    // being paused, on a loaded machine: the daemon's socket shows the answer sent within
+    // a millisecond, yet send_c_echo times out and returns no status. Such a run (and
+    // only such a run) is tried once more.
     let script = r#"
 import sys
 from pynetdicom import AE
 ae = AE(ae_title="PYNETDICOM")
+ae.dimse_timeout = 10
 ae.add_requested_context("1.2.840.10008.1.1")
 a = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="DULI")
 assert a.is_established, "not established"
-for _ in range(2):
-    st = a.send_c_echo()
+for n in range(2):
+    st = a.send_c_echo(msg_id=n + 1)
+    if "Status" not in st:
+        print("no response inside pynetdicom")
+        sys.exit(3)
     print("status", hex(st.Status))
 a.release()
 "#;
-    let Some(mut cmd) = python_script(script, &[&d.dicom_port.to_string()]) else {
-        return;
-    };
-    let out = run(&mut cmd, Duration::from_secs(60));
-    out.assert_success("pynetdicom echo");
-    assert_eq!(
-        out.stdout.matches("status 0x0").count(),
-        2,
-        "{}",
-        out.combined()
-    );
-    assert_eq!(d.metric("duli_associations_total"), Some(2.0));
+    let mut associations = 1.0;
+    for attempt in 1..=2 {
+        let Some(mut cmd) = python_script(script, &[&d.dicom_port.to_string()]) else {
+            return;
+        };
+        let out = run(&mut cmd, Duration::from_secs(60));
+        associations += 1.0;
+        if attempt == 1 && out.stdout.contains("no response inside pynetdicom") {
+            eprintln!(
+                "pynetdicom lost a response; trying once more:\n{}",
+                out.combined()
+            );
+            continue;
+        }
+        out.assert_success("pynetdicom echo");
+        assert_eq!(
+            out.stdout.matches("status 0x0").count(),
+            2,
+            "{}",
+            out.combined()
+        );
+        break;
+    }
+    assert_eq!(d.metric("duli_associations_total"), Some(associations));
 }
 
 #[test]
