@@ -246,21 +246,52 @@ fn handed_out_ports() -> &'static Mutex<HashSet<u16>> {
     PORTS.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1, never handed out before in this process.
-/// (Bound to port 0 together, then released: a tiny window remains in which another
-/// process could take one.)
+/// The ports tests listen on: below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), from which every outgoing
+/// connection takes its source port. A port handed out from inside that range could be
+/// taken as a source port by any connection (of a daemon, a peer, another test) before
+/// the peer that is to listen on it binds it; below it, only listeners compete.
+fn listening_ports() -> std::ops::Range<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        10_000..ephemeral_low
+    } else {
+        // An unusual range: fall back to the top of the port space.
+        61_000..65_535
+    }
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (see [`listening_ports`]), never handed out
+/// before in this process; each test binary starts at its own place in the range. Each is
+/// checked by binding it (all held until the `n` are found, then released).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    static NEXT: OnceLock<Mutex<u32>> = OnceLock::new();
+    let range = listening_ports();
+    let span = u32::from(range.end - range.start);
+    let next = NEXT.get_or_init(|| Mutex::new(std::process::id().wrapping_mul(7919) % span));
+    let mut next = next.lock().unwrap();
     let mut given = handed_out_ports().lock().unwrap();
     let mut held = Vec::new();
     let mut ports = Vec::new();
-    while ports.len() < n {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
-        let port = listener.local_addr().unwrap().port();
-        if given.insert(port) {
-            ports.push(port);
+    for _ in 0..span {
+        if ports.len() == n {
+            break;
         }
-        held.push(listener);
+        let port = range.start + (*next % span) as u16;
+        *next = (*next + 1) % span;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            given.insert(port);
+            ports.push(port);
+            held.push(listener);
+        }
     }
+    assert_eq!(ports.len(), n, "no {n} free ports in {range:?}");
     ports
 }
 
