@@ -27,6 +27,11 @@ pub const PREPARED_SAMPLES: &str = ".cache/samples/cxr-jpeg";
 pub const SHARED_SAMPLES: &str = "data/cxr-samples/dicom/explicit-le";
 /// Environment variable naming a shared data folder.
 pub const SHARED_ENV: &str = "DULI_SHARED_DIR";
+/// This executable, as a child started after a change of user runs it: the kernel
+/// resolves it without a path walk, so the new user needs no right to search the folders
+/// above the binary (a build under /root or another user's home, while the daemon runs
+/// as its service user).
+pub const SELF_EXE: &str = "/proc/self/exe";
 
 /// The outcome of a search: the first place that exists, and every place looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -79,7 +79,18 @@ fn duli_run(
     data: &std::path::Path,
     env: &[(&str, &str)],
 ) -> Command {
-    let mut cmd = Command::new(Daemon::binary());
+    duli_run_from(&Daemon::binary(), dicom_port, console_port, data, env)
+}
+
+/// [`duli_run`] of `binary`.
+fn duli_run_from(
+    binary: &std::path::Path,
+    dicom_port: u16,
+    console_port: u16,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.arg("run").current_dir(repo_root());
     for (key, _) in std::env::vars() {
         if key.starts_with("DULI_") && key.contains("__") {
@@ -300,4 +311,95 @@ fn root_opens_a_data_folder_of_the_service_user_only_as_that_user() {
     let out = run(&mut cmd, Duration::from_secs(60));
     assert!(!out.success(), "{}", out.combined());
     assert!(out.stderr.contains("symbolic link"), "{}", out.combined());
+}
+
+/// Started as root from a folder only root may enter (a checkout under /root or a home
+/// folder), the daemon running as its service user still starts its confined pixel
+/// decoder: a JPEG-LS instance retrieved by C-MOVE into a peer that takes uncompressed
+/// pixels only is decoded by the child, losslessly.
+#[test]
+fn as_the_service_user_it_runs_its_decoder_from_a_folder_only_root_may_enter() {
+    let Some(user) = temp_user("b") else { return };
+    let Some(samples) = samples_dir() else { return };
+    if which("storescp").is_none() || which("movescu").is_none() {
+        return skip("storescp/movescu absent");
+    }
+    let dir = temp_dir("privileges-hidden");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hidden = dir.path().join("root-only");
+    std::fs::create_dir(&hidden).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let binary = hidden.join("duli");
+    if std::fs::hard_link(Daemon::binary(), &binary).is_err() {
+        std::fs::copy(Daemon::binary(), &binary).unwrap();
+    }
+
+    // A peer that accepts uncompressed transfer syntaxes only (storescp without +xa).
+    let scp_port = free_port();
+    let scp_dir = temp_dir("privileges-scp");
+    let Some(mut cmd) = dcmtk("storescp") else {
+        return;
+    };
+    cmd.args(["-aet", "PLAIN", "-od", scp_dir.path().to_str().unwrap()])
+        .arg(scp_port.to_string());
+    let mut scp = Background::spawn("storescp", &mut cmd, &dir.path().join("scp.log")).unwrap();
+    scp.wait_for_port(loopback(scp_port), READY_TIMEOUT)
+        .unwrap();
+
+    let (port, console) = (free_port(), free_port());
+    let destinations = format!(
+        "[{{name = \"plain\", ae_title = \"PLAIN\", host = \"127.0.0.1\", port = {scp_port}, move = true}}]"
+    );
+    let env = [
+        ("DULI_DEVICE__SERVICE_USER", user.name.as_str()),
+        ("DULI_PACS__DESTINATIONS", destinations.as_str()),
+    ];
+    let data = dir.path().join("data");
+    let mut daemon = Background::spawn(
+        "duli run",
+        &mut duli_run_from(&binary, port, console, &data, &env),
+        &dir.path().join("daemon.log"),
+    )
+    .unwrap();
+    daemon
+        .wait_for_port(loopback(port), Duration::from_secs(60))
+        .unwrap();
+    wait_healthy(&mut daemon, console);
+    assert_eq!(proc_ids(daemon.pid().unwrap(), "Uid:"), vec![user.uid; 4]);
+
+    let jls = samples.join("dicom/jpeg-ls-lossless/NORMAL_02.dcm");
+    let plain = samples.join("dicom/explicit-le/NORMAL_02.dcm");
+    let Some(stored) = storescu(
+        "MODALITY",
+        DULI_AET,
+        port,
+        &["-xt"],
+        std::slice::from_ref(&jls),
+    ) else {
+        return;
+    };
+    stored.assert_success("storescu -xt");
+    let sop = duli::scu::prepare(&jls).unwrap().sop_instance;
+    let out = movescu_instance(port, "PLAIN", &sop).unwrap();
+    out.assert_success("movescu");
+    let got: Vec<_> = std::fs::read_dir(scp_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(got.len(), 1, "{}\n{}", out.combined(), daemon.log());
+    let pixels = |p: &std::path::Path| {
+        let o = dicom_object::open_file(p).unwrap();
+        o.element(dicom_dictionary_std::tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .to_vec()
+    };
+    assert!(
+        pixels(&got[0]) == pixels(&plain),
+        "the decoded pixels differ from the original"
+    );
+    let status = daemon.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
+    drop(scp);
 }

@@ -19,7 +19,12 @@ const PASSWORD: &str = "correct-horse-battery-9";
 
 /// Runs `duli ARGS` without configuration from the environment.
 fn duli(args: &[&str]) -> ToolOutput {
-    let mut cmd = Command::new(Daemon::binary());
+    duli_at(&Daemon::binary(), args)
+}
+
+/// `duli` run from `binary`.
+fn duli_at(binary: &Path, args: &[&str]) -> ToolOutput {
+    let mut cmd = Command::new(binary);
     for (key, _) in std::env::vars() {
         if key.starts_with("DULI_") {
             cmd.env_remove(key);
@@ -96,6 +101,11 @@ impl Stick {
     }
 
     fn provision(&self, extra: &[&str]) -> ToolOutput {
+        self.provision_from(&Daemon::binary(), extra)
+    }
+
+    /// [`Stick::provision`] with `binary` as the `duli` that runs.
+    fn provision_from(&self, binary: &Path, extra: &[&str]) -> ToolOutput {
         let file = self.file();
         let config = self.config();
         let root = self.path("box/root");
@@ -111,7 +121,7 @@ impl Stick {
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        duli(&args)
+        duli_at(binary, &args)
     }
 
     /// Every file under the box with its mode and content, to prove nothing changed.
@@ -175,7 +185,21 @@ fn example_file_provisions_a_box() {
     } else {
         "duli"
     };
-    let out = s.provision(&["--owner", owner]);
+    // Run as root, the binary sits where the owner cannot reach it (as in a checkout under
+    // /root or a home folder): what runs as the owner must not need its path.
+    let binary = if owner == "nobody" {
+        let hidden = s.path("root-only");
+        fs::create_dir(&hidden).unwrap();
+        fs::set_permissions(&hidden, fs::Permissions::from_mode(0o700)).unwrap();
+        let copy = hidden.join("duli");
+        if fs::hard_link(Daemon::binary(), &copy).is_err() {
+            fs::copy(Daemon::binary(), &copy).unwrap();
+        }
+        copy
+    } else {
+        Daemon::binary()
+    };
+    let out = s.provision_from(&binary, &["--owner", owner]);
     out.assert_success("duli provision");
     s.assert_no_secret(&out.combined(), "provision output");
     assert!(

@@ -831,23 +831,7 @@ fn move_falls_back_to_explicit_little_endian_when_the_stored_syntax_is_refused()
         .unwrap()
         .assert_success("storescu -xt");
     let sop = ::duli::scu::prepare(&jls).unwrap().sop_instance;
-    let out = run_dcmtk(
-        "movescu",
-        &[
-            "-S",
-            "-aec",
-            DULI_AET,
-            "-aem",
-            "PLAIN",
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            &format!("SOPInstanceUID={sop}"),
-            "127.0.0.1",
-            &d.dicom_port.to_string(),
-        ],
-    )
-    .unwrap();
+    let out = movescu_instance(d.dicom_port, "PLAIN", &sop).unwrap();
     out.assert_success("movescu");
     let got = received(scp_dir.path());
     let path = got

@@ -179,19 +179,16 @@ fn run_as_owner_blocking(
     use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    // The child runs this very executable, reached through a descriptor root opened: the
-    // owner may have no right to search the folders on its path (a build under /root or
-    // another user's home), and executing it by descriptor needs none.
-    let exe = PathBuf::from("/proc/self/exe");
+    // The child runs this very executable through /proc/self/exe, which the kernel
+    // resolves without a path walk: the owner may have no right to search the folders
+    // above the binary (a build under /root or another user's home).
+    let exe = PathBuf::from(crate::locate::SELF_EXE);
     let io = |source| ClientError::Io {
         path: exe.clone(),
         source,
     };
-    let image = std::fs::File::open(&exe).map_err(io)?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&image);
     // As root, setting the user also drops the supplementary groups.
-    let mut command = Command::new(format!("/proc/self/fd/{fd}"));
-    command
+    let mut child = Command::new(&exe)
         .arg(OWNER_SUBCOMMAND)
         .arg(data_dir)
         .uid(uid)
@@ -200,20 +197,9 @@ fn run_as_owner_blocking(
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: runs in the forked child before exec and only calls fcntl(2), which is
-    // async-signal-safe: the descriptor (close-on-exec in the parent) stays open across
-    // this one exec, so that the child's /proc/self/fd/N is the executable.
-    unsafe {
-        command.pre_exec(move || {
-            let flags = nix::fcntl::FdFlag::empty();
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = command.spawn().map_err(io)?;
-    drop(image);
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(body).map_err(io)?;
     }

@@ -62,7 +62,7 @@ pub fn is_sandboxed(transfer_syntax: &str) -> bool {
 }
 
 /// The executable that runs the child: `DULI_DECODER` when set (tests), else this
-/// executable when it is `duli`, else a `duli` beside it or one folder up (test binaries in
+/// executable when it is `duli` (as [`crate::locate::SELF_EXE`]), else a `duli` beside it or one folder up (test binaries in
 /// `target/*/deps/`). `None`: no decoder executable, decode in-process.
 pub fn decoder_exe() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DULI_DECODER") {
@@ -74,7 +74,9 @@ pub fn decoder_exe() -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     if exe.file_name().is_some_and(|n| n == "duli") {
-        return Some(exe);
+        // By /proc/self/exe: a daemon started as root from a home folder and now running
+        // as its service user may not search the folders above its own binary.
+        return Some(PathBuf::from(crate::locate::SELF_EXE));
     }
     let dir = exe.parent()?;
     [dir.join("duli"), dir.parent()?.join("duli")]

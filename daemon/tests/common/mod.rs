@@ -436,6 +436,27 @@ pub fn run_dcmtk(tool: &str, args: &[&str]) -> Option<ToolOutput> {
     Some(run(&mut cmd, TOOL_TIMEOUT))
 }
 
+/// `movescu` of one instance (IMAGE level, by SOP Instance UID) from the daemon at
+/// `port` to the AE `dest`.
+pub fn movescu_instance(port: u16, dest: &str, sop: &str) -> Option<ToolOutput> {
+    run_dcmtk(
+        "movescu",
+        &[
+            "-S",
+            "-aec",
+            DULI_AET,
+            "-aem",
+            dest,
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &format!("SOPInstanceUID={sop}"),
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    )
+}
+
 /// `echoscu -aet <calling> -aec <called> 127.0.0.1 <port>` plus `extra` args.
 pub fn echoscu(calling: &str, called: &str, port: u16, extra: &[&str]) -> Option<ToolOutput> {
     let port = port.to_string();
