@@ -62,8 +62,10 @@ pub fn is_sandboxed(transfer_syntax: &str) -> bool {
 }
 
 /// The executable that runs the child: `DULI_DECODER` when set (tests), else this
-/// executable when it is `duli` (as [`crate::locate::SELF_EXE`]), else a `duli` beside it or one folder up (test binaries in
-/// `target/*/deps/`). `None`: no decoder executable, decode in-process.
+/// executable when it is `duli` (as [`crate::locate::SELF_EXE`]), else a `duli` beside it
+/// or one folder up (test binaries in `target/*/deps/`). `None`: no decoder executable;
+/// callers then refuse the image (fail closed; only the crate's unit tests decode in
+/// process).
 pub fn decoder_exe() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DULI_DECODER") {
         return Some(PathBuf::from(p));

@@ -7,18 +7,18 @@ use crate::client_key::ClientKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Associations open per address.
+/// Associations open per client.
 #[derive(Debug)]
 pub struct AddressShare {
     counts: Arc<Mutex<HashMap<ClientKey, usize>>>,
     cap: usize,
 }
 
-/// One address's association, counted until dropped.
+/// One client's association, counted until dropped.
 #[derive(Debug)]
 pub struct Held {
     counts: Arc<Mutex<HashMap<ClientKey, usize>>>,
-    ip: ClientKey,
+    client: ClientKey,
 }
 
 impl AddressShare {
@@ -30,18 +30,18 @@ impl AddressShare {
         }
     }
 
-    /// Counts one more association of `ip`, or `Err(held)` with how many it holds when
-    /// that is its share already.
-    pub fn try_take(&self, ip: ClientKey) -> Result<Held, usize> {
+    /// Counts one more association of `client`, or `Err(held)` with how many it holds
+    /// when that is its share already.
+    pub fn try_take(&self, client: ClientKey) -> Result<Held, usize> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = c.entry(ip).or_insert(0);
+        let n = c.entry(client).or_insert(0);
         if *n >= self.cap {
             return Err(*n);
         }
         *n += 1;
         Ok(Held {
             counts: self.counts.clone(),
-            ip,
+            client,
         })
     }
 }
@@ -49,10 +49,10 @@ impl AddressShare {
 impl Drop for Held {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = c.get_mut(&self.ip) {
+        if let Some(n) = c.get_mut(&self.client) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                c.remove(&self.ip);
+                c.remove(&self.client);
             }
         }
     }

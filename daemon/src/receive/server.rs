@@ -99,15 +99,14 @@ async fn connection(
             return;
         }
     };
+    let client = slot.client();
     drop(slot);
     let mut scratch = Vec::new();
 
     // Claim a slot; over the cap the rejection is transient (try again later).
     let active = scp.active.fetch_add(1, Ordering::SeqCst) + 1;
     let slot = ActiveGuard(scp.clone());
-    let share = scp
-        .per_address
-        .try_take(crate::client_key::ClientKey::of(peer.ip()));
+    let share = scp.per_address.try_take(client);
     let negotiated = if active > scp.max_associations {
         Err(reject_busy(active - 1))
     } else if let Err(held) = &share {

@@ -161,6 +161,11 @@ impl Unassociated {
 }
 
 impl Slot {
+    /// The client this connection counts for.
+    pub fn client(&self) -> ClientKey {
+        self.address
+    }
+
     /// Resolves once this connection has been evicted to make room for a newer one.
     pub async fn evicted(&self) {
         loop {
