@@ -1,7 +1,7 @@
 //! Study results in the store.
 //!
 //! A result is committed in ONE transaction with the study's state change (`inferring →
-//! done`) and any extra writes a later stage adds (the outbox entries): see
+//! done`, [`Committed::on`]) and any extra writes a later stage adds (the outbox entries): see
 //! [`commit_result`]. Keys of the `results` tree are
 //! `<study uid> NUL <version as 8 hex digits>`, so a study's versions sort in order.
 //!
@@ -27,9 +27,25 @@ use super::{batch_writes, ExtraWrite};
 pub enum Committed {
     /// Recorded; the study is `done`.
     Done,
-    /// Recorded, but instances arrived meanwhile: the study stays `receiving` and will be
-    /// analysed again as version n+1.
+    /// Recorded, but instances arrived meanwhile: the study keeps its state (`receiving`,
+    /// or already `complete` or `queued` again) and will be analysed again as version n+1.
     Superseded,
+}
+
+impl Committed {
+    /// What committing a result does to a study in state `now`: a study that new
+    /// instances reopened since its analysis began (`receiving`, and `complete` or
+    /// `queued` once their quiet period passed) keeps its state, so that it is analysed
+    /// again with them; any other becomes `done` (`inferring`, or `done` and `error` left
+    /// by another analysis of the same study that ended first).
+    pub fn on(now: StudyState) -> Committed {
+        match now {
+            StudyState::Receiving | StudyState::Complete | StudyState::Queued => {
+                Committed::Superseded
+            }
+            StudyState::Inferring | StudyState::Done | StudyState::Error => Committed::Done,
+        }
+    }
 }
 
 /// Key of a result in [`RESULTS_TREE`].
@@ -47,7 +63,8 @@ fn corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError
     })
 }
 
-/// Commits `result`, moves the study to `done` (unless new instances reopened it) with
+/// Commits `result`, moves the study to `done` (unless new instances reopened it: see
+/// [`Committed::on`]) with
 /// `result_version = result.version`, writes the outbox `batches` and marks the heatmaps
 /// of `pending_heatmaps` (SOP Instance UIDs) as still to make — all in one transaction; the
 /// new study record is broadcast ([`Store::changes`]). Not durable until [`Store::flush`];
@@ -79,13 +96,11 @@ pub fn commit_result(
         };
         let mut study: StudyRecord = serde_json::from_slice(&raw).map_err(|e| corrupt(uid, e))?;
         results.insert(key.as_slice(), value.as_slice())?;
-        let outcome = if study.state == StudyState::Receiving {
-            Committed::Superseded
-        } else {
+        let outcome = Committed::on(study.state);
+        if outcome == Committed::Done {
             study.state = StudyState::Done;
             study.error = None;
-            Committed::Done
-        };
+        }
         study.result_version = study.result_version.max(result.version);
         studies.insert(uid.as_bytes(), encode(&study))?;
         write_extra(&views[2..], &names, extra)?;
@@ -374,6 +389,37 @@ mod tests {
         assert_eq!((urgent.total, urgent.rows.len()), (0, 0));
         let limited = store.worklist_page(|_| true, 1).unwrap();
         assert_eq!((limited.total, limited.rows.len()), (2, 1));
+    }
+
+    /// A study that new instances reopened while it was analysed, and that became
+    /// `complete` or `queued` again before the result was recorded, keeps its state: the
+    /// result is kept as a version, and the new instances are analysed in the next one
+    /// (moving it to `done` would leave them unanalysed: `queued` only starts from
+    /// `complete`, `inferring` only from `queued`).
+    #[test]
+    fn a_study_reopened_during_its_analysis_is_analysed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        use StudyState::*;
+        for (uid, now, committed, after) in [
+            ("3.1", Receiving, Committed::Superseded, Receiving),
+            ("3.2", Complete, Committed::Superseded, Complete),
+            ("3.3", Queued, Committed::Superseded, Queued),
+            ("3.4", Inferring, Committed::Done, Done),
+            ("3.5", Done, Committed::Done, Done),
+            ("3.6", Error, Committed::Done, Done),
+        ] {
+            add_study(&store, uid, 100);
+            store.force_state(uid, now);
+            assert_eq!(
+                commit_result(&store, &result(uid, 1, 0.9), &[], &[]).unwrap(),
+                committed,
+                "{now:?}"
+            );
+            let study = store.study(uid).unwrap().unwrap();
+            assert_eq!((study.state, study.result_version), (after, 1), "{now:?}");
+            assert!(super::result(&store, uid, 1).unwrap().is_some());
+        }
     }
 
     /// A result already in the store when its study first appears is shown with it.
