@@ -31,7 +31,8 @@
 //!   result records of [`crate::store::results`] (re-exported); results go to the record
 //!   stage ([`crate::record`]).
 //! - [`resume`]: heatmaps a restart left pending, queued again when the engine starts.
-//! - [`service`]: [`service::run_pipeline`], the daemon's inference stage, and
+//! - [`service`]: [`service::run_pipeline`], the daemon's inference stage, with
+//!   [`in_flight`]: one analysis of a study at a time; and
 //!   [`status`]: whether it has its model (shown by `/healthz` and the console).
 //! - [`cli`]: `duli infer FILE...`, the offline tool.
 pub mod age;
@@ -48,6 +49,7 @@ pub mod findings;
 pub mod frame;
 pub mod gate;
 pub mod heatmap;
+pub mod in_flight;
 pub mod int8;
 pub mod manifest;
 pub mod openvino;

@@ -6,7 +6,8 @@
 //!   sends Study Instance UIDs of studies in state `complete`; a full channel is the
 //!   back-pressure. Each UID received is marked `queued` at once.
 //! - At most [`Engine::workers`] studies are analysed at a time; the channel is not read
-//!   while they all are busy.
+//!   while they all are busy. A study is never analysed by two tasks at once: one that
+//!   comes back while it is analysed waits for that analysis to end ([`super::in_flight`]).
 //! - If the runtime or the model cannot be loaded (missing library, checksum mismatch),
 //!   the error is logged with what to do, received studies stay `queued` (nothing is lost,
 //!   nothing is stuck in memory), and loading is retried every `retry_after`; once it
@@ -16,8 +17,8 @@
 //!   ([`PipelineOptions::recorder`]), which commits it with the state change and all it
 //!   owes (outbox entries), then flushes.
 //!   A study none of whose images could be decoded ends in `error` with the reasons.
-//!   A study that received new instances meanwhile stays `receiving` (its next result is
-//!   version n+1).
+//!   A study that received new instances meanwhile keeps the state they gave it
+//!   (`receiving`, `complete` or `queued`; its next result is version n+1).
 //! - Heatmaps are computed afterwards and recorded into the result (`heatmap` of each
 //!   image: pending → done with a PNG under `<data_dir>/heatmaps/<report_id>/`, or skipped
 //!   with the reason), each through the record stage ([`Recorder::record_heatmap`]); those
@@ -28,6 +29,7 @@ use super::analyse::{analysed, failed, not_analysed, prepare_file, Preparation};
 use super::engine::{Engine, EngineError};
 use super::findings::heatmap_target;
 use super::heatmap::{HeatmapJob, HeatmapWorker};
+use super::in_flight::InFlight;
 use super::record;
 use super::resume::resume_heatmaps;
 use super::status::{ModelState, ModelStatus};
@@ -115,6 +117,7 @@ pub async fn run_pipeline_on(
     let mut last_error = String::new();
     let mut last_logged: Option<Instant> = None;
     let mut tasks = tokio::task::JoinSet::new();
+    let mut in_flight = InFlight::default();
     loop {
         beat.tick();
         if engine.is_none() {
@@ -179,27 +182,74 @@ pub async fn run_pipeline_on(
         };
         let uid = match backlog.pop_front() {
             Some(uid) => uid,
-            None => match beat.during(rx.recv()).await {
-                Some(uid) => {
-                    queue(&store, &uid);
-                    uid
+            None => {
+                let next = beat
+                    .during(async {
+                        tokio::select! {
+                            uid = rx.recv() => Next::Study(uid),
+                            Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                                Next::Ended(ended.map_or_else(|e| e.id(), |(id, ())| id))
+                            }
+                        }
+                    })
+                    .await;
+                match next {
+                    Next::Study(Some(uid)) => {
+                        queue(&store, &uid);
+                        uid
+                    }
+                    Next::Study(None) => break,
+                    Next::Ended(id) => {
+                        ended(&store, &mut in_flight, &id, &mut backlog);
+                        continue;
+                    }
                 }
-                None => break,
-            },
+            }
         };
-        let (store, e, heatmaps, options) = (
+        if in_flight.is_running(&uid) {
+            log::info!("study {uid}: analysed again once its analysis in progress ends");
+            in_flight.wait(uid);
+            continue;
+        }
+        let study = uid.clone();
+        let (to, e, heatmaps, options) = (
             Arc::clone(&store),
             Arc::clone(e),
             heatmaps.clone(),
             options.clone(),
         );
-        tasks.spawn(async move {
-            analyse_study(&store, &e, heatmaps.as_ref(), &options, &uid).await;
+        let task = tasks.spawn(async move {
+            analyse_study(&to, &e, heatmaps.as_ref(), &options, &uid).await;
             drop(permit);
         });
-        while tasks.try_join_next().is_some() {}
+        in_flight.started(task.id(), study);
+        while let Some(ended_task) = tasks.try_join_next_with_id() {
+            let id = ended_task.map_or_else(|e| e.id(), |(id, ())| id);
+            ended(&store, &mut in_flight, &id, &mut backlog);
+        }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// What the stage woke for while it had a free worker and no backlog.
+enum Next {
+    /// A study from assembly (`None`: the channel is closed).
+    Study(Option<String>),
+    /// An analysis ended.
+    Ended(tokio::task::Id),
+}
+
+/// An analysis ended: its study, if it came back meanwhile, is queued and analysed next.
+fn ended(
+    store: &Store,
+    in_flight: &mut InFlight<tokio::task::Id>,
+    task: &tokio::task::Id,
+    backlog: &mut VecDeque<String>,
+) {
+    if let Some(uid) = in_flight.finished(task) {
+        queue(store, &uid);
+        backlog.push_back(uid);
+    }
 }
 
 fn queue(store: &Store, uid: &str) {

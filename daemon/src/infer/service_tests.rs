@@ -533,3 +533,72 @@ async fn a_burst_of_100_studies_is_bounded_and_all_finish() {
     let r = record::latest_result(&store, "7.99").unwrap().unwrap();
     assert_eq!(r.images[0].status, ImageStatus::Analysed);
 }
+
+/// A study that new instances reopen while it is analysed, and that comes back complete
+/// before that analysis ends, is analysed again only once it has: never by two workers at
+/// once (the later of two overlapping analyses, not the one that saw the new instances,
+/// would otherwise become the latest result). Its first result is kept as version 1 and
+/// the second, with both images, becomes version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_that_comes_back_during_its_analysis_waits_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    add_instance(&store, "8.1", "8.1.1", &write_png(tmp.path(), 40), |_| {});
+    let (tx, rx) = mpsc::channel(4);
+    let options = PipelineOptions {
+        heatmaps: false,
+        ..Default::default()
+    };
+    // Two workers (the test backend's optimal request count), 400 ms per image.
+    let task = tokio::spawn(run_pipeline_with(
+        Arc::clone(&store),
+        factory(Duration::from_millis(400)),
+        rx,
+        options,
+    ));
+    let mut changes = store.changes();
+    tx.send("8.1".to_string()).await.unwrap();
+    wait_for(&store, "8.1", &[StudyState::Inferring]).await;
+    add_instance(&store, "8.1", "8.1.2", &write_png(tmp.path(), 220), |_| {});
+    tx.send("8.1".to_string()).await.unwrap();
+    for _ in 0..2000 {
+        let s = store.study("8.1").unwrap().unwrap();
+        if s.state == StudyState::Done && s.result_version == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tx);
+    task.await.unwrap();
+
+    // What the store broadcast, in order: no second `inferring` before the first result.
+    let mut seen = Vec::new();
+    loop {
+        match changes.try_recv() {
+            Ok(crate::store::Change::Study(s)) => seen.push(s.state.as_str().to_string()),
+            Ok(crate::store::Change::Result { .. }) => seen.push("result".to_string()),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+            Err(e) => panic!("missed study changes: {e}"),
+        }
+    }
+    let first_result = seen.iter().position(|s| s == "result").unwrap();
+    let analyses_before = seen[..first_result]
+        .iter()
+        .filter(|s| *s == "inferring")
+        .count();
+    assert_eq!(analyses_before, 1, "{seen:?}");
+    let images = |v| {
+        record::result(&store, "8.1", v)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no version {v}: {seen:?}"))
+            .images
+            .len()
+    };
+    assert_eq!((images(1), images(2)), (1, 2), "{seen:?}");
+    let s = store.study("8.1").unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.result_version),
+        (StudyState::Done, 2),
+        "{seen:?}"
+    );
+}
