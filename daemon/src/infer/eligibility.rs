@@ -4,7 +4,7 @@
 //! body parts, the patient's age range, the shortest image side). Everything else is "not
 //! applicable", with the reason; an image whose age is unknown is analysed with a caveat.
 
-use super::age::{bound, describe, patient_age};
+use super::age::{bound, patient_age};
 use super::dicom_image::ImageHeader;
 use super::manifest::IntendedUse;
 
@@ -147,13 +147,11 @@ pub fn check_intended_use(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
     let Some(range) = age_range(iu) else {
         return Eligible;
     };
-    match patient_age(&h.patient_age, &h.patient_birth_date, &h.study_date).years() {
-        Some(age)
-            if iu.age_min_years.is_some_and(|lo| age < lo)
-                || iu.age_max_years.is_some_and(|hi| age > hi) =>
-        {
-            NotApplicable(format!("age {} outside the model's {range}", describe(age)))
-        }
+    match patient_age(&h.patient_age, &h.patient_birth_date, &h.study_date).completed() {
+        Some(age) if !age.within(iu.age_min_years, iu.age_max_years) => NotApplicable(format!(
+            "age {} outside the model's {range}",
+            age.describe()
+        )),
         Some(_) => Eligible,
         None => EligibleWithCaveat(unknown_age_caveat(&range)),
     }
@@ -286,7 +284,30 @@ mod tests {
             check_with(&infant, &pediatric()),
             Eligibility::NotApplicable("age 6 mo outside the model's 1\u{2013}5 y".into())
         );
-        for inside in ["001Y", "003Y", "005Y", "030M"] {
+        // Ages by the calendar, each bound holding its whole year: five and a half is
+        // inside "1–5 y", the sixth birthday is not, the first birthday is.
+        for (birth, study, verdict) in [
+            ("20200101", "20250701", Eligibility::Eligible),
+            (
+                "20200101",
+                "20260101",
+                Eligibility::NotApplicable("age 6 y outside the model's 1\u{2013}5 y".into()),
+            ),
+            ("20250315", "20260315", Eligibility::Eligible),
+            (
+                "20250315",
+                "20260314",
+                Eligibility::NotApplicable("age 11 mo outside the model's 1\u{2013}5 y".into()),
+            ),
+        ] {
+            let h = ImageHeader {
+                patient_birth_date: birth.into(),
+                study_date: study.into(),
+                ..dx()
+            };
+            assert_eq!(check_with(&h, &pediatric()), verdict, "{birth} {study}");
+        }
+        for inside in ["001Y", "003Y", "005Y", "030M", "071M"] {
             let h = ImageHeader {
                 patient_age: inside.into(),
                 ..dx()

@@ -249,9 +249,11 @@ pub struct IntendedUse {
     pub views: Vec<String>,
     /// Body parts (0018,015) the model is for; an image without one is analysed.
     pub body_parts: Vec<String>,
-    /// Youngest patient, in decimal years (inclusive).
+    /// Youngest patient, in years, inclusive of the whole unit (see
+    /// [`super::age::Completed::within`]).
     pub age_min_years: Option<f64>,
-    /// Oldest patient, in decimal years (inclusive).
+    /// Oldest patient, in years, inclusive of the whole unit: 5 admits a child until the
+    /// day before the sixth birthday.
     pub age_max_years: Option<f64>,
     /// Shortest image side, in pixels.
     pub min_image_size: Option<u32>,
