@@ -12,8 +12,10 @@
 //! - checking that every declared length fits the bytes actually present: in the enclosing
 //!   item or sequence of defined length, and in the input itself;
 //! - capping each element that is not bulk data (pixel, overlay, waveform, document data)
-//!   at [`MAX_ELEMENT_BYTES`], and everything before the top-level Pixel Data (what a
-//!   header parse holds in memory, bulk or not) at [`MAX_HEADER_BYTES`];
+//!   at [`MAX_ELEMENT_BYTES`], and every value but the top-level Pixel Data, bulk or not,
+//!   at [`MAX_HEADER_BYTES`] in all: what a header parse holds in memory, and what a
+//!   reader that loads a whole file (encapsulated pixels) holds besides the pixels, so
+//!   elements placed after Pixel Data cannot make it hold more;
 //! - measuring the top-level Pixel Data ([`Summary`]), so that a reader about to load it
 //!   can hold it to what the image attributes declare first;
 //! - reading values only to skip them (seeks on files and slices), so its memory use is a
@@ -39,8 +41,9 @@ pub const MAX_DEPTH: usize = 64;
 /// Largest value accepted for an element that is not bulk data.
 pub const MAX_ELEMENT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Largest total of the values before the top-level Pixel Data (everything a header parse
-/// holds in memory). A chest X-ray's header is well under a megabyte.
+/// Largest total of the values besides the top-level Pixel Data (everything a header
+/// parse holds in memory, and whatever follows the pixels). A chest X-ray's header is well
+/// under a megabyte.
 pub const MAX_HEADER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Largest inflated size of a deflated data set that is scanned.
@@ -128,8 +131,8 @@ pub enum GuardError {
         /// Offset of its header.
         offset: u64,
     },
-    /// The values before the top-level Pixel Data total more than [`MAX_HEADER_BYTES`].
-    #[error("the elements before Pixel Data hold over {MAX_HEADER_BYTES} bytes")]
+    /// The values besides the top-level Pixel Data total more than [`MAX_HEADER_BYTES`].
+    #[error("the elements besides Pixel Data hold over {MAX_HEADER_BYTES} bytes")]
     HeaderTooLarge,
     /// A deflated data set inflates beyond [`MAX_INFLATED_BYTES`].
     #[error("deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")]
@@ -148,7 +151,8 @@ pub enum GuardError {
 /// What a successful scan measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Total of the values before the top-level Pixel Data (at most [`MAX_HEADER_BYTES`]).
+    /// Total of the values besides the top-level Pixel Data, before or after it (at most
+    /// [`MAX_HEADER_BYTES`]).
     pub header_bytes: u64,
     /// Bytes of the top-level Pixel Data: its value, or the sum of its fragments when
     /// encapsulated; `None` without Pixel Data.
@@ -541,14 +545,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
     let mut stack: Vec<Frame> = Vec::with_capacity(2 * MAX_DEPTH + 2);
     let mut depth = 0usize;
     let mut summary = Summary::default();
-    // Whether the walk is past the top-level Pixel Data (no longer in the header).
-    let mut past_header = false;
-    let held = |summary: &mut Summary, past: bool, n: u64| -> Result<(), GuardError> {
-        if !past {
-            summary.header_bytes = summary.header_bytes.saturating_add(n);
-            if summary.header_bytes > MAX_HEADER_BYTES {
-                return Err(GuardError::HeaderTooLarge);
-            }
+    let held = |summary: &mut Summary, n: u64| -> Result<(), GuardError> {
+        summary.header_bytes = summary.header_bytes.saturating_add(n);
+        if summary.header_bytes > MAX_HEADER_BYTES {
+            return Err(GuardError::HeaderTooLarge);
         }
         Ok(())
     };
@@ -651,10 +651,6 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
             input.read(&mut len)?;
             (implicit_vr(tag), u32_of(len, be))
         };
-        let top_level_pixels = stack.is_empty() && tag >= PIXEL_DATA;
-        if top_level_pixels {
-            past_header = true;
-        }
         if length == UNDEFINED || vr == VR::SQ {
             let kind = if tag == PIXEL_DATA && length == UNDEFINED {
                 Kind::Fragments
@@ -698,9 +694,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
         if length > MAX_ELEMENT_BYTES && !is_bulk(tag) {
             return Err(GuardError::ElementTooLarge { tag, length });
         }
-        held(&mut summary, past_header, length)?;
         if stack.is_empty() && tag == PIXEL_DATA {
             summary.pixel_data_bytes = Some(length);
+        } else {
+            held(&mut summary, length)?;
         }
         input.skip(length)?;
     }
@@ -940,6 +937,24 @@ mod tests {
         let summary = check_dataset(&ds, EXPLICIT_LE).unwrap();
         assert_eq!(summary.header_bytes, 2);
         assert_eq!(summary.pixel_data_bytes, Some(2 * half as u64 + 2));
+        // What follows the pixels counts too (a whole-file read holds it beside them):
+        // trailing private data of any size was a way round the budget.
+        let pixels = ds.len();
+        ds.extend(long_header(0x7FE1, 0x1010, b"OB", half as u32));
+        ds.resize(ds.len() + half, 0);
+        assert_eq!(
+            check_dataset(&ds, EXPLICIT_LE).map(|s| s.header_bytes),
+            Ok(half as u64 + 2)
+        );
+        ds.truncate(pixels);
+        for element in [0x1010u16, 0x1011] {
+            ds.extend(long_header(0x7FE1, element, b"OB", half as u32));
+            ds.resize(ds.len() + half, 0);
+        }
+        assert_eq!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::HeaderTooLarge)
+        );
     }
 
     #[test]

@@ -784,6 +784,32 @@ mod tests {
         assert_eq!(checked, 16 + 8 * 2);
     }
 
+    /// A small image followed by data of any size past its pixels is refused before it is
+    /// read: the pixels are then not at the end of the file, and a whole-file read would
+    /// hold whatever follows them.
+    #[test]
+    fn data_after_the_pixels_is_held_to_the_header_budget() {
+        use crate::dataset_guard::fixtures::{long_header, part10, short};
+        let mut body = short(0x0028, 0x0010, b"US", &8u16.to_le_bytes());
+        body.extend(short(0x0028, 0x0011, b"US", &8u16.to_le_bytes()));
+        body.extend(short(0x0028, 0x0100, b"US", &8u16.to_le_bytes()));
+        body.extend(long_header(0x7FE0, 0x0010, b"OB", 64));
+        body.resize(body.len() + 64, 7);
+        let trailing = (crate::dataset_guard::MAX_HEADER_BYTES / 2 + 2) as usize;
+        for element in [0x1010u16, 0x1011] {
+            body.extend(long_header(0x7FE1, element, b"OB", trailing as u32));
+            body.resize(body.len() + trailing, 0);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("trailing.dcm");
+        std::fs::write(&path, part10("1.2.840.10008.1.2.1", &body)).unwrap();
+        match DicomImage::open(&path) {
+            Err(DicomImageError::Open(e)) => assert!(e.contains("besides Pixel Data"), "{e}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("opened a file with 64 MiB past its pixels"),
+        }
+    }
+
     #[test]
     fn broken_pixel_data_is_an_error_not_a_panic() {
         let Some(dir) = samples_dir() else { return };
