@@ -316,9 +316,10 @@ pub fn health_payload(h: &Health, site_id: &str, device_id: &str, now: i64) -> H
 }
 
 /// The body to publish for an outbox entry of report `report_id`. Entries queued by an
-/// earlier version carry the local report id in clear, and a feedback's `finding` that
-/// was never checked against the model's labels: those are rendered the current way (id
-/// keyed, finding dropped). Bodies already rendered so pass unchanged.
+/// earlier version may carry the local report id in clear, a feedback's `finding` that
+/// was never checked against the model's labels, or a `created_at` to the second: those
+/// are rendered the current way (id keyed, finding dropped, time rounded down to the
+/// hour). Bodies already rendered so pass unchanged, byte for byte.
 pub fn current_body<'a>(
     body: &'a str,
     report_id: &str,
@@ -328,17 +329,34 @@ pub fn current_body<'a>(
     let Ok(Value::Object(mut v)) = serde_json::from_str::<Value>(body) else {
         return body.into();
     };
-    if report_id.is_empty() || v.get("report_id").and_then(Value::as_str) != Some(report_id) {
-        return body.into();
+    let mut changed = false;
+    if !report_id.is_empty() && v.get("report_id").and_then(Value::as_str) == Some(report_id) {
+        v.insert(
+            "report_id".into(),
+            Value::String(cloud_report_id(secret, report_id)),
+        );
+        if v.get("schema").and_then(Value::as_str) == Some(FEEDBACK_SCHEMA) {
+            v.insert("finding".into(), Value::Null);
+        }
+        changed = true;
     }
-    v.insert(
-        "report_id".into(),
-        Value::String(cloud_report_id(secret, report_id)),
-    );
-    if v.get("schema").and_then(Value::as_str) == Some(FEEDBACK_SCHEMA) {
-        v.insert("finding".into(), Value::Null);
+    let rounded = v
+        .get("created_at")
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| rfc3339(to_the_hour(t.unix_timestamp())))
+        .filter(|r| v.get("created_at").and_then(Value::as_str) != Some(r.as_str()));
+    if let Some(rounded) = rounded {
+        v.insert("created_at".into(), Value::String(rounded));
+        changed = true;
     }
-    to_json(&v).into()
+    if changed {
+        to_json(&v).into()
+    } else {
+        body.into()
+    }
 }
 
 /// Serializes a payload as compact JSON (one line).
@@ -475,6 +493,17 @@ mod tests {
         );
         let fb = current_body(&old_fb, &rid, &secret);
         assert!(!fb.contains("Smith") && !fb.contains(&rid), "{fb}");
+        // A time to the second, queued with a local or an already keyed id, goes out
+        // rounded down to the hour, as the schema requires.
+        for id in [rid.clone(), keyed.clone()] {
+            let old = format!(
+                "{{\"schema\":\"duli.report.v1\",\"report_id\":\"{id}\",\"created_at\":\"2026-03-04T10:17:43Z\"}}"
+            );
+            let v: serde_json::Value =
+                serde_json::from_str(&current_body(&old, &rid, &secret)).unwrap();
+            assert_eq!(v["created_at"], "2026-03-04T10:00:00Z", "{id}");
+            assert_eq!(v["report_id"], keyed.as_str());
+        }
         // Rendered already, or not a report: unchanged, byte for byte.
         let new = to_json(&report_payload(&fixtures::report(), &secret, "s", "d"));
         assert_eq!(current_body(&new, "r-7f3a9c2e01", &secret), new);
