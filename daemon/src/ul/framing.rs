@@ -9,6 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Size of the PDU header (type, reserved, 32-bit length).
 pub const PDU_HEADER: usize = 6;
 
+/// Most buffer room added per read: a declared PDU length is never reserved up front.
+const READ_STEP: usize = 256 * 1024;
+
 /// Largest A-ASSOCIATE-RQ accepted. 128 presentation contexts with a dozen transfer
 /// syntaxes each fit in well under this; anything larger is hostile.
 pub const MAX_ASSOCIATE_RQ: u32 = 256 * 1024;
@@ -119,7 +122,9 @@ impl PduReader {
         want: usize,
     ) -> Result<(), FramingError> {
         while self.buf.len() < want {
-            self.buf.reserve(want - self.buf.len());
+            // Room for what is still missing, at most READ_STEP at a time: the buffer
+            // grows with the bytes that arrive, not with the length the peer declared.
+            self.buf.reserve((want - self.buf.len()).min(READ_STEP));
             // `read_buf` is cancel safe: if dropped, nothing was read.
             if stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
@@ -163,6 +168,28 @@ mod tests {
                 }
             ),
             "{err}"
+        );
+    }
+
+    /// A peer that declares a large P-DATA and sends a few bytes gets no buffer of the
+    /// declared size: the buffer grows with what arrives.
+    #[tokio::test]
+    async fn a_declared_length_is_not_reserved_before_the_bytes_arrive() {
+        let max = 16 * 1024 * 1024;
+        let mut r = PduReader::new(max);
+        let before = r.buf.capacity();
+        let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
+        let mut head = vec![0x04u8, 0];
+        head.extend_from_slice(&max.to_be_bytes());
+        head.extend_from_slice(&[0u8; 100]);
+        tx.write_all(&head).await.unwrap();
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut rx)).await;
+        assert!(waited.is_err(), "a PDU came from a partial one");
+        assert!(
+            r.buf.capacity() <= before + READ_STEP,
+            "{} bytes held for 106 received",
+            r.buf.capacity()
         );
     }
 
