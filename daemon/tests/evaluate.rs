@@ -129,7 +129,15 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     assert!(out.stderr.contains("truncated.png"), "{}", out.stderr);
     assert!(out.stderr.contains("unsorted"), "{}", out.stderr);
     assert_eq!(report["model"]["name"], "pneumonia-xception");
-    assert_eq!(report["model"]["hash"].as_str().unwrap().len(), 64);
+    for key in ["hash", "network_sha256", "weights_sha256"] {
+        let hex = report["model"][key].as_str().unwrap();
+        assert!(
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{key}: {hex}"
+        );
+    }
+    // At f32 the network scored is the manifest's own.
+    assert_eq!(report["model"]["network_sha256"], report["model"]["hash"]);
     assert_eq!(f["threshold"], 0.5);
     assert_eq!(report["target_sensitivity"], 0.95);
     let tgt = &f["at_target_sensitivity"];

@@ -221,6 +221,8 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
         name: id.name.clone(),
         version: id.version.clone(),
         hash: id.sha256.clone(),
+        network_sha256: id.network_sha256.clone(),
+        weights_sha256: id.weights_sha256.clone(),
         precision: id.precision.to_string(),
         cpu_feature: id.cpu_feature.clone(),
         backend: id.backend.clone(),

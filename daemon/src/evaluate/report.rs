@@ -20,8 +20,13 @@ pub struct ModelInfo {
     pub name: String,
     /// Manifest version.
     pub version: String,
-    /// SHA-256 of the network file (verified at load).
+    /// SHA-256 of the model's network file named by its manifest (verified at load).
     pub hash: String,
+    /// SHA-256 of the network actually scored (the INT8 network at `int8`, else `hash`).
+    pub network_sha256: String,
+    /// SHA-256 of the weights of the network actually scored (verified at load; empty
+    /// when the network has no separate weights file).
+    pub weights_sha256: String,
     /// Inference precision the cases were scored at (f32, bf16, int8).
     pub precision: String,
     /// The CPU feature that decides that precision's results (`any` for f32).
