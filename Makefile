@@ -54,14 +54,16 @@ models:
 	scripts/setup-int8.sh
 
 # The hostile-peer suite (daemon/tests/hostile.rs) drives the release daemon.
+# DULI_REQUIRE_PEERS=1: what test-env installs must be there; a test that would skip for
+# want of it fails instead (only the shared data folder beside the checkout may be absent).
 test: test-env
 	$(CARGO) build --release -p duli
-	$(CARGO) test --workspace
+	DULI_REQUIRE_PEERS=1 $(CARGO) test --workspace
 	$(MAKE) --no-print-directory test-scripts
 
 test-long: test-env
 	$(CARGO) build --release -p duli
-	DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
+	DULI_REQUIRE_PEERS=1 DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
 	$(MAKE) --no-print-directory test-scripts
 
 # Shell and Python scripts are checked for syntax; tests/*.sh are run.

@@ -76,6 +76,35 @@ impl Suite {
         answer
     }
 
+    /// The index record of study `uid` once its analysis has ended (any state past
+    /// `inferring`); fails after 60 s.
+    fn settled(&mut self, uid: &str, what: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = run(
+                &mut self.daemon.command(&["studies"]),
+                Duration::from_secs(60),
+            );
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            let st = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|st| st["study_instance_uid"] == uid)
+                .cloned()
+                .unwrap_or_else(|| panic!("{what}: study {uid} not indexed"));
+            let state = st["state"].as_str().unwrap_or_default().to_string();
+            if !matches!(
+                state.as_str(),
+                "receiving" | "complete" | "queued" | "inferring"
+            ) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{what}: study stuck in {state}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The invariants every case must leave intact.
     fn check(&mut self, case: &str) {
         // C-ECHO.
@@ -369,6 +398,7 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
 
     // 5. Broken compressed streams from the real samples: truncated (refused), then
     //    corrupted inside well-formed fragments (stored; analysis must fail cleanly).
+    let mut corrupted = Vec::new();
     if let Some(dir) = samples_dir() {
         for encoding in [
             "jpeg-lossless-sv1",
@@ -396,6 +426,15 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
             );
             let answer = s.store(&ts, &sop, &broken);
             assert_eq!(answer.status(), Some(0), "corrupted {encoding}: {answer:?}");
+            let study = dicom_object::open_file(&file)
+                .unwrap()
+                .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+            corrupted.push((encoding, study));
             s.check(&format!("corrupted {encoding} stream"));
         }
     }
@@ -453,7 +492,7 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     assert_cannot_understand("deflate bomb", &answer);
     let log = s.daemon.log();
     assert!(
-        log.contains("the elements before Pixel Data hold over"),
+        log.contains("the elements besides Pixel Data hold over"),
         "the deflate bomb was not refused by the header budget:\n{log}"
     );
     s.check("deflated data set inflating to 512 MiB before Pixel Data");
@@ -586,32 +625,17 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     }
 
     // The pixel bomb's study completes, its image recorded as not analysable, undecoded;
-    // corrupted streams end as errors, not crashes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let bomb_state = loop {
-        let out = run(&mut s.daemon.command(&["studies"]), Duration::from_secs(60));
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let st = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|st| st["study_instance_uid"] == bomb.study.as_str())
-            .cloned()
-            .expect("pixel bomb study indexed");
-        let state = st["state"].as_str().unwrap_or_default().to_string();
-        if !matches!(
-            state.as_str(),
-            "receiving" | "complete" | "queued" | "inferring"
-        ) {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pixel bomb study stuck in {state}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // corrupted streams end as errors, not crashes: each study's analysis ends, the
+    // daemon still answers, and none is left half way.
+    let bomb_state = s.settled(&bomb.study, "pixel bomb");
     eprintln!("pixel bomb study: {bomb_state}");
+    for (encoding, study) in &corrupted {
+        let st = s.settled(study, &format!("corrupted {encoding}"));
+        let state = st["state"].as_str().unwrap_or_default();
+        assert_eq!(state, "error", "corrupted {encoding}: {st}");
+        eprintln!("corrupted {encoding}: study {state}");
+    }
+    s.check("corrupted streams analysed");
     let log = s.daemon.log();
     assert!(
         log.contains("too large to analyse"),

@@ -27,7 +27,7 @@ impl Drop for TempUser {
 
 fn temp_user(tag: &str) -> Option<TempUser> {
     if !nix::unistd::geteuid().is_root() {
-        skip("switching users needs root; this test runs as another user");
+        skip_here("switching users needs root; this test runs as another user");
         return None;
     }
     let useradd = require_tool("useradd")?;
@@ -113,7 +113,7 @@ fn duli_run_from(
 fn started_as_root_it_binds_then_serves_as_the_service_user() {
     let Some(user) = temp_user("a") else { return };
     let Some(port) = privileged_port() else {
-        skip("no free port below 1024 on loopback");
+        skip_here("no free port below 1024 on loopback");
         return;
     };
     let dir = temp_dir("privileges");
@@ -220,7 +220,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_missing_service_user_is_refused_unless_root_is_allowed() {
     if !nix::unistd::geteuid().is_root() {
-        skip("the refusal applies to root only; this test runs as another user");
+        skip_here("the refusal applies to root only; this test runs as another user");
         return;
     }
     let dir = temp_dir("privileges-missing");

@@ -81,7 +81,7 @@ fn faulty_daemon(
     stage: &str,
 ) -> Option<(Daemon, std::os::unix::net::UnixDatagram)> {
     if !cfg!(debug_assertions) {
-        skip("stage fault injection exists only in debug builds");
+        skip_here("stage fault injection exists only in debug builds");
         return None;
     }
     let sock_path = dir.join("notify.sock");

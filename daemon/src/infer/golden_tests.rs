@@ -78,7 +78,7 @@ fn a_densenet_layout_manifest_loads_and_runs() {
         return;
     };
     let Some(python) = onnx_python() else {
-        eprintln!("SKIP: no Python with onnx + numpy (set DULI_PYTHON)");
+        super::testdata::skip("no Python with onnx + numpy (set DULI_PYTHON)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -542,7 +542,7 @@ fn dicom_jpeg_baseline_decodes_as_dcmtk_does() {
             .unwrap_or(false)
     };
     if !(tool("dcmcjpeg") && tool("dcmdjpeg")) {
-        eprintln!("SKIP: DCMTK's dcmcjpeg/dcmdjpeg are absent (scripts/setup-test-env.sh)");
+        super::testdata::skip("DCMTK's dcmcjpeg/dcmdjpeg are absent (scripts/setup-test-env.sh)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -193,7 +193,9 @@ mod tests {
     #[test]
     fn jpegs_decode_to_the_samples_pil_decodes() {
         let Some(py) = testdata::python_with("PIL, numpy") else {
-            eprintln!("SKIP: no Python with PIL and numpy (run scripts/setup-test-env.sh)");
+            crate::infer::testdata::skip(
+                "no Python with PIL and numpy (run scripts/setup-test-env.sh)",
+            );
             return;
         };
         let dir = tempfile::tempdir().unwrap();

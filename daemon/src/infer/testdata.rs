@@ -1,7 +1,23 @@
 //! Locations of the shared sample data for tests (`../shared` from the repository root, or
 //! `DULI_SHARED_DIR`). Tests print a SKIP line and return when it is absent.
+//!
+//! What the test environment installs (the runtime, the model, the samples prepared from
+//! PyPI, the peers and Python modules) must be there when `DULI_REQUIRE_PEERS=1` (set by
+//! `make test`): a test that would skip for want of it fails instead ([`skip`]).
 
 use std::path::PathBuf;
+
+/// Skips a test for want of something the test environment installs: prints the SKIP
+/// line, or fails the test when `DULI_REQUIRE_PEERS` is set (`make test`).
+pub fn skip(reason: &str) {
+    if matches!(
+        std::env::var("DULI_REQUIRE_PEERS").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    ) {
+        panic!("{reason}: DULI_REQUIRE_PEERS is set (make test), so this test may not skip; run scripts/setup-test-env.sh");
+    }
+    eprintln!("SKIP: {reason}");
+}
 
 /// The shared folder, when present: `DULI_SHARED_DIR`, else the nearest `shared/` beside the
 /// repository root or one of its parents (`../shared` for a checkout, `../../shared` for a
@@ -43,10 +59,10 @@ pub fn runtime_config() -> Option<crate::config::InferenceConfig> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".cache/openvino/libs/libopenvino_c.so"));
     if !lib.exists() {
-        eprintln!(
-            "SKIP: OpenVINO runtime absent at {} (run scripts/setup-openvino.sh)",
+        skip(&format!(
+            "OpenVINO runtime absent at {} (run scripts/setup-openvino.sh)",
             lib.display()
-        );
+        ));
         return None;
     }
     let model = repo_root().join("models/pneumonia-xception/model.toml");
@@ -54,7 +70,7 @@ pub fn runtime_config() -> Option<crate::config::InferenceConfig> {
         .join("models/pneumonia-xception/pneumonia_xception_fp16.bin")
         .exists()
     {
-        eprintln!("SKIP: pneumonia-xception weights absent (run scripts/setup-models.sh)");
+        skip("pneumonia-xception weights absent (run scripts/setup-models.sh)");
         return None;
     }
     Some(crate::config::InferenceConfig {
@@ -113,10 +129,10 @@ pub fn jpeg_samples_dir() -> Option<PathBuf> {
     if dir.join("ATTRIBUTION.md").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIP: {} is absent (run scripts/setup-samples.sh)",
+        skip(&format!(
+            "{} is absent (run scripts/setup-samples.sh)",
             dir.display()
-        );
+        ));
         None
     }
 }

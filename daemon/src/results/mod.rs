@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(store.instance_count(), 3);
 
         let (Some(dsrdump), Some(dcmdump)) = (tool("dsrdump"), tool("dcmdump")) else {
-            eprintln!("SKIP: DCMTK absent, objects not parsed by a second reader");
+            crate::infer::testdata::skip("DCMTK absent, objects not parsed by a second reader");
             return;
         };
         let out = std::process::Command::new(dsrdump)

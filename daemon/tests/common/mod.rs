@@ -68,8 +68,30 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 // Locations, switches and skipping
 // ---------------------------------------------------------------------------
 
-/// Prints the standard skip line for a test that cannot run here.
+/// Whether every peer and file that `make test` installs must be here
+/// (`DULI_REQUIRE_PEERS=1`, which `make test` sets): a test that would skip for want of
+/// one fails instead, so a green run means every test ran.
+pub fn peers_required() -> bool {
+    matches!(
+        std::env::var("DULI_REQUIRE_PEERS").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
+}
+
+/// Skips a test for want of something the test environment installs (a peer, a tool, the
+/// runtime or the model): prints the standard skip line, or fails the test when
+/// [`peers_required`].
 pub fn skip(reason: &str) {
+    if peers_required() {
+        panic!("{reason}: DULI_REQUIRE_PEERS is set (make test), so this test may not skip; run scripts/setup-test-env.sh");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// Skips a test for what no setup provides here: the shared data folder beside the
+/// checkout (not part of the repository), root, a free privileged port, a debug build.
+/// Never fails the test.
+pub fn skip_here(reason: &str) {
     eprintln!("SKIP: {reason}");
 }
 
@@ -108,7 +130,7 @@ pub fn shared_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        skip(&format!(
+        skip_here(&format!(
             "shared folder {} is absent (set DULI_SHARED_DIR)",
             dir.display()
         ));
@@ -122,7 +144,7 @@ pub fn samples_dir() -> Option<PathBuf> {
     if dir.join("dicom").is_dir() {
         Some(dir)
     } else {
-        skip(&format!("sample data {} is absent", dir.display()));
+        skip_here(&format!("sample data {} is absent", dir.display()));
         None
     }
 }
@@ -133,7 +155,7 @@ pub fn sample_dicoms(encoding: &str) -> Option<Vec<PathBuf>> {
     let dir = samples_dir()?.join("dicom").join(encoding);
     let files = dicom_files(&dir);
     if files.is_empty() {
-        skip(&format!("no sample DICOM files in {}", dir.display()));
+        skip_here(&format!("no sample DICOM files in {}", dir.display()));
         None
     } else {
         Some(files)
