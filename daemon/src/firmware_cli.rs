@@ -206,19 +206,33 @@ fn peek_kind(bundle: &Path) -> Result<PayloadKind, BundleError> {
     Ok(Manifest::from_json(&header.manifest)?.payload.kind)
 }
 
+/// Why a file in a folder the service user owns was not taken by root.
+#[derive(Debug, thiserror::Error)]
+enum NotRegular {
+    /// It did not open without following a link (or at all).
+    #[error("is not a regular file that opens without following a link ({0})")]
+    Open(std::io::Error),
+    /// It opened, but is something else (a FIFO, a device, a folder).
+    #[error("is not a regular file")]
+    Kind,
+    /// Its type could not be read.
+    #[error("cannot be examined ({0})")]
+    Examine(std::io::Error),
+}
+
 /// Opens `path` for reading without following a link and without blocking on a FIFO, and
 /// keeps it only when the opened file is a regular file.
-fn open_regular(path: &Path) -> Result<fs::File, String> {
+fn open_regular(path: &Path) -> Result<fs::File, NotRegular> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| format!("is not a regular file that opens without following a link ({e})"))?;
+        .map_err(NotRegular::Open)?;
     match file.metadata() {
         Ok(m) if m.file_type().is_file() => Ok(file),
-        Ok(_) => Err("is not a regular file".into()),
-        Err(e) => Err(format!("cannot be examined ({e})")),
+        Ok(_) => Err(NotRegular::Kind),
+        Err(e) => Err(NotRegular::Examine(e)),
     }
 }
 

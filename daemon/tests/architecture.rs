@@ -199,3 +199,30 @@ fn accounts_use_no_stage() {
     );
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// Query/Retrieve serves on a narrow context of its own (`qr::Context`): it knows nothing
+/// of the storage SCP's internals, nor the SCP of it.
+#[test]
+fn query_retrieve_and_the_storage_scp_stay_apart() {
+    let bad = violations("qr", &["receive", "console", "daemon"]);
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Errors are typed: no function of the daemon returns a bare `String` as its error (a
+/// caller can then tell the causes apart, and the context travels with the source).
+#[test]
+fn no_function_returns_a_string_error() {
+    let mut bad = Vec::new();
+    for (rel, text) in sources(&src_dir()) {
+        let code = without_tests(&text);
+        for (n, line) in code.lines().enumerate() {
+            let compact: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            if compact.contains("->Result<") && compact.ends_with(",String>{")
+                || compact.contains("->Result<") && compact.contains(",String>where")
+            {
+                bad.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
