@@ -295,7 +295,9 @@ impl Recorder {
             return;
         }
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
-        if self.generated(&uids.sr_instance) {
+        // Made already: under its UID, or under the unkeyed UID an earlier version gave it.
+        let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
+        if self.generated(&uids.sr_instance) || self.generated(&unkeyed.sr_instance) {
             return;
         }
         let report = Report::from_result(&result, &study);
@@ -329,15 +331,15 @@ impl Recorder {
         }
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
         let report = Report::from_result(&result, &study);
-        if !self.generated(&uids.pm_instance) {
+        // Under the UID an earlier version gave each object, too (made by this box, not
+        // stored by a peer that computed that unkeyed UID).
+        let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
+        if !self.generated(&uids.pm_instance) && !self.generated(&unkeyed.pm_instance) {
             let made =
                 parametric_map::build(&self.store, &report, &uids, sop, png, &d.plan.device_id);
             self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance);
         }
-        // Under the UID an earlier version gave it, too (made by this box, not stored by
-        // a peer that computed that unkeyed UID).
-        let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id).sc_instance;
-        if !self.generated(&uids.sc_instance) && !self.generated(&unkeyed) {
+        if !self.generated(&uids.sc_instance) && !self.generated(&unkeyed.sc_instance) {
             let made = secondary_capture::build(&self.store, &report, &uids, sop, png);
             self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance);
         }
@@ -579,6 +581,56 @@ mod tests {
             .filter(|e| e.kind == Kind::StructuredReport)
             .count();
         assert!(sr_entries <= 1, "{sr_entries} SR pushes");
+    }
+
+    /// A report whose SR an earlier version made under the unkeyed UID (before result
+    /// object UIDs were keyed) gets no second SR when its heatmap settles after the upgrade.
+    #[tokio::test]
+    async fn a_report_made_by_an_earlier_version_keeps_its_objects() {
+        let (_dir, store, recorder, outbox) = setup();
+        add_study(&store, "1.3.7", "PAT-7");
+        let r = result("1.3.7", ImageStatus::Analysed);
+        recorder
+            .record_result(Outcome {
+                result: &r,
+                heatmaps_to_make: &["1.3.7.1"],
+                failure: None,
+            })
+            .await
+            .unwrap();
+        let root = "1.2.826.0.1.3680043.8.498";
+        let old = ResultUids::unkeyed(root, &r.report_id).sr_instance;
+        store
+            .commit_instance(
+                &InstanceRecord {
+                    sop_instance_uid: old.clone(),
+                    study_instance_uid: "1.3.7".into(),
+                    generated: true,
+                    ..Default::default()
+                },
+                &StudyRecord::default(),
+            )
+            .unwrap();
+        recorder
+            .record_heatmap(
+                "1.3.7",
+                1,
+                "1.3.7.1",
+                HeatmapState::Skipped {
+                    reason: "backlog".into(),
+                },
+                0.0,
+            )
+            .unwrap();
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
+        let keyed = ResultUids::new(root, &r.report_id, &key).sr_instance;
+        assert_ne!(keyed, old);
+        assert!(store.instance(&keyed).unwrap().is_none(), "a second SR");
+        assert!(!outbox
+            .list(None)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == Kind::StructuredReport));
     }
 
     /// A study none of whose images could be analysed ends in `error` and owes nothing;

@@ -206,7 +206,7 @@ pub fn build(
     obj.put(text(
         tags::CONTENT_DESCRIPTION,
         VR::LO,
-        "Occlusion saliency of the AI finding; preliminary, not verified",
+        "Saliency of the AI finding; preliminary, not verified",
     ));
     obj.put(text(tags::CONTENT_CREATOR_NAME, VR::PN, ""));
     obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO"));
@@ -461,15 +461,44 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
                 tags::ANATOMIC_REGION_SEQUENCE,
                 vec![code_item("51185008", "SCT", "Thorax")],
             ),
-            text(tags::FRAME_LATERALITY, VR::CS, "B"),
+            text(
+                tags::FRAME_LATERALITY,
+                VR::CS,
+                frame_laterality(&source.laterality),
+            ),
         ])],
     ));
     g
 }
 
+/// Frame Laterality (type 1: R, L, U or B) from the source's laterality: the chest is seen
+/// whole (`B`) unless the source says one side.
+fn frame_laterality(source: &str) -> &'static str {
+    match source.trim() {
+        "R" => "R",
+        "L" => "L",
+        "U" => "U",
+        _ => "B",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_laterality_follows_one_side_else_both() {
+        for (source, frame) in [
+            ("L", "L"),
+            ("R ", "R"),
+            ("U", "U"),
+            ("", "B"),
+            ("B", "B"),
+            ("X", "B"),
+        ] {
+            assert_eq!(frame_laterality(source), frame, "{source:?}");
+        }
+    }
 
     #[test]
     fn the_grid_keeps_whole_blocks_within_the_limit() {
