@@ -5,8 +5,6 @@
 
 use crate::config::Config;
 use crate::scu;
-use rustls::pki_types::ServerName;
-use std::net::IpAddr;
 use std::path::Path;
 
 use std::time::{Duration, Instant};
@@ -213,12 +211,9 @@ enum Unreachable {
     /// The client's TLS settings are unusable.
     #[error("TLS: {0}")]
     Tls(crate::tls::TlsError),
-    /// The host is not a valid TLS server name.
-    #[error("TLS: {0}")]
-    ServerName(rustls::pki_types::InvalidDnsNameError),
-    /// The TLS handshake failed.
-    #[error("TLS handshake: {0}")]
-    Handshake(std::io::Error),
+    /// The TLS handshake did not give a connection.
+    #[error(transparent)]
+    Handshake(crate::tls::HandshakeError),
     /// The MQTT CONNECT could not be sent.
     #[error("sending CONNECT: {0}")]
     SendConnect(std::io::Error),
@@ -245,6 +240,9 @@ fn refusal(code: u8) -> String {
     }
 }
 
+/// Longest TLS handshake of a check (each check also runs under its own time limit).
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
+
 /// TCP connect, then a TLS handshake when `tls`; returns the stream and the time taken.
 async fn connect(
     host: &str,
@@ -265,12 +263,7 @@ async fn connect(
     let ca = ca.ok_or(Unreachable::NoCa)?;
     let config =
         crate::tls::client_config("provision", Some(ca), cert, key).map_err(Unreachable::Tls)?;
-    let name = match host.parse::<IpAddr>() {
-        Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => ServerName::try_from(host.to_string()).map_err(Unreachable::ServerName)?,
-    };
-    let stream = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
+    let stream = crate::tls::connect(config, host, tcp, HANDSHAKE_LIMIT)
         .await
         .map_err(Unreachable::Handshake)?;
     Ok((Box::new(stream), started.elapsed()))

@@ -5,7 +5,8 @@
 //!   required unless configured otherwise) and the console (HTTP/1.1 by ALPN).
 //! - [`client_config`]: every outbound connection (DICOM TLS to PACS, MLLP to the RIS,
 //!   MQTT, the provisioning checks): the CA bundle the peer must chain to, and a client
-//!   certificate when one is configured.
+//!   certificate when one is configured; [`connect`]: the client handshake over a TCP
+//!   connection, the peer named as configured and held to a time limit.
 //! - [`self_signed`]: the console's configured or generated certificate.
 
 pub mod self_signed;
@@ -15,6 +16,48 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Why a client TLS handshake did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The host is neither an IP address nor a valid DNS name to verify the server by.
+    #[error("{host:?} is not a valid TLS server name: {source}")]
+    ServerName {
+        /// The host as configured.
+        host: String,
+        /// rustls's reason.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The handshake did not finish within the limit.
+    #[error("TLS handshake timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The handshake failed (certificate refused, protocol error, connection closed).
+    #[error("TLS handshake failed: {0}")]
+    Failed(std::io::Error),
+}
+
+/// The TLS client handshake over `tcp` with the server configured as `host` (an IP
+/// address is verified as such, anything else as a DNS name), within `limit`.
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    host: &str,
+    tcp: tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HandshakeError> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|source| {
+        HandshakeError::ServerName {
+            host: host.to_string(),
+            source,
+        }
+    })?;
+    tokio::time::timeout(
+        limit,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| HandshakeError::Timeout(limit))?
+    .map_err(HandshakeError::Failed)
+}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -231,4 +274,57 @@ pub fn client_config(
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn trusting_nothing() -> Arc<ClientConfig> {
+        Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(VERSIONS)
+                .unwrap()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A server that accepts and never answers holds the handshake to its limit; a host
+    /// that is no name is refused before any byte is sent.
+    #[tokio::test]
+    async fn the_client_handshake_is_held_to_its_limit_and_to_a_valid_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let limit = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let err = connect(trusting_nothing(), "127.0.0.1", tcp, limit)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HandshakeError::Timeout(l) if l == limit),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        silent.abort();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let err = connect(trusting_nothing(), "not a host!", tcp, limit)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, HandshakeError::ServerName { host, .. } if host == "not a host!"),
+            "{err}"
+        );
+    }
 }

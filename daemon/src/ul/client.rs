@@ -45,12 +45,10 @@ pub enum ClientError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     TlsConfig(#[from] TlsError),
-    /// The host is not a valid TLS server name.
-    #[error("{0:?} is not a valid TLS server name")]
-    ServerName(String),
-    /// The TLS handshake failed (certificate not trusted, no common version or suite).
-    #[error("TLS handshake failed: {0}")]
-    Handshake(std::io::Error),
+    /// The TLS handshake did not give a connection (server name, time limit, certificate
+    /// not trusted, no common version or suite).
+    #[error(transparent)]
+    Handshake(#[from] crate::tls::HandshakeError),
     /// The peer rejected the association.
     #[error("association rejected: {0}")]
     Rejected(String),
@@ -144,15 +142,7 @@ impl Client {
         let mut stream: Box<dyn Stream> = match tls {
             None => Box::new(tcp),
             Some(config) => {
-                let name = rustls::pki_types::ServerName::try_from(rq.host.to_string())
-                    .map_err(|_| ClientError::ServerName(rq.host.to_string()))?;
-                let connecting = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-                Box::new(
-                    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                        .await
-                        .map_err(|_| ClientError::Timeout(CONNECT_TIMEOUT))?
-                        .map_err(ClientError::Handshake)?,
-                )
+                Box::new(crate::tls::connect(config, rq.host, tcp, CONNECT_TIMEOUT).await?)
             }
         };
         let proposed: Vec<PresentationContextProposed> = rq

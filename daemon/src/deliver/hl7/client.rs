@@ -102,20 +102,9 @@ pub enum ConnectError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The host is not a valid TLS server name.
-    #[error("TLS server name {host}: {source}")]
-    ServerName {
-        /// The RIS host.
-        host: String,
-        /// Why it is not a name.
-        source: rustls::pki_types::InvalidDnsNameError,
-    },
-    /// The TLS handshake did not finish in time.
-    #[error("TLS handshake timed out")]
-    HandshakeTimeout,
-    /// The TLS handshake failed.
-    #[error("TLS handshake: {0}")]
-    Handshake(std::io::Error),
+    /// The TLS handshake did not give a connection.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::HandshakeError),
 }
 
 impl Hl7Channel {
@@ -138,17 +127,13 @@ impl Hl7Channel {
         match &self.target.tls {
             None => Ok(Box::new(tcp)),
             Some(cfg) => {
-                let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
-                    .map_err(|source| ConnectError::ServerName {
-                        host: self.target.host.clone(),
-                        source,
-                    })?;
-                let connector = tokio_rustls::TlsConnector::from(cfg.clone());
-                let tls =
-                    tokio::time::timeout(self.target.connect_timeout, connector.connect(name, tcp))
-                        .await
-                        .map_err(|_| ConnectError::HandshakeTimeout)?
-                        .map_err(ConnectError::Handshake)?;
+                let tls = crate::tls::connect(
+                    cfg.clone(),
+                    &self.target.host,
+                    tcp,
+                    self.target.connect_timeout,
+                )
+                .await?;
                 Ok(Box::new(tls))
             }
         }
