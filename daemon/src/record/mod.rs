@@ -203,7 +203,7 @@ impl Recorder {
             // ([`Recorder::record_heatmap`]).
             return batch;
         }
-        match results::sr::build(&report, &uids, &self.sources(&report), None)
+        match results::sr::build(&report, &uids, &self.sources(&report, result), None)
             .and_then(|sr| results::store_object(&self.store, &sr))
         {
             Ok(rec) => batch.extend(d.plan.push_entries(
@@ -256,11 +256,23 @@ impl Recorder {
     }
 
     /// The stored instances `report` was made from (those still in the index).
-    fn sources(&self, report: &Report) -> Vec<crate::model::InstanceRecord> {
-        report
+    /// For a study none of whose images was analysed (outside the model's intended use),
+    /// the images that were considered: the SR's Image Library (TID 1500) and evidence then
+    /// name what the report speaks of.
+    fn sources(&self, report: &Report, result: &StudyResult) -> Vec<crate::model::InstanceRecord> {
+        let instance = |uid: &String| self.store.instance(uid).ok().flatten();
+        let analysed: Vec<_> = report
             .source_sop_instance_uids
             .iter()
-            .filter_map(|uid| self.store.instance(uid).ok().flatten())
+            .filter_map(instance)
+            .collect();
+        if !analysed.is_empty() {
+            return analysed;
+        }
+        result
+            .images
+            .iter()
+            .filter_map(|i| instance(&i.sop_instance_uid))
             .collect()
     }
 
@@ -311,7 +323,7 @@ impl Recorder {
             series: &uids.pm_series,
             finding: code,
         });
-        let made = results::sr::build(&report, &uids, &self.sources(&report), explanation)
+        let made = results::sr::build(&report, &uids, &self.sources(&report, &result), explanation)
             .map_err(ObjectError::from);
         self.commit_object(d, &report, made, Kind::StructuredReport, &uids.sr_instance);
     }
@@ -460,6 +472,18 @@ mod tests {
         crate::result::fixtures::study_result(study, vec![image])
     }
 
+    /// Records `r`, analysed in full, with no heatmap to come.
+    async fn record(recorder: &Recorder, r: &StudyResult) -> Committed {
+        recorder
+            .record_result(Outcome {
+                result: r,
+                heatmaps_to_make: &[],
+                failure: None,
+            })
+            .await
+            .unwrap()
+    }
+
     fn setup() -> (tempfile::TempDir, Arc<Store>, Recorder, Arc<Outbox>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -583,6 +607,54 @@ mod tests {
         assert!(sr_entries <= 1, "{sr_entries} SR pushes");
     }
 
+    /// The SR of a study outside the intended use (nothing analysed, no finding) still
+    /// has its TID 1500 Image Library: the images that were considered.
+    #[tokio::test]
+    async fn the_sr_of_a_study_outside_the_intended_use_names_its_images() {
+        let (_dir, store, recorder, _outbox) = setup();
+        add_study(&store, "1.3.9", "PAT-9");
+        let mut r = result("1.3.9", ImageStatus::NotApplicable);
+        r.images[0].reason = Some("age 45 y outside the model's 1\u{2013}5 y".into());
+        assert_eq!(failure(&r), None);
+        record(&recorder, &r).await;
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
+        let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
+        let made = store.instance(&sr).unwrap().expect("the SR is stored");
+        let sr = dicom_object::open_file(store.root().join(&made.path)).unwrap();
+        let library = sr
+            .element(dicom_dictionary_std::tags::CONTENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+            .iter()
+            .find(|i| {
+                i.element(dicom_dictionary_std::tags::CONCEPT_NAME_CODE_SEQUENCE)
+                    .ok()
+                    .and_then(|e| {
+                        e.items()?
+                            .first()?
+                            .element(dicom_dictionary_std::tags::CODE_VALUE)
+                            .ok()?
+                            .to_str()
+                            .ok()
+                    })
+                    .is_some_and(|v| v.trim_end_matches(['\0', ' ']) == "111028")
+            })
+            .cloned()
+            .expect("an Image Library container");
+        let mut bytes = Vec::new();
+        library
+            .write_dataset_with_ts(
+                &mut bytes,
+                &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+            )
+            .unwrap();
+        assert!(
+            bytes.windows(7).any(|w| w == b"1.3.9.1"),
+            "the image is not in the library"
+        );
+    }
+
     /// A report whose SR an earlier version made under the unkeyed UID (before result
     /// object UIDs were keyed) gets no second SR when its heatmap settles after the upgrade.
     #[tokio::test]
@@ -657,14 +729,7 @@ mod tests {
         add_study(&store, "1.3.2", "UPLOAD-42");
         let r = result("1.3.2", ImageStatus::Analysed);
         assert!(failure(&r).is_none());
-        recorder
-            .record_result(Outcome {
-                result: &r,
-                heatmaps_to_make: &[],
-                failure: None,
-            })
-            .await
-            .unwrap();
+        record(&recorder, &r).await;
         assert_eq!(
             store.study("1.3.2").unwrap().unwrap().state,
             StudyState::Done
