@@ -31,7 +31,7 @@ pub struct Running {
     /// The audit trail.
     pub audit: Arc<crate::audit::Audit>,
     /// The delivery stage (outbox, plan, site secret).
-    pub delivery: Option<crate::deliver::service::Delivery>,
+    pub delivery: crate::deliver::service::Delivery,
     /// The DICOM port actually bound.
     pub dicom_addr: SocketAddr,
     /// The console port actually bound (HTTPS).
@@ -59,12 +59,15 @@ impl Running {
     }
 
     /// Stops everything gracefully and flushes the store.
-    pub async fn stop(mut self) -> Result<()> {
-        self.shutdown.stop(None).await;
-        if let Some(d) = self.delivery.take() {
-            d.stop().await;
-        }
-        let store = self.store.clone();
+    pub async fn stop(self) -> Result<()> {
+        let Running {
+            shutdown,
+            delivery,
+            store,
+            ..
+        } = self;
+        shutdown.stop(None).await;
+        delivery.stop().await;
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
             .context("flush task")?
@@ -345,7 +348,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         store,
         metrics,
         audit,
-        delivery: Some(delivery),
+        delivery,
         dicom_addr,
         console_addr,
         events,

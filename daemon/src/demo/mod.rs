@@ -178,7 +178,7 @@ pub async fn run(
         "\n{:<10} {:<26} {:<8} {:<6} {:<36} where the report went",
         "patient", "name", "state", "triage", "top finding"
     );
-    let outbox = running.delivery.as_ref().map(|d| d.outbox.clone());
+    let outbox = running.delivery.outbox.clone();
     for s in &studies {
         let result = crate::infer::record::latest_result(&store, &s.study_instance_uid)
             .ok()
@@ -191,19 +191,14 @@ pub async fn run(
                     .max_by(|a, b| a.probability.total_cmp(&b.probability))
                     .map(|f| format!("{} {:.3} (thr {:.2})", f.label, f.probability, f.threshold))
                     .unwrap_or_else(|| "no finding".into());
-                let went = match &outbox {
-                    Some(o) => {
-                        let st = o.status_of(&r.report_id).unwrap_or_default();
-                        if st.is_empty() {
-                            "recorded (no destination configured)".to_string()
-                        } else {
-                            st.iter()
-                                .map(|d| format!("{}: {}", d.dest, d.state))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    }
-                    None => "recorded".into(),
+                let st = outbox.status_of(&r.report_id).unwrap_or_default();
+                let went = if st.is_empty() {
+                    "recorded (no destination configured)".to_string()
+                } else {
+                    st.iter()
+                        .map(|d| format!("{}: {}", d.dest, d.state))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 (if r.triage { "URGENT" } else { "-" }, top, went)
             }
