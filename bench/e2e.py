@@ -7,7 +7,7 @@ measured for the same studies. Then, with --burst B, B more studies in one assoc
 (a modality or PACS catching up), timed from the first byte to the last report:
 studies per hour.
 
-usage: bench/e2e.py [N] [--rows R --cols C] [--heatmap cam|occlusion] [--burst B]
+usage: bench/e2e.py [N] [--rows R --cols C] [--heatmap cam|occlusion] [--burst B] [--keep]
   --heatmap cam runs the default model with class-activation heatmaps made with the
   result (a manifest copy with [heatmap] method = "cam"); occlusion (the shipped
   manifest's) makes them after the result.
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ ARGS.add_argument("--rows", type=int, default=1024)
 ARGS.add_argument("--cols", type=int, default=1024)
 ARGS.add_argument("--heatmap", choices=["cam", "occlusion"], default="occlusion")
 ARGS.add_argument("--burst", type=int, default=0)
+ARGS.add_argument("--keep", action="store_true", help="keep the generated studies and the store")
 OPTS = ARGS.parse_args()
 N = OPTS.n
 MODEL = os.path.join(ROOT, "models/pneumonia-xception/model.toml")
@@ -181,7 +183,12 @@ def main():
     if burst_s:
         print(f"burst of {len(burst)} studies in one association: last report after {burst_s:.1f} s "
               f"-> {len(burst) / burst_s * 3600:,.0f} studies/hour")
-    print(f"(work folder {work})")
+    # The studies and the daemon's store are GBs at 2800x2800: removed unless --keep; the
+    # daemon's log stays.
+    if not OPTS.keep:
+        for bulky in ("dx", "burst", "data"):
+            shutil.rmtree(os.path.join(work, bulky), ignore_errors=True)
+    print(f"(work folder {work}{'' if OPTS.keep else ', studies and store removed; --keep keeps them'})")
 
 
 if __name__ == "__main__":

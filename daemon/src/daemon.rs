@@ -11,6 +11,7 @@ use crate::listeners::{take_or_bind, IncarnationError, Prebound};
 use crate::metrics::Metrics;
 use crate::receive::{self, Scp};
 use crate::store::Store;
+use crate::supervise::drain;
 use crate::supervise::{self, Backoff, Registry, Shutdown};
 use crate::{control, notify};
 use anyhow::{Context, Result};
@@ -18,9 +19,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// How long in-flight associations may take to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Handles of a running daemon (used by `duli run` and `duli demo`).
 pub struct Running {
@@ -306,7 +304,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     // The tracker ends when the SCP (holder of its event sender) is gone.
     shutdown.on_stop(async move {
         drop(scp);
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), tracker_task).await;
+        let _ = tokio::time::timeout(drain::TRACKER, tracker_task).await;
     });
 
     // Inference: completed studies -> results, handed to the record stage; each result
@@ -338,7 +336,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         })
     };
     // The pipeline ends once assembly (its sender) has stopped.
-    shutdown.drain_on_stop(pipeline, SHUTDOWN_GRACE + Duration::from_secs(10));
+    shutdown.drain_on_stop(pipeline, drain::INFERENCE);
 
     log::info!(
         "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
@@ -380,7 +378,7 @@ fn supervise_receive(
                 tls,
                 scp,
                 stop,
-                SHUTDOWN_GRACE,
+                drain::LISTENERS,
             ))
             .await;
             Ok::<(), IncarnationError>(())

@@ -27,8 +27,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time open connections get at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// The client's address, put into every request's extensions for the filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +164,7 @@ pub async fn serve(
         handshakes.register(held, task.abort_handle());
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(crate::supervise::drain::CONSOLE, graceful.shutdown())
         .await
         .is_err()
     {

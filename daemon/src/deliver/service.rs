@@ -38,7 +38,7 @@ pub struct Delivery {
 impl Delivery {
     /// Stops the workers (the MQTT one publishes `offline`) and waits for them.
     pub async fn stop(self) {
-        self.shutdown.stop(Some(Duration::from_secs(10))).await;
+        self.shutdown.stop(Some(supervise::drain::DELIVERY)).await;
     }
 }
 

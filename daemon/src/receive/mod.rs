@@ -114,7 +114,7 @@ impl Scp {
             ),
             disk_reserve: config.retention.disk_reserve_mb * 1024 * 1024,
             max_instance: dicom.max_instance_mb * 1024 * 1024,
-            drain: Duration::from_secs(15),
+            drain: crate::supervise::drain::ASSOCIATIONS,
             admission: Vec::new(),
             audit,
             move_destinations: config.pacs.destinations.clone(),

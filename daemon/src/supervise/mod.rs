@@ -11,8 +11,9 @@
 //! supervisor's task aborts the incarnation too. [`Shutdown`] owns a group of stages: their
 //! stop signal, their registry, their supervision ([`Shutdown::supervise`]), the watchdog
 //! over them ([`Shutdown::start_watchdog`], given a liveness probe of the daemon's) and the
-//! tasks to wait for when the signal turns.
+//! tasks to wait for when the signal turns; [`drain`] says how long each part may take.
 
+pub mod drain;
 pub mod heartbeat;
 pub mod shutdown;
 pub mod watchdog;
