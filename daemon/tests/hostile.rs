@@ -12,6 +12,7 @@
 //! The daemon is `DULI_RELEASE_BIN`, else `target/release/duli` (`make test` builds it).
 
 mod common;
+#[path = "common/hostile_peer.rs"]
 mod hostile_peer;
 
 use common::*;

@@ -5,6 +5,7 @@
 //! still answered within a second.
 
 mod common;
+#[path = "common/raw_peer.rs"]
 mod raw_peer;
 
 use common::*;

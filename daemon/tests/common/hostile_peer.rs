@@ -1,4 +1,5 @@
-//! A hostile DICOM peer for the suite in `tests/hostile.rs`: associates over a real socket
+//! A hostile DICOM peer for the suite in `tests/hostile.rs` (included there by path: only
+//! that suite builds it): associates over a real socket
 //! and sends whatever command and data-set bytes a case crafts (lying lengths, endless
 //! fragments, dropped connections), plus byte builders for explicit VR little endian data
 //! sets.
@@ -10,11 +11,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Explicit VR Little Endian.
-pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub use duli::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE;
 /// Digital X-Ray Image Storage - For Presentation.
-pub const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
+pub use duli::dimse::uids::DIGITAL_XRAY_PRESENTATION as DX;
 /// Study Root Query/Retrieve Information Model - FIND.
-pub const STUDY_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+pub use duli::dimse::uids::STUDY_ROOT_QR_FIND as STUDY_FIND;
 /// Undefined length.
 pub const UNDEFINED: u32 = 0xFFFF_FFFF;
 

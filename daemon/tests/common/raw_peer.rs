@@ -1,7 +1,8 @@
 //! A DICOM peer on a raw socket that sends whatever a test tells it to: any presentation
 //! contexts and SCP/SCU role selection items, any command on any context, with or without
 //! the roles it was granted. Real peers (DCMTK, pynetdicom) refuse to send what the
-//! association did not agree on; a hostile one does not.
+//! association did not agree on; a hostile one does not. Included by path by the suites
+//! that use it (`tests/hostile_dimse.rs`).
 
 #![allow(dead_code)]
 
@@ -15,9 +16,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Implicit VR Little Endian.
-pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+pub use duli::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN as IMPLICIT_LE;
 /// Explicit VR Little Endian.
-pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub use duli::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE;
 const MAX_PDU: u32 = 65_536;
 
 /// One proposed presentation context.
