@@ -10,10 +10,10 @@ use duli::dimse::command::{self, Command, Priority};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Explicit VR Little Endian.
-pub use duli::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE;
 /// Digital X-Ray Image Storage - For Presentation.
 pub use duli::dimse::uids::DIGITAL_XRAY_PRESENTATION as DX;
+/// Explicit VR Little Endian.
+pub use duli::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE;
 /// Study Root Query/Retrieve Information Model - FIND.
 pub use duli::dimse::uids::STUDY_ROOT_QR_FIND as STUDY_FIND;
 /// Undefined length.

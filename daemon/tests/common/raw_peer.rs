@@ -15,8 +15,6 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Implicit VR Little Endian.
-pub use duli::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN as IMPLICIT_LE;
 /// Explicit VR Little Endian.
 pub use duli::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE;
 const MAX_PDU: u32 = 65_536;
