@@ -2,8 +2,10 @@
 //! entry points the fuzz targets call (`duli::fuzz_targets`), on the stable toolchain: a
 //! parser change that brings back a crash, a hang or a panic fails the ordinary suite.
 //!
-//! Corpora: `fuzz/corpus/<target>/` (seeds from `fuzz/make_seeds.py` plus inputs the
-//! fuzzers kept); crashes: `fuzz/regressions/<target>/` (each one a fixed bug).
+//! Corpora: `fuzz/corpus/<target>/` (the seeds of `fuzz/make_seeds.py`, one or more per
+//! encoding and message kind); crashes: `fuzz/regressions/<target>/` (each one a fixed
+//! bug). The inputs the fuzzers grow during `make fuzz` stay in `fuzz/grown/`, outside the
+//! repository (tens of thousands of files), and are not replayed here.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -396,6 +396,75 @@ mod tests {
         }
     }
 
+    /// With both reduced precisions gated and faster than f32, `auto` takes the faster of
+    /// the two; a passed gate of a precision this CPU cannot compute natively is ignored.
+    #[test]
+    fn auto_takes_the_fastest_passed_precision() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = manifest(tmp.path());
+        // An INT8 build beside the manifest (its files need only match their record).
+        let int8_dir = m.dir.join("int8");
+        std::fs::create_dir_all(&int8_dir).unwrap();
+        for (name, body) in [("m-int8.xml", "<net/>"), ("m-int8.bin", "weights")] {
+            std::fs::write(int8_dir.join(name), body).unwrap();
+        }
+        let sha = |n: &str| crate::infer::manifest::sha256_file(&int8_dir.join(n)).unwrap();
+        let build = serde_json::json!({
+            "source_sha256": m.file.sha256,
+            "xml": "m-int8.xml", "xml_sha256": sha("m-int8.xml"),
+            "bin": "m-int8.bin", "bin_sha256": sha("m-int8.bin"),
+        });
+        std::fs::write(int8_dir.join(int8::RECORD), build.to_string()).unwrap();
+        let int8_net = network(&m, Precision::Int8).unwrap();
+
+        let flags = CpuFlags::parse("flags : avx512f amx_bf16 avx512_bf16 amx_int8 avx512_vnni\n");
+        let save = |p: Precision, ms: f64| {
+            let feature = p.cpu_feature(&flags);
+            let mut r = record(&m, feature, true, ms);
+            r.precision = p;
+            let (dir, sha) = match p {
+                Precision::Int8 => (int8_net.gate_dir.clone(), int8_net.sha256.clone()),
+                _ => (m.dir.clone(), m.file.sha256.clone()),
+            };
+            r.network_sha256 = sha;
+            r.save(&record_path(&dir, p, feature)).unwrap();
+        };
+        let auto = || resolve(&m, PrecisionSetting::Auto, &flags);
+        save(Precision::Bf16, 8.0);
+        save(Precision::Int8, 5.0);
+        assert_eq!(
+            auto().network.precision,
+            Precision::Int8,
+            "{}",
+            auto().reason
+        );
+        save(Precision::Int8, 12.0);
+        assert_eq!(
+            auto().network.precision,
+            Precision::Bf16,
+            "{}",
+            auto().reason
+        );
+        // Without native bf16 (AVX-512 VNNI only), the bf16 gate does not count.
+        let vnni = CpuFlags::parse("flags : avx512f avx512_vnni\n");
+        let mut r = record(&m, "avx512-vnni", true, 12.0);
+        r.precision = Precision::Int8;
+        r.network_sha256 = int8_net.sha256.clone();
+        r.save(&record_path(
+            &int8_net.gate_dir,
+            Precision::Int8,
+            "avx512-vnni",
+        ))
+        .unwrap();
+        let on_vnni = resolve(&m, PrecisionSetting::Auto, &vnni);
+        assert_eq!(
+            on_vnni.network.precision,
+            Precision::Int8,
+            "{}",
+            on_vnni.reason
+        );
+    }
+
     #[test]
     fn bf16_is_used_only_with_a_passed_gate_for_this_cpu_feature() {
         let tmp = tempfile::tempdir().unwrap();
