@@ -86,6 +86,9 @@ def run(binary, work, files, parallel, timeout, settings):
                             env=PEER_ENV, stdout=pacs_log, stderr=pacs_log)
     started = start_duli(os.path.join(work, "duli"), binary, dict(settings, **{
         "DULI_LOG": "warn",
+        # The burst stands for 32 modalities; from loopback they share one address, which
+        # the per-address share (16 by default) would otherwise hold to half of them.
+        "DULI_DICOM__MAX_ASSOCIATIONS_PER_ADDRESS": str(max(parallel, 16)),
         "DULI_PACS__DESTINATIONS": '[{name = "pacs", ae_title = "PACS", host = "127.0.0.1", '
                                    'port = %d, push = true, result_objects = ["sr", "sc"]}]'
                                    % pacs_port,
