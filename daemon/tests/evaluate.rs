@@ -128,6 +128,14 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
         .ends_with("truncated.png"));
     assert!(out.stderr.contains("truncated.png"), "{}", out.stderr);
     assert!(out.stderr.contains("unsorted"), "{}", out.stderr);
+    // Progress on stderr, ending with every image counted.
+    let images = report["dataset"]["images"].as_u64().unwrap();
+    assert!(
+        out.stderr
+            .contains(&format!("duli evaluate: {images}/{images} images scored")),
+        "{}",
+        out.stderr
+    );
     assert_eq!(report["model"]["name"], "pneumonia-xception");
     for key in ["hash", "network_sha256", "weights_sha256"] {
         let hex = report["model"][key].as_str().unwrap();
