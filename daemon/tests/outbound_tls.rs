@@ -61,26 +61,7 @@ fn daemon_with(destinations: &str) -> Option<(Daemon, TestDir, String, Vec<Strin
 /// `movescu` of `study` to `dest`; returns its combined output and whether it said
 /// "Final Move Response (Success)".
 fn movescu(d: &Daemon, dest: &str, study: &str) -> (String, bool) {
-    let out = run_dcmtk(
-        "movescu",
-        &[
-            "-v",
-            "-S",
-            "-aet",
-            "MOVESCU",
-            "-aec",
-            DULI_AET,
-            "-aem",
-            dest,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "127.0.0.1",
-            &d.dicom_port.to_string(),
-        ],
-    )
-    .unwrap();
+    let out = movescu_study(d.dicom_port, dest, study).unwrap();
     let text = out.combined();
     let ok = text.contains("Final Move Response (Success)");
     (text, ok)
@@ -284,23 +265,7 @@ fn pacs_push_over_dicom_tls_delivers_every_result_object_and_keeps_refused_ones(
     while received(out_dir.path()).len() < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let classes: Vec<String> = std::fs::read_dir(out_dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_none_or(|e| e != "log"))
-        .map(|p| {
-            open_file(&p)
-                .unwrap()
-                .element(tags::SOP_CLASS_UID)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim_end_matches(['\0', ' '])
-                .to_string()
-        })
-        .collect();
-    let mut classes = classes;
-    classes.sort();
+    let classes = received_classes(out_dir.path());
     assert_eq!(
         classes,
         [

@@ -478,26 +478,7 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
     let port = d.dicom_port.to_string();
 
     // C-MOVE with movescu.
-    let out = run_dcmtk(
-        "movescu",
-        &[
-            "-v",
-            "-S",
-            "-aet",
-            "MOVESCU",
-            "-aec",
-            DULI_AET,
-            "-aem",
-            "STORESCP",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "127.0.0.1",
-            &port,
-        ],
-    )
-    .unwrap();
+    let out = movescu_study(d.dicom_port, "STORESCP", &study).unwrap();
     out.assert_success("movescu");
     assert!(
         out.stderr.contains("Final Move Response (Success)")

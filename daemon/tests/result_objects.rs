@@ -291,6 +291,25 @@ fn orthanc_takes_all_three_by_c_store_and_gives_them_back_unchanged() {
     }
 }
 
+/// A PACS (tests/tools/store_scp.py, pynetdicom) on a free port that takes only `classes`,
+/// writing what it receives to `out`; `None` (with a SKIP line) without the Python peers.
+fn picky_pacs(dir: &Path, out: &Path, classes: &[&str]) -> Option<(Background, u16)> {
+    let port = free_port();
+    let mut args = vec![port.to_string(), out.to_str().unwrap().to_string()];
+    args.extend(classes.iter().map(|c| c.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = python_script(
+        &std::fs::read_to_string(repo_root().join("tests/tools/store_scp.py")).unwrap(),
+        &args,
+    )?;
+    let peer = Background::spawn("store_scp.py", &mut cmd, &dir.join("scp.log")).unwrap();
+    assert!(
+        wait_for_port(loopback(port), Duration::from_secs(20)),
+        "store_scp.py did not start"
+    );
+    Some((peer, port))
+}
+
 /// A PACS that takes the SR and the SC but not the Parametric Map: the push of the SR is
 /// acknowledged, the push of the map is refused with a reason that says what to change,
 /// and nothing is retried forever.
@@ -302,21 +321,10 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
     use duli::store::outbox::{Destination, Entry, EntryState, Kind, Payload};
     let Some(f) = fixture() else { return };
     let dir = temp_dir("picky-pacs");
-    let port = free_port();
-    let out = dir.path().to_str().unwrap().to_string();
-    let sr_class = sr::COMPREHENSIVE_SR;
-    let sc_class = duli::results::sc::SECONDARY_CAPTURE;
-    let Some(mut cmd) = python_script(
-        &std::fs::read_to_string(repo_root().join("tests/tools/store_scp.py")).unwrap(),
-        &[&port.to_string(), &out, sr_class, sc_class],
-    ) else {
+    let classes = [sr::COMPREHENSIVE_SR, duli::results::sc::SECONDARY_CAPTURE];
+    let Some((_peer, port)) = picky_pacs(dir.path(), dir.path(), &classes) else {
         return;
     };
-    let _peer = Background::spawn("store_scp.py", &mut cmd, &dir.path().join("scp.log")).unwrap();
-    assert!(
-        wait_for_port(loopback(port), Duration::from_secs(20)),
-        "store_scp.py did not start"
-    );
     build_all(&f);
     let dest = PacsDestination {
         name: "picky".into(),
@@ -366,4 +374,104 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
         }
         other => panic!("a refused class must be a refusal, not {other:?}"),
     }
+}
+
+/// The same PACS behind the running daemon: pushed the SR, the Parametric Map and the SC
+/// of a real study, it takes the SR and the SC, and the map's outbox entry ends
+/// dead-lettered with the reason (here after the one refusal `[hl7] max_rejections = 1`
+/// allows); a C-MOVE of the study to it then moves the image, the SR and the SC and skips
+/// the map, whose class it did not negotiate, without failing the move.
+#[test]
+fn a_pacs_refusing_the_parametric_map_gets_the_rest_by_push_and_by_c_move() {
+    let Some(samples) = samples_dir() else { return };
+    if !common::inference::inference_available() {
+        return;
+    }
+    if which("movescu").is_none() {
+        return skip("movescu absent");
+    }
+    let dir = temp_dir("picky-daemon");
+    let out = dir.path().join("received");
+    std::fs::create_dir_all(&out).unwrap();
+    let classes = [
+        sr::COMPREHENSIVE_SR,
+        duli::results::sc::SECONDARY_CAPTURE,
+        duli::dimse::uids::DIGITAL_XRAY_PRESENTATION,
+    ];
+    let Some((_peer, port)) = picky_pacs(dir.path(), &out, &classes) else {
+        return;
+    };
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "max_rejections", "1")
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                "[{{name = \"picky\", ae_title = \"PICKYPACS\", host = \"127.0.0.1\", \
+                 port = {port}, push = true, move = true, result_objects = [\"sr\", \"pm\", \"sc\"]}}]"
+            ),
+        )
+        .start();
+    let file = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    d.storescu("MODALITY", &[], std::slice::from_ref(&file))
+        .unwrap()
+        .assert_success("storescu");
+
+    // The push: SR and SC received, the map's entry dead with the reason.
+    let classes = received_classes;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let dead_pm = loop {
+        let list = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30)).stdout;
+        let dead: Vec<String> = list
+            .lines()
+            .filter(|l| l.contains("pacs:picky") && l.contains("dead"))
+            .map(str::to_string)
+            .collect();
+        if !dead.is_empty() && classes(&out).len() == 2 {
+            break dead;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outbox:\n{list}\nreceived: {:?}\n{}",
+            classes(&out),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(dead_pm.len(), 1, "{dead_pm:?}");
+    assert!(
+        dead_pm[0].contains("parametric") || dead_pm[0].contains("pm"),
+        "{dead_pm:?}"
+    );
+    assert!(
+        d.log()
+            .contains("the PACS does not accept this SOP class (status 0122"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        classes(&out),
+        [duli::results::sc::SECONDARY_CAPTURE, sr::COMPREHENSIVE_SR],
+        "pushed"
+    );
+
+    // The C-MOVE: the image, the SR and the SC; the map skipped, the move a success.
+    for f in std::fs::read_dir(&out).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let study_uid = dicom_attr(&file, dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
+    let moved = movescu_study(d.dicom_port, "PICKYPACS", &study_uid).unwrap();
+    let text = moved.combined();
+    assert!(text.contains("Final Move Response (Success)"), "{text}");
+    assert_eq!(
+        classes(&out),
+        [
+            duli::dimse::uids::DIGITAL_XRAY_PRESENTATION,
+            duli::results::sc::SECONDARY_CAPTURE,
+            sr::COMPREHENSIVE_SR,
+        ],
+        "moved:\n{text}"
+    );
+    assert!(d.log().contains("skipped"), "{}", d.log());
 }

@@ -479,6 +479,30 @@ pub fn movescu_instance(port: u16, dest: &str, sop: &str) -> Option<ToolOutput> 
     )
 }
 
+/// `movescu -v -S` of one study (STUDY level) from the daemon at `port` to the AE `dest`,
+/// calling as `MOVESCU`.
+pub fn movescu_study(port: u16, dest: &str, study: &str) -> Option<ToolOutput> {
+    run_dcmtk(
+        "movescu",
+        &[
+            "-v",
+            "-S",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            DULI_AET,
+            "-aem",
+            dest,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    )
+}
+
 /// `echoscu -aet <calling> -aec <called> 127.0.0.1 <port>` plus `extra` args.
 pub fn echoscu(calling: &str, called: &str, port: u16, extra: &[&str]) -> Option<ToolOutput> {
     let port = port.to_string();
@@ -768,6 +792,20 @@ pub fn record_result(
         )
         .unwrap();
     db.flush().unwrap();
+}
+
+/// The SOP Class UIDs of the DICOM files a storage peer has written whole into `dir`,
+/// sorted (its `.log` and a file still being written are left out).
+pub fn received_classes(dir: &Path) -> Vec<String> {
+    let mut classes: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "log"))
+        .filter(|p| dicom_object::open_file(p).is_ok())
+        .map(|p| dicom_attr(&p, dicom_dictionary_std::tags::SOP_CLASS_UID))
+        .collect();
+    classes.sort();
+    classes
 }
 
 /// The text of element `tag` of the DICOM file at `path`, trimmed (empty when absent).
