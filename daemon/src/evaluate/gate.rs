@@ -10,7 +10,6 @@ use crate::infer::gate::{DatasetId, FindingGate, GateRecord, MsPerImage};
 use crate::infer::manifest::Manifest;
 use crate::infer::precision::Precision;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::Path;
 
 /// What identifies the run being gated.
@@ -157,24 +156,18 @@ pub fn compare(
     }
 }
 
-/// SHA-256 over the cases' file names (relative to `dir`) and contents, in sorted order.
+/// SHA-256 over the cases, in sorted order: each file's name (relative to `dir`), a NUL,
+/// and the SHA-256 of its contents ([`crate::infer::manifest::sha256_file`], the one
+/// file-hashing helper).
 pub fn dataset_digest(dir: &Path, cases: &[ScoredCase]) -> std::io::Result<String> {
     let mut files: Vec<&Path> = cases.iter().map(|c| c.case.file.as_path()).collect();
     files.sort();
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 16];
     for f in files {
         let name = f.strip_prefix(dir).unwrap_or(f);
         ctx.update(name.to_string_lossy().as_bytes());
         ctx.update(&[0]);
-        let mut file = std::fs::File::open(f)?;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            ctx.update(&buf[..n]);
-        }
+        ctx.update(crate::infer::manifest::sha256_file(f)?.as_bytes());
     }
     Ok(hex::encode(ctx.finish().as_ref()))
 }
@@ -213,6 +206,28 @@ pub fn summary(g: &GateRecord) -> String {
 mod tests {
     use super::*;
     use crate::evaluate::dataset::Case;
+
+    /// The digest names the set: the same files in any order give it, another content or
+    /// another name does not.
+    #[test]
+    fn the_dataset_digest_follows_names_and_contents_not_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for (name, body) in [("NORMAL/a.png", "a"), ("PNEUMONIA/b.png", "b")] {
+            std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+        let at = |name: &str| case(dir.join(name).to_str().unwrap(), true, 0.5);
+        let digest = |cases: &[ScoredCase]| dataset_digest(dir, cases).unwrap();
+        let ab = digest(&[at("NORMAL/a.png"), at("PNEUMONIA/b.png")]);
+        assert_eq!(ab.len(), 64);
+        assert_eq!(ab, digest(&[at("PNEUMONIA/b.png"), at("NORMAL/a.png")]));
+        std::fs::write(dir.join("PNEUMONIA/b.png"), "B").unwrap();
+        assert_ne!(ab, digest(&[at("NORMAL/a.png"), at("PNEUMONIA/b.png")]));
+        std::fs::write(dir.join("PNEUMONIA/b.png"), "b").unwrap();
+        std::fs::rename(dir.join("PNEUMONIA/b.png"), dir.join("NORMAL/b.png")).unwrap();
+        assert_ne!(ab, digest(&[at("NORMAL/a.png"), at("NORMAL/b.png")]));
+    }
 
     fn case(name: &str, positive: bool, p: f64) -> ScoredCase {
         ScoredCase {
