@@ -51,7 +51,19 @@ impl TcpLink {
         if up.is_some() {
             return;
         }
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("bind the link port");
+        // The port was free when it was chosen; a socket of the port's last use that the
+        // kernel still holds, or a short-lived one of another process, may keep it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("link port {}: {e}; trying again", self.port);
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("bind the link port {}: {e}", self.port),
+            }
+        };
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
