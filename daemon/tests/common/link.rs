@@ -93,12 +93,14 @@ impl TcpLink {
 
     /// Stops accepting (connections are refused) and cuts every open connection.
     pub fn down(&self) {
-        let Some(up) = self.up.lock().unwrap().take() else {
+        // Also from Drop while a test unwinds: a poisoned lock is taken as it is, so that a
+        // failed test reports its failure instead of aborting the binary.
+        let Some(up) = self.up.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         up.stop.store(true, Ordering::SeqCst);
         let _ = up.acceptor.join();
-        for c in up.conns.lock().unwrap().drain(..) {
+        for c in up.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
