@@ -222,6 +222,15 @@ mod tests {
         assert_eq!(m("20250301", "20250301"), 0);
     }
 
+    /// Dates at the ends of the calendar a header can hold give an age, never a panic.
+    #[test]
+    fn extreme_dates_give_an_age() {
+        let m = |birth, on| patient_age("", birth, on).completed().map(|c| c.months);
+        assert_eq!(m("00010101", "99991231"), Some(9998 * 12 + 11));
+        assert_eq!(m("99991231", "99991231"), Some(0));
+        assert_eq!(m("99991231", "00010101"), None);
+    }
+
     /// A range is inclusive of the whole unit of each bound: "1–5 y" from the first
     /// birthday to the day before the sixth; "0.5 y" bounds count months.
     #[test]

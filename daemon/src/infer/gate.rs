@@ -418,8 +418,8 @@ mod tests {
         let int8_net = network(&m, Precision::Int8).unwrap();
 
         let flags = CpuFlags::parse("flags : avx512f amx_bf16 avx512_bf16 amx_int8 avx512_vnni\n");
-        let save = |p: Precision, ms: f64| {
-            let feature = p.cpu_feature(&flags);
+        let save_on = |flags: &CpuFlags, p: Precision, ms: f64| {
+            let feature = p.cpu_feature(flags);
             let mut r = record(&m, feature, true, ms);
             r.precision = p;
             let (dir, sha) = match p {
@@ -430,15 +430,15 @@ mod tests {
             r.save(&record_path(&dir, p, feature)).unwrap();
         };
         let auto = || resolve(&m, PrecisionSetting::Auto, &flags);
-        save(Precision::Bf16, 8.0);
-        save(Precision::Int8, 5.0);
+        save_on(&flags, Precision::Bf16, 8.0);
+        save_on(&flags, Precision::Int8, 5.0);
         assert_eq!(
             auto().network.precision,
             Precision::Int8,
             "{}",
             auto().reason
         );
-        save(Precision::Int8, 12.0);
+        save_on(&flags, Precision::Int8, 12.0);
         assert_eq!(
             auto().network.precision,
             Precision::Bf16,
@@ -447,15 +447,7 @@ mod tests {
         );
         // Without native bf16 (AVX-512 VNNI only), the bf16 gate does not count.
         let vnni = CpuFlags::parse("flags : avx512f avx512_vnni\n");
-        let mut r = record(&m, "avx512-vnni", true, 12.0);
-        r.precision = Precision::Int8;
-        r.network_sha256 = int8_net.sha256.clone();
-        r.save(&record_path(
-            &int8_net.gate_dir,
-            Precision::Int8,
-            "avx512-vnni",
-        ))
-        .unwrap();
+        save_on(&vnni, Precision::Int8, 12.0);
         let on_vnni = resolve(&m, PrecisionSetting::Auto, &vnni);
         assert_eq!(
             on_vnni.network.precision,

@@ -11,12 +11,11 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-/// The studies being analysed, each by the task `K` that analyses it, and those waiting
-/// for their own analysis to end.
+/// The studies being analysed, each by the task `K` that analyses it (as many as the
+/// engine has workers), and those waiting for their own analysis to end.
 #[derive(Debug)]
 pub struct InFlight<K> {
     running: HashMap<K, String>,
-    studies: HashSet<String>,
     waiting: HashSet<String>,
 }
 
@@ -24,7 +23,6 @@ impl<K> Default for InFlight<K> {
     fn default() -> InFlight<K> {
         InFlight {
             running: HashMap::new(),
-            studies: HashSet::new(),
             waiting: HashSet::new(),
         }
     }
@@ -33,7 +31,7 @@ impl<K> Default for InFlight<K> {
 impl<K: Hash + Eq> InFlight<K> {
     /// Whether `study` is being analysed now.
     pub fn is_running(&self, study: &str) -> bool {
-        self.studies.contains(study)
+        self.running.values().any(|s| s == study)
     }
 
     /// Holds `study`, which is being analysed, until that analysis ends.
@@ -43,7 +41,6 @@ impl<K: Hash + Eq> InFlight<K> {
 
     /// Notes that task `task` analyses `study`.
     pub fn started(&mut self, task: K, study: String) {
-        self.studies.insert(study.clone());
         self.running.insert(task, study);
     }
 
@@ -51,7 +48,6 @@ impl<K: Hash + Eq> InFlight<K> {
     /// study waited meanwhile and is to be analysed again now.
     pub fn finished(&mut self, task: &K) -> Option<String> {
         let study = self.running.remove(task)?;
-        self.studies.remove(&study);
         self.waiting.remove(&study).then_some(study)
     }
 

@@ -3,8 +3,8 @@
 //! When the stop signal turns, the listeners stop accepting and every stage winds down at
 //! once; [`super::Shutdown::stop`] waits for each up to its limit below, so the daemon's
 //! stages take at most the longest of them. Delivery stops after them (it may still carry
-//! what they recorded), then the store is flushed. [`GRACEFUL_STOP`] is the sum, and the
-//! shipped unit's `TimeoutStopSec` leaves room above it (a test reads the unit), so systemd
+//! what they recorded), then the store is flushed. [`GRACEFUL_STOP`] adds these up (the
+//! longest of the stages, delivery, the flush allowance), and the shipped unit's `TimeoutStopSec` leaves room above it (a test reads the unit), so systemd
 //! never kills a daemon that is still stopping as designed.
 
 use std::time::Duration;
@@ -27,7 +27,8 @@ pub const CONSOLE: Duration = Duration::from_secs(3);
 /// The delivery workers finish the message in flight (the MQTT one publishes `offline`).
 pub const DELIVERY: Duration = Duration::from_secs(10);
 
-/// The final flush of the store.
+/// Allowance for the final flush of the store (waited for, not cut short: what is
+/// acknowledged must reach the disk).
 pub const FLUSH: Duration = Duration::from_secs(5);
 
 /// The longest graceful stop: the daemon's stages together, then delivery, then the flush.
