@@ -282,6 +282,12 @@ impl Recorder {
         matches!(self.store.instance(uid), Ok(Some(i)) if i.generated)
     }
 
+    /// Whether this box made an object already: under its `keyed` UID, or under the
+    /// `unkeyed` one an earlier version gave it.
+    fn made_before(&self, keyed: &str, unkeyed: &str) -> bool {
+        self.generated(keyed) || self.generated(unkeyed)
+    }
+
     /// The Structured Report of result `version` of `study_uid`, made once no heatmap of it
     /// is pending besides `settling` (whose heatmap is being recorded now): it references
     /// the report's Parametric Map when this box made it (`explained` names the finding
@@ -309,7 +315,7 @@ impl Recorder {
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
         // Made already: under its UID, or under the unkeyed UID an earlier version gave it.
         let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
-        if self.generated(&uids.sr_instance) || self.generated(&unkeyed.sr_instance) {
+        if self.made_before(&uids.sr_instance, &unkeyed.sr_instance) {
             return;
         }
         let report = Report::from_result(&result, &study);
@@ -346,12 +352,12 @@ impl Recorder {
         // Under the UID an earlier version gave each object, too (made by this box, not
         // stored by a peer that computed that unkeyed UID).
         let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
-        if !self.generated(&uids.pm_instance) && !self.generated(&unkeyed.pm_instance) {
+        if !self.made_before(&uids.pm_instance, &unkeyed.pm_instance) {
             let made =
                 parametric_map::build(&self.store, &report, &uids, sop, png, &d.plan.device_id);
             self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance);
         }
-        if !self.generated(&uids.sc_instance) && !self.generated(&unkeyed.sc_instance) {
+        if !self.made_before(&uids.sc_instance, &unkeyed.sc_instance) {
             let made = secondary_capture::build(&self.store, &report, &uids, sop, png);
             self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance);
         }
