@@ -698,3 +698,47 @@ fn class_activation_maps_at_bf16_and_int8_follow_the_f32_maps() {
         );
     }
 }
+
+/// The `AUTO` hint's two networks (latency and throughput) are compiled from one read of
+/// the model: with the model's files gone after the first compilation the second still
+/// compiles, while a network read for another batch size needs the files again.
+#[test]
+fn the_latency_and_throughput_networks_come_from_one_read_of_the_model() {
+    use super::backend::{Backend, CompileOptions, Mode};
+    use super::manifest::Manifest;
+    use super::precision::Precision;
+    let Some(cfg) = runtime_config() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let from = cfg.model.parent().unwrap();
+    for f in [
+        "model.toml",
+        "pneumonia_xception_fp16.xml",
+        "pneumonia_xception_fp16.bin",
+    ] {
+        std::fs::copy(from.join(f), dir.path().join(f)).unwrap();
+    }
+    let manifest = Manifest::load(&dir.path().join("model.toml")).unwrap();
+    let mut backend = super::openvino::OpenVino::new(&cfg).unwrap();
+    let options = |mode, batch| CompileOptions {
+        batch,
+        background: false,
+        precision: Precision::F32,
+        mode,
+    };
+    let mut latency = backend
+        .compile(&manifest, options(Mode::Latency, 1))
+        .unwrap();
+    std::fs::remove_file(manifest.model_path()).unwrap();
+    std::fs::remove_file(manifest.weights_path().unwrap()).unwrap();
+    let mut throughput = backend
+        .compile(&manifest, options(Mode::Throughput, 1))
+        .expect("the second network compiles from the first read");
+    assert!(latency.request().is_ok() && throughput.request().is_ok());
+    let again = backend.compile(&manifest, options(Mode::Throughput, 2));
+    assert!(
+        again.is_err(),
+        "another batch size reads the model's files again (they are gone)"
+    );
+}

@@ -11,7 +11,7 @@ use super::cam;
 use super::manifest::Manifest;
 use crate::config::InferenceConfig;
 use openvino::{
-    CompiledModel, Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey,
+    CompiledModel, Core, DeviceType, ElementType, InferRequest, Model, PartialShape, PropertyKey,
     RwPropertyKey, Shape, Tensor,
 };
 use std::path::{Path, PathBuf};
@@ -56,6 +56,27 @@ pub fn load_runtime(path: &Path) -> Result<(), BackendError> {
 pub struct OpenVino {
     core: Core,
     device: String,
+    /// The network read last. A second compilation of the same network (the `AUTO` hint's
+    /// latency-tuned network beside its throughput-tuned one) starts from it, so both
+    /// compiled networks share the read network's constants instead of each reading and
+    /// mapping the weights again (about 24 MiB less for the INT8 network).
+    last_read: Option<ReadNetwork>,
+}
+
+/// A network as read and reshaped, with what it was read for.
+struct ReadNetwork {
+    key: ReadKey,
+    model: Model,
+}
+
+/// What makes two reads of a network the same: its IR and weights, whether it returns the features
+/// output for class activation, and its batch size.
+#[derive(PartialEq, Eq)]
+struct ReadKey {
+    ir: PathBuf,
+    weights: PathBuf,
+    features: bool,
+    batch: usize,
 }
 
 impl OpenVino {
@@ -69,7 +90,59 @@ impl OpenVino {
         Ok(OpenVino {
             core,
             device: cfg.device.to_ascii_uppercase(),
+            last_read: None,
         })
+    }
+
+    /// Makes `last_read` the manifest's network reshaped to `options.batch`: read from disk
+    /// unless it was the network read last. Returns the name of its features output when it
+    /// returns one.
+    fn read(
+        &mut self,
+        manifest: &Manifest,
+        options: &CompileOptions,
+    ) -> Result<Option<String>, BackendError> {
+        let xml = manifest.model_path();
+        // Report inference of a `cam` model also returns the last convolutional block.
+        let cam = if options.background {
+            None
+        } else {
+            cam_graph(manifest)
+        };
+        let features = cam.as_ref().map(|c| c.tensor.clone());
+        let weights = manifest.weights_path().unwrap_or_default();
+        let key = ReadKey {
+            ir: xml.clone(),
+            weights: weights.clone(),
+            features: cam.is_some(),
+            batch: options.batch,
+        };
+        if self.last_read.as_ref().is_some_and(|r| r.key == key) {
+            return Ok(features);
+        }
+        self.last_read = None;
+        // The IR with the features output is written beside nothing of the model's own (a
+        // temporary file): the runtime then maps the weights file itself, as without it,
+        // instead of holding a copy of the weights in memory.
+        let ir_file = match &cam {
+            Some(c) => Some(write_temp_ir(&c.xml).map_err(|e| {
+                BackendError::Compile(format!("the IR with the features output: {e}"))
+            })?),
+            None => None,
+        };
+        let ir_path = ir_file.as_ref().map_or(xml.as_path(), |f| f.path());
+        let mut model = self
+            .core
+            .read_model_from_file(&ir_path.to_string_lossy(), &weights.to_string_lossy())
+            .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?;
+        drop(ir_file);
+        let shape = PartialShape::new_static(4, &input_shape(manifest, options.batch))
+            .map_err(compile_err)?;
+        model
+            .reshape_input_by_name(&manifest.input.name, &shape)
+            .map_err(|e| BackendError::Compile(format!("input {:?}: {e}", manifest.input.name)))?;
+        self.last_read = Some(ReadNetwork { key, model });
+        Ok(features)
     }
 
     fn device(&self) -> DeviceType<'static> {
@@ -98,34 +171,7 @@ impl Backend for OpenVino {
         manifest: &Manifest,
         options: CompileOptions,
     ) -> Result<Box<dyn Compiled>, BackendError> {
-        let xml = manifest.model_path();
-        let weights = manifest.weights_path().unwrap_or_default();
-        // Report inference of a `cam` model also returns the last convolutional block.
-        let cam = if options.background {
-            None
-        } else {
-            cam_graph(manifest)
-        };
-        // The IR with the features output is written beside nothing of the model's own (a
-        // temporary file): the runtime then maps the weights file itself, as without it,
-        // instead of holding a copy of the weights in memory.
-        let ir_file = match &cam {
-            Some(c) => Some(write_temp_ir(&c.xml).map_err(|e| {
-                BackendError::Compile(format!("the IR with the features output: {e}"))
-            })?),
-            None => None,
-        };
-        let ir_path = ir_file.as_ref().map_or(xml.as_path(), |f| f.path());
-        let mut model = self
-            .core
-            .read_model_from_file(&ir_path.to_string_lossy(), &weights.to_string_lossy())
-            .map_err(|e| BackendError::Compile(format!("{}: {e}", xml.display())))?;
-        drop(ir_file);
-        let shape = PartialShape::new_static(4, &input_shape(manifest, options.batch))
-            .map_err(compile_err)?;
-        model
-            .reshape_input_by_name(&manifest.input.name, &shape)
-            .map_err(|e| BackendError::Compile(format!("input {:?}: {e}", manifest.input.name)))?;
+        let features = self.read(manifest, &options)?;
         let device = self.device();
         let hint = if options.background {
             "THROUGHPUT"
@@ -153,16 +199,20 @@ impl Backend for OpenVino {
                 );
             }
         }
+        let model = match &self.last_read {
+            Some(read) => &read.model,
+            None => return Err(compile_err("the network was not read")),
+        };
         let compiled = self
             .core
-            .compile_model(&model, device)
+            .compile_model(model, device)
             .map_err(compile_err)?;
         let output = manifest.output.name.clone();
         Ok(Box::new(OvCompiled {
             compiled,
             input: manifest.input.name.clone(),
             output,
-            features: cam.map(|c| c.tensor),
+            features,
             shape: input_shape(manifest, options.batch),
         }))
     }
