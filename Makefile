@@ -20,6 +20,7 @@
 #                   database online: a release step)
 #   make fuzz       every fuzz target for FUZZ_SECONDS each, or FUZZ_RUNS executions if sooner
 #                   (nightly toolchain + cargo-fuzz), see docs/security.md
+#   make fuzz-minimize  what the fuzzers grew, reduced to the committed corpus fuzz/minimized/
 #   make sbom       CycloneDX SBOM of the daemon into target/sbom/
 
 CARGO ?= cargo
@@ -30,7 +31,7 @@ WORKLIST_STUDIES ?= 10000
 
 .PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer bench-infer-throughput bench-memory \
 	lint fmt models \
-	audit fuzz sbom cargo-deny cargo-cyclonedx
+	audit fuzz fuzz-minimize sbom cargo-deny cargo-cyclonedx
 
 all: build
 
@@ -127,6 +128,9 @@ audit: cargo-deny
 
 fuzz:
 	FUZZ_RUNS=$(FUZZ_RUNS) scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-minimize:
+	scripts/fuzz-minimize.sh
 
 sbom: cargo-cyclonedx
 	scripts/sbom.sh

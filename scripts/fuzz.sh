@@ -2,8 +2,10 @@
 # Runs every fuzz target (fuzz/, cargo fuzz + libFuzzer on the nightly toolchain) for
 # FUZZ_SECONDS each, then prints one row per target: executions, executions per second,
 # coverage (libFuzzer's edge counter) and crashes. Runs start from the committed seeds in
-# fuzz/corpus/<target>/ and keep the coverage-increasing inputs they find in
-# fuzz/grown/<target>/ (not committed: later runs start from them too); a crash, hang or
+# fuzz/corpus/<target>/ and the committed reduced corpus in fuzz/minimized/<target>/, and
+# keep the coverage-increasing inputs they find in fuzz/grown/<target>/ (not committed:
+# later runs start from them too; scripts/fuzz-minimize.sh reduces them into
+# fuzz/minimized/); a crash, hang or
 # out-of-memory input is copied to fuzz/regressions/<target>/, where the ordinary test
 # suite (daemon/tests/fuzz_corpus.rs) replays it on every run, once fixed, for good.
 #
@@ -39,11 +41,11 @@ mkdir -p logs
 printf '%-16s %12s %10s %8s %8s %8s\n' target executions exec/s cov ft crashes
 status=0
 for t in "${targets[@]}"; do
-    mkdir -p "grown/$t" "corpus/$t" "regressions/$t" "artifacts/$t"
+    mkdir -p "grown/$t" "corpus/$t" "minimized/$t" "regressions/$t" "artifacts/$t"
     log="logs/$t.log"
     before=$(find "artifacts/$t" -type f | wc -l)
     set +e
-    cargo +nightly fuzz run "${flags[@]}" "$t" "grown/$t" "corpus/$t" -- \
+    cargo +nightly fuzz run "${flags[@]}" "$t" "grown/$t" "corpus/$t" "minimized/$t" -- \
         -max_total_time="$seconds" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     set -e

@@ -3,9 +3,11 @@
 //! parser change that brings back a crash, a hang or a panic fails the ordinary suite.
 //!
 //! Corpora: `fuzz/corpus/<target>/` (the seeds of `fuzz/make_seeds.py`, one or more per
-//! encoding and message kind); crashes: `fuzz/regressions/<target>/` (each one a fixed
-//! bug). The inputs the fuzzers grow during `make fuzz` stay in `fuzz/grown/`, outside the
-//! repository (tens of thousands of files), and are not replayed here.
+//! encoding and message kind) and `fuzz/minimized/<target>/` (what the fuzzers grew during
+//! `make fuzz`, reduced by `make fuzz-minimize` to the smallest set that keeps its
+//! coverage); crashes: `fuzz/regressions/<target>/` (each one a fixed bug). The grown
+//! inputs themselves stay in `fuzz/grown/`, outside the repository (tens of thousands of
+//! files).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -71,8 +73,13 @@ fn every_target_has_seeds_and_every_corpus_and_crash_file_replays_cleanly() {
             !corpus.is_empty(),
             "fuzz/corpus/{name} has no seeds (run .venv/bin/python fuzz/make_seeds.py)"
         );
+        let minimized = files(&root.join("minimized").join(name));
+        assert!(
+            !minimized.is_empty(),
+            "fuzz/minimized/{name} is empty (make fuzz, then make fuzz-minimize)"
+        );
         let crashes = files(&root.join("regressions").join(name));
-        for path in corpus.iter().chain(crashes.iter()) {
+        for path in corpus.iter().chain(&minimized).chain(&crashes) {
             replay(name, path);
             replayed += 1;
         }
