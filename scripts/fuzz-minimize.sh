@@ -10,17 +10,8 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo/fuzz"
-targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
-    mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^duli-fuzz$')
-fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "cargo fuzz and a nightly toolchain are needed: rustup toolchain install nightly;" \
-        "cargo install cargo-fuzz" >&2
-    exit 2
-fi
-flags=(--release --debug-assertions)
-cargo +nightly fuzz build "${flags[@]}"
+# shellcheck source=scripts/fuzz-setup.sh
+source "$repo/scripts/fuzz-setup.sh"
 count() { find "$@" -type f 2>/dev/null | wc -l; }
 printf '%-16s %10s %10s %12s\n' target inputs kept bytes
 for t in "${targets[@]}"; do

@@ -21,22 +21,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo/fuzz"
 seconds="${1:-${FUZZ_SECONDS:-60}}"
 shift || true
-targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
-    mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^duli-fuzz$')
-fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "cargo fuzz and a nightly toolchain are needed: rustup toolchain install nightly;" \
-        "cargo install cargo-fuzz" >&2
-    exit 2
-fi
-# The OpenVINO runtime is loaded at run time only by inference; no target needs it.
-# Memory-safety checks: AddressSanitizer on our code and the Rust decoders. The C and C++
-# codecs (CharLS, OpenJPEG) are compiled by their build scripts without it, see
-# docs/security.md for how they are contained.
-flags=(--release --debug-assertions)
-echo "== building ${#targets[@]} fuzz targets (nightly, AddressSanitizer)"
-cargo +nightly fuzz build "${flags[@]}"
+# shellcheck source=scripts/fuzz-setup.sh
+source "$repo/scripts/fuzz-setup.sh"
 mkdir -p logs
 printf '%-16s %12s %10s %8s %8s %8s\n' target executions exec/s cov ft crashes
 status=0
