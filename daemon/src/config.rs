@@ -409,6 +409,15 @@ pub struct PacsDestination {
     /// Secondary Capture). Default `["sr", "sc"]`.
     #[serde(default = "default_result_objects")]
     pub result_objects: Vec<ResultObject>,
+    /// Explicit refusals of an entry (a failure status for one of its objects, or its SOP
+    /// class not accepted in negotiation) before it is dead-lettered: kept, listed,
+    /// re-queueable. Default 5. No connection or no answer is retried, never counted.
+    #[serde(default = "default_max_rejections")]
+    pub max_rejections: u32,
+}
+
+fn default_max_rejections() -> u32 {
+    5
 }
 
 /// A kind of DICOM result object (`[[pacs.destinations]] result_objects`).
@@ -960,6 +969,12 @@ impl Config {
                 bad(
                     &format!("pacs.destinations[{i}].port"),
                     "must be between 1 and 65535".into(),
+                );
+            }
+            if d.max_rejections == 0 {
+                bad(
+                    &format!("pacs.destinations[{i}].max_rejections"),
+                    "must be at least 1".into(),
                 );
             }
             check_destination_tls(i, d, &mut bad);
@@ -1624,5 +1639,27 @@ mod tests {
             load_str(&dest(""), &[]).unwrap().pacs.destinations[0].outbound_tls(),
             None
         );
+    }
+
+    #[test]
+    fn each_destination_counts_its_own_refusals() {
+        let dest = |extra: &str| {
+            format!(
+                "[hl7]\nmax_rejections = 2\n[[pacs.destinations]]\nname = \"pacs\"\n\
+                 ae_title = \"PACS\"\nhost = \"pacs.example\"\nport = 104\npush = true\n{extra}\n"
+            )
+        };
+        let cfg = load_str(&dest(""), &[]).unwrap();
+        assert_eq!(cfg.pacs.destinations[0].max_rejections, 5, "default");
+        assert_eq!(cfg.hl7.max_rejections, 2, "not the PACS's");
+        let cfg = load_str(&dest("max_rejections = 1"), &[]).unwrap();
+        assert_eq!(cfg.pacs.destinations[0].max_rejections, 1);
+        match load_str(&dest("max_rejections = 0"), &[]) {
+            Err(ConfigError::Invalid(errors)) => assert_eq!(
+                errors.into_iter().map(|e| e.key).collect::<Vec<_>>(),
+                ["pacs.destinations[0].max_rejections"]
+            ),
+            other => panic!("max_rejections = 0 accepted: {other:?}"),
+        }
     }
 }

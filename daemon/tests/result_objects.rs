@@ -338,6 +338,7 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
         tls_cert: None,
         tls_key: None,
         result_objects: vec![ResultObject::Sr, ResultObject::Pm],
+        max_rejections: 5,
     };
     let uids = f.uids.clone();
     let mut channel = PacsChannel::new(std::sync::Arc::new(f.store), &dest, "DULI");
@@ -378,9 +379,10 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
 
 /// The same PACS behind the running daemon: pushed the SR, the Parametric Map and the SC
 /// of a real study, it takes the SR and the SC, and the map's outbox entry ends
-/// dead-lettered with the reason (here after the one refusal `[hl7] max_rejections = 1`
-/// allows); a C-MOVE of the study to it then moves the image, the SR and the SC and skips
-/// the map, whose class it did not negotiate, without failing the move.
+/// dead-lettered with the reason (here after the one refusal the destination's
+/// `max_rejections = 1` allows; HL7's own limit stays at its default); a C-MOVE of the
+/// study to it then moves the image, the SR and the SC and skips the map, whose class it
+/// did not negotiate, without failing the move.
 #[test]
 fn a_pacs_refusing_the_parametric_map_gets_the_rest_by_push_and_by_c_move() {
     let Some(samples) = samples_dir() else { return };
@@ -403,13 +405,13 @@ fn a_pacs_refusing_the_parametric_map_gets_the_rest_by_push_and_by_c_move() {
     };
     let d = Daemon::builder()
         .with_inference()
-        .config("hl7", "max_rejections", "1")
         .config(
             "pacs",
             "destinations",
             &format!(
                 "[{{name = \"picky\", ae_title = \"PICKYPACS\", host = \"127.0.0.1\", \
-                 port = {port}, push = true, move = true, result_objects = [\"sr\", \"pm\", \"sc\"]}}]"
+                 port = {port}, push = true, move = true, result_objects = [\"sr\", \"pm\", \"sc\"], \
+                 max_rejections = 1}}]"
             ),
         )
         .start();

@@ -211,6 +211,7 @@ mod tests {
                 tls_cert: None,
                 tls_key: None,
                 result_objects: vec![ResultObject::Sr, ResultObject::Sc],
+                max_rejections: 5,
             },
             PacsDestination {
                 name: "viewer".into(),
@@ -224,6 +225,7 @@ mod tests {
                 tls_cert: None,
                 tls_key: None,
                 result_objects: vec![ResultObject::Sr, ResultObject::Sc],
+                max_rejections: 5,
             },
         ];
         let plan = DeliveryPlan::from_config(&cfg);

@@ -67,16 +67,18 @@ pub fn start(
     let plan = DeliveryPlan::from_config(config);
     let mut shutdown = daemon.sharing_stages();
     let rx = shutdown.signal();
-    // HL7 and the PACS push count explicit refusals towards dead-lettering.
-    let refusals = WorkerOptions {
-        max_rejections: config.hl7.max_rejections,
+    // HL7 and each PACS destination count explicit refusals towards dead-lettering, each
+    // against its own limit.
+    let refusals = |max_rejections| WorkerOptions {
+        max_rejections,
         ..Default::default()
     };
     for dest in plan.destinations() {
         match &dest {
             Destination::Hl7 => {
                 let target = Hl7Target::from_config(&config.hl7).context("[hl7] TLS settings")?;
-                let task = spawn_worker(&shutdown, &outbox, dest, refusals, move || {
+                let options = refusals(config.hl7.max_rejections);
+                let task = spawn_worker(&shutdown, &outbox, dest, options, move || {
                     Hl7Channel::new(target.clone())
                 });
                 shutdown.track(task);
@@ -129,7 +131,8 @@ pub fn start(
                     continue;
                 };
                 let (store, ae) = (store.clone(), config.dicom.ae_title.clone());
-                let task = spawn_worker(&shutdown, &outbox, dest, refusals, move || {
+                let options = refusals(d.max_rejections);
+                let task = spawn_worker(&shutdown, &outbox, dest, options, move || {
                     PacsChannel::new(store.clone(), &d, &ae)
                 });
                 shutdown.track(task);

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 /// How a worker treats failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerOptions {
-    /// Explicit refusals before an entry is dead-lettered (`[hl7] max_rejections`).
+    /// Explicit refusals before an entry is dead-lettered (`[hl7] max_rejections`, a
+    /// destination's `[[pacs.destinations]] max_rejections`).
     pub max_rejections: u32,
     /// Backoff between attempts.
     pub backoff: Backoff,
