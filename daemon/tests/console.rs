@@ -593,6 +593,113 @@ fn admin_manages_users_and_sessions_end_with_role_changes() {
     assert!(!out.success() && out.combined().contains("unknown role"));
 }
 
+/// Logins that race a change to the account: while four clients keep logging in as nora,
+/// an admin disables her (then, in a second round, demotes her). No session made by those
+/// logins may outlive the change: each is refused afterwards, or carries the new role.
+#[test]
+fn no_session_from_a_login_racing_an_account_change_outlives_it() {
+    let d = daemon_with_users();
+    let admin = d.login("ada", PW);
+    let addr = d.console_addr();
+    for (round, change, allowed_role) in [
+        (0, serde_json::json!({"disabled": true}), None),
+        (
+            1,
+            serde_json::json!({"role": "technician"}),
+            Some("technician"),
+        ),
+    ] {
+        let name = format!("nora{round}");
+        let pw = "another long password";
+        let r = admin.send(
+            "PUT",
+            &format!("/api/v1/users/{name}"),
+            &serde_json::json!({"role": "admin", "password": pw}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let sessions: Vec<String> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut kept = Vec::new();
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let r = console_login_raw(addr, &name, pw);
+                            if r.status != 200 {
+                                continue;
+                            }
+                            let cookie = r.headers.get("set-cookie").cloned().unwrap_or_default();
+                            if let Some(c) = cookie
+                                .lines()
+                                .filter_map(|l| l.split(';').next())
+                                .find(|c| c.starts_with("duli_session="))
+                            {
+                                kept.push(c.to_string());
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(700));
+            let r = admin.send("PUT", &format!("/api/v1/users/{name}"), &change);
+            assert_eq!(r.status, 200, "{}", r.text());
+            std::thread::sleep(Duration::from_millis(700));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        assert!(!sessions.is_empty(), "no login of {name} succeeded");
+        for cookie in &sessions {
+            let r = https_request(
+                addr,
+                "GET",
+                "/api/v1/me",
+                &[("Cookie", cookie.as_str())],
+                None,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            match allowed_role {
+                None => assert_eq!(r.status, 401, "{name} disabled, yet: {}", r.text()),
+                Some(role) => assert!(
+                    r.status == 401 || r.json()["role"] == role,
+                    "{name} demoted to {role}, yet: {} {}",
+                    r.status,
+                    r.text()
+                ),
+            }
+        }
+        eprintln!(
+            "{name}: {} sessions made around the change, none outlived it",
+            sessions.len()
+        );
+    }
+}
+
+/// Wrong passwords sent all at once count as they arrive, not as their checks end: of 30
+/// parallel attempts on one account, at most its 5 free ones reach the password check.
+#[test]
+fn parallel_wrong_passwords_are_throttled_like_sequential_ones() {
+    let d = daemon_with_users();
+    let addr = d.console_addr();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let all: Vec<_> = (0..30)
+            .map(|i| s.spawn(move || console_login_raw(addr, "rita", &format!("wrong {i}")).status))
+            .collect();
+        all.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + throttled, 30, "{statuses:?}");
+    assert!(
+        checked <= 5,
+        "{checked} of 30 parallel guesses were checked: {statuses:?}"
+    );
+}
+
 #[test]
 fn users_can_be_added_without_a_running_daemon() {
     let root = temp_dir("offline-user");

@@ -226,9 +226,12 @@ impl Sessions {
         Ok(n)
     }
 
-    /// Whether a login for `user` from `addr` may be tried now; `Err(wait)` says how long
-    /// the client must wait first.
-    pub fn login_allowed(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
+    /// Takes one login attempt for `user` from `addr`. `Err(wait)`: the client must wait
+    /// that long first, and nothing is counted. Otherwise the attempt counts as a failure
+    /// at once, before its password is checked, so that attempts made in parallel cannot
+    /// all pass this check before any of them has failed; [`Sessions::login_succeeded`]
+    /// gives it back.
+    pub fn begin_login(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
@@ -239,17 +242,9 @@ impl Sessions {
                 wait = wait.max(until.saturating_duration_since(now));
             }
         }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
+        if !wait.is_zero() {
+            return Err(wait);
         }
-    }
-
-    /// Records a failed login.
-    pub fn login_failed(&self, user: &str, addr: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
             map.clear();
         }
@@ -261,12 +256,20 @@ impl Sessions {
             f.count = f.count.saturating_add(1);
             f.last = now;
         }
+        Ok(())
     }
 
-    /// Records a successful login: the account's failures are forgotten.
-    pub fn login_succeeded(&self, user: &str) {
+    /// Records a successful login: the account's failures are forgotten and the attempt
+    /// [`Sessions::begin_login`] counted against the address is given back.
+    pub fn login_succeeded(&self, user: &str, addr: Option<IpAddr>) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&format!("account:{user}"));
+        for (key, _) in keys(user, addr) {
+            if key.starts_with("account:") {
+                map.remove(&key);
+            } else if let Some(f) = map.get_mut(&key) {
+                f.count = f.count.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -367,19 +370,32 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        for _ in 0..FREE_FAILURES_ACCOUNT - 1 {
-            s.login_failed("bob", Some(ip));
-            assert!(s.login_allowed("bob", Some(ip)).is_ok());
+        // Attempts count when they begin: five in flight at once (none finished) leave
+        // the sixth waiting, as five failed ones would.
+        for _ in 0..FREE_FAILURES_ACCOUNT {
+            assert!(s.begin_login("bob", Some(ip)).is_ok());
         }
-        s.login_failed("bob", Some(ip));
-        let wait = s.login_allowed("bob", Some(ip)).unwrap_err();
+        let wait = s.begin_login("bob", Some(ip)).unwrap_err();
         assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1));
-        s.login_failed("bob", Some(ip));
-        assert!(s.login_allowed("bob", Some(ip)).unwrap_err() > Duration::from_secs(1));
-        // Another account from the same address is not yet throttled.
-        assert!(s.login_allowed("carol", Some(ip)).is_ok());
-        s.login_succeeded("bob");
-        assert!(s.login_allowed("bob", Some(ip)).is_ok());
+        // Another account from the same address is not yet throttled; its success gives
+        // the address its attempt back.
+        assert!(s.begin_login("carol", Some(ip)).is_ok());
+        s.login_succeeded("carol", Some(ip));
+        s.login_succeeded("bob", Some(ip));
+        assert!(s.begin_login("bob", Some(ip)).is_ok());
+    }
+
+    #[test]
+    fn the_address_share_holds_against_attempts_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let ip: IpAddr = "10.1.2.4".parse().unwrap();
+        // One account each, all begun before any ends: the address runs out at its share.
+        let passed = (0..FREE_FAILURES_ADDRESS + 10)
+            .filter(|i| s.begin_login(&format!("user{i}"), Some(ip)).is_ok())
+            .count();
+        assert_eq!(passed, FREE_FAILURES_ADDRESS as usize);
     }
 
     #[test]

@@ -279,11 +279,11 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
             "first-time setup is done; log in instead".into(),
         ));
     };
-    if let Err(wait) = c.sessions.login_allowed(THROTTLE_KEY, req.peer) {
+    if let Err(wait) = c.sessions.begin_login(THROTTLE_KEY, req.peer) {
         return Err(ApiError::Throttled(wait.as_secs().max(1)));
     }
     if !super::sessions::same_token(&normalise(&body.code), &normalise(&o.code)) {
-        c.sessions.login_failed(THROTTLE_KEY, req.peer);
+        // The attempt was counted as a failure when it began.
         audit_now(
             c,
             Event::new("setup", Action::LoginFailed, "first-time setup")
@@ -294,6 +294,8 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         .await?;
         return Err(ApiError::Forbidden);
     }
+    // The right code: the attempt is given back, whatever the rest of the request holds.
+    c.sessions.login_succeeded(THROTTLE_KEY, req.peer);
     let name = match (&o.username, body.username.as_deref().map(str::trim)) {
         (Some(fixed), Some(given)) if given != fixed && !given.is_empty() => {
             return Err(ApiError::BadRequest(format!(
@@ -321,7 +323,6 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         disabled: false,
     };
     c.users.put(&user)?;
-    c.sessions.login_succeeded(THROTTLE_KEY);
     audit_now(
         c,
         Event::new(&name, Action::UserChange, &name)

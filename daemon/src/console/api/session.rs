@@ -58,7 +58,7 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
             "user name and password required".into(),
         ));
     }
-    if let Err(wait) = c.sessions.login_allowed(&name, req.peer) {
+    if let Err(wait) = c.sessions.begin_login(&name, req.peer) {
         let secs = wait.as_secs().max(1);
         // Only the first throttled attempt of a window is written; the rest are counted
         // and summed up in one record per window.
@@ -93,7 +93,7 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
     let user = match (verified, user) {
         (true, Some(u)) => u,
         (_, u) => {
-            c.sessions.login_failed(&name, req.peer);
+            // The attempt was counted as a failure when it began.
             let why = match u {
                 None => "unknown user",
                 Some(u) if u.disabled => "account disabled",
@@ -110,8 +110,23 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
             return Err(ApiError::BadLogin);
         }
     };
-    c.sessions.login_succeeded(&user.name);
+    c.sessions.login_succeeded(&user.name, req.peer);
     let (token, session) = c.sessions.create(&user.name, user.role, &src)?;
+    // A change to the account while its password was checked (role, disabled, password,
+    // removal) is written before it ends the account's sessions: either it ended this one
+    // too, or it is seen here and this session is ended. No session outlives a change.
+    if c.users.get(&user.name)?.as_ref() != Some(&user) {
+        c.sessions.remove(&token)?;
+        audit_now(
+            c,
+            Event::new(&user.name, Action::LoginFailed, &user.name)
+                .from(&src)
+                .detail("the account changed while logging in")
+                .failed(),
+        )
+        .await?;
+        return Err(ApiError::BadLogin);
+    }
     audit_now(
         c,
         Event::new(&user.name, Action::Login, &user.name)
