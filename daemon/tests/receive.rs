@@ -9,6 +9,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// JSON output of a `duli` store command run against the daemon's data directory.
@@ -202,6 +203,84 @@ fn eight_concurrent_storescu_associations_of_25_instances() {
         assert!(stored.contains(sop), "{sop} not indexed");
     }
     assert_eq!(duli_json(&d, &["studies"]).as_array().unwrap().len(), 8);
+}
+
+/// A modality corrects a study by sending an instance again under another Study Instance
+/// UID (another patient): the first study drops it (count and listing), its old file is
+/// removed once the move is durable, and the new study holds it.
+#[test]
+fn an_instance_sent_again_under_another_study_moves_with_its_file() {
+    let d = Daemon::start();
+    let dir = temp_dir("moved");
+    let Some(files) = make_dx(dir.path(), 2, 1, &[]) else {
+        return;
+    };
+    if which("storescu").is_none() || which("dcmodify").is_none() {
+        return skip("storescu or dcmodify absent");
+    }
+    let (first, sop, study_a) = files[0].clone();
+    storescu(
+        "MOD",
+        DULI_AET,
+        d.dicom_port,
+        &[],
+        &[first.clone(), files[1].0.clone()],
+    )
+    .unwrap()
+    .assert_success("storescu");
+    let study_b = format!("{study_a}.9");
+    let moved = dir.path().join("moved.dcm");
+    std::fs::copy(&first, &moved).unwrap();
+    run(
+        Command::new("dcmodify").args([
+            "-nb",
+            "-m",
+            &format!("(0020,000D)={study_b}"),
+            "-m",
+            "(0010,0010)=MOVED^PATIENT",
+            moved.to_str().unwrap(),
+        ]),
+        Duration::from_secs(30),
+    )
+    .assert_success("dcmodify");
+    storescu("MOD", DULI_AET, d.dicom_port, &[], &[moved])
+        .unwrap()
+        .assert_success("storescu");
+    let studies = duli_json(&d, &["studies"]);
+    let count = |uid: &str| {
+        studies
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["study_instance_uid"] == uid)
+            .map(|s| s["instances"].as_u64().unwrap())
+    };
+    assert_eq!(count(&study_a), Some(1), "{studies}");
+    assert_eq!(count(&study_b), Some(1), "{studies}");
+    let instances = duli_json(&d, &["instances"]);
+    let rec = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sop_instance_uid"] == sop.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(rec["study_instance_uid"], study_b.as_str());
+    let files_of = |study: &str| -> Vec<String> {
+        std::fs::read_dir(d.data_dir().join("files").join(study))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !files_of(&study_a).iter().any(|f| f.starts_with(&sop)),
+        "the old file of {sop} stays in {study_a}: {:?}",
+        files_of(&study_a)
+    );
+    assert!(files_of(&study_b).iter().any(|f| f.starts_with(&sop)));
 }
 
 #[test]

@@ -392,6 +392,14 @@ pub async fn analyse_study(
             return;
         }
     };
+    // Every image of it was sent again under another study: nothing is left to report on,
+    // and a report on nothing must not reach the RIS or the PACS.
+    if instances.iter().all(|i| i.generated) {
+        let why = "no image left: every instance was sent again under another study";
+        log::warn!("study {uid}: {why}");
+        let _ = record::mark_error(store, uid, why);
+        return;
+    }
     let manifest = Arc::clone(engine.manifest());
     let mut images = Vec::with_capacity(instances.len());
     let mut inputs: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());

@@ -602,3 +602,46 @@ async fn a_study_that_comes_back_during_its_analysis_waits_for_it() {
         "{seen:?}"
     );
 }
+
+/// A study whose only image was sent again under another study is left with nothing to
+/// report on: it ends in error with the reason, and no result (so nothing for the RIS or
+/// the PACS) is made for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_whose_images_all_moved_to_another_study_gets_no_report() {
+    let Some(dir) = samples_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let src = dir.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    add_instance(&store, "9.7", "9.7.1", &src, |_| {});
+    // The same instance again, now in study 9.8.
+    let moved = InstanceRecord {
+        sop_instance_uid: "9.7.1".into(),
+        study_instance_uid: "9.8".into(),
+        series_instance_uid: "9.8.1".into(),
+        path: "files/9.7/9.7.1.dcm".into(),
+        ..Default::default()
+    };
+    store
+        .commit_instance(&moved, &StudyRecord::default())
+        .unwrap();
+    assert_eq!(store.study("9.7").unwrap().unwrap().instances, 0);
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(run_pipeline_with(
+        Arc::clone(&store),
+        factory(Duration::ZERO),
+        rx,
+        PipelineOptions::default(),
+    ));
+    tx.send("9.7".into()).await.unwrap();
+    let s = wait_for(&store, "9.7", &[StudyState::Error]).await;
+    assert!(
+        s.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("sent again under another study"),
+        "{s:?}"
+    );
+    assert_eq!(s.result_version, 0, "no result for an emptied study");
+    drop(tx);
+    task.await.unwrap();
+}

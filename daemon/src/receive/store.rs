@@ -280,38 +280,58 @@ impl Incoming {
         let sop_instance = self.sop_instance;
         let store = scp.store.clone();
         let calling_ae = calling_ae.to_string();
-        let rec = tokio::task::spawn_blocking(move || -> Result<InstanceRecord, StoreFailure> {
-            let staged = file.finish().map_err(StoreFailure::Fsync)?;
-            let header = header::read_header(staged.path())?;
-            for (what, data, command) in [
-                (
-                    "SOP Instance UID",
-                    &header.instance.sop_instance_uid,
-                    &sop_instance,
-                ),
-                ("SOP Class UID", &header.instance.sop_class_uid, &sop_class),
-            ] {
-                if data != command {
-                    return Err(StoreFailure::Mismatch {
-                        what,
-                        data: data.clone(),
-                        command: command.clone(),
-                    });
+        type Placed = (InstanceRecord, Option<InstanceRecord>);
+        let (rec, previous) =
+            tokio::task::spawn_blocking(move || -> Result<Placed, StoreFailure> {
+                let staged = file.finish().map_err(StoreFailure::Fsync)?;
+                let header = header::read_header(staged.path())?;
+                for (what, data, command) in [
+                    (
+                        "SOP Instance UID",
+                        &header.instance.sop_instance_uid,
+                        &sop_instance,
+                    ),
+                    ("SOP Class UID", &header.instance.sop_class_uid, &sop_class),
+                ] {
+                    if data != command {
+                        return Err(StoreFailure::Mismatch {
+                            what,
+                            data: data.clone(),
+                            command: command.clone(),
+                        });
+                    }
                 }
-            }
-            store
-                .place_and_commit(staged, &header, &calling_ae, false, &[])
-                .map_err(|e| match e {
-                    StoreError::Protected(_) => StoreFailure::Protected(e.to_string()),
-                    e => StoreFailure::Store(e),
-                })
-        })
-        .await
-        .map_err(|e| StoreFailure::Task(e.to_string()))??;
+                // The same instance sent before under another study: its old file goes once
+                // the move is durable.
+                let previous = store
+                    .instance(&header.instance.sop_instance_uid)
+                    .map_err(StoreFailure::Store)?
+                    .filter(|p| p.study_instance_uid != header.instance.study_instance_uid);
+                store
+                    .place_and_commit(staged, &header, &calling_ae, false, &[])
+                    .map(|rec| (rec, previous))
+                    .map_err(|e| match e {
+                        StoreError::Protected(_) => StoreFailure::Protected(e.to_string()),
+                        e => StoreFailure::Store(e),
+                    })
+            })
+            .await
+            .map_err(|e| StoreFailure::Task(e.to_string()))??;
         scp.store.flush().await.map_err(|e| {
             log::error!("index flush failed: {e}");
             StoreFailure::Flush(e)
         })?;
+        if let Some(previous) = previous {
+            log::warn!(
+                "instance {} sent again under study {} (was in study {}): moved",
+                rec.sop_instance_uid,
+                rec.study_instance_uid,
+                previous.study_instance_uid
+            );
+            if let Err(e) = scp.store.remove_superseded(&previous) {
+                log::error!("{}: the superseded file stays: {e}", previous.path);
+            }
+        }
         Ok(rec)
     }
 }

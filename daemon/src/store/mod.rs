@@ -460,14 +460,28 @@ impl Store {
                     )));
                 }
             }
-            // A resend may move an instance to another study: unlink the old one.
+            // A resend may move an instance to another study: unlink it from the old one,
+            // whose count and query keys follow (its file goes once this is durable, see
+            // `Store::remove_superseded`).
+            let mut left: Option<StudyRecord> = None;
             if let Some(prev) = &previous {
                 if let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) {
                     if prev.study_instance_uid != instance.study_instance_uid {
-                        links.remove(link_key_bytes(
+                        let unlinked = links.remove(link_key_bytes(
                             &prev.study_instance_uid,
                             &prev.sop_instance_uid,
                         ))?;
+                        let old_key = prev.study_instance_uid.as_bytes();
+                        let before = studies
+                            .get(old_key)?
+                            .and_then(|v| serde_json::from_slice::<StudyRecord>(&v).ok());
+                        if let (Some(_), Some(before)) = (unlinked, before) {
+                            let mut after = before.clone();
+                            after.instances = after.instances.saturating_sub(1);
+                            studies.insert(old_key, encode(&after))?;
+                            qr_index::update(qr_keys, Some(&before), &after)?;
+                            left = Some(after);
+                        }
                     }
                 }
             }
@@ -502,14 +516,20 @@ impl Store {
             studies.insert(study_key, encode(&study))?;
             qr_index::update(qr_keys, old.as_ref(), &study)?;
             write_extra(&views[4..], &names, extra)?;
-            Ok(InstanceCommit {
-                new_instance,
-                study,
-            })
+            Ok((
+                InstanceCommit {
+                    new_instance,
+                    study,
+                },
+                left.clone(),
+            ))
         });
-        let commit = unwrap_tx(result)?;
+        let (commit, left) = unwrap_tx(result)?;
         if commit.new_instance {
             self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(left) = left {
+            self.notify(Change::Study(Box::new(left)));
         }
         self.notify(Change::Study(Box::new(commit.study.clone())));
         Ok(commit)
@@ -555,6 +575,22 @@ impl Store {
         rec.generated = generated;
         self.commit_instance_with(&rec, &header.study, &extra)?;
         Ok(rec)
+    }
+
+    /// Removes the file of `previous`, an instance's record before it was sent again under
+    /// another study (see [`Store::place_and_commit`]), once the index no longer names that
+    /// file. Call it after [`Store::flush`]: until then a crash would bring the old record
+    /// back.
+    pub fn remove_superseded(&self, previous: &InstanceRecord) -> Result<(), StoreError> {
+        let now = self.instance(&previous.sop_instance_uid)?;
+        if now.is_some_and(|n| n.path != previous.path) {
+            match std::fs::remove_file(self.root().join(&previous.path)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove a superseded file")(e)),
+            }
+        }
+        Ok(())
     }
 
     /// The distinct trees `extra` writes to, by name, opened (for a transaction over them).
@@ -1066,6 +1102,56 @@ mod tests {
         assert_eq!(s.patient_name, "João Conceição");
         assert_eq!(s.instances, 2);
         assert_eq!(store.instances_of("1.2").unwrap().len(), 2);
+    }
+
+    /// An instance sent again under another study leaves the old one: its count drops, its
+    /// query keys follow, and its old file is removed once asked (after the flush), never
+    /// the file the index names.
+    #[test]
+    fn an_instance_sent_again_under_another_study_leaves_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = |study: &str| InstanceRecord {
+            path: format!("files/{study}/9.1.dcm"),
+            ..inst(study, "9.1")
+        };
+        for study in ["1.5", "1.6"] {
+            let f = dir.path().join(format!("files/{study}/9.1.dcm"));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, b"x").unwrap();
+        }
+        let named = |name: &str| StudyRecord {
+            patient_name: name.into(),
+            ..Default::default()
+        };
+        store.commit_instance(&at("1.5"), &named("MOVEA")).unwrap();
+        store
+            .commit_instance(&inst("1.5", "9.2"), &named("MOVEA"))
+            .unwrap();
+        let before = store.instance("9.1").unwrap().unwrap();
+        let keys_before = store.qr_keys.len();
+        store.commit_instance(&at("1.6"), &named("MOVEB")).unwrap();
+        assert_eq!(store.study("1.5").unwrap().unwrap().instances, 1);
+        assert_eq!(store.study("1.6").unwrap().unwrap().instances, 1);
+        let left: Vec<String> = store
+            .instances_of("1.5")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.sop_instance_uid)
+            .collect();
+        assert_eq!(left, ["9.2"]);
+        assert!(
+            store.qr_keys.len() > keys_before,
+            "the new study is queryable"
+        );
+        // The current file is never removed; the superseded one is.
+        store
+            .remove_superseded(&store.instance("9.1").unwrap().unwrap())
+            .unwrap();
+        assert!(dir.path().join("files/1.6/9.1.dcm").exists());
+        store.remove_superseded(&before).unwrap();
+        assert!(!dir.path().join("files/1.5/9.1.dcm").exists());
+        assert!(dir.path().join("files/1.6/9.1.dcm").exists());
     }
 
     /// A state change happens only from the states it names: otherwise the study is left
