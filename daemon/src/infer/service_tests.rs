@@ -625,13 +625,7 @@ async fn a_study_whose_images_all_moved_to_another_study_gets_no_report() {
         .commit_instance(&moved, &StudyRecord::default())
         .unwrap();
     assert_eq!(store.study("9.7").unwrap().unwrap().instances, 0);
-    let (tx, rx) = mpsc::channel(1);
-    let task = tokio::spawn(run_pipeline_with(
-        Arc::clone(&store),
-        factory(Duration::ZERO),
-        rx,
-        PipelineOptions::default(),
-    ));
+    let (tx, task) = start(&store, PipelineOptions::default());
     tx.send("9.7".into()).await.unwrap();
     let s = wait_for(&store, "9.7", &[StudyState::Error]).await;
     assert!(
