@@ -45,7 +45,8 @@ pub enum Cause {
     NotQueryRetrieve,
     /// The identifier does not decode in the context's transfer syntax.
     IdentifierUndecodable,
-    /// The identifier lacks a valid Query/Retrieve Level or the unique key of its level.
+    /// The identifier lacks a valid Query/Retrieve Level or the unique key of its level, or
+    /// a retrieve's unique key holds a wildcard.
     IdentifierInvalid,
     /// The index failed while matching.
     IndexFailed,
@@ -160,7 +161,7 @@ impl Cause {
                 "the identifier does not decode in the context's transfer syntax"
             }
             Cause::IdentifierInvalid => {
-                "the identifier lacks a valid Query/Retrieve Level or its level's unique key"
+                "the identifier lacks a valid Query/Retrieve Level or its level's unique key, or a C-MOVE/C-GET unique key holds a wildcard"
             }
             Cause::IndexFailed => "the index failed",
             Cause::MoveDestinationUnknown => {

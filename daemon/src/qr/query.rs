@@ -80,6 +80,10 @@ pub enum QueryError {
     /// A retrieve names no instances by their unique key.
     #[error("the identifier lacks the unique key {0} of its level")]
     MissingUniqueKey(&'static str),
+    /// A retrieve's unique key holds a wildcard: keys are single values or UID lists
+    /// (PS3.4 C.4.2.2.1), never patterns.
+    #[error("the unique key {0} holds a wildcard; a retrieve names instances by value")]
+    WildcardInUniqueKey(&'static str),
     /// The index failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -93,7 +97,8 @@ impl From<QueryError> for crate::dimse::Refused {
             QueryError::Store(_) => Cause::IndexFailed,
             QueryError::MissingLevel
             | QueryError::BadLevel(_)
-            | QueryError::MissingUniqueKey(_) => Cause::IdentifierInvalid,
+            | QueryError::MissingUniqueKey(_)
+            | QueryError::WildcardInUniqueKey(_) => Cause::IdentifierInvalid,
         };
         crate::dimse::Refused::new(cause, e.to_string())
     }
@@ -743,11 +748,15 @@ pub fn select(
     model: Model,
 ) -> Result<(Level, Vec<InstanceRecord>), QueryError> {
     let level = level_of(obj, model)?;
-    let studies = uid_list(obj, tags::STUDY_INSTANCE_UID);
+    let studies = unique_keys(
+        obj,
+        tags::STUDY_INSTANCE_UID,
+        "Study Instance UID (0020,000D)",
+    )?;
     let mut out = Vec::new();
     match level {
         Level::Patient => {
-            let ids = uid_list(obj, tags::PATIENT_ID);
+            let ids = unique_keys(obj, tags::PATIENT_ID, "Patient ID (0010,0020)")?;
             if ids.is_empty() {
                 return Err(QueryError::MissingUniqueKey("Patient ID (0010,0020)"));
             }
@@ -768,9 +777,13 @@ pub fn select(
             }
         }
         Level::Series => {
-            let series: HashSet<String> = uid_list(obj, tags::SERIES_INSTANCE_UID)
-                .into_iter()
-                .collect();
+            let series: HashSet<String> = unique_keys(
+                obj,
+                tags::SERIES_INSTANCE_UID,
+                "Series Instance UID (0020,000E)",
+            )?
+            .into_iter()
+            .collect();
             if series.is_empty() {
                 return Err(QueryError::MissingUniqueKey(
                     "Series Instance UID (0020,000E)",
@@ -795,7 +808,7 @@ pub fn select(
             }
         }
         Level::Image => {
-            let sops = uid_list(obj, tags::SOP_INSTANCE_UID);
+            let sops = unique_keys(obj, tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
             if sops.is_empty() {
                 return Err(QueryError::MissingUniqueKey("SOP Instance UID (0008,0018)"));
             }
@@ -811,10 +824,82 @@ pub fn select(
     Ok((level, out))
 }
 
+/// The values of a retrieve's unique key `tag` (`name` in errors): refused when one holds
+/// a wildcard (`*` or `?`), which a C-FIND may use and a C-MOVE or C-GET may not.
+fn unique_keys(
+    obj: &InMemDicomObject,
+    tag: dicom_core::Tag,
+    name: &'static str,
+) -> Result<Vec<String>, QueryError> {
+    let values = uid_list(obj, tag);
+    if values.iter().any(|v| v.contains(['*', '?'])) {
+        return Err(QueryError::WildcardInUniqueKey(name));
+    }
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dataset_guard::fixtures;
+
+    /// A retrieve names its instances by value: a wildcard in any unique key is refused
+    /// (A900 through `IdentifierInvalid`), a plain list of UIDs is resolved, and an unknown
+    /// UID resolves to nothing.
+    #[test]
+    fn retrieve_keys_with_wildcards_are_refused() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rec = InstanceRecord {
+            sop_instance_uid: "1.2.3.1".into(),
+            study_instance_uid: "1.2.3".into(),
+            series_instance_uid: "1.2.3.9".into(),
+            ..Default::default()
+        };
+        store
+            .commit_instance(&rec, &StudyRecord::default())
+            .unwrap();
+        let identifier = |level: &str, keys: &[(dicom_core::Tag, &str)]| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::QUERY_RETRIEVE_LEVEL,
+                VR::CS,
+                PrimitiveValue::from(level),
+            ));
+            for (tag, v) in keys {
+                obj.put(DataElement::new(*tag, VR::UI, PrimitiveValue::from(*v)));
+            }
+            obj
+        };
+        for (model, level, tag, value) in [
+            (Model::StudyRoot, "STUDY", tags::STUDY_INSTANCE_UID, "*"),
+            (Model::StudyRoot, "STUDY", tags::STUDY_INSTANCE_UID, "1.2.*"),
+            (Model::StudyRoot, "IMAGE", tags::SOP_INSTANCE_UID, "?"),
+            (
+                Model::StudyRoot,
+                "SERIES",
+                tags::SERIES_INSTANCE_UID,
+                "1.2.3.?",
+            ),
+            (Model::PatientRoot, "PATIENT", tags::PATIENT_ID, "*"),
+        ] {
+            let err = select(&store, &identifier(level, &[(tag, value)]), model).unwrap_err();
+            assert!(
+                matches!(err, QueryError::WildcardInUniqueKey(_)),
+                "{level} {value}: {err}"
+            );
+            let refused = crate::dimse::Refused::from(err);
+            assert_eq!(refused.status(), crate::dimse::status::Status(0xA900));
+        }
+        let (_, found) = select(
+            &store,
+            &identifier("STUDY", &[(tags::STUDY_INSTANCE_UID, "1.2.3\\9.9")]),
+            Model::StudyRoot,
+        )
+        .unwrap();
+        assert_eq!(found.len(), 1);
+    }
 
     /// A deflated identifier is checked and parsed as the same inflated bytes: the
     /// 13-byte stream that once made the parser allocate 3.9 GB is refused or parsed
