@@ -700,6 +700,90 @@ fn parallel_wrong_passwords_are_throttled_like_sequential_ones() {
     );
 }
 
+/// Every access to patient data leaves an audit record, and so does every refused
+/// request of a logged-in user, once per user, object and window: a preview or heatmap
+/// fetched without the study page, a plain worklist listing, a route the role may not use
+/// and a change without the CSRF token. Repeats within the window add nothing.
+#[test]
+fn previews_listings_and_refusals_are_audited_once_per_window() {
+    let Some(files) = sample_dicoms("explicit-le") else {
+        return;
+    };
+    if which("storescu").is_none() {
+        return skip("storescu absent");
+    }
+    let d = daemon_with_users();
+    d.storescu("MODALITY", &[], std::slice::from_ref(&files[0]))
+        .unwrap()
+        .assert_success("storescu");
+    let (rita, theo, ada) = (d.login("rita", PW), d.login("theo", PW), d.login("ada", PW));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let study = loop {
+        let list = rita.get("/api/v1/studies").json();
+        if let Some(uid) = list["studies"][0]["study_uid"].as_str() {
+            break uid.to_string();
+        }
+        assert!(Instant::now() < deadline, "the study never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sop = d
+        .command(&["instances", &study])
+        .output()
+        .map(|o| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            v[0]["sop_instance_uid"].as_str().unwrap().to_string()
+        })
+        .unwrap();
+    let preview = format!("/api/v1/studies/{study}/instances/{sop}/preview");
+    for _ in 0..3 {
+        assert_eq!(rita.get(&preview).status, 200);
+        assert_eq!(rita.get("/api/v1/studies").status, 200);
+        assert_eq!(theo.get("/api/v1/studies").status, 403);
+        assert_eq!(
+            rita.request("DELETE", "/api/v1/users/theo", None, false)
+                .status,
+            403
+        );
+        let feedback = format!("/api/v1/studies/{study}/feedback");
+        let body = serde_json::json!({"agree": true});
+        assert_eq!(
+            rita.request("POST", &feedback, Some(&body), false).status,
+            403
+        );
+    }
+    let audit = ada.get("/api/v1/audit?limit=1000").json();
+    let records = audit["records"].as_array().unwrap();
+    let count = |actor: &str, action: &str, text: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r["actor"] == actor
+                    && r["action"] == action
+                    && (r["object"].as_str().unwrap_or("").contains(text)
+                        || r["detail"].as_str().unwrap_or("").contains(text))
+            })
+            .count()
+    };
+    assert_eq!(count("rita", "view", "preview of instance"), 1, "{audit}");
+    assert_eq!(count("rita", "query", "listed"), 1, "{audit}");
+    assert_eq!(
+        count("theo", "other", "the role may not use it"),
+        1,
+        "{audit}"
+    );
+    assert_eq!(
+        count("rita", "other", "the role may not use it"),
+        1,
+        "{audit}"
+    );
+    assert_eq!(count("rita", "other", "no valid CSRF token"), 1, "{audit}");
+    let refused = records
+        .iter()
+        .find(|r| r["actor"] == "theo" && r["action"] == "other")
+        .unwrap();
+    assert_eq!(refused["success"], false, "{refused}");
+}
+
 #[test]
 fn users_can_be_added_without_a_running_daemon() {
     let root = temp_dir("offline-user");

@@ -9,6 +9,8 @@
 //! - [`roles`]: the roles and the one route → role table every request passes.
 //! - [`sessions`]: session cookies, login throttling, CSRF tokens.
 //! - [`throttle_log`]: throttled logins counted, audited once per window.
+//! - [`access_log`]: previews, heatmaps, worklist listings and refused requests audited
+//!   once per user, object and window.
 //! - accounts (users, roles, password hashes) live in [`crate::accounts`], shared with
 //!   the command line.
 //! - [`api`]: the router and one handler module per resource (worklist and studies,
@@ -29,6 +31,7 @@
 //! `/healthz` and `/metrics` are served on the same HTTPS listener without a session, so
 //! health checks and Prometheus need no account; neither reveals patient data.
 
+pub mod access_log;
 pub mod api;
 pub mod assets;
 pub mod atna;
@@ -81,6 +84,8 @@ pub struct Console {
     pub users: crate::accounts::Users,
     /// Sessions and the login throttle.
     pub sessions: sessions::Sessions,
+    /// Accesses and refusals audited lately (once per user, object and window).
+    pub accesses: access_log::AccessLog,
     /// The data directory.
     pub data_dir: PathBuf,
     /// Site id (for the system page).
@@ -170,6 +175,7 @@ impl Console {
             stages,
             users,
             sessions,
+            accesses: access_log::AccessLog::default(),
             site_id: config.device.site_id.clone(),
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),

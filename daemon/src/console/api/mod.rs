@@ -334,6 +334,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
     } else {
         let (token, s) = session_of(&console, &req)?.ok_or(ApiError::Unauthenticated)?;
         if !route.access.allows(s.role) {
+            audit_refusal(&console, &req, &s, route.pattern, "the role may not use it").await?;
             return Err(ApiError::Forbidden);
         }
         let safe = matches!(req.method, Method::GET | Method::HEAD);
@@ -344,6 +345,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !sessions::same_token(sent, &s.csrf) {
+                audit_refusal(&console, &req, &s, route.pattern, "no valid CSRF token").await?;
                 return Err(ApiError::Csrf);
             }
         }
@@ -365,9 +367,13 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (Endpoint::Models, Some(_)) => Ok(system::models(c)),
         (Endpoint::Studies, Some((_, s))) => studies::worklist(c, &req, &s).await,
         (Endpoint::Study, Some((_, s))) => studies::study(c, &req, &s, param(0)).await,
-        (Endpoint::Preview, Some(_)) => studies::preview(c, param(0), param(1), false).await,
-        (Endpoint::PreviewInfo, Some(_)) => studies::preview(c, param(0), param(1), true).await,
-        (Endpoint::Heatmap, Some(_)) => results::heatmap(c, param(0)).await,
+        (Endpoint::Preview, Some((_, s))) => {
+            studies::preview(c, &req, &s, (param(0), param(1)), false).await
+        }
+        (Endpoint::PreviewInfo, Some((_, s))) => {
+            studies::preview(c, &req, &s, (param(0), param(1)), true).await
+        }
+        (Endpoint::Heatmap, Some((_, s))) => results::heatmap(c, &req, &s, param(0)).await,
         (Endpoint::Feedback, Some((_, s))) => feedback::give(c, &req, &s, param(0)).await,
         (Endpoint::Events, Some((token, s))) => live::event_stream(c, token, &s),
         (Endpoint::Users, Some(_)) => users::list(c),
@@ -387,6 +393,35 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
 fn asset(path: &str) -> Result<Response, ApiError> {
     let (_, ctype, body) = assets::lookup(path).ok_or(ApiError::NotFound)?;
     Ok(reply::bytes(StatusCode::OK, ctype, body.to_vec()))
+}
+
+/// Audits a request refused to a logged-in user (`why`), once per user, route and window
+/// (a probe of every route leaves one record per route, not one per request).
+async fn audit_refusal(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    route: &str,
+    why: &str,
+) -> Result<(), ApiError> {
+    let key = format!("refused {} {route}", req.method);
+    if c.accesses.first(&s.user, &key) {
+        audit_now(
+            c,
+            Event::new(&s.user, crate::audit::Action::Other, &req.path)
+                .from(&source(req))
+                .detail(format!(
+                    "{} {} refused ({why}; role {}); further refusals of this route within {} min not recorded one by one",
+                    req.method,
+                    req.path,
+                    s.role,
+                    super::access_log::WINDOW.as_secs() / 60
+                ))
+                .failed(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Appends `event` to the audit trail and makes it durable before the answer goes out.

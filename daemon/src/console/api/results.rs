@@ -58,13 +58,19 @@ pub(super) fn data_path(data_dir: &Path, rel: &str) -> Option<PathBuf> {
 }
 
 /// `GET /api/v1/studies/{uid}/heatmap`: the PNG of the first finished heatmap.
-pub(super) async fn heatmap(c: &Console, uid: &str) -> Result<Response, ApiError> {
+pub(super) async fn heatmap(
+    c: &Console,
+    req: &super::Request,
+    s: &crate::console::sessions::Session,
+    uid: &str,
+) -> Result<Response, ApiError> {
     let result = latest(c, uid)?.ok_or(ApiError::NotFound)?;
     let path = result
         .heatmap_path
         .as_deref()
         .and_then(|p| data_path(&c.data_dir, p))
         .ok_or(ApiError::NotFound)?;
+    super::studies::audit_image_view(c, req, s, uid, "heatmap").await?;
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|_| ApiError::NotFound)?;

@@ -170,12 +170,26 @@ pub(super) async fn worklist(
             })
             .collect(),
     };
+    // A search is audited each time; a plain listing (names, IDs and accession numbers
+    // all the same) once per user and window, as the page reloads it often.
     if let Some(q) = &query.q {
         audit_now(
             c,
             Event::new(&s.user, Action::Query, "worklist")
                 .from(&source(req))
                 .detail(format!("search {q:?}: {total} studies")),
+        )
+        .await?;
+    } else if c.accesses.first(&s.user, "worklist") {
+        audit_now(
+            c,
+            Event::new(&s.user, Action::Query, "worklist")
+                .from(&source(req))
+                .detail(format!(
+                    "listed {} of {total} studies; further listings within {} min not recorded one by one",
+                    answer.studies.len(),
+                    crate::console::access_log::WINDOW.as_secs() / 60
+                )),
         )
         .await?;
     }
@@ -303,6 +317,8 @@ pub(super) async fn study(
             .detail(format!("study of patient {}", rec.patient_id)),
     )
     .await?;
+    // The previews and heatmap the page loads next are covered by this record.
+    c.accesses.note(&s.user, &viewed(uid));
     let view = StudyView {
         summary: StudySummary::new(&rec, summary.as_ref()),
         study: &rec,
@@ -323,8 +339,9 @@ pub(super) async fn study(
 /// size), rendered once per instance.
 pub(super) async fn preview(
     c: &Console,
-    uid: &str,
-    sop: &str,
+    req: &Request,
+    s: &Session,
+    (uid, sop): (&str, &str),
     info_only: bool,
 ) -> Result<Response, ApiError> {
     let inst = c
@@ -332,6 +349,7 @@ pub(super) async fn preview(
         .instance(sop)?
         .filter(|i| i.study_instance_uid == uid)
         .ok_or(ApiError::NotFound)?;
+    audit_image_view(c, req, s, uid, &format!("preview of instance {sop}")).await?;
     let data_dir = c.data_dir.clone();
     let max_pixels = c.max_pixels;
     let (png, info) =
@@ -346,4 +364,38 @@ pub(super) async fn preview(
     // Never stored by the browser (`reply::secure` sets `no-store`): reading-room PCs are
     // shared, and the file is cached on the server already.
     Ok(reply::bytes(StatusCode::OK, "image/png", bytes))
+}
+
+/// What [`crate::console::access_log::AccessLog`] calls the view of a study's images.
+pub(super) fn viewed(uid: &str) -> String {
+    format!("study {uid}")
+}
+
+/// Audits a view of a study's images (`what`: a preview, the heatmap) unless the user
+/// opened the study page or viewed its images within the window.
+pub(super) async fn audit_image_view(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    uid: &str,
+    what: &str,
+) -> Result<(), ApiError> {
+    if c.accesses.first(&s.user, &viewed(uid)) {
+        let patient = c
+            .store
+            .study(uid)?
+            .map(|r| r.patient_id)
+            .unwrap_or_default();
+        audit_now(
+            c,
+            Event::new(&s.user, Action::View, uid)
+                .from(&source(req))
+                .detail(format!(
+                    "{what} of patient {patient}; further views of this study's images within {} min not recorded one by one",
+                    crate::console::access_log::WINDOW.as_secs() / 60
+                )),
+        )
+        .await?;
+    }
+    Ok(())
 }
