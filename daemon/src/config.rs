@@ -487,6 +487,9 @@ pub struct ConsoleConfig {
     pub max_requests: usize,
     /// Most live event streams (server-sent events) open at once.
     pub max_event_streams: usize,
+    /// Most live event streams one user may hold open at once (all their sessions and
+    /// tabs together), so one account cannot take every stream.
+    pub max_event_streams_per_user: usize,
     /// Largest manual upload accepted (MB).
     pub max_upload_mb: u64,
     /// Most uploads received at once, all users together.
@@ -510,6 +513,7 @@ impl Default for ConsoleConfig {
             max_connections_per_address: 64,
             max_requests: 64,
             max_event_streams: 256,
+            max_event_streams_per_user: 16,
             max_upload_mb: 64,
             max_uploads: 4,
             max_uploads_per_user: 2,
@@ -1256,6 +1260,12 @@ fn check_console_limits(c: &ConsoleConfig, bad: &mut impl FnMut(&str, String)) {
         c.max_event_streams as u64,
         1,
         conns.max(1),
+    );
+    range(
+        "max_event_streams_per_user",
+        c.max_event_streams_per_user as u64,
+        1,
+        MAX_CONSOLE_CONNECTIONS as u64,
     );
     range("max_upload_mb", c.max_upload_mb, 1, 1024);
     range("max_uploads", c.max_uploads as u64, 1, 64);

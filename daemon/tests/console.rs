@@ -784,6 +784,37 @@ fn previews_listings_and_refusals_are_audited_once_per_window() {
     assert_eq!(refused["success"], false, "{refused}");
 }
 
+/// One user cannot take every live event stream: beyond `max_event_streams_per_user`
+/// (here 2) their next stream is refused with 429, while another user still gets one.
+#[test]
+fn event_streams_are_capped_per_user() {
+    let d = Daemon::builder()
+        .config("console", "max_event_streams_per_user", "2")
+        .start();
+    for (name, role) in [("rita", "radiologist"), ("rosa", "radiologist")] {
+        d.add_user(name, role, PW);
+    }
+    let (rita, rosa) = (d.login("rita", PW), d.login("rosa", PW));
+    let open = |cookie: &str| {
+        let mut s = tls_connect(d.console_addr(), Duration::from_secs(10)).unwrap();
+        write!(
+            s,
+            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, reader)
+    };
+    let held: Vec<_> = (0..2).map(|_| open(&rita.cookie)).collect();
+    assert!(held.iter().all(|(status, _)| *status == 200));
+    assert_eq!(open(&rita.cookie).0, 429, "a third stream of one user");
+    assert_eq!(open(&rosa.cookie).0, 200, "another user still gets one");
+    drop(held);
+}
+
 #[test]
 fn users_can_be_added_without_a_running_daemon() {
     let root = temp_dir("offline-user");

@@ -107,8 +107,8 @@ pub struct Limits {
     pub connections: Slots<ClientKey>,
     /// Requests being served (handler running); idle connections hold none.
     pub requests: Arc<Semaphore>,
-    /// Live event streams.
-    pub streams: Arc<Semaphore>,
+    /// Live event streams, by user.
+    pub streams: Slots<String>,
     /// Largest upload (bytes).
     pub max_upload: usize,
     /// Uploads being received or processed, by user.
@@ -124,7 +124,7 @@ impl Limits {
             idle: Duration::from_secs(c.idle_timeout_secs),
             connections: Slots::new(c.max_connections, c.max_connections_per_address),
             requests: Arc::new(Semaphore::new(c.max_requests)),
-            streams: Arc::new(Semaphore::new(c.max_event_streams)),
+            streams: Slots::new(c.max_event_streams, c.max_event_streams_per_user),
             max_upload: mb.saturating_mul(1024 * 1024),
             uploads: Slots::new(c.max_uploads, c.max_uploads_per_user),
         }

@@ -24,7 +24,8 @@ enum Wake {
 
 /// The live study events of a session (server-sent events), until the session ends
 /// (logout, user removed, disabled or role changed, idle or absolute expiry) or the
-/// daemon stops. Each stream holds one of `console.max_event_streams` permits.
+/// daemon stops. Each stream holds one of `console.max_event_streams` slots, at most
+/// `console.max_event_streams_per_user` of them for one user.
 pub(super) fn event_stream(
     c: &Arc<Console>,
     token: String,
@@ -32,9 +33,17 @@ pub(super) fn event_stream(
 ) -> Result<Response, ApiError> {
     use tokio::sync::broadcast::error::RecvError;
     use warp::sse::Event as Sse;
-    let permit =
-        c.limits.streams.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Busy("the console serves as many event streams as it can".into())
+    let permit = c
+        .limits
+        .streams
+        .try_take(s.user.clone())
+        .map_err(|e| match e {
+            crate::console::limits::Refused::Total(_) => {
+                ApiError::Busy("the console serves as many event streams as it can".into())
+            }
+            crate::console::limits::Refused::PerKey(n) => ApiError::TooMany(format!(
+            "this user has {n} live event streams open already; close a tab or log out elsewhere"
+        )),
         })?;
     let rx = c.events.subscribe();
     let ended = c.sessions.ended();
