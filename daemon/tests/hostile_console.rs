@@ -34,7 +34,15 @@ fn lo(n: u8) -> Ipv4Addr {
 /// A TLS connection to `addr` from source address `src` (handshake done), or the error
 /// (a refused connection is closed by the server before or during the handshake).
 async fn tls_from(src: Ipv4Addr, addr: SocketAddr) -> io::Result<Tls> {
+    tls_with_buffer(src, addr, None).await
+}
+
+/// [`tls_from`] with the socket's receive buffer set to `rcvbuf` bytes first.
+async fn tls_with_buffer(src: Ipv4Addr, addr: SocketAddr, rcvbuf: Option<u32>) -> io::Result<Tls> {
     let sock = TcpSocket::new_v4()?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
     let tcp = sock.connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(io::Error::other)?;
@@ -204,6 +212,109 @@ fn a_keep_alive_connection_is_closed_after_the_idle_timeout() {
             after >= Duration::from_millis(2700) && after <= Duration::from_secs(6),
             "closed {after:?} after the answer ({took:?}); idle timeout 3 s"
         );
+    });
+}
+
+/// Everything `s` still delivers until it ends (closed or reset); fails if it does not
+/// end within 60 s.
+async fn read_until_end(s: &mut Tls) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection never ended");
+    got
+}
+
+/// A client that pipelines requests and never reads the answers cannot keep its
+/// connection past the idle timeout: read afterwards, the connection ends before all 300
+/// answers went out. (Between pipelined answers the connection is idle on the server's
+/// side, so this held before writes had their own timeout; the stall inside one answer is
+/// the next test, and `console::timeouts` unit-tests the write clock itself.)
+#[test]
+fn a_client_that_never_reads_its_answers_is_closed_after_the_idle_timeout() {
+    let d = Daemon::builder()
+        .config("console", "idle_timeout_secs", "2")
+        .start();
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        // A small receive window, as the client that found it used: the answers stall in
+        // the middle of a body.
+        let mut s = tls_with_buffer(lo(1), addr, Some(4096)).await.unwrap();
+        let asks = 300;
+        let one = b"GET /static/console.js HTTP/1.1\r\nHost: x\r\n\r\n";
+        for _ in 0..asks {
+            s.write_all(one).await.unwrap();
+        }
+        s.flush().await.unwrap();
+        // Never read for longer than the idle timeout.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let got = read_until_end(&mut s).await;
+        let answers = got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+        assert!(
+            answers < asks,
+            "all {answers} answers went out: the stalled connection was kept"
+        );
+        eprintln!("stalled connection closed after {answers} of {asks} answers");
+    });
+}
+
+/// The same inside one answer: a large preview asked for over a small receive window and
+/// never read. The connection is ended after the idle time and reset, so the answer the
+/// kernel still held to send (megabytes, per connection) is freed at once instead of
+/// waiting in the closed socket for a client that does not read.
+#[test]
+fn a_preview_the_client_stops_reading_is_cut_after_the_idle_timeout() {
+    let d = Daemon::builder()
+        .config("console", "idle_timeout_secs", "2")
+        .start();
+    let dir = temp_dir("stalled-preview");
+    let Some(files) = common::dx::make_dx(dir.path(), 1, 1, &["--rows", "3000", "--cols", "3000"])
+    else {
+        return;
+    };
+    if which("storescu").is_none() {
+        return skip("storescu absent");
+    }
+    d.storescu("MODALITY", &[], &[files[0].0.clone()])
+        .unwrap()
+        .assert_success("storescu");
+    d.add_user("rita", "radiologist", PW);
+    let rita = d.login("rita", PW);
+    let (_, sop, study) = files[0].clone();
+    let path = format!("/api/v1/studies/{study}/instances/{sop}/preview");
+    // Rendered once first, so the stalled request below is only the sending.
+    let whole = rita.get(&path);
+    assert_eq!(whole.status, 200);
+    let length = whole.body.len();
+    assert!(
+        length > 2_000_000,
+        "a preview of {length} bytes is too small to stall"
+    );
+    let addr = d.console_addr();
+    let cookie = rita.cookie.clone();
+    runtime().block_on(async move {
+        let mut s = tls_with_buffer(lo(1), addr, Some(4096)).await.unwrap();
+        let ask = format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+        s.write_all(ask.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let got = read_until_end(&mut s).await;
+        // The connection is reset, not closed behind a queue: what the kernel still held
+        // to send (megabytes) is dropped with it, not delivered once the client reads.
+        let body = got.len();
+        assert!(
+            body < length / 2,
+            "{body} of {length} bytes went out after the timeout: the stalled answer was kept"
+        );
+        eprintln!("stalled preview cut after {body} of {length} bytes");
     });
 }
 

@@ -63,6 +63,18 @@ impl Refusals {
     }
 }
 
+/// Makes the last close of the socket behind `fd` abortive (`SO_LINGER` 0: a reset, and
+/// whatever is still queued to send is dropped at once).
+fn abort_on_close(fd: &std::os::fd::OwnedFd) {
+    let off = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    if let Err(e) = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::Linger, &off) {
+        log::debug!("console: cannot reset a timed-out connection: {e}");
+    }
+}
+
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -110,6 +122,11 @@ pub async fn serve(
         };
         let held = slot.clone();
         let _ = tcp.set_nodelay(true);
+        // A second handle on the socket, to make a timed-out connection's close abortive.
+        let abort_handle = {
+            use std::os::fd::AsFd;
+            tcp.as_fd().try_clone_to_owned().ok()
+        };
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
@@ -158,8 +175,14 @@ pub async fn serve(
                 }
                 why = clock.expired() => {
                     log::debug!("console: connection from {peer} closed ({why:?} timeout)");
+                    // A client that stopped reading would otherwise keep the unsent answer
+                    // in the kernel's send queue of the closed socket: reset it instead.
+                    if let Some(fd) = &abort_handle {
+                        abort_on_close(fd);
+                    }
                 }
             }
+            drop(abort_handle);
         });
         handshakes.register(held, task.abort_handle());
     }

@@ -6,12 +6,15 @@
 //!   first byte after an idle pause, the headers must be complete within the
 //!   header-read timeout;
 //! - serving: while a request is in flight (from its parsed headers until its answer's
-//!   body is fully sent or dropped) no timeout runs, so a server-sent event stream
-//!   lives as long as its session (it sends a keep-alive comment every 15 s);
+//!   body is fully sent or dropped) only the write-stall timeout runs: a write the
+//!   client does not take (it stopped reading) for the idle time closes the connection.
+//!   A server-sent event stream read by its client lives as long as its session (it
+//!   sends a keep-alive comment every 15 s);
 //! - idle: with no request in flight and no byte arriving, the connection is closed after
 //!   the idle timeout.
 //!
-//! [`Watched`] tells the clock when bytes arrive, [`Clock::request`] when a request
+//! [`Watched`] tells the clock when bytes arrive and when a write waits on the client,
+//! [`Clock::request`] when a request
 //! starts, and [`Guarded`] ends it with its answer's body; [`Clock::expired`] resolves
 //! when the current phase's deadline passed.
 
@@ -29,6 +32,8 @@ struct State {
     in_flight: usize,
     idle_since: Instant,
     headers_since: Option<Instant>,
+    /// Since when a write has been waiting for the client to take bytes.
+    write_blocked_since: Option<Instant>,
 }
 
 /// The timeout clock of one connection.
@@ -47,6 +52,8 @@ pub enum Expired {
     HeaderRead,
     /// No request for the idle time.
     Idle,
+    /// An answer's bytes not taken by the client for the idle time.
+    WriteStalled,
 }
 
 impl Clock {
@@ -59,6 +66,7 @@ impl Clock {
                 in_flight: 0,
                 idle_since: now,
                 headers_since: Some(now),
+                write_blocked_since: None,
             }),
             changed: Notify::new(),
             header_read,
@@ -80,6 +88,21 @@ impl Clock {
         }
     }
 
+    /// A write could not go out (`blocked`, the client's window is full) or went out: a
+    /// write left blocked for the idle time ends the connection.
+    pub fn write_blocked(&self, blocked: bool) {
+        let mut s = self.lock();
+        match (blocked, s.write_blocked_since) {
+            (true, None) => {
+                s.write_blocked_since = Some(Instant::now());
+                drop(s);
+                self.changed.notify_one();
+            }
+            (false, Some(_)) => s.write_blocked_since = None,
+            _ => {}
+        }
+    }
+
     /// A request's headers were parsed: no timeout runs until the returned guard (kept
     /// with the answer's body) is dropped.
     pub fn request(self: &Arc<Self>) -> InFlight {
@@ -93,9 +116,13 @@ impl Clock {
         }
     }
 
-    /// The current phase's deadline and what it is; `None` while a request is in flight.
+    /// The current phase's deadline and what it is; while a request is in flight, only
+    /// that of a stalled write.
     fn deadline(&self) -> Option<(Instant, Expired)> {
         let s = self.lock();
+        if let Some(t) = s.write_blocked_since {
+            return Some((t + self.idle, Expired::WriteStalled));
+        }
         if s.in_flight > 0 {
             return None;
         }
@@ -105,7 +132,8 @@ impl Clock {
         })
     }
 
-    /// Resolves when a deadline passes (never while requests are in flight).
+    /// Resolves when a deadline passes (while requests are in flight, only that of a
+    /// stalled write).
     pub async fn expired(&self) -> Expired {
         loop {
             match self.deadline() {
@@ -214,11 +242,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.clock.write_blocked(r.is_pending());
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.clock.write_blocked(r.is_pending());
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -230,7 +262,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.clock.write_blocked(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -280,5 +314,28 @@ mod tests {
         drop(r);
         assert_eq!(waiter.await.unwrap(), Expired::Idle);
         assert!(near(t0.elapsed(), MS(400)), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_does_not_take_ends_the_connection_even_in_flight() {
+        let c = Clock::new(MS(100), MS(300));
+        let _r = c.request();
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.expired().await })
+        };
+        // Writes that wait and then go out do not count.
+        c.write_blocked(true);
+        tokio::time::sleep(MS(200)).await;
+        c.write_blocked(false);
+        tokio::time::sleep(MS(200)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a write that went out stalled nothing"
+        );
+        let t0 = Instant::now();
+        c.write_blocked(true);
+        assert_eq!(waiter.await.unwrap(), Expired::WriteStalled);
+        assert!(near(t0.elapsed(), MS(300)), "{:?}", t0.elapsed());
     }
 }
