@@ -13,6 +13,9 @@
 //!   (SCU associations, outbound DICOM TLS).
 //! - [`dataset_guard`]: a bounded pre-scan (nesting depth, declared lengths) of every data
 //!   set from outside before dicom-rs parses it.
+//! - [`iso2022`]: text in ISO 2022 code extensions (Japanese, Korean, Chinese, and ISO 8859
+//!   parts switched by escape sequences), decoded for the index and C-FIND, encoded for
+//!   C-FIND answers.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
 //! - [`client_key`]: the unit per-client limits count (an IPv4 address, an IPv6 /64).
 //! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
@@ -90,6 +93,7 @@ pub mod fsutil;
 pub mod fuzz_targets;
 pub mod health;
 pub mod infer;
+pub mod iso2022;
 pub mod listeners;
 pub mod locate;
 pub mod logging;

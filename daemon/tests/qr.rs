@@ -842,14 +842,28 @@ fn move_falls_back_to_explicit_little_endian_when_the_stored_syntax_is_refused()
 /// and `Wałęsa^Łukasz` in UTF-8 (CP0000; Latin-1 cannot carry it). Returns their records
 /// by patient ID.
 fn load_charset_fixture(d: &Daemon, dir: &Path) -> Option<BTreeMap<String, Rec>> {
+    load_named_studies(
+        d,
+        dir,
+        &[
+            ("A", "ISO_IR 192", "Conceição^Maria", "RAIO-X TÓRAX"),
+            ("B", "ISO_IR 100", "Gonçalves^José", "TÓRAX PA"),
+            ("C", "ISO_IR 192", "Wałęsa^Łukasz", "RTG KLATKI PIERSIOWEJ"),
+        ],
+    )
+}
+
+/// One DX study per `(prefix, character set, patient name, study description)`, written by
+/// pydicom in that character set and stored with storescu; their records by patient ID.
+fn load_named_studies(
+    d: &Daemon,
+    dir: &Path,
+    studies: &[(&str, &str, &str, &str)],
+) -> Option<BTreeMap<String, Rec>> {
     require_tool("findscu")?;
     let mut recs = BTreeMap::new();
     let mut files = Vec::new();
-    for (prefix, charset, name, description) in [
-        ("A", "ISO_IR 192", "Conceição^Maria", "RAIO-X TÓRAX"),
-        ("B", "ISO_IR 100", "Gonçalves^José", "TÓRAX PA"),
-        ("C", "ISO_IR 192", "Wałęsa^Łukasz", "RTG KLATKI PIERSIOWEJ"),
-    ] {
+    for &(prefix, charset, name, description) in studies {
         let out_dir = dir.join(prefix);
         let out = python_tool(
             "make_dx.py",
@@ -904,6 +918,18 @@ fn qr_client_find(d: &Daemon, args: &[&str]) -> Vec<Value> {
     let out = python_tool("qr_client.py", &all).unwrap();
     out.assert_success("qr_client.py find");
     json_lines(&out)
+}
+
+/// [`qr_client_find`] with `args` and the return keys of the fixture records.
+fn find_returning(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&[
+        "PatientID=",
+        "AccessionNumber=",
+        "StudyInstanceUID=",
+        "StudyDescription=",
+    ]);
+    qr_client_find(d, &all)
 }
 
 /// One findscu answer against its fixture record, field by field, and the character set
@@ -1058,22 +1084,12 @@ fn find_with_character_set_matches_studies_stored_in_another() {
 
     // pynetdicom, ISO_IR 192 and UTF-8: matches the study stored in Latin-1.
     let find = |args: &[&str]| qr_client_find(&d, args);
-    let returned = [
-        "PatientID=",
-        "AccessionNumber=",
-        "StudyInstanceUID=",
-        "StudyDescription=",
-    ];
-    let mut args = vec!["PatientName=Gonçalves^José"];
-    args.extend_from_slice(&returned);
-    let lines = find(&args);
+    let lines = find_returning(&d, &["PatientName=Gonçalves^José"]);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_json_answer(&lines[0], &recs["BP0000"], "ISO_IR 192");
     // pynetdicom, ISO_IR 100: the Latin-1 study answers in ISO_IR 100; the Polish name
     // cannot be written in Latin-1, so that answer is in UTF-8.
-    let mut args = vec!["PatientName=*", "--charset", "ISO_IR 100"];
-    args.extend_from_slice(&returned);
-    let lines = find(&args);
+    let lines = find_returning(&d, &["PatientName=*", "--charset", "ISO_IR 100"]);
     assert_eq!(lines.len(), 4, "{lines:?}");
     let by_id = |id: &str| {
         lines
@@ -1089,6 +1105,66 @@ fn find_with_character_set_matches_studies_stored_in_another() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["status"], 0);
     assert!(!d.log().contains("without Specific Character Set"));
+}
+
+/// PS3.5 Annex H and I: a Japanese and a Korean name in ISO 2022 code extensions, written
+/// by pydicom. They are indexed as Unicode (an ASCII or UTF-8 query finds them, the answer
+/// is UTF-8), a query in the same code extensions matches them exactly, and the answer
+/// comes back in the query's code extensions when they can carry it (else UTF-8) — each
+/// answer decoded by pydicom.
+#[test]
+fn names_in_iso_2022_code_extensions_are_indexed_matched_and_answered_in_them() {
+    let d = Daemon::start();
+    let dir = temp_dir("qr-iso2022");
+    let yamada = "Yamada^Tarou=山田^太郎=やまだ^たろう";
+    let hong = "Hong^Gildong=洪^吉洞=홍^길동";
+    let Some(recs) = load_named_studies(
+        &d,
+        dir.path(),
+        &[
+            ("J", "\\ISO 2022 IR 87", yamada, "CHEST PA"),
+            ("K", "\\ISO 2022 IR 149", hong, "CHEST AP"),
+        ],
+    ) else {
+        return;
+    };
+    // UTF-8 query with an ASCII prefix: found, answered in UTF-8.
+    let lines = find_returning(&d, &["PatientName=Yamada*"]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_json_answer(&lines[0], &recs["JP0000"], "ISO_IR 192");
+    // UTF-8 query with the Hangul of the phonetic group.
+    let lines = find_returning(&d, &["PatientName=*홍^길동"]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_json_answer(&lines[0], &recs["KP0000"], "ISO_IR 192");
+    // The query itself in ISO 2022 IR 87, the whole name: an exact match, and the answer in
+    // the query's code extensions.
+    let name_key = format!("PatientName={yamada}");
+    let lines = find_returning(&d, &["--charset", "\\ISO 2022 IR 87", &name_key]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let id = &lines[0]["identifier"];
+    assert_eq!(id["PatientName"], yamada, "{lines:?}");
+    assert_eq!(id["PatientID"], "JP0000");
+    assert_eq!(
+        id["SpecificCharacterSet"],
+        serde_json::json!(["", "ISO 2022 IR 87"])
+    );
+    // Everyone, asked in ISO 2022 IR 87: the Korean name cannot be written in JIS X 0208,
+    // so that answer is in UTF-8.
+    let lines = find_returning(&d, &["PatientName=*", "--charset", "\\ISO 2022 IR 87"]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["identifier"]["PatientID"] == id)
+            .unwrap_or_else(|| panic!("{id} in {lines:?}"))
+    };
+    assert_eq!(by_id("JP0000")["identifier"]["PatientName"], yamada);
+    assert_eq!(
+        by_id("JP0000")["identifier"]["SpecificCharacterSet"],
+        serde_json::json!(["", "ISO 2022 IR 87"])
+    );
+    assert_json_answer(by_id("KP0000"), &recs["KP0000"], "ISO_IR 192");
+    assert!(!d.log().contains("panicked"));
 }
 
 #[test]

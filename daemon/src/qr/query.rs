@@ -227,7 +227,9 @@ pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> 
         }
         let vr = e.vr();
         let raw = match e.value() {
-            Value::Primitive(_) => e.to_str().map(|s| s.to_string()).unwrap_or_default(),
+            Value::Primitive(_) => {
+                crate::iso2022::text_of(declared.as_deref(), e).unwrap_or_default()
+            }
             _ => String::new(),
         };
         let raw = if declared.is_none() && !raw.is_ascii() {
@@ -678,6 +680,7 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
         PrimitiveValue::from(query.level.as_str()),
     ));
     let mut texts: Vec<String> = Vec::new();
+    let mut text_elements: Vec<(Tag, VR, Vec<String>)> = Vec::new();
     for k in &query.keys {
         if k.vr == VR::SQ {
             obj.put(DataElement::new(
@@ -706,17 +709,29 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
             )
         } else {
             texts.extend(values.iter().filter(|v| !v.is_ascii()).cloned());
-            PrimitiveValue::Strs(values.into_iter().collect())
+            text_elements.push((k.tag, k.vr, values));
+            continue;
         };
         obj.put(DataElement::new(k.tag, k.vr, value));
     }
-    if let Some(cs) =
-        charset::for_response(query.charset.as_deref(), texts.iter().map(String::as_str))
-    {
+    let cs = charset::for_response(query.charset.as_deref(), texts.iter().map(String::as_str));
+    for (tag, vr, values) in text_elements {
+        let values = values
+            .into_iter()
+            .map(|v| match cs.as_deref() {
+                Some(cs) => charset::written(cs, &v, vr == VR::PN).unwrap_or(v),
+                None => v,
+            })
+            .collect();
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::Strs(values)));
+    }
+    if let Some(cs) = cs {
+        // As separate values: dicom-rs's writer then switches to the first one, as
+        // `charset::written` expects.
         obj.put(DataElement::new(
             tags::SPECIFIC_CHARACTER_SET,
             VR::CS,
-            PrimitiveValue::from(cs),
+            PrimitiveValue::Strs(cs.split('\\').map(str::to_string).collect()),
         ));
     }
     obj

@@ -1,6 +1,7 @@
 //! Reads the header of a stored Part 10 file (everything before Pixel Data) into the index
-//! records. Text is decoded per Specific Character Set (dicom-rs does this while parsing), so
-//! Latin-1 and UTF-8 names reach the index as UTF-8.
+//! records. Text is decoded per Specific Character Set (dicom-rs does this while parsing,
+//! [`crate::iso2022`] where code extensions switch sets within a value), so Latin-1, UTF-8
+//! and ISO 2022 Japanese, Korean or Chinese names reach the index as UTF-8.
 
 use crate::model::{InstanceRecord, StudyRecord};
 use dicom_dictionary_std::tags;
@@ -66,10 +67,12 @@ pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
 }
 
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    let declared = crate::iso2022::declared(obj);
     obj.element_opt(tag)
         .ok()
         .flatten()
-        .and_then(|e| e.to_str().ok().map(|s| clean(&s)))
+        .and_then(|e| crate::iso2022::text_of(declared.as_deref(), e))
+        .map(|s| clean(&s))
         .unwrap_or_default()
 }
 
@@ -204,6 +207,50 @@ mod tests {
             "1.2.x",
         ] {
             assert!(!is_valid_uid(bad), "{bad:?}");
+        }
+    }
+
+    /// PS3.5 Annex H.3.1 and I.2: Japanese and Korean names in ISO 2022 code extensions
+    /// reach the index as Unicode, not as escape sequences and raw bytes.
+    #[test]
+    fn names_in_iso_2022_code_extensions_are_indexed_as_unicode() {
+        let dir = tempfile::tempdir().unwrap();
+        for (charset, name, expected) in [
+            (
+                &b"\\ISO 2022 IR 87 "[..],
+                &b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B"[..],
+                "Yamada^Tarou=山田^太郎=やまだ^たろう",
+            ),
+            (
+                b"\\ISO 2022 IR 149",
+                b"Hong^Gildong=\x1b$)C\xfb\xf3^\x1b$)C\xd1\xce\xd4\xd7=\x1b$)C\xc8\xab^\x1b$)C\xb1\xe6\xb5\xbf",
+                "Hong^Gildong=洪^吉洞=홍^길동",
+            ),
+        ] {
+            let mut name = name.to_vec();
+            if name.len() % 2 == 1 {
+                name.push(b' ');
+            }
+            let mut ds = fixtures::short(0x0008, 0x0005, b"CS", charset);
+            ds.extend(fixtures::short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1\0"));
+            ds.extend(fixtures::short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+            ds.extend(fixtures::short(0x0010, 0x0010, b"PN", &name));
+            ds.extend(fixtures::short(0x0020, 0x000D, b"UI", b"1.2.3\0"));
+            ds.extend(fixtures::short(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
+            let meta = dicom_object::FileMetaTableBuilder::new()
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.1")
+                .media_storage_sop_instance_uid("1.2.3.4")
+                .transfer_syntax(EXPLICIT_LE)
+                .build()
+                .unwrap();
+            let mut file = vec![0u8; 128];
+            file.extend_from_slice(b"DICM");
+            meta.write(&mut file).unwrap();
+            file.extend(ds);
+            let path = dir.path().join("names.dcm");
+            std::fs::write(&path, file).unwrap();
+            let h = read_header(&path).unwrap();
+            assert_eq!(h.study.patient_name, expected);
         }
     }
 
