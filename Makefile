@@ -57,15 +57,23 @@ models:
 # The hostile-peer suite (daemon/tests/hostile.rs) drives the release daemon.
 # DULI_REQUIRE_PEERS=1: what test-env installs must be there; a test that would skip for
 # want of it fails instead (only the shared data folder beside the checkout may be absent).
+# Every skipped test is listed at the end (DULI_SKIP_LOG): what `make test` installs may
+# not be missing (DULI_REQUIRE_PEERS), but the shared data beside the checkout may be.
+SKIP_LOG := $(CURDIR)/target/test-skips.txt
+
 test: test-env
 	$(CARGO) build --release -p duli
-	DULI_REQUIRE_PEERS=1 $(CARGO) test --workspace
-	$(MAKE) --no-print-directory test-scripts
+	@rm -f $(SKIP_LOG)
+	DULI_SKIP_LOG=$(SKIP_LOG) DULI_REQUIRE_PEERS=1 $(CARGO) test --workspace
+	DULI_SKIP_LOG=$(SKIP_LOG) $(MAKE) --no-print-directory test-scripts
+	@scripts/skip-summary.sh $(SKIP_LOG)
 
 test-long: test-env
 	$(CARGO) build --release -p duli
-	DULI_REQUIRE_PEERS=1 DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
-	$(MAKE) --no-print-directory test-scripts
+	@rm -f $(SKIP_LOG)
+	DULI_SKIP_LOG=$(SKIP_LOG) DULI_REQUIRE_PEERS=1 DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
+	DULI_SKIP_LOG=$(SKIP_LOG) $(MAKE) --no-print-directory test-scripts
+	@scripts/skip-summary.sh $(SKIP_LOG)
 
 # Shell and Python scripts are checked for syntax; tests/*.sh are run.
 test-scripts:

@@ -4,7 +4,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="$repo/.venv/bin/python"
 if [ ! -x "$python" ] || ! command -v dcmdump >/dev/null; then
-    echo "SKIP: .venv or dcmdump absent"; exit 0
+    echo "SKIP: .venv or dcmdump absent"
+    [ -z "${DULI_SKIP_LOG:-}" ] || echo "tests/gen_dx.sh: .venv or dcmdump absent" >> "$DULI_SKIP_LOG"
+    exit 0
 fi
 dir="$(mktemp -d)"; trap 'rm -rf "$dir"' EXIT
 "$python" "$repo/bench/gen_dx.py" "$dir" 3 --rows 128 --cols 96 >/dev/null

@@ -22,7 +22,11 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/../.." && pwd)"
-skip() { echo "SKIP: $*"; exit 0; }
+skip() {
+    echo "SKIP: $*"
+    [ -z "${DULI_SKIP_LOG:-}" ] || echo "tests/systemd/run-unit.sh: $*" >> "$DULI_SKIP_LOG"
+    exit 0
+}
 [ "$(id -u)" = 0 ] || skip "needs root for a private mount namespace"
 command -v unshare >/dev/null && command -v systemctl >/dev/null || skip "unshare or systemctl missing"
 [ -x /usr/lib/systemd/systemd ] || skip "/usr/lib/systemd/systemd missing"

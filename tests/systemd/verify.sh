@@ -12,6 +12,7 @@ max_exposure="${DULI_MAX_EXPOSURE:-2.0}"
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "SKIP: systemd-analyze not installed"
+    [ -z "${DULI_SKIP_LOG:-}" ] || echo "tests/systemd/verify.sh: systemd-analyze not installed" >> "$DULI_SKIP_LOG"
     exit 0
 fi
 

@@ -25,6 +25,7 @@ if [ -z "$oelint" ]; then
         oelint=.venv/bin/oelint-adv
     else
         echo "SKIP: oelint-adv not installed (python3 -m venv V && V/bin/pip install oelint-adv)"
+        [ -z "${DULI_SKIP_LOG:-}" ] || echo "tests/yocto/lint.sh: oelint-adv not installed" >> "$DULI_SKIP_LOG"
         exit 0
     fi
 fi

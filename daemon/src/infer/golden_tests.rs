@@ -283,7 +283,7 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
         let engine = match Engine::at_precision(&cfg.model, &cfg, precision) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("SKIP golden {precision}: {e}");
+                super::testdata::note_skip(&format!("golden {precision}: {e}"));
                 continue;
             }
         };
@@ -312,10 +312,10 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
             eprintln!("golden {precision}: wrote {}", path.display());
         }
         let Ok(text) = std::fs::read_to_string(&path) else {
-            eprintln!(
-                "SKIP golden {precision}: no golden file for CPU feature {feature} ({}); DULI_WRITE_GOLDEN=1 writes it",
+            super::testdata::note_skip(&format!(
+                "golden {precision}: no golden file for CPU feature {feature} ({}); DULI_WRITE_GOLDEN=1 writes it",
                 path.display()
-            );
+            ));
             continue;
         };
         let mut lines = text.lines();
@@ -324,10 +324,10 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
             .and_then(|l| l.strip_prefix("# network_sha256="))
             .unwrap_or_default();
         if recorded != sha {
-            eprintln!(
-                "SKIP golden {precision}: {} is of network {recorded}, this build is {sha} (another quantization build)",
+            super::testdata::note_skip(&format!(
+                "golden {precision}: {} is of network {recorded}, this build is {sha} (another quantization build)",
                 path.display()
-            );
+            ));
             continue;
         }
         let mut worst = 0f32;
@@ -623,7 +623,7 @@ fn class_activation_maps_at_bf16_and_int8_follow_the_f32_maps() {
         let engine = match Engine::at_precision(&path, &cfg, precision) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("SKIP class activation at {precision}: {e}");
+                super::testdata::note_skip(&format!("class activation at {precision}: {e}"));
                 return None;
             }
         };

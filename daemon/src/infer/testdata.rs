@@ -16,7 +16,22 @@ pub fn skip(reason: &str) {
     ) {
         panic!("{reason}: DULI_REQUIRE_PEERS is set (make test), so this test may not skip; run scripts/setup-test-env.sh");
     }
+    note_skip(reason);
+}
+
+/// Prints the running test's SKIP line, and appends it to the file `DULI_SKIP_LOG` names
+/// (`make test` lists them after the run: a green run says what did not run).
+pub fn note_skip(reason: &str) {
     eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("DULI_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!("{test}: {reason}\n");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    }
 }
 
 /// The shared folder, when present: `DULI_SHARED_DIR`, else the nearest `shared/` beside the
@@ -41,7 +56,7 @@ pub fn samples_dir() -> Option<PathBuf> {
     match shared_dir().map(|d| d.join("data/cxr-samples")) {
         Some(d) if d.join("reference.csv").is_file() => Some(d),
         _ => {
-            eprintln!("SKIP: ../shared/data/cxr-samples is absent (set DULI_SHARED_DIR)");
+            note_skip("../shared/data/cxr-samples is absent (set DULI_SHARED_DIR)");
             None
         }
     }

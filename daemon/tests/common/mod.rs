@@ -85,14 +85,29 @@ pub fn skip(reason: &str) {
     if peers_required() {
         panic!("{reason}: DULI_REQUIRE_PEERS is set (make test), so this test may not skip; run scripts/setup-test-env.sh");
     }
-    eprintln!("SKIP: {reason}");
+    note_skip(reason);
 }
 
 /// Skips a test for what no setup provides here: the shared data folder beside the
 /// checkout (not part of the repository), root, a free privileged port, a debug build.
 /// Never fails the test.
 pub fn skip_here(reason: &str) {
+    note_skip(reason);
+}
+
+/// Prints the running test's SKIP line, and appends it to the file `DULI_SKIP_LOG` names
+/// (`make test` lists them after the run: a green run says what did not run).
+pub fn note_skip(reason: &str) {
     eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("DULI_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!("{test}: {reason}\n");
+        let _ = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| io::Write::write_all(&mut f, line.as_bytes()));
+    }
 }
 
 /// The repository root (the workspace folder that holds `Cargo.toml`).
