@@ -145,6 +145,17 @@ fn dciodvfy_errors(dciodvfy: &Path, file: &Path) -> (Vec<String>, String) {
     (errors, text)
 }
 
+/// A defect of Debian 12's `dciodvfy` (dicom3tools 2022): it checks Minimum and Maximum
+/// Stored Value Mapped of the Stored Value Color Range macro against a string enumeration
+/// and reports "Non-string attribute while verifying string enumerated value" whatever
+/// their VR (FD as PS3.6 gives it; US, SS and FL were tried too). Later dicom3tools define
+/// the macro without that check. These two lines, and nothing else, are that defect.
+fn validator_defect(line: &str) -> bool {
+    line.starts_with(
+        "Error - Non-string attribute while verifying string enumerated value for attribute <M",
+    ) && line.contains("Stored Value Mapp")
+}
+
 #[test]
 fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
     let Some(f) = fixture() else { return };
@@ -152,8 +163,13 @@ fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
         return;
     };
     for (name, file) in build_all(&f) {
-        let (errors, text) = dciodvfy_errors(&dciodvfy, &file);
+        let (mut errors, text) = dciodvfy_errors(&dciodvfy, &file);
         eprintln!("dciodvfy {name}:\n{text}");
+        if name == "PM" {
+            let before = errors.len();
+            errors.retain(|e| !validator_defect(e));
+            assert!(before - errors.len() <= 2, "{name}: {text}");
+        }
         assert!(errors.is_empty(), "{name}: {errors:#?}\n{text}");
         let iod = match name {
             "SR" => "ComprehensiveSR",
@@ -174,6 +190,43 @@ fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
     na.write_to_file(&path).unwrap();
     let (errors, text) = dciodvfy_errors(&dciodvfy, &path);
     assert!(errors.is_empty(), "not-applicable SR: {errors:#?}\n{text}");
+}
+
+/// highdicom reads the Parametric Map as one, with its palette (the well-known Hot Iron, by
+/// UID), the color range over every stored value, the ICC profile, and a value mapping that
+/// gives saliency 0 to 1.
+#[test]
+fn highdicom_reads_the_parametric_map_with_its_palette_and_value_mapping() {
+    let Some(f) = fixture() else { return };
+    let Some(mut cmd) = python_script(
+        &std::fs::read_to_string(repo_root().join("tests/tools/read_pm.py")).unwrap(),
+        &[],
+    ) else {
+        return;
+    };
+    let files = build_all(&f);
+    let pm = &files[1].1;
+    let out = run(cmd.arg(pm), Duration::from_secs(120));
+    out.assert_success("highdicom read_pm.py");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["sop_class"], "1.2.840.10008.5.1.4.1.1.30", "{v}");
+    assert_eq!(v["pixel_presentation"], "COLOR_RANGE", "{v}");
+    assert_eq!(v["palette_uid"], "1.2.840.10008.1.5.1", "{v}");
+    assert_eq!(v["color_range"], serde_json::json!([0.0, 65535.0]), "{v}");
+    assert_eq!(v["icc_bytes"], 588, "{v}");
+    assert_eq!(v["lut_label"], "SALIENCY", "{v}");
+    assert_eq!(v["first_last_mapped"], serde_json::json!([0, 65535]), "{v}");
+    let range = v["saliency_range"].as_array().unwrap();
+    let (lo, hi) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
+    assert!(
+        (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi) && lo < hi,
+        "{v}"
+    );
+    let side = v["rows_columns"][0]
+        .as_u64()
+        .unwrap()
+        .max(v["rows_columns"][1].as_u64().unwrap());
+    assert!(side <= 1024, "{v}");
 }
 
 #[test]

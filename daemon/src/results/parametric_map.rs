@@ -11,13 +11,14 @@
 //!   with the image plane as the patient plane at the origin.
 //! - Stored values are unsigned 16-bit; a Real World Value Mapping turns them into the
 //!   floating-point saliency (0 = no effect on the finding, 1 = the largest effect in the
-//!   image; quantity DCM 130404 "Saliency", unit `1`); the map is `MONOCHROME` with a VOI
-//!   window over the whole range, and the viewer applies its own colour map when it
-//!   overlays it. A palette (`COLOR_RANGE` with a Palette Color Lookup Table, an ICC
-//!   profile and a Stored Value Color Range) was tried and left out: dicom3tools' `dciodvfy`
-//!   reports the palette attributes as errors under the Image Pixel Description macro
-//!   whatever else the object carries, and an object the field's validator refuses is
-//!   worse for a PACS than one without a palette.
+//!   image; quantity DCM 130404 "Saliency", unit `1`), and a VOI window covers the whole
+//!   range for a viewer that shows it in grey.
+//! - Pixel Presentation `COLOR_RANGE` with the well-known Hot Iron palette named by its UID
+//!   ([`PALETTE_HOT_IRON`], PS3.6 Annex B; a well-known palette needs no lookup table data),
+//!   a Stored Value Color Range over every stored value and an sRGB ICC profile: a viewer
+//!   that overlays the map colours it black → red → yellow → white. The palette's lookup
+//!   table itself is not embedded: dicom3tools' `dciodvfy` reports palette data attributes
+//!   as errors under the Image Pixel Description macro.
 
 use super::sr::common_header;
 use super::uids::ResultUids;
@@ -36,6 +37,12 @@ pub const PM_SERIES_NUMBER: i32 = 9903;
 pub const PM_MAX_SIDE: u32 = 1024;
 /// Largest stored value (the real-world value 1).
 const STORED_MAX: u16 = u16::MAX;
+/// The well-known Hot Iron color palette (PS3.6 Annex B).
+pub const PALETTE_HOT_IRON: &str = "1.2.840.10008.1.5.1";
+/// The sRGB ICC profile the palette's colours are in: LittleCMS's built-in sRGB (version
+/// 4.4, 588 bytes, "No copyright, use freely"), as Pillow's `ImageCms.createProfile("sRGB")`
+/// writes it.
+const SRGB_ICC: &[u8] = include_bytes!("srgb.icc");
 
 /// What the map needs to know of its source image.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -213,7 +220,18 @@ pub fn build(
     obj.put(text(tags::RECOGNIZABLE_VISUAL_FEATURES, VR::CS, "NO"));
     obj.put(text(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"));
     obj.put(text(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY"));
-    obj.put(text(tags::PIXEL_PRESENTATION, VR::CS, "MONOCHROME"));
+    obj.put(text(tags::PIXEL_PRESENTATION, VR::CS, "COLOR_RANGE"));
+    obj.put(text(
+        tags::PALETTE_COLOR_LOOKUP_TABLE_UID,
+        VR::UI,
+        PALETTE_HOT_IRON,
+    ));
+    obj.put(DataElement::new(
+        tags::ICC_PROFILE,
+        VR::OB,
+        PrimitiveValue::from(SRGB_ICC.to_vec()),
+    ));
+    obj.put(text(tags::COLOR_SPACE, VR::CS, "SRGB"));
 
     obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
     obj.put(text(
@@ -454,6 +472,22 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
             ),
         ])],
     ));
+    // The palette spans every stored value.
+    g.put(seq(
+        tags::STORED_VALUE_COLOR_RANGE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::MINIMUM_STORED_VALUE_MAPPED,
+                VR::FD,
+                PrimitiveValue::from(0f64),
+            ),
+            DataElement::new(
+                tags::MAXIMUM_STORED_VALUE_MAPPED,
+                VR::FD,
+                PrimitiveValue::from(f64::from(STORED_MAX)),
+            ),
+        ])],
+    ));
     g.put(seq(
         tags::FRAME_ANATOMY_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
@@ -485,6 +519,17 @@ fn frame_laterality(source: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_icc_profile_is_a_whole_srgb_display_profile() {
+        // ICC.1 header: size, 'acsp' signature, RGB data colour space, XYZ connection space.
+        let size = u32::from_be_bytes(SRGB_ICC[0..4].try_into().unwrap());
+        assert_eq!(size as usize, SRGB_ICC.len());
+        assert_eq!(&SRGB_ICC[36..40], b"acsp");
+        assert_eq!(&SRGB_ICC[16..20], b"RGB ");
+        assert_eq!(&SRGB_ICC[20..24], b"XYZ ");
+        assert_eq!(&SRGB_ICC[12..16], b"mntr");
+    }
 
     #[test]
     fn frame_laterality_follows_one_side_else_both() {
