@@ -194,7 +194,7 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
 }
 
 #[test]
-fn a_set_without_negatives_is_a_clear_error() {
+fn sets_without_negatives_or_positives_are_clear_errors_and_negative_names_the_folder() {
     if !inference_available() {
         return;
     }
@@ -217,6 +217,58 @@ fn a_set_without_negatives_is_a_clear_error() {
     let out = duli(&["evaluate", empty.path().to_str().unwrap()]);
     assert_eq!(out.code(), Some(2), "{}", out.combined());
     assert!(out.stderr.contains("PNEUMONIA"), "{}", out.stderr);
+
+    // Negatives in a folder of another name: read only when `--negative` names it.
+    let named = temp_dir("evaluate-named-negatives");
+    for (folder, file) in [
+        ("Pneumonia", "PNEUMONIA_01.png"),
+        ("Healthy", "NORMAL_01.png"),
+    ] {
+        std::fs::create_dir(named.path().join(folder)).unwrap();
+        std::fs::copy(
+            samples.join("png").join(file),
+            named.path().join(folder).join(file),
+        )
+        .unwrap();
+    }
+    let dir_arg = named.path().to_str().unwrap();
+    let out = duli(&["evaluate", dir_arg]);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(out.stderr.contains("Healthy"), "{}", out.stderr);
+    assert!(out.stderr.contains("no negatives"), "{}", out.stderr);
+    let out = duli(&["evaluate", dir_arg, "--negative", "Healthy", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}", out.combined());
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let p = &v["findings"]["PNEUMONIA"];
+    assert_eq!(
+        (p["n_pos"].as_u64(), p["n_neg"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+
+    // A finding whose only positive cannot be read: no positives, a clear error (exit 1).
+    let unreadable = temp_dir("evaluate-nopos");
+    for folder in ["Pneumonia", "NORMAL"] {
+        std::fs::create_dir(unreadable.path().join(folder)).unwrap();
+    }
+    std::fs::write(
+        unreadable.path().join("Pneumonia/broken.png"),
+        b"\x89PNG\r\n\x1a\n not a picture",
+    )
+    .unwrap();
+    std::fs::copy(
+        samples.join("png/NORMAL_01.png"),
+        unreadable.path().join("NORMAL/NORMAL_01.png"),
+    )
+    .unwrap();
+    let out = duli(&["evaluate", unreadable.path().to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.combined().contains("no positives"),
+        "{}",
+        out.combined()
+    );
+    assert!(out.combined().contains("broken.png"), "{}", out.combined());
 }
 
 /// `--labels CSV` (file, finding, 0/1; paths relative to the folder given) over JPEGs: the
