@@ -133,6 +133,10 @@ def dicom_seeds(tmp):
         data = open(path, "rb").read()
         out("pixels", name, data)
         out("store_header", name, data)
+    ds = image()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 13", "ISO 2022 IR 87"]
+    ds.PatientName = "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう"
+    out("store_header", "iso2022-jp.dcm", part10(ds))
     out("pixels", "upload.png", png_bytes())
     for name, data in jpeg_uploads():
         out("pixels", name, data)
@@ -275,6 +279,12 @@ def find_seeds():
         "image": identifier("IMAGE", StudyInstanceUID=UID_ROOT + "2.1", SeriesInstanceUID=UID_ROOT + "3.1",
                             SOPInstanceUID="", InstanceNumber="1"),
     }
+    # Names in ISO 2022 code extensions (PS3.5 Annexes H and I), escape sequences included.
+    seeds["iso2022-jp"] = identifier("STUDY", SpecificCharacterSet=["", "ISO 2022 IR 87"],
+                                     PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう",
+                                     StudyInstanceUID="")
+    seeds["iso2022-kr"] = identifier("PATIENT", SpecificCharacterSet=["", "ISO 2022 IR 149"],
+                                     PatientName="Hong^Gildong=洪^吉洞=홍^길동", PatientID="")
     for name, data in seeds.items():
         out("find_identifier", name, b"\x00" + data)
 
