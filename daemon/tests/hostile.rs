@@ -577,7 +577,7 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
             "{what}: {sent} bytes went in before the abort"
         );
         drop(peer);
-        let log = s.daemon.log();
+        let log = s.daemon.log_once_it_holds(logged, Duration::from_secs(10));
         assert!(log.contains(logged), "{what}: {log}");
         s.check(what);
     }

@@ -310,6 +310,20 @@ impl Daemon {
         fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// The log once it holds `needle`, waiting up to `timeout` for it (a line is written
+    /// after the peer saw its effect: an abort, a closed connection); the log as it is then
+    /// otherwise.
+    pub fn log_once_it_holds(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() >= deadline {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(Background::is_running)
