@@ -21,7 +21,8 @@
 //! - [`mosquitto`]: `MosquittoBuilder` and `Mosquitto`, the MQTT broker.
 //! - [`delivery`]: the delivery tests' peers (the Python HL7 and MQTT tools, subscribers).
 //! - [`dx`], [`inference`], [`link`], [`ris`]: DX files, inference availability, a
-//!   link with faults between two parties, scripted RIS peers.
+//!   link with faults between two parties, scripted RIS peers; [`validators`]: the field's
+//!   validators (dciodvfy) as the result-object tests run them.
 
 #![allow(dead_code)]
 
@@ -35,6 +36,7 @@ pub mod mosquitto;
 pub mod orthanc;
 pub mod pki;
 pub mod ris;
+pub mod validators;
 
 // Not every test uses every part.
 #[allow(unused_imports)]
