@@ -179,6 +179,8 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
     let mut corrected = report(7);
     corrected.version = 2;
     corrected.triage = false;
+    // A Japanese name in three component groups (PS3.5 H.3.1).
+    corrected.study.patient_name = "Yamada^Tarou=山田^太郎=やまだ^たろう".into();
     // The correction goes to a RIS that wants the Study Instance UID in a ZDS.
     let mut zds = plan();
     if let Some(p) = zds.hl7.as_mut() {
@@ -265,6 +267,16 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
     assert_eq!(c["OBX1.F8"], "N");
     assert_eq!(c["ZDS.F1.R1.C1"], "1.2.826.0.1.3680043.8.498.1007");
     assert_eq!(c["ZDS.F1.R1.C4"], "DICOM");
+    // One PID-5 repetition per component group, each with its representation code.
+    for (rep, family, given, code) in [
+        (1, "Yamada", "Tarou", "A"),
+        (2, "山田", "太郎", "I"),
+        (3, "やまだ", "たろう", "P"),
+    ] {
+        assert_eq!(c[format!("PID.F5.R{rep}.C1")], family, "{c}");
+        assert_eq!(c[format!("PID.F5.R{rep}.C2")], given, "{c}");
+        assert_eq!(c[format!("PID.F5.R{rep}.C8")], code, "{c}");
+    }
     assert_eq!(
         c["segments"],
         serde_json::json!(["MSH", "PID", "PV1", "ORC", "OBR", "NTE", "TQ1", "OBX", "OBX", "ZDS"])

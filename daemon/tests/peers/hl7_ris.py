@@ -24,7 +24,9 @@ ACKS = sys.argv[3].split(",")
 KEYS = [
     "MSH.F3", "MSH.F4", "MSH.F5", "MSH.F6", "MSH.F7", "MSH.F9.R1.C1", "MSH.F9.R1.C2",
     "MSH.F9.R1.C3", "MSH.F10", "MSH.F11", "MSH.F12", "MSH.F18",
-    "PID.F3", "PID.F5.R1.C1", "PID.F5.R1.C2", "PID.F5.R1.C3", "PID.F5.R1.C4", "PID.F7",
+    "PID.F3", "PID.F5.R1.C1", "PID.F5.R1.C2", "PID.F5.R1.C3", "PID.F5.R1.C4", "PID.F5.R1.C8",
+    "PID.F5.R2.C1", "PID.F5.R2.C2", "PID.F5.R2.C8", "PID.F5.R3.C1", "PID.F5.R3.C2",
+    "PID.F5.R3.C8", "PID.F7",
     "PID.F8", "ORC.F1", "ORC.F2", "OBR.F2", "OBR.F3.R1.C1", "OBR.F4.R1.C5", "OBR.F7",
     "OBR.F18", "OBR.F25", "TQ1.F9", "ZDS.F1.R1.C1", "ZDS.F1.R1.C2", "ZDS.F1.R1.C3",
     "ZDS.F1.R1.C4", "OBX1.F2", "OBX1.F3.R1.C1", "OBX1.F3.R1.C2", "OBX1.F3.R1.C3",

@@ -166,19 +166,39 @@ fn nibble(b: u8) -> Option<u8> {
     }
 }
 
-/// Converts a DICOM PN (`Family^Given^Middle^Prefix^Suffix`, alphabetic group only) to the
-/// components of an HL7 XPN (`Family^Given^Middle^Suffix^Prefix`), each escaped.
+/// Converts a DICOM PN (`Family^Given^Middle^Prefix^Suffix`, up to three component groups
+/// `alphabetic=ideographic=phonetic`) to an HL7 XPN (`Family^Given^Middle^Suffix^Prefix`),
+/// each component escaped. A name of the alphabetic group alone gives one XPN, as before;
+/// a name with an ideographic or phonetic group gives one repetition per group that is not
+/// empty, each with its Name Representation Code (XPN.8, table 4000: `A`, `I`, `P`), so a
+/// Japanese or Korean name written in ideographs only still reaches PID-5.
 pub fn dicom_name_to_xpn(pn: &str) -> String {
-    let alphabetic = pn.split('=').next().unwrap_or("");
-    let parts: Vec<&str> = alphabetic.split('^').map(str::trim).collect();
-    let get = |i: usize| parts.get(i).copied().unwrap_or("");
-    let xpn = [get(0), get(1), get(2), get(4), get(3)];
-    let last = xpn.iter().rposition(|c| !c.is_empty()).map_or(0, |i| i + 1);
-    xpn[..last]
+    let groups: Vec<&str> = pn.splitn(3, '=').collect();
+    let components = |group: &str| -> Vec<String> {
+        let parts: Vec<&str> = group.split('^').map(str::trim).collect();
+        let get = |i: usize| parts.get(i).copied().unwrap_or("");
+        let xpn = [get(0), get(1), get(2), get(4), get(3)];
+        let last = xpn.iter().rposition(|c| !c.is_empty()).map_or(0, |i| i + 1);
+        xpn[..last].iter().map(|c| escape(c)).collect()
+    };
+    let others = groups.iter().skip(1).any(|g| !components(g).is_empty());
+    if !others {
+        return components(groups.first().copied().unwrap_or("")).join("^");
+    }
+    groups
         .iter()
-        .map(|c| escape(c))
+        .zip(["A", "I", "P"])
+        .filter_map(|(group, code)| {
+            let mut c = components(group);
+            if c.is_empty() {
+                return None;
+            }
+            c.resize(7, String::new());
+            c.push(code.to_string());
+            Some(c.join("^"))
+        })
         .collect::<Vec<_>>()
-        .join("^")
+        .join("~")
 }
 
 /// Converts a DICOM DA (`YYYYMMDD`, or the old `YYYY.MM.DD`) to an HL7 date. Anything that
@@ -527,7 +547,16 @@ mod tests {
             "Conceição^João^Maria^Jr.^Dr."
         );
         assert_eq!(dicom_name_to_xpn("Doe^John"), "Doe^John");
-        assert_eq!(dicom_name_to_xpn("Yamada^Tarou=山田^太郎"), "Yamada^Tarou");
+        // Several component groups: one repetition each, with its representation code.
+        assert_eq!(
+            dicom_name_to_xpn("Yamada^Tarou=山田^太郎=やまだ^たろう"),
+            "Yamada^Tarou^^^^^^A~山田^太郎^^^^^^I~やまだ^たろう^^^^^^P"
+        );
+        assert_eq!(
+            dicom_name_to_xpn("=洪^吉洞=홍^길동"),
+            "洪^吉洞^^^^^^I~홍^길동^^^^^^P"
+        );
+        assert_eq!(dicom_name_to_xpn("Doe^John=="), "Doe^John");
         assert_eq!(dicom_name_to_xpn("O&Brien^A|B"), "O\\T\\Brien^A\\F\\B");
         assert_eq!(dicom_name_to_xpn(""), "");
         assert_eq!(dicom_date_to_hl7("19800215"), "19800215");
