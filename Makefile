@@ -63,14 +63,14 @@ SKIP_LOG := $(CURDIR)/target/test-skips.txt
 
 test: test-env
 	$(CARGO) build --release -p duli
-	@rm -f $(SKIP_LOG)
+	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
 	DULI_SKIP_LOG=$(SKIP_LOG) DULI_REQUIRE_PEERS=1 $(CARGO) test --workspace
 	DULI_SKIP_LOG=$(SKIP_LOG) $(MAKE) --no-print-directory test-scripts
 	@scripts/skip-summary.sh $(SKIP_LOG)
 
 test-long: test-env
 	$(CARGO) build --release -p duli
-	@rm -f $(SKIP_LOG)
+	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
 	DULI_SKIP_LOG=$(SKIP_LOG) DULI_REQUIRE_PEERS=1 DULI_LONG_TESTS=1 $(CARGO) test --workspace -- --nocapture
 	DULI_SKIP_LOG=$(SKIP_LOG) $(MAKE) --no-print-directory test-scripts
 	@scripts/skip-summary.sh $(SKIP_LOG)

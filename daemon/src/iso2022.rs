@@ -255,6 +255,13 @@ pub fn decode(declared: &str, bytes: &[u8], person_name: bool) -> String {
     out
 }
 
+/// The codec dicom-rs reads and writes a data set declaring `declared` with: that of the
+/// first value (the default repertoire when dicom-rs does not know it, or it is empty).
+fn writer_codec(declared: &str) -> SpecificCharacterSet {
+    let first = terms(declared).first().copied().unwrap_or("");
+    SpecificCharacterSet::from_code(first).unwrap_or_default()
+}
+
 /// A value as dicom-rs decoded it (with the first declared character set only), decoded
 /// again under all of `declared` when it carries escape sequences; otherwise unchanged.
 /// `person_name` as in [`decode`].
@@ -262,9 +269,7 @@ pub fn redecode(declared: &str, value: String, person_name: bool) -> String {
     if !value.contains('\u{1b}') || !uses_code_extensions(declared) {
         return value;
     }
-    let first = terms(declared).first().copied().unwrap_or("");
-    let codec = SpecificCharacterSet::from_code(first).unwrap_or_default();
-    match codec.encode(&value) {
+    match writer_codec(declared).encode(&value) {
         Ok(bytes) => decode(declared, &bytes, person_name),
         Err(_) => value,
     }
@@ -451,8 +456,7 @@ pub fn encode(declared: &str, text: &str, person_name: bool) -> Option<Vec<u8>> 
 /// `bytes` as text that the first declared character set's codec (the one dicom-rs writes
 /// with) encodes back to exactly `bytes`; `None` when it cannot.
 pub fn for_writer(declared: &str, bytes: &[u8]) -> Option<String> {
-    let first = terms(declared).first().copied().unwrap_or("");
-    let codec = SpecificCharacterSet::from_code(first).unwrap_or_default();
+    let codec = writer_codec(declared);
     let text = codec.decode(bytes).ok()?;
     (codec.encode(&text).ok()? == bytes).then_some(text)
 }
@@ -561,8 +565,7 @@ mod tests {
     #[test]
     fn values_dicom_rs_read_with_the_first_set_are_decoded_again() {
         for (declared, bytes, text) in CASES {
-            let first = terms(declared)[0];
-            let codec = SpecificCharacterSet::from_code(first).unwrap_or_default();
+            let codec = writer_codec(declared);
             let as_read = codec.decode(bytes).unwrap();
             assert_eq!(redecode(declared, as_read, true), text, "{declared}");
             // The inverse, for dicom-rs's writer.

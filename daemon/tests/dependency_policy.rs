@@ -21,7 +21,8 @@ fn deny() -> toml::Value {
     toml::from_str(&text).unwrap()
 }
 
-/// `cargo metadata` of the workspace for `target`, offline, from the lock file.
+/// `cargo metadata` of the workspace for `target`, from the lock file (crates.io may be
+/// asked for the manifests of crates only the other target builds).
 fn metadata(target: &str) -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
@@ -31,7 +32,6 @@ fn metadata(target: &str) -> Value {
             "--format-version",
             "1",
             "--locked",
-            "--offline",
             "--filter-platform",
             target,
         ])
