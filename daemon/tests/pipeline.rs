@@ -308,13 +308,16 @@ fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
         std::fs::write(&file, &raw.body).unwrap();
         let dump = run_dcmtk("dcmdump", &[file.to_str().unwrap()]).unwrap();
         dump.assert_success("dcmdump of the object Orthanc received");
-        // The field's validator finds no error in what the PACS received.
+        // The field's validator finds no error and no warning in what the PACS received.
         if let Some(dciodvfy) = which("dciodvfy") {
-            let (errors, text) = common::validators::dciodvfy_errors(&dciodvfy, &file);
+            let found = common::validators::dciodvfy(&dciodvfy, &file);
             assert!(
-                errors.is_empty(),
-                "dciodvfy on {}:\n{text}",
-                tags["SOPClassUID"]
+                found.errors.is_empty() && found.warnings.is_empty(),
+                "dciodvfy on {}: {:#?} {:#?}\n{}",
+                tags["SOPClassUID"],
+                found.errors,
+                found.warnings,
+                found.text
             );
         }
         let class = tags["SOPClassUID"].as_str().unwrap_or_default();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::validators::dciodvfy_errors;
+use common::validators::dciodvfy;
 use common::*;
 use duli::model::{InstanceRecord, StudyRecord};
 use duli::report::{Finding, Report};
@@ -132,15 +132,25 @@ fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
 }
 
 #[test]
-fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
+fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
     let Some(f) = fixture() else { return };
-    let Some(dciodvfy) = require_tool("dciodvfy") else {
+    let Some(tool) = require_tool("dciodvfy") else {
         return;
     };
     for (name, file) in build_all(&f) {
-        let (errors, text) = dciodvfy_errors(&dciodvfy, &file);
+        let found = dciodvfy(&tool, &file);
+        let text = &found.text;
         eprintln!("dciodvfy {name}:\n{text}");
-        assert!(errors.is_empty(), "{name}: {errors:#?}\n{text}");
+        assert!(
+            found.errors.is_empty(),
+            "{name}: {:#?}\n{text}",
+            found.errors
+        );
+        assert!(
+            found.warnings.is_empty(),
+            "{name}: {:#?}\n{text}",
+            found.warnings
+        );
         let iod = match name {
             "SR" => "ComprehensiveSR",
             "PM" => "ParametricMap",
@@ -158,8 +168,14 @@ fn dciodvfy_finds_no_error_in_the_sr_the_parametric_map_or_the_sc() {
     let na = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
     let path = f.store.root().join("not-applicable-sr.dcm");
     na.write_to_file(&path).unwrap();
-    let (errors, text) = dciodvfy_errors(&dciodvfy, &path);
-    assert!(errors.is_empty(), "not-applicable SR: {errors:#?}\n{text}");
+    let found = dciodvfy(&tool, &path);
+    assert!(
+        found.errors.is_empty() && found.warnings.is_empty(),
+        "not-applicable SR: {:#?} {:#?}\n{}",
+        found.errors,
+        found.warnings,
+        found.text
+    );
 }
 
 /// highdicom reads the Parametric Map as one, with its palette (the well-known Hot Iron, by

@@ -62,8 +62,9 @@ pub fn build(
     obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES"));
     obj.put(text(tags::DERIVATION_DESCRIPTION, VR::ST, "AI-generated class activation heatmap over the source radiograph; preliminary, not verified"));
     obj.put(text(tags::PATIENT_ORIENTATION, VR::CS, ""));
-    // General Series, type 2C: a chest image has no laterality of its own.
-    obj.put(text(tags::LATERALITY, VR::CS, ""));
+    // General Series Laterality (type 2C) is left out: it is required only for a paired
+    // body part, and the chest, named here, is not one (PS3.3 C.7.3.1: absent, not empty).
+    obj.put(text(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"));
     obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
     obj.put(text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
     obj.put(us(tags::PLANAR_CONFIGURATION, 0));
