@@ -1,7 +1,7 @@
 //! Outbound DICOM TLS (`tls = true` on a `[[pacs.destinations]]` entry) against real TLS
 //! peers: DCMTK `storescp --enable-tls` requiring our client certificate, and Orthanc with
-//! DICOM TLS enabled. C-MOVE sub-operations and the PACS push share the SCU path these
-//! tests drive.
+//! DICOM TLS enabled (C-MOVE and the PACS push to each). C-MOVE sub-operations and the
+//! PACS push share the SCU path these tests drive.
 
 mod common;
 
@@ -179,16 +179,10 @@ fn c_move_over_dicom_tls_to_storescp_checks_both_certificates() {
 }
 
 /// C-MOVE to Orthanc with DICOM TLS enabled (and its remote certificate required).
-#[test]
-fn c_move_over_dicom_tls_to_orthanc() {
-    if which("movescu").is_none() {
-        return skip("movescu absent");
-    }
-    let dir = temp_dir("outbound-tls-orthanc");
-    let Some(pki) = TestPki::generate(dir.path(), "site") else {
-        return;
-    };
-    let Some(orthanc) = Orthanc::builder()
+/// Orthanc with DICOM TLS on, `pki`'s server certificate, and a client certificate that
+/// `pki`'s CA signed required of every peer.
+fn orthanc_tls(pki: &TestPki) -> Option<Orthanc> {
+    Orthanc::builder()
         .option("DicomTlsEnabled", serde_json::json!(true))
         .option("DicomTlsCertificate", serde_json::json!(pki.server_cert))
         .option("DicomTlsPrivateKey", serde_json::json!(pki.server_key))
@@ -198,7 +192,18 @@ fn c_move_over_dicom_tls_to_orthanc() {
         )
         .option("DicomTlsRemoteCertificateRequired", serde_json::json!(true))
         .start()
-    else {
+}
+
+#[test]
+fn c_move_over_dicom_tls_to_orthanc() {
+    if which("movescu").is_none() {
+        return skip("movescu absent");
+    }
+    let dir = temp_dir("outbound-tls-orthanc");
+    let Some(pki) = TestPki::generate(dir.path(), "site") else {
+        return;
+    };
+    let Some(orthanc) = orthanc_tls(&pki) else {
         return;
     };
     let destinations = format!(
@@ -213,6 +218,80 @@ fn c_move_over_dicom_tls_to_orthanc() {
     assert!(ok, "{text}\n{}\n{}", d.log(), orthanc.process.log());
     let instances = orthanc.get_json("/instances");
     assert_eq!(instances.as_array().unwrap().len(), n, "{instances}");
+}
+
+/// The PACS push over DICOM TLS to Orthanc requiring our client certificate: the SR, the
+/// Parametric Map and the Secondary Capture of one analysed study arrive, each stored by
+/// Orthanc under the study of the source image, and the destination's outbox empties.
+#[test]
+fn pacs_push_over_dicom_tls_to_orthanc() {
+    let Some(samples) = samples_dir() else { return };
+    if !common::inference::inference_available() {
+        return;
+    }
+    let dir = temp_dir("push-tls-orthanc");
+    let Some(pki) = TestPki::generate(dir.path(), "site") else {
+        return;
+    };
+    let Some(orthanc) = orthanc_tls(&pki) else {
+        return;
+    };
+    let destination = format!(
+        "{{name = \"pacs\", ae_title = \"{}\", host = \"127.0.0.1\", port = {}, \
+         push = true, result_objects = [\"sr\", \"pm\", \"sc\"], tls = true, \
+         tls_ca = {:?}, tls_cert = {:?}, tls_key = {:?}}}",
+        orthanc.aet,
+        orthanc.dicom_port,
+        pki.ca_cert.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string()
+    );
+    let d = Daemon::builder()
+        .with_inference()
+        .config("pacs", "destinations", &format!("[{destination}]"))
+        .start();
+    let file = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    let study = dicom_attr(&file, tags::STUDY_INSTANCE_UID);
+    d.storescu("MODALITY", &[], &[file])
+        .unwrap()
+        .assert_success("storescu");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while orthanc.instances().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut classes = Vec::new();
+    for id in orthanc.instances() {
+        let tags = orthanc.get_json(&format!("/instances/{id}/simplified-tags"));
+        assert_eq!(tags["StudyInstanceUID"], study.as_str(), "{tags}");
+        classes.push(tags["SOPClassUID"].as_str().unwrap_or_default().to_string());
+    }
+    classes.sort();
+    assert_eq!(
+        classes,
+        [
+            "1.2.840.10008.5.1.4.1.1.30",    // Parametric Map
+            "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+            "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
+        ],
+        "daemon log:\n{}\nOrthanc log:\n{}",
+        d.log(),
+        orthanc.process.log()
+    );
+    // Every entry was acknowledged: nothing is left in the outbox for the destination.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+        if !out.stdout.contains("pacs:pacs") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outbox:\n{}",
+            out.combined()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// The PACS push (result objects after analysis) over DICOM TLS to a DCMTK storescp that
