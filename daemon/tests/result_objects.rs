@@ -178,9 +178,9 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
     );
 }
 
-/// highdicom reads the Parametric Map as one, with its palette (the well-known Hot Iron, by
-/// UID), the color range over every stored value, the ICC profile, and a value mapping that
-/// gives saliency 0 to 1.
+/// highdicom reads the Parametric Map as one: float pixel values (the saliency, 0 to 1),
+/// its palette (the well-known Hot Iron, by UID) over that range, the ICC profile, and an
+/// identity value mapping over 0 to 1.
 #[test]
 fn highdicom_reads_the_parametric_map_with_its_palette_and_value_mapping() {
     let Some(f) = fixture() else { return };
@@ -198,10 +198,11 @@ fn highdicom_reads_the_parametric_map_with_its_palette_and_value_mapping() {
     assert_eq!(v["sop_class"], "1.2.840.10008.5.1.4.1.1.30", "{v}");
     assert_eq!(v["pixel_presentation"], "COLOR_RANGE", "{v}");
     assert_eq!(v["palette_uid"], "1.2.840.10008.1.5.1", "{v}");
-    assert_eq!(v["color_range"], serde_json::json!([0.0, 65535.0]), "{v}");
+    assert_eq!(v["float_pixels"], true, "{v}");
+    assert_eq!(v["color_range"], serde_json::json!([0.0, 1.0]), "{v}");
     assert_eq!(v["icc_bytes"], 588, "{v}");
     assert_eq!(v["lut_label"], "SALIENCY", "{v}");
-    assert_eq!(v["first_last_mapped"], serde_json::json!([0, 65535]), "{v}");
+    assert_eq!(v["first_last_mapped"], serde_json::json!([0.0, 1.0]), "{v}");
     let range = v["saliency_range"].as_array().unwrap();
     let (lo, hi) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
     assert!(

@@ -4,7 +4,7 @@ usage: read_pm.py PM.dcm
 
 Prints one JSON object: the pixel presentation, the palette UID, the stored value color
 range, the ICC profile's size, the real-world value mapping of the frame (label, slope,
-intercept, first and last value mapped) and the saliency (real-world value) of the
+intercept, first and last value mapped, as double floats for Float Pixel Data) and the saliency (real-world value) of the
 smallest and the largest stored value. Exits non-zero when highdicom cannot read it as a
 Parametric Map.
 """
@@ -30,7 +30,9 @@ def main():
         "color_range": [float(svcr.MinimumStoredValueMapped), float(svcr.MaximumStoredValueMapped)],
         "icc_bytes": len(pm.ICCProfile),
         "lut_label": rwvm.LUTLabel,
-        "first_last_mapped": [int(rwvm.RealWorldValueFirstValueMapped), int(rwvm.RealWorldValueLastValueMapped)],
+        "float_pixels": "FloatPixelData" in pm,
+        "first_last_mapped": [float(rwvm.DoubleFloatRealWorldValueFirstValueMapped),
+                              float(rwvm.DoubleFloatRealWorldValueLastValueMapped)],
         "saliency_range": [to_real(pixels.min()), to_real(pixels.max())],
         "rows_columns": [int(pm.Rows), int(pm.Columns)],
     }))

@@ -126,6 +126,62 @@ mod tests {
             .find(|p| p.is_file())
     }
 
+    /// The Parametric Map keeps the saliency as 32-bit floats (clamped to 0–1, a value that
+    /// is not a number written as 0), carries none of integer Pixel Data's attributes, and
+    /// is stored and indexed like the other result objects (the header reader stops at the
+    /// Float Pixel Data).
+    #[test]
+    fn the_parametric_map_keeps_the_saliency_as_floats_and_is_indexed() {
+        use dicom_dictionary_std::tags;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let report = fixtures::report();
+        let key = crate::site_secret::SiteSecret::from_bytes(&[6u8; 32]);
+        let uids = uids::ResultUids::new("2.25.", &report.report_id, &key);
+        let source = parametric_map::Source {
+            sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+            sop_instance: "1.2.826.0.1.3680043.8.498.1.1.1".into(),
+            series: "1.2.826.0.1.3680043.8.498.1.1".into(),
+            rows: 2,
+            columns: 3,
+            pixel_spacing: Some((0.2, 0.2)),
+            ..Default::default()
+        };
+        let grid = parametric_map::Grid {
+            width: 3,
+            height: 2,
+            values: vec![0.0, 0.25, 1.0, f32::NAN, 1.5, -0.5],
+        };
+        let pm = parametric_map::build(&report, &uids, &source, &grid, "BOX-1").unwrap();
+        let rec = store_object(&store, &pm).unwrap();
+        assert_eq!(rec.sop_class_uid, parametric_map::PARAMETRIC_MAP);
+        assert_eq!(rec.study_instance_uid, report.study.study_instance_uid);
+        assert_eq!(store.instance_count(), 1);
+
+        let back = dicom_object::open_file(store.root().join(&rec.path)).unwrap();
+        let floats = back
+            .element(tags::FLOAT_PIXEL_DATA)
+            .unwrap()
+            .to_multi_float32()
+            .unwrap();
+        assert_eq!(floats, [0.0, 0.25, 1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(
+            back.element(tags::BITS_ALLOCATED)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            32
+        );
+        for absent in [
+            tags::PIXEL_DATA,
+            tags::BITS_STORED,
+            tags::HIGH_BIT,
+            tags::PIXEL_REPRESENTATION,
+        ] {
+            assert!(back.element_opt(absent).unwrap().is_none(), "{absent}");
+        }
+    }
+
     #[test]
     fn sr_and_sc_are_stored_indexed_and_parse_with_dcmtk() {
         let dir = tempfile::tempdir().unwrap();

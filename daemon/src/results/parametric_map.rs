@@ -9,13 +9,13 @@
 //! - The frame of reference is the source's; projection radiographs usually have none, and
 //!   then the map gets one of its own (derived from the report, so a rebuild gives the same),
 //!   with the image plane as the patient plane at the origin.
-//! - Stored values are unsigned 16-bit; a Real World Value Mapping turns them into the
-//!   floating-point saliency (0 = no effect on the finding, 1 = the largest effect in the
-//!   image; quantity DCM 130404 "Saliency", unit `1`), and a VOI window covers the whole
-//!   range for a viewer that shows it in grey.
+//! - The values are 32-bit floats (Float Pixel Data): the saliency itself, 0 = no effect on
+//!   the finding, 1 = the largest effect in the image. An identity Real World Value Mapping
+//!   over 0–1 names it (quantity DCM 130404 "Saliency", unit `1`), and a VOI window covers
+//!   the range for a viewer that shows it in grey.
 //! - Pixel Presentation `COLOR_RANGE` with the well-known Hot Iron palette named by its UID
 //!   ([`PALETTE_HOT_IRON`], PS3.6 Annex B; a well-known palette needs no lookup table data),
-//!   a Stored Value Color Range over every stored value and an sRGB ICC profile: a viewer
+//!   a Stored Value Color Range over the saliency 0–1 and an sRGB ICC profile: a viewer
 //!   that overlays the map colours it black → red → yellow → white. The palette's lookup
 //!   table itself is not embedded: dicom3tools' `dciodvfy` reports palette data attributes
 //!   as errors under the Image Pixel Description macro.
@@ -35,8 +35,6 @@ pub const PARAMETRIC_MAP: &str = crate::dimse::uids::PARAMETRIC_MAP;
 pub const PM_SERIES_NUMBER: i32 = 9903;
 /// Longest side of the map's grid.
 pub const PM_MAX_SIDE: u32 = 1024;
-/// Largest stored value (the real-world value 1).
-const STORED_MAX: u16 = u16::MAX;
 /// The well-known Hot Iron color palette (PS3.6 Annex B).
 pub const PALETTE_HOT_IRON: &str = "1.2.840.10008.1.5.1";
 /// The sRGB ICC profile the palette's colours are in: LittleCMS's built-in sRGB (version
@@ -241,10 +239,9 @@ pub fn build(
     ));
     obj.put(us(tags::ROWS, grid.height as u16));
     obj.put(us(tags::COLUMNS, grid.width as u16));
-    obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, 16));
-    obj.put(us(tags::HIGH_BIT, 15));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    // Float Pixel Data: 32 bits allocated; Bits Stored, High Bit and Pixel Representation
+    // belong to integer Pixel Data only (PS3.3 C.8.32.1).
+    obj.put(us(tags::BITS_ALLOCATED, 32));
     obj.put(seq(tags::ACQUISITION_CONTEXT_SEQUENCE, Vec::new()));
     // Multi-frame Functional Groups and Dimensions.
     obj.put(text(tags::NUMBER_OF_FRAMES, VR::IS, "1"));
@@ -317,15 +314,17 @@ pub fn build(
             ),
         ])],
     ));
-    let pixels: Vec<u16> = grid
-        .values
-        .iter()
-        .map(|v| (v.clamp(0.0, 1.0) * f32::from(STORED_MAX)).round() as u16)
-        .collect();
+    let pixels = grid.values.iter().map(|v| {
+        if v.is_finite() {
+            v.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    });
     obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(pixels.into_iter().collect()),
+        tags::FLOAT_PIXEL_DATA,
+        VR::OF,
+        PrimitiveValue::F32(pixels.collect()),
     ));
     super::with_meta(
         obj,
@@ -420,22 +419,23 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
     g.put(seq(
         tags::FRAME_VOILUT_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
-            text(tags::WINDOW_CENTER, VR::DS, "32767.5"),
-            text(tags::WINDOW_WIDTH, VR::DS, "65536"),
+            text(tags::WINDOW_CENTER, VR::DS, "0.5"),
+            text(tags::WINDOW_WIDTH, VR::DS, "1"),
         ])],
     ));
     g.put(seq(
         tags::REAL_WORLD_VALUE_MAPPING_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
+            // Float values: the double-float first and last values mapped.
             DataElement::new(
-                tags::REAL_WORLD_VALUE_FIRST_VALUE_MAPPED,
-                VR::US,
-                PrimitiveValue::from(0u16),
+                tags::DOUBLE_FLOAT_REAL_WORLD_VALUE_FIRST_VALUE_MAPPED,
+                VR::FD,
+                PrimitiveValue::from(0f64),
             ),
             DataElement::new(
-                tags::REAL_WORLD_VALUE_LAST_VALUE_MAPPED,
-                VR::US,
-                PrimitiveValue::from(STORED_MAX),
+                tags::DOUBLE_FLOAT_REAL_WORLD_VALUE_LAST_VALUE_MAPPED,
+                VR::FD,
+                PrimitiveValue::from(1f64),
             ),
             DataElement::new(
                 tags::REAL_WORLD_VALUE_INTERCEPT,
@@ -445,7 +445,7 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
             DataElement::new(
                 tags::REAL_WORLD_VALUE_SLOPE,
                 VR::FD,
-                PrimitiveValue::from(1.0 / f64::from(STORED_MAX)),
+                PrimitiveValue::from(1f64),
             ),
             text(tags::LUT_EXPLANATION, VR::LO, "Saliency of the AI finding"),
             text(tags::LUT_LABEL, VR::SH, "SALIENCY"),
@@ -472,7 +472,7 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
             ),
         ])],
     ));
-    // The palette spans every stored value.
+    // The palette spans the saliency, 0 to 1.
     g.put(seq(
         tags::STORED_VALUE_COLOR_RANGE_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
@@ -484,7 +484,7 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
             DataElement::new(
                 tags::MAXIMUM_STORED_VALUE_MAPPED,
                 VR::FD,
-                PrimitiveValue::from(f64::from(STORED_MAX)),
+                PrimitiveValue::from(1f64),
             ),
         ])],
     ));

@@ -59,8 +59,10 @@ pub struct Header {
 /// Parses the header of the Part 10 file at `path`, after the bounded pre-scan.
 pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
     crate::dataset_guard::check_file(path)?;
+    // Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009) come before
+    // Pixel Data (7FE0,0010): reading stops at the first of any of them.
     let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
+        .read_until(tags::FLOAT_PIXEL_DATA)
         .open_file(path)
         .map_err(|e| HeaderError::Parse(e.to_string()))?;
     from_object(&obj)
