@@ -1,9 +1,10 @@
 //! The engine over a recording test backend: AUTO scheduling (an image alone runs on
-//! the latency-tuned request, a queue on the throughput requests, never both at once),
+//! the latency-tuned request, a queue on the throughput requests, never both at once; a
+//! burst releases the latency network and a later image alone has it compiled again),
 //! the heatmap request's network, and the report-work mark heatmaps wait for.
 
 use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
-use super::engine::{Engine, EngineOptions, Scheduling};
+use super::engine::{Engine, EngineOptions, Scheduling, LATENCY_AGAIN_AFTER};
 use super::gate::Network;
 use super::manifest::Manifest;
 use super::precision::Precision;
@@ -25,6 +26,10 @@ struct Log {
     throughput_now: AtomicUsize,
     overlap: AtomicUsize,
     max_throughput_now: AtomicUsize,
+    /// Compiled networks alive now, and the most alive during a run on a throughput
+    /// request.
+    live: AtomicUsize,
+    max_live_in_throughput_run: AtomicUsize,
 }
 
 struct Recording(Arc<Log>);
@@ -43,7 +48,14 @@ impl Backend for Recording {
         if let Ok(mut c) = self.0.compiled.lock() {
             c.push((o.mode, o.precision));
         }
+        self.0.live.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(RecCompiled(Arc::clone(&self.0), o.mode)))
+    }
+}
+
+impl Drop for RecCompiled {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -69,6 +81,8 @@ impl Request for RecRequest {
         let now = mine.fetch_add(1, Ordering::SeqCst) + 1;
         if self.1 == Mode::Throughput {
             log.max_throughput_now.fetch_max(now, Ordering::SeqCst);
+            log.max_live_in_throughput_run
+                .fetch_max(log.live.load(Ordering::SeqCst), Ordering::SeqCst);
         }
         if other.load(Ordering::SeqCst) > 0 || (self.1 == Mode::Latency && now > 1) {
             log.overlap.fetch_add(1, Ordering::SeqCst);
@@ -111,10 +125,11 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
     assert_eq!(
         *log.compiled.lock().unwrap(),
         [
-            (Mode::Latency, Precision::Bf16),
-            (Mode::Throughput, Precision::Bf16)
+            (Mode::Throughput, Precision::Bf16),
+            (Mode::Latency, Precision::Bf16)
         ]
     );
+    assert_eq!(log.live.load(Ordering::SeqCst), 2);
     assert_eq!(e.workers(), 3);
     assert_eq!(e.identity().precision, Precision::Bf16);
     // One image at a time: every run on the latency request.
@@ -150,6 +165,68 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
         "the latency request ran beside another"
     );
     eprintln!("auto scheduling: 3 lone images on the latency request; burst of 12: {} latency, {thr} throughput, up to {} in parallel", lat - 3, log.max_throughput_now.load(Ordering::SeqCst));
+}
+
+/// Under AUTO scheduling a burst releases the latency network: the throughput runs see one
+/// compiled network alive. Images alone soon after the burst run on a throughput request;
+/// the first one alone after [`LATENCY_AGAIN_AFTER`] has the latency network compiled
+/// again in the background, and the images after it run on it.
+#[test]
+fn auto_releases_the_latency_network_for_a_burst_and_compiles_it_again_after() {
+    let (e, log) = engine(Scheduling::Auto, Precision::F32);
+    let input = vec![0.0; e.manifest().input_len()];
+    e.infer_blocking(input.clone()).unwrap();
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 1);
+    let e = Arc::new(e);
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            let (e, input) = (Arc::clone(&e), input.clone());
+            s.spawn(move || {
+                for _ in 0..3 {
+                    e.infer_blocking(input.clone()).unwrap();
+                }
+            });
+        }
+    });
+    assert!(log.throughput_runs.load(Ordering::SeqCst) >= 10);
+    assert_eq!(
+        log.max_live_in_throughput_run.load(Ordering::SeqCst),
+        1,
+        "a throughput run while the latency network was still held"
+    );
+    assert_eq!(
+        log.live.load(Ordering::SeqCst),
+        1,
+        "released after the burst"
+    );
+    assert_eq!(log.overlap.load(Ordering::SeqCst), 0);
+    // Alone right after the burst: a throughput request, nothing compiled.
+    let (lat, thr) = (
+        log.latency_runs.load(Ordering::SeqCst),
+        log.throughput_runs.load(Ordering::SeqCst),
+    );
+    e.infer_blocking(input.clone()).unwrap();
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), lat);
+    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), thr + 1);
+    assert_eq!(log.compiled.lock().unwrap().len(), 2);
+    // Alone after the quiet period: compiled again in the background, then used.
+    std::thread::sleep(LATENCY_AGAIN_AFTER + Duration::from_millis(50));
+    e.infer_blocking(input.clone()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.live.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [
+            (Mode::Throughput, Precision::F32),
+            (Mode::Latency, Precision::F32),
+            (Mode::Latency, Precision::F32)
+        ]
+    );
+    e.infer_blocking(input).unwrap();
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), lat + 1);
+    assert_eq!(log.live.load(Ordering::SeqCst), 2);
 }
 
 #[test]
@@ -196,10 +273,13 @@ fn a_batch_of_one_for_heatmaps_shares_the_report_network_and_a_larger_one_compil
             (Mode::Throughput, Precision::F32)
         ]
     );
-    // With AUTO scheduling the shared one is the latency network, compiled first.
+    // With AUTO scheduling the shared one is the throughput network, compiled first and
+    // kept through bursts.
     let (e, log) = engine(Scheduling::Auto, Precision::F32);
-    e.background_request(1).unwrap();
+    let mut shared = e.background_request(1).unwrap();
+    shared.run(&vec![0.0; e.manifest().input_len()]).unwrap();
     assert_eq!(log.compiled.lock().unwrap().len(), 2);
+    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 1);
 }
 
 #[test]
