@@ -506,9 +506,30 @@ impl Engine {
 
     /// [`Engine::infer`] with the features output of a `cam` model.
     pub async fn infer_outputs(&self, input: Vec<f32>) -> Result<Outputs, EngineError> {
+        self.submit(input, None).await
+    }
+
+    /// [`Engine::infer_outputs`] for a report image decoded under `mark` (from
+    /// [`Engine::preparing`]): the image counts as queued before its mark ends, so report
+    /// work never reads zero in between, and an image alone is never counted twice (which
+    /// AUTO scheduling would take for a burst).
+    pub async fn infer_prepared(
+        &self,
+        input: Vec<f32>,
+        mark: Preparing,
+    ) -> Result<Outputs, EngineError> {
+        self.submit(input, Some(mark)).await
+    }
+
+    async fn submit(
+        &self,
+        input: Vec<f32>,
+        mark: Option<Preparing>,
+    ) -> Result<Outputs, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
         self.pending.fetch_add(1, Ordering::Relaxed);
+        drop(mark);
         if tx.send(Job { input, reply }).await.is_err() {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Stopped);

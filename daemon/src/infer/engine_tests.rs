@@ -177,6 +177,17 @@ fn auto_releases_the_latency_network_for_a_burst_and_compiles_it_again_after() {
     let input = vec![0.0; e.manifest().input_len()];
     e.infer_blocking(input.clone()).unwrap();
     assert_eq!(log.latency_runs.load(Ordering::SeqCst), 1);
+    // A report image decoded under its mark is still an image alone when it is inferred.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mark = e.preparing();
+    runtime
+        .block_on(e.infer_prepared(input.clone(), mark))
+        .unwrap();
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(log.live.load(Ordering::SeqCst), 2, "released for one image");
+    assert_eq!(e.report_work(), 0);
     let e = Arc::new(e);
     std::thread::scope(|s| {
         for _ in 0..6 {

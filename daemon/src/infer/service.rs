@@ -417,14 +417,14 @@ pub async fn analyse_study(
             let m = Arc::clone(&manifest);
             let max_pixels = engine.max_pixels();
             // Decoding and inferring for the report: background heatmaps wait meanwhile.
-            let _report_work = engine.preparing();
+            let report_work = engine.preparing();
             let prep =
                 tokio::task::spawn_blocking(move || prepare_file(&path, &m, max_pixels)).await;
             match prep {
                 Ok(Preparation::Ready(p)) => {
                     let start = Instant::now();
                     let tensor = p.tensor.clone();
-                    match engine.infer_outputs(tensor).await {
+                    match engine.infer_prepared(tensor, report_work).await {
                         Ok(out) => {
                             let r = analysed(&manifest, &p, &out.values, ms(start));
                             inputs.push(Some(p.tensor));
