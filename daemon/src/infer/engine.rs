@@ -2,41 +2,29 @@
 //! request (as many as the runtime calls optimal under the configured performance hint),
 //! fed by a bounded queue so a burst of images waits instead of growing memory.
 //!
-//! With `performance_hint = "AUTO"` the network is compiled for throughput (several
-//! requests) and, while no burst runs, once more for latency (one request on every core).
-//! An image that is alone in the engine runs on the latency request; when images wait or
-//! are being decoded, the workers run them on their throughput requests. The two never run
-//! at the same time (a read/write lock), so the cores are never oversubscribed. A burst
-//! releases the latency network, so the engine holds one compiled copy of the weights while
-//! it is under load (an f32 copy of this model is about 100 MiB); the first image alone at
-//! least [`LATENCY_AGAIN_AFTER`] after the burst compiles it again in the background, and
-//! runs on a throughput request meanwhile.
+//! The compiled network and its requests are held by [`Networks`]: one compilation at a
+//! time, swapped under `performance_hint = "AUTO"` between latency (an image alone) and
+//! throughput (a burst: images queued, running or being decoded).
 //!
-//! Heatmaps of batch 1 run as one more request on the report network, the one compiled
-//! first and kept (one compiled copy of the weights in memory); the heatmap worker waits
-//! while report images are decoded or inferred ([`Engine::report_work`]).
+//! Heatmaps of batch 1 run as one more request on the current report compilation (one
+//! compiled copy of the weights in memory); the heatmap worker waits while report images
+//! are decoded or inferred ([`Engine::report_work`]).
 
 use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Outputs, Request};
 use super::cam::{self, CamHead};
 use super::gate::{self, Network};
 use super::manifest::{Manifest, ManifestError};
+use super::networks::{Compiler, Networks};
 use super::precision::{CpuFlags, Precision, PrecisionSetting};
 use crate::config::InferenceConfig;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// Images waiting per worker before senders wait (back-pressure).
 const QUEUE_PER_WORKER: usize = 2;
 
-/// How long after the last image of a burst an image alone has AUTO's latency network
-/// compiled again (shorter in unit tests).
-pub const LATENCY_AGAIN_AFTER: Duration = if cfg!(test) {
-    Duration::from_secs(1)
-} else {
-    Duration::from_secs(10)
-};
+pub use super::networks::LATENCY_AGAIN_AFTER;
 
 /// Why the engine cannot start or run.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,107 +52,13 @@ struct Shared {
     pending: Arc<AtomicUsize>,
     /// Report images being decoded (see [`Engine::preparing`]).
     preparing: Arc<AtomicUsize>,
-    /// The latency network of AUTO scheduling.
-    solo: Option<Solo>,
-    /// Held shared by throughput runs, exclusively by a run on the latency network.
-    cores: RwLock<()>,
+    networks: Arc<Networks>,
 }
 
 impl Shared {
     /// Report images queued, running or being decoded.
     fn report_work(&self) -> usize {
         self.pending.load(Ordering::Relaxed) + self.preparing.load(Ordering::Relaxed)
-    }
-}
-
-/// AUTO scheduling's latency network: held while images come one at a time, released for
-/// a burst, compiled again afterwards.
-struct Solo {
-    /// The latency request and its network, while held.
-    held: Mutex<Option<Latency>>,
-    /// What compiles it again.
-    backend: Arc<Mutex<Box<dyn Backend>>>,
-    network: Manifest,
-    precision: Precision,
-    /// A compilation is under way.
-    compiling: AtomicBool,
-    /// When an image of a burst last ran.
-    released_at: Mutex<Option<Instant>>,
-}
-
-/// A latency request with the network it was made from (the request is dropped first).
-struct Latency {
-    request: Box<dyn Request>,
-    _network: Box<dyn Compiled>,
-}
-
-impl Solo {
-    fn compile(&self) -> Result<Latency, BackendError> {
-        let mut backend = self
-            .backend
-            .lock()
-            .map_err(|_| BackendError::Compile("backend lock poisoned".into()))?;
-        let mut network = backend.compile(
-            &self.network,
-            CompileOptions {
-                batch: 1,
-                background: false,
-                precision: self.precision,
-                mode: Mode::Latency,
-            },
-        )?;
-        Ok(Latency {
-            request: network.request()?,
-            _network: network,
-        })
-    }
-
-    /// For an image of a burst: releases the latency network if held (waits for a run on
-    /// it to end) and notes the time.
-    fn release(&self) {
-        if let Ok(mut at) = self.released_at.lock() {
-            *at = Some(Instant::now());
-        }
-        let released = self.held.lock().ok().and_then(|mut held| held.take());
-        if released.is_some() {
-            log::debug!("inference burst: latency network released");
-        }
-    }
-
-    /// For an image alone while the latency network is released: compiles it again in the
-    /// background once [`LATENCY_AGAIN_AFTER`] has passed since the burst's last image, unless a
-    /// compilation is under way. Kept only if no burst began meanwhile.
-    fn compile_again_later(shared: &Arc<Shared>) {
-        let Some(solo) = &shared.solo else { return };
-        let quiet = solo
-            .released_at
-            .lock()
-            .ok()
-            .and_then(|at| *at)
-            .is_none_or(|at| at.elapsed() >= LATENCY_AGAIN_AFTER);
-        if !quiet || solo.compiling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let shared = Arc::clone(shared);
-        let spawned = std::thread::Builder::new()
-            .name("infer-latency".into())
-            .spawn(move || {
-                let Some(solo) = &shared.solo else { return };
-                match solo.compile() {
-                    Ok(latency) if shared.report_work() <= 1 => {
-                        if let Ok(mut held) = solo.held.lock() {
-                            *held = Some(latency);
-                        }
-                        log::debug!("inference: latency network compiled again");
-                    }
-                    Ok(_) => log::debug!("inference: a burst began, latency network not kept"),
-                    Err(e) => log::warn!("inference: latency network not compiled again: {e}"),
-                }
-                solo.compiling.store(false, Ordering::Release);
-            });
-        if spawned.is_err() {
-            solo.compiling.store(false, Ordering::Release);
-        }
     }
 }
 
@@ -250,7 +144,9 @@ pub struct Engine {
     /// Report images being decoded for this engine (see [`Engine::preparing`]).
     preparing: Arc<AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    // Compiled networks live as long as the requests made from them.
+    /// The report compilation(s) and their requests.
+    networks: Arc<Networks>,
+    // Heatmap networks of batch > 1 live as long as the requests made from them.
     compiled: Mutex<Vec<Box<dyn Compiled>>>,
     backend: Arc<Mutex<Box<dyn Backend>>>,
     max_pixels: u64,
@@ -355,7 +251,7 @@ impl Engine {
     pub fn start(
         manifest: Manifest,
         sha256: String,
-        mut backend: Box<dyn Backend>,
+        backend: Box<dyn Backend>,
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
         let precision = options.network.precision;
@@ -363,34 +259,18 @@ impl Engine {
             Scheduling::Latency => Mode::Latency,
             Scheduling::Throughput | Scheduling::Auto => Mode::Throughput,
         };
-        let mut compiled = backend.compile(
-            &options.network.manifest,
-            CompileOptions {
-                batch: 1,
-                background: false,
-                precision,
-                mode,
-            },
-        )?;
         let name = backend.name();
         let backend = Arc::new(Mutex::new(backend));
-        let solo = match options.scheduling {
-            Scheduling::Auto => {
-                let mut solo = Solo {
-                    held: Mutex::new(None),
-                    backend: Arc::clone(&backend),
-                    network: options.network.manifest.clone(),
-                    precision,
-                    compiling: AtomicBool::new(false),
-                    released_at: Mutex::new(None),
-                };
-                let latency = solo.compile()?;
-                solo.held = Mutex::new(Some(latency));
-                Some(solo)
-            }
-            Scheduling::Latency | Scheduling::Throughput => None,
-        };
-        let workers = compiled.optimal_requests().max(1);
+        let networks = Arc::new(Networks::new(
+            Compiler {
+                backend: Arc::clone(&backend),
+                network: options.network.manifest.clone(),
+                precision,
+            },
+            mode,
+            options.scheduling == Scheduling::Auto,
+        )?);
+        let workers = networks.workers();
         let (tx, rx) = mpsc::channel::<Job>(workers * QUEUE_PER_WORKER);
         let pending = Arc::new(AtomicUsize::new(0));
         let preparing = Arc::new(AtomicUsize::new(0));
@@ -398,20 +278,17 @@ impl Engine {
             rx: Mutex::new(rx),
             pending: Arc::clone(&pending),
             preparing: Arc::clone(&preparing),
-            solo,
-            cores: RwLock::new(()),
+            networks: Arc::clone(&networks),
         });
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
-            let request = compiled.request()?;
             let shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("infer-{i}"))
-                .spawn(move || worker(request, &shared))
+                .spawn(move || worker(i, &shared))
                 .map_err(|e| EngineError::Backend(BackendError::Compile(e.to_string())))?;
             threads.push(handle);
         }
-        let kept = vec![compiled];
         let cpu_feature = precision.cpu_feature(&CpuFlags::detect()).to_string();
         let identity = ModelIdentity {
             name: manifest.name.clone(),
@@ -450,7 +327,8 @@ impl Engine {
             pending,
             preparing,
             threads,
-            compiled: Mutex::new(kept),
+            networks,
+            compiled: Mutex::new(Vec::new()),
             backend,
             max_pixels: crate::config::DEFAULT_MAX_PIXELS,
         })
@@ -560,20 +438,13 @@ impl Engine {
 
     /// A request for background work (heatmaps), `batch` inputs per call.
     ///
-    /// Batch 1 is another request on the report network, the first one compiled and the
-    /// one kept (the throughput network under AUTO scheduling; no second copy of the
-    /// weights in memory; the runtime runs it between report inferences, and the heatmap
-    /// worker waits while reports are queued). A larger batch compiles the
-    /// model again for it, on one runtime thread so report inference keeps the other cores.
+    /// Batch 1 is one more request on the current report compilation (no second copy of
+    /// the weights in memory; the runtime runs it between report inferences, and the
+    /// heatmap worker waits while reports are queued). A larger batch compiles the model
+    /// again for it, on one runtime thread so report inference keeps the other cores.
     pub fn background_request(&self, batch: usize) -> Result<Box<dyn Request>, EngineError> {
         if batch == 1 {
-            let mut kept = self
-                .compiled
-                .lock()
-                .map_err(|_| EngineError::Model("compiled network lock poisoned".into()))?;
-            if let Some(report) = kept.first_mut() {
-                return Ok(report.request()?);
-            }
+            return Ok(Box::new(self.networks.on_current()?));
         }
         let mut backend = self
             .backend
@@ -617,48 +488,15 @@ fn cam_head(manifest: &Manifest) -> Option<Arc<CamHead>> {
     }
 }
 
-fn worker(mut own: Box<dyn Request>, shared: &Arc<Shared>) {
+fn worker(index: usize, shared: &Shared) {
     loop {
         let job = {
             let Ok(mut rx) = shared.rx.lock() else { return };
             rx.blocking_recv()
         };
         let Some(job) = job else { return };
-        let out = match &shared.solo {
-            Some(solo) => run_auto(&mut own, solo, shared, &job.input),
-            None => {
-                let _cores = shared.cores.read();
-                own.run_outputs(&job.input)
-            }
-        };
+        let out = shared.networks.run(index, &job.input, shared.report_work());
         shared.pending.fetch_sub(1, Ordering::Relaxed);
         let _ = job.reply.send(out);
     }
-}
-
-/// One image under AUTO scheduling: alone in the engine (nothing else queued, running or
-/// being decoded), on the latency request with every core to itself; else the burst
-/// releases the latency network and the image runs on this worker's throughput request.
-fn run_auto(
-    own: &mut Box<dyn Request>,
-    solo: &Solo,
-    shared: &Arc<Shared>,
-    input: &[f32],
-) -> Result<Outputs, BackendError> {
-    if shared.report_work() <= 1 {
-        let _cores = shared.cores.write();
-        let mut held = solo
-            .held
-            .lock()
-            .map_err(|_| BackendError::Infer("latency request poisoned".into()))?;
-        if let Some(latency) = held.as_mut() {
-            return latency.request.run_outputs(input);
-        }
-        drop(held);
-        Solo::compile_again_later(shared);
-        return own.run_outputs(input);
-    }
-    solo.release();
-    let _cores = shared.cores.read();
-    own.run_outputs(input)
 }

@@ -1,6 +1,6 @@
 //! The engine over a recording test backend: AUTO scheduling (an image alone runs on
-//! the latency-tuned request, a queue on the throughput requests, never both at once; a
-//! burst releases the latency network and a later image alone has it compiled again),
+//! the latency-tuned request, a queue on the throughput requests; one compilation alive at
+//! a time, swapped by the first image of a burst and by the first image alone after it),
 //! the heatmap request's network, and the report-work mark heatmaps wait for.
 
 use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
@@ -26,10 +26,9 @@ struct Log {
     throughput_now: AtomicUsize,
     overlap: AtomicUsize,
     max_throughput_now: AtomicUsize,
-    /// Compiled networks alive now, and the most alive during a run on a throughput
-    /// request.
+    /// Compiled networks alive now, and the most alive during any run.
     live: AtomicUsize,
-    max_live_in_throughput_run: AtomicUsize,
+    max_live_in_run: AtomicUsize,
 }
 
 struct Recording(Arc<Log>);
@@ -81,9 +80,9 @@ impl Request for RecRequest {
         let now = mine.fetch_add(1, Ordering::SeqCst) + 1;
         if self.1 == Mode::Throughput {
             log.max_throughput_now.fetch_max(now, Ordering::SeqCst);
-            log.max_live_in_throughput_run
-                .fetch_max(log.live.load(Ordering::SeqCst), Ordering::SeqCst);
         }
+        log.max_live_in_run
+            .fetch_max(log.live.load(Ordering::SeqCst), Ordering::SeqCst);
         if other.load(Ordering::SeqCst) > 0 || (self.1 == Mode::Latency && now > 1) {
             log.overlap.fetch_add(1, Ordering::SeqCst);
         }
@@ -119,6 +118,21 @@ fn engine(scheduling: Scheduling, precision: Precision) -> (Engine, Arc<Log>) {
     (e, log)
 }
 
+/// `threads` threads at once, each inferring `each` images one after the other.
+fn burst(e: &Arc<Engine>, threads: usize, each: usize) {
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let e = Arc::clone(e);
+            s.spawn(move || {
+                for _ in 0..each {
+                    e.infer_blocking(vec![0.0; e.manifest().input_len()])
+                        .unwrap();
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
     let (e, log) = engine(Scheduling::Auto, Precision::Bf16);
@@ -129,7 +143,8 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
             (Mode::Latency, Precision::Bf16)
         ]
     );
-    assert_eq!(log.live.load(Ordering::SeqCst), 2);
+    // The throughput compilation told how many workers; only the latency one is kept.
+    assert_eq!(log.live.load(Ordering::SeqCst), 1);
     assert_eq!(e.workers(), 3);
     assert_eq!(e.identity().precision, Precision::Bf16);
     // One image at a time: every run on the latency request.
@@ -141,17 +156,7 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
     assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 0);
     // A burst of 12 from 6 threads: most on the throughput requests, in parallel.
     let e = Arc::new(e);
-    std::thread::scope(|s| {
-        for _ in 0..6 {
-            let e = Arc::clone(&e);
-            s.spawn(move || {
-                for _ in 0..2 {
-                    e.infer_blocking(vec![0.0; e.manifest().input_len()])
-                        .unwrap();
-                }
-            });
-        }
-    });
+    burst(&e, 6, 2);
     let (lat, thr) = (
         log.latency_runs.load(Ordering::SeqCst),
         log.throughput_runs.load(Ordering::SeqCst),
@@ -167,12 +172,12 @@ fn auto_runs_a_lone_image_for_latency_and_a_queue_for_throughput() {
     eprintln!("auto scheduling: 3 lone images on the latency request; burst of 12: {} latency, {thr} throughput, up to {} in parallel", lat - 3, log.max_throughput_now.load(Ordering::SeqCst));
 }
 
-/// Under AUTO scheduling a burst releases the latency network: the throughput runs see one
-/// compiled network alive. Images alone soon after the burst run on a throughput request;
-/// the first one alone after [`LATENCY_AGAIN_AFTER`] has the latency network compiled
-/// again in the background, and the images after it run on it.
+/// Under AUTO scheduling one compilation is alive at every run. The first image of a
+/// burst swaps to the throughput compilation; images alone soon after the burst run on a
+/// throughput request; the first one alone after [`LATENCY_AGAIN_AFTER`] swaps back to the
+/// latency compilation. A report image decoded under its mark counts once.
 #[test]
-fn auto_releases_the_latency_network_for_a_burst_and_compiles_it_again_after() {
+fn auto_holds_one_compilation_and_swaps_for_a_burst_and_back_after() {
     let (e, log) = engine(Scheduling::Auto, Precision::F32);
     let input = vec![0.0; e.manifest().input_len()];
     e.infer_blocking(input.clone()).unwrap();
@@ -186,32 +191,14 @@ fn auto_releases_the_latency_network_for_a_burst_and_compiles_it_again_after() {
         .block_on(e.infer_prepared(input.clone(), mark))
         .unwrap();
     assert_eq!(log.latency_runs.load(Ordering::SeqCst), 2);
-    assert_eq!(log.live.load(Ordering::SeqCst), 2, "released for one image");
     assert_eq!(e.report_work(), 0);
     let e = Arc::new(e);
-    std::thread::scope(|s| {
-        for _ in 0..6 {
-            let (e, input) = (Arc::clone(&e), input.clone());
-            s.spawn(move || {
-                for _ in 0..3 {
-                    e.infer_blocking(input.clone()).unwrap();
-                }
-            });
-        }
-    });
+    burst(&e, 6, 3);
     assert!(log.throughput_runs.load(Ordering::SeqCst) >= 10);
-    assert_eq!(
-        log.max_live_in_throughput_run.load(Ordering::SeqCst),
-        1,
-        "a throughput run while the latency network was still held"
-    );
-    assert_eq!(
-        log.live.load(Ordering::SeqCst),
-        1,
-        "released after the burst"
-    );
     assert_eq!(log.overlap.load(Ordering::SeqCst), 0);
+    assert_eq!(log.live.load(Ordering::SeqCst), 1);
     // Alone right after the burst: a throughput request, nothing compiled.
+    let compiled = log.compiled.lock().unwrap().len();
     let (lat, thr) = (
         log.latency_runs.load(Ordering::SeqCst),
         log.throughput_runs.load(Ordering::SeqCst),
@@ -219,25 +206,21 @@ fn auto_releases_the_latency_network_for_a_burst_and_compiles_it_again_after() {
     e.infer_blocking(input.clone()).unwrap();
     assert_eq!(log.latency_runs.load(Ordering::SeqCst), lat);
     assert_eq!(log.throughput_runs.load(Ordering::SeqCst), thr + 1);
-    assert_eq!(log.compiled.lock().unwrap().len(), 2);
-    // Alone after the quiet period: compiled again in the background, then used.
+    assert_eq!(log.compiled.lock().unwrap().len(), compiled);
+    // Alone after the quiet period: the latency compilation again, at once.
     std::thread::sleep(LATENCY_AGAIN_AFTER + Duration::from_millis(50));
     e.infer_blocking(input.clone()).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while log.live.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(
-        *log.compiled.lock().unwrap(),
-        [
-            (Mode::Throughput, Precision::F32),
-            (Mode::Latency, Precision::F32),
-            (Mode::Latency, Precision::F32)
-        ]
-    );
-    e.infer_blocking(input).unwrap();
     assert_eq!(log.latency_runs.load(Ordering::SeqCst), lat + 1);
-    assert_eq!(log.live.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        log.compiled.lock().unwrap().last(),
+        Some(&(Mode::Latency, Precision::F32))
+    );
+    assert_eq!(log.live.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        log.max_live_in_run.load(Ordering::SeqCst),
+        1,
+        "two compilations were alive during a run"
+    );
 }
 
 #[test]
@@ -284,13 +267,21 @@ fn a_batch_of_one_for_heatmaps_shares_the_report_network_and_a_larger_one_compil
             (Mode::Throughput, Precision::F32)
         ]
     );
-    // With AUTO scheduling the shared one is the throughput network, compiled first and
-    // kept through bursts.
+    // With AUTO scheduling it follows the current compilation: latency while images come
+    // one at a time, throughput after a burst swapped to it; nothing compiled for it.
     let (e, log) = engine(Scheduling::Auto, Precision::F32);
+    let input = vec![0.0; e.manifest().input_len()];
     let mut shared = e.background_request(1).unwrap();
-    shared.run(&vec![0.0; e.manifest().input_len()]).unwrap();
+    shared.run(&input).unwrap();
     assert_eq!(log.compiled.lock().unwrap().len(), 2);
-    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 1);
+    let e = Arc::new(e);
+    burst(&e, 6, 3);
+    let thr = log.throughput_runs.load(Ordering::SeqCst);
+    assert!(thr >= 1, "the burst ran on the latency compilation only");
+    shared.run(&input).unwrap();
+    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), thr + 1);
+    assert_eq!(log.live.load(Ordering::SeqCst), 1);
 }
 
 #[test]

@@ -20,7 +20,8 @@
 //! - [`precision`]: f32, bf16, int8 and the CPU feature that decides their results;
 //!   [`int8`]: the quantized network `make models` builds; [`gate`]: a precision is
 //!   used only once gated against f32 on this CPU's feature.
-//! - [`engine`]: worker threads owning infer requests, fed by a bounded queue.
+//! - [`engine`]: worker threads fed by a bounded queue; [`networks`]: the compiled network
+//!   they run, one at a time (AUTO scheduling swaps latency and throughput compilations).
 //! - [`findings`]: raw outputs → probabilities, thresholds, background classes.
 //! - [`analyse`]: one image file through all of the above (shared by daemon and CLI).
 //! - [`cam`]: class-activation heatmaps (Grad-CAM) from the last convolutional block,
@@ -52,6 +53,7 @@ pub mod heatmap;
 pub mod in_flight;
 pub mod int8;
 pub mod manifest;
+pub mod networks;
 pub mod openvino;
 pub mod precision;
 pub mod raster;

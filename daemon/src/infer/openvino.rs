@@ -56,10 +56,9 @@ pub fn load_runtime(path: &Path) -> Result<(), BackendError> {
 pub struct OpenVino {
     core: Core,
     device: String,
-    /// The network read last. A second compilation of the same network (the `AUTO` hint's
-    /// latency-tuned network beside its throughput-tuned one) starts from it, so both
-    /// compiled networks share the read network's constants instead of each reading and
-    /// mapping the weights again (about 24 MiB less for the INT8 network).
+    /// The network read last. A later compilation of the same network (the `AUTO` hint's
+    /// swaps between its latency- and throughput-tuned compilations) starts from it, so
+    /// the weights are read and mapped once, not at every swap.
     last_read: Option<ReadNetwork>,
 }
 
