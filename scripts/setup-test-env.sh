@@ -15,6 +15,7 @@ apt_packages=(
     dcmtk dicom3tools orthanc mosquitto mosquitto-clients
     make cmake g++ libubootenv-tool u-boot-tools grub-common procps
     openssl ca-certificates python3-venv curl chromium chromium-driver
+    systemd
 )
 
 log() { printf 'setup-test-env: %s\n' "$*" >&2; }
