@@ -129,7 +129,8 @@ mod tests {
     /// The Parametric Map keeps the saliency as 32-bit floats (clamped to 0–1, a value that
     /// is not a number written as 0), carries none of integer Pixel Data's attributes, and
     /// is stored and indexed like the other result objects (the header reader stops at the
-    /// Float Pixel Data).
+    /// Float Pixel Data), and is re-encoded for a retrieve in Implicit VR Little Endian with
+    /// the same values.
     #[test]
     fn the_parametric_map_keeps_the_saliency_as_floats_and_is_indexed() {
         use dicom_dictionary_std::tags;
@@ -180,6 +181,29 @@ mod tests {
         ] {
             assert!(back.element_opt(absent).unwrap().is_none(), "{absent}");
         }
+        // A retrieve by a peer that takes Implicit VR Little Endian only re-encodes it with
+        // the same floats.
+        let payload = crate::qr::payload::load(
+            store.root(),
+            &rec,
+            crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            crate::config::DEFAULT_MAX_PIXELS,
+        )
+        .unwrap();
+        let crate::qr::payload::Payload::Transcoded(bytes) = payload else {
+            panic!("not re-encoded");
+        };
+        let implicit = dicom_object::InMemDicomObject::read_dataset_with_ts(
+            bytes.as_slice(),
+            &dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        let floats = implicit
+            .element(tags::FLOAT_PIXEL_DATA)
+            .unwrap()
+            .to_multi_float32()
+            .unwrap();
+        assert_eq!(floats, [0.0, 0.25, 1.0, 0.0, 1.0, 0.0]);
     }
 
     #[test]
