@@ -180,15 +180,23 @@ impl Networks {
             Ok(c) => {
                 *current = Some(c);
                 if former.is_some() {
-                    log::debug!(
-                        "inference: {mode:?} compilation in {} ms",
+                    let why = match mode {
+                        Mode::Throughput => "images wait",
+                        Mode::Latency => "images come one at a time again",
+                    };
+                    log::info!(
+                        "inference: {why}: network compiled for {} in {} ms",
+                        mode.as_str(),
                         start.elapsed().as_millis()
                     );
                 }
                 Ok(())
             }
             Err(e) => {
-                log::error!("inference: cannot compile the network for {mode:?}: {e}");
+                log::error!(
+                    "inference: cannot compile the network for {}: {e}",
+                    mode.as_str()
+                );
                 if let Some(back) = former {
                     *current = self.current_for(back).ok();
                 }
