@@ -204,7 +204,9 @@ fn the_watchdog_starves_while_a_stage_is_stuck_and_is_fed_when_it_carries_on() {
         return;
     };
     let pings = watchdog_pings(&sock, Duration::from_secs(20));
-    let gaps = silences(&pings, Duration::from_millis(1000));
+    // The stall silences the pings for about 4 s; a machine under load may delay a ping
+    // by a second or so, which is not what this test looks for.
+    let gaps = silences(&pings, Duration::from_millis(2000));
     eprintln!("watchdog silences (start, length) while a stage was stuck: {gaps:?}");
     let log = d.log();
     assert_eq!(gaps.len(), 1, "{gaps:?} in {pings:?}; log:\n{log}");
