@@ -29,6 +29,8 @@ struct Log {
     /// Compiled networks alive now, and the most alive during any run.
     live: AtomicUsize,
     max_live_in_run: AtomicUsize,
+    /// Compilations for this mode fail.
+    failing: Mutex<Option<Mode>>,
 }
 
 struct Recording(Arc<Log>);
@@ -44,6 +46,9 @@ impl Backend for Recording {
         _m: &Manifest,
         o: CompileOptions,
     ) -> Result<Box<dyn Compiled>, BackendError> {
+        if *self.0.failing.lock().unwrap() == Some(o.mode) {
+            return Err(BackendError::Compile("out of memory (injected)".into()));
+        }
         if let Ok(mut c) = self.0.compiled.lock() {
             c.push((o.mode, o.precision));
         }
@@ -221,6 +226,34 @@ fn auto_holds_one_compilation_and_swaps_for_a_burst_and_back_after() {
         1,
         "two compilations were alive during a run"
     );
+}
+
+/// A swap whose compilation fails puts the former compilation back: the burst's images
+/// all run (on the latency request) and the swap is not tried again image after image; a
+/// burst after [`LATENCY_AGAIN_AFTER`] swaps once compiling works again.
+#[test]
+fn a_failed_swap_keeps_the_former_compilation_and_loses_no_image() {
+    let (e, log) = engine(Scheduling::Auto, Precision::F32);
+    *log.failing.lock().unwrap() = Some(Mode::Throughput);
+    let e = Arc::new(e);
+    burst(&e, 6, 2);
+    assert_eq!(log.latency_runs.load(Ordering::SeqCst), 12);
+    assert_eq!(log.throughput_runs.load(Ordering::SeqCst), 0);
+    assert_eq!(log.live.load(Ordering::SeqCst), 1);
+    // One failed attempt and the latency compilation put back, not one per image.
+    assert_eq!(
+        *log.compiled.lock().unwrap(),
+        [
+            (Mode::Throughput, Precision::F32),
+            (Mode::Latency, Precision::F32),
+            (Mode::Latency, Precision::F32)
+        ]
+    );
+    *log.failing.lock().unwrap() = None;
+    std::thread::sleep(LATENCY_AGAIN_AFTER);
+    burst(&e, 6, 2);
+    assert!(log.throughput_runs.load(Ordering::SeqCst) >= 1);
+    assert_eq!(log.max_live_in_run.load(Ordering::SeqCst), 1);
 }
 
 #[test]

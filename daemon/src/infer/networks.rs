@@ -77,6 +77,8 @@ pub struct Networks {
     workers: usize,
     /// When an image of a burst last ran (AUTO).
     last_burst: Mutex<Option<Instant>>,
+    /// When a swap last failed: none is tried again for [`LATENCY_AGAIN_AFTER`].
+    failed_at: Mutex<Option<Instant>>,
     /// Heatmap work asked for a request on the current compilation.
     background_wanted: AtomicBool,
 }
@@ -96,6 +98,7 @@ impl Networks {
             auto,
             workers: 1,
             last_burst: Mutex::new(None),
+            failed_at: Mutex::new(None),
             background_wanted: AtomicBool::new(false),
         };
         if auto {
@@ -126,8 +129,10 @@ impl Networks {
         input: &[f32],
         report_work: usize,
     ) -> Result<Outputs, BackendError> {
-        if self.auto {
-            self.adapt(report_work)?;
+        // A swap that failed was logged and put the former compilation back: the image
+        // runs on that one (it fails only when there is none).
+        if self.auto && self.adapt(report_work).is_err() {
+            log::debug!("inference: running on the compilation held");
         }
         let current = self.current.read().map_err(|_| poisoned())?;
         let current = current
@@ -153,7 +158,13 @@ impl Networks {
         }
         let quiet = last.is_none_or(|at| at.elapsed() >= LATENCY_AGAIN_AFTER);
         drop(last);
+        let failed_lately = self
+            .failed_at
+            .lock()
+            .map_err(|_| poisoned())?
+            .is_some_and(|at| at.elapsed() < LATENCY_AGAIN_AFTER);
         match (self.mode(), alone) {
+            (Some(_), _) if failed_lately => Ok(()),
             (Some(Mode::Latency), false) => self.swap(Mode::Throughput),
             (Some(Mode::Throughput), true) if quiet => self.swap(Mode::Latency),
             (None, _) => self.swap(if alone {
@@ -167,7 +178,8 @@ impl Networks {
 
     /// Makes `mode` current: waits for runs on the current compilation to end, drops it,
     /// then compiles `mode` (never both in memory). When that fails, the former mode is
-    /// compiled again so work goes on, and the error is returned.
+    /// compiled again so work goes on, no swap is tried for [`LATENCY_AGAIN_AFTER`], and
+    /// the error is returned.
     fn swap(&self, mode: Mode) -> Result<(), BackendError> {
         let mut current = self.current.write().map_err(|_| poisoned())?;
         let former = current.as_ref().map(|c| c.mode);
@@ -197,6 +209,9 @@ impl Networks {
                     "inference: cannot compile the network for {}: {e}",
                     mode.as_str()
                 );
+                if let Ok(mut at) = self.failed_at.lock() {
+                    *at = Some(Instant::now());
+                }
                 if let Some(back) = former {
                     *current = self.current_for(back).ok();
                 }
