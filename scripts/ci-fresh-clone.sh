@@ -27,11 +27,14 @@ one_copy() {  # one_copy PARENT DEMO_SHARED(yes|no)
     trap 'rm -rf "$dir"' RETURN
     step "copy the checkout to $copy"
     mkdir -p "$copy"
-    # Everything but the release build, incremental caches, test executables and bulky
-    # benchmark output (the dependencies' compiled libraries are what saves the rebuild).
+    # Everything but the release build, incremental caches, test executables, bulky
+    # benchmark output and a fuzzer's working state (the dependencies' compiled libraries
+    # are what saves the rebuild).
     tar -C "$src" --exclude=./target/release --exclude="./target/*/incremental" \
         --exclude="./target/debug/deps/*-????????????????" \
-        --exclude=./bench/out --exclude=./duli-data -cf - . |
+        --exclude=./bench/out --exclude=./duli-data \
+        --exclude=./fuzz/target --exclude=./fuzz/grown --exclude=./fuzz/artifacts \
+        --exclude=./fuzz/logs -cf - . |
         tar -C "$copy" -xf -
     step "build the debug binary in $copy"
     (cd "$copy" && env -u CARGO_TARGET_DIR cargo build -q -p duli --bin duli)
