@@ -232,21 +232,16 @@ pub fn pixels(data: &[u8]) {
     }
     // The daemon decodes JPEG-LS and JPEG 2000 only in its confined child
     // (`decode_sandbox`), and refuses them without a `duli` executable to run it (the
-    // fuzzer). JPEG-LS is fuzzed here by calling the child's own decode. JPEG 2000 is not:
-    // the OpenJPEG translation frees every decoded tile through a null pointer, undefined
-    // behaviour that builds with debug assertions stop at, whatever the input (even the
-    // valid seeds), so every run would end at its first JPEG 2000 input. The pre-scan,
-    // header, budget and fragment checks above still run for it; the corpus replay in the
-    // test suite, which has the executable, decodes it in the child.
+    // fuzzer). Both are fuzzed here by calling the child's own decode in process. (JPEG
+    // 2000 was left out until the OpenJPEG translation stopped freeing null code-block
+    // buffers, undefined behaviour that builds with debug assertions stop at on any JPEG
+    // 2000 input: vendor/openjp2/DULI-CHANGES.md.)
     let ts = image.transfer_syntax();
     if crate::infer::decode_sandbox::is_sandboxed(ts)
         && crate::infer::decode_sandbox::decoder_exe().is_none()
     {
-        let jpeg_ls = matches!(ts, "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81");
-        if jpeg_ls {
-            if let Ok(gray) = image.decode_in_process() {
-                let _ = crate::infer::tensor::input_tensor(&gray, input_spec());
-            }
+        if let Ok(gray) = image.decode_in_process() {
+            let _ = crate::infer::tensor::input_tensor(&gray, input_spec());
         }
         return;
     }
