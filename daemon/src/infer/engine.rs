@@ -10,7 +10,7 @@
 //! compiled copy of the weights in memory); the heatmap worker waits while report images
 //! are decoded or inferred ([`Engine::report_work`]).
 
-use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Outputs, Request};
+use super::backend::{Backend, BackendError, Compiled, Mode, Outputs, Request};
 use super::cam::{self, CamHead};
 use super::gate::{self, Network};
 use super::manifest::{Manifest, ManifestError};
@@ -23,8 +23,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Images waiting per worker before senders wait (back-pressure).
 const QUEUE_PER_WORKER: usize = 2;
-
-pub use super::networks::LATENCY_AGAIN_AFTER;
 
 /// Why the engine cannot start or run.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,7 +47,8 @@ impl From<ManifestError> for EngineError {
 /// State the workers share.
 struct Shared {
     rx: Mutex<mpsc::Receiver<Job>>,
-    pending: Arc<AtomicUsize>,
+    /// Images queued or running.
+    pending: AtomicUsize,
     /// Report images being decoded (see [`Engine::preparing`]).
     preparing: Arc<AtomicUsize>,
     networks: Arc<Networks>,
@@ -134,21 +133,14 @@ pub struct EngineOptions {
 /// A loaded model with its workers. Cheap to share behind an `Arc`.
 pub struct Engine {
     manifest: Arc<Manifest>,
-    /// The manifest whose `file` is the network run (the INT8 IR for int8).
-    network: Manifest,
-    precision: Precision,
     identity: ModelIdentity,
     tx: Option<mpsc::Sender<Job>>,
-    workers: usize,
-    pending: Arc<AtomicUsize>,
-    /// Report images being decoded for this engine (see [`Engine::preparing`]).
-    preparing: Arc<AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// The report compilation(s) and their requests.
-    networks: Arc<Networks>,
+    /// The queue's receiver, the report-work counters and the compiled network, shared
+    /// with the workers.
+    shared: Arc<Shared>,
     // Heatmap networks of batch > 1 live as long as the requests made from them.
     compiled: Mutex<Vec<Box<dyn Compiled>>>,
-    backend: Arc<Mutex<Box<dyn Backend>>>,
     max_pixels: u64,
     /// The head class-activation maps are computed with (`[heatmap] method = "cam"`).
     cam: Option<Arc<CamHead>>,
@@ -158,7 +150,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("identity", &self.identity)
-            .field("workers", &self.workers)
+            .field("workers", &self.workers())
             .finish_non_exhaustive()
     }
 }
@@ -260,10 +252,9 @@ impl Engine {
             Scheduling::Throughput | Scheduling::Auto => Mode::Throughput,
         };
         let name = backend.name();
-        let backend = Arc::new(Mutex::new(backend));
         let networks = Arc::new(Networks::new(
             Compiler {
-                backend: Arc::clone(&backend),
+                backend: Mutex::new(backend),
                 network: options.network.manifest.clone(),
                 precision,
             },
@@ -272,13 +263,11 @@ impl Engine {
         )?);
         let workers = networks.workers();
         let (tx, rx) = mpsc::channel::<Job>(workers * QUEUE_PER_WORKER);
-        let pending = Arc::new(AtomicUsize::new(0));
-        let preparing = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             rx: Mutex::new(rx),
-            pending: Arc::clone(&pending),
-            preparing: Arc::clone(&preparing),
-            networks: Arc::clone(&networks),
+            pending: AtomicUsize::new(0),
+            preparing: Arc::new(AtomicUsize::new(0)),
+            networks,
         });
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -319,17 +308,11 @@ impl Engine {
         Ok(Engine {
             cam,
             manifest: Arc::new(manifest),
-            network: options.network.manifest,
-            precision,
             identity,
             tx: Some(tx),
-            workers,
-            pending,
-            preparing,
             threads,
-            networks,
+            shared,
             compiled: Mutex::new(Vec::new()),
-            backend,
             max_pixels: crate::config::DEFAULT_MAX_PIXELS,
         })
     }
@@ -356,25 +339,25 @@ impl Engine {
 
     /// Number of worker threads (infer requests).
     pub fn workers(&self) -> usize {
-        self.workers
+        self.shared.networks.workers()
     }
 
     /// Images queued or running now.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.shared.pending.load(Ordering::Relaxed)
     }
 
     /// Marks a report image as being decoded for this engine until the guard is dropped,
     /// so background work (heatmaps) waits for it as for queued inference.
     pub fn preparing(&self) -> Preparing {
-        self.preparing.fetch_add(1, Ordering::Relaxed);
-        Preparing(Arc::clone(&self.preparing))
+        self.shared.preparing.fetch_add(1, Ordering::Relaxed);
+        Preparing(Arc::clone(&self.shared.preparing))
     }
 
     /// Report work now: images being decoded, queued or running. Background work waits
     /// while there is any.
     pub fn report_work(&self) -> usize {
-        self.preparing.load(Ordering::Relaxed) + self.pending()
+        self.shared.report_work()
     }
 
     /// Runs one batch-1 input; waits for queue space (back-pressure), then for the result.
@@ -406,10 +389,10 @@ impl Engine {
     ) -> Result<Outputs, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.shared.pending.fetch_add(1, Ordering::Relaxed);
         drop(mark);
         if tx.send(Job { input, reply }).await.is_err() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Stopped);
         }
         rx.await
@@ -426,9 +409,9 @@ impl Engine {
     pub fn infer_outputs_blocking(&self, input: Vec<f32>) -> Result<Outputs, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.shared.pending.fetch_add(1, Ordering::Relaxed);
         if tx.blocking_send(Job { input, reply }).is_err() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Stopped);
         }
         rx.blocking_recv()
@@ -444,21 +427,9 @@ impl Engine {
     /// again for it, on one runtime thread so report inference keeps the other cores.
     pub fn background_request(&self, batch: usize) -> Result<Box<dyn Request>, EngineError> {
         if batch == 1 {
-            return Ok(Box::new(self.networks.on_current()?));
+            return Ok(Box::new(self.shared.networks.on_current()?));
         }
-        let mut backend = self
-            .backend
-            .lock()
-            .map_err(|_| EngineError::Model("backend lock poisoned".into()))?;
-        let mut compiled = backend.compile(
-            &self.network,
-            CompileOptions {
-                batch,
-                background: true,
-                precision: self.precision,
-                mode: Mode::Throughput,
-            },
-        )?;
+        let mut compiled = self.shared.networks.compiler().compile_background(batch)?;
         let request = compiled.request()?;
         if let Ok(mut keep) = self.compiled.lock() {
             keep.push(compiled);

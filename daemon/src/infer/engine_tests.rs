@@ -4,9 +4,10 @@
 //! the heatmap request's network, and the report-work mark heatmaps wait for.
 
 use super::backend::{Backend, BackendError, CompileOptions, Compiled, Mode, Request};
-use super::engine::{Engine, EngineOptions, Scheduling, LATENCY_AGAIN_AFTER};
+use super::engine::{Engine, EngineOptions, Scheduling};
 use super::gate::Network;
 use super::manifest::Manifest;
+use super::networks::LATENCY_AGAIN_AFTER;
 use super::precision::Precision;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

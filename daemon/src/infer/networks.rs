@@ -30,30 +30,42 @@ pub const LATENCY_AGAIN_AFTER: Duration = if cfg!(test) {
 
 /// What compiles the network: the backend, the network and its precision.
 pub struct Compiler {
-    /// The runtime (shared with the engine's background compilations).
-    pub backend: Arc<Mutex<Box<dyn Backend>>>,
-    /// The manifest of the network run.
+    /// The runtime.
+    pub backend: Mutex<Box<dyn Backend>>,
+    /// The manifest of the network run (the INT8 IR's for int8).
     pub network: Manifest,
     /// Its precision.
     pub precision: Precision,
 }
 
 impl Compiler {
-    /// Compiles the network at batch 1 for report inference, tuned for `mode`.
-    fn compile(&self, mode: Mode) -> Result<Box<dyn Compiled>, BackendError> {
+    fn compile_with(&self, options: CompileOptions) -> Result<Box<dyn Compiled>, BackendError> {
         let mut backend = self
             .backend
             .lock()
             .map_err(|_| BackendError::Compile("backend lock poisoned".into()))?;
-        backend.compile(
-            &self.network,
-            CompileOptions {
-                batch: 1,
-                background: false,
-                precision: self.precision,
-                mode,
-            },
-        )
+        backend.compile(&self.network, options)
+    }
+
+    /// Compiles the network at batch 1 for report inference, tuned for `mode`.
+    fn compile(&self, mode: Mode) -> Result<Box<dyn Compiled>, BackendError> {
+        self.compile_with(CompileOptions {
+            batch: 1,
+            background: false,
+            precision: self.precision,
+            mode,
+        })
+    }
+
+    /// Compiles the network for background work (heatmaps) of `batch` inputs per call, on
+    /// one runtime thread so report inference keeps the other cores.
+    pub fn compile_background(&self, batch: usize) -> Result<Box<dyn Compiled>, BackendError> {
+        self.compile_with(CompileOptions {
+            batch,
+            background: true,
+            precision: self.precision,
+            mode: Mode::Throughput,
+        })
     }
 }
 
@@ -115,6 +127,11 @@ impl Networks {
         Ok(networks)
     }
 
+    /// What compiles the network (also for background work of a larger batch).
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
+    }
+
     /// Worker threads (report requests of the throughput compilation, or of the only one).
     pub fn workers(&self) -> usize {
         self.workers
@@ -158,13 +175,7 @@ impl Networks {
         }
         let quiet = last.is_none_or(|at| at.elapsed() >= LATENCY_AGAIN_AFTER);
         drop(last);
-        let failed_lately = self
-            .failed_at
-            .lock()
-            .map_err(|_| poisoned())?
-            .is_some_and(|at| at.elapsed() < LATENCY_AGAIN_AFTER);
         match (self.mode(), alone) {
-            (Some(_), _) if failed_lately => Ok(()),
             (Some(Mode::Latency), false) => self.swap(Mode::Throughput),
             (Some(Mode::Throughput), true) if quiet => self.swap(Mode::Latency),
             (None, _) => self.swap(if alone {
@@ -185,6 +196,15 @@ impl Networks {
         let former = current.as_ref().map(|c| c.mode);
         if former == Some(mode) {
             return Ok(()); // another worker swapped meanwhile
+        }
+        // Checked under the lock, so workers that all saw the need at once try once.
+        let failed_lately = self
+            .failed_at
+            .lock()
+            .map_err(|_| poisoned())?
+            .is_some_and(|at| at.elapsed() < LATENCY_AGAIN_AFTER);
+        if failed_lately && former.is_some() {
+            return Ok(());
         }
         drop(current.take());
         let start = Instant::now();
