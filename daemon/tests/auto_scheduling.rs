@@ -34,6 +34,12 @@ fn done_rows(s: &ConsoleSession, d: &Daemon, n: usize, timeout: Duration) -> Vec
     }
 }
 
+/// Fails unless the daemon's log says `line` (within a few seconds).
+fn assert_logged(d: &Daemon, line: &str) {
+    let log = d.log_once_it_holds(line, Duration::from_secs(10));
+    assert!(log.contains(line), "{line:?} not in the log:\n{log}");
+}
+
 /// The pneumonia probability of the study of `patient_id`.
 fn probability(s: &ConsoleSession, rows: &[Value], patient_id: &str) -> f64 {
     let row = rows
@@ -93,12 +99,7 @@ fn auto_scheduling_swaps_for_a_burst_and_back_and_the_results_agree() {
         }
     });
     let rows = done_rows(&s, &d, BURST, Duration::from_secs(240));
-    assert!(
-        d.log()
-            .contains("images wait: network compiled for THROUGHPUT"),
-        "no swap to the throughput compilation:\n{}",
-        d.log()
-    );
+    assert_logged(&d, "images wait: network compiled for THROUGHPUT");
     let in_burst = probability(&s, &rows, "B0P0000");
 
     // Alone, after the quiet period: back to the latency compilation.
@@ -107,11 +108,9 @@ fn auto_scheduling_swaps_for_a_burst_and_back_and_the_results_agree() {
         .unwrap()
         .assert_success("storescu");
     let rows = done_rows(&s, &d, BURST + 1, Duration::from_secs(120));
-    assert!(
-        d.log()
-            .contains("images come one at a time again: network compiled for LATENCY"),
-        "no swap back to the latency compilation:\n{}",
-        d.log()
+    assert_logged(
+        &d,
+        "images come one at a time again: network compiled for LATENCY",
     );
     let by_itself = probability(&s, &rows, "LP0000");
     assert!(

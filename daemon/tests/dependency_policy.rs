@@ -4,17 +4,13 @@
 //! the workspace, carries a licence expression the allow list satisfies, and no
 //! workspace manifest asks for a wildcard version.
 
+mod common;
+
+use common::{repo_root, run};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("daemon lives in the workspace")
-        .to_path_buf()
-}
+use std::time::Duration;
 
 fn deny() -> toml::Value {
     let text = std::fs::read_to_string(repo_root().join("deny.toml")).unwrap();
@@ -25,24 +21,26 @@ fn deny() -> toml::Value {
 /// asked for the manifests of crates only the other target builds).
 fn metadata(target: &str) -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo_root())
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--locked",
-            "--filter-platform",
-            target,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo metadata: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root()).args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--locked",
+        "--filter-platform",
+        target,
+    ]);
+    let out = run(&mut cmd, Duration::from_secs(600));
+    out.assert_success("cargo metadata");
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// The strings of the TOML array `v`.
+fn strings(v: &toml::Value) -> impl Iterator<Item = String> + '_ {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
 }
 
 /// Whether the SPDX expression `expr` is satisfied by `allowed` (AND, OR, WITH and
@@ -129,18 +127,8 @@ fn the_licence_expression_reader_follows_spdx() {
 #[test]
 fn every_dependency_is_from_crates_io_under_an_allowed_licence() {
     let policy = deny();
-    let allowed: HashSet<String> = policy["licenses"]["allow"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    let registries: Vec<String> = policy["sources"]["allow-registry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let allowed: HashSet<String> = strings(&policy["licenses"]["allow"]).collect();
+    let registries: Vec<String> = strings(&policy["sources"]["allow-registry"]).collect();
     let targets = policy["graph"]["targets"].as_array().unwrap();
     let mut checked = BTreeSet::new();
     for target in targets {

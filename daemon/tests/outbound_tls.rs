@@ -84,6 +84,26 @@ fn tls_destination(name: &str, aet: &str, port: u16, pki: &TestPki, client_cert:
     d
 }
 
+/// A push destination over TLS taking every result object, with `pki`'s CA and client
+/// certificate.
+fn tls_push_destination(name: &str, aet: &str, port: u16, pki: &TestPki) -> String {
+    format!(
+        "{{name = \"{name}\", ae_title = \"{aet}\", host = \"127.0.0.1\", port = {port}, \
+         push = true, result_objects = [\"sr\", \"pm\", \"sc\"], tls = true, \
+         tls_ca = {:?}, tls_cert = {:?}, tls_key = {:?}}}",
+        pki.ca_cert.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string()
+    )
+}
+
+/// The SOP classes of one report's result objects, sorted.
+const RESULT_CLASSES: [&str; 3] = [
+    "1.2.840.10008.5.1.4.1.1.30",    // Parametric Map
+    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
+];
+
 /// SOP Instance UIDs of the files storescp has written whole (a file it is still writing
 /// does not parse yet and is not counted).
 fn received(dir: &Path) -> Vec<String> {
@@ -236,16 +256,7 @@ fn pacs_push_over_dicom_tls_to_orthanc() {
     let Some(orthanc) = orthanc_tls(&pki) else {
         return;
     };
-    let destination = format!(
-        "{{name = \"pacs\", ae_title = \"{}\", host = \"127.0.0.1\", port = {}, \
-         push = true, result_objects = [\"sr\", \"pm\", \"sc\"], tls = true, \
-         tls_ca = {:?}, tls_cert = {:?}, tls_key = {:?}}}",
-        orthanc.aet,
-        orthanc.dicom_port,
-        pki.ca_cert.display().to_string(),
-        pki.client_cert.display().to_string(),
-        pki.client_key.display().to_string()
-    );
+    let destination = tls_push_destination("pacs", &orthanc.aet, orthanc.dicom_port, &pki);
     let d = Daemon::builder()
         .with_inference()
         .config("pacs", "destinations", &format!("[{destination}]"))
@@ -269,11 +280,7 @@ fn pacs_push_over_dicom_tls_to_orthanc() {
     classes.sort();
     assert_eq!(
         classes,
-        [
-            "1.2.840.10008.5.1.4.1.1.30",    // Parametric Map
-            "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
-            "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
-        ],
+        RESULT_CLASSES,
         "daemon log:\n{}\nOrthanc log:\n{}",
         d.log(),
         orthanc.process.log()
@@ -317,16 +324,7 @@ fn pacs_push_over_dicom_tls_delivers_every_result_object_and_keeps_refused_ones(
     };
     let (scp, out_dir, port) = storescp_tls(dir.path(), &pki);
 
-    let push = |name: &str, pki: &TestPki| {
-        format!(
-            "{{name = \"{name}\", ae_title = \"TLSSCP\", host = \"127.0.0.1\", port = {port}, \
-             push = true, result_objects = [\"sr\", \"pm\", \"sc\"], tls = true, \
-             tls_ca = {:?}, tls_cert = {:?}, tls_key = {:?}}}",
-            pki.ca_cert.display().to_string(),
-            pki.client_cert.display().to_string(),
-            pki.client_key.display().to_string()
-        )
-    };
+    let push = |name: &str, pki: &TestPki| tls_push_destination(name, "TLSSCP", port, pki);
     let d = Daemon::builder()
         .with_inference()
         .config(
@@ -347,11 +345,7 @@ fn pacs_push_over_dicom_tls_delivers_every_result_object_and_keeps_refused_ones(
     let classes = received_classes(out_dir.path());
     assert_eq!(
         classes,
-        [
-            "1.2.840.10008.5.1.4.1.1.30",    // Parametric Map
-            "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
-            "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
-        ],
+        RESULT_CLASSES,
         "daemon log:\n{}\nstorescp log:\n{}",
         d.log(),
         scp.log()

@@ -126,6 +126,21 @@ mod tests {
             .find(|p| p.is_file())
     }
 
+    /// A store in a temporary folder, the fixture report and its result UIDs.
+    fn fixture() -> (
+        tempfile::TempDir,
+        Store,
+        crate::report::Report,
+        uids::ResultUids,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let report = fixtures::report();
+        let key = crate::site_secret::SiteSecret::from_bytes(&[6u8; 32]);
+        let uids = uids::ResultUids::new("2.25.", &report.report_id, &key);
+        (dir, store, report, uids)
+    }
+
     /// The Parametric Map keeps the saliency as 32-bit floats (clamped to 0–1, a value that
     /// is not a number written as 0), carries none of integer Pixel Data's attributes, and
     /// is stored and indexed like the other result objects (the header reader stops at the
@@ -134,11 +149,7 @@ mod tests {
     #[test]
     fn the_parametric_map_keeps_the_saliency_as_floats_and_is_indexed() {
         use dicom_dictionary_std::tags;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let report = fixtures::report();
-        let key = crate::site_secret::SiteSecret::from_bytes(&[6u8; 32]);
-        let uids = uids::ResultUids::new("2.25.", &report.report_id, &key);
+        let (_dir, store, report, uids) = fixture();
         let source = parametric_map::Source {
             sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(),
             sop_instance: "1.2.826.0.1.3680043.8.498.1.1.1".into(),
@@ -208,11 +219,7 @@ mod tests {
 
     #[test]
     fn sr_and_sc_are_stored_indexed_and_parse_with_dcmtk() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let report = fixtures::report();
-        let key = crate::site_secret::SiteSecret::from_bytes(&[6u8; 32]);
-        let uids = uids::ResultUids::new("2.25.", &report.report_id, &key);
+        let (dir, store, report, uids) = fixture();
         let source = InstanceRecord {
             sop_instance_uid: "1.2.826.0.1.3680043.8.498.1.1.1".into(),
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
