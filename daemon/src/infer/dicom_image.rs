@@ -79,9 +79,7 @@ pub fn check_pixel_budget(obj: &InMemDicomObject, limit: u64) -> Result<(), TooM
 pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<(), DicomImageError> {
     let summary =
         crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
+    let header = crate::store::header::open_header(path)
         .map_err(|e| DicomImageError::Open(e.to_string()))?;
     check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
     check_pixel_data_size(&header, &summary)
@@ -261,9 +259,7 @@ impl DicomImage {
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
         // Native pixel data stays in the file (read a row at a time when decoded);
         // anything else is loaded whole, once its size is held to the image attributes.
-        let header = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(path)
+        let header = crate::store::header::open_header(path)
             .map_err(|e| DicomImageError::Open(e.to_string()))?;
         if let Some(limit) = max_pixels {
             check_pixel_budget(&header, limit)

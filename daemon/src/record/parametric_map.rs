@@ -10,7 +10,7 @@ use crate::results::uids::ResultUids;
 use crate::store::Store;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
+use dicom_object::{FileDicomObject, InMemDicomObject};
 
 /// Builds the Parametric Map of `report` from the heatmap PNG `png_path` (relative to the
 /// data directory) of image `sop_uid`, made by the appliance `device_serial`.
@@ -59,12 +59,12 @@ pub fn source(store: &Store, sop_uid: &str) -> Result<Source, ObjectError> {
     let inst = store
         .instance(sop_uid)?
         .ok_or_else(|| ObjectError::NotStored(sop_uid.to_string()))?;
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(store.root().join(&inst.path))
-        .map_err(|source| ObjectError::Header {
-            sop_uid: sop_uid.to_string(),
-            source: Box::new(source),
+    let obj =
+        crate::store::header::open_header(&store.root().join(&inst.path)).map_err(|source| {
+            ObjectError::Header {
+                sop_uid: sop_uid.to_string(),
+                source: Box::new(source),
+            }
         })?;
     let text = |tag: Tag| -> String {
         obj.element_opt(tag)

@@ -56,15 +56,21 @@ pub struct Header {
     pub study: StudyRecord,
 }
 
+/// Opens the Part 10 file at `path` up to its pixels: reading stops at the first pixel data
+/// element of any kind (Float Pixel Data (7FE0,0008) and Double Float Pixel Data
+/// (7FE0,0009) come before Pixel Data (7FE0,0010)), so no pixel value, whatever its size,
+/// is loaded with the header. Every header read of a stored file goes through it, after
+/// the bounded pre-scan ([`crate::dataset_guard::check_file`]).
+pub fn open_header(path: &Path) -> Result<DefaultDicomObject, dicom_object::ReadError> {
+    OpenFileOptions::new()
+        .read_until(tags::FLOAT_PIXEL_DATA)
+        .open_file(path)
+}
+
 /// Parses the header of the Part 10 file at `path`, after the bounded pre-scan.
 pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
     crate::dataset_guard::check_file(path)?;
-    // Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009) come before
-    // Pixel Data (7FE0,0010): reading stops at the first of any of them.
-    let obj = OpenFileOptions::new()
-        .read_until(tags::FLOAT_PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| HeaderError::Parse(e.to_string()))?;
+    let obj = open_header(path).map_err(|e| HeaderError::Parse(e.to_string()))?;
     from_object(&obj)
 }
 
@@ -196,6 +202,22 @@ mod tests {
 
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
+    /// A Part 10 file of SOP class `class`, instance 1.2.3.4, around the explicit VR LE
+    /// data set `ds`.
+    fn part10(class: &str, ds: &[u8]) -> Vec<u8> {
+        let meta = dicom_object::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(class)
+            .media_storage_sop_instance_uid("1.2.3.4")
+            .transfer_syntax(EXPLICIT_LE)
+            .build()
+            .unwrap();
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        meta.write(&mut file).unwrap();
+        file.extend_from_slice(ds);
+        file
+    }
+
     #[test]
     fn uids_that_could_name_paths_are_refused() {
         assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.1.1"));
@@ -239,21 +261,47 @@ mod tests {
             ds.extend(fixtures::short(0x0010, 0x0010, b"PN", &name));
             ds.extend(fixtures::short(0x0020, 0x000D, b"UI", b"1.2.3\0"));
             ds.extend(fixtures::short(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
-            let meta = dicom_object::FileMetaTableBuilder::new()
-                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.1")
-                .media_storage_sop_instance_uid("1.2.3.4")
-                .transfer_syntax(EXPLICIT_LE)
-                .build()
-                .unwrap();
-            let mut file = vec![0u8; 128];
-            file.extend_from_slice(b"DICM");
-            meta.write(&mut file).unwrap();
-            file.extend(ds);
             let path = dir.path().join("names.dcm");
-            std::fs::write(&path, file).unwrap();
+            std::fs::write(&path, part10("1.2.840.10008.5.1.4.1.1.1", &ds)).unwrap();
             let h = read_header(&path).unwrap();
             assert_eq!(h.study.patient_name, expected);
         }
+    }
+
+    /// A stored file that carries Float Pixel Data (a peer's, or our Parametric Map): the
+    /// header read stops before it, whatever its size, and the file is indexed; with more
+    /// float bytes than the header budget the pre-scan refuses it before any parse.
+    #[test]
+    fn float_pixel_data_is_not_read_with_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ds = fixtures::short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.30\0");
+        ds.extend(fixtures::short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+        ds.extend(fixtures::short(0x0020, 0x000D, b"UI", b"1.2.3\0"));
+        ds.extend(fixtures::short(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
+        let floats = 1024 * 1024;
+        ds.extend(fixtures::long_header(0x7FE0, 0x0008, b"OF", floats * 4));
+        ds.extend(vec![0u8; floats as usize * 4]);
+        let path = dir.path().join("float.dcm");
+        std::fs::write(&path, part10("1.2.840.10008.5.1.4.1.1.30", &ds)).unwrap();
+        let header = open_header(&path).unwrap();
+        assert!(header
+            .element_opt(tags::FLOAT_PIXEL_DATA)
+            .unwrap()
+            .is_none());
+        assert!(header
+            .element_opt(tags::SERIES_INSTANCE_UID)
+            .unwrap()
+            .is_some());
+        let h = read_header(&path).unwrap();
+        assert_eq!(h.instance.sop_instance_uid, "1.2.3.4");
+
+        // Float values past the header budget: refused by the pre-scan.
+        let over = (crate::dataset_guard::MAX_HEADER_BYTES / 4 + 1) as u32;
+        let mut big = ds[..ds.len() - floats as usize * 4 - 12].to_vec();
+        big.extend(fixtures::long_header(0x7FE0, 0x0008, b"OF", over * 4));
+        big.extend(vec![0u8; over as usize * 4]);
+        std::fs::write(&path, part10("1.2.840.10008.5.1.4.1.1.30", &big)).unwrap();
+        assert!(matches!(read_header(&path), Err(HeaderError::Refused(_))));
     }
 
     #[test]

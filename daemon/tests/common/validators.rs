@@ -48,9 +48,13 @@ pub fn dciodvfy(dciodvfy: &Path, file: &Path) -> Findings {
             .map(String::from)
             .collect::<Vec<_>>()
     };
+    let (errors, warnings) = (
+        pick("Error", is_dciodvfy_defect),
+        pick("Warning", is_dciodvfy_term_gap),
+    );
     Findings {
-        errors: pick("Error", is_dciodvfy_defect),
-        warnings: pick("Warning", is_dciodvfy_term_gap),
-        text: text.clone(),
+        errors,
+        warnings,
+        text,
     }
 }
