@@ -1,0 +1,319 @@
+use super::dicom::all_permissions;
+use super::*;
+
+fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duli.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(
+        Some(&path),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn defaults_are_valid_and_loopback() {
+    let c = Config::load(None, Vec::new()).unwrap();
+    assert_eq!(c.dicom.ae_title, "DULI");
+    assert_eq!(c.dicom.port, 11112);
+    assert!(c.dicom.bind.is_loopback());
+    assert!(c.console.bind.is_loopback());
+    assert_eq!(c.console.port, 8443);
+    assert!(c.device.data_dir.is_absolute());
+    assert!(c.device.data_dir.ends_with("duli-data"));
+}
+
+#[test]
+fn env_overrides_scalars_and_lists() {
+    let c = load_str(
+        "[dicom]\nport = 104\n",
+        &[
+            ("DULI_DICOM__PORT", "4242"),
+            ("DULI_DICOM__QUIET_PERIOD", "0"),
+            ("DULI_MQTT__TLS", "false"),
+            ("DULI_DEVICE__SITE_ID", "hospital-a"),
+            (
+                "DULI_DICOM__ALLOWED_PEERS",
+                r#"[{ae_title = "MOD1", permissions = ["echo", "store"]}]"#,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.dicom.port, 4242);
+    assert_eq!(c.dicom.quiet_period, 0);
+    assert!(!c.mqtt.tls);
+    assert_eq!(c.device.site_id, "hospital-a");
+    assert_eq!(c.dicom.allowed_peers[0].ae_title, "MOD1");
+    assert_eq!(
+        c.dicom.allowed_peers[0].permissions,
+        vec![Permission::Echo, Permission::Store]
+    );
+}
+
+#[test]
+fn plain_port_and_certificate_bindings_are_checked() {
+    let err = |env: &[(&str, &str)]| match load_str("", env) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{env:?} accepted"),
+    };
+    // No port left at all.
+    assert!(err(&[("DULI_DICOM__PLAIN", "false")]).contains("dicom.plain"));
+    let fp = "AB:".repeat(31) + "AB";
+    let peers = format!(r#"[{{ae_title = "MOD1", cert_sha256 = "{fp}"}}]"#);
+    // A certificate binding needs the TLS port; a malformed fingerprint is named.
+    assert!(err(&[("DULI_DICOM__ALLOWED_PEERS", &peers)]).contains("needs dicom.tls"));
+    // HL7 namespace ids (MSH-4/5/6) are at most 20 characters.
+    let long_site = err(&[
+        ("DULI_HL7__ENABLED", "true"),
+        ("DULI_HL7__HOST", "ris.example"),
+        ("DULI_DEVICE__SITE_ID", "a-very-long-site-identifier"),
+    ]);
+    assert!(long_site.contains("MSH-4"), "{long_site}");
+    let long_app = err(&[("DULI_HL7__RECEIVING_APPLICATION", "RIS-WITH-A-LONG-NAME-X")]);
+    assert!(long_app.contains("hl7.receiving_application"), "{long_app}");
+    // With the TLS port but no CA, no client certificate is asked for.
+    let tls_without_ca = err(&[
+        ("DULI_DICOM__ALLOWED_PEERS", &peers),
+        ("DULI_DICOM__TLS", "true"),
+        ("DULI_DICOM__TLS_REQUIRE_CLIENT_CERT", "false"),
+    ]);
+    assert!(
+        tls_without_ca.contains("needs dicom.ca"),
+        "{tls_without_ca}"
+    );
+    let short = r#"[{ae_title = "MOD1", cert_sha256 = "abcd"}]"#;
+    assert!(
+        err(&[("DULI_DICOM__ALLOWED_PEERS", short)]).contains("dicom.allowed_peers[0].cert_sha256")
+    );
+    let c = load_str("", &[]).unwrap();
+    assert!(c.dicom.plain, "plain DICOM stays on by default");
+    let p = AllowedPeer {
+        ae_title: "MOD1".into(),
+        address: None,
+        permissions: all_permissions(),
+        cert_sha256: Some(fp),
+    };
+    assert_eq!(p.cert_fingerprint().unwrap(), "ab".repeat(32));
+}
+
+#[test]
+fn relative_paths_in_file_resolve_against_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duli.toml");
+    std::fs::write(&path, "[device]\ndata_dir = \"store\"\n").unwrap();
+    let c = Config::load(Some(&path), Vec::new()).unwrap();
+    assert_eq!(c.device.data_dir, dir.path().join("store"));
+    // the default model (not in the file) is wherever `locate` finds it
+    assert_eq!(
+        c.inference.model,
+        crate::locate::model_manifest().or_first()
+    );
+    assert!(c.inference.model.is_absolute());
+}
+
+#[test]
+fn an_environment_path_resolves_against_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duli.toml");
+    std::fs::write(&path, "[device]\ndata_dir = \"store\"\n").unwrap();
+    let env = vec![("DULI_DEVICE__DATA_DIR".to_string(), "elsewhere".to_string())];
+    let c = Config::load(Some(&path), env).unwrap();
+    assert_eq!(
+        c.device.data_dir,
+        std::env::current_dir().unwrap().join("elsewhere")
+    );
+}
+
+#[test]
+fn console_limits_have_defaults_and_are_checked() {
+    let c = load_str("", &[]).unwrap();
+    assert_eq!(c.console.max_connections_per_address, 64);
+    assert_eq!(c.console.header_read_timeout_secs, 10);
+    assert_eq!(c.console.max_uploads_per_user, 2);
+    let err = load_str(
+        "[console]\nmax_connections = 10\nmax_connections_per_address = 11\n\
+         header_read_timeout_secs = 0\nmax_uploads = 2\nmax_uploads_per_user = 3\n\
+         max_upload_mb = 0\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "console.max_connections_per_address",
+        "console.header_read_timeout_secs",
+        "console.max_uploads_per_user",
+        "console.max_upload_mb",
+    ] {
+        assert!(err.contains(key), "{key} not in {err}");
+    }
+    let c = load_str(
+        "[console]\nmax_connections_per_address = 4\nidle_timeout_secs = 5\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.console.max_connections_per_address,
+            c.console.idle_timeout_secs
+        ),
+        (4, 5)
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let err = load_str("[dicom]\nae_titel = \"X\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("ae_titel"), "{err}");
+    let err = load_str("[dicomm]\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("dicomm"), "{err}");
+}
+
+#[test]
+fn every_error_names_its_key() {
+    let err = load_str(
+        "[dicom]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"\nmax_associations = 0\nmax_instance_mb = 0\n[inference]\ndevice = \"TPU\"\nmax_pixels = 0\n",
+        &[],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for key in [
+        "dicom.ae_title",
+        "dicom.max_associations",
+        "dicom.max_instance_mb",
+        "inference.device",
+        "inference.max_pixels",
+    ] {
+        assert!(text.contains(key), "{key} missing in {text}");
+    }
+}
+
+#[test]
+fn pending_connection_bounds_are_validated() {
+    let c = Config::load(None, Vec::new()).unwrap();
+    assert_eq!(c.dicom.max_pending_connections, 512);
+    assert_eq!(c.dicom.max_pending_per_address, 32);
+    let c = load_str(
+        "[dicom]\nmax_pending_connections = 64\nmax_pending_per_address = 64\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.dicom.max_pending_per_address, 64);
+    for (text, key) in [
+        (
+            "max_pending_connections = 0",
+            "dicom.max_pending_connections",
+        ),
+        (
+            "max_pending_connections = 20000",
+            "dicom.max_pending_connections",
+        ),
+        (
+            "max_pending_per_address = 0",
+            "dicom.max_pending_per_address",
+        ),
+        (
+            "max_pending_per_address = 513",
+            "dicom.max_pending_per_address",
+        ),
+    ] {
+        let err = load_str(&format!("[dicom]\n{text}\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn firmware_section_parses_and_its_errors_name_the_key() {
+    let c = load_str(
+        "[firmware]\nbootloader = \"file\"\nboot_env_file = \"fw/bootenv\"\nhardware_id = \"test-hw\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.firmware.bootloader,
+        duli_firmware::config::Bootloader::File
+    );
+    assert!(c.firmware.boot_env_file.is_absolute());
+    assert!(c.firmware.boot_env_file.ends_with("fw/bootenv"));
+    assert_eq!(c.firmware.hardware_id, "test-hw");
+    // Renders and reloads.
+    assert!(c.to_toml().contains("[firmware]"));
+    let err = load_str(
+        "[firmware]\nboot_attempts = 0\nbooted_slot = \"C\"\nhardware_id = \"a b\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "firmware.boot_attempts",
+        "firmware.booted_slot",
+        "firmware.hardware_id",
+    ] {
+        assert!(err.contains(key), "{key} missing in {err}");
+    }
+    let err = load_str("[firmware]\nslot_c = \"/dev/x\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("slot_c"), "{err}");
+}
+
+#[test]
+fn destination_tls_needs_a_ca_and_a_cert_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let dest = |extra: &str| {
+        format!(
+            "[[pacs.destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\n\
+             host = \"pacs.example\"\nport = 2762\npush = true\n{extra}\n"
+        )
+    };
+    let keys = |text: &str| -> Vec<String> {
+        match load_str(text, &[]) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(errors)) => errors.into_iter().map(|e| e.key).collect(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let ok = dest(&format!(
+        "tls = true\ntls_ca = {:?}",
+        ca.display().to_string()
+    ));
+    assert_eq!(keys(&ok), Vec::<String>::new());
+    let cfg = load_str(&ok, &[]).unwrap();
+    let tls = cfg.pacs.destinations[0].outbound_tls().unwrap();
+    assert_eq!(tls.ca, ca);
+    assert_eq!(keys(&dest("tls = true")), ["pacs.destinations[0].tls_ca"]);
+    assert_eq!(
+        keys(&dest(&format!("tls_ca = {:?}", ca.display().to_string()))),
+        ["pacs.destinations[0].tls_ca"]
+    );
+    let cert_only = format!(
+        "tls = true\ntls_ca = {ca:?}\ntls_cert = {ca:?}",
+        ca = ca.display().to_string()
+    );
+    assert_eq!(keys(&dest(&cert_only)), ["pacs.destinations[0].tls_key"]);
+    assert_eq!(
+        load_str(&dest(""), &[]).unwrap().pacs.destinations[0].outbound_tls(),
+        None
+    );
+}
+
+#[test]
+fn each_destination_counts_its_own_refusals() {
+    let dest = |extra: &str| {
+        format!(
+            "[hl7]\nmax_rejections = 2\n[[pacs.destinations]]\nname = \"pacs\"\n\
+             ae_title = \"PACS\"\nhost = \"pacs.example\"\nport = 104\npush = true\n{extra}\n"
+        )
+    };
+    let cfg = load_str(&dest(""), &[]).unwrap();
+    assert_eq!(cfg.pacs.destinations[0].max_rejections, 5, "default");
+    assert_eq!(cfg.hl7.max_rejections, 2, "not the PACS's");
+    let cfg = load_str(&dest("max_rejections = 1"), &[]).unwrap();
+    assert_eq!(cfg.pacs.destinations[0].max_rejections, 1);
+    match load_str(&dest("max_rejections = 0"), &[]) {
+        Err(ConfigError::Invalid(errors)) => assert_eq!(
+            errors.into_iter().map(|e| e.key).collect::<Vec<_>>(),
+            ["pacs.destinations[0].max_rejections"]
+        ),
+        other => panic!("max_rejections = 0 accepted: {other:?}"),
+    }
+}
