@@ -11,6 +11,10 @@
 //! acknowledgement waits for [`Store::flush`].
 //!
 //! - [`files`]: the Part 10 file area; [`header`]: what the index keeps of a file's header.
+//! - [`instances`]: an instance indexed with its study, in one transaction (received or
+//!   generated), superseded copies removed, pruned pixel data marked.
+//! - [`states`]: the checked study state transitions and the count per state.
+//! - [`reindex`]: the index rebuilt from the files.
 //! - [`records`]: typed JSON record trees and the one decode-mutate-encode loop.
 //! - [`qr_index`]: the secondary query keys of the study records.
 //! - [`results`]: study results and the heatmap marks, committed with the study state.
@@ -21,18 +25,20 @@
 
 pub mod files;
 pub mod header;
+pub mod instances;
 pub mod liveness;
 pub mod outbox;
 pub mod qr_index;
 pub mod records;
+pub mod reindex;
 pub mod results;
+pub mod states;
 pub mod worklist;
 
-use crate::model::{InstanceRecord, StudyRecord, StudyState};
+use crate::model::{InstanceRecord, StudyRecord};
 use files::FileArea;
 use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
+use sled::transaction::TransactionError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -419,198 +425,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records an instance and updates its study, in one transaction. Not durable until
-    /// [`Store::flush`].
-    pub fn commit_instance(
-        &self,
-        instance: &InstanceRecord,
-        study_attrs: &StudyRecord,
-    ) -> Result<InstanceCommit, StoreError> {
-        self.commit_instance_with(instance, study_attrs, &[])
-    }
-
-    /// [`Store::commit_instance`] with `extra` writes in the same transaction.
-    fn commit_instance_with(
-        &self,
-        instance: &InstanceRecord,
-        study_attrs: &StudyRecord,
-        extra: &[ExtraWrite],
-    ) -> Result<InstanceCommit, StoreError> {
-        let inst_key = instance.sop_instance_uid.as_bytes();
-        let study_key = instance.study_instance_uid.as_bytes();
-        let link_key = link_key(&instance.study_instance_uid, &instance.sop_instance_uid);
-        let inst_val = encode(instance);
-        let (names, extra_trees) = self.extra_trees(extra)?;
-        let mut trees = vec![
-            &self.instances,
-            &self.studies,
-            &self.study_instances,
-            &self.qr_keys,
-        ];
-        trees.extend(extra_trees.iter());
-        let result = trees.as_slice().transaction(|views| {
-            let (instances, studies, links, qr_keys) = (&views[0], &views[1], &views[2], &views[3]);
-            let previous = instances.insert(inst_key, inst_val.as_slice())?;
-            let new_instance = previous.is_none();
-            // Only this box replaces what it generated (a resend of its own object).
-            if let Some(prev) = &previous {
-                if !instance.generated && is_generated(prev) {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Protected(
-                        instance.sop_instance_uid.clone(),
-                    )));
-                }
-            }
-            // A resend may move an instance to another study: unlink it from the old one,
-            // whose count and query keys follow (its file goes once this is durable, see
-            // `Store::remove_superseded`).
-            let mut left: Option<StudyRecord> = None;
-            if let Some(prev) = &previous {
-                if let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) {
-                    if prev.study_instance_uid != instance.study_instance_uid {
-                        let unlinked = links.remove(link_key_bytes(
-                            &prev.study_instance_uid,
-                            &prev.sop_instance_uid,
-                        ))?;
-                        let old_key = prev.study_instance_uid.as_bytes();
-                        let before = studies
-                            .get(old_key)?
-                            .and_then(|v| serde_json::from_slice::<StudyRecord>(&v).ok());
-                        if let (Some(_), Some(before)) = (unlinked, before) {
-                            let mut after = before.clone();
-                            after.instances = after.instances.saturating_sub(1);
-                            studies.insert(old_key, encode(&after))?;
-                            qr_index::update(qr_keys, Some(&before), &after)?;
-                            left = Some(after);
-                        }
-                    }
-                }
-            }
-            let old = match studies.get(study_key)? {
-                Some(v) => Some(serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
-                    ConflictableTransactionError::Abort(StoreError::Corrupt {
-                        key: instance.study_instance_uid.clone(),
-                        reason: e.to_string(),
-                    })
-                })?),
-                None => None,
-            };
-            let mut study = match &old {
-                Some(s) => s.clone(),
-                None => StudyRecord {
-                    study_instance_uid: instance.study_instance_uid.clone(),
-                    first_received: instance.received_at,
-                    ..Default::default()
-                },
-            };
-            header::merge_study(&mut study, study_attrs);
-            if links.insert(link_key.as_slice(), &[])?.is_none() {
-                study.instances += 1;
-            }
-            study.last_received = study.last_received.max(instance.received_at);
-            // New data reopens a study that was already analysed (result version n+1);
-            // the result objects this box adds to it do not.
-            if !instance.generated {
-                study.state = StudyState::Receiving;
-                study.error = None;
-            }
-            studies.insert(study_key, encode(&study))?;
-            qr_index::update(qr_keys, old.as_ref(), &study)?;
-            write_extra(&views[4..], &names, extra)?;
-            Ok((
-                InstanceCommit {
-                    new_instance,
-                    study,
-                },
-                left.clone(),
-            ))
-        });
-        let (commit, left) = unwrap_tx(result)?;
-        if commit.new_instance {
-            self.count.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(left) = left {
-            self.notify(Change::Study(Box::new(left)));
-        }
-        self.notify(Change::Study(Box::new(commit.study.clone())));
-        Ok(commit)
-    }
-
-    /// Places a complete, fsync'd file whose header was read, and indexes it in one
-    /// transaction (not durable until [`Store::flush`]). Received instances and the
-    /// objects this box generates both come in this way; `batches` commit in the same
-    /// transaction (a generated object's push entries).
-    pub fn place_and_commit(
-        &self,
-        staged: files::StagedFile,
-        header: &header::Header,
-        source_ae: &str,
-        generated: bool,
-        batches: &[outbox::Batch],
-    ) -> Result<InstanceRecord, StoreError> {
-        // Checked before the file is placed too: the placement would overwrite ours.
-        let sop = &header.instance.sop_instance_uid;
-        if !generated && self.instance(sop)?.is_some_and(|i| i.generated) {
-            return Err(StoreError::Protected(sop.clone()));
-        }
-        let extra = batch_writes(batches)?;
-        let size = staged.size();
-        let rel = self
-            .files
-            .place(
-                staged,
-                &header.instance.study_instance_uid,
-                &header.instance.sop_instance_uid,
-            )
-            .map_err(io_err("place the file"))?;
-        if generated {
-            self.note_generated(sop)?;
-        }
-        let mut rec = header.instance.clone();
-        rec.path = rel.to_string_lossy().to_string();
-        rec.size = size;
-        rec.received_at = crate::clock::now_secs();
-        rec.source_ae = source_ae.to_string();
-        // The caller says whether this box made it; a header claiming to come from this
-        // box proves nothing.
-        rec.generated = generated;
-        self.commit_instance_with(&rec, &header.study, &extra)?;
-        Ok(rec)
-    }
-
-    /// Removes the file of `previous`, an instance's record before it was sent again under
-    /// another study (see [`Store::place_and_commit`]), once the index no longer names that
-    /// file. Call it after [`Store::flush`]: until then a crash would bring the old record
-    /// back.
-    pub fn remove_superseded(&self, previous: &InstanceRecord) -> Result<(), StoreError> {
-        let now = self.instance(&previous.sop_instance_uid)?;
-        if now.is_some_and(|n| n.path != previous.path) {
-            match std::fs::remove_file(self.root().join(&previous.path)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove a superseded file")(e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// The distinct trees `extra` writes to, by name, opened (for a transaction over them).
-    fn extra_trees(
-        &self,
-        extra: &[ExtraWrite],
-    ) -> Result<(Vec<String>, Vec<sled::Tree>), StoreError> {
-        let mut names: Vec<String> = Vec::new();
-        for e in extra {
-            if !names.contains(&e.tree) {
-                names.push(e.tree.clone());
-            }
-        }
-        let trees = names
-            .iter()
-            .map(|n| self.tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((names, trees))
-    }
-
     /// One instance by SOP Instance UID.
     pub fn instance(&self, sop_uid: &str) -> Result<Option<InstanceRecord>, StoreError> {
         get_json(&self.instances, sop_uid)
@@ -679,204 +493,6 @@ impl Store {
         hi: &str,
     ) -> Result<Vec<String>, StoreError> {
         Ok(qr_index::range(&self.qr_keys, kind, lo, hi)?)
-    }
-
-    /// Moves a study to state `to`, clearing its error reason, if it is in one of `from`;
-    /// otherwise nothing changes and [`StoreError::Transition`] says what it is in. The
-    /// new record is broadcast. Not durable until [`Store::flush`].
-    pub fn transition(
-        &self,
-        study_uid: &str,
-        from: &[StudyState],
-        to: StudyState,
-    ) -> Result<StudyRecord, StoreError> {
-        self.checked_state_change(study_uid, from, to, None)
-    }
-
-    /// [`Store::transition`] to `error`, recording `reason`.
-    pub fn transition_to_error(
-        &self,
-        study_uid: &str,
-        from: &[StudyState],
-        reason: &str,
-    ) -> Result<StudyRecord, StoreError> {
-        self.checked_state_change(study_uid, from, StudyState::Error, Some(reason.to_string()))
-    }
-
-    fn checked_state_change(
-        &self,
-        study_uid: &str,
-        from: &[StudyState],
-        to: StudyState,
-        error: Option<String>,
-    ) -> Result<StudyRecord, StoreError> {
-        let mut found = None;
-        let rec = records::update_json(
-            &self.studies,
-            study_uid.as_bytes(),
-            |s: &mut StudyRecord| {
-                if from.contains(&s.state) {
-                    found = None;
-                    s.state = to;
-                    s.error = error.clone();
-                } else {
-                    found = Some(s.state);
-                }
-            },
-        )?;
-        let Some(rec) = rec else {
-            return Err(StoreError::UnknownStudy(study_uid.to_string()));
-        };
-        match found {
-            None => {
-                self.notify(Change::Study(Box::new(rec.clone())));
-                Ok(rec)
-            }
-            Some(found) => Err(StoreError::Transition {
-                uid: study_uid.to_string(),
-                found: found.as_str(),
-                expected: from
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-                to: to.as_str(),
-            }),
-        }
-    }
-
-    /// Sets a study's state without the check of [`Store::transition`] (tests that need a
-    /// study in a given state).
-    #[cfg(test)]
-    pub(crate) fn force_state(&self, study_uid: &str, state: StudyState) {
-        self.update_study(study_uid, |s| s.state = state)
-            .expect("study state")
-            .expect("known study");
-    }
-
-    /// Changes a study record atomically with `f`, and broadcasts the result.
-    fn update_study(
-        &self,
-        study_uid: &str,
-        f: impl FnMut(&mut StudyRecord),
-    ) -> Result<Option<StudyRecord>, StoreError> {
-        let rec = records::update_json(&self.studies, study_uid.as_bytes(), f)?;
-        if let Some(r) = &rec {
-            self.notify(Change::Study(Box::new(r.clone())));
-        }
-        Ok(rec)
-    }
-
-    /// Marks an instance's pixel data as pruned by retention (its file is gone). Not
-    /// durable until [`Store::flush`].
-    pub fn mark_pruned(&self, sop_uid: &str) -> Result<(), StoreError> {
-        records::update_json(
-            &self.instances,
-            sop_uid.as_bytes(),
-            |rec: &mut InstanceRecord| rec.pruned = true,
-        )?;
-        Ok(())
-    }
-
-    /// Counts studies per state.
-    pub fn study_state_counts(&self) -> Result<Vec<(StudyState, u64)>, StoreError> {
-        let mut counts = std::collections::BTreeMap::new();
-        for s in StudyState::ALL {
-            counts.insert(s, 0u64);
-        }
-        for s in self.studies()? {
-            *counts.entry(s.state).or_default() += 1;
-        }
-        Ok(counts.into_iter().collect())
-    }
-
-    /// Appends `sop` to the ledger of the objects this box generated (fsync'd before the
-    /// object is indexed): a rebuilt index takes "generated" from it, never from a header,
-    /// which any peer can write.
-    fn note_generated(&self, sop: &str) -> Result<(), StoreError> {
-        use std::io::Write;
-        let path = self.root().join(GENERATED_LEDGER);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("open the ledger of generated objects"))?;
-        f.write_all(format!("{sop}\n").as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(io_err("write the ledger of generated objects"))
-    }
-
-    /// The SOP Instance UIDs of the objects this box generated, from its ledger.
-    fn generated_ledger(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        match std::fs::read_to_string(self.root().join(GENERATED_LEDGER)) {
-            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-            Err(e) => Err(io_err("read the ledger of generated objects")(e)),
-        }
-    }
-
-    /// Rebuilds the instance and study index from the files. Study states of studies that
-    /// were known are kept; new ones start as `complete` (their associations are long gone).
-    /// An object counts as generated by this box only when its ledger says so.
-    pub fn reindex(&self) -> Result<ReindexReport, StoreError> {
-        let old_states: std::collections::HashMap<String, StudyRecord> = self
-            .studies()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s.study_instance_uid.clone(), s))
-            .collect();
-        // The worklist index is built again when next asked for.
-        *self.worklist_index() = None;
-        self.instances.clear()?;
-        self.studies.clear()?;
-        self.study_instances.clear()?;
-        self.qr_keys.clear()?;
-        self.count.store(0, Ordering::Relaxed);
-        let mut report = ReindexReport::default();
-        let root = self.root().to_path_buf();
-        let ours = self.generated_ledger()?;
-        for path in self.files.walk().map_err(io_err("list stored files"))? {
-            match header::read_header(&path) {
-                Ok(h) => {
-                    let meta = std::fs::metadata(&path).map_err(io_err("stat stored file"))?;
-                    let mut inst = h.instance;
-                    inst.generated = ours.contains(&inst.sop_instance_uid);
-                    inst.path = path
-                        .strip_prefix(&root)
-                        .unwrap_or(&path)
-                        .to_string_lossy()
-                        .to_string();
-                    inst.size = meta.len();
-                    inst.received_at = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0);
-                    self.commit_instance(&inst, &h.study)?;
-                    report.indexed += 1;
-                }
-                Err(e) => {
-                    log::warn!("reindex: {} skipped: {e}", path.display());
-                    report.unreadable += 1;
-                }
-            }
-        }
-        for study in self.studies()? {
-            let uid = study.study_instance_uid.clone();
-            let (state, error, version) = match old_states.get(&uid) {
-                Some(old) => (old.state, old.error.clone(), old.result_version),
-                None => (StudyState::Complete, None, 0),
-            };
-            self.update_study(&uid, |s| {
-                s.state = state;
-                s.error = error.clone();
-                s.result_version = version;
-            })?;
-            report.studies += 1;
-        }
-        self.db.flush()?;
-        Ok(report)
     }
 }
 
@@ -988,6 +604,7 @@ fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::StudyState;
 
     fn inst(study: &str, sop: &str) -> InstanceRecord {
         InstanceRecord {
