@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::deliver::hl7::{ack::Ack, mllp};
 use crate::dimse::{assembler::Assembler, command};
 use crate::infer::manifest::Manifest;
-use crate::qr::{matching, query};
+use crate::qr::{identifier, matching, query};
 use crate::ul::framing::PduReader;
 use crate::ul::negotiate;
 
@@ -177,7 +177,7 @@ pub fn find_identifier(data: &[u8]) {
     if crate::dataset_guard::check_dataset(body, ts).is_err() {
         return;
     }
-    let Ok(obj) = query::decode_identifier(body, ts) else {
+    let Ok(obj) = identifier::decode_identifier(body, ts) else {
         return;
     };
     let samples = [
@@ -201,7 +201,7 @@ pub fn find_identifier(data: &[u8]) {
             let _ = matching::matches(&m, vr, &samples);
         }
     }
-    let _ = query::encode_identifier(&obj, ts);
+    let _ = identifier::encode_identifier(&obj, ts);
 }
 
 fn input_spec() -> &'static crate::infer::manifest::InputSpec {

@@ -5,8 +5,8 @@
 //! responses carry the sub-operation counts; C-CANCEL stops between sub-operations.
 
 use super::payload::{self, FALLBACK_SYNTAXES};
-use super::query;
 use super::Op;
+use super::{identifier, select};
 use crate::audit::Action;
 use crate::dimse::command::{Command, SubOperations};
 use crate::dimse::refusal::{Cause, Refused};
@@ -102,7 +102,7 @@ impl Tally {
             VR::UI,
             PrimitiveValue::Strs(self.failed_uids.iter().cloned().collect()),
         ));
-        query::encode_identifier(&obj, ts).ok()
+        identifier::encode_identifier(&obj, ts).ok()
     }
 
     /// A summary for the log and the audit trail.
@@ -205,7 +205,7 @@ pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, Answere
         let line = refuse(op, refused, &Tally::default(), "-", what, false).await;
         return Err(Answered { line });
     };
-    let obj = match query::decode_identifier(&op.identifier, &op.transfer_syntax) {
+    let obj = match identifier::decode_identifier(&op.identifier, &op.transfer_syntax) {
         Ok(o) => o,
         Err(e) => {
             let line = refuse(op, e.into(), &Tally::default(), "-", what, true).await;
@@ -213,7 +213,7 @@ pub async fn resolve(op: &Op, what: &str) -> Result<Vec<InstanceRecord>, Answere
         }
     };
     let store = op.ctx.store.clone();
-    let selected = tokio::task::spawn_blocking(move || query::select(&store, &obj, model)).await;
+    let selected = tokio::task::spawn_blocking(move || select::select(&store, &obj, model)).await;
     let refused = match selected {
         Ok(Ok((_, instances))) => return Ok(instances),
         Ok(Err(e)) => e.into(),

@@ -2,6 +2,7 @@
 //! that streams each match as a pending response; C-CANCEL stops it between matches and
 //! the final response then says Cancel.
 
+use super::identifier;
 use super::query::{self, QueryError};
 use super::Op;
 use crate::audit::Action;
@@ -22,7 +23,7 @@ pub async fn serve(op: Op) -> String {
         )
         .await;
     };
-    let q = match query::decode_identifier(&op.identifier, &op.transfer_syntax)
+    let q = match identifier::decode_identifier(&op.identifier, &op.transfer_syntax)
         .and_then(|obj| query::parse(&obj, model))
     {
         Ok(q) => q,
@@ -53,7 +54,7 @@ pub async fn serve(op: Op) -> String {
     let q2 = q.clone();
     let worker = tokio::task::spawn_blocking(move || {
         query::run(&store, &q2, &ae, &cancel, &mut |obj| {
-            let encoded = query::encode_identifier(&obj, &ts);
+            let encoded = identifier::encode_identifier(&obj, &ts);
             tx.blocking_send(encoded).is_ok()
         })
     });

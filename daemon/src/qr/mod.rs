@@ -5,8 +5,9 @@
 //!   store in the same transaction as the study records.
 //! - [`matching`]: attribute matching rules (wildcards, ranges, lists, case).
 //! - [`charset`]: identifiers without Specific Character Set, and the responses' own.
-//! - [`query`]: identifiers to queries, queries to matches and response identifiers, and
-//!   retrieve identifiers to instances.
+//! - [`identifier`]: request identifiers decoded within bounds, responses encoded.
+//! - [`query`]: identifiers to queries, queries to matches and response identifiers.
+//! - [`select`]: the unique keys of a retrieve identifier to the instances to send.
 //! - [`payload`]: the data set of a sub-operation, as stored or transcoded to a syntax the
 //!   peer accepted.
 //! - [`find`], [`c_move`], [`c_get`]: the three services, each run as a task by the
@@ -16,10 +17,12 @@ pub mod c_get;
 pub mod c_move;
 pub mod charset;
 pub mod find;
+pub mod identifier;
 pub use crate::store::qr_index as index;
 pub mod matching;
 pub mod payload;
 pub mod query;
+pub mod select;
 
 pub use query::{Level, Model};
 
