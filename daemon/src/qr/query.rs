@@ -1,7 +1,7 @@
-//! The C-FIND service logic, apart from the protocol: decoding an identifier into a
-//! [`Query`], finding the matching entities in the store's index (never in the files), and
-//! building the response identifiers. Also resolves the unique keys of a C-MOVE/C-GET
-//! identifier to the instances to send ([`select`]).
+//! The C-FIND service logic, apart from the protocol: a decoded identifier
+//! ([`super::identifier`]) read into a [`Query`], the matching entities found in the store's
+//! index (never in the files), and the response identifiers built. The unique keys of a
+//! C-MOVE/C-GET identifier are resolved in [`super::select`].
 
 use super::charset;
 use super::index::Kind;
