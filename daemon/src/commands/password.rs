@@ -1,33 +1,30 @@
 //! Reading a new password from the terminal (twice, without echo) or from stdin.
 
 use anyhow::{Context, Result};
+use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
 
 /// Turns terminal echo off until dropped.
-struct NoEcho(Option<nix::libc::termios>);
+struct NoEcho(Option<Termios>);
 
 impl NoEcho {
     fn new() -> NoEcho {
-        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios owned here.
-        unsafe {
-            let mut t: nix::libc::termios = std::mem::zeroed();
-            if nix::libc::tcgetattr(0, &mut t) != 0 {
-                return NoEcho(None);
-            }
-            let saved = t;
-            t.c_lflag &= !nix::libc::ECHO;
-            nix::libc::tcsetattr(0, nix::libc::TCSANOW, &t);
-            NoEcho(Some(saved))
+        let stdin = std::io::stdin();
+        let Ok(saved) = termios::tcgetattr(&stdin) else {
+            return NoEcho(None);
+        };
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        if termios::tcsetattr(&stdin, SetArg::TCSANOW, &quiet).is_err() {
+            return NoEcho(None);
         }
+        NoEcho(Some(saved))
     }
 }
 
 impl Drop for NoEcho {
     fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            // SAFETY: restores the attributes read in `new`.
-            unsafe {
-                nix::libc::tcsetattr(0, nix::libc::TCSANOW, t);
-            }
+        if let Some(saved) = &self.0 {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
         }
     }
 }
