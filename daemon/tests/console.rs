@@ -842,6 +842,68 @@ fn users_can_be_added_without_a_running_daemon() {
     assert_eq!(s.get("/api/v1/audit/verify").json()["intact"], true);
 }
 
+/// On a terminal, `duli user add` prompts twice with echo off: the password typed is
+/// never shown, and the account works. Driven through a pseudo-terminal (Python's `pty`).
+#[test]
+fn a_password_typed_on_a_terminal_is_not_echoed() {
+    const SCRIPT: &str = r#"
+import os, pty, select, sys, time
+binary, data, password = sys.argv[1:4]
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["DULI_DEVICE__DATA_DIR"] = data
+    os.execv(binary, [binary, "user", "add", "tty-user", "--role", "admin"])
+seen = b""
+def read_until(marker, limit=20.0):
+    global seen
+    end = time.time() + limit
+    while marker not in seen and time.time() < end:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen += chunk
+read_until(b"Password")
+os.write(fd, password.encode() + b"\n")
+read_until(b"Repeat")
+os.write(fd, password.encode() + b"\n")
+read_until(b"tty-user")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let Some(python) = python_with(&["pty"]) else {
+        return;
+    };
+    let root = temp_dir("tty-user");
+    let dir = root.path().join("data");
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(Daemon::binary())
+        .arg(&dir)
+        .arg(PW)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "duli user add on a terminal: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Password") && text.contains("Repeat it"),
+        "{text}"
+    );
+    assert!(!text.contains(PW), "the password was echoed: {text}");
+    assert!(text.contains("\"created\": \"tty-user\""), "{text}");
+    let d = Daemon::builder().data_dir(&dir).start();
+    d.login("tty-user", PW);
+}
+
 #[test]
 fn tls_only_1_2_and_up_and_the_certificate_is_the_logged_one() {
     let d = Daemon::start();
