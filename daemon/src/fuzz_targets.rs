@@ -231,15 +231,14 @@ pub fn pixels(data: &[u8]) {
         return;
     }
     // The daemon decodes JPEG-LS and JPEG 2000 only in its confined child
-    // (`decode_sandbox`), and refuses them without a `duli` executable to run it (the
-    // fuzzer). Both are fuzzed here by calling the child's own decode in process. (JPEG
-    // 2000 was left out until the OpenJPEG translation stopped freeing null code-block
-    // buffers, undefined behaviour that builds with debug assertions stop at on any JPEG
-    // 2000 input: vendor/openjp2/DULI-CHANGES.md.)
+    // (`decode_sandbox`). Both are fuzzed here by calling the child's own decode in
+    // process, by the fuzzer and by the corpus replay of `make test` alike (where a `duli`
+    // executable would otherwise take them out of reach). (JPEG 2000 was left out until
+    // the OpenJPEG translation stopped freeing null code-block buffers, undefined
+    // behaviour that builds with debug assertions stop at on any JPEG 2000 input:
+    // vendor/openjp2/DULI-CHANGES.md.)
     let ts = image.transfer_syntax();
-    if crate::infer::decode_sandbox::is_sandboxed(ts)
-        && crate::infer::decode_sandbox::decoder_exe().is_none()
-    {
+    if crate::infer::decode_sandbox::is_sandboxed(ts) {
         if let Ok(gray) = image.decode_in_process() {
             let _ = crate::infer::tensor::input_tensor(&gray, input_spec());
         }

@@ -1,6 +1,8 @@
 //! Replays every fuzzing corpus file and every crash found by the fuzzers through the same
 //! entry points the fuzz targets call (`duli::fuzz_targets`), on the stable toolchain: a
-//! parser change that brings back a crash, a hang or a panic fails the ordinary suite.
+//! parser change that brings back a crash, a hang or a panic fails the ordinary suite. A
+//! panic counts even when the code under test catches it (as the daemon does around
+//! third-party decoders): libFuzzer stops on every panic, and so does the replay.
 //!
 //! Corpora: `fuzz/corpus/<target>/` (the seeds of `fuzz/make_seeds.py`, one or more per
 //! encoding and message kind) and `fuzz/minimized/<target>/` (what the fuzzers grew during
@@ -9,8 +11,9 @@
 //! inputs themselves stay in `fuzz/grown/`, outside the repository (tens of thousands of
 //! files).
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Once};
 use std::time::Duration;
 
 use duli::fuzz_targets::{run, TARGETS};
@@ -35,20 +38,46 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Runs one input in its own thread so that a hang is reported with its file name.
+thread_local! {
+    /// Whether a panic began on this thread, caught or not.
+    static PANICKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks every panic on the thread it happens on, then reports it as before.
+fn note_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.with(|p| p.set(true));
+            report(info);
+        }));
+    });
+}
+
+/// Runs one input in its own thread so that a hang is reported with its file name; a
+/// panic on that thread fails it even when something caught it.
 fn replay(target: &'static str, path: &Path) {
+    note_panics();
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .stack_size(8 << 20)
         .spawn(move || {
             assert!(run(target, &data), "no target named {target}");
-            let _ = tx.send(());
+            let _ = tx.send(PANICKED.with(Cell::get));
         })
         .expect("spawn replay thread");
     match rx.recv_timeout(PER_INPUT) {
-        Ok(()) => {
+        Ok(false) => {
             let _ = handle.join();
+        }
+        Ok(true) => {
+            let _ = handle.join();
+            panic!(
+                "{target}: {} panicked inside (the panic was caught)",
+                path.display()
+            );
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let _ = handle.join();

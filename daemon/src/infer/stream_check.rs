@@ -4,9 +4,11 @@
 //! into a buffer sized from Rows × Columns × Samples per Pixel × Bits Allocated — a frame
 //! header that declares another size makes it slice past that buffer (a panic), and makes
 //! the JPEG decoder allocate by dimensions no pixel budget has checked. So each stream is
-//! held to the header here: RLE segments (PS3.5 Annex G) and the JPEG frame header
-//! (ITU-T T.81 B.2.2) of the first frame. JPEG-LS and JPEG 2000 are decoded in a confined
-//! child ([`super::decode_sandbox`]); other transfer syntaxes pass unchanged.
+//! held to the header here: RLE segments (PS3.5 Annex G), the JPEG frame header
+//! (ITU-T T.81 B.2.2) and the JPEG 2000 image and tile size marker (SIZ, ITU-T T.800
+//! A.5.1) of the first frame. JPEG-LS and JPEG 2000 are decoded in a confined child
+//! ([`super::decode_sandbox`]), which runs these checks too; other transfer syntaxes pass
+//! unchanged.
 
 use super::dicom_image::{count_of, DicomImageError};
 use dicom_dictionary_std::tags;
@@ -101,14 +103,26 @@ const JPEG_DECODED_IN_PROCESS: [&str; 4] = [
     "1.2.840.10008.1.2.4.70",
 ];
 
+/// The transfer syntaxes whose frames are JPEG 2000 codestreams (Part 1 and High-Throughput
+/// JPEG 2000), decoded by OpenJPEG.
+const JPEG_2000: [&str; 5] = [
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+];
+
 /// Checks the encapsulated pixel data of `obj` for its transfer syntax: RLE
-/// ([`check_rle`]) and the JPEG processes decoded in this process ([`check_jpeg`]).
+/// ([`check_rle`]), the JPEG processes ([`check_jpeg`]) and JPEG 2000 ([`check_j2k`]).
 pub fn check_stream(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), DicomImageError> {
     let uid = transfer_syntax.trim_end_matches(['\0', ' ']);
     if uid == RLE_LOSSLESS {
         check_rle(obj, uid)
     } else if JPEG_DECODED_IN_PROCESS.contains(&uid) {
         check_jpeg(obj)
+    } else if JPEG_2000.contains(&uid) {
+        check_j2k(obj)
     } else {
         Ok(())
     }
@@ -207,10 +221,10 @@ pub fn jpeg_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, JpegHeaderErr
     }
 }
 
-/// The bytes of the first frame as the JPEG adapter gathers them: its one fragment when
-/// there is one fragment per frame, otherwise the fragments from the first offset of the
-/// Basic Offset Table up to the second.
-fn first_jpeg_frame<'a>(fragments: &'a [Vec<u8>], offsets: &[u32], frames: u64) -> Cow<'a, [u8]> {
+/// The bytes of the first frame as the JPEG and JPEG 2000 adapters gather them: its one
+/// fragment when there is one fragment per frame, otherwise the fragments from the first
+/// offset of the Basic Offset Table up to the second.
+fn first_frame<'a>(fragments: &'a [Vec<u8>], offsets: &[u32], frames: u64) -> Cow<'a, [u8]> {
     if fragments.len() == 1 || fragments.len() as u64 == frames {
         return Cow::Borrowed(&fragments[0][..]);
     }
@@ -230,27 +244,33 @@ fn first_jpeg_frame<'a>(fragments: &'a [Vec<u8>], offsets: &[u32], frames: u64) 
     Cow::Owned(frame)
 }
 
+/// The bytes of the first frame of `obj`'s encapsulated Pixel Data ([`first_frame`]), or
+/// why there are none (completing "… stream missing: …").
+fn first_frame_of(obj: &InMemDicomObject) -> Result<Cow<'_, [u8]>, String> {
+    let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
+        return Err("missing: no Pixel Data".into());
+    };
+    let (Some(fragments), Some(offsets)) = (
+        pixel_data.value().fragments(),
+        pixel_data.value().offset_table(),
+    ) else {
+        return Err("missing: Pixel Data is not encapsulated".into());
+    };
+    if fragments.is_empty() {
+        return Err("missing: no fragment".into());
+    }
+    let frames = count_of(obj, tags::NUMBER_OF_FRAMES, 1).max(1);
+    Ok(first_frame(fragments, offsets, frames))
+}
+
 /// Checks the first frame's JPEG frame header against the image attributes: Rows and
 /// Columns, Samples per Pixel, and a sample precision whose decoded width (one byte for 8
 /// bits, two otherwise) is Bits Allocated. The decoder's output then fits the buffer the
 /// adapter copies it into, and it allocates no more than the pixel budget allowed.
 pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
     let bad = |why: String| DicomImageError::Invalid(format!("JPEG stream {why}"));
-    let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
-        return Err(bad("missing: no Pixel Data".into()));
-    };
-    let (Some(fragments), Some(offsets)) = (
-        pixel_data.value().fragments(),
-        pixel_data.value().offset_table(),
-    ) else {
-        return Err(bad("missing: Pixel Data is not encapsulated".into()));
-    };
-    if fragments.is_empty() {
-        return Err(bad("missing: no fragment".into()));
-    }
-    let frames = count_of(obj, tags::NUMBER_OF_FRAMES, 1).max(1);
-    let header = jpeg_frame_header(&first_jpeg_frame(fragments, offsets, frames))
-        .map_err(|e| bad(e.to_string()))?;
+    let header =
+        jpeg_frame_header(&first_frame_of(obj).map_err(bad)?).map_err(|e| bad(e.to_string()))?;
     let rows = count_of(obj, tags::ROWS, 0);
     let columns = count_of(obj, tags::COLUMNS, 0);
     if header.lines == 0 || header.samples_per_line == 0 {
@@ -280,6 +300,187 @@ pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
             "has {}-bit samples, which do not fit Bits Allocated {allocated}",
             header.precision
         )));
+    }
+    Ok(())
+}
+
+/// What a JPEG 2000 image and tile size marker (SIZ) declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct J2kSize {
+    /// Width of the image area, Xsiz − XOsiz.
+    pub width: u32,
+    /// Height of the image area, Ysiz − YOsiz.
+    pub height: u32,
+    /// Per component: bit depth (1 to 38) and its horizontal and vertical subsampling.
+    pub components: Vec<J2kComponent>,
+}
+
+/// One component of a JPEG 2000 image as its SIZ marker declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct J2kComponent {
+    /// Bit depth of its samples.
+    pub precision: u8,
+    /// Horizontal separation XRsiz (1: every column).
+    pub dx: u8,
+    /// Vertical separation YRsiz (1: every row).
+    pub dy: u8,
+}
+
+/// Why a JPEG 2000 stream has no SIZ marker the decoder would read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum J2kHeaderError {
+    /// Neither a codestream (SOC then SIZ) nor a JP2 file holding one.
+    #[error("does not start with SOC and SIZ markers")]
+    NoSiz,
+    /// A JP2 file whose boxes end, or overrun it, before a contiguous codestream box.
+    #[error("is a JP2 file without a readable codestream box")]
+    NoCodestreamBox,
+    /// The bytes end inside the SIZ marker segment.
+    #[error("ends inside its SIZ marker")]
+    Ends,
+    /// The SIZ segment's length disagrees with its component count.
+    #[error("has a SIZ marker of length {length} for {components} components")]
+    SizLength {
+        /// Lsiz.
+        length: u16,
+        /// Csiz.
+        components: u16,
+    },
+    /// An image offset beyond the image's extent, or a component separation of zero.
+    #[error("declares an empty image area or a zero component separation")]
+    Geometry,
+}
+
+/// JP2 signature box (ITU-T T.800 I.5.1).
+const JP2_SIGNATURE: [u8; 12] = [0, 0, 0, 12, b'j', b'P', b' ', b' ', 0x0D, 0x0A, 0x87, 0x0A];
+
+/// The codestream of a JP2 file: the contents of its first `jp2c` box. Each box header
+/// moves the walk on by at least 8 bytes, so it ends.
+fn jp2_codestream(file: &[u8]) -> Result<&[u8], J2kHeaderError> {
+    let mut at = 0usize;
+    while let Some(header) = file.get(at..at + 8) {
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let (start, end) = match length {
+            0 => (at + 8, file.len()),
+            1 => {
+                let long = file
+                    .get(at + 8..at + 16)
+                    .ok_or(J2kHeaderError::NoCodestreamBox)?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(long);
+                let end = usize::try_from(u64::from_be_bytes(b))
+                    .ok()
+                    .and_then(|l| (l >= 16).then(|| at.checked_add(l)).flatten())
+                    .ok_or(J2kHeaderError::NoCodestreamBox)?;
+                (at + 16, end)
+            }
+            2..=7 => return Err(J2kHeaderError::NoCodestreamBox),
+            n => (at + 8, at.saturating_add(n as usize)),
+        };
+        if end > file.len() {
+            return Err(J2kHeaderError::NoCodestreamBox);
+        }
+        if &header[4..8] == b"jp2c" {
+            return Ok(&file[start..end]);
+        }
+        at = end;
+    }
+    Err(J2kHeaderError::NoCodestreamBox)
+}
+
+/// Reads the SIZ marker of a JPEG 2000 codestream (SOC, then SIZ, ITU-T T.800 A.5.1), or of
+/// the codestream box of a JP2 file (which PS3.5 8.2.4 excludes, and decoders still read).
+pub fn j2k_size(stream: &[u8]) -> Result<J2kSize, J2kHeaderError> {
+    let codestream = if stream.starts_with(&JP2_SIGNATURE) {
+        jp2_codestream(stream)?
+    } else {
+        stream
+    };
+    if !codestream.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+        return Err(J2kHeaderError::NoSiz);
+    }
+    let siz = codestream.get(4..).ok_or(J2kHeaderError::Ends)?;
+    let u16_at = |i: usize| -> Result<u16, J2kHeaderError> {
+        let b = siz.get(i..i + 2).ok_or(J2kHeaderError::Ends)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    };
+    let u32_at = |i: usize| -> Result<u32, J2kHeaderError> {
+        let b = siz.get(i..i + 4).ok_or(J2kHeaderError::Ends)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz.
+    let length = u16_at(0)?;
+    let (xsiz, ysiz, xosiz, yosiz) = (u32_at(4)?, u32_at(8)?, u32_at(12)?, u32_at(16)?);
+    let count = u16_at(36)?;
+    if usize::from(length) != 38 + 3 * usize::from(count) {
+        return Err(J2kHeaderError::SizLength {
+            length,
+            components: count,
+        });
+    }
+    let width = xsiz.checked_sub(xosiz).filter(|w| *w > 0);
+    let height = ysiz.checked_sub(yosiz).filter(|h| *h > 0);
+    let (Some(width), Some(height)) = (width, height) else {
+        return Err(J2kHeaderError::Geometry);
+    };
+    let mut components = Vec::with_capacity(usize::from(count.min(16)));
+    for c in 0..usize::from(count) {
+        let b = siz
+            .get(38 + 3 * c..41 + 3 * c)
+            .ok_or(J2kHeaderError::Ends)?;
+        if b[1] == 0 || b[2] == 0 {
+            return Err(J2kHeaderError::Geometry);
+        }
+        components.push(J2kComponent {
+            precision: (b[0] & 0x7F) + 1,
+            dx: b[1],
+            dy: b[2],
+        });
+    }
+    Ok(J2kSize {
+        width,
+        height,
+        components,
+    })
+}
+
+/// Checks the first frame's JPEG 2000 SIZ marker against the image attributes: the image
+/// area is Columns × Rows, there is one full-resolution component per sample, and every
+/// component's depth fits Bits Allocated. The adapter copies each decoded component into a
+/// buffer sized from those attributes (a larger image sliced past it), and the decoder
+/// allocates by the SIZ marker, which the pixel budget has then checked.
+pub fn check_j2k(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
+    let bad = |why: String| DicomImageError::Invalid(format!("JPEG 2000 stream {why}"));
+    let size = j2k_size(&first_frame_of(obj).map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+    let rows = count_of(obj, tags::ROWS, 0);
+    let columns = count_of(obj, tags::COLUMNS, 0);
+    if u64::from(size.width) != columns || u64::from(size.height) != rows {
+        return Err(bad(format!(
+            "image is {} x {} (columns x rows), the header says Columns {columns}, Rows {rows}",
+            size.width, size.height
+        )));
+    }
+    let samples = count_of(obj, tags::SAMPLES_PER_PIXEL, 1);
+    if size.components.len() as u64 != samples {
+        return Err(bad(format!(
+            "has {} components, the header says Samples per Pixel {samples}",
+            size.components.len()
+        )));
+    }
+    let allocated = count_of(obj, tags::BITS_ALLOCATED, 0);
+    for (i, c) in size.components.iter().enumerate() {
+        if (c.dx, c.dy) != (1, 1) {
+            return Err(bad(format!(
+                "component {i} is subsampled ({} x {}); every sample of every pixel is expected",
+                c.dx, c.dy
+            )));
+        }
+        if u64::from(c.precision) > allocated {
+            return Err(bad(format!(
+                "component {i} has {}-bit samples, more than Bits Allocated {allocated}",
+                c.precision
+            )));
+        }
     }
     Ok(())
 }
@@ -430,8 +631,8 @@ mod tests {
         assert!(check_stream(&image(24, 32, 1, 16, vec![]), "1.2.840.10008.1.2.4.70").is_err());
         let deferred = image(0, 0, 1, 16, vec![stream(0xC3, 12, 0, 0, 1)]);
         assert!(check_stream(&deferred, "1.2.840.10008.1.2.4.70").is_err());
-        // Native pixel data and the transfer syntaxes decoded in the child are not this
-        // check's business.
+        // Native pixel data and JPEG-LS (its decoder reads the frame header in the child,
+        // under the sandbox's limits) are not this check's business.
         let mut native = InMemDicomObject::new_empty();
         native.put(DataElement::new(
             tags::PIXEL_DATA,
@@ -439,7 +640,113 @@ mod tests {
             PrimitiveValue::from(vec![0u8; 4]),
         ));
         assert!(check_stream(&native, "1.2.840.10008.1.2.1").is_ok());
-        assert!(check_stream(&wide, "1.2.840.10008.1.2.4.90").is_ok());
+        assert!(check_stream(&wide, "1.2.840.10008.1.2.4.80").is_ok());
         assert!(check_jpeg(&native).is_err());
+    }
+
+    /// SOC and a SIZ marker for a `width × height` image at offset (`x0`, `y0`) with
+    /// `components` of (Ssiz, XRsiz, YRsiz), then the start of a tile.
+    fn codestream(width: u32, height: u32, x0: u32, y0: u32, components: &[[u8; 3]]) -> Vec<u8> {
+        let mut s = vec![0xFF, 0x4F, 0xFF, 0x51];
+        s.extend_from_slice(&(38 + 3 * components.len() as u16).to_be_bytes());
+        s.extend_from_slice(&0u16.to_be_bytes());
+        for v in [x0 + width, y0 + height, x0, y0, width, height, 0, 0] {
+            s.extend_from_slice(&v.to_be_bytes());
+        }
+        s.extend_from_slice(&(components.len() as u16).to_be_bytes());
+        for c in components {
+            s.extend_from_slice(c);
+        }
+        s.extend_from_slice(&[0xFF, 0x90, 0x00, 0x0A, 0, 0, 0, 0, 0, 0, 0, 1]);
+        s
+    }
+
+    /// A JP2 file: signature, a file type box, then `codestream` in a `jp2c` box.
+    fn jp2(codestream: &[u8]) -> Vec<u8> {
+        let mut f = JP2_SIGNATURE.to_vec();
+        f.extend_from_slice(&[0, 0, 0, 20, b'f', b't', b'y', b'p']);
+        f.extend_from_slice(b"jp2 \0\0\0\0jp2 ");
+        f.extend_from_slice(&(8 + codestream.len() as u32).to_be_bytes());
+        f.extend_from_slice(b"jp2c");
+        f.extend_from_slice(codestream);
+        f
+    }
+
+    #[test]
+    fn a_jpeg_2000_image_that_disagrees_with_the_image_attributes_is_refused_before_decoding() {
+        const J2K: &str = "1.2.840.10008.1.2.4.90";
+        let grey12 = [[11, 1, 1]];
+        let ok = image(64, 48, 1, 16, vec![codestream(48, 64, 0, 0, &grey12)]);
+        assert!(check_stream(&ok, J2K).is_ok());
+        let offset = image(64, 48, 1, 16, vec![codestream(48, 64, 7, 9, &grey12)]);
+        assert!(check_stream(&offset, "1.2.840.10008.1.2.4.91").is_ok());
+        let rgb = image(
+            64,
+            48,
+            3,
+            8,
+            vec![codestream(48, 64, 0, 0, &[[7, 1, 1]; 3])],
+        );
+        assert!(check_stream(&rgb, "1.2.840.10008.1.2.4.201").is_ok());
+        let boxed = image(64, 48, 1, 16, vec![jp2(&codestream(48, 64, 0, 0, &grey12))]);
+        assert!(check_stream(&boxed, J2K).is_ok(), "a JP2 wrapper is read");
+        // Found by fuzzing: a SIZ of 576 columns in an image of 64 x 64; the adapter
+        // sliced past its buffer.
+        let wide = image(64, 64, 1, 16, vec![codestream(576, 64, 0, 0, &grey12)]);
+        let err = check_stream(&wide, J2K).unwrap_err();
+        assert!(err.to_string().contains("576 x 64"), "{err}");
+        for (stream, spp, allocated, why) in [
+            (codestream(48, 65, 0, 0, &grey12), 1, 16, "48 x 65"),
+            (
+                codestream(48, 64, 0, 0, &[[11, 1, 1]; 3]),
+                1,
+                16,
+                "3 components",
+            ),
+            (
+                codestream(48, 64, 0, 0, &grey12),
+                3,
+                16,
+                "Samples per Pixel 3",
+            ),
+            (codestream(48, 64, 0, 0, &[[15, 1, 1]]), 1, 8, "16-bit"),
+            (codestream(48, 64, 0, 0, &[[7, 2, 1]]), 1, 8, "subsampled"),
+            (
+                codestream(48, 64, 0, 0, &[[7, 0, 1]]),
+                1,
+                8,
+                "zero component",
+            ),
+            (
+                codestream(48, 64, 0, 0, &grey12)[..20].to_vec(),
+                1,
+                16,
+                "ends inside",
+            ),
+            (
+                codestream(48, 64, 0, 0, &grey12)[2..].to_vec(),
+                1,
+                16,
+                "SOC and SIZ",
+            ),
+            (jp2(&[0xFF, 0x4F])[..40].to_vec(), 1, 16, "codestream box"),
+        ] {
+            let err =
+                check_stream(&image(64, 48, spp, allocated, vec![stream]), J2K).expect_err(why);
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+        // An offset past the image's extent, and a SIZ length that disagrees with Csiz.
+        let mut behind = codestream(48, 64, 0, 0, &grey12);
+        behind[16..20].copy_from_slice(&1_000u32.to_be_bytes());
+        assert!(check_stream(&image(64, 48, 1, 16, vec![behind]), J2K).is_err());
+        let mut short = codestream(48, 64, 0, 0, &grey12);
+        short[5] = 39;
+        let err = check_stream(&image(64, 48, 1, 16, vec![short]), J2K).unwrap_err();
+        assert!(err.to_string().contains("length 39"), "{err}");
+        // A frame spread over fragments is read across them.
+        let whole = codestream(48, 64, 0, 0, &grey12);
+        let (a, b) = whole.split_at(10);
+        let spread = image(64, 48, 1, 16, vec![a.to_vec(), b.to_vec()]);
+        assert!(check_stream(&spread, J2K).is_ok());
     }
 }
