@@ -244,20 +244,33 @@ fn first_frame<'a>(fragments: &'a [Vec<u8>], offsets: &[u32], frames: u64) -> Co
     Cow::Owned(frame)
 }
 
-/// The bytes of the first frame of `obj`'s encapsulated Pixel Data ([`first_frame`]), or
-/// why there are none (completing "… stream missing: …").
-fn first_frame_of(obj: &InMemDicomObject) -> Result<Cow<'_, [u8]>, String> {
+/// Why an object has no first frame of encapsulated pixel data to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoFrame {
+    /// There is no Pixel Data element.
+    #[error("missing: no Pixel Data")]
+    NoPixelData,
+    /// Pixel Data is native, not a sequence of fragments.
+    #[error("missing: Pixel Data is not encapsulated")]
+    NotEncapsulated,
+    /// The fragment sequence is empty.
+    #[error("missing: no fragment")]
+    NoFragment,
+}
+
+/// The bytes of the first frame of `obj`'s encapsulated Pixel Data ([`first_frame`]).
+fn first_frame_of(obj: &InMemDicomObject) -> Result<Cow<'_, [u8]>, NoFrame> {
     let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
-        return Err("missing: no Pixel Data".into());
+        return Err(NoFrame::NoPixelData);
     };
     let (Some(fragments), Some(offsets)) = (
         pixel_data.value().fragments(),
         pixel_data.value().offset_table(),
     ) else {
-        return Err("missing: Pixel Data is not encapsulated".into());
+        return Err(NoFrame::NotEncapsulated);
     };
     if fragments.is_empty() {
-        return Err("missing: no fragment".into());
+        return Err(NoFrame::NoFragment);
     }
     let frames = count_of(obj, tags::NUMBER_OF_FRAMES, 1).max(1);
     Ok(first_frame(fragments, offsets, frames))
@@ -269,8 +282,8 @@ fn first_frame_of(obj: &InMemDicomObject) -> Result<Cow<'_, [u8]>, String> {
 /// adapter copies it into, and it allocates no more than the pixel budget allowed.
 pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
     let bad = |why: String| DicomImageError::Invalid(format!("JPEG stream {why}"));
-    let header =
-        jpeg_frame_header(&first_frame_of(obj).map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+    let header = jpeg_frame_header(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(e.to_string()))?;
     let rows = count_of(obj, tags::ROWS, 0);
     let columns = count_of(obj, tags::COLUMNS, 0);
     if header.lines == 0 || header.samples_per_line == 0 {
@@ -451,7 +464,8 @@ pub fn j2k_size(stream: &[u8]) -> Result<J2kSize, J2kHeaderError> {
 /// allocates by the SIZ marker, which the pixel budget has then checked.
 pub fn check_j2k(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
     let bad = |why: String| DicomImageError::Invalid(format!("JPEG 2000 stream {why}"));
-    let size = j2k_size(&first_frame_of(obj).map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+    let size = j2k_size(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(e.to_string()))?;
     let rows = count_of(obj, tags::ROWS, 0);
     let columns = count_of(obj, tags::COLUMNS, 0);
     if u64::from(size.width) != columns || u64::from(size.height) != rows {
