@@ -26,20 +26,30 @@ use std::time::{Duration, Instant};
 use super::dicom_image::{DicomImage, DicomImageError};
 use super::display::GrayImage;
 
-/// Transfer syntaxes whose decoder is native or machine-translated code.
-/// Every syntax the registry hands to CharLS or OpenJPEG is listed (a test checks the
-/// registry against this list).
-pub const SANDBOXED_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2.4.80",  // JPEG-LS lossless (CharLS)
-    "1.2.840.10008.1.2.4.81",  // JPEG-LS near-lossless (CharLS)
-    "1.2.840.10008.1.2.4.90",  // JPEG 2000 lossless (OpenJPEG)
-    "1.2.840.10008.1.2.4.91",  // JPEG 2000 (OpenJPEG)
-    "1.2.840.10008.1.2.4.92",  // JPEG 2000 Part 2 lossless (OpenJPEG)
-    "1.2.840.10008.1.2.4.93",  // JPEG 2000 Part 2 (OpenJPEG)
-    "1.2.840.10008.1.2.4.201", // HTJ2K lossless (OpenJPEG)
-    "1.2.840.10008.1.2.4.202", // HTJ2K lossless RPCL (OpenJPEG)
-    "1.2.840.10008.1.2.4.203", // HTJ2K (OpenJPEG)
+/// Transfer syntaxes the registry hands to CharLS (native code).
+pub const CHARLS_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS near-lossless
 ];
+
+/// Transfer syntaxes the registry hands to OpenJPEG (machine-translated code): JPEG 2000
+/// Parts 1 and 2 and High-Throughput JPEG 2000, whose frames are JPEG 2000 codestreams.
+pub const OPENJPEG_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.90",  // JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  // JPEG 2000
+    "1.2.840.10008.1.2.4.92",  // JPEG 2000 Part 2 lossless
+    "1.2.840.10008.1.2.4.93",  // JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.201", // HTJ2K lossless
+    "1.2.840.10008.1.2.4.202", // HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203", // HTJ2K
+];
+
+/// Every transfer syntax whose decoder is native or machine-translated code: decoded in
+/// the child. Every syntax the registry hands to CharLS or OpenJPEG is listed (a test
+/// checks the registry against these lists).
+pub fn sandboxed_syntaxes() -> impl Iterator<Item = &'static str> {
+    CHARLS_SYNTAXES.iter().chain(OPENJPEG_SYNTAXES).copied()
+}
 
 /// Subcommand the child runs (hidden from `duli --help`).
 pub const SUBCOMMAND: &str = "decode-pixels";
@@ -58,7 +68,7 @@ const MAGIC: &[u8; 8] = b"DULIGRAY";
 /// Whether pixel data in `transfer_syntax` is decoded in a child process.
 pub fn is_sandboxed(transfer_syntax: &str) -> bool {
     let ts = transfer_syntax.trim_end_matches(['\0', ' ']);
-    SANDBOXED_SYNTAXES.contains(&ts)
+    sandboxed_syntaxes().any(|s| s == ts)
 }
 
 /// The executable that runs the child: `DULI_DECODER` when set (tests), else this
@@ -479,7 +489,7 @@ mod tests {
                 ts.name()
             );
         }
-        for uid in SANDBOXED_SYNTAXES {
+        for uid in sandboxed_syntaxes() {
             assert!(
                 seen.iter().any(|s| s == uid),
                 "{uid} is listed but not decodable"

@@ -103,16 +103,6 @@ const JPEG_DECODED_IN_PROCESS: [&str; 4] = [
     "1.2.840.10008.1.2.4.70",
 ];
 
-/// The transfer syntaxes whose frames are JPEG 2000 codestreams (Part 1 and High-Throughput
-/// JPEG 2000), decoded by OpenJPEG.
-const JPEG_2000: [&str; 5] = [
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-];
-
 /// Checks the encapsulated pixel data of `obj` for its transfer syntax: RLE
 /// ([`check_rle`]), the JPEG processes ([`check_jpeg`]) and JPEG 2000 ([`check_j2k`]).
 pub fn check_stream(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), DicomImageError> {
@@ -121,7 +111,7 @@ pub fn check_stream(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(),
         check_rle(obj, uid)
     } else if JPEG_DECODED_IN_PROCESS.contains(&uid) {
         check_jpeg(obj)
-    } else if JPEG_2000.contains(&uid) {
+    } else if super::decode_sandbox::OPENJPEG_SYNTAXES.contains(&uid) {
         check_j2k(obj)
     } else {
         Ok(())
@@ -709,6 +699,10 @@ mod tests {
         let wide = image(64, 64, 1, 16, vec![codestream(576, 64, 0, 0, &grey12)]);
         let err = check_stream(&wide, J2K).unwrap_err();
         assert!(err.to_string().contains("576 x 64"), "{err}");
+        // Every syntax OpenJPEG decodes is held to it, Part 2 and HTJ2K included.
+        for ts in crate::infer::decode_sandbox::OPENJPEG_SYNTAXES {
+            assert!(check_stream(&wide, ts).is_err(), "{ts}");
+        }
         for (stream, spp, allocated, why) in [
             (codestream(48, 65, 0, 0, &grey12), 1, 16, "48 x 65"),
             (
