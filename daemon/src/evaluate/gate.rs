@@ -4,7 +4,7 @@
 //! the AUCs, the largest and 99th-percentile probability shifts and the flips.
 
 use super::delong::delong;
-use super::report::labelled_scores;
+use super::report::{labelled_scores, split_by_label};
 use super::score::{Outcome, ScoredCase};
 use crate::infer::gate::{DatasetId, FindingGate, GateRecord, MsPerImage};
 use crate::infer::manifest::Manifest;
@@ -32,17 +32,7 @@ pub struct GateRun<'a> {
 }
 
 fn auc(scored: &[ScoredCase], label: usize) -> Option<f64> {
-    let cases = labelled_scores(scored, label);
-    let pos: Vec<f64> = cases
-        .iter()
-        .filter(|c| c.positive)
-        .map(|c| c.probability)
-        .collect();
-    let neg: Vec<f64> = cases
-        .iter()
-        .filter(|c| !c.positive)
-        .map(|c| c.probability)
-        .collect();
+    let (pos, neg) = split_by_label(&labelled_scores(scored, label));
     delong(&pos, &neg).map(|e| e.auc)
 }
 

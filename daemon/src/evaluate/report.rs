@@ -120,18 +120,16 @@ pub fn labelled_scores(scored: &[ScoredCase], label: usize) -> Vec<Scored> {
         .collect()
 }
 
+/// The probabilities of the positive cases and of the negative ones.
+pub fn split_by_label(cases: &[Scored]) -> (Vec<f64>, Vec<f64>) {
+    let (pos, neg): (Vec<&Scored>, Vec<&Scored>) = cases.iter().partition(|c| c.positive);
+    let probabilities = |v: Vec<&Scored>| v.iter().map(|c| c.probability).collect();
+    (probabilities(pos), probabilities(neg))
+}
+
 /// Figures of one finding from its labelled scores at `threshold`.
 pub fn finding_report(name: &str, cases: &[Scored], threshold: f64, target: f64) -> FindingReport {
-    let pos: Vec<f64> = cases
-        .iter()
-        .filter(|c| c.positive)
-        .map(|c| c.probability)
-        .collect();
-    let neg: Vec<f64> = cases
-        .iter()
-        .filter(|c| !c.positive)
-        .map(|c| c.probability)
-        .collect();
+    let (pos, neg) = split_by_label(cases);
     let est = delong(&pos, &neg);
     let error = match (pos.is_empty(), neg.is_empty()) {
         (true, true) => Some("no scored images with a label for this finding".to_string()),

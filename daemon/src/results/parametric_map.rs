@@ -20,7 +20,7 @@
 //!   table itself is not embedded: dicom3tools' `dciodvfy` reports palette data attributes
 //!   as errors under the Image Pixel Description macro.
 
-use super::sr::common_header;
+use super::sr::{object_header, ObjectIdentity};
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;
@@ -165,27 +165,17 @@ pub fn build(
         )));
     }
     let (factor, _, _) = grid_size(source.columns, source.rows, PM_MAX_SIDE);
-    let mut obj = InMemDicomObject::new_empty();
-    common_header(report, &mut obj);
-    obj.put(text(tags::SOP_CLASS_UID, VR::UI, PARAMETRIC_MAP));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &uids.pm_instance));
-    obj.put(text(tags::MODALITY, VR::CS, "OT"));
-    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &uids.pm_series));
-    obj.put(text(
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &PM_SERIES_NUMBER.to_string(),
-    ));
-    obj.put(text(
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        &report.version.to_string(),
-    ));
-    obj.put(text(
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        "AI heatmap map (preliminary, not for diagnostic use)",
-    ));
+    let mut obj = object_header(
+        report,
+        &ObjectIdentity {
+            sop_class: PARAMETRIC_MAP,
+            sop_instance: &uids.pm_instance,
+            modality: "OT",
+            series: &uids.pm_series,
+            series_number: PM_SERIES_NUMBER,
+            series_description: "AI heatmap map (preliminary, not for diagnostic use)",
+        },
+    );
     // Enhanced General Equipment.
     obj.put(text(tags::DEVICE_SERIAL_NUMBER, VR::LO, device_serial));
     // Frame of Reference.

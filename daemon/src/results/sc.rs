@@ -3,7 +3,7 @@
 //! as an RGB image in its own series (modality OT) of the original study.
 
 use super::overlay::Rgb;
-use super::sr::common_header;
+use super::sr::{object_header, ObjectIdentity};
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;
@@ -36,27 +36,17 @@ pub fn build(
             image.width, image.height
         )));
     }
-    let mut obj = InMemDicomObject::new_empty();
-    common_header(report, &mut obj);
-    obj.put(text(tags::SOP_CLASS_UID, VR::UI, SECONDARY_CAPTURE));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &uids.sc_instance));
-    obj.put(text(tags::MODALITY, VR::CS, "OT"));
-    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &uids.sc_series));
-    obj.put(text(
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &SC_SERIES_NUMBER.to_string(),
-    ));
-    obj.put(text(
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        &report.version.to_string(),
-    ));
-    obj.put(text(
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        "AI heatmap (preliminary, not for diagnostic use)",
-    ));
+    let mut obj = object_header(
+        report,
+        &ObjectIdentity {
+            sop_class: SECONDARY_CAPTURE,
+            sop_instance: &uids.sc_instance,
+            modality: "OT",
+            series: &uids.sc_series,
+            series_number: SC_SERIES_NUMBER,
+            series_description: "AI heatmap (preliminary, not for diagnostic use)",
+        },
+    );
     obj.put(text(tags::CONVERSION_TYPE, VR::CS, "WSD"));
     obj.put(text(tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY"));
     obj.put(text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES"));

@@ -222,6 +222,50 @@ fn evidence(study_uid: &str, objects: &[(&str, &str, &str)]) -> InMemDicomObject
     ])
 }
 
+/// What sets one result object apart from the others of its report: SOP class and
+/// instance, modality and the series it is filed in.
+pub struct ObjectIdentity<'a> {
+    /// SOP Class UID.
+    pub sop_class: &'a str,
+    /// SOP Instance UID.
+    pub sop_instance: &'a str,
+    /// Modality of the series.
+    pub modality: &'a str,
+    /// Series Instance UID.
+    pub series: &'a str,
+    /// Series Number (fixed per kind of result object).
+    pub series_number: i32,
+    /// Series Description shown in worklists and viewers.
+    pub series_description: &'a str,
+}
+
+/// A new result object with the [`common_header`] of `report` and `identity`; its
+/// Instance Number is the report's version.
+pub fn object_header(report: &Report, identity: &ObjectIdentity<'_>) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::new_empty();
+    common_header(report, &mut obj);
+    obj.put(text(tags::SOP_CLASS_UID, VR::UI, identity.sop_class));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, identity.sop_instance));
+    obj.put(text(tags::MODALITY, VR::CS, identity.modality));
+    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, identity.series));
+    obj.put(text(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        &identity.series_number.to_string(),
+    ));
+    obj.put(text(
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        &report.version.to_string(),
+    ));
+    obj.put(text(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        identity.series_description,
+    ));
+    obj
+}
+
 /// Patient, study and general equipment attributes copied into every result object.
 pub fn common_header(report: &Report, obj: &mut InMemDicomObject) {
     let s = &report.study;
@@ -416,27 +460,17 @@ pub fn build(
     sources: &[InstanceRecord],
     explanation: Option<ObjectRef>,
 ) -> Result<FileDicomObject<InMemDicomObject>, super::ResultsError> {
-    let mut obj = InMemDicomObject::new_empty();
-    common_header(report, &mut obj);
-    obj.put(text(tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_SR));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, &uids.sr_instance));
-    obj.put(text(tags::MODALITY, VR::CS, "SR"));
-    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &uids.sr_series));
-    obj.put(DataElement::new(
-        tags::SERIES_NUMBER,
-        VR::IS,
-        PrimitiveValue::from(SR_SERIES_NUMBER.to_string()),
-    ));
-    obj.put(DataElement::new(
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        PrimitiveValue::from(report.version.to_string()),
-    ));
-    obj.put(text(
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        "AI findings (preliminary, not verified)",
-    ));
+    let mut obj = object_header(
+        report,
+        &ObjectIdentity {
+            sop_class: COMPREHENSIVE_SR,
+            sop_instance: &uids.sr_instance,
+            modality: "SR",
+            series: &uids.sr_series,
+            series_number: SR_SERIES_NUMBER,
+            series_description: "AI findings (preliminary, not verified)",
+        },
+    );
     obj.put(seq(
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         Vec::new(),
