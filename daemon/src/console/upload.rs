@@ -217,14 +217,6 @@ fn decode(
     image::GrayImage::from_raw(w, h, gray.pixels).ok_or_else(|| bad("no pixels".into()))
 }
 
-fn dicom_now() -> (String, String) {
-    let t = time::OffsetDateTime::now_utc();
-    (
-        format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()),
-        format!("{:02}{:02}{:02}", t.hour(), t.minute(), t.second()),
-    )
-}
-
 /// What an image wrapped as DICOM is recorded as: the patient, the study and the kind of
 /// object. Uploads become Secondary Captures marked as chest radiographs; the demo's
 /// sample images become DX images as a modality would send them.
@@ -289,7 +281,7 @@ pub fn wrap_gray(
             "{w}x{ht} is too large for DICOM"
         )));
     };
-    let (date, time) = dicom_now();
+    let (date, time) = crate::clock::dicom_date_time(crate::clock::now_secs());
     let is_sc = h.sop_class == SECONDARY_CAPTURE;
     let mut obj = InMemDicomObject::new_empty();
     obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));

@@ -156,12 +156,7 @@ pub fn header_for(bytes: &[u8], uid_root: &str) -> WrapHeader {
             "{:08}",
             u32::from_be_bytes([d[4], d[5], d[6], d[7]]) % 100_000_000
         ),
-        birth_date: format!(
-            "{:04}{:02}{:02}",
-            birth.year(),
-            u8::from(birth.month()),
-            birth.day()
-        ),
+        birth_date: crate::clock::dicom_date(birth),
         sex: sex.into(),
         study_uid: derive(uid_root, &format!("demo-sample/{seed}/study")),
         series_uid: derive(uid_root, &format!("demo-sample/{seed}/series")),
@@ -234,7 +229,7 @@ mod tests {
     #[test]
     fn every_sample_patient_is_inside_the_shipped_models_age_range() {
         let d = time::OffsetDateTime::now_utc().date();
-        let today = format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day());
+        let today = crate::clock::dicom_date(d);
         for i in 0u32..500 {
             let h = header_for(&i.to_le_bytes(), "1.2.3.");
             let age = crate::infer::age::patient_age("", &h.birth_date, &today)

@@ -2,9 +2,11 @@
 //! measurement report of the findings ([`sr`]), the heatmap as a Parametric Map a viewer
 //! overlays itself ([`parametric_map`]) and a Secondary Capture with the heatmap burned in
 //! ([`sc`], drawn by [`overlay`]), each in its own series, with UIDs derived from the
-//! report id ([`uids`]). They are stored and indexed exactly like received instances, so
+//! report id ([`uids`]) and the patient, study and equipment attributes of the report
+//! ([`attributes`]). They are stored and indexed exactly like received instances, so
 //! the Q/R SCP serves them and the outbox pushes them to PACS.
 
+pub mod attributes;
 pub mod overlay;
 pub mod parametric_map;
 pub mod sc;

@@ -20,7 +20,7 @@
 //!   table itself is not embedded: dicom3tools' `dciodvfy` reports palette data attributes
 //!   as errors under the Image Pixel Description macro.
 
-use super::sr::{object_header, ObjectIdentity};
+use super::attributes::{object_header, ObjectIdentity};
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;

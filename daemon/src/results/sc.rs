@@ -3,7 +3,7 @@
 //! as an RGB image in its own series (modality OT) of the original study.
 
 use super::overlay::Rgb;
-use super::sr::{object_header, ObjectIdentity};
+use super::attributes::{object_header, ObjectIdentity};
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;

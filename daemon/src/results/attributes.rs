@@ -1,0 +1,105 @@
+//! The attributes every result object carries: the patient and study of the report, the
+//! equipment (this appliance and its model), creation time, and the object's own identity
+//! (SOP class and instance, modality, series).
+
+use crate::report::Report;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+/// What sets one result object apart from the others of its report: SOP class and
+/// instance, modality and the series it is filed in.
+pub struct ObjectIdentity<'a> {
+    /// SOP Class UID.
+    pub sop_class: &'a str,
+    /// SOP Instance UID.
+    pub sop_instance: &'a str,
+    /// Modality of the series.
+    pub modality: &'a str,
+    /// Series Instance UID.
+    pub series: &'a str,
+    /// Series Number (fixed per kind of result object).
+    pub series_number: i32,
+    /// Series Description shown in worklists and viewers.
+    pub series_description: &'a str,
+}
+
+/// A new result object with the [`common_header`] of `report` and `identity`; its
+/// Instance Number is the report's version.
+pub fn object_header(report: &Report, identity: &ObjectIdentity<'_>) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::new_empty();
+    common_header(report, &mut obj);
+    obj.put(text(tags::SOP_CLASS_UID, VR::UI, identity.sop_class));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, identity.sop_instance));
+    obj.put(text(tags::MODALITY, VR::CS, identity.modality));
+    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, identity.series));
+    obj.put(text(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        &identity.series_number.to_string(),
+    ));
+    obj.put(text(
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        &report.version.to_string(),
+    ));
+    obj.put(text(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        identity.series_description,
+    ));
+    obj
+}
+
+/// Patient, study and general equipment attributes copied into every result object.
+pub fn common_header(report: &Report, obj: &mut InMemDicomObject) {
+    let s = &report.study;
+    obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
+    obj.put(text(tags::PATIENT_NAME, VR::PN, &s.patient_name));
+    obj.put(text(tags::PATIENT_ID, VR::LO, &s.patient_id));
+    obj.put(text(
+        tags::PATIENT_BIRTH_DATE,
+        VR::DA,
+        &s.patient_birth_date,
+    ));
+    obj.put(text(tags::PATIENT_SEX, VR::CS, &s.patient_sex));
+    obj.put(text(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        &s.study_instance_uid,
+    ));
+    obj.put(text(tags::STUDY_DATE, VR::DA, &s.study_date));
+    obj.put(text(tags::STUDY_TIME, VR::TM, &s.study_time));
+    obj.put(text(tags::STUDY_ID, VR::SH, &s.study_id));
+    obj.put(text(tags::ACCESSION_NUMBER, VR::SH, &s.accession_number));
+    obj.put(text(
+        tags::REFERRING_PHYSICIAN_NAME,
+        VR::PN,
+        &s.referring_physician,
+    ));
+    obj.put(text(tags::STUDY_DESCRIPTION, VR::LO, &s.study_description));
+    obj.put(text(
+        tags::MANUFACTURER,
+        VR::LO,
+        crate::store::header::GENERATED_BY,
+    ));
+    obj.put(text(
+        tags::MANUFACTURER_MODEL_NAME,
+        VR::LO,
+        &report.model_name,
+    ));
+    obj.put(text(
+        tags::SOFTWARE_VERSIONS,
+        VR::LO,
+        env!("CARGO_PKG_VERSION"),
+    ));
+    let (date, time) = crate::clock::dicom_date_time(report.created_at);
+    obj.put(text(tags::CONTENT_DATE, VR::DA, &date));
+    obj.put(text(tags::CONTENT_TIME, VR::TM, &time));
+    obj.put(text(tags::INSTANCE_CREATION_DATE, VR::DA, &date));
+    obj.put(text(tags::INSTANCE_CREATION_TIME, VR::TM, &time));
+}
