@@ -105,10 +105,14 @@ pub async fn run_beating<C: Channel>(
                 continue;
             }
         };
-        let Some(entry) = head else {
+        // Nothing queued: wait for an entry. The head not yet due: wait for its time, or
+        // for a new entry (which may be due sooner).
+        let due_in = head.as_ref().map(|e| e.next_attempt_at - now_millis());
+        let Some(entry) = head.filter(|_| due_in.is_some_and(|ms| ms <= 0)) else {
             let stop = beat
                 .during(async {
                     tokio::select! {
+                        _ = sleep_for(due_in) => false,
                         _ = notify.notified() => false,
                         _ = channel.idle() => false,
                         r = shutdown.changed() => r.is_err(),
@@ -120,23 +124,6 @@ pub async fn run_beating<C: Channel>(
             }
             continue;
         };
-        let wait = entry.next_attempt_at - now_millis();
-        if wait > 0 {
-            let stop = beat
-                .during(async {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => false,
-                        _ = notify.notified() => false,
-                        _ = channel.idle() => false,
-                        r = shutdown.changed() => r.is_err(),
-                    }
-                })
-                .await;
-            if stop {
-                break;
-            }
-            continue;
-        }
         let attempt = beat
             .during(async {
                 tokio::select! {
@@ -193,4 +180,12 @@ pub async fn run_beating<C: Channel>(
     }
     channel.close().await;
     log::info!("delivery worker for {dest} stopped");
+}
+
+/// Sleeps `ms` milliseconds when given (a due time in the future), forever when not.
+async fn sleep_for(ms: Option<i64>) {
+    match ms {
+        Some(ms) => tokio::time::sleep(Duration::from_millis(ms.max(0) as u64)).await,
+        None => std::future::pending().await,
+    }
 }
