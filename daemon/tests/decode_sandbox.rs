@@ -240,9 +240,10 @@ fn jpeg_2000_part_2_is_sandboxed_too_and_previews_take_the_same_route() {
 }
 
 /// Hostile stored instances retrieved by a peer that wants them uncompressed: a corrupted
-/// JPEG 2000 codestream (decoded in the child), a truncated RLE one (decoded here, behind
-/// the stream checks) and an image over the pixel budget are each a clear error for that
-/// sub-operation, never a crash; a good one is re-encoded.
+/// JPEG 2000 codestream (decoded in the child), a JPEG-LS frame header that lies about the
+/// image's size (refused by the child's stream check), a truncated RLE one (decoded here,
+/// behind the stream checks) and an image over the pixel budget are each a clear error for
+/// that sub-operation, never a crash; a good one is re-encoded.
 #[test]
 fn retrieval_of_hostile_stored_instances_fails_cleanly() {
     use duli::qr::payload::{load, Payload, PayloadError};
@@ -287,6 +288,20 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
             Err(other) => panic!("{name}: {other}"),
         }
     }
+    // A JPEG-LS frame header claiming 65535 x 65535: CharLS would allocate 8 GB from it;
+    // the child refuses the stream before decoding, naming why.
+    let mut bytes = std::fs::read(seed("jpeg-ls-lossless.dcm")).unwrap();
+    let sof55 = bytes.windows(2).position(|w| w == [0xFF, 0xF7]).unwrap();
+    bytes[sof55 + 5..sof55 + 9].copy_from_slice(&[0xFF; 4]);
+    let rec = record("jpeg-ls-lossless.dcm", &bytes);
+    let err = load(dir.path(), &rec, EXPLICIT_LE, 1 << 30).unwrap_err();
+    assert!(
+        matches!(err, PayloadError::Transcode { .. })
+            && err
+                .to_string()
+                .contains("JPEG-LS stream frame is 65535 x 65535"),
+        "{err}"
+    );
     // Truncated: the pre-scan refuses it.
     let bytes = std::fs::read(seed("rle.dcm")).unwrap();
     let rec = record("rle.dcm", &bytes[..bytes.len() / 2]);

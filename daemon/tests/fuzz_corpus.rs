@@ -2,7 +2,10 @@
 //! entry points the fuzz targets call (`duli::fuzz_targets`), on the stable toolchain: a
 //! parser change that brings back a crash, a hang or a panic fails the ordinary suite. A
 //! panic counts even when the code under test catches it (as the daemon does around
-//! third-party decoders): libFuzzer stops on every panic, and so does the replay.
+//! third-party decoders): libFuzzer stops on every panic, and so does the replay. So does
+//! a single allocation over libFuzzer's malloc limit (`-rss_limit_mb=2048` in `make
+//! fuzz`), which it reports as out-of-memory: the replay watches every allocation of the
+//! thread an input runs on.
 //!
 //! Corpora: `fuzz/corpus/<target>/` (the seeds of `fuzz/make_seeds.py`, one or more per
 //! encoding and message kind) and `fuzz/minimized/<target>/` (what the fuzzers grew during
@@ -11,6 +14,7 @@
 //! inputs themselves stay in `fuzz/grown/`, outside the repository (tens of thousands of
 //! files).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Once};
@@ -41,7 +45,50 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 thread_local! {
     /// Whether a panic began on this thread, caught or not.
     static PANICKED: Cell<bool> = const { Cell::new(false) };
+    /// The largest allocation (or reallocation) made on this thread, in bytes.
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
 }
+
+/// Largest single allocation one input may make: libFuzzer's malloc limit in `make fuzz`.
+const MALLOC_LIMIT: usize = 2048 << 20;
+
+/// The system allocator, noting the largest size asked for on each thread.
+struct Watching;
+
+fn note_size(size: usize) {
+    // `try_with`: nothing is noted while a thread's locals are being torn down.
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+// SAFETY: every call is passed on unchanged to the system allocator; noting the size
+// neither allocates nor unwinds.
+unsafe impl GlobalAlloc for Watching {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_size(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_size(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_size(new_size);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Watching = Watching;
 
 /// Marks every panic on the thread it happens on, then reports it as before.
 fn note_panics() {
@@ -65,14 +112,21 @@ fn replay(target: &'static str, path: &Path) {
         .stack_size(8 << 20)
         .spawn(move || {
             assert!(run(target, &data), "no target named {target}");
-            let _ = tx.send(PANICKED.with(Cell::get));
+            let _ = tx.send((PANICKED.with(Cell::get), LARGEST.with(Cell::get)));
         })
         .expect("spawn replay thread");
     match rx.recv_timeout(PER_INPUT) {
-        Ok(false) => {
+        Ok((false, largest)) if largest <= MALLOC_LIMIT => {
             let _ = handle.join();
         }
-        Ok(true) => {
+        Ok((false, largest)) => {
+            let _ = handle.join();
+            panic!(
+                "{target}: {} made an allocation of {largest} bytes, over the {MALLOC_LIMIT}-byte limit",
+                path.display()
+            );
+        }
+        Ok((true, _)) => {
             let _ = handle.join();
             panic!(
                 "{target}: {} panicked inside (the panic was caught)",

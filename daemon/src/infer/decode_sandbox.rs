@@ -349,6 +349,8 @@ fn child_transcode(path: &Path, ts: &str) -> Result<(), ChildError> {
         .ok_or_else(|| fail(format!("unknown transfer syntax {ts}")))?;
     crate::dataset_guard::check_file(path).map_err(|e| fail(e.to_string()))?;
     let mut obj = dicom_object::open_file(path).map_err(|e| fail(e.to_string()))?;
+    let stored = obj.meta().transfer_syntax().to_string();
+    super::stream_check::check_stream(&obj, &stored).map_err(ChildError::Image)?;
     confine()?;
     obj.transcode(target).map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::new();

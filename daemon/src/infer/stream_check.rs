@@ -5,10 +5,11 @@
 //! header that declares another size makes it slice past that buffer (a panic), and makes
 //! the JPEG decoder allocate by dimensions no pixel budget has checked. So each stream is
 //! held to the header here: RLE segments (PS3.5 Annex G), the JPEG frame header
-//! (ITU-T T.81 B.2.2) and the JPEG 2000 image and tile size marker (SIZ, ITU-T T.800
-//! A.5.1) of the first frame. JPEG-LS and JPEG 2000 are decoded in a confined child
-//! ([`super::decode_sandbox`]), which runs these checks too; other transfer syntaxes pass
-//! unchanged.
+//! (ITU-T T.81 B.2.2), the JPEG-LS frame header (SOF55, ITU-T T.87 C.2.2; CharLS
+//! allocates its output from it) and the JPEG 2000 image and tile size marker (SIZ,
+//! ITU-T T.800 A.5.1) of the first frame. JPEG-LS and JPEG 2000 are decoded in a confined
+//! child ([`super::decode_sandbox`]), which runs these checks too; other transfer syntaxes
+//! pass unchanged.
 
 use super::dicom_image::{count_of, DicomImageError};
 use dicom_dictionary_std::tags;
@@ -104,13 +105,16 @@ const JPEG_DECODED_IN_PROCESS: [&str; 4] = [
 ];
 
 /// Checks the encapsulated pixel data of `obj` for its transfer syntax: RLE
-/// ([`check_rle`]), the JPEG processes ([`check_jpeg`]) and JPEG 2000 ([`check_j2k`]).
+/// ([`check_rle`]), the JPEG processes ([`check_jpeg`]), JPEG-LS ([`check_jpeg_ls`]) and
+/// JPEG 2000 ([`check_j2k`]).
 pub fn check_stream(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), DicomImageError> {
     let uid = transfer_syntax.trim_end_matches(['\0', ' ']);
     if uid == RLE_LOSSLESS {
         check_rle(obj, uid)
     } else if JPEG_DECODED_IN_PROCESS.contains(&uid) {
         check_jpeg(obj)
+    } else if super::decode_sandbox::CHARLS_SYNTAXES.contains(&uid) {
+        check_jpeg_ls(obj)
     } else if super::decode_sandbox::OPENJPEG_SYNTAXES.contains(&uid) {
         check_j2k(obj)
     } else {
@@ -157,13 +161,45 @@ pub enum JpegHeaderError {
     /// The bytes end inside the frame header.
     #[error("ends inside its frame header")]
     EndsInFrameHeader,
+    /// A JPEG-LS stream whose first frame header is of another JPEG process.
+    #[error("has a frame header of marker FF{0:02X}, not JPEG-LS's SOF55 (FFF7)")]
+    NotJpegLs(u8),
 }
+
+/// SOFn markers of ITU-T T.81 (0xC0 to 0xCF without DHT, JPG and DAC).
+fn is_jpeg_frame_marker(marker: u8) -> bool {
+    matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
+}
+
+/// JPEG-LS's frame header marker, SOF55 (ITU-T T.87 C.2.2).
+const SOF55: u8 = 0xF7;
 
 /// Reads the first frame header of a JPEG stream the way the decoder does: SOI, then
 /// marker segments by their lengths (bytes between segments are skipped, as the decoder
 /// tolerates them) until the first SOFn. An error when the stream ends, or a scan or EOI
 /// comes, before any frame header.
 pub fn jpeg_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, JpegHeaderError> {
+    first_frame_header(stream, is_jpeg_frame_marker)
+}
+
+/// Reads the frame header of a JPEG-LS stream as [`jpeg_frame_header`] reads a JPEG one:
+/// the first SOF55 (same layout as SOFn); a T.81 frame header before it is an error, as
+/// CharLS refuses it. CharLS takes the frame's size from SOF55 unless it is zero there
+/// (then from an LSE oversize-dimension segment), and refuses a second size.
+pub fn jpeg_ls_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, JpegHeaderError> {
+    let header = first_frame_header(stream, |m| m == SOF55 || is_jpeg_frame_marker(m))?;
+    if header.marker != SOF55 {
+        return Err(JpegHeaderError::NotJpegLs(header.marker));
+    }
+    Ok(header)
+}
+
+/// The first frame header of `stream`: the first marker segment for which `is_frame`
+/// holds, found by walking SOI and the marker segments by their lengths.
+fn first_frame_header(
+    stream: &[u8],
+    is_frame: impl Fn(u8) -> bool,
+) -> Result<JpegFrameHeader, JpegHeaderError> {
     if !stream.starts_with(&[0xFF, 0xD8]) {
         return Err(JpegHeaderError::NoSoi);
     }
@@ -193,9 +229,7 @@ pub fn jpeg_frame_header(stream: &[u8]) -> Result<JpegFrameHeader, JpegHeaderErr
         if length < 2 {
             return Err(JpegHeaderError::SegmentLength(length));
         }
-        let is_frame_header =
-            matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
-        if is_frame_header {
+        if is_frame(marker) {
             let Some(h) = stream.get(at + 2..at + 8) else {
                 return Err(JpegHeaderError::EndsInFrameHeader);
             };
@@ -274,10 +308,57 @@ pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
     let bad = |why: String| DicomImageError::Invalid(format!("JPEG stream {why}"));
     let header = jpeg_frame_header(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
         .map_err(|e| bad(e.to_string()))?;
+    check_frame_header(
+        obj,
+        &header,
+        bad,
+        |precision| {
+            if precision == 8 {
+                8
+            } else {
+                16
+            }
+        },
+    )
+}
+
+/// Checks the first frame's JPEG-LS frame header (SOF55) against the image attributes as
+/// [`check_jpeg`] does, with a decoded width of one byte up to 8 bits and two above. CharLS
+/// allocates its output from this header — lines × columns × components × bytes per
+/// sample — before decoding a byte, so a header that lies about the size would have it
+/// allocate what the pixel budget never allowed; and the adapter copies that output into a
+/// buffer sized from the attributes.
+pub fn check_jpeg_ls(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
+    let bad = |why: String| DicomImageError::Invalid(format!("JPEG-LS stream {why}"));
+    let header = jpeg_ls_frame_header(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(e.to_string()))?;
+    check_frame_header(
+        obj,
+        &header,
+        bad,
+        |precision| {
+            if precision <= 8 {
+                8
+            } else {
+                16
+            }
+        },
+    )
+}
+
+/// Holds a frame header to Rows, Columns, Samples per Pixel and Bits Allocated (through
+/// `decoded_bits`, the width the decoder writes a sample of that precision in).
+fn check_frame_header(
+    obj: &InMemDicomObject,
+    header: &JpegFrameHeader,
+    bad: impl Fn(String) -> DicomImageError,
+    decoded_bits: impl Fn(u8) -> u64,
+) -> Result<(), DicomImageError> {
     let rows = count_of(obj, tags::ROWS, 0);
     let columns = count_of(obj, tags::COLUMNS, 0);
     if header.lines == 0 || header.samples_per_line == 0 {
-        // Zero lines defers the height to a DNL marker after the first scan.
+        // Zero defers the size to a later marker: a DNL after the first scan (JPEG), an
+        // oversize-dimension segment of up to 2^32 a side (JPEG-LS).
         return Err(bad(format!(
             "frame is {} x {} (columns x lines): an empty or deferred size",
             header.samples_per_line, header.lines
@@ -297,8 +378,7 @@ pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
         )));
     }
     let allocated = count_of(obj, tags::BITS_ALLOCATED, 0);
-    let decoded_bits = if header.precision == 8 { 8 } else { 16 };
-    if allocated != decoded_bits {
+    if allocated != decoded_bits(header.precision) {
         return Err(bad(format!(
             "has {}-bit samples, which do not fit Bits Allocated {allocated}",
             header.precision
@@ -635,8 +715,8 @@ mod tests {
         assert!(check_stream(&image(24, 32, 1, 16, vec![]), "1.2.840.10008.1.2.4.70").is_err());
         let deferred = image(0, 0, 1, 16, vec![stream(0xC3, 12, 0, 0, 1)]);
         assert!(check_stream(&deferred, "1.2.840.10008.1.2.4.70").is_err());
-        // Native pixel data and JPEG-LS (its decoder reads the frame header in the child,
-        // under the sandbox's limits) are not this check's business.
+        // Native pixel data is not this check's business; JPEG-LS has its own (a T.81
+        // frame header there is refused).
         let mut native = InMemDicomObject::new_empty();
         native.put(DataElement::new(
             tags::PIXEL_DATA,
@@ -644,7 +724,7 @@ mod tests {
             PrimitiveValue::from(vec![0u8; 4]),
         ));
         assert!(check_stream(&native, "1.2.840.10008.1.2.1").is_ok());
-        assert!(check_stream(&wide, "1.2.840.10008.1.2.4.80").is_ok());
+        assert!(check_stream(&wide, "1.2.840.10008.1.2.4.80").is_err());
         assert!(check_jpeg(&native).is_err());
     }
 
@@ -674,6 +754,46 @@ mod tests {
         f.extend_from_slice(b"jp2c");
         f.extend_from_slice(codestream);
         f
+    }
+
+    #[test]
+    fn a_jpeg_ls_frame_that_disagrees_with_the_image_attributes_is_refused_before_decoding() {
+        const LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+        let ok = image(24, 32, 1, 16, vec![stream(SOF55, 12, 24, 32, 1)]);
+        assert!(check_stream(&ok, LOSSLESS).is_ok());
+        let ok = image(24, 32, 3, 8, vec![stream(SOF55, 8, 24, 32, 3)]);
+        assert!(check_stream(&ok, "1.2.840.10008.1.2.4.81").is_ok());
+        let ok = image(24, 32, 1, 8, vec![stream(SOF55, 6, 24, 32, 1)]);
+        assert!(
+            check_stream(&ok, LOSSLESS).is_ok(),
+            "6 bits decode to bytes"
+        );
+        // Found by fuzzing: a frame header whose size made CharLS allocate 8.5 GB for an
+        // image of a few pixels.
+        let huge = image(24, 32, 1, 16, vec![stream(SOF55, 16, 65535, 65535, 1)]);
+        for ts in crate::infer::decode_sandbox::CHARLS_SYNTAXES {
+            let err = check_stream(&huge, ts).unwrap_err();
+            assert!(err.to_string().contains("65535 x 65535"), "{ts}: {err}");
+        }
+        for (stream, spp, allocated, why) in [
+            (stream(SOF55, 12, 25, 32, 1), 1, 16, "32 x 25"),
+            (stream(SOF55, 12, 0, 32, 1), 1, 16, "deferred"),
+            (stream(SOF55, 12, 24, 0, 1), 1, 16, "deferred"),
+            (stream(SOF55, 8, 24, 32, 3), 1, 8, "3 components"),
+            (stream(SOF55, 8, 24, 32, 1), 3, 8, "Samples per Pixel 3"),
+            (stream(SOF55, 12, 24, 32, 1), 1, 8, "12-bit"),
+            (stream(SOF55, 8, 24, 32, 1), 1, 16, "8-bit"),
+            (stream(0xC3, 12, 24, 32, 1), 1, 16, "FFC3"),
+            (stream(SOF55, 12, 24, 32, 1)[..20].to_vec(), 1, 16, "ends"),
+        ] {
+            let err = check_stream(&image(24, 32, spp, allocated, vec![stream]), LOSSLESS)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        // A JPEG stream is not walked for SOF55: the T.81 syntaxes keep their own reader.
+        let jpeg = image(24, 32, 1, 16, vec![stream(SOF55, 12, 24, 32, 1)]);
+        assert!(check_stream(&jpeg, "1.2.840.10008.1.2.4.70").is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! the explained finding burned in, a colour legend and a "not for diagnostic use" banner,
 //! as an RGB image in its own series (modality OT) of the original study.
 
-use super::overlay::Rgb;
 use super::attributes::{object_header, ObjectIdentity};
+use super::overlay::Rgb;
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;
