@@ -3,12 +3,24 @@
 //! (SOP class and instance, modality, series).
 
 use crate::report::Report;
+use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+/// A text element (every string VR).
+pub(super) fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+/// A US element.
+pub(super) fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
+}
+
+/// A sequence of `items`.
+pub(super) fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
 /// What sets one result object apart from the others of its report: SOP class and
@@ -56,7 +68,7 @@ pub fn object_header(report: &Report, identity: &ObjectIdentity<'_>) -> InMemDic
 }
 
 /// Patient, study and general equipment attributes copied into every result object.
-pub fn common_header(report: &Report, obj: &mut InMemDicomObject) {
+fn common_header(report: &Report, obj: &mut InMemDicomObject) {
     let s = &report.study;
     obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
     obj.put(text(tags::PATIENT_NAME, VR::PN, &s.patient_name));

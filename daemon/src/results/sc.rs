@@ -2,12 +2,12 @@
 //! the explained finding burned in, a colour legend and a "not for diagnostic use" banner,
 //! as an RGB image in its own series (modality OT) of the original study.
 
-use super::attributes::{object_header, ObjectIdentity};
+use super::attributes::{object_header, text, us, ObjectIdentity};
 use super::overlay::Rgb;
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;
-use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
@@ -15,14 +15,6 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 /// Series number of the SC series.
 pub const SC_SERIES_NUMBER: i32 = 9902;
-
-fn text(tag: dicom_core::Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::from(v))
-}
-
-fn us(tag: dicom_core::Tag, v: u16) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
-}
 
 /// Builds the SC of `report` from the annotated overlay image.
 pub fn build(

@@ -22,13 +22,12 @@
 //! standard concept matches a label, and the `DULI-MODEL` identification in HL7; every
 //! other concept is from DCM, SCT, UCUM or RFC 5646.
 
-use super::attributes::{object_header, ObjectIdentity};
+use super::attributes::{object_header, seq, text, ObjectIdentity};
 use super::uids::ResultUids;
 use crate::model::InstanceRecord;
 use crate::report::{Finding, Report};
 use crate::result::Concept;
-use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
@@ -102,14 +101,6 @@ pub struct ObjectRef<'a> {
     pub series: &'a str,
     /// Local code of the finding it explains.
     pub finding: &'a str,
-}
-
-fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::from(v))
-}
-
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
 fn code_item(c: Code) -> InMemDicomObject {
