@@ -305,21 +305,13 @@ fn first_frame_of(obj: &InMemDicomObject) -> Result<Cow<'_, [u8]>, NoFrame> {
 /// bits, two otherwise) is Bits Allocated. The decoder's output then fits the buffer the
 /// adapter copies it into, and it allocates no more than the pixel budget allowed.
 pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
-    let bad = |why: String| DicomImageError::Invalid(format!("JPEG stream {why}"));
-    let header = jpeg_frame_header(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
-        .map_err(|e| bad(e.to_string()))?;
-    check_frame_header(
-        obj,
-        &header,
-        bad,
-        |precision| {
-            if precision == 8 {
-                8
-            } else {
-                16
-            }
-        },
-    )
+    check_frame_header(obj, "JPEG", jpeg_frame_header, |precision| {
+        if precision == 8 {
+            8
+        } else {
+            16
+        }
+    })
 }
 
 /// Checks the first frame's JPEG-LS frame header (SOF55) against the image attributes as
@@ -329,31 +321,27 @@ pub fn check_jpeg(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
 /// allocate what the pixel budget never allowed; and the adapter copies that output into a
 /// buffer sized from the attributes.
 pub fn check_jpeg_ls(obj: &InMemDicomObject) -> Result<(), DicomImageError> {
-    let bad = |why: String| DicomImageError::Invalid(format!("JPEG-LS stream {why}"));
-    let header = jpeg_ls_frame_header(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
-        .map_err(|e| bad(e.to_string()))?;
-    check_frame_header(
-        obj,
-        &header,
-        bad,
-        |precision| {
-            if precision <= 8 {
-                8
-            } else {
-                16
-            }
-        },
-    )
+    check_frame_header(obj, "JPEG-LS", jpeg_ls_frame_header, |precision| {
+        if precision <= 8 {
+            8
+        } else {
+            16
+        }
+    })
 }
 
-/// Holds a frame header to Rows, Columns, Samples per Pixel and Bits Allocated (through
-/// `decoded_bits`, the width the decoder writes a sample of that precision in).
+/// Reads the first frame's header of a `codec` stream with `read` and holds it to Rows,
+/// Columns, Samples per Pixel and Bits Allocated (through `decoded_bits`, the width the
+/// decoder writes a sample of that precision in).
 fn check_frame_header(
     obj: &InMemDicomObject,
-    header: &JpegFrameHeader,
-    bad: impl Fn(String) -> DicomImageError,
-    decoded_bits: impl Fn(u8) -> u64,
+    codec: &str,
+    read: fn(&[u8]) -> Result<JpegFrameHeader, JpegHeaderError>,
+    decoded_bits: fn(u8) -> u64,
 ) -> Result<(), DicomImageError> {
+    let bad = |why: String| DicomImageError::Invalid(format!("{codec} stream {why}"));
+    let header = read(&first_frame_of(obj).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(e.to_string()))?;
     let rows = count_of(obj, tags::ROWS, 0);
     let columns = count_of(obj, tags::COLUMNS, 0);
     if header.lines == 0 || header.samples_per_line == 0 {
