@@ -239,6 +239,30 @@ fn jpeg_2000_part_2_is_sandboxed_too_and_previews_take_the_same_route() {
     assert!(err.to_string().contains("too large"), "{err}");
 }
 
+/// A JPEG-LS frame header that lies about the image's size (CharLS would allocate 8 GB
+/// from it) is refused before decoding, with its reason, in the confined child that
+/// analysis and previews use, and in process.
+#[test]
+fn a_jpeg_ls_header_that_lies_about_the_size_is_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(seed("jpeg-ls-lossless.dcm")).unwrap();
+    let sof55 = bytes.windows(2).position(|w| w == [0xFF, 0xF7]).unwrap();
+    bytes[sof55 + 5..sof55 + 9].copy_from_slice(&[0xFF; 4]);
+    let path = dir.path().join("lying.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let want = "JPEG-LS stream frame is 65535 x 65535";
+    let err = decode_display(&duli(), &path, 1 << 30, Duration::from_secs(30))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(want), "{err}");
+    let err = DicomImage::open(&path)
+        .unwrap()
+        .decode_in_process()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(want), "{err}");
+}
+
 /// Hostile stored instances retrieved by a peer that wants them uncompressed: a corrupted
 /// JPEG 2000 codestream (decoded in the child), a JPEG-LS frame header that lies about the
 /// image's size (refused by the child's stream check), a truncated RLE one (decoded here,
