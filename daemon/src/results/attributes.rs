@@ -40,8 +40,8 @@ pub struct ObjectIdentity<'a> {
     pub series_description: &'a str,
 }
 
-/// A new result object with the [`common_header`] of `report` and `identity`; its
-/// Instance Number is the report's version.
+/// A new result object with the patient, study and equipment attributes of `report` and
+/// `identity`; its Instance Number is the report's version.
 pub fn object_header(report: &Report, identity: &ObjectIdentity<'_>) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
     common_header(report, &mut obj);
