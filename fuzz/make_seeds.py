@@ -181,6 +181,48 @@ def implicit(ds):
     return buf.getvalue()
 
 
+def encoded(ds, implicit_vr, little_endian):
+    buf = pydicom.filebase.DicomBytesIO()
+    buf.is_little_endian = little_endian
+    buf.is_implicit_VR = implicit_vr
+    pydicom.filewriter.write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def guard_parser_seeds():
+    """Data sets for the pre-scan/parser agreement target: a selector byte (0 implicit VR
+    little endian, 1 explicit little endian, 2 explicit big endian) and a bare data set with
+    nested sequences, a context-dependent VR, a private sequence and encapsulated pixels."""
+    ds = image(size=8)
+    del ds.file_meta
+    ds.SmallestImagePixelValue = 0
+    content = Dataset()
+    content.ValueType = "TEXT"
+    content.TextValue = "SEED"
+    inner = Dataset()
+    inner.ValueType = "CONTAINER"
+    inner.ContentSequence = [content]
+    ds.ContentSequence = [inner, content]
+    private = Dataset()
+    private.add_new(0x00091010, "LO", "SEED")
+    ds.add_new(0x00090010, "LO", "SEED")
+    ds.add_new(0x00091001, "SQ", [private])
+    for sel, (imp, le) in enumerate([(True, True), (False, True), (False, False)]):
+        out("guard_parser", f"image-{sel}.bin", bytes([sel]) + encoded(ds, imp, le))
+    # A UN of undefined length holding one item (explicit VR little endian).
+    un = (struct.pack("<HH", 0x0009, 0x1002) + b"UN\0\0" + b"\xff" * 4
+          + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+          + struct.pack("<HH", 0x0009, 0x1010) + b"LO" + struct.pack("<H", 4) + b"SEED"
+          + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    out("guard_parser", "un-undefined-1.bin", bytes([1]) + un)
+    # Encapsulated pixel data: an empty offset table and one fragment.
+    pixels = (struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + b"\xff" * 4
+              + struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+              + struct.pack("<HHI", 0xFFFE, 0xE000, 4) + b"\x01\x02\x03\x04"
+              + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    out("guard_parser", "encapsulated-1.bin", bytes([1]) + pixels)
+
+
 def command(**kw):
     ds = Dataset()
     ds.set_original_encoding(True, True)
@@ -349,6 +391,7 @@ def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         dicom_seeds(tmp)
+        guard_parser_seeds()
         association_seeds()
         find_seeds()
         hl7_seeds()

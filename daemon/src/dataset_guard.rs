@@ -25,7 +25,7 @@
 //! wrapper rather than a patched dependency keeps the upstream parser untouched and the
 //! rules in one place that tests exercise with byte fixtures.
 
-use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 use dicom_encoding::transfer_syntax::Codec;
@@ -358,8 +358,6 @@ struct Frame {
     kind: Kind,
     /// Offset where a container of defined length ends.
     end: Option<u64>,
-    /// Whether elements inside use explicit VR (a UN of undefined length holds implicit VR).
-    explicit: bool,
 }
 
 /// Reads the file meta group (explicit VR little endian, group 0002) and returns the
@@ -488,12 +486,14 @@ fn value_size(vr: VR) -> Option<u64> {
     }
 }
 
-/// The VR an implicit VR element has per the dictionary (SQ matters; others are opaque).
+/// The VR an implicit VR element has per the dictionary, as the parser reads it: a
+/// context-dependent VR (US or SS, OB or OW, ...) relaxed the way dicom-rs relaxes it (US,
+/// OW), so that a value the parser reads in whole words is held to whole words here too
+/// (an odd length would otherwise leave the parser one byte behind this walk).
 fn implicit_vr(tag: Tag) -> VR {
-    match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
-        Some(VirtualVr::Exact(vr)) => vr,
-        _ => VR::UN,
-    }
+    StandardDataDictionary
+        .by_tag(tag)
+        .map_or(VR::UN, |e| e.vr().relaxed())
 }
 
 /// Bulk data elements, exempt from the per-element cap (their size is bounded by the
@@ -533,6 +533,18 @@ fn fits<R>(
                 offset,
             });
         }
+    }
+    Ok(())
+}
+
+/// Refuses a second top-level Pixel Data element: a reader keeps one of them, and the size
+/// measured for the other would not hold it.
+fn second_pixel_data(summary: &Summary, offset: u64) -> Result<(), GuardError> {
+    if summary.pixel_data_bytes.is_some() {
+        return Err(GuardError::Structure {
+            offset,
+            what: "a second Pixel Data element",
+        });
     }
     Ok(())
 }
@@ -585,7 +597,6 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
             u16_of([tag_bytes[2], tag_bytes[3]], be),
         );
         let top = stack.last().copied();
-        let explicit = top.map_or(enc.explicit, |f| f.explicit);
         let end = innermost_end(&stack);
         if tag.0 == 0xFFFE {
             let mut len = [0u8; 4];
@@ -602,7 +613,6 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
                     stack.push(Frame {
                         kind: Kind::Item,
                         end: item_end,
-                        explicit,
                     });
                 }
                 (ITEM, Some((Kind::Fragments, _))) => {
@@ -616,6 +626,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
                     if stack.len() == 1 {
                         let bytes = summary.pixel_data_bytes.get_or_insert(0);
                         *bytes = bytes.saturating_add(u64::from(length));
+                    } else {
+                        // Encapsulated pixel data inside an item (an icon image): the
+                        // parser loads it with the header, so it counts as header bytes.
+                        held(&mut summary, u64::from(length))?;
                     }
                     input.skip(u64::from(length))?;
                 }
@@ -644,7 +658,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
                 what: "data element directly inside a sequence",
             });
         }
-        let (vr, length) = if explicit {
+        // The parser reads every container in the data set's own encoding (also a UN of
+        // undefined length, which PS3.5 §6.2.2 has hold implicit VR): so does the walk, or
+        // the two would see different elements in the same bytes.
+        let (vr, length) = if enc.explicit {
             explicit_vr_and_length(input, be)?
         } else {
             let mut len = [0u8; 4];
@@ -664,6 +681,7 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
                 Some(input.pos + u64::from(length))
             };
             if kind == Kind::Fragments && stack.is_empty() {
+                second_pixel_data(&summary, offset)?;
                 summary.pixel_data_bytes = Some(0);
             }
             if kind == Kind::Sequence {
@@ -672,12 +690,7 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
                     return Err(GuardError::TooDeep { offset });
                 }
             }
-            stack.push(Frame {
-                kind,
-                end: seq_end,
-                // A UN of undefined length holds implicit VR little endian (PS3.5 §6.2.2).
-                explicit: explicit && !(vr == VR::UN && length == UNDEFINED),
-            });
+            stack.push(Frame { kind, end: seq_end });
             continue;
         }
         let length = u64::from(length);
@@ -695,6 +708,7 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
             return Err(GuardError::ElementTooLarge { tag, length });
         }
         if stack.is_empty() && tag == PIXEL_DATA {
+            second_pixel_data(&summary, offset)?;
             summary.pixel_data_bytes = Some(length);
         } else {
             held(&mut summary, length)?;
@@ -763,6 +777,43 @@ pub(crate) mod fixtures {
         file.extend(short(0x0002, 0x0010, b"UI", &uid));
         file.extend_from_slice(body);
         file
+    }
+
+    /// An explicit VR LE private UN of undefined length whose item holds a sequence
+    /// nested `depth` deep *as explicit VR*, padded so that a walk reading the UN's content
+    /// as implicit VR (PS3.5 §6.2.2) sees one opaque element and a clean end: the first
+    /// inner header, read as implicit VR, declares `'S' 'Q' 00 00` = 20,819 bytes.
+    pub fn un_hiding_depth(depth: usize) -> Vec<u8> {
+        let mut ds = long_header(0x0009, 0x1001, b"UN", UNDEFINED);
+        ds.extend(delimiter(ITEM, UNDEFINED));
+        ds.extend(long_header(0x0011, 0x0010, b"SQ", UNDEFINED));
+        let hidden_from = ds.len() - 4; // the implicit reading's value starts at the length
+        for _ in 0..depth {
+            ds.extend(delimiter(ITEM, UNDEFINED));
+            ds.extend(long_header(0x0011, 0x0010, b"SQ", UNDEFINED));
+        }
+        let hidden = u32::from_le_bytes([b'S', b'Q', 0, 0]) as usize;
+        assert!(
+            ds.len() - hidden_from <= hidden,
+            "depth too large for the padding"
+        );
+        ds.resize(hidden_from + hidden, 0);
+        ds.extend(delimiter(ITEM_END, 0));
+        ds.extend(delimiter(SEQUENCE_END, 0));
+        ds
+    }
+
+    /// An explicit VR LE data set with two top-level Pixel Data elements: encapsulated
+    /// fragments of `bytes` bytes, then an empty one that a reader measuring only the last
+    /// would take for the whole.
+    pub fn two_pixel_data(bytes: u32) -> Vec<u8> {
+        let mut ds = long_header(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        ds.extend(delimiter(ITEM, 0));
+        ds.extend(delimiter(ITEM, bytes));
+        ds.resize(ds.len() + bytes as usize, 7);
+        ds.extend(delimiter(SEQUENCE_END, 0));
+        ds.extend(long_header(0x7FE0, 0x0010, b"OB", 0));
+        ds
     }
 
     /// A 30-byte data set whose UT element claims 0xFFFFFFF0 bytes.
@@ -955,6 +1006,95 @@ mod tests {
             check_dataset(&ds, EXPLICIT_LE),
             Err(GuardError::HeaderTooLarge)
         );
+    }
+
+    #[test]
+    fn a_un_of_undefined_length_is_walked_the_way_the_parser_reads_it() {
+        // dicom-rs reads the UN's content in the data set's own explicit VR: 1,000 levels
+        // of sequences, which its recursive object builder does not survive.
+        let ds = un_hiding_depth(1_000);
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::TooDeep { .. })
+        ));
+        // A UN of undefined length within the limits still passes.
+        let mut shallow = long_header(0x0009, 0x1001, b"UN", UNDEFINED);
+        shallow.extend(delimiter(ITEM, UNDEFINED));
+        shallow.extend(short(0x0009, 0x1010, b"LO", b"SEED"));
+        shallow.extend(delimiter(ITEM_END, 0));
+        shallow.extend(delimiter(SEQUENCE_END, 0));
+        assert!(check_dataset(&shallow, EXPLICIT_LE).is_ok());
+        crate::fuzz_targets::guard_parser(&[&[1u8][..], &shallow].concat());
+    }
+
+    #[test]
+    fn context_dependent_vrs_are_held_to_whole_words_as_the_parser_reads_them() {
+        // (0028,0106) Smallest Image Pixel Value is US or SS: dicom-rs reads an implicit VR
+        // value of 3 bytes as one 2-byte word and takes the third byte for the next tag.
+        let mut ds = Vec::new();
+        ds.extend_from_slice(&0x0028u16.to_le_bytes());
+        ds.extend_from_slice(&0x0106u16.to_le_bytes());
+        ds.extend_from_slice(&3u32.to_le_bytes());
+        ds.extend_from_slice(&[0, 0, 8]);
+        assert!(matches!(
+            check_dataset(&ds, IMPLICIT_LE),
+            Err(GuardError::PartialValue { .. })
+        ));
+        ds.truncate(4);
+        ds.extend_from_slice(&2u32.to_le_bytes());
+        ds.extend_from_slice(&[0, 0]);
+        assert!(check_dataset(&ds, IMPLICIT_LE).is_ok());
+    }
+
+    #[test]
+    fn a_second_pixel_data_element_is_refused() {
+        assert!(matches!(
+            check_dataset(&two_pixel_data(1024), EXPLICIT_LE),
+            Err(GuardError::Structure {
+                what: "a second Pixel Data element",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_inside_an_item_counts_as_header_bytes() {
+        // An icon image's encapsulated pixels are loaded with the header: held to its budget.
+        let nested = |fragment: u32| {
+            let mut ds = long_header(0x0088, 0x0200, b"SQ", UNDEFINED);
+            ds.extend(delimiter(ITEM, UNDEFINED));
+            ds.extend(long_header(0x7FE0, 0x0010, b"OB", UNDEFINED));
+            ds.extend(delimiter(ITEM, 0));
+            ds.extend(delimiter(ITEM, fragment));
+            ds.resize(ds.len() + fragment as usize, 1);
+            ds.extend(delimiter(SEQUENCE_END, 0));
+            ds.extend(delimiter(ITEM_END, 0));
+            ds.extend(delimiter(SEQUENCE_END, 0));
+            ds
+        };
+        let summary = check_dataset(&nested(64), EXPLICIT_LE).unwrap();
+        assert_eq!(summary.header_bytes, 64);
+        assert_eq!(summary.pixel_data_bytes, None);
+        assert_eq!(
+            check_dataset(&nested(MAX_HEADER_BYTES as u32 + 2), EXPLICIT_LE),
+            Err(GuardError::HeaderTooLarge)
+        );
+    }
+
+    #[test]
+    fn what_the_walk_passes_the_parser_reads_within_the_same_bounds() {
+        // The agreement oracle of the `guard_parser` fuzz target, on every fixture here.
+        for ds in [
+            nested(MAX_DEPTH),
+            nested(MAX_DEPTH + 1),
+            un_hiding_depth(1_000),
+            two_pixel_data(16),
+            ut_lie(),
+        ] {
+            for selector in 0..3u8 {
+                crate::fuzz_targets::guard_parser(&[&[selector][..], &ds].concat());
+            }
+        }
     }
 
     #[test]

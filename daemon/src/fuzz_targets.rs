@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("pdu", pdu),
     ("dimse", dimse),
     ("store_header", store_header),
+    ("guard_parser", guard_parser),
     ("find_identifier", find_identifier),
     ("pixels", pixels),
     ("hl7_ack", hl7_ack),
@@ -160,6 +161,104 @@ pub fn store_header(data: &[u8]) {
     if let Some(path) = scratch_file("store", data) {
         let _ = crate::store::header::read_header(&path);
     }
+}
+
+/// The pre-scan against the parser it protects: the first byte picks the encoding
+/// (implicit VR little endian, explicit little endian, explicit big endian), the rest is a
+/// data set. When [`crate::dataset_guard::check_dataset`] passes it, dicom-rs must read it
+/// within the same bounds — sequences no deeper than
+/// [`crate::dataset_guard::MAX_DEPTH`], no declared length beyond the bytes present —
+/// or the two read the bytes differently, and this panics with where they part.
+pub fn guard_parser(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let ts = match selector % 3 {
+        0 => "1.2.840.10008.1.2",
+        1 => "1.2.840.10008.1.2.1",
+        _ => "1.2.840.10008.1.2.2",
+    };
+    if crate::dataset_guard::check_dataset(body, ts).is_err() {
+        return;
+    }
+    if let Err(e) = parser_within_guard_bounds(body, ts) {
+        panic!("the pre-scan passed a data set that dicom-rs reads beyond its bounds: {e}");
+    }
+}
+
+/// Reads `body` token by token with dicom-rs's data set reader (the one `dicom-object`
+/// builds objects with), checking each declared length against the bytes left before the
+/// value is read, and the nesting of sequences; stops quietly at the parser's first error.
+fn parser_within_guard_bounds(body: &[u8], ts_uid: &str) -> Result<(), String> {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_parser::dataset::{read::DataSetReader, DataToken};
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A byte source that tells how far it has been read.
+    struct Counted<'a> {
+        bytes: &'a [u8],
+        pos: Rc<Cell<usize>>,
+    }
+    impl std::io::Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let at = self.pos.get().min(self.bytes.len());
+            let n = buf.len().min(self.bytes.len() - at);
+            buf[..n].copy_from_slice(&self.bytes[at..at + n]);
+            self.pos.set(at + n);
+            Ok(n)
+        }
+    }
+
+    let Some(ts) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts_uid) else {
+        return Ok(());
+    };
+    let pos = Rc::new(Cell::new(0usize));
+    let source = Counted {
+        bytes: body,
+        pos: Rc::clone(&pos),
+    };
+    let Ok(reader) = DataSetReader::new_with_ts(source, ts) else {
+        return Ok(());
+    };
+    let fits = |len: dicom_core::Length, what: &str| -> Result<(), String> {
+        let left = body.len().saturating_sub(pos.get());
+        match len.get() {
+            Some(n) if n as usize > left => Err(format!(
+                "{what} declares {n} bytes with {left} left (at byte {})",
+                pos.get()
+            )),
+            _ => Ok(()),
+        }
+    };
+    // Open sequences: `true` for a sequence of items (counted), `false` for fragments.
+    let mut open: Vec<bool> = Vec::new();
+    for token in reader {
+        let Ok(token) = token else {
+            return Ok(());
+        };
+        match token {
+            DataToken::SequenceStart { tag, len } => {
+                open.push(true);
+                let depth = open.iter().filter(|s| **s).count();
+                if depth > crate::dataset_guard::MAX_DEPTH {
+                    return Err(format!(
+                        "sequence {tag} opens level {depth} (at byte {})",
+                        pos.get()
+                    ));
+                }
+                fits(len, "a sequence")?;
+            }
+            DataToken::PixelSequenceStart => open.push(false),
+            DataToken::SequenceEnd => {
+                open.pop();
+            }
+            DataToken::ItemStart { len } => fits(len, "an item")?,
+            DataToken::ElementHeader(header) => fits(header.len, "an element")?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// C-FIND: the identifier pre-scanned and decoded in each transfer syntax a context may

@@ -335,6 +335,13 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         assert_cannot_understand(&format!("nested {depth}"), &answer);
         s.check(&format!("sequences nested {depth} deep"));
     }
+    // The same depth inside a UN of undefined length, which dicom-rs reads in the data
+    // set's explicit VR and PS3.5 would have read as implicit VR.
+    let ids = s.ids();
+    let ds = dx_header(&ids, b"", b"DEEP^UN", &un_hiding_nesting(40_000), 64, 64);
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+    assert_cannot_understand("UN hiding 40,000 levels", &answer);
+    s.check("a UN of undefined length hiding sequences 40,000 deep");
     let ids = s.ids();
     let mut ds = dx_header(&ids, b"", b"NEST^OK", &nested_sequence(64), 8, 8);
     ds.extend(el(0x7FE0, 0x0010, b"OW", &[0u8; 128]));
@@ -602,6 +609,11 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         ("C-FIND nested 2000 deep", {
             let mut id = el(0x0008, 0x0052, b"CS", b"STUDY");
             id.extend(nested_sequence(2000));
+            id
+        }),
+        ("C-FIND UN hiding 40,000 levels", {
+            let mut id = el(0x0008, 0x0052, b"CS", b"STUDY");
+            id.extend(un_hiding_nesting(40_000));
             id
         }),
         ("C-FIND UT length lie", {

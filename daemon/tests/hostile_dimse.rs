@@ -478,3 +478,66 @@ fn a_dual_stack_listener_sees_ipv4_peers_as_their_ipv4_address() {
     }
     first.release().unwrap();
 }
+
+/// A peer that sends requests but never reads the responses: once the socket buffers are
+/// full the daemon's writes make no progress, and the idle timeout ends the association
+/// (writes are held to it as reads are), freeing its slot for the next peer.
+#[test]
+fn a_peer_that_stops_reading_loses_its_association_after_the_idle_timeout() {
+    let d = Daemon::builder()
+        .config("dicom", "idle_timeout", "2")
+        .config("dicom", "max_associations", "1")
+        .start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+    let started = Instant::now();
+    // Echo requests until a write fails: the daemon stops reading while its own writes
+    // wait, the buffers fill, and the connection ends when the daemon gives up.
+    let flood = std::thread::spawn(move || {
+        let mut sent = 0u32;
+        while peer
+            .send(1, &Command::echo_rq((sent % 60_000) as u16 + 1), None)
+            .is_ok()
+        {
+            sent += 1;
+        }
+        sent
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !flood.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the association of a peer that never reads is still open after 90 s:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = flood.join().unwrap();
+    eprintln!(
+        "{sent} echo requests unread, association ended after {:?}",
+        started.elapsed()
+    );
+    // The one association slot is free again.
+    assert!(timed_echo(&d) < Duration::from_secs(5));
+}
+
+/// A C-ECHO request that announces a data set (PS3.7 gives it none) ends the association
+/// instead of streaming the data set into nothing, uncounted.
+#[test]
+fn a_request_that_takes_no_data_set_but_announces_one_ends_the_association() {
+    let d = Daemon::start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+    let mut rq = Command::echo_rq(1);
+    rq.has_data_set = true;
+    peer.send(1, &rq, Some(&[0u8; 4096])).unwrap();
+    assert!(peer.command().is_err(), "the association went on");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .log()
+        .contains("announces a data set, which it never carries")
+    {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let echo = timed_echo(&d);
+    assert!(echo < Duration::from_secs(5), "{echo:?}");
+}

@@ -106,7 +106,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
     let (mut stream, half) = tokio::io::split(stream);
-    let writer = Writer::shared(Box::new(half), accepted.peer_max_pdu);
+    // A peer that stops reading would otherwise hold a write (and the association's slot)
+    // for good: the idle timeout bounds every PDU written, as it bounds every read.
+    let writer = Writer::new(Box::new(half), accepted.peer_max_pdu)
+        .with_write_timeout(scp.idle)
+        .share();
     let mut assoc = Association::new(id, scp, accepted, peer, writer);
     // At shutdown the association may run on (to its release) until the drain deadline;
     // then, between messages and operations, it is aborted.
@@ -369,6 +373,18 @@ impl<'a> Association<'a> {
         let Some((abstract_syntax, ts)) = self.contexts.get(&pc_id).cloned() else {
             return Next::Continue;
         };
+        if command.has_data_set
+            && matches!(
+                command.command_field,
+                CommandField::CEchoRq | CommandField::CCancelRq | CommandField::CStoreRsp
+            )
+        {
+            // PS3.7 gives these no data set: one announced would stream into nothing.
+            return Next::Abort(AbortReason::Protocol(format!(
+                "{:?} announces a data set, which it never carries; aborted",
+                command.command_field
+            )));
+        }
         let checked = self
             .accepted
             .contexts
@@ -424,9 +440,16 @@ impl<'a> Association<'a> {
                 Next::Continue
             }
             CommandField::CStoreRsp => {
-                // A response to a C-GET sub-operation.
+                // A response to a C-GET sub-operation, which sends one sub-operation at a
+                // time and waits for its response: more than the channel holds were never
+                // asked for, and waiting for room would stall this loop behind the task.
                 if let Some(r) = &self.running {
-                    let _ = r.store_rsp.send(*command).await;
+                    if let Err(mpsc::error::TrySendError::Full(_)) = r.store_rsp.try_send(*command)
+                    {
+                        return Next::Abort(AbortReason::Protocol(
+                            "C-STORE responses to sub-operations never sent; aborted".into(),
+                        ));
+                    }
                 }
                 Next::Continue
             }
@@ -512,7 +535,8 @@ impl<'a> Association<'a> {
                 }
             }
             // Never reached: the assembler aborts on a data fragment that no command
-            // announced.
+            // announced, and a command that takes no data set but announces one aborts
+            // the association (`on_command`).
             Current::Idle => {}
         }
         if !last {

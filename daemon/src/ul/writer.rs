@@ -67,8 +67,8 @@ pub struct Writer {
     /// Message ID Being Responded To of the last final C-FIND/C-MOVE/C-GET response sent:
     /// once it is out, the peer may send its next request before the task has ended.
     answered: Option<u16>,
-    /// How long one PDU write may make no progress (none on the SCP side, where the idle
-    /// timeout of the association applies).
+    /// How long one PDU write may take (the SCP uses its idle timeout: a peer that stops
+    /// reading our responses is as gone as one that stops sending).
     write_timeout: Option<std::time::Duration>,
 }
 
@@ -94,9 +94,9 @@ impl Writer {
         self
     }
 
-    /// [`Writer::new`], shared.
-    pub fn shared(half: Sink, peer_max_pdu: u32) -> SharedWriter {
-        Arc::new(tokio::sync::Mutex::new(Writer::new(half, peer_max_pdu)))
+    /// This writer, shared by an association loop and the operation it runs.
+    pub fn share(self) -> SharedWriter {
+        Arc::new(tokio::sync::Mutex::new(self))
     }
 
     /// Message ID Being Responded To of the last final C-FIND, C-MOVE or C-GET response.

@@ -317,6 +317,29 @@ pub fn dx(ids: &Ids, charset: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// A sequence nested `depth` deep (undefined lengths), as one encoded element
 /// (Other Patient IDs Sequence, (0010,1002)).
+pub fn un_hiding_nesting(depth: usize) -> Vec<u8> {
+    let mut out = header(0x0010, 0x1002, b"UN", UNDEFINED);
+    out.extend(item(0xE000, UNDEFINED));
+    // Read as implicit VR, the first inner header's VR and reserved bytes are a length:
+    // pick the reserved bytes so that it covers every level below.
+    let below = 4 + depth * 20;
+    let high = below.saturating_sub(0x5153).div_ceil(0x1_0000);
+    let hidden = 0x5153 + high * 0x1_0000;
+    let mut first = header(0x0010, 0x1002, b"SQ", UNDEFINED);
+    first[6..8].copy_from_slice(&(high as u16).to_le_bytes());
+    out.extend(first);
+    let hidden_from = out.len() - 4;
+    for _ in 0..depth {
+        out.extend(item(0xE000, UNDEFINED));
+        out.extend(header(0x0010, 0x1002, b"SQ", UNDEFINED));
+    }
+    out.resize(hidden_from + hidden, 0);
+    out.extend(item(0xE00D, 0));
+    out.extend(item(0xE0DD, 0));
+    out
+}
+
+/// Sequences nested `depth` deep, all of undefined length.
 pub fn nested_sequence(depth: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..depth {
