@@ -44,7 +44,7 @@ def login(conn):
     if r.status != 200:
         raise SystemExit("login failed: HTTP %d" % r.status)
     for header, value in r.getheaders():
-        if header.lower() == "set-cookie" and value.startswith("duli_session="):
+        if header.lower() == "set-cookie" and value.startswith("__Host-duli_session="):
             return value.split(";")[0]
     raise SystemExit("login: no session cookie")
 

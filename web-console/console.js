@@ -27,7 +27,7 @@ function say(text) {
 }
 
 function csrfFromCookie() {
-  const m = document.cookie.match(/(?:^|;\s*)duli_csrf=([0-9a-f]+)/);
+  const m = document.cookie.match(/(?:^|;\s*)__Host-duli_csrf=([0-9a-f]+)/);
   return m ? m[1] : null;
 }
 

@@ -116,7 +116,7 @@ fn every_route_of_the_role_table_answers_401_without_session_and_403_for_wrong_r
         assert_eq!(r.status, 401, "{route:?} without a session: {}", r.text());
         assert_eq!(r.json()["error"], "unauthenticated");
         // A cookie that is not a session: 401 too.
-        let bogus = format!("duli_session={}", "ab".repeat(32));
+        let bogus = format!("__Host-duli_session={}", "ab".repeat(32));
         let r = https_request(
             addr,
             route.method,
@@ -169,7 +169,7 @@ fn login_cookies_csrf_logout_and_throttling() {
     let cookies = s.login.headers["set-cookie"].clone();
     let session_cookie = cookies
         .lines()
-        .find(|l| l.starts_with("duli_session="))
+        .find(|l| l.starts_with("__Host-duli_session="))
         .unwrap();
     for attr in [
         "HttpOnly",
@@ -184,11 +184,11 @@ fn login_cookies_csrf_logout_and_throttling() {
         .split(';')
         .next()
         .unwrap()
-        .trim_start_matches("duli_session=");
+        .trim_start_matches("__Host-duli_session=");
     assert_eq!(token.len(), 64, "256-bit token as hex");
     let csrf_cookie = cookies
         .lines()
-        .find(|l| l.starts_with("duli_csrf="))
+        .find(|l| l.starts_with("__Host-duli_csrf="))
         .unwrap();
     assert!(csrf_cookie.contains("Secure") && !csrf_cookie.contains("HttpOnly"));
     assert!(s.login.headers["strict-transport-security"].contains("max-age"));
@@ -632,7 +632,7 @@ fn no_session_from_a_login_racing_an_account_change_outlives_it() {
                             if let Some(c) = cookie
                                 .lines()
                                 .filter_map(|l| l.split(';').next())
-                                .find(|c| c.starts_with("duli_session="))
+                                .find(|c| c.starts_with("__Host-duli_session="))
                             {
                                 kept.push(c.to_string());
                             }
@@ -1503,4 +1503,246 @@ fn an_uploaded_png_is_analysed_and_its_result_never_delivered() {
         "{}",
         d.log()
     );
+}
+
+/// A user name with `@` (which account names may hold) is reached through its
+/// percent-encoded path, as the browser sends it: the account can be changed and removed,
+/// and its session ends with it. A segment that decodes to `/`, NUL or bytes that are not
+/// UTF-8 is refused.
+#[test]
+fn users_named_with_an_at_sign_are_changed_and_removed_through_the_encoded_path() {
+    let d = daemon_with_users();
+    d.add_user("ana.silva@h1", "radiologist", PW);
+    let ana = d.login("ana.silva@h1", PW);
+    assert_eq!(ana.get("/api/v1/me").status, 200);
+    let admin = d.login("ada", PW);
+    let r = admin.send(
+        "PUT",
+        "/api/v1/users/ana.silva%40h1",
+        &serde_json::json!({"disabled": false}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["name"], "ana.silva@h1");
+    let r = admin.send(
+        "DELETE",
+        "/api/v1/users/ana.silva%40h1",
+        &serde_json::json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["removed"], "ana.silva@h1");
+    assert_eq!(ana.get("/api/v1/me").status, 401, "her session ended");
+    let users = admin.get("/api/v1/users").json();
+    assert!(!users.to_string().contains("ana.silva"), "removed: {users}");
+    let new_user = serde_json::json!({"role": "radiologist", "password": PW});
+    for bad in ["a%2Fb", "a%2fb", "a%00b", "a%FFb"] {
+        let r = admin.send("PUT", &format!("/api/v1/users/{bad}"), &new_user);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(
+        admin.get("/api/v1/users").json().as_array().unwrap().len(),
+        3
+    );
+}
+
+/// The accounts as `duli user list` prints them.
+fn users_listed(d: &Daemon) -> Vec<serde_json::Value> {
+    let out = run(&mut d.command(&["user", "list"]), Duration::from_secs(30));
+    assert!(out.success(), "{}", out.combined());
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn enabled_admins(d: &Daemon) -> Vec<String> {
+    users_listed(d)
+        .iter()
+        .filter(|u| u["role"] == "admin" && u["disabled"] == false)
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const NEW_PW: &str = "a brand new long password";
+
+/// A disable made while a password change of the same account is hashed (which takes a
+/// while) survives that change: each change applies to the account as it is when written.
+#[test]
+fn a_disable_made_while_a_password_change_is_hashed_survives_it() {
+    let d = daemon_with_users();
+    let admin = d.login("ada", PW);
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            admin.send(
+                "PUT",
+                "/api/v1/users/rita",
+                &serde_json::json!({"password": NEW_PW}),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        let r = admin.send(
+            "PUT",
+            "/api/v1/users/rita",
+            &serde_json::json!({"disabled": true}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = slow.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+    let rita = users_listed(&d)
+        .into_iter()
+        .find(|u| u["name"] == "rita")
+        .unwrap();
+    assert_eq!(rita["disabled"], true, "the disable was undone: {rita}");
+    assert_eq!(
+        console_login_raw(d.console_addr(), "rita", NEW_PW).status,
+        401
+    );
+}
+
+/// A password change that began while tess was a technician, during which she is made an
+/// admin and the only other admin steps down, leaves her the admin: the change does not
+/// write back the role she had when it began.
+#[test]
+fn a_password_change_begun_before_a_promotion_does_not_leave_no_admin() {
+    let d = daemon_with_users();
+    d.add_user("tess", "technician", PW);
+    let admin = d.login("ada", PW);
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            admin.send(
+                "PUT",
+                "/api/v1/users/tess",
+                &serde_json::json!({"password": NEW_PW}),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        let r = admin.send(
+            "PUT",
+            "/api/v1/users/tess",
+            &serde_json::json!({"role": "admin"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = admin.send(
+            "PUT",
+            "/api/v1/users/ada",
+            &serde_json::json!({"role": "technician"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = slow.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+    assert_eq!(enabled_admins(&d), ["tess"], "{:?}", users_listed(&d));
+    let tess = d.login("tess", NEW_PW);
+    assert_eq!(tess.get("/api/v1/me").json()["role"], "admin");
+}
+
+/// Two admins demoting (even rounds) or removing (odd rounds) each other at the same
+/// moment: one of them stays an admin, every round.
+#[test]
+fn two_admins_demoting_or_removing_each_other_at_once_leave_one_admin() {
+    let d = daemon_with_users();
+    d.add_user("bo", "admin", PW);
+    let mut winner = d.login("ada", PW);
+    for round in 0..8 {
+        let winner_name = winner.login.json()["user"].as_str().unwrap().to_string();
+        let loser_name = if winner_name == "ada" { "bo" } else { "ada" };
+        let loser = d.login(loser_name, PW);
+        let (method, body) = if round % 2 == 0 {
+            ("PUT", serde_json::json!({"role": "technician"}))
+        } else {
+            ("DELETE", serde_json::json!({}))
+        };
+        let start = std::sync::Barrier::new(2);
+        let (by_winner, by_loser) = std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                start.wait();
+                winner.send(method, &format!("/api/v1/users/{loser_name}"), &body)
+            });
+            let b = s.spawn(|| {
+                start.wait();
+                loser.send(method, &format!("/api/v1/users/{winner_name}"), &body)
+            });
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let admins = enabled_admins(&d);
+        assert_eq!(
+            admins.len(),
+            1,
+            "round {round}: {method} of each other left {admins:?} ({} {}; {} {})",
+            by_winner.status,
+            by_winner.text(),
+            by_loser.status,
+            by_loser.text()
+        );
+        if admins[0] != winner_name {
+            winner = loser;
+        }
+        let other = if admins[0] == "ada" { "bo" } else { "ada" };
+        let r = winner.send(
+            "PUT",
+            &format!("/api/v1/users/{other}"),
+            &serde_json::json!({"role": "admin", "password": PW, "disabled": false}),
+        );
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    }
+}
+
+/// The session and CSRF cookies are `__Host-` cookies (no other host of the domain can
+/// set them), and a request that carries two session cookies is refused instead of being
+/// served with whichever comes first; a cookie of the old name set for the whole domain is
+/// not a session cookie.
+#[test]
+fn host_only_cookies_and_two_session_cookies_are_refused() {
+    let d = daemon_with_users();
+    let addr = d.console_addr();
+    let s = d.login("rita", PW);
+    let cookies = s.login.headers["set-cookie"].clone();
+    let session = cookies
+        .lines()
+        .find(|l| l.starts_with("__Host-duli_session="))
+        .unwrap_or_else(|| panic!("no __Host- session cookie: {cookies}"));
+    assert!(
+        cookies.lines().any(|l| l.starts_with("__Host-duli_csrf=")),
+        "no __Host- CSRF cookie: {cookies}"
+    );
+    for l in cookies.lines() {
+        assert!(l.contains("Path=/;") && l.contains("Secure"), "{l}");
+        assert!(!l.to_ascii_lowercase().contains("domain="), "{l}");
+    }
+    let own = session.split(';').next().unwrap();
+    let planted = format!("__Host-duli_session={}", "ab".repeat(32));
+    let get = |headers: &[(&str, &str)]| {
+        https_request(
+            addr,
+            "GET",
+            "/api/v1/me",
+            headers,
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    assert_eq!(get(&[("Cookie", own)]).status, 200);
+    for (first, second) in [(own, planted.as_str()), (planted.as_str(), own)] {
+        let one_header = format!("{first}; {second}");
+        for r in [
+            get(&[("Cookie", &one_header)]),
+            get(&[("Cookie", first), ("Cookie", second)]),
+        ] {
+            assert_eq!(r.status, 401, "{}", r.text());
+            assert!(
+                r.text().contains("more than one session cookie"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    let old_name = format!("duli_session={}; {own}", "ab".repeat(32));
+    assert_eq!(get(&[("Cookie", &old_name)]).json()["user"], "rita");
+    let r = s.send("POST", "/api/v1/logout", &serde_json::json!({}));
+    assert_eq!(r.status, 200);
+    assert!(r.headers["set-cookie"]
+        .lines()
+        .all(|l| l.starts_with("__Host-") && l.contains("Max-Age=0")));
 }

@@ -590,6 +590,50 @@ fn uploads_over_the_limit_get_413_a_third_concurrent_one_429_and_stalled_ones_40
     });
 }
 
+/// An upload without the CSRF token is refused with 403 as soon as its headers arrive:
+/// its body (64 MB declared, never sent) is not waited for, and it takes no upload slot,
+/// so the user's one allowed upload still goes through meanwhile.
+#[test]
+fn an_upload_without_the_csrf_token_is_refused_before_its_body_and_takes_no_slot() {
+    let d = Daemon::builder()
+        .config("console", "max_uploads_per_user", "1")
+        .config("console", "header_read_timeout_secs", "10")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    let rita = d.login("rita", PW);
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        let head = format!(
+            "POST /api/v1/uploads?name=x.png HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\
+             Content-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            rita.cookie,
+            64 << 20
+        );
+        let sent = Instant::now();
+        let mut forged = tls_from(lo(1), addr).await.unwrap();
+        forged.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The user's own upload is not kept waiting for a slot by the forged one.
+        let r = request_from(lo(1), addr, &upload_head(&rita, Some(10)), b"0123456789").await;
+        assert_eq!(r.status, 400, "the slot is free: {}", r.text());
+        let raw = tokio::time::timeout(Duration::from_secs(3), read_to_close(&mut forged))
+            .await
+            .expect("the forged upload is answered without its body");
+        let r = parse_http_response(&raw).expect("an answer");
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (403, Some("csrf")),
+            "{}",
+            r.text()
+        );
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+    });
+}
+
 fn audit_records(admin: &ConsoleSession) -> Vec<serde_json::Value> {
     admin.get("/api/v1/audit?limit=1000").json()["records"]
         .as_array()

@@ -11,7 +11,7 @@ pub mod users;
 
 pub use password::{burn_verify, hash_password, verify_password, PasswordHash};
 pub use role::{Role, UnknownRole};
-pub use users::{check_name, User, UserInfo, Users};
+pub use users::{check_name, Change, Changed, User, UserInfo, Users};
 
 use crate::store::StoreError;
 
@@ -33,4 +33,13 @@ pub enum UserError {
     /// The system random source failed.
     #[error("random source failed")]
     Random,
+    /// No account has this name.
+    #[error("no user {0:?}")]
+    NotFound(String),
+    /// A new account needs this (its role or its password).
+    #[error("{0} required for a new user")]
+    Required(&'static str),
+    /// The change would leave no enabled admin.
+    #[error("the last admin cannot be {0}")]
+    LastAdmin(&'static str),
 }

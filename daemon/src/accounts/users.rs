@@ -4,6 +4,45 @@ use super::{PasswordHash, Role, UserError};
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
+use std::sync::{Mutex, MutexGuard};
+
+/// Held by every write to the accounts of this process. A change reads the account and
+/// counts the enabled admins left before it writes; without one lock around all three, two
+/// changes at once could each undo the other (a password change writing back the role or
+/// the disabled flag it read before hashing) or each count the other admin as left and
+/// both step down.
+static CHANGES: Mutex<()> = Mutex::new(());
+
+fn changes() -> MutexGuard<'static, ()> {
+    // The guard protects no data: a panic while it was held leaves nothing half written.
+    CHANGES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a change to an account sets: `None` keeps the account's value (a new account needs
+/// its role and its password). The password is hashed before the change is made, so the
+/// slow hashing never runs while other changes wait.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// The new role.
+    pub role: Option<Role>,
+    /// The new password hash.
+    pub password: Option<PasswordHash>,
+    /// Whether the account is disabled from now on.
+    pub disabled: Option<bool>,
+}
+
+/// An account before and after a [`Users::change`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The account as it was; `None` when the change created it.
+    pub old: Option<User>,
+    /// The account as written.
+    pub new: User,
+}
+
+fn is_enabled_admin(u: &User) -> bool {
+    u.role == Role::Admin && !u.disabled
+}
 
 /// Tree holding the accounts, keyed by user name.
 pub const TREE: &str = "users";
@@ -89,6 +128,11 @@ impl Users {
     /// Creates or replaces a user; returns whether it existed. Not durable until the
     /// store's next flush.
     pub fn put(&self, user: &User) -> Result<bool, UserError> {
+        let _changes = changes();
+        self.write(user)
+    }
+
+    fn write(&self, user: &User) -> Result<bool, UserError> {
         check_name(&user.name)?;
         if hex::decode(&user.password.salt).is_err() || hex::decode(&user.password.hash).is_err() {
             return Err(UserError::BadHash(user.name.clone()));
@@ -96,9 +140,68 @@ impl Users {
         Ok(self.records.insert(&user.name, user)?)
     }
 
-    /// Removes a user; returns whether it existed.
-    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
-        self.records.remove(name)
+    /// Enabled admins other than `name`.
+    fn other_admins(&self, name: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .list()?
+            .iter()
+            .filter(|u| is_enabled_admin(u) && u.name != name)
+            .count())
+    }
+
+    /// Applies `change` to the account `name` as it is now, or creates it (with
+    /// `created_ms`) when there is none: read, last-admin check and write happen under one
+    /// lock, so a change made meanwhile is neither undone nor counted on. Refused with
+    /// [`UserError::LastAdmin`] when it would demote or disable an admin while no other
+    /// enabled admin is left. Not durable until the store's next flush.
+    pub fn change(
+        &self,
+        name: &str,
+        change: Change,
+        created_ms: i64,
+    ) -> Result<Changed, UserError> {
+        check_name(name)?;
+        let _changes = changes();
+        let old = self.get(name)?;
+        let new = match &old {
+            Some(o) => User {
+                name: name.to_string(),
+                role: change.role.unwrap_or(o.role),
+                password: change.password.unwrap_or_else(|| o.password.clone()),
+                created_ms: o.created_ms,
+                disabled: change.disabled.unwrap_or(o.disabled),
+            },
+            None => User {
+                name: name.to_string(),
+                role: change.role.ok_or(UserError::Required("role"))?,
+                password: change.password.ok_or(UserError::Required("password"))?,
+                created_ms,
+                disabled: change.disabled.unwrap_or(false),
+            },
+        };
+        if old.as_ref().is_some_and(|o| o.role == Role::Admin)
+            && !is_enabled_admin(&new)
+            && self.other_admins(name)? == 0
+        {
+            return Err(UserError::LastAdmin("demoted or disabled"));
+        }
+        self.write(&new)?;
+        Ok(Changed { old, new })
+    }
+
+    /// Removes a user and returns it, unless it is an admin and no other enabled admin is
+    /// left ([`UserError::LastAdmin`]); the check and the removal happen under the lock of
+    /// [`Users::change`]. Not durable until the store's next flush.
+    pub fn remove(&self, name: &str) -> Result<User, UserError> {
+        let _changes = changes();
+        let old = self
+            .get(name)?
+            .ok_or_else(|| UserError::NotFound(name.to_string()))?;
+        if old.role == Role::Admin && self.other_admins(name)? == 0 {
+            return Err(UserError::LastAdmin("removed"));
+        }
+        self.records.remove(name)?;
+        Ok(old)
     }
 
     /// Whether any account exists.
@@ -110,6 +213,86 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hash(n: u8) -> PasswordHash {
+        PasswordHash {
+            algorithm: "pbkdf2-sha256".into(),
+            iterations: 1,
+            salt: hex::encode([n; 16]),
+            hash: hex::encode([n; 32]),
+        }
+    }
+
+    fn admin() -> Change {
+        Change {
+            role: Some(Role::Admin),
+            password: Some(hash(1)),
+            disabled: None,
+        }
+    }
+
+    /// A change keeps what it does not set, a new account needs its role and password, and
+    /// the last enabled admin can be neither demoted, disabled nor removed; two admins
+    /// demoting or removing each other from two threads at once leave one of them admin.
+    #[test]
+    fn changes_keep_what_they_do_not_set_and_an_enabled_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = Users::open(&store).unwrap();
+        assert!(matches!(
+            users.change("ana", Change::default(), 1),
+            Err(UserError::Required("role"))
+        ));
+        let ana = users.change("ana", admin(), 1).unwrap();
+        assert_eq!((ana.old, ana.new.created_ms), (None, 1));
+        let disable = Change {
+            disabled: Some(true),
+            ..Change::default()
+        };
+        assert!(matches!(
+            users.change("ana", disable.clone(), 2),
+            Err(UserError::LastAdmin(_))
+        ));
+        assert!(matches!(users.remove("ana"), Err(UserError::LastAdmin(_))));
+        assert!(matches!(users.remove("bo"), Err(UserError::NotFound(_))));
+        let new_password = Change {
+            password: Some(hash(2)),
+            ..Change::default()
+        };
+        let changed = users.change("ana", new_password, 2).unwrap();
+        assert_eq!(changed.new.role, Role::Admin);
+        assert_eq!((changed.new.created_ms, changed.new.password), (1, hash(2)));
+
+        let demote = Change {
+            role: Some(Role::Technician),
+            ..Change::default()
+        };
+        for round in 0..200 {
+            users.change("bo", admin(), 1).unwrap();
+            users.change("ana", admin(), 1).unwrap();
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for other in ["bo", "ana"] {
+                    let (users, start, demote) = (&users, &start, demote.clone());
+                    s.spawn(move || {
+                        start.wait();
+                        let _ = if round % 2 == 0 {
+                            users.change(other, demote, 2).map(|_| ())
+                        } else {
+                            users.remove(other).map(|_| ())
+                        };
+                    });
+                }
+            });
+            let admins = users
+                .list()
+                .unwrap()
+                .iter()
+                .filter(|u| is_enabled_admin(u))
+                .count();
+            assert_eq!(admins, 1, "round {round}");
+        }
+    }
 
     #[test]
     fn names_are_checked() {

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// No valid session (401).
     #[error("login required")]
     Unauthenticated,
+    /// More than one session cookie (401): which one the browser meant cannot be told.
+    #[error("more than one session cookie; clear this site's cookies and log in again")]
+    DuplicateSession,
     /// The session's role may not call this route (403).
     #[error("your role may not do this")]
     Forbidden,
@@ -60,7 +63,9 @@ impl ApiError {
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthenticated | ApiError::BadLogin => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated | ApiError::DuplicateSession | ApiError::BadLogin => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,6 +84,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthenticated => "unauthenticated",
+            ApiError::DuplicateSession => "duplicate_session_cookie",
             ApiError::Forbidden => "forbidden",
             ApiError::Csrf => "csrf",
             ApiError::BadRequest(_) => "bad_request",
@@ -180,12 +186,18 @@ impl From<tokio::task::JoinError> for ApiError {
     }
 }
 
-/// A bad user name or password is the client's mistake; the rest is ours.
+/// A bad user name or password, or a new account without its role or password, is the
+/// client's mistake; an unknown account is 404, a change that would leave no admin 409; the
+/// rest is ours.
 impl From<crate::accounts::UserError> for ApiError {
     fn from(e: crate::accounts::UserError) -> ApiError {
         use crate::accounts::UserError;
         match e {
-            UserError::BadName(_) | UserError::BadPassword => ApiError::BadRequest(e.to_string()),
+            UserError::BadName(_) | UserError::BadPassword | UserError::Required(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            UserError::NotFound(_) => ApiError::NotFound,
+            UserError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
             UserError::Store(_) | UserError::BadHash(_) | UserError::Random => {
                 ApiError::Internal(e.to_string())
             }

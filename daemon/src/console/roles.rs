@@ -262,9 +262,24 @@ pub enum NoMatch {
     NotFound,
     /// A pattern matches, but not with this method (405).
     MethodNotAllowed,
+    /// A `{name}` segment decodes to `/`, NUL or bytes that are not UTF-8 (400).
+    BadParameter,
 }
 
-/// Matches one pattern against a path; `Some(params)` on a match.
+/// Decodes one `{name}` segment: the path arrives as sent, percent-encoded (a browser
+/// sends `ana.silva@h1` as `ana.silva%40h1`), and handlers look names up decoded. A
+/// segment that decodes to a `/` (it would name another path), a NUL or bytes that are not
+/// UTF-8 is refused rather than passed on.
+fn decode_param(segment: &str) -> Result<String, NoMatch> {
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
+    if bytes.iter().any(|b| *b == b'/' || *b == 0) {
+        return Err(NoMatch::BadParameter);
+    }
+    String::from_utf8(bytes).map_err(|_| NoMatch::BadParameter)
+}
+
+/// Matches one pattern against a path; `Some(params)` on a match, the parameters as they
+/// appear in the path (still percent-encoded).
 pub fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
     let mut params = Vec::new();
     let mut pat = pattern.split('/').skip(1).peekable();
@@ -285,13 +300,17 @@ pub fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Finds the route of `method` and `path`.
+/// Finds the route of `method` and `path`, with its parameters percent-decoded.
 pub fn find(method: &str, path: &str) -> Result<Matched, NoMatch> {
     let mut path_matched = false;
     for route in ROUTES {
         if let Some(params) = match_pattern(route.pattern, path) {
             path_matched = true;
             if route.method == method || (method == "HEAD" && route.method == "GET") {
+                let params = params
+                    .iter()
+                    .map(|p| decode_param(p))
+                    .collect::<Result<_, _>>()?;
                 return Ok(Matched {
                     route: *route,
                     params,
@@ -331,6 +350,27 @@ mod tests {
         assert_eq!(match_pattern("/static/*", "/static/app.js"), Some(vec![]));
         assert_eq!(match_pattern("/", "/"), Some(vec![]));
         assert_eq!(match_pattern("/", "/x"), None);
+    }
+
+    /// Parameters arrive percent-encoded (the browser encodes `@` in a user name); they
+    /// are matched decoded, and a segment that decodes to `/`, NUL or bytes that are not
+    /// UTF-8 matches nothing.
+    #[test]
+    fn parameters_are_percent_decoded_and_unsafe_ones_refused() {
+        assert_eq!(
+            find("DELETE", "/api/v1/users/ana.silva%40h1")
+                .unwrap()
+                .params,
+            vec!["ana.silva@h1".to_string()]
+        );
+        assert_eq!(
+            find("PUT", "/api/v1/users/ana.silva@h1").unwrap().params,
+            vec!["ana.silva@h1".to_string()]
+        );
+        for bad in ["a%2Fb", "a%2fb", "a%00b", "a%FFb", "%2F"] {
+            let path = format!("/api/v1/users/{bad}");
+            assert_eq!(find("PUT", &path), Err(NoMatch::BadParameter), "{path}");
+        }
     }
 
     #[test]

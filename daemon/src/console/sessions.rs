@@ -12,8 +12,10 @@
 //!   bumps [`Sessions::ended`], so live event streams re-check their session at once.
 //! - CSRF: every state-changing request of a session must carry the session's own random
 //!   token in the `X-CSRF-Token` header (double submit: the page reads it from the
-//!   `duli_csrf` cookie or from the login answer). A cross-site page can neither read the
-//!   cookie nor set the header.
+//!   `__Host-duli_csrf` cookie or from the login answer). A cross-site page can neither
+//!   read the cookie nor set the header.
+//! - Both cookies carry the `__Host-` prefix, so no other host of the domain can set them,
+//!   and a request with more than one session cookie is refused.
 
 use crate::accounts::Role;
 use crate::store::records::Records;
@@ -28,10 +30,13 @@ use std::time::{Duration, Instant};
 
 /// Tree holding the sessions, keyed by the hex SHA-256 of the token.
 pub const TREE: &str = "sessions";
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "duli_session";
-/// Name of the cookie holding the CSRF token (readable by the page).
-pub const CSRF_COOKIE: &str = "duli_csrf";
+/// Name of the session cookie. The `__Host-` prefix makes browsers accept it only from
+/// this host, over HTTPS, with `Path=/` and no `Domain`: another host of the same domain
+/// cannot plant one that shadows it.
+pub const SESSION_COOKIE: &str = "__Host-duli_session";
+/// Name of the cookie holding the CSRF token (readable by the page); `__Host-` as the
+/// session cookie.
+pub const CSRF_COOKIE: &str = "__Host-duli_csrf";
 /// Header that must repeat the CSRF token on state-changing requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Failed logins per account before throttling starts.
@@ -196,10 +201,17 @@ impl Sessions {
             self.bump_ended();
             return Ok(None);
         }
-        // Write the new idle timer at most once a second.
+        // Write the new idle timer at most once a second, as an update of the record as
+        // it is now: a session ended since it was read (logout, the user removed, disabled
+        // or changed) stays ended instead of being written back with its old role.
         if now - s.last_seen_ms >= 1000 {
-            s.last_seen_ms = now;
-            self.records.insert(&key, &s)?;
+            let Some(fresh) = self.records.update(&key, |r| {
+                r.last_seen_ms = r.last_seen_ms.max(now);
+            })?
+            else {
+                return Ok(None);
+            };
+            s = fresh;
         }
         Ok(Some(s))
     }
@@ -301,9 +313,15 @@ pub fn logout_cookies() -> [String; 2] {
     ]
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|part| {
+/// The value of cookie `name` in a `Cookie` header (the first, when it appears more than
+/// once).
+pub fn cookie_value<'a>(header: &'a str, name: &'a str) -> Option<&'a str> {
+    cookie_values(header, name).next()
+}
+
+/// Every value of cookie `name` in a `Cookie` header, in order.
+pub fn cookie_values<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    header.split(';').filter_map(move |part| {
         let (k, v) = part.trim().split_once('=')?;
         (k == name).then_some(v)
     })
@@ -338,6 +356,45 @@ mod tests {
             let _ = s.is_live(&c).unwrap();
         }
         assert!(!s.is_live(&c).unwrap(), "idle expiry despite the checks");
+    }
+
+    /// A refresh of the idle timer racing the end of a session never brings it back: one
+    /// thread keeps looking the session up (each lookup due to write its idle timer) while
+    /// another ends the user's sessions; once that has returned, the session is gone.
+    #[test]
+    fn a_refresh_racing_remove_user_never_resurrects_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(600)).unwrap();
+        let records = store.records::<Session>(TREE).unwrap();
+        for round in 0..300 {
+            let (token, _) = s.create("ana", Role::Admin, "").unwrap();
+            let key = token_key(&token);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                let looper = scope.spawn(|| {
+                    start.wait();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Age the idle timer (without recreating a removed record) so
+                        // that every lookup writes it back.
+                        let _ = records.update(&key, |r| r.last_seen_ms -= 5_000);
+                        let _ = s.lookup(&token).unwrap();
+                    }
+                });
+                start.wait();
+                std::thread::sleep(Duration::from_micros(50 * (round % 7)));
+                assert_eq!(s.remove_user("ana").unwrap(), 1, "round {round}");
+                std::thread::sleep(Duration::from_micros(200));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                looper.join().unwrap();
+            });
+            assert!(
+                s.lookup(&token).unwrap().is_none(),
+                "round {round}: the session came back after remove_user"
+            );
+            assert!(records.get(&key).unwrap().is_none(), "round {round}");
+        }
     }
 
     #[test]
@@ -404,9 +461,17 @@ mod tests {
         assert!(session.contains("HttpOnly") && session.contains("Secure"));
         assert!(session.contains("SameSite=Strict"));
         assert!(!csrf.contains("HttpOnly") && csrf.contains("Secure"));
+        assert!(session.starts_with("__Host-duli_session=t; Path=/;"));
+        assert!(csrf.starts_with("__Host-duli_csrf=c; Path=/;"));
+        assert!(!session.contains("Domain") && !csrf.contains("Domain"));
         assert_eq!(
-            cookie_value("a=1; duli_session=xyz; b=2", SESSION_COOKIE),
+            cookie_value("a=1; __Host-duli_session=xyz; b=2", SESSION_COOKIE),
             Some("xyz")
+        );
+        assert_eq!(
+            cookie_values("duli_session=a; __Host-duli_session=b", SESSION_COOKIE)
+                .collect::<Vec<_>>(),
+            ["b"]
         );
         assert!(same_token("abc", "abc") && !same_token("abc", "abd") && !same_token("a", "ab"));
     }

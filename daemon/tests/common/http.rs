@@ -260,7 +260,7 @@ pub fn https_get(addr: SocketAddr, path: &str) -> io::Result<HttpResponse> {
 pub struct ConsoleSession {
     /// The console address.
     pub addr: SocketAddr,
-    /// `duli_session=...` for the Cookie header.
+    /// `__Host-duli_session=...` for the Cookie header.
     pub cookie: String,
     /// The CSRF token for `X-CSRF-Token`.
     pub csrf: String,
@@ -290,7 +290,7 @@ pub fn console_login(addr: SocketAddr, user: &str, password: &str) -> ConsoleSes
     let cookie = set_cookie
         .lines()
         .filter_map(|l| l.split(';').next())
-        .find(|c| c.starts_with("duli_session="))
+        .find(|c| c.starts_with("__Host-duli_session="))
         .expect("session cookie")
         .to_string();
     let csrf = r.json()["csrf"].as_str().expect("csrf").to_string();

@@ -82,8 +82,9 @@ enum BodyPlan {
 /// How this request's body is read: uploads from a session allowed to upload may send
 /// `console.max_upload_mb` once they hold an upload slot (429 when the user already
 /// sends as many uploads as allowed, 503 when the console does; then the body is never
-/// read), everything else [`MAX_BODY`]. An upload without a session or with a role that
-/// may not upload is not read, so the answer is the 401 or 403, whatever its size.
+/// read), everything else [`MAX_BODY`]. An upload without a session, with a role that may
+/// not upload or without the session's CSRF token is not read and takes no slot, so the
+/// answer is the 401 or 403 at once, whatever its size.
 fn body_plan(
     console: &Console,
     method: &Method,
@@ -97,8 +98,10 @@ fn body_plan(
         return Ok(BodyPlan::Read(MAX_BODY));
     }
     let Some(s) = session_token(headers)
+        .ok()
+        .flatten()
         .and_then(|t| console.sessions.lookup(&t).ok().flatten())
-        .filter(|s| m.route.access.allows(s.role))
+        .filter(|s| m.route.access.allows(s.role) && csrf_matches(headers, s))
     else {
         return Ok(BodyPlan::Skip);
     };
@@ -269,13 +272,31 @@ fn source(req: &Request) -> String {
     req.peer.map(|p| p.to_string()).unwrap_or_default()
 }
 
-fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
+/// The session token of the request's cookies. A request carrying more than one session
+/// cookie is refused rather than served with whichever comes first: only this host can set
+/// a `__Host-` cookie, so a second one means the browser's cookies are not what this
+/// console set.
+fn session_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut tokens = headers
         .get_all(warp::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|h| sessions::cookie_value(h, sessions::SESSION_COOKIE))
-        .map(str::to_string)
+        .flat_map(|h| sessions::cookie_values(h, sessions::SESSION_COOKIE));
+    let first = tokens.next().map(str::to_string);
+    if tokens.next().is_some() {
+        return Err(ApiError::DuplicateSession);
+    }
+    Ok(first)
+}
+
+/// Whether the request repeats the session's CSRF token in `X-CSRF-Token` (compared in
+/// constant time).
+fn csrf_matches(headers: &HeaderMap, s: &Session) -> bool {
+    let sent = headers
+        .get(sessions::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    sessions::same_token(sent, &s.csrf)
 }
 
 fn is_json(req: &Request) -> bool {
@@ -309,7 +330,7 @@ pub fn fuzz_bodies(body: &[u8]) {
 
 /// The session of a request, when it has a valid one.
 pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
-    let Some(token) = session_token(&req.headers) else {
+    let Some(token) = session_token(&req.headers)? else {
         return Ok(None);
     };
     Ok(console.sessions.lookup(&token)?.map(|s| (token, s)))
@@ -327,6 +348,9 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
     let matched = roles::find(req.method.as_str(), &req.path).map_err(|e| match e {
         NoMatch::NotFound => ApiError::NotFound,
         NoMatch::MethodNotAllowed => ApiError::MethodNotAllowed,
+        NoMatch::BadParameter => ApiError::BadRequest(
+            "a path segment decodes to '/', NUL or bytes that are not UTF-8".into(),
+        ),
     })?;
     let route = matched.route;
     let session = if matches!(route.access, Access::Public | Access::Setup) {
@@ -338,16 +362,9 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
             return Err(ApiError::Forbidden);
         }
         let safe = matches!(req.method, Method::GET | Method::HEAD);
-        if !safe {
-            let sent = req
-                .headers
-                .get(sessions::CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !sessions::same_token(sent, &s.csrf) {
-                audit_refusal(&console, &req, &s, route.pattern, "no valid CSRF token").await?;
-                return Err(ApiError::Csrf);
-            }
+        if !safe && !csrf_matches(&req.headers, &s) {
+            audit_refusal(&console, &req, &s, route.pattern, "no valid CSRF token").await?;
+            return Err(ApiError::Csrf);
         }
         Some((token, s))
     };

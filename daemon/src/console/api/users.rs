@@ -2,7 +2,7 @@
 //! demoted, disabled nor removed; every change ends the user's sessions and is audited.
 
 use super::{audit_now, parse_json, source, Request};
-use crate::accounts::{self, Role, User, UserInfo};
+use crate::accounts::{self, Change, Changed, Role, UserInfo};
 use crate::audit::{Action, Event};
 use crate::console::reply::{self, ApiError};
 use crate::console::sessions::Session;
@@ -23,14 +23,6 @@ pub(super) struct UserBody {
     disabled: Option<bool>,
 }
 
-fn admins_left(c: &Console, without: &str) -> Result<usize, ApiError> {
-    Ok(c.users
-        .list()?
-        .iter()
-        .filter(|u| u.role == Role::Admin && !u.disabled && u.name != without)
-        .count())
-}
-
 /// `PUT /api/v1/users/{name}`: creates (201) or changes (200) an account.
 pub(super) async fn put(
     c: &Console,
@@ -40,39 +32,18 @@ pub(super) async fn put(
 ) -> Result<Response, ApiError> {
     accounts::check_name(name)?;
     let body: UserBody = parse_json(req)?;
-    let old = c.users.get(name)?;
+    // Hashed first, outside the accounts' lock: the change itself then applies to the
+    // account as it is once hashing is done, not as it was when the request came in.
     let password = match body.password {
         Some(p) => Some(tokio::task::spawn_blocking(move || accounts::hash_password(&p)).await??),
         None => None,
     };
-    let user = match &old {
-        Some(o) => User {
-            name: name.to_string(),
-            role: body.role.unwrap_or(o.role),
-            password: password.unwrap_or_else(|| o.password.clone()),
-            created_ms: o.created_ms,
-            disabled: body.disabled.unwrap_or(o.disabled),
-        },
-        None => User {
-            name: name.to_string(),
-            role: body
-                .role
-                .ok_or_else(|| ApiError::BadRequest("role required for a new user".into()))?,
-            password: password
-                .ok_or_else(|| ApiError::BadRequest("password required for a new user".into()))?,
-            created_ms: crate::clock::now_millis(),
-            disabled: body.disabled.unwrap_or(false),
-        },
+    let change = Change {
+        role: body.role,
+        password,
+        disabled: body.disabled,
     };
-    if old.as_ref().is_some_and(|o| o.role == Role::Admin)
-        && (user.role != Role::Admin || user.disabled)
-        && admins_left(c, name)? == 0
-    {
-        return Err(ApiError::Conflict(
-            "the last admin cannot be demoted or disabled".into(),
-        ));
-    }
-    c.users.put(&user)?;
+    let Changed { old, new: user } = c.users.change(name, change, crate::clock::now_millis())?;
     let what = match &old {
         None => format!("created with role {}", user.role),
         Some(o) => {
@@ -114,12 +85,6 @@ pub(super) async fn delete(
     s: &Session,
     name: &str,
 ) -> Result<Response, ApiError> {
-    let old = c.users.get(name)?.ok_or(ApiError::NotFound)?;
-    if old.role == Role::Admin && admins_left(c, name)? == 0 {
-        return Err(ApiError::Conflict(
-            "the last admin cannot be removed".into(),
-        ));
-    }
     c.users.remove(name)?;
     c.sessions.remove_user(name)?;
     audit_now(
