@@ -120,10 +120,9 @@ fn versions(cfg: &Config) -> String {
 }
 
 fn firmware(cfg: &Config) -> String {
-    match cfg
-        .firmware
-        .updater(crate::firmware_cli::running_version())
-        .map_err(|e| e.to_string())
+    match crate::firmware_cli::running_version()
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|v| cfg.firmware.updater(v).map_err(|e| e.to_string()))
         .and_then(|u| u.status().map_err(|e| e.to_string()))
     {
         Ok(s) => format!(

@@ -32,11 +32,20 @@ pub const EXIT_UNHEALTHY: u8 = 4;
 /// built-in key and the keys it endorsed.
 pub const DEV_ROOT_ENV: &str = "DULI_FIRMWARE_DEV_ROOT";
 
-/// The firmware version this binary is.
-pub fn running_version() -> Version {
-    env!("CARGO_PKG_VERSION")
-        .parse()
-        .unwrap_or(Version::new(0, 0, 0))
+/// The firmware version this binary is. A version that is not `MAJOR.MINOR.PATCH` (e.g.
+/// with a pre-release suffix) is an error: every bundle would otherwise compare as newer.
+pub fn running_version() -> Result<Version> {
+    parse_running_version(env!("CARGO_PKG_VERSION"))
+}
+
+/// `text` as the running version, or an error naming it.
+fn parse_running_version(text: &str) -> Result<Version> {
+    text.parse().with_context(|| {
+        format!(
+            "the running firmware version {text:?} is not a release version (MAJOR.MINOR.PATCH); \
+             refusing to compare firmware versions against it"
+        )
+    })
 }
 
 /// The keys this device accepts: the built-in key, the endorsed keys of
@@ -349,7 +358,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
             });
         }
     };
-    let running = running_version();
+    let running = running_version()?;
     let outcome = match kind {
         PayloadKind::Rootfs => {
             let mut updater = cfg.firmware.updater(running)?;
@@ -438,7 +447,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
 
 /// `duli firmware status`.
 pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let updater = cfg.firmware.updater(running_version())?;
+    let updater = cfg.firmware.updater(running_version()?)?;
     let s = updater.status()?;
     let value = serde_json::json!({
         "backend": s.backend,
@@ -482,7 +491,7 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
 /// `duli firmware mark-good`: on a trial boot with `health_check`, the health check runs
 /// first (waiting up to `timeout` for the daemon) and a failure leaves the slot on trial.
 pub fn mark_good(cfg: &Config, health_check: bool, timeout: Duration) -> Result<ExitCode> {
-    let mut updater = cfg.firmware.updater(running_version())?;
+    let mut updater = cfg.firmware.updater(running_version()?)?;
     let s = updater.status()?;
     let data_dir = &cfg.device.data_dir;
     let slot = format!("slot {}", s.booted);
@@ -564,7 +573,7 @@ pub fn mark_good(cfg: &Config, health_check: bool, timeout: Duration) -> Result<
 
 /// `duli firmware rollback`.
 pub fn rollback(cfg: &Config) -> Result<ExitCode> {
-    let mut updater = cfg.firmware.updater(running_version())?;
+    let mut updater = cfg.firmware.updater(running_version()?)?;
     let data_dir = &cfg.device.data_dir;
     match updater.rollback() {
         Ok(r) => {
@@ -597,5 +606,27 @@ pub fn rollback(cfg: &Config) -> Result<ExitCode> {
             );
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A running version that does not parse is refused, naming it, never taken as 0.0.0
+    /// (over which every signed bundle would pass the downgrade check).
+    #[test]
+    fn an_unparseable_running_version_fails_closed() {
+        assert_eq!(
+            parse_running_version("1.4.2").unwrap(),
+            Version::new(1, 4, 2)
+        );
+        for bad in ["1.4.2-rc.1", "1.4", "", "v1.4.2"] {
+            match parse_running_version(bad) {
+                Ok(v) => panic!("{bad:?} taken as {v}"),
+                Err(e) => assert!(format!("{e:#}").contains(&format!("{bad:?}")), "{e:#}"),
+            }
+        }
+        assert!(running_version().is_ok(), "this build's own version parses");
     }
 }

@@ -4,8 +4,7 @@
 //! patient's studies, and with it anyone could, so it never leaves the box.
 
 use ring::hmac;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Length of a generated secret in bytes.
@@ -85,7 +84,14 @@ impl SiteSecret {
                 let mut bytes = [0u8; SECRET_LEN];
                 ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
                     .map_err(|_| SecretError::Random)?;
-                write_atomically(path, &bytes).map_err(io)?;
+                // A new temporary file (O_EXCL: never a planted link or a stale file with
+                // looser permissions), 0600 from its creation, renamed into place.
+                crate::fsutil::write_atomic(path, &bytes, crate::fsutil::PRIVATE, None).map_err(
+                    |e| SecretError::Io {
+                        path: e.path,
+                        source: e.source,
+                    },
+                )?;
                 log::info!("generated a new site secret at {}", path.display());
                 Ok(SiteSecret::from_bytes(&bytes))
             }
@@ -105,33 +111,6 @@ impl SiteSecret {
     }
 }
 
-/// Writes `bytes` to `path` through a 0600 temporary file, fsync and rename, so a crash
-/// leaves either no secret or a whole one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "site_secret".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +127,49 @@ mod tests {
         assert_eq!(a.pseudonym("patient", "P1"), b.pseudonym("patient", "P1"));
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    /// Whatever stands beforehand at a temporary name of the secret's folder (the writer's
+    /// own and an older one: a stale world-readable file, a link to another file) neither
+    /// loosens the secret's mode nor redirects the write.
+    #[test]
+    fn planted_temporary_files_are_never_written_through() {
+        use std::os::unix::fs::symlink;
+        let pid = std::process::id();
+        let tmp_names = [
+            format!(".site_secret.{pid}.tmp"),
+            format!(".site_secret.tmp-{pid}"),
+        ];
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site_secret");
+        for t in &tmp_names {
+            let stale = dir.path().join(t);
+            std::fs::write(&stale, b"stale").unwrap();
+            std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        SiteSecret::load_or_generate(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read(&path).unwrap().len(), SECRET_LEN);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site_secret");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"someone else's file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for t in &tmp_names {
+            symlink(&victim, dir.path().join(t)).unwrap();
+        }
+        SiteSecret::load_or_generate(&path).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+        assert_eq!(mode(&victim), 0o644);
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::read(&path).unwrap().len(), SECRET_LEN);
     }
 
     #[test]

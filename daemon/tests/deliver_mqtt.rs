@@ -395,3 +395,129 @@ async fn entries_queued_before_keying_reach_the_broker_keyed() {
     stop.send(true).unwrap();
     h.await.unwrap();
 }
+
+/// Report `i` of a model with `labels` findings: its report body grows with them.
+fn report_with_findings(i: usize, labels: usize) -> duli::report::Report {
+    let mut r = report(i);
+    let one = r.findings[0].clone();
+    r.findings = (0..labels)
+        .map(|n| duli::result::Finding {
+            label: format!("Finding number {n} of a many-label model"),
+            code: format!("FINDING_{n}"),
+            ..one.clone()
+        })
+        .collect();
+    r
+}
+
+/// Bodies of the report messages the subscriber saw, in arrival order.
+fn report_bodies(lines: &[String]) -> Vec<String> {
+    let prefix = format!("{} ", topic("reports"));
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+/// A report over rumqttc's default packet limit (10 KiB), here 16 KiB and more, reaches
+/// the broker, in order with the reports around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_over_10_kib_reaches_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+        return;
+    };
+    let Some((_sub, lines)) = start_subscriber(port, None) else {
+        return;
+    };
+    let cfg = config(port, None);
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    let plan = DeliveryPlan::from_config(&cfg);
+    let big = plan.report_entries(&report_with_findings(1, 80), &secret());
+    let size = big
+        .iter()
+        .find_map(|e| match &e.payload {
+            duli::store::outbox::Payload::Mqtt { body, .. } => Some(body.len()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(size > 16 * 1024, "{size} bytes");
+    enqueue_reports(&ob, &cfg, 0..1);
+    ob.enqueue(&big).unwrap();
+    enqueue_reports(&ob, &cfg, 2..3);
+    let (stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&cfg), Arc::new(secret())),
+        fast_options(2),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
+    assert_eq!(ob.fill().entries, 0, "{:?}", ob.list(None).unwrap());
+    assert!(lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 3));
+    let expected: Vec<String> = [0, 1, 2]
+        .iter()
+        .map(|i| cloud_id(&format!("rep-{i:04}")))
+        .collect();
+    assert_eq!(report_ids(&lines.snapshot()), expected);
+    let bodies = report_bodies(&lines.snapshot());
+    let v: serde_json::Value = serde_json::from_str(&bodies[1]).unwrap();
+    assert_eq!(v["findings"].as_array().unwrap().len(), 80);
+    assert!(bodies[1].len() > 16 * 1024);
+    stop.send(true).unwrap();
+    h.await.unwrap();
+}
+
+/// A message larger than the channel's packet limit can never be sent: it is refused,
+/// dead-lettered with the reason after `max_rejections`, and the entries queued after it
+/// are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_packet_limit_is_dead_lettered_and_the_rest_delivered() {
+    use duli::store::outbox::EntryState;
+    const MAX_PACKET_BYTES: usize = 256 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+        return;
+    };
+    let Some((_sub, lines)) = start_subscriber(port, None) else {
+        return;
+    };
+    let cfg = config(port, None);
+    let (_store, ob) = outbox(&dir.path().join("data"));
+    let plan = DeliveryPlan::from_config(&cfg);
+    let mut huge = report(1);
+    huge.caveat = Some("x".repeat(MAX_PACKET_BYTES));
+    enqueue_reports(&ob, &cfg, 0..1);
+    ob.enqueue(&plan.report_entries(&huge, &secret())).unwrap();
+    enqueue_reports(&ob, &cfg, 2..5);
+    let (stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&cfg), Arc::new(secret())),
+        fast_options(2),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
+    let left = ob.list(Some(&Destination::Mqtt)).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].report_id, "rep-0001");
+    assert_eq!(left[0].state, EntryState::Dead);
+    assert_eq!(left[0].rejections, 2);
+    let reason = left[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("exceeds the MQTT packet limit of 262144 bytes"),
+        "{reason}"
+    );
+    assert!(lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 4));
+    let expected: Vec<String> = [0, 2, 3, 4]
+        .iter()
+        .map(|i| cloud_id(&format!("rep-{i:04}")))
+        .collect();
+    assert_eq!(report_ids(&lines.snapshot()), expected);
+    stop.send(true).unwrap();
+    h.await.unwrap();
+}

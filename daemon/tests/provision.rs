@@ -361,6 +361,108 @@ fn example_file_provisions_a_box() {
         .contains("GB available"));
 }
 
+/// DICOM TLS files of each `[[pacs.destinations]]`, given relative to the provisioning
+/// file, are copied into tls/ like every other certificate and key (keys 0600), and the
+/// written configuration points at the copies, valid whatever the working directory.
+#[test]
+fn pacs_tls_files_are_copied_for_every_destination() {
+    let s = Stick::new();
+    let usb = s.usb();
+    for (name, file) in [
+        ("stick-ca.pem", "certs/pacs-ca.pem"),
+        ("stick-client.pem", "certs/pacs-client.pem"),
+        ("stick-client.key", "certs/pacs-client.key"),
+        ("stick-ca.pem", "certs/archive-ca.pem"),
+    ] {
+        fs::copy(s.path("pki").join(name), usb.join(file)).unwrap();
+    }
+    let text = fs::read_to_string(s.file()).unwrap();
+    let with_tls = text.replace(
+        "push = true\nmove = true\n",
+        "push = true\nmove = true\ntls = true\ntls_ca = \"certs/pacs-ca.pem\"\n\
+         tls_cert = \"certs/pacs-client.pem\"\ntls_key = \"certs/pacs-client.key\"\n\n\
+         [[pacs.destinations]]\nname = \"archive\"\nae_title = \"ARCHIVE\"\n\
+         host = \"10.10.1.6\"\nport = 2762\nmove = true\ntls = true\n\
+         tls_ca = \"certs/archive-ca.pem\"\n",
+    );
+    assert_ne!(with_tls, text, "the example has a PACS destination");
+    fs::write(s.file(), with_tls).unwrap();
+
+    // Run from a folder that is neither the stick's nor the box's.
+    let elsewhere = s.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let (file, config) = (s.file(), s.config());
+    let (root, data) = (s.path("box/root"), s.path("box/data"));
+    let mut cmd = Command::new(Daemon::binary());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DULI_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(&elsewhere)
+        .arg("provision")
+        .arg(&file)
+        .arg("--config")
+        .arg(&config)
+        .arg("--system-root")
+        .arg(&root)
+        .arg("--data-dir")
+        .arg(&data);
+    run(&mut cmd, Duration::from_secs(120)).assert_success("duli provision");
+
+    let tls = s.path("box/etc/tls");
+    for (copy, source, private) in [
+        ("pacs-0-ca.pem", "certs/pacs-ca.pem", false),
+        ("pacs-0.pem", "certs/pacs-client.pem", false),
+        ("pacs-0.key", "certs/pacs-client.key", true),
+        ("pacs-1-ca.pem", "certs/archive-ca.pem", false),
+    ] {
+        assert_eq!(
+            fs::read(tls.join(copy)).unwrap_or_default(),
+            fs::read(usb.join(source)).unwrap(),
+            "{copy}"
+        );
+        assert_eq!(
+            mode(&tls.join(copy)),
+            if private { 0o600 } else { 0o644 },
+            "{copy}"
+        );
+    }
+    assert!(!tls.join("pacs-1.key").exists());
+    let written = fs::read_to_string(&config).unwrap();
+    assert!(
+        !written.contains("/usb/") && !written.contains("\"certs/"),
+        "config points at the stick: {written}"
+    );
+    let cfg = duli::config::Config::load(Some(&config), Vec::new())
+        .unwrap_or_else(|e| panic!("the provisioned configuration is refused: {e}"));
+    let d = &cfg.pacs.destinations;
+    assert_eq!(
+        d[0].tls_ca.as_deref(),
+        Some(tls.join("pacs-0-ca.pem").as_path())
+    );
+    assert_eq!(
+        d[0].tls_cert.as_deref(),
+        Some(tls.join("pacs-0.pem").as_path())
+    );
+    assert_eq!(
+        d[0].tls_key.as_deref(),
+        Some(tls.join("pacs-0.key").as_path())
+    );
+    assert_eq!(
+        d[1].tls_ca.as_deref(),
+        Some(tls.join("pacs-1-ca.pem").as_path())
+    );
+    assert_eq!(d[1].tls_key, None);
+    // The daemon's own check, from yet another folder.
+    let mut check = Command::new(Daemon::binary());
+    check
+        .current_dir("/")
+        .args(["check-config", "--config"])
+        .arg(&config);
+    run(&mut check, Duration::from_secs(60)).assert_success("check-config from /");
+}
+
 #[test]
 fn bad_input_is_refused_naming_the_key_and_nothing_changes() {
     let s = Stick::new();

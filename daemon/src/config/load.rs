@@ -108,6 +108,11 @@ impl Config {
         fix_opt(&mut self.mqtt.key, "mqtt.key");
         fix_opt(&mut self.console.cert, "console.cert");
         fix_opt(&mut self.console.key, "console.key");
+        for d in &mut self.pacs.destinations {
+            for p in [&mut d.tls_ca, &mut d.tls_cert, &mut d.tls_key] {
+                fix_opt(p, "pacs.destinations");
+            }
+        }
         let fw = &mut self.firmware;
         for (p, key) in [
             (&mut fw.grubenv, "firmware.grubenv"),

@@ -111,6 +111,34 @@ fn relative_paths_in_file_resolve_against_its_folder() {
     assert!(c.inference.model.is_absolute());
 }
 
+/// A PACS destination's TLS files given relative to the configuration file are found
+/// whatever the working directory (as under systemd).
+#[test]
+fn relative_pacs_tls_paths_resolve_against_the_file_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::write(dir.path().join("tls").join(f), "x").unwrap();
+    }
+    let path = dir.path().join("duli.toml");
+    std::fs::write(
+        &path,
+        "[[pacs.destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\n\
+         port = 104\ntls = true\ntls_ca = \"tls/ca.pem\"\ntls_cert = \"tls/client.pem\"\n\
+         tls_key = \"tls/client.key\"\n",
+    )
+    .unwrap();
+    let c = Config::load(Some(&path), Vec::new()).unwrap();
+    let d = &c.pacs.destinations[0];
+    let tls = dir.path().join("tls");
+    assert_eq!(d.tls_ca.as_deref(), Some(tls.join("ca.pem").as_path()));
+    assert_eq!(
+        d.tls_cert.as_deref(),
+        Some(tls.join("client.pem").as_path())
+    );
+    assert_eq!(d.tls_key.as_deref(), Some(tls.join("client.key").as_path()));
+}
+
 #[test]
 fn an_environment_path_resolves_against_the_working_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -316,4 +344,82 @@ fn each_destination_counts_its_own_refusals() {
         ),
         other => panic!("max_rejections = 0 accepted: {other:?}"),
     }
+}
+
+/// `[hl7] tls = true` is checked like a PACS destination's TLS: the CA bundle is required,
+/// the client certificate and key go together, every file exists.
+#[test]
+fn hl7_tls_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let ca = ca.display().to_string();
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let hl7 = |extra: &str| {
+        format!("[hl7]\nenabled = true\nhost = \"ris.example\"\nport = 2575\ntls = true\n{extra}\n")
+    };
+    let keys = |text: &str| match load_str(text, &[]) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(errors)) => errors.into_iter().map(|e| e.key).collect(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(keys(&hl7(&format!("ca = {ca:?}"))), Vec::<String>::new());
+    assert_eq!(
+        keys(&hl7(&format!("ca = {ca:?}\ncert = {ca:?}\nkey = {ca:?}"))),
+        Vec::<String>::new()
+    );
+    assert_eq!(keys(&hl7("")), ["hl7.ca"]);
+    assert_eq!(keys(&hl7(&format!("ca = {missing:?}"))), ["hl7.ca"]);
+    assert_eq!(
+        keys(&hl7(&format!("ca = {ca:?}\ncert = {ca:?}"))),
+        ["hl7.key"]
+    );
+    assert_eq!(
+        keys(&hl7(&format!("ca = {ca:?}\nkey = {ca:?}"))),
+        ["hl7.cert"]
+    );
+    assert_eq!(
+        keys(&hl7(&format!(
+            "ca = {ca:?}\ncert = {ca:?}\nkey = {missing:?}"
+        ))),
+        ["hl7.key"]
+    );
+    // Without TLS, or with HL7 off, the files are not used and not checked.
+    let plain = "[hl7]\nenabled = true\nhost = \"ris.example\"\nport = 2575\ntls = false\n";
+    assert_eq!(keys(plain), Vec::<String>::new());
+    assert_eq!(
+        keys("[hl7]\nenabled = false\ntls = true\n"),
+        Vec::<String>::new()
+    );
+}
+
+/// `[mqtt] tls = true` needs the CA bundle, the client certificate and its key, each an
+/// existing file.
+#[test]
+fn mqtt_tls_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let ca = ca.display().to_string();
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let mqtt = |extra: &str| format!("[mqtt]\nenabled = true\ntls = true\n{extra}\n");
+    let keys = |text: &str| match load_str(text, &[]) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(errors)) => errors.into_iter().map(|e| e.key).collect(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        keys(&mqtt(&format!("ca = {ca:?}\ncert = {ca:?}\nkey = {ca:?}"))),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        keys(&mqtt(&format!("ca = {ca:?}\ncert = {ca:?}"))),
+        ["mqtt.key"]
+    );
+    assert_eq!(
+        keys(&mqtt(&format!(
+            "ca = {missing:?}\ncert = {ca:?}\nkey = {ca:?}"
+        ))),
+        ["mqtt.ca"]
+    );
 }

@@ -246,6 +246,15 @@ fn check_hl7(c: &Hl7Config, site_id: &str, bad: &mut impl FnMut(&str, String)) {
         if c.port == 0 {
             bad("hl7.port", "must be between 1 and 65535".into());
         }
+        if c.tls {
+            check_client_tls(
+                "hl7",
+                c.ca.as_deref(),
+                c.cert.as_deref(),
+                c.key.as_deref(),
+                bad,
+            );
+        }
     }
     if c.max_rejections == 0 {
         bad("hl7.max_rejections", "must be at least 1".into());
@@ -594,6 +603,31 @@ fn check_destination_tls(i: usize, d: &PacsDestination, bad: &mut impl FnMut(&st
         }
         (Some(_), None) => bad(&key("tls_key"), "is required with tls_cert".into()),
         (None, Some(_)) => bad(&key("tls_cert"), "is required with tls_key".into()),
+        (None, None) => {}
+    }
+}
+
+/// A TLS client's files in `[section]` with `tls = true`: the CA bundle is required, the
+/// client certificate and its key go together or not at all, and each file exists.
+fn check_client_tls(
+    section: &str,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    bad: &mut impl FnMut(&str, String),
+) {
+    let name = |k: &str| format!("{section}.{k}");
+    match ca {
+        Some(p) => check_file(p, &name("ca"), bad),
+        None => bad(&name("ca"), format!("required when {section}.tls = true")),
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            check_file(c, &name("cert"), bad);
+            check_file(k, &name("key"), bad);
+        }
+        (Some(_), None) => bad(&name("key"), format!("required with {section}.cert")),
+        (None, Some(_)) => bad(&name("cert"), format!("required with {section}.key")),
         (None, None) => {}
     }
 }

@@ -34,8 +34,9 @@ pub enum Delivery {
     /// The peer took responsibility (HL7 `AA`/`CA`, MQTT PubAck, C-STORE Success): the
     /// entry is removed.
     Acked,
-    /// The peer explicitly refused (HL7 `AE`/`AR`/`CE`/`CR`, a DICOM failure status):
-    /// counted towards `max_rejections`, then dead-lettered.
+    /// The peer explicitly refused (HL7 `AE`/`AR`/`CE`/`CR`, a DICOM failure status), or
+    /// the entry can never be sent (an MQTT message over the packet limit): counted towards
+    /// `max_rejections`, then dead-lettered.
     Rejected(String),
     /// No answer (unreachable, timeout, broken connection, garbage): retried with backoff,
     /// for as long as it takes.

@@ -12,7 +12,7 @@ use super::Channel;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::site_secret::SiteSecret;
-use crate::store::outbox::{Destination, Outbox, OutboxLimits};
+use crate::store::outbox::{Destination, EntryState, Outbox, OutboxLimits};
 use crate::store::Store;
 use crate::supervise::{self, Backoff, Shutdown};
 use anyhow::{Context, Result};
@@ -44,7 +44,8 @@ impl Delivery {
 
 /// Opens the outbox and starts the workers of `config`, each supervised (restarted when
 /// it ends unexpectedly) with a heartbeat among the stages of `daemon`; delivery has a
-/// stop signal of its own ([`Delivery::stop`]).
+/// stop signal of its own ([`Delivery::stop`]). A destination whose TLS files do not load
+/// is logged and not started; the others and the rest of the daemon run.
 pub fn start(
     config: &Config,
     store: &Arc<Store>,
@@ -65,6 +66,7 @@ pub fn start(
             .context("cannot open the outbox")?,
     );
     let plan = DeliveryPlan::from_config(config);
+    dead_letter_unserved(&outbox, &plan, config);
     let mut shutdown = daemon.sharing_stages();
     let rx = shutdown.signal();
     // HL7 and each PACS destination count explicit refusals towards dead-lettering, each
@@ -76,7 +78,13 @@ pub fn start(
     for dest in plan.destinations() {
         match &dest {
             Destination::Hl7 => {
-                let target = Hl7Target::from_config(&config.hl7).context("[hl7] TLS settings")?;
+                let target = match Hl7Target::from_config(&config.hl7) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        not_started(&dest, "[hl7]", &e);
+                        continue;
+                    }
+                };
                 let options = refusals(config.hl7.max_rejections);
                 let task = spawn_worker(&shutdown, &outbox, dest, options, move || {
                     Hl7Channel::new(target.clone())
@@ -84,7 +92,13 @@ pub fn start(
                 shutdown.track(task);
             }
             Destination::Mqtt => {
-                let settings = MqttSettings::from_config(config).context("[mqtt] TLS settings")?;
+                let settings = match MqttSettings::from_config(config) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        not_started(&dest, "[mqtt]", &e);
+                        continue;
+                    }
+                };
                 let key = secret.clone();
                 let (health_tx, health_rx) = watch::channel(String::new());
                 let health_tx = Arc::new(health_tx);
@@ -165,6 +179,57 @@ pub fn start(
     })
 }
 
+/// Why entries of a PACS destination no longer served are dead-lettered.
+pub const NO_LONGER_CONFIGURED: &str = "destination no longer configured";
+
+/// Dead-letters the pending entries of every PACS destination that has entries but no
+/// worker under `plan` (removed from `[[pacs.destinations]]`, or no longer `push = true`):
+/// nothing would ever send them. Logged once per destination; they stay listed and can be
+/// re-queued (`duli outbox retry pacs:NAME`) once the destination is back.
+fn dead_letter_unserved(outbox: &Outbox, plan: &DeliveryPlan, config: &Config) {
+    let served = plan.destinations();
+    let unserved: std::collections::BTreeSet<Destination> = match outbox.list(None) {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|e| e.state != EntryState::Dead)
+            .map(|e| e.dest)
+            .filter(|d| matches!(d, Destination::Pacs(_)) && !served.contains(d))
+            .collect(),
+        Err(e) => {
+            log::error!("outbox: cannot look for entries of removed destinations: {e}");
+            return;
+        }
+    };
+    for dest in unserved {
+        let Destination::Pacs(name) = &dest else {
+            continue;
+        };
+        let reason = if config.pacs.destinations.iter().any(|d| &d.name == name) {
+            format!("{NO_LONGER_CONFIGURED} for push (push = false)")
+        } else {
+            NO_LONGER_CONFIGURED.to_string()
+        };
+        match outbox.dead_letter_all(&dest, &reason) {
+            Ok(n) => log::warn!(
+                "{dest}: {n} pending entries dead-lettered: {reason}; `duli outbox retry {dest}` \
+                 re-queues them once it is configured again"
+            ),
+            Err(e) => log::error!("{dest}: cannot dead-letter its entries: {e}"),
+        }
+    }
+}
+
+/// Logs that the worker of `dest` cannot start because the TLS files of `section` do not
+/// load. The rest of the daemon (receiving, analysis, the other destinations) runs on; the
+/// destination's entries wait in the outbox until the files are fixed and the daemon
+/// restarted.
+fn not_started(dest: &Destination, section: &str, e: &crate::tls::TlsError) {
+    log::error!(
+        "{dest}: not started, {section} TLS settings do not load: {e}; its messages wait in \
+         the outbox"
+    );
+}
+
 /// Starts the worker of `dest`, supervised by `shutdown`; `channel` makes the channel of
 /// each incarnation (a restarted worker starts on a fresh connection).
 fn spawn_worker<C: Channel>(
@@ -241,5 +306,89 @@ fn disk(store: &Store) -> (u64, u64) {
             st.blocks() as u64 * st.fragment_size() as u64,
         ),
         Err(_) => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PacsDestination;
+    use crate::store::outbox::{Kind, NewEntry, Payload};
+
+    fn destination(name: &str, push: bool) -> PacsDestination {
+        PacsDestination {
+            name: name.into(),
+            ae_title: "PACS".into(),
+            host: "10.0.0.1".into(),
+            port: 104,
+            push,
+            move_: true,
+            tls: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            result_objects: vec![crate::config::ResultObject::Sr],
+            max_rejections: 5,
+        }
+    }
+
+    fn entry(dest: &str, report: &str) -> NewEntry {
+        NewEntry {
+            dest: Destination::Pacs(dest.into()),
+            kind: Kind::StructuredReport,
+            report_id: report.into(),
+            payload: Payload::Dicom {
+                sop_instance_uids: vec!["1.2.3".into()],
+            },
+        }
+    }
+
+    /// Entries of a PACS destination that no worker serves any more are dead-lettered at
+    /// start with the reason; those of a served destination stay pending.
+    #[test]
+    fn entries_of_a_removed_destination_are_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outbox = store.outbox(OutboxLimits::default()).unwrap();
+        outbox
+            .enqueue(&[
+                entry("old", "r1"),
+                entry("main", "r1"),
+                entry("old", "r2"),
+                entry("paused", "r2"),
+            ])
+            .unwrap();
+        let mut config = Config::default();
+        config.pacs.destinations = vec![destination("main", true), destination("paused", false)];
+        let plan = DeliveryPlan::from_config(&config);
+        dead_letter_unserved(&outbox, &plan, &config);
+
+        let of = |name: &str| outbox.list(Some(&Destination::Pacs(name.into()))).unwrap();
+        for e in of("old") {
+            assert_eq!(e.state, EntryState::Dead, "{e:?}");
+            assert_eq!(e.last_error.as_deref(), Some(NO_LONGER_CONFIGURED));
+        }
+        assert_eq!(of("old").len(), 2);
+        let paused = of("paused");
+        assert_eq!(paused[0].state, EntryState::Dead);
+        assert!(paused[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|r| r.starts_with(NO_LONGER_CONFIGURED)));
+        assert_eq!(of("main")[0].state, EntryState::Queued);
+        assert!(outbox
+            .head(&Destination::Pacs("old".into()))
+            .unwrap()
+            .is_none());
+        // A second start changes nothing more; a technician can re-queue them.
+        dead_letter_unserved(&outbox, &plan, &config);
+        assert_eq!(
+            outbox
+                .retry(&crate::store::outbox::RetrySelector::Destination(
+                    Destination::Pacs("old".into())
+                ))
+                .unwrap(),
+            2
+        );
     }
 }

@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerOptions {
     /// Explicit refusals before an entry is dead-lettered (`[hl7] max_rejections`, a
-    /// destination's `[[pacs.destinations]] max_rejections`).
+    /// destination's `[[pacs.destinations]] max_rejections`; 5 for MQTT, whose refusals
+    /// are messages that can never be sent).
     pub max_rejections: u32,
     /// Backoff between attempts.
     pub backoff: Backoff,

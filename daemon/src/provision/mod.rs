@@ -242,6 +242,98 @@ const MATERIAL: [(&str, &str, bool); 11] = [
     ("console", "key", true),
 ];
 
+/// The role of a TLS file key (`ca`, `cert` or `key`, with or without a `tls_` prefix).
+fn key_role(key: &str) -> &'static str {
+    match key.trim_start_matches("tls_") {
+        "ca" => "ca",
+        "key" => "key",
+        _ => "cert",
+    }
+}
+
+/// One TLS file key of the provisioning file.
+struct Slot {
+    /// The table holding the key, as the configuration names it (`hl7`,
+    /// `pacs.destinations[0]`).
+    owner: String,
+    /// The key (`ca`, `tls_key`, ...).
+    key: &'static str,
+    /// `ca`, `cert` or `key`.
+    role: &'static str,
+    /// The copy's file name under `<config>/tls/`.
+    file: String,
+    /// What it is, for the summary.
+    what: String,
+}
+
+/// The TLS files named in the provisioning file: read from beside it, copied to
+/// `<config>/tls/`.
+struct Material<'a> {
+    /// The provisioning file's folder, against which relative paths resolve.
+    file_dir: &'a Path,
+    /// `<config>/tls`.
+    tls_dir: PathBuf,
+    /// The copies to write.
+    writes: Vec<Write>,
+    /// What was read, by (owner, role): (key name, bytes), to check that certificates
+    /// and keys parse and match.
+    read: BTreeMap<(String, &'static str), (String, Vec<u8>)>,
+}
+
+impl Material<'_> {
+    /// Reads the file `table[slot.key]` names, if any: `table` (written) then points at
+    /// the copy, `checked` (validated now) at the source; the copy is queued, private keys
+    /// 0600. A value that is not a path or a file that cannot be read is reported to `bad`.
+    fn take(
+        &mut self,
+        slot: Slot,
+        table: &mut toml::Table,
+        checked: &mut toml::Table,
+        bad: &mut impl FnMut(&str, String),
+    ) {
+        let Some(value) = table.get(slot.key) else {
+            return;
+        };
+        let name = format!("{}.{}", slot.owner, slot.key);
+        let Some(path) = value.as_str().map(|s| {
+            let p = Path::new(s);
+            if p.is_relative() {
+                self.file_dir.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        }) else {
+            bad(&name, "must be a file path".into());
+            return;
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let dest = self.tls_dir.join(&slot.file);
+                checked.insert(slot.key.into(), path.display().to_string().into());
+                table.insert(slot.key.into(), dest.display().to_string().into());
+                let private = slot.role == "key";
+                self.writes.push(Write {
+                    path: dest,
+                    bytes: bytes.clone(),
+                    mode: if private { PRIVATE } else { PUBLIC },
+                    private,
+                    what: slot.what,
+                });
+                self.read.insert((slot.owner, slot.role), (name, bytes));
+            }
+            Err(e) => bad(&name, format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// The tables of `[[pacs.destinations]]` in the `pacs` section, if any.
+fn destinations(pacs: Option<&mut toml::Table>) -> Vec<&mut toml::Table> {
+    pacs.and_then(|p| p.get_mut("destinations"))
+        .and_then(toml::Value::as_array_mut)
+        .map(|a| a.iter_mut().filter_map(toml::Value::as_table_mut).collect())
+        .unwrap_or_default()
+}
+
 /// Reads a provisioning file.
 pub fn read_file(path: &Path) -> Result<ProvisionFile, ProvisionError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProvisionError::Read {
@@ -420,79 +512,86 @@ pub fn plan(
             .or_default()
             .insert("ae_title".into(), ae.clone().into());
     }
-    // (section, key) -> (source path, bytes)
-    let mut material: BTreeMap<(String, String), (PathBuf, Vec<u8>)> = BTreeMap::new();
+    let mut material = Material {
+        file_dir,
+        tls_dir: config_dir.join("tls"),
+        writes: Vec::new(),
+        read: BTreeMap::new(),
+    };
     let mut checked_sections = sections.clone();
     for (section, key, private) in MATERIAL {
-        let Some(table) = sections.get_mut(section) else {
+        let (Some(table), Some(checked)) =
+            (sections.get_mut(section), checked_sections.get_mut(section))
+        else {
             continue;
         };
-        let Some(value) = table.get(key) else {
-            continue;
+        let slot = Slot {
+            owner: section.to_string(),
+            key,
+            role: key_role(key),
+            file: match key {
+                "key" => format!("{section}.key"),
+                "ca" => format!("{section}-ca.pem"),
+                _ => format!("{section}.pem"),
+            },
+            what: if private {
+                format!("{section} private key")
+            } else if key == "ca" {
+                format!("{section} CA certificates")
+            } else {
+                format!("{section} certificate")
+            },
         };
-        let name = format!("{section}.{key}");
-        let Some(path) = value.as_str().map(|s| src(Path::new(s))) else {
-            bad(&name, "must be a file path".into());
-            continue;
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let dest = config_dir.join("tls").join(match key {
-                    "key" => format!("{section}.key"),
-                    "ca" => format!("{section}-ca.pem"),
-                    _ => format!("{section}.pem"),
-                });
-                // For validation the configuration points at the source files; the file
-                // written points at the copies.
-                checked_sections
-                    .entry(section)
-                    .or_default()
-                    .insert(key.into(), path.display().to_string().into());
-                table.insert(key.into(), dest.display().to_string().into());
-                writes.push(Write {
-                    path: dest,
-                    bytes: bytes.clone(),
-                    mode: if private { PRIVATE } else { PUBLIC },
-                    private,
-                    what: if private {
-                        format!("{section} private key")
-                    } else if key == "ca" {
-                        format!("{section} CA certificates")
-                    } else {
-                        format!("{section} certificate")
-                    },
-                });
-                material.insert((section.into(), key.into()), (path, bytes));
-            }
-            Err(e) => bad(&name, format!("cannot read {}: {e}", path.display())),
+        material.take(slot, table, checked, &mut bad);
+    }
+    // Each PACS destination's TLS files: copied as tls/pacs-N.* (N its position).
+    let pacs = destinations(sections.get_mut("pacs"));
+    let pacs_checked = destinations(checked_sections.get_mut("pacs"));
+    for (i, (table, checked)) in pacs.into_iter().zip(pacs_checked).enumerate() {
+        let name = table
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map(|n| format!("PACS destination {n:?}"))
+            .unwrap_or_else(|| format!("PACS destination {i}"));
+        for (key, file, what) in [
+            ("tls_ca", format!("pacs-{i}-ca.pem"), "CA certificates"),
+            ("tls_cert", format!("pacs-{i}.pem"), "certificate"),
+            ("tls_key", format!("pacs-{i}.key"), "private key"),
+        ] {
+            let slot = Slot {
+                owner: format!("pacs.destinations[{i}]"),
+                key,
+                role: key_role(key),
+                file,
+                what: format!("{name} {what}"),
+            };
+            material.take(slot, table, checked, &mut bad);
         }
     }
+    writes.append(&mut material.writes);
     // Certificates parse; keys parse and match their certificate.
-    for section in ["dicom", "hl7", "mqtt", "console"] {
-        let get = |k: &str| material.get(&(section.to_string(), k.to_string()));
-        if let Some((_, ca)) = get("ca") {
-            if let Err(e) = material::certificates(&format!("{section}.ca"), ca) {
+    let owners: std::collections::BTreeSet<&String> =
+        material.read.keys().map(|(owner, _)| owner).collect();
+    for owner in owners {
+        let get = |role: &'static str| material.read.get(&(owner.clone(), role));
+        if let Some((name, ca)) = get("ca") {
+            if let Err(e) = material::certificates(name, ca) {
                 bad(&e.key, e.reason);
             }
         }
         match (get("cert"), get("key")) {
-            (Some((_, c)), Some((_, k))) => {
-                if let Err(e) = material::certified_pair(
-                    &format!("{section}.cert"),
-                    c,
-                    &format!("{section}.key"),
-                    k,
-                ) {
+            (Some((cert_name, c)), Some((key_name, k))) => {
+                if let Err(e) = material::certified_pair(cert_name, c, key_name, k) {
                     bad(&e.key, e.reason);
                 }
             }
-            (Some((_, c)), None) => {
-                if let Err(e) = material::certificates(&format!("{section}.cert"), c) {
+            (Some((name, c)), None) => {
+                if let Err(e) = material::certificates(name, c) {
                     bad(&e.key, e.reason);
                 }
             }
-            (None, Some((_, k))) => {
-                if let Err(e) = material::private_key(&format!("{section}.key"), k) {
+            (None, Some((name, k))) => {
+                if let Err(e) = material::private_key(name, k) {
                     bad(&e.key, e.reason);
                 }
             }

@@ -47,6 +47,39 @@ fn valid(name: &'static str, uid: &str) -> Result<(), HeaderError> {
     }
 }
 
+/// Most distinct modalities a study record lists (Modalities in Study, the report's
+/// `modalities`); further ones are logged and left out.
+pub const MAX_STUDY_MODALITIES: usize = 16;
+
+/// Whether `m` is a Modality value a study record keeps: a Code String (PS3.5 §6.2) of 1 to
+/// 16 characters, upper-case letters, digits, space and underscore, already trimmed.
+pub fn is_valid_modality(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 16
+        && m.trim() == m
+        && m.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
+}
+
+/// Adds `m` to `list` if it is a valid Modality value not yet listed and the list has
+/// room ([`MAX_STUDY_MODALITIES`]); logs what it leaves out.
+fn add_modality(list: &mut Vec<String>, m: &str, study: &str) {
+    if list.iter().any(|x| x == m) {
+        return;
+    }
+    if !is_valid_modality(m) {
+        log::warn!(
+            "study {study}: Modality {:?} ({} bytes) is not a valid code string; not listed",
+            m.chars().take(20).collect::<String>(),
+            m.len()
+        );
+    } else if list.len() >= MAX_STUDY_MODALITIES {
+        log::warn!("study {study}: more than {MAX_STUDY_MODALITIES} modalities; {m:?} not listed");
+    } else {
+        list.push(m.to_string());
+    }
+}
+
 /// What the index needs from one file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
@@ -146,7 +179,7 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
         columns: int(obj, tags::COLUMNS).and_then(|v| u32::try_from(v).ok()),
         ..Default::default()
     };
-    let study = StudyRecord {
+    let mut study = StudyRecord {
         study_instance_uid,
         patient_id: text(obj, tags::PATIENT_ID),
         patient_name: text(obj, tags::PATIENT_NAME),
@@ -158,18 +191,16 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
         study_description: text(obj, tags::STUDY_DESCRIPTION),
         study_id: text(obj, tags::STUDY_ID),
         referring_physician: text(obj, tags::REFERRING_PHYSICIAN_NAME),
-        modalities: if modality.is_empty() {
-            Vec::new()
-        } else {
-            vec![modality]
-        },
         ..Default::default()
     };
+    if !modality.is_empty() {
+        add_modality(&mut study.modalities, &modality, &study.study_instance_uid);
+    }
     Ok(Header { instance, study })
 }
 
 /// Fills the gaps of `into` with the values of `from` (first non-empty wins), and merges the
-/// modality lists.
+/// modality lists (valid values only, at most [`MAX_STUDY_MODALITIES`]).
 pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) {
     let pairs: [(&mut String, &String); 10] = [
         (&mut into.patient_id, &from.patient_id),
@@ -189,9 +220,7 @@ pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) {
         }
     }
     for m in &from.modalities {
-        if !into.modalities.contains(m) {
-            into.modalities.push(m.clone());
-        }
+        add_modality(&mut into.modalities, m, &into.study_instance_uid);
     }
 }
 
@@ -302,6 +331,52 @@ mod tests {
         big.extend(vec![0u8; over as usize * 4]);
         std::fs::write(&path, part10("1.2.840.10008.5.1.4.1.1.30", &big)).unwrap();
         assert!(matches!(read_header(&path), Err(HeaderError::Refused(_))));
+    }
+
+    /// Modality is a Code String of at most 16 characters; a study lists at most
+    /// [`MAX_STUDY_MODALITIES`] of them, so an instance cannot inflate the report.
+    #[test]
+    fn study_modalities_are_valid_code_strings_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "X".repeat(11_000);
+        let mut ds = fixtures::short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1\0");
+        ds.extend(fixtures::short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+        ds.extend(fixtures::short(0x0008, 0x0060, b"CS", long.as_bytes()));
+        ds.extend(fixtures::short(0x0020, 0x000D, b"UI", b"1.2.3\0"));
+        ds.extend(fixtures::short(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
+        let path = dir.path().join("modality.dcm");
+        std::fs::write(&path, part10("1.2.840.10008.5.1.4.1.1.1", &ds)).unwrap();
+        let h = read_header(&path).unwrap();
+        assert!(h.study.modalities.is_empty(), "{:?}", h.study.modalities);
+
+        let mut study = StudyRecord {
+            study_instance_uid: "1.2.3".into(),
+            modalities: vec!["DX".into()],
+            ..Default::default()
+        };
+        let from = |m: &str| StudyRecord {
+            modalities: vec![m.to_string()],
+            ..Default::default()
+        };
+        for bad in [
+            long.as_str(),
+            "dx",
+            "CR\\DX",
+            "ABCDEFGHIJKLMNOPQ",
+            " DX",
+            "DX",
+        ] {
+            merge_study(&mut study, &from(bad));
+        }
+        assert_eq!(study.modalities, ["DX"]);
+        merge_study(&mut study, &from("CR"));
+        for i in 0..40 {
+            merge_study(&mut study, &from(&format!("M{i}")));
+        }
+        assert_eq!(study.modalities.len(), MAX_STUDY_MODALITIES);
+        assert_eq!(study.modalities[..3], ["DX", "CR", "M0"]);
+        assert!(study.modalities.iter().all(|m| is_valid_modality(m)));
+        assert!(is_valid_modality("OT") && is_valid_modality("SEG_16 CHARS_XYZ"));
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub enum TlsError {
     /// No CA bundle was configured for a client.
     #[error("TLS needs a CA bundle ({0}.ca)")]
     NoCa(&'static str),
+    /// A client certificate without its key, or a key without its certificate.
+    #[error("{0}.cert and {0}.key must be set together")]
+    UnpairedClientCert(&'static str),
     /// rustls refused the material.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -255,8 +258,9 @@ pub fn server_config(s: &ServerTls<'_>) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 /// Builds a client configuration trusting the CA bundle `ca`, presenting `cert`/`key`
-/// when both are given. `section` names the configuration section in errors (`hl7`,
-/// `mqtt`, ...).
+/// when both are given; one of them without the other is an error, never a connection
+/// without the client certificate. `section` names the configuration section in errors
+/// (`hl7`, `mqtt`, ...).
 pub fn client_config(
     section: &'static str,
     ca: Option<&Path>,
@@ -271,7 +275,8 @@ pub fn client_config(
         (Some(cert), Some(key)) => {
             builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
         }
-        _ => builder.with_no_client_auth(),
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(TlsError::UnpairedClientCert(section)),
     };
     Ok(Arc::new(config))
 }
@@ -289,6 +294,26 @@ mod tests {
                 .with_root_certificates(RootCertStore::empty())
                 .with_no_client_auth(),
         )
+    }
+
+    /// A client certificate without its key (or a key alone) is refused, never dropped
+    /// in favour of a connection without a client certificate.
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = self_signed::cert_files(None, None, dir.path(), &["localhost".into()]).unwrap();
+        let ca = Some(pair.cert.as_path());
+        let (cert, key) = (Some(pair.cert.as_path()), Some(pair.key.as_path()));
+        assert!(client_config("hl7", ca, cert, key).is_ok());
+        assert!(client_config("hl7", ca, None, None).is_ok());
+        for (cert, key) in [(cert, None), (None, key)] {
+            match client_config("hl7", ca, cert, key) {
+                Err(e @ TlsError::UnpairedClientCert("hl7")) => {
+                    assert_eq!(e.to_string(), "hl7.cert and hl7.key must be set together")
+                }
+                other => panic!("{cert:?} {key:?}: {other:?}"),
+            }
+        }
     }
 
     /// A server that accepts and never answers holds the handshake to its limit; a host

@@ -4,8 +4,6 @@
 
 use super::{load_certs, TlsError};
 use ring::digest::{digest, SHA256};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Folder (inside the data directory) of the generated certificate.
@@ -22,22 +20,13 @@ pub struct CertFiles {
     pub generated: bool,
 }
 
+/// Writes a generated file with `mode` through a new temporary file (O_EXCL: never a
+/// planted link, never a stale file with looser permissions), renamed into place.
 fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-    let err = |source| TlsError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::fsutil::write_atomic(path, data, mode, None).map_err(|e| TlsError::Write {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// The configured pair, or the generated one (made now if absent). `names` are the
@@ -114,5 +103,54 @@ mod tests {
         let mode = std::fs::metadata(&a.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
         super::super::server_config(&super::super::ServerTls::console(&a.cert, &a.key)).unwrap();
+    }
+
+    /// Whatever stands beforehand at a temporary name of the generated pair (the writer's
+    /// own and an older one: a stale world-readable file, a link to another file) neither
+    /// loosens the key's mode nor redirects the write.
+    #[test]
+    fn planted_temporary_files_are_never_written_through() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let pid = std::process::id();
+        let tmp_names = [
+            format!(".key.pem.{pid}.tmp"),
+            format!(".cert.pem.{pid}.tmp"),
+            "key.tmp".to_string(),
+            "cert.tmp".to_string(),
+        ];
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let names = vec!["localhost".to_string()];
+
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join(GENERATED_DIR);
+        std::fs::create_dir(&folder).unwrap();
+        for t in &tmp_names {
+            let stale = folder.join(t);
+            std::fs::write(&stale, b"stale").unwrap();
+            std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let files = cert_files(None, None, dir.path(), &names).unwrap();
+        assert_eq!(mode(&files.key), 0o600);
+        fingerprint(&files.cert).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join(GENERATED_DIR);
+        std::fs::create_dir(&folder).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"someone else's file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for t in &tmp_names {
+            symlink(&victim, folder.join(t)).unwrap();
+        }
+        let files = cert_files(None, None, dir.path(), &names).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+        assert_eq!(mode(&victim), 0o644);
+        assert!(std::fs::symlink_metadata(&files.key)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(mode(&files.key), 0o600);
+        super::super::server_config(&super::super::ServerTls::console(&files.cert, &files.key))
+            .unwrap();
     }
 }

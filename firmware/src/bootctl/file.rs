@@ -1,10 +1,12 @@
 //! A boot environment in a plain `name=value` file: the backend for tests and for
 //! development boxes without a real bootloader. Writes are atomic (temporary file, fsync,
-//! rename, fsync of the directory).
+//! rename, fsync of the directory) and go through [`crate::dir_write`]: the file's folder
+//! may belong to the service user while root writes, so no link planted there is followed.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::dir_write::Dir;
 
 use super::{parse_env_lines, BootControl, BootError, BootState};
 
@@ -54,15 +56,23 @@ impl BootControl for FileBootControl {
         for (k, v) in state.to_vars() {
             text.push_str(&format!("{k}={v}\n"));
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut file = fs::File::create(&tmp).map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        Ok(())
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a file name",
+                ))
+            })?;
+        let dir = match self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d,
+            None => Path::new("."),
+        };
+        Dir::open(dir)
+            .and_then(|d| d.replace(name, text.as_bytes()))
+            .map_err(io)
     }
 }
 
@@ -85,5 +95,30 @@ mod tests {
         assert_eq!(ctl.load().unwrap(), s);
         let text = fs::read_to_string(ctl.path()).unwrap();
         assert!(text.contains("duli_target=B\n"), "{text}");
+    }
+
+    /// Root writes the file in a folder the service user owns: links planted at the
+    /// temporary names or at the file itself are replaced, their targets untouched.
+    #[test]
+    fn planted_links_are_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"root's file").unwrap();
+        let owned = dir.path().join("owned");
+        fs::create_dir(&owned).unwrap();
+        for name in ["boot_env.tmp", ".boot_env.partial", "boot_env"] {
+            std::os::unix::fs::symlink(&victim, owned.join(name)).unwrap();
+        }
+        let mut ctl = FileBootControl::new(owned.join("boot_env"));
+        let s = BootState {
+            target: Slot::B,
+            ..BootState::FACTORY
+        };
+        ctl.store(&s).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"root's file");
+        let meta = fs::symlink_metadata(ctl.path()).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(ctl.load().unwrap(), s);
+        assert!(!owned.join(".boot_env.partial").exists());
     }
 }

@@ -7,6 +7,11 @@
 //! its packet id from the event loop's `Outgoing::Publish`, and reports `Acked` only on the
 //! `PubAck` carrying that id. Any connection error drops the whole rumqttc event loop (so it
 //! cannot replay stale publishes) and the entry is retried by the outbox.
+//!
+//! A PUBLISH may be up to [`MAX_PACKET_BYTES`]. An entry that can never be sent (larger than
+//! that, or a topic MQTT does not allow) is a refusal ([`Delivery::Rejected`]): counted
+//! towards the destination's dead-letter rule like a peer's refusal, so it cannot hold
+//! back the entries queued after it.
 
 use super::topics::Topics;
 use crate::config::Config;
@@ -28,6 +33,39 @@ use tokio::time::Instant;
 pub const ONLINE: &str = "online";
 /// Status payload after a clean stop, and the last will.
 pub const OFFLINE: &str = "offline";
+
+/// Largest MQTT packet the channel sends (256 KiB, fixed header included). A report with
+/// every field at its bound (at most 16 modalities of 16 characters, the model's findings)
+/// is a few KiB; rumqttc's own default (10 KiB) would refuse a report with many findings.
+pub const MAX_PACKET_BYTES: usize = 256 * 1024;
+
+/// Largest packet the channel accepts from the broker (CONNACK, PUBACK, PINGRESP: a few
+/// bytes each; nothing is subscribed).
+const MAX_INCOMING_BYTES: usize = 10 * 1024;
+
+/// Size on the wire of a QoS 1 PUBLISH of `body` on `topic`: fixed header (one byte and a
+/// remaining length of up to four), topic length and text, packet id, payload.
+pub fn publish_packet_size(topic: &str, body: &[u8]) -> usize {
+    let remaining = 2 + topic.len() + 2 + body.len();
+    let len_len = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_len + remaining
+}
+
+/// Why `body` can never be published on `topic` by this channel, if it cannot.
+pub fn unsendable(topic: &str, body: &[u8]) -> Option<String> {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) || topic.len() > usize::from(u16::MAX) {
+        return Some(format!("topic {topic:?} is not a valid MQTT topic name"));
+    }
+    let size = publish_packet_size(topic, body);
+    (size > MAX_PACKET_BYTES).then(|| {
+        format!("message of {size} bytes exceeds the MQTT packet limit of {MAX_PACKET_BYTES} bytes")
+    })
+}
 
 /// Where and how to reach the broker.
 #[derive(Debug, Clone)]
@@ -115,6 +153,20 @@ pub enum MqttError {
     /// The connection failed once established.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+}
+
+impl MqttError {
+    /// Whether the error is about the message itself, which no retry can send (the
+    /// client refused to encode it), rather than about the connection.
+    pub fn is_unsendable(&self) -> bool {
+        use rumqttc::{mqttbytes::Error as Encode, StateError};
+        matches!(
+            self,
+            MqttError::Connection(ConnectionError::MqttState(StateError::Deserialization(
+                Encode::OutgoingPacketTooLarge { .. } | Encode::PayloadTooLong
+            )))
+        )
+    }
 }
 
 /// One live rumqttc client with its event loop running in a task.
@@ -211,6 +263,7 @@ impl MqttChannel {
         let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         opts.set_clean_session(false)
             .set_keep_alive(s.keep_alive)
+            .set_max_packet_size(MAX_INCOMING_BYTES, MAX_PACKET_BYTES)
             .set_last_will(LastWill::new(
                 s.topics.status(),
                 OFFLINE,
@@ -302,6 +355,10 @@ impl Channel for MqttChannel {
         else {
             return Delivery::Rejected("entry is not an MQTT publication".into());
         };
+        let body = super::payload::current_body(body, &entry.report_id, &self.secret);
+        if let Some(why) = unsendable(topic, body.as_bytes()) {
+            return Delivery::Rejected(format!("cannot be sent: {why}"));
+        }
         // a connection that died while nobody listened is replaced before publishing
         if let Some(conn) = self.conn.as_mut() {
             loop {
@@ -333,12 +390,16 @@ impl Channel for MqttChannel {
         let Some(conn) = self.conn.as_mut() else {
             return Delivery::Failed("not connected".into());
         };
-        let body = super::payload::current_body(body, &entry.report_id, &self.secret);
         match conn
             .publish_acked(topic, body.as_bytes(), *retain, timeout)
             .await
         {
             Ok(()) => Delivery::Acked,
+            Err(e) if e.is_unsendable() => {
+                // the event loop ended with the encode error: a fresh connection next time
+                self.conn = None;
+                Delivery::Rejected(format!("cannot be sent: {e}"))
+            }
             Err(e) => {
                 self.lost(&e);
                 Delivery::Failed(e.to_string())

@@ -341,6 +341,24 @@ impl Outbox {
         Ok(updated)
     }
 
+    /// Dead-letters every pending entry of `dest` with `reason`: for a destination no
+    /// worker serves any more (removed from the configuration). The entries are kept,
+    /// listed and re-queueable like any dead entry. Returns how many changed.
+    pub fn dead_letter_all(&self, dest: &Destination, reason: &str) -> Result<u64, OutboxError> {
+        let mut changed = 0;
+        for entry in self.list(Some(dest))? {
+            if entry.state == EntryState::Dead {
+                continue;
+            }
+            self.update(&entry, |e| {
+                e.state = EntryState::Dead;
+                e.last_error = Some(reason.to_string());
+            })?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     /// Re-queues dead entries (and makes retrying ones due now); returns how many changed.
     /// Refusal counts start again from zero.
     pub fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError> {
