@@ -181,7 +181,7 @@ pub fn guard_parser(data: &[u8]) {
     if crate::dataset_guard::check_dataset(body, ts).is_err() {
         return;
     }
-    if let Err(e) = parser_within_guard_bounds(body, ts) {
+    if let Some(e) = parser_beyond_guard_bounds(body, ts) {
         panic!("the pre-scan passed a data set that dicom-rs reads beyond its bounds: {e}");
     }
 }
@@ -189,7 +189,7 @@ pub fn guard_parser(data: &[u8]) {
 /// Reads `body` token by token with dicom-rs's data set reader (the one `dicom-object`
 /// builds objects with), checking each declared length against the bytes left before the
 /// value is read, and the nesting of sequences; stops quietly at the parser's first error.
-fn parser_within_guard_bounds(body: &[u8], ts_uid: &str) -> Result<(), String> {
+fn parser_beyond_guard_bounds(body: &[u8], ts_uid: &str) -> Option<String> {
     use dicom_encoding::TransferSyntaxIndex;
     use dicom_parser::dataset::{read::DataSetReader, DataToken};
     use std::cell::Cell;
@@ -210,55 +210,61 @@ fn parser_within_guard_bounds(body: &[u8], ts_uid: &str) -> Result<(), String> {
         }
     }
 
-    let Some(ts) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts_uid) else {
-        return Ok(());
-    };
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts_uid)?;
     let pos = Rc::new(Cell::new(0usize));
     let source = Counted {
         bytes: body,
         pos: Rc::clone(&pos),
     };
-    let Ok(reader) = DataSetReader::new_with_ts(source, ts) else {
-        return Ok(());
-    };
-    let fits = |len: dicom_core::Length, what: &str| -> Result<(), String> {
+    let reader = DataSetReader::new_with_ts(source, ts).ok()?;
+    let beyond = |len: dicom_core::Length, what: &str| -> Option<String> {
         let left = body.len().saturating_sub(pos.get());
         match len.get() {
-            Some(n) if n as usize > left => Err(format!(
+            Some(n) if n as usize > left => Some(format!(
                 "{what} declares {n} bytes with {left} left (at byte {})",
                 pos.get()
             )),
-            _ => Ok(()),
+            _ => None,
         }
     };
     // Open sequences: `true` for a sequence of items (counted), `false` for fragments.
     let mut open: Vec<bool> = Vec::new();
     for token in reader {
         let Ok(token) = token else {
-            return Ok(());
+            return None;
         };
         match token {
             DataToken::SequenceStart { tag, len } => {
                 open.push(true);
                 let depth = open.iter().filter(|s| **s).count();
                 if depth > crate::dataset_guard::MAX_DEPTH {
-                    return Err(format!(
+                    return Some(format!(
                         "sequence {tag} opens level {depth} (at byte {})",
                         pos.get()
                     ));
                 }
-                fits(len, "a sequence")?;
+                if let Some(e) = beyond(len, "a sequence") {
+                    return Some(e);
+                }
             }
             DataToken::PixelSequenceStart => open.push(false),
             DataToken::SequenceEnd => {
                 open.pop();
             }
-            DataToken::ItemStart { len } => fits(len, "an item")?,
-            DataToken::ElementHeader(header) => fits(header.len, "an element")?,
+            DataToken::ItemStart { len } => {
+                if let Some(e) = beyond(len, "an item") {
+                    return Some(e);
+                }
+            }
+            DataToken::ElementHeader(header) => {
+                if let Some(e) = beyond(header.len, "an element") {
+                    return Some(e);
+                }
+            }
             _ => {}
         }
     }
-    Ok(())
+    None
 }
 
 /// C-FIND: the identifier pre-scanned and decoded in each transfer syntax a context may
