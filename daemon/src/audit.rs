@@ -18,6 +18,9 @@ pub const TREE: &str = "audit";
 /// The "previous hash" of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// How the detail of a retention deletion starts ([`Event::retention_prune`]).
+pub const RETENTION_PRUNE: &str = "retention prune";
+
 /// What happened (the event classes of the DICOM audit message vocabulary, plus ours).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +106,15 @@ impl Event {
             success: true,
             detail: String::new(),
         }
+    }
+
+    /// Retention removed the pixel data of `instances` received instances of study
+    /// `study_uid` (`bytes` bytes) because of `reason` (`age` or `disk`). Recorded as
+    /// [`Action::Other`] by `system`, the detail starting with [`RETENTION_PRUNE`].
+    pub fn retention_prune(study_uid: &str, instances: u64, bytes: u64, reason: &str) -> Event {
+        Event::new("system", Action::Other, study_uid).detail(format!(
+            "{RETENTION_PRUNE}: {instances} instances, {bytes} bytes, reason {reason}"
+        ))
     }
 
     /// Sets the source address.

@@ -262,7 +262,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
 
     // Retention of pixel data.
     let retention = {
-        let store = store.clone();
+        let (store, audit) = (store.clone(), audit.clone());
         let (days, reserve) = (
             config.retention.pixel_days,
             config.retention.disk_reserve_mb * 1024 * 1024,
@@ -270,6 +270,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         shutdown.supervise("retention", Backoff::default(), move |beat| {
             beat.pulse(crate::retention::run(
                 store.clone(),
+                audit.clone(),
                 days,
                 reserve,
                 Duration::from_secs(3600),

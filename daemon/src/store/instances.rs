@@ -1,12 +1,11 @@
 //! Instances in the index: commit one with its study (received or generated), place a
-//! staged file and index it, remove a superseded copy, mark pixel data pruned; and the
-//! ledger of the objects this box generated.
+//! staged file and index it, remove a superseded copy; and the ledger of the objects this
+//! box generated. (Pixel data is marked pruned by [`super::pruning`].)
 
 use super::files;
 use super::header;
 use super::outbox;
 use super::qr_index;
-use super::records;
 use super::{
     batch_writes, encode, io_err, is_generated, link_key, link_key_bytes, unwrap_tx, write_extra,
     Change, ExtraWrite, InstanceCommit, Store, StoreError, GENERATED_LEDGER,
@@ -145,8 +144,11 @@ impl Store {
         generated: bool,
         batches: &[outbox::Batch],
     ) -> Result<InstanceRecord, StoreError> {
-        // Checked before the file is placed too: the placement would overwrite ours.
         let sop = &header.instance.sop_instance_uid;
+        // Held until the record is committed: retention never removes a file placed here
+        // while the index still names the copy it replaces (see `pruning`).
+        let _placing = self.instance_locks.hold(sop);
+        // Checked before the file is placed too: the placement would overwrite ours.
         if !generated && self.instance(sop)?.is_some_and(|i| i.generated) {
             return Err(StoreError::Protected(sop.clone()));
         }
@@ -207,17 +209,6 @@ impl Store {
             .map(|n| self.tree(n))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((names, trees))
-    }
-
-    /// Marks an instance's pixel data as pruned by retention (its file is gone). Not
-    /// durable until [`Store::flush`].
-    pub fn mark_pruned(&self, sop_uid: &str) -> Result<(), StoreError> {
-        records::update_json(
-            &self.instances,
-            sop_uid.as_bytes(),
-            |rec: &mut InstanceRecord| rec.pruned = true,
-        )?;
-        Ok(())
     }
 
     /// Appends `sop` to the ledger of the objects this box generated (fsync'd before the

@@ -12,13 +12,15 @@
 //!
 //! - [`files`]: the Part 10 file area; [`header`]: what the index keeps of a file's header.
 //! - [`instances`]: an instance indexed with its study, in one transaction (received or
-//!   generated), superseded copies removed, pruned pixel data marked.
+//!   generated), superseded copies removed.
 //! - [`states`]: the checked study state transitions and the count per state.
 //! - [`reindex`]: the index rebuilt from the files.
 //! - [`records`]: typed JSON record trees and the one decode-mutate-encode loop.
 //! - [`qr_index`]: the secondary query keys of the study records.
 //! - [`results`]: study results and the heatmap marks, committed with the study state.
 //! - [`outbox`]: the durable delivery queue, written in the same transaction as a result.
+//! - [`pruning`]: received pixel data pruned for retention: claimed in a checked
+//!   transaction, then removed under the instance's placement lock.
 //! - [`worklist`]: what the console's worklist shows of each study's result.
 //! - [`liveness`]: whether the store answers a read and an index flush in time (the
 //!   watchdog's probe).
@@ -28,6 +30,7 @@ pub mod header;
 pub mod instances;
 pub mod liveness;
 pub mod outbox;
+pub mod pruning;
 pub mod qr_index;
 pub mod records;
 pub mod reindex;
@@ -177,6 +180,9 @@ pub struct Store {
     count: AtomicU64,
     /// The worklist index, once built ([`Store::worklist_page`]).
     worklist: std::sync::RwLock<Option<worklist::Index>>,
+    /// Held from placing an instance's file to committing its record, and while a pruned
+    /// file is removed ([`pruning`]).
+    instance_locks: pruning::InstanceLocks,
 }
 
 impl Store {
@@ -218,6 +224,7 @@ impl Store {
             files,
             count: AtomicU64::new(0),
             worklist: std::sync::RwLock::new(None),
+            instance_locks: pruning::InstanceLocks::new(),
         };
         // sled opens some damaged files as an empty database without an error: an index
         // without its schema version is treated as lost and rebuilt from the files.

@@ -1,0 +1,432 @@
+//! Pruning of received pixel data (for retention), decided per instance inside the store.
+//!
+//! An instance's file goes in three steps, so that nothing acknowledged or still needed is
+//! lost, and no crash leaves the index naming a file that is gone:
+//!
+//! 1. [`Store::claim_for_pruning`] re-checks, in one transaction, the study's state and
+//!    each instance's record (unchanged since the caller read it, received, not named by
+//!    the outbox) and marks the instances it accepts `pruned`;
+//! 2. [`Store::remove_pruned`] makes those marks durable, then removes each file, holding
+//!    that instance's placement lock and only while its record is still the one that was
+//!    marked: a copy of the same SOP Instance placed and committed meanwhile
+//!    ([`Store::place_and_commit`] holds the same lock from placement to commit) is never
+//!    removed;
+//! 3. a crash between the two leaves marks whose files are still there:
+//!    [`Store::remove_pruned_leftovers`] (at start-up) removes them.
+//!
+//! Objects this box generated are never pruned, nor any instance an outbox entry still
+//! names ([`Store::outbox_needs`]).
+
+use super::outbox::{self, Entry, Payload};
+use super::{decode, encode, io_err, unwrap_tx, Store, StoreError};
+use crate::model::{InstanceRecord, StudyRecord, StudyState};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// Number of placement locks (instances share them by hash).
+const LOCK_STRIPES: usize = 64;
+
+/// Serialises, per SOP Instance UID, placing a file and committing its record against
+/// removing a pruned file (striped: unrelated instances rarely share a lock).
+#[derive(Debug)]
+pub(super) struct InstanceLocks([Mutex<()>; LOCK_STRIPES]);
+
+impl InstanceLocks {
+    /// A new set of locks.
+    pub(super) fn new() -> InstanceLocks {
+        InstanceLocks(std::array::from_fn(|_| Mutex::new(())))
+    }
+
+    /// Holds the lock of `sop_uid` until the guard is dropped.
+    pub(super) fn hold(&self, sop_uid: &str) -> MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        sop_uid.hash(&mut h);
+        let i = (h.finish() % LOCK_STRIPES as u64) as usize;
+        self.0[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What allows an instance's pixel data to be pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneRule {
+    /// Received before this time (seconds since the epoch), whatever its study's state.
+    ReceivedBefore(i64),
+    /// Its study's processing is finished (`done` or `error`): pruned to free disk space.
+    StudyFinished,
+}
+
+impl PruneRule {
+    /// Why the rule prunes, as the audit trail names it: `age` or `disk`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            PruneRule::ReceivedBefore(_) => "age",
+            PruneRule::StudyFinished => "disk",
+        }
+    }
+
+    /// Whether the rule allows pruning in a study in `state`.
+    pub fn admits_study(self, state: StudyState) -> bool {
+        match self {
+            PruneRule::ReceivedBefore(_) => true,
+            PruneRule::StudyFinished => matches!(state, StudyState::Done | StudyState::Error),
+        }
+    }
+
+    /// Whether the rule allows pruning `inst` (not yet pruned, received, old enough).
+    pub fn admits_instance(self, inst: &InstanceRecord) -> bool {
+        let old_enough = match self {
+            PruneRule::ReceivedBefore(cutoff) => inst.received_at < cutoff,
+            PruneRule::StudyFinished => true,
+        };
+        old_enough && !inst.pruned && !inst.generated
+    }
+}
+
+/// An instance marked pruned by [`Store::claim_for_pruning`], whose file
+/// [`Store::remove_pruned`] removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    sop_instance_uid: String,
+    path: String,
+    received_at: i64,
+    size: u64,
+}
+
+impl Claimed {
+    fn of(rec: &InstanceRecord) -> Claimed {
+        Claimed {
+            sop_instance_uid: rec.sop_instance_uid.clone(),
+            path: rec.path.clone(),
+            received_at: rec.received_at,
+            size: rec.size,
+        }
+    }
+
+    /// SOP Instance UID.
+    pub fn sop_instance_uid(&self) -> &str {
+        &self.sop_instance_uid
+    }
+
+    /// Size of its file in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// What [`Store::remove_pruned`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Store {
+    /// The SOP Instance UIDs that outbox entries (queued, retrying or dead, which a
+    /// technician can re-queue) still name in a DICOM push: their files must stay until
+    /// the entry is delivered. Undecodable entries are logged and skipped (the outbox
+    /// skips them too).
+    pub fn outbox_needs(&self) -> Result<HashSet<String>, StoreError> {
+        let mut needed = HashSet::new();
+        for kv in self.tree(outbox::TREE)?.iter() {
+            let (k, v) = kv?;
+            match decode::<Entry>(&k, &v) {
+                Ok(Entry {
+                    payload: Payload::Dicom { sop_instance_uids },
+                    ..
+                }) => needed.extend(sop_instance_uids),
+                Ok(_) => {}
+                Err(e) => log::error!("retention: skipping undecodable outbox entry: {e}"),
+            }
+        }
+        Ok(needed)
+    }
+
+    /// Marks pruned, in one transaction, those of `candidates` (instances of study
+    /// `study_uid` as the caller read them) that may still be pruned: the study exists and
+    /// `rule` admits its current state; the instance's current record is in that study,
+    /// has the path and receive time the caller read, is neither pruned nor generated,
+    /// `rule` admits it, and `keep` (what the outbox still names, [`Store::outbox_needs`];
+    /// new entries only ever name objects generated in the same transaction) does not
+    /// name it. Returns what it marked; their files stay until [`Store::remove_pruned`].
+    pub fn claim_for_pruning(
+        &self,
+        study_uid: &str,
+        candidates: &[InstanceRecord],
+        rule: PruneRule,
+        keep: &HashSet<String>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let result = (&self.instances, &self.studies).transaction(|(instances, studies)| {
+            let mut claimed = Vec::new();
+            let study = match studies.get(study_uid.as_bytes())? {
+                Some(v) => serde_json::from_slice::<StudyRecord>(&v).ok(),
+                None => None,
+            };
+            if !study.is_some_and(|s| rule.admits_study(s.state)) {
+                return Ok(claimed);
+            }
+            for cand in candidates {
+                let key = cand.sop_instance_uid.as_bytes();
+                let Some(current) = instances.get(key)? else {
+                    continue;
+                };
+                let Ok(mut current) = serde_json::from_slice::<InstanceRecord>(&current) else {
+                    continue;
+                };
+                let unchanged = current.study_instance_uid == study_uid
+                    && current.path == cand.path
+                    && current.received_at == cand.received_at;
+                if !unchanged
+                    || !rule.admits_instance(&current)
+                    || keep.contains(&current.sop_instance_uid)
+                {
+                    continue;
+                }
+                current.pruned = true;
+                instances.insert(key, encode(&current))?;
+                claimed.push(Claimed::of(&current));
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(claimed)
+        });
+        unwrap_tx(result)
+    }
+
+    /// Removes the files of `claimed` ([`Store::claim_for_pruning`]): first makes the
+    /// marks durable, then removes each file while holding its instance's placement lock,
+    /// and only if its record is still marked pruned with the path and receive time that
+    /// were claimed (a copy sent again meanwhile is committed unpruned and stays).
+    /// Blocking (file system work).
+    pub fn remove_pruned(&self, claimed: &[Claimed]) -> Result<Removed, StoreError> {
+        let mut removed = Removed::default();
+        if claimed.is_empty() {
+            return Ok(removed);
+        }
+        self.flush_blocking()?;
+        for c in claimed {
+            let _placing = self.instance_locks.hold(&c.sop_instance_uid);
+            let still_claimed = self
+                .instance(&c.sop_instance_uid)?
+                .is_some_and(|r| r.pruned && r.path == c.path && r.received_at == c.received_at);
+            if !still_claimed {
+                continue;
+            }
+            self.files
+                .remove(Path::new(&c.path))
+                .map_err(io_err(format!("remove {}", c.path)))?;
+            removed.files += 1;
+            removed.bytes += c.size;
+        }
+        Ok(removed)
+    }
+
+    /// Removes the files that records marked pruned still name (left by a crash between
+    /// the mark and the removal). Reads every instance record: call at start-up.
+    /// Blocking.
+    pub fn remove_pruned_leftovers(&self) -> Result<Removed, StoreError> {
+        let mut left = Vec::new();
+        for kv in self.instances.iter() {
+            let (k, v) = kv?;
+            let rec: InstanceRecord = decode(&k, &v)?;
+            if rec.pruned && !rec.generated && self.root().join(&rec.path).exists() {
+                left.push(Claimed::of(&rec));
+            }
+        }
+        self.remove_pruned(&left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::header::Header;
+
+    fn staged(store: &Store, byte: u8) -> crate::store::files::StagedFile {
+        let mut f = store.files().incoming().unwrap();
+        f.write(&[byte; 100]).unwrap();
+        f.finish().unwrap()
+    }
+
+    /// Receives (places and commits) a copy of instance `sop` of study `study` whose
+    /// bytes are all `byte`, as a C-STORE does.
+    fn receive(store: &Store, study: &str, sop: &str, byte: u8) -> InstanceRecord {
+        let header = Header {
+            instance: InstanceRecord {
+                sop_instance_uid: sop.into(),
+                study_instance_uid: study.into(),
+                ..Default::default()
+            },
+            study: StudyRecord::default(),
+        };
+        store
+            .place_and_commit(staged(store, byte), &header, "MODALITY", false, &[])
+            .unwrap()
+    }
+
+    /// A copy of an instance sent again after its old copy was claimed is neither removed
+    /// nor left marked pruned: the removal sees that the record is no longer the claimed one.
+    #[test]
+    fn a_copy_sent_again_after_the_claim_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = receive(&store, "5.1", "5.1.1", 1);
+        store.force_state("5.1", StudyState::Done);
+        let claimed = store
+            .claim_for_pruning(
+                "5.1",
+                std::slice::from_ref(&old),
+                PruneRule::StudyFinished,
+                &HashSet::new(),
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert!(store.instance("5.1.1").unwrap().unwrap().pruned);
+        // The modality sends it again (same path) before the file is removed.
+        let again = receive(&store, "5.1", "5.1.1", 2);
+        assert_eq!(again.path, old.path);
+        let removed = store.remove_pruned(&claimed).unwrap();
+        assert_eq!(removed, Removed::default());
+        let rec = store.instance("5.1.1").unwrap().unwrap();
+        assert!(!rec.pruned);
+        assert_eq!(
+            std::fs::read(dir.path().join(&rec.path)).unwrap(),
+            [2u8; 100]
+        );
+    }
+
+    /// A copy placed while its old copy is claimed, and not yet committed, is not removed:
+    /// the removal waits for the placement lock, then sees the committed copy.
+    #[test]
+    fn the_removal_waits_for_a_placement_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = receive(&store, "5.2", "5.2.1", 1);
+        store.force_state("5.2", StudyState::Done);
+        let claimed = store
+            .claim_for_pruning(
+                "5.2",
+                std::slice::from_ref(&old),
+                PruneRule::StudyFinished,
+                &HashSet::new(),
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        // A C-STORE of the same instance: placed, not yet committed (as in place_and_commit).
+        let placing = store.instance_locks.hold("5.2.1");
+        store
+            .files()
+            .place(staged(&store, 2), "5.2", "5.2.1")
+            .unwrap();
+        std::thread::scope(|scope| {
+            let removal = scope.spawn(|| store.remove_pruned(&claimed).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(!removal.is_finished(), "the removal did not wait");
+            let again = InstanceRecord {
+                received_at: old.received_at + 1,
+                pruned: false,
+                ..old.clone()
+            };
+            store
+                .commit_instance(&again, &StudyRecord::default())
+                .unwrap();
+            drop(placing);
+            assert_eq!(removal.join().unwrap(), Removed::default());
+        });
+        let rec = store.instance("5.2.1").unwrap().unwrap();
+        assert!(!rec.pruned);
+        assert_eq!(
+            std::fs::read(dir.path().join(&rec.path)).unwrap(),
+            [2u8; 100]
+        );
+    }
+
+    /// The claim re-checks everything in its transaction: a study that is receiving
+    /// again, a record that changed, a generated object and one the outbox names are left.
+    #[test]
+    fn the_claim_refuses_what_changed_or_must_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = receive(&store, "6.1", "6.1.1", 1);
+        let b = receive(&store, "6.1", "6.1.2", 1);
+        let c = receive(&store, "6.1", "6.1.3", 1);
+        store.force_state("6.1", StudyState::Done);
+        let keep: HashSet<String> = ["6.1.3".to_string()].into();
+        let stale = InstanceRecord {
+            received_at: b.received_at - 1,
+            ..b.clone()
+        };
+        let generated = InstanceRecord {
+            generated: true,
+            ..a.clone()
+        };
+        crate::store::records::update_json(&store.instances, b"6.1.1", |r: &mut InstanceRecord| {
+            r.generated = true
+        })
+        .unwrap();
+        let claimed = store
+            .claim_for_pruning(
+                "6.1",
+                &[generated, stale, c],
+                PruneRule::StudyFinished,
+                &keep,
+            )
+            .unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        // A study receiving again is not pruned for space; by age it still is.
+        receive(&store, "6.1", "6.1.4", 1);
+        let claimed = store
+            .claim_for_pruning(
+                "6.1",
+                std::slice::from_ref(&b),
+                PruneRule::StudyFinished,
+                &keep,
+            )
+            .unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        let claimed = store
+            .claim_for_pruning(
+                "6.1",
+                std::slice::from_ref(&b),
+                PruneRule::ReceivedBefore(b.received_at + 1),
+                &keep,
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+
+    /// A crash between the durable mark and the removal leaves the file: the clean-up at
+    /// start-up removes it, and the record stays marked.
+    #[test]
+    fn leftovers_of_a_crash_between_mark_and_removal_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let store = Store::open(dir.path()).unwrap();
+            let rec = receive(&store, "7.1", "7.1.1", 1);
+            receive(&store, "7.1", "7.1.2", 1);
+            store.force_state("7.1", StudyState::Done);
+            let claimed = store
+                .claim_for_pruning(
+                    "7.1",
+                    std::slice::from_ref(&rec),
+                    PruneRule::StudyFinished,
+                    &HashSet::new(),
+                )
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            store.flush_blocking().unwrap();
+            rec.path
+        };
+        assert!(dir.path().join(&path).exists());
+        let store = Store::open(dir.path()).unwrap();
+        let removed = store.remove_pruned_leftovers().unwrap();
+        assert_eq!((removed.files, removed.bytes), (1, 100));
+        assert!(!dir.path().join(&path).exists());
+        assert!(store.instance("7.1.1").unwrap().unwrap().pruned);
+        let other = store.instance("7.1.2").unwrap().unwrap();
+        assert!(dir.path().join(other.path).exists());
+    }
+}
