@@ -193,11 +193,7 @@ impl StudyTracker {
                         log::error!("assembly: cannot record completion of {uid}: {e}");
                         continue;
                     }
-                    log::info!(
-                        "study {uid} complete ({} instances, patient {:?})",
-                        s.instances,
-                        s.patient_id
-                    );
+                    log::info!("study {uid} complete ({} instances)", s.instances);
                     if self.beat.during(self.out.send(uid)).await.is_err() {
                         return;
                     }

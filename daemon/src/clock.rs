@@ -1,5 +1,6 @@
-//! Wall-clock helpers: Unix seconds and DICOM date and time strings (HL7 timestamps are
-//! written by `deliver::hl7::message`).
+//! Wall-clock helpers: Unix seconds and DICOM date and time strings, and the one reading
+//! of a DICOM date or time received from outside (HL7 timestamps are written by
+//! `deliver::hl7::message`, from these).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,48 @@ pub fn dicom_date_time(unix: i64) -> (String, String) {
     )
 }
 
+/// A DICOM DA received from outside as `YYYYMMDD`: the value itself, or the old ACR-NEMA
+/// `YYYY.MM.DD` without its dots. Anything that is not a plausible date gives an empty
+/// string (the attribute is then left empty).
+pub fn normalise_da(da: &str) -> String {
+    let digits: String = da.trim().chars().filter(|c| *c != '.').collect();
+    if digits.len() != 8 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return String::new();
+    }
+    let month: u32 = digits[4..6].parse().unwrap_or(0);
+    let day: u32 = digits[6..8].parse().unwrap_or(0);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return String::new();
+    }
+    digits
+}
+
+/// A DICOM TM received from outside as `HH[MM[SS[.F{1,6}]]]`: the value itself, or the old
+/// ACR-NEMA `HH:MM:SS` without its colons; a fraction is kept (at most 6 digits) only after
+/// whole seconds. Anything that is not a plausible time gives an empty string.
+pub fn normalise_tm(tm: &str) -> String {
+    let tm: String = tm.trim().chars().filter(|c| *c != ':').collect();
+    let (whole, frac) = match tm.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (tm.as_str(), ""),
+    };
+    if !matches!(whole.len(), 2 | 4 | 6) || !whole.chars().all(|c| c.is_ascii_digit()) {
+        return String::new();
+    }
+    let field = |i: usize| whole.get(i..i + 2).and_then(|s| s.parse::<u32>().ok());
+    if field(0).is_some_and(|h| h > 23)
+        || field(2).is_some_and(|m| m > 59)
+        || field(4).is_some_and(|s| s > 60)
+    {
+        return String::new();
+    }
+    if whole.len() == 6 && !frac.is_empty() && frac.chars().all(|c| c.is_ascii_digit()) {
+        format!("{whole}.{}", &frac[..frac.len().min(6)])
+    } else {
+        whole.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +92,29 @@ mod tests {
             dicom_date_time(i64::MAX),
             ("19700101".to_string(), "000000".to_string())
         );
+    }
+
+    #[test]
+    fn dates_and_times_from_outside_are_read_in_their_old_forms_too() {
+        assert_eq!(normalise_da("19800215"), "19800215");
+        assert_eq!(normalise_da(" 1980.02.15 "), "19800215");
+        for bad in [
+            "19801315",
+            "19800200",
+            "garbage",
+            "1980-02-15",
+            "",
+            "1980021",
+        ] {
+            assert_eq!(normalise_da(bad), "", "{bad:?}");
+        }
+        assert_eq!(normalise_tm("093015"), "093015");
+        assert_eq!(normalise_tm("09:30:15"), "093015");
+        assert_eq!(normalise_tm("093015.1234567"), "093015.123456");
+        assert_eq!(normalise_tm("0930"), "0930");
+        assert_eq!(normalise_tm("09"), "09");
+        for bad in ["2561", "093", "9:30", "garbage", "24", ""] {
+            assert_eq!(normalise_tm(bad), "", "{bad:?}");
+        }
     }
 }

@@ -541,3 +541,46 @@ fn a_request_that_takes_no_data_set_but_announces_one_ends_the_association() {
     let echo = timed_echo(&d);
     assert!(echo < Duration::from_secs(5), "{echo:?}");
 }
+
+/// `data` (Explicit VR LE) with the value of its SOP Class UID (0008,0016) replaced.
+fn with_sop_class_value(data: &[u8], value: &[u8]) -> Vec<u8> {
+    let at = data
+        .windows(6)
+        .position(|w| w == [0x08, 0x00, 0x16, 0x00, b'U', b'I'])
+        .expect("SOP Class UID in the data set");
+    let old_len = u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize;
+    let mut v = value.to_vec();
+    if v.len() % 2 == 1 {
+        v.push(0);
+    }
+    let mut out = data[..at + 6].to_vec();
+    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    out.extend(v);
+    out.extend_from_slice(&data[at + 8 + old_len..]);
+    out
+}
+
+#[test]
+fn a_sop_class_uid_with_a_line_break_is_refused_without_forging_a_log_line() {
+    let Some((_, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let forged = with_sop_class_value(&data, b"1.2.840.10008.5.1.4.1.1.1\nFORGED LINE\r");
+    let d = Daemon::start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
+    let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
+    let rsp = peer.request(1, &rq, Some(&forged)).unwrap();
+    assert_ne!(status(&rsp), 0x0000, "{rsp:?}");
+    let comment = rsp.error_comment.clone().unwrap_or_default();
+    assert!(comment.contains("SOP Class UID"), "{rsp:?}");
+    assert!(!comment.contains(['\n', '\r']), "{comment:?}");
+    peer.release().unwrap();
+    assert_eq!(d.metric("duli_store_instances"), Some(0.0));
+    let log = d.log_once_it_holds("released by", Duration::from_secs(10));
+    assert!(log.contains("FORGED LINE"), "{log}");
+    assert!(!log.contains('\r'), "{log}");
+    assert!(
+        log.lines().all(|l| !l.starts_with("FORGED")),
+        "a line of the peer's own:\n{log}"
+    );
+}

@@ -1193,8 +1193,66 @@ fn back_to_back_finds_on_one_association_are_all_answered() {
     assert!(!log.contains("another operation is in progress"), "{log}");
     assert_eq!(
         log.lines()
-            .filter(|l| l.contains("(0010,0020)=P001: 1 match(es), completed"))
+            .filter(|l| l.contains("STUDY level (0010,0020): 1 match(es), completed"))
             .count(),
         200
+    );
+}
+
+#[test]
+fn patient_identifiers_and_query_values_stay_out_of_the_log() {
+    // The log is copied into the diagnostics bundle: a stored study and a C-FIND on its
+    // patient's keys leave the UIDs, key tags and counts there, never a patient's values
+    // (the audit trail records them).
+    let d = Daemon::start();
+    let dir = temp_dir("phi");
+    let Some(files) = common::dx::make_dx(
+        dir.path(),
+        1,
+        1,
+        &["--prefix", "PHI-CANARY-", "--name", "PHI-CANARY^X"],
+    ) else {
+        return;
+    };
+    if require_tool("findscu").is_none() {
+        return;
+    }
+    let (path, _, study) = files[0].clone();
+    d.storescu("STORESCU", &[], &[path])
+        .unwrap()
+        .assert_success("storescu");
+    let complete = format!("study {study} complete");
+    assert!(
+        d.log_once_it_holds(&complete, Duration::from_secs(30))
+            .contains(&complete),
+        "{}",
+        d.log()
+    );
+    let answers = findscu(
+        &d,
+        "-P",
+        &[
+            "QueryRetrieveLevel=PATIENT",
+            "PatientID=PHI-CANARY-P0000",
+            "PatientName=PHI-CANARY^X",
+            "PatientBirthDate=20230101",
+        ],
+    );
+    assert_eq!(answers.len(), 1);
+    let log = d.log_once_it_holds("1 match(es), completed", Duration::from_secs(10));
+    for phi in ["PHI-CANARY", "20230101"] {
+        assert!(!log.contains(phi), "{phi} in the log:\n{log}");
+    }
+    assert!(
+        log.contains("PATIENT level (0010,0010) (0010,0020) (0010,0030): 1 match(es), completed"),
+        "{log}"
+    );
+    let audit = audit_records(d);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.detail.contains("(0010,0020)=PHI-CANARY-P0000")
+                && r.detail.contains("1 match(es), completed")),
+        "{audit:?}"
     );
 }

@@ -54,7 +54,15 @@ fn event_codes(action: &Action) -> (Code, Option<Code>, &'static str) {
     }
 }
 
-/// Escapes text for an XML attribute.
+/// Whether `c` matches the Char production of XML 1.0 (#x9 | #xA | #xD | [#x20-#xD7FF] |
+/// [#xE000-#xFFFD] | [#x10000-#x10FFFF]); a `char` is never a surrogate.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
+}
+
+/// Escapes text for an XML attribute or element: markup characters as entities, line
+/// breaks and tabs as spaces, and every character XML 1.0 does not allow as U+FFFD.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -64,11 +72,27 @@ pub fn xml_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 => out.push(' '),
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if !is_xml_char(c) => out.push(char::REPLACEMENT_CHARACTER),
             c => out.push(c),
         }
     }
     out
+}
+
+/// How a record's object is identified, by its action (never by its shape: a user may be
+/// named like a UID).
+fn object_codes(action: &Action, object: &str) -> (&'static str, &'static str, Code) {
+    const STUDY: (&str, &str, Code) = ("2", "3", ("110180", "DCM", "Study Instance UID"));
+    const USER: (&str, &str, Code) = ("1", "11", ("11", "RFC-3881", "User Identifier"));
+    match action {
+        Action::View | Action::Export | Action::Import | Action::Query | Action::Feedback
+            if crate::store::header::is_valid_uid(object) =>
+        {
+            STUDY
+        }
+        _ => USER,
+    }
 }
 
 fn sd_escape(s: &str) -> String {
@@ -120,12 +144,7 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
         xml_escape(source_id)
     ));
     if !rec.object.is_empty() {
-        let (type_code, role, id_code) =
-            if rec.object.chars().all(|c| c.is_ascii_digit() || c == '.') {
-                ("2", "3", ("110180", "DCM", "Study Instance UID"))
-            } else {
-                ("1", "11", ("11", "RFC-3881", "User Identifier"))
-            };
+        let (type_code, role, id_code) = object_codes(&rec.action, &rec.object);
         x.push_str(&format!(
             "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"{type_code}\" ParticipantObjectTypeCodeRole=\"{role}\"><ParticipantObjectIDTypeCode csd-code=\"{}\" codeSystemName=\"{}\" originalText=\"{}\"/></ParticipantObjectIdentification>",
             xml_escape(&rec.object), id_code.0, id_code.1, id_code.2
@@ -187,5 +206,63 @@ mod tests {
         assert!(l.starts_with("<84>1 "));
         assert!(l.contains("EventOutcomeIndicator=\"4\""));
         assert!(l.contains("csd-code=\"110122\""));
+    }
+
+    /// Whether `xml` is a well-formed document to an XML 1.0 parser.
+    fn parses(xml: &str) -> Result<(), String> {
+        roxmltree::Document::parse(xml)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn characters_xml_does_not_allow_never_reach_the_message() {
+        let mut r = rec(Action::LoginFailed, false);
+        r.event.actor = "a\u{FFFF}b\u{FFFE}c\u{0}d\u{1b}e\u{7}f\tg\nh\ri".into();
+        r.event.object = r.event.actor.clone();
+        r.event.detail = "x\u{FFFF}\u{b}<y>".into();
+        let xml = audit_message(&r, "box\u{FFFF}");
+        parses(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+        assert!(xml.contains("UserID=\"a\u{FFFD}b\u{FFFD}c\u{FFFD}d\u{FFFD}e\u{FFFD}f g h i\""));
+        // Characters XML allows pass unchanged, the highest planes included.
+        assert_eq!(
+            xml_escape("\u{D7FF}\u{E000}\u{FFFD}\u{10000}\u{10FFFF}é"),
+            "\u{D7FF}\u{E000}\u{FFFD}\u{10000}\u{10FFFF}é"
+        );
+    }
+
+    #[test]
+    fn the_object_is_typed_by_the_action_not_by_its_shape() {
+        let typed = |action: &Action, object: &str| {
+            let mut r = rec(action.clone(), false);
+            r.event.object = object.into();
+            let xml = audit_message(&r, "d");
+            parses(&xml).unwrap();
+            xml.contains("csd-code=\"110180\"")
+        };
+        for action in [
+            Action::LoginFailed,
+            Action::Login,
+            Action::Logout,
+            Action::UserChange,
+        ] {
+            assert!(!typed(&action, "1.2.840.113619.2.1"), "{action:?}");
+        }
+        for action in [Action::Software, Action::ConfigChange, Action::Other] {
+            assert!(!typed(&action, "1.2.840.113619.2.1"), "{action:?}");
+        }
+        for action in [
+            Action::View,
+            Action::Export,
+            Action::Import,
+            Action::Query,
+            Action::Feedback,
+        ] {
+            assert!(typed(&action, "1.2.840.113619.2.1"), "{action:?}");
+            assert!(!typed(&action, "worklist"), "{action:?}");
+        }
+        let mut r = rec(Action::LoginFailed, false);
+        r.event.object = "1.2.840.113619.2.1".into();
+        assert!(audit_message(&r, "d").contains("originalText=\"User Identifier\""));
     }
 }

@@ -92,8 +92,15 @@ fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::US, PrimitiveValue::from(v))
 }
 
+/// What Patient Name (0010,0010) of an upload starts with; the file name follows.
+const PATIENT_NAME_PREFIX: &str = "UPLOAD^";
+
+/// Most characters of a Person Name component group, delimiters included (PS3.5 §6.2, PN).
+const PN_GROUP_MAX_CHARS: usize = 64;
+
 /// The file name as a Person Name component: no path, no `^ = \`, no control characters,
-/// at most 60 characters.
+/// and short enough (57 characters) that the Patient Name `UPLOAD^<component>` keeps to the
+/// 64 characters of a PN component group.
 pub fn name_component(filename: &str) -> String {
     let base = filename.rsplit(['/', '\\']).next().unwrap_or("");
     let clean: String = base
@@ -105,7 +112,7 @@ pub fn name_component(filename: &str) -> String {
                 c
             }
         })
-        .take(60)
+        .take(PN_GROUP_MAX_CHARS - PATIENT_NAME_PREFIX.chars().count())
         .collect();
     let clean = clean.trim().to_string();
     if clean.is_empty() {
@@ -365,7 +372,7 @@ fn from_image(
     let name = name_component(filename);
     let header = WrapHeader {
         sop_class: SECONDARY_CAPTURE,
-        patient_name: format!("UPLOAD^{name}"),
+        patient_name: format!("{PATIENT_NAME_PREFIX}{name}"),
         patient_id: id.patient_id.clone(),
         birth_date: String::new(),
         sex: String::new(),
@@ -515,6 +522,23 @@ mod tests {
     fn file_names_become_safe_name_components() {
         assert_eq!(name_component("C:\\x\\a^b=c.jpg"), "a_b_c.jpg");
         assert_eq!(name_component(""), "upload");
-        assert_eq!(name_component(&"x".repeat(100)).len(), 60);
+        assert_eq!(name_component(&"x".repeat(100)).len(), 57);
+    }
+
+    #[test]
+    fn the_patient_name_of_a_long_file_name_keeps_to_one_pn_component_group() {
+        for stem in ["x".repeat(80), "é".repeat(80)] {
+            let p = prepare(&png(4, 4), &format!("{stem}.png"), "2.25.", TEST_MAX_PIXELS).unwrap();
+            let name = p
+                .object
+                .element(tags::PATIENT_NAME)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end()
+                .to_string();
+            assert!(name.starts_with("UPLOAD^"), "{name}");
+            assert_eq!(name.chars().count(), 64, "{name}");
+        }
     }
 }

@@ -387,9 +387,15 @@ impl Command {
         self
     }
 
-    /// This command with Error Comment (0000,0902) set, cut to the 64 characters LO allows.
+    /// This command with Error Comment (0000,0902) set, cut to the 64 characters LO allows,
+    /// its control characters replaced by spaces ([`crate::logging::single_line`]).
     pub fn with_error_comment(mut self, comment: &str) -> Self {
-        self.error_comment = Some(comment.chars().take(LO_MAX_CHARS).collect());
+        self.error_comment = Some(
+            crate::logging::single_line(comment)
+                .chars()
+                .take(LO_MAX_CHARS)
+                .collect(),
+        );
         self
     }
 

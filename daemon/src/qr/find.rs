@@ -46,6 +46,7 @@ pub async fn serve(op: Op) -> String {
         );
     }
     let description = q.describe();
+    let audited = q.describe_with_values();
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
     let store = op.ctx.store.clone();
     let ae = op.ctx.ae_title.clone();
@@ -107,7 +108,7 @@ pub async fn serve(op: Op) -> String {
     op.audit(
         Action::Query,
         &object,
-        format!("C-FIND {description}: {sent} match(es), {outcome}"),
+        format!("C-FIND {audited}: {sent} match(es), {outcome}"),
         failure.is_some(),
     );
     let mut rsp = Command::find_rsp(&op.rq, status);

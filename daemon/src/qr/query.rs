@@ -132,15 +132,28 @@ pub struct Query {
 }
 
 impl Query {
-    /// A short description for the log and the audit trail (non-universal keys only).
+    /// A short description for the log: the level and the tags of the matching
+    /// (non-universal) keys, never their values (they identify patients).
     pub fn describe(&self) -> String {
         let mut out = format!("{} level", self.level.as_str());
-        for k in &self.keys {
-            if k.matcher != Matcher::Universal {
-                out.push_str(&format!(" ({:04X},{:04X})={}", k.tag.0, k.tag.1, k.raw));
-            }
+        for k in self.matching_keys() {
+            out.push_str(&format!(" ({:04X},{:04X})", k.tag.0, k.tag.1));
         }
         out
+    }
+
+    /// The description for the audit trail, where access to patient data is recorded: the
+    /// level and each matching (non-universal) key with its value.
+    pub fn describe_with_values(&self) -> String {
+        let mut out = format!("{} level", self.level.as_str());
+        for k in self.matching_keys() {
+            out.push_str(&format!(" ({:04X},{:04X})={}", k.tag.0, k.tag.1, k.raw));
+        }
+        out
+    }
+
+    fn matching_keys(&self) -> impl Iterator<Item = &QueryKey> {
+        self.keys.iter().filter(|k| k.matcher != Matcher::Universal)
     }
 
     fn key(&self, tag: Tag) -> Option<&QueryKey> {

@@ -73,10 +73,12 @@ fn common_header(report: &Report, obj: &mut InMemDicomObject) {
     obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
     obj.put(text(tags::PATIENT_NAME, VR::PN, &s.patient_name));
     obj.put(text(tags::PATIENT_ID, VR::LO, &s.patient_id));
+    // Dates and times as received may be in the old ACR-NEMA forms: written as DA and TM
+    // are, or left empty.
     obj.put(text(
         tags::PATIENT_BIRTH_DATE,
         VR::DA,
-        &s.patient_birth_date,
+        &crate::clock::normalise_da(&s.patient_birth_date),
     ));
     obj.put(text(tags::PATIENT_SEX, VR::CS, &s.patient_sex));
     obj.put(text(
@@ -84,8 +86,16 @@ fn common_header(report: &Report, obj: &mut InMemDicomObject) {
         VR::UI,
         &s.study_instance_uid,
     ));
-    obj.put(text(tags::STUDY_DATE, VR::DA, &s.study_date));
-    obj.put(text(tags::STUDY_TIME, VR::TM, &s.study_time));
+    obj.put(text(
+        tags::STUDY_DATE,
+        VR::DA,
+        &crate::clock::normalise_da(&s.study_date),
+    ));
+    obj.put(text(
+        tags::STUDY_TIME,
+        VR::TM,
+        &crate::clock::normalise_tm(&s.study_time),
+    ));
     obj.put(text(tags::STUDY_ID, VR::SH, &s.study_id));
     obj.put(text(tags::ACCESSION_NUMBER, VR::SH, &s.accession_number));
     obj.put(text(

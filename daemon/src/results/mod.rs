@@ -143,6 +143,47 @@ mod tests {
         (dir, store, report, uids)
     }
 
+    /// The map takes its source's Frame of Reference UID only when that is one valid UID;
+    /// otherwise (several values, too long, not digits and dots) it carries its own.
+    #[test]
+    fn the_parametric_map_takes_only_a_valid_frame_of_reference_from_its_source() {
+        use dicom_dictionary_std::tags;
+        let (_dir, _store, report, uids) = fixture();
+        let grid = parametric_map::Grid {
+            width: 1,
+            height: 1,
+            values: vec![0.5],
+        };
+        let long = format!("1.{}", "2".repeat(78));
+        for (source_for, expected) in [
+            (Some("1.2.x"), uids.frame_of_reference.as_str()),
+            (Some("1.2.3\\1.2.4"), uids.frame_of_reference.as_str()),
+            (Some(long.as_str()), uids.frame_of_reference.as_str()),
+            (Some(""), uids.frame_of_reference.as_str()),
+            (None, uids.frame_of_reference.as_str()),
+            (Some("1.2.3.4"), "1.2.3.4"),
+        ] {
+            let source = parametric_map::Source {
+                sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+                sop_instance: "1.2.826.0.1.3680043.8.498.1.1.1".into(),
+                series: "1.2.826.0.1.3680043.8.498.1.1".into(),
+                rows: 1,
+                columns: 1,
+                frame_of_reference: source_for.map(String::from),
+                ..Default::default()
+            };
+            let pm = parametric_map::build(&report, &uids, &source, &grid, "BOX-1").unwrap();
+            let carried = pm
+                .element(tags::FRAME_OF_REFERENCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string();
+            assert_eq!(carried, expected, "source {source_for:?}");
+        }
+    }
+
     /// The Parametric Map keeps the saliency as 32-bit floats (clamped to 0–1, a value that
     /// is not a number written as 0), carries none of integer Pixel Data's attributes, and
     /// is stored and indexed like the other result objects (the header reader stops at the

@@ -56,7 +56,8 @@ pub struct Source {
     pub columns: u32,
     /// Pixel Spacing, else Imager Pixel Spacing (row spacing, column spacing, mm).
     pub pixel_spacing: Option<(f64, f64)>,
-    /// Frame of Reference UID, when it has one.
+    /// Frame of Reference UID, when it has one (the map derives its own when this is not
+    /// one valid UID).
     pub frame_of_reference: Option<String>,
     /// Image Laterality (or Laterality).
     pub laterality: String,
@@ -165,11 +166,11 @@ pub fn build(
     );
     // Enhanced General Equipment.
     obj.put(text(tags::DEVICE_SERIAL_NUMBER, VR::LO, device_serial));
-    // Frame of Reference.
+    // Frame of Reference: the source's when it is one valid UID, else the map's own.
     let frame_of_reference = source
         .frame_of_reference
         .as_deref()
-        .filter(|f| !f.is_empty())
+        .filter(|f| crate::store::header::is_valid_uid(f))
         .unwrap_or(&uids.frame_of_reference);
     obj.put(text(
         tags::FRAME_OF_REFERENCE_UID,

@@ -487,6 +487,35 @@ mod tests {
             .collect()
     }
 
+    /// Dates and times in the old ACR-NEMA forms are written as DA and TM; a value that is
+    /// no date or time at all is left empty.
+    #[test]
+    fn old_form_dates_and_times_of_the_source_are_written_as_da_and_tm() {
+        let mut report = fixtures::report();
+        report.study.patient_birth_date = "1980.02.15".into();
+        report.study.study_date = "2024.01.31".into();
+        report.study.study_time = "09:30:15".into();
+        let key = crate::site_secret::SiteSecret::from_bytes(&[3u8; 32]);
+        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &report.report_id, &key);
+        let value = |sr: &FileDicomObject<InMemDicomObject>, tag| {
+            sr.element(tag)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end()
+                .to_string()
+        };
+        let sr = build(&report, &uids, &[], None).unwrap();
+        assert_eq!(value(&sr, tags::PATIENT_BIRTH_DATE), "19800215");
+        assert_eq!(value(&sr, tags::STUDY_DATE), "20240131");
+        assert_eq!(value(&sr, tags::STUDY_TIME), "093015");
+        report.study.patient_birth_date = "15/02/1980".into();
+        report.study.study_time = "9h30".into();
+        let sr = build(&report, &uids, &[], None).unwrap();
+        assert_eq!(value(&sr, tags::PATIENT_BIRTH_DATE), "");
+        assert_eq!(value(&sr, tags::STUDY_TIME), "");
+    }
+
     #[test]
     fn not_applicable_and_caveat_are_stated_in_the_document() {
         let mut report = fixtures::report();

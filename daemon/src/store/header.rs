@@ -152,6 +152,9 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     if sop_instance_uid.is_empty() {
         return Err(HeaderError::Missing("SOP Instance UID (0008,0018)"));
     }
+    if sop_class_uid.is_empty() {
+        return Err(HeaderError::Missing("SOP Class UID (0008,0016)"));
+    }
     if study_instance_uid.is_empty() {
         return Err(HeaderError::Missing("Study Instance UID (0020,000D)"));
     }
@@ -159,6 +162,7 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
         return Err(HeaderError::Missing("Series Instance UID (0020,000E)"));
     }
     valid("SOP Instance UID (0008,0018)", &sop_instance_uid)?;
+    valid("SOP Class UID (0008,0016)", &sop_class_uid)?;
     valid("Study Instance UID (0020,000D)", &study_instance_uid)?;
     valid("Series Instance UID (0020,000E)", &series_instance_uid)?;
     let modality = text(obj, tags::MODALITY);

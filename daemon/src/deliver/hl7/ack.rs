@@ -7,14 +7,11 @@ use super::message::{escape, unescape_with, Delimiters};
 /// Most characters kept of any text taken from an ACK (control id, MSA-3, ERR).
 pub const MAX_TEXT_CHARS: usize = 256;
 
-/// `s` cut to [`MAX_TEXT_CHARS`] characters (an ellipsis marks the cut), with control
-/// characters replaced by spaces: safe to log and to store.
+/// `s` cut to [`MAX_TEXT_CHARS`] characters (an ellipsis marks the cut), made
+/// [`crate::logging::single_line`]: safe to log and to store.
 fn bounded(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(MAX_TEXT_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let cut: String = s.chars().take(MAX_TEXT_CHARS).collect();
+    let mut out = crate::logging::single_line(&cut).into_owned();
     if s.chars().nth(MAX_TEXT_CHARS).is_some() {
         out.push('…');
     }

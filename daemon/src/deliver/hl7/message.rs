@@ -201,45 +201,23 @@ pub fn dicom_name_to_xpn(pn: &str) -> String {
         .join("~")
 }
 
-/// Converts a DICOM DA (`YYYYMMDD`, or the old `YYYY.MM.DD`) to an HL7 date. Anything that
-/// is not a plausible date gives an empty string (the field is then left empty).
+/// Converts a DICOM DA (`YYYYMMDD`, or the old `YYYY.MM.DD`) to an HL7 date: the same
+/// digits ([`crate::clock::normalise_da`]). Anything that is not a plausible date gives an
+/// empty string (the field is then left empty).
 pub fn dicom_date_to_hl7(da: &str) -> String {
-    let digits: String = da.trim().chars().filter(|c| *c != '.').collect();
-    if digits.len() != 8 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return String::new();
-    }
-    let month: u32 = digits[4..6].parse().unwrap_or(0);
-    let day: u32 = digits[6..8].parse().unwrap_or(0);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return String::new();
-    }
-    digits
+    crate::clock::normalise_da(da)
 }
 
 /// Converts a DICOM TM (`HH`, `HHMM`, `HHMMSS`, `HHMMSS.FFFFFF`, or the old `HH:MM:SS`)
-/// to the time part of an HL7 DTM (`HH[MM[SS[.S[S[S[S]]]]]]`). Invalid input gives "".
+/// to the time part of an HL7 DTM (`HH[MM[SS[.S[S[S[S]]]]]]`): the DICOM reading
+/// ([`crate::clock::normalise_tm`]) with the fraction cut to 4 digits. Invalid input
+/// gives "".
 pub fn dicom_time_to_hl7(tm: &str) -> String {
-    let tm: String = tm.trim().chars().filter(|c| *c != ':').collect();
-    let (whole, frac) = match tm.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (tm.as_str(), ""),
-    };
-    if !matches!(whole.len(), 2 | 4 | 6) || !whole.chars().all(|c| c.is_ascii_digit()) {
-        return String::new();
+    let mut t = crate::clock::normalise_tm(tm);
+    if let Some(dot) = t.find('.') {
+        t.truncate(dot + 5);
     }
-    let field = |i: usize| whole.get(i..i + 2).and_then(|s| s.parse::<u32>().ok());
-    if field(0).is_some_and(|h| h > 23)
-        || field(2).is_some_and(|m| m > 59)
-        || field(4).is_some_and(|s| s > 60)
-    {
-        return String::new();
-    }
-    if whole.len() == 6 && !frac.is_empty() && frac.chars().all(|c| c.is_ascii_digit()) {
-        let frac = &frac[..frac.len().min(4)];
-        format!("{whole}.{frac}")
-    } else {
-        whole.to_string()
-    }
+    t
 }
 
 /// A DICOM DA + TM pair as an HL7 DTM (date only when the time is absent or invalid; empty
