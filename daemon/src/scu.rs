@@ -428,7 +428,10 @@ impl StoreAssociation {
     }
 
     /// Sends one instance on context `pc`, marked as a sub-operation of C-MOVE
-    /// `originator` (AE title, message ID) when given; returns the response status.
+    /// `originator` (AE title, message ID) when given; returns the status of the response
+    /// that answers it. A response to another message, instance, context or command, or
+    /// none within the deadline, is an error ([`Client::request`]): the instance is not
+    /// stored as far as the caller knows.
     pub async fn store(
         &mut self,
         pc: u8,

@@ -3,27 +3,30 @@
 //! role selection, PS3.7 D.3.3.4), in the stored transfer syntax or an uncompressed one the
 //! peer accepted. The association loop hands the peer's C-STORE responses to this task.
 
-use super::c_move::{finish, resolve, send_final, send_pending, Tally};
+use super::c_move::{resolve, send_final, send_pending, Export, Tally};
 use super::payload;
 use super::Op;
-use crate::audit::Action;
 use crate::dimse::command::{Command, CommandField, Priority};
 use std::time::Duration;
 
-/// How long a sub-operation's C-STORE response may take.
+/// How long a sub-operation's C-STORE response may take (one deadline per sub-operation,
+/// however many responses to other requests come meanwhile).
 const STORE_RSP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs one C-GET to its final response; returns a line for the log.
-pub async fn serve(mut op: Op) -> String {
+pub async fn serve(op: Op) -> String {
     let instances = match resolve(&op, "C-GET").await {
         Ok(i) => i,
         Err(answered) => return answered.line,
     };
     let object = super::audit_object(&instances);
-    let mut tally = Tally::new(instances.len());
+    let tally = Tally::new(instances.len());
     let root = op.ctx.store.root().to_path_buf();
+    let what = format!("C-GET by {}", op.accepted.calling_ae);
+    let mut export = Export::new(op, tally, object, what);
     let mut message_id: u16 = 0;
     for inst in &instances {
+        let (op, tally) = (&mut export.op, &mut export.tally);
         if op.cancelled() {
             break;
         }
@@ -79,10 +82,11 @@ pub async fn serve(mut op: Op) -> String {
             .await
             .is_err()
         {
-            return "connection lost during C-GET".into();
+            return export.ended_early("connection lost during C-GET");
         }
+        let deadline = tokio::time::Instant::now() + STORE_RSP_TIMEOUT;
         let rsp = loop {
-            match tokio::time::timeout(STORE_RSP_TIMEOUT, op.store_rsps.recv()).await {
+            match tokio::time::timeout_at(deadline, op.store_rsps.recv()).await {
                 Ok(Some(r)) if r.command_field == CommandField::CStoreRsp => {
                     if r.message_id_being_responded_to == Some(message_id) {
                         break Some(r);
@@ -98,29 +102,24 @@ pub async fn serve(mut op: Op) -> String {
                 "C-GET: no C-STORE response for {} within {STORE_RSP_TIMEOUT:?}",
                 inst.sop_instance_uid
             );
+            let detail = format!("{line}; {}", tally.summary());
             send_final(
-                &op,
+                op,
                 tally.final_status(false),
-                &tally,
+                tally,
                 Some("no C-STORE response"),
             )
             .await;
-            op.audit(
-                Action::Export,
-                &object,
-                format!("{line}; {}", tally.summary()),
-                true,
-            );
+            export.failed(detail);
             return line;
         };
         tally.record(
             &inst.sop_instance_uid,
             rsp.status.map(|s| s.0).unwrap_or(0xC000),
         );
-        if tally.counts().remaining > 0 && !send_pending(&op, &tally).await {
-            return "connection lost while answering C-GET".into();
+        if tally.counts().remaining > 0 && !send_pending(op, tally).await {
+            return export.ended_early("connection lost while answering C-GET");
         }
     }
-    let what = format!("C-GET by {}", op.accepted.calling_ae);
-    finish(&op, &tally, &object, &what).await
+    export.finish().await
 }

@@ -154,6 +154,79 @@ pub async fn finish(op: &Op, tally: &Tally, object: &str, what: &str) -> String 
     outcome
 }
 
+/// A retrieve whose sub-operations have started: the request, its tally, and the export
+/// record owed for it. Instances may already have left the box, so the export is recorded
+/// however the retrieve ends: by [`Export::finish`], by [`Export::ended_early`] when the
+/// requester's connection is lost, and otherwise when this is dropped (the association
+/// ended and stopped the task mid-way) — the last two with the tally so far, marked as
+/// ended early.
+pub struct Export {
+    /// The request being served.
+    pub op: Op,
+    /// The sub-operation counts so far.
+    pub tally: Tally,
+    object: String,
+    what: String,
+    recorded: bool,
+}
+
+impl Export {
+    /// The export of `tally`'s instances (attributed to `object`, the studies) by `op`;
+    /// `what` starts its audit detail and log line.
+    pub fn new(op: Op, tally: Tally, object: String, what: String) -> Export {
+        Export {
+            op,
+            tally,
+            object,
+            what,
+            recorded: false,
+        }
+    }
+
+    /// Ends the retrieve normally ([`finish`]): audit record, final response, log line.
+    pub async fn finish(mut self) -> String {
+        self.recorded = true;
+        finish(&self.op, &self.tally, &self.object, &self.what).await
+    }
+
+    /// Ends the retrieve before its final response because `why`: records the tally so
+    /// far as an export ended early and returns the log line.
+    pub fn ended_early(mut self, why: &str) -> String {
+        self.record_early(why);
+        format!("{}: {why}", self.what)
+    }
+
+    /// Ends the retrieve after a failure its caller answered: records `detail` as a
+    /// failed export.
+    pub fn failed(mut self, detail: String) {
+        self.recorded = true;
+        self.op.audit(Action::Export, &self.object, detail, true);
+    }
+
+    fn record_early(&mut self, why: &str) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        self.op.audit(
+            Action::Export,
+            &self.object,
+            format!(
+                "{}: ended early ({why}): {}",
+                self.what,
+                self.tally.summary()
+            ),
+            true,
+        );
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        self.record_early("stopped with its association");
+    }
+}
+
 /// Ends a retrieve refused before (or when) its sub-operations start: sends `refused` as
 /// the final response with the counts of `tally`, records it in the audit trail when
 /// `audit` (attributed to `object`) and returns the log line, which starts with `what`.
@@ -301,8 +374,10 @@ pub async fn serve(op: Op) -> String {
     let root = op.ctx.store.root().to_path_buf();
     let originator = op.accepted.calling_ae.clone();
     let message_id = op.message_id.unwrap_or(0);
+    let mut export = Export::new(op, tally, object, format!("C-MOVE to {dest_ae}"));
     let mut broken: Option<String> = None;
     for inst in &instances {
+        let (op, tally) = (&export.op, &mut export.tally);
         if op.cancelled() {
             break;
         }
@@ -367,10 +442,10 @@ pub async fn serve(op: Op) -> String {
                 broken = Some(e.to_string());
             }
         }
-        if tally.counts().remaining > 0 && !send_pending(&op, &tally).await {
+        if tally.counts().remaining > 0 && !send_pending(op, tally).await {
             op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
             assoc.abort().await;
-            return "connection lost while answering C-MOVE".into();
+            return export.ended_early("connection lost while answering C-MOVE");
         }
     }
     if broken.is_some() {
@@ -378,7 +453,7 @@ pub async fn serve(op: Op) -> String {
     } else {
         assoc.release().await;
     }
-    finish(&op, &tally, &object, &format!("C-MOVE to {dest_ae}")).await
+    export.finish().await
 }
 
 #[cfg(test)]

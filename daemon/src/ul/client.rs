@@ -10,9 +10,9 @@
 
 use super::framing::{self, FramingError, PduReader};
 use super::negotiate::{APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
-use super::writer::{DataSet, Writer};
+use super::writer::{self, DataSet, Writer};
 use super::Stream;
-use crate::dimse::command::{self, Command};
+use crate::dimse::command::{self, Command, CommandField};
 use crate::tls::TlsError;
 use dicom_ul::pdu::{
     AbortRQSource, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
@@ -33,7 +33,8 @@ const MAX_COMMAND: usize = 64 * 1024;
 /// How long the TCP connection and the TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a response may take, and how long a write may make no progress.
+/// How long a response may take (all of its PDUs, however the peer paces them), how long
+/// the release may take, and how long a write may make no progress.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why an association could not be opened or broke.
@@ -61,6 +62,14 @@ pub enum ClientError {
     /// The peer did not answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The response does not answer the request: another command, another Message ID,
+    /// another SOP instance or another presentation context.
+    #[error("response does not answer the request: {0}")]
+    Unmatched(String),
+    /// [`Client::request`] sends requests whose responses carry no data set (C-ECHO,
+    /// C-STORE); this was another.
+    #[error("{0} is not sent through Client::request")]
+    Unsupported(CommandField),
     /// A write failed.
     #[error("send failed: {0}")]
     Io(#[from] std::io::Error),
@@ -188,14 +197,10 @@ impl Client {
                 ))
             }
         };
-        let peer_max_pdu = ac
-            .user_variables
-            .iter()
-            .find_map(|v| match v {
-                UserVariableItem::MaxLength(n) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let peer_max_pdu = writer::peer_max_pdu(ac.user_variables.iter().find_map(|v| match v {
+            UserVariableItem::MaxLength(n) => Some(*n),
+            _ => None,
+        }));
         let accepted = ac
             .presentation_contexts
             .iter()
@@ -224,30 +229,58 @@ impl Client {
         &self.accepted
     }
 
-    /// Sends request `rq` on context `pc` (with its data set, streamed) and returns the
-    /// response's command set.
+    /// Sends request `rq` (C-ECHO-RQ or C-STORE-RQ, whose responses carry no data set) on
+    /// context `pc`, with its data set streamed, and returns the response's command set.
+    ///
+    /// The response must answer this request: the matching response command on context
+    /// `pc`, Message ID Being Responded To equal to the request's Message ID and, when
+    /// present, the same Affected SOP Class and Instance UIDs; it must come whole within
+    /// [`TIMEOUT`] and no data set fragment may come before it. Anything else is an error
+    /// (the association is then of no further use).
     pub async fn request(
         &mut self,
         pc: u8,
         rq: &Command,
         data: Option<DataSet<'_>>,
     ) -> Result<Command, ClientError> {
+        let expected = match rq.command_field {
+            CommandField::CEchoRq => CommandField::CEchoRsp,
+            CommandField::CStoreRq => CommandField::CStoreRsp,
+            other => return Err(ClientError::Unsupported(other)),
+        };
         match data {
             Some(d) => self.writer.store(pc, rq, d).await?,
             None => self.writer.command(pc, rq).await?,
         }
-        self.response().await
+        let (on, rsp) = tokio::time::timeout(TIMEOUT, self.response())
+            .await
+            .map_err(|_| ClientError::Timeout(TIMEOUT))??;
+        answers(rq, pc, expected, on, &rsp)?;
+        Ok(rsp)
     }
 
-    /// Reads the next response's command set.
-    async fn response(&mut self) -> Result<Command, ClientError> {
+    /// Reads the next response's command set and the context it came on. A data set
+    /// fragment is refused: the responses read here carry none, and no message starts
+    /// with one.
+    async fn response(&mut self) -> Result<(u8, Command), ClientError> {
         let mut buf = Vec::new();
+        let mut on: Option<u8> = None;
         loop {
             match self.next_pdu().await? {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if pdv.value_type != PDataValueType::Command {
-                            continue;
+                            return Err(ClientError::Protocol(format!(
+                                "data set fragment ({} bytes) where a response was expected",
+                                pdv.data.len()
+                            )));
+                        }
+                        if *on.get_or_insert(pdv.presentation_context_id)
+                            != pdv.presentation_context_id
+                        {
+                            return Err(ClientError::Protocol(
+                                "response command set split over presentation contexts".into(),
+                            ));
                         }
                         if buf.len() + pdv.data.len() > MAX_COMMAND {
                             return Err(ClientError::Protocol(format!(
@@ -256,8 +289,9 @@ impl Client {
                         }
                         buf.extend_from_slice(&pdv.data);
                         if pdv.is_last {
-                            return command::decode(&buf)
-                                .map_err(|e| ClientError::Protocol(format!("bad response: {e}")));
+                            let rsp = command::decode(&buf)
+                                .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))?;
+                            return Ok((pdv.presentation_context_id, rsp));
                         }
                     }
                 }
@@ -271,22 +305,42 @@ impl Client {
         }
     }
 
+    /// Reads the next PDU (the callers bound the whole exchange in time).
     async fn next_pdu(&mut self) -> Result<Pdu, ClientError> {
-        tokio::time::timeout(TIMEOUT, self.reader.read(&mut self.read))
+        self.reader
+            .read(&mut self.read)
             .await
-            .map_err(|_| ClientError::Timeout(TIMEOUT))?
             .map_err(framing_error)
     }
 
-    /// Releases the association: A-RELEASE-RQ, then waits for A-RELEASE-RP.
+    /// Releases the association: A-RELEASE-RQ, then waits for A-RELEASE-RP, at most
+    /// [`TIMEOUT`] in all (P-DATA still in flight is read and dropped meanwhile). When the
+    /// release fails other than by the peer's abort, the association is aborted.
     pub async fn release(mut self) -> Result<(), ClientError> {
         self.writer.pdu(&Pdu::ReleaseRQ).await?;
-        loop {
-            match self.next_pdu().await? {
-                Pdu::ReleaseRP => return Ok(()),
-                Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
-                _ => {}
+        let released = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match self.next_pdu().await? {
+                    Pdu::ReleaseRP => return Ok(()),
+                    Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
+                    Pdu::PData { .. } => {}
+                    _ => {
+                        return Err(ClientError::Protocol(
+                            "unexpected PDU in answer to A-RELEASE-RQ".into(),
+                        ))
+                    }
+                }
             }
+        })
+        .await
+        .unwrap_or(Err(ClientError::Timeout(TIMEOUT)));
+        match released {
+            Err(ClientError::Aborted) => Err(ClientError::Aborted),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -297,4 +351,54 @@ impl Client {
         };
         let _ = self.writer.pdu(&abort).await;
     }
+}
+
+/// Checks that `rsp`, received on context `on`, answers `rq` sent on context `pc` as a
+/// response of kind `expected`.
+fn answers(
+    rq: &Command,
+    pc: u8,
+    expected: CommandField,
+    on: u8,
+    rsp: &Command,
+) -> Result<(), ClientError> {
+    let unmatched = |what: String| Err(ClientError::Unmatched(what));
+    if rsp.command_field != expected {
+        return unmatched(format!("{} to a {}", rsp.command_field, rq.command_field));
+    }
+    if on != pc {
+        return unmatched(format!("on presentation context {on}, request on {pc}"));
+    }
+    if rsp.message_id_being_responded_to.is_none()
+        || rsp.message_id_being_responded_to != rq.message_id
+    {
+        return unmatched(format!(
+            "Message ID Being Responded To {:?}, request {:?}",
+            rsp.message_id_being_responded_to, rq.message_id
+        ));
+    }
+    let uid = |u: &Option<String>| {
+        u.as_deref()
+            .map(|u| u.trim_end_matches(['\0', ' ']).to_owned())
+    };
+    for (name, sent, got) in [
+        (
+            "Affected SOP Instance UID",
+            &rq.affected_sop_instance_uid,
+            &rsp.affected_sop_instance_uid,
+        ),
+        (
+            "Affected SOP Class UID",
+            &rq.affected_sop_class_uid,
+            &rsp.affected_sop_class_uid,
+        ),
+    ] {
+        if got.is_some() && uid(got) != uid(sent) {
+            return unmatched(format!("{name} is not the one sent"));
+        }
+    }
+    if rsp.has_data_set {
+        return unmatched(format!("{} announcing a data set", rsp.command_field));
+    }
+    Ok(())
 }

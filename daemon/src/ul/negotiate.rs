@@ -225,12 +225,13 @@ pub fn negotiate_with_cert(
         ));
     }
 
-    let mut peer_max_pdu = 16_384;
+    // The same reading of the peer's Maximum Length as on the SCU side (one owner: the
+    // writer): no item is 16 KiB, 0 no limit, anything else at least 1 KiB.
+    let mut peer_max_pdu = super::writer::peer_max_pdu(None);
     let mut requested_roles = Vec::new();
     for item in &rq.user_variables {
         match item {
-            UserVariableItem::MaxLength(0) => peer_max_pdu = 16 * 1024 * 1024,
-            UserVariableItem::MaxLength(n) => peer_max_pdu = (*n).clamp(1024, 16 * 1024 * 1024),
+            UserVariableItem::MaxLength(n) => peer_max_pdu = super::writer::peer_max_pdu(Some(*n)),
             UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => {
                 requested_roles.push((uid.trim_end_matches('\0').to_string(), *roles))
             }

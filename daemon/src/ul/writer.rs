@@ -21,6 +21,26 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// the one buffer a data set is streamed through.
 pub const MAX_CHUNK: usize = 1 << 20;
 
+/// Smallest Maximum Length Received honoured, on both sides of an association: a peer that
+/// announces less (down to 1 byte, one PDU per data byte) is sent PDUs of this length.
+pub const MIN_PEER_MAX_PDU: u32 = 1024;
+
+/// The maximum PDU length assumed for a peer whose A-ASSOCIATE-RQ or -AC carries no
+/// Maximum Length item (PS3.7 D.3.3.1 requires it): the length most implementations take.
+pub const DEFAULT_PEER_MAX_PDU: u32 = 16_384;
+
+/// The maximum PDU length to send to a peer that announced `announced` (its Maximum Length
+/// Received, `None` when it sent no such item): 0 stays 0, no limit (PS3.8 D.1), which the
+/// writer still caps at [`MAX_CHUNK`] of data per PDU; no item is
+/// [`DEFAULT_PEER_MAX_PDU`]; anything else is at least [`MIN_PEER_MAX_PDU`].
+pub fn peer_max_pdu(announced: Option<u32>) -> u32 {
+    match announced {
+        None => DEFAULT_PEER_MAX_PDU,
+        Some(0) => 0,
+        Some(n) => n.max(MIN_PEER_MAX_PDU),
+    }
+}
+
 /// Bytes before the data in a P-DATA-TF PDU carrying one PDV: PDU type, reserved, PDU
 /// length (4), PDV item length (4), presentation context ID, message control header.
 const PDATA_HEADER: usize = 12;
@@ -77,12 +97,13 @@ pub type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
 
 impl Writer {
     /// A writer on `half` for a peer that receives PDUs up to `peer_max_pdu` bytes (0: no
-    /// limit).
+    /// limit, still at most [`MAX_CHUNK`] of data per PDU); a length under
+    /// [`MIN_PEER_MAX_PDU`] is raised to it.
     pub fn new(half: Sink, peer_max_pdu: u32) -> Writer {
         Writer {
             half,
             scratch: Vec::with_capacity(1024),
-            peer_max_pdu,
+            peer_max_pdu: self::peer_max_pdu(Some(peer_max_pdu)),
             answered: None,
             write_timeout: None,
         }
