@@ -171,17 +171,50 @@ async fn connection(
 /// How long a rejected peer is given to close the connection itself.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 
+/// Rejected connections given [`REJECT_LINGER`] at once, in the whole process. A rejected
+/// connection holds neither an unassociated nor an association slot, so without this bound
+/// a flood of rejected connects would hold rate × 2 s sockets; past it a rejected
+/// connection is closed as soon as its A-ASSOCIATE-RJ is flushed.
+const MAX_LINGERING: usize = 256;
+
+/// Rejected connections lingering now.
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A place among the [`MAX_LINGERING`] rejected connections that may linger, given back
+/// when dropped.
+struct Lingering;
+
+impl Lingering {
+    fn try_take() -> Option<Lingering> {
+        LINGERING
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_LINGERING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Lingering)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Ends a connection whose association was rejected: the requestor closes it (PS3.8
 /// 9.1.4); closing first while its bytes are unread would reset the connection and can
-/// destroy the A-ASSOCIATE-RJ before the peer reads it (seen over TLS).
+/// destroy the A-ASSOCIATE-RJ before the peer reads it (seen over TLS). At most
+/// [`MAX_LINGERING`] wait for that at once.
 async fn close_after_reject(stream: &mut Box<dyn Stream>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.flush().await;
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(REJECT_LINGER, async {
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    if let Some(_place) = Lingering::try_take() {
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(REJECT_LINGER, async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
     let _ = stream.shutdown().await;
 }
 
@@ -290,5 +323,24 @@ pub fn pdu_name(pdu: &Pdu) -> &'static str {
         Pdu::ReleaseRQ => "A-RELEASE-RQ",
         Pdu::ReleaseRP => "A-RELEASE-RP",
         Pdu::AbortRQ { .. } => "A-ABORT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past [`MAX_LINGERING`] places a rejected connection gets none (it is closed at
+    /// once), and every place taken is given back.
+    #[test]
+    fn rejected_connections_linger_within_their_bound() {
+        let before = LINGERING.load(Ordering::SeqCst);
+        let taken: Vec<Lingering> = std::iter::from_fn(Lingering::try_take)
+            .take(MAX_LINGERING + 10)
+            .collect();
+        assert_eq!(taken.len(), MAX_LINGERING - before);
+        assert!(Lingering::try_take().is_none());
+        drop(taken);
+        assert!(Lingering::try_take().is_some());
     }
 }

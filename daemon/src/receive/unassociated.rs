@@ -7,8 +7,10 @@
 //! address or an IPv6 /64) and `total` from everywhere.
 //! A newcomer is never turned away: over a bound, the oldest unassociated connection of
 //! that address (over the total: of the address holding the most) is evicted instead, so
-//! a real peer, which sends its A-ASSOCIATE-RQ within milliseconds, always gets its turn
-//! even when it shares an address with the flood (a NAT, a reading-room gateway).
+//! a real peer, which sends its A-ASSOCIATE-RQ within milliseconds, gets its turn even when
+//! it shares an address with a flood of silent sockets (a NAT, a reading-room gateway) —
+//! unless that flood opens more than `per_address` connections within the peer's own
+//! handshake (a residual risk in docs/security.md).
 
 use crate::client_key::ClientKey;
 use std::collections::{HashMap, VecDeque};
