@@ -47,6 +47,8 @@ pub enum Action {
     ConfigChange,
     /// Firmware or model installed, marked good, rolled back.
     Software,
+    /// Patient data was deleted (retention pruning a study's pixel data).
+    Delete,
     /// Anything else, named in `detail`.
     Other,
 }
@@ -110,9 +112,9 @@ impl Event {
 
     /// Retention removed the pixel data of `instances` received instances of study
     /// `study_uid` (`bytes` bytes) because of `reason` (`age` or `disk`). Recorded as
-    /// [`Action::Other`] by `system`, the detail starting with [`RETENTION_PRUNE`].
+    /// [`Action::Delete`] by `system`, the detail starting with [`RETENTION_PRUNE`].
     pub fn retention_prune(study_uid: &str, instances: u64, bytes: u64, reason: &str) -> Event {
-        Event::new("system", Action::Other, study_uid).detail(format!(
+        Event::new("system", Action::Delete, study_uid).detail(format!(
             "{RETENTION_PRUNE}: {instances} instances, {bytes} bytes, reason {reason}"
         ))
     }

@@ -50,6 +50,7 @@ fn event_codes(action: &Action) -> (Code, Option<Code>, &'static str) {
             "E",
         ),
         Action::Software => (("110100", DCM, "Application Activity"), None, "E"),
+        Action::Delete => (("110105", DCM, "DICOM Study Deleted"), None, "D"),
         Action::Other => (("110100", DCM, "Application Activity"), None, "E"),
     }
 }
@@ -86,7 +87,12 @@ fn object_codes(action: &Action, object: &str) -> (&'static str, &'static str, C
     const STUDY: (&str, &str, Code) = ("2", "3", ("110180", "DCM", "Study Instance UID"));
     const USER: (&str, &str, Code) = ("1", "11", ("11", "RFC-3881", "User Identifier"));
     match action {
-        Action::View | Action::Export | Action::Import | Action::Query | Action::Feedback
+        Action::View
+        | Action::Export
+        | Action::Import
+        | Action::Query
+        | Action::Feedback
+        | Action::Delete
             if crate::store::header::is_valid_uid(object) =>
         {
             STUDY
@@ -257,6 +263,7 @@ mod tests {
             Action::Import,
             Action::Query,
             Action::Feedback,
+            Action::Delete,
         ] {
             assert!(typed(&action, "1.2.840.113619.2.1"), "{action:?}");
             assert!(!typed(&action, "worklist"), "{action:?}");
@@ -264,5 +271,11 @@ mod tests {
         let mut r = rec(Action::LoginFailed, false);
         r.event.object = "1.2.840.113619.2.1".into();
         assert!(audit_message(&r, "d").contains("originalText=\"User Identifier\""));
+        // Retention's deletion of a study's pixel data: DICOM Study Deleted, action D.
+        let mut r = rec(Action::Delete, true);
+        r.event.object = "1.2.840.113619.2.1".into();
+        let xml = audit_message(&r, "d");
+        assert!(xml.contains("csd-code=\"110105\""), "{xml}");
+        assert!(xml.contains("EventActionCode=\"D\""), "{xml}");
     }
 }
