@@ -15,8 +15,10 @@
 # Everything else (Type=notify, WatchdogSec=, the sandboxing) applies as shipped: the test
 # fails if its drop-in sets any Protect*, Private* or Capability* key.
 # Checks: `systemctl --user start` returns only after READY=1, the unit is active/running
-# with its watchdog, C-ECHO and /healthz answer, the store lies in the StateDirectory, and
-# `systemctl --user stop` ends it cleanly (Result=success, exit status 0).
+# with its watchdog, C-ECHO and /healthz answer, the store lies in the StateDirectory, the
+# files the daemon creates at its first start have their modes (state directory 0750; site
+# secret, console key, setup code, control socket 0600), and `systemctl --user stop` ends it
+# cleanly (Result=success, exit status 0).
 # Skips (exit 0 with a message) when not root, without unshare/systemd, or without a
 # built binary (DULI_BIN, else $CARGO_TARGET_DIR/debug/duli, else target/debug/duli).
 # DULI_REQUIRE_UNIT=1 (set by CI, which runs as root) turns a skip for want of root,
@@ -134,6 +136,21 @@ state="$XDG_STATE_HOME/duli"; [ -d "$state" ] || state="$XDG_CONFIG_HOME/duli"
 [ -f "$state/site_secret" ] && [ -d "$state/console" ] || fail "no store in the StateDirectory $state"
 grep -q "store open at $state:" "$base/duli.log" || fail "the store is not in $state"
 echo "ok: C-ECHO, /healthz 200, store in StateDirectory=duli"
+
+echo "== modes of what the daemon made at its first start (UMask=0077, StateDirectoryMode=0750)"
+# This configuration provisions nothing, so the daemon made its site secret, the console's
+# self-signed key and the first-time setup code (no administrator exists) itself.
+mode_is() {
+    [ -e "$2" ] || fail "$2 is missing"
+    [ "$(stat -c %a "$2")" = "$1" ] || fail "$2 has mode $(stat -c %a "$2"), want $1"
+}
+mode_is 750 "$state"
+mode_is 600 "$state/site_secret"
+mode_is 600 "$state/console/key.pem"
+mode_is 600 "$state/console/setup-code"
+[ -S "$state/duli.sock" ] || fail "no control socket at $state/duli.sock"
+mode_is 600 "$state/duli.sock"
+echo "ok: state directory 750; site secret, console key, setup code, control socket 600"
 
 echo "== the sandboxed pixel decoder works inside the unit's sandbox"
 # JPEG-LS and JPEG 2000 are decoded by a child (`duli decode-pixels`) that installs its own

@@ -3,12 +3,18 @@
 #  1. stages a root tree (units in /usr/lib/systemd/system, a stand-in /usr/bin/duli,
 #     sysusers/tmpfiles snippets) and runs `systemd-analyze verify --root`;
 #  2. runs `systemd-analyze security --offline=true` on each service and fails when
-#     duli.service's exposure is above DULI_MAX_EXPOSURE (default 2.0, i.e. "OK").
+#     duli.service's exposure is above DULI_MAX_EXPOSURE (default 2.0, i.e. "OK"), or
+#     duli-update.service's or duli-mark-good.service's is above DULI_MAX_ROOT_EXPOSURE
+#     (default 2.0: they run as root, their ceiling is the same);
+#  3. checks the root units' narrowing (device list, loopback only, hidden /proc, umask)
+#     and the mark-good wrapper (systemd/duli-mark-good.sh): a failure reaches the unit
+#     only on a trial boot.
 # Skips (exit 0 with a message) when systemd-analyze is absent.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 max_exposure="${DULI_MAX_EXPOSURE:-2.0}"
+max_root_exposure="${DULI_MAX_ROOT_EXPOSURE:-2.0}"
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "SKIP: systemd-analyze not installed"
@@ -36,6 +42,7 @@ cp "$here/systemd/duli-timesyncd.conf" "$root/usr/share/duli/timesyncd.conf"
 printf '#!/bin/sh\nexit 0\n' > "$root/usr/bin/duli"
 chmod 755 "$root/usr/bin/duli"
 cp "$root/usr/bin/duli" "$root/usr/bin/systemd-tmpfiles"
+install -m 0755 "$here/systemd/duli-mark-good.sh" "$root/usr/lib/duli/mark-good"
 # Units referenced by the ones under test, so verify can load the dependency graph.
 cp /usr/lib/systemd/system/{network-online.target,time-sync.target,multi-user.target,basic.target,sysinit.target,shutdown.target,reboot.target} "$units/" 2>/dev/null || true
 
@@ -92,6 +99,66 @@ grep -qx 'What=/data/etc/duli' "$units/etc-duli.mount" && grep -qx 'Where=/etc/d
     || { echo "FAIL: etc-duli.mount does not bind /data/etc/duli to /etc/duli"; exit 1; }
 echo "ok"
 
+echo "== root units: narrowed as documented"
+has() { grep -qx -- "$2" "$units/$1" || { echo "FAIL: $1 lacks the line: $2"; exit 1; }; }
+for unit in duli.service duli-update.service duli-mark-good.service; do
+    grep -qE '^RequiresMountsFor=.*/etc/duli' "$units/$unit" && grep -qE '^RequiresMountsFor=.*/var/lib/duli' "$units/$unit" \
+        || { echo "FAIL: $unit does not require the mounts of /etc/duli and /var/lib/duli"; exit 1; }
+done
+for unit in duli-update.service duli-mark-good.service; do
+    has "$unit" ProtectProc=invisible
+done
+has duli-mark-good.service UMask=0077
+has duli-update.service UMask=0022
+has duli-update.service DevicePolicy=closed
+has duli-update.service 'DeviceAllow=/dev/disk/by-partlabel/rootfs-a rw'
+has duli-update.service 'DeviceAllow=/dev/disk/by-partlabel/rootfs-b rw'
+test "$(grep -c '^DeviceAllow=' "$units/duli-update.service")" = 2 \
+    || { echo "FAIL: duli-update.service allows more devices than the two slots"; exit 1; }
+has duli-mark-good.service RestrictAddressFamilies=AF_UNIX
+has duli-mark-good.service IPAddressDeny=any
+has duli-mark-good.service PrivateDevices=yes
+has duli-mark-good.service PrivateNetwork=yes
+has duli-update.service IPAddressDeny=any
+has duli-mark-good.service FailureAction=reboot
+has duli-mark-good.service SuccessExitStatus=75
+grep -q '^ExecStart=/usr/lib/duli/mark-good ' "$units/duli-mark-good.service" \
+    || { echo "FAIL: duli-mark-good.service does not run the wrapper"; exit 1; }
+echo "ok"
+
+echo "== mark-good wrapper: a failure reaches FailureAction=reboot only on a trial boot"
+w="$root/wrapper"
+mkdir -p "$w"
+# A stand-in for duli that exits with $FAKE_STATUS.
+printf '#!/bin/sh
+exit "${FAKE_STATUS:-0}"
+' > "$w/duli"
+chmod 755 "$w/duli"
+env_block() { { printf '# GRUB Environment Block\n'; for v in "$@"; do printf '%s\n' "$v"; done; } > "$w/grubenv"; }
+# wrapper STATUS CMDLINE -> prints the wrapper's exit status
+wrapper() {
+    printf '%s\n' "$2" > "$w/cmdline"
+    local rc=0
+    FAKE_STATUS="$1" DULI="$w/duli" DULI_CMDLINE="$w/cmdline" DULI_GRUBENV="$w/grubenv" \
+        sh "$here/systemd/duli-mark-good.sh" --health-check 2>/dev/null || rc=$?
+    echo "$rc"
+}
+expect() { [ "$1" = "$2" ] || { echo "FAIL: mark-good wrapper, $3: exit $1, want $2"; exit 1; }; }
+env_block duli_active=A duli_target=B duli_attempts=2
+expect "$(wrapper 0 'root=PARTLABEL=rootfs-B ro duli.slot=B')" 0 "trial boot, success"
+expect "$(wrapper 4 'root=PARTLABEL=rootfs-B ro duli.slot=B')" 4 "trial boot, failed health check"
+expect "$(wrapper 1 'root=PARTLABEL=rootfs-A ro duli.slot=A')" 75 "committed slot A, configuration unreadable"
+env_block duli_active=B duli_target=B duli_attempts=0
+expect "$(wrapper 1 'quiet duli.slot=B')" 75 "committed slot B, error"
+expect "$(wrapper 1 'duli.slot=A quiet')" 1 "trial boot of A from B, error"
+env_block duli_target=A
+expect "$(wrapper 1 'duli.slot=A')" 75 "no duli_active (A, as in grub.cfg), error"
+expect "$(wrapper 1 'duli.slot=B')" 1 "no duli_active (A), booted B, error"
+expect "$(wrapper 1 'root=/dev/sda2 ro')" 75 "no duli.slot= on the command line"
+rm -f "$w/grubenv"
+expect "$(PATH=/usr/bin:/bin wrapper 1 'duli.slot=B')" 75 "boot variables unreadable"
+echo "ok"
+
 # exposure UNIT: prints the report's findings and sets $score.
 exposure() {
     local report
@@ -102,17 +169,22 @@ exposure() {
         echo "$report" | grep -E '^✗' | sed 's/^/    /' || true
     fi
 }
-above() { [ -z "$1" ] || awk -v s="$1" -v m="$max_exposure" 'BEGIN{exit !(s>m)}'; }
+above() { [ -z "$1" ] || awk -v s="$1" -v m="${2:-$max_exposure}" 'BEGIN{exit !(s>m)}'; }
 
-echo "== systemd-analyze security --offline=true (threshold $max_exposure for duli.service)"
+echo "== systemd-analyze security --offline=true (threshold $max_exposure for duli.service, $max_root_exposure for the root units)"
 status=0
 exposure duli.service details
-if above "$score"; then
+if [ -z "$score" ] || above "$score"; then
     echo "FAIL: duli.service exposure ${score:-unknown} is above $max_exposure"
     status=1
 fi
-exposure duli-update.service
-exposure duli-mark-good.service
+for unit in duli-update.service duli-mark-good.service; do
+    exposure "$unit" details
+    if [ -z "$score" ] || above "$score" "$max_root_exposure"; then
+        echo "FAIL: $unit exposure ${score:-unknown} is above $max_root_exposure"
+        status=1
+    fi
+done
 
 echo "== with the port-104 drop-in"
 cp "$here/systemd/duli-port104.conf" "$root/etc/systemd/system/duli.service.d/port104.conf"

@@ -11,12 +11,58 @@ LICENSE = "Apache-2.0"
 # nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
 
-inherit core-image
+inherit core-image extrausers
 
 REQUIRED_DISTRO_FEATURES = "systemd usrmerge"
 
-IMAGE_INSTALL:append = " duli duli-model-pneumonia"
+# util-linux's sulogin, so the emergency and rescue shells behave as documented below.
+IMAGE_INSTALL:append = " duli duli-model-pneumonia util-linux-sulogin"
 IMAGE_FEATURES:append = " read-only-rootfs"
+
+# No login without a password, whatever local.conf asks for: poky's sample local.conf sets
+# EXTRA_IMAGE_FEATURES ?= "allow-empty-password empty-root-password allow-root-login"
+# (debug-tweaks before 5.1), which would leave root with an empty password. They are
+# removed here (from IMAGE_FEATURES, which bitbake.conf extends with EXTRA_IMAGE_FEATURES,
+# and from EXTRA_IMAGE_FEATURES itself), and the anonymous function below stops the build
+# if any of them is still set.
+DULI_FORBIDDEN_IMAGE_FEATURES = "allow-empty-password empty-root-password allow-root-login \
+                                 serial-autologin-root debug-tweaks"
+IMAGE_FEATURES:remove = "${DULI_FORBIDDEN_IMAGE_FEATURES}"
+EXTRA_IMAGE_FEATURES:remove = "${DULI_FORBIDDEN_IMAGE_FEATURES}"
+
+# Root is locked: no password opens it, on a console or anywhere else. With a locked root,
+# systemd's emergency and rescue shells (sulogin) refuse to start a shell ("the root account
+# is locked") and the boot carries on towards the default target; see yocto/README.md.
+EXTRA_USERS_PARAMS = "usermod -L root;"
+
+# A parse-time check is the point here: a forbidden feature stops the build before any task runs.
+# nooelint: oelint.task.noanonpython
+python () {
+    forbidden = set((d.getVar("DULI_FORBIDDEN_IMAGE_FEATURES") or "").split())
+    for var in ("IMAGE_FEATURES", "EXTRA_IMAGE_FEATURES"):
+        present = sorted(forbidden & set((d.getVar(var) or "").split()))
+        if present:
+            bb.fatal("duli-image: %s still holds %s: the appliance must not allow a login "
+                     "without a password (see yocto/README.md)" % (var, " ".join(present)))
+    if "usermod -L root;" not in (d.getVar("EXTRA_USERS_PARAMS") or ""):
+        bb.fatal("duli-image: EXTRA_USERS_PARAMS must lock root (usermod -L root;)")
+}
+
+duli_check_accounts[doc] = "Fails the image when an account has an empty password or root is not locked"
+# After every rootfs step (extrausers and rootfs-postcommands run in do_rootfs): the image
+# as it will be written, not the variables that should have produced it.
+duli_check_accounts() {
+    shadow=${IMAGE_ROOTFS}${sysconfdir}/shadow
+    passwd=${IMAGE_ROOTFS}${sysconfdir}/passwd
+    [ -f "$shadow" ] || bbfatal "duli-image: no $shadow"
+    empty="$(awk -F: '$2 == "" { print $1 }' "$shadow" "$passwd")"
+    [ -z "$empty" ] || bbfatal "duli-image: accounts with an empty password: $empty"
+    case "$(awk -F: '$1 == "root" { print $2 }' "$shadow")" in
+    '!'*) ;;
+    *) bbfatal "duli-image: root is not locked in $shadow" ;;
+    esac
+}
+IMAGE_PREPROCESS_COMMAND:append = " duli_check_accounts"
 
 # wic for the first install; ext4 is the root filesystem payload of update bundles
 # (`duli firmware sign --kind rootfs --payload duli-image-<machine>.rootfs.ext4`).

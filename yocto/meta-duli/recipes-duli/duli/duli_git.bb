@@ -35,6 +35,7 @@ USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/duli --no-create
 FILES:${PN} += "\
     ${systemd_system_unitdir} \
     ${nonarch_libdir}/duli/data-layout.conf \
+    ${nonarch_libdir}/duli/mark-good \
     ${datadir}/duli/duli.toml \
     ${datadir}/duli/timesyncd.conf \
     ${nonarch_libdir}/sysusers.d/duli.conf \
@@ -45,7 +46,8 @@ FILES:${PN} += "\
 # OpenVINO is loaded at run time (runtime-linking): it is a runtime dependency only.
 # x86-64: meta-intel's OpenVINO recipe. Other machines: see yocto/README.md.
 RDEPENDS:${PN}:append:x86-64 = " openvino-inference-engine"
-RDEPENDS:${PN} += "grub-editenv"
+# /usr/lib/duli/mark-good (duli-mark-good.service's wrapper) is a shell script: sh, sed, tr.
+RDEPENDS:${PN} += "${VIRTUAL-RUNTIME_base-utils} grub-editenv"
 RDEPENDS:${PN}:append:aarch64 = " libubootenv-bin"
 
 # The data partition (data.mount) holds /var/lib/duli, /etc/duli and the NTP drop-ins
@@ -67,6 +69,7 @@ do_install:append() {
     install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${sysconfdir}/systemd/timesyncd.conf.d/duli.conf
     install -d ${D}${nonarch_libdir}/duli
     install -m 0644 ${S}/systemd/duli-data-layout.conf ${D}${nonarch_libdir}/duli/data-layout.conf
+    install -m 0755 ${S}/systemd/duli-mark-good.sh ${D}${nonarch_libdir}/duli/mark-good
     # /etc/duli is only the mount point of etc-duli.mount; the default configuration,
     # with the appliance's data directory, is the seed copied to the data partition on
     # first boot (duli-data-layout.service).

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Checks, without BitBake, that the appliance image cannot be logged into without a
+# password (yocto/README.md, "Logins"):
+#  1. duli-image.bb removes every feature that allows an empty or root login
+#     (allow-empty-password, empty-root-password, allow-root-login, serial-autologin-root,
+#     debug-tweaks) from IMAGE_FEATURES and EXTRA_IMAGE_FEATURES, locks root through
+#     extrausers (usermod -L root), checks the finished root filesystem
+#     (duli_check_accounts), and its anonymous function stops the build when a forbidden
+#     feature is still set: the function is run here against stand-ins for `d` and `bb`;
+#  2. no other file of the layer adds one of those features;
+#  3. the kernel command lines (grub.cfg, boot.cmd) carry nothing that opens a shell
+#     without root's password (init=, SYSTEMD_SULOGIN_FORCE, systemd.debug_shell, rd.shell).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$here"
+layer=yocto/meta-duli
+image=$layer/recipes-core/images/duli-image.bb
+
+python3 - "$image" <<'PY'
+import re
+import sys
+
+path = sys.argv[1]
+text = open(path).read()
+# BitBake continues a value on the next line after a backslash.
+joined = re.sub(r"\\\n\s*", " ", text)
+problems = []
+
+def assignment(name, op="="):
+    m = re.search(r"^%s\s*%s\s*\"([^\"]*)\"" % (re.escape(name), re.escape(op)), joined, re.M)
+    return m.group(1) if m else None
+
+wanted = {"allow-empty-password", "empty-root-password", "allow-root-login",
+          "serial-autologin-root", "debug-tweaks"}
+forbidden = set((assignment("DULI_FORBIDDEN_IMAGE_FEATURES") or "").split())
+if not wanted <= forbidden:
+    problems.append("DULI_FORBIDDEN_IMAGE_FEATURES lacks %s" % " ".join(sorted(wanted - forbidden)))
+for var in ("IMAGE_FEATURES:remove", "EXTRA_IMAGE_FEATURES:remove"):
+    if assignment(var) != "${DULI_FORBIDDEN_IMAGE_FEATURES}":
+        problems.append('%s = "${DULI_FORBIDDEN_IMAGE_FEATURES}" missing' % var)
+if not re.search(r"^inherit\b.*\bextrausers\b", joined, re.M):
+    problems.append("extrausers is not inherited")
+if "usermod -L root;" not in (assignment("EXTRA_USERS_PARAMS") or ""):
+    problems.append('EXTRA_USERS_PARAMS = "usermod -L root;" missing')
+if not re.search(r'^IMAGE_PREPROCESS_COMMAND:append\s*=\s*"[^"]*\bduli_check_accounts\b', joined, re.M):
+    problems.append("duli_check_accounts is not in IMAGE_PREPROCESS_COMMAND")
+m = re.search(r"^duli_check_accounts\(\) \{\n(.*?)^\}", text, re.M | re.S)
+if not m or "bbfatal" not in m.group(1) or "'!'*" not in m.group(1):
+    problems.append("duli_check_accounts does not fail on an unlocked root")
+for m in re.finditer(r'^(?:EXTRA_)?IMAGE_FEATURES(?::append|:prepend)?\s*[+.:?]*=\s*"([^"]*)"', joined, re.M):
+    added = wanted & set(m.group(1).split())
+    if added:
+        problems.append("a feature line adds %s: %s" % (" ".join(sorted(added)), m.group(0)))
+
+# The anonymous function, run against stand-ins.
+m = re.search(r"^python \(\) \{\n(.*?)^\}", text, re.M | re.S)
+if not m:
+    problems.append("no anonymous python function")
+else:
+    body = "def anon(d, bb):\n" + m.group(1)
+
+    class Fatal(Exception):
+        pass
+
+    class BB:
+        @staticmethod
+        def fatal(msg):
+            raise Fatal(msg)
+
+    class D:
+        def __init__(self, values):
+            self.values = values
+
+        def getVar(self, name):
+            return self.values.get(name)
+
+    scope = {}
+    exec(compile(body, path, "exec"), scope)
+    base = {
+        "DULI_FORBIDDEN_IMAGE_FEATURES": " ".join(sorted(forbidden)),
+        "IMAGE_FEATURES": "read-only-rootfs",
+        "EXTRA_IMAGE_FEATURES": "",
+        "EXTRA_USERS_PARAMS": "usermod -L root;",
+    }
+    try:
+        scope["anon"](D(base), BB)
+    except Fatal as e:
+        problems.append("the anonymous function refuses the intended settings: %s" % e)
+    cases = [("IMAGE_FEATURES", "read-only-rootfs " + f) for f in sorted(wanted)]
+    cases += [("EXTRA_IMAGE_FEATURES", f) for f in sorted(wanted)]
+    cases += [("EXTRA_USERS_PARAMS", "")]
+    for var, value in cases:
+        try:
+            scope["anon"](D(dict(base, **{var: value})), BB)
+            problems.append("the anonymous function accepts %s = %r" % (var, value))
+        except Fatal:
+            pass
+
+if problems:
+    for p in problems:
+        print("FAIL: %s: %s" % (path, p))
+    sys.exit(1)
+print("ok: %s removes %s, locks root, and refuses a build that keeps them"
+      % (path, " ".join(sorted(wanted))))
+PY
+
+echo "== no other layer file adds a login feature"
+hits="$(grep -rnE 'IMAGE_FEATURES[^=]*=.*(allow-empty-password|empty-root-password|allow-root-login|serial-autologin-root|debug-tweaks)' \
+    "$layer" --include='*.bb' --include='*.bbappend' --include='*.inc' --include='*.conf' \
+    | grep -v "^$image:" || true)"
+if [ -n "$hits" ]; then
+    echo "$hits"
+    echo "FAIL: the lines above add a feature that allows a login without a password"
+    exit 1
+fi
+echo "ok"
+
+echo "== kernel command lines open no shell without root's password"
+for f in $layer/recipes-bsp/duli-bootenv/files/grub.cfg $layer/recipes-bsp/duli-bootenv/files/boot.cmd; do
+    # GRUB's `linux` lines and U-Boot's bootargs.
+    if grep -E '^[[:space:]]*linux[[:space:]]|bootargs' "$f" \
+        | grep -E '(^|[[:space:]"=])(init=|rdinit=|SYSTEMD_SULOGIN_FORCE|systemd\.debug[-_]shell|rd\.shell|emergency|rescue|single|[sS1])([[:space:]"=]|$)'; then
+        echo "FAIL: $f: the command line above opens a shell without root's password"
+        exit 1
+    fi
+done
+echo "ok"
