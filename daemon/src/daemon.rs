@@ -150,6 +150,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             .then(|| "the delivery outbox is full".to_string())
     }));
     let scp = Arc::new(scp);
+    if config.dicom.open_to_any_peer() {
+        log::warn!(
+            "DICOM on {} accepts any calling AE with every permission (dicom.allowed_peers is \
+             empty, dicom.allow_any_peer = true): any host that reaches the port may store, \
+             query and retrieve every study; for a closed test network only",
+            config.dicom.bind
+        );
+    }
     // The plain port, unless `dicom.plain = false` leaves DICOM to the TLS port alone.
     let mut plain_addr = None;
     if config.dicom.plain {

@@ -4,9 +4,14 @@
 //! no key or secret file is read into it, and before writing, every entry is scrubbed of
 //! the contents of the configured private keys and site secret in case a log quoted them,
 //! and of first-time setup codes (the open one, and any a log of an older version quoted).
+//! DICOM UIDs other than the standard's own (`1.2.840.10008.…`: SOP classes, transfer
+//! syntaxes) identify studies, series and instances: each is replaced by its keyed
+//! pseudonym under the site secret ([`SiteSecret::support_uid`], `uid:` and 16 hex digits),
+//! the same for the same UID, so one study can still be followed through the logs.
 
 use crate::config::Config;
 use crate::control::{self, Request, Response};
+use crate::site_secret::SiteSecret;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -327,10 +332,80 @@ fn setup_code(cfg: &Config) -> Vec<String> {
     }
 }
 
+/// Root of the UIDs the DICOM standard itself defines (SOP classes, transfer syntaxes):
+/// kept in the bundle, they identify no patient.
+const STANDARD_UID_ROOT: &str = "1.2.840.10008.";
+
+/// Whether `word` (digits and dots) is shaped like a DICOM UID that is not the standard's
+/// own: UID syntax (PS3.5 9.1: numeric components without leading zeros, at most 64
+/// characters) with at least 5 components, or at least 3 and more than 15 characters (as
+/// `2.25.<UUID>`), so that IPv4 addresses, version numbers and decimals stay.
+fn is_identifying_uid(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    let syntax = word.len() <= 64
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p.len() == 1 || !p.starts_with('0'))
+        });
+    syntax
+        && (parts.len() >= 5 || (parts.len() >= 3 && word.len() > 15))
+        && !word.starts_with(STANDARD_UID_ROOT)
+}
+
+/// `text` with every identifying UID (see [`is_identifying_uid`]) replaced by its support
+/// pseudonym under `key`, or by `uid:<redacted>` without one. A UID is a run of digits and
+/// dots standing apart from letters and digits (a sentence's final dot is not part of it).
+fn pseudonymise_uids(text: &str, key: Option<&SiteSecret>) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_run = bytes[i].is_ascii_digit()
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'.'));
+        if !starts_run {
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        while end < bytes.len() && (bytes[end].is_ascii_digit() || bytes[end] == b'.') {
+            end += 1;
+        }
+        let next = end;
+        while end > i && bytes[end - 1] == b'.' {
+            end -= 1;
+        }
+        let apart = next == bytes.len() || !bytes[next].is_ascii_alphabetic();
+        let word = &text[i..end];
+        if apart && is_identifying_uid(word) {
+            out.push_str(&text[copied..i]);
+            match key {
+                Some(k) => out.push_str(&k.support_uid(word)),
+                None => out.push_str("uid:<redacted>"),
+            }
+            copied = end;
+        }
+        i = next;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The key of the UID pseudonyms: the site secret as it is (never created here), else a
+/// random key for this bundle alone (UIDs then still match within it, not across
+/// bundles); `None` only without system randomness.
+fn uid_key(cfg: &Config) -> Option<SiteSecret> {
+    match SiteSecret::load_existing(&cfg.site_secret_path()) {
+        Ok(Some(k)) => Some(k),
+        _ => SiteSecret::random().ok(),
+    }
+}
+
 /// `text` with every known secret and every word shaped like a setup code replaced by
-/// `<redacted>`.
-fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_string();
+/// `<redacted>`, and every identifying UID by its pseudonym under `uid_key`.
+fn scrub(text: &str, secrets: &[String], uid_key: Option<&SiteSecret>) -> String {
+    let mut text = pseudonymise_uids(text, uid_key);
     for s in secrets {
         if text.contains(s.as_str()) {
             text = text.replace(s.as_str(), "<redacted>");
@@ -365,8 +440,9 @@ pub async fn collect(cfg: &Config, config_dir: Option<&Path>) -> Vec<Entry> {
     }
     let mut secrets = secrets(cfg);
     secrets.extend(setup_code(cfg));
+    let key = uid_key(cfg);
     for e in &mut entries {
-        e.text = scrub(&e.text, &secrets);
+        e.text = scrub(&e.text, &secrets, key.as_ref());
     }
     entries
 }
@@ -440,7 +516,7 @@ mod tests {
                    typed QRSTUVWXYZ234567\n\
                    older: setup is open with setup code ABCD-EFGH-JKMN-PQRS (also in y)\n\
                    a UID 1.2.840.10008.1.1 and a word like AB-CD stay\n";
-        let out = scrub(log, &secrets);
+        let out = scrub(log, &secrets, Some(&SiteSecret::from_bytes(&[7; 32])));
         for code in [
             "QRST-UVWX-YZ23-4567",
             "QRSTUVWXYZ234567",
@@ -452,6 +528,48 @@ mod tests {
         assert!(
             out.contains("1.2.840.10008.1.1") && out.contains("AB-CD"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn study_and_instance_uids_become_keyed_pseudonyms() {
+        let key = SiteSecret::from_bytes(&[7; 32]);
+        let study = "1.2.826.0.1.3680043.8.498.10845512345678901234";
+        let sop = "2.25.329800735698586629295641978511506172918";
+        let log = format!(
+            "2024-05-01T10:00:00+0000 duli[17]: study {study} complete (1 instance)\n\
+             stored {sop} of study {study}, transfer syntax 1.2.840.10008.1.2.1.\n\
+             peer 10.1.2.3:104, duli 0.4.12, 2.5 s, uid_root 2.25.\n"
+        );
+        let out = scrub(&log, &[], Some(&key));
+        for uid in [study, sop] {
+            assert!(!out.contains(uid), "{uid} in {out}");
+            let token = key.support_uid(uid);
+            assert_eq!(token.len(), "uid:".len() + 16, "{token}");
+            assert!(out.contains(&token), "{token} missing in {out}");
+        }
+        // The same study is the same pseudonym on every line; another key, another one.
+        assert_eq!(out.matches(&key.support_uid(study)).count(), 2, "{out}");
+        assert_ne!(
+            key.support_uid(study),
+            SiteSecret::from_bytes(&[8; 32]).support_uid(study)
+        );
+        // The standard's own UIDs, addresses, versions and numbers stay.
+        for kept in [
+            "transfer syntax 1.2.840.10008.1.2.1.",
+            "peer 10.1.2.3:104",
+            "duli 0.4.12",
+            "2.5 s",
+            "uid_root 2.25.",
+            "2024-05-01T10:00:00+0000",
+        ] {
+            assert!(out.contains(kept), "{kept} missing in {out}");
+        }
+        // Without a key the UIDs are still removed.
+        let bare = scrub(&log, &[], None);
+        assert!(
+            !bare.contains(study) && bare.contains("uid:<redacted>"),
+            "{bare}"
         );
     }
 

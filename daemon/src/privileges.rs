@@ -147,6 +147,38 @@ pub fn prepare_data_dir(dir: &Path, user: &User) -> Result<(), PrivilegeError> {
         .map_err(|e| fail(format!("cannot give it to {:?}: {e}", user.name)))
 }
 
+/// Refuses a data directory that another user than the one this process runs as owns, or
+/// that its group or others may write: they could replace the store, the received files or
+/// the site secret under the daemon. A missing directory is fine (the store creates it).
+pub fn check_data_dir(dir: &Path) -> Result<(), PrivilegeError> {
+    let fail = |reason: String| PrivilegeError::DataDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let me = unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(fail(format!(
+            "belongs to uid {}, but the daemon runs as uid {me}; it opens only a data \
+             directory of its own (hand it over with `chown -R`)",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(fail(format!(
+            "is writable by its group or by others (mode {mode:o}); restrict it with \
+             `chmod go-w {}`",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Switches the process's credentials to `user`: supplementary groups, gid, uid; then
 /// checks that uid 0 cannot be taken back.
 pub fn switch_to(user: &User) -> Result<(), PrivilegeError> {

@@ -45,12 +45,52 @@ impl std::fmt::Debug for SiteSecret {
     }
 }
 
+/// Domain of the pseudonyms that replace DICOM UIDs in the support bundle
+/// ([`SiteSecret::support_uid`]).
+pub const SUPPORT_DOMAIN: &str = "support";
+
 impl SiteSecret {
     /// A secret from raw bytes (tests, provisioning).
     pub fn from_bytes(bytes: &[u8]) -> SiteSecret {
         SiteSecret {
             key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
         }
+    }
+
+    /// A fresh random key, for pseudonyms that need only be consistent within one use
+    /// (when the site secret cannot be read).
+    pub fn random() -> Result<SiteSecret, SecretError> {
+        let mut bytes = [0u8; SECRET_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| SecretError::Random)?;
+        Ok(SiteSecret::from_bytes(&bytes))
+    }
+
+    /// Loads the secret at `path` as it is, without creating it or changing its mode;
+    /// `None` when the file does not exist.
+    pub fn load_existing(path: &Path) -> Result<Option<SiteSecret>, SecretError> {
+        match std::fs::read(path) {
+            Ok(bytes) if bytes.len() < 16 => Err(SecretError::TooShort {
+                path: path.to_path_buf(),
+                len: bytes.len(),
+            }),
+            Ok(bytes) => Ok(Some(SiteSecret::from_bytes(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SecretError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// The pseudonym that stands for the DICOM UID `uid` in the support bundle:
+    /// `uid:` and the first 16 hex digits of its pseudonym in [`SUPPORT_DOMAIN`]. The same
+    /// UID always gets the same one (a study can be followed through the logs), and it is
+    /// unrelated to the pseudonyms sent to the cloud.
+    pub fn support_uid(&self, uid: &str) -> String {
+        let mut p = self.pseudonym(SUPPORT_DOMAIN, uid);
+        p.truncate(16);
+        format!("uid:{p}")
     }
 
     /// Loads the secret at `path`, generating it when the file does not exist. A file

@@ -403,3 +403,112 @@ fn as_the_service_user_it_runs_its_decoder_from_a_folder_only_root_may_enter() {
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
     drop(scp);
 }
+
+/// `command` run by `sh` under `umask` (the test process's umask is shared by every test
+/// thread, so it is set in the child only).
+fn under_umask(command: &Command, umask: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (k, v) in command.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    if let Some(d) = command.get_current_dir() {
+        cmd.current_dir(d);
+    }
+    cmd
+}
+
+/// `duli run` started by hand (no unit's `UMask=0077`) from a shell with umask 022: the
+/// data directory, the site secret and the store it creates are still private.
+#[test]
+fn started_by_hand_under_umask_022_its_files_are_private() {
+    let dir = temp_dir("privileges-umask");
+    let data = dir.path().join("data");
+    let log = dir.path().join("daemon.log");
+    let console = free_port();
+    let inner = duli_run(
+        free_port(),
+        console,
+        &data,
+        &[("DULI_DEVICE__ALLOW_ROOT", "true")],
+    );
+    let mut daemon = Background::spawn(
+        "duli run (umask 022)",
+        &mut under_umask(&inner, "022"),
+        &log,
+    )
+    .unwrap();
+    wait_healthy(&mut daemon, console);
+    let secret = data.join("site_secret");
+    assert!(secret.exists(), "{}", daemon.log());
+    assert!(data.join("index").is_dir(), "{}", daemon.log());
+    let mut checked = vec![data.clone()];
+    checked.extend(walk(&data));
+    for path in checked {
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        // The console's public certificate is written 0644 on purpose.
+        if !(m.is_file() || m.is_dir()) || path == data.join("console/cert.pem") {
+            continue;
+        }
+        assert_eq!(
+            m.permissions().mode() & 0o077,
+            0,
+            "{} is mode {:o}",
+            path.display(),
+            m.permissions().mode() & 0o7777
+        );
+    }
+    daemon.kill();
+}
+
+/// A data directory others may write, or one of another user, is refused with a clear
+/// error before anything in it is opened.
+#[test]
+fn a_data_directory_others_may_write_is_refused() {
+    let dir = temp_dir("privileges-writable");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let allow = [("DULI_DEVICE__ALLOW_ROOT", "true")];
+    let out = run(
+        &mut duli_run(free_port(), free_port(), &data, &allow),
+        Duration::from_secs(30),
+    );
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        out.stderr.contains("writable by its group or by others") && out.stderr.contains("777"),
+        "{}",
+        out.combined()
+    );
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing opened"
+    );
+    // Another user's directory (needs root to make one).
+    if nix::unistd::geteuid().is_root() {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+        let out = run(
+            &mut duli_run(free_port(), free_port(), &data, &allow),
+            Duration::from_secs(30),
+        );
+        assert!(!out.success(), "{}", out.combined());
+        assert!(
+            out.stderr.contains("belongs to uid 65534"),
+            "{}",
+            out.combined()
+        );
+        assert_eq!(
+            std::fs::read_dir(&data).unwrap().count(),
+            0,
+            "nothing opened"
+        );
+    }
+}

@@ -126,11 +126,19 @@ impl Stick {
 
     /// Every file under the box with its mode and content, to prove nothing changed.
     fn snapshot(&self) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+        self.snapshot_except(None)
+    }
+
+    /// [`Stick::snapshot`] without the folder `skip` (a store a daemon writes to).
+    fn snapshot_except(&self, skip: Option<&Path>) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
         let mut out = BTreeMap::new();
         let mut stack = vec![self.path("box")];
         while let Some(d) = stack.pop() {
             for e in fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
+                if Some(p.as_path()) == skip {
+                    continue;
+                }
                 let m = fs::symlink_metadata(&p).unwrap();
                 if m.is_dir() {
                     stack.push(p.clone());
@@ -266,6 +274,14 @@ fn example_file_provisions_a_box() {
     }
     let pending = fs::read_to_string(etc.join("pending-admin.toml")).unwrap();
     assert!(pending.contains("name = \"admin\""), "{pending}");
+    // Only the password's hash waits on the box, in the accounts' format.
+    s.assert_no_secret(&pending, "pending-admin.toml");
+    assert!(pending.contains("pbkdf2-sha256"), "{pending}");
+    assert!(
+        out.stdout.contains("hold secrets") && out.stdout.contains("wipe the medium"),
+        "{}",
+        out.stdout
+    );
 
     // System files: NTP drop-in and time zone.
     let root = s.path("box/root");
@@ -543,6 +559,18 @@ fn bad_input_is_refused_naming_the_key_and_nothing_changes() {
             "dicom.ae_title",
         ),
         (
+            "empty allow-list on a network address",
+            Box::new(|s: &Stick| {
+                let mut t = fs::read_to_string(s.file()).unwrap();
+                let start = t.find("allowed_peers = [").unwrap();
+                let end = start + t[start..].find("\n]\n").unwrap() + 3;
+                t.replace_range(start..end, "allowed_peers = []\n");
+                assert!(t.contains("bind = \"0.0.0.0\""));
+                fs::write(s.file(), t).unwrap();
+            }),
+            "dicom.allow_any_peer",
+        ),
+        (
             "unknown time zone",
             Box::new(|s: &Stick| {
                 let t = fs::read_to_string(s.file()).unwrap();
@@ -743,6 +771,58 @@ fn the_daemon_creates_the_provisioned_admin_at_its_first_start() {
         }),
         "{audit}"
     );
+}
+
+/// The pending administrator never outlives a start, and once the box has an
+/// administrator, `duli provision` refuses `[admin]` (with the daemon running or not)
+/// instead of leaving a credential that could take over an account.
+#[test]
+fn the_pending_admin_is_consumed_and_not_provisioned_again() {
+    let s = Stick::new();
+    s.provision(&["--owner", "duli"])
+        .assert_success("duli provision");
+    let pending = s.path("box/etc/pending-admin.toml");
+    let mut d = Daemon::builder()
+        .arg("--config")
+        .arg(s.config().to_str().unwrap())
+        .data_dir(&s.path("box/data"))
+        .config("dicom", "tls", "false")
+        .config("dicom", "allowed_peers", "[]")
+        .config("mqtt", "enabled", "false")
+        .config("hl7", "enabled", "false")
+        .start();
+    assert!(!pending.exists(), "consumed at start");
+    d.login("admin", PASSWORD);
+    for running in [true, false] {
+        if !running {
+            d.kill();
+        }
+        // The store is the daemon's (or is opened to read the accounts): the rest is compared.
+        let data = s.path("box/data");
+        let outside_data = |s: &Stick| s.snapshot_except(Some(&data));
+        let before = outside_data(&s);
+        let out = s.provision(&["--owner", "duli"]);
+        assert_eq!(out.code(), Some(2), "{}", out.combined());
+        assert!(
+            out.stderr.contains("administrator already")
+                && out.stderr.contains("nothing was written"),
+            "{}",
+            out.stderr
+        );
+        assert!(!pending.exists(), "daemon running: {running}");
+        assert_eq!(before, outside_data(&s), "daemon running: {running}");
+    }
+    // Without [admin], provisioning the box again is fine.
+    let t = fs::read_to_string(s.file()).unwrap();
+    let start = t.find("[admin]").unwrap();
+    let end = start + t[start..].find("password = ").unwrap();
+    let end = end + t[end..].find('\n').unwrap() + 1;
+    let mut without = t.clone();
+    without.replace_range(start..end, "");
+    fs::write(s.file(), without).unwrap();
+    s.provision(&["--owner", "duli"])
+        .assert_success("provision without [admin]");
+    assert!(!pending.exists());
 }
 
 #[test]

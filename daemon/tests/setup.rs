@@ -318,3 +318,57 @@ fn the_support_bundle_never_carries_the_open_setup_code() {
     // Setup is still open with that code: the bundle changed nothing on the box.
     assert_eq!(read_code(&d), code);
 }
+
+/// A pending administrator (as `duli provision` writes it: the name and a hash) whose name
+/// an existing account holds is never applied: the account keeps its role and password, the
+/// pending file is removed all the same, and first-time setup stays open without a fixed
+/// name.
+#[test]
+fn a_provisioned_admin_never_replaces_an_existing_account() {
+    let (mut d, etc) = daemon_with_pending_admin("");
+    d.add_user("rita", "radiologist", PW);
+    d.kill();
+    let pending = duli::provision::ProvisionedAdmin {
+        name: "rita".into(),
+        password_hash: Some(duli::accounts::hash_password("another long password").unwrap()),
+        password: None,
+    };
+    std::fs::write(
+        etc.path().join("pending-admin.toml"),
+        toml::to_string(&pending).unwrap(),
+    )
+    .unwrap();
+    d.restart();
+    assert!(pending_gone(etc.path()), "the pending file is consumed");
+    let rita = d.login("rita", PW);
+    assert_eq!(rita.get("/api/v1/me").json()["role"], "radiologist");
+    let r = console_login_raw(d.console_addr(), "rita", "another long password");
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(d.log().contains("never replaced"), "{}", d.log());
+    let st = setup_status(&d);
+    assert_eq!(st["required"], true, "{st}");
+    assert!(st["username"].is_null(), "{st}");
+}
+
+/// Once an administrator exists, a pending administrator left beside `duli.toml` is removed
+/// at start and changes nothing.
+#[test]
+fn a_pending_admin_is_removed_at_start_when_an_admin_exists() {
+    let (mut d, etc) = daemon_with_pending_admin(&format!("name = \"ana\"\npassword = \"{PW}\"\n"));
+    assert!(pending_gone(etc.path()));
+    // Killed, not stopped: the account created at start is durable already.
+    d.kill();
+    std::fs::write(
+        etc.path().join("pending-admin.toml"),
+        "name = \"mallory\"\npassword = \"another long password\"\n",
+    )
+    .unwrap();
+    d.restart();
+    assert!(
+        pending_gone(etc.path()),
+        "the stale pending file is consumed"
+    );
+    let r = console_login_raw(d.console_addr(), "mallory", "another long password");
+    assert_ne!(r.status, 200, "{}", r.text());
+    d.login("ana", PW);
+}

@@ -34,11 +34,16 @@ pub struct DemoArgs {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT: started as root, it binds its listeners and
-/// switches to the service user first, while the process has one thread.
+/// switches to the service user first, while the process has one thread. Its umask is
+/// 0077, and a data directory of another user or writable by others is refused.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    // Everything the daemon creates is private unless it asks otherwise, whatever the
+    // umask of the shell or unit that started it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     duli::malloc_arenas::limit();
     let cfg = load_config(args.config.as_deref())?;
     let (prebound, _) = duli::privileges::enter_service_user(&cfg, args.allow_root)?;
+    duli::privileges::check_data_dir(&cfg.device.data_dir)?;
     runtime()?.block_on(duli::daemon::run_with(cfg, prebound))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! `duli provision`: set the box up from a provisioning file, or test its connections.
 
 use super::{load_config, runtime};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use duli::audit::{Action, Event};
 use duli::provision;
 use std::path::PathBuf;
@@ -51,6 +51,19 @@ pub fn apply(
             return Ok(ExitCode::from(2));
         }
     };
+    if plan.admin.is_some() {
+        let data_dir = &plan.config.device.data_dir;
+        if let Some(name) = existing_admin(data_dir)? {
+            eprintln!(
+                "admin: this box has an administrator already ({name:?} in {}); provisioning \
+                 creates the first administrator only: remove [admin] (or --admin) and manage \
+                 accounts with `duli user`",
+                data_dir.display()
+            );
+            eprintln!("provisioning refused, nothing was written");
+            return Ok(ExitCode::from(2));
+        }
+    }
     if validate_only {
         println!("provisioning file is valid; it would write:");
         for w in &plan.writes {
@@ -90,6 +103,13 @@ pub fn apply(
         "next: `duli provision --check --config {}`",
         target.config.display()
     );
+    if let Some(file) = file {
+        println!(
+            "reminder: {} and the files it names hold secrets (administrator password, \
+             private keys, site secret): wipe the medium they came on",
+            file.display()
+        );
+    }
     let files: Vec<String> = plan
         .writes
         .iter()
@@ -112,6 +132,30 @@ pub fn apply(
         )),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The name of an administrator account in the store of `data_dir`, asked through the
+/// running daemon or the store itself; `None` when there is none, or no store yet (a new
+/// box: nothing is created to find out).
+fn existing_admin(data_dir: &std::path::Path) -> Result<Option<String>> {
+    if !data_dir.join("index").exists() {
+        return Ok(None);
+    }
+    let users: Vec<duli::accounts::UserInfo> = runtime()?
+        .block_on(duli::control::client::call(
+            data_dir,
+            duli::control::protocol::Request::UserList,
+        ))
+        .with_context(|| {
+            format!(
+                "cannot tell whether the box has an administrator (the accounts in {})",
+                data_dir.display()
+            )
+        })?;
+    Ok(users
+        .into_iter()
+        .find(|u| u.role == duli::accounts::Role::Admin)
+        .map(|u| u.name))
 }
 
 /// `duli provision`.

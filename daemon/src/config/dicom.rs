@@ -100,8 +100,13 @@ pub struct DicomConfig {
     pub port: u16,
     /// UID root for generated UIDs (`2.25.` = UUID-derived).
     pub uid_root: String,
-    /// Calling AE allow-list; empty accepts any calling AE with every permission.
+    /// Calling AE allow-list; empty accepts any calling AE with every permission, which
+    /// validation allows on a non-loopback `bind` only with `allow_any_peer`.
     pub allowed_peers: Vec<AllowedPeer>,
+    /// Accept any calling AE on a non-loopback `bind` with an empty `allowed_peers`: every
+    /// host that reaches the port may store, query and retrieve. For a closed test network
+    /// only; the daemon logs a warning at start when it is in effect.
+    pub allow_any_peer: bool,
     /// Maximum concurrent associations; over it A-ASSOCIATE-RJ (transient).
     pub max_associations: usize,
     /// Maximum concurrent associations from one address (its share of
@@ -142,6 +147,20 @@ pub struct DicomConfig {
     pub tls_require_client_cert: bool,
 }
 
+impl DicomConfig {
+    /// Whether the DICOM ports (plain and TLS, both on `bind`) are reachable only from
+    /// this host: a loopback address, IPv4-mapped ones included.
+    pub fn binds_loopback(&self) -> bool {
+        self.bind.to_canonical().is_loopback()
+    }
+
+    /// Whether any calling AE of the network gets every permission: an empty
+    /// `allowed_peers` on a non-loopback `bind` (allowed only with `allow_any_peer`).
+    pub fn open_to_any_peer(&self) -> bool {
+        self.allowed_peers.is_empty() && !self.binds_loopback()
+    }
+}
+
 impl Default for DicomConfig {
     fn default() -> Self {
         Self {
@@ -150,6 +169,7 @@ impl Default for DicomConfig {
             port: 11112,
             uid_root: "2.25.".into(),
             allowed_peers: Vec::new(),
+            allow_any_peer: false,
             max_associations: 32,
             max_associations_per_address: 16,
             max_pdu: 262_144,

@@ -423,3 +423,49 @@ fn mqtt_tls_files_are_checked() {
         ["mqtt.ca"]
     );
 }
+
+#[test]
+fn an_empty_allow_list_on_a_network_address_needs_allow_any_peer() {
+    for bind in ["0.0.0.0", "::", "10.1.2.3", "::ffff:10.1.2.3"] {
+        for tls in [false, true] {
+            let mut env = vec![("DULI_DICOM__BIND", bind)];
+            if tls {
+                // The TLS listener alone, on the same address.
+                env.push(("DULI_DICOM__PLAIN", "false"));
+                env.push(("DULI_DICOM__TLS", "true"));
+            }
+            let text = match load_str("", &env) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("bind {bind} (tls {tls}) with no allowed_peers accepted"),
+            };
+            assert!(
+                text.contains("dicom.allowed_peers") && text.contains("dicom.allow_any_peer"),
+                "{text}"
+            );
+        }
+        // An explicit choice, or a list, is accepted.
+        let c = load_str(
+            "",
+            &[
+                ("DULI_DICOM__BIND", bind),
+                ("DULI_DICOM__ALLOW_ANY_PEER", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(c.dicom.open_to_any_peer());
+        let c = load_str(
+            "",
+            &[
+                ("DULI_DICOM__BIND", bind),
+                ("DULI_DICOM__ALLOWED_PEERS", r#"[{ae_title = "MOD1"}]"#),
+            ],
+        )
+        .unwrap();
+        assert!(!c.dicom.open_to_any_peer());
+    }
+    // Loopback only: an empty list stays the default.
+    for bind in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        let c = load_str("", &[("DULI_DICOM__BIND", bind)]).unwrap();
+        assert!(c.dicom.allowed_peers.is_empty() && !c.dicom.open_to_any_peer());
+    }
+}

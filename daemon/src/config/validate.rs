@@ -110,6 +110,18 @@ fn check_dicom(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
             }
         }
     }
+    if c.open_to_any_peer() && !c.allow_any_peer {
+        bad(
+            "dicom.allowed_peers",
+            format!(
+                "must list the calling AE titles allowed when dicom.bind ({}) is not a \
+                 loopback address: an empty list lets any host of the network store, query \
+                 and retrieve every study; set dicom.allow_any_peer = true to accept that \
+                 (a closed test network only)",
+                c.bind
+            ),
+        );
+    }
     if !c.plain && !c.tls {
         bad(
             "dicom.plain",

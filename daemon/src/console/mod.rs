@@ -162,7 +162,7 @@ impl Console {
         )
         .context("open the sessions tree")?;
         let config_dir = config.origin.as_deref().and_then(std::path::Path::parent);
-        let setup = setup::Setup::prepare(&users, &audit, store.root(), config_dir)
+        let setup = setup::Setup::prepare(&store, &users, &audit, config_dir)
             .context("first-time setup")?;
         Ok(Console {
             data_dir: store.root().to_path_buf(),

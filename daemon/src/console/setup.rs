@@ -2,8 +2,11 @@
 //! store holds no admin account.
 //!
 //! - At start, with no admin account, a provisioned first administrator that came with a
-//!   password (`pending-admin.toml` beside `duli.toml`, see
-//!   [`crate::provision::take_pending_admin`]) is created at once. Otherwise a one-time
+//!   password (`pending-admin.toml` beside `duli.toml`, holding its hash, see
+//!   [`crate::provision::take_pending_admin`]) is created at once, unless an account of
+//!   that name exists: an account is never replaced. A pending file with a password is
+//!   removed at start whether it was applied or not, and so is any pending file once an
+//!   administrator exists. Otherwise a one-time
 //!   setup code is generated and written to `<data_dir>/console/setup-code` (0600); the log
 //!   names that file but never holds the code (logs travel: journal exports, support
 //!   bundles). Whoever completes the setup must have read the file on the box, so a random
@@ -135,7 +138,9 @@ pub fn code_file(data_dir: &Path) -> PathBuf {
         .join(CODE_FILE)
 }
 
-fn read_pending(config_dir: &Path) -> Result<Option<crate::provision::PendingAdmin>, SetupError> {
+fn read_pending(
+    config_dir: &Path,
+) -> Result<Option<crate::provision::ProvisionedAdmin>, SetupError> {
     let path = config_dir.join(crate::provision::PENDING_ADMIN);
     crate::provision::read_pending_admin(config_dir)
         .map_err(|source| SetupError::Pending { path, source })
@@ -151,35 +156,78 @@ fn forget_pending(config_dir: &Path) {
 }
 
 impl Setup {
-    /// Prepares the setup at start: nothing when an admin exists (a stale code file is
-    /// removed); the provisioned administrator when it came with a password; else a new
-    /// one-time code, written to `<data_dir>/console/setup-code` (0600); the log names the
-    /// file, never the code.
+    /// Prepares the setup at start: nothing when an admin exists (a stale code file and a
+    /// stale pending administrator are removed); the provisioned administrator when it came
+    /// with a password and no account has its name (the pending file is removed either
+    /// way); else a new one-time code, written to `<data_dir>/console/setup-code` (0600);
+    /// the log names the file, never the code. An account created here is flushed to the
+    /// store before its pending file is removed.
     pub fn prepare(
+        store: &crate::store::Store,
         users: &Users,
         audit: &Audit,
-        data_dir: &Path,
         config_dir: Option<&Path>,
     ) -> Result<Setup, SetupError> {
-        let code_file = code_file(data_dir);
+        let code_file = code_file(store.root());
         let closed = Setup {
             open: tokio::sync::Mutex::new(None),
             config_dir: config_dir.map(Path::to_path_buf),
         };
-        if has_admin(users)? {
-            let _ = std::fs::remove_file(&code_file);
-            return Ok(closed);
-        }
         let pending = match config_dir {
-            Some(dir) => read_pending(dir)?,
+            Some(dir) => read_pending(dir).map(|p| p.map(|p| (p, dir)))?,
             None => None,
         };
-        if let (Some(p), Some(dir)) = (&pending, config_dir) {
-            if let Some(password) = &p.password {
+        if has_admin(users)? {
+            let _ = std::fs::remove_file(&code_file);
+            if let Some((p, dir)) = &pending {
+                forget_pending(dir);
+                log::warn!(
+                    "console: {} named first administrator {:?}, but an administrator exists: \
+                     nothing was changed and the file was removed",
+                    dir.join(crate::provision::PENDING_ADMIN).display(),
+                    p.name
+                );
+            }
+            return Ok(closed);
+        }
+        let mut username = None;
+        if let Some((p, dir)) = pending {
+            let file = dir.join(crate::provision::PENDING_ADMIN);
+            if users.get(&p.name)?.is_some() {
+                // Provisioning creates an account; it never takes over one that exists.
+                forget_pending(dir);
+                audit.append(
+                    Event::new("system", Action::UserChange, &p.name)
+                        .from("local")
+                        .detail(
+                            "provisioned first administrator not created: an account of that \
+                             name exists",
+                        )
+                        .failed(),
+                )?;
+                log::warn!(
+                    "console: first administrator {:?} of {} not created: an account of that \
+                     name exists and is never replaced; the file was removed",
+                    p.name,
+                    file.display()
+                );
+            } else if let Some(password) = match p.credential() {
+                Ok(c) => c,
+                Err(e) => {
+                    forget_pending(dir);
+                    log::warn!(
+                        "console: first administrator {:?} of {} not created: {e}; the file was \
+                         removed",
+                        p.name,
+                        file.display()
+                    );
+                    None
+                }
+            } {
                 let user = User {
                     name: p.name.clone(),
                     role: Role::Admin,
-                    password: accounts::hash_password(password)?,
+                    password,
                     created_ms: crate::clock::now_millis(),
                     disabled: false,
                 };
@@ -189,19 +237,22 @@ impl Setup {
                         .from("local")
                         .detail("first administrator created from the provisioning file"),
                 )?;
+                // Durable before the hash is gone: the file never outlives this start.
+                store.flush_blocking()?;
                 forget_pending(dir);
                 let _ = std::fs::remove_file(&code_file);
                 log::info!(
                     "console: first administrator {:?} created from {}",
                     user.name,
-                    dir.join(crate::provision::PENDING_ADMIN).display()
+                    file.display()
                 );
                 return Ok(closed);
+            } else {
+                username = Some(p.name);
             }
         }
         let code = new_code()?;
         fsutil::write_atomic(&code_file, format!("{code}\n").as_bytes(), PRIVATE, None)?;
-        let username = pending.map(|p| p.name);
         log::warn!(
             "console: no administrator yet; first-time setup is open on the console with the \
              one-time code in {} (readable by root and the service user only){}",

@@ -19,7 +19,9 @@
 //!   `key` name PEM files relative to the provisioning file, copied to `<config dir>/tls/`;
 //! - `[firmware]` `endorsements`: key endorsement files, accepted only when signed by a
 //!   key built into this binary;
-//! - `[admin]` `name` (and optionally `password`): the first console administrator.
+//! - `[admin]` `name` (and optionally `password`): the first console administrator, kept
+//!   until the daemon's next start as a name and a PBKDF2 hash of the password (never the
+//!   password itself) in `pending-admin.toml`; refused when the box has an administrator.
 
 pub mod check;
 pub mod material;
@@ -77,9 +79,59 @@ pub struct FirmwareSection {
 pub struct PendingAdmin {
     /// User name.
     pub name: String,
-    /// Initial password (kept only in the 0600 pending file until the account exists).
+    /// Initial password; only its hash is written (see [`ProvisionedAdmin`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+/// The pending first administrator as written beside `duli.toml` ([`PENDING_ADMIN`], 0600)
+/// for the daemon to create at its next start: the name and the password's hash in the
+/// accounts' format, never the password.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionedAdmin {
+    /// User name.
+    pub name: String,
+    /// PBKDF2 hash of the initial password, when the provisioning file gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<crate::accounts::PasswordHash>,
+    /// The plain initial password of a file written by an older version; read (and hashed
+    /// at start) only so such a file is still consumed, never written.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl ProvisionedAdmin {
+    /// Whether the file carries a credential (a hash, or an older version's password), so
+    /// the account can be created without the console's first-time setup.
+    pub fn has_credential(&self) -> bool {
+        self.password_hash.is_some() || self.password.is_some()
+    }
+
+    /// The password hash to create the account with: the stored one, or the hash of an
+    /// older version's plain password.
+    pub fn credential(
+        &self,
+    ) -> Result<Option<crate::accounts::PasswordHash>, crate::accounts::UserError> {
+        match (&self.password_hash, &self.password) {
+            (Some(h), _) => Ok(Some(h.clone())),
+            (None, Some(p)) => crate::accounts::hash_password(p).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProvisionedAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionedAdmin")
+            .field("name", &self.name)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<hash>"),
+            )
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for PendingAdmin {
@@ -768,11 +820,32 @@ pub fn plan(
     };
 
     if let Some(a) = &admin {
-        let text = toml::to_string(a).unwrap_or_default();
+        let password_hash = match a.password.as_deref().map(crate::accounts::hash_password) {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                return Err(ProvisionError::Invalid(vec![KeyError {
+                    key: "admin.password".into(),
+                    reason: e.to_string(),
+                }]))
+            }
+        };
+        let pending = ProvisionedAdmin {
+            name: a.name.clone(),
+            password_hash,
+            password: None,
+        };
+        let text = toml::to_string(&pending).map_err(|e| {
+            ProvisionError::Invalid(vec![KeyError {
+                key: "admin".into(),
+                reason: format!("cannot be written: {e}"),
+            }])
+        })?;
         writes.push(Write {
             path: config_dir.join(PENDING_ADMIN),
             bytes: format!(
-                "# First console administrator, created by the console at its first start or by\n\
+                "# First console administrator (the password only as its hash), created by the\n\
+                 # daemon at its next start, which removes this file, or by\n\
                  # `duli user add {} --role admin`; delete this file afterwards.\n{text}",
                 a.name
             )
@@ -881,7 +954,7 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
 
 /// Reads the pending first administrator left by provisioning in `config_dir`, without
 /// removing it. An empty file (one the service user could only truncate) counts as none.
-pub fn read_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAdmin>> {
+pub fn read_pending_admin(config_dir: &Path) -> std::io::Result<Option<ProvisionedAdmin>> {
     let path = config_dir.join(PENDING_ADMIN);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -891,7 +964,7 @@ pub fn read_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAd
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let admin: PendingAdmin = toml::from_str(&text).map_err(|e| {
+    let admin: ProvisionedAdmin = toml::from_str(&text).map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e.message().to_string())
     })?;
     Ok(Some(admin))
@@ -900,8 +973,8 @@ pub fn read_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAd
 /// Reads and removes the pending first administrator left by provisioning in
 /// `config_dir`, for the console to create the account. When the folder belongs to root
 /// and the caller is the service user (the file's owner), the file cannot be unlinked: it
-/// is emptied instead, so the initial password does not outlive the account's creation.
-pub fn take_pending_admin(config_dir: &Path) -> std::io::Result<Option<PendingAdmin>> {
+/// is emptied instead, so the password's hash does not outlive the daemon's start.
+pub fn take_pending_admin(config_dir: &Path) -> std::io::Result<Option<ProvisionedAdmin>> {
     let Some(admin) = read_pending_admin(config_dir)? else {
         return Ok(None);
     };
