@@ -50,6 +50,11 @@ use tokio::sync::{mpsc, Semaphore};
 /// How often the reason is logged again while the stage waits for its model.
 pub const WAITING_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Images of one study that get a heatmap. The input (and a `cam` model's features) of
+/// each is held until the study's result is recorded, so without a bound a study of
+/// thousands of images would hold thousands of tensors; a chest X-ray study has a few.
+pub const MAX_HEATMAP_IMAGES: usize = 16;
+
 /// Builds the engine (called again after a failure).
 pub type EngineFactory = Arc<dyn Fn() -> Result<Engine, EngineError> + Send + Sync>;
 
@@ -405,6 +410,10 @@ pub async fn analyse_study(
     let mut inputs: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
     // An analysed image's features (a `cam` model) with the network's probabilities.
     let mut features: Vec<Option<(Vec<f32>, Vec<f32>)>> = Vec::with_capacity(instances.len());
+    // Whether this study's images can get heatmaps at all, and how many inputs are held
+    // for them (at most MAX_HEATMAP_IMAGES).
+    let maps_possible = (options.heatmaps && engine.cam().is_some()) || heatmaps.is_some();
+    let mut held = 0usize;
     for inst in &instances {
         let mut result = if inst.pruned {
             ImageResult {
@@ -426,13 +435,29 @@ pub async fn analyse_study(
                     let tensor = p.tensor.clone();
                     match engine.infer_prepared(tensor, report_work).await {
                         Ok(out) => {
-                            let r = analysed(&manifest, &p, &out.values, ms(start));
-                            inputs.push(Some(p.tensor));
-                            let network = super::findings::probabilities(
-                                &out.values,
-                                manifest.output.activation,
-                            );
-                            features.push(out.features.map(|f| (f, network)));
+                            let mut r = analysed(&manifest, &p, &out.values, ms(start));
+                            let wants_map =
+                                maps_possible && heatmap_target(&manifest, &r.findings).is_some();
+                            if wants_map && held < MAX_HEATMAP_IMAGES {
+                                held += 1;
+                                inputs.push(Some(p.tensor));
+                                let network = super::findings::probabilities(
+                                    &out.values,
+                                    manifest.output.activation,
+                                );
+                                features.push(out.features.map(|f| (f, network)));
+                            } else {
+                                if wants_map {
+                                    r.heatmap = HeatmapState::Skipped {
+                                        reason: format!(
+                                            "only the first {MAX_HEATMAP_IMAGES} images of a \
+                                             study get a heatmap"
+                                        ),
+                                    };
+                                }
+                                inputs.push(None);
+                                features.push(None);
+                            }
                             push(&mut images, r, inst);
                             continue;
                         }

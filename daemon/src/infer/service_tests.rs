@@ -639,3 +639,42 @@ async fn a_study_whose_images_all_moved_to_another_study_gets_no_report() {
     drop(tx);
     task.await.unwrap();
 }
+
+/// A study of more images than get heatmaps: every image is analysed, the first
+/// MAX_HEATMAP_IMAGES get a heatmap and the others say why they have none, so the inputs
+/// held for heatmaps until the result is recorded stay bounded whatever the study's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_bounded_number_of_images_of_a_study_get_a_heatmap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let png = write_png(tmp.path(), 120);
+    let n = crate::infer::service::MAX_HEATMAP_IMAGES + 4;
+    for i in 0..n {
+        add_instance(&store, "8.1", &format!("8.1.{i}"), &png, |_| {});
+    }
+    let (tx, task) = start(&store, PipelineOptions::default());
+    tx.send("8.1".into()).await.unwrap();
+    wait_for(&store, "8.1", &[StudyState::Done]).await;
+    drop(tx);
+    task.await.unwrap();
+    let r = record::latest_result(&store, "8.1").unwrap().unwrap();
+    assert_eq!(r.images.len(), n);
+    assert!(r.images.iter().all(|i| i.status == ImageStatus::Analysed));
+    // The last four are beyond the bound (of the others, those over the heatmap worker's
+    // backlog are skipped for that reason).
+    let beyond: Vec<bool> = r
+        .images
+        .iter()
+        .map(|i| {
+            matches!(&i.heatmap, HeatmapState::Skipped { reason }
+                if reason.starts_with("only the first"))
+        })
+        .collect();
+    let expected: Vec<bool> = (0..n).map(|i| i >= n - 4).collect();
+    assert_eq!(
+        beyond,
+        expected,
+        "{:?}",
+        r.images.iter().map(|i| &i.heatmap).collect::<Vec<_>>()
+    );
+}
