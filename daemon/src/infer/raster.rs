@@ -166,6 +166,36 @@ mod tests {
     use super::*;
     use crate::infer::testdata;
 
+    /// A progressive JPEG whose last scan is repeated until the file has `scans` scans.
+    fn with_scans(scans: usize) -> Vec<u8> {
+        let seed =
+            std::fs::read(testdata::repo_root().join("fuzz/corpus/pixels/grey-progressive.jpg"))
+                .unwrap();
+        let starts: Vec<usize> = seed
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| *w == [0xFF, 0xDA])
+            .map(|(i, _)| i)
+            .collect();
+        let (last, end) = (*starts.last().unwrap(), seed.len() - 2);
+        assert_eq!(&seed[end..], &[0xFF, 0xD9], "the seed ends with EOI");
+        let mut out = seed[..end].to_vec();
+        for _ in starts.len()..scans {
+            out.extend_from_slice(&seed[last..end]);
+        }
+        out.extend_from_slice(&[0xFF, 0xD9]);
+        out
+    }
+
+    /// Each scan walks every block, so a file of many near-empty scans would cost CPU time
+    /// out of all proportion to its size: more than 500 scans is refused, a dozen decodes.
+    #[test]
+    fn a_jpeg_of_more_scans_than_any_image_needs_is_refused() {
+        assert!(decode_bytes(&with_scans(12), 1 << 20).is_ok());
+        let err = decode_bytes(&with_scans(600), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("more than 500 scans"), "{err}");
+    }
+
     /// Every sample in `dir` (sorted) with the 8-bit grey samples PIL decodes from it, as
     /// the `.venv` Python writes them beside it (`<file>.pil`), or `None` without PIL.
     fn pil_samples(dir: &Path, files: &[&str]) -> Option<Vec<Vec<u8>>> {

@@ -18,6 +18,10 @@ use core::mem;
 use core::ops::Range;
 use std::io::Read;
 
+/// Most scans a frame may have. A progressive colour image uses about a dozen; 500 is the
+/// limit libjpeg-turbo's TurboJPEG applies against the same abuse.
+const MAX_SCANS: usize = 500;
+
 pub const MAX_COMPONENTS: usize = 4;
 
 mod lossless;
@@ -392,6 +396,15 @@ impl<R: Read> Decoder<R> {
                 Marker::SOS => {
                     if self.frame.is_none() {
                         return Err(Error::Format("scan encountered before frame".to_owned()));
+                    }
+                    // Each scan walks every block of its components: without a bound, a
+                    // small file of many near-empty scans costs CPU time out of all
+                    // proportion to its size (libjpeg-turbo bounds scans the same way).
+                    if scans_processed >= MAX_SCANS {
+                        return Err(Error::Format(format!(
+                            "more than {} scans",
+                            MAX_SCANS
+                        )));
                     }
 
                     let frame = self.frame.clone().unwrap();
