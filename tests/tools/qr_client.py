@@ -136,8 +136,27 @@ def main():
     elif cmd == "get":
         out_dir, study = sys.argv[3], sys.argv[4]
         os.makedirs(out_dir, exist_ok=True)
+        # --stall-at N SECONDS: the N-th C-STORE (from 1) is answered only after SECONDS.
+        stall = None
+        if "--stall-at" in sys.argv:
+            at = sys.argv.index("--stall-at")
+            stall = (int(sys.argv[at + 1]), float(sys.argv[at + 2]))
+        # --abort-at N: the N-th C-STORE is answered by an A-ABORT (and the client exits).
+        abort_at = None
+        if "--abort-at" in sys.argv:
+            abort_at = int(sys.argv[sys.argv.index("--abort-at") + 1])
+        stores = [0]
 
         def on_store(event):
+            stores[0] += 1
+            if stores[0] == abort_at:
+                # Gone at once: A-ABORT, then no waiting on the DIMSE timeout.
+                event.assoc.abort()
+                sys.stdout.flush()
+                os._exit(4)
+            if stall is not None and stores[0] == stall[0]:
+                import time
+                time.sleep(stall[1])
             raw = event.request.DataSet.getvalue()
             with open(os.path.join(out_dir, event.request.AffectedSOPInstanceUID + ".bin"), "wb") as f:
                 f.write(raw)
@@ -154,7 +173,8 @@ def main():
         ds.StudyInstanceUID = study
         for status, ident in assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet):
             rsp_line(status, ident)
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
     elif cmd == "move":
         dest, study = sys.argv[3], sys.argv[4]
         cancel_after = None

@@ -25,8 +25,10 @@ pub async fn serve(op: Op) -> String {
     let what = format!("C-GET by {}", op.accepted.calling_ae);
     let mut export = Export::new(op, tally, object, what);
     let mut message_id: u16 = 0;
-    for inst in &instances {
+    for (at, inst) in instances.iter().enumerate() {
         let (op, tally) = (&mut export.op, &mut export.tally);
+        // The instances after this one, failed together if the retrieve ends early.
+        let rest = instances.get(at + 1..).unwrap_or_default();
         if op.cancelled() {
             break;
         }
@@ -82,6 +84,8 @@ pub async fn serve(op: Op) -> String {
             .await
             .is_err()
         {
+            tally.fail(&inst.sop_instance_uid);
+            tally.fail_rest(rest);
             return export.ended_early("connection lost during C-GET");
         }
         let deadline = tokio::time::Instant::now() + STORE_RSP_TIMEOUT;
@@ -98,6 +102,7 @@ pub async fn serve(op: Op) -> String {
         };
         let Some(rsp) = rsp else {
             tally.fail(&inst.sop_instance_uid);
+            tally.fail_rest(rest);
             let line = format!(
                 "C-GET: no C-STORE response for {} within {STORE_RSP_TIMEOUT:?}",
                 inst.sop_instance_uid
@@ -118,6 +123,7 @@ pub async fn serve(op: Op) -> String {
             rsp.status.map(|s| s.0).unwrap_or(0xC000),
         );
         if tally.counts().remaining > 0 && !send_pending(op, tally).await {
+            tally.fail_rest(rest);
             return export.ended_early("connection lost while answering C-GET");
         }
     }

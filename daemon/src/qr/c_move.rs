@@ -66,6 +66,22 @@ impl Tally {
         self.failed_uids.push(sop.to_string());
     }
 
+    /// Marks every instance of `rest` failed: the sub-operations a retrieve that ended early
+    /// will never attempt (so Completed + Failed + Warning adds up to the total, and each is
+    /// in the Failed SOP Instance UID List).
+    pub fn fail_rest(&mut self, rest: &[crate::model::InstanceRecord]) {
+        for inst in rest {
+            self.fail(&inst.sop_instance_uid);
+        }
+    }
+
+    /// Counts every sub-operation not yet done as failed (a retrieve stopped with its
+    /// association, whose remaining instances will never be sent).
+    pub fn abandon(&mut self) {
+        let done = self.completed + self.failed + self.warning;
+        self.failed += self.total.saturating_sub(done);
+    }
+
     /// The counts as a response carries them.
     pub fn counts(&self) -> SubOperations {
         let done = self.completed + self.failed + self.warning;
@@ -208,6 +224,7 @@ impl Export {
             return;
         }
         self.recorded = true;
+        self.tally.abandon();
         self.op.audit(
             Action::Export,
             &self.object,

@@ -4,7 +4,14 @@
 //! Case rules: values are compared case-sensitively except Person Name, which is compared
 //! case-insensitively (the freedom PS3.4 C.2.2.2.1 gives PN, and what users expect when they
 //! type a name). Leading and trailing spaces are padding and never significant.
+//!
+//! Person Names are compared in their shortest form (PS3.5 6.2.1: trailing empty components
+//! and component groups may be left out, with their delimiters), so `Doe^John^^^` is
+//! `Doe^John`; a query of one component group matches any of the stored groups (alphabetic,
+//! ideographic, phonetic). Wildcards apply to the text representations only (PS3.4
+//! C.2.2.2.4); IS and DS values compare as numbers.
 
+use crate::store::qr_index::{pn_forms, pn_shortest};
 use dicom_core::VR;
 
 /// How one query key matches.
@@ -33,6 +40,36 @@ fn is_temporal(vr: VR) -> bool {
 
 fn case_insensitive(vr: VR) -> bool {
     vr == VR::PN
+}
+
+/// The representations whose values may be matched with `*` and `?` (PS3.4 C.2.2.2.4).
+fn takes_wildcards(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::AE | VR::CS | VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::UC | VR::UR | VR::UT
+    )
+}
+
+/// A query name `q` (shortest form, upper case) against a stored name `v` (the same): a
+/// query of several component groups compares whole, a query of one against each group.
+fn pn_equal(q: &str, v: &str) -> bool {
+    if q.contains('=') {
+        q == v
+    } else {
+        v.split('=').any(|g| g == q)
+    }
+}
+
+/// IS and DS compare as numbers; a value that does not parse compares as text.
+fn equal(vr: VR, q: &str, v: &str) -> bool {
+    match vr {
+        VR::PN => pn_equal(q, v),
+        VR::IS | VR::DS => match (q.parse::<f64>(), v.parse::<f64>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => q == v,
+        },
+        _ => q == v,
+    }
 }
 
 /// Trims DICOM padding.
@@ -68,7 +105,7 @@ pub fn parse(vr: VR, raw: &str) -> Matcher {
         }
         return Matcher::Single(normalise(vr, value));
     }
-    if vr != VR::UI && (value.contains('*') || value.contains('?')) {
+    if takes_wildcards(vr) && (value.contains('*') || value.contains('?')) {
         let pattern = if case_insensitive(vr) {
             value.to_uppercase()
         } else {
@@ -76,14 +113,19 @@ pub fn parse(vr: VR, raw: &str) -> Matcher {
         };
         return Matcher::Wildcard(pattern.chars().collect());
     }
-    Matcher::Single(normalise(vr, value))
+    let single = normalise(vr, value);
+    if single.is_empty() {
+        // A name of delimiters only (`^`, `=`): no component to match on.
+        return Matcher::Universal;
+    }
+    Matcher::Single(single)
 }
 
-/// Normal form for comparison: upper case for PN; dates and times without the old
-/// `.`/`:` separators.
+/// Normal form for comparison: upper case and shortest form for PN; dates and times
+/// without the old `.`/`:` separators.
 fn normalise(vr: VR, v: &str) -> String {
     match vr {
-        VR::PN => v.to_uppercase(),
+        VR::PN => pn_shortest(&v.to_uppercase()),
         VR::DA => v.replace('.', ""),
         VR::TM => v.replace(':', ""),
         _ => v.to_string(),
@@ -100,13 +142,18 @@ pub fn matches(m: &Matcher, vr: VR, values: &[String]) -> bool {
         if v.is_empty() {
             return false;
         }
-        let v = normalise(vr, v);
         match m {
             Matcher::Universal => true,
-            Matcher::Single(s) => *s == v,
-            Matcher::List(items) => items.contains(&v),
-            Matcher::Wildcard(p) => glob(p, &v.chars().collect::<Vec<_>>()),
-            Matcher::Range { lo, hi } => in_range(vr, lo, hi, &v),
+            Matcher::Single(s) => equal(vr, s, &normalise(vr, v)),
+            Matcher::List(items) => {
+                let v = normalise(vr, v);
+                items.iter().any(|s| equal(vr, s, &v))
+            }
+            Matcher::Wildcard(p) if vr == VR::PN => pn_forms(v)
+                .iter()
+                .any(|f| glob(p, &f.chars().collect::<Vec<_>>())),
+            Matcher::Wildcard(p) => glob(p, &normalise(vr, v).chars().collect::<Vec<_>>()),
+            Matcher::Range { lo, hi } => in_range(vr, lo, hi, &normalise(vr, v)),
         }
     })
 }
@@ -227,6 +274,46 @@ mod tests {
         assert!(m(VR::SH, "ACC*", "ACC00001"));
         // A UID is never a pattern.
         assert!(!m(VR::UI, "1.2.*", "1.2.3"));
+    }
+
+    /// PS3.5 6.2.1: trailing empty components and groups may be left out, so they do not
+    /// take part in matching; a one-group query matches any stored group.
+    #[test]
+    fn person_names_match_in_shortest_form_and_by_component_group() {
+        assert!(m(VR::PN, "DOE^JOHN", "Doe^John^^^"));
+        assert!(m(VR::PN, "Doe^John^", "Doe^John"));
+        assert!(m(VR::PN, "Doe^John^^^^", "Doe^John^^=="));
+        let korean = "Hong^Gildong=洪^吉洞=홍^길동";
+        assert!(m(VR::PN, "Hong^Gildong", korean));
+        assert!(m(VR::PN, "洪^吉洞", korean));
+        assert!(m(VR::PN, "홍^길동", korean));
+        assert!(m(VR::PN, "Hong^Gildong=洪^吉洞=홍^길동", korean));
+        assert!(m(VR::PN, "HONG^GILDONG\\Doe", korean), "list");
+        assert!(!m(VR::PN, "Hong", korean), "a component is not a name");
+        assert!(!m(VR::PN, "Hong^Gildong=洪^吉", korean));
+        assert!(!m(VR::PN, "Doe^John^A", "Doe^John"));
+        assert!(!m(VR::PN, "Doe", "Doe^John^^^"));
+        assert!(m(VR::PN, "^", "Doe^John"), "delimiters only: universal");
+        assert!(m(VR::PN, "洪*", korean), "a pattern against each group");
+        assert!(m(VR::PN, "*^GILDONG", korean));
+        assert!(m(VR::PN, "DOE^JOHN^*", "Doe^John^^^"), "as stored too");
+        assert!(!m(VR::PN, "KIM*", korean));
+    }
+
+    /// PS3.4 C.2.2.2.4: no wildcards for IS and DS; numbers compare as numbers.
+    #[test]
+    fn numbers_take_no_wildcards_and_compare_numerically() {
+        assert!(!m(VR::IS, "1*", "10"));
+        assert!(!m(VR::IS, "1*", "9901"));
+        assert!(!m(VR::IS, "1?", "11"));
+        assert!(m(VR::IS, "01", "1"));
+        assert!(m(VR::IS, "+1", " 1"));
+        assert!(!m(VR::IS, "1", "10"));
+        assert!(m(VR::IS, "1\\2", "02"), "list");
+        assert!(m(VR::DS, "1.50", "1.5"));
+        assert!(m(VR::DS, "abc", "abc"), "not a number: as text");
+        assert!(m(VR::CS, "D*", "DX"), "text VRs keep them");
+        assert!(m(VR::AE, "PAC?", "PACS"));
     }
 
     #[test]

@@ -249,13 +249,15 @@ impl Store {
             .walk()
             .map(|f| !f.is_empty())
             .map_err(io_err("list stored files"))?;
-        if !rebuild && store.meta.get(QR_INDEX_MARK)?.is_none() {
-            // A store written before the query indexes existed: derive them from the studies.
+        let current = [qr_index::VERSION];
+        if !rebuild && store.meta.get(QR_INDEX_MARK)?.as_deref() != Some(&current[..]) {
+            // A store written before the query indexes existed, or with another layout of
+            // their keys: derive them from the studies.
             let studies = store.studies()?;
             qr_index::rebuild(&store.qr_keys, studies.iter())?;
             log::info!("query indexes built for {} studies", studies.len());
         }
-        store.meta.insert(QR_INDEX_MARK, &[1u8])?;
+        store.meta.insert(QR_INDEX_MARK, &current)?;
         if rebuild && has_files {
             let report = store.reindex()?;
             log::warn!(

@@ -1,5 +1,6 @@
 //! Secondary indexes of the study records for C-FIND: patient ID, accession number, study
-//! date and patient name (upper-cased), each a key `kind, value, 0, study UID` in one sled
+//! date and patient name (upper-cased, under every form a query may match: see
+//! [`pn_forms`]), each a key `kind, value, 0, study UID` in one sled
 //! tree. They are written in the same transaction as the study record they derive from
 //! ([`crate::store::Store::commit_instance`]), so a query never sees one without the other.
 
@@ -10,6 +11,9 @@ use std::collections::BTreeSet;
 /// Name of the tree holding the keys.
 pub const TREE: &str = "qr_keys";
 
+/// Version of the keys' layout: a store whose tree was written by another is rebuilt.
+pub const VERSION: u8 = 2;
+
 /// Which attribute a key indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -19,7 +23,8 @@ pub enum Kind {
     Accession,
     /// Study Date (0008,0020), YYYYMMDD (ordered, so ranges scan).
     StudyDate,
-    /// Patient's Name (0010,0010), upper-cased (prefix scans for `NAME*`).
+    /// Patient's Name (0010,0010), upper-cased, as stored, per component group and in
+    /// shortest form (exact look-ups, prefix scans for `NAME*`).
     PatientName,
 }
 
@@ -34,14 +39,48 @@ impl Kind {
     }
 }
 
-/// The value a study is indexed under for `kind` (empty values are not indexed).
-fn value(study: &StudyRecord, kind: Kind) -> String {
+/// The values a study is indexed under for `kind` (empty values are not indexed).
+fn values(study: &StudyRecord, kind: Kind) -> Vec<String> {
     match kind {
-        Kind::PatientId => study.patient_id.clone(),
-        Kind::Accession => study.accession_number.clone(),
-        Kind::StudyDate => study.study_date.clone(),
-        Kind::PatientName => study.patient_name.to_uppercase(),
+        Kind::PatientId => vec![study.patient_id.clone()],
+        Kind::Accession => vec![study.accession_number.clone()],
+        Kind::StudyDate => vec![study.study_date.clone()],
+        Kind::PatientName => pn_forms(&study.patient_name),
     }
+}
+
+/// A Person Name's component groups with their trailing `^` delimiters dropped, and the
+/// trailing empty groups dropped (PS3.5 6.2.1 lets both be left out).
+fn pn_groups(v: &str) -> Vec<&str> {
+    let mut groups: Vec<&str> = v.split('=').map(|g| g.trim_end_matches('^')).collect();
+    while groups.last().is_some_and(|g| g.is_empty()) {
+        groups.pop();
+    }
+    groups
+}
+
+/// The shortest form of a Person Name: `Doe^John^^^` is `Doe^John`, `Doe^John==` is
+/// `Doe^John` (case kept).
+pub fn pn_shortest(v: &str) -> String {
+    pn_groups(v).join("=")
+}
+
+/// Every form of a Person Name a query may match (upper case, padding trimmed): the name
+/// as stored, each component group as stored, and each group and the whole name in their
+/// shortest form. A name is indexed under all of them, so narrowing by name never drops a
+/// study that C-FIND matching (`qr::matching`) accepts.
+pub fn pn_forms(v: &str) -> Vec<String> {
+    let v = v
+        .trim_matches(|c: char| c == ' ' || c == '\0')
+        .to_uppercase();
+    let mut forms = vec![pn_shortest(&v)];
+    forms.extend(pn_groups(&v).iter().map(|g| g.to_string()));
+    forms.extend(v.split('=').map(str::to_string));
+    forms.push(v);
+    forms.retain(|f| !f.is_empty());
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 fn key(kind: Kind, value: &str, study_uid: &str) -> Vec<u8> {
@@ -62,9 +101,11 @@ pub fn keys(study: &StudyRecord) -> BTreeSet<Vec<u8>> {
         Kind::PatientName,
     ]
     .into_iter()
-    .filter_map(|kind| {
-        let v = value(study, kind);
-        (!v.is_empty()).then(|| key(kind, &v, &study.study_instance_uid))
+    .flat_map(|kind| {
+        values(study, kind)
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .map(move |v| key(kind, &v, &study.study_instance_uid))
     })
     .collect()
 }
@@ -191,5 +232,29 @@ mod tests {
             range(&tree, Kind::StudyDate, "20240316", "").unwrap(),
             ["1.3"]
         );
+    }
+
+    /// A name is found under its shortest form and under each component group, as the
+    /// C-FIND matcher compares it (a narrowing that dropped such a study lost a match).
+    #[test]
+    fn names_are_indexed_in_shortest_form_and_per_component_group() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        let all = [
+            study("2.1", "P1", "20240101", "Doe^John^^^"),
+            study("2.2", "P2", "20240101", "Hong^Gildong=洪^吉洞=홍^길동"),
+        ];
+        rebuild(&tree, all.iter()).unwrap();
+        let exact = |v: &str| exact(&tree, Kind::PatientName, v).unwrap();
+        assert_eq!(exact("DOE^JOHN"), ["2.1"]);
+        assert_eq!(exact("DOE^JOHN^^^"), ["2.1"]);
+        assert_eq!(exact("HONG^GILDONG"), ["2.2"]);
+        assert_eq!(exact("洪^吉洞"), ["2.2"]);
+        assert_eq!(exact("홍^길동"), ["2.2"]);
+        assert_eq!(exact("HONG^GILDONG=洪^吉洞=홍^길동"), ["2.2"]);
+        let prefixed = |p: &str| prefixed(&tree, Kind::PatientName, p).unwrap();
+        assert!(prefixed("洪").contains(&"2.2".to_string()));
+        assert!(prefixed("DOE^JOHN^").contains(&"2.1".to_string()));
+        assert_eq!(pn_shortest("Doe^John^^=="), "Doe^John");
     }
 }
