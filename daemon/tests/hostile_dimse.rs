@@ -584,3 +584,55 @@ fn a_sop_class_uid_with_a_line_break_is_refused_without_forging_a_log_line() {
         "a line of the peer's own:\n{log}"
     );
 }
+
+/// A C-GET SCU that releases while the daemon waits for the response to a C-STORE
+/// sub-operation (instead of answering it) gets its A-RELEASE-RP at once: the operation
+/// ends with the release, not when the sub-operation's 120 s wait runs out.
+#[test]
+fn a_release_while_a_c_get_waits_for_a_store_response_is_answered_at_once() {
+    let Some((path, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let d = Daemon::start();
+    let mut modality = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
+    let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
+    assert_eq!(status(&modality.request(1, &rq, Some(&data)).unwrap()), 0);
+    modality.release().unwrap();
+    let study = dicom_object::open_file(&path)
+        .unwrap()
+        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
+    id.extend(element(0x0020, 0x000D, b"UI", &study, 0));
+    let mut getscu = open(
+        &d,
+        "GETSCU",
+        &[ctx(1, uids::STUDY_ROOT_QR_GET), ctx(3, &sop_class)],
+        &[(&sop_class, false, true)],
+    );
+    getscu
+        .send(
+            1,
+            &Command::get_rq(7, uids::STUDY_ROOT_QR_GET, Priority::Medium),
+            Some(&id),
+        )
+        .unwrap();
+    // The sub-operation's C-STORE-RQ arrives; it is never answered.
+    let store = getscu.command().unwrap();
+    assert_eq!(
+        store.affected_sop_instance_uid.as_deref(),
+        Some(&*sop_instance)
+    );
+    let released = Instant::now();
+    getscu.release().unwrap();
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "A-RELEASE-RP after {took:?}:\n{}",
+        d.log()
+    );
+}

@@ -236,11 +236,24 @@ impl<'a> Association<'a> {
 
     /// Waits for the running operation (cancelling it first when `cancel`) and logs its line.
     async fn join_running(&mut self, cancel: bool) {
-        if let Some(r) = self.running.take() {
-            if cancel && !r.task.is_finished() {
-                r.cancel.store(true, Ordering::Relaxed);
-            }
-            if let Ok(line) = r.task.await {
+        if let Some(Running {
+            cancel: flag,
+            store_rsp,
+            task,
+            ..
+        }) = self.running.take()
+        {
+            // Cancelling also closes the channel of C-STORE responses: a C-GET waiting for
+            // the response to a sub-operation the peer will never answer (it released
+            // instead) ends now, not when that wait times out.
+            let _responses = if cancel && !task.is_finished() {
+                flag.store(true, Ordering::Relaxed);
+                drop(store_rsp);
+                None
+            } else {
+                Some(store_rsp)
+            };
+            if let Ok(line) = task.await {
                 log::info!("association {}: {line}", self.id);
             }
         }
