@@ -251,7 +251,12 @@ fn from_frame(
     };
     let photometric = decoded.photometric_interpretation().to_string();
     let (center, width) = match decoded.window().ok().flatten().and_then(|w| w.first()) {
-        Some(w) if w.width > 0.0 => (w.center, w.width),
+        // A window must be finite too: a Window Center of "NaN" would make the preview
+        // black and its record unreadable (JSON has no NaN), so it was drawn again on
+        // every request.
+        Some(w) if w.width > 0.0 && w.width.is_finite() && w.center.is_finite() => {
+            (w.center, w.width)
+        }
         _ => percentile_window(sample.into_iter()),
     };
     Ok((
@@ -286,6 +291,71 @@ fn percentile_window(values: impl Iterator<Item = f32>) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 16 × 16 MONOCHROME2 image with the given Window Center and Width (DS text).
+    fn image_with_window(dir: &Path, center: &str, width: &str) -> PathBuf {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+        let mut obj = InMemDicomObject::new_empty();
+        let mut put = |tag, vr, v: PrimitiveValue| obj.put(DataElement::new(tag, vr, v));
+        put(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.1.1".into(),
+        );
+        put(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4.5".into());
+        put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+        put(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            "MONOCHROME2".into(),
+        );
+        put(tags::ROWS, VR::US, PrimitiveValue::from(16u16));
+        put(tags::COLUMNS, VR::US, PrimitiveValue::from(16u16));
+        put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+        put(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16));
+        put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16));
+        put(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        );
+        put(tags::WINDOW_CENTER, VR::DS, center.into());
+        put(tags::WINDOW_WIDTH, VR::DS, width.into());
+        let pixels: Vec<u16> = (0..256u16).map(|i| i * 16).collect();
+        put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into()));
+        let file = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.1.1")
+                    .media_storage_sop_instance_uid("1.2.3.4.5")
+                    .transfer_syntax("1.2.840.10008.1.2.1"),
+            )
+            .unwrap();
+        let path = dir.join("w.dcm");
+        file.write_to_file(&path).unwrap();
+        path
+    }
+
+    /// A window that is not a finite number is not used: the preview takes its window from
+    /// the pixel values, and its record can be read back from the cache.
+    #[test]
+    fn a_window_that_is_not_a_finite_number_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        for (center, width) in [("NaN", "400"), ("2048", "inf")] {
+            let path = image_with_window(dir.path(), center, width);
+            let (_, info) = render(&path, 1 << 20).unwrap();
+            assert!(info.window_center.is_finite(), "{center}/{width}: {info:?}");
+            assert!(
+                info.window_width.is_finite() && info.window_width > 0.0,
+                "{info:?}"
+            );
+        }
+        let path = image_with_window(dir.path(), "1000", "500");
+        let (_, info) = render(&path, 1 << 20).unwrap();
+        assert_eq!((info.window_center, info.window_width), (1000.0, 500.0));
+    }
 
     #[test]
     fn percentile_window_spans_the_middle_of_the_values() {
