@@ -153,18 +153,45 @@ fn validate_reports(lines: &[String], dir: &Path) {
     );
 }
 
+/// A plain broker on a free loopback port, a subscriber to every topic, the configuration
+/// that points at it and an outbox in `dir/data`; `None` (after the SKIP line) without
+/// Mosquitto. Everything lives as long as the value.
+struct PlainBroker {
+    dir: tempfile::TempDir,
+    _broker: common::mosquitto::Mosquitto,
+    _sub: Peer,
+    lines: Lines,
+    cfg: Config,
+    _store: duli::store::Store,
+    ob: Arc<Outbox>,
+}
+
+impl PlainBroker {
+    fn start() -> Option<PlainBroker> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let broker = start_mosquitto(dir.path(), port, None)?;
+        let (sub, lines) = start_subscriber(port, None)?;
+        let cfg = config(port, None);
+        let (store, ob) = outbox(&dir.path().join("data"));
+        Some(PlainBroker {
+            dir,
+            _broker: broker,
+            _sub: sub,
+            lines,
+            cfg,
+            _store: store,
+            ob,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+    let Some(b) = PlainBroker::start() else {
         return;
     };
-    let Some((_sub, lines)) = start_subscriber(port, None) else {
-        return;
-    };
-    let cfg = config(port, None);
-    let (_store, ob) = outbox(&dir.path().join("data"));
+    let (dir, lines, cfg, ob) = (&b.dir, b.lines.clone(), b.cfg.clone(), b.ob.clone());
     let (stop, rx) = watch::channel(false);
     let (health_tx, health_rx) = watch::channel(String::new());
     let channel = MqttChannel::new(settings(&cfg), Arc::new(secret())).with_health(health_rx);
@@ -330,16 +357,10 @@ async fn broker_outage_then_recovery_delivers_all_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_queued_before_keying_reach_the_broker_keyed() {
     use duli::store::outbox::{Kind, NewEntry, Payload};
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+    let Some(b) = PlainBroker::start() else {
         return;
     };
-    let Some((_sub, lines)) = start_subscriber(port, None) else {
-        return;
-    };
-    let cfg = config(port, None);
-    let (_store, ob) = outbox(&dir.path().join("data"));
+    let (lines, cfg, ob) = (b.lines.clone(), b.cfg.clone(), b.ob.clone());
     let r = report(7);
     let rid = duli::result::report_id(&r.study.study_instance_uid, 1);
     let legacy = |kind: Kind, topic_kind: &str, body: String| NewEntry {
@@ -423,16 +444,10 @@ fn report_bodies(lines: &[String]) -> Vec<String> {
 /// the broker, in order with the reports around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_over_10_kib_reaches_the_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+    let Some(b) = PlainBroker::start() else {
         return;
     };
-    let Some((_sub, lines)) = start_subscriber(port, None) else {
-        return;
-    };
-    let cfg = config(port, None);
-    let (_store, ob) = outbox(&dir.path().join("data"));
+    let (lines, cfg, ob) = (b.lines.clone(), b.cfg.clone(), b.ob.clone());
     let plan = DeliveryPlan::from_config(&cfg);
     let big = plan.report_entries(&report_with_findings(1, 80), &secret());
     let size = big
@@ -477,16 +492,10 @@ async fn a_report_over_10_kib_reaches_the_broker() {
 async fn a_message_over_the_packet_limit_is_dead_lettered_and_the_rest_delivered() {
     use duli::store::outbox::EntryState;
     const MAX_PACKET_BYTES: usize = 256 * 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let Some(_broker) = start_mosquitto(dir.path(), port, None) else {
+    let Some(b) = PlainBroker::start() else {
         return;
     };
-    let Some((_sub, lines)) = start_subscriber(port, None) else {
-        return;
-    };
-    let cfg = config(port, None);
-    let (_store, ob) = outbox(&dir.path().join("data"));
+    let (lines, cfg, ob) = (b.lines.clone(), b.cfg.clone(), b.ob.clone());
     let plan = DeliveryPlan::from_config(&cfg);
     let mut huge = report(1);
     huge.caveat = Some("x".repeat(MAX_PACKET_BYTES));
