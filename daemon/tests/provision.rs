@@ -736,15 +736,10 @@ fn check_passes_against_live_peers_and_fails_on_closed_ports() {
     assert!(table.contains("FAILED"), "{table}");
 }
 
-#[test]
-fn the_daemon_creates_the_provisioned_admin_at_its_first_start() {
-    let s = Stick::new();
-    s.provision(&["--owner", "duli"])
-        .assert_success("duli provision");
-    let pending = s.path("box/etc/pending-admin.toml");
-    assert!(pending.exists());
-    // The provisioned configuration, on loopback test ports and without its peers.
-    let d = Daemon::builder()
+/// The daemon on the stick's provisioned configuration, on loopback test ports and without
+/// its peers.
+fn start_provisioned(s: &Stick) -> Daemon {
+    Daemon::builder()
         .arg("--config")
         .arg(s.config().to_str().unwrap())
         .data_dir(&s.path("box/data"))
@@ -752,7 +747,17 @@ fn the_daemon_creates_the_provisioned_admin_at_its_first_start() {
         .config("dicom", "allowed_peers", "[]")
         .config("mqtt", "enabled", "false")
         .config("hl7", "enabled", "false")
-        .start();
+        .start()
+}
+
+#[test]
+fn the_daemon_creates_the_provisioned_admin_at_its_first_start() {
+    let s = Stick::new();
+    s.provision(&["--owner", "duli"])
+        .assert_success("duli provision");
+    let pending = s.path("box/etc/pending-admin.toml");
+    assert!(pending.exists());
+    let d = start_provisioned(&s);
     assert!(!pending.exists(), "the initial password is not kept");
     assert!(!s.path("box/data/console/setup-code").exists());
     let setup = d.http_get("/api/v1/setup").unwrap().json();
@@ -782,15 +787,7 @@ fn the_pending_admin_is_consumed_and_not_provisioned_again() {
     s.provision(&["--owner", "duli"])
         .assert_success("duli provision");
     let pending = s.path("box/etc/pending-admin.toml");
-    let mut d = Daemon::builder()
-        .arg("--config")
-        .arg(s.config().to_str().unwrap())
-        .data_dir(&s.path("box/data"))
-        .config("dicom", "tls", "false")
-        .config("dicom", "allowed_peers", "[]")
-        .config("mqtt", "enabled", "false")
-        .config("hl7", "enabled", "false")
-        .start();
+    let mut d = start_provisioned(&s);
     assert!(!pending.exists(), "consumed at start");
     d.login("admin", PASSWORD);
     for running in [true, false] {
