@@ -49,10 +49,18 @@ fn values(study: &StudyRecord, kind: Kind) -> Vec<String> {
     }
 }
 
+/// A Person Name has at most three component groups (alphabetic, ideographic, phonetic;
+/// PS3.5 6.2.1): text after a third `=` is no group of its own, so a hostile name of
+/// thousands of `=` adds no more index keys than a real one.
+const PN_GROUPS: usize = 3;
+
 /// A Person Name's component groups with their trailing `^` delimiters dropped, and the
 /// trailing empty groups dropped (PS3.5 6.2.1 lets both be left out).
 fn pn_groups(v: &str) -> Vec<&str> {
-    let mut groups: Vec<&str> = v.split('=').map(|g| g.trim_end_matches('^')).collect();
+    let mut groups: Vec<&str> = v
+        .splitn(PN_GROUPS, '=')
+        .map(|g| g.trim_end_matches('^'))
+        .collect();
     while groups.last().is_some_and(|g| g.is_empty()) {
         groups.pop();
     }
@@ -75,7 +83,7 @@ pub fn pn_forms(v: &str) -> Vec<String> {
         .to_uppercase();
     let mut forms = vec![pn_shortest(&v)];
     forms.extend(pn_groups(&v).iter().map(|g| g.to_string()));
-    forms.extend(v.split('=').map(str::to_string));
+    forms.extend(v.splitn(PN_GROUPS, '=').map(str::to_string));
     forms.push(v);
     forms.retain(|f| !f.is_empty());
     forms.sort();
@@ -256,5 +264,13 @@ mod tests {
         assert!(prefixed("洪").contains(&"2.2".to_string()));
         assert!(prefixed("DOE^JOHN^").contains(&"2.1".to_string()));
         assert_eq!(pn_shortest("Doe^John^^=="), "Doe^John");
+        // At most three groups: a name of 10,000 `=` has no more forms than a real one.
+        let hostile = format!("Doe^John={}", "x=".repeat(10_000));
+        assert!(
+            pn_forms(&hostile).len() <= 7,
+            "{}",
+            pn_forms(&hostile).len()
+        );
+        assert!(pn_forms(&hostile).contains(&"DOE^JOHN".to_string()));
     }
 }
