@@ -342,12 +342,10 @@ const STANDARD_UID_ROOT: &str = "1.2.840.10008.";
 /// `2.25.<UUID>`), so that IPv4 addresses, version numbers and decimals stay.
 fn is_identifying_uid(word: &str) -> bool {
     let parts: Vec<&str> = word.split('.').collect();
-    let syntax = word.len() <= 64
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (p.len() == 1 || !p.starts_with('0'))
-        });
+    let syntax = crate::store::header::is_valid_uid(word)
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && (p.len() == 1 || !p.starts_with('0')));
     syntax
         && (parts.len() >= 5 || (parts.len() >= 3 && word.len() > 15))
         && !word.starts_with(STANDARD_UID_ROOT)

@@ -61,8 +61,22 @@ pub fn prune(
     reserve_bytes: u64,
     now: i64,
 ) -> Result<PruneReport, StoreError> {
+    // Nothing to prune by age and enough free space: no need to read the outbox and the
+    // studies (the common case, every pass).
+    if pixel_days == 0 && !below_reserve(store, reserve_bytes) {
+        return Ok(PruneReport::default());
+    }
     let plan = Plan::take(store)?;
     apply(store, audit, &plan, pixel_days, reserve_bytes, now)
+}
+
+/// Whether free disk is below `reserve_bytes` (unknown counts as not below).
+fn below_reserve(store: &Store, reserve_bytes: u64) -> bool {
+    store
+        .files()
+        .free_bytes()
+        .map(|free| free < reserve_bytes)
+        .unwrap_or(false)
 }
 
 /// The pass over the studies of `plan`.
@@ -83,13 +97,7 @@ fn apply(
             report.bytes += removed.bytes;
         }
     }
-    let below = || {
-        store
-            .files()
-            .free_bytes()
-            .map(|free| free < reserve_bytes)
-            .unwrap_or(false)
-    };
+    let below = || below_reserve(store, reserve_bytes);
     if below() {
         // The states read at the start only choose the order; the claim checks them again.
         for s in plan

@@ -60,10 +60,7 @@ impl SiteSecret {
     /// A fresh random key, for pseudonyms that need only be consistent within one use
     /// (when the site secret cannot be read).
     pub fn random() -> Result<SiteSecret, SecretError> {
-        let mut bytes = [0u8; SECRET_LEN];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-            .map_err(|_| SecretError::Random)?;
-        Ok(SiteSecret::from_bytes(&bytes))
+        Ok(SiteSecret::from_bytes(&random_bytes()?))
     }
 
     /// Loads the secret at `path` as it is, without creating it or changing its mode;
@@ -100,43 +97,30 @@ impl SiteSecret {
             path: path.to_path_buf(),
             source,
         };
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                if bytes.len() < 16 {
-                    return Err(SecretError::TooShort {
-                        path: path.to_path_buf(),
-                        len: bytes.len(),
-                    });
-                }
-                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    log::warn!(
-                        "site secret {} was readable by others (mode {:o}); setting 0600",
-                        path.display(),
-                        mode & 0o777
-                    );
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                        .map_err(io)?;
-                }
-                Ok(SiteSecret::from_bytes(&bytes))
+        if let Some(secret) = Self::load_existing(path)? {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                log::warn!(
+                    "site secret {} was readable by others (mode {:o}); setting 0600",
+                    path.display(),
+                    mode & 0o777
+                );
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; SECRET_LEN];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                    .map_err(|_| SecretError::Random)?;
-                // A new temporary file (O_EXCL: never a planted link or a stale file with
-                // looser permissions), 0600 from its creation, renamed into place.
-                crate::fsutil::write_atomic(path, &bytes, crate::fsutil::PRIVATE, None).map_err(
-                    |e| SecretError::Io {
-                        path: e.path,
-                        source: e.source,
-                    },
-                )?;
-                log::info!("generated a new site secret at {}", path.display());
-                Ok(SiteSecret::from_bytes(&bytes))
-            }
-            Err(e) => Err(io(e)),
+            return Ok(secret);
         }
+        let bytes = random_bytes()?;
+        // A new temporary file (O_EXCL: never a planted link or a stale file with looser
+        // permissions), 0600 from its creation, renamed into place.
+        crate::fsutil::write_atomic(path, &bytes, crate::fsutil::PRIVATE, None).map_err(|e| {
+            SecretError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })?;
+        log::info!("generated a new site secret at {}", path.display());
+        Ok(SiteSecret::from_bytes(&bytes))
     }
 
     /// The pseudonym of `value` in `domain` (e.g. `patient`, `study`): lowercase hex of
@@ -149,6 +133,14 @@ impl SiteSecret {
         ctx.update(value.as_bytes());
         hex::encode(ctx.sign().as_ref())
     }
+}
+
+/// A new secret's bytes from the system's random source.
+fn random_bytes() -> Result<[u8; SECRET_LEN], SecretError> {
+    let mut bytes = [0u8; SECRET_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| SecretError::Random)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

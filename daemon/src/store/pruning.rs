@@ -69,7 +69,7 @@ impl PruneRule {
     }
 
     /// Whether the rule allows pruning in a study in `state`.
-    pub fn admits_study(self, state: StudyState) -> bool {
+    fn admits_study(self, state: StudyState) -> bool {
         match self {
             PruneRule::ReceivedBefore(_) => true,
             PruneRule::StudyFinished => matches!(state, StudyState::Done | StudyState::Error),
@@ -104,11 +104,6 @@ impl Claimed {
             received_at: rec.received_at,
             size: rec.size,
         }
-    }
-
-    /// SOP Instance UID.
-    pub fn sop_instance_uid(&self) -> &str {
-        &self.sop_instance_uid
     }
 
     /// Size of its file in bytes.
