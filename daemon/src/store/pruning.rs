@@ -121,6 +121,9 @@ pub struct Removed {
     pub bytes: u64,
 }
 
+/// Set in the store's meta tree while a claim's files may still be on disk.
+const PRUNING_MARK: &str = "pruning_in_progress";
+
 impl Store {
     /// The SOP Instance UIDs that outbox entries (queued, retrying or dead, which a
     /// technician can re-queue) still name in a DICOM push: their files must stay until
@@ -156,6 +159,9 @@ impl Store {
         rule: PruneRule,
         keep: &HashSet<String>,
     ) -> Result<Vec<Claimed>, StoreError> {
+        // Set before any mark, cleared once the claim's files are gone: a start-up after a
+        // crash in between looks for leftovers, every other start does not.
+        self.meta.insert(PRUNING_MARK, &[1u8])?;
         let result = (&self.instances, &self.studies).transaction(|(instances, studies)| {
             let mut claimed = Vec::new();
             let study = match studies.get(study_uid.as_bytes())? {
@@ -188,7 +194,11 @@ impl Store {
             }
             Ok::<_, ConflictableTransactionError<StoreError>>(claimed)
         });
-        unwrap_tx(result)
+        let claimed = unwrap_tx(result)?;
+        if claimed.is_empty() {
+            self.meta.remove(PRUNING_MARK)?;
+        }
+        Ok(claimed)
     }
 
     /// Removes the files of `claimed` ([`Store::claim_for_pruning`]): first makes the
@@ -199,6 +209,7 @@ impl Store {
     pub fn remove_pruned(&self, claimed: &[Claimed]) -> Result<Removed, StoreError> {
         let mut removed = Removed::default();
         if claimed.is_empty() {
+            self.meta.remove(PRUNING_MARK)?;
             return Ok(removed);
         }
         self.flush_blocking()?;
@@ -216,13 +227,17 @@ impl Store {
             removed.files += 1;
             removed.bytes += c.size;
         }
+        self.meta.remove(PRUNING_MARK)?;
         Ok(removed)
     }
 
     /// Removes the files that records marked pruned still name (left by a crash between
-    /// the mark and the removal). Reads every instance record: call at start-up.
-    /// Blocking.
+    /// the mark and the removal). Reads every instance record, but only after such a crash
+    /// (the pruning mark is still set): call at start-up. Blocking.
     pub fn remove_pruned_leftovers(&self) -> Result<Removed, StoreError> {
+        if self.meta.get(PRUNING_MARK)?.is_none() {
+            return Ok(Removed::default());
+        }
         let mut left = Vec::new();
         for kv in self.instances.iter() {
             let (k, v) = kv?;
@@ -395,6 +410,28 @@ mod tests {
 
     /// A crash between the durable mark and the removal leaves the file: the clean-up at
     /// start-up removes it, and the record stays marked.
+    /// After a pass that removed what it claimed, no pruning mark is left, so the next
+    /// start does not read every instance record for leftovers.
+    #[test]
+    fn a_finished_pass_leaves_no_pruning_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rec = receive(&store, "8.1", "8.1.1", 1);
+        store.force_state("8.1", StudyState::Done);
+        let claimed = store
+            .claim_for_pruning(
+                "8.1",
+                std::slice::from_ref(&rec),
+                PruneRule::StudyFinished,
+                &HashSet::new(),
+            )
+            .unwrap();
+        assert!(store.meta.get(PRUNING_MARK).unwrap().is_some());
+        assert_eq!(store.remove_pruned(&claimed).unwrap().files, 1);
+        assert!(store.meta.get(PRUNING_MARK).unwrap().is_none());
+        assert_eq!(store.remove_pruned_leftovers().unwrap(), Removed::default());
+    }
+
     #[test]
     fn leftovers_of_a_crash_between_mark_and_removal_are_removed() {
         let dir = tempfile::tempdir().unwrap();
