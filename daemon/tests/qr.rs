@@ -1364,3 +1364,60 @@ fn patient_identifiers_and_query_values_stay_out_of_the_log() {
         "{audit:?}"
     );
 }
+
+#[test]
+fn a_find_matching_more_than_the_cap_answers_the_first_and_asks_to_narrow_it() {
+    // Three studies, at most two matches per C-FIND: a universal query gets two pending
+    // answers, then A700 with an Error Comment; a query matching exactly two succeeds.
+    let d = DaemonBuilder::default()
+        .env("DULI_DICOM__MAX_FIND_MATCHES", "2")
+        .start();
+    let dir = temp_dir("qr-fixture");
+    if load_fixture(&d, dir.path()).is_none() {
+        return;
+    }
+    let lines = qr_client_find(&d, &["StudyInstanceUID=", "PatientID="]);
+    let statuses: Vec<i64> = lines
+        .iter()
+        .map(|l| l["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [0xFF00, 0xFF00, 0xA700], "{lines:?}");
+    assert_eq!(
+        lines[2]["ErrorComment"], "more than 2 matches; narrow the query",
+        "{lines:?}"
+    );
+    // The first ones in the documented order (patient ID, then date).
+    assert_eq!(lines[0]["identifier"]["PatientID"], "P001", "{lines:?}");
+    assert_eq!(lines[1]["identifier"]["PatientID"], "P002", "{lines:?}");
+    let lines = qr_client_find(&d, &["StudyInstanceUID=", "PatientID=P001\\P003"]);
+    let statuses: Vec<i64> = lines
+        .iter()
+        .map(|l| l["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [0xFF00, 0xFF00, 0x0000], "{lines:?}");
+    // The association serves on after the refusal: findscu on a new one still works, and
+    // the log and the audit trail say what happened.
+    let rsp = findscu(
+        &d,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "PatientID=P002",
+            "StudyInstanceUID",
+        ],
+    );
+    assert_eq!(rsp.len(), 1);
+    let log = d.log();
+    assert!(
+        log.contains("2 match(es), failed: more than 2 matches; narrow the query"),
+        "{log}"
+    );
+    let records = audit_records(d);
+    assert!(
+        records.iter().any(|r| !r.success
+            && r.action == ::duli::audit::Action::Query
+            && r.detail
+                .contains("2 match(es), failed: more than 2 matches")),
+        "{records:?}"
+    );
+}

@@ -66,6 +66,8 @@ def rsp_line(status, identifier):
                     "NumberOfFailedSuboperations", "NumberOfWarningSuboperations"):
             if key in status:
                 line[key] = status.get(key)
+        if "ErrorComment" in status:
+            line["ErrorComment"] = str(status.ErrorComment)
     line["identifier"] = as_dict(identifier)
     print(json.dumps(line, ensure_ascii=False), flush=True)
 

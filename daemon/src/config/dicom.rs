@@ -131,6 +131,9 @@ pub struct DicomConfig {
     pub max_pending_per_address: usize,
     /// Seconds an association may stay silent before it is aborted.
     pub idle_timeout: u64,
+    /// Most C-FIND matches answered for one request; past it the query ends with
+    /// A700 (Refused: Out of Resources) and an Error Comment asking to narrow it.
+    pub max_find_matches: usize,
     /// Serve plain (unencrypted) DICOM on `port`; `false` leaves only the TLS port.
     pub plain: bool,
     /// Serve DICOM TLS on `tls_port`.
@@ -180,6 +183,7 @@ impl Default for DicomConfig {
             max_pending_connections: 512,
             max_pending_per_address: 32,
             idle_timeout: 120,
+            max_find_matches: 10_000,
             plain: true,
             tls: false,
             tls_port: 2762,

@@ -216,10 +216,11 @@ fn every_error_names_its_key() {
 }
 
 #[test]
-fn pending_connection_bounds_are_validated() {
+fn pending_connection_and_find_match_bounds_are_validated() {
     let c = Config::load(None, Vec::new()).unwrap();
     assert_eq!(c.dicom.max_pending_connections, 512);
     assert_eq!(c.dicom.max_pending_per_address, 32);
+    assert_eq!(c.dicom.max_find_matches, 10_000);
     let c = load_str(
         "[dicom]\nmax_pending_connections = 64\nmax_pending_per_address = 64\n",
         &[],
@@ -243,6 +244,8 @@ fn pending_connection_bounds_are_validated() {
             "max_pending_per_address = 513",
             "dicom.max_pending_per_address",
         ),
+        ("max_find_matches = 0", "dicom.max_find_matches"),
+        ("max_find_matches = 1000001", "dicom.max_find_matches"),
     ] {
         let err = load_str(&format!("[dicom]\n{text}\n"), &[]).unwrap_err();
         assert!(err.to_string().contains(key), "{text}: {err}");

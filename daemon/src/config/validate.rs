@@ -188,6 +188,12 @@ fn check_dicom(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
             "must be between 1 and 86400 seconds".into(),
         );
     }
+    if !(1..=1_000_000).contains(&c.max_find_matches) {
+        bad(
+            "dicom.max_find_matches",
+            format!("must be between 1 and 1000000, got {}", c.max_find_matches),
+        );
+    }
     if c.tls {
         if c.tls_port == 0 {
             bad("dicom.tls_port", "must be between 1 and 65535".into());

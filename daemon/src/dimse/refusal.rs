@@ -50,6 +50,8 @@ pub enum Cause {
     IdentifierInvalid,
     /// The index failed while matching.
     IndexFailed,
+    /// More C-FIND matches than `dicom.max_find_matches`.
+    TooManyMatches,
     /// The Move Destination is not a C-MOVE destination.
     MoveDestinationUnknown,
     /// The destination could not be reached or did not accept the association.
@@ -58,7 +60,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 19] = [
+    pub const ALL: [Cause; 20] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
@@ -76,6 +78,7 @@ impl Cause {
         Cause::IdentifierUndecodable,
         Cause::IdentifierInvalid,
         Cause::IndexFailed,
+        Cause::TooManyMatches,
         Cause::MoveDestinationUnknown,
         Cause::DestinationUnreachable,
     ];
@@ -88,9 +91,11 @@ impl Cause {
                 Status::SOP_CLASS_NOT_SUPPORTED
             }
             Cause::NotPermitted | Cause::Protected => Status::NOT_AUTHORIZED,
-            Cause::Busy | Cause::DiskReserve | Cause::Admission | Cause::WriteFailed => {
-                Status::OUT_OF_RESOURCES
-            }
+            Cause::Busy
+            | Cause::DiskReserve
+            | Cause::Admission
+            | Cause::WriteFailed
+            | Cause::TooManyMatches => Status::OUT_OF_RESOURCES,
             Cause::MissingUids | Cause::CannotUnderstand => Status::CANNOT_UNDERSTAND,
             Cause::DataSetMismatch => Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             Cause::IdentifierUndecodable | Cause::IndexFailed => Status::UNABLE_TO_PROCESS,
@@ -106,6 +111,7 @@ impl Cause {
             Cause::NotAgreed | Cause::SopClassMismatch | Cause::Unrecognized => "any",
             Cause::NotPermitted => "C-STORE, C-MOVE, C-GET",
             Cause::NotPermittedNoStatus => "C-ECHO, C-FIND",
+            Cause::TooManyMatches => "C-FIND",
             Cause::Busy => "C-FIND, C-MOVE, C-GET",
             Cause::MissingUids
             | Cause::DiskReserve
@@ -164,6 +170,10 @@ impl Cause {
                 "the identifier lacks a valid Query/Retrieve Level or its level's unique key, or a C-MOVE/C-GET unique key holds a wildcard"
             }
             Cause::IndexFailed => "the index failed",
+            Cause::TooManyMatches => {
+                "more matches than `[dicom] max_find_matches` (default 10000): the first ones \
+                 are answered (pending), then this final status asks to narrow the query"
+            }
             Cause::MoveDestinationUnknown => {
                 "the Move Destination is not a `[[pacs.destinations]]` entry with `move = true`"
             }

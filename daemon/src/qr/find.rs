@@ -1,6 +1,8 @@
 //! The C-FIND service: the identifier is matched against the index on a blocking thread
 //! that streams each match as a pending response; C-CANCEL stops it between matches and
-//! the final response then says Cancel.
+//! the final response then says Cancel. At most `dicom.max_find_matches` matches are
+//! answered: one more stops the matching and the final response is A700 with an Error
+//! Comment asking to narrow the query.
 
 use super::identifier;
 use super::query::{self, QueryError};
@@ -61,11 +63,21 @@ pub async fn serve(op: Op) -> String {
     });
     let mut sent = 0usize;
     let mut failure: Option<Refused> = None;
+    let cap = op.ctx.max_find_matches;
     while let Some(item) = rx.recv().await {
         if op.cancelled() {
             break;
         }
         match item {
+            Ok(_) if sent >= cap => {
+                // Stops the matching thread at its next match; C-CANCEL is not involved.
+                op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                failure = Some(Refused::new(
+                    Cause::TooManyMatches,
+                    format!("more than {cap} matches; narrow the query"),
+                ));
+                break;
+            }
             Ok(bytes) => {
                 let rsp = Command::find_rsp(&op.rq, Status::PENDING);
                 let mut w = op.writer.lock().await;

@@ -62,6 +62,8 @@ pub struct Context {
     /// Largest image re-encoded for a peer that does not take the stored syntax
     /// (`inference.max_pixels`).
     pub max_pixels: u64,
+    /// Most C-FIND matches answered for one request (`dicom.max_find_matches`).
+    pub max_find_matches: usize,
 }
 
 /// One C-FIND, C-MOVE or C-GET request, with what its service needs from the association.

@@ -200,6 +200,7 @@ impl<'a> Association<'a> {
             ae_title: scp.policy.ae_title.clone(),
             move_destinations: scp.move_destinations.clone(),
             max_pixels: scp.max_pixels,
+            max_find_matches: scp.max_find_matches,
         });
         Association {
             id,

@@ -68,6 +68,8 @@ pub struct Scp {
     pub(crate) move_destinations: Vec<crate::config::PacsDestination>,
     /// Largest image decoded for retrieval (`inference.max_pixels`).
     pub(crate) max_pixels: u64,
+    /// Most C-FIND matches answered for one request (`dicom.max_find_matches`).
+    pub(crate) max_find_matches: usize,
     /// Connections still to associate, bounded in total and per address.
     pub(crate) unassociated: Arc<unassociated::Unassociated>,
     pub(crate) active: AtomicUsize,
@@ -119,6 +121,7 @@ impl Scp {
             audit,
             move_destinations: config.pacs.destinations.clone(),
             max_pixels: config.inference.max_pixels,
+            max_find_matches: config.dicom.max_find_matches,
             unassociated: unassociated::Unassociated::new(
                 dicom.max_pending_connections,
                 dicom.max_pending_per_address,
