@@ -369,7 +369,8 @@ fn generated_result_objects_cannot_be_replaced_by_a_c_store_over_tls() {
         let header = duli::store::header::read_header(staged.path()).unwrap();
         let rec = store
             .place_and_commit(staged, &header, "DULI", true, &[])
-            .unwrap();
+            .unwrap()
+            .0;
         store.flush_blocking().unwrap();
         (data.join(rec.path), rec.study_instance_uid)
     };

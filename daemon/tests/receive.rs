@@ -553,3 +553,111 @@ fn latin1_patient_name_is_indexed_as_utf8() {
     let studies = duli_json(&d, &["studies"]);
     assert_eq!(studies[0]["patient_name"], "Conceição^João", "{studies}");
 }
+
+/// Rewrites attributes of a copy of `from` at `to` with dcmodify (`(gggg,eeee)=value`).
+fn modified_copy(from: &Path, to: &Path, changes: &[&str]) {
+    std::fs::copy(from, to).unwrap();
+    let mut cmd = Command::new("dcmodify");
+    cmd.arg("-nb");
+    for c in changes {
+        cmd.args(["-m", c]);
+    }
+    run(cmd.arg(to), Duration::from_secs(30)).assert_success("dcmodify");
+}
+
+#[test]
+fn a_corrected_patient_identity_replaces_the_study_s_as_a_whole() {
+    // A study sent under a temporary ID, then one instance resent after the patient was
+    // identified: the study carries the new identity as one group (no mix of the two),
+    // the change is audited with both IDs and logged without them.
+    let d = Daemon::start();
+    let dir = temp_dir("reconciled");
+    let Some(files) = make_dx(dir.path(), 2, 1, &[]) else {
+        return;
+    };
+    if which("storescu").is_none() || which("dcmodify").is_none() {
+        return skip("storescu or dcmodify absent");
+    }
+    let study = files[0].2.clone();
+    let temporary: Vec<PathBuf> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (path, _, _))| {
+            let to = dir.path().join(format!("tmp{i}.dcm"));
+            modified_copy(
+                path,
+                &to,
+                &[
+                    "(0010,0020)=TMP77",
+                    "(0010,0010)=TRAUMA^UNKNOWN",
+                    "(0010,0030)=19000101",
+                ],
+            );
+            to
+        })
+        .collect();
+    storescu("MOD", DULI_AET, d.dicom_port, &[], &temporary)
+        .unwrap()
+        .assert_success("storescu");
+    let corrected = dir.path().join("corrected.dcm");
+    modified_copy(
+        &temporary[0],
+        &corrected,
+        &["(0010,0020)=MRN9", "(0010,0010)=DOE^JANE", "(0010,0030)="],
+    );
+    storescu("MOD", DULI_AET, d.dicom_port, &[], &[corrected])
+        .unwrap()
+        .assert_success("storescu");
+    let studies = duli_json(&d, &["studies"]);
+    let s = studies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["study_instance_uid"] == study.as_str())
+        .unwrap_or_else(|| panic!("{studies}"));
+    assert_eq!(s["patient_id"], "MRN9", "{s}");
+    assert_eq!(s["patient_name"], "DOE^JANE", "{s}");
+    assert_eq!(s["patient_birth_date"], "", "{s}");
+    assert_eq!(s["instances"], 2, "{s}");
+    let log = d.log();
+    assert!(log.contains("names another patient"), "{log}");
+    assert!(!log.contains("MRN9") && !log.contains("TMP77"), "{log}");
+    let mut d = d;
+    d.terminate(Duration::from_secs(20));
+    let store = ::duli::store::Store::open(d.data_dir()).unwrap();
+    let audit = ::duli::audit::Audit::open(&store).unwrap();
+    let records = audit.records(0, 10_000).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.object == study && r.detail.contains("\"TMP77\" -> \"MRN9\"")),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn a_patient_id_with_the_upload_prefix_is_refused() {
+    // Only the console's uploads may carry it: their results are never sent, so a peer
+    // that used it would silence the reports of its own study.
+    let d = Daemon::start();
+    let dir = temp_dir("reserved");
+    let Some(files) = make_dx(dir.path(), 1, 1, &[]) else {
+        return;
+    };
+    if which("storescu").is_none() || which("dcmodify").is_none() {
+        return skip("storescu or dcmodify absent");
+    }
+    let forged = dir.path().join("forged.dcm");
+    modified_copy(&files[0].0, &forged, &["(0010,0020)=UPLOAD-1234ABCD"]);
+    let out = storescu("MOD", DULI_AET, d.dicom_port, &["-v"], &[forged]).unwrap();
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        out.combined().contains("Error: CannotUnderstand"),
+        "{}",
+        out.combined()
+    );
+    let studies = duli_json(&d, &["studies"]);
+    assert_eq!(studies.as_array().map(Vec::len), Some(0), "{studies}");
+    let log = d.log();
+    assert!(log.contains("reserved for uploads at the console"), "{log}");
+}

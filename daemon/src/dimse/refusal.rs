@@ -41,6 +41,8 @@ pub enum Cause {
     DataSetMismatch,
     /// The SOP Instance UID belongs to a result object this device generated.
     Protected,
+    /// The Patient ID begins with the prefix reserved for the console's manual uploads.
+    ReservedPatientId,
     /// The request's SOP class is not a Query/Retrieve model.
     NotQueryRetrieve,
     /// The identifier does not decode in the context's transfer syntax.
@@ -60,7 +62,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 20] = [
+    pub const ALL: [Cause; 21] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
@@ -74,6 +76,7 @@ impl Cause {
         Cause::CannotUnderstand,
         Cause::DataSetMismatch,
         Cause::Protected,
+        Cause::ReservedPatientId,
         Cause::NotQueryRetrieve,
         Cause::IdentifierUndecodable,
         Cause::IdentifierInvalid,
@@ -96,7 +99,9 @@ impl Cause {
             | Cause::Admission
             | Cause::WriteFailed
             | Cause::TooManyMatches => Status::OUT_OF_RESOURCES,
-            Cause::MissingUids | Cause::CannotUnderstand => Status::CANNOT_UNDERSTAND,
+            Cause::MissingUids | Cause::CannotUnderstand | Cause::ReservedPatientId => {
+                Status::CANNOT_UNDERSTAND
+            }
             Cause::DataSetMismatch => Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             Cause::IdentifierUndecodable | Cause::IndexFailed => Status::UNABLE_TO_PROCESS,
             Cause::IdentifierInvalid => Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
@@ -119,7 +124,8 @@ impl Cause {
             | Cause::WriteFailed
             | Cause::CannotUnderstand
             | Cause::DataSetMismatch
-            | Cause::Protected => "C-STORE",
+            | Cause::Protected
+            | Cause::ReservedPatientId => "C-STORE",
             Cause::NotQueryRetrieve
             | Cause::IdentifierUndecodable
             | Cause::IdentifierInvalid
@@ -161,6 +167,10 @@ impl Cause {
             Cause::Protected => {
                 "the SOP Instance UID belongs to a result object this device generated (SR, \
                  heatmap): it cannot be replaced from outside"
+            }
+            Cause::ReservedPatientId => {
+                "the Patient ID begins with `UPLOAD-`, reserved for the console's manual \
+                 uploads (whose results are never sent)"
             }
             Cause::NotQueryRetrieve => "the context is not a Query/Retrieve model",
             Cause::IdentifierUndecodable => {

@@ -89,6 +89,13 @@ pub enum StoreFailure {
     /// The SOP Instance UID belongs to a result object this box generated.
     #[error("{0}")]
     Protected(String),
+    /// The Patient ID begins with the prefix reserved for the console's manual uploads,
+    /// whose results are never sent.
+    #[error("Patient ID prefix {prefix} is reserved for uploads at the console")]
+    ReservedPatientId {
+        /// The reserved prefix.
+        prefix: &'static str,
+    },
     /// Placing the file or committing the index entry failed.
     #[error("cannot store: {0}")]
     Store(crate::store::StoreError),
@@ -114,6 +121,7 @@ impl From<StoreFailure> for Refused {
             StoreFailure::Header(_) => Cause::CannotUnderstand,
             StoreFailure::Mismatch { .. } => Cause::DataSetMismatch,
             StoreFailure::Protected(_) => Cause::Protected,
+            StoreFailure::ReservedPatientId { .. } => Cause::ReservedPatientId,
         };
         Refused::new(cause, e.to_string())
     }
@@ -279,12 +287,20 @@ impl Incoming {
         let sop_class = self.sop_class;
         let sop_instance = self.sop_instance;
         let store = scp.store.clone();
-        let calling_ae = calling_ae.to_string();
-        type Placed = (InstanceRecord, Option<InstanceRecord>);
-        let (rec, previous) =
+        let source_ae = calling_ae.to_string();
+        let (rec, previous, replaced) =
             tokio::task::spawn_blocking(move || -> Result<Placed, StoreFailure> {
                 let staged = file.finish().map_err(StoreFailure::Fsync)?;
                 let header = header::read_header(staged.path())?;
+                if header
+                    .study
+                    .patient_id
+                    .starts_with(crate::console::upload::PATIENT_PREFIX)
+                {
+                    return Err(StoreFailure::ReservedPatientId {
+                        prefix: crate::console::upload::PATIENT_PREFIX,
+                    });
+                }
                 for (what, data, command) in [
                     (
                         "SOP Instance UID",
@@ -307,9 +323,19 @@ impl Incoming {
                     .instance(&header.instance.sop_instance_uid)
                     .map_err(StoreFailure::Store)?
                     .filter(|p| p.study_instance_uid != header.instance.study_instance_uid);
+                let patient_before = store
+                    .study(&header.instance.study_instance_uid)
+                    .map_err(StoreFailure::Store)?
+                    .map(|s| s.patient_id)
+                    .unwrap_or_default();
                 store
-                    .place_and_commit(staged, &header, &calling_ae, false, &[])
-                    .map(|rec| (rec, previous))
+                    .place_and_commit(staged, &header, &source_ae, false, &[])
+                    .map(|(rec, commit)| {
+                        let replaced = commit
+                            .patient_replaced
+                            .then_some((patient_before, commit.study.patient_id));
+                        (rec, previous, replaced)
+                    })
                     .map_err(|e| match e {
                         StoreError::Protected(_) => StoreFailure::Protected(e.to_string()),
                         e => StoreFailure::Store(e),
@@ -321,6 +347,9 @@ impl Incoming {
             log::error!("index flush failed: {e}");
             StoreFailure::Flush(e)
         })?;
+        if let Some((before, after)) = replaced {
+            patient_replaced(scp, calling_ae, &rec, &before, &after);
+        }
         if let Some(previous) = previous {
             log::warn!(
                 "instance {} sent again under study {} (was in study {}): moved",
@@ -333,6 +362,38 @@ impl Incoming {
             }
         }
         Ok(rec)
+    }
+}
+
+/// What storing one instance gives: its record, the record it replaced in another study,
+/// and the Patient IDs before and after when it replaced its study's patient identity.
+type Placed = (
+    InstanceRecord,
+    Option<InstanceRecord>,
+    Option<(String, String)>,
+);
+
+/// Logs (by UIDs only) and audits (with both Patient IDs) an instance that gave its study
+/// another patient identity: the study is analysed and reported again under it.
+fn patient_replaced(scp: &Scp, calling_ae: &str, rec: &InstanceRecord, before: &str, after: &str) {
+    use crate::audit::{Action, Event};
+    log::warn!(
+        "instance {} names another patient than the earlier instances of study {}: the \
+         study now carries the newest patient identity and is analysed and reported again",
+        rec.sop_instance_uid,
+        rec.study_instance_uid
+    );
+    let event = Event::new(
+        &format!("ae:{calling_ae}"),
+        Action::Import,
+        &rec.study_instance_uid,
+    )
+    .detail(format!(
+        "patient identity of the study replaced by instance {}: Patient ID {before:?} -> {after:?}",
+        rec.sop_instance_uid
+    ));
+    if let Err(e) = scp.audit.append(event) {
+        log::error!("audit trail: cannot record a patient identity change: {e}");
     }
 }
 

@@ -112,7 +112,9 @@ fn write_object(
     file.write(&bytes)?;
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
-    Ok(store.place_and_commit(staged, &header, source_ae, generated, batches)?)
+    Ok(store
+        .place_and_commit(staged, &header, source_ae, generated, batches)?
+        .0)
 }
 
 #[cfg(test)]

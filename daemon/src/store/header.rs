@@ -203,28 +203,51 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     Ok(Header { instance, study })
 }
 
-/// Fills the gaps of `into` with the values of `from` (first non-empty wins), and merges the
-/// modality lists (valid values only, at most [`MAX_STUDY_MODALITIES`]).
-pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) {
-    let pairs: [(&mut String, &String); 10] = [
-        (&mut into.patient_id, &from.patient_id),
-        (&mut into.patient_name, &from.patient_name),
-        (&mut into.patient_birth_date, &from.patient_birth_date),
-        (&mut into.patient_sex, &from.patient_sex),
+/// Merges one instance's study attributes `from` into the study record `into`; returns true
+/// when `from` replaced the patient identity the study had.
+///
+/// The patient identity (Patient ID, name, birth date, sex) moves as one group, never field
+/// by field, so a study never shows one patient's ID beside another's name: an instance with
+/// a non-empty Patient ID other than the study's replaces the whole group (the newest
+/// identity wins: a modality or PACS resends a study after correcting its patient), and one
+/// with the same or no Patient ID only fills the group's gaps. The study's own attributes
+/// keep their first non-empty value; the modality lists are merged (valid values only, at
+/// most [`MAX_STUDY_MODALITIES`]).
+pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) -> bool {
+    let mut replaced = false;
+    if !from.patient_id.is_empty() && from.patient_id != into.patient_id {
+        replaced = !into.patient_id.is_empty();
+        into.patient_id.clone_from(&from.patient_id);
+        into.patient_name.clone_from(&from.patient_name);
+        into.patient_birth_date.clone_from(&from.patient_birth_date);
+        into.patient_sex.clone_from(&from.patient_sex);
+    } else if from.patient_id == into.patient_id {
+        fill_gaps([
+            (&mut into.patient_name, &from.patient_name),
+            (&mut into.patient_birth_date, &from.patient_birth_date),
+            (&mut into.patient_sex, &from.patient_sex),
+        ]);
+    }
+    fill_gaps([
         (&mut into.accession_number, &from.accession_number),
         (&mut into.study_date, &from.study_date),
         (&mut into.study_time, &from.study_time),
         (&mut into.study_description, &from.study_description),
         (&mut into.study_id, &from.study_id),
         (&mut into.referring_physician, &from.referring_physician),
-    ];
+    ]);
+    for m in &from.modalities {
+        add_modality(&mut into.modalities, m, &into.study_instance_uid);
+    }
+    replaced
+}
+
+/// Sets each empty target to its non-empty source.
+fn fill_gaps<const N: usize>(pairs: [(&mut String, &String); N]) {
     for (a, b) in pairs {
         if a.is_empty() && !b.is_empty() {
             a.clone_from(b);
         }
-    }
-    for m in &from.modalities {
-        add_modality(&mut into.modalities, m, &into.study_instance_uid);
     }
 }
 
@@ -381,6 +404,54 @@ mod tests {
         assert_eq!(study.modalities[..3], ["DX", "CR", "M0"]);
         assert!(study.modalities.iter().all(|m| is_valid_modality(m)));
         assert!(is_valid_modality("OT") && is_valid_modality("SEG_16 CHARS_XYZ"));
+    }
+
+    #[test]
+    fn the_patient_identity_moves_as_one_group_and_the_newest_wins() {
+        let person = |id: &str, name: &str, birth: &str| StudyRecord {
+            patient_id: id.into(),
+            patient_name: name.into(),
+            patient_birth_date: birth.into(),
+            study_description: format!("from {id}"),
+            ..Default::default()
+        };
+        // The first instance has no name: a later one of the same patient fills it in.
+        let mut study = person("TMP1", "", "");
+        assert!(!merge_study(&mut study, &person("TMP1", "Doe^Jane", "")));
+        assert_eq!(study.patient_name, "Doe^Jane");
+        // No Patient ID: nothing of its patient group is taken.
+        assert!(!merge_study(
+            &mut study,
+            &person("", "Roe^Rick", "19500101")
+        ));
+        assert_eq!(
+            (
+                study.patient_name.as_str(),
+                study.patient_birth_date.as_str()
+            ),
+            ("Doe^Jane", "")
+        );
+        // A corrected identity replaces the whole group; the study's own fields stay.
+        assert!(merge_study(&mut study, &person("MRN9", "Doe^Janet", "")));
+        assert_eq!(
+            (
+                study.patient_id.as_str(),
+                study.patient_name.as_str(),
+                study.patient_birth_date.as_str(),
+                study.study_description.as_str()
+            ),
+            ("MRN9", "Doe^Janet", "", "from TMP1")
+        );
+        // A study that had no Patient ID takes the first one without calling it a change.
+        let mut study = person("", "Nobody^Known", "");
+        assert!(!merge_study(
+            &mut study,
+            &person("P1", "Smith^Ann", "19800101")
+        ));
+        assert_eq!(
+            (study.patient_id.as_str(), study.patient_name.as_str()),
+            ("P1", "Smith^Ann")
+        );
     }
 
     #[test]

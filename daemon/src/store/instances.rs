@@ -99,7 +99,7 @@ impl Store {
                     ..Default::default()
                 },
             };
-            header::merge_study(&mut study, study_attrs);
+            let patient_replaced = header::merge_study(&mut study, study_attrs);
             if links.insert(link_key.as_slice(), &[])?.is_none() {
                 study.instances += 1;
             }
@@ -117,6 +117,7 @@ impl Store {
                 InstanceCommit {
                     new_instance,
                     study,
+                    patient_replaced,
                 },
                 left.clone(),
             ))
@@ -133,7 +134,8 @@ impl Store {
     }
 
     /// Places a complete, fsync'd file whose header was read, and indexes it in one
-    /// transaction (not durable until [`Store::flush`]). Received instances and the
+    /// transaction (not durable until [`Store::flush`]); returns its record and what the
+    /// commit did to its study. Received instances and the
     /// objects this box generates both come in this way; `batches` commit in the same
     /// transaction (a generated object's push entries).
     pub fn place_and_commit(
@@ -143,7 +145,7 @@ impl Store {
         source_ae: &str,
         generated: bool,
         batches: &[outbox::Batch],
-    ) -> Result<InstanceRecord, StoreError> {
+    ) -> Result<(InstanceRecord, InstanceCommit), StoreError> {
         let sop = &header.instance.sop_instance_uid;
         // Held until the record is committed: retention never removes a file placed here
         // while the index still names the copy it replaces (see `pruning`).
@@ -173,8 +175,8 @@ impl Store {
         // The caller says whether this box made it; a header claiming to come from this
         // box proves nothing.
         rec.generated = generated;
-        self.commit_instance_with(&rec, &header.study, &extra)?;
-        Ok(rec)
+        let commit = self.commit_instance_with(&rec, &header.study, &extra)?;
+        Ok((rec, commit))
     }
 
     /// Removes the file of `previous`, an instance's record before it was sent again under

@@ -126,6 +126,9 @@ pub struct InstanceCommit {
     pub new_instance: bool,
     /// The study record after the commit.
     pub study: StudyRecord,
+    /// The instance named another patient than the study had: the study now carries the
+    /// instance's patient identity (see [`header::merge_study`]).
+    pub patient_replaced: bool,
 }
 
 /// What a reindex found.

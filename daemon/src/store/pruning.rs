@@ -275,6 +275,7 @@ mod tests {
         store
             .place_and_commit(staged(store, byte), &header, "MODALITY", false, &[])
             .unwrap()
+            .0
     }
 
     /// A copy of an instance sent again after its old copy was claimed is neither removed
