@@ -1421,3 +1421,23 @@ fn a_find_matching_more_than_the_cap_answers_the_first_and_asks_to_narrow_it() {
         "{records:?}"
     );
 }
+
+#[test]
+fn names_sent_decomposed_match_names_stored_composed() {
+    // The fixture stores "Müller^Jörg" composed (NFC); a workstation that sends the name
+    // decomposed (u + U+0308, as macOS input often does) finds the same study, by exact
+    // name and by prefix.
+    let d = Daemon::start();
+    let dir = temp_dir("qr-fixture");
+    if load_fixture(&d, dir.path()).is_none() {
+        return;
+    }
+    for key in [
+        "PatientName=Mu\u{308}ller^Jo\u{308}rg",
+        "PatientName=MU\u{308}L*",
+    ] {
+        let lines = find_returning(&d, &[key]);
+        assert_eq!(statuses(&lines), [0xFF00, 0x0000], "{key}: {lines:?}");
+        assert_eq!(lines[0]["identifier"]["PatientID"], "P003", "{lines:?}");
+    }
+}

@@ -11,7 +11,7 @@
 //! ideographic, phonetic). Wildcards apply to the text representations only (PS3.4
 //! C.2.2.2.4); IS and DS values compare as numbers.
 
-use crate::store::qr_index::{pn_forms, pn_shortest};
+use crate::store::qr_index::{nfc, pn_forms, pn_shortest};
 use dicom_core::VR;
 
 /// How one query key matches.
@@ -107,9 +107,9 @@ pub fn parse(vr: VR, raw: &str) -> Matcher {
     }
     if takes_wildcards(vr) && (value.contains('*') || value.contains('?')) {
         let pattern = if case_insensitive(vr) {
-            value.to_uppercase()
+            nfc(&value.to_uppercase())
         } else {
-            value.to_string()
+            nfc(value)
         };
         return Matcher::Wildcard(pattern.chars().collect());
     }
@@ -121,14 +121,14 @@ pub fn parse(vr: VR, raw: &str) -> Matcher {
     Matcher::Single(single)
 }
 
-/// Normal form for comparison: upper case and shortest form for PN; dates and times
-/// without the old `.`/`:` separators.
+/// Normal form for comparison: text in Unicode NFC ([`nfc`]), upper case and shortest
+/// form for PN; dates and times without the old `.`/`:` separators.
 fn normalise(vr: VR, v: &str) -> String {
     match vr {
-        VR::PN => pn_shortest(&v.to_uppercase()),
+        VR::PN => pn_shortest(&nfc(&v.to_uppercase())),
         VR::DA => v.replace('.', ""),
         VR::TM => v.replace(':', ""),
-        _ => v.to_string(),
+        _ => nfc(v),
     }
 }
 
@@ -261,6 +261,21 @@ mod tests {
             "an empty value matches only universally"
         );
         assert!(!m(VR::LO, "P1", "P10"));
+    }
+
+    #[test]
+    fn composed_and_decomposed_text_match_alike() {
+        // "Müller^Jörg" with precomposed ü/ö (NFC) and with u/o + U+0308 (NFD).
+        let composed = "M\u{fc}ller^J\u{f6}rg";
+        let decomposed = "Mu\u{308}ller^Jo\u{308}rg";
+        assert!(m(VR::PN, composed, decomposed));
+        assert!(m(VR::PN, decomposed, composed));
+        assert!(m(VR::PN, "m\u{fc}l*", decomposed));
+        assert!(m(VR::PN, "MU\u{308}LLER^J?RG", composed), "one character");
+        assert!(m(VR::LO, "Z\u{fc}rich", "Zu\u{308}rich"));
+        assert!(m(VR::LO, "Zu\u{308}r*", "Z\u{fc}rich"));
+        assert!(!m(VR::LO, "Zurich", "Z\u{fc}rich"), "no accent folding");
+        assert_eq!(nfc("plain ASCII"), "plain ASCII");
     }
 
     #[test]

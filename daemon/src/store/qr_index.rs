@@ -1,6 +1,7 @@
 //! Secondary indexes of the study records for C-FIND: patient ID, accession number, study
 //! date and patient name (upper-cased, under every form a query may match: see
-//! [`pn_forms`]), each a key `kind, value, 0, study UID` in one sled
+//! [`pn_forms`]), all in Unicode Normalization Form C ([`nfc`]: `Müller` composed or
+//! decomposed is one name), each a key `kind, value, 0, study UID` in one sled
 //! tree. They are written in the same transaction as the study record they derive from
 //! ([`crate::store::Store::commit_instance`]), so a query never sees one without the other.
 
@@ -12,7 +13,7 @@ use std::collections::BTreeSet;
 pub const TREE: &str = "qr_keys";
 
 /// Version of the keys' layout: a store whose tree was written by another is rebuilt.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Which attribute a key indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +43,22 @@ impl Kind {
 /// The values a study is indexed under for `kind` (empty values are not indexed).
 fn values(study: &StudyRecord, kind: Kind) -> Vec<String> {
     match kind {
-        Kind::PatientId => vec![study.patient_id.clone()],
-        Kind::Accession => vec![study.accession_number.clone()],
+        Kind::PatientId => vec![nfc(&study.patient_id)],
+        Kind::Accession => vec![nfc(&study.accession_number)],
         Kind::StudyDate => vec![study.study_date.clone()],
         Kind::PatientName => pn_forms(&study.patient_name),
+    }
+}
+
+/// `text` in Unicode Normalization Form C (canonical composition), the one form text is
+/// indexed and compared in: a name sent decomposed (`u` + U+0308) matches one sent
+/// composed (`ü`). ASCII and text already in NFC come back unchanged without rebuilding.
+pub fn nfc(text: &str) -> String {
+    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+        text.to_string()
+    } else {
+        text.nfc().collect()
     }
 }
 
@@ -78,9 +91,9 @@ pub fn pn_shortest(v: &str) -> String {
 /// shortest form. A name is indexed under all of them, so narrowing by name never drops a
 /// study that C-FIND matching (`qr::matching`) accepts.
 pub fn pn_forms(v: &str) -> Vec<String> {
-    let v = v
+    let v = nfc(&v
         .trim_matches(|c: char| c == ' ' || c == '\0')
-        .to_uppercase();
+        .to_uppercase());
     let mut forms = vec![pn_shortest(&v)];
     forms.extend(pn_groups(&v).iter().map(|g| g.to_string()));
     forms.extend(v.splitn(PN_GROUPS, '=').map(str::to_string));
@@ -272,5 +285,27 @@ mod tests {
             pn_forms(&hostile).len()
         );
         assert!(pn_forms(&hostile).contains(&"DOE^JOHN".to_string()));
+    }
+
+    /// A name or ID sent decomposed is indexed as the composed one a query brings.
+    #[test]
+    fn values_are_indexed_in_nfc() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        let all = [study(
+            "2.1",
+            "Pe\u{301}",
+            "20240101",
+            "Mu\u{308}ller^Jo\u{308}rg",
+        )];
+        rebuild(&tree, all.iter()).unwrap();
+        assert_eq!(
+            exact(&tree, Kind::PatientName, "M\u{dc}LLER^J\u{d6}RG").unwrap(),
+            ["2.1"]
+        );
+        assert_eq!(exact(&tree, Kind::PatientId, "P\u{e9}").unwrap(), ["2.1"]);
+        assert!(prefixed(&tree, Kind::PatientName, "M\u{dc}L")
+            .unwrap()
+            .contains(&"2.1".to_string()));
     }
 }
