@@ -13,8 +13,11 @@
 #   trial boot, mark-good fails      exit with its status: the unit fails and reboots,
 #                                    which spends one boot attempt
 #   committed slot, mark-good fails  exit 75 (SuccessExitStatus= of the unit): logged, no reboot
-#   state unknown (no duli.slot=, no readable boot variables), mark-good fails
+#   state unknown (no duli.slot=, no readable boot variables, or a GRUB environment block
+#   that is not one: empty or overwritten), mark-good fails
 #                                    exit 75 as well: a reboot could not be shown to help
+#                                    (with a damaged block GRUB boots slot A, which nothing
+#                                    vouches for)
 #
 # DULI, DULI_CMDLINE, DULI_GRUBENV name the binary, the command line and the GRUB
 # environment block (the defaults are the image's; the tests point them elsewhere).
@@ -31,9 +34,16 @@ status=$?
 
 booted="$(tr ' ' '\n' <"$cmdline" 2>/dev/null | sed -n 's/^duli\.slot=\([AB]\)$/\1/p' | tail -n 1)"
 active=""
+damaged=""
 if [ -r "$grubenv" ]; then
-    active="$(sed -n 's/^duli_active=\([AB]\)$/\1/p' "$grubenv" | tail -n 1)"
-    [ -n "$active" ] || active=A
+    # A block without duli_active is a freshly imaged box (slot A); a file that does not
+    # start with the block's signature is no block at all.
+    if [ "$(sed -n '1p;1q' "$grubenv" 2>/dev/null)" = "# GRUB Environment Block" ]; then
+        active="$(sed -n 's/^duli_active=\([AB]\)$/\1/p' "$grubenv" | tail -n 1)"
+        [ -n "$active" ] || active=A
+    else
+        damaged="; GRUB environment block $grubenv is damaged"
+    fi
 elif command -v fw_printenv >/dev/null 2>&1; then
     if value="$(fw_printenv -n duli_active 2>/dev/null)"; then
         case "$value" in
@@ -44,7 +54,7 @@ elif command -v fw_printenv >/dev/null 2>&1; then
 fi
 
 if [ -z "$booted" ] || [ -z "$active" ]; then
-    echo "mark-good failed (exit $status); booted slot '${booted:-?}', committed slot '${active:-?}' unknown: not rebooting" >&2
+    echo "mark-good failed (exit $status); booted slot '${booted:-?}', committed slot '${active:-?}' unknown${damaged}: not rebooting" >&2
     exit "$no_reboot"
 fi
 if [ "$booted" = "$active" ]; then

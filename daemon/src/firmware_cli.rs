@@ -4,20 +4,27 @@
 //! exists) append a `software` record to the audit trail, through the running daemon or
 //! on the store directly.
 //!
-//! Exit codes: 0 done; 1 failed (I/O, configuration, boot variables); 3 bundle refused
-//! (signature, payload hash, hardware, version) with nothing written; 4 health check failed
-//! (mark-good not done).
+//! Install, mark-good and rollback each hold the firmware lock
+//! ([`duli_firmware::config::FirmwareConfig::lock_path`]) for their whole run: an install or
+//! rollback started while another holds it fails at once; mark-good (at boot, perhaps
+//! beside `duli-update.service`) waits for it.
+//!
+//! Exit codes: 0 done; 1 failed (I/O, configuration, boot variables, lock held); 3 bundle
+//! refused (signature, payload hash, hardware, version) with nothing written; 4 health check
+//! failed (mark-good not done).
 
 use crate::audit::{Action, Event};
 use crate::cli_audit::{actor, record as audit};
 use crate::config::Config;
 use anyhow::{Context, Result};
+use duli_firmware::lock::{LockError, UpdateLock};
 use duli_firmware::manifest::Manifest;
 use duli_firmware::model_pack::install_model_pack;
 use duli_firmware::updater::{MarkGood, Rollback, UpdateError};
 use duli_firmware::{keys, BundleError, PayloadKind, PublicKey, Release, TrustAnchors, Version};
 use std::fs;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,9 +39,24 @@ pub const EXIT_UNHEALTHY: u8 = 4;
 /// built-in key and the keys it endorsed.
 pub const DEV_ROOT_ENV: &str = "DULI_FIRMWARE_DEV_ROOT";
 
+/// Environment variable naming the running firmware version (`X.Y.Z`) instead of this
+/// binary's own. Honoured only by debug builds: tests boot into the firmware they installed
+/// with the same binary.
+pub const DEV_VERSION_ENV: &str = "DULI_FIRMWARE_DEV_VERSION";
+
+/// How long mark-good waits for another firmware operation to release the lock.
+const MARK_GOOD_LOCK_WAIT: Duration = Duration::from_secs(300);
+
 /// The firmware version this binary is. A version that is not `MAJOR.MINOR.PATCH` (e.g.
 /// with a pre-release suffix) is an error: every bundle would otherwise compare as newer.
 pub fn running_version() -> Result<Version> {
+    if cfg!(debug_assertions) {
+        if let Some(text) = std::env::var_os(DEV_VERSION_ENV) {
+            let text = text.to_string_lossy();
+            log::warn!("debug build: running firmware version {text} from {DEV_VERSION_ENV}");
+            return parse_running_version(&text);
+        }
+    }
     parse_running_version(env!("CARGO_PKG_VERSION"))
 }
 
@@ -267,7 +289,8 @@ fn pack_manifest_path(dest: &Path) -> PathBuf {
 /// `duli firmware install`: a root filesystem into the inactive slot (trial boot armed),
 /// or a model pack onto the data partition. With `staged`, the bundle is
 /// `firmware.staged_bundle` and is consumed whatever happens (deleted after success,
-/// renamed `*.rejected` after a failure) so that the path unit does not start again.
+/// renamed `*.rejected` after a failure) so that the path unit does not start again; only
+/// the file this run opened is consumed, never one staged in its place meanwhile.
 pub fn install(
     cfg: &Config,
     bundle: Option<&Path>,
@@ -290,46 +313,117 @@ pub fn install(
     } else {
         None
     };
-    let result = if let Some(Err(why)) = &opened {
-        let why = format!("{}: {why}", path.display());
-        eprintln!("bundle REFUSED: {why}");
-        audit(
-            &cfg.device.data_dir,
-            false,
-            software(
-                &path.display().to_string(),
-                format!("install refused: {why}"),
+    // What this run consumes afterwards: the file it opened, or what stood at the path
+    // when it was refused.
+    let consumed = match &opened {
+        Some(Ok(file)) => file.metadata().ok().map(|m| FileId::of(&m)),
+        Some(Err(_)) => fs::symlink_metadata(&path).ok().map(|m| FileId::of(&m)),
+        None => None,
+    };
+    let lock = cfg.firmware.lock();
+    let result = match (&lock, &opened) {
+        (Err(e), _) => {
+            eprintln!("install FAILED: {e}");
+            audit(
+                &cfg.device.data_dir,
                 false,
-            ),
-        );
-        Ok(ExitCode::from(EXIT_REFUSED))
-    } else {
-        match &opened {
-            Some(Ok(file)) => {
-                let through = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                install_path(cfg, &through, &path, model_name)
-            }
-            _ => install_path(cfg, &path, &path, model_name),
+                software(
+                    &path.display().to_string(),
+                    format!("install failed: {e}"),
+                    false,
+                ),
+            );
+            Ok(ExitCode::FAILURE)
         }
+        (Ok(_), Some(Err(why))) => {
+            let why = format!("{}: {why}", path.display());
+            eprintln!("bundle REFUSED: {why}");
+            audit(
+                &cfg.device.data_dir,
+                false,
+                software(
+                    &path.display().to_string(),
+                    format!("install refused: {why}"),
+                    false,
+                ),
+            );
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+        (Ok(_), Some(Ok(file))) => {
+            let through = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            install_path(cfg, &through, &path, model_name)
+        }
+        (Ok(_), None) => install_path(cfg, &path, &path, model_name),
     };
     drop(opened);
     if staged {
         let ok = matches!(result, Ok(ref code) if *code == ExitCode::SUCCESS);
-        if ok {
-            fs::remove_file(&path)
-                .with_context(|| format!("removing the installed {}", path.display()))?;
-        } else if fs::symlink_metadata(&path).is_ok() {
-            let mut rejected = path.clone().into_os_string();
-            rejected.push(".rejected");
-            fs::rename(&path, &rejected)
-                .with_context(|| format!("moving the refused bundle {} aside", path.display()))?;
-            eprintln!(
-                "staged bundle moved to {}",
-                PathBuf::from(rejected).display()
-            );
+        consume_staged(&path, consumed, ok)?;
+    }
+    drop(lock);
+    result
+}
+
+/// A file's identity: device and inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
         }
     }
-    result
+}
+
+/// Deletes (after success) or moves aside as `*.rejected` (after a failure) the staged
+/// bundle at `path`, provided it is still the file `consumed` this run took; a bundle
+/// staged there meanwhile (the daemon stages by atomic rename) is left for the next run.
+fn consume_staged(path: &Path, consumed: Option<FileId>, ok: bool) -> Result<()> {
+    let now = match fs::symlink_metadata(path) {
+        Ok(meta) => FileId::of(&meta),
+        Err(_) => return Ok(()),
+    };
+    if consumed != Some(now) {
+        eprintln!(
+            "{} was replaced during the install (a newly staged bundle): left in place",
+            path.display()
+        );
+        return Ok(());
+    }
+    if ok {
+        fs::remove_file(path)
+            .with_context(|| format!("removing the installed {}", path.display()))?;
+    } else {
+        let mut rejected = path.to_path_buf().into_os_string();
+        rejected.push(".rejected");
+        fs::rename(path, &rejected)
+            .with_context(|| format!("moving the refused bundle {} aside", path.display()))?;
+        eprintln!(
+            "staged bundle moved to {}",
+            PathBuf::from(rejected).display()
+        );
+    }
+    Ok(())
+}
+
+/// The firmware lock for mark-good: taken at once when free, else waited for.
+fn lock_for_mark_good(cfg: &Config) -> Result<UpdateLock, LockError> {
+    match cfg.firmware.lock() {
+        Err(LockError::Busy(path)) => {
+            eprintln!(
+                "another install, mark-good or rollback holds {}: waiting up to {} s",
+                path.display(),
+                MARK_GOOD_LOCK_WAIT.as_secs()
+            );
+            UpdateLock::wait(&path, MARK_GOOD_LOCK_WAIT)
+        }
+        other => other,
+    }
 }
 
 /// Installs the bundle read at `path`, named `shown` in messages and the audit trail (the
@@ -458,6 +552,8 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         "attempts": s.boot.attempts,
         "a_good": s.boot.a_good,
         "b_good": s.boot.b_good,
+        "a_version": s.boot.a_version.map(|v| v.to_string()),
+        "b_version": s.boot.b_version.map(|v| v.to_string()),
         "trial": s.booted != s.boot.active,
         "update_pending": s.boot.trial_pending() && s.booted == s.boot.active,
     });
@@ -526,7 +622,14 @@ pub fn mark_good(cfg: &Config, health_check: bool, timeout: Duration) -> Result<
             return Ok(ExitCode::from(EXIT_UNHEALTHY));
         }
     }
-    match updater.mark_good() {
+    let outcome = lock_for_mark_good(cfg)
+        .map_err(anyhow::Error::from)
+        .and_then(|lock| {
+            let outcome = updater.mark_good().map_err(anyhow::Error::from);
+            drop(lock);
+            outcome
+        });
+    match outcome {
         Ok(MarkGood::Committed(slot_now)) => {
             println!(
                 "slot {slot_now} committed: firmware {} is now the fallback",
@@ -575,7 +678,16 @@ pub fn mark_good(cfg: &Config, health_check: bool, timeout: Duration) -> Result<
 pub fn rollback(cfg: &Config) -> Result<ExitCode> {
     let mut updater = cfg.firmware.updater(running_version()?)?;
     let data_dir = &cfg.device.data_dir;
-    match updater.rollback() {
+    let outcome = cfg
+        .firmware
+        .lock()
+        .map_err(anyhow::Error::from)
+        .and_then(|lock| {
+            let outcome = updater.rollback().map_err(anyhow::Error::from);
+            drop(lock);
+            outcome
+        });
+    match outcome {
         Ok(r) => {
             let what = match r {
                 Rollback::AbandonedTrial(s) => {

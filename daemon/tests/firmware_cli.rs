@@ -1,6 +1,8 @@
 //! `duli firmware ...` end to end with the file-backed boot variables: keygen → sign →
 //! verify → install → (simulated reboot) → status → mark-good with the health check →
-//! rollback, tampered and staged bundles, model packs, and the audit records they leave.
+//! rollback, tampered and staged bundles, model packs, and the audit records they leave;
+//! the firmware lock, a bundle staged during an install, missing slot devices and the
+//! mark-good wrapper over a damaged GRUB environment block.
 
 mod common;
 
@@ -47,6 +49,7 @@ impl Bench {
             ("DULI_FIRMWARE__BOOT_ENV_FILE".into(), p("bootenv")),
             ("DULI_FIRMWARE__SLOT_A".into(), p("slot-a.img")),
             ("DULI_FIRMWARE__SLOT_B".into(), p("slot-b.img")),
+            ("DULI_FIRMWARE__SLOT_FILES".into(), "true".into()),
             ("DULI_FIRMWARE__CMDLINE".into(), p("cmdline")),
             ("DULI_FIRMWARE__HARDWARE_ID".into(), HW.into()),
             ("DULI_FIRMWARE__ENDORSED_KEYS".into(), p("endorsed")),
@@ -58,6 +61,11 @@ impl Bench {
     /// `duli firmware ARGS` with this box's configuration; `trust` adds the test key as a
     /// root (debug builds only).
     fn duli(&self, args: &[&str], trust: bool) -> ToolOutput {
+        self.duli_with(args, trust, &[])
+    }
+
+    /// [`Bench::duli`] with extra (or overriding) environment variables.
+    fn duli_with(&self, args: &[&str], trust: bool, extra: &[(&str, &str)]) -> ToolOutput {
         let mut cmd = Command::new(Daemon::binary());
         for (key, _) in std::env::vars() {
             if key.starts_with("DULI_") {
@@ -68,6 +76,7 @@ impl Bench {
         if trust {
             cmd.env("DULI_FIRMWARE_DEV_ROOT", self.path("keys/release.pub"));
         }
+        cmd.envs(extra.iter().copied());
         run(&mut cmd, Duration::from_secs(120))
     }
 
@@ -346,7 +355,24 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
             |builder, (k, v)| builder.env(&k, &v),
         )
         .start();
+    // The health check passes, but slot B still runs firmware 0.1.0 (this binary), not the
+    // 0.2.0 installed into it: not committed.
     let out = b.duli(&["mark-good", "--health-check", "--timeout", "30"], false);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.stderr
+            .contains("armed for firmware 0.2.0 but runs firmware 0.1.0"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(b.status()["active"], "A");
+    assert_eq!(b.status()["b_version"], "0.2.0");
+    // Running the installed firmware, it is committed.
+    let out = b.duli_with(
+        &["mark-good", "--health-check", "--timeout", "30"],
+        false,
+        &[("DULI_FIRMWARE_DEV_VERSION", "0.2.0")],
+    );
     out.assert_success("firmware mark-good --health-check");
     assert!(out.stdout.contains("PASS   daemon"), "{}", out.stdout);
     assert!(out.stdout.contains("committed"), "{}", out.stdout);
@@ -407,6 +433,7 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
         "{details:#?}"
     );
     assert!(has(false, "health check failed"), "{details:#?}");
+    assert!(has(false, "runs firmware 0.1.0"), "{details:#?}");
     assert!(has(true, "committed slot B"), "{details:#?}");
     assert!(has(true, "install model pack 1.2.0"), "{details:#?}");
     assert!(has(true, "rollback"), "{details:#?}");
@@ -577,4 +604,161 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
     let out = b.duli(&["install", newer.to_str().unwrap()], true);
     assert!(!out.success(), "{}", out.combined());
     assert_eq!(fs::read(b.path("elsewhere/model.pack")).unwrap(), pack);
+}
+
+/// Install, rollback and mark-good take the firmware lock (next to the boot variables): with
+/// another holder, an install and a rollback fail at once and change nothing.
+#[test]
+fn a_second_install_fails_at_once_while_the_lock_is_held() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let bundle = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &pattern(100_000, 3));
+    let before = b.status();
+    let slot_b = fs::read(b.path("slot-b.img")).unwrap();
+    let held = duli_firmware::lock::UpdateLock::acquire(&b.path("duli-firmware.lock")).unwrap();
+    let started = std::time::Instant::now();
+    let out = b.duli(&["install", bundle.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.stderr
+            .contains("another install, mark-good or rollback is running"),
+        "{}",
+        out.stderr
+    );
+    let out = b.duli(&["rollback"], false);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(out.stderr.contains("another install"), "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(b.status(), before);
+    assert_eq!(fs::read(b.path("slot-b.img")).unwrap(), slot_b);
+
+    drop(held);
+    b.duli(&["install", bundle.to_str().unwrap()], true)
+        .assert_success("install once the lock is free");
+    assert_eq!(b.status()["target"], "B");
+}
+
+/// Only the staged bundle the install opened is consumed: one the daemon staged (by atomic
+/// rename) while the install ran is left for the next run, after a success and after a
+/// refusal alike. The swap happens while the install reports to the audit trail (a stand-in
+/// control socket holds it there).
+#[test]
+fn a_bundle_staged_during_the_install_is_left_in_place() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let good = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &pattern(100_000, 5));
+    let tampered = b.path("tampered.duli");
+    flip_bit(&good, &tampered, 1000);
+    let next = b.sign("v030", "rootfs", "0.3.0", "0.1.0", &pattern(1_000, 6));
+    let staged = b.path("data/staged.duli");
+
+    for (first, what) in [(&good, "installed"), (&tampered, "refused")] {
+        fs::copy(first, &staged).unwrap();
+        let socket = duli::control::socket_path(&b.data_dir());
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let swap = {
+            let (staged, next, incoming) = (staged.clone(), next.clone(), b.path("incoming"));
+            std::thread::spawn(move || {
+                let (conn, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                // The daemon's staging: a new file renamed over the staged name.
+                fs::copy(&next, &incoming).unwrap();
+                fs::rename(&incoming, &staged).unwrap();
+                line
+            })
+        };
+        let out = b.duli(&["install", "--staged"], true);
+        let audited = swap.join().unwrap();
+        assert!(audited.contains("install"), "{what}: {audited}");
+        assert!(
+            out.stderr.contains("replaced during the install"),
+            "{what}: {}",
+            out.combined()
+        );
+        assert_eq!(
+            fs::read(&staged).unwrap(),
+            fs::read(&next).unwrap(),
+            "{what}: the newly staged bundle was consumed"
+        );
+        assert!(!b.path("data/staged.duli.rejected").exists(), "{what}");
+        fs::remove_file(duli::control::socket_path(&b.data_dir())).unwrap();
+    }
+    assert_eq!(b.status()["target"], "B");
+}
+
+/// Without `firmware.slot_files`, a slot path that does not exist (a mistyped path, a
+/// missing by-partlabel link) fails the install: no file is created, no trial armed.
+#[test]
+fn a_missing_slot_device_fails_the_install() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    fs::create_dir_all(b.path("by-partlabel")).unwrap();
+    b.keygen("release");
+    let bundle = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &pattern(50_000, 7));
+    let before = b.status();
+    let typo = b.path("by-partlabel/rootfs-b");
+    let out = b.duli_with(
+        &["install", bundle.to_str().unwrap()],
+        true,
+        &[
+            ("DULI_FIRMWARE__SLOT_FILES", "false"),
+            ("DULI_FIRMWARE__SLOT_B", typo.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    assert!(
+        !typo.exists(),
+        "a regular file was created at the slot path"
+    );
+    assert_eq!(b.status(), before);
+}
+
+/// The mark-good wrapper (systemd/duli-mark-good.sh) over an empty GRUB environment block
+/// (a write cut short): duli says how to repair it, and the wrapper does not take the
+/// missing `duli_active` for "slot A committed", so a boot of slot B is not rebooted into a
+/// slot A nobody vouches for.
+#[test]
+fn mark_good_wrapper_over_a_damaged_grub_environment_does_not_reboot() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    let grubenv = b.path("grubenv");
+    fs::write(&grubenv, b"").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/duli-mark-good.sh");
+    for slot in [Slot::A, Slot::B] {
+        b.boot_into(slot);
+        let mut cmd = Command::new("sh");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("DULI_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg(&script)
+            .envs(b.env())
+            .env("DULI_FIRMWARE__BOOTLOADER", "grub")
+            .env("DULI_FIRMWARE__GRUBENV", &grubenv)
+            .env("DULI", Daemon::binary())
+            .env("DULI_CMDLINE", b.path("cmdline"))
+            .env("DULI_GRUBENV", &grubenv);
+        let out = run(&mut cmd, Duration::from_secs(120));
+        assert_eq!(out.code(), Some(75), "slot {slot}: {}", out.combined());
+        assert!(
+            out.stderr.contains("is damaged") && out.stderr.contains("grub-editenv"),
+            "slot {slot}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("GRUB environment block")
+                && !out.stderr.contains("on the committed slot"),
+            "slot {slot}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(fs::read(&grubenv).unwrap(), b"");
 }

@@ -10,8 +10,9 @@ use crate::bootctl::{
 };
 use crate::endorsement::EndorsementError;
 use crate::keys::TrustAnchors;
+use crate::lock::{LockError, UpdateLock};
 use crate::policy::DevicePolicy;
-use crate::slot::SlotDevices;
+use crate::slot::{SlotDevices, SlotMedium};
 use crate::updater::{UpdateError, Updater, DEFAULT_ATTEMPTS};
 use crate::version::Version;
 
@@ -43,6 +44,9 @@ pub struct FirmwareConfig {
     pub slot_a: PathBuf,
     /// Slot B device.
     pub slot_b: PathBuf,
+    /// The slots are plain files, created when missing (development boxes and tests).
+    /// Otherwise each slot must be an existing block device.
+    pub slot_files: bool,
     /// This device's hardware identifier, matched against bundle manifests.
     pub hardware_id: String,
     /// Trial boots of a new slot before the bootloader falls back (1..=9).
@@ -69,6 +73,7 @@ impl Default for FirmwareConfig {
             boot_env_file: "/var/lib/duli/firmware/bootenv".into(),
             slot_a: "/dev/disk/by-partlabel/rootfs-a".into(),
             slot_b: "/dev/disk/by-partlabel/rootfs-b".into(),
+            slot_files: false,
             hardware_id: "nuc-x86_64".into(),
             boot_attempts: DEFAULT_ATTEMPTS,
             cmdline: "/proc/cmdline".into(),
@@ -79,6 +84,13 @@ impl Default for FirmwareConfig {
         }
     }
 }
+
+/// Lock file of the U-Boot backend, whose environment has no folder of its own on a
+/// filesystem (`/run/lock` is writable by the root units).
+pub const UBOOT_LOCK_FILE: &str = "/run/lock/duli-firmware.lock";
+
+/// Name of the lock file next to a GRUB environment block or a boot variable file.
+pub const LOCK_FILE_NAME: &str = "duli-firmware.lock";
 
 /// A `[firmware]` value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +127,40 @@ impl FirmwareConfig {
             Bootloader::Grub => Box::new(GrubEnv::new(&self.grubenv)),
             Bootloader::UBoot => Box::new(UBootEnv::new(&self.uboot_config)),
             Bootloader::File => Box::new(FileBootControl::new(&self.boot_env_file)),
+        }
+    }
+
+    /// The lock file that serialises install, mark-good and rollback: `duli-firmware.lock`
+    /// next to the GRUB environment block or the boot variable file, [`UBOOT_LOCK_FILE`]
+    /// for U-Boot.
+    pub fn lock_path(&self) -> PathBuf {
+        let beside = |file: &Path| match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(LOCK_FILE_NAME),
+            _ => PathBuf::from(LOCK_FILE_NAME),
+        };
+        match self.bootloader {
+            Bootloader::Grub => beside(&self.grubenv),
+            Bootloader::File => beside(&self.boot_env_file),
+            Bootloader::UBoot => PathBuf::from(UBOOT_LOCK_FILE),
+        }
+    }
+
+    /// Takes the firmware lock ([`FirmwareConfig::lock_path`]); fails at once when another
+    /// operation holds it.
+    pub fn lock(&self) -> Result<UpdateLock, LockError> {
+        UpdateLock::acquire(&self.lock_path())
+    }
+
+    /// The two slots as configured.
+    pub fn slots(&self) -> SlotDevices {
+        SlotDevices {
+            a: self.slot_a.clone(),
+            b: self.slot_b.clone(),
+            medium: if self.slot_files {
+                SlotMedium::File
+            } else {
+                SlotMedium::BlockDevice
+            },
         }
     }
 
@@ -163,10 +209,7 @@ impl FirmwareConfig {
     ) -> Result<Updater<Box<dyn BootControl + Send>>, ConfigError> {
         Updater::new(
             self.boot_control(),
-            SlotDevices {
-                a: self.slot_a.clone(),
-                b: self.slot_b.clone(),
-            },
+            self.slots(),
             self.booted_slot()?,
             self.policy(running_version),
         )
@@ -197,6 +240,27 @@ mod tests {
         assert_eq!(cfg.boot_control().backend(), "u-boot");
         let err = toml::from_str::<FirmwareConfig>("slot_c = \"/dev/x\"\n").unwrap_err();
         assert!(err.to_string().contains("slot_c"), "{err}");
+    }
+
+    #[test]
+    fn slots_are_block_devices_unless_configured_as_files_and_the_lock_sits_beside_the_env() {
+        let cfg: FirmwareConfig = toml::from_str("grubenv = \"/boot/EFI/BOOT/grubenv\"\n").unwrap();
+        assert_eq!(cfg.slots().medium, SlotMedium::BlockDevice);
+        assert_eq!(
+            cfg.lock_path(),
+            PathBuf::from("/boot/EFI/BOOT/duli-firmware.lock")
+        );
+        let cfg: FirmwareConfig = toml::from_str(
+            "bootloader = \"file\"\nboot_env_file = \"/tmp/x/bootenv\"\nslot_files = true\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.slots().medium, SlotMedium::File);
+        assert_eq!(cfg.lock_path(), PathBuf::from("/tmp/x/duli-firmware.lock"));
+        let cfg = FirmwareConfig {
+            bootloader: Bootloader::UBoot,
+            ..FirmwareConfig::default()
+        };
+        assert_eq!(cfg.lock_path(), PathBuf::from(UBOOT_LOCK_FILE));
     }
 
     #[test]

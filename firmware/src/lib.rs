@@ -15,6 +15,7 @@
 //!   and file backends, and the reference of the bootloader's per-boot decision.
 //! - [`slot`]: writing the inactive slot and reading it back.
 //! - [`updater`]: the install / mark-good / rollback state machine over any backend.
+//! - [`lock`]: one install, mark-good or rollback at a time.
 //! - [`model_pack`]: model packs, installed on the data partition instead of a slot.
 //! - [`dir_write`]: root's writes into folders the service user owns, never through a link.
 //! - [`config`]: the `[firmware]` configuration section.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dir_write;
 pub mod endorsement;
 pub mod keys;
+pub mod lock;
 pub mod manifest;
 pub mod model_pack;
 pub mod policy;

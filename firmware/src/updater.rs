@@ -5,14 +5,17 @@
 //!
 //! 1. verify the bundle (signature, manifest, payload SHA-256 streamed) and the device
 //!    policy (hardware, minimum version, no downgrade); nothing is written;
-//! 2. disarm: point the boot target at the running slot, flag the inactive slot not good;
+//! 2. disarm: point the boot target at the running slot, flag the inactive slot not good
+//!    and forget its recorded version;
 //! 3. stream the payload into the inactive slot, hashing it again, and flush it;
 //! 4. read the slot back and compare its SHA-256 with the manifest;
-//! 5. flip: point the boot target at the new slot with the attempt counter set.
+//! 5. flip: point the boot target at the new slot with the attempt counter set, and record
+//!    the version written into it.
 //!
 //! After the reboot the bootloader spends one attempt per boot on the new slot;
-//! [`Updater::mark_good`] (run by the health check) commits it, and with no attempts left
-//! the bootloader falls back to the committed slot.
+//! [`Updater::mark_good`] (run by the health check) commits it if it runs the recorded
+//! version, and with no attempts left the bootloader falls back to the committed slot.
+//! Concurrent operations are kept apart by the caller with [`crate::lock::UpdateLock`].
 
 use std::path::Path;
 
@@ -67,6 +70,23 @@ pub enum UpdateError {
     /// There is no good slot to roll back to.
     #[error("slot {0} is not flagged good: nothing to roll back to")]
     NoGoodFallback(Slot),
+    /// The running slot is on trial but runs another firmware version than the install
+    /// wrote into it (the slot device held something else, or the bootloader booted other
+    /// content): it is not committed, and the bootloader falls back when its attempts are
+    /// spent.
+    #[error(
+        "slot {slot} was armed for firmware {armed} but runs firmware {running}: not committing it; \
+         the bootloader returns to the committed slot when its trial boots are spent \
+         (or run rollback)"
+    )]
+    VersionMismatch {
+        /// The running slot.
+        slot: Slot,
+        /// Version the install recorded for it.
+        armed: Version,
+        /// Version running now.
+        running: Version,
+    },
     /// The attempt count is outside 1..=9.
     #[error("boot attempts must be between 1 and {MAX_ATTEMPTS}, got {0}")]
     InvalidAttempts(u8),
@@ -227,7 +247,8 @@ impl<B: BootControl> Updater<B> {
         let path = self.slots.path(slot).to_path_buf();
         let size = manifest.payload.size;
         let expected = manifest.payload_sha256().map_err(BundleError::from)?;
-        check_fits(&path, size)?;
+        let medium = self.slots.medium;
+        check_fits(&path, medium, size)?;
         log::info!(
             "installing firmware {} (signed by {}) into slot {slot} at {}",
             manifest.version,
@@ -240,6 +261,7 @@ impl<B: BootControl> Updater<B> {
         disarmed.target = state.active;
         disarmed.attempts = 0;
         disarmed.set_good(slot, false);
+        disarmed.set_version(slot, None);
         self.store(&state, &disarmed)?;
         self.step(Step::Disarmed)?;
 
@@ -247,6 +269,7 @@ impl<B: BootControl> Updater<B> {
         let observer = &mut self.observer;
         write_slot(
             &path,
+            medium,
             &mut payload,
             size,
             &expected,
@@ -271,6 +294,7 @@ impl<B: BootControl> Updater<B> {
         let mut flipped = disarmed;
         flipped.target = slot;
         flipped.attempts = self.attempts;
+        flipped.set_version(slot, Some(manifest.version));
         self.store(&disarmed, &flipped)?;
         log::info!(
             "slot {slot} armed for {} trial boots; reboot to start firmware {}",
@@ -286,7 +310,10 @@ impl<B: BootControl> Updater<B> {
     }
 
     /// Commits the running slot after a passed health check. On a trial boot it becomes
-    /// the committed slot; on a committed slot this only makes sure its good flag is set.
+    /// the committed slot, provided it runs the firmware version the install recorded for it
+    /// ([`UpdateError::VersionMismatch`] otherwise; a slot with no recorded version, such as
+    /// the factory image, is taken as it is); on a committed slot this only makes sure its
+    /// good flag is set.
     pub fn mark_good(&mut self) -> Result<MarkGood, UpdateError> {
         let state = self.boot.load()?;
         let booted = self.booted;
@@ -295,6 +322,21 @@ impl<B: BootControl> Updater<B> {
             next.set_good(booted, true);
             MarkGood::AlreadyCommitted(booted)
         } else if booted == state.target {
+            let running = self.policy.running_version;
+            match state.version(booted) {
+                Some(armed) if armed != running => {
+                    return Err(UpdateError::VersionMismatch {
+                        slot: booted,
+                        armed,
+                        running,
+                    })
+                }
+                Some(_) => {}
+                None => log::warn!(
+                    "mark-good: no firmware version recorded for slot {booted}; committing \
+                     firmware {running} as it is"
+                ),
+            }
             next.active = booted;
             next.attempts = 0;
             next.set_good(booted, true);

@@ -1,14 +1,18 @@
 //! The same scenarios against the real bootloader tools, on files: `grub-editenv`
-//! (grub-common) and `fw_printenv`/`fw_setenv -c` (libubootenv-tool) with an environment
-//! image made by `mkenvimage` (u-boot-tools). Skipped with a message when a tool is absent.
+//! (grub-common) and `fw_printenv`/`fw_setenv -c` (libubootenv-tool) with a redundant
+//! environment (two copies) made by `mkenvimage -r` (u-boot-tools). Skipped with a message
+//! when a tool is absent.
 
 mod common;
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use duli_firmware::bootctl::{BootControl, BootError, BootState, GrubEnv, Slot, UBootEnv};
+use duli_firmware::Version;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -55,21 +59,26 @@ fn grub_in(dir: &Path) -> GrubEnv {
     env
 }
 
+/// A redundant U-Boot environment: two copies, each an image made by `mkenvimage -r`.
 fn uboot_in(dir: &Path) -> UBootEnv {
-    let image = dir.join("uboot.env");
     let config = dir.join("fw_env.config");
     if !config.exists() {
         let defaults = dir.join("defaults.txt");
         std::fs::write(&defaults, "bootdelay=2\nbootcmd=run duli_boot\n").unwrap();
-        let ok = Command::new("mkenvimage")
-            .args(["-s", "0x4000", "-o"])
-            .arg(&image)
-            .arg(&defaults)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mkenvimage failed");
-        std::fs::write(&config, format!("{} 0x0000 0x4000\n", image.display())).unwrap();
+        let mut lines = String::new();
+        for copy in ["uboot.env", "uboot-redund.env"] {
+            let image = dir.join(copy);
+            let ok = Command::new("mkenvimage")
+                .args(["-r", "-s", "0x4000", "-o"])
+                .arg(&image)
+                .arg(&defaults)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mkenvimage failed");
+            lines.push_str(&format!("{} 0x0000 0x4000\n", image.display()));
+        }
+        std::fs::write(&config, lines).unwrap();
     }
     UBootEnv::new(config)
 }
@@ -185,6 +194,147 @@ fn uboot_reports_tool_failure() {
 fn missing_tool_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let env = GrubEnv::with_tool("/nonexistent/grub-editenv", dir.path().join("grubenv"));
-    std::fs::write(dir.path().join("grubenv"), "").unwrap();
+    let mut block = b"# GRUB Environment Block\n".to_vec();
+    block.resize(1024, b'#');
+    std::fs::write(dir.path().join("grubenv"), block).unwrap();
     assert!(matches!(env.load(), Err(BootError::ToolMissing(_))));
+}
+
+/// A trial of slot B armed over a committed slot A.
+fn armed() -> BootState {
+    BootState {
+        target: Slot::B,
+        attempts: 3,
+        b_version: Some(Version::new(1, 2, 0)),
+        ..BootState::FACTORY
+    }
+}
+
+/// `grub-editenv FILE set` opens FILE with `O_TRUNC` before writing: killed in between (a
+/// power cut), it leaves an empty file. A store whose tool dies that way must still leave a
+/// block that loads, holding the old or the new variables.
+#[test]
+fn grub_store_through_a_tool_killed_at_its_write_leaves_a_loadable_block() {
+    if skip_without(&["grub-editenv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let real = grub_in(dir.path());
+    let old = BootState {
+        b_good: true,
+        ..BootState::FACTORY
+    };
+    real.clone().store(&old).unwrap();
+    // grub-editenv, except that `set` truncates the file and is then killed.
+    let tool = dir.path().join("grub-editenv");
+    fs::write(
+        &tool,
+        "#!/bin/sh\ncase \"$2\" in\n  set) : > \"$1\"; kill -9 $$ ;;\n  \
+         *) exec grub-editenv \"$@\" ;;\nesac\n",
+    )
+    .unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut env = GrubEnv::with_tool(&tool, real.file());
+    let stored = env.store(&armed());
+    let now = real
+        .load()
+        .unwrap_or_else(|e| panic!("block unloadable after the cut ({stored:?}): {e}"));
+    assert!(now == old || now == armed(), "{now:?}");
+    assert_eq!(fs::metadata(real.file()).unwrap().len(), 1024);
+}
+
+/// The block is written over itself in one `pwrite`: a cut that lands only the first
+/// 512-byte sector, or none, leaves the old or the new variables, which both GRUB's tool and
+/// this crate read; the file never changes size and other variables survive.
+#[test]
+fn grub_write_torn_between_sectors_leaves_old_or_new() {
+    if skip_without(&["grub-editenv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = grub_in(dir.path());
+    let ok = Command::new("grub-editenv")
+        .arg(env.file())
+        .args(["set", "saved_entry=0"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    env.clone().store(&BootState::FACTORY).unwrap();
+    let old = fs::read(env.file()).unwrap();
+    env.clone().store(&armed()).unwrap();
+    let new = fs::read(env.file()).unwrap();
+    assert_eq!((old.len(), new.len()), (1024, 1024));
+    let listed = Command::new("grub-editenv")
+        .arg(env.file())
+        .arg("list")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("saved_entry=0\n"), "{listed}");
+    assert!(listed.contains("duli_b_version=1.2.0\n"), "{listed}");
+
+    for (landed, want) in [(0, BootState::FACTORY), (512, armed()), (1024, armed())] {
+        let mut torn = new[..landed].to_vec();
+        torn.extend_from_slice(&old[landed..]);
+        fs::write(env.file(), &torn).unwrap();
+        assert_eq!(env.load().unwrap(), want, "{landed} bytes landed");
+    }
+}
+
+/// An empty or overwritten block is an error that says how to repair it, for reading and
+/// writing alike; a write leaves it as it is.
+#[test]
+fn grub_damaged_block_is_an_error_that_says_what_to_do() {
+    if skip_without(&["grub-editenv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = grub_in(dir.path());
+    for damage in [
+        &b""[..],
+        &[0u8; 1024][..],
+        b"# GRUB Environment Block\nduli_active=B",
+    ] {
+        fs::write(env.file(), damage).unwrap();
+        let err = env.load().unwrap_err();
+        assert!(matches!(err, BootError::DamagedGrubEnv { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("grub-editenv") && msg.contains("create"),
+            "{msg}"
+        );
+        assert!(matches!(
+            env.store(&armed()),
+            Err(BootError::DamagedGrubEnv { .. })
+        ));
+        assert_eq!(fs::read(env.file()).unwrap(), damage);
+    }
+    // The repair the message names.
+    fs::remove_file(env.file()).unwrap();
+    let env = grub_in(dir.path());
+    assert_eq!(env.load().unwrap(), BootState::FACTORY);
+}
+
+/// A single-copy U-Boot environment is refused for writing: a power cut during its
+/// rewrite would lose every variable.
+#[test]
+fn uboot_refuses_a_single_copy_environment() {
+    if skip_without(&["fw_printenv", "fw_setenv", "mkenvimage"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = uboot_in(dir.path());
+    let config = env.config().to_path_buf();
+    let text = fs::read_to_string(&config).unwrap();
+    let first = text.lines().next().unwrap();
+    fs::write(&config, format!("# one copy only\n{first}\n")).unwrap();
+    let before = fs::read(dir.path().join("uboot.env")).unwrap();
+    let err = env.store(&armed()).unwrap_err();
+    assert!(matches!(err, BootError::SingleUBootEnv { .. }), "{err}");
+    assert!(err.to_string().contains("CONFIG_ENV_REDUNDANT"), "{err}");
+    assert_eq!(fs::read(dir.path().join("uboot.env")).unwrap(), before);
+    fs::write(&config, text).unwrap();
+    env.store(&armed()).unwrap();
+    assert_eq!(env.load().unwrap(), armed());
 }

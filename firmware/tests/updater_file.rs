@@ -238,6 +238,52 @@ const CHILD_ENV: &str = "DULI_FIRMWARE_KILL_CHILD_DIR";
 const CHILD_STEP: &str = "DULI_FIRMWARE_KILL_CHILD_STEP";
 const MARKER: &str = "DULI-CRASH-POINT-REACHED";
 
+/// A slot path that does not exist (a mistyped path, a missing by-partlabel link) or is a
+/// regular file where a block device is expected fails the install before anything is
+/// written: no file appears, the boot variables are untouched, no trial is armed.
+#[test]
+fn a_slot_that_is_not_a_block_device_is_refused_before_anything_is_written() {
+    use duli_firmware::slot::{SlotDevices, SlotError};
+    let bx = new_appliance();
+    let keys = keys();
+    let (bundle, _) = bundle(
+        bx.dir.path(),
+        "v1.1.0",
+        &keys,
+        &rootfs(Version::new(1, 1, 0)),
+        50_000,
+        4,
+    );
+    let make = || env_in(bx.dir.path());
+    make()
+        .store(&duli_firmware::BootState {
+            b_good: true,
+            ..duli_firmware::BootState::FACTORY
+        })
+        .unwrap();
+    let env_before = fs::read(make().path()).unwrap();
+    let typo = bx.dir.path().join("by-partlabel").join("rootfs-b");
+    fs::create_dir_all(typo.parent().unwrap()).unwrap();
+    for b in [typo.clone(), bx.slots.b.clone()] {
+        let slots = SlotDevices::block_devices(bx.slots.a.clone(), b.clone());
+        let err = updater(make(), &slots, Slot::A)
+            .install(&bundle, &keys.anchors)
+            .unwrap_err();
+        assert!(
+            matches!(err, UpdateError::Slot(SlotError::NotASlot { .. })),
+            "{}: {err}",
+            b.display()
+        );
+        assert_eq!(fs::read(make().path()).unwrap(), env_before);
+    }
+    assert!(
+        !typo.exists(),
+        "a regular file was created at the slot path"
+    );
+    assert_eq!(fs::read(&bx.slots.b).unwrap(), bx.old_b);
+    assert_eq!(fs::read(&bx.slots.a).unwrap(), bx.old_a);
+}
+
 /// Run by [`sigkill_during_install`] in a child process: installs and, at the requested
 /// step, announces it and waits to be killed.
 #[test]
@@ -248,10 +294,8 @@ fn sigkill_child() {
     };
     let step = std::env::var(CHILD_STEP).unwrap();
     let dir = Path::new(&dir).to_path_buf();
-    let slots = duli_firmware::slot::SlotDevices {
-        a: dir.join("slot-a.img"),
-        b: dir.join("slot-b.img"),
-    };
+    let slots =
+        duli_firmware::slot::SlotDevices::files(dir.join("slot-a.img"), dir.join("slot-b.img"));
     let anchors = duli_firmware::TrustAnchors::from_roots(vec![duli_firmware::PublicKey::read(
         &dir.join("test.pub"),
     )

@@ -9,11 +9,17 @@
 //! | `duli_attempts` | `0`..`9` | trial boots of `duli_target` left before falling back |
 //! | `duli_a_good`   | `0`/`1`  | slot A holds a complete image that booted and passed the health check |
 //! | `duli_b_good`   | `0`/`1`  | the same for slot B |
+//! | `duli_a_version`| `X.Y.Z` or empty | firmware installed in slot A by the last install (empty: unknown) |
+//! | `duli_b_version`| `X.Y.Z` or empty | the same for slot B |
+//!
+//! The bootloader scripts use the first five only; the versions let mark-good refuse to
+//! commit a slot that does not run the firmware installed into it.
 //!
 //! [`choose_slot`] is the reference of what the bootloader script does on each boot (the
 //! GRUB and U-Boot scripts in `yocto/meta-duli` implement exactly it); tests run it against
 //! every backend to simulate reboots.
 
+pub mod envblock;
 mod file;
 mod grub;
 mod uboot;
@@ -23,6 +29,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::version::Version;
+
 pub use file::FileBootControl;
 pub use grub::GrubEnv;
 pub use uboot::UBootEnv;
@@ -30,7 +38,8 @@ pub use uboot::UBootEnv;
 /// Highest boot-attempt count: the GRUB script counts down with a lookup table.
 pub const MAX_ATTEMPTS: u8 = 9;
 
-/// Names of the variables, in the order they are written.
+/// Names of the variables the bootloader scripts read and write, in the order they are
+/// written.
 pub const VARIABLES: [&str; 5] = [
     "duli_active",
     "duli_target",
@@ -38,6 +47,11 @@ pub const VARIABLES: [&str; 5] = [
     "duli_a_good",
     "duli_b_good",
 ];
+
+/// Names of the variables holding the firmware version installed in slot A and slot B,
+/// written after [`VARIABLES`]. Optional: an environment without them (a freshly imaged box,
+/// or one last written by an older release) reads as versions unknown.
+pub const VERSION_VARIABLES: [&str; 2] = ["duli_a_version", "duli_b_version"];
 
 /// One of the two root filesystem slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +106,10 @@ pub struct BootState {
     pub a_good: bool,
     /// Whether slot B is good.
     pub b_good: bool,
+    /// Firmware version the last install wrote into slot A (`None`: unknown).
+    pub a_version: Option<Version>,
+    /// The same for slot B.
+    pub b_version: Option<Version>,
 }
 
 impl BootState {
@@ -102,6 +120,8 @@ impl BootState {
         attempts: 0,
         a_good: true,
         b_good: false,
+        a_version: None,
+        b_version: None,
     };
 
     /// Whether `slot` is flagged good.
@@ -120,28 +140,64 @@ impl BootState {
         }
     }
 
+    /// The firmware version recorded for `slot` when it was installed, if known.
+    pub fn version(&self, slot: Slot) -> Option<Version> {
+        match slot {
+            Slot::A => self.a_version,
+            Slot::B => self.b_version,
+        }
+    }
+
+    /// Records the firmware version of `slot` (`None`: its content is being replaced).
+    pub fn set_version(&mut self, slot: Slot, version: Option<Version>) {
+        match slot {
+            Slot::A => self.a_version = version,
+            Slot::B => self.b_version = version,
+        }
+    }
+
     /// Whether a trial of `target` is armed.
     pub fn trial_pending(&self) -> bool {
         self.target != self.active
     }
 
-    /// The variables as `(name, value)` pairs in [`VARIABLES`] order.
+    /// The variables as `(name, value)` pairs: [`VARIABLES`], then [`VERSION_VARIABLES`]
+    /// (an unknown version is an empty value).
     pub fn to_vars(&self) -> Vec<(&'static str, String)> {
         let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let version = |v: Option<Version>| v.map(|v| v.to_string()).unwrap_or_default();
         vec![
             (VARIABLES[0], self.active.to_string()),
             (VARIABLES[1], self.target.to_string()),
             (VARIABLES[2], self.attempts.to_string()),
             (VARIABLES[3], flag(self.a_good)),
             (VARIABLES[4], flag(self.b_good)),
+            (VERSION_VARIABLES[0], version(self.a_version)),
+            (VERSION_VARIABLES[1], version(self.b_version)),
         ]
     }
 
-    /// Reads the variables from a bootloader environment. An environment with none of them
-    /// is a freshly imaged box ([`BootState::FACTORY`]); one with only some is an error.
+    /// Reads the variables from a bootloader environment. An environment with none of
+    /// [`VARIABLES`] is a freshly imaged box ([`BootState::FACTORY`]); one with only some is
+    /// an error. A missing or empty version is unknown.
     pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<Self, BootError> {
+        let version = |name: &'static str| -> Result<Option<Version>, BootError> {
+            match vars.get(name).map(String::as_str) {
+                None | Some("") => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|_| BootError::InvalidVariable {
+                    name,
+                    value: v.to_string(),
+                }),
+            }
+        };
+        let a_version = version(VERSION_VARIABLES[0])?;
+        let b_version = version(VERSION_VARIABLES[1])?;
         if VARIABLES.iter().all(|name| !vars.contains_key(*name)) {
-            return Ok(BootState::FACTORY);
+            return Ok(BootState {
+                a_version,
+                b_version,
+                ..BootState::FACTORY
+            });
         }
         let get = |name: &'static str| -> Result<&str, BootError> {
             vars.get(name)
@@ -175,6 +231,8 @@ impl BootState {
             attempts,
             a_good: flag("duli_a_good")?,
             b_good: flag("duli_b_good")?,
+            a_version,
+            b_version,
         })
     }
 }
@@ -213,6 +271,37 @@ pub enum BootError {
         name: &'static str,
         /// Its value.
         value: String,
+    },
+    /// The GRUB environment block is not one: empty, cut short or overwritten.
+    #[error(
+        "GRUB environment block {path} is damaged ({why}): the bootloader boots slot A \
+         without a trial until it is repaired. Recreate it as root with `grub-editenv {path} \
+         create` (the box then reads as freshly imaged, slot A committed) and check \
+         `duli firmware status` (firmware/README.md)"
+    )]
+    DamagedGrubEnv {
+        /// The block file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: envblock::BlockError,
+    },
+    /// The variables do not fit the GRUB environment block.
+    #[error("GRUB environment block {path} cannot take the boot variables: {why}")]
+    GrubEnvFull {
+        /// The block file.
+        path: PathBuf,
+        /// The sizes.
+        why: envblock::BlockError,
+    },
+    /// The U-Boot environment is a single copy, which a power cut during a write can lose.
+    #[error(
+        "{config} names one U-Boot environment copy: a power cut while it is written loses \
+         every variable. Configure a redundant environment (CONFIG_ENV_REDUNDANT in U-Boot, \
+         two lines in {config}); see firmware/README.md"
+    )]
+    SingleUBootEnv {
+        /// The `fw_env.config` file.
+        config: PathBuf,
     },
     /// The environment read back after a write differs from what was written.
     #[error("boot environment did not take the update: read back {0:?}")]
@@ -365,6 +454,8 @@ mod tests {
             attempts: 3,
             a_good: false,
             b_good: true,
+            a_version: None,
+            b_version: Some(Version::new(1, 2, 3)),
         };
         let vars: BTreeMap<String, String> = s
             .to_vars()
@@ -388,6 +479,7 @@ mod tests {
             ("duli_attempts", "10"),
             ("duli_attempts", "-1"),
             ("duli_a_good", "yes"),
+            ("duli_b_version", "1.2"),
         ] {
             let mut bad = vars.clone();
             bad.insert(k.into(), v.into());
@@ -407,8 +499,7 @@ mod tests {
             active: Slot::A,
             target: Slot::B,
             attempts: 2,
-            a_good: true,
-            b_good: false,
+            ..BootState::FACTORY
         };
         let (slot, s1) = choose_slot(&armed);
         assert_eq!((slot, s1.attempts), (Slot::B, 1));

@@ -1,8 +1,13 @@
 //! U-Boot: the variables live in the U-Boot environment, read with `fw_printenv` and
 //! written with `fw_setenv -s` (package `libubootenv-tool`), all in one environment write.
-//! With a redundant environment (two copies in the config file) libubootenv alternates
-//! copies, so a power cut during the write leaves the previous copy valid.
+//! With a redundant environment (two copies in the config file, `CONFIG_ENV_REDUNDANT` in
+//! U-Boot) libubootenv alternates copies, so a power cut during the write leaves the
+//! previous copy valid. A single copy is rewritten in place, and a cut during that write
+//! leaves a copy whose CRC fails: U-Boot then starts from its built-in default environment,
+//! without the boot variables. Writes are therefore refused unless the config file names
+//! two copies.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,6 +36,33 @@ impl UBootEnv {
     pub fn config(&self) -> &Path {
         &self.config
     }
+
+    /// Checks that the config file describes a redundant environment: two device lines
+    /// (comments and blank lines aside).
+    fn check_redundant(&self) -> Result<(), BootError> {
+        let text = match std::fs::read_to_string(&self.config) {
+            Ok(text) => text,
+            // Left to fw_setenv, which names the missing file in its own error.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(BootError::Io {
+                    path: self.config.clone(),
+                    source,
+                })
+            }
+        };
+        let copies = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count();
+        if copies < 2 {
+            return Err(BootError::SingleUBootEnv {
+                config: self.config.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl BootControl for UBootEnv {
@@ -47,7 +79,8 @@ impl BootControl for UBootEnv {
     }
 
     fn store(&mut self, state: &BootState) -> Result<(), BootError> {
-        // libubootenv 0.3 reads `name=value` lines from the script.
+        self.check_redundant()?;
+        // libubootenv 0.3 reads `name=value` lines from the script; `name=` deletes.
         let mut script = String::new();
         for (k, v) in state.to_vars() {
             script.push_str(&format!("{k}={v}\n"));

@@ -91,10 +91,7 @@ pub struct Appliance {
 
 pub fn new_appliance() -> Appliance {
     let dir = tempfile::tempdir().unwrap();
-    let slots = SlotDevices {
-        a: dir.path().join("slot-a.img"),
-        b: dir.path().join("slot-b.img"),
-    };
+    let slots = SlotDevices::files(dir.path().join("slot-a.img"), dir.path().join("slot-b.img"));
     let old_a = pattern(300_000, 1);
     let old_b = pattern(200_000, 2);
     fs::write(&slots.a, &old_a).unwrap();
@@ -109,6 +106,24 @@ pub fn new_appliance() -> Appliance {
 
 pub fn updater<B: BootControl>(b: B, slots: &SlotDevices, booted: Slot) -> Updater<B> {
     Updater::new(b, slots.clone(), booted, policy())
+}
+
+/// The updater of a box that booted `booted` and runs firmware `running`.
+pub fn updater_running<B: BootControl>(
+    b: B,
+    slots: &SlotDevices,
+    booted: Slot,
+    running: Version,
+) -> Updater<B> {
+    Updater::new(
+        b,
+        slots.clone(),
+        booted,
+        DevicePolicy {
+            running_version: running,
+            ..policy()
+        },
+    )
 }
 
 /// Full cycle: install into B, reboot (simulated), mark-good, then roll back to A and
@@ -141,14 +156,29 @@ pub fn full_cycle<B: BootControl>(make: &dyn Fn() -> B) {
             target: Slot::B,
             attempts: 3,
             a_good: true,
-            b_good: false
+            b_good: false,
+            a_version: None,
+            b_version: Some(Version::new(1, 1, 0)),
         }
     );
 
     // Reboot: the bootloader spends an attempt on B.
     assert_eq!(simulate_boot(&mut make()).unwrap(), Slot::B);
     assert_eq!(make().load().unwrap().attempts, 2);
-    let mut on_b = updater(make(), &bx.slots, Slot::B);
+    // Slot B on trial but running other firmware than installed into it (the bootloader
+    // booted what the device held before): never committed.
+    let before = make().load().unwrap();
+    let mut stale_b = updater(make(), &bx.slots, Slot::B);
+    assert!(matches!(
+        stale_b.mark_good(),
+        Err(UpdateError::VersionMismatch {
+            slot: Slot::B,
+            armed,
+            running: RUNNING,
+        }) if armed == Version::new(1, 1, 0)
+    ));
+    assert_eq!(make().load().unwrap(), before);
+    let mut on_b = updater_running(make(), &bx.slots, Slot::B, Version::new(1, 1, 0));
     assert!(matches!(
         on_b.install(&bundle, &keys.anchors),
         Err(UpdateError::NotCommitted { .. })
@@ -168,8 +198,9 @@ pub fn full_cycle<B: BootControl>(make: &dyn Fn() -> B) {
         assert_eq!(simulate_boot(&mut make()).unwrap(), Slot::B);
     }
 
-    // Roll back to A: armed as a trial, committed by mark-good on A.
-    let mut on_b = updater(make(), &bx.slots, Slot::B);
+    // Roll back to A: armed as a trial, committed by mark-good on A (the factory image,
+    // no version recorded).
+    let mut on_b = updater_running(make(), &bx.slots, Slot::B, Version::new(1, 1, 0));
     assert_eq!(on_b.rollback().unwrap(), Rollback::ArmedPrevious(Slot::A));
     assert_eq!(simulate_boot(&mut make()).unwrap(), Slot::A);
     let mut on_a = updater(make(), &bx.slots, Slot::A);
