@@ -8,7 +8,7 @@ use common::delivery::*;
 use duli::config::{Hl7Config, StudyUidIn};
 use duli::deliver::hl7::ack::{build_ack, AckCode};
 use duli::deliver::hl7::client::{Hl7Channel, Hl7Target};
-use duli::deliver::hl7::message::Hl7Profile;
+use duli::deliver::hl7::message::{control_id_of, filler_order_of, Hl7Profile};
 use duli::deliver::hl7::mllp;
 use duli::deliver::plan::DeliveryPlan;
 use duli::deliver::worker;
@@ -34,6 +34,11 @@ fn plan() -> DeliveryPlan {
     }
 }
 
+/// MSH-10 of the message of report `report_id` (keyed by the tests' site secret).
+fn cid(report_id: &str) -> String {
+    control_id_of(&SiteSecret::from_bytes(&[1u8; 32]), report_id)
+}
+
 fn target(port: u16) -> Hl7Target {
     let mut t = Hl7Target::from_config(&Hl7Config {
         enabled: true,
@@ -56,10 +61,14 @@ fn enqueue_reports(ob: &Outbox, range: std::ops::Range<usize>) {
 }
 
 /// What the scripted listener answers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Answer {
     Ack(AckCode),
     SlowAck(AckCode),
+    /// `AA` naming this control id in MSA-2 (another message's, or ours cut short).
+    AckFor(&'static str),
+    /// `AA` with MSA-2 cut to the 20 characters HL7 v2.5.1 gives MSH-10.
+    AckCut,
     Garbage,
 }
 
@@ -94,6 +103,13 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 Answer::SlowAck(code) => {
                     tokio::time::sleep(Duration::from_millis(15)).await;
                     mllp::encode(build_ack(code, &id, "ACK1", "").as_bytes())
+                }
+                Answer::AckFor(other) => {
+                    mllp::encode(build_ack(AckCode::AA, other, "ACK1", "").as_bytes())
+                }
+                Answer::AckCut => {
+                    let cut: String = id.chars().take(20).collect();
+                    mllp::encode(build_ack(AckCode::AA, &cut, "ACK1", "").as_bytes())
                 }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
             };
@@ -201,15 +217,20 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
         .collect();
     // AE for the first copy, AA for the retry, AA for the next message
     assert_eq!(records.len(), 3, "{text}");
-    assert_eq!(records[0]["MSH.F10"], "rep-0051");
-    assert_eq!(records[1]["MSH.F10"], "rep-0051");
-    assert_eq!(records[2]["MSH.F10"], "rep-0007");
+    assert_eq!(records[0]["MSH.F10"], cid("rep-0051").as_str());
+    assert_eq!(records[1]["MSH.F10"], cid("rep-0051").as_str());
+    assert_eq!(records[2]["MSH.F10"], cid("rep-0007").as_str());
     let status = ob.status_of("rep-0051").unwrap();
     assert_eq!(status[0].state, "delivered");
     assert_eq!(status[0].attempts, 2);
     assert_eq!(ob.fill().entries, 0);
 
     let r = &records[1];
+    let filler = filler_order_of(
+        &SiteSecret::from_bytes(&[1u8; 32]),
+        "1.2.826.0.1.3680043.8.498.1051",
+    );
+    assert_eq!(r["OBR.F3.R1.C1"], filler.as_str(), "{r}");
     let expect = [
         ("MSH.F3", "DULI"),
         ("MSH.F4", "hospital-a"),
@@ -232,7 +253,6 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
         ("ORC.F1", "RE"),
         ("ORC.F2", "ACC51&X"),
         ("OBR.F2", "ACC51&X"),
-        ("OBR.F3.R1.C1", "rep-0051"),
         ("OBR.F4.R1.C5", "Tórax PA|AP"),
         ("OBR.F7", "20240131093015"),
         ("OBR.F18", "ACC51&X"),
@@ -291,8 +311,9 @@ async fn python_hl7_ris_reads_every_field_and_ae_then_aa_is_delivered_after_a_re
 async fn ar_forever_dead_letters_after_max_rejections_without_blocking_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let script: Script = Arc::new(|id: &str, _| {
-        if id == "rep-0000" {
+    let refused = cid("rep-0000");
+    let script: Script = Arc::new(move |id: &str, _| {
+        if id == refused {
             Answer::Ack(AckCode::AR)
         } else {
             Answer::Ack(AckCode::AA)
@@ -312,8 +333,8 @@ async fn ar_forever_dead_letters_after_max_rejections_without_blocking_the_queue
     assert_eq!(list[0].rejections, 3);
     assert_eq!(list[0].last_error.as_deref(), Some("AR"));
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.iter().filter(|s| *s == "rep-0000").count(), 3);
-    assert_eq!(seen.iter().filter(|s| *s != "rep-0000").count(), 2);
+    assert_eq!(seen.iter().filter(|s| **s == cid("rep-0000")).count(), 3);
+    assert_eq!(seen.iter().filter(|s| **s != cid("rep-0000")).count(), 2);
     let stats = ob.stats().unwrap();
     assert_eq!(
         (
@@ -370,7 +391,7 @@ async fn outage_then_recovery_delivers_every_report_in_order() {
     stop.send(true).unwrap();
     handle.await.unwrap();
     let seen = seen.lock().unwrap().clone();
-    let expected: Vec<String> = (0..50).map(|i| format!("rep-{i:04}")).collect();
+    let expected: Vec<String> = (0..50).map(|i| cid(&format!("rep-{i:04}"))).collect();
     assert_eq!(seen, expected);
     assert_eq!(ob.fill().entries, 0);
     assert!(ob.list(None).unwrap().is_empty());
@@ -487,7 +508,7 @@ async fn a_stop_mid_drain_resumes_after_reopening_the_store() {
     let mut seen = seen.lock().unwrap().clone();
     let total = seen.len();
     seen.dedup();
-    let expected: Vec<String> = (0..40).map(|i| format!("rep-{i:04}")).collect();
+    let expected: Vec<String> = (0..40).map(|i| cid(&format!("rep-{i:04}"))).collect();
     assert_eq!(seen, expected, "every report, in order (repeats allowed)");
     eprintln!(
         "resume after stop: {} sent, {} duplicates",
@@ -495,4 +516,168 @@ async fn a_stop_mid_drain_resumes_after_reopening_the_store() {
         total - 40
     );
     assert!(total - 40 <= 1);
+}
+
+/// The HL7 message of `report` as the plan makes it.
+fn message_of(report: &duli::report::Report) -> String {
+    let secret = SiteSecret::from_bytes(&[1u8; 32]);
+    match &plan().report_entries(report, &secret)[0].payload {
+        duli::store::outbox::Payload::Hl7 { message } => message.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Field `n` of the first `id` segment of `msg`, unescaped.
+fn field(msg: &str, id: &str, n: usize) -> String {
+    let raw = msg
+        .split('\r')
+        .find(|s| s.starts_with(id))
+        .and_then(|s| s.split('|').nth(n))
+        .unwrap_or_default();
+    duli::deliver::hl7::message::unescape(raw)
+}
+
+/// DICOM text longer than HL7 v2.5.1 allows (a 250-character Study Description, long name
+/// components, delimiters where the cut falls) is cut to each component's length on whole
+/// characters and whole escapes: the message stays valid for a strict parser.
+#[test]
+fn over_long_dicom_text_is_cut_to_its_hl7_lengths_and_stays_strict_valid() {
+    let mut r = report(3);
+    let description = format!("{}&|^~\\ {}", "Tórax PA ".repeat(21), "x".repeat(60));
+    assert!(description.chars().count() > 250);
+    r.study.study_description = description.clone();
+    r.study.patient_name = format!("{}^{}^{}", "Ñ".repeat(64), "G&".repeat(40), "M".repeat(64));
+    let msg = message_of(&r);
+    let Some(verdict) = common::ris::hl7_strict(&msg) else {
+        return;
+    };
+    assert_eq!(verdict, "valid", "{msg}");
+    let obr4 = msg
+        .split('\r')
+        .find(|s| s.starts_with("OBR"))
+        .and_then(|s| s.split('|').nth(4))
+        .unwrap()
+        .to_string();
+    let alternate_text = obr4.split('^').nth(4).unwrap();
+    assert!(alternate_text.chars().count() <= 199, "{alternate_text}");
+    assert!(obr4.chars().count() <= 250, "{obr4}");
+    let kept = duli::deliver::hl7::message::unescape(alternate_text);
+    assert!(kept.len() > 150 && description.starts_with(&kept), "{kept}");
+    assert_eq!(field(&msg, "PID", 3), "PID00003");
+}
+
+/// A study without a Patient ID gets no message the RIS cannot file (PID-3 is required):
+/// its entry is refused at once, dead-lettered with the reason, and the next one is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_without_a_patient_id_is_refused_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, _| Answer::Ack(AckCode::AA));
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    let secret = SiteSecret::from_bytes(&[1u8; 32]);
+    let mut anonymous = report(0);
+    anonymous.study.patient_id = "  ".into();
+    ob.enqueue(&plan().report_entries(&anonymous, &secret))
+        .unwrap();
+    enqueue_reports(&ob, 1..2);
+    let (stop, handle) = spawn_worker(&ob, port, 5);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    let list = ob.list(None).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].report_id, "rep-0000");
+    assert_eq!(list[0].state, EntryState::Dead);
+    let reason = list[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("no Patient ID (0010,0020)") && reason.contains("RIS"),
+        "{reason}"
+    );
+    // Only the other report reached the RIS.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(ob.status_of("rep-0001").unwrap()[0].state, "delivered");
+}
+
+/// A RIS that cuts MSA-2 to the 20 characters of HL7 v2.5.1 still acknowledges our
+/// messages: every control id fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ris_that_cuts_msa2_to_20_characters_acknowledges_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, _| Answer::AckCut);
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    // Report ids as the daemon makes them (32 hex digits).
+    let secret = SiteSecret::from_bytes(&[1u8; 32]);
+    for i in 0..3 {
+        let mut r = report(i);
+        r.report_id = duli::result::report_id(&r.study.study_instance_uid, 1);
+        ob.enqueue(&plan().report_entries(&r, &secret)).unwrap();
+    }
+    let (stop, handle) = spawn_worker(&ob, port, 3);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    assert!(ob.list(None).unwrap().is_empty());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|id| id.chars().count() <= 20), "{seen:?}");
+}
+
+/// A RIS that keeps acknowledging another control id: after `max_rejections` such ACKs in
+/// a row the message is dead-lettered with the reason, and the queue moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_for_another_control_id_are_dead_lettered_after_max_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let script: Script = Arc::new(move |id: &str, _| {
+        let mut first = first.lock().unwrap();
+        if first.get_or_insert_with(|| id.to_string()) == id {
+            Answer::AckFor("SOMEONE-ELSE")
+        } else {
+            Answer::Ack(AckCode::AA)
+        }
+    });
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, 0..3);
+    let (tx, rx) = watch::channel(false);
+    let mut t = Hl7Target::from_config(&Hl7Config {
+        enabled: true,
+        port,
+        max_rejections: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    t.connect_timeout = Duration::from_secs(2);
+    t.ack_timeout = Duration::from_secs(2);
+    let handle = worker::spawn(
+        ob.clone(),
+        Destination::Hl7,
+        Hl7Channel::new(t),
+        fast_options(3),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    tx.send(true).unwrap();
+    handle.await.unwrap();
+    let list = ob.list(None).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].report_id, "rep-0000");
+    assert_eq!(list[0].state, EntryState::Dead);
+    let reason = list[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("the RIS acknowledges another control ID"),
+        "{reason}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|s| **s == seen[0]).count(),
+        3,
+        "{seen:?}"
+    );
+    assert_eq!(seen.len(), 5, "{seen:?}");
 }

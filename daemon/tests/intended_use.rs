@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 const PW: &str = "correct horse battery staple";
 const NOT_APPLICABLE: &str = "age 45 y outside the model's 1\u{2013}5 y";
+/// The reason the cloud gets: the category, without the patient's age.
+const CLOUD_NOT_APPLICABLE: &str = "age outside the model's intended range";
 const CAVEAT: &str = "patient age unknown: the model is intended for 1\u{2013}5 y";
 
 #[test]
@@ -111,7 +113,7 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
         .filter(|p| p.get("not_applicable").is_some())
         .collect();
     assert_eq!(na.len(), 1, "{payloads:?}");
-    assert_eq!(na[0]["not_applicable"], NOT_APPLICABLE);
+    assert_eq!(na[0]["not_applicable"], CLOUD_NOT_APPLICABLE);
     assert_eq!(na[0]["findings"], serde_json::json!([]));
     assert_eq!(na[0]["image_count"], 0);
     let caveats: Vec<&Value> = payloads

@@ -85,6 +85,45 @@ fn cloud_ids(d: &Daemon, ids: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The HL7 control ids (MSH-10) of the device's report ids `ids` (keyed by the site
+/// secret of `d`).
+fn hl7_ids(d: &Daemon, ids: &[String]) -> Vec<String> {
+    let secret =
+        duli::site_secret::SiteSecret::load_or_generate(&d.data_dir().join("site_secret")).unwrap();
+    ids.iter()
+        .map(|id| duli::deliver::hl7::message::control_id_of(&secret, id))
+        .collect()
+}
+
+/// The cloud's report ids of the HL7 control ids `controls`, through the report ids of
+/// the studies `d` lists (one result version each).
+fn cloud_ids_of_hl7(d: &Daemon, controls: &[String]) -> Vec<String> {
+    let out = run(&mut d.command(&["studies"]), Duration::from_secs(30));
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let reports: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let uid = s["study_instance_uid"].as_str().unwrap();
+            let version = s["result_version"].as_u64().unwrap().max(1) as u32;
+            duli::result::report_id(uid, version)
+        })
+        .collect();
+    let by_control: std::collections::HashMap<String, String> =
+        hl7_ids(d, &reports).into_iter().zip(reports).collect();
+    let local: Vec<String> = controls
+        .iter()
+        .map(|c| {
+            by_control
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("unknown {c}"))
+        })
+        .collect();
+    cloud_ids(d, &local)
+}
+
 /// `ids` without repeats, first arrival kept.
 fn distinct(ids: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
@@ -373,7 +412,7 @@ fn check_result_objects_in_orthanc(orthanc: &Orthanc, dir: &std::path::Path) {
     }
 }
 
-/// The MSH-10 control ids (report ids) of the recorded messages.
+/// The MSH-10 control ids of the recorded messages.
 fn control_ids(msgs: &[String]) -> Vec<String> {
     msgs.iter()
         .filter_map(|m| m.split('\r').next()?.split('|').nth(9).map(String::from))
@@ -450,7 +489,7 @@ fn peers_unreachable_while_50_studies_complete_then_all_arrive_in_order() {
                 got_hl7.len(),
                 got_mqtt.len()
             );
-            assert_eq!(distinct(&got_hl7), queued_hl7, "HL7 order");
+            assert_eq!(distinct(&got_hl7), hl7_ids(&d, &queued_hl7), "HL7 order");
             assert_eq!(
                 distinct(&got_mqtt),
                 cloud_ids(&d, &queued_mqtt),
@@ -541,7 +580,7 @@ fn killed_while_the_outbox_drains_every_report_still_arrives() {
     let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), studies);
     assert_eq!(
-        cloud_ids(&d, &distinct(&control_ids(&hl7.lock().unwrap()))),
+        cloud_ids_of_hl7(&d, &distinct(&control_ids(&hl7.lock().unwrap()))),
         distinct(&mqtt_reports(&sub.log())),
         "both peers got the same reports in the same order"
     );

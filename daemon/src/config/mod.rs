@@ -36,6 +36,10 @@ pub use validate::{
     check_ae_title, AeTitleError, KeyError, HL7_NAMESPACE_ID_MAX, MAX_CONSOLE_CONNECTIONS,
 };
 
+/// Longest client id (bytes) that every MQTT 3.1.1 server must accept; a default client id
+/// is kept within it.
+pub const MQTT_CLIENT_ID_MAX: usize = 23;
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "DULI_";
 
@@ -73,12 +77,26 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    /// The MQTT client id in effect.
+    /// The MQTT client id in effect: `[mqtt] client_id`, else `duli-<site_id>-<device_id>`
+    /// (two sites on one broker keep their own sessions), or, when that is longer than the
+    /// [`MQTT_CLIENT_ID_MAX`] bytes every MQTT 3.1.1 server accepts, `duli-` and the first
+    /// 18 hex digits of SHA-256(site id NUL device id).
     pub fn mqtt_client_id(&self) -> String {
-        self.mqtt
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("duli-{}", self.device.device_id))
+        if let Some(id) = &self.mqtt.client_id {
+            return id.clone();
+        }
+        let (site, device) = (&self.device.site_id, &self.device.device_id);
+        let composed = format!("duli-{site}-{device}");
+        if composed.len() <= MQTT_CLIENT_ID_MAX {
+            return composed;
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(site.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(device.as_bytes());
+        let mut id = format!("duli-{}", hex::encode(ctx.finish().as_ref()));
+        id.truncate(MQTT_CLIENT_ID_MAX);
+        id
     }
 
     /// The site secret file in effect.

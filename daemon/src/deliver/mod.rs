@@ -38,6 +38,10 @@ pub enum Delivery {
     /// the entry can never be sent (an MQTT message over the packet limit): counted towards
     /// `max_rejections`, then dead-lettered.
     Rejected(String),
+    /// The entry can never be sent as it is (an HL7 message without the Patient ID the RIS
+    /// files it under, a RIS that keeps acknowledging another message): dead-lettered at
+    /// once, counted as a refusal, with the reason; it is listed and can be re-queued.
+    Unsendable(String),
     /// No answer (unreachable, timeout, broken connection, garbage): retried with backoff,
     /// for as long as it takes.
     Failed(String),

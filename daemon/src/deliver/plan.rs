@@ -1,7 +1,7 @@
 //! What a report owes to whom: turns a [`Report`] (and later its DICOM result objects, and
 //! the radiologist's feedback) into the [`NewEntry`] list to commit, per the configuration.
 
-use super::hl7::message::{oru_r01, Hl7Profile};
+use super::hl7::message::{oru_r01, Hl7Profile, MessageIds};
 use super::mqtt::payload::{feedback_payload, report_payload, to_json};
 use super::mqtt::topics::Topics;
 use crate::config::{Config, ResultObject};
@@ -101,7 +101,7 @@ impl DeliveryPlan {
                 kind: Kind::Report,
                 report_id: report.report_id.clone(),
                 payload: Payload::Hl7 {
-                    message: oru_r01(report, profile),
+                    message: oru_r01(report, profile, &MessageIds::of(report, secret)),
                 },
             });
         }
@@ -275,5 +275,79 @@ mod tests {
         };
         let fe = plan.feedback_entries(&fb, "r1", "radiologist", &secret);
         assert_eq!(fe[0].kind, Kind::Feedback);
+    }
+
+    /// MSH-10, ORC-3 and OBR-3 of the HL7 entry of `report`.
+    fn hl7_ids(plan: &DeliveryPlan, report: &Report, secret: &SiteSecret) -> [String; 3] {
+        let entries = plan.report_entries(report, secret);
+        let Some(Payload::Hl7 { message }) = entries.first().map(|e| &e.payload) else {
+            panic!("no HL7 entry in {entries:?}");
+        };
+        let field = |id: &str, n: usize| -> String {
+            message
+                .split('\r')
+                .find(|s| s.starts_with(id))
+                .and_then(|s| s.split('|').nth(n))
+                .unwrap_or_default()
+                .to_string()
+        };
+        [field("MSH", 9), field("ORC", 3), field("OBR", 3)]
+    }
+
+    fn hl7_plan() -> DeliveryPlan {
+        let mut cfg = Config::default();
+        cfg.hl7.enabled = true;
+        DeliveryPlan::from_config(&cfg)
+    }
+
+    fn version(uid: &str, v: u32) -> Report {
+        let mut r = fixtures::report();
+        r.study.study_instance_uid = uid.into();
+        r.version = v;
+        r.report_id = crate::result::report_id(uid, v);
+        r
+    }
+
+    /// A corrected result names the filler order the RIS filed the first one under, while
+    /// each message keeps a control id of its own; both are keyed by the site secret.
+    #[test]
+    fn versions_of_a_study_share_the_filler_order_but_not_the_control_id() {
+        let (plan, secret) = (hl7_plan(), SiteSecret::from_bytes(&[3u8; 32]));
+        let uid = "1.2.826.0.1.3680043.8.498.77";
+        let [msh1, orc1, obr1] = hl7_ids(&plan, &version(uid, 1), &secret);
+        let [msh2, orc2, obr2] = hl7_ids(&plan, &version(uid, 2), &secret);
+        assert_eq!(obr1, obr2);
+        assert_eq!(orc1, obr1);
+        assert_eq!(orc2, obr2);
+        assert_ne!(msh1, msh2);
+        // No unkeyed hash of the study UID: another secret gives other identifiers.
+        let other = SiteSecret::from_bytes(&[4u8; 32]);
+        let [msh_o, _, obr_o] = hl7_ids(&plan, &version(uid, 1), &other);
+        assert_ne!(obr_o, obr1);
+        assert_ne!(msh_o, msh1);
+        for id in [&msh1, &obr1] {
+            assert!(
+                !id.contains(&crate::result::report_id(uid, 1)[..12]),
+                "{id}"
+            );
+        }
+        // Another study, another filler order.
+        let [_, _, obr_b] = hl7_ids(&plan, &version("1.2.826.0.1.3680043.8.498.78", 1), &secret);
+        assert_ne!(obr_b, obr1);
+    }
+
+    /// MSH-10 fits the 20 characters HL7 v2.5.1 gives it, and the filler order number the
+    /// 22 of ORC-3/OBR-3, so a RIS that cuts them to those lengths echoes them whole.
+    #[test]
+    fn control_ids_and_filler_orders_fit_their_hl7_lengths() {
+        let (plan, secret) = (hl7_plan(), SiteSecret::from_bytes(&[3u8; 32]));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200u32 {
+            let uid = format!("1.2.826.0.1.3680043.8.498.{i}");
+            let [msh, _, obr] = hl7_ids(&plan, &version(&uid, 1 + i % 3), &secret);
+            assert!((1..=20).contains(&msh.chars().count()), "{msh}");
+            assert!(obr.chars().count() <= 22, "{obr}");
+            assert!(seen.insert(msh));
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! [`Channel`], at least once, surviving peer outages of any length.
 //!
 //! Loop: take the head entry; if it is not due yet, sleep until it is (or until woken);
-//! send it; mark it delivered, rejected or retried; flush. Woken by the outbox's
-//! [`tokio::sync::Notify`] when new entries commit; stopped by a `watch` signal.
+//! send it; mark it delivered, rejected (dead at once when it can never be sent) or retried;
+//! flush. Woken by the outbox's [`tokio::sync::Notify`] when new entries commit; stopped by
+//! a `watch` signal.
 
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
@@ -148,6 +149,16 @@ pub async fn run_beating<C: Channel>(
                 );
                 outbox
                     .mark_rejected(&entry, reason, options.max_rejections, &options.backoff)
+                    .map(|_| ())
+            }
+            Delivery::Unsendable(reason) => {
+                log::warn!(
+                    "{dest}: {} of report {} cannot be sent: {reason}",
+                    entry.kind.as_str(),
+                    entry.report_id
+                );
+                outbox
+                    .mark_rejected(&entry, reason, 1, &options.backoff)
                     .map(|_| ())
             }
             Delivery::Failed(reason) => {

@@ -165,19 +165,25 @@ fn empty_as(s: &str) -> &str {
     }
 }
 
+/// A header of an eligible image, for tests.
+#[cfg(test)]
+pub(crate) fn chest_dx() -> ImageHeader {
+    ImageHeader {
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+        modality: "DX".into(),
+        body_part: "CHEST".into(),
+        view_position: "AP".into(),
+        has_pixels: true,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn dx() -> ImageHeader {
-        ImageHeader {
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
-            modality: "DX".into(),
-            body_part: "CHEST".into(),
-            view_position: "AP".into(),
-            has_pixels: true,
-            ..Default::default()
-        }
+        chest_dx()
     }
 
     #[test]

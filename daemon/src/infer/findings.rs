@@ -18,25 +18,60 @@ pub fn probabilities(raw: &[f32], activation: Activation) -> Vec<f32> {
     }
 }
 
-/// Why outputs cannot be read as findings.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the network gave {got} outputs, the manifest lists {expected} labels")]
-pub struct OutputMismatch {
-    /// Values received.
-    pub got: usize,
-    /// Labels in the manifest.
-    pub expected: usize,
+/// Why outputs cannot be read as findings (the image is then an analysis error).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OutputError {
+    /// Not one value per label.
+    #[error("the network gave {got} outputs, the manifest lists {expected} labels")]
+    Count {
+        /// Values received.
+        got: usize,
+        /// Labels in the manifest.
+        expected: usize,
+    },
+    /// A value (or the probability made from it) is NaN or infinite: no probability, and
+    /// never a normal result.
+    #[error("the network gave no probability for {code}: output {index} is {value}")]
+    NotFinite {
+        /// Output index.
+        index: usize,
+        /// Code of that output's label.
+        code: String,
+        /// The value.
+        value: f32,
+    },
 }
 
-/// Findings (non-background labels, in model order) from one image's raw outputs.
-pub fn findings(manifest: &Manifest, raw: &[f32]) -> Result<Vec<Finding>, OutputMismatch> {
+/// The first value of `values` that is not finite, as the error naming its label.
+fn first_non_finite(manifest: &Manifest, values: &[f32]) -> Option<OutputError> {
+    let index = values.iter().position(|v| !v.is_finite())?;
+    Some(OutputError::NotFinite {
+        index,
+        code: manifest
+            .labels
+            .get(index)
+            .map(|l| l.code.clone())
+            .unwrap_or_default(),
+        value: values.get(index).copied().unwrap_or(f32::NAN),
+    })
+}
+
+/// Findings (non-background labels, in model order) from one image's raw outputs. Raw
+/// outputs and probabilities must all be finite numbers.
+pub fn findings(manifest: &Manifest, raw: &[f32]) -> Result<Vec<Finding>, OutputError> {
     if raw.len() != manifest.labels.len() {
-        return Err(OutputMismatch {
+        return Err(OutputError::Count {
             got: raw.len(),
             expected: manifest.labels.len(),
         });
     }
+    if let Some(e) = first_non_finite(manifest, raw) {
+        return Err(e);
+    }
     let probs = probabilities(raw, manifest.output.activation);
+    if let Some(e) = first_non_finite(manifest, &probs) {
+        return Err(e);
+    }
     Ok(manifest
         .labels
         .iter()
@@ -74,6 +109,7 @@ pub fn heatmap_target(manifest: &Manifest, found: &[Finding]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn activations() {
@@ -97,5 +133,42 @@ mod tests {
         assert_eq!((f[0].code.as_str(), f[0].positive), ("PNEUMONIA", true));
         assert_eq!(heatmap_target(&m, &f), Some(1));
         assert!(findings(&m, &[0.3]).is_err());
+    }
+
+    /// A NaN or infinite output is no probability: never a normal (or any) finding, but
+    /// an error for the image, whatever the activation.
+    #[test]
+    fn a_non_finite_output_is_an_error_not_a_normal_finding() {
+        let base =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pneumonia-xception/model.toml");
+        let mut m = Manifest::load(&base).unwrap();
+        for activation in [Activation::None, Activation::Sigmoid, Activation::Softmax] {
+            m.output.activation = activation;
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for raw in [[0.3, bad], [bad, 0.3]] {
+                    let got = findings(&m, &raw);
+                    assert!(got.is_err(), "{activation:?} {raw:?}: {got:?}");
+                }
+            }
+            assert!(findings(&m, &[0.1, 0.2]).is_ok());
+        }
+    }
+
+    /// The image result of a NaN output is an error, with no findings to report.
+    #[test]
+    fn an_image_with_a_nan_output_is_an_analysis_error() {
+        let base =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pneumonia-xception/model.toml");
+        let m = Manifest::load(&base).unwrap();
+        let prepared = crate::infer::analyse::Prepared {
+            sop_instance_uid: Some("1.2.3".into()),
+            tensor: Vec::new(),
+            timings: crate::result::Timings::default(),
+            caveat: None,
+        };
+        let r = crate::infer::analyse::analysed(&m, &prepared, &[0.2, f32::NAN], 1.0);
+        assert_eq!(r.status, crate::result::ImageStatus::Error);
+        assert!(r.findings.is_empty());
+        assert!(r.reason.is_some_and(|why| why.contains("PNEUMONIA")));
     }
 }

@@ -338,6 +338,7 @@ impl Manifest {
                 "method = \"cam\" needs the layer of the last convolutional block",
             ));
         }
+        self.validate_labels(path)?;
         for l in &self.labels {
             if let Some(c) = &l.standard {
                 // DICOM SH (code, scheme) and LO (meaning) limits, no HL7 delimiters.
@@ -414,6 +415,44 @@ impl Manifest {
         }
         if self.heatmap.grid == 0 || self.heatmap.batch == 0 {
             return Err(bad("heatmap", "grid and batch must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Thresholds are probabilities (finite, in [0, 1]); label codes are present and
+    /// distinct (results, HL7 and SR tell findings apart by them).
+    fn validate_labels(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |key: String, reason: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let probability = |t: f32| t.is_finite() && (0.0..=1.0).contains(&t);
+        if !probability(self.default_threshold) {
+            return Err(bad(
+                "default_threshold".into(),
+                format!(
+                    "{} is not a probability between 0 and 1",
+                    self.default_threshold
+                ),
+            ));
+        }
+        for (i, l) in self.labels.iter().enumerate() {
+            if let Some(t) = l.threshold.filter(|t| !probability(*t)) {
+                return Err(bad(
+                    format!("labels[{i}].threshold"),
+                    format!("{t} is not a probability between 0 and 1"),
+                ));
+            }
+            if l.code.trim().is_empty() {
+                return Err(bad(format!("labels[{i}].code"), "must not be empty".into()));
+            }
+            if let Some(j) = self.labels[..i].iter().position(|o| o.code == l.code) {
+                return Err(bad(
+                    format!("labels[{i}].code"),
+                    format!("{:?} is already the code of labels[{j}]", l.code),
+                ));
+            }
         }
         Ok(())
     }
@@ -606,5 +645,87 @@ name = "A"
             Err(ManifestError::Invalid { key, .. }) => assert_eq!(key, "input.channels"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Thresholds outside [0, 1] or not finite, and empty or repeated label codes, are
+    /// refused with the key named.
+    #[test]
+    fn bad_thresholds_and_label_codes_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.toml");
+        let manifest = |top: &str, labels: &str| {
+            format!(
+                r#"name = "t"
+version = "1"
+{top}
+[file]
+path = "x.onnx"
+sha256 = "{}"
+[input]
+name = "x"
+layout = "NCHW"
+width = 4
+height = 4
+channels = 1
+resize = "bilinear"
+normalise = {{ kind = "range", min = 0.0, max = 1.0 }}
+[output]
+activation = "sigmoid"
+{labels}"#,
+                "0".repeat(64)
+            )
+        };
+        let label = |code: &str, extra: &str| {
+            format!("[[labels]]\ncode = \"{code}\"\nname = \"{code}\"\n{extra}\n")
+        };
+        let cases = [
+            (
+                "default_threshold = 1.5",
+                label("A", ""),
+                "default_threshold",
+            ),
+            (
+                "default_threshold = nan",
+                label("A", ""),
+                "default_threshold",
+            ),
+            (
+                "default_threshold = -0.1",
+                label("A", ""),
+                "default_threshold",
+            ),
+            ("", label("A", "threshold = 2.0"), "labels[0].threshold"),
+            ("", label("A", "threshold = inf"), "labels[0].threshold"),
+            (
+                "",
+                label("A", "") + &label("B", "threshold = nan"),
+                "labels[1].threshold",
+            ),
+            ("", label("", ""), "labels[0].code"),
+            ("", label("A", "") + &label(" ", ""), "labels[1].code"),
+            ("", label("A", "") + &label("A", ""), "labels[1].code"),
+        ];
+        for (top, labels, key) in cases {
+            std::fs::write(&path, manifest(top, &labels)).unwrap();
+            match Manifest::load(&path) {
+                Err(e @ ManifestError::Invalid { .. }) => {
+                    let ManifestError::Invalid { key: got, .. } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(got, key, "{top} {labels}: {e}");
+                    assert!(e.to_string().contains(key), "{e}");
+                }
+                other => panic!("{top} {labels}: {other:?}"),
+            }
+        }
+        std::fs::write(
+            &path,
+            manifest(
+                "default_threshold = 1.0",
+                &(label("A", "threshold = 0.0") + &label("B", "")),
+            ),
+        )
+        .unwrap();
+        Manifest::load(&path).unwrap();
     }
 }

@@ -2,8 +2,8 @@
 //! RIS and waits for its ACK. The connection is kept between messages and reopened when
 //! the RIS closes it.
 
-use super::ack::Ack;
-use super::message::unescape;
+use super::ack::{Ack, AckError};
+use super::message::{unescape, unsendable};
 use super::mllp;
 use crate::config::Hl7Config;
 use crate::deliver::{Channel, Delivery};
@@ -29,7 +29,13 @@ pub struct Hl7Target {
     pub ack_timeout: Duration,
     /// Largest ACK frame accepted.
     pub max_ack_bytes: usize,
+    /// ACKs in a row naming another control id (MSA-2) after which a message is
+    /// dead-lettered ([`ACK_FOR_ANOTHER_ID`]) rather than sent again.
+    pub max_mismatched_acks: u32,
 }
+
+/// Why a message is dead-lettered when the RIS keeps acknowledging another control id.
+pub const ACK_FOR_ANOTHER_ID: &str = "the RIS acknowledges another control ID";
 
 impl Hl7Target {
     /// The target of `[hl7]`: TLS with `ca` (and `cert`/`key` when the RIS asks for a
@@ -52,6 +58,7 @@ impl Hl7Target {
             connect_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
             max_ack_bytes: 64 * 1024,
+            max_mismatched_acks: cfg.max_rejections.max(1),
         })
     }
 }
@@ -63,6 +70,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 pub struct Hl7Channel {
     target: Hl7Target,
     conn: Option<Box<dyn Stream>>,
+    mismatches: Mismatches,
+}
+
+/// ACKs in a row that named another control id, for one outbox entry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Mismatches {
+    /// The entry they answered.
+    entry: u64,
+    /// How many, in a row.
+    count: u32,
 }
 
 impl std::fmt::Debug for Hl7Channel {
@@ -110,7 +127,11 @@ pub enum ConnectError {
 impl Hl7Channel {
     /// A channel to `target`; it connects on the first delivery.
     pub fn new(target: Hl7Target) -> Hl7Channel {
-        Hl7Channel { target, conn: None }
+        Hl7Channel {
+            target,
+            conn: None,
+            mismatches: Mismatches::default(),
+        }
     }
 
     async fn connect(&self) -> Result<Box<dyn Stream>, ConnectError> {
@@ -173,6 +194,30 @@ impl Hl7Channel {
             }
         }
     }
+
+    /// The outcome of an ACK for another message than entry `entry`'s: a retry on a new
+    /// connection, until [`Hl7Target::max_mismatched_acks`] such ACKs in a row make it a
+    /// message that cannot be delivered ([`ACK_FOR_ANOTHER_ID`]).
+    fn mismatched(&mut self, entry: u64, e: AckError) -> Delivery {
+        self.conn = None;
+        let count = if self.mismatches.entry == entry {
+            self.mismatches.count + 1
+        } else {
+            1
+        };
+        self.mismatches = Mismatches { entry, count };
+        if count >= self.target.max_mismatched_acks.max(1) {
+            self.mismatches = Mismatches::default();
+            let detail = match &e {
+                AckError::WrongControlId { expected, got } => {
+                    format!("MSA-2 {got:?} for MSH-10 {expected:?}, {count} times in a row")
+                }
+                other => other.to_string(),
+            };
+            return Delivery::Unsendable(format!("{ACK_FOR_ANOTHER_ID} ({detail})"));
+        }
+        Delivery::Failed(format!("unusable ACK: {e}"))
+    }
 }
 
 /// MSH-10 of an encoded message (unescaped), or "" when absent.
@@ -190,6 +235,9 @@ impl Channel for Hl7Channel {
         let Payload::Hl7 { message } = &entry.payload else {
             return Delivery::Rejected("entry is not an HL7 message".into());
         };
+        if let Some(reason) = unsendable(message) {
+            return Delivery::Unsendable(reason);
+        }
         let expected = control_id(message);
         let frame = mllp::encode(message.as_bytes());
         let mut reused = self.conn.is_some();
@@ -214,18 +262,26 @@ impl Channel for Hl7Channel {
                 }
             }
         };
-        match Ack::parse(&answer).and_then(|a| a.expect_control_id(&expected)) {
-            Ok(ack) if ack.code.is_positive() => Delivery::Acked,
-            Ok(ack) => Delivery::Rejected(if ack.text.is_empty() {
-                ack.code.as_str().to_string()
-            } else {
-                format!("{}: {}", ack.code.as_str(), ack.text)
-            }),
+        let ack = match Ack::parse(&answer) {
+            Ok(ack) => ack,
             Err(e) => {
                 // out of step with the RIS: start again on a new connection
                 self.conn = None;
-                Delivery::Failed(format!("unusable ACK: {e}"))
+                return Delivery::Failed(format!("unusable ACK: {e}"));
             }
+        };
+        match ack.expect_control_id(&expected) {
+            Ok(ack) => {
+                self.mismatches = Mismatches::default();
+                if ack.code.is_positive() {
+                    Delivery::Acked
+                } else if ack.text.is_empty() {
+                    Delivery::Rejected(ack.code.as_str().to_string())
+                } else {
+                    Delivery::Rejected(format!("{}: {}", ack.code.as_str(), ack.text))
+                }
+            }
+            Err(e) => self.mismatched(entry.id, e),
         }
     }
 

@@ -7,6 +7,7 @@
 use crate::config::StudyUidIn;
 use crate::report::Finding;
 use crate::report::Report;
+use crate::site_secret::SiteSecret;
 
 /// Field separator (MSH-1).
 pub const FIELD_SEP: char = '|';
@@ -21,6 +22,89 @@ pub const SENDING_APPLICATION: &str = "DULI";
 pub const LOCAL_CODING_SYSTEM: &str = "99DULI";
 /// OBX-3 of the Study Instance UID observation (DICOM PS3.16 `DCM` code).
 pub const STUDY_UID_CODE: &str = "110180^Study Instance UID^DCM";
+
+/// Characters of a message control id (MSH-10): the length HL7 v2.5.1 gives the field, so
+/// a RIS that keeps only that much echoes it whole in MSA-2.
+pub const CONTROL_ID_CHARS: usize = 20;
+/// Characters of the filler order number's identifier (EI.1 of ORC-3/OBR-3): with
+/// `^DULI` it stays within the 22 characters HL7 v2.5.1 gives those fields.
+pub const FILLER_ORDER_CHARS: usize = 16;
+/// Pseudonym domain of message control ids.
+pub const CONTROL_ID_DOMAIN: &str = "hl7-control-id";
+/// Pseudonym domain of filler order numbers.
+pub const FILLER_ORDER_DOMAIN: &str = "hl7-filler-order";
+/// Why a message whose PID-3 is empty is not sent: the RIS files results by patient.
+pub const NO_PATIENT_ID: &str =
+    "the study has no Patient ID (0010,0020) for the RIS to file it under";
+
+/// HL7 v2.5.1 lengths of the components that carry DICOM text, in characters as sent
+/// (escapes included, as strict parsers count them).
+pub mod limits {
+    /// OBR-4.5 (CE.5, alternate text): the Study Description.
+    pub const ALTERNATE_TEXT: usize = 199;
+    /// XPN.1 family name (FN.1 surname).
+    pub const FAMILY_NAME: usize = 50;
+    /// XPN.2 given name.
+    pub const GIVEN_NAME: usize = 30;
+    /// XPN.3 second and further given names.
+    pub const MIDDLE_NAMES: usize = 30;
+    /// XPN.4 suffix.
+    pub const SUFFIX: usize = 20;
+    /// XPN.5 prefix.
+    pub const PREFIX: usize = 20;
+    /// NTE-3 (FT) comment.
+    pub const COMMENT: usize = 65_536;
+}
+
+/// The identifiers of one message that the site secret keys: nobody without the secret can
+/// compute them from a study UID, and another box's messages never share them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageIds {
+    /// MSH-10: one per report (study and version), so a resend carries the same one.
+    pub control_id: String,
+    /// EI.1 of ORC-3/OBR-3: one per study, so a corrected result names the order the RIS
+    /// filed the first one under.
+    pub filler_order: String,
+}
+
+impl MessageIds {
+    /// The identifiers of the message of `report`.
+    pub fn of(report: &Report, secret: &SiteSecret) -> MessageIds {
+        MessageIds {
+            control_id: control_id_of(secret, &report.report_id),
+            filler_order: filler_order_of(secret, &report.study.study_instance_uid),
+        }
+    }
+}
+
+/// MSH-10 of the report `report_id`: the first [`CONTROL_ID_CHARS`] hex digits of its
+/// pseudonym in [`CONTROL_ID_DOMAIN`] (80 bits).
+pub fn control_id_of(secret: &SiteSecret, report_id: &str) -> String {
+    let mut id = secret.pseudonym(CONTROL_ID_DOMAIN, report_id);
+    id.truncate(CONTROL_ID_CHARS);
+    id
+}
+
+/// The filler order number (EI.1) of the study `study_uid`: the first
+/// [`FILLER_ORDER_CHARS`] hex digits of its pseudonym in [`FILLER_ORDER_DOMAIN`].
+pub fn filler_order_of(secret: &SiteSecret, study_uid: &str) -> String {
+    let mut id = secret.pseudonym(FILLER_ORDER_DOMAIN, study_uid);
+    id.truncate(FILLER_ORDER_CHARS);
+    id
+}
+
+/// Why an encoded message must not be sent, if it must not: a PID-3 (required) that is
+/// empty ([`NO_PATIENT_ID`]).
+pub fn unsendable(message: &str) -> Option<String> {
+    let pid3 = message
+        .split(SEGMENT_END)
+        .find(|s| s.starts_with("PID|"))
+        .map(|pid| pid.split(FIELD_SEP).nth(3).unwrap_or(""));
+    match pid3 {
+        Some(id) if !id.trim().is_empty() => None,
+        _ => Some(NO_PATIENT_ID.to_string()),
+    }
+}
 
 /// Who sends and who receives: the header fields that come from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +135,24 @@ pub fn escape(text: &str) -> String {
             }
             c => out.push(c),
         }
+    }
+    out
+}
+
+/// [`escape`] of the longest start of `text` whose escaped form has at most `max`
+/// characters: cut between characters, never inside an escape, so that a value from
+/// DICOM (whose lengths are not HL7's) fits its HL7 component.
+pub fn escape_within(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut len = 0;
+    for c in text.chars() {
+        let piece = escape(c.encode_utf8(&mut [0u8; 4]));
+        let n = piece.chars().count();
+        if len + n > max {
+            break;
+        }
+        out.push_str(&piece);
+        len += n;
     }
     out
 }
@@ -168,18 +270,31 @@ fn nibble(b: u8) -> Option<u8> {
 
 /// Converts a DICOM PN (`Family^Given^Middle^Prefix^Suffix`, up to three component groups
 /// `alphabetic=ideographic=phonetic`) to an HL7 XPN (`Family^Given^Middle^Suffix^Prefix`),
-/// each component escaped. A name of the alphabetic group alone gives one XPN, as before;
-/// a name with an ideographic or phonetic group gives one repetition per group that is not
-/// empty, each with its Name Representation Code (XPN.8, table 4000: `A`, `I`, `P`), so a
-/// Japanese or Korean name written in ideographs only still reaches PID-5.
+/// each component escaped and cut to its HL7 v2.5.1 length ([`limits`]). A name of the
+/// alphabetic group alone gives one XPN, as before; a name with an ideographic or phonetic
+/// group gives one repetition per group that is not empty, each with its Name
+/// Representation Code (XPN.8, table 4000: `A`, `I`, `P`), so a Japanese or Korean name
+/// written in ideographs only still reaches PID-5.
 pub fn dicom_name_to_xpn(pn: &str) -> String {
     let groups: Vec<&str> = pn.splitn(3, '=').collect();
     let components = |group: &str| -> Vec<String> {
         let parts: Vec<&str> = group.split('^').map(str::trim).collect();
         let get = |i: usize| parts.get(i).copied().unwrap_or("");
-        let xpn = [get(0), get(1), get(2), get(4), get(3)];
-        let last = xpn.iter().rposition(|c| !c.is_empty()).map_or(0, |i| i + 1);
-        xpn[..last].iter().map(|c| escape(c)).collect()
+        let xpn = [
+            (get(0), limits::FAMILY_NAME),
+            (get(1), limits::GIVEN_NAME),
+            (get(2), limits::MIDDLE_NAMES),
+            (get(4), limits::SUFFIX),
+            (get(3), limits::PREFIX),
+        ];
+        let last = xpn
+            .iter()
+            .rposition(|(c, _)| !c.is_empty())
+            .map_or(0, |i| i + 1);
+        xpn[..last]
+            .iter()
+            .map(|(c, max)| escape_within(c, *max))
+            .collect()
     };
     let others = groups.iter().skip(1).any(|g| !components(g).is_empty());
     if !others {
@@ -321,7 +436,7 @@ fn observation_id(f: &Finding, local_scheme: &str) -> String {
 }
 
 /// Renders the MSH segment. MSH-1 is the separator itself, so MSH-n is field n-1.
-fn msh(profile: &Hl7Profile, report: &Report, message_type: &str) -> String {
+fn msh(profile: &Hl7Profile, report: &Report, control_id: &str, message_type: &str) -> String {
     let fields = [
         "MSH".to_string(),
         ENCODING_CHARS.to_string(),             // MSH-2
@@ -332,7 +447,7 @@ fn msh(profile: &Hl7Profile, report: &Report, message_type: &str) -> String {
         unix_to_hl7(report.created_at),         // MSH-7
         String::new(),                          // MSH-8
         message_type.to_string(),               // MSH-9
-        escape(&report.report_id),              // MSH-10
+        escape(control_id),                     // MSH-10
         "P".to_string(),                        // MSH-11
         "2.5.1".to_string(),                    // MSH-12
         String::new(),                          // MSH-13
@@ -346,19 +461,21 @@ fn msh(profile: &Hl7Profile, report: &Report, message_type: &str) -> String {
 }
 
 /// Builds the ORU^R01 message of a report: segments separated by CR, UTF-8 text, every
-/// free-text value escaped. MSH-10 is the report id, so a resend carries the same id.
-pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
+/// free-text value escaped and cut to its HL7 v2.5.1 length. MSH-10 and the filler order
+/// number come from `ids`: the same report always gets the same message, so a resend
+/// carries the same MSH-10, and every version of a study the same ORC-3/OBR-3.
+pub fn oru_r01(report: &Report, profile: &Hl7Profile, ids: &MessageIds) -> String {
     let s = &report.study;
     let study_dt = dicom_datetime_to_hl7(&s.study_date, &s.study_time);
     let created = unix_to_hl7(report.created_at);
     let result_status = if report.is_correction() { "C" } else { "P" };
     let accession = escape(&s.accession_number);
-    let filler = format!("{}^{}", escape(&report.report_id), SENDING_APPLICATION);
+    let filler = format!("{}^{}", escape(&ids.filler_order), SENDING_APPLICATION);
     let service = format!(
         "DULI-CXR^Chest X-ray AI analysis^{LOCAL_CODING_SYSTEM}^^{}",
-        escape(&s.study_description)
+        escape_within(&s.study_description, limits::ALTERNATE_TEXT)
     );
-    let mut segments = vec![msh(profile, report, "ORU^R01^ORU_R01")];
+    let mut segments = vec![msh(profile, report, &ids.control_id, "ORU^R01^ORU_R01")];
     segments.push(
         Segment::new("PID")
             .set(1, "1")
@@ -406,7 +523,7 @@ pub fn oru_r01(report: &Report, profile: &Hl7Profile) -> String {
             Segment::new("NTE")
                 .set(1, (i + 2).to_string())
                 .set(2, "L")
-                .set(3, escape(&note))
+                .set(3, escape_within(&note, limits::COMMENT))
                 .render(),
         );
     }
@@ -497,6 +614,14 @@ mod tests {
         }
     }
 
+    /// The identifiers of the fixture's message.
+    fn ids() -> MessageIds {
+        MessageIds {
+            control_id: "r-7f3a9c2e01".into(),
+            filler_order: "f-3a9c2e01".into(),
+        }
+    }
+
     fn segment<'a>(msg: &'a str, id: &str) -> Vec<&'a str> {
         msg.split('\r')
             .find(|s| s.starts_with(id))
@@ -556,7 +681,7 @@ mod tests {
         report.findings.clear();
         report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
         report.caveat = Some("patient age unknown | 1^5".into());
-        let msg = oru_r01(&report, &profile());
+        let msg = oru_r01(&report, &profile(), &ids());
         let ntes: Vec<Vec<&str>> = msg
             .split('\r')
             .filter(|s| s.starts_with("NTE"))
@@ -575,7 +700,7 @@ mod tests {
     #[test]
     fn oru_r01_has_the_profiles_fields_byte_for_byte() {
         let report = fixtures::report();
-        let msg = oru_r01(&report, &profile());
+        let msg = oru_r01(&report, &profile(), &ids());
         assert!(msg.ends_with('\r'));
         assert!(!msg.contains('\n'));
         let ids: Vec<&str> = msg
@@ -599,6 +724,8 @@ mod tests {
         assert_eq!(pid[8], "M");
         let obr = segment(&msg, "OBR");
         assert_eq!(obr[2], "ACC\\T\\42");
+        assert_eq!(obr[3], "f-3a9c2e01^DULI");
+        assert_eq!(segment(&msg, "ORC")[3], "f-3a9c2e01^DULI");
         assert_eq!(obr[7], "20240131093015.1234");
         assert_eq!(obr[18], "ACC\\T\\42");
         assert_eq!(obr[25], "P");
@@ -633,7 +760,7 @@ mod tests {
         let report = fixtures::report();
         let mut p = profile();
         p.study_uid_in = StudyUidIn::Zds;
-        let msg = oru_r01(&report, &p);
+        let msg = oru_r01(&report, &p, &ids());
         let ids: Vec<&str> = msg
             .split('\r')
             .filter(|s| !s.is_empty())
@@ -655,7 +782,7 @@ mod tests {
         let mut report = fixtures::report();
         report.version = 2;
         report.triage = false;
-        let msg = oru_r01(&report, &profile());
+        let msg = oru_r01(&report, &profile(), &ids());
         assert_eq!(segment(&msg, "OBR")[25], "C");
         assert_eq!(segment(&msg, "TQ1")[9], "R");
     }
@@ -665,9 +792,57 @@ mod tests {
         let mut report = fixtures::report();
         report.study.patient_name = "A\rMSH|x\u{1c}\r^B".into();
         report.study.study_description = "\u{0b}|||".into();
-        let msg = oru_r01(&report, &profile());
+        let msg = oru_r01(&report, &profile(), &ids());
         assert_eq!(msg.matches('\r').count(), 11);
         assert!(!msg.contains('\u{1c}') && !msg.contains('\u{0b}'));
         assert_eq!(segment(&msg, "PID").len(), 9);
+    }
+
+    #[test]
+    fn escape_within_cuts_between_characters_and_never_inside_an_escape() {
+        assert_eq!(escape_within("abc", 10), "abc");
+        assert_eq!(escape_within("abc", 2), "ab");
+        assert_eq!(escape_within("ab&c", 3), "ab");
+        assert_eq!(escape_within("ab&c", 5), "ab\\T\\");
+        assert_eq!(escape_within("éé|", 4), "éé");
+        assert_eq!(escape_within("a\rb", 4), "a");
+        assert_eq!(escape_within("a\rb", 6), "a\\X0D\\");
+        assert_eq!(escape_within("", 3), "");
+        for max in 0..40 {
+            let cut = escape_within("Tórax & Abdómen | AP^PA ~ 2\\3", max);
+            assert!(cut.chars().count() <= max, "{cut}");
+            assert!("Tórax & Abdómen | AP^PA ~ 2\\3".starts_with(&unescape(&cut)));
+        }
+    }
+
+    #[test]
+    fn long_dicom_text_is_cut_to_the_hl7_lengths() {
+        let mut report = fixtures::report();
+        report.study.study_description = "Tórax&".repeat(50);
+        report.study.patient_name = format!("{}^{}", "F".repeat(64), "G".repeat(64));
+        let msg = oru_r01(&report, &profile(), &ids());
+        let obr4 = segment(&msg, "OBR")[4];
+        let text = obr4.split('^').nth(4).unwrap();
+        assert!(text.chars().count() <= limits::ALTERNATE_TEXT, "{text}");
+        assert!(text.ends_with("\\T\\") || text.ends_with('x'), "{text}");
+        let pid5: Vec<&str> = segment(&msg, "PID")[5].split('^').collect();
+        assert_eq!(pid5[0].len(), limits::FAMILY_NAME);
+        assert_eq!(pid5[1].len(), limits::GIVEN_NAME);
+    }
+
+    #[test]
+    fn a_message_without_a_patient_id_is_unsendable() {
+        let report = fixtures::report();
+        assert_eq!(unsendable(&oru_r01(&report, &profile(), &ids())), None);
+        for empty in ["", "   "] {
+            let mut r = fixtures::report();
+            r.study.patient_id = empty.into();
+            let msg = oru_r01(&r, &profile(), &ids());
+            assert_eq!(unsendable(&msg).as_deref(), Some(NO_PATIENT_ID), "{msg}");
+        }
+        assert_eq!(
+            unsendable("MSH|^~\\&\rPV1|1|U\r").as_deref(),
+            Some(NO_PATIENT_ID)
+        );
     }
 }

@@ -479,3 +479,39 @@ impl Channel for MqttChannel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn config(site: &str, device: &str) -> Config {
+        let mut c = Config::default();
+        c.device.site_id = site.into();
+        c.device.device_id = device.into();
+        c
+    }
+
+    /// Two sites on one broker with the same device id keep sessions of their own: the
+    /// default client id names the site too, within the 23 bytes MQTT 3.1.1 servers must
+    /// accept, and a configured one is used as it is.
+    #[test]
+    fn the_default_client_id_names_the_site_and_fits_23_bytes() {
+        let a = config("hospital-a", "edge-01").mqtt_client_id();
+        let b = config("hospital-b", "edge-01").mqtt_client_id();
+        assert_ne!(a, b);
+        assert_eq!(a, config("hospital-a", "edge-01").mqtt_client_id());
+        assert_eq!(config("h1", "e1").mqtt_client_id(), "duli-h1-e1");
+        let long_a = config("general-hospital-north", "duli-edge-01").mqtt_client_id();
+        let long_b = config("general-hospital-south", "duli-edge-01").mqtt_client_id();
+        assert_ne!(long_a, long_b);
+        for id in [&a, &b, &long_a, &long_b] {
+            assert!((1..=23).contains(&id.len()), "{id}");
+            assert!(id.starts_with("duli-"), "{id}");
+        }
+        let defaults = Config::default();
+        assert!(defaults.mqtt_client_id().len() <= 23);
+        let mut own = config("hospital-a", "edge-01");
+        own.mqtt.client_id = Some("ris-gateway-7".into());
+        assert_eq!(own.mqtt_client_id(), "ris-gateway-7");
+    }
+}

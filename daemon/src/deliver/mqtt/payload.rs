@@ -1,6 +1,6 @@
 //! The JSON the cloud receives. Nothing here identifies a patient directly: the patient id
 //! and the study instance UID become HMAC-SHA256 pseudonyms under the site secret, and
-//! names, birth dates, accession numbers, dates and raw UIDs are left out. The report id
+//! names, birth dates, ages, accession numbers, dates and raw UIDs are left out. The report id
 //! is keyed the same way: the local one is a hash of the study UID, which anyone holding
 //! that UID (PACS, RIS, a patient's CD) could recompute and link. The report's schema is
 //! `docs/mqtt-report.schema.json`.
@@ -24,6 +24,122 @@ pub const PATIENT_DOMAIN: &str = "patient";
 pub const STUDY_DOMAIN: &str = "study";
 /// Pseudonym domain of report ids.
 pub const REPORT_DOMAIN: &str = "report";
+
+/// Modalities (0008,0060) a reason sent to the cloud may name (DICOM defined terms).
+const MODALITY_TERMS: &[&str] = &[
+    "CR", "CT", "DOC", "DX", "IO", "KO", "MG", "MR", "NM", "OT", "PR", "PT", "PX", "RF", "RG",
+    "SEG", "SR", "US", "XA",
+];
+/// View Positions (0018,5101) a reason sent to the cloud may name (DICOM defined terms).
+const VIEW_TERMS: &[&str] = &["AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO"];
+/// Body Parts Examined (0018,0015) a reason sent to the cloud may name (DICOM defined
+/// terms, PS3.16 Annex L).
+const BODY_PART_TERMS: &[&str] = &[
+    "ABDOMEN",
+    "ANKLE",
+    "ARM",
+    "BREAST",
+    "CHEST",
+    "CLAVICLE",
+    "CSPINE",
+    "ELBOW",
+    "EXTREMITY",
+    "FOOT",
+    "HAND",
+    "HEAD",
+    "HIP",
+    "KNEE",
+    "LEG",
+    "LSPINE",
+    "NECK",
+    "PELVIS",
+    "SHOULDER",
+    "SKULL",
+    "SPINE",
+    "TSPINE",
+    "WRIST",
+];
+
+/// Reasons a study was not analysed that carry nothing from the study and go to the cloud
+/// as they are.
+const FIXED_REASONS: &[&str] = &[
+    "not an image",
+    "secondary capture not marked as an uploaded chest radiograph",
+    "a FOR PROCESSING image (raw detector data)",
+    "image smaller than the model's minimum size",
+    "image too large to analyse",
+    "pixel data pruned by retention",
+];
+
+/// The reason a study was not analysed as the cloud gets it: the category of each of the
+/// distinct reasons (`; `-separated) the result records, without the patient's age (which,
+/// with the report's time, dates a newborn's birth; over 89 it identifies) and without
+/// DICOM text other than a defined term of a short list: "age outside the model's intended
+/// range", "modality CT outside the model's intended use", "view outside the model's
+/// intended use", "image smaller than the model's minimum size"… Applied to its own
+/// output it changes nothing.
+pub fn cloud_reason(reasons: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for r in reasons.split("; ").map(reason_category) {
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out.join("; ")
+}
+
+/// The category of one reason (see [`cloud_reason`]).
+fn reason_category(reason: &str) -> String {
+    let r = reason.trim();
+    if r.starts_with("age ") || r.starts_with("patient age") {
+        return "age outside the model's intended range".into();
+    }
+    if let Some(rest) = r.strip_prefix("modality ") {
+        return named("modality", term(rest), MODALITY_TERMS);
+    }
+    if let Some(rest) = r.strip_prefix("body part ") {
+        return named("body part", term(rest), BODY_PART_TERMS);
+    }
+    if let Some(rest) = r.strip_prefix("lateral view (") {
+        return named("view", rest.strip_suffix(')').unwrap_or(""), VIEW_TERMS);
+    }
+    if let Some(rest) = r.strip_prefix("view ") {
+        return named("view", term(rest), VIEW_TERMS);
+    }
+    if r.starts_with("image too large to analyse") {
+        return "image too large to analyse".into();
+    }
+    if r.starts_with("image ") && r.contains("smaller than the model's minimum") {
+        return "image smaller than the model's minimum size".into();
+    }
+    if r.starts_with("not an image") {
+        return "not an image".into();
+    }
+    match FIXED_REASONS.iter().find(|f| **f == r) {
+        Some(f) => (*f).to_string(),
+        None => "outside the model's intended use".into(),
+    }
+}
+
+/// The value a reason names before its verdict ("HAND" of "HAND is not the chest" or of
+/// "HAND outside the model's CHEST").
+fn term(rest: &str) -> &str {
+    [" is not ", " outside the model"]
+        .iter()
+        .filter_map(|end| rest.find(end))
+        .min()
+        .map_or("", |at| &rest[..at])
+}
+
+/// "`what` `value` outside the model's intended use" when `value` is one of `terms`, else
+/// the same without the value.
+fn named(what: &str, value: &str, terms: &[&str]) -> String {
+    if terms.contains(&value) {
+        format!("{what} {value} outside the model's intended use")
+    } else {
+        format!("{what} outside the model's intended use")
+    }
+}
 
 /// The report id the cloud sees: HMAC-SHA256 under the site secret of the local one.
 pub fn cloud_report_id(secret: &SiteSecret, report_id: &str) -> String {
@@ -106,7 +222,8 @@ pub struct ReportPayload {
     pub ai_generated: bool,
     /// Always `true`: not reviewed by a radiologist.
     pub preliminary: bool,
-    /// Why the study was not analysed (outside the model's intended use); absent otherwise.
+    /// Why the study was not analysed (outside the model's intended use), as a category
+    /// without the patient's age or free DICOM text ([`cloud_reason`]); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_applicable: Option<String>,
     /// What a reader must know about the findings (e.g. the patient's age is unknown).
@@ -168,7 +285,7 @@ pub fn report_payload(
             .collect(),
         ai_generated: true,
         preliminary: true,
-        not_applicable: report.not_applicable.clone(),
+        not_applicable: report.not_applicable.as_deref().map(cloud_reason),
         caveat: report.caveat.clone(),
     }
 }
@@ -317,9 +434,10 @@ pub fn health_payload(h: &Health, site_id: &str, device_id: &str, now: i64) -> H
 
 /// The body to publish for an outbox entry of report `report_id`. Entries queued by an
 /// earlier version may carry the local report id in clear, a feedback's `finding` that
-/// was never checked against the model's labels, or a `created_at` to the second: those
-/// are rendered the current way (id keyed, finding dropped, time rounded down to the
-/// hour). Bodies already rendered so pass unchanged, byte for byte.
+/// was never checked against the model's labels, a `created_at` to the second, or a
+/// `not_applicable` reason with the patient's age: those are rendered the current way (id
+/// keyed, finding dropped, time rounded down to the hour, reason by category). Bodies
+/// already rendered so pass unchanged, byte for byte.
 pub fn current_body<'a>(
     body: &'a str,
     report_id: &str,
@@ -350,6 +468,16 @@ pub fn current_body<'a>(
         .filter(|r| v.get("created_at").and_then(Value::as_str) != Some(r.as_str()));
     if let Some(rounded) = rounded {
         v.insert("created_at".into(), Value::String(rounded));
+        changed = true;
+    }
+    let coarse = v
+        .get("not_applicable")
+        .and_then(Value::as_str)
+        .map(|r| (cloud_reason(r), r))
+        .filter(|(coarse, r)| coarse != r)
+        .map(|(coarse, _)| coarse);
+    if let Some(coarse) = coarse {
+        v.insert("not_applicable".into(), Value::String(coarse));
         changed = true;
     }
     if changed {
@@ -453,9 +581,154 @@ mod tests {
             serde_json::from_str(&to_json(&report_payload(&report, &secret, "h", "d"))).unwrap();
         assert_eq!(
             v["not_applicable"],
-            "age 45 y outside the model's 1\u{2013}5 y"
+            "age outside the model's intended range"
         );
         assert_eq!(v["caveat"], "patient age unknown");
+    }
+
+    /// Whether `text` holds an age as the eligibility code writes one ("3 d", "45 y").
+    fn has_age(text: &str) -> bool {
+        let chars: Vec<char> = text.chars().collect();
+        (0..chars.len()).any(|i| {
+            let starts = chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_ascii_digit());
+            if !starts {
+                return false;
+            }
+            let mut j = i;
+            while chars.get(j).is_some_and(char::is_ascii_digit) {
+                j += 1;
+            }
+            let rest: String = chars[j..].iter().take(4).collect();
+            ["d", "wk", "mo", "y"].iter().any(|unit| {
+                rest.strip_prefix(' ')
+                    .and_then(|r| r.strip_prefix(unit))
+                    .is_some_and(|after| !after.starts_with(|c: char| c.is_alphanumeric()))
+            })
+        })
+    }
+
+    /// The report of a study whose one image the eligibility check of `header` refused.
+    fn refused(header: crate::infer::dicom_image::ImageHeader) -> Report {
+        use crate::infer::eligibility::{check_with, Eligibility};
+        use crate::result::{HeatmapState, ImageResult, ImageStatus, Timings};
+        let iu = crate::infer::manifest::IntendedUse {
+            modalities: vec!["CR".into(), "DX".into()],
+            views: vec!["AP".into(), "PA".into()],
+            body_parts: vec!["CHEST".into()],
+            age_min_years: Some(1.0),
+            age_max_years: Some(5.0),
+            ..Default::default()
+        };
+        let Eligibility::NotApplicable(reason) = check_with(&header, &iu) else {
+            panic!("{header:?} is eligible");
+        };
+        let image = ImageResult {
+            sop_instance_uid: "1.2.3.4".into(),
+            series_instance_uid: String::new(),
+            status: ImageStatus::NotApplicable,
+            reason: Some(reason),
+            caveat: None,
+            findings: Vec::new(),
+            timings: Timings::default(),
+            heatmap: HeatmapState::None,
+        };
+        let result = crate::result::fixtures::study_result("1.2.3", vec![image]);
+        let mut report = Report::from_result(&result, &fixtures::report().study);
+        report.created_at = 1_706_693_415;
+        report
+    }
+
+    fn dx() -> crate::infer::dicom_image::ImageHeader {
+        crate::infer::eligibility::chest_dx()
+    }
+
+    /// A newborn's age with the report's time gives the birth date, and an age over 89 is
+    /// an identifier: the cloud learns only that the age is outside the model's range.
+    #[test]
+    fn the_cloud_gets_no_age_of_a_study_outside_the_age_range() {
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        for (birth, study) in [
+            ("20240128", "20240131"),
+            ("20240101", "20240131"),
+            ("20231101", "20240131"),
+            ("19300101", "20240131"),
+        ] {
+            let report = refused(crate::infer::dicom_image::ImageHeader {
+                patient_birth_date: birth.into(),
+                study_date: study.into(),
+                ..dx()
+            });
+            let hospital_side = report.not_applicable.clone().unwrap_or_default();
+            assert!(has_age(&hospital_side), "{hospital_side}");
+            let json = to_json(&report_payload(&report, &secret, "h", "d"));
+            assert!(!has_age(&json), "{json}");
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                v["not_applicable"], "age outside the model's intended range",
+                "{json}"
+            );
+        }
+    }
+
+    /// Body Part Examined and View Position reach the cloud only as DICOM defined terms;
+    /// any other text is left out of the reason.
+    #[test]
+    fn the_cloud_gets_body_parts_and_views_only_as_defined_terms() {
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        let reason = |h| {
+            let json = to_json(&report_payload(&refused(h), &secret, "h", "d"));
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            v["not_applicable"].as_str().unwrap_or_default().to_string()
+        };
+        let hand = reason(crate::infer::dicom_image::ImageHeader {
+            body_part: "HAND".into(),
+            ..dx()
+        });
+        assert_eq!(hand, "body part HAND outside the model's intended use");
+        let named = reason(crate::infer::dicom_image::ImageHeader {
+            body_part: "JOHN SMITH 3 D".into(),
+            ..dx()
+        });
+        assert_eq!(named, "body part outside the model's intended use");
+        let lateral = reason(crate::infer::dicom_image::ImageHeader {
+            view_position: "LL".into(),
+            ..dx()
+        });
+        assert_eq!(lateral, "view LL outside the model's intended use");
+        let odd = reason(crate::infer::dicom_image::ImageHeader {
+            view_position: "BED 4 MR SMITH".into(),
+            ..dx()
+        });
+        assert_eq!(odd, "view outside the model's intended use");
+        let ct = reason(crate::infer::dicom_image::ImageHeader {
+            modality: "CT".into(),
+            ..dx()
+        });
+        assert_eq!(ct, "modality CT outside the model's intended use");
+    }
+
+    /// A report queued before the reasons were coarsened goes out coarse too.
+    #[test]
+    fn queued_reports_go_out_without_the_age() {
+        let secret = SiteSecret::from_bytes(&[4u8; 32]);
+        let old = "{\"schema\":\"duli.report.v1\",\"report_id\":\"x\",\
+                   \"not_applicable\":\"age 3 d outside the model's 1\u{2013}5 y\"}";
+        let body = current_body(old, "", &secret);
+        assert!(!has_age(&body), "{body}");
+        assert!(
+            body.contains("age outside the model's intended range"),
+            "{body}"
+        );
+        let new = to_json(&report_payload(
+            &refused(crate::infer::dicom_image::ImageHeader {
+                patient_age: "003D".into(),
+                ..dx()
+            }),
+            &secret,
+            "s",
+            "d",
+        ));
+        assert_eq!(current_body(&new, "", &secret), new);
     }
 
     #[test]
