@@ -4,7 +4,9 @@
 // the CSRF token on state-changing requests and goes back to the login page on 401.
 "use strict";
 
-const state = { user: null, role: null, csrf: null, events: null, reloadTimer: null };
+const state = { user: null, role: null, csrf: null, events: null, reloadTimer: null, sessionTimer: null };
+// How often a signed-in page asks whether its session still lives (automatic logoff).
+const SESSION_CHECK_MS = 15000;
 const app = document.getElementById("app");
 
 function h(tag, attrs = {}, ...children) {
@@ -75,9 +77,19 @@ function pct(p) {
   return typeof p === "number" ? `${(p * 100).toFixed(1)}%` : "";
 }
 
+// Clears every view (patient names, images, searches) and goes to the login page: at
+// logout, and when the server ended the session (idle or absolute expiry, account change).
 function signedOut() {
   state.user = state.role = state.csrf = null;
   if (state.events) { state.events.close(); state.events = null; }
+  clearTimeout(state.reloadTimer);
+  clearInterval(state.sessionTimer);
+  state.reloadTimer = state.sessionTimer = null;
+  worklistFilter.q = worklistFilter.state = "";
+  worklistFilter.urgent = false;
+  window.duliViewer = null;
+  app.replaceChildren();
+  say("");
   document.getElementById("nav").hidden = true;
   document.getElementById("who").hidden = true;
   if (location.hash !== "#/login") location.hash = "#/login";
@@ -95,6 +107,22 @@ function signedIn(me) {
   }
   document.getElementById("who").hidden = false;
   document.getElementById("who-name").textContent = `${me.user} (${me.role})`;
+  clearInterval(state.sessionTimer);
+  state.sessionTimer = setInterval(checkSession, SESSION_CHECK_MS);
+}
+
+// Automatic logoff: the server ends an idle session, and then the page must not keep
+// showing patient data on a shared reading-room PC. Asks whether the session lives
+// (without counting as activity) and signs out on 401; a network error changes nothing.
+async function checkSession() {
+  if (!state.user) return;
+  let r;
+  try {
+    r = await fetch("/api/v1/session", { credentials: "same-origin" });
+  } catch (e) {
+    return;
+  }
+  if (r.status === 401 && state.user) signedOut();
 }
 
 function home() {
@@ -216,7 +244,12 @@ function followEvents(reload, indicator) {
   es.addEventListener("ready", () => { indicator.textContent = "live"; indicator.classList.add("on"); });
   es.addEventListener("study", schedule);
   es.addEventListener("reload", schedule);
-  es.onerror = () => { indicator.textContent = "reconnecting…"; indicator.classList.remove("on"); };
+  es.onerror = () => {
+    indicator.textContent = "reconnecting…";
+    indicator.classList.remove("on");
+    // The server ends the stream when the session ends; then the page signs out.
+    checkSession();
+  };
 }
 
 // ---- study ---------------------------------------------------------------
@@ -230,6 +263,7 @@ async function studyPage(uid) {
     if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, `Study: ${e.message}`));
     return;
   }
+  if (!state.user) return; // signed out meanwhile
   const result = s.result || {};
   const findings = Array.isArray(result.findings) ? result.findings : [];
   const model = result.model || {};
@@ -294,6 +328,7 @@ async function studyPage(uid) {
   try {
     const [info, png] = await Promise.all([api("GET", inst.preview_info), api("GET", inst.preview)]);
     const img = await Png16.decode(png);
+    if (!state.user) return; // signed out meanwhile
     const viewer = new Viewer(canvas, img, info);
     viewer.onChange((c, w) => { wl.textContent = `W ${Math.round(w)} / L ${Math.round(c)}`; });
     document.getElementById("wl-reset").addEventListener("click", () => viewer.reset());
@@ -387,6 +422,7 @@ function dl(obj) {
 async function systemPage() {
   try {
     const [sys, models] = await Promise.all([api("GET", "/api/v1/system"), api("GET", "/api/v1/models")]);
+    if (!state.user) return; // signed out meanwhile
     const modelState = (sys.model && sys.model.state) || "";
     app.replaceChildren(h("h2", {}, "System"),
       modelState.startsWith("waiting") ? h("p", { class: "error", role: "alert", id: "model-state" }, modelState) : "",
@@ -436,6 +472,7 @@ async function usersPage() {
 async function auditPage() {
   try {
     const [data, verify] = await Promise.all([api("GET", "/api/v1/audit?limit=1000"), api("GET", "/api/v1/audit/verify")]);
+    if (!state.user) return; // signed out meanwhile
     const rows = data.records.slice().reverse().map((r) => h("tr", { class: r.success ? "" : "failed" },
       h("td", {}, r.seq), h("td", {}, new Date(r.at_ms).toLocaleString()), h("td", {}, r.actor),
       h("td", {}, r.source), h("td", {}, r.action), h("td", {}, r.object), h("td", {}, r.detail)));

@@ -742,3 +742,75 @@ fn intended_use_in_headless_chromium() {
     );
     wd.screenshot("study-caveat.png");
 }
+
+/// Automatic logoff clears the screen of a shared reading-room PC: once the server ends
+/// an idle session, the page is back on the login form and no patient name or ID is left
+/// in the document, from the worklist (its live event stream ends with the session) and
+/// from the study page (the page's periodic session check).
+#[test]
+fn an_expired_session_clears_patient_data_off_the_screen() {
+    let Some(driver_bin) = chromedriver() else {
+        return;
+    };
+    let Some(files) = sample_dicoms("explicit-le") else {
+        return;
+    };
+    if which("storescu").is_none() {
+        return skip("storescu absent");
+    }
+    let file = files[0].clone();
+    let uid = study_uid_of(&file);
+    let patient_id = dicom_attr(&file, dicom_dictionary_std::tags::PATIENT_ID);
+    let name = dicom_attr(&file, dicom_dictionary_std::tags::PATIENT_NAME);
+    let family = name.split('^').next().unwrap().to_string();
+    assert!(
+        !patient_id.is_empty() && !family.is_empty(),
+        "{name} {patient_id}"
+    );
+
+    let d = Daemon::builder()
+        .config("console", "session_idle_secs", "6")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    d.storescu("MODALITY", &[], std::slice::from_ref(&file))
+        .unwrap()
+        .assert_success("storescu");
+    let browser = Browser::start(&driver_bin);
+    let wd = &browser.wd;
+    let base = format!("https://127.0.0.1:{}", d.console_port);
+    let shows = |text: &str| {
+        wd.js(&format!(
+            "return document.documentElement.outerHTML.includes({text:?}) || document.body.innerText.includes({text:?});"
+        )) == json!(true)
+    };
+    let signed_out = |what: &str, secs: u64| {
+        wd.wait_for(
+            what,
+            "location.hash === '#/login' && document.querySelector('#login-form')",
+            Duration::from_secs(secs),
+        );
+        for text in [&patient_id, &family] {
+            assert!(!shows(text), "{what}: {text:?} still in the page");
+        }
+    };
+
+    // The worklist, left alone: the session idles out.
+    log_in(wd, &base, "rita", "#/worklist");
+    wd.wait_css(&format!("#worklist-body tr[data-study=\"{uid}\"]"), 20);
+    assert!(
+        shows(&patient_id) && shows(&family),
+        "worklist without the patient"
+    );
+    signed_out("logoff from the worklist", 30);
+
+    // The study page, which has no event stream.
+    log_in(wd, &base, "rita", "#/worklist");
+    wd.click(&format!("#worklist-body tr[data-study=\"{uid}\"] a"));
+    wd.wait_for(
+        "rendered image",
+        "document.querySelector('#image') && document.querySelector('#image').dataset.rendered === 'true'",
+        Duration::from_secs(30),
+    );
+    assert!(shows(&family), "study page without the patient");
+    signed_out("logoff from the study page", 40);
+}

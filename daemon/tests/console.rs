@@ -1746,3 +1746,73 @@ fn host_only_cookies_and_two_session_cookies_are_refused() {
         .lines()
         .all(|l| l.starts_with("__Host-") && l.contains("Max-Age=0")));
 }
+
+/// Once retention prunes an instance's pixel data, its preview goes too: the image and
+/// its window answer 410 although both were cached, and the cached copy is removed from
+/// `<data_dir>/previews/`.
+#[test]
+fn a_pruned_instance_has_no_preview_and_its_cached_copy_is_removed() {
+    use duli::model::StudyState;
+    let Some(files) = sample_dicoms("explicit-le") else {
+        return;
+    };
+    if which("storescu").is_none() {
+        return skip("storescu absent");
+    }
+    let file = &files[0];
+    let uid = dicom_attr(file, dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
+    let sop = dicom_attr(file, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+    let root = temp_dir("pruned-preview");
+    let data = root.path().join("data");
+    let mut d = Daemon::builder().data_dir(&data).start();
+    d.add_user("rita", "radiologist", PW);
+    d.storescu("MODALITY", &[], std::slice::from_ref(file))
+        .unwrap()
+        .assert_success("storescu");
+    let s = d.login("rita", PW);
+    wait_for_study(&s, &uid, &["complete", "queued"]);
+    let preview = format!("/api/v1/studies/{uid}/instances/{sop}/preview");
+    let info = format!("{preview}-info");
+    assert_eq!(s.get(&preview).status, 200);
+    assert_eq!(s.get(&info).status, 200);
+    let (png, json) = duli::console::preview::cache_paths(&data, &sop);
+    assert!(png.exists() && json.exists(), "preview not cached");
+
+    // The study's analysis finished (inference is off here: set while the daemon is
+    // stopped), so retention may prune it for disk space.
+    assert!(d.terminate(Duration::from_secs(30)).is_some());
+    {
+        let store = duli::store::Store::open(&data).unwrap();
+        store
+            .transition(
+                &uid,
+                &[StudyState::Complete, StudyState::Queued],
+                StudyState::Done,
+            )
+            .unwrap();
+        store.flush_blocking().unwrap();
+    }
+    // A reserve larger than any disk: the first retention pass prunes the study.
+    let d = Daemon::builder()
+        .data_dir(&data)
+        .config("retention", "disk_reserve_mb", "1000000000")
+        .start();
+    let s = d.login("rita", PW);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let detail = s.get(&format!("/api/v1/studies/{uid}")).json();
+        if detail["instances"][0]["pruned"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not pruned: {detail}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for path in [&preview, &info] {
+        assert_eq!(s.get(path).status, 410, "{path}");
+    }
+    assert!(!png.exists() && !json.exists(), "cached preview left");
+}

@@ -769,3 +769,118 @@ fn a_request_body_that_trickles_in_is_ended_with_408() {
         assert!(took < Duration::from_secs(12), "ended after {took:?}");
     });
 }
+
+/// A PACS that accepts connections and never sends a byte, until the guard drops.
+struct SilentPacs {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentPacs {
+    fn start() -> SilentPacs {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => held.push(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        SilentPacs {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentPacs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// C-ECHO tests against a PACS that never answers hold nobody else up: 64 at once from
+/// one technician's address (as many connections as one address may hold) leave
+/// `/healthz` and a radiologist's worklist from another address answering at once. One
+/// test per user runs; the others are answered 429 with `Retry-After` at once.
+#[test]
+fn echoes_to_a_silent_pacs_do_not_hold_up_the_console() {
+    let pacs = SilentPacs::start();
+    let d = Daemon::builder()
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                "[{{name = \"silent\", ae_title = \"SILENT\", host = \"127.0.0.1\", port = {}}}]",
+                pacs.port
+            ),
+        )
+        .start();
+    d.add_user("theo", "technician", PW);
+    d.add_user("rita", "radiologist", PW);
+    let (theo, rita) = (d.login("theo", PW), d.login("rita", PW));
+    let addr = d.console_addr();
+    let echo = format!(
+        "POST /api/v1/system/echo HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-CSRF-Token: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+        theo.cookie, theo.csrf
+    );
+    let worklist = format!(
+        "GET /api/v1/studies HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+        rita.cookie
+    );
+    let quick = Duration::from_secs(3);
+    runtime().block_on(async move {
+        let echoes: Vec<_> = (0..64)
+            .map(|_| {
+                let head = echo.clone();
+                tokio::spawn(async move { request_from(lo(2), addr, &head, b"{}").await })
+            })
+            .collect();
+        // Let every echo arrive and wait on the PACS.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (r, took) = healthz_from(lo(3), addr).await;
+        assert_eq!(r.status, 200);
+        assert!(took < quick, "/healthz took {took:?}");
+        let t = Instant::now();
+        let r = request_from(lo(4), addr, &worklist, b"").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(t.elapsed() < quick, "the worklist took {:?}", t.elapsed());
+
+        let mut answers = Vec::new();
+        for e in echoes {
+            answers.push(e.await.expect("echo task"));
+        }
+        let ran: Vec<_> = answers.iter().filter(|r| r.status == 200).collect();
+        assert_eq!(ran.len(), 1, "one test per user at a time");
+        let results = ran[0].json()["results"].clone();
+        let row = results
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == "silent"))
+            .expect("a row for the silent PACS");
+        assert_eq!(row["status"], "failed", "{row}");
+        let refused: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
+        assert_eq!(
+            refused.len(),
+            63,
+            "{:?}",
+            answers.iter().map(|r| r.status).collect::<Vec<_>>()
+        );
+        assert!(refused
+            .iter()
+            .all(|r| r.headers.contains_key("retry-after")));
+    });
+    drop(pacs);
+}

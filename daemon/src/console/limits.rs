@@ -1,5 +1,6 @@
 //! The console's resource limits: connections (all together and per client address),
-//! uploads (all together and per user), requests being served and live event streams.
+//! uploads (all together and per user), requests being served, live event streams and
+//! requests that wait on other hosts (the C-ECHO test).
 //!
 //! [`Slots`] counts holders by key under a total and a per-key cap; a [`Slot`] gives its
 //! place back when dropped, so a connection or upload that ends in any way (answer,
@@ -95,6 +96,11 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
+/// C-ECHO tests (requests waiting on other hosts) in flight at once, all users.
+pub const OUTBOUND_TOTAL: usize = 4;
+/// C-ECHO tests in flight at once for one user.
+pub const OUTBOUND_PER_USER: usize = 1;
+
 /// The console's limits, built from `[console]`.
 #[derive(Debug)]
 pub struct Limits {
@@ -113,6 +119,9 @@ pub struct Limits {
     pub max_upload: usize,
     /// Uploads being received or processed, by user.
     pub uploads: Slots<String>,
+    /// Requests waiting on other hosts (a PACS that may never answer), by user. They hold
+    /// one of these instead of a request permit, so they never keep others waiting.
+    pub outbound: Slots<String>,
 }
 
 impl Limits {
@@ -127,6 +136,7 @@ impl Limits {
             streams: Slots::new(c.max_event_streams, c.max_event_streams_per_user),
             max_upload: mb.saturating_mul(1024 * 1024),
             uploads: Slots::new(c.max_uploads, c.max_uploads_per_user),
+            outbound: Slots::new(OUTBOUND_TOTAL, OUTBOUND_PER_USER),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! - TLS: [`crate::tls`] (the certificate, configured or self-signed on first start, in
 //!   [`crate::tls::self_signed`]).
 //! - [`server`]: the listener — warp filters through hyper over tokio-rustls.
-//! - [`limits`]: connection caps (total, per address), request, event stream and upload
-//!   limits.
+//! - [`limits`]: connection caps (total, per address), request, event stream, upload and
+//!   C-ECHO test limits.
 //! - [`timeouts`]: header-read and idle timeouts of each connection.
 //! - [`roles`]: the roles and the one route → role table every request passes.
 //! - [`sessions`]: session cookies, login throttling, CSRF tokens.
@@ -19,6 +19,7 @@
 //!   traits.
 //! - [`reply`]: the one error → status mapping and the security headers.
 //! - [`preview`]: 16-bit display previews rendered once per instance.
+//! - [`preview_sweep`]: cached previews of pruned or unknown instances removed.
 //! - [`feedback`]: radiologist feedback records and the hook to delivery.
 //! - [`events`]: live study events for the worklist (server-sent events).
 //! - [`upload`]: manual uploads (DICOM, or PNG/JPEG as Secondary Capture), never patient data.
@@ -42,6 +43,7 @@ pub mod handshakes;
 pub mod limits;
 pub mod outbox_view;
 pub mod preview;
+pub mod preview_sweep;
 pub mod reply;
 pub mod roles;
 pub mod server;
@@ -216,8 +218,10 @@ fn certificate_names(config: &Config) -> Vec<String> {
 }
 
 /// Binds the console listener (or takes `prebound`) and starts serving as the stage
-/// `console`, with the stage `console-audit` that writes the throttled-login summaries,
-/// both supervised and waited for by `shutdown`; returns the bound address.
+/// `console`, with the stage `console-audit` that writes the throttled-login summaries and
+/// the stage `console-previews` that removes cached previews of pruned instances
+/// ([`preview_sweep::run`]), all supervised and waited for by `shutdown`; returns the
+/// bound address.
 pub async fn start(
     config: &Config,
     console: Arc<Console>,
@@ -258,6 +262,19 @@ pub async fn start(
         )
     };
     shutdown.track(audit_task);
+    let sweep_task = {
+        let (store, dir, stop) = (
+            console.store.clone(),
+            console.data_dir.clone(),
+            shutdown.signal(),
+        );
+        shutdown.supervise(
+            "console-previews",
+            crate::supervise::Backoff::default(),
+            move |beat| beat.pulse(preview_sweep::run(store.clone(), dir.clone(), stop.clone())),
+        )
+    };
+    shutdown.track(sweep_task);
     let store = console.store.clone();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = store.prepare_worklist() {

@@ -4,6 +4,10 @@
 //! JSON sidecar saying how the 16-bit values map back to modality values and which window
 //! to start from. The browser applies window/level itself, so dragging needs no server
 //! round trip.
+//!
+//! A cached preview is a copy of the pixel data: it is never served for an instance whose
+//! pixel data retention pruned, and it is removed when it is asked for then and by
+//! [`super::preview_sweep`] (the sidecar names its instance).
 
 use crate::infer::decode_sandbox::is_sandboxed;
 use crate::infer::dicom_image::{DicomImage, DicomImageError};
@@ -63,6 +67,21 @@ pub struct PreviewInfo {
     pub photometric: String,
 }
 
+/// The sidecar of a cached preview: the instance it was made from, and what its values
+/// mean. Sidecars without the instance (written by an earlier version) are not read: the
+/// preview is made again, and [`super::preview_sweep`] removes the old pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sidecar {
+    /// SOP Instance UID of the instance the preview was made from.
+    sop_instance_uid: String,
+    /// When the file it was made from was received: an instance sent again since has
+    /// its preview made again.
+    received_at: i64,
+    /// What the preview's values mean.
+    #[serde(flatten)]
+    info: PreviewInfo,
+}
+
 /// Paths of an instance's cached preview and sidecar.
 pub fn cache_paths(data_dir: &Path, sop_uid: &str) -> (PathBuf, PathBuf) {
     let name = hex::encode(&digest(&SHA256, sop_uid.as_bytes()).as_ref()[..16]);
@@ -75,32 +94,79 @@ pub fn cache_paths(data_dir: &Path, sop_uid: &str) -> (PathBuf, PathBuf) {
 
 /// Renders run one at a time: a decoded radiograph takes tens of megabytes, and a second
 /// request for the same preview then finds it cached.
+/// The cache's sweep holds it too, so it never sees a preview half written.
 static RENDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn cached(png: &Path, json: &Path) -> Option<PreviewInfo> {
+/// Holds the render lock: no preview is written while the guard lives.
+pub(super) fn hold_renders() -> std::sync::MutexGuard<'static, ()> {
+    RENDER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The instance a sidecar names (SOP Instance UID, receive time of its file), when it is
+/// one this version wrote.
+pub(super) fn sidecar_source(json: &Path) -> Option<(String, i64)> {
+    let sidecar: Sidecar = serde_json::from_slice(&std::fs::read(json).ok()?).ok()?;
+    Some((sidecar.sop_instance_uid, sidecar.received_at))
+}
+
+/// The cached preview of `inst`, when there is one made from its current file.
+fn cached(png: &Path, json: &Path, inst: &InstanceRecord) -> Option<PreviewInfo> {
     if !png.exists() {
         return None;
     }
-    serde_json::from_slice(&std::fs::read(json).ok()?).ok()
+    let sidecar: Sidecar = serde_json::from_slice(&std::fs::read(json).ok()?).ok()?;
+    (sidecar.sop_instance_uid == inst.sop_instance_uid && sidecar.received_at == inst.received_at)
+        .then_some(sidecar.info)
+}
+
+/// Removes the cached preview and sidecar of an instance (those absent are fine); the
+/// bytes freed.
+pub fn forget(data_dir: &Path, sop_uid: &str) -> std::io::Result<u64> {
+    let (png, json) = cache_paths(data_dir, sop_uid);
+    let mut freed = 0;
+    for path in [png, json] {
+        freed += remove_file(&path)?.unwrap_or(0);
+    }
+    Ok(freed)
+}
+
+/// Removes a file; its size, or `None` when it was not there.
+pub(super) fn remove_file(path: &Path) -> std::io::Result<Option<u64>> {
+    let size = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(Some(size)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The cached preview of an instance, rendered now when absent (images over `max_pixels`
-/// are refused before any decode). Blocking: call it from a blocking task.
+/// are refused before any decode). An instance whose pixel data was pruned has no
+/// preview, cached or not: [`PreviewError::Pruned`], and a copy still cached is removed.
+/// Blocking: call it from a blocking task.
 pub fn get_or_render(
     data_dir: &Path,
     inst: &InstanceRecord,
     max_pixels: u64,
 ) -> Result<(PathBuf, PreviewInfo), PreviewError> {
-    let (png, json) = cache_paths(data_dir, &inst.sop_instance_uid);
-    if let Some(info) = cached(&png, &json) {
-        return Ok((png, info));
-    }
-    let _one_at_a_time = RENDER.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(info) = cached(&png, &json) {
-        return Ok((png, info));
-    }
+    let sop = &inst.sop_instance_uid;
     if inst.pruned {
+        if let Err(e) = forget(data_dir, sop) {
+            log::error!("console: remove the preview of pruned instance {sop}: {e}");
+        }
         return Err(PreviewError::Pruned);
+    }
+    let (png, json) = cache_paths(data_dir, sop);
+    if let Some(info) = cached(&png, &json, inst) {
+        return Ok((png, info));
+    }
+    let _one_at_a_time = hold_renders();
+    if let Some(info) = cached(&png, &json, inst) {
+        return Ok((png, info));
     }
     let (pixels, info) = render(&data_dir.join(&inst.path), max_pixels)?;
     let dir = png.parent().unwrap_or(data_dir);
@@ -111,10 +177,15 @@ pub fn get_or_render(
         .map_err(|e| PreviewError::Write(e.to_string()))?;
     std::fs::rename(&tmp, &png).map_err(|e| PreviewError::Write(e.to_string()))?;
     let tmp = json.with_extension("json.tmp");
-    std::fs::write(&tmp, crate::store::encode(&info))
+    let sidecar = Sidecar {
+        sop_instance_uid: sop.clone(),
+        received_at: inst.received_at,
+        info,
+    };
+    std::fs::write(&tmp, crate::store::encode(&sidecar))
         .and_then(|_| std::fs::rename(&tmp, &json))
         .map_err(|e| PreviewError::Write(e.to_string()))?;
-    Ok((png, info))
+    Ok((png, sidecar.info))
 }
 
 type Gray16 = image::ImageBuffer<image::Luma<u16>, Vec<u16>>;

@@ -51,6 +51,9 @@ pub enum Endpoint {
     Logout,
     /// The current session: user, role, CSRF token.
     Me,
+    /// Whether the session still lives, without counting as activity (the page's check
+    /// for automatic logoff).
+    SessionCheck,
     /// The worklist.
     Studies,
     /// One study with its result.
@@ -89,6 +92,15 @@ pub enum Endpoint {
     Echo,
     /// Re-queue dead-lettered outbox entries.
     OutboxRetry,
+}
+
+impl Endpoint {
+    /// Whether the route waits on other hosts (C-ECHO to a PACS that may never answer):
+    /// such a request takes no request permit, but one of the console's few outbound
+    /// slots ([`super::limits::Limits::outbound`]).
+    pub fn waits_on_other_hosts(self) -> bool {
+        matches!(self, Endpoint::Echo)
+    }
 }
 
 /// One row of the table.
@@ -135,6 +147,12 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/api/v1/setup", Access::Setup, Endpoint::Setup),
     route("POST", "/api/v1/logout", Access::AnyRole, Endpoint::Logout),
     route("GET", "/api/v1/me", Access::AnyRole, Endpoint::Me),
+    route(
+        "GET",
+        "/api/v1/session",
+        Access::AnyRole,
+        Endpoint::SessionCheck,
+    ),
     route("GET", "/api/v1/models", Access::AnyRole, Endpoint::Models),
     route(
         "GET",

@@ -212,6 +212,11 @@ pub fn filter(
                         body: Vec::new(),
                     };
                     let resp = match body {
+                        Ok(b) if waits_on_other_hosts(&req) => {
+                            // Holds an outbound slot instead (taken by its handler): a
+                            // peer that never answers keeps nobody else waiting.
+                            handle(console, Request { body: b, ..req }).await
+                        }
                         Ok(b) => {
                             // A permit only while the handler runs: idle connections
                             // and bodies still arriving hold none.
@@ -227,6 +232,12 @@ pub fn filter(
                 }
             },
         )
+}
+
+/// Whether the request's route waits on other hosts ([`Endpoint::waits_on_other_hosts`]).
+fn waits_on_other_hosts(req: &Request) -> bool {
+    roles::find(req.method.as_str(), &req.path)
+        .is_ok_and(|m| m.route.endpoint.waits_on_other_hosts())
 }
 
 /// Decodes `a=1&b=x%20y` (also `+` as space).
@@ -353,6 +364,10 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         ),
     })?;
     let route = matched.route;
+    if route.endpoint == Endpoint::SessionCheck {
+        // Asking must not keep the session alive: no lookup, which would refresh it.
+        return session::check(&console, &req);
+    }
     let session = if matches!(route.access, Access::Public | Access::Setup) {
         None
     } else {
@@ -381,6 +396,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (_, None) => Err(ApiError::Unauthenticated),
         (Endpoint::Logout, Some((token, s))) => session::logout(c, &req, &token, &s).await,
         (Endpoint::Me, Some((_, s))) => Ok(session::me(&s)),
+        (Endpoint::SessionCheck, Some(_)) => session::check(c, &req),
         (Endpoint::Models, Some(_)) => Ok(system::models(c)),
         (Endpoint::Studies, Some((_, s))) => studies::worklist(c, &req, &s).await,
         (Endpoint::Study, Some((_, s))) => studies::study(c, &req, &s, param(0)).await,
@@ -402,7 +418,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (Endpoint::System, Some(_)) => system::system(c),
         (Endpoint::Outbox, Some(_)) => outbox::overview(c),
         (Endpoint::OutboxRetry, Some((_, s))) => outbox::retry(c, &req, &s).await,
-        (Endpoint::Echo, Some(_)) => Ok(system::echo(c).await),
+        (Endpoint::Echo, Some((_, s))) => system::echo(c, &s).await,
         (Endpoint::Upload, Some((_, s))) => upload::upload(c, req, &s).await,
     }
 }

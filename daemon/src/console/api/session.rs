@@ -47,6 +47,23 @@ pub(super) fn me(s: &Session) -> Response {
     )
 }
 
+/// Answer of `GET /api/v1/session`.
+#[derive(Debug, Serialize)]
+struct Live {
+    live: bool,
+}
+
+/// `GET /api/v1/session`: `{"live": true}` while the request's session lives, else 401.
+/// Does not refresh the session's idle timer (the page asks it periodically to clear its
+/// screen once the server ended the session; asking is not activity).
+pub(super) fn check(c: &Console, req: &Request) -> Result<Response, ApiError> {
+    let token = super::session_token(&req.headers)?.ok_or(ApiError::Unauthenticated)?;
+    if !c.sessions.is_live(&token)? {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(reply::json(StatusCode::OK, &Live { live: true }))
+}
+
 /// `POST /api/v1/login`: checks the password (throttled per account and address) and
 /// opens a session.
 pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {

@@ -336,7 +336,8 @@ pub(super) async fn study(
 }
 
 /// `GET .../instances/{sop}/preview` (the PNG) and `.../preview-info` (its window and
-/// size), rendered once per instance.
+/// size), rendered once per instance; 404 for an instance not in the study, 410 once its
+/// pixel data is pruned (checked before the cache is read).
 pub(super) async fn preview(
     c: &Console,
     req: &Request,
@@ -358,9 +359,17 @@ pub(super) async fn preview(
     if info_only {
         return Ok(reply::json(StatusCode::OK, &info));
     }
-    let bytes = tokio::fs::read(&png).await.inspect_err(|e| {
-        log::error!("console: preview {}: {e}", png.display());
-    })?;
+    let bytes = match tokio::fs::read(&png).await {
+        Ok(bytes) => bytes,
+        // Removed since it was found: its instance was pruned in between.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(preview::PreviewError::Pruned.into())
+        }
+        Err(e) => {
+            log::error!("console: preview {}: {e}", png.display());
+            return Err(e.into());
+        }
+    };
     // Never stored by the browser (`reply::secure` sets `no-store`): reading-room PCs are
     // shared, and the file is cached on the server already.
     Ok(reply::bytes(StatusCode::OK, "image/png", bytes))

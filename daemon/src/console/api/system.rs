@@ -3,7 +3,9 @@
 
 use super::audit::head;
 use crate::audit::Head;
+use crate::console::limits::Refused;
 use crate::console::reply::{self, ApiError};
+use crate::console::sessions::Session;
 use crate::console::{echo, Console};
 use crate::store::outbox::Fill;
 use serde::Serialize;
@@ -204,8 +206,23 @@ struct EchoResults {
     results: Vec<echo::EchoRow>,
 }
 
-/// `POST /api/v1/echo`: C-ECHO to this box's SCP and every PACS destination.
-pub(super) async fn echo(c: &Console) -> Response {
+/// `POST /api/v1/system/echo`: C-ECHO to this box's SCP and every PACS destination. Holds
+/// one of the console's outbound slots, not a request permit, while it waits: one test
+/// per user at a time (429 beyond), [`crate::console::limits::OUTBOUND_TOTAL`] in all (503
+/// beyond), both with `Retry-After`.
+pub(super) async fn echo(c: &Console, s: &Session) -> Result<Response, ApiError> {
+    let _slot = c
+        .limits
+        .outbound
+        .try_take(s.user.clone())
+        .map_err(|e| match e {
+            Refused::PerKey(_) => ApiError::TooMany(
+                "a connectivity test of this user is still running; wait for its answer".into(),
+            ),
+            Refused::Total(_) => {
+                ApiError::Busy("the console runs as many connectivity tests as it can".into())
+            }
+        })?;
     let results = echo::echo_all(&c.echo_peers, &c.ae_title, ECHO_LIMIT).await;
-    reply::json(StatusCode::OK, &EchoResults { results })
+    Ok(reply::json(StatusCode::OK, &EchoResults { results }))
 }
