@@ -292,9 +292,29 @@ fn logs() -> String {
     )
 }
 
-/// The secret values the bundle must never contain: contents of the configured private
-/// keys and of the site secret (as whole files and as their non-blank lines).
-fn secrets(cfg: &Config) -> Vec<String> {
+/// Reads a file the service user may have replaced (a link, a FIFO, a huge file): never
+/// through a link at its last component, never blocking, regular files of at most 64 KiB.
+fn read_guarded(path: &Path) -> Option<String> {
+    match crate::provision::source::read_nofollow(path, SECRET_FILE_MAX) {
+        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(crate::provision::source::SourceError::Io(e))
+            if e.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(e) => {
+            log::warn!("diagnostics: {} not read: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Largest key, secret or setup code file read for the scrubbing.
+const SECRET_FILE_MAX: u64 = 64 << 10;
+
+/// The files holding secrets: the site secret, every configured private key (the
+/// sections', each PACS destination's) and the console's generated one.
+fn secret_files(cfg: &Config) -> Vec<PathBuf> {
     let mut files = vec![cfg.site_secret_path()];
     files.extend(
         [
@@ -307,9 +327,27 @@ fn secrets(cfg: &Config) -> Vec<String> {
         .flatten()
         .cloned(),
     );
+    files.extend(
+        cfg.pacs
+            .destinations
+            .iter()
+            .filter_map(|d| d.tls_key.clone()),
+    );
+    files.push(
+        cfg.device
+            .data_dir
+            .join(crate::tls::self_signed::GENERATED_DIR)
+            .join("key.pem"),
+    );
+    files
+}
+
+/// The secret values the bundle must never contain: contents of the configured private
+/// keys and of the site secret (as whole files and as their non-blank lines).
+fn secrets(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    for f in files {
-        if let Ok(text) = std::fs::read_to_string(&f) {
+    for f in secret_files(cfg) {
+        if let Some(text) = read_guarded(&f) {
             for line in text.lines().map(str::trim) {
                 if line.len() >= 16 && !line.starts_with("-----") {
                     out.push(line.to_string());
@@ -323,8 +361,8 @@ fn secrets(cfg: &Config) -> Vec<String> {
 /// The open first-time setup code of the console, as written and as it may be typed.
 fn setup_code(cfg: &Config) -> Vec<String> {
     let file = crate::console::setup::code_file(&cfg.device.data_dir);
-    match std::fs::read_to_string(file) {
-        Ok(code) if !code.trim().is_empty() => {
+    match read_guarded(&file) {
+        Some(code) if !code.trim().is_empty() => {
             let code = code.trim().to_string();
             vec![code.replace('-', ""), code]
         }
@@ -353,7 +391,8 @@ fn is_identifying_uid(word: &str) -> bool {
 
 /// `text` with every identifying UID (see [`is_identifying_uid`]) replaced by its support
 /// pseudonym under `key`, or by `uid:<redacted>` without one. A UID is a run of digits and
-/// dots standing apart from letters and digits (a sentence's final dot is not part of it).
+/// dots not preceded by a letter, digit or dot; whatever follows ends it (a sentence's
+/// final dot, a file name's `.dcm`, a letter) and is not part of it.
 fn pseudonymise_uids(text: &str, key: Option<&SiteSecret>) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -374,9 +413,8 @@ fn pseudonymise_uids(text: &str, key: Option<&SiteSecret>) -> String {
         while end > i && bytes[end - 1] == b'.' {
             end -= 1;
         }
-        let apart = next == bytes.len() || !bytes[next].is_ascii_alphabetic();
         let word = &text[i..end];
-        if apart && is_identifying_uid(word) {
+        if is_identifying_uid(word) {
             out.push_str(&text[copied..i]);
             match key {
                 Some(k) => out.push_str(&k.support_uid(word)),
@@ -394,8 +432,8 @@ fn pseudonymise_uids(text: &str, key: Option<&SiteSecret>) -> String {
 /// random key for this bundle alone (UIDs then still match within it, not across
 /// bundles); `None` only without system randomness.
 fn uid_key(cfg: &Config) -> Option<SiteSecret> {
-    match SiteSecret::load_existing(&cfg.site_secret_path()) {
-        Ok(Some(k)) => Some(k),
+    match crate::provision::source::read_nofollow(&cfg.site_secret_path(), SECRET_FILE_MAX) {
+        Ok(bytes) if bytes.len() >= 16 => Some(SiteSecret::from_bytes(&bytes)),
         _ => SiteSecret::random().ok(),
     }
 }
@@ -569,6 +607,83 @@ mod tests {
             !bare.contains(study) && bare.contains("uid:<redacted>"),
             "{bare}"
         );
+    }
+
+    /// A UID directly followed by a file extension or a letter (a stored file's path in a
+    /// log line) is replaced like any other.
+    #[test]
+    fn uids_in_file_paths_become_pseudonyms() {
+        let key = SiteSecret::from_bytes(&[7; 32]);
+        let study = "1.2.826.0.1.3680043.8.498.1";
+        let sop = "1.2.826.0.1.3680043.8.498.2";
+        let log = format!("study {study}: files/{study}/{sop}.dcm: not analysed\n{sop}x\n");
+        let out = scrub(&log, &[], Some(&key));
+        for uid in [study, sop] {
+            assert!(!out.contains(uid), "{uid} in {out}");
+        }
+        assert!(
+            out.contains(&format!("/{}.dcm:", key.support_uid(sop))),
+            "{out}"
+        );
+        assert_eq!(out.matches(&key.support_uid(study)).count(), 2, "{out}");
+        assert!(out.contains(&format!("{}x", key.support_uid(sop))), "{out}");
+        // The standard's own UIDs stay, with an extension too.
+        let kept = scrub("1.2.840.10008.5.1.4.1.1.1.dcm\n", &[], Some(&key));
+        assert_eq!(kept, "1.2.840.10008.5.1.4.1.1.1.dcm\n");
+    }
+
+    /// Links and FIFOs the service user could plant where the bundle reads secrets are
+    /// not followed and do not block it; every private key's content is scrubbed, the PACS
+    /// destinations' too.
+    #[test]
+    fn planted_fifos_and_links_neither_block_nor_leak() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fifo = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        };
+        let mut cfg = Config::default();
+        cfg.device.data_dir = data.clone();
+        cfg.device.site_secret = Some(dir.path().join("site_secret"));
+        fifo(&dir.path().join("site_secret"));
+        fifo(&crate::console::setup::code_file(&data));
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "a line of root's own file that is not a key\n").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("dicom.key")).unwrap();
+        cfg.dicom.key = Some(dir.path().join("dicom.key"));
+        let pacs_key = dir.path().join("pacs-0.key");
+        std::fs::write(&pacs_key, "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n").unwrap();
+        cfg.pacs.destinations.push(crate::config::PacsDestination {
+            name: "p".into(),
+            ae_title: "P".into(),
+            host: "127.0.0.1".into(),
+            port: 104,
+            push: false,
+            move_: false,
+            tls: true,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: Some(pacs_key),
+            result_objects: Vec::new(),
+            max_rejections: 5,
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = cfg.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let entries = rt.block_on(collect(&worker, None));
+            let _ = tx.send((entries, secrets(&worker), setup_code(&worker)));
+        });
+        let (entries, secrets, codes) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("collect blocked on a planted FIFO");
+        assert!(!entries.is_empty());
+        assert!(codes.is_empty(), "{codes:?}");
+        assert_eq!(secrets, ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"], "{secrets:?}");
     }
 
     #[test]

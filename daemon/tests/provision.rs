@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SECRET: &str = "5173c0ffee-site-secret-never-printed-8a1d";
+/// The site secret on the stick, in the form `generate_site_secret` writes (64 hex digits).
+const SECRET: &str = "5173c0ffee0fa11ed5ec12e7000000000000000000000000ba5eba11deadbeef";
 const PASSWORD: &str = "correct-horse-battery-9";
 
 /// Runs `duli ARGS` without configuration from the environment.
@@ -207,6 +208,10 @@ fn example_file_provisions_a_box() {
     } else {
         Daemon::binary()
     };
+    // Private files go to the configured service user only: this box names it.
+    if owner == "nobody" {
+        fs::write(s.config(), "[device]\nservice_user = \"nobody\"\n").unwrap();
+    }
     let out = s.provision_from(&binary, &["--owner", owner]);
     out.assert_success("duli provision");
     s.assert_no_secret(&out.combined(), "provision output");
@@ -613,13 +618,123 @@ fn bad_input_is_refused_naming_the_key_and_nothing_changes() {
         fs::write(s.file(), &good).unwrap();
         let _ = fs::remove_file(s.usb().join("forged.endorsement.json"));
         // The refused run must not change the box provisioned with the old material.
-        let before = s.snapshot();
         breaker(&s);
-        let out = s.provision(&[]);
+        assert_refused(&s, what, &[], key);
+    }
+}
+
+/// Runs one refused provisioning of the stick: exit 2, the error names `key`, says
+/// nothing was written, prints no secret, and the box is as it was.
+fn assert_refused(s: &Stick, what: &str, extra: &[&str], key: &str) {
+    let before = s.snapshot();
+    let started = std::time::Instant::now();
+    let out = s.provision(extra);
+    assert_eq!(out.code(), Some(2), "{what}: {}", out.combined());
+    assert!(
+        out.stderr.contains(key),
+        "{what}: error does not name {key}:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("nothing was written"),
+        "{what}: {}",
+        out.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "{what}: slow");
+    s.assert_no_secret(&out.combined(), what);
+    assert_eq!(before, s.snapshot(), "{what}: the box changed");
+}
+
+/// Provisioning runs as root: the files a provisioning file names are read only from the
+/// provisioning folder (no absolute path, no '..', no symbolic link, no FIFO), the site
+/// secret only in its documented form, private copies go only to the configured service
+/// user, and a relative data folder is refused rather than resolved against the working
+/// directory.
+#[test]
+fn files_outside_the_stick_and_foreign_owners_are_refused() {
+    let s = Stick::new();
+    s.provision(&[]).assert_success("first provision");
+    let good = fs::read_to_string(s.file()).unwrap();
+    // A root-only file outside the stick, shaped like a secret and like a key.
+    let outside = s.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), "ab".repeat(32)).unwrap();
+    fs::copy(s.path("pki/stick-client.key"), outside.join("client.key")).unwrap();
+    let usb = s.usb();
+    std::os::unix::fs::symlink(outside.join("secret"), usb.join("secrets/link")).unwrap();
+    std::os::unix::fs::symlink(&outside, usb.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(outside.join("client.key"), usb.join("certs/link.key")).unwrap();
+    nix::unistd::mkfifo(
+        &usb.join("secrets/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    fs::write(usb.join("secrets/weak"), "not-a-secret-but-long-enough\n").unwrap();
+    let secret_file = |name: &str| {
+        good.replace(
+            "site_secret_file = \"secrets/site_secret\"",
+            &format!("site_secret_file = {name:?}"),
+        )
+    };
+    let abs = outside.join("secret").display().to_string();
+    for (what, text, key) in [
+        (
+            "absolute secret path",
+            secret_file(&abs),
+            "device.site_secret_file",
+        ),
+        (
+            "secret through a link",
+            secret_file("secrets/link"),
+            "device.site_secret_file",
+        ),
+        (
+            "secret in a linked folder",
+            secret_file("elsewhere/secret"),
+            "device.site_secret_file",
+        ),
+        (
+            "secret above the stick",
+            secret_file("../outside/secret"),
+            "device.site_secret_file",
+        ),
+        (
+            "secret that is a FIFO",
+            secret_file("secrets/fifo"),
+            "device.site_secret_file",
+        ),
+        (
+            "secret not in its form",
+            secret_file("secrets/weak"),
+            "device.site_secret_file",
+        ),
+        (
+            "key through a link",
+            good.replace("key = \"certs/dicom.key\"", "key = \"certs/link.key\""),
+            "dicom.key",
+        ),
+        (
+            "relative data folder",
+            good.replace("# data_dir = \"/var/lib/duli\"", "data_dir = \"var/duli\""),
+            "device.data_dir",
+        ),
+    ] {
+        assert_ne!(text, good, "{what}: the example changed");
+        fs::write(s.file(), &text).unwrap();
+        // The stick's file names its own data folder: no --data-dir.
+        let before = s.snapshot();
+        let out = duli(&[
+            "provision",
+            s.file().to_str().unwrap(),
+            "--config",
+            s.config().to_str().unwrap(),
+            "--system-root",
+            s.path("box/root").to_str().unwrap(),
+        ]);
         assert_eq!(out.code(), Some(2), "{what}: {}", out.combined());
         assert!(
             out.stderr.contains(key),
-            "{what}: error does not name {key}:\n{}",
+            "{what}: no {key}:\n{}",
             out.stderr
         );
         assert!(
@@ -627,9 +742,66 @@ fn bad_input_is_refused_naming_the_key_and_nothing_changes() {
             "{what}: {}",
             out.stderr
         );
-        s.assert_no_secret(&out.combined(), what);
+        assert!(!out.combined().contains(&"ab".repeat(32)), "{what}");
         assert_eq!(before, s.snapshot(), "{what}: the box changed");
     }
+    fs::write(s.file(), &good).unwrap();
+    assert_refused(&s, "another owner", &["--owner", "nobody"], "--owner");
+    // The stick's file names no data folder: only the relative flag.
+    let before = s.snapshot();
+    let out = duli(&[
+        "provision",
+        s.file().to_str().unwrap(),
+        "--config",
+        s.config().to_str().unwrap(),
+        "--system-root",
+        s.path("box/root").to_str().unwrap(),
+        "--data-dir",
+        "data",
+    ]);
+    assert_eq!(out.code(), Some(2), "{}", out.combined());
+    assert!(out.stderr.contains("device.data_dir"), "{}", out.stderr);
+    assert_eq!(before, s.snapshot(), "relative --data-dir: the box changed");
+    if nix::unistd::geteuid().is_root() {
+        // A configuration folder another account may change.
+        let theirs = s.path("theirs");
+        fs::create_dir_all(&theirs).unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        nix::unistd::chown(&theirs, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        let out = s.provision(&["--config", theirs.join("duli.toml").to_str().unwrap()]);
+        assert_eq!(out.code(), Some(2), "{}", out.combined());
+        assert!(out.stderr.contains("--config"), "{}", out.stderr);
+        assert!(!theirs.join("duli.toml").exists());
+    }
+}
+
+/// A provisioning file that brings only a key (or only a certificate) for a section whose
+/// other half is configured already is checked against that configured half.
+#[test]
+fn a_key_alone_must_match_the_configured_certificate() {
+    let s = Stick::new();
+    s.provision(&[]).assert_success("first provision");
+    let good = fs::read_to_string(s.file()).unwrap();
+    let key_only = good.replace("cert = \"certs/mqtt-client.pem\"\n", "");
+    assert_ne!(key_only, good);
+    fs::write(s.file(), &key_only).unwrap();
+    s.provision(&[]).assert_success("the same key alone");
+    fs::copy(
+        s.path("pki/stick-ca.key"),
+        s.usb().join("certs/mqtt-client.key"),
+    )
+    .unwrap();
+    assert_refused(&s, "another key alone", &[], "mqtt.key");
+    // A certificate alone against the configured key.
+    fs::copy(
+        s.path("pki/stick-server.pem"),
+        s.usb().join("certs/mqtt-client.pem"),
+    )
+    .unwrap();
+    let cert_only = good.replace("key = \"certs/mqtt-client.key\"\n", "");
+    assert_ne!(cert_only, good);
+    fs::write(s.file(), &cert_only).unwrap();
+    assert_refused(&s, "another certificate alone", &[], "mqtt.cert");
 }
 
 /// A config file for `--check` against the given ports.

@@ -11,7 +11,7 @@ pub mod users;
 
 pub use password::{burn_verify, hash_password, verify_password, PasswordHash};
 pub use role::{Role, UnknownRole};
-pub use users::{check_name, Change, Changed, User, UserInfo, Users};
+pub use users::{check_name, Change, Changed, CreateError, User, UserInfo, Users};
 
 use crate::store::StoreError;
 

@@ -44,6 +44,17 @@ fn is_enabled_admin(u: &User) -> bool {
     u.role == Role::Admin && !u.disabled
 }
 
+/// Why [`Users::create`] made no account.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// An account of that name exists; it is left as it is.
+    #[error("user {0:?} exists")]
+    Exists(String),
+    /// The account cannot be stored.
+    #[error(transparent)]
+    User(#[from] UserError),
+}
+
 /// Tree holding the accounts, keyed by user name.
 pub const TREE: &str = "users";
 
@@ -132,6 +143,19 @@ impl Users {
         self.write(user)
     }
 
+    /// Creates `user`, failing with [`CreateError::Exists`] when an account of that name
+    /// exists: the check and the write happen under the lock of every other change, so of
+    /// two creations of one name at once exactly one succeeds and nothing is overwritten.
+    /// Not durable until the store's next flush.
+    pub fn create(&self, user: &User) -> Result<(), CreateError> {
+        let _changes = changes();
+        if self.get(&user.name).map_err(UserError::from)?.is_some() {
+            return Err(CreateError::Exists(user.name.clone()));
+        }
+        self.write(user)?;
+        Ok(())
+    }
+
     fn write(&self, user: &User) -> Result<bool, UserError> {
         check_name(&user.name)?;
         if hex::decode(&user.password.salt).is_err() || hex::decode(&user.password.hash).is_err() {
@@ -210,17 +234,23 @@ impl Users {
     }
 }
 
+/// A password hash record made of the byte `n`, for tests.
+#[cfg(test)]
+pub(crate) fn test_hash(n: u8) -> PasswordHash {
+    PasswordHash {
+        algorithm: "pbkdf2-sha256".into(),
+        iterations: 1,
+        salt: hex::encode([n; 16]),
+        hash: hex::encode([n; 32]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn hash(n: u8) -> PasswordHash {
-        PasswordHash {
-            algorithm: "pbkdf2-sha256".into(),
-            iterations: 1,
-            salt: hex::encode([n; 16]),
-            hash: hex::encode([n; 32]),
-        }
+        test_hash(n)
     }
 
     fn admin() -> Change {
@@ -291,6 +321,48 @@ mod tests {
                 .filter(|u| is_enabled_admin(u))
                 .count();
             assert_eq!(admins, 1, "round {round}");
+        }
+    }
+
+    /// Creation never replaces: of threads creating one name at once exactly one wins.
+    #[test]
+    fn create_refuses_an_existing_name_even_at_the_same_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = Users::open(&store).unwrap();
+        let user = |n: u8| User {
+            name: "ana".into(),
+            role: Role::Technician,
+            password: hash(n),
+            created_ms: 1,
+            disabled: false,
+        };
+        users.create(&user(1)).unwrap();
+        assert!(matches!(
+            users.create(&user(2)),
+            Err(CreateError::Exists(_))
+        ));
+        assert_eq!(users.get("ana").unwrap().unwrap().password, hash(1));
+        let start = std::sync::Barrier::new(4);
+        let won = std::sync::atomic::AtomicUsize::new(0);
+        for round in 0..50 {
+            users.records.remove("ana").unwrap();
+            std::thread::scope(|s| {
+                for n in 0..4u8 {
+                    let (users, start, won, user) = (&users, &start, &won, user(n));
+                    s.spawn(move || {
+                        start.wait();
+                        if users.create(&user).is_ok() {
+                            won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                won.swap(0, std::sync::atomic::Ordering::SeqCst),
+                1,
+                "round {round}"
+            );
         }
     }
 

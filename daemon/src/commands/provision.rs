@@ -71,11 +71,29 @@ pub fn apply(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let summary = provision::apply(&plan)?;
+    let cfg = &plan.config;
+    let summary = match provision::apply(&plan) {
+        Ok(summary) => summary,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "provisioning failed part-way: the files named replaced hold the new content, \
+                 the others are as they were; fix the cause and provision again"
+            );
+            audit_provisioning(
+                cfg,
+                format!(
+                    "provisioning site {} device {} failed: {e}",
+                    cfg.device.site_id, cfg.device.device_id
+                ),
+                false,
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     for line in &summary {
         println!("{line}");
     }
-    let cfg = &plan.config;
     println!(
         "provisioned site {} device {} (AE title {})",
         cfg.device.site_id, cfg.device.device_id, cfg.dicom.ae_title
@@ -115,23 +133,32 @@ pub fn apply(
         .iter()
         .map(|w| w.path.display().to_string())
         .collect();
-    duli::cli_audit::record(
-        &cfg.device.data_dir,
-        false,
-        Event::new(
-            &duli::cli_audit::actor(),
-            Action::ConfigChange,
-            "provisioning",
-        )
-        .from("local")
-        .detail(format!(
+    audit_provisioning(
+        cfg,
+        format!(
             "provisioned site {} device {}; wrote {}",
             cfg.device.site_id,
             cfg.device.device_id,
             files.join(", ")
-        )),
+        ),
+        true,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records a provisioning run, done or failed, in the audit trail of `cfg`'s data folder.
+fn audit_provisioning(cfg: &duli::config::Config, detail: String, success: bool) {
+    let mut event = Event::new(
+        &duli::cli_audit::actor(),
+        Action::ConfigChange,
+        "provisioning",
+    )
+    .from("local")
+    .detail(detail);
+    if !success {
+        event = event.failed();
+    }
+    duli::cli_audit::record(&cfg.device.data_dir, false, event);
 }
 
 /// The name of an administrator account in the store of `data_dir`, asked through the
@@ -175,9 +202,10 @@ pub struct ProvisionArgs {
     /// Root of the system files (time zone, timesyncd drop-in).
     #[arg(long, default_value = "/")]
     pub system_root: PathBuf,
-    /// Service user owning private keys and secrets.
-    #[arg(long, default_value = "duli")]
-    pub owner: String,
+    /// Service user owning private keys and secrets: only the configured one
+    /// (`device.service_user`, default `duli`) is accepted.
+    #[arg(long)]
+    pub owner: Option<String>,
     /// Site identifier.
     #[arg(long)]
     pub site_id: Option<String>,
@@ -221,7 +249,7 @@ pub fn run(args: ProvisionArgs) -> Result<ExitCode> {
     let target = duli::provision::Target {
         config: args.config,
         system_root: args.system_root,
-        owner: Some(args.owner),
+        owner: args.owner,
     };
     apply(
         args.file.as_deref(),

@@ -16,6 +16,10 @@ pub struct Hl7Config {
     pub port: u16,
     /// MLLP over TLS.
     pub tls: bool,
+    /// Send plain MLLP (`tls = false`) to a RIS host that is not a loopback address
+    /// (`localhost`, 127.0.0.0/8, `::1`): reports carry patient data, so this needs saying
+    /// on purpose (a network the site trusts); validation refuses it otherwise.
+    pub allow_plain: bool,
     /// CA bundle (PEM) the RIS certificate must chain to.
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM), if the RIS asks for one.
@@ -45,6 +49,29 @@ pub enum StudyUidIn {
     Zds,
 }
 
+impl Hl7Config {
+    /// Whether `host` is literally a loopback name or address: `localhost`, 127.0.0.0/8 or
+    /// `::1` (with or without brackets). Other names are not resolved: they may point
+    /// anywhere later.
+    pub fn host_is_loopback(&self) -> bool {
+        let host = self.host.trim();
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        bare.eq_ignore_ascii_case("localhost")
+            || bare
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Whether reports would travel in clear over the network without the site's explicit
+    /// consent (`allow_plain`).
+    pub fn plain_without_consent(&self) -> bool {
+        self.enabled && !self.tls && !self.allow_plain && !self.host_is_loopback()
+    }
+}
+
 impl Default for Hl7Config {
     fn default() -> Self {
         Self {
@@ -52,6 +79,7 @@ impl Default for Hl7Config {
             host: "127.0.0.1".into(),
             port: 2575,
             tls: false,
+            allow_plain: false,
             ca: None,
             cert: None,
             key: None,

@@ -388,12 +388,51 @@ fn hl7_tls_files_are_checked() {
         ["hl7.key"]
     );
     // Without TLS, or with HL7 off, the files are not used and not checked.
-    let plain = "[hl7]\nenabled = true\nhost = \"ris.example\"\nport = 2575\ntls = false\n";
+    let plain = "[hl7]\nenabled = true\nhost = \"ris.example\"\nport = 2575\ntls = false\n\
+                 allow_plain = true\n";
     assert_eq!(keys(plain), Vec::<String>::new());
     assert_eq!(
         keys("[hl7]\nenabled = false\ntls = true\n"),
         Vec::<String>::new()
     );
+}
+
+/// Plain MLLP carries patient data in clear: toward a RIS that is not on this box it needs
+/// `hl7.allow_plain = true`; loopback hosts, TLS, or HL7 off need nothing.
+#[test]
+fn plain_mllp_to_a_network_host_needs_allow_plain() {
+    let hl7 = |host: &str, extra: &str| {
+        format!("[hl7]\nenabled = true\nhost = {host:?}\nport = 2575\ntls = false\n{extra}")
+    };
+    for host in [
+        "ris.example",
+        "10.1.2.3",
+        "localhost.example",
+        "::2",
+        "128.0.0.1",
+    ] {
+        let text = match load_str(&hl7(host, ""), &[]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("plain MLLP to {host} accepted"),
+        };
+        assert!(
+            text.contains("hl7.tls") && text.contains("hl7.allow_plain"),
+            "{text}"
+        );
+        let c = load_str(&hl7(host, "allow_plain = true\n"), &[]).unwrap();
+        assert!(c.hl7.allow_plain);
+    }
+    for host in [
+        "127.0.0.1",
+        "127.3.2.1",
+        "localhost",
+        "LOCALHOST",
+        "::1",
+        "[::1]",
+    ] {
+        load_str(&hl7(host, ""), &[]).unwrap_or_else(|e| panic!("{host}: {e}"));
+    }
+    load_str("[hl7]\nenabled = false\nhost = \"ris.example\"\n", &[]).unwrap();
 }
 
 /// `[mqtt] tls = true` needs the CA bundle, the client certificate and its key, each an

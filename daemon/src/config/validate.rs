@@ -264,6 +264,17 @@ fn check_hl7(c: &Hl7Config, site_id: &str, bad: &mut impl FnMut(&str, String)) {
         if c.port == 0 {
             bad("hl7.port", "must be between 1 and 65535".into());
         }
+        if c.plain_without_consent() {
+            bad(
+                "hl7.tls",
+                format!(
+                    "false sends reports (patient data) in clear to {:?}, which is not a \
+                     loopback address: set hl7.tls = true (with hl7.ca), or \
+                     hl7.allow_plain = true to accept plain MLLP on a network the site trusts",
+                    c.host
+                ),
+            );
+        }
         if c.tls {
             check_client_tls(
                 "hl7",

@@ -373,7 +373,14 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         created_ms: crate::clock::now_millis(),
         disabled: false,
     };
-    c.users.put(&user)?;
+    // Checked again with the write, under the accounts' lock: an account made while the
+    // password was hashed is not replaced.
+    c.users.create(&user).map_err(|e| match e {
+        accounts::CreateError::Exists(name) => ApiError::Conflict(format!(
+            "an account {name:?} exists already; choose another name"
+        )),
+        accounts::CreateError::User(e) => e.into(),
+    })?;
     audit_now(
         c,
         Event::new(&name, Action::UserChange, &name)

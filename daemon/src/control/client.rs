@@ -13,7 +13,7 @@ use super::socket_path;
 use crate::audit::{Audit, Event, Head, VerificationReport};
 use crate::store::{Store, StoreError};
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// Why the CLI could not get an answer.
@@ -36,6 +36,14 @@ pub enum ClientError {
     /// The daemon (or the store) refused the request.
     #[error("{0}")]
     Refused(String),
+    /// The daemon gave no answer in the time the request may take.
+    #[error("control socket {path}: no answer within {} s", .after.as_secs())]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// How long the command waited.
+        after: std::time::Duration,
+    },
 }
 
 /// Runs `req` and takes its answer as `T` (the type the request answers, see
@@ -86,10 +94,34 @@ pub async fn outbox_retry(data_dir: &Path, selector: String) -> Result<Requeued,
     call(data_dir, Request::OutboxRetry { selector }).await
 }
 
-/// Sends a request to the running daemon; `Ok(None)` when no daemon listens.
+/// Sends a request to the running daemon; `Ok(None)` when no daemon listens. The answer
+/// is awaited for [`Request::timeout`] and read up to [`MAX_ANSWER`] bytes.
 pub async fn ask_daemon(data_dir: &Path, req: &Request) -> Result<Option<Response>, ClientError> {
-    let path = socket_path(data_dir);
-    let stream = match UnixStream::connect(&path).await {
+    ask_within(&socket_path(data_dir), req, req.timeout()).await
+}
+
+/// [`ask_daemon`] on the socket `path`, waiting at most `after` for the whole exchange.
+async fn ask_within(
+    path: &Path,
+    req: &Request,
+    after: std::time::Duration,
+) -> Result<Option<Response>, ClientError> {
+    match tokio::time::timeout(after, exchange(path, req, MAX_ANSWER)).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Timeout {
+            path: path.to_path_buf(),
+            after,
+        }),
+    }
+}
+
+/// Largest answer read from the daemon or from the child run as the folder's owner (an
+/// instance listing of a large store is the longest legitimate one).
+pub const MAX_ANSWER: u64 = 256 << 20;
+
+/// One request and its answer over the socket at `path`, the answer at most `cap` bytes.
+async fn exchange(path: &Path, req: &Request, cap: u64) -> Result<Option<Response>, ClientError> {
+    let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)
             if matches!(
@@ -99,19 +131,32 @@ pub async fn ask_daemon(data_dir: &Path, req: &Request) -> Result<Option<Respons
         {
             return Ok(None)
         }
-        Err(source) => return Err(ClientError::Io { path, source }),
+        Err(source) => {
+            return Err(ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     let io = |source| ClientError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let (r, mut w) = stream.into_split();
     let mut msg = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
     msg.push(b'\n');
     w.write_all(&msg).await.map_err(io)?;
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await.map_err(io)?;
-    serde_json::from_str(&line)
+    let mut line = Vec::new();
+    BufReader::new(r.take(cap))
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(io)?;
+    if line.len() as u64 >= cap && line.last() != Some(&b'\n') {
+        return Err(ClientError::Decode(format!(
+            "the answer is larger than {cap} bytes"
+        )));
+    }
+    serde_json::from_slice(&line)
         .map(Some)
         .map_err(|e| ClientError::Decode(e.to_string()))
 }
@@ -133,7 +178,7 @@ pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, Clie
 pub const OWNER_SUBCOMMAND: &str = "control-as-owner";
 
 /// Largest request the child reads, and largest answer read back from it.
-const MAX_CHILD_MESSAGE: u64 = 256 << 20;
+const MAX_CHILD_MESSAGE: u64 = MAX_ANSWER;
 
 /// The owner (uid, gid) of `data_dir` when this process is root and the folder belongs to
 /// another user; `None` otherwise (and when the folder does not exist yet).
@@ -288,4 +333,31 @@ async fn run_here(data_dir: &Path, req: Request) -> Result<Response, ClientError
     })
     .await
     .map_err(|e| ClientError::Decode(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A daemon that takes the request and never answers is given up on after the
+    /// request's time; a reindex may take far longer than a status.
+    #[tokio::test]
+    async fn a_daemon_that_never_answers_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(s);
+        });
+        let started = std::time::Instant::now();
+        let r = ask_within(&path, &Request::Status, Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(ClientError::Timeout { .. })), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(Request::Reindex.timeout() >= Duration::from_secs(3600));
+        assert!(Request::Status.timeout() <= Duration::from_secs(300));
+        server.abort();
+    }
 }

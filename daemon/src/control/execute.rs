@@ -2,7 +2,7 @@
 //! handle and outbox) or in the command line when no daemon runs.
 
 use super::protocol::{Answer, OutboxListing, Request, Requeued, Response, StoreStatus, UserAdded};
-use crate::accounts::{PasswordHash, Role, User, UserError, UserInfo, Users};
+use crate::accounts::{CreateError, PasswordHash, Role, User, UserError, UserInfo, Users};
 use crate::audit::{Action, Audit, Event, Head};
 use crate::store::outbox::{
     Destination, Outbox, OutboxError, OutboxLimits, RetrySelector, SelectorError,
@@ -37,9 +37,6 @@ fn user_add(
     password_hash: &PasswordHash,
 ) -> Result<Answer, ExecError> {
     let users = Users::open(store)?;
-    if users.get(name)?.is_some() {
-        return Err(ExecError::UserExists(name.to_string()));
-    }
     let user = User {
         name: name.to_string(),
         role,
@@ -47,7 +44,10 @@ fn user_add(
         created_ms: crate::clock::now_millis(),
         disabled: false,
     };
-    users.put(&user)?;
+    users.create(&user).map_err(|e| match e {
+        CreateError::Exists(name) => ExecError::UserExists(name),
+        CreateError::User(e) => ExecError::Account(e),
+    })?;
     audit.append(
         Event::new("local-cli", Action::UserChange, name)
             .from("local")
@@ -151,5 +151,52 @@ fn with_outbox(
     match outbox {
         Some(o) => f(o),
         None => f(&store.outbox(OutboxLimits::default())?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u8) -> PasswordHash {
+        crate::accounts::users::test_hash(n)
+    }
+
+    /// Several `duli user add` of one name at once: exactly one creates the account, the
+    /// others are told it exists, and the account keeps the winner's password.
+    #[test]
+    fn concurrent_adds_of_one_name_create_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for round in 0..50u8 {
+            let name = format!("tech{round}");
+            let start = std::sync::Barrier::new(4);
+            let results: Vec<(u8, bool)> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4u8)
+                    .map(|i| {
+                        let (store, audit, start, name) = (&store, &audit, &start, &name);
+                        s.spawn(move || {
+                            let req = Request::UserAdd {
+                                name: name.clone(),
+                                role: Role::Technician,
+                                password_hash: hash(i),
+                            };
+                            start.wait();
+                            match answer(store, audit, None, &req) {
+                                Ok(_) => (i, true),
+                                Err(ExecError::UserExists(_)) => (i, false),
+                                Err(e) => panic!("{e}"),
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<u8> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            let user = Users::open(&store).unwrap().get(&name).unwrap().unwrap();
+            assert_eq!(user.password, hash(winners[0]), "round {round}");
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`protocol`]: the requests and their typed answers (one JSON line each way).
 //! - [`mod@execute`]: a request run against an open store.
 //! - [`client`]: the command line's calls, through the daemon or on the store.
-//! - this module: the daemon's socket (mode 0600, peer uid checked).
+//! - this module: the daemon's socket (mode 0600, peer uid checked, at most
+//!   [`MAX_CONNECTIONS`] at once, each with [`REQUEST_DEADLINE`] to send its request).
 
 pub mod client;
 pub mod execute;
@@ -24,8 +25,11 @@ use crate::store::Store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_NAME: &str = "duli.sock";
@@ -35,7 +39,38 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-/// Serves the control socket until the task is dropped.
+/// Longest wait for a client's request line; a client that sends none is answered so and
+/// closed.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest wait for a client to take its answer.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
+/// Most control connections served at once; one more is answered "busy" and closed.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Largest request line read.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Why a connection's request was not run (sent back as the error answer).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No complete request line came in time.
+    #[error("no request within {} s", REQUEST_DEADLINE.as_secs())]
+    Deadline,
+    /// The request line is not UTF-8.
+    #[error("bad request: not UTF-8")]
+    NotUtf8,
+    /// The request line is not a request.
+    #[error("bad request: {0}")]
+    Malformed(String),
+    /// Every connection slot is taken.
+    #[error("busy: {MAX_CONNECTIONS} control connections are open; try again")]
+    Busy,
+    /// Reading the request failed.
+    #[error("reading the request: {0}")]
+    Read(std::io::Error),
+}
+
+/// Serves the control socket until the task is dropped: at most [`MAX_CONNECTIONS`] at
+/// once, each given [`REQUEST_DEADLINE`] to send its request line.
 pub async fn serve(
     store: Arc<Store>,
     audit: Arc<Audit>,
@@ -43,6 +78,7 @@ pub async fn serve(
     listener: UnixListener,
 ) {
     let my_uid = nix::unistd::getuid().as_raw();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -66,6 +102,14 @@ pub async fn serve(
                 continue;
             }
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::warn!("control socket: {}", RequestError::Busy);
+            tokio::spawn(async move {
+                let (_, mut w) = stream.into_split();
+                let _ = reply(&mut w, &Response::error(RequestError::Busy)).await;
+            });
+            continue;
+        };
         let store = store.clone();
         let audit = audit.clone();
         let outbox = outbox.clone();
@@ -73,8 +117,35 @@ pub async fn serve(
             if let Err(e) = handle(store, audit, outbox, stream).await {
                 log::warn!("control socket: {e}");
             }
+            drop(slot);
         });
     }
+}
+
+/// Writes `resp` as one line, within [`ANSWER_DEADLINE`].
+async fn reply(w: &mut OwnedWriteHalf, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    match tokio::time::timeout(ANSWER_DEADLINE, w.write_all(&out)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not take its answer",
+        )),
+    }
+}
+
+/// Reads the request line of a connection.
+async fn read_request(r: OwnedReadHalf) -> Result<Request, RequestError> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(r.take(MAX_REQUEST));
+    match tokio::time::timeout(REQUEST_DEADLINE, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(RequestError::Deadline),
+        Ok(Err(e)) => return Err(RequestError::Read(e)),
+        Ok(Ok(_)) => {}
+    }
+    let text = std::str::from_utf8(&line).map_err(|_| RequestError::NotUtf8)?;
+    serde_json::from_str::<Request>(text).map_err(|e| RequestError::Malformed(e.to_string()))
 }
 
 async fn handle(
@@ -84,10 +155,7 @@ async fn handle(
     stream: UnixStream,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(r.take(64 * 1024));
-    reader.read_line(&mut line).await?;
-    let resp = match serde_json::from_str::<Request>(&line) {
+    let resp = match read_request(r).await {
         Ok(req) => {
             log::info!("control: {}", describe(&req));
             tokio::task::spawn_blocking(move || execute(&store, &audit, outbox.as_deref(), &req))
@@ -96,13 +164,12 @@ async fn handle(
                     message: format!("command failed: {e}"),
                 })
         }
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+        Err(e) => {
+            log::warn!("control socket: {e}");
+            Response::error(e)
+        }
     };
-    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-    out.push(b'\n');
-    w.write_all(&out).await
+    reply(&mut w, &resp).await
 }
 
 /// A log line for a request (without password hashes).
@@ -190,6 +257,90 @@ mod tests {
         assert_eq!(v.records, 3);
         assert!(v.broken.is_none(), "{v:?}");
         task.abort();
+    }
+
+    /// Reads one answer line from `stream` (at most 64 KiB), or `None` when the socket
+    /// closes first or nothing comes within `within`.
+    async fn reply_line(stream: &mut UnixStream, within: std::time::Duration) -> Option<String> {
+        let mut buf = Vec::new();
+        let mut reader = BufReader::new(stream).take(64 * 1024);
+        match tokio::time::timeout(within, reader.read_until(b'\n', &mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf).into_owned()),
+            _ => None,
+        }
+    }
+
+    /// A request that is not UTF-8 gets an error answer; a client that sends nothing is
+    /// cut off after the request deadline; past the cap on connections, one more is told
+    /// so and closed, while the others still count.
+    #[tokio::test]
+    async fn silent_clients_bad_bytes_and_too_many_connections_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        let listener = bind(dir.path()).unwrap();
+        let task = tokio::spawn(serve(store, audit, None, listener));
+        let path = socket_path(dir.path());
+        let second = std::time::Duration::from_secs(1);
+
+        let mut bad = UnixStream::connect(&path).await.unwrap();
+        bad.write_all(b"{\"cmd\":\"status\xff\"}\n").await.unwrap();
+        let answer = reply_line(&mut bad, 5 * second).await.expect("no answer");
+        match serde_json::from_str::<Response>(&answer).unwrap() {
+            Response::Error { message } => assert!(message.contains("UTF-8"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+
+        let started = std::time::Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..16 {
+            silent.push(UnixStream::connect(&path).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut extra = UnixStream::connect(&path).await.unwrap();
+        extra.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+        let answer = reply_line(&mut extra, 5 * second).await.expect("no answer");
+        match serde_json::from_str::<Response>(&answer).unwrap() {
+            Response::Error { message } => assert!(message.contains("busy"), "{message}"),
+            other => panic!("the 17th connection was served: {other:?}"),
+        }
+        // The silent ones are closed after the deadline (with an answer saying why).
+        for s in &mut silent {
+            let line = reply_line(s, 15 * second)
+                .await
+                .expect("silent client kept");
+            assert!(line.contains("no request"), "{line}");
+        }
+        let waited = started.elapsed();
+        assert!(waited >= 9 * second && waited < 15 * second, "{waited:?}");
+        // Served again once they are gone.
+        let resp = run_request(dir.path(), Request::Status).await.unwrap();
+        assert!(matches!(resp, Response::Ok { .. }), "{resp:?}");
+        task.abort();
+    }
+
+    /// An answer that never ends (a socket planted in the data folder) is cut at the
+    /// limit instead of filling the memory of the command.
+    #[tokio::test]
+    async fn an_endless_answer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(socket_path(dir.path())).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            ask_daemon(dir.path(), &Request::Status),
+        )
+        .await
+        .expect("still reading after 60 s");
+        match asked {
+            Err(ClientError::Decode(m)) => assert!(m.contains("larger than"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        server.abort();
     }
 
     #[tokio::test]

@@ -61,6 +61,24 @@ impl Request {
     pub fn audit(event: Event) -> Request {
         Request::AuditAppend(event)
     }
+
+    /// How long the command line waits for the daemon's answer: a reindex reads every
+    /// stored file, listings and the audit check walk whole trees, the rest is quick.
+    pub fn timeout(&self) -> std::time::Duration {
+        let secs = match self {
+            Request::Reindex => 4 * 3600,
+            Request::AuditVerify
+            | Request::Studies
+            | Request::Instances { .. }
+            | Request::OutboxList { .. } => 15 * 60,
+            Request::Status
+            | Request::OutboxRetry { .. }
+            | Request::UserAdd { .. }
+            | Request::UserList
+            | Request::AuditAppend(_) => 2 * 60,
+        };
+        std::time::Duration::from_secs(secs)
+    }
 }
 
 /// The answer to a [`Request`] on the wire.

@@ -77,6 +77,36 @@ pub fn certified_pair(
     }
 }
 
+/// Checks a site secret file in a form the box uses: the [`SECRET_LEN`] random bytes the
+/// daemon generates at its first start (copied from another box of the site), or one line
+/// of 32 to 128 hex digits (`generate_site_secret` writes 64, as `openssl rand -hex 32`
+/// does). Anything else (a text file, a short or a huge one) is refused.
+///
+/// [`SECRET_LEN`]: crate::site_secret::SECRET_LEN
+pub fn site_secret(key: &str, bytes: &[u8]) -> Result<(), MaterialError> {
+    if bytes.len() == crate::site_secret::SECRET_LEN {
+        return Ok(());
+    }
+    let line = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes);
+    if (32..=128).contains(&line.len())
+        && line.len() % 2 == 0
+        && line.iter().all(u8::is_ascii_hexdigit)
+    {
+        return Ok(());
+    }
+    Err(bad(
+        key,
+        format!(
+            "not a site secret: {} random bytes (as the daemon generates) or one line of 32 \
+             to 128 hex digits (as generate_site_secret writes) is expected",
+            crate::site_secret::SECRET_LEN
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +137,23 @@ mod tests {
         assert!(e.reason.contains("no PEM private key"), "{e}");
         // Messages never carry the key material.
         assert!(!e.to_string().contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn site_secrets_are_the_daemons_bytes_or_a_hex_line() {
+        site_secret("s", &[0xff; 32]).unwrap();
+        site_secret("s", format!("{}\n", "ab".repeat(32)).as_bytes()).unwrap();
+        site_secret("s", "AB".repeat(16).as_bytes()).unwrap();
+        for bad in [
+            &b"root:$6$salt$hash:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n"[..],
+            b"not-a-secret-but-long-enough\n",
+            &[0xff; 16],
+            b"abcd",
+            "ab".repeat(100).as_bytes(),
+        ] {
+            let e = site_secret("device.site_secret_file", bad).unwrap_err();
+            assert_eq!(e.key, "device.site_secret_file");
+            assert!(!e.reason.contains("root:"), "{e}");
+        }
     }
 }

@@ -2,17 +2,28 @@
 //! technician brings, or from flags.
 //!
 //! The order is fixed: read every input (the file, the certificates and keys it names, the
-//! site secret) → check everything (the resulting configuration through
-//! [`Config::validate`], each certificate and key, the key/certificate pairs, time zone,
-//! NTP servers, firmware key endorsements) → only then write, each file atomically
-//! (temporary file, fsync, rename), private keys and secrets with mode 0600 owned by the
-//! service user. A refused input writes nothing. Nothing secret is ever printed: output
-//! and errors name keys and paths, never values of secrets.
+//! site secret) → check everything (the places written, the resulting configuration
+//! through [`Config::validate`], each certificate and key, the key/certificate pairs, also
+//! against the half already configured, time zone, NTP servers, firmware key
+//! endorsements) → only then write: every file staged complete beside its target, then
+//! renamed into place ([`stage`]), private keys and secrets with mode 0600 owned by the
+//! configured service user. A refused input writes nothing; a write that fails says
+//! exactly what was and was not replaced. Nothing secret is ever printed: output and
+//! errors name keys and paths, never values of secrets.
+//!
+//! It runs as root, so nothing it is given may make it read or write elsewhere: the files
+//! a provisioning file names are paths relative to it, inside its folder, read without
+//! following a link, regular files of bounded size ([`source`]), each checked to be what
+//! it claims (PEM certificates and keys; the site secret in a form the box uses); the
+//! configuration folder, the system root and the data folder are absolute places only
+//! root controls ([`paths`]); `--owner` may only name the configured service user
+//! (`device.service_user`).
 //!
 //! The provisioning file (see `config/provision.example.toml`):
 //!
-//! - `[device]` `site_id`, `device_id` (required), `data_dir`, `site_secret_file` (a file
-//!   to copy) or `generate_site_secret = true`;
+//! - `[device]` `site_id`, `device_id` (required), `data_dir` (absolute), `site_secret_file`
+//!   (a file to copy: the 32 bytes a daemon generated, or a line of 32 to 128 hex digits)
+//!   or `generate_site_secret = true`;
 //! - `[time]` `timezone`, `ntp` (servers);
 //! - `[dicom]`, `[pacs]`, `[hl7]`, `[mqtt]`, `[console]`: exactly the keys of the same
 //!   sections of `duli.toml`, merged over the existing configuration; `ca`, `cert` and
@@ -25,11 +36,15 @@
 
 pub mod check;
 pub mod material;
+pub mod paths;
+pub mod source;
+pub mod stage;
 pub mod system;
 
 use crate::config::{Config, KeyError};
 use crate::fsutil::{self, PRIVATE, PUBLIC};
 use serde::{Deserialize, Serialize};
+use source::Folder;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -197,8 +212,10 @@ pub struct Target {
     pub config: PathBuf,
     /// Root of the system files (time zone, timesyncd drop-in); `/` on a box.
     pub system_root: PathBuf,
-    /// The service user that must own private keys and secrets (`duli`); when it does not
-    /// exist the files keep the invoking user's ownership.
+    /// The service user asked for (`--owner`): it must be the configured one
+    /// (`device.service_user`, default `duli`), which owns private keys and secrets; `None`
+    /// takes the configured one. When that user does not exist the files keep the invoking
+    /// user's ownership.
     pub owner: Option<String>,
 }
 
@@ -233,9 +250,9 @@ pub enum ProvisionError {
     /// One or more values are refused; nothing was written.
     #[error("provisioning refused, nothing was written:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<KeyError>),
-    /// Writing failed part-way (every file written is complete; see the message).
+    /// Writing failed (every file is complete, old or new; the message names each).
     #[error("writing failed: {0}")]
-    Write(#[from] fsutil::WriteError),
+    Write(#[from] stage::ApplyError),
 }
 
 /// One file provisioning will write.
@@ -321,8 +338,8 @@ struct Slot {
 /// The TLS files named in the provisioning file: read from beside it, copied to
 /// `<config>/tls/`.
 struct Material<'a> {
-    /// The provisioning file's folder, against which relative paths resolve.
-    file_dir: &'a Path,
+    /// The provisioning file's folder, inside which the files are.
+    folder: &'a Folder,
     /// `<config>/tls`.
     tls_dir: PathBuf,
     /// The copies to write.
@@ -347,18 +364,17 @@ impl Material<'_> {
             return;
         };
         let name = format!("{}.{}", slot.owner, slot.key);
-        let Some(path) = value.as_str().map(|s| {
-            let p = Path::new(s);
-            if p.is_relative() {
-                self.file_dir.join(p)
-            } else {
-                p.to_path_buf()
-            }
-        }) else {
+        let Some(rel) = value.as_str().map(PathBuf::from) else {
             bad(&name, "must be a file path".into());
             return;
         };
-        match std::fs::read(&path) {
+        let cap = if slot.role == "key" {
+            source::MAX_KEY
+        } else {
+            source::MAX_CERTIFICATES
+        };
+        let path = self.folder.show(&rel);
+        match self.folder.read(&rel, cap) {
             Ok(bytes) => {
                 let dest = self.tls_dir.join(&slot.file);
                 checked.insert(slot.key.into(), path.display().to_string().into());
@@ -373,7 +389,7 @@ impl Material<'_> {
                 });
                 self.read.insert((slot.owner, slot.role), (name, bytes));
             }
-            Err(e) => bad(&name, format!("cannot read {}: {e}", path.display())),
+            Err(e) => bad(&name, format!("{}: {e}", rel.display())),
         }
     }
 }
@@ -384,6 +400,32 @@ fn destinations(pacs: Option<&mut toml::Table>) -> Vec<&mut toml::Table> {
         .and_then(toml::Value::as_array_mut)
         .map(|a| a.iter_mut().filter_map(toml::Value::as_table_mut).collect())
         .unwrap_or_default()
+}
+
+/// The file the configuration on the box names for `role` (`cert` or `key`) of the
+/// section `owner`, read as `(name for messages, bytes)`: `None` when it names none (or
+/// the section is a PACS destination, whose table the provisioning file replaces whole),
+/// `Some(Err)` when it names one that cannot be read. A relative path resolves against the
+/// configuration's folder, as the daemon resolves it.
+fn configured(
+    base: &toml::Table,
+    config_dir: &Path,
+    owner: &str,
+    role: &str,
+) -> Option<Result<(String, Vec<u8>), String>> {
+    let value = base.get(owner)?.get(role)?.as_str()?;
+    let path = config_dir.join(value);
+    let cap = if role == "key" {
+        source::MAX_KEY
+    } else {
+        source::MAX_CERTIFICATES
+    };
+    let name = format!("{owner}.{role} (configured: {})", path.display());
+    Some(
+        source::read_nofollow(&path, cap)
+            .map(|bytes| (name.clone(), bytes))
+            .map_err(|e| format!("cannot check against {name}: {e}")),
+    )
 }
 
 /// Reads a provisioning file.
@@ -427,6 +469,34 @@ pub fn plan(
     overrides: &Overrides,
     target: &Target,
 ) -> Result<Plan, ProvisionError> {
+    // Where it writes: absolute, as the daemon resolves them, and places root controls.
+    let target = &Target {
+        config: paths::absolute(&target.config),
+        system_root: paths::absolute(&target.system_root),
+        owner: target.owner.clone(),
+    };
+    let mut refused = Vec::new();
+    if let Err(e) = paths::check_config(&target.config) {
+        refused.push(KeyError {
+            key: "--config".into(),
+            reason: e.to_string(),
+        });
+    }
+    if let Err(e) = paths::check_folder(&target.system_root, None) {
+        refused.push(KeyError {
+            key: "--system-root".into(),
+            reason: e.to_string(),
+        });
+    }
+    if !refused.is_empty() {
+        return Err(ProvisionError::Invalid(refused));
+    }
+    let folder = Folder::open(file_dir).map_err(|e| {
+        ProvisionError::Invalid(vec![KeyError {
+            key: "provisioning file".into(),
+            reason: format!("cannot open its folder {}: {e}", file_dir.display()),
+        }])
+    })?;
     let mut errs: Vec<KeyError> = Vec::new();
     let mut bad = |key: &str, reason: String| {
         errs.push(KeyError {
@@ -435,13 +505,6 @@ pub fn plan(
         })
     };
     let config_dir = target.config_dir();
-    let src = |p: &Path| -> PathBuf {
-        if p.is_relative() {
-            file_dir.join(p)
-        } else {
-            p.to_path_buf()
-        }
-    };
 
     // The base: the configuration on the box, if any (as written, no environment).
     let mut base = match std::fs::read_to_string(&target.config) {
@@ -488,6 +551,16 @@ pub fn plan(
     }
     let has_data_dir = base.get("device").and_then(|d| d.get("data_dir")).is_some();
     if let Some(d) = overrides.data_dir.clone().or_else(|| dev.data_dir.clone()) {
+        if d.is_relative() {
+            bad(
+                "device.data_dir",
+                format!(
+                    "{} is relative: give an absolute path (the daemon resolves a relative one \
+                     against the configuration's folder, not the working directory)",
+                    d.display()
+                ),
+            );
+        }
         device.insert("data_dir".into(), d.display().to_string().into());
     } else if !has_data_dir {
         device.insert("data_dir".into(), "/var/lib/duli".into());
@@ -499,8 +572,15 @@ pub fn plan(
             "device.site_secret_file",
             "give either site_secret_file or generate_site_secret, not both".into(),
         ),
-        (Some(p), false) => match std::fs::read(src(p)) {
-            Ok(bytes) if bytes.iter().filter(|b| !b.is_ascii_whitespace()).count() >= 16 => {
+        (Some(p), false) => match folder
+            .read(p, source::MAX_SECRET)
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|bytes| {
+                material::site_secret("device.site_secret_file", &bytes)
+                    .map(|()| bytes)
+                    .map_err(|e| format!("{}: {}", p.display(), e.reason))
+            }) {
+            Ok(bytes) => {
                 writes.push(Write {
                     path: secret_dest.clone(),
                     bytes,
@@ -513,17 +593,7 @@ pub fn plan(
                     secret_dest.display().to_string().into(),
                 );
             }
-            Ok(_) => bad(
-                "device.site_secret_file",
-                format!(
-                    "{} holds fewer than 16 characters: too weak",
-                    src(p).display()
-                ),
-            ),
-            Err(e) => bad(
-                "device.site_secret_file",
-                format!("cannot read {}: {e}", src(p).display()),
-            ),
+            Err(reason) => bad("device.site_secret_file", reason),
         },
         (None, true) => {
             if !secret_dest.exists() {
@@ -565,7 +635,7 @@ pub fn plan(
             .insert("ae_title".into(), ae.clone().into());
     }
     let mut material = Material {
-        file_dir,
+        folder: &folder,
         tls_dir: config_dir.join("tls"),
         writes: Vec::new(),
         read: BTreeMap::new(),
@@ -637,16 +707,32 @@ pub fn plan(
                     bad(&e.key, e.reason);
                 }
             }
-            (Some((name, c)), None) => {
-                if let Err(e) = material::certificates(name, c) {
-                    bad(&e.key, e.reason);
+            (Some((name, c)), None) => match configured(&base, &config_dir, owner, "key") {
+                Some(Ok((key_name, k))) => {
+                    if let Err(e) = material::certified_pair(name, c, &key_name, &k) {
+                        bad(&e.key, e.reason);
+                    }
                 }
-            }
-            (None, Some((name, k))) => {
-                if let Err(e) = material::private_key(name, k) {
-                    bad(&e.key, e.reason);
+                Some(Err(e)) => bad(name, e),
+                None => {
+                    if let Err(e) = material::certificates(name, c) {
+                        bad(&e.key, e.reason);
+                    }
                 }
-            }
+            },
+            (None, Some((name, k))) => match configured(&base, &config_dir, owner, "cert") {
+                Some(Ok((cert_name, c))) => {
+                    if let Err(e) = material::certified_pair(&cert_name, &c, name, k) {
+                        bad(&e.key, e.reason);
+                    }
+                }
+                Some(Err(e)) => bad(name, e),
+                None => {
+                    if let Err(e) = material::private_key(name, k) {
+                        bad(&e.key, e.reason);
+                    }
+                }
+            },
             (None, None) => {}
         }
     }
@@ -763,6 +849,40 @@ pub fn plan(
             None
         }
     };
+    let config = config.map(|mut c| {
+        // A relative data folder already in the configuration: where the daemon finds it.
+        if c.device.data_dir.is_relative() {
+            c.device.data_dir = config_dir.join(&c.device.data_dir);
+        }
+        c
+    });
+
+    // Private files go to the configured service user only; the data folder is an
+    // absolute place root controls (the folder itself may be the service user's).
+    let service_user = config
+        .as_ref()
+        .map(|c| c.device.service_user.clone())
+        .unwrap_or_else(|| crate::config::DeviceConfig::default().service_user);
+    if let Some(asked) = &target.owner {
+        if *asked != service_user {
+            errs.push(KeyError {
+                key: "--owner".into(),
+                reason: format!(
+                    "{asked:?} is not the configured service user {service_user:?} \
+                     (device.service_user): private keys and secrets go to it only"
+                ),
+            });
+        }
+    }
+    if let Some(c) = &config {
+        let leaf = owner_ids(Some(&service_user)).map(|(uid, _)| uid);
+        if let Err(e) = paths::check_folder(&c.device.data_dir, leaf) {
+            errs.push(KeyError {
+                key: "device.data_dir".into(),
+                reason: e.to_string(),
+            });
+        }
+    }
 
     // [firmware] endorsements: only keys the built-in key signed.
     if let Some(cfg) = &config {
@@ -771,9 +891,9 @@ pub fn plan(
             .unwrap_or_else(|_| vec![duli_firmware::keys::BUILTIN_PUBLIC_KEY]);
         for (i, p) in file.firmware.endorsements.iter().enumerate() {
             let key = format!("firmware.endorsements[{i}]");
-            let path = src(p);
-            let checked = std::fs::read(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            let checked = folder
+                .read(p, source::MAX_ENDORSEMENT)
+                .map_err(|e| format!("{}: {e}", p.display()))
                 .and_then(|b| {
                     duli_firmware::endorsement::Endorsement::from_json(&b)
                         .map_err(|e| e.to_string())
@@ -892,7 +1012,10 @@ pub fn plan(
         writes,
         timezone,
         admin,
-        target: target.clone(),
+        target: Target {
+            owner: Some(service_user),
+            ..target.clone()
+        },
     })
 }
 
@@ -905,9 +1028,11 @@ fn owner_ids(owner: Option<&str>) -> Option<(u32, u32)> {
     }
 }
 
-/// Writes a checked plan: every file atomically, private ones 0600 and owned by the
-/// service user when it exists. Returns the lines of the summary (paths and what they
-/// are, never contents).
+/// Writes a checked plan: every file staged complete beside its target, then all renamed
+/// into place in order ([`stage::put_in_place`]), private ones 0600 and owned by the
+/// service user when it exists; then the time zone link and the data folder. Returns the
+/// lines of the summary (paths and what they are, never contents); a failure says which
+/// files were replaced and which were not.
 pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
     let owner = owner_ids(plan.target.owner.as_deref());
     let mut summary = Vec::new();
@@ -917,9 +1042,18 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
             plan.target.owner.as_deref().unwrap_or_default()
         ));
     }
+    let entries: Vec<stage::Entry<'_>> = plan
+        .writes
+        .iter()
+        .map(|w| stage::Entry {
+            path: &w.path,
+            bytes: &w.bytes,
+            mode: w.mode,
+            owner: if w.private { owner } else { None },
+        })
+        .collect();
+    stage::put_in_place(&entries)?;
     for w in &plan.writes {
-        let ids = if w.private { owner } else { None };
-        fsutil::write_atomic(&w.path, &w.bytes, w.mode, ids)?;
         summary.push(format!(
             "wrote {} ({}, mode {:o})",
             w.path.display(),
@@ -927,25 +1061,32 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
             w.mode
         ));
     }
+    // Past this point every file is replaced: a failure names what is left undone.
+    let after = |cause: fsutil::WriteError, undone: PathBuf| stage::ApplyError {
+        cause,
+        replaced: plan.writes.iter().map(|w| w.path.clone()).collect(),
+        not_replaced: vec![undone],
+    };
     if let Some(tz) = &plan.timezone {
         let link = system::redirect(&plan.target.system_root, "etc/localtime");
-        system::link_localtime(&link, tz)?;
+        system::link_localtime(&link, tz).map_err(|e| after(e, link.clone()))?;
         summary.push(format!("linked {} to {tz}", link.display()));
     }
     // The data directory belongs to the service user.
     let data = &plan.config.device.data_dir;
     if !data.exists() {
-        std::fs::create_dir_all(data).map_err(|source| fsutil::WriteError {
-            path: data.clone(),
-            source,
-        })?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(data, Some(uid), Some(gid)).map_err(|source| {
+        let failed = |source| {
+            after(
                 fsutil::WriteError {
                     path: data.clone(),
                     source,
-                }
-            })?;
+                },
+                data.clone(),
+            )
+        };
+        std::fs::create_dir_all(data).map_err(failed)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(data, Some(uid), Some(gid)).map_err(failed)?;
         }
         summary.push(format!("created data directory {}", data.display()));
     }
@@ -989,4 +1130,99 @@ pub fn take_pending_admin(config_dir: &Path) -> std::io::Result<Option<Provision
         Err(e) => return Err(e),
     }
     Ok(Some(admin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: PathBuf, bytes: &[u8], private: bool) -> Write {
+        Write {
+            path,
+            bytes: bytes.to_vec(),
+            mode: if private { PRIVATE } else { PUBLIC },
+            private,
+            what: "test file".into(),
+        }
+    }
+
+    fn plan_of(dir: &Path, writes: Vec<Write>) -> Plan {
+        let mut config = Config::default();
+        config.device.data_dir = dir.join("data");
+        Plan {
+            config,
+            writes,
+            timezone: None,
+            admin: None,
+            target: Target {
+                config: dir.join("etc/duli.toml"),
+                system_root: dir.join("root"),
+                owner: None,
+            },
+        }
+    }
+
+    /// A write that fails while staging leaves every file as it was; one that fails while
+    /// the staged files are put in place says which were replaced and which were not, and
+    /// leaves no temporary file behind.
+    #[test]
+    fn a_failed_write_replaces_nothing_or_says_what_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(etc.join("tls")).unwrap();
+        std::fs::write(etc.join("tls/dicom.key"), b"old key").unwrap();
+        std::fs::write(etc.join("site_secret"), b"old secret").unwrap();
+        // Staging fails: the folder of the third file is a regular file.
+        std::fs::write(etc.join("blocker"), b"").unwrap();
+        let plan = plan_of(
+            dir.path(),
+            vec![
+                write(etc.join("tls/dicom.key"), b"new key", true),
+                write(etc.join("site_secret"), b"new secret", true),
+                write(etc.join("blocker/duli.toml"), b"config", false),
+            ],
+        );
+        let err = apply(&plan).unwrap_err().to_string();
+        assert_eq!(
+            std::fs::read(etc.join("tls/dicom.key")).unwrap(),
+            b"old key"
+        );
+        assert_eq!(
+            std::fs::read(etc.join("site_secret")).unwrap(),
+            b"old secret"
+        );
+        assert!(err.contains("nothing was replaced"), "{err}");
+
+        // Putting in place fails at the second file (a folder stands at its name).
+        std::fs::remove_file(etc.join("site_secret")).unwrap();
+        std::fs::create_dir_all(etc.join("site_secret/x")).unwrap();
+        let plan = plan_of(
+            dir.path(),
+            vec![
+                write(etc.join("tls/dicom.key"), b"new key", true),
+                write(etc.join("site_secret"), b"new secret", true),
+                write(etc.join("duli.toml"), b"config", false),
+            ],
+        );
+        let err = apply(&plan).unwrap_err().to_string();
+        assert_eq!(
+            std::fs::read(etc.join("tls/dicom.key")).unwrap(),
+            b"new key"
+        );
+        assert!(!etc.join("duli.toml").exists());
+        let replaced = err.find("replaced:").expect(&err);
+        let kept = err.find("not replaced:").expect(&err);
+        assert!(err[replaced..kept].contains("tls/dicom.key"), "{err}");
+        assert!(
+            err[kept..].contains("site_secret") && err[kept..].contains("duli.toml"),
+            "{err}"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&etc)
+            .unwrap()
+            .chain(std::fs::read_dir(etc.join("tls")).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 }

@@ -7,8 +7,8 @@ use super::header;
 use super::outbox;
 use super::qr_index;
 use super::{
-    batch_writes, encode, io_err, is_generated, link_key, link_key_bytes, unwrap_tx, write_extra,
-    Change, ExtraWrite, InstanceCommit, Store, StoreError, GENERATED_LEDGER,
+    batch_writes, decode, encode, io_err, is_generated, link_key, link_key_bytes, unwrap_tx,
+    write_extra, Change, ExtraWrite, InstanceCommit, Store, StoreError, GENERATED_LEDGER,
 };
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use sled::transaction::ConflictableTransactionError;
@@ -82,15 +82,11 @@ impl Store {
                     }
                 }
             }
-            let old = match studies.get(study_key)? {
-                Some(v) => Some(serde_json::from_slice::<StudyRecord>(&v).map_err(|e| {
-                    ConflictableTransactionError::Abort(StoreError::Corrupt {
-                        key: instance.study_instance_uid.clone(),
-                        reason: e.to_string(),
-                    })
-                })?),
-                None => None,
-            };
+            let old: Option<StudyRecord> = studies
+                .get(study_key)?
+                .map(|v| decode(study_key, &v))
+                .transpose()
+                .map_err(ConflictableTransactionError::Abort)?;
             let mut study = match &old {
                 Some(s) => s.clone(),
                 None => StudyRecord {

@@ -70,7 +70,9 @@ impl Store {
         }
     }
 
-    /// Changes a study record atomically with `f`, and broadcasts the result.
+    /// Changes a study record atomically with `f`, and broadcasts the result (tests that set
+    /// a study's fields; the pipeline changes states through [`Store::transition`]).
+    #[cfg(test)]
     pub(super) fn update_study(
         &self,
         study_uid: &str,
