@@ -51,7 +51,10 @@ pub struct Report {
     /// outside the model's 1–5 y"). The report then has no findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_applicable: Option<String>,
-    /// What a reader must know about the findings (e.g. the patient's age is unknown).
+    /// What a reader must know about the findings: that images the model is for were not
+    /// analysed ("1 of 2 images could not be analysed (decode error); …", so that a partly
+    /// analysed study never reads as a plain negative), the patient's age is unknown...
+    /// ([`StudyResult::caveat`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caveat: Option<String>,
     /// When the result was made, seconds since the Unix epoch.
@@ -242,5 +245,228 @@ mod tests {
         assert_eq!(r.not_applicable, None);
         assert_eq!(r.caveat.as_deref(), Some("patient age unknown"));
         assert_eq!(r.notes(), vec!["Caveat: patient age unknown".to_string()]);
+    }
+
+    fn analysed(p: f32) -> ImageResult {
+        ImageResult {
+            findings: vec![Finding {
+                label: "Pneumonia".into(),
+                code: "PNEUMONIA".into(),
+                probability: p,
+                threshold: 0.5,
+                positive: p >= 0.5,
+                standard: None,
+            }],
+            ..image(ImageStatus::Analysed, None, None)
+        }
+    }
+
+    /// A study with one image analysed (negative) and one that failed to decode is never
+    /// delivered as a plain negative: the console, the HL7 NTE, the SR and the MQTT report
+    /// all say that an image was not analysed.
+    #[test]
+    fn a_partly_analysed_study_says_so_in_every_output() {
+        let mut failed = image(
+            ImageStatus::Error,
+            Some("cannot decode pixel data: /data/studies/1.2.3/x.dcm truncated"),
+            None,
+        );
+        failed.sop_instance_uid = "1.2.3.9".into();
+        let result = result(vec![analysed(0.1), failed]);
+        assert!(!result.triage && result.findings.iter().all(|f| !f.positive));
+        let expected = "1 of 2 images could not be analysed (decode error); the result covers \
+                        the analysed images only";
+        // Console and worklist read the result's caveat.
+        assert_eq!(result.caveat().as_deref(), Some(expected));
+        assert_eq!(crate::record::failure(&result), None);
+        let mut study = crate::report::fixtures::report().study;
+        study.study_instance_uid = "1.2.3".into();
+        let r = Report::from_result(&result, &study);
+        assert_eq!(r.not_applicable, None);
+        assert_eq!(r.notes(), vec![format!("Caveat: {expected}")]);
+
+        // HL7: an NTE after the AI statement.
+        let profile = crate::deliver::hl7::message::Hl7Profile {
+            sending_facility: "hospital-a".into(),
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSP".into(),
+            study_uid_in: crate::config::StudyUidIn::Obx,
+        };
+        let secret = crate::site_secret::SiteSecret::from_bytes(&[5u8; 32]);
+        let ids = crate::deliver::hl7::message::MessageIds::of(&r, &secret);
+        let msg = crate::deliver::hl7::message::oru_r01(&r, &profile, &ids);
+        assert!(
+            msg.split('\r')
+                .any(|s| s == format!("NTE|2|L|Caveat: {expected}")),
+            "{msg:?}"
+        );
+        // MQTT: the same words (product text only: no file name, no UID).
+        let payload = crate::deliver::mqtt::payload::report_payload(&r, &secret, "h", "d");
+        assert_eq!(payload.caveat.as_deref(), Some(expected));
+        let body = crate::deliver::mqtt::payload::to_json(&payload);
+        assert!(
+            !body.contains("1.2.3") && !body.contains("truncated"),
+            "{body}"
+        );
+        // SR: a comment.
+        let uids = crate::results::uids::ResultUids::new(
+            "1.2.826.0.1.3680043.8.498",
+            &r.report_id,
+            &secret,
+        );
+        let sr = crate::results::sr::build(&r, &uids, &[], None).unwrap();
+        let mut bytes = Vec::new();
+        sr.write_dataset_with_ts(
+            &mut bytes,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        let note = format!("Caveat: {expected}");
+        assert!(
+            bytes.windows(note.len()).any(|w| w == note.as_bytes()),
+            "the SR does not say it"
+        );
+    }
+
+    /// Which images count: errors and images refused for their size or pruned do; images
+    /// the model is not for (a lateral view, a report object, outside the intended use) do
+    /// not; a study with nothing analysed has no such caveat (it failed, or is not
+    /// applicable).
+    #[test]
+    fn images_the_model_is_for_count_and_out_of_scope_ones_do_not() {
+        let na = |reason: &str| image(ImageStatus::NotApplicable, Some(reason), None);
+        let too_large = "image too large to analyse: Rows x Columns x Frames x Samples per \
+                         Pixel = 90000000, over inference.max_pixels = 50000000";
+        let r = result(vec![
+            analysed(0.2),
+            na(too_large),
+            na("lateral view (LL)"),
+            na("not an image (SOP class 1.2.840.10008.5.1.4.1.1.88.33)"),
+            image(ImageStatus::Error, Some("decoder panicked: oops"), None),
+            na("pixel data pruned by retention"),
+            analysed(0.3),
+        ]);
+        let u = r.unanalysed().unwrap();
+        assert_eq!((u.count, u.of), (3, 5));
+        assert_eq!(
+            u.reasons,
+            vec![
+                "image too large to analyse",
+                "decode error",
+                "pixel data pruned by retention"
+            ]
+        );
+        let r = result(vec![
+            analysed(0.2),
+            na("lateral view (LL)"),
+            na("age 45 y outside the model's 1\u{2013}5 y"),
+        ]);
+        assert_eq!(r.unanalysed(), None);
+        assert_eq!(r.caveat(), None);
+        let r = result(vec![image(ImageStatus::Error, Some("x"), None)]);
+        assert_eq!(r.unanalysed(), None);
+        // With an analysed image's own caveat, both are said.
+        let r = result(vec![
+            image(ImageStatus::Analysed, None, Some("patient age unknown")),
+            image(ImageStatus::Error, Some("inference failed: x"), None),
+        ]);
+        assert_eq!(
+            r.caveat().as_deref(),
+            Some(
+                "1 of 2 images could not be analysed (analysis error); the result covers the \
+                 analysed images only; patient age unknown"
+            )
+        );
+    }
+
+    /// Every reason the eligibility check gives for an image the model is not for is
+    /// recognised as such (so a lateral view or a report object never reads as a failure).
+    #[test]
+    fn eligibility_reasons_are_out_of_scope() {
+        use crate::infer::dicom_image::ImageHeader;
+        use crate::infer::eligibility::{check_with, Eligibility};
+        let chest = ImageHeader {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+            modality: "DX".into(),
+            body_part: "CHEST".into(),
+            view_position: "PA".into(),
+            has_pixels: true,
+            patient_age: "003Y".into(),
+            rows: 512,
+            columns: 512,
+            ..Default::default()
+        };
+        let iu = crate::infer::manifest::IntendedUse {
+            modalities: vec!["DX".into()],
+            views: vec!["PA".into()],
+            body_parts: vec!["CHEST".into()],
+            age_min_years: Some(1.0),
+            age_max_years: Some(5.0),
+            min_image_size: Some(150),
+            ..Default::default()
+        };
+        let variants: Vec<ImageHeader> = vec![
+            ImageHeader {
+                has_pixels: false,
+                ..chest.clone()
+            },
+            ImageHeader {
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                modality: "CT".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                modality: "CR".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                presentation_intent: "FOR PROCESSING".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                body_part: "HAND".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                body_part: "LUNG".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                view_position: "LL".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                view_position: "AP".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                view_position: "OBL".into(),
+                ..chest.clone()
+            },
+            ImageHeader {
+                rows: 100,
+                ..chest.clone()
+            },
+            ImageHeader {
+                patient_age: "045Y".into(),
+                ..chest.clone()
+            },
+        ];
+        for h in variants {
+            let Eligibility::NotApplicable(reason) = check_with(&h, &iu) else {
+                panic!("{h:?} is eligible");
+            };
+            assert!(outside(&reason), "{reason:?} reads as a failure");
+        }
+        assert!(!outside("image too large to analyse: x"));
+        assert!(!outside("pixel data pruned by retention"));
+        assert!(!outside("not applicable"));
+    }
+
+    fn outside(reason: &str) -> bool {
+        crate::result::outside_scope(reason)
     }
 }

@@ -205,6 +205,89 @@ fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Option<String> {
     (!seen.is_empty()).then(|| seen.join("; "))
 }
 
+/// Most distinct reasons a [`Unanalysed`] names; further ones are counted, not named.
+pub const MAX_UNANALYSED_REASONS: usize = 3;
+
+/// Whether a not-applicable image was left out because the model is not for it: not an
+/// image, a secondary capture not marked as an upload, another modality, body part or view,
+/// a raw detector image, too small, or outside the intended use the manifest declares (the
+/// reasons [`crate::infer::eligibility`] gives). Any other reason (too large to decode,
+/// pixel data pruned, a reason not known here) leaves an image the model is for
+/// unanalysed, and is said as such.
+pub fn outside_scope(reason: &str) -> bool {
+    const PREFIXES: [&str; 7] = [
+        "not an image",
+        "secondary capture not marked",
+        "modality ",
+        "body part ",
+        "lateral view",
+        "view ",
+        "a FOR PROCESSING image",
+    ];
+    let r = reason.trim();
+    PREFIXES.iter().any(|p| r.starts_with(p))
+        || r.contains(" outside the model's ")
+        || r.contains("smaller than the model's minimum side")
+}
+
+/// The category of the reason an image the model is for was not analysed: words of the
+/// product only (never the decoder's text, which may name a file), so that every channel,
+/// the cloud included, can carry it.
+fn unanalysed_category(status: ImageStatus, reason: &str) -> &'static str {
+    let r = reason.trim();
+    if r.starts_with("image too large to analyse") {
+        "image too large to analyse"
+    } else if r.contains("pruned") {
+        "pixel data pruned by retention"
+    } else if r.starts_with("cannot read DICOM file") {
+        "unreadable file"
+    } else if r.starts_with("cannot decode")
+        || r.starts_with("invalid pixel data")
+        || r.starts_with("decoder panicked")
+    {
+        "decode error"
+    } else if status == ImageStatus::Error {
+        "analysis error"
+    } else {
+        "not analysed"
+    }
+}
+
+/// The images of a partly analysed study that the model is for but that were not analysed
+/// (failed, or refused for their size...): the study's findings are those of the other
+/// images only, so its result must never read as a plain negative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanalysed {
+    /// Images not analysed.
+    pub count: usize,
+    /// Images the model is for: those analysed and these.
+    pub of: usize,
+    /// Distinct reason categories, in image order (see [`MAX_UNANALYSED_REASONS`]).
+    pub reasons: Vec<&'static str>,
+}
+
+impl Unanalysed {
+    /// The caveat: e.g. "1 of 2 images could not be analysed (decode error); the result
+    /// covers the analysed images only". Product words only: every channel carries it.
+    pub fn describe(&self) -> String {
+        let mut why = self
+            .reasons
+            .iter()
+            .take(MAX_UNANALYSED_REASONS)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.reasons.len() > MAX_UNANALYSED_REASONS {
+            why.push_str("; other reasons");
+        }
+        format!(
+            "{} of {} images could not be analysed ({why}); the result covers the analysed \
+             images only",
+            self.count, self.of
+        )
+    }
+}
+
 impl StudyResult {
     /// Why the study was not analysed, when no image was analysed and some were not
     /// applicable (e.g. "age 45 y outside the model's 1–5 y"); distinct reasons joined.
@@ -224,13 +307,55 @@ impl StudyResult {
         )
     }
 
-    /// The caveats of the analysed images, distinct ones joined.
+    /// The images the model is for that were not analysed, when others were (a study none
+    /// of whose images was analysed is not applicable or failed instead): every image in
+    /// error, and every one not applicable for a reason other than the model not being for
+    /// it ([`outside_scope`]).
+    pub fn unanalysed(&self) -> Option<Unanalysed> {
+        let analysed = self
+            .images
+            .iter()
+            .filter(|i| i.status == ImageStatus::Analysed)
+            .count();
+        if analysed == 0 {
+            return None;
+        }
+        let mut count = 0;
+        let mut reasons: Vec<&'static str> = Vec::new();
+        for i in &self.images {
+            let reason = i.reason.as_deref().unwrap_or_default();
+            let missed = match i.status {
+                ImageStatus::Analysed => false,
+                ImageStatus::Error => true,
+                ImageStatus::NotApplicable => !outside_scope(reason),
+            };
+            if missed {
+                count += 1;
+                let category = unanalysed_category(i.status, reason);
+                if !reasons.contains(&category) {
+                    reasons.push(category);
+                }
+            }
+        }
+        (count > 0).then_some(Unanalysed {
+            count,
+            of: analysed + count,
+            reasons,
+        })
+    }
+
+    /// What a reader must know about the study's findings, distinct parts joined: first
+    /// that images the model is for were not analysed ([`StudyResult::unanalysed`]), then
+    /// the caveats of the analysed images (e.g. the patient's age is unknown).
     pub fn caveat(&self) -> Option<String> {
+        let unanalysed = self.unanalysed().map(|u| u.describe());
         distinct(
-            self.images
-                .iter()
-                .filter(|i| i.status == ImageStatus::Analysed)
-                .filter_map(|i| i.caveat.as_deref()),
+            unanalysed.as_deref().into_iter().chain(
+                self.images
+                    .iter()
+                    .filter(|i| i.status == ImageStatus::Analysed)
+                    .filter_map(|i| i.caveat.as_deref()),
+            ),
         )
     }
 }

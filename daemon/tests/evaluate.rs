@@ -116,6 +116,9 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     assert_eq!(f["n_neg"], 16);
     assert_eq!(report["dataset"]["images"], 34);
     assert_eq!(report["dataset"]["scored"], 32);
+    // Every DICOM file here is a study of its own: 34 cases, 32 scored.
+    assert_eq!(report["dataset"]["cases"], 34, "{}", report["dataset"]);
+    assert_eq!(report["dataset"]["cases_scored"], 32);
     let na = report["dataset"]["not_applicable"].as_array().unwrap();
     assert_eq!(na.len(), 1, "{}", report["dataset"]);
     assert!(na[0]["file"].as_str().unwrap().ends_with("adult.dcm"));

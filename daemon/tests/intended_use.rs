@@ -1,7 +1,8 @@
 //! The pediatric model's intended use, end to end with real peers: an adult study is
 //! recorded as not applicable with its reason (store, worklist API, HL7 ORU^R01 to an MLLP
 //! listener, MQTT report through Mosquitto), a study without a usable age is analysed
-//! with a caveat, and a study inside the range is analysed without either.
+//! with a caveat, and a study inside the range is analysed without either. A study some of
+//! whose images could not be analysed says so wherever its findings go.
 
 mod common;
 
@@ -17,6 +18,31 @@ const NOT_APPLICABLE: &str = "age 45 y outside the model's 1\u{2013}5 y";
 /// The reason the cloud gets: the category, without the patient's age.
 const CLOUD_NOT_APPLICABLE: &str = "age outside the model's intended range";
 const CAVEAT: &str = "patient age unknown: the model is intended for 1\u{2013}5 y";
+
+/// `builder` with inference, started with a RIS that acknowledges every message (what it
+/// received) and Mosquitto (a subscriber to the reports, logging to `dir`/sub.log), and a
+/// radiologist `rita`.
+fn with_peers(
+    mq: &Mosquitto,
+    dir: &std::path::Path,
+    builder: DaemonBuilder,
+) -> (Daemon, Arc<std::sync::Mutex<Vec<String>>>, Background) {
+    let (hl7_port, hl7) = scripted_ris(Arc::new(|_, id: &str| aa(id)), Duration::ZERO);
+    let mut sub_cmd = mq.client("mosquitto_sub").unwrap();
+    sub_cmd.args(["-t", "duli/+/+/reports", "-q", "1"]);
+    let sub = Background::spawn("mosquitto_sub", &mut sub_cmd, &dir.join("sub.log")).unwrap();
+    let d = builder
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .config("mqtt", "enabled", "true")
+        .config("mqtt", "port", &mq.port.to_string())
+        .config("mqtt", "tls", "false")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    (d, hl7, sub)
+}
 
 #[test]
 fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
@@ -34,21 +60,7 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     let Some(child) = make_dx_study(dir.path(), "C", &[]) else {
         return;
     };
-    let (hl7_port, hl7) = scripted_ris(Arc::new(|_, id: &str| aa(id)), Duration::ZERO);
-    let mut sub_cmd = mq.client("mosquitto_sub").unwrap();
-    sub_cmd.args(["-t", "duli/+/+/reports", "-q", "1"]);
-    let sub =
-        Background::spawn("mosquitto_sub", &mut sub_cmd, &dir.path().join("sub.log")).unwrap();
-    let d = Daemon::builder()
-        .with_inference()
-        .config("hl7", "enabled", "true")
-        .config("hl7", "port", &hl7_port.to_string())
-        .config("hl7", "tls", "false")
-        .config("mqtt", "enabled", "true")
-        .config("mqtt", "port", &mq.port.to_string())
-        .config("mqtt", "tls", "false")
-        .start();
-    d.add_user("rita", "radiologist", PW);
+    let (d, hl7, sub) = with_peers(&mq, dir.path(), Daemon::builder());
     d.storescu(
         "MODALITY",
         &[],
@@ -161,4 +173,109 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     assert_eq!(study["result"]["not_applicable"], NOT_APPLICABLE, "{study}");
     assert_eq!(study["result"]["images"][0]["status"], "not_applicable");
     assert_eq!(study["result"]["images"][0]["reason"], NOT_APPLICABLE);
+}
+
+/// Makes image `n` of the study in `dir` too large for `inference.max_pixels` = 500000
+/// (its header declares 1024 × 1024) and cuts image `m`'s pixel data to half.
+const SPOIL: &str = r#"
+import sys
+import pydicom
+d = sys.argv[1]
+big = pydicom.dcmread(f"{d}/img00001.dcm")
+big.Rows, big.Columns = 1024, 1024
+big.save_as(f"{d}/img00001.dcm")
+cut = pydicom.dcmread(f"{d}/img00002.dcm")
+cut.PixelData = cut.PixelData[: len(cut.PixelData) // 2]
+cut.save_as(f"{d}/img00002.dcm")
+"#;
+
+/// A study of three images, one analysed, one refused for its size and one whose pixel
+/// data cannot be decoded, is delivered with the analysed image's findings and a caveat
+/// saying that two of three images could not be analysed: in the HL7 NTE (which a strict
+/// parser accepts), the MQTT report (valid against the schema) and the worklist. It is
+/// never a plain negative.
+#[test]
+fn a_partly_analysed_study_carries_a_caveat_everywhere() {
+    if !inference_available() {
+        return;
+    }
+    let Some(mq) = Mosquitto::start() else { return };
+    let dir = temp_dir("partly-analysed");
+    let Some(first) = make_dx_study(dir.path(), "Q", &["--count", "3"]) else {
+        return;
+    };
+    let study_dir = first.parent().unwrap().to_path_buf();
+    let Some(mut spoil) = python_script(SPOIL, &[study_dir.to_str().unwrap()]) else {
+        return;
+    };
+    run(&mut spoil, Duration::from_secs(60)).assert_success("spoil two images");
+    let files: Vec<_> = (0..3)
+        .map(|n| study_dir.join(format!("img0000{n}.dcm")))
+        .collect();
+    let (d, hl7, sub) = with_peers(
+        &mq,
+        dir.path(),
+        Daemon::builder().config("inference", "max_pixels", "500000"),
+    );
+    d.storescu("MODALITY", &[], &files)
+        .unwrap()
+        .assert_success("storescu");
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let reports = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    };
+    while Instant::now() < deadline
+        && (hl7.lock().unwrap().is_empty() || reports(&sub.log()).is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let caveat = "2 of 3 images could not be analysed (image too large to analyse; decode \
+                  error); the result covers the analysed images only";
+    let messages = hl7.lock().unwrap().clone();
+    let msg = messages
+        .last()
+        .unwrap_or_else(|| panic!("no HL7 message\n{}", d.log()));
+    assert!(
+        msg.contains(&format!("NTE|2|L|Caveat: {caveat}")),
+        "{msg}\n{}",
+        d.log()
+    );
+    assert!(msg.contains("|NM|"), "the analysed image's finding: {msg}");
+    if let Some(verdict) = common::ris::hl7_strict(msg) {
+        assert_eq!(verdict, "valid", "{msg}");
+    }
+
+    let payloads = reports(&sub.log());
+    let last = payloads.last().unwrap_or_else(|| panic!("{}", sub.log()));
+    assert_eq!(last["caveat"], caveat, "{last}");
+    assert_eq!(last["image_count"], 1, "{last}");
+    let bodies = dir.path().join("reports.jsonl");
+    std::fs::write(&bodies, sub.log()).unwrap();
+    let schema = repo_root().join("docs/mqtt-report.schema.json");
+    if let Some(mut check) = python_script(
+        "import json, sys, jsonschema\n\
+         v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+         lines = [json.loads(l) for l in open(sys.argv[2]) if l.startswith('{')]\n\
+         [v.validate(x) for x in lines]\n\
+         print(len(lines))",
+        &[schema.to_str().unwrap(), bodies.to_str().unwrap()],
+    ) {
+        let out = run(&mut check, Duration::from_secs(60));
+        out.assert_success("schema validation");
+    }
+
+    let rita = console_login(d.console_addr(), "rita", PW);
+    let list = rita.get("/api/v1/studies").json();
+    let row = list["studies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["patient_id"] == "QP0000")
+        .unwrap_or_else(|| panic!("QP0000 not in {list}"))
+        .clone();
+    assert_eq!(row["caveat"], caveat, "{row}");
+    assert_eq!(row["not_applicable"], Value::Null);
 }

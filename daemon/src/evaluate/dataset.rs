@@ -2,9 +2,15 @@
 //! (a folder named like a model label holds positives for that label; the negative folder,
 //! `NORMAL` by default, holds negatives for every label), or a CSV of
 //! `file,finding,0|1` rows for multi-label sets.
+//!
+//! The same image twice (the same file content, or the same SOP Instance UID) is counted
+//! once, with a warning, when its labels agree, and refused when they contradict; so are
+//! the DICOM files of one study, which the report counts as one case
+//! ([`super::report::cases`]).
 
 use crate::infer::manifest::Manifest;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Folders deeper than this under a label folder are not searched.
@@ -13,6 +19,37 @@ pub const MAX_DEPTH: usize = 8;
 pub const MAX_FILES: usize = 1_000_000;
 /// Largest labels CSV read.
 pub const MAX_CSV_BYTES: u64 = 64 << 20;
+/// Bytes hashed first when two files have the same size (the whole file only when these
+/// match too).
+const PREFIX_BYTES: u64 = 64 << 10;
+
+/// Files under contradictory labels: the same image twice, or images of one study.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// What the files share ("the same content", "the same SOP Instance UID", "one study").
+    pub shared: &'static str,
+    /// Each file with its labels as the set gives them (e.g. `PNEUMONIA 1, EFF 0`).
+    pub files: Vec<(PathBuf, String)>,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<String> = self
+            .files
+            .iter()
+            .map(|(file, labels)| format!("{} ({labels})", file.display()))
+            .collect();
+        write!(f, "{}: {}", self.shared, files.join(", "))
+    }
+}
+
+fn conflicts_text(conflicts: &[Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(Conflict::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// Why an acceptance set cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +78,12 @@ pub enum DatasetError {
     /// No folder or row names a finding of the model.
     #[error("{0}")]
     NoLabels(String),
+    /// The same image, or images of one study, under contradictory labels.
+    #[error(
+        "files that are one case carry contradictory labels (fix or remove them): {}",
+        conflicts_text(.0)
+    )]
+    ConflictingLabels(Vec<Conflict>),
 }
 
 /// One image with its reference labels (model label index → has the finding).
@@ -61,6 +104,8 @@ pub struct Dataset {
     pub ignored_folders: Vec<PathBuf>,
     /// The findings the set defines (a label folder, or any CSV row): the ones evaluated.
     pub findings: BTreeSet<usize>,
+    /// What was read but not counted twice (the same image under two names), also logged.
+    pub warnings: Vec<String>,
 }
 
 /// The index of the non-background label called `name` (its code or its display name,
@@ -171,11 +216,16 @@ pub fn from_folders(
             names.join(", ")
         )));
     }
+    let (cases, warnings) = settle(std::mem::take(&mut set.cases), manifest)?;
+    set.cases = cases;
+    set.warnings = warnings;
     Ok(set)
 }
 
-/// Cases from a CSV of `file,finding,0|1` rows (a header row is allowed; files are relative
-/// to `root`). A file's findings not listed are unknown for it.
+/// Cases from a CSV of `file,finding,0|1` rows (files relative to `root`). A file's findings
+/// not listed are unknown for it. The first row is a header when its value column is not
+/// 0 or 1 and its file column names no file under `root`; any other row with a bad value
+/// is an error naming it, and so is a row contradicting an earlier one.
 pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset, DatasetError> {
     let len = std::fs::metadata(csv).map_err(io(csv))?.len();
     if len > MAX_CSV_BYTES {
@@ -190,13 +240,17 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
         line,
         reason,
     };
-    let mut by_file: BTreeMap<PathBuf, BTreeMap<usize, bool>> = BTreeMap::new();
+    // Per file, per finding: the value and the line that gave it.
+    let mut by_file: BTreeMap<PathBuf, BTreeMap<usize, (bool, usize)>> = BTreeMap::new();
     let mut findings = BTreeSet::new();
+    let mut warnings = Vec::new();
+    let mut first_row = true;
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let is_first = std::mem::replace(&mut first_row, false);
         let cols: Vec<&str> = line
             .split(',')
             .map(|c| c.trim().trim_matches('"'))
@@ -210,7 +264,8 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
         let value = match cols[2] {
             "1" => true,
             "0" => false,
-            _ if n == 0 => continue, // header
+            // A header: the first row, naming no file.
+            _ if is_first && !root.join(cols[0]).is_file() => continue,
             other => return Err(bad(n + 1, format!("label value {other:?} is not 0 or 1"))),
         };
         let Some(i) = label_index(manifest, cols[1]) else {
@@ -226,10 +281,31 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
             )));
         }
         findings.insert(i);
-        by_file
-            .entry(root.join(cols[0]))
-            .or_default()
-            .insert(i, value);
+        let truth = by_file.entry(root.join(cols[0])).or_default();
+        match truth.get(&i) {
+            Some(&(earlier, at)) if earlier != value => {
+                return Err(bad(
+                    n + 1,
+                    format!(
+                        "{},{} is {} here but {} on line {at}",
+                        cols[0],
+                        cols[1],
+                        u8::from(value),
+                        u8::from(earlier)
+                    ),
+                ));
+            }
+            Some(&(_, at)) => warnings.push(format!(
+                "{} line {}: repeats line {at} ({},{}); counted once",
+                csv.display(),
+                n + 1,
+                cols[0],
+                cols[1]
+            )),
+            None => {
+                truth.insert(i, (value, n + 1));
+            }
+        }
     }
     if by_file.is_empty() {
         return Err(DatasetError::NoLabels(format!(
@@ -237,14 +313,252 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
             csv.display()
         )));
     }
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    let cases = by_file
+        .into_iter()
+        .map(|(file, truth)| Case {
+            file,
+            truth: truth.into_iter().map(|(i, (v, _))| (i, v)).collect(),
+        })
+        .collect();
+    let (cases, more) = settle(cases, manifest)?;
+    warnings.extend(more);
     Ok(Dataset {
-        cases: by_file
-            .into_iter()
-            .map(|(file, truth)| Case { file, truth })
-            .collect(),
+        cases,
         ignored_folders: Vec::new(),
         findings,
+        warnings,
     })
+}
+
+/// The identifiers of a DICOM file that make cases and duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct DicomIds {
+    study: Option<String>,
+    sop: Option<String>,
+}
+
+/// The Study and SOP Instance UIDs of the DICOM Part 10 file at `file` (after the bounded
+/// pre-scan, up to its pixel data); `None` for a PNG or JPEG file or an unreadable one.
+fn dicom_ids(file: &Path) -> Option<DicomIds> {
+    use dicom_dictionary_std::tags;
+    if !crate::infer::analyse::is_dicom(file) {
+        return None;
+    }
+    crate::dataset_guard::check_file(file).ok()?;
+    let obj = crate::store::header::open_header(file).ok()?;
+    let uid = |tag| Some(crate::infer::dicom_image::text(&obj, tag)).filter(|v| !v.is_empty());
+    Some(DicomIds {
+        study: uid(tags::STUDY_INSTANCE_UID),
+        sop: uid(tags::SOP_INSTANCE_UID),
+    })
+}
+
+/// The Study Instance UID of the DICOM file at `file`, by which its case is its study's;
+/// `None` for a PNG or JPEG file, or a DICOM file whose header cannot be read (a case of
+/// its own).
+pub fn study_of(file: &Path) -> Option<String> {
+    dicom_ids(file)?.study
+}
+
+/// SHA-256 of the first `limit` bytes of `file` (all of it with `u64::MAX`).
+fn digest(file: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut reader = std::fs::File::open(file)?.take(limit);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx.finish().as_ref().to_vec())
+}
+
+/// Groups of indices into `files` whose contents are identical: by size, then the hash of
+/// the first [`PREFIX_BYTES`], then the hash of the whole file. Unreadable files are in no
+/// group (scoring lists them).
+fn same_content(files: &[&Path]) -> Vec<Vec<usize>> {
+    let mut by_size: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (k, f) in files.iter().enumerate() {
+        if let Ok(m) = std::fs::metadata(f) {
+            by_size.entry(m.len()).or_default().push(k);
+        }
+    }
+    let mut groups = Vec::new();
+    for same_size in by_size.into_values().filter(|g| g.len() > 1) {
+        let mut by_prefix: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        for k in same_size {
+            if let Ok(d) = digest(files[k], PREFIX_BYTES) {
+                by_prefix.entry(d).or_default().push(k);
+            }
+        }
+        for same_prefix in by_prefix.into_values().filter(|g| g.len() > 1) {
+            let mut by_hash: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+            for k in same_prefix {
+                if let Ok(d) = digest(files[k], u64::MAX) {
+                    by_hash.entry(d).or_default().push(k);
+                }
+            }
+            groups.extend(by_hash.into_values().filter(|g| g.len() > 1));
+        }
+    }
+    groups
+}
+
+/// `truth` as the set gives it, e.g. `PNEUMONIA 1, EFF 0`.
+fn describe(truth: &BTreeMap<usize, bool>, manifest: &Manifest) -> String {
+    truth
+        .iter()
+        .map(|(&i, &v)| {
+            let code = manifest.labels.get(i).map_or("?", |l| l.code.as_str());
+            format!("{code} {}", u8::from(v))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The labels of `members` merged, or `None` when two of them contradict each other.
+fn merged(cases: &[Case], members: &[usize]) -> Option<BTreeMap<usize, bool>> {
+    let mut truth = BTreeMap::new();
+    for &k in members {
+        for (&i, &v) in &cases[k].truth {
+            if *truth.entry(i).or_insert(v) != v {
+                return None;
+            }
+        }
+    }
+    Some(truth)
+}
+
+/// The cases with every image counted once: files with the same content or the same SOP
+/// Instance UID are one image, kept once (the first, with their labels merged) with a
+/// warning when their labels agree; files that are one image, or images of one study,
+/// whose labels contradict are an error listing them all.
+fn settle(cases: Vec<Case>, manifest: &Manifest) -> Result<(Vec<Case>, Vec<String>), DatasetError> {
+    let files: Vec<&Path> = cases.iter().map(|c| c.file.as_path()).collect();
+    let ids: Vec<Option<DicomIds>> = files.iter().map(|f| dicom_ids(f)).collect();
+    // The same image: a union of the content groups and the SOP Instance UID groups.
+    let mut root: Vec<usize> = (0..cases.len()).collect();
+    fn find(root: &mut [usize], mut k: usize) -> usize {
+        while root[k] != k {
+            root[k] = root[root[k]];
+            k = root[k];
+        }
+        k
+    }
+    let mut why: HashMap<usize, &'static str> = HashMap::new();
+    let mut join = |root: &mut Vec<usize>, group: &[usize], shared: &'static str| {
+        for &k in &group[1..] {
+            let (a, b) = (find(root, group[0]), find(root, k));
+            if a != b {
+                root[b.max(a)] = a.min(b);
+            }
+            why.entry(k).or_insert(shared);
+        }
+        why.entry(group[0]).or_insert(shared);
+    };
+    for group in same_content(&files) {
+        join(&mut root, &group, "the same content");
+    }
+    let mut by_sop: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (k, id) in ids.iter().enumerate() {
+        if let Some(sop) = id.as_ref().and_then(|i| i.sop.as_deref()) {
+            by_sop.entry(sop).or_default().push(k);
+        }
+    }
+    for group in by_sop.values().filter(|g| g.len() > 1) {
+        join(&mut root, group, "the same SOP Instance UID");
+    }
+    let mut images: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for k in 0..cases.len() {
+        let r = find(&mut root, k);
+        images.entry(r).or_default().push(k);
+    }
+    let mut conflicts = Vec::new();
+    let mut warnings = Vec::new();
+    let mut keep: Vec<Option<BTreeMap<usize, bool>>> = vec![None; cases.len()];
+    for members in images.values() {
+        let first = members[0];
+        if members.len() == 1 {
+            keep[first] = Some(cases[first].truth.clone());
+            continue;
+        }
+        let shared = why.get(&members[1]).copied().unwrap_or("the same image");
+        let listed = || {
+            members
+                .iter()
+                .map(|&k| (cases[k].file.clone(), describe(&cases[k].truth, manifest)))
+                .collect()
+        };
+        match merged(&cases, members) {
+            Some(truth) => {
+                let others: Vec<String> = members[1..]
+                    .iter()
+                    .map(|&k| cases[k].file.display().to_string())
+                    .collect();
+                warnings.push(format!(
+                    "{} and {} are the same image ({shared}): counted once",
+                    cases[first].file.display(),
+                    others.join(", ")
+                ));
+                keep[first] = Some(truth);
+            }
+            None => conflicts.push(Conflict {
+                shared,
+                files: listed(),
+            }),
+        }
+    }
+    // Images of one study are one case: their labels must agree too.
+    let mut by_study: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (k, id) in ids.iter().enumerate() {
+        if keep[k].is_none() {
+            continue;
+        }
+        if let Some(study) = id.as_ref().and_then(|i| i.study.as_deref()) {
+            by_study.entry(study).or_default().push(k);
+        }
+    }
+    for members in by_study.values().filter(|g| g.len() > 1) {
+        let with_kept: Vec<Case> = members
+            .iter()
+            .map(|&k| Case {
+                file: cases[k].file.clone(),
+                truth: keep[k].clone().unwrap_or_default(),
+            })
+            .collect();
+        let all: Vec<usize> = (0..with_kept.len()).collect();
+        if merged(&with_kept, &all).is_none() {
+            conflicts.push(Conflict {
+                shared: "images of one study",
+                files: with_kept
+                    .iter()
+                    .map(|c| (c.file.clone(), describe(&c.truth, manifest)))
+                    .collect(),
+            });
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(DatasetError::ConflictingLabels(conflicts));
+    }
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    let settled = cases
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(case, truth)| {
+            truth.map(|truth| Case {
+                file: case.file,
+                truth,
+            })
+        })
+        .collect();
+    Ok((settled, warnings))
 }
 
 #[cfg(test)]
@@ -292,7 +606,8 @@ mod tests {
             ("other", "d.png"),
         ] {
             std::fs::create_dir_all(dir.path().join(folder)).unwrap();
-            std::fs::write(dir.path().join(folder).join(file), b"x").unwrap();
+            // Distinct contents: the same content twice is one image.
+            std::fs::write(dir.path().join(folder).join(file), file).unwrap();
         }
         std::fs::write(dir.path().join("normal/.hidden"), b"x").unwrap();
         let set = from_folders(dir.path(), &manifest(), "NORMAL").unwrap();
@@ -343,5 +658,99 @@ mod tests {
         assert!(err.to_string().contains("line 2"), "{err}");
         std::fs::write(&csv, "a.png,Pneumonia,1\nb.png,Pneumonia,yes\n").unwrap();
         assert!(from_csv(dir.path(), &csv, &manifest()).is_err());
+    }
+
+    /// Two rows giving one file's finding different values: an error naming both rows
+    /// (the last one won before); the same row twice is counted once.
+    #[test]
+    fn csv_rows_that_contradict_each_other_are_an_error_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(
+            &csv,
+            "file,finding,value\na.png,Pneumonia,1\nb.png,EFF,0\na.png,PNEUMONIA,0\n",
+        )
+        .unwrap();
+        let err = from_csv(dir.path(), &csv, &manifest()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 4") && text.contains("line 2"), "{text}");
+        std::fs::write(&csv, "a.png,Pneumonia,1\nb.png,EFF,0\na.png,Pneumonia,1\n").unwrap();
+        let set = from_csv(dir.path(), &csv, &manifest()).unwrap();
+        assert_eq!(set.cases.len(), 2);
+        assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+    }
+
+    /// The first row is a header only when its value is not 0/1 and it names no file: a
+    /// first data row with a bad value is an error naming it, not a header dropped silently.
+    #[test]
+    fn a_first_row_naming_a_file_with_a_bad_value_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(&csv, "a.png,Pneumonia,yes\nb.png,Pneumonia,1\n").unwrap();
+        let err = from_csv(dir.path(), &csv, &manifest()).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        // A comment before the header: still the first row.
+        std::fs::write(&csv, "# labels\nfile,finding,label\na.png,Pneumonia,1\n").unwrap();
+        let set = from_csv(dir.path(), &csv, &manifest()).unwrap();
+        assert_eq!(set.cases.len(), 1);
+        // A bad value on a later row is an error wherever it is.
+        std::fs::write(&csv, "file,finding,label\nfile,finding,label\n").unwrap();
+        let err = from_csv(dir.path(), &csv, &manifest()).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    /// The same image twice: counted once with a warning under the same label, a clear
+    /// error listing both under contradictory labels (same content, or same SOP Instance
+    /// UID); images of one study under contradictory labels too.
+    #[test]
+    fn duplicates_are_counted_once_or_refused_when_their_labels_contradict() {
+        use crate::evaluate::report::tests::dicom;
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &str| dir.path().join(p);
+        std::fs::create_dir_all(at("PNEUMONIA/sub")).unwrap();
+        std::fs::create_dir_all(at("NORMAL")).unwrap();
+        std::fs::write(at("PNEUMONIA/x.png"), b"same").unwrap();
+        std::fs::write(at("PNEUMONIA/sub/x-copy.png"), b"same").unwrap();
+        std::fs::write(at("NORMAL/y.png"), b"else").unwrap();
+        let set = from_folders(dir.path(), &manifest(), "NORMAL").unwrap();
+        assert_eq!(set.cases.len(), 2, "{:?}", set.cases);
+        assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+        assert!(set.warnings[0].contains("x-copy.png"), "{:?}", set.warnings);
+
+        // The same content as a negative: refused, naming both files and their labels.
+        std::fs::write(at("NORMAL/x-again.png"), b"same").unwrap();
+        let err = from_folders(dir.path(), &manifest(), "NORMAL").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, DatasetError::ConflictingLabels(_)), "{text}");
+        assert!(
+            text.contains("x-again.png") && text.contains("x.png") && text.contains("same content"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PNEUMONIA 1") && text.contains("PNEUMONIA 0"),
+            "{text}"
+        );
+        std::fs::remove_file(at("NORMAL/x-again.png")).unwrap();
+
+        // One SOP Instance UID under both labels (the files differ: another study UID).
+        dicom(&at("PNEUMONIA/s.dcm"), "1.2.3.1", "1.2.3.1.1");
+        dicom(&at("NORMAL/s.dcm"), "1.2.3.9", "1.2.3.1.1");
+        let err = from_folders(dir.path(), &manifest(), "NORMAL").unwrap_err();
+        assert!(err.to_string().contains("same SOP Instance UID"), "{err}");
+        std::fs::remove_file(at("NORMAL/s.dcm")).unwrap();
+
+        // Another image of that study, labelled negative: the study is one case.
+        dicom(&at("NORMAL/t.dcm"), "1.2.3.1", "1.2.3.1.2");
+        let err = from_folders(dir.path(), &manifest(), "NORMAL").unwrap_err();
+        assert!(err.to_string().contains("one study"), "{err}");
+        std::fs::remove_file(at("NORMAL/t.dcm")).unwrap();
+
+        // Under the same label, both images of the study are kept (one case in the report).
+        dicom(&at("PNEUMONIA/t.dcm"), "1.2.3.1", "1.2.3.1.2");
+        let set = from_folders(dir.path(), &manifest(), "NORMAL").unwrap();
+        assert_eq!(set.cases.len(), 4, "{:?}", set.cases);
+        assert_eq!(study_of(&at("PNEUMONIA/t.dcm")).as_deref(), Some("1.2.3.1"));
+        assert_eq!(study_of(&at("NORMAL/y.png")), None);
     }
 }

@@ -1,23 +1,73 @@
 //! ROC AUC with its DeLong variance (DeLong, DeLong & Clarke-Pearson 1988), in the
 //! O(n log n) midrank form of Sun & Xu (2014): no pairwise loop, so it stays fast on a
 //! site's full acceptance set.
+//!
+//! An interval is never falsely narrow: none when a class has fewer than two cases (its
+//! variance cannot be estimated) or the variance is zero from tied scores; at perfect
+//! separation, where DeLong's variance is zero too, the exact conservative bound of
+//! [`separation_bound`].
 
 use crate::stats::midranks;
 
 /// z for a two-sided 95% interval.
 pub const Z_95: f64 = 1.959_963_984_540_054;
+/// One minus the confidence level of the intervals (two-sided).
+pub const ALPHA: f64 = 0.05;
 
-/// An AUC with its standard error and 95% confidence interval.
+/// Fewest cases of each class for which an interval is given.
+pub const MIN_CASES_FOR_INTERVAL: usize = 2;
+
+/// Why an AUC has no DeLong interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoInterval {
+    /// A class has fewer than [`MIN_CASES_FOR_INTERVAL`] cases: its variance cannot be
+    /// estimated, and an interval would be falsely narrow.
+    #[error(
+        "no 95% interval: {pos} positive(s) and {neg} negative(s); an interval needs at least \
+         {MIN_CASES_FOR_INTERVAL} of each"
+    )]
+    TooFewCases {
+        /// Positives.
+        pos: usize,
+        /// Negatives.
+        neg: usize,
+    },
+    /// The DeLong variance is zero without perfect separation (e.g. every score tied): it
+    /// says nothing of the uncertainty, and an interval of zero width would be false.
+    #[error("no 95% interval: the DeLong variance is zero (tied scores)")]
+    ZeroVariance,
+}
+
+/// How an interval was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntervalMethod {
+    /// DeLong's variance and the normal approximation.
+    DeLong,
+    /// Perfect separation (AUC 1, or 0 when inverted), where the DeLong variance is zero:
+    /// the exact conservative bound [`separation_bound`] instead.
+    Separation,
+}
+
+/// A 95% confidence interval of an AUC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AucInterval {
+    /// DeLong standard error (`None` for the separation bound, which has none).
+    pub se: Option<f64>,
+    /// Lower bound, in [0, 1].
+    pub lo: f64,
+    /// Upper bound, in [0, 1].
+    pub hi: f64,
+    /// How it was obtained.
+    pub method: IntervalMethod,
+}
+
+/// An AUC with its 95% confidence interval, when one can be given.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AucEstimate {
     /// Area under the ROC curve (ties count one half).
     pub auc: f64,
-    /// DeLong standard error (0 when either class has fewer than two cases).
-    pub se: f64,
-    /// Lower bound of the 95% interval, clipped to [0, 1].
-    pub lo: f64,
-    /// Upper bound of the 95% interval, clipped to [0, 1].
-    pub hi: f64,
+    /// The 95% interval, or why there is none. Never of zero width.
+    pub interval: Result<AucInterval, NoInterval>,
 }
 
 fn sample_variance(v: &[f64], mean: f64) -> f64 {
@@ -27,8 +77,21 @@ fn sample_variance(v: &[f64], mean: f64) -> f64 {
     v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
 }
 
-/// AUC of scores `pos` (cases with the finding) against `neg` (cases without), with the
-/// DeLong 95% interval. `None` when either set is empty.
+/// The exact conservative 95% lower bound of the AUC when every one of `pos` positives
+/// outranks every one of `neg` negatives: (0.025)^(1/k) with k = min(pos, neg). Pairing k
+/// positives with k negatives gives k independent pairs, each ordered right with
+/// probability at most the true AUC θ, so the observed perfect separation has probability
+/// at most θ^k, and θ below the bound is rejected at 2.5%. With 5 and 5 it is 0.478; with
+/// 100 and 100, 0.964.
+pub fn separation_bound(pos: usize, neg: usize) -> f64 {
+    let k = pos.min(neg).max(1) as f64;
+    (ALPHA / 2.0).powf(1.0 / k)
+}
+
+/// AUC of scores `pos` (cases with the finding) against `neg` (cases without), with its
+/// 95% interval: DeLong's, or the exact bound of [`separation_bound`] at perfect
+/// separation; none when a class has fewer than [`MIN_CASES_FOR_INTERVAL`] cases or the
+/// variance is zero otherwise. `None` when either set is empty.
 pub fn delong(pos: &[f64], neg: &[f64]) -> Option<AucEstimate> {
     let (m, n) = (pos.len(), neg.len());
     if m == 0 || n == 0 {
@@ -44,14 +107,41 @@ pub fn delong(pos: &[f64], neg: &[f64]) -> Option<AucEstimate> {
     let v10: Vec<f64> = (0..m).map(|i| (tz[i] - tx[i]) / nf).collect();
     let v01: Vec<f64> = (0..n).map(|j| 1.0 - (tz[m + j] - ty[j]) / mf).collect();
     let auc = v10.iter().sum::<f64>() / mf;
-    let var = sample_variance(&v10, auc) / mf + sample_variance(&v01, auc) / nf;
-    let se = var.max(0.0).sqrt();
-    Some(AucEstimate {
-        auc,
-        se,
-        lo: (auc - Z_95 * se).clamp(0.0, 1.0),
-        hi: (auc + Z_95 * se).clamp(0.0, 1.0),
-    })
+    let interval = if m < MIN_CASES_FOR_INTERVAL || n < MIN_CASES_FOR_INTERVAL {
+        Err(NoInterval::TooFewCases { pos: m, neg: n })
+    } else if auc >= 1.0 {
+        Ok(AucInterval {
+            se: None,
+            lo: separation_bound(m, n),
+            hi: 1.0,
+            method: IntervalMethod::Separation,
+        })
+    } else if auc <= 0.0 {
+        Ok(AucInterval {
+            se: None,
+            lo: 0.0,
+            hi: 1.0 - separation_bound(m, n),
+            method: IntervalMethod::Separation,
+        })
+    } else {
+        let var = sample_variance(&v10, auc) / mf + sample_variance(&v01, auc) / nf;
+        let se = var.max(0.0).sqrt();
+        let (lo, hi) = (
+            (auc - Z_95 * se).clamp(0.0, 1.0),
+            (auc + Z_95 * se).clamp(0.0, 1.0),
+        );
+        if se > 0.0 && hi > lo {
+            Ok(AucInterval {
+                se: Some(se),
+                lo,
+                hi,
+                method: IntervalMethod::DeLong,
+            })
+        } else {
+            Err(NoInterval::ZeroVariance)
+        }
+    };
+    Some(AucEstimate { auc, interval })
 }
 
 #[cfg(test)]
@@ -72,19 +162,50 @@ mod tests {
         let neg = [0.7, 0.6, 0.5, 0.45, 0.35, 0.3, 0.2, 0.1, 0.05, 0.8];
         let e = delong(&pos, &neg).unwrap();
         assert!(close(e.auc, 0.775), "{e:?}");
-        assert!(close(e.se, 0.113_203_269_205_134_53), "{e:?}");
-        assert!(close(e.lo, 0.553_125_669_425_744_1), "{e:?}");
-        assert!(close(e.hi, 0.996_874_330_574_255_9), "{e:?}");
+        let i = e.interval.unwrap();
+        assert_eq!(i.method, IntervalMethod::DeLong);
+        assert!(close(i.se.unwrap(), 0.113_203_269_205_134_53), "{e:?}");
+        assert!(close(i.lo, 0.553_125_669_425_744_1), "{e:?}");
+        assert!(close(i.hi, 0.996_874_330_574_255_9), "{e:?}");
     }
 
+    /// One case in a class: its variance cannot be estimated, so there is no interval
+    /// (it was [1, 1] here, and 0.852–1.000 with 1 positive against 20 negatives).
     #[test]
-    fn perfect_and_inverted_separation() {
-        let e = delong(&[0.9, 0.8, 0.7], &[0.1, 0.2]).unwrap();
-        assert_eq!((e.auc, e.se, e.lo, e.hi), (1.0, 0.0, 1.0, 1.0));
-        let e = delong(&[0.1, 0.2], &[0.9, 0.8, 0.7]).unwrap();
+    fn a_class_of_one_case_has_no_interval() {
+        let e = delong(&[0.9], &[0.1]).unwrap();
+        assert_eq!(e.auc, 1.0);
+        assert_eq!(e.interval, Err(NoInterval::TooFewCases { pos: 1, neg: 1 }));
+        let neg: Vec<f64> = (0..20).map(|k| f64::from(k) / 40.0).collect();
+        let e = delong(&[0.3], &neg).unwrap();
+        assert!(e.auc > 0.5 && e.auc < 1.0, "{e:?}");
+        assert!(e.interval.is_err(), "{e:?}");
+        assert!(delong(&neg, &[0.3]).unwrap().interval.is_err());
+    }
+
+    /// Perfect separation has DeLong variance zero: never a zero-width interval, but the
+    /// exact conservative bound; tied scores have none.
+    #[test]
+    fn perfect_separation_and_ties_have_no_zero_width_interval() {
+        let pos = [0.9, 0.8, 0.7, 0.95, 0.85];
+        let neg = [0.1, 0.2, 0.3, 0.15, 0.25];
+        let e = delong(&pos, &neg).unwrap();
+        assert_eq!(e.auc, 1.0);
+        let i = e.interval.unwrap();
+        assert_eq!(i.method, IntervalMethod::Separation);
+        assert_eq!(i.hi, 1.0);
+        assert!((i.lo - 0.025_f64.powf(0.2)).abs() < 1e-12, "{i:?}");
+        assert!(i.lo < 0.5, "{i:?}");
+        let e = delong(&neg, &pos).unwrap();
         assert_eq!(e.auc, 0.0);
-        let e = delong(&[0.5, 0.5], &[0.5]).unwrap();
+        let i = e.interval.unwrap();
+        assert_eq!((i.lo, i.method), (0.0, IntervalMethod::Separation));
+        assert!(i.hi > 0.5, "{i:?}");
+        // The bound tightens with the cases: 100 of each.
+        assert!((separation_bound(100, 120) - 0.9638).abs() < 1e-4);
+        let e = delong(&[0.5, 0.5], &[0.5, 0.5, 0.5]).unwrap();
         assert_eq!(e.auc, 0.5);
+        assert_eq!(e.interval, Err(NoInterval::ZeroVariance));
         assert!(delong(&[], &[0.1]).is_none());
         assert!(delong(&[0.1], &[]).is_none());
     }

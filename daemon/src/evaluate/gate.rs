@@ -1,12 +1,17 @@
 //! `duli evaluate --precision P --gate`: the same labelled set scored at f32 and at P,
-//! compared case by case. P passes when no finding's AUC is below f32's and no decision
-//! at the manifest threshold flips; the record (see [`crate::infer::gate`]) says so with
-//! the AUCs, the largest and 99th-percentile probability shifts and the flips.
+//! compared case by case. P passes when the set holds every finding of the manifest with
+//! at least [`MIN_CASES`] positives and [`MIN_CASES`] negatives each, no finding's AUC is
+//! below f32's and no decision at the manifest threshold flips; the record (see
+//! [`crate::infer::gate`]) says so with the AUCs, the cases counted, the largest and
+//! 99th-percentile probability shifts and the flips, and binds the network's `.xml` and
+//! weights and each finding's threshold.
 
 use super::delong::delong;
 use super::report::{labelled_scores, split_by_label};
 use super::score::{Outcome, ScoredCase};
-use crate::infer::gate::{DatasetId, FindingGate, GateRecord, MsPerImage};
+use crate::infer::gate::{
+    weights_sha256, DatasetId, FindingGate, GateRecord, MsPerImage, MIN_CASES,
+};
 use crate::infer::manifest::Manifest;
 use crate::infer::precision::Precision;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,7 +58,10 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Compares `reference` (f32) and `gated` (the same cases, in the same order, at
-/// `run.precision`) over `findings`.
+/// `run.precision`) over `findings` (the manifest's findings the set has cases of; one
+/// the set lacks fails the gate). The record binds the weights of the network run at
+/// `run.precision`: the manifest's for bf16, the INT8 build's (found as the engine found
+/// it, see [`crate::infer::gate::network`]) for int8.
 pub fn compare(
     run: &GateRun<'_>,
     reference: &[ScoredCase],
@@ -75,6 +83,30 @@ pub fn compare(
             ));
         }
     }
+    let weights = match crate::infer::gate::network(run.manifest, run.precision) {
+        Ok(net) if net.sha256.eq_ignore_ascii_case(&run.network_sha256) => {
+            weights_sha256(&net.manifest)
+        }
+        Ok(net) => {
+            reasons.push(format!(
+                "the network changed during the gate (SHA-256 {} scored, {} now)",
+                run.network_sha256, net.sha256
+            ));
+            String::new()
+        }
+        Err(e) => {
+            reasons.push(format!("the network scored cannot be named: {e}"));
+            String::new()
+        }
+    };
+    for (i, label) in run.manifest.labels.iter().enumerate() {
+        if !label.background && !findings.contains(&i) {
+            reasons.push(format!(
+                "{}: the set has no cases of this finding (a gate covers every finding of the model)",
+                label.code
+            ));
+        }
+    }
     for &i in findings {
         let Some(label) = run.manifest.labels.get(i) else {
             continue;
@@ -82,17 +114,29 @@ pub fn compare(
         let threshold = f64::from(run.manifest.threshold(i));
         let mut flipped = 0;
         let mut max_shift = 0f64;
+        let (mut positives, mut negatives) = (0, 0);
         for (r, g) in reference.iter().zip(gated) {
             let (Some(pr), Some(pg)) = (probability(&r.outcome, i), probability(&g.outcome, i))
             else {
                 continue;
             };
+            match r.case.truth.get(&i) {
+                Some(true) => positives += 1,
+                Some(false) => negatives += 1,
+                None => {}
+            }
             let d = (pg - pr).abs();
             shifts.push(d);
             max_shift = max_shift.max(d);
             if (pr >= threshold) != (pg >= threshold) {
                 flipped += 1;
             }
+        }
+        if positives < MIN_CASES || negatives < MIN_CASES {
+            reasons.push(format!(
+                "{}: {positives} positive(s) and {negatives} negative(s) scored, a gate needs at least {MIN_CASES} of each",
+                label.code
+            ));
         }
         let (auc_f32, auc_p) = (auc(reference, i), auc(gated, i));
         match (auc_f32, auc_p) {
@@ -119,6 +163,8 @@ pub fn compare(
                 threshold,
                 flipped,
                 max_shift,
+                positives,
+                negatives,
             },
         );
     }
@@ -129,8 +175,10 @@ pub fn compare(
         cpu_feature: run.cpu_feature.clone(),
         date: run.date.clone(),
         model: format!("{} {}", run.manifest.name, run.manifest.version),
-        network_sha256: run.network_sha256.clone(),
+        network_sha256: run.network_sha256.to_ascii_lowercase(),
+        weights_sha256: weights,
         reference_sha256: run.manifest.file.sha256.to_ascii_lowercase(),
+        reference_weights_sha256: weights_sha256(run.manifest),
         dataset: DatasetId {
             dir: run.dir.to_path_buf(),
             images: both,
@@ -174,12 +222,14 @@ pub fn summary(g: &GateRecord) -> String {
     for (code, f) in &g.findings {
         let a = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.4}"));
         s.push_str(&format!(
-            "  {code}: AUC {} vs f32 {}, {} flipped at {}, max |dp| {:.4}\n",
+            "  {code}: AUC {} vs f32 {}, {} flipped at {}, max |dp| {:.4} ({} positive, {} negative)\n",
             a(f.auc),
             a(f.auc_f32),
             f.flipped,
             f.threshold,
-            f.max_shift
+            f.max_shift,
+            f.positives,
+            f.negatives
         ));
     }
     s.push_str(&format!(
@@ -234,11 +284,9 @@ mod tests {
         Manifest::load(&path).unwrap()
     }
 
-    #[test]
-    fn a_flip_or_a_lower_auc_fails_and_small_shifts_pass() {
-        let m = manifest();
-        let run = GateRun {
-            manifest: &m,
+    fn run(m: &Manifest) -> GateRun<'_> {
+        GateRun {
+            manifest: m,
             precision: Precision::Bf16,
             cpu_feature: "amx-bf16".into(),
             network_sha256: m.file.sha256.clone(),
@@ -248,40 +296,118 @@ mod tests {
                 gated: 8.0,
             },
             date: "2026-12-03T00:00:00Z".into(),
-        };
+        }
+    }
+
+    /// `n` cases of each class at f32: positives from 0.9 down, negatives from 0.1 up.
+    fn balanced(n: usize) -> Vec<ScoredCase> {
+        (0..n)
+            .flat_map(|k| {
+                let d = k as f64 * 0.01;
+                [
+                    case(&format!("p{k}"), true, 0.9 - d),
+                    case(&format!("n{k}"), false, 0.1 + d),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_flip_or_a_lower_auc_fails_and_small_shifts_pass() {
+        let m = manifest();
+        let run = run(&m);
         let findings: BTreeSet<usize> = [1].into_iter().collect();
-        let f32 = vec![
-            case("a", true, 0.9),
-            case("b", true, 0.52),
-            case("c", false, 0.2),
-            case("d", false, 0.6),
-        ];
-        let close = vec![
-            case("a", true, 0.91),
-            case("b", true, 0.53),
-            case("c", false, 0.19),
-            case("d", false, 0.58),
-        ];
+        let mut f32 = balanced(5);
+        f32.extend([case("b", true, 0.52), case("d", false, 0.6)]);
+        // Every case 0.01 up, but b and d close to the threshold by 0.02.
+        let close: Vec<ScoredCase> = f32
+            .iter()
+            .map(|c| {
+                let Outcome::Scored(p) = &c.outcome else {
+                    unreachable!()
+                };
+                let shift = if c.case.file == Path::new("d") {
+                    -0.02
+                } else {
+                    0.01
+                };
+                case(
+                    c.case.file.to_str().unwrap(),
+                    c.case.truth[&1],
+                    p[0].1 + shift,
+                )
+            })
+            .collect();
         let g = compare(&run, &f32, &close, &findings, "x".into());
         assert!(g.passed, "{:?}", g.reasons);
         assert_eq!(g.flipped, 0);
         assert!((g.max_shift - 0.02).abs() < 1e-9);
         assert!((g.p99_shift - 0.02).abs() < 1e-9);
         assert_eq!(g.findings["PNEUMONIA"].auc, g.findings["PNEUMONIA"].auc_f32);
+        assert_eq!(g.findings["PNEUMONIA"].positives, 6);
+        assert_eq!(g.findings["PNEUMONIA"].negatives, 6);
+        // The record binds the weights and the threshold it was run with.
+        assert_eq!(Some(&g.weights_sha256), m.file.weights_sha256.as_ref());
+        assert_eq!(
+            Some(&g.reference_weights_sha256),
+            m.file.weights_sha256.as_ref()
+        );
+        assert_eq!(g.findings["PNEUMONIA"].threshold, 0.5);
 
         // b drops below the threshold: one flip, and the AUC falls under f32's.
-        let flip = vec![
-            case("a", true, 0.9),
-            case("b", true, 0.15),
-            case("c", false, 0.2),
-            case("d", false, 0.6),
-        ];
+        let mut flip = f32.clone();
+        flip[10] = case("b", true, 0.05);
         let g = compare(&run, &f32, &flip, &findings, "x".into());
         assert!(!g.passed);
         assert_eq!(g.flipped, 1);
         assert!(g.findings["PNEUMONIA"].auc < g.findings["PNEUMONIA"].auc_f32);
         assert_eq!(g.reasons.len(), 2, "{:?}", g.reasons);
         assert!(summary(&g).contains("FAILED"));
+    }
+
+    /// Two images (one of each) with nothing moved do not pass: a gate needs at least
+    /// five positives and five negatives of every finding.
+    #[test]
+    fn a_gate_on_too_few_cases_does_not_pass() {
+        let m = manifest();
+        let findings: BTreeSet<usize> = [1].into_iter().collect();
+        let two = vec![case("a", true, 0.9), case("c", false, 0.2)];
+        let g = compare(&run(&m), &two, &two, &findings, "x".into());
+        assert!(!g.passed, "{g:?}");
+        assert_eq!(g.flipped, 0);
+        assert!(
+            g.reasons.iter().any(|r| r.contains("at least 5")),
+            "{:?}",
+            g.reasons
+        );
+        assert!(summary(&g).contains("FAILED"));
+        // Four of each: still too few; five of each pass.
+        let four = balanced(4);
+        assert!(!compare(&run(&m), &four, &four, &findings, "x".into()).passed);
+        let five = balanced(5);
+        let g = compare(&run(&m), &five, &five, &findings, "x".into());
+        assert!(g.passed, "{:?}", g.reasons);
+    }
+
+    /// A set without cases of one of the model's findings gates only part of what the
+    /// precision changes: it does not pass.
+    #[test]
+    fn a_gate_that_misses_a_finding_of_the_model_does_not_pass() {
+        let mut m = manifest();
+        let mut other = m.labels[1].clone();
+        other.code = "EFFUSION".into();
+        other.name = "Effusion".into();
+        other.standard = None;
+        m.labels.push(other);
+        let findings: BTreeSet<usize> = [1].into_iter().collect();
+        let set = balanced(8);
+        let g = compare(&run(&m), &set, &set, &findings, "x".into());
+        assert!(!g.passed, "{g:?}");
+        assert!(
+            g.reasons.iter().any(|r| r.starts_with("EFFUSION:")),
+            "{:?}",
+            g.reasons
+        );
     }
 
     #[test]

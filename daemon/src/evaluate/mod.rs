@@ -6,8 +6,10 @@
 //! - [`dataset`]: label folders or a `file,finding,0|1` CSV → labelled cases.
 //! - [`score`]: every case through the daemon's decode path and the model, in parallel.
 //! - [`metrics`]: operating points, target-sensitivity threshold, ROC curve, calibration.
-//! - [`delong`]: ROC AUC with its DeLong 95% confidence interval.
-//! - [`report`]: the per-finding report, as JSON or a table.
+//! - [`delong`]: ROC AUC with its 95% confidence interval (DeLong's; none, or an exact
+//!   bound, where DeLong's would be falsely narrow).
+//! - [`report`]: the per-finding report over cases (a DICOM study is one case, at its
+//!   highest probability, as the daemon reports it), as JSON or a table.
 //! - [`plot`]: ROC and reliability plots (SVG and PNG).
 //! - [`gate`]: `--precision P --gate`, P against f32 on the same cases.
 //! - [`cli`]: the command.

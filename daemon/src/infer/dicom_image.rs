@@ -228,7 +228,9 @@ impl std::fmt::Debug for DicomImage {
     }
 }
 
-fn text(obj: &InMemDicomObject, tag: Tag) -> String {
+/// The text of element `tag` of `obj`, padding (spaces, NUL) trimmed; empty when it is
+/// absent or not text.
+pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.element_opt(tag)
         .ok()
         .flatten()

@@ -433,7 +433,9 @@ fn heatmap_finding(result: &StudyResult) -> Option<String> {
 }
 
 /// Why no image of `result` could be analysed, when none could and some failed (the
-/// study then ends in `error`); `None` when any image was analysed.
+/// study then ends in `error`); `None` when any image was analysed. A study some of whose
+/// images failed is delivered with the others' findings and a caveat saying how many could
+/// not be analysed ([`StudyResult::unanalysed`]), never as a plain negative.
 pub fn failure(result: &StudyResult) -> Option<String> {
     if result
         .images
@@ -709,6 +711,50 @@ mod tests {
             .unwrap()
             .iter()
             .any(|e| e.kind == Kind::StructuredReport));
+    }
+
+    /// A study with one image analysed (negative) and one that failed is done and
+    /// delivered, and every message says that an image could not be analysed.
+    #[tokio::test]
+    async fn a_partly_analysed_study_is_delivered_with_its_caveat() {
+        let (_dir, store, recorder, outbox) = setup();
+        add_study(&store, "1.3.5", "PAT-5");
+        let mut r = result("1.3.5", ImageStatus::Analysed);
+        let mut failed = r.images[0].clone();
+        failed.sop_instance_uid = "1.3.5.2".into();
+        failed.status = ImageStatus::Error;
+        failed.reason = Some("cannot decode pixel data: truncated".into());
+        r.images.push(failed);
+        assert_eq!(failure(&r), None);
+        record(&recorder, &r).await;
+        assert_eq!(
+            store.study("1.3.5").unwrap().unwrap().state,
+            StudyState::Done
+        );
+        let caveat = "1 of 2 images could not be analysed (decode error)";
+        let entries = outbox.list(None).unwrap();
+        let mut said = 0;
+        for e in &entries {
+            match &e.payload {
+                crate::store::outbox::Payload::Hl7 { message } => {
+                    assert!(
+                        message.contains(&format!("NTE|2|L|Caveat: {caveat}")),
+                        "{message}"
+                    );
+                    said += 1;
+                }
+                crate::store::outbox::Payload::Mqtt { body, .. } => {
+                    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                    assert!(
+                        v["caveat"].as_str().unwrap_or_default().starts_with(caveat),
+                        "{body}"
+                    );
+                    said += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(said, 2, "{entries:?}");
     }
 
     /// A study none of whose images could be analysed ends in `error` and owes nothing;
