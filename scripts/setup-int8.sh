@@ -5,7 +5,11 @@
 # package in .cache/samples/cxr-jpeg), keeping the operations listed in the model's
 # int8-float-ops.txt in floating point, into .cache/models/<name>/int8/ with its build
 # record int8.json. Never committed: the source weights carry no licence.
-# Idempotent: a build whose record matches the manifest's IR and its own files is kept.
+# The record names the source IR by the SHA-256 of its .xml and of its weights (the .xml
+# describes structure only: retrained weights keep its checksum); the daemon refuses a
+# build whose source is not the manifest's, and this script rebuilds it.
+# Idempotent: a build whose record matches the manifest's IR (.xml and weights) and its
+# own files is kept.
 # DULI_SKIP_INT8=1 skips it (the int8 precision then reports the build missing).
 set -euo pipefail
 
@@ -29,6 +33,7 @@ r = json.loads((out / "int8.json").read_text())
 def sha(p): return hashlib.sha256(p.read_bytes()).hexdigest()
 ops = Path(sys.argv[1]).parent / "int8-float-ops.txt"
 ok = (r.get("recipe") == sys.argv[3] and r["source_sha256"] == m["file"]["sha256"]
+      and r.get("source_weights_sha256") == m["file"].get("weights_sha256")
       and r.get("float_ops_sha256") == (sha(ops) if ops.is_file() else None)
       and (out / r["xml"]).is_file() and sha(out / r["xml"]) == r["xml_sha256"]
       and (out / r["bin"]).is_file() and sha(out / r["bin"]) == r["bin_sha256"])
@@ -62,12 +67,41 @@ if ! "$VENV/bin/python" -c "import nncf, openvino, PIL, sys; sys.exit(nncf.__ver
         "openvino==$OV_VERSION" "nncf==$NNCF_VERSION" numpy pillow
 fi
 
+# The source weights must be the manifest's before and after quantizing (the quantizer
+# checks the .xml); the build record then names them.
+source_weights() {
+    python3 - "$MANIFEST" <<'PY'
+import hashlib, sys, tomllib
+from pathlib import Path
+path = Path(sys.argv[1])
+f = tomllib.load(open(path, "rb"))["file"]
+if "weights" not in f:
+    sys.exit(0)
+w = path.parent / f["weights"]
+actual = hashlib.sha256(w.read_bytes()).hexdigest() if w.is_file() else "missing"
+if actual != f.get("weights_sha256"):
+    sys.exit(f"setup-int8: {w} has SHA-256 {actual}, the manifest says {f.get('weights_sha256')}")
+print(actual)
+PY
+}
+WEIGHTS_BEFORE="$(source_weights)"
+
 echo "setup-int8: quantizing $NAME on ${#SAMPLES[@]} calibration images"
 TMP="$OUT.partial"
 rm -rf "$TMP"
 "$VENV/bin/python" "$ROOT/scripts/quantize-int8.py" "$MANIFEST" "$TMP" "${SAMPLES[@]}"
-# Gate records stay: each binds the checksum of the network it gated, so one of an older
-# build is simply not honoured.
+[[ "$(source_weights)" == "$WEIGHTS_BEFORE" ]] || {
+    echo "setup-int8: the source weights changed while quantizing" >&2; exit 1; }
+python3 - "$TMP/int8.json" "$WEIGHTS_BEFORE" <<'PY'
+import json, sys
+from pathlib import Path
+path = Path(sys.argv[1])
+r = json.loads(path.read_text())
+r["source_weights_sha256"] = sys.argv[2] or None
+path.write_text(json.dumps(r, indent=2) + "\n")
+PY
+# Gate records stay: each binds the checksums of the network (.xml and weights) it
+# gated, so one of an older build is simply not honoured.
 if [[ -d "$OUT" ]]; then
     find "$OUT" -maxdepth 1 -name 'gate-*.json' -exec cp -p {} "$TMP/" \;
 fi

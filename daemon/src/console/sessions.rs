@@ -4,6 +4,10 @@
 //!   cookie; the store keeps only its SHA-256 (tree `sessions`), so a copy of the store
 //!   does not hand out live sessions. Sessions end after an idle time and, however active,
 //!   an absolute time after login.
+//! - Lifetimes hold against wall-clock steps: the daemon also measures each session it
+//!   has seen on the monotonic clock, and a session ends when either clock says so; a
+//!   session whose login or last request lies more than [`CLOCK_TOLERANCE`] in the future
+//!   (written while the clock was ahead, or the clock has stepped back since) is invalid.
 //! - Failed logins are slowed down per account and per client address: after a few free
 //!   attempts each further one must wait twice as long as the one before (up to 15 min),
 //!   answered with 429 and `Retry-After`. Throttled attempts are counted, not audited one
@@ -47,6 +51,9 @@ pub const FREE_FAILURES_ADDRESS: u32 = 20;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Failures are forgotten after this long without a new one.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// How far in the future a session's login or last request may lie (clock adjustments
+/// of a synchronised clock) before the session is invalid.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// One session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +83,34 @@ pub enum SessionError {
     Random,
 }
 
+/// A session's login and last request on the monotonic clock, for the sessions this
+/// process has seen.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    created: Instant,
+    last_seen: Instant,
+}
+
+impl Seen {
+    /// From the stored wall-clock times, for a session first seen at `now_ms` (times in
+    /// the future count as now).
+    fn from_wall(s: &Session, now_ms: i64) -> Seen {
+        let now = Instant::now();
+        let ago = |ms: i64| {
+            let d = Duration::from_millis(now_ms.saturating_sub(ms).max(0) as u64);
+            now.checked_sub(d).unwrap_or(now)
+        };
+        Seen {
+            created: ago(s.created_ms),
+            last_seen: ago(s.last_seen_ms),
+        }
+    }
+
+    fn expired(&self, idle: Duration, max: Duration) -> bool {
+        self.last_seen.elapsed() >= idle || self.created.elapsed() >= max
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
@@ -89,6 +124,8 @@ pub struct Sessions {
     idle: Duration,
     max: Duration,
     failures: Mutex<HashMap<String, Failures>>,
+    /// Monotonic times of the sessions seen by this process, by token key.
+    seen: Mutex<HashMap<String, Seen>>,
     ended: tokio::sync::watch::Sender<u64>,
     /// Throttled login attempts of the current window.
     pub throttled: super::throttle_log::ThrottleLog,
@@ -131,6 +168,7 @@ impl Sessions {
             idle,
             max,
             failures: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
             ended: tokio::sync::watch::channel(0).0,
             throttled: Default::default(),
         })
@@ -145,6 +183,47 @@ impl Sessions {
         self.ended.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether session `s` (key `key`) has ended at `now_ms`: idle or past its absolute
+    /// lifetime by the wall clock or by the monotonic clock (for a session this process
+    /// has seen; one seen for the first time starts from its wall-clock times), or with a
+    /// login or last request more than [`CLOCK_TOLERANCE`] in the future. `refresh`
+    /// restarts its monotonic idle timer when it has not ended (a request of the user).
+    fn ended_at(&self, key: &str, s: &Session, now_ms: i64, refresh: bool) -> bool {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ahead = now_ms.saturating_add(ms(CLOCK_TOLERANCE));
+        if s.created_ms > ahead || s.last_seen_ms > ahead {
+            return true;
+        }
+        if now_ms >= s.last_seen_ms.saturating_add(ms(self.idle))
+            || now_ms >= s.created_ms.saturating_add(ms(self.max))
+        {
+            return true;
+        }
+        let mut seen = self.seen();
+        let mono = seen
+            .entry(key.to_string())
+            .or_insert_with(|| Seen::from_wall(s, now_ms));
+        if mono.expired(self.idle, self.max) {
+            return true;
+        }
+        if refresh {
+            mono.last_seen = Instant::now();
+        }
+        false
+    }
+
+    /// Removes the session of `key` (store and monotonic times) and announces it.
+    fn end(&self, key: &str) -> Result<(), StoreError> {
+        self.records.remove(key)?;
+        self.seen().remove(key);
+        self.bump_ended();
+        Ok(())
+    }
+
     /// Whether the session of `token` is still live, without refreshing its idle timer
     /// (a live event stream is not user activity).
     pub fn is_live(&self, token: &str) -> Result<bool, StoreError> {
@@ -152,9 +231,7 @@ impl Sessions {
         let Some(s) = self.records.get(&key)? else {
             return Ok(false);
         };
-        let now = crate::clock::now_millis();
-        Ok(now < s.last_seen_ms + self.idle.as_millis() as i64
-            && now < s.created_ms + self.max.as_millis() as i64)
+        Ok(!self.ended_at(&key, &s, crate::clock::now_millis(), false))
     }
 
     /// The absolute lifetime (cookie `Max-Age`).
@@ -179,6 +256,28 @@ impl Sessions {
             last_seen_ms: now,
             source: source.to_string(),
         };
+        // Sessions this process saw end on the monotonic clock, never looked up since:
+        // removed, so that a wall clock stepped back cannot revive them.
+        let stale: Vec<String> = {
+            let mut seen = self.seen();
+            let stale = seen
+                .iter()
+                .filter(|(_, v)| v.expired(self.idle, self.max))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let key = token_key(&token);
+            seen.insert(
+                key,
+                Seen {
+                    created: Instant::now(),
+                    last_seen: Instant::now(),
+                },
+            );
+            stale
+        };
+        for key in &stale {
+            self.end(key)?;
+        }
         self.records.insert(token_key(&token), &session)?;
         Ok((token, session))
     }
@@ -194,19 +293,18 @@ impl Sessions {
             return Ok(None);
         };
         let now = crate::clock::now_millis();
-        let idle_end = s.last_seen_ms + self.idle.as_millis() as i64;
-        let abs_end = s.created_ms + self.max.as_millis() as i64;
-        if now >= idle_end || now >= abs_end {
-            self.records.remove(&key)?;
-            self.bump_ended();
+        if self.ended_at(&key, &s, now, true) {
+            self.end(&key)?;
             return Ok(None);
         }
-        // Write the new idle timer at most once a second, as an update of the record as
-        // it is now: a session ended since it was read (logout, the user removed, disabled
-        // or changed) stays ended instead of being written back with its old role.
-        if now - s.last_seen_ms >= 1000 {
+        // Write the new idle timer at most once a second (or at once when the clock has
+        // stepped back since the last request), as an update of the record as it is now: a
+        // session ended since it was read (logout, the user removed, disabled or changed)
+        // stays ended instead of being written back with its old role. The time written is
+        // now, never a later time read before a backwards step.
+        if now - s.last_seen_ms >= 1000 || now < s.last_seen_ms {
             let Some(fresh) = self.records.update(&key, |r| {
-                r.last_seen_ms = r.last_seen_ms.max(now);
+                r.last_seen_ms = now;
             })?
             else {
                 return Ok(None);
@@ -218,9 +316,7 @@ impl Sessions {
 
     /// Ends the session of a token.
     pub fn remove(&self, token: &str) -> Result<(), StoreError> {
-        self.records.remove(token_key(token))?;
-        self.bump_ended();
-        Ok(())
+        self.end(&token_key(token))
     }
 
     /// Ends every session of a user (removed, disabled or role changed).
@@ -230,7 +326,8 @@ impl Sessions {
             // A session record that does not decode belongs to no one: skipped.
             let Ok((k, s)) = kv else { continue };
             if s.user == user {
-                self.records.remove(k)?;
+                self.records.remove(&k)?;
+                self.seen().remove(String::from_utf8_lossy(&k).as_ref());
                 n += 1;
             }
         }
@@ -419,6 +516,85 @@ mod tests {
         let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
         std::thread::sleep(Duration::from_millis(250));
         assert!(s.lookup(&token).unwrap().is_none(), "absolute expiry");
+    }
+
+    /// A session written while the clock was a day ahead (or before the clock stepped
+    /// back by a day) is not valid: it would otherwise live until real time caught up.
+    /// A last request ahead by more than the tolerance is refused the same way; clock
+    /// adjustments within it are not.
+    #[test]
+    fn a_session_from_the_future_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(600)).unwrap();
+        let records = store.records::<Session>(TREE).unwrap();
+        let day = 86_400_000;
+        let ahead = |ms_created: i64, ms_seen: i64| {
+            let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
+            records
+                .update(token_key(&token), |r| {
+                    r.created_ms += ms_created;
+                    r.last_seen_ms += ms_seen;
+                })
+                .unwrap();
+            token
+        };
+        let token = ahead(day, day);
+        assert!(!s.is_live(&token).unwrap());
+        assert!(s.lookup(&token).unwrap().is_none());
+        assert!(records.get(token_key(&token)).unwrap().is_none());
+        // The same after a restart (no monotonic times of it in memory).
+        let token = ahead(day, day);
+        let restarted =
+            Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(600)).unwrap();
+        assert!(restarted.lookup(&token).unwrap().is_none());
+        let token = ahead(0, 2 * 60_000 + 1_000);
+        assert!(s.lookup(&token).unwrap().is_none());
+        let token = ahead(5_000, 5_000);
+        assert!(s.lookup(&token).unwrap().is_some(), "within the tolerance");
+    }
+
+    /// A wall clock stepped back by D does not give a session D more: it is measured on
+    /// the monotonic clock too. (A step back is simulated by moving the stored times
+    /// forward by as much.)
+    #[test]
+    fn a_backwards_clock_step_does_not_extend_a_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let records = store.records::<Session>(TREE).unwrap();
+        let step_back = |token: &str, ms: i64| {
+            records
+                .update(token_key(token), |r| {
+                    r.created_ms += ms;
+                    r.last_seen_ms += ms;
+                })
+                .unwrap();
+        };
+        // Idle lifetime 300 ms: 350 ms idle, then the clock steps back by 350 ms.
+        let s =
+            Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
+        let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
+        assert!(s.lookup(&token).unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(350));
+        step_back(&token, 350);
+        assert!(!s.is_live(&token).unwrap(), "idle expiry despite the step");
+        assert!(
+            s.lookup(&token).unwrap().is_none(),
+            "idle expiry despite the step"
+        );
+        // Absolute lifetime 300 ms, active all along, then the same step.
+        let s =
+            Sessions::open(&store, Duration::from_secs(60), Duration::from_millis(300)).unwrap();
+        let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(90));
+            let _ = s.lookup(&token).unwrap();
+        }
+        step_back(&token, 400);
+        assert!(
+            s.lookup(&token).unwrap().is_none(),
+            "absolute expiry despite the step"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The delivery worker: one task per destination that drains its queue in order through a
 //! [`Channel`], at least once, surviving peer outages of any length.
 //!
-//! Loop: take the head entry; if it is not due yet, sleep until it is (or until woken);
-//! send it; mark it delivered, rejected (dead at once when it can never be sent) or retried;
-//! flush. Woken by the outbox's [`tokio::sync::Notify`] when new entries commit; stopped by
-//! a `watch` signal.
+//! Loop: take the head entry; if it is not due yet, sleep until it is (or until woken),
+//! at most the backoff cap from when it was first seen waiting ([`HeadWait`]: a due time
+//! further away was computed before the wall clock stepped backwards); send it; mark it
+//! delivered, rejected (dead at once when it can never be sent) or retried; flush. Woken
+//! by the outbox's [`tokio::sync::Notify`] when new entries commit; stopped by a `watch`
+//! signal.
 
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How a worker treats failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,43 @@ impl Default for WorkerOptions {
             backoff: Backoff::default(),
             error_pause: Duration::from_secs(1),
         }
+    }
+}
+
+/// The wait for the head entry, on the monotonic clock: when the worker first sees an
+/// entry waiting (at a given attempt), its deadline is set from the wall clock's due time,
+/// at most the backoff cap away ([`Backoff::wait`]); waking up for another reason (a new
+/// entry) and looking again never pushes that deadline back, and a wall clock stepped
+/// backwards cannot either.
+#[derive(Debug, Default)]
+pub struct HeadWait {
+    /// The entry (id, attempts) and its deadline.
+    deadline: Option<((u64, u32), Instant)>,
+}
+
+impl HeadWait {
+    /// How long to wait, at wall-clock `now_ms` and monotonic `now`, before trying the
+    /// entry `entry` (its id and attempts so far) due at `due_at_ms`: zero when it is due
+    /// by either clock, else the shorter of its wall-clock wait and what is left of its
+    /// deadline.
+    pub fn wait(
+        &mut self,
+        entry: (u64, u32),
+        due_at_ms: i64,
+        now_ms: i64,
+        now: Instant,
+        backoff: &Backoff,
+    ) -> Duration {
+        let wall = backoff.wait(due_at_ms, now_ms);
+        let deadline = match self.deadline {
+            Some((seen, at)) if seen == entry => at,
+            _ => {
+                let at = now + wall;
+                self.deadline = Some((entry, at));
+                at
+            }
+        };
+        wall.min(deadline.saturating_duration_since(now))
     }
 }
 
@@ -84,6 +124,7 @@ pub async fn run_beating<C: Channel>(
 ) {
     let notify = outbox.notifier(&dest);
     log::info!("delivery worker for {dest} started");
+    let mut head_wait = HeadWait::default();
     loop {
         beat.tick();
         if *shutdown.borrow() {
@@ -107,14 +148,23 @@ pub async fn run_beating<C: Channel>(
                 continue;
             }
         };
-        // Nothing queued: wait for an entry. The head not yet due: wait for its time, or
-        // for a new entry (which may be due sooner).
-        let due_in = head.as_ref().map(|e| e.next_attempt_at - now_millis());
-        let Some(entry) = head.filter(|_| due_in.is_some_and(|ms| ms <= 0)) else {
+        // Nothing queued: wait for an entry. The head not yet due: wait for its time (at
+        // most the backoff cap), or for a new entry (which may be due sooner).
+        let (now_ms, now) = (now_millis(), Instant::now());
+        let wait = head.as_ref().map(|e| {
+            head_wait.wait(
+                (e.id, e.attempts),
+                e.next_attempt_at,
+                now_ms,
+                now,
+                &options.backoff,
+            )
+        });
+        let Some(entry) = head.filter(|_| wait.is_some_and(|w| w.is_zero())) else {
             let stop = beat
                 .during(async {
                     tokio::select! {
-                        _ = sleep_for(due_in) => false,
+                        _ = sleep_for(wait) => false,
                         _ = notify.notified() => false,
                         _ = channel.idle() => false,
                         r = shutdown.changed() => r.is_err(),
@@ -194,10 +244,48 @@ pub async fn run_beating<C: Channel>(
     log::info!("delivery worker for {dest} stopped");
 }
 
-/// Sleeps `ms` milliseconds when given (a due time in the future), forever when not.
-async fn sleep_for(ms: Option<i64>) {
-    match ms {
-        Some(ms) => tokio::time::sleep(Duration::from_millis(ms.max(0) as u64)).await,
+/// Sleeps `wait` when given (the head entry's wait), forever when not (nothing queued).
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After the wall clock stepped back by a day, the head entry's due time lies a day
+    /// ahead: it is tried within the backoff cap (120 s), and new entries waking the
+    /// worker meanwhile do not start that wait again.
+    #[test]
+    fn a_head_due_a_day_ahead_is_tried_within_the_cap() {
+        let backoff = Backoff::default();
+        assert_eq!(backoff.cap, Duration::from_secs(120));
+        let (t0, now_ms, day) = (Instant::now(), 1_800_000_000_000_i64, 86_400_000_i64);
+        let at = |s: u64| (t0 + Duration::from_secs(s), now_ms + s as i64 * 1000);
+        let mut w = HeadWait::default();
+        let due = now_ms + day;
+        let (t, ms) = at(0);
+        assert_eq!(
+            w.wait((7, 1), due, ms, t, &backoff),
+            Duration::from_secs(120)
+        );
+        // Woken by a new entry 100 s later: 20 s left, not 120 again.
+        let (t, ms) = at(100);
+        assert_eq!(
+            w.wait((7, 1), due, ms, t, &backoff),
+            Duration::from_secs(20)
+        );
+        let (t, ms) = at(120);
+        assert_eq!(w.wait((7, 1), due, ms, t, &backoff), Duration::ZERO);
+        // Its next attempt waits its own backoff; an entry due now waits nothing.
+        let (t, ms) = at(121);
+        assert_eq!(
+            w.wait((7, 2), ms + 3_000, ms, t, &backoff),
+            Duration::from_secs(3)
+        );
+        assert_eq!(w.wait((8, 0), ms, ms, t, &backoff), Duration::ZERO);
     }
 }

@@ -2,15 +2,24 @@
 //! --precision P --gate` showed, on a labelled set and on a CPU with the same feature,
 //! that it loses no AUC against f32 and flips no decision at the threshold. The record
 //! lives beside the network it gated (`gate-<precision>-<feature>.json` next to the
-//! manifest for bf16, inside the INT8 build's folder for int8) and binds that network's
-//! checksum. [`resolve`] turns `inference.precision` into the precision actually used.
+//! manifest for bf16, inside the INT8 build's folder for int8) and binds what it measured:
+//! the network's `.xml` and its weights (an OpenVINO `.xml` describes structure only, so
+//! retrained weights keep its checksum), every finding of the manifest with its
+//! threshold, and at least [`MIN_CASES`] positives and negatives per finding. A record
+//! that does not match the network as loaded is not honoured. [`resolve`] turns
+//! `inference.precision` into the precision actually used.
 
 use super::int8;
 use super::manifest::Manifest;
 use super::precision::{CpuFlags, Precision, PrecisionSetting};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// Fewest positives and fewest negatives per finding for a gate to pass: below that a
+/// set shows nothing about where the threshold falls.
+pub const MIN_CASES: usize = 5;
 
 /// Figures of one finding in a gate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +34,12 @@ pub struct FindingGate {
     pub flipped: usize,
     /// Largest |p − p_f32| of this finding.
     pub max_shift: f64,
+    /// Positive cases scored at both precisions.
+    #[serde(default)]
+    pub positives: usize,
+    /// Negative cases scored at both precisions.
+    #[serde(default)]
+    pub negatives: usize,
 }
 
 /// What a gate run measured and decided.
@@ -38,10 +53,17 @@ pub struct GateRecord {
     pub date: String,
     /// Model name and version.
     pub model: String,
-    /// SHA-256 of the network run at `precision` (the INT8 IR for int8).
+    /// SHA-256 of the network run at `precision` (the INT8 IR's `.xml` for int8).
     pub network_sha256: String,
+    /// SHA-256 of that network's weights (the INT8 IR's `.bin` for int8; empty when the
+    /// network has no separate weights file). Records without it are not honoured.
+    #[serde(default)]
+    pub weights_sha256: String,
     /// SHA-256 of the f32 reference network (the manifest's).
     pub reference_sha256: String,
+    /// SHA-256 of the f32 reference network's weights (the manifest's `weights_sha256`).
+    #[serde(default)]
+    pub reference_weights_sha256: String,
     /// The labelled set: folder, images scored, digest of its files.
     pub dataset: DatasetId,
     /// Per finding code.
@@ -54,7 +76,8 @@ pub struct GateRecord {
     pub flipped: usize,
     /// Wall-clock milliseconds per image of the scoring run at f32 and at `precision`.
     pub ms_per_image: MsPerImage,
-    /// AUC not below f32's for every finding and no decision flipped.
+    /// Every finding of the manifest measured on at least [`MIN_CASES`] positives and
+    /// negatives, AUC not below f32's for every finding and no decision flipped.
     pub passed: bool,
     /// Why it failed (empty when passed).
     #[serde(default)]
@@ -155,6 +178,58 @@ pub struct Network {
     pub gate_dir: PathBuf,
 }
 
+impl Network {
+    /// The files this network is: its `.xml` and its weights, as the manifest it loads
+    /// from names them (and the engine verifies at load).
+    pub fn id(&self) -> NetworkId {
+        NetworkId {
+            network_sha256: self.sha256.to_ascii_lowercase(),
+            weights_sha256: weights_sha256(&self.manifest),
+        }
+    }
+}
+
+/// The SHA-256 of a manifest's weights file, lowercase; empty when it has none.
+pub fn weights_sha256(manifest: &Manifest) -> String {
+    manifest
+        .file
+        .weights_sha256
+        .as_deref()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// What a gate record binds of a network: the SHA-256 of its `.xml` (structure) and of
+/// its weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkId {
+    /// SHA-256 of the network file.
+    pub network_sha256: String,
+    /// SHA-256 of its weights file (empty when it has none).
+    pub weights_sha256: String,
+}
+
+impl NetworkId {
+    /// The network a record was run on.
+    pub fn of_record(record: &GateRecord) -> NetworkId {
+        NetworkId {
+            network_sha256: record.network_sha256.to_ascii_lowercase(),
+            weights_sha256: record.weights_sha256.to_ascii_lowercase(),
+        }
+    }
+}
+
+impl fmt::Display for NetworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let weights = if self.weights_sha256.is_empty() {
+            "none"
+        } else {
+            &self.weights_sha256
+        };
+        write!(f, "network {}, weights {weights}", self.network_sha256)
+    }
+}
+
 /// The network `manifest` runs at `precision` (the INT8 build for int8).
 pub fn network(manifest: &Manifest, precision: Precision) -> Result<Network, int8::Int8Error> {
     match precision {
@@ -195,17 +270,37 @@ pub enum NoPassedGate {
     /// The record cannot be read.
     #[error(transparent)]
     Unreadable(GateError),
-    /// The record is of another network.
-    #[error("{}: the gate was run on another network (SHA-256 {recorded}), this one is {actual}: {}", .path.display(), how(*.precision))]
+    /// The record is of another network: another `.xml` or other weights.
+    #[error("{}: the gate is for another network: it was run on {recorded}, this one is {actual}: {}", .path.display(), how(*.precision))]
     OtherNetwork {
         /// The record.
         path: PathBuf,
         /// The precision.
         precision: Precision,
-        /// The SHA-256 the gate was run on.
-        recorded: String,
-        /// The SHA-256 of this network.
-        actual: String,
+        /// What the gate was run on.
+        recorded: NetworkId,
+        /// This network.
+        actual: NetworkId,
+    },
+    /// The record measured other findings or thresholds than the manifest's.
+    #[error("{}: the gate was run with other settings than the manifest's ({}): {}", .path.display(), .differences.join("; "), how(*.precision))]
+    OtherSettings {
+        /// The record.
+        path: PathBuf,
+        /// The precision.
+        precision: Precision,
+        /// What differs, per finding.
+        differences: Vec<String>,
+    },
+    /// The record's set had too few cases of a finding to show anything.
+    #[error("{}: the gate's set is too small ({}): {}", .path.display(), .shortfalls.join("; "), how(*.precision))]
+    TooFewCases {
+        /// The record.
+        path: PathBuf,
+        /// The precision.
+        precision: Precision,
+        /// Which findings had too few positives or negatives.
+        shortfalls: Vec<String>,
     },
     /// The record is of another precision or CPU feature.
     #[error("{}: not a record of {precision} on {feature}", .path.display())]
@@ -233,10 +328,60 @@ pub enum NoPassedGate {
 
 /// How to make a gate record of `precision`.
 fn how(precision: Precision) -> String {
-    format!("run `duli evaluate --precision {precision} --gate` on a labelled set")
+    format!("run `duli evaluate --precision {precision} --gate` on a labelled set with at least {MIN_CASES} positives and {MIN_CASES} negatives of every finding")
 }
 
-/// A passed gate for `net` on this CPU, or why there is none.
+/// How `record` differs from what `manifest` decides with: every finding (non-background
+/// label) of the manifest must be in the record, at the manifest's threshold, and the
+/// record must hold no other. Empty when they agree.
+pub fn settings_differences(record: &GateRecord, manifest: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, label) in manifest.labels.iter().enumerate() {
+        if label.background {
+            continue;
+        }
+        let threshold = f64::from(manifest.threshold(i));
+        match record.findings.get(&label.code) {
+            None => out.push(format!("{}: not gated", label.code)),
+            Some(f) if f.threshold != threshold => out.push(format!(
+                "{}: gated at threshold {}, the manifest's is {threshold}",
+                label.code, f.threshold
+            )),
+            Some(_) => {}
+        }
+    }
+    for code in record.findings.keys() {
+        if !manifest
+            .labels
+            .iter()
+            .any(|l| !l.background && &l.code == code)
+        {
+            out.push(format!("{code}: not a finding of the manifest"));
+        }
+    }
+    out
+}
+
+/// The findings of `record` measured on fewer than [`MIN_CASES`] positives or
+/// negatives. Empty when every one had enough.
+pub fn shortfalls(record: &GateRecord) -> Vec<String> {
+    record
+        .findings
+        .iter()
+        .filter(|(_, f)| f.positives < MIN_CASES || f.negatives < MIN_CASES)
+        .map(|(code, f)| {
+            format!(
+                "{code}: {} positive(s) and {} negative(s), at least {MIN_CASES} of each are needed",
+                f.positives, f.negatives
+            )
+        })
+        .collect()
+}
+
+/// A passed gate for `net` on this CPU, or why there is none: the record must be of this
+/// precision and CPU feature, of this network's `.xml` and weights, of every finding of
+/// its manifest at the manifest's thresholds, measured on at least [`MIN_CASES`]
+/// positives and negatives per finding, and passed.
 pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, NoPassedGate> {
     let feature = net.precision.cpu_feature(flags);
     let path = record_path(&net.gate_dir, net.precision, feature);
@@ -251,12 +396,13 @@ pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, NoPass
         }
         e => NoPassedGate::Unreadable(e),
     })?;
-    if !record.network_sha256.eq_ignore_ascii_case(&net.sha256) {
+    let (recorded, actual) = (NetworkId::of_record(&record), net.id());
+    if recorded != actual {
         return Err(NoPassedGate::OtherNetwork {
             path,
             precision,
-            recorded: record.network_sha256,
-            actual: net.sha256.clone(),
+            recorded,
+            actual,
         });
     }
     if record.cpu_feature != feature || record.precision != net.precision {
@@ -264,6 +410,22 @@ pub fn passed_gate(net: &Network, flags: &CpuFlags) -> Result<GateRecord, NoPass
             path,
             precision,
             feature,
+        });
+    }
+    let differences = settings_differences(&record, &net.manifest);
+    if !differences.is_empty() {
+        return Err(NoPassedGate::OtherSettings {
+            path,
+            precision,
+            differences,
+        });
+    }
+    let shortfalls = shortfalls(&record);
+    if !shortfalls.is_empty() {
+        return Err(NoPassedGate::TooFewCases {
+            path,
+            precision,
+            shortfalls,
         });
     }
     if !record.passed {
@@ -373,13 +535,28 @@ mod tests {
             date: "2026-12-03T00:00:00Z".into(),
             model: "gate-test 1".into(),
             network_sha256: m.file.sha256.clone(),
+            weights_sha256: weights_sha256(m),
             reference_sha256: m.file.sha256.clone(),
+            reference_weights_sha256: weights_sha256(m),
             dataset: DatasetId {
                 dir: "/set".into(),
                 images: 16,
                 sha256: "x".into(),
             },
-            findings: BTreeMap::new(),
+            findings: [(
+                "A".to_string(),
+                FindingGate {
+                    auc_f32: Some(0.9),
+                    auc: Some(0.9),
+                    threshold: 0.5,
+                    flipped: 0,
+                    max_shift: 0.01,
+                    positives: 8,
+                    negatives: 8,
+                },
+            )]
+            .into_iter()
+            .collect(),
             max_shift: 0.01,
             p99_shift: 0.01,
             flipped: 0,
@@ -427,6 +604,9 @@ mod tests {
                 _ => (m.dir.clone(), m.file.sha256.clone()),
             };
             r.network_sha256 = sha;
+            if p == Precision::Int8 {
+                r.weights_sha256 = weights_sha256(&int8_net.manifest);
+            }
             r.save(&record_path(&dir, p, feature)).unwrap();
         };
         let auto = || resolve(&m, PrecisionSetting::Auto, &flags);
@@ -455,6 +635,121 @@ mod tests {
             "{}",
             on_vnni.reason
         );
+    }
+
+    /// The test manifest with a weights file of SHA-256 `weights` beside its `.xml`.
+    fn manifest_with_weights(dir: &Path, weights: &str) -> Manifest {
+        let mut m = manifest(dir);
+        m.file.weights = Some("net.bin".into());
+        m.file.weights_sha256 = Some(weights.into());
+        m
+    }
+
+    /// A passed bf16 gate of `m` on AVX512-BF16, as the JSON `duli evaluate --gate` writes.
+    fn passed_json(m: &Manifest) -> serde_json::Value {
+        serde_json::json!({
+            "precision": "bf16",
+            "cpu_feature": "avx512-bf16",
+            "date": "2026-12-03T00:00:00Z",
+            "model": "gate-test 1",
+            "network_sha256": m.file.sha256,
+            "weights_sha256": m.file.weights_sha256,
+            "reference_sha256": m.file.sha256,
+            "reference_weights_sha256": m.file.weights_sha256,
+            "dataset": { "dir": "/set", "images": 16, "sha256": "x" },
+            "findings": { "A": {
+                "auc_f32": 0.9, "auc": 0.9, "threshold": 0.5, "flipped": 0,
+                "max_shift": 0.01, "positives": 8, "negatives": 8
+            } },
+            "max_shift": 0.01,
+            "p99_shift": 0.01,
+            "flipped": 0,
+            "ms_per_image": { "f32": 20.0, "gated": 8.0 },
+            "passed": true,
+            "reasons": []
+        })
+    }
+
+    fn bf16_net(m: &Manifest) -> Network {
+        network(m, Precision::Bf16).unwrap()
+    }
+
+    /// Weights retrained or replaced under the same `.xml` (which describes structure
+    /// only) are another network: a gate passed on the old weights enables nothing.
+    #[test]
+    fn a_gate_of_other_weights_is_for_another_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        let flags = CpuFlags::parse("flags : avx512f avx512_bf16\n");
+        let gated = manifest_with_weights(tmp.path(), &"b".repeat(64));
+        let path = record_path(tmp.path(), Precision::Bf16, "avx512-bf16");
+        std::fs::write(&path, passed_json(&gated).to_string()).unwrap();
+        assert!(passed_gate(&bf16_net(&gated), &flags).is_ok());
+
+        let retrained = manifest_with_weights(tmp.path(), &"c".repeat(64));
+        assert_eq!(retrained.file.sha256, gated.file.sha256);
+        let err = passed_gate(&bf16_net(&retrained), &flags).unwrap_err();
+        assert!(matches!(err, NoPassedGate::OtherNetwork { .. }), "{err}");
+        assert!(err.to_string().contains(&"c".repeat(64)), "{err}");
+        let r = resolve(&retrained, PrecisionSetting::Fixed(Precision::Bf16), &flags);
+        assert_eq!(r.network.precision, Precision::F32);
+        assert!(r.reason.contains("another network"), "{}", r.reason);
+        let auto = resolve(&retrained, PrecisionSetting::Auto, &flags);
+        assert_eq!(auto.network.precision, Precision::F32, "{}", auto.reason);
+
+        // A record that binds no weights (the earlier format) is no gate of these either.
+        let mut unbound = passed_json(&gated);
+        if let Some(o) = unbound.as_object_mut() {
+            o.remove("weights_sha256");
+        }
+        std::fs::write(&path, unbound.to_string()).unwrap();
+        let err = passed_gate(&bf16_net(&gated), &flags).unwrap_err();
+        assert!(matches!(err, NoPassedGate::OtherNetwork { .. }), "{err}");
+    }
+
+    /// A gate holds for the findings and thresholds it measured, on a set large enough to
+    /// show something: another threshold, an unmeasured finding or a handful of images
+    /// leaves f32 in place.
+    #[test]
+    fn a_gate_holds_only_for_every_finding_at_its_threshold_on_enough_cases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let flags = CpuFlags::parse("flags : avx512f avx512_bf16\n");
+        let bf16 = PrecisionSetting::Fixed(Precision::Bf16);
+        let m = manifest_with_weights(tmp.path(), &"b".repeat(64));
+        let path = record_path(tmp.path(), Precision::Bf16, "avx512-bf16");
+        std::fs::write(&path, passed_json(&m).to_string()).unwrap();
+        assert!(passed_gate(&bf16_net(&m), &flags).is_ok());
+        assert_eq!(resolve(&m, bf16, &flags).network.precision, Precision::Bf16);
+
+        // Gated at 0.5, the manifest now decides at 0.99943.
+        let mut strict = m.clone();
+        strict.labels[0].threshold = Some(0.99943);
+        let err = passed_gate(&bf16_net(&strict), &flags).unwrap_err();
+        assert!(err.to_string().contains("threshold"), "{err}");
+        let r = resolve(&strict, bf16, &flags);
+        assert_eq!(r.network.precision, Precision::F32, "{}", r.reason);
+
+        // A second finding the gate never measured.
+        let mut two = m.clone();
+        let mut b = two.labels[0].clone();
+        b.code = "B".into();
+        b.name = "B".into();
+        two.labels.push(b);
+        let err = passed_gate(&bf16_net(&two), &flags).unwrap_err();
+        assert!(err.to_string().contains("B: not gated"), "{err}");
+        assert_eq!(
+            resolve(&two, bf16, &flags).network.precision,
+            Precision::F32
+        );
+
+        // Two images, one of each: passed, but too few to count.
+        let mut small = passed_json(&m);
+        small["dataset"]["images"] = 2.into();
+        small["findings"]["A"]["positives"] = 1.into();
+        small["findings"]["A"]["negatives"] = 1.into();
+        std::fs::write(&path, small.to_string()).unwrap();
+        let err = passed_gate(&bf16_net(&m), &flags).unwrap_err();
+        assert!(err.to_string().contains("at least 5"), "{err}");
+        assert_eq!(resolve(&m, bf16, &flags).network.precision, Precision::F32);
     }
 
     #[test]

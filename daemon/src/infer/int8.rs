@@ -1,8 +1,10 @@
 //! The INT8 network of a model: a post-training quantized copy of the manifest's IR that
 //! `make models` builds (`scripts/setup-int8.sh`, NNCF pinned from PyPI) into
 //! `.cache/models/<name>/int8/`. It is never committed: the source weights carry no
-//! licence. Its build record `int8.json` names the IR it was quantized from and the
-//! checksums of its own files; the IR is loaded only when both match.
+//! licence. Its build record `int8.json` names the IR it was quantized from (the SHA-256
+//! of its `.xml` and of its weights: the `.xml` describes structure only, so retrained
+//! weights keep its checksum) and the checksums of its own files; the IR is loaded only
+//! when all match.
 
 use super::manifest::{sha256_file, Manifest, ModelFile};
 use serde::{Deserialize, Serialize};
@@ -30,15 +32,15 @@ pub enum Int8Error {
         /// Why.
         reason: String,
     },
-    /// The INT8 network was quantized from another IR.
-    #[error("INT8 build in {dir} was quantized from an IR with SHA-256 {built_from}, but the manifest's is {expected}; run scripts/setup-int8.sh again")]
+    /// The INT8 network was quantized from another IR (another `.xml` or other weights).
+    #[error("INT8 build in {dir} is for another network: it was quantized from {built_from}, but the manifest's is {expected}; run `make models` (scripts/setup-int8.sh) again")]
     Stale {
         /// The INT8 folder.
         dir: PathBuf,
-        /// Source checksum in the record.
-        built_from: String,
-        /// Source checksum in the manifest.
-        expected: String,
+        /// Source checksums in the record.
+        built_from: SourceId,
+        /// Source checksums in the manifest.
+        expected: SourceId,
     },
     /// A file does not match its checksum in the record.
     #[error("INT8 file {path} has SHA-256 {actual}, but its build record says {expected}: refusing to load it")]
@@ -60,6 +62,10 @@ pub struct BuildRecord {
     pub recipe: String,
     /// SHA-256 of the f32/FP16 IR it was quantized from (the manifest's `file.sha256`).
     pub source_sha256: String,
+    /// SHA-256 of that IR's weights (the manifest's `file.weights_sha256`); a build
+    /// without it is not used for a network with weights.
+    #[serde(default)]
+    pub source_weights_sha256: Option<String>,
     /// The INT8 IR's `.xml`, relative to its folder.
     pub xml: PathBuf,
     /// SHA-256 of `xml`.
@@ -74,6 +80,52 @@ pub struct BuildRecord {
     /// Calibration images (folder and count).
     #[serde(default)]
     pub calibration: serde_json::Value,
+}
+
+/// The network an INT8 build was quantized from: the SHA-256 of its `.xml` and of its
+/// weights (lowercase; `None` for a network without a weights file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceId {
+    /// SHA-256 of the `.xml`.
+    pub sha256: String,
+    /// SHA-256 of the weights.
+    pub weights_sha256: Option<String>,
+}
+
+impl SourceId {
+    /// The network `manifest` names.
+    pub fn of_manifest(manifest: &Manifest) -> SourceId {
+        SourceId {
+            sha256: manifest.file.sha256.to_ascii_lowercase(),
+            weights_sha256: manifest
+                .file
+                .weights_sha256
+                .as_ref()
+                .map(|w| w.to_ascii_lowercase()),
+        }
+    }
+
+    /// The network `record` says it was quantized from.
+    pub fn of_record(record: &BuildRecord) -> SourceId {
+        SourceId {
+            sha256: record.source_sha256.to_ascii_lowercase(),
+            weights_sha256: record
+                .source_weights_sha256
+                .as_ref()
+                .map(|w| w.to_ascii_lowercase()),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "network {}, weights {}",
+            self.sha256,
+            self.weights_sha256.as_deref().unwrap_or("none")
+        )
+    }
 }
 
 /// A verified INT8 network.
@@ -127,14 +179,15 @@ pub fn load_from(manifest: &Manifest, dir: &Path) -> Result<Int8Model, Int8Error
     };
     let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
     let record: BuildRecord = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if !record
-        .source_sha256
-        .eq_ignore_ascii_case(&manifest.file.sha256)
-    {
+    let (built_from, expected) = (
+        SourceId::of_record(&record),
+        SourceId::of_manifest(manifest),
+    );
+    if built_from != expected {
         return Err(Int8Error::Stale {
             dir: dir.to_path_buf(),
-            built_from: record.source_sha256,
-            expected: manifest.file.sha256.clone(),
+            built_from,
+            expected,
         });
     }
     for (name, expected) in [
@@ -211,5 +264,62 @@ mod tests {
         let err = load(&other).unwrap_err();
         assert!(matches!(err, Int8Error::Missing { .. }));
         assert!(err.to_string().contains("make models"));
+    }
+
+    /// A build quantized from other weights under the same `.xml` (retrained, or
+    /// replaced) is for another network: refused at load, and int8 falls back to f32.
+    #[test]
+    fn a_build_of_other_weights_is_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = "a".repeat(64);
+        let with_weights = |w: &str| {
+            let mut m = manifest(tmp.path(), &src);
+            m.file.weights = Some("net.bin".into());
+            m.file.weights_sha256 = Some(w.into());
+            m
+        };
+        let old = with_weights(&"b".repeat(64));
+        let dir = tmp.path().join("int8");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("q.xml"), b"<net/>").unwrap();
+        std::fs::write(dir.join("q.bin"), b"old weights, quantized").unwrap();
+        let mut record = serde_json::json!({
+            "source_sha256": src,
+            "source_weights_sha256": "b".repeat(64),
+            "xml": "q.xml",
+            "xml_sha256": sha256_file(&dir.join("q.xml")).unwrap(),
+            "bin": "q.bin",
+            "bin_sha256": sha256_file(&dir.join("q.bin")).unwrap(),
+        });
+        std::fs::write(dir.join(RECORD), record.to_string()).unwrap();
+        assert!(load(&old).is_ok());
+
+        let new = with_weights(&"c".repeat(64));
+        let err = load(&new).unwrap_err();
+        assert!(matches!(err, Int8Error::Stale { .. }), "{err}");
+        assert!(err.to_string().contains("another network"), "{err}");
+        assert!(err.to_string().contains("make models"), "{err}");
+        let flags = crate::infer::precision::CpuFlags::parse("flags : avx512f avx512_vnni\n");
+        let r = crate::infer::gate::resolve(
+            &new,
+            crate::infer::precision::PrecisionSetting::Fixed(
+                crate::infer::precision::Precision::Int8,
+            ),
+            &flags,
+        );
+        assert_eq!(
+            r.network.precision,
+            crate::infer::precision::Precision::F32,
+            "{}",
+            r.reason
+        );
+        assert!(r.reason.contains("another network"), "{}", r.reason);
+
+        // A record that names no source weights is no build of a network with weights.
+        if let Some(o) = record.as_object_mut() {
+            o.remove("source_weights_sha256");
+        }
+        std::fs::write(dir.join(RECORD), record.to_string()).unwrap();
+        assert!(matches!(load(&old), Err(Int8Error::Stale { .. })));
     }
 }

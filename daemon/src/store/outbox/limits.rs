@@ -60,6 +60,17 @@ impl Backoff {
         let ms = full.as_millis().min(u64::MAX as u128) as u64;
         Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
     }
+
+    /// How long to wait at `now_ms` before trying an entry due at `due_at_ms` (both
+    /// milliseconds since the epoch): zero when due, else until its due time but never
+    /// longer than the cap. No attempt is ever put off by more than the cap, so a due time
+    /// further away was computed on a wall clock that has since stepped backwards; the
+    /// entry is then tried once the cap has passed (the wait is measured on a monotonic
+    /// timer), not when the wall clock catches up.
+    pub fn wait(&self, due_at_ms: i64, now_ms: i64) -> Duration {
+        let ms = due_at_ms.saturating_sub(now_ms).max(0) as u64;
+        Duration::from_millis(ms).min(self.cap)
+    }
 }
 
 /// Fill level against the bounds.
@@ -101,4 +112,27 @@ pub(super) struct Counters {
     pub(super) delivered: u64,
     pub(super) failed: u64,
     pub(super) rejected: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After the wall clock stepped back by a day, the head entry's due time lies a day
+    /// ahead: it is tried within the backoff cap, not a day later.
+    #[test]
+    fn a_due_time_beyond_the_cap_waits_only_the_cap() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(120),
+        };
+        let now = 1_800_000_000_000_i64;
+        let day = 86_400_000_i64;
+        assert_eq!(b.wait(now + day, now), Duration::from_secs(120));
+        assert_eq!(b.wait(i64::MAX, now), Duration::from_secs(120));
+        assert_eq!(b.wait(now + 3_000, now), Duration::from_secs(3));
+        assert_eq!(b.wait(now, now), Duration::ZERO);
+        assert_eq!(b.wait(now - day, now), Duration::ZERO);
+        assert_eq!(b.wait(i64::MIN, now), Duration::ZERO);
+    }
 }
