@@ -129,6 +129,9 @@ lint: cargo-deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+	@# cargo-deny reads the metadata of every platform's dependencies (windows-sys, …),
+	@# which a build on Linux never downloads: fetch them first.
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check bans licenses sources
 
 audit: cargo-deny
