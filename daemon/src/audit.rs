@@ -6,11 +6,22 @@
 //! ([`Audit::verify`], `duli audit verify`). A chain kept on one box could be rewritten
 //! whole, so the head hash is anchored off the box: [`Audit::head`] is published
 //! periodically (health message, log).
+//!
+//! The records live in the index, which the store rebuilds from the files when it is lost
+//! or unreadable; so the head is also kept beside the index, in `<data>/audit.head`
+//! ([`ANCHOR_FILE`], written atomically with each record, with the last few records). A
+//! trail opened short of its anchor takes back the anchored records it lost in an unclean
+//! stop; one that lost more starts its new part with a failed record stating the loss
+//! ([`TRAIL_LOST`]: the last known sequence number and hash, which it links to), and
+//! [`Audit::verify`] reports the records missing before it, never an intact trail.
 
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Tree holding the records, keyed by big-endian sequence number.
@@ -20,6 +31,18 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// How the detail of a retention deletion starts ([`Event::retention_prune`]).
 pub const RETENTION_PRUNE: &str = "retention prune";
+
+/// The anchor of the trail outside the index, in the data directory: the last record's
+/// sequence number and hash, and the last [`ANCHOR_TAIL`] records (JSON).
+pub const ANCHOR_FILE: &str = "audit.head";
+/// How many of the last records the anchor keeps: a trail that lost no more than these in
+/// an unclean stop (appended, not yet flushed) takes them back whole.
+pub const ANCHOR_TAIL: usize = 32;
+/// How the detail of the record that states a break of the trail starts: records its
+/// anchor names are gone (with a lost or rebuilt index).
+pub const TRAIL_LOST: &str = "audit trail lost with the index";
+/// The object of the records the trail writes about itself.
+pub const TRAIL_OBJECT: &str = "audit trail";
 
 /// What happened (the event classes of the DICOM audit message vocabulary, plus ours).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -119,6 +142,30 @@ impl Event {
         ))
     }
 
+    /// The pixel data of `instances` instances of study `study_uid` (`bytes` bytes) that
+    /// a retention pass had marked pruned was removed later, `when` (e.g. "after a
+    /// restart"): the pass was interrupted between the mark and its record or the removal.
+    /// Recorded as [`Action::Delete`] by `system`, the detail starting with
+    /// [`RETENTION_PRUNE`].
+    pub fn retention_prune_completed(
+        study_uid: &str,
+        instances: u64,
+        bytes: u64,
+        when: &str,
+    ) -> Event {
+        Event::new("system", Action::Delete, study_uid).detail(format!(
+            "{RETENTION_PRUNE} completed {when}: {instances} instances, {bytes} bytes"
+        ))
+    }
+
+    /// The failed record that states a break of the trail (`detail` starts with
+    /// [`TRAIL_LOST`]).
+    fn trail_lost(detail: String) -> Event {
+        Event::new("system", Action::Other, TRAIL_OBJECT)
+            .detail(detail)
+            .failed()
+    }
+
     /// Sets the source address.
     pub fn from(mut self, source: &str) -> Event {
         self.source = source.to_string();
@@ -191,12 +238,187 @@ pub struct Head {
     pub hash: String,
 }
 
+/// Told of every record as it is appended ([`Audit::set_sink`]), e.g. the forwarder to
+/// an audit record repository. Called while the append holds its lock: it must return at
+/// once (a signal, never I/O), so an append never waits for it.
+pub trait AppendSink: Send + Sync + std::fmt::Debug {
+    /// `rec` was just appended.
+    fn appended(&self, rec: &Record);
+
+    /// The sink as its own type, for a reader of its state (e.g. the console).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// Appends to and verifies the trail.
 #[derive(Debug)]
 pub struct Audit {
     records: Records<Record>,
     /// Serialises appends so each record links to the one before it.
     last: Mutex<Option<(u64, String)>>,
+    /// Told of each appended record, when one is set.
+    sink: std::sync::OnceLock<std::sync::Arc<dyn AppendSink>>,
+    /// The head kept outside the index.
+    anchor: Anchor,
+}
+
+/// What [`ANCHOR_FILE`] holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AnchorFile {
+    /// Sequence number of the last record.
+    seq: u64,
+    /// Its hash.
+    hash: String,
+    /// The last records, oldest first, the last one `seq`.
+    tail: Vec<Record>,
+}
+
+/// Why the anchor could not be read.
+#[derive(Debug, thiserror::Error)]
+enum AnchorError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("{path} does not parse: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+/// The head of the trail kept outside the index ([`ANCHOR_FILE`]), rewritten with each
+/// appended record (appends are serialised, so writes are too).
+#[derive(Debug)]
+struct Anchor {
+    path: PathBuf,
+    /// The last records, oldest first.
+    tail: Mutex<VecDeque<Record>>,
+    /// Set while writing fails (logged once per failing spell, not once per record).
+    failing: AtomicBool,
+}
+
+impl Anchor {
+    fn in_dir(data_dir: &Path) -> Anchor {
+        Anchor {
+            path: data_dir.join(ANCHOR_FILE),
+            tail: Mutex::new(VecDeque::with_capacity(ANCHOR_TAIL)),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, VecDeque<Record>> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The anchor on disk; `None` when there is none (a new store, or one older than it).
+    fn read(&self) -> Result<Option<AnchorFile>, AnchorError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(AnchorError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| AnchorError::Parse {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Starts the tail from `records` (the trail's last ones, oldest first).
+    fn reset(&self, records: Vec<Record>) {
+        *self.tail() = records.into();
+    }
+
+    /// Adds `rec` (just appended) to the tail and writes the anchor. A failure is logged,
+    /// not returned: the record itself is in the trail, and an anchor left behind only
+    /// names an earlier record of it.
+    fn note(&self, rec: &Record) {
+        let mut tail = self.tail();
+        if tail.len() >= ANCHOR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(rec.clone());
+        self.write(&tail);
+    }
+
+    /// Writes the anchor of `tail` (nothing when it is empty).
+    fn write(&self, tail: &VecDeque<Record>) {
+        let Some(last) = tail.back() else {
+            return;
+        };
+        let file = AnchorFile {
+            seq: last.seq,
+            hash: last.hash.clone(),
+            tail: tail.iter().cloned().collect(),
+        };
+        let bytes = crate::store::encode(&file);
+        match crate::fsutil::write_atomic(&self.path, &bytes, 0o600, None) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    log::info!("audit trail: {} written again", self.path.display());
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    log::error!(
+                        "audit trail: cannot write its anchor ({e}); a lost index would not be noticed past record {}",
+                        last.seq
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether `rec` is a record stating a break of the trail ([`TRAIL_LOST`]).
+fn states_a_break(rec: &Record) -> bool {
+    rec.action == Action::Other
+        && !rec.success
+        && rec.actor == "system"
+        && rec.object == TRAIL_OBJECT
+        && rec.detail.starts_with(TRAIL_LOST)
+}
+
+/// The set-aside indexes to name in a break record: the one `store` set aside at this
+/// open, or else those an earlier open left in `data_dir` (they may hold lost records).
+fn set_aside_note(store: &Store) -> String {
+    if let Some(aside) = store.index_set_aside() {
+        return format!(
+            "; the unreadable index was set aside as {}",
+            aside.display()
+        );
+    }
+    let mut earlier: Vec<String> = std::fs::read_dir(store.root())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("index.broken-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    earlier.sort();
+    if earlier.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; indexes set aside earlier: {} (in {})",
+            earlier.join(", "),
+            store.root().display()
+        )
+    }
 }
 
 fn canonical_hash(prev: &str, r: &Record) -> String {
@@ -210,14 +432,149 @@ fn canonical_hash(prev: &str, r: &Record) -> String {
 }
 
 impl Audit {
-    /// Opens the trail in `store`.
+    /// Opens the trail in `store`, checked against its anchor ([`ANCHOR_FILE`]): records
+    /// the anchor names that the index lost are taken back from its tail when it holds
+    /// them all, and otherwise the trail goes on with a failed record stating the loss.
     pub fn open(store: &Store) -> Result<Audit, StoreError> {
         let records = store.records::<Record>(TREE)?;
         let last = records.last()?.map(|(_, rec)| (rec.seq, rec.hash));
-        Ok(Audit {
+        let audit = Audit {
             records,
             last: Mutex::new(last),
-        })
+            sink: std::sync::OnceLock::new(),
+            anchor: Anchor::in_dir(store.root()),
+        };
+        audit.reconcile_anchor(store)?;
+        Ok(audit)
+    }
+
+    /// Compares the trail with its anchor ([`ANCHOR_FILE`]) at open: takes back the
+    /// anchored records an unclean stop lost, or, when more is gone (a lost or rebuilt
+    /// index), appends the record that states the break, linked to the anchored head.
+    /// Then starts the anchor's tail from the trail.
+    fn reconcile_anchor(&self, store: &Store) -> Result<(), StoreError> {
+        let saved = self.anchor.read().unwrap_or_else(|e| {
+            log::error!("audit trail: anchor unreadable ({e}); written anew from the trail");
+            None
+        });
+        let held = self.head();
+        let mut continue_from_anchor = false;
+        let mut restored = None;
+        let lost = match (&saved, &held) {
+            (None, _) => None,
+            (Some(a), Some((m, _))) if *m >= a.seq => match self.records.get(a.seq.to_be_bytes()) {
+                Ok(Some(r)) if r.hash == a.hash => None,
+                Ok(Some(r)) => Some(format!(
+                    "{TRAIL_LOST}: last known seq {} hash {}, but record {} of this trail has hash {}{}",
+                    a.seq,
+                    a.hash,
+                    a.seq,
+                    r.hash,
+                    set_aside_note(store)
+                )),
+                Ok(None) => Some(format!(
+                    "{TRAIL_LOST}: last known seq {} hash {}, which this trail does not hold{}",
+                    a.seq,
+                    a.hash,
+                    set_aside_note(store)
+                )),
+                // Verification reports a record that does not parse.
+                Err(StoreError::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            (Some(a), held) => {
+                if let Some(n) = self.restore_from_tail(a, held.as_ref())? {
+                    restored = Some(n);
+                    None
+                } else {
+                    continue_from_anchor = true;
+                    let (first, holds) = match held {
+                        Some((m, _)) => (m + 1, format!("this index holds records up to {m}")),
+                        None => (0, "this index holds none".to_string()),
+                    };
+                    Some(format!(
+                        "{TRAIL_LOST}: last known seq {} hash {}; records {first} to {} are missing ({holds}){}",
+                        a.seq,
+                        a.hash,
+                        a.seq,
+                        set_aside_note(store)
+                    ))
+                }
+            }
+        };
+        let head = self.head();
+        let from = head
+            .as_ref()
+            .map_or(0, |(seq, _)| seq.saturating_sub(ANCHOR_TAIL as u64 - 1));
+        self.anchor.reset(self.records(from, ANCHOR_TAIL)?);
+        match (lost, saved) {
+            (Some(detail), Some(a)) => {
+                log::error!("{detail}");
+                if continue_from_anchor {
+                    // The new part of the trail links to the last record known.
+                    *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((a.seq, a.hash));
+                }
+                self.append(Event::trail_lost(detail))?;
+                store.flush_blocking()?;
+            }
+            (_, saved) => {
+                if let Some(n) = restored {
+                    self.append(Event::new("system", Action::Other, TRAIL_OBJECT).detail(
+                        format!(
+                            "{n} record(s) not yet in the index at an unclean stop taken back from {ANCHOR_FILE}"
+                        ),
+                    ))?;
+                    store.flush_blocking()?;
+                }
+                // A store older than the anchor, or an unreadable anchor: anchor the trail
+                // as it stands.
+                let anchored = saved.map(|a| (a.seq, a.hash));
+                if head.is_some() && anchored != self.head() {
+                    self.anchor.write(&self.anchor.tail());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back from the anchor's tail the records after `held` (the trail's head, or
+    /// none) up to the anchored head, when the tail holds them all and they link to
+    /// `held`: records appended but not yet durable in the index at an unclean stop.
+    /// How many it took back, if it did.
+    fn restore_from_tail(
+        &self,
+        a: &AnchorFile,
+        held: Option<&(u64, String)>,
+    ) -> Result<Option<usize>, StoreError> {
+        let (first, mut prev) = match held {
+            Some((m, h)) => (m + 1, h.clone()),
+            None => (0, GENESIS.to_string()),
+        };
+        let Some(start) = a.tail.iter().position(|r| r.seq == first) else {
+            return Ok(None);
+        };
+        let missing = &a.tail[start..];
+        let mut expected = first;
+        for r in missing {
+            if r.seq != expected || r.prev != prev || canonical_hash(&prev, r) != r.hash {
+                return Ok(None);
+            }
+            prev = r.hash.clone();
+            expected += 1;
+        }
+        if expected != a.seq + 1 || prev != a.hash {
+            return Ok(None);
+        }
+        for r in missing {
+            self.records.insert(r.seq.to_be_bytes(), r)?;
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((a.seq, a.hash.clone()));
+        log::warn!(
+            "audit trail: {} record(s) (from {first} to {}) not yet in the index at an unclean stop taken back from {ANCHOR_FILE}",
+            missing.len(),
+            a.seq
+        );
+        Ok(Some(missing.len()))
     }
 
     /// Appends an event; durable after the store's next flush (callers that answer a
@@ -238,7 +595,22 @@ impl Audit {
         rec.hash = canonical_hash(&prev, &rec);
         self.records.insert(seq.to_be_bytes(), &rec)?;
         *last = Some((seq, rec.hash.clone()));
+        self.anchor.note(&rec);
+        if let Some(sink) = self.sink.get() {
+            sink.appended(&rec);
+        }
         Ok(rec)
+    }
+
+    /// Sets the sink told of every later append; only the first call sets one (`false`
+    /// for a later call, whose sink is ignored).
+    pub fn set_sink(&self, sink: std::sync::Arc<dyn AppendSink>) -> bool {
+        self.sink.set(sink).is_ok()
+    }
+
+    /// The sink, when one is set.
+    pub fn sink(&self) -> Option<&std::sync::Arc<dyn AppendSink>> {
+        self.sink.get()
     }
 
     /// The hash of the last record (to anchor off the box), if any.
@@ -255,55 +627,88 @@ impl Audit {
             .collect()
     }
 
-    /// Walks the whole chain and reports the first broken link.
+    /// Walks the whole chain and reports the first broken link. A record stating a break
+    /// ([`TRAIL_LOST`]) is such a link: the records missing before it (or the record
+    /// itself) are reported, and the chain is checked on from it, a later broken link
+    /// added to the reason.
     pub fn verify(&self) -> Result<Verification, StoreError> {
         let mut prev = GENESIS.to_string();
+        let mut expected = 0u64;
         let mut records = 0u64;
+        let mut lost: Option<BrokenLink> = None;
         for kv in self.records.iter() {
-            let expected_seq = records;
-            let broken = |reason: String| Verification {
+            let stop = |lost: Option<BrokenLink>, reason: String| Verification {
                 records,
                 head: None,
-                broken: Some(BrokenLink {
-                    seq: expected_seq,
-                    reason,
+                broken: Some(match lost {
+                    Some(first) => BrokenLink {
+                        seq: first.seq,
+                        reason: format!("{}; and at record {expected}: {reason}", first.reason),
+                    },
+                    None => BrokenLink {
+                        seq: expected,
+                        reason,
+                    },
                 }),
             };
             let (k, rec) = match kv {
                 Ok(entry) => entry,
                 Err(StoreError::Corrupt { reason, .. }) => {
-                    return Ok(broken(format!("record does not parse: {reason}")))
+                    return Ok(stop(lost, format!("record does not parse: {reason}")))
                 }
                 Err(e) => return Err(e),
             };
             let key_seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).ok();
-            if rec.seq != expected_seq || key_seq != Some(rec.seq) {
-                return Ok(broken(format!(
-                    "sequence {} (key {:?}) where {expected_seq} was expected: a record was removed or moved",
-                    rec.seq, key_seq
-                )));
-            }
-            if rec.prev != prev {
-                return Ok(broken(format!(
-                    "previous hash {} does not match the hash {prev} of record {}",
-                    rec.prev,
-                    expected_seq.wrapping_sub(1)
-                )));
+            if key_seq == Some(rec.seq) && rec.seq >= expected && states_a_break(&rec) {
+                let reason = if rec.seq > expected {
+                    format!(
+                        "records {expected} to {} are missing; record {} says: {}",
+                        rec.seq - 1,
+                        rec.seq,
+                        rec.detail
+                    )
+                } else {
+                    format!("record {} says: {}", rec.seq, rec.detail)
+                };
+                lost.get_or_insert(BrokenLink {
+                    seq: expected,
+                    reason,
+                });
+                // What it links to is gone: the chain is checked on from it.
+                prev = rec.prev.clone();
+            } else if rec.seq != expected || key_seq != Some(rec.seq) {
+                return Ok(stop(
+                    lost,
+                    format!(
+                        "sequence {} (key {:?}) where {expected} was expected: a record was removed or moved",
+                        rec.seq, key_seq
+                    ),
+                ));
+            } else if rec.prev != prev {
+                return Ok(stop(
+                    lost,
+                    format!(
+                        "previous hash {} does not match the hash {prev} of record {}",
+                        rec.prev,
+                        expected.wrapping_sub(1)
+                    ),
+                ));
             }
             let want = canonical_hash(&prev, &rec);
             if rec.hash != want {
-                return Ok(broken(format!(
-                    "content changed: hash {} recomputes as {want}",
-                    rec.hash
-                )));
+                return Ok(stop(
+                    lost,
+                    format!("content changed: hash {} recomputes as {want}", rec.hash),
+                ));
             }
             prev = rec.hash;
+            expected = rec.seq + 1;
             records += 1;
         }
         Ok(Verification {
             records,
             head: (records > 0).then_some(prev),
-            broken: None,
+            broken: lost,
         })
     }
 }
@@ -384,5 +789,128 @@ mod tests {
             .remove(1u64.to_be_bytes())
             .unwrap();
         assert_eq!(a2.verify().unwrap().broken.unwrap().seq, 1);
+    }
+
+    /// A trail of `n` records in a new store in `dir`, flushed; the hash of the last.
+    fn trail_of(dir: &Path, n: u64) -> String {
+        let store = Store::open(dir).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let mut last = String::new();
+        for i in 0..n {
+            last = audit
+                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
+                .unwrap()
+                .hash;
+        }
+        store.flush_blocking().unwrap();
+        last
+    }
+
+    /// An index deleted (or opening empty) takes the trail with it: the rebuilt store's
+    /// trail starts with a failed record that names the last known record and links to
+    /// it, verification reports what is missing instead of an intact trail, and the next
+    /// open adds nothing more.
+    #[test]
+    fn a_lost_index_leaves_a_break_that_verification_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ANCHOR_TAIL as u64 + 8;
+        let head = trail_of(dir.path(), n);
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let records = audit.records(0, 100).unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        let first = &records[0];
+        assert_eq!((first.seq, first.prev.as_str()), (n, head.as_str()));
+        assert!(!first.success);
+        assert!(
+            first.detail.starts_with(&format!(
+                "{TRAIL_LOST}: last known seq {} hash {head}; records 0 to {} are missing",
+                n - 1,
+                n - 1
+            )),
+            "{}",
+            first.detail
+        );
+        let v = audit.verify().unwrap();
+        let broken = v.broken.expect("not intact");
+        assert_eq!(broken.seq, 0);
+        assert!(
+            broken
+                .reason
+                .starts_with(&format!("records 0 to {} are missing", n - 1)),
+            "{}",
+            broken.reason
+        );
+        // The trail goes on, still reported broken; a later open adds no second break.
+        audit
+            .append(Event::new("ana", Action::Login, "ana"))
+            .unwrap();
+        store.flush_blocking().unwrap();
+        drop(audit);
+        let audit = Audit::open(&store).unwrap();
+        assert_eq!(audit.records(0, 100).unwrap().len(), 2);
+        let v = audit.verify().unwrap();
+        assert_eq!(v.records, 2);
+        assert_eq!(v.broken.map(|b| b.seq), Some(0));
+        // A record changed after the break is still found, after the loss.
+        let tree = store.records::<Record>(TREE).unwrap();
+        let mut rec = tree.get((n + 1).to_be_bytes()).unwrap().unwrap();
+        rec.event.actor = "mallory".into();
+        tree.insert((n + 1).to_be_bytes(), &rec).unwrap();
+        let reason = audit.verify().unwrap().broken.unwrap().reason;
+        assert!(
+            reason.contains(&format!("and at record {}: content changed", n + 1)),
+            "{reason}"
+        );
+    }
+
+    /// An index that cannot be opened is set aside and rebuilt: the break record names
+    /// the folder it was set aside as.
+    #[test]
+    fn a_set_aside_index_is_named_in_the_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ANCHOR_TAIL as u64 + 1;
+        trail_of(dir.path(), n);
+        let index = dir.path().join("index");
+        std::fs::remove_dir_all(&index).unwrap();
+        std::fs::write(&index, b"not an index").unwrap();
+
+        let store = Store::open(dir.path()).unwrap();
+        let aside = store.index_set_aside().expect("set aside").to_path_buf();
+        let audit = Audit::open(&store).unwrap();
+        let rec = audit.records(0, 10).unwrap().remove(0);
+        assert_eq!(rec.seq, n);
+        assert!(
+            rec.detail.ends_with(&format!(
+                "the unreadable index was set aside as {}",
+                aside.display()
+            )),
+            "{}",
+            rec.detail
+        );
+        assert!(audit.verify().unwrap().broken.is_some());
+    }
+
+    /// Records appended but not yet in the index at an unclean stop are taken back from
+    /// the anchor: the trail stays intact, and says so.
+    #[test]
+    fn records_an_unclean_stop_lost_are_taken_back_from_the_anchor() {
+        let dir = tempfile::tempdir().unwrap();
+        trail_of(dir.path(), 5);
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.records::<Record>(TREE).unwrap();
+        for seq in [3u64, 4] {
+            tree.remove(seq.to_be_bytes()).unwrap();
+        }
+        let audit = Audit::open(&store).unwrap();
+        let v = audit.verify().unwrap();
+        assert_eq!((v.records, v.broken), (6, None));
+        let last = audit.records(5, 1).unwrap().remove(0);
+        assert!(
+            last.success && last.detail.starts_with("2 record(s)"),
+            "{last:?}"
+        );
     }
 }

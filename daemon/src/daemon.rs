@@ -108,6 +108,13 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     // registry of stages.
     let mut shutdown = Shutdown::new();
 
+    // Forwarding of the audit trail to the site's audit record repository ([audit] syslog).
+    if let Some(task) = crate::audit_forward::start(config, &store, &audit, &shutdown)
+        .context("audit forwarding ([audit])")?
+    {
+        shutdown.drain_on_stop(task, crate::audit_forward::DRAIN);
+    }
+
     // Delivery: outbox and workers.
     let model_name = config
         .inference

@@ -75,6 +75,7 @@
 pub mod accounts;
 pub mod assemble;
 pub mod audit;
+pub mod audit_forward;
 pub mod cli_audit;
 pub mod client_key;
 pub mod clock;

@@ -15,10 +15,14 @@
 //! left) and removes their files once the marks are durable. Each study a pass prunes is
 //! recorded in the audit trail, once per reason (age, disk), with the number of instances
 //! and bytes marked pruned; the record is durable with the marks, before any file goes.
+//! A pass interrupted after its marks (a crash, or an audit record that failed) is
+//! completed at the next start and before the next pass ([`complete_interrupted`]): each
+//! study whose marked files are still there is recorded again ("retention prune completed
+//! after a restart"), and only then are they removed.
 
 use crate::audit::{Audit, Event};
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
-use crate::store::pruning::{PruneRule, Removed};
+use crate::store::pruning::{Claimed, PruneRule, Removed};
 use crate::store::{Store, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,6 +37,8 @@ pub struct PruneReport {
     pub for_space: u64,
     /// Bytes freed.
     pub bytes: u64,
+    /// Files removed that an interrupted pass had marked ([`complete_interrupted`]).
+    pub completed: u64,
 }
 
 /// What a pass starts from: the studies, oldest last instance first, and the instances
@@ -61,13 +67,43 @@ pub fn prune(
     reserve_bytes: u64,
     now: i64,
 ) -> Result<PruneReport, StoreError> {
+    // What an earlier pass marked and did not record or remove goes first (cheap when
+    // there is none).
+    let done = complete_interrupted(store, audit, "after an interrupted pass")?;
     // Nothing to prune by age and enough free space: no need to read the outbox and the
     // studies (the common case, every pass).
-    if pixel_days == 0 && !below_reserve(store, reserve_bytes) {
-        return Ok(PruneReport::default());
-    }
-    let plan = Plan::take(store)?;
-    apply(store, audit, &plan, pixel_days, reserve_bytes, now)
+    let mut report = if pixel_days == 0 && !below_reserve(store, reserve_bytes) {
+        PruneReport::default()
+    } else {
+        let plan = Plan::take(store)?;
+        apply(store, audit, &plan, pixel_days, reserve_bytes, now)?
+    };
+    report.completed = done.files;
+    report.bytes += done.bytes;
+    Ok(report)
+}
+
+/// Completes what an interrupted pass left (a crash, or an audit record that failed,
+/// between the marks and the removal): records each study whose marked files are still
+/// there as a retention deletion completed `when` ([`Event::retention_prune_completed`]),
+/// then removes its files (the record is durable before any file goes). A record that
+/// fails leaves the files for the next call. Blocking.
+pub fn complete_interrupted(
+    store: &Store,
+    audit: &Audit,
+    when: &str,
+) -> Result<Removed, StoreError> {
+    store.remove_pruned_leftovers(|study, claimed: &[Claimed]| {
+        let bytes = claimed.iter().map(|c| c.size()).sum();
+        audit
+            .append(Event::retention_prune_completed(
+                study,
+                claimed.len() as u64,
+                bytes,
+                when,
+            ))
+            .map(|_| ())
+    })
 }
 
 /// Whether free disk is below `reserve_bytes` (unknown counts as not below).
@@ -144,6 +180,8 @@ fn prune_study(
         return Ok(Removed::default());
     }
     let bytes = claimed.iter().map(|c| c.size()).sum();
+    // Should this record fail, the marks stay and the files too: the next pass (or start)
+    // records and removes them ([`complete_interrupted`]).
     audit.append(Event::retention_prune(
         study_uid,
         claimed.len() as u64,
@@ -154,8 +192,8 @@ fn prune_study(
     store.remove_pruned(&claimed)
 }
 
-/// First removes the files a crash left behind their pruned marks
-/// ([`Store::remove_pruned_leftovers`]); then runs a full pass at start and every `every`,
+/// First records and removes the files an interrupted pass left behind their pruned marks
+/// ([`complete_interrupted`]); then runs a full pass at start and every `every`,
 /// and an extra one whenever a check (every 30 s) finds free space below the reserve;
 /// logs what was removed (each pruned study is also audited).
 pub async fn run(
@@ -168,8 +206,9 @@ pub async fn run(
     let check = Duration::from_secs(30);
     let mut since_full = every;
     // Files whose record was marked pruned before a crash removed them.
-    let s = store.clone();
-    match tokio::task::spawn_blocking(move || s.remove_pruned_leftovers()).await {
+    let (s, a) = (store.clone(), audit.clone());
+    match tokio::task::spawn_blocking(move || complete_interrupted(&s, &a, "after a restart")).await
+    {
         Ok(Ok(r)) if r.files > 0 => log::info!(
             "retention: removed {} files left by an interrupted pass ({} MB)",
             r.files,
@@ -195,10 +234,11 @@ pub async fn run(
             })
             .await;
             match result {
-                Ok(Ok(r)) if r.expired + r.for_space > 0 => log::info!(
-                    "retention: removed pixel data of {} expired and {} instances for disk space ({} MB)",
+                Ok(Ok(r)) if r.expired + r.for_space + r.completed > 0 => log::info!(
+                    "retention: removed pixel data of {} expired and {} instances for disk space, and {} left by an interrupted pass ({} MB)",
                     r.expired,
                     r.for_space,
+                    r.completed,
                     r.bytes / 1_000_000
                 ),
                 Ok(Ok(_)) if below => log::warn!(
@@ -398,6 +438,51 @@ mod tests {
         );
         let rec = audit.records(0, 100).unwrap().pop().unwrap();
         assert_eq!((rec.actor.as_str(), rec.success), ("system", true));
+        assert!(audit.verify().unwrap().broken.is_none());
+    }
+
+    /// A pass interrupted after its claim (a crash, or an audit record that failed) left
+    /// instances marked pruned with their files still there and no record: the next pass
+    /// records the study as a retention deletion before its files go, and only once.
+    #[test]
+    fn a_claim_left_without_its_record_is_recorded_before_its_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<String> = {
+            let store = Store::open(dir.path()).unwrap();
+            put(&store, "9.1", "9.1.1", 100);
+            put(&store, "9.1", "9.1.2", 100);
+            store.force_state("9.1", StudyState::Done);
+            let candidates = store.instances_of("9.1").unwrap();
+            let claimed = store
+                .claim_for_pruning(
+                    "9.1",
+                    &candidates,
+                    PruneRule::StudyFinished,
+                    &HashSet::new(),
+                )
+                .unwrap();
+            assert_eq!(claimed.len(), 2);
+            // The marks are durable; then the crash (or the failed append): no record, no
+            // removal.
+            store.flush_blocking().unwrap();
+            candidates.into_iter().map(|i| i.path).collect()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        assert!(paths.iter().all(|p| dir.path().join(p).exists()));
+        let r = prune(&store, &audit, 0, 0, 1000).unwrap();
+        assert_eq!((r.completed, r.bytes), (2, 2000));
+        assert_eq!(
+            pruned_studies(&audit),
+            [(
+                "9.1".to_string(),
+                "retention prune completed after an interrupted pass: 2 instances, 2000 bytes"
+                    .to_string()
+            )]
+        );
+        assert!(paths.iter().all(|p| !dir.path().join(p).exists()));
+        prune(&store, &audit, 0, 0, 1000).unwrap();
+        assert_eq!(pruned_studies(&audit).len(), 1);
         assert!(audit.verify().unwrap().broken.is_none());
     }
 

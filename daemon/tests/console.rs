@@ -1816,3 +1816,42 @@ fn a_pruned_instance_has_no_preview_and_its_cached_copy_is_removed() {
     }
     assert!(!png.exists() && !json.exists(), "cached preview left");
 }
+
+/// The audit trail is anchored outside the index: after the index is deleted (the daemon
+/// rebuilds it from the files), `duli audit verify` reports the trail broken and names the
+/// records that are missing, instead of an intact trail of the records made since.
+#[test]
+fn a_deleted_index_is_reported_by_duli_audit_verify() {
+    use duli::audit::{Action, Audit, Event, ANCHOR_TAIL};
+    let mut d = daemon_with_users();
+    d.login("rita", PW);
+    assert!(d.terminate(Duration::from_secs(30)).is_some());
+    // More records than the anchor keeps whole.
+    let last = {
+        let store = duli::store::Store::open(d.data_dir()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for i in 0..ANCHOR_TAIL {
+            audit
+                .append(Event::new("rita", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        store.flush_blocking().unwrap();
+        audit.head().unwrap().0
+    };
+    std::fs::remove_dir_all(d.data_dir().join("index")).unwrap();
+    // The accounts went with the index too: the trail is checked without logging in.
+    d.restart();
+    let out = run(
+        &mut d.command(&["audit", "verify"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.stdout.contains(&format!(
+            "BROKEN at record 0: records 0 to {last} are missing; record {} says: audit trail lost with the index: last known seq {last} hash ",
+            last + 1
+        )),
+        "{}",
+        out.combined()
+    );
+}

@@ -1441,3 +1441,124 @@ fn names_sent_decomposed_match_names_stored_composed() {
         assert_eq!(lines[0]["identifier"]["PatientID"], "P003", "{lines:?}");
     }
 }
+
+/// One explicit VR little endian element of a C-FIND identifier (even-padded).
+fn identifier_element(group: u16, element: u16, vr: &[u8; 2], value: &str) -> Vec<u8> {
+    let mut v = value.as_bytes().to_vec();
+    if v.len() % 2 == 1 {
+        v.push(if vr == b"UI" { 0 } else { b' ' });
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    out.extend_from_slice(vr);
+    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    out.extend(v);
+    out
+}
+
+/// A C-FIND cut off by an A-ABORT after its first answer is audited all the same, with
+/// the number of matches sent and marked as ended early: answers that left the box never
+/// go without their record.
+#[test]
+fn a_find_cut_off_by_an_abort_is_audited_with_the_matches_sent() {
+    use ::duli::dimse::command::{self, Command, Priority};
+    use ::duli::dimse::uids::{EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_QR_FIND};
+    use ::duli::model::{InstanceRecord, StudyRecord, StudyState};
+    use dicom_ul::association::client::ClientAssociationOptions;
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+
+    // Enough studies in the index that the matches are still going out when the abort
+    // arrives (their files are not needed to answer a C-FIND).
+    const STUDIES: usize = 2000;
+    let root = temp_dir("qr-find-abort");
+    let data = root.path().join("data");
+    {
+        let store = ::duli::store::Store::open(&data).unwrap();
+        for i in 0..STUDIES {
+            let study = format!("1.2.826.0.1.3680043.10.99.{i}");
+            let inst = InstanceRecord {
+                sop_instance_uid: format!("{study}.1"),
+                study_instance_uid: study.clone(),
+                path: format!("files/none/{i}.dcm"),
+                ..Default::default()
+            };
+            let attrs = StudyRecord {
+                patient_id: format!("P{i:05}"),
+                ..Default::default()
+            };
+            store.commit_instance(&inst, &attrs).unwrap();
+            store
+                .transition_to_error(&study, &[StudyState::Receiving], "fixture")
+                .unwrap();
+        }
+        store.flush_blocking().unwrap();
+    }
+    let d = Daemon::builder().data_dir(&data).start();
+
+    let mut assoc = ClientAssociationOptions::new()
+        .calling_ae_title("CUTOFF")
+        .called_ae_title(DULI_AET)
+        .with_presentation_context(STUDY_ROOT_QR_FIND, vec![EXPLICIT_VR_LITTLE_ENDIAN])
+        .read_timeout(Duration::from_secs(30))
+        .establish(d.dicom_addr())
+        .unwrap();
+    let pc = assoc.presentation_contexts()[0].id;
+    let mut identifier = identifier_element(0x0008, 0x0052, b"CS", "STUDY");
+    identifier.extend(identifier_element(0x0010, 0x0020, b"LO", ""));
+    identifier.extend(identifier_element(0x0020, 0x000D, b"UI", ""));
+    let rq = Command::find_rq(1, STUDY_ROOT_QR_FIND, Priority::Medium);
+    for (value_type, bytes) in [
+        (PDataValueType::Command, command::encode(&rq)),
+        (PDataValueType::Data, identifier),
+    ] {
+        assoc
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc,
+                    value_type,
+                    is_last: true,
+                    data: bytes,
+                }],
+            })
+            .unwrap();
+    }
+    // The first pending response, then A-ABORT.
+    let mut bytes = Vec::new();
+    let first = 'read: loop {
+        match assoc.receive().unwrap() {
+            Pdu::PData { data } => {
+                for v in data {
+                    if v.value_type == PDataValueType::Command {
+                        bytes.extend_from_slice(&v.data);
+                        if v.is_last {
+                            break 'read command::decode(&bytes).unwrap();
+                        }
+                    }
+                }
+            }
+            other => panic!("got {other:?}"),
+        }
+    };
+    assert_eq!(first.status.map(|s| s.0), Some(0xFF00), "{first:?}");
+    assoc.abort().unwrap();
+
+    let records = audit_records(d);
+    let finds: Vec<_> = records
+        .iter()
+        .filter(|r| r.actor == "ae:CUTOFF" && r.action == ::duli::audit::Action::Query)
+        .collect();
+    assert_eq!(finds.len(), 1, "{finds:?}");
+    assert!(!finds[0].success, "{finds:?}");
+    let detail = &finds[0].detail;
+    let sent: usize = detail
+        .split(": ")
+        .last()
+        .and_then(|tail| tail.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {detail:?}"));
+    assert!(
+        (1..STUDIES).contains(&sent) && detail.contains(" match(es) sent, ended early ("),
+        "{detail}"
+    );
+}

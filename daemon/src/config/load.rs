@@ -108,6 +108,9 @@ impl Config {
         fix_opt(&mut self.mqtt.key, "mqtt.key");
         fix_opt(&mut self.console.cert, "console.cert");
         fix_opt(&mut self.console.key, "console.key");
+        fix_opt(&mut self.audit.syslog_ca, "audit.syslog_ca");
+        fix_opt(&mut self.audit.syslog_cert, "audit.syslog_cert");
+        fix_opt(&mut self.audit.syslog_key, "audit.syslog_key");
         for d in &mut self.pacs.destinations {
             for p in [&mut d.tls_ca, &mut d.tls_cert, &mut d.tls_key] {
                 fix_opt(p, "pacs.destinations");

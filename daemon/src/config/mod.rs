@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub mod audit;
 pub mod console;
 pub mod delivery;
 pub mod device;
@@ -63,6 +64,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Retention of pixel data and the disk reserve.
     pub retention: RetentionConfig,
+    /// Forwarding of the audit trail to an audit record repository.
+    pub audit: audit::AuditConfig,
     /// Signed firmware updates: bootloader, A/B slots, hardware id, model packs.
     pub firmware: duli_firmware::FirmwareConfig,
     /// The file this configuration was read from, if any (its folder holds what

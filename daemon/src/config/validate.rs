@@ -41,6 +41,7 @@ impl Config {
         check_console(&self.console, &mut bad);
         check_firmware(&self.firmware, &mut bad);
         check_retention(&self.retention, &mut bad);
+        check_audit(&self.audit, &mut bad);
         if errs.is_empty() {
             Ok(())
         } else {
@@ -421,6 +422,66 @@ fn check_retention(c: &RetentionConfig, bad: &mut impl FnMut(&str, String)) {
             "retention.pixel_days",
             "must be at most 36500 days".to_string(),
         );
+    }
+}
+
+/// `[audit]`: the repository address, consent to plain TCP off loopback, the TLS files.
+fn check_audit(c: &super::audit::AuditConfig, bad: &mut impl FnMut(&str, String)) {
+    let files = [
+        ("audit.syslog_ca", &c.syslog_ca),
+        ("audit.syslog_cert", &c.syslog_cert),
+        ("audit.syslog_key", &c.syslog_key),
+    ];
+    match c.target() {
+        None => {
+            for (key, value) in files {
+                if value.is_some() {
+                    bad(
+                        key,
+                        "is set but audit.syslog is not (nothing is forwarded)".into(),
+                    );
+                }
+            }
+            return;
+        }
+        Some(Err(e)) => bad("audit.syslog", e.to_string()),
+        Some(Ok(_)) => {}
+    }
+    if c.plain_without_consent() {
+        bad(
+            "audit.syslog_tls",
+            format!(
+                "false sends audit messages (users, study UIDs) in clear to {:?}, which is \
+                 not a loopback address: set audit.syslog_tls = true (with audit.syslog_ca), \
+                 or audit.syslog_allow_plain = true to accept plain TCP on a network the site \
+                 trusts",
+                c.syslog.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    if !c.syslog_tls {
+        for (key, value) in files {
+            if value.is_some() {
+                bad(key, "is set but audit.syslog_tls is false".into());
+            }
+        }
+        return;
+    }
+    match &c.syslog_ca {
+        Some(p) => check_file(p, "audit.syslog_ca", bad),
+        None => bad(
+            "audit.syslog_ca",
+            "required when audit.syslog_tls = true".into(),
+        ),
+    }
+    match (&c.syslog_cert, &c.syslog_key) {
+        (Some(cert), Some(key)) => {
+            check_file(cert, "audit.syslog_cert", bad);
+            check_file(key, "audit.syslog_key", bad);
+        }
+        (Some(_), None) => bad("audit.syslog_key", "required with audit.syslog_cert".into()),
+        (None, Some(_)) => bad("audit.syslog_cert", "required with audit.syslog_key".into()),
+        (None, None) => {}
     }
 }
 

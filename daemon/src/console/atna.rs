@@ -2,6 +2,13 @@
 //! record whose message is a DICOM Audit Message (PS3.15 Annex A.5, XML), with the chain
 //! position and hash in a structured-data element so the repository can check the chain.
 //! Codec only: no I/O.
+//!
+//! A record's object becomes participant objects by what it is: each study of a
+//! comma-separated list (a retrieve over several studies) its own System Object with the
+//! Study Instance UID; a user name a Person with the User Identifier; the console's
+//! worklist a report, the audit trail a security resource, a refused request's path a URI,
+//! and any other name the daemon gives (`upload`, `outbox`, `firmware`, …) a resource with
+//! the local code `DULI` `object-name`; `-` (no object) none.
 
 use crate::audit::{Action, Record};
 
@@ -81,24 +88,72 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// How a record's object is identified, by its action (never by its shape: a user may be
-/// named like a UID).
-fn object_codes(action: &Action, object: &str) -> (&'static str, &'static str, Code) {
-    const STUDY: (&str, &str, Code) = ("2", "3", ("110180", "DCM", "Study Instance UID"));
-    const USER: (&str, &str, Code) = ("1", "11", ("11", "RFC-3881", "User Identifier"));
-    match action {
-        Action::View
-        | Action::Export
-        | Action::Import
-        | Action::Query
-        | Action::Feedback
-        | Action::Delete
-            if crate::store::header::is_valid_uid(object) =>
-        {
-            STUDY
-        }
-        _ => USER,
+/// One ParticipantObjectIdentification: its ID, type code, type code role and ID type code.
+type Participant<'a> = (&'a str, &'static str, &'static str, Code);
+
+/// Study Instance UID (DCM).
+const STUDY_UID: Code = ("110180", "DCM", "Study Instance UID");
+/// User Identifier (RFC 3881).
+const USER_ID: Code = ("11", "RFC-3881", "User Identifier");
+/// Report Name (RFC 3881).
+const REPORT_NAME: Code = ("8", "RFC-3881", "Report Name");
+/// URI (RFC 3881).
+const URI: Code = ("12", "RFC-3881", "URI");
+/// A name the daemon gives an object that no standard code identifies (local code).
+const OBJECT_NAME: Code = ("object-name", "DULI", "Object Name");
+
+/// Objects of the login actions that name no user (the throttled-login summary and the
+/// first-time setup form).
+const NOT_USERS: [&str; 2] = ["login", "first-time setup"];
+
+/// The participant objects of a record, by its action and object (never by shape alone:
+/// a user may be named like a UID). Type codes: 1 Person, 2 System Object; roles: 3
+/// Report, 4 Resource, 11 Security User Entity, 13 Security Resource.
+fn participants<'a>(action: &Action, object: &'a str) -> Vec<Participant<'a>> {
+    let object = object.trim();
+    if object.is_empty() || object == "-" {
+        return Vec::new();
     }
+    let patient_data = matches!(
+        action,
+        Action::View
+            | Action::Export
+            | Action::Import
+            | Action::Query
+            | Action::Feedback
+            | Action::Delete
+    );
+    if patient_data {
+        let studies: Vec<&str> = object.split(',').map(str::trim).collect();
+        if studies
+            .iter()
+            .all(|uid| crate::store::header::is_valid_uid(uid))
+        {
+            let mut out: Vec<Participant> = Vec::with_capacity(studies.len());
+            for uid in studies {
+                if !out.iter().any(|p| p.0 == uid) {
+                    out.push((uid, "2", "3", STUDY_UID));
+                }
+            }
+            return out;
+        }
+    }
+    let user_action = matches!(
+        action,
+        Action::Login | Action::LoginFailed | Action::Logout | Action::UserChange
+    );
+    let typed = if user_action && !NOT_USERS.contains(&object) {
+        (object, "1", "11", USER_ID)
+    } else if object == "worklist" {
+        (object, "2", "3", REPORT_NAME)
+    } else if object == crate::audit::TRAIL_OBJECT {
+        (object, "2", "13", REPORT_NAME)
+    } else if object.starts_with('/') {
+        (object, "2", "4", URI)
+    } else {
+        (object, "2", "4", OBJECT_NAME)
+    };
+    vec![typed]
 }
 
 fn sd_escape(s: &str) -> String {
@@ -149,11 +204,10 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
         "<AuditSourceIdentification AuditSourceID=\"{}\"/>",
         xml_escape(source_id)
     ));
-    if !rec.object.is_empty() {
-        let (type_code, role, id_code) = object_codes(&rec.action, &rec.object);
+    for (id, type_code, role, id_code) in participants(&rec.action, &rec.object) {
         x.push_str(&format!(
             "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"{type_code}\" ParticipantObjectTypeCodeRole=\"{role}\"><ParticipantObjectIDTypeCode csd-code=\"{}\" codeSystemName=\"{}\" originalText=\"{}\"/></ParticipantObjectIdentification>",
-            xml_escape(&rec.object), id_code.0, id_code.1, id_code.2
+            xml_escape(id), id_code.0, id_code.1, id_code.2
         ));
     }
     x.push_str("</AuditMessage>");
@@ -277,5 +331,90 @@ mod tests {
         let xml = audit_message(&r, "d");
         assert!(xml.contains("csd-code=\"110105\""), "{xml}");
         assert!(xml.contains("EventActionCode=\"D\""), "{xml}");
+    }
+
+    /// The participant objects of a message: (ID, type code, role, ID type code).
+    fn objects(action: Action, object: &str) -> Vec<(String, String, String, String)> {
+        let mut r = rec(action, true);
+        r.event.object = object.into();
+        let xml = audit_message(&r, "d");
+        let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+        doc.root_element()
+            .children()
+            .filter(|n| n.has_tag_name("ParticipantObjectIdentification"))
+            .map(|n| {
+                let code = n.first_element_child().unwrap();
+                assert_eq!(code.tag_name().name(), "ParticipantObjectIDTypeCode");
+                let a = |n: roxmltree::Node, k| n.attribute(k).unwrap_or_default().to_string();
+                (
+                    a(n, "ParticipantObjectID"),
+                    a(n, "ParticipantObjectTypeCode"),
+                    a(n, "ParticipantObjectTypeCodeRole"),
+                    a(code, "csd-code"),
+                )
+            })
+            .collect()
+    }
+
+    /// A retrieve over several studies names each study as its own participant object
+    /// (System Object, role Report, Study Instance UID), after the other elements as the
+    /// PS3.15 schema orders them; names that are not UIDs are typed as what they are, and
+    /// `-` names none.
+    #[test]
+    fn each_study_of_a_list_is_its_own_object_and_names_are_typed() {
+        let study = |uid: &str| {
+            (
+                uid.to_string(),
+                "2".to_string(),
+                "3".to_string(),
+                "110180".to_string(),
+            )
+        };
+        assert_eq!(
+            objects(Action::Export, "1.2.3,1.2.4"),
+            [study("1.2.3"), study("1.2.4")]
+        );
+        let mut r = rec(Action::Export, true);
+        r.event.object = "1.2.3,1.2.4".into();
+        let xml = audit_message(&r, "d");
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let order: Vec<&str> = doc
+            .root_element()
+            .children()
+            .filter(|n| n.is_element())
+            .map(|n| n.tag_name().name())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "EventIdentification",
+                "ActiveParticipant",
+                "AuditSourceIdentification",
+                "ParticipantObjectIdentification",
+                "ParticipantObjectIdentification"
+            ]
+        );
+        let typed = |action: Action, object: &str| {
+            objects(action, object)
+                .into_iter()
+                .map(|(id, t, role, code)| format!("{id} {t}/{role}/{code}"))
+                .collect::<Vec<_>>()
+        };
+        for action in [Action::Query, Action::Export, Action::Import] {
+            assert!(typed(action.clone(), "-").is_empty(), "{action:?}");
+        }
+        assert_eq!(typed(Action::Query, "worklist"), ["worklist 2/3/8"]);
+        assert_eq!(typed(Action::Import, "upload"), ["upload 2/4/object-name"]);
+        assert_eq!(typed(Action::Export, "audit trail"), ["audit trail 2/13/8"]);
+        assert_eq!(
+            typed(Action::Other, "/api/v1/users"),
+            ["/api/v1/users 2/4/12"]
+        );
+        assert_eq!(typed(Action::Login, "ana"), ["ana 1/11/11"]);
+        assert_eq!(
+            typed(Action::LoginFailed, "login"),
+            ["login 2/4/object-name"]
+        );
+        assert_eq!(typed(Action::Query, "1.2.3"), ["1.2.3 2/3/110180"]);
     }
 }

@@ -3,6 +3,10 @@
 //! the final response then says Cancel. At most `dicom.max_find_matches` matches are
 //! answered: one more stops the matching and the final response is A700 with an Error
 //! Comment asking to narrow the query.
+//!
+//! Every C-FIND whose matching started is audited with the number of matches sent
+//! (`FindAudit`): when it ends, and also when it is cut off (connection lost, association
+//! aborted while answers were going out), then marked as ended early.
 
 use super::identifier;
 use super::query::{self, QueryError};
@@ -48,7 +52,19 @@ pub async fn serve(op: Op) -> String {
         );
     }
     let description = q.describe();
-    let audited = q.describe_with_values();
+    let object = q
+        .keys
+        .iter()
+        .find(|k| k.tag == dicom_dictionary_std::tags::STUDY_INSTANCE_UID && !k.raw.is_empty())
+        .map(|k| k.raw.clone())
+        .unwrap_or_else(|| "-".to_string());
+    let mut audit = FindAudit {
+        op: &op,
+        object,
+        audited: q.describe_with_values(),
+        sent: 0,
+        recorded: false,
+    };
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
     let store = op.ctx.store.clone();
     let ae = op.ctx.ae_title.clone();
@@ -61,7 +77,6 @@ pub async fn serve(op: Op) -> String {
             tx.blocking_send(encoded).is_ok()
         })
     });
-    let mut sent = 0usize;
     let mut failure: Option<Refused> = None;
     let cap = op.ctx.max_find_matches;
     while let Some(item) = rx.recv().await {
@@ -69,7 +84,7 @@ pub async fn serve(op: Op) -> String {
             break;
         }
         match item {
-            Ok(_) if sent >= cap => {
+            Ok(_) if audit.sent >= cap => {
                 // Stops the matching thread at its next match; C-CANCEL is not involved.
                 op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
                 failure = Some(Refused::new(
@@ -83,9 +98,10 @@ pub async fn serve(op: Op) -> String {
                 let mut w = op.writer.lock().await;
                 if w.message(op.pc_id, &rsp, Some(&bytes)).await.is_err() {
                     op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    audit.ended_early("connection lost");
                     return "connection lost while answering C-FIND".into();
                 }
-                sent += 1;
+                audit.sent += 1;
             }
             Err(e) => {
                 failure = Some(e.into());
@@ -111,18 +127,9 @@ pub async fn serve(op: Op) -> String {
     } else {
         (Status::SUCCESS, "completed".to_string())
     };
-    let object = q
-        .keys
-        .iter()
-        .find(|k| k.tag == dicom_dictionary_std::tags::STUDY_INSTANCE_UID && !k.raw.is_empty())
-        .map(|k| k.raw.clone())
-        .unwrap_or_else(|| "-".to_string());
-    op.audit(
-        Action::Query,
-        &object,
-        format!("C-FIND {audited}: {sent} match(es), {outcome}"),
-        failure.is_some(),
-    );
+    let sent = audit.sent;
+    audit.record(format!("{sent} match(es), {outcome}"), failure.is_some());
+    drop(audit);
     let mut rsp = Command::find_rsp(&op.rq, status);
     if let Some(refused) = &failure {
         rsp = rsp.with_error_comment(&refused.comment);
@@ -138,6 +145,51 @@ pub async fn serve(op: Op) -> String {
         return "connection lost while answering C-FIND".into();
     }
     format!("C-FIND {description}: {sent} match(es), {outcome}")
+}
+
+/// The audit record owed for a C-FIND whose matching has started: written by
+/// [`FindAudit::record`] when the C-FIND ends, by [`FindAudit::ended_early`] when the
+/// connection is lost, and otherwise when this is dropped (the association ended and
+/// stopped the task mid-way) — the last two with the matches sent so far, marked as
+/// ended early.
+struct FindAudit<'a> {
+    /// The request.
+    op: &'a Op,
+    /// The study the query names, or `-`.
+    object: String,
+    /// The query with its values, as the trail records it.
+    audited: String,
+    /// Matches sent so far (pending responses written).
+    sent: usize,
+    /// Whether the record is written.
+    recorded: bool,
+}
+
+impl FindAudit<'_> {
+    /// Writes the record: the query, then `outcome`.
+    fn record(&mut self, outcome: String, failed: bool) {
+        self.recorded = true;
+        self.op.audit(
+            Action::Query,
+            &self.object,
+            format!("C-FIND {}: {outcome}", self.audited),
+            failed,
+        );
+    }
+
+    /// Writes the record of a C-FIND cut off because `why`, unless it is written.
+    fn ended_early(&mut self, why: &str) {
+        if !self.recorded {
+            let outcome = format!("{} match(es) sent, ended early ({why})", self.sent);
+            self.record(outcome, true);
+        }
+    }
+}
+
+impl Drop for FindAudit<'_> {
+    fn drop(&mut self) {
+        self.ended_early("stopped with its association");
+    }
 }
 
 async fn refuse(op: &Op, refused: Refused) -> String {

@@ -131,7 +131,9 @@ pub async fn serve(kind: Operation, op: Op) -> String {
     }
 }
 
-/// The objects a retrieve touched, for the audit trail: the study UIDs, comma-separated.
+/// The objects a retrieve touched, for the audit trail: the study UIDs, each once,
+/// comma-separated (the ATNA export, [`crate::console::atna`], makes each its own
+/// participant object), or `-` when it touched none.
 pub fn audit_object(instances: &[crate::model::InstanceRecord]) -> String {
     let mut studies: Vec<&str> = Vec::new();
     for i in instances {

@@ -186,6 +186,8 @@ pub struct Store {
     /// Held from placing an instance's file to committing its record, and while a pruned
     /// file is removed ([`pruning`]).
     instance_locks: pruning::InstanceLocks,
+    /// Where this open set an unreadable index aside (`index.broken-<time>`), if it did.
+    set_aside: Option<PathBuf>,
 }
 
 impl Store {
@@ -201,6 +203,7 @@ impl Store {
             .map_err(io_err(format!("open file area in {}", data_dir.display())))?;
         let index_dir = data_dir.join("index");
         let existed = index_dir.exists();
+        let mut set_aside = None;
         let (db, rebuild) = match open_db(&index_dir) {
             Ok(db) => (db, !existed),
             Err(StoreError::Locked(p)) => return Err(StoreError::Locked(p)),
@@ -213,6 +216,7 @@ impl Store {
                 );
                 std::fs::rename(&index_dir, &aside)
                     .map_err(io_err("move the broken index aside"))?;
+                set_aside = Some(aside);
                 (open_db(&index_dir)?, true)
             }
         };
@@ -228,6 +232,7 @@ impl Store {
             count: AtomicU64::new(0),
             worklist: std::sync::RwLock::new(None),
             instance_locks: pruning::InstanceLocks::new(),
+            set_aside,
         };
         // sled opens some damaged files as an empty database without an error: an index
         // without its schema version is treated as lost and rebuilt from the files.
@@ -275,6 +280,13 @@ impl Store {
             .store(store.instances.len() as u64, Ordering::Relaxed);
         store.db.flush()?;
         Ok(store)
+    }
+
+    /// Where this open set an unreadable index aside (`<data>/index.broken-<time>`), if
+    /// it did: the index, and what only it held (the audit trail), was rebuilt or started
+    /// anew.
+    pub fn index_set_aside(&self) -> Option<&Path> {
+        self.set_aside.as_deref()
     }
 
     fn schema_version(&self) -> Result<Option<u32>, StoreError> {

@@ -11,8 +11,10 @@
 //!    marked: a copy of the same SOP Instance placed and committed meanwhile
 //!    ([`Store::place_and_commit`] holds the same lock from placement to commit) is never
 //!    removed;
-//! 3. a crash between the two leaves marks whose files are still there:
-//!    [`Store::remove_pruned_leftovers`] (at start-up) removes them.
+//! 3. a pass interrupted between the two (a crash, or an audit record that failed) leaves
+//!    marks whose files are still there: [`Store::remove_pruned_leftovers`] (at start-up
+//!    and before each pass) removes them, study by study once the caller has recorded
+//!    the study in the audit trail.
 //!
 //! Objects this box generated are never pruned, nor any instance an outbox entry still
 //! names ([`Store::outbox_needs`]).
@@ -91,6 +93,7 @@ impl PruneRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     sop_instance_uid: String,
+    study_instance_uid: String,
     path: String,
     received_at: i64,
     size: u64,
@@ -100,6 +103,7 @@ impl Claimed {
     fn of(rec: &InstanceRecord) -> Claimed {
         Claimed {
             sop_instance_uid: rec.sop_instance_uid.clone(),
+            study_instance_uid: rec.study_instance_uid.clone(),
             path: rec.path.clone(),
             received_at: rec.received_at,
             size: rec.size,
@@ -207,9 +211,15 @@ impl Store {
     /// were claimed (a copy sent again meanwhile is committed unpruned and stays).
     /// Blocking (file system work).
     pub fn remove_pruned(&self, claimed: &[Claimed]) -> Result<Removed, StoreError> {
+        let removed = self.remove_claimed(claimed)?;
+        self.meta.remove(PRUNING_MARK)?;
+        Ok(removed)
+    }
+
+    /// [`Store::remove_pruned`] without clearing the pruning mark.
+    fn remove_claimed(&self, claimed: &[Claimed]) -> Result<Removed, StoreError> {
         let mut removed = Removed::default();
         if claimed.is_empty() {
-            self.meta.remove(PRUNING_MARK)?;
             return Ok(removed);
         }
         self.flush_blocking()?;
@@ -227,26 +237,43 @@ impl Store {
             removed.files += 1;
             removed.bytes += c.size;
         }
-        self.meta.remove(PRUNING_MARK)?;
         Ok(removed)
     }
 
-    /// Removes the files that records marked pruned still name (left by a crash between
-    /// the mark and the removal). Reads every instance record, but only after such a crash
-    /// (the pruning mark is still set): call at start-up. Blocking.
-    pub fn remove_pruned_leftovers(&self) -> Result<Removed, StoreError> {
+    /// Removes the files that records marked pruned still name, left by a pass interrupted
+    /// between the mark and the removal (a crash, or an audit record that failed), study
+    /// by study: `record` is given the study and its leftovers first (the caller records
+    /// the deletion in the audit trail), and that study's files go only once it succeeded,
+    /// after a flush. A `record` error stops there and leaves the pruning mark, so a later
+    /// call tries again; the mark is cleared once every study is done. Reads every instance
+    /// record, but only after such an interruption (the mark is still set): call at
+    /// start-up and before a pass. Blocking.
+    pub fn remove_pruned_leftovers(
+        &self,
+        mut record: impl FnMut(&str, &[Claimed]) -> Result<(), StoreError>,
+    ) -> Result<Removed, StoreError> {
         if self.meta.get(PRUNING_MARK)?.is_none() {
             return Ok(Removed::default());
         }
-        let mut left = Vec::new();
+        let mut left: std::collections::BTreeMap<String, Vec<Claimed>> = Default::default();
         for kv in self.instances.iter() {
             let (k, v) = kv?;
             let rec: InstanceRecord = decode(&k, &v)?;
             if rec.pruned && !rec.generated && self.root().join(&rec.path).exists() {
-                left.push(Claimed::of(&rec));
+                left.entry(rec.study_instance_uid.clone())
+                    .or_default()
+                    .push(Claimed::of(&rec));
             }
         }
-        self.remove_pruned(&left)
+        let mut removed = Removed::default();
+        for (study, claimed) in &left {
+            record(study, claimed)?;
+            let r = self.remove_claimed(claimed)?;
+            removed.files += r.files;
+            removed.bytes += r.bytes;
+        }
+        self.meta.remove(PRUNING_MARK)?;
+        Ok(removed)
     }
 }
 
@@ -430,7 +457,10 @@ mod tests {
         assert!(store.meta.get(PRUNING_MARK).unwrap().is_some());
         assert_eq!(store.remove_pruned(&claimed).unwrap().files, 1);
         assert!(store.meta.get(PRUNING_MARK).unwrap().is_none());
-        assert_eq!(store.remove_pruned_leftovers().unwrap(), Removed::default());
+        let nothing = store
+            .remove_pruned_leftovers(|study, _| panic!("{study} recorded"))
+            .unwrap();
+        assert_eq!(nothing, Removed::default());
     }
 
     #[test]
@@ -455,7 +485,20 @@ mod tests {
         };
         assert!(dir.path().join(&path).exists());
         let store = Store::open(dir.path()).unwrap();
-        let removed = store.remove_pruned_leftovers().unwrap();
+        // A record that fails leaves the file and the mark; the next call removes it,
+        // having been given the study to record first.
+        let failed =
+            store.remove_pruned_leftovers(|_, _| Err(StoreError::UnknownStudy("x".into())));
+        assert!(failed.is_err());
+        assert!(dir.path().join(&path).exists());
+        let mut recorded = Vec::new();
+        let removed = store
+            .remove_pruned_leftovers(|study, claimed| {
+                recorded.push((study.to_string(), claimed.len()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(recorded, [("7.1".to_string(), 1)]);
         assert_eq!((removed.files, removed.bytes), (1, 100));
         assert!(!dir.path().join(&path).exists());
         assert!(store.instance("7.1.1").unwrap().unwrap().pruned);

@@ -1,25 +1,47 @@
-//! `/api/v1/audit`: the audit trail (admins only): a page of records, the whole trail as
-//! JSON or RFC 5424 syslog lines (itself audited), and the verification of its hash chain.
+//! `/api/v1/audit`: the audit trail (admins only): a page of records with the trail's head
+//! and the state of its forwarding to an audit record repository, the whole trail as JSON
+//! or RFC 5424 syslog lines (itself audited), and the verification of its hash chain.
+//!
+//! An export streams: a blocking thread reads the trail a page at a time and hands each
+//! page, encoded, through a bounded channel to the response body, so the memory it takes
+//! does not grow with the trail.
 
 use super::{audit_now, source, Request};
-use crate::audit::{Action, Event, Head, Record, VerificationReport};
+use crate::audit::{Action, Audit, Event, Head, Record, VerificationReport};
+use crate::audit_forward::status::ForwardStatus;
 use crate::console::reply::{self, ApiError};
 use crate::console::sessions::Session;
 use crate::console::{atna, Console};
+use crate::store::StoreError;
 use serde::Serialize;
-use warp::http::StatusCode;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
+use warp::Reply;
 
-/// A page of the trail and its head.
+/// Records an export reads from the trail at a time.
+pub const EXPORT_PAGE: usize = 512;
+/// Encoded pages an export may hold waiting for a slow client.
+pub const EXPORT_CHUNKS: usize = 4;
+
+/// A page of the trail, its head and the forwarding state.
 #[derive(Serialize)]
 struct AuditPage {
     records: Vec<Record>,
     head: Option<Head>,
+    /// `null` when `[audit] syslog` is unset.
+    forward: Option<ForwardStatus>,
 }
 
 /// The head of the trail as the console shows it.
 pub(super) fn head(c: &Console) -> Option<Head> {
     c.audit.head().map(|(seq, hash)| Head { seq, hash })
+}
+
+/// The state of the forwarding to the audit record repository, when it is on.
+pub(super) fn forward_status(c: &Console) -> Option<ForwardStatus> {
+    crate::audit_forward::status_of(&c.audit)
 }
 
 /// `GET /api/v1/audit?from=&limit=` (at most 1000 records).
@@ -41,60 +63,155 @@ pub(super) fn list(c: &Console, req: &Request) -> Result<Response, ApiError> {
         &AuditPage {
             records,
             head: head(c),
+            forward: forward_status(c),
         },
     ))
 }
 
-/// `GET /api/v1/audit/export?format=json|syslog`: the whole trail as a download.
+/// How an export encodes the trail.
+#[derive(Debug, Clone)]
+enum Format {
+    /// One JSON array of the records as stored.
+    Json,
+    /// One RFC 5424 line per record, from `host` with the audit source `source_id`.
+    Syslog { host: String, source_id: String },
+}
+
+impl Format {
+    fn name(&self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Syslog { .. } => "syslog",
+        }
+    }
+
+    /// Appends `rec` to `out`; `first` says whether it opens the document.
+    fn encode(&self, rec: &Record, first: bool, out: &mut Vec<u8>) {
+        match self {
+            Format::Json => {
+                if !first {
+                    out.push(b',');
+                }
+                // A record always serialises (plain strings, numbers and booleans).
+                let _ = serde_json::to_writer(&mut *out, rec);
+            }
+            Format::Syslog { host, source_id } => {
+                out.extend_from_slice(atna::syslog_line(rec, host, source_id).as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// Why an export ended before the end of the trail (the client sees the body cut short).
+#[derive(Debug, thiserror::Error)]
+#[error("audit export: {0}")]
+struct ExportError(#[from] StoreError);
+
+/// Encodes the records before `end` into chunks of [`EXPORT_PAGE`] records sent on `tx`,
+/// until the end or until the client goes away. Blocking.
+fn encode_pages(
+    audit: &Audit,
+    format: &Format,
+    end: u64,
+    tx: &mpsc::Sender<Result<Vec<u8>, ExportError>>,
+) {
+    let json = matches!(format, Format::Json);
+    let mut from = 0u64;
+    let mut first = true;
+    let mut chunk = Vec::new();
+    if json {
+        chunk.push(b'[');
+    }
+    while from < end {
+        let limit = usize::try_from(end - from).map_or(EXPORT_PAGE, |n| n.min(EXPORT_PAGE));
+        let page = match audit.records(from, limit) {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(ExportError(e)));
+                return;
+            }
+        };
+        let Some(last) = page.last() else {
+            break;
+        };
+        // Keys are distinct sequence numbers from `from` on: the walk always advances.
+        from = last
+            .seq
+            .saturating_add(1)
+            .max(from.saturating_add(page.len() as u64));
+        for rec in page.iter().filter(|r| r.seq < end) {
+            format.encode(rec, first, &mut chunk);
+            first = false;
+        }
+        if tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+            return; // the client went away
+        }
+    }
+    if json {
+        chunk.push(b']');
+    }
+    let _ = tx.blocking_send(Ok(chunk));
+}
+
+/// A response whose body is the trail up to `end` (exclusive), encoded on a blocking
+/// thread and streamed with at most [`EXPORT_CHUNKS`] chunks waiting.
+fn streamed(audit: Arc<Audit>, format: Format, end: u64) -> Response {
+    let (tx, rx) = mpsc::channel(EXPORT_CHUNKS);
+    tokio::task::spawn_blocking(move || encode_pages(&audit, &format, end, &tx));
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    warp::reply::stream(body).into_response()
+}
+
+/// `GET /api/v1/audit/export?format=json|syslog`: the whole trail as a download, up to its
+/// head when asked (the export's own audit record follows it).
 pub(super) async fn export(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
-    let format = req
+    let format = match req
         .query
         .get("format")
         .map(String::as_str)
-        .unwrap_or("json");
-    let records = c.audit.records(0, usize::MAX)?;
-    let n = records.len();
-    let resp = match format {
-        "json" => {
-            let mut r = reply::json(StatusCode::OK, &records);
-            r.headers_mut().insert(
-                warp::http::header::CONTENT_DISPOSITION,
-                warp::http::HeaderValue::from_static("attachment; filename=\"duli-audit.json\""),
-            );
-            r
-        }
-        "syslog" => {
-            let host = crate::console::hostname().unwrap_or_default();
-            let mut text = String::new();
-            for r in &records {
-                text.push_str(&atna::syslog_line(r, &host, &c.device_id));
-                text.push('\n');
-            }
-            let mut r = reply::bytes(
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                text.into_bytes(),
-            );
-            r.headers_mut().insert(
-                warp::http::header::CONTENT_DISPOSITION,
-                warp::http::HeaderValue::from_static("attachment; filename=\"duli-audit.log\""),
-            );
-            r
-        }
+        .unwrap_or("json")
+    {
+        "json" => Format::Json,
+        "syslog" => Format::Syslog {
+            host: crate::console::hostname().unwrap_or_default(),
+            source_id: c.device_id.clone(),
+        },
         other => {
             return Err(ApiError::BadRequest(format!(
                 "unknown format {other:?} (json or syslog)"
             )))
         }
     };
+    let end = c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1));
     audit_now(
         c,
         Event::new(&s.user, Action::Export, "audit trail")
             .from(&source(req))
-            .detail(format!("{n} records as {format}")),
+            .detail(format!("{end} records as {}", format.name())),
     )
     .await?;
-    Ok(resp)
+    let (content_type, disposition) = match format {
+        Format::Json => (
+            "application/json",
+            "attachment; filename=\"duli-audit.json\"",
+        ),
+        Format::Syslog { .. } => (
+            "text/plain; charset=utf-8",
+            "attachment; filename=\"duli-audit.log\"",
+        ),
+    };
+    let mut r = streamed(c.audit.clone(), format, end);
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(disposition),
+    );
+    Ok(r)
 }
 
 /// `GET /api/v1/audit/verify`: walks the hash chain.

@@ -438,22 +438,21 @@ async fn audit_refusal(
     why: &str,
 ) -> Result<(), ApiError> {
     let key = format!("refused {} {route}", req.method);
-    if c.accesses.first(&s.user, &key) {
-        audit_now(
-            c,
-            Event::new(&s.user, crate::audit::Action::Other, &req.path)
-                .from(&source(req))
-                .detail(format!(
-                    "{} {} refused ({why}; role {}); further refusals of this route within {} min not recorded one by one",
-                    req.method,
-                    req.path,
-                    s.role,
-                    super::access_log::WINDOW.as_secs() / 60
-                ))
-                .failed(),
-        )
-        .await?;
-    }
+    // Taken as audited only once the record is written.
+    let record = audit_now(
+        c,
+        Event::new(&s.user, crate::audit::Action::Other, &req.path)
+            .from(&source(req))
+            .detail(format!(
+                "{} {} refused ({why}; role {}); further refusals of this route within {} min not recorded one by one",
+                req.method,
+                req.path,
+                s.role,
+                super::access_log::WINDOW.as_secs() / 60
+            ))
+            .failed(),
+    );
+    c.accesses.once(&s.user, &key, record).await?;
     Ok(())
 }
 

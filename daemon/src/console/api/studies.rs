@@ -180,8 +180,9 @@ pub(super) async fn worklist(
                 .detail(format!("search {q:?}: {total} studies")),
         )
         .await?;
-    } else if c.accesses.first(&s.user, "worklist") {
-        audit_now(
+    } else {
+        // Taken as audited only once the record is written.
+        let record = audit_now(
             c,
             Event::new(&s.user, Action::Query, "worklist")
                 .from(&source(req))
@@ -190,8 +191,8 @@ pub(super) async fn worklist(
                     answer.studies.len(),
                     crate::console::access_log::WINDOW.as_secs() / 60
                 )),
-        )
-        .await?;
+        );
+        c.accesses.once(&s.user, "worklist", record).await?;
     }
     Ok(reply::json(StatusCode::OK, &answer))
 }
@@ -389,7 +390,8 @@ pub(super) async fn audit_image_view(
     uid: &str,
     what: &str,
 ) -> Result<(), ApiError> {
-    if c.accesses.first(&s.user, &viewed(uid)) {
+    // Taken as audited only once the record is written.
+    let record = async {
         let patient = c
             .store
             .study(uid)?
@@ -404,7 +406,8 @@ pub(super) async fn audit_image_view(
                     crate::console::access_log::WINDOW.as_secs() / 60
                 )),
         )
-        .await?;
-    }
+        .await
+    };
+    c.accesses.once(&s.user, &viewed(uid), record).await?;
     Ok(())
 }

@@ -1,0 +1,228 @@
+//! Forwarding of the audit trail to the site's audit record repository (IHE ATNA):
+//! `[audit] syslog = "host:port"`. Each record becomes one RFC 5424 message carrying its
+//! DICOM Audit Message ([`message`]), sent over TCP with octet-counting framing (RFC 6587)
+//! or over TLS (RFC 5425, [`link`]).
+//!
+//! The trail is the queue. An append only signals the stage ([`Forwarding`], the trail's
+//! [`crate::audit::AppendSink`]): it never waits for the repository, which may be down.
+//! The stage ([`stage`]) reads the trail from a stored cursor ([`cursor`]) a page at a
+//! time, so memory stays bounded however long the repository is away and nothing is
+//! dropped; after a restart or a reconnection it resumes from the cursor. A record counts
+//! as forwarded once written to the socket and flushed: TCP carries no acknowledgement
+//! from the application, so a record in flight when a connection breaks may be sent
+//! again (the structured data name its sequence number and hash for the repository to
+//! recognise it). [`status`]: what the console shows of it.
+
+pub mod cursor;
+pub mod link;
+pub mod message;
+pub mod stage;
+pub mod status;
+
+use crate::audit::{AppendSink, Audit, Record};
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+use crate::supervise::{Backoff, Shutdown};
+use status::{ForwardStatus, Status};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Name of the supervised stage.
+pub const STAGE: &str = "audit-forward";
+/// How long shutdown waits for the page in flight.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// The trail's sink while forwarding is on: wakes the stage on each append and holds its
+/// status.
+#[derive(Debug)]
+pub struct Forwarding {
+    /// The sequence number of the latest append.
+    wake: watch::Sender<u64>,
+    /// The stage's state.
+    status: Status,
+}
+
+impl AppendSink for Forwarding {
+    fn appended(&self, rec: &Record) {
+        self.wake.send_replace(rec.seq);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Forwarding {
+    /// The state, its backlog counted against `head` (the trail's last sequence number).
+    pub fn status(&self, head: Option<u64>) -> ForwardStatus {
+        self.status.snapshot(head)
+    }
+}
+
+/// The forwarder's state, when `audit` forwards.
+pub fn status_of(audit: &Audit) -> Option<ForwardStatus> {
+    let forwarding = audit.sink()?.as_any().downcast_ref::<Forwarding>()?;
+    Some(forwarding.status(audit.head().map(|(seq, _)| seq)))
+}
+
+/// Why forwarding could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `[audit]` does not give a repository.
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    /// The cursor's tree cannot be opened.
+    #[error("the forwarding cursor: {0}")]
+    Store(#[from] StoreError),
+    /// The trail already has a sink.
+    #[error("the audit trail already has a sink")]
+    SinkTaken,
+}
+
+/// Starts forwarding when `[audit] syslog` is set: the trail's sink and the supervised
+/// stage [`STAGE`] (whose task is returned, to be given [`DRAIN`] at shutdown).
+pub fn start(
+    config: &Config,
+    store: &Arc<Store>,
+    audit: &Arc<Audit>,
+    shutdown: &Shutdown,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let Some(link) = link::Link::from_config(&config.audit)? else {
+        return Ok(None);
+    };
+    let cursors = cursor::Cursors::open(store)?;
+    let forwarding = Arc::new(Forwarding {
+        wake: watch::channel(audit.head().map_or(0, |(seq, _)| seq)).0,
+        status: Status::new(link.target().to_string(), link.is_tls()),
+    });
+    if !audit.set_sink(forwarding.clone()) {
+        return Err(StartError::SinkTaken);
+    }
+    let hostname = crate::console::hostname().unwrap_or_default();
+    log::info!(
+        "audit forwarding to {} over {}",
+        link.target(),
+        if link.is_tls() { "TLS" } else { "plain TCP" }
+    );
+    let forwarder = Arc::new(stage::Forwarder {
+        audit: audit.clone(),
+        store: store.clone(),
+        cursors,
+        origin: message::Origin::new(&hostname, &config.device.device_id),
+        link,
+        forwarding,
+        stop: shutdown.signal(),
+    });
+    Ok(Some(shutdown.supervise(
+        STAGE,
+        Backoff::default(),
+        move |beat| stage::run(forwarder.clone(), beat),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Action, Event};
+    use crate::config::audit::AuditConfig;
+    use tokio::io::AsyncReadExt;
+
+    /// Reads octet-counted frames from `r` until `n` have come; their sequence numbers.
+    async fn seqs_of(r: &mut tokio::net::TcpStream, n: usize) -> Vec<u64> {
+        let mut data = Vec::new();
+        let mut seqs = Vec::new();
+        let mut buf = [0u8; 4096];
+        while seqs.len() < n {
+            let got = tokio::time::timeout(Duration::from_secs(20), r.read(&mut buf))
+                .await
+                .expect("frames in time")
+                .unwrap();
+            assert!(got > 0, "closed early");
+            data.extend_from_slice(&buf[..got]);
+            while let Some(sp) = data.iter().position(|b| *b == b' ') {
+                let len: usize = std::str::from_utf8(&data[..sp]).unwrap().parse().unwrap();
+                if data.len() < sp + 1 + len {
+                    break;
+                }
+                let msg = String::from_utf8(data[sp + 1..sp + 1 + len].to_vec()).unwrap();
+                let seq = msg
+                    .split("seq=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                seqs.push(seq.parse().unwrap());
+                data.drain(..sp + 1 + len);
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn appends_never_wait_and_arrive_once_the_repository_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        // A port nobody listens on yet.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = Config {
+            audit: AuditConfig {
+                syslog: Some(format!("127.0.0.1:{port}")),
+                syslog_tls: false,
+                ..AuditConfig::default()
+            },
+            ..Config::default()
+        };
+        let shutdown = Shutdown::new();
+        let task = start(&config, &store, &audit, &shutdown).unwrap().unwrap();
+        for i in 0..300 {
+            audit
+                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = status_of(&audit).unwrap();
+        assert!(!st.connected && st.last_error.is_some(), "{st:?}");
+        assert_eq!((st.backlog, st.last_forwarded), (300, None));
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seqs_of(&mut conn, 300).await,
+            (0..300).collect::<Vec<u64>>()
+        );
+        // Later appends follow on the same connection.
+        audit
+            .append(Event::new("bob", Action::Login, "bob"))
+            .unwrap();
+        assert_eq!(seqs_of(&mut conn, 1).await, vec![300]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = status_of(&audit).unwrap();
+        assert!(st.connected, "{st:?}");
+        assert_eq!((st.backlog, st.last_forwarded), (0, Some(300)));
+        shutdown.stop(None).await;
+        tokio::time::timeout(DRAIN, task)
+            .await
+            .expect("the stage stops on the signal")
+            .unwrap();
+        assert_eq!(
+            cursor::Cursors::open(&store)
+                .unwrap()
+                .load()
+                .unwrap()
+                .next_seq,
+            301
+        );
+    }
+}
