@@ -469,6 +469,17 @@ async function usersPage() {
   load().catch((e) => { if (!(e instanceof Unauthenticated)) say(e.message); });
 }
 
+// The forwarding of the trail to the site's audit record repository, when configured.
+function forwardLine(f) {
+  if (!f) return h("p", { id: "audit-forward", class: "muted" }, "Not forwarded to an audit record repository ([audit] syslog).");
+  const to = `Forwarding to ${f.target}${f.tls ? " (TLS)" : " (plain TCP)"}`;
+  const last = f.last_forwarded ?? "none yet";
+  const text = f.connected
+    ? `${to}: connected; last record forwarded ${last}, ${f.backlog} waiting.`
+    : `${to}: NOT connected${f.last_error ? ` (${f.last_error})` : ""}; ${f.backlog} record(s) waiting, last forwarded ${last}.`;
+  return h("p", { id: "audit-forward", class: f.connected ? "ok" : "error", role: "status" }, text);
+}
+
 async function auditPage() {
   try {
     const [data, verify] = await Promise.all([api("GET", "/api/v1/audit?limit=1000"), api("GET", "/api/v1/audit/verify")]);
@@ -480,6 +491,7 @@ async function auditPage() {
       h("p", { class: verify.intact ? "ok" : "error", id: "audit-verify" },
         verify.intact ? `Chain intact: ${verify.records} records, head ${verify.head || "-"}` :
           `Chain BROKEN at record ${verify.first_broken.seq}: ${verify.first_broken.reason}`),
+      forwardLine(data.forward),
       h("p", {}, "Export: ", h("a", { href: "/api/v1/audit/export?format=json", download: "duli-audit.json" }, "JSON"), " · ",
         h("a", { href: "/api/v1/audit/export?format=syslog", download: "duli-audit.log" }, "syslog (RFC 5424, DICOM audit messages)")),
       h("table", { class: "audit" },

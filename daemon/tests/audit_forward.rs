@@ -268,6 +268,18 @@ fn records_appended_while_the_repository_is_down_arrive_in_order_once_it_is_up()
             .is_some_and(|e| e.contains("TCP connect")),
         "{forward}"
     );
+    // The same state on the system page and in `duli status`, for whoever looks there.
+    let system = admin.get("/api/v1/system").json();
+    assert_eq!(system["audit_forward"]["connected"], false, "{system}");
+    assert_eq!(system["audit_forward"]["target"], forward["target"]);
+    let out = d.command(&["status"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["audit_forward"]["connected"], false, "{status}");
+    assert!(
+        status["audit_forward"]["backlog"].as_u64() >= Some(head + 1),
+        "{status}"
+    );
 
     // The repository comes up: everything arrives, once, in order.
     let repo = Repository::start(port, None);

@@ -643,6 +643,20 @@ fn first_time_setup_in_headless_chromium() {
     );
     let shot = wd.screenshot("first-time-setup-done.png");
     assert!(shot.exists());
+    // The audit page: the chain's state and whether the trail leaves the box.
+    wd.click("#nav a[href='#/audit']");
+    let forward = wd.wait_for(
+        "forwarding state on the audit page",
+        "document.querySelector('#audit-verify') && document.querySelector('#audit-forward')?.textContent",
+        Duration::from_secs(20),
+    );
+    assert!(
+        forward
+            .as_str()
+            .unwrap()
+            .starts_with("Not forwarded to an audit record repository"),
+        "{forward}"
+    );
     // From now on the login page is the login form.
     wd.click("#logout");
     wd.wait_for(

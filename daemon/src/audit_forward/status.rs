@@ -1,11 +1,11 @@
 //! The forwarder's state as the console shows it: connected or not (and why not), the
 //! last record forwarded, and how many wait.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
 /// A snapshot of the forwarder's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardStatus {
     /// The repository (`host:port`).
     pub target: String,

@@ -113,6 +113,7 @@ pub fn answer(
                 .into_iter()
                 .map(|(s, n)| (s.as_str().to_string(), n))
                 .collect(),
+            audit_forward: crate::audit_forward::status_of(audit),
         }),
         Request::Studies => Answer::Studies(store.studies()?),
         Request::AuditVerify => Answer::AuditVerified(audit.verify()?.into()),

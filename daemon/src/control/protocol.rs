@@ -190,13 +190,18 @@ from_answer! {
     AuditAppended => Head,
 }
 
-/// Answer of [`Request::Status`]: instances, and studies per state.
+/// Answer of [`Request::Status`]: instances, studies per state, and the forwarding of the
+/// audit trail when it is on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStatus {
     /// Instances in the index.
     pub instances: u64,
     /// Studies per state name.
     pub studies: BTreeMap<String, u64>,
+    /// The state of the forwarding to the audit record repository (`[audit] syslog`);
+    /// absent when it is off, or when the store was read without a running daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_forward: Option<crate::audit_forward::status::ForwardStatus>,
 }
 
 /// Answer of [`Request::OutboxList`]: the entries as the table `duli outbox list` prints.

@@ -153,10 +153,12 @@ struct System<'a> {
     model: ModelState,
     peers: Vec<PeerView<'a>>,
     audit_head: Option<Head>,
+    /// The forwarding to the audit record repository; `null` when it is off.
+    audit_forward: Option<crate::audit_forward::status::ForwardStatus>,
 }
 
 /// `GET /api/v1/system`: version, identity, disk, store and outbox figures, model state,
-/// peers and the audit head.
+/// peers, the audit head and the state of its forwarding.
 pub(super) fn system(c: &Console) -> Result<Response, ApiError> {
     let total = nix::sys::statvfs::statvfs(&c.data_dir)
         .ok()
@@ -196,6 +198,7 @@ pub(super) fn system(c: &Console) -> Result<Response, ApiError> {
             })
             .collect(),
         audit_head: head(c),
+        audit_forward: super::audit::forward_status(c),
     };
     Ok(reply::json(StatusCode::OK, &system))
 }
