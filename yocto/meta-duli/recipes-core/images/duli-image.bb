@@ -87,4 +87,19 @@ link_duli_time_settings() {
     ln -sf /data/etc/localtime ${IMAGE_ROOTFS}${sysconfdir}/localtime
     ln -sf /data/etc/timezone ${IMAGE_ROOTFS}${sysconfdir}/timezone
 }
-ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint; link_duli_time_settings;"
+enable_duli_time_wait_sync[doc] = "Makes time-sync.target wait, at most 90 s, for a synchronised clock"
+# duli.service starts after time-sync.target, but the target means "synchronised" only when
+# systemd-time-wait-sync.service holds it back, and systemd ships that unit disabled: the
+# daemon would stamp its first studies, audit records and sessions with whatever the
+# hardware clock said. The unit is enabled (the link `systemctl enable` makes, from its
+# WantedBy=sysinit.target) and its wait bounded, so a site whose NTP servers cannot be
+# reached still starts the daemon after 90 s (systemd/README.md, "Time at start").
+enable_duli_time_wait_sync() {
+    unit=${systemd_system_unitdir}/systemd-time-wait-sync.service
+    [ -f "${IMAGE_ROOTFS}$unit" ] || bbfatal "duli-image: $unit is missing (systemd built without timesyncd?)"
+    etc=${IMAGE_ROOTFS}${sysconfdir}/systemd/system
+    install -d "$etc/sysinit.target.wants" "$etc/systemd-time-wait-sync.service.d"
+    ln -sf "$unit" "$etc/sysinit.target.wants/systemd-time-wait-sync.service"
+    printf '[Service]\nTimeoutStartSec=90s\n' > "$etc/systemd-time-wait-sync.service.d/duli.conf"
+}
+ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint; link_duli_time_settings; enable_duli_time_wait_sync;"
