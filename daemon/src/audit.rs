@@ -9,19 +9,22 @@
 //!
 //! The records live in the index, which the store rebuilds from the files when it is lost
 //! or unreadable; so the head is also kept beside the index, in `<data>/audit.head`
-//! ([`ANCHOR_FILE`], written atomically with each record, with the last few records). A
+//! ([`ANCHOR_FILE`], rewritten with each record, with the last few records, in one of two
+//! checksummed slots so a write cut off leaves the other ([`anchor`]); synced to disk at
+//! most [`ANCHOR_SYNC`] apart and when the trail is closed, so an append costs no disk sync
+//! and a power cut leaves it at most that far behind). A
 //! trail opened short of its anchor takes back the anchored records it lost in an unclean
 //! stop; one that lost more starts its new part with a failed record stating the loss
 //! ([`TRAIL_LOST`]: the last known sequence number and hash, which it links to), and
 //! [`Audit::verify`] reports the records missing before it, never an intact trail.
 
+pub mod anchor;
+
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
+use anchor::{Anchor, AnchorFile};
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Tree holding the records, keyed by big-endian sequence number.
@@ -38,6 +41,9 @@ pub const ANCHOR_FILE: &str = "audit.head";
 /// How many of the last records the anchor keeps: a trail that lost no more than these in
 /// an unclean stop (appended, not yet flushed) takes them back whole.
 pub const ANCHOR_TAIL: usize = 32;
+/// How often at most the anchor is synced to disk: it is rewritten with every record, and
+/// synced with the first record after this long and when the trail is closed.
+pub const ANCHOR_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 /// How the detail of the record that states a break of the trail starts: records its
 /// anchor names are gone (with a lost or rebuilt index).
 pub const TRAIL_LOST: &str = "audit trail lost with the index";
@@ -261,128 +267,6 @@ pub struct Audit {
     anchor: Anchor,
 }
 
-/// What [`ANCHOR_FILE`] holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct AnchorFile {
-    /// Sequence number of the last record.
-    seq: u64,
-    /// Its hash.
-    hash: String,
-    /// The last records, oldest first, the last one `seq`.
-    tail: Vec<Record>,
-}
-
-/// Why the anchor could not be read.
-#[derive(Debug, thiserror::Error)]
-enum AnchorError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file does not parse.
-    #[error("{path} does not parse: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The decoding error.
-        source: serde_json::Error,
-    },
-}
-
-/// The head of the trail kept outside the index ([`ANCHOR_FILE`]), rewritten with each
-/// appended record (appends are serialised, so writes are too).
-#[derive(Debug)]
-struct Anchor {
-    path: PathBuf,
-    /// The last records, oldest first.
-    tail: Mutex<VecDeque<Record>>,
-    /// Set while writing fails (logged once per failing spell, not once per record).
-    failing: AtomicBool,
-}
-
-impl Anchor {
-    fn in_dir(data_dir: &Path) -> Anchor {
-        Anchor {
-            path: data_dir.join(ANCHOR_FILE),
-            tail: Mutex::new(VecDeque::with_capacity(ANCHOR_TAIL)),
-            failing: AtomicBool::new(false),
-        }
-    }
-
-    fn tail(&self) -> std::sync::MutexGuard<'_, VecDeque<Record>> {
-        self.tail.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The anchor on disk; `None` when there is none (a new store, or one older than it).
-    fn read(&self) -> Result<Option<AnchorFile>, AnchorError> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(AnchorError::Read {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| AnchorError::Parse {
-                path: self.path.clone(),
-                source,
-            })
-    }
-
-    /// Starts the tail from `records` (the trail's last ones, oldest first).
-    fn reset(&self, records: Vec<Record>) {
-        *self.tail() = records.into();
-    }
-
-    /// Adds `rec` (just appended) to the tail and writes the anchor. A failure is logged,
-    /// not returned: the record itself is in the trail, and an anchor left behind only
-    /// names an earlier record of it.
-    fn note(&self, rec: &Record) {
-        let mut tail = self.tail();
-        if tail.len() >= ANCHOR_TAIL {
-            tail.pop_front();
-        }
-        tail.push_back(rec.clone());
-        self.write(&tail);
-    }
-
-    /// Writes the anchor of `tail` (nothing when it is empty).
-    fn write(&self, tail: &VecDeque<Record>) {
-        let Some(last) = tail.back() else {
-            return;
-        };
-        let file = AnchorFile {
-            seq: last.seq,
-            hash: last.hash.clone(),
-            tail: tail.iter().cloned().collect(),
-        };
-        let bytes = crate::store::encode(&file);
-        match crate::fsutil::write_atomic(&self.path, &bytes, 0o600, None) {
-            Ok(()) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    log::info!("audit trail: {} written again", self.path.display());
-                }
-            }
-            Err(e) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    log::error!(
-                        "audit trail: cannot write its anchor ({e}); a lost index would not be noticed past record {}",
-                        last.seq
-                    );
-                }
-            }
-        }
-    }
-}
-
 /// Whether `rec` is a record stating a break of the trail ([`TRAIL_LOST`]).
 fn states_a_break(rec: &Record) -> bool {
     rec.action == Action::Other
@@ -530,7 +414,7 @@ impl Audit {
                 // as it stands.
                 let anchored = saved.map(|a| (a.seq, a.hash));
                 if head.is_some() && anchored != self.head() {
-                    self.anchor.write(&self.anchor.tail());
+                    self.anchor.rewrite();
                 }
             }
         }
@@ -792,7 +676,7 @@ mod tests {
     }
 
     /// A trail of `n` records in a new store in `dir`, flushed; the hash of the last.
-    fn trail_of(dir: &Path, n: u64) -> String {
+    fn trail_of(dir: &std::path::Path, n: u64) -> String {
         let store = Store::open(dir).unwrap();
         let audit = Audit::open(&store).unwrap();
         let mut last = String::new();
