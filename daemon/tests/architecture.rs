@@ -217,9 +217,15 @@ fn no_function_returns_a_string_error() {
         let code = without_tests(&text);
         for (n, line) in code.lines().enumerate() {
             let compact: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-            if compact.contains("->Result<") && compact.ends_with(",String>{")
-                || compact.contains("->Result<") && compact.contains(",String>where")
-            {
+            // `-> Result<T, String>` and `-> Option<Result<T, String>>`, on the signature's
+            // line or on the last line of a signature written over several.
+            let returns = compact.contains("->Result<") || compact.contains("->Option<Result<");
+            let string_error = [",String>{", ",String>>{", ",String>where", ",String>>where"]
+                .iter()
+                .any(|end| {
+                    compact.ends_with(end) || end.ends_with("where") && compact.contains(end)
+                });
+            if returns && string_error {
                 bad.push(format!("{rel}:{}: {}", n + 1, line.trim()));
             }
         }

@@ -59,6 +59,26 @@ pub(super) enum AnchorError {
     },
 }
 
+/// Why a slot holds no anchor.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SlotError {
+    /// Nothing was ever written there.
+    #[error("empty")]
+    Empty,
+    /// The length before the JSON is 0 or larger than a slot.
+    #[error("length {0} out of range")]
+    Length(usize),
+    /// The file ends inside the JSON.
+    #[error("cut short")]
+    CutShort,
+    /// The JSON does not match its checksum.
+    #[error("checksum mismatch (a write cut off)")]
+    Checksum,
+    /// The JSON does not decode.
+    #[error("does not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
 /// What changes with each write.
 #[derive(Debug, Default)]
 struct State {
@@ -121,7 +141,7 @@ impl Anchor {
         file.take(2 * SLOT)
             .read_to_end(&mut bytes)
             .map_err(read_err)?;
-        let slots: Vec<Result<AnchorFile, String>> = (0..2u64)
+        let slots: Vec<Result<AnchorFile, SlotError>> = (0..2u64)
             .map(|i| {
                 let start = (i * SLOT) as usize;
                 decode_slot(bytes.get(start..).unwrap_or_default())
@@ -270,19 +290,19 @@ fn encode_slot(records: &VecDeque<Record>) -> Vec<u8> {
 }
 
 /// The anchor in one slot's bytes, or why there is none.
-fn decode_slot(bytes: &[u8]) -> Result<AnchorFile, String> {
-    let header = bytes.get(..SLOT_HEADER).ok_or("empty")?;
+fn decode_slot(bytes: &[u8]) -> Result<AnchorFile, SlotError> {
+    let header = bytes.get(..SLOT_HEADER).ok_or(SlotError::Empty)?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len == 0 || len > SLOT as usize - SLOT_HEADER {
-        return Err(format!("length {len} out of range"));
+        return Err(SlotError::Length(len));
     }
     let json = bytes
         .get(SLOT_HEADER..SLOT_HEADER + len)
-        .ok_or("cut short")?;
+        .ok_or(SlotError::CutShort)?;
     if digest(&SHA256, json).as_ref() != &header[4..] {
-        return Err("checksum mismatch (a write cut off)".into());
+        return Err(SlotError::Checksum);
     }
-    serde_json::from_slice(json).map_err(|e| format!("does not parse: {e}"))
+    Ok(serde_json::from_slice(json)?)
 }
 
 #[cfg(test)]

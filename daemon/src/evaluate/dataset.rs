@@ -364,18 +364,9 @@ pub fn study_of(file: &Path) -> Option<String> {
 }
 
 /// SHA-256 of the first `limit` bytes of `file` (all of it with `u64::MAX`).
-fn digest(file: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+fn digest(file: &Path, limit: u64) -> std::io::Result<[u8; 32]> {
     let mut reader = std::fs::File::open(file)?.take(limit);
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(ctx.finish().as_ref().to_vec())
+    Ok(duli_firmware::hash_reader(&mut reader)?.1)
 }
 
 /// Groups of indices into `files` whose contents are identical: by size, then the hash of
@@ -390,14 +381,14 @@ fn same_content(files: &[&Path]) -> Vec<Vec<usize>> {
     }
     let mut groups = Vec::new();
     for same_size in by_size.into_values().filter(|g| g.len() > 1) {
-        let mut by_prefix: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        let mut by_prefix: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
         for k in same_size {
             if let Ok(d) = digest(files[k], PREFIX_BYTES) {
                 by_prefix.entry(d).or_default().push(k);
             }
         }
         for same_prefix in by_prefix.into_values().filter(|g| g.len() > 1) {
-            let mut by_hash: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+            let mut by_hash: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
             for k in same_prefix {
                 if let Ok(d) = digest(files[k], u64::MAX) {
                     by_hash.entry(d).or_default().push(k);

@@ -412,7 +412,7 @@ fn configured(
     config_dir: &Path,
     owner: &str,
     role: &str,
-) -> Option<Result<(String, Vec<u8>), String>> {
+) -> Option<Result<(String, Vec<u8>), PartnerUnreadable>> {
     let value = base.get(owner)?.get(role)?.as_str()?;
     let path = config_dir.join(value);
     let cap = if role == "key" {
@@ -424,8 +424,18 @@ fn configured(
     Some(
         source::read_nofollow(&path, cap)
             .map(|bytes| (name.clone(), bytes))
-            .map_err(|e| format!("cannot check against {name}: {e}")),
+            .map_err(|source| PartnerUnreadable { name, source }),
     )
+}
+
+/// The configured partner of a key or certificate being provisioned cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot check against {name}: {source}")]
+struct PartnerUnreadable {
+    /// The partner, for messages.
+    name: String,
+    /// Why it cannot be read.
+    source: source::SourceError,
 }
 
 /// Reads a provisioning file.
@@ -713,7 +723,7 @@ pub fn plan(
                         bad(&e.key, e.reason);
                     }
                 }
-                Some(Err(e)) => bad(name, e),
+                Some(Err(e)) => bad(name, e.to_string()),
                 None => {
                     if let Err(e) = material::certificates(name, c) {
                         bad(&e.key, e.reason);
@@ -726,7 +736,7 @@ pub fn plan(
                         bad(&e.key, e.reason);
                     }
                 }
-                Some(Err(e)) => bad(name, e),
+                Some(Err(e)) => bad(name, e.to_string()),
                 None => {
                     if let Err(e) = material::private_key(name, k) {
                         bad(&e.key, e.reason);
