@@ -76,6 +76,12 @@ pub fn find(explicit: Option<PathBuf>) -> Result<SampleSource> {
     }
     let found =
         crate::locate::demo_samples(std::env::var_os(crate::locate::SHARED_ENV).map(Into::into));
+    first_folder(&found)
+}
+
+/// The first folder among the places `found` names, or the error naming every place and
+/// the fix.
+fn first_folder(found: &crate::locate::Found) -> Result<SampleSource> {
     match found.tried.iter().find(|(p, _)| p.is_dir()) {
         Some((dir, origin)) => Ok(SampleSource {
             dir: dir.clone(),
@@ -179,6 +185,40 @@ pub fn header_for(bytes: &[u8], uid_root: &str) -> WrapHeader {
 mod tests {
     use super::*;
     use crate::infer::dicom_image::DicomImage;
+
+    /// With no sample folder anywhere (a public clone before `make models`), the error
+    /// names every place looked at, with where each came from, and the command that fixes
+    /// it; a file where a folder should be does not count; the first folder found wins.
+    #[test]
+    fn without_samples_anywhere_the_error_names_each_place_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared/cxr");
+        let prepared = dir.path().join("checkout/.cache/samples/cxr-jpeg");
+        std::fs::create_dir_all(prepared.parent().unwrap()).unwrap();
+        std::fs::write(&prepared, b"a file, not a folder").unwrap();
+        let found = crate::locate::Found {
+            path: None,
+            tried: vec![
+                (shared.clone(), "DULI_SHARED_DIR"),
+                (prepared.clone(), "prepared by `make models`"),
+            ],
+        };
+        let e = first_folder(&found).unwrap_err().to_string();
+        assert!(e.starts_with("no sample studies found; looked in:"), "{e}");
+        for (place, origin) in &found.tried {
+            assert!(e.contains(&place.display().to_string()), "{e}");
+            assert!(e.contains(origin), "{e}");
+        }
+        assert!(
+            e.contains("run `make models`") && e.contains("--samples FOLDER"),
+            "{e}"
+        );
+
+        std::fs::remove_file(&prepared).unwrap();
+        std::fs::create_dir_all(&prepared).unwrap();
+        let s = first_folder(&found).unwrap();
+        assert_eq!((s.dir, s.origin), (prepared, "prepared by `make models`"));
+    }
     use crate::infer::eligibility::{check, Eligibility};
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {

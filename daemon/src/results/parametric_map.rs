@@ -523,6 +523,36 @@ mod tests {
         }
     }
 
+    /// The map's pixel spacing is the source's times the downsampling factor, so a viewer
+    /// scales it over the image; a source without any spacing gets 1 mm per source pixel,
+    /// nominal, times the factor (the ratio to the image is what aligns the two).
+    #[test]
+    fn the_map_spacing_is_the_source_spacing_times_the_factor() {
+        let spacing = |pixel_spacing, factor| {
+            let source = Source {
+                sop_class: "1.2.840.10008.5.1.4.1.1.1.1".into(),
+                sop_instance: "1.2.3".into(),
+                series: "1.2".into(),
+                rows: 3000,
+                columns: 2400,
+                pixel_spacing,
+                frame_of_reference: None,
+                laterality: String::new(),
+            };
+            let g = shared_groups(&source, factor);
+            let measures = g.element(tags::PIXEL_MEASURES_SEQUENCE).unwrap();
+            let item = &measures.items().unwrap()[0];
+            item.element(tags::PIXEL_SPACING)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(spacing(Some((0.2, 0.15)), 3), "0.6\\0.45");
+        assert_eq!(spacing(Some((0.139, 0.139)), 1), "0.139\\0.139");
+        assert_eq!(spacing(None, 3), "3\\3");
+    }
+
     #[test]
     fn the_grid_keeps_whole_blocks_within_the_limit() {
         assert_eq!(grid_size(968, 592, 1024), (1, 968, 592));
