@@ -18,9 +18,10 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A sample chest X-ray: (path, SOP class, SOP instance, its data set in Explicit VR LE).
+/// A chest X-ray: (path, SOP class, SOP instance, its data set in Explicit VR LE); the
+/// shared sample or a synthetic one ([`common::inference::chest_dx`]).
 fn sample() -> Option<(PathBuf, String, String, Vec<u8>)> {
-    let path = sample_dicoms("explicit-le")?.into_iter().next()?;
+    let path = common::inference::chest_dx("NORMAL_01.dcm")?;
     let p = duli::scu::prepare(&path).unwrap();
     assert_eq!(p.transfer_syntax, EXPLICIT_LE, "{}", path.display());
     let bytes = std::fs::read(&path).unwrap();

@@ -6,7 +6,6 @@ mod common;
 
 use common::ris;
 use common::*;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,9 @@ fn odd_ack(id: &str) -> String {
 
 #[test]
 fn an_odd_ack_neither_stops_hl7_delivery_nor_the_daemon() {
-    let Some(samples) = samples_dir() else { return };
+    let Some(file) = common::inference::chest_dx("PNEUMONIA_01.dcm") else {
+        return;
+    };
     if !common::inference::inference_available() {
         return;
     }
@@ -30,7 +31,6 @@ fn an_odd_ack_neither_stops_hl7_delivery_nor_the_daemon() {
         .config("hl7", "port", &port.to_string())
         .config("hl7", "tls", "false")
         .start();
-    let file: PathBuf = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
     d.storescu("MODALITY", &[], &[file])
         .unwrap()
         .assert_success("storescu");
@@ -171,8 +171,9 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
         assert!(log.contains(want), "{want:?} not in log:\n{log}");
     }
     // the restarted tracker took over the queue: a study sent now completes
-    let Some(samples) = samples_dir() else { return };
-    let file: PathBuf = samples.join("dicom/explicit-le/NORMAL_01.dcm");
+    let Some(file) = common::inference::chest_dx("NORMAL_01.dcm") else {
+        return;
+    };
     d.storescu("MODALITY", &[], &[file])
         .unwrap()
         .assert_success("storescu after the restart");
