@@ -211,6 +211,16 @@ fn assert_cannot_understand(case: &str, answer: &Answer) {
     }
 }
 
+/// The Error Comment of the refusal of one more C-STORE of sequences nested 2,000 deep.
+fn comment_of_depth(s: &mut Suite) -> String {
+    let ids = s.ids();
+    let ds = dx_header(&ids, b"", b"DEEP^NEST", &nested_sequence(2_000), 64, 64);
+    match s.store(EXPLICIT_LE, &ids.sop, &ds) {
+        Answer::Status(status, Some(comment)) if status & 0xF000 == 0xC000 => comment,
+        other => panic!("nested 2000 (again): {other:?}"),
+    }
+}
+
 /// The data set of a Part 10 file (after the file meta group) and its transfer syntax.
 fn data_set_of(path: &Path) -> (Vec<u8>, String) {
     let prepared = duli::scu::prepare(path).unwrap();
@@ -335,6 +345,17 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
         assert_cannot_understand(&format!("nested {depth}"), &answer);
         s.check(&format!("sequences nested {depth} deep"));
     }
+    // The refusal says why, to the peer and in the log.
+    let comment = comment_of_depth(&mut s);
+    assert!(comment.contains("nested deeper than 64"), "{comment}");
+    let log = s.daemon.log_once_it_holds(
+        "sequences nested deeper than 64 levels",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("sequences nested deeper than 64 levels"),
+        "no log line names the nesting refusal:\n{log}"
+    );
     // The same depth inside a UN of undefined length, which dicom-rs reads in the data
     // set's explicit VR and PS3.5 would have read as implicit VR.
     let ids = s.ids();
