@@ -100,6 +100,44 @@ fn only_the_store_names_the_index_database() {
     );
 }
 
+/// Nor does the store's public interface hand sled out: no public function of `store/`
+/// takes or returns a sled type (only functions visible inside the store may).
+#[test]
+fn the_store_hands_out_no_sled_type() {
+    let mut bad = Vec::new();
+    for (rel, text) in sources(&src_dir()) {
+        if !rel.starts_with("store/") {
+            continue;
+        }
+        let code = without_tests(&text);
+        let lines: Vec<&str> = code.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            if !(t.starts_with("pub fn ") || t.starts_with("pub async fn ")) {
+                continue;
+            }
+            // The signature, over as many lines as it takes, up to its body or `where`.
+            let signature: String = lines[n..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with("where"))
+                .scan(false, |done, l| {
+                    (!*done).then(|| {
+                        *done = l.contains('{') || l.trim_end().ends_with(';');
+                        *l
+                    })
+                })
+                .collect();
+            if signature.contains("sled::")
+                || signature.contains("TransactionalTree")
+                || signature.contains("UnabortableTransactionError")
+            {
+                bad.push(format!("{rel}:{}: {}", n + 1, t));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 /// The stages built on the store, in flow order, and the daemon that wires them.
 const STAGES: [&str; 11] = [
     "receive",

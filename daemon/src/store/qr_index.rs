@@ -132,7 +132,7 @@ pub fn keys(study: &StudyRecord) -> BTreeSet<Vec<u8>> {
 }
 
 /// Inside a transaction: replaces the keys of `old` (if any) by those of `new`.
-pub fn update(
+pub(super) fn update(
     tree: &TransactionalTree,
     old: Option<&StudyRecord>,
     new: &StudyRecord,
@@ -150,7 +150,7 @@ pub fn update(
 }
 
 /// Rebuilds the whole tree from the study records (for a store written before it existed).
-pub fn rebuild<'a>(
+pub(super) fn rebuild<'a>(
     tree: &sled::Tree,
     studies: impl Iterator<Item = &'a StudyRecord>,
 ) -> Result<(), sled::Error> {
@@ -169,7 +169,11 @@ fn study_of(k: &[u8]) -> Option<String> {
 }
 
 /// Study UIDs whose `kind` value equals `value` exactly.
-pub fn exact(tree: &sled::Tree, kind: Kind, value: &str) -> Result<Vec<String>, sled::Error> {
+pub(super) fn exact(
+    tree: &sled::Tree,
+    kind: Kind,
+    value: &str,
+) -> Result<Vec<String>, sled::Error> {
     let mut prefix = vec![kind.byte()];
     prefix.extend_from_slice(value.as_bytes());
     prefix.push(0);
@@ -177,14 +181,18 @@ pub fn exact(tree: &sled::Tree, kind: Kind, value: &str) -> Result<Vec<String>, 
 }
 
 /// Study UIDs whose `kind` value starts with `prefix`.
-pub fn prefixed(tree: &sled::Tree, kind: Kind, prefix: &str) -> Result<Vec<String>, sled::Error> {
+pub(super) fn prefixed(
+    tree: &sled::Tree,
+    kind: Kind,
+    prefix: &str,
+) -> Result<Vec<String>, sled::Error> {
     let mut p = vec![kind.byte()];
     p.extend_from_slice(prefix.as_bytes());
     scan(tree.scan_prefix(p))
 }
 
 /// Study UIDs whose `kind` value lies in `lo..=hi` (either bound open when empty).
-pub fn range(
+pub(super) fn range(
     tree: &sled::Tree,
     kind: Kind,
     lo: &str,

@@ -152,22 +152,17 @@ impl Outbox {
         TREE
     }
 
-    /// The tree to include in a multi-tree transaction with [`Outbox::enqueue_in`].
-    pub fn tree(&self) -> &sled::Tree {
-        &self.tree
-    }
-
     /// Writes `batch` inside a transaction on the outbox tree; returns the new ids. Call
     /// [`Outbox::committed`] with the same batch once the transaction has committed.
     ///
     /// ```ignore
-    /// let ids = (&results, outbox.tree()).transaction(|(results, ob)| {
+    /// let ids = (&results, &outbox.tree).transaction(|(results, ob)| {
     ///     results.insert(key, value)?;
     ///     Ok(Outbox::enqueue_in(ob, &batch)?)
     /// })?;
     /// outbox.committed(&batch);
     /// ```
-    pub fn enqueue_in(
+    pub(in crate::store) fn enqueue_in(
         tx: &TransactionalTree,
         batch: &[NewEntry],
     ) -> Result<Vec<u64>, UnabortableTransactionError> {
@@ -644,8 +639,8 @@ mod tests {
         let batch = vec![hl7("r1"), mqtt("r1"), hl7("r2")];
         let writes = ob.prepare(&batch).unwrap();
         let results = db.open_tree("results").unwrap();
-        let committed: sled::transaction::TransactionResult<()> = (&results, ob.tree())
-            .transaction(|(r, o)| {
+        let committed: sled::transaction::TransactionResult<()> =
+            (&results, &ob.tree).transaction(|(r, o)| {
                 r.insert("study", "result")?;
                 for (k, v) in &writes {
                     o.insert(k.as_slice(), v.as_slice())?;
@@ -678,7 +673,7 @@ mod tests {
         let (db, ob) = open(dir.path(), OutboxLimits::default());
         let results = db.open_tree("results").unwrap();
         let batch = vec![hl7("r1"), mqtt("r1")];
-        let ids = (&results, ob.tree())
+        let ids = (&results, &ob.tree)
             .transaction(|(results, tx)| {
                 results.insert("r1", "result")?;
                 Ok(Outbox::enqueue_in(tx, &batch)?)
@@ -690,7 +685,7 @@ mod tests {
         assert!(ids[0] < ids[1]);
         assert_eq!(ob.fill().entries, 2);
         // an aborted transaction leaves neither the result nor the entries
-        let r: Result<(), _> = (&results, ob.tree()).transaction(|(results, tx)| {
+        let r: Result<(), _> = (&results, &ob.tree).transaction(|(results, tx)| {
             results.insert("r2", "result")?;
             Outbox::enqueue_in(tx, &[hl7("r2")])?;
             sled::transaction::abort(())
