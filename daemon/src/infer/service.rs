@@ -50,6 +50,13 @@ use tokio::sync::{mpsc, Semaphore};
 /// How often the reason is logged again while the stage waits for its model.
 pub const WAITING_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Whether the reason the stage waits is logged now: when it changed, the first time, and
+/// again every [`WAITING_LOG_EVERY`] (so a journal read hours later still says why studies
+/// are not analysed, without a line per retry).
+fn waiting_log_due(last_logged: Option<Instant>, now: Instant, changed: bool) -> bool {
+    changed || last_logged.is_none_or(|t| now.duration_since(t) >= WAITING_LOG_EVERY)
+}
+
 /// Images of one study that get a heatmap. The input (and a `cam` model's features) of
 /// each is held until the study's result is recorded, so without a bound a study of
 /// thousands of images would hold thousands of tensors; a chest X-ray study has a few.
@@ -155,8 +162,7 @@ pub async fn run_pipeline_on(
                 }
                 Ok(Err(err)) => {
                     let msg = err.to_string();
-                    let due = last_logged.is_none_or(|t| t.elapsed() >= WAITING_LOG_EVERY);
-                    if msg != last_error || due {
+                    if waiting_log_due(last_logged, Instant::now(), msg != last_error) {
                         log::error!("inference is waiting for its model: {msg}; received studies stay queued and are analysed once this is fixed (retry every {:?})", options.retry_after);
                         last_logged = Some(Instant::now());
                     }
@@ -624,5 +630,26 @@ pub fn build_result(
         },
         timings,
         created_at: crate::clock::now_millis(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reason is logged the first time, when it changes, and again once a minute while
+    /// it stays the same, not at every retry.
+    #[test]
+    fn the_waiting_reason_is_logged_again_every_minute_not_every_retry() {
+        let t0 = Instant::now();
+        assert!(waiting_log_due(None, t0, false), "first time");
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(
+            !waiting_log_due(Some(t0), at(5), false),
+            "a retry 5 s later"
+        );
+        assert!(!waiting_log_due(Some(t0), at(59), false));
+        assert!(waiting_log_due(Some(t0), at(60), false), "a minute later");
+        assert!(waiting_log_due(Some(t0), at(5), true), "another reason");
     }
 }
