@@ -74,6 +74,23 @@ enum Answer {
 
 type Script = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
 
+/// Every distinct message the scripted listener received, until
+/// [`assert_received_strict_valid`] takes them.
+static RECEIVED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Every ORU the scripted listeners received so far (in this test or one running beside
+/// it) is valid in hl7apy at its STRICT level: not only the messages of the tests that
+/// look at their fields.
+fn assert_received_strict_valid() {
+    let msgs = std::mem::take(&mut *RECEIVED.lock().unwrap());
+    let Some(verdicts) = common::ris::hl7_strict_all(&msgs) else {
+        return;
+    };
+    for (msg, verdict) in msgs.iter().zip(&verdicts) {
+        assert_eq!(verdict, "valid", "{}", msg.replace('\r', "\n"));
+    }
+}
+
 /// Serves MLLP on one connection: records each message's MSH-10 and answers per script
 /// (called with the control id and how many times it has been seen before).
 async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
@@ -91,6 +108,12 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         dec.push(&buf[..n]);
         while let Ok(Some(frame)) = dec.next_frame() {
             let text = String::from_utf8(frame).unwrap();
+            {
+                let mut received = RECEIVED.lock().unwrap();
+                if !received.contains(&text) {
+                    received.push(text.clone());
+                }
+            }
             let id = duli::deliver::hl7::client::control_id(&text);
             let before = {
                 let mut seen = seen.lock().unwrap();
@@ -344,6 +367,7 @@ async fn ar_forever_dead_letters_after_max_rejections_without_blocking_the_queue
         ),
         (1, 3, 2)
     );
+    assert_received_strict_valid();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +394,7 @@ async fn garbage_answers_are_retried_not_counted_as_refusals() {
         (s.failed_total, s.rejected_total, s.delivered_total),
         (2, 0, 1)
     );
+    assert_received_strict_valid();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,6 +420,7 @@ async fn outage_then_recovery_delivers_every_report_in_order() {
     assert_eq!(seen, expected);
     assert_eq!(ob.fill().entries, 0);
     assert!(ob.list(None).unwrap().is_empty());
+    assert_received_strict_valid();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +503,7 @@ async fn mllp_over_tls_with_a_client_certificate() {
     let e = ob2.head(&Destination::Hl7).unwrap().unwrap();
     assert!(e.attempts >= 1 && e.rejections == 0, "{e:?}");
     assert_eq!(seen.lock().unwrap().len(), 3);
+    assert_received_strict_valid();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,6 +543,7 @@ async fn a_stop_mid_drain_resumes_after_reopening_the_store() {
         total - 40
     );
     assert!(total - 40 <= 1);
+    assert_received_strict_valid();
 }
 
 /// The HL7 message of `report` as the plan makes it.
@@ -598,6 +626,7 @@ async fn a_study_without_a_patient_id_is_refused_not_sent() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(ob.status_of("rep-0001").unwrap()[0].state, "delivered");
+    assert_received_strict_valid();
 }
 
 /// A RIS that cuts MSA-2 to the 20 characters of HL7 v2.5.1 still acknowledges our
@@ -624,6 +653,7 @@ async fn a_ris_that_cuts_msa2_to_20_characters_acknowledges_every_message() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen.iter().all(|id| id.chars().count() <= 20), "{seen:?}");
+    assert_received_strict_valid();
 }
 
 /// A RIS that keeps acknowledging another control id: after `max_rejections` such ACKs in
@@ -680,4 +710,5 @@ async fn acks_for_another_control_id_are_dead_lettered_after_max_rejections() {
         "{seen:?}"
     );
     assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_received_strict_valid();
 }

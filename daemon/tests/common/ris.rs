@@ -93,19 +93,29 @@ pub fn wait_drained(d: &Daemon, timeout: Duration) {
 /// `None` with a SKIP line when no Python has hl7apy (a failure under `make test`). A
 /// validator that cannot run or says nothing fails the test.
 pub fn hl7_strict(msg: &str) -> Option<String> {
+    hl7_strict_all(&[msg.to_string()]).map(|mut v| v.remove(0))
+}
+
+/// [`hl7_strict`] of each of `msgs`, in one validator process: one verdict per message.
+pub fn hl7_strict_all(msgs: &[String]) -> Option<Vec<String>> {
+    if msgs.is_empty() {
+        return Some(Vec::new());
+    }
     let python = super::python_with(&["hl7apy"])?;
+    // Messages are separated by FS (0x1C), which HL7 text never holds (MLLP ends a frame
+    // with it).
     let script = r#"
 import sys
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from hl7apy.validation import Validator
-text = sys.stdin.read()
-try:
-    m = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
-    Validator.validate(m, reference=None)
-    print("valid")
-except Exception as e:
-    print(f"{type(e).__name__}: {e}")
+for text in sys.stdin.read().split("\x1c"):
+    try:
+        m = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+        Validator.validate(m, reference=None)
+        print("valid")
+    except Exception as e:
+        print(f"{type(e).__name__}: {e}".replace("\n", " "))
 "#;
     let mut child = std::process::Command::new(python)
         .args(["-c", script])
@@ -117,10 +127,19 @@ except Exception as e:
         .stdin
         .take()
         .expect("validator stdin")
-        .write_all(msg.as_bytes())
-        .expect("message to the hl7apy validator");
+        .write_all(msgs.join("\x1c").as_bytes())
+        .expect("messages to the hl7apy validator");
     let out = child.wait_with_output().expect("hl7apy validator output");
-    let verdict = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!verdict.is_empty(), "the hl7apy validator said nothing");
-    Some(verdict)
+    let verdicts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(
+        verdicts.len(),
+        msgs.len(),
+        "the hl7apy validator gave {} verdict(s) for {} message(s): {verdicts:?}",
+        verdicts.len(),
+        msgs.len()
+    );
+    Some(verdicts)
 }
