@@ -192,7 +192,7 @@ impl Outbox {
             .collect()
     }
 
-    /// Tells the outbox that a batch written with [`Outbox::enqueue_in`] has committed:
+    /// Tells the outbox that a batch written with `Outbox::enqueue_in` has committed:
     /// updates the fill level (raising the alarm when near full) and wakes the workers.
     pub fn committed(&self, batch: &[NewEntry]) {
         let bytes: u64 = batch.iter().map(approx_size).sum();
