@@ -44,6 +44,26 @@ fn with_peers(
     (d, hl7, sub)
 }
 
+/// Checks every MQTT report in `log` (one JSON body per line, as mosquitto_sub prints
+/// them) against the published schema (written to `dir` for the check); how many there
+/// were, `None` when no Python with jsonschema is there (a failure under `make test`).
+fn reports_valid_against_the_schema(dir: &std::path::Path, log: &str) -> Option<usize> {
+    let bodies = dir.join("reports.jsonl");
+    std::fs::write(&bodies, log).unwrap();
+    let schema = repo_root().join("docs/mqtt-report.schema.json");
+    let mut check = python_script(
+        "import json, sys, jsonschema\n\
+         v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+         lines = [json.loads(l) for l in open(sys.argv[2]) if l.startswith('{')]\n\
+         [v.validate(x) for x in lines]\n\
+         print(len(lines))",
+        &[schema.to_str().unwrap(), bodies.to_str().unwrap()],
+    )?;
+    let out = run(&mut check, Duration::from_secs(60));
+    out.assert_success("schema validation");
+    Some(out.stdout.trim().parse().unwrap())
+}
+
 #[test]
 fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     if !inference_available() {
@@ -135,20 +155,8 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     assert_eq!(caveats.len(), 1, "{payloads:?}");
     assert_eq!(caveats[0]["caveat"], CAVEAT);
     // All three are valid against the published schema.
-    let bodies = dir.path().join("reports.jsonl");
-    std::fs::write(&bodies, sub.log()).unwrap();
-    let schema = repo_root().join("docs/mqtt-report.schema.json");
-    if let Some(mut check) = python_script(
-        "import json, sys, jsonschema\n\
-         v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
-         lines = [json.loads(l) for l in open(sys.argv[2]) if l.startswith('{')]\n\
-         [v.validate(x) for x in lines]\n\
-         print(len(lines))",
-        &[schema.to_str().unwrap(), bodies.to_str().unwrap()],
-    ) {
-        let out = run(&mut check, Duration::from_secs(60));
-        out.assert_success("schema validation");
-        assert_eq!(out.stdout.trim(), "3");
+    if let Some(n) = reports_valid_against_the_schema(dir.path(), &sub.log()) {
+        assert_eq!(n, 3);
     }
 
     // The store, through the console's worklist and study API.
@@ -252,20 +260,7 @@ fn a_partly_analysed_study_carries_a_caveat_everywhere() {
     let last = payloads.last().unwrap_or_else(|| panic!("{}", sub.log()));
     assert_eq!(last["caveat"], caveat, "{last}");
     assert_eq!(last["image_count"], 1, "{last}");
-    let bodies = dir.path().join("reports.jsonl");
-    std::fs::write(&bodies, sub.log()).unwrap();
-    let schema = repo_root().join("docs/mqtt-report.schema.json");
-    if let Some(mut check) = python_script(
-        "import json, sys, jsonschema\n\
-         v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
-         lines = [json.loads(l) for l in open(sys.argv[2]) if l.startswith('{')]\n\
-         [v.validate(x) for x in lines]\n\
-         print(len(lines))",
-        &[schema.to_str().unwrap(), bodies.to_str().unwrap()],
-    ) {
-        let out = run(&mut check, Duration::from_secs(60));
-        out.assert_success("schema validation");
-    }
+    reports_valid_against_the_schema(dir.path(), &sub.log());
 
     let rita = console_login(d.console_addr(), "rita", PW);
     let list = rita.get("/api/v1/studies").json();
