@@ -351,6 +351,18 @@ mod tests {
             e.contains("slot 0: checksum mismatch") && e.contains("slot 1:"),
             "{e}"
         );
+        // A slot whose length lies (4 GiB, or past the file's end) is refused, not read.
+        f.write_all_at(&u32::MAX.to_le_bytes(), 0).unwrap();
+        let e = anchor.read().unwrap_err().to_string();
+        assert!(e.contains("slot 0: length 4294967295 out of range"), "{e}");
+        f.write_all_at(&(SLOT as u32 - 100).to_le_bytes(), 0)
+            .unwrap();
+        f.set_len(SLOT / 2).unwrap();
+        let e = anchor.read().unwrap_err().to_string();
+        assert!(
+            e.contains("slot 0: cut short") && e.contains("slot 1: empty"),
+            "{e}"
+        );
     }
 
     /// A tail too large for a slot keeps its newest records, always the last one.
