@@ -29,7 +29,7 @@ BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
 WORKLIST_STUDIES ?= 10000
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-worklist bench-infer bench-infer-throughput bench-memory \
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-audit bench-worklist bench-infer bench-infer-throughput bench-memory \
 	lint fmt models \
 	audit fuzz fuzz-minimize sbom cargo-deny cargo-cyclonedx
 
@@ -104,6 +104,9 @@ bench-hostile: test-env
 	.venv/bin/python bench/hostile_dicom.py target/release/duli
 	.venv/bin/python bench/hostile_https.py
 	$(CARGO) test -q -p duli --test hostile -- --nocapture 2>&1 | grep -E "peak RSS|test result"
+
+bench-audit:
+	$(CARGO) run --release -q -p duli --example audit_append -- $${AUDIT_DIR:-target} 2000
 
 bench-worklist:
 	$(CARGO) build --release -p duli --bin duli --example seed_worklist
