@@ -64,6 +64,24 @@ fn reports_valid_against_the_schema(dir: &std::path::Path, log: &str) -> Option<
     Some(out.stdout.trim().parse().unwrap())
 }
 
+/// The MQTT reports in `log` (one JSON body per line, as mosquitto_sub prints them).
+fn reports(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Waits (up to 240 s) until the RIS received `n` messages and the broker's subscriber
+/// `n` reports.
+fn wait_for_reports(hl7: &std::sync::Mutex<Vec<String>>, sub: &Background, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while Instant::now() < deadline
+        && (hl7.lock().unwrap().len() < n || reports(&sub.log()).len() < n)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     if !inference_available() {
@@ -90,17 +108,7 @@ fn an_adult_study_is_not_applicable_and_an_unknown_age_carries_a_caveat() {
     .assert_success("storescu");
 
     // Three reports reach the RIS and the cloud.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let reports = |log: &str| -> Vec<Value> {
-        log.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
-    };
-    while Instant::now() < deadline
-        && (hl7.lock().unwrap().len() < 3 || reports(&sub.log()).len() < 3)
-    {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_reports(&hl7, &sub, 3);
     let messages = hl7.lock().unwrap().clone();
     assert_eq!(messages.len(), 3, "HL7 messages: {messages:?}\n{}", d.log());
     // Every one of them (not applicable, with a caveat, analysed) passes a strict parser.
@@ -229,17 +237,7 @@ fn a_partly_analysed_study_carries_a_caveat_everywhere() {
         .unwrap()
         .assert_success("storescu");
 
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let reports = |log: &str| -> Vec<Value> {
-        log.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
-    };
-    while Instant::now() < deadline
-        && (hl7.lock().unwrap().is_empty() || reports(&sub.log()).is_empty())
-    {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_reports(&hl7, &sub, 1);
     let caveat = "2 of 3 images could not be analysed (image too large to analyse; decode \
                   error); the result covers the analysed images only";
     let messages = hl7.lock().unwrap().clone();
