@@ -20,6 +20,7 @@
 
 pub mod anchor;
 
+use crate::store::records::RecordTree;
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use anchor::{Anchor, AnchorFile};
@@ -27,8 +28,6 @@ use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-/// Tree holding the records, keyed by big-endian sequence number.
-pub const TREE: &str = "audit";
 /// The "previous hash" of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -320,7 +319,7 @@ impl Audit {
     /// the anchor names that the index lost are taken back from its tail when it holds
     /// them all, and otherwise the trail goes on with a failed record stating the loss.
     pub fn open(store: &Store) -> Result<Audit, StoreError> {
-        let records = store.records::<Record>(TREE)?;
+        let records = store.records::<Record>(RecordTree::Audit)?;
         let last = records.last()?.map(|(_, rec)| (rec.seq, rec.hash));
         let audit = Audit {
             records,
@@ -653,7 +652,7 @@ mod tests {
         assert_eq!(audit.verify().unwrap().records, 6);
 
         // Tamper with record 2's object.
-        let tree = store.records::<Record>(TREE).unwrap();
+        let tree = store.records::<Record>(RecordTree::Audit).unwrap();
         let mut rec = tree.get(2u64.to_be_bytes()).unwrap().unwrap();
         rec.event.object = "9.9.9".into();
         tree.insert(2u64.to_be_bytes(), &rec).unwrap();
@@ -668,7 +667,7 @@ mod tests {
             a2.append(Event::new("x", Action::Login, "x")).unwrap();
         }
         store2
-            .records::<Record>(TREE)
+            .records::<Record>(RecordTree::Audit)
             .unwrap()
             .remove(1u64.to_be_bytes())
             .unwrap();
@@ -739,7 +738,7 @@ mod tests {
         assert_eq!(v.records, 2);
         assert_eq!(v.broken.map(|b| b.seq), Some(0));
         // A record changed after the break is still found, after the loss.
-        let tree = store.records::<Record>(TREE).unwrap();
+        let tree = store.records::<Record>(RecordTree::Audit).unwrap();
         let mut rec = tree.get((n + 1).to_be_bytes()).unwrap().unwrap();
         rec.event.actor = "mallory".into();
         tree.insert((n + 1).to_be_bytes(), &rec).unwrap();
@@ -784,7 +783,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         trail_of(dir.path(), 5);
         let store = Store::open(dir.path()).unwrap();
-        let tree = store.records::<Record>(TREE).unwrap();
+        let tree = store.records::<Record>(RecordTree::Audit).unwrap();
         for seq in [3u64, 4] {
             tree.remove(seq.to_be_bytes()).unwrap();
         }

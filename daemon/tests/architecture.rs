@@ -138,6 +138,29 @@ fn the_store_hands_out_no_sled_type() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// The names of the database's trees are the store's: a stage asks for its records by a
+/// `RecordTree`, never by a name of its own, so no two stages can share a tree by
+/// accident and the store knows every tree it holds.
+#[test]
+fn only_the_store_names_its_trees() {
+    let mut bad = Vec::new();
+    for (rel, text) in sources(&src_dir()) {
+        if rel.starts_with("store/") {
+            continue;
+        }
+        for (n, line) in without_tests(&text).lines().enumerate() {
+            let t = line.trim_start();
+            let declares = (t.starts_with("const ") || t.starts_with("pub const "))
+                && t.contains("TREE")
+                && t.contains("&str");
+            if declares || t.contains(".records(\"") || t.contains("open_tree(") {
+                bad.push(format!("{rel}:{}: {t}", n + 1));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 /// The stages built on the store, in flow order, and the daemon that wires them.
 const STAGES: [&str; 11] = [
     "receive",

@@ -1,6 +1,7 @@
 //! Console accounts in the store (tree `users`).
 
 use super::{PasswordHash, Role, UserError};
+use crate::store::records::RecordTree;
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -54,9 +55,6 @@ pub enum CreateError {
     #[error(transparent)]
     User(#[from] UserError),
 }
-
-/// Tree holding the accounts, keyed by user name.
-pub const TREE: &str = "users";
 
 /// One console account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +120,7 @@ impl Users {
     /// Opens the accounts tree.
     pub fn open(store: &Store) -> Result<Users, StoreError> {
         Ok(Users {
-            records: store.records(TREE)?,
+            records: store.records(RecordTree::Users)?,
         })
     }
 

@@ -3,12 +3,11 @@
 //! The trail itself is the queue: nothing but this position is kept for the forwarder.
 
 use crate::audit::{Audit, Record};
+use crate::store::records::RecordTree;
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-/// Tree holding the cursor.
-pub const TREE: &str = "audit_forward";
 /// Its one key.
 const KEY: &[u8] = b"cursor";
 
@@ -42,7 +41,7 @@ impl Cursors {
     /// Opens the cursor's tree in `store`.
     pub fn open(store: &Store) -> Result<Cursors, StoreError> {
         Ok(Cursors {
-            records: store.records(TREE)?,
+            records: store.records(RecordTree::AuditForward)?,
         })
     }
 

@@ -182,11 +182,6 @@ mod tests {
             (e.kind, e.state),
             (EventKind::State, Some(StudyState::Complete))
         );
-        store
-            .records::<serde_json::Value>("results")
-            .unwrap()
-            .insert("1.2.3", &serde_json::json!({}))
-            .unwrap();
         store.notify(Change::Result {
             study_uid: "1.2.3".into(),
         });

@@ -3,10 +3,9 @@
 //! to delivery ([`super::services::FeedbackSink`]) so it reaches the cloud through the outbox.
 
 pub use crate::report::Feedback;
+use crate::store::records::RecordTree;
 use crate::store::{Store, StoreError};
 
-/// Tree holding the feedback records.
-pub const TREE: &str = "feedback";
 /// Longest comment accepted, in characters.
 pub const MAX_COMMENT: usize = 2000;
 
@@ -20,7 +19,9 @@ fn key(f: &Feedback) -> Vec<u8> {
 
 /// Stores a feedback record (durable after the store's next flush).
 pub fn store(store: &Store, f: &Feedback) -> Result<(), StoreError> {
-    store.records::<Feedback>(TREE)?.insert(key(f), f)?;
+    store
+        .records::<Feedback>(RecordTree::Feedback)?
+        .insert(key(f), f)?;
     Ok(())
 }
 
@@ -29,7 +30,7 @@ pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreEr
     let mut prefix = study_uid.as_bytes().to_vec();
     prefix.push(0);
     store
-        .records::<Feedback>(TREE)?
+        .records::<Feedback>(RecordTree::Feedback)?
         .scan_prefix(prefix)
         .map(|kv| kv.map(|(_, f)| f))
         .collect()

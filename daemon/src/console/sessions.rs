@@ -22,6 +22,7 @@
 //!   and a request with more than one session cookie is refused.
 
 use crate::accounts::Role;
+use crate::store::records::RecordTree;
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
 use ring::digest::{digest, SHA256};
@@ -32,8 +33,6 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Tree holding the sessions, keyed by the hex SHA-256 of the token.
-pub const TREE: &str = "sessions";
 /// Name of the session cookie. The `__Host-` prefix makes browsers accept it only from
 /// this host, over HTTPS, with `Path=/` and no `Domain`: another host of the same domain
 /// cannot plant one that shadows it.
@@ -164,7 +163,7 @@ impl Sessions {
     /// Opens the sessions tree with the idle and absolute lifetimes.
     pub fn open(store: &Store, idle: Duration, max: Duration) -> Result<Sessions, StoreError> {
         Ok(Sessions {
-            records: store.records(TREE)?,
+            records: store.records(RecordTree::Sessions)?,
             idle,
             max,
             failures: Mutex::new(HashMap::new()),
@@ -463,7 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(600)).unwrap();
-        let records = store.records::<Session>(TREE).unwrap();
+        let records = store.records::<Session>(RecordTree::Sessions).unwrap();
         for round in 0..300 {
             let (token, _) = s.create("ana", Role::Admin, "").unwrap();
             let key = token_key(&token);
@@ -503,7 +502,7 @@ mod tests {
         let (token, sess) = s.create("ana", Role::Radiologist, "127.0.0.1").unwrap();
         assert_eq!(token.len(), 64);
         assert_eq!(sess.csrf.len(), 64);
-        let tree = store.records::<Session>(TREE).unwrap();
+        let tree = store.records::<Session>(RecordTree::Sessions).unwrap();
         assert!(tree.get(token.as_bytes()).unwrap().is_none());
         assert!(tree.get(token_key(&token).as_bytes()).unwrap().is_some());
         assert_eq!(s.lookup(&token).unwrap().unwrap().user, "ana");
@@ -527,7 +526,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(600)).unwrap();
-        let records = store.records::<Session>(TREE).unwrap();
+        let records = store.records::<Session>(RecordTree::Sessions).unwrap();
         let day = 86_400_000;
         let ahead = |ms_created: i64, ms_seen: i64| {
             let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
@@ -561,7 +560,7 @@ mod tests {
     fn a_backwards_clock_step_does_not_extend_a_session() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let records = store.records::<Session>(TREE).unwrap();
+        let records = store.records::<Session>(RecordTree::Sessions).unwrap();
         let step_back = |token: &str, ms: i64| {
             records
                 .update(token_key(token), |r| {

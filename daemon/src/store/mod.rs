@@ -406,12 +406,12 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// The typed records of the tree `name` (users, sessions, audit, feedback).
+    /// The typed records of one of the record trees (users, sessions, audit, feedback).
     pub fn records<T: Serialize + DeserializeOwned>(
         &self,
-        name: &str,
+        tree: records::RecordTree,
     ) -> Result<records::Records<T>, StoreError> {
-        Ok(records::Records::new(self.tree(name)?))
+        Ok(records::Records::new(self.tree(tree.name())?))
     }
 
     /// Opens the outbox (its trees live in this store) and counts what it holds.

@@ -6,6 +6,35 @@ use super::{decode, encode, StoreError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 
+/// The record trees the store keeps for the stages built on it. Their names in the index
+/// database are this module's alone: a stage names its tree, never a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordTree {
+    /// Console and command-line user accounts (`accounts::users`), keyed by user name.
+    Users,
+    /// Console sessions (`console::sessions`), keyed by the hex SHA-256 of the token.
+    Sessions,
+    /// The hash-chained audit trail (`audit`), keyed by big-endian sequence number.
+    Audit,
+    /// How far the audit trail has been forwarded to the audit repository (one key).
+    AuditForward,
+    /// Radiologists' feedback on results (`console::feedback`).
+    Feedback,
+}
+
+impl RecordTree {
+    /// The tree's name in the index database.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            RecordTree::Users => "users",
+            RecordTree::Sessions => "sessions",
+            RecordTree::Audit => "audit",
+            RecordTree::AuditForward => "audit_forward",
+            RecordTree::Feedback => "feedback",
+        }
+    }
+}
+
 /// The records of one tree, each a JSON-encoded `T`. Cheap to clone.
 pub struct Records<T> {
     tree: sled::Tree,
@@ -158,7 +187,7 @@ mod tests {
     fn records_round_trip_and_corrupt_ones_are_reported_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let r: Records<Vec<u32>> = store.records("test_records").unwrap();
+        let r: Records<Vec<u32>> = store.records(RecordTree::Feedback).unwrap();
         assert!(r.is_empty());
         assert!(!r.insert("a", &vec![1]).unwrap());
         assert!(r.insert("a", &vec![1, 2]).unwrap());
@@ -171,7 +200,7 @@ mod tests {
         assert_eq!(r.last().unwrap().unwrap().1, vec![3, 4]);
 
         store
-            .tree("test_records")
+            .tree(RecordTree::Feedback.name())
             .unwrap()
             .insert("c", &b"{"[..])
             .unwrap();
@@ -181,7 +210,7 @@ mod tests {
         ));
         assert_eq!(
             store
-                .tree("test_records")
+                .tree(RecordTree::Feedback.name())
                 .unwrap()
                 .get("c")
                 .unwrap()
