@@ -75,7 +75,7 @@ enum Command {
         #[arg(long, short = 'j', default_value_t = 1)]
         parallel: usize,
     },
-    /// Rebuild the instance index from the stored files.
+    /// Correct the instance and study index from the stored files, in place.
     Reindex {
         /// Configuration file (for the data directory).
         #[arg(long)]

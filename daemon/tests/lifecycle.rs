@@ -66,14 +66,31 @@ fn reindex_offline_through_the_daemon_and_after_losing_the_index() {
     let r = json(&d, &["reindex"]);
     assert_eq!(r["indexed"], 6, "{r}");
     assert_eq!(r["studies"], 2, "{r}");
-    // With the daemon stopped, the command opens the store itself.
+    assert_eq!(r["removed"], 0, "{r}");
+    // With the daemon stopped, the command opens the store itself; a file deleted
+    // behind the daemon's back leaves the index.
     d.terminate(Duration::from_secs(30)).unwrap();
+    let study = std::fs::read_dir(d.data_dir().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let file = std::fs::read_dir(&study)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
     let r = json(&d, &["reindex"]);
-    assert_eq!(r["indexed"], 6, "{r}");
+    assert_eq!(
+        (r["indexed"].as_u64(), r["removed"].as_u64()),
+        (Some(5), Some(1)),
+        "{r}"
+    );
     // The index is lost: the next start rebuilds it from the files.
     std::fs::remove_dir_all(d.data_dir().join("index")).unwrap();
     d.restart();
-    assert_eq!(d.metric("duli_store_instances"), Some(6.0));
+    assert_eq!(d.metric("duli_store_instances"), Some(5.0));
     assert_eq!(json(&d, &["studies"]).as_array().unwrap().len(), 2);
     assert!(d.log().contains("index rebuilt from files"), "{}", d.log());
     // A garbage index is kept aside and rebuilt.
@@ -82,7 +99,7 @@ fn reindex_offline_through_the_daemon_and_after_losing_the_index() {
     std::fs::write(&db, vec![0xA5u8; 4096]).unwrap();
     match d.try_restart() {
         Ok(()) => {
-            assert_eq!(d.metric("duli_store_instances"), Some(6.0), "{}", d.log());
+            assert_eq!(d.metric("duli_store_instances"), Some(5.0), "{}", d.log());
         }
         Err(log) => panic!("daemon did not survive a corrupt index:\n{log}"),
     }

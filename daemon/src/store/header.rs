@@ -228,6 +228,36 @@ pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) -> bool {
             (&mut into.patient_sex, &from.patient_sex),
         ]);
     }
+    fill_study_attributes(into, from);
+    replaced
+}
+
+/// Fills the gaps of `into` (a study as its files give it) from `from` (the index's
+/// record of it) without ever replacing a value: the patient identity is taken whole
+/// when `into` has none at all, its gaps filled when both name the same Patient ID; the
+/// study's own attributes fill empty ones; the modality lists are merged.
+pub fn fill_study_gaps(into: &mut StudyRecord, from: &StudyRecord) {
+    let no_identity = [
+        &into.patient_id,
+        &into.patient_name,
+        &into.patient_birth_date,
+        &into.patient_sex,
+    ]
+    .iter()
+    .all(|v| v.is_empty());
+    if no_identity || into.patient_id == from.patient_id {
+        fill_gaps([
+            (&mut into.patient_id, &from.patient_id),
+            (&mut into.patient_name, &from.patient_name),
+            (&mut into.patient_birth_date, &from.patient_birth_date),
+            (&mut into.patient_sex, &from.patient_sex),
+        ]);
+    }
+    fill_study_attributes(into, from);
+}
+
+/// Fills the study's own empty attributes from `from` and merges the modality lists.
+fn fill_study_attributes(into: &mut StudyRecord, from: &StudyRecord) {
     fill_gaps([
         (&mut into.accession_number, &from.accession_number),
         (&mut into.study_date, &from.study_date),
@@ -239,7 +269,6 @@ pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) -> bool {
     for m in &from.modalities {
         add_modality(&mut into.modalities, m, &into.study_instance_uid);
     }
-    replaced
 }
 
 /// Sets each empty target to its non-empty source.

@@ -140,6 +140,10 @@ pub struct ReindexReport {
     pub studies: u64,
     /// Files that could not be parsed (left in place, listed in the log).
     pub unreadable: u64,
+    /// Instance records removed: their file was gone (not pruned by retention) or the
+    /// record did not decode.
+    #[serde(default)]
+    pub removed: u64,
 }
 
 /// A change committed to the store, broadcast to listeners (the console's live events).

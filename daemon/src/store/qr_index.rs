@@ -163,7 +163,8 @@ pub(super) fn rebuild<'a>(
     Ok(())
 }
 
-fn study_of(k: &[u8]) -> Option<String> {
+/// The Study Instance UID a key belongs to.
+pub(super) fn study_of(k: &[u8]) -> Option<String> {
     let at = k.iter().position(|b| *b == 0)?;
     Some(String::from_utf8_lossy(&k[at + 1..]).into_owned())
 }
