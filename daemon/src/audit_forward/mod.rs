@@ -88,6 +88,17 @@ pub fn start(
     audit: &Arc<Audit>,
     shutdown: &Shutdown,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    start_with(config, store, audit, shutdown, stage::WRITE_TIMEOUT)
+}
+
+/// [`start`] allowing `write_timeout` for each page (the tests shorten it).
+fn start_with(
+    config: &Config,
+    store: &Arc<Store>,
+    audit: &Arc<Audit>,
+    shutdown: &Shutdown,
+    write_timeout: Duration,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
     let Some(link) = link::Link::from_config(&config.audit)? else {
         return Ok(None);
     };
@@ -113,6 +124,7 @@ pub fn start(
         link,
         forwarding,
         stop: shutdown.signal(),
+        write_timeout,
     });
     Ok(Some(shutdown.supervise(
         STAGE,
@@ -128,36 +140,147 @@ mod tests {
     use crate::config::audit::AuditConfig;
     use tokio::io::AsyncReadExt;
 
-    /// Reads octet-counted frames from `r` until `n` have come; their sequence numbers.
-    async fn seqs_of(r: &mut tokio::net::TcpStream, n: usize) -> Vec<u64> {
-        let mut data = Vec::new();
+    /// Takes the complete octet-counted frames off the front of `data`; their sequence
+    /// numbers. A frame cut short stays in `data`.
+    fn complete_frames(data: &mut Vec<u8>) -> Vec<u64> {
         let mut seqs = Vec::new();
-        let mut buf = [0u8; 4096];
-        while seqs.len() < n {
+        while let Some(sp) = data.iter().position(|b| *b == b' ') {
+            let len: usize = std::str::from_utf8(&data[..sp]).unwrap().parse().unwrap();
+            if data.len() < sp + 1 + len {
+                break;
+            }
+            let msg = String::from_utf8(data[sp + 1..sp + 1 + len].to_vec()).unwrap();
+            let seq = msg
+                .split("seq=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            seqs.push(seq.parse().unwrap());
+            data.drain(..sp + 1 + len);
+        }
+        seqs
+    }
+
+    /// Reads octet-counted frames from `r` until `done` holds for the sequence numbers
+    /// read so far; those.
+    async fn read_until(r: &mut tokio::net::TcpStream, done: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+        let (mut data, mut seqs, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 65536]);
+        while !done(&seqs) {
             let got = tokio::time::timeout(Duration::from_secs(20), r.read(&mut buf))
                 .await
                 .expect("frames in time")
                 .unwrap();
             assert!(got > 0, "closed early");
             data.extend_from_slice(&buf[..got]);
-            while let Some(sp) = data.iter().position(|b| *b == b' ') {
-                let len: usize = std::str::from_utf8(&data[..sp]).unwrap().parse().unwrap();
-                if data.len() < sp + 1 + len {
-                    break;
-                }
-                let msg = String::from_utf8(data[sp + 1..sp + 1 + len].to_vec()).unwrap();
-                let seq = msg
-                    .split("seq=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap();
-                seqs.push(seq.parse().unwrap());
-                data.drain(..sp + 1 + len);
-            }
+            seqs.extend(complete_frames(&mut data));
         }
         seqs
+    }
+
+    /// Reads octet-counted frames from `r` until `n` have come; their sequence numbers.
+    async fn seqs_of(r: &mut tokio::net::TcpStream, n: usize) -> Vec<u64> {
+        read_until(r, |seqs| seqs.len() >= n).await
+    }
+
+    /// The configuration forwarding to `port` on loopback over plain TCP.
+    fn forwarding_to(port: u16) -> Config {
+        Config {
+            audit: AuditConfig {
+                syslog: Some(format!("127.0.0.1:{port}")),
+                syslog_tls: false,
+                ..AuditConfig::default()
+            },
+            ..Config::default()
+        }
+    }
+
+    /// A repository that accepts and then never reads: appends still never wait; once
+    /// the socket buffers are full the page in flight is given up after the write
+    /// timeout, the connection dropped and the status says why. When the repository
+    /// reads again, what it had taken before the drop and what the next connection
+    /// brings hold every record, in order, none missing (the page cut short is sent
+    /// again).
+    #[tokio::test]
+    async fn a_repository_that_stops_reading_is_dropped_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shutdown = Shutdown::new();
+        let timeout = Duration::from_millis(500);
+        let task = start_with(&forwarding_to(port), &store, &audit, &shutdown, timeout)
+            .unwrap()
+            .unwrap();
+        audit
+            .append(Event::new("ana", Action::Login, "ana"))
+            .unwrap();
+        let (mut silent, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        // Far more than the loopback socket buffers hold (about 1 KB a record).
+        let n: u64 = 20_000;
+        for i in 1..n {
+            audit
+                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        let mut dropped = None;
+        for _ in 0..600 {
+            let st = status_of(&audit).unwrap();
+            if st
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not taken within"))
+            {
+                dropped = Some(st);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let st = dropped.expect("the stalled connection is given up");
+        assert!(!st.connected, "{st:?}");
+        assert!(st.backlog > 0, "{st:?}");
+
+        // The repository reads again: first what it was sent before the drop.
+        let mut data = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), silent.read_to_end(&mut data))
+            .await
+            .expect("the dropped connection ends")
+            .unwrap();
+        let mut got = complete_frames(&mut data);
+        assert!(!got.is_empty() && (got.len() as u64) < n, "{}", got.len());
+        assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>());
+        // Then the next connection, from the cursor on, to the end of the trail.
+        let (mut next, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let first_missing = got.len() as u64;
+        let again = read_until(&mut next, |seqs| seqs.last() == Some(&(n - 1))).await;
+        assert!(
+            again[0] <= first_missing,
+            "a gap: {} .. {}",
+            first_missing,
+            again[0]
+        );
+        assert_eq!(
+            again,
+            (again[0]..n).collect::<Vec<_>>(),
+            "the next connection sends the rest in order"
+        );
+        got.extend(again);
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        shutdown.stop(None).await;
+        tokio::time::timeout(DRAIN, task)
+            .await
+            .expect("the stage stops on the signal")
+            .unwrap();
     }
 
     #[tokio::test]
@@ -171,14 +294,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let config = Config {
-            audit: AuditConfig {
-                syslog: Some(format!("127.0.0.1:{port}")),
-                syslog_tls: false,
-                ..AuditConfig::default()
-            },
-            ..Config::default()
-        };
+        let config = forwarding_to(port);
         let shutdown = Shutdown::new();
         let task = start(&config, &store, &audit, &shutdown).unwrap().unwrap();
         for i in 0..300 {

@@ -56,6 +56,8 @@ pub(super) struct Forwarder {
     pub forwarding: Arc<Forwarding>,
     /// Turns true at shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Time allowed to write and flush one page ([`WRITE_TIMEOUT`]).
+    pub write_timeout: Duration,
 }
 
 /// The doubling pause between attempts.
@@ -224,7 +226,7 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
             frame_into(&message(rec, &f.origin), &mut bytes);
         }
         let written = beat
-            .during(tokio::time::timeout(WRITE_TIMEOUT, async {
+            .during(tokio::time::timeout(f.write_timeout, async {
                 stream.write_all(&bytes).await?;
                 stream.flush().await
             }))
@@ -234,7 +236,7 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
             Ok(Err(e)) => Some(format!("connection lost: {e}")),
             Err(_) => Some(format!(
                 "connection dropped: a page not taken within {} s",
-                WRITE_TIMEOUT.as_secs()
+                f.write_timeout.as_secs_f32()
             )),
         };
         if let Some(why) = lost {
