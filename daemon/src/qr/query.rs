@@ -404,33 +404,46 @@ pub fn run(
         || requested(tags::SOP_CLASSES_IN_STUDY)
         || requested(tags::NUMBER_OF_PATIENT_RELATED_SERIES);
 
-    let mut studies: Vec<StudyRecord> = candidates(store, query)?
-        .into_iter()
-        .filter(|s| {
-            study_keys.iter().all(|k| {
-                let row = Row {
-                    study: s,
-                    instance: None,
-                    derived: Derived::default(),
-                };
-                matching::matches(&k.matcher, k.vr, &row.values(k.tag))
-            })
+    let matches_study = |s: &StudyRecord| {
+        study_keys.iter().all(|k| {
+            let row = Row {
+                study: s,
+                instance: None,
+                derived: Derived::default(),
+            };
+            matching::matches(&k.matcher, k.vr, &row.values(k.tag))
         })
-        .collect();
-    studies.sort_by(|a, b| {
-        (
-            &a.patient_id,
-            &a.study_date,
-            &a.study_time,
-            &a.study_instance_uid,
-        )
-            .cmp(&(
-                &b.patient_id,
-                &b.study_date,
-                &b.study_time,
-                &b.study_instance_uid,
-            ))
-    });
+    };
+    // Narrowed by an indexed key: the few candidates, sorted here. Otherwise every study,
+    // read one at a time in response order, so the first response goes out at once and
+    // a cancel or the match limit stops the reading too.
+    let studies: Box<dyn Iterator<Item = Result<StudyRecord, QueryError>> + '_> =
+        match narrowed(store, query)? {
+            Some(mut list) => {
+                list.retain(|s| matches_study(s));
+                list.sort_by(|a, b| {
+                    (
+                        &a.patient_id,
+                        &a.study_date,
+                        &a.study_time,
+                        &a.study_instance_uid,
+                    )
+                        .cmp(&(
+                            &b.patient_id,
+                            &b.study_date,
+                            &b.study_time,
+                            &b.study_instance_uid,
+                        ))
+                });
+                Box::new(list.into_iter().map(Ok))
+            }
+            None => Box::new(
+                store
+                    .studies_in_query_order()
+                    .map(|r| r.map_err(QueryError::from))
+                    .filter(|r| r.as_ref().map_or(true, &matches_study)),
+            ),
+        };
 
     let mut emitted = 0usize;
     let mut send = |row: &Row, emit: &mut Emit<'_>| -> bool {
@@ -439,19 +452,26 @@ pub fn run(
     };
 
     if level == Level::Patient {
-        let mut patients: BTreeMap<String, Vec<&StudyRecord>> = BTreeMap::new();
-        for s in &studies {
-            patients.entry(s.patient_id.clone()).or_default().push(s);
-        }
-        for group in patients.values() {
+        // The studies come ordered by Patient ID: each patient's are consecutive.
+        let mut studies = studies.peekable();
+        while let Some(first) = studies.next() {
             if cancel.load(Ordering::Relaxed) {
                 break;
+            }
+            let mut group = vec![first?];
+            while let Some(Ok(next)) = studies.peek() {
+                if next.patient_id != group[0].patient_id {
+                    break;
+                }
+                if let Some(Ok(next)) = studies.next() {
+                    group.push(next);
+                }
             }
             let mut derived = Derived {
                 patient_studies: group.len(),
                 ..Default::default()
             };
-            for s in group {
+            for s in &group {
                 derived.patient_instances += s.instances as usize;
                 if need_instances {
                     derived.patient_series +=
@@ -459,7 +479,7 @@ pub fn run(
                 }
             }
             let row = Row {
-                study: group[0],
+                study: &group[0],
                 instance: None,
                 derived,
             };
@@ -470,10 +490,11 @@ pub fn run(
         return Ok(emitted);
     }
 
-    'studies: for s in &studies {
+    'studies: for s in studies {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
+        let s = &s?;
         let instances = if need_instances {
             store.instances_of(&s.study_instance_uid)?
         } else {
@@ -565,9 +586,9 @@ fn series_of(instances: &[InstanceRecord]) -> BTreeMap<(i64, String), Vec<&Insta
     out
 }
 
-/// The studies worth matching: narrowed by the indexed keys when the query has any,
-/// otherwise every study.
-fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryError> {
+/// The studies worth matching when an indexed key narrows the query; `None` when none
+/// does (every study is a candidate).
+fn narrowed(store: &Store, query: &Query) -> Result<Option<Vec<StudyRecord>>, QueryError> {
     let mut narrowed: Option<HashSet<String>> = None;
     let mut intersect = |set: Vec<String>| {
         let set: HashSet<String> = set.into_iter().collect();
@@ -618,18 +639,16 @@ fn candidates(store: &Store, query: &Query) -> Result<Vec<StudyRecord>, QueryErr
             _ => {}
         }
     }
-    match narrowed {
-        None => Ok(store.studies()?),
-        Some(uids) => {
-            let mut out = Vec::with_capacity(uids.len());
-            for uid in uids {
-                if let Some(s) = store.study(&uid)? {
-                    out.push(s);
-                }
-            }
-            Ok(out)
+    let Some(uids) = narrowed else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(uids.len());
+    for uid in uids {
+        if let Some(s) = store.study(&uid)? {
+            out.push(s);
         }
     }
+    Ok(Some(out))
 }
 
 /// The response identifier for one match: every requested key (empty when the entity has
@@ -698,4 +717,136 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
         ));
     }
     obj
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    /// A store of studies given as (study UID, patient ID, study date, study time), one
+    /// instance each.
+    fn store_of(dir: &std::path::Path, studies: &[(&str, &str, &str, &str)]) -> Store {
+        let store = Store::open(dir).unwrap();
+        for (uid, pid, date, time) in studies {
+            let inst = InstanceRecord {
+                sop_instance_uid: format!("{uid}.1"),
+                study_instance_uid: uid.to_string(),
+                series_instance_uid: format!("{uid}.9"),
+                ..Default::default()
+            };
+            let attrs = StudyRecord {
+                patient_id: pid.to_string(),
+                study_date: date.to_string(),
+                study_time: time.to_string(),
+                ..Default::default()
+            };
+            store.commit_instance(&inst, &attrs).unwrap();
+        }
+        store
+    }
+
+    /// The Study Instance UIDs (or Patient IDs at the patient level) `keys` finds at
+    /// `level`, in response order; `stop_after` ends the search after that many.
+    fn found(
+        store: &Store,
+        model: Model,
+        level: &str,
+        keys: &[(Tag, VR, &str)],
+        stop_after: usize,
+    ) -> Vec<String> {
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::QUERY_RETRIEVE_LEVEL,
+            VR::CS,
+            PrimitiveValue::from(level),
+        ));
+        for (tag, vr, v) in keys {
+            obj.put(DataElement::new(*tag, *vr, PrimitiveValue::from(*v)));
+        }
+        let query = parse(&obj, model).unwrap();
+        let shown = if level == "PATIENT" {
+            tags::PATIENT_ID
+        } else {
+            tags::STUDY_INSTANCE_UID
+        };
+        let mut out = Vec::new();
+        let cancel = AtomicBool::new(false);
+        run(
+            store,
+            &query,
+            "DULI",
+            &cancel,
+            &mut |r: InMemDicomObject| {
+                out.push(
+                    r.element(shown)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .trim()
+                        .to_string(),
+                );
+                out.len() < stop_after
+            },
+        )
+        .unwrap();
+        out
+    }
+
+    /// A query that no indexed key narrows reads the studies in response order from the
+    /// index, one at a time; it answers in the very order a narrowed query sorts its
+    /// candidates into (Patient ID, date, time, UID), at every level, and a search that
+    /// stops early has its first matches.
+    #[test]
+    fn universal_and_narrowed_queries_answer_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_of(
+            dir.path(),
+            &[
+                ("1.2.7", "B", "20240102", "0900"),
+                ("1.2.1", "A", "20240103", "1000"),
+                ("1.2.2", "AB", "20240101", "1000"),
+                ("1.2.3", "A", "20240101", "1000"),
+                ("1.2.4", "A", "20240101", "09"),
+                ("1.2.5", "", "20240105", ""),
+                ("1.2.6", "A", "", ""),
+            ],
+        );
+        let expected = [
+            "1.2.5", "1.2.6", "1.2.4", "1.2.3", "1.2.1", "1.2.2", "1.2.7",
+        ];
+        let id = (tags::STUDY_INSTANCE_UID, VR::UI, "");
+        let universal = found(&store, Model::StudyRoot, "STUDY", &[id], usize::MAX);
+        assert_eq!(universal, expected);
+        // Not an indexed key: still every study, read in order, filtered.
+        let by_time = (tags::STUDY_TIME, VR::TM, "1000");
+        assert_eq!(
+            found(
+                &store,
+                Model::StudyRoot,
+                "STUDY",
+                &[id, by_time],
+                usize::MAX
+            ),
+            ["1.2.3", "1.2.1", "1.2.2"]
+        );
+        // Narrowed by the date index (a range that holds every dated study).
+        let dated = (tags::STUDY_DATE, VR::DA, "20000101-20991231");
+        let narrowed = found(&store, Model::StudyRoot, "STUDY", &[id, dated], usize::MAX);
+        let dated_only: Vec<&str> = expected.iter().copied().filter(|u| *u != "1.2.6").collect();
+        assert_eq!(narrowed, dated_only);
+        assert_eq!(
+            found(&store, Model::StudyRoot, "STUDY", &[id], 2),
+            ["1.2.5", "1.2.6"]
+        );
+        let pid = (tags::PATIENT_ID, VR::LO, "");
+        assert_eq!(
+            found(&store, Model::PatientRoot, "PATIENT", &[pid], usize::MAX),
+            ["", "A", "AB", "B"]
+        );
+        assert_eq!(
+            found(&store, Model::StudyRoot, "SERIES", &[id], usize::MAX),
+            expected
+        );
+    }
 }

@@ -495,6 +495,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Every study in C-FIND's response order (Patient ID, Study Date, Study Time, Study
+    /// Instance UID), read one at a time from the order keys of [`qr_index`]: a caller that
+    /// stops early has read only what it used. Not a snapshot: a study whose order
+    /// changes while the walk runs comes where its record now belongs, once at most (or
+    /// not at all, when that place was already passed).
+    pub fn studies_in_query_order(
+        &self,
+    ) -> impl Iterator<Item = Result<StudyRecord, StoreError>> + '_ {
+        qr_index::in_order(&self.qr_keys).filter_map(move |kv| {
+            let (key, uid) = match kv {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            match self.study(&uid) {
+                Ok(Some(s)) if qr_index::order_key(&s) == key.as_ref() => Some(Ok(s)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
     /// Study UIDs whose `kind` query key equals `value` exactly ([`qr_index`]).
     pub fn query_exact(
         &self,
@@ -642,6 +663,61 @@ mod tests {
             received_at: 100,
             ..Default::default()
         }
+    }
+
+    /// The studies come one at a time in response order, each at the place its record
+    /// now gives it: a study whose patient changed comes once, in its new place; a key
+    /// left from an old place, or of a study that is gone, is passed over; a walk stopped
+    /// early has read only the studies it gave.
+    #[test]
+    fn studies_come_in_query_order_each_once_at_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (study, pid) in [("1.1", "C"), ("1.2", "A"), ("1.3", "B")] {
+            let attrs = StudyRecord {
+                patient_id: pid.into(),
+                ..Default::default()
+            };
+            store
+                .commit_instance(&inst(study, &format!("{study}.1")), &attrs)
+                .unwrap();
+        }
+        let order = |store: &Store| -> Vec<String> {
+            store
+                .studies_in_query_order()
+                .map(|s| s.unwrap().study_instance_uid)
+                .collect()
+        };
+        assert_eq!(order(&store), ["1.2", "1.3", "1.1"]);
+        // A resend corrects the patient of 1.2: it moves behind the others.
+        let moved = StudyRecord {
+            patient_id: "D".into(),
+            ..Default::default()
+        };
+        store
+            .commit_instance(&inst("1.2", "1.2.2"), &moved)
+            .unwrap();
+        assert_eq!(order(&store), ["1.3", "1.1", "1.2"]);
+        // Stray keys: the old place of 1.2 and a study that is not there.
+        let old = StudyRecord {
+            study_instance_uid: "1.2".into(),
+            patient_id: "A".into(),
+            ..Default::default()
+        };
+        let gone = StudyRecord {
+            study_instance_uid: "1.9".into(),
+            ..Default::default()
+        };
+        for k in [qr_index::order_key(&old), qr_index::order_key(&gone)] {
+            store.qr_keys.insert(k, &[]).unwrap();
+        }
+        assert_eq!(order(&store), ["1.3", "1.1", "1.2"]);
+        let first: Vec<String> = store
+            .studies_in_query_order()
+            .take(1)
+            .map(|s| s.unwrap().study_instance_uid)
+            .collect();
+        assert_eq!(first, ["1.3"]);
     }
 
     /// Extra writes land with the instance, or not at all when the commit aborts.

@@ -2,8 +2,11 @@
 //! date and patient name (upper-cased, under every form a query may match: see
 //! [`pn_forms`]), all in Unicode Normalization Form C ([`nfc`]: `Müller` composed or
 //! decomposed is one name), each a key `kind, value, 0, study UID` in one sled
-//! tree. They are written in the same transaction as the study record they derive from
-//! ([`crate::store::Store::commit_instance`]), so a query never sees one without the other.
+//! tree; and every study once more in the order C-FIND answers in ([`order_key`]), so a
+//! query that narrows on no indexed key reads the studies one at a time in that order
+//! instead of all of them to sort. They are written in the same transaction as the study
+//! record they derive from ([`crate::store::Store::commit_instance`]), so a query never
+//! sees one without the other.
 
 use crate::model::StudyRecord;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
@@ -13,7 +16,10 @@ use std::collections::BTreeSet;
 pub const TREE: &str = "qr_keys";
 
 /// Version of the keys' layout: a store whose tree was written by another is rebuilt.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
+
+/// The first byte of the order keys ([`order_key`]).
+const ORDER: u8 = b'O';
 
 /// Which attribute a key indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +119,39 @@ fn key(kind: Kind, value: &str, study_uid: &str) -> Vec<u8> {
     k
 }
 
+/// The key that places a study in C-FIND's response order: Patient ID, Study Date,
+/// Study Time, Study Instance UID, as stored, each ended by a 0 byte, so the keys sort as
+/// those four values do (a value that is a prefix of another sorts first, as in a string
+/// comparison). Every study has one, whatever it lacks.
+pub fn order_key(study: &StudyRecord) -> Vec<u8> {
+    let mut k = vec![ORDER];
+    for v in [&study.patient_id, &study.study_date, &study.study_time] {
+        k.extend_from_slice(v.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(study.study_instance_uid.as_bytes());
+    k
+}
+
+/// The order keys ([`order_key`]) in order, each with its Study Instance UID.
+pub(super) fn in_order(
+    tree: &sled::Tree,
+) -> impl Iterator<Item = Result<(sled::IVec, String), sled::Error>> {
+    tree.scan_prefix([ORDER]).filter_map(|kv| match kv {
+        Ok((k, _)) => study_of(&k).map(|uid| Ok((k, uid))),
+        Err(e) => Some(Err(e)),
+    })
+}
+
 /// Every index key of a study record.
 pub fn keys(study: &StudyRecord) -> BTreeSet<Vec<u8>> {
+    std::iter::once(order_key(study))
+        .chain(lookup_keys(study))
+        .collect()
+}
+
+/// The look-up keys of a study record (its values that are not empty).
+fn lookup_keys(study: &StudyRecord) -> impl Iterator<Item = Vec<u8>> + '_ {
     [
         Kind::PatientId,
         Kind::Accession,
@@ -122,13 +159,12 @@ pub fn keys(study: &StudyRecord) -> BTreeSet<Vec<u8>> {
         Kind::PatientName,
     ]
     .into_iter()
-    .flat_map(|kind| {
+    .flat_map(move |kind| {
         values(study, kind)
             .into_iter()
             .filter(|v| !v.is_empty())
             .map(move |v| key(kind, &v, &study.study_instance_uid))
     })
-    .collect()
 }
 
 /// Inside a transaction: replaces the keys of `old` (if any) by those of `new`.
@@ -163,9 +199,9 @@ pub(super) fn rebuild<'a>(
     Ok(())
 }
 
-/// The Study Instance UID a key belongs to.
+/// The Study Instance UID a key belongs to: what follows its last 0 byte.
 pub(super) fn study_of(k: &[u8]) -> Option<String> {
-    let at = k.iter().position(|b| *b == 0)?;
+    let at = k.iter().rposition(|b| *b == 0)?;
     Some(String::from_utf8_lossy(&k[at + 1..]).into_owned())
 }
 
