@@ -504,6 +504,30 @@ fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
         );
     }
 
+    // An endorsement whose time is over no longer lets the key's packs in; a current one
+    // does.
+    endorse(Endorsement::create_expiring(
+        &root,
+        &site,
+        "site model packs 2020",
+        &[Scope::ModelPack],
+        1_600_000_000,
+    ));
+    let out = b.duli(&["verify", pack.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(out.combined().contains("expired"), "{}", out.combined());
+    let out = b.duli(&["install", pack.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    endorse(Endorsement::create_expiring(
+        &root,
+        &site,
+        "site model packs",
+        &[Scope::ModelPack],
+        4_000_000_000,
+    ));
+    let out = b.duli(&["verify", pack.to_str().unwrap()], true);
+    out.assert_success("verify site pack with a current endorsement");
+
     // A key endorsed for root filesystems may sign one.
     endorse(Endorsement::create_scoped(
         &root,

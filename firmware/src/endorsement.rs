@@ -14,6 +14,11 @@
 //! label (UTF-8)`. Format 1 (no `scopes`, signed over
 //! `"DULI-FIRMWARE-KEY-ENDORSEMENT-V1\n" || key || label`) is still read and means
 //! `["model-pack"]`: the purpose it was documented for.
+//! Format 3 adds an expiry, `"not_after"` (seconds since the Unix epoch), signed over
+//! `"DULI-FIRMWARE-KEY-ENDORSEMENT-V3\n" || key || scopes joined by "," || "\n" ||
+//! not_after (decimal) || "\n" || label`: from that second on the endorsement is refused
+//! (at provisioning, and by every verification on the box, so the key's bundles no longer
+//! install). Formats 1 and 2 do not expire.
 //! Endorsed keys sign only bundles of their scopes; they cannot endorse further keys.
 
 use std::fs;
@@ -28,8 +33,12 @@ use crate::scope::Scope;
 const ENDORSEMENT_DOMAIN_V1: &[u8] = b"DULI-FIRMWARE-KEY-ENDORSEMENT-V1\n";
 /// Domain-separation prefix of the endorsed message, format 2 (with scopes).
 const ENDORSEMENT_DOMAIN_V2: &[u8] = b"DULI-FIRMWARE-KEY-ENDORSEMENT-V2\n";
-/// The current format.
+/// Domain-separation prefix of the endorsed message, format 3 (with scopes and an expiry).
+const ENDORSEMENT_DOMAIN_V3: &[u8] = b"DULI-FIRMWARE-KEY-ENDORSEMENT-V3\n";
+/// The format of endorsements without an expiry.
 pub const FORMAT: u32 = 2;
+/// The format of endorsements with an expiry (`not_after`).
+pub const FORMAT_EXPIRING: u32 = 3;
 
 /// File name suffix of endorsements in an endorsement directory.
 pub const ENDORSEMENT_SUFFIX: &str = ".endorsement.json";
@@ -44,9 +53,13 @@ pub struct Endorsement {
     pub key: String,
     /// Free text naming the key's purpose; covered by the signature.
     pub label: String,
-    /// What the key may sign; covered by the signature. Format 2 only (never empty there).
+    /// What the key may sign; covered by the signature. Formats 2 and 3 (never empty there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<Scope>,
+    /// The last second (since the Unix epoch) the endorsement is good for; covered by the
+    /// signature. Format 3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
     /// [`KeyId`] of the endorsing root key, hex.
     pub endorser: String,
     /// Ed25519 signature, hex.
@@ -65,6 +78,14 @@ pub enum EndorsementError {
     /// The signature does not verify.
     #[error("endorsement signature does not verify")]
     BadSignature,
+    /// The endorsement's time is over.
+    #[error("endorsement expired at {not_after} (seconds since the epoch; now {now})")]
+    Expired {
+        /// Its last good second.
+        not_after: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
     /// Reading the endorsement file failed.
     #[error("endorsement file {path}: {source}")]
     Io {
@@ -95,6 +116,27 @@ fn message_v2(key: &PublicKey, scopes: &[Scope], label: &str) -> Vec<u8> {
     msg
 }
 
+/// The signed message of a format 3 endorsement: the format 2 message with the expiry
+/// between the scopes and the label.
+fn message_v3(key: &PublicKey, scopes: &[Scope], not_after: u64, label: &str) -> Vec<u8> {
+    let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let mut msg = ENDORSEMENT_DOMAIN_V3.to_vec();
+    msg.extend_from_slice(&key.0);
+    msg.extend_from_slice(names.join(",").as_bytes());
+    msg.push(b'\n');
+    msg.extend_from_slice(not_after.to_string().as_bytes());
+    msg.push(b'\n');
+    msg.extend_from_slice(label.as_bytes());
+    msg
+}
+
+/// Seconds since the Unix epoch now (0 for a clock before it).
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Endorsement {
     /// Endorses `key` for model packs only, the usual purpose of an endorsed key.
     pub fn create(root: &SigningKey, key: &PublicKey, label: &str) -> Self {
@@ -113,8 +155,29 @@ impl Endorsement {
             key: key.to_hex(),
             label: label.to_string(),
             scopes: scopes.to_vec(),
+            not_after: None,
             endorser: root.public_key().id().to_string(),
             signature: hex::encode(root.sign(&message_v2(key, scopes, label))),
+        }
+    }
+
+    /// Endorses `key` for `scopes` up to and including the second `not_after` (seconds
+    /// since the Unix epoch; format 3).
+    pub fn create_expiring(
+        root: &SigningKey,
+        key: &PublicKey,
+        label: &str,
+        scopes: &[Scope],
+        not_after: u64,
+    ) -> Self {
+        Endorsement {
+            format: FORMAT_EXPIRING,
+            key: key.to_hex(),
+            label: label.to_string(),
+            scopes: scopes.to_vec(),
+            not_after: Some(not_after),
+            endorser: root.public_key().id().to_string(),
+            signature: hex::encode(root.sign(&message_v3(key, scopes, not_after, label))),
         }
     }
 
@@ -125,24 +188,25 @@ impl Endorsement {
             key: key.to_hex(),
             label: label.to_string(),
             scopes: Vec::new(),
+            not_after: None,
             endorser: root.public_key().id().to_string(),
             signature: hex::encode(root.sign(&message_v1(key, label))),
         }
     }
 
-    /// Parses endorsement JSON: format 2 with a non-empty `scopes`, or format 1 without.
+    /// Parses endorsement JSON: format 3 with a non-empty `scopes` and a `not_after`,
+    /// format 2 with a non-empty `scopes` and no `not_after`, or format 1 with neither.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EndorsementError> {
         let e: Endorsement = serde_json::from_slice(bytes)
             .map_err(|err| EndorsementError::Malformed(err.to_string()))?;
-        match (e.format, e.scopes.is_empty()) {
-            (1, true) | (2, false) => Ok(e),
-            (1, false) => Err(EndorsementError::Malformed(
-                "format 1 carries no scopes (scopes need format 2)".into(),
-            )),
-            (2, true) => Err(EndorsementError::Malformed(
-                "format 2 needs a non-empty scopes list".into(),
-            )),
-            (f, _) => Err(EndorsementError::Malformed(format!(
+        let malformed = |why: &str| Err(EndorsementError::Malformed(why.into()));
+        match (e.format, e.scopes.is_empty(), e.not_after.is_some()) {
+            (1, true, false) | (2, false, false) | (3, false, true) => Ok(e),
+            (1, false, _) => malformed("format 1 carries no scopes (scopes need format 2)"),
+            (1 | 2, _, true) => malformed("an expiry (not_after) needs format 3"),
+            (2 | 3, true, _) => malformed("formats 2 and 3 need a non-empty scopes list"),
+            (3, false, false) => malformed("format 3 needs an expiry (not_after)"),
+            (f, _, _) => Err(EndorsementError::Malformed(format!(
                 "format {f} is not supported"
             ))),
         }
@@ -163,8 +227,14 @@ impl Endorsement {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Checks the endorsement against `roots` and returns the endorsed key.
+    /// Checks the endorsement against `roots`, and its expiry against the clock; returns
+    /// the endorsed key.
     pub fn verify(&self, roots: &[PublicKey]) -> Result<PublicKey, EndorsementError> {
+        self.verify_at(roots, now_secs())
+    }
+
+    /// [`Endorsement::verify`] at `now` (seconds since the Unix epoch).
+    pub fn verify_at(&self, roots: &[PublicKey], now: u64) -> Result<PublicKey, EndorsementError> {
         let key = PublicKey::from_hex(&self.key)
             .map_err(|_| EndorsementError::Malformed("key is not 64 hex characters".into()))?;
         let root = roots
@@ -172,15 +242,23 @@ impl Endorsement {
             .find(|root| root.id().to_string() == self.endorser)
             .ok_or_else(|| EndorsementError::UnknownEndorser(self.endorser.clone()))?;
         let signature = hex::decode(&self.signature).map_err(|_| EndorsementError::BadSignature)?;
-        let message = if self.format == 1 {
-            message_v1(&key, &self.label)
-        } else {
-            message_v2(&key, &self.scopes, &self.label)
+        let message = match (self.format, self.not_after) {
+            (1, None) => message_v1(&key, &self.label),
+            (2, None) => message_v2(&key, &self.scopes, &self.label),
+            (3, Some(not_after)) => message_v3(&key, &self.scopes, not_after, &self.label),
+            _ => {
+                return Err(EndorsementError::Malformed(
+                    "its format and its expiry disagree".into(),
+                ))
+            }
         };
         if !root.verifies(&message, &signature) {
             return Err(EndorsementError::BadSignature);
         }
-        Ok(key)
+        match self.not_after {
+            Some(not_after) if now > not_after => Err(EndorsementError::Expired { not_after, now }),
+            _ => Ok(key),
+        }
     }
 }
 
@@ -361,5 +439,88 @@ mod tests {
             .load_endorsements(&dir.path().join("absent"))
             .unwrap()
             .is_empty());
+    }
+
+    /// A format 3 endorsement holds until its `not_after` second and is refused after it;
+    /// its expiry is signed (moved later, it no longer verifies); an expiry in another
+    /// format, or format 3 without one, is malformed; an expired endorsement in the folder
+    /// is skipped like any invalid one.
+    #[test]
+    fn expiring_endorsements_hold_until_their_time_and_their_time_is_signed() {
+        let root = key();
+        let site = key();
+        let roots = [root.public_key()];
+        let e = Endorsement::create_expiring(
+            &root,
+            &site.public_key(),
+            "site packs 2027",
+            &[Scope::ModelPack],
+            2_000_000_000,
+        );
+        let parsed = Endorsement::from_json(e.to_json().as_bytes()).unwrap();
+        assert_eq!(parsed.format, FORMAT_EXPIRING);
+        assert!(
+            e.to_json().contains("\"not_after\": 2000000000"),
+            "{}",
+            e.to_json()
+        );
+        assert_eq!(
+            parsed.verify_at(&roots, 2_000_000_000).unwrap(),
+            site.public_key()
+        );
+        assert!(matches!(
+            parsed.verify_at(&roots, 2_000_000_001),
+            Err(EndorsementError::Expired {
+                not_after: 2_000_000_000,
+                now: 2_000_000_001
+            })
+        ));
+        let mut later = parsed.clone();
+        later.not_after = Some(4_000_000_000);
+        assert!(matches!(
+            later.verify_at(&roots, 2_000_000_001),
+            Err(EndorsementError::BadSignature)
+        ));
+        // The expiry is read only in format 3, and format 3 needs it.
+        for (format, not_after) in [(2, Some(1)), (1, Some(1)), (3, None)] {
+            let mut odd = parsed.clone();
+            odd.format = format;
+            odd.not_after = not_after;
+            if format == 1 {
+                odd.scopes.clear();
+            }
+            assert!(
+                matches!(
+                    Endorsement::from_json(odd.to_json().as_bytes()),
+                    Err(EndorsementError::Malformed(_))
+                ),
+                "format {format} with {not_after:?}"
+            );
+        }
+        // In the folder: the expired one is skipped, the current one accepted.
+        let dir = tempfile::tempdir().unwrap();
+        let expired = Endorsement::create_expiring(
+            &root,
+            &site.public_key(),
+            "old",
+            &[Scope::ModelPack],
+            1_000,
+        );
+        let other = key();
+        let current = Endorsement::create_expiring(
+            &root,
+            &other.public_key(),
+            "current",
+            &[Scope::ModelPack],
+            u64::MAX,
+        );
+        fs::write(dir.path().join("a.endorsement.json"), expired.to_json()).unwrap();
+        fs::write(dir.path().join("b.endorsement.json"), current.to_json()).unwrap();
+        let mut anchors = TrustAnchors::from_roots(vec![root.public_key()]);
+        assert_eq!(
+            anchors.load_endorsements(dir.path()).unwrap(),
+            vec![other.public_key().id()]
+        );
+        assert!(anchors.find(site.public_key().id()).is_none());
     }
 }

@@ -909,9 +909,12 @@ pub fn plan(
                         .map_err(|e| e.to_string())
                 })
                 .and_then(|e| {
-                    e.verify(&roots)
-                        .map(|k| (e, k))
-                        .map_err(|err| format!("not signed by a built-in key: {err}"))
+                    e.verify(&roots).map(|k| (e, k)).map_err(|err| match err {
+                        duli_firmware::endorsement::EndorsementError::Expired { .. } => {
+                            err.to_string()
+                        }
+                        _ => format!("not signed by a built-in key: {err}"),
+                    })
                 });
             match checked {
                 Ok((e, k)) => writes.push(Write {
