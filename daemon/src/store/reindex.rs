@@ -252,7 +252,7 @@ impl Store {
                 Some(v) => decode(&key, &v).ok(),
                 None => None,
             };
-            if !self.correct_study(&key, from_files.as_ref())? {
+            if !self.correct_study(&key, from_files.as_ref(), scratch)? {
                 log::warn!(
                     "reindex: study {} kept as it was: it changed at every one of {RETRIES} tries",
                     String::from_utf8_lossy(&key)
@@ -270,11 +270,22 @@ impl Store {
         &self,
         key: &[u8],
         from_files: Option<&StudyRecord>,
+        scratch: &sled::Tree,
     ) -> Result<bool, StoreError> {
         let mut prefix = key.to_vec();
         prefix.push(0);
         for _ in 0..RETRIES {
             let before = self.studies.get(key)?;
+            // Read outside the transaction (no other tree may be read inside one); the
+            // transaction goes on only with the record read here.
+            let record_pid = before
+                .as_ref()
+                .and_then(|v| serde_json::from_slice::<StudyRecord>(v).ok())
+                .map(|s| s.patient_id)
+                .unwrap_or_default();
+            let pid_named = !record_pid.is_empty()
+                && scratch
+                    .contains_key(identity_key(&String::from_utf8_lossy(key), &record_pid))?;
             let mut links = 0u64;
             for kv in self.study_instances.scan_prefix(&prefix) {
                 kv?;
@@ -299,7 +310,8 @@ impl Store {
                     return Ok(Some(None));
                 }
                 let uid = String::from_utf8_lossy(key).into_owned();
-                let corrected = corrected(&uid, old.as_ref(), from_files, links);
+                let named_by_a_file = |pid: &str| pid_named && pid == record_pid;
+                let corrected = corrected(&uid, old.as_ref(), from_files, links, named_by_a_file);
                 if old.as_ref() == Some(&corrected) {
                     return Ok(Some(None));
                 }
@@ -360,7 +372,23 @@ fn gather(scratch: &sled::Tree, h: &Header) -> Result<(), StoreError> {
     study.first_received = study.first_received.min(h.instance.received_at);
     study.last_received = study.last_received.max(h.instance.received_at);
     scratch.insert(key, encode(&study))?;
+    if !h.study.patient_id.is_empty() {
+        scratch.insert(
+            identity_key(&h.instance.study_instance_uid, &h.study.patient_id),
+            &[],
+        )?;
+    }
     Ok(())
+}
+
+/// The scratch key noting that a file of study `uid` names patient `pid` (apart from the
+/// study keys: a UID never starts with 0xFF).
+fn identity_key(uid: &str, pid: &str) -> Vec<u8> {
+    let mut k = vec![0xFF];
+    k.extend_from_slice(uid.as_bytes());
+    k.push(0);
+    k.extend_from_slice(pid.as_bytes());
+    k
 }
 
 /// A study record corrected by the rebuild: the attributes its files give (gaps filled
@@ -368,11 +396,18 @@ fn gather(scratch: &sled::Tree, h: &Header) -> Result<(), StoreError> {
 /// its modalities from both, `links` instances, the earliest and latest receive time of
 /// both; its state, error and result version as the record has them. A record that does
 /// not decode is made again from the files, as `complete`.
+///
+/// The walk reads the files in path order, not in the order they arrived, so when the
+/// files name several patients (a study resent after its patient was corrected) the
+/// identity the files give is only the last one read: the record's identity, the newest
+/// to arrive ([`header::merge_study`]), stays when a file names its Patient ID
+/// (`named_by_a_file`), and gives way to the files' when none does.
 fn corrected(
     uid: &str,
     record: Option<&StudyRecord>,
     from_files: Option<&StudyRecord>,
     links: u64,
+    named_by_a_file: impl Fn(&str) -> bool,
 ) -> StudyRecord {
     let mut out = match (from_files, record) {
         (Some(files), Some(record)) => {
@@ -382,6 +417,16 @@ fn corrected(
                 result_version: record.result_version,
                 ..files.clone()
             };
+            if !record.patient_id.is_empty()
+                && record.patient_id != files.patient_id
+                && named_by_a_file(&record.patient_id)
+            {
+                out.patient_id.clone_from(&record.patient_id);
+                out.patient_name.clone_from(&record.patient_name);
+                out.patient_birth_date
+                    .clone_from(&record.patient_birth_date);
+                out.patient_sex.clone_from(&record.patient_sex);
+            }
             header::fill_study_gaps(&mut out, record);
             out.first_received = earliest(files.first_received, record.first_received);
             out.last_received = files.last_received.max(record.last_received);
@@ -683,5 +728,35 @@ mod tests {
         // A second run finds nothing left to correct.
         let again = store.reindex().unwrap();
         assert_eq!((again.indexed, again.removed, again.studies), (4, 0, 2));
+    }
+
+    /// A study whose patient was corrected by a resend under new SOP Instance UIDs holds
+    /// files of both patients; the walk reads them in path order, so the identity of the
+    /// last file read is not the newest. The record's (the newest to arrive) stays, as it
+    /// is named by a file; an identity no file names gives way to the files'.
+    #[test]
+    fn the_newest_patient_of_a_corrected_study_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Arrival order: the old patient's copy first, the corrected one last; path order
+        // the other way round.
+        let old = stored_file_of(&store, "1.2.5", "1.2.5.2", "PAT-OLD");
+        let new = stored_file_of(&store, "1.2.5", "1.2.5.1", "PAT-NEW");
+        assert!(new.path < old.path, "{} {}", new.path, old.path);
+        assert_eq!(store.study("1.2.5").unwrap().unwrap().patient_id, "PAT-NEW");
+        store.reindex().unwrap();
+        assert_eq!(store.study("1.2.5").unwrap().unwrap().patient_id, "PAT-NEW");
+        assert_eq!(
+            store
+                .query_exact(qr_index::Kind::PatientId, "PAT-NEW")
+                .unwrap(),
+            vec!["1.2.5".to_string()]
+        );
+        // A record naming a patient no file names is put right from the files.
+        store
+            .update_study("1.2.5", |s| s.patient_id = "NOBODY".into())
+            .unwrap();
+        store.reindex().unwrap();
+        assert_ne!(store.study("1.2.5").unwrap().unwrap().patient_id, "NOBODY");
     }
 }
