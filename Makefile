@@ -7,6 +7,8 @@
 #   make bench-qr   the Query/Retrieve benchmark against Orthanc (see bench/README.md)
 #   make bench-hostile  C-ECHO beside 500 silent connections and /healthz beside 1,000 idle
 #                   TLS sockets (duli and Orthanc), the hostile suite's peak RSS (bench/README.md)
+#   make bench-find  a C-FIND no indexed key narrows over 100,000 studies: first response and
+#                   the match limit, beside reading and sorting every study (bench/README.md)
 #   make bench-worklist  /api/v1/studies latency (p50/p95) with 10,000 studies (bench/README.md)
 #   make bench-infer  duli infer at f32, bf16 and int8 beside plain OpenVINO from Python,
 #                   with each precision's AUC and gate and the heatmap ms; then release ->
@@ -29,7 +31,7 @@ BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
 WORKLIST_STUDIES ?= 10000
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-audit bench-worklist bench-infer bench-infer-throughput bench-memory \
+.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-audit bench-find bench-worklist bench-infer bench-infer-throughput bench-memory \
 	lint fmt models \
 	audit fuzz fuzz-minimize sbom cargo-deny cargo-cyclonedx
 
@@ -107,6 +109,9 @@ bench-hostile: test-env
 
 bench-audit:
 	$(CARGO) run --release -q -p duli --example audit_append -- $${AUDIT_DIR:-target} 2000
+
+bench-find:
+	$(CARGO) run --release -q -p duli --example find_universal -- $${FIND_DIR:-target} $${STUDIES:-100000}
 
 bench-worklist:
 	$(CARGO) build --release -p duli --bin duli --example seed_worklist
