@@ -78,8 +78,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut limit = [Duration::ZERO; 5];
     let mut before = [Duration::ZERO; 5];
     // The streamed runs first, then the full reads: run in turn, a full read just before a
-    // streamed run made that run's first response take about 43 ms here (the index's
-    // page cache).
+    // streamed run made that run's first response take about 43 ms here (cause not
+    // isolated).
     for round in 0..5 {
         let started = Instant::now();
         let mut sent = 0usize;
