@@ -554,6 +554,9 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         "b_good": s.boot.b_good,
         "a_version": s.boot.a_version.map(|v| v.to_string()),
         "b_version": s.boot.b_version.map(|v| v.to_string()),
+        "security_floor": s.boot.floor,
+        "a_security": s.boot.a_security,
+        "b_security": s.boot.b_security,
         "trial": s.booted != s.boot.active,
         "update_pending": s.boot.trial_pending() && s.booted == s.boot.active,
     });
@@ -579,6 +582,10 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         println!(
             "variables:  active={} target={} attempts={} a_good={} b_good={}",
             s.boot.active, s.boot.target, s.boot.attempts, s.boot.a_good, s.boot.b_good
+        );
+        println!(
+            "security:   floor={} a={} b={} (root filesystems and rollbacks below the floor are refused)",
+            s.boot.floor, s.boot.a_security, s.boot.b_security
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -119,11 +119,13 @@ impl Bench {
     }
 
     fn sign(&self, name: &str, kind: &str, version: &str, min: &str, payload: &[u8]) -> PathBuf {
-        self.sign_with("release", name, kind, version, min, payload)
+        self.sign_extra("release", name, kind, version, min, payload, &[])
     }
 
-    /// Signs with the key pair `keys/KEY.pk8`.
-    fn sign_with(
+    /// Signs with the key pair `keys/KEY.pk8`, passing `extra` arguments to `duli firmware
+    /// sign`.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_extra(
         &self,
         key: &str,
         name: &str,
@@ -131,6 +133,7 @@ impl Bench {
         version: &str,
         min: &str,
         payload: &[u8],
+        extra: &[&str],
     ) -> PathBuf {
         let img = self.path(&format!("{name}.img"));
         fs::write(&img, payload).unwrap();
@@ -154,7 +157,11 @@ impl Bench {
                 HW,
                 "--out",
                 out.to_str().unwrap(),
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
             false,
         );
         o.assert_success("firmware sign");
@@ -440,6 +447,88 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     assert!(records.iter().all(|r| r.actor.starts_with("cli:")));
 }
 
+/// The security floor through the real command line: a root filesystem signed with
+/// `--security-version 2` and committed raises the floor to 2 (`status` shows it); a
+/// newer release of security version 1 is then refused (exit 3, slot untouched), and so is
+/// a rollback to the factory slot below the floor; the boot variables stay as they were.
+#[test]
+fn a_committed_security_fix_cannot_be_undone() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let fix = b.sign_extra(
+        "release",
+        "v020-fix",
+        "rootfs",
+        "0.2.0",
+        "0.1.0",
+        &pattern(50_000, 3),
+        &["--security-version", "2"],
+    );
+    let out = b.duli(&["verify", fix.to_str().unwrap()], true);
+    out.assert_success("verify");
+    assert!(
+        out.stdout.contains("\"security_version\": 2"),
+        "{}",
+        out.stdout
+    );
+    b.duli(&["install", fix.to_str().unwrap()], true)
+        .assert_success("install the fix");
+    assert_eq!(
+        (
+            b.status()["b_security"].clone(),
+            b.status()["security_floor"].clone()
+        ),
+        (serde_json::json!(2), serde_json::json!(0))
+    );
+    assert_eq!(b.reboot(), Slot::B);
+    b.duli_with(
+        &["mark-good"],
+        false,
+        &[("DULI_FIRMWARE_DEV_VERSION", "0.2.0")],
+    )
+    .assert_success("mark-good on the fix");
+    let committed = b.status();
+    assert_eq!(committed["security_floor"], 2, "{committed}");
+    let out = b.duli_with(
+        &["status"],
+        false,
+        &[("DULI_FIRMWARE_DEV_VERSION", "0.2.0")],
+    );
+    assert!(out.stdout.contains("floor=2"), "{}", out.stdout);
+
+    let unfixed = b.sign_extra(
+        "release",
+        "v030-unfixed",
+        "rootfs",
+        "0.3.0",
+        "0.1.0",
+        &pattern(50_000, 4),
+        &["--security-version", "1"],
+    );
+    let slot_a = fs::read(b.path("slot-a.img")).unwrap();
+    let out = b.duli_with(
+        &["install", unfixed.to_str().unwrap()],
+        true,
+        &[("DULI_FIRMWARE_DEV_VERSION", "0.2.0")],
+    );
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(out.stderr.contains("security floor 2"), "{}", out.stderr);
+    assert_eq!(fs::read(b.path("slot-a.img")).unwrap(), slot_a);
+    let out = b.duli_with(
+        &["rollback"],
+        false,
+        &[("DULI_FIRMWARE_DEV_VERSION", "0.2.0")],
+    );
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        out.combined().contains("security floor 2"),
+        "{}",
+        out.combined()
+    );
+    assert_eq!(b.status(), committed);
+}
+
 /// An endorsed key signs only what its endorsement's scopes name: a hospital group's
 /// model-pack key (format 1, or format 2 scoped `model-pack`) cannot get a root filesystem
 /// installed; a key endorsed for `rootfs` can; `verify` prints the signer's scopes.
@@ -460,14 +549,15 @@ fn endorsed_model_pack_key_cannot_install_a_root_filesystem() {
         fs::write(b.path("endorsed/site.endorsement.json"), e.to_json()).unwrap();
     };
     let payload = pattern(20_000, 5);
-    let rootfs = b.sign_with("site", "evil-os", "rootfs", "9.0.0", "0.0.1", &payload);
-    let pack = b.sign_with(
+    let rootfs = b.sign_extra("site", "evil-os", "rootfs", "9.0.0", "0.0.1", &payload, &[]);
+    let pack = b.sign_extra(
         "site",
         "site-pack",
         "model-pack",
         "2.0.0",
         "0.0.1",
         &payload,
+        &[],
     );
     let slot_b = fs::read(b.path("slot-b.img")).unwrap();
 

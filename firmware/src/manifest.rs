@@ -44,6 +44,13 @@ pub struct Release {
     pub hardware: Vec<String>,
     /// What the payload is.
     pub kind: PayloadKind,
+    /// Security version ([`Manifest::security_version`]); 0 when not raised.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub security_version: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Size and digest of the payload that follows the manifest in the bundle.
@@ -72,6 +79,13 @@ pub struct Manifest {
     pub hardware: Vec<String>,
     /// The payload that follows the manifest.
     pub payload: PayloadDigest,
+    /// Security version of a root filesystem: raised by a release that fixes a flaw its
+    /// predecessors must not be installed again for. Once a box commits a slot with
+    /// security version N, it refuses root filesystems below N and rollbacks to a slot
+    /// below N ([`crate::bootctl::BootState::floor`]). Absent means 0 (a box whose release
+    /// predates the field refuses a manifest that carries it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub security_version: u32,
 }
 
 /// A manifest whose content is not acceptable even though it parsed.
@@ -112,6 +126,7 @@ impl Manifest {
                 size,
                 sha256: hex::encode(sha256),
             },
+            security_version: release.security_version,
         }
     }
 
@@ -168,6 +183,7 @@ mod tests {
             min_version: Version::new(1, 0, 0),
             hardware: vec!["nuc-x86_64".into()],
             kind: PayloadKind::Rootfs,
+            security_version: 0,
         }
     }
 

@@ -47,6 +47,17 @@ pub enum PolicyError {
         /// The installed version.
         installed: Version,
     },
+    /// A root filesystem below the security floor this box committed.
+    #[error(
+        "bundle security version {bundle} is below this box's security floor {floor}: \
+         a release it committed fixed a flaw this one has"
+    )]
+    BelowSecurityFloor {
+        /// The bundle's security version.
+        bundle: u32,
+        /// The box's floor.
+        floor: u32,
+    },
     /// The running firmware is below the bundle's minimum.
     #[error(
         "bundle needs firmware {minimum} or later to install over, this device runs {running}"
@@ -111,6 +122,7 @@ mod tests {
                 min_version: min,
                 hardware: vec!["nuc-x86_64".into(), "jetson-orin".into()],
                 kind,
+                security_version: 0,
             },
             1,
             [0; 32],

@@ -4,7 +4,8 @@
 //! each one the bootloader still boots a complete image (see `firmware/README.md`):
 //!
 //! 1. verify the bundle (signature, manifest, payload SHA-256 streamed) and the device
-//!    policy (hardware, minimum version, no downgrade); nothing is written;
+//!    policy (hardware, minimum version, no downgrade, not below the security floor);
+//!    nothing is written;
 //! 2. disarm: point the boot target at the running slot, flag the inactive slot not good
 //!    and forget its recorded version;
 //! 3. stream the payload into the inactive slot, hashing it again, and flush it;
@@ -66,6 +67,20 @@ pub enum UpdateError {
         booted: Slot,
         /// The committed slot the next boot goes to.
         active: Slot,
+    },
+    /// The previous slot holds firmware below the security floor: going back to it would
+    /// bring back a flaw a committed release fixed.
+    #[error(
+        "slot {slot} holds security version {security}, below this box's security floor \
+         {floor}: not rolling back to it"
+    )]
+    RollbackBelowFloor {
+        /// The previous slot.
+        slot: Slot,
+        /// Its security version.
+        security: u32,
+        /// The box's floor.
+        floor: u32,
     },
     /// There is no good slot to roll back to.
     #[error("slot {0} is not flagged good: nothing to roll back to")]
@@ -243,6 +258,13 @@ impl<B: BootControl> Updater<B> {
             PayloadKind::Rootfs,
             Some(self.policy.running_version),
         )?;
+        if manifest.security_version < state.floor {
+            return Err(PolicyError::BelowSecurityFloor {
+                bundle: manifest.security_version,
+                floor: state.floor,
+            }
+            .into());
+        }
         let slot = self.booted.other();
         let path = self.slots.path(slot).to_path_buf();
         let size = manifest.payload.size;
@@ -262,6 +284,7 @@ impl<B: BootControl> Updater<B> {
         disarmed.attempts = 0;
         disarmed.set_good(slot, false);
         disarmed.set_version(slot, None);
+        disarmed.set_security(slot, 0);
         self.store(&state, &disarmed)?;
         self.step(Step::Disarmed)?;
 
@@ -295,6 +318,7 @@ impl<B: BootControl> Updater<B> {
         flipped.target = slot;
         flipped.attempts = self.attempts;
         flipped.set_version(slot, Some(manifest.version));
+        flipped.set_security(slot, manifest.security_version);
         self.store(&disarmed, &flipped)?;
         log::info!(
             "slot {slot} armed for {} trial boots; reboot to start firmware {}",
@@ -309,8 +333,8 @@ impl<B: BootControl> Updater<B> {
         })
     }
 
-    /// Commits the running slot after a passed health check. On a trial boot it becomes
-    /// the committed slot, provided it runs the firmware version the install recorded for it
+    /// Commits the running slot after a passed health check, raising the security floor to
+    /// its security version. On a trial boot it becomes the committed slot, provided it runs the firmware version the install recorded for it
     /// ([`UpdateError::VersionMismatch`] otherwise; a slot with no recorded version, such as
     /// the factory image, is taken as it is); on a committed slot this only makes sure its
     /// good flag is set.
@@ -320,6 +344,7 @@ impl<B: BootControl> Updater<B> {
         let mut next = state;
         let outcome = if booted == state.active {
             next.set_good(booted, true);
+            next.floor = next.floor.max(state.security(booted));
             MarkGood::AlreadyCommitted(booted)
         } else if booted == state.target {
             let running = self.policy.running_version;
@@ -340,6 +365,7 @@ impl<B: BootControl> Updater<B> {
             next.active = booted;
             next.attempts = 0;
             next.set_good(booted, true);
+            next.floor = next.floor.max(state.security(booted));
             MarkGood::Committed(booted)
         } else {
             return Err(UpdateError::RollbackPending {
@@ -372,6 +398,13 @@ impl<B: BootControl> Updater<B> {
             let previous = booted.other();
             if !state.is_good(previous) {
                 return Err(UpdateError::NoGoodFallback(previous));
+            }
+            if state.security(previous) < state.floor {
+                return Err(UpdateError::RollbackBelowFloor {
+                    slot: previous,
+                    security: state.security(previous),
+                    floor: state.floor,
+                });
             }
             next.target = previous;
             next.attempts = self.attempts;

@@ -83,6 +83,16 @@ fn uboot_in(dir: &Path) -> UBootEnv {
     UBootEnv::new(config)
 }
 
+/// What `grub-editenv` itself lists of the block in `dir`.
+fn grub_list(dir: &Path) -> String {
+    let out = Command::new("grub-editenv")
+        .arg(dir.join("grubenv"))
+        .arg("list")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn grub_full_cycle() {
     if skip_without(&["grub-editenv"]) {
@@ -91,14 +101,20 @@ fn grub_full_cycle() {
     let dir = tempfile::tempdir().unwrap();
     full_cycle(&|| grub_in(dir.path()));
     // Variables are real grubenv entries.
-    let out = Command::new("grub-editenv")
-        .arg(dir.path().join("grubenv"))
-        .arg("list")
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = grub_list(dir.path());
     assert!(text.contains("duli_active=A\n"), "{text}");
     assert!(text.contains("duli_a_good=1\n"), "{text}");
+}
+
+#[test]
+fn grub_security_floor() {
+    if skip_without(&["grub-editenv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    security_floor(&|| grub_in(dir.path()));
+    let text = grub_list(dir.path());
+    assert!(text.contains("duli_floor=2\n"), "{text}");
 }
 
 #[test]
@@ -127,6 +143,15 @@ fn grub_refuses_missing_environment_block() {
     let env = GrubEnv::new(dir.path().join("absent"));
     assert!(matches!(env.load(), Err(BootError::Io { .. })));
     assert!(!dir.path().join("absent").exists());
+}
+
+#[test]
+fn uboot_security_floor() {
+    if skip_without(&["fw_printenv", "fw_setenv", "mkenvimage"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    security_floor(&|| uboot_in(dir.path()));
 }
 
 #[test]

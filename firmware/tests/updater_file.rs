@@ -28,6 +28,12 @@ fn install_reboot_mark_good_rollback() {
 }
 
 #[test]
+fn the_security_floor_refuses_older_fixes_and_rollbacks_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    security_floor(&|| env_in(dir.path()));
+}
+
+#[test]
 fn missing_mark_good_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     missing_mark_good_falls_back(&|| env_in(dir.path()));

@@ -40,6 +40,10 @@ pub enum FirmwareAction {
         /// Hardware identifier that may install it (repeat for several).
         #[arg(long = "hardware", required = true)]
         hardware: Vec<String>,
+        /// Security version (root filesystems): raise it in a release whose predecessors
+        /// must never be installed again once a box committed it.
+        #[arg(long, default_value_t = 0)]
+        security_version: u32,
         /// Bundle file to write.
         #[arg(long)]
         out: PathBuf,
@@ -94,6 +98,7 @@ pub fn run(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> 
             version,
             min_version,
             hardware,
+            security_version,
             out,
         } => {
             let kind = match kind.as_str() {
@@ -105,6 +110,7 @@ pub fn run(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> 
                 min_version,
                 hardware,
                 kind,
+                security_version,
             };
             firmware_cli::sign(&cfg, &key, &payload, &release, &out)
         }

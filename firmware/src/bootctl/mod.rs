@@ -12,8 +12,13 @@
 //! | `duli_a_version`| `X.Y.Z` or empty | firmware installed in slot A by the last install (empty: unknown) |
 //! | `duli_b_version`| `X.Y.Z` or empty | the same for slot B |
 //!
+//! | `duli_floor`    | integer or empty | the highest security version committed: root filesystems and rollbacks below it are refused |
+//! | `duli_a_security`| integer or empty | security version installed in slot A by the last install |
+//! | `duli_b_security`| integer or empty | the same for slot B |
+//!
 //! The bootloader scripts use the first five only; the versions let mark-good refuse to
-//! commit a slot that does not run the firmware installed into it.
+//! commit a slot that does not run the firmware installed into it, and the security
+//! versions keep a box from going back below a security fix it committed.
 //!
 //! [`choose_slot`] is the reference of what the bootloader script does on each boot (the
 //! GRUB and U-Boot scripts in `yocto/meta-duli` implement exactly it); tests run it against
@@ -52,6 +57,10 @@ pub const VARIABLES: [&str; 5] = [
 /// written after [`VARIABLES`]. Optional: an environment without them (a freshly imaged box,
 /// or one last written by an older release) reads as versions unknown.
 pub const VERSION_VARIABLES: [&str; 2] = ["duli_a_version", "duli_b_version"];
+
+/// Names of the security floor and the security versions of slot A and slot B, written
+/// last. Optional like the versions: absent or empty reads as 0.
+pub const SECURITY_VARIABLES: [&str; 3] = ["duli_floor", "duli_a_security", "duli_b_security"];
 
 /// One of the two root filesystem slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +119,13 @@ pub struct BootState {
     pub a_version: Option<Version>,
     /// The same for slot B.
     pub b_version: Option<Version>,
+    /// The highest security version committed on this box (see
+    /// [`crate::manifest::Manifest::security_version`]): only ever raised.
+    pub floor: u32,
+    /// Security version the last install wrote into slot A (0: none or unknown).
+    pub a_security: u32,
+    /// The same for slot B.
+    pub b_security: u32,
 }
 
 impl BootState {
@@ -122,6 +138,9 @@ impl BootState {
         b_good: false,
         a_version: None,
         b_version: None,
+        floor: 0,
+        a_security: 0,
+        b_security: 0,
     };
 
     /// Whether `slot` is flagged good.
@@ -156,13 +175,29 @@ impl BootState {
         }
     }
 
+    /// The security version recorded for `slot` when it was installed (0 if none).
+    pub fn security(&self, slot: Slot) -> u32 {
+        match slot {
+            Slot::A => self.a_security,
+            Slot::B => self.b_security,
+        }
+    }
+
+    /// Records the security version of `slot`.
+    pub fn set_security(&mut self, slot: Slot, security: u32) {
+        match slot {
+            Slot::A => self.a_security = security,
+            Slot::B => self.b_security = security,
+        }
+    }
+
     /// Whether a trial of `target` is armed.
     pub fn trial_pending(&self) -> bool {
         self.target != self.active
     }
 
     /// The variables as `(name, value)` pairs: [`VARIABLES`], then [`VERSION_VARIABLES`]
-    /// (an unknown version is an empty value).
+    /// (an unknown version is an empty value), then [`SECURITY_VARIABLES`].
     pub fn to_vars(&self) -> Vec<(&'static str, String)> {
         let flag = |b: bool| if b { "1" } else { "0" }.to_string();
         let version = |v: Option<Version>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -174,6 +209,9 @@ impl BootState {
             (VARIABLES[4], flag(self.b_good)),
             (VERSION_VARIABLES[0], version(self.a_version)),
             (VERSION_VARIABLES[1], version(self.b_version)),
+            (SECURITY_VARIABLES[0], self.floor.to_string()),
+            (SECURITY_VARIABLES[1], self.a_security.to_string()),
+            (SECURITY_VARIABLES[2], self.b_security.to_string()),
         ]
     }
 
@@ -192,10 +230,29 @@ impl BootState {
         };
         let a_version = version(VERSION_VARIABLES[0])?;
         let b_version = version(VERSION_VARIABLES[1])?;
+        let number = |name: &'static str| -> Result<u32, BootError> {
+            match vars.get(name).map(String::as_str) {
+                None | Some("") => Ok(0),
+                Some(v) => v
+                    .parse()
+                    .ok()
+                    .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| BootError::InvalidVariable {
+                        name,
+                        value: v.to_string(),
+                    }),
+            }
+        };
+        let floor = number(SECURITY_VARIABLES[0])?;
+        let a_security = number(SECURITY_VARIABLES[1])?;
+        let b_security = number(SECURITY_VARIABLES[2])?;
         if VARIABLES.iter().all(|name| !vars.contains_key(*name)) {
             return Ok(BootState {
                 a_version,
                 b_version,
+                floor,
+                a_security,
+                b_security,
                 ..BootState::FACTORY
             });
         }
@@ -233,6 +290,9 @@ impl BootState {
             b_good: flag("duli_b_good")?,
             a_version,
             b_version,
+            floor,
+            a_security,
+            b_security,
         })
     }
 }
@@ -456,6 +516,9 @@ mod tests {
             b_good: true,
             a_version: None,
             b_version: Some(Version::new(1, 2, 3)),
+            floor: 2,
+            a_security: 1,
+            b_security: 2,
         };
         let vars: BTreeMap<String, String> = s
             .to_vars()
@@ -467,6 +530,20 @@ mod tests {
         assert_eq!(
             BootState::from_vars(&BTreeMap::new()).unwrap(),
             BootState::FACTORY
+        );
+        // An environment an older release wrote has no security variables: all 0.
+        let mut older = vars.clone();
+        for name in SECURITY_VARIABLES {
+            older.remove(name);
+        }
+        assert_eq!(
+            BootState::from_vars(&older).unwrap(),
+            BootState {
+                floor: 0,
+                a_security: 0,
+                b_security: 0,
+                ..s
+            }
         );
         let mut partial = vars.clone();
         partial.remove("duli_b_good");
@@ -480,6 +557,10 @@ mod tests {
             ("duli_attempts", "-1"),
             ("duli_a_good", "yes"),
             ("duli_b_version", "1.2"),
+            ("duli_floor", "-1"),
+            ("duli_floor", "+2"),
+            ("duli_a_security", "x"),
+            ("duli_b_security", "99999999999"),
         ] {
             let mut bad = vars.clone();
             bad.insert(k.into(), v.into());

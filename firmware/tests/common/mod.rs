@@ -50,6 +50,7 @@ pub fn release(version: Version, min: Version, hw: &str, kind: PayloadKind) -> R
         min_version: min,
         hardware: vec![hw.to_string()],
         kind,
+        security_version: 0,
     }
 }
 
@@ -159,6 +160,7 @@ pub fn full_cycle<B: BootControl>(make: &dyn Fn() -> B) {
             b_good: false,
             a_version: None,
             b_version: Some(Version::new(1, 1, 0)),
+            ..BootState::FACTORY
         }
     );
 
@@ -207,6 +209,77 @@ pub fn full_cycle<B: BootControl>(make: &dyn Fn() -> B) {
     assert_eq!(on_a.mark_good().unwrap(), MarkGood::Committed(Slot::A));
     assert_eq!(make().load().unwrap().active, Slot::A);
     assert_eq!(fs::read(&bx.slots.a).unwrap(), bx.old_a);
+}
+
+/// The security floor: committing a root filesystem of security version 2 raises the
+/// floor to 2; then a newer bundle of security version 1 is refused, and so is a rollback
+/// to the previous slot (security version 0), with nothing written; a bundle at the floor
+/// installs, and records its security version for its slot.
+pub fn security_floor<B: BootControl>(make: &dyn Fn() -> B) {
+    let bx = new_appliance();
+    let keys = keys();
+    let secure = Release {
+        security_version: 2,
+        ..rootfs(Version::new(1, 1, 0))
+    };
+    let (fix, _) = bundle(bx.dir.path(), "v1.1.0-fix", &keys, &secure, 50_000, 3);
+    updater(make(), &bx.slots, Slot::A)
+        .install(&fix, &keys.anchors)
+        .unwrap();
+    let armed = make().load().unwrap();
+    assert_eq!((armed.b_security, armed.floor), (2, 0), "{armed:?}");
+    assert_eq!(simulate_boot(&mut make()).unwrap(), Slot::B);
+    let mut on_b = updater_running(make(), &bx.slots, Slot::B, Version::new(1, 1, 0));
+    assert_eq!(on_b.mark_good().unwrap(), MarkGood::Committed(Slot::B));
+    let committed = make().load().unwrap();
+    assert_eq!((committed.active, committed.floor), (Slot::B, 2));
+
+    // A newer release that lacks the fix (security version 1): refused, nothing written.
+    let older_line = Release {
+        security_version: 1,
+        ..rootfs(Version::new(1, 2, 0))
+    };
+    let (unfixed, _) = bundle(
+        bx.dir.path(),
+        "v1.2.0-unfixed",
+        &keys,
+        &older_line,
+        50_000,
+        4,
+    );
+    let slot_a = fs::read(&bx.slots.a).unwrap();
+    let mut on_b = updater_running(make(), &bx.slots, Slot::B, Version::new(1, 1, 0));
+    assert!(matches!(
+        on_b.install(&unfixed, &keys.anchors),
+        Err(UpdateError::Policy(
+            duli_firmware::policy::PolicyError::BelowSecurityFloor {
+                bundle: 1,
+                floor: 2
+            }
+        ))
+    ));
+    // Back to the factory slot A (security version 0): refused.
+    assert!(matches!(
+        on_b.rollback(),
+        Err(UpdateError::RollbackBelowFloor {
+            slot: Slot::A,
+            security: 0,
+            floor: 2
+        })
+    ));
+    assert_eq!(make().load().unwrap(), committed);
+    assert_eq!(fs::read(&bx.slots.a).unwrap(), slot_a);
+
+    // A release at the floor installs.
+    let next = Release {
+        security_version: 2,
+        ..rootfs(Version::new(1, 2, 1))
+    };
+    let (ok, _) = bundle(bx.dir.path(), "v1.2.1", &keys, &next, 50_000, 5);
+    let report = on_b.install(&ok, &keys.anchors).unwrap();
+    assert_eq!(report.slot, Slot::A);
+    let state = make().load().unwrap();
+    assert_eq!((state.a_security, state.b_security, state.floor), (2, 2, 2));
 }
 
 /// A trial that is never marked good falls back to the committed slot once the attempts
