@@ -720,6 +720,44 @@ mod tests {
         assert_eq!(first, ["1.3"]);
     }
 
+    /// Values a sender controls cannot confuse the order keys or the look-up keys: a
+    /// Patient ID with a NUL inside and one that is a prefix of another still give each
+    /// study once, in order, and an exact look-up finds only its own study.
+    #[test]
+    fn hostile_values_keep_one_place_per_study() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (study, pid) in [("1.1", "A\0B"), ("1.2", "A"), ("1.3", "A\0"), ("1.4", "AB")] {
+            let attrs = StudyRecord {
+                patient_id: pid.into(),
+                study_date: "20260101".into(),
+                ..Default::default()
+            };
+            store
+                .commit_instance(&inst(study, &format!("{study}.1")), &attrs)
+                .unwrap();
+        }
+        let order: Vec<String> = store
+            .studies_in_query_order()
+            .map(|s| s.unwrap().study_instance_uid)
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ["1.1", "1.2", "1.3", "1.4"], "{order:?}");
+        assert_eq!(order.last().map(String::as_str), Some("1.4"), "{order:?}");
+        assert_eq!(
+            store
+                .query_exact(qr_index::Kind::PatientId, "A\0B")
+                .unwrap(),
+            ["1.1"]
+        );
+        assert_eq!(
+            store.query_exact(qr_index::Kind::PatientId, "A").unwrap(),
+            ["1.2"]
+        );
+    }
+
     /// Extra writes land with the instance, or not at all when the commit aborts.
     #[test]
     fn extra_writes_commit_with_the_instance_or_not_at_all() {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 pub const TREE: &str = "qr_keys";
 
 /// Version of the keys' layout: a store whose tree was written by another is rebuilt.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 
 /// The first byte of the order keys ([`order_key`]).
 const ORDER: u8 = b'O';
@@ -110,23 +110,39 @@ pub fn pn_forms(v: &str) -> Vec<String> {
     forms
 }
 
+/// `value` as a key holds it: a 0 byte ends a key's parts, so one inside a value (a sender
+/// may put it there) is written 1,1 and a 1 byte 1,2. The escape keeps the order of values
+/// and of their prefixes, so exact, prefix and range look-ups work on escaped values alike,
+/// and no value can reach into the next part of a key.
+fn escaped(value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        match b {
+            0 => out.extend_from_slice(&[1, 1]),
+            1 => out.extend_from_slice(&[1, 2]),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
 fn key(kind: Kind, value: &str, study_uid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(value.len() + study_uid.len() + 2);
     k.push(kind.byte());
-    k.extend_from_slice(value.as_bytes());
+    k.extend_from_slice(&escaped(value));
     k.push(0);
     k.extend_from_slice(study_uid.as_bytes());
     k
 }
 
 /// The key that places a study in C-FIND's response order: Patient ID, Study Date,
-/// Study Time, Study Instance UID, as stored, each ended by a 0 byte, so the keys sort as
-/// those four values do (a value that is a prefix of another sorts first, as in a string
-/// comparison). Every study has one, whatever it lacks.
+/// Study Time, Study Instance UID, as stored ([`escaped`]), each ended by a 0 byte, so the
+/// keys sort as those four values do (a value that is a prefix of another sorts first, as
+/// in a string comparison). Every study has one, whatever it lacks.
 pub fn order_key(study: &StudyRecord) -> Vec<u8> {
     let mut k = vec![ORDER];
     for v in [&study.patient_id, &study.study_date, &study.study_time] {
-        k.extend_from_slice(v.as_bytes());
+        k.extend_from_slice(&escaped(v));
         k.push(0);
     }
     k.extend_from_slice(study.study_instance_uid.as_bytes());
@@ -212,7 +228,7 @@ pub(super) fn exact(
     value: &str,
 ) -> Result<Vec<String>, sled::Error> {
     let mut prefix = vec![kind.byte()];
-    prefix.extend_from_slice(value.as_bytes());
+    prefix.extend_from_slice(&escaped(value));
     prefix.push(0);
     scan(tree.scan_prefix(prefix))
 }
@@ -224,7 +240,7 @@ pub(super) fn prefixed(
     prefix: &str,
 ) -> Result<Vec<String>, sled::Error> {
     let mut p = vec![kind.byte()];
-    p.extend_from_slice(prefix.as_bytes());
+    p.extend_from_slice(&escaped(prefix));
     scan(tree.scan_prefix(p))
 }
 
@@ -236,12 +252,12 @@ pub(super) fn range(
     hi: &str,
 ) -> Result<Vec<String>, sled::Error> {
     let mut start = vec![kind.byte()];
-    start.extend_from_slice(lo.as_bytes());
+    start.extend_from_slice(&escaped(lo));
     let mut end = vec![kind.byte()];
     if hi.is_empty() {
         end = vec![kind.byte() + 1];
     } else {
-        end.extend_from_slice(hi.as_bytes());
+        end.extend_from_slice(&escaped(hi));
         // Every key with value `hi` is `hi, 0, uid`, below `hi, 1`.
         end.push(1);
     }
