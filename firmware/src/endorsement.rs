@@ -104,28 +104,29 @@ fn message_v1(key: &PublicKey, label: &str) -> Vec<u8> {
     msg
 }
 
-/// The signed message of a format 2 endorsement: scope names hold neither `,` nor a
-/// newline, and the label comes last, so no two endorsements share a message.
-fn message_v2(key: &PublicKey, scopes: &[Scope], label: &str) -> Vec<u8> {
+/// The signed message of a format 2 endorsement (`not_after` `None`) or a format 3 one:
+/// the domain, the key, the scopes (names hold neither `,` nor a newline), for format 3
+/// the expiry between newlines, and the label last, so no two endorsements share a
+/// message.
+fn scoped_message(
+    key: &PublicKey,
+    scopes: &[Scope],
+    not_after: Option<u64>,
+    label: &str,
+) -> Vec<u8> {
     let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    let mut msg = ENDORSEMENT_DOMAIN_V2.to_vec();
+    let mut msg = match not_after {
+        None => ENDORSEMENT_DOMAIN_V2,
+        Some(_) => ENDORSEMENT_DOMAIN_V3,
+    }
+    .to_vec();
     msg.extend_from_slice(&key.0);
     msg.extend_from_slice(names.join(",").as_bytes());
     msg.push(b'\n');
-    msg.extend_from_slice(label.as_bytes());
-    msg
-}
-
-/// The signed message of a format 3 endorsement: the format 2 message with the expiry
-/// between the scopes and the label.
-fn message_v3(key: &PublicKey, scopes: &[Scope], not_after: u64, label: &str) -> Vec<u8> {
-    let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    let mut msg = ENDORSEMENT_DOMAIN_V3.to_vec();
-    msg.extend_from_slice(&key.0);
-    msg.extend_from_slice(names.join(",").as_bytes());
-    msg.push(b'\n');
-    msg.extend_from_slice(not_after.to_string().as_bytes());
-    msg.push(b'\n');
+    if let Some(not_after) = not_after {
+        msg.extend_from_slice(not_after.to_string().as_bytes());
+        msg.push(b'\n');
+    }
     msg.extend_from_slice(label.as_bytes());
     msg
 }
@@ -157,7 +158,7 @@ impl Endorsement {
             scopes: scopes.to_vec(),
             not_after: None,
             endorser: root.public_key().id().to_string(),
-            signature: hex::encode(root.sign(&message_v2(key, scopes, label))),
+            signature: hex::encode(root.sign(&scoped_message(key, scopes, None, label))),
         }
     }
 
@@ -177,7 +178,7 @@ impl Endorsement {
             scopes: scopes.to_vec(),
             not_after: Some(not_after),
             endorser: root.public_key().id().to_string(),
-            signature: hex::encode(root.sign(&message_v3(key, scopes, not_after, label))),
+            signature: hex::encode(root.sign(&scoped_message(key, scopes, Some(not_after), label))),
         }
     }
 
@@ -244,8 +245,8 @@ impl Endorsement {
         let signature = hex::decode(&self.signature).map_err(|_| EndorsementError::BadSignature)?;
         let message = match (self.format, self.not_after) {
             (1, None) => message_v1(&key, &self.label),
-            (2, None) => message_v2(&key, &self.scopes, &self.label),
-            (3, Some(not_after)) => message_v3(&key, &self.scopes, not_after, &self.label),
+            (2, None) => scoped_message(&key, &self.scopes, None, &self.label),
+            (3, Some(n)) => scoped_message(&key, &self.scopes, Some(n), &self.label),
             _ => {
                 return Err(EndorsementError::Malformed(
                     "its format and its expiry disagree".into(),

@@ -414,27 +414,14 @@ pub fn run(
             matching::matches(&k.matcher, k.vr, &row.values(k.tag))
         })
     };
-    // Narrowed by an indexed key: the few candidates, sorted here. Otherwise every study,
-    // read one at a time in response order, so the first response goes out at once and
-    // a cancel or the match limit stops the reading too.
+    // Narrowed by an indexed key: the few candidates, sorted here by the index's own order
+    // key. Otherwise every study, read one at a time in that order from the index, so the
+    // first response goes out at once and a cancel or the match limit stops the reading.
     let studies: Box<dyn Iterator<Item = Result<StudyRecord, QueryError>> + '_> =
         match narrowed(store, query)? {
             Some(mut list) => {
                 list.retain(|s| matches_study(s));
-                list.sort_by(|a, b| {
-                    (
-                        &a.patient_id,
-                        &a.study_date,
-                        &a.study_time,
-                        &a.study_instance_uid,
-                    )
-                        .cmp(&(
-                            &b.patient_id,
-                            &b.study_date,
-                            &b.study_time,
-                            &b.study_instance_uid,
-                        ))
-                });
+                list.sort_by_cached_key(super::index::order_key);
                 Box::new(list.into_iter().map(Ok))
             }
             None => Box::new(
@@ -458,14 +445,13 @@ pub fn run(
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            let mut group = vec![first?];
-            while let Some(Ok(next)) = studies.peek() {
-                if next.patient_id != group[0].patient_id {
-                    break;
-                }
-                if let Some(Ok(next)) = studies.next() {
-                    group.push(next);
-                }
+            let first = first?;
+            let patient = first.patient_id.clone();
+            let mut group = vec![first];
+            while let Some(Ok(next)) =
+                studies.next_if(|r| r.as_ref().is_ok_and(|s| s.patient_id == patient))
+            {
+                group.push(next);
             }
             let mut derived = Derived {
                 patient_studies: group.len(),
