@@ -18,6 +18,8 @@
 //! 4. **Query keys**: a key that no study record gives is removed.
 //!
 //! A state changed, an instance received or a study first seen while this runs is kept.
+//! From an empty index (lost, or set aside at start-up) the walk alone builds it, and
+//! passes 2 to 4 are skipped.
 
 use super::header::{self, Header};
 use super::{
@@ -49,6 +51,12 @@ impl Store {
         &self,
         mut between: impl FnMut(u64),
     ) -> Result<ReindexReport, StoreError> {
+        // From an empty index (lost, or set aside at start-up) the walk alone builds every
+        // record as the files give it: nothing is stale, so passes 2 to 4 are skipped.
+        let from_empty = self.instances.is_empty()
+            && self.studies.is_empty()
+            && self.study_instances.is_empty()
+            && self.qr_keys.is_empty();
         let scratch = self.tree(SCRATCH)?;
         scratch.clear()?;
         let mut report = ReindexReport::default();
@@ -72,7 +80,7 @@ impl Store {
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map(|d| d.as_secs() as i64)
                         .unwrap_or(0);
-                    if self.index_found(&h)? {
+                    if self.index_found(&h)? && !from_empty {
                         gather(&scratch, &h)?;
                     }
                     report.indexed += 1;
@@ -84,10 +92,13 @@ impl Store {
                 }
             }
         }
-        report.removed = self.remove_stale_instances()?;
-        self.remove_stale_links()?;
-        report.studies = self.correct_studies(&scratch)?;
-        self.remove_stale_query_keys()?;
+        if !from_empty {
+            report.removed = self.remove_stale_instances()?;
+            self.remove_stale_links()?;
+            self.correct_studies(&scratch)?;
+            self.remove_stale_query_keys()?;
+        }
+        report.studies = self.studies.len() as u64;
         self.db.drop_tree(SCRATCH)?;
         self.count
             .store(self.instances.len() as u64, Ordering::Relaxed);
@@ -243,9 +254,8 @@ impl Store {
         Ok(())
     }
 
-    /// Pass 3: corrects every study record (see the module documentation). Returns how
-    /// many studies the index holds after it.
-    fn correct_studies(&self, scratch: &sled::Tree) -> Result<u64, StoreError> {
+    /// Pass 3: corrects every study record (see the module documentation).
+    fn correct_studies(&self, scratch: &sled::Tree) -> Result<(), StoreError> {
         for kv in self.studies.iter() {
             let (key, _) = kv?;
             let from_files: Option<StudyRecord> = match scratch.get(&key)? {
@@ -259,7 +269,7 @@ impl Store {
                 );
             }
         }
-        Ok(self.studies.len() as u64)
+        Ok(())
     }
 
     /// Corrects one study record: its links are counted, then, in one transaction that
