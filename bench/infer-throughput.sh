@@ -9,9 +9,8 @@
 # median of the per-round ratios).
 #
 # BASELINE_BIN adds a fourth run per round: the `duli` of an earlier release, which scored
-# f32 only, one file at a time (`infer --model BASELINE_MODEL FILES`, run from the folder
-# BASELINE_DIR it was built in, default the binary's checkout), and PRECISION's throughput
-# against it. The release before precisions existed (2026-11-29) is built with
+# f32 only, one file at a time (`infer --model BASELINE_MODEL FILES`, run from its
+# checkout BASELINE_DIR, which must be given), and PRECISION's throughput against it. The release before precisions existed (2026-11-29) is built with
 #   git worktree add /tmp/baseline 15abf9f5 && cd /tmp/baseline &&
 #   CARGO_TARGET_DIR=/tmp/baseline-target cargo build --release -p duli
 # (it reads the network from its models/ folder and the runtime from its .cache/openvino:
@@ -42,7 +41,10 @@ for ((r = 0; r < REPEAT; r++)); do FILES+=("${IMAGES[@]}"); done
 
 BASELINE_BIN="${BASELINE_BIN:-}"
 if [[ -n "$BASELINE_BIN" ]]; then
-    BASELINE_DIR="${BASELINE_DIR:-$(cd "$(dirname "$BASELINE_BIN")/../.." && pwd)}"
+    [[ -n "${BASELINE_DIR:-}" && -f "${BASELINE_DIR:-}/Cargo.toml" ]] || {
+        echo "infer-throughput: BASELINE_DIR must name the checkout BASELINE_BIN was built from" >&2
+        exit 1
+    }
     BASELINE_MODEL="${BASELINE_MODEL:-models/pneumonia-xception/model.toml}"
     [[ -x "$BASELINE_BIN" ]] || { echo "infer-throughput: $BASELINE_BIN is not executable" >&2; exit 1; }
 fi

@@ -196,6 +196,41 @@ mod tests {
         assert!(text.contains("\"version\":\"1.2.0\""), "{text}");
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
         assert_eq!(m.payload_sha256().unwrap(), [7; 32]);
+        // No security version: the field is left out, as releases before it wrote them.
+        assert!(!text.contains("security_version"), "{text}");
+    }
+
+    /// The security version round-trips; one that is negative, beyond 32 bits, not a
+    /// number, or given twice is refused as invalid JSON for the schema.
+    #[test]
+    fn the_security_version_is_a_plain_u32() {
+        let m = Manifest::new(
+            &Release {
+                security_version: 7,
+                ..release()
+            },
+            42,
+            [7; 32],
+        );
+        let text = String::from_utf8(m.to_json()).unwrap();
+        assert!(text.contains("\"security_version\":7"), "{text}");
+        assert_eq!(Manifest::from_json(text.as_bytes()).unwrap(), m);
+        for bad in [
+            "-1",
+            "4294967296",
+            "\"7\"",
+            "7.5",
+            "7,\"security_version\":8",
+        ] {
+            let lying = text.replace(
+                "\"security_version\":7",
+                &format!("\"security_version\":{bad}"),
+            );
+            assert!(
+                Manifest::from_json(lying.as_bytes()).is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]
