@@ -136,8 +136,8 @@ fn key(kind: Kind, value: &str, study_uid: &str) -> Vec<u8> {
 }
 
 /// The key that places a study in C-FIND's response order: Patient ID, Study Date,
-/// Study Time, Study Instance UID, as stored ([`escaped`]), each ended by a 0 byte, so the
-/// keys sort as those four values do (a value that is a prefix of another sorts first, as
+/// Study Time, Study Instance UID, as stored (a 0 byte inside a value escaped), each
+/// ended by a 0 byte, so the keys sort as those four values do (a value that is a prefix of another sorts first, as
 /// in a string comparison). Every study has one, whatever it lacks.
 pub fn order_key(study: &StudyRecord) -> Vec<u8> {
     let mut k = vec![ORDER];
