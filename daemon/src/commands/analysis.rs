@@ -24,9 +24,10 @@ pub struct InferArgs {
     /// Write the heatmaps as PNG files into this folder (with --heatmap).
     #[arg(long, requires = "heatmap")]
     pub heatmap_dir: Option<PathBuf>,
-    /// Files scored at a time (default: two per CPU); one at a time with --heatmap.
+    /// Files scored at a time (default: five per CPU); one at a time with --heatmap.
     /// With more than one the model is compiled for throughput (several infer
-    /// requests), else as inference.performance_hint says; the results are the same.
+    /// requests; INT8 takes up to 4 images per call), else as
+    /// inference.performance_hint says; the results are the same to the bit.
     /// Lines come out in the order of the files either way.
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,

@@ -24,6 +24,11 @@ pub struct InferenceConfig {
     /// Largest image analysed or previewed, as Rows × Columns × Frames × Samples per Pixel,
     /// checked before any decode; larger images are recorded as not analysable.
     pub max_pixels: u64,
+    /// Images per inference call under `THROUGHPUT`, set by the offline tools (`duli
+    /// infer`, `duli evaluate`) for their batch runs; never read from a configuration
+    /// file (the daemon always infers image by image).
+    #[serde(skip)]
+    pub tool_batch: usize,
 }
 
 /// Default of `inference.max_pixels`.
@@ -38,6 +43,7 @@ impl Default for InferenceConfig {
             precision: "f32".into(),
             openvino_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
+            tool_batch: 1,
         }
     }
 }

@@ -45,7 +45,7 @@ pub struct EvaluateOptions {
     /// Model manifest (default: inference.model of the configuration).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Images scored at a time (default: two per CPU; more than one compiles the model
+    /// Images scored at a time (default: five per CPU; more than one compiles the model
     /// for throughput, as `duli infer -j` does).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,

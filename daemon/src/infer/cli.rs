@@ -215,9 +215,7 @@ pub fn tool_engine(
         Some(PrecisionSetting::Fixed(p)) => {
             let engine = Engine::at_precision(manifest, cfg, p)?;
             if p != Precision::F32 {
-                let net = gate::network(engine.manifest(), p)
-                    .map_err(|e| EngineError::Model(e.to_string()))?;
-                if let Err(why) = gate::passed_gate(&net, &CpuFlags::detect()) {
+                if let Err(why) = gate::passed_gate(engine.network(), &CpuFlags::detect()) {
                     eprintln!("duli {tool}: warning: {why}; the daemon would run f32 (these results measure {p}, they are not a gated configuration)");
                 }
             }
@@ -291,13 +289,19 @@ pub fn infer_files_cli(
     }
 }
 
-/// How many files the offline tools score at a time: `jobs` when given, else two per CPU
-/// (so that while the runtime's streams run some files, the next ones are being decoded).
+/// Images per inference call when the offline tools score many files at once (see
+/// [`batch_settings`]).
+pub const TOOL_BATCH: usize = 4;
+
+/// How many files the offline tools score at a time: `jobs` when given, else
+/// [`TOOL_BATCH`] + 1 per CPU (so that each of the runtime's requests, about one per CPU,
+/// has a whole batch while the next files are being decoded).
 pub fn jobs_or_cpus(jobs: Option<usize>) -> usize {
     jobs.unwrap_or_else(|| {
-        2 * std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
+        (TOOL_BATCH + 1)
+            * std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
     })
 }
 
@@ -306,12 +310,19 @@ pub fn jobs_or_cpus(jobs: Option<usize>) -> usize {
 /// runtime's streams: several infer requests, each on its share of the cores), which is
 /// what a batch of waiting files is; the daemon's latency hint would run them one after
 /// another on every core, which is slower per file on most CPUs (INT8 on two cores: 12.4
-/// ms a file for latency, 8.5 ms in throughput mode). One file at a time keeps
-/// `cfg.performance_hint`. The probabilities are the same either way.
+/// ms a file for latency, 8.5 ms in throughput mode). Each request then takes a batch of
+/// up to [`TOOL_BATCH`] images, as many as `jobs` keeps waiting beside one being decoded
+/// per CPU (a fixed batch gives each image exactly the outputs it has alone, and runs
+/// faster per image). One file at a time keeps `cfg.performance_hint` and one image per
+/// call. The probabilities are the same either way.
 pub fn batch_settings(cfg: &InferenceConfig, jobs: usize, files: usize) -> InferenceConfig {
     let mut cfg = cfg.clone();
     if jobs > 1 && files > 1 {
+        let cpus = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1);
         cfg.performance_hint = "THROUGHPUT".into();
+        cfg.tool_batch = (jobs.saturating_sub(cpus) / cpus).clamp(1, TOOL_BATCH);
     }
     cfg
 }

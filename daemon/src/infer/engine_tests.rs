@@ -32,11 +32,16 @@ struct Log {
     max_live_in_run: AtomicUsize,
     /// Compilations for this mode fail.
     failing: Mutex<Option<Mode>>,
+    /// Images per call of each compilation, in order, and of each run.
+    compiled_batches: Mutex<Vec<usize>>,
+    run_batches: Mutex<Vec<usize>>,
 }
 
 struct Recording(Arc<Log>);
-struct RecCompiled(Arc<Log>, Mode);
-struct RecRequest(Arc<Log>, Mode);
+struct RecCompiled(Arc<Log>, Mode, usize);
+/// A request of a network compiled for `.2` images per call: each image's outputs are its
+/// first input value and the batch size, so a test can tell whose outputs it got.
+struct RecRequest(Arc<Log>, Mode, usize);
 
 impl Backend for Recording {
     fn name(&self) -> String {
@@ -53,8 +58,9 @@ impl Backend for Recording {
         if let Ok(mut c) = self.0.compiled.lock() {
             c.push((o.mode, o.precision));
         }
+        self.0.compiled_batches.lock().unwrap().push(o.batch);
         self.0.live.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(RecCompiled(Arc::clone(&self.0), o.mode)))
+        Ok(Box::new(RecCompiled(Arc::clone(&self.0), o.mode, o.batch)))
     }
 }
 
@@ -72,13 +78,21 @@ impl Compiled for RecCompiled {
         }
     }
     fn request(&mut self) -> Result<Box<dyn Request>, BackendError> {
-        Ok(Box::new(RecRequest(Arc::clone(&self.0), self.1)))
+        Ok(Box::new(RecRequest(Arc::clone(&self.0), self.1, self.2)))
     }
 }
 
 impl Request for RecRequest {
-    fn run(&mut self, _input: &[f32]) -> Result<Vec<f32>, BackendError> {
+    fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, BackendError> {
         let log = &self.0;
+        let batch = self.2;
+        if batch == 0 || input.len() % batch != 0 {
+            return Err(BackendError::Infer(format!(
+                "input has {} values, not {batch} images",
+                input.len()
+            )));
+        }
+        log.run_batches.lock().unwrap().push(batch);
         let (mine, other, runs) = match self.1 {
             Mode::Latency => (&log.latency_now, &log.throughput_now, &log.latency_runs),
             Mode::Throughput => (&log.throughput_now, &log.latency_now, &log.throughput_runs),
@@ -95,11 +109,22 @@ impl Request for RecRequest {
         std::thread::sleep(Duration::from_millis(30));
         mine.fetch_sub(1, Ordering::SeqCst);
         runs.fetch_add(1, Ordering::SeqCst);
-        Ok(vec![0.5, 0.5])
+        Ok(input
+            .chunks_exact(input.len() / batch)
+            .flat_map(|image| [image[0], batch as f32])
+            .collect())
     }
 }
 
 fn engine(scheduling: Scheduling, precision: Precision) -> (Engine, Arc<Log>) {
+    batched_engine(scheduling, precision, 1)
+}
+
+fn batched_engine(
+    scheduling: Scheduling,
+    precision: Precision,
+    batch: usize,
+) -> (Engine, Arc<Log>) {
     let m = Manifest::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pneumonia-xception/model.toml"),
     )
@@ -118,6 +143,7 @@ fn engine(scheduling: Scheduling, precision: Precision) -> (Engine, Arc<Log>) {
         EngineOptions {
             network,
             scheduling,
+            batch,
         },
     )
     .unwrap();
@@ -329,4 +355,61 @@ fn report_work_counts_images_being_prepared_until_their_mark_is_dropped() {
     assert_eq!(e.report_work(), 1);
     drop(b);
     assert_eq!(e.report_work(), 0);
+}
+
+#[test]
+fn a_batched_engine_runs_waiting_images_together_and_gives_each_its_own_outputs() {
+    let (e, log) = batched_engine(Scheduling::Throughput, Precision::F32, 4);
+    assert_eq!(*log.compiled_batches.lock().unwrap(), [4]);
+    assert_eq!((e.workers(), e.batch()), (3, 4));
+    let e = Arc::new(e);
+    let len = e.manifest().input_len();
+    // 24 threads, each with images of its own value, more than the 3 requests take at once.
+    std::thread::scope(|s| {
+        for t in 0..24 {
+            let e = Arc::clone(&e);
+            s.spawn(move || {
+                for k in 0..3 {
+                    let value = (t * 10 + k) as f32;
+                    let out = e.infer_blocking(vec![value; len]).unwrap();
+                    assert_eq!(out, [value, 4.0], "image {value} got another's outputs");
+                }
+            });
+        }
+    });
+    // Every call took 4 places; with 24 threads waiting, the calls were mostly full.
+    let runs = log.run_batches.lock().unwrap().clone();
+    assert!(runs.iter().all(|&b| b == 4), "{runs:?}");
+    assert!(runs.len() < 72 / 2, "{} calls for 72 images", runs.len());
+    assert_eq!(e.pending(), 0);
+    // An image alone waits at most the fill time, then runs with zeros beside it.
+    let started = std::time::Instant::now();
+    assert_eq!(e.infer_blocking(vec![7.0; len]).unwrap(), [7.0, 4.0]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // An input of the wrong size is refused alone.
+    let err = e
+        .infer_blocking(vec![1.0; len + 1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("network takes"), "{err}");
+    assert_eq!(e.infer_blocking(vec![8.0; len]).unwrap(), [8.0, 4.0]);
+}
+
+#[test]
+fn only_throughput_scheduling_batches_and_heatmaps_of_a_batched_engine_get_their_own_network() {
+    for scheduling in [Scheduling::Latency, Scheduling::Auto] {
+        let (e, log) = batched_engine(scheduling, Precision::F32, 4);
+        assert_eq!(e.batch(), 1, "{scheduling:?}");
+        assert!(
+            log.compiled_batches.lock().unwrap().iter().all(|&b| b == 1),
+            "{scheduling:?}"
+        );
+        let len = e.manifest().input_len();
+        assert_eq!(e.infer_blocking(vec![3.0; len]).unwrap(), [3.0, 1.0]);
+    }
+    let (e, log) = batched_engine(Scheduling::Throughput, Precision::F32, 4);
+    let mut heatmap = e.background_request(1).unwrap();
+    let len = e.manifest().input_len();
+    assert_eq!(heatmap.run(&vec![5.0; len]).unwrap(), [5.0, 1.0]);
+    assert_eq!(*log.compiled_batches.lock().unwrap(), [4, 1]);
 }

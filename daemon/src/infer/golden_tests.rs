@@ -189,16 +189,19 @@ fn offline_tool_exit_codes_and_line_format() {
 }
 
 /// `duli infer -j N`: the files scored on several threads, on the network compiled for
-/// throughput as the offline tools compile it then, come out in the order given with the
-/// probabilities of one-at-a-time scoring on the latency network, and an output that
-/// refuses a line stops the run.
+/// throughput as the offline tools compile it then (f32: one image per call), come out in
+/// the order given with exactly the probabilities of one-at-a-time scoring on the latency
+/// network, and an output that refuses a line stops the run. (INT8 in batches: the golden
+/// test of the reduced precisions.)
 #[test]
 fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
         return;
     };
     let engine = Engine::new(&cfg).unwrap();
-    let batch = Engine::new(&super::cli::batch_settings(&cfg, 3, 21)).unwrap();
+    let jobs = super::cli::jobs_or_cpus(None);
+    let batch = Engine::new(&super::cli::batch_settings(&cfg, jobs, 21)).unwrap();
+    assert_eq!(batch.batch(), 1, "f32 is never batched");
     assert_eq!(
         super::cli::batch_settings(&cfg, 1, 21).performance_hint,
         "LATENCY"
@@ -231,7 +234,7 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
         got
     };
     let one = run(&engine, 1);
-    let three = run(&batch, 3);
+    let three = run(&batch, jobs);
     assert_eq!(one.len(), files.len());
     for ((a, b), file) in one.iter().zip(&three).zip(&files) {
         assert_eq!(&a.0, file, "order");
@@ -240,7 +243,7 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     assert_eq!(one[16].1, crate::result::ImageStatus::Error);
     assert!(one[..16].iter().all(|r| r.2.len() == 1));
     let mut seen = 0;
-    let all = super::cli::score_in_order(&batch, &files, 3, |_, _, _| {
+    let all = super::cli::score_in_order(&batch, &files, jobs, |_, _, _| {
         seen += 1;
         seen < 5
     });
@@ -292,6 +295,42 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
         let sha = engine.identity().network_sha256.clone();
         let got = sample_probabilities(&engine, &dir);
         drop(engine);
+        // As the offline tools run many files: INT8 in batches (the last one filled with
+        // zeros), to the bit the numbers of one image per call.
+        let jobs = super::cli::jobs_or_cpus(None);
+        let tool_cfg = super::cli::batch_settings(&cfg, jobs, 16);
+        let tool = Engine::at_precision(&cfg.model, &tool_cfg, precision).unwrap();
+        let batch = tool.batch();
+        assert_eq!(
+            batch,
+            if precision == Precision::Int8 {
+                super::cli::TOOL_BATCH
+            } else {
+                1
+            }
+        );
+        let files: Vec<_> = got
+            .iter()
+            .map(|(file, _)| dir.join("png").join(file))
+            .collect();
+        let mut batched = Vec::new();
+        assert!(super::cli::score_in_order(
+            &tool,
+            &files,
+            jobs,
+            |_, _, r| {
+                batched.push(r.findings.iter().map(|f| f.probability).collect::<Vec<_>>());
+                true
+            }
+        ));
+        drop(tool);
+        for ((file, p), b) in got.iter().zip(&batched) {
+            assert_eq!(
+                &p[1..],
+                &b[..],
+                "{precision} {file}: {batch} per call differs from one"
+            );
+        }
         // Without native bf16 OpenVINO computes in f32: the same numbers as f32.
         if !precision.differs_from_f32(&flags) {
             for ((file, a), (_, b)) in got.iter().zip(&f32_probs) {

@@ -36,6 +36,10 @@ pub struct Compiler {
     pub network: Manifest,
     /// Its precision.
     pub precision: Precision,
+    /// Images per call of the throughput compilation (1 but for the offline tools' batch
+    /// runs, see [`super::engine::EngineOptions::batch`]; AUTO scheduling keeps 1); the
+    /// latency compilation always takes one.
+    pub batch: usize,
 }
 
 impl Compiler {
@@ -47,10 +51,14 @@ impl Compiler {
         backend.compile(&self.network, options)
     }
 
-    /// Compiles the network at batch 1 for report inference, tuned for `mode`.
+    /// Compiles the network for report inference, tuned for `mode`: [`Compiler::batch`]
+    /// images per call for throughput, one for latency.
     fn compile(&self, mode: Mode) -> Result<Box<dyn Compiled>, BackendError> {
         self.compile_with(CompileOptions {
-            batch: 1,
+            batch: match mode {
+                Mode::Throughput => self.batch.max(1),
+                Mode::Latency => 1,
+            },
             background: false,
             precision: self.precision,
             mode,
@@ -135,6 +143,14 @@ impl Networks {
     /// Worker threads (report requests of the throughput compilation, or of the only one).
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// Images per call of the compilation the workers run.
+    pub fn batch(&self) -> usize {
+        match self.mode() {
+            Some(Mode::Throughput) => self.compiler.batch.max(1),
+            _ => 1,
+        }
     }
 
     /// Runs `input` on worker `worker`'s request; under AUTO scheduling, swaps first when
