@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use duli_firmware::lock::{LockError, UpdateLock};
 use duli_firmware::manifest::Manifest;
 use duli_firmware::model_pack::install_model_pack;
+use duli_firmware::pack_versions::PackVersions;
 use duli_firmware::updater::{MarkGood, Rollback, UpdateError};
 use duli_firmware::{keys, BundleError, PayloadKind, PublicKey, Release, TrustAnchors, Version};
 use std::fs;
@@ -479,7 +480,22 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
             if let Some(dir) = dest.parent() {
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            let installed = installed_pack_version(&dest);
+            // The floor is root's record; the manifest beside the pack (in the service
+            // user's folder) only counts where it says more, e.g. before the record existed.
+            let floor_path = &cfg.firmware.model_pack_versions;
+            let mut floor = match PackVersions::load(floor_path) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("install FAILED: {e}");
+                    audit(
+                        data_dir,
+                        false,
+                        software(&object, format!("install failed: {e}"), false),
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let installed = floor.get(model_name).max(installed_pack_version(&dest));
             install_model_pack(
                 path,
                 &anchors,
@@ -501,6 +517,18 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
                 duli_firmware::dir_write::Dir::open(sidecar.parent().unwrap_or(Path::new(".")))
                     .and_then(|d| d.replace(&name, &v.manifest().to_json()))
                     .map_err(io)?;
+                // Raised only now that the pack is verified and in place: a bundle that
+                // fails verification cannot move the floor.
+                floor.raise(model_name, v.manifest().version);
+                floor.store(floor_path).map_err(|e| {
+                    UpdateError::Slot(duli_firmware::slot::SlotError::Io {
+                        path: floor_path.clone(),
+                        source: std::io::Error::other(format!(
+                            "model pack {} is installed, but its version could not be recorded ({e}); until it is, an older pack could be installed again",
+                            v.manifest().version
+                        )),
+                    })
+                })?;
                 println!(
                     "installed model pack {} (signed by {}) at {}",
                     v.manifest().version,
@@ -560,6 +588,13 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         "trial": s.booted != s.boot.active,
         "update_pending": s.boot.trial_pending() && s.booted == s.boot.active,
     });
+    // The model-pack floor: versions per model, or why the record cannot be read.
+    let packs = PackVersions::load(&cfg.firmware.model_pack_versions);
+    let mut value = value;
+    value["model_pack_floor"] = match &packs {
+        Ok(p) => serde_json::json!(p.all()),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -587,6 +622,17 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
             "security:   floor={} a={} b={} (root filesystems and rollbacks below the floor are refused)",
             s.boot.floor, s.boot.a_security, s.boot.b_security
         );
+        let packs = match &packs {
+            Ok(p) if p.all().is_empty() => "none installed".to_string(),
+            Ok(p) => p
+                .all()
+                .iter()
+                .map(|(m, v)| format!("{m}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("UNREADABLE: {e}"),
+        };
+        println!("model packs: {packs} (older packs are refused)");
     }
     Ok(ExitCode::SUCCESS)
 }

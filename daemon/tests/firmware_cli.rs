@@ -55,6 +55,10 @@ impl Bench {
             ("DULI_FIRMWARE__ENDORSED_KEYS".into(), p("endorsed")),
             ("DULI_FIRMWARE__STAGED_BUNDLE".into(), p("data/staged.duli")),
             ("DULI_FIRMWARE__MODEL_PACKS".into(), p("data/models")),
+            (
+                "DULI_FIRMWARE__MODEL_PACK_VERSIONS".into(),
+                p("etc/firmware-state/model-packs.json"),
+            ),
         ]
     }
 
@@ -406,6 +410,46 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     let out = b.duli(&["install", older.to_str().unwrap()], true);
     assert_eq!(out.code(), Some(3), "{}", out.combined());
     assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    // The floor is root's record, not the manifest beside the pack: whoever runs as the
+    // service user (who owns that folder) deletes or rewrites the manifest, and the older
+    // pack is still refused.
+    let floor = b.path("etc/firmware-state/model-packs.json");
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&floor).unwrap()).unwrap();
+    assert_eq!(record["packs"]["model"], "1.2.0", "{record}");
+    assert_eq!(b.status()["model_pack_floor"]["model"], "1.2.0");
+    let sidecar = b.path("data/models/model.pack.manifest.json");
+    fs::remove_file(&sidecar).unwrap();
+    let out = b.duli(&["install", older.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(
+        out.stderr.contains("older than the installed 1.2.0"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    // A damaged record stops model-pack installs with a clear error; nothing is written.
+    fs::write(&floor, b"{\"format\": 1, \"packs\": {\"model\": 7}}").unwrap();
+    let out = b.duli(&["install", older.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.stderr.contains("model-pack version record"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("remove it"), "{}", out.stderr);
+    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    assert!(b.status()["model_pack_floor"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not valid"));
+    // Removed by root, the floor starts again from the manifest beside the pack (here
+    // gone, so from nothing) and rises with the next install.
+    fs::remove_file(&floor).unwrap();
+    let newer = b.sign("pack-new", "model-pack", "1.3.0", "0.1.0", &pack);
+    b.duli(&["install", newer.to_str().unwrap()], true)
+        .assert_success("firmware install (newer model pack)");
+    assert_eq!(b.status()["model_pack_floor"]["model"], "1.3.0");
 
     // Rollback: slot A is still flagged good, so it is armed for a trial boot.
     let out = b.duli(&["rollback"], false);

@@ -62,6 +62,9 @@ pub struct FirmwareConfig {
     pub staged_bundle: PathBuf,
     /// Directory of installed model packs on the data partition.
     pub model_packs: PathBuf,
+    /// The model-pack floor ([`crate::pack_versions`]): where root records the highest
+    /// pack version installed per model, in a folder only root writes.
+    pub model_pack_versions: PathBuf,
 }
 
 impl Default for FirmwareConfig {
@@ -81,6 +84,7 @@ impl Default for FirmwareConfig {
             endorsed_keys: "/etc/duli/firmware-keys".into(),
             staged_bundle: "/var/lib/duli/firmware/staged.duli".into(),
             model_packs: "/var/lib/duli/models".into(),
+            model_pack_versions: "/etc/duli/firmware-state/model-packs.json".into(),
         }
     }
 }

@@ -17,6 +17,8 @@
 //! - [`updater`]: the install / mark-good / rollback state machine over any backend.
 //! - [`lock`]: one install, mark-good or rollback at a time.
 //! - [`model_pack`]: model packs, installed on the data partition instead of a slot.
+//! - [`pack_versions`]: the model-pack floor, the highest pack version installed per model,
+//!   in a record only root writes.
 //! - [`dir_write`]: root's writes into folders the service user owns, never through a link.
 //! - [`config`]: the `[firmware]` configuration section.
 //!
@@ -36,6 +38,7 @@ pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod model_pack;
+pub mod pack_versions;
 pub mod policy;
 pub mod progress;
 pub mod scope;

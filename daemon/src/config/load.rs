@@ -127,6 +127,7 @@ impl Config {
             (&mut fw.endorsed_keys, "firmware.endorsed_keys"),
             (&mut fw.staged_bundle, "firmware.staged_bundle"),
             (&mut fw.model_packs, "firmware.model_packs"),
+            (&mut fw.model_pack_versions, "firmware.model_pack_versions"),
         ] {
             fix(p, key);
         }

@@ -283,6 +283,14 @@ fn firmware_section_parses_and_its_errors_name_the_key() {
     }
     let err = load_str("[firmware]\nslot_c = \"/dev/x\"\n", &[]).unwrap_err();
     assert!(err.to_string().contains("slot_c"), "{err}");
+    // The model-pack floor cannot live in the service user's pack folder.
+    let err = load_str(
+        "[firmware]\nmodel_packs = \"/var/lib/duli/models\"\nmodel_pack_versions = \"/var/lib/duli/models/floor.json\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("firmware.model_pack_versions"), "{err}");
 }
 
 #[test]

@@ -659,10 +659,17 @@ fn check_firmware(fw: &duli_firmware::FirmwareConfig, bad: &mut impl FnMut(&str,
         ("firmware.endorsed_keys", &fw.endorsed_keys),
         ("firmware.staged_bundle", &fw.staged_bundle),
         ("firmware.model_packs", &fw.model_packs),
+        ("firmware.model_pack_versions", &fw.model_pack_versions),
     ] {
         if path.as_os_str().is_empty() {
             bad(key, "must not be empty".into());
         }
+    }
+    if fw.model_pack_versions.starts_with(&fw.model_packs) {
+        bad(
+            "firmware.model_pack_versions",
+            "must not be in firmware.model_packs: the service user owns that folder, and the record is what it must not change".into(),
+        );
     }
 }
 
