@@ -5,24 +5,26 @@
 //! service user could have planted links in that folder: every write goes through
 //! [`crate::dir_write`], so none is followed.
 
-use std::io::BufWriter;
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
-use crate::bundle::BundleError;
+use crate::bundle::{BundleError, RawHeader};
 use crate::dir_write::Dir;
 use crate::keys::TrustAnchors;
-use crate::manifest::PayloadKind;
+use crate::manifest::{Manifest, PayloadKind};
 use crate::policy::DevicePolicy;
 use crate::slot::SlotError;
 use crate::stream::{copy_hashing, CHUNK};
 use crate::updater::UpdateError;
-use crate::verify::{verify, VerifiedManifest};
+use crate::verify::{verify, verify_stream, PayloadStream, VerifiedManifest};
 use crate::version::Version;
 
-/// Verifies a model-pack bundle and, if the device accepts it, writes its payload to
-/// `dest` atomically (a temporary file it creates itself, fsync, rename, fsync of the
-/// directory), never following a link at either name or at `dest`'s folder. `installed`
-/// is the version of the pack currently at `dest`, if any.
+/// Verifies a model-pack bundle and, if the device accepts it, writes it to `dest`
+/// atomically (a temporary file it creates itself, fsync, rename, fsync of the directory),
+/// never following a link at either name or at `dest`'s folder. The installed pack is the
+/// signed bundle itself (header, manifest, payload), so whoever puts it in service verifies
+/// it again ([`open_installed`]). `installed` is the version of the pack currently at
+/// `dest`, if any.
 pub fn install_model_pack(
     bundle: &Path,
     anchors: &TrustAnchors,
@@ -48,11 +50,20 @@ pub fn install_model_pack(
         Some(d) => d.to_path_buf(),
         None => Path::new(".").to_path_buf(),
     };
+    // The header as verified: read again, and the same manifest, or the bundle changed.
+    let header = {
+        let file = std::fs::File::open(bundle).map_err(io(bundle))?;
+        RawHeader::decode(&mut std::io::BufReader::new(file), bundle)?
+    };
+    if Manifest::from_json(&header.manifest).map_err(BundleError::from)? != *manifest {
+        return Err(SlotError::SourceChanged(bundle.to_path_buf()).into());
+    }
     let dir = Dir::open(&folder).map_err(io(&folder))?;
     let result = (|| -> Result<(), UpdateError> {
         let mut payload = verified.open_payload()?;
         let file = dir.create_new(&tmp_name).map_err(io(&tmp))?;
         let mut writer = BufWriter::with_capacity(CHUNK, file);
+        writer.write_all(&header.encode()).map_err(io(&tmp))?;
         let (size, digest) =
             copy_hashing(&mut payload, &mut writer, |_| Ok(())).map_err(io(&tmp))?;
         let file = writer.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
@@ -75,3 +86,34 @@ pub fn install_model_pack(
     );
     Ok(verified)
 }
+
+/// Opens the pack installed at `path` (without following a link) and verifies its header
+/// again against `anchors`: the signature, the signer's scope, and that it is a model pack.
+/// The payload streams out hashed; the caller keeps what it made of it only when
+/// [`PayloadStream::finish`] succeeds.
+pub fn open_installed(
+    path: &Path,
+    anchors: &TrustAnchors,
+) -> Result<PayloadStream<BufReader<std::fs::File>>, BundleError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| BundleError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let stream = verify_stream(BufReader::with_capacity(CHUNK, file), path, anchors)?;
+    if stream.manifest().payload.kind != PayloadKind::ModelPack {
+        return Err(BundleError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "holds a {} bundle, not a model pack",
+                stream.manifest().payload.kind
+            )),
+        });
+    }
+    Ok(stream)
+}
+

@@ -56,18 +56,12 @@ impl VerifiedManifest {
     }
 }
 
-/// Verifies a bundle: the signing key must be in `anchors`, the signature must cover the
-/// manifest, the manifest must be well formed, the key must be allowed to sign its payload
-/// kind (a root key, or an endorsed key whose scopes hold it), and the payload must have
-/// exactly the stated size and SHA-256. The payload is streamed, never held in memory.
-pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedManifest, BundleError> {
-    let io = |source| BundleError::Io {
-        path: bundle_path.to_path_buf(),
-        source,
-    };
-    let file = File::open(bundle_path).map_err(io)?;
-    let mut reader = BufReader::with_capacity(CHUNK, file);
-    let header = RawHeader::decode(&mut reader, bundle_path)?;
+/// The checks of a bundle's header: the signing key is in `anchors`, the signature covers
+/// the manifest, the manifest is well formed and the key may sign its payload kind.
+fn check_header(
+    header: &RawHeader,
+    anchors: &TrustAnchors,
+) -> Result<(Manifest, Authority), BundleError> {
     let key = anchors
         .find(header.key_id)
         .ok_or(BundleError::UntrustedKey(header.key_id))?;
@@ -85,6 +79,22 @@ pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedMani
             authority,
         });
     }
+    Ok((manifest, authority))
+}
+
+/// Verifies a bundle: the signing key must be in `anchors`, the signature must cover the
+/// manifest, the manifest must be well formed, the key must be allowed to sign its payload
+/// kind (a root key, or an endorsed key whose scopes hold it), and the payload must have
+/// exactly the stated size and SHA-256. The payload is streamed, never held in memory.
+pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedManifest, BundleError> {
+    let io = |source| BundleError::Io {
+        path: bundle_path.to_path_buf(),
+        source,
+    };
+    let file = File::open(bundle_path).map_err(io)?;
+    let mut reader = BufReader::with_capacity(CHUNK, file);
+    let header = RawHeader::decode(&mut reader, bundle_path)?;
+    let (manifest, authority) = check_header(&header, anchors)?;
     let expected = manifest.payload_sha256()?;
     let (size, digest) = hash_reader(&mut (&mut reader).take(manifest.payload.size)).map_err(io)?;
     let mut extra = [0u8; 1];
@@ -112,5 +122,115 @@ pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedMani
         authority,
         manifest,
         bundle: bundle_path.to_path_buf(),
+    })
+}
+
+/// A bundle's payload read once, as it streams in, after its header was verified
+/// ([`verify_stream`]): whatever reads it must call [`PayloadStream::finish`] and keep
+/// nothing it made from the bytes unless that succeeds (the size and SHA-256 the signed
+/// manifest states are only known to hold then).
+pub struct PayloadStream<R> {
+    inner: io::Take<R>,
+    ctx: ring::digest::Context,
+    read: u64,
+    manifest: Manifest,
+    signer: KeyId,
+    authority: Authority,
+    path: PathBuf,
+}
+
+impl<R> std::fmt::Debug for PayloadStream<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadStream")
+            .field("manifest", &self.manifest)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> Read for PayloadStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ctx.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> PayloadStream<R> {
+    /// The signed manifest (its signature and the signer's scope were checked).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The key that signed it.
+    pub fn signer(&self) -> KeyId {
+        self.signer
+    }
+
+    /// Reads what is left of the payload, then checks that the stream held exactly the
+    /// stated size (nothing after it) and the stated SHA-256.
+    pub fn finish(mut self) -> Result<VerifiedHeader, BundleError> {
+        let path = self.path.clone();
+        let io = |source| BundleError::Io {
+            path: path.clone(),
+            source,
+        };
+        io::copy(&mut self, &mut io::sink()).map_err(io)?;
+        let mut rest = self.inner.into_inner();
+        let trailing = io::copy(&mut rest, &mut io::sink()).map_err(io)?;
+        if self.read != self.manifest.payload.size || trailing != 0 {
+            return Err(BundleError::PayloadSize {
+                expected: self.manifest.payload.size,
+                actual: self.read + trailing,
+            });
+        }
+        let expected = self.manifest.payload_sha256()?;
+        let digest = self.ctx.finish();
+        if digest.as_ref() != expected.as_slice() {
+            return Err(BundleError::PayloadHashMismatch {
+                expected: self.manifest.payload.sha256.clone(),
+                actual: hex::encode(digest.as_ref()),
+            });
+        }
+        Ok(VerifiedHeader {
+            manifest: self.manifest,
+            signer: self.signer,
+            authority: self.authority,
+        })
+    }
+}
+
+/// What [`PayloadStream::finish`] vouches for: a manifest, its signer and the signer's
+/// authority, with the payload read in full and matching it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedHeader {
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// The key that signed it.
+    pub signer: KeyId,
+    /// What that key may sign.
+    pub authority: Authority,
+}
+
+/// Verifies the header of the bundle `reader` streams (signing key in `anchors`, signature
+/// over the manifest, the key's scope holding the payload kind) and returns its payload as
+/// a stream hashed while it is read; `path` names the bundle in errors. For readers that
+/// cannot be read twice, e.g. a header kept beside its payload and chained to it.
+pub fn verify_stream<R: Read>(
+    mut reader: R,
+    path: &Path,
+    anchors: &TrustAnchors,
+) -> Result<PayloadStream<R>, BundleError> {
+    let header = RawHeader::decode(&mut reader, path)?;
+    let (manifest, authority) = check_header(&header, anchors)?;
+    Ok(PayloadStream {
+        inner: reader.take(manifest.payload.size),
+        ctx: ring::digest::Context::new(&ring::digest::SHA256),
+        read: 0,
+        manifest,
+        signer: header.key_id,
+        authority,
+        path: path.to_path_buf(),
     })
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use common::*;
 use duli_firmware::bootctl::{simulate_boot, BootControl, FileBootControl, Slot};
 use duli_firmware::bundle::BundleError;
-use duli_firmware::model_pack::install_model_pack;
+use duli_firmware::model_pack::{install_model_pack, open_installed};
 use duli_firmware::policy::PolicyError;
 use duli_firmware::progress::Step;
 use duli_firmware::updater::UpdateError;
@@ -213,7 +213,16 @@ fn model_pack_installs_atomically_on_data_partition() {
     fs::create_dir_all(dest.parent().unwrap()).unwrap();
     let v = install_model_pack(&b1, &keys.anchors, &policy(), None, &dest).unwrap();
     assert_eq!(v.manifest().version, Version::new(2, 0, 0));
-    assert_eq!(fs::read(&dest).unwrap(), p1);
+    // The installed pack is the signed bundle itself, and verifies again when opened.
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(&b1).unwrap());
+    let mut stream = open_installed(&dest, &keys.anchors).unwrap();
+    let mut payload = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut payload).unwrap();
+    assert_eq!(payload, p1);
+    assert_eq!(
+        stream.finish().unwrap().manifest.version,
+        Version::new(2, 0, 0)
+    );
 
     let (old, _) = bundle(d, "m0", &keys, &pack_rel(Version::new(1, 5, 0)), 40_000, 2);
     assert!(matches!(
@@ -233,11 +242,66 @@ fn model_pack_installs_atomically_on_data_partition() {
     ));
     assert_eq!(
         fs::read(&dest).unwrap(),
-        p1,
+        fs::read(&b1).unwrap(),
         "refused packs left the old one in place"
     );
     let leftovers: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().collect();
     assert_eq!(leftovers.len(), 1);
+}
+
+/// An installed pack altered on disk is refused when it is opened for use: a changed
+/// payload byte when the stream is finished, a changed manifest at once; a root
+/// filesystem bundle in a pack's place is not a model pack.
+#[test]
+fn an_installed_pack_is_verified_again_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let d = dir.path();
+    let rel = release(
+        Version::new(2, 0, 0),
+        Version::new(1, 0, 0),
+        HW,
+        PayloadKind::ModelPack,
+    );
+    let (b1, _) = bundle(d, "m1", &keys, &rel, 40_000, 1);
+    let dest = d.join("pneumonia.pack");
+    install_model_pack(&b1, &keys.anchors, &policy(), None, &dest).unwrap();
+    let good = fs::read(&dest).unwrap();
+
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    fs::write(&dest, &bad).unwrap();
+    let mut stream = open_installed(&dest, &keys.anchors).unwrap();
+    std::io::copy(&mut stream, &mut std::io::sink()).unwrap();
+    assert!(matches!(
+        stream.finish(),
+        Err(BundleError::PayloadHashMismatch { .. })
+    ));
+
+    let mut bad = good.clone();
+    bad.extend_from_slice(b"trailing");
+    fs::write(&dest, &bad).unwrap();
+    let stream = open_installed(&dest, &keys.anchors).unwrap();
+    assert!(matches!(
+        stream.finish(),
+        Err(BundleError::PayloadSize { .. })
+    ));
+
+    let text = String::from_utf8_lossy(&good).into_owned();
+    let at = text.find("2.0.0").unwrap();
+    let mut bad = good.clone();
+    bad[at] = b'9';
+    fs::write(&dest, &bad).unwrap();
+    assert!(matches!(
+        open_installed(&dest, &keys.anchors),
+        Err(BundleError::BadSignature)
+    ));
+
+    let rootfs_bundle = bundle(d, "r", &keys, &rootfs(Version::new(1, 1, 0)), 10, 3).0;
+    fs::copy(&rootfs_bundle, &dest).unwrap();
+    let err = open_installed(&dest, &keys.anchors).unwrap_err();
+    assert!(err.to_string().contains("not a model pack"), "{err}");
 }
 
 const CHILD_ENV: &str = "DULI_FIRMWARE_KILL_CHILD_DIR";
