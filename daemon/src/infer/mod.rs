@@ -15,7 +15,8 @@
 //! - [`resize`]: crop and resize to the model input (PIL-exact nearest, or linear), and
 //!   the reduced display image (area average to a bounded long side).
 //! - [`tensor`]: normalisation and layout of the input tensor.
-//! - [`manifest`]: the model manifest (`model.toml`) and its checksums.
+//! - [`manifest`]: the model manifest (`model.toml`) and its checksums; [`pack`]: a signed
+//!   model pack verified and unpacked in service (`inference.model_pack`).
 //! - [`backend`]: the runtime trait; [`openvino`] implements it over OpenVINO.
 //! - [`precision`]: f32, bf16, int8 and the CPU feature that decides their results;
 //!   [`int8`]: the quantized network `make models` builds; [`gate`]: a precision is
@@ -55,6 +56,7 @@ pub mod int8;
 pub mod manifest;
 pub mod networks;
 pub mod openvino;
+pub mod pack;
 pub mod precision;
 pub mod raster;
 pub mod record;

@@ -1,0 +1,435 @@
+//! A model pack in service (`inference.model_pack = "NAME"`): the daemon runs the model of
+//! the signed pack installed as `firmware.model_packs/NAME.pack` (`duli firmware install`)
+//! instead of `inference.model`. Each time the engine is made, the pack is verified again
+//! (signature, signer's scope, kind, hardware and minimum firmware version, then its payload
+//! hashed as it streams) and its payload, a tar archive of one model folder, is unpacked
+//! into a new folder under the data folder; that folder replaces the one in service only
+//! once the whole payload matched its signed hash. So the manifest, its thresholds and the
+//! network files a result is made with are always those the pack's signer shipped.
+//!
+//! The archive (`tar --format=ustar -cf PACK.tar -C models/NAME .`) holds regular files and
+//! folders only, at most [`MAX_ENTRIES`] entries, names relative and without `..`, with a
+//! `model.toml` at its top.
+
+use duli_firmware::bundle::BundleError;
+use duli_firmware::config::FirmwareConfig;
+use duli_firmware::model_pack::open_installed;
+use duli_firmware::policy::PolicyError;
+use duli_firmware::{PayloadKind, TrustAnchors, Version};
+use std::path::{Component, Path, PathBuf};
+
+/// Most entries an archive may hold.
+pub const MAX_ENTRIES: usize = 256;
+
+/// Folder (under the data folder) the packs in service are unpacked into.
+pub const IN_SERVICE: &str = "model-in-service";
+
+/// Why a model pack cannot be put in service.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The installed pack does not verify (missing, altered, untrusted, not a model pack).
+    #[error("model pack {path}: {source}")]
+    Verify {
+        /// The installed pack.
+        path: PathBuf,
+        /// Why.
+        source: BundleError,
+    },
+    /// The pack is authentic but not for this box.
+    #[error("model pack {path}: {source}")]
+    Policy {
+        /// The installed pack.
+        path: PathBuf,
+        /// Why.
+        source: PolicyError,
+    },
+    /// The payload is not an archive this loader takes.
+    #[error("model pack {path}: its archive {reason}")]
+    Archive {
+        /// The installed pack.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Unpacking failed.
+    #[error("model pack: unpacking into {path}: {source}")]
+    Io {
+        /// The file or folder written.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+/// Where the manifest of pack `name` is when in service under `data_dir`.
+pub fn manifest_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join(IN_SERVICE).join(name).join("model.toml")
+}
+
+/// Whether `name` may name a pack: letters, digits, `.`, `_`, `-`, not starting with `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Verifies the installed pack `name` against `anchors` (the device's keys, see
+/// [`crate::firmware_cli::device_anchors`]) and unpacks it in service under `data_dir`,
+/// for a box running firmware `running`; returns the path of its manifest and the pack's
+/// version. On any error the model in service before is left as it was.
+pub fn put_in_service(
+    fw: &FirmwareConfig,
+    anchors: &TrustAnchors,
+    name: &str,
+    data_dir: &Path,
+    running: Version,
+) -> Result<(PathBuf, Version), PackError> {
+    let pack = fw.model_pack_path(name);
+    let verify = |source| PackError::Verify {
+        path: pack.clone(),
+        source,
+    };
+    let stream = open_installed(&pack, anchors).map_err(verify)?;
+    fw.policy(running)
+        .check(stream.manifest(), PayloadKind::ModelPack, None)
+        .map_err(|source| PackError::Policy {
+            path: pack.clone(),
+            source,
+        })?;
+    let version = stream.manifest().version;
+    let root = data_dir.join(IN_SERVICE);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PackError::Io { path, source }
+    };
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let staging = root.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = (|| {
+        std::fs::create_dir(&staging).map_err(io(&staging))?;
+        let mut stream = stream;
+        // An archive that does not unpack may be an altered one: the payload's hash, when
+        // it does not match, is the reason given.
+        let unpacked = unpack(&mut stream, &staging, &pack);
+        stream.finish().map_err(verify)?;
+        unpacked?;
+        if !staging.join("model.toml").is_file() {
+            return Err(PackError::Archive {
+                path: pack.clone(),
+                reason: "has no model.toml at its top".into(),
+            });
+        }
+        let live = root.join(name);
+        let _ = std::fs::remove_dir_all(&live);
+        std::fs::rename(&staging, &live).map_err(io(&live))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result?;
+    log::info!("model pack {name} {version} verified and put in service");
+    Ok((manifest_path(data_dir, name), version))
+}
+
+/// Unpacks the archive `reader` streams into the new, empty folder `into`.
+fn unpack(reader: &mut impl std::io::Read, into: &Path, pack: &Path) -> Result<(), PackError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |reason: String| PackError::Archive {
+        path: pack.to_path_buf(),
+        reason,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("cannot be read ({e})")))?;
+    for (n, entry) in entries.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(bad(format!("has more than {MAX_ENTRIES} entries")));
+        }
+        let mut entry = entry.map_err(|e| bad(format!("cannot be read ({e})")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("has an unreadable name ({e})")))?
+            .into_owned();
+        let mut rel = PathBuf::new();
+        for c in raw.components() {
+            match c {
+                Component::Normal(part) => rel.push(part),
+                Component::CurDir => {}
+                _ => return Err(bad(format!("names {} outside its folder", raw.display()))),
+            }
+        }
+        let kind = entry.header().entry_type();
+        let target = into.join(&rel);
+        if kind.is_dir() {
+            if !rel.as_os_str().is_empty() {
+                std::fs::create_dir_all(&target).map_err(|source| PackError::Io {
+                    path: target.clone(),
+                    source,
+                })?;
+            }
+            continue;
+        }
+        if !kind.is_file() || rel.as_os_str().is_empty() {
+            return Err(bad(format!(
+                "holds {} that is not a regular file or folder",
+                raw.display()
+            )));
+        }
+        let io = |source| PackError::Io {
+            path: target.clone(),
+            source,
+        };
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&target)
+            .map_err(io)?;
+        std::io::copy(&mut entry, &mut file).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duli_firmware::keys::{generate_pkcs8, SigningKey};
+    use duli_firmware::model_pack::install_model_pack;
+    use duli_firmware::sign::sign;
+    use duli_firmware::Release;
+
+    const HW: &str = "test-hw";
+
+    /// A box with its firmware settings over a temporary folder and a root key it trusts.
+    struct Bench {
+        dir: tempfile::TempDir,
+        fw: FirmwareConfig,
+        key: Vec<u8>,
+        anchors: TrustAnchors,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            let dir = tempfile::tempdir().unwrap();
+            let key = generate_pkcs8().unwrap();
+            let public = SigningKey::from_pkcs8(&key).unwrap().public_key();
+            let fw = FirmwareConfig {
+                hardware_id: HW.into(),
+                model_packs: dir.path().join("models"),
+                endorsed_keys: dir.path().join("endorsed"),
+                ..FirmwareConfig::default()
+            };
+            std::fs::create_dir_all(&fw.model_packs).unwrap();
+            Bench {
+                anchors: TrustAnchors::from_roots(vec![public]),
+                dir,
+                fw,
+                key,
+            }
+        }
+
+        fn data(&self) -> PathBuf {
+            self.dir.path().join("data")
+        }
+
+        /// Signs `payload` as `kind` version `version` for `hw` and installs it as "chest".
+        fn install(&self, payload: &[u8], version: &str, kind: PayloadKind, hw: &str) {
+            let src = self.dir.path().join("payload");
+            std::fs::write(&src, payload).unwrap();
+            let bundle = self.dir.path().join("pack.duli");
+            let release = Release {
+                version: version.parse().unwrap(),
+                min_version: "0.0.1".parse().unwrap(),
+                hardware: vec![hw.into()],
+                kind,
+                security_version: 0,
+            };
+            sign(&self.key, &release, &src, &bundle).unwrap();
+            let dest = self.fw.model_pack_path("chest");
+            if kind == PayloadKind::ModelPack && hw == HW {
+                install_model_pack(&bundle, &self.anchors, &self.fw.policy(running()), None, &dest)
+                    .unwrap();
+            } else {
+                std::fs::copy(&bundle, &dest).unwrap();
+            }
+        }
+
+        fn serve(&self) -> Result<(PathBuf, Version), PackError> {
+            put_in_service(&self.fw, &self.anchors, "chest", &self.data(), running())
+        }
+    }
+
+    fn running() -> Version {
+        "1.0.0".parse().unwrap()
+    }
+
+    /// A ustar archive of `files` (name, bytes), and of `links` (name → target).
+    fn tar_of(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *bytes).unwrap();
+        }
+        for (name, target) in links {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_path(name).unwrap();
+            h.set_link_name(target).unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The shipped model's folder as a pack's archive (its manifest, network and weights).
+    fn shipped_model() -> Vec<u8> {
+        let dir = crate::infer::testdata::repo_root().join("models/pneumonia-xception");
+        let names = [
+            "model.toml",
+            "pneumonia_xception_fp16.xml",
+            "pneumonia_xception_fp16.bin",
+        ];
+        let files: Vec<(String, Vec<u8>)> = names
+            .iter()
+            .map(|n| (n.to_string(), std::fs::read(dir.join(n)).unwrap()))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        tar_of(&refs, &[])
+    }
+
+    #[test]
+    fn a_signed_pack_is_verified_unpacked_and_its_model_loads() {
+        let b = Bench::new();
+        b.install(&shipped_model(), "2.1.0", PayloadKind::ModelPack, HW);
+        let (manifest, version) = b.serve().unwrap();
+        assert_eq!(manifest, manifest_path(&b.data(), "chest"));
+        assert_eq!(version, "2.1.0".parse::<Version>().unwrap());
+        let m = crate::infer::manifest::Manifest::load(&manifest).unwrap();
+        assert_eq!(m.name, "pneumonia-xception");
+        m.verify_files().unwrap();
+        // Put in service again (every engine start): the same, nothing left over.
+        b.serve().unwrap();
+        let left: Vec<_> = std::fs::read_dir(b.data().join(IN_SERVICE))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["chest"]);
+    }
+
+    #[test]
+    fn an_altered_foreign_or_unsafe_pack_is_refused_and_the_model_in_service_stays() {
+        let b = Bench::new();
+        b.install(
+            &tar_of(&[("model.toml", b"first")], &[]),
+            "1.0.0",
+            PayloadKind::ModelPack,
+            HW,
+        );
+        let (manifest, _) = b.serve().unwrap();
+        assert_eq!(std::fs::read(&manifest).unwrap(), b"first");
+        let pack = b.fw.model_pack_path("chest");
+        let stays = |what: &str, e: PackError| {
+            assert_eq!(
+                std::fs::read(&manifest).unwrap(),
+                b"first",
+                "{what}: the model in service changed ({e})"
+            );
+            let left = std::fs::read_dir(b.data().join(IN_SERVICE)).unwrap().count();
+            assert_eq!(left, 1, "{what}: a staging folder was left");
+        };
+
+        // One payload byte changed on disk: refused once the stream is read.
+        let good = std::fs::read(&pack).unwrap();
+        let mut bad = good.clone();
+        let at = bad.len() - 2000;
+        bad[at] ^= 0x20;
+        std::fs::write(&pack, &bad).unwrap();
+        let e = b.serve().unwrap_err();
+        assert!(matches!(e, PackError::Verify { .. }), "{e}");
+        stays("altered payload", e);
+        std::fs::write(&pack, &good).unwrap();
+
+        // Archives that reach outside, hold a link, or have no manifest.
+        for (what, archive, needle) in [
+            (
+                "dot-dot",
+                tar_of(&[("../evil", b"x"), ("model.toml", b"m")], &[]),
+                "outside its folder",
+            ),
+            (
+                "absolute",
+                tar_of(&[("/etc/evil", b"x")], &[]),
+                "outside its folder",
+            ),
+            (
+                "link",
+                tar_of(&[("model.toml", b"m")], &[("weights.bin", "/etc/shadow")]),
+                "not a regular file",
+            ),
+            (
+                "no manifest",
+                tar_of(&[("weights.bin", b"w")], &[]),
+                "no model.toml",
+            ),
+            ("not an archive", vec![7u8; 3000], "archive"),
+        ] {
+            b.install(&archive, "1.1.0", PayloadKind::ModelPack, HW);
+            let e = b.serve().unwrap_err();
+            assert!(e.to_string().contains(needle), "{what}: {e}");
+            stays(what, e);
+        }
+        assert!(!b.dir.path().join("evil").exists());
+
+        // Signed, but for other hardware, or not a model pack, or by an unknown key.
+        b.install(
+            &tar_of(&[("model.toml", b"m")], &[]),
+            "1.2.0",
+            PayloadKind::ModelPack,
+            "other-hw",
+        );
+        let e = b.serve().unwrap_err();
+        assert!(matches!(e, PackError::Policy { .. }), "{e}");
+        stays("other hardware", e);
+        b.install(&[1, 2, 3], "1.2.0", PayloadKind::Rootfs, HW);
+        let e = b.serve().unwrap_err();
+        assert!(e.to_string().contains("not a model pack"), "{e}");
+        stays("root filesystem", e);
+        b.install(&tar_of(&[("model.toml", b"m")], &[]), "1.3.0", PayloadKind::ModelPack, HW);
+        let stranger = Bench::new();
+        let e = put_in_service(&b.fw, &stranger.anchors, "chest", &b.data(), running())
+            .unwrap_err();
+        assert!(matches!(e, PackError::Verify { .. }), "{e}");
+        stays("unknown key", e);
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(valid_name("chest-xray_2.1"));
+        for bad in ["", ".hidden", "a/b", "../x", "a b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert_eq!(
+            manifest_path(Path::new("/var/lib/duli"), "chest"),
+            Path::new("/var/lib/duli/model-in-service/chest/model.toml")
+        );
+    }
+}
