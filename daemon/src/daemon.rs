@@ -331,8 +331,15 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         ..Default::default()
     };
     let inference_cfg = config.inference.clone();
-    let factory: crate::infer::service::EngineFactory =
-        Arc::new(move || crate::infer::Engine::new(&inference_cfg));
+    let pack_cfg = config.clone();
+    let factory: crate::infer::service::EngineFactory = Arc::new(move || {
+        // A model pack in service is verified and unpacked again before every engine.
+        if let Some(name) = &pack_cfg.inference.model_pack {
+            put_pack_in_service(&pack_cfg, name)
+                .map_err(|e| crate::infer::engine::EngineError::Model(format!("{e:#}")))?;
+        }
+        crate::infer::Engine::new(&inference_cfg)
+    });
     let pipeline = {
         let (store, completed_rx) = (
             store.clone(),
@@ -431,5 +438,20 @@ pub async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => log::info!("SIGTERM received"),
         _ = int.recv() => log::info!("SIGINT received"),
     }
+    Ok(())
+}
+
+/// Verifies the installed model pack `name` with the device's keys and unpacks it where
+/// `inference.model` points (see [`crate::infer::pack`]).
+fn put_pack_in_service(config: &Config, name: &str) -> anyhow::Result<()> {
+    let anchors = crate::firmware_cli::device_anchors(config)?;
+    let running = crate::firmware_cli::running_version()?;
+    crate::infer::pack::put_in_service(
+        &config.firmware,
+        &anchors,
+        name,
+        &config.device.data_dir,
+        running,
+    )?;
     Ok(())
 }

@@ -405,11 +405,17 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     let pack_bundle = b.sign("pack", "model-pack", "1.2.0", "0.1.0", &pack);
     let out = b.duli(&["install", pack_bundle.to_str().unwrap()], true);
     out.assert_success("firmware install (model pack)");
-    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    assert!(
+        fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&pack_bundle).unwrap(),
+        "the installed pack is not the signed bundle"
+    );
     let older = b.sign("pack-old", "model-pack", "1.1.0", "0.1.0", &pattern(10, 4));
     let out = b.duli(&["install", older.to_str().unwrap()], true);
     assert_eq!(out.code(), Some(3), "{}", out.combined());
-    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    assert!(
+        fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&pack_bundle).unwrap(),
+        "the installed pack is not the signed bundle"
+    );
     // The floor is root's record, not the manifest beside the pack: whoever runs as the
     // service user (who owns that folder) deletes or rewrites the manifest, and the older
     // pack is still refused.
@@ -427,7 +433,10 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
         "{}",
         out.stderr
     );
-    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    assert!(
+        fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&pack_bundle).unwrap(),
+        "the installed pack is not the signed bundle"
+    );
     // A damaged record stops model-pack installs with a clear error; nothing is written.
     fs::write(&floor, b"{\"format\": 1, \"packs\": {\"model\": 7}}").unwrap();
     let out = b.duli(&["install", older.to_str().unwrap()], true);
@@ -438,7 +447,10 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
         out.stderr
     );
     assert!(out.stderr.contains("remove it"), "{}", out.stderr);
-    assert_eq!(fs::read(b.path("data/models/model.pack")).unwrap(), pack);
+    assert!(
+        fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&pack_bundle).unwrap(),
+        "the installed pack is not the signed bundle"
+    );
     assert!(b.status()["model_pack_floor"]["error"]
         .as_str()
         .unwrap()
@@ -725,7 +737,10 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
         .unwrap()
         .file_type()
         .is_file());
-    assert_eq!(fs::read(&installed).unwrap(), pack);
+    assert!(
+        fs::read(&installed).unwrap() == fs::read(&bundle).unwrap(),
+        "the installed pack is not the signed bundle"
+    );
     assert!(!b.path("data/models/.model.pack.partial").exists());
     let sidecar = b.path("data/models/model.pack.manifest.json");
     assert!(fs::symlink_metadata(&sidecar)
@@ -761,7 +776,10 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
     let newer = b.sign("pack2", "model-pack", "1.1.0", "0.0.1", &pattern(1000, 12));
     let out = b.duli(&["install", newer.to_str().unwrap()], true);
     assert!(!out.success(), "{}", out.combined());
-    assert_eq!(fs::read(b.path("elsewhere/model.pack")).unwrap(), pack);
+    assert!(
+        fs::read(b.path("elsewhere/model.pack")).unwrap() == fs::read(&bundle).unwrap(),
+        "the installed pack is not the signed bundle"
+    );
 }
 
 /// Install, rollback and mark-good take the firmware lock (next to the boot variables): with
@@ -919,4 +937,94 @@ fn mark_good_wrapper_over_a_damaged_grub_environment_does_not_reboot() {
         );
     }
     assert_eq!(fs::read(&grubenv).unwrap(), b"");
+}
+
+/// The shipped model's folder (manifest, network, weights) as a model pack's archive.
+fn shipped_model_archive() -> Vec<u8> {
+    let dir = repo_root().join("models/pneumonia-xception");
+    let mut archive = tar::Builder::new(Vec::new());
+    for name in [
+        "model.toml",
+        "pneumonia_xception_fp16.xml",
+        "pneumonia_xception_fp16.bin",
+    ] {
+        archive.append_path_with_name(dir.join(name), name).unwrap();
+    }
+    archive.into_inner().unwrap()
+}
+
+/// `/healthz` once its inference status is no longer `starting`.
+fn settled_health(d: &Daemon) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = https_get(d.console_addr(), "/healthz").expect("/healthz");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        if v["inference"] != "starting" || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A model put in service as a signed pack: the shipped model's folder, signed and
+/// installed with `duli firmware install`, runs in `duli run` with `inference.model_pack`
+/// (verified and unpacked under the data folder); after one byte of the installed pack
+/// changes on disk, the next start refuses it and says why instead of running it.
+#[test]
+fn an_installed_model_pack_runs_and_an_altered_one_does_not() {
+    let b = Bench::new();
+    fs::create_dir_all(b.path("data/models")).unwrap();
+    b.keygen("release");
+    let bundle = b.sign(
+        "pack",
+        "model-pack",
+        "3.0.0",
+        "0.0.1",
+        &shipped_model_archive(),
+    );
+    b.duli(&["install", bundle.to_str().unwrap()], true)
+        .assert_success("firmware install (model pack)");
+    let mut builder = Daemon::builder()
+        .data_dir(&b.path("daemon-data"))
+        .env(
+            "DULI_FIRMWARE_DEV_ROOT",
+            b.path("keys/release.pub").to_str().unwrap(),
+        )
+        .env("DULI_INFERENCE__MODEL_PACK", "model");
+    for (k, v) in b.env() {
+        if k != "DULI_DEVICE__DATA_DIR" {
+            builder = builder.env(&k, &v);
+        }
+    }
+    let mut d = builder.start();
+    let health = settled_health(&d);
+    assert_eq!(health["status"], "ok", "{health}\n{}", d.log());
+    assert_eq!(health["inference"], "ready", "{health}");
+    assert!(
+        d.log()
+            .contains("model pack model 3.0.0 verified and put in service"),
+        "{}",
+        d.log()
+    );
+    let unpacked = b.path("daemon-data/model-in-service/model/model.toml");
+    assert_eq!(
+        fs::read(&unpacked).unwrap(),
+        fs::read(repo_root().join("models/pneumonia-xception/model.toml")).unwrap()
+    );
+    d.terminate(Duration::from_secs(20));
+
+    // One byte of the weights changed on disk: refused at the next start, the daemon
+    // waits for its model (received studies are kept) and says why.
+    let pack = b.path("data/models/model.pack");
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    fs::write(&pack, &bytes).unwrap();
+    d.restart();
+    let health = settled_health(&d);
+    assert_eq!(health["status"], "degraded", "{health}");
+    let why = health["inference"].as_str().unwrap_or_default();
+    assert!(why.starts_with("waiting for model: "), "{health}");
+    assert!(why.contains("model pack"), "{health}");
+    assert!(why.contains("SHA-256") || why.contains("hash"), "{health}");
 }

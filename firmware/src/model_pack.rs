@@ -116,4 +116,3 @@ pub fn open_installed(
     }
     Ok(stream)
 }
-

@@ -8,8 +8,13 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
-    /// Path of the model manifest (`model.toml`).
+    /// Path of the model manifest (`model.toml`). With `model_pack` set, where that pack's
+    /// manifest is unpacked (set by the loader, not configurable beside it).
     pub model: PathBuf,
+    /// Name of an installed model pack to run instead of `model` (the signed bundle
+    /// `firmware.model_packs/NAME.pack`, installed by `duli firmware install`): verified
+    /// and unpacked under the data folder each time the engine starts.
+    pub model_pack: Option<String>,
     /// OpenVINO device: CPU, GPU, NPU or AUTO.
     pub device: String,
     /// OpenVINO performance hint: LATENCY, THROUGHPUT, or AUTO (latency for an image
@@ -38,6 +43,7 @@ impl Default for InferenceConfig {
     fn default() -> Self {
         Self {
             model: PathBuf::from("models/pneumonia-xception/model.toml"),
+            model_pack: None,
             device: "CPU".into(),
             performance_hint: "LATENCY".into(),
             precision: "f32".into(),

@@ -69,6 +69,20 @@ impl Config {
             config.inference.model = crate::locate::model_manifest().or_first();
         }
         config.resolve_paths(&cwd, file_dir.as_deref(), &file_paths);
+        if let Some(name) = config.inference.model_pack.clone() {
+            // The pack's manifest is where the loader unpacks it; a model named beside
+            // the pack would be a second answer to "which model runs".
+            if set.iter().any(|k| k == "inference.model") {
+                return Err(ConfigError::Invalid(vec![super::validate::KeyError {
+                    key: "inference.model".into(),
+                    reason:
+                        "must not be set with inference.model_pack (the pack's own manifest runs)"
+                            .into(),
+                }]));
+            }
+            config.inference.model =
+                crate::infer::pack::manifest_path(&config.device.data_dir, &name);
+        }
         config.origin = path.map(|p| cwd.join(p));
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)

@@ -519,3 +519,32 @@ fn an_empty_allow_list_on_a_network_address_needs_allow_any_peer() {
         assert!(c.dicom.allowed_peers.is_empty() && !c.dicom.open_to_any_peer());
     }
 }
+
+#[test]
+fn a_model_pack_names_its_manifest_and_excludes_inference_model() {
+    let c = load_str(
+        "[device]\ndata_dir = \"/var/lib/duli\"\n[inference]\nmodel_pack = \"chest-2\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.inference.model,
+        std::path::Path::new("/var/lib/duli/model-in-service/chest-2/model.toml")
+    );
+    let err = load_str(
+        "[inference]\nmodel_pack = \"chest\"\nmodel = \"/opt/m/model.toml\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("inference.model") && err.contains("model_pack"),
+        "{err}"
+    );
+    for bad in ["../x", ".hidden", "a b", ""] {
+        let err = load_str(&format!("[inference]\nmodel_pack = {bad:?}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inference.model_pack"), "{bad:?}: {err}");
+    }
+}

@@ -251,6 +251,14 @@ fn check_inference(c: &InferenceConfig, bad: &mut impl FnMut(&str, String)) {
     {
         bad("inference.precision", e.to_string());
     }
+    if let Some(name) = &c.model_pack {
+        if !crate::infer::pack::valid_name(name) {
+            bad(
+                "inference.model_pack",
+                format!("{name:?} is not a pack name (letters, digits, '.', '_', '-'; not starting with '.')"),
+            );
+        }
+    }
 }
 
 /// `[hl7]`: the RIS peer and the MSH namespace ids (`site_id` is MSH-4).

@@ -257,8 +257,14 @@ mod tests {
             sign(&self.key, &release, &src, &bundle).unwrap();
             let dest = self.fw.model_pack_path("chest");
             if kind == PayloadKind::ModelPack && hw == HW {
-                install_model_pack(&bundle, &self.anchors, &self.fw.policy(running()), None, &dest)
-                    .unwrap();
+                install_model_pack(
+                    &bundle,
+                    &self.anchors,
+                    &self.fw.policy(running()),
+                    None,
+                    &dest,
+                )
+                .unwrap();
             } else {
                 std::fs::copy(&bundle, &dest).unwrap();
             }
@@ -353,7 +359,9 @@ mod tests {
                 b"first",
                 "{what}: the model in service changed ({e})"
             );
-            let left = std::fs::read_dir(b.data().join(IN_SERVICE)).unwrap().count();
+            let left = std::fs::read_dir(b.data().join(IN_SERVICE))
+                .unwrap()
+                .count();
             assert_eq!(left, 1, "{what}: a staging folder was left");
         };
 
@@ -413,10 +421,15 @@ mod tests {
         let e = b.serve().unwrap_err();
         assert!(e.to_string().contains("not a model pack"), "{e}");
         stays("root filesystem", e);
-        b.install(&tar_of(&[("model.toml", b"m")], &[]), "1.3.0", PayloadKind::ModelPack, HW);
+        b.install(
+            &tar_of(&[("model.toml", b"m")], &[]),
+            "1.3.0",
+            PayloadKind::ModelPack,
+            HW,
+        );
         let stranger = Bench::new();
-        let e = put_in_service(&b.fw, &stranger.anchors, "chest", &b.data(), running())
-            .unwrap_err();
+        let e =
+            put_in_service(&b.fw, &stranger.anchors, "chest", &b.data(), running()).unwrap_err();
         assert!(matches!(e, PackError::Verify { .. }), "{e}");
         stays("unknown key", e);
     }

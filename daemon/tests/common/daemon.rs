@@ -185,6 +185,11 @@ impl Daemon {
             }
         }
         let tls = self.env_value("DULI_DICOM__TLS", &["true", "1"]);
+        let pack = self
+            .builder
+            .env
+            .iter()
+            .any(|(k, _)| k == "DULI_INFERENCE__MODEL_PACK");
         let mut env: Vec<(String, String)> = vec![
             ("DULI_DICOM__BIND".into(), "127.0.0.1".into()),
             ("DULI_DICOM__PORT".into(), self.dicom_port.to_string()),
@@ -208,6 +213,10 @@ impl Daemon {
         ];
         if tls {
             env.push(("DULI_DICOM__TLS_PORT".into(), self.tls_port.to_string()));
+        }
+        if pack {
+            // A model pack names its own manifest; inference.model may not be set beside it.
+            env.retain(|(k, _)| k != "DULI_INFERENCE__MODEL");
         }
         env.extend(self.builder.env.iter().cloned());
         for (k, v) in env {
