@@ -1,8 +1,9 @@
 //! A model pack in service (`inference.model_pack = "NAME"`): the daemon runs the model of
 //! the signed pack installed as `firmware.model_packs/NAME.pack` (`duli firmware install`)
 //! instead of `inference.model`. Each time the engine is made, the pack is verified again
-//! (signature, signer's scope, kind, hardware and minimum firmware version, then its payload
-//! hashed as it streams) and its payload, a tar archive of one model folder, is unpacked
+//! (signature, signer's scope, kind, hardware and minimum firmware version, and its whole
+//! payload's SHA-256 before the archive reader sees a byte of it; then hashed again as it
+//! streams) and its payload, a tar archive of one model folder, is unpacked
 //! into a new folder under the data folder; that folder replaces the one in service only
 //! once the whole payload matched its signed hash. So the manifest, its thresholds and the
 //! network files a result is made with are always those the pack's signer shipped.
@@ -92,6 +93,9 @@ pub fn put_in_service(
         path: pack.clone(),
         source,
     };
+    // The whole pack is checked first, so the archive reader only ever sees signed bytes;
+    // the second read, which unpacks, is hashed again (the file may change in between).
+    duli_firmware::verify(&pack, anchors).map_err(verify)?;
     let stream = open_installed(&pack, anchors).map_err(verify)?;
     fw.policy(running)
         .check(stream.manifest(), PayloadKind::ModelPack, None)
