@@ -525,8 +525,13 @@ fn worker(index: usize, shared: &Shared) {
                 let _ = job.reply.send(out);
             }
         } else {
-            run_batch(index, shared, jobs, batch);
+            // Counted out before the answers go, as one image at a time does: whoever
+            // holds an answer sees the engine no longer busy with it.
+            let answers = run_batch(index, shared, jobs, batch);
             shared.pending.fetch_sub(n, Ordering::Relaxed);
+            for (reply, out) in answers {
+                let _ = reply.send(out);
+            }
         }
     }
 }
@@ -550,19 +555,23 @@ fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, batch: usize) {
 }
 
 /// Runs `jobs` (at most `batch`) as one call of the batched compilation: their inputs one
-/// after the other, zeros for the places left, and each job answered with its share of
+/// after the other, zeros for the places left; returns each job's reply with its share of
 /// the outputs. A job whose input is not one image's size is refused alone.
-fn run_batch(index: usize, shared: &Shared, jobs: Vec<Job>, batch: usize) {
+fn run_batch(index: usize, shared: &Shared, jobs: Vec<Job>, batch: usize) -> Vec<Answer> {
     let len = shared.input_len;
     let (jobs, wrong): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.input.len() == len);
-    for job in wrong {
-        let _ = job.reply.send(Err(BackendError::Infer(format!(
-            "input has {} values, the network takes {len}",
-            job.input.len()
-        ))));
-    }
+    let mut answers: Vec<Answer> = wrong
+        .into_iter()
+        .map(|job| {
+            let refused = Err(BackendError::Infer(format!(
+                "input has {} values, the network takes {len}",
+                job.input.len()
+            )));
+            (job.reply, refused)
+        })
+        .collect();
     if jobs.is_empty() {
-        return;
+        return answers;
     }
     let mut input = vec![0.0f32; len * batch];
     for (place, job) in input.chunks_exact_mut(len).zip(&jobs) {
@@ -587,16 +596,19 @@ fn run_batch(index: usize, shared: &Shared, jobs: Vec<Job>, batch: usize) {
                         out.values.len()
                     ))),
                 };
-                let _ = job.reply.send(share);
+                answers.push((job.reply, share));
             }
         }
-        Err(e) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
-            }
-        }
+        Err(e) => answers.extend(jobs.into_iter().map(|job| (job.reply, Err(e.clone())))),
     }
+    answers
 }
+
+/// A job's reply channel and what it is answered.
+type Answer = (
+    oneshot::Sender<Result<Outputs, BackendError>>,
+    Result<Outputs, BackendError>,
+);
 
 /// `values` cut into `parts` equal shares, or `None` when they do not divide evenly.
 fn split(values: &[f32], parts: usize) -> Option<Vec<&[f32]>> {
