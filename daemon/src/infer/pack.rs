@@ -307,14 +307,21 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    /// The shipped model's folder as a pack's archive (its manifest, network and weights).
-    fn shipped_model() -> Vec<u8> {
+    /// The shipped model's folder as a pack's archive (its manifest, network and weights),
+    /// or `None` (noted as a skip) before `make models` made the network.
+    fn shipped_model() -> Option<Vec<u8>> {
         let dir = crate::infer::testdata::repo_root().join("models/pneumonia-xception");
         let names = [
             "model.toml",
             "pneumonia_xception_fp16.xml",
             "pneumonia_xception_fp16.bin",
         ];
+        if !names.iter().all(|n| dir.join(n).is_file()) {
+            crate::infer::testdata::note_skip(
+                "model pack: the shipped model is not built (make models)",
+            );
+            return None;
+        }
         let files: Vec<(String, Vec<u8>)> = names
             .iter()
             .map(|n| (n.to_string(), std::fs::read(dir.join(n)).unwrap()))
@@ -323,13 +330,16 @@ mod tests {
             .iter()
             .map(|(n, b)| (n.as_str(), b.as_slice()))
             .collect();
-        tar_of(&refs, &[])
+        Some(tar_of(&refs, &[]))
     }
 
     #[test]
     fn a_signed_pack_is_verified_unpacked_and_its_model_loads() {
+        let Some(archive) = shipped_model() else {
+            return;
+        };
         let b = Bench::new();
-        b.install(&shipped_model(), "2.1.0", PayloadKind::ModelPack, HW);
+        b.install(&archive, "2.1.0", PayloadKind::ModelPack, HW);
         let (manifest, version) = b.serve().unwrap();
         assert_eq!(manifest, manifest_path(&b.data(), "chest"));
         assert_eq!(version, "2.1.0".parse::<Version>().unwrap());
