@@ -19,6 +19,7 @@ use common::*;
 use hostile_peer::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Peak RSS allowed over the whole suite, model loaded.
@@ -222,6 +223,35 @@ fn comment_of_depth(s: &mut Suite) -> String {
 }
 
 /// The data set of a Part 10 file (after the file meta group) and its transfer syntax.
+/// The compressed encodings of the sample set (`dicom/<encoding>/*.dcm`): the shared
+/// set's when it is beside the checkout, else one synthetic DX per encoding made into
+/// `work` by tests/tools/encode_dx.py (DCMTK's encoders and OpenJPEG's through Pillow);
+/// `None` with a SKIP line when neither can be had.
+fn encoded_samples(work: &Path) -> Option<PathBuf> {
+    let shared = std::env::var_os("DULI_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("..").join("shared"))
+        .join("data")
+        .join("cxr-samples");
+    if shared.join("dicom").is_dir() {
+        return Some(shared);
+    }
+    let python = venv_python()?;
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/tools/encode_dx.py"))
+        .arg(work)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        skip(&format!(
+            "encode_dx.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        return None;
+    }
+    Some(work.to_path_buf())
+}
+
 fn data_set_of(path: &Path) -> (Vec<u8>, String) {
     let prepared = duli::scu::prepare(path).unwrap();
     let bytes = std::fs::read(path).unwrap();
@@ -428,7 +458,9 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     // 5. Broken compressed streams from the real samples: truncated (refused), then
     //    corrupted inside well-formed fragments (stored; analysis must fail cleanly).
     let mut corrupted = Vec::new();
-    if let Some(dir) = samples_dir() {
+    let encoded_dir = temp_dir("encoded");
+    let encoded = encoded_samples(encoded_dir.path());
+    if let Some(dir) = &encoded {
         for encoding in [
             "jpeg-lossless-sv1",
             "j2k-lossless",
@@ -465,7 +497,7 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     // the decoder's output overran the buffer the pixel data library copies it into):
     // stored, its analysis refused before decoding.
     let mut wide_frame = false;
-    if let Some(file) = samples_dir().and_then(|dir| {
+    if let Some(file) = encoded.as_ref().and_then(|dir| {
         dicom_files(&dir.join("dicom").join("jpeg-lossless-sv1"))
             .into_iter()
             .next()
