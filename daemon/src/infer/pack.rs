@@ -110,8 +110,16 @@ pub fn put_in_service(
         move |source| PackError::Io { path, source }
     };
     std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let staging = root.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+    // Staging folders a crash left behind (of any earlier process) go first.
+    let partial = format!(".{name}.partial-");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&partial) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let staging = root.join(format!("{partial}{}", std::process::id()));
     let result = (|| {
         std::fs::create_dir(&staging).map_err(io(&staging))?;
         let mut stream = stream;
@@ -346,7 +354,9 @@ mod tests {
         let m = crate::infer::manifest::Manifest::load(&manifest).unwrap();
         assert_eq!(m.name, "pneumonia-xception");
         m.verify_files().unwrap();
-        // Put in service again (every engine start): the same, nothing left over.
+        // Put in service again (every engine start): the same, nothing left over, not
+        // even the staging folder of a process that died while unpacking.
+        std::fs::create_dir_all(b.data().join(IN_SERVICE).join(".chest.partial-1")).unwrap();
         b.serve().unwrap();
         let left: Vec<_> = std::fs::read_dir(b.data().join(IN_SERVICE))
             .unwrap()
