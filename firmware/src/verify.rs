@@ -8,7 +8,7 @@ use crate::bundle::{signed_message, BundleError, RawHeader};
 use crate::keys::{KeyId, TrustAnchors};
 use crate::manifest::Manifest;
 use crate::scope::Authority;
-use crate::stream::{hash_reader, CHUNK};
+use crate::stream::CHUNK;
 
 /// A manifest whose signature and payload were checked. Only [`verify`] makes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,40 +87,18 @@ fn check_header(
 /// kind (a root key, or an endorsed key whose scopes hold it), and the payload must have
 /// exactly the stated size and SHA-256. The payload is streamed, never held in memory.
 pub fn verify(bundle_path: &Path, anchors: &TrustAnchors) -> Result<VerifiedManifest, BundleError> {
-    let io = |source| BundleError::Io {
+    let file = File::open(bundle_path).map_err(|source| BundleError::Io {
         path: bundle_path.to_path_buf(),
         source,
-    };
-    let file = File::open(bundle_path).map_err(io)?;
-    let mut reader = BufReader::with_capacity(CHUNK, file);
-    let header = RawHeader::decode(&mut reader, bundle_path)?;
-    let (manifest, authority) = check_header(&header, anchors)?;
-    let expected = manifest.payload_sha256()?;
-    let (size, digest) = hash_reader(&mut (&mut reader).take(manifest.payload.size)).map_err(io)?;
-    let mut extra = [0u8; 1];
-    let trailing = reader.read(&mut extra).map_err(io)?;
-    if size != manifest.payload.size || trailing != 0 {
-        let rest = if trailing != 0 {
-            1 + io::copy(&mut reader, &mut io::sink()).map_err(io)?
-        } else {
-            0
-        };
-        return Err(BundleError::PayloadSize {
-            expected: manifest.payload.size,
-            actual: size + rest,
-        });
-    }
-    if digest != expected {
-        return Err(BundleError::PayloadHashMismatch {
-            expected: manifest.payload.sha256.clone(),
-            actual: hex::encode(digest),
-        });
-    }
+    })?;
+    let stream = verify_stream(BufReader::with_capacity(CHUNK, file), bundle_path, anchors)?;
+    let payload_offset = stream.payload_offset;
+    let checked = stream.finish()?;
     Ok(VerifiedManifest {
-        payload_offset: header.payload_offset(),
-        signer: header.key_id,
-        authority,
-        manifest,
+        payload_offset,
+        signer: checked.signer,
+        authority: checked.authority,
+        manifest: checked.manifest,
         bundle: bundle_path.to_path_buf(),
     })
 }
@@ -137,6 +115,8 @@ pub struct PayloadStream<R> {
     signer: KeyId,
     authority: Authority,
     path: PathBuf,
+    /// Where the payload starts in the bundle.
+    payload_offset: u64,
 }
 
 impl<R> std::fmt::Debug for PayloadStream<R> {
@@ -232,5 +212,6 @@ pub fn verify_stream<R: Read>(
         signer: header.key_id,
         authority,
         path: path.to_path_buf(),
+        payload_offset: header.payload_offset(),
     })
 }
