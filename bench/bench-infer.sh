@@ -61,7 +61,8 @@ for p in $PRECISIONS; do
     "$BIN" infer -j 1 --model "$MODEL" --precision "$p" "${FILES[@]}" > "$OUT/duli-$p.jsonl" 2> "$OUT/duli-$p.err" || true
     t1=$(date +%s.%N)
     echo "$t0 $t1" > "$OUT/duli-$p.wall"
-    # Throughput as shipped: five files per CPU at a time, the network compiled for
+    # Throughput as shipped: as many files at a time as the requests take plus one per
+    # CPU, the network compiled for
     # throughput, INT8 4 images per call (some files decode while others are in the
     # runtime's streams).
     t0=$(date +%s.%N)
@@ -147,7 +148,7 @@ print("target: heatmap <= 50 ms per image")
 print()
 print("duli wall s: the whole `duli infer -j 1` process (start, model compile, every file); duli pipe s: the sum")
 print("of its per-file decode + preprocess + infer; plain pipe s: Python PIL preprocessing + infer per file, compile")
-print("excluded; inf ms: mean infer call. -jN wall s: the whole `duli infer` as shipped (five files per CPU at a time,")
+print("excluded; inf ms: mean infer call. -jN wall s: the whole `duli infer` as shipped (the default -j,")
 print("compiled for throughput), img/s its throughput, vs f32 that throughput against f32's as shipped, vs -j1 against")
 print("f32 one file at a time (duli wall s of f32). AUC and gate: `duli evaluate --precision P [--gate]`.")
 print("target: the fastest gated precision >= 2.5x f32 one file at a time")

@@ -3,7 +3,7 @@
 # the way a shared machine allows: ROUNDS alternating runs of the whole `duli infer`
 # process over the same files (start, model compile, every file), in this order per round:
 #   f32 one file at a time (-j 1: how `duli infer` scored before it ran files in parallel),
-#   PRECISION as shipped (default -j: five files per CPU, the network compiled for
+#   PRECISION as shipped (default -j: as many as the requests take plus one per CPU, the network compiled for
 #   throughput, INT8 4 images per call),
 #   f32 as shipped.
 # Prints each round, the medians, and PRECISION's throughput against both f32 runs (the

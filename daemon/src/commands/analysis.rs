@@ -24,7 +24,8 @@ pub struct InferArgs {
     /// Write the heatmaps as PNG files into this folder (with --heatmap).
     #[arg(long, requires = "heatmap")]
     pub heatmap_dir: Option<PathBuf>,
-    /// Files scored at a time (default: five per CPU); one at a time with --heatmap.
+    /// Files scored at a time (default: as many as the model's requests take at once plus
+    /// one per CPU); one at a time with --heatmap.
     /// With more than one the model is compiled for throughput (several infer
     /// requests; INT8 takes up to 4 images per call), else as
     /// inference.performance_hint says; the results are the same to the bit.
@@ -46,14 +47,13 @@ pub fn infer(args: InferArgs) -> Result<ExitCode> {
         enabled: args.heatmap,
         dir: args.heatmap_dir,
     };
-    let jobs = duli::infer::cli::jobs_or_cpus(args.jobs);
     let code = duli::infer::infer_files_cli(
         args.model.as_deref(),
         &args.files,
         &cfg.inference,
         args.precision,
         &heatmaps,
-        jobs,
+        args.jobs,
     );
     Ok(exit_code(code))
 }

@@ -45,7 +45,8 @@ pub struct EvaluateOptions {
     /// Model manifest (default: inference.model of the configuration).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Images scored at a time (default: five per CPU; more than one compiles the model
+    /// Images scored at a time (default: as many as the model's requests take at once plus
+    /// one per CPU; more than one compiles the model
     /// for throughput, as `duli infer -j` does).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
@@ -176,8 +177,7 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
         return 2;
     }
     let manifest_path = opts.model.clone().unwrap_or_else(|| cfg.model.clone());
-    let threads = crate::infer::cli::jobs_or_cpus(opts.jobs);
-    let cfg = &crate::infer::cli::batch_settings(cfg, threads, usize::MAX);
+    let cfg = &crate::infer::cli::batch_settings(cfg, opts.jobs, usize::MAX);
     let engine = match tool_engine("evaluate", &manifest_path, cfg, opts.precision) {
         Ok(e) => e,
         Err(e) => {
@@ -185,6 +185,9 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             return 2;
         }
     };
+    let threads = opts
+        .jobs
+        .unwrap_or_else(|| crate::infer::cli::default_jobs(&engine));
     let manifest = engine.manifest().clone();
     let set = match &opts.labels {
         Some(csv) => from_csv(&opts.dir, csv, &manifest),

@@ -242,13 +242,13 @@ pub fn infer_files_cli(
     cfg: &InferenceConfig,
     precision: Option<PrecisionSetting>,
     heatmaps: &HeatmapOptions,
-    jobs: usize,
+    jobs: Option<usize>,
 ) -> i32 {
     let manifest = model
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cfg.model.clone());
     // Heatmaps are made one file at a time (the occlusion request is reused).
-    let jobs = if heatmaps.enabled { 1 } else { jobs };
+    let jobs = if heatmaps.enabled { Some(1) } else { jobs };
     let cfg = batch_settings(cfg, jobs, files.len());
     let engine = match tool_engine("infer", &manifest, &cfg, precision) {
         Ok(e) => e,
@@ -257,6 +257,7 @@ pub fn infer_files_cli(
             return 2;
         }
     };
+    let jobs = jobs.unwrap_or_else(|| default_jobs(&engine));
     if let Some(dir) = &heatmaps.dir {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("duli infer: --heatmap-dir {}: {e}", dir.display());
@@ -293,36 +294,39 @@ pub fn infer_files_cli(
 /// [`batch_settings`]).
 pub const TOOL_BATCH: usize = 4;
 
-/// How many files the offline tools score at a time: `jobs` when given, else
-/// [`TOOL_BATCH`] + 1 per CPU (so that each of the runtime's requests, about one per CPU,
-/// has a whole batch while the next files are being decoded).
-pub fn jobs_or_cpus(jobs: Option<usize>) -> usize {
-    jobs.unwrap_or_else(|| {
-        (TOOL_BATCH + 1)
-            * std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-    })
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+}
+
+/// How many files the offline tools score at a time when not told (`-j`), once `engine`
+/// is made: as many as its requests take at once (requests × images per call) and one
+/// more per CPU being decoded meanwhile. INT8 in batches on two cores: 10; f32: 4. Each
+/// file being decoded holds its full-resolution image, so no more are decoded at once than
+/// the engine can take.
+pub fn default_jobs(engine: &Engine) -> usize {
+    engine.workers() * engine.batch() + cpus()
 }
 
 /// The inference settings of an offline tool that scores `jobs` of `files` files at a
-/// time. With more than one at a time the network is compiled for throughput (the
-/// runtime's streams: several infer requests, each on its share of the cores), which is
-/// what a batch of waiting files is; the daemon's latency hint would run them one after
-/// another on every core, which is slower per file on most CPUs (INT8 on two cores: 12.4
-/// ms a file for latency, 8.5 ms in throughput mode). Each request then takes a batch of
-/// up to [`TOOL_BATCH`] images, as many as `jobs` keeps waiting beside one being decoded
-/// per CPU (a fixed batch gives each image exactly the outputs it has alone, and runs
-/// faster per image). One file at a time keeps `cfg.performance_hint` and one image per
-/// call. The probabilities are the same either way.
-pub fn batch_settings(cfg: &InferenceConfig, jobs: usize, files: usize) -> InferenceConfig {
+/// time (`None`: as many as [`default_jobs`] says). With more than one at a time the
+/// network is compiled for throughput (the runtime's streams: several infer requests, each
+/// on its share of the cores), which is what a batch of waiting files is; the daemon's
+/// latency hint would run them one after another on every core, which is slower per file
+/// on most CPUs (INT8 on two cores: 12.4 ms a file for latency, 8.5 ms in throughput mode).
+/// Each request then takes a batch of up to [`TOOL_BATCH`] images (INT8 only, see
+/// [`super::engine::batch_for`]): by default the whole batch, with `jobs` given as many as
+/// it keeps waiting beside one being decoded per CPU. One file at a time keeps
+/// `cfg.performance_hint` and one image per call. The probabilities are the same either way.
+pub fn batch_settings(cfg: &InferenceConfig, jobs: Option<usize>, files: usize) -> InferenceConfig {
     let mut cfg = cfg.clone();
-    if jobs > 1 && files > 1 {
-        let cpus = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1);
+    if jobs.is_none_or(|j| j > 1) && files > 1 {
         cfg.performance_hint = "THROUGHPUT".into();
-        cfg.tool_batch = (jobs.saturating_sub(cpus) / cpus).clamp(1, TOOL_BATCH);
+        cfg.tool_batch = match jobs {
+            None => TOOL_BATCH,
+            Some(j) => (j.saturating_sub(cpus()) / cpus()).clamp(1, TOOL_BATCH),
+        };
     }
     cfg
 }

@@ -161,7 +161,14 @@ fn offline_tool_exit_codes_and_line_format() {
     };
     let model = super::testdata::repo_root().join("models/pneumonia-xception/model.toml");
     assert_eq!(
-        super::infer_files_cli(Some(&model), &[], &missing, None, &Default::default(), 1),
+        super::infer_files_cli(
+            Some(&model),
+            &[],
+            &missing,
+            None,
+            &Default::default(),
+            Some(1)
+        ),
         2
     );
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
@@ -172,7 +179,7 @@ fn offline_tool_exit_codes_and_line_format() {
         dir.join("dicom/rle/NORMAL_02.dcm"),
     ];
     assert_eq!(
-        super::infer_files_cli(None, &ok, &cfg, None, &Default::default(), 2),
+        super::infer_files_cli(None, &ok, &cfg, None, &Default::default(), Some(2)),
         0
     );
     assert_eq!(
@@ -182,7 +189,7 @@ fn offline_tool_exit_codes_and_line_format() {
             &cfg,
             None,
             &Default::default(),
-            2
+            Some(2)
         ),
         1
     );
@@ -199,15 +206,21 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
         return;
     };
     let engine = Engine::new(&cfg).unwrap();
-    let jobs = super::cli::jobs_or_cpus(None);
-    let batch = Engine::new(&super::cli::batch_settings(&cfg, jobs, 21)).unwrap();
+    let batch = Engine::new(&super::cli::batch_settings(&cfg, None, 21)).unwrap();
     assert_eq!(batch.batch(), 1, "f32 is never batched");
+    let jobs = super::cli::default_jobs(&batch);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert_eq!(
-        super::cli::batch_settings(&cfg, 1, 21).performance_hint,
+        jobs,
+        batch.workers() + cpus,
+        "f32: as many as it takes, one more per CPU"
+    );
+    assert_eq!(
+        super::cli::batch_settings(&cfg, Some(1), 21).performance_hint,
         "LATENCY"
     );
     assert_eq!(
-        super::cli::batch_settings(&cfg, 3, 1).performance_hint,
+        super::cli::batch_settings(&cfg, Some(3), 1).performance_hint,
         "LATENCY"
     );
     if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
@@ -297,10 +310,10 @@ fn golden_probabilities_at_bf16_and_int8_for_this_cpu_feature() {
         drop(engine);
         // As the offline tools run many files: INT8 in batches (the last one filled with
         // zeros), to the bit the numbers of one image per call.
-        let jobs = super::cli::jobs_or_cpus(None);
-        let tool_cfg = super::cli::batch_settings(&cfg, jobs, 16);
+        let tool_cfg = super::cli::batch_settings(&cfg, None, 16);
         let tool = Engine::at_precision(&cfg.model, &tool_cfg, precision).unwrap();
         let batch = tool.batch();
+        let jobs = super::cli::default_jobs(&tool);
         assert_eq!(
             batch,
             if precision == Precision::Int8 {
