@@ -315,6 +315,21 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    /// An archive of `n` small files, `model.toml` among them.
+    fn many_files(n: usize) -> Vec<u8> {
+        let names: Vec<String> = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    "model.toml".into()
+                } else {
+                    format!("f{i}")
+                }
+            })
+            .collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+        tar_of(&files, &[])
+    }
+
     /// The shipped model's folder as a pack's archive (its manifest, network and weights),
     /// or `None` (noted as a skip) before `make models` made the network.
     fn shipped_model() -> Option<Vec<u8>> {
@@ -423,6 +438,29 @@ mod tests {
                 "no model.toml",
             ),
             ("not an archive", vec![7u8; 3000], "archive"),
+            ("too many entries", many_files(MAX_ENTRIES + 1), "more than"),
+            (
+                "a size beyond the archive",
+                {
+                    let mut t = tar_of(&[("model.toml", b"m")], &[]);
+                    // The entry's size field (octal, 12 bytes at 124) claims 8 GiB.
+                    t[124..136].copy_from_slice(b"77777777777\0");
+                    let sum: u32 = t[..512]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            if (148..156).contains(&i) {
+                                32
+                            } else {
+                                u32::from(*b)
+                            }
+                        })
+                        .sum();
+                    t[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+                    t
+                },
+                "archive",
+            ),
         ] {
             b.install(&archive, "1.1.0", PayloadKind::ModelPack, HW);
             let e = b.serve().unwrap_err();
