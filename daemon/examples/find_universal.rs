@@ -12,7 +12,6 @@ use dicom_object::InMemDicomObject;
 use duli::model::{InstanceRecord, StudyRecord};
 use duli::qr::query::{self, Model};
 use duli::store::Store;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 /// The default `[dicom] max_find_matches`.
@@ -73,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         obj.put(DataElement::new(tag, vr, PrimitiveValue::from("")));
     }
     let q = query::parse(&obj, Model::StudyRoot)?;
-    let cancel = AtomicBool::new(false);
+    let cancel = duli::qr::Stop::default();
     let mut first = [Duration::ZERO; 5];
     let mut limit = [Duration::ZERO; 5];
     let mut before = [Duration::ZERO; 5];

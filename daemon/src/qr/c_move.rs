@@ -153,7 +153,7 @@ pub async fn send_final(op: &Op, status: Status, tally: &Tally, comment: Option<
 /// with sub-operations left), records the export in the audit trail, sends the final
 /// response and returns the log line, which starts with `what`.
 pub async fn finish(op: &Op, tally: &Tally, object: &str, what: &str) -> String {
-    let cancelled = op.cancelled() && tally.counts().remaining > 0;
+    let cancelled = op.cancelled_by_peer() && tally.counts().remaining > 0;
     let status = tally.final_status(cancelled);
     let outcome = format!(
         "{what}: {}{}",
@@ -201,6 +201,11 @@ impl Export {
 
     /// Ends the retrieve normally ([`finish`]): audit record, final response, log line.
     pub async fn finish(mut self) -> String {
+        if self.op.cancelled() && !self.op.cancelled_by_peer() {
+            // Its association is ending: no final response can go, and the export is
+            // recorded as cut off, not as cancelled by a peer that did not ask.
+            return self.ended_early("stopped with its association");
+        }
         self.recorded = true;
         finish(&self.op, &self.tally, &self.object, &self.what).await
     }
@@ -460,7 +465,7 @@ pub async fn serve(op: Op) -> String {
             }
         }
         if tally.counts().remaining > 0 && !send_pending(op, tally).await {
-            op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            op.cancel.stop();
             assoc.abort().await;
             return export.ended_early("connection lost while answering C-MOVE");
         }

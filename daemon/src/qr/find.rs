@@ -86,7 +86,7 @@ pub async fn serve(op: Op) -> String {
         match item {
             Ok(_) if audit.sent >= cap => {
                 // Stops the matching thread at its next match; C-CANCEL is not involved.
-                op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                op.cancel.stop();
                 failure = Some(Refused::new(
                     Cause::TooManyMatches,
                     format!("more than {cap} matches; narrow the query"),
@@ -97,7 +97,7 @@ pub async fn serve(op: Op) -> String {
                 let rsp = Command::find_rsp(&op.rq, Status::PENDING);
                 let mut w = op.writer.lock().await;
                 if w.message(op.pc_id, &rsp, Some(&bytes)).await.is_err() {
-                    op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    op.cancel.stop();
                     audit.ended_early("connection lost");
                     return "connection lost while answering C-FIND".into();
                 }
@@ -120,9 +120,17 @@ pub async fn serve(op: Op) -> String {
             ))
         }
     }
+    if failure.is_none() && op.cancelled() && !op.cancelled_by_peer() {
+        // Its association is ending: recorded as cut off, with the matches sent.
+        audit.ended_early("stopped with its association");
+        return format!(
+            "C-FIND {description}: {} match(es) sent, stopped",
+            audit.sent
+        );
+    }
     let (status, outcome) = if let Some(refused) = &failure {
         (refused.status(), format!("failed: {}", refused.comment))
-    } else if op.cancelled() {
+    } else if op.cancelled_by_peer() {
         (Status::CANCEL, "cancelled".to_string())
     } else {
         (Status::SUCCESS, "completed".to_string())

@@ -34,7 +34,7 @@ use crate::store::Store;
 use crate::ul::negotiate::Accepted;
 use crate::ul::writer::SharedWriter;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -88,8 +88,9 @@ pub struct Op {
     pub accepted: Arc<Accepted>,
     /// The peer's address.
     pub peer: SocketAddr,
-    /// Set when the peer sends C-CANCEL for this request.
-    pub cancel: Arc<AtomicBool>,
+    /// Set when the peer sends C-CANCEL for this request, when its association ends, or
+    /// when the service itself stops its matching.
+    pub cancel: Arc<Stop>,
     /// C-STORE responses of the peer (C-GET sub-operations).
     pub store_rsps: mpsc::Receiver<Command>,
     /// Set once the association has logged that the peer omits Specific Character Set
@@ -116,9 +117,55 @@ impl Op {
         }
     }
 
-    /// True once the peer has cancelled this request.
+    /// True once the request is to stop, for whatever reason ([`Stop::is_set`]).
     pub fn cancelled(&self) -> bool {
-        self.cancel.load(std::sync::atomic::Ordering::Relaxed)
+        self.cancel.is_set()
+    }
+
+    /// True when the request stops because the peer cancelled it (C-CANCEL, or a release
+    /// before the final response), not because its association ended or it stopped itself.
+    pub fn cancelled_by_peer(&self) -> bool {
+        self.cancel.by_peer()
+    }
+}
+
+/// Why a running request stops, shared by the association loop, the service task and its
+/// matching thread: not at all, cancelled by the peer, or stopped (association aborted or
+/// lost, or the service ending its own matching). The first reason set is kept, so a
+/// C-FIND cut off by an abort is never recorded as cancelled by a peer that did not ask.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicU8);
+
+impl Stop {
+    const RUNNING: u8 = 0;
+    const BY_PEER: u8 = 1;
+    const STOPPED: u8 = 2;
+
+    /// Marks the request cancelled by its peer, unless it is already stopping.
+    pub fn cancel_by_peer(&self) {
+        self.set(Self::BY_PEER);
+    }
+
+    /// Marks the request stopped for a reason other than the peer's cancel, unless it is
+    /// already stopping.
+    pub fn stop(&self) {
+        self.set(Self::STOPPED);
+    }
+
+    fn set(&self, why: u8) {
+        let _ = self
+            .0
+            .compare_exchange(Self::RUNNING, why, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// True once either reason is set.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire) != Self::RUNNING
+    }
+
+    /// True when the peer's cancel came first.
+    pub fn by_peer(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::BY_PEER
     }
 }
 
@@ -145,5 +192,24 @@ pub fn audit_object(instances: &[crate::model::InstanceRecord]) -> String {
         "-".to_string()
     } else {
         studies.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stop;
+
+    #[test]
+    fn the_first_reason_to_stop_is_kept() {
+        let aborted = Stop::default();
+        assert!(!aborted.is_set());
+        aborted.stop();
+        aborted.cancel_by_peer();
+        assert!(aborted.is_set() && !aborted.by_peer());
+
+        let cancelled = Stop::default();
+        cancelled.cancel_by_peer();
+        cancelled.stop();
+        assert!(cancelled.is_set() && cancelled.by_peer());
     }
 }

@@ -13,7 +13,6 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The query/retrieve information model of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +365,7 @@ pub fn run(
     store: &Store,
     query: &Query,
     retrieve_ae: &str,
-    cancel: &AtomicBool,
+    cancel: &super::Stop,
     emit: &mut Emit<'_>,
 ) -> Result<usize, QueryError> {
     let level = query.level;
@@ -442,7 +441,7 @@ pub fn run(
         // The studies come ordered by Patient ID: each patient's are consecutive.
         let mut studies = studies.peekable();
         while let Some(first) = studies.next() {
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.is_set() {
                 break;
             }
             let first = first?;
@@ -477,7 +476,7 @@ pub fn run(
     }
 
     'studies: for s in studies {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.is_set() {
             break;
         }
         let s = &s?;
@@ -527,7 +526,7 @@ pub fn run(
                 continue;
             }
             if level == Level::Series {
-                if cancel.load(Ordering::Relaxed) || !send(&series_row, emit) {
+                if cancel.is_set() || !send(&series_row, emit) {
                     break 'studies;
                 }
                 continue;
@@ -544,7 +543,7 @@ pub fn run(
                 {
                     continue;
                 }
-                if cancel.load(Ordering::Relaxed) || !send(&row, emit) {
+                if cancel.is_set() || !send(&row, emit) {
                     break 'studies;
                 }
             }
@@ -757,7 +756,7 @@ mod tests {
             tags::STUDY_INSTANCE_UID
         };
         let mut out = Vec::new();
-        let cancel = AtomicBool::new(false);
+        let cancel = crate::qr::Stop::default();
         run(
             store,
             &query,

@@ -69,7 +69,7 @@ const MAX_IDENTIFIER: usize = 1 << 20;
 /// A C-FIND, C-MOVE or C-GET in progress on this association.
 struct Running {
     message_id: Option<u16>,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<crate::qr::Stop>,
     store_rsp: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<String>,
 }
@@ -248,7 +248,7 @@ impl<'a> Association<'a> {
             // the response to a sub-operation the peer will never answer (it released
             // instead) ends now, not when that wait times out.
             let _responses = if cancel && !task.is_finished() {
-                flag.store(true, Ordering::Relaxed);
+                flag.cancel_by_peer();
                 drop(store_rsp);
                 None
             } else {
@@ -263,7 +263,7 @@ impl<'a> Association<'a> {
     /// Stops the running operation at once.
     fn stop_running(&mut self) {
         if let Some(r) = self.running.take() {
-            r.cancel.store(true, Ordering::Relaxed);
+            r.cancel.stop();
             r.task.abort();
         }
     }
@@ -448,7 +448,7 @@ impl<'a> Association<'a> {
             CommandField::CCancelRq => {
                 if let Some(r) = &self.running {
                     if r.message_id == command.message_id_being_responded_to {
-                        r.cancel.store(true, Ordering::Relaxed);
+                        r.cancel.cancel_by_peer();
                     }
                 }
                 Next::Continue
@@ -608,7 +608,7 @@ impl<'a> Association<'a> {
                 .send(pc_id, &busy.response(&rq), "connection lost")
                 .await;
         }
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = Arc::new(crate::qr::Stop::default());
         let (store_rsp, store_rsps) = mpsc::channel(4);
         let kind = match rq.command_field {
             CommandField::CFindRq => Operation::Find,
