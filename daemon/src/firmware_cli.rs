@@ -499,7 +499,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
             install_model_pack(
                 path,
                 &anchors,
-                &cfg.firmware.policy(running),
+                &cfg.firmware.policy(running)?,
                 installed,
                 &dest,
             )
@@ -571,8 +571,18 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
 pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let updater = cfg.firmware.updater(running_version()?)?;
     let s = updater.status()?;
+    let hardware = cfg.firmware.device_hardware_id()?;
+    let hardware_from = if cfg.firmware.hardware_id_file.exists() {
+        cfg.firmware.hardware_id_file.display().to_string()
+    } else if cfg.firmware.hardware_id.is_some() {
+        "firmware.hardware_id".to_string()
+    } else {
+        "default".to_string()
+    };
     let value = serde_json::json!({
         "backend": s.backend,
+        "hardware_id": hardware,
+        "hardware_id_from": hardware_from,
         "booted": s.booted.to_string(),
         "running_version": s.running_version.to_string(),
         "active": s.boot.active.to_string(),
@@ -614,6 +624,7 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         println!("firmware {} on slot {}", s.running_version, s.booted);
         println!("state:      {state}");
         println!("bootloader: {}", s.backend);
+        println!("hardware:   {hardware} (from {hardware_from}; bundles must list it)");
         println!(
             "variables:  active={} target={} attempts={} a_good={} b_good={}",
             s.boot.active, s.boot.target, s.boot.attempts, s.boot.a_good, s.boot.b_good

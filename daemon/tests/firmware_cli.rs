@@ -343,6 +343,18 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     assert_eq!(s["update_pending"], true);
     let text = b.duli(&["status"], false);
     assert!(text.stdout.contains("reboot to try it"), "{}", text.stdout);
+    // Where the device's hardware identifier came from: this test box's image has no
+    // /usr/share/duli/hardware-id, so the configuration's.
+    if !std::path::Path::new(duli_firmware::config::DEFAULT_HARDWARE_ID_FILE).exists() {
+        assert_eq!(s["hardware_id"], HW, "{s}");
+        assert_eq!(s["hardware_id_from"], "firmware.hardware_id", "{s}");
+        assert!(
+            text.stdout
+                .contains(&format!("hardware:   {HW} (from firmware.hardware_id")),
+            "{}",
+            text.stdout
+        );
+    }
 
     // Reboot into the trial. Without a daemon the health check fails: no mark-good.
     assert_eq!(b.reboot(), Slot::B);

@@ -47,8 +47,19 @@ pub struct FirmwareConfig {
     /// The slots are plain files, created when missing (development boxes and tests).
     /// Otherwise each slot must be an existing block device.
     pub slot_files: bool,
-    /// This device's hardware identifier, matched against bundle manifests.
-    pub hardware_id: String,
+    /// This device's hardware identifier, matched against bundle manifests, for boxes
+    /// whose image carries none ([`FirmwareConfig::hardware_id_file`]); where the image
+    /// carries one, a different value here is refused
+    /// ([`FirmwareConfig::device_hardware_id`]). Unset: [`DEFAULT_HARDWARE_ID`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_id: Option<String>,
+    /// The hardware identifier the appliance image was built for, one line on the
+    /// read-only root filesystem ([`DEFAULT_HARDWARE_ID_FILE`]): when the file exists it
+    /// is the device's identifier, so editing the configuration cannot make the box
+    /// install a bundle signed for other hardware. Not a configuration key (a
+    /// configuration that could move it could also hide it); set here only by tests.
+    #[serde(skip, default = "default_hardware_id_file")]
+    pub hardware_id_file: PathBuf,
     /// Trial boots of a new slot before the bootloader falls back (1..=9).
     pub boot_attempts: u8,
     /// Kernel command line that names the booted slot (`duli.slot=A|B`).
@@ -77,7 +88,8 @@ impl Default for FirmwareConfig {
             slot_a: "/dev/disk/by-partlabel/rootfs-a".into(),
             slot_b: "/dev/disk/by-partlabel/rootfs-b".into(),
             slot_files: false,
-            hardware_id: "nuc-x86_64".into(),
+            hardware_id: None,
+            hardware_id_file: DEFAULT_HARDWARE_ID_FILE.into(),
             boot_attempts: DEFAULT_ATTEMPTS,
             cmdline: "/proc/cmdline".into(),
             booted_slot: None,
@@ -88,6 +100,21 @@ impl Default for FirmwareConfig {
         }
     }
 }
+
+/// The hardware identifier of a box whose image and configuration name none: the x86-64
+/// NUC.
+pub const DEFAULT_HARDWARE_ID: &str = "nuc-x86_64";
+
+/// Where the appliance image records the hardware it was built for
+/// ([`FirmwareConfig::hardware_id_file`]).
+pub const DEFAULT_HARDWARE_ID_FILE: &str = "/usr/share/duli/hardware-id";
+
+fn default_hardware_id_file() -> PathBuf {
+    DEFAULT_HARDWARE_ID_FILE.into()
+}
+
+/// Longest hardware identifier read from the image's file.
+const MAX_HARDWARE_ID: usize = 64;
 
 /// Lock file of the U-Boot backend, whose environment has no folder of its own on a
 /// filesystem (`/run/lock` is writable by the root units).
@@ -122,6 +149,36 @@ pub enum ConfigError {
     /// Reading the endorsement directory failed.
     #[error("firmware.endorsed_keys: {0}")]
     Endorsements(#[from] EndorsementError),
+    /// The image's hardware identifier file exists but cannot be read.
+    #[error("firmware.hardware_id_file {path}: {source}")]
+    HardwareIdFile {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The image's hardware identifier file does not hold one identifier.
+    #[error(
+        "firmware.hardware_id_file {path}: not a hardware identifier (one line of at most \
+         {MAX_HARDWARE_ID} letters, digits, '.', '_' or '-')"
+    )]
+    BadHardwareIdFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The configuration names other hardware than the image was built for.
+    #[error(
+        "firmware.hardware_id {configured:?} is not the hardware this image was built for \
+         ({image:?}, in {path}); remove firmware.hardware_id from the configuration"
+    )]
+    HardwareIdMismatch {
+        /// The configured identifier.
+        configured: String,
+        /// The image's identifier.
+        image: String,
+        /// The image's file.
+        path: PathBuf,
+    },
 }
 
 impl FirmwareConfig {
@@ -198,12 +255,58 @@ impl FirmwareConfig {
         Ok(anchors)
     }
 
-    /// The device policy for a box running `running_version`.
-    pub fn policy(&self, running_version: Version) -> DevicePolicy {
-        DevicePolicy {
-            hardware_id: self.hardware_id.clone(),
-            running_version,
+    /// This device's hardware identifier: the image's ([`FirmwareConfig::hardware_id_file`])
+    /// when it has one, and then `hardware_id` must be unset or the same; otherwise
+    /// `hardware_id`, or [`DEFAULT_HARDWARE_ID`].
+    pub fn device_hardware_id(&self) -> Result<String, ConfigError> {
+        let path = &self.hardware_id_file;
+        let image = match fs::File::open(path) {
+            Ok(file) => {
+                use std::io::Read;
+                let mut text = String::new();
+                // One byte more than the longest identifier and its newline tells a longer
+                // file apart without reading it all.
+                file.take(MAX_HARDWARE_ID as u64 + 2)
+                    .read_to_string(&mut text)
+                    .map_err(|source| ConfigError::HardwareIdFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let id = text.strip_suffix('\n').unwrap_or(&text);
+                if !is_hardware_id(id) {
+                    return Err(ConfigError::BadHardwareIdFile { path: path.clone() });
+                }
+                Some(id.to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ConfigError::HardwareIdFile {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
+        match (image, &self.hardware_id) {
+            (Some(image), Some(configured)) if *configured != image => {
+                Err(ConfigError::HardwareIdMismatch {
+                    configured: configured.clone(),
+                    image,
+                    path: path.clone(),
+                })
+            }
+            (Some(image), _) => Ok(image),
+            (None, Some(configured)) => Ok(configured.clone()),
+            (None, None) => Ok(DEFAULT_HARDWARE_ID.to_string()),
         }
+    }
+
+    /// The device policy for a box running `running_version`
+    /// ([`FirmwareConfig::device_hardware_id`]).
+    pub fn policy(&self, running_version: Version) -> Result<DevicePolicy, ConfigError> {
+        Ok(DevicePolicy {
+            hardware_id: self.device_hardware_id()?,
+            running_version,
+        })
     }
 
     /// Builds the updater for a box running `running_version`.
@@ -215,7 +318,7 @@ impl FirmwareConfig {
             self.boot_control(),
             self.slots(),
             self.booted_slot()?,
-            self.policy(running_version),
+            self.policy(running_version)?,
         )
         .with_attempts(self.boot_attempts)
         .map_err(ConfigError::Attempts)
@@ -225,6 +328,14 @@ impl FirmwareConfig {
     pub fn model_pack_path(&self, name: &str) -> PathBuf {
         Path::new(&self.model_packs).join(format!("{name}.pack"))
     }
+}
+
+/// One identifier: 1 to [`MAX_HARDWARE_ID`] letters, digits, `.`, `_` or `-`.
+fn is_hardware_id(id: &str) -> bool {
+    (1..=MAX_HARDWARE_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -240,7 +351,13 @@ mod tests {
         assert_eq!(cfg.bootloader, Bootloader::UBoot);
         assert_eq!(cfg.uboot_config, PathBuf::from("/etc/fw.cfg"));
         assert_eq!(cfg.boot_attempts, 5);
-        assert_eq!(cfg.hardware_id, "nuc-x86_64");
+        assert_eq!(cfg.hardware_id, None);
+        assert_eq!(
+            cfg.hardware_id_file,
+            PathBuf::from(DEFAULT_HARDWARE_ID_FILE)
+        );
+        let err = toml::from_str::<FirmwareConfig>("hardware_id_file = \"/tmp/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("hardware_id_file"), "{err}");
         assert_eq!(cfg.boot_control().backend(), "u-boot");
         let err = toml::from_str::<FirmwareConfig>("slot_c = \"/dev/x\"\n").unwrap_err();
         assert!(err.to_string().contains("slot_c"), "{err}");
@@ -294,6 +411,67 @@ mod tests {
         assert!(matches!(
             cfg.updater(Version::new(1, 0, 0)),
             Err(ConfigError::Attempts(_))
+        ));
+    }
+
+    #[test]
+    fn the_image_s_hardware_identifier_wins_and_a_configured_other_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = dir.path().join("hardware-id");
+        let mut cfg = FirmwareConfig {
+            hardware_id_file: stamp.clone(),
+            cmdline: dir.path().join("no-cmdline"),
+            booted_slot: Some("A".into()),
+            ..FirmwareConfig::default()
+        };
+        // No file: the configuration, else the default.
+        assert_eq!(cfg.device_hardware_id().unwrap(), DEFAULT_HARDWARE_ID);
+        cfg.hardware_id = Some("rpi5".into());
+        assert_eq!(cfg.device_hardware_id().unwrap(), "rpi5");
+        // The image's file: it is the identifier, and the configuration may only agree.
+        fs::write(&stamp, "jetson-orin\n").unwrap();
+        let err = cfg.device_hardware_id().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::HardwareIdMismatch { configured, image, .. }
+                if configured == "rpi5" && image == "jetson-orin"),
+            "{err}"
+        );
+        assert!(matches!(
+            cfg.updater(Version::new(1, 0, 0)),
+            Err(ConfigError::HardwareIdMismatch { .. })
+        ));
+        assert!(cfg.policy(Version::new(1, 0, 0)).is_err());
+        cfg.hardware_id = Some("jetson-orin".into());
+        assert_eq!(cfg.device_hardware_id().unwrap(), "jetson-orin");
+        cfg.hardware_id = None;
+        let policy = cfg.policy(Version::new(1, 0, 0)).unwrap();
+        assert_eq!(policy.hardware_id, "jetson-orin");
+        // A file that is not one identifier is refused, not trimmed into one.
+        for bad in [
+            "",
+            "\n",
+            "a b\n",
+            "two\nlines\n",
+            &"x".repeat(65),
+            "nuc\r\n",
+        ] {
+            fs::write(&stamp, bad).unwrap();
+            assert!(
+                matches!(
+                    cfg.device_hardware_id(),
+                    Err(ConfigError::BadHardwareIdFile { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        fs::write(&stamp, "x".repeat(64)).unwrap();
+        assert_eq!(cfg.device_hardware_id().unwrap(), "x".repeat(64));
+        // A file that cannot be read (a folder) is an error, not a fallback.
+        fs::remove_file(&stamp).unwrap();
+        fs::create_dir(&stamp).unwrap();
+        assert!(matches!(
+            cfg.device_hardware_id(),
+            Err(ConfigError::HardwareIdFile { .. })
         ));
     }
 }

@@ -265,7 +265,7 @@ fn firmware_section_parses_and_its_errors_name_the_key() {
     );
     assert!(c.firmware.boot_env_file.is_absolute());
     assert!(c.firmware.boot_env_file.ends_with("fw/bootenv"));
-    assert_eq!(c.firmware.hardware_id, "test-hw");
+    assert_eq!(c.firmware.hardware_id.as_deref(), Some("test-hw"));
     // Renders and reloads.
     assert!(c.to_toml().contains("[firmware]"));
     let err = load_str(

@@ -44,6 +44,14 @@ pub enum PackError {
         /// Why.
         source: PolicyError,
     },
+    /// The firmware settings do not say which hardware this box is.
+    #[error("model pack {path}: {source}")]
+    Device {
+        /// The installed pack.
+        path: PathBuf,
+        /// Why.
+        source: duli_firmware::config::ConfigError,
+    },
     /// The payload is not an archive this loader takes.
     #[error("model pack {path}: its archive {reason}")]
     Archive {
@@ -98,6 +106,10 @@ pub fn put_in_service(
     duli_firmware::verify(&pack, anchors).map_err(verify)?;
     let stream = open_installed(&pack, anchors).map_err(verify)?;
     fw.policy(running)
+        .map_err(|source| PackError::Device {
+            path: pack.clone(),
+            source,
+        })?
         .check(stream.manifest(), PayloadKind::ModelPack, None)
         .map_err(|source| PackError::Policy {
             path: pack.clone(),
@@ -236,7 +248,7 @@ mod tests {
             let key = generate_pkcs8().unwrap();
             let public = SigningKey::from_pkcs8(&key).unwrap().public_key();
             let fw = FirmwareConfig {
-                hardware_id: HW.into(),
+                hardware_id: Some(HW.into()),
                 model_packs: dir.path().join("models"),
                 endorsed_keys: dir.path().join("endorsed"),
                 ..FirmwareConfig::default()
@@ -272,7 +284,7 @@ mod tests {
                 install_model_pack(
                     &bundle,
                     &self.anchors,
-                    &self.fw.policy(running()),
+                    &self.fw.policy(running()).unwrap(),
                     None,
                     &dest,
                 )

@@ -22,6 +22,11 @@ SRCREV = "1c85014745f00f3dcfa0054c25d47ee665d72d64"
 # yocto/scripts/gen-crates-inc.py (the same as `bitbake -c update_crates duli`).
 require duli-crates.inc
 
+# The hardware identifier firmware and model bundles must list for this image
+# (/usr/share/duli/hardware-id); set it per machine in the distro or local configuration.
+DULI_HARDWARE_ID ??= "nuc-x86_64"
+DULI_HARDWARE_ID:aarch64 ??= "jetson-aarch64"
+
 inherit cargo cargo-update-recipe-crates systemd useradd
 
 # The workspace builds two crates; the product is the daemon binary.
@@ -38,6 +43,7 @@ FILES:${PN} += "\
     ${nonarch_libdir}/duli/mark-good \
     ${datadir}/duli/duli.toml \
     ${datadir}/duli/timesyncd.conf \
+    ${datadir}/duli/hardware-id \
     ${nonarch_libdir}/sysusers.d/duli.conf \
     ${nonarch_libdir}/tmpfiles.d/duli.conf \
     ${sysconfdir}/systemd/timesyncd.conf.d/duli.conf \
@@ -79,6 +85,10 @@ do_install:append() {
         ${S}/config/duli.toml > ${D}${datadir}/duli/duli.toml
     chmod 0644 ${D}${datadir}/duli/duli.toml
     install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${datadir}/duli/timesyncd.conf
+    # The hardware this image is for, on the read-only root filesystem: firmware and model
+    # bundles signed for other hardware are refused whatever the configuration says.
+    echo "${DULI_HARDWARE_ID}" > ${D}${datadir}/duli/hardware-id
+    chmod 0644 ${D}${datadir}/duli/hardware-id
     install -d ${D}${docdir}/duli/firmware
     install -m 0644 ${S}/firmware/README.md ${D}${docdir}/duli/firmware/README.md
 }
