@@ -52,6 +52,9 @@ pub enum BundleError {
     /// The bundle is signed by a key this device does not trust.
     #[error("bundle is signed by key {0}, which this device does not trust")]
     UntrustedKey(KeyId),
+    /// The bundle is signed by a key this release revokes (`firmware/keys/revoked.txt`).
+    #[error("bundle is signed by key {0}, which this firmware revokes")]
+    RevokedKey(KeyId),
     /// The signing key is trusted, but not for this kind of payload (an endorsed key
     /// outside its endorsement's scopes).
     #[error(

@@ -86,6 +86,9 @@ pub enum EndorsementError {
         /// The time it was checked at.
         now: u64,
     },
+    /// The endorsed key is one this release revokes.
+    #[error("endorsement is for key {0}, which this firmware revokes")]
+    Revoked(KeyId),
     /// Reading the endorsement file failed.
     #[error("endorsement file {path}: {source}")]
     Io {
@@ -268,6 +271,9 @@ impl TrustAnchors {
     /// signed it.
     pub fn accept_endorsement(&mut self, e: &Endorsement) -> Result<PublicKey, EndorsementError> {
         let key = e.verify(self.roots())?;
+        if self.is_revoked(key.id()) {
+            return Err(EndorsementError::Revoked(key.id()));
+        }
         self.add_endorsed(key, &e.effective_scopes());
         Ok(key)
     }

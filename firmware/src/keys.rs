@@ -24,6 +24,20 @@ use crate::scope::{Authority, Scope};
 pub const BUILTIN_PUBLIC_KEY: PublicKey =
     PublicKey(decode_builtin(include_str!("../keys/duli-release-1.pub")));
 
+/// The keys this release revokes (`firmware/keys/revoked.txt`, compiled in): trusted
+/// neither as roots nor through any endorsement ([`TrustAnchors`]).
+pub const BUILTIN_REVOKED: &str = include_str!("../keys/revoked.txt");
+
+/// Parses a revocation list: one public key in hex per line, optionally followed by a
+/// space and a note; blank lines and lines starting with `#` are skipped.
+pub fn parse_revoked(text: &str) -> Result<Vec<PublicKey>, KeyError> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| PublicKey::from_hex(line.split(' ').next().unwrap_or_default()))
+        .collect()
+}
+
 /// The 8-byte identifier of a public key: the first 8 bytes of SHA-256(public key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId(pub [u8; 8]);
@@ -193,6 +207,9 @@ pub fn write_keypair(dir: &Path, name: &str) -> Result<KeyFiles, KeyError> {
 pub struct TrustAnchors {
     roots: Vec<PublicKey>,
     endorsed: Vec<(PublicKey, Vec<Scope>)>,
+    /// Keys trusted in no role ([`BUILTIN_REVOKED`], and any added by
+    /// [`TrustAnchors::with_revoked`]).
+    revoked: Vec<PublicKey>,
 }
 
 impl TrustAnchors {
@@ -201,12 +218,50 @@ impl TrustAnchors {
         Self::from_roots(vec![BUILTIN_PUBLIC_KEY])
     }
 
-    /// Trusts the given root keys (tests, and the pipeline's own checks).
+    /// Trusts the given root keys (tests, and the pipeline's own checks), less the keys
+    /// this release revokes ([`BUILTIN_REVOKED`]).
     pub fn from_roots(roots: Vec<PublicKey>) -> Self {
+        // The built-in list is checked by a test of this module; were it unreadable, the
+        // keys before the bad line would still be revoked.
+        let revoked = parse_revoked(BUILTIN_REVOKED).unwrap_or_else(|e| {
+            log::error!("firmware/keys/revoked.txt: {e}");
+            Vec::new()
+        });
         TrustAnchors {
-            roots,
+            roots: Vec::new(),
             endorsed: Vec::new(),
+            revoked: Vec::new(),
         }
+        .with_revoked(revoked)
+        .with_roots(roots)
+    }
+
+    fn with_roots(mut self, roots: Vec<PublicKey>) -> Self {
+        self.roots = roots
+            .into_iter()
+            .filter(|k| !self.revoked.contains(k))
+            .collect();
+        self
+    }
+
+    /// Also revokes `keys`: dropped as roots, and never accepted through an endorsement
+    /// added after this.
+    pub fn with_revoked(mut self, keys: Vec<PublicKey>) -> Self {
+        for key in keys {
+            if !self.revoked.contains(&key) {
+                self.revoked.push(key);
+            }
+        }
+        let revoked = &self.revoked;
+        self.roots.retain(|k| !revoked.contains(k));
+        self.endorsed.retain(|(k, _)| !revoked.contains(k));
+        self
+    }
+
+    /// Whether the key `id` is revoked: a bundle it signed is refused as such, not as
+    /// signed by an unknown key.
+    pub fn is_revoked(&self, id: KeyId) -> bool {
+        self.revoked.iter().any(|k| k.id() == id)
     }
 
     /// The root keys, which alone may endorse other keys.
@@ -222,7 +277,7 @@ impl TrustAnchors {
     /// Adds a key whose endorsement has already been checked against [`Self::roots`], for
     /// `scopes` (added to those of an earlier endorsement of the same key).
     pub(crate) fn add_endorsed(&mut self, key: PublicKey, scopes: &[Scope]) {
-        if self.roots.contains(&key) {
+        if self.roots.contains(&key) || self.revoked.contains(&key) {
             return;
         }
         let at = match self.endorsed.iter().position(|(k, _)| *k == key) {
@@ -292,6 +347,44 @@ const fn decode_builtin(text: &str) -> [u8; 32] {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_builtin_revocation_list_parses_and_spares_the_builtin_key() {
+        let revoked = parse_revoked(BUILTIN_REVOKED).unwrap();
+        assert!(!revoked.contains(&BUILTIN_PUBLIC_KEY));
+        assert!(!TrustAnchors::builtin().is_revoked(BUILTIN_PUBLIC_KEY.id()));
+        let a = SigningKey::from_pkcs8(&generate_pkcs8().unwrap())
+            .unwrap()
+            .public_key();
+        let list = format!("# comment\n\n{} leaked 2026-12\n", a.to_hex());
+        assert_eq!(parse_revoked(&list).unwrap(), vec![a]);
+        assert!(parse_revoked("not-a-key\n").is_err());
+    }
+
+    #[test]
+    fn a_revoked_key_is_trusted_in_no_role() {
+        let key = || {
+            SigningKey::from_pkcs8(&generate_pkcs8().unwrap())
+                .unwrap()
+                .public_key()
+        };
+        let (root, other_root, endorsed) = (key(), key(), key());
+        let mut anchors = TrustAnchors::from_roots(vec![root, other_root]);
+        anchors.add_endorsed(endorsed, &[Scope::ModelPack]);
+        assert!(anchors.find(endorsed.id()).is_some());
+        // Revoking drops a root and an endorsed key already accepted...
+        let mut anchors = anchors.with_revoked(vec![other_root, endorsed]);
+        assert_eq!(anchors.roots(), &[root]);
+        for k in [other_root, endorsed] {
+            assert!(anchors.find(k.id()).is_none());
+            assert!(anchors.authority(k.id()).is_none());
+            assert!(anchors.is_revoked(k.id()));
+        }
+        // ...and one endorsed afterwards is not taken.
+        anchors.add_endorsed(endorsed, &[Scope::Rootfs]);
+        assert!(anchors.endorsed().is_empty());
+        assert!(anchors.authority(root.id()).is_some());
+    }
 
     #[test]
     fn builtin_key_matches_its_file() {

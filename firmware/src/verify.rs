@@ -62,6 +62,9 @@ fn check_header(
     header: &RawHeader,
     anchors: &TrustAnchors,
 ) -> Result<(Manifest, Authority), BundleError> {
+    if anchors.is_revoked(header.key_id) {
+        return Err(BundleError::RevokedKey(header.key_id));
+    }
     let key = anchors
         .find(header.key_id)
         .ok_or(BundleError::UntrustedKey(header.key_id))?;

@@ -167,6 +167,27 @@ fn wrong_key_is_untrusted_and_endorsement_admits_a_key() {
     anchors.accept_endorsement(&endorsement).unwrap();
     verify(&bundle, &anchors).unwrap();
 
+    // A release that revokes the key: its bundles are refused as revoked, and its
+    // endorsement is refused too (an endorsement on disk no longer admits it).
+    let leaked = other.anchors.roots()[0];
+    let revoking = anchors.clone().with_revoked(vec![leaked]);
+    let e = verify(&bundle, &revoking).unwrap_err();
+    assert!(
+        matches!(e, BundleError::RevokedKey(id) if id == leaked.id()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("revokes"), "{e}");
+    let mut fresh =
+        TrustAnchors::from_roots(root.anchors.roots().to_vec()).with_revoked(vec![leaked]);
+    assert!(matches!(
+        fresh.accept_endorsement(&endorsement),
+        Err(duli_firmware::endorsement::EndorsementError::Revoked(id)) if id == leaked.id()
+    ));
+    assert!(matches!(
+        verify(&bundle, &fresh).unwrap_err(),
+        BundleError::RevokedKey(_)
+    ));
+
     // A self-endorsement by an unknown key admits nothing.
     let stranger = SigningKey::from_pkcs8(&generate_pkcs8().unwrap()).unwrap();
     let mut fresh = TrustAnchors::from_roots(root.anchors.roots().to_vec());

@@ -416,6 +416,22 @@ mod tests {
             assert_eq!(left, 1, "{what}: a staging folder was left");
         };
 
+        // A firmware release that revokes the key the pack was signed with: the pack
+        // installed before no longer loads.
+        let revoked = b.anchors.clone().with_revoked(b.anchors.roots().to_vec());
+        let e = put_in_service(&b.fw, &revoked, "chest", &b.data(), running()).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                PackError::Verify {
+                    source: duli_firmware::BundleError::RevokedKey(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        stays("signed by a revoked key", e);
+
         // One payload byte changed on disk: refused once the stream is read.
         let good = std::fs::read(&pack).unwrap();
         let mut bad = good.clone();

@@ -896,9 +896,9 @@ pub fn plan(
 
     // [firmware] endorsements: only keys the built-in key signed.
     if let Some(cfg) = &config {
-        let roots = crate::firmware_cli::device_anchors(cfg)
-            .map(|a| a.roots().to_vec())
-            .unwrap_or_else(|_| vec![duli_firmware::keys::BUILTIN_PUBLIC_KEY]);
+        let anchors = crate::firmware_cli::device_anchors(cfg)
+            .unwrap_or_else(|_| duli_firmware::TrustAnchors::builtin());
+        let roots = anchors.roots().to_vec();
         for (i, p) in file.firmware.endorsements.iter().enumerate() {
             let key = format!("firmware.endorsements[{i}]");
             let checked = folder
@@ -915,6 +915,16 @@ pub fn plan(
                         }
                         _ => format!("not signed by a built-in key: {err}"),
                     })
+                })
+                .and_then(|(e, k)| {
+                    if anchors.is_revoked(k.id()) {
+                        Err(
+                            duli_firmware::endorsement::EndorsementError::Revoked(k.id())
+                                .to_string(),
+                        )
+                    } else {
+                        Ok((e, k))
+                    }
                 });
             match checked {
                 Ok((e, k)) => writes.push(Write {
