@@ -165,6 +165,12 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             config.dicom.bind
         );
     }
+    // A configuration naming other hardware than the image was built for stops firmware
+    // and model-pack installs, not the imaging service: said at start, not first at the
+    // next install.
+    if let Err(e) = config.firmware.device_hardware_id() {
+        log::error!("firmware installs will be refused: {e}");
+    }
     // The plain port, unless `dicom.plain = false` leaves DICOM to the TLS port alone.
     let mut plain_addr = None;
     if config.dicom.plain {

@@ -569,9 +569,20 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
 
 /// `duli firmware status`.
 pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let updater = cfg.firmware.updater(running_version()?)?;
+    // The boot state is shown even when the hardware identifier is in question (installs
+    // are refused then, and the status says why).
+    let hardware = cfg.firmware.device_hardware_id();
+    let updater = cfg
+        .firmware
+        .updater_with(duli_firmware::policy::DevicePolicy {
+            hardware_id: hardware.as_ref().cloned().unwrap_or_default(),
+            running_version: running_version()?,
+        })?;
     let s = updater.status()?;
-    let hardware = cfg.firmware.device_hardware_id()?;
+    let hardware = match hardware {
+        Ok(id) => id,
+        Err(e) => format!("ERROR: {e} (firmware installs are refused)"),
+    };
     let hardware_from = if cfg.firmware.hardware_id_file.exists() {
         cfg.firmware.hardware_id_file.display().to_string()
     } else if cfg.firmware.hardware_id.is_some() {

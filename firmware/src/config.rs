@@ -314,11 +314,21 @@ impl FirmwareConfig {
         &self,
         running_version: Version,
     ) -> Result<Updater<Box<dyn BootControl + Send>>, ConfigError> {
+        self.updater_with(self.policy(running_version)?)
+    }
+
+    /// [`FirmwareConfig::updater`] with a given device policy: for reading the boot state
+    /// when the device's own policy cannot be formed (the status of a box whose
+    /// configuration names other hardware than its image).
+    pub fn updater_with(
+        &self,
+        policy: DevicePolicy,
+    ) -> Result<Updater<Box<dyn BootControl + Send>>, ConfigError> {
         Updater::new(
             self.boot_control(),
             self.slots(),
             self.booted_slot()?,
-            self.policy(running_version)?,
+            policy,
         )
         .with_attempts(self.boot_attempts)
         .map_err(ConfigError::Attempts)

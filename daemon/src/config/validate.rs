@@ -639,11 +639,7 @@ fn check_firmware(fw: &duli_firmware::FirmwareConfig, bad: &mut impl FnMut(&str,
     if let Some(id) = &fw.hardware_id {
         check_id(id, "firmware.hardware_id", bad);
     }
-    // A configuration naming other hardware than the image was built for is found at
-    // start, not first at the next install.
-    if let Err(e) = fw.device_hardware_id() {
-        bad("firmware.hardware_id", e.to_string());
-    }
+
     if fw.boot_attempts == 0 || fw.boot_attempts > 9 {
         bad(
             "firmware.boot_attempts",
