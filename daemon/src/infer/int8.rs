@@ -140,16 +140,26 @@ pub struct Int8Model {
 }
 
 /// The folders an INT8 build of `manifest` is looked for in, in order: `int8/` beside the
-/// manifest (an installed system image), then `.cache/models/<name>/int8` in the working
-/// directory and in the repository the binary was built from.
+/// manifest (an installed system image), then, for a manifest in a checkout's `models/`
+/// (the working directory's or the repository the binary was built from), that
+/// checkout's `.cache/models/<name>/int8`. An INT8 network is only ever read from the
+/// tree its manifest is in: a manifest elsewhere (the image's, read-only) never picks up
+/// a network planted in whatever folder the process runs in.
 pub fn candidates(manifest: &Manifest) -> Vec<PathBuf> {
     let rel = Path::new(".cache/models").join(&manifest.name).join("int8");
     let mut v = vec![manifest.dir.join("int8")];
-    if let Ok(cwd) = std::env::current_dir() {
-        v.push(cwd.join(&rel));
-    }
-    if let Some(root) = crate::locate::source_root() {
-        v.push(root.join(&rel));
+    let absolute = |p: &Path| std::fs::canonicalize(p).ok();
+    let Some(dir) = absolute(&manifest.dir) else {
+        return v;
+    };
+    let roots = [std::env::current_dir().ok(), crate::locate::source_root()];
+    for root in roots.into_iter().flatten().filter_map(|r| absolute(&r)) {
+        if dir.starts_with(root.join("models")) {
+            let candidate = root.join(&rel);
+            if !v.contains(&candidate) {
+                v.push(candidate);
+            }
+        }
     }
     v
 }
@@ -228,6 +238,30 @@ mod tests {
 
     fn manifest(dir: &Path, sha: &str) -> Manifest {
         crate::infer::manifest::tiny_manifest(dir, "t", sha)
+    }
+
+    #[test]
+    fn an_int8_build_is_looked_for_only_in_its_manifest_s_tree() {
+        // A manifest outside any checkout (an image's): only beside it, never the working
+        // directory's or the source tree's cache.
+        let tmp = tempfile::tempdir().unwrap();
+        let m = manifest(tmp.path(), &"a".repeat(64));
+        assert_eq!(candidates(&m), vec![m.dir.join("int8")]);
+        // The repository's own manifest: beside it, then the repository's cache.
+        let Some(root) = crate::locate::source_root() else {
+            return;
+        };
+        let shipped = root.join("models/pneumonia-xception/model.toml");
+        let Ok(m) = Manifest::load(&shipped) else {
+            return;
+        };
+        let root = std::fs::canonicalize(&root).unwrap();
+        let found = candidates(&m);
+        assert_eq!(found[0], m.dir.join("int8"));
+        assert!(
+            found.contains(&root.join(".cache/models").join(&m.name).join("int8")),
+            "{found:?}"
+        );
     }
 
     #[test]
