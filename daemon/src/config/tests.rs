@@ -548,3 +548,36 @@ fn a_model_pack_names_its_manifest_and_excludes_inference_model() {
         assert!(err.contains("inference.model_pack"), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn a_model_inside_the_data_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("models/m")).unwrap();
+    let inside = format!(
+        "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",
+        data.display(),
+        data.join("models/m/model.toml").display()
+    );
+    let err = load_str(&inside, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("inference.model") && err.contains("signed model"),
+        "{err}"
+    );
+    // Through a link into it, too.
+    std::os::unix::fs::symlink(data.join("models"), dir.path().join("link")).unwrap();
+    let linked = format!(
+        "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",
+        data.display(),
+        dir.path().join("link/m").display()
+    );
+    let err = load_str(&linked, &[]).unwrap_err().to_string();
+    assert!(err.contains("inference.model"), "{err}");
+    // Beside it is fine.
+    let beside = format!(
+        "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",
+        data.display(),
+        dir.path().join("model/model.toml").display()
+    );
+    load_str(&beside, &[]).unwrap();
+}

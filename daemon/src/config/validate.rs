@@ -35,6 +35,23 @@ impl Config {
         check_device(&self.device, &mut bad);
         check_dicom(&self.dicom, &mut bad);
         check_inference(&self.inference, &mut bad);
+        if self.inference.model_pack.is_none()
+            && !self.device.data_dir.as_os_str().is_empty()
+            && is_within(&self.inference.model, &self.device.data_dir)
+        {
+            // The service writes the data folder: a manifest there (thresholds, precision
+            // gates, INT8 build) could be changed by it. A pack in service is unpacked
+            // there too, but from the signed pack at every load.
+            bad(
+                "inference.model",
+                format!(
+                    "{} is inside device.data_dir, which the service itself writes: keep the \
+                     model on the read-only system image, or install it as a signed model \
+                     pack (inference.model_pack)",
+                    self.inference.model.display()
+                ),
+            );
+        }
         check_hl7(&self.hl7, &self.device.site_id, &mut bad);
         check_mqtt(&self.mqtt, &mut bad);
         check_pacs(&self.pacs, &mut bad);
@@ -220,6 +237,13 @@ fn check_dicom(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
 }
 
 /// `[inference]`: pixel budget, device, performance hint, precision.
+/// Whether `path` lies inside `dir`: compared resolved (links, `..`) where both exist,
+/// else as written.
+fn is_within(path: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    path.starts_with(dir) || resolve(path).starts_with(resolve(dir))
+}
+
 fn check_inference(c: &InferenceConfig, bad: &mut impl FnMut(&str, String)) {
     if !(1..=4_000_000_000).contains(&c.max_pixels) {
         bad(
