@@ -9,7 +9,10 @@
 #     feature is still set: the function is run here against stand-ins for `d` and `bb`;
 #  2. no other file of the layer adds one of those features;
 #  3. the kernel command lines (grub.cfg, boot.cmd) carry nothing that opens a shell
-#     without root's password (init=, SYSTEMD_SULOGIN_FORCE, systemd.debug_shell, rd.shell).
+#     without root's password (init=, SYSTEMD_SULOGIN_FORCE, systemd.debug_shell, rd.shell);
+#  4. GRUB's entries cannot be edited nor its command line opened at the console
+#     (superusers set, no password defined, every entry --unrestricted), and grub.cfg
+#     parses (grub-script-check).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -126,3 +129,24 @@ for f in $layer/recipes-bsp/duli-bootenv/files/grub.cfg $layer/recipes-bsp/duli-
     fi
 done
 echo "ok"
+
+echo "== GRUB: no entry editing and no command line at the console"
+grubcfg=$layer/recipes-bsp/duli-bootenv/files/grub.cfg
+grep -Eq '^[[:space:]]*set[[:space:]]+superusers="[^"]+"' "$grubcfg" \
+    || { echo "FAIL: $grubcfg sets no superusers: anyone at the console can edit the kernel command line"; exit 1; }
+if grep -Eq '^[[:space:]]*password(_pbkdf2)?[[:space:]]' "$grubcfg"; then
+    echo "FAIL: $grubcfg defines a password: a GRUB user could edit the entries"
+    exit 1
+fi
+if grep -E '^[[:space:]]*menuentry[[:space:]]' "$grubcfg" | grep -v -- '--unrestricted'; then
+    echo "FAIL: $grubcfg: the entry above would need a login to boot"
+    exit 1
+fi
+if command -v grub-script-check >/dev/null; then
+    grub-script-check "$grubcfg" || { echo "FAIL: $grubcfg does not parse"; exit 1; }
+else
+    [ -z "${DULI_SKIP_LOG:-}" ] || echo "tests/yocto/image-security.sh: grub-script-check not installed" >> "$DULI_SKIP_LOG"
+    echo "SKIP: grub-script-check (grub-common) not installed"
+fi
+echo "ok"
+
