@@ -7,7 +7,11 @@
 #   throughput, INT8 4 images per call),
 #   f32 as shipped.
 # Prints each round, the medians, and PRECISION's throughput against both f32 runs (the
-# median of the per-round ratios).
+# median of the per-round ratios). Each round also runs each configuration on one file:
+# the process start and model compile, which a whole run carries once (INT8 compiles
+# slower than f32: its quantized graph is transformed at load), so the steady rate
+# (files after the first per second of the rest of the run, as a running daemon scores a
+# burst) is printed beside the whole-run one.
 #
 # BASELINE_BIN adds a fourth run per round: the `duli` of an earlier release, which scored
 # f32 only, one file at a time (`infer --model BASELINE_MODEL FILES`, run from its
@@ -50,41 +54,56 @@ if [[ -n "$BASELINE_BIN" ]]; then
     [[ -x "$BASELINE_BIN" ]] || { echo "infer-throughput: $BASELINE_BIN is not executable" >&2; exit 1; }
 fi
 
-# Seconds of one whole `duli infer` run; its output is checked to have every file.
-# `run baseline` runs BASELINE_BIN instead.
+# Seconds of one whole `duli infer` run over RUN (default: every file); its output is
+# checked to have every file. `run baseline` runs BASELINE_BIN instead.
+RUN=()
 run() {
     local precision="$1"; shift
     local out t0 t1
+    local files=("${FILES[@]}")
+    [[ ${#RUN[@]} -gt 0 ]] && files=("${RUN[@]}")
     out="$(mktemp)"
     t0=$(date +%s.%N)
     if [[ "$precision" == baseline ]]; then
-        (cd "$BASELINE_DIR" && "$BASELINE_BIN" infer --model "$BASELINE_MODEL" "${FILES[@]}") > "$out" 2>/dev/null || true
+        (cd "$BASELINE_DIR" && "$BASELINE_BIN" infer --model "$BASELINE_MODEL" "${files[@]}") > "$out" 2>/dev/null || true
     else
-        "$BIN" infer --model "$MODEL" --precision "$precision" "$@" "${FILES[@]}" > "$out" 2>/dev/null || true
+        "$BIN" infer --model "$MODEL" --precision "$precision" "$@" "${files[@]}" > "$out" 2>/dev/null || true
     fi
     t1=$(date +%s.%N)
     local n
     n="$(grep -c '"status":"analysed"' "$out" || true)"
     rm -f "$out"
-    [[ "$n" == "${#FILES[@]}" ]] || { echo "infer-throughput: $precision $*: $n of ${#FILES[@]} files analysed" >&2; exit 1; }
+    [[ "$n" == "${#files[@]}" ]] || { echo "infer-throughput: $precision $*: $n of ${#files[@]} files analysed" >&2; exit 1; }
     echo "$t1 - $t0" | bc
+}
+
+# The same run on the first file alone (start and compile).
+run_one() {
+    RUN=("${FILES[0]}")
+    run "$@"
+    RUN=()
 }
 
 echo "== ${#IMAGES[@]} $SET images x $REPEAT = ${#FILES[@]} files, $ROUNDS rounds; CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores"
 echo "== load before: $(uptime)"
-ONE=(); FAST=(); SHIPPED=(); BASE=()
-printf '%-6s %12s %14s %14s %14s\n' round "f32 -j 1 s" "$PRECISION as shipped s" "f32 as shipped s" "baseline s"
+ONE=(); FAST=(); SHIPPED=(); BASE=(); ONE1=(); FAST1=(); SHIPPED1=(); BASE1=()
+printf '%-6s %12s %14s %14s %14s   %s\n' round "f32 -j 1 s" "$PRECISION as shipped s" "f32 as shipped s" "baseline s" "(one file: the same four)"
 for ((i = 1; i <= ROUNDS; i++)); do
     a="$(run f32 -j 1)"; b="$(run "$PRECISION")"; c="$(run f32)"; d=0
     [[ -n "$BASELINE_BIN" ]] && d="$(run baseline)"
+    a1="$(run_one f32 -j 1)"; b1="$(run_one "$PRECISION")"; c1="$(run_one f32)"; d1=0
+    [[ -n "$BASELINE_BIN" ]] && d1="$(run_one baseline)"
     ONE+=("$a"); FAST+=("$b"); SHIPPED+=("$c"); BASE+=("$d")
-    printf '%-6s %12.2f %14.2f %14.2f %14.2f\n' "$i" "$a" "$b" "$c" "$d"
+    ONE1+=("$a1"); FAST1+=("$b1"); SHIPPED1+=("$c1"); BASE1+=("$d1")
+    printf '%-6s %12.2f %14.2f %14.2f %14.2f   (%.2f %.2f %.2f %.2f)\n' "$i" "$a" "$b" "$c" "$d" "$a1" "$b1" "$c1" "$d1"
 done
 echo "== load after: $(uptime)"
-python3 - "${#FILES[@]}" "$PRECISION" "${ONE[*]}" "${FAST[*]}" "${SHIPPED[*]}" "${BASE[*]}" <<'PY'
+python3 - "${#FILES[@]}" "$PRECISION" "${ONE[*]}" "${FAST[*]}" "${SHIPPED[*]}" "${BASE[*]}" \
+    "${ONE1[*]}" "${FAST1[*]}" "${SHIPPED1[*]}" "${BASE1[*]}" <<'PY'
 import statistics, sys
 n, p = int(sys.argv[1]), sys.argv[2]
 one, fast, shipped, base = ([float(x) for x in a.split()] for a in sys.argv[3:7])
+one1, fast1, shipped1, base1 = ([float(x) for x in a.split()] for a in sys.argv[7:11])
 med = statistics.median
 print(f"median s: f32 -j 1 {med(one):.2f} ({n / med(one):.1f} img/s), {p} as shipped {med(fast):.2f} "
       f"({n / med(fast):.1f} img/s), f32 as shipped {med(shipped):.2f} ({n / med(shipped):.1f} img/s)")
@@ -96,6 +115,21 @@ if any(base):
     r3 = [d / b for d, b in zip(base, fast)]
     print(f"baseline release (f32) median {med(base):.2f} s ({n / med(base):.1f} img/s); "
           f"{p} as shipped vs it: median {med(r3):.2f}x (rounds {min(r3):.2f}-{max(r3):.2f})")
+# Steady rate: the files after the first, over the run less its one-file run.
+def steady(whole, single):
+    return [(n - 1) / (w - s) for w, s in zip(whole, single)]
+s_one, s_fast, s_shipped = steady(one, one1), steady(fast, fast1), steady(shipped, shipped1)
+print(f"one file (start + compile) median s: f32 -j 1 {med(one1):.2f}, {p} as shipped {med(fast1):.2f}, "
+      f"f32 as shipped {med(shipped1):.2f}" + (f", baseline {med(base1):.2f}" if any(base) else ""))
+print(f"steady img/s (after the first file): f32 -j 1 {med(s_one):.1f}, {p} as shipped {med(s_fast):.1f}, "
+      f"f32 as shipped {med(s_shipped):.1f}")
+r4 = [b / a for a, b in zip(s_one, s_fast)]
+print(f"steady: {p} as shipped vs f32 one file at a time: median {med(r4):.2f}x (rounds {min(r4):.2f}-{max(r4):.2f})")
+if any(base):
+    s_base = steady(base, base1)
+    r5 = [b / d for d, b in zip(s_base, s_fast)]
+    print(f"steady: baseline release {med(s_base):.1f} img/s; {p} as shipped vs it: "
+          f"median {med(r5):.2f}x (rounds {min(r5):.2f}-{max(r5):.2f})")
 print("target: >= 2.5x the f32 throughput of the release before precisions (baseline;"
       " f32 one file at a time stands in for it without BASELINE_BIN)")
 PY
