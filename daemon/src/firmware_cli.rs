@@ -454,9 +454,23 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
         }
     };
     let running = running_version()?;
+    // Which hardware this box is: a configuration that names other hardware than the
+    // image refuses every install, and says so in the trail.
+    let policy = match cfg.firmware.policy(running) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("bundle REFUSED: {e}");
+            audit(
+                data_dir,
+                false,
+                software(&object, format!("install refused: {e}"), false),
+            );
+            return Ok(ExitCode::from(EXIT_REFUSED));
+        }
+    };
     let outcome = match kind {
         PayloadKind::Rootfs => {
-            let mut updater = cfg.firmware.updater(running)?;
+            let mut updater = cfg.firmware.updater_with(policy.clone())?;
             updater.install(path, &anchors).map(|r| {
                 let m = r.manifest.manifest();
                 println!(
@@ -499,7 +513,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
             install_model_pack(
                 path,
                 &anchors,
-                &cfg.firmware.policy(running)?,
+                &policy,
                 installed,
                 &dest,
             )
