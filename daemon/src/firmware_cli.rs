@@ -338,16 +338,7 @@ pub fn install(
         }
         (Ok(_), Some(Err(why))) => {
             let why = format!("{}: {why}", path.display());
-            eprintln!("bundle REFUSED: {why}");
-            audit(
-                &cfg.device.data_dir,
-                false,
-                software(
-                    &path.display().to_string(),
-                    format!("install refused: {why}"),
-                    false,
-                ),
-            );
+            report_refusal(&cfg.device.data_dir, &path.display().to_string(), &why);
             Ok(ExitCode::from(EXIT_REFUSED))
         }
         (Ok(_), Some(Ok(file))) => {
@@ -427,6 +418,16 @@ fn lock_for_mark_good(cfg: &Config) -> Result<UpdateLock, LockError> {
     }
 }
 
+/// Says that the install of `object` is refused because `why`, and records it.
+fn report_refusal(data_dir: &Path, object: &str, why: &dyn std::fmt::Display) {
+    eprintln!("bundle REFUSED: {why}");
+    audit(
+        data_dir,
+        false,
+        software(object, format!("install refused: {why}"), false),
+    );
+}
+
 /// Installs the bundle read at `path`, named `shown` in messages and the audit trail (the
 /// staged bundle is read through its descriptor).
 fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Result<ExitCode> {
@@ -441,12 +442,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
     }) {
         Ok(kind) => kind,
         Err(e) => {
-            eprintln!("bundle REFUSED: {e}");
-            audit(
-                data_dir,
-                false,
-                software(&object, format!("install refused: {e}"), false),
-            );
+            report_refusal(data_dir, &object, &e);
             return Ok(match e {
                 BundleError::Io { .. } => ExitCode::FAILURE,
                 _ => ExitCode::from(EXIT_REFUSED),
@@ -459,12 +455,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
     let policy = match cfg.firmware.policy(running) {
         Ok(policy) => policy,
         Err(e) => {
-            eprintln!("bundle REFUSED: {e}");
-            audit(
-                data_dir,
-                false,
-                software(&object, format!("install refused: {e}"), false),
-            );
+            report_refusal(data_dir, &object, &e);
             return Ok(ExitCode::from(EXIT_REFUSED));
         }
     };
