@@ -573,6 +573,14 @@ fn a_model_inside_the_data_folder_is_refused() {
     );
     let err = load_str(&linked, &[]).unwrap_err().to_string();
     assert!(err.contains("inference.model"), "{err}");
+    // The runtime library, code the daemon loads, likewise.
+    let lib = format!(
+        "[device]\ndata_dir = \"{}\"\n[inference]\nopenvino_lib = \"{}\"\n",
+        data.display(),
+        data.join("libopenvino_c.so").display()
+    );
+    let err = load_str(&lib, &[]).unwrap_err().to_string();
+    assert!(err.contains("inference.openvino_lib"), "{err}");
     // Beside it is fine.
     let beside = format!(
         "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",

@@ -35,9 +35,23 @@ impl Config {
         check_device(&self.device, &mut bad);
         check_dicom(&self.dicom, &mut bad);
         check_inference(&self.inference, &mut bad);
+        let data_dir = &self.device.data_dir;
+        // The runtime library is code the daemon loads: one the service could replace in
+        // its own folder would outlive a restart.
+        let runtime = crate::infer::openvino::library_path(&self.inference);
+        if !data_dir.as_os_str().is_empty() && is_within(&runtime, data_dir) {
+            bad(
+                "inference.openvino_lib",
+                format!(
+                    "{} is inside device.data_dir, which the service itself writes: install \
+                     the runtime where only root writes (/usr/lib/duli/openvino)",
+                    runtime.display()
+                ),
+            );
+        }
         if self.inference.model_pack.is_none()
-            && !self.device.data_dir.as_os_str().is_empty()
-            && is_within(&self.inference.model, &self.device.data_dir)
+            && !data_dir.as_os_str().is_empty()
+            && is_within(&self.inference.model, data_dir)
         {
             // The service writes the data folder: a manifest there (thresholds, precision
             // gates, INT8 build) could be changed by it. A pack in service is unpacked
