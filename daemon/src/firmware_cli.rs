@@ -576,24 +576,23 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
 pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     // The boot state is shown even when the hardware identifier is in question (installs
     // are refused then, and the status says why).
-    let hardware = cfg.firmware.device_hardware_id();
+    let device = cfg.firmware.device_hardware();
     let updater = cfg
         .firmware
         .updater_with(duli_firmware::policy::DevicePolicy {
-            hardware_id: hardware.as_ref().cloned().unwrap_or_default(),
+            hardware_id: device
+                .as_ref()
+                .map(|(id, _)| id.clone())
+                .unwrap_or_default(),
             running_version: running_version()?,
         })?;
     let s = updater.status()?;
-    let hardware = match hardware {
-        Ok(id) => id,
-        Err(e) => format!("ERROR: {e} (firmware installs are refused)"),
-    };
-    let hardware_from = if cfg.firmware.hardware_id_file.exists() {
-        cfg.firmware.hardware_id_file.display().to_string()
-    } else if cfg.firmware.hardware_id.is_some() {
-        "firmware.hardware_id".to_string()
-    } else {
-        "default".to_string()
+    let (hardware, hardware_from) = match device {
+        Ok((id, from)) => (id, from.to_string()),
+        Err(e) => (
+            format!("ERROR: {e} (firmware installs are refused)"),
+            "-".to_string(),
+        ),
     };
     let value = serde_json::json!({
         "backend": s.backend,

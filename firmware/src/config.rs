@@ -113,6 +113,27 @@ fn default_hardware_id_file() -> PathBuf {
     DEFAULT_HARDWARE_ID_FILE.into()
 }
 
+/// Where the device's hardware identifier came from ([`FirmwareConfig::device_hardware`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HardwareIdFrom {
+    /// The image's file.
+    Image(PathBuf),
+    /// `firmware.hardware_id`.
+    Configuration,
+    /// Neither: [`DEFAULT_HARDWARE_ID`].
+    Default,
+}
+
+impl std::fmt::Display for HardwareIdFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HardwareIdFrom::Image(path) => write!(f, "{}", path.display()),
+            HardwareIdFrom::Configuration => f.write_str("firmware.hardware_id"),
+            HardwareIdFrom::Default => f.write_str("default"),
+        }
+    }
+}
+
 /// Longest hardware identifier read from the image's file.
 const MAX_HARDWARE_ID: usize = 64;
 
@@ -259,6 +280,11 @@ impl FirmwareConfig {
     /// when it has one, and then `hardware_id` must be unset or the same; otherwise
     /// `hardware_id`, or [`DEFAULT_HARDWARE_ID`].
     pub fn device_hardware_id(&self) -> Result<String, ConfigError> {
+        self.device_hardware().map(|(id, _)| id)
+    }
+
+    /// [`FirmwareConfig::device_hardware_id`] and where it came from.
+    pub fn device_hardware(&self) -> Result<(String, HardwareIdFrom), ConfigError> {
         let path = &self.hardware_id_file;
         let image = match fs::File::open(path) {
             Ok(file) => {
@@ -294,9 +320,9 @@ impl FirmwareConfig {
                     path: path.clone(),
                 })
             }
-            (Some(image), _) => Ok(image),
-            (None, Some(configured)) => Ok(configured.clone()),
-            (None, None) => Ok(DEFAULT_HARDWARE_ID.to_string()),
+            (Some(image), _) => Ok((image, HardwareIdFrom::Image(path.clone()))),
+            (None, Some(configured)) => Ok((configured.clone(), HardwareIdFrom::Configuration)),
+            (None, None) => Ok((DEFAULT_HARDWARE_ID.to_string(), HardwareIdFrom::Default)),
         }
     }
 
@@ -456,6 +482,10 @@ mod tests {
         cfg.hardware_id = None;
         let policy = cfg.policy(Version::new(1, 0, 0)).unwrap();
         assert_eq!(policy.hardware_id, "jetson-orin");
+        assert_eq!(
+            cfg.device_hardware().unwrap().1,
+            HardwareIdFrom::Image(stamp.clone())
+        );
         // A file that is not one identifier is refused, not trimmed into one.
         for bad in [
             "",
@@ -474,6 +504,12 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // Bytes that are not text: an error naming the file, not an identifier.
+        fs::write(&stamp, [0xFF, 0xFE, b'a']).unwrap();
+        assert!(matches!(
+            cfg.device_hardware_id(),
+            Err(ConfigError::HardwareIdFile { .. })
+        ));
         fs::write(&stamp, "x".repeat(64)).unwrap();
         assert_eq!(cfg.device_hardware_id().unwrap(), "x".repeat(64));
         // A file that cannot be read (a folder) is an error, not a fallback.

@@ -228,20 +228,11 @@ impl TrustAnchors {
             Vec::new()
         });
         TrustAnchors {
-            roots: Vec::new(),
+            roots,
             endorsed: Vec::new(),
             revoked: Vec::new(),
         }
         .with_revoked(revoked)
-        .with_roots(roots)
-    }
-
-    fn with_roots(mut self, roots: Vec<PublicKey>) -> Self {
-        self.roots = roots
-            .into_iter()
-            .filter(|k| !self.revoked.contains(k))
-            .collect();
-        self
     }
 
     /// Also revokes `keys`: dropped as roots, and never accepted through an endorsement

@@ -554,38 +554,27 @@ fn a_model_inside_the_data_folder_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("models/m")).unwrap();
-    let inside = format!(
-        "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",
-        data.display(),
-        data.join("models/m/model.toml").display()
-    );
-    let err = load_str(&inside, &[]).unwrap_err().to_string();
+    // The configuration error of `[inference] key = path` with `data` as the data folder.
+    let load = |key: &str, path: &std::path::Path| {
+        let text = format!(
+            "[device]\ndata_dir = \"{}\"\n[inference]\n{key} = \"{}\"\n",
+            data.display(),
+            path.display()
+        );
+        load_str(&text, &[]).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let err = load("model", &data.join("models/m/model.toml")).unwrap_err();
     assert!(
         err.contains("inference.model") && err.contains("signed model"),
         "{err}"
     );
     // Through a link into it, too.
     std::os::unix::fs::symlink(data.join("models"), dir.path().join("link")).unwrap();
-    let linked = format!(
-        "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",
-        data.display(),
-        dir.path().join("link/m").display()
-    );
-    let err = load_str(&linked, &[]).unwrap_err().to_string();
+    let err = load("model", &dir.path().join("link/m")).unwrap_err();
     assert!(err.contains("inference.model"), "{err}");
     // The runtime library, code the daemon loads, likewise.
-    let lib = format!(
-        "[device]\ndata_dir = \"{}\"\n[inference]\nopenvino_lib = \"{}\"\n",
-        data.display(),
-        data.join("libopenvino_c.so").display()
-    );
-    let err = load_str(&lib, &[]).unwrap_err().to_string();
+    let err = load("openvino_lib", &data.join("libopenvino_c.so")).unwrap_err();
     assert!(err.contains("inference.openvino_lib"), "{err}");
     // Beside it is fine.
-    let beside = format!(
-        "[device]\ndata_dir = \"{}\"\n[inference]\nmodel = \"{}\"\n",
-        data.display(),
-        dir.path().join("model/model.toml").display()
-    );
-    load_str(&beside, &[]).unwrap();
+    load("model", &dir.path().join("model/model.toml")).unwrap();
 }

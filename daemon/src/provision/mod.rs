@@ -898,7 +898,6 @@ pub fn plan(
     if let Some(cfg) = &config {
         let anchors = crate::firmware_cli::device_anchors(cfg)
             .unwrap_or_else(|_| duli_firmware::TrustAnchors::builtin());
-        let roots = anchors.roots().to_vec();
         for (i, p) in file.firmware.endorsements.iter().enumerate() {
             let key = format!("firmware.endorsements[{i}]");
             let checked = folder
@@ -909,22 +908,17 @@ pub fn plan(
                         .map_err(|e| e.to_string())
                 })
                 .and_then(|e| {
-                    e.verify(&roots).map(|k| (e, k)).map_err(|err| match err {
-                        duli_firmware::endorsement::EndorsementError::Expired { .. } => {
-                            err.to_string()
-                        }
-                        _ => format!("not signed by a built-in key: {err}"),
-                    })
-                })
-                .and_then(|(e, k)| {
-                    if anchors.is_revoked(k.id()) {
-                        Err(
-                            duli_firmware::endorsement::EndorsementError::Revoked(k.id())
-                                .to_string(),
-                        )
-                    } else {
-                        Ok((e, k))
-                    }
+                    // Checked as the box will load it: signed by a root, not expired, its
+                    // key not revoked.
+                    use duli_firmware::endorsement::EndorsementError as E;
+                    anchors
+                        .clone()
+                        .accept_endorsement(&e)
+                        .map(|k| (e, k))
+                        .map_err(|err| match err {
+                            E::Expired { .. } | E::Revoked(_) => err.to_string(),
+                            _ => format!("not signed by a built-in key: {err}"),
+                        })
                 });
             match checked {
                 Ok((e, k)) => writes.push(Write {
