@@ -31,7 +31,7 @@ BENCH_FILES ?= 60
 FUZZ_SECONDS ?= 60
 WORKLIST_STUDIES ?= 10000
 
-.PHONY: all build test test-long test-env test-scripts demo bench bench-qr bench-hostile bench-audit bench-find bench-worklist bench-infer bench-infer-throughput bench-memory \
+.PHONY: all build test test-long test-env test-scripts test-vendor demo bench bench-qr bench-hostile bench-audit bench-find bench-worklist bench-infer bench-infer-throughput bench-memory \
 	lint fmt models \
 	audit fuzz fuzz-minimize sbom cargo-deny cargo-cyclonedx
 
@@ -67,8 +67,14 @@ test: test-env
 	$(CARGO) build --release -p duli
 	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
 	DULI_SKIP_LOG=$(SKIP_LOG) DULI_REQUIRE_PEERS=1 $(CARGO) test --workspace
+	$(MAKE) --no-print-directory test-vendor
 	DULI_SKIP_LOG=$(SKIP_LOG) $(MAKE) --no-print-directory test-scripts
 	@scripts/skip-summary.sh $(SKIP_LOG)
+
+# The patched JPEG decoder's own unit tests (its inverse DCT against libjpeg's arithmetic),
+# built apart from the workspace it is excluded from.
+test-vendor:
+	$(CARGO) test --release --manifest-path vendor/jpeg-decoder/Cargo.toml --lib --target-dir target/vendor
 
 test-long: test-env
 	$(CARGO) build --release -p duli

@@ -246,11 +246,17 @@ pub fn dequantize_and_idct_block_8x8(
     output_linestride: usize,
     output: &mut [u8],
 ) {
+    if coefficients[1..].iter().all(|&c| c == 0) {
+        return islow_dc_only(coefficients[0], quantization_table[0], output_linestride, output);
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
         #[allow(unsafe_code)]
         unsafe {
+            if avx2::islow_16bit(coefficients, quantization_table, output_linestride, output) {
+                return;
+            }
             return islow_avx2(coefficients, quantization_table, output_linestride, output);
         }
     }
@@ -263,6 +269,221 @@ pub fn dequantize_and_idct_block_8x8(
 #[allow(unsafe_code)]
 unsafe fn islow_avx2(coefficients: &[i16; 64], q: &[u16; 64], stride: usize, output: &mut [u8]) {
     islow(coefficients, q, stride, output)
+}
+
+/// [`islow`] of a block whose AC terms are all zero (the smooth areas of an image, most
+/// blocks of a radiograph's background): every sample is the same, computed with the two
+/// passes' own arithmetic on the one non-zero input (the other terms add zero), so the
+/// same value to the bit as the full transform; libjpeg takes the same shortcut per column
+/// and per row.
+#[inline(always)]
+fn islow_dc_only(dc: i16, q: u16, stride: usize, output: &mut [u8]) {
+    let descale = |x: i32, shift: u32| x.wrapping_add(1 << (shift - 1)) >> shift;
+    let pass1 = descale(
+        (i32::from(dc) * i32::from(q)).wrapping_shl(CONST_BITS),
+        CONST_BITS - PASS1_BITS,
+    );
+    let pass2 = descale(pass1.wrapping_shl(CONST_BITS), CONST_BITS + PASS1_BITS + 3);
+    let sample = range_limit(pass2);
+    for row in output.chunks_mut(stride).take(8) {
+        row[..8].fill(sample);
+    }
+}
+
+/// [`islow`] with 16-bit inputs to each pass, as libjpeg-turbo's SIMD code runs it: each
+/// output is a sum of products of two inputs with pair constants (`vpmaddwd`), the C code's
+/// products and sums regrouped. Integer addition and multiplication regroup exactly (also
+/// where they wrap), and the two descaling shifts are the C code's, so a block gives the
+/// same samples to the bit as [`islow`] whenever its inputs fit in 16 bits: every
+/// dequantized coefficient and every first-pass output. That holds for every block an 8-bit
+/// encoder makes; for a block where it does not (a hostile stream), `islow_16bit` writes
+/// nothing and returns `false`, and the 32-bit [`islow`] decodes it.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{
+        range_limit, CONST_BITS, FIX_0_298631336, FIX_0_390180644, FIX_0_541196100,
+        FIX_0_765366865, FIX_0_899976223, FIX_1_175875602, FIX_1_501321110, FIX_1_847759065,
+        FIX_1_961570560, FIX_2_053119869, FIX_2_562915447, FIX_3_072711026, PASS1_BITS,
+    };
+    use core::arch::x86_64::*;
+
+    /// The constant pair (`a` for the first input of each pair, `b` for the second) of a
+    /// `vpmaddwd`: every 32-bit lane computes `x * a + y * b`.
+    #[inline(always)]
+    unsafe fn pair(a: i32, b: i32) -> __m256i {
+        debug_assert!(i16::try_from(a).is_ok() && i16::try_from(b).is_ok());
+        _mm256_set1_epi32((((b as u32) << 16) | (a as u32 & 0xffff)) as i32)
+    }
+
+    /// The eight 16-bit lanes of `x` and `y` as eight (x, y) pairs, in lane order.
+    #[inline(always)]
+    unsafe fn zip(x: __m128i, y: __m128i) -> __m256i {
+        _mm256_set_m128i(_mm_unpackhi_epi16(x, y), _mm_unpacklo_epi16(x, y))
+    }
+
+    /// One one-dimensional islow of eight lanes: `v[k]` holds input `k` of each lane, the
+    /// outputs (32 bits, descaled by `2^shift`) go to `out[k]`. The even and odd parts of
+    /// `islow_1d`, each product of a sum expanded into products of the inputs.
+    #[inline(always)]
+    unsafe fn idct_1d(v: &[__m128i; 8], shift: i32, out: &mut [__m256i; 8]) {
+        let madd = _mm256_madd_epi16;
+        let (add, sub) = (_mm256_add_epi32, _mm256_sub_epi32);
+        // Even part.
+        let z26 = zip(v[2], v[6]);
+        let tmp3 = madd(z26, pair(FIX_0_541196100 + FIX_0_765366865, FIX_0_541196100));
+        let tmp2 = madd(z26, pair(FIX_0_541196100, FIX_0_541196100 - FIX_1_847759065));
+        let z04 = zip(v[0], v[4]);
+        let tmp0 = madd(z04, pair(1 << CONST_BITS, 1 << CONST_BITS));
+        let tmp1 = madd(z04, pair(1 << CONST_BITS, -(1 << CONST_BITS)));
+        let (tmp10, tmp13) = (add(tmp0, tmp3), sub(tmp0, tmp3));
+        let (tmp11, tmp12) = (add(tmp1, tmp2), sub(tmp1, tmp2));
+        // Odd part: inputs 7, 5, 3, 1 are the C code's tmp0..tmp3.
+        let (z73, z51) = (zip(v[7], v[3]), zip(v[5], v[1]));
+        let (z71, z53) = (zip(v[7], v[1]), zip(v[5], v[3]));
+        let both = |c: i32| pair(c, c);
+        let z3 = add(
+            madd(z73, both(FIX_1_175875602 - FIX_1_961570560)),
+            madd(z51, both(FIX_1_175875602)),
+        );
+        let z4 = add(
+            madd(z51, both(FIX_1_175875602 - FIX_0_390180644)),
+            madd(z73, both(FIX_1_175875602)),
+        );
+        let t0 = add(
+            madd(z71, pair(FIX_0_298631336 - FIX_0_899976223, -FIX_0_899976223)),
+            z3,
+        );
+        let t3 = add(
+            madd(z71, pair(-FIX_0_899976223, FIX_1_501321110 - FIX_0_899976223)),
+            z4,
+        );
+        let t1 = add(
+            madd(z53, pair(FIX_2_053119869 - FIX_2_562915447, -FIX_2_562915447)),
+            z4,
+        );
+        let t2 = add(
+            madd(z53, pair(-FIX_2_562915447, FIX_3_072711026 - FIX_2_562915447)),
+            z3,
+        );
+        let round = _mm256_set1_epi32(1 << (shift - 1));
+        let count = _mm_cvtsi32_si128(shift);
+        let d = |x: __m256i| _mm256_sra_epi32(_mm256_add_epi32(x, round), count);
+        out[0] = d(add(tmp10, t3));
+        out[7] = d(sub(tmp10, t3));
+        out[1] = d(add(tmp11, t2));
+        out[6] = d(sub(tmp11, t2));
+        out[2] = d(add(tmp12, t1));
+        out[5] = d(sub(tmp12, t1));
+        out[3] = d(add(tmp13, t0));
+        out[4] = d(sub(tmp13, t0));
+    }
+
+    /// Eight 32-bit lanes as 16-bit lanes (saturating), in lane order.
+    #[inline(always)]
+    unsafe fn narrow(x: __m256i) -> __m128i {
+        _mm_packs_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x))
+    }
+
+    /// The 8x8 matrix of 16-bit lanes `r` transposed: lane `i` of row `k` becomes lane `k`
+    /// of row `i`.
+    #[inline(always)]
+    unsafe fn transpose(r: &[__m128i; 8]) -> [__m128i; 8] {
+        let a0 = _mm_unpacklo_epi16(r[0], r[1]);
+        let a1 = _mm_unpackhi_epi16(r[0], r[1]);
+        let a2 = _mm_unpacklo_epi16(r[2], r[3]);
+        let a3 = _mm_unpackhi_epi16(r[2], r[3]);
+        let a4 = _mm_unpacklo_epi16(r[4], r[5]);
+        let a5 = _mm_unpackhi_epi16(r[4], r[5]);
+        let a6 = _mm_unpacklo_epi16(r[6], r[7]);
+        let a7 = _mm_unpackhi_epi16(r[6], r[7]);
+        let b0 = _mm_unpacklo_epi32(a0, a2);
+        let b1 = _mm_unpackhi_epi32(a0, a2);
+        let b2 = _mm_unpacklo_epi32(a1, a3);
+        let b3 = _mm_unpackhi_epi32(a1, a3);
+        let b4 = _mm_unpacklo_epi32(a4, a6);
+        let b5 = _mm_unpackhi_epi32(a4, a6);
+        let b6 = _mm_unpacklo_epi32(a5, a7);
+        let b7 = _mm_unpackhi_epi32(a5, a7);
+        [
+            _mm_unpacklo_epi64(b0, b4),
+            _mm_unpackhi_epi64(b0, b4),
+            _mm_unpacklo_epi64(b1, b5),
+            _mm_unpackhi_epi64(b1, b5),
+            _mm_unpacklo_epi64(b2, b6),
+            _mm_unpackhi_epi64(b2, b6),
+            _mm_unpacklo_epi64(b3, b7),
+            _mm_unpackhi_epi64(b3, b7),
+        ]
+    }
+
+    /// See the module: the block's samples written, or `false` (nothing written) when an
+    /// input to a pass does not fit in 16 bits or `output` is shorter than eight rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn islow_16bit(
+        coefficients: &[i16; 64],
+        q: &[u16; 64],
+        stride: usize,
+        output: &mut [u8],
+    ) -> bool {
+        if stride < 8 || output.len() < 7 * stride + 8 {
+            return false;
+        }
+        // Dequantize in 16 bits: a table entry above i16::MAX, or a product whose high
+        // half is not the sign of its low half, does not fit.
+        let mut rows = [_mm_setzero_si128(); 8];
+        let mut misfit = _mm_setzero_si128();
+        for (k, row) in rows.iter_mut().enumerate() {
+            // SAFETY: rows k of 8 lanes lie inside the 64-element arrays.
+            let c = _mm_loadu_si128(coefficients.as_ptr().add(8 * k).cast());
+            let m = _mm_loadu_si128(q.as_ptr().add(8 * k).cast());
+            let low = _mm_mullo_epi16(c, m);
+            let high = _mm_mulhi_epi16(c, m);
+            misfit = _mm_or_si128(misfit, _mm_srli_epi16::<15>(m));
+            misfit = _mm_or_si128(misfit, _mm_xor_si128(high, _mm_srai_epi16::<15>(low)));
+            *row = low;
+        }
+        if _mm_testz_si128(misfit, misfit) == 0 {
+            return false;
+        }
+        // Pass 1: columns (lane = column, input k = row k).
+        let mut pass1 = [_mm256_setzero_si256(); 8];
+        idct_1d(&rows, (CONST_BITS - PASS1_BITS) as i32, &mut pass1);
+        let mut narrowed = [_mm_setzero_si128(); 8];
+        let mut lost = _mm256_setzero_si256();
+        for (n, wide) in narrowed.iter_mut().zip(&pass1) {
+            *n = narrow(*wide);
+            lost = _mm256_or_si256(lost, _mm256_xor_si256(_mm256_cvtepi16_epi32(*n), *wide));
+        }
+        if _mm256_testz_si256(lost, lost) == 0 {
+            return false;
+        }
+        // Pass 2: rows (lane = row, input k = column k).
+        let mut pass2 = [_mm256_setzero_si256(); 8];
+        idct_1d(&transpose(&narrowed), (CONST_BITS + PASS1_BITS + 3) as i32, &mut pass2);
+        // Range limit as `range_limit` computes it, then back to rows of samples.
+        let mask = _mm256_set1_epi32(1023);
+        let sign = _mm256_set1_epi32(512);
+        let bias = _mm256_set1_epi32(512 - 128);
+        let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        let mut columns = [_mm_setzero_si128(); 8];
+        for (column, x) in columns.iter_mut().zip(&pass2) {
+            let v = _mm256_xor_si256(_mm256_and_si256(*x, mask), sign);
+            let v = _mm256_sub_epi32(v, bias);
+            *column = narrow(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi));
+        }
+        debug_assert_eq!(range_limit(0), 128);
+        for (r, row) in transpose(&columns).iter().enumerate() {
+            let bytes = _mm_packus_epi16(*row, *row);
+            // SAFETY: row r starts at r * stride and has eight bytes: output holds at least
+            // 7 * stride + 8 bytes (checked at the top).
+            _mm_storel_epi64(output.as_mut_ptr().add(r * stride).cast(), bytes);
+        }
+        true
+    }
 }
 
 // libjpeg's fixed point: FIX(x) = round(x * 2^CONST_BITS); PASS1_BITS more bits of
@@ -549,23 +770,94 @@ fn test_dequantize_and_idct_block_8x8_all_zero() {
 
 #[test]
 fn test_dequantize_and_idct_block_8x8_saturated() {
-    // Arch-specific IDCT implementations need not handle i16::MAX values.
-    #[cfg(not(feature = "platform_independent"))]
-    if crate::arch::get_dequantize_and_idct_block_8x8().is_some() {
-        return;
+    // Hostile coefficients wrap as in C instead of panicking; the vectorised copy and the
+    // plain one agree.
+    let (mut dispatched, mut plain) = ([0u8; 64], [0u8; 64]);
+    dequantize_and_idct_block_8x8(&[i16::MAX; 8 * 8], &[u16::MAX; 8 * 8], 8, &mut dispatched);
+    islow(&[i16::MAX; 8 * 8], &[u16::MAX; 8 * 8], 8, &mut plain);
+    assert_eq!(dispatched, plain);
+}
+
+#[test]
+fn test_dc_only_blocks_match_the_full_transform() {
+    // Extremes included: the arithmetic wraps as C's does, on both paths.
+    let dcs = [0i16, 1, -1, 7, -8, 100, -1000, 2047, -2048, i16::MAX, i16::MIN];
+    let qs = [1u16, 2, 5, 16, 99, 255, 1000, u16::MAX];
+    for &dc in &dcs {
+        for &q in &qs {
+            let mut coefficients = [0i16; 64];
+            coefficients[0] = dc;
+            let mut table = [1u16; 64];
+            table[0] = q;
+            let (mut shortcut, mut full) = ([0u8; 64], [0u8; 64]);
+            dequantize_and_idct_block_8x8(&coefficients, &table, 8, &mut shortcut);
+            islow(&coefficients, &table, 8, &mut full);
+            assert_eq!(shortcut, full, "dc {dc} q {q}");
+        }
     }
-    let mut output = [0u8; 8 * 8];
-    dequantize_and_idct_block_8x8(&[i16::MAX; 8 * 8], &[u16::MAX; 8 * 8], 8, &mut output);
-    #[rustfmt::skip]
-    let expected = [
-        0, 0, 0, 255, 255, 0, 0, 255,
-        0, 0, 215, 0, 0, 255, 255, 0,
-        255, 255, 255, 255, 255, 0, 0, 255,
-        0, 0, 255, 0, 255, 0, 255, 255,
-        0, 0, 255, 255, 0, 255, 0, 0,
-        255, 255, 0, 255, 255, 255, 170, 0,
-        0, 255, 0, 0, 0, 0, 0, 255,
-        255, 255, 0, 255, 0, 255, 0, 0
-    ];
-    assert_eq!(&output[..], &expected[..]);
+}
+
+/// A small xorshift generator for the randomised tests below (no dependency).
+#[cfg(test)]
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn test_the_16_bit_transform_matches_the_32_bit_one_to_the_bit() {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut fast, mut rejected) = (0u32, 0u32);
+        for round in 0..300_000u32 {
+            let mut coefficients = [0i16; 64];
+            let mut table = [0u16; 64];
+            // Three kinds of block: as encoders make them (small, decaying with frequency,
+            // tables up to 255), the 16-bit limits, and anything at all.
+            for i in 0..64 {
+                let r = xorshift(&mut state);
+                let (c, q) = match round % 3 {
+                    0 => {
+                        // A DCT coefficient of 8-bit samples (at most 2^10 in magnitude,
+                        // smaller at higher frequencies) quantized by a table entry.
+                        let span = (1024 >> (i / 12)).max(4) as i64;
+                        let q = 1 + ((r >> 32) % 255) as i64;
+                        (((r % (2 * span as u64)) as i64 - span) / q, q as u64)
+                    }
+                    1 => {
+                        let c = [i16::MIN, i16::MAX, -2048, 2047, 0][(r % 5) as usize];
+                        (i64::from(c), [1, 16, 255, 32767][((r >> 8) % 4) as usize])
+                    }
+                    _ => (i64::from(r as i16), (r >> 16) & 0xffff),
+                };
+                coefficients[i] = c as i16;
+                table[i] = q as u16;
+                if r % 7 == 0 {
+                    coefficients[i] = 0;
+                }
+            }
+            let mut reference = [0u8; 64];
+            islow(&coefficients, &table, 8, &mut reference);
+            let mut out = [0u8; 64];
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU has AVX2 (checked above).
+            let done = unsafe { avx2::islow_16bit(&coefficients, &table, 8, &mut out) };
+            if done {
+                fast += 1;
+                assert_eq!(out, reference, "round {round}: {coefficients:?} {table:?}");
+            } else {
+                rejected += 1;
+                assert_eq!(out, [0u8; 64], "nothing written when rejected");
+            }
+            let mut dispatched = [0u8; 64];
+            dequantize_and_idct_block_8x8(&coefficients, &table, 8, &mut dispatched);
+            assert_eq!(dispatched, reference, "round {round}");
+        }
+        // Encoder-like blocks take the 16-bit path; the wild ones mostly fall back.
+        assert!(fast >= 100_000, "{fast} blocks took the 16-bit path");
+        assert!(rejected >= 50_000, "{rejected} blocks fell back");
+    }
 }
