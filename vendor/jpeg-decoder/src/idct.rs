@@ -246,9 +246,6 @@ pub fn dequantize_and_idct_block_8x8(
     output_linestride: usize,
     output: &mut [u8],
 ) {
-    if coefficients[1..].iter().all(|&c| c == 0) {
-        return islow_dc_only(coefficients[0], quantization_table[0], output_linestride, output);
-    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
@@ -259,6 +256,9 @@ pub fn dequantize_and_idct_block_8x8(
             }
             return islow_avx2(coefficients, quantization_table, output_linestride, output);
         }
+    }
+    if coefficients[1..].iter().all(|&c| c == 0) {
+        return islow_dc_only(coefficients[0], quantization_table[0], output_linestride, output);
     }
     islow(coefficients, quantization_table, output_linestride, output)
 }
@@ -448,6 +448,16 @@ mod avx2 {
         }
         if _mm_testz_si128(misfit, misfit) == 0 {
             return false;
+        }
+        // No AC terms (row 0 without its first lane, and every other row, all zero): one
+        // value for the whole block.
+        let mut ac = _mm_and_si128(rows[0], _mm_set_epi16(-1, -1, -1, -1, -1, -1, -1, 0));
+        for row in &rows[1..] {
+            ac = _mm_or_si128(ac, *row);
+        }
+        if _mm_testz_si128(ac, ac) == 1 {
+            super::islow_dc_only(coefficients[0], q[0], stride, output);
+            return true;
         }
         // Pass 1: columns (lane = column, input k = row k).
         let mut pass1 = [_mm256_setzero_si256(); 8];
@@ -815,11 +825,16 @@ fn test_the_16_bit_transform_matches_the_32_bit_one_to_the_bit() {
         for round in 0..300_000u32 {
             let mut coefficients = [0i16; 64];
             let mut table = [0u16; 64];
-            // Three kinds of block: as encoders make them (small, decaying with frequency,
-            // tables up to 255), the 16-bit limits, and anything at all.
+            // Four kinds of block: as encoders make them (small, decaying with frequency,
+            // tables up to 255), the 16-bit limits, anything at all, and no AC terms.
             for i in 0..64 {
                 let r = xorshift(&mut state);
-                let (c, q) = match round % 3 {
+                let (c, q) = match round % 4 {
+                    3 if i > 0 => (0, 1 + (r >> 32) % 255),
+                    3 => {
+                        let q = 1 + ((r >> 32) % 255) as i64;
+                        (((r % 2048) as i64 - 1024) / q, q as u64)
+                    }
                     0 => {
                         // A DCT coefficient of 8-bit samples (at most 2^10 in magnitude,
                         // smaller at higher frequencies) quantized by a table entry.
@@ -835,7 +850,7 @@ fn test_the_16_bit_transform_matches_the_32_bit_one_to_the_bit() {
                 };
                 coefficients[i] = c as i16;
                 table[i] = q as u16;
-                if r % 7 == 0 {
+                if r % 7 == 0 && round % 4 != 3 {
                     coefficients[i] = 0;
                 }
             }

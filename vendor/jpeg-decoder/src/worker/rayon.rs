@@ -91,6 +91,13 @@ impl ImmediateWorker {
 
             let coefficients: &[i16; 64] = &data[i * 64..(i + 1) * 64].try_into().unwrap();
 
+            // A full-size block straight into the image when its eight rows are there.
+            let write_back = &mut result_block[y * line_stride + x..];
+            if dct_scale == 8 && write_back.len() >= 7 * line_stride + 8 {
+                dequantize_and_idct_block(8, coefficients, &quantization_table, line_stride, write_back);
+                continue;
+            }
+
             // Write to a temporary intermediate buffer, a 8x8 'image'.
             dequantize_and_idct_block(
                 dct_scale,
