@@ -18,6 +18,11 @@ pub(super) fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::US, PrimitiveValue::from(v))
 }
 
+/// An FD (64-bit float) element.
+pub(super) fn fd(tag: Tag, v: f64) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::FD, PrimitiveValue::from(v))
+}
+
 /// A sequence of `items`.
 pub(super) fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::SQ, DataSetSequence::from(items))

@@ -20,7 +20,7 @@
 //!   table itself is not embedded: dicom3tools' `dciodvfy` reports palette data attributes
 //!   as errors under the Image Pixel Description macro.
 
-use super::attributes::{object_header, seq, text, us, ObjectIdentity};
+use super::attributes::{fd, object_header, seq, text, us, ObjectIdentity};
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;
@@ -405,26 +405,10 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
         tags::REAL_WORLD_VALUE_MAPPING_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
             // Float values: the double-float first and last values mapped.
-            DataElement::new(
-                tags::DOUBLE_FLOAT_REAL_WORLD_VALUE_FIRST_VALUE_MAPPED,
-                VR::FD,
-                PrimitiveValue::from(0f64),
-            ),
-            DataElement::new(
-                tags::DOUBLE_FLOAT_REAL_WORLD_VALUE_LAST_VALUE_MAPPED,
-                VR::FD,
-                PrimitiveValue::from(1f64),
-            ),
-            DataElement::new(
-                tags::REAL_WORLD_VALUE_INTERCEPT,
-                VR::FD,
-                PrimitiveValue::from(0f64),
-            ),
-            DataElement::new(
-                tags::REAL_WORLD_VALUE_SLOPE,
-                VR::FD,
-                PrimitiveValue::from(1f64),
-            ),
+            fd(tags::DOUBLE_FLOAT_REAL_WORLD_VALUE_FIRST_VALUE_MAPPED, 0.0),
+            fd(tags::DOUBLE_FLOAT_REAL_WORLD_VALUE_LAST_VALUE_MAPPED, 1.0),
+            fd(tags::REAL_WORLD_VALUE_INTERCEPT, 0.0),
+            fd(tags::REAL_WORLD_VALUE_SLOPE, 1.0),
             text(tags::LUT_EXPLANATION, VR::LO, "Saliency of the AI finding"),
             text(tags::LUT_LABEL, VR::SH, "SALIENCY"),
             seq(
@@ -454,16 +438,8 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
     g.put(seq(
         tags::STORED_VALUE_COLOR_RANGE_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
-            DataElement::new(
-                tags::MINIMUM_STORED_VALUE_MAPPED,
-                VR::FD,
-                PrimitiveValue::from(0f64),
-            ),
-            DataElement::new(
-                tags::MAXIMUM_STORED_VALUE_MAPPED,
-                VR::FD,
-                PrimitiveValue::from(1f64),
-            ),
+            fd(tags::MINIMUM_STORED_VALUE_MAPPED, 0.0),
+            fd(tags::MAXIMUM_STORED_VALUE_MAPPED, 1.0),
         ])],
     ));
     g.put(seq(
