@@ -162,6 +162,33 @@ def jpeg_uploads():
     return seeds
 
 
+def jpeg_seeds():
+    """Grey and colour JPEG files for the `jpeg` target (the patched decoder alone): the
+    upload seeds, and baseline, optimised-table, restart-marker and quality-extreme
+    encodings of a smooth image (blocks without AC terms) and of noise (every AC term)."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        print(f"note: no JPEG seeds ({e})", file=sys.stderr)
+        return
+    for name, data in jpeg_uploads():
+        out("jpeg", name, data)
+    y, x = np.mgrid[0:40, 0:56]
+    smooth = ((x * 4 + y * 2) % 256).astype(np.uint8)
+    noise = (np.random.default_rng(5).random((24, 32)) * 255).astype(np.uint8)
+    for name, pixels, options in [
+            ("smooth-baseline.jpg", smooth, {"quality": 90}),
+            ("smooth-q100.jpg", smooth, {"quality": 100}),
+            ("noise-q1.jpg", noise, {"quality": 1}),
+            ("noise-optimised.jpg", noise, {"quality": 95, "optimize": True}),
+            ("smooth-restarts.jpg", smooth, {"quality": 75, "restart_marker_blocks": 2}),
+            ("colour-444.jpg", np.stack([smooth, 255 - smooth, smooth[::-1]], -1),
+             {"quality": 85, "subsampling": 0})]:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", **options)
+        out("jpeg", name, buf.getvalue())
+
+
 def png_bytes():
     import zlib
     w = h = 16
@@ -398,6 +425,7 @@ def main():
         console_seeds()
         config_seeds()
         firmware_seeds(tmp)
+    jpeg_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
 
