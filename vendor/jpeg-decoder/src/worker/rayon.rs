@@ -107,8 +107,6 @@ impl ImmediateWorker {
                 &mut output_buffer,
             );
 
-            let write_back = &mut result_block[y * line_stride + x..];
-
             let buffered_lines = output_buffer.chunks_mut(8);
             let back_lines = write_back.chunks_mut(line_stride);
 
