@@ -357,14 +357,11 @@ pub fn pixels(data: &[u8]) {
 
 /// JPEG files alone, as `duli infer` and the console's uploads read them: the format and
 /// pixel budget from the header, the patched decoder (vendor/jpeg-decoder: upstream's
-/// parser and Huffman decoding, the vectorised inverse DCT) and the tensor. Small inputs
-/// run far faster here than through [`pixels`], which writes each to a file first. The
-/// pixel budget is smaller than the daemon's (1024², not 4096²): the decoder allocates the
-/// frame its header declares before reading the scans, and the budget check itself is
-/// exercised by `pixels`; a smaller frame per input is many more inputs per second through
-/// the same code.
+/// parser and Huffman decoding, the vectorised inverse DCT) and the tensor, with the
+/// daemon's pixel budget. Unlike [`pixels`] it writes nothing to a file and opens no DICOM
+/// reader, so every input reaches the JPEG decoder.
 pub fn jpeg(data: &[u8]) {
-    const MAX_PIXELS: u64 = 1024 * 1024;
+    const MAX_PIXELS: u64 = 4096 * 4096;
     if let Ok(gray) = crate::infer::raster::decode_bytes(data, MAX_PIXELS) {
         let _ = crate::infer::tensor::input_tensor(&gray, input_spec());
     }
