@@ -79,8 +79,116 @@ pub async fn start(config: &Config) -> Result<Running> {
     start_with(config, Prebound::default()).await
 }
 
-/// [`start`] with listeners bound beforehand.
+/// [`start`] with listeners bound beforehand. The stages start in dependency order:
+/// store and audit trail, audit forwarding, delivery, assembly, the DICOM listeners, live
+/// events, the record stage and the console, retention, the control socket, inference.
 pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Running> {
+    let (store, audit) = open_store(config).await?;
+    let metrics = Arc::new(Metrics::default());
+    // Every long-lived stage below runs supervised by `shutdown`, with a heartbeat in its
+    // registry of stages.
+    let mut shutdown = Shutdown::new();
+
+    // Forwarding of the audit trail to the site's audit record repository ([audit] syslog).
+    if let Some(task) = crate::audit_forward::start(config, &store, &audit, &shutdown)
+        .context("audit forwarding ([audit])")?
+    {
+        shutdown.drain_on_stop(task, crate::audit_forward::DRAIN);
+    }
+    let delivery =
+        crate::deliver::service::start(config, &store, &audit, &model_name(config), &shutdown)?;
+    let assembly = start_assembly(config, &store, &shutdown);
+    let uploads = assembly.events.downgrade();
+
+    let outbox = delivery.outbox.clone();
+    let scp = Scp::new(
+        receive::ScpParts {
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            events: assembly.events,
+        },
+        config,
+    )
+    .with_admission(Arc::new(move || {
+        outbox
+            .is_full()
+            .then(|| "the delivery outbox is full".to_string())
+    }));
+    let scp = Arc::new(scp);
+    warn_at_start(config);
+    let dicom_addr = start_dicom(config, &mut prebound, &scp, &mut shutdown).await?;
+    let events = start_events(&store, &mut shutdown);
+
+    // The record stage: each result with its SR and outbox entries in one commit, each
+    // heatmap with its SC, each feedback into the outbox.
+    let recorder = Arc::new(crate::record::Recorder::new(
+        store.clone(),
+        Some(crate::record::Delivery {
+            outbox: delivery.outbox.clone(),
+            plan: delivery.plan.clone(),
+            secret: delivery.secret.clone(),
+            uid_root: config.dicom.uid_root.clone(),
+        }),
+    ));
+    // Console: HTTPS with the API, the front end, /healthz and /metrics.
+    let model_status = crate::infer::ModelStatus::default();
+    let console_state = console::Console::new(
+        config,
+        console::Parts {
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
+            delivery: delivery.outbox.clone(),
+            feedback: recorder.clone(),
+            stages: shutdown.stages().clone(),
+            assembly: uploads,
+            model_status: model_status.clone(),
+        },
+    )?;
+    let console_addr = console::start(
+        config,
+        Arc::new(console_state),
+        prebound.console.take(),
+        &mut shutdown,
+    )
+    .await?;
+
+    start_retention(config, &store, &audit, &mut shutdown);
+    start_control(config, &store, &audit, &delivery, &mut shutdown)?;
+    // The tracker ends when the SCP (holder of its event sender) is gone.
+    let tracker = assembly.tracker;
+    shutdown.on_stop(async move {
+        drop(scp);
+        let _ = tokio::time::timeout(drain::TRACKER, tracker).await;
+    });
+    let options = crate::infer::PipelineOptions {
+        recorder: Some(recorder),
+        status: model_status.clone(),
+        ..Default::default()
+    };
+    start_inference(config, &store, assembly.completed, options, &mut shutdown);
+
+    log::info!(
+        "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
+        config.dicom.ae_title
+    );
+    Ok(Running {
+        store,
+        metrics,
+        audit,
+        delivery,
+        dicom_addr,
+        console_addr,
+        events,
+        model: model_status,
+        shutdown,
+    })
+}
+
+/// Opens the store and the audit trail in it (off the runtime's threads).
+async fn open_store(config: &Config) -> Result<(Arc<Store>, Arc<crate::audit::Audit>)> {
     let data_dir = config.device.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
@@ -102,61 +210,53 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             .context("audit open task")?
             .context("cannot open the audit trail")?
     };
-    let audit = Arc::new(audit);
-    let metrics = Arc::new(Metrics::default());
-    // Every long-lived stage below runs supervised by `shutdown`, with a heartbeat in its
-    // registry of stages.
-    let mut shutdown = Shutdown::new();
+    Ok((store, Arc::new(audit)))
+}
 
-    // Forwarding of the audit trail to the site's audit record repository ([audit] syslog).
-    if let Some(task) = crate::audit_forward::start(config, &store, &audit, &shutdown)
-        .context("audit forwarding ([audit])")?
-    {
-        shutdown.drain_on_stop(task, crate::audit_forward::DRAIN);
-    }
-
-    // Delivery: outbox and workers.
-    let model_name = config
+/// The model's name as reports carry it: the name of the folder holding its manifest.
+fn model_name(config: &Config) -> String {
+    config
         .inference
         .model
         .parent()
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let delivery = crate::deliver::service::start(config, &store, &audit, &model_name, &shutdown)?;
+        .unwrap_or_default()
+}
 
-    // Assembly: stored instances -> completed studies.
+/// The assembly stage as started: where stored instances are announced, where completed
+/// studies come out, and the tracker's task.
+struct Assembly {
+    /// Stored instances and uploads are announced here.
+    events: mpsc::Sender<crate::assemble::Event>,
+    /// Completed studies (their Study Instance UIDs), for inference.
+    completed: mpsc::Receiver<String>,
+    /// The tracker (ends when every sender of `events` is gone).
+    tracker: tokio::task::JoinHandle<()>,
+}
+
+/// Assembly: stored instances → completed studies, after `dicom.quiet_period`.
+fn start_assembly(config: &Config, store: &Arc<Store>, shutdown: &Shutdown) -> Assembly {
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (completed_tx, completed_rx) = mpsc::channel(256);
-    let tracker_task = {
-        let (store, events_rx) = (store.clone(), Arc::new(tokio::sync::Mutex::new(events_rx)));
-        let quiet = Duration::from_secs(config.dicom.quiet_period);
-        shutdown.supervise("assemble", Backoff::default(), move |beat| {
-            let tracker =
-                StudyTracker::new(store.clone(), quiet, completed_tx.clone()).with_heartbeat(beat);
-            let events_rx = events_rx.clone();
-            async move { tracker.run_on(&mut *events_rx.lock().await).await }
-        })
-    };
-    let uploads_tx = events_tx.downgrade();
+    let (store, events_rx) = (store.clone(), Arc::new(tokio::sync::Mutex::new(events_rx)));
+    let quiet = Duration::from_secs(config.dicom.quiet_period);
+    let tracker = shutdown.supervise("assemble", Backoff::default(), move |beat| {
+        let tracker =
+            StudyTracker::new(store.clone(), quiet, completed_tx.clone()).with_heartbeat(beat);
+        let events_rx = events_rx.clone();
+        async move { tracker.run_on(&mut *events_rx.lock().await).await }
+    });
+    Assembly {
+        events: events_tx,
+        completed: completed_rx,
+        tracker,
+    }
+}
 
-    // DICOM listeners.
-    let outbox = delivery.outbox.clone();
-    let scp = Scp::new(
-        receive::ScpParts {
-            store: store.clone(),
-            audit: audit.clone(),
-            metrics: metrics.clone(),
-            events: events_tx,
-        },
-        config,
-    )
-    .with_admission(Arc::new(move || {
-        outbox
-            .is_full()
-            .then(|| "the delivery outbox is full".to_string())
-    }));
-    let scp = Arc::new(scp);
+/// What the configuration allows that the log must say at start: a DICOM port open to any
+/// peer, and firmware installs that will be refused (the imaging service keeps running).
+fn warn_at_start(config: &Config) {
     if config.dicom.open_to_any_peer() {
         log::warn!(
             "DICOM on {} accepts any calling AE with every permission (dicom.allowed_peers is \
@@ -171,7 +271,17 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     if let Err(e) = config.firmware.device_hardware_id() {
         log::error!("firmware installs will be refused: {e}");
     }
-    // The plain port, unless `dicom.plain = false` leaves DICOM to the TLS port alone.
+}
+
+/// The DICOM listeners: the plain port, unless `dicom.plain = false` leaves DICOM to the
+/// TLS port alone, and the TLS port when `dicom.tls = true`. Returns the address peers
+/// reach (the plain one when both are open).
+async fn start_dicom(
+    config: &Config,
+    prebound: &mut Prebound,
+    scp: &Arc<Scp>,
+    shutdown: &mut Shutdown,
+) -> Result<SocketAddr> {
     let mut plain_addr = None;
     if config.dicom.plain {
         let addr = SocketAddr::new(config.dicom.bind, config.dicom.port);
@@ -182,13 +292,8 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         )
         .await?;
         plain_addr = Some(listener.local_addr()?);
-        let task = supervise_receive(
-            "receive",
-            &shutdown,
-            supervise::Listener::keep(listener)?,
-            None,
-            scp.clone(),
-        );
+        let listener = supervise::Listener::keep(listener)?;
+        let task = supervise_receive("receive", shutdown, listener, None, scp.clone());
         shutdown.track(task);
     }
     let mut tls_addr = None;
@@ -214,26 +319,24 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         .await?;
         log::info!("DICOM TLS listening on {}", listener.local_addr()?);
         tls_addr = Some(listener.local_addr()?);
-        let task = supervise_receive(
-            "receive tls",
-            &shutdown,
-            supervise::Listener::keep(listener)?,
-            Some(tokio_rustls::TlsAcceptor::from(tls)),
-            scp.clone(),
-        );
+        let listener = supervise::Listener::keep(listener)?;
+        let acceptor = Some(tokio_rustls::TlsAcceptor::from(tls));
+        let task = supervise_receive("receive tls", shutdown, listener, acceptor, scp.clone());
         shutdown.track(task);
     }
-
     let dicom_addr = plain_addr
         .or(tls_addr)
         .context("no DICOM listener: dicom.plain = false needs dicom.tls = true")?;
     if !config.dicom.plain {
         log::info!("plain DICOM is off (dicom.plain = false): DICOM TLS only");
     }
+    Ok(dicom_addr)
+}
 
-    // Live study events, from the store's broadcast of committed changes.
+/// Live study events, from the store's broadcast of committed changes.
+fn start_events(store: &Arc<Store>, shutdown: &mut Shutdown) -> events::Bus {
     let events = events::Bus::new();
-    let events_task = {
+    let task = {
         let (store, bus, stop) = (store.clone(), events.clone(), shutdown.signal());
         shutdown.supervise("console-events", Backoff::default(), move |beat| {
             beat.pulse(events::watch_store(
@@ -243,69 +346,48 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             ))
         })
     };
-    shutdown.track(events_task);
+    shutdown.track(task);
+    events
+}
 
-    // Console: HTTPS with the API, the front end, /healthz and /metrics.
-    // The record stage: each result with its SR and outbox entries in one commit, each
-    // heatmap with its SC, each feedback into the outbox.
-    let recorder = Arc::new(crate::record::Recorder::new(
-        store.clone(),
-        Some(crate::record::Delivery {
-            outbox: delivery.outbox.clone(),
-            plan: delivery.plan.clone(),
-            secret: delivery.secret.clone(),
-            uid_root: config.dicom.uid_root.clone(),
-        }),
-    ));
-    let model_status = crate::infer::ModelStatus::default();
-    let console_state = console::Console::new(
-        config,
-        console::Parts {
-            store: store.clone(),
-            audit: audit.clone(),
-            metrics: metrics.clone(),
-            events: events.clone(),
-            delivery: delivery.outbox.clone(),
-            feedback: recorder.clone(),
-            stages: shutdown.stages().clone(),
-            assembly: uploads_tx,
-            model_status: model_status.clone(),
-        },
-    )?;
-    let console_state = Arc::new(console_state);
-    let console_addr = console::start(
-        config,
-        console_state,
-        prebound.console.take(),
-        &mut shutdown,
-    )
-    .await?;
+/// Retention of pixel data: hourly, by age and by the disk reserve.
+fn start_retention(
+    config: &Config,
+    store: &Arc<Store>,
+    audit: &Arc<crate::audit::Audit>,
+    shutdown: &mut Shutdown,
+) {
+    let (store, audit) = (store.clone(), audit.clone());
+    let (days, reserve) = (
+        config.retention.pixel_days,
+        config.retention.disk_reserve_mb * 1024 * 1024,
+    );
+    let task = shutdown.supervise("retention", Backoff::default(), move |beat| {
+        beat.pulse(crate::retention::run(
+            store.clone(),
+            audit.clone(),
+            days,
+            reserve,
+            Duration::from_secs(3600),
+        ))
+    });
+    shutdown.abort_on_stop(task);
+}
 
-    // Retention of pixel data.
-    let retention = {
-        let (store, audit) = (store.clone(), audit.clone());
-        let (days, reserve) = (
-            config.retention.pixel_days,
-            config.retention.disk_reserve_mb * 1024 * 1024,
-        );
-        shutdown.supervise("retention", Backoff::default(), move |beat| {
-            beat.pulse(crate::retention::run(
-                store.clone(),
-                audit.clone(),
-                days,
-                reserve,
-                Duration::from_secs(3600),
-            ))
-        })
-    };
-    shutdown.abort_on_stop(retention);
-
-    // Local control socket for the CLI.
-    let control_listener = control::bind(&data_dir)
+/// The local control socket for the CLI, in the data folder; removed at stop.
+fn start_control(
+    config: &Config,
+    store: &Arc<Store>,
+    audit: &Arc<crate::audit::Audit>,
+    delivery: &crate::deliver::service::Delivery,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    let data_dir = config.device.data_dir.clone();
+    let listener = control::bind(&data_dir)
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
-    let control_task = {
+    let task = {
         let (store, audit, outbox) = (store.clone(), audit.clone(), delivery.outbox.clone());
-        let (dir, mut first) = (data_dir.clone(), Some(control_listener));
+        let (dir, mut first) = (data_dir.clone(), Some(listener));
         shutdown.supervise("control", Backoff::default(), move |beat| {
             // a restart binds the socket again
             let listener = first.take().map_or_else(|| control::bind(&dir), Ok);
@@ -319,23 +401,22 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         })
     };
     shutdown.on_stop(async move {
-        control_task.abort();
+        task.abort();
         let _ = std::fs::remove_file(control::socket_path(&data_dir));
     });
+    Ok(())
+}
 
-    // The tracker ends when the SCP (holder of its event sender) is gone.
-    shutdown.on_stop(async move {
-        drop(scp);
-        let _ = tokio::time::timeout(drain::TRACKER, tracker_task).await;
-    });
-
-    // Inference: completed studies -> results, handed to the record stage; each result
-    // brings its SR and outbox entries in the same transaction, and its heatmap SC later.
-    let options = crate::infer::PipelineOptions {
-        recorder: Some(recorder),
-        status: model_status.clone(),
-        ..Default::default()
-    };
+/// Inference: completed studies → results, handed to the record stage (`options`); each
+/// engine is made by a factory that first verifies and unpacks the model pack in service,
+/// if any. The pipeline ends once assembly (its sender) has stopped.
+fn start_inference(
+    config: &Config,
+    store: &Arc<Store>,
+    completed: mpsc::Receiver<String>,
+    options: crate::infer::PipelineOptions,
+    shutdown: &mut Shutdown,
+) {
     let inference_cfg = config.inference.clone();
     let pack_cfg = config.clone();
     let factory: crate::infer::service::EngineFactory = Arc::new(move || {
@@ -346,42 +427,19 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
         }
         crate::infer::Engine::new(&inference_cfg)
     });
-    let pipeline = {
-        let (store, completed_rx) = (
-            store.clone(),
-            Arc::new(tokio::sync::Mutex::new(completed_rx)),
-        );
-        shutdown.supervise("infer", Backoff::default(), move |beat| {
-            let (store, factory, completed_rx) =
-                (store.clone(), factory.clone(), completed_rx.clone());
-            let options = crate::infer::PipelineOptions {
-                beat,
-                ..options.clone()
-            };
-            async move {
-                let mut rx = completed_rx.lock().await;
-                crate::infer::run_pipeline_on(store, factory, &mut rx, options).await
-            }
-        })
-    };
-    // The pipeline ends once assembly (its sender) has stopped.
+    let (store, completed) = (store.clone(), Arc::new(tokio::sync::Mutex::new(completed)));
+    let pipeline = shutdown.supervise("infer", Backoff::default(), move |beat| {
+        let (store, factory, completed) = (store.clone(), factory.clone(), completed.clone());
+        let options = crate::infer::PipelineOptions {
+            beat,
+            ..options.clone()
+        };
+        async move {
+            let mut rx = completed.lock().await;
+            crate::infer::run_pipeline_on(store, factory, &mut rx, options).await
+        }
+    });
     shutdown.drain_on_stop(pipeline, drain::INFERENCE);
-
-    log::info!(
-        "DICOM SCP {:?} listening on {dicom_addr}; console on https://{console_addr}/",
-        config.dicom.ae_title
-    );
-    Ok(Running {
-        store,
-        metrics,
-        audit,
-        delivery,
-        dicom_addr,
-        console_addr,
-        events,
-        model: model_status,
-        shutdown,
-    })
 }
 
 /// Serves DICOM on `listener` as the stage `name` supervised by `shutdown`.

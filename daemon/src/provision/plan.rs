@@ -1,0 +1,854 @@
+//! [`plan`]: reads and checks every input of a provisioning run and prepares the writes,
+//! touching nothing on disk. One step per part of the provisioning file, in the order
+//! their refusals are reported:
+//!
+//! 1. the places written ([`checked_target`]) and the configuration already on the box
+//!    ([`read_base`]);
+//! 2. `[device]`: identity, data folder, site secret ([`device_table`]);
+//! 3. the configuration sections and the TLS files they name ([`sections`],
+//!    [`tls_material`], [`check_pairs`]);
+//! 4. `[time]` ([`time`]) and `[admin]` ([`admin`]);
+//! 5. the resulting configuration, section by section then whole ([`check_shapes`],
+//!    [`build_config`]), the service user and data folder ([`check_owner`]);
+//! 6. `[firmware]` endorsements ([`endorsements`]);
+//! 7. the writes that follow from them, the configuration last ([`admin_write`],
+//!    [`system_writes`], [`config_write`]).
+
+use super::source::{self, Folder};
+use super::{
+    material, paths, system, Overrides, PendingAdmin, Plan, ProvisionError, ProvisionFile,
+    ProvisionedAdmin, Target, Write, PENDING_ADMIN,
+};
+use crate::config::{Config, KeyError};
+use crate::fsutil::{PRIVATE, PUBLIC};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Checks everything and prepares the writes; touches nothing on disk.
+pub fn plan(
+    file: ProvisionFile,
+    file_dir: &Path,
+    overrides: &Overrides,
+    target: &Target,
+) -> Result<Plan, ProvisionError> {
+    let target = checked_target(target)?;
+    let folder = Folder::open(file_dir).map_err(|e| {
+        ProvisionError::Invalid(vec![KeyError {
+            key: "provisioning file".into(),
+            reason: format!("cannot open its folder {}: {e}", file_dir.display()),
+        }])
+    })?;
+    let config_dir = target.config_dir();
+    let mut base = read_base(&target.config)?;
+    let mut refused = Refusals::default();
+
+    let (device, mut writes) =
+        device_table(&file, overrides, &base, &folder, &config_dir, &mut refused);
+    let mut sections = sections(&file, overrides);
+    let mut checked_sections = sections.clone();
+    let material = tls_material(
+        &folder,
+        &config_dir,
+        &mut sections,
+        &mut checked_sections,
+        &mut refused,
+    );
+    check_pairs(&material.read, &base, &config_dir, &mut refused);
+    writes.extend(material.writes);
+    let (timezone, ntp) = time(&file, overrides, &mut refused);
+    let admin = admin(&file, overrides, &mut refused);
+
+    let shape_errors = check_shapes(&sections, &mut refused);
+    let config = build_config(
+        &mut base,
+        device,
+        &sections,
+        &checked_sections,
+        &config_dir,
+        shape_errors,
+        &mut refused,
+    );
+    let service_user = check_owner(&target, config.as_ref(), &mut refused);
+    if let Some(cfg) = &config {
+        writes.extend(endorsements(&file, &folder, cfg, &mut refused));
+    }
+
+    if !refused.0.is_empty() {
+        return Err(ProvisionError::Invalid(refused.0));
+    }
+    let Some(config) = config else {
+        return Err(ProvisionError::Invalid(vec![KeyError {
+            key: "configuration".into(),
+            reason: "could not be built".into(),
+        }]));
+    };
+    if let Some(a) = &admin {
+        writes.push(admin_write(a, &config_dir)?);
+    }
+    writes.extend(system_writes(&target, &ntp, timezone.as_deref()));
+    writes.push(config_write(&config, &base, &target));
+    Ok(Plan {
+        config,
+        writes,
+        timezone,
+        admin,
+        target: Target {
+            owner: Some(service_user),
+            ..target
+        },
+    })
+}
+
+/// The refusals found so far, in the order they were found.
+#[derive(Default)]
+struct Refusals(Vec<KeyError>);
+
+impl Refusals {
+    /// Refuses the value of `key`.
+    fn add(&mut self, key: &str, reason: impl Into<String>) {
+        self.0.push(KeyError {
+            key: key.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// The places written, made absolute as the daemon resolves them, and checked to be places
+/// only root controls.
+fn checked_target(target: &Target) -> Result<Target, ProvisionError> {
+    let target = Target {
+        config: paths::absolute(&target.config),
+        system_root: paths::absolute(&target.system_root),
+        owner: target.owner.clone(),
+    };
+    let mut refused = Refusals::default();
+    if let Err(e) = paths::check_config(&target.config) {
+        refused.add("--config", e.to_string());
+    }
+    if let Err(e) = paths::check_folder(&target.system_root, None) {
+        refused.add("--system-root", e.to_string());
+    }
+    if refused.0.is_empty() {
+        Ok(target)
+    } else {
+        Err(ProvisionError::Invalid(refused.0))
+    }
+}
+
+/// The configuration on the box, if any, as written (no environment): the base the
+/// provisioning file is merged over.
+fn read_base(config: &Path) -> Result<toml::Table, ProvisionError> {
+    match std::fs::read_to_string(config) {
+        Ok(text) => text
+            .parse::<toml::Table>()
+            .map_err(|e| ProvisionError::Parse {
+                path: config.display().to_string(),
+                message: e.message().to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
+        Err(source) => Err(ProvisionError::Read {
+            path: config.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The `[device]` table to merge (identity, data folder, site secret) and the site
+/// secret's write, if any.
+fn device_table(
+    file: &ProvisionFile,
+    overrides: &Overrides,
+    base: &toml::Table,
+    folder: &Folder,
+    config_dir: &Path,
+    refused: &mut Refusals,
+) -> (toml::Table, Vec<Write>) {
+    let dev = &file.device;
+    let mut device = toml::Table::new();
+    for (key, given, flag) in [
+        ("site_id", overrides.site_id.as_ref(), "--site-id"),
+        ("device_id", overrides.device_id.as_ref(), "--device-id"),
+    ] {
+        let from_file = match key {
+            "site_id" => dev.site_id.as_ref(),
+            _ => dev.device_id.as_ref(),
+        };
+        match given.or(from_file) {
+            Some(s) => {
+                device.insert(key.into(), s.clone().into());
+            }
+            None => refused.add(
+                &format!("device.{key}"),
+                format!("required (in the provisioning file or {flag})"),
+            ),
+        }
+    }
+    let has_data_dir = base.get("device").and_then(|d| d.get("data_dir")).is_some();
+    if let Some(d) = overrides.data_dir.as_ref().or(dev.data_dir.as_ref()) {
+        if d.is_relative() {
+            refused.add(
+                "device.data_dir",
+                format!(
+                    "{} is relative: give an absolute path (the daemon resolves a relative one \
+                     against the configuration's folder, not the working directory)",
+                    d.display()
+                ),
+            );
+        }
+        device.insert("data_dir".into(), d.display().to_string().into());
+    } else if !has_data_dir {
+        device.insert("data_dir".into(), "/var/lib/duli".into());
+    }
+    let writes = site_secret(file, folder, config_dir, &mut device, refused);
+    (device, writes)
+}
+
+/// The site secret: copied from the file the provisioning file names, or generated when
+/// asked and the box has none; `device.site_secret` then names it.
+fn site_secret(
+    file: &ProvisionFile,
+    folder: &Folder,
+    config_dir: &Path,
+    device: &mut toml::Table,
+    refused: &mut Refusals,
+) -> Vec<Write> {
+    let dest = config_dir.join("site_secret");
+    let name_it = |device: &mut toml::Table| {
+        device.insert("site_secret".into(), dest.display().to_string().into());
+    };
+    let dev = &file.device;
+    match (&dev.site_secret_file, dev.generate_site_secret) {
+        (Some(_), true) => {
+            refused.add(
+                "device.site_secret_file",
+                "give either site_secret_file or generate_site_secret, not both",
+            );
+            Vec::new()
+        }
+        (Some(p), false) => {
+            let read = folder
+                .read(p, source::MAX_SECRET)
+                .map_err(|e| format!("{}: {e}", p.display()))
+                .and_then(|bytes| {
+                    material::site_secret("device.site_secret_file", &bytes)
+                        .map(|()| bytes)
+                        .map_err(|e| format!("{}: {}", p.display(), e.reason))
+                });
+            match read {
+                Ok(bytes) => {
+                    name_it(device);
+                    vec![Write {
+                        path: dest.clone(),
+                        bytes,
+                        mode: PRIVATE,
+                        private: true,
+                        what: "site secret".into(),
+                    }]
+                }
+                Err(reason) => {
+                    refused.add("device.site_secret_file", reason);
+                    Vec::new()
+                }
+            }
+        }
+        (None, true) => {
+            name_it(device);
+            if dest.exists() {
+                return Vec::new();
+            }
+            let mut raw = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+            vec![Write {
+                path: dest.clone(),
+                bytes: format!("{}\n", hex::encode(raw)).into_bytes(),
+                mode: PRIVATE,
+                private: true,
+                what: "site secret (generated)".into(),
+            }]
+        }
+        (None, false) => Vec::new(),
+    }
+}
+
+/// The configuration sections the provisioning file gives, with `--ae-title` applied.
+fn sections(file: &ProvisionFile, overrides: &Overrides) -> BTreeMap<&'static str, toml::Table> {
+    let mut sections = BTreeMap::new();
+    for (name, table) in [
+        ("dicom", &file.dicom),
+        ("pacs", &file.pacs),
+        ("hl7", &file.hl7),
+        ("mqtt", &file.mqtt),
+        ("console", &file.console),
+    ] {
+        if let Some(t) = table {
+            sections.insert(name, t.clone());
+        }
+    }
+    if let Some(ae) = &overrides.ae_title {
+        sections
+            .entry("dicom")
+            .or_default()
+            .insert("ae_title".into(), ae.clone().into());
+    }
+    sections
+}
+
+/// The key of each TLS file of each section: (section, key, private).
+const MATERIAL: [(&str, &str, bool); 11] = [
+    ("dicom", "ca", false),
+    ("dicom", "cert", false),
+    ("dicom", "key", true),
+    ("hl7", "ca", false),
+    ("hl7", "cert", false),
+    ("hl7", "key", true),
+    ("mqtt", "ca", false),
+    ("mqtt", "cert", false),
+    ("mqtt", "key", true),
+    ("console", "cert", false),
+    ("console", "key", true),
+];
+
+/// The role of a TLS file key (`ca`, `cert` or `key`, with or without a `tls_` prefix).
+fn key_role(key: &str) -> &'static str {
+    match key.trim_start_matches("tls_") {
+        "ca" => "ca",
+        "key" => "key",
+        _ => "cert",
+    }
+}
+
+/// One TLS file key of the provisioning file.
+struct Slot {
+    /// The table holding the key, as the configuration names it (`hl7`,
+    /// `pacs.destinations[0]`).
+    owner: String,
+    /// The key (`ca`, `tls_key`, ...).
+    key: &'static str,
+    /// `ca`, `cert` or `key`.
+    role: &'static str,
+    /// The copy's file name under `<config>/tls/`.
+    file: String,
+    /// What it is, for the summary.
+    what: String,
+}
+
+/// What was read of a TLS file, by (owner, role): (key name, bytes).
+type ReadMaterial = BTreeMap<(String, &'static str), (String, Vec<u8>)>;
+
+/// The TLS files named in the provisioning file: read from beside it, copied to
+/// `<config>/tls/`.
+struct Material<'a> {
+    /// The provisioning file's folder, inside which the files are.
+    folder: &'a Folder,
+    /// `<config>/tls`.
+    tls_dir: PathBuf,
+    /// The copies to write.
+    writes: Vec<Write>,
+    /// What was read, to check that certificates and keys parse and match.
+    read: ReadMaterial,
+}
+
+impl Material<'_> {
+    /// Reads the file `table[slot.key]` names, if any: `table` (written) then points at
+    /// the copy, `checked` (validated now) at the source; the copy is queued, private keys
+    /// 0600. A value that is not a path or a file that cannot be read is refused.
+    fn take(
+        &mut self,
+        slot: Slot,
+        table: &mut toml::Table,
+        checked: &mut toml::Table,
+        refused: &mut Refusals,
+    ) {
+        let Some(value) = table.get(slot.key) else {
+            return;
+        };
+        let name = format!("{}.{}", slot.owner, slot.key);
+        let Some(rel) = value.as_str().map(PathBuf::from) else {
+            refused.add(&name, "must be a file path");
+            return;
+        };
+        let private = slot.role == "key";
+        let cap = if private {
+            source::MAX_KEY
+        } else {
+            source::MAX_CERTIFICATES
+        };
+        let path = self.folder.show(&rel);
+        match self.folder.read(&rel, cap) {
+            Ok(bytes) => {
+                let dest = self.tls_dir.join(&slot.file);
+                checked.insert(slot.key.into(), path.display().to_string().into());
+                table.insert(slot.key.into(), dest.display().to_string().into());
+                self.writes.push(Write {
+                    path: dest,
+                    bytes: bytes.clone(),
+                    mode: if private { PRIVATE } else { PUBLIC },
+                    private,
+                    what: slot.what,
+                });
+                self.read.insert((slot.owner, slot.role), (name, bytes));
+            }
+            Err(e) => refused.add(&name, format!("{}: {e}", rel.display())),
+        }
+    }
+}
+
+/// Reads every TLS file the sections name: `sections` then point at the copies under
+/// `<config>/tls/`, `checked_sections` at the sources (what is validated now). Each PACS
+/// destination's files are copied as `tls/pacs-N.*` (N its position).
+fn tls_material<'a>(
+    folder: &'a Folder,
+    config_dir: &Path,
+    sections: &mut BTreeMap<&'static str, toml::Table>,
+    checked_sections: &mut BTreeMap<&'static str, toml::Table>,
+    refused: &mut Refusals,
+) -> Material<'a> {
+    let mut material = Material {
+        folder,
+        tls_dir: config_dir.join("tls"),
+        writes: Vec::new(),
+        read: BTreeMap::new(),
+    };
+    for (section, key, private) in MATERIAL {
+        let (Some(table), Some(checked)) =
+            (sections.get_mut(section), checked_sections.get_mut(section))
+        else {
+            continue;
+        };
+        let slot = Slot {
+            owner: section.to_string(),
+            key,
+            role: key_role(key),
+            file: match key {
+                "key" => format!("{section}.key"),
+                "ca" => format!("{section}-ca.pem"),
+                _ => format!("{section}.pem"),
+            },
+            what: if private {
+                format!("{section} private key")
+            } else if key == "ca" {
+                format!("{section} CA certificates")
+            } else {
+                format!("{section} certificate")
+            },
+        };
+        material.take(slot, table, checked, refused);
+    }
+    let pacs = destinations(sections.get_mut("pacs"));
+    let pacs_checked = destinations(checked_sections.get_mut("pacs"));
+    for (i, (table, checked)) in pacs.into_iter().zip(pacs_checked).enumerate() {
+        let name = table
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map(|n| format!("PACS destination {n:?}"))
+            .unwrap_or_else(|| format!("PACS destination {i}"));
+        for (key, file, what) in [
+            ("tls_ca", format!("pacs-{i}-ca.pem"), "CA certificates"),
+            ("tls_cert", format!("pacs-{i}.pem"), "certificate"),
+            ("tls_key", format!("pacs-{i}.key"), "private key"),
+        ] {
+            let slot = Slot {
+                owner: format!("pacs.destinations[{i}]"),
+                key,
+                role: key_role(key),
+                file,
+                what: format!("{name} {what}"),
+            };
+            material.take(slot, table, checked, refused);
+        }
+    }
+    material
+}
+
+/// The tables of `[[pacs.destinations]]` in the `pacs` section, if any.
+fn destinations(pacs: Option<&mut toml::Table>) -> Vec<&mut toml::Table> {
+    pacs.and_then(|p| p.get_mut("destinations"))
+        .and_then(toml::Value::as_array_mut)
+        .map(|a| a.iter_mut().filter_map(toml::Value::as_table_mut).collect())
+        .unwrap_or_default()
+}
+
+/// Certificates parse; keys parse and match their certificate, the one provisioned beside
+/// them or, when only one half is provisioned, the other half already configured.
+fn check_pairs(read: &ReadMaterial, base: &toml::Table, config_dir: &Path, refused: &mut Refusals) {
+    let owners: BTreeSet<&String> = read.keys().map(|(owner, _)| owner).collect();
+    for owner in owners {
+        let get = |role: &'static str| read.get(&(owner.clone(), role));
+        let mut check = |result: Result<(), material::MaterialError>| {
+            if let Err(e) = result {
+                refused.add(&e.key, e.reason);
+            }
+        };
+        if let Some((name, ca)) = get("ca") {
+            check(material::certificates(name, ca).map(drop));
+        }
+        match (get("cert"), get("key")) {
+            (Some((cert_name, c)), Some((key_name, k))) => {
+                check(material::certified_pair(cert_name, c, key_name, k));
+            }
+            (Some((name, c)), None) => match configured(base, config_dir, owner, "key") {
+                Some(Ok((key_name, k))) => {
+                    check(material::certified_pair(name, c, &key_name, &k));
+                }
+                Some(Err(e)) => refused.add(name, e.to_string()),
+                None => check(material::certificates(name, c).map(drop)),
+            },
+            (None, Some((name, k))) => match configured(base, config_dir, owner, "cert") {
+                Some(Ok((cert_name, c))) => {
+                    check(material::certified_pair(&cert_name, &c, name, k));
+                }
+                Some(Err(e)) => refused.add(name, e.to_string()),
+                None => check(material::private_key(name, k).map(drop)),
+            },
+            (None, None) => {}
+        }
+    }
+}
+
+/// The file the configuration on the box names for `role` (`cert` or `key`) of the
+/// section `owner`, read as `(name for messages, bytes)`: `None` when it names none (or
+/// the section is a PACS destination, whose table the provisioning file replaces whole),
+/// `Some(Err)` when it names one that cannot be read. A relative path resolves against the
+/// configuration's folder, as the daemon resolves it.
+fn configured(
+    base: &toml::Table,
+    config_dir: &Path,
+    owner: &str,
+    role: &str,
+) -> Option<Result<(String, Vec<u8>), PartnerUnreadable>> {
+    let value = base.get(owner)?.get(role)?.as_str()?;
+    let path = config_dir.join(value);
+    let cap = if role == "key" {
+        source::MAX_KEY
+    } else {
+        source::MAX_CERTIFICATES
+    };
+    let name = format!("{owner}.{role} (configured: {})", path.display());
+    Some(
+        source::read_nofollow(&path, cap)
+            .map(|bytes| (name.clone(), bytes))
+            .map_err(|source| PartnerUnreadable { name, source }),
+    )
+}
+
+/// The configured partner of a key or certificate being provisioned cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot check against {name}: {source}")]
+struct PartnerUnreadable {
+    /// The partner, for messages.
+    name: String,
+    /// Why it cannot be read.
+    source: source::SourceError,
+}
+
+/// `[time]`: the time zone and the NTP servers (flags win), each checked.
+fn time(
+    file: &ProvisionFile,
+    overrides: &Overrides,
+    refused: &mut Refusals,
+) -> (Option<String>, Vec<String>) {
+    let timezone = overrides
+        .timezone
+        .clone()
+        .or_else(|| file.time.timezone.clone());
+    if let Some(tz) = &timezone {
+        if let Err(r) = system::check_timezone(tz) {
+            refused.add("time.timezone", r.to_string());
+        }
+    }
+    let ntp = if overrides.ntp.is_empty() {
+        file.time.ntp.clone()
+    } else {
+        overrides.ntp.clone()
+    };
+    for (i, server) in ntp.iter().enumerate() {
+        if let Err(r) = system::check_host(server) {
+            refused.add(&format!("time.ntp[{i}]"), r.to_string());
+        }
+    }
+    (timezone, ntp)
+}
+
+/// `[admin]` (or `--admin`): the first administrator, its name and password checked.
+fn admin(
+    file: &ProvisionFile,
+    overrides: &Overrides,
+    refused: &mut Refusals,
+) -> Option<PendingAdmin> {
+    let admin = match (&file.admin, &overrides.admin) {
+        (_, Some(name)) => Some(PendingAdmin {
+            name: name.clone(),
+            password: file.admin.as_ref().and_then(|a| a.password.clone()),
+        }),
+        (Some(a), None) => Some(a.clone()),
+        (None, None) => None,
+    };
+    if let Some(a) = &admin {
+        let name_ok = !a.name.is_empty()
+            && a.name.len() <= 64
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+        if !name_ok {
+            refused.add(
+                "admin.name",
+                "1 to 64 letters, digits, '.', '_', '-' or '@'",
+            );
+        }
+        if a.password.as_ref().is_some_and(|p| p.chars().count() < 12) {
+            refused.add("admin.password", "must have at least 12 characters");
+        }
+    }
+    admin
+}
+
+/// Each section on its own, so that a shape error names its section; whether any failed.
+fn check_shapes(sections: &BTreeMap<&'static str, toml::Table>, refused: &mut Refusals) -> bool {
+    let mut failed = false;
+    for (name, table) in sections {
+        let value = toml::Value::Table(table.clone());
+        let result = match *name {
+            "dicom" => crate::config::DicomConfig::deserialize(value).map(drop),
+            "pacs" => crate::config::PacsConfig::deserialize(value).map(drop),
+            "hl7" => crate::config::Hl7Config::deserialize(value).map(drop),
+            "mqtt" => crate::config::MqttConfig::deserialize(value).map(drop),
+            _ => crate::config::ConsoleConfig::deserialize(value).map(drop),
+        };
+        if let Err(e) = result {
+            failed = true;
+            refused.add(name, e.message());
+        }
+    }
+    failed
+}
+
+/// Merges `over` into `base`, table by table.
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Merges one section into `base`.
+fn merge_section(base: &mut toml::Table, name: &str, table: &toml::Table) {
+    let mut t = toml::Table::new();
+    t.insert(name.into(), toml::Value::Table(table.clone()));
+    merge(base, &t);
+}
+
+/// The configuration that will be in effect: validated with the TLS sources
+/// (`checked_sections`); `base` becomes the one written, pointing at the copies. A
+/// relative data folder already in the configuration is resolved as the daemon resolves
+/// it. `None` when it cannot be built (the reason is refused, unless a section's shape
+/// error already says it).
+fn build_config(
+    base: &mut toml::Table,
+    device: toml::Table,
+    sections: &BTreeMap<&'static str, toml::Table>,
+    checked_sections: &BTreeMap<&'static str, toml::Table>,
+    config_dir: &Path,
+    shape_errors: bool,
+    refused: &mut Refusals,
+) -> Option<Config> {
+    let mut checked = base.clone();
+    merge_section(&mut checked, "device", &device);
+    merge_section(base, "device", &device);
+    for (name, table) in checked_sections {
+        merge_section(&mut checked, name, table);
+    }
+    for (name, table) in sections {
+        merge_section(base, name, table);
+    }
+    let parse = |table: toml::Table| Config::deserialize(toml::Value::Table(table));
+    let config = match parse(checked) {
+        Ok(c) => {
+            if let Err(list) = c.validate() {
+                refused.0.extend(list);
+            }
+            match parse(base.clone()) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    refused.add("configuration", m.message());
+                    None
+                }
+            }
+        }
+        Err(m) => {
+            if !shape_errors {
+                refused.add("configuration", m.message());
+            }
+            None
+        }
+    };
+    config.map(|mut c| {
+        if c.device.data_dir.is_relative() {
+            c.device.data_dir = config_dir.join(&c.device.data_dir);
+        }
+        c
+    })
+}
+
+/// Private files go to the configured service user only (returned); the data folder is an
+/// absolute place root controls (the folder itself may be the service user's).
+fn check_owner(target: &Target, config: Option<&Config>, refused: &mut Refusals) -> String {
+    let service_user = config
+        .map(|c| c.device.service_user.clone())
+        .unwrap_or_else(|| crate::config::DeviceConfig::default().service_user);
+    if let Some(asked) = &target.owner {
+        if *asked != service_user {
+            refused.add(
+                "--owner",
+                format!(
+                    "{asked:?} is not the configured service user {service_user:?} \
+                     (device.service_user): private keys and secrets go to it only"
+                ),
+            );
+        }
+    }
+    if let Some(c) = config {
+        let leaf = super::owner_ids(Some(&service_user)).map(|(uid, _)| uid);
+        if let Err(e) = paths::check_folder(&c.device.data_dir, leaf) {
+            refused.add("device.data_dir", e.to_string());
+        }
+    }
+    service_user
+}
+
+/// `[firmware]` endorsements: accepted only when a built-in key signed them, not expired
+/// and their key not revoked (checked as the box will load them); one write each.
+fn endorsements(
+    file: &ProvisionFile,
+    folder: &Folder,
+    cfg: &Config,
+    refused: &mut Refusals,
+) -> Vec<Write> {
+    use duli_firmware::endorsement::{Endorsement, EndorsementError as E, ENDORSEMENT_SUFFIX};
+    let anchors = crate::firmware_cli::device_anchors(cfg)
+        .unwrap_or_else(|_| duli_firmware::TrustAnchors::builtin());
+    let mut writes = Vec::new();
+    for (i, p) in file.firmware.endorsements.iter().enumerate() {
+        let checked = folder
+            .read(p, source::MAX_ENDORSEMENT)
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|b| Endorsement::from_json(&b).map_err(|e| e.to_string()))
+            .and_then(|e| {
+                anchors
+                    .clone()
+                    .accept_endorsement(&e)
+                    .map(|k| (e, k))
+                    .map_err(|err| match err {
+                        E::Expired { .. } | E::Revoked(_) => err.to_string(),
+                        _ => format!("not signed by a built-in key: {err}"),
+                    })
+            });
+        match checked {
+            Ok((e, k)) => writes.push(Write {
+                path: cfg
+                    .firmware
+                    .endorsed_keys
+                    .join(format!("{}{ENDORSEMENT_SUFFIX}", k.id())),
+                bytes: e.to_json().into_bytes(),
+                mode: PUBLIC,
+                private: false,
+                what: format!(
+                    "firmware key endorsement {} ({}; scopes: {})",
+                    k.id(),
+                    e.label,
+                    e.effective_scopes()
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+            Err(r) => refused.add(&format!("firmware.endorsements[{i}]"), r),
+        }
+    }
+    writes
+}
+
+/// The pending first administrator's file: the name and the password's hash, never the
+/// password.
+fn admin_write(a: &PendingAdmin, config_dir: &Path) -> Result<Write, ProvisionError> {
+    let refuse = |key: &str, reason: String| {
+        ProvisionError::Invalid(vec![KeyError {
+            key: key.into(),
+            reason,
+        }])
+    };
+    let password_hash = a
+        .password
+        .as_deref()
+        .map(crate::accounts::hash_password)
+        .transpose()
+        .map_err(|e| refuse("admin.password", e.to_string()))?;
+    let pending = ProvisionedAdmin {
+        name: a.name.clone(),
+        password_hash,
+        password: None,
+    };
+    let text = toml::to_string(&pending)
+        .map_err(|e| refuse("admin", format!("cannot be written: {e}")))?;
+    Ok(Write {
+        path: config_dir.join(PENDING_ADMIN),
+        bytes: format!(
+            "# First console administrator (the password only as its hash), created by the\n\
+             # daemon at its next start, which removes this file, or by\n\
+             # `duli user add {} --role admin`; delete this file afterwards.\n{text}",
+            a.name
+        )
+        .into_bytes(),
+        mode: PRIVATE,
+        private: true,
+        what: "pending first administrator".into(),
+    })
+}
+
+/// The system files: the timesyncd drop-in naming the NTP servers, the time zone.
+fn system_writes(target: &Target, ntp: &[String], timezone: Option<&str>) -> Vec<Write> {
+    let mut writes = Vec::new();
+    if !ntp.is_empty() {
+        writes.push(Write {
+            path: target
+                .system_root
+                .join("etc/systemd/timesyncd.conf.d/duli.conf"),
+            bytes: system::timesyncd_dropin(ntp).into_bytes(),
+            mode: PUBLIC,
+            private: false,
+            what: format!("NTP servers: {}", ntp.join(" ")),
+        });
+    }
+    if let Some(tz) = timezone {
+        writes.push(Write {
+            path: system::redirect(&target.system_root, "etc/timezone"),
+            bytes: format!("{tz}\n").into_bytes(),
+            mode: PUBLIC,
+            private: false,
+            what: format!("time zone {tz}"),
+        });
+    }
+    writes
+}
+
+/// The configuration file as written (`base`: the box's configuration with the
+/// provisioned sections merged, TLS files pointing at the copies).
+fn config_write(config: &Config, base: &toml::Table, target: &Target) -> Write {
+    let mut text = format!(
+        "# Written by `duli provision` for site {} device {}.\n",
+        config.device.site_id, config.device.device_id
+    );
+    text.push_str(&toml::to_string_pretty(base).unwrap_or_default());
+    Write {
+        path: target.config.clone(),
+        bytes: text.into_bytes(),
+        mode: PUBLIC,
+        private: false,
+        what: "configuration".into(),
+    }
+}
