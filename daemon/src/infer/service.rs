@@ -371,7 +371,10 @@ fn sanitize(uid: &str) -> String {
         .collect()
 }
 
-/// Analyses one study and records its result (see the module contract).
+/// Analyses one study and records its result (see the module contract): each image
+/// analysed for the report ([`analyse_image`]), the heatmaps decided ([`plan_heatmaps`]),
+/// the result recorded, then the class-activation maps made with it, then the occlusion
+/// jobs queued.
 pub async fn analyse_study(
     store: &Arc<Store>,
     engine: &Arc<Engine>,
@@ -383,114 +386,25 @@ pub async fn analyse_study(
         .recorder
         .clone()
         .unwrap_or_else(|| Arc::new(Recorder::new(Arc::clone(store), None)));
-    match record::mark_inferring(store, uid) {
-        Ok(_) => {}
-        // Reopened by new instances since it was queued: assembly hands it on again.
-        Err(e @ StoreError::Transition { .. }) => {
-            log::info!("study {uid}: not analysed now: {e}");
-            return;
-        }
-        Err(e) => {
-            log::error!("study {uid}: {e}");
-            return;
-        }
-    }
-    let instances = match store.instances_of(uid) {
-        Ok(i) => i,
-        Err(e) => {
-            log::error!("study {uid}: cannot list instances: {e}");
-            let _ = record::mark_error(store, uid, &format!("cannot list instances: {e}"));
-            return;
-        }
-    };
-    // Every image of it was sent again under another study: nothing is left to report on,
-    // and a report on nothing must not reach the RIS or the PACS.
-    if instances.iter().all(|i| i.generated) {
-        let why = "no image left: every instance was sent again under another study";
-        log::warn!("study {uid}: {why}");
-        let _ = record::mark_error(store, uid, why);
+    let Some(instances) = begin(store, uid) else {
         return;
-    }
+    };
     let manifest = Arc::clone(engine.manifest());
-    let mut images = Vec::with_capacity(instances.len());
-    let mut inputs: Vec<Option<Vec<f32>>> = Vec::with_capacity(instances.len());
-    // An analysed image's features (a `cam` model) with the network's probabilities.
-    let mut features: Vec<Option<(Vec<f32>, Vec<f32>)>> = Vec::with_capacity(instances.len());
     // Whether this study's images can get heatmaps at all, and how many inputs are held
     // for them (at most MAX_HEATMAP_IMAGES).
     let maps_possible = (options.heatmaps && engine.cam().is_some()) || heatmaps.is_some();
     let mut held = 0usize;
+    let mut analysed = Vec::with_capacity(instances.len());
     for inst in &instances {
-        let mut result = if inst.pruned {
-            ImageResult {
-                status: ImageStatus::NotApplicable,
-                reason: Some("pixel data pruned by retention".into()),
-                ..failed(String::new(), String::new(), Timings::default())
-            }
-        } else {
-            let path = store.root().join(&inst.path);
-            let m = Arc::clone(&manifest);
-            let max_pixels = engine.max_pixels();
-            // Decoding and inferring for the report: background heatmaps wait meanwhile.
-            let report_work = engine.preparing();
-            let prep =
-                tokio::task::spawn_blocking(move || prepare_file(&path, &m, max_pixels)).await;
-            match prep {
-                Ok(Preparation::Ready(p)) => {
-                    let start = Instant::now();
-                    let tensor = p.tensor.clone();
-                    match engine.infer_prepared(tensor, report_work).await {
-                        Ok(out) => {
-                            let mut r = analysed(&manifest, &p, &out.values, ms(start));
-                            let wants_map =
-                                maps_possible && heatmap_target(&manifest, &r.findings).is_some();
-                            if wants_map && held < MAX_HEATMAP_IMAGES {
-                                held += 1;
-                                inputs.push(Some(p.tensor));
-                                let network = super::findings::probabilities(
-                                    &out.values,
-                                    manifest.output.activation,
-                                );
-                                features.push(out.features.map(|f| (f, network)));
-                            } else {
-                                if wants_map {
-                                    r.heatmap = HeatmapState::Skipped {
-                                        reason: format!(
-                                            "only the first {MAX_HEATMAP_IMAGES} images of a \
-                                             study get a heatmap"
-                                        ),
-                                    };
-                                }
-                                inputs.push(None);
-                                features.push(None);
-                            }
-                            push(&mut images, r, inst);
-                            continue;
-                        }
-                        Err(e) => failed(String::new(), e.to_string(), p.timings),
-                    }
-                }
-                Ok(other) => {
-                    if let Preparation::Error { reason, .. } = &other {
-                        log::warn!("study {uid}: {}: not analysed: {reason}", inst.path);
-                    }
-                    not_analysed(&other).unwrap_or_else(|| {
-                        failed(String::new(), "not prepared".into(), Timings::default())
-                    })
-                }
-                Err(join) => failed(
-                    String::new(),
-                    format!("decoder panicked: {join}"),
-                    Timings::default(),
-                ),
-            }
+        let maps = Maps {
+            possible: maps_possible,
+            room: held < MAX_HEATMAP_IMAGES,
         };
-        if result.status == ImageStatus::NotApplicable && result.reason.is_none() {
-            result.reason = Some("not applicable".into());
+        let a = analyse_image(store, engine, &manifest, uid, inst, maps).await;
+        if a.input.is_some() {
+            held += 1;
         }
-        inputs.push(None);
-        features.push(None);
-        push(&mut images, result, inst);
+        analysed.push(a);
     }
     let version = store
         .study(uid)
@@ -498,45 +412,14 @@ pub async fn analyse_study(
         .flatten()
         .map(|s| s.result_version + 1)
         .unwrap_or(1);
-    // Heatmap targets are decided now so the record says which are pending. A `cam`
-    // model's maps are made here, from the result's own inference pass; occlusion maps
-    // (and a `cam` model's images whose network gave no features) go to the worker.
-    let mut jobs = Vec::new();
-    let mut cams = Vec::new();
-    for ((img, input), feats) in images.iter_mut().zip(inputs).zip(features) {
-        let (Some(input), Some(target)) = (input, heatmap_target(&manifest, &img.findings)) else {
-            continue;
-        };
-        let code = manifest.labels[target].code.clone();
-        if let (true, Some(head), Some((f, network))) = (options.heatmaps, engine.cam(), feats) {
-            let start = Instant::now();
-            match super::heatmap::cam_png(head, &f, &network, target, &manifest) {
-                Ok(png) => {
-                    img.heatmap = HeatmapState::Pending { code: code.clone() };
-                    img.timings.heatmap_ms = ms(start);
-                    cams.push((img.sop_instance_uid.clone(), code, png, ms(start)));
-                    continue;
-                }
-                Err(e) => log::warn!("{}: class-activation map: {e}", img.sop_instance_uid),
-            }
-        }
-        if heatmaps.is_some() {
-            img.heatmap = HeatmapState::Pending { code };
-            jobs.push(HeatmapJob {
-                study_uid: uid.to_string(),
-                version,
-                sop_instance_uid: img.sop_instance_uid.clone(),
-                input,
-                target,
-            });
-        }
-    }
-    let result = build_result(uid, version, images, engine);
+    let planned = plan_heatmaps(analysed, engine, options, heatmaps.is_some(), uid, version);
+    let result = build_result(uid, version, planned.images, engine);
     let failure = crate::record::failure(&result);
-    let pending: Vec<&str> = cams
+    let pending: Vec<&str> = planned
+        .cams
         .iter()
-        .map(|c| c.0.as_str())
-        .chain(jobs.iter().map(|j| j.sop_instance_uid.as_str()))
+        .map(|c| c.sop.as_str())
+        .chain(planned.jobs.iter().map(|j| j.sop_instance_uid.as_str()))
         .collect();
     let recorded = recorder
         .record_result(Outcome {
@@ -556,31 +439,11 @@ pub async fn analyse_study(
     );
     // The class-activation maps, made with the result, are recorded right after it
     // (and become the result's heatmap objects in the record stage).
-    for (sop, code, png, heatmap_ms) in cams {
-        let (store, recorder, study, rid) = (
-            Arc::clone(store),
-            Arc::clone(&recorder),
-            uid.to_string(),
-            result.report_id.clone(),
-        );
-        let recorded = tokio::task::spawn_blocking(move || {
-            let state = match write_heatmap(&store, &rid, &sop, &png) {
-                Ok(path) => HeatmapState::Done { code, path },
-                Err(e) => HeatmapState::Failed {
-                    reason: format!("cannot write the heatmap: {e}"),
-                },
-            };
-            recorder.record_heatmap(&study, version, &sop, state, heatmap_ms)
-        })
-        .await;
-        match recorded {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::error!("study {uid}: cannot record the heatmap: {e}"),
-            Err(e) => log::error!("study {uid}: heatmap task failed: {e}"),
-        }
+    for map in planned.cams {
+        record_cam(store, &recorder, &result, map).await;
     }
     if let Some(worker) = heatmaps {
-        let (worker, recorder) = (worker.clone(), Arc::clone(&recorder));
+        let (worker, recorder, jobs) = (worker.clone(), Arc::clone(&recorder), planned.jobs);
         let queued = tokio::task::spawn_blocking(move || worker.submit_all(&recorder, jobs)).await;
         if let Err(e) = queued {
             log::error!("study {uid}: queueing the heatmaps failed: {e}");
@@ -588,12 +451,260 @@ pub async fn analyse_study(
     }
 }
 
-fn push(images: &mut Vec<ImageResult>, mut r: ImageResult, inst: &crate::model::InstanceRecord) {
+/// Marks the study `inferring` and lists its instances; `None` (logged, and the study
+/// marked `error` where that is the outcome) when there is nothing to analyse now.
+fn begin(store: &Store, uid: &str) -> Option<Vec<crate::model::InstanceRecord>> {
+    match record::mark_inferring(store, uid) {
+        Ok(_) => {}
+        // Reopened by new instances since it was queued: assembly hands it on again.
+        Err(e @ StoreError::Transition { .. }) => {
+            log::info!("study {uid}: not analysed now: {e}");
+            return None;
+        }
+        Err(e) => {
+            log::error!("study {uid}: {e}");
+            return None;
+        }
+    }
+    let instances = match store.instances_of(uid) {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!("study {uid}: cannot list instances: {e}");
+            let _ = record::mark_error(store, uid, &format!("cannot list instances: {e}"));
+            return None;
+        }
+    };
+    // Every image of it was sent again under another study: nothing is left to report on,
+    // and a report on nothing must not reach the RIS or the PACS.
+    if instances.iter().all(|i| i.generated) {
+        let why = "no image left: every instance was sent again under another study";
+        log::warn!("study {uid}: {why}");
+        let _ = record::mark_error(store, uid, why);
+        return None;
+    }
+    Some(instances)
+}
+
+/// One image analysed for the report, with what its heatmap needs when it gets one.
+struct AnalysedImage {
+    /// The image's result.
+    result: ImageResult,
+    /// The model input, held for its heatmap.
+    input: Option<Vec<f32>>,
+    /// The network's features with its probabilities (a `cam` model), for its heatmap.
+    features: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Whether an image may get a heatmap.
+#[derive(Clone, Copy)]
+struct Maps {
+    /// The study's images can get heatmaps at all.
+    possible: bool,
+    /// The study has not used its share of heatmaps ([`MAX_HEATMAP_IMAGES`]).
+    room: bool,
+}
+
+/// Decodes and infers one instance for the report (background heatmaps wait meanwhile).
+/// When heatmaps are possible and the image has a finding to explain, its input (and
+/// features) are held for the heatmap, or, when the study has used its share, the
+/// heatmap is skipped with the reason.
+async fn analyse_image(
+    store: &Store,
+    engine: &Arc<Engine>,
+    manifest: &Arc<super::manifest::Manifest>,
+    uid: &str,
+    inst: &crate::model::InstanceRecord,
+    maps: Maps,
+) -> AnalysedImage {
+    let only = |result: ImageResult| AnalysedImage {
+        result: for_instance(result, inst),
+        input: None,
+        features: None,
+    };
+    if inst.pruned {
+        return only(ImageResult {
+            status: ImageStatus::NotApplicable,
+            reason: Some("pixel data pruned by retention".into()),
+            ..failed(String::new(), String::new(), Timings::default())
+        });
+    }
+    let path = store.root().join(&inst.path);
+    let m = Arc::clone(manifest);
+    let max_pixels = engine.max_pixels();
+    let report_work = engine.preparing();
+    let prep = tokio::task::spawn_blocking(move || prepare_file(&path, &m, max_pixels)).await;
+    let mut result = match prep {
+        Ok(Preparation::Ready(p)) => {
+            let start = Instant::now();
+            match engine.infer_prepared(p.tensor.clone(), report_work).await {
+                Ok(out) => {
+                    let mut r = analysed(manifest, &p, &out.values, ms(start));
+                    let wants_map =
+                        maps.possible && heatmap_target(manifest, &r.findings).is_some();
+                    if wants_map && maps.room {
+                        let network =
+                            super::findings::probabilities(&out.values, manifest.output.activation);
+                        return AnalysedImage {
+                            result: for_instance(r, inst),
+                            input: Some(p.tensor),
+                            features: out.features.map(|f| (f, network)),
+                        };
+                    }
+                    if wants_map {
+                        r.heatmap = HeatmapState::Skipped {
+                            reason: format!(
+                                "only the first {MAX_HEATMAP_IMAGES} images of a study get a \
+                                 heatmap"
+                            ),
+                        };
+                    }
+                    return only(r);
+                }
+                Err(e) => failed(String::new(), e.to_string(), p.timings),
+            }
+        }
+        Ok(other) => {
+            if let Preparation::Error { reason, .. } = &other {
+                log::warn!("study {uid}: {}: not analysed: {reason}", inst.path);
+            }
+            not_analysed(&other)
+                .unwrap_or_else(|| failed(String::new(), "not prepared".into(), Timings::default()))
+        }
+        Err(join) => failed(
+            String::new(),
+            format!("decoder panicked: {join}"),
+            Timings::default(),
+        ),
+    };
+    if result.status == ImageStatus::NotApplicable && result.reason.is_none() {
+        result.reason = Some("not applicable".into());
+    }
+    only(result)
+}
+
+/// The images of a result with the heatmaps decided: class-activation maps made now,
+/// occlusion jobs for the worker.
+struct Planned {
+    /// The images, each heatmap `pending` where one is being made.
+    images: Vec<ImageResult>,
+    /// Class-activation maps made from the result's own inference pass.
+    cams: Vec<CamMap>,
+    /// Occlusion maps (and a `cam` model's images whose network gave no features), for
+    /// the worker.
+    jobs: Vec<HeatmapJob>,
+}
+
+/// A class-activation map made with the result.
+struct CamMap {
+    /// The image's SOP Instance UID.
+    sop: String,
+    /// The code of the finding it explains.
+    code: String,
+    /// The map as PNG.
+    png: Vec<u8>,
+    /// How long it took.
+    ms: f64,
+}
+
+/// Decides each image's heatmap now, so the record says which are pending; a `cam`
+/// model's maps are made here.
+fn plan_heatmaps(
+    analysed: Vec<AnalysedImage>,
+    engine: &Engine,
+    options: &PipelineOptions,
+    worker: bool,
+    uid: &str,
+    version: u32,
+) -> Planned {
+    let manifest = engine.manifest();
+    let mut planned = Planned {
+        images: Vec::with_capacity(analysed.len()),
+        cams: Vec::new(),
+        jobs: Vec::new(),
+    };
+    for a in analysed {
+        let mut img = a.result;
+        let (Some(input), Some(target)) = (a.input, heatmap_target(manifest, &img.findings)) else {
+            planned.images.push(img);
+            continue;
+        };
+        let code = manifest.labels[target].code.clone();
+        let cam = match (options.heatmaps, engine.cam(), a.features) {
+            (true, Some(head), Some((f, network))) => {
+                let start = Instant::now();
+                super::heatmap::cam_png(head, &f, &network, target, manifest)
+                    .map(|png| (png, ms(start)))
+                    .map_err(|e| log::warn!("{}: class-activation map: {e}", img.sop_instance_uid))
+                    .ok()
+            }
+            _ => None,
+        };
+        if let Some((png, took)) = cam {
+            img.heatmap = HeatmapState::Pending { code: code.clone() };
+            img.timings.heatmap_ms = took;
+            planned.cams.push(CamMap {
+                sop: img.sop_instance_uid.clone(),
+                code,
+                png,
+                ms: took,
+            });
+        } else if worker {
+            img.heatmap = HeatmapState::Pending { code };
+            planned.jobs.push(HeatmapJob {
+                study_uid: uid.to_string(),
+                version,
+                sop_instance_uid: img.sop_instance_uid.clone(),
+                input,
+                target,
+            });
+        }
+        planned.images.push(img);
+    }
+    planned
+}
+
+/// Writes a class-activation map and records it into the result.
+async fn record_cam(
+    store: &Arc<Store>,
+    recorder: &Arc<Recorder>,
+    result: &StudyResult,
+    map: CamMap,
+) {
+    let (store, recorder) = (Arc::clone(store), Arc::clone(recorder));
+    let (study, rid, version) = (
+        result.study_instance_uid.clone(),
+        result.report_id.clone(),
+        result.version,
+    );
+    let recorded = tokio::task::spawn_blocking(move || {
+        let state = match write_heatmap(&store, &rid, &map.sop, &map.png) {
+            Ok(path) => HeatmapState::Done {
+                code: map.code,
+                path,
+            },
+            Err(e) => HeatmapState::Failed {
+                reason: format!("cannot write the heatmap: {e}"),
+            },
+        };
+        recorder.record_heatmap(&study, version, &map.sop, state, map.ms)
+    })
+    .await;
+    let uid = &result.study_instance_uid;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("study {uid}: cannot record the heatmap: {e}"),
+        Err(e) => log::error!("study {uid}: heatmap task failed: {e}"),
+    }
+}
+
+/// `r` as the result of `inst`: its SOP Instance UID (when decoding did not give one) and
+/// its series.
+fn for_instance(mut r: ImageResult, inst: &crate::model::InstanceRecord) -> ImageResult {
     if r.sop_instance_uid.is_empty() {
         r.sop_instance_uid = inst.sop_instance_uid.clone();
     }
     r.series_instance_uid = inst.series_instance_uid.clone();
-    images.push(r);
+    r
 }
 
 fn ms(since: Instant) -> f64 {
