@@ -368,119 +368,175 @@ pub fn run(
     cancel: &super::Stop,
     emit: &mut Emit<'_>,
 ) -> Result<usize, QueryError> {
-    let level = query.level;
-    let model = query.model;
-    // Keys that take part in matching at this level.
-    let active: Vec<&QueryKey> = query
-        .keys
-        .iter()
-        .filter(|k| k.matcher != Matcher::Universal && !is_count(k.tag))
-        .filter(|k| attribute_level(k.tag, model).is_some_and(|l| l <= level))
-        .collect();
-    let at = |max: Level| -> Vec<&QueryKey> {
-        active
-            .iter()
-            .copied()
-            .filter(|k| {
-                attribute_level(k.tag, model).is_some_and(|l| l <= max && l >= Level::Patient)
-            })
-            .collect()
-    };
-    let study_keys = at(Level::Study);
-    let series_keys: Vec<&QueryKey> = active
-        .iter()
-        .copied()
-        .filter(|k| attribute_level(k.tag, model) == Some(Level::Series))
-        .collect();
-    let image_keys: Vec<&QueryKey> = active
-        .iter()
-        .copied()
-        .filter(|k| attribute_level(k.tag, model) == Some(Level::Image))
-        .collect();
-    let requested = |tag: Tag| query.key(tag).is_some();
-    let need_instances = level >= Level::Series
-        || requested(tags::NUMBER_OF_STUDY_RELATED_SERIES)
-        || requested(tags::SOP_CLASSES_IN_STUDY)
-        || requested(tags::NUMBER_OF_PATIENT_RELATED_SERIES);
-
+    let keys = Keys::of(query);
     let matches_study = |s: &StudyRecord| {
-        study_keys.iter().all(|k| {
-            let row = Row {
-                study: s,
-                instance: None,
-                derived: Derived::default(),
-            };
-            matching::matches(&k.matcher, k.vr, &row.values(k.tag))
-        })
+        let row = Row {
+            study: s,
+            instance: None,
+            derived: Derived::default(),
+        };
+        keys.study
+            .iter()
+            .all(|k| matching::matches(&k.matcher, k.vr, &row.values(k.tag)))
     };
     // Narrowed by an indexed key: the few candidates, sorted here by the index's own order
     // key. Otherwise every study, read one at a time in that order from the index, so the
     // first response goes out at once and a cancel or the match limit stops the reading.
-    let studies: Box<dyn Iterator<Item = Result<StudyRecord, QueryError>> + '_> =
-        match narrowed(store, query)? {
-            Some(mut list) => {
-                list.retain(|s| matches_study(s));
-                list.sort_by_cached_key(super::index::order_key);
-                Box::new(list.into_iter().map(Ok))
-            }
-            None => Box::new(
-                store
-                    .studies_in_query_order()
-                    .map(|r| r.map_err(QueryError::from))
-                    .filter(|r| r.as_ref().map_or(true, &matches_study)),
-            ),
-        };
-
-    let mut emitted = 0usize;
-    let mut send = |row: &Row, emit: &mut Emit<'_>| -> bool {
-        emitted += 1;
-        emit(response(query, row, retrieve_ae))
+    let studies: Studies<'_> = match narrowed(store, query)? {
+        Some(mut list) => {
+            list.retain(|s| matches_study(s));
+            list.sort_by_cached_key(super::index::order_key);
+            Box::new(list.into_iter().map(Ok))
+        }
+        None => Box::new(
+            store
+                .studies_in_query_order()
+                .map(|r| r.map_err(QueryError::from))
+                .filter(|r| r.as_ref().map_or(true, &matches_study)),
+        ),
     };
+    let mut out = Responses {
+        query,
+        retrieve_ae,
+        emit,
+        emitted: 0,
+    };
+    if query.level == Level::Patient {
+        patients(store, studies, keys.need_instances, cancel, &mut out)?;
+    } else {
+        below_patients(store, studies, &keys, query.level, cancel, &mut out)?;
+    }
+    Ok(out.emitted)
+}
 
-    if level == Level::Patient {
-        // The studies come ordered by Patient ID: each patient's are consecutive.
-        let mut studies = studies.peekable();
-        while let Some(first) = studies.next() {
-            if cancel.is_set() {
-                break;
-            }
-            let first = first?;
-            let patient = first.patient_id.clone();
-            let mut group = vec![first];
-            while let Some(Ok(next)) =
-                studies.next_if(|r| r.as_ref().is_ok_and(|s| s.patient_id == patient))
-            {
-                group.push(next);
-            }
-            let mut derived = Derived {
-                patient_studies: group.len(),
-                ..Default::default()
-            };
-            for s in &group {
-                derived.patient_instances += s.instances as usize;
-                if need_instances {
-                    derived.patient_series +=
-                        series_of(&store.instances_of(&s.study_instance_uid)?).len();
-                }
-            }
-            let row = Row {
-                study: &group[0],
-                instance: None,
-                derived,
-            };
-            if !send(&row, emit) {
-                break;
+/// The keys of a query that take part in matching, by the level they match at, and
+/// whether the instances of each study must be read (for series and image rows, or for
+/// counts and lists derived from them).
+struct Keys<'q> {
+    /// Patient- and study-level keys.
+    study: Vec<&'q QueryKey>,
+    /// Series-level keys.
+    series: Vec<&'q QueryKey>,
+    /// Image-level keys.
+    image: Vec<&'q QueryKey>,
+    /// The instances of each study are needed.
+    need_instances: bool,
+}
+
+impl<'q> Keys<'q> {
+    fn of(query: &'q Query) -> Keys<'q> {
+        let (level, model) = (query.level, query.model);
+        let level_of = |k: &QueryKey| attribute_level(k.tag, model);
+        let active: Vec<&QueryKey> = query
+            .keys
+            .iter()
+            .filter(|k| k.matcher != Matcher::Universal && !is_count(k.tag))
+            .filter(|k| level_of(k).is_some_and(|l| l <= level))
+            .collect();
+        let keys_where = |at: &dyn Fn(Level) -> bool| -> Vec<&'q QueryKey> {
+            active
+                .iter()
+                .copied()
+                .filter(|k| level_of(k).is_some_and(at))
+                .collect()
+        };
+        let requested = |tag: Tag| query.key(tag).is_some();
+        Keys {
+            study: keys_where(&|l| l <= Level::Study && l >= Level::Patient),
+            series: keys_where(&|l| l == Level::Series),
+            image: keys_where(&|l| l == Level::Image),
+            need_instances: level >= Level::Series
+                || requested(tags::NUMBER_OF_STUDY_RELATED_SERIES)
+                || requested(tags::SOP_CLASSES_IN_STUDY)
+                || requested(tags::NUMBER_OF_PATIENT_RELATED_SERIES),
+        }
+    }
+}
+
+/// Where matching rows go, as response identifiers, counted.
+struct Responses<'a, 'e> {
+    query: &'a Query,
+    retrieve_ae: &'a str,
+    emit: &'a mut Emit<'e>,
+    emitted: usize,
+}
+
+impl Responses<'_, '_> {
+    /// Emits `row`; `false` when the caller wants no more.
+    fn send(&mut self, row: &Row) -> bool {
+        self.emitted += 1;
+        (self.emit)(response(self.query, row, self.retrieve_ae))
+    }
+}
+
+/// The candidate studies of a query, in the index's order.
+type Studies<'s> = Box<dyn Iterator<Item = Result<StudyRecord, QueryError>> + 's>;
+
+/// PATIENT level: one row per patient, from its consecutive studies (they come ordered by
+/// Patient ID), with the patient's counts.
+fn patients(
+    store: &Store,
+    studies: Studies<'_>,
+    need_instances: bool,
+    cancel: &super::Stop,
+    out: &mut Responses,
+) -> Result<(), QueryError> {
+    let mut studies = studies.peekable();
+    while let Some(first) = studies.next() {
+        if cancel.is_set() {
+            break;
+        }
+        let first = first?;
+        let patient = first.patient_id.clone();
+        let mut group = vec![first];
+        while let Some(Ok(next)) =
+            studies.next_if(|r| r.as_ref().is_ok_and(|s| s.patient_id == patient))
+        {
+            group.push(next);
+        }
+        let mut derived = Derived {
+            patient_studies: group.len(),
+            ..Default::default()
+        };
+        for s in &group {
+            derived.patient_instances += s.instances as usize;
+            if need_instances {
+                derived.patient_series +=
+                    series_of(&store.instances_of(&s.study_instance_uid)?).len();
             }
         }
-        return Ok(emitted);
+        let row = Row {
+            study: &group[0],
+            instance: None,
+            derived,
+        };
+        if !out.send(&row) {
+            break;
+        }
     }
+    Ok(())
+}
 
-    'studies: for s in studies {
+/// STUDY, SERIES and IMAGE levels: each matching study, then its matching series, then
+/// their matching instances, down to the query's level.
+fn below_patients(
+    store: &Store,
+    studies: Studies<'_>,
+    keys: &Keys,
+    level: Level,
+    cancel: &super::Stop,
+    out: &mut Responses,
+) -> Result<(), QueryError> {
+    let all_match = |keys: &[&QueryKey], row: &Row| {
+        keys.iter()
+            .all(|k| matching::matches(&k.matcher, k.vr, &row.values(k.tag)))
+    };
+    for s in studies {
         if cancel.is_set() {
             break;
         }
         let s = &s?;
-        let instances = if need_instances {
+        let instances = if keys.need_instances {
             store.instances_of(&s.study_instance_uid)?
         } else {
             Vec::new()
@@ -504,30 +560,26 @@ pub fn run(
                 instance: None,
                 derived: study_derived,
             };
-            if !send(&row, emit) {
+            if !out.send(&row) {
                 break;
             }
             continue;
         }
         for members in series.values() {
-            let first = members[0];
             let series_row = Row {
                 study: s,
-                instance: Some(first),
+                instance: Some(members[0]),
                 derived: Derived {
                     series_instances: members.len(),
                     ..study_derived.clone()
                 },
             };
-            if !series_keys
-                .iter()
-                .all(|k| matching::matches(&k.matcher, k.vr, &series_row.values(k.tag)))
-            {
+            if !all_match(&keys.series, &series_row) {
                 continue;
             }
             if level == Level::Series {
-                if cancel.is_set() || !send(&series_row, emit) {
-                    break 'studies;
+                if cancel.is_set() || !out.send(&series_row) {
+                    return Ok(());
                 }
                 continue;
             }
@@ -537,19 +589,16 @@ pub fn run(
                     instance: Some(inst),
                     derived: series_row.derived.clone(),
                 };
-                if !image_keys
-                    .iter()
-                    .all(|k| matching::matches(&k.matcher, k.vr, &row.values(k.tag)))
-                {
+                if !all_match(&keys.image, &row) {
                     continue;
                 }
-                if cancel.is_set() || !send(&row, emit) {
-                    break 'studies;
+                if cancel.is_set() || !out.send(&row) {
+                    return Ok(());
                 }
             }
         }
     }
-    Ok(emitted)
+    Ok(())
 }
 
 /// Groups a study's instances by series, in series-number order.
