@@ -127,14 +127,67 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
 /// Negotiates an association request against `policy`; `cert_sha256` is the SHA-256
 /// (lower-case hex) of the peer's TLS client certificate, if it presented one. An
 /// `allowed_peers` entry with `cert_sha256` matches only that certificate.
+///
+/// In order: the request's header ([`check_header`]), the calling peer's permissions
+/// ([`permissions_of`]), the number of presentation contexts, the peer's user items
+/// ([`PeerItems`]), the SCP/SCU roles granted ([`granted_roles`]), then each presentation
+/// context ([`answer_contexts`]).
 pub fn negotiate_with_cert(
     rq: &AssociationRQ,
     peer: IpAddr,
     cert_sha256: Option<&str>,
     policy: &Policy,
 ) -> Result<Accepted, Rejected> {
+    check_header(rq, policy)?;
     let calling = rq.calling_ae_title.trim().to_string();
-    let called = rq.called_ae_title.trim().to_string();
+    let permissions = permissions_of(policy, &calling, peer, cert_sha256)?;
+    if rq.presentation_contexts.is_empty()
+        || rq.presentation_contexts.len() > MAX_PRESENTATION_CONTEXTS
+    {
+        return Err(reject(
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+            format!(
+                "{} presentation contexts proposed (1 to {MAX_PRESENTATION_CONTEXTS} allowed)",
+                rq.presentation_contexts.len()
+            ),
+        ));
+    }
+    let items = PeerItems::of(rq);
+    let roles = granted_roles(&items.requested_roles, &permissions, policy);
+    let (results, contexts) = answer_contexts(rq, policy, &permissions, &items, &roles);
+
+    let mut user_variables = vec![
+        UserVariableItem::MaxLength(policy.max_pdu),
+        UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+        UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION.to_string()),
+    ];
+    let mut peer_scp_classes = HashSet::new();
+    for (uid, roles) in roles {
+        if roles.scp {
+            peer_scp_classes.insert(uid.clone());
+        }
+        user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles));
+    }
+    Ok(Accepted {
+        ac: AssociationAC {
+            protocol_version: 1,
+            application_context_name: APPLICATION_CONTEXT.to_string(),
+            calling_ae_title: rq.calling_ae_title.clone(),
+            called_ae_title: rq.called_ae_title.clone(),
+            presentation_contexts: results,
+            user_variables,
+        },
+        contexts,
+        calling_ae: calling,
+        peer_max_pdu: items.peer_max_pdu,
+        permissions,
+        peer_scp_classes,
+    })
+}
+
+/// The protocol version, the application context and the called AE title.
+fn check_header(rq: &AssociationRQ, policy: &Policy) -> Result<(), Rejected> {
     if rq.protocol_version & 1 == 0 {
         return Err(reject(
             AssociationRJResult::Permanent,
@@ -156,6 +209,7 @@ pub fn negotiate_with_cert(
             ),
         ));
     }
+    let called = rq.called_ae_title.trim();
     if called != policy.ae_title {
         return Err(reject(
             AssociationRJResult::Permanent,
@@ -168,107 +222,139 @@ pub fn negotiate_with_cert(
             ),
         ));
     }
-    let permissions: HashSet<Permission> = if policy.allowed_peers.is_empty() {
-        Permission::ALL.into_iter().collect()
-    } else {
-        let claims: Vec<&AllowedPeer> = policy
-            .allowed_peers
-            .iter()
-            .filter(|p| {
-                p.ae_title == calling
-                    && p.address
-                        .is_none_or(|a| crate::client_key::same_host(a, peer))
-            })
-            .collect();
-        let certified = |p: &&&AllowedPeer| match p.cert_fingerprint() {
-            None => true,
-            Some(want) => cert_sha256 == Some(want.as_str()),
-        };
-        match claims.iter().find(certified) {
-            Some(p) => p.permissions.iter().copied().collect(),
-            None if !claims.is_empty() => {
-                let mut rj = reject(
-                    AssociationRJResult::Permanent,
-                    AssociationRJSource::ServiceUser(
-                        AssociationRJServiceUserReason::CallingAETitleNotRecognized,
-                    ),
-                    format!(
-                        "calling AE title {calling:?} from {peer} is bound to another client \
-                         certificate than {} (allowed_peers cert_sha256)",
-                        cert_sha256.unwrap_or("none (no client certificate)")
-                    ),
-                );
-                rj.identity_mismatch = true;
-                return Err(rj);
-            }
-            None => {
-                return Err(reject(
-                    AssociationRJResult::Permanent,
-                    AssociationRJSource::ServiceUser(
-                        AssociationRJServiceUserReason::CallingAETitleNotRecognized,
-                    ),
-                    format!("calling AE title {calling:?} from {peer} is not in allowed_peers"),
-                ))
-            }
-        }
+    Ok(())
+}
+
+/// The permissions of the calling AE from `peer`: every one when `allowed_peers` is empty;
+/// otherwise those of the first entry for its AE title and address whose certificate
+/// binding (if any) the client certificate meets. An entry that names the peer but is
+/// bound to another certificate is refused as an identity mismatch.
+fn permissions_of(
+    policy: &Policy,
+    calling: &str,
+    peer: IpAddr,
+    cert_sha256: Option<&str>,
+) -> Result<HashSet<Permission>, Rejected> {
+    if policy.allowed_peers.is_empty() {
+        return Ok(Permission::ALL.into_iter().collect());
+    }
+    let claims: Vec<&AllowedPeer> = policy
+        .allowed_peers
+        .iter()
+        .filter(|p| {
+            p.ae_title == calling
+                && p.address
+                    .is_none_or(|a| crate::client_key::same_host(a, peer))
+        })
+        .collect();
+    let certified = |p: &&&AllowedPeer| match p.cert_fingerprint() {
+        None => true,
+        Some(want) => cert_sha256 == Some(want.as_str()),
     };
-    if rq.presentation_contexts.is_empty()
-        || rq.presentation_contexts.len() > MAX_PRESENTATION_CONTEXTS
-    {
-        return Err(reject(
+    let not_recognized = |why: String| {
+        reject(
             AssociationRJResult::Permanent,
-            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
-            format!(
-                "{} presentation contexts proposed (1 to {MAX_PRESENTATION_CONTEXTS} allowed)",
-                rq.presentation_contexts.len()
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
             ),
-        ));
-    }
-
-    // The same reading of the peer's Maximum Length as on the SCU side (one owner: the
-    // writer): no item is 16 KiB, 0 no limit, anything else at least 1 KiB.
-    let mut peer_max_pdu = super::writer::peer_max_pdu(None);
-    let mut requested_roles = Vec::new();
-    for item in &rq.user_variables {
-        match item {
-            UserVariableItem::MaxLength(n) => peer_max_pdu = super::writer::peer_max_pdu(Some(*n)),
-            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => {
-                requested_roles.push((uid.trim_end_matches('\0').to_string(), *roles))
-            }
-            _ => {}
-        }
-    }
-
-    // A storage class may be accepted for a peer without `store` when it takes the SCP role
-    // for it to receive the sub-operations of its C-GET.
-    let role_allowed = |uid: &str| {
-        policy.scp_role_classes.iter().any(|c| c == uid)
-            || (policy.accept_any_storage && uids::is_storage_sop_class(uid))
+            why,
+        )
     };
+    match claims.iter().find(certified) {
+        Some(p) => Ok(p.permissions.iter().copied().collect()),
+        None if !claims.is_empty() => {
+            let mut rj = not_recognized(format!(
+                "calling AE title {calling:?} from {peer} is bound to another client \
+                 certificate than {} (allowed_peers cert_sha256)",
+                cert_sha256.unwrap_or("none (no client certificate)")
+            ));
+            rj.identity_mismatch = true;
+            Err(rj)
+        }
+        None => Err(not_recognized(format!(
+            "calling AE title {calling:?} from {peer} is not in allowed_peers"
+        ))),
+    }
+}
+
+/// The user information items of a request that negotiation reads.
+struct PeerItems {
+    /// The peer's Maximum Length, read as on the SCU side (one owner: the writer): no item
+    /// is 16 KiB, 0 no limit, anything else at least 1 KiB.
+    peer_max_pdu: u32,
+    /// The SCP/SCU role selection items: (SOP class, roles proposed).
+    requested_roles: Vec<(String, RequestorRoles)>,
+}
+
+impl PeerItems {
+    fn of(rq: &AssociationRQ) -> PeerItems {
+        let mut items = PeerItems {
+            peer_max_pdu: super::writer::peer_max_pdu(None),
+            requested_roles: Vec::new(),
+        };
+        for item in &rq.user_variables {
+            match item {
+                UserVariableItem::MaxLength(n) => {
+                    items.peer_max_pdu = super::writer::peer_max_pdu(Some(*n))
+                }
+                UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => items
+                    .requested_roles
+                    .push((uid.trim_end_matches('\0').to_string(), *roles)),
+                _ => {}
+            }
+        }
+        items
+    }
+}
+
+/// Whether the peer may take the SCP role for storage class `uid` (to receive the
+/// sub-operations of its C-GET).
+fn role_allowed(policy: &Policy, uid: &str) -> bool {
+    policy.scp_role_classes.iter().any(|c| c == uid)
+        || (policy.accept_any_storage && uids::is_storage_sop_class(uid))
+}
+
+/// The roles answered (PS3.7 D.3.3.4), for the peers that may C-GET: the SCP role as
+/// proposed, the SCU role (sending C-STOREs) only with the `store` permission.
+fn granted_roles(
+    requested: &[(String, RequestorRoles)],
+    permissions: &HashSet<Permission>,
+    policy: &Policy,
+) -> Vec<(String, RequestorRoles)> {
+    if !permissions.contains(&Permission::Get) {
+        return Vec::new();
+    }
+    requested
+        .iter()
+        .filter(|(uid, _)| role_allowed(policy, uid))
+        .map(|(uid, roles)| {
+            let scu = roles.scu && permissions.contains(&Permission::Store);
+            (
+                uid.clone(),
+                RequestorRoles {
+                    scu,
+                    scp: roles.scp,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The answer to each presentation context, and the contexts accepted. A context is
+/// refused when its id is even or repeated, its abstract syntax is not served, the peer
+/// lacks the permission it needs (a storage class is accepted without `store` for a peer
+/// that may C-GET and proposed the SCP role for it), or no transfer syntax fits.
+fn answer_contexts(
+    rq: &AssociationRQ,
+    policy: &Policy,
+    permissions: &HashSet<Permission>,
+    items: &PeerItems,
+    granted_roles: &[(String, RequestorRoles)],
+) -> (Vec<PresentationContextResult>, Vec<AcceptedContext>) {
     let get_receiver = |uid: &str| {
         permissions.contains(&Permission::Get)
-            && role_allowed(uid)
-            && requested_roles.iter().any(|(u, r)| u == uid && r.scp)
-    };
-    // The roles answered (PS3.7 D.3.3.4), for the peers that may C-GET: the SCP role as
-    // proposed, the SCU role (sending C-STOREs) only with the `store` permission.
-    let granted_roles: Vec<(String, RequestorRoles)> = if permissions.contains(&Permission::Get) {
-        requested_roles
-            .iter()
-            .filter(|(uid, _)| role_allowed(uid))
-            .map(|(uid, roles)| {
-                let scu = roles.scu && permissions.contains(&Permission::Store);
-                (
-                    uid.clone(),
-                    RequestorRoles {
-                        scu,
-                        scp: roles.scp,
-                    },
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
+            && role_allowed(policy, uid)
+            && items.requested_roles.iter().any(|(u, r)| u == uid && r.scp)
     };
     let mut contexts = Vec::new();
     let mut results = Vec::new();
@@ -335,35 +421,7 @@ pub fn negotiate_with_cert(
             }),
         }
     }
-
-    let mut user_variables = vec![
-        UserVariableItem::MaxLength(policy.max_pdu),
-        UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
-        UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION.to_string()),
-    ];
-    let mut peer_scp_classes = HashSet::new();
-    for (uid, roles) in granted_roles {
-        if roles.scp {
-            peer_scp_classes.insert(uid.clone());
-        }
-        user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles));
-    }
-
-    Ok(Accepted {
-        ac: AssociationAC {
-            protocol_version: 1,
-            application_context_name: APPLICATION_CONTEXT.to_string(),
-            calling_ae_title: rq.calling_ae_title.clone(),
-            called_ae_title: rq.called_ae_title.clone(),
-            presentation_contexts: results,
-            user_variables,
-        },
-        contexts,
-        calling_ae: calling,
-        peer_max_pdu,
-        permissions,
-        peer_scp_classes,
-    })
+    (results, contexts)
 }
 
 /// Picks the transfer syntax for a context: for storage, the first one the peer proposed
