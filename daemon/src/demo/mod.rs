@@ -131,40 +131,61 @@ pub async fn run(
         .filter(|r| matches!(r.outcome, Ok(0)))
         .count();
     println!("{ok}/{} stored with Success", results.len());
-    // Wait until every sample study has its result (or a recorded error).
-    let store = running.store.clone();
     let wait = Duration::from_secs(config.dicom.quiet_period + 600);
+    let studies = wait_for_results(&running.store, &sent_uids, wait).await?;
+    print_results(&running, &studies);
+    print_console_hint(&running);
+    let code = if ok == results.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if !exit_after_report {
+        println!("Running; press Ctrl-C to stop.");
+        daemon::wait_for_signal().await?;
+    }
+    running.stop().await?;
+    Ok(code)
+}
+
+/// Waits until every study of the sent instances has its result (or a recorded error),
+/// printing progress; refuses after `wait`.
+async fn wait_for_results(
+    store: &crate::store::Store,
+    sent_uids: &[String],
+    wait: Duration,
+) -> Result<Vec<crate::model::StudyRecord>> {
     let deadline = tokio::time::Instant::now() + wait;
+    let finished_state =
+        |s: &crate::model::StudyRecord| matches!(s.state, StudyState::Done | StudyState::Error);
     let mut announced = 0usize;
-    let studies = loop {
+    loop {
         let mut studies: Vec<crate::model::StudyRecord> = Vec::new();
-        for uid in &sent_uids {
-            if let Some(i) = store.instance(uid).context("read index")? {
-                if let Some(s) = store.study(&i.study_instance_uid).context("read index")? {
-                    if !studies
-                        .iter()
-                        .any(|x| x.study_instance_uid == s.study_instance_uid)
-                    {
-                        studies.push(s);
-                    }
+        for uid in sent_uids {
+            let Some(i) = store.instance(uid).context("read index")? else {
+                continue;
+            };
+            if let Some(s) = store.study(&i.study_instance_uid).context("read index")? {
+                if !studies
+                    .iter()
+                    .any(|x| x.study_instance_uid == s.study_instance_uid)
+                {
+                    studies.push(s);
                 }
             }
         }
-        let finished = studies
-            .iter()
-            .filter(|s| matches!(s.state, StudyState::Done | StudyState::Error))
-            .count();
+        let finished = studies.iter().filter(|s| finished_state(s)).count();
         if finished > announced {
             println!("  {finished}/{} studies analysed", studies.len());
             announced = finished;
         }
         if finished == studies.len() && !studies.is_empty() {
-            break studies;
+            return Ok(studies);
         }
         if tokio::time::Instant::now() > deadline {
             let waiting: Vec<_> = studies
                 .iter()
-                .filter(|s| !matches!(s.state, StudyState::Done | StudyState::Error))
+                .filter(|s| !finished_state(s))
                 .map(|s| s.state.as_str())
                 .collect();
             bail!(
@@ -173,14 +194,18 @@ pub async fn run(
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    }
+}
+
+/// One line per study: patient, state, triage, top finding and where the report went.
+fn print_results(running: &daemon::Running, studies: &[crate::model::StudyRecord]) {
     println!(
         "\n{:<10} {:<26} {:<8} {:<6} {:<36} where the report went",
         "patient", "name", "state", "triage", "top finding"
     );
-    let outbox = running.delivery.outbox.clone();
-    for s in &studies {
-        let result = crate::infer::record::latest_result(&store, &s.study_instance_uid)
+    let outbox = &running.delivery.outbox;
+    for s in studies {
+        let result = crate::infer::record::latest_result(&running.store, &s.study_instance_uid)
             .ok()
             .flatten();
         let (triage, top, went) = match &result {
@@ -214,6 +239,10 @@ pub async fn run(
             went
         );
     }
+}
+
+/// Where the console is and how to get in: the one-time setup code on a new store.
+fn print_console_hint(running: &daemon::Running) {
     println!(
         "\nConsole: https://{}/ (self-signed certificate unless console.cert is set)",
         running.console_addr
@@ -230,15 +259,4 @@ pub async fn run(
             "Log in with an existing account, or add one: `duli user add NAME --role radiologist`."
         ),
     }
-    let code = if ok == results.len() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    };
-    if !exit_after_report {
-        println!("Running; press Ctrl-C to stop.");
-        daemon::wait_for_signal().await?;
-    }
-    running.stop().await?;
-    Ok(code)
 }
