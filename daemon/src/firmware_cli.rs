@@ -460,26 +460,7 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
         }
     };
     let outcome = match kind {
-        PayloadKind::Rootfs => {
-            let mut updater = cfg.firmware.updater_with(policy.clone())?;
-            updater.install(path, &anchors).map(|r| {
-                let m = r.manifest.manifest();
-                println!(
-                    "installed firmware {} (signed by {}) into slot {}; {} trial boot(s) armed",
-                    m.version,
-                    r.manifest.signer(),
-                    r.slot,
-                    r.attempts
-                );
-                println!("reboot to start it; the health check commits it after the boot");
-                format!(
-                    "install rootfs {} into slot {} (signed by {})",
-                    m.version,
-                    r.slot,
-                    r.manifest.signer()
-                )
-            })
-        }
+        PayloadKind::Rootfs => install_rootfs(cfg, path, &anchors, policy)?,
         PayloadKind::ModelPack => {
             let dest = cfg.firmware.model_pack_path(model_name);
             if let Some(dir) = dest.parent() {
@@ -501,27 +482,8 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
                 }
             };
             let installed = floor.get(model_name).max(installed_pack_version(&dest));
-            install_model_pack(
-                path,
-                &anchors,
-                &policy,
-                installed,
-                &dest,
-            )
-            .and_then(|v| {
-                // Root writes into the service user's folder: through the folder's
-                // descriptor, never following a link planted there.
-                let sidecar = pack_manifest_path(&dest);
-                let io = |source| {
-                    UpdateError::Slot(duli_firmware::slot::SlotError::Io {
-                        path: sidecar.clone(),
-                        source,
-                    })
-                };
-                let name = sidecar.file_name().unwrap_or_default().to_string_lossy();
-                duli_firmware::dir_write::Dir::open(sidecar.parent().unwrap_or(Path::new(".")))
-                    .and_then(|d| d.replace(&name, &v.manifest().to_json()))
-                    .map_err(io)?;
+            install_model_pack(path, &anchors, &policy, installed, &dest).and_then(|v| {
+                put_pack_record(&dest, &v)?;
                 // Raised only now that the pack is verified and in place: a bundle that
                 // fails verification cannot move the floor.
                 floor.raise(model_name, v.manifest().version);
@@ -549,10 +511,60 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
             })
         }
     };
+    Ok(report_outcome(data_dir, &object, outcome))
+}
+
+/// Installs a root filesystem bundle into the inactive slot and arms its trial boots;
+/// the audit detail, or why not.
+fn install_rootfs(
+    cfg: &Config,
+    path: &Path,
+    anchors: &TrustAnchors,
+    policy: duli_firmware::policy::DevicePolicy,
+) -> Result<Result<String, UpdateError>> {
+    let mut updater = cfg.firmware.updater_with(policy)?;
+    Ok(updater.install(path, anchors).map(|r| {
+        let m = r.manifest.manifest();
+        println!(
+            "installed firmware {} (signed by {}) into slot {}; {} trial boot(s) armed",
+            m.version,
+            r.manifest.signer(),
+            r.slot,
+            r.attempts
+        );
+        println!("reboot to start it; the health check commits it after the boot");
+        format!(
+            "install rootfs {} into slot {} (signed by {})",
+            m.version,
+            r.slot,
+            r.manifest.signer()
+        )
+    }))
+}
+
+/// Writes the installed pack's manifest beside it. Root writes into the service user's
+/// folder: through the folder's descriptor, never following a link planted there.
+fn put_pack_record(dest: &Path, v: &duli_firmware::VerifiedManifest) -> Result<(), UpdateError> {
+    let sidecar = pack_manifest_path(dest);
+    let io = |source| {
+        UpdateError::Slot(duli_firmware::slot::SlotError::Io {
+            path: sidecar.clone(),
+            source,
+        })
+    };
+    let name = sidecar.file_name().unwrap_or_default().to_string_lossy();
+    duli_firmware::dir_write::Dir::open(sidecar.parent().unwrap_or(Path::new(".")))
+        .and_then(|d| d.replace(&name, &v.manifest().to_json()))
+        .map_err(io)
+}
+
+/// Says how an install ended, records it in the audit trail, and gives the exit code:
+/// success, refused (nothing was written) or failed.
+fn report_outcome(data_dir: &Path, object: &str, outcome: Result<String, UpdateError>) -> ExitCode {
     match outcome {
         Ok(detail) => {
-            audit(data_dir, false, software(&object, detail, true));
-            Ok(ExitCode::SUCCESS)
+            audit(data_dir, false, software(object, detail, true));
+            ExitCode::SUCCESS
         }
         Err(e) => {
             let (code, what) = if refused(&e) {
@@ -565,9 +577,9 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
             audit(
                 data_dir,
                 false,
-                software(&object, format!("{what}: {e}"), false),
+                software(object, format!("{what}: {e}"), false),
             );
-            Ok(code)
+            code
         }
     }
 }
