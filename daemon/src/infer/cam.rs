@@ -534,15 +534,19 @@ fn with_output(xml: &str, g: &Graph, id: &str, dims: &[usize]) -> Result<String,
 }
 
 impl CamHead {
-    /// Values of channel `c` at (y, x).
-    fn at(&self, features: &[f32], c: usize, y: usize, x: usize) -> f32 {
+    /// Where channel `c` at (y, x) is in the features.
+    fn index(&self, c: usize, y: usize, x: usize) -> usize {
         let (k, h, w) = self.shape;
-        let i = if self.channels_last {
+        if self.channels_last {
             (y * w + x) * k + c
         } else {
             (c * h + y) * w + x
-        };
-        features.get(i).copied().unwrap_or(0.0)
+        }
+    }
+
+    /// Values of channel `c` at (y, x).
+    fn at(&self, features: &[f32], c: usize, y: usize, x: usize) -> f32 {
+        features.get(self.index(c, y, x)).copied().unwrap_or(0.0)
     }
 
     /// The pooled features (global average).
@@ -606,10 +610,33 @@ impl CamHead {
     /// features: all zeros when nothing in the image raises that output.
     pub fn cam(&self, features: &[f32], target: usize) -> Vec<f32> {
         let (k, h, w) = self.shape;
-        let pre = self.forward(&self.pooled(features));
-        let Some(logits) = pre.last() else {
+        let Some(weights) = self.channel_weights(features, target) else {
             return vec![0.0; h * w];
         };
+        let mut map = vec![0f32; h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let s: f32 = (0..k)
+                    .map(|c| weights[c] * self.at(features, c, y, x))
+                    .sum();
+                map[y * w + x] = s.max(0.0);
+            }
+        }
+        let max = map.iter().copied().fold(0f32, f32::max);
+        if max > 0.0 {
+            map.iter_mut().for_each(|v| *v /= max);
+        }
+        map
+    }
+
+    /// The Grad-CAM channel weights of output `target` for one image's features: the
+    /// derivative of that output's probability with respect to each channel's activation
+    /// at any one position (the gradient with respect to the pooled features divided by
+    /// H × W). `None` when the head has no layers.
+    pub fn channel_weights(&self, features: &[f32], target: usize) -> Option<Vec<f32>> {
+        let (_, h, w) = self.shape;
+        let pre = self.forward(&self.pooled(features));
+        let logits = pre.last()?;
         let p = self.activate(logits);
         // d output[target] / d logits
         let mut grad: Vec<f32> = match self.activation {
@@ -655,22 +682,32 @@ impl CamHead {
         }
         // d pooled_k / d A_k(y, x) = 1 / (H W): the channel weights.
         let n = (h * w).max(1) as f32;
-        let weights: Vec<f32> = grad.iter().map(|g| g / n).collect();
-        let mut map = vec![0f32; h * w];
+        Some(grad.iter().map(|g| g / n).collect())
+    }
+}
+
+/// Channel `c`'s Grad-CAM weight for output `target` measured instead of derived: central
+/// differences of the head's own forward pass, every position of the channel moved by
+/// ±`delta` (so the derivative at one position is the change over 2 · delta · H · W).
+#[cfg(test)]
+pub(crate) fn numeric_channel_weight(
+    head: &CamHead,
+    features: &[f32],
+    target: usize,
+    c: usize,
+    delta: f32,
+) -> f32 {
+    let (_, h, w) = head.shape;
+    let moved = |by: f32| {
+        let mut f = features.to_vec();
         for y in 0..h {
             for x in 0..w {
-                let s: f32 = (0..k)
-                    .map(|c| weights[c] * self.at(features, c, y, x))
-                    .sum();
-                map[y * w + x] = s.max(0.0);
+                f[head.index(c, y, x)] += by;
             }
         }
-        let max = map.iter().copied().fold(0f32, f32::max);
-        if max > 0.0 {
-            map.iter_mut().for_each(|v| *v /= max);
-        }
-        map
-    }
+        head.probabilities(&f)[target]
+    };
+    (moved(delta) - moved(-delta)) / (2.0 * delta * (h * w) as f32)
 }
 
 /// Bilinear upsampling of a `w × h` map to `out_w × out_h` (pixel centres aligned).
@@ -767,6 +804,34 @@ mod tests {
 </edges></net>"#
         );
         (xml, bin)
+    }
+
+    /// The derived channel weights are the derivative of the probability: central
+    /// differences of the head's forward pass agree, for both outputs, with both hidden
+    /// units active and with one cut off by its ReLU (its channel's weight is then 0).
+    #[test]
+    fn channel_weights_are_the_derivative_of_the_probability() {
+        let (xml, bin) = tiny();
+        let head = CamHead::read(&xml, &bin, "block").unwrap();
+        let both = [1.5, 0.5, 0.25, 1.0, 0.5, 0.75, 0.25, 0.5];
+        let one = [1.5, 0.5, 0.25, 1.0, -0.5, -0.75, -0.25, -0.5];
+        for (features, zero) in [(both, None), (one, Some(1))] {
+            for target in 0..2 {
+                let weights = head.channel_weights(&features, target).unwrap();
+                for (c, w) in weights.iter().enumerate() {
+                    let measured = numeric_channel_weight(&head, &features, target, c, 1e-2);
+                    assert!(
+                        (w - measured).abs() <= 1e-3 * w.abs().max(1e-2),
+                        "output {target} channel {c}: derived {w}, measured {measured}"
+                    );
+                    if zero == Some(c) {
+                        assert_eq!(*w, 0.0);
+                    } else {
+                        assert!(w.abs() > 1e-3, "output {target} channel {c}: {w}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
