@@ -372,7 +372,7 @@ fn sanitize(uid: &str) -> String {
 }
 
 /// Analyses one study and records its result (see the module contract): each image
-/// analysed for the report ([`analyse_image`]), the heatmaps decided ([`plan_heatmaps`]),
+/// analysed for the report (`analyse_image`), the heatmaps decided (`plan_heatmaps`),
 /// the result recorded, then the class-activation maps made with it, then the occlusion
 /// jobs queued.
 pub async fn analyse_study(

@@ -128,10 +128,10 @@ pub fn negotiate(rq: &AssociationRQ, peer: IpAddr, policy: &Policy) -> Result<Ac
 /// (lower-case hex) of the peer's TLS client certificate, if it presented one. An
 /// `allowed_peers` entry with `cert_sha256` matches only that certificate.
 ///
-/// In order: the request's header ([`check_header`]), the calling peer's permissions
-/// ([`permissions_of`]), the number of presentation contexts, the peer's user items
-/// ([`PeerItems`]), the SCP/SCU roles granted ([`granted_roles`]), then each presentation
-/// context ([`answer_contexts`]).
+/// In order: the request's header (`check_header`), the calling peer's permissions
+/// (`permissions_of`), the number of presentation contexts, the peer's user items
+/// (`PeerItems`), the SCP/SCU roles granted (`granted_roles`), then each presentation
+/// context (`answer_contexts`).
 pub fn negotiate_with_cert(
     rq: &AssociationRQ,
     peer: IpAddr,
