@@ -130,7 +130,23 @@ async fn pause(beat: &Beat, stop: &mut watch::Receiver<bool>, pause: Duration) -
     .await
 }
 
-/// One incarnation: forwards until shutdown.
+/// Reports `why` and waits the next retry pause (beating); `true` when shutdown began
+/// meanwhile.
+async fn back_off(
+    f: &Forwarder,
+    retry: &mut Retry,
+    beat: &Beat,
+    stop: &mut watch::Receiver<bool>,
+    why: String,
+) -> bool {
+    let wait = retry.next();
+    f.trouble(why, Some(wait));
+    pause(beat, stop, wait).await
+}
+
+/// One incarnation: forwards until shutdown. Each turn reads a page of the trail from the
+/// cursor, connects when not connected, flushes the store, sends the page and moves the
+/// cursor past it; any failure reports, waits the next retry pause and tries again.
 pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
     let mut wake = f.forwarding.wake.subscribe();
     let mut stop = f.stop.clone();
@@ -140,12 +156,8 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
         match f.blocking(|f| f.cursors.resume(&f.audit)).await {
             Ok(c) => break c,
             Err(e) => {
-                let wait = retry.next();
-                f.trouble(
-                    format!("cannot read the forwarding cursor: {e}"),
-                    Some(wait),
-                );
-                if pause(&beat, &mut stop, wait).await {
+                let why = format!("cannot read the forwarding cursor: {e}");
+                if back_off(&f, &mut retry, &beat, &mut stop, why).await {
                     return;
                 }
             }
@@ -162,12 +174,8 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
         let page = match f.page(cursor.next_seq).await {
             Ok(page) => page,
             Err(e) => {
-                let wait = retry.next();
-                f.trouble(
-                    format!("cannot read the trail from {}: {e}", cursor.next_seq),
-                    Some(wait),
-                );
-                if pause(&beat, &mut stop, wait).await {
+                let why = format!("cannot read the trail from {}: {e}", cursor.next_seq);
+                if back_off(&f, &mut retry, &beat, &mut stop, why).await {
                     return;
                 }
                 continue;
@@ -179,72 +187,30 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
         };
         let stream = match conn.as_mut() {
             Some(stream) => stream,
-            None => {
-                let attempt = beat.during(async {
-                    tokio::select! {
-                        r = f.link.connect() => Some(r),
-                        _ = stop.wait_for(|s| *s) => None,
+            None => match connect(&f, &beat, &mut stop, cursor.next_seq).await {
+                None => return,
+                Some(Ok(stream)) => conn.insert(stream),
+                Some(Err(e)) => {
+                    if back_off(&f, &mut retry, &beat, &mut stop, e.to_string()).await {
+                        return;
                     }
-                });
-                match attempt.await {
-                    None => return,
-                    Some(Ok(stream)) => {
-                        log::info!(
-                            "audit forwarding: connected to {}{}; {} records to send",
-                            f.link.target(),
-                            if f.link.is_tls() { " (TLS)" } else { "" },
-                            f.audit
-                                .head()
-                                .map_or(0, |(h, _)| (h + 1).saturating_sub(cursor.next_seq))
-                        );
-                        f.forwarding.status.connected();
-                        conn.insert(stream)
-                    }
-                    Some(Err(e)) => {
-                        let wait = retry.next();
-                        f.trouble(e.to_string(), Some(wait));
-                        if pause(&beat, &mut stop, wait).await {
-                            return;
-                        }
-                        continue;
-                    }
+                    continue;
                 }
-            }
+            },
         };
         // What leaves the box is durable on it first: the repository never holds a record
         // a crash could take back from the trail.
         if let Err(e) = f.store.flush().await {
-            let wait = retry.next();
-            f.trouble(format!("cannot flush the store: {e}"), Some(wait));
-            if pause(&beat, &mut stop, wait).await {
+            let why = format!("cannot flush the store: {e}");
+            if back_off(&f, &mut retry, &beat, &mut stop, why).await {
                 return;
             }
             continue;
         }
-        let mut bytes = Vec::new();
-        for rec in &page {
-            frame_into(&message(rec, &f.origin), &mut bytes);
-        }
-        let written = beat
-            .during(tokio::time::timeout(f.write_timeout, async {
-                stream.write_all(&bytes).await?;
-                stream.flush().await
-            }))
-            .await;
-        let lost = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("connection lost: {e}")),
-            Err(_) => Some(format!(
-                "connection dropped: a page not taken within {} s",
-                f.write_timeout.as_secs_f32()
-            )),
-        };
-        if let Some(why) = lost {
+        if let Err(e) = send_page(&f, &beat, stream.as_mut(), &page).await {
             // The page is sent again on the next connection.
             conn = None;
-            let wait = retry.next();
-            f.trouble(why, Some(wait));
-            if pause(&beat, &mut stop, wait).await {
+            if back_off(&f, &mut retry, &beat, &mut stop, e.to_string()).await {
                 return;
             }
             continue;
@@ -266,6 +232,69 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
             // this page again.
             log::error!("audit forwarding: cannot store the cursor: {e}");
         }
+    }
+}
+
+/// Connects to the repository (beating); `None` when shutdown began meanwhile.
+async fn connect(
+    f: &Forwarder,
+    beat: &Beat,
+    stop: &mut watch::Receiver<bool>,
+    next_seq: u64,
+) -> Option<Result<Box<dyn Stream>, super::link::ConnectError>> {
+    let attempt = beat.during(async {
+        tokio::select! {
+            r = f.link.connect() => Some(r),
+            _ = stop.wait_for(|s| *s) => None,
+        }
+    });
+    let connected = attempt.await?;
+    if connected.is_ok() {
+        log::info!(
+            "audit forwarding: connected to {}{}; {} records to send",
+            f.link.target(),
+            if f.link.is_tls() { " (TLS)" } else { "" },
+            f.audit
+                .head()
+                .map_or(0, |(h, _)| (h + 1).saturating_sub(next_seq))
+        );
+        f.forwarding.status.connected();
+    }
+    Some(connected)
+}
+
+/// Why a page did not go through (the connection is then dropped).
+#[derive(Debug, thiserror::Error)]
+enum PageNotTaken {
+    /// Writing failed.
+    #[error("connection lost: {0}")]
+    Lost(std::io::Error),
+    /// The repository did not take it within the write timeout (seconds).
+    #[error("connection dropped: a page not taken within {0} s")]
+    TimedOut(f32),
+}
+
+/// Sends one page of records, framed, within the write timeout.
+async fn send_page(
+    f: &Forwarder,
+    beat: &Beat,
+    stream: &mut dyn Stream,
+    page: &[Record],
+) -> Result<(), PageNotTaken> {
+    let mut bytes = Vec::new();
+    for rec in page {
+        frame_into(&message(rec, &f.origin), &mut bytes);
+    }
+    let written = beat
+        .during(tokio::time::timeout(f.write_timeout, async {
+            stream.write_all(&bytes).await?;
+            stream.flush().await
+        }))
+        .await;
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PageNotTaken::Lost(e)),
+        Err(_) => Err(PageNotTaken::TimedOut(f.write_timeout.as_secs_f32())),
     }
 }
 
