@@ -68,7 +68,6 @@ pub fn start(
     let plan = DeliveryPlan::from_config(config);
     dead_letter_unserved(&outbox, &plan, config);
     let mut shutdown = daemon.sharing_stages();
-    let rx = shutdown.signal();
     // HL7 and each PACS destination count explicit refusals towards dead-lettering, each
     // against its own limit.
     let refusals = |max_rejections| WorkerOptions {
@@ -99,40 +98,13 @@ pub fn start(
                         continue;
                     }
                 };
-                let key = secret.clone();
-                let (health_tx, health_rx) = watch::channel(String::new());
-                let health_tx = Arc::new(health_tx);
-                let (config, store, audit, model) = (
-                    config.clone(),
-                    store.clone(),
-                    audit.clone(),
-                    model.to_string(),
-                );
-                let (health_outbox, stop) = (outbox.clone(), rx.clone());
-                let handle =
-                    shutdown.supervise("delivery health", Backoff::default(), move |beat| {
-                        beat.pulse(health_loop(
-                            config.clone(),
-                            store.clone(),
-                            audit.clone(),
-                            health_outbox.clone(),
-                            model.clone(),
-                            health_tx.clone(),
-                            stop.clone(),
-                        ))
-                    });
-                shutdown.track(handle);
-                let task = spawn_worker(
-                    &shutdown,
-                    &outbox,
-                    dest,
-                    WorkerOptions::default(),
-                    move || {
-                        MqttChannel::new(settings.clone(), key.clone())
-                            .with_health(health_rx.clone())
-                    },
-                );
-                shutdown.track(task);
+                let parts = Parts {
+                    config,
+                    store,
+                    audit,
+                    outbox: &outbox,
+                };
+                start_mqtt(&mut shutdown, parts, &secret, model, dest, settings);
             }
             Destination::Pacs(name) => {
                 let Some(d) = config
@@ -153,9 +125,70 @@ pub fn start(
             }
         }
     }
-    // The audit head goes to the log too, so it is anchored even without MQTT.
+    start_audit_head(&mut shutdown, audit);
+    Ok(Delivery {
+        outbox,
+        plan,
+        secret,
+        shutdown,
+    })
+}
+
+/// What the MQTT worker and its health message read.
+struct Parts<'a> {
+    config: &'a Config,
+    store: &'a Arc<Store>,
+    audit: &'a Arc<Audit>,
+    outbox: &'a Arc<Outbox>,
+}
+
+/// The MQTT worker and the health message it publishes (refreshed every
+/// [`HEALTH_INTERVAL`] by its own supervised task).
+fn start_mqtt(
+    shutdown: &mut Shutdown,
+    parts: Parts,
+    secret: &Arc<SiteSecret>,
+    model: &str,
+    dest: Destination,
+    settings: MqttSettings,
+) {
+    let key = secret.clone();
+    let (health_tx, health_rx) = watch::channel(String::new());
+    let health_tx = Arc::new(health_tx);
+    let (config, store, audit, model) = (
+        parts.config.clone(),
+        parts.store.clone(),
+        parts.audit.clone(),
+        model.to_string(),
+    );
+    let (health_outbox, stop) = (parts.outbox.clone(), shutdown.signal());
+    let handle = shutdown.supervise("delivery health", Backoff::default(), move |beat| {
+        beat.pulse(health_loop(
+            config.clone(),
+            store.clone(),
+            audit.clone(),
+            health_outbox.clone(),
+            model.clone(),
+            health_tx.clone(),
+            stop.clone(),
+        ))
+    });
+    shutdown.track(handle);
+    let task = spawn_worker(
+        shutdown,
+        parts.outbox,
+        dest,
+        WorkerOptions::default(),
+        move || MqttChannel::new(settings.clone(), key.clone()).with_health(health_rx.clone()),
+    );
+    shutdown.track(task);
+}
+
+/// The audit trail's head written to the log every hour, so it is anchored off the trail
+/// even without MQTT.
+fn start_audit_head(shutdown: &mut Shutdown, audit: &Arc<Audit>) {
     let audit_log = audit.clone();
-    let stop = rx.clone();
+    let stop = shutdown.signal();
     let task = shutdown.supervise("audit head", Backoff::default(), move |beat| {
         let (audit_log, mut stop) = (audit_log.clone(), stop.clone());
         beat.pulse(async move {
@@ -171,12 +204,6 @@ pub fn start(
         })
     });
     shutdown.track(task);
-    Ok(Delivery {
-        outbox,
-        plan,
-        secret,
-        shutdown,
-    })
 }
 
 /// Why entries of a PACS destination no longer served are dead-lettered.
