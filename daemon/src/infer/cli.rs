@@ -53,7 +53,14 @@ pub fn json_line(file: &Path, sop: Option<&str>, r: &ImageResult) -> serde_json:
 /// One file through decode, preprocessing and the model: its SOP Instance UID (DICOM) and
 /// its image result (analysed, not applicable or error, never a panic). Blocking.
 pub fn score_file(engine: &Engine, file: &Path) -> (Option<String>, ImageResult) {
-    let prep = prepare_file(file, engine.manifest(), engine.max_pixels());
+    score_prepared(
+        engine,
+        prepare_file(file, engine.manifest(), engine.max_pixels()),
+    )
+}
+
+/// A file's preparation through the model: as [`score_file`], once it is decoded.
+fn score_prepared(engine: &Engine, prep: Preparation) -> (Option<String>, ImageResult) {
     match &prep {
         Preparation::Ready(p) => {
             let start = Instant::now();
@@ -250,7 +257,13 @@ pub fn infer_files_cli(
     // Heatmaps are made one file at a time (the occlusion request is reused).
     let jobs = if heatmaps.enabled { Some(1) } else { jobs };
     let cfg = batch_settings(cfg, jobs, files.len());
-    let engine = match tool_engine("infer", &manifest, &cfg, precision) {
+    // Files are decoded while the model compiles, unless heatmaps need each file's input
+    // after its result.
+    let ahead_files = if heatmaps.enabled { &[][..] } else { files };
+    let (engine, ahead) = compile_while_decoding(&manifest, &cfg, ahead_files, || {
+        tool_engine("infer", &manifest, &cfg, precision)
+    });
+    let engine = match engine {
         Ok(e) => e,
         Err(e) => {
             eprintln!("duli infer: {e}");
@@ -281,7 +294,7 @@ pub fn infer_files_cli(
             emit(file, sop, result)
         })
     } else {
-        score_in_order(&engine, files, jobs, emit)
+        score_in_order_after(&engine, files, ahead, jobs, emit)
     };
     if written {
         status
@@ -339,22 +352,46 @@ pub fn score_in_order(
     engine: &Engine,
     files: &[PathBuf],
     jobs: usize,
+    emit: impl FnMut(&Path, Option<String>, ImageResult) -> bool,
+) -> bool {
+    score_in_order_after(engine, files, Ahead::default(), jobs, emit)
+}
+
+/// [`score_in_order`] with the first files already prepared ([`compile_while_decoding`]).
+pub fn score_in_order_after(
+    engine: &Engine,
+    files: &[PathBuf],
+    ahead: Ahead,
+    jobs: usize,
     mut emit: impl FnMut(&Path, Option<String>, ImageResult) -> bool,
 ) -> bool {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    let ahead: Vec<Mutex<Option<Preparation>>> = ahead
+        .prepared
+        .into_iter()
+        .map(|p| Mutex::new(Some(p)))
+        .collect();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, files.len().max(1)) {
             let tx = tx.clone();
-            let (next, stop) = (&next, &stop);
+            let (next, stop, ahead) = (&next, &stop, &ahead);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(file) = files.get(i) else { break };
-                    if tx.send((i, score_file(engine, file))).is_err() {
+                    let prepared = ahead
+                        .get(i)
+                        .and_then(|p| p.lock().ok().and_then(|mut p| p.take()));
+                    let scored = match prepared {
+                        Some(prep) => score_prepared(engine, prep),
+                        None => score_file(engine, file),
+                    };
+                    if tx.send((i, scored)).is_err() {
                         break;
                     }
                 }
@@ -377,4 +414,72 @@ pub fn score_in_order(
         }
         true
     })
+}
+
+/// Files decoded ahead while the model compiled, at most this many (each holds only its
+/// model input: 270 KB for the shipped model).
+pub const AHEAD: usize = 64;
+
+/// The first files of a run, prepared while the model compiled.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    /// Preparations of `files[0..len]`, in order.
+    prepared: Vec<Preparation>,
+}
+
+impl Ahead {
+    /// How many files were prepared.
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+}
+
+/// Makes the engine (`make`: the model's compile, which runs on one core for most of its
+/// time) while one thread prepares the first of `files` (up to [`AHEAD`]) for the model
+/// at `manifest`, stopping when the engine is ready. The preparations are kept only when
+/// the engine prepares files exactly so (the same manifest and pixel budget); otherwise,
+/// and when `files` is empty, the files are prepared later as usual.
+pub fn compile_while_decoding(
+    manifest: &Path,
+    cfg: &InferenceConfig,
+    files: &[PathBuf],
+    make: impl FnOnce() -> Result<Engine, EngineError> + Send,
+) -> (Result<Engine, EngineError>, Ahead) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(read) = (!files.is_empty())
+        .then(|| super::manifest::Manifest::load(manifest).ok())
+        .flatten()
+    else {
+        return (make(), Ahead::default());
+    };
+    let ready = AtomicBool::new(false);
+    let (engine, prepared) = std::thread::scope(|s| {
+        let ready = &ready;
+        let read = &read;
+        let decoder = s.spawn(move || {
+            let mut prepared = Vec::new();
+            for file in files.iter().take(AHEAD) {
+                if ready.load(Ordering::Relaxed) {
+                    break;
+                }
+                prepared.push(prepare_file(file, read, cfg.max_pixels));
+            }
+            prepared
+        });
+        let engine = make();
+        ready.store(true, Ordering::Relaxed);
+        (engine, decoder.join().unwrap_or_default())
+    });
+    let same = engine
+        .as_ref()
+        .is_ok_and(|e| *e.manifest().as_ref() == read && e.max_pixels() == cfg.max_pixels);
+    let ahead = Ahead {
+        prepared: if same { prepared } else { Vec::new() },
+    };
+    (engine, ahead)
 }

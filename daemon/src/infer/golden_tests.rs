@@ -198,8 +198,9 @@ fn offline_tool_exit_codes_and_line_format() {
 /// `duli infer -j N`: the files scored on several threads, on the network compiled for
 /// throughput as the offline tools compile it then (f32: one image per call), come out in
 /// the order given with exactly the probabilities of one-at-a-time scoring on the latency
-/// network, and an output that refuses a line stops the run. (INT8 in batches: the golden
-/// test of the reduced precisions.)
+/// network, also when the first files were decoded while the model compiled, and an
+/// output that refuses a line stops the run. (INT8 in batches: the golden test of the
+/// reduced precisions.)
 #[test]
 fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     let (Some(dir), Some(cfg)) = (samples_dir(), runtime_config()) else {
@@ -253,6 +254,29 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
         assert_eq!(&a.0, file, "order");
         assert_eq!(a, b, "{}", file.display());
     }
+    // `duli infer` decodes the first files while the model compiles (the compile held
+    // here long enough for every file to be prepared): the same lines.
+    let batch_cfg = super::cli::batch_settings(&cfg, None, 21);
+    let (compiled, ahead) =
+        super::cli::compile_while_decoding(&cfg.model, &batch_cfg, &files, || {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            Engine::new(&batch_cfg)
+        });
+    let compiled = compiled.unwrap();
+    assert_eq!(ahead.len(), files.len().min(super::cli::AHEAD));
+    let mut after = Vec::new();
+    assert!(super::cli::score_in_order_after(
+        &compiled,
+        &files,
+        ahead,
+        jobs,
+        |file, _, r| {
+            let p: Vec<f32> = r.findings.iter().map(|f| f.probability).collect();
+            after.push((file.to_path_buf(), r.status, p));
+            true
+        }
+    ));
+    assert_eq!(after, one, "files prepared while compiling");
     assert_eq!(one[16].1, crate::result::ImageStatus::Error);
     assert!(one[..16].iter().all(|r| r.2.len() == 1));
     let mut seen = 0;
