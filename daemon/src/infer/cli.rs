@@ -1,7 +1,8 @@
 //! `duli infer [--model PATH] [--precision P] [-j N] [--heatmap [--heatmap-dir DIR]]
 //! FILE...`: the inference pipeline on DICOM, PNG or JPEG files without the daemon, one
 //! JSON object per line and file on stdout, in the order given (N files scored at a time:
-//! one is decoded while another is in the model); with `--heatmap`, each analysed file's
+//! one is decoded while another is in the model; the first ones already while the model
+//! compiles, [`compile_while_decoding`]); with `--heatmap`, each analysed file's
 //! heatmap is made the way the model's manifest says (class activation or occlusion) and
 //! timed (`timings_ms.heatmap`), and written as a PNG into DIR when given.
 
