@@ -56,13 +56,13 @@ pub fn json_line(file: &Path, sop: Option<&str>, r: &ImageResult) -> serde_json:
 pub fn score_file(engine: &Engine, file: &Path) -> (Option<String>, ImageResult) {
     score_prepared(
         engine,
-        prepare_file(file, engine.manifest(), engine.max_pixels()),
+        &prepare_file(file, engine.manifest(), engine.max_pixels()),
     )
 }
 
 /// A file's preparation through the model: as [`score_file`], once it is decoded.
-fn score_prepared(engine: &Engine, prep: Preparation) -> (Option<String>, ImageResult) {
-    match &prep {
+fn score_prepared(engine: &Engine, prep: &Preparation) -> (Option<String>, ImageResult) {
+    match prep {
         Preparation::Ready(p) => {
             let start = Instant::now();
             let r = match engine.infer_blocking(p.tensor.clone()) {
@@ -83,7 +83,7 @@ fn score_prepared(engine: &Engine, prep: Preparation) -> (Option<String>, ImageR
             sop_instance_uid, ..
         } => (
             sop_instance_uid.clone(),
-            not_analysed(&prep).unwrap_or_else(|| {
+            not_analysed(prep).unwrap_or_else(|| {
                 super::analyse::failed(String::new(), "not prepared".into(), Default::default())
             }),
         ),
@@ -295,7 +295,7 @@ pub fn infer_files_cli(
             emit(file, sop, result)
         })
     } else {
-        score_in_order_after(&engine, files, ahead, jobs, emit)
+        score_in_order_after(&engine, files, &ahead, jobs, emit)
     };
     if written {
         status
@@ -355,40 +355,32 @@ pub fn score_in_order(
     jobs: usize,
     emit: impl FnMut(&Path, Option<String>, ImageResult) -> bool,
 ) -> bool {
-    score_in_order_after(engine, files, Ahead::default(), jobs, emit)
+    score_in_order_after(engine, files, &[], jobs, emit)
 }
 
-/// [`score_in_order`] with the first files already prepared ([`compile_while_decoding`]).
+/// [`score_in_order`] with `ahead[i]` the preparation of `files[i]` for the first files
+/// ([`compile_while_decoding`]).
 pub fn score_in_order_after(
     engine: &Engine,
     files: &[PathBuf],
-    ahead: Ahead,
+    ahead: &[Preparation],
     jobs: usize,
     mut emit: impl FnMut(&Path, Option<String>, ImageResult) -> bool,
 ) -> bool {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex;
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let ahead: Vec<Mutex<Option<Preparation>>> = ahead
-        .prepared
-        .into_iter()
-        .map(|p| Mutex::new(Some(p)))
-        .collect();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, files.len().max(1)) {
             let tx = tx.clone();
-            let (next, stop, ahead) = (&next, &stop, &ahead);
+            let (next, stop) = (&next, &stop);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(file) = files.get(i) else { break };
-                    let prepared = ahead
-                        .get(i)
-                        .and_then(|p| p.lock().ok().and_then(|mut p| p.take()));
-                    let scored = match prepared {
+                    let scored = match ahead.get(i) {
                         Some(prep) => score_prepared(engine, prep),
                         None => score_file(engine, file),
                     };
@@ -418,45 +410,27 @@ pub fn score_in_order_after(
 }
 
 /// Files decoded ahead while the model compiled, at most this many (each holds only its
-/// model input: 270 KB for the shipped model).
+/// model input until the run ends: 270 KB for the shipped model, 17 MB in all).
 pub const AHEAD: usize = 64;
-
-/// The first files of a run, prepared while the model compiled.
-#[derive(Debug, Default)]
-pub struct Ahead {
-    /// Preparations of `files[0..len]`, in order.
-    prepared: Vec<Preparation>,
-}
-
-impl Ahead {
-    /// How many files were prepared.
-    pub fn len(&self) -> usize {
-        self.prepared.len()
-    }
-
-    /// Whether none was.
-    pub fn is_empty(&self) -> bool {
-        self.prepared.is_empty()
-    }
-}
 
 /// Makes the engine (`make`: the model's compile, which runs on one core for most of its
 /// time) while one thread prepares the first of `files` (up to [`AHEAD`]) for the model
-/// at `manifest`, stopping when the engine is ready. The preparations are kept only when
-/// the engine prepares files exactly so (the same manifest and pixel budget); otherwise,
-/// and when `files` is empty, the files are prepared later as usual.
+/// at `manifest`, stopping when the engine is ready; the preparations come back in file
+/// order, a prefix of `files`. They are kept only when the engine prepares files exactly
+/// so (the same manifest and pixel budget); otherwise, and when `files` is empty, the
+/// files are prepared later as usual.
 pub fn compile_while_decoding(
     manifest: &Path,
     cfg: &InferenceConfig,
     files: &[PathBuf],
     make: impl FnOnce() -> Result<Engine, EngineError> + Send,
-) -> (Result<Engine, EngineError>, Ahead) {
+) -> (Result<Engine, EngineError>, Vec<Preparation>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let Some(read) = (!files.is_empty())
         .then(|| super::manifest::Manifest::load(manifest).ok())
         .flatten()
     else {
-        return (make(), Ahead::default());
+        return (make(), Vec::new());
     };
     let ready = AtomicBool::new(false);
     let (engine, prepared) = std::thread::scope(|s| {
@@ -479,8 +453,5 @@ pub fn compile_while_decoding(
     let same = engine
         .as_ref()
         .is_ok_and(|e| *e.manifest().as_ref() == read && e.max_pixels() == cfg.max_pixels);
-    let ahead = Ahead {
-        prepared: if same { prepared } else { Vec::new() },
-    };
-    (engine, ahead)
+    (engine, if same { prepared } else { Vec::new() })
 }

@@ -268,7 +268,7 @@ fn scoring_on_several_threads_keeps_the_order_and_the_results() {
     assert!(super::cli::score_in_order_after(
         &compiled,
         &files,
-        ahead,
+        &ahead,
         jobs,
         |file, _, r| {
             let p: Vec<f32> = r.findings.iter().map(|f| f.probability).collect();

@@ -166,15 +166,16 @@ fn device_table(
 ) -> (toml::Table, Vec<Write>) {
     let dev = &file.device;
     let mut device = toml::Table::new();
-    for (key, given, flag) in [
-        ("site_id", overrides.site_id.as_ref(), "--site-id"),
-        ("device_id", overrides.device_id.as_ref(), "--device-id"),
+    for (key, given, from_file, flag) in [
+        ("site_id", &overrides.site_id, &dev.site_id, "--site-id"),
+        (
+            "device_id",
+            &overrides.device_id,
+            &dev.device_id,
+            "--device-id",
+        ),
     ] {
-        let from_file = match key {
-            "site_id" => dev.site_id.as_ref(),
-            _ => dev.device_id.as_ref(),
-        };
-        match given.or(from_file) {
+        match given.as_ref().or(from_file.as_ref()) {
             Some(s) => {
                 device.insert(key.into(), s.clone().into());
             }
