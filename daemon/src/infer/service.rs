@@ -489,8 +489,8 @@ fn begin(store: &Store, uid: &str) -> Option<Vec<crate::model::InstanceRecord>> 
 struct AnalysedImage {
     /// The image's result.
     result: ImageResult,
-    /// The model input, held for its heatmap.
-    input: Option<Vec<f32>>,
+    /// The model input with the label its heatmap explains, held for the heatmap.
+    input: Option<(Vec<f32>, usize)>,
     /// The network's features with its probabilities (a `cam` model), for its heatmap.
     features: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -539,18 +539,17 @@ async fn analyse_image(
             match engine.infer_prepared(p.tensor.clone(), report_work).await {
                 Ok(out) => {
                     let mut r = analysed(manifest, &p, &out.values, ms(start));
-                    let wants_map =
-                        maps.possible && heatmap_target(manifest, &r.findings).is_some();
-                    if wants_map && maps.room {
+                    let target = heatmap_target(manifest, &r.findings).filter(|_| maps.possible);
+                    if let (Some(target), true) = (target, maps.room) {
                         let network =
                             super::findings::probabilities(&out.values, manifest.output.activation);
                         return AnalysedImage {
                             result: for_instance(r, inst),
-                            input: Some(p.tensor),
+                            input: Some((p.tensor, target)),
                             features: out.features.map(|f| (f, network)),
                         };
                     }
-                    if wants_map {
+                    if target.is_some() {
                         r.heatmap = HeatmapState::Skipped {
                             reason: format!(
                                 "only the first {MAX_HEATMAP_IMAGES} images of a study get a \
@@ -624,7 +623,7 @@ fn plan_heatmaps(
     };
     for a in analysed {
         let mut img = a.result;
-        let (Some(input), Some(target)) = (a.input, heatmap_target(manifest, &img.findings)) else {
+        let Some((input, target)) = a.input else {
             planned.images.push(img);
             continue;
         };
