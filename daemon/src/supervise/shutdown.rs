@@ -19,7 +19,46 @@ pub struct Shutdown {
     signal: watch::Sender<bool>,
     stages: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
-    watchdog: Option<JoinHandle<()>>,
+    watchdog: Option<WatchdogThread>,
+}
+
+/// The watchdog's own thread and the signal that ends it.
+#[derive(Debug)]
+struct WatchdogThread {
+    stop: watch::Sender<bool>,
+}
+
+impl WatchdogThread {
+    /// Runs `dog` on a thread of its own with a one-thread runtime of its own, pinging
+    /// with `WATCHDOG=1`, until [`WatchdogThread::stop`] (or until it is dropped).
+    fn start<P: Probe>(dog: Watchdog<P>, interval: Duration) -> std::io::Result<WatchdogThread> {
+        let (stop, mut stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        std::thread::Builder::new()
+            .name("duli-watchdog".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = dog.run(interval, || crate::notify::notify("WATCHDOG=1")) => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
+                })
+            })?;
+        Ok(WatchdogThread { stop })
+    }
+
+    /// Ends the pings (the thread ends after its current round).
+    fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for WatchdogThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl Default for Shutdown {
@@ -67,14 +106,24 @@ impl Shutdown {
         super::spawn(name, &self.stages, self.signal(), backoff, make)
     }
 
-    /// Starts the sd_notify watchdog: every `interval`, `WATCHDOG=1` when `probe` passes
-    /// within `interval` and every stage is alive (see [`Watchdog`]). It stops pinging as
-    /// soon as shutdown begins, when the stages end on purpose.
+    /// Starts the sd_notify watchdog on a thread of its own: every `interval`,
+    /// `WATCHDOG=1` when `probe` passes within `interval` as a task on the current
+    /// runtime and every stage is alive (see [`Watchdog`]). It stops pinging as soon as
+    /// shutdown begins, when the stages end on purpose. If no thread can be started the
+    /// error is logged and no ping is ever sent, so systemd restarts the daemon.
     pub fn start_watchdog(&mut self, interval: Duration, probe: impl Probe) {
-        let dog = Watchdog::new(self.stages.clone(), probe);
-        let task = tokio::spawn(dog.run(interval, || crate::notify::notify("WATCHDOG=1")));
-        if let Some(old) = self.watchdog.replace(task) {
-            old.abort();
+        let dog = Watchdog::new(
+            self.stages.clone(),
+            probe,
+            tokio::runtime::Handle::current(),
+        );
+        match WatchdogThread::start(dog, interval) {
+            Ok(thread) => {
+                if let Some(old) = self.watchdog.replace(thread) {
+                    old.stop();
+                }
+            }
+            Err(e) => log::error!("watchdog: cannot start its thread: {e}; no ping will be sent"),
         }
     }
 
@@ -112,7 +161,7 @@ impl Shutdown {
     /// Begins shutdown and waits for every task, each for at most `limit` when given.
     pub async fn stop(self, limit: Option<Duration>) {
         if let Some(watchdog) = &self.watchdog {
-            watchdog.abort();
+            watchdog.stop();
         }
         self.signal.send_replace(true);
         for task in self.tasks {

@@ -1,10 +1,13 @@
 //! The sd_notify watchdog, fed by real work rather than a bare timer: before each ping a
 //! liveness probe handed in by the daemon (the store answers a read and completes an index
-//! flush in time) must pass, on a runtime responsive enough to run the task, and every
-//! stage of the [`Registry`] must be running and beating ([`Registry::check`]). Otherwise
-//! the ping is withheld and systemd restarts the daemon. Each new reason is logged once
-//! (`watchdog withheld: ...`), and so is the return to health (`watchdog fed again: every
-//! stage is alive`). [`super::Shutdown::start_watchdog`] runs it beside the stages.
+//! flush in time) must pass, run as a fresh task on the daemon's runtime and timed from
+//! outside it (so a runtime too busy or blocked to run a task in time fails it too), and
+//! every stage of the [`Registry`] must be running and beating ([`Registry::check`]).
+//! Otherwise the ping is withheld and systemd restarts the daemon. Each new reason is
+//! logged once (`watchdog withheld: ...`), and so is the return to health (`watchdog fed
+//! again: every stage is alive`). [`super::Shutdown::start_watchdog`] runs it on a thread
+//! of its own, so that a stage blocking a worker of the daemon's runtime cannot hold the
+//! watchdog's own timer or task with it.
 
 use super::heartbeat::{Problem, Registry, STALE_AFTER};
 use std::fmt::Display;
@@ -18,6 +21,12 @@ pub enum Withheld<E> {
     /// The liveness probe failed or did not finish within its budget.
     #[error("{0}")]
     Probe(E),
+    /// The daemon's runtime did not run the probe's task to its end within this time.
+    #[error("the daemon's runtime did not run the liveness probe within {0:?}")]
+    Unresponsive(Duration),
+    /// The probe's task ended without an answer (it panicked, or its runtime is gone).
+    #[error("the liveness probe ended without an answer: {0}")]
+    ProbeLost(String),
     /// Stages are not running, or have not beaten within [`STALE_AFTER`].
     #[error("{}", problem_list(.0))]
     Stages(Vec<Problem>),
@@ -58,25 +67,40 @@ where
 /// The liveness behind each watchdog ping: a probe and the stages' heartbeats.
 pub struct Watchdog<P> {
     stages: Arc<Registry>,
-    probe: P,
+    probe: Arc<P>,
+    /// The runtime each probe runs on, as a task of its own.
+    runtime: tokio::runtime::Handle,
     /// The reason last logged while the ping is withheld.
     withheld: Option<String>,
 }
 
 impl<P: Probe> Watchdog<P> {
-    /// A watchdog over `stages` and `probe`, fed so far.
-    pub fn new(stages: Arc<Registry>, probe: P) -> Watchdog<P> {
+    /// A watchdog over `stages` and `probe`, fed so far; each probe runs as a task on
+    /// `runtime` (the daemon's).
+    pub fn new(stages: Arc<Registry>, probe: P, runtime: tokio::runtime::Handle) -> Watchdog<P> {
         Watchdog {
             stages,
-            probe,
+            probe: Arc::new(probe),
+            runtime,
             withheld: None,
         }
     }
 
-    /// `Ok` when the probe passes within `budget` and every stage runs and beat within
-    /// [`STALE_AFTER`].
+    /// `Ok` when the probe, spawned on the daemon's runtime, passes within `budget` and
+    /// every stage runs and beat within [`STALE_AFTER`]. The budget is timed on the
+    /// caller's runtime, so it holds even when the daemon's runtime cannot run a timer.
     pub async fn check(&self, budget: Duration) -> Result<(), Withheld<P::Error>> {
-        self.probe.probe(budget).await.map_err(Withheld::Probe)?;
+        let probe = self.probe.clone();
+        let task = self.runtime.spawn(async move { probe.probe(budget).await });
+        let abort = task.abort_handle();
+        match tokio::time::timeout(budget, task).await {
+            Ok(Ok(answer)) => answer.map_err(Withheld::Probe)?,
+            Ok(Err(lost)) => return Err(Withheld::ProbeLost(lost.to_string())),
+            Err(_) => {
+                abort.abort();
+                return Err(Withheld::Unresponsive(budget));
+            }
+        }
         self.stages.check(STALE_AFTER).map_err(Withheld::Stages)
     }
 
@@ -123,16 +147,20 @@ mod tests {
         beat.started();
         let healthy = Arc::new(AtomicBool::new(true));
         let h = healthy.clone();
-        let mut dog = Watchdog::new(stages.clone(), move |budget: Duration| {
-            let ok = h.load(Ordering::SeqCst);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err(format!("store read took longer than {budget:?}"))
+        let mut dog = Watchdog::new(
+            stages.clone(),
+            move |budget: Duration| {
+                let ok = h.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(format!("store read took longer than {budget:?}"))
+                    }
                 }
-            }
-        });
+            },
+            tokio::runtime::Handle::current(),
+        );
         let mut fed = 0;
         let mut feed = || fed += 1;
         let budget = Duration::from_millis(100);
@@ -164,5 +192,48 @@ mod tests {
         assert!(dog.round(budget, &mut feed).await);
         assert_eq!(fed, 2);
         assert_eq!(dog.withheld, None);
+    }
+
+    #[test]
+    fn a_runtime_with_its_workers_blocked_fails_the_probe_in_time() {
+        // the daemon's runtime: one worker, blocked by a task for 3 s
+        let daemon = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (blocked_tx, blocked_rx) = std::sync::mpsc::channel();
+        daemon.spawn(async move {
+            blocked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        blocked_rx.recv().unwrap();
+        let stages = Registry::new();
+        stages.register("assemble").started();
+        let dog = Watchdog::new(
+            stages,
+            |_budget: Duration| async { Ok::<(), String>(()) },
+            daemon.handle().clone(),
+        );
+        // the watchdog's own runtime answers although the daemon's cannot
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let answer = own.block_on(dog.check(Duration::from_millis(200)));
+        assert_eq!(
+            answer,
+            Err(Withheld::Unresponsive(Duration::from_millis(200)))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // once the worker is free again the probe passes
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(own.block_on(dog.check(Duration::from_secs(2))), Ok(()));
+        daemon.shutdown_background();
     }
 }
