@@ -549,110 +549,35 @@ fn second_pixel_data(summary: &Summary, offset: u64) -> Result<(), GuardError> {
     Ok(())
 }
 
-fn innermost_end(stack: &[Frame]) -> Option<u64> {
-    stack.iter().rev().find_map(|f| f.end)
-}
-
+/// Walks the data set at `input` in encoding `enc`, token by token, to its end.
 fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, GuardError> {
-    let mut stack: Vec<Frame> = Vec::with_capacity(2 * MAX_DEPTH + 2);
-    let mut depth = 0usize;
-    let mut summary = Summary::default();
-    let held = |summary: &mut Summary, n: u64| -> Result<(), GuardError> {
-        summary.header_bytes = summary.header_bytes.saturating_add(n);
-        if summary.header_bytes > MAX_HEADER_BYTES {
-            return Err(GuardError::HeaderTooLarge);
-        }
-        Ok(())
+    let mut walk = Walk {
+        input,
+        big_endian: enc.big_endian,
+        stack: Vec::with_capacity(2 * MAX_DEPTH + 2),
+        depth: 0,
+        summary: Summary::default(),
     };
-    let be = enc.big_endian;
     loop {
-        // Close the containers of defined length that end here.
-        while let Some(top) = stack.last().copied() {
-            match top.end {
-                Some(end) if input.pos == end => {
-                    if top.kind == Kind::Sequence {
-                        depth -= 1;
-                    }
-                    stack.pop();
-                }
-                Some(end) if input.pos > end => {
-                    return Err(GuardError::Structure {
-                        offset: input.pos,
-                        what: "element overruns its sequence or item",
-                    })
-                }
-                _ => break,
-            }
-        }
-        let offset = input.pos;
+        walk.close_ended_containers()?;
+        let offset = walk.input.pos;
         let mut tag_bytes = [0u8; 4];
-        if !input.read_or_end(&mut tag_bytes)? {
-            if stack.is_empty() {
-                return Ok(summary);
+        if !walk.input.read_or_end(&mut tag_bytes)? {
+            if walk.stack.is_empty() {
+                return Ok(walk.summary);
             }
             return Err(GuardError::Truncated { offset });
         }
+        let be = walk.big_endian;
         let tag = Tag(
             u16_of([tag_bytes[0], tag_bytes[1]], be),
             u16_of([tag_bytes[2], tag_bytes[3]], be),
         );
-        let top = stack.last().copied();
-        let end = innermost_end(&stack);
         if tag.0 == 0xFFFE {
-            let mut len = [0u8; 4];
-            input.read(&mut len)?;
-            let length = u32_of(len, be);
-            match (tag.1, top.map(|f| (f.kind, f.end))) {
-                (ITEM, Some((Kind::Sequence, _))) => {
-                    let item_end = if length == UNDEFINED {
-                        None
-                    } else {
-                        fits(input, end, tag, u64::from(length), offset)?;
-                        Some(input.pos + u64::from(length))
-                    };
-                    stack.push(Frame {
-                        kind: Kind::Item,
-                        end: item_end,
-                    });
-                }
-                (ITEM, Some((Kind::Fragments, _))) => {
-                    if length == UNDEFINED {
-                        return Err(GuardError::Structure {
-                            offset,
-                            what: "pixel data fragment of undefined length",
-                        });
-                    }
-                    fits(input, end, tag, u64::from(length), offset)?;
-                    if stack.len() == 1 {
-                        let bytes = summary.pixel_data_bytes.get_or_insert(0);
-                        *bytes = bytes.saturating_add(u64::from(length));
-                    } else {
-                        // Encapsulated pixel data inside an item (an icon image): the
-                        // parser loads it with the header, so it counts as header bytes.
-                        held(&mut summary, u64::from(length))?;
-                    }
-                    input.skip(u64::from(length))?;
-                }
-                (ITEM_END, Some((Kind::Item, None))) => {
-                    stack.pop();
-                }
-                (SEQUENCE_END, Some((Kind::Sequence, None))) => {
-                    depth -= 1;
-                    stack.pop();
-                }
-                (SEQUENCE_END, Some((Kind::Fragments, _))) => {
-                    stack.pop();
-                }
-                _ => {
-                    return Err(GuardError::Structure {
-                        offset,
-                        what: "item or delimiter out of place",
-                    })
-                }
-            }
+            walk.item_or_delimiter(tag, offset)?;
             continue;
         }
-        if matches!(top.map(|f| f.kind), Some(Kind::Sequence | Kind::Fragments)) {
+        if matches!(walk.top_kind(), Some(Kind::Sequence | Kind::Fragments)) {
             return Err(GuardError::Structure {
                 offset,
                 what: "data element directly inside a sequence",
@@ -662,39 +587,172 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
         // undefined length, which PS3.5 §6.2.2 has hold implicit VR): so does the walk, or
         // the two would see different elements in the same bytes.
         let (vr, length) = if enc.explicit {
-            explicit_vr_and_length(input, be)?
+            explicit_vr_and_length(walk.input, be)?
         } else {
             let mut len = [0u8; 4];
-            input.read(&mut len)?;
+            walk.input.read(&mut len)?;
             (implicit_vr(tag), u32_of(len, be))
         };
         if length == UNDEFINED || vr == VR::SQ {
-            let kind = if tag == PIXEL_DATA && length == UNDEFINED {
-                Kind::Fragments
-            } else {
-                Kind::Sequence
-            };
-            let seq_end = if length == UNDEFINED {
-                None
-            } else {
-                fits(input, end, tag, u64::from(length), offset)?;
-                Some(input.pos + u64::from(length))
-            };
-            if kind == Kind::Fragments && stack.is_empty() {
-                second_pixel_data(&summary, offset)?;
-                summary.pixel_data_bytes = Some(0);
-            }
-            if kind == Kind::Sequence {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(GuardError::TooDeep { offset });
-                }
-            }
-            stack.push(Frame { kind, end: seq_end });
-            continue;
+            walk.open_container(tag, length, offset)?;
+        } else {
+            walk.value(tag, vr, u64::from(length), offset)?;
         }
-        let length = u64::from(length);
-        fits(input, end, tag, length, offset)?;
+    }
+}
+
+/// The state of a walk: where it is, the containers it is inside (innermost last), the
+/// sequence depth and what it has measured so far.
+struct Walk<'a, R> {
+    input: &'a mut Input<R>,
+    big_endian: bool,
+    stack: Vec<Frame>,
+    depth: usize,
+    summary: Summary,
+}
+
+impl<R: Read + Seek> Walk<'_, R> {
+    /// The kind of the innermost container, if any.
+    fn top_kind(&self) -> Option<Kind> {
+        self.stack.last().map(|f| f.kind)
+    }
+
+    /// Where the innermost container of defined length ends.
+    fn innermost_end(&self) -> Option<u64> {
+        self.stack.iter().rev().find_map(|f| f.end)
+    }
+
+    /// Counts `n` bytes loaded with the header against [`MAX_HEADER_BYTES`].
+    fn held(&mut self, n: u64) -> Result<(), GuardError> {
+        self.summary.header_bytes = self.summary.header_bytes.saturating_add(n);
+        if self.summary.header_bytes > MAX_HEADER_BYTES {
+            return Err(GuardError::HeaderTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Closes the containers of defined length that end here; an element that ran past
+    /// the end of one is refused.
+    fn close_ended_containers(&mut self) -> Result<(), GuardError> {
+        while let Some(top) = self.stack.last().copied() {
+            match top.end {
+                Some(end) if self.input.pos == end => {
+                    if top.kind == Kind::Sequence {
+                        self.depth -= 1;
+                    }
+                    self.stack.pop();
+                }
+                Some(end) if self.input.pos > end => {
+                    return Err(GuardError::Structure {
+                        offset: self.input.pos,
+                        what: "element overruns its sequence or item",
+                    })
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// An item, a pixel data fragment or a delimiter (group FFFE): each only where its
+    /// container allows it.
+    fn item_or_delimiter(&mut self, tag: Tag, offset: u64) -> Result<(), GuardError> {
+        let mut len = [0u8; 4];
+        self.input.read(&mut len)?;
+        let length = u32_of(len, self.big_endian);
+        let end = self.innermost_end();
+        match (tag.1, self.stack.last().map(|f| (f.kind, f.end))) {
+            (ITEM, Some((Kind::Sequence, _))) => {
+                let item_end = if length == UNDEFINED {
+                    None
+                } else {
+                    fits(self.input, end, tag, u64::from(length), offset)?;
+                    Some(self.input.pos + u64::from(length))
+                };
+                self.stack.push(Frame {
+                    kind: Kind::Item,
+                    end: item_end,
+                });
+            }
+            (ITEM, Some((Kind::Fragments, _))) => self.fragment(tag, length, end, offset)?,
+            (ITEM_END, Some((Kind::Item, None))) => {
+                self.stack.pop();
+            }
+            (SEQUENCE_END, Some((Kind::Sequence, None))) => {
+                self.depth -= 1;
+                self.stack.pop();
+            }
+            (SEQUENCE_END, Some((Kind::Fragments, _))) => {
+                self.stack.pop();
+            }
+            _ => {
+                return Err(GuardError::Structure {
+                    offset,
+                    what: "item or delimiter out of place",
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// A fragment of encapsulated pixel data, measured and skipped: the top-level Pixel
+    /// Data's counts as pixel bytes, any other (an icon image in an item) as header bytes,
+    /// since the parser loads it with the header.
+    fn fragment(
+        &mut self,
+        tag: Tag,
+        length: u32,
+        end: Option<u64>,
+        offset: u64,
+    ) -> Result<(), GuardError> {
+        if length == UNDEFINED {
+            return Err(GuardError::Structure {
+                offset,
+                what: "pixel data fragment of undefined length",
+            });
+        }
+        fits(self.input, end, tag, u64::from(length), offset)?;
+        if self.stack.len() == 1 {
+            let bytes = self.summary.pixel_data_bytes.get_or_insert(0);
+            *bytes = bytes.saturating_add(u64::from(length));
+        } else {
+            self.held(u64::from(length))?;
+        }
+        self.input.skip(u64::from(length))
+    }
+
+    /// A sequence, or encapsulated Pixel Data: opened as a container, at most
+    /// [`MAX_DEPTH`] sequences deep, a defined length held to the bytes present.
+    fn open_container(&mut self, tag: Tag, length: u32, offset: u64) -> Result<(), GuardError> {
+        let kind = if tag == PIXEL_DATA && length == UNDEFINED {
+            Kind::Fragments
+        } else {
+            Kind::Sequence
+        };
+        let end = if length == UNDEFINED {
+            None
+        } else {
+            fits(self.input, self.innermost_end(), tag, u64::from(length), offset)?;
+            Some(self.input.pos + u64::from(length))
+        };
+        if kind == Kind::Fragments && self.stack.is_empty() {
+            second_pixel_data(&self.summary, offset)?;
+            self.summary.pixel_data_bytes = Some(0);
+        }
+        if kind == Kind::Sequence {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(GuardError::TooDeep { offset });
+            }
+        }
+        self.stack.push(Frame { kind, end });
+        Ok(())
+    }
+
+    /// A value of defined length: held to its container and the input, to whole values of
+    /// its VR and (unless bulk) to [`MAX_ELEMENT_BYTES`], measured and skipped.
+    fn value(&mut self, tag: Tag, vr: VR, length: u64, offset: u64) -> Result<(), GuardError> {
+        fits(self.input, self.innermost_end(), tag, length, offset)?;
         if let Some(size) = value_size(vr).filter(|size| length % size != 0) {
             return Err(GuardError::PartialValue {
                 tag,
@@ -707,13 +765,13 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
         if length > MAX_ELEMENT_BYTES && !is_bulk(tag) {
             return Err(GuardError::ElementTooLarge { tag, length });
         }
-        if stack.is_empty() && tag == PIXEL_DATA {
-            second_pixel_data(&summary, offset)?;
-            summary.pixel_data_bytes = Some(length);
+        if self.stack.is_empty() && tag == PIXEL_DATA {
+            second_pixel_data(&self.summary, offset)?;
+            self.summary.pixel_data_bytes = Some(length);
         } else {
-            held(&mut summary, length)?;
+            self.held(length)?;
         }
-        input.skip(length)?;
+        self.input.skip(length)
     }
 }
 

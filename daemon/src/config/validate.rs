@@ -110,6 +110,22 @@ fn check_dicom(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
     if let Err(r) = check_uid_root(&c.uid_root) {
         bad("dicom.uid_root", r.to_string());
     }
+    check_allowed_peers(c, bad);
+    if !c.plain && !c.tls {
+        bad(
+            "dicom.plain",
+            "false needs dicom.tls = true (no DICOM port would be left)".into(),
+        );
+    }
+    check_dicom_limits(c, bad);
+    if c.tls {
+        check_dicom_tls(c, bad);
+    }
+}
+
+/// `dicom.allowed_peers`: AE titles, permissions, certificate bindings, and a list that
+/// may be empty only on loopback (or when the site says so).
+fn check_allowed_peers(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
     for (i, peer) in c.allowed_peers.iter().enumerate() {
         if let Err(r) = check_ae_title(&peer.ae_title) {
             bad(&format!("dicom.allowed_peers[{i}].ae_title"), r.to_string());
@@ -154,12 +170,10 @@ fn check_dicom(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
             ),
         );
     }
-    if !c.plain && !c.tls {
-        bad(
-            "dicom.plain",
-            "false needs dicom.tls = true (no DICOM port would be left)".into(),
-        );
-    }
+}
+
+/// `[dicom]` limits: associations, PDU and instance sizes, timeouts, match counts.
+fn check_dicom_limits(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
     if c.max_associations == 0 || c.max_associations > 1024 {
         bad(
             "dicom.max_associations",
@@ -226,31 +240,33 @@ fn check_dicom(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
             format!("must be between 1 and 1000000, got {}", c.max_find_matches),
         );
     }
-    if c.tls {
-        if c.tls_port == 0 {
-            bad("dicom.tls_port", "must be between 1 and 65535".into());
+}
+
+/// `[dicom]` with `tls = true`: its own port, certificate and key, and the CA when client
+/// certificates are required.
+fn check_dicom_tls(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
+    if c.tls_port == 0 {
+        bad("dicom.tls_port", "must be between 1 and 65535".into());
+    }
+    if c.tls_port == c.port {
+        bad("dicom.tls_port", "must differ from dicom.port".into());
+    }
+    for (key, value) in [("dicom.cert", &c.cert), ("dicom.key", &c.key)] {
+        match value {
+            None => bad(key, "required when dicom.tls = true".into()),
+            Some(p) => check_file(p, key, bad),
         }
-        if c.tls_port == c.port {
-            bad("dicom.tls_port", "must differ from dicom.port".into());
-        }
-        for (key, value) in [("dicom.cert", &c.cert), ("dicom.key", &c.key)] {
-            match value {
-                None => bad(key, "required when dicom.tls = true".into()),
-                Some(p) => check_file(p, key, bad),
-            }
-        }
-        match &c.ca {
-            None if c.tls_require_client_cert => bad(
-                "dicom.ca",
-                "required when dicom.tls = true and client certificates are required".into(),
-            ),
-            Some(p) => check_file(p, "dicom.ca", bad),
-            None => {}
-        }
+    }
+    match &c.ca {
+        None if c.tls_require_client_cert => bad(
+            "dicom.ca",
+            "required when dicom.tls = true and client certificates are required".into(),
+        ),
+        Some(p) => check_file(p, "dicom.ca", bad),
+        None => {}
     }
 }
 
-/// `[inference]`: pixel budget, device, performance hint, precision.
 /// Whether `path` lies inside `dir`: compared resolved (links, `..`) where both exist,
 /// else as written.
 fn is_within(path: &Path, dir: &Path) -> bool {
@@ -258,6 +274,7 @@ fn is_within(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir) || resolve(path).starts_with(resolve(dir))
 }
 
+/// `[inference]`: pixel budget, device, performance hint, precision.
 fn check_inference(c: &InferenceConfig, bad: &mut impl FnMut(&str, String)) {
     if !(1..=4_000_000_000).contains(&c.max_pixels) {
         bad(

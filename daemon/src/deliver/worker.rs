@@ -10,7 +10,7 @@
 
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
-use crate::store::outbox::{Backoff, Destination, Outbox};
+use crate::store::outbox::{Backoff, Destination, Entry, Outbox, OutboxError};
 use crate::supervise::Beat;
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,46 +189,7 @@ pub async fn run_beating<C: Channel>(
             Attempt::Stop => break,
             Attempt::Again => continue,
         };
-        let result = match &outcome {
-            Delivery::Acked => outbox.mark_delivered(&entry).map(|_| ()),
-            Delivery::Rejected(reason) => {
-                log::warn!(
-                    "{dest}: {} of report {} refused: {reason}",
-                    entry.kind.as_str(),
-                    entry.report_id
-                );
-                outbox
-                    .mark_rejected(&entry, reason, options.max_rejections, &options.backoff)
-                    .map(|_| ())
-            }
-            Delivery::Unsendable(reason) => {
-                log::warn!(
-                    "{dest}: {} of report {} cannot be sent: {reason}",
-                    entry.kind.as_str(),
-                    entry.report_id
-                );
-                outbox
-                    .mark_rejected(&entry, reason, 1, &options.backoff)
-                    .map(|_| ())
-            }
-            Delivery::Failed(reason) => {
-                let level = if entry.attempts == 0 || entry.attempts % 20 == 0 {
-                    log::Level::Warn
-                } else {
-                    log::Level::Debug
-                };
-                log::log!(
-                    level,
-                    "{dest}: {} of report {} not delivered (attempt {}): {reason}",
-                    entry.kind.as_str(),
-                    entry.report_id,
-                    entry.attempts + 1
-                );
-                outbox
-                    .mark_retry(&entry, reason, &options.backoff)
-                    .map(|_| ())
-            }
-        };
+        let result = record_outcome(&outbox, &dest, &entry, &outcome, &options);
         if let Err(e) = result {
             log::error!(
                 "outbox {dest}: cannot record the outcome of entry {}: {e}",
@@ -242,6 +203,53 @@ pub async fn run_beating<C: Channel>(
     }
     channel.close().await;
     log::info!("delivery worker for {dest} stopped");
+}
+
+/// Records the outcome of one attempt at `entry` in the outbox, the one place the four
+/// outcomes map to outbox transitions: acknowledged → delivered, refused → counted towards
+/// `max_rejections`, unsendable → dead at once, failed → retried after the backoff.
+fn record_outcome(
+    outbox: &Outbox,
+    dest: &Destination,
+    entry: &Entry,
+    outcome: &Delivery,
+    options: &WorkerOptions,
+) -> Result<(), OutboxError> {
+    let what = entry.kind.as_str();
+    match outcome {
+        Delivery::Acked => outbox.mark_delivered(entry),
+        Delivery::Rejected(reason) => {
+            log::warn!("{dest}: {what} of report {} refused: {reason}", entry.report_id);
+            outbox
+                .mark_rejected(entry, reason, options.max_rejections, &options.backoff)
+                .map(|_| ())
+        }
+        Delivery::Unsendable(reason) => {
+            log::warn!(
+                "{dest}: {what} of report {} cannot be sent: {reason}",
+                entry.report_id
+            );
+            outbox
+                .mark_rejected(entry, reason, 1, &options.backoff)
+                .map(|_| ())
+        }
+        Delivery::Failed(reason) => {
+            let level = if entry.attempts == 0 || entry.attempts % 20 == 0 {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
+                "{dest}: {what} of report {} not delivered (attempt {}): {reason}",
+                entry.report_id,
+                entry.attempts + 1
+            );
+            outbox
+                .mark_retry(entry, reason, &options.backoff)
+                .map(|_| ())
+        }
+    }
 }
 
 /// Sleeps `wait` when given (the head entry's wait), forever when not (nothing queued).

@@ -167,24 +167,46 @@ fn run_gate(
     Ok(Some(record))
 }
 
+/// Why `duli evaluate` stops early: the exit status and what it prints.
+struct Stop {
+    status: i32,
+    message: String,
+}
+
+impl Stop {
+    /// A stop with exit status 2: the model, the folder or the labels cannot be read.
+    fn unreadable(message: impl std::fmt::Display) -> Stop {
+        Stop {
+            status: 2,
+            message: message.to_string(),
+        }
+    }
+}
+
 /// Runs the evaluation and prints the report. Exit status: 0 when every finding has
 /// figures (unreadable files are listed, not fatal), 1 when a finding has no positives or
 /// no negatives or a plot cannot be written, 2 when the model, the folder or the labels
 /// cannot be read, 3 when `--gate` ran and the precision failed it.
 pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
+    match evaluate(opts, cfg) {
+        Ok(status) => status,
+        Err(stop) => {
+            eprintln!("duli evaluate: {}", stop.message);
+            stop.status
+        }
+    }
+}
+
+/// The steps of [`evaluate_cli`]: score the set, report what was not counted, gate,
+/// plot, print.
+fn evaluate(opts: &EvaluateOptions, cfg: &InferenceConfig) -> Result<i32, Stop> {
     if !(opts.target_sensitivity > 0.0 && opts.target_sensitivity <= 1.0) {
-        eprintln!("duli evaluate: --target-sensitivity must be in (0, 1]");
-        return 2;
+        return Err(Stop::unreadable("--target-sensitivity must be in (0, 1]"));
     }
     let manifest_path = opts.model.clone().unwrap_or_else(|| cfg.model.clone());
     let cfg = &crate::infer::cli::batch_settings(cfg, opts.jobs, usize::MAX);
-    let engine = match tool_engine("evaluate", &manifest_path, cfg, opts.precision) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("duli evaluate: {e}");
-            return 2;
-        }
-    };
+    let engine =
+        tool_engine("evaluate", &manifest_path, cfg, opts.precision).map_err(Stop::unreadable)?;
     let threads = opts
         .jobs
         .unwrap_or_else(|| crate::infer::cli::default_jobs(&engine));
@@ -192,14 +214,8 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
     let set = match &opts.labels {
         Some(csv) => from_csv(&opts.dir, csv, &manifest),
         None => from_folders(&opts.dir, &manifest, &opts.negative),
-    };
-    let set = match set {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("duli evaluate: {e}");
-            return 2;
-        }
-    };
+    }
+    .map_err(Stop::unreadable)?;
     for f in &set.ignored_folders {
         eprintln!(
             "duli evaluate: {} names no finding of model {} and is not the negative folder {}: not read",
@@ -220,41 +236,18 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
     let elapsed = started.elapsed();
     let id = engine.identity().clone();
     drop(engine);
-    let model = ModelInfo {
-        name: id.name.clone(),
-        version: id.version.clone(),
-        hash: id.sha256.clone(),
-        network_sha256: id.network_sha256.clone(),
-        weights_sha256: id.weights_sha256.clone(),
-        precision: id.precision.to_string(),
-        cpu_feature: id.cpu_feature.clone(),
-        backend: id.backend.clone(),
-    };
     let mut report = build(
-        model,
+        model_info(&id),
         &manifest,
         &scored,
         &set.findings,
         set.ignored_folders,
         opts.target_sensitivity,
     );
-    for i in &report.dataset.errors {
-        eprintln!(
-            "duli evaluate: unreadable, not counted: {}: {}",
-            i.file.display(),
-            i.reason
-        );
-    }
-    for i in &report.dataset.not_applicable {
-        eprintln!(
-            "duli evaluate: not applicable, not counted: {}: {}",
-            i.file.display(),
-            i.reason
-        );
-    }
+    list_not_counted(&report);
     let mut status = 0;
     if let Some(cases) = cases {
-        match run_gate(
+        let gate = run_gate(
             opts,
             cfg,
             &manifest_path,
@@ -265,21 +258,16 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             &set.findings,
             threads,
             elapsed,
-        ) {
-            Ok(Some(g)) => {
-                if opts.json {
-                    eprint!("{}", super::gate::summary(&g));
-                }
-                if !g.passed {
-                    status = GATE_FAILED;
-                }
-                report.gate = Some(g);
+        )
+        .map_err(|e| Stop::unreadable(format!("gate: {e}")))?;
+        if let Some(g) = gate {
+            if opts.json {
+                eprint!("{}", super::gate::summary(&g));
             }
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("duli evaluate: gate: {e}");
-                return 2;
+            if !g.passed {
+                status = GATE_FAILED;
             }
+            report.gate = Some(g);
         }
     }
     for (code, f) in &report.findings {
@@ -301,19 +289,53 @@ pub fn evaluate_cli(opts: &EvaluateOptions, cfg: &InferenceConfig) -> i32 {
             }
         }
     }
-    let text = if opts.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => j + "\n",
-            Err(e) => {
-                eprintln!("duli evaluate: {e}");
-                return 1;
-            }
-        }
-    } else {
-        table(&report)
-    };
-    if std::io::stdout().lock().write_all(text.as_bytes()).is_err() {
-        return 1;
+    print_report(&report, opts.json)?;
+    Ok(status)
+}
+
+/// The model as the report names it.
+fn model_info(id: &crate::infer::engine::ModelIdentity) -> ModelInfo {
+    ModelInfo {
+        name: id.name.clone(),
+        version: id.version.clone(),
+        hash: id.sha256.clone(),
+        network_sha256: id.network_sha256.clone(),
+        weights_sha256: id.weights_sha256.clone(),
+        precision: id.precision.to_string(),
+        cpu_feature: id.cpu_feature.clone(),
+        backend: id.backend.clone(),
     }
-    status
+}
+
+/// Lists on stderr the files that were not counted: unreadable, or outside the model's
+/// intended use.
+fn list_not_counted(report: &Report) {
+    for i in &report.dataset.errors {
+        eprintln!(
+            "duli evaluate: unreadable, not counted: {}: {}",
+            i.file.display(),
+            i.reason
+        );
+    }
+    for i in &report.dataset.not_applicable {
+        eprintln!(
+            "duli evaluate: not applicable, not counted: {}: {}",
+            i.file.display(),
+            i.reason
+        );
+    }
+}
+
+/// Prints the report on stdout, as JSON or as a table.
+fn print_report(report: &Report, json: bool) -> Result<(), Stop> {
+    let fail = |message: String| Stop { status: 1, message };
+    let text = if json {
+        serde_json::to_string_pretty(report).map_err(|e| fail(e.to_string()))? + "\n"
+    } else {
+        table(report)
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| fail(format!("cannot write the report: {e}")))
 }

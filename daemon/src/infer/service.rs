@@ -124,55 +124,25 @@ pub async fn run_pipeline_on(
         .get_or_insert_with(|| Arc::new(Recorder::new(Arc::clone(&store), None)))
         .clone();
     let beat = options.beat.clone();
-    let mut engine: Option<(Arc<Engine>, Option<HeatmapWorker>, Arc<Semaphore>)> = None;
+    let mut engine: Option<Loaded> = None;
     let mut backlog: VecDeque<String> = VecDeque::new();
-    let mut last_error = String::new();
-    let mut last_logged: Option<Instant> = None;
+    let mut waiting = ModelWait::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut in_flight = InFlight::default();
     loop {
         beat.tick();
         if engine.is_none() {
-            let f = Arc::clone(&factory);
-            match beat.during(tokio::task::spawn_blocking(move || f())).await {
-                Ok(Ok(e)) => {
-                    let e = Arc::new(e);
-                    let heatmaps = if options.heatmaps {
-                        start_heatmaps(&recorder, &e)
-                    } else {
-                        None
-                    };
-                    if let Some(worker) = &heatmaps {
-                        let (recorder, e, worker) =
-                            (Arc::clone(&recorder), Arc::clone(&e), worker.clone());
-                        tokio::task::spawn_blocking(move || {
-                            resume_heatmaps(&recorder, e.manifest(), e.max_pixels(), &worker)
-                        });
-                    }
-                    let sem = Arc::new(Semaphore::new(e.workers()));
-                    engine = Some((e, heatmaps, sem));
-                    if !last_error.is_empty() {
-                        log::info!(
-                            "inference: the model is loaded; queued studies are analysed now"
-                        );
-                    }
-                    last_error.clear();
-                    options.status.set(ModelState::Ready);
-                    backlog.extend(pending_studies(&store));
-                }
-                Ok(Err(err)) => {
-                    let msg = err.to_string();
-                    if waiting_log_due(last_logged, Instant::now(), msg != last_error) {
-                        log::error!("inference is waiting for its model: {msg}; received studies stay queued and are analysed once this is fixed (retry every {:?})", options.retry_after);
-                        last_logged = Some(Instant::now());
-                    }
-                    options.status.set(ModelState::Waiting(msg.clone()));
-                    last_error = msg;
-                }
-                Err(join) => log::error!("inference engine start panicked: {join}"),
+            engine = load_engine(&factory, &recorder, &options, &mut waiting).await;
+            if engine.is_some() {
+                backlog.extend(pending_studies(&store));
             }
         }
-        let Some((e, heatmaps, sem)) = &engine else {
+        let Some(Loaded {
+            engine: e,
+            heatmaps,
+            permits: sem,
+        }) = &engine
+        else {
             let waited = beat
                 .during(async {
                     tokio::select! {
@@ -240,6 +210,79 @@ pub async fn run_pipeline_on(
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The engine in service, its heatmap worker, and one permit per inference worker.
+struct Loaded {
+    engine: Arc<Engine>,
+    heatmaps: Option<HeatmapWorker>,
+    permits: Arc<Semaphore>,
+}
+
+/// What the stage remembers while it waits for its model: the last error, and when the
+/// wait was last logged.
+#[derive(Default)]
+struct ModelWait {
+    last_error: String,
+    last_logged: Option<Instant>,
+}
+
+/// Loads the model through `factory` (on a blocking thread), starts its heatmap worker
+/// and resumes the heatmaps left to make; `None` while it cannot be loaded, with the
+/// reason logged when new or due again and shown as the model's status.
+async fn load_engine(
+    factory: &EngineFactory,
+    recorder: &Arc<Recorder>,
+    options: &PipelineOptions,
+    waiting: &mut ModelWait,
+) -> Option<Loaded> {
+    let f = Arc::clone(factory);
+    match options
+        .beat
+        .during(tokio::task::spawn_blocking(move || f()))
+        .await
+    {
+        Ok(Ok(e)) => {
+            let e = Arc::new(e);
+            let heatmaps = if options.heatmaps {
+                start_heatmaps(recorder, &e)
+            } else {
+                None
+            };
+            if let Some(worker) = &heatmaps {
+                let (recorder, e, worker) = (Arc::clone(recorder), Arc::clone(&e), worker.clone());
+                tokio::task::spawn_blocking(move || {
+                    resume_heatmaps(&recorder, e.manifest(), e.max_pixels(), &worker)
+                });
+            }
+            if !waiting.last_error.is_empty() {
+                log::info!("inference: the model is loaded; queued studies are analysed now");
+            }
+            *waiting = ModelWait::default();
+            options.status.set(ModelState::Ready);
+            let permits = Arc::new(Semaphore::new(e.workers()));
+            Some(Loaded {
+                engine: e,
+                heatmaps,
+                permits,
+            })
+        }
+        Ok(Err(err)) => {
+            let msg = err.to_string();
+            let now = Instant::now();
+            if waiting_log_due(waiting.last_logged, now, msg != waiting.last_error) {
+                log::error!("inference is waiting for its model: {msg}; received studies stay queued and are analysed once this is fixed (retry every {:?})", options.retry_after);
+                waiting.last_logged = Some(now);
+            }
+            options.status.set(ModelState::Waiting(msg.clone()));
+            waiting.last_error = msg;
+            None
+        }
+        Err(join) => {
+            log::error!("inference engine start panicked: {join}");
+            None
+        }
+    }
 }
 
 /// What the stage woke for while it had a free worker and no backlog.

@@ -43,25 +43,7 @@ pub async fn serve(op: Op) -> String {
         } else {
             Vec::new()
         };
-        let offered: Vec<String> = contexts.iter().map(|c| c.1.clone()).collect();
-        let Some(ts) = payload::choose(inst, &offered) else {
-            if super::c_move::skippable(inst, &offered) {
-                log::info!(
-                    "C-GET: {} skipped, {class} not negotiated",
-                    inst.sop_instance_uid
-                );
-                tally.skip();
-                continue;
-            }
-            log::warn!(
-                "C-GET: no storage context with the SCP role for {} ({class})",
-                inst.sop_instance_uid
-            );
-            tally.fail(&inst.sop_instance_uid);
-            continue;
-        };
-        let Some(pc) = contexts.iter().find(|c| c.1 == ts).map(|c| c.0) else {
-            tally.fail(&inst.sop_instance_uid);
+        let Some((pc, ts)) = super::c_move::context_for(&contexts, inst, "C-GET", tally) else {
             continue;
         };
         // Streamed from the file one PDU at a time: a retrieve of any size holds one

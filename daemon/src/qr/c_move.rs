@@ -348,6 +348,42 @@ pub fn contexts_for(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> 
     out
 }
 
+/// The presentation context (id, transfer syntax) to send `inst` on, chosen among
+/// `contexts` (those of its SOP class that the storing peer accepted); `None` when none is
+/// usable, with the instance counted as skipped (a Parametric Map the peer did not
+/// negotiate) or failed. `what` names the retrieve in the log (`C-MOVE to X`, `C-GET`).
+pub fn context_for(
+    contexts: &[(u8, String)],
+    inst: &InstanceRecord,
+    what: &str,
+    tally: &mut Tally,
+) -> Option<(u8, String)> {
+    let offered: Vec<String> = contexts.iter().map(|(_, ts)| ts.clone()).collect();
+    let Some(ts) = payload::choose(inst, &offered) else {
+        if skippable(inst, &offered) {
+            log::info!(
+                "{what}: {} skipped, {} not negotiated",
+                inst.sop_instance_uid,
+                inst.sop_class_uid
+            );
+            tally.skip();
+        } else {
+            log::warn!(
+                "{what}: {} ({}): no storage context accepted in a usable transfer syntax",
+                inst.sop_instance_uid,
+                inst.sop_class_uid
+            );
+            tally.fail(&inst.sop_instance_uid);
+        }
+        return None;
+    };
+    let Some(pc) = contexts.iter().find(|(_, t)| *t == ts).map(|(id, _)| *id) else {
+        tally.fail(&inst.sop_instance_uid);
+        return None;
+    };
+    Some((pc, ts))
+}
+
 /// Runs one C-MOVE to its final response; returns a line for the log.
 pub async fn serve(op: Op) -> String {
     let dest_ae = op.rq.move_destination.clone().unwrap_or_default();
@@ -407,36 +443,13 @@ pub async fn serve(op: Op) -> String {
             tally.fail(&inst.sop_instance_uid);
             continue;
         }
-        let offered: Vec<String> = assoc
+        let contexts: Vec<(u8, String)> = assoc
             .accepted()
             .iter()
             .filter(|(_, class, _)| *class == inst.sop_class_uid)
-            .map(|(_, _, ts)| ts.clone())
+            .map(|(id, _, ts)| (*id, ts.clone()))
             .collect();
-        let Some(ts) = payload::choose(inst, &offered) else {
-            if skippable(inst, &offered) {
-                log::info!(
-                    "C-MOVE to {dest_ae}: {} skipped, {} not negotiated",
-                    inst.sop_instance_uid,
-                    inst.sop_class_uid
-                );
-                tally.skip();
-                continue;
-            }
-            log::warn!(
-                "C-MOVE to {dest_ae}: {} not accepted in any usable transfer syntax",
-                inst.sop_instance_uid
-            );
-            tally.fail(&inst.sop_instance_uid);
-            continue;
-        };
-        let Some(pc) = assoc
-            .accepted()
-            .iter()
-            .find(|(_, class, t)| *class == inst.sop_class_uid && *t == ts)
-            .map(|(id, _, _)| *id)
-        else {
-            tally.fail(&inst.sop_instance_uid);
+        let Some((pc, ts)) = context_for(&contexts, inst, &export.what, tally) else {
             continue;
         };
         let payload = match payload::load_async(&root, inst, &ts, op.ctx.max_pixels).await {

@@ -20,24 +20,75 @@ use tokio::sync::mpsc;
 /// Responses buffered between the matching thread and the socket.
 const IN_FLIGHT: usize = 32;
 
+/// The line logged when the peer's connection is lost while answering.
+const CONNECTION_LOST: &str = "connection lost while answering C-FIND";
+
 /// Runs one C-FIND to its final response; returns a line for the log.
 pub async fn serve(op: Op) -> String {
-    let Some(model) = op.model() else {
-        return refuse(
-            &op,
-            Refused::new(Cause::NotQueryRetrieve, "not a C-FIND SOP class"),
-        )
-        .await;
-    };
-    let q = match identifier::decode_identifier(&op.identifier, &op.transfer_syntax)
-        .and_then(|obj| query::parse(&obj, model))
-    {
+    let q = match parse(&op) {
         Ok(q) => q,
-        Err(e) => {
-            op.audit(Action::Query, "-", format!("C-FIND refused: {e}"), true);
-            return refuse(&op, e.into()).await;
-        }
+        Err(refused) => return refuse(&op, refused).await,
     };
+    warn_undeclared_charset(&op, &q);
+    let description = q.describe();
+    let mut audit = FindAudit {
+        op: &op,
+        object: studies_named(&q),
+        audited: q.describe_with_values(),
+        sent: 0,
+        recorded: false,
+    };
+    let Ok(failure) = send_matches(&op, q, &mut audit).await else {
+        return CONNECTION_LOST.into();
+    };
+    if failure.is_none() && op.cancelled() && !op.cancelled_by_peer() {
+        // Its association is ending: recorded as cut off, with the matches sent.
+        audit.ended_early("stopped with its association");
+        return format!(
+            "C-FIND {description}: {} match(es) sent, stopped",
+            audit.sent
+        );
+    }
+    let (status, outcome) = if let Some(refused) = &failure {
+        (refused.status(), format!("failed: {}", refused.comment))
+    } else if op.cancelled_by_peer() {
+        (Status::CANCEL, "cancelled".to_string())
+    } else {
+        (Status::SUCCESS, "completed".to_string())
+    };
+    let sent = audit.sent;
+    audit.record(format!("{sent} match(es), {outcome}"), failure.is_some());
+    drop(audit);
+    let mut rsp = Command::find_rsp(&op.rq, status);
+    if let Some(refused) = &failure {
+        rsp = rsp.with_error_comment(&refused.comment);
+    }
+    let mut w = op.writer.lock().await;
+    if w.command(op.pc_id, &rsp).await.is_err() {
+        return CONNECTION_LOST.into();
+    }
+    format!("C-FIND {description}: {sent} match(es), {outcome}")
+}
+
+/// The query of the request, or why it is refused (audited when the identifier is bad).
+fn parse(op: &Op) -> Result<query::Query, Refused> {
+    let Some(model) = op.model() else {
+        return Err(Refused::new(
+            Cause::NotQueryRetrieve,
+            "not a C-FIND SOP class",
+        ));
+    };
+    identifier::decode_identifier(&op.identifier, &op.transfer_syntax)
+        .and_then(|obj| query::parse(&obj, model))
+        .map_err(|e| {
+            op.audit(Action::Query, "-", format!("C-FIND refused: {e}"), true);
+            e.into()
+        })
+}
+
+/// Logs, once per association, that the query holds non-ASCII values without a Specific
+/// Character Set and how they are read.
+fn warn_undeclared_charset(op: &Op, q: &query::Query) {
     if q.undeclared_non_ascii
         && !op
             .charset_warned
@@ -51,28 +102,35 @@ pub async fn serve(op: Op) -> String {
             op.peer
         );
     }
-    let description = q.describe();
-    let object = q
-        .keys
+}
+
+/// The Study Instance UID the query names, or `-` (the object of its audit record).
+fn studies_named(q: &query::Query) -> String {
+    q.keys
         .iter()
         .find(|k| k.tag == dicom_dictionary_std::tags::STUDY_INSTANCE_UID && !k.raw.is_empty())
         .map(|k| k.raw.clone())
-        .unwrap_or_else(|| "-".to_string());
-    let mut audit = FindAudit {
-        op: &op,
-        object,
-        audited: q.describe_with_values(),
-        sent: 0,
-        recorded: false,
-    };
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// The connection was lost while answering (recorded in the audit as ended early).
+struct ConnectionLost;
+
+/// Matches `q` on a blocking thread and sends each match as a pending response until
+/// the matching ends, is cancelled, or passes `dicom.max_find_matches`; returns why the
+/// C-FIND failed, if it did.
+async fn send_matches(
+    op: &Op,
+    q: query::Query,
+    audit: &mut FindAudit<'_>,
+) -> Result<Option<Refused>, ConnectionLost> {
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, QueryError>>(IN_FLIGHT);
     let store = op.ctx.store.clone();
     let ae = op.ctx.ae_title.clone();
     let ts = op.transfer_syntax.clone();
     let cancel = op.cancel.clone();
-    let q2 = q.clone();
     let worker = tokio::task::spawn_blocking(move || {
-        query::run(&store, &q2, &ae, &cancel, &mut |obj| {
+        query::run(&store, &q, &ae, &cancel, &mut |obj| {
             let encoded = identifier::encode_identifier(&obj, &ts);
             tx.blocking_send(encoded).is_ok()
         })
@@ -99,7 +157,7 @@ pub async fn serve(op: Op) -> String {
                 if w.message(op.pc_id, &rsp, Some(&bytes)).await.is_err() {
                     op.cancel.stop();
                     audit.ended_early("connection lost");
-                    return "connection lost while answering C-FIND".into();
+                    return Err(ConnectionLost);
                 }
                 audit.sent += 1;
             }
@@ -120,39 +178,7 @@ pub async fn serve(op: Op) -> String {
             ))
         }
     }
-    if failure.is_none() && op.cancelled() && !op.cancelled_by_peer() {
-        // Its association is ending: recorded as cut off, with the matches sent.
-        audit.ended_early("stopped with its association");
-        return format!(
-            "C-FIND {description}: {} match(es) sent, stopped",
-            audit.sent
-        );
-    }
-    let (status, outcome) = if let Some(refused) = &failure {
-        (refused.status(), format!("failed: {}", refused.comment))
-    } else if op.cancelled_by_peer() {
-        (Status::CANCEL, "cancelled".to_string())
-    } else {
-        (Status::SUCCESS, "completed".to_string())
-    };
-    let sent = audit.sent;
-    audit.record(format!("{sent} match(es), {outcome}"), failure.is_some());
-    drop(audit);
-    let mut rsp = Command::find_rsp(&op.rq, status);
-    if let Some(refused) = &failure {
-        rsp = rsp.with_error_comment(&refused.comment);
-    }
-    if op
-        .writer
-        .lock()
-        .await
-        .command(op.pc_id, &rsp)
-        .await
-        .is_err()
-    {
-        return "connection lost while answering C-FIND".into();
-    }
-    format!("C-FIND {description}: {sent} match(es), {outcome}")
+    Ok(failure)
 }
 
 /// The audit record owed for a C-FIND whose matching has started: written by

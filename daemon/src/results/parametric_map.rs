@@ -130,7 +130,7 @@ fn ds(v: f64) -> String {
 }
 
 /// Builds the Parametric Map of `report`'s heatmap `grid` over `source`, made by the
-/// appliance `device_serial`.
+/// appliance `device_serial`: the object header, then one step per module of the IOD.
 pub fn build(
     report: &Report,
     uids: &ResultUids,
@@ -138,20 +138,7 @@ pub fn build(
     grid: &Grid,
     device_serial: &str,
 ) -> Result<FileDicomObject<InMemDicomObject>, ResultsError> {
-    let n = grid.width as usize * grid.height as usize;
-    if grid.width == 0
-        || grid.height == 0
-        || grid.width > PM_MAX_SIDE
-        || grid.height > PM_MAX_SIDE
-        || grid.values.len() != n
-    {
-        return Err(ResultsError::Build(format!(
-            "heatmap grid {}x{} with {} values",
-            grid.width,
-            grid.height,
-            grid.values.len()
-        )));
-    }
+    check_grid(grid)?;
     let (factor, _, _) = grid_size(source.columns, source.rows, PM_MAX_SIDE);
     let mut obj = object_header(
         report,
@@ -166,7 +153,50 @@ pub fn build(
     );
     // Enhanced General Equipment.
     obj.put(text(tags::DEVICE_SERIAL_NUMBER, VR::LO, device_serial));
-    // Frame of Reference: the source's when it is one valid UID, else the map's own.
+    put_frame_of_reference(&mut obj, source, uids);
+    put_map_image(&mut obj);
+    put_pixel_description(&mut obj, grid);
+    put_dimensions(&mut obj, uids);
+    obj.put(seq(
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![shared_groups(source, factor)],
+    ));
+    obj.put(seq(
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![per_frame_groups()],
+    ));
+    obj.put(common_instance_reference(source));
+    obj.put(float_pixels(grid));
+    super::with_meta(
+        obj,
+        PARAMETRIC_MAP,
+        &uids.pm_instance,
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+}
+
+/// Refuses a grid that is empty, larger than [`PM_MAX_SIDE`] or whose values do not fill
+/// it.
+fn check_grid(grid: &Grid) -> Result<(), ResultsError> {
+    let n = grid.width as usize * grid.height as usize;
+    if grid.width == 0
+        || grid.height == 0
+        || grid.width > PM_MAX_SIDE
+        || grid.height > PM_MAX_SIDE
+        || grid.values.len() != n
+    {
+        return Err(ResultsError::Build(format!(
+            "heatmap grid {}x{} with {} values",
+            grid.width,
+            grid.height,
+            grid.values.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Frame of Reference module: the source's when it is one valid UID, else the map's own.
+fn put_frame_of_reference(obj: &mut InMemDicomObject, source: &Source, uids: &ResultUids) {
     let frame_of_reference = source
         .frame_of_reference
         .as_deref()
@@ -178,7 +208,11 @@ pub fn build(
         frame_of_reference,
     ));
     obj.put(text(tags::POSITION_REFERENCE_INDICATOR, VR::LO, ""));
-    // Parametric Map Image.
+}
+
+/// Parametric Map Image module: a derived quantity, what it is, and how a viewer colours
+/// it (the Hot Iron palette over an sRGB profile).
+fn put_map_image(obj: &mut InMemDicomObject) {
     obj.put(text(
         tags::IMAGE_TYPE,
         VR::CS,
@@ -208,7 +242,10 @@ pub fn build(
         PrimitiveValue::from(SRGB_ICC.to_vec()),
     ));
     obj.put(text(tags::COLOR_SPACE, VR::CS, "SRGB"));
+}
 
+/// Image Pixel Description: one sample of 32-bit floats on the grid.
+fn put_pixel_description(obj: &mut InMemDicomObject, grid: &Grid) {
     obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
     obj.put(text(
         tags::PHOTOMETRIC_INTERPRETATION,
@@ -221,7 +258,11 @@ pub fn build(
     // belong to integer Pixel Data only (PS3.3 C.8.32.1).
     obj.put(us(tags::BITS_ALLOCATED, 32));
     obj.put(seq(tags::ACQUISITION_CONTEXT_SEQUENCE, Vec::new()));
-    // Multi-frame Functional Groups and Dimensions.
+}
+
+/// Multi-frame Functional Groups and Multi-frame Dimension modules: one frame, indexed by
+/// its image position.
+fn put_dimensions(obj: &mut InMemDicomObject, uids: &ResultUids) {
     obj.put(text(tags::NUMBER_OF_FRAMES, VR::IS, "1"));
     let dimension_org = derive_dimension_uid(uids);
     obj.put(seq(
@@ -249,33 +290,33 @@ pub fn build(
             text(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, "Image position"),
         ])],
     ));
-    obj.put(seq(
-        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![shared_groups(source, factor)],
-    ));
-    obj.put(seq(
-        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            seq(
-                tags::FRAME_CONTENT_SEQUENCE,
-                vec![InMemDicomObject::from_element_iter([DataElement::new(
-                    tags::DIMENSION_INDEX_VALUES,
-                    VR::UL,
-                    PrimitiveValue::from(1u32),
-                )])],
-            ),
-            seq(
-                tags::PLANE_POSITION_SEQUENCE,
-                vec![InMemDicomObject::from_element_iter([text(
-                    tags::IMAGE_POSITION_PATIENT,
-                    VR::DS,
-                    "0\\0\\0",
-                )])],
-            ),
-        ])],
-    ));
-    // Common Instance Reference: the source image.
-    obj.put(seq(
+}
+
+/// The one frame's own functional groups: its dimension index and its position.
+fn per_frame_groups() -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        seq(
+            tags::FRAME_CONTENT_SEQUENCE,
+            vec![InMemDicomObject::from_element_iter([DataElement::new(
+                tags::DIMENSION_INDEX_VALUES,
+                VR::UL,
+                PrimitiveValue::from(1u32),
+            )])],
+        ),
+        seq(
+            tags::PLANE_POSITION_SEQUENCE,
+            vec![InMemDicomObject::from_element_iter([text(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                "0\\0\\0",
+            )])],
+        ),
+    ])
+}
+
+/// Common Instance Reference module: the source image.
+fn common_instance_reference(source: &Source) -> DataElement<InMemDicomObject> {
+    seq(
         tags::REFERENCED_SERIES_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
             text(tags::SERIES_INSTANCE_UID, VR::UI, &source.series),
@@ -291,7 +332,11 @@ pub fn build(
                 ])],
             ),
         ])],
-    ));
+    )
+}
+
+/// Float Pixel Data: the grid's values, clamped to 0–1 (anything not finite as 0).
+fn float_pixels(grid: &Grid) -> DataElement<InMemDicomObject> {
     let pixels = grid.values.iter().map(|v| {
         if v.is_finite() {
             v.clamp(0.0, 1.0)
@@ -299,16 +344,10 @@ pub fn build(
             0.0
         }
     });
-    obj.put(DataElement::new(
+    DataElement::new(
         tags::FLOAT_PIXEL_DATA,
         VR::OF,
         PrimitiveValue::F32(pixels.collect()),
-    ));
-    super::with_meta(
-        obj,
-        PARAMETRIC_MAP,
-        &uids.pm_instance,
-        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
     )
 }
 

@@ -11,9 +11,45 @@ use super::{
     write_extra, Change, ExtraWrite, InstanceCommit, Store, StoreError, GENERATED_LEDGER,
 };
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionalTree, UnabortableTransactionError,
+};
 use sled::Transactional;
 use std::sync::atomic::Ordering;
+
+/// Within a commit: when `prev` (the stored record the new one replaces) is linked to
+/// another study than `instance`, unlinks it from that study, whose count and query keys
+/// follow; returns that study as it is now. A record that cannot be read is left alone.
+fn leave_previous_study(
+    prev: &[u8],
+    instance: &InstanceRecord,
+    studies: &TransactionalTree,
+    links: &TransactionalTree,
+    qr_keys: &TransactionalTree,
+) -> Result<Option<StudyRecord>, UnabortableTransactionError> {
+    let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) else {
+        return Ok(None);
+    };
+    if prev.study_instance_uid == instance.study_instance_uid {
+        return Ok(None);
+    }
+    let unlinked = links.remove(link_key_bytes(
+        &prev.study_instance_uid,
+        &prev.sop_instance_uid,
+    ))?;
+    let old_key = prev.study_instance_uid.as_bytes();
+    let before = studies
+        .get(old_key)?
+        .and_then(|v| serde_json::from_slice::<StudyRecord>(&v).ok());
+    let (Some(_), Some(before)) = (unlinked, before) else {
+        return Ok(None);
+    };
+    let mut after = before.clone();
+    after.instances = after.instances.saturating_sub(1);
+    studies.insert(old_key, encode(&after))?;
+    qr_index::update(qr_keys, Some(&before), &after)?;
+    Ok(Some(after))
+}
 
 impl Store {
     /// Records an instance and updates its study, in one transaction. Not durable until
@@ -60,28 +96,10 @@ impl Store {
             // A resend may move an instance to another study: unlink it from the old one,
             // whose count and query keys follow (its file goes once this is durable, see
             // `Store::remove_superseded`).
-            let mut left: Option<StudyRecord> = None;
-            if let Some(prev) = &previous {
-                if let Ok(prev) = serde_json::from_slice::<InstanceRecord>(prev) {
-                    if prev.study_instance_uid != instance.study_instance_uid {
-                        let unlinked = links.remove(link_key_bytes(
-                            &prev.study_instance_uid,
-                            &prev.sop_instance_uid,
-                        ))?;
-                        let old_key = prev.study_instance_uid.as_bytes();
-                        let before = studies
-                            .get(old_key)?
-                            .and_then(|v| serde_json::from_slice::<StudyRecord>(&v).ok());
-                        if let (Some(_), Some(before)) = (unlinked, before) {
-                            let mut after = before.clone();
-                            after.instances = after.instances.saturating_sub(1);
-                            studies.insert(old_key, encode(&after))?;
-                            qr_index::update(qr_keys, Some(&before), &after)?;
-                            left = Some(after);
-                        }
-                    }
-                }
-            }
+            let left = match &previous {
+                Some(prev) => leave_previous_study(prev, instance, studies, links, qr_keys)?,
+                None => None,
+            };
             let old: Option<StudyRecord> = studies
                 .get(study_key)?
                 .map(|v| decode(study_key, &v))
