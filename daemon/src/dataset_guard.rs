@@ -732,7 +732,13 @@ impl<R: Read + Seek> Walk<'_, R> {
         let end = if length == UNDEFINED {
             None
         } else {
-            fits(self.input, self.innermost_end(), tag, u64::from(length), offset)?;
+            fits(
+                self.input,
+                self.innermost_end(),
+                tag,
+                u64::from(length),
+                offset,
+            )?;
             Some(self.input.pos + u64::from(length))
         };
         if kind == Kind::Fragments && self.stack.is_empty() {

@@ -219,7 +219,10 @@ fn record_outcome(
     match outcome {
         Delivery::Acked => outbox.mark_delivered(entry),
         Delivery::Rejected(reason) => {
-            log::warn!("{dest}: {what} of report {} refused: {reason}", entry.report_id);
+            log::warn!(
+                "{dest}: {what} of report {} refused: {reason}",
+                entry.report_id
+            );
             outbox
                 .mark_rejected(entry, reason, options.max_rejections, &options.backoff)
                 .map(|_| ())
