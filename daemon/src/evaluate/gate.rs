@@ -72,33 +72,8 @@ pub fn compare(
     let mut shifts = Vec::new();
     let mut per = BTreeMap::new();
     let mut reasons = Vec::new();
-    let mut both = 0;
-    for (r, g) in reference.iter().zip(gated) {
-        if matches!(r.outcome, Outcome::Scored(_)) && matches!(g.outcome, Outcome::Scored(_)) {
-            both += 1;
-        } else if std::mem::discriminant(&r.outcome) != std::mem::discriminant(&g.outcome) {
-            reasons.push(format!(
-                "{}: scored at one precision only",
-                r.case.file.display()
-            ));
-        }
-    }
-    let weights = match crate::infer::gate::network(run.manifest, run.precision) {
-        Ok(net) if net.sha256.eq_ignore_ascii_case(&run.network_sha256) => {
-            weights_sha256(&net.manifest)
-        }
-        Ok(net) => {
-            reasons.push(format!(
-                "the network changed during the gate (SHA-256 {} scored, {} now)",
-                run.network_sha256, net.sha256
-            ));
-            String::new()
-        }
-        Err(e) => {
-            reasons.push(format!("the network scored cannot be named: {e}"));
-            String::new()
-        }
-    };
+    let both = scored_by_both(reference, gated, &mut reasons);
+    let weights = gated_weights(run, &mut reasons);
     for (i, label) in run.manifest.labels.iter().enumerate() {
         if !label.background && !findings.contains(&i) {
             reasons.push(format!(
@@ -112,61 +87,9 @@ pub fn compare(
             continue;
         };
         let threshold = f64::from(run.manifest.threshold(i));
-        let mut flipped = 0;
-        let mut max_shift = 0f64;
-        let (mut positives, mut negatives) = (0, 0);
-        for (r, g) in reference.iter().zip(gated) {
-            let (Some(pr), Some(pg)) = (probability(&r.outcome, i), probability(&g.outcome, i))
-            else {
-                continue;
-            };
-            match r.case.truth.get(&i) {
-                Some(true) => positives += 1,
-                Some(false) => negatives += 1,
-                None => {}
-            }
-            let d = (pg - pr).abs();
-            shifts.push(d);
-            max_shift = max_shift.max(d);
-            if (pr >= threshold) != (pg >= threshold) {
-                flipped += 1;
-            }
-        }
-        if positives < MIN_CASES || negatives < MIN_CASES {
-            reasons.push(format!(
-                "{}: {positives} positive(s) and {negatives} negative(s) scored, a gate needs at least {MIN_CASES} of each",
-                label.code
-            ));
-        }
-        let (auc_f32, auc_p) = (auc(reference, i), auc(gated, i));
-        match (auc_f32, auc_p) {
-            (Some(a), Some(b)) if b < a => {
-                reasons.push(format!("{}: AUC {b:.4} below f32's {a:.4}", label.code))
-            }
-            (Some(_), Some(_)) => {}
-            _ => reasons.push(format!(
-                "{}: no AUC (the set needs positives and negatives)",
-                label.code
-            )),
-        }
-        if flipped > 0 {
-            reasons.push(format!(
-                "{}: {flipped} decision(s) flipped at threshold {threshold}",
-                label.code
-            ));
-        }
-        per.insert(
-            label.code.clone(),
-            FindingGate {
-                auc_f32,
-                auc: auc_p,
-                threshold,
-                flipped,
-                max_shift,
-                positives,
-                negatives,
-            },
-        );
+        let gate = finding_gate(reference, gated, i, threshold, &mut shifts);
+        reasons.extend(failures(&gate, &label.code));
+        per.insert(label.code.clone(), gate);
     }
     shifts.sort_by(f64::total_cmp);
     let flipped = per.values().map(|f| f.flipped).sum();
@@ -192,6 +115,115 @@ pub fn compare(
         passed: reasons.is_empty(),
         reasons,
     }
+}
+
+/// The cases scored at both precisions; a case scored at one only is a reason to fail.
+fn scored_by_both(
+    reference: &[ScoredCase],
+    gated: &[ScoredCase],
+    reasons: &mut Vec<String>,
+) -> usize {
+    let mut both = 0;
+    for (r, g) in reference.iter().zip(gated) {
+        if matches!(r.outcome, Outcome::Scored(_)) && matches!(g.outcome, Outcome::Scored(_)) {
+            both += 1;
+        } else if std::mem::discriminant(&r.outcome) != std::mem::discriminant(&g.outcome) {
+            reasons.push(format!(
+                "{}: scored at one precision only",
+                r.case.file.display()
+            ));
+        }
+    }
+    both
+}
+
+/// The SHA-256 of the weights of the network scored at `run.precision`; empty, with a
+/// reason to fail, when that network changed during the gate or cannot be named.
+fn gated_weights(run: &GateRun<'_>, reasons: &mut Vec<String>) -> String {
+    match crate::infer::gate::network(run.manifest, run.precision) {
+        Ok(net) if net.sha256.eq_ignore_ascii_case(&run.network_sha256) => {
+            weights_sha256(&net.manifest)
+        }
+        Ok(net) => {
+            reasons.push(format!(
+                "the network changed during the gate (SHA-256 {} scored, {} now)",
+                run.network_sha256, net.sha256
+            ));
+            String::new()
+        }
+        Err(e) => {
+            reasons.push(format!("the network scored cannot be named: {e}"));
+            String::new()
+        }
+    }
+}
+
+/// The gate of finding `i` at `threshold`: AUC at both precisions, decisions flipped,
+/// largest shift and the labelled cases counted; each probability shift is added to
+/// `shifts`.
+fn finding_gate(
+    reference: &[ScoredCase],
+    gated: &[ScoredCase],
+    i: usize,
+    threshold: f64,
+    shifts: &mut Vec<f64>,
+) -> FindingGate {
+    let mut flipped = 0;
+    let mut max_shift = 0f64;
+    let (mut positives, mut negatives) = (0, 0);
+    for (r, g) in reference.iter().zip(gated) {
+        let (Some(pr), Some(pg)) = (probability(&r.outcome, i), probability(&g.outcome, i)) else {
+            continue;
+        };
+        match r.case.truth.get(&i) {
+            Some(true) => positives += 1,
+            Some(false) => negatives += 1,
+            None => {}
+        }
+        let d = (pg - pr).abs();
+        shifts.push(d);
+        max_shift = max_shift.max(d);
+        if (pr >= threshold) != (pg >= threshold) {
+            flipped += 1;
+        }
+    }
+    FindingGate {
+        auc_f32: auc(reference, i),
+        auc: auc(gated, i),
+        threshold,
+        flipped,
+        max_shift,
+        positives,
+        negatives,
+    }
+}
+
+/// Why finding `code` fails the gate: too few labelled cases, an AUC below f32's or
+/// none, decisions flipped.
+fn failures(gate: &FindingGate, code: &str) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let (positives, negatives) = (gate.positives, gate.negatives);
+    if positives < MIN_CASES || negatives < MIN_CASES {
+        reasons.push(format!(
+            "{code}: {positives} positive(s) and {negatives} negative(s) scored, a gate needs at least {MIN_CASES} of each"
+        ));
+    }
+    match (gate.auc_f32, gate.auc) {
+        (Some(a), Some(b)) if b < a => {
+            reasons.push(format!("{code}: AUC {b:.4} below f32's {a:.4}"))
+        }
+        (Some(_), Some(_)) => {}
+        _ => reasons.push(format!(
+            "{code}: no AUC (the set needs positives and negatives)"
+        )),
+    }
+    if gate.flipped > 0 {
+        reasons.push(format!(
+            "{code}: {} decision(s) flipped at threshold {}",
+            gate.flipped, gate.threshold
+        ));
+    }
+    reasons
 }
 
 /// SHA-256 over the cases, in sorted order: each file's name (relative to `dir`), a NUL,

@@ -415,24 +415,7 @@ impl<'a> Association<'a> {
                     .await
             }
             CommandField::CStoreRq if command.has_data_set => {
-                let sop_class = match command.affected_sop_class_uid.as_deref() {
-                    Some(c) if !c.is_empty() => c.to_string(),
-                    _ => abstract_syntax,
-                };
-                let incoming = Incoming::begin(
-                    self.scp,
-                    &sop_class,
-                    command
-                        .affected_sop_instance_uid
-                        .as_deref()
-                        .unwrap_or_default(),
-                    &ts,
-                    self.calling(),
-                );
-                self.current = Current::Store {
-                    rq: command,
-                    incoming: Box::new(incoming),
-                };
+                self.begin_store(command, abstract_syntax, &ts);
                 Next::Continue
             }
             CommandField::CFindRq | CommandField::CMoveRq | CommandField::CGetRq
@@ -453,20 +436,7 @@ impl<'a> Association<'a> {
                 }
                 Next::Continue
             }
-            CommandField::CStoreRsp => {
-                // A response to a C-GET sub-operation, which sends one sub-operation at a
-                // time and waits for its response: more than the channel holds were never
-                // asked for, and waiting for room would stall this loop behind the task.
-                if let Some(r) = &self.running {
-                    if let Err(mpsc::error::TrySendError::Full(_)) = r.store_rsp.try_send(*command)
-                    {
-                        return Next::Abort(AbortReason::Protocol(
-                            "C-STORE responses to sub-operations never sent; aborted".into(),
-                        ));
-                    }
-                }
-                Next::Continue
-            }
+            CommandField::CStoreRsp => self.pass_store_rsp(*command),
             _ => {
                 // A request we do not serve on this association.
                 let next = self
@@ -481,6 +451,43 @@ impl<'a> Association<'a> {
                 next
             }
         }
+    }
+
+    /// Starts receiving the data set of a C-STORE request on a context of
+    /// `abstract_syntax` in transfer syntax `ts`.
+    fn begin_store(&mut self, command: Box<Command>, abstract_syntax: String, ts: &str) {
+        let sop_class = match command.affected_sop_class_uid.as_deref() {
+            Some(c) if !c.is_empty() => c.to_string(),
+            _ => abstract_syntax,
+        };
+        let incoming = Incoming::begin(
+            self.scp,
+            &sop_class,
+            command
+                .affected_sop_instance_uid
+                .as_deref()
+                .unwrap_or_default(),
+            ts,
+            self.calling(),
+        );
+        self.current = Current::Store {
+            rq: command,
+            incoming: Box::new(incoming),
+        };
+    }
+
+    /// Hands a C-STORE response to the running C-GET, which sends one sub-operation at a
+    /// time and waits for its response: more than its channel holds were never asked
+    /// for, and waiting for room would stall this loop behind the task.
+    fn pass_store_rsp(&self, command: Command) -> Next {
+        if let Some(r) = &self.running {
+            if let Err(mpsc::error::TrySendError::Full(_)) = r.store_rsp.try_send(command) {
+                return Next::Abort(AbortReason::Protocol(
+                    "C-STORE responses to sub-operations never sent; aborted".into(),
+                ));
+            }
+        }
+        Next::Continue
     }
 
     /// Records a refused request and answers it (after its data set, when one follows).

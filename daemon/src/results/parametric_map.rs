@@ -389,7 +389,60 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
             "1\\0\\0\\0\\1\\0",
         )])],
     ));
+    g.put(derivation_image(source));
     g.put(seq(
+        tags::PARAMETRIC_MAP_FRAME_TYPE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([text(
+            tags::FRAME_TYPE,
+            VR::CS,
+            "DERIVED\\PRIMARY\\VOLUME\\QUANTITY",
+        )])],
+    ));
+    g.put(seq(
+        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::RESCALE_INTERCEPT, VR::DS, "0"),
+            text(tags::RESCALE_SLOPE, VR::DS, "1"),
+            text(tags::RESCALE_TYPE, VR::LO, "US"),
+        ])],
+    ));
+    g.put(seq(
+        tags::FRAME_VOILUT_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::WINDOW_CENTER, VR::DS, "0.5"),
+            text(tags::WINDOW_WIDTH, VR::DS, "1"),
+        ])],
+    ));
+    g.put(real_world_value_mapping());
+    // The palette spans the saliency, 0 to 1.
+    g.put(seq(
+        tags::STORED_VALUE_COLOR_RANGE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            fd(tags::MINIMUM_STORED_VALUE_MAPPED, 0.0),
+            fd(tags::MAXIMUM_STORED_VALUE_MAPPED, 1.0),
+        ])],
+    ));
+    g.put(seq(
+        tags::FRAME_ANATOMY_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            seq(
+                tags::ANATOMIC_REGION_SEQUENCE,
+                vec![code_item("51185008", "SCT", "Thorax")],
+            ),
+            text(
+                tags::FRAME_LATERALITY,
+                VR::CS,
+                frame_laterality(&source.laterality),
+            ),
+        ])],
+    ));
+    g
+}
+
+/// Derivation Image functional group: the map is the saliency (DCM 130404) derived from
+/// the source image.
+fn derivation_image(source: &Source) -> DataElement<InMemDicomObject> {
+    seq(
         tags::DERIVATION_IMAGE_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
             seq(
@@ -416,31 +469,13 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
                 ])],
             ),
         ])],
-    ));
-    g.put(seq(
-        tags::PARAMETRIC_MAP_FRAME_TYPE_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([text(
-            tags::FRAME_TYPE,
-            VR::CS,
-            "DERIVED\\PRIMARY\\VOLUME\\QUANTITY",
-        )])],
-    ));
-    g.put(seq(
-        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            text(tags::RESCALE_INTERCEPT, VR::DS, "0"),
-            text(tags::RESCALE_SLOPE, VR::DS, "1"),
-            text(tags::RESCALE_TYPE, VR::LO, "US"),
-        ])],
-    ));
-    g.put(seq(
-        tags::FRAME_VOILUT_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            text(tags::WINDOW_CENTER, VR::DS, "0.5"),
-            text(tags::WINDOW_WIDTH, VR::DS, "1"),
-        ])],
-    ));
-    g.put(seq(
+    )
+}
+
+/// Real World Value Mapping functional group: the stored floats are the saliency itself
+/// (identity over 0–1, no units).
+fn real_world_value_mapping() -> DataElement<InMemDicomObject> {
+    seq(
         tags::REAL_WORLD_VALUE_MAPPING_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
             // Float values: the double-float first and last values mapped.
@@ -472,30 +507,7 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
                 }],
             ),
         ])],
-    ));
-    // The palette spans the saliency, 0 to 1.
-    g.put(seq(
-        tags::STORED_VALUE_COLOR_RANGE_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            fd(tags::MINIMUM_STORED_VALUE_MAPPED, 0.0),
-            fd(tags::MAXIMUM_STORED_VALUE_MAPPED, 1.0),
-        ])],
-    ));
-    g.put(seq(
-        tags::FRAME_ANATOMY_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            seq(
-                tags::ANATOMIC_REGION_SEQUENCE,
-                vec![code_item("51185008", "SCT", "Thorax")],
-            ),
-            text(
-                tags::FRAME_LATERALITY,
-                VR::CS,
-                frame_laterality(&source.laterality),
-            ),
-        ])],
-    ));
-    g
+    )
 }
 
 /// Frame Laterality (type 1: R, L, U or B) from the source's laterality: the chest is seen

@@ -360,6 +360,43 @@ pub fn build(
             series_description: "AI findings (preliminary, not verified)",
         },
     );
+    // The heatmap is referenced from the group of the finding it explains.
+    let explanation = explanation.filter(|pm| report.findings.iter().any(|f| f.code == pm.finding));
+    put_document_general(&mut obj, report, sources, explanation);
+    let mut children = observation_context(report, uids);
+    children.extend(image_library(sources));
+    children.push(imaging_measurements(report, uids, explanation));
+    children.push(text_item(
+        "CONTAINS",
+        COMMENT,
+        "AI-generated, preliminary result; not verified by a radiologist. Not for diagnostic use on its own.",
+    ));
+    for note in report.notes() {
+        children.push(text_item("CONTAINS", COMMENT, &note));
+    }
+
+    obj.put(text(tags::VALUE_TYPE, VR::CS, "CONTAINER"));
+    obj.put(concept(DOC_TITLE));
+    obj.put(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
+    obj.put(template(1500));
+    obj.put(seq(tags::CONTENT_SEQUENCE, children));
+    super::with_meta(
+        obj,
+        COMPREHENSIVE_SR,
+        &uids.sr_instance,
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+}
+
+/// SR Document General module: the procedure, the flags of an unverified preliminary
+/// result, the analysed images as evidence and the heatmap (when it explains one of the
+/// findings) as other evidence.
+fn put_document_general(
+    obj: &mut InMemDicomObject,
+    report: &Report,
+    sources: &[InstanceRecord],
+    explanation: Option<ObjectRef>,
+) {
     obj.put(seq(
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         Vec::new(),
@@ -388,8 +425,6 @@ pub fn build(
             vec![evidence(study, &source_refs)],
         ));
     }
-    // The heatmap is referenced from the group of the finding it explains.
-    let explanation = explanation.filter(|pm| report.findings.iter().any(|f| f.code == pm.finding));
     if let Some(pm) = explanation {
         obj.put(seq(
             tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
@@ -399,8 +434,12 @@ pub fn build(
             )],
         ));
     }
+}
 
-    let mut children = vec![
+/// The report's language (TID 1204), observation context (TID 1001: the appliance as
+/// device observer, TID 1004, and the model) and procedure reported.
+fn observation_context(report: &Report, uids: &ResultUids) -> Vec<InMemDicomObject> {
+    vec![
         code_value_item("HAS CONCEPT MOD", LANGUAGE, ENGLISH),
         code_value_item("HAS OBS CONTEXT", OBSERVER_TYPE, DEVICE),
         uidref_item("HAS OBS CONTEXT", DEVICE_UID, &uids.device_observer),
@@ -416,18 +455,34 @@ pub fn build(
         ),
         text_item("HAS OBS CONTEXT", DEVICE_MODEL, &report.model_name),
         code_value_item("HAS CONCEPT MOD", PROCEDURE_REPORTED, CHEST_X_RAY),
-    ];
-    if !sources.is_empty() {
-        let entries = sources
-            .iter()
-            .map(|s| image_item(None, &s.sop_class_uid, &s.sop_instance_uid))
-            .collect();
-        children.push(container(
-            "CONTAINS",
-            IMAGE_LIBRARY,
-            vec![container("CONTAINS", IMAGE_LIBRARY_GROUP, entries)],
-        ));
+    ]
+}
+
+/// The Image Library (TID 1600) of the analysed images, when there are any.
+fn image_library(sources: &[InstanceRecord]) -> Option<InMemDicomObject> {
+    if sources.is_empty() {
+        return None;
     }
+    let entries = sources
+        .iter()
+        .map(|s| image_item(None, &s.sop_class_uid, &s.sop_instance_uid))
+        .collect();
+    Some(container(
+        "CONTAINS",
+        IMAGE_LIBRARY,
+        vec![container("CONTAINS", IMAGE_LIBRARY_GROUP, entries)],
+    ))
+}
+
+/// Imaging Measurements: one measurement group per finding, the heatmap referenced from
+/// the group of the finding it explains. A study outside the intended use has no
+/// findings; TID 1500 still wants its Imaging Measurements: one group, tracked, whose
+/// only content says why nothing was measured.
+fn imaging_measurements(
+    report: &Report,
+    uids: &ResultUids,
+    explanation: Option<ObjectRef>,
+) -> InMemDicomObject {
     let groups: Vec<InMemDicomObject> = report
         .findings
         .iter()
@@ -436,34 +491,12 @@ pub fn build(
             measurement_group(report, uids, f, explains)
         })
         .collect();
-    // A study outside the intended use has no findings. TID 1500 still wants its Imaging
-    // Measurements: one group, tracked, whose only content says why nothing was measured.
     let groups = if groups.is_empty() {
         vec![not_measured_group(report, uids)]
     } else {
         groups
     };
-    children.push(container("CONTAINS", IMAGING_MEASUREMENTS, groups));
-    children.push(text_item(
-        "CONTAINS",
-        COMMENT,
-        "AI-generated, preliminary result; not verified by a radiologist. Not for diagnostic use on its own.",
-    ));
-    for note in report.notes() {
-        children.push(text_item("CONTAINS", COMMENT, &note));
-    }
-
-    obj.put(text(tags::VALUE_TYPE, VR::CS, "CONTAINER"));
-    obj.put(concept(DOC_TITLE));
-    obj.put(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
-    obj.put(template(1500));
-    obj.put(seq(tags::CONTENT_SEQUENCE, children));
-    super::with_meta(
-        obj,
-        COMPREHENSIVE_SR,
-        &uids.sr_instance,
-        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
-    )
+    container("CONTAINS", IMAGING_MEASUREMENTS, groups)
 }
 
 #[cfg(test)]
