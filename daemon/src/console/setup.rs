@@ -138,6 +138,86 @@ pub fn code_file(data_dir: &Path) -> PathBuf {
         .join(CODE_FILE)
 }
 
+/// What became of a provisioned first administrator while no administrator exists.
+enum FromPending {
+    /// Created with the provisioned password hash.
+    Created,
+    /// Not created: an account of that name exists.
+    NotCreated,
+    /// No usable password came with it: setup stays open and will create this name.
+    NameOnly(String),
+}
+
+/// Creates the first administrator provisioned in `dir` (read as `p`), unless an account
+/// of that name exists (never taken over) or it came without a usable password; the
+/// pending file is removed unless it came without a password at all, and only once a
+/// created account is durable.
+fn create_pending(
+    store: &crate::store::Store,
+    users: &Users,
+    audit: &Audit,
+    p: crate::provision::ProvisionedAdmin,
+    dir: &Path,
+) -> Result<FromPending, SetupError> {
+    let file = dir.join(crate::provision::PENDING_ADMIN);
+    if users.get(&p.name)?.is_some() {
+        // Provisioning creates an account; it never takes over one that exists.
+        forget_pending(dir);
+        audit.append(
+            Event::new("system", Action::UserChange, &p.name)
+                .from("local")
+                .detail(
+                    "provisioned first administrator not created: an account of that \
+                     name exists",
+                )
+                .failed(),
+        )?;
+        log::warn!(
+            "console: first administrator {:?} of {} not created: an account of that \
+             name exists and is never replaced; the file was removed",
+            p.name,
+            file.display()
+        );
+        return Ok(FromPending::NotCreated);
+    }
+    let password = match p.credential() {
+        Ok(Some(password)) => password,
+        Ok(None) => return Ok(FromPending::NameOnly(p.name)),
+        Err(e) => {
+            forget_pending(dir);
+            log::warn!(
+                "console: first administrator {:?} of {} not created: {e}; the file was \
+                 removed",
+                p.name,
+                file.display()
+            );
+            return Ok(FromPending::NameOnly(p.name));
+        }
+    };
+    let user = User {
+        name: p.name.clone(),
+        role: Role::Admin,
+        password,
+        created_ms: crate::clock::now_millis(),
+        disabled: false,
+    };
+    users.put(&user)?;
+    audit.append(
+        Event::new("system", Action::UserChange, &user.name)
+            .from("local")
+            .detail("first administrator created from the provisioning file"),
+    )?;
+    // Durable before the hash is gone: the file never outlives this start.
+    store.flush_blocking()?;
+    forget_pending(dir);
+    log::info!(
+        "console: first administrator {:?} created from {}",
+        user.name,
+        file.display()
+    );
+    Ok(FromPending::Created)
+}
+
 fn read_pending(
     config_dir: &Path,
 ) -> Result<Option<crate::provision::ProvisionedAdmin>, SetupError> {
@@ -192,63 +272,13 @@ impl Setup {
         }
         let mut username = None;
         if let Some((p, dir)) = pending {
-            let file = dir.join(crate::provision::PENDING_ADMIN);
-            if users.get(&p.name)?.is_some() {
-                // Provisioning creates an account; it never takes over one that exists.
-                forget_pending(dir);
-                audit.append(
-                    Event::new("system", Action::UserChange, &p.name)
-                        .from("local")
-                        .detail(
-                            "provisioned first administrator not created: an account of that \
-                             name exists",
-                        )
-                        .failed(),
-                )?;
-                log::warn!(
-                    "console: first administrator {:?} of {} not created: an account of that \
-                     name exists and is never replaced; the file was removed",
-                    p.name,
-                    file.display()
-                );
-            } else if let Some(password) = match p.credential() {
-                Ok(c) => c,
-                Err(e) => {
-                    forget_pending(dir);
-                    log::warn!(
-                        "console: first administrator {:?} of {} not created: {e}; the file was \
-                         removed",
-                        p.name,
-                        file.display()
-                    );
-                    None
+            match create_pending(store, users, audit, p, dir)? {
+                FromPending::Created => {
+                    let _ = std::fs::remove_file(&code_file);
+                    return Ok(closed);
                 }
-            } {
-                let user = User {
-                    name: p.name.clone(),
-                    role: Role::Admin,
-                    password,
-                    created_ms: crate::clock::now_millis(),
-                    disabled: false,
-                };
-                users.put(&user)?;
-                audit.append(
-                    Event::new("system", Action::UserChange, &user.name)
-                        .from("local")
-                        .detail("first administrator created from the provisioning file"),
-                )?;
-                // Durable before the hash is gone: the file never outlives this start.
-                store.flush_blocking()?;
-                forget_pending(dir);
-                let _ = std::fs::remove_file(&code_file);
-                log::info!(
-                    "console: first administrator {:?} created from {}",
-                    user.name,
-                    file.display()
-                );
-                return Ok(closed);
-            } else {
-                username = Some(p.name);
+                FromPending::NotCreated => {}
+                FromPending::NameOnly(name) => username = Some(name),
             }
         }
         let code = new_code()?;
