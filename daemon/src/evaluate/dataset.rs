@@ -425,15 +425,15 @@ fn merged(cases: &[Case], members: &[usize]) -> Option<BTreeMap<usize, bool>> {
     Some(truth)
 }
 
-/// The cases with every image counted once: files with the same content or the same SOP
-/// Instance UID are one image, kept once (the first, with their labels merged) with a
-/// warning when their labels agree; files that are one image, or images of one study,
-/// whose labels contradict are an error listing them all.
-fn settle(cases: Vec<Case>, manifest: &Manifest) -> Result<(Vec<Case>, Vec<String>), DatasetError> {
-    let files: Vec<&Path> = cases.iter().map(|c| c.file.as_path()).collect();
-    let ids: Vec<Option<DicomIds>> = files.iter().map(|f| dicom_ids(f)).collect();
-    // The same image: a union of the content groups and the SOP Instance UID groups.
-    let mut root: Vec<usize> = (0..cases.len()).collect();
+/// The files that are one image (the same content, or the same SOP Instance UID), as
+/// groups of indices keyed by their first member, and for each grouped file what it
+/// shares with the others.
+fn same_images(
+    files: &[&Path],
+    ids: &[Option<DicomIds>],
+) -> (BTreeMap<usize, Vec<usize>>, HashMap<usize, &'static str>) {
+    // A union of the content groups and the SOP Instance UID groups.
+    let mut root: Vec<usize> = (0..files.len()).collect();
     fn find(root: &mut [usize], mut k: usize) -> usize {
         while root[k] != k {
             root[k] = root[root[k]];
@@ -452,7 +452,7 @@ fn settle(cases: Vec<Case>, manifest: &Manifest) -> Result<(Vec<Case>, Vec<Strin
         }
         why.entry(group[0]).or_insert(shared);
     };
-    for group in same_content(&files) {
+    for group in same_content(files) {
         join(&mut root, &group, "the same content");
     }
     let mut by_sop: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -465,10 +465,61 @@ fn settle(cases: Vec<Case>, manifest: &Manifest) -> Result<(Vec<Case>, Vec<Strin
         join(&mut root, group, "the same SOP Instance UID");
     }
     let mut images: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for k in 0..cases.len() {
+    for k in 0..files.len() {
         let r = find(&mut root, k);
         images.entry(r).or_default().push(k);
     }
+    (images, why)
+}
+
+/// Images of one study are one case: the studies among the kept cases (`keep[k]`, the
+/// labels case `k` is kept with) whose images' labels disagree.
+fn study_conflicts(
+    cases: &[Case],
+    ids: &[Option<DicomIds>],
+    keep: &[Option<BTreeMap<usize, bool>>],
+    manifest: &Manifest,
+) -> Vec<Conflict> {
+    let mut by_study: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (k, id) in ids.iter().enumerate() {
+        if keep[k].is_none() {
+            continue;
+        }
+        if let Some(study) = id.as_ref().and_then(|i| i.study.as_deref()) {
+            by_study.entry(study).or_default().push(k);
+        }
+    }
+    let mut conflicts = Vec::new();
+    for members in by_study.values().filter(|g| g.len() > 1) {
+        let with_kept: Vec<Case> = members
+            .iter()
+            .map(|&k| Case {
+                file: cases[k].file.clone(),
+                truth: keep[k].clone().unwrap_or_default(),
+            })
+            .collect();
+        let all: Vec<usize> = (0..with_kept.len()).collect();
+        if merged(&with_kept, &all).is_none() {
+            conflicts.push(Conflict {
+                shared: "images of one study",
+                files: with_kept
+                    .iter()
+                    .map(|c| (c.file.clone(), describe(&c.truth, manifest)))
+                    .collect(),
+            });
+        }
+    }
+    conflicts
+}
+
+/// The cases with every image counted once: files with the same content or the same SOP
+/// Instance UID are one image, kept once (the first, with their labels merged) with a
+/// warning when their labels agree; files that are one image, or images of one study,
+/// whose labels contradict are an error listing them all.
+fn settle(cases: Vec<Case>, manifest: &Manifest) -> Result<(Vec<Case>, Vec<String>), DatasetError> {
+    let files: Vec<&Path> = cases.iter().map(|c| c.file.as_path()).collect();
+    let ids: Vec<Option<DicomIds>> = files.iter().map(|f| dicom_ids(f)).collect();
+    let (images, why) = same_images(&files, &ids);
     let mut conflicts = Vec::new();
     let mut warnings = Vec::new();
     let mut keep: Vec<Option<BTreeMap<usize, bool>>> = vec![None; cases.len()];
@@ -504,35 +555,7 @@ fn settle(cases: Vec<Case>, manifest: &Manifest) -> Result<(Vec<Case>, Vec<Strin
             }),
         }
     }
-    // Images of one study are one case: their labels must agree too.
-    let mut by_study: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (k, id) in ids.iter().enumerate() {
-        if keep[k].is_none() {
-            continue;
-        }
-        if let Some(study) = id.as_ref().and_then(|i| i.study.as_deref()) {
-            by_study.entry(study).or_default().push(k);
-        }
-    }
-    for members in by_study.values().filter(|g| g.len() > 1) {
-        let with_kept: Vec<Case> = members
-            .iter()
-            .map(|&k| Case {
-                file: cases[k].file.clone(),
-                truth: keep[k].clone().unwrap_or_default(),
-            })
-            .collect();
-        let all: Vec<usize> = (0..with_kept.len()).collect();
-        if merged(&with_kept, &all).is_none() {
-            conflicts.push(Conflict {
-                shared: "images of one study",
-                files: with_kept
-                    .iter()
-                    .map(|c| (c.file.clone(), describe(&c.truth, manifest)))
-                    .collect(),
-            });
-        }
-    }
+    conflicts.extend(study_conflicts(&cases, &ids, &keep, manifest));
     if !conflicts.is_empty() {
         return Err(DatasetError::ConflictingLabels(conflicts));
     }

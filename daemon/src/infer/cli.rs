@@ -134,71 +134,78 @@ pub fn score_with_heatmap(
     };
     let code = manifest.labels[target].code.clone();
     let started = Instant::now();
-    let png = match (engine.cam(), &out.features) {
-        (Some(head), Some(f)) => {
-            let network = super::findings::probabilities(&out.values, manifest.output.activation);
-            super::heatmap::cam_png(head, f, &network, target, manifest)
-        }
-        _ => {
-            if occlusion.is_none() {
-                match engine.background_request(manifest.heatmap.batch as usize) {
-                    Ok(req) => *occlusion = Some(req),
-                    Err(e) => eprintln!("duli infer: no occlusion heatmaps: {e}"),
-                }
-            }
-            match occlusion.as_mut() {
-                Some(req) => super::heatmap::occlusion_map(
-                    req.as_mut(),
-                    manifest,
-                    &p.tensor,
-                    target,
-                    manifest.heatmap.batch as usize,
-                    || {},
-                )
-                .map_err(super::heatmap::HeatmapError::from)
-                .and_then(|map| {
-                    let g = manifest.heatmap.grid;
-                    super::heatmap::render_png(
-                        &map,
-                        g,
-                        g,
-                        manifest.input.width,
-                        manifest.input.height,
-                    )
-                }),
-                None => Err(super::heatmap::HeatmapError::NoRequest),
-            }
-        }
-    };
+    let png = heatmap_png(engine, &out, &p.tensor, target, occlusion);
     r.timings.heatmap_ms = started.elapsed().as_secs_f64() * 1000.0;
     let name = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    r.heatmap = match png {
-        Ok(png) => match dir {
-            Some(dir) => {
-                let path = dir.join(format!("{name}.heatmap.png"));
-                match std::fs::write(&path, &png) {
-                    Ok(()) => HeatmapState::Done {
-                        code,
-                        path: path.to_string_lossy().into_owned(),
-                    },
-                    Err(e) => HeatmapState::Failed {
-                        reason: format!("{}: {e}", path.display()),
-                    },
-                }
+    r.heatmap = save_heatmap(png, dir, &name, code);
+    (p.sop_instance_uid.clone(), r)
+}
+
+/// The PNG heatmap of finding `target` for the image of `tensor` (whose network outputs
+/// are `out`): class activation when the engine has the head and the network returned
+/// its features, else occlusion on `occlusion` (made on first use).
+fn heatmap_png(
+    engine: &Engine,
+    out: &super::backend::Outputs,
+    tensor: &[f32],
+    target: usize,
+    occlusion: &mut Option<Box<dyn super::backend::Request>>,
+) -> Result<Vec<u8>, super::heatmap::HeatmapError> {
+    let manifest = engine.manifest();
+    if let (Some(head), Some(f)) = (engine.cam(), &out.features) {
+        let network = super::findings::probabilities(&out.values, manifest.output.activation);
+        return super::heatmap::cam_png(head, f, &network, target, manifest);
+    }
+    if occlusion.is_none() {
+        match engine.background_request(manifest.heatmap.batch as usize) {
+            Ok(req) => *occlusion = Some(req),
+            Err(e) => eprintln!("duli infer: no occlusion heatmaps: {e}"),
+        }
+    }
+    let req = occlusion
+        .as_mut()
+        .ok_or(super::heatmap::HeatmapError::NoRequest)?;
+    let batch = manifest.heatmap.batch as usize;
+    let map = super::heatmap::occlusion_map(req.as_mut(), manifest, tensor, target, batch, || {})?;
+    let g = manifest.heatmap.grid;
+    super::heatmap::render_png(&map, g, g, manifest.input.width, manifest.input.height)
+}
+
+/// Writes `png` (the heatmap of finding `code`) as `<name>.heatmap.png` under `dir`; its
+/// state: done with the path (empty without `dir`), or failed with the reason.
+fn save_heatmap(
+    png: Result<Vec<u8>, super::heatmap::HeatmapError>,
+    dir: Option<&Path>,
+    name: &str,
+    code: String,
+) -> HeatmapState {
+    let png = match png {
+        Ok(png) => png,
+        Err(e) => {
+            return HeatmapState::Failed {
+                reason: e.to_string(),
             }
-            None => HeatmapState::Done {
-                code,
-                path: String::new(),
-            },
+        }
+    };
+    let Some(dir) = dir else {
+        return HeatmapState::Done {
+            code,
+            path: String::new(),
+        };
+    };
+    let path = dir.join(format!("{name}.heatmap.png"));
+    match std::fs::write(&path, &png) {
+        Ok(()) => HeatmapState::Done {
+            code,
+            path: path.to_string_lossy().into_owned(),
         },
         Err(e) => HeatmapState::Failed {
-            reason: e.to_string(),
+            reason: format!("{}: {e}", path.display()),
         },
-    };
-    (p.sop_instance_uid.clone(), r)
+    }
 }
 
 /// The engine of an offline tool (`tool` names it in messages): the model at `manifest`
