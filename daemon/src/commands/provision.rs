@@ -27,22 +27,9 @@ pub fn apply(
     target: &provision::Target,
     validate_only: bool,
 ) -> Result<ExitCode> {
-    let (parsed, dir) = match file {
-        Some(path) => match provision::read_file(path) {
-            Ok(f) => (
-                f,
-                path.parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_else(|| PathBuf::from(".")),
-            ),
-            Err(e) => {
-                eprintln!("{e}");
-                eprintln!("provisioning refused, nothing was written");
-                return Ok(ExitCode::from(2));
-            }
-        },
-        None => (provision::ProvisionFile::default(), PathBuf::from(".")),
+    let (parsed, dir) = match read_provisioning(file) {
+        Ok(read) => read,
+        Err(code) => return Ok(code),
     };
     let plan = match provision::plan(parsed, &dir, overrides, target) {
         Ok(plan) => plan,
@@ -51,18 +38,8 @@ pub fn apply(
             return Ok(ExitCode::from(2));
         }
     };
-    if plan.admin.is_some() {
-        let data_dir = &plan.config.device.data_dir;
-        if let Some(name) = existing_admin(data_dir)? {
-            eprintln!(
-                "admin: this box has an administrator already ({name:?} in {}); provisioning \
-                 creates the first administrator only: remove [admin] (or --admin) and manage \
-                 accounts with `duli user`",
-                data_dir.display()
-            );
-            eprintln!("provisioning refused, nothing was written");
-            return Ok(ExitCode::from(2));
-        }
+    if plan.admin.is_some() && refuse_second_admin(&plan.config.device.data_dir)? {
+        return Ok(ExitCode::from(2));
     }
     if validate_only {
         println!("provisioning file is valid; it would write:");
@@ -98,6 +75,73 @@ pub fn apply(
         "provisioned site {} device {} (AE title {})",
         cfg.device.site_id, cfg.device.device_id, cfg.dicom.ae_title
     );
+    print_next_steps(&plan, target, file);
+    let files: Vec<String> = plan
+        .writes
+        .iter()
+        .map(|w| w.path.display().to_string())
+        .collect();
+    audit_provisioning(
+        cfg,
+        format!(
+            "provisioned site {} device {}; wrote {}",
+            cfg.device.site_id,
+            cfg.device.device_id,
+            files.join(", ")
+        ),
+        true,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The provisioning file (or the defaults when none is given) and the folder its relative
+/// paths are read from; on an unreadable file the reason is printed and the exit code
+/// (2) returned.
+fn read_provisioning(
+    file: Option<&std::path::Path>,
+) -> Result<(provision::ProvisionFile, PathBuf), ExitCode> {
+    let Some(path) = file else {
+        return Ok((provision::ProvisionFile::default(), PathBuf::from(".")));
+    };
+    match provision::read_file(path) {
+        Ok(f) => Ok((
+            f,
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(".")),
+        )),
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("provisioning refused, nothing was written");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Whether provisioning a first administrator must be refused: the box in `data_dir` has
+/// an administrator already (said on stderr).
+fn refuse_second_admin(data_dir: &std::path::Path) -> Result<bool> {
+    let Some(name) = existing_admin(data_dir)? else {
+        return Ok(false);
+    };
+    eprintln!(
+        "admin: this box has an administrator already ({name:?} in {}); provisioning \
+         creates the first administrator only: remove [admin] (or --admin) and manage \
+         accounts with `duli user`",
+        data_dir.display()
+    );
+    eprintln!("provisioning refused, nothing was written");
+    Ok(true)
+}
+
+/// What to do after a provisioning run: finish the first administrator, check the box,
+/// and wipe the medium the provisioning `file` came on.
+fn print_next_steps(
+    plan: &provision::Plan,
+    target: &provision::Target,
+    file: Option<&std::path::Path>,
+) {
     if let Some(admin) = &plan.admin {
         let how = if admin.password.is_some() {
             "the daemon creates the account at its next start"
@@ -128,22 +172,6 @@ pub fn apply(
             file.display()
         );
     }
-    let files: Vec<String> = plan
-        .writes
-        .iter()
-        .map(|w| w.path.display().to_string())
-        .collect();
-    audit_provisioning(
-        cfg,
-        format!(
-            "provisioned site {} device {}; wrote {}",
-            cfg.device.site_id,
-            cfg.device.device_id,
-            files.join(", ")
-        ),
-        true,
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Records a provisioning run, done or failed, in the audit trail of `cfg`'s data folder.
