@@ -242,6 +242,63 @@ fn from_display(
     ))
 }
 
+/// The smallest and largest finite value of a `cols × rows` frame read row by row with
+/// `values` (into `line`), and about 100,000 of its values, evenly spread, for the window.
+fn value_range(
+    cols: u32,
+    rows: u32,
+    values: impl Fn(u32, &mut Vec<f32>),
+    line: &mut Vec<f32>,
+) -> Result<(f32, f32, Vec<f32>), PreviewError> {
+    let n = cols as usize * rows as usize;
+    let step = (n / 100_000).max(1);
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut sample = Vec::with_capacity(n / step + 1);
+    for y in 0..rows {
+        values(y, line);
+        let first = y as usize * cols as usize;
+        for (i, v) in line.iter().enumerate() {
+            if v.is_finite() {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+            if (first + i) % step == 0 {
+                sample.push(*v);
+            }
+        }
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        return Err(PreviewError::Decode("no finite pixel values".into()));
+    }
+    Ok((lo, hi, sample))
+}
+
+/// A `cols × rows` frame of 16-bit levels read row by row with `levels`, area-averaged by
+/// the whole factor that keeps the long side at least [`MAX_SIDE`], then resized (linear
+/// filter) to at most [`MAX_SIDE`]: the image and its width and height.
+fn downscale(
+    cols: u32,
+    rows: u32,
+    levels: impl FnMut(u32, &mut Vec<u16>),
+) -> Result<(Gray16, u32, u32), PreviewError> {
+    let long = cols.max(rows);
+    let scale = (MAX_SIDE as f64 / long as f64).min(1.0);
+    let (w, h) = (
+        ((cols as f64 * scale).round() as u32).max(1),
+        ((rows as f64 * scale).round() as u32).max(1),
+    );
+    let factor = (long / MAX_SIDE).max(1);
+    let (bw, bh, means) = block_means(cols, rows, factor, levels);
+    let blocks = Gray16::from_raw(bw, bh, means.into_iter().map(|m| m as u16).collect())
+        .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
+    let small = if (w, h) == (bw, bh) {
+        blocks
+    } else {
+        image::imageops::resize(&blocks, w, h, image::imageops::FilterType::Triangle)
+    };
+    Ok((small, w, h))
+}
+
 /// The preview of one decoded frame: modality values (the mean of the first three samples
 /// for colour) scaled from their minimum to their maximum onto 0..65535, area-averaged by
 /// the whole factor that keeps the long side at least [`MAX_SIDE`], then resized (linear
@@ -252,7 +309,6 @@ fn from_frame(
 ) -> Result<(Gray16, PreviewInfo), PreviewError> {
     let (cols, rows) = (frame.width(), frame.height());
     let spp = frame.samples_per_pixel();
-    let n = cols as usize * rows as usize;
     let rescale = decoded
         .rescale()
         .ok()
@@ -276,26 +332,8 @@ fn from_frame(
             );
         }
     };
-    let step = (n / 100_000).max(1);
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    let mut sample = Vec::with_capacity(n / step + 1);
     let mut line = Vec::with_capacity(cols as usize);
-    for y in 0..rows {
-        values(y, &mut line);
-        let first = y as usize * cols as usize;
-        for (i, v) in line.iter().enumerate() {
-            if v.is_finite() {
-                lo = lo.min(*v);
-                hi = hi.max(*v);
-            }
-            if (first + i) % step == 0 {
-                sample.push(*v);
-            }
-        }
-    }
-    if !lo.is_finite() || !hi.is_finite() {
-        return Err(PreviewError::Decode("no finite pixel values".into()));
-    }
+    let (lo, hi, sample) = value_range(cols, rows, |y, out| values(y, out), &mut line)?;
     let span = (hi - lo).max(1e-6);
     let levels = |y: u32, out: &mut Vec<u16>| {
         values(y, &mut line);
@@ -305,21 +343,7 @@ fn from_frame(
                 .map(|v| (((v - lo) / span) * 65535.0).round().clamp(0.0, 65535.0) as u16),
         );
     };
-    let long = cols.max(rows);
-    let scale = (MAX_SIDE as f64 / long as f64).min(1.0);
-    let (w, h) = (
-        ((cols as f64 * scale).round() as u32).max(1),
-        ((rows as f64 * scale).round() as u32).max(1),
-    );
-    let factor = (long / MAX_SIDE).max(1);
-    let (bw, bh, means) = block_means(cols, rows, factor, levels);
-    let blocks = Gray16::from_raw(bw, bh, means.into_iter().map(|m| m as u16).collect())
-        .ok_or_else(|| PreviewError::Decode("pixel buffer size".into()))?;
-    let small = if (w, h) == (bw, bh) {
-        blocks
-    } else {
-        image::imageops::resize(&blocks, w, h, image::imageops::FilterType::Triangle)
-    };
+    let (small, w, h) = downscale(cols, rows, levels)?;
     let photometric = decoded.photometric_interpretation().to_string();
     let (center, width) = match decoded.window().ok().flatten().and_then(|w| w.first()) {
         // A window must be finite too: a Window Center of "NaN" would make the preview
