@@ -280,9 +280,43 @@ pub fn threshold_floor(t: f64) -> f64 {
     k / 1e4
 }
 
-/// The report as a table for people.
+/// The report as a table for people: the model and the set, one row per finding (and
+/// one at the target sensitivity), the reliability bins, what was not counted, and the
+/// gate when one ran.
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
+    table_heading(&mut s, r);
+    let _ = writeln!(
+        s,
+        "{:<16} {:>5} {:>5} {:>6}  {:<13} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "finding", "pos", "neg", "AUC", "95% CI", "threshold", "sens", "spec", "PPV", "NPV", "ECE"
+    );
+    for (code, f) in &r.findings {
+        table_row(&mut s, &f.name, f, &f.at_threshold, true);
+        if let Some(op) = &f.at_target_sensitivity {
+            let label = format!("  at sens>={}", r.target_sensitivity);
+            table_row(&mut s, &label, f, op, false);
+        }
+        if let Some(note) = &f.auc_ci_note {
+            let mark = if f.auc_ci.is_some() { "* " } else { "" };
+            let _ = writeln!(s, "  {mark}{code}: {note}");
+        }
+        if let Some(e) = &f.error {
+            let _ = writeln!(s, "  {code}: {e}");
+        }
+    }
+    for (code, f) in &r.findings {
+        reliability(&mut s, code, f);
+    }
+    not_counted(&mut s, &r.dataset);
+    if let Some(g) = &r.gate {
+        let _ = write!(s, "\n{}", super::gate::summary(g));
+    }
+    s
+}
+
+/// The model, the files and the cases of the report.
+fn table_heading(s: &mut String, r: &Report) {
     let m = &r.model;
     let short = m.hash.get(..12).unwrap_or(&m.hash);
     let _ = writeln!(
@@ -306,88 +340,78 @@ pub fn table(r: &Report) -> String {
         d.cases, d.cases_scored
     );
     let _ = writeln!(s);
+}
+
+/// One row of the table: finding `f` at operating point `op`, with its counts, AUC and
+/// calibration on the `first` row only.
+fn table_row(s: &mut String, label: &str, f: &FindingReport, op: &OperatingPoint, first: bool) {
+    let (auc, ci) = if first {
+        (
+            opt(f.auc),
+            match (f.auc, f.auc_ci) {
+                (Some(_), Some([lo, hi])) if f.auc_ci_note.is_some() => {
+                    format!("{lo:.3}-{hi:.3}*")
+                }
+                (_, Some([lo, hi])) => format!("{lo:.3}-{hi:.3}"),
+                (Some(_), None) => "n/a".into(),
+                (None, None) => "-".into(),
+            },
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let _ = writeln!(
         s,
-        "{:<16} {:>5} {:>5} {:>6}  {:<13} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "finding", "pos", "neg", "AUC", "95% CI", "threshold", "sens", "spec", "PPV", "NPV", "ECE"
-    );
-    let row = |s: &mut String, label: &str, f: &FindingReport, op: &OperatingPoint, first: bool| {
-        let (auc, ci) = if first {
-            (
-                opt(f.auc),
-                match (f.auc, f.auc_ci) {
-                    (Some(_), Some([lo, hi])) if f.auc_ci_note.is_some() => {
-                        format!("{lo:.3}-{hi:.3}*")
-                    }
-                    (_, Some([lo, hi])) => format!("{lo:.3}-{hi:.3}"),
-                    (Some(_), None) => "n/a".into(),
-                    (None, None) => "-".into(),
-                },
-            )
+        "{:<16} {:>5} {:>5} {:>6}  {:<13} {:>9.4} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        label,
+        if first {
+            f.n_pos.to_string()
         } else {
-            (String::new(), String::new())
-        };
+            String::new()
+        },
+        if first {
+            f.n_neg.to_string()
+        } else {
+            String::new()
+        },
+        auc,
+        ci,
+        threshold_floor(op.threshold),
+        opt(op.sensitivity),
+        opt(op.specificity),
+        opt(op.ppv),
+        opt(op.npv),
+        if first {
+            format!("{:.3}", f.calibration.ece)
+        } else {
+            String::new()
+        },
+    );
+}
+
+/// The reliability bins of finding `f` (`code`) that hold cases.
+fn reliability(s: &mut String, code: &str, f: &FindingReport) {
+    let _ = writeln!(s, "\nReliability of {} ({code}):", f.name);
+    let _ = writeln!(
+        s,
+        "  {:<11} {:>5} {:>10} {:>9}",
+        "bin", "n", "predicted", "observed"
+    );
+    for b in f.calibration.bins.iter().filter(|b| b.n > 0) {
         let _ = writeln!(
             s,
-            "{:<16} {:>5} {:>5} {:>6}  {:<13} {:>9.4} {:>6} {:>6} {:>6} {:>6} {:>6}",
-            label,
-            if first {
-                f.n_pos.to_string()
-            } else {
-                String::new()
-            },
-            if first {
-                f.n_neg.to_string()
-            } else {
-                String::new()
-            },
-            auc,
-            ci,
-            threshold_floor(op.threshold),
-            opt(op.sensitivity),
-            opt(op.specificity),
-            opt(op.ppv),
-            opt(op.npv),
-            if first {
-                format!("{:.3}", f.calibration.ece)
-            } else {
-                String::new()
-            },
+            "  {:.1}-{:.1}     {:>5} {:>10} {:>9}",
+            b.lo,
+            b.hi,
+            b.n,
+            opt(b.mean_predicted),
+            opt(b.observed)
         );
-    };
-    for (code, f) in &r.findings {
-        row(&mut s, &f.name, f, &f.at_threshold, true);
-        if let Some(op) = &f.at_target_sensitivity {
-            let label = format!("  at sens>={}", r.target_sensitivity);
-            row(&mut s, &label, f, op, false);
-        }
-        if let Some(note) = &f.auc_ci_note {
-            let mark = if f.auc_ci.is_some() { "* " } else { "" };
-            let _ = writeln!(s, "  {mark}{code}: {note}");
-        }
-        if let Some(e) = &f.error {
-            let _ = writeln!(s, "  {code}: {e}");
-        }
     }
-    for (code, f) in &r.findings {
-        let _ = writeln!(s, "\nReliability of {} ({code}):", f.name);
-        let _ = writeln!(
-            s,
-            "  {:<11} {:>5} {:>10} {:>9}",
-            "bin", "n", "predicted", "observed"
-        );
-        for b in f.calibration.bins.iter().filter(|b| b.n > 0) {
-            let _ = writeln!(
-                s,
-                "  {:.1}-{:.1}     {:>5} {:>10} {:>9}",
-                b.lo,
-                b.hi,
-                b.n,
-                opt(b.mean_predicted),
-                opt(b.observed)
-            );
-        }
-    }
+}
+
+/// The files not counted (not applicable, unreadable) and the folders not read.
+fn not_counted(s: &mut String, d: &DatasetInfo) {
     for (title, list) in [
         ("Not applicable (not counted)", &d.not_applicable),
         ("Unreadable (not counted)", &d.errors),
@@ -405,10 +429,6 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(s, "  {}", f.display());
         }
     }
-    if let Some(g) = &r.gate {
-        let _ = write!(s, "\n{}", super::gate::summary(g));
-    }
-    s
 }
 
 #[cfg(test)]
