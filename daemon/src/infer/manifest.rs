@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A fault of a manifest: the key and why it is wrong.
+type Fault = (&'static str, &'static str);
+
 /// Why a manifest (or the files it names) cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -318,103 +321,125 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Checks the manifest read from `path`, section by section; the first fault found is
+    /// the error.
     fn validate(&self, path: &Path) -> Result<(), ManifestError> {
-        let bad = |key: &str, reason: &str| ManifestError::Invalid {
+        let bad = |(key, reason): Fault| ManifestError::Invalid {
             path: path.to_path_buf(),
             key: key.into(),
             reason: reason.into(),
         };
+        self.check_label_set().map_err(bad)?;
+        self.validate_labels(path)?;
+        self.check_standard_codes().map_err(bad)?;
+        self.check_input().map_err(bad)?;
+        self.check_files().map_err(bad)?;
+        self.check_intended_use().map_err(bad)?;
+        if self.heatmap.grid == 0 || self.heatmap.batch == 0 {
+            return Err(bad(("heatmap", "grid and batch must be positive")));
+        }
+        Ok(())
+    }
+
+    /// At least one label that is not a background class; `cam` heatmaps name their layer.
+    fn check_label_set(&self) -> Result<(), Fault> {
         if self.labels.is_empty() {
-            return Err(bad("labels", "at least one label is required"));
+            return Err(("labels", "at least one label is required"));
         }
         if !self.labels.iter().any(|l| !l.background) {
-            return Err(bad("labels", "every label is a background class"));
+            return Err(("labels", "every label is a background class"));
         }
         if self.heatmap.method == HeatmapMethod::Cam
             && self.heatmap.features.as_deref().is_none_or(str::is_empty)
         {
-            return Err(bad(
+            return Err((
                 "heatmap.features",
                 "method = \"cam\" needs the layer of the last convolutional block",
             ));
         }
-        self.validate_labels(path)?;
-        for l in &self.labels {
-            if let Some(c) = &l.standard {
-                // DICOM SH (code, scheme) and LO (meaning) limits, no HL7 delimiters.
-                let fits = |v: &str, max: usize| {
-                    !v.trim().is_empty()
-                        && v.chars().count() <= max
-                        && !v.contains(['|', '^', '~', '\\', '&', '\r', '\n'])
-                };
-                if !fits(&c.code, 16) || !fits(&c.scheme, 16) || !fits(&c.meaning, 64) {
-                    return Err(bad(
-                        "labels.standard",
-                        "code and scheme need 1-16 characters, meaning 1-64, none of |^~\\&",
-                    ));
-                }
-            }
-        }
-        if self.input.channels != 1 && self.input.channels != 3 {
-            return Err(bad("input.channels", "must be 1 or 3"));
-        }
-        if self.input.width == 0 || self.input.height == 0 {
-            return Err(bad("input.width/height", "must be positive"));
-        }
-        if self.output.activation == Activation::Softmax && self.labels.len() < 2 {
-            return Err(bad("output.activation", "softmax needs two or more labels"));
-        }
-        if let Normalisation::MeanStd { mean, std } = &self.input.normalise {
-            let n = self.input.channels as usize;
-            if !(mean.len() == 1 || mean.len() == n) || !(std.len() == 1 || std.len() == n) {
-                return Err(bad(
-                    "input.normalise",
-                    "mean/std need 1 or `channels` values",
+        Ok(())
+    }
+
+    /// Each label's standard code fits DICOM SH (code, scheme) and LO (meaning), with no
+    /// HL7 delimiters.
+    fn check_standard_codes(&self) -> Result<(), Fault> {
+        let fits = |v: &str, max: usize| {
+            !v.trim().is_empty()
+                && v.chars().count() <= max
+                && !v.contains(['|', '^', '~', '\\', '&', '\r', '\n'])
+        };
+        for c in self.labels.iter().filter_map(|l| l.standard.as_ref()) {
+            if !fits(&c.code, 16) || !fits(&c.scheme, 16) || !fits(&c.meaning, 64) {
+                return Err((
+                    "labels.standard",
+                    "code and scheme need 1-16 characters, meaning 1-64, none of |^~\\&",
                 ));
             }
-            if std.contains(&0.0) {
-                return Err(bad("input.normalise.std", "must not be zero"));
-            }
         }
-        if let Normalisation::Range { min, max } = &self.input.normalise {
-            if min == max {
-                return Err(bad("input.normalise", "min and max must differ"));
-            }
+        Ok(())
+    }
+
+    /// The input's shape and normalisation, and an output activation the labels allow.
+    fn check_input(&self) -> Result<(), Fault> {
+        if self.input.channels != 1 && self.input.channels != 3 {
+            return Err(("input.channels", "must be 1 or 3"));
         }
+        if self.input.width == 0 || self.input.height == 0 {
+            return Err(("input.width/height", "must be positive"));
+        }
+        if self.output.activation == Activation::Softmax && self.labels.len() < 2 {
+            return Err(("output.activation", "softmax needs two or more labels"));
+        }
+        match &self.input.normalise {
+            Normalisation::MeanStd { mean, std } => {
+                let n = self.input.channels as usize;
+                if !(mean.len() == 1 || mean.len() == n) || !(std.len() == 1 || std.len() == n) {
+                    return Err(("input.normalise", "mean/std need 1 or `channels` values"));
+                }
+                if std.contains(&0.0) {
+                    return Err(("input.normalise.std", "must not be zero"));
+                }
+            }
+            Normalisation::Range { min, max } if min == max => {
+                return Err(("input.normalise", "min and max must differ"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The network's checksum, and the weights' when the network has a separate file.
+    fn check_files(&self) -> Result<(), Fault> {
         let is_hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !is_hex(&self.file.sha256) {
-            return Err(bad(
+            return Err((
                 "file.sha256",
                 "a 64-digit hex SHA-256 is required (a model without a recorded checksum is not loaded)",
             ));
         }
         match (&self.file.weights, &self.file.weights_sha256) {
-            (Some(_), Some(h)) if is_hex(h) => {}
-            (Some(_), _) => {
-                return Err(bad(
-                    "file.weights_sha256",
-                    "a 64-digit hex SHA-256 is required",
-                ))
-            }
-            (None, Some(_)) => return Err(bad("file.weights", "weights_sha256 without weights")),
-            (None, None) => {}
+            (Some(_), Some(h)) if is_hex(h) => Ok(()),
+            (Some(_), _) => Err(("file.weights_sha256", "a 64-digit hex SHA-256 is required")),
+            (None, Some(_)) => Err(("file.weights", "weights_sha256 without weights")),
+            (None, None) => Ok(()),
         }
+    }
+
+    /// The intended patient ages: years between 0 and 150, the lower not above the upper.
+    fn check_intended_use(&self) -> Result<(), Fault> {
         let iu = &self.intended_use;
         for (key, v) in [
             ("intended_use.age_min_years", iu.age_min_years),
             ("intended_use.age_max_years", iu.age_max_years),
         ] {
             if v.is_some_and(|v| !(0.0..=150.0).contains(&v)) {
-                return Err(bad(key, "must be between 0 and 150 years"));
+                return Err((key, "must be between 0 and 150 years"));
             }
         }
         if let (Some(lo), Some(hi)) = (iu.age_min_years, iu.age_max_years) {
             if lo > hi {
-                return Err(bad("intended_use", "age_min_years is above age_max_years"));
+                return Err(("intended_use", "age_min_years is above age_max_years"));
             }
-        }
-        if self.heatmap.grid == 0 || self.heatmap.batch == 0 {
-            return Err(bad("heatmap", "grid and batch must be positive"));
         }
         Ok(())
     }
