@@ -222,6 +222,54 @@ pub fn from_folders(
     Ok(set)
 }
 
+/// One label row of a CSV: the file and finding as written, the finding's index in the
+/// manifest and the value.
+struct LabelRow<'a> {
+    file: &'a str,
+    finding: &'a str,
+    index: usize,
+    value: bool,
+}
+
+/// Reads one non-empty, non-comment CSV `line`; `None` for a header (the first row, with a
+/// value column that is not 0 or 1 and a file column naming no file under `root`); else
+/// why the row is wrong.
+fn label_row<'a>(
+    line: &'a str,
+    is_first: bool,
+    root: &Path,
+    manifest: &Manifest,
+) -> Result<Option<LabelRow<'a>>, String> {
+    let cols: Vec<&str> = line
+        .split(',')
+        .map(|c| c.trim().trim_matches('"'))
+        .collect();
+    let [file, finding, value] = cols[..] else {
+        return Err(format!(
+            "expected 3 columns file,finding,0|1, found {}",
+            cols.len()
+        ));
+    };
+    let value = match value {
+        "1" => true,
+        "0" => false,
+        _ if is_first && !root.join(file).is_file() => return Ok(None),
+        other => return Err(format!("label value {other:?} is not 0 or 1")),
+    };
+    let Some(index) = label_index(manifest, finding) else {
+        return Err(format!(
+            "{finding:?} is not a finding of model {}",
+            manifest.name
+        ));
+    };
+    Ok(Some(LabelRow {
+        file,
+        finding,
+        index,
+        value,
+    }))
+}
+
 /// Cases from a CSV of `file,finding,0|1` rows (files relative to `root`). A file's findings
 /// not listed are unknown for it. The first row is a header when its value column is not
 /// 0 or 1 and its file column names no file under `root`; any other row with a bad value
@@ -251,29 +299,11 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
             continue;
         }
         let is_first = std::mem::replace(&mut first_row, false);
-        let cols: Vec<&str> = line
-            .split(',')
-            .map(|c| c.trim().trim_matches('"'))
-            .collect();
-        if cols.len() != 3 {
-            return Err(bad(
-                n + 1,
-                format!("expected 3 columns file,finding,0|1, found {}", cols.len()),
-            ));
-        }
-        let value = match cols[2] {
-            "1" => true,
-            "0" => false,
-            // A header: the first row, naming no file.
-            _ if is_first && !root.join(cols[0]).is_file() => continue,
-            other => return Err(bad(n + 1, format!("label value {other:?} is not 0 or 1"))),
+        let Some(row) = label_row(line, is_first, root, manifest).map_err(|r| bad(n + 1, r))?
+        else {
+            continue;
         };
-        let Some(i) = label_index(manifest, cols[1]) else {
-            return Err(bad(
-                n + 1,
-                format!("{:?} is not a finding of model {}", cols[1], manifest.name),
-            ));
-        };
+        let (i, value) = (row.index, row.value);
         if by_file.len() >= MAX_FILES {
             return Err(DatasetError::TooLarge(format!(
                 "more than {MAX_FILES} files in {}",
@@ -281,15 +311,15 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
             )));
         }
         findings.insert(i);
-        let truth = by_file.entry(root.join(cols[0])).or_default();
+        let truth = by_file.entry(root.join(row.file)).or_default();
         match truth.get(&i) {
             Some(&(earlier, at)) if earlier != value => {
                 return Err(bad(
                     n + 1,
                     format!(
                         "{},{} is {} here but {} on line {at}",
-                        cols[0],
-                        cols[1],
+                        row.file,
+                        row.finding,
                         u8::from(value),
                         u8::from(earlier)
                     ),
@@ -299,8 +329,8 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
                 "{} line {}: repeats line {at} ({},{}); counted once",
                 csv.display(),
                 n + 1,
-                cols[0],
-                cols[1]
+                row.file,
+                row.finding
             )),
             None => {
                 truth.insert(i, (value, n + 1));
