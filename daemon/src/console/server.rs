@@ -14,7 +14,8 @@
 //! `console.max_requests` only while they run. At shutdown the listener closes, open
 //! connections get a grace period, then are dropped.
 
-use super::handshakes::Handshakes;
+use super::handshakes::{Handshakes, Held};
+use super::limits::Slot;
 use super::timeouts::{Clock, Guarded, Watched};
 use super::Console;
 use crate::client_key::ClientKey;
@@ -79,6 +80,61 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// A connection slot for `peer` (per address and in all), taking the slot of the oldest
+/// unfinished TLS handshake when the console is full; `None`, noted in `refused`, when
+/// there is none to give.
+fn admit(
+    console: &Console,
+    handshakes: &Handshakes,
+    refused: &mut Refusals,
+    peer: SocketAddr,
+) -> Option<Held> {
+    let connections = &console.limits.connections;
+    let client = ClientKey::of(peer.ip());
+    let taken = match connections.try_take(client) {
+        Err(super::limits::Refused::Total(_)) if handshakes.evict_oldest() => {
+            log::debug!("console: {peer} takes the slot of the oldest unfinished handshake");
+            connections.try_take(client)
+        }
+        other => other,
+    };
+    match taken {
+        Ok(slot) => Some(Handshakes::hold(slot)),
+        Err(why) => {
+            refused.note(peer, why);
+            None
+        }
+    }
+}
+
+/// The TLS handshake of `tcp` within [`HANDSHAKE_TIMEOUT`]; done either way, the slot is
+/// taken back from the list of handshakes (freed now on failure, the connection's until it
+/// closes else). `None` when it failed, timed out, or the slot was given to a newer
+/// connection meanwhile.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    slot: &Held,
+    peer: SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Slot<ClientKey>,
+)> {
+    let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    let slot = Handshakes::finish(slot)?;
+    match shaken {
+        Ok(Ok(s)) => Some((s, slot)),
+        Ok(Err(e)) => {
+            log::debug!("console: TLS handshake with {peer} failed: {e}");
+            None
+        }
+        Err(_) => {
+            log::debug!("console: TLS handshake with {peer} timed out");
+            None
+        }
+    }
+}
+
 /// Serves the console on `listener` with `tls` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -103,22 +159,9 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let connections = &console.limits.connections;
-        let client = ClientKey::of(peer.ip());
-        let taken = match connections.try_take(client) {
-            Err(super::limits::Refused::Total(_)) if handshakes.evict_oldest() => {
-                log::debug!("console: {peer} takes the slot of the oldest unfinished handshake");
-                connections.try_take(client)
-            }
-            other => other,
-        };
-        let slot = match taken {
-            Ok(slot) => Handshakes::hold(slot),
-            Err(why) => {
-                refused.note(peer, why);
-                drop(tcp);
-                continue;
-            }
+        let Some(slot) = admit(&console, &handshakes, &mut refused, peer) else {
+            drop(tcp);
+            continue;
         };
         let held = slot.clone();
         let _ = tcp.set_nodelay(true);
@@ -132,22 +175,8 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let (header_read, idle) = (console.limits.header_read, console.limits.idle);
         let task = tokio::spawn(async move {
-            let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            // Done with the handshake either way: the slot is taken back from the list of
-            // handshakes (freed now on failure, this connection's until it closes else).
-            let Some(_slot) = Handshakes::finish(&slot) else {
+            let Some((stream, _slot)) = handshake(&acceptor, tcp, &slot, peer).await else {
                 return;
-            };
-            let stream = match shaken {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    log::debug!("console: TLS handshake with {peer} failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    log::debug!("console: TLS handshake with {peer} timed out");
-                    return;
-                }
             };
             let clock = Clock::new(header_read, idle);
             let io = hyper_util::rt::TokioIo::new(Watched::new(stream, clock.clone()));
