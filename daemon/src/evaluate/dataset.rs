@@ -231,6 +231,25 @@ struct LabelRow<'a> {
     value: bool,
 }
 
+/// Why a label row of a CSV is wrong.
+#[derive(Debug, thiserror::Error)]
+enum RowError {
+    /// Not three columns.
+    #[error("expected 3 columns file,finding,0|1, found {0}")]
+    Columns(usize),
+    /// A value other than 0 or 1.
+    #[error("label value {0:?} is not 0 or 1")]
+    Value(String),
+    /// A finding the model does not have.
+    #[error("{finding:?} is not a finding of model {model}")]
+    Finding {
+        /// The finding as written.
+        finding: String,
+        /// The model's name.
+        model: String,
+    },
+}
+
 /// Reads one non-empty, non-comment CSV `line`; `None` for a header (the first row, with a
 /// value column that is not 0 or 1 and a file column naming no file under `root`); else
 /// why the row is wrong.
@@ -239,28 +258,25 @@ fn label_row<'a>(
     is_first: bool,
     root: &Path,
     manifest: &Manifest,
-) -> Result<Option<LabelRow<'a>>, String> {
+) -> Result<Option<LabelRow<'a>>, RowError> {
     let cols: Vec<&str> = line
         .split(',')
         .map(|c| c.trim().trim_matches('"'))
         .collect();
     let [file, finding, value] = cols[..] else {
-        return Err(format!(
-            "expected 3 columns file,finding,0|1, found {}",
-            cols.len()
-        ));
+        return Err(RowError::Columns(cols.len()));
     };
     let value = match value {
         "1" => true,
         "0" => false,
         _ if is_first && !root.join(file).is_file() => return Ok(None),
-        other => return Err(format!("label value {other:?} is not 0 or 1")),
+        other => return Err(RowError::Value(other.to_string())),
     };
     let Some(index) = label_index(manifest, finding) else {
-        return Err(format!(
-            "{finding:?} is not a finding of model {}",
-            manifest.name
-        ));
+        return Err(RowError::Finding {
+            finding: finding.to_string(),
+            model: manifest.name.clone(),
+        });
     };
     Ok(Some(LabelRow {
         file,
@@ -299,7 +315,8 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
             continue;
         }
         let is_first = std::mem::replace(&mut first_row, false);
-        let Some(row) = label_row(line, is_first, root, manifest).map_err(|r| bad(n + 1, r))?
+        let Some(row) =
+            label_row(line, is_first, root, manifest).map_err(|r| bad(n + 1, r.to_string()))?
         else {
             continue;
         };
