@@ -553,7 +553,7 @@ fn second_pixel_data(summary: &Summary, offset: u64) -> Result<(), GuardError> {
 fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, GuardError> {
     let mut walk = Walk {
         input,
-        big_endian: enc.big_endian,
+        enc,
         stack: Vec::with_capacity(2 * MAX_DEPTH + 2),
         depth: 0,
         summary: Summary::default(),
@@ -568,7 +568,7 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
             }
             return Err(GuardError::Truncated { offset });
         }
-        let be = walk.big_endian;
+        let be = enc.big_endian;
         let tag = Tag(
             u16_of([tag_bytes[0], tag_bytes[1]], be),
             u16_of([tag_bytes[2], tag_bytes[3]], be),
@@ -605,7 +605,7 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
 /// sequence depth and what it has measured so far.
 struct Walk<'a, R> {
     input: &'a mut Input<R>,
-    big_endian: bool,
+    enc: Encoding,
     stack: Vec<Frame>,
     depth: usize,
     summary: Summary,
@@ -659,7 +659,7 @@ impl<R: Read + Seek> Walk<'_, R> {
     fn item_or_delimiter(&mut self, tag: Tag, offset: u64) -> Result<(), GuardError> {
         let mut len = [0u8; 4];
         self.input.read(&mut len)?;
-        let length = u32_of(len, self.big_endian);
+        let length = u32_of(len, self.enc.big_endian);
         let end = self.innermost_end();
         match (tag.1, self.stack.last().map(|f| (f.kind, f.end))) {
             (ITEM, Some((Kind::Sequence, _))) => {

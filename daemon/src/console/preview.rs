@@ -333,7 +333,7 @@ fn from_frame(
         }
     };
     let mut line = Vec::with_capacity(cols as usize);
-    let (lo, hi, sample) = value_range(cols, rows, |y, out| values(y, out), &mut line)?;
+    let (lo, hi, sample) = value_range(cols, rows, values, &mut line)?;
     let span = (hi - lo).max(1e-6);
     let levels = |y: u32, out: &mut Vec<u16>| {
         values(y, &mut line);

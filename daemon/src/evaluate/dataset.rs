@@ -721,6 +721,26 @@ mod tests {
         assert!(from_csv(dir.path(), &csv, &manifest()).is_err());
     }
 
+    /// A row of two or four columns (a comma inside a name, a missing value) is an error
+    /// naming its line and the count found, even as the first row.
+    #[test]
+    fn csv_rows_with_the_wrong_number_of_columns_are_refused_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("labels.csv");
+        for (text, line, found) in [
+            ("a.png,Pneumonia\n", 1, 2),
+            ("a.png,Pneumonia,1\nb,c.png,Pneumonia,1\n", 2, 4),
+            ("file,finding\na.png,Pneumonia,1\n", 1, 2),
+        ] {
+            std::fs::write(&csv, text).unwrap();
+            let err = from_csv(dir.path(), &csv, &manifest())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("line {line}")), "{text:?}: {err}");
+            assert!(err.contains(&format!("found {found}")), "{text:?}: {err}");
+        }
+    }
+
     /// Two rows giving one file's finding different values: an error naming both rows
     /// (the last one won before); the same row twice is counted once.
     #[test]

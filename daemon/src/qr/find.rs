@@ -63,8 +63,8 @@ pub async fn serve(op: Op) -> String {
     if let Some(refused) = &failure {
         rsp = rsp.with_error_comment(&refused.comment);
     }
-    let mut w = op.writer.lock().await;
-    if w.command(op.pc_id, &rsp).await.is_err() {
+    let sent_final = op.writer.lock().await.command(op.pc_id, &rsp).await;
+    if sent_final.is_err() {
         return CONNECTION_LOST.into();
     }
     format!("C-FIND {description}: {sent} match(es), {outcome}")

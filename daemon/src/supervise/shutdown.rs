@@ -49,7 +49,7 @@ impl WatchdogThread {
         Ok(WatchdogThread { stop })
     }
 
-    /// Ends the pings (the thread ends after its current round).
+    /// Ends the pings: the round in progress is dropped and the thread ends.
     fn stop(&self) {
         self.stop.send_replace(true);
     }
@@ -117,12 +117,9 @@ impl Shutdown {
             probe,
             tokio::runtime::Handle::current(),
         );
+        // A watchdog started before is stopped when it is dropped here.
         match WatchdogThread::start(dog, interval) {
-            Ok(thread) => {
-                if let Some(old) = self.watchdog.replace(thread) {
-                    old.stop();
-                }
-            }
+            Ok(thread) => self.watchdog = Some(thread),
             Err(e) => log::error!("watchdog: cannot start its thread: {e}; no ping will be sent"),
         }
     }
