@@ -32,7 +32,13 @@ no_reboot=75
 status=$?
 [ "$status" -eq 0 ] && exit 0
 
-booted="$(tr ' ' '\n' <"$cmdline" 2>/dev/null | sed -n 's/^duli\.slot=\([AB]\)$/\1/p' | tail -n 1)"
+# The slot named once only: two duli.slot= (a stale one saved with the bootargs) leave it
+# unknown, as the daemon's own reading does.
+booted="$(tr ' ' '\n' <"$cmdline" 2>/dev/null | sed -n 's/^duli\.slot=\([AB]\)$/\1/p')"
+case "$booted" in
+A | B) ;;
+*) booted="" ;;
+esac
 active=""
 damaged=""
 if [ -r "$grubenv" ]; then

@@ -322,6 +322,7 @@ fn secret_files(cfg: &Config) -> Vec<PathBuf> {
             &cfg.hl7.key,
             &cfg.mqtt.key,
             &cfg.console.key,
+            &cfg.audit.syslog_key,
         ]
         .into_iter()
         .flatten()

@@ -240,7 +240,7 @@ fn peek_kind(bundle: &Path) -> Result<PayloadKind, BundleError> {
 
 /// Why a file in a folder the service user owns was not taken by root.
 #[derive(Debug, thiserror::Error)]
-enum NotRegular {
+pub(crate) enum NotRegular {
     /// It did not open without following a link (or at all).
     #[error("is not a regular file that opens without following a link ({0})")]
     Open(std::io::Error),
@@ -254,7 +254,7 @@ enum NotRegular {
 
 /// Opens `path` for reading without following a link and without blocking on a FIFO, and
 /// keeps it only when the opened file is a regular file.
-fn open_regular(path: &Path) -> Result<fs::File, NotRegular> {
+pub(crate) fn open_regular(path: &Path) -> Result<fs::File, NotRegular> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .read(true)
@@ -463,9 +463,9 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
         PayloadKind::Rootfs => install_rootfs(cfg, path, &anchors, policy)?,
         PayloadKind::ModelPack => {
             let dest = cfg.firmware.model_pack_path(model_name);
-            if let Some(dir) = dest.parent() {
-                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
+            // Made without following a link the service user may have planted in its place.
+            duli_firmware::dir_write::create_folders(&cfg.firmware.model_packs)
+                .with_context(|| format!("creating {}", cfg.firmware.model_packs.display()))?;
             // The floor is root's record; the manifest beside the pack (in the service
             // user's folder) only counts where it says more, e.g. before the record existed.
             let floor_path = &cfg.firmware.model_pack_versions;

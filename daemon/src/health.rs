@@ -116,22 +116,31 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
     report
 }
 
+/// Largest manifest the check reads.
+const MAX_MANIFEST: u64 = 1 << 20;
+
 /// The model check: no manifest means no model is provisioned (passes); a manifest must
 /// load as the inference stage loads it, and its network and weights files must match
 /// their SHA-256 (the manifest's `sha256` and `weights_sha256`).
+///
+/// The check runs as root on a trial boot, and the manifest (a pack in service, unpacked
+/// into the data folder) belongs to the service user: every file is opened without
+/// following a link and without blocking, must be a regular file, and must lie inside the
+/// manifest's own folder (no absolute name, no `..`); a mismatch says which file, never
+/// the hash it found, so the check cannot be turned into a way to read what root can.
 pub fn model_check(manifest: &Path) -> Check {
     let name = "model";
-    if !manifest.exists() {
-        return Check {
-            name,
-            ok: true,
-            detail: format!("none provisioned ({} absent)", manifest.display()),
-        };
+    match std::fs::symlink_metadata(manifest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Check {
+                name,
+                ok: true,
+                detail: format!("none provisioned ({} absent)", manifest.display()),
+            }
+        }
+        _ => {}
     }
-    let verified = crate::infer::Manifest::load(manifest)
-        .map_err(|e| e.to_string())
-        .and_then(|m| m.verify_files().map(|_| m).map_err(|e| e.to_string()));
-    match verified {
+    match verified_model(manifest) {
         Ok(m) => Check {
             name,
             ok: true,
@@ -149,6 +158,48 @@ pub fn model_check(manifest: &Path) -> Check {
             detail: format!("{}: {e}", manifest.display()),
         },
     }
+}
+
+/// Reads the manifest and checks its files, as [`model_check`] describes.
+fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, String> {
+    use std::io::Read;
+    let file = crate::firmware_cli::open_regular(manifest).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    file.take(MAX_MANIFEST + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(format!("larger than {MAX_MANIFEST} bytes"));
+    }
+    let m = crate::infer::Manifest::parse(&text, manifest).map_err(|e| e.to_string())?;
+    let mut files = vec![(m.file.path.as_path(), m.file.sha256.as_str())];
+    if let (Some(w), Some(h)) = (&m.file.weights, &m.file.weights_sha256) {
+        files.push((w.as_path(), h.as_str()));
+    }
+    for (file, expected) in files {
+        let inside = !file.as_os_str().is_empty()
+            && file
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(format!(
+                "names {}, which is not a file inside the manifest's folder",
+                file.display()
+            ));
+        }
+        let path = m.dir.join(file);
+        let mut opened = crate::firmware_cli::open_regular(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let (_, digest) = duli_firmware::hash_reader(&mut opened)
+            .map_err(|e| format!("{}: cannot be read ({e})", path.display()))?;
+        if !hex::encode(digest).eq_ignore_ascii_case(expected) {
+            return Err(format!(
+                "{} does not match the SHA-256 its manifest gives",
+                path.display()
+            ));
+        }
+    }
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -186,5 +237,58 @@ mod tests {
         assert!(!c.ok && c.detail.contains("net.bin"), "{c:?}");
         std::fs::write(&manifest, "not toml [").unwrap();
         assert!(!model_check(&manifest).ok);
+    }
+
+    /// The check runs as root over a folder the service user owns: a file named outside
+    /// the manifest's folder, a link or a FIFO is refused without being read, and a
+    /// mismatch never prints the hash found (which would let the service user learn the
+    /// hash of any file root can read).
+    #[test]
+    fn model_check_reads_only_regular_files_inside_the_manifest_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"root only").unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        let manifest = model.join("model.toml");
+        let shipped = std::fs::read_to_string(
+            crate::locate::source_root()
+                .unwrap()
+                .join(crate::locate::DEFAULT_MODEL),
+        )
+        .unwrap();
+        let table: toml::Table = shipped.parse().unwrap();
+        let file = table["file"].as_table().unwrap();
+        let with_network = |name: &str| {
+            shipped
+                .replace(file["path"].as_str().unwrap(), name)
+                .replace(file["weights"].as_str().unwrap(), "net.bin")
+        };
+        let secret_hash = hex::encode(ring::digest::digest(&SHA256, b"root only").as_ref());
+        std::fs::write(model.join("net.bin"), b"weights").unwrap();
+        for network in [
+            secret.to_str().unwrap(),
+            "../secret",
+            "link.xml",
+            "fifo.xml",
+        ] {
+            std::os::unix::fs::symlink(&secret, model.join("link.xml")).ok();
+            nix::unistd::mkfifo(&model.join("fifo.xml"), nix::sys::stat::Mode::S_IRUSR).ok();
+            std::fs::write(&manifest, with_network(network)).unwrap();
+            let c = model_check(&manifest);
+            assert!(!c.ok, "{network}: {c:?}");
+            assert!(!c.detail.contains(&secret_hash), "{network}: {c:?}");
+        }
+        // A mismatch names the file, not the hash found.
+        std::fs::write(model.join("net.xml"), b"network").unwrap();
+        std::fs::write(&manifest, with_network("net.xml")).unwrap();
+        let c = model_check(&manifest);
+        let found = hex::encode(ring::digest::digest(&SHA256, b"network").as_ref());
+        assert!(!c.ok && c.detail.contains("net.xml"), "{c:?}");
+        assert!(!c.detail.contains(&found), "{c:?}");
+        // The manifest itself as a link is refused too.
+        let linked = dir.path().join("linked.toml");
+        std::os::unix::fs::symlink(&manifest, &linked).unwrap();
+        assert!(!model_check(&linked).ok);
     }
 }

@@ -919,8 +919,18 @@ fn mark_good_wrapper_over_a_damaged_grub_environment_does_not_reboot() {
     let grubenv = b.path("grubenv");
     fs::write(&grubenv, b"").unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/duli-mark-good.sh");
-    for slot in [Slot::A, Slot::B] {
-        b.boot_into(slot);
+    // The last round: a command line naming the slot twice (a stale duli.slot= saved with
+    // the boot loader's bootargs) leaves the booted slot unknown, never "the last one".
+    for slot in [Some(Slot::A), Some(Slot::B), None] {
+        match slot {
+            Some(slot) => b.boot_into(slot),
+            None => fs::write(
+                b.path("cmdline"),
+                "duli.slot=A root=/dev/sda2 duli.slot=B\n",
+            )
+            .unwrap(),
+        }
+        let slot = slot.map_or("twice".to_string(), |s| s.to_string());
         let mut cmd = Command::new("sh");
         for (key, _) in std::env::vars() {
             if key.starts_with("DULI_") {
@@ -936,6 +946,15 @@ fn mark_good_wrapper_over_a_damaged_grub_environment_does_not_reboot() {
             .env("DULI_GRUBENV", &grubenv);
         let out = run(&mut cmd, Duration::from_secs(120));
         assert_eq!(out.code(), Some(75), "slot {slot}: {}", out.combined());
+        if slot == "twice" {
+            assert!(
+                out.stderr.contains("names the booted slot 2 times")
+                    && out.stderr.contains("booted slot '?'"),
+                "{}",
+                out.stderr
+            );
+            continue;
+        }
         assert!(
             out.stderr.contains("is damaged") && out.stderr.contains("grub-editenv"),
             "slot {slot}: {}",

@@ -1026,3 +1026,84 @@ fn on_the_image_the_time_zone_goes_through_the_links_into_the_data_partition() {
         "America/Sao_Paulo\n"
     );
 }
+
+/// A leaked endorsed key is withdrawn on site by provisioning, before a release revokes
+/// it: `[firmware] withdraw` removes every endorsement file of that key (whatever the
+/// file is called) and leaves the others; a malformed key id is refused with nothing
+/// written.
+#[test]
+fn provisioning_withdraws_a_key_endorsement() {
+    use duli_firmware::endorsement::Endorsement;
+    use duli_firmware::keys::generate_pkcs8;
+    use duli_firmware::{SigningKey, TrustAnchors};
+    let s = Stick::new();
+    s.provision(&[]).assert_success("first provision");
+    let keys = s.path("box/etc/firmware-keys");
+    fs::create_dir_all(&keys).unwrap();
+    let config = fs::read_to_string(s.config()).unwrap();
+    assert!(!config.contains("[firmware]"), "{config}");
+    fs::write(
+        s.config(),
+        format!(
+            "{config}\n[firmware]\nendorsed_keys = \"{}\"\n",
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let key = || SigningKey::from_pkcs8(&generate_pkcs8().unwrap()).unwrap();
+    let (root, leaked, kept) = (key(), key(), key());
+    let leaked_id = leaked.public_key().id().to_string();
+    let kept_id = kept.public_key().id().to_string();
+    let endorse = |name: &str, k: &SigningKey| {
+        let e = Endorsement::create(&root, &k.public_key(), "site packs");
+        fs::write(keys.join(name), e.to_json()).unwrap();
+    };
+    endorse(&format!("{leaked_id}.endorsement.json"), &leaked);
+    endorse("group-packs.endorsement.json", &leaked);
+    endorse(&format!("{kept_id}.endorsement.json"), &kept);
+    let good = fs::read_to_string(s.file()).unwrap();
+    assert!(good.contains("withdraw = []"), "the example names withdraw");
+
+    fs::write(
+        s.file(),
+        good.replace("withdraw = []", "withdraw = [\"../../etc/passwd\"]"),
+    )
+    .unwrap();
+    assert_refused(&s, "malformed key id", &[], "firmware.withdraw[0]");
+
+    fs::write(
+        s.file(),
+        good.replace(
+            "withdraw = []",
+            &format!("withdraw = [\"{}\"]", leaked_id.to_uppercase()),
+        ),
+    )
+    .unwrap();
+    let out = s.provision(&[]);
+    out.assert_success("withdraw");
+    assert!(
+        out.stdout.contains("withdrawn") && out.stdout.contains(&leaked_id),
+        "{}",
+        out.stdout
+    );
+    assert!(!keys.join(format!("{leaked_id}.endorsement.json")).exists());
+    assert!(!keys.join("group-packs.endorsement.json").exists());
+    assert!(keys.join(format!("{kept_id}.endorsement.json")).exists());
+    let mut anchors = TrustAnchors::from_roots(vec![root.public_key()]);
+    let trusted: Vec<String> = anchors
+        .load_endorsements(&keys)
+        .unwrap()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(
+        trusted,
+        vec![kept_id],
+        "only the kept key is still endorsed"
+    );
+    // Provisioning the same file again is a no-op for the endorsements.
+    s.provision(&[]).assert_success("withdraw again");
+    assert!(keys
+        .join(format!("{}.endorsement.json", trusted[0]))
+        .exists());
+}

@@ -156,6 +156,15 @@ pub enum ConfigError {
     /// `booted_slot` is not `A` or `B`.
     #[error("firmware.booted_slot must be \"A\" or \"B\", got {0:?}")]
     BadBootedSlot(String),
+    /// The command line names the slot more than once (a stale `duli.slot=` saved in the
+    /// boot loader's variables, say): which slot runs is not certain.
+    #[error("firmware.cmdline {path} names the booted slot {count} times (duli.slot=); which slot runs is not certain, so nothing is changed: remove the stale duli.slot= from the boot loader's saved bootargs")]
+    AmbiguousSlot {
+        /// The file.
+        path: PathBuf,
+        /// How many times.
+        count: usize,
+    },
     /// Reading the command line failed.
     #[error("firmware.cmdline {path}: {source}")]
     Cmdline {
@@ -249,7 +258,19 @@ impl FirmwareConfig {
     /// The slot running now: `duli.slot=` on the kernel command line, else `booted_slot`.
     pub fn booted_slot(&self) -> Result<Slot, ConfigError> {
         let from_cmdline = match fs::read_to_string(&self.cmdline) {
-            Ok(text) => booted_slot_from_cmdline(&text),
+            Ok(text) => {
+                let count = text
+                    .split_ascii_whitespace()
+                    .filter(|arg| arg.starts_with("duli.slot="))
+                    .count();
+                if count > 1 {
+                    return Err(ConfigError::AmbiguousSlot {
+                        path: self.cmdline.clone(),
+                        count,
+                    });
+                }
+                booted_slot_from_cmdline(&text)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(ConfigError::Cmdline {
@@ -430,6 +451,12 @@ mod tests {
             ..FirmwareConfig::default()
         };
         assert_eq!(cfg.booted_slot().unwrap(), Slot::B);
+        // A stale duli.slot= saved with the boot loader's bootargs beside the live one.
+        fs::write(&cmdline, "duli.slot=A root=/dev/sda3 duli.slot=B ro\n").unwrap();
+        assert!(matches!(
+            cfg.booted_slot(),
+            Err(ConfigError::AmbiguousSlot { count: 2, .. })
+        ));
         fs::write(&cmdline, "root=/dev/sda3 ro\n").unwrap();
         assert!(matches!(
             cfg.booted_slot(),

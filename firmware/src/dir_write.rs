@@ -118,10 +118,64 @@ impl Dir {
     }
 }
 
+/// Creates the folders of `path` that do not exist yet, one `mkdir` each (which never
+/// follows a link at the name it creates), and then opens `path` as a [`Dir`]: a link
+/// planted where the folder should be is refused, not followed, so root never makes folders
+/// where a link in the service user's folder points.
+pub fn create_folders(path: &Path) -> io::Result<Dir> {
+    let mut missing = Vec::new();
+    let mut at = path;
+    loop {
+        match std::fs::symlink_metadata(at) {
+            Ok(meta) if meta.file_type().is_symlink() && !missing.is_empty() => {
+                return Err(refused(format!(
+                    "{} is a symbolic link: {} is not made through it",
+                    at.display(),
+                    path.display()
+                )))
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(at);
+                match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for folder in missing.iter().rev() {
+        std::fs::create_dir(folder)?;
+    }
+    Dir::open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn folders_are_made_but_a_planted_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("a/b/models");
+        assert!(create_folders(&made).is_ok());
+        assert!(made.is_dir());
+        assert!(create_folders(&made).is_ok(), "an existing folder is fine");
+        let elsewhere = dir.path().join("elsewhere");
+        let planted = dir.path().join("owned");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        assert!(create_folders(&planted).is_err());
+        assert!(create_folders(&planted.join("models")).is_err());
+        std::fs::create_dir(&elsewhere).unwrap();
+        assert!(create_folders(&planted).is_err());
+        assert!(create_folders(&planted.join("models")).is_err());
+        assert!(
+            !elsewhere.join("models").exists(),
+            "nothing is made where the link points"
+        );
+    }
 
     #[test]
     fn planted_links_are_replaced_never_followed() {

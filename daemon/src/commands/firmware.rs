@@ -63,9 +63,11 @@ pub enum FirmwareAction {
         /// Install firmware.staged_bundle and consume it (duli-update.service).
         #[arg(long)]
         staged: bool,
-        /// Name of the model pack file in firmware.model_packs.
-        #[arg(long, default_value = "model")]
-        model_name: String,
+        /// Name of the model pack file in firmware.model_packs (letters, digits, `.`, `_`,
+        /// `-`); by default the pack the configuration runs (`inference.model_pack`), else
+        /// `model`.
+        #[arg(long)]
+        model_name: Option<String>,
     },
     /// Show the booted slot, the boot variables and any pending update.
     Status {
@@ -119,7 +121,17 @@ pub fn run(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> 
             bundle,
             staged,
             model_name,
-        } => firmware_cli::install(&cfg, bundle.as_deref(), staged, &model_name),
+        } => {
+            let model_name = model_name
+                .or_else(|| cfg.inference.model_pack.clone())
+                .unwrap_or_else(|| "model".to_string());
+            if !duli::infer::pack::valid_name(&model_name) {
+                anyhow::bail!(
+                    "--model-name {model_name:?}: a pack's name is letters, digits, '.', '_' and '-', not starting with '.'"
+                );
+            }
+            firmware_cli::install(&cfg, bundle.as_deref(), staged, &model_name)
+        }
         FirmwareAction::Status { json } => firmware_cli::status(&cfg, json),
         FirmwareAction::MarkGood {
             health_check,

@@ -46,6 +46,9 @@ pub fn apply(
         for w in &plan.writes {
             println!("  {w:?}");
         }
+        for r in &plan.removals {
+            println!("  remove {} ({})", r.path.display(), r.what);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = &plan.config;
@@ -81,10 +84,15 @@ pub fn apply(
         .iter()
         .map(|w| w.path.display().to_string())
         .collect();
+    let removed: String = plan
+        .removals
+        .iter()
+        .map(|r| format!("; removed {} ({})", r.path.display(), r.what))
+        .collect();
     audit_provisioning(
         cfg,
         format!(
-            "provisioned site {} device {}; wrote {}",
+            "provisioned site {} device {}; wrote {}{removed}",
             cfg.device.site_id,
             cfg.device.device_id,
             files.join(", ")

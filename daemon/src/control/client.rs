@@ -121,6 +121,7 @@ pub const MAX_ANSWER: u64 = 256 << 20;
 
 /// One request and its answer over the socket at `path`, the answer at most `cap` bytes.
 async fn exchange(path: &Path, req: &Request, cap: u64) -> Result<Option<Response>, ClientError> {
+    socket_owned_by_folder_owner(path)?;
     let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)
@@ -159,6 +160,42 @@ async fn exchange(path: &Path, req: &Request, cap: u64) -> Result<Option<Respons
     serde_json::from_slice(&line)
         .map(Some)
         .map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Checks what stands at `path` before connecting (root connects there, in a folder the
+/// service user owns): nothing, or a socket itself (not a link to one elsewhere) owned by
+/// root or by the folder's owner.
+fn socket_owned_by_folder_owner(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let refused = |why: String| ClientError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(refused(
+            "is not a socket (a link or another kind of file): not connected to".into(),
+        ));
+    }
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let folder_owner = std::fs::metadata(folder).map(|m| m.uid()).ok();
+    if meta.uid() != 0 && Some(meta.uid()) != folder_owner {
+        return Err(refused(format!(
+            "belongs to uid {}, neither root nor the owner of {}: not connected to",
+            meta.uid(),
+            folder.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Runs a request through the daemon when it runs, else on the store opened here (as the
@@ -359,5 +396,26 @@ mod tests {
         assert!(Request::Reindex.timeout() >= Duration::from_secs(3600));
         assert!(Request::Status.timeout() <= Duration::from_secs(300));
         server.abort();
+    }
+
+    /// Root connects to the socket in the service user's folder: a link planted in its
+    /// place (to another socket root can reach) or a file of another kind is refused before
+    /// anything is sent.
+    #[tokio::test]
+    async fn a_link_or_a_file_in_place_of_the_socket_is_not_connected_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.sock");
+        let _listener = tokio::net::UnixListener::bind(&elsewhere).unwrap();
+        let path = socket_path(dir.path());
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let r = ask_within(&path, &Request::Status, Duration::from_secs(2)).await;
+        assert!(
+            matches!(&r, Err(ClientError::Io { source, .. }) if source.to_string().contains("not a socket")),
+            "{r:?}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let r = ask_within(&path, &Request::Status, Duration::from_secs(2)).await;
+        assert!(matches!(&r, Err(ClientError::Io { .. })), "{r:?}");
     }
 }

@@ -309,7 +309,13 @@ impl Manifest {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut m: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and validates `text`, the manifest read from `path` (its files are named
+    /// relative to `path`'s folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;

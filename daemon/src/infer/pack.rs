@@ -15,6 +15,7 @@
 use duli_firmware::bundle::BundleError;
 use duli_firmware::config::FirmwareConfig;
 use duli_firmware::model_pack::open_installed;
+use duli_firmware::pack_versions::PackVersions;
 use duli_firmware::policy::PolicyError;
 use duli_firmware::{PayloadKind, TrustAnchors, Version};
 use std::path::{Component, Path, PathBuf};
@@ -51,6 +52,28 @@ pub enum PackError {
         path: PathBuf,
         /// Why.
         source: duli_firmware::config::ConfigError,
+    },
+    /// The pack is older than one root installed before (the model-pack floor,
+    /// `firmware.model_pack_versions`): an older, still correctly signed pack put back by
+    /// whoever runs as the service user.
+    #[error("model pack {path}: version {version} is below {floor}, the highest version of this model's pack root installed (recorded in {record}); install a pack of version {floor} or later with `duli firmware install`")]
+    BelowFloor {
+        /// The installed pack.
+        path: PathBuf,
+        /// The pack's version.
+        version: Version,
+        /// The highest version installed before.
+        floor: Version,
+        /// The record that says so.
+        record: PathBuf,
+    },
+    /// The model-pack floor cannot be read, so the pack's version cannot be checked.
+    #[error("model pack {path}: {source}")]
+    Floor {
+        /// The installed pack.
+        path: PathBuf,
+        /// Why.
+        source: duli_firmware::pack_versions::PackVersionsError,
     },
     /// The payload is not an archive this loader takes.
     #[error("model pack {path}: its archive {reason}")]
@@ -116,6 +139,20 @@ pub fn put_in_service(
             source,
         })?;
     let version = stream.manifest().version;
+    // The floor root keeps is checked here too, not only when root installs: the packs'
+    // folder belongs to the service user, who could put an older signed pack back.
+    let floor = PackVersions::load(&fw.model_pack_versions).map_err(|source| PackError::Floor {
+        path: pack.clone(),
+        source,
+    })?;
+    if let Some(floor) = floor.get(name).filter(|floor| version < *floor) {
+        return Err(PackError::BelowFloor {
+            path: pack,
+            version,
+            floor,
+            record: fw.model_pack_versions.clone(),
+        });
+    }
     let root = data_dir.join(IN_SERVICE);
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -250,6 +287,7 @@ mod tests {
             let fw = FirmwareConfig {
                 hardware_id: Some(HW.into()),
                 model_packs: dir.path().join("models"),
+                model_pack_versions: dir.path().join("state/model-packs.json"),
                 endorsed_keys: dir.path().join("endorsed"),
                 ..FirmwareConfig::default()
             };
@@ -415,6 +453,24 @@ mod tests {
                 .count();
             assert_eq!(left, 1, "{what}: a staging folder was left");
         };
+
+        // An older signed pack put back in the service user's folder after root installed
+        // a newer one: refused by the floor root recorded.
+        let mut floor = PackVersions::default();
+        floor.raise("chest", "2.0.0".parse().unwrap());
+        floor.store(&b.fw.model_pack_versions).unwrap();
+        let e = b.serve().unwrap_err();
+        assert!(
+            matches!(&e, PackError::BelowFloor { version, floor, .. }
+                if version.to_string() == "1.0.0" && floor.to_string() == "2.0.0"),
+            "{e}"
+        );
+        stays("below the floor", e);
+        std::fs::write(&b.fw.model_pack_versions, b"not json").unwrap();
+        let e = b.serve().unwrap_err();
+        assert!(matches!(&e, PackError::Floor { .. }), "{e}");
+        stays("with an unreadable floor", e);
+        std::fs::remove_file(&b.fw.model_pack_versions).unwrap();
 
         // A firmware release that revokes the key the pack was signed with: the pack
         // installed before no longer loads.

@@ -29,7 +29,7 @@
 //!   sections of `duli.toml`, merged over the existing configuration; `ca`, `cert` and
 //!   `key` name PEM files relative to the provisioning file, copied to `<config dir>/tls/`;
 //! - `[firmware]` `endorsements`: key endorsement files, accepted only when signed by a
-//!   key built into this binary;
+//!   key built into this binary; `withdraw`: key ids whose endorsements are removed;
 //! - `[admin]` `name` (and optionally `password`): the first console administrator, kept
 //!   until the daemon's next start as a name and a PBKDF2 hash of the password (never the
 //!   password itself) in `pending-admin.toml`; refused when the box has an administrator.
@@ -87,6 +87,12 @@ pub struct FirmwareSection {
     /// Key endorsement files (`*.endorsement.json`) to install.
     #[serde(default)]
     pub endorsements: Vec<PathBuf>,
+    /// Key ids (16 hex digits, as `duli firmware verify` prints a signer) whose
+    /// endorsements are withdrawn: every endorsement file of those keys is removed from
+    /// `firmware.endorsed_keys`, so the box stops trusting them before a release revokes
+    /// them.
+    #[serde(default)]
+    pub withdraw: Vec<String>,
 }
 
 /// `[admin]` of a provisioning file: the first console administrator.
@@ -256,6 +262,15 @@ pub enum ProvisionError {
     Write(#[from] stage::ApplyError),
 }
 
+/// One file provisioning will remove.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// The file.
+    pub path: PathBuf,
+    /// What it is, for the summary.
+    pub what: String,
+}
+
 /// One file provisioning will write.
 #[derive(Clone)]
 pub struct Write {
@@ -290,6 +305,8 @@ pub struct Plan {
     pub config: Config,
     /// Files to write, in order (the configuration last).
     pub writes: Vec<Write>,
+    /// Files to remove once every file is written (withdrawn key endorsements).
+    pub removals: Vec<Removal>,
     /// The time zone to link `/etc/localtime` to.
     pub timezone: Option<String>,
     /// The first administrator, if the file names one.
@@ -368,6 +385,25 @@ pub fn apply(plan: &Plan) -> Result<Vec<String>, ProvisionError> {
         replaced: plan.writes.iter().map(|w| w.path.clone()).collect(),
         not_replaced: vec![undone],
     };
+    for r in &plan.removals {
+        let folder = r.path.parent().unwrap_or(Path::new("."));
+        match std::fs::remove_file(&r.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(after(
+                    fsutil::WriteError {
+                        path: r.path.clone(),
+                        source,
+                    },
+                    r.path.clone(),
+                )
+                .into())
+            }
+        }
+        fsutil::sync_dir(folder).map_err(|e| after(e, r.path.clone()))?;
+        summary.push(format!("removed {} ({})", r.path.display(), r.what));
+    }
     if let Some(tz) = &plan.timezone {
         let link = system::redirect(&plan.target.system_root, "etc/localtime");
         system::link_localtime(&link, tz).map_err(|e| after(e, link.clone()))?;
@@ -454,6 +490,7 @@ mod tests {
         Plan {
             config,
             writes,
+            removals: Vec::new(),
             timezone: None,
             admin: None,
             target: Target {

@@ -17,7 +17,7 @@
 use super::source::{self, Folder};
 use super::{
     material, paths, system, Overrides, PendingAdmin, Plan, ProvisionError, ProvisionFile,
-    ProvisionedAdmin, Target, Write, PENDING_ADMIN,
+    ProvisionedAdmin, Removal, Target, Write, PENDING_ADMIN,
 };
 use crate::config::{Config, KeyError};
 use crate::fsutil::{PRIVATE, PUBLIC};
@@ -70,8 +70,10 @@ pub fn plan(
         &mut refused,
     );
     let service_user = check_owner(&target, config.as_ref(), &mut refused);
+    let mut removals = Vec::new();
     if let Some(cfg) = &config {
         writes.extend(endorsements(&file, &folder, cfg, &mut refused));
+        removals = withdrawals(&file, cfg, &writes, &mut refused);
     }
 
     if !refused.0.is_empty() {
@@ -91,6 +93,7 @@ pub fn plan(
     Ok(Plan {
         config,
         writes,
+        removals,
         timezone,
         admin,
         target: Target {
@@ -719,6 +722,77 @@ fn check_owner(target: &Target, config: Option<&Config>, refused: &mut Refusals)
         }
     }
     service_user
+}
+
+/// `[firmware]` withdraw: each a key id (16 hex digits); every endorsement file in
+/// `firmware.endorsed_keys` that endorses one of those keys is removed. A key both
+/// endorsed and withdrawn by the same file is refused.
+fn withdrawals(
+    file: &ProvisionFile,
+    cfg: &Config,
+    writes: &[Write],
+    refused: &mut Refusals,
+) -> Vec<Removal> {
+    use duli_firmware::endorsement::{Endorsement, ENDORSEMENT_SUFFIX};
+    use std::io::Read;
+    let mut ids = Vec::new();
+    for (i, id) in file.firmware.withdraw.iter().enumerate() {
+        let key = format!("firmware.withdraw[{i}]");
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            refused.add(
+                &key,
+                "is not a key id (16 hex digits, as `duli firmware verify` prints a signer)",
+            );
+            continue;
+        }
+        let id = id.to_ascii_lowercase();
+        let endorsed = cfg
+            .firmware
+            .endorsed_keys
+            .join(format!("{id}{ENDORSEMENT_SUFFIX}"));
+        if writes.iter().any(|w| w.path == endorsed) {
+            refused.add(&key, format!("key {id} is also endorsed by this file"));
+            continue;
+        }
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    // The folder is root's; each file is still read bounded and without following a link.
+    let entries = match std::fs::read_dir(&cfg.firmware.endorsed_keys) {
+        Ok(entries) => entries,
+        Err(_) => return Vec::new(),
+    };
+    let mut removals = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(ENDORSEMENT_SUFFIX));
+        if !named {
+            continue;
+        }
+        let endorsed_id = crate::firmware_cli::open_regular(&path)
+            .ok()
+            .and_then(|f| {
+                let mut bytes = Vec::new();
+                f.take(source::MAX_ENDORSEMENT)
+                    .read_to_end(&mut bytes)
+                    .ok()?;
+                Endorsement::from_json(&bytes).ok()
+            })
+            .and_then(|e| duli_firmware::PublicKey::from_hex(&e.key).ok())
+            .map(|k| k.id().to_string());
+        if let Some(id) = endorsed_id.filter(|id| ids.contains(id)) {
+            removals.push(Removal {
+                what: format!("firmware key endorsement {id}, withdrawn"),
+                path,
+            });
+        }
+    }
+    removals.sort_by(|a, b| a.path.cmp(&b.path));
+    removals
 }
 
 /// `[firmware]` endorsements: accepted only when a built-in key signed them, not expired

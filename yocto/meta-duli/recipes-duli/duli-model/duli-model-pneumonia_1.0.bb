@@ -17,7 +17,7 @@ SRC_URI = "${DULI_GIT_URI};branch=main"
 SRCREV = "1c85014745f00f3dcfa0054c25d47ee665d72d64"
 
 # Path of the manifest inside the repository.
-DULI_MODEL_MANIFEST ?= "models/pneumonia-xception/manifest.toml"
+DULI_MODEL_MANIFEST ?= "models/pneumonia-xception/model.toml"
 
 inherit allarch
 
