@@ -125,7 +125,42 @@ pub struct Event {
     pub detail: String,
 }
 
+/// Most bytes of an event's detail kept in the trail (a record is never pruned, and a
+/// peer's values, a C-FIND's keys or a refusal's reason, reach it).
+pub const MAX_DETAIL: usize = 4096;
+
+/// Most bytes of an event's actor, source and object kept in the trail.
+pub const MAX_FIELD: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    const MARK: &str = "…[cut]";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end]).into()
+}
+
 impl Event {
+    /// The event with its free-text fields held to [`MAX_FIELD`] and [`MAX_DETAIL`] bytes.
+    fn bounded(mut self) -> Event {
+        for (field, max) in [
+            (&mut self.actor, MAX_FIELD),
+            (&mut self.source, MAX_FIELD),
+            (&mut self.object, MAX_FIELD),
+            (&mut self.detail, MAX_DETAIL),
+        ] {
+            if field.len() > max {
+                *field = cut(field, max).into_owned();
+            }
+        }
+        self
+    }
+
     /// A successful event with empty source and detail.
     pub fn new(actor: &str, action: Action, object: &str) -> Event {
         Event {
@@ -463,6 +498,7 @@ impl Audit {
     /// Appends an event; durable after the store's next flush (callers that answer a
     /// request flush before answering).
     pub fn append(&self, event: Event) -> Result<Record, StoreError> {
+        let event = event.bounded();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let (seq, prev) = match &*last {
             Some((s, h)) => (s + 1, h.clone()),
@@ -626,6 +662,30 @@ mod tests {
             ("ana", "10.0.0.5")
         );
         assert_eq!(audit.records(0, 10).unwrap(), vec![rec]);
+    }
+
+    /// A record is never pruned, and outsiders' values reach it (a C-FIND's keys, a
+    /// refusal's reason): each field is held to its bound, cut on a character boundary and
+    /// marked, and the chain still verifies.
+    #[test]
+    fn outsiders_values_are_held_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let huge = "é".repeat(1 << 19);
+        let rec = audit
+            .append(
+                Event::new(&huge, Action::Query, &huge)
+                    .from(&huge)
+                    .detail(huge.clone()),
+            )
+            .unwrap();
+        assert!(rec.actor.len() <= MAX_FIELD && rec.actor.ends_with("…[cut]"));
+        assert!(rec.source.len() <= MAX_FIELD && rec.object.len() <= MAX_FIELD);
+        assert!(rec.detail.len() <= MAX_DETAIL && rec.detail.ends_with("…[cut]"));
+        assert!(rec.detail.starts_with("éé"));
+        assert_eq!(audit.records(0, 10).unwrap(), vec![rec]);
+        assert_eq!(cut("short", 10), "short");
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct Query {
     pub undeclared_non_ascii: bool,
 }
 
+/// Most bytes of one query value written to the audit trail.
+pub const AUDITED_VALUE: usize = 128;
+
 impl Query {
     /// A short description for the log: the level and the tags of the matching
     /// (non-universal) keys, never their values (they identify patients).
@@ -142,11 +145,13 @@ impl Query {
     }
 
     /// The description for the audit trail, where access to patient data is recorded: the
-    /// level and each matching (non-universal) key with its value.
+    /// level and each matching (non-universal) key with its value, each value held to
+    /// [`AUDITED_VALUE`] bytes (marked when cut).
     pub fn describe_with_values(&self) -> String {
         let mut out = format!("{} level", self.level.as_str());
         for k in self.matching_keys() {
-            out.push_str(&format!(" ({:04X},{:04X})={}", k.tag.0, k.tag.1, k.raw));
+            let value = crate::audit::cut(&k.raw, AUDITED_VALUE);
+            out.push_str(&format!(" ({:04X},{:04X})={value}", k.tag.0, k.tag.1));
         }
         out
     }
@@ -172,7 +177,10 @@ pub(super) fn level_of(obj: &InMemDicomObject, model: Model) -> Result<Level, Qu
         ("STUDY", _) => Ok(Level::Study),
         ("SERIES", _) => Ok(Level::Series),
         ("IMAGE", _) => Ok(Level::Image),
-        _ => Err(QueryError::BadLevel(raw)),
+        // Said back in the refusal, the log and the audit trail: held to a CS value's size.
+        _ => Err(QueryError::BadLevel(
+            crate::audit::cut(&raw, 32).into_owned(),
+        )),
     }
 }
 

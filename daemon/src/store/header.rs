@@ -28,7 +28,16 @@ pub enum HeaderError {
     /// A unique identifier that is not a UID (digits and dots, at most 64 characters).
     #[error("{0} is not a valid UID: {1:?}")]
     InvalidUid(&'static str, String),
+    /// A text attribute far longer than its value representation allows: it would become an
+    /// index key and travel into the console, HL7 and the results.
+    #[error("{0} holds {1} bytes, over the {MAX_TEXT} any value of it may have")]
+    TooLong(&'static str, usize),
 }
+
+/// Most bytes a text attribute the store keeps may hold once decoded: well above what its
+/// value representation allows (a Person Name's three groups of 64 characters in any
+/// character set, a Long String's 64), so lenient modalities pass and only abuse is refused.
+pub const MAX_TEXT: usize = 1024;
 
 /// Whether `uid` can be a UID (PS3.5 §9.1): 1 to 64 characters, digits and dots only.
 /// Components with leading zeros, which some modalities write, are let through.
@@ -197,6 +206,35 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
         referring_physician: text(obj, tags::REFERRING_PHYSICIAN_NAME),
         ..Default::default()
     };
+    for (name, value) in [
+        ("Modality (0008,0060)", &instance.modality),
+        (
+            "Series Description (0008,103E)",
+            &instance.series_description,
+        ),
+        ("Body Part Examined (0018,0015)", &instance.body_part),
+        ("View Position (0018,5101)", &instance.view_position),
+        ("Patient ID (0010,0020)", &study.patient_id),
+        ("Patient's Name (0010,0010)", &study.patient_name),
+        (
+            "Patient's Birth Date (0010,0030)",
+            &study.patient_birth_date,
+        ),
+        ("Patient's Sex (0010,0040)", &study.patient_sex),
+        ("Accession Number (0008,0050)", &study.accession_number),
+        ("Study Date (0008,0020)", &study.study_date),
+        ("Study Time (0008,0030)", &study.study_time),
+        ("Study Description (0008,1030)", &study.study_description),
+        ("Study ID (0020,0010)", &study.study_id),
+        (
+            "Referring Physician's Name (0008,0090)",
+            &study.referring_physician,
+        ),
+    ] {
+        if value.len() > MAX_TEXT {
+            return Err(HeaderError::TooLong(name, value.len()));
+        }
+    }
     if !modality.is_empty() {
         add_modality(&mut study.modalities, &modality, &study.study_instance_uid);
     }
@@ -394,7 +432,7 @@ mod tests {
     #[test]
     fn study_modalities_are_valid_code_strings_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let long = "X".repeat(11_000);
+        let long = "X".repeat(MAX_TEXT);
         let mut ds = fixtures::short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1\0");
         ds.extend(fixtures::short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
         ds.extend(fixtures::short(0x0008, 0x0060, b"CS", long.as_bytes()));
@@ -433,6 +471,36 @@ mod tests {
         assert_eq!(study.modalities[..3], ["DX", "CR", "M0"]);
         assert!(study.modalities.iter().all(|m| is_valid_modality(m)));
         assert!(is_valid_modality("OT") && is_valid_modality("SEG_16 CHARS_XYZ"));
+    }
+
+    /// A text attribute far over what its value representation allows (a 10 MB Patient ID,
+    /// a Person Name of three 10 kB groups) is refused with its name, not indexed and sent
+    /// on to the console, HL7 and the results.
+    #[test]
+    fn text_attributes_far_over_their_size_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (group, element, vr, name) in [
+            (0x0010, 0x0020, b"LO", "Patient ID"),
+            (0x0010, 0x0010, b"PN", "Patient's Name"),
+            (0x0008, 0x0050, b"SH", "Accession Number"),
+            (0x0008, 0x1030, b"LO", "Study Description"),
+        ] {
+            let mut ds = fixtures::short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1\0");
+            ds.extend(fixtures::short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+            let value = "A|".repeat(MAX_TEXT / 2 + 1);
+            let mut with = ds.clone();
+            with.extend(fixtures::short(group, element, vr, value.as_bytes()));
+            with.extend(fixtures::short(0x0020, 0x000D, b"UI", b"1.2.3\0"));
+            with.extend(fixtures::short(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
+            let path = dir.path().join("long.dcm");
+            std::fs::write(&path, part10("1.2.840.10008.5.1.4.1.1.1", &with)).unwrap();
+            match read_header(&path) {
+                Err(e @ HeaderError::TooLong(..)) => {
+                    assert!(e.to_string().contains(name), "{e}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]
