@@ -20,6 +20,25 @@ use tokio::sync::mpsc;
 /// Responses buffered between the matching thread and the socket.
 const IN_FLIGHT: usize = 32;
 
+/// Most C-FIND matchings that run at once on the box (each on a blocking thread); more
+/// wait for a turn, so no number of associations can keep every core scanning.
+const CONCURRENT_MATCHINGS: usize = 2;
+
+/// The turns of [`CONCURRENT_MATCHINGS`].
+static MATCHING_TURNS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(CONCURRENT_MATCHINGS);
+
+/// Stops the matching when the request's task ends for any reason (an abort, a lost
+/// connection, the association's end): the blocking thread is not cancelled by dropping
+/// its handle, only by this flag, which it reads between any two studies.
+struct StopOnDrop(std::sync::Arc<super::Stop>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// The line logged when the peer's connection is lost while answering.
 const CONNECTION_LOST: &str = "connection lost while answering C-FIND";
 
@@ -129,7 +148,24 @@ async fn send_matches(
     let ae = op.ctx.ae_title.clone();
     let ts = op.transfer_syntax.clone();
     let cancel = op.cancel.clone();
+    let _stop_on_drop = StopOnDrop(op.cancel.clone());
+    // A turn, held by the blocking thread until its matching ends (the semaphore is never
+    // closed, so the error arm does not occur; without a turn nothing runs).
+    let Ok(turn) = MATCHING_TURNS.acquire().await else {
+        return Ok(Some(Refused::new(
+            Cause::IndexFailed,
+            "the matching could not start".to_string(),
+        )));
+    };
+    turn.forget();
     let worker = tokio::task::spawn_blocking(move || {
+        struct Turn;
+        impl Drop for Turn {
+            fn drop(&mut self) {
+                MATCHING_TURNS.add_permits(1);
+            }
+        }
+        let _turn = Turn;
         query::run(&store, &q, &ae, &cancel, &mut |obj| {
             let encoded = identifier::encode_identifier(&obj, &ts);
             tx.blocking_send(encoded).is_ok()

@@ -111,7 +111,14 @@ pub fn parse(vr: VR, raw: &str) -> Matcher {
         } else {
             nfc(value)
         };
-        return Matcher::Wildcard(pattern.chars().collect());
+        // A run of `*` matches as one: collapsed, so a pattern of many stars costs no more.
+        let mut chars: Vec<char> = Vec::with_capacity(pattern.len());
+        for c in pattern.chars() {
+            if !(c == '*' && chars.last() == Some(&'*')) {
+                chars.push(c);
+            }
+        }
+        return Matcher::Wildcard(chars);
     }
     let single = normalise(vr, value);
     if single.is_empty() {

@@ -81,10 +81,29 @@ pub enum QueryError {
     /// (PS3.4 C.4.2.2.1), never patterns.
     #[error("the unique key {0} holds a wildcard; a retrieve names instances by value")]
     WildcardInUniqueKey(&'static str),
+    /// A key's value is longer than any value it could match (a pattern that would make
+    /// the matching slow, or a list beyond any retrieve's size).
+    #[error("the value of key ({:04X},{:04X}) holds {len} bytes, over the {max} a key of its kind may have", .tag.0, .tag.1)]
+    ValueTooLong {
+        /// The key.
+        tag: Tag,
+        /// The value's length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The index failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Most bytes of a single key value or pattern: above any stored value's representation
+/// (a Person Name's three groups of 64 characters), far below what would make matching
+/// slow.
+pub const MAX_KEY_VALUE: usize = 256;
+
+/// Most bytes of a key holding a list of values (`\`-separated UIDs of a retrieve, say).
+pub const MAX_KEY_LIST: usize = 64 * 1024;
 
 impl From<QueryError> for crate::dimse::Refused {
     fn from(e: QueryError) -> crate::dimse::Refused {
@@ -95,7 +114,8 @@ impl From<QueryError> for crate::dimse::Refused {
             QueryError::MissingLevel
             | QueryError::BadLevel(_)
             | QueryError::MissingUniqueKey(_)
-            | QueryError::WildcardInUniqueKey(_) => Cause::IdentifierInvalid,
+            | QueryError::WildcardInUniqueKey(_)
+            | QueryError::ValueTooLong { .. } => Cause::IdentifierInvalid,
         };
         crate::dimse::Refused::new(cause, e.to_string())
     }
@@ -208,6 +228,18 @@ pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> 
         } else {
             raw
         };
+        let max = if raw.contains('\\') {
+            MAX_KEY_LIST
+        } else {
+            MAX_KEY_VALUE
+        };
+        if raw.len() > max {
+            return Err(QueryError::ValueTooLong {
+                tag,
+                len: raw.len(),
+                max,
+            });
+        }
         let matcher = if vr == VR::SQ {
             // Sequence matching is not supported: such keys are returned, never matched.
             Matcher::Universal
@@ -390,15 +422,18 @@ pub fn run(
     // Narrowed by an indexed key: the few candidates, sorted here by the index's own order
     // key. Otherwise every study, read one at a time in that order from the index, so the
     // first response goes out at once and a cancel or the match limit stops the reading.
+    // A cancel, an abort or a lost connection stops the reading between any two studies,
+    // matching or not.
     let studies: Studies<'_> = match narrowed(store, query)? {
         Some(mut list) => {
-            list.retain(|s| matches_study(s));
+            list.retain(|s| !cancel.is_set() && matches_study(s));
             list.sort_by_cached_key(super::index::order_key);
             Box::new(list.into_iter().map(Ok))
         }
         None => Box::new(
             store
                 .studies_in_query_order()
+                .take_while(|_| !cancel.is_set())
                 .map(|r| r.map_err(QueryError::from))
                 .filter(|r| r.as_ref().map_or(true, &matches_study)),
         ),
@@ -833,6 +868,57 @@ mod tests {
         )
         .unwrap();
         out
+    }
+
+    /// A key value longer than any it could match is refused before any matching (a
+    /// pattern of a million stars, say); star runs collapse; a search whose stop flag is
+    /// set (an abort, a lost connection) ends without a match. (The reading itself checks
+    /// the flag between any two studies, matching or not; that is not observable here.)
+    #[test]
+    fn overlong_keys_are_refused_and_a_cancel_stops_a_search_that_matches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_of(
+            dir.path(),
+            &[("1.2.1", "A", "20240101", "1000"), ("1.2.2", "B", "", "")],
+        );
+        let query_of = |tag: Tag, vr: VR, v: &str| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::QUERY_RETRIEVE_LEVEL,
+                VR::CS,
+                PrimitiveValue::from("STUDY"),
+            ));
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+            parse(&obj, Model::StudyRoot)
+        };
+        let stars = format!("{}Z", "*".repeat(1_000_000));
+        let e = query_of(tags::PATIENT_NAME, VR::PN, &stars).unwrap_err();
+        assert!(
+            matches!(e, QueryError::ValueTooLong { len: 1_000_001, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("(0010,0010)"), "{e}");
+        // A UID list of a retrieve may be long; a single value may not.
+        let list = vec!["1.2.3.4.5.6.7.8.9"; 1000].join("\\");
+        assert!(query_of(tags::STUDY_INSTANCE_UID, VR::UI, &list).is_ok());
+        // Star runs collapse: the matcher holds one.
+        let q = query_of(tags::PATIENT_NAME, VR::PN, "A***B").unwrap();
+        assert_eq!(
+            q.keys[0].matcher,
+            matching::Matcher::Wildcard(vec!['A', '*', 'B'])
+        );
+
+        // Not narrowed (a description), and the search is stopped.
+        let q = query_of(tags::STUDY_DESCRIPTION, VR::LO, "NOTHING*").unwrap();
+        let cancel = crate::qr::Stop::default();
+        cancel.stop();
+        let mut emitted = 0;
+        let n = run(&store, &q, "DULI", &cancel, &mut |_| {
+            emitted += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!((n, emitted), (0, 0));
     }
 
     /// A query that no indexed key narrows reads the studies in response order from the
