@@ -24,7 +24,7 @@ pub fn snapshot(store: &Store, stats: &[crate::store::outbox::DestStats]) -> Sto
             .collect(),
         instances: store.instance_count(),
         studies: store
-            .study_state_counts()
+            .indexed_state_counts()
             .unwrap_or_default()
             .into_iter()
             .map(|(s, n)| (s.as_str(), n))

@@ -182,6 +182,28 @@ fn idle_tls_connections_do_not_lock_out_healthz_and_are_closed_after_the_header_
     });
 }
 
+/// A request head over 32 KiB, or with more than 64 headers, is answered 431 and the
+/// connection is not held; a normal request from the same address is served.
+#[test]
+fn oversized_request_heads_are_refused_with_431() {
+    let d = Daemon::builder().start();
+    let addr = d.console_addr();
+    runtime().block_on(async move {
+        let long = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(40 * 1024)
+        );
+        let r = request_from(lo(1), addr, &long, b"").await;
+        assert_eq!(r.status, 431, "a 40 KiB header");
+        let many: String = (0..80).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let many = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
+        let r = request_from(lo(1), addr, &many, b"").await;
+        assert_eq!(r.status, 431, "80 headers");
+        let (r, _) = healthz_from(lo(1), addr).await;
+        assert_ne!(r.status, 431);
+    });
+}
+
 #[test]
 fn a_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let d = Daemon::builder()

@@ -26,6 +26,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+/// Most bytes of one request's head (request line and headers); a longer
+/// head is answered 431.
+pub const MAX_HEAD: usize = 32 * 1024;
+
+/// Most headers one request may carry.
+pub const MAX_HEADERS: usize = 64;
+
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -195,7 +202,13 @@ pub async fn serve(
                     }
                 },
             );
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            // A request's head (line and headers) is held to MAX_HEAD bytes and
+            // MAX_HEADERS headers: a browser's fit with room to spare, and what a client
+            // can make each connection hold.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_header_size(MAX_HEAD)
+                .max_headers(MAX_HEADERS)
+                .serve_connection(io, service);
             tokio::select! {
                 r = watcher.watch(conn) => {
                     if let Err(e) = r {

@@ -38,7 +38,7 @@ pub mod results;
 pub mod states;
 pub mod worklist;
 
-use crate::model::{InstanceRecord, StudyRecord};
+use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use files::FileArea;
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::TransactionError;
@@ -355,6 +355,27 @@ impl Store {
         Ok(guard
             .as_ref()
             .map(|index| index.page(keep, limit))
+            .unwrap_or_default())
+    }
+
+    /// Counts studies per state from the worklist index (built first if need be), without
+    /// reading a study record: what a scrape of `/metrics`, which needs no login, costs.
+    pub fn indexed_state_counts(&self) -> Result<Vec<(StudyState, u64)>, StoreError> {
+        if let Some(index) = self
+            .worklist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(index.state_counts());
+        }
+        self.prepare_worklist()?;
+        Ok(self
+            .worklist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|index| index.state_counts())
             .unwrap_or_default())
     }
 

@@ -96,6 +96,8 @@ pub struct Page {
 pub struct Index {
     rows: HashMap<String, Row>,
     order: BTreeSet<OrderKey>,
+    /// How many rows are in each state, kept with the rows.
+    states: std::collections::BTreeMap<crate::model::StudyState, u64>,
 }
 
 impl Index {
@@ -104,7 +106,11 @@ impl Index {
         let uid = row.study.study_instance_uid.clone();
         if let Some(old) = self.rows.get(&uid) {
             self.order.remove(&old.order());
+            if let Some(n) = self.states.get_mut(&old.study.state) {
+                *n = n.saturating_sub(1);
+            }
         }
+        *self.states.entry(row.study.state).or_default() += 1;
         self.order.insert(row.order());
         self.rows.insert(uid, row);
     }
@@ -143,6 +149,14 @@ impl Index {
     /// Whether the study is indexed.
     pub fn contains(&self, study_uid: &str) -> bool {
         self.rows.contains_key(study_uid)
+    }
+
+    /// Number of studies in each state (every state listed, zero included).
+    pub fn state_counts(&self) -> Vec<(crate::model::StudyState, u64)> {
+        crate::model::StudyState::ALL
+            .into_iter()
+            .map(|s| (s, self.states.get(&s).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// Number of studies.
@@ -224,5 +238,33 @@ mod tests {
         // A result for a study not in the index is ignored.
         index.put_result("9", summary(1, true));
         assert_eq!(index.len(), 4);
+    }
+
+    /// The per-state counts (what `/metrics` serves) follow every change of a study's
+    /// state, without reading the records again.
+    #[test]
+    fn state_counts_follow_each_study_change() {
+        use crate::model::StudyState;
+        let mut index = Index::default();
+        let count = |index: &Index, state: StudyState| {
+            index
+                .state_counts()
+                .into_iter()
+                .find(|(s, _)| *s == state)
+                .map(|(_, n)| n)
+        };
+        for uid in ["1", "2", "3"] {
+            index.put_study(&study(uid, 1));
+        }
+        let first = study("1", 1).state;
+        assert_eq!(count(&index, first), Some(3));
+        let mut done = study("2", 1);
+        done.state = StudyState::Done;
+        index.put_study(&done);
+        index.put_study(&done);
+        assert_eq!(count(&index, StudyState::Done), Some(1));
+        assert_eq!(count(&index, first), Some(2));
+        assert_eq!(index.state_counts().iter().map(|(_, n)| n).sum::<u64>(), 3);
+        assert_eq!(index.state_counts().len(), StudyState::ALL.len());
     }
 }

@@ -177,7 +177,7 @@ pub(super) fn system(c: &Console) -> Result<Response, ApiError> {
             instances: c.store.instance_count(),
             studies: c
                 .store
-                .study_state_counts()?
+                .indexed_state_counts()?
                 .into_iter()
                 .map(|(s, n)| (s.as_str(), n))
                 .collect(),
