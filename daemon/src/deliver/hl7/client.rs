@@ -164,11 +164,23 @@ impl Hl7Channel {
         let Some(conn) = self.conn.as_mut() else {
             return Err(Exchange::Failed("not connected".into()));
         };
-        if let Err(e) = conn.write_all(frame).await {
-            return Err(Exchange::Broken(format!("write: {e}")));
-        }
-        if let Err(e) = conn.flush().await {
-            return Err(Exchange::Broken(format!("write: {e}")));
+        // The write has its own deadline: a RIS that accepts the connection and stops
+        // reading must not hold the queue for good.
+        let sent = tokio::time::timeout(self.target.ack_timeout, async {
+            conn.write_all(frame).await?;
+            conn.flush().await
+        })
+        .await;
+        match sent {
+            Err(_) => {
+                return Err(Exchange::Broken(format!(
+                    "write: the RIS took no {} bytes within {} s",
+                    frame.len(),
+                    self.target.ack_timeout.as_secs()
+                )))
+            }
+            Ok(Err(e)) => return Err(Exchange::Broken(format!("write: {e}"))),
+            Ok(Ok(())) => {}
         }
         let mut decoder = mllp::Decoder::new(self.target.max_ack_bytes);
         let mut buf = vec![0u8; 4096];
