@@ -160,8 +160,19 @@ pub fn model_check(manifest: &Path) -> Check {
     }
 }
 
+/// Why the model check failed (said in the check's detail).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ModelFault(String);
+
+impl From<String> for ModelFault {
+    fn from(s: String) -> Self {
+        ModelFault(s)
+    }
+}
+
 /// Reads the manifest and checks its files, as [`model_check`] describes.
-fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, String> {
+fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault> {
     use std::io::Read;
     let file = crate::firmware_cli::open_regular(manifest).map_err(|e| e.to_string())?;
     let mut text = String::new();
@@ -169,7 +180,7 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, String> {
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot be read ({e})"))?;
     if text.len() as u64 > MAX_MANIFEST {
-        return Err(format!("larger than {MAX_MANIFEST} bytes"));
+        return Err(format!("larger than {MAX_MANIFEST} bytes").into());
     }
     let m = crate::infer::Manifest::parse(&text, manifest).map_err(|e| e.to_string())?;
     let mut files = vec![(m.file.path.as_path(), m.file.sha256.as_str())];
@@ -185,7 +196,8 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, String> {
             return Err(format!(
                 "names {}, which is not a file inside the manifest's folder",
                 file.display()
-            ));
+            )
+            .into());
         }
         let path = m.dir.join(file);
         let mut opened = crate::firmware_cli::open_regular(&path)
@@ -196,7 +208,8 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, String> {
             return Err(format!(
                 "{} does not match the SHA-256 its manifest gives",
                 path.display()
-            ));
+            )
+            .into());
         }
     }
     Ok(m)
