@@ -28,14 +28,23 @@ const CONCURRENT_MATCHINGS: usize = 2;
 static MATCHING_TURNS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(CONCURRENT_MATCHINGS);
 
-/// Stops the matching when the request's task ends for any reason (an abort, a lost
-/// connection, the association's end): the blocking thread is not cancelled by dropping
-/// its handle, only by this flag, which it reads between any two studies.
-struct StopOnDrop(std::sync::Arc<super::Stop>);
+/// Stops the matching when the request's task is dropped mid-way (an abort, the
+/// association's end): the blocking thread is not cancelled by dropping its handle, only
+/// by this flag, which it reads between any two studies. Disarmed once the matching ended.
+struct StopOnDrop(Option<std::sync::Arc<super::Stop>>);
+
+impl StopOnDrop {
+    /// The matching ended: nothing to stop.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.stop();
+        if let Some(stop) = &self.0 {
+            stop.stop();
+        }
     }
 }
 
@@ -148,10 +157,11 @@ async fn send_matches(
     let ae = op.ctx.ae_title.clone();
     let ts = op.transfer_syntax.clone();
     let cancel = op.cancel.clone();
-    let _stop_on_drop = StopOnDrop(op.cancel.clone());
+    let mut stop_on_drop = StopOnDrop(Some(op.cancel.clone()));
     // A turn, held by the blocking thread until its matching ends (the semaphore is never
     // closed, so the error arm does not occur; without a turn nothing runs).
     let Ok(turn) = MATCHING_TURNS.acquire().await else {
+        stop_on_drop.disarm();
         return Ok(Some(Refused::new(
             Cause::IndexFailed,
             "the matching could not start".to_string(),
@@ -214,6 +224,7 @@ async fn send_matches(
             ))
         }
     }
+    stop_on_drop.disarm();
     Ok(failure)
 }
 
