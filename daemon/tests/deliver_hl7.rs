@@ -370,6 +370,62 @@ async fn ar_forever_dead_letters_after_max_rejections_without_blocking_the_queue
     assert_received_strict_valid();
 }
 
+/// Refusals are spaced by their own, longer backoff (15 s doubling by default): a RIS that
+/// answers `AR` while its interface restarts gets the message again minutes later, not in
+/// the next second; an unanswered attempt keeps the short one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_wait_their_own_longer_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, _| Answer::Ack(AckCode::AR));
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, 0..1);
+    let mut options = fast_options(5);
+    options.refusal_backoff = duli::store::outbox::Backoff {
+        base: Duration::from_secs(4),
+        cap: Duration::from_secs(4),
+    };
+    let (tx, rx) = watch::channel(false);
+    let handle = worker::spawn(
+        ob.clone(),
+        Destination::Hl7,
+        Hl7Channel::new(target(port)),
+        options,
+        rx,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = std::time::Instant::now();
+    // The short backoff would have sent it again several times within 1.5 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "sent again before its refusal backoff"
+    );
+    let list = ob.list(None).unwrap();
+    assert_eq!(
+        (list[0].rejections, list[0].state),
+        (1, EntryState::Retrying)
+    );
+    let wait = list[0].next_attempt_at - duli::clock::now_millis();
+    assert!(wait >= 300, "next attempt in {wait} ms");
+    while seen.lock().unwrap().len() < 2 && first.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "sent again after the refusal backoff"
+    );
+    tx.send(true).unwrap();
+    handle.await.unwrap();
+    assert!(duli::deliver::worker::REFUSAL_BACKOFF.base >= Duration::from_secs(15));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_answers_are_retried_not_counted_as_refusals() {
     let dir = tempfile::tempdir().unwrap();

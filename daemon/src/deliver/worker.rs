@@ -25,10 +25,33 @@ pub struct WorkerOptions {
     /// destination's `[[pacs.destinations]] max_rejections`; 5 for MQTT, whose refusals
     /// are messages that can never be sent).
     pub max_rejections: u32,
-    /// Backoff between attempts.
+    /// Backoff between attempts that got no answer.
     pub backoff: Backoff,
+    /// Backoff between explicit refusals ([`REFUSAL_BACKOFF`] by default): longer, so a
+    /// refusal that only means "not now" (a RIS answering `AR` while its interface engine
+    /// restarts, a PACS out of resources) does not dead-letter a report within seconds.
+    pub refusal_backoff: Backoff,
     /// Pause after an outbox (database) error before trying again.
     pub error_pause: Duration,
+}
+
+/// The default spacing of refusals: 15 s doubling to 2 min (each within its lower half by
+/// jitter), so with five refusals allowed a report is dead-lettered after two to four
+/// minutes of refusals, not seconds; the entries behind it wait that long at most.
+pub const REFUSAL_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(15),
+    cap: Duration::from_secs(120),
+};
+
+impl WorkerOptions {
+    /// The backoff whose cap bounds any wait for the head entry: the longer of the two
+    /// (an entry refused waits its refusal backoff, not the shorter cap).
+    fn longest_wait(&self) -> Backoff {
+        Backoff {
+            base: self.backoff.base,
+            cap: self.backoff.cap.max(self.refusal_backoff.cap),
+        }
+    }
 }
 
 impl Default for WorkerOptions {
@@ -36,6 +59,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             max_rejections: 5,
             backoff: Backoff::default(),
+            refusal_backoff: REFUSAL_BACKOFF,
             error_pause: Duration::from_secs(1),
         }
     }
@@ -157,7 +181,7 @@ pub async fn run_beating<C: Channel>(
                 e.next_attempt_at,
                 now_ms,
                 now,
-                &options.backoff,
+                &options.longest_wait(),
             )
         });
         let Some(entry) = head.filter(|_| wait.is_some_and(|w| w.is_zero())) else {
@@ -224,7 +248,12 @@ fn record_outcome(
                 entry.report_id
             );
             outbox
-                .mark_rejected(entry, reason, options.max_rejections, &options.backoff)
+                .mark_rejected(
+                    entry,
+                    reason,
+                    options.max_rejections,
+                    &options.refusal_backoff,
+                )
                 .map(|_| ())
         }
         Delivery::Unsendable(reason) => {

@@ -109,6 +109,10 @@ pub fn fast_options(max_rejections: u32) -> WorkerOptions {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),
         },
+        refusal_backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(300),
+        },
         error_pause: Duration::from_millis(50),
     }
 }
