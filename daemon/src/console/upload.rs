@@ -151,9 +151,38 @@ fn sniff(bytes: &[u8]) -> Option<image::ImageFormat> {
     }
 }
 
+/// Most bytes an uploaded data set's values may decode to when that is more than the
+/// upload itself (a deflated one): an upload is never inflated in memory beyond this.
+pub const MAX_DECODED_UPLOAD: u64 = 64 * 1024 * 1024;
+
+/// One upload is decoded at a time on the box (a decoded image and its copies are the
+/// largest allocation a logged-in user can ask for), whatever number are received at once.
+static DECODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Decodes an upload as [`prepare`] does, one at a time on the box.
+pub fn prepare_one_at_a_time(
+    bytes: &[u8],
+    filename: &str,
+    uid_root: &str,
+    max_pixels: u64,
+) -> Result<Prepared, UploadError> {
+    let _turn = DECODING.lock().unwrap_or_else(|p| p.into_inner());
+    prepare(bytes, filename, uid_root, max_pixels)
+}
+
 fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
-    crate::dataset_guard::check_part10_bytes(bytes)
+    let summary = crate::dataset_guard::check_part10_bytes(bytes)
         .map_err(|e| UploadError::BadDicom(e.to_string()))?;
+    let decoded = summary
+        .header_bytes
+        .saturating_add(summary.pixel_data_bytes.unwrap_or(0));
+    let limit = (bytes.len() as u64).max(MAX_DECODED_UPLOAD);
+    if decoded > limit {
+        return Err(UploadError::BadDicom(format!(
+            "its data set decodes to {decoded} bytes, over the {limit} an upload may hold \
+             (send such an object to the box over DICOM)"
+        )));
+    }
     let obj = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Always)
         .from_reader(bytes)
@@ -407,6 +436,32 @@ mod tests {
     use super::*;
     use crate::infer::dicom_image::DicomImage;
     use crate::infer::eligibility::{check, Eligibility};
+
+    /// A deflated DICOM upload of under a megabyte whose Pixel Data inflates past
+    /// [`MAX_DECODED_UPLOAD`] is refused from the pre-scan's measure, before the data set
+    /// is parsed into memory.
+    #[test]
+    fn a_deflated_upload_that_inflates_past_the_bound_is_refused_before_parsing() {
+        use crate::dataset_guard::fixtures::{long_header, part10, short};
+        use std::io::Write;
+        let mut body = short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0");
+        body.extend(short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+        body.extend(short(0x0028, 0x0010, b"US", &16u16.to_le_bytes()));
+        body.extend(short(0x0028, 0x0011, b"US", &16u16.to_le_bytes()));
+        let pixels = MAX_DECODED_UPLOAD as u32 + 1024;
+        body.extend(long_header(0x7FE0, 0x0010, b"OB", pixels));
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&body).unwrap();
+        enc.write_all(&vec![0u8; pixels as usize]).unwrap();
+        let mut file = part10("1.2.840.10008.1.2.1.99", &[]);
+        file.extend(enc.finish().unwrap());
+        assert!(file.len() < 1 << 20, "{} bytes", file.len());
+        match prepare(&file, "bomb.dcm", "2.25.", TEST_MAX_PIXELS) {
+            Err(UploadError::BadDicom(why)) => assert!(why.contains("decodes to"), "{why}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 200]));

@@ -30,7 +30,8 @@ pub(super) async fn upload(c: &Console, req: Request, s: &Session) -> Result<Res
     let max_pixels = c.max_pixels;
     let body = req.body;
     let stored = tokio::task::spawn_blocking(move || {
-        let p = upload::prepare(&body, &name, &root, max_pixels)?;
+        let p = upload::prepare_one_at_a_time(&body, &name, &root, max_pixels)?;
+        drop(body);
         let rec = crate::results::store_as(&store, &p.object, upload::UPLOAD_AE, false)?;
         Ok::<_, ApiError>((p.format, p.patient_id, rec))
     })
