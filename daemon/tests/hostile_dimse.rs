@@ -521,6 +521,38 @@ fn a_peer_that_stops_reading_loses_its_association_after_the_idle_timeout() {
     assert!(timed_echo(&d) < Duration::from_secs(5));
 }
 
+/// PDUs that make no progress (empty command fragments) do not hold an association open:
+/// the idle timeout runs from the last whole command or data bytes, so two addresses
+/// cannot keep every slot with a PDU every two minutes.
+#[test]
+fn empty_fragments_do_not_keep_an_association_past_the_idle_timeout() {
+    let d = Daemon::builder()
+        .config("dicom", "idle_timeout", "2")
+        .config("dicom", "max_associations", "1")
+        .start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+    let echo = peer.request(1, &Command::echo_rq(1), None).unwrap();
+    assert_eq!(status(&echo), 0x0000);
+    let started = Instant::now();
+    let mut ended = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        if peer.empty_command_fragment(1).is_err() {
+            ended = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let ended = ended.unwrap_or_else(|| panic!("still open after 15 s:\n{}", d.log()));
+    assert!(ended < Duration::from_secs(8), "ended after {ended:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("idle for") {
+        assert!(Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The one slot is free again.
+    assert!(timed_echo(&d) < Duration::from_secs(5));
+}
+
 /// A C-ECHO request that announces a data set (PS3.7 gives it none) ends the association
 /// instead of streaming the data set into nothing, uncounted.
 #[test]

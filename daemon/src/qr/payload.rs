@@ -128,6 +128,10 @@ pub fn load(
             .map_err(|e| err(e.to_string()))?;
         return Ok(Payload::Transcoded(bytes));
     }
+    // One in-process re-encoding at a time on the box: the whole instance, decoded, and
+    // its new encoding are held at once, so retrieves by many associations must not
+    // multiply that.
+    let _turn = TRANSCODING.lock().unwrap_or_else(|p| p.into_inner());
     let mut obj = dicom_object::open_file(&path).map_err(|e| err(e.to_string()))?;
     check_stream(&obj, &inst.transfer_syntax).map_err(|e| err(e.to_string()))?;
     // A decoder defect the checks do not foresee costs this sub-operation, not the thread.
@@ -139,6 +143,9 @@ pub fn load(
         .map_err(|e| err(e.to_string()))?;
     Ok(Payload::Transcoded(out))
 }
+
+/// Held while an instance is re-encoded in this process ([`load`]).
+static TRANSCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// [`load`] on a blocking thread.
 pub async fn load_async(

@@ -124,8 +124,10 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        // The idle timeout runs from the peer's last progress, not its last PDU.
+        let idle_at = assoc.last_progress + scp.idle;
         let woke = tokio::select! {
-            r = tokio::time::timeout(scp.idle, reader.read(&mut stream)) => Woke::Read(r),
+            r = tokio::time::timeout_at(idle_at, reader.read(&mut stream)) => Woke::Read(r),
             _ = until_true(&mut shutdown), if drain_deadline.is_none() => Woke::Shutdown,
             _ = deadline, if between_messages => Woke::Deadline,
         };
@@ -177,6 +179,9 @@ struct Association<'a> {
     current: Current,
     running: Option<Running>,
     stored: u64,
+    /// When the peer last made progress: a whole command, or data bytes. PDUs that carry
+    /// neither (empty fragments) do not count, so they cannot hold the association open.
+    last_progress: tokio::time::Instant,
     refusals: u32,
     charset_warned: Arc<AtomicBool>,
 }
@@ -214,6 +219,7 @@ impl<'a> Association<'a> {
             current: Current::Idle,
             running: None,
             stored: 0,
+            last_progress: tokio::time::Instant::now(),
             refusals: 0,
             charset_warned: Arc::new(AtomicBool::new(false)),
         }
@@ -232,6 +238,11 @@ impl<'a> Association<'a> {
     async fn reap(&mut self) {
         if self.running.as_ref().is_some_and(|r| r.task.is_finished()) {
             self.join_running(false).await;
+            // The operation's end is progress: the peer has the whole idle time from it.
+            self.last_progress = tokio::time::Instant::now();
+        } else if self.running.is_some() {
+            // An operation in progress keeps the association alive (see `on_idle`).
+            self.last_progress = tokio::time::Instant::now();
         }
     }
 
@@ -364,8 +375,14 @@ impl<'a> Association<'a> {
                 self.peer
             ))),
             Ok(None) => Next::Continue,
-            Ok(Some(Event::Command { pc_id, command })) => self.on_command(pc_id, command).await,
+            Ok(Some(Event::Command { pc_id, command })) => {
+                self.last_progress = tokio::time::Instant::now();
+                self.on_command(pc_id, command).await
+            }
             Ok(Some(Event::Data { pc_id, bytes, last })) => {
+                if !bytes.is_empty() {
+                    self.last_progress = tokio::time::Instant::now();
+                }
                 self.scp
                     .metrics
                     .bytes_received_total

@@ -128,20 +128,19 @@ async fn connection(
             scp.metrics
                 .associations_rejected_total
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = framing::write(&mut stream, &mut scratch, &Pdu::AssociationRJ(rj.rj)).await;
+            // Every write here has the idle timeout as its deadline: a peer with a zero
+            // receive window holds no slot for good.
+            let pdu = Pdu::AssociationRJ(rj.rj);
+            let rejected = framing::write(&mut stream, &mut scratch, &pdu);
+            let _ = tokio::time::timeout(scp.idle, rejected).await;
             drop(slot);
-            close_after_reject(&mut stream).await;
+            let _ = tokio::time::timeout(scp.idle, close_after_reject(&mut stream)).await;
             return;
         }
     };
-    if framing::write(
-        &mut stream,
-        &mut scratch,
-        &Pdu::AssociationAC(accepted.ac.clone()),
-    )
-    .await
-    .is_err()
-    {
+    let pdu = Pdu::AssociationAC(accepted.ac.clone());
+    let accept = framing::write(&mut stream, &mut scratch, &pdu);
+    if !matches!(tokio::time::timeout(scp.idle, accept).await, Ok(Ok(_))) {
         return;
     }
     scp.metrics

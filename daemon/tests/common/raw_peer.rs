@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use dicom_ul::pdu::{
-    AssociationAC, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
+    AssociationAC, AssociationRQ, PDataValue, PDataValueType, Pdu, PresentationContextProposed,
     PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 use duli::dimse::{decode, encode, fragments, Command};
@@ -183,6 +183,18 @@ impl RawPeer {
             write_pdu(&mut self.stream, &Pdu::PData { data: vec![pdv] })?;
         }
         Ok(())
+    }
+
+    /// Sends a command fragment that carries no bytes and is not the last: a PDU that
+    /// makes no progress.
+    pub fn empty_command_fragment(&mut self, pc_id: u8) -> io::Result<()> {
+        let pdv = PDataValue {
+            presentation_context_id: pc_id,
+            value_type: PDataValueType::Command,
+            is_last: false,
+            data: Vec::new(),
+        };
+        write_pdu(&mut self.stream, &Pdu::PData { data: vec![pdv] })
     }
 
     /// Reads until a whole command arrives and returns it (data set fragments in between
