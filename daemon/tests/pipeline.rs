@@ -317,6 +317,8 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         .find(|l| l.contains("/feedback {"))
         .expect("no feedback on MQTT");
     assert!(feedback.contains("\"verdict\":\"disagree\""), "{feedback}");
+    // The finding as the reports name it (its code), so the cloud can join the two.
+    assert!(feedback.contains("\"finding\":\"PNEUMONIA\""), "{feedback}");
     assert!(
         !feedback.contains("secret remark") && !feedback.contains("rita"),
         "{feedback}"

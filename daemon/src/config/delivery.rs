@@ -54,15 +54,7 @@ impl Hl7Config {
     /// `::1` (with or without brackets). Other names are not resolved: they may point
     /// anywhere later.
     pub fn host_is_loopback(&self) -> bool {
-        let host = self.host.trim();
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        bare.eq_ignore_ascii_case("localhost")
-            || bare
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        is_loopback_host(&self.host)
     }
 
     /// Whether reports would travel in clear over the network without the site's explicit
@@ -70,6 +62,21 @@ impl Hl7Config {
     pub fn plain_without_consent(&self) -> bool {
         self.enabled && !self.tls && !self.allow_plain && !self.host_is_loopback()
     }
+}
+
+/// Whether `host` is literally a loopback name or address: `localhost`, 127.0.0.0/8 or
+/// `::1` (with or without brackets). Other names are not resolved: they may point anywhere
+/// later.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Default for Hl7Config {
@@ -103,6 +110,10 @@ pub struct MqttConfig {
     pub port: u16,
     /// TLS with a client certificate.
     pub tls: bool,
+    /// Publish without TLS (`tls = false`) to a broker host that is not a loopback address:
+    /// the broker is then not authenticated, so this needs saying on purpose (a network
+    /// the site trusts); validation refuses it otherwise.
+    pub allow_plain: bool,
     /// Stable client id (persistent session); default `duli-<device_id>`.
     pub client_id: Option<String>,
     /// CA bundle (PEM) of the broker.
@@ -120,11 +131,20 @@ impl Default for MqttConfig {
             host: "127.0.0.1".into(),
             port: 8883,
             tls: true,
+            allow_plain: false,
             client_id: None,
             ca: None,
             cert: None,
             key: None,
         }
+    }
+}
+
+impl MqttConfig {
+    /// Whether messages would go in clear to a broker that is not on this box without the
+    /// site's explicit consent (`allow_plain`).
+    pub fn plain_without_consent(&self) -> bool {
+        self.enabled && !self.tls && !self.allow_plain && !is_loopback_host(&self.host)
     }
 }
 

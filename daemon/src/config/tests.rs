@@ -443,6 +443,30 @@ fn plain_mllp_to_a_network_host_needs_allow_plain() {
     load_str("[hl7]\nenabled = false\nhost = \"ris.example\"\n", &[]).unwrap();
 }
 
+/// MQTT without TLS authenticates no broker: toward a broker that is not on this box it
+/// needs `mqtt.allow_plain = true`; loopback brokers need nothing.
+#[test]
+fn plain_mqtt_to_a_network_broker_needs_allow_plain() {
+    let mqtt = |host: &str, extra: &str| {
+        format!("[mqtt]\nenabled = true\nhost = {host:?}\nport = 1883\ntls = false\n{extra}")
+    };
+    for host in ["broker.example.com", "10.1.2.3"] {
+        let text = match load_str(&mqtt(host, ""), &[]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("plain MQTT to {host} accepted"),
+        };
+        assert!(
+            text.contains("mqtt.tls") && text.contains("mqtt.allow_plain"),
+            "{text}"
+        );
+        let c = load_str(&mqtt(host, "allow_plain = true\n"), &[]).unwrap();
+        assert!(c.mqtt.allow_plain);
+    }
+    for host in ["127.0.0.1", "localhost", "::1"] {
+        load_str(&mqtt(host, ""), &[]).unwrap_or_else(|e| panic!("{host}: {e}"));
+    }
+}
+
 /// `[mqtt] tls = true` needs the CA bundle, the client certificate and its key, each an
 /// existing file.
 #[test]

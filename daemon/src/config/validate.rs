@@ -390,6 +390,17 @@ fn check_mqtt(c: &MqttConfig, bad: &mut impl FnMut(&str, String)) {
         if c.port == 0 {
             bad("mqtt.port", "must be between 1 and 65535".into());
         }
+        if c.plain_without_consent() {
+            bad(
+                "mqtt.tls",
+                format!(
+                    "false publishes to {:?}, which is not a loopback address, without \
+                     authenticating the broker: set mqtt.tls = true (with mqtt.ca, mqtt.cert \
+                     and mqtt.key), or mqtt.allow_plain = true on a network the site trusts",
+                    c.host
+                ),
+            );
+        }
         if c.tls {
             for (key, value) in [
                 ("mqtt.ca", &c.ca),

@@ -67,16 +67,17 @@ pub(super) async fn give(
     Ok(reply::json(StatusCode::CREATED, &f))
 }
 
-/// The label of the study's finding that `named` names (by label or code): feedback on a
+/// The code of the study's finding that `named` names (by label or code): feedback on a
 /// finding may only name one of the model's labels, since it reaches the cloud and free
-/// text could carry anything (a name, a note).
+/// text could carry anything (a name, a note). The code is what the cloud's reports name
+/// the finding by (their `label`), so feedback joins them.
 fn model_label(c: &Console, uid: &str, named: &str) -> Result<String, ApiError> {
     let result = crate::store::results::latest_result(&c.store, uid)?;
     result
         .iter()
         .flat_map(|r| r.findings.iter())
         .find(|f| f.label == named || f.code == named)
-        .map(|f| f.label.clone())
+        .map(|f| f.code.clone())
         .ok_or_else(|| {
             ApiError::BadRequest("finding is not one of the model's labels for this study".into())
         })

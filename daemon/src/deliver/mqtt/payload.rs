@@ -25,10 +25,11 @@ pub const STUDY_DOMAIN: &str = "study";
 /// Pseudonym domain of report ids.
 pub const REPORT_DOMAIN: &str = "report";
 
-/// Modalities (0008,0060) a reason sent to the cloud may name (DICOM defined terms).
+/// Modalities (0008,0060) a report or a reason sent to the cloud may name (DICOM defined
+/// terms); any other value is sent as `OT`.
 const MODALITY_TERMS: &[&str] = &[
-    "CR", "CT", "DOC", "DX", "IO", "KO", "MG", "MR", "NM", "OT", "PR", "PT", "PX", "RF", "RG",
-    "SEG", "SR", "US", "XA",
+    "BMD", "CR", "CT", "DOC", "DX", "ECG", "ES", "IO", "KO", "MG", "MR", "NM", "OP", "OT", "PR",
+    "PT", "PX", "RF", "RG", "RTIMAGE", "SEG", "SM", "SR", "US", "XA", "XC",
 ];
 /// View Positions (0018,5101) a reason sent to the cloud may name (DICOM defined terms).
 const VIEW_TERMS: &[&str] = &["AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO"];
@@ -267,7 +268,19 @@ pub fn report_payload(
             .then(|| secret.pseudonym(PATIENT_DOMAIN, s.patient_id.trim())),
         study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &s.study_instance_uid),
         created_at: rfc3339(to_the_hour(report.created_at)),
-        modalities: s.modalities.clone(),
+        // Defined terms only: a Code String may hold anything upper case (a name, an ID);
+        // another value is sent as OT ("other").
+        modalities: s
+            .modalities
+            .iter()
+            .map(|m| {
+                if MODALITY_TERMS.contains(&m.as_str()) {
+                    m.clone()
+                } else {
+                    "OT".to_string()
+                }
+            })
+            .collect(),
         image_count: report.source_sop_instance_uids.len(),
         findings: report.findings.clone(),
         triage: report.triage,
@@ -521,6 +534,18 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(v["findings"][1]["positive"], false);
+    }
+
+    /// A modality is a Code String, which may hold a name or an ID written upper case:
+    /// only defined terms reach the cloud, any other value as `OT`.
+    #[test]
+    fn modalities_reach_the_cloud_only_as_defined_terms() {
+        let mut report = fixtures::report();
+        report.study.modalities = vec!["DX".into(), "DOE JANE 031167".into()];
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json(&report_payload(&report, &secret, "s", "d"))).unwrap();
+        assert_eq!(v["modalities"], serde_json::json!(["DX", "OT"]));
     }
 
     #[test]
