@@ -220,7 +220,7 @@ fn dead_letter_unserved(outbox: &Outbox, plan: &DeliveryPlan, config: &Config) {
             .into_iter()
             .filter(|e| e.state != EntryState::Dead)
             .map(|e| e.dest)
-            .filter(|d| matches!(d, Destination::Pacs(_)) && !served.contains(d))
+            .filter(|d| !served.contains(d))
             .collect(),
         Err(e) => {
             log::error!("outbox: cannot look for entries of removed destinations: {e}");
@@ -228,13 +228,13 @@ fn dead_letter_unserved(outbox: &Outbox, plan: &DeliveryPlan, config: &Config) {
         }
     };
     for dest in unserved {
-        let Destination::Pacs(name) = &dest else {
-            continue;
-        };
-        let reason = if config.pacs.destinations.iter().any(|d| &d.name == name) {
-            format!("{NO_LONGER_CONFIGURED} for push (push = false)")
-        } else {
-            NO_LONGER_CONFIGURED.to_string()
+        let reason = match &dest {
+            Destination::Pacs(name) if config.pacs.destinations.iter().any(|d| &d.name == name) => {
+                format!("{NO_LONGER_CONFIGURED} for push (push = false)")
+            }
+            Destination::Pacs(_) => NO_LONGER_CONFIGURED.to_string(),
+            Destination::Hl7 => format!("{NO_LONGER_CONFIGURED} ([hl7] enabled = false)"),
+            Destination::Mqtt => format!("{NO_LONGER_CONFIGURED} ([mqtt] enabled = false)"),
         };
         match outbox.dead_letter_all(&dest, &reason) {
             Ok(n) => log::warn!(
@@ -370,19 +370,30 @@ mod tests {
         }
     }
 
-    /// Entries of a PACS destination that no worker serves any more are dead-lettered at
-    /// start with the reason; those of a served destination stay pending.
+    /// Entries of a destination that no worker serves any more (a PACS removed or no
+    /// longer pushed to, HL7 or MQTT disabled) are dead-lettered at start with the reason,
+    /// instead of waiting for good and counting towards the outbox bound; those of a
+    /// served destination stay pending.
     #[test]
     fn entries_of_a_removed_destination_are_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let outbox = store.outbox(OutboxLimits::default()).unwrap();
+        let hl7 = NewEntry {
+            dest: Destination::Hl7,
+            kind: Kind::Report,
+            report_id: "r1".into(),
+            payload: Payload::Hl7 {
+                message: "MSH|^~\\&|".into(),
+            },
+        };
         outbox
             .enqueue(&[
                 entry("old", "r1"),
                 entry("main", "r1"),
                 entry("old", "r2"),
                 entry("paused", "r2"),
+                hl7,
             ])
             .unwrap();
         let mut config = Config::default();
@@ -403,6 +414,12 @@ mod tests {
             .as_deref()
             .is_some_and(|r| r.starts_with(NO_LONGER_CONFIGURED)));
         assert_eq!(of("main")[0].state, EntryState::Queued);
+        let hl7 = outbox.list(Some(&Destination::Hl7)).unwrap();
+        assert_eq!(hl7[0].state, EntryState::Dead, "HL7 is not enabled");
+        assert!(hl7[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|r| r.contains("[hl7] enabled = false")));
         assert!(outbox
             .head(&Destination::Pacs("old".into()))
             .unwrap()
