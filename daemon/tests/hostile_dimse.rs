@@ -521,6 +521,40 @@ fn a_peer_that_stops_reading_loses_its_association_after_the_idle_timeout() {
     assert!(timed_echo(&d) < Duration::from_secs(5));
 }
 
+/// A refused association (here a wrong called AE title, as an AE-title guesser sends) is
+/// audited, once per address, calling AE and ten minutes, so guessing leaves a trace and a
+/// flood of attempts cannot fill the trail.
+#[test]
+fn refused_associations_are_audited_once_per_window() {
+    let mut d = Daemon::start();
+    for _ in 0..3 {
+        match RawPeer::associate(
+            d.dicom_addr(),
+            "GUESSER",
+            "NOT_THIS_BOX",
+            &[ctx(1, uids::VERIFICATION)],
+            &[],
+        )
+        .unwrap()
+        {
+            Outcome::Refused(_) => {}
+            Outcome::Accepted(_) => panic!("a wrong called AE title was accepted"),
+        }
+    }
+    let records = audit_records(&mut d);
+    let rejected: Vec<_> = records
+        .iter()
+        .filter(|r| r["actor"] == "ae:GUESSER" && r["success"] == false)
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("association rejected"))
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1, "{records:?}");
+    assert_eq!(rejected[0]["source"], "127.0.0.1");
+}
+
 /// PDUs that make no progress (empty command fragments) do not hold an association open:
 /// the idle timeout runs from the last whole command or data bytes, so two addresses
 /// cannot keep every slot with a PDU every two minutes.

@@ -4,6 +4,7 @@
 //! - [`server`]: the listener, ARTIM timer, association cap and graceful shutdown.
 //! - [`unassociated`]: the bounded table of connections still to associate.
 //! - [`address_share`]: each address's share of the association slots.
+//! - [`rejections`]: which refused associations reach the audit trail (once per window).
 //! - [`association`]: one association's PDU loop, dispatching DIMSE messages to services.
 //! - [`authorize`]: whether one DIMSE request may run (context, role, permission).
 //! - [`echo`] and [`store`]: the Verification and Storage services; Query/Retrieve
@@ -14,6 +15,7 @@ pub mod association;
 pub mod authorize;
 pub mod echo;
 pub mod policy;
+pub mod rejections;
 pub mod server;
 pub mod store;
 pub mod unassociated;
@@ -74,6 +76,8 @@ pub struct Scp {
     pub(crate) unassociated: Arc<unassociated::Unassociated>,
     pub(crate) active: AtomicUsize,
     pub(crate) next_id: AtomicU64,
+    /// Which refused associations are audited ([`rejections`]).
+    pub(crate) rejections: rejections::Rejections,
 }
 
 /// The shared handles an SCP is built from.
@@ -128,6 +132,7 @@ impl Scp {
             ),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            rejections: rejections::Rejections::default(),
         }
     }
 

@@ -122,8 +122,13 @@ async fn connection(
                 rq.calling_ae_title.trim(),
                 rj.reason
             );
-            if rj.identity_mismatch {
-                audit_identity_mismatch(&scp, peer, rq.calling_ae_title.trim(), &rj.reason);
+            let calling = rq.calling_ae_title.trim();
+            if rj.identity_mismatch
+                || scp
+                    .rejections
+                    .first_in_window(peer.ip(), calling, std::time::Instant::now())
+            {
+                audit_rejection(&scp, peer, calling, &rj.reason);
             }
             scp.metrics
                 .associations_rejected_total
@@ -217,9 +222,10 @@ async fn close_after_reject(stream: &mut Box<dyn Stream>) {
     let _ = stream.shutdown().await;
 }
 
-/// Records an association refused because the calling AE came with another client
-/// certificate than the one `allowed_peers` binds it to.
-fn audit_identity_mismatch(scp: &Scp, peer: SocketAddr, calling: &str, reason: &str) {
+/// Records a refused association: always when the calling AE came with another client
+/// certificate than the one `allowed_peers` binds it to, otherwise once per address,
+/// calling AE and window ([`super::rejections`]).
+fn audit_rejection(scp: &Scp, peer: SocketAddr, calling: &str, reason: &str) {
     use crate::audit::{Action, Event};
     let calling: String = calling.chars().take(16).collect();
     let event = Event::new(&format!("ae:{calling}"), Action::Other, "dicom-association")
@@ -260,6 +266,12 @@ async fn open(
             }
             Err(e) => {
                 log::warn!("{peer}: TLS handshake failed: {e}");
+                if scp
+                    .rejections
+                    .first_in_window(peer.ip(), "", std::time::Instant::now())
+                {
+                    audit_rejection(scp, peer, "", &format!("TLS handshake failed: {e}"));
+                }
                 scp.metrics
                     .associations_rejected_total
                     .fetch_add(1, Ordering::Relaxed);
