@@ -25,7 +25,7 @@ pub const DIR: &str = "previews";
 pub const MAX_SIDE: u32 = 1280;
 
 /// Errors of preview rendering.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PreviewError {
     /// The instance's pixel data was pruned by retention.
     #[error("the pixel data of this instance was removed by retention")]
@@ -39,6 +39,70 @@ pub enum PreviewError {
     /// Writing the cache failed.
     #[error("cannot write the preview: {0}")]
     Write(String),
+    /// Other previews were being rendered for longer than a request waits ([`RENDER_WAIT`]).
+    #[error("the console is rendering other previews; try again in a few seconds")]
+    Busy,
+}
+
+/// Longest a request waits for its turn to render before it is answered busy (503), so
+/// requests for previews never hold the console's request slots for long.
+pub const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a render that failed (unreadable file, undecodable pixel data) is answered
+/// from memory instead of decoding the instance again.
+pub const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Most failed renders remembered.
+const MAX_FAILURES: usize = 1024;
+
+/// Failed renders by (SOP Instance UID, receive time of its file): when, and why.
+type Failures = std::collections::HashMap<(String, i64), (std::time::Instant, PreviewError)>;
+
+/// The failed renders remembered ([`FAILURE_MEMORY`]).
+static FAILED: std::sync::LazyLock<std::sync::Mutex<Failures>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Why `inst` failed to render less than [`FAILURE_MEMORY`] ago, if it did.
+fn failed_before(inst: &InstanceRecord) -> Option<PreviewError> {
+    let failed = FAILED.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (inst.sop_instance_uid.clone(), inst.received_at);
+    failed
+        .get(&key)
+        .filter(|(at, _)| at.elapsed() < FAILURE_MEMORY)
+        .map(|(_, e)| e.clone())
+}
+
+/// Remembers that `inst` failed to render with `e` (only failures of the instance itself).
+fn remember_failure(inst: &InstanceRecord, e: &PreviewError) {
+    if !matches!(e, PreviewError::Read(_) | PreviewError::Decode(_)) {
+        return;
+    }
+    let mut failed = FAILED.lock().unwrap_or_else(|p| p.into_inner());
+    if failed.len() >= MAX_FAILURES {
+        failed.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
+        if failed.len() >= MAX_FAILURES {
+            failed.clear();
+        }
+    }
+    let key = (inst.sop_instance_uid.clone(), inst.received_at);
+    failed.insert(key, (std::time::Instant::now(), e.clone()));
+}
+
+/// The render lock, waited for at most [`RENDER_WAIT`].
+fn render_turn() -> Result<std::sync::MutexGuard<'static, ()>, PreviewError> {
+    let deadline = std::time::Instant::now() + RENDER_WAIT;
+    loop {
+        match RENDER.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(PreviewError::Busy);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// What the preview's 16-bit values mean.
@@ -164,11 +228,16 @@ pub fn get_or_render(
     if let Some(info) = cached(&png, &json, inst) {
         return Ok((png, info));
     }
-    let _one_at_a_time = hold_renders();
+    if let Some(e) = failed_before(inst) {
+        return Err(e);
+    }
+    let _one_at_a_time = render_turn()?;
     if let Some(info) = cached(&png, &json, inst) {
         return Ok((png, info));
     }
-    let (pixels, info) = render(&data_dir.join(&inst.path), max_pixels)?;
+    let (pixels, info) = render(&data_dir.join(&inst.path), max_pixels).inspect_err(|e| {
+        remember_failure(inst, e);
+    })?;
     let dir = png.parent().unwrap_or(data_dir);
     std::fs::create_dir_all(dir).map_err(|e| PreviewError::Write(e.to_string()))?;
     let tmp = png.with_extension("png.tmp");
@@ -450,6 +519,46 @@ mod tests {
         let path = image_with_window(dir.path(), "1000", "500");
         let (_, info) = render(&path, 1 << 20).unwrap();
         assert_eq!((info.window_center, info.window_width), (1000.0, 500.0));
+    }
+
+    /// A render that failed is answered from memory for a while (an undecodable instance
+    /// is not decoded again on every request), and a request that cannot get its turn to
+    /// render within [`RENDER_WAIT`] is answered busy instead of holding its slot.
+    #[test]
+    fn failed_renders_are_remembered_and_a_long_wait_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("broken.dcm");
+        std::fs::write(&broken, b"not DICOM at all").unwrap();
+        let inst = InstanceRecord {
+            sop_instance_uid: "1.2.3.4.99".into(),
+            path: "broken.dcm".into(),
+            received_at: 7,
+            ..Default::default()
+        };
+        let first = get_or_render(dir.path(), &inst, 1 << 20).unwrap_err();
+        assert!(matches!(first, PreviewError::Read(_)), "{first}");
+        // Now a good file at the same place: still answered from memory, not read again.
+        std::fs::rename(image_with_window(dir.path(), "1000", "500"), &broken).unwrap();
+        let again = get_or_render(dir.path(), &inst, 1 << 20).unwrap_err();
+        assert_eq!(again.to_string(), first.to_string());
+        // A new file (another receive time) is rendered.
+        let newer = InstanceRecord {
+            received_at: 8,
+            ..inst.clone()
+        };
+        let (png, _) = get_or_render(dir.path(), &newer, 1 << 20).unwrap();
+        assert!(png.exists());
+
+        let other = InstanceRecord {
+            sop_instance_uid: "1.2.3.4.100".into(),
+            ..newer
+        };
+        let held = hold_renders();
+        let started = std::time::Instant::now();
+        let busy = get_or_render(dir.path(), &other, 1 << 20).unwrap_err();
+        assert!(matches!(busy, PreviewError::Busy), "{busy}");
+        assert!(started.elapsed() >= RENDER_WAIT);
+        drop(held);
     }
 
     #[test]
