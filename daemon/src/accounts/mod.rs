@@ -25,7 +25,7 @@ pub enum UserError {
     #[error("invalid user name {0:?}: 1 to 64 of A-Z a-z 0-9 . _ @ -")]
     BadName(String),
     /// A password is too short or too long.
-    #[error("the password must have 12 to 1024 characters")]
+    #[error("the password must have at least 12 characters and at most 1024 bytes")]
     BadPassword,
     /// A stored hash cannot be read.
     #[error("stored password hash of {0} is unreadable")]

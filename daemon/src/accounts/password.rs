@@ -42,11 +42,11 @@ fn derive(iterations: u32, salt: &[u8], password: &str) -> [u8; HASH_LEN] {
     out
 }
 
-/// Hashes a password with a fresh random salt. Refuses passwords shorter than 12 or
-/// longer than 1024 characters.
+/// Hashes a password with a fresh random salt. Refuses passwords shorter than 12
+/// characters or longer than 1024 bytes (UTF-8: the bound a login is read with, so every
+/// password that can be set can also be used).
 pub fn hash_password(password: &str) -> Result<PasswordHash, UserError> {
-    let len = password.chars().count();
-    if !(12..=1024).contains(&len) {
+    if password.chars().count() < 12 || password.len() > 1024 {
         return Err(UserError::BadPassword);
     }
     let mut salt = [0u8; SALT_LEN];
@@ -91,6 +91,16 @@ pub fn burn_verify(password: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The upper bound is in bytes, as a login reads it: a password of 600 two-byte
+    /// characters (1200 bytes) could never be used to log in, so it cannot be set.
+    #[test]
+    fn the_password_bound_is_the_logins() {
+        assert!(hash_password(&"é".repeat(600)).is_err());
+        assert!(hash_password(&"é".repeat(512)).is_ok());
+        assert!(hash_password(&"é".repeat(11)).is_err());
+        assert!(hash_password(&"é".repeat(12)).is_ok());
+    }
 
     #[test]
     fn hashes_are_salted_and_verify_only_the_right_password() {
