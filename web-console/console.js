@@ -35,11 +35,14 @@ function csrfFromCookie() {
 
 class Unauthenticated extends Error {}
 
-async function api(method, path, body) {
+// `background`: the page makes this request on its own (not the user), so it must not
+// keep the session alive: the server then leaves the idle timer running (automatic logoff).
+async function api(method, path, body, { background = false } = {}) {
   const opts = { method, headers: {}, credentials: "same-origin" };
   if (method !== "GET") {
     opts.headers["X-CSRF-Token"] = state.csrf || csrfFromCookie() || "";
   }
+  if (background) opts.headers["X-Background"] = "1";
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -183,13 +186,14 @@ function worklistPage() {
       live),
     count, table);
 
-  const load = async () => {
+  // `background`: a reload after a live event, not the user's doing.
+  const load = async (background = false) => {
     const q = new URLSearchParams();
     if (worklistFilter.q) q.set("q", worklistFilter.q);
     if (worklistFilter.state) q.set("state", worklistFilter.state);
     if (worklistFilter.urgent) q.set("urgent", "1");
     try {
-      const data = await api("GET", `/api/v1/studies?${q}`);
+      const data = await api("GET", `/api/v1/studies?${q}`, undefined, { background });
       tbody.replaceChildren(...data.studies.map(worklistRow));
       count.textContent = `${data.total} stud${data.total === 1 ? "y" : "ies"}`;
     } catch (e) {
@@ -204,7 +208,7 @@ function worklistPage() {
   stateSel.addEventListener("change", () => { worklistFilter.state = stateSel.value; load(); });
   urgent.addEventListener("change", () => { worklistFilter.urgent = urgent.checked; load(); });
   load();
-  followEvents(load, live);
+  followEvents(() => load(true), live);
 }
 
 function worklistRow(s) {
@@ -233,6 +237,8 @@ function applicabilityCell(s) {
   return null;
 }
 
+// The live event stream and `reload` after its events are the page's own doing: neither
+// keeps the session alive (the server does not count the stream as activity).
 function followEvents(reload, indicator) {
   if (state.events) state.events.close();
   const es = new EventSource("/api/v1/events");

@@ -757,10 +757,33 @@ fn intended_use_in_headless_chromium() {
     wd.screenshot("study-caveat.png");
 }
 
+/// Sends a copy of `file` as a new study (fresh study, series and instance UIDs) to the
+/// daemon's DICOM port about once a second, until `stop` or for at most a minute.
+fn send_fresh_studies(file: &std::path::Path, port: u16, stop: &std::sync::atomic::AtomicBool) {
+    let dir = temp_dir("fresh-studies");
+    let started = Instant::now();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        let copy = dir.path().join(format!("{n}.dcm"));
+        std::fs::copy(file, &copy).unwrap();
+        let mut modify = std::process::Command::new("dcmodify");
+        modify.args(["-nb", "-gst", "-gse", "-gin"]).arg(&copy);
+        run(&mut modify, Duration::from_secs(30)).assert_success("dcmodify");
+        storescu("MODALITY", DULI_AET, port, &[], &[copy])
+            .unwrap()
+            .assert_success("storescu");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(800));
+    }
+}
+
 /// Automatic logoff clears the screen of a shared reading-room PC: once the server ends
 /// an idle session, the page is back on the login form and no patient name or ID is left
-/// in the document, from the worklist (its live event stream ends with the session) and
-/// from the study page (the page's periodic session check).
+/// in the document, from the worklist (its live event stream ends with the session; the
+/// reloads after studies arriving meanwhile do not keep it alive) and from the study page
+/// (the page's periodic session check).
 #[test]
 fn an_expired_session_clears_patient_data_off_the_screen() {
     let Some(driver_bin) = chromedriver() else {
@@ -769,8 +792,8 @@ fn an_expired_session_clears_patient_data_off_the_screen() {
     let Some(files) = sample_dicoms("explicit-le") else {
         return;
     };
-    if which("storescu").is_none() {
-        return skip("storescu absent");
+    if which("storescu").is_none() || which("dcmodify").is_none() {
+        return skip("storescu or dcmodify absent");
     }
     let file = files[0].clone();
     let uid = study_uid_of(&file);
@@ -808,14 +831,25 @@ fn an_expired_session_clears_patient_data_off_the_screen() {
         }
     };
 
-    // The worklist, left alone: the session idles out.
+    // The worklist, left alone while studies keep arriving: each arrival reloads it (a
+    // request the page makes on its own, not the user's), and the session still idles out.
     log_in(wd, &base, "rita", "#/worklist");
     wd.wait_css(&format!("#worklist-body tr[data-study=\"{uid}\"]"), 20);
     assert!(
         shows(&patient_id) && shows(&family),
         "worklist without the patient"
     );
-    signed_out("logoff from the worklist", 30);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| send_fresh_studies(&file, d.dicom_port, &stop));
+        wd.wait_for(
+            "a study that arrived while the worklist was open",
+            "document.querySelectorAll('#worklist-body tr').length > 1",
+            Duration::from_secs(20),
+        );
+        signed_out("logoff from the worklist while studies arrive", 30);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 
     // The study page, which has no event stream.
     log_in(wd, &base, "rita", "#/worklist");

@@ -469,6 +469,62 @@ fn event_streams_end_at_logout_user_disable_role_change_and_session_expiry() {
     assert!(t <= Duration::from_secs(9), "ended {t:?} after opening");
 }
 
+/// Automatic logoff of an unattended page: what the page does on its own (worklist
+/// reloads marked `X-Background: 1`, its event stream held open and reopened) does not
+/// keep its session alive past the idle limit, while the user's own requests do.
+#[test]
+fn background_requests_and_the_event_stream_do_not_keep_a_session_alive() {
+    let idle = Duration::from_secs(3);
+    let d = Daemon::builder()
+        .config("console", "session_idle_secs", "3")
+        .start();
+    d.add_user("rita", "radiologist", PW);
+    let addr = d.console_addr();
+    let user = d.login("rita", PW);
+    let page = d.login("rita", PW);
+    let logged_in = Instant::now();
+    let mut stream = open_event_stream(&d, &page.cookie);
+    let background = |path: &str| {
+        let headers = [("Cookie", page.cookie.as_str()), ("X-Background", "1")];
+        https_request(addr, "GET", path, &headers, None, Duration::from_secs(10))
+            .unwrap()
+            .status
+    };
+    let mut ended = None;
+    while logged_in.elapsed() < idle * 2 {
+        assert_eq!(
+            user.get("/api/v1/studies").status,
+            200,
+            "the user's session"
+        );
+        // The worklist reloaded after an event, and the stream reopened as a browser
+        // reconnects it.
+        let asked = logged_in.elapsed();
+        match background("/api/v1/studies?q=x") {
+            200 => assert!(asked < idle, "alive {asked:?} after login"),
+            401 => {
+                ended = Some(logged_in.elapsed());
+                break;
+            }
+            s => panic!("a background reload answered {s}"),
+        }
+        drop(open_event_stream(&d, &page.cookie));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ended = ended.expect("the page's session idled out");
+    assert!(
+        ended >= idle - Duration::from_millis(500),
+        "ended at {ended:?}"
+    );
+    assert_eq!(background("/api/v1/me"), 401);
+    // Its event stream ends with it (checked every 5 s).
+    stream_end_within(&mut stream, Duration::from_secs(12))
+        .expect("the stream ended with the session");
+    // The user's own requests kept theirs well past the idle limit.
+    assert!(logged_in.elapsed() > idle);
+    assert_eq!(user.get("/api/v1/me").status, 200);
+}
+
 #[test]
 fn per_address_and_total_connection_caps_refuse_the_excess_only() {
     let d = Daemon::builder()

@@ -7,7 +7,9 @@
 //!   C-ECHO test limits.
 //! - [`timeouts`]: header-read and idle timeouts of each connection.
 //! - [`roles`]: the roles and the one route → role table every request passes.
-//! - [`sessions`]: session cookies, login throttling, CSRF tokens.
+//! - [`sessions`]: session cookies, idle and absolute lifetimes, CSRF tokens.
+//! - [`login_throttle`]: failed logins and wrong setup codes slowed down per account and
+//!   address, per address and per account.
 //! - [`throttle_log`]: throttled logins counted, audited once per window.
 //! - [`access_log`]: previews, heatmaps, worklist listings and refused requests audited
 //!   once per user, object and window.
@@ -41,6 +43,7 @@ pub mod events;
 pub mod feedback;
 pub mod handshakes;
 pub mod limits;
+pub mod login_throttle;
 pub mod outbox_view;
 pub mod preview;
 pub mod preview_sweep;

@@ -101,6 +101,13 @@ impl Endpoint {
     pub fn waits_on_other_hosts(self) -> bool {
         matches!(self, Endpoint::Echo)
     }
+
+    /// Whether a request of the route is the user's activity, restarting the session's
+    /// idle timer: not the live event stream (opened and reopened by the page on its own)
+    /// nor the page's check whether its session lives.
+    pub fn is_user_activity(self) -> bool {
+        !matches!(self, Endpoint::Events | Endpoint::SessionCheck)
+    }
 }
 
 /// One row of the table.

@@ -3,15 +3,19 @@
 //! - A session is a random 256-bit token in an `HttpOnly; Secure; SameSite=Strict`
 //!   cookie; the store keeps only its SHA-256 (tree `sessions`), so a copy of the store
 //!   does not hand out live sessions. Sessions end after an idle time and, however active,
-//!   an absolute time after login.
+//!   an absolute time after login. The cookies carry no `Max-Age` or `Expires`: the
+//!   browser drops them when it closes, and the server ends the session by its lifetimes.
+//! - Only the user's own requests restart the idle timer ([`Activity::User`]); what the
+//!   page does on its own (reloads after live events, the event stream) is
+//!   [`Activity::Background`], so an unattended page still idles out.
 //! - Lifetimes hold against wall-clock steps: the daemon also measures each session it
 //!   has seen on the monotonic clock, and a session ends when either clock says so; a
 //!   session whose login or last request lies more than [`CLOCK_TOLERANCE`] in the future
 //!   (written while the clock was ahead, or the clock has stepped back since) is invalid.
-//! - Failed logins are slowed down per account and per client address: after a few free
-//!   attempts each further one must wait twice as long as the one before (up to 15 min),
-//!   answered with 429 and `Retry-After`. Throttled attempts are counted, not audited one
-//!   by one ([`super::throttle_log`]).
+//! - Failed logins are slowed down per account and client address, per address, and
+//!   (softer) per account ([`super::login_throttle`]), answered with 429 and
+//!   `Retry-After`. Throttled attempts are counted, not audited one by one
+//!   ([`super::throttle_log`]).
 //! - Every ended session (logout, user removed, disabled or role changed, expiry found)
 //!   bumps [`Sessions::ended`], so live event streams re-check their session at once.
 //! - CSRF: every state-changing request of a session must carry the session's own random
@@ -29,7 +33,6 @@ use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,14 +45,6 @@ pub const SESSION_COOKIE: &str = "__Host-duli_session";
 pub const CSRF_COOKIE: &str = "__Host-duli_csrf";
 /// Header that must repeat the CSRF token on state-changing requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Failed logins per account before throttling starts.
-pub const FREE_FAILURES_ACCOUNT: u32 = 5;
-/// Failed logins per client address before throttling starts.
-pub const FREE_FAILURES_ADDRESS: u32 = 20;
-/// Longest wait imposed between attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
-/// Failures are forgotten after this long without a new one.
-pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 /// How far in the future a session's login or last request may lie (clock adjustments
 /// of a synchronised clock) before the session is invalid.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
@@ -69,6 +64,16 @@ pub struct Session {
     pub last_seen_ms: i64,
     /// Client address at login.
     pub source: String,
+}
+
+/// Whether a request is the user's own activity, which restarts its session's idle timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// A request of the user (a click, a search, opening a page).
+    User,
+    /// A request the page makes on its own (a reload after a live event, the event
+    /// stream): the session must be live, but its idle timer goes on running.
+    Background,
 }
 
 /// Errors of the session store.
@@ -110,22 +115,17 @@ impl Seen {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    last: Instant,
-}
-
 /// The sessions of the console, and the login throttle.
 #[derive(Debug)]
 pub struct Sessions {
     records: Records<Session>,
     idle: Duration,
     max: Duration,
-    failures: Mutex<HashMap<String, Failures>>,
     /// Monotonic times of the sessions seen by this process, by token key.
     seen: Mutex<HashMap<String, Seen>>,
     ended: tokio::sync::watch::Sender<u64>,
+    /// The throttle of failed logins and wrong setup codes.
+    pub login_throttle: super::login_throttle::LoginThrottle,
     /// Throttled login attempts of the current window.
     pub throttled: super::throttle_log::ThrottleLog,
 }
@@ -151,14 +151,6 @@ pub fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn backoff(count: u32, free: u32) -> Duration {
-    if count < free {
-        return Duration::ZERO;
-    }
-    let exp = (count - free).min(20);
-    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
-}
-
 impl Sessions {
     /// Opens the sessions tree with the idle and absolute lifetimes.
     pub fn open(store: &Store, idle: Duration, max: Duration) -> Result<Sessions, StoreError> {
@@ -166,7 +158,7 @@ impl Sessions {
             records: store.records(RecordTree::Sessions)?,
             idle,
             max,
-            failures: Mutex::new(HashMap::new()),
+            login_throttle: Default::default(),
             seen: Mutex::new(HashMap::new()),
             ended: tokio::sync::watch::channel(0).0,
             throttled: Default::default(),
@@ -233,7 +225,7 @@ impl Sessions {
         Ok(!self.ended_at(&key, &s, crate::clock::now_millis(), false))
     }
 
-    /// The absolute lifetime (cookie `Max-Age`).
+    /// The absolute lifetime of a session after its login.
     pub fn max_age(&self) -> Duration {
         self.max
     }
@@ -281,9 +273,10 @@ impl Sessions {
         Ok((token, session))
     }
 
-    /// The live session of a token, refreshing its idle timer; expired sessions are
-    /// removed and answer `None`.
-    pub fn lookup(&self, token: &str) -> Result<Option<Session>, StoreError> {
+    /// The live session of a token; expired sessions are removed and answer `None`. A
+    /// request of the user ([`Activity::User`]) restarts the session's idle timer, one the
+    /// page makes on its own ([`Activity::Background`]) does not.
+    pub fn lookup(&self, token: &str, activity: Activity) -> Result<Option<Session>, StoreError> {
         if token.len() != 64 {
             return Ok(None);
         }
@@ -292,9 +285,13 @@ impl Sessions {
             return Ok(None);
         };
         let now = crate::clock::now_millis();
-        if self.ended_at(&key, &s, now, true) {
+        let refresh = activity == Activity::User;
+        if self.ended_at(&key, &s, now, refresh) {
             self.end(&key)?;
             return Ok(None);
+        }
+        if !refresh {
+            return Ok(Some(s));
         }
         // Write the new idle timer at most once a second (or at once when the clock has
         // stepped back since the last request), as an update of the record as it is now: a
@@ -333,71 +330,15 @@ impl Sessions {
         self.bump_ended();
         Ok(n)
     }
-
-    /// Takes one login attempt for `user` from `addr`. `Err(wait)`: the client must wait
-    /// that long first, and nothing is counted. Otherwise the attempt counts as a failure
-    /// at once, before its password is checked, so that attempts made in parallel cannot
-    /// all pass this check before any of them has failed; [`Sessions::login_succeeded`]
-    /// gives it back.
-    pub fn begin_login(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
-        let mut wait = Duration::ZERO;
-        for (key, free) in keys(user, addr) {
-            if let Some(f) = map.get(&key) {
-                let until = f.last + backoff(f.count, free);
-                wait = wait.max(until.saturating_duration_since(now));
-            }
-        }
-        if !wait.is_zero() {
-            return Err(wait);
-        }
-        if map.len() > 100_000 {
-            map.clear();
-        }
-        for (key, _) in keys(user, addr) {
-            let f = map.entry(key).or_insert(Failures {
-                count: 0,
-                last: now,
-            });
-            f.count = f.count.saturating_add(1);
-            f.last = now;
-        }
-        Ok(())
-    }
-
-    /// Records a successful login: the account's failures are forgotten and the attempt
-    /// [`Sessions::begin_login`] counted against the address is given back.
-    pub fn login_succeeded(&self, user: &str, addr: Option<IpAddr>) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, _) in keys(user, addr) {
-            if key.starts_with("account:") {
-                map.remove(&key);
-            } else if let Some(f) = map.get_mut(&key) {
-                f.count = f.count.saturating_sub(1);
-            }
-        }
-    }
 }
 
-fn keys(user: &str, addr: Option<IpAddr>) -> Vec<(String, u32)> {
-    let mut k = vec![(format!("account:{user}"), FREE_FAILURES_ACCOUNT)];
-    if let Some(a) = addr {
-        let client = crate::client_key::ClientKey::of(a);
-        k.push((format!("address:{client}"), FREE_FAILURES_ADDRESS));
-    }
-    k
-}
-
-/// The `Set-Cookie` values that start a session.
-pub fn login_cookies(token: &str, csrf: &str, max_age: Duration) -> [String; 2] {
-    let age = max_age.as_secs();
+/// The `Set-Cookie` values that start a session: browser-session cookies (no `Max-Age`
+/// or `Expires`), gone when the browser closes; the server ends the session itself after
+/// its idle and absolute lifetimes.
+pub fn login_cookies(token: &str, csrf: &str) -> [String; 2] {
     [
-        format!(
-            "{SESSION_COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; Secure; SameSite=Strict"
-        ),
-        format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={age}; Secure; SameSite=Strict"),
+        format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict"),
+        format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; SameSite=Strict"),
     ]
 }
 
@@ -475,7 +416,7 @@ mod tests {
                         // Age the idle timer (without recreating a removed record) so
                         // that every lookup writes it back.
                         let _ = records.update(&key, |r| r.last_seen_ms -= 5_000);
-                        let _ = s.lookup(&token).unwrap();
+                        let _ = s.lookup(&token, Activity::User).unwrap();
                     }
                 });
                 start.wait();
@@ -486,7 +427,7 @@ mod tests {
                 looper.join().unwrap();
             });
             assert!(
-                s.lookup(&token).unwrap().is_none(),
+                s.lookup(&token, Activity::User).unwrap().is_none(),
                 "round {round}: the session came back after remove_user"
             );
             assert!(records.get(&key).unwrap().is_none(), "round {round}");
@@ -505,16 +446,25 @@ mod tests {
         let tree = store.records::<Session>(RecordTree::Sessions).unwrap();
         assert!(tree.get(token.as_bytes()).unwrap().is_none());
         assert!(tree.get(token_key(&token).as_bytes()).unwrap().is_some());
-        assert_eq!(s.lookup(&token).unwrap().unwrap().user, "ana");
+        assert_eq!(
+            s.lookup(&token, Activity::User).unwrap().unwrap().user,
+            "ana"
+        );
         std::thread::sleep(Duration::from_millis(350));
-        assert!(s.lookup(&token).unwrap().is_none(), "idle expiry");
+        assert!(
+            s.lookup(&token, Activity::User).unwrap().is_none(),
+            "idle expiry"
+        );
         assert!(tree.is_empty());
 
         let s =
             Sessions::open(&store, Duration::from_secs(60), Duration::from_millis(200)).unwrap();
         let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
         std::thread::sleep(Duration::from_millis(250));
-        assert!(s.lookup(&token).unwrap().is_none(), "absolute expiry");
+        assert!(
+            s.lookup(&token, Activity::User).unwrap().is_none(),
+            "absolute expiry"
+        );
     }
 
     /// A session written while the clock was a day ahead (or before the clock stepped
@@ -540,17 +490,20 @@ mod tests {
         };
         let token = ahead(day, day);
         assert!(!s.is_live(&token).unwrap());
-        assert!(s.lookup(&token).unwrap().is_none());
+        assert!(s.lookup(&token, Activity::User).unwrap().is_none());
         assert!(records.get(token_key(&token)).unwrap().is_none());
         // The same after a restart (no monotonic times of it in memory).
         let token = ahead(day, day);
         let restarted =
             Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(600)).unwrap();
-        assert!(restarted.lookup(&token).unwrap().is_none());
+        assert!(restarted.lookup(&token, Activity::User).unwrap().is_none());
         let token = ahead(0, 2 * 60_000 + 1_000);
-        assert!(s.lookup(&token).unwrap().is_none());
+        assert!(s.lookup(&token, Activity::User).unwrap().is_none());
         let token = ahead(5_000, 5_000);
-        assert!(s.lookup(&token).unwrap().is_some(), "within the tolerance");
+        assert!(
+            s.lookup(&token, Activity::User).unwrap().is_some(),
+            "within the tolerance"
+        );
     }
 
     /// A wall clock stepped back by D does not give a session D more: it is measured on
@@ -573,12 +526,12 @@ mod tests {
         let s =
             Sessions::open(&store, Duration::from_millis(300), Duration::from_secs(60)).unwrap();
         let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
-        assert!(s.lookup(&token).unwrap().is_some());
+        assert!(s.lookup(&token, Activity::User).unwrap().is_some());
         std::thread::sleep(Duration::from_millis(350));
         step_back(&token, 350);
         assert!(!s.is_live(&token).unwrap(), "idle expiry despite the step");
         assert!(
-            s.lookup(&token).unwrap().is_none(),
+            s.lookup(&token, Activity::User).unwrap().is_none(),
             "idle expiry despite the step"
         );
         // Absolute lifetime 300 ms, active all along, then the same step.
@@ -587,53 +540,57 @@ mod tests {
         let (token, _) = s.create("ana", Role::Radiologist, "").unwrap();
         for _ in 0..4 {
             std::thread::sleep(Duration::from_millis(90));
-            let _ = s.lookup(&token).unwrap();
+            let _ = s.lookup(&token, Activity::User).unwrap();
         }
         step_back(&token, 400);
         assert!(
-            s.lookup(&token).unwrap().is_none(),
+            s.lookup(&token, Activity::User).unwrap().is_none(),
             "absolute expiry despite the step"
         );
     }
 
+    /// Requests the page makes on its own find the session without keeping it alive: it
+    /// idles out while they go on; the user's own requests restart its idle timer.
     #[test]
-    fn throttle_grows_per_account_and_resets_on_success() {
+    fn background_lookups_do_not_keep_a_session_alive() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        // Attempts count when they begin: five in flight at once (none finished) leave
-        // the sixth waiting, as five failed ones would.
-        for _ in 0..FREE_FAILURES_ACCOUNT {
-            assert!(s.begin_login("bob", Some(ip)).is_ok());
+        let records = store.records::<Session>(RecordTree::Sessions).unwrap();
+        // Idle 2 s (the stored idle timer is written at most once a second).
+        let s = Sessions::open(&store, Duration::from_secs(2), Duration::from_secs(60)).unwrap();
+        let (user, _) = s.create("ana", Role::Radiologist, "").unwrap();
+        let (background, _) = s.create("bea", Role::Radiologist, "").unwrap();
+        let written = records.get(token_key(&background)).unwrap().unwrap();
+        for _ in 0..11 {
+            std::thread::sleep(Duration::from_millis(250));
+            assert!(s.lookup(&user, Activity::User).unwrap().is_some());
+            if let Some(found) = s.lookup(&background, Activity::Background).unwrap() {
+                assert_eq!(found.last_seen_ms, written.last_seen_ms, "not written");
+            }
         }
-        let wait = s.begin_login("bob", Some(ip)).unwrap_err();
-        assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1));
-        // Another account from the same address is not yet throttled; its success gives
-        // the address its attempt back.
-        assert!(s.begin_login("carol", Some(ip)).is_ok());
-        s.login_succeeded("carol", Some(ip));
-        s.login_succeeded("bob", Some(ip));
-        assert!(s.begin_login("bob", Some(ip)).is_ok());
-    }
-
-    #[test]
-    fn the_address_share_holds_against_attempts_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let s = Sessions::open(&store, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
-        let ip: IpAddr = "10.1.2.4".parse().unwrap();
-        // One account each, all begun before any ends: the address runs out at its share.
-        let passed = (0..FREE_FAILURES_ADDRESS + 10)
-            .filter(|i| s.begin_login(&format!("user{i}"), Some(ip)).is_ok())
-            .count();
-        assert_eq!(passed, FREE_FAILURES_ADDRESS as usize);
+        assert!(
+            s.lookup(&background, Activity::Background)
+                .unwrap()
+                .is_none(),
+            "idle expiry despite the background requests"
+        );
+        assert!(records.get(token_key(&background)).unwrap().is_none());
+        assert!(
+            s.lookup(&user, Activity::User).unwrap().is_some(),
+            "the user's requests kept the session"
+        );
     }
 
     #[test]
     fn cookies_carry_the_security_attributes() {
-        let [session, csrf] = login_cookies("t", "c", Duration::from_secs(10));
+        let [session, csrf] = login_cookies("t", "c");
         assert!(session.contains("HttpOnly") && session.contains("Secure"));
+        for cookie in [&session, &csrf] {
+            assert!(
+                !cookie.contains("Max-Age") && !cookie.contains("Expires"),
+                "a browser-session cookie: {cookie}"
+            );
+        }
         assert!(session.contains("SameSite=Strict"));
         assert!(!csrf.contains("HttpOnly") && csrf.contains("Secure"));
         assert!(session.starts_with("__Host-duli_session=t; Path=/;"));

@@ -15,11 +15,14 @@
 //!   provisioning fixed. `POST /api/v1/setup` takes `{code, username, password}` as a
 //!   same-origin JSON request (a cross-site form can neither send `application/json` nor
 //!   forge `Origin`), needs no session, and is accepted only while no admin exists. Wrong
-//!   codes are throttled like failed logins.
+//!   codes are throttled like failed logins, on counters of their own
+//!   ([`super::login_throttle::Target::Setup`]) that no login name shares (the client's
+//!   counter, whatever it tries, is the same).
 //! - Success: the admin account, an audit record, the code file and the pending file
 //!   deleted; from then on the route answers 409 and the normal login works.
 
 use super::api::{audit_now, parse_json, Request};
+use super::login_throttle::Target;
 use super::reply::{self, ApiError};
 use super::Console;
 use crate::accounts::{self, Role, User, UserInfo, Users};
@@ -35,8 +38,6 @@ use warp::reply::Response;
 
 /// Name of the setup code file under `<data_dir>/console/`.
 pub const CODE_FILE: &str = "setup-code";
-/// The throttle key that wrong setup codes count against (shared with failed logins).
-pub const THROTTLE_KEY: &str = "first-time-setup";
 /// Characters of a setup code (no 0/O, 1/I/L).
 const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 /// Characters in a setup code (about 79 bits).
@@ -360,9 +361,11 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
             "first-time setup is done; log in instead".into(),
         ));
     };
-    if let Err(wait) = c.sessions.begin_login(THROTTLE_KEY, req.peer) {
-        return Err(ApiError::Throttled(wait.as_secs().max(1)));
-    }
+    let attempt = c
+        .sessions
+        .login_throttle
+        .begin(Target::Setup, req.peer)
+        .map_err(|wait| ApiError::Throttled(wait.as_secs().max(1)))?;
     if !super::sessions::same_token(&normalise(&body.code), &normalise(&o.code)) {
         // The attempt was counted as a failure when it began.
         audit_now(
@@ -376,7 +379,7 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
         return Err(ApiError::Forbidden);
     }
     // The right code: the attempt is given back, whatever the rest of the request holds.
-    c.sessions.login_succeeded(THROTTLE_KEY, req.peer);
+    c.sessions.login_throttle.succeeded(attempt);
     let name = match (&o.username, body.username.as_deref().map(str::trim)) {
         (Some(fixed), Some(given)) if given != fixed && !given.is_empty() => {
             return Err(ApiError::BadRequest(format!(

@@ -23,7 +23,7 @@ pub use studies::{StudyView, WorklistRow};
 use super::reply::{self, ApiError};
 use super::roles::{self, Access, Endpoint, NoMatch};
 use super::server::Peer;
-use super::sessions::{self, Session};
+use super::sessions::{self, Activity, Session};
 use super::{assets, Console};
 use crate::audit::Event;
 use bytes::Buf;
@@ -35,6 +35,11 @@ use std::sync::Arc;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
+
+/// Header the page sets (`X-Background: 1`) on the requests it makes on its own (the
+/// worklist's reload after a live event): they are answered as any other but are not the
+/// user's activity, so they do not restart the session's idle timer.
+pub const BACKGROUND_HEADER: &str = "x-background";
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -97,10 +102,11 @@ fn body_plan(
     if m.route.endpoint != Endpoint::Upload {
         return Ok(BodyPlan::Read(MAX_BODY));
     }
+    let activity = activity(m.route.endpoint, headers);
     let Some(s) = session_token(headers)
         .ok()
         .flatten()
-        .and_then(|t| console.sessions.lookup(&t).ok().flatten())
+        .and_then(|t| console.sessions.lookup(&t, activity).ok().flatten())
         .filter(|s| m.route.access.allows(s.role) && csrf_matches(headers, s))
     else {
         return Ok(BodyPlan::Skip);
@@ -339,12 +345,34 @@ pub fn fuzz_bodies(body: &[u8]) {
     let _ = serde_json::from_slice::<super::setup::SetupBody>(body);
 }
 
-/// The session of a request, when it has a valid one.
-pub fn session_of(console: &Console, req: &Request) -> Result<Option<(String, Session)>, ApiError> {
+/// Whether a request to `endpoint` with `headers` is the user's activity: not when the
+/// route is not ([`Endpoint::is_user_activity`]), nor when the page marks the request as
+/// its own with [`BACKGROUND_HEADER`] `1`.
+fn activity(endpoint: Endpoint, headers: &HeaderMap) -> Activity {
+    let background = headers
+        .get(BACKGROUND_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    if background || !endpoint.is_user_activity() {
+        Activity::Background
+    } else {
+        Activity::User
+    }
+}
+
+/// The session of a request, when it has a valid one; `activity` tells whether the
+/// request restarts the session's idle timer.
+pub fn session_of(
+    console: &Console,
+    req: &Request,
+    activity: Activity,
+) -> Result<Option<(String, Session)>, ApiError> {
     let Some(token) = session_token(&req.headers)? else {
         return Ok(None);
     };
-    Ok(console.sessions.lookup(&token)?.map(|s| (token, s)))
+    Ok(console
+        .sessions
+        .lookup(&token, activity)?
+        .map(|s| (token, s)))
 }
 
 /// Routes, authenticates, authorises and dispatches one request.
@@ -371,7 +399,8 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
     let session = if matches!(route.access, Access::Public | Access::Setup) {
         None
     } else {
-        let (token, s) = session_of(&console, &req)?.ok_or(ApiError::Unauthenticated)?;
+        let activity = activity(route.endpoint, &req.headers);
+        let (token, s) = session_of(&console, &req, activity)?.ok_or(ApiError::Unauthenticated)?;
         if !route.access.allows(s.role) {
             audit_refusal(&console, &req, &s, route.pattern, "the role may not use it").await?;
             return Err(ApiError::Forbidden);

@@ -3,11 +3,13 @@
 use super::{audit_now, parse_json, source, Request};
 use crate::accounts::{self, Role};
 use crate::audit::{Action, Event};
+use crate::console::login_throttle::Target;
 use crate::console::reply::{self, ApiError};
 use crate::console::sessions::{self, Session};
 use crate::console::Console;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -64,8 +66,31 @@ pub(super) fn check(c: &Console, req: &Request) -> Result<Response, ApiError> {
     Ok(reply::json(StatusCode::OK, &Live { live: true }))
 }
 
-/// `POST /api/v1/login`: checks the password (throttled per account and address) and
-/// opens a session.
+/// The answer to a throttled login attempt on `name` that must wait `wait`: 429. Only the
+/// first throttled attempt of a window is audited; the rest are counted and summed up in
+/// one record per window.
+async fn throttled(c: &Console, name: &str, req: &Request, wait: Duration) -> ApiError {
+    let secs = wait.as_secs().max(1);
+    if c.sessions.throttled.note(name, req.peer) == crate::console::throttle_log::Noted::First {
+        let audited = audit_now(
+            c,
+            Event::new(name, Action::LoginFailed, name)
+                .from(&source(req))
+                .detail(format!(
+                    "throttled for {secs} s; further throttled attempts are counted"
+                ))
+                .failed(),
+        )
+        .await;
+        if let Err(e) = audited {
+            return e;
+        }
+    }
+    ApiError::Throttled(secs)
+}
+
+/// `POST /api/v1/login`: checks the password (throttled per account and address, per
+/// address and per account: [`crate::console::login_throttle`]) and opens a session.
 pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
     let body: LoginBody = parse_json(req)?;
     let src = source(req);
@@ -75,25 +100,11 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
             "user name and password required".into(),
         ));
     }
-    if let Err(wait) = c.sessions.begin_login(&name, req.peer) {
-        let secs = wait.as_secs().max(1);
-        // Only the first throttled attempt of a window is written; the rest are counted
-        // and summed up in one record per window.
-        if c.sessions.throttled.note(&name, req.peer) == crate::console::throttle_log::Noted::First
-        {
-            audit_now(
-                c,
-                Event::new(&name, Action::LoginFailed, &name)
-                    .from(&src)
-                    .detail(format!(
-                        "throttled for {secs} s; further throttled attempts are counted"
-                    ))
-                    .failed(),
-            )
-            .await?;
-        }
-        return Err(ApiError::Throttled(secs));
-    }
+    let target = Target::Account(name.clone());
+    let attempt = match c.sessions.login_throttle.begin(target, req.peer) {
+        Ok(attempt) => attempt,
+        Err(wait) => return Err(throttled(c, &name, req, wait).await),
+    };
     let user = c.users.get(&name)?;
     let password = body.password;
     let verified = {
@@ -127,7 +138,7 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
             return Err(ApiError::BadLogin);
         }
     };
-    c.sessions.login_succeeded(&user.name, req.peer);
+    c.sessions.login_throttle.succeeded(attempt);
     let (token, session) = c.sessions.create(&user.name, user.role, &src)?;
     // A change to the account while its password was checked (role, disabled, password,
     // removal) is written before it ends the account's sessions: either it ended this one
@@ -161,7 +172,7 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
     );
     Ok(reply::with_cookies(
         r,
-        &sessions::login_cookies(&token, &session.csrf, c.sessions.max_age()),
+        &sessions::login_cookies(&token, &session.csrf),
     ))
 }
 
