@@ -360,6 +360,8 @@ impl Outbox {
         let now = now_millis();
         let mut changed = 0;
         let mut woken = Vec::new();
+        // Read once, only when a dead entry is to be re-queued.
+        let mut superseded: Option<HashMap<String, u32>> = None;
         for entry in self.list(None)? {
             let selected = match which {
                 RetrySelector::Id(id) => entry.id == *id,
@@ -368,6 +370,30 @@ impl Outbox {
             };
             if !selected || entry.state == EntryState::Queued && entry.next_attempt_at <= now {
                 continue;
+            }
+            if entry.state == EntryState::Dead {
+                if superseded.is_none() {
+                    superseded = Some(self.superseded_reports()?);
+                }
+                let later = superseded
+                    .as_ref()
+                    .and_then(|s| s.get(&entry.report_id).copied());
+                if let Some(version) = later {
+                    // Re-sending it would put the older result back after the newer one.
+                    let note = format!(
+                        "not re-sent: superseded by version {version} of the study's result"
+                    );
+                    if entry.last_error.as_deref() != Some(note.as_str()) {
+                        self.update(&entry, |e| e.last_error = Some(note.clone()))?;
+                    }
+                    log::warn!(
+                        "outbox: {} {} of report {} not re-queued: {note}",
+                        entry.dest,
+                        entry.kind.as_str(),
+                        entry.report_id
+                    );
+                    continue;
+                }
             }
             self.update(&entry, |e| {
                 e.state = EntryState::Queued;
@@ -387,6 +413,36 @@ impl Outbox {
             self.notifier(&d).notify_one();
         }
         Ok(changed)
+    }
+
+    /// The report ids of results that a later result of the same study superseded, each
+    /// with the latest version of its study.
+    fn superseded_reports(&self) -> Result<HashMap<String, u32>, OutboxError> {
+        /// What a stored result says of itself (the rest of it is not read).
+        #[derive(serde::Deserialize)]
+        struct Head {
+            report_id: String,
+            study_instance_uid: String,
+            version: u32,
+        }
+        let tree = self.db.open_tree(super::results::RESULTS_TREE)?;
+        let mut heads = Vec::new();
+        let mut latest: HashMap<String, u32> = HashMap::new();
+        for kv in tree.iter() {
+            let (_, v) = kv?;
+            if let Ok(h) = serde_json::from_slice::<Head>(&v) {
+                let at = latest.entry(h.study_instance_uid.clone()).or_default();
+                *at = (*at).max(h.version);
+                heads.push(h);
+            }
+        }
+        Ok(heads
+            .into_iter()
+            .filter_map(|h| {
+                let newest = latest.get(&h.study_instance_uid).copied()?;
+                (newest > h.version).then_some((h.report_id, newest))
+            })
+            .collect())
     }
 
     /// Every entry (optionally of one destination), in destination then queue order.
@@ -760,6 +816,36 @@ mod tests {
             ob.retry(&RetrySelector::Id(999_999)),
             Err(OutboxError::NotFound(999_999))
         ));
+    }
+
+    /// A dead entry of a result that a later result of its study superseded is not
+    /// re-sent by a retry (it would put the older result back at the RIS after the newer
+    /// one): it stays dead and says why; the latest version's dead entry is re-queued.
+    #[test]
+    fn a_retry_never_resends_a_superseded_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ob) = open(dir.path(), OutboxLimits::default());
+        let results = db.open_tree(crate::store::results::RESULTS_TREE).unwrap();
+        for (key, report, version) in [("s\01", "v1", 1), ("s\02", "v2", 2)] {
+            let head = serde_json::json!({"report_id": report, "study_instance_uid": "1.2.3",
+                "version": version, "findings": []});
+            results
+                .insert(key, serde_json::to_vec(&head).unwrap())
+                .unwrap();
+        }
+        ob.enqueue(&[hl7("v1"), hl7("v2")]).unwrap();
+        for _ in 0..2 {
+            let e = ob.head(&Destination::Hl7).unwrap().unwrap();
+            ob.mark_rejected(&e, "AR", 1, &FAST).unwrap();
+        }
+        assert_eq!(ob.retry(&RetrySelector::All).unwrap(), 1);
+        let list = ob.list(Some(&Destination::Hl7)).unwrap();
+        let of = |r: &str| list.iter().find(|e| e.report_id == r).unwrap().clone();
+        assert_eq!(of("v1").state, EntryState::Dead);
+        assert!(of("v1")
+            .last_error
+            .is_some_and(|m| m.contains("superseded by version 2")));
+        assert_eq!(of("v2").state, EntryState::Queued);
     }
 
     #[test]
