@@ -826,7 +826,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (db, ob) = open(dir.path(), OutboxLimits::default());
         let results = db.open_tree(crate::store::results::RESULTS_TREE).unwrap();
-        for (key, report, version) in [("s\01", "v1", 1), ("s\02", "v2", 2)] {
+        for (key, report, version) in [("s-1", "v1", 1), ("s-2", "v2", 2)] {
             let head = serde_json::json!({"report_id": report, "study_instance_uid": "1.2.3",
                 "version": version, "findings": []});
             results
