@@ -96,6 +96,56 @@ impl FileArea {
         Ok(rel)
     }
 
+    /// Keeps the copy of an instance already at its place (a hard link beside it, named
+    /// `*.dcm.previous`, which no listing of instances takes), so that a placement whose
+    /// index commit then fails can be undone ([`FileArea::undo_place`]); `None` when the
+    /// place is empty.
+    pub fn keep_previous(&self, study_uid: &str, sop_uid: &str) -> io::Result<Option<PathBuf>> {
+        let dest = self.root.join(Self::relative_path(study_uid, sop_uid));
+        if !dest.exists() {
+            return Ok(None);
+        }
+        let kept = dest.with_extension("dcm.previous");
+        match fs::remove_file(&kept) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs::hard_link(&dest, &kept)?;
+        Ok(Some(kept))
+    }
+
+    /// Undoes a placement whose index commit failed: the copy kept before it
+    /// ([`FileArea::keep_previous`]) goes back in place, or, when there was none, the
+    /// placed file is removed, so the files hold what the index says.
+    pub fn undo_place(&self, rel: &Path, kept: Option<PathBuf>) -> io::Result<()> {
+        let dest = self.root.join(rel);
+        match kept {
+            Some(kept) => fs::rename(&kept, &dest)?,
+            None => match fs::remove_file(&dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
+        }
+        match dest.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops the copy kept by [`FileArea::keep_previous`] once the placement is committed.
+    pub fn drop_kept(&self, kept: Option<PathBuf>) -> io::Result<()> {
+        match kept {
+            Some(kept) => match fs::remove_file(&kept) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
+        }
+    }
+
     /// Removes a placed file (retention) and syncs its folder; removes the folder when empty.
     pub fn remove(&self, rel: &Path) -> io::Result<()> {
         let path = self.root.join(rel);

@@ -51,6 +51,27 @@ fn leave_previous_study(
     Ok(Some(after))
 }
 
+/// In tests, makes the next index commit of [`Store::place_and_commit`] for this SOP
+/// Instance UID fail as a full disk would; never set outside tests.
+#[cfg(test)]
+pub(crate) static FAIL_COMMIT_OF: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The failure a test asked for ([`FAIL_COMMIT_OF`]); always `None` outside tests.
+fn injected_commit_failure(_sop: &str) -> Option<StoreError> {
+    #[cfg(test)]
+    {
+        let mut asked = FAIL_COMMIT_OF.lock().unwrap_or_else(|p| p.into_inner());
+        if asked.as_deref() == Some(_sop) {
+            *asked = None;
+            return Some(StoreError::Io {
+                what: "commit (injected by a test)".into(),
+                source: std::io::Error::other("no space left on device"),
+            });
+        }
+    }
+    None
+}
+
 impl Store {
     /// Records an instance and updates its study, in one transaction. Not durable until
     /// [`Store::flush`].
@@ -170,14 +191,23 @@ impl Store {
         }
         let extra = batch_writes(batches)?;
         let size = staged.size();
-        let rel = self
+        let (study_uid, sop_uid) = (
+            &header.instance.study_instance_uid,
+            &header.instance.sop_instance_uid,
+        );
+        // An earlier copy at the same place is kept until the commit: a commit that fails
+        // (a full disk) puts it back, so the file always holds what the index says.
+        let kept = self
             .files
-            .place(
-                staged,
-                &header.instance.study_instance_uid,
-                &header.instance.sop_instance_uid,
-            )
-            .map_err(io_err("place the file"))?;
+            .keep_previous(study_uid, sop_uid)
+            .map_err(io_err("keep the earlier copy"))?;
+        let rel = match self.files.place(staged, study_uid, sop_uid) {
+            Ok(rel) => rel,
+            Err(e) => {
+                let _ = self.files.drop_kept(kept);
+                return Err(io_err("place the file")(e));
+            }
+        };
         if generated {
             self.note_generated(sop)?;
         }
@@ -189,8 +219,27 @@ impl Store {
         // The caller says whether this box made it; a header claiming to come from this
         // box proves nothing.
         rec.generated = generated;
-        let commit = self.commit_instance_with(&rec, &header.study, &extra)?;
-        Ok((rec, commit))
+        let committed = match injected_commit_failure(sop) {
+            Some(e) => Err(e),
+            None => self.commit_instance_with(&rec, &header.study, &extra),
+        };
+        match committed {
+            Ok(commit) => {
+                if let Err(e) = self.files.drop_kept(kept) {
+                    log::warn!("store: cannot remove the earlier copy of {sop}: {e}");
+                }
+                Ok((rec, commit))
+            }
+            Err(e) => {
+                if let Err(undo) = self.files.undo_place(&rel, kept) {
+                    log::error!(
+                        "store: the index commit of {sop} failed ({e}) and its file could not \
+                         be put back ({undo}); `duli reindex` restores the agreement"
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Removes the file of `previous`, an instance's record before it was sent again under

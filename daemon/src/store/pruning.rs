@@ -305,6 +305,48 @@ mod tests {
             .0
     }
 
+    /// An index commit that fails after the file was placed (a full disk) leaves the
+    /// files as the index says: an earlier copy is put back, a new instance's file is
+    /// removed, and no kept copy stays behind; a commit that succeeds replaces the copy.
+    #[test]
+    fn a_failed_commit_puts_the_earlier_copy_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = receive(&store, "6.1", "6.1.1", 1);
+        let path = store.root().join(&first.path);
+        let header = |sop: &str| Header {
+            instance: InstanceRecord {
+                sop_instance_uid: sop.into(),
+                study_instance_uid: "6.1".into(),
+                ..Default::default()
+            },
+            study: StudyRecord::default(),
+        };
+        let fail = |sop: &str| {
+            *crate::store::instances::FAIL_COMMIT_OF.lock().unwrap() = Some(sop.into());
+        };
+        fail("6.1.1");
+        let e = store.place_and_commit(staged(&store, 2), &header("6.1.1"), "MODALITY", false, &[]);
+        assert!(e.is_err());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            vec![1u8; 100],
+            "earlier copy back"
+        );
+        assert!(!path.with_extension("dcm.previous").exists());
+        fail("6.1.2");
+        let e = store.place_and_commit(staged(&store, 2), &header("6.1.2"), "MODALITY", false, &[]);
+        assert!(e.is_err());
+        let placed = store
+            .root()
+            .join(crate::store::files::FileArea::relative_path("6.1", "6.1.2"));
+        assert!(!placed.exists(), "a new instance's file is removed");
+        assert!(store.instance("6.1.2").unwrap().is_none());
+        receive(&store, "6.1", "6.1.1", 3);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![3u8; 100]);
+        assert!(!path.with_extension("dcm.previous").exists());
+    }
+
     /// A copy of an instance sent again after its old copy was claimed is neither removed
     /// nor left marked pruned: the removal sees that the record is no longer the claimed one.
     #[test]
