@@ -220,6 +220,19 @@ mod tests {
     use super::*;
     use ring::digest::SHA256;
 
+    /// The shipped model's manifest text and its `[file]` table, to rewrite for a test.
+    fn shipped_manifest() -> (String, toml::Table) {
+        let shipped = std::fs::read_to_string(
+            crate::locate::source_root()
+                .unwrap()
+                .join(crate::locate::DEFAULT_MODEL),
+        )
+        .unwrap();
+        let table: toml::Table = shipped.parse().unwrap();
+        let file = table["file"].as_table().unwrap().clone();
+        (shipped, file)
+    }
+
     #[test]
     fn model_check_verifies_network_and_weights_like_the_inference_stage() {
         let dir = tempfile::tempdir().unwrap();
@@ -228,14 +241,7 @@ mod tests {
         let sha = |b: &[u8]| hex::encode(ring::digest::digest(&SHA256, b).as_ref());
         std::fs::write(dir.path().join("net.xml"), b"network").unwrap();
         std::fs::write(dir.path().join("net.bin"), b"weights").unwrap();
-        let shipped = std::fs::read_to_string(
-            crate::locate::source_root()
-                .unwrap()
-                .join(crate::locate::DEFAULT_MODEL),
-        )
-        .unwrap();
-        let table: toml::Table = shipped.parse().unwrap();
-        let file = table["file"].as_table().unwrap();
+        let (shipped, file) = shipped_manifest();
         let text = shipped
             .replace(file["path"].as_str().unwrap(), "net.xml")
             .replace(file["weights"].as_str().unwrap(), "net.bin")
@@ -264,14 +270,7 @@ mod tests {
         let model = dir.path().join("model");
         std::fs::create_dir(&model).unwrap();
         let manifest = model.join("model.toml");
-        let shipped = std::fs::read_to_string(
-            crate::locate::source_root()
-                .unwrap()
-                .join(crate::locate::DEFAULT_MODEL),
-        )
-        .unwrap();
-        let table: toml::Table = shipped.parse().unwrap();
-        let file = table["file"].as_table().unwrap();
+        let (shipped, file) = shipped_manifest();
         let with_network = |name: &str| {
             shipped
                 .replace(file["path"].as_str().unwrap(), name)

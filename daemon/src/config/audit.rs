@@ -103,11 +103,7 @@ impl SyslogTarget {
     /// Whether the host is literally a loopback name or address: `localhost`,
     /// 127.0.0.0/8 or `::1`. Other names are not resolved: they may point anywhere later.
     pub fn is_loopback(&self) -> bool {
-        self.host.eq_ignore_ascii_case("localhost")
-            || self
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        super::delivery::is_loopback_host(&self.host)
     }
 }
 

@@ -167,15 +167,8 @@ async fn send_matches(
             "the matching could not start".to_string(),
         )));
     };
-    turn.forget();
     let worker = tokio::task::spawn_blocking(move || {
-        struct Turn;
-        impl Drop for Turn {
-            fn drop(&mut self) {
-                MATCHING_TURNS.add_permits(1);
-            }
-        }
-        let _turn = Turn;
+        let _turn = turn;
         query::run(&store, &q, &ae, &cancel, &mut |obj| {
             let encoded = identifier::encode_identifier(&obj, &ts);
             tx.blocking_send(encoded).is_ok()

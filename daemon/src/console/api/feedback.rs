@@ -37,7 +37,7 @@ pub(super) async fn give(
     }
     let rec = c.store.study(uid)?.ok_or(ApiError::NotFound)?;
     let finding = match body.finding.filter(|f| !f.is_empty()) {
-        Some(named) => Some(model_label(c, uid, &named)?),
+        Some(named) => Some(model_code(c, uid, &named)?),
         None => None,
     };
     let f = feedback::Feedback {
@@ -71,7 +71,7 @@ pub(super) async fn give(
 /// finding may only name one of the model's labels, since it reaches the cloud and free
 /// text could carry anything (a name, a note). The code is what the cloud's reports name
 /// the finding by (their `label`), so feedback joins them.
-fn model_label(c: &Console, uid: &str, named: &str) -> Result<String, ApiError> {
+fn model_code(c: &Console, uid: &str, named: &str) -> Result<String, ApiError> {
     let result = crate::store::results::latest_result(&c.store, uid)?;
     result
         .iter()
