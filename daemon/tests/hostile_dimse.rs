@@ -521,6 +521,37 @@ fn a_peer_that_stops_reading_loses_its_association_after_the_idle_timeout() {
     assert!(timed_echo(&d) < Duration::from_secs(5));
 }
 
+/// Over the network, a C-FIND whose key is a pattern of 60,000 stars (a matching that
+/// would cost seconds per stored study) is refused with A900 before any matching, its
+/// comment naming the key, and the association serves the next C-FIND.
+#[test]
+fn an_oversized_c_find_key_is_refused_and_the_association_serves_on() {
+    let d = Daemon::start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, uids::STUDY_ROOT_QR_FIND)], &[]);
+    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
+    id.extend(element(
+        0x0010,
+        0x0010,
+        b"PN",
+        &format!("{}Z", "*".repeat(59_999)),
+        b' ',
+    ));
+    id.extend(element(0x0020, 0x000D, b"UI", "", 0));
+    let rq = Command::find_rq(1, uids::STUDY_ROOT_QR_FIND, Priority::Medium);
+    let rsp = peer.request(1, &rq, Some(&id)).unwrap();
+    assert_eq!(status(&rsp), 0xA900, "{rsp:?}");
+    assert!(
+        rsp.error_comment
+            .as_deref()
+            .is_some_and(|c| c.contains("(0010,0010)")),
+        "{rsp:?}"
+    );
+    let rq = Command::find_rq(2, uids::STUDY_ROOT_QR_FIND, Priority::Medium);
+    let rsp = peer.request(1, &rq, Some(&study_identifier())).unwrap();
+    assert_eq!(status(&rsp), 0x0000, "{rsp:?}");
+    peer.release().unwrap();
+}
+
 /// A refused association (here a wrong called AE title, as an AE-title guesser sends) is
 /// audited, once per address, calling AE and ten minutes, so guessing leaves a trace and a
 /// flood of attempts cannot fill the trail.
