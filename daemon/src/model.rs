@@ -48,6 +48,10 @@ impl StudyState {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One stored DICOM instance, as the index keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct InstanceRecord {
@@ -65,6 +69,11 @@ pub struct InstanceRecord {
     pub path: String,
     /// File size in bytes.
     pub size: u64,
+    /// Identity of the file on its file system (its inode number) when it was placed; 0
+    /// when unknown (records written before it was kept). After a crash it tells which of
+    /// an instance's copies the record describes (`store::kept`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file_id: u64,
     /// Receive time, seconds since the Unix epoch.
     pub received_at: i64,
     /// Calling AE title of the sender (empty for files found by reindex).

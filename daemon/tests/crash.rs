@@ -200,3 +200,148 @@ fn kill_at_random_moments_mid_transfer_loses_nothing_acknowledged() {
         );
     }
 }
+
+/// Writes version `version` of each file (same SOP Instance UID; Instance Number
+/// `version + 1`, and the last 64 pixel bytes set to it) into `out`, as the same names.
+const RESEND_SCRIPT: &str = r#"
+import os, sys, pydicom
+out, version = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+for src in sys.argv[3:]:
+    ds = pydicom.dcmread(src)
+    ds.InstanceNumber = version + 1
+    px = bytearray(ds.PixelData)
+    px[-64:] = bytes([version + 1]) * 64
+    ds.PixelData = bytes(px)
+    ds.save_as(os.path.join(out, os.path.basename(src)), enforce_file_format=True)
+"#;
+
+/// Instances sent again with other contents while the daemon is killed at random moments:
+/// after each restart every indexed record describes the file in place (its Instance
+/// Number and size are the file's), that file is a version that was sent and never older
+/// than the last one acknowledged, and no copy kept for a replacement is left over.
+#[test]
+fn kill_while_instances_are_sent_again_keeps_files_and_index_agreeing() {
+    let Some(storescu_path) = require_tool("storescu") else {
+        return;
+    };
+    let rounds = rounds(3, 20);
+    let dir = temp_dir("crash-c");
+    let Some(sent) = make_dx(&dir.path().join("v"), 60, 1024, 11) else {
+        return;
+    };
+    let originals: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = sent.keys().cloned().collect();
+        v.sort();
+        v
+    };
+    let sop_of = |f: &Path| -> String {
+        sent[&originals
+            .iter()
+            .find(|o| o.file_name() == f.file_name())
+            .cloned()
+            .unwrap()]
+            .clone()
+    };
+    let mut d = Daemon::start();
+    // Per SOP Instance UID: the newest version acknowledged.
+    let mut acked_version: HashMap<String, usize> = HashMap::new();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..rounds {
+        let out = dir.path().join(format!("v{round}"));
+        let mut args = vec![out.to_str().unwrap().to_string(), round.to_string()];
+        args.extend(originals.iter().map(|p| p.to_str().unwrap().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Some(mut cmd) = python_script(RESEND_SCRIPT, &args) else {
+            return;
+        };
+        run(&mut cmd, Duration::from_secs(300)).assert_success("writing a version");
+        let files: Vec<PathBuf> = originals
+            .iter()
+            .map(|o| out.join(o.file_name().unwrap()))
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(30 + seed % 400);
+        let log = dir.path().join(format!("storescu-{round}.log"));
+        let mut cmd = std::process::Command::new(&storescu_path);
+        cmd.env("TCP_NODELAY", "1")
+            .args([
+                "-v",
+                "-aet",
+                "MODALITY",
+                "-aec",
+                DULI_AET,
+                "127.0.0.1",
+                &d.dicom_port.to_string(),
+            ])
+            .args(&files);
+        let mut sender = Background::spawn("storescu", &mut cmd, &log).unwrap();
+        std::thread::sleep(delay);
+        d.kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while sender.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let acked = acknowledged(&sender.log());
+        for f in &acked {
+            acked_version.insert(sop_of(f), round);
+        }
+        d.restart();
+        let listed = run(&mut d.command(&["instances"]), Duration::from_secs(60));
+        listed.assert_success("duli instances");
+        let list: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+        for inst in list.as_array().unwrap() {
+            let sop = inst["sop_instance_uid"].as_str().unwrap();
+            let path = d.data_dir().join(inst["path"].as_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(
+                inst["size"].as_u64(),
+                Some(bytes.len() as u64),
+                "{sop}: the record's size is the file's"
+            );
+            let obj = dicom_object::open_file(&path).unwrap();
+            let number: i64 = obj
+                .element_by_name("InstanceNumber")
+                .unwrap()
+                .to_int()
+                .unwrap();
+            assert_eq!(
+                inst["instance_number"].as_i64(),
+                Some(number),
+                "{sop}: the record's Instance Number is the file's"
+            );
+            let version = (number - 1) as usize;
+            assert!(version <= round, "{sop}: version {version} was never sent");
+            assert_eq!(
+                bytes[bytes.len() - 64..],
+                [version as u8 + 1; 64],
+                "{sop}: the file is version {version} as sent"
+            );
+            if let Some(&newest) = acked_version.get(sop) {
+                assert!(
+                    version >= newest,
+                    "{sop}: version {newest} was acknowledged, version {version} is stored"
+                );
+            }
+        }
+        for sop in acked_version.keys() {
+            assert!(
+                list.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i["sop_instance_uid"] == sop.as_str()),
+                "acknowledged {sop} lost"
+            );
+        }
+        let kept: Vec<_> = std::fs::read_dir(d.data_dir().join("kept"))
+            .unwrap()
+            .collect();
+        assert!(kept.is_empty(), "kept copies left: {kept:?}");
+        eprintln!(
+            "crash C round {round}: killed after {delay:?}; {} acknowledged in this round",
+            acked.len()
+        );
+    }
+}

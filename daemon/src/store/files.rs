@@ -4,7 +4,9 @@
 //! write-behind (the kernel is asked to start writeback every few MiB, so the final fsync
 //! is short), then fsync'd and renamed into `files/<study>/<instance>.dcm` with an fsync of
 //! the directory ([`FileArea::place`]). A file is either complete under `files/` or absent;
-//! leftovers in `tmp/` are removed at start-up.
+//! leftovers in `tmp/` are removed at start-up. The copy a new one replaces is kept (a hard
+//! link under `kept/`) until the replacement's index commit is durable, so that whatever the
+//! index says after a crash, its file is there ([`crate::store::kept`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -21,18 +23,33 @@ pub struct FileArea {
     root: PathBuf,
     files: PathBuf,
     tmp: PathBuf,
+    kept: PathBuf,
+}
+
+/// An earlier copy of an instance kept under `kept/` ([`FileArea::keep_previous`]), named
+/// `<study>_<instance>_<n>.dcm` after the place it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptCopy {
+    /// The hard link under `kept/`.
+    pub path: PathBuf,
+    /// The place it was kept from, relative to the data directory.
+    pub rel: PathBuf,
+    /// The instance's name component (its SOP Instance UID when that is a plain UID).
+    pub sop_component: String,
 }
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl FileArea {
-    /// Opens (creating) `files/` and `tmp/` under `root`, and removes temp leftovers of a
-    /// previous run (they were never acknowledged).
+    /// Opens (creating) `files/`, `tmp/` and `kept/` under `root`, and removes temp
+    /// leftovers of a previous run (they were never acknowledged).
     pub fn open(root: &Path) -> io::Result<FileArea> {
         let files = root.join("files");
         let tmp = root.join("tmp");
+        let kept = root.join("kept");
         fs::create_dir_all(&files)?;
         fs::create_dir_all(&tmp)?;
+        fs::create_dir_all(&kept)?;
         for entry in fs::read_dir(&tmp)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
@@ -43,6 +60,7 @@ impl FileArea {
             root: root.to_path_buf(),
             files,
             tmp,
+            kept,
         })
     }
 
@@ -96,22 +114,25 @@ impl FileArea {
         Ok(rel)
     }
 
-    /// Keeps the copy of an instance already at its place (a hard link beside it, named
-    /// `*.dcm.previous`, which no listing of instances takes), so that a placement whose
-    /// index commit then fails can be undone ([`FileArea::undo_place`]); `None` when the
-    /// place is empty.
+    /// Keeps the copy of an instance already at its place: a hard link under `kept/`,
+    /// made durable, which no listing of instances takes. A placement whose index commit
+    /// then fails is undone with it ([`FileArea::undo_place`]); one whose commit succeeds
+    /// drops it once the commit is durable ([`FileArea::drop_kept`]). Several replacements
+    /// of one instance before a flush each keep their own. `None` when the place is empty.
     pub fn keep_previous(&self, study_uid: &str, sop_uid: &str) -> io::Result<Option<PathBuf>> {
         let dest = self.root.join(Self::relative_path(study_uid, sop_uid));
         if !dest.exists() {
             return Ok(None);
         }
-        let kept = dest.with_extension("dcm.previous");
-        match fs::remove_file(&kept) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let kept = self.kept.join(format!(
+            "{}_{}_{}-{seq}.dcm",
+            safe_component(study_uid),
+            safe_component(sop_uid),
+            std::process::id()
+        ));
         fs::hard_link(&dest, &kept)?;
+        sync_dir(&self.kept)?;
         Ok(Some(kept))
     }
 
@@ -119,22 +140,38 @@ impl FileArea {
     /// ([`FileArea::keep_previous`]) goes back in place, or, when there was none, the
     /// placed file is removed, so the files hold what the index says.
     pub fn undo_place(&self, rel: &Path, kept: Option<PathBuf>) -> io::Result<()> {
-        let dest = self.root.join(rel);
         match kept {
-            Some(kept) => fs::rename(&kept, &dest)?,
-            None => match fs::remove_file(&dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            },
-        }
-        match dest.parent() {
-            Some(dir) => sync_dir(dir),
-            None => Ok(()),
+            Some(kept) => self.restore_kept(&kept, rel),
+            None => {
+                let dest = self.root.join(rel);
+                match fs::remove_file(&dest) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                match dest.parent() {
+                    Some(dir) => sync_dir(dir),
+                    None => Ok(()),
+                }
+            }
         }
     }
 
-    /// Drops the copy kept by [`FileArea::keep_previous`] once the placement is committed.
+    /// Puts a kept copy back at `rel` (relative to the data directory), replacing what is
+    /// there, durably.
+    pub fn restore_kept(&self, kept: &Path, rel: &Path) -> io::Result<()> {
+        let dest = self.root.join(rel);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::rename(kept, &dest)?;
+        if let Some(dir) = dest.parent() {
+            sync_dir(dir)?;
+        }
+        sync_dir(&self.kept)
+    }
+
+    /// Drops the copy kept by [`FileArea::keep_previous`] once the placement is durable.
     pub fn drop_kept(&self, kept: Option<PathBuf>) -> io::Result<()> {
         match kept {
             Some(kept) => match fs::remove_file(&kept) {
@@ -144,6 +181,42 @@ impl FileArea {
             },
             None => Ok(()),
         }
+    }
+
+    /// The copies kept under `kept/` (after a crash: those whose replacement may not have
+    /// been durable). Names this area did not make are listed with an empty `rel` and
+    /// `sop_component`, to be removed.
+    pub fn kept_copies(&self) -> io::Result<Vec<KeptCopy>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.kept)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let parts: Vec<&str> = name
+                .strip_suffix(".dcm")
+                .unwrap_or("")
+                .splitn(3, '_')
+                .collect();
+            let (rel, sop_component) = match parts[..] {
+                [study, sop, _seq] if is_component(study) && is_component(sop) => (
+                    PathBuf::from("files")
+                        .join(study)
+                        .join(format!("{sop}.dcm")),
+                    sop.to_string(),
+                ),
+                _ => (PathBuf::new(), String::new()),
+            };
+            out.push(KeptCopy {
+                path,
+                rel,
+                sop_component,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 
     /// Removes a placed file (retention) and syncs its folder; removes the folder when empty.
@@ -204,6 +277,18 @@ fn safe_component(uid: &str) -> String {
         let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
         format!("x{}", hex::encode(&d.as_ref()[..16]))
     }
+}
+
+/// Whether `name` is what [`safe_component`] makes: a plain UID or `x` and 32 hex digits.
+fn is_component(name: &str) -> bool {
+    let uid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && !name.starts_with('.');
+    let hashed = name.len() == 33
+        && name.starts_with('x')
+        && name[1..].chars().all(|c| c.is_ascii_hexdigit());
+    uid || hashed
 }
 
 /// fsync of a directory, so that a rename or create in it is durable.

@@ -195,8 +195,9 @@ impl Store {
             &header.instance.study_instance_uid,
             &header.instance.sop_instance_uid,
         );
-        // An earlier copy at the same place is kept until the commit: a commit that fails
-        // (a full disk) puts it back, so the file always holds what the index says.
+        // An earlier copy at the same place is kept until the commit is durable: a commit
+        // that fails (a full disk) puts it back, and so does the next start when a crash
+        // lost the commit (`kept`), so the file always holds what the index says.
         let kept = self
             .files
             .keep_previous(study_uid, sop_uid)
@@ -212,6 +213,9 @@ impl Store {
             self.note_generated(sop)?;
         }
         let mut rec = header.instance.clone();
+        rec.file_id = std::fs::metadata(self.root().join(&rel))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
         rec.path = rel.to_string_lossy().to_string();
         rec.size = size;
         rec.received_at = crate::clock::now_secs();
@@ -225,8 +229,9 @@ impl Store {
         };
         match committed {
             Ok(commit) => {
-                if let Err(e) = self.files.drop_kept(kept) {
-                    log::warn!("store: cannot remove the earlier copy of {sop}: {e}");
+                // Dropped by the flush that makes this commit durable.
+                if let Some(kept) = kept {
+                    self.kept.add(kept);
                 }
                 Ok((rec, commit))
             }

@@ -13,6 +13,8 @@
 //! - [`files`]: the Part 10 file area; [`header`]: what the index keeps of a file's header.
 //! - [`instances`]: an instance indexed with its study, in one transaction (received or
 //!   generated), superseded copies removed.
+//! - [`kept`]: the copy a received-again instance replaces, kept until the replacement is
+//!   durable and put back at start-up when its commit was lost.
 //! - [`states`]: the checked study state transitions and the count per state.
 //! - [`reindex`]: the index rebuilt from the files.
 //! - [`records`]: typed JSON record trees and the one decode-mutate-encode loop.
@@ -28,6 +30,7 @@
 pub mod files;
 pub mod header;
 pub mod instances;
+pub mod kept;
 pub mod liveness;
 pub mod outbox;
 pub mod pruning;
@@ -192,6 +195,8 @@ pub struct Store {
     instance_locks: pruning::InstanceLocks,
     /// Where this open set an unreadable index aside (`index.broken-<time>`), if it did.
     set_aside: Option<PathBuf>,
+    /// Copies replaced by a commit the next flush makes durable ([`kept`]).
+    kept: kept::Pending,
 }
 
 impl Store {
@@ -237,6 +242,7 @@ impl Store {
             worklist: std::sync::RwLock::new(None),
             instance_locks: pruning::InstanceLocks::new(),
             set_aside,
+            kept: kept::Pending::default(),
         };
         // sled opens some damaged files as an empty database without an error: an index
         // without its schema version is treated as lost and rebuilt from the files.
@@ -270,6 +276,13 @@ impl Store {
             log::info!("query indexes built for {} studies", studies.len());
         }
         store.meta.insert(QR_INDEX_MARK, &current)?;
+        let recovered = store.recover_kept(rebuild)?;
+        if recovered.restored > 0 {
+            log::warn!(
+                "store: {} instance file(s) put back to the copy the index names",
+                recovered.restored
+            );
+        }
         if rebuild && has_files {
             let report = store.reindex()?;
             log::warn!(
@@ -455,23 +468,39 @@ impl Store {
     /// Makes everything committed so far durable. Concurrent callers share the work of
     /// one flush where they overlap.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let due = self.kept.take();
         // sled's flush_async runs on sled's own small thread pool; under load, with several
         // associations flushing at once, it was seen to stall every caller. A blocking
         // flush on tokio's blocking pool does the same work without that pool.
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| StoreError::Io {
                 what: "index flush task".into(),
                 source: std::io::Error::other(e.to_string()),
-            })??;
-        Ok(())
+            })
+            .and_then(|r| r.map_err(StoreError::from));
+        self.after_flush(flushed.is_ok(), due);
+        flushed.map(|_| ())
     }
 
     /// Blocking flush, for commands and shutdown.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        let due = self.kept.take();
+        let flushed = self.db.flush();
+        self.after_flush(flushed.is_ok(), due);
+        flushed?;
         Ok(())
+    }
+
+    /// Drops the copies kept for replacements a flush made durable, or gives them back
+    /// when it failed.
+    fn after_flush(&self, ok: bool, due: Vec<PathBuf>) {
+        if ok {
+            self.drop_durably_replaced(due);
+        } else {
+            self.kept.put_back(due);
+        }
     }
 
     /// One instance by SOP Instance UID.

@@ -278,11 +278,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::header::Header;
 
-    fn staged(store: &Store, byte: u8) -> crate::store::files::StagedFile {
+    pub(crate) fn staged(store: &Store, byte: u8) -> crate::store::files::StagedFile {
         let mut f = store.files().incoming().unwrap();
         f.write(&[byte; 100]).unwrap();
         f.finish().unwrap()
@@ -290,7 +290,7 @@ mod tests {
 
     /// Receives (places and commits) a copy of instance `sop` of study `study` whose
     /// bytes are all `byte`, as a C-STORE does.
-    fn receive(store: &Store, study: &str, sop: &str, byte: u8) -> InstanceRecord {
+    pub(crate) fn receive(store: &Store, study: &str, sop: &str, byte: u8) -> InstanceRecord {
         let header = Header {
             instance: InstanceRecord {
                 sop_instance_uid: sop.into(),
@@ -333,7 +333,7 @@ mod tests {
             vec![1u8; 100],
             "earlier copy back"
         );
-        assert!(!path.with_extension("dcm.previous").exists());
+        assert!(store.files().kept_copies().unwrap().is_empty());
         fail("6.1.2");
         let e = store.place_and_commit(staged(&store, 2), &header("6.1.2"), "MODALITY", false, &[]);
         assert!(e.is_err());
@@ -344,7 +344,13 @@ mod tests {
         assert!(store.instance("6.1.2").unwrap().is_none());
         receive(&store, "6.1", "6.1.1", 3);
         assert_eq!(std::fs::read(&path).unwrap(), vec![3u8; 100]);
-        assert!(!path.with_extension("dcm.previous").exists());
+        assert_eq!(
+            store.files().kept_copies().unwrap().len(),
+            1,
+            "kept until the commit is durable"
+        );
+        store.flush_blocking().unwrap();
+        assert!(store.files().kept_copies().unwrap().is_empty());
     }
 
     /// A copy of an instance sent again after its old copy was claimed is neither removed

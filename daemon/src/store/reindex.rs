@@ -74,6 +74,7 @@ impl Store {
                         .to_string_lossy()
                         .to_string();
                     inst.size = meta.len();
+                    inst.file_id = std::os::unix::fs::MetadataExt::ino(&meta);
                     inst.received_at = meta
                         .modified()
                         .ok()
