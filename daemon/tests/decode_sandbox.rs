@@ -182,24 +182,31 @@ fn retrieval_re_encodes_these_syntaxes_in_the_child_exactly_as_in_process() {
         .unwrap();
     for name in ["jpeg-ls-lossless.dcm", "j2k-lossless.dcm"] {
         let path = seed(name);
-        let child = duli::infer::decode_sandbox::transcode(
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(dir.path().join("out")).unwrap();
+        let len = duli::infer::decode_sandbox::transcode(
             &duli(),
             &path,
             EXPLICIT_LE,
+            &out,
             64 << 20,
             Duration::from_secs(30),
         )
         .unwrap();
+        let child = std::fs::read(dir.path().join("out")).unwrap();
+        assert_eq!(child.len() as u64, len);
         let mut obj = dicom_object::open_file(&path).unwrap();
         obj.transcode(target).unwrap();
         let mut here = Vec::new();
         obj.write_dataset_with_ts(&mut here, target).unwrap();
         assert_eq!(child, here, "{name}");
         // Held to the bound it is given.
+        let out = std::fs::File::create(dir.path().join("small")).unwrap();
         let err = duli::infer::decode_sandbox::transcode(
             &duli(),
             &path,
             EXPLICIT_LE,
+            &out,
             1024,
             Duration::from_secs(30),
         )

@@ -752,3 +752,113 @@ fn infer_runtime_present() -> Option<()> {
     }
     Some(())
 }
+
+/// A deflated instance of about 0.7 MB that declares a 9000 x 9000 16-bit image (162 MB
+/// inflated, within `inference.max_pixels`) is stored, then retrieved by a C-GET SCU that
+/// accepts only uncompressed syntaxes, so it must be inflated and re-encoded: the copy
+/// arrives whole, and the daemon's resident memory while it is made and sent grows by
+/// less than 48 MiB (the re-encoding runs in the confined child, into a scratch file the
+/// data set is streamed from; re-encoded in the daemon, as before, it grew by 309 MiB).
+#[test]
+fn a_retrieve_that_re_encodes_a_deflated_giant_holds_none_of_it_in_the_daemon() {
+    use std::io::Write;
+    let binary = release_binary();
+    if !binary.is_file() {
+        return skip("release daemon absent (`make test` builds it)");
+    }
+    if venv_python().is_none() {
+        return skip("pynetdicom absent");
+    }
+    let daemon = Daemon::builder()
+        .binary(&binary)
+        .config("dicom", "accept_any_storage", "true")
+        .start();
+    let ids = Ids {
+        sop: "1.2.826.0.1.3680043.10.1234.77.1.3".into(),
+        study: "1.2.826.0.1.3680043.10.1234.77.1.1".into(),
+        series: "1.2.826.0.1.3680043.10.1234.77.1.2".into(),
+    };
+    const SIDE: u16 = 9000;
+    let pixel_bytes = u32::from(SIDE) * u32::from(SIDE) * 2;
+    let deflated = {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&dx_header(&ids, b"", b"DEFLATED^GIANT", &[], SIDE, SIDE))
+            .unwrap();
+        z.write_all(&header(0x7FE0, 0x0010, b"OW", pixel_bytes))
+            .unwrap();
+        let row = vec![0u8; usize::from(SIDE) * 2];
+        for _ in 0..SIDE {
+            z.write_all(&row).unwrap();
+        }
+        z.finish().unwrap()
+    };
+    assert!(deflated.len() < 1 << 20, "{} bytes", deflated.len());
+    let mut peer = Peer::associate(daemon.dicom_addr(), DX, DEFLATED_LE);
+    let answer = peer.store(DX, &ids.sop, &deflated);
+    assert_eq!(answer.status(), Some(0), "{answer:?}");
+    peer.release();
+
+    // Resident memory sampled every 10 ms while the C-GET runs.
+    let pid = daemon.pid().expect("daemon pid");
+    let before = daemon.rss_kib().expect("VmRSS");
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(proc_status_kib(pid, "VmRSS").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let out_dir = temp_dir("giant-get");
+    let port = daemon.dicom_port.to_string();
+    let out = python_tool(
+        "qr_client.py",
+        &["get", &port, out_dir.path().to_str().unwrap(), &ids.study],
+    )
+    .unwrap();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    out.assert_success("qr_client.py get");
+    let last: serde_json::Value = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_default();
+    assert_eq!(last["status"], 0, "{}", out.combined());
+    assert_eq!(
+        last["NumberOfCompletedSuboperations"],
+        1,
+        "{}",
+        out.combined()
+    );
+    let got = std::fs::read(out_dir.path().join(format!("{}.bin", ids.sop))).unwrap();
+    assert!(
+        got.len() as u64 > u64::from(pixel_bytes),
+        "the re-encoded copy holds the whole image: {} bytes",
+        got.len()
+    );
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "re-encoding retrieve of a {} KB deflated 9000 x 9000 instance: daemon RSS {} MiB \
+         before, peak {} MiB (+{} MiB)",
+        deflated.len() / 1024,
+        before / 1024,
+        peak / 1024,
+        growth / 1024
+    );
+    assert!(
+        growth < 48 * 1024,
+        "the daemon's RSS grew by {} MiB",
+        growth / 1024
+    );
+    let tmp: Vec<_> = std::fs::read_dir(daemon.data_dir().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "scratch files left: {tmp:?}");
+}

@@ -22,13 +22,6 @@ fn s(r: &Rec, k: &str) -> String {
     }
 }
 
-fn python_tool(name: &str, args: &[&str]) -> Option<ToolOutput> {
-    let script = std::fs::read_to_string(repo_root().join("tests/tools").join(name)).unwrap();
-    let mut cmd = python_script(&script, args)?;
-    cmd.env("TCP_NODELAY", "1");
-    Some(run(&mut cmd, Duration::from_secs(180)))
-}
-
 fn json_lines(out: &ToolOutput) -> Vec<Value> {
     out.stdout
         .lines()

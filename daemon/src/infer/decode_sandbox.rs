@@ -14,7 +14,9 @@
 //!
 //! Retrieval by a peer that does not accept the stored transfer syntax needs the whole
 //! instance re-encoded uncompressed: [`transcode`] runs `duli decode-pixels --transcode TS
-//! FILE` under the same limits and filter, which writes the re-encoded data set.
+//! FILE` under the same limits and filter, which writes the re-encoded data set into a file
+//! the parent gave it as stdout (for every stored syntax, not only these codecs: the
+//! decoded instance is held by the child, never by the daemon).
 //!
 //! Without a decoder executable these syntaxes are refused, never decoded in the daemon.
 
@@ -109,22 +111,26 @@ pub fn decode_display(
     let out = run_child(
         exe,
         &[SUBCOMMAND.as_ref(), path.as_os_str()],
+        Sink::Pipe,
         max_pixels.saturating_add(16),
         deadline,
     )?;
     parse_output(&out, max_pixels)
 }
 
-/// Re-encodes the file at `path` in transfer syntax `ts` in a sandboxed child and returns
-/// the data set (no file meta). At most `max_bytes` are read back: more is refused.
+/// Re-encodes the file at `path` in transfer syntax `ts` in a sandboxed child, which
+/// writes the data set (no file meta) into `out` (an empty file; the daemon then streams
+/// it from there, holding none of it); returns its length. The child is killed once it
+/// wrote more than `max_bytes`.
 pub fn transcode(
     exe: &Path,
     path: &Path,
     ts: &str,
+    out: &std::fs::File,
     max_bytes: u64,
     deadline: Duration,
-) -> Result<Vec<u8>, DicomImageError> {
-    let out = run_child(
+) -> Result<u64, DicomImageError> {
+    run_child(
         exe,
         &[
             SUBCOMMAND.as_ref(),
@@ -132,30 +138,62 @@ pub fn transcode(
             ts.as_ref(),
             path.as_os_str(),
         ],
+        Sink::File(out),
         max_bytes,
         deadline,
     )?;
-    if out.is_empty() {
+    let len = out
+        .metadata()
+        .map_err(|e| DicomImageError::Decode(format!("pixel decoder output: {e}")))?
+        .len();
+    if len > max_bytes {
+        return Err(over_bound(max_bytes));
+    }
+    if len == 0 {
         return Err(DicomImageError::Decode(
             "the pixel decoder gave no data set".into(),
         ));
     }
-    Ok(out)
+    Ok(len)
 }
 
-/// Runs `exe args` with no environment, reads at most `cap` + 1 bytes of its stdout, kills
-/// it at `deadline`, and maps a failure to a [`DicomImageError`] naming it.
+/// Where a child's stdout goes.
+enum Sink<'a> {
+    /// A pipe the parent reads into memory (the display image).
+    Pipe,
+    /// A file the parent watches the size of (a re-encoded data set).
+    File(&'a std::fs::File),
+}
+
+fn over_bound(cap: u64) -> DicomImageError {
+    DicomImageError::Decode(format!(
+        "the pixel decoder's output is over its bound of {cap} bytes"
+    ))
+}
+
+/// Runs `exe args` with no environment and its stdout into `sink`, holds that output to
+/// `cap` bytes (a pipe is read to at most `cap` + 1, a file's child killed once past
+/// it), kills it at `deadline`, and maps a failure to a [`DicomImageError`] naming it.
+/// Returns what a pipe carried (nothing for a file).
 fn run_child(
     exe: &Path,
     args: &[&std::ffi::OsStr],
+    sink: Sink<'_>,
     cap: u64,
     deadline: Duration,
 ) -> Result<Vec<u8>, DicomImageError> {
+    let stdout = match sink {
+        Sink::Pipe => Stdio::piped(),
+        Sink::File(f) => Stdio::from(
+            f.try_clone()
+                .map_err(|e| DicomImageError::Decode(format!("pixel decoder output file: {e}")))?,
+        ),
+    };
     let mut child = Command::new(exe)
         .args(args)
         .env_clear()
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
@@ -181,6 +219,7 @@ fn run_child(
         text
     });
     let started = Instant::now();
+    let written = |f: &std::fs::File| f.metadata().map(|m| m.len()).unwrap_or(0);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -192,7 +231,16 @@ fn run_child(
                     deadline.as_secs_f64()
                 )));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                if let Sink::File(f) = sink {
+                    if written(f) > cap {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(over_bound(cap));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => return Err(DicomImageError::Decode(format!("pixel decoder: {e}"))),
         }
     };
@@ -202,9 +250,7 @@ fn run_child(
         .map_err(|e| DicomImageError::Decode(format!("pixel decoder output: {e}")))?;
     let message = errors.join().unwrap_or_default();
     if out.len() as u64 > cap {
-        return Err(DicomImageError::Decode(format!(
-            "the pixel decoder's output is over its bound of {cap} bytes"
-        )));
+        return Err(over_bound(cap));
     }
     if !status.success() {
         let first = message.lines().next().unwrap_or("").trim();
@@ -353,10 +399,11 @@ fn child_transcode(path: &Path, ts: &str) -> Result<(), ChildError> {
     super::stream_check::check_stream(&obj, &stored).map_err(ChildError::Image)?;
     confine()?;
     obj.transcode(target).map_err(|e| fail(e.to_string()))?;
-    let mut out = Vec::new();
+    // Written as it is encoded: the parent gave a file, not a pipe it must drain.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     obj.write_dataset_with_ts(&mut out, target)
         .map_err(|e| fail(e.to_string()))?;
-    write_out(&out)
+    out.flush().map_err(ChildError::Write)
 }
 
 /// Debug builds only: what the confined child can still do, for the sandbox test.

@@ -4,9 +4,11 @@
 //!
 //! Stored instances came from outside, so re-encoding holds them to the same rules as
 //! analysis: the pre-scan, `inference.max_pixels` and the Pixel Data size against the image
-//! attributes before anything is loaded, the stream checks of the codecs decoded here, and
-//! JPEG-LS and JPEG 2000 re-encoded only in the confined child process
-//! ([`crate::infer::decode_sandbox`]).
+//! attributes before anything is loaded, and the stream checks of the codecs. It runs in
+//! the confined child process ([`crate::infer::decode_sandbox`]), which writes the new
+//! encoding into a scratch file the data set is then streamed from: the daemon holds no
+//! decoded instance, however large the instance declares itself, and at most
+//! [`TRANSCODE_TURNS`] children re-encode at once on the box.
 
 use crate::dimse::uids;
 use crate::infer::decode_sandbox;
@@ -14,6 +16,7 @@ use crate::infer::dicom_image::check_file_pixel_budget;
 use crate::infer::stream_check::check_stream;
 use crate::model::InstanceRecord;
 use crate::scu::{self, Prepared};
+use crate::store::files::ScratchFile;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_pixeldata::Transcode;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -55,19 +58,52 @@ pub enum PayloadError {
 pub enum Payload {
     /// The stored file's data set, unchanged.
     Stored(Prepared),
-    /// Transcoded bytes.
-    Transcoded(Vec<u8>),
+    /// Re-encoded into a scratch file (removed when this is dropped).
+    Transcoded(Transcoded),
+}
+
+/// A data set re-encoded into a scratch file.
+#[derive(Debug)]
+pub struct Transcoded {
+    file: ScratchFile,
+    len: u64,
+}
+
+impl Transcoded {
+    /// The file holding the data set (no file meta).
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty (never, for a data set that was made).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Payload {
-    /// The data set as the SCU sends it.
+    /// The data set as the SCU sends it: streamed from its file either way.
     pub fn data_set(&self) -> scu::DataSet<'_> {
         match self {
             Payload::Stored(p) => p.data_set(),
-            Payload::Transcoded(b) => scu::DataSet::Memory(b),
+            Payload::Transcoded(t) => scu::DataSet::File {
+                path: t.path(),
+                offset: 0,
+                len: t.len,
+            },
         }
     }
 }
+
+/// Re-encodings (children) that may run at once on the box; further retrieves wait.
+pub const TRANSCODE_TURNS: usize = 2;
+
+static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TRANSCODE_TURNS);
 
 /// Uncompressed syntaxes any decodable instance can be re-encoded in, by preference.
 pub const FALLBACK_SYNTAXES: [&str; 2] = [
@@ -114,37 +150,63 @@ pub fn load(
         .get(ts)
         .ok_or_else(|| err("unknown transfer syntax".into()))?;
     check_file_pixel_budget(&path, max_pixels).map_err(|e| err(e.to_string()))?;
-    if decode_sandbox::is_sandboxed(&inst.transfer_syntax) {
-        let exe = decode_sandbox::decoder_exe()
-            .ok_or_else(|| err("no duli executable to decode it in its confined process".into()))?;
-        // Uncompressed, the instance is its header and at most 4 bytes per pixel sample.
-        let size = std::fs::metadata(&path)
-            .map_err(|e| PayloadError::File(e.to_string()))?
-            .len();
-        let bound = size
-            .saturating_add(max_pixels.saturating_mul(4))
-            .saturating_add(1024 * 1024);
-        let bytes = decode_sandbox::transcode(&exe, &path, ts, bound, decode_sandbox::DEADLINE)
-            .map_err(|e| err(e.to_string()))?;
-        return Ok(Payload::Transcoded(bytes));
-    }
-    // One in-process re-encoding at a time on the box: the whole instance, decoded, and
-    // its new encoding are held at once, so retrieves by many associations must not
-    // multiply that.
-    let _turn = TRANSCODING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut obj = dicom_object::open_file(&path).map_err(|e| err(e.to_string()))?;
-    check_stream(&obj, &inst.transfer_syntax).map_err(|e| err(e.to_string()))?;
-    // A decoder defect the checks do not foresee costs this sub-operation, not the thread.
-    catch_unwind(AssertUnwindSafe(|| obj.transcode(target)))
-        .map_err(|_| err("the decoder failed on this pixel data".into()))?
-        .map_err(|e| err(e.to_string()))?;
-    let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, target)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(Payload::Transcoded(out))
+    let scratch = ScratchFile::create(root).map_err(|e| {
+        err(format!(
+            "cannot create a scratch file to re-encode into: {e}"
+        ))
+    })?;
+    // Uncompressed, the instance is its header and at most 4 bytes per pixel sample.
+    let size = std::fs::metadata(&path)
+        .map_err(|e| PayloadError::File(e.to_string()))?
+        .len();
+    let bound = size
+        .saturating_add(max_pixels.saturating_mul(4))
+        .saturating_add(1024 * 1024);
+    let len = match decode_sandbox::decoder_exe() {
+        Some(exe) => decode_sandbox::transcode(
+            &exe,
+            &path,
+            ts,
+            scratch.file(),
+            bound,
+            decode_sandbox::DEADLINE,
+        )
+        .map_err(|e| err(e.to_string()))?,
+        None if decode_sandbox::is_sandboxed(&inst.transfer_syntax) => {
+            return Err(err(
+                "no duli executable to decode it in its confined process".into(),
+            ))
+        }
+        // Only without a `duli` executable (the crate's unit tests): in this process,
+        // one at a time.
+        None => transcode_here(&path, &inst.transfer_syntax, target, &scratch).map_err(err)?,
+    };
+    Ok(Payload::Transcoded(Transcoded { file: scratch, len }))
 }
 
-/// Held while an instance is re-encoded in this process ([`load`]).
+/// Re-encodes in this process into `scratch`; returns the length written.
+fn transcode_here(
+    path: &Path,
+    stored: &str,
+    target: &dicom_encoding::TransferSyntax,
+    scratch: &ScratchFile,
+) -> Result<u64, String> {
+    let _turn = TRANSCODING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut obj = dicom_object::open_file(path).map_err(|e| e.to_string())?;
+    check_stream(&obj, stored).map_err(|e| e.to_string())?;
+    // A decoder defect the checks do not foresee costs this sub-operation, not the thread.
+    catch_unwind(AssertUnwindSafe(|| obj.transcode(target)))
+        .map_err(|_| "the decoder failed on this pixel data".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::new(scratch.file());
+    obj.write_dataset_with_ts(&mut out, target)
+        .map_err(|e| e.to_string())?;
+    std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+    drop(out);
+    scratch.size().map_err(|e| e.to_string())
+}
+
+/// Held while an instance is re-encoded in this process ([`transcode_here`]).
 static TRANSCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// [`load`] on a blocking thread.
@@ -155,5 +217,18 @@ pub async fn load_async(
     max_pixels: u64,
 ) -> Result<Payload, PayloadError> {
     let (root, inst, ts) = (root.to_path_buf(), inst.clone(), ts.to_string());
-    tokio::task::spawn_blocking(move || load(&root, &inst, &ts, max_pixels)).await?
+    if ts == inst.transfer_syntax {
+        return tokio::task::spawn_blocking(move || load(&root, &inst, &ts, max_pixels)).await?;
+    }
+    // The turn moves into the blocking task, so it is held exactly as long as the child.
+    let turn = TURNS.acquire().await.map_err(|e| PayloadError::Transcode {
+        from: inst.transfer_syntax.clone(),
+        to: ts.clone(),
+        reason: e.to_string(),
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        load(&root, &inst, &ts, max_pixels)
+    })
+    .await?
 }

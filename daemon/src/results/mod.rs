@@ -246,9 +246,11 @@ mod tests {
             crate::config::DEFAULT_MAX_PIXELS,
         )
         .unwrap();
-        let crate::qr::payload::Payload::Transcoded(bytes) = payload else {
+        let crate::qr::payload::Payload::Transcoded(transcoded) = payload else {
             panic!("not re-encoded");
         };
+        let bytes = std::fs::read(transcoded.path()).unwrap();
+        assert_eq!(bytes.len() as u64, transcoded.len());
         let implicit = dicom_object::InMemDicomObject::read_dataset_with_ts(
             bytes.as_slice(),
             &dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),

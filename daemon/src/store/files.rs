@@ -296,6 +296,53 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A scratch file under the data directory's `tmp/` (an instance re-encoded for a
+/// retrieve): removed on drop, and at the next start after a crash.
+#[derive(Debug)]
+pub struct ScratchFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    /// Creates an empty scratch file (mode 0600) under `<data directory>/tmp/`.
+    pub fn create(data_dir: &Path) -> io::Result<ScratchFile> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = data_dir.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let path = tmp.join(format!("{}-{seq}.scratch", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(ScratchFile { file, path })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its length now.
+    pub fn size(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// A temp file being written; removed on drop unless finished.
 #[derive(Debug)]
 pub struct IncomingFile {

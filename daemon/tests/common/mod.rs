@@ -267,6 +267,15 @@ pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
     found
 }
 
+/// Runs the Python test tool `tests/tools/NAME` with `args` (Nagle off, as DCMTK's peers
+/// run), up to 180 s; `None` without the tests' Python environment.
+pub fn python_tool(name: &str, args: &[&str]) -> Option<ToolOutput> {
+    let script = std::fs::read_to_string(repo_root().join("tests/tools").join(name)).unwrap();
+    let mut cmd = python_script(&script, args)?;
+    cmd.env("TCP_NODELAY", "1");
+    Some(run(&mut cmd, Duration::from_secs(180)))
+}
+
 /// A `Command` running `script` (Python source) with the venv interpreter and `args`
 /// (available as `sys.argv[1:]`); `None` with a SKIP line when there is no venv.
 pub fn python_script(script: &str, args: &[&str]) -> Option<Command> {
