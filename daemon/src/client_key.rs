@@ -9,7 +9,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 /// A client as per-client limits count it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ClientKey(IpAddr);
 
 impl ClientKey {

@@ -20,6 +20,21 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// The monotonic instant that wall-clock time `wall_ms` (ms since the epoch) was, seen at
+/// wall-clock `now_ms` and monotonic `now`: a time in the future counts as `now`, and one
+/// before the monotonic clock began (shortly after a boot) as `now` too.
+pub fn instant_of_wall(wall_ms: i64, now_ms: i64, now: std::time::Instant) -> std::time::Instant {
+    let ago = std::time::Duration::from_millis(now_ms.saturating_sub(wall_ms).max(0) as u64);
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// The wall-clock time (ms since the epoch) of monotonic `at`, seen at wall-clock `now_ms`
+/// and monotonic `now`.
+pub fn wall_of_instant(at: std::time::Instant, now_ms: i64, now: std::time::Instant) -> i64 {
+    let ago = i64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(ago)
+}
+
 /// DICOM DA (`YYYYMMDD`) of a calendar date.
 pub fn dicom_date(d: time::Date) -> String {
     format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())

@@ -154,6 +154,43 @@ fn every_route_of_the_role_table_answers_401_without_session_and_403_for_wrong_r
     assert!(checked >= 3 * 15, "walked {checked} route/role pairs");
 }
 
+/// Login throttling outlives a restart of the daemon: a client that has to wait keeps
+/// waiting after the daemon was killed and started again, and the right password then
+/// works once the wait is over.
+#[test]
+fn login_throttling_survives_a_restart_of_the_daemon() {
+    let mut d = daemon_with_users();
+    let addr = d.console_addr();
+    let fail = || {
+        let r = console_login_raw(d.console_addr(), "theo", "not the password");
+        assert_eq!(r.status, 401, "{}", r.text());
+    };
+    for _ in 0..5 {
+        fail();
+    }
+    // Beyond the free failures each wait doubles: 1 s, 2 s, then 4 s.
+    for wait in [1, 2] {
+        let r = console_login_raw(addr, "theo", PW);
+        assert_eq!(r.status, 429, "{}", r.text());
+        std::thread::sleep(Duration::from_secs(wait));
+        fail();
+    }
+    let r = console_login_raw(addr, "theo", PW);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let before: u64 = r.headers["retry-after"].parse().unwrap();
+    assert!((3..=4).contains(&before), "retry after {before}");
+    // The index writes what it holds to disk within half a second.
+    std::thread::sleep(Duration::from_millis(700));
+    d.restart();
+    let addr = d.console_addr();
+    let r = console_login_raw(addr, "theo", PW);
+    assert_eq!(r.status, 429, "after the restart: {}", r.text());
+    let after: u64 = r.headers["retry-after"].parse().unwrap();
+    assert!((1..=before).contains(&after), "retry after {after}");
+    std::thread::sleep(Duration::from_secs(after));
+    d.login("theo", PW);
+}
+
 #[test]
 fn login_cookies_csrf_logout_and_throttling() {
     let d = daemon_with_users();

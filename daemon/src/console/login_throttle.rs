@@ -29,9 +29,16 @@
 //! counted against its client and target is given back. Failures counted against other
 //! accounts from the same client, or against the account from other clients, stay.
 //!
-//! The counters live in memory: a restart of the daemon forgets them.
+//! The counters and known clients live in memory and are written through to the store
+//! ([`LoginThrottle::open`]; wall-clock times on disk), so a restart of the daemon does
+//! not forget them: a restarted daemon makes a client wait as long as before. A wait
+//! whose failure lies before the monotonic clock began (a box rebooted minutes ago) counts
+//! from the start.
 
 use crate::client_key::ClientKey;
+use crate::store::records::{RecordTree, Records};
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
@@ -57,7 +64,7 @@ const MAX_COUNTERS: usize = 100_000;
 const MAX_KNOWN: usize = 10_000;
 
 /// What an attempt tries to open.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Target {
     /// A login to the account of this name (as typed).
     Account(String),
@@ -67,7 +74,7 @@ pub enum Target {
 }
 
 /// One counter of failures.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum Key {
     /// A target from one client (`None`: a client whose address is not known).
     Pair(Target, Option<ClientKey>),
@@ -157,16 +164,28 @@ struct State {
 }
 
 impl State {
-    /// Forgets the counters whose failures have all decayed by `now`.
-    fn forget(&mut self, now: Instant) {
-        self.counters.retain(|_, c| c.remembered(now) > 0);
+    /// Forgets the counters whose failures have all decayed by `now`; returns them.
+    fn forget(&mut self, now: Instant) -> Vec<Key> {
+        let gone: Vec<Key> = self
+            .counters
+            .iter()
+            .filter(|(_, c)| c.remembered(now) == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.counters.remove(k);
+        }
+        gone
     }
 
-    /// Keeps the counters within [`MAX_COUNTERS`] before more are made.
-    fn make_room(&mut self) {
-        if self.counters.len() > MAX_COUNTERS {
+    /// Keeps the counters within [`MAX_COUNTERS`] before more are made; returns whether
+    /// they were all forgotten.
+    fn make_room(&mut self) -> bool {
+        let full = self.counters.len() > MAX_COUNTERS;
+        if full {
             self.counters.clear();
         }
+        full
     }
 
     /// Whether `client` logged in to `target` within [`KNOWN_MEMORY`] before `now`.
@@ -213,12 +232,26 @@ impl State {
         }
     }
 
-    /// Notes that `client` logged in to `name` at `now`.
-    fn remember_known(&mut self, name: &str, client: ClientKey, now: Instant) {
+    /// Notes that `client` logged in to `name` at `now`; returns the pairs it forgot to
+    /// make room.
+    fn remember_known(
+        &mut self,
+        name: &str,
+        client: ClientKey,
+        now: Instant,
+    ) -> Vec<(String, ClientKey)> {
         self.known.insert((name.to_string(), client), now);
+        let mut gone = Vec::new();
         if self.known.len() > MAX_KNOWN {
-            self.known
-                .retain(|_, at| now.saturating_duration_since(*at) < KNOWN_MEMORY);
+            gone.extend(
+                self.known
+                    .iter()
+                    .filter(|(_, at)| now.saturating_duration_since(**at) >= KNOWN_MEMORY)
+                    .map(|(k, _)| k.clone()),
+            );
+            for k in &gone {
+                self.known.remove(k);
+            }
         }
         if self.known.len() > MAX_KNOWN {
             let oldest = self
@@ -228,18 +261,192 @@ impl State {
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 self.known.remove(&k);
+                gone.push(k);
             }
         }
+        gone
     }
+}
+
+/// One record of the throttle in the store: a counter or a known client, with wall-clock
+/// times (ms since the epoch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Saved {
+    /// A failure counter.
+    Counter {
+        /// What it counts.
+        key: Key,
+        /// Failures at the last one.
+        count: u32,
+        /// The last failure.
+        last_ms: i64,
+        /// Its incarnation.
+        id: u64,
+    },
+    /// A client that logged in to an account.
+    Known {
+        /// The account.
+        name: String,
+        /// The client.
+        client: ClientKey,
+        /// When it last logged in.
+        at_ms: i64,
+    },
+}
+
+/// Prefix of the keys of saved counters (known clients: `k`).
+const COUNTER_PREFIX: &str = "c";
+
+/// The store key of what `value` (a [`Key`] or an account and client) identifies: a
+/// prefix and the hex SHA-256 of its JSON, so a name of any length or character is a
+/// fixed-size key.
+fn saved_key(prefix: &str, value: &impl Serialize) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, &json);
+    format!("{prefix}{}", hex::encode(d.as_ref()))
 }
 
 /// The login throttle of the console.
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
     state: Mutex<State>,
+    /// Where its records are written through to (none: in memory only).
+    saved: Option<Records<Saved>>,
 }
 
 impl LoginThrottle {
+    /// The throttle with the counters and known clients the store kept (those not yet
+    /// forgotten), writing every change through to it.
+    pub fn open(store: &Store) -> Result<LoginThrottle, StoreError> {
+        let saved: Records<Saved> = store.records(RecordTree::LoginThrottle)?;
+        let (now, now_ms) = (Instant::now(), crate::clock::now_millis());
+        let mut state = State::default();
+        let mut stale = Vec::new();
+        for entry in saved.iter() {
+            let (key, record) = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    log::warn!("login throttle: a stored record is unreadable and dropped: {e}");
+                    continue;
+                }
+            };
+            match record {
+                Saved::Counter {
+                    key: k,
+                    count,
+                    last_ms,
+                    id,
+                } => {
+                    let last = crate::clock::instant_of_wall(last_ms, now_ms, now);
+                    let c = Counter { count, last, id };
+                    if c.remembered(now) == 0 || state.counters.len() >= MAX_COUNTERS {
+                        stale.push(key);
+                        continue;
+                    }
+                    state.next_id = state.next_id.max(id.wrapping_add(1));
+                    state.counters.insert(k, c);
+                }
+                Saved::Known {
+                    name,
+                    client,
+                    at_ms,
+                } => {
+                    let at = crate::clock::instant_of_wall(at_ms, now_ms, now);
+                    if now_ms.saturating_sub(at_ms) >= KNOWN_MEMORY.as_millis() as i64
+                        || state.known.len() >= MAX_KNOWN
+                    {
+                        stale.push(key);
+                        continue;
+                    }
+                    state.known.insert((name, client), at);
+                }
+            }
+        }
+        for key in stale {
+            saved.remove(key)?;
+        }
+        Ok(LoginThrottle {
+            state: Mutex::new(state),
+            saved: Some(saved),
+        })
+    }
+
+    /// Writes the counters `keys` as `state` has them (removing those it no longer has),
+    /// at monotonic `now`. A store that cannot be written leaves the throttle working in
+    /// memory (logged).
+    fn save_counters<'k>(
+        &self,
+        state: &State,
+        keys: impl IntoIterator<Item = &'k Key>,
+        now: Instant,
+    ) {
+        let Some(saved) = &self.saved else {
+            return;
+        };
+        let now_ms = crate::clock::now_millis();
+        for key in keys {
+            let id = saved_key(COUNTER_PREFIX, key);
+            let written = match state.counters.get(key) {
+                Some(c) => saved
+                    .insert(
+                        &id,
+                        &Saved::Counter {
+                            key: key.clone(),
+                            count: c.count,
+                            last_ms: crate::clock::wall_of_instant(c.last, now_ms, now),
+                            id: c.id,
+                        },
+                    )
+                    .map(|_| ()),
+                None => saved.remove(&id).map(|_| ()),
+            };
+            if let Err(e) = written {
+                log::warn!("login throttle: cannot keep a counter in the store: {e}");
+            }
+        }
+    }
+
+    /// Writes (or, `at` = `None`, removes) the known client `pair`.
+    fn save_known(&self, pair: &(String, ClientKey), at: Option<Instant>, now: Instant) {
+        let Some(saved) = &self.saved else {
+            return;
+        };
+        let id = saved_key("k", pair);
+        let written = match at {
+            Some(at) => saved
+                .insert(
+                    &id,
+                    &Saved::Known {
+                        name: pair.0.clone(),
+                        client: pair.1,
+                        at_ms: crate::clock::wall_of_instant(at, crate::clock::now_millis(), now),
+                    },
+                )
+                .map(|_| ()),
+            None => saved.remove(&id).map(|_| ()),
+        };
+        if let Err(e) = written {
+            log::warn!("login throttle: cannot keep a known client in the store: {e}");
+        }
+    }
+
+    /// Removes every saved counter (after [`State::make_room`] forgot them all).
+    fn drop_saved_counters(&self) {
+        let Some(saved) = &self.saved else {
+            return;
+        };
+        let keys: Vec<Vec<u8>> = saved
+            .scan_prefix(COUNTER_PREFIX)
+            .filter_map(|e| e.ok().map(|(k, _)| k))
+            .collect();
+        for k in keys {
+            if let Err(e) = saved.remove(k) {
+                log::warn!("login throttle: cannot drop a counter from the store: {e}");
+            }
+        }
+    }
+
     /// The state, also after a panic elsewhere while it was held.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -262,19 +469,23 @@ impl LoginThrottle {
         let client = addr.map(ClientKey::of);
         let keys = keys(&target, client);
         let mut state = self.state();
-        state.forget(now);
+        let forgotten = state.forget(now);
+        self.save_counters(&state, &forgotten, now);
         let wait = state.wait(&keys, state.is_known(&target, client, now), now);
         if !wait.is_zero() {
             return Err(wait);
         }
-        state.make_room();
-        let counted = keys
+        if state.make_room() {
+            self.drop_saved_counters();
+        }
+        let counted: Vec<(Key, u64)> = keys
             .into_iter()
             .map(|k| {
                 let id = state.count(k.clone(), now);
                 (k, id)
             })
             .collect();
+        self.save_counters(&state, counted.iter().map(|(k, _)| k), now);
         Ok(Attempt {
             target,
             client,
@@ -300,8 +511,12 @@ impl LoginThrottle {
                 Key::Target(_) | Key::Client(_) => state.give_back(key, *id),
             }
         }
+        self.save_counters(&state, attempt.counted.iter().map(|(k, _)| k), now);
         if let (Target::Account(name), Some(client)) = (&attempt.target, attempt.client) {
-            state.remember_known(name, client, now);
+            for gone in state.remember_known(name, client, now) {
+                self.save_known(&gone, None, now);
+            }
+            self.save_known(&(name.clone(), client), Some(now), now);
         }
     }
 }
@@ -491,5 +706,82 @@ mod tests {
         }
         t.succeeded_at(stale, later);
         assert!(t.begin_at(account("eve"), a, later).is_err());
+    }
+
+    /// The counters and the known clients are kept in the store: a throttle opened again
+    /// (a restarted daemon) makes the client wait as before, still exempts the account's
+    /// known client from the softer cap, and drops from the store what it forgets.
+    #[test]
+    fn counters_and_known_clients_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let saved = |store: &crate::store::Store| {
+            store
+                .records::<Saved>(RecordTree::LoginThrottle)
+                .unwrap()
+                .iter()
+                .count()
+        };
+        let now = Instant::now();
+        {
+            let t = LoginThrottle::open(&store).unwrap();
+            // The account's usual workstation logs in.
+            let ok = t.begin_at(account("ada"), ip("10.0.0.7"), now).unwrap();
+            t.succeeded_at(ok, now);
+            // Another client guesses until it must wait; the account takes failures from
+            // many addresses up to its softer cap.
+            fail(
+                &t,
+                &account("ada"),
+                ip("10.0.0.66"),
+                FREE_FAILURES_PAIR,
+                now,
+            );
+            for i in 0..FREE_FAILURES_TARGET - FREE_FAILURES_PAIR {
+                let addr = ip(&format!("10.1.{}.{}", i / 200, i % 200 + 1));
+                drop(t.begin_at(account("ada"), addr, now).unwrap());
+            }
+            assert!(t.begin_at(account("ada"), ip("10.0.0.66"), now).is_err());
+            assert!(t.begin_at(account("ada"), ip("10.0.0.99"), now).is_err());
+        }
+        assert!(saved(&store) > 0);
+        let t = LoginThrottle::open(&store).unwrap();
+        assert!(
+            t.begin_at(account("ada"), ip("10.0.0.66"), Instant::now())
+                .is_err(),
+            "the guessing client still waits after the restart"
+        );
+        assert!(
+            t.begin_at(account("ada"), ip("10.0.0.99"), Instant::now())
+                .is_err(),
+            "the softer cap holds after the restart"
+        );
+        assert!(
+            t.begin_at(account("ada"), ip("10.0.0.7"), Instant::now())
+                .is_ok(),
+            "the known client is still exempt from it"
+        );
+        // Once every failure has decayed, the counters leave the store too; the known
+        // client stays.
+        let later = Instant::now() + FAILURE_DECAY * 100;
+        assert!(t.begin_at(account("bob"), ip("10.9.9.9"), later).is_ok());
+        drop(t);
+        let left: Vec<Saved> = store
+            .records::<Saved>(RecordTree::LoginThrottle)
+            .unwrap()
+            .iter()
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert!(
+            left.iter().all(|r| match r {
+                Saved::Known { name, .. } => name == "ada",
+                Saved::Counter { key, .. } => {
+                    let k = format!("{key:?}");
+                    k.contains("bob") || k.contains("10.9.9.9")
+                }
+            }),
+            "{left:?}"
+        );
+        assert!(left.iter().any(|r| matches!(r, Saved::Known { .. })));
     }
 }

@@ -100,10 +100,7 @@ impl Seen {
     /// the future count as now).
     fn from_wall(s: &Session, now_ms: i64) -> Seen {
         let now = Instant::now();
-        let ago = |ms: i64| {
-            let d = Duration::from_millis(now_ms.saturating_sub(ms).max(0) as u64);
-            now.checked_sub(d).unwrap_or(now)
-        };
+        let ago = |ms: i64| crate::clock::instant_of_wall(ms, now_ms, now);
         Seen {
             created: ago(s.created_ms),
             last_seen: ago(s.last_seen_ms),
@@ -158,7 +155,7 @@ impl Sessions {
             records: store.records(RecordTree::Sessions)?,
             idle,
             max,
-            login_throttle: Default::default(),
+            login_throttle: super::login_throttle::LoginThrottle::open(store)?,
             seen: Mutex::new(HashMap::new()),
             ended: tokio::sync::watch::channel(0).0,
             throttled: Default::default(),

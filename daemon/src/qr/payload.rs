@@ -179,31 +179,33 @@ pub fn load(
         }
         // Only without a `duli` executable (the crate's unit tests): in this process,
         // one at a time.
-        None => transcode_here(&path, &inst.transfer_syntax, target, &scratch).map_err(err)?,
+        None => transcode_here(&path, &inst.transfer_syntax, target, &scratch, err)?,
     };
     Ok(Payload::Transcoded(Transcoded { file: scratch, len }))
 }
 
-/// Re-encodes in this process into `scratch`; returns the length written.
+/// Re-encodes in this process into `scratch`; returns the length written, or the failure
+/// as `err` makes it.
 fn transcode_here(
     path: &Path,
     stored: &str,
     target: &dicom_encoding::TransferSyntax,
     scratch: &ScratchFile,
-) -> Result<u64, String> {
+    err: impl Fn(String) -> PayloadError,
+) -> Result<u64, PayloadError> {
     let _turn = TRANSCODING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut obj = dicom_object::open_file(path).map_err(|e| e.to_string())?;
-    check_stream(&obj, stored).map_err(|e| e.to_string())?;
+    let mut obj = dicom_object::open_file(path).map_err(|e| err(e.to_string()))?;
+    check_stream(&obj, stored).map_err(|e| err(e.to_string()))?;
     // A decoder defect the checks do not foresee costs this sub-operation, not the thread.
     catch_unwind(AssertUnwindSafe(|| obj.transcode(target)))
-        .map_err(|_| "the decoder failed on this pixel data".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| err("the decoder failed on this pixel data".into()))?
+        .map_err(|e| err(e.to_string()))?;
     let mut out = std::io::BufWriter::new(scratch.file());
     obj.write_dataset_with_ts(&mut out, target)
-        .map_err(|e| e.to_string())?;
-    std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+        .map_err(|e| err(e.to_string()))?;
+    std::io::Write::flush(&mut out).map_err(|e| err(e.to_string()))?;
     drop(out);
-    scratch.size().map_err(|e| e.to_string())
+    scratch.size().map_err(|e| err(e.to_string()))
 }
 
 /// Held while an instance is re-encoded in this process ([`transcode_here`]).

@@ -20,6 +20,9 @@ pub enum RecordTree {
     AuditForward,
     /// Radiologists' feedback on results (`console::feedback`).
     Feedback,
+    /// The console's login throttle (`console::login_throttle`): its failure counters and
+    /// the clients known to each account, keyed by the hex SHA-256 of what they count.
+    LoginThrottle,
 }
 
 impl RecordTree {
@@ -31,6 +34,7 @@ impl RecordTree {
             RecordTree::Audit => "audit",
             RecordTree::AuditForward => "audit_forward",
             RecordTree::Feedback => "feedback",
+            RecordTree::LoginThrottle => "login_throttle",
         }
     }
 }

@@ -70,7 +70,9 @@ pub(super) fn check(c: &Console, req: &Request) -> Result<Response, ApiError> {
 /// first throttled attempt of a window is audited; the rest are counted and summed up in
 /// one record per window.
 async fn throttled(c: &Console, name: &str, req: &Request, wait: Duration) -> ApiError {
-    let secs = wait.as_secs().max(1);
+    // Rounded up: a client that retries after the Retry-After it was given is not
+    // turned away again for the fraction of a second left.
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     if c.sessions.throttled.note(name, req.peer) == crate::console::throttle_log::Noted::First {
         let audited = audit_now(
             c,
