@@ -5,7 +5,7 @@
 //! acknowledged after it. Until then the copy it replaced is kept (a hard link under
 //! `kept/`, [`FileArea::keep_previous`](super::files::FileArea::keep_previous)):
 //! [`Pending`] holds the copies whose replacement is committed, and a flush drops those
-//! committed before it began. After a crash, [`Store::recover_kept`] compares each kept
+//! committed before it began. After a crash, the store's open compares each kept
 //! copy with the instance's record as the index then has it: the file whose identity (its
 //! inode, [`InstanceRecord::file_id`]) the record names is put in place and the others are
 //! removed, so a record never describes bytes it was not made from.
