@@ -176,6 +176,56 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
         found.warnings,
         found.text
     );
+    // A finding the manifest maps to no standard code (8 of the research model's 18
+    // labels): coded with the local scheme only, which the SR declares.
+    let mut report = f.report.clone();
+    report.findings[0].standard = None;
+    report.findings[0].code = "INFILTRATION".into();
+    report.findings[0].label = "Infiltration".into();
+    let local = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
+    let path = f.store.root().join("local-code-sr.dcm");
+    local.write_to_file(&path).unwrap();
+    let found = dciodvfy(&tool, &path);
+    eprintln!("dciodvfy local-code SR:\n{}", found.text);
+    // dciodvfy checks a Coding Scheme Designator against PS3.16's list only: it warns on
+    // the declared private scheme wherever it appears, and on nothing else.
+    let private = "Warning - Unrecognized defined term <99DULI> for value 1 of attribute \
+                   <Coding Scheme Designator>";
+    assert!(
+        found.errors.is_empty() && found.warnings.iter().all(|w| w == private),
+        "local-code SR: {:#?} {:#?}\n{}",
+        found.errors,
+        found.warnings,
+        found.text
+    );
+    let back = dicom_object::open_file(&path).unwrap();
+    let schemes = back
+        .element(dicom_dictionary_std::tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE)
+        .expect("the local scheme is declared");
+    let item = &schemes.items().unwrap()[0];
+    let value = |tag| {
+        item.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        value(dicom_dictionary_std::tags::CODING_SCHEME_DESIGNATOR),
+        "99DULI"
+    );
+    assert_eq!(
+        value(dicom_dictionary_std::tags::CODING_SCHEME_NAME),
+        "DULI Edge model label codes"
+    );
+    // The SR of standard codes only declares no scheme.
+    let (_, sr_file) = &build_all(&f)[0];
+    assert!(dicom_object::open_file(sr_file)
+        .unwrap()
+        .element_opt(dicom_dictionary_std::tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE)
+        .unwrap()
+        .is_none());
 }
 
 /// highdicom reads the Parametric Map as one: float pixel values (the saliency, 0 to 1),

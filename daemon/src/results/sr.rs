@@ -380,11 +380,35 @@ pub fn build(
     obj.put(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
     obj.put(template(1500));
     obj.put(seq(tags::CONTENT_SEQUENCE, children));
+    if report.findings.iter().any(|f| f.standard.is_none()) {
+        obj.put(local_scheme_identification(&report.coding_scheme));
+    }
     super::with_meta(
         obj,
         COMPREHENSIVE_SR,
         &uids.sr_instance,
         crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+}
+
+/// The Coding Scheme Identification Sequence (SOP Common, type 1C) for the model's local
+/// label codes, required because that scheme is not one PS3.16 lists.
+fn local_scheme_identification(scheme: &str) -> DataElement<InMemDicomObject> {
+    seq(
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
+            text(
+                tags::CODING_SCHEME_NAME,
+                VR::ST,
+                "DULI Edge model label codes",
+            ),
+            text(
+                tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+                VR::ST,
+                crate::store::header::GENERATED_BY,
+            ),
+        ])],
     )
 }
 
