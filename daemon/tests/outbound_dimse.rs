@@ -319,12 +319,11 @@ fn a_response_of_another_kind_or_instance_does_not_answer() {
             c.until_closed();
         });
         let rt = runtime();
+        let zeros = ZeroDataSet::new();
         let got = rt.block_on(async {
             let mut client = connect(port).await;
             let rq = Command::store_rq(7, SC, "1.2.3.6.1", Priority::Medium);
-            client
-                .request(1, &rq, Some(scu::DataSet::Memory(&[0u8; 64])))
-                .await
+            client.request(1, &rq, Some(zeros.data_set())).await
         });
         drop(rt);
         pacs.join().unwrap();
@@ -332,6 +331,29 @@ fn a_response_of_another_kind_or_instance_does_not_answer() {
             matches!(got, Err(ClientError::Unmatched(_))),
             "{wrong}: {got:?}"
         );
+    }
+}
+
+/// A data set of 64 zero bytes in a file of its own, as the SCU streams data sets.
+struct ZeroDataSet {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl ZeroDataSet {
+    fn new() -> ZeroDataSet {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds");
+        std::fs::write(&path, [0u8; 64]).unwrap();
+        ZeroDataSet { _dir: dir, path }
+    }
+
+    fn data_set(&self) -> scu::DataSet<'_> {
+        scu::DataSet::File {
+            path: &self.path,
+            offset: 0,
+            len: 64,
+        }
     }
 }
 
@@ -355,10 +377,11 @@ fn a_trickled_answer_fails_the_request_within_its_deadline() {
         });
         let rt = runtime();
         let started = Instant::now();
+        let zeros = ZeroDataSet::new();
         let got = rt.block_on(async {
             let mut client = connect(port).await;
             let rq = Command::store_rq(1, SC, "1.2.3.7.1", Priority::Medium);
-            let request = client.request(1, &rq, Some(scu::DataSet::Memory(&[0u8; 64])));
+            let request = client.request(1, &rq, Some(zeros.data_set()));
             tokio::time::timeout(bound(), request).await
         });
         drop(rt);

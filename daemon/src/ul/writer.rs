@@ -45,10 +45,11 @@ pub fn peer_max_pdu(announced: Option<u32>) -> u32 {
 /// length (4), PDV item length (4), presentation context ID, message control header.
 const PDATA_HEADER: usize = 12;
 
-/// Where the data set of a C-STORE comes from.
+/// Where the data set of a C-STORE comes from: always a file (the stored instance, or the
+/// scratch file of a re-encoding), so no data set is ever held whole in memory to be sent.
 #[derive(Debug, Clone, Copy)]
 pub enum DataSet<'a> {
-    /// As stored: a byte range of a Part 10 file, streamed in PDU-sized reads.
+    /// A byte range of a file, streamed in PDU-sized reads.
     File {
         /// The file.
         path: &'a Path,
@@ -57,8 +58,6 @@ pub enum DataSet<'a> {
         /// Length of the data set.
         len: u64,
     },
-    /// Already encoded in memory (e.g. transcoded for a peer that refused the stored syntax).
-    Memory(&'a [u8]),
 }
 
 impl DataSet<'_> {
@@ -66,7 +65,6 @@ impl DataSet<'_> {
     pub fn len(&self) -> u64 {
         match self {
             DataSet::File { len, .. } => *len,
-            DataSet::Memory(b) => b.len() as u64,
         }
     }
 
@@ -181,13 +179,11 @@ impl Writer {
             return Err(std::io::Error::other("empty data set"));
         }
         let chunk = self.chunk();
-        let mut file = match data {
-            DataSet::File { path, offset, len } => {
-                let mut f = std::fs::File::open(path)?;
-                f.seek(std::io::SeekFrom::Start(offset))?;
-                Some(Staged { file: f, left: len })
-            }
-            DataSet::Memory(_) => None,
+        let DataSet::File { path, offset, len } = data;
+        let mut file = {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            Staged { file: f, left: len }
         };
         let first = usize::try_from(total).unwrap_or(chunk).min(chunk);
         let mut buf = vec![0u8; PDATA_HEADER + first];
@@ -195,17 +191,7 @@ impl Writer {
         while remaining > 0 {
             let n = usize::try_from(remaining).unwrap_or(chunk).min(chunk);
             let body = &mut buf[PDATA_HEADER..PDATA_HEADER + n];
-            match (&mut file, data) {
-                (Some(f), _) => f.fill(body)?,
-                (None, DataSet::Memory(b)) => {
-                    let at = usize::try_from(total - remaining).unwrap_or(usize::MAX);
-                    let part = b
-                        .get(at..at + n)
-                        .ok_or_else(|| std::io::Error::other("data set shorter than its length"))?;
-                    body.copy_from_slice(part);
-                }
-                (None, DataSet::File { .. }) => return Err(std::io::Error::other("file not open")),
-            }
+            file.fill(body)?;
             remaining -= n as u64;
             pdata_header(&mut buf[..PDATA_HEADER], pc_id, n, remaining == 0);
             timed(
