@@ -11,7 +11,7 @@ TLS connection, timed from connect to the last byte of the answer (a failure or 
 
 The release daemon is started twice: with its defaults (header-read timeout 10 s: idle
 sockets are closed and reopened, the attacker churns) and with the header-read timeout set
-to 600 s (every idle socket stays open for the whole run: the pure "held" case). Orthanc
+to 300 s, the most the configuration allows (every idle socket stays open for the whole run: the pure "held" case). Orthanc
 (Debian's 1.10.1) takes the same load on its plain HTTP port where it is installed: idle
 TCP connections that never send a request, `/system` with basic authentication instead
 of `/healthz` (its HTTPS, CivetWeb with a PEM certificate, reset every handshake here).

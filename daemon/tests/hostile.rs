@@ -612,6 +612,24 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
             "{what}: {answer:?}"
         );
         s.check(what);
+        if what == "markup and HL7 delimiters" {
+            // Stored as the text it is: neither stripped nor escaped in the index (the
+            // console, HL7 and XML writers escape it where they write it).
+            assert_eq!(answer.status(), Some(0), "{what}: {answer:?}");
+            let out = run(&mut s.daemon.command(&["studies"]), Duration::from_secs(60));
+            let studies: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            let stored = studies
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|st| st["study_instance_uid"] == ids.study.as_str())
+                .map(|st| st["patient_name"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_else(|| panic!("{what}: study not indexed"));
+            assert!(
+                stored.starts_with("<script>alert(1)</script>|^~&^"),
+                "{what}: stored as {stored:?}"
+            );
+        }
     }
 
     // 8. An endless data set: fragments never marked last. The daemon must abort at

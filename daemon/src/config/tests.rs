@@ -602,3 +602,29 @@ fn a_model_inside_the_data_folder_is_refused() {
     // Beside it is fine.
     load("model", &dir.path().join("model/model.toml")).unwrap();
 }
+
+/// The shipped unit's `LimitNOFILE=` covers the descriptors the largest configuration the
+/// daemon accepts can open (with headroom), and systemd/README.md states that sum.
+#[test]
+fn the_unit_s_open_file_limit_covers_the_largest_accepted_configuration() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("systemd/duli.service")).unwrap();
+    let limit: usize = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .expect("duli.service sets LimitNOFILE=")
+        .trim()
+        .parse()
+        .unwrap();
+    let needed = super::validate::descriptors_needed();
+    assert_eq!(needed, 24_128);
+    assert!(
+        limit >= needed + needed / 4,
+        "LimitNOFILE={limit} leaves less than 25% over the {needed} descriptors needed"
+    );
+    let readme = std::fs::read_to_string(root.join("systemd/README.md")).unwrap();
+    assert!(
+        readme.contains("**24,128**") && readme.contains(&format!("`LimitNOFILE={limit}`")),
+        "systemd/README.md states another sum or limit"
+    );
+}

@@ -174,10 +174,13 @@ fn check_allowed_peers(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
 
 /// `[dicom]` limits: associations, PDU and instance sizes, timeouts, match counts.
 fn check_dicom_limits(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
-    if c.max_associations == 0 || c.max_associations > 1024 {
+    if c.max_associations == 0 || c.max_associations > MAX_ASSOCIATIONS {
         bad(
             "dicom.max_associations",
-            format!("must be between 1 and 1024, got {}", c.max_associations),
+            format!(
+                "must be between 1 and {MAX_ASSOCIATIONS}, got {}",
+                c.max_associations
+            ),
         );
     }
     if !(4096..=16 * 1024 * 1024).contains(&c.max_pdu) {
@@ -204,11 +207,11 @@ fn check_dicom_limits(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
             "must be between 1 and 600 seconds".into(),
         );
     }
-    if !(1..=16_384).contains(&c.max_pending_connections) {
+    if !(1..=MAX_PENDING_CONNECTIONS).contains(&c.max_pending_connections) {
         bad(
             "dicom.max_pending_connections",
             format!(
-                "must be between 1 and 16384, got {}",
+                "must be between 1 and {MAX_PENDING_CONNECTIONS}, got {}",
                 c.max_pending_connections
             ),
         );
@@ -653,6 +656,26 @@ fn check_id(value: &str, key: &str, bad: &mut impl FnMut(&str, String)) {
 /// Most console connections `console.max_connections` may allow (the unit's
 /// `LimitNOFILE=` is sized for this).
 pub const MAX_CONSOLE_CONNECTIONS: usize = 4096;
+/// Most associations `dicom.max_associations` may allow.
+pub const MAX_ASSOCIATIONS: usize = 1024;
+/// Most connections still negotiating `dicom.max_pending_connections` may allow.
+pub const MAX_PENDING_CONNECTIONS: usize = 16_384;
+/// Descriptors for outbound connections (HL7, MQTT, PACS pushes, C-ECHO tests, control).
+const OUTBOUND_DESCRIPTORS: usize = 64;
+/// Descriptors for files, the runtime's and OpenVINO's own, and the decoder's pipes.
+const FILE_DESCRIPTORS: usize = 512;
+
+/// Descriptors the daemon can need at the largest values the configuration accepts: each
+/// console connection, each negotiating DICOM connection, and per association its socket,
+/// the instance file being written and a sub-association, plus outbound connections and
+/// files (the table in systemd/README.md; the unit's `LimitNOFILE=` must cover it).
+pub const fn descriptors_needed() -> usize {
+    MAX_CONSOLE_CONNECTIONS
+        + MAX_PENDING_CONNECTIONS
+        + 3 * MAX_ASSOCIATIONS
+        + OUTBOUND_DESCRIPTORS
+        + FILE_DESCRIPTORS
+}
 
 fn check_console_limits(c: &ConsoleConfig, bad: &mut impl FnMut(&str, String)) {
     let mut range = |key: &str, value: u64, low: u64, high: u64| {
