@@ -394,7 +394,7 @@ fn start_control(
             let (store, audit, outbox) = (store.clone(), audit.clone(), outbox.clone());
             async move {
                 let listener = listener.map_err(IncarnationError::of("control socket"))?;
-                beat.pulse(control::serve(store, audit, Some(outbox), listener))
+                beat.pulse(control::serve(store, audit, outbox, listener))
                     .await;
                 Ok::<(), IncarnationError>(())
             }

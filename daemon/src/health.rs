@@ -162,27 +162,55 @@ pub fn model_check(manifest: &Path) -> Check {
 
 /// Why the model check failed (said in the check's detail).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct ModelFault(String);
-
-impl From<String> for ModelFault {
-    fn from(s: String) -> Self {
-        ModelFault(s)
-    }
+enum ModelFault {
+    /// The manifest is not a regular file that opens.
+    #[error("{0}")]
+    Manifest(crate::firmware_cli::NotRegular),
+    /// The manifest cannot be read.
+    #[error("cannot be read ({0})")]
+    Unreadable(std::io::Error),
+    /// The manifest is over [`MAX_MANIFEST`].
+    #[error("larger than {MAX_MANIFEST} bytes")]
+    TooLarge,
+    /// The manifest does not parse or validate.
+    #[error("{0}")]
+    Invalid(crate::infer::manifest::ManifestError),
+    /// A file the manifest names is not inside its folder.
+    #[error("names {}, which is not a file inside the manifest's folder", .0.display())]
+    Outside(std::path::PathBuf),
+    /// A file the manifest names is not a regular file that opens.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::firmware_cli::NotRegular,
+    },
+    /// A file the manifest names cannot be read.
+    #[error("{}: cannot be read ({source})", path.display())]
+    FileUnreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file the manifest names does not hash to its SHA-256.
+    #[error("{} does not match the SHA-256 its manifest gives", .0.display())]
+    Mismatch(std::path::PathBuf),
 }
 
 /// Reads the manifest and checks its files, as [`model_check`] describes.
 fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault> {
     use std::io::Read;
-    let file = crate::firmware_cli::open_regular(manifest).map_err(|e| e.to_string())?;
+    let file = crate::firmware_cli::open_regular(manifest).map_err(ModelFault::Manifest)?;
     let mut text = String::new();
     file.take(MAX_MANIFEST + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("cannot be read ({e})"))?;
+        .map_err(ModelFault::Unreadable)?;
     if text.len() as u64 > MAX_MANIFEST {
-        return Err(format!("larger than {MAX_MANIFEST} bytes").into());
+        return Err(ModelFault::TooLarge);
     }
-    let m = crate::infer::Manifest::parse(&text, manifest).map_err(|e| e.to_string())?;
+    let m = crate::infer::Manifest::parse(&text, manifest).map_err(ModelFault::Invalid)?;
     let mut files = vec![(m.file.path.as_path(), m.file.sha256.as_str())];
     if let (Some(w), Some(h)) = (&m.file.weights, &m.file.weights_sha256) {
         files.push((w.as_path(), h.as_str()));
@@ -193,23 +221,19 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault>
                 .components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !inside {
-            return Err(format!(
-                "names {}, which is not a file inside the manifest's folder",
-                file.display()
-            )
-            .into());
+            return Err(ModelFault::Outside(file.to_path_buf()));
         }
         let path = m.dir.join(file);
-        let mut opened = crate::firmware_cli::open_regular(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let (_, digest) = duli_firmware::hash_reader(&mut opened)
-            .map_err(|e| format!("{}: cannot be read ({e})", path.display()))?;
+        let mut opened = match crate::firmware_cli::open_regular(&path) {
+            Ok(f) => f,
+            Err(source) => return Err(ModelFault::File { path, source }),
+        };
+        let digest = match duli_firmware::hash_reader(&mut opened) {
+            Ok((_, d)) => d,
+            Err(source) => return Err(ModelFault::FileUnreadable { path, source }),
+        };
         if !hex::encode(digest).eq_ignore_ascii_case(expected) {
-            return Err(format!(
-                "{} does not match the SHA-256 its manifest gives",
-                path.display()
-            )
-            .into());
+            return Err(ModelFault::Mismatch(path));
         }
     }
     Ok(m)

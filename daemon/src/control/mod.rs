@@ -74,7 +74,7 @@ pub enum RequestError {
 pub async fn serve(
     store: Arc<Store>,
     audit: Arc<Audit>,
-    outbox: Option<Arc<Outbox>>,
+    outbox: Arc<Outbox>,
     listener: UnixListener,
 ) {
     let my_uid = nix::unistd::getuid().as_raw();
@@ -151,14 +151,14 @@ async fn read_request(r: OwnedReadHalf) -> Result<Request, RequestError> {
 async fn handle(
     store: Arc<Store>,
     audit: Arc<Audit>,
-    outbox: Option<Arc<Outbox>>,
+    outbox: Arc<Outbox>,
     stream: UnixStream,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let resp = match read_request(r).await {
         Ok(req) => {
             log::info!("control: {}", describe(&req));
-            tokio::task::spawn_blocking(move || execute(&store, &audit, outbox.as_deref(), &req))
+            tokio::task::spawn_blocking(move || execute(&store, &audit, Some(&outbox), &req))
                 .await
                 .unwrap_or_else(|e| Response::Error {
                     message: format!("command failed: {e}"),
@@ -230,7 +230,8 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let task = tokio::spawn(serve(store.clone(), audit.clone(), None, listener));
+        let outbox = Arc::new(store.outbox(Default::default()).unwrap());
+        let task = tokio::spawn(serve(store.clone(), audit.clone(), outbox, listener));
         // The store is held by this process: only the socket path can answer.
         let resp = run_request(dir.path(), Request::Status).await.unwrap();
         match resp {
@@ -279,7 +280,8 @@ mod tests {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let audit = Arc::new(Audit::open(&store).unwrap());
         let listener = bind(dir.path()).unwrap();
-        let task = tokio::spawn(serve(store, audit, None, listener));
+        let outbox = Arc::new(store.outbox(Default::default()).unwrap());
+        let task = tokio::spawn(serve(store, audit, outbox, listener));
         let path = socket_path(dir.path());
         let second = std::time::Duration::from_secs(1);
 
