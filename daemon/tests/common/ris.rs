@@ -96,6 +96,17 @@ pub fn hl7_strict(msg: &str) -> Option<String> {
     hl7_strict_all(&[msg.to_string()]).map(|mut v| v.remove(0))
 }
 
+/// Asserts that hl7apy STRICT finds each of `msgs` valid (nothing asserted, with a SKIP
+/// line, when no Python has hl7apy: a failure under `make test`).
+pub fn assert_strict_valid(msgs: &[String]) {
+    let Some(verdicts) = hl7_strict_all(msgs) else {
+        return;
+    };
+    for (msg, verdict) in msgs.iter().zip(&verdicts) {
+        assert_eq!(verdict, "valid", "{}", msg.replace('\r', "\n"));
+    }
+}
+
 /// [`hl7_strict`] of each of `msgs`, in one validator process: one verdict per message.
 pub fn hl7_strict_all(msgs: &[String]) -> Option<Vec<String>> {
     if msgs.is_empty() {
