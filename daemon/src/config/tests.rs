@@ -137,6 +137,15 @@ fn relative_pacs_tls_paths_resolve_against_the_file_folder() {
         Some(tls.join("client.pem").as_path())
     );
     assert_eq!(d.tls_key.as_deref(), Some(tls.join("client.key").as_path()));
+    // Without `result_objects`, a PACS gets the SR and the Secondary Capture, not the
+    // Parametric Map (which many archives do not take).
+    assert_eq!(
+        d.result_objects,
+        [
+            super::delivery::ResultObject::Sr,
+            super::delivery::ResultObject::Sc
+        ]
+    );
 }
 
 #[test]
