@@ -228,6 +228,146 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
         .is_none());
 }
 
+/// The SR states what a reader of the document needs beside its findings: the flags of an
+/// unverified preliminary result, the analysed image as the evidence (and in the
+/// finding's derivation), the Parametric Map as the other evidence and as the visual
+/// explanation of the finding it explains, and the appliance as the device observer (its
+/// UID, name, manufacturer and the model's name).
+#[test]
+fn the_sr_states_its_flags_evidence_explanation_and_device_observer() {
+    use dicom_dictionary_std::tags;
+    let Some(f) = fixture() else { return };
+    let files = build_all(&f);
+    let sr = dicom_object::open_file(&files[0].1).unwrap();
+    let text = |obj: &dicom_object::InMemDicomObject, tag| {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(['\0', ' '])
+            .to_string()
+    };
+    assert_eq!(text(&sr, tags::VERIFICATION_FLAG), "UNVERIFIED");
+    assert_eq!(text(&sr, tags::PRELIMINARY_FLAG), "PRELIMINARY");
+    assert_eq!(text(&sr, tags::COMPLETION_FLAG), "COMPLETE");
+    // Evidence: study → series → instance, as referenced.
+    let referenced = |seq_tag| -> Vec<String> {
+        let mut out = Vec::new();
+        for study in sr.element(seq_tag).unwrap().items().unwrap() {
+            for series in study
+                .element(tags::REFERENCED_SERIES_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+            {
+                for inst in series
+                    .element(tags::REFERENCED_SOP_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap()
+                {
+                    out.push(text(inst, tags::REFERENCED_SOP_INSTANCE_UID));
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(
+        referenced(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE),
+        [f.source.sop_instance_uid.clone()]
+    );
+    assert_eq!(
+        referenced(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE),
+        [f.uids.pm_instance.clone()]
+    );
+    // The content tree, flattened: (concept code value, text or UID value, referenced
+    // SOP Instance UIDs).
+    fn walk(obj: &dicom_object::InMemDicomObject, out: &mut Vec<(String, String, Vec<String>)>) {
+        let Ok(items) = obj.element(tags::CONTENT_SEQUENCE) else {
+            return;
+        };
+        for item in items.items().unwrap() {
+            let get = |tag| {
+                item.element(tag)
+                    .ok()
+                    .and_then(|e| {
+                        e.to_str()
+                            .ok()
+                            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+                    })
+                    .unwrap_or_default()
+            };
+            let concept = item
+                .element(tags::CONCEPT_NAME_CODE_SEQUENCE)
+                .ok()
+                .and_then(|e| {
+                    e.items().and_then(|i| i.first()).map(|c| {
+                        c.element(tags::CODE_VALUE)
+                            .map(|v| v.to_str().unwrap().trim().to_string())
+                            .unwrap_or_default()
+                    })
+                })
+                .unwrap_or_default();
+            let value = [tags::TEXT_VALUE, tags::UID]
+                .into_iter()
+                .map(get)
+                .find(|v| !v.is_empty())
+                .unwrap_or_default();
+            let refs = item
+                .element(tags::REFERENCED_SOP_SEQUENCE)
+                .ok()
+                .and_then(|e| e.items().map(|i| i.to_vec()))
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    r.element(tags::REFERENCED_SOP_INSTANCE_UID)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .trim_end_matches(['\0', ' '])
+                        .to_string()
+                })
+                .collect();
+            out.push((concept, value, refs));
+            walk(item, out);
+        }
+    }
+    let mut tree = Vec::new();
+    walk(&sr, &mut tree);
+    let value_of = |code: &str| -> Vec<&str> {
+        tree.iter()
+            .filter(|(c, _, _)| c == code)
+            .map(|(_, v, _)| v.as_str())
+            .collect()
+    };
+    assert_eq!(
+        value_of("121012"),
+        [f.uids.device_observer.as_str()],
+        "Device Observer UID"
+    );
+    assert_eq!(value_of("121013"), ["DULI Edge"], "Device Observer Name");
+    assert_eq!(
+        value_of("121014"),
+        ["DULI Edge"],
+        "Device Observer Manufacturer"
+    );
+    assert_eq!(
+        value_of("121015"),
+        ["pneumonia-xception"],
+        "Device Observer Model Name"
+    );
+    let explanation: Vec<&Vec<String>> = tree
+        .iter()
+        .filter(|(c, _, _)| c == "130401")
+        .map(|(_, _, r)| r)
+        .collect();
+    assert_eq!(
+        explanation,
+        [&vec![f.uids.pm_instance.clone()]],
+        "the visual explanation names the Parametric Map"
+    );
+}
+
 /// highdicom reads the Parametric Map as one: float pixel values (the saliency, 0 to 1),
 /// its palette (the well-known Hot Iron, by UID) over that range, the ICC profile, and an
 /// identity value mapping over 0 to 1.
