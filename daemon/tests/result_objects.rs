@@ -228,6 +228,18 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
         .is_none());
 }
 
+/// The value of `tag` in `obj` as text, without padding; empty when absent.
+fn string_of(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// The SR states what a reader of the document needs beside its findings: the flags of an
 /// unverified preliminary result, the analysed image as the evidence (and in the
 /// finding's derivation), the Parametric Map as the other evidence and as the visual
@@ -239,14 +251,7 @@ fn the_sr_states_its_flags_evidence_explanation_and_device_observer() {
     let Some(f) = fixture() else { return };
     let files = build_all(&f);
     let sr = dicom_object::open_file(&files[0].1).unwrap();
-    let text = |obj: &dicom_object::InMemDicomObject, tag| {
-        obj.element(tag)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .trim_end_matches(['\0', ' '])
-            .to_string()
-    };
+    let text = |obj: &dicom_object::InMemDicomObject, tag| string_of(obj, tag);
     assert_eq!(text(&sr, tags::VERIFICATION_FLAG), "UNVERIFIED");
     assert_eq!(text(&sr, tags::PRELIMINARY_FLAG), "PRELIMINARY");
     assert_eq!(text(&sr, tags::COMPLETION_FLAG), "COMPLETE");
@@ -274,11 +279,11 @@ fn the_sr_states_its_flags_evidence_explanation_and_device_observer() {
     };
     assert_eq!(
         referenced(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE),
-        [f.source.sop_instance_uid.clone()]
+        std::slice::from_ref(&f.source.sop_instance_uid)
     );
     assert_eq!(
         referenced(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE),
-        [f.uids.pm_instance.clone()]
+        std::slice::from_ref(&f.uids.pm_instance)
     );
     // The content tree, flattened: (concept code value, text or UID value, referenced
     // SOP Instance UIDs).
@@ -287,30 +292,15 @@ fn the_sr_states_its_flags_evidence_explanation_and_device_observer() {
             return;
         };
         for item in items.items().unwrap() {
-            let get = |tag| {
-                item.element(tag)
-                    .ok()
-                    .and_then(|e| {
-                        e.to_str()
-                            .ok()
-                            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                    })
-                    .unwrap_or_default()
-            };
             let concept = item
                 .element(tags::CONCEPT_NAME_CODE_SEQUENCE)
                 .ok()
-                .and_then(|e| {
-                    e.items().and_then(|i| i.first()).map(|c| {
-                        c.element(tags::CODE_VALUE)
-                            .map(|v| v.to_str().unwrap().trim().to_string())
-                            .unwrap_or_default()
-                    })
-                })
+                .and_then(|e| e.items().and_then(|i| i.first()))
+                .map(|c| string_of(c, tags::CODE_VALUE))
                 .unwrap_or_default();
             let value = [tags::TEXT_VALUE, tags::UID]
                 .into_iter()
-                .map(get)
+                .map(|tag| string_of(item, tag))
                 .find(|v| !v.is_empty())
                 .unwrap_or_default();
             let refs = item
@@ -319,14 +309,7 @@ fn the_sr_states_its_flags_evidence_explanation_and_device_observer() {
                 .and_then(|e| e.items().map(|i| i.to_vec()))
                 .unwrap_or_default()
                 .iter()
-                .map(|r| {
-                    r.element(tags::REFERENCED_SOP_INSTANCE_UID)
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .trim_end_matches(['\0', ' '])
-                        .to_string()
-                })
+                .map(|r| string_of(r, tags::REFERENCED_SOP_INSTANCE_UID))
                 .collect();
             out.push((concept, value, refs));
             walk(item, out);
