@@ -35,8 +35,10 @@ fn labelled_set(samples: &Path, dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Pairwise AUC and DeLong 95% CI, written from the definitions (no library); a file is
-/// positive when its path has a component starting with `PNEUMONIA`.
+/// Pairwise AUC and DeLong 95% CI, the rates at the 0.5 threshold (positive at or above
+/// it) and the expected calibration error over ten equal bins, written from the
+/// definitions (no library); a file is positive when its path has a component starting
+/// with `PNEUMONIA`.
 const PYTHON_DELONG: &str = r#"
 import json, math, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -52,8 +54,18 @@ v01 = [sum(psi(x, y) for x in pos) / m for y in neg]
 auc = sum(v10) / m
 var = sum((v - auc) ** 2 for v in v10) / (m - 1) / m + sum((v - auc) ** 2 for v in v01) / (n - 1) / n
 se = math.sqrt(var)
+tp = sum(p >= 0.5 for p in pos); fn = m - tp
+tn = sum(p < 0.5 for p in neg); fp = n - tn
+bins = [[] for _ in range(10)]
+for p, y in [(p, 1) for p in pos] + [(p, 0) for p in neg]:
+    bins[min(int(p * 10), 9)].append((p, y))
+ece = sum(len(b) / (m + n) * abs(sum(p for p, _ in b) / len(b) - sum(y for _, y in b) / len(b))
+          for b in bins if b)
 print(json.dumps({"auc": auc, "lo": max(0.0, auc - 1.959963984540054 * se),
-                  "hi": min(1.0, auc + 1.959963984540054 * se), "m": m, "n": n}))
+                  "hi": min(1.0, auc + 1.959963984540054 * se), "m": m, "n": n,
+                  "sensitivity": tp / m, "specificity": tn / n,
+                  "ppv": tp / (tp + fp) if tp + fp else None,
+                  "npv": tn / (tn + fn) if tn + fn else None, "ece": ece}))
 "#;
 
 /// Runs [`PYTHON_DELONG`] over the `duli infer` lines of `files`; its answer.
@@ -147,6 +159,15 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
             "{key}: {hex}"
         );
     }
+    assert_eq!(report["model"]["precision"], "f32", "{}", report["model"]);
+    assert!(
+        !report["model"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{}",
+        report["model"]
+    );
     // At f32 the network scored is the manifest's own.
     assert_eq!(report["model"]["network_sha256"], report["model"]["hash"]);
     assert_eq!(f["threshold"], 0.5);
@@ -173,6 +194,13 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     assert!(close(&f["auc"], &expect["auc"]), "{f} vs {expect}");
     assert!(close(&f["auc_ci"][0], &expect["lo"]), "{f} vs {expect}");
     assert!(close(&f["auc_ci"][1], &expect["hi"]), "{f} vs {expect}");
+    for key in ["sensitivity", "specificity", "ppv", "npv"] {
+        assert!(close(&f[key], &expect[key]), "{key}: {f} vs {expect}");
+    }
+    assert!(
+        close(&f["calibration"]["ece"], &expect["ece"]),
+        "ece: {f} vs {expect}"
+    );
     // The model separates these samples well but not perfectly.
     let auc = f["auc"].as_f64().unwrap();
     assert!(auc > 0.8 && auc < 1.0, "{auc}");
@@ -188,6 +216,25 @@ fn evaluate_reproduces_an_independent_auc_and_interval_on_the_shared_samples() {
     }
     let svg = std::fs::read_to_string(plots.join("roc-PNEUMONIA.svg")).unwrap();
     assert!(svg.contains("<polyline"), "no curve in the ROC plot");
+
+    // Another target sensitivity: the operating point found reaches it, at a threshold no
+    // lower than the one for 0.95.
+    let out = duli(&[
+        "evaluate",
+        set.to_str().unwrap(),
+        "--json",
+        "--target-sensitivity",
+        "0.75",
+    ]);
+    out.assert_success("duli evaluate --target-sensitivity 0.75");
+    let low: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(low["target_sensitivity"], 0.75);
+    let low_op = &low["findings"]["PNEUMONIA"]["at_target_sensitivity"];
+    assert!(low_op["sensitivity"].as_f64().unwrap() >= 0.75, "{low_op}");
+    assert!(
+        low_op["threshold"].as_f64().unwrap() >= tgt["threshold"].as_f64().unwrap(),
+        "{low_op} vs {tgt}"
+    );
 
     // Without --json: the table names the figures.
     let out = duli(&["evaluate", set.to_str().unwrap()]);
@@ -339,6 +386,13 @@ for line in (src / "labels.csv").read_text().splitlines()[1:]:
     assert!(close(&f["auc"], &expect["auc"]), "{f} vs {expect}");
     assert!(close(&f["auc_ci"][0], &expect["lo"]), "{f} vs {expect}");
     assert!(close(&f["auc_ci"][1], &expect["hi"]), "{f} vs {expect}");
+    for key in ["sensitivity", "specificity", "ppv", "npv"] {
+        assert!(close(&f[key], &expect[key]), "{key}: {f} vs {expect}");
+    }
+    assert!(
+        close(&f["calibration"]["ece"], &expect["ece"]),
+        "ece: {f} vs {expect}"
+    );
 
     // A finding the model does not have: refused, naming the line.
     std::fs::write(&csv, "file,finding,label\nNORMAL_01.jpg,EFFUSION,1\n").unwrap();
