@@ -841,13 +841,7 @@ fn a_retrieve_that_re_encodes_a_deflated_giant_holds_none_of_it_in_the_daemon() 
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let peak = sampler.join().unwrap();
     out.assert_success("qr_client.py get");
-    let last: serde_json::Value = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .unwrap_or_default();
+    let last: serde_json::Value = last_json_line(&out);
     assert_eq!(last["status"], 0, "{}", out.combined());
     assert_eq!(
         last["NumberOfCompletedSuboperations"],

@@ -689,4 +689,25 @@ fn a_pacs_refusing_the_parametric_map_gets_the_rest_by_push_and_by_c_move() {
         "moved:\n{text}"
     );
     assert!(d.log().contains("skipped"), "{}", d.log());
+
+    // The C-GET by a peer that negotiates no Parametric Map Storage: the same three, the
+    // map neither sent nor counted, the retrieve a success.
+    let got = temp_dir("picky-get");
+    let Some(answer) = python_tool(
+        "qr_client.py",
+        &[
+            "get",
+            &d.dicom_port.to_string(),
+            got.path().to_str().unwrap(),
+            &study_uid,
+        ],
+    ) else {
+        return;
+    };
+    answer.assert_success("qr_client.py get");
+    let last: serde_json::Value = last_json_line(&answer);
+    assert_eq!(last["status"], 0, "{}", answer.combined());
+    assert_eq!(last["NumberOfCompletedSuboperations"], 3, "{last}");
+    assert_eq!(last["NumberOfFailedSuboperations"], 0, "{last}");
+    assert_eq!(std::fs::read_dir(got.path()).unwrap().count(), 3);
 }

@@ -276,6 +276,17 @@ pub fn python_tool(name: &str, args: &[&str]) -> Option<ToolOutput> {
     Some(run(&mut cmd, Duration::from_secs(180)))
 }
 
+/// The last JSON object line a tool printed (`null` when none), e.g. the final response
+/// qr_client.py reports.
+pub fn last_json_line(out: &ToolOutput) -> serde_json::Value {
+    out.stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_default()
+}
+
 /// A `Command` running `script` (Python source) with the venv interpreter and `args`
 /// (available as `sys.argv[1:]`); `None` with a SKIP line when there is no venv.
 pub fn python_script(script: &str, args: &[&str]) -> Option<Command> {
