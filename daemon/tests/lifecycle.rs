@@ -9,12 +9,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn make_dx(dir: &std::path::Path, count: usize) -> Option<Vec<PathBuf>> {
+    make_dx_with(dir, count, &[])
+}
+
+/// [`make_dx`] with more options of tests/tools/make_dx.py (e.g. the image size).
+fn make_dx_with(dir: &std::path::Path, count: usize, more: &[&str]) -> Option<Vec<PathBuf>> {
     let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
     let count = count.to_string();
-    let mut cmd = python_script(
-        &script,
-        &[dir.to_str().unwrap(), "--count", &count, "--studies", "2"],
-    )?;
+    let mut args = vec![dir.to_str().unwrap(), "--count", &count, "--studies", "2"];
+    args.extend_from_slice(more);
+    let mut cmd = python_script(&script, &args)?;
     let out = run(&mut cmd, Duration::from_secs(120));
     out.assert_success("make_dx.py");
     Some(
@@ -130,6 +134,54 @@ fn below_the_disk_reserve_c_store_answers_a700_and_stores_nothing() {
     d.echoscu("MODALITY", &[])
         .unwrap()
         .assert_success("echo under the reserve");
+}
+
+/// The disk falls below its reserve while an instance streams in (the reserve is set 48
+/// MB under the free space, the instance is about 150 MB): the association is aborted
+/// within the next few MB, the partial file removed, nothing indexed, and the daemon
+/// serves on.
+#[test]
+fn the_disk_reserve_crossed_while_streaming_aborts_and_keeps_nothing() {
+    let dir = temp_dir("reserve-stream");
+    let Some(files) = make_dx_with(dir.path(), 1, &["--rows", "8660", "--cols", "8660"]) else {
+        return;
+    };
+    // The daemon's data folder is a temporary folder too, on the same file system.
+    let st = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+    #[allow(clippy::unnecessary_cast)]
+    let free_mb = st.blocks_available() as u64 * st.fragment_size() as u64 / (1024 * 1024);
+    let d = Daemon::builder()
+        .config("retention", "disk_reserve_mb", &(free_mb - 48).to_string())
+        .start();
+    assert_eq!(
+        nix::sys::statvfs::statvfs(d.data_dir())
+            .unwrap()
+            .filesystem_id(),
+        st.filesystem_id(),
+        "the data folder is on another file system"
+    );
+    let Some(out) = d.storescu("MODALITY", &["-v"], &files) else {
+        return;
+    };
+    let text = out.combined();
+    assert!(
+        !text.contains("Received Store Response (Success)"),
+        "stored although the reserve was crossed:\n{text}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("disk below reserve while receiving"),
+        "not cut while streaming (a refusal at the start means the disk moved by 48 MB \
+         meanwhile):\n{log}\n{text}"
+    );
+    assert_eq!(d.metric("duli_store_instances"), Some(0.0));
+    let tmp: Vec<_> = std::fs::read_dir(d.data_dir().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "partial files left: {tmp:?}");
+    d.echoscu("MODALITY", &[])
+        .unwrap()
+        .assert_success("echo after the abort");
 }
 
 #[test]
