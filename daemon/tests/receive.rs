@@ -3,6 +3,8 @@
 //! certificates, idle-connection floods and character sets.
 
 mod common;
+#[path = "common/raw_peer.rs"]
+mod raw_peer;
 
 use common::dx::make_dx;
 use common::*;
@@ -340,34 +342,17 @@ fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An A-ASSOCIATE-RQ from `calling` proposing C-ECHO on `contexts` presentation contexts
+/// (odd IDs, wrapping past 255).
 fn associate_rq(calling: &str, contexts: usize) -> Vec<u8> {
-    fn ae(s: &str) -> Vec<u8> {
-        let mut v = s.as_bytes().to_vec();
-        v.resize(16, b' ');
-        v
-    }
-    fn item(t: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![t, 0];
-        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-    let mut body = vec![0, 1, 0, 0];
-    body.extend(ae("DULI"));
-    body.extend(ae(calling));
-    body.extend([0u8; 32]);
-    body.extend(item(0x10, b"1.2.840.10008.3.1.1.1"));
-    for i in 0..contexts {
-        let mut pc = vec![((i * 2 + 1) % 256) as u8, 0, 0, 0];
-        pc.extend(item(0x30, b"1.2.840.10008.1.1"));
-        pc.extend(item(0x40, b"1.2.840.10008.1.2"));
-        body.extend(item(0x20, &pc));
-    }
-    body.extend(item(0x50, &item(0x51, &16384u32.to_be_bytes())));
-    let mut pdu = vec![0x01, 0];
-    pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    pdu.extend(body);
-    pdu
+    let proposals: Vec<raw_peer::Proposal> = (0..contexts)
+        .map(|i| raw_peer::Proposal {
+            id: ((i * 2 + 1) % 256) as u8,
+            abstract_syntax: "1.2.840.10008.1.1",
+            transfer_syntaxes: &["1.2.840.10008.1.2"],
+        })
+        .collect();
+    raw_peer::rq_bytes(calling, DULI_AET, &proposals, &[])
 }
 
 #[test]

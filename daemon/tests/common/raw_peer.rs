@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Explicit VR Little Endian.
+#[allow(unused_imports)]
 pub use duli::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE;
 const MAX_PDU: u32 = 65_536;
 
@@ -65,6 +66,44 @@ fn write_pdu(stream: &mut TcpStream, pdu: &Pdu) -> io::Result<()> {
     stream.write_all(&bytes)
 }
 
+/// The bytes of an A-ASSOCIATE-RQ from `calling` to `called` proposing `contexts` (with
+/// SCP/SCU role selection for `roles`: SOP class, SCU, SCP) and a 64 KiB Maximum Length.
+pub fn rq_bytes(
+    calling: &str,
+    called: &str,
+    contexts: &[Proposal],
+    roles: &[(&str, bool, bool)],
+) -> Vec<u8> {
+    let mut user_variables = vec![UserVariableItem::MaxLength(MAX_PDU)];
+    for (uid, scu, scp) in roles {
+        user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+            uid.to_string(),
+            RequestorRoles {
+                scu: *scu,
+                scp: *scp,
+            },
+        ));
+    }
+    let rq = AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: calling.into(),
+        called_ae_title: called.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: contexts
+            .iter()
+            .map(|c| PresentationContextProposed {
+                id: c.id,
+                abstract_syntax: c.abstract_syntax.into(),
+                transfer_syntaxes: c.transfer_syntaxes.iter().map(|t| t.to_string()).collect(),
+            })
+            .collect(),
+        user_variables,
+    };
+    let mut bytes = Vec::new();
+    dicom_ul::pdu::write_pdu(&mut bytes, &Pdu::AssociationRQ(rq)).expect("encode A-ASSOCIATE-RQ");
+    bytes
+}
+
 impl RawPeer {
     /// Requests an association from `calling` to `called` at `addr`, proposing
     /// `contexts` and, for each `(uid, scu, scp)` in `roles`, an SCP/SCU role selection item.
@@ -110,32 +149,7 @@ impl RawPeer {
     ) -> io::Result<Outcome> {
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         stream.set_nodelay(true)?;
-        let mut user_variables = vec![UserVariableItem::MaxLength(MAX_PDU)];
-        for (uid, scu, scp) in roles {
-            user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
-                uid.to_string(),
-                RequestorRoles {
-                    scu: *scu,
-                    scp: *scp,
-                },
-            ));
-        }
-        let rq = AssociationRQ {
-            protocol_version: 1,
-            calling_ae_title: calling.into(),
-            called_ae_title: called.into(),
-            application_context_name: "1.2.840.10008.3.1.1.1".into(),
-            presentation_contexts: contexts
-                .iter()
-                .map(|c| PresentationContextProposed {
-                    id: c.id,
-                    abstract_syntax: c.abstract_syntax.into(),
-                    transfer_syntaxes: c.transfer_syntaxes.iter().map(|t| t.to_string()).collect(),
-                })
-                .collect(),
-            user_variables,
-        };
-        write_pdu(&mut stream, &Pdu::AssociationRQ(rq))?;
+        stream.write_all(&rq_bytes(calling, called, contexts, roles))?;
         Ok(match read_pdu(&mut stream)? {
             Pdu::AssociationAC(ac) => Outcome::Accepted(RawPeer { stream, ac }),
             other => Outcome::Refused(other),
