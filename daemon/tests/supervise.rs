@@ -270,3 +270,60 @@ fn the_console_event_feed_and_login_audit_are_supervised_stages() {
         }
     }
 }
+
+/// The HL7 delivery worker, the analysis pipeline and the DICOM listener each panic in
+/// their first incarnation: each is restarted, and a study sent afterwards is received,
+/// analysed and its report accepted by the RIS.
+#[test]
+fn delivery_analysis_and_receive_stages_that_panic_are_restarted_and_serve() {
+    let Some(file) = common::inference::chest_dx("PNEUMONIA_01.dcm") else {
+        return;
+    };
+    if !common::inference::inference_available() {
+        return;
+    }
+    for stage in ["deliver hl7", "infer", "receive"] {
+        if !cfg!(debug_assertions) {
+            return skip_here("stage fault injection exists only in debug builds");
+        }
+        let (port, seen) = ris::scripted_ris(Arc::new(|_, id: &str| ris::aa(id)), Duration::ZERO);
+        let d = Daemon::builder()
+            .with_inference()
+            .config("hl7", "enabled", "true")
+            .config("hl7", "port", &port.to_string())
+            .config("hl7", "tls", "false")
+            .env("DULI_DEBUG_PANIC_STAGE", &format!("{stage}:1"))
+            .start();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let restarted = format!("stage {stage}: restarting (incarnation 2)");
+        while !d.log().contains(&restarted) {
+            assert!(
+                Instant::now() < deadline,
+                "{stage} was not restarted:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d.storescu("MODALITY", &[], std::slice::from_ref(&file))
+            .unwrap()
+            .assert_success(&format!("storescu after {stage} was restarted"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "{stage}: no report reached the RIS; log:\n{}",
+            d.log()
+        );
+        ris::wait_drained(&d, Duration::from_secs(20));
+        assert!(
+            d.log().contains(&format!(
+                "stage {stage} ended unexpectedly (panicked: fault injected into stage {stage})"
+            )),
+            "{}",
+            d.log()
+        );
+    }
+}
