@@ -242,23 +242,7 @@ fn the_console_event_feed_and_login_audit_are_supervised_stages() {
         ) else {
             return;
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let restarted = format!("stage {stage}: restarting (incarnation 2)");
-        while !d.log().contains(&restarted) {
-            assert!(
-                Instant::now() < deadline,
-                "{stage} was not restarted:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            d.log().contains(&format!(
-                "stage {stage} ended unexpectedly (panicked: fault injected into stage {stage})"
-            )),
-            "{}",
-            d.log()
-        );
+        restarted_after_its_panic(&d, stage, Duration::from_secs(20));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let r = https_get(d.console_addr(), "/healthz");
@@ -294,16 +278,7 @@ fn delivery_analysis_and_receive_stages_that_panic_are_restarted_and_serve() {
             .config("hl7", "tls", "false")
             .env("DULI_DEBUG_PANIC_STAGE", &format!("{stage}:1"))
             .start();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let restarted = format!("stage {stage}: restarting (incarnation 2)");
-        while !d.log().contains(&restarted) {
-            assert!(
-                Instant::now() < deadline,
-                "{stage} was not restarted:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        restarted_after_its_panic(&d, stage, Duration::from_secs(30));
         d.storescu("MODALITY", &[], std::slice::from_ref(&file))
             .unwrap()
             .assert_success(&format!("storescu after {stage} was restarted"));
@@ -318,12 +293,27 @@ fn delivery_analysis_and_receive_stages_that_panic_are_restarted_and_serve() {
             d.log()
         );
         ris::wait_drained(&d, Duration::from_secs(20));
+    }
+}
+
+/// Waits up to `within` for `stage`'s second incarnation, and checks that the first ended
+/// by the injected panic.
+fn restarted_after_its_panic(d: &Daemon, stage: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    let restarted = format!("stage {stage}: restarting (incarnation 2)");
+    while !d.log().contains(&restarted) {
         assert!(
-            d.log().contains(&format!(
-                "stage {stage} ended unexpectedly (panicked: fault injected into stage {stage})"
-            )),
-            "{}",
+            Instant::now() < deadline,
+            "{stage} was not restarted:\n{}",
             d.log()
         );
+        std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        d.log().contains(&format!(
+            "stage {stage} ended unexpectedly (panicked: fault injected into stage {stage})"
+        )),
+        "{}",
+        d.log()
+    );
 }
