@@ -706,6 +706,10 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     // daemon still answers, and none is left half way.
     let bomb_state = s.settled(&bomb.study, "pixel bomb");
     eprintln!("pixel bomb study: {bomb_state}");
+    // A result is recorded for it (its one image not analysable, said in the log below),
+    // not an error state and not a study left waiting.
+    assert_eq!(bomb_state["state"], "done", "pixel bomb: {bomb_state}");
+    assert_eq!(bomb_state["result_version"], 1, "pixel bomb: {bomb_state}");
     for (encoding, study) in &corrupted {
         let st = s.settled(study, &format!("corrupted {encoding}"));
         let state = st["state"].as_str().unwrap_or_default();
