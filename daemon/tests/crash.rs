@@ -66,6 +66,25 @@ fn data_set(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()[p.offset as usize..].to_vec()
 }
 
+/// Sends `files` with storescu in the background, kills the daemon (SIGKILL) after
+/// `delay`, lets storescu end, and returns the files it saw acknowledged with Success;
+/// `None` with a SKIP line without DCMTK.
+fn send_then_kill(
+    d: &mut Daemon,
+    files: &[PathBuf],
+    log: &Path,
+    delay: Duration,
+) -> Option<Vec<PathBuf>> {
+    let mut sender = d.storescu_background(files, log)?;
+    std::thread::sleep(delay);
+    d.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sender.is_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(acknowledged(&sender.log()))
+}
+
 /// Checks the invariants after a restart; returns how many instances are indexed.
 fn check_store(d: &Daemon, sent: &HashMap<PathBuf, String>, acked: &[PathBuf]) -> usize {
     let out = run(&mut d.command(&["instances"]), Duration::from_secs(60));
@@ -148,9 +167,9 @@ fn kill_right_after_the_last_success_loses_nothing() {
 
 #[test]
 fn kill_at_random_moments_mid_transfer_loses_nothing_acknowledged() {
-    let Some(storescu_path) = require_tool("storescu") else {
+    if require_tool("storescu").is_none() {
         return;
-    };
+    }
     let rounds = rounds(2, 20);
     let dir = temp_dir("crash-b");
     let Some(sent) = make_dx(dir.path(), 60, 1536, 7) else {
@@ -170,26 +189,9 @@ fn kill_at_random_moments_mid_transfer_loses_nothing_acknowledged() {
         seed ^= seed << 17;
         let delay = Duration::from_millis(50 + seed % 700);
         let log = dir.path().join(format!("storescu-{round}.log"));
-        let mut cmd = std::process::Command::new(&storescu_path);
-        cmd.env("TCP_NODELAY", "1")
-            .args([
-                "-v",
-                "-aet",
-                "MODALITY",
-                "-aec",
-                DULI_AET,
-                "127.0.0.1",
-                &d.dicom_port.to_string(),
-            ])
-            .args(&files);
-        let mut sender = Background::spawn("storescu", &mut cmd, &log).unwrap();
-        std::thread::sleep(delay);
-        d.kill();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while sender.is_running() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let acked = acknowledged(&sender.log());
+        let Some(acked) = send_then_kill(&mut d, &files, &log, delay) else {
+            return;
+        };
         acked_total.extend(acked.iter().cloned());
         d.restart();
         let acked_list: Vec<PathBuf> = acked_total.iter().cloned().collect();
@@ -222,9 +224,9 @@ for src in sys.argv[3:]:
 /// than the last one acknowledged, and no copy kept for a replacement is left over.
 #[test]
 fn kill_while_instances_are_sent_again_keeps_files_and_index_agreeing() {
-    let Some(storescu_path) = require_tool("storescu") else {
+    if require_tool("storescu").is_none() {
         return;
-    };
+    }
     let rounds = rounds(3, 20);
     let dir = temp_dir("crash-c");
     let Some(sent) = make_dx(&dir.path().join("v"), 60, 1024, 11) else {
@@ -265,26 +267,9 @@ fn kill_while_instances_are_sent_again_keeps_files_and_index_agreeing() {
         seed ^= seed << 17;
         let delay = Duration::from_millis(30 + seed % 400);
         let log = dir.path().join(format!("storescu-{round}.log"));
-        let mut cmd = std::process::Command::new(&storescu_path);
-        cmd.env("TCP_NODELAY", "1")
-            .args([
-                "-v",
-                "-aet",
-                "MODALITY",
-                "-aec",
-                DULI_AET,
-                "127.0.0.1",
-                &d.dicom_port.to_string(),
-            ])
-            .args(&files);
-        let mut sender = Background::spawn("storescu", &mut cmd, &log).unwrap();
-        std::thread::sleep(delay);
-        d.kill();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while sender.is_running() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let acked = acknowledged(&sender.log());
+        let Some(acked) = send_then_kill(&mut d, &files, &log, delay) else {
+            return;
+        };
         for f in &acked {
             acked_version.insert(sop_of(f), round);
         }

@@ -228,9 +228,9 @@ fn readiness_is_notified_to_systemd() {
 
 #[test]
 fn sigterm_lets_an_open_association_finish_its_transfer() {
-    let Some(storescu_path) = require_tool("storescu") else {
+    if require_tool("storescu").is_none() {
         return;
-    };
+    }
     let dir = temp_dir("drain");
     let script = std::fs::read_to_string(repo_root().join("tests/tools/make_dx.py")).unwrap();
     let Some(mut cmd) = python_script(
@@ -250,20 +250,9 @@ fn sigterm_lets_an_open_association_finish_its_transfer() {
     run(&mut cmd, Duration::from_secs(120)).assert_success("make_dx.py");
     let files = dicom_files(&dir.path().join("dx"));
     let mut d = Daemon::start();
-    let mut cmd = std::process::Command::new(storescu_path);
-    cmd.env("TCP_NODELAY", "1")
-        .args([
-            "-v",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            DULI_AET,
-            "127.0.0.1",
-            &d.dicom_port.to_string(),
-        ])
-        .args(&files);
-    let mut sender =
-        Background::spawn("storescu", &mut cmd, &dir.path().join("storescu.log")).unwrap();
+    let Some(mut sender) = d.storescu_background(&files, &dir.path().join("storescu.log")) else {
+        return;
+    };
     // Wait until the transfer is under way, then ask the daemon to stop.
     let started = std::time::Instant::now();
     while !sender.log().contains("Received Store Response (Success)")

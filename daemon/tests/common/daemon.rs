@@ -425,6 +425,17 @@ impl Daemon {
     pub fn storescu(&self, calling: &str, extra: &[&str], files: &[PathBuf]) -> Option<ToolOutput> {
         storescu(calling, DULI_AET, self.dicom_port, extra, files)
     }
+
+    /// `storescu -v` from `MODALITY` sending `files` to this daemon in the background (its
+    /// output in `log`, each Success reported there); `None` with a SKIP line without
+    /// DCMTK.
+    pub fn storescu_background(&self, files: &[PathBuf], log: &Path) -> Option<Background> {
+        let mut cmd = super::dcmtk("storescu")?;
+        cmd.args(["-v", "-aet", "MODALITY", "-aec", DULI_AET, "127.0.0.1"])
+            .arg(self.dicom_port.to_string())
+            .args(files);
+        Some(Background::spawn("storescu", &mut cmd, log).unwrap())
+    }
 }
 
 impl Drop for Daemon {
