@@ -267,11 +267,7 @@ impl FileArea {
 /// A UID is digits and dots; anything else (hostile input) is replaced by a hash so it can
 /// never name another path.
 fn safe_component(uid: &str) -> String {
-    let ok = !uid.is_empty()
-        && uid.len() <= 64
-        && uid.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && !uid.starts_with('.');
-    if ok {
+    if is_plain_uid(uid) {
         uid.to_string()
     } else {
         let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
@@ -279,16 +275,20 @@ fn safe_component(uid: &str) -> String {
     }
 }
 
+/// A UID that may name a file as it is: 1 to 64 digits and dots, not starting with a dot.
+fn is_plain_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && !uid.starts_with('.')
+}
+
 /// Whether `name` is what [`safe_component`] makes: a plain UID or `x` and 32 hex digits.
 fn is_component(name: &str) -> bool {
-    let uid = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && !name.starts_with('.');
     let hashed = name.len() == 33
         && name.starts_with('x')
         && name[1..].chars().all(|c| c.is_ascii_hexdigit());
-    uid || hashed
+    is_plain_uid(name) || hashed
 }
 
 /// fsync of a directory, so that a rename or create in it is durable.
@@ -390,9 +390,11 @@ impl IncomingFile {
             .take()
             .ok_or_else(|| io::Error::other("file already finished"))?;
         file.sync_data()?;
+        let id = std::os::unix::fs::MetadataExt::ino(&file.metadata()?);
         Ok(StagedFile {
             path: std::mem::take(&mut self.path),
             size: self.written,
+            id,
             placed: false,
         })
     }
@@ -429,6 +431,7 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 pub struct StagedFile {
     path: PathBuf,
     size: u64,
+    id: u64,
     placed: bool,
 }
 
@@ -441,6 +444,11 @@ impl StagedFile {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Its identity on the file system (the inode, which placing it keeps).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }
 

@@ -190,7 +190,7 @@ impl Store {
             return Err(StoreError::Protected(sop.clone()));
         }
         let extra = batch_writes(batches)?;
-        let size = staged.size();
+        let (size, file_id) = (staged.size(), staged.id());
         let (study_uid, sop_uid) = (
             &header.instance.study_instance_uid,
             &header.instance.sop_instance_uid,
@@ -213,9 +213,7 @@ impl Store {
             self.note_generated(sop)?;
         }
         let mut rec = header.instance.clone();
-        rec.file_id = std::fs::metadata(self.root().join(&rel))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0);
+        rec.file_id = file_id;
         rec.path = rel.to_string_lossy().to_string();
         rec.size = size;
         rec.received_at = crate::clock::now_secs();
