@@ -295,8 +295,10 @@ enum Saved {
     },
 }
 
-/// Prefix of the keys of saved counters (known clients: `k`).
+/// Prefix of the keys of saved counters.
 const COUNTER_PREFIX: &str = "c";
+/// Prefix of the keys of saved known clients.
+const KNOWN_PREFIX: &str = "k";
 
 /// The store key of what `value` (a [`Key`] or an account and client) identifies: a
 /// prefix and the hex SHA-256 of its JSON, so a name of any length or character is a
@@ -412,7 +414,7 @@ impl LoginThrottle {
         let Some(saved) = &self.saved else {
             return;
         };
-        let id = saved_key("k", pair);
+        let id = saved_key(KNOWN_PREFIX, pair);
         let written = match at {
             Some(at) => saved
                 .insert(

@@ -125,7 +125,8 @@ pub fn choose(inst: &InstanceRecord, accepted: &[String]) -> Option<String> {
 
 /// Prepares `inst` (a file under `root`) for sending in transfer syntax `ts`; an instance
 /// that must be re-encoded is refused when it declares more than `max_pixels` pixel
-/// samples. Blocking.
+/// samples. Blocking; the daemon calls it through [`load_async`], which holds the
+/// re-encoding to [`TRANSCODE_TURNS`] at once.
 pub fn load(
     root: &Path,
     inst: &InstanceRecord,
