@@ -217,7 +217,7 @@ pub struct Prepared {
 impl Prepared {
     /// Its data set, to be streamed from the file.
     pub fn data_set(&self) -> DataSet<'_> {
-        DataSet::File {
+        DataSet {
             path: &self.path,
             offset: self.offset,
             len: self.len,

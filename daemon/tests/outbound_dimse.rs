@@ -349,7 +349,7 @@ impl ZeroDataSet {
     }
 
     fn data_set(&self) -> scu::DataSet<'_> {
-        scu::DataSet::File {
+        scu::DataSet {
             path: &self.path,
             offset: 0,
             len: 64,

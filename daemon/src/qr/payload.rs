@@ -91,7 +91,7 @@ impl Payload {
     pub fn data_set(&self) -> scu::DataSet<'_> {
         match self {
             Payload::Stored(p) => p.data_set(),
-            Payload::Transcoded(t) => scu::DataSet::File {
+            Payload::Transcoded(t) => scu::DataSet {
                 path: t.path(),
                 offset: 0,
                 len: t.len,

@@ -45,27 +45,23 @@ pub fn peer_max_pdu(announced: Option<u32>) -> u32 {
 /// length (4), PDV item length (4), presentation context ID, message control header.
 const PDATA_HEADER: usize = 12;
 
-/// Where the data set of a C-STORE comes from: always a file (the stored instance, or the
-/// scratch file of a re-encoding), so no data set is ever held whole in memory to be sent.
+/// The data set of a C-STORE: a byte range of a file (the stored instance, or the scratch
+/// file of a re-encoding), streamed in PDU-sized reads, so no data set is ever held whole
+/// in memory to be sent.
 #[derive(Debug, Clone, Copy)]
-pub enum DataSet<'a> {
-    /// A byte range of a file, streamed in PDU-sized reads.
-    File {
-        /// The file.
-        path: &'a Path,
-        /// Offset of the data set (after the file meta).
-        offset: u64,
-        /// Length of the data set.
-        len: u64,
-    },
+pub struct DataSet<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// Offset of the data set (after the file meta).
+    pub offset: u64,
+    /// Length of the data set.
+    pub len: u64,
 }
 
 impl DataSet<'_> {
     /// Its length in bytes.
     pub fn len(&self) -> u64 {
-        match self {
-            DataSet::File { len, .. } => *len,
-        }
+        self.len
     }
 
     /// True when it has no bytes.
@@ -179,7 +175,7 @@ impl Writer {
             return Err(std::io::Error::other("empty data set"));
         }
         let chunk = self.chunk();
-        let DataSet::File { path, offset, len } = data;
+        let DataSet { path, offset, len } = data;
         let mut file = {
             let mut f = std::fs::File::open(path)?;
             f.seek(std::io::SeekFrom::Start(offset))?;
@@ -298,7 +294,7 @@ mod tests {
         std::fs::write(&path, &file).unwrap();
         let (a, mut b) = tokio::io::duplex(1 << 22);
         let mut w = Writer::new(Box::new(a), 16_384);
-        let data = DataSet::File {
+        let data = DataSet {
             path: &path,
             offset: 300,
             len: body.len() as u64,
