@@ -277,9 +277,13 @@ fn a_jpeg_ls_header_that_lies_about_the_size_is_refused_before_decoding() {
 /// that sub-operation, never a crash; a good one is re-encoded.
 #[test]
 fn retrieval_of_hostile_stored_instances_fails_cleanly() {
-    use duli::qr::payload::{load, Payload, PayloadError};
+    use duli::qr::payload::{load, Limits, Payload, PayloadError};
     const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
     let dir = tempfile::tempdir().unwrap();
+    let limits = |max_pixels| Limits {
+        max_pixels,
+        disk_reserve: 0,
+    };
     let record = |name: &str, bytes: &[u8]| {
         std::fs::write(dir.path().join(name), bytes).unwrap();
         let obj = dicom_object::open_file(seed(name)).unwrap();
@@ -300,11 +304,27 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
         &std::fs::read(seed("j2k-lossless.dcm")).unwrap(),
     );
     assert!(matches!(
-        load(dir.path(), &good, EXPLICIT_LE, 1 << 30),
+        load(dir.path(), &good, EXPLICIT_LE, limits(1 << 30)),
         Ok(Payload::Transcoded(_))
     ));
+    // A copy that would take the data disk below its reserve: refused, nothing written.
+    let err = load(
+        dir.path(),
+        &good,
+        EXPLICIT_LE,
+        Limits {
+            max_pixels: 1 << 30,
+            disk_reserve: u64::MAX,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("below its reserve"), "{err}");
+    let scratch: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(scratch.is_empty(), "{scratch:?}");
     // Over the pixel budget: refused before anything is decoded.
-    let err = load(dir.path(), &good, EXPLICIT_LE, 16).unwrap_err();
+    let err = load(dir.path(), &good, EXPLICIT_LE, limits(16)).unwrap_err();
     assert!(err.to_string().contains("too large"), "{err}");
     // Corrupted codestreams, the lengths left intact.
     for name in ["j2k-lossy.dcm", "rle.dcm"] {
@@ -314,7 +334,7 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
             *b = 0xA5;
         }
         let rec = record(name, &bytes);
-        match load(dir.path(), &rec, EXPLICIT_LE, 1 << 30) {
+        match load(dir.path(), &rec, EXPLICIT_LE, limits(1 << 30)) {
             Err(PayloadError::Transcode { .. }) | Ok(_) => {}
             Err(other) => panic!("{name}: {other}"),
         }
@@ -325,7 +345,7 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
     let sof55 = bytes.windows(2).position(|w| w == [0xFF, 0xF7]).unwrap();
     bytes[sof55 + 5..sof55 + 9].copy_from_slice(&[0xFF; 4]);
     let rec = record("jpeg-ls-lossless.dcm", &bytes);
-    let err = load(dir.path(), &rec, EXPLICIT_LE, 1 << 30).unwrap_err();
+    let err = load(dir.path(), &rec, EXPLICIT_LE, limits(1 << 30)).unwrap_err();
     assert!(
         matches!(err, PayloadError::Transcode { .. })
             && err
@@ -336,5 +356,5 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
     // Truncated: the pre-scan refuses it.
     let bytes = std::fs::read(seed("rle.dcm")).unwrap();
     let rec = record("rle.dcm", &bytes[..bytes.len() / 2]);
-    assert!(load(dir.path(), &rec, EXPLICIT_LE, 1 << 30).is_err());
+    assert!(load(dir.path(), &rec, EXPLICIT_LE, limits(1 << 30)).is_err());
 }

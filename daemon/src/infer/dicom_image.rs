@@ -75,14 +75,22 @@ pub fn check_pixel_budget(obj: &InMemDicomObject, limit: u64) -> Result<(), TooM
 }
 
 /// Checks the pixel budget of the file at `path` from its header alone (everything before
-/// Pixel Data), so an image over the limit is never loaded, let alone decoded.
-pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<(), DicomImageError> {
+/// Pixel Data), so an image over the limit is never loaded, let alone decoded; returns the
+/// bytes its pixels take uncompressed.
+pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<u64, DicomImageError> {
     let summary =
         crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
     let header = crate::store::header::open_header(path)
         .map_err(|e| DicomImageError::Open(e.to_string()))?;
     check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
-    check_pixel_data_size(&header, &summary)
+    check_pixel_data_size(&header, &summary)?;
+    Ok(declared_bytes(&header))
+}
+
+/// The bytes the image attributes of `header` declare uncompressed.
+fn declared_bytes(header: &InMemDicomObject) -> u64 {
+    let bits = count_of(header, tags::BITS_ALLOCATED, 16).clamp(1, 64);
+    declared_pixels(header).saturating_mul(bits).div_ceil(8)
 }
 
 /// Slack over the declared image size allowed to the Pixel Data value: fragment items,
@@ -100,8 +108,7 @@ pub fn check_pixel_data_size(
     let Some(bytes) = summary.pixel_data_bytes else {
         return Ok(());
     };
-    let bits = count_of(header, tags::BITS_ALLOCATED, 16).clamp(1, 64);
-    let declared = declared_pixels(header).saturating_mul(bits).div_ceil(8);
+    let declared = declared_bytes(header);
     let limit = declared.saturating_mul(2).saturating_add(PIXEL_DATA_SLACK);
     if bytes > limit {
         return Err(DicomImageError::Invalid(format!(

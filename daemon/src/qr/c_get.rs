@@ -48,7 +48,7 @@ pub async fn serve(op: Op) -> String {
         };
         // Streamed from the file one PDU at a time: a retrieve of any size holds one
         // PDU-sized buffer, never a whole instance (unless it had to be transcoded).
-        let payload = match payload::load_async(&root, inst, &ts, op.ctx.max_pixels).await {
+        let payload = match payload::load_async(&root, inst, &ts, op.ctx.re_encoding).await {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("C-GET: {}: {e}", inst.sop_instance_uid);

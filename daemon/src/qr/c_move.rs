@@ -452,7 +452,7 @@ pub async fn serve(op: Op) -> String {
         let Some((pc, ts)) = context_for(&contexts, inst, &export.what, tally) else {
             continue;
         };
-        let payload = match payload::load_async(&root, inst, &ts, op.ctx.max_pixels).await {
+        let payload = match payload::load_async(&root, inst, &ts, op.ctx.re_encoding).await {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("C-MOVE to {dest_ae}: {}: {e}", inst.sop_instance_uid);

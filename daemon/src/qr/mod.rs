@@ -59,9 +59,9 @@ pub struct Context {
     pub ae_title: String,
     /// Known AEs (`[[pacs.destinations]]`); those with `move = true` are C-MOVE destinations.
     pub move_destinations: Vec<PacsDestination>,
-    /// Largest image re-encoded for a peer that does not take the stored syntax
-    /// (`inference.max_pixels`).
-    pub max_pixels: u64,
+    /// What re-encoding an instance for a peer that does not take the stored syntax may
+    /// cost (`inference.max_pixels`, `retention.disk_reserve_mb`).
+    pub re_encoding: payload::Limits,
     /// Most C-FIND matches answered for one request (`dicom.max_find_matches`).
     pub max_find_matches: usize,
 }

@@ -100,6 +100,17 @@ impl Payload {
     }
 }
 
+/// What re-encoding one instance may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most pixel samples an instance re-encoded may declare (`inference.max_pixels`).
+    pub max_pixels: u64,
+    /// Free bytes the data disk keeps (`retention.disk_reserve_mb`): an instance whose
+    /// uncompressed copy would take the disk below it is not re-encoded, as a C-STORE
+    /// that would is not stored.
+    pub disk_reserve: u64,
+}
+
 /// Re-encodings (children) that may run at once on the box; further retrieves wait.
 pub const TRANSCODE_TURNS: usize = 2;
 
@@ -124,14 +135,14 @@ pub fn choose(inst: &InstanceRecord, accepted: &[String]) -> Option<String> {
 }
 
 /// Prepares `inst` (a file under `root`) for sending in transfer syntax `ts`; an instance
-/// that must be re-encoded is refused when it declares more than `max_pixels` pixel
-/// samples. Blocking; the daemon calls it through [`load_async`], which holds the
+/// that must be re-encoded is refused when it declares more than `limits.max_pixels` pixel
+/// samples, or when its uncompressed copy would take the disk below `limits.disk_reserve`. Blocking; the daemon calls it through [`load_async`], which holds the
 /// re-encoding to [`TRANSCODE_TURNS`] at once.
 pub fn load(
     root: &Path,
     inst: &InstanceRecord,
     ts: &str,
-    max_pixels: u64,
+    limits: Limits,
 ) -> Result<Payload, PayloadError> {
     if inst.pruned {
         return Err(PayloadError::Pruned(inst.sop_instance_uid.clone()));
@@ -150,18 +161,31 @@ pub fn load(
     let target = TransferSyntaxRegistry
         .get(ts)
         .ok_or_else(|| err("unknown transfer syntax".into()))?;
-    check_file_pixel_budget(&path, max_pixels).map_err(|e| err(e.to_string()))?;
+    let image_bytes =
+        check_file_pixel_budget(&path, limits.max_pixels).map_err(|e| err(e.to_string()))?;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| PayloadError::File(e.to_string()))?
+        .len();
+    let copy = size.saturating_add(image_bytes);
+    let free = crate::store::files::free_bytes(root)
+        .map_err(|e| err(format!("cannot read the free disk space: {e}")))?;
+    if free.saturating_sub(copy) < limits.disk_reserve {
+        return Err(err(format!(
+            "its uncompressed copy (about {} MB) would take the data disk ({} MB free) below \
+             its reserve of {} MB",
+            copy / MB,
+            free / MB,
+            limits.disk_reserve / MB
+        )));
+    }
     let scratch = ScratchFile::create(root).map_err(|e| {
         err(format!(
             "cannot create a scratch file to re-encode into: {e}"
         ))
     })?;
-    // Uncompressed, the instance is its header and at most 4 bytes per pixel sample.
-    let size = std::fs::metadata(&path)
-        .map_err(|e| PayloadError::File(e.to_string()))?
-        .len();
+    // The child's output is cut past the header and 4 bytes per admitted pixel sample.
     let bound = size
-        .saturating_add(max_pixels.saturating_mul(4))
+        .saturating_add(limits.max_pixels.saturating_mul(4))
         .saturating_add(1024 * 1024);
     let len = match decode_sandbox::decoder_exe() {
         Some(exe) => decode_sandbox::transcode(
@@ -209,6 +233,8 @@ fn transcode_here(
     scratch.size().map_err(|e| err(e.to_string()))
 }
 
+const MB: u64 = 1024 * 1024;
+
 /// Held while an instance is re-encoded in this process ([`transcode_here`]).
 static TRANSCODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -217,11 +243,11 @@ pub async fn load_async(
     root: &Path,
     inst: &InstanceRecord,
     ts: &str,
-    max_pixels: u64,
+    limits: Limits,
 ) -> Result<Payload, PayloadError> {
     let (root, inst, ts) = (root.to_path_buf(), inst.clone(), ts.to_string());
     if ts == inst.transfer_syntax {
-        return tokio::task::spawn_blocking(move || load(&root, &inst, &ts, max_pixels)).await?;
+        return tokio::task::spawn_blocking(move || load(&root, &inst, &ts, limits)).await?;
     }
     // The turn moves into the blocking task, so it is held exactly as long as the child.
     let turn = TURNS.acquire().await.map_err(|e| PayloadError::Transcode {
@@ -231,7 +257,7 @@ pub async fn load_async(
     })?;
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        load(&root, &inst, &ts, max_pixels)
+        load(&root, &inst, &ts, limits)
     })
     .await?
 }

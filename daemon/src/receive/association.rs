@@ -204,7 +204,10 @@ impl<'a> Association<'a> {
             audit: scp.audit.clone(),
             ae_title: scp.policy.ae_title.clone(),
             move_destinations: scp.move_destinations.clone(),
-            max_pixels: scp.max_pixels,
+            re_encoding: crate::qr::payload::Limits {
+                max_pixels: scp.max_pixels,
+                disk_reserve: scp.disk_reserve,
+            },
             max_find_matches: scp.max_find_matches,
         });
         Association {

@@ -243,7 +243,10 @@ mod tests {
             store.root(),
             &rec,
             crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN,
-            crate::config::DEFAULT_MAX_PIXELS,
+            crate::qr::payload::Limits {
+                max_pixels: crate::config::DEFAULT_MAX_PIXELS,
+                disk_reserve: 0,
+            },
         )
         .unwrap();
         let crate::qr::payload::Payload::Transcoded(transcoded) = payload else {

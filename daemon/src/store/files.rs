@@ -258,10 +258,15 @@ impl FileArea {
 
     /// Free bytes on the file system of the data directory.
     pub fn free_bytes(&self) -> io::Result<u64> {
-        let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
-        #[allow(clippy::unnecessary_cast)]
-        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+        free_bytes(&self.root)
     }
+}
+
+/// Free bytes (for an unprivileged user) on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// A UID is digits and dots; anything else (hostile input) is replaced by a hash so it can
