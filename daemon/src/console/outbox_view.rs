@@ -81,7 +81,8 @@ pub struct Overview<'a> {
     pub destinations: Vec<DestinationView<'a>>,
 }
 
-/// The overview of `entries` (every entry of `delivery`) at `now_ms`.
+/// The overview of `entries` (the first [`MAX_PER_DESTINATION`] of each destination of
+/// `delivery`) at `now_ms`.
 pub fn overview<'a>(
     delivery: &dyn DeliveryQueue,
     entries: &'a [Entry],
@@ -100,7 +101,9 @@ pub fn overview<'a>(
                 .take(MAX_PER_DESTINATION)
                 .map(|e| EntryView::new(e, now_ms))
                 .collect(),
-            more: mine.len().saturating_sub(MAX_PER_DESTINATION),
+            more: usize::try_from(stats.queued + stats.retrying + stats.dead)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(mine.len().min(MAX_PER_DESTINATION)),
             stats,
         });
     }

@@ -12,8 +12,9 @@ use crate::store::outbox::{
 pub trait DeliveryQueue: Send + Sync + std::fmt::Debug {
     /// Per-destination figures (every destination with a worker or an entry).
     fn stats(&self) -> Result<Vec<DestStats>, OutboxError>;
-    /// Every entry, in destination order.
-    fn entries(&self) -> Result<Vec<Entry>, OutboxError>;
+    /// The first `per_destination` entries of each destination, in destination and queue
+    /// order.
+    fn first_entries(&self, per_destination: usize) -> Result<Vec<Entry>, OutboxError>;
     /// How full the outbox is.
     fn fill(&self) -> Fill;
     /// The delivery status of each message of one report.
@@ -27,8 +28,8 @@ impl DeliveryQueue for Outbox {
         Outbox::stats(self)
     }
 
-    fn entries(&self) -> Result<Vec<Entry>, OutboxError> {
-        self.list(None)
+    fn first_entries(&self, per_destination: usize) -> Result<Vec<Entry>, OutboxError> {
+        Outbox::first_of_each(self, per_destination)
     }
 
     fn fill(&self) -> Fill {

@@ -282,6 +282,16 @@ fn spawn_worker<C: Channel>(
     handle
 }
 
+/// The outbox's figures, counted off the runtime's threads (empty when they cannot be read).
+async fn stats_of(outbox: &Arc<Outbox>) -> Vec<crate::store::outbox::DestStats> {
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || outbox.stats())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
 async fn health_loop(
     config: Config,
     store: Arc<Store>,
@@ -307,7 +317,7 @@ async fn health_loop(
             disk_free_bytes: free,
             disk_total_bytes: total,
             studies,
-            outbox: outbox.stats().unwrap_or_default(),
+            outbox: stats_of(&outbox).await,
             outbox_fill: Some(outbox.fill()),
             audit_head: audit.head(),
         };

@@ -54,6 +54,8 @@ pub enum Cause {
     IndexFailed,
     /// More C-FIND matches than `dicom.max_find_matches`.
     TooManyMatches,
+    /// A C-MOVE or C-GET that selects more instances than one retrieve may send.
+    TooManyInstances,
     /// The Move Destination is not a C-MOVE destination.
     MoveDestinationUnknown,
     /// The destination could not be reached or did not accept the association.
@@ -62,7 +64,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 22] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
@@ -82,6 +84,7 @@ impl Cause {
         Cause::IdentifierInvalid,
         Cause::IndexFailed,
         Cause::TooManyMatches,
+        Cause::TooManyInstances,
         Cause::MoveDestinationUnknown,
         Cause::DestinationUnreachable,
     ];
@@ -105,6 +108,7 @@ impl Cause {
             Cause::DataSetMismatch => Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             Cause::IdentifierUndecodable | Cause::IndexFailed => Status::UNABLE_TO_PROCESS,
             Cause::IdentifierInvalid => Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            Cause::TooManyInstances => Status::OUT_OF_RESOURCES_MATCHES,
             Cause::MoveDestinationUnknown => Status::MOVE_DESTINATION_UNKNOWN,
             Cause::DestinationUnreachable => Status::OUT_OF_RESOURCES_SUB_OPERATIONS,
         }
@@ -117,6 +121,7 @@ impl Cause {
             Cause::NotPermitted => "C-STORE, C-MOVE, C-GET",
             Cause::NotPermittedNoStatus => "C-ECHO, C-FIND",
             Cause::TooManyMatches => "C-FIND",
+            Cause::TooManyInstances => "C-MOVE, C-GET",
             Cause::Busy => "C-FIND, C-MOVE, C-GET",
             Cause::MissingUids
             | Cause::DiskReserve
@@ -183,6 +188,10 @@ impl Cause {
             Cause::TooManyMatches => {
                 "more matches than `[dicom] max_find_matches` (default 10000): the first ones \
                  are answered (pending), then this final status asks to narrow the query"
+            }
+            Cause::TooManyInstances => {
+                "the identifier selects more than 50000 instances (`qr::select::MAX_RETRIEVE_INSTANCES`): \
+                 nothing is sent; retrieve by study or series"
             }
             Cause::MoveDestinationUnknown => {
                 "the Move Destination is not a `[[pacs.destinations]]` entry with `move = true`"

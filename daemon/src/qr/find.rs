@@ -28,6 +28,47 @@ const CONCURRENT_MATCHINGS: usize = 2;
 static MATCHING_TURNS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(CONCURRENT_MATCHINGS);
 
+/// A matching thread's turn of a semaphore, given back while the thread waits for the
+/// peer to take its answers: a peer that reads slowly (or not at all) holds its
+/// association, never the box's matchings.
+struct Turn {
+    turns: &'static tokio::sync::Semaphore,
+    held: Option<tokio::sync::SemaphorePermit<'static>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Turn {
+    /// The thread holds `held`, a turn of `turns`; `runtime` waits for the next turn.
+    fn new(
+        turns: &'static tokio::sync::Semaphore,
+        held: tokio::sync::SemaphorePermit<'static>,
+        runtime: tokio::runtime::Handle,
+    ) -> Turn {
+        Turn {
+            turns,
+            held: Some(held),
+            runtime,
+        }
+    }
+
+    /// Sends `item` from the blocking thread. When the channel is full the turn is given
+    /// back until the item is taken, then taken again before matching goes on. `false`
+    /// when the receiver is gone.
+    fn send<T>(&mut self, tx: &mpsc::Sender<T>, item: T) -> bool {
+        let item = match tx.try_send(item) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
+        self.held = None;
+        if tx.blocking_send(item).is_err() {
+            return false;
+        }
+        self.held = self.runtime.block_on(self.turns.acquire()).ok();
+        self.held.is_some()
+    }
+}
+
 /// Stops the matching when the request's task is dropped mid-way (an abort, the
 /// association's end): the blocking thread is not cancelled by dropping its handle, only
 /// by this flag, which it reads between any two studies. Disarmed once the matching ended.
@@ -158,8 +199,8 @@ async fn send_matches(
     let ts = op.transfer_syntax.clone();
     let cancel = op.cancel.clone();
     let mut stop_on_drop = StopOnDrop(Some(op.cancel.clone()));
-    // A turn, held by the blocking thread until its matching ends (the semaphore is never
-    // closed, so the error arm does not occur; without a turn nothing runs).
+    // A turn, held by the blocking thread while it matches (the semaphore is never closed,
+    // so the error arm does not occur; without a turn nothing runs).
     let Ok(turn) = MATCHING_TURNS.acquire().await else {
         stop_on_drop.disarm();
         return Ok(Some(Refused::new(
@@ -167,11 +208,10 @@ async fn send_matches(
             "the matching could not start".to_string(),
         )));
     };
+    let mut turn = Turn::new(&MATCHING_TURNS, turn, tokio::runtime::Handle::current());
     let worker = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
         query::run(&store, &q, &ae, &cancel, &mut |obj| {
-            let encoded = identifier::encode_identifier(&obj, &ts);
-            tx.blocking_send(encoded).is_ok()
+            turn.send(&tx, identifier::encode_identifier(&obj, &ts))
         })
     });
     let mut failure: Option<Refused> = None;
@@ -274,4 +314,60 @@ async fn refuse(op: &Op, refused: Refused) -> String {
         .command(op.pc_id, &refused.response(&op.rq))
         .await;
     format!("C-FIND refused ({refused})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+
+    /// A matching whose answers wait for a peer that does not read gives its turn back
+    /// while it waits (another matching can run), takes it again once the answer is
+    /// taken, and stops when the receiver is gone.
+    #[test]
+    fn a_matching_waiting_on_its_peer_gives_its_turn_back() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let turns: &'static Semaphore = Box::leak(Box::new(Semaphore::new(1)));
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel::<u32>(1);
+            let held = turns.acquire().await.unwrap();
+            let mut turn = Turn::new(turns, held, tokio::runtime::Handle::current());
+            let worker = tokio::task::spawn_blocking(move || {
+                let sent = (0..3).all(|i| turn.send(&tx, i));
+                (sent, turn.held.is_some())
+            });
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while turns.available_permits() == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the turn is given back while the answers wait");
+            drop(
+                turns
+                    .try_acquire()
+                    .expect("another matching takes the turn"),
+            );
+            for i in 0..3 {
+                assert_eq!(rx.recv().await, Some(i));
+            }
+            assert_eq!(worker.await.unwrap(), (true, true), "turn taken again");
+            assert_eq!(turns.available_permits(), 1, "given back when done");
+
+            let (tx, rx) = mpsc::channel::<u32>(1);
+            let held = turns.acquire().await.unwrap();
+            let mut turn = Turn::new(turns, held, tokio::runtime::Handle::current());
+            drop(rx);
+            let sent = tokio::task::spawn_blocking(move || turn.send(&tx, 7))
+                .await
+                .unwrap();
+            assert!(!sent, "no receiver: the matching stops");
+            assert_eq!(turns.available_permits(), 1);
+        });
+    }
 }

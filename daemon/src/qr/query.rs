@@ -92,6 +92,12 @@ pub enum QueryError {
         /// The bound.
         max: usize,
     },
+    /// A retrieve selects more instances than one C-MOVE or C-GET may send.
+    #[error("more than {max} instances selected; retrieve by study or series")]
+    TooManyInstances {
+        /// The bound ([`super::select::MAX_RETRIEVE_INSTANCES`]).
+        max: usize,
+    },
     /// The index failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -116,6 +122,7 @@ impl From<QueryError> for crate::dimse::Refused {
             | QueryError::MissingUniqueKey(_)
             | QueryError::WildcardInUniqueKey(_)
             | QueryError::ValueTooLong { .. } => Cause::IdentifierInvalid,
+            QueryError::TooManyInstances { .. } => Cause::TooManyInstances,
         };
         crate::dimse::Refused::new(cause, e.to_string())
     }

@@ -4,7 +4,7 @@
 use super::charset;
 use super::index::Kind;
 use super::matching;
-use super::query::{level_of, Level, Model, QueryError};
+use super::query::{level_of, Level, Model, QueryError, MAX_KEY_LIST};
 use crate::model::InstanceRecord;
 use crate::store::Store;
 use dicom_core::Tag;
@@ -12,30 +12,93 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use std::collections::HashSet;
 
+/// Most instances one C-MOVE or C-GET may select: far above any study or patient this
+/// appliance keeps, and what bounds the list a retrieve holds in memory (a few hundred
+/// bytes per instance) whatever its identifier names.
+pub const MAX_RETRIEVE_INSTANCES: usize = 50_000;
+
 /// The values of a key of a retrieve identifier (UIDs, or the Patient ID), read as
-/// [`parse`] reads values when the identifier declares no character set.
-fn uid_list(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
+/// [`parse`](super::query::parse) reads values when the identifier declares no character
+/// set: each value once, in the order given, the list held to
+/// [`MAX_KEY_LIST`](super::query::MAX_KEY_LIST) bytes as a C-FIND's lists are.
+fn uid_list(obj: &InMemDicomObject, tag: Tag) -> Result<Vec<String>, QueryError> {
     let declared = charset::declared(obj).is_some();
-    obj.element_opt(tag)
+    let Some(raw) = obj
+        .element_opt(tag)
         .ok()
         .flatten()
         .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
-        .map(|s| if declared { s } else { charset::undeclared(s) })
-        .map(|s| {
-            s.split('\\')
-                .map(|u| matching::clean(u).to_string())
-                .filter(|u| !u.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+    else {
+        return Ok(Vec::new());
+    };
+    if raw.len() > MAX_KEY_LIST {
+        return Err(QueryError::ValueTooLong {
+            tag,
+            len: raw.len(),
+            max: MAX_KEY_LIST,
+        });
+    }
+    let raw = if declared {
+        raw
+    } else {
+        charset::undeclared(raw)
+    };
+    let mut seen = HashSet::new();
+    Ok(raw
+        .split('\\')
+        .map(|u| matching::clean(u).to_string())
+        .filter(|u| !u.is_empty() && seen.insert(u.clone()))
+        .collect())
+}
+
+/// The instances a retrieve selects, each once, refused as soon as they pass `max`.
+struct Selection {
+    max: usize,
+    out: Vec<InstanceRecord>,
+    seen: HashSet<String>,
+}
+
+impl Selection {
+    fn new(max: usize) -> Selection {
+        Selection {
+            max,
+            out: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    fn extend(
+        &mut self,
+        found: impl IntoIterator<Item = InstanceRecord>,
+    ) -> Result<(), QueryError> {
+        for i in found {
+            if self.seen.insert(i.sop_instance_uid.clone()) {
+                if self.out.len() == self.max {
+                    return Err(QueryError::TooManyInstances { max: self.max });
+                }
+                self.out.push(i);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Resolves a C-MOVE/C-GET identifier (hierarchical unique keys) to the instances to send,
-/// in study, series and instance order.
+/// in study, series and instance order; refused past [`MAX_RETRIEVE_INSTANCES`].
 pub fn select(
     store: &Store,
     obj: &InMemDicomObject,
     model: Model,
+) -> Result<(Level, Vec<InstanceRecord>), QueryError> {
+    select_at_most(store, obj, model, MAX_RETRIEVE_INSTANCES)
+}
+
+/// [`select`] with the bound on instances given.
+fn select_at_most(
+    store: &Store,
+    obj: &InMemDicomObject,
+    model: Model,
+    max: usize,
 ) -> Result<(Level, Vec<InstanceRecord>), QueryError> {
     let level = level_of(obj, model)?;
     let studies = unique_keys(
@@ -43,7 +106,7 @@ pub fn select(
         tags::STUDY_INSTANCE_UID,
         "Study Instance UID (0020,000D)",
     )?;
-    let mut out = Vec::new();
+    let mut sel = Selection::new(max);
     match level {
         Level::Patient => {
             let ids = unique_keys(obj, tags::PATIENT_ID, "Patient ID (0010,0020)")?;
@@ -52,7 +115,7 @@ pub fn select(
             }
             for id in ids {
                 for uid in store.query_exact(Kind::PatientId, &id)? {
-                    out.extend(store.instances_of(&uid)?);
+                    sel.extend(store.instances_of(&uid)?)?;
                 }
             }
         }
@@ -63,7 +126,7 @@ pub fn select(
                 ));
             }
             for uid in &studies {
-                out.extend(store.instances_of(uid)?);
+                sel.extend(store.instances_of(uid)?)?;
             }
         }
         Level::Series => {
@@ -89,12 +152,12 @@ pub fn select(
                 studies
             };
             for uid in &scope {
-                out.extend(
+                sel.extend(
                     store
                         .instances_of(uid)?
                         .into_iter()
                         .filter(|i| series.contains(&i.series_instance_uid)),
-                );
+                )?;
             }
         }
         Level::Image => {
@@ -103,15 +166,11 @@ pub fn select(
                 return Err(QueryError::MissingUniqueKey("SOP Instance UID (0008,0018)"));
             }
             for sop in sops {
-                if let Some(i) = store.instance(&sop)? {
-                    out.push(i);
-                }
+                sel.extend(store.instance(&sop)?)?;
             }
         }
     }
-    let mut seen = HashSet::new();
-    out.retain(|i| seen.insert(i.sop_instance_uid.clone()));
-    Ok((level, out))
+    Ok((level, sel.out))
 }
 
 /// The values of a retrieve's unique key `tag` (`name` in errors): refused when one holds
@@ -121,7 +180,7 @@ fn unique_keys(
     tag: dicom_core::Tag,
     name: &'static str,
 ) -> Result<Vec<String>, QueryError> {
-    let values = uid_list(obj, tag);
+    let values = uid_list(obj, tag)?;
     if values.iter().any(|v| v.contains(['*', '?'])) {
         return Err(QueryError::WildcardInUniqueKey(name));
     }
@@ -189,5 +248,87 @@ mod tests {
         )
         .unwrap();
         assert_eq!(found.len(), 1);
+    }
+
+    /// A retrieve key that repeats one UID (a 60 KB list of the same study, as a peer that
+    /// wants the daemon to load the study thousands of times sends) selects the study once;
+    /// a list over 64 KiB is refused (A900) before the index is read; more instances than
+    /// the bound are refused with A701, nothing selected.
+    #[test]
+    fn repeated_oversized_and_too_broad_retrieve_keys_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for sop in ["1.2.3.1", "1.2.3.2", "1.2.3.3"] {
+            let rec = InstanceRecord {
+                sop_instance_uid: sop.into(),
+                study_instance_uid: "1.2.3".into(),
+                series_instance_uid: "1.2.3.9".into(),
+                ..Default::default()
+            };
+            let study = StudyRecord {
+                study_instance_uid: "1.2.3".into(),
+                patient_id: "P1".into(),
+                ..Default::default()
+            };
+            store.commit_instance(&rec, &study).unwrap();
+        }
+        let identifier = |level: &str, tag: Tag, value: &str| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::QUERY_RETRIEVE_LEVEL,
+                VR::CS,
+                PrimitiveValue::from(level),
+            ));
+            obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
+            obj
+        };
+        let repeated = vec!["1.2.3"; 10_000].join("\\");
+        assert!(repeated.len() < MAX_KEY_LIST);
+        let (_, found) = select(
+            &store,
+            &identifier("STUDY", tags::STUDY_INSTANCE_UID, &repeated),
+            Model::StudyRoot,
+        )
+        .unwrap();
+        assert_eq!(found.len(), 3, "each instance once");
+        let ids = vec!["P1"; 20_000].join("\\");
+        let (_, found) = select(
+            &store,
+            &identifier("PATIENT", tags::PATIENT_ID, &ids),
+            Model::PatientRoot,
+        )
+        .unwrap();
+        assert_eq!(found.len(), 3);
+
+        let oversized = vec!["1.2.3"; 12_000].join("\\");
+        assert!(oversized.len() > MAX_KEY_LIST);
+        let err = select(
+            &store,
+            &identifier("STUDY", tags::STUDY_INSTANCE_UID, &oversized),
+            Model::StudyRoot,
+        )
+        .unwrap_err();
+        assert!(matches!(err, QueryError::ValueTooLong { .. }), "{err}");
+        assert_eq!(
+            crate::dimse::Refused::from(err).status(),
+            crate::dimse::status::Status(0xA900)
+        );
+
+        let err = select_at_most(
+            &store,
+            &identifier("STUDY", tags::STUDY_INSTANCE_UID, "1.2.3"),
+            Model::StudyRoot,
+            2,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, QueryError::TooManyInstances { max: 2 }),
+            "{err}"
+        );
+        let refused = crate::dimse::Refused::from(err);
+        assert_eq!(refused.status(), crate::dimse::status::Status(0xA701));
+        assert!(crate::dimse::Cause::TooManyInstances
+            .condition()
+            .contains(&MAX_RETRIEVE_INSTANCES.to_string()));
     }
 }

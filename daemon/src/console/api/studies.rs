@@ -275,21 +275,29 @@ pub struct StudyView<'a> {
 }
 
 /// The delivery of a result's report: the outbox's account of each message.
-fn delivery_of(c: &Console, result: Option<&ResultView>) -> Result<Vec<DeliveryView>, ApiError> {
+async fn delivery_of(
+    c: &Console,
+    result: Option<&ResultView>,
+) -> Result<Vec<DeliveryView>, ApiError> {
     let Some(result) = result else {
         return Ok(Vec::new());
     };
-    Ok(c.delivery
-        .status_of(&result.result.report_id)?
-        .into_iter()
-        .map(|s| DeliveryView {
-            destination: s.dest.name(),
-            kind: s.kind.as_str(),
-            state: s.state,
-            attempts: s.attempts,
-            last_error: s.last_error,
-        })
-        .collect())
+    // Reads every pending entry's header: off the runtime's threads.
+    let delivery = c.delivery.clone();
+    let report_id = result.result.report_id.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || delivery.status_of(&report_id))
+            .await??
+            .into_iter()
+            .map(|s| DeliveryView {
+                destination: s.dest.name(),
+                kind: s.kind.as_str(),
+                state: s.state,
+                attempts: s.attempts,
+                last_error: s.last_error,
+            })
+            .collect(),
+    )
 }
 
 /// `GET /api/v1/studies/{uid}` (audited as a view of the patient's data).
@@ -310,7 +318,7 @@ pub(super) async fn study(
         .filter(|p| p.exists())
         .map(|_| format!("/api/v1/studies/{uid}/heatmap"));
     let feedback = feedback::of_study(&c.store, uid)?;
-    let delivery = delivery_of(c, result.as_ref())?;
+    let delivery = delivery_of(c, result.as_ref()).await?;
     audit_now(
         c,
         Event::new(&s.user, Action::View, uid)

@@ -102,9 +102,13 @@ pub(super) fn health(c: &Console) -> Response {
     }
 }
 
-/// `/metrics`: Prometheus text.
-pub(super) fn metrics(c: &Console) -> Result<Response, ApiError> {
-    let stats = c.delivery.stats().unwrap_or_default();
+/// `/metrics`: Prometheus text. The outbox figures are counted off the runtime's threads,
+/// once per change of the outbox however often they are asked for.
+pub(super) async fn metrics(c: &Console) -> Result<Response, ApiError> {
+    let delivery = c.delivery.clone();
+    let stats = tokio::task::spawn_blocking(move || delivery.stats())
+        .await?
+        .unwrap_or_default();
     let snap = crate::web::snapshot(&c.store, &stats);
     Ok(reply::bytes(
         StatusCode::OK,

@@ -206,6 +206,19 @@ pub struct Entry {
     pub created_at: i64,
 }
 
+/// What the outbox's figures and status read of an entry: everything but its payload,
+/// which decoding skips without holding it.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct EntryHead {
+    pub(super) dest: Destination,
+    pub(super) kind: Kind,
+    pub(super) report_id: String,
+    pub(super) attempts: u32,
+    pub(super) state: EntryState,
+    pub(super) last_error: Option<String>,
+    pub(super) created_at: i64,
+}
+
 impl Entry {
     pub(super) fn key(&self) -> Vec<u8> {
         self.dest.key(self.id)

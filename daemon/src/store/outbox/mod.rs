@@ -31,6 +31,7 @@ pub use limits::{Backoff, DestStats, Fill, OutboxLimits};
 
 use crate::clock::now_millis;
 use crate::store::{decode, encode};
+use entry::EntryHead;
 use limits::Counters;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use sled::Transactional;
@@ -119,6 +120,28 @@ pub struct Outbox {
     alarm: AtomicBool,
     notifiers: Mutex<HashMap<Destination, Arc<Notify>>>,
     counters: Mutex<BTreeMap<Destination, Counters>>,
+    /// Bumped after every write to the tree: a tally of an older generation is stale.
+    generation: AtomicU64,
+    /// The last tally of the tree; computed by one caller at a time.
+    tally: Mutex<Option<Tally>>,
+}
+
+/// What the outbox tree holds per destination, as of one generation of its writes:
+/// metrics, the console and the health report read it however often they are asked,
+/// and the tree is read again only after it changed.
+#[derive(Debug, Clone)]
+struct Tally {
+    generation: u64,
+    per_dest: BTreeMap<Destination, DestTally>,
+}
+
+/// One destination's entries by state, and when its oldest live one was committed.
+#[derive(Debug, Clone, Copy, Default)]
+struct DestTally {
+    queued: u64,
+    retrying: u64,
+    dead: u64,
+    oldest_live: Option<i64>,
 }
 
 impl Outbox {
@@ -134,6 +157,8 @@ impl Outbox {
             alarm: AtomicBool::new(false),
             notifiers: Mutex::new(HashMap::new()),
             counters: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            tally: Mutex::new(None),
         };
         let (mut n, mut b) = (0u64, 0u64);
         for kv in outbox.tree.iter() {
@@ -195,6 +220,7 @@ impl Outbox {
     /// Tells the outbox that a batch written with `Outbox::enqueue_in` has committed:
     /// updates the fill level (raising the alarm when near full) and wakes the workers.
     pub fn committed(&self, batch: &[NewEntry]) {
+        self.changed();
         let bytes: u64 = batch.iter().map(approx_size).sum();
         self.entries
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -241,9 +267,13 @@ impl Outbox {
     pub fn head(&self, dest: &Destination) -> Result<Option<Entry>, OutboxError> {
         for kv in self.tree.scan_prefix(dest.prefix()) {
             let (k, v) = kv?;
-            match decode::<Entry>(&k, &v) {
-                Ok(e) if e.state == EntryState::Dead => continue,
-                Ok(e) => return Ok(Some(e)),
+            // Dead entries are passed over on their header, their payloads left unread.
+            match decode::<EntryHead>(&k, &v).and_then(|h| match h.state {
+                EntryState::Dead => Ok(None),
+                _ => decode::<Entry>(&k, &v).map(Some),
+            }) {
+                Ok(None) => continue,
+                Ok(Some(e)) => return Ok(Some(e)),
                 Err(e) => log::error!("outbox: skipping undecodable entry: {e}"),
             }
         }
@@ -274,6 +304,7 @@ impl Outbox {
                 Ok(old)
             })
             .map_err(tx_err)?;
+        self.changed();
         match removed {
             Some(old) => {
                 self.entries.fetch_sub(1, Ordering::Relaxed);
@@ -462,10 +493,34 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The first `max` entries of each destination, in destination then queue order: the
+    /// rest of a destination's queue is passed over, never read.
+    pub fn first_of_each(&self, max: usize) -> Result<Vec<Entry>, OutboxError> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(kv) = self.tree.range(from.as_slice()..).next() {
+            let (k, _) = kv?;
+            let name = &k[..k.iter().position(|b| *b == 0).unwrap_or(k.len())];
+            let mut prefix = name.to_vec();
+            prefix.push(0);
+            for kv in self.tree.scan_prefix(&prefix).take(max) {
+                let (k, v) = kv?;
+                match decode::<Entry>(&k, &v) {
+                    Ok(e) => out.push(e),
+                    Err(e) => log::error!("outbox: undecodable entry: {e}"),
+                }
+            }
+            // The first key after every key of this destination.
+            from = name.to_vec();
+            from.push(1);
+        }
+        Ok(out)
+    }
+
     /// Delivery status of every message of a report, pending or delivered.
     pub fn status_of(&self, report_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
         let mut out: Vec<DeliveryStatus> = self
-            .list(None)?
+            .heads()?
             .into_iter()
             .filter(|e| e.report_id == report_id)
             .map(|e| DeliveryStatus {
@@ -517,22 +572,65 @@ impl Outbox {
                 },
             );
         }
-        for e in self.list(None)? {
-            let s = map.entry(e.dest.clone()).or_insert_with(|| DestStats {
-                dest: e.dest.name(),
+        for (dest, t) in self.tally()? {
+            let s = map.entry(dest.clone()).or_insert_with(|| DestStats {
+                dest: dest.name(),
                 ..Default::default()
             });
-            match e.state {
-                EntryState::Queued => s.queued += 1,
-                EntryState::Retrying => s.retrying += 1,
-                EntryState::Dead => s.dead += 1,
-            }
-            if e.state != EntryState::Dead {
-                let age = (now - e.created_at).max(0) as f64 / 1000.0;
-                s.oldest_seconds = s.oldest_seconds.max(age);
+            s.queued = t.queued;
+            s.retrying = t.retrying;
+            s.dead = t.dead;
+            if let Some(created) = t.oldest_live {
+                s.oldest_seconds = (now - created).max(0) as f64 / 1000.0;
             }
         }
         Ok(map.into_values().collect())
+    }
+
+    /// Every entry's header (its payload skipped), in destination then queue order.
+    fn heads(&self) -> Result<Vec<EntryHead>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            match decode::<EntryHead>(&k, &v) {
+                Ok(h) => out.push(h),
+                Err(e) => log::error!("outbox: undecodable entry: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tree's entries per destination: the last tally while no write came after it,
+    /// else counted again from the headers (one caller counts; the others wait for it).
+    fn tally(&self) -> Result<BTreeMap<Destination, DestTally>, OutboxError> {
+        let mut cached = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        // Read before the tree: a write during the count leaves this tally stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(t) = cached.as_ref().filter(|t| t.generation == generation) {
+            return Ok(t.per_dest.clone());
+        }
+        let mut per_dest: BTreeMap<Destination, DestTally> = BTreeMap::new();
+        for h in self.heads()? {
+            let t = per_dest.entry(h.dest).or_default();
+            match h.state {
+                EntryState::Queued => t.queued += 1,
+                EntryState::Retrying => t.retrying += 1,
+                EntryState::Dead => t.dead += 1,
+            }
+            if h.state != EntryState::Dead {
+                t.oldest_live = Some(t.oldest_live.map_or(h.created_at, |o| o.min(h.created_at)));
+            }
+        }
+        *cached = Some(Tally {
+            generation,
+            per_dest: per_dest.clone(),
+        });
+        Ok(per_dest)
+    }
+
+    /// Marks the tree as written: the next tally counts it again.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Entries and bytes held against the bounds.
@@ -612,6 +710,7 @@ impl Outbox {
                 Ok(Some((current, old.len() as u64, new.len() as u64)))
             })
             .map_err(tx_err)?;
+        self.changed();
         let (updated, old_len, new_len) = result.ok_or(OutboxError::NotFound(entry.id))?;
         self.bytes.fetch_add(new_len, Ordering::Relaxed);
         sub_saturating(&self.bytes, old_len);
@@ -712,6 +811,120 @@ mod tests {
         assert_eq!(second.report_id, "r2");
         assert_eq!(ob.list(Some(&Destination::Mqtt)).unwrap().len(), 1);
         assert_eq!(ob.fill().entries, 2);
+    }
+
+    /// The figures counted from the tree itself, payloads and all.
+    fn counted(ob: &Outbox) -> Vec<(String, u64, u64, u64)> {
+        let mut map: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for e in ob.list(None).unwrap() {
+            let t = map.entry(e.dest.name()).or_default();
+            match e.state {
+                EntryState::Queued => t.0 += 1,
+                EntryState::Retrying => t.1 += 1,
+                EntryState::Dead => t.2 += 1,
+            }
+        }
+        map.into_iter().map(|(d, (q, r, x))| (d, q, r, x)).collect()
+    }
+
+    fn figures(ob: &Outbox) -> Vec<(String, u64, u64, u64)> {
+        ob.stats()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.queued + s.retrying + s.dead > 0)
+            .map(|s| (s.dest, s.queued, s.retrying, s.dead))
+            .collect()
+    }
+
+    /// The figures are counted once per change of the tree, however often they are read
+    /// (metrics are public, and asked for while the outbox is at its fullest), and after
+    /// every kind of change — a commit from another transaction, an enqueue, a retry, a
+    /// dead letter, a re-queue, a delivery — they are what the tree holds.
+    #[test]
+    fn figures_follow_every_change_and_are_counted_once_per_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        assert!(figures(&ob).is_empty());
+        let batch = vec![hl7("r1"), mqtt("r1")];
+        let writes = ob.prepare(&batch).unwrap();
+        for (k, v) in &writes {
+            ob.tree.insert(k.as_slice(), v.as_slice()).unwrap();
+        }
+        ob.committed(&batch);
+        assert_eq!(figures(&ob), counted(&ob));
+        ob.enqueue(&[hl7("r2"), hl7("r3")]).unwrap();
+        assert_eq!(figures(&ob), counted(&ob));
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        ob.mark_retry(&head, "timeout", &FAST).unwrap();
+        assert_eq!(figures(&ob), counted(&ob));
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        ob.mark_rejected(&head, "AR", 1, &FAST).unwrap();
+        assert_eq!(figures(&ob), counted(&ob));
+        assert_eq!(
+            ob.dead_letter_all(&Destination::Mqtt, "removed").unwrap(),
+            1
+        );
+        assert_eq!(figures(&ob), counted(&ob));
+        ob.retry(&RetrySelector::All).unwrap();
+        assert_eq!(figures(&ob), counted(&ob));
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        ob.mark_delivered(&head).unwrap();
+        let now = figures(&ob);
+        assert_eq!(now, counted(&ob));
+        assert!(ob
+            .stats()
+            .unwrap()
+            .iter()
+            .any(|s| s.oldest_seconds >= 0.0 && s.queued > 0));
+
+        // A write that bypasses the outbox (none does outside this test) is not seen until
+        // the next change: reading the figures again did not read the tree again.
+        ob.tree
+            .insert(
+                Destination::Hl7.key(u64::MAX),
+                encode(&Entry::new(u64::MAX, &hl7("x"), 0)),
+            )
+            .unwrap();
+        assert_eq!(figures(&ob), now, "served from the tally");
+        ob.enqueue(&[hl7("r4")]).unwrap();
+        assert_eq!(figures(&ob), counted(&ob), "counted again after a change");
+    }
+
+    /// The console's listing reads the first entries of each destination and passes over
+    /// the rest of each queue.
+    #[test]
+    fn the_first_entries_of_each_destination_in_queue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        let reports: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
+        for r in &reports {
+            ob.enqueue(&[hl7(r), mqtt(r)]).unwrap();
+        }
+        ob.enqueue(&[NewEntry {
+            dest: Destination::Pacs("main".into()),
+            ..hl7("p")
+        }])
+        .unwrap();
+        let first = ob.first_of_each(3).unwrap();
+        let listed: Vec<(String, &str)> = first
+            .iter()
+            .map(|e| (e.dest.name(), e.report_id.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("hl7", "r0"),
+                ("hl7", "r1"),
+                ("hl7", "r2"),
+                ("mqtt", "r0"),
+                ("mqtt", "r1"),
+                ("mqtt", "r2"),
+                ("pacs:main", "p"),
+            ]
+            .map(|(d, r)| (d.to_string(), r))
+        );
+        assert_eq!(ob.first_of_each(10).unwrap().len(), 11);
+        assert!(ob.first_of_each(0).unwrap().is_empty());
     }
 
     #[test]
