@@ -741,8 +741,9 @@ fn parallel_wrong_passwords_are_throttled_like_sequential_ones() {
 
 /// Every access to patient data leaves an audit record, and so does every refused
 /// request of a logged-in user, once per user, object and window: a preview or heatmap
-/// fetched without the study page, a plain worklist listing, a route the role may not use
-/// and a change without the CSRF token. Repeats within the window add nothing.
+/// fetched without the study page, a worklist listing (each filter its own), a page of the
+/// audit trail (each page its own), a route the role may not use and a change without the
+/// CSRF token. Repeats within the window add nothing.
 #[test]
 fn previews_listings_and_refusals_are_audited_once_per_window() {
     let Some(files) = sample_dicoms("explicit-le") else {
@@ -777,6 +778,11 @@ fn previews_listings_and_refusals_are_audited_once_per_window() {
     for _ in 0..3 {
         assert_eq!(rita.get(&preview).status, 200);
         assert_eq!(rita.get("/api/v1/studies").status, 200);
+        // Another filter is another listing: recorded once too, not covered by the first.
+        assert_eq!(
+            rita.get("/api/v1/studies?state=done&limit=1000").status,
+            200
+        );
         assert_eq!(theo.get("/api/v1/studies").status, 403);
         assert_eq!(
             rita.request("DELETE", "/api/v1/users/theo", None, false)
@@ -789,6 +795,11 @@ fn previews_listings_and_refusals_are_audited_once_per_window() {
             rita.request("POST", &feedback, Some(&body), false).status,
             403
         );
+    }
+    // Reading the trail is audited once per page and window: the same page twice and
+    // another page leave two records.
+    for page in ["/api/v1/audit?limit=1000", "/api/v1/audit?from=1&limit=5"] {
+        assert_eq!(ada.get(page).status, 200);
     }
     let audit = ada.get("/api/v1/audit?limit=1000").json();
     let records = audit["records"].as_array().unwrap();
@@ -804,7 +815,14 @@ fn previews_listings_and_refusals_are_audited_once_per_window() {
             .count()
     };
     assert_eq!(count("rita", "view", "preview of instance"), 1, "{audit}");
-    assert_eq!(count("rita", "query", "listed"), 1, "{audit}");
+    assert_eq!(count("rita", "query", "listed"), 2, "{audit}");
+    assert_eq!(
+        count("rita", "query", "state done, all priorities, limit 1000"),
+        1,
+        "{audit}"
+    );
+    assert_eq!(count("ada", "view", "audit trail"), 2, "{audit}");
+    assert_eq!(count("ada", "view", "records from #1"), 1, "{audit}");
     assert_eq!(
         count("theo", "other", "the role may not use it"),
         1,

@@ -22,9 +22,14 @@ pub const SD_ID: &str = "duli-chain@32473";
 /// A coded value: code, code system, display name.
 type Code = (&'static str, &'static str, &'static str);
 
-/// Event ID, optional event type code, and event action code (C, R, U, D, E) of an action.
-fn event_codes(action: &Action) -> (Code, Option<Code>, &'static str) {
+/// Event ID, optional event type code, and event action code (C, R, U, D, E) of an action
+/// on `object`: reading or exporting the audit trail itself is "Audit Log Used" (PS3.15
+/// A.5.3.2).
+fn event_codes(action: &Action, object: &str) -> (Code, Option<Code>, &'static str) {
     const DCM: &str = "DCM";
+    if object == crate::audit::TRAIL_OBJECT && matches!(action, Action::View | Action::Export) {
+        return (("110101", DCM, "Audit Log Used"), None, "R");
+    }
     match action {
         Action::Login => (
             ("110114", DCM, "User Authentication"),
@@ -171,7 +176,7 @@ fn rfc3339(at_ms: i64) -> String {
 
 /// The DICOM Audit Message (XML) of one record.
 pub fn audit_message(rec: &Record, source_id: &str) -> String {
-    let ((id, sys, name), ty, action_code) = event_codes(&rec.action);
+    let ((id, sys, name), ty, action_code) = event_codes(&rec.action, &rec.object);
     let outcome = if rec.success { "0" } else { "4" };
     let mut x = format!(
         "<AuditMessage><EventIdentification EventActionCode=\"{action_code}\" EventDateTime=\"{}\" EventOutcomeIndicator=\"{outcome}\"><EventID csd-code=\"{id}\" codeSystemName=\"{sys}\" originalText=\"{name}\"/>",
@@ -266,6 +271,26 @@ mod tests {
         assert!(l.starts_with("<84>1 "));
         assert!(l.contains("EventOutcomeIndicator=\"4\""));
         assert!(l.contains("csd-code=\"110122\""));
+    }
+
+    /// Reading or exporting the trail is "Audit Log Used" (DCM 110101), its object a
+    /// security resource; a view of a study stays "Patient Record".
+    #[test]
+    fn reading_the_trail_is_audit_log_used() {
+        for action in [Action::View, Action::Export] {
+            let mut r = rec(action.clone(), true);
+            r.event.object = crate::audit::TRAIL_OBJECT.into();
+            let xml = audit_message(&r, "d");
+            parses(&xml).unwrap();
+            assert!(xml.contains("<EventID csd-code=\"110101\" codeSystemName=\"DCM\" originalText=\"Audit Log Used\"/>"), "{action:?}: {xml}");
+            assert!(xml.contains("EventActionCode=\"R\""), "{xml}");
+            assert!(
+                xml.contains("ParticipantObjectTypeCodeRole=\"13\""),
+                "{xml}"
+            );
+        }
+        let xml = audit_message(&rec(Action::View, true), "d");
+        assert!(xml.contains("csd-code=\"110110\""), "{xml}");
     }
 
     /// Whether `xml` is a well-formed document to an XML 1.0 parser.

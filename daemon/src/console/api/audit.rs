@@ -7,7 +7,7 @@
 //! does not grow with the trail.
 
 use super::{audit_now, source, Request};
-use crate::audit::{Action, Audit, Event, Head, Record, VerificationReport};
+use crate::audit::{Action, Audit, Event, Head, Record, VerificationReport, TRAIL_OBJECT};
 use crate::audit_forward::status::ForwardStatus;
 use crate::console::reply::{self, ApiError};
 use crate::console::sessions::Session;
@@ -44,8 +44,11 @@ pub(super) fn forward_status(c: &Console) -> Option<ForwardStatus> {
     crate::audit_forward::status_of(&c.audit)
 }
 
-/// `GET /api/v1/audit?from=&limit=` (at most 1000 records).
-pub(super) fn list(c: &Console, req: &Request) -> Result<Response, ApiError> {
+/// `GET /api/v1/audit?from=&limit=` (at most 1000 records). Reading the trail is itself
+/// audited (the trail names patients and what was searched for): once per user, page and
+/// window, so that re-reading a page leaves one record, and paging through the trail one
+/// per page.
+pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
     let from = req
         .query
         .get("from")
@@ -58,6 +61,19 @@ pub(super) fn list(c: &Console, req: &Request) -> Result<Response, ApiError> {
         .unwrap_or(200usize)
         .min(1000);
     let records = c.audit.records(from, limit)?;
+    let record = audit_now(
+        c,
+        Event::new(&s.user, Action::View, TRAIL_OBJECT)
+            .from(&source(req))
+            .detail(format!(
+                "read {} records from #{from}; the same page re-read within {} min not recorded one by one",
+                records.len(),
+                crate::console::access_log::WINDOW.as_secs() / 60
+            )),
+    );
+    c.accesses
+        .once(&s.user, &format!("{TRAIL_OBJECT} {from}+{limit}"), record)
+        .await?;
     Ok(reply::json(
         StatusCode::OK,
         &AuditPage {
@@ -188,7 +204,7 @@ pub(super) async fn export(c: &Console, req: &Request, s: &Session) -> Result<Re
     let end = c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1));
     audit_now(
         c,
-        Event::new(&s.user, Action::Export, "audit trail")
+        Event::new(&s.user, Action::Export, TRAIL_OBJECT)
             .from(&source(req))
             .detail(format!("{end} records as {}", format.name())),
     )

@@ -122,6 +122,20 @@ impl WorklistQuery {
         }
     }
 
+    /// The listing's filter as the audit trail names it (a search is recorded on its own).
+    fn filter(&self) -> String {
+        format!(
+            "state {}, {}, limit {}",
+            self.state.as_deref().unwrap_or("any"),
+            if self.urgent_only {
+                "urgent only"
+            } else {
+                "all priorities"
+            },
+            self.limit
+        )
+    }
+
     fn matches(&self, row: &Row) -> bool {
         let study = &row.study;
         if self
@@ -170,8 +184,9 @@ pub(super) async fn worklist(
             })
             .collect(),
     };
-    // A search is audited each time; a plain listing (names, IDs and accession numbers
-    // all the same) once per user and window, as the page reloads it often.
+    // A search is audited each time; a listing (names, IDs and accession numbers) once per
+    // user, filter and window, as the page reloads it often: another state, the urgent
+    // filter or another limit is a listing of its own.
     if let Some(q) = &query.q {
         audit_now(
             c,
@@ -187,12 +202,15 @@ pub(super) async fn worklist(
             Event::new(&s.user, Action::Query, "worklist")
                 .from(&source(req))
                 .detail(format!(
-                    "listed {} of {total} studies; further listings within {} min not recorded one by one",
+                    "listed {} of {total} studies ({}); the same listing within {} min not recorded one by one",
                     answer.studies.len(),
+                    query.filter(),
                     crate::console::access_log::WINDOW.as_secs() / 60
                 )),
         );
-        c.accesses.once(&s.user, "worklist", record).await?;
+        c.accesses
+            .once(&s.user, &format!("worklist {}", query.filter()), record)
+            .await?;
     }
     Ok(reply::json(StatusCode::OK, &answer))
 }
