@@ -178,13 +178,22 @@ enum ModelFault {
     /// A file the manifest names is not inside its folder.
     #[error("names {}, which is not a file inside the manifest's folder", .0.display())]
     Outside(std::path::PathBuf),
-    /// A file the manifest names is not a regular file that opens.
+    /// The manifest's folder does not open.
+    #[error("{}: {source}", path.display())]
+    Folder {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::provision::source::SourceError,
+    },
+    /// A file the manifest names is not a regular file inside its folder that opens
+    /// without passing through a link.
     #[error("{}: {source}", path.display())]
     File {
         /// The file.
         path: std::path::PathBuf,
         /// Why.
-        source: crate::firmware_cli::NotRegular,
+        source: crate::provision::source::SourceError,
     },
     /// A file the manifest names cannot be read.
     #[error("{}: cannot be read ({source})", path.display())]
@@ -215,6 +224,13 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault>
     if let (Some(w), Some(h)) = (&m.file.weights, &m.file.weights_sha256) {
         files.push((w.as_path(), h.as_str()));
     }
+    // The folder and the folders below it are the service user's: each is opened without
+    // following a link, so a planted link cannot point the hash at a file of root's.
+    let folder =
+        crate::provision::source::Folder::open(&m.dir).map_err(|source| ModelFault::Folder {
+            path: m.dir.clone(),
+            source,
+        })?;
     for (file, expected) in files {
         let inside = !file.as_os_str().is_empty()
             && file
@@ -224,7 +240,7 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault>
             return Err(ModelFault::Outside(file.to_path_buf()));
         }
         let path = m.dir.join(file);
-        let mut opened = match crate::firmware_cli::open_regular(&path) {
+        let mut opened = match folder.open_file(file) {
             Ok(f) => f,
             Err(source) => return Err(ModelFault::File { path, source }),
         };
@@ -322,6 +338,21 @@ mod tests {
         let found = hex::encode(ring::digest::digest(&SHA256, b"network").as_ref());
         assert!(!c.ok && c.detail.contains("net.xml"), "{c:?}");
         assert!(!c.detail.contains(&found), "{c:?}");
+        // A link to a folder on the way is not followed: with the right hash of root's
+        // file in the manifest, the check still fails on the link (no yes/no answer).
+        std::os::unix::fs::symlink(dir.path(), model.join("up")).unwrap();
+        let weights_hash = hex::encode(ring::digest::digest(&SHA256, b"weights").as_ref());
+        let oracle = with_network("up/secret")
+            .replace(file["sha256"].as_str().unwrap(), &secret_hash)
+            .replace(file["weights_sha256"].as_str().unwrap(), &weights_hash);
+        std::fs::write(&manifest, oracle).unwrap();
+        let c = model_check(&manifest);
+        assert!(!c.ok, "{c:?}");
+        assert!(
+            c.detail.contains("up/secret") && c.detail.contains("link"),
+            "{c:?}"
+        );
+        std::fs::remove_file(model.join("up")).unwrap();
         // The manifest itself as a link is refused too.
         let linked = dir.path().join("linked.toml");
         std::os::unix::fs::symlink(&manifest, &linked).unwrap();

@@ -82,6 +82,12 @@ pub enum BundleError {
         /// Size found.
         actual: u64,
     },
+    /// Bytes follow the payload the manifest states (read no further than one of them).
+    #[error("bundle holds bytes after its {expected}-byte payload")]
+    TrailingData {
+        /// Size from the manifest.
+        expected: u64,
+    },
     /// The payload's SHA-256 differs from the manifest's: payload altered.
     #[error("bundle payload SHA-256 {actual} does not match the manifest's {expected}")]
     PayloadHashMismatch {

@@ -160,12 +160,17 @@ impl<R: Read> PayloadStream<R> {
             source,
         };
         io::copy(&mut self, &mut io::sink()).map_err(io)?;
-        let mut rest = self.inner.into_inner();
-        let trailing = io::copy(&mut rest, &mut io::sink()).map_err(io)?;
-        if self.read != self.manifest.payload.size || trailing != 0 {
+        if self.read != self.manifest.payload.size {
             return Err(BundleError::PayloadSize {
                 expected: self.manifest.payload.size,
-                actual: self.read + trailing,
+                actual: self.read,
+            });
+        }
+        // One byte tells that something follows; however much does is never read.
+        let mut rest = self.inner.into_inner().take(1);
+        if io::copy(&mut rest, &mut io::sink()).map_err(io)? != 0 {
+            return Err(BundleError::TrailingData {
+                expected: self.manifest.payload.size,
             });
         }
         let expected = self.manifest.payload_sha256()?;

@@ -108,11 +108,20 @@ fn each_tampering_has_its_own_error() {
     fs::write(&long, extended).unwrap();
     assert!(matches!(
         verify(&long, &keys.anchors).unwrap_err(),
-        BundleError::PayloadSize {
-            expected: 5000,
-            actual: 5003
-        }
+        BundleError::TrailingData { expected: 5000 }
     ));
+    // A sparse terabyte after the payload is refused on its first byte, not hashed.
+    let huge = dir.path().join("huge.duli");
+    fs::write(&huge, &bytes).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&huge).unwrap();
+    f.set_len(bytes.len() as u64 + (1u64 << 40)).unwrap();
+    drop(f);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        verify(&huge, &keys.anchors).unwrap_err(),
+        BundleError::TrailingData { expected: 5000 }
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
     let stub = dir.path().join("stub.duli");
     fs::write(&stub, &bytes[..60]).unwrap();
     assert!(matches!(

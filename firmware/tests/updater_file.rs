@@ -285,7 +285,7 @@ fn an_installed_pack_is_verified_again_when_opened() {
     let stream = open_installed(&dest, &keys.anchors).unwrap();
     assert!(matches!(
         stream.finish(),
-        Err(BundleError::PayloadSize { .. })
+        Err(BundleError::TrailingData { .. })
     ));
 
     let text = String::from_utf8_lossy(&good).into_owned();

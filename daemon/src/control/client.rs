@@ -143,6 +143,7 @@ async fn exchange(path: &Path, req: &Request, cap: u64) -> Result<Option<Respons
         path: path.to_path_buf(),
         source,
     };
+    peer_is_root_or_folder_owner(&stream, path)?;
     let (r, mut w) = stream.into_split();
     let mut msg = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
     msg.push(b'\n');
@@ -193,6 +194,30 @@ fn socket_owned_by_folder_owner(path: &Path) -> Result<(), ClientError> {
             "belongs to uid {}, neither root nor the owner of {}: not connected to",
             meta.uid(),
             folder.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks who listens at the other end of `stream`, connected at `path`: root or the
+/// owner of the socket's folder (the daemon). What stood at the path when it was checked
+/// may have been swapped before the connection; the peer's credentials cannot be.
+fn peer_is_root_or_folder_owner(stream: &UnixStream, path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let uid = stream.peer_cred().map_err(refused)?.uid();
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let folder_owner = std::fs::metadata(folder).map(|m| m.uid()).ok();
+    if uid != 0 && Some(uid) != folder_owner {
+        return Err(refused(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "is served by uid {uid}, neither root nor the owner of {}: nothing sent",
+                folder.display()
+            ),
         )));
     }
     Ok(())
@@ -417,5 +442,50 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let r = ask_within(&path, &Request::Status, Duration::from_secs(2)).await;
         assert!(matches!(&r, Err(ClientError::Io { .. })), "{r:?}");
+    }
+
+    /// What stood at the path when it was checked (a socket of root's) may be another
+    /// server by the time root connects: a server running as neither root nor the folder's
+    /// owner is refused on its credentials, before anything is sent to it.
+    #[tokio::test]
+    async fn a_server_of_another_user_behind_the_socket_is_not_talked_to() {
+        use std::io::BufRead;
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            crate::infer::testdata::note_skip("needs root to run a server as another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = socket_path(dir.path());
+        let server = "import socket, sys\n\
+            s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)\n\
+            print('ready', flush=True)\n\
+            c, _ = s.accept(); c.settimeout(10)\n\
+            print('got %d bytes' % len(c.recv(4096)), flush=True)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", server])
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        // The socket file is root's, as the daemon's would pass the check on the path.
+        std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        let r = ask_within(&path, &Request::Status, Duration::from_secs(5)).await;
+        assert!(
+            matches!(&r, Err(ClientError::Io { source, .. }) if source.to_string().contains("uid 65534")),
+            "{r:?}"
+        );
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "got 0 bytes", "nothing was sent");
+        child.wait().unwrap();
     }
 }

@@ -95,6 +95,12 @@ impl Folder {
     /// Reads `rel`, a relative path inside the folder: each folder on the way and the file
     /// itself opened without following a link, the file regular and at most `cap` bytes.
     pub fn read(&self, rel: &Path, cap: u64) -> Result<Vec<u8>, SourceError> {
+        read_opened(self.open_file(rel)?, cap)
+    }
+
+    /// Opens `rel`, a relative path inside the folder, as [`Folder::read`] does: each folder
+    /// on the way and the file itself without following a link, and only a regular file.
+    pub fn open_file(&self, rel: &Path) -> Result<File, SourceError> {
         let mut parts = Vec::new();
         for c in rel.components() {
             match c {
@@ -130,7 +136,11 @@ impl Folder {
             .as_ref()
             .map_or(self.dir.as_raw_fd(), |fd| fd.as_raw_fd());
         let fd = openat(Some(at), *last, file_flags(), Mode::empty())?;
-        read_opened(File::from(owned(fd)), cap)
+        let file = File::from(owned(fd));
+        if !file.metadata()?.is_file() {
+            return Err(SourceError::NotRegular);
+        }
+        Ok(file)
     }
 }
 

@@ -16,6 +16,11 @@ const READ_STEP: usize = 256 * 1024;
 /// syntaxes each fit in well under this; anything larger is hostile.
 pub const MAX_ASSOCIATE_RQ: u32 = 256 * 1024;
 
+/// Most PDV items one P-DATA-TF may carry. Peers send one or two (a command and its data
+/// set); each item, however short on the wire (6 bytes when empty), becomes a value of
+/// several times its size once parsed, so a PDU of empty items is refused before parsing.
+pub const MAX_PDV_ITEMS: usize = 64;
+
 /// Why a PDU could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FramingError {
@@ -102,6 +107,15 @@ impl PduReader {
         }
         let total = PDU_HEADER + length as usize;
         self.fill(stream, total).await?;
+        if pdu_type == 0x04 {
+            let items = pdv_items(&self.buf[PDU_HEADER..total]);
+            if items > MAX_PDV_ITEMS {
+                self.buf.advance(total);
+                return Err(FramingError::Malformed(format!(
+                    "P-DATA-TF with more than {MAX_PDV_ITEMS} PDV items"
+                )));
+            }
+        }
         // dicom-ul wants a max length within its own bounds; ours is already enforced.
         let max = length.max(dicom_ul::pdu::MINIMUM_PDU_SIZE);
         let pdu = read_pdu(&self.buf[..total], max, false);
@@ -150,9 +164,64 @@ pub async fn write<S: AsyncWrite + Unpin + ?Sized>(
     stream.flush().await
 }
 
+/// How many PDV items a P-DATA-TF body holds, counted from their length fields and
+/// stopping at [`MAX_PDV_ITEMS`] + 1 (an item running past the body is left to the parser
+/// to refuse).
+fn pdv_items(body: &[u8]) -> usize {
+    let mut at = 0usize;
+    let mut items = 0usize;
+    while items <= MAX_PDV_ITEMS {
+        let Some(len) = body.get(at..at + 4) else {
+            break;
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        items += 1;
+        at = match at.checked_add(4).and_then(|a| a.checked_add(len)) {
+            Some(next) if next <= body.len() => next,
+            _ => break,
+        };
+    }
+    items
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A P-DATA-TF of empty PDV items (6 bytes each on the wire, many times that once
+    /// parsed) is refused before it is parsed; one with two items, as peers send, is read.
+    #[tokio::test]
+    async fn a_pdata_of_many_empty_items_is_refused_before_parsing() {
+        let pdata = |items: usize| {
+            let mut body = Vec::new();
+            for _ in 0..items {
+                body.extend_from_slice(&[0, 0, 0, 2, 1, 0x02]);
+            }
+            let mut pdu = vec![0x04u8, 0];
+            pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            pdu.extend(body);
+            pdu
+        };
+        let mut r = PduReader::new(16 * 1024 * 1024);
+        let err = r
+            .read(&mut &pdata(MAX_PDV_ITEMS + 1)[..])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, FramingError::Malformed(m) if m.contains("PDV items")),
+            "{err}"
+        );
+        let mut r = PduReader::new(16 * 1024 * 1024);
+        let err = r.read(&mut &pdata(100_000)[..]).await.unwrap_err();
+        assert!(matches!(&err, FramingError::Malformed(_)), "{err}");
+        let mut r = PduReader::new(16384);
+        match r.read(&mut &pdata(2)[..]).await.unwrap() {
+            Pdu::PData { data } => assert_eq!(data.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pdv_items(&[0, 0, 0, 9, 1]), 1, "an item past the end");
+        assert_eq!(pdv_items(&[0xFF, 0xFF, 0xFF, 0xFF]), 1);
+    }
 
     #[tokio::test]
     async fn four_gib_length_is_refused_before_allocation() {
