@@ -129,6 +129,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             plan: delivery.plan.clone(),
             secret: delivery.secret.clone(),
             uid_root: config.dicom.uid_root.clone(),
+            max_pixels: config.inference.max_pixels,
         }),
     ));
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
@@ -192,6 +193,10 @@ async fn open_store(config: &Config) -> Result<(Arc<Store>, Arc<crate::audit::Au
     let data_dir = config.device.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
+        // Opening may rebuild the index from the files (hours on a large store): systemd
+        // is asked for more start-up time while it runs, so the unit's start timeout does
+        // not cut the rebuild off (a cut-off rebuild is run again at the next open).
+        let _extending = crate::notify::ExtendStart::every(std::time::Duration::from_secs(30));
         tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
             .context("store open task")?

@@ -25,6 +25,46 @@ pub fn notify(state: &str) {
     }
 }
 
+/// Asks systemd for more start-up time (`EXTEND_TIMEOUT_USEC`) every `period` while it
+/// is held, each time for three periods: a long start-up step (an index rebuild) is not
+/// cut off by the unit's `TimeoutStartSec`, and a hung one still is once it stops asking.
+#[derive(Debug)]
+pub struct ExtendStart {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl ExtendStart {
+    /// Starts asking, on a thread of its own (nothing when not under systemd).
+    pub fn every(period: Duration) -> ExtendStart {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return ExtendStart { stop: None };
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let line = format!("EXTEND_TIMEOUT_USEC={}", (period * 3).as_micros());
+        let spawned = std::thread::Builder::new()
+            .name("extend-start".into())
+            .spawn(move || loop {
+                notify(&line);
+                match stopped.recv_timeout(period) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot ask systemd for more start-up time: {e}");
+        }
+        ExtendStart { stop: Some(stop) }
+    }
+}
+
+impl Drop for ExtendStart {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`), halved as systemd advises.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
@@ -46,9 +86,27 @@ mod tests {
         // The variable is process-wide; this is the only test that sets it.
         std::env::set_var("NOTIFY_SOCKET", &path);
         super::notify("READY=1");
-        std::env::remove_var("NOTIFY_SOCKET");
+        // More start-up time is asked for every period while held, and no more after.
+        let extending = super::ExtendStart::every(std::time::Duration::from_millis(50));
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+        for _ in 0..2 {
+            let n = listener.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"EXTEND_TIMEOUT_USEC=150000");
+        }
+        drop(extending);
+        std::env::remove_var("NOTIFY_SOCKET");
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        while listener
+            .set_nonblocking(true)
+            .and_then(|()| listener.recv(&mut buf))
+            .is_ok()
+        {}
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(
+            listener.recv(&mut buf).is_err(),
+            "asked again after the drop"
+        );
     }
 }

@@ -120,6 +120,7 @@ fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
         &f.uids,
         &f.source.sop_instance_uid,
         &f.png,
+        duli::config::InferenceConfig::default().max_pixels,
     )
     .unwrap();
     [("SR", sr), ("PM", pm), ("SC", sc)]

@@ -192,6 +192,12 @@ fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_string();
+    if !crate::dimse::uids::TRANSFER_SYNTAXES.contains(&ts.as_str()) {
+        return Err(UploadError::BadDicom(format!(
+            "its transfer syntax {ts} is not one the box accepts over DICOM either \
+             (see the DICOM conformance statement)"
+        )));
+    }
     let sop_class = obj
         .meta()
         .media_storage_sop_class_uid()
@@ -461,6 +467,46 @@ mod tests {
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("accepted"),
         }
+    }
+
+    /// An upload in a transfer syntax the DICOM port does not accept (here Deflated Image
+    /// Frame Compression, whose frames no check holds to the header) is refused.
+    #[test]
+    fn an_upload_in_a_transfer_syntax_the_box_does_not_accept_is_refused() {
+        use crate::dataset_guard::fixtures::{long_header, short};
+        let part10 = |ts: &str, body: &[u8]| {
+            let meta = dicom_object::FileMetaTableBuilder::new()
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                .media_storage_sop_instance_uid("1.2.3.4")
+                .transfer_syntax(ts)
+                .build()
+                .unwrap();
+            let mut file = vec![0u8; 128];
+            file.extend_from_slice(b"DICM");
+            meta.write(&mut file).unwrap();
+            file.extend_from_slice(body);
+            file
+        };
+        let mut body = short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0");
+        body.extend(short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+        body.extend(short(0x0028, 0x0010, b"US", &2u16.to_le_bytes()));
+        body.extend(short(0x0028, 0x0011, b"US", &2u16.to_le_bytes()));
+        body.extend(long_header(0x7FE0, 0x0010, b"OW", 8));
+        body.extend([0u8; 8]);
+        for ts in ["1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.4.201"] {
+            match prepare(&part10(ts, &body), "x.dcm", "2.25.", TEST_MAX_PIXELS) {
+                Err(UploadError::BadDicom(why)) => assert!(why.contains(ts), "{why}"),
+                Err(other) => panic!("{ts}: {other}"),
+                Ok(_) => panic!("{ts}: accepted"),
+            }
+        }
+        assert!(prepare(
+            &part10("1.2.840.10008.1.2.1", &body),
+            "x.dcm",
+            "2.25.",
+            TEST_MAX_PIXELS
+        )
+        .is_ok());
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {

@@ -390,15 +390,19 @@ fn engine_code(store: &Store, job: &HeatmapJob) -> String {
         .unwrap_or_default()
 }
 
+/// Writes a heatmap PNG durably (file and folders synced) before its state is recorded as
+/// made: a power cut never leaves a result naming a heatmap that is not on disk.
 fn write_heatmap(store: &Store, rid: &str, sop: &str, png: &[u8]) -> std::io::Result<String> {
     let rel = format!("heatmaps/{rid}/{}.png", sanitize(sop));
     let path = store.root().join(&rel);
-    if let Some(dir) = path.parent() {
+    let io = |e: crate::fsutil::WriteError| std::io::Error::new(e.source.kind(), e.to_string());
+    let heatmaps = store.root().join("heatmaps");
+    if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
         std::fs::create_dir_all(dir)?;
+        crate::fsutil::sync_dir(&heatmaps).map_err(io)?;
+        crate::fsutil::sync_dir(store.root()).map_err(io)?;
     }
-    let tmp = path.with_extension("png.tmp");
-    std::fs::write(&tmp, png)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::fsutil::write_atomic(&path, png, 0o600, None).map_err(io)?;
     Ok(rel)
 }
 

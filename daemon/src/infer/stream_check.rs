@@ -8,8 +8,8 @@
 //! (ITU-T T.81 B.2.2), the JPEG-LS frame header (SOF55, ITU-T T.87 C.2.2; CharLS
 //! allocates its output from it) and the JPEG 2000 image and tile size marker (SIZ,
 //! ITU-T T.800 A.5.1) of the first frame. JPEG-LS and JPEG 2000 are decoded in a confined
-//! child ([`super::decode_sandbox`]), which runs these checks too; other transfer syntaxes
-//! pass unchanged.
+//! child ([`super::decode_sandbox`]), which runs these checks too; encapsulated pixel
+//! data of any other transfer syntax is refused, native pixel data passes.
 
 use super::dicom_image::{count_of, DicomImageError};
 use dicom_dictionary_std::tags;
@@ -18,6 +18,9 @@ use std::borrow::Cow;
 
 /// RLE Lossless.
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Encapsulated Uncompressed Explicit VR Little Endian: native samples in fragments.
+const ENCAPSULATED_UNCOMPRESSED: &str = "1.2.840.10008.1.2.1.98";
 
 /// Output bytes of one PackBits segment, counted without decoding (PS3.5 Annex G.3.1).
 fn packbits_output_len(segment: &[u8]) -> u64 {
@@ -106,7 +109,9 @@ const JPEG_DECODED_IN_PROCESS: [&str; 4] = [
 
 /// Checks the encapsulated pixel data of `obj` for its transfer syntax: RLE
 /// ([`check_rle`]), the JPEG processes ([`check_jpeg`]), JPEG-LS ([`check_jpeg_ls`]) and
-/// JPEG 2000 ([`check_j2k`]).
+/// JPEG 2000 ([`check_j2k`]); Encapsulated Uncompressed passes (its fragments are copied).
+/// Encapsulated pixel data of any other transfer syntax is refused: no check holds its decoder to the header (a deflated frame, say, would
+/// inflate in this process to whatever its stream holds). Native pixel data passes.
 pub fn check_stream(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), DicomImageError> {
     let uid = transfer_syntax.trim_end_matches(['\0', ' ']);
     if uid == RLE_LOSSLESS {
@@ -117,6 +122,18 @@ pub fn check_stream(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(),
         check_jpeg_ls(obj)
     } else if super::decode_sandbox::OPENJPEG_SYNTAXES.contains(&uid) {
         check_j2k(obj)
+    } else if uid == ENCAPSULATED_UNCOMPRESSED {
+        // Fragments copied as they are: no more than the file holds.
+        Ok(())
+    } else if obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.value().fragments().is_some())
+    {
+        Err(DicomImageError::Decode(format!(
+            "pixel data encapsulated in transfer syntax {uid}, which this box does not decode"
+        )))
     } else {
         Ok(())
     }
@@ -659,6 +676,26 @@ mod tests {
         assert!(jpeg_frame_header(&[0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x00]).is_err());
         assert!(jpeg_frame_header(&[0x00, 0xD8]).is_err());
         assert!(jpeg_frame_header(&[]).is_err());
+    }
+
+    /// A deflated frame (Deflated Image Frame Compression) has no check holding it to the
+    /// header: refused before its decoder inflates it, whatever it holds; native pixel data
+    /// and Encapsulated Uncompressed pass.
+    #[test]
+    fn encapsulated_pixel_data_no_check_covers_is_refused() {
+        let deflated = image(24, 32, 1, 16, vec![vec![0x78, 0x9C, 0x03, 0x00]]);
+        let err = check_stream(&deflated, "1.2.840.10008.1.2.8.1").unwrap_err();
+        assert!(err.to_string().contains("1.2.840.10008.1.2.8.1"), "{err}");
+        assert!(check_stream(&deflated, "1.2.840.10008.1.2.4.201").is_err());
+        assert!(check_stream(&deflated, ENCAPSULATED_UNCOMPRESSED).is_ok());
+        let mut native = InMemDicomObject::new_empty();
+        native.put(dicom_core::DataElement::new(
+            tags::PIXEL_DATA,
+            dicom_core::VR::OW,
+            dicom_core::PrimitiveValue::U16(vec![0u16; 4].into()),
+        ));
+        assert!(check_stream(&native, "1.2.840.10008.1.2.1").is_ok());
+        assert!(check_stream(&native, "1.2.840.10008.1.2.8.1").is_ok());
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct Delivery {
     pub secret: Arc<SiteSecret>,
     /// The root of the UIDs of the result objects.
     pub uid_root: String,
+    /// Most pixel samples of an image the result objects are made from
+    /// (`inference.max_pixels`): the image is read again from the store, where a peer may
+    /// have replaced it since it was analysed.
+    pub max_pixels: u64,
 }
 
 /// What inference found for a study, as handed to the record stage.
@@ -358,7 +362,8 @@ impl Recorder {
             self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance);
         }
         if !self.made_before(&uids.sc_instance, &unkeyed.sc_instance) {
-            let made = secondary_capture::build(&self.store, &report, &uids, sop, png);
+            let made =
+                secondary_capture::build(&self.store, &report, &uids, sop, png, d.max_pixels);
             self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance);
         }
     }
@@ -504,6 +509,7 @@ mod tests {
             plan: DeliveryPlan::from_config(&cfg),
             secret: Arc::new(SiteSecret::from_bytes(&[7u8; 32])),
             uid_root: "1.2.826.0.1.3680043.8.498".into(),
+            max_pixels: cfg.inference.max_pixels,
         };
         let recorder = Recorder::new(Arc::clone(&store), Some(delivery));
         (dir, store, recorder, outbox)

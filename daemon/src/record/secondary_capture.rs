@@ -20,12 +20,16 @@ pub fn build(
     uids: &ResultUids,
     sop_uid: &str,
     png_path: &str,
+    max_pixels: u64,
 ) -> Result<FileDicomObject<InMemDicomObject>, ObjectError> {
     let inst = store
         .instance(sop_uid)?
         .ok_or_else(|| ObjectError::NotStored(sop_uid.to_string()))?;
-    let gray = crate::infer::dicom_image::DicomImage::open(&store.root().join(&inst.path))
-        .and_then(|d| d.reduced_display(SC_MAX_SIDE))?;
+    let gray = crate::infer::dicom_image::DicomImage::open_within(
+        &store.root().join(&inst.path),
+        max_pixels,
+    )
+    .and_then(|d| d.reduced_display(SC_MAX_SIDE))?;
     let heat = super::parametric_map::heatmap(store, png_path)?;
     let values: Vec<f32> = heat
         .as_raw()

@@ -36,8 +36,40 @@ impl Pending {
         self.lock().extend(copies);
     }
 
+    /// The copies noted so far, held by a flush that begins now: given back unless the
+    /// flush ends and hands them on ([`Due::finish`]), so a flush dropped mid-way (a
+    /// timeout around it) leaves them to the next.
+    pub fn take_due(&self) -> Due<'_> {
+        Due {
+            pending: self,
+            copies: Some(self.take()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Kept copies a flush in progress holds ([`Pending::take_due`]).
+#[derive(Debug)]
+pub struct Due<'a> {
+    pending: &'a Pending,
+    copies: Option<Vec<PathBuf>>,
+}
+
+impl Due<'_> {
+    /// The flush ended: its copies, to drop or give back as it went.
+    pub fn finish(mut self) -> Vec<PathBuf> {
+        self.copies.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Due<'_> {
+    fn drop(&mut self) {
+        if let Some(copies) = self.copies.take() {
+            self.pending.put_back(copies);
+        }
     }
 }
 
@@ -157,6 +189,28 @@ mod tests {
 
     fn bytes(store: &Store, rec: &InstanceRecord) -> Vec<u8> {
         std::fs::read(store.root().join(&rec.path)).unwrap()
+    }
+
+    /// A flush dropped before it ended (a timeout around it: the watchdog's probe) gives
+    /// the copies it held back to the next flush, which drops them once it made their
+    /// replacements durable.
+    #[tokio::test]
+    async fn a_flush_dropped_mid_way_leaves_its_copies_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = dir.path().join("kept-copy.dcm");
+        std::fs::write(&kept, b"earlier copy").unwrap();
+        store.kept.add(kept.clone());
+        // What a flush holds while it waits for the index (`Store::flush` takes its copies
+        // so), dropped with the flush's future.
+        let held = store.kept.take_due();
+        assert!(store.kept.take().is_empty(), "held by the flush");
+        drop(held);
+        assert_eq!(store.kept.take(), vec![kept.clone()], "given back");
+        store.kept.add(kept.clone());
+        store.flush().await.unwrap();
+        assert!(store.kept.take().is_empty());
+        assert!(!kept.exists(), "dropped by the flush that ended");
     }
 
     /// A copy received again is committed; the daemon stops before a flush made the

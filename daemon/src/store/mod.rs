@@ -57,6 +57,9 @@ const STUDIES: &str = "studies";
 const STUDY_INSTANCES: &str = "study_instances";
 /// Meta key set once the query indexes ([`qr_index`]) are maintained.
 const QR_INDEX_MARK: &str = "qr_index_version";
+/// Meta key set while the index is rebuilt from the files at open: still there at the
+/// next open, the rebuild was cut off and is run again.
+const REBUILD_MARK: &str = "rebuild_in_progress";
 /// The ledger of the objects this box generated, one SOP Instance UID per line, in the data
 /// directory (see `Store::reindex`).
 const GENERATED_LEDGER: &str = "generated-objects";
@@ -244,9 +247,18 @@ impl Store {
             set_aside,
             kept: kept::Pending::default(),
         };
+        // A rebuild cut off (a power cut, the unit's start timeout) left part of the files
+        // indexed under a valid schema version: the mark it set says to rebuild again.
+        let unfinished = store.meta.get(REBUILD_MARK)?.is_some();
+        if unfinished {
+            log::error!(
+                "an earlier rebuild of the index at {} did not finish; rebuilding it again from the files",
+                index_dir.display()
+            );
+        }
         // sled opens some damaged files as an empty database without an error: an index
         // without its schema version is treated as lost and rebuilt from the files.
-        let rebuild = match store.schema_version()? {
+        let lost = match store.schema_version()? {
             None => {
                 if existed && !rebuild {
                     log::error!(
@@ -262,6 +274,7 @@ impl Store {
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
             Some(_) => rebuild,
         };
+        let rebuild = unfinished || lost;
         let has_files = store
             .files
             .walk()
@@ -284,7 +297,11 @@ impl Store {
             );
         }
         if rebuild && has_files {
+            // Durable before the walk starts; removed (durably) once it has ended.
+            store.meta.insert(REBUILD_MARK, &[1u8])?;
+            store.db.flush()?;
             let report = store.reindex()?;
+            store.meta.remove(REBUILD_MARK)?;
             log::warn!(
                 "index rebuilt from files: {} instances in {} studies, {} unreadable",
                 report.indexed,
@@ -468,7 +485,8 @@ impl Store {
     /// Makes everything committed so far durable. Concurrent callers share the work of
     /// one flush where they overlap.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let due = self.kept.take();
+        // Given back if this future is dropped before the flush ends.
+        let due = self.kept.take_due();
         // sled's flush_async runs on sled's own small thread pool; under load, with several
         // associations flushing at once, it was seen to stall every caller. A blocking
         // flush on tokio's blocking pool does the same work without that pool.
@@ -480,7 +498,7 @@ impl Store {
                 source: std::io::Error::other(e.to_string()),
             })
             .and_then(|r| r.map_err(StoreError::from));
-        self.after_flush(flushed.is_ok(), due);
+        self.after_flush(flushed.is_ok(), due.finish());
         flushed.map(|_| ())
     }
 

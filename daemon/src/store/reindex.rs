@@ -639,6 +639,49 @@ mod tests {
     /// a stray query key are put right from the files, and so are the attributes of a
     /// record kept; what only the index knows (the sender, the receive time, the study's
     /// state) stays.
+    /// A rebuild at open that was cut off (a power cut, the unit's start timeout) leaves
+    /// part of the files indexed under a valid schema version, and its mark: the next open
+    /// rebuilds again, and every file is indexed.
+    #[test]
+    fn a_rebuild_cut_off_is_run_again_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for sop in ["5.1.1", "5.1.2", "5.1.3"] {
+                stored_file(&store, "5.1", sop);
+            }
+            stored_file(&store, "5.2", "5.2.1");
+            // What a rebuild cut off after its first file leaves: that file's records,
+            // nothing of the others, and the mark.
+            for sop in ["5.1.2", "5.1.3", "5.2.1"] {
+                store.instances.remove(sop).unwrap();
+            }
+            store.study_instances.clear().unwrap();
+            store.studies.remove("5.2").unwrap();
+            store
+                .meta
+                .insert(super::super::REBUILD_MARK, &[1u8])
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance_count(), 4);
+        assert_eq!(store.instances_of("5.1").unwrap().len(), 3);
+        assert_eq!(store.study("5.2").unwrap().unwrap().instances, 1);
+        assert!(store
+            .meta
+            .get(super::super::REBUILD_MARK)
+            .unwrap()
+            .is_none());
+        drop(store);
+        // Finished: the next open does not rebuild (a change to the index stays).
+        let store = Store::open(dir.path()).unwrap();
+        store.instances.remove("5.2.1").unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().instance_count(), 3);
+    }
+
     #[test]
     fn a_damaged_index_is_corrected_in_place() {
         let dir = tempfile::tempdir().unwrap();
