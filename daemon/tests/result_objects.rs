@@ -123,6 +123,21 @@ fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
         duli::config::InferenceConfig::default().max_pixels,
     )
     .unwrap();
+    // The image is read again from the store within the pixel budget.
+    let over = duli::record::secondary_capture::build(
+        &f.store,
+        &f.report,
+        &f.uids,
+        &f.source.sop_instance_uid,
+        &f.png,
+        16,
+    );
+    assert!(
+        over.as_ref()
+            .is_err_and(|e| e.to_string().contains("too large")),
+        "{:?}",
+        over.map(|_| ())
+    );
     [("SR", sr), ("PM", pm), ("SC", sc)]
         .into_iter()
         .map(|(name, obj)| {

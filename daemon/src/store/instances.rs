@@ -185,8 +185,9 @@ impl Store {
         // Held until the record is committed: retention never removes a file placed here
         // while the index still names the copy it replaces (see `pruning`).
         let _placing = self.instance_locks.hold(sop);
+        let previous = self.instance(sop)?;
         // Checked before the file is placed too: the placement would overwrite ours.
-        if !generated && self.instance(sop)?.is_some_and(|i| i.generated) {
+        if !generated && previous.as_ref().is_some_and(|i| i.generated) {
             return Err(StoreError::Protected(sop.clone()));
         }
         let extra = batch_writes(batches)?;
@@ -198,6 +199,15 @@ impl Store {
         // An earlier copy at the same place is kept until the commit is durable: a commit
         // that fails (a full disk) puts it back, and so does the next start when a crash
         // lost the commit (`kept`), so the file always holds what the index says.
+        // Sent before under another study: a durable note names both files until the
+        // earlier one is removed (`moves`), so a stop at any point leaves one copy.
+        let target = files::FileArea::relative_path(study_uid, sop_uid)
+            .to_string_lossy()
+            .into_owned();
+        let moving = previous.as_ref().filter(|p| p.path != target);
+        if let Some(p) = moving {
+            self.note_move(sop, &p.path, &target)?;
+        }
         let kept = self
             .files
             .keep_previous(study_uid, sop_uid)
@@ -206,6 +216,9 @@ impl Store {
             Ok(rel) => rel,
             Err(e) => {
                 let _ = self.files.drop_kept(kept);
+                if moving.is_some() {
+                    self.clear_move(sop)?;
+                }
                 return Err(io_err("place the file")(e));
             }
         };
@@ -234,31 +247,21 @@ impl Store {
                 Ok((rec, commit))
             }
             Err(e) => {
-                if let Err(undo) = self.files.undo_place(&rel, kept) {
-                    log::error!(
+                match self.files.undo_place(&rel, kept) {
+                    Ok(()) if moving.is_some() => {
+                        if let Err(clear) = self.clear_move(sop) {
+                            log::error!("store: the move note of {sop} stays ({clear})");
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(undo) => log::error!(
                         "store: the index commit of {sop} failed ({e}) and its file could not \
                          be put back ({undo}); `duli reindex` restores the agreement"
-                    );
+                    ),
                 }
                 Err(e)
             }
         }
-    }
-
-    /// Removes the file of `previous`, an instance's record before it was sent again under
-    /// another study (see [`Store::place_and_commit`]), once the index no longer names that
-    /// file. Call it after [`Store::flush`]: until then a crash would bring the old record
-    /// back.
-    pub fn remove_superseded(&self, previous: &InstanceRecord) -> Result<(), StoreError> {
-        let now = self.instance(&previous.sop_instance_uid)?;
-        if now.is_some_and(|n| n.path != previous.path) {
-            match std::fs::remove_file(self.root().join(&previous.path)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove a superseded file")(e)),
-            }
-        }
-        Ok(())
     }
 
     /// The distinct trees `extra` writes to, by name, opened (for a transaction over them).

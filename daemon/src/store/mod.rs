@@ -15,6 +15,8 @@
 //!   generated), superseded copies removed.
 //! - [`kept`]: the copy a received-again instance replaces, kept until the replacement is
 //!   durable and put back at start-up when its commit was lost.
+//! - [`moves`]: an instance sent again under another study: a durable note until the copy
+//!   the index no longer names is removed, also after a stop.
 //! - [`states`]: the checked study state transitions and the count per state.
 //! - [`reindex`]: the index rebuilt from the files.
 //! - [`records`]: typed JSON record trees and the one decode-mutate-encode loop.
@@ -32,6 +34,7 @@ pub mod header;
 pub mod instances;
 pub mod kept;
 pub mod liveness;
+pub mod moves;
 pub mod outbox;
 pub mod pruning;
 pub mod qr_index;
@@ -308,6 +311,10 @@ impl Store {
                 report.studies,
                 report.unreadable
             );
+        }
+        let moved = store.recover_moves()?;
+        if moved > 0 {
+            log::warn!("store: {moved} copy(ies) of instances moved between studies removed");
         }
         store
             .count

@@ -1,0 +1,171 @@
+//! Instances sent again under another study: the record moves to the new study's file in
+//! one commit, and the earlier file — the instance under another study, often another
+//! patient — must go once that commit is durable, or the new file must go when a crash
+//! lost the commit (its sender was never acknowledged).
+//!
+//! Before the new file is placed, a durable note names both files ([`Store::note_move`]);
+//! it is cleared once the earlier file is removed ([`Store::remove_superseded`]) or the
+//! commit failed and the new file was taken back ([`Store::clear_move`]). At open, each
+//! note a crash left removes whichever of its two files the index does not name
+//! ([`Store::recover_moves`]), so neither copy outlives the move.
+
+use super::{decode, encode, io_err, Store, StoreError};
+use crate::model::InstanceRecord;
+use serde::{Deserialize, Serialize};
+
+/// The tree of the notes, keyed by SOP Instance UID.
+const MOVES: &str = "instance_moves";
+
+/// One instance moving from one file to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Move {
+    /// The file the index named before (relative to the data folder).
+    from: String,
+    /// The file the move places.
+    to: String,
+}
+
+impl Store {
+    /// Notes durably that `sop` moves from file `from` to file `to` (both relative to the
+    /// data folder), before the new file is placed.
+    pub(super) fn note_move(&self, sop: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let note = Move {
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        self.tree(MOVES)?.insert(sop.as_bytes(), encode(&note))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Clears the note of `sop` (the move's commit failed and its file was taken back).
+    pub(super) fn clear_move(&self, sop: &str) -> Result<(), StoreError> {
+        self.tree(MOVES)?.remove(sop.as_bytes())?;
+        Ok(())
+    }
+
+    /// Removes the file of `previous`, an instance's record before it was sent again under
+    /// another study (see [`Store::place_and_commit`]), once the index no longer names that
+    /// file, and clears the move's note. Call it after [`Store::flush`]: until then a crash
+    /// would bring the old record back (and the next open finishes the move as the index
+    /// then says).
+    pub fn remove_superseded(&self, previous: &InstanceRecord) -> Result<(), StoreError> {
+        let now = self.instance(&previous.sop_instance_uid)?;
+        if now.is_some_and(|n| n.path != previous.path) {
+            self.remove_file(&previous.path)?;
+        }
+        self.clear_move(&previous.sop_instance_uid)
+    }
+
+    /// At open: finishes each move a crash left noted by removing the file the index does
+    /// not name (the earlier one when the move's commit is durable, the new one when it was
+    /// lost). Returns how many files it removed.
+    pub(super) fn recover_moves(&self) -> Result<u64, StoreError> {
+        let tree = self.tree(MOVES)?;
+        let mut removed = 0;
+        for kv in tree.iter() {
+            let (key, value) = kv?;
+            let sop = String::from_utf8_lossy(&key).into_owned();
+            let stale = match decode::<Move>(&key, &value) {
+                Ok(m) => match self.instance(&sop)? {
+                    Some(r) if r.path == m.to => Some(m.from),
+                    Some(r) if r.path == m.from => Some(m.to),
+                    _ => None,
+                },
+                Err(e) => {
+                    log::error!("store: undecodable move note: {e}");
+                    None
+                }
+            };
+            if let Some(rel) = stale {
+                log::warn!(
+                    "store: instance {sop} moved between studies before a stop; removing the \
+                     copy the index does not name ({rel})"
+                );
+                self.remove_file(&rel)?;
+                removed += 1;
+            }
+            tree.remove(&key)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes a file of the data folder (gone already is fine).
+    fn remove_file(&self, rel: &str) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.root().join(rel)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove a superseded file")(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pruning::tests::receive;
+
+    fn exists(store: &Store, rel: &str) -> bool {
+        store.root().join(rel).is_file()
+    }
+
+    /// An instance sent again under another study while the daemon stops: killed after
+    /// the move's commit was durable, the next open removes the earlier file; killed
+    /// before, it removes the new one (whose sender was never acknowledged); either way the
+    /// file in place is the one the index names, and no note is left.
+    #[test]
+    fn a_move_cut_off_by_a_stop_leaves_only_the_file_the_index_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, moved) = {
+            let store = Store::open(dir.path()).unwrap();
+            let first = receive(&store, "7.1", "7.9", 1);
+            let moved = receive(&store, "7.2", "7.9", 2);
+            store.db.flush().unwrap();
+            // Stopped before `remove_superseded`: both files, the index names the new one.
+            assert!(exists(&store, &first.path) && exists(&store, &moved.path));
+            (first, moved)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance("7.9").unwrap().unwrap().path, moved.path);
+        assert!(
+            !exists(&store, &first.path),
+            "the earlier study's copy is gone"
+        );
+        assert!(exists(&store, &moved.path));
+        assert_eq!(store.tree(MOVES).unwrap().len(), 0);
+
+        // Moved back, and the commit lost: the index names the earlier file again.
+        let back = receive(&store, "7.1", "7.9", 3);
+        store
+            .instances
+            .insert("7.9".as_bytes(), encode(&moved))
+            .unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance("7.9").unwrap().unwrap().path, moved.path);
+        assert!(exists(&store, &moved.path));
+        assert!(
+            !exists(&store, &back.path),
+            "the unacknowledged copy is gone"
+        );
+        assert_eq!(store.tree(MOVES).unwrap().len(), 0);
+    }
+
+    /// The move finished by the receiver (after its flush) removes the earlier file and
+    /// its note; an instance sent again within its study needs no note.
+    #[test]
+    fn a_finished_move_leaves_no_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = receive(&store, "8.1", "8.9", 1);
+        let again = receive(&store, "8.1", "8.9", 2);
+        assert_eq!(first.path, again.path);
+        assert_eq!(store.tree(MOVES).unwrap().len(), 0);
+        receive(&store, "8.2", "8.9", 3);
+        assert_eq!(store.tree(MOVES).unwrap().len(), 1);
+        store.remove_superseded(&first).unwrap();
+        assert!(!exists(&store, &first.path));
+        assert_eq!(store.tree(MOVES).unwrap().len(), 0);
+    }
+}
