@@ -561,6 +561,47 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
         );
     }
 
+    // C-GET by a peer that lists JPEG Lossless first (getscu +xs): the sub-operations go
+    // in the uncompressed syntax it also offers, every instance completed as stored.
+    let jpeg_first = temp_dir("getscu-xs");
+    let out = run_dcmtk(
+        "getscu",
+        &[
+            "-v",
+            "+xs",
+            "+B",
+            "-S",
+            "-aet",
+            "GETSCU",
+            "-aec",
+            DULI_AET,
+            "-od",
+            jpeg_first.path().to_str().unwrap(),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &port,
+        ],
+    )
+    .unwrap();
+    out.assert_success("getscu +xs");
+    let all = out.combined();
+    assert!(
+        all.contains(&format!("Number of Completed Suboperations : {n}"))
+            && all.contains("Number of Failed Suboperations    : 0"),
+        "{all}"
+    );
+    let got = received(jpeg_first.path());
+    assert_eq!(got.len(), in_study.len());
+    for r in &in_study {
+        assert_eq!(
+            data_set(&got[&s(r, "sop")]),
+            data_set(Path::new(&s(r, "path")))
+        );
+    }
+
     // C-GET with pynetdicom (role selection), data sets as received on the wire.
     let py_dir = temp_dir("pyget");
     let out = python_tool(
@@ -583,7 +624,7 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
         .iter()
         .filter(|r| r.action == ::duli::audit::Action::Export)
         .collect();
-    assert_eq!(exports.len(), 5, "{exports:?}");
+    assert_eq!(exports.len(), 6, "{exports:?}");
     assert!(exports
         .iter()
         .any(|r| !r.success && r.detail.contains("NOWHERE")));
@@ -592,7 +633,7 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
             .iter()
             .filter(|r| r.success && r.object == study && r.detail.contains("4 completed"))
             .count(),
-        4
+        5
     );
 }
 

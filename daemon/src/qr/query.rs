@@ -324,12 +324,14 @@ fn is_count(tag: Tag) -> bool {
     )
 }
 
-/// Counts and lists computed from a study's instances.
+/// Counts and lists computed from a study's instances. The patient's counts are known
+/// only at PATIENT level (where the patient's studies are grouped): below it they are
+/// answered empty, never as a count of zero.
 #[derive(Debug, Clone, Default)]
 struct Derived {
-    patient_studies: usize,
-    patient_series: usize,
-    patient_instances: usize,
+    patient_studies: Option<usize>,
+    patient_series: Option<usize>,
+    patient_instances: Option<usize>,
     study_series: usize,
     study_instances: usize,
     series_instances: usize,
@@ -367,9 +369,9 @@ impl Row<'_> {
             tags::PATIENT_ID => one(&s.patient_id),
             tags::PATIENT_BIRTH_DATE => one(&s.patient_birth_date),
             tags::PATIENT_SEX => one(&s.patient_sex),
-            tags::NUMBER_OF_PATIENT_RELATED_STUDIES => num(Some(d.patient_studies)),
-            tags::NUMBER_OF_PATIENT_RELATED_SERIES => num(Some(d.patient_series)),
-            tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => num(Some(d.patient_instances)),
+            tags::NUMBER_OF_PATIENT_RELATED_STUDIES => num(d.patient_studies),
+            tags::NUMBER_OF_PATIENT_RELATED_SERIES => num(d.patient_series),
+            tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => num(d.patient_instances),
             tags::STUDY_DATE => one(&s.study_date),
             tags::STUDY_TIME => one(&s.study_time),
             tags::ACCESSION_NUMBER => one(&s.accession_number),
@@ -544,17 +546,19 @@ fn patients(
         {
             group.push(next);
         }
-        let mut derived = Derived {
-            patient_studies: group.len(),
-            ..Default::default()
-        };
+        let (mut series, mut instances) = (0usize, 0usize);
         for s in &group {
-            derived.patient_instances += s.instances as usize;
+            instances += s.instances as usize;
             if need_instances {
-                derived.patient_series +=
-                    series_of(&store.instances_of(&s.study_instance_uid)?).len();
+                series += series_of(&store.instances_of(&s.study_instance_uid)?).len();
             }
         }
+        let derived = Derived {
+            patient_studies: Some(group.len()),
+            patient_series: Some(series),
+            patient_instances: Some(instances),
+            ..Default::default()
+        };
         let row = Row {
             study: &group[0],
             instance: None,
@@ -875,6 +879,50 @@ mod tests {
         )
         .unwrap();
         out
+    }
+
+    /// The patient's counts are answered where the patient's studies are grouped (PATIENT
+    /// level) and left empty below it, never answered as zero.
+    #[test]
+    fn patient_counts_are_answered_at_patient_level_and_empty_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_of(
+            dir.path(),
+            &[("1.2.1", "A", "20240101", "1000"), ("1.2.2", "A", "", "")],
+        );
+        let counts = |level: &str, model: Model| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::QUERY_RETRIEVE_LEVEL,
+                VR::CS,
+                PrimitiveValue::from(level),
+            ));
+            obj.put(DataElement::new(
+                tags::PATIENT_ID,
+                VR::LO,
+                PrimitiveValue::from("A"),
+            ));
+            obj.put(DataElement::new(
+                tags::NUMBER_OF_PATIENT_RELATED_STUDIES,
+                VR::IS,
+                PrimitiveValue::Empty,
+            ));
+            let q = parse(&obj, model).unwrap();
+            let mut out = Vec::new();
+            run(&store, &q, "DULI", &crate::qr::Stop::default(), &mut |o| {
+                out.push(
+                    o.element(tags::NUMBER_OF_PATIENT_RELATED_STUDIES)
+                        .ok()
+                        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+                        .unwrap_or_default(),
+                );
+                true
+            })
+            .unwrap();
+            out
+        };
+        assert_eq!(counts("PATIENT", Model::PatientRoot), ["2"]);
+        assert_eq!(counts("STUDY", Model::StudyRoot), ["", ""]);
     }
 
     /// A key value longer than any it could match is refused before any matching (a

@@ -142,16 +142,14 @@ fn select_at_most(
                     "Series Instance UID (0020,000E)",
                 ));
             }
-            let scope: Vec<String> = if studies.is_empty() {
-                store
-                    .studies()?
-                    .into_iter()
-                    .map(|s| s.study_instance_uid)
-                    .collect()
-            } else {
-                studies
-            };
-            for uid in &scope {
+            // A hierarchical retrieve names the study of its series (PS3.4 C.4.2.2.1): the
+            // series are looked for there, never across every study of the store.
+            if studies.is_empty() {
+                return Err(QueryError::MissingUniqueKey(
+                    "Study Instance UID (0020,000D)",
+                ));
+            }
+            for uid in &studies {
                 sel.extend(
                     store
                         .instances_of(uid)?
@@ -312,6 +310,18 @@ mod tests {
         assert_eq!(
             crate::dimse::Refused::from(err).status(),
             crate::dimse::status::Status(0xA900)
+        );
+
+        // A series named without its study is not looked for across the store.
+        let err = select(
+            &store,
+            &identifier("SERIES", tags::SERIES_INSTANCE_UID, "1.2.3.9"),
+            Model::StudyRoot,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, QueryError::MissingUniqueKey(k) if k.contains("0020,000D")),
+            "{err}"
         );
 
         let err = select_at_most(

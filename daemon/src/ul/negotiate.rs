@@ -390,9 +390,14 @@ fn answer_contexts(
                 Some(_) => None,
             }
         };
+        // The peer takes the SCP role (a C-GET SCU receiving its sub-operations).
+        let peer_scp = granted_roles
+            .iter()
+            .find(|(uid, _)| *uid == abstract_syntax)
+            .is_some_and(|(_, roles)| roles.scp);
         let chosen = match reason {
             Some(_) => None,
-            None => choose_transfer_syntax(&abstract_syntax, &offered, policy),
+            None => choose_transfer_syntax(&abstract_syntax, &offered, policy, peer_scp),
         };
         match (reason, chosen) {
             (None, Some(ts)) => {
@@ -425,19 +430,31 @@ fn answer_contexts(
 }
 
 /// Picks the transfer syntax for a context: for storage, the first one the peer proposed
-/// that we accept (so data is stored as the modality encoded it); for other services,
-/// the uncompressed ones only.
+/// that we accept (so data is stored as the modality encoded it) — unless the peer takes
+/// the SCP role (C-GET sub-operations come from this box): then Explicit, then Implicit VR
+/// Little Endian when offered, which every stored instance can be sent in (as stored, or
+/// re-encoded), where a compressed syntax would fail every instance stored otherwise; for
+/// other services, the uncompressed ones only.
 fn choose_transfer_syntax(
     abstract_syntax: &str,
     offered: &[String],
     policy: &Policy,
+    peer_scp: bool,
 ) -> Option<String> {
     let uncompressed = [
         uids::EXPLICIT_VR_LITTLE_ENDIAN,
         uids::IMPLICIT_VR_LITTLE_ENDIAN,
         uids::EXPLICIT_VR_BIG_ENDIAN,
     ];
-    if uids::is_storage_sop_class(abstract_syntax) {
+    let sendable = uncompressed[..2]
+        .iter()
+        .find(|u| offered.iter().any(|t| t == *u));
+    if let (true, Some(ts)) = (
+        peer_scp && uids::is_storage_sop_class(abstract_syntax),
+        sendable,
+    ) {
+        Some(ts.to_string())
+    } else if uids::is_storage_sop_class(abstract_syntax) {
         offered
             .iter()
             .find(|t| policy.transfer_syntaxes.iter().any(|a| a == *t))
@@ -640,6 +657,56 @@ mod tests {
             assert_eq!(answered, roles, "{permissions:?}");
             assert_eq!(a.peer_scp_classes.contains(CR), scp, "{permissions:?}");
         }
+    }
+
+    /// A storage context the peer takes the SCP role on (a C-GET SCU receiving its
+    /// sub-operations) is accepted in Explicit, else Implicit VR Little Endian when
+    /// offered, whatever the peer lists first (a compressed syntax would fail every
+    /// instance stored otherwise); with none of them, the peer's first accepted one; a
+    /// context the peer only sends on keeps the peer's order.
+    #[test]
+    fn a_c_get_scu_gets_a_syntax_every_stored_instance_can_be_sent_in() {
+        use Permission::*;
+        let mut p = policy();
+        p.scp_role_classes = vec![CR.into()];
+        let scp_only = RequestorRoles {
+            scu: false,
+            scp: true,
+        };
+        let chosen =
+            |permissions: &[Permission], offered: Vec<&str>, roles: Option<RequestorRoles>| {
+                let mut p = p.clone();
+                p.allowed_peers = vec![AllowedPeer {
+                    ae_title: "PACS".into(),
+                    address: None,
+                    permissions: permissions.to_vec(),
+                    cert_sha256: None,
+                }];
+                let mut r = rq("PACS", "DULI", vec![(1, CR, offered)]);
+                if let Some(roles) = roles {
+                    r.user_variables
+                        .push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                            CR.into(),
+                            roles,
+                        ));
+                }
+                negotiate(&r, local(), &p).unwrap().contexts[0]
+                    .transfer_syntax
+                    .clone()
+            };
+        let get = [Echo, Find, Move, Get];
+        let explicit = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        let implicit = uids::IMPLICIT_VR_LITTLE_ENDIAN;
+        assert_eq!(
+            chosen(&get, vec![JPEG_LS, implicit, explicit], Some(scp_only)),
+            explicit
+        );
+        assert_eq!(
+            chosen(&get, vec![JPEG_LS, implicit], Some(scp_only)),
+            implicit
+        );
+        assert_eq!(chosen(&get, vec![JPEG_LS], Some(scp_only)), JPEG_LS);
+        assert_eq!(chosen(&[Store], vec![JPEG_LS, explicit], None), JPEG_LS);
     }
 
     #[test]

@@ -526,7 +526,7 @@ fn patient(report: &Report) -> [String; 2] {
 /// service analysed, preliminary or corrected.
 fn order(report: &Report, ids: &MessageIds, times: &Times) -> [String; 2] {
     let s = &report.study;
-    let result_status = if report.is_correction() { "C" } else { "P" };
+    let result_status = result_status(report);
     let accession = escape(&s.accession_number);
     let filler = format!("{}^{}", escape(&ids.filler_order), SENDING_APPLICATION);
     let service = format!(
@@ -577,6 +577,17 @@ fn notes(report: &Report) -> Vec<String> {
     segments
 }
 
+/// The result status of the order (OBR-25) and of each of its observations (OBX-11), which
+/// must agree: `P` (preliminary) for the first result of a study, `C` (corrected) for a
+/// later version.
+fn result_status(report: &Report) -> &'static str {
+    if report.is_correction() {
+        "C"
+    } else {
+        "P"
+    }
+}
+
 /// OBX: one numeric observation per finding, the Study Instance UID when the profile puts
 /// it there, and the model that made the findings.
 fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<String> {
@@ -590,7 +601,7 @@ fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<Str
                 .set(5, number(f64::from(f.probability)))
                 .set(7, format!("<{}", number(f64::from(f.threshold))))
                 .set(8, if f.positive { "A" } else { "N" })
-                .set(11, "P")
+                .set(11, result_status(report))
                 .set(14, times.study.clone())
                 .set(19, times.created.clone())
                 .render(),
@@ -603,7 +614,7 @@ fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<Str
                 .set(2, "ST")
                 .set(3, STUDY_UID_CODE)
                 .set(5, escape(&report.study.study_instance_uid))
-                .set(11, "P")
+                .set(11, result_status(report))
                 .set(14, times.study.clone())
                 .set(19, times.created.clone())
                 .render(),
@@ -621,7 +632,7 @@ fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<Str
                     report.model_name, report.model_version, report.model_precision
                 )),
             )
-            .set(11, "P")
+            .set(11, result_status(report))
             .set(19, times.created.clone())
             .render(),
     );
@@ -812,6 +823,16 @@ mod tests {
         report.triage = false;
         let msg = oru_r01(&report, &profile(), &ids());
         assert_eq!(segment(&msg, "OBR")[25], "C");
+        // Each observation says what the order says.
+        let obx: Vec<Vec<String>> = msg
+            .split('\r')
+            .filter(|l| l.starts_with("OBX|"))
+            .map(|l| l.split('|').map(String::from).collect())
+            .collect();
+        assert!(
+            !obx.is_empty() && obx.iter().all(|o| o[11] == "C"),
+            "{obx:?}"
+        );
         assert_eq!(segment(&msg, "TQ1")[9], "R");
     }
 
