@@ -27,7 +27,8 @@ case "$(uname -m)" in
 esac
 
 PY="${PYTHON:-python3}"
-command -v "$PY" >/dev/null || { echo "setup-openvino: $PY not found (needed for 'pip download')" >&2; exit 1; }
+source "$ROOT/scripts/python-ready.sh"
+ensure_python pip
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT

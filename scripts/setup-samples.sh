@@ -26,6 +26,8 @@ if [[ ! -f "$wheel" ]]; then
     echo "downloading $PACKAGE from PyPI (about 83 MB) for its sample chest X-rays"
     mkdir -p "$work"
     PY="${PYTHON:-python3}"
+    source "$ROOT/scripts/python-ready.sh"
+    ensure_python pip
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --dest "$work" "$PACKAGE"
     wheel="$work/$WHEEL_NAME"
 fi

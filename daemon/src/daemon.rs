@@ -365,7 +365,7 @@ fn start_retention(
     let (store, audit) = (store.clone(), audit.clone());
     let (days, reserve) = (
         config.retention.pixel_days,
-        config.retention.disk_reserve_mb * 1024 * 1024,
+        config.retention.disk_reserve_bytes(),
     );
     let task = shutdown.supervise("retention", Backoff::default(), move |beat| {
         beat.pulse(crate::retention::run(

@@ -79,6 +79,21 @@ fn check_config_command_reports_and_exits_non_zero() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("port = 104"), "{stdout}");
     assert!(stdout.contains("CR_ROOM1"), "{stdout}");
+    // Valid, but naming a model that is not there: said, the exit still 0.
+    let scratch = tempfile::tempdir().unwrap();
+    let cfg = scratch.path().join("duli.toml");
+    std::fs::write(&cfg, "[inference]\nmodel = \"models/absent/model.toml\"\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: inference.model") && stderr.contains("absent"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -63,7 +63,8 @@ impl Dir {
         }
     }
 
-    /// Creates `name` as a new regular file for writing (mode 0644): whatever stood at that
+    /// Creates `name` as a new regular file for writing (mode 0644, whatever the umask):
+    /// whatever stood at that
     /// name (a stale file, a planted link) is removed first, and the creation fails rather
     /// than open anything that appears meanwhile.
     pub fn create_new(&self, name: &str) -> io::Result<File> {
@@ -82,6 +83,10 @@ impl Dir {
                 self.path.display()
             )));
         }
+        // 0644 whatever the caller's umask (a root shell's 077 would leave the service
+        // user unable to read a pack or its record).
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         Ok(file)
     }
 
@@ -175,6 +180,24 @@ mod tests {
             !elsewhere.join("models").exists(),
             "nothing is made where the link points"
         );
+    }
+
+    /// A file made for the service user to read is 0644 even under root's umask of 077
+    /// (`sudo duli firmware install` from a hardened shell).
+    #[test]
+    fn files_are_readable_by_the_service_user_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dir::open(dir.path()).unwrap();
+        let before = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+        let made = d.create_new("pack");
+        nix::sys::stat::umask(before);
+        made.unwrap();
+        let mode = std::fs::metadata(dir.path().join("pack"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 
     #[test]

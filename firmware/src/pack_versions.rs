@@ -134,11 +134,17 @@ impl PackVersions {
             Some(d) => d,
             None => Path::new("."),
         };
+        let existed = folder.is_dir();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(folder)
             .map_err(io)?;
+        if !existed {
+            // 0755 whatever the caller's umask: the service user reads the record.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        }
         let name = path
             .file_name()
             .ok_or_else(|| PackVersionsError::Invalid {

@@ -60,6 +60,15 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
     match Config::load(Some(path), std::env::vars()) {
         Ok(cfg) => {
             println!("# {}: valid\n{}", path.display(), cfg.to_toml());
+            // Valid, and yet the daemon would wait for a model that is not there.
+            if cfg.inference.model_pack.is_none() && !cfg.inference.model.is_file() {
+                eprintln!(
+                    "# warning: inference.model {} does not exist: the daemon will wait for it \
+                     (`make models` in a checkout; on the appliance a signed model pack, \
+                     inference.model_pack)",
+                    cfg.inference.model.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -48,6 +48,17 @@ pub struct RetentionConfig {
     pub disk_reserve_mb: u64,
 }
 
+/// Largest `retention.disk_reserve_mb` accepted: 1 TiB (a value in bytes by mistake would
+/// refuse every study and prune every finished one).
+pub const MAX_DISK_RESERVE_MB: u64 = 1 << 20;
+
+impl RetentionConfig {
+    /// The disk reserve in bytes.
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.disk_reserve_mb.saturating_mul(1024 * 1024)
+    }
+}
+
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {

@@ -500,6 +500,15 @@ fn check_retention(c: &RetentionConfig, bad: &mut impl FnMut(&str, String)) {
             "must be at most 36500 days".to_string(),
         );
     }
+    if c.disk_reserve_mb > super::device::MAX_DISK_RESERVE_MB {
+        bad(
+            "retention.disk_reserve_mb",
+            format!(
+                "must be at most {} (1 TiB, in MB: a value in bytes would refuse every study)",
+                super::device::MAX_DISK_RESERVE_MB
+            ),
+        );
+    }
 }
 
 /// `[audit]`: the repository address, consent to plain TCP off loopback, the TLS files.

@@ -82,10 +82,15 @@ pub fn certified_pair(
 /// of 32 to 128 hex digits (`generate_site_secret` writes 64, as `openssl rand -hex 32`
 /// does). Anything else (a text file, a short or a huge one) is refused.
 ///
+/// Returns the secret as the box keeps it: the random bytes as they are, a hex line in
+/// lower case with one `\n`, so that the same secret typed in upper case or saved with a
+/// Windows line end keys the same pseudonyms on every box of the site (the daemon keys
+/// its HMAC with the file's bytes).
+///
 /// [`SECRET_LEN`]: crate::site_secret::SECRET_LEN
-pub fn site_secret(key: &str, bytes: &[u8]) -> Result<(), MaterialError> {
+pub fn site_secret(key: &str, bytes: &[u8]) -> Result<Vec<u8>, MaterialError> {
     if bytes.len() == crate::site_secret::SECRET_LEN {
-        return Ok(());
+        return Ok(bytes.to_vec());
     }
     let line = bytes
         .strip_suffix(b"\r\n")
@@ -95,7 +100,9 @@ pub fn site_secret(key: &str, bytes: &[u8]) -> Result<(), MaterialError> {
         && line.len() % 2 == 0
         && line.iter().all(u8::is_ascii_hexdigit)
     {
-        return Ok(());
+        let mut canonical = line.to_ascii_lowercase();
+        canonical.push(b'\n');
+        return Ok(canonical);
     }
     Err(bad(
         key,
@@ -141,8 +148,20 @@ mod tests {
 
     #[test]
     fn site_secrets_are_the_daemons_bytes_or_a_hex_line() {
-        site_secret("s", &[0xff; 32]).unwrap();
-        site_secret("s", format!("{}\n", "ab".repeat(32)).as_bytes()).unwrap();
+        assert_eq!(site_secret("s", &[0xff; 32]).unwrap(), [0xff; 32]);
+        // One secret, however it was saved, is kept the same way.
+        let canonical = format!("{}\n", "ab".repeat(32)).into_bytes();
+        for saved in [
+            format!("{}\n", "ab".repeat(32)),
+            format!("{}\r\n", "AB".repeat(32)),
+            "aB".repeat(32),
+        ] {
+            assert_eq!(
+                site_secret("s", saved.as_bytes()).unwrap(),
+                canonical,
+                "{saved:?}"
+            );
+        }
         site_secret("s", "AB".repeat(16).as_bytes()).unwrap();
         for bad in [
             &b"root:$6$salt$hash:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n"[..],

@@ -236,7 +236,6 @@ fn site_secret(
                 .map_err(|e| format!("{}: {e}", p.display()))
                 .and_then(|bytes| {
                     material::site_secret("device.site_secret_file", &bytes)
-                        .map(|()| bytes)
                         .map_err(|e| format!("{}: {}", p.display(), e.reason))
                 });
             match read {

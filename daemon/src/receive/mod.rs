@@ -118,7 +118,7 @@ impl Scp {
                     .max_associations_per_address
                     .min(dicom.max_associations),
             ),
-            disk_reserve: config.retention.disk_reserve_mb * 1024 * 1024,
+            disk_reserve: config.retention.disk_reserve_bytes(),
             max_instance: dicom.max_instance_mb * 1024 * 1024,
             drain: crate::supervise::drain::ASSOCIATIONS,
             admission: Vec::new(),

@@ -81,7 +81,11 @@ do_install:append() {
     # first boot (duli-data-layout.service).
     install -d -m 0750 ${D}${sysconfdir}/duli
     install -d ${D}${datadir}/duli
+    # On the appliance the model comes as a signed model pack (`duli firmware install`,
+    # the pack named `model` by default), not from a folder beside the configuration.
     sed -e 's|^data_dir = .*|data_dir = "${localstatedir}/lib/duli"|' \
+        -e 's|^model = .*|# model: on the appliance, the signed model pack below|' \
+        -e 's|^# model_pack = .*|model_pack = "model"|' \
         ${S}/config/duli.toml > ${D}${datadir}/duli/duli.toml
     chmod 0644 ${D}${datadir}/duli/duli.toml
     install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${datadir}/duli/timesyncd.conf
