@@ -1852,7 +1852,7 @@ fn a_pruned_instance_has_no_preview_and_its_cached_copy_is_removed() {
     // A reserve larger than any disk: the first retention pass prunes the study.
     let d = Daemon::builder()
         .data_dir(&data)
-        .config("retention", "disk_reserve_mb", "1000000000")
+        .config("retention", "disk_reserve_mb", "16000000")
         .start();
     let s = d.login("rita", PW);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -117,7 +117,7 @@ fn below_the_disk_reserve_c_store_answers_a700_and_stores_nothing() {
     };
     // A reserve larger than any disk.
     let d = Daemon::builder()
-        .config("retention", "disk_reserve_mb", "1000000000")
+        .config("retention", "disk_reserve_mb", "16000000")
         .start();
     let Some(out) = d.storescu("MODALITY", &["-v"], &files) else {
         return;

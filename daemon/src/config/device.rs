@@ -48,9 +48,10 @@ pub struct RetentionConfig {
     pub disk_reserve_mb: u64,
 }
 
-/// Largest `retention.disk_reserve_mb` accepted: 1 TiB (a value in bytes by mistake would
-/// refuse every study and prune every finished one).
-pub const MAX_DISK_RESERVE_MB: u64 = 1 << 20;
+/// Largest `retention.disk_reserve_mb` accepted: 16 TiB, above any disk of the box (a value
+/// in bytes by mistake, 10 GiB as 10737418240, would refuse every study and prune every
+/// finished one).
+pub const MAX_DISK_RESERVE_MB: u64 = 1 << 24;
 
 impl RetentionConfig {
     /// The disk reserve in bytes.

@@ -504,7 +504,7 @@ fn check_retention(c: &RetentionConfig, bad: &mut impl FnMut(&str, String)) {
         bad(
             "retention.disk_reserve_mb",
             format!(
-                "must be at most {} (1 TiB, in MB: a value in bytes would refuse every study)",
+                "must be at most {} (16 TiB, in MB: a value in bytes would refuse every study)",
                 super::device::MAX_DISK_RESERVE_MB
             ),
         );
