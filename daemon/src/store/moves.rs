@@ -3,11 +3,11 @@
 //! patient — must go once that commit is durable, or the new file must go when a crash
 //! lost the commit (its sender was never acknowledged).
 //!
-//! Before the new file is placed, a durable note names both files ([`Store::note_move`]);
+//! Before the new file is placed, a durable note names both files (`Store::note_move`);
 //! it is cleared once the earlier file is removed ([`Store::remove_superseded`]) or the
-//! commit failed and the new file was taken back ([`Store::clear_move`]). At open, each
+//! commit failed and the new file was taken back (`Store::clear_move`). At open, each
 //! note a crash left removes whichever of its two files the index does not name
-//! ([`Store::recover_moves`]), so neither copy outlives the move.
+//! (`Store::recover_moves`), so neither copy outlives the move.
 
 use super::{decode, encode, io_err, Store, StoreError};
 use crate::model::InstanceRecord;
