@@ -17,8 +17,12 @@ ensure_python() {
     "$py" -c "$check" 2>/dev/null && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "$(basename "$0"): installing $package with apt-get ($py -m $what is missing)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null 2>&1 \
-            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null; }
+        # `if` and `|| true`: a failed install falls through to the message below, which
+        # `set -e` in the calling script would otherwise cut off.
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null 2>&1; then
+            apt-get update -qq >/dev/null 2>&1 || true
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null 2>&1 || true
+        fi
         "$py" -c "$check" 2>/dev/null && return 0
     fi
     echo "$(basename "$0"): $py -m $what is not available; install it (Debian: sudo apt-get install $package) and run again" >&2

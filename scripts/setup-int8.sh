@@ -63,7 +63,7 @@ VENV="$ROOT/.cache/quantize/venv"
 if ! "$VENV/bin/python" -c "import nncf, openvino, PIL, sys; sys.exit(nncf.__version__ != '$NNCF_VERSION' or openvino.__version__.split('-')[0] != '$OV_VERSION')" 2>/dev/null; then
     echo "setup-int8: installing nncf==$NNCF_VERSION, openvino==$OV_VERSION into $VENV"
     source "$ROOT/scripts/python-ready.sh"
-    ensure_python venv
+    PYTHON=python3 ensure_python venv
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
         "openvino==$OV_VERSION" "nncf==$NNCF_VERSION" numpy pillow

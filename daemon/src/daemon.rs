@@ -194,10 +194,15 @@ async fn open_store(config: &Config) -> Result<(Arc<Store>, Arc<crate::audit::Au
     let store = {
         let dir = data_dir.clone();
         // Opening may rebuild the index from the files (hours on a large store): systemd
-        // is asked for more start-up time while it runs, so the unit's start timeout does
-        // not cut the rebuild off (a cut-off rebuild is run again at the next open).
-        let _extending = crate::notify::ExtendStart::every(std::time::Duration::from_secs(30));
-        tokio::task::spawn_blocking(move || Store::open(&dir))
+        // is asked for more start-up time while the rebuild advances, so the unit's start
+        // timeout does not cut it off (a cut-off rebuild is run again at the next open),
+        // and an open that hangs is still cut off.
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let _extending = crate::notify::ExtendStart::while_advancing(
+            std::time::Duration::from_secs(30),
+            progress.clone(),
+        );
+        tokio::task::spawn_blocking(move || Store::open_observed(&dir, &progress))
             .await
             .context("store open task")?
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?

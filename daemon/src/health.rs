@@ -163,9 +163,6 @@ pub fn model_check(manifest: &Path) -> Check {
 /// Why the model check failed (said in the check's detail).
 #[derive(Debug, thiserror::Error)]
 enum ModelFault {
-    /// The manifest is not a regular file that opens.
-    #[error("{0}")]
-    Manifest(crate::firmware_cli::NotRegular),
     /// The manifest cannot be read.
     #[error("cannot be read ({0})")]
     Unreadable(std::io::Error),
@@ -211,7 +208,21 @@ enum ModelFault {
 /// Reads the manifest and checks its files, as [`model_check`] describes.
 fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault> {
     use std::io::Read;
-    let file = crate::firmware_cli::open_regular(manifest).map_err(ModelFault::Manifest)?;
+    // The folder is opened once, not through a link, and the manifest and every file it
+    // names are read through that one descriptor: the service user, who owns the folder's
+    // entry, cannot swap it for a link to root's files between the reads.
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let folder = crate::provision::source::Folder::open_not_a_link(dir).map_err(|source| {
+        ModelFault::Folder {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    let name = Path::new(manifest.file_name().unwrap_or_default());
+    let file = folder.open_file(name).map_err(|source| ModelFault::File {
+        path: manifest.to_path_buf(),
+        source,
+    })?;
     let mut text = String::new();
     file.take(MAX_MANIFEST + 1)
         .read_to_string(&mut text)
@@ -224,13 +235,8 @@ fn verified_model(manifest: &Path) -> Result<crate::infer::Manifest, ModelFault>
     if let (Some(w), Some(h)) = (&m.file.weights, &m.file.weights_sha256) {
         files.push((w.as_path(), h.as_str()));
     }
-    // The folder and the folders below it are the service user's: each is opened without
-    // following a link, so a planted link cannot point the hash at a file of root's.
-    let folder =
-        crate::provision::source::Folder::open(&m.dir).map_err(|source| ModelFault::Folder {
-            path: m.dir.clone(),
-            source,
-        })?;
+    // The folders below are the service user's too: each is opened without following a
+    // link, so a planted link cannot point the hash at a file of root's.
     for (file, expected) in files {
         let inside = !file.as_os_str().is_empty()
             && file
@@ -357,5 +363,12 @@ mod tests {
         let linked = dir.path().join("linked.toml");
         std::os::unix::fs::symlink(&manifest, &linked).unwrap();
         assert!(!model_check(&linked).ok);
+        // So is the model's folder as a link (what the service user would swap in between
+        // the reads): the manifest and the files are read through one folder descriptor.
+        std::fs::write(&manifest, with_network("net.xml")).unwrap();
+        let swapped = dir.path().join("swapped");
+        std::os::unix::fs::symlink(&model, &swapped).unwrap();
+        let c = model_check(&swapped.join("model.toml"));
+        assert!(!c.ok && c.detail.contains("link"), "{c:?}");
     }
 }

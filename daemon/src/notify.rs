@@ -25,17 +25,22 @@ pub fn notify(state: &str) {
     }
 }
 
-/// Asks systemd for more start-up time (`EXTEND_TIMEOUT_USEC`) every `period` while it
-/// is held, each time for three periods: a long start-up step (an index rebuild) is not
-/// cut off by the unit's `TimeoutStartSec`, and a hung one still is once it stops asking.
+/// Asks systemd for more start-up time (`EXTEND_TIMEOUT_USEC`, three periods each time)
+/// at each `period` in which a long start-up step (an index rebuild) made progress: the
+/// step is not cut off by the unit's `TimeoutStartSec` while it advances, and a start that
+/// hangs still is, since a step that stops advancing stops asking.
 #[derive(Debug)]
 pub struct ExtendStart {
     stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl ExtendStart {
-    /// Starts asking, on a thread of its own (nothing when not under systemd).
-    pub fn every(period: Duration) -> ExtendStart {
+    /// Starts watching `progress` (a count the step raises as it goes) on a thread of its
+    /// own; nothing when not under systemd.
+    pub fn while_advancing(
+        period: Duration,
+        progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> ExtendStart {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return ExtendStart { stop: None };
         }
@@ -43,11 +48,16 @@ impl ExtendStart {
         let line = format!("EXTEND_TIMEOUT_USEC={}", (period * 3).as_micros());
         let spawned = std::thread::Builder::new()
             .name("extend-start".into())
-            .spawn(move || loop {
-                notify(&line);
-                match stopped.recv_timeout(period) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                    _ => break,
+            .spawn(move || {
+                let mut seen = progress.load(std::sync::atomic::Ordering::Relaxed);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(period)
+                {
+                    let now = progress.load(std::sync::atomic::Ordering::Relaxed);
+                    if now != seen {
+                        notify(&line);
+                        seen = now;
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -86,12 +96,22 @@ mod tests {
         // The variable is process-wide; this is the only test that sets it.
         std::env::set_var("NOTIFY_SOCKET", &path);
         super::notify("READY=1");
-        // More start-up time is asked for every period while held, and no more after.
-        let extending = super::ExtendStart::every(std::time::Duration::from_millis(50));
+        // More start-up time is asked for while the step advances, not while it stalls,
+        // and no more after.
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let extending = super::ExtendStart::while_advancing(
+            std::time::Duration::from_millis(50),
+            progress.clone(),
+        );
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
-        for _ in 0..2 {
+        listener
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        assert!(listener.recv(&mut buf).is_err(), "asked while stalled");
+        for step in 1..=2 {
+            progress.store(step, std::sync::atomic::Ordering::Relaxed);
             let n = listener.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"EXTEND_TIMEOUT_USEC=150000");
         }

@@ -87,6 +87,26 @@ impl Folder {
         })
     }
 
+    /// Opens the folder `path` itself refusing a link in its place (what it stands in is
+    /// followed as usual): for a folder another account owns the entry of, read through
+    /// this one descriptor, so it cannot be swapped between two reads.
+    pub fn open_not_a_link(path: &Path) -> Result<Folder, SourceError> {
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == nix::libc::ENOTDIR || code == nix::libc::ELOOP => {
+                    SourceError::Link
+                }
+                _ => SourceError::from(e),
+            })?;
+        Ok(Folder {
+            path: path.to_path_buf(),
+            dir,
+        })
+    }
+
     /// Where `rel` is, for messages.
     pub fn show(&self, rel: &Path) -> PathBuf {
         self.path.join(rel)

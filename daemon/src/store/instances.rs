@@ -216,8 +216,8 @@ impl Store {
             Ok(rel) => rel,
             Err(e) => {
                 let _ = self.files.drop_kept(kept);
-                if moving.is_some() {
-                    self.clear_move(sop)?;
+                if let Some(p) = moving {
+                    self.clear_move(sop, &p.path)?;
                 }
                 return Err(io_err("place the file")(e));
             }
@@ -240,6 +240,9 @@ impl Store {
         };
         match committed {
             Ok(commit) => {
+                for b in batches {
+                    b.outbox.written();
+                }
                 // Dropped by the flush that makes this commit durable.
                 if let Some(kept) = kept {
                     self.kept.add(kept);
@@ -249,7 +252,8 @@ impl Store {
             Err(e) => {
                 match self.files.undo_place(&rel, kept) {
                     Ok(()) if moving.is_some() => {
-                        if let Err(clear) = self.clear_move(sop) {
+                        let from = moving.map(|p| p.path.as_str()).unwrap_or_default();
+                        if let Err(clear) = self.clear_move(sop, from) {
                             log::error!("store: the move note of {sop} stays ({clear})");
                         }
                     }

@@ -210,6 +210,12 @@ impl Store {
     /// files present) or unreadable is rebuilt from the files; a broken one is kept aside
     /// as `index.broken-<time>` for inspection.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_observed(data_dir, &AtomicU64::new(0))
+    }
+
+    /// [`Store::open`], counting in `progress` the files a rebuild of the index has walked
+    /// (the daemon asks systemd for more start-up time while the count rises).
+    pub fn open_observed(data_dir: &Path, progress: &AtomicU64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(io_err(format!(
             "create data directory {}",
             data_dir.display()
@@ -303,7 +309,7 @@ impl Store {
             // Durable before the walk starts; removed (durably) once it has ended.
             store.meta.insert(REBUILD_MARK, &[1u8])?;
             store.db.flush()?;
-            let report = store.reindex()?;
+            let report = store.reindex_observed(|n| progress.store(n, Ordering::Relaxed))?;
             store.meta.remove(REBUILD_MARK)?;
             log::warn!(
                 "index rebuilt from files: {} instances in {} studies, {} unreadable",

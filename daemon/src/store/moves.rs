@@ -3,11 +3,14 @@
 //! patient — must go once that commit is durable, or the new file must go when a crash
 //! lost the commit (its sender was never acknowledged).
 //!
-//! Before the new file is placed, a durable note names both files (`Store::note_move`);
-//! it is cleared once the earlier file is removed ([`Store::remove_superseded`]) or the
-//! commit failed and the new file was taken back (`Store::clear_move`). At open, each
-//! note a crash left removes whichever of its two files the index does not name
-//! (`Store::recover_moves`), so neither copy outlives the move.
+//! Before the new file is placed, a durable note names both files (`Store::note_move`),
+//! one note per instance and earlier file, so that moves in quick succession (A to B, then
+//! B to C before the first was finished) each keep theirs. A note is cleared once its
+//! earlier file is removed ([`Store::remove_superseded`]) or the commit failed and the new
+//! file was taken back (`Store::clear_move`). At open, each note a crash left removes
+//! whichever of its files the index does not name (`Store::recover_moves`), so no copy
+//! outlives the moves; a file that cannot be removed is logged and its note kept for the
+//! next start.
 
 use super::{decode, encode, io_err, Store, StoreError};
 use crate::model::InstanceRecord;
@@ -15,6 +18,14 @@ use serde::{Deserialize, Serialize};
 
 /// The tree of the notes, keyed by SOP Instance UID.
 const MOVES: &str = "instance_moves";
+
+/// The key of a note: the SOP Instance UID, a zero byte, the earlier file.
+fn note_key(sop: &str, from: &str) -> Vec<u8> {
+    let mut key = sop.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(from.as_bytes());
+    key
+}
 
 /// One instance moving from one file to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,14 +44,16 @@ impl Store {
             from: from.to_string(),
             to: to.to_string(),
         };
-        self.tree(MOVES)?.insert(sop.as_bytes(), encode(&note))?;
+        self.tree(MOVES)?
+            .insert(note_key(sop, from), encode(&note))?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Clears the note of `sop` (the move's commit failed and its file was taken back).
-    pub(super) fn clear_move(&self, sop: &str) -> Result<(), StoreError> {
-        self.tree(MOVES)?.remove(sop.as_bytes())?;
+    /// Clears the note of `sop` moving from `from` (its earlier file removed, or the move's
+    /// commit failed and its file was taken back).
+    pub(super) fn clear_move(&self, sop: &str, from: &str) -> Result<(), StoreError> {
+        self.tree(MOVES)?.remove(note_key(sop, from))?;
         Ok(())
     }
 
@@ -54,38 +67,55 @@ impl Store {
         if now.is_some_and(|n| n.path != previous.path) {
             self.remove_file(&previous.path)?;
         }
-        self.clear_move(&previous.sop_instance_uid)
+        self.clear_move(&previous.sop_instance_uid, &previous.path)
     }
 
-    /// At open: finishes each move a crash left noted by removing the file the index does
+    /// At open: finishes each move a crash left noted by removing its files the index does
     /// not name (the earlier one when the move's commit is durable, the new one when it was
-    /// lost). Returns how many files it removed.
+    /// lost; both of a move the next one superseded). A file that cannot be removed is
+    /// logged and its note kept, for the next start. Returns how many files it removed.
     pub(super) fn recover_moves(&self) -> Result<u64, StoreError> {
         let tree = self.tree(MOVES)?;
         let mut removed = 0;
         for kv in tree.iter() {
             let (key, value) = kv?;
-            let sop = String::from_utf8_lossy(&key).into_owned();
-            let stale = match decode::<Move>(&key, &value) {
-                Ok(m) => match self.instance(&sop)? {
-                    Some(r) if r.path == m.to => Some(m.from),
-                    Some(r) if r.path == m.from => Some(m.to),
-                    _ => None,
-                },
+            let sop_end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+            let sop = String::from_utf8_lossy(&key[..sop_end]).into_owned();
+            let note = match decode::<Move>(&key, &value) {
+                Ok(m) => m,
                 Err(e) => {
                     log::error!("store: undecodable move note: {e}");
-                    None
+                    tree.remove(&key)?;
+                    continue;
                 }
             };
-            if let Some(rel) = stale {
-                log::warn!(
-                    "store: instance {sop} moved between studies before a stop; removing the \
-                     copy the index does not name ({rel})"
-                );
-                self.remove_file(&rel)?;
-                removed += 1;
+            // Without a record nothing says which copy is the instance: both stay.
+            let Some(named) = self.instance(&sop)?.map(|r| r.path) else {
+                tree.remove(&key)?;
+                continue;
+            };
+            let mut kept = false;
+            for rel in [&note.from, &note.to] {
+                if *rel == named || !self.root().join(rel).exists() {
+                    continue;
+                }
+                match self.remove_file(rel) {
+                    Ok(()) => {
+                        log::warn!(
+                            "store: instance {sop} moved between studies before a stop; removed \
+                             the copy the index does not name ({rel})"
+                        );
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        log::error!("store: {rel}, a copy of moved instance {sop}, stays: {e}");
+                        kept = true;
+                    }
+                }
             }
-            tree.remove(&key)?;
+            if !kept {
+                tree.remove(&key)?;
+            }
         }
         Ok(removed)
     }
@@ -149,6 +179,31 @@ mod tests {
             !exists(&store, &back.path),
             "the unacknowledged copy is gone"
         );
+        assert_eq!(store.tree(MOVES).unwrap().len(), 0);
+    }
+
+    /// Two moves in quick succession (A to B, then B to C) before the first was finished:
+    /// each keeps its note, the first one's finish does not clear the second's, and a
+    /// stop then leaves only the file the index names.
+    #[test]
+    fn moves_in_quick_succession_keep_their_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = {
+            let store = Store::open(dir.path()).unwrap();
+            let a = receive(&store, "9.1", "9.9", 1);
+            let b = receive(&store, "9.2", "9.9", 2);
+            let c = receive(&store, "9.3", "9.9", 3);
+            assert_eq!(store.tree(MOVES).unwrap().len(), 2);
+            // The first move is finished; the second is not when the daemon stops.
+            store.remove_superseded(&a).unwrap();
+            assert_eq!(store.tree(MOVES).unwrap().len(), 1);
+            store.db.flush().unwrap();
+            (a, b, c)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance("9.9").unwrap().unwrap().path, c.path);
+        assert!(!exists(&store, &a.path) && !exists(&store, &b.path));
+        assert!(exists(&store, &c.path));
         assert_eq!(store.tree(MOVES).unwrap().len(), 0);
     }
 

@@ -633,12 +633,6 @@ mod tests {
         );
     }
 
-    /// The rebuild corrects a damaged index in place: a record whose file is gone goes
-    /// (a study left with none goes too) unless retention pruned it; a record that does
-    /// not decode, a lost link, a lost study record, a wrong count, a wrong attribute and
-    /// a stray query key are put right from the files, and so are the attributes of a
-    /// record kept; what only the index knows (the sender, the receive time, the study's
-    /// state) stays.
     /// A rebuild at open that was cut off (a power cut, the unit's start timeout) leaves
     /// part of the files indexed under a valid schema version, and its mark: the next open
     /// rebuilds again, and every file is indexed.
@@ -682,6 +676,12 @@ mod tests {
         assert_eq!(Store::open(dir.path()).unwrap().instance_count(), 3);
     }
 
+    /// The rebuild corrects a damaged index in place: a record whose file is gone goes
+    /// (a study left with none goes too) unless retention pruned it; a record that does
+    /// not decode, a lost link, a lost study record, a wrong count, a wrong attribute and
+    /// a stray query key are put right from the files, and so are the attributes of a
+    /// record kept; what only the index knows (the sender, the receive time, the study's
+    /// state) stays.
     #[test]
     fn a_damaged_index_is_corrected_in_place() {
         let dir = tempfile::tempdir().unwrap();

@@ -108,6 +108,9 @@ pub fn commit_result(
     });
     match out {
         Ok((outcome, study)) => {
+            for b in batches {
+                b.outbox.written();
+            }
             store.index_result(result);
             // Like every write of a study record, the state change is broadcast.
             store.notify(Change::Study(Box::new(study)));

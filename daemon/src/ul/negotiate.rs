@@ -432,9 +432,11 @@ fn answer_contexts(
 /// Picks the transfer syntax for a context: for storage, the first one the peer proposed
 /// that we accept (so data is stored as the modality encoded it) — unless the peer takes
 /// the SCP role (C-GET sub-operations come from this box): then Explicit, then Implicit VR
-/// Little Endian when offered, which every stored instance can be sent in (as stored, or
-/// re-encoded), where a compressed syntax would fail every instance stored otherwise; for
-/// other services, the uncompressed ones only.
+/// Little Endian when offered, in which an instance is sent as stored or re-encoded within
+/// the re-encoding limits (`inference.max_pixels`, the disk reserve), where a compressed
+/// syntax would fail every instance stored otherwise (a peer with both roles then sends
+/// its own C-STOREs on that context uncompressed too); for other services, the
+/// uncompressed ones only.
 fn choose_transfer_syntax(
     abstract_syntax: &str,
     offered: &[String],
