@@ -830,6 +830,23 @@ pub(crate) mod fixtures {
         out
     }
 
+    /// A Part 10 file with a whole File Meta Information group (SOP class `class`,
+    /// instance `sop`, transfer syntax `ts`) around `body`, as the header parse and the
+    /// upload take it.
+    pub fn part10_with_meta(class: &str, sop: &str, ts: &str, body: &[u8]) -> Vec<u8> {
+        let meta = dicom_object::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(class)
+            .media_storage_sop_instance_uid(sop)
+            .transfer_syntax(ts)
+            .build()
+            .unwrap();
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        meta.write(&mut file).unwrap();
+        file.extend_from_slice(body);
+        file
+    }
+
     /// A Part 10 file (preamble, meta with `ts`) around `body`.
     pub fn part10(ts: &str, body: &[u8]) -> Vec<u8> {
         let mut file = vec![0u8; 128];

@@ -441,6 +441,18 @@ fn received(dir: &Path) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// DCMTK getscu (Study Root, files written as received) of `study` into `out`, with
+/// `extra` options (e.g. its proposed transfer syntaxes).
+fn getscu_study(port: &str, out: &Path, study: &str, extra: &[&str]) -> ToolOutput {
+    let key = format!("StudyInstanceUID={study}");
+    let mut args = vec!["-v", "+B", "-S", "-aet", "GETSCU", "-aec", DULI_AET];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-od", out.to_str().unwrap()]);
+    args.extend_from_slice(&["-k", "QueryRetrieveLevel=STUDY", "-k", &key]);
+    args.extend_from_slice(&["127.0.0.1", port]);
+    run_dcmtk("getscu", &args).unwrap()
+}
+
 fn destinations(name: &str, aet: &str, port: u16, allow_move: bool) -> String {
     format!(
         "[{{name = \"{name}\", ae_title = \"{aet}\", host = \"127.0.0.1\", port = {port}, move = {allow_move}}}]"
@@ -520,86 +532,29 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
     assert!(last.get("NumberOfRemainingSuboperations").is_none());
 
     // C-GET with getscu.
-    let get_dir = temp_dir("getscu");
-    let out = run_dcmtk(
-        "getscu",
-        &[
-            "-v",
-            "+B",
-            "-S",
-            "-aet",
-            "GETSCU",
-            "-aec",
-            DULI_AET,
-            "-od",
-            get_dir.path().to_str().unwrap(),
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "127.0.0.1",
-            &port,
-        ],
-    )
-    .unwrap();
-    out.assert_success("getscu");
-    let all = out.combined();
-    assert!(
-        all.contains(&format!("Number of Completed Suboperations : {n}")),
-        "{all}"
-    );
-    assert!(
-        all.contains("Number of Failed Suboperations    : 0"),
-        "{all}"
-    );
-    let got = received(get_dir.path());
-    assert_eq!(got.len(), in_study.len());
-    for r in &in_study {
-        assert_eq!(
-            data_set(&got[&s(r, "sop")]),
-            data_set(Path::new(&s(r, "path")))
+    // Then by a peer that lists JPEG Lossless first (getscu +xs): the sub-operations go in
+    // the uncompressed syntax it also offers, every instance completed as stored.
+    for extra in [&[][..], &["+xs"][..]] {
+        let get_dir = temp_dir("getscu");
+        let out = getscu_study(&port, get_dir.path(), &study, extra);
+        out.assert_success(&format!("getscu {extra:?}"));
+        let all = out.combined();
+        assert!(
+            all.contains(&format!("Number of Completed Suboperations : {n}")),
+            "{all}"
         );
-    }
-
-    // C-GET by a peer that lists JPEG Lossless first (getscu +xs): the sub-operations go
-    // in the uncompressed syntax it also offers, every instance completed as stored.
-    let jpeg_first = temp_dir("getscu-xs");
-    let out = run_dcmtk(
-        "getscu",
-        &[
-            "-v",
-            "+xs",
-            "+B",
-            "-S",
-            "-aet",
-            "GETSCU",
-            "-aec",
-            DULI_AET,
-            "-od",
-            jpeg_first.path().to_str().unwrap(),
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "127.0.0.1",
-            &port,
-        ],
-    )
-    .unwrap();
-    out.assert_success("getscu +xs");
-    let all = out.combined();
-    assert!(
-        all.contains(&format!("Number of Completed Suboperations : {n}"))
-            && all.contains("Number of Failed Suboperations    : 0"),
-        "{all}"
-    );
-    let got = received(jpeg_first.path());
-    assert_eq!(got.len(), in_study.len());
-    for r in &in_study {
-        assert_eq!(
-            data_set(&got[&s(r, "sop")]),
-            data_set(Path::new(&s(r, "path")))
+        assert!(
+            all.contains("Number of Failed Suboperations    : 0"),
+            "{all}"
         );
+        let got = received(get_dir.path());
+        assert_eq!(got.len(), in_study.len());
+        for r in &in_study {
+            assert_eq!(
+                data_set(&got[&s(r, "sop")]),
+                data_set(Path::new(&s(r, "path")))
+            );
+        }
     }
 
     // C-GET with pynetdicom (role selection), data sets as received on the wire.

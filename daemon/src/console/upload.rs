@@ -473,19 +473,9 @@ mod tests {
     /// Frame Compression, whose frames no check holds to the header) is refused.
     #[test]
     fn an_upload_in_a_transfer_syntax_the_box_does_not_accept_is_refused() {
-        use crate::dataset_guard::fixtures::{long_header, short};
+        use crate::dataset_guard::fixtures::{long_header, part10_with_meta, short};
         let part10 = |ts: &str, body: &[u8]| {
-            let meta = dicom_object::FileMetaTableBuilder::new()
-                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
-                .media_storage_sop_instance_uid("1.2.3.4")
-                .transfer_syntax(ts)
-                .build()
-                .unwrap();
-            let mut file = vec![0u8; 128];
-            file.extend_from_slice(b"DICM");
-            meta.write(&mut file).unwrap();
-            file.extend_from_slice(body);
-            file
+            part10_with_meta("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ts, body)
         };
         let mut body = short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0");
         body.extend(short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));

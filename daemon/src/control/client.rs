@@ -456,7 +456,8 @@ mod tests {
             crate::infer::testdata::note_skip("needs root to run a server as another user");
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
+        // Under /tmp, which the other user can reach whatever TMPDIR says.
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let path = socket_path(dir.path());
         let server = "import socket, sys\n\

@@ -280,30 +280,39 @@ mod tests {
             obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
             obj
         };
+        let retrieve = |level: &str, tag: Tag, value: &str, model: Model, max: usize| {
+            select_at_most(&store, &identifier(level, tag, value), model, max).map(|(_, f)| f)
+        };
         let repeated = vec!["1.2.3"; 10_000].join("\\");
         assert!(repeated.len() < MAX_KEY_LIST);
-        let (_, found) = select(
-            &store,
-            &identifier("STUDY", tags::STUDY_INSTANCE_UID, &repeated),
+        let found = retrieve(
+            "STUDY",
+            tags::STUDY_INSTANCE_UID,
+            &repeated,
             Model::StudyRoot,
+            MAX_RETRIEVE_INSTANCES,
         )
         .unwrap();
         assert_eq!(found.len(), 3, "each instance once");
         let ids = vec!["P1"; 20_000].join("\\");
-        let (_, found) = select(
-            &store,
-            &identifier("PATIENT", tags::PATIENT_ID, &ids),
+        let found = retrieve(
+            "PATIENT",
+            tags::PATIENT_ID,
+            &ids,
             Model::PatientRoot,
+            MAX_RETRIEVE_INSTANCES,
         )
         .unwrap();
         assert_eq!(found.len(), 3);
 
         let oversized = vec!["1.2.3"; 12_000].join("\\");
         assert!(oversized.len() > MAX_KEY_LIST);
-        let err = select(
-            &store,
-            &identifier("STUDY", tags::STUDY_INSTANCE_UID, &oversized),
+        let err = retrieve(
+            "STUDY",
+            tags::STUDY_INSTANCE_UID,
+            &oversized,
             Model::StudyRoot,
+            MAX_RETRIEVE_INSTANCES,
         )
         .unwrap_err();
         assert!(matches!(err, QueryError::ValueTooLong { .. }), "{err}");
@@ -313,10 +322,12 @@ mod tests {
         );
 
         // A series named without its study is not looked for across the store.
-        let err = select(
-            &store,
-            &identifier("SERIES", tags::SERIES_INSTANCE_UID, "1.2.3.9"),
+        let err = retrieve(
+            "SERIES",
+            tags::SERIES_INSTANCE_UID,
+            "1.2.3.9",
             Model::StudyRoot,
+            MAX_RETRIEVE_INSTANCES,
         )
         .unwrap_err();
         assert!(
@@ -324,9 +335,10 @@ mod tests {
             "{err}"
         );
 
-        let err = select_at_most(
-            &store,
-            &identifier("STUDY", tags::STUDY_INSTANCE_UID, "1.2.3"),
+        let err = retrieve(
+            "STUDY",
+            tags::STUDY_INSTANCE_UID,
+            "1.2.3",
             Model::StudyRoot,
             2,
         )

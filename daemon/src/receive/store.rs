@@ -317,12 +317,6 @@ impl Incoming {
                         });
                     }
                 }
-                // The same instance sent before under another study: its old file goes once
-                // the move is durable.
-                let previous = store
-                    .instance(&header.instance.sop_instance_uid)
-                    .map_err(StoreFailure::Store)?
-                    .filter(|p| p.study_instance_uid != header.instance.study_instance_uid);
                 let patient_before = store
                     .study(&header.instance.study_instance_uid)
                     .map_err(StoreFailure::Store)?
@@ -334,7 +328,9 @@ impl Incoming {
                         let replaced = commit
                             .patient_replaced
                             .then_some((patient_before, commit.study.patient_id));
-                        (rec, previous, replaced)
+                        // The same instance sent before under another study: its old file
+                        // goes once the move is durable.
+                        (rec, commit.moved_from, replaced)
                     })
                     .map_err(|e| match e {
                         StoreError::Protected(_) => StoreFailure::Protected(e.to_string()),

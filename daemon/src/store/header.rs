@@ -328,17 +328,7 @@ mod tests {
     /// A Part 10 file of SOP class `class`, instance 1.2.3.4, around the explicit VR LE
     /// data set `ds`.
     fn part10(class: &str, ds: &[u8]) -> Vec<u8> {
-        let meta = dicom_object::FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(class)
-            .media_storage_sop_instance_uid("1.2.3.4")
-            .transfer_syntax(EXPLICIT_LE)
-            .build()
-            .unwrap();
-        let mut file = vec![0u8; 128];
-        file.extend_from_slice(b"DICM");
-        meta.write(&mut file).unwrap();
-        file.extend_from_slice(ds);
-        file
+        fixtures::part10_with_meta(class, "1.2.3.4", EXPLICIT_LE, ds)
     }
 
     #[test]

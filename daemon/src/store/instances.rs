@@ -153,6 +153,7 @@ impl Store {
                     new_instance,
                     study,
                     patient_replaced,
+                    moved_from: None,
                 },
                 left.clone(),
             ))
@@ -239,10 +240,9 @@ impl Store {
             None => self.commit_instance_with(&rec, &header.study, &extra),
         };
         match committed {
-            Ok(commit) => {
-                for b in batches {
-                    b.outbox.written();
-                }
+            Ok(mut commit) => {
+                super::batches_written(batches);
+                commit.moved_from = moving.cloned();
                 // Dropped by the flush that makes this commit durable.
                 if let Some(kept) = kept {
                     self.kept.add(kept);

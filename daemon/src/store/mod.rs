@@ -138,6 +138,9 @@ pub struct InstanceCommit {
     /// The instance named another patient than the study had: the study now carries the
     /// instance's patient identity (see [`header::merge_study`]).
     pub patient_replaced: bool,
+    /// The instance's record before, when it was in another study's file: that file goes
+    /// once this commit is durable ([`Store::remove_superseded`]).
+    pub moved_from: Option<InstanceRecord>,
 }
 
 /// What a reindex found.
@@ -706,6 +709,13 @@ fn write_extra(
         }
     }
     Ok(())
+}
+
+/// Tells the outboxes of `batches` that a transaction wrote their entries.
+fn batches_written(batches: &[outbox::Batch]) {
+    for b in batches {
+        b.outbox.changed();
+    }
 }
 
 /// The writes of outbox batches, for a transaction of the store.

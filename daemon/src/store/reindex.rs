@@ -469,7 +469,7 @@ fn earliest(a: i64, b: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset_guard::fixtures::short;
+    use crate::dataset_guard::fixtures::{part10_with_meta, short};
     use crate::model::InstanceRecord;
     use crate::store::files::FileArea;
 
@@ -481,12 +481,6 @@ mod tests {
     /// [`stored_file`] of patient `patient` (none when empty).
     fn stored_file_of(store: &Store, study: &str, sop: &str, patient: &str) -> InstanceRecord {
         let class = "1.2.840.10008.5.1.4.1.1.1.1";
-        let meta = dicom_object::FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(class)
-            .media_storage_sop_instance_uid(sop)
-            .transfer_syntax("1.2.840.10008.1.2.1")
-            .build()
-            .unwrap();
         let uid = |s: &str| {
             let mut v = s.as_bytes().to_vec();
             if v.len() % 2 == 1 {
@@ -494,9 +488,7 @@ mod tests {
             }
             v
         };
-        let mut file = vec![0u8; 128];
-        file.extend_from_slice(b"DICM");
-        meta.write(&mut file).unwrap();
+        let mut file = part10_with_meta(class, sop, "1.2.840.10008.1.2.1", &[]);
         file.extend(short(0x0008, 0x0016, b"UI", &uid(class)));
         file.extend(short(0x0008, 0x0018, b"UI", &uid(sop)));
         file.extend(short(0x0008, 0x0060, b"CS", b"DX"));

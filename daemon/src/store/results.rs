@@ -108,9 +108,7 @@ pub fn commit_result(
     });
     match out {
         Ok((outcome, study)) => {
-            for b in batches {
-                b.outbox.written();
-            }
+            super::batches_written(batches);
             store.index_result(result);
             // Like every write of a study record, the state change is broadcast.
             store.notify(Change::Study(Box::new(study)));

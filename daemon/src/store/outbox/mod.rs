@@ -628,15 +628,10 @@ impl Outbox {
         Ok(per_dest)
     }
 
-    /// Says that another stage's transaction wrote entries of this outbox (a [`Batch`]):
-    /// the figures count them from now, even before [`Outbox::committed`] (which waits
-    /// for the flush, and is not reached when the flush fails).
-    pub(in crate::store) fn written(&self) {
-        self.changed();
-    }
-
-    /// Marks the tree as written: the next tally counts it again.
-    fn changed(&self) {
+    /// Marks the tree as written: the next tally counts it again. Also called by the
+    /// store once a transaction of another stage wrote a [`Batch`], before the flush that
+    /// [`Outbox::committed`] waits for (and that may fail).
+    pub(in crate::store) fn changed(&self) {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
