@@ -69,6 +69,8 @@ enum Answer {
     AckFor(&'static str),
     /// `AA` with MSA-2 cut to the 20 characters HL7 v2.5.1 gives MSH-10.
     AckCut,
+    /// `AA`, then the same `AA` again a moment later (as some interface engines do).
+    AckTwice,
     Garbage,
 }
 
@@ -128,6 +130,15 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 Answer::AckCut => {
                     let cut: String = id.chars().take(20).collect();
                     mllp::encode(build_ack(AckCode::AA, &cut, "ACK1", "").as_bytes())
+                }
+                Answer::AckTwice => {
+                    let ack = mllp::encode(build_ack(AckCode::AA, &id, "ACK1", "").as_bytes());
+                    if s.write_all(&ack).await.is_err() {
+                        return;
+                    }
+                    let _ = s.flush().await;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    ack
                 }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
             };
@@ -704,6 +715,28 @@ async fn a_ris_that_cuts_msa2_to_20_characters_acknowledges_every_message() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen.iter().all(|id| id.chars().count() <= 20), "{seen:?}");
+    assert_received_strict_valid();
+}
+
+/// A RIS that acknowledges every message twice: the repeat is passed over, not taken for
+/// the answer to the next message, so every message goes out once and none is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ris_that_acknowledges_twice_gets_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script: Script = Arc::new(|_: &str, _| Answer::AckTwice);
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, 0..4);
+    let (stop, handle) = spawn_worker(&ob, port, 3);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    assert!(ob.list(None).unwrap().is_empty());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "every message once: {seen:?}");
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 4, "{seen:?}");
     assert_received_strict_valid();
 }
 

@@ -1,6 +1,8 @@
 //! The HL7 channel: sends each outbox entry as one MLLP frame over TCP (or TLS) to the
 //! RIS and waits for its ACK. The connection is kept between messages and reopened when
-//! the RIS closes it.
+//! the RIS closes it. An ACK that repeats the answer to a message sent earlier on the same
+//! connection (some interface engines acknowledge twice) is passed over, not taken for the
+//! answer to the message after it.
 
 use super::ack::{Ack, AckError};
 use super::message::{unescape, unsendable};
@@ -9,6 +11,7 @@ use crate::config::Hl7Config;
 use crate::deliver::{Channel, Delivery};
 use crate::store::outbox::{Entry, Payload};
 use crate::tls::{client_config, TlsError};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -69,8 +72,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 /// The HL7 MLLP channel.
 pub struct Hl7Channel {
     target: Hl7Target,
-    conn: Option<Box<dyn Stream>>,
+    conn: Option<Connection>,
     mismatches: Mismatches,
+}
+
+/// Control ids remembered per connection to recognise a repeated ACK.
+const REMEMBERED_IDS: usize = 16;
+
+/// One open connection to the RIS and what it carried.
+struct Connection {
+    stream: Box<dyn Stream>,
+    /// Kept with the connection: bytes of the next frame may arrive with an ACK.
+    decoder: mllp::Decoder,
+    /// Control ids of the messages this connection carried and had acknowledged, newest
+    /// last: an ACK naming one of them again is a repeat, not an answer.
+    acked: VecDeque<String>,
+}
+
+impl Connection {
+    fn new(stream: Box<dyn Stream>, max_ack_bytes: usize) -> Connection {
+        Connection {
+            stream,
+            decoder: mllp::Decoder::new(max_ack_bytes),
+            acked: VecDeque::with_capacity(REMEMBERED_IDS),
+        }
+    }
+
+    fn remember(&mut self, control_id: &str) {
+        if self.acked.len() == REMEMBERED_IDS {
+            self.acked.pop_front();
+        }
+        self.acked.push_back(control_id.to_string());
+    }
 }
 
 /// ACKs in a row that named another control id, for one outbox entry.
@@ -99,6 +132,8 @@ enum Exchange {
     /// The connection broke before any byte of the answer (worth one retry on a new
     /// connection when the old one had been idle).
     Broken(String),
+    /// A frame came that is no acknowledgement.
+    Unusable(AckError),
     /// Anything else (timeout, garbage).
     Failed(String),
 }
@@ -160,15 +195,17 @@ impl Hl7Channel {
         }
     }
 
-    async fn exchange(&mut self, frame: &[u8]) -> Result<Vec<u8>, Exchange> {
+    /// Writes `frame` (the message with control id `expected`) and reads its ACK,
+    /// passing over repeated ACKs for messages this connection carried before.
+    async fn exchange(&mut self, frame: &[u8], expected: &str) -> Result<Ack, Exchange> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(Exchange::Failed("not connected".into()));
         };
         // The write has its own deadline: a RIS that accepts the connection and stops
         // reading must not hold the queue for good.
         let sent = tokio::time::timeout(self.target.ack_timeout, async {
-            conn.write_all(frame).await?;
-            conn.flush().await
+            conn.stream.write_all(frame).await?;
+            conn.stream.flush().await
         })
         .await;
         match sent {
@@ -182,12 +219,32 @@ impl Hl7Channel {
             Ok(Err(e)) => return Err(Exchange::Broken(format!("write: {e}"))),
             Ok(Ok(())) => {}
         }
-        let mut decoder = mllp::Decoder::new(self.target.max_ack_bytes);
         let mut buf = vec![0u8; 4096];
         let mut got_any = false;
         let deadline = tokio::time::Instant::now() + self.target.ack_timeout;
         loop {
-            let n = match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            match conn.decoder.next_frame() {
+                Ok(Some(answer)) => {
+                    got_any = true;
+                    let ack = Ack::parse(&answer).map_err(Exchange::Unusable)?;
+                    if ack.control_id != expected
+                        && conn.acked.iter().any(|id| *id == ack.control_id)
+                    {
+                        log::info!(
+                            "hl7: the RIS acknowledged message {:?} again; waiting for the ACK of {expected:?}",
+                            ack.control_id
+                        );
+                        continue;
+                    }
+                    if ack.control_id == expected {
+                        conn.remember(expected);
+                    }
+                    return Ok(ack);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Exchange::Failed(format!("bad MLLP answer: {e}"))),
+            }
+            let n = match tokio::time::timeout_at(deadline, conn.stream.read(&mut buf)).await {
                 Err(_) => return Err(Exchange::Failed("no ACK within the timeout".into())),
                 Ok(Err(e)) if !got_any => return Err(Exchange::Broken(format!("read: {e}"))),
                 Ok(Err(e)) => return Err(Exchange::Failed(format!("read: {e}"))),
@@ -198,12 +255,7 @@ impl Hl7Channel {
                 Ok(Ok(n)) => n,
             };
             got_any = true;
-            decoder.push(&buf[..n]);
-            match decoder.next_frame() {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => continue,
-                Err(e) => return Err(Exchange::Failed(format!("bad MLLP answer: {e}"))),
-            }
+            conn.decoder.push(&buf[..n]);
         }
     }
 
@@ -256,11 +308,11 @@ impl Channel for Hl7Channel {
         let answer = loop {
             if self.conn.is_none() {
                 match self.connect().await {
-                    Ok(c) => self.conn = Some(c),
+                    Ok(c) => self.conn = Some(Connection::new(c, self.target.max_ack_bytes)),
                     Err(e) => return Delivery::Failed(e.to_string()),
                 }
             }
-            match self.exchange(&frame).await {
+            match self.exchange(&frame, &expected).await {
                 Ok(a) => break a,
                 Err(Exchange::Broken(e)) if reused => {
                     // the RIS closed an idle connection: once more on a fresh one
@@ -268,21 +320,18 @@ impl Channel for Hl7Channel {
                     self.conn = None;
                     reused = false;
                 }
+                Err(Exchange::Unusable(e)) => {
+                    // out of step with the RIS: start again on a new connection
+                    self.conn = None;
+                    return Delivery::Failed(format!("unusable ACK: {e}"));
+                }
                 Err(Exchange::Broken(e)) | Err(Exchange::Failed(e)) => {
                     self.conn = None;
                     return Delivery::Failed(e);
                 }
             }
         };
-        let ack = match Ack::parse(&answer) {
-            Ok(ack) => ack,
-            Err(e) => {
-                // out of step with the RIS: start again on a new connection
-                self.conn = None;
-                return Delivery::Failed(format!("unusable ACK: {e}"));
-            }
-        };
-        match ack.expect_control_id(&expected) {
+        match answer.expect_control_id(&expected) {
             Ok(ack) => {
                 self.mismatches = Mismatches::default();
                 if ack.code.is_positive() {
@@ -299,7 +348,7 @@ impl Channel for Hl7Channel {
 
     async fn close(&mut self) {
         if let Some(mut c) = self.conn.take() {
-            let _ = c.shutdown().await;
+            let _ = c.stream.shutdown().await;
         }
     }
 }
