@@ -695,45 +695,47 @@ async fn a_study_without_a_patient_id_is_refused_not_sent() {
 /// messages: every control id fits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ris_that_cuts_msa2_to_20_characters_acknowledges_every_message() {
+    let seen = deliver_all(Arc::new(|_: &str, _| Answer::AckCut), |ob| {
+        // Report ids as the daemon makes them (32 hex digits).
+        let secret = SiteSecret::from_bytes(&[1u8; 32]);
+        for i in 0..3 {
+            let mut r = report(i);
+            r.report_id = duli::result::report_id(&r.study.study_instance_uid, 1);
+            ob.enqueue(&plan().report_entries(&r, &secret)).unwrap();
+        }
+    })
+    .await;
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|id| id.chars().count() <= 20), "{seen:?}");
+    assert_received_strict_valid();
+}
+
+/// Runs a worker against a listener answering per `script` until the outbox that
+/// `enqueue` filled is empty (every message acknowledged); the control ids the listener
+/// received, in order.
+async fn deliver_all(script: Script, enqueue: impl FnOnce(&Outbox)) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let script: Script = Arc::new(|_: &str, _| Answer::AckCut);
     let (seen, _l) = start_listener(port, script, None).await;
     let (_store, ob) = outbox(dir.path());
-    // Report ids as the daemon makes them (32 hex digits).
-    let secret = SiteSecret::from_bytes(&[1u8; 32]);
-    for i in 0..3 {
-        let mut r = report(i);
-        r.report_id = duli::result::report_id(&r.study.study_instance_uid, 1);
-        ob.enqueue(&plan().report_entries(&r, &secret)).unwrap();
-    }
+    enqueue(&ob);
     let (stop, handle) = spawn_worker(&ob, port, 3);
     assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
     stop.send(true).unwrap();
     handle.await.unwrap();
     assert!(ob.list(None).unwrap().is_empty());
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(seen.iter().all(|id| id.chars().count() <= 20), "{seen:?}");
-    assert_received_strict_valid();
+    seen
 }
 
 /// A RIS that acknowledges every message twice: the repeat is passed over, not taken for
 /// the answer to the next message, so every message goes out once and none is retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ris_that_acknowledges_twice_gets_each_message_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let script: Script = Arc::new(|_: &str, _| Answer::AckTwice);
-    let (seen, _l) = start_listener(port, script, None).await;
-    let (_store, ob) = outbox(dir.path());
-    enqueue_reports(&ob, 0..4);
-    let (stop, handle) = spawn_worker(&ob, port, 3);
-    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(20)).await);
-    stop.send(true).unwrap();
-    handle.await.unwrap();
-    assert!(ob.list(None).unwrap().is_empty());
-    let seen = seen.lock().unwrap().clone();
+    let seen = deliver_all(Arc::new(|_: &str, _| Answer::AckTwice), |ob| {
+        enqueue_reports(ob, 0..4)
+    })
+    .await;
     assert_eq!(seen.len(), 4, "every message once: {seen:?}");
     let distinct: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(distinct.len(), 4, "{seen:?}");
