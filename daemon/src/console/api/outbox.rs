@@ -28,11 +28,14 @@ pub(super) async fn overview(c: &Console) -> Result<Response, ApiError> {
     Ok(body)
 }
 
-/// `POST /api/v1/outbox/retry`: one entry, one destination or all (audited).
+/// `POST /api/v1/outbox/retry`: one entry, one destination or all (audited); the walk
+/// over the queue runs off the runtime's threads.
 pub(super) async fn retry(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
     let body: outbox_view::RetryBody = parse_json(req)?;
     let which = body.selector()?;
-    let requeued = c.delivery.retry(&which)?;
+    let delivery = c.delivery.clone();
+    let selector = which.clone();
+    let requeued = tokio::task::spawn_blocking(move || delivery.retry(&selector)).await??;
     audit_now(
         c,
         Event::new(&s.user, Action::Other, "outbox")

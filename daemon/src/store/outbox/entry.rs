@@ -210,11 +210,13 @@ pub struct Entry {
 /// which decoding skips without holding it.
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct EntryHead {
+    pub(super) id: u64,
     pub(super) dest: Destination,
     pub(super) kind: Kind,
     pub(super) report_id: String,
     pub(super) attempts: u32,
     pub(super) state: EntryState,
+    pub(super) next_attempt_at: i64,
     pub(super) last_error: Option<String>,
     pub(super) created_at: i64,
 }

@@ -386,20 +386,43 @@ impl Outbox {
     }
 
     /// Re-queues dead entries (and makes retrying ones due now); returns how many changed.
-    /// Refusal counts start again from zero.
+    /// Refusal counts start again from zero. Reads entry headers one at a time (payloads
+    /// are skipped, never held), so a full outbox costs no more memory than an empty one.
     pub fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError> {
         let now = now_millis();
         let mut changed = 0;
         let mut woken = Vec::new();
         // Read once, only when a dead entry is to be re-queued.
         let mut superseded: Option<HashMap<String, u32>> = None;
-        for entry in self.list(None)? {
-            let selected = match which {
-                RetrySelector::Id(id) => entry.id == *id,
-                RetrySelector::Destination(d) => &entry.dest == d,
-                RetrySelector::All => true,
+        let selected: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match which
+        {
+            RetrySelector::Id(id) => {
+                let mut found = Vec::new();
+                for name in self.destination_prefixes()? {
+                    let mut key = name;
+                    key.extend_from_slice(&id.to_be_bytes());
+                    if let Some(v) = self.tree.get(&key)? {
+                        found.push(Ok((sled::IVec::from(key), v)));
+                    }
+                }
+                if found.is_empty() {
+                    return Err(OutboxError::NotFound(*id));
+                }
+                Box::new(found.into_iter())
+            }
+            RetrySelector::Destination(d) => Box::new(self.tree.scan_prefix(d.prefix())),
+            RetrySelector::All => Box::new(self.tree.iter()),
+        };
+        for kv in selected {
+            let (key, v) = kv?;
+            let entry = match decode::<EntryHead>(&key, &v) {
+                Ok(h) => h,
+                Err(e) => {
+                    log::error!("outbox: undecodable entry: {e}");
+                    continue;
+                }
             };
-            if !selected || entry.state == EntryState::Queued && entry.next_attempt_at <= now {
+            if entry.state == EntryState::Queued && entry.next_attempt_at <= now {
                 continue;
             }
             if entry.state == EntryState::Dead {
@@ -415,7 +438,7 @@ impl Outbox {
                         "not re-sent: superseded by version {version} of the study's result"
                     );
                     if entry.last_error.as_deref() != Some(note.as_str()) {
-                        self.update(&entry, |e| e.last_error = Some(note.clone()))?;
+                        self.update_key(&key, entry.id, |e| e.last_error = Some(note.clone()))?;
                     }
                     log::warn!(
                         "outbox: {} {} of report {} not re-queued: {note}",
@@ -426,24 +449,38 @@ impl Outbox {
                     continue;
                 }
             }
-            self.update(&entry, |e| {
+            self.update_key(&key, entry.id, |e| {
                 e.state = EntryState::Queued;
                 e.rejections = 0;
                 e.next_attempt_at = now;
             })?;
             changed += 1;
-            woken.push(entry.dest.clone());
-        }
-        if let RetrySelector::Id(id) = which {
-            if changed == 0 && !self.list(None)?.iter().any(|e| e.id == *id) {
-                return Err(OutboxError::NotFound(*id));
+            if !woken.contains(&entry.dest) {
+                woken.push(entry.dest);
             }
         }
-        woken.dedup();
         for d in woken {
             self.notifier(&d).notify_one();
         }
         Ok(changed)
+    }
+
+    /// The key prefix (name and NUL) of each destination that holds an entry, found by
+    /// jumping from one destination's keys to the next (entries are never read).
+    fn destination_prefixes(&self) -> Result<Vec<Vec<u8>>, OutboxError> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(kv) = self.tree.range(from.as_slice()..).next() {
+            let (k, _) = kv?;
+            let name = &k[..k.iter().position(|b| *b == 0).unwrap_or(k.len())];
+            let mut prefix = name.to_vec();
+            prefix.push(0);
+            out.push(prefix);
+            // The first key after every key of this destination.
+            from = name.to_vec();
+            from.push(1);
+        }
+        Ok(out)
     }
 
     /// The report ids of results that a later result of the same study superseded, each
@@ -497,12 +534,7 @@ impl Outbox {
     /// rest of a destination's queue is passed over, never read.
     pub fn first_of_each(&self, max: usize) -> Result<Vec<Entry>, OutboxError> {
         let mut out = Vec::new();
-        let mut from: Vec<u8> = Vec::new();
-        while let Some(kv) = self.tree.range(from.as_slice()..).next() {
-            let (k, _) = kv?;
-            let name = &k[..k.iter().position(|b| *b == 0).unwrap_or(k.len())];
-            let mut prefix = name.to_vec();
-            prefix.push(0);
+        for prefix in self.destination_prefixes()? {
             for kv in self.tree.scan_prefix(&prefix).take(max) {
                 let (k, v) = kv?;
                 match decode::<Entry>(&k, &v) {
@@ -510,9 +542,6 @@ impl Outbox {
                     Err(e) => log::error!("outbox: undecodable entry: {e}"),
                 }
             }
-            // The first key after every key of this destination.
-            from = name.to_vec();
-            from.push(1);
         }
         Ok(out)
     }
@@ -696,11 +725,20 @@ impl Outbox {
     }
 
     fn update(&self, entry: &Entry, f: impl Fn(&mut Entry)) -> Result<Entry, OutboxError> {
-        let key = entry.key();
+        self.update_key(&entry.key(), entry.id, f)
+    }
+
+    /// Changes the entry under `key` (id `id`) in one transaction.
+    fn update_key(
+        &self,
+        key: &[u8],
+        id: u64,
+        f: impl Fn(&mut Entry),
+    ) -> Result<Entry, OutboxError> {
         let result = self
             .tree
             .transaction(|tx| {
-                let Some(old) = tx.get(key.as_slice())? else {
+                let Some(old) = tx.get(key)? else {
                     return Ok(None);
                 };
                 let Ok(mut current) = serde_json::from_slice::<Entry>(&old) else {
@@ -708,12 +746,12 @@ impl Outbox {
                 };
                 f(&mut current);
                 let new = encode(&current);
-                tx.insert(key.as_slice(), new.as_slice())?;
+                tx.insert(key, new.as_slice())?;
                 Ok(Some((current, old.len() as u64, new.len() as u64)))
             })
             .map_err(tx_err)?;
         self.changed();
-        let (updated, old_len, new_len) = result.ok_or(OutboxError::NotFound(entry.id))?;
+        let (updated, old_len, new_len) = result.ok_or(OutboxError::NotFound(id))?;
         self.bytes.fetch_add(new_len, Ordering::Relaxed);
         sub_saturating(&self.bytes, old_len);
         Ok(updated)
@@ -1031,6 +1069,40 @@ mod tests {
             ob.retry(&RetrySelector::Id(999_999)),
             Err(OutboxError::NotFound(999_999))
         ));
+    }
+
+    /// A retry by id finds the entry whichever destination holds it, and a retry of one
+    /// destination touches no other.
+    #[test]
+    fn a_retry_by_id_finds_the_entry_in_any_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        ob.enqueue(&[hl7("a"), mqtt("b"), mqtt("c")]).unwrap();
+        for dest in [Destination::Hl7, Destination::Mqtt, Destination::Mqtt] {
+            let e = ob.head(&dest).unwrap().unwrap();
+            ob.mark_rejected(&e, "refused", 1, &FAST).unwrap();
+        }
+        let dead = |d: &Destination| {
+            ob.list(Some(d))
+                .unwrap()
+                .iter()
+                .filter(|e| e.state == EntryState::Dead)
+                .count()
+        };
+        assert_eq!((dead(&Destination::Hl7), dead(&Destination::Mqtt)), (1, 2));
+        let c = ob.list(Some(&Destination::Mqtt)).unwrap()[1].clone();
+        assert_eq!(c.report_id, "c");
+        assert_eq!(ob.retry(&RetrySelector::Id(c.id)).unwrap(), 1);
+        assert_eq!(ob.head(&Destination::Mqtt).unwrap().unwrap().report_id, "c");
+        assert_eq!((dead(&Destination::Hl7), dead(&Destination::Mqtt)), (1, 1));
+        assert_eq!(
+            ob.retry(&RetrySelector::Destination(Destination::Mqtt))
+                .unwrap(),
+            1
+        );
+        assert_eq!((dead(&Destination::Hl7), dead(&Destination::Mqtt)), (1, 0));
+        assert_eq!(ob.retry(&RetrySelector::All).unwrap(), 1);
+        assert_eq!(dead(&Destination::Hl7), 0);
     }
 
     /// A dead entry of a result that a later result of its study superseded is not
