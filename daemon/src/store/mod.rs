@@ -278,9 +278,7 @@ impl Store {
                         index_dir.display()
                     );
                 }
-                store
-                    .meta
-                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                stamp_new_index(&store.meta)?;
                 true
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
@@ -313,13 +311,15 @@ impl Store {
             store.meta.insert(REBUILD_MARK, &[1u8])?;
             store.db.flush()?;
             let report = store.reindex_observed(|n| progress.store(n, Ordering::Relaxed))?;
-            store.meta.remove(REBUILD_MARK)?;
             log::warn!(
                 "index rebuilt from files: {} instances in {} studies, {} unreadable",
                 report.indexed,
                 report.studies,
                 report.unreadable
             );
+        }
+        if rebuild {
+            store.meta.remove(REBUILD_MARK)?;
         }
         let moved = store.recover_moves()?;
         if moved > 0 {
@@ -674,6 +674,18 @@ fn link_key_bytes(study: &str, sop: &str) -> Vec<u8> {
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain records cannot fail (no maps with non-string keys).
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Gives a new (or lost) index its schema version together with the rebuild mark, in one
+/// batch: sled's background flush may persist the version before the rebuild from the
+/// files ends, and a version without the mark would pass an empty index for a valid one
+/// at the next open.
+fn stamp_new_index(meta: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    batch.insert(REBUILD_MARK, &[1u8]);
+    batch.insert("schema_version", &SCHEMA_VERSION.to_be_bytes());
+    meta.apply_batch(batch)?;
+    Ok(())
 }
 
 /// Deserializes a record, naming its key on failure.

@@ -668,6 +668,30 @@ mod tests {
         assert_eq!(Store::open(dir.path()).unwrap().instance_count(), 3);
     }
 
+    /// An open that stamped a new index and stopped before its rebuild ended (sled's
+    /// background flush had written the stamp): the next open finds the mark with the
+    /// schema version and rebuilds, so the files are not hidden behind an empty index.
+    #[test]
+    fn a_new_index_stamped_but_not_rebuilt_is_rebuilt_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            stored_file(&store, "6.1", "6.1.1");
+            stored_file(&store, "6.1", "6.1.2");
+        }
+        let index = dir.path().join("index");
+        std::fs::remove_dir_all(&index).unwrap();
+        {
+            // What reaches the disk of an open cut off right after the stamp.
+            let db = sled::open(&index).unwrap();
+            super::super::stamp_new_index(&db.open_tree(super::super::META).unwrap()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.instance_count(), 2);
+        assert_eq!(store.instances_of("6.1").unwrap().len(), 2);
+    }
+
     /// The rebuild corrects a damaged index in place: a record whose file is gone goes
     /// (a study left with none goes too) unless retention pruned it; a record that does
     /// not decode, a lost link, a lost study record, a wrong count, a wrong attribute and
