@@ -16,6 +16,9 @@
 //!   at [`MAX_HEADER_BYTES`] in all: what a header parse holds in memory, and what a
 //!   reader that loads a whole file (encapsulated pixels) holds besides the pixels, so
 //!   elements placed after Pixel Data cannot make it hold more;
+//! - counting elements, items, delimiters and fragments, at most [`MAX_TOKENS`] in all: an
+//!   empty element costs 8 bytes on the wire but a few hundred in a parsed object, so the
+//!   value budget alone would let millions of them through;
 //! - measuring the top-level Pixel Data ([`Summary`]), so that a reader about to load it
 //!   can hold it to what the image attributes declare first;
 //! - reading values only to skip them (seeks on files and slices), so its memory use is a
@@ -45,6 +48,13 @@ pub const MAX_ELEMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// parse holds in memory, and whatever follows the pixels). A chest X-ray's header is well
 /// under a megabyte.
 pub const MAX_HEADER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most elements, items, delimiters and pixel data fragments in one data set, at every
+/// depth. A chest X-ray has a few hundred; a large structured report some tens of
+/// thousands. At the parser's few hundred bytes per parsed element this keeps a parse of
+/// the most a data set may hold to about a hundred megabytes besides its values.
+/// Stated in the conformance statement.
+pub const MAX_TOKENS: u64 = 262_144;
 
 /// Largest inflated size of a deflated data set that is scanned.
 pub const MAX_INFLATED_BYTES: u64 = 1024 * 1024 * 1024;
@@ -134,6 +144,12 @@ pub enum GuardError {
     /// The values besides the top-level Pixel Data total more than [`MAX_HEADER_BYTES`].
     #[error("the elements besides Pixel Data hold over {MAX_HEADER_BYTES} bytes")]
     HeaderTooLarge,
+    /// More than [`MAX_TOKENS`] elements, items, delimiters and fragments.
+    #[error("the data set holds over {MAX_TOKENS} elements and items (at byte {offset})")]
+    TooManyElements {
+        /// Offset of the first one over the limit.
+        offset: u64,
+    },
     /// A deflated data set inflates beyond [`MAX_INFLATED_BYTES`].
     #[error("deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")]
     InflatesTooMuch,
@@ -157,6 +173,8 @@ pub struct Summary {
     /// Bytes of the top-level Pixel Data: its value, or the sum of its fragments when
     /// encapsulated; `None` without Pixel Data.
     pub pixel_data_bytes: Option<u64>,
+    /// Elements, items, delimiters and fragments walked (at most [`MAX_TOKENS`]).
+    pub tokens: u64,
 }
 
 /// How a data set is encoded.
@@ -567,6 +585,10 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
                 return Ok(walk.summary);
             }
             return Err(GuardError::Truncated { offset });
+        }
+        walk.summary.tokens += 1;
+        if walk.summary.tokens > MAX_TOKENS {
+            return Err(GuardError::TooManyElements { offset });
         }
         let be = enc.big_endian;
         let tag = Tag(
@@ -1032,6 +1054,47 @@ mod tests {
         ds.extend_from_slice(&[1, 2, 3, 4]);
         ds.extend(delimiter(SEQUENCE_END, 0));
         assert!(check_dataset(&ds, EXPLICIT_LE).is_ok());
+    }
+
+    /// Empty elements cost 8 bytes each on the wire and nothing of the value budget, but a
+    /// parsed object holds each: their number is capped, and so is that of empty items and
+    /// of zero-length pixel data fragments.
+    #[test]
+    fn the_number_of_elements_items_and_fragments_is_capped() {
+        let empty = short(0x0009, 0x0010, b"LO", b"");
+        let ds = empty.repeat(MAX_TOKENS as usize);
+        assert_eq!(
+            check_dataset(&ds, EXPLICIT_LE).map(|s| s.tokens),
+            Ok(MAX_TOKENS)
+        );
+        let ds = empty.repeat(MAX_TOKENS as usize + 1);
+        assert_eq!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::TooManyElements {
+                offset: MAX_TOKENS * 8
+            })
+        );
+        // Empty items of one sequence.
+        let mut ds = long_header(0x0040, 0xA730, b"SQ", UNDEFINED);
+        for _ in 0..MAX_TOKENS / 2 {
+            ds.extend(delimiter(ITEM, UNDEFINED));
+            ds.extend(delimiter(ITEM_END, 0));
+        }
+        ds.extend(delimiter(SEQUENCE_END, 0));
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::TooManyElements { .. })
+        ));
+        // Zero-length fragments of the top-level Pixel Data.
+        let mut ds = long_header(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        for _ in 0..MAX_TOKENS {
+            ds.extend(delimiter(ITEM, 0));
+        }
+        ds.extend(delimiter(SEQUENCE_END, 0));
+        assert!(matches!(
+            check_dataset(&ds, EXPLICIT_LE),
+            Err(GuardError::TooManyElements { .. })
+        ));
     }
 
     #[test]
