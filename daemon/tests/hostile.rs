@@ -428,6 +428,20 @@ fn hostile_peers_cannot_crash_exhaust_or_slip_past_the_daemon() {
     assert_cannot_understand("lying item length", &answer);
     s.check("item length beyond the data");
 
+    // Empty elements beyond the count a data set may hold: 8 bytes each on the wire,
+    // nothing of the value budget, a few hundred bytes each once parsed (millions of them
+    // made a header parse hold gigabytes).
+    let ids = s.ids();
+    let mut many = Vec::with_capacity(300_000 * 8);
+    for i in 0..300_000u32 {
+        let group = 0x0011 + 2 * (i / 0xFF00) as u16;
+        many.extend(el(group, 0x0100 + (i % 0xFF00) as u16, b"LO", b""));
+    }
+    let ds = dx_header(&ids, b"", b"MANY^EMPTY", &many, 64, 64);
+    let answer = s.store(EXPLICIT_LE, &ids.sop, &ds);
+    assert_cannot_understand("300,000 empty elements", &answer);
+    s.check("300,000 empty elements");
+
     // 3. Pixel bomb: 65535 × 65535 declared over 128 bytes. Stored (nothing is decoded to
     //    store it); analysis must refuse it before decoding (checked at the end).
     let bomb = s.ids();

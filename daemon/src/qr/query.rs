@@ -92,6 +92,13 @@ pub enum QueryError {
         /// The bound.
         max: usize,
     },
+    /// The identifier names more keys than any query needs (each is answered back in every
+    /// match).
+    #[error("the identifier holds {count} keys, over the {MAX_KEYS} a query may name")]
+    TooManyKeys {
+        /// How many it holds (counted up to one past the bound).
+        count: usize,
+    },
     /// A retrieve selects more instances than one C-MOVE or C-GET may send.
     #[error("more than {max} instances selected; retrieve by study or series")]
     TooManyInstances {
@@ -108,6 +115,11 @@ pub enum QueryError {
 /// slow.
 pub const MAX_KEY_VALUE: usize = 256;
 
+/// Most keys of one identifier, besides the level and the character set: far above the
+/// thirty or so attributes this SCP matches or returns, far below what would make every
+/// answer (which says each key back) a megabyte.
+pub const MAX_KEYS: usize = 512;
+
 /// Most bytes of a key holding a list of values (`\`-separated UIDs of a retrieve, say).
 pub const MAX_KEY_LIST: usize = 64 * 1024;
 
@@ -121,7 +133,8 @@ impl From<QueryError> for crate::dimse::Refused {
             | QueryError::BadLevel(_)
             | QueryError::MissingUniqueKey(_)
             | QueryError::WildcardInUniqueKey(_)
-            | QueryError::ValueTooLong { .. } => Cause::IdentifierInvalid,
+            | QueryError::ValueTooLong { .. }
+            | QueryError::TooManyKeys { .. } => Cause::IdentifierInvalid,
             QueryError::TooManyInstances { .. } => Cause::TooManyInstances,
         };
         crate::dimse::Refused::new(cause, e.to_string())
@@ -221,6 +234,11 @@ pub fn parse(obj: &InMemDicomObject, model: Model) -> Result<Query, QueryError> 
         let tag = e.header().tag;
         if tag == tags::QUERY_RETRIEVE_LEVEL || tag == tags::SPECIFIC_CHARACTER_SET || tag.0 == 0 {
             continue;
+        }
+        if keys.len() == MAX_KEYS {
+            return Err(QueryError::TooManyKeys {
+                count: MAX_KEYS + 1,
+            });
         }
         let vr = e.vr();
         let raw = match e.value() {
@@ -923,6 +941,33 @@ mod tests {
         };
         assert_eq!(counts("PATIENT", Model::PatientRoot), ["2"]);
         assert_eq!(counts("STUDY", Model::StudyRoot), ["", ""]);
+    }
+
+    /// An identifier of more keys than any query needs is refused before any matching (each
+    /// answer says every key back); as many as the bound pass.
+    #[test]
+    fn identifiers_of_too_many_keys_are_refused() {
+        let identifier = |n: u16| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::QUERY_RETRIEVE_LEVEL,
+                VR::CS,
+                PrimitiveValue::from("STUDY"),
+            ));
+            for i in 0..n {
+                obj.put(DataElement::new(
+                    Tag(0x0011, 0x1000 + i),
+                    VR::LO,
+                    PrimitiveValue::Empty,
+                ));
+            }
+            parse(&obj, Model::StudyRoot)
+        };
+        assert_eq!(identifier(MAX_KEYS as u16).unwrap().keys.len(), MAX_KEYS);
+        let err = identifier(MAX_KEYS as u16 + 1).unwrap_err();
+        assert!(matches!(err, QueryError::TooManyKeys { .. }), "{err}");
+        let refused = crate::dimse::Refused::from(err);
+        assert_eq!(refused.status().0, 0xA900);
     }
 
     /// A key value longer than any it could match is refused before any matching (a
