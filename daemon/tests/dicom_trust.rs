@@ -495,6 +495,8 @@ fn plain_port_off_and_ae_titles_bound_to_client_certificates() {
             })
             .count()
     };
-    assert!(mismatches("MODALITY") >= 1, "{records:#?}");
+    // The same certificate offered again (pynetdicom, then DCMTK) is recorded once per
+    // window: a flood of attempts cannot fill the trail.
+    assert_eq!(mismatches("MODALITY"), 1, "{records:#?}");
     assert!(mismatches("BOUND_ELSEWHERE") >= 1, "{records:#?}");
 }

@@ -121,6 +121,13 @@ fn a_peer_without_store_cannot_store_through_a_c_get_storage_context() {
         Some(&*sop_instance)
     );
     assert!(rsp.error_comment.is_some());
+    // The same refusal again and again: answered each time, on the trail once (per
+    // address, AE, command, status and ten minutes), so it cannot fill the trail.
+    for message_id in 10..15 {
+        let rq = Command::store_rq(message_id, &sop_class, &sop_instance, Priority::Medium);
+        let rsp = pacs.request(1, &rq, Some(&data)).unwrap();
+        assert_eq!(status(&rsp), 0x0124, "{rsp:?}");
+    }
     // The reply gave it the SCP role only (it sent the C-STORE all the same).
     let roles = pacs.roles(&sop_class).expect("roles answered");
     assert!(roles.scp && !roles.scu, "{roles:?}");
@@ -130,7 +137,7 @@ fn a_peer_without_store_cannot_store_through_a_c_get_storage_context() {
     pacs.release().unwrap();
     // Nothing stored, nothing to analyse.
     assert_eq!(d.metric("duli_store_instances"), Some(0.0));
-    assert_eq!(d.metric("duli_requests_refused_total"), Some(1.0));
+    assert_eq!(d.metric("duli_requests_refused_total"), Some(6.0));
     let studies = run(&mut d.command(&["studies"]), Duration::from_secs(60));
     studies.assert_success("duli studies");
     assert_eq!(studies.stdout.trim(), "[]", "{}", studies.stdout);

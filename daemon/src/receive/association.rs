@@ -692,6 +692,15 @@ fn record_refusal(
         Some(Permission::Move | Permission::Get) => Action::Export,
         _ => Action::Other,
     };
+    // Recorded once per address, AE, command, status and window: an allowed AE repeating
+    // refused requests on association after association cannot fill the trail.
+    let kind = format!("{} {:04X}", rq.command_field, status.0);
+    if !scp
+        .rejections
+        .first_in_window(peer.ip(), calling, &kind, std::time::Instant::now())
+    {
+        return;
+    }
     let object: String = match rq.affected_sop_instance_uid.as_deref() {
         Some(uid) if !uid.is_empty() => uid.chars().take(64).collect(),
         _ => "-".into(),

@@ -123,10 +123,16 @@ async fn connection(
                 rj.reason
             );
             let calling = rq.calling_ae_title.trim();
-            if rj.identity_mismatch
-                || scp
-                    .rejections
-                    .first_in_window(peer.ip(), calling, std::time::Instant::now())
+            // A certificate that is not the AE's is recorded once per certificate offered
+            // (or none, on the plain port) and window, like any other refusal.
+            let kind = if rj.identity_mismatch {
+                format!("cert:{}", cert_sha256.as_deref().unwrap_or("none"))
+            } else {
+                String::new()
+            };
+            if scp
+                .rejections
+                .first_in_window(peer.ip(), calling, &kind, std::time::Instant::now())
             {
                 audit_rejection(&scp, peer, calling, &rj.reason);
             }
@@ -268,7 +274,7 @@ async fn open(
                 log::warn!("{peer}: TLS handshake failed: {e}");
                 if scp
                     .rejections
-                    .first_in_window(peer.ip(), "", std::time::Instant::now())
+                    .first_in_window(peer.ip(), "", "tls", std::time::Instant::now())
                 {
                     audit_rejection(scp, peer, "", &format!("TLS handshake failed: {e}"));
                 }
