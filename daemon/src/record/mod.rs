@@ -76,6 +76,21 @@ pub enum ObjectError {
     Results(#[from] results::ResultsError),
 }
 
+impl ObjectError {
+    /// Whether trying again may succeed: the disk or the index failed, not the inputs (an
+    /// object that cannot be built from them fails the same way every time).
+    pub fn worth_retrying(&self) -> bool {
+        let transient = |e: &StoreError| matches!(e, StoreError::Io { .. } | StoreError::Index(_));
+        match self {
+            ObjectError::Store(e) | ObjectError::Results(results::ResultsError::Store(e)) => {
+                transient(e)
+            }
+            ObjectError::Results(results::ResultsError::Io(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Where a result's deliverables go: the running delivery stage.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -169,8 +184,10 @@ impl Recorder {
                 let _ = self.store.transition_to_error(uid, &from, &reason);
             }
         }
-        self.store.flush().await?;
+        let flushed = self.store.flush().await;
         if committed.is_ok() {
+            // The transaction holds the entries whether or not the flush went through
+            // (sled writes them out later): count them and wake their workers.
             for b in &batches {
                 b.outbox.committed(b.entries);
             }
@@ -178,6 +195,7 @@ impl Recorder {
                 study_uid: uid.to_string(),
             });
         }
+        flushed?;
         committed
     }
 
@@ -234,21 +252,22 @@ impl Recorder {
         sop_uid: &str,
         state: HeatmapState,
         heatmap_ms: f64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectError> {
         let made = match &state {
             HeatmapState::Done { path, code } => Some((path.clone(), code.clone())),
             _ => None,
         };
         // Objects first, the state last: until the state is recorded the heatmap's mark
-        // stays, so a crash in between makes it again on the next start, and each object
-        // (made once per report) is then found made.
+        // stays, so a crash in between, or an object the disk or index failed to take,
+        // makes it again on the next start, and each object (made once per report) is
+        // then found made. An object that cannot be built is logged and settles.
         if let Some(d) = &self.delivery {
             if let Some((png, _)) = &made {
-                self.heatmap_objects(d, study_uid, version, sop_uid, png);
+                self.heatmap_objects(d, study_uid, version, sop_uid, png)?;
             }
             // A heatmap recorded as still pending settles nothing.
             if !matches!(state, HeatmapState::Pending { .. }) {
-                self.settled_report(d, study_uid, version, sop_uid, made.as_ref().map(|m| &m.1));
+                self.settled_report(d, study_uid, version, sop_uid, made.as_ref().map(|m| &m.1))?;
             }
         }
         stored::set_heatmap(&self.store, study_uid, version, sop_uid, state, heatmap_ms)?;
@@ -303,24 +322,24 @@ impl Recorder {
         version: u32,
         settling: &str,
         explained: Option<&String>,
-    ) {
-        let Ok(Some(result)) = stored::result(&self.store, study_uid, version) else {
-            return;
+    ) -> Result<(), ObjectError> {
+        let Some(result) = stored::result(&self.store, study_uid, version)? else {
+            return Ok(());
         };
-        let Ok(Some(study)) = self.store.study(study_uid) else {
-            return;
+        let Some(study) = self.store.study(study_uid)? else {
+            return Ok(());
         };
         let still_pending = result.images.iter().any(|i| {
             i.sop_instance_uid != settling && matches!(i.heatmap, HeatmapState::Pending { .. })
         });
         if is_manual_upload(&study) || still_pending {
-            return;
+            return Ok(());
         }
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
         // Made already: under its UID, or under the unkeyed UID an earlier version gave it.
         let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
         if self.made_before(&uids.sr_instance, &unkeyed.sr_instance) {
-            return;
+            return Ok(());
         }
         let report = Report::from_result(&result, &study);
         let finding = explained
@@ -335,21 +354,28 @@ impl Recorder {
         });
         let made = results::sr::build(&report, &uids, &self.sources(&report, &result), explanation)
             .map_err(ObjectError::from);
-        self.commit_object(d, &report, made, Kind::StructuredReport, &uids.sr_instance);
+        self.commit_object(d, &report, made, Kind::StructuredReport, &uids.sr_instance)
     }
 
     /// Makes the report's Parametric Map and Secondary Capture of the heatmap (once per
     /// report each: their UIDs derive from the report id, so the store says whether they
     /// exist, across restarts too) and commits each with its push entries.
-    fn heatmap_objects(&self, d: &Delivery, study_uid: &str, version: u32, sop: &str, png: &str) {
-        let Ok(Some(result)) = stored::result(&self.store, study_uid, version) else {
-            return;
+    fn heatmap_objects(
+        &self,
+        d: &Delivery,
+        study_uid: &str,
+        version: u32,
+        sop: &str,
+        png: &str,
+    ) -> Result<(), ObjectError> {
+        let Some(result) = stored::result(&self.store, study_uid, version)? else {
+            return Ok(());
         };
-        let Ok(Some(study)) = self.store.study(study_uid) else {
-            return;
+        let Some(study) = self.store.study(study_uid)? else {
+            return Ok(());
         };
         if is_manual_upload(&study) {
-            return;
+            return Ok(());
         }
         let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
         let report = Report::from_result(&result, &study);
@@ -359,17 +385,21 @@ impl Recorder {
         if !self.made_before(&uids.pm_instance, &unkeyed.pm_instance) {
             let made =
                 parametric_map::build(&self.store, &report, &uids, sop, png, &d.plan.device_id);
-            self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance);
+            self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance)?;
         }
         if !self.made_before(&uids.sc_instance, &unkeyed.sc_instance) {
             let made =
                 secondary_capture::build(&self.store, &report, &uids, sop, png, d.max_pixels);
-            self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance);
+            self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance)?;
         }
+        Ok(())
     }
 
     /// Stores a result object `made` for `report` with its push entries in one
-    /// transaction, makes it durable and wakes delivery; logs why when it cannot.
+    /// transaction, makes it durable and wakes delivery. An object that cannot be built
+    /// is logged and left unmade (the same inputs would fail again); a failure of the disk
+    /// or the index is returned, for the heatmap's mark to stay and the object to be made
+    /// at the next start.
     fn commit_object(
         &self,
         d: &Delivery,
@@ -377,7 +407,7 @@ impl Recorder {
         made: Result<dicom_object::FileDicomObject<dicom_object::InMemDicomObject>, ObjectError>,
         kind: Kind,
         sop_uid: &str,
-    ) {
+    ) -> Result<(), ObjectError> {
         let study_uid = &report.study.study_instance_uid;
         let stored = made.and_then(|obj| {
             let entries = d.plan.push_entries(
@@ -393,14 +423,30 @@ impl Recorder {
             Ok(entries)
         });
         match stored {
-            Ok(entries) => match self.store.flush_blocking() {
-                Ok(()) => d.outbox.committed(&entries),
-                Err(e) => log::error!(
-                    "study {study_uid}: store flush after the {} failed: {e}",
+            Ok(entries) => {
+                let flushed = self.store.flush_blocking();
+                // The transaction holds the entries whether or not the flush went through
+                // (sled writes them out later): count them and wake their workers.
+                d.outbox.committed(&entries);
+                flushed.map_err(|e| {
+                    log::error!(
+                        "study {study_uid}: store flush after the {} failed: {e}",
+                        kind.as_str()
+                    );
+                    ObjectError::Store(e)
+                })
+            }
+            Err(e) if e.worth_retrying() => {
+                log::error!(
+                    "study {study_uid}: {} not made: {e}; made again at the next start",
                     kind.as_str()
-                ),
-            },
-            Err(e) => log::error!("study {study_uid}: {} not made: {e}", kind.as_str()),
+                );
+                Err(e)
+            }
+            Err(e) => {
+                log::error!("study {study_uid}: {} not made: {e}", kind.as_str());
+                Ok(())
+            }
         }
     }
 
@@ -619,6 +665,54 @@ mod tests {
             .filter(|e| e.kind == Kind::StructuredReport)
             .count();
         assert!(sr_entries <= 1, "{sr_entries} SR pushes");
+    }
+
+    /// A result object the disk fails to take (here: the store's folder for incoming files
+    /// is gone) does not settle its heatmap: the mark stays, for the next start to make the
+    /// object again; once the disk takes it, the SR is made and the mark cleared.
+    #[tokio::test]
+    async fn an_object_the_disk_fails_to_take_keeps_its_heatmap_pending() {
+        let (dir, store, recorder, _outbox) = setup();
+        add_study(&store, "1.2.8", "PAT-2");
+        let r = result("1.2.8", ImageStatus::Analysed);
+        let committed = recorder
+            .record_result(Outcome {
+                result: &r,
+                heatmaps_to_make: &["1.2.8.1"],
+                failure: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed, Committed::Done);
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
+        let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
+        let tmp = dir.path().join("tmp");
+        std::fs::remove_dir_all(&tmp).unwrap();
+        std::fs::write(&tmp, b"not a folder").unwrap();
+        let skip = || {
+            recorder.record_heatmap(
+                "1.2.8",
+                1,
+                "1.2.8.1",
+                HeatmapState::Skipped {
+                    reason: "backlog".into(),
+                },
+                0.0,
+            )
+        };
+        let err = skip().unwrap_err();
+        assert!(err.worth_retrying(), "{err}");
+        assert!(store.instance(&sr).unwrap().is_none());
+        assert_eq!(
+            stored::pending_heatmaps(&store).unwrap(),
+            vec![("1.2.8".to_string(), 1, "1.2.8.1".to_string())],
+            "the mark stays"
+        );
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        skip().unwrap();
+        assert!(store.instance(&sr).unwrap().is_some(), "the SR is made");
+        assert!(stored::pending_heatmaps(&store).unwrap().is_empty());
     }
 
     /// The SR of a study outside the intended use (nothing analysed, no finding) still

@@ -62,7 +62,10 @@ impl Store {
     /// file, and clears the move's note. Call it after [`Store::flush`]: until then a crash
     /// would bring the old record back (and the next open finishes the move as the index
     /// then says).
+    /// Holds the instance's lock from the check to the removal: the same instance sent
+    /// back to the earlier study meanwhile places its new file at the same path.
     pub fn remove_superseded(&self, previous: &InstanceRecord) -> Result<(), StoreError> {
+        let _placing = self.instance_locks.hold(&previous.sop_instance_uid);
         let now = self.instance(&previous.sop_instance_uid)?;
         if now.is_some_and(|n| n.path != previous.path) {
             self.remove_file(&previous.path)?;
