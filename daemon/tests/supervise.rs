@@ -3,6 +3,8 @@
 //! supervisor has restarted it.
 
 mod common;
+#[path = "common/raw_peer.rs"]
+mod raw_peer;
 
 use common::ris;
 use common::*;
@@ -316,4 +318,72 @@ fn restarted_after_its_panic(d: &Daemon, stage: &str, within: Duration) {
         "{}",
         d.log()
     );
+}
+
+/// An association cut off with the DICOM listener's stage (its panic aborts every
+/// connection it serves) still ends for the study tracker: the study it stored into does
+/// not stay `receiving` until the daemon restarts.
+#[test]
+fn a_study_whose_association_died_with_its_stage_is_not_left_receiving() {
+    use duli::dimse::command::{Command, Priority};
+    use raw_peer::{Outcome, Proposal, RawPeer, EXPLICIT_LE};
+    if !cfg!(debug_assertions) {
+        return skip_here("stage fault injection exists only in debug builds");
+    }
+    let Some(path) = common::inference::chest_dx("NORMAL_01.dcm") else {
+        return;
+    };
+    let p = duli::scu::prepare(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let data = &bytes[p.offset as usize..];
+    let study = duli::store::header::read_header(&path)
+        .unwrap()
+        .instance
+        .study_instance_uid;
+    let d = Daemon::builder()
+        .config("dicom", "quiet_period", "1")
+        .env("DULI_DEBUG_PANIC_STAGE", "receive:1")
+        .start();
+    let contexts = [Proposal {
+        id: 1,
+        abstract_syntax: &p.sop_class,
+        transfer_syntaxes: &[EXPLICIT_LE],
+    }];
+    let mut peer =
+        match RawPeer::associate(d.dicom_addr(), "MODALITY", DULI_AET, &contexts, &[]).unwrap() {
+            Outcome::Accepted(peer) => peer,
+            Outcome::Refused(pdu) => panic!("refused: {pdu:?}"),
+        };
+    let rq = Command::store_rq(1, &p.sop_class, &p.sop_instance, Priority::Medium);
+    let rsp = peer.request(1, &rq, Some(data)).unwrap();
+    assert_eq!(rsp.status.map(|s| s.0), Some(0), "{rsp:?}");
+    assert!(
+        !d.log().contains("fault injected into stage receive"),
+        "the store came after the stage's panic: the association was not cut off by it"
+    );
+    // Held open (never released) until the stage dies with it.
+    restarted_after_its_panic(&d, "receive", Duration::from_secs(30));
+    let state = || {
+        let out = run(&mut d.command(&["studies"]), Duration::from_secs(60));
+        let studies: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        studies
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["study_instance_uid"] == study.as_str())
+            .map(|st| st["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut now = state();
+    while now == "receiving" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        now = state();
+    }
+    assert!(
+        !now.is_empty() && now != "receiving",
+        "study {study} is {now:?} after its association died; log:\n{}",
+        d.log()
+    );
+    drop(peer);
 }

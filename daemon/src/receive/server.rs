@@ -166,16 +166,43 @@ async fn connection(
         accepted.calling_ae,
         accepted.contexts.len()
     );
+    let ended = Ended { scp: &scp, id };
     let outcome = association::run(id, &scp, accepted, peer, stream, reader, shutdown).await;
-    scp.metrics
-        .associations_active
-        .fetch_sub(1, Ordering::Relaxed);
-    let _ = scp
-        .events
-        .send(crate::assemble::Event::AssociationEnded { assoc: id })
-        .await;
+    drop(ended);
     log::info!("association {id}: {outcome}");
     drop(slot);
+}
+
+/// Tells the study tracker that association `id` ended, however it ends: returned,
+/// panicked, or aborted with its stage. Until told, the tracker holds every study the
+/// association touched as still receiving.
+struct Ended<'a> {
+    scp: &'a Scp,
+    id: u64,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        use tokio::sync::mpsc::error::TrySendError;
+        self.scp
+            .metrics
+            .associations_active
+            .fetch_sub(1, Ordering::Relaxed);
+        let event = crate::assemble::Event::AssociationEnded { assoc: self.id };
+        match self.scp.events.try_send(event) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(event)) => {
+                // The tracker is behind: the event waits its turn without holding this
+                // (maybe unwinding) task.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let events = self.scp.events.clone();
+                    runtime.spawn(async move {
+                        let _ = events.send(event).await;
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// How long a rejected peer is given to close the connection itself.
