@@ -985,3 +985,54 @@ fn echoes_to_a_silent_pacs_do_not_hold_up_the_console() {
     });
     drop(pacs);
 }
+
+/// Requests that name nothing the console knows are refused, not half-understood: a
+/// worklist state that is no study state or a search longer than any value it could
+/// match (each listing and search is remembered and audited), a user change with a
+/// misspelt or no field (it must not pass for a change that was made), feedback with a
+/// field it does not take.
+#[test]
+fn requests_naming_nothing_known_are_refused() {
+    let mut d = Daemon::start();
+    d.add_user("ada", "admin", PW);
+    d.add_user("rita", "radiologist", PW);
+    let ada = d.login("ada", PW);
+    let rita = d.login("rita", PW);
+    assert_eq!(rita.get("/api/v1/studies?state=done").status, 200);
+    let r = rita.get(&format!("/api/v1/studies?state={}", "x".repeat(3000)));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(rita.get("/api/v1/studies?q=smith").status, 200);
+    let r = rita.get(&format!("/api/v1/studies?q={}", "a".repeat(300)));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = rita.send(
+        "POST",
+        "/api/v1/studies/1.2.3/feedback",
+        &serde_json::json!({"agree": true, "severity": "high"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let before = audit_records(&ada).len();
+    for body in [
+        serde_json::json!({"disable": true}),
+        serde_json::json!({}),
+        serde_json::json!({"disabled": true, "note": "compromised"}),
+    ] {
+        let r = ada.send("PUT", "/api/v1/users/rita", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+    }
+    // Nothing changed: rita is still enabled (her session still serves) and no change
+    // was audited.
+    assert_eq!(rita.get("/api/v1/studies").status, 200);
+    let changes = audit_records(&ada)
+        .into_iter()
+        .skip(before)
+        .filter(|r| r["action"] == "user_change")
+        .count();
+    assert_eq!(changes, 0);
+    let r = ada.send(
+        "PUT",
+        "/api/v1/users/rita",
+        &serde_json::json!({"disabled": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rita.get("/api/v1/studies").status, 401);
+}

@@ -11,8 +11,9 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-/// Body of the feedback request.
+/// Body of the feedback request (a field it does not know is refused).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct FeedbackBody {
     agree: bool,
     #[serde(default)]

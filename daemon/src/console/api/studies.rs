@@ -100,15 +100,40 @@ struct WorklistQuery {
     limit: usize,
 }
 
+/// Most bytes of a worklist search: above any name, ID or accession number it can match
+/// (as a C-FIND key's 256), and every search is written to the audit trail.
+const MAX_SEARCH: usize = 256;
+
 impl WorklistQuery {
-    fn of(req: &Request) -> WorklistQuery {
-        WorklistQuery {
-            q: req
-                .query
-                .get("q")
-                .map(|v| v.trim().to_lowercase())
-                .filter(|v| !v.is_empty()),
-            state: req.query.get("state").filter(|v| !v.is_empty()).cloned(),
+    /// The query of `req`: a search over [`MAX_SEARCH`] bytes or a state that is not a
+    /// study state is a bad request (each listing is remembered for its audit window, so
+    /// free text there would grow that table at will).
+    fn of(req: &Request) -> Result<WorklistQuery, ApiError> {
+        let q = req
+            .query
+            .get("q")
+            .map(|v| v.trim().to_lowercase())
+            .filter(|v| !v.is_empty());
+        if q.as_ref().is_some_and(|q| q.len() > MAX_SEARCH) {
+            return Err(ApiError::BadRequest(format!(
+                "a search holds at most {MAX_SEARCH} bytes"
+            )));
+        }
+        let state = match req.query.get("state").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => match crate::model::StudyState::ALL.iter().find(|s| s.as_str() == v) {
+                Some(s) => Some(s.as_str().to_string()),
+                None => {
+                    return Err(ApiError::BadRequest(
+                        "state is not a study state (receiving, complete, queued, inferring, done, error)"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        Ok(WorklistQuery {
+            q,
+            state,
             urgent_only: req
                 .query
                 .get("urgent")
@@ -119,7 +144,7 @@ impl WorklistQuery {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(200usize)
                 .min(MAX_STUDIES),
-        }
+        })
     }
 
     /// The listing's filter as the audit trail names it (a search is recorded on its own).
@@ -168,7 +193,7 @@ pub(super) async fn worklist(
     req: &Request,
     s: &Session,
 ) -> Result<Response, ApiError> {
-    let query = WorklistQuery::of(req);
+    let query = WorklistQuery::of(req)?;
     let page = c
         .store
         .worklist_page(|row| query.matches(row), query.limit)?;

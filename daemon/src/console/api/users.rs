@@ -12,8 +12,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 /// Body of `PUT /api/v1/users/{name}`: what changes (all of role and password for a new
-/// account).
+/// account). A field it does not know is refused: a misspelt `"disable"` must not pass
+/// for a change that was made.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct UserBody {
     #[serde(default)]
     role: Option<Role>,
@@ -32,6 +34,11 @@ pub(super) async fn put(
 ) -> Result<Response, ApiError> {
     accounts::check_name(name)?;
     let body: UserBody = parse_json(req)?;
+    if body.role.is_none() && body.password.is_none() && body.disabled.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give role, password or disabled".into(),
+        ));
+    }
     // Hashed first, outside the accounts' lock: the change itself then applies to the
     // account as it is once hashing is done, not as it was when the request came in.
     let password = match body.password {
