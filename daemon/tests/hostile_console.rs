@@ -993,7 +993,7 @@ fn echoes_to_a_silent_pacs_do_not_hold_up_the_console() {
 /// field it does not take.
 #[test]
 fn requests_naming_nothing_known_are_refused() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.add_user("ada", "admin", PW);
     d.add_user("rita", "radiologist", PW);
     let ada = d.login("ada", PW);
