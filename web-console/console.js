@@ -486,10 +486,16 @@ function forwardLine(f) {
   return h("p", { id: "audit-forward", class: f.connected ? "ok" : "error", role: "status" }, text);
 }
 
-async function auditPage() {
+// The newest page of the trail first; "Older records" pages back from the oldest shown.
+async function auditPage(before = "latest") {
   try {
-    const [data, verify] = await Promise.all([api("GET", "/api/v1/audit?limit=1000"), api("GET", "/api/v1/audit/verify")]);
+    const [data, verify] = await Promise.all([api("GET", `/api/v1/audit?limit=1000&before=${before}`), api("GET", "/api/v1/audit/verify")]);
     if (!state.user) return; // signed out meanwhile
+    const oldest = data.records.length ? data.records[0].seq : null;
+    const paging = h("p", { id: "audit-paging" },
+      data.records.length ? `Records #${oldest}–#${data.records[data.records.length - 1].seq}` : "No records",
+      before !== "latest" ? h("button", { type: "button", id: "audit-newest", onclick: () => auditPage() }, "Newest records") : null,
+      oldest ? h("button", { type: "button", id: "audit-older", onclick: () => auditPage(String(oldest)) }, "Older records") : null);
     const rows = data.records.slice().reverse().map((r) => h("tr", { class: r.success ? "" : "failed" },
       h("td", {}, r.seq), h("td", {}, new Date(r.at_ms).toLocaleString()), h("td", {}, r.actor),
       h("td", {}, r.source), h("td", {}, r.action), h("td", {}, r.object), h("td", {}, r.detail)));
@@ -500,6 +506,7 @@ async function auditPage() {
       forwardLine(data.forward),
       h("p", {}, "Export: ", h("a", { href: "/api/v1/audit/export?format=json", download: "duli-audit.json" }, "JSON"), " · ",
         h("a", { href: "/api/v1/audit/export?format=syslog", download: "duli-audit.log" }, "syslog (RFC 5424, DICOM audit messages)")),
+      paging,
       h("table", { class: "audit" },
         h("thead", {}, h("tr", {}, ["#", "Time", "Who", "From", "Action", "Object", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, rows)));

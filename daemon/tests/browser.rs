@@ -657,6 +657,16 @@ fn first_time_setup_in_headless_chromium() {
             .starts_with("Not forwarded to an audit record repository"),
         "{forward}"
     );
+    // The newest records, the whole trail of a new box on one page (no older page).
+    let paging = wd.js("return document.querySelector('#audit-paging').textContent;");
+    assert!(
+        paging.as_str().unwrap().starts_with("Records #0–#"),
+        "{paging}"
+    );
+    assert_eq!(
+        wd.js("return !!document.querySelector('#audit-older');"),
+        json!(false)
+    );
     // From now on the login page is the login form.
     wd.click("#logout");
     wd.wait_for(

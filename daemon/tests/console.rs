@@ -300,6 +300,29 @@ fn login_cookies_csrf_logout_and_throttling() {
         .all(|r| r["source"] == "127.0.0.1" || r["source"] == "local"));
     let v = admin.get("/api/v1/audit/verify").json();
     assert_eq!(v["intact"], true, "{v}");
+    // The newest records first (the audit page), and paging back from them.
+    let newest = admin.get("/api/v1/audit?before=latest&limit=3").json();
+    // The head the answer names may be this read's own record, written after the page.
+    let head = newest["head"]["seq"].as_u64().unwrap();
+    let seqs = |page: &serde_json::Value| -> Vec<u64> {
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let page = seqs(&newest);
+    assert_eq!(page.len(), 3, "{newest}");
+    assert!(page[2] + 1 >= head && page[2] <= head, "{newest}");
+    assert_eq!([page[0] + 1, page[1] + 1], [page[1], page[2]], "{newest}");
+    let older = admin
+        .get(&format!("/api/v1/audit?before={}&limit=3", page[0]))
+        .json();
+    assert_eq!(seqs(&older), [page[0] - 3, page[0] - 2, page[0] - 1]);
+    let first = admin.get("/api/v1/audit?before=2&limit=1000").json();
+    assert_eq!(seqs(&first), [0, 1]);
+    assert_eq!(admin.get("/api/v1/audit?before=soon").status, 400);
 
     // Export: JSON and RFC 5424 lines with DICOM audit messages.
     let json = admin.get("/api/v1/audit/export?format=json");

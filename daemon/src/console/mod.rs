@@ -91,6 +91,9 @@ pub struct Console {
     pub sessions: sessions::Sessions,
     /// Accesses and refusals audited lately (once per user, object and window).
     pub accesses: access_log::AccessLog,
+    /// The last verification of the audit trail's chain: one runs at a time, and an
+    /// unchanged trail is answered from it for a while.
+    pub verified: tokio::sync::Mutex<Option<api::Verified>>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// Site id (for the system page).
@@ -181,6 +184,7 @@ impl Console {
             users,
             sessions,
             accesses: access_log::AccessLog::default(),
+            verified: tokio::sync::Mutex::new(None),
             site_id: config.device.site_id.clone(),
             device_id: config.device.device_id.clone(),
             model: config.inference.model.clone(),

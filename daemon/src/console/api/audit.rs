@@ -44,23 +44,41 @@ pub(super) fn forward_status(c: &Console) -> Option<ForwardStatus> {
     crate::audit_forward::status_of(&c.audit)
 }
 
-/// `GET /api/v1/audit?from=&limit=` (at most 1000 records). Reading the trail is itself
-/// audited (the trail names patients and what was searched for): once per user, page and
-/// window, so that re-reading a page leaves one record, and paging through the trail one
-/// per page.
+/// `GET /api/v1/audit?from=&limit=` (at most 1000 records from `from`), or
+/// `?before=&limit=`: the newest `limit` records before record `before` (`before=latest`:
+/// the newest of the trail). Reading the trail is itself audited (the trail names patients
+/// and what was searched for): once per user, page and window, so that re-reading a page
+/// leaves one record, and paging through the trail one per page.
 pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
-    let from = req
-        .query
-        .get("from")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0u64);
-    let limit = req
+    let mut limit = req
         .query
         .get("limit")
         .and_then(|v| v.parse().ok())
         .unwrap_or(200usize)
         .min(1000);
-    let records = c.audit.records(from, limit)?;
+    let from = match req.query.get("before").map(String::as_str) {
+        Some(before) => {
+            let before = match before {
+                "latest" => c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1)),
+                n => n.parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest("before is a record number or \"latest\"".into())
+                })?,
+            };
+            let from = before.saturating_sub(limit as u64);
+            limit = limit.min(usize::try_from(before - from).unwrap_or(limit));
+            from
+        }
+        None => req
+            .query
+            .get("from")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64),
+    };
+    let records = if limit == 0 {
+        Vec::new()
+    } else {
+        c.audit.records(from, limit)?
+    };
     let record = audit_now(
         c,
         Event::new(&s.user, Action::View, TRAIL_OBJECT)
@@ -230,8 +248,38 @@ pub(super) async fn export(c: &Console, req: &Request, s: &Session) -> Result<Re
     Ok(r)
 }
 
-/// `GET /api/v1/audit/verify`: walks the hash chain.
-pub(super) fn verify(c: &Console) -> Result<Response, ApiError> {
-    let report = VerificationReport::from(c.audit.verify()?);
+/// How long a verification of a trail whose head has not moved is answered again rather
+/// than run again (the audit page asks on every visit; a walk of millions of records takes
+/// a while).
+pub const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A verification of the trail, with the head it ended at and when it ran.
+#[derive(Debug)]
+pub struct Verified {
+    head: Option<u64>,
+    at: std::time::Instant,
+    report: VerificationReport,
+}
+
+/// `GET /api/v1/audit/verify`: walks the hash chain off the runtime's threads, one walk at
+/// a time (a request that comes meanwhile waits for it and takes its answer), answered
+/// again for [`VERIFIED_FOR`] while the trail's head has not moved.
+pub(super) async fn verify(c: &Console) -> Result<Response, ApiError> {
+    let mut last = c.verified.lock().await;
+    let head = c.audit.head().map(|(seq, _)| seq);
+    if let Some(v) = last
+        .as_ref()
+        .filter(|v| v.head == head && v.at.elapsed() < VERIFIED_FOR)
+    {
+        return Ok(reply::json(StatusCode::OK, &v.report));
+    }
+    let audit = c.audit.clone();
+    let report =
+        VerificationReport::from(tokio::task::spawn_blocking(move || audit.verify()).await??);
+    *last = Some(Verified {
+        head,
+        at: std::time::Instant::now(),
+        report: report.clone(),
+    });
     Ok(reply::json(StatusCode::OK, &report))
 }

@@ -16,6 +16,7 @@ mod system;
 mod upload;
 mod users;
 
+pub use audit::{Verified, VERIFIED_FOR};
 pub use live::{STREAM_KEEP_ALIVE, STREAM_SESSION_CHECK};
 pub use results::ResultView;
 pub use studies::{StudyView, WorklistRow};
@@ -443,7 +444,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (Endpoint::UserDelete, Some((_, s))) => users::delete(c, &req, &s, param(0)).await,
         (Endpoint::Audit, Some((_, s))) => audit::list(c, &req, &s).await,
         (Endpoint::AuditExport, Some((_, s))) => audit::export(c, &req, &s).await,
-        (Endpoint::AuditVerify, Some(_)) => audit::verify(c),
+        (Endpoint::AuditVerify, Some(_)) => audit::verify(c).await,
         (Endpoint::System, Some(_)) => system::system(c),
         (Endpoint::Outbox, Some(_)) => outbox::overview(c).await,
         (Endpoint::OutboxRetry, Some((_, s))) => outbox::retry(c, &req, &s).await,
