@@ -181,8 +181,11 @@ fn wrong_codes_are_throttled_and_existing_accounts_are_not_taken_over() {
         "throttled even with the right code: {}",
         r.text()
     );
-    assert!(r.headers.contains_key("retry-after"));
-    std::thread::sleep(Duration::from_millis(1100));
+    let retry_after: u64 = r.headers["retry-after"].parse().unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    assert_eq!(setup_request(&d, &wrong, &[]).status, 429);
+    // Waiting what Retry-After said (rounded up) is enough.
+    std::thread::sleep(Duration::from_secs(retry_after) + Duration::from_millis(100));
     // An existing account (not an admin) is never taken over.
     d.add_user("rita", "radiologist", PW);
     assert_eq!(setup_status(&d)["accounts"], true);
@@ -196,6 +199,21 @@ fn wrong_codes_are_throttled_and_existing_accounts_are_not_taken_over() {
         d.login("rita", PW).get("/api/v1/me").json()["role"],
         "radiologist"
     );
+    // The throttled attempts are on the trail: the first of the window, the rest counted.
+    let records = d.login("ada", PW).get("/api/v1/audit?limit=1000").json()["records"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let throttled = records
+        .iter()
+        .filter(|r| {
+            r["actor"] == "setup"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("throttled for"))
+        })
+        .count();
+    assert_eq!(throttled, 1, "{records:#?}");
 }
 
 fn daemon_with_pending_admin(pending: &str) -> (Daemon, TestDir) {

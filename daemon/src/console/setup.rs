@@ -361,11 +361,11 @@ pub async fn complete(c: &Arc<Console>, req: &Request) -> Result<Response, ApiEr
             "first-time setup is done; log in instead".into(),
         ));
     };
-    let attempt = c
-        .sessions
-        .login_throttle
-        .begin(Target::Setup, req.peer)
-        .map_err(|wait| ApiError::Throttled(wait.as_secs().max(1)))?;
+    let attempt = match c.sessions.login_throttle.begin(Target::Setup, req.peer) {
+        Ok(attempt) => attempt,
+        // Audited and rounded up as a throttled login is.
+        Err(wait) => return Err(super::api::throttled(c, "setup", req, wait).await),
+    };
     if !super::sessions::same_token(&normalise(&body.code), &normalise(&o.code)) {
         // The attempt was counted as a failure when it began.
         audit_now(

@@ -19,6 +19,7 @@ mod users;
 pub use audit::{Verified, VERIFIED_FOR};
 pub use live::{STREAM_KEEP_ALIVE, STREAM_SESSION_CHECK};
 pub use results::ResultView;
+pub(in crate::console) use session::throttled;
 pub use studies::{StudyView, WorklistRow};
 
 use super::reply::{self, ApiError};

@@ -66,10 +66,15 @@ pub(super) fn check(c: &Console, req: &Request) -> Result<Response, ApiError> {
     Ok(reply::json(StatusCode::OK, &Live { live: true }))
 }
 
-/// The answer to a throttled login attempt on `name` that must wait `wait`: 429. Only the
-/// first throttled attempt of a window is audited; the rest are counted and summed up in
-/// one record per window.
-async fn throttled(c: &Console, name: &str, req: &Request, wait: Duration) -> ApiError {
+/// The answer to a throttled login (or setup) attempt on `name` that must wait `wait`:
+/// 429. Only the first throttled attempt of a window is audited; the rest are counted and
+/// summed up in one record per window.
+pub(in crate::console) async fn throttled(
+    c: &Console,
+    name: &str,
+    req: &Request,
+    wait: Duration,
+) -> ApiError {
     // Rounded up: a client that retries after the Retry-After it was given is not
     // turned away again for the fraction of a second left.
     let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
