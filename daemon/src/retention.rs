@@ -307,6 +307,7 @@ mod tests {
                     ..Default::default()
                 },
                 study: StudyRecord::default(),
+                identity_from_meta: None,
             };
             let batch = crate::store::outbox::Batch {
                 outbox: &outbox,

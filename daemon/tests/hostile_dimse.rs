@@ -665,6 +665,54 @@ fn with_sop_class_value(data: &[u8], value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `data` without its (0008,`element`) UI element.
+fn without_uid(data: &[u8], element: u16) -> Vec<u8> {
+    let e = element.to_le_bytes();
+    let at = data
+        .windows(6)
+        .position(|w| w == [0x08, 0x00, e[0], e[1], b'U', b'I'])
+        .expect("the element in the data set");
+    let len = u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize;
+    let mut out = data[..at].to_vec();
+    out.extend_from_slice(&data[at + 8 + len..]);
+    out
+}
+
+/// A data set that lacks its own SOP Instance UID or SOP Class UID is refused (C000,
+/// named in the Error Comment): the file meta this box writes from the command must not
+/// stand in for them, or the check of the data set against the command would compare the
+/// command with itself, and the stored object would go out by C-MOVE without its identity.
+#[test]
+fn a_data_set_without_its_own_sop_uids_is_refused() {
+    let Some((_, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let d = Daemon::start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
+    for (n, (what, stripped)) in [
+        ("SOP Instance UID", without_uid(&data, 0x0018)),
+        ("SOP Class UID", without_uid(&data, 0x0016)),
+        (
+            "SOP Instance UID",
+            without_uid(&without_uid(&data, 0x0016), 0x0018),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let rq = Command::store_rq(n as u16 + 1, &sop_class, &sop_instance, Priority::Medium);
+        let rsp = peer.request(1, &rq, Some(&stripped)).unwrap();
+        assert_eq!(status(&rsp) & 0xF000, 0xC000, "{what}: {rsp:?}");
+        let comment = rsp.error_comment.clone().unwrap_or_default();
+        assert!(comment.contains(what), "{what}: {rsp:?}");
+    }
+    // The whole data set is stored.
+    let rq = Command::store_rq(9, &sop_class, &sop_instance, Priority::Medium);
+    assert_eq!(status(&peer.request(1, &rq, Some(&data)).unwrap()), 0);
+    peer.release().unwrap();
+    assert_eq!(d.metric("duli_store_instances"), Some(1.0));
+}
+
 #[test]
 fn a_sop_class_uid_with_a_line_break_is_refused_without_forging_a_log_line() {
     let Some((_, sop_class, sop_instance, data)) = sample() else {

@@ -292,6 +292,11 @@ impl Incoming {
             tokio::task::spawn_blocking(move || -> Result<Placed, StoreFailure> {
                 let staged = file.finish().map_err(StoreFailure::Fsync)?;
                 let header = header::read_header(staged.path())?;
+                // The file meta was written here from the command: a UID taken from it
+                // would check the command against itself.
+                if let Some(missing) = header.identity_from_meta {
+                    return Err(header::HeaderError::Missing(missing).into());
+                }
                 if header
                     .study
                     .patient_id

@@ -96,6 +96,10 @@ pub struct Header {
     pub instance: InstanceRecord,
     /// The patient/study attributes of the instance's study.
     pub study: StudyRecord,
+    /// The identifying element the data set itself lacks, whose value was taken from the
+    /// file meta (Media Storage SOP Instance or Class UID): acceptable in a file read back,
+    /// not in a C-STORE, whose meta this box wrote from the command.
+    pub identity_from_meta: Option<&'static str>,
 }
 
 /// Opens the Part 10 file at `path` up to its pixels: reading stops at the first pixel data
@@ -140,9 +144,11 @@ fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
 
 fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     let meta = obj.meta();
+    let mut identity_from_meta = None;
     let sop_instance_uid = {
         let v = text(obj, tags::SOP_INSTANCE_UID);
         if v.is_empty() {
+            identity_from_meta = Some("SOP Instance UID (0008,0018)");
             clean(&meta.media_storage_sop_instance_uid)
         } else {
             v
@@ -151,6 +157,7 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     let sop_class_uid = {
         let v = text(obj, tags::SOP_CLASS_UID);
         if v.is_empty() {
+            identity_from_meta = identity_from_meta.or(Some("SOP Class UID (0008,0016)"));
             clean(&meta.media_storage_sop_class_uid)
         } else {
             v
@@ -238,7 +245,11 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
     if !modality.is_empty() {
         add_modality(&mut study.modalities, &modality, &study.study_instance_uid);
     }
-    Ok(Header { instance, study })
+    Ok(Header {
+        instance,
+        study,
+        identity_from_meta,
+    })
 }
 
 /// Merges one instance's study attributes `from` into the study record `into`; returns true

@@ -304,6 +304,7 @@ mod tests {
                     ..Default::default()
                 },
                 study: Default::default(),
+                identity_from_meta: None,
             };
             store
                 .place_and_commit(staged, &header, "MODALITY", false, &[])

@@ -298,6 +298,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             study: StudyRecord::default(),
+            identity_from_meta: None,
         };
         store
             .place_and_commit(staged(store, byte), &header, "MODALITY", false, &[])
@@ -321,6 +322,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             study: StudyRecord::default(),
+            identity_from_meta: None,
         };
         let fail = |sop: &str| {
             *crate::store::instances::FAIL_COMMIT_OF.lock().unwrap() = Some(sop.into());
