@@ -162,9 +162,12 @@ impl Outbox {
         };
         let (mut n, mut b) = (0u64, 0u64);
         for kv in outbox.tree.iter() {
-            let (_, v) = kv?;
+            let (k, v) = kv?;
             n += 1;
-            b += v.len() as u64;
+            b += match decode::<Entry>(&k, &v) {
+                Ok(e) => weight(&e.payload, &e.report_id),
+                Err(_) => v.len() as u64,
+            };
         }
         outbox.entries.store(n, Ordering::Relaxed);
         outbox.bytes.store(b, Ordering::Relaxed);
@@ -221,7 +224,7 @@ impl Outbox {
     /// updates the fill level (raising the alarm when near full) and wakes the workers.
     pub fn committed(&self, batch: &[NewEntry]) {
         self.changed();
-        let bytes: u64 = batch.iter().map(approx_size).sum();
+        let bytes: u64 = batch.iter().map(|e| weight(&e.payload, &e.report_id)).sum();
         self.entries
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -306,9 +309,10 @@ impl Outbox {
             .map_err(tx_err)?;
         self.changed();
         match removed {
-            Some(old) => {
+            Some(_) => {
                 self.entries.fetch_sub(1, Ordering::Relaxed);
-                sub_saturating(&self.bytes, old.len() as u64);
+                // The entry's weight as it was added (updates do not change it).
+                sub_saturating(&self.bytes, weight(&entry.payload, &entry.report_id));
                 self.count(&entry.dest, |c| c.delivered += 1);
                 self.check_alarm();
                 Ok(())
@@ -745,16 +749,12 @@ impl Outbox {
                     return Ok(None);
                 };
                 f(&mut current);
-                let new = encode(&current);
-                tx.insert(key, new.as_slice())?;
-                Ok(Some((current, old.len() as u64, new.len() as u64)))
+                tx.insert(key, encode(&current).as_slice())?;
+                Ok(Some(current))
             })
             .map_err(tx_err)?;
         self.changed();
-        let (updated, old_len, new_len) = result.ok_or(OutboxError::NotFound(id))?;
-        self.bytes.fetch_add(new_len, Ordering::Relaxed);
-        sub_saturating(&self.bytes, old_len);
-        Ok(updated)
+        result.ok_or(OutboxError::NotFound(id))
     }
 }
 
@@ -762,13 +762,16 @@ fn delivered_key(report_id: &str, dest: &Destination, kind: Kind) -> Vec<u8> {
     format!("{report_id}\0{}\0{}", dest.name(), kind.as_str()).into_bytes()
 }
 
-fn approx_size(e: &NewEntry) -> u64 {
-    let payload = match &e.payload {
+/// What an entry weighs against the outbox's byte bound: about its stored size, and the
+/// same when it is added and when it leaves (whatever updates did to its record
+/// meanwhile), so the figure never drifts however many entries pass through.
+fn weight(payload: &Payload, report_id: &str) -> u64 {
+    let payload = match payload {
         Payload::Hl7 { message } => message.len(),
         Payload::Mqtt { topic, body, .. } => topic.len() + body.len() * 2,
         Payload::Dicom { sop_instance_uids } => sop_instance_uids.iter().map(|u| u.len() + 3).sum(),
     };
-    (payload + e.report_id.len() + 220) as u64
+    (payload + report_id.len() + 220) as u64
 }
 
 fn sub_saturating(a: &AtomicU64, n: u64) {
@@ -1069,6 +1072,29 @@ mod tests {
             ob.retry(&RetrySelector::Id(999_999)),
             Err(OutboxError::NotFound(999_999))
         ));
+    }
+
+    /// The byte figure comes back to zero once every entry is delivered, whatever the
+    /// entries carried and whatever their failed attempts wrote into them meanwhile.
+    #[test]
+    fn the_byte_figure_returns_to_zero_when_everything_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, ob) = open(dir.path(), OutboxLimits::default());
+        let batch: Vec<NewEntry> = (0..20)
+            .flat_map(|i| [hl7(&format!("r{i}")), mqtt(&format!("r{i}"))])
+            .collect();
+        ob.enqueue(&batch).unwrap();
+        assert_eq!(ob.fill().entries, 40);
+        assert!(ob.fill().bytes > 0);
+        for dest in [Destination::Hl7, Destination::Mqtt] {
+            while let Some(e) = ob.head(&dest).unwrap() {
+                let e = ob
+                    .mark_retry(&e, &"a long reason ".repeat(40), &FAST)
+                    .unwrap();
+                ob.mark_delivered(&e).unwrap();
+            }
+        }
+        assert_eq!((ob.fill().entries, ob.fill().bytes), (0, 0));
     }
 
     /// A retry by id finds the entry whichever destination holds it, and a retry of one
