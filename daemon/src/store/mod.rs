@@ -223,8 +223,6 @@ impl Store {
             "create data directory {}",
             data_dir.display()
         )))?;
-        let files = FileArea::open(data_dir)
-            .map_err(io_err(format!("open file area in {}", data_dir.display())))?;
         let index_dir = data_dir.join("index");
         let existed = index_dir.exists();
         let mut set_aside = None;
@@ -244,6 +242,10 @@ impl Store {
                 (open_db(&index_dir)?, true)
             }
         };
+        // Only once the index's lock is held: opening the file area clears its folder of
+        // incoming files, which a running daemon (holding the lock) is writing into.
+        let files = FileArea::open(data_dir)
+            .map_err(io_err(format!("open file area in {}", data_dir.display())))?;
         let store = Store {
             changes: tokio::sync::broadcast::channel(1024).0,
             meta: db.open_tree(META)?,
@@ -766,6 +768,24 @@ mod tests {
             received_at: 100,
             ..Default::default()
         }
+    }
+
+    /// A second open of a store in use (the CLI while the daemon runs or stops) is
+    /// refused before it touches anything: the running one's incoming files stay.
+    #[test]
+    fn an_open_of_a_store_in_use_leaves_its_incoming_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let _running = Store::open(dir.path()).unwrap();
+        let part = dir.path().join("tmp").join("1234-1.part");
+        std::fs::write(&part, b"a C-STORE arriving").unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+        assert!(
+            part.is_file(),
+            "the running store's incoming file was removed"
+        );
     }
 
     /// The studies come one at a time in response order, each at the place its record
