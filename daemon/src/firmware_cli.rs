@@ -268,6 +268,43 @@ pub(crate) fn open_regular(path: &Path) -> Result<fs::File, NotRegular> {
     }
 }
 
+/// A copy of the staged bundle `file` (opened at `path`) that no other account can reach:
+/// an unnamed file (`O_TMPFILE`) on the bundle's own file system, read for the signature
+/// check and for the install alike. The service user owns the staged file and could
+/// change it between the two reads; cut short while the payload is written into the
+/// inactive slot, it would leave the fallback half-written. At most the bytes the
+/// bundle's header declares are copied (and one more, for the check of trailing bytes):
+/// a sparse terabyte appended costs nothing; what is not a bundle copies at most its
+/// header's size, for the check to name what is wrong.
+fn private_copy(file: &fs::File, path: &Path) -> std::io::Result<fs::File> {
+    use duli_firmware::bundle::{RawHeader, HEADER_LEN, MAX_MANIFEST_LEN};
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = file;
+    src.seek(SeekFrom::Start(0))?;
+    let bound = RawHeader::decode(&mut src, path)
+        .ok()
+        .and_then(|h| {
+            let size = Manifest::from_json(&h.manifest).ok()?.payload.size;
+            h.payload_offset().checked_add(size)?.checked_add(1)
+        })
+        .unwrap_or(HEADER_LEN + u64::from(MAX_MANIFEST_LEN));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut copy = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_TMPFILE | nix::libc::O_EXCL | nix::libc::O_CLOEXEC)
+        .open(dir)?;
+    src.seek(SeekFrom::Start(0))?;
+    std::io::copy(&mut src.take(bound), &mut copy)?;
+    copy.seek(SeekFrom::Start(0))?;
+    Ok(copy)
+}
+
 /// Largest manifest sidecar read back.
 const MAX_SIDECAR: u64 = 1 << 20;
 
@@ -341,10 +378,17 @@ pub fn install(
             report_refusal(&cfg.device.data_dir, &path.display().to_string(), &why);
             Ok(ExitCode::from(EXIT_REFUSED))
         }
-        (Ok(_), Some(Ok(file))) => {
-            let through = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            install_path(cfg, &through, &path, model_name)
-        }
+        (Ok(_), Some(Ok(file))) => match private_copy(file, &path) {
+            Ok(copy) => {
+                let through = PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
+                install_path(cfg, &through, &path, model_name)
+            }
+            Err(e) => {
+                let why = format!("{}: cannot copy the staged bundle: {e}", path.display());
+                report_refusal(&cfg.device.data_dir, &path.display().to_string(), &why);
+                Ok(ExitCode::from(EXIT_REFUSED))
+            }
+        },
         (Ok(_), None) => install_path(cfg, &path, &path, model_name),
     };
     drop(opened);

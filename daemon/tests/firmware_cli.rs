@@ -1062,3 +1062,35 @@ fn an_installed_model_pack_runs_and_an_altered_one_does_not() {
     assert!(why.contains("model pack"), "{health}");
     assert!(why.contains("SHA-256") || why.contains("hash"), "{health}");
 }
+
+/// Root installs a staged bundle from its own unnamed copy, and copies no more than the
+/// bundle declares: a signed bundle with a sparse terabyte appended is refused for its
+/// trailing bytes at once (the copy stops one byte past the payload), and the same bundle
+/// without them installs.
+#[test]
+fn a_staged_bundle_is_copied_only_as_far_as_it_declares() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let good = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &pattern(100_000, 9));
+    let staged = b.path("data/staged.duli");
+    fs::copy(&good, &staged).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&staged).unwrap();
+    f.set_len(fs::metadata(&good).unwrap().len() + (1u64 << 40))
+        .unwrap();
+    drop(f);
+    let started = std::time::Instant::now();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(
+        out.stderr.contains("bytes after its 100000-byte payload"),
+        "{}",
+        out.combined()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(b.status()["target"], "A", "nothing armed");
+    fs::copy(&good, &staged).unwrap();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(0), "{}", out.combined());
+    assert_eq!(b.status()["target"], "B");
+}

@@ -82,6 +82,17 @@ pub enum UpdateError {
         /// The box's floor.
         floor: u32,
     },
+    /// A trial of a later release (or security version) is armed, waiting for its
+    /// reboot: an older bundle would cancel it.
+    #[error("slot {slot} holds a pending trial of {} waiting for its reboot; bundle {bundle} would replace it with an older release", pending.map_or_else(|| "a later security version".to_string(), |v| v.to_string()))]
+    BelowPendingTrial {
+        /// The bundle's version.
+        bundle: Version,
+        /// The pending trial's version, when recorded.
+        pending: Option<Version>,
+        /// The slot of the trial.
+        slot: Slot,
+    },
     /// There is no good slot to roll back to.
     #[error("slot {0} is not flagged good: nothing to roll back to")]
     NoGoodFallback(Slot),
@@ -264,6 +275,20 @@ impl<B: BootControl> Updater<B> {
                 floor: state.floor,
             }
             .into());
+        }
+        // A trial armed and waiting for its reboot is replaced only by the same release or
+        // a later one: an older signed bundle must not cancel a pending (security) update.
+        if state.trial_pending() {
+            let pending = state.version(state.target);
+            let below = pending.is_some_and(|v| manifest.version < v)
+                || manifest.security_version < state.security(state.target);
+            if below {
+                return Err(UpdateError::BelowPendingTrial {
+                    bundle: manifest.version,
+                    pending,
+                    slot: state.target,
+                });
+            }
         }
         let slot = self.booted.other();
         let path = self.slots.path(slot).to_path_buf();

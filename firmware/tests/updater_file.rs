@@ -15,7 +15,7 @@ use duli_firmware::model_pack::{install_model_pack, open_installed};
 use duli_firmware::policy::PolicyError;
 use duli_firmware::progress::Step;
 use duli_firmware::updater::UpdateError;
-use duli_firmware::{PayloadKind, Version};
+use duli_firmware::{PayloadKind, Release, Version};
 
 fn env_in(dir: &Path) -> FileBootControl {
     FileBootControl::new(dir.join("bootenv"))
@@ -31,6 +31,53 @@ fn install_reboot_mark_good_rollback() {
 fn the_security_floor_refuses_older_fixes_and_rollbacks_below_it() {
     let dir = tempfile::tempdir().unwrap();
     security_floor(&|| env_in(dir.path()));
+}
+
+/// A trial armed and waiting for its reboot is not cancelled by an older signed bundle
+/// (the service user can stage any bundle it kept): refused before anything is written;
+/// the same release again, or a later one, replaces it.
+#[test]
+fn an_older_bundle_does_not_cancel_a_pending_trial() {
+    let bx = new_appliance();
+    let keys = keys();
+    let make = || env_in(bx.dir.path());
+    let fix = Release {
+        security_version: 3,
+        ..rootfs(Version::new(1, 3, 0))
+    };
+    let (pending, _) = bundle(bx.dir.path(), "v1.3.0", &keys, &fix, 50_000, 7);
+    updater(make(), &bx.slots, Slot::A)
+        .install(&pending, &keys.anchors)
+        .unwrap();
+    let armed = make().load().unwrap();
+    assert!(armed.trial_pending(), "{armed:?}");
+    let slot_b = fs::read(&bx.slots.b).unwrap();
+    for (name, release) in [
+        ("v1.2.0", rootfs(Version::new(1, 2, 0))),
+        (
+            "v1.3.0-weaker",
+            Release {
+                security_version: 1,
+                ..rootfs(Version::new(1, 3, 0))
+            },
+        ),
+    ] {
+        let (older, _) = bundle(bx.dir.path(), name, &keys, &release, 50_000, 8);
+        let err = updater(make(), &bx.slots, Slot::A)
+            .install(&older, &keys.anchors)
+            .unwrap_err();
+        assert!(
+            matches!(err, UpdateError::BelowPendingTrial { slot: Slot::B, .. }),
+            "{name}: {err}"
+        );
+        assert_eq!(make().load().unwrap(), armed, "{name}");
+        assert_eq!(fs::read(&bx.slots.b).unwrap(), slot_b, "{name}");
+    }
+    // The same release again re-arms it.
+    updater(make(), &bx.slots, Slot::A)
+        .install(&pending, &keys.anchors)
+        .unwrap();
+    assert!(make().load().unwrap().trial_pending());
 }
 
 #[test]
