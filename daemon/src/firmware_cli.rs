@@ -358,7 +358,13 @@ pub fn install(
         Some(Err(_)) => fs::symlink_metadata(&path).ok().map(|m| FileId::of(&m)),
         None => None,
     };
-    let lock = cfg.firmware.lock();
+    // Unattended (staged), the install waits for an operation in progress (a technician's
+    // install, mark-good at boot) rather than throwing the bundle away.
+    let lock = if staged {
+        UpdateLock::wait(&cfg.firmware.lock_path(), STAGED_LOCK_WAIT)
+    } else {
+        cfg.firmware.lock()
+    };
     let result = match (&lock, &opened) {
         (Err(e), _) => {
             eprintln!("install FAILED: {e}");
@@ -392,13 +398,19 @@ pub fn install(
         (Ok(_), None) => install_path(cfg, &path, &path, model_name),
     };
     drop(opened);
-    if staged {
+    // A bundle not looked at (the lock still held after the wait) stays staged: the path
+    // unit starts the install again.
+    if staged && !matches!(lock, Err(LockError::Busy(_))) {
         let ok = matches!(result, Ok(ref code) if *code == ExitCode::SUCCESS);
         consume_staged(&path, consumed, ok)?;
     }
     drop(lock);
     result
 }
+
+/// How long an unattended install of the staged bundle waits for another firmware
+/// operation to finish (within the update unit's 30-minute start limit).
+const STAGED_LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// A file's identity: device and inode number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

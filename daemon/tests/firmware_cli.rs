@@ -1094,3 +1094,31 @@ fn a_staged_bundle_is_copied_only_as_far_as_it_declares() {
     assert_eq!(out.code(), Some(0), "{}", out.combined());
     assert_eq!(b.status()["target"], "B");
 }
+
+/// The unattended install of a staged bundle waits for an operation in progress (here a
+/// lock held for two seconds, as mark-good at boot holds it) instead of throwing the
+/// bundle away, then installs it.
+#[test]
+fn a_staged_install_waits_for_the_lock_and_keeps_the_bundle() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let bundle = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &pattern(100_000, 11));
+    fs::copy(&bundle, b.path("data/staged.duli")).unwrap();
+    let held = duli_firmware::lock::UpdateLock::acquire(&b.path("duli-firmware.lock")).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let out = b.duli(&["install", "--staged"], true);
+    release.join().unwrap();
+    assert_eq!(out.code(), Some(0), "{}", out.combined());
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(b.status()["target"], "B");
+    assert!(
+        !b.path("data/staged.duli").exists(),
+        "consumed once installed"
+    );
+    assert!(!b.path("data/staged.duli.rejected").exists());
+}

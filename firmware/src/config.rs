@@ -138,8 +138,10 @@ impl std::fmt::Display for HardwareIdFrom {
 const MAX_HARDWARE_ID: usize = 64;
 
 /// Lock file of the U-Boot backend, whose environment has no folder of its own on a
-/// filesystem (`/run/lock` is writable by the root units).
-pub const UBOOT_LOCK_FILE: &str = "/run/lock/duli-firmware.lock";
+/// filesystem: in a folder only root can enter (created at boot by the image's tmpfiles,
+/// else by the first lock), so that no local account can take or pre-create the lock
+/// (`/run/lock` is writable by every account).
+pub const UBOOT_LOCK_FILE: &str = "/run/duli-firmware/duli-firmware.lock";
 
 /// Name of the lock file next to a GRUB environment block or a boot variable file.
 pub const LOCK_FILE_NAME: &str = "duli-firmware.lock";

@@ -40,11 +40,20 @@ pub struct UpdateLock {
 impl UpdateLock {
     /// Takes the lock on `path`, creating the file (mode 0600) if missing, never following
     /// a link and never truncating; fails at once with [`LockError::Busy`] when it is held.
+    /// A missing folder of the lock is created for root alone (0700).
     pub fn acquire(path: &Path) -> Result<UpdateLock, LockError> {
         let io = |source| LockError::Io {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

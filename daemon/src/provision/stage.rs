@@ -72,10 +72,31 @@ fn folder(path: &Path) -> PathBuf {
     }
 }
 
+/// Creates `dir` and whichever of its parents are missing, each 0755 whatever the umask
+/// of the shell provisioning runs from (under 077 the service user could not reach the
+/// TLS keys written below `/etc/duli`); folders that exist keep their modes.
+fn create_folders(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Writes `e` complete at a new temporary name beside its target.
 fn stage(e: &Entry<'_>) -> Result<Staged, WriteError> {
     let dir = folder(e.path);
-    fs::create_dir_all(&dir).map_err(err(&dir))?;
+    create_folders(&dir).map_err(err(&dir))?;
     let name = e
         .path
         .file_name()
@@ -159,4 +180,29 @@ pub fn put_in_place(entries: &[Entry<'_>]) -> Result<Vec<PathBuf>, ApplyError> {
         }
     }
     Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Folders provisioning creates are 0755 under the strictest umask (the service user
+    /// must reach the TLS material below them); a folder that exists keeps its mode.
+    #[test]
+    fn created_folders_are_reachable_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("etc");
+        fs::create_dir(&kept).unwrap();
+        fs::set_permissions(&kept, fs::Permissions::from_mode(0o750)).unwrap();
+        let deep = kept.join("duli").join("tls");
+        let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let made = create_folders(&deep);
+        nix::sys::stat::umask(before);
+        made.unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&kept), 0o750);
+        assert_eq!(mode(&kept.join("duli")), 0o755);
+        assert_eq!(mode(&deep), 0o755);
+        create_folders(&deep).unwrap();
+    }
 }
