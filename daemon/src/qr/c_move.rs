@@ -107,18 +107,38 @@ impl Tally {
         }
     }
 
-    /// The final response's identifier: Failed SOP Instance UID List, when any failed.
-    pub fn failed_identifier(&self, ts: &str) -> Option<Vec<u8>> {
+    /// The final response's identifier: Failed SOP Instance UID List, when any failed,
+    /// and how many of the failed UIDs it lists: as many as fit one value of explicit VR
+    /// (a 16-bit length, [`MAX_FAILED_LIST`] bytes) in every transfer syntax, the rest left
+    /// out (said in the Error Comment) rather than the whole list lost.
+    pub fn failed_identifier(&self, ts: &str) -> Option<(Vec<u8>, usize)> {
         if self.failed_uids.is_empty() {
             return None;
+        }
+        let mut listed = 0;
+        let mut bytes = 0usize;
+        for uid in &self.failed_uids {
+            let more = uid.len() + usize::from(listed > 0);
+            // Padded to an even length when sent.
+            if (bytes + more + 1) & !1 > MAX_FAILED_LIST {
+                break;
+            }
+            bytes += more;
+            listed += 1;
         }
         let mut obj = InMemDicomObject::new_empty();
         obj.put(DataElement::new(
             tags::FAILED_SOP_INSTANCE_UID_LIST,
             VR::UI,
-            PrimitiveValue::Strs(self.failed_uids.iter().cloned().collect()),
+            PrimitiveValue::Strs(self.failed_uids[..listed].iter().cloned().collect()),
         ));
-        identifier::encode_identifier(&obj, ts).ok()
+        match identifier::encode_identifier(&obj, ts) {
+            Ok(encoded) => Some((encoded, listed)),
+            Err(e) => {
+                log::error!("the Failed SOP Instance UID List cannot be encoded: {e}");
+                None
+            }
+        }
     }
 
     /// A summary for the log and the audit trail.
@@ -130,21 +150,38 @@ impl Tally {
     }
 }
 
+/// Most bytes of the Failed SOP Instance UID List: one value of a 16-bit length (explicit
+/// VR), even.
+pub const MAX_FAILED_LIST: usize = 65_534;
+
 /// Sends the final response of a C-MOVE or C-GET (with the failed list when any).
 pub async fn send_final(op: &Op, status: Status, tally: &Tally, comment: Option<&str>) -> bool {
-    let identifier = tally.failed_identifier(&op.transfer_syntax);
+    let failed = tally.failed_identifier(&op.transfer_syntax);
     let mut rsp = match op.rq.command_field {
         crate::dimse::CommandField::CGetRq => Command::get_rsp(&op.rq, status, tally.counts()),
         _ => Command::move_rsp(&op.rq, status, tally.counts()),
     };
-    rsp.has_data_set = identifier.is_some();
-    if let Some(c) = comment {
+    rsp.has_data_set = failed.is_some();
+    let cut = failed
+        .as_ref()
+        .filter(|(_, listed)| *listed < tally.failed_uids.len())
+        .map(|(_, listed)| {
+            format!(
+                "{listed} of {} failed SOP Instance UIDs listed",
+                tally.failed_uids.len()
+            )
+        });
+    if let Some(c) = comment.or(cut.as_deref()) {
         rsp = rsp.with_error_comment(c);
     }
     op.writer
         .lock()
         .await
-        .message(op.pc_id, &rsp, identifier.as_deref())
+        .message(
+            op.pc_id,
+            &rsp,
+            failed.as_ref().map(|(bytes, _)| bytes.as_slice()),
+        )
         .await
         .is_ok()
 }
@@ -494,6 +531,42 @@ pub async fn serve(op: Op) -> String {
 #[cfg(test)]
 mod skip_tests {
     use super::*;
+
+    /// A Failed SOP Instance UID List longer than one explicit-VR value holds is cut to
+    /// the UIDs that fit (it was dropped whole, the final response sent without it); a
+    /// short one is sent whole, in either VR encoding.
+    #[test]
+    fn the_failed_list_holds_what_fits_one_value() {
+        let mut tally = Tally::new(1200);
+        for i in 0..1200 {
+            tally.fail(&format!("1.2.826.0.1.3680043.8.498.{i:0>38}"));
+        }
+        for ts in [
+            crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        ] {
+            let (bytes, listed) = tally.failed_identifier(ts).expect("a list");
+            assert!(listed > 900 && listed < 1200, "{listed}");
+            let obj = identifier::decode_identifier(&bytes, ts).unwrap();
+            let uids = obj
+                .element(tags::FAILED_SOP_INSTANCE_UID_LIST)
+                .unwrap()
+                .to_multi_str()
+                .unwrap()
+                .len();
+            assert_eq!(uids, listed);
+        }
+        let mut few = Tally::new(3);
+        few.fail("1.2.3");
+        few.fail("1.2.4");
+        let (_, listed) = few
+            .failed_identifier(crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .unwrap();
+        assert_eq!(listed, 2);
+        assert!(Tally::new(1)
+            .failed_identifier(crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .is_none());
+    }
 
     /// A Parametric Map the peer did not negotiate is left out of the counts; any other
     /// class it did not negotiate is a failed sub-operation.
