@@ -738,6 +738,77 @@ fn a_sop_class_uid_with_a_line_break_is_refused_without_forging_a_log_line() {
     );
 }
 
+/// While a C-GET waits for its sub-operation's response, a request naming the C-GET's
+/// Message ID is a duplicate invocation (0210) and any other request is refused busy
+/// (A700), each at once: neither is taken for the C-GET's end, so the association goes on
+/// reading and the C-GET completes once its sub-operation is answered.
+#[test]
+fn a_request_reusing_the_running_message_id_is_a_duplicate_and_holds_nothing_up() {
+    let Some((path, sop_class, sop_instance, data)) = sample() else {
+        return;
+    };
+    let d = Daemon::start();
+    let mut modality = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
+    let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
+    assert_eq!(status(&modality.request(1, &rq, Some(&data)).unwrap()), 0);
+    modality.release().unwrap();
+    let study = dicom_object::open_file(&path)
+        .unwrap()
+        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
+    id.extend(element(0x0020, 0x000D, b"UI", &study, 0));
+    let mut getscu = open(
+        &d,
+        "GETSCU",
+        &[
+            ctx(1, uids::STUDY_ROOT_QR_GET),
+            ctx(3, &sop_class),
+            ctx(5, uids::STUDY_ROOT_QR_FIND),
+        ],
+        &[(&sop_class, false, true)],
+    );
+    let get = Command::get_rq(7, uids::STUDY_ROOT_QR_GET, Priority::Medium);
+    getscu.send(1, &get, Some(&id)).unwrap();
+    let store = getscu.command().unwrap();
+    assert_eq!(
+        store.affected_sop_instance_uid.as_deref(),
+        Some(&*sop_instance)
+    );
+    let asked = Instant::now();
+    let find =
+        |message_id| Command::find_rq(message_id, uids::STUDY_ROOT_QR_FIND, Priority::Medium);
+    let rsp = getscu
+        .request(5, &find(7), Some(&study_identifier()))
+        .unwrap();
+    assert_eq!(status(&rsp), 0x0210, "{rsp:?}");
+    let rsp = getscu
+        .request(5, &find(8), Some(&study_identifier()))
+        .unwrap();
+    assert_eq!(status(&rsp), 0xA700, "{rsp:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The sub-operation answered: the C-GET ends, with success.
+    getscu
+        .send(
+            3,
+            &Command::store_rsp(&store, duli::dimse::Status::SUCCESS),
+            None,
+        )
+        .unwrap();
+    let done = getscu.command().unwrap();
+    assert_eq!(done.message_id_being_responded_to, Some(7), "{done:?}");
+    assert_eq!(status(&done), 0x0000, "{done:?}");
+    getscu.release().unwrap();
+}
+
 /// A C-GET SCU that releases while the daemon waits for the response to a C-STORE
 /// sub-operation (instead of answering it) gets its A-RELEASE-RP at once: the operation
 /// ends with the release, not when the sub-operation's 120 s wait runs out.

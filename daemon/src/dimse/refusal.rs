@@ -27,6 +27,8 @@ pub enum Cause {
     Unrecognized,
     /// Another C-FIND, C-MOVE or C-GET is in progress on the association.
     Busy,
+    /// A request names the Message ID of the operation in progress (PS3.7 C.5.3 0210).
+    DuplicateInvocation,
     /// A C-STORE-RQ without Affected SOP Class or Instance UID.
     MissingUids,
     /// The data disk is below its reserve, or its free space cannot be read.
@@ -64,13 +66,14 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 22] = [
+    pub const ALL: [Cause; 23] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
         Cause::NotPermittedNoStatus,
         Cause::Unrecognized,
         Cause::Busy,
+        Cause::DuplicateInvocation,
         Cause::MissingUids,
         Cause::DiskReserve,
         Cause::Admission,
@@ -93,6 +96,7 @@ impl Cause {
     pub fn status(self) -> Status {
         match self {
             Cause::NotAgreed | Cause::Unrecognized => Status::UNRECOGNIZED_OPERATION,
+            Cause::DuplicateInvocation => Status::DUPLICATE_INVOCATION,
             Cause::SopClassMismatch | Cause::NotPermittedNoStatus | Cause::NotQueryRetrieve => {
                 Status::SOP_CLASS_NOT_SUPPORTED
             }
@@ -122,7 +126,7 @@ impl Cause {
             Cause::NotPermittedNoStatus => "C-ECHO, C-FIND",
             Cause::TooManyMatches => "C-FIND",
             Cause::TooManyInstances => "C-MOVE, C-GET",
-            Cause::Busy => "C-FIND, C-MOVE, C-GET",
+            Cause::Busy | Cause::DuplicateInvocation => "C-FIND, C-MOVE, C-GET",
             Cause::MissingUids
             | Cause::DiskReserve
             | Cause::Admission
@@ -154,6 +158,9 @@ impl Cause {
             }
             Cause::Unrecognized => "a request this association does not serve",
             Cause::Busy => "another operation is in progress on the association",
+            Cause::DuplicateInvocation => {
+                "the request names the Message ID of the operation in progress"
+            }
             Cause::MissingUids => "the command lacks Affected SOP Class or Instance UID",
             Cause::DiskReserve => {
                 "free disk below `[retention] disk_reserve_mb` when the C-STORE starts"

@@ -24,7 +24,6 @@ pub async fn serve(op: Op) -> String {
     let root = op.ctx.store.root().to_path_buf();
     let what = format!("C-GET by {}", op.accepted.calling_ae);
     let mut export = Export::new(op, tally, object, what);
-    let mut message_id: u16 = 0;
     for (at, inst) in instances.iter().enumerate() {
         let (op, tally) = (&mut export.op, &mut export.tally);
         // The instances after this one, failed together if the retrieve ends early.
@@ -56,7 +55,7 @@ pub async fn serve(op: Op) -> String {
                 continue;
             }
         };
-        message_id = message_id.wrapping_add(1).max(1);
+        let message_id = op.next_sub_operation_id();
         let rq = Command::store_rq(message_id, class, &inst.sop_instance_uid, Priority::Medium);
         if op
             .writer
@@ -74,7 +73,13 @@ pub async fn serve(op: Op) -> String {
         let rsp = loop {
             match tokio::time::timeout_at(deadline, op.store_rsps.recv()).await {
                 Ok(Some(r)) if r.command_field == CommandField::CStoreRsp => {
-                    if r.message_id_being_responded_to == Some(message_id) {
+                    // The response to this sub-operation: its Message ID, and the instance
+                    // when the response names one (it is optional in a C-STORE-RSP).
+                    let same_instance = r
+                        .affected_sop_instance_uid
+                        .as_deref()
+                        .is_none_or(|uid| uid.trim_end_matches('\0') == inst.sop_instance_uid);
+                    if r.message_id_being_responded_to == Some(message_id) && same_instance {
                         break Some(r);
                     }
                 }

@@ -96,6 +96,25 @@ pub struct Op {
     /// Set once the association has logged that the peer omits Specific Character Set
     /// (0008,0005) before non-ASCII values (the warning is given once per association).
     pub charset_warned: Arc<AtomicBool>,
+    /// The Message IDs of the C-STORE sub-operations this association's C-GETs send: one
+    /// sequence for the whole association, so that a late response to an earlier C-GET's
+    /// sub-operation is never taken for one of a later C-GET.
+    pub sub_operation_ids: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl Op {
+    /// The Message ID of the next C-STORE sub-operation (never 0).
+    pub fn next_sub_operation_id(&self) -> u16 {
+        loop {
+            let id = self
+                .sub_operation_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
 }
 
 impl Op {

@@ -184,6 +184,7 @@ struct Association<'a> {
     last_progress: tokio::time::Instant,
     refusals: u32,
     charset_warned: Arc<AtomicBool>,
+    sub_operation_ids: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl<'a> Association<'a> {
@@ -225,6 +226,7 @@ impl<'a> Association<'a> {
             last_progress: tokio::time::Instant::now(),
             refusals: 0,
             charset_warned: Arc::new(AtomicBool::new(false)),
+            sub_operation_ids: Arc::default(),
         }
     }
 
@@ -625,15 +627,30 @@ impl<'a> Association<'a> {
         }) {
             self.join_running(false).await;
         }
-        if self.running.is_some() {
+        if let Some(running) = &self.running {
             // One operation at a time (no asynchronous operations window is negotiated).
-            let busy = Refused::new(
-                Cause::Busy,
-                "another operation is in progress on this association",
-            );
-            return self
-                .send(pc_id, &busy.response(&rq), "connection lost")
-                .await;
+            let refused = if rq.message_id.is_some() && rq.message_id == running.message_id {
+                Refused::new(
+                    Cause::DuplicateInvocation,
+                    "the Message ID of the operation in progress",
+                )
+            } else {
+                Refused::new(
+                    Cause::Busy,
+                    "another operation is in progress on this association",
+                )
+            };
+            // Not the running operation's final answer, even when it names its Message ID.
+            return match self
+                .writer
+                .lock()
+                .await
+                .refusal(pc_id, &refused.response(&rq))
+                .await
+            {
+                Ok(()) => Next::Continue,
+                Err(_) => Next::Ended("connection lost".to_string()),
+            };
         }
         let cancel = Arc::new(crate::qr::Stop::default());
         let (store_rsp, store_rsps) = mpsc::channel(4);
@@ -658,6 +675,7 @@ impl<'a> Association<'a> {
             cancel: cancel.clone(),
             store_rsps,
             charset_warned: self.charset_warned.clone(),
+            sub_operation_ids: self.sub_operation_ids.clone(),
         };
         self.running = Some(Running {
             message_id: op.message_id,

@@ -187,7 +187,7 @@ impl Recorder {
         let flushed = self.store.flush().await;
         if committed.is_ok() {
             // The transaction holds the entries whether or not the flush went through
-            // (sled writes them out later): count them and wake their workers.
+            // (the index writes them out later): count them and wake their workers.
             for b in &batches {
                 b.outbox.committed(b.entries);
             }
@@ -426,7 +426,7 @@ impl Recorder {
             Ok(entries) => {
                 let flushed = self.store.flush_blocking();
                 // The transaction holds the entries whether or not the flush went through
-                // (sled writes them out later): count them and wake their workers.
+                // (the index writes them out later): count them and wake their workers.
                 d.outbox.committed(&entries);
                 flushed.map_err(|e| {
                     log::error!(

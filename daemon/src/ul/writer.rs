@@ -130,6 +130,19 @@ impl Writer {
 
     /// Sends a command set on a presentation context.
     pub async fn command(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
+        self.record_answer(cmd);
+        self.send_command(pc_id, cmd).await
+    }
+
+    /// Sends the refusal of a request that arrived while another operation runs: it is
+    /// not the running operation's final response, whatever Message ID it answers, so it
+    /// is not recorded as [`Writer::answered`].
+    pub async fn refusal(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
+        self.send_command(pc_id, cmd).await
+    }
+
+    /// Notes the Message ID a final C-FIND, C-MOVE or C-GET response answers.
+    fn record_answer(&mut self, cmd: &Command) {
         let final_qr = matches!(
             cmd.command_field,
             CommandField::CFindRsp | CommandField::CMoveRsp | CommandField::CGetRsp
@@ -140,6 +153,9 @@ impl Writer {
         if final_qr {
             self.answered = cmd.message_id_being_responded_to;
         }
+    }
+
+    async fn send_command(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
         let bytes = crate::dimse::encode(cmd);
         for pdv in
             crate::dimse::fragments(pc_id, PDataValueType::Command, &bytes, self.peer_max_pdu)
