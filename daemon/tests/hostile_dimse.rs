@@ -738,6 +738,31 @@ fn a_sop_class_uid_with_a_line_break_is_refused_without_forging_a_log_line() {
     );
 }
 
+/// Stores the sample (as MODALITY) and returns a STUDY-level identifier naming its study.
+fn stored_study_identifier(
+    d: &Daemon,
+    path: &std::path::Path,
+    sop_class: &str,
+    sop_instance: &str,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut modality = open(d, "MODALITY", &[ctx(1, sop_class)], &[]);
+    let rq = Command::store_rq(1, sop_class, sop_instance, Priority::Medium);
+    assert_eq!(status(&modality.request(1, &rq, Some(data)).unwrap()), 0);
+    modality.release().unwrap();
+    let study = dicom_object::open_file(path)
+        .unwrap()
+        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
+    id.extend(element(0x0020, 0x000D, b"UI", &study, 0));
+    id
+}
+
 /// While a C-GET waits for its sub-operation's response, a request naming the C-GET's
 /// Message ID is a duplicate invocation (0210) and any other request is refused busy
 /// (A700), each at once: neither is taken for the C-GET's end, so the association goes on
@@ -748,20 +773,7 @@ fn a_request_reusing_the_running_message_id_is_a_duplicate_and_holds_nothing_up(
         return;
     };
     let d = Daemon::start();
-    let mut modality = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
-    let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
-    assert_eq!(status(&modality.request(1, &rq, Some(&data)).unwrap()), 0);
-    modality.release().unwrap();
-    let study = dicom_object::open_file(&path)
-        .unwrap()
-        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string();
-    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
-    id.extend(element(0x0020, 0x000D, b"UI", &study, 0));
+    let id = stored_study_identifier(&d, &path, &sop_class, &sop_instance, &data);
     let mut getscu = open(
         &d,
         "GETSCU",
@@ -818,20 +830,7 @@ fn a_release_while_a_c_get_waits_for_a_store_response_is_answered_at_once() {
         return;
     };
     let d = Daemon::start();
-    let mut modality = open(&d, "MODALITY", &[ctx(1, &sop_class)], &[]);
-    let rq = Command::store_rq(1, &sop_class, &sop_instance, Priority::Medium);
-    assert_eq!(status(&modality.request(1, &rq, Some(&data)).unwrap()), 0);
-    modality.release().unwrap();
-    let study = dicom_object::open_file(&path)
-        .unwrap()
-        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string();
-    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
-    id.extend(element(0x0020, 0x000D, b"UI", &study, 0));
+    let id = stored_study_identifier(&d, &path, &sop_class, &sop_instance, &data);
     let mut getscu = open(
         &d,
         "GETSCU",
