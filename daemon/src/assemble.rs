@@ -6,11 +6,16 @@
 //! restart never loses a completion: at start-up, studies still `receiving` are re-armed
 //! from their last receive time, and `complete` ones are handed on again (`queued` and
 //! `inferring` ones are the inference stage's to resume).
+//!
+//! Hand-off never holds the tracker up: completed studies wait in a queue of their own
+//! until the inference stage has room, so a backlog of analysis (a bulk send of thousands
+//! of studies) never stops the tracker from taking the receivers' events, and so never
+//! delays a C-STORE's answer.
 
 use crate::model::StudyState;
 use crate::store::{Store, StoreError};
 use crate::supervise::Beat;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -52,7 +57,17 @@ pub struct StudyTracker {
     quiet: Duration,
     studies: HashMap<String, Pending>,
     out: mpsc::Sender<String>,
+    /// Completed studies waiting for room on `out`, oldest first (recorded `complete` in
+    /// the store, so a restart hands them on again).
+    handoff: VecDeque<String>,
     beat: Beat,
+}
+
+/// What woke the tracker's loop.
+enum Woken {
+    Event(Option<Event>),
+    Deadline,
+    Room(mpsc::OwnedPermit<String>),
 }
 
 impl StudyTracker {
@@ -63,6 +78,7 @@ impl StudyTracker {
             quiet,
             studies: HashMap::new(),
             out,
+            handoff: VecDeque::new(),
             beat: Beat::detached("assemble"),
         }
     }
@@ -99,9 +115,7 @@ impl StudyTracker {
                 }
                 StudyState::Complete => {
                     // Completed before the restart but not yet taken by inference.
-                    if self.out.send(s.study_instance_uid.clone()).await.is_err() {
-                        return;
-                    }
+                    self.handoff.push_back(s.study_instance_uid.clone());
                 }
                 // `queued` and `inferring` ones belong to the inference stage, which resumes
                 // them itself when its engine loads: handing them on here as well would
@@ -142,15 +156,32 @@ impl StudyTracker {
                     None => std::future::pending().await,
                 }
             };
-            let received = self
+            let waiting = !self.handoff.is_empty();
+            let room = self.out.clone().reserve_owned();
+            let woken = self
                 .beat
                 .during(async {
                     tokio::select! {
-                        ev = events.recv() => Some(ev),
-                        _ = sleep => None,
+                        ev = events.recv() => Woken::Event(ev),
+                        _ = sleep => Woken::Deadline,
+                        permit = room, if waiting => match permit {
+                            Ok(p) => Woken::Room(p),
+                            // The inference stage is gone (shutdown).
+                            Err(_) => Woken::Event(None),
+                        },
                     }
                 })
                 .await;
+            let received = match woken {
+                Woken::Event(ev) => Some(ev),
+                Woken::Deadline => None,
+                Woken::Room(permit) => {
+                    if let Some(uid) = self.handoff.pop_front() {
+                        permit.send(uid);
+                    }
+                    continue;
+                }
+            };
             match received {
                 Some(Some(Event::Stored { assoc, study })) => {
                     let p = self.studies.entry(study).or_default();
@@ -189,14 +220,13 @@ impl StudyTracker {
             );
             match updated {
                 Ok(s) => {
+                    // Handed on even when the flush fails: the state change stands in the
+                    // index (written out later), and a crash before would re-arm it.
                     if let Err(e) = self.store.flush().await {
-                        log::error!("assembly: cannot record completion of {uid}: {e}");
-                        continue;
+                        log::error!("assembly: completion of {uid} not yet durable: {e}");
                     }
                     log::info!("study {uid} complete ({} instances)", s.instances);
-                    if self.beat.during(self.out.send(uid)).await.is_err() {
-                        return;
-                    }
+                    self.handoff.push_back(uid);
                 }
                 // Already taken further (queued, analysed) or gone: nothing to hand on.
                 Err(StoreError::Transition { .. } | StoreError::UnknownStudy(_)) => {}
@@ -225,6 +255,62 @@ mod tests {
             .commit_instance(&inst, &StudyRecord::default())
             .unwrap();
         (dir, store)
+    }
+
+    /// A backlog of analysis (the stage after assembly not taking studies) never stops
+    /// the tracker from taking the receivers' events: thousands of events go through a
+    /// small channel while nothing reads the completed studies, which then come out in
+    /// order once the next stage reads again.
+    #[tokio::test]
+    async fn a_backlog_downstream_never_holds_up_the_receivers() {
+        let (_dir, store) = store_with("9.0", "9.0.1", crate::clock::now_secs() + 60);
+        let (tx, mut rx) = mpsc::channel(1);
+        let (etx, erx) = mpsc::channel(4);
+        let tracker = StudyTracker::new(store.clone(), Duration::from_millis(1), tx);
+        let task = tokio::spawn(tracker.run(erx));
+        // The study of the previous run, re-armed at start-up: the tracker is running.
+        assert_eq!(rx.recv().await.as_deref(), Some("9.0"));
+        let studies: Vec<String> = (0..300).map(|i| format!("9.{}", i + 1)).collect();
+        let sent = tokio::time::timeout(Duration::from_secs(20), async {
+            for (i, study) in studies.iter().enumerate() {
+                let inst = InstanceRecord {
+                    sop_instance_uid: format!("{study}.1"),
+                    study_instance_uid: study.clone(),
+                    received_at: 1,
+                    ..Default::default()
+                };
+                store
+                    .commit_instance(&inst, &StudyRecord::default())
+                    .unwrap();
+                let assoc = i as u64 + 10;
+                etx.send(Event::Stored {
+                    assoc,
+                    study: study.clone(),
+                })
+                .await
+                .unwrap();
+                etx.send(Event::AssociationEnded { assoc }).await.unwrap();
+                // Some time for quiet periods to end while nothing reads the output.
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .await;
+        assert!(sent.is_ok(), "the receivers' events were held up");
+        let mut expected = studies.clone();
+        let mut out = Vec::new();
+        while out.len() < expected.len() {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(uid)) => out.push(uid),
+                _ => break,
+            }
+        }
+        expected.sort();
+        out.sort();
+        assert_eq!(out, expected);
+        drop(etx);
+        task.await.unwrap();
     }
 
     #[tokio::test]
