@@ -149,9 +149,17 @@ pub fn load(
     }
     let path = root.join(&inst.path);
     if ts == inst.transfer_syntax {
-        return scu::prepare(&path)
-            .map(Payload::Stored)
-            .map_err(|e| PayloadError::File(e.to_string()));
+        let prepared = scu::prepare(&path).map_err(|e| PayloadError::File(e.to_string()))?;
+        // The file is read as it is now: one sent again since the retrieve read the index
+        // (in another syntax, or another instance placed at the path) is not sent as the
+        // bytes of the syntax agreed for this one.
+        if prepared.transfer_syntax != ts || prepared.sop_instance != inst.sop_instance_uid {
+            return Err(PayloadError::File(format!(
+                "{} changed since the retrieve began (now {} in {}); retrieve it again",
+                inst.sop_instance_uid, prepared.sop_instance, prepared.transfer_syntax
+            )));
+        }
+        return Ok(Payload::Stored(prepared));
     }
     let err = |reason: String| PayloadError::Transcode {
         from: inst.transfer_syntax.clone(),
@@ -260,4 +268,55 @@ pub async fn load_async(
         load(&root, &inst, &ts, limits)
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset_guard::fixtures::{part10_with_meta, short};
+
+    /// A file sent as stored must still be what the index said when the retrieve chose
+    /// its syntax: one sent again meanwhile in another syntax (or another instance at the
+    /// path) is refused for this sub-operation, never sent under the agreed syntax.
+    #[test]
+    fn a_file_changed_since_the_index_was_read_is_not_sent_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let dx = "1.2.840.10008.5.1.4.1.1.1.1";
+        let body = short(0x0010, 0x0020, b"LO", b"P1");
+        let file = part10_with_meta(dx, "1.2.3.4", uids::EXPLICIT_VR_LITTLE_ENDIAN, &body);
+        std::fs::write(dir.path().join("x.dcm"), file).unwrap();
+        let limits = Limits {
+            max_pixels: 1,
+            disk_reserve: 0,
+        };
+        let inst = |sop: &str, ts: &str| InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: dx.into(),
+            transfer_syntax: ts.into(),
+            path: "x.dcm".into(),
+            ..Default::default()
+        };
+        let ok = load(
+            dir.path(),
+            &inst("1.2.3.4", uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            limits,
+        );
+        assert!(matches!(ok, Ok(Payload::Stored(_))), "{ok:?}");
+        let jpeg_ls = "1.2.840.10008.1.2.4.80";
+        for (what, record) in [
+            ("another syntax", inst("1.2.3.4", jpeg_ls)),
+            (
+                "another instance",
+                inst("1.2.3.5", uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            ),
+        ] {
+            let ts = record.transfer_syntax.clone();
+            let err = load(dir.path(), &record, &ts, limits).unwrap_err();
+            assert!(
+                err.to_string().contains("changed since the retrieve began"),
+                "{what}: {err}"
+            );
+        }
+    }
 }
