@@ -205,6 +205,11 @@ impl Store {
         let target = files::FileArea::relative_path(study_uid, sop_uid)
             .to_string_lossy()
             .into_owned();
+        // An object of this box's is in the ledger before its file is placed: a reindex
+        // that finds the file then knows it as ours, whatever stopped the commit.
+        if generated {
+            self.note_generated(sop)?;
+        }
         let moving = previous.as_ref().filter(|p| p.path != target);
         if let Some(p) = moving {
             self.note_move(sop, &p.path, &target)?;
@@ -223,9 +228,6 @@ impl Store {
                 return Err(io_err("place the file")(e));
             }
         };
-        if generated {
-            self.note_generated(sop)?;
-        }
         let mut rec = header.instance.clone();
         rec.file_id = file_id;
         rec.path = rel.to_string_lossy().to_string();
