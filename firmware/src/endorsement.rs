@@ -303,7 +303,7 @@ impl TrustAnchors {
         paths.sort();
         let mut accepted = Vec::new();
         for path in paths {
-            let result = fs::read(&path)
+            let result = read_bounded(&path)
                 .map_err(|source| EndorsementError::Io {
                     path: path.clone(),
                     source,
@@ -317,6 +317,33 @@ impl TrustAnchors {
         }
         Ok(accepted)
     }
+}
+
+/// Largest endorsement file read: they are a few hundred bytes.
+pub const MAX_ENDORSEMENT_BYTES: u64 = 64 << 10;
+
+/// Reads one endorsement file as provisioning's withdrawal reads it: not through a link,
+/// a regular file, at most [`MAX_ENDORSEMENT_BYTES`]. An endorsement either way would be
+/// trusted here yet missed by a withdrawal.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_ENDORSEMENT_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_ENDORSEMENT_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_ENDORSEMENT_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -439,6 +466,22 @@ mod tests {
         )
         .unwrap();
         fs::write(dir.path().join("junk.endorsement.json"), "{").unwrap();
+        // Valid endorsements that provisioning's withdrawal would not read are not
+        // trusted either: one through a link, one over the size bound.
+        let linked = key();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("linked.json");
+        fs::write(
+            &target,
+            Endorsement::create(&root, &linked.public_key(), "linked").to_json(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("linked.endorsement.json")).unwrap();
+        let padded = key();
+        let mut big = Endorsement::create(&root, &padded.public_key(), "padded").to_json();
+        big.push_str(&" ".repeat(MAX_ENDORSEMENT_BYTES as usize));
+        assert!(Endorsement::from_json(big.as_bytes()).is_ok());
+        fs::write(dir.path().join("padded.endorsement.json"), big).unwrap();
         let mut anchors = TrustAnchors::from_roots(vec![root.public_key()]);
         let accepted = anchors.load_endorsements(dir.path()).unwrap();
         assert_eq!(accepted, vec![good.public_key().id()]);
