@@ -363,9 +363,41 @@ pub fn skippable(inst: &InstanceRecord, offered: &[String]) -> bool {
     offered.is_empty() && inst.sop_class_uid == crate::results::parametric_map::PARAMETRIC_MAP
 }
 
+/// Most presentation contexts one association may propose (odd context IDs 1–255).
+pub const MAX_CONTEXTS: usize = 128;
+
 /// The presentation contexts to propose for `instances`: each SOP class with its stored
-/// syntax, plus one with the uncompressed fallbacks for classes stored otherwise.
+/// syntax, plus one with the uncompressed fallbacks for classes stored otherwise. When
+/// that makes more than [`MAX_CONTEXTS`] (a study of many classes stored in many
+/// syntaxes), one context per class offers all of its syntaxes and the fallbacks, the
+/// destination choosing one; classes beyond [`MAX_CONTEXTS`] get none (their instances
+/// fail) rather than the whole retrieve.
 pub fn contexts_for(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> {
+    let out = one_per_syntax(instances);
+    if out.len() <= MAX_CONTEXTS {
+        return out;
+    }
+    let mut per_class: Vec<(String, Vec<String>)> = Vec::new();
+    for (class, syntaxes) in out {
+        if let Some((_, all)) = per_class.iter_mut().find(|(c, _)| *c == class) {
+            for ts in syntaxes {
+                if !all.contains(&ts) {
+                    all.push(ts);
+                }
+            }
+        } else if per_class.len() < MAX_CONTEXTS {
+            per_class.push((class, syntaxes));
+        }
+    }
+    for (_, all) in per_class.iter_mut() {
+        // The uncompressed fallbacks last: the stored syntaxes are preferred.
+        all.sort_by_key(|ts| FALLBACK_SYNTAXES.contains(&ts.as_str()));
+    }
+    per_class
+}
+
+/// One context per SOP class and stored syntax, and one with the fallbacks.
+fn one_per_syntax(instances: &[InstanceRecord]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for i in instances {
         let stored = (i.sop_class_uid.clone(), vec![i.transfer_syntax.clone()]);
@@ -531,6 +563,39 @@ pub async fn serve(op: Op) -> String {
 #[cfg(test)]
 mod skip_tests {
     use super::*;
+
+    /// A study of many classes stored in many syntaxes is proposed in at most 128
+    /// contexts: one per class with each of its syntaxes (stored first, the fallbacks
+    /// last), so a retrieve of it is not refused whole by its own association request.
+    #[test]
+    fn many_classes_and_syntaxes_fit_one_association() {
+        let syntaxes: Vec<String> = (0..13)
+            .map(|t| format!("1.2.840.10008.1.2.4.{}", 50 + t))
+            .collect();
+        let mut instances = Vec::new();
+        for c in 0..13 {
+            for ts in &syntaxes {
+                instances.push(InstanceRecord {
+                    sop_instance_uid: format!("9.{c}.{}", instances.len()),
+                    sop_class_uid: format!("1.2.840.10008.5.1.4.1.1.{c}"),
+                    transfer_syntax: ts.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        assert!(one_per_syntax(&instances).len() > MAX_CONTEXTS);
+        let proposed = contexts_for(&instances);
+        assert_eq!(proposed.len(), 13);
+        for (_, offered) in &proposed {
+            assert_eq!(offered.len(), 13 + FALLBACK_SYNTAXES.len());
+            assert_eq!(&offered[..13], &syntaxes[..]);
+            assert!(FALLBACK_SYNTAXES
+                .iter()
+                .all(|f| offered[13..].contains(&f.to_string())));
+        }
+        // A few classes stay one context per syntax, as before.
+        assert_eq!(contexts_for(&instances[..2]).len(), 3);
+    }
 
     /// A Failed SOP Instance UID List longer than one explicit-VR value holds is cut to
     /// the UIDs that fit (it was dropped whole, the final response sent without it); a
