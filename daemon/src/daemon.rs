@@ -157,7 +157,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     .await?;
 
     start_retention(config, &store, &audit, &mut shutdown);
-    start_control(config, &store, &audit, &delivery, &mut shutdown)?;
+    start_control(
+        config,
+        &store,
+        &audit,
+        &delivery,
+        &model_status,
+        &mut shutdown,
+    )?;
     // The tracker ends when the SCP (holder of its event sender) is gone.
     let tracker = assembly.tracker;
     shutdown.on_stop(async move {
@@ -390,6 +397,7 @@ fn start_control(
     store: &Arc<Store>,
     audit: &Arc<crate::audit::Audit>,
     delivery: &crate::deliver::service::Delivery,
+    model: &crate::infer::ModelStatus,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     let data_dir = config.device.data_dir.clone();
@@ -397,14 +405,16 @@ fn start_control(
         .with_context(|| format!("cannot create the control socket in {}", data_dir.display()))?;
     let task = {
         let (store, audit, outbox) = (store.clone(), audit.clone(), delivery.outbox.clone());
+        let model = model.clone();
         let (dir, mut first) = (data_dir.clone(), Some(listener));
         shutdown.supervise("control", Backoff::default(), move |beat| {
             // a restart binds the socket again
             let listener = first.take().map_or_else(|| control::bind(&dir), Ok);
             let (store, audit, outbox) = (store.clone(), audit.clone(), outbox.clone());
+            let model = model.clone();
             async move {
                 let listener = listener.map_err(IncarnationError::of("control socket"))?;
-                beat.pulse(control::serve(store, audit, outbox, listener))
+                beat.pulse(control::serve(store, audit, outbox, model, listener))
                     .await;
                 Ok::<(), IncarnationError>(())
             }

@@ -1,7 +1,8 @@
 //! The post-update health check behind `duli firmware mark-good --health-check`: the daemon
-//! is up and answers on its control socket, its store is readable, and the model is
-//! present and intact when one is provisioned. A trial boot is committed only when every
-//! check passes.
+//! is up and answers on its control socket, its store is readable, and, when a model is
+//! provisioned, the model's files are intact and the daemon has it in service (loaded by
+//! the new release's inference stage, not only present from the previous boot). A trial
+//! boot is committed only when every check passes.
 
 use crate::config::Config;
 use crate::control::protocol::StoreStatus;
@@ -98,7 +99,8 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
                 ok: true,
                 detail: "answers on its control socket".into(),
             });
-            report.checks.push(match resp.into_answer::<StoreStatus>() {
+            let status = resp.into_answer::<StoreStatus>();
+            report.checks.push(match &status {
                 Ok(status) => Check {
                     name: "store",
                     ok: true,
@@ -110,10 +112,55 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
                     detail: format!("not readable: {e}"),
                 },
             });
+            let provisioned = cfg.inference.model_pack.is_some() || cfg.inference.model.exists();
+            if provisioned {
+                let first = status.ok().and_then(|s| s.model);
+                report
+                    .checks
+                    .push(in_service(data_dir, first, deadline).await);
+            }
         }
     }
     report.checks.push(model_check(&cfg.inference.model));
     report
+}
+
+/// The check that the running daemon has its model in service: waits (until `deadline`)
+/// while the daemon says it is still `starting`, from its first answer `first`.
+async fn in_service(data_dir: &Path, first: Option<String>, deadline: Instant) -> Check {
+    let name = "loaded";
+    let mut state = first;
+    while state.as_deref() == Some("starting") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let asked = tokio::time::timeout(
+            left.min(Duration::from_secs(10)),
+            control::ask_daemon(data_dir, &Request::Status),
+        )
+        .await;
+        if let Ok(Ok(Some(resp))) = asked {
+            if let Ok(s) = resp.into_answer::<StoreStatus>() {
+                state = s.model;
+            }
+        }
+    }
+    match state.as_deref() {
+        Some("ready") => Check {
+            name,
+            ok: true,
+            detail: "the daemon has the model in service".into(),
+        },
+        Some(other) => Check {
+            name,
+            ok: false,
+            detail: format!("the daemon's model is not in service: {other}"),
+        },
+        None => Check {
+            name,
+            ok: false,
+            detail: "the daemon does not say whether its model is in service".into(),
+        },
+    }
 }
 
 /// Largest manifest the check reads.

@@ -55,6 +55,11 @@ impl Bench {
             ("DULI_FIRMWARE__ENDORSED_KEYS".into(), p("endorsed")),
             ("DULI_FIRMWARE__STAGED_BUNDLE".into(), p("data/staged.duli")),
             ("DULI_FIRMWARE__MODEL_PACKS".into(), p("data/models")),
+            // As the daemons these tests start have it: no model provisioned.
+            (
+                "DULI_INFERENCE__MODEL".into(),
+                "/nonexistent/inference-off-in-this-test/model.toml".into(),
+            ),
             (
                 "DULI_FIRMWARE__MODEL_PACK_VERSIONS".into(),
                 p("etc/firmware-state/model-packs.json"),
@@ -1026,7 +1031,7 @@ fn an_installed_model_pack_runs_and_an_altered_one_does_not() {
         )
         .env("DULI_INFERENCE__MODEL_PACK", "model");
     for (k, v) in b.env() {
-        if k != "DULI_DEVICE__DATA_DIR" {
+        if k != "DULI_DEVICE__DATA_DIR" && k != "DULI_INFERENCE__MODEL" {
             builder = builder.env(&k, &v);
         }
     }

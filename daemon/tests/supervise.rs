@@ -387,3 +387,38 @@ fn a_study_whose_association_died_with_its_stage_is_not_left_receiving() {
     );
     drop(peer);
 }
+
+/// The post-update health check asks the running daemon whether its model is in service:
+/// with intact model files but a runtime the new release cannot load, it fails ("loaded"),
+/// where checking the files alone passed; with the runtime it passes.
+#[test]
+fn the_health_check_fails_while_the_daemon_cannot_put_its_model_in_service() {
+    if !common::inference::inference_available() {
+        return;
+    }
+    let model = repo_root().join("models/pneumonia-xception/model.toml");
+    let check = |d: &Daemon| {
+        let mut cfg = duli::config::Config::default();
+        cfg.device.data_dir = d.data_dir().to_path_buf();
+        cfg.inference.model = model.clone();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(duli::health::check(&cfg, Duration::from_secs(60)))
+    };
+    let broken = Daemon::builder()
+        .with_inference()
+        .config("inference", "openvino_lib", "/nonexistent/libopenvino_c.so")
+        .start();
+    let report = check(&broken);
+    assert!(!report.passed(), "{report}");
+    let loaded = report.checks.iter().find(|c| c.name == "loaded").unwrap();
+    assert!(
+        !loaded.ok && loaded.detail.contains("waiting for model"),
+        "{report}"
+    );
+    let files = report.checks.iter().find(|c| c.name == "model").unwrap();
+    assert!(files.ok, "the model's files are intact: {report}");
+    drop(broken);
+    let working = Daemon::builder().with_inference().start();
+    let report = check(&working);
+    assert!(report.passed(), "{report}");
+}

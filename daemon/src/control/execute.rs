@@ -114,6 +114,7 @@ pub fn answer(
                 .map(|(s, n)| (s.as_str().to_string(), n))
                 .collect(),
             audit_forward: crate::audit_forward::status_of(audit),
+            model: None,
         }),
         Request::Studies => Answer::Studies(store.studies()?),
         Request::AuditVerify => Answer::AuditVerified(audit.verify()?.into()),

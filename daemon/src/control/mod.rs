@@ -75,6 +75,7 @@ pub async fn serve(
     store: Arc<Store>,
     audit: Arc<Audit>,
     outbox: Arc<Outbox>,
+    model: crate::infer::ModelStatus,
     listener: UnixListener,
 ) {
     let my_uid = nix::unistd::getuid().as_raw();
@@ -113,8 +114,9 @@ pub async fn serve(
         let store = store.clone();
         let audit = audit.clone();
         let outbox = outbox.clone();
+        let model = model.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(store, audit, outbox, stream).await {
+            if let Err(e) = handle(store, audit, outbox, model, stream).await {
                 log::warn!("control socket: {e}");
             }
             drop(slot);
@@ -152,17 +154,27 @@ async fn handle(
     store: Arc<Store>,
     audit: Arc<Audit>,
     outbox: Arc<Outbox>,
+    model: crate::infer::ModelStatus,
     stream: UnixStream,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let resp = match read_request(r).await {
         Ok(req) => {
             log::info!("control: {}", describe(&req));
-            tokio::task::spawn_blocking(move || execute(&store, &audit, Some(&outbox), &req))
-                .await
-                .unwrap_or_else(|e| Response::Error {
-                    message: format!("command failed: {e}"),
-                })
+            let mut resp =
+                tokio::task::spawn_blocking(move || execute(&store, &audit, Some(&outbox), &req))
+                    .await
+                    .unwrap_or_else(|e| Response::Error {
+                        message: format!("command failed: {e}"),
+                    });
+            // Only the running daemon knows its model's state.
+            if let Response::Ok {
+                data: crate::control::protocol::Answer::Status(status),
+            } = &mut resp
+            {
+                status.model = Some(model.get().describe());
+            }
+            resp
         }
         Err(e) => {
             log::warn!("control socket: {e}");

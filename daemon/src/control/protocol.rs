@@ -202,6 +202,10 @@ pub struct StoreStatus {
     /// absent when it is off, or when the store was read without a running daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_forward: Option<crate::audit_forward::status::ForwardStatus>,
+    /// The inference stage's model, as the running daemon has it: `ready`, `starting` or
+    /// `waiting for model: <why>`; absent when the store was read without a running daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// Answer of [`Request::OutboxList`]: the entries as the table `duli outbox list` prints.
