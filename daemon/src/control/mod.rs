@@ -243,7 +243,13 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let outbox = Arc::new(store.outbox(Default::default()).unwrap());
-        let task = tokio::spawn(serve(store.clone(), audit.clone(), outbox, listener));
+        let task = tokio::spawn(serve(
+            store.clone(),
+            audit.clone(),
+            outbox,
+            crate::infer::ModelStatus::default(),
+            listener,
+        ));
         // The store is held by this process: only the socket path can answer.
         let resp = run_request(dir.path(), Request::Status).await.unwrap();
         match resp {
@@ -293,7 +299,13 @@ mod tests {
         let audit = Arc::new(Audit::open(&store).unwrap());
         let listener = bind(dir.path()).unwrap();
         let outbox = Arc::new(store.outbox(Default::default()).unwrap());
-        let task = tokio::spawn(serve(store, audit, outbox, listener));
+        let task = tokio::spawn(serve(
+            store,
+            audit,
+            outbox,
+            crate::infer::ModelStatus::default(),
+            listener,
+        ));
         let path = socket_path(dir.path());
         let second = std::time::Duration::from_secs(1);
 
