@@ -362,10 +362,16 @@ fn try_event_stream(d: &Daemon, cookie: &str) -> Result<BufReader<impl io::Read>
     if !line.contains(" 200 ") {
         return Err(line.trim().to_string());
     }
+    // The stream names studies: no cache may keep it.
+    let mut cache_control = None;
     loop {
         line.clear();
         assert!(r.read_line(&mut line).unwrap() > 0, "stream ended early");
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("cache-control:") {
+            cache_control = Some(v.trim().to_string());
+        }
         if line.contains("event:ready") || line.contains("event: ready") {
+            assert_eq!(cache_control.as_deref(), Some("no-store"));
             return Ok(r);
         }
     }

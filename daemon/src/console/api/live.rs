@@ -84,10 +84,17 @@ pub(super) fn event_stream(
         }
     });
     let stream = first.chain(rest);
-    Ok(warp::sse::reply(
+    let mut r = warp::sse::reply(
         warp::sse::keep_alive()
             .interval(STREAM_KEEP_ALIVE)
             .stream(stream),
     )
-    .into_response())
+    .into_response();
+    // The stream names studies: kept by no cache, like every answer of the console (the
+    // event-stream reply says only `no-cache`).
+    r.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
 }
