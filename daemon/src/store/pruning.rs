@@ -166,15 +166,17 @@ impl Store {
         // Set before any mark, cleared once the claim's files are gone: a start-up after a
         // crash in between looks for leftovers, every other start does not.
         self.meta.insert(PRUNING_MARK, &[1u8])?;
-        let result = (&self.instances, &self.studies).transaction(|(instances, studies)| {
+        let pending_tree = self.tree(super::results::PENDING_HEATMAPS_TREE)?;
+        let trees = (&self.instances, &self.studies, &pending_tree);
+        let result = trees.transaction(|(instances, studies, pending)| {
             let mut claimed = Vec::new();
             let study = match studies.get(study_uid.as_bytes())? {
                 Some(v) => serde_json::from_slice::<StudyRecord>(&v).ok(),
                 None => None,
             };
-            if !study.is_some_and(|s| rule.admits_study(s.state)) {
+            let Some(study) = study.filter(|s| rule.admits_study(s.state)) else {
                 return Ok(claimed);
-            }
+            };
             for cand in candidates {
                 let key = cand.sop_instance_uid.as_bytes();
                 let Some(current) = instances.get(key)? else {
@@ -186,9 +188,19 @@ impl Store {
                 let unchanged = current.study_instance_uid == study_uid
                     && current.path == cand.path
                     && current.received_at == cand.received_at;
+                // An image whose heatmap is still to be made keeps its pixels: the heatmap
+                // and the result objects made from it are made from them.
+                let heatmap_pending = pending
+                    .get(super::results::pending_key(
+                        study_uid,
+                        study.result_version,
+                        &current.sop_instance_uid,
+                    ))?
+                    .is_some();
                 if !unchanged
                     || !rule.admits_instance(&current)
                     || keep.contains(&current.sop_instance_uid)
+                    || heatmap_pending
                 {
                     continue;
                 }
@@ -384,6 +396,37 @@ pub(crate) mod tests {
             std::fs::read(dir.path().join(&rec.path)).unwrap(),
             [2u8; 100]
         );
+    }
+
+    /// An image of a finished study whose heatmap is still to be made keeps its pixels
+    /// (the heatmap and the objects made from it read them); once the heatmap is settled
+    /// it may be pruned.
+    #[test]
+    fn an_image_whose_heatmap_is_pending_is_not_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image = receive(&store, "5.7", "5.7.1", 1);
+        store.force_state("5.7", StudyState::Done);
+        store.update_study("5.7", |s| s.result_version = 2).unwrap();
+        let mark = super::super::results::pending_key("5.7", 2, "5.7.1");
+        let pending = store
+            .tree(super::super::results::PENDING_HEATMAPS_TREE)
+            .unwrap();
+        pending.insert(&mark, &[1u8]).unwrap();
+        let claim = || {
+            store
+                .claim_for_pruning(
+                    "5.7",
+                    std::slice::from_ref(&image),
+                    PruneRule::StudyFinished,
+                    &HashSet::new(),
+                )
+                .unwrap()
+        };
+        assert!(claim().is_empty());
+        assert!(!store.instance("5.7.1").unwrap().unwrap().pruned);
+        pending.remove(&mark).unwrap();
+        assert_eq!(claim().len(), 1);
     }
 
     /// A copy placed while its old copy is claimed, and not yet committed, is not removed:

@@ -158,7 +158,8 @@ fn pending_heatmap_marks(study_uid: &str, version: u32, sops: &[&str]) -> Vec<Ex
         .collect()
 }
 
-fn pending_key(study_uid: &str, version: u32, sop: &str) -> Vec<u8> {
+/// Key of the mark of a heatmap still to make in [`PENDING_HEATMAPS_TREE`].
+pub(super) fn pending_key(study_uid: &str, version: u32, sop: &str) -> Vec<u8> {
     let mut k = result_key(study_uid, version);
     k.push(0);
     k.extend_from_slice(sop.as_bytes());
