@@ -4,6 +4,7 @@
 //! every analysed image still gets its heatmap, and through it its Secondary Capture.
 
 use super::analyse::{prepare_file, Preparation};
+use super::engine::ModelIdentity;
 use super::heatmap::{HeatmapJob, HeatmapWorker};
 use super::manifest::Manifest;
 use super::record;
@@ -18,6 +19,7 @@ use crate::store::{Store, StoreError};
 pub fn resume_heatmaps(
     recorder: &Recorder,
     manifest: &Manifest,
+    model: &ModelIdentity,
     max_pixels: u64,
     worker: &HeatmapWorker,
 ) -> usize {
@@ -31,15 +33,18 @@ pub fn resume_heatmaps(
     };
     let mut jobs = Vec::new();
     for (uid, version, sop) in marks {
+        let mut made_by_another = false;
         let code = match record::result(store, &uid, version) {
-            Ok(Some(r)) => r
-                .images
-                .into_iter()
-                .find(|i| i.sop_instance_uid == sop)
-                .and_then(|i| match i.heatmap {
-                    HeatmapState::Pending { code } => Some(code),
-                    _ => None,
-                }),
+            Ok(Some(r)) => {
+                made_by_another = !same_model(&r.model, model);
+                r.images
+                    .into_iter()
+                    .find(|i| i.sop_instance_uid == sop)
+                    .and_then(|i| match i.heatmap {
+                        HeatmapState::Pending { code } => Some(code),
+                        _ => None,
+                    })
+            }
             _ => None,
         };
         let Some(code) = code else {
@@ -49,7 +54,14 @@ pub fn resume_heatmaps(
             }
             continue;
         };
-        match job_for(store, manifest, max_pixels, &uid, version, &sop, &code) {
+        // A heatmap explains the network that made the result: another one (a model or
+        // precision changed since) would explain something else.
+        let job = if made_by_another {
+            Err(NoJob::ModelChanged)
+        } else {
+            job_for(store, manifest, max_pixels, &uid, version, &sop, &code)
+        };
+        match job {
             Ok(job) => jobs.push(job),
             Err(why) => {
                 let skipped = HeatmapState::Skipped {
@@ -78,6 +90,9 @@ enum NoJob {
     /// The index failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The result was made by another network than the one loaded now.
+    #[error("the model changed since the result was made")]
+    ModelChanged,
     /// The image is gone from the store.
     #[error("the image is no longer in the store")]
     Gone,
@@ -87,6 +102,14 @@ enum NoJob {
     /// The image cannot be prepared for the model.
     #[error("{0}")]
     Preparation(String),
+}
+
+/// Whether the result's `made_by` is the network `loaded` runs: the same network and
+/// weights (when the result recorded them) at the same precision.
+fn same_model(made_by: &crate::result::ModelInfo, loaded: &ModelIdentity) -> bool {
+    made_by.sha256 == loaded.sha256
+        && (made_by.weights_sha256.is_empty() || made_by.weights_sha256 == loaded.weights_sha256)
+        && made_by.precision == loaded.precision.to_string()
 }
 
 /// The job of image `sop`'s pending heatmap for finding `code`, or why it cannot be made.
@@ -119,5 +142,43 @@ fn job_for(
         Preparation::NotApplicable { reason, .. } | Preparation::Error { reason, .. } => {
             Err(NoJob::Preparation(reason))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::precision::Precision;
+
+    /// A pending heatmap is made again only by the network that made its result: another
+    /// network, other weights or another precision would explain another result.
+    #[test]
+    fn a_heatmap_is_resumed_only_by_the_network_that_made_the_result() {
+        let loaded = ModelIdentity {
+            name: "m".into(),
+            version: "2".into(),
+            sha256: "aa".into(),
+            backend: "b".into(),
+            precision: Precision::F32,
+            network_sha256: "aa".into(),
+            weights_sha256: "ww".into(),
+            cpu_feature: "any".into(),
+        };
+        let made_by = |sha: &str, weights: &str, precision: &str| crate::result::ModelInfo {
+            name: "m".into(),
+            version: "1".into(),
+            sha256: sha.into(),
+            weights_sha256: weights.into(),
+            precision: precision.into(),
+            coding_scheme: "99X".into(),
+        };
+        assert!(same_model(&made_by("aa", "ww", "f32"), &loaded));
+        assert!(
+            same_model(&made_by("aa", "", "f32"), &loaded),
+            "weights not recorded"
+        );
+        assert!(!same_model(&made_by("bb", "ww", "f32"), &loaded));
+        assert!(!same_model(&made_by("aa", "vv", "f32"), &loaded));
+        assert!(!same_model(&made_by("aa", "ww", "int8"), &loaded));
     }
 }

@@ -252,7 +252,13 @@ async fn load_engine(
             if let Some(worker) = &heatmaps {
                 let (recorder, e, worker) = (Arc::clone(recorder), Arc::clone(&e), worker.clone());
                 tokio::task::spawn_blocking(move || {
-                    resume_heatmaps(&recorder, e.manifest(), e.max_pixels(), &worker)
+                    resume_heatmaps(
+                        &recorder,
+                        e.manifest(),
+                        e.identity(),
+                        e.max_pixels(),
+                        &worker,
+                    )
                 });
             }
             if !waiting.last_error.is_empty() {
