@@ -12,7 +12,7 @@ use super::Channel;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::site_secret::SiteSecret;
-use crate::store::outbox::{Destination, EntryState, Outbox, OutboxLimits};
+use crate::store::outbox::{Destination, Outbox, OutboxLimits};
 use crate::store::Store;
 use crate::supervise::{self, Backoff, Shutdown};
 use anyhow::{Context, Result};
@@ -215,13 +215,8 @@ pub const NO_LONGER_CONFIGURED: &str = "destination no longer configured";
 /// re-queued (`duli outbox retry pacs:NAME`) once the destination is back.
 fn dead_letter_unserved(outbox: &Outbox, plan: &DeliveryPlan, config: &Config) {
     let served = plan.destinations();
-    let unserved: std::collections::BTreeSet<Destination> = match outbox.list(None) {
-        Ok(entries) => entries
-            .into_iter()
-            .filter(|e| e.state != EntryState::Dead)
-            .map(|e| e.dest)
-            .filter(|d| !served.contains(d))
-            .collect(),
+    let unserved: std::collections::BTreeSet<Destination> = match outbox.pending_destinations() {
+        Ok(dests) => dests.into_iter().filter(|d| !served.contains(d)).collect(),
         Err(e) => {
             log::error!("outbox: cannot look for entries of removed destinations: {e}");
             return;
@@ -350,7 +345,7 @@ fn disk(store: &Store) -> (u64, u64) {
 mod tests {
     use super::*;
     use crate::config::PacsDestination;
-    use crate::store::outbox::{Kind, NewEntry, Payload};
+    use crate::store::outbox::{EntryState, Kind, NewEntry, Payload};
 
     fn destination(name: &str, push: bool) -> PacsDestination {
         PacsDestination {

@@ -376,17 +376,47 @@ impl Outbox {
     /// listed and re-queueable like any dead entry. Returns how many changed.
     pub fn dead_letter_all(&self, dest: &Destination, reason: &str) -> Result<u64, OutboxError> {
         let mut changed = 0;
-        for entry in self.list(Some(dest))? {
-            if entry.state == EntryState::Dead {
+        // Entry headers only: payloads are skipped, never held.
+        for kv in self.tree.scan_prefix(dest.prefix()) {
+            let (key, v) = kv?;
+            let head = match decode::<EntryHead>(&key, &v) {
+                Ok(h) => h,
+                Err(e) => {
+                    log::error!("outbox: undecodable entry: {e}");
+                    continue;
+                }
+            };
+            if head.state == EntryState::Dead {
                 continue;
             }
-            self.update(&entry, |e| {
+            self.update_key(&key, head.id, |e| {
                 e.state = EntryState::Dead;
                 e.last_error = Some(reason.to_string());
             })?;
             changed += 1;
         }
         Ok(changed)
+    }
+
+    /// The destinations that hold an entry still to send (not dead), found from entry
+    /// headers (payloads skipped), reading each destination's queue only up to its first
+    /// such entry.
+    pub fn pending_destinations(&self) -> Result<Vec<Destination>, OutboxError> {
+        let mut out = Vec::new();
+        for prefix in self.destination_prefixes()? {
+            for kv in self.tree.scan_prefix(&prefix) {
+                let (key, v) = kv?;
+                match decode::<EntryHead>(&key, &v) {
+                    Ok(h) if h.state != EntryState::Dead => {
+                        out.push(h.dest);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::error!("outbox: undecodable entry: {e}"),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Re-queues dead entries (and makes retrying ones due now); returns how many changed.
