@@ -493,6 +493,16 @@ pub fn current_body<'a>(
         v.insert("not_applicable".into(), Value::String(coarse));
         changed = true;
     }
+    // Modalities as defined terms only (bodies queued before they were held to them could
+    // carry any Code String, a name say).
+    if let Some(Value::Array(modalities)) = v.get_mut("modalities") {
+        for m in modalities.iter_mut() {
+            if !m.as_str().is_some_and(|s| MODALITY_TERMS.contains(&s)) {
+                *m = Value::String("OT".into());
+                changed = true;
+            }
+        }
+    }
     if changed {
         to_json(&v).into()
     } else {
@@ -697,6 +707,19 @@ mod tests {
 
     /// Body Part Examined and View Position reach the cloud only as DICOM defined terms;
     /// any other text is left out of the reason.
+    /// A report body queued before modalities were held to defined terms is sent with them
+    /// held too: a Code String that is not one (a name) goes as OT.
+    #[test]
+    fn bodies_queued_before_modalities_were_held_to_defined_terms_are_sent_held() {
+        let secret = SiteSecret::from_bytes(&[9u8; 32]);
+        let old = r#"{"schema":"x","report_id":"other","modalities":["DX","DOE JANE 031167"]}"#;
+        let now: serde_json::Value =
+            serde_json::from_str(&current_body(old, "rid", &secret)).unwrap();
+        assert_eq!(now["modalities"], serde_json::json!(["DX", "OT"]));
+        let held = r#"{"schema":"x","report_id":"other","modalities":["CR","DX"]}"#;
+        assert_eq!(current_body(held, "rid", &secret), held);
+    }
+
     #[test]
     fn the_cloud_gets_body_parts_and_views_only_as_defined_terms() {
         let secret = SiteSecret::from_bytes(&[9u8; 32]);
