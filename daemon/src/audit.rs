@@ -537,13 +537,30 @@ impl Audit {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Records from `from_seq` on, at most `limit`.
+    /// Records from `from_seq` on, at most `limit`. A record that does not decode (edited
+    /// on the disk, or written by a later release before a rollback) stands in the page as
+    /// a failed record saying so, under its sequence number and without a hash, so that
+    /// readers and the forwarding to the repository go on past it (`duli audit verify`
+    /// reports the break).
     pub fn records(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        self.records
-            .from_key(from_seq.to_be_bytes())
-            .take(limit)
-            .map(|kv| kv.map(|(_, rec)| rec))
-            .collect()
+        let mut out: Vec<Record> = Vec::new();
+        for kv in self.records.from_key(from_seq.to_be_bytes()).take(limit) {
+            let seq = out.last().map_or(from_seq, |r| r.seq + 1);
+            match kv {
+                Ok((_, rec)) => out.push(rec),
+                Err(StoreError::Corrupt { reason, .. }) => out.push(Record {
+                    seq,
+                    at_ms: 0,
+                    event: Event::new("-", Action::Other, TRAIL_OBJECT)
+                        .detail(format!("record {seq} does not decode: {reason}"))
+                        .failed(),
+                    prev: String::new(),
+                    hash: String::new(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Walks the whole chain and reports the first broken link. A record stating a break
@@ -686,6 +703,38 @@ mod tests {
         assert!(rec.detail.starts_with("éé"));
         assert_eq!(audit.records(0, 10).unwrap(), vec![rec]);
         assert_eq!(cut("short", 10), "short");
+    }
+
+    /// A record that does not decode (here one a later release wrote, with an action this
+    /// one does not know) stands in a page as a failed record saying so, under its
+    /// number: reading and forwarding go on past it instead of stopping there for good.
+    #[test]
+    fn an_undecodable_record_is_read_as_a_record_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for i in 0..3 {
+            audit
+                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        let raw = store
+            .records::<serde_json::Value>(RecordTree::Audit)
+            .unwrap();
+        let mut later = raw.get(1u64.to_be_bytes()).unwrap().unwrap();
+        later["action"] = serde_json::json!("a_later_action");
+        raw.insert(1u64.to_be_bytes(), &later).unwrap();
+        let page = audit.records(0, 10).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(page[2].object, "1.2.2");
+        assert!(!page[1].success, "{:?}", page[1]);
+        assert!(
+            page[1].detail.starts_with("record 1 does not decode"),
+            "{:?}",
+            page[1]
+        );
+        assert_eq!(audit.records(1, 1).unwrap()[0].seq, 1);
     }
 
     #[test]
