@@ -387,6 +387,22 @@ pub fn study_findings(images: &[ImageResult]) -> Vec<Finding> {
     out
 }
 
+/// `value` as shown with `decimals` digits, rounded toward the side of `threshold` (on the
+/// same scale) that the decision `positive` is on: a probability just under its threshold
+/// is never printed equal to it beside "absent", nor one at it below it beside "present".
+pub fn shown(value: f64, threshold: f64, positive: bool, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    let round = |v: f64| (v * scale).round() / scale;
+    let (near, limit) = (round(value), round(threshold));
+    if positive && near < limit {
+        (value * scale).ceil() / scale
+    } else if !positive && near >= limit {
+        ((value * scale).floor() / scale).min(limit - 1.0 / scale)
+    } else {
+        near
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
@@ -417,6 +433,22 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shown probability stays on its decision's side of the shown threshold: just
+    /// under it is never printed equal to it beside "absent"; elsewhere plain rounding.
+    #[test]
+    fn shown_probabilities_keep_their_side_of_the_threshold() {
+        let p = f64::from(0.499_999_97f32);
+        assert_eq!(format!("{:.6}", shown(p, 0.5, false, 6)), "0.499999");
+        assert_eq!(format!("{:.0}", shown(49.6, 50.0, false, 0)), "49");
+        assert_eq!(format!("{:.0}", shown(49.6, 50.0, true, 0)), "50");
+        assert_eq!(format!("{:.6}", shown(0.5, 0.5, true, 6)), "0.500000");
+        assert_eq!(
+            format!("{:.6}", shown(0.123_456_7, 0.5, false, 6)),
+            "0.123457"
+        );
+        assert_eq!(format!("{:.0}", shown(90.2, 50.0, true, 0)), "90");
+    }
 
     fn f(code: &str, p: f32) -> Finding {
         Finding {

@@ -46,7 +46,12 @@ pub fn build(
         Some(f) => format!(
             "{} {:.0}% (THRESHOLD {:.0}%)",
             f.label,
-            f64::from(f.probability) * 100.0,
+            crate::result::shown(
+                f64::from(f.probability) * 100.0,
+                f64::from(f.threshold) * 100.0,
+                f.positive,
+                0
+            ),
             f64::from(f.threshold) * 100.0
         ),
         None => "NO FINDING".to_string(),

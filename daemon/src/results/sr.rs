@@ -309,7 +309,12 @@ fn measurement_group(
     children.push(num_item(
         "CONTAINS",
         PROBABILITY,
-        f64::from(f.probability),
+        crate::result::shown(
+            f64::from(f.probability),
+            f64::from(f.threshold),
+            f.positive,
+            6,
+        ),
         NO_UNITS,
     ));
     children.push(code_value_item(
