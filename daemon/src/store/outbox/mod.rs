@@ -378,13 +378,8 @@ impl Outbox {
         let mut changed = 0;
         // Entry headers only: payloads are skipped, never held.
         for kv in self.tree.scan_prefix(dest.prefix()) {
-            let (key, v) = kv?;
-            let head = match decode::<EntryHead>(&key, &v) {
-                Ok(h) => h,
-                Err(e) => {
-                    log::error!("outbox: undecodable entry: {e}");
-                    continue;
-                }
+            let Some((key, head)) = head_of(kv)? else {
+                continue;
             };
             if head.state == EntryState::Dead {
                 continue;
@@ -405,14 +400,9 @@ impl Outbox {
         let mut out = Vec::new();
         for prefix in self.destination_prefixes()? {
             for kv in self.tree.scan_prefix(&prefix) {
-                let (key, v) = kv?;
-                match decode::<EntryHead>(&key, &v) {
-                    Ok(h) if h.state != EntryState::Dead => {
-                        out.push(h.dest);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::error!("outbox: undecodable entry: {e}"),
+                if let Some((_, h)) = head_of(kv)?.filter(|(_, h)| h.state != EntryState::Dead) {
+                    out.push(h.dest);
+                    break;
                 }
             }
         }
@@ -448,13 +438,8 @@ impl Outbox {
             RetrySelector::All => Box::new(self.tree.iter()),
         };
         for kv in selected {
-            let (key, v) = kv?;
-            let entry = match decode::<EntryHead>(&key, &v) {
-                Ok(h) => h,
-                Err(e) => {
-                    log::error!("outbox: undecodable entry: {e}");
-                    continue;
-                }
+            let Some((key, entry)) = head_of(kv)? else {
+                continue;
             };
             if entry.state == EntryState::Queued && entry.next_attempt_at <= now {
                 continue;
@@ -654,11 +639,7 @@ impl Outbox {
     fn heads(&self) -> Result<Vec<EntryHead>, OutboxError> {
         let mut out = Vec::new();
         for kv in self.tree.iter() {
-            let (k, v) = kv?;
-            match decode::<EntryHead>(&k, &v) {
-                Ok(h) => out.push(h),
-                Err(e) => log::error!("outbox: undecodable entry: {e}"),
-            }
+            out.extend(head_of(kv)?.map(|(_, h)| h));
         }
         Ok(out)
     }
@@ -785,6 +766,21 @@ impl Outbox {
             .map_err(tx_err)?;
         self.changed();
         result.ok_or(OutboxError::NotFound(id))
+    }
+}
+
+/// The key and header of one stored entry (its payload skipped); `None`, logged, for an
+/// entry that does not decode.
+fn head_of(
+    kv: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<Option<(sled::IVec, EntryHead)>, OutboxError> {
+    let (key, v) = kv?;
+    match decode::<EntryHead>(&key, &v) {
+        Ok(h) => Ok(Some((key, h))),
+        Err(e) => {
+            log::error!("outbox: undecodable entry: {e}");
+            Ok(None)
+        }
     }
 }
 
