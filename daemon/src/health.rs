@@ -59,21 +59,9 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
     let mut last = String::from("no answer yet");
     let answer = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(
-            left.min(Duration::from_secs(10)),
-            control::ask_daemon(data_dir, &Request::Status),
-        )
-        .await
-        {
-            Ok(Ok(Some(resp))) => break Some(resp),
-            Ok(Ok(None)) => {
-                last = format!(
-                    "no daemon listens on {}",
-                    control::socket_path(data_dir).display()
-                )
-            }
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "the control socket did not answer in time".into(),
+        match ask_status(data_dir, deadline).await {
+            Ok(resp) => break Some(resp),
+            Err(why) => last = why,
         }
         if Instant::now() >= deadline {
             break None;
@@ -128,24 +116,24 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
 /// The check that the running daemon has its model in service: waits (until `deadline`)
 /// while the daemon says it is still `starting`, from its first answer `first`.
 async fn in_service(data_dir: &Path, first: Option<String>, deadline: Instant) -> Check {
+    use crate::infer::ModelState;
     let name = "loaded";
+    let (starting, ready) = (
+        ModelState::Starting.describe(),
+        ModelState::Ready.describe(),
+    );
     let mut state = first;
-    while state.as_deref() == Some("starting") && Instant::now() < deadline {
+    while state.as_ref() == Some(&starting) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let asked = tokio::time::timeout(
-            left.min(Duration::from_secs(10)),
-            control::ask_daemon(data_dir, &Request::Status),
-        )
-        .await;
-        if let Ok(Ok(Some(resp))) = asked {
-            if let Ok(s) = resp.into_answer::<StoreStatus>() {
-                state = s.model;
-            }
+        if let Ok(s) = ask_status(data_dir, deadline)
+            .await
+            .and_then(|resp| resp.into_answer::<StoreStatus>().map_err(|e| e.to_string()))
+        {
+            state = s.model;
         }
     }
-    match state.as_deref() {
-        Some("ready") => Check {
+    match state {
+        Some(s) if s == ready => Check {
             name,
             ok: true,
             detail: "the daemon has the model in service".into(),
@@ -160,6 +148,26 @@ async fn in_service(data_dir: &Path, first: Option<String>, deadline: Instant) -
             ok: false,
             detail: "the daemon does not say whether its model is in service".into(),
         },
+    }
+}
+
+/// One `Status` request to the daemon, given at most 10 s and what is left before
+/// `deadline`; why there is no answer otherwise.
+async fn ask_status(data_dir: &Path, deadline: Instant) -> Result<control::Response, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(
+        left.min(Duration::from_secs(10)),
+        control::ask_daemon(data_dir, &Request::Status),
+    )
+    .await
+    {
+        Ok(Ok(Some(resp))) => Ok(resp),
+        Ok(Ok(None)) => Err(format!(
+            "no daemon listens on {}",
+            control::socket_path(data_dir).display()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the control socket did not answer in time".into()),
     }
 }
 
