@@ -115,9 +115,7 @@ impl Op {
             }
         }
     }
-}
 
-impl Op {
     /// The information model of the request.
     pub fn model(&self) -> Option<Model> {
         Model::of_sop_class(&self.abstract_syntax)
