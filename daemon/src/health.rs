@@ -61,7 +61,7 @@ pub async fn check(cfg: &Config, timeout: Duration) -> Report {
         let left = deadline.saturating_duration_since(Instant::now());
         match ask_status(data_dir, deadline).await {
             Ok(resp) => break Some(resp),
-            Err(why) => last = why,
+            Err(why) => last = why.to_string(),
         }
         if Instant::now() >= deadline {
             break None;
@@ -125,11 +125,10 @@ async fn in_service(data_dir: &Path, first: Option<String>, deadline: Instant) -
     let mut state = first;
     while state.as_ref() == Some(&starting) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(s) = ask_status(data_dir, deadline)
-            .await
-            .and_then(|resp| resp.into_answer::<StoreStatus>().map_err(|e| e.to_string()))
-        {
-            state = s.model;
+        if let Ok(resp) = ask_status(data_dir, deadline).await {
+            if let Ok(s) = resp.into_answer::<StoreStatus>() {
+                state = s.model;
+            }
         }
     }
     match state {
@@ -151,9 +150,23 @@ async fn in_service(data_dir: &Path, first: Option<String>, deadline: Instant) -
     }
 }
 
+/// Why a `Status` request got no answer.
+#[derive(Debug, thiserror::Error)]
+enum NoAnswer {
+    /// Nothing listens on the control socket.
+    #[error("no daemon listens on {0}")]
+    NoDaemon(String),
+    /// The request failed.
+    #[error("{0}")]
+    Failed(String),
+    /// No answer within the time given.
+    #[error("the control socket did not answer in time")]
+    Timeout,
+}
+
 /// One `Status` request to the daemon, given at most 10 s and what is left before
-/// `deadline`; why there is no answer otherwise.
-async fn ask_status(data_dir: &Path, deadline: Instant) -> Result<control::Response, String> {
+/// `deadline`.
+async fn ask_status(data_dir: &Path, deadline: Instant) -> Result<control::Response, NoAnswer> {
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(
         left.min(Duration::from_secs(10)),
@@ -162,12 +175,11 @@ async fn ask_status(data_dir: &Path, deadline: Instant) -> Result<control::Respo
     .await
     {
         Ok(Ok(Some(resp))) => Ok(resp),
-        Ok(Ok(None)) => Err(format!(
-            "no daemon listens on {}",
-            control::socket_path(data_dir).display()
+        Ok(Ok(None)) => Err(NoAnswer::NoDaemon(
+            control::socket_path(data_dir).display().to_string(),
         )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the control socket did not answer in time".into()),
+        Ok(Err(e)) => Err(NoAnswer::Failed(e.to_string())),
+        Err(_) => Err(NoAnswer::Timeout),
     }
 }
 
