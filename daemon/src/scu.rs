@@ -202,6 +202,10 @@ pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuErro
 pub struct Prepared {
     /// The file.
     pub path: PathBuf,
+    /// The file as it was opened to read its meta, when kept open ([`prepare_held`]): the
+    /// data set is then streamed from the very file whose meta was read, whatever has
+    /// been renamed onto the path since.
+    pub held: Option<Arc<std::fs::File>>,
     /// SOP Class UID (from the file meta).
     pub sop_class: String,
     /// SOP Instance UID (from the file meta).
@@ -219,14 +223,24 @@ impl Prepared {
     pub fn data_set(&self) -> DataSet<'_> {
         DataSet {
             path: &self.path,
+            held: self.held.as_deref(),
             offset: self.offset,
             len: self.len,
         }
     }
 }
 
-/// Reads the file meta of a Part 10 file.
+/// Reads the file meta of a Part 10 file; the file is opened again when it is sent (many
+/// files can be prepared at once without holding a descriptor each).
 pub fn prepare(path: &Path) -> Result<Prepared, ScuError> {
+    let mut prepared = prepare_held(path)?;
+    prepared.held = None;
+    Ok(prepared)
+}
+
+/// [`prepare`], keeping the file open so that the data set sent is the one whose meta was
+/// read (a retrieve's check of the stored syntax and instance holds for what it streams).
+pub fn prepare_held(path: &Path) -> Result<Prepared, ScuError> {
     let err = |reason: String| ScuError::File {
         path: path.to_path_buf(),
         reason,
@@ -247,6 +261,7 @@ pub fn prepare(path: &Path) -> Result<Prepared, ScuError> {
     let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
     Ok(Prepared {
         path: path.to_path_buf(),
+        held: Some(Arc::new(f)),
         sop_class: clean(&meta.media_storage_sop_class_uid),
         sop_instance: clean(&meta.media_storage_sop_instance_uid),
         transfer_syntax: clean(&meta.transfer_syntax),

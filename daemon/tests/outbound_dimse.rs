@@ -351,6 +351,7 @@ impl ZeroDataSet {
     fn data_set(&self) -> scu::DataSet<'_> {
         scu::DataSet {
             path: &self.path,
+            held: None,
             offset: 0,
             len: 64,
         }

@@ -93,6 +93,7 @@ impl Payload {
             Payload::Stored(p) => p.data_set(),
             Payload::Transcoded(t) => scu::DataSet {
                 path: t.path(),
+                held: Some(t.file.file()),
                 offset: 0,
                 len: t.len,
             },
@@ -149,10 +150,11 @@ pub fn load(
     }
     let path = root.join(&inst.path);
     if ts == inst.transfer_syntax {
-        let prepared = scu::prepare(&path).map_err(|e| PayloadError::File(e.to_string()))?;
+        let prepared = scu::prepare_held(&path).map_err(|e| PayloadError::File(e.to_string()))?;
         // The file is read as it is now: one sent again since the retrieve read the index
         // (in another syntax, or another instance placed at the path) is not sent as the
-        // bytes of the syntax agreed for this one.
+        // bytes of the syntax agreed for this one. The data set is streamed from this same
+        // open file, so a copy renamed onto the path after the check is not sent either.
         if prepared.transfer_syntax != ts || prepared.sop_instance != inst.sop_instance_uid {
             return Err(PayloadError::File(format!(
                 "{} changed since the retrieve began (now {} in {}); retrieve it again",
@@ -318,5 +320,46 @@ mod tests {
                 "{what}: {err}"
             );
         }
+    }
+    /// The data set streamed is the one whose meta was checked: a copy renamed onto the
+    /// path after the check (a modality sending the instance again mid-retrieve) does not
+    /// go out under the checked syntax.
+    #[tokio::test]
+    async fn the_checked_file_is_the_one_streamed_even_if_replaced_after_the_check() {
+        use crate::ul::framing::PduReader;
+        use crate::ul::writer::Writer;
+        let dir = tempfile::tempdir().unwrap();
+        let dx = "1.2.840.10008.5.1.4.1.1.1.1";
+        let first = short(0x0010, 0x0020, b"LO", b"FIRST-COPY");
+        let file = part10_with_meta(dx, "1.2.3.4", uids::EXPLICIT_VR_LITTLE_ENDIAN, &first);
+        std::fs::write(dir.path().join("x.dcm"), file).unwrap();
+        let inst = InstanceRecord {
+            sop_instance_uid: "1.2.3.4".into(),
+            sop_class_uid: dx.into(),
+            transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
+            path: "x.dcm".into(),
+            ..Default::default()
+        };
+        let limits = Limits {
+            max_pixels: 1,
+            disk_reserve: 0,
+        };
+        let payload = load(dir.path(), &inst, uids::EXPLICIT_VR_LITTLE_ENDIAN, limits).unwrap();
+        // Sent again meanwhile, in another syntax, and renamed into place.
+        let again = short(0x0010, 0x0020, b"LO", b"SECOND-COPY-LONGER");
+        let other = part10_with_meta(dx, "1.2.3.4", "1.2.840.10008.1.2.4.80", &again);
+        std::fs::write(dir.path().join("new.dcm"), other).unwrap();
+        std::fs::rename(dir.path().join("new.dcm"), dir.path().join("x.dcm")).unwrap();
+
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut w = Writer::new(Box::new(a), 16_384);
+        w.stream(1, payload.data_set()).await.unwrap();
+        drop(w);
+        let mut r = PduReader::new(16_384);
+        let dicom_ul::pdu::Pdu::PData { data } = r.read(&mut b).await.unwrap() else {
+            panic!("not P-DATA")
+        };
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0].data, first, "the checked copy's data set, whole");
     }
 }

@@ -12,7 +12,6 @@ use super::framing;
 use crate::dimse::command::{Command, CommandField};
 use crate::dimse::status::Status;
 use dicom_ul::pdu::{PDataValueType, Pdu};
-use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -52,6 +51,9 @@ const PDATA_HEADER: usize = 12;
 pub struct DataSet<'a> {
     /// The file.
     pub path: &'a Path,
+    /// The file already open, when its contents were checked through this descriptor:
+    /// read in place of opening `path` again.
+    pub held: Option<&'a std::fs::File>,
     /// Offset of the data set (after the file meta).
     pub offset: u64,
     /// Length of the data set.
@@ -191,11 +193,19 @@ impl Writer {
             return Err(std::io::Error::other("empty data set"));
         }
         let chunk = self.chunk();
-        let DataSet { path, offset, len } = data;
-        let mut file = {
-            let mut f = std::fs::File::open(path)?;
-            f.seek(std::io::SeekFrom::Start(offset))?;
-            Staged { file: f, left: len }
+        let DataSet {
+            path,
+            held,
+            offset,
+            len,
+        } = data;
+        let mut file = Staged {
+            file: match held {
+                Some(f) => Reader::Held(f),
+                None => Reader::Opened(std::fs::File::open(path)?),
+            },
+            at: offset,
+            left: len,
         };
         let first = usize::try_from(total).unwrap_or(chunk).min(chunk);
         let mut buf = vec![0u8; PDATA_HEADER + first];
@@ -247,19 +257,34 @@ impl Writer {
 /// from the page cache it takes microseconds, while a trip through the blocking pool per
 /// read (tokio's file) added two copies and two thread hand-overs per MiB and halved the
 /// C-MOVE throughput of large studies (bench/README.md).
-struct Staged {
-    file: std::fs::File,
+struct Staged<'a> {
+    file: Reader<'a>,
+    /// Offset of the next byte to read.
+    at: u64,
     /// Bytes of the range not yet read from the file.
     left: u64,
 }
 
-impl Staged {
+/// The file a range is read from: positioned reads, so a descriptor held by the caller is
+/// read without moving its offset.
+enum Reader<'a> {
+    Held(&'a std::fs::File),
+    Opened(std::fs::File),
+}
+
+impl Staged<'_> {
     /// Fills `out` with the next bytes of the range.
     fn fill(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         if (out.len() as u64) > self.left {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        self.file.read_exact(out)?;
+        let file = match &self.file {
+            Reader::Held(f) => f,
+            Reader::Opened(f) => f,
+        };
+        file.read_exact_at(out, self.at)?;
+        self.at += out.len() as u64;
         self.left -= out.len() as u64;
         Ok(())
     }
@@ -312,6 +337,7 @@ mod tests {
         let mut w = Writer::new(Box::new(a), 16_384);
         let data = DataSet {
             path: &path,
+            held: None,
             offset: 300,
             len: body.len() as u64,
         };
