@@ -158,9 +158,10 @@ fn gated_weights(run: &GateRun<'_>, reasons: &mut Vec<String>) -> String {
     }
 }
 
-/// The gate of finding `i` at `threshold`: AUC at both precisions, decisions flipped,
-/// largest shift and the labelled cases counted; each probability shift is added to
-/// `shifts`.
+/// The gate of finding `i` at `threshold`: AUC at both precisions, decisions flipped and
+/// the largest shift (per image: each image's decision must hold), and the labelled cases
+/// counted as the AUCs count them (a study of several DICOM files is one case, scored at
+/// both precisions); each probability shift is added to `shifts`.
 fn finding_gate(
     reference: &[ScoredCase],
     gated: &[ScoredCase],
@@ -170,16 +171,10 @@ fn finding_gate(
 ) -> FindingGate {
     let mut flipped = 0;
     let mut max_shift = 0f64;
-    let (mut positives, mut negatives) = (0, 0);
     for (r, g) in reference.iter().zip(gated) {
         let (Some(pr), Some(pg)) = (probability(&r.outcome, i), probability(&g.outcome, i)) else {
             continue;
         };
-        match r.case.truth.get(&i) {
-            Some(true) => positives += 1,
-            Some(false) => negatives += 1,
-            None => {}
-        }
         let d = (pg - pr).abs();
         shifts.push(d);
         max_shift = max_shift.max(d);
@@ -187,6 +182,12 @@ fn finding_gate(
             flipped += 1;
         }
     }
+    let counted = |scored: &[ScoredCase]| {
+        let (pos, neg) = split_by_label(&labelled_scores(scored, i));
+        (pos.len(), neg.len())
+    };
+    let ((pos_f32, neg_f32), (pos_gated, neg_gated)) = (counted(reference), counted(gated));
+    let (positives, negatives) = (pos_f32.min(pos_gated), neg_f32.min(neg_gated));
     FindingGate {
         auc_f32: auc(reference, i),
         auc: auc(gated, i),
@@ -419,6 +420,65 @@ mod tests {
         let five = balanced(5);
         let g = compare(&run(&m), &five, &five, &findings, "x".into());
         assert!(g.passed, "{:?}", g.reasons);
+    }
+
+    /// The count is of cases, as the AUCs are: five DICOM images of one positive study and
+    /// five of one negative study are one case each, too few for a gate; five studies of
+    /// each pass.
+    #[test]
+    fn a_gate_counts_studies_not_images() {
+        use crate::evaluate::report::tests::dicom;
+        let m = manifest();
+        let findings: BTreeSet<usize> = [1].into_iter().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let image = |label: &str, study: usize, k: usize, positive: bool| {
+            let path = dir.path().join(format!("{label}/{study}-{k}.dcm"));
+            let study_uid = format!("1.2.3.{}.{study}", u8::from(positive));
+            dicom(&path, &study_uid, &format!("{study_uid}.{k}"));
+            let p = if positive { 0.9 } else { 0.1 } - k as f64 * 0.01;
+            case(path.to_str().unwrap(), positive, p)
+        };
+        let one_study_each: Vec<ScoredCase> = (0..5)
+            .flat_map(|k| [image("PNEUMONIA", 0, k, true), image("NORMAL", 0, k, false)])
+            .collect();
+        let g = compare(
+            &run(&m),
+            &one_study_each,
+            &one_study_each,
+            &findings,
+            "x".into(),
+        );
+        assert!(!g.passed, "{g:?}");
+        assert_eq!(
+            (
+                g.findings["PNEUMONIA"].positives,
+                g.findings["PNEUMONIA"].negatives
+            ),
+            (1, 1)
+        );
+        assert!(
+            g.reasons.iter().any(|r| r.contains("at least 5")),
+            "{:?}",
+            g.reasons
+        );
+        let five_studies_each: Vec<ScoredCase> = (0..5)
+            .flat_map(|s| [image("PNEUMONIA", s, 0, true), image("NORMAL", s, 0, false)])
+            .collect();
+        let g = compare(
+            &run(&m),
+            &five_studies_each,
+            &five_studies_each,
+            &findings,
+            "x".into(),
+        );
+        assert!(g.passed, "{:?}", g.reasons);
+        assert_eq!(
+            (
+                g.findings["PNEUMONIA"].positives,
+                g.findings["PNEUMONIA"].negatives
+            ),
+            (5, 5)
+        );
     }
 
     /// A set without cases of one of the model's findings gates only part of what the
