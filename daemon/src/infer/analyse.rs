@@ -21,6 +21,9 @@ pub struct Prepared {
     pub sop_instance_uid: Option<String>,
     /// The batch-1 input tensor.
     pub tensor: Vec<f32>,
+    /// Width and height of the image the input was sampled from (where its heatmap lies:
+    /// [`super::heatmap::Placement`]).
+    pub source: (u32, u32),
     /// Decode and preprocess timings so far.
     pub timings: Timings,
     /// Shown with the result (e.g. the patient's age is unknown).
@@ -72,7 +75,7 @@ pub fn is_dicom(path: &Path) -> bool {
 pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Preparation {
     let start = Instant::now();
     let spec = &manifest.input;
-    let (sop, fitted, caveat) = if is_dicom(path) {
+    let (sop, (fitted, source), caveat) = if is_dicom(path) {
         let img = match DicomImage::open_within(path, max_pixels) {
             Ok(i) => i,
             Err(e) => {
@@ -103,7 +106,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
             Eligibility::EligibleWithCaveat(c) => Some(c),
             Eligibility::Eligible => None,
         };
-        match img.input_image(spec) {
+        match img.input_image_sized(spec) {
             Ok(input) => (sop, input, caveat),
             Err(e) => {
                 return Preparation::Error {
@@ -119,7 +122,10 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
         match read_image_file(path, max_pixels) {
             Ok(d) => (
                 None,
-                fit(&d, spec.crop, spec.resize, spec.width, spec.height),
+                (
+                    fit(&d, spec.crop, spec.resize, spec.width, spec.height),
+                    (d.width, d.height),
+                ),
                 caveat,
             ),
             Err(e @ RasterError::TooLarge { .. }) => {
@@ -142,6 +148,7 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
     Preparation::Ready(Prepared {
         sop_instance_uid: sop,
         tensor,
+        source,
         timings: Timings {
             decode_ms,
             preprocess_ms: ms(start),

@@ -134,7 +134,7 @@ pub fn score_with_heatmap(
     };
     let code = manifest.labels[target].code.clone();
     let started = Instant::now();
-    let png = heatmap_png(engine, &out, &p.tensor, target, occlusion);
+    let png = heatmap_png(engine, &out, &p.tensor, p.source, target, occlusion);
     r.timings.heatmap_ms = started.elapsed().as_secs_f64() * 1000.0;
     let name = file
         .file_stem()
@@ -144,20 +144,21 @@ pub fn score_with_heatmap(
     (p.sop_instance_uid.clone(), r)
 }
 
-/// The PNG heatmap of finding `target` for the image of `tensor` (whose network outputs
-/// are `out`): class activation when the engine has the head and the network returned
+/// The PNG heatmap of finding `target` for the image of `tensor` (sampled from an image of
+/// `source` width and height; its network outputs are `out`): class activation when the engine has the head and the network returned
 /// its features, else occlusion on `occlusion` (made on first use).
 fn heatmap_png(
     engine: &Engine,
     out: &super::backend::Outputs,
     tensor: &[f32],
+    source: (u32, u32),
     target: usize,
     occlusion: &mut Option<Box<dyn super::backend::Request>>,
 ) -> Result<Vec<u8>, super::heatmap::HeatmapError> {
     let manifest = engine.manifest();
     if let (Some(head), Some(f)) = (engine.cam(), &out.features) {
         let network = super::findings::probabilities(&out.values, manifest.output.activation);
-        return super::heatmap::cam_png(head, f, &network, target, manifest);
+        return super::heatmap::cam_png(head, f, &network, target, manifest, source);
     }
     if occlusion.is_none() {
         match engine.background_request(manifest.heatmap.batch as usize) {
@@ -171,7 +172,8 @@ fn heatmap_png(
     let batch = manifest.heatmap.batch as usize;
     let map = super::heatmap::occlusion_map(req.as_mut(), manifest, tensor, target, batch, || {})?;
     let g = manifest.heatmap.grid;
-    super::heatmap::render_png(&map, g, g, manifest.input.width, manifest.input.height)
+    let place = super::heatmap::Placement::on_image(&manifest.input, source);
+    super::heatmap::render_png(&map, g, g, place)
 }
 
 /// Writes `png` (the heatmap of finding `code`) as `<name>.heatmap.png` under `dir`; its

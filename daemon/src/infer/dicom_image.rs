@@ -361,7 +361,19 @@ impl DicomImage {
     /// Decoded in this process, the frame's stored samples are read in place, so no
     /// full-resolution display image is made.
     pub fn input_image(&self, spec: &InputSpec) -> Result<GrayImage, DicomImageError> {
-        self.with_view(|view| fit(view, spec.crop, spec.resize, spec.width, spec.height))
+        self.input_image_sized(spec).map(|(input, _)| input)
+    }
+
+    /// [`Self::input_image`] with the width and height of the display image it was
+    /// sampled from (where a heatmap of the input lies).
+    pub fn input_image_sized(
+        &self,
+        spec: &InputSpec,
+    ) -> Result<(GrayImage, (u32, u32)), DicomImageError> {
+        self.with_view(|view| {
+            let input = fit(view, spec.crop, spec.resize, spec.width, spec.height);
+            (input, (view.width(), view.height()))
+        })
     }
 
     /// The display image of the first frame reduced to at most `max_side` on its long

@@ -163,6 +163,7 @@ mod tests {
         let prepared = crate::infer::analyse::Prepared {
             sop_instance_uid: Some("1.2.3".into()),
             tensor: Vec::new(),
+            source: (1, 1),
             timings: crate::result::Timings::default(),
             caveat: None,
         };

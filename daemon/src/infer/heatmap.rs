@@ -4,13 +4,17 @@
 //! thread, waits while report inference has work) after the result is recorded; a full
 //! backlog makes callers skip (and record why) instead of queueing without bound.
 //! Every heatmap, occlusion or class activation ([`cam_png`]), is stored as the same
-//! grey PNG at the model's input size ([`render_png`]).
+//! grey PNG covering the whole image it explains ([`render_png`] at a [`Placement`]): the
+//! model's input size, or, for a model that crops a centre square, a canvas of the image's
+//! proportions with the map over the square the model saw and nothing elsewhere. Whatever
+//! draws a heatmap (the Parametric Map, the Secondary Capture, the console) stretches the
+//! PNG over the whole image.
 
 use super::backend::{BackendError, Request};
 use super::cam::CamHead;
 use super::engine::{Engine, EngineError};
 use super::findings::probabilities;
-use super::manifest::{Layout, Manifest};
+use super::manifest::{Crop, InputSpec, Layout, Manifest};
 use super::tensor::normalise;
 use crate::result::HeatmapState;
 use std::sync::Arc;
@@ -133,14 +137,80 @@ pub enum HeatmapError {
     },
 }
 
-/// Renders a `map_w × map_h` map as an 8-bit grey PNG of `width × height` (brightest =
-/// largest value), upsampled with a linear filter.
+/// Largest side of a heatmap canvas: a model that crops a centre square out of a very
+/// long image gets a canvas of the image's proportions at most this long, its map scaled
+/// down to fit.
+pub const MAX_CANVAS_SIDE: u32 = 1024;
+
+/// Where the model's input lies in a heatmap PNG that covers the whole image it was
+/// sampled from: a canvas of `width × height`, the input's `inner_width × inner_height`
+/// at `(x0, y0)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Canvas width.
+    pub width: u32,
+    /// Canvas height.
+    pub height: u32,
+    /// Left of the model's input on the canvas.
+    pub x0: u32,
+    /// Top of the model's input on the canvas.
+    pub y0: u32,
+    /// Width of the model's input on the canvas.
+    pub inner_width: u32,
+    /// Height of the model's input on the canvas.
+    pub inner_height: u32,
+}
+
+impl Placement {
+    /// The placement of the input of `spec` sampled from an image of `source` (width,
+    /// height): the input itself when the model reads the whole image; for a centre square
+    /// (on a non-square image), the square's place on a canvas of the image's proportions.
+    pub fn on_image(spec: &InputSpec, source: (u32, u32)) -> Placement {
+        let whole = Placement {
+            width: spec.width,
+            height: spec.height,
+            x0: 0,
+            y0: 0,
+            inner_width: spec.width,
+            inner_height: spec.height,
+        };
+        let (w, h) = source;
+        let side = w.min(h);
+        if spec.crop == Crop::None || side == 0 || w == h {
+            return whole;
+        }
+        // Canvas pixels per image pixel, each axis as the model resized the square; scaled
+        // down so the canvas stays within MAX_CANVAS_SIDE.
+        let (sx, sy) = (
+            f64::from(spec.width) / f64::from(side),
+            f64::from(spec.height) / f64::from(side),
+        );
+        let longest = (f64::from(w) * sx).max(f64::from(h) * sy);
+        let f = (f64::from(MAX_CANVAS_SIDE) / longest).min(1.0);
+        let px = |v: f64| (v.round() as u32).max(1);
+        let (width, height) = (px(f64::from(w) * sx * f), px(f64::from(h) * sy * f));
+        let (inner_width, inner_height) = (
+            px(f64::from(spec.width) * f).min(width),
+            px(f64::from(spec.height) * f).min(height),
+        );
+        Placement {
+            width,
+            height,
+            x0: (width - inner_width) / 2,
+            y0: (height - inner_height) / 2,
+            inner_width,
+            inner_height,
+        }
+    }
+}
+
+/// Renders a `map_w × map_h` map as an 8-bit grey PNG at `place` (brightest = largest
+/// value): upsampled with a linear filter over the model's input, black around it.
 pub fn render_png(
     map: &[f32],
     map_w: u32,
     map_h: u32,
-    width: u32,
-    height: u32,
+    place: Placement,
 ) -> Result<Vec<u8>, HeatmapError> {
     let max = map.iter().copied().fold(0f32, f32::max);
     let cells: Vec<u8> = map
@@ -154,9 +224,26 @@ pub fn render_png(
         })
         .collect();
     let small = image::GrayImage::from_raw(map_w, map_h, cells).ok_or(HeatmapError::MapSize)?;
-    let big = image::imageops::resize(&small, width, height, image::imageops::FilterType::Triangle);
+    let inner = image::imageops::resize(
+        &small,
+        place.inner_width,
+        place.inner_height,
+        image::imageops::FilterType::Triangle,
+    );
+    let canvas = if (place.width, place.height) == inner.dimensions() {
+        inner
+    } else {
+        let mut canvas = image::GrayImage::new(place.width, place.height);
+        image::imageops::replace(
+            &mut canvas,
+            &inner,
+            i64::from(place.x0),
+            i64::from(place.y0),
+        );
+        canvas
+    };
     let mut png = Vec::new();
-    big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    canvas.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
     Ok(png)
 }
 
@@ -166,8 +253,8 @@ pub fn render_png(
 /// quantizes the pooled features and the dense layers the head computes in f32).
 pub const HEAD_TOLERANCE: f32 = 0.1;
 
-/// The class-activation map of output `target` from one image's `features`, rendered at
-/// the model's input size like an occlusion map; refused when the head recomputed from the
+/// The class-activation map of output `target` from one image's `features` (of an image
+/// of `source` width and height), rendered like an occlusion map ([`Placement`]); refused when the head recomputed from the
 /// features does not give the network's own probabilities `network` (within
 /// [`HEAD_TOLERANCE`]): a map must explain the numbers it is shown beside.
 pub fn cam_png(
@@ -176,6 +263,7 @@ pub fn cam_png(
     network: &[f32],
     target: usize,
     manifest: &Manifest,
+    source: (u32, u32),
 ) -> Result<Vec<u8>, HeatmapError> {
     let (k, h, w) = head.shape;
     if features.len() != k * h * w {
@@ -200,8 +288,7 @@ pub fn cam_png(
         &map,
         w as u32,
         h as u32,
-        manifest.input.width,
-        manifest.input.height,
+        Placement::on_image(&manifest.input, source),
     )
 }
 
@@ -218,6 +305,8 @@ pub struct HeatmapJob {
     pub input: Vec<f32>,
     /// Output index of the finding to explain.
     pub target: usize,
+    /// Width and height of the image the input was sampled from (where the map goes).
+    pub source: (u32, u32),
 }
 
 /// What became of a job: the PNG and the milliseconds it took, or why it failed.
@@ -267,8 +356,7 @@ impl HeatmapWorker {
                             &map,
                             manifest.heatmap.grid,
                             manifest.heatmap.grid,
-                            manifest.input.width,
-                            manifest.input.height,
+                            Placement::on_image(&manifest.input, job.source),
                         )
                     })
                     .map(|png| (png, start.elapsed().as_secs_f64() * 1000.0));
@@ -326,8 +414,8 @@ mod tests {
         let own = head.probabilities(&features);
         let dir = tempfile::tempdir().unwrap();
         let m = super::super::manifest::tiny_manifest(dir.path(), "m", &"0".repeat(64));
-        assert!(cam_png(&head, &features, &own, 0, &m).is_ok());
-        let err = cam_png(&head, &features, &[0.5, 0.5], 0, &m).unwrap_err();
+        assert!(cam_png(&head, &features, &own, 0, &m, (150, 150)).is_ok());
+        let err = cam_png(&head, &features, &[0.5, 0.5], 0, &m, (150, 150)).unwrap_err();
         assert!(matches!(err, HeatmapError::HeadMismatch { .. }), "{err}");
     }
 
@@ -397,9 +485,67 @@ name = "X"
         assert_eq!(calls, 2); // 5 copies in batches of 3
         assert!(map[0] > 0.4, "{map:?}");
         assert_eq!(&map[1..], &[0.0, 0.0, 0.0]);
-        let png = render_png(&map, 2, 2, 16, 16).unwrap();
+        let place = Placement {
+            width: 16,
+            height: 16,
+            x0: 0,
+            y0: 0,
+            inner_width: 16,
+            inner_height: 16,
+        };
+        let png = render_png(&map, 2, 2, place).unwrap();
         let img = image::load_from_memory(&png).unwrap().to_luma8();
         assert_eq!(img.dimensions(), (16, 16));
         assert!(img.get_pixel(0, 0).0[0] > img.get_pixel(15, 15).0[0]);
+    }
+
+    /// A model that reads the whole image gets a map of its input; one that crops a centre
+    /// square of a wide (or tall) image gets a canvas of the image's proportions with the
+    /// map over the square it saw and black on either side, so that a map stretched over
+    /// the whole image lies where the model looked.
+    #[test]
+    fn a_cropping_model_maps_over_its_square_on_a_canvas_of_the_image() {
+        let shipped =
+            crate::infer::testdata::repo_root().join("models/pneumonia-xception/model.toml");
+        let mut spec: InputSpec = Manifest::load(&shipped).unwrap().input;
+        (spec.width, spec.height, spec.crop) = (100, 100, Crop::None);
+        let whole = Placement::on_image(&spec, (400, 200));
+        assert_eq!(
+            (whole.width, whole.height, whole.x0, whole.inner_width),
+            (100, 100, 0, 100)
+        );
+        spec.crop = Crop::CenterSquare;
+        // 400 × 200: the square is columns 100–300, half the width, in the middle.
+        let wide = Placement::on_image(&spec, (400, 200));
+        assert_eq!(
+            (
+                wide.width,
+                wide.height,
+                wide.x0,
+                wide.y0,
+                wide.inner_width,
+                wide.inner_height
+            ),
+            (200, 100, 50, 0, 100, 100)
+        );
+        let tall = Placement::on_image(&spec, (300, 900));
+        assert_eq!(
+            (tall.width, tall.height, tall.x0, tall.y0),
+            (100, 300, 0, 100)
+        );
+        assert_eq!(Placement::on_image(&spec, (500, 500)), whole);
+        // A very long image: the canvas is held to MAX_CANVAS_SIDE, the map scaled with it.
+        let long = Placement::on_image(&spec, (40_000, 100));
+        assert_eq!(long.width, MAX_CANVAS_SIDE);
+        assert!(long.height >= 1 && long.inner_width <= long.width);
+
+        // A hot spot in the map's left cell is drawn inside the square, nothing outside it.
+        let png = render_png(&[1.0, 0.0], 2, 1, wide).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_luma8();
+        assert_eq!(img.dimensions(), (200, 100));
+        assert_eq!(img.get_pixel(10, 50).0[0], 0, "left of the square");
+        assert_eq!(img.get_pixel(190, 50).0[0], 0, "right of the square");
+        assert!(img.get_pixel(60, 50).0[0] > 200, "the square's left half");
+        assert!(img.get_pixel(140, 50).0[0] < 60, "the square's right half");
     }
 }

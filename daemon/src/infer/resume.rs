@@ -138,6 +138,7 @@ fn job_for(
             sop_instance_uid: sop.to_string(),
             input: p.tensor,
             target,
+            source: p.source,
         }),
         Preparation::NotApplicable { reason, .. } | Preparation::Error { reason, .. } => {
             Err(NoJob::Preparation(reason))

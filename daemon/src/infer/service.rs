@@ -542,10 +542,20 @@ fn begin(store: &Store, uid: &str) -> Option<Vec<crate::model::InstanceRecord>> 
 struct AnalysedImage {
     /// The image's result.
     result: ImageResult,
-    /// The model input with the label its heatmap explains, held for the heatmap.
-    input: Option<(Vec<f32>, usize)>,
+    /// The model input, held for the heatmap.
+    input: Option<HeldInput>,
     /// The network's features with its probabilities (a `cam` model), for its heatmap.
     features: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// A model input held for its image's heatmap.
+struct HeldInput {
+    /// The batch-1 input tensor.
+    tensor: Vec<f32>,
+    /// Output index of the label its heatmap explains.
+    target: usize,
+    /// Width and height of the image it was sampled from.
+    source: (u32, u32),
 }
 
 /// Whether an image may get a heatmap.
@@ -598,7 +608,11 @@ async fn analyse_image(
                             super::findings::probabilities(&out.values, manifest.output.activation);
                         return AnalysedImage {
                             result: for_instance(r, inst),
-                            input: Some((p.tensor, target)),
+                            input: Some(HeldInput {
+                                tensor: p.tensor,
+                                target,
+                                source: p.source,
+                            }),
                             features: out.features.map(|f| (f, network)),
                         };
                     }
@@ -676,7 +690,12 @@ fn plan_heatmaps(
     };
     for a in analysed {
         let mut img = a.result;
-        let Some((input, target)) = a.input else {
+        let Some(HeldInput {
+            tensor: input,
+            target,
+            source,
+        }) = a.input
+        else {
             planned.images.push(img);
             continue;
         };
@@ -684,7 +703,7 @@ fn plan_heatmaps(
         let cam = match (options.heatmaps, engine.cam(), a.features) {
             (true, Some(head), Some((f, network))) => {
                 let start = Instant::now();
-                super::heatmap::cam_png(head, &f, &network, target, manifest)
+                super::heatmap::cam_png(head, &f, &network, target, manifest, source)
                     .map(|png| (png, ms(start)))
                     .map_err(|e| log::warn!("{}: class-activation map: {e}", img.sop_instance_uid))
                     .ok()
@@ -708,6 +727,7 @@ fn plan_heatmaps(
                 sop_instance_uid: img.sop_instance_uid.clone(),
                 input,
                 target,
+                source,
             });
         }
         planned.images.push(img);

@@ -11,9 +11,10 @@
 //!
 //! A heatmap made later (the occlusion map, or a class-activation map recorded just after
 //! its result) comes back through [`Recorder::record_heatmap`], made, skipped or failed. In
-//! this order: a made heatmap becomes the report's Parametric Map and Secondary Capture
-//! ([`parametric_map`], [`secondary_capture`]); once no heatmap of the result is pending,
-//! the SR is made, referencing the map only when this box made it; each object is stored
+//! this order: once no heatmap of the result is pending, the made heatmap explaining the
+//! study's top finding where it is most probable becomes the report's Parametric Map and
+//! Secondary Capture ([`parametric_map`], [`secondary_capture`]), then the SR is made,
+//! referencing the map only when this box made it; each object is stored
 //! in one transaction with its push entries; the heatmap's state is recorded last. Until
 //! then its mark stays, so a crash in between makes the heatmap again on the next start,
 //! and each object, made once per report, is found made. An object under one of our UIDs
@@ -242,9 +243,9 @@ impl Recorder {
     }
 
     /// Records the heatmap state of one image of result `version` of `study_uid`, made
-    /// `heatmap_ms` after the result; a heatmap that is done is broadcast and, the first of
-    /// its report, becomes the Secondary Capture pushed to PACS. Blocking: call from a
-    /// blocking context.
+    /// `heatmap_ms` after the result; a heatmap that is done is broadcast. The last of its
+    /// report to settle makes the report's objects (map, Secondary Capture, SR) and their
+    /// pushes. Blocking: call from a blocking context.
     pub fn record_heatmap(
         &self,
         study_uid: &str,
@@ -262,12 +263,14 @@ impl Recorder {
         // makes it again on the next start, and each object (made once per report) is
         // then found made. An object that cannot be built is logged and settles.
         if let Some(d) = &self.delivery {
-            if let Some((png, _)) = &made {
-                self.heatmap_objects(d, study_uid, version, sop_uid, png)?;
-            }
             // A heatmap recorded as still pending settles nothing.
             if !matches!(state, HeatmapState::Pending { .. }) {
-                self.settled_report(d, study_uid, version, sop_uid, made.as_ref().map(|m| &m.1))?;
+                let made = made.as_ref().map(|(png, code)| Heatmap {
+                    sop: sop_uid,
+                    png,
+                    code,
+                });
+                self.settled(d, study_uid, version, sop_uid, made)?;
             }
         }
         stored::set_heatmap(&self.store, study_uid, version, sop_uid, state, heatmap_ms)?;
@@ -311,17 +314,18 @@ impl Recorder {
         self.generated(keyed) || self.generated(unkeyed)
     }
 
-    /// The Structured Report of result `version` of `study_uid`, made once no heatmap of it
-    /// is pending besides `settling` (whose heatmap is being recorded now): it references
-    /// the report's Parametric Map when this box made it (`explained` names the finding
-    /// the map explains). Made once per report; stored with its push entries.
-    fn settled_report(
+    /// The report objects of result `version` of `study_uid`, made once no heatmap of it is
+    /// pending besides `settling` (whose `heatmap`, made or not, is being recorded now):
+    /// the Parametric Map and Secondary Capture from the image whose heatmap explains the
+    /// study's top finding at its highest probability ([`explained_heatmap`]), then the SR,
+    /// which references the map when this box made it.
+    fn settled(
         &self,
         d: &Delivery,
         study_uid: &str,
         version: u32,
         settling: &str,
-        explained: Option<&String>,
+        heatmap: Option<Heatmap<'_>>,
     ) -> Result<(), ObjectError> {
         let Some(result) = stored::result(&self.store, study_uid, version)? else {
             return Ok(());
@@ -335,62 +339,69 @@ impl Recorder {
         if is_manual_upload(&study) || still_pending {
             return Ok(());
         }
-        let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
-        // Made already: under its UID, or under the unkeyed UID an earlier version gave it.
-        let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
-        if self.made_before(&uids.sr_instance, &unkeyed.sr_instance) {
-            return Ok(());
-        }
         let report = Report::from_result(&result, &study);
-        let finding = explained
-            .cloned()
-            .or_else(|| heatmap_finding(&result))
-            .filter(|_| self.generated(&uids.pm_instance));
-        let explanation = finding.as_deref().map(|code| ObjectRef {
-            sop_class: results::parametric_map::PARAMETRIC_MAP,
-            sop_instance: &uids.pm_instance,
-            series: &uids.pm_series,
-            finding: code,
-        });
-        let made = results::sr::build(&report, &uids, &self.sources(&report, &result), explanation)
-            .map_err(ObjectError::from);
-        self.commit_object(d, &report, made, Kind::StructuredReport, &uids.sr_instance)
+        let objects = Made {
+            uids: ResultUids::new(&d.uid_root, &result.report_id, &d.secret),
+            // Each object is made once per report: under its UID, or under the unkeyed UID
+            // an earlier version gave it (made by this box, not stored by a peer that
+            // computed that UID).
+            unkeyed: ResultUids::unkeyed(&d.uid_root, &result.report_id),
+        };
+        let explained = explained_heatmap(&result, settling, heatmap);
+        if let Some(h) = &explained {
+            self.heatmap_objects(d, &report, &objects, h)?;
+        }
+        self.settled_report(d, &report, &result, &objects, explained.map(|h| h.code))
     }
 
-    /// Makes the report's Parametric Map and Secondary Capture of the heatmap (once per
+    /// The Structured Report: it references the report's Parametric Map when this box made
+    /// it (`explained` names the finding the map explains). Made once per report; stored
+    /// with its push entries.
+    fn settled_report(
+        &self,
+        d: &Delivery,
+        report: &Report,
+        result: &StudyResult,
+        made: &Made,
+        explained: Option<&str>,
+    ) -> Result<(), ObjectError> {
+        let uids = &made.uids;
+        if self.made_before(&uids.sr_instance, &made.unkeyed.sr_instance) {
+            return Ok(());
+        }
+        let explanation = explained
+            .filter(|_| self.generated(&uids.pm_instance))
+            .map(|code| ObjectRef {
+                sop_class: results::parametric_map::PARAMETRIC_MAP,
+                sop_instance: &uids.pm_instance,
+                series: &uids.pm_series,
+                finding: code,
+            });
+        let built = results::sr::build(report, uids, &self.sources(report, result), explanation)
+            .map_err(ObjectError::from);
+        self.commit_object(d, report, built, Kind::StructuredReport, &uids.sr_instance)
+    }
+
+    /// Makes the report's Parametric Map and Secondary Capture of heatmap `h` (once per
     /// report each: their UIDs derive from the report id, so the store says whether they
     /// exist, across restarts too) and commits each with its push entries.
     fn heatmap_objects(
         &self,
         d: &Delivery,
-        study_uid: &str,
-        version: u32,
-        sop: &str,
-        png: &str,
+        report: &Report,
+        made: &Made,
+        h: &Heatmap<'_>,
     ) -> Result<(), ObjectError> {
-        let Some(result) = stored::result(&self.store, study_uid, version)? else {
-            return Ok(());
-        };
-        let Some(study) = self.store.study(study_uid)? else {
-            return Ok(());
-        };
-        if is_manual_upload(&study) {
-            return Ok(());
-        }
-        let uids = ResultUids::new(&d.uid_root, &result.report_id, &d.secret);
-        let report = Report::from_result(&result, &study);
-        // Under the UID an earlier version gave each object, too (made by this box, not
-        // stored by a peer that computed that unkeyed UID).
-        let unkeyed = ResultUids::unkeyed(&d.uid_root, &result.report_id);
+        let (uids, unkeyed) = (&made.uids, &made.unkeyed);
         if !self.made_before(&uids.pm_instance, &unkeyed.pm_instance) {
-            let made =
-                parametric_map::build(&self.store, &report, &uids, sop, png, &d.plan.device_id);
-            self.commit_object(d, &report, made, Kind::ParametricMap, &uids.pm_instance)?;
+            let built =
+                parametric_map::build(&self.store, report, uids, h.sop, h.png, &d.plan.device_id);
+            self.commit_object(d, report, built, Kind::ParametricMap, &uids.pm_instance)?;
         }
         if !self.made_before(&uids.sc_instance, &unkeyed.sc_instance) {
-            let made =
-                secondary_capture::build(&self.store, &report, &uids, sop, png, d.max_pixels);
-            self.commit_object(d, &report, made, Kind::SecondaryCapture, &uids.sc_instance)?;
+            let built =
+                secondary_capture::build(&self.store, report, uids, h.sop, h.png, d.max_pixels);
+            self.commit_object(d, report, built, Kind::SecondaryCapture, &uids.sc_instance)?;
         }
         Ok(())
     }
@@ -474,13 +485,66 @@ impl Recorder {
     }
 }
 
-/// The local code of the finding the heatmap of `result` explains: the finding of the
-/// first image whose heatmap was made.
-fn heatmap_finding(result: &StudyResult) -> Option<String> {
-    result.images.iter().find_map(|i| match &i.heatmap {
-        HeatmapState::Done { code, .. } => Some(code.clone()),
-        _ => None,
-    })
+/// A made heatmap of one image: the PNG (relative to the data directory) and the code of
+/// the finding it explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heatmap<'a> {
+    sop: &'a str,
+    png: &'a str,
+    code: &'a str,
+}
+
+/// The UIDs of a report's objects, as made now and as an earlier version made them.
+struct Made {
+    uids: ResultUids,
+    unkeyed: ResultUids,
+}
+
+/// The heatmap the report's map and Secondary Capture are made from: among the made ones
+/// (those recorded in `result`, and `settling`'s when `made`), the one explaining the
+/// study's top finding (the one the Secondary Capture's caption names) on the image where
+/// that finding is most probable; failing that, the most probable finding any map explains;
+/// ties go to the earlier image. A study of several images thus shows the map of the image
+/// that holds its finding, whichever heatmap settled first.
+fn explained_heatmap<'a>(
+    result: &'a StudyResult,
+    settling: &str,
+    made: Option<Heatmap<'a>>,
+) -> Option<Heatmap<'a>> {
+    let top = result
+        .findings
+        .iter()
+        .max_by(|a, b| a.probability.total_cmp(&b.probability))
+        .map(|f| f.code.as_str());
+    let mut best: Option<((bool, f32), Heatmap<'a>)> = None;
+    for image in &result.images {
+        let heatmap = if image.sop_instance_uid == settling {
+            made
+        } else {
+            match &image.heatmap {
+                HeatmapState::Done { code, path } => Some(Heatmap {
+                    sop: &image.sop_instance_uid,
+                    png: path,
+                    code,
+                }),
+                _ => None,
+            }
+        };
+        let Some(h) = heatmap else { continue };
+        let probability = image
+            .findings
+            .iter()
+            .find(|f| f.code == h.code)
+            .map_or(f32::NEG_INFINITY, |f| f.probability);
+        let rank = (Some(h.code) == top, probability);
+        let better = best.as_ref().is_none_or(|(r, _)| {
+            (rank.0, rank.1).partial_cmp(&(r.0, r.1)) == Some(std::cmp::Ordering::Greater)
+        });
+        if better {
+            best = Some((rank, h));
+        }
+    }
+    best.map(|(_, h)| h)
 }
 
 /// Why no image of `result` could be analysed, when none could and some failed (the
@@ -811,6 +875,209 @@ mod tests {
             .unwrap()
             .iter()
             .any(|e| e.kind == Kind::StructuredReport));
+    }
+
+    fn finding(code: &str, p: f32) -> crate::result::Finding {
+        crate::result::Finding {
+            label: code.into(),
+            code: code.into(),
+            probability: p,
+            threshold: 0.5,
+            positive: p >= 0.5,
+            standard: None,
+        }
+    }
+
+    /// An analysed image `sop` with `findings` and `heatmap`.
+    fn image(sop: &str, findings: &[(&str, f32)], heatmap: HeatmapState) -> ImageResult {
+        ImageResult {
+            sop_instance_uid: sop.into(),
+            series_instance_uid: "9.0".into(),
+            status: ImageStatus::Analysed,
+            reason: None,
+            caveat: None,
+            findings: findings.iter().map(|(c, p)| finding(c, *p)).collect(),
+            timings: Timings::default(),
+            heatmap,
+        }
+    }
+
+    fn done(code: &str, png: &str) -> HeatmapState {
+        HeatmapState::Done {
+            code: code.into(),
+            path: png.into(),
+        }
+    }
+
+    /// The report's map comes from the image whose heatmap explains the study's top
+    /// finding where it is most probable, whichever heatmap settled first; a map of
+    /// another finding only when none explains the top one; ties go to the earlier image.
+    #[test]
+    fn the_report_map_is_of_the_image_holding_the_top_finding() {
+        let r = crate::result::fixtures::study_result(
+            "9",
+            vec![
+                image(
+                    "9.1",
+                    &[("PNEUMONIA", 0.6), ("EFFUSION", 0.95)],
+                    done("PNEUMONIA", "a.png"),
+                ),
+                image(
+                    "9.2",
+                    &[("PNEUMONIA", 0.9), ("EFFUSION", 0.1)],
+                    HeatmapState::Pending {
+                        code: "PNEUMONIA".into(),
+                    },
+                ),
+                image(
+                    "9.3",
+                    &[("PNEUMONIA", 0.2), ("EFFUSION", 0.97)],
+                    done("EFFUSION", "c.png"),
+                ),
+            ],
+        );
+        let made = |sop, png, code| Some(Heatmap { sop, png, code });
+        // EFFUSION (0.97 on 9.3) is the study's top finding: its map wins over any
+        // PNEUMONIA map, however probable.
+        let chosen = explained_heatmap(&r, "9.2", made("9.2", "b.png", "PNEUMONIA"));
+        assert_eq!(chosen.map(|h| h.sop), Some("9.3"));
+        // Without an EFFUSION map: the most probable PNEUMONIA map, the one settling now.
+        let mut only_pneumonia = r.clone();
+        only_pneumonia.images[2].heatmap = HeatmapState::Skipped {
+            reason: "backlog".into(),
+        };
+        let chosen = explained_heatmap(&only_pneumonia, "9.2", made("9.2", "b.png", "PNEUMONIA"));
+        assert_eq!(chosen, made("9.2", "b.png", "PNEUMONIA"));
+        // The settling image's heatmap failed: the recorded one.
+        let chosen = explained_heatmap(&only_pneumonia, "9.2", None);
+        assert_eq!(chosen.map(|h| (h.sop, h.png)), Some(("9.1", "a.png")));
+        // Equal probabilities: the earlier image.
+        let mut tie = only_pneumonia.clone();
+        tie.images[1].findings[0].probability = 0.6;
+        let chosen = explained_heatmap(&tie, "9.2", made("9.2", "b.png", "PNEUMONIA"));
+        assert_eq!(chosen.map(|h| h.sop), Some("9.1"));
+        // No made map at all.
+        let mut none = only_pneumonia;
+        none.images[0].heatmap = HeatmapState::Failed { reason: "x".into() };
+        assert_eq!(explained_heatmap(&none, "9.2", None), None);
+    }
+
+    /// Stores a header-only DX image `sop` of `study` (what the map reads of its source).
+    fn store_image(store: &Store, study: &str, sop: &str) {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_object::meta::FileMetaTableBuilder;
+        const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
+        let mut obj = dicom_object::InMemDicomObject::new_empty();
+        for (tag, value) in [
+            (tags::SOP_CLASS_UID, DX),
+            (tags::SOP_INSTANCE_UID, sop),
+            (tags::STUDY_INSTANCE_UID, study),
+            (tags::SERIES_INSTANCE_UID, "9.0"),
+        ] {
+            obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
+        }
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(64u16),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(48u16),
+        ));
+        let file = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax(crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                    .media_storage_sop_class_uid(DX)
+                    .media_storage_sop_instance_uid(sop),
+            )
+            .unwrap();
+        let path = format!("{sop}.dcm");
+        file.write_to_file(store.root().join(&path)).unwrap();
+        let inst = InstanceRecord {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: DX.into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: "9.0".into(),
+            path,
+            received_at: 1,
+            ..Default::default()
+        };
+        store
+            .commit_instance(&inst, &StudyRecord::default())
+            .unwrap();
+    }
+
+    /// A study of two images whose first heatmap settles first but whose second holds the
+    /// finding: no map is made until both are settled, and then from the second image.
+    #[tokio::test]
+    async fn a_study_of_two_images_gets_the_map_of_the_one_holding_the_finding() {
+        let (_dir, store, recorder, _outbox) = setup();
+        add_study(&store, "9", "PAT-9");
+        for sop in ["9.1", "9.2"] {
+            store_image(&store, "9", sop);
+        }
+        image::GrayImage::from_pixel(8, 8, image::Luma([200u8]))
+            .save(store.root().join("heat.png"))
+            .unwrap();
+        let pending = || HeatmapState::Pending {
+            code: "PNEUMONIA".into(),
+        };
+        let r = crate::result::fixtures::study_result(
+            "9",
+            vec![
+                image("9.1", &[("PNEUMONIA", 0.55)], pending()),
+                image("9.2", &[("PNEUMONIA", 0.92)], pending()),
+            ],
+        );
+        recorder
+            .record_result(Outcome {
+                result: &r,
+                heatmaps_to_make: &["9.1", "9.2"],
+                failure: None,
+            })
+            .await
+            .unwrap();
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
+        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key);
+        recorder
+            .record_heatmap("9", 1, "9.1", done("PNEUMONIA", "heat.png"), 1.0)
+            .unwrap();
+        assert!(
+            store.instance(&uids.pm_instance).unwrap().is_none(),
+            "the map waits for every heatmap of the report"
+        );
+        recorder
+            .record_heatmap("9", 1, "9.2", done("PNEUMONIA", "heat.png"), 1.0)
+            .unwrap();
+        let pm = store
+            .instance(&uids.pm_instance)
+            .unwrap()
+            .expect("the map is made once both are settled");
+        let pm = dicom_object::open_file(store.root().join(&pm.path)).unwrap();
+        let source = pm
+            .element(dicom_dictionary_std::tags::REFERENCED_SERIES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .element(dicom_dictionary_std::tags::REFERENCED_INSTANCE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .element(dicom_dictionary_std::tags::REFERENCED_SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string();
+        assert_eq!(source, "9.2");
+        assert!(
+            store.instance(&uids.sr_instance).unwrap().is_some(),
+            "and the SR"
+        );
     }
 
     /// A study with one image analysed (negative) and one that failed is done and
