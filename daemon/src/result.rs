@@ -407,6 +407,18 @@ pub fn shown(value: f64, threshold: f64, positive: bool, decimals: i32) -> f64 {
 pub(crate) mod fixtures {
     use super::*;
 
+    /// Finding `code` at probability `p`, threshold 0.5.
+    pub fn finding(code: &str, p: f32) -> Finding {
+        Finding {
+            label: code.into(),
+            code: code.into(),
+            probability: p,
+            threshold: 0.5,
+            positive: p >= 0.5,
+            standard: None,
+        }
+    }
+
     /// Version 1 of the result of `study`, made from `images` by model `m` 1.
     pub fn study_result(study: &str, images: Vec<ImageResult>) -> StudyResult {
         StudyResult {
@@ -450,16 +462,7 @@ mod tests {
         assert_eq!(format!("{:.0}", shown(90.2, 50.0, true, 0)), "90");
     }
 
-    fn f(code: &str, p: f32) -> Finding {
-        Finding {
-            label: code.into(),
-            code: code.into(),
-            probability: p,
-            threshold: 0.5,
-            positive: p >= 0.5,
-            standard: None,
-        }
-    }
+    use fixtures::finding as f;
 
     fn img(status: ImageStatus, findings: Vec<Finding>) -> ImageResult {
         ImageResult {

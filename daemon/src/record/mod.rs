@@ -877,17 +877,6 @@ mod tests {
             .any(|e| e.kind == Kind::StructuredReport));
     }
 
-    fn finding(code: &str, p: f32) -> crate::result::Finding {
-        crate::result::Finding {
-            label: code.into(),
-            code: code.into(),
-            probability: p,
-            threshold: 0.5,
-            positive: p >= 0.5,
-            standard: None,
-        }
-    }
-
     /// An analysed image `sop` with `findings` and `heatmap`.
     fn image(sop: &str, findings: &[(&str, f32)], heatmap: HeatmapState) -> ImageResult {
         ImageResult {
@@ -896,7 +885,10 @@ mod tests {
             status: ImageStatus::Analysed,
             reason: None,
             caveat: None,
-            findings: findings.iter().map(|(c, p)| finding(c, *p)).collect(),
+            findings: findings
+                .iter()
+                .map(|(c, p)| crate::result::fixtures::finding(c, *p))
+                .collect(),
             timings: Timings::default(),
             heatmap,
         }
