@@ -63,6 +63,19 @@ async function api(method, path, body, { background = false } = {}) {
   return data;
 }
 
+// Asks again, a few seconds apart, while the server answers busy (503: other previews are
+// being rendered; 429: this user's own are): a preview not cached yet waits its turn.
+async function busyRetried(call, attempts = 4) {
+  for (let i = 1; ; i++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (i >= attempts || (e.status !== 503 && e.status !== 429)) throw e;
+      await new Promise((r) => setTimeout(r, 2000 * i));
+    }
+  }
+}
+
 function fmtTime(secs) {
   if (!secs) return "";
   return new Date(secs * 1000).toLocaleString();
@@ -332,7 +345,7 @@ async function studyPage(uid) {
     return;
   }
   try {
-    const [info, png] = await Promise.all([api("GET", inst.preview_info), api("GET", inst.preview)]);
+    const [info, png] = await Promise.all([busyRetried(() => api("GET", inst.preview_info)), busyRetried(() => api("GET", inst.preview))]);
     const img = await Png16.decode(png);
     if (!state.user) return; // signed out meanwhile
     const viewer = new Viewer(canvas, img, info);

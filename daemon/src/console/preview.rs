@@ -42,6 +42,47 @@ pub enum PreviewError {
     /// Other previews were being rendered for longer than a request waits ([`RENDER_WAIT`]).
     #[error("the console is rendering other previews; try again in a few seconds")]
     Busy,
+    /// The user already has [`MAX_RENDERS_PER_USER`] previews waiting to be rendered.
+    #[error("{MAX_RENDERS_PER_USER} of your previews are being rendered already; try again in a few seconds")]
+    UserBusy,
+}
+
+/// Previews not yet cached that one user may have waiting for the render turn or being
+/// rendered at once (a study page asks for a preview and its window, so two at a time in
+/// normal use): further ones are answered at once (429), so that no user holds more than
+/// this many of the console's request slots while renders queue.
+pub const MAX_RENDERS_PER_USER: usize = 4;
+
+/// Renders waiting or running, by user.
+static WAITING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A user's place among the renders waiting; given back when dropped.
+struct Waiting<'a>(&'a str);
+
+impl<'a> Waiting<'a> {
+    /// A place for `user`, unless the user has [`MAX_RENDERS_PER_USER`] already.
+    fn take(user: &'a str) -> Result<Waiting<'a>, PreviewError> {
+        let mut waiting = WAITING.lock().unwrap_or_else(|p| p.into_inner());
+        let n = waiting.entry(user.to_string()).or_insert(0);
+        if *n >= MAX_RENDERS_PER_USER {
+            return Err(PreviewError::UserBusy);
+        }
+        *n += 1;
+        Ok(Waiting(user))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = WAITING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = waiting.get_mut(self.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(self.0);
+            }
+        }
+    }
 }
 
 /// Longest a request waits for its turn to render before it is answered busy (503), so
@@ -216,6 +257,7 @@ pub fn get_or_render(
     data_dir: &Path,
     inst: &InstanceRecord,
     max_pixels: u64,
+    user: &str,
 ) -> Result<(PathBuf, PreviewInfo), PreviewError> {
     let sop = &inst.sop_instance_uid;
     if inst.pruned {
@@ -231,6 +273,7 @@ pub fn get_or_render(
     if let Some(e) = failed_before(inst) {
         return Err(e);
     }
+    let _place = Waiting::take(user)?;
     let _one_at_a_time = render_turn()?;
     if let Some(info) = cached(&png, &json, inst) {
         return Ok((png, info));
@@ -521,11 +564,15 @@ mod tests {
         assert_eq!((info.window_center, info.window_width), (1000.0, 500.0));
     }
 
+    /// Held by the tests that hold the render turn, so that they do not time each other out.
+    static RENDER_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A render that failed is answered from memory for a while (an undecodable instance
     /// is not decoded again on every request), and a request that cannot get its turn to
     /// render within [`RENDER_WAIT`] is answered busy instead of holding its slot.
     #[test]
     fn failed_renders_are_remembered_and_a_long_wait_is_busy() {
+        let _alone = RENDER_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let broken = dir.path().join("broken.dcm");
         std::fs::write(&broken, b"not DICOM at all").unwrap();
@@ -535,18 +582,18 @@ mod tests {
             received_at: 7,
             ..Default::default()
         };
-        let first = get_or_render(dir.path(), &inst, 1 << 20).unwrap_err();
+        let first = get_or_render(dir.path(), &inst, 1 << 20, "u").unwrap_err();
         assert!(matches!(first, PreviewError::Read(_)), "{first}");
         // Now a good file at the same place: still answered from memory, not read again.
         std::fs::rename(image_with_window(dir.path(), "1000", "500"), &broken).unwrap();
-        let again = get_or_render(dir.path(), &inst, 1 << 20).unwrap_err();
+        let again = get_or_render(dir.path(), &inst, 1 << 20, "u").unwrap_err();
         assert_eq!(again.to_string(), first.to_string());
         // A new file (another receive time) is rendered.
         let newer = InstanceRecord {
             received_at: 8,
             ..inst.clone()
         };
-        let (png, _) = get_or_render(dir.path(), &newer, 1 << 20).unwrap();
+        let (png, _) = get_or_render(dir.path(), &newer, 1 << 20, "u").unwrap();
         assert!(png.exists());
 
         let other = InstanceRecord {
@@ -555,10 +602,64 @@ mod tests {
         };
         let held = hold_renders();
         let started = std::time::Instant::now();
-        let busy = get_or_render(dir.path(), &other, 1 << 20).unwrap_err();
+        let busy = get_or_render(dir.path(), &other, 1 << 20, "u").unwrap_err();
         assert!(matches!(busy, PreviewError::Busy), "{busy}");
         assert!(started.elapsed() >= RENDER_WAIT);
         drop(held);
+    }
+
+    /// One user's uncached previews beyond [`MAX_RENDERS_PER_USER`] are answered at once
+    /// while renders queue, not held waiting; another user still waits for a turn, and the
+    /// places are given back when the renders end. A cached preview needs no place.
+    #[test]
+    fn one_user_waits_for_at_most_a_few_renders_at_once() {
+        let _alone = RENDER_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let path = image_with_window(dir.path(), "1000", "500");
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let inst = |k: usize| InstanceRecord {
+            sop_instance_uid: format!("1.2.3.4.5{k}"),
+            path: name.clone(),
+            received_at: 1,
+            ..Default::default()
+        };
+        let data = dir.path().to_path_buf();
+        let held = hold_renders();
+        let waiting: Vec<_> = (0..MAX_RENDERS_PER_USER)
+            .map(|k| {
+                let (data, inst) = (data.clone(), inst(k));
+                std::thread::spawn(move || get_or_render(&data, &inst, 1 << 20, "greedy"))
+            })
+            .collect();
+        let other = {
+            let (data, inst) = (data.clone(), inst(90));
+            std::thread::spawn(move || get_or_render(&data, &inst, 1 << 20, "other"))
+        };
+        // Wait until the greedy user's renders are all waiting.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while WAITING.lock().unwrap().get("greedy").copied() != Some(MAX_RENDERS_PER_USER) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the renders never queued"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let started = std::time::Instant::now();
+        let refused = get_or_render(&data, &inst(99), 1 << 20, "greedy").unwrap_err();
+        assert!(matches!(refused, PreviewError::UserBusy), "{refused}");
+        assert!(started.elapsed() < RENDER_WAIT / 2, "answered at once");
+        drop(held);
+        for w in waiting {
+            w.join().unwrap().unwrap();
+        }
+        other.join().unwrap().unwrap();
+        assert_eq!(
+            WAITING.lock().unwrap().get("greedy"),
+            None,
+            "places given back"
+        );
+        // Rendered now: asked again, cached, whatever the user has waiting.
+        assert!(get_or_render(&data, &inst(0), 1 << 20, "greedy").is_ok());
     }
 
     #[test]

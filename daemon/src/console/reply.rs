@@ -218,7 +218,8 @@ impl From<super::services::FeedbackNotQueued> for ApiError {
 }
 
 /// A preview of pruned pixel data is gone, one that cannot be written is our failure, one
-/// not rendered for other renders is busy (503), and one that cannot be read or decoded
+/// not rendered for other renders is busy (503; 429 when the user has several waiting
+/// already), and one that cannot be read or decoded
 /// conflicts with what the instance holds.
 impl From<super::preview::PreviewError> for ApiError {
     fn from(e: super::preview::PreviewError) -> ApiError {
@@ -227,6 +228,7 @@ impl From<super::preview::PreviewError> for ApiError {
             PreviewError::Pruned => ApiError::Gone(e.to_string()),
             PreviewError::Write(_) => ApiError::Internal(e.to_string()),
             PreviewError::Busy => ApiError::Busy(e.to_string()),
+            PreviewError::UserBusy => ApiError::TooMany(e.to_string()),
             _ => ApiError::Conflict(e.to_string()),
         }
     }

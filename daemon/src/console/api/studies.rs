@@ -405,9 +405,11 @@ pub(super) async fn preview(
     audit_image_view(c, req, s, uid, &format!("preview of instance {sop}")).await?;
     let data_dir = c.data_dir.clone();
     let max_pixels = c.max_pixels;
-    let (png, info) =
-        tokio::task::spawn_blocking(move || preview::get_or_render(&data_dir, &inst, max_pixels))
-            .await??;
+    let user = s.user.clone();
+    let (png, info) = tokio::task::spawn_blocking(move || {
+        preview::get_or_render(&data_dir, &inst, max_pixels, &user)
+    })
+    .await??;
     if info_only {
         return Ok(reply::json(StatusCode::OK, &info));
     }
