@@ -328,13 +328,19 @@ fn pack_manifest_path(dest: &Path) -> PathBuf {
 /// or a model pack onto the data partition. With `staged`, the bundle is
 /// `firmware.staged_bundle` and is consumed whatever happens (deleted after success,
 /// renamed `*.rejected` after a failure) so that the path unit does not start again; only
-/// the file this run opened is consumed, never one staged in its place meanwhile.
+/// the file this run opened is consumed, never one staged in its place meanwhile. A model
+/// pack of another model than the one `model_name` holds is refused unless
+/// `replace_model` (a technician's choice; never for the staged bundle).
 pub fn install(
     cfg: &Config,
     bundle: Option<&Path>,
     staged: bool,
     model_name: &str,
+    replace_model: bool,
 ) -> Result<ExitCode> {
+    if staged && replace_model {
+        anyhow::bail!("--replace-model is for a technician's install of a bundle, not --staged");
+    }
     let path = match (bundle, staged) {
         (Some(_), true) => anyhow::bail!("give either a bundle or --staged, not both"),
         (Some(p), false) => p.to_path_buf(),
@@ -387,7 +393,7 @@ pub fn install(
         (Ok(_), Some(Ok(file))) => match private_copy(file, &path) {
             Ok(copy) => {
                 let through = PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
-                install_path(cfg, &through, &path, model_name)
+                install_path(cfg, &through, &path, model_name, false)
             }
             Err(e) => {
                 let why = format!("{}: cannot copy the staged bundle: {e}", path.display());
@@ -395,7 +401,7 @@ pub fn install(
                 Ok(ExitCode::from(EXIT_REFUSED))
             }
         },
-        (Ok(_), None) => install_path(cfg, &path, &path, model_name),
+        (Ok(_), None) => install_path(cfg, &path, &path, model_name, replace_model),
     };
     drop(opened);
     // A bundle not looked at (the lock still held after the wait) stays staged: the path
@@ -486,7 +492,13 @@ fn report_refusal(data_dir: &Path, object: &str, why: &dyn std::fmt::Display) {
 
 /// Installs the bundle read at `path`, named `shown` in messages and the audit trail (the
 /// staged bundle is read through its descriptor).
-fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Result<ExitCode> {
+fn install_path(
+    cfg: &Config,
+    path: &Path,
+    shown: &Path,
+    model_name: &str,
+    replace_model: bool,
+) -> Result<ExitCode> {
     let object = shown.display().to_string();
     let data_dir = &cfg.device.data_dir;
     let anchors = device_anchors(cfg)?;
@@ -537,12 +549,42 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let installed = floor.get(model_name).max(installed_pack_version(&dest));
+            // Which model the pack is (signed with it): a pack of another model than the
+            // one this name holds is installed only when a technician says so.
+            let (model, payload) = match crate::infer::pack::signed_model(path, &anchors) {
+                Ok(m) => m,
+                Err(e) => {
+                    report_refusal(data_dir, &object, &e);
+                    return Ok(ExitCode::from(EXIT_REFUSED));
+                }
+            };
+            let replacing = floor.other_model(model_name, &model).map(str::to_string);
+            if let (Some(recorded), false) = (&replacing, replace_model) {
+                let why = format!(
+                    "the pack holds model {model:?}, but {model_name:?} holds model {recorded:?} \
+                     (recorded in {}); to replace the model, a technician runs \
+                     `duli firmware install --replace-model` with the bundle",
+                    floor_path.display()
+                );
+                report_refusal(data_dir, &object, &why);
+                return Ok(ExitCode::from(EXIT_REFUSED));
+            }
+            // Another model starts its own version line: the floor of the model it
+            // replaces does not hold it back.
+            let installed = match &replacing {
+                Some(_) => None,
+                None => floor.get(model_name).max(installed_pack_version(&dest)),
+            };
             install_model_pack(path, &anchors, &policy, installed, &dest).and_then(|v| {
+                if v.manifest().payload.sha256 != payload {
+                    return Err(UpdateError::Slot(
+                        duli_firmware::slot::SlotError::SourceChanged(path.to_path_buf()),
+                    ));
+                }
                 put_pack_record(&dest, &v)?;
                 // Raised only now that the pack is verified and in place: a bundle that
                 // fails verification cannot move the floor.
-                floor.raise(model_name, v.manifest().version);
+                floor.raise(model_name, v.manifest().version, &model);
                 floor.store(floor_path).map_err(|e| {
                     UpdateError::Slot(duli_firmware::slot::SlotError::Io {
                         path: floor_path.clone(),
@@ -552,14 +594,18 @@ fn install_path(cfg: &Config, path: &Path, shown: &Path, model_name: &str) -> Re
                         )),
                     })
                 })?;
+                let replaced = replacing
+                    .as_deref()
+                    .map(|old| format!(", replacing model {old}"))
+                    .unwrap_or_default();
                 println!(
-                    "installed model pack {} (signed by {}) at {}",
+                    "installed model pack {} of model {model} (signed by {}) at {}{replaced}",
                     v.manifest().version,
                     v.signer(),
                     dest.display()
                 );
                 Ok(format!(
-                    "install model pack {} at {} (signed by {})",
+                    "install model pack {} of model {model} at {} (signed by {}){replaced}",
                     v.manifest().version,
                     dest.display(),
                     v.signer()
@@ -685,9 +731,21 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let packs = PackVersions::load(&cfg.firmware.model_pack_versions);
     let mut value = value;
     value["model_pack_floor"] = match &packs {
-        Ok(p) => serde_json::json!(p.all()),
+        Ok(p) => serde_json::json!(p
+            .all()
+            .iter()
+            .map(|(name, f)| (name.clone(), f.version.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()),
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     };
+    // And the model each install name holds (absent where recorded before models were).
+    if let Ok(p) = &packs {
+        value["model_pack_models"] = serde_json::json!(p
+            .all()
+            .iter()
+            .filter_map(|(name, f)| Some((name.clone(), f.model.clone()?)))
+            .collect::<std::collections::BTreeMap<_, _>>());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -721,7 +779,10 @@ pub fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
             Ok(p) => p
                 .all()
                 .iter()
-                .map(|(m, v)| format!("{m}={v}"))
+                .map(|(name, f)| match &f.model {
+                    Some(model) => format!("{name}={} ({model})", f.version),
+                    None => format!("{name}={}", f.version),
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             Err(e) => format!("UNREADABLE: {e}"),

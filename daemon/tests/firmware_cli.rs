@@ -191,6 +191,25 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A model pack's archive: a `model.toml` naming `model` and `len` bytes of weights.
+fn pack_archive(model: &str, len: usize, seed: u8) -> Vec<u8> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let manifest = format!("name = \"{model}\"\n");
+    for (name, bytes) in [
+        ("model.toml", manifest.into_bytes()),
+        ("weights.bin", pattern(len, seed)),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, name, bytes.as_slice())
+            .unwrap();
+    }
+    archive.into_inner().unwrap()
+}
+
 fn flip_bit(src: &Path, dst: &Path, offset_from_end: usize) {
     let mut bytes = fs::read(src).unwrap();
     let i = bytes.len() - offset_from_end;
@@ -418,7 +437,7 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     assert_eq!(out.code(), Some(3), "{}", out.combined());
 
     // Model packs go to the data partition; an older pack is refused afterwards.
-    let pack = pattern(50_000, 9);
+    let pack = pack_archive("chest-a", 50_000, 9);
     let pack_bundle = b.sign("pack", "model-pack", "1.2.0", "0.1.0", &pack);
     let out = b.duli(&["install", pack_bundle.to_str().unwrap()], true);
     out.assert_success("firmware install (model pack)");
@@ -426,7 +445,13 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
         fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&pack_bundle).unwrap(),
         "the installed pack is not the signed bundle"
     );
-    let older = b.sign("pack-old", "model-pack", "1.1.0", "0.1.0", &pattern(10, 4));
+    let older = b.sign(
+        "pack-old",
+        "model-pack",
+        "1.1.0",
+        "0.1.0",
+        &pack_archive("chest-a", 10, 4),
+    );
     let out = b.duli(&["install", older.to_str().unwrap()], true);
     assert_eq!(out.code(), Some(3), "{}", out.combined());
     assert!(
@@ -439,7 +464,9 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     let floor = b.path("etc/firmware-state/model-packs.json");
     let record: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&floor).unwrap()).unwrap();
-    assert_eq!(record["packs"]["model"], "1.2.0", "{record}");
+    assert_eq!(record["packs"]["model"]["version"], "1.2.0", "{record}");
+    assert_eq!(record["packs"]["model"]["model"], "chest-a", "{record}");
+    assert_eq!(b.status()["model_pack_models"]["model"], "chest-a");
     assert_eq!(b.status()["model_pack_floor"]["model"], "1.2.0");
     let sidecar = b.path("data/models/model.pack.manifest.json");
     fs::remove_file(&sidecar).unwrap();
@@ -479,6 +506,63 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     b.duli(&["install", newer.to_str().unwrap()], true)
         .assert_success("firmware install (newer model pack)");
     assert_eq!(b.status()["model_pack_floor"]["model"], "1.3.0");
+
+    // A signed pack of another model under the same name (as whoever runs as the service
+    // user could stage): refused, the pack and the floor as they were. A technician
+    // replaces the model on purpose, and its own version line starts.
+    let other = b.sign(
+        "pack-other",
+        "model-pack",
+        "0.5.0",
+        "0.1.0",
+        &pack_archive("chest-b", 3_000, 6),
+    );
+    let out = b.duli(&["install", other.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(
+        out.stderr.contains("holds model \"chest-b\"") && out.stderr.contains("--replace-model"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&newer).unwrap(),
+        "the pack of the other model was installed"
+    );
+    assert_eq!(b.status()["model_pack_floor"]["model"], "1.3.0");
+    let out = b.duli(&["install", "--staged", "--replace-model"], true);
+    assert!(!out.success(), "{}", out.combined());
+    b.duli(
+        &["install", "--replace-model", other.to_str().unwrap()],
+        true,
+    )
+    .assert_success("firmware install --replace-model");
+    assert!(fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&other).unwrap());
+    let s = b.status();
+    assert_eq!(s["model_pack_floor"]["model"], "0.5.0");
+    assert_eq!(s["model_pack_models"]["model"], "chest-b");
+    // The first model's packs are now the other model.
+    let out = b.duli(&["install", newer.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    // A payload that is no pack's archive is refused before anything is written, and the
+    // refusal quotes none of its bytes.
+    let no_model = b.sign(
+        "pack-raw",
+        "model-pack",
+        "0.6.0",
+        "0.1.0",
+        &pattern(1000, 2),
+    );
+    let out = b.duli(&["install", no_model.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(
+        out.stderr.contains("its archive cannot be read")
+            && out
+                .stderr
+                .lines()
+                .all(|l| l.chars().all(|c| !c.is_control())),
+        "{}",
+        out.stderr
+    );
 
     // Rollback: slot A is still flagged good, so it is armed for a trial boot.
     let out = b.duli(&["rollback"], false);
@@ -739,7 +823,7 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
         b.path("data/models/model.pack.manifest.json"),
     )
     .unwrap();
-    let pack = pattern(40_000, 11);
+    let pack = pack_archive("chest", 40_000, 11);
     let bundle = b.sign("pack", "model-pack", "1.0.0", "0.0.1", &pack);
     let out = b.duli(&["install", bundle.to_str().unwrap()], true);
     out.assert_success("firmware install (model pack)");
@@ -790,7 +874,13 @@ fn root_install_of_a_model_pack_never_follows_a_planted_link() {
     // The folder itself replaced by a link to somewhere else: refused, nothing written.
     fs::rename(b.path("data/models"), b.path("elsewhere")).unwrap();
     std::os::unix::fs::symlink(b.path("elsewhere"), b.path("data/models")).unwrap();
-    let newer = b.sign("pack2", "model-pack", "1.1.0", "0.0.1", &pattern(1000, 12));
+    let newer = b.sign(
+        "pack2",
+        "model-pack",
+        "1.1.0",
+        "0.0.1",
+        &pack_archive("chest", 1000, 12),
+    );
     let out = b.duli(&["install", newer.to_str().unwrap()], true);
     assert!(!out.success(), "{}", out.combined());
     assert!(

@@ -4,7 +4,14 @@
 //! again by whoever runs as the service user, who owns the folder the packs themselves
 //! live in. The record only ever rises.
 //!
-//! Format: `{"format": 1, "packs": {"<model>": "<version>", ...}}`.
+//! Each install name also keeps which model its packs are: the `name` of the model
+//! manifest inside the first pack installed under it with this record (signed with the
+//! pack, as every byte of its payload is). A pack of another model under that name is
+//! refused unless a technician replaces the model on purpose, which starts that name's
+//! floor again from the new model's pack.
+//!
+//! Format: `{"format": 2, "packs": {"<install name>": {"version": "<version>", "model":
+//! "<model name>"}, ...}}`; format 1 (`{"<install name>": "<version>"}`, no model) is read.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -19,7 +26,10 @@ use crate::version::Version;
 const MAX_RECORD: u64 = 64 * 1024;
 
 /// The format written.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// The format before models were recorded: read, never written.
+const FORMAT_VERSIONS_ONLY: u32 = 1;
 
 /// Why the record cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +56,35 @@ pub enum PackVersionsError {
 #[serde(deny_unknown_fields)]
 struct Record {
     format: u32,
-    packs: BTreeMap<String, Version>,
+    packs: BTreeMap<String, Entry>,
 }
 
-/// The highest installed version of each model's pack.
+/// One install name's record: its floor and, when known, its model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    /// Format 1: the version alone.
+    Version(Version),
+    /// Format 2.
+    Pack(Floor),
+}
+
+/// The floor of one install name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Floor {
+    /// The highest version installed.
+    pub version: Version,
+    /// The model its packs are (the `name` in the pack's model manifest); `None` when
+    /// recorded before models were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// The highest installed version of each install name's pack, with its model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackVersions {
-    packs: BTreeMap<String, Version>,
+    packs: BTreeMap<String, Floor>,
 }
 
 impl PackVersions {
@@ -89,37 +121,74 @@ impl PackVersions {
             return Err(invalid(format!("larger than {MAX_RECORD} bytes")));
         }
         let record: Record = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
-        if record.format != FORMAT {
+        if ![FORMAT_VERSIONS_ONLY, FORMAT].contains(&record.format) {
             return Err(invalid(format!(
-                "format {} (this build reads {FORMAT})",
+                "format {} (this build reads {FORMAT_VERSIONS_ONLY} and {FORMAT})",
                 record.format
             )));
         }
-        Ok(PackVersions {
-            packs: record.packs,
-        })
+        let mut packs = BTreeMap::new();
+        for (name, entry) in record.packs {
+            let floor = match (record.format, entry) {
+                (FORMAT_VERSIONS_ONLY, Entry::Version(version)) => Floor {
+                    version,
+                    model: None,
+                },
+                (FORMAT, Entry::Pack(floor)) => floor,
+                (format, _) => {
+                    return Err(invalid(format!(
+                        "the entry of {name:?} is not one of format {format}"
+                    )))
+                }
+            };
+            packs.insert(name, floor);
+        }
+        Ok(PackVersions { packs })
     }
 
-    /// The highest version of `model`'s pack installed, if any was recorded.
-    pub fn get(&self, model: &str) -> Option<Version> {
-        self.packs.get(model).copied()
+    /// The highest version of install name `name`'s pack installed, if any was recorded.
+    pub fn get(&self, name: &str) -> Option<Version> {
+        self.packs.get(name).map(|f| f.version)
     }
 
-    /// Every model's recorded version.
-    pub fn all(&self) -> &BTreeMap<String, Version> {
+    /// The model recorded for install name `name`, if any.
+    pub fn model(&self, name: &str) -> Option<&str> {
+        self.packs.get(name).and_then(|f| f.model.as_deref())
+    }
+
+    /// Every install name's floor.
+    pub fn all(&self) -> &BTreeMap<String, Floor> {
         &self.packs
     }
 
-    /// Records that `version` of `model`'s pack was installed; a lower version never
-    /// replaces a higher one. Returns whether the record changed.
-    pub fn raise(&mut self, model: &str, version: Version) -> bool {
-        match self.packs.get(model) {
-            Some(v) if *v >= version => false,
+    /// Records that `version` of model `model`'s pack was installed under `name`; a lower
+    /// version never replaces a higher one of the same model, and a record without a model
+    /// learns it. Returns whether the record changed. A pack of another model than the one
+    /// recorded is refused before it is installed ([`Self::other_model`]); recording one
+    /// (a replacement a technician chose) starts the floor again from its version.
+    pub fn raise(&mut self, name: &str, version: Version, model: &str) -> bool {
+        let new = Floor {
+            version,
+            model: Some(model.to_string()),
+        };
+        match self.packs.get_mut(name) {
+            Some(f) if f.model.as_deref().is_none_or(|m| m == model) => {
+                let before = f.clone();
+                f.version = f.version.max(version);
+                f.model = Some(model.to_string());
+                *f != before
+            }
             _ => {
-                self.packs.insert(model.to_string(), version);
+                self.packs.insert(name.to_string(), new);
                 true
             }
         }
+    }
+
+    /// The model recorded under `name` when it is not `model` (a pack of `model` would
+    /// replace it).
+    pub fn other_model(&self, name: &str, model: &str) -> Option<&str> {
+        self.model(name).filter(|m| *m != model)
     }
 
     /// Writes the record to `path` atomically, creating its folder (owner-writable only)
@@ -155,7 +224,11 @@ impl PackVersions {
             .into_owned();
         let record = Record {
             format: FORMAT,
-            packs: self.packs.clone(),
+            packs: self
+                .packs
+                .iter()
+                .map(|(name, floor)| (name.clone(), Entry::Pack(floor.clone())))
+                .collect(),
         };
         let mut text = serde_json::to_vec_pretty(&record).map_err(|e| io(e.into()))?;
         text.push(b'\n');
@@ -179,16 +252,17 @@ mod tests {
         let path = dir.path().join("state/model-packs.json");
         let mut r = PackVersions::load(&path).unwrap();
         assert_eq!(r.get("chest"), None, "a missing record is empty");
-        assert!(r.raise("chest", v("1.2.0")));
-        assert!(!r.raise("chest", v("1.1.9")), "never lowered");
-        assert!(!r.raise("chest", v("1.2.0")));
-        assert!(r.raise("other", v("0.1.0")));
+        assert!(r.raise("chest", v("1.2.0"), "xception"));
+        assert!(!r.raise("chest", v("1.1.9"), "xception"), "never lowered");
+        assert!(!r.raise("chest", v("1.2.0"), "xception"));
+        assert!(r.raise("other", v("0.1.0"), "densenet"));
         r.store(&path).unwrap();
         let back = PackVersions::load(&path).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.get("chest"), Some(v("1.2.0")));
         assert_eq!(back.all().len(), 2);
-        assert!(r.raise("chest", v("2.0.0")));
+        assert_eq!(back.model("chest"), Some("xception"));
+        assert!(r.raise("chest", v("2.0.0"), "xception"));
         r.store(&path).unwrap();
         assert_eq!(
             PackVersions::load(&path).unwrap().get("chest"),
@@ -202,8 +276,11 @@ mod tests {
         let path = dir.path().join("model-packs.json");
         for bad in [
             &b"{"[..],
-            br#"{"format": 2, "packs": {}}"#,
+            br#"{"format": 3, "packs": {}}"#,
             br#"{"format": 1, "packs": {"chest": "1.x"}}"#,
+            br#"{"format": 1, "packs": {"chest": {"version": "1.0.0"}}}"#,
+            br#"{"format": 2, "packs": {"chest": "1.0.0"}}"#,
+            br#"{"format": 2, "packs": {"chest": {"version": "1.0.0", "extra": 1}}}"#,
             br#"{"format": 1, "packs": {}, "extra": 1}"#,
         ] {
             std::fs::write(&path, bad).unwrap();
@@ -223,7 +300,7 @@ mod tests {
         assert!(PackVersions::load(&path).is_err(), "a link is not followed");
         // Storing replaces the link itself; its target is untouched.
         let mut r = PackVersions::default();
-        r.raise("chest", v("1.0.0"));
+        r.raise("chest", v("1.0.0"), "xception");
         r.store(&path).unwrap();
         assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
         assert_eq!(
@@ -232,5 +309,37 @@ mod tests {
         );
         std::fs::create_dir(dir.path().join("folder.json")).unwrap();
         assert!(PackVersions::load(&dir.path().join("folder.json")).is_err());
+    }
+
+    /// A record of format 1 (versions only) is read, learns its model from the next pack
+    /// installed, and is written as format 2; a pack of another model is named as such,
+    /// and recording it (a replacement chosen by a technician) starts the floor again.
+    #[test]
+    fn each_install_name_keeps_its_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model-packs.json");
+        std::fs::write(&path, br#"{"format": 1, "packs": {"chest": "1.2.0"}}"#).unwrap();
+        let mut r = PackVersions::load(&path).unwrap();
+        assert_eq!((r.get("chest"), r.model("chest")), (Some(v("1.2.0")), None));
+        assert_eq!(
+            r.other_model("chest", "xception"),
+            None,
+            "no model recorded yet"
+        );
+        assert!(r.raise("chest", v("1.0.0"), "xception"), "learns its model");
+        assert_eq!(r.get("chest"), Some(v("1.2.0")), "and keeps its floor");
+        r.store(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""format": 2"#), "{text}");
+        let back = PackVersions::load(&path).unwrap();
+        assert_eq!(back.model("chest"), Some("xception"));
+        assert_eq!(back.other_model("chest", "xception"), None);
+        assert_eq!(back.other_model("chest", "densenet"), Some("xception"));
+        let mut replaced = back;
+        assert!(replaced.raise("chest", v("0.3.0"), "densenet"));
+        assert_eq!(
+            (replaced.get("chest"), replaced.model("chest")),
+            (Some(v("0.3.0")), Some("densenet"))
+        );
     }
 }

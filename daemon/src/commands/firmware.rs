@@ -68,6 +68,10 @@ pub enum FirmwareAction {
         /// `model`.
         #[arg(long)]
         model_name: Option<String>,
+        /// Install a model pack of another model than the one this name holds (its
+        /// version line starts again from the new pack); not with --staged.
+        #[arg(long, conflicts_with = "staged")]
+        replace_model: bool,
     },
     /// Show the booted slot, the boot variables and any pending update.
     Status {
@@ -121,6 +125,7 @@ pub fn run(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> 
             bundle,
             staged,
             model_name,
+            replace_model,
         } => {
             let model_name = model_name
                 .or_else(|| cfg.inference.model_pack.clone())
@@ -130,7 +135,7 @@ pub fn run(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> 
                     "--model-name {model_name:?}: a pack's name is letters, digits, '.', '_' and '-', not starting with '.'"
                 );
             }
-            firmware_cli::install(&cfg, bundle.as_deref(), staged, &model_name)
+            firmware_cli::install(&cfg, bundle.as_deref(), staged, &model_name, replace_model)
         }
         FirmwareAction::Status { json } => firmware_cli::status(&cfg, json),
         FirmwareAction::MarkGood {

@@ -67,6 +67,19 @@ pub enum PackError {
         /// The record that says so.
         record: PathBuf,
     },
+    /// The pack is another model than the one root recorded for its install name: a signed
+    /// pack of another model put under this name by whoever runs as the service user.
+    #[error("model pack {path}: it holds model {model:?}, but root recorded model {recorded:?} for this pack's name (in {record}); a technician replaces a model with `duli firmware install --replace-model`")]
+    OtherModel {
+        /// The installed pack.
+        path: PathBuf,
+        /// The model the pack holds.
+        model: String,
+        /// The model recorded for its name.
+        recorded: String,
+        /// The record that says so.
+        record: PathBuf,
+    },
     /// The model-pack floor cannot be read, so the pack's version cannot be checked.
     #[error("model pack {path}: {source}")]
     Floor {
@@ -106,6 +119,125 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Why an archive cannot be read, in printable words: the reader's message can quote
+/// the archive's own bytes, which go no further than this (nor into the audit trail).
+fn unreadable(e: &std::io::Error) -> String {
+    let text: String = e
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(120)
+        .collect();
+    format!("cannot be read ({text})")
+}
+
+/// Largest model manifest read to learn which model a pack is.
+const MAX_MODEL_TOML: u64 = 256 * 1024;
+
+/// The model a model manifest names (its `name`), from its TOML text.
+pub fn model_name_of(toml_text: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+    let text = std::str::from_utf8(toml_text).map_err(|_| "is not UTF-8 text".to_string())?;
+    let named: Named =
+        toml::from_str(text).map_err(|e| format!("does not name its model ({e})"))?;
+    if named.name.trim().is_empty() || named.name.len() > 128 {
+        return Err(format!("names no usable model ({:?})", named.name));
+    }
+    Ok(named.name)
+}
+
+/// The model a pack is: the `name` in the `model.toml` at the top of the archive `reader`
+/// streams (a pack's payload; its hash is the caller's to check once it has been read).
+/// The name is signed with the pack, as every byte of its payload is.
+pub fn model_of(reader: &mut impl std::io::Read, pack: &Path) -> Result<String, PackError> {
+    use std::io::Read;
+    let bad = |reason: String| PackError::Archive {
+        path: pack.to_path_buf(),
+        reason,
+    };
+    let found = walk(reader, pack, |entry, rel| {
+        if rel != Path::new("model.toml") || !entry.header().entry_type().is_file() {
+            return Ok(None);
+        }
+        let mut text = Vec::new();
+        entry
+            .take(MAX_MODEL_TOML + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| bad(unreadable(&e)))?;
+        if text.len() as u64 > MAX_MODEL_TOML {
+            return Err(bad(format!("has a model.toml over {MAX_MODEL_TOML} bytes")));
+        }
+        model_name_of(&text)
+            .map(Some)
+            .map_err(|why| bad(format!("has a model.toml that {why}")))
+    })?;
+    found.ok_or_else(|| bad("has no model.toml at its top".into()))
+}
+
+/// Walks the archive `reader` streams (at most [`MAX_ENTRIES`] entries), giving `visit`
+/// each entry with its path inside the pack's folder, until `visit` returns something; an
+/// entry naming a place outside the folder is refused.
+fn walk<R: std::io::Read, T>(
+    reader: R,
+    pack: &Path,
+    mut visit: impl FnMut(&mut tar::Entry<'_, R>, PathBuf) -> Result<Option<T>, PackError>,
+) -> Result<Option<T>, PackError> {
+    let bad = |reason: String| PackError::Archive {
+        path: pack.to_path_buf(),
+        reason,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| bad(unreadable(&e)))?;
+    for (n, entry) in entries.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(bad(format!("has more than {MAX_ENTRIES} entries")));
+        }
+        let mut entry = entry.map_err(|e| bad(unreadable(&e)))?;
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("has an unreadable name ({})", unreadable(&e))))?
+            .into_owned();
+        let mut rel = PathBuf::new();
+        for c in raw.components() {
+            match c {
+                Component::Normal(part) => rel.push(part),
+                Component::CurDir => {}
+                _ => return Err(bad(format!("names {} outside its folder", raw.display()))),
+            }
+        }
+        if let Some(found) = visit(&mut entry, rel)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The model of the model-pack bundle (or installed pack) at `bundle`, read from its payload
+/// and verified: signed by a key of `anchors`, every byte of the payload hashed. Returns
+/// the model with the SHA-256 of the payload it was read from (so that an install can
+/// tell that it wrote the same payload).
+pub fn signed_model(bundle: &Path, anchors: &TrustAnchors) -> Result<(String, String), PackError> {
+    let verify = |source| PackError::Verify {
+        path: bundle.to_path_buf(),
+        source,
+    };
+    let mut stream = open_installed(bundle, anchors).map_err(verify)?;
+    let payload = stream.manifest().payload.sha256.clone();
+    let model = model_of(&mut stream, bundle);
+    // An archive that does not read may be an altered one: the hash says so first.
+    stream.finish().map_err(verify)?;
+    Ok((model?, payload))
 }
 
 /// Verifies the installed pack `name` against `anchors` (the device's keys, see
@@ -177,10 +309,26 @@ pub fn put_in_service(
         let unpacked = unpack(&mut stream, &staging, &pack);
         stream.finish().map_err(verify)?;
         unpacked?;
-        if !staging.join("model.toml").is_file() {
+        let manifest = staging.join("model.toml");
+        if !manifest.is_file() {
             return Err(PackError::Archive {
                 path: pack.clone(),
                 reason: "has no model.toml at its top".into(),
+            });
+        }
+        // The model root recorded for this name, when it recorded one: a signed pack of
+        // another model put here by the service user does not go in service.
+        let text = std::fs::read(&manifest).map_err(io(&manifest))?;
+        let model = model_name_of(&text).map_err(|why| PackError::Archive {
+            path: pack.clone(),
+            reason: format!("has a model.toml that {why}"),
+        })?;
+        if let Some(recorded) = floor.other_model(name, &model) {
+            return Err(PackError::OtherModel {
+                path: pack.clone(),
+                model,
+                recorded: recorded.to_string(),
+                record: fw.model_pack_versions.clone(),
             });
         }
         let live = root.join(name);
@@ -199,52 +347,28 @@ pub fn put_in_service(
 /// Unpacks the archive `reader` streams into the new, empty folder `into`.
 fn unpack(reader: &mut impl std::io::Read, into: &Path, pack: &Path) -> Result<(), PackError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let bad = |reason: String| PackError::Archive {
-        path: pack.to_path_buf(),
-        reason,
-    };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| bad(format!("cannot be read ({e})")))?;
-    for (n, entry) in entries.enumerate() {
-        if n >= MAX_ENTRIES {
-            return Err(bad(format!("has more than {MAX_ENTRIES} entries")));
-        }
-        let mut entry = entry.map_err(|e| bad(format!("cannot be read ({e})")))?;
-        let raw = entry
-            .path()
-            .map_err(|e| bad(format!("has an unreadable name ({e})")))?
-            .into_owned();
-        let mut rel = PathBuf::new();
-        for c in raw.components() {
-            match c {
-                Component::Normal(part) => rel.push(part),
-                Component::CurDir => {}
-                _ => return Err(bad(format!("names {} outside its folder", raw.display()))),
-            }
-        }
+    walk(reader, pack, |entry, rel| {
         let kind = entry.header().entry_type();
         let target = into.join(&rel);
-        if kind.is_dir() {
-            if !rel.as_os_str().is_empty() {
-                std::fs::create_dir_all(&target).map_err(|source| PackError::Io {
-                    path: target.clone(),
-                    source,
-                })?;
-            }
-            continue;
-        }
-        if !kind.is_file() || rel.as_os_str().is_empty() {
-            return Err(bad(format!(
-                "holds {} that is not a regular file or folder",
-                raw.display()
-            )));
-        }
         let io = |source| PackError::Io {
             path: target.clone(),
             source,
         };
+        if kind.is_dir() {
+            if !rel.as_os_str().is_empty() {
+                std::fs::create_dir_all(&target).map_err(io)?;
+            }
+            return Ok(None::<()>);
+        }
+        if !kind.is_file() || rel.as_os_str().is_empty() {
+            return Err(PackError::Archive {
+                path: pack.to_path_buf(),
+                reason: format!(
+                    "holds {} that is not a regular file or folder",
+                    rel.display()
+                ),
+            });
+        }
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -255,9 +379,10 @@ fn unpack(reader: &mut impl std::io::Read, into: &Path, pack: &Path) -> Result<(
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&target)
             .map_err(io)?;
-        std::io::copy(&mut entry, &mut file).map_err(io)?;
+        std::io::copy(entry, &mut file).map_err(io)?;
         file.sync_all().map_err(io)?;
-    }
+        Ok(None)
+    })?;
     Ok(())
 }
 
@@ -270,6 +395,9 @@ mod tests {
     use duli_firmware::Release;
 
     const HW: &str = "test-hw";
+
+    /// The manifest of the pack first put in service.
+    const FIRST: &[u8] = b"name = \"first\"\n";
 
     /// A box with its firmware settings over a temporary folder and a root key it trusts.
     struct Bench {
@@ -434,18 +562,18 @@ mod tests {
     fn an_altered_foreign_or_unsafe_pack_is_refused_and_the_model_in_service_stays() {
         let b = Bench::new();
         b.install(
-            &tar_of(&[("model.toml", b"first")], &[]),
+            &tar_of(&[("model.toml", FIRST)], &[]),
             "1.0.0",
             PayloadKind::ModelPack,
             HW,
         );
         let (manifest, _) = b.serve().unwrap();
-        assert_eq!(std::fs::read(&manifest).unwrap(), b"first");
+        assert_eq!(std::fs::read(&manifest).unwrap(), FIRST);
         let pack = b.fw.model_pack_path("chest");
         let stays = |what: &str, e: PackError| {
             assert_eq!(
                 std::fs::read(&manifest).unwrap(),
-                b"first",
+                FIRST,
                 "{what}: the model in service changed ({e})"
             );
             let left = std::fs::read_dir(b.data().join(IN_SERVICE))
@@ -457,7 +585,7 @@ mod tests {
         // An older signed pack put back in the service user's folder after root installed
         // a newer one: refused by the floor root recorded.
         let mut floor = PackVersions::default();
-        floor.raise("chest", "2.0.0".parse().unwrap());
+        floor.raise("chest", "2.0.0".parse().unwrap(), "first");
         floor.store(&b.fw.model_pack_versions).unwrap();
         let e = b.serve().unwrap_err();
         assert!(
@@ -466,6 +594,17 @@ mod tests {
             "{e}"
         );
         stays("below the floor", e);
+        // A signed pack of another model than the one root recorded for the name.
+        let mut floor = PackVersions::default();
+        floor.raise("chest", "0.1.0".parse().unwrap(), "someone-else");
+        floor.store(&b.fw.model_pack_versions).unwrap();
+        let e = b.serve().unwrap_err();
+        assert!(
+            matches!(&e, PackError::OtherModel { model, recorded, .. }
+                if model == "first" && recorded == "someone-else"),
+            "{e}"
+        );
+        stays("another model", e);
         std::fs::write(&b.fw.model_pack_versions, b"not json").unwrap();
         let e = b.serve().unwrap_err();
         assert!(matches!(&e, PackError::Floor { .. }), "{e}");
@@ -520,6 +659,11 @@ mod tests {
                 "no manifest",
                 tar_of(&[("weights.bin", b"w")], &[]),
                 "no model.toml",
+            ),
+            (
+                "a manifest naming no model",
+                tar_of(&[("model.toml", b"m")], &[]),
+                "does not name its model",
             ),
             ("not an archive", vec![7u8; 3000], "archive"),
             ("too many entries", many_files(MAX_ENTRIES + 1), "more than"),
@@ -578,6 +722,35 @@ mod tests {
             put_in_service(&b.fw, &stranger.anchors, "chest", &b.data(), running()).unwrap_err();
         assert!(matches!(e, PackError::Verify { .. }), "{e}");
         stays("unknown key", e);
+    }
+
+    /// What a pack's model is: the name in the manifest at the top of its archive; one in
+    /// a sub-folder, none, one too large or naming nothing is no answer.
+    #[test]
+    fn a_pack_names_its_model_in_the_manifest_at_its_top() {
+        let model = |archive: Vec<u8>| model_of(&mut archive.as_slice(), Path::new("p"));
+        let named = tar_of(
+            &[
+                ("w.bin", b"x"),
+                ("model.toml", b"name = \"chest\"\nx = 1\n"),
+            ],
+            &[],
+        );
+        assert_eq!(model(named).unwrap(), "chest");
+        let nested = tar_of(&[("sub/model.toml", b"name = \"chest\"")], &[]);
+        assert!(model(nested)
+            .unwrap_err()
+            .to_string()
+            .contains("no model.toml"));
+        let big = vec![b'#'; MAX_MODEL_TOML as usize + 1];
+        let e = model(tar_of(&[("model.toml", &big)], &[])).unwrap_err();
+        assert!(e.to_string().contains("over"), "{e}");
+        for text in [&b"name = \"\""[..], b"name = 3", b"\xff", b"other = 1"] {
+            assert!(
+                model(tar_of(&[("model.toml", text)], &[])).is_err(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
