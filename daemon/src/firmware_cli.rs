@@ -558,7 +558,15 @@ fn install_path(
                     return Ok(ExitCode::from(EXIT_REFUSED));
                 }
             };
-            let replacing = floor.other_model(model_name, &model).map(str::to_string);
+            // The model this name holds: root's record, else (a record kept before models
+            // were) the pack installed under it, when it verifies.
+            let holds = floor.model(model_name).map(str::to_string).or_else(|| {
+                dest.exists()
+                    .then(|| crate::infer::pack::signed_model(&dest, &anchors).ok())
+                    .flatten()
+                    .map(|(m, _)| m)
+            });
+            let replacing = holds.clone().filter(|m| *m != model);
             if let (Some(recorded), false) = (&replacing, replace_model) {
                 let why = format!(
                     "the pack holds model {model:?}, but {model_name:?} holds model {recorded:?} \
@@ -569,22 +577,24 @@ fn install_path(
                 report_refusal(data_dir, &object, &why);
                 return Ok(ExitCode::from(EXIT_REFUSED));
             }
-            // Another model starts its own version line: the floor of the model it
-            // replaces does not hold it back.
-            let installed = match &replacing {
-                Some(_) => None,
-                None => floor.get(model_name).max(installed_pack_version(&dest)),
+            // Another model (or, asked to replace, one whose model is not known) starts
+            // its own version line: the floor of the model it replaces does not hold it.
+            let new_line = replacing.is_some() || (replace_model && holds.is_none());
+            let installed = if new_line {
+                None
+            } else {
+                floor.get(model_name).max(installed_pack_version(&dest))
             };
-            install_model_pack(path, &anchors, &policy, installed, &dest).and_then(|v| {
-                if v.manifest().payload.sha256 != payload {
-                    return Err(UpdateError::Slot(
-                        duli_firmware::slot::SlotError::SourceChanged(path.to_path_buf()),
-                    ));
-                }
+            let expected = Some(payload.as_str());
+            install_model_pack(path, &anchors, &policy, installed, &dest, expected).and_then(|v| {
                 put_pack_record(&dest, &v)?;
                 // Raised only now that the pack is verified and in place: a bundle that
                 // fails verification cannot move the floor.
-                floor.raise(model_name, v.manifest().version, &model);
+                if new_line {
+                    floor.replace(model_name, v.manifest().version, &model);
+                } else {
+                    floor.raise(model_name, v.manifest().version, &model);
+                }
                 floor.store(floor_path).map_err(|e| {
                     UpdateError::Slot(duli_firmware::slot::SlotError::Io {
                         path: floor_path.clone(),

@@ -464,8 +464,11 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     let floor = b.path("etc/firmware-state/model-packs.json");
     let record: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&floor).unwrap()).unwrap();
-    assert_eq!(record["packs"]["model"]["version"], "1.2.0", "{record}");
-    assert_eq!(record["packs"]["model"]["model"], "chest-a", "{record}");
+    assert_eq!(record["packs"]["model"], "1.2.0", "{record}");
+    let models = b.path("etc/firmware-state/model-packs.models.json");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&models).unwrap()).unwrap();
+    assert_eq!(recorded["models"]["model"], "chest-a", "{recorded}");
     assert_eq!(b.status()["model_pack_models"]["model"], "chest-a");
     assert_eq!(b.status()["model_pack_floor"]["model"], "1.2.0");
     let sidecar = b.path("data/models/model.pack.manifest.json");
@@ -543,6 +546,33 @@ fn firmware_cli_full_cycle_with_the_file_backend() {
     // The first model's packs are now the other model.
     let out = b.duli(&["install", newer.to_str().unwrap()], true);
     assert_eq!(out.code(), Some(3), "{}", out.combined());
+    // A record kept before models were (versions only): the model is learned from the
+    // pack installed under the name, so another model is still refused; replacing it
+    // starts its version line again even below the recorded floor.
+    fs::remove_file(b.path("etc/firmware-state/model-packs.models.json")).unwrap();
+    fs::write(&floor, br#"{"format": 1, "packs": {"model": "0.5.0"}}"#).unwrap();
+    let third = b.sign(
+        "pack-third",
+        "model-pack",
+        "0.2.0",
+        "0.1.0",
+        &pack_archive("chest-c", 2_000, 8),
+    );
+    let out = b.duli(&["install", third.to_str().unwrap()], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(
+        out.stderr.contains("holds model \"chest-b\""),
+        "{}",
+        out.stderr
+    );
+    b.duli(
+        &["install", "--replace-model", third.to_str().unwrap()],
+        true,
+    )
+    .assert_success("firmware install --replace-model below the old floor");
+    let s = b.status();
+    assert_eq!(s["model_pack_floor"]["model"], "0.2.0");
+    assert_eq!(s["model_pack_models"]["model"], "chest-c");
     // A payload that is no pack's archive is refused before anything is written, and the
     // refusal quotes none of its bytes.
     let no_model = b.sign(

@@ -24,16 +24,21 @@ use crate::version::Version;
 /// never following a link at either name or at `dest`'s folder. The installed pack is the
 /// signed bundle itself (header, manifest, payload), so whoever puts it in service verifies
 /// it again ([`open_installed`]). `installed` is the version of the pack currently at
-/// `dest`, if any.
+/// `dest`, if any. With `payload_sha256`, the bundle must carry that payload (the one the
+/// caller looked into before), or nothing is written.
 pub fn install_model_pack(
     bundle: &Path,
     anchors: &TrustAnchors,
     policy: &DevicePolicy,
     installed: Option<Version>,
     dest: &Path,
+    payload_sha256: Option<&str>,
 ) -> Result<VerifiedManifest, UpdateError> {
     let verified = verify(bundle, anchors)?;
     let manifest = verified.manifest();
+    if payload_sha256.is_some_and(|sha| sha != manifest.payload.sha256) {
+        return Err(SlotError::SourceChanged(bundle.to_path_buf()).into());
+    }
     policy.check(manifest, PayloadKind::ModelPack, installed)?;
     let expected = manifest.payload_sha256().map_err(BundleError::from)?;
     let io = |path: &Path| {

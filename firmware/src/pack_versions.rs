@@ -10,8 +10,10 @@
 //! refused unless a technician replaces the model on purpose, which starts that name's
 //! floor again from the new model's pack.
 //!
-//! Format: `{"format": 2, "packs": {"<install name>": {"version": "<version>", "model":
-//! "<model name>"}, ...}}`; format 1 (`{"<install name>": "<version>"}`, no model) is read.
+//! Two files, so that a release from before models were recorded, after a rollback, still
+//! reads the versions: `{"format": 1, "packs": {"<install name>": "<version>", ...}}` at
+//! the record's path, and `{"format": 1, "models": {"<install name>": "<model>", ...}}`
+//! beside it ([`models_path`]; missing means no model recorded yet).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -25,11 +27,8 @@ use crate::version::Version;
 /// Largest record read (a few bytes per model).
 const MAX_RECORD: u64 = 64 * 1024;
 
-/// The format written.
-const FORMAT: u32 = 2;
-
-/// The format before models were recorded: read, never written.
-const FORMAT_VERSIONS_ONLY: u32 = 1;
+/// The format of both files.
+const FORMAT: u32 = 1;
 
 /// Why the record cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -56,28 +55,23 @@ pub enum PackVersionsError {
 #[serde(deny_unknown_fields)]
 struct Record {
     format: u32,
-    packs: BTreeMap<String, Entry>,
+    packs: BTreeMap<String, Version>,
 }
 
-/// One install name's record: its floor and, when known, its model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Entry {
-    /// Format 1: the version alone.
-    Version(Version),
-    /// Format 2.
-    Pack(Floor),
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelRecord {
+    format: u32,
+    models: BTreeMap<String, String>,
 }
 
 /// The floor of one install name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Floor {
     /// The highest version installed.
     pub version: Version,
     /// The model its packs are (the `name` in the pack's model manifest); `None` when
     /// recorded before models were.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
 
@@ -87,62 +81,87 @@ pub struct PackVersions {
     packs: BTreeMap<String, Floor>,
 }
 
+/// The file beside the record at `path` that keeps each install name's model:
+/// `model-packs.json` → `model-packs.models.json`.
+pub fn models_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.models.json"))
+}
+
+/// Reads a small JSON record at `path` without following a link; `None` when missing.
+fn read_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, PackVersionsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| PackVersionsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let invalid = |reason: String| PackVersionsError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_RECORD + 1)
+        .read_to_end(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_RECORD {
+        return Err(invalid(format!("larger than {MAX_RECORD} bytes")));
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
+}
+
 impl PackVersions {
-    /// Reads the record at `path` (without following a link); a missing record is empty.
+    /// Reads the record at `path` and the models beside it ([`models_path`]), without
+    /// following a link; a missing record is empty.
     pub fn load(path: &Path) -> Result<PackVersions, PackVersionsError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source| PackVersionsError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let invalid = |reason: String| PackVersionsError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(PackVersions::default())
+        let format = |p: &Path, format: u32| {
+            if format == FORMAT {
+                Ok(())
+            } else {
+                Err(PackVersionsError::Invalid {
+                    path: p.to_path_buf(),
+                    reason: format!("format {format} (this build reads {FORMAT})"),
+                })
             }
-            Err(e) => return Err(io(e)),
         };
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(invalid("not a regular file".into()));
-        }
-        let mut text = Vec::new();
-        file.take(MAX_RECORD + 1)
-            .read_to_end(&mut text)
-            .map_err(io)?;
-        if text.len() as u64 > MAX_RECORD {
-            return Err(invalid(format!("larger than {MAX_RECORD} bytes")));
-        }
-        let record: Record = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
-        if ![FORMAT_VERSIONS_ONLY, FORMAT].contains(&record.format) {
-            return Err(invalid(format!(
-                "format {} (this build reads {FORMAT_VERSIONS_ONLY} and {FORMAT})",
-                record.format
-            )));
-        }
-        let mut packs = BTreeMap::new();
-        for (name, entry) in record.packs {
-            let floor = match (record.format, entry) {
-                (FORMAT_VERSIONS_ONLY, Entry::Version(version)) => Floor {
-                    version,
-                    model: None,
-                },
-                (FORMAT, Entry::Pack(floor)) => floor,
-                (format, _) => {
-                    return Err(invalid(format!(
-                        "the entry of {name:?} is not one of format {format}"
-                    )))
-                }
-            };
-            packs.insert(name, floor);
-        }
+        let Some(record) = read_record::<Record>(path)? else {
+            return Ok(PackVersions::default());
+        };
+        format(path, record.format)?;
+        let models_at = models_path(path);
+        let models = match read_record::<ModelRecord>(&models_at)? {
+            Some(m) => {
+                format(&models_at, m.format)?;
+                m.models
+            }
+            None => BTreeMap::new(),
+        };
+        let packs = record
+            .packs
+            .into_iter()
+            .map(|(name, version)| {
+                let model = models.get(&name).cloned();
+                (name, Floor { version, model })
+            })
+            .collect();
         Ok(PackVersions { packs })
     }
 
@@ -183,6 +202,18 @@ impl PackVersions {
                 true
             }
         }
+    }
+
+    /// Records that a technician replaced the model under `name` by `version` of `model`:
+    /// the floor starts again from it, whatever was recorded before.
+    pub fn replace(&mut self, name: &str, version: Version, model: &str) {
+        self.packs.insert(
+            name.to_string(),
+            Floor {
+                version,
+                model: Some(model.to_string()),
+            },
+        );
     }
 
     /// The model recorded under `name` when it is not `model` (a pack of `model` would
@@ -227,15 +258,32 @@ impl PackVersions {
             packs: self
                 .packs
                 .iter()
-                .map(|(name, floor)| (name.clone(), Entry::Pack(floor.clone())))
+                .map(|(name, floor)| (name.clone(), floor.version))
                 .collect(),
         };
-        let mut text = serde_json::to_vec_pretty(&record).map_err(|e| io(e.into()))?;
-        text.push(b'\n');
-        Dir::open(folder)
-            .and_then(|d| d.replace(&name, &text))
+        let models = ModelRecord {
+            format: FORMAT,
+            models: self
+                .packs
+                .iter()
+                .filter_map(|(name, floor)| Some((name.clone(), floor.model.clone()?)))
+                .collect(),
+        };
+        let dir = Dir::open(folder).map_err(io)?;
+        // The models first: a record whose versions are written is never ahead of them.
+        let models_name = models_path(Path::new(&name)).to_string_lossy().into_owned();
+        dir.replace(&models_name, &pretty(&models).map_err(io)?)
+            .map_err(io)?;
+        dir.replace(&name, &pretty(&record).map_err(io)?)
             .map_err(io)
     }
+}
+
+/// A record as pretty JSON with a final newline.
+fn pretty<T: Serialize>(record: &T) -> std::io::Result<Vec<u8>> {
+    let mut text = serde_json::to_vec_pretty(record)?;
+    text.push(b'\n');
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -276,11 +324,9 @@ mod tests {
         let path = dir.path().join("model-packs.json");
         for bad in [
             &b"{"[..],
-            br#"{"format": 3, "packs": {}}"#,
+            br#"{"format": 2, "packs": {}}"#,
             br#"{"format": 1, "packs": {"chest": "1.x"}}"#,
             br#"{"format": 1, "packs": {"chest": {"version": "1.0.0"}}}"#,
-            br#"{"format": 2, "packs": {"chest": "1.0.0"}}"#,
-            br#"{"format": 2, "packs": {"chest": {"version": "1.0.0", "extra": 1}}}"#,
             br#"{"format": 1, "packs": {}, "extra": 1}"#,
         ] {
             std::fs::write(&path, bad).unwrap();
@@ -309,11 +355,23 @@ mod tests {
         );
         std::fs::create_dir(dir.path().join("folder.json")).unwrap();
         assert!(PackVersions::load(&dir.path().join("folder.json")).is_err());
+        // A damaged models file is an error too, not a record without models.
+        let models = models_path(&path);
+        for bad in [
+            &b"{"[..],
+            br#"{"format": 2, "models": {}}"#,
+            br#"{"format": 1, "models": {"chest": 7}}"#,
+        ] {
+            std::fs::write(&models, bad).unwrap();
+            let e = PackVersions::load(&path).unwrap_err();
+            assert!(e.to_string().contains("models.json"), "{e}");
+        }
     }
 
-    /// A record of format 1 (versions only) is read, learns its model from the next pack
-    /// installed, and is written as format 2; a pack of another model is named as such,
-    /// and recording it (a replacement chosen by a technician) starts the floor again.
+    /// A record without models (as releases before them wrote it) is read, learns its
+    /// model from the next pack installed, and keeps the versions file as those releases
+    /// read it (a rollback still finds its floor); a pack of another model is named as
+    /// such, and recording it (a replacement a technician chose) starts the floor again.
     #[test]
     fn each_install_name_keeps_its_model() {
         let dir = tempfile::tempdir().unwrap();
@@ -329,17 +387,46 @@ mod tests {
         assert!(r.raise("chest", v("1.0.0"), "xception"), "learns its model");
         assert_eq!(r.get("chest"), Some(v("1.2.0")), "and keeps its floor");
         r.store(&path).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(r#""format": 2"#), "{text}");
+        let versions: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            versions,
+            serde_json::json!({"format": 1, "packs": {"chest": "1.2.0"}}),
+            "the versions file as releases without models read it"
+        );
+        assert_eq!(
+            models_path(&path),
+            dir.path().join("model-packs.models.json")
+        );
+        let models: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(models_path(&path)).unwrap()).unwrap();
+        assert_eq!(
+            models,
+            serde_json::json!({"format": 1, "models": {"chest": "xception"}})
+        );
         let back = PackVersions::load(&path).unwrap();
         assert_eq!(back.model("chest"), Some("xception"));
         assert_eq!(back.other_model("chest", "xception"), None);
         assert_eq!(back.other_model("chest", "densenet"), Some("xception"));
-        let mut replaced = back;
+        let mut replaced = back.clone();
         assert!(replaced.raise("chest", v("0.3.0"), "densenet"));
         assert_eq!(
             (replaced.get("chest"), replaced.model("chest")),
             (Some(v("0.3.0")), Some("densenet"))
+        );
+        // A replacement chosen where no model was recorded starts the floor again too.
+        let mut unknown = PackVersions::default();
+        unknown.packs.insert(
+            "chest".into(),
+            Floor {
+                version: v("5.0.0"),
+                model: None,
+            },
+        );
+        unknown.replace("chest", v("0.2.0"), "densenet");
+        assert_eq!(
+            (unknown.get("chest"), unknown.model("chest")),
+            (Some(v("0.2.0")), Some("densenet"))
         );
     }
 }

@@ -258,7 +258,7 @@ fn model_pack_installs_atomically_on_data_partition() {
     let (b1, p1) = bundle(d, "m1", &keys, &pack_rel(Version::new(2, 0, 0)), 40_000, 1);
     let dest = d.join("models").join("pneumonia.pack");
     fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    let v = install_model_pack(&b1, &keys.anchors, &policy(), None, &dest).unwrap();
+    let v = install_model_pack(&b1, &keys.anchors, &policy(), None, &dest, None).unwrap();
     assert_eq!(v.manifest().version, Version::new(2, 0, 0));
     // The installed pack is the signed bundle itself, and verifies again when opened.
     assert_eq!(fs::read(&dest).unwrap(), fs::read(&b1).unwrap());
@@ -271,6 +271,18 @@ fn model_pack_installs_atomically_on_data_partition() {
         Version::new(2, 0, 0)
     );
 
+    // A bundle whose payload is not the one the caller looked into (replaced in between):
+    // nothing is written.
+    let (b3, _) = bundle(d, "m3", &keys, &pack_rel(Version::new(3, 0, 0)), 40_000, 7);
+    let other = "0".repeat(64);
+    assert!(matches!(
+        install_model_pack(&b3, &keys.anchors, &policy(), None, &dest, Some(&other)),
+        Err(UpdateError::Slot(
+            duli_firmware::slot::SlotError::SourceChanged(_)
+        ))
+    ));
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(&b1).unwrap());
+
     let (old, _) = bundle(d, "m0", &keys, &pack_rel(Version::new(1, 5, 0)), 40_000, 2);
     assert!(matches!(
         install_model_pack(
@@ -278,13 +290,14 @@ fn model_pack_installs_atomically_on_data_partition() {
             &keys.anchors,
             &policy(),
             Some(Version::new(2, 0, 0)),
-            &dest
+            &dest,
+            None
         ),
         Err(UpdateError::Policy(PolicyError::Downgrade { .. }))
     ));
     let rootfs_bundle = bundle(d, "r", &keys, &rootfs(Version::new(1, 1, 0)), 10, 3).0;
     assert!(matches!(
-        install_model_pack(&rootfs_bundle, &keys.anchors, &policy(), None, &dest),
+        install_model_pack(&rootfs_bundle, &keys.anchors, &policy(), None, &dest, None),
         Err(UpdateError::Policy(PolicyError::WrongKind { .. }))
     ));
     assert_eq!(
@@ -312,7 +325,7 @@ fn an_installed_pack_is_verified_again_when_opened() {
     );
     let (b1, _) = bundle(d, "m1", &keys, &rel, 40_000, 1);
     let dest = d.join("pneumonia.pack");
-    install_model_pack(&b1, &keys.anchors, &policy(), None, &dest).unwrap();
+    install_model_pack(&b1, &keys.anchors, &policy(), None, &dest, None).unwrap();
     let good = fs::read(&dest).unwrap();
 
     let mut bad = good.clone();

@@ -182,12 +182,17 @@ fn finding_gate(
             flipped += 1;
         }
     }
-    let counted = |scored: &[ScoredCase]| {
-        let (pos, neg) = split_by_label(&labelled_scores(scored, i));
-        (pos.len(), neg.len())
-    };
-    let ((pos_f32, neg_f32), (pos_gated, neg_gated)) = (counted(reference), counted(gated));
-    let (positives, negatives) = (pos_f32.min(pos_gated), neg_f32.min(neg_gated));
+    // The cases of the files scored at both precisions.
+    let both: Vec<ScoredCase> = reference
+        .iter()
+        .zip(gated)
+        .filter(|(r, g)| {
+            probability(&r.outcome, i).is_some() && probability(&g.outcome, i).is_some()
+        })
+        .map(|(r, _)| r.clone())
+        .collect();
+    let (pos, neg) = split_by_label(&labelled_scores(&both, i));
+    let (positives, negatives) = (pos.len(), neg.len());
     FindingGate {
         auc_f32: auc(reference, i),
         auc: auc(gated, i),

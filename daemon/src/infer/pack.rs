@@ -121,12 +121,15 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Why an archive cannot be read, in printable words: the reader's message can quote
-/// the archive's own bytes, which go no further than this (nor into the audit trail).
+/// Why an archive cannot be read, in printable words ([`printable`]).
 fn unreadable(e: &std::io::Error) -> String {
-    let text: String = e
-        .to_string()
-        .chars()
+    format!("cannot be read ({})", printable(&e.to_string()))
+}
+
+/// Text taken from a pack (a reader's message quoting the archive's bytes, an entry's
+/// name) as it may be shown and audited: printable ASCII, at most 120 characters.
+fn printable(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_graphic() || c == ' ' {
                 c
@@ -135,24 +138,37 @@ fn unreadable(e: &std::io::Error) -> String {
             }
         })
         .take(120)
-        .collect();
-    format!("cannot be read ({text})")
+        .collect()
 }
 
 /// Largest model manifest read to learn which model a pack is.
 const MAX_MODEL_TOML: u64 = 256 * 1024;
 
+/// Why a model manifest names no model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelNameError {
+    /// The manifest is not UTF-8 text.
+    #[error("is not UTF-8 text")]
+    NotText,
+    /// It is not TOML with a string `name`.
+    #[error("does not name its model ({0})")]
+    NoName(String),
+    /// Its `name` is empty or longer than 128 bytes.
+    #[error("names no usable model ({0:?})")]
+    Unusable(String),
+}
+
 /// The model a model manifest names (its `name`), from its TOML text.
-pub fn model_name_of(toml_text: &[u8]) -> Result<String, String> {
+pub fn model_name_of(toml_text: &[u8]) -> Result<String, ModelNameError> {
     #[derive(serde::Deserialize)]
     struct Named {
         name: String,
     }
-    let text = std::str::from_utf8(toml_text).map_err(|_| "is not UTF-8 text".to_string())?;
+    let text = std::str::from_utf8(toml_text).map_err(|_| ModelNameError::NotText)?;
     let named: Named =
-        toml::from_str(text).map_err(|e| format!("does not name its model ({e})"))?;
+        toml::from_str(text).map_err(|e| ModelNameError::NoName(printable(&e.to_string())))?;
     if named.name.trim().is_empty() || named.name.len() > 128 {
-        return Err(format!("names no usable model ({:?})", named.name));
+        return Err(ModelNameError::Unusable(printable(&named.name)));
     }
     Ok(named.name)
 }
@@ -213,7 +229,10 @@ fn walk<R: std::io::Read, T>(
             match c {
                 Component::Normal(part) => rel.push(part),
                 Component::CurDir => {}
-                _ => return Err(bad(format!("names {} outside its folder", raw.display()))),
+                _ => {
+                    let name = printable(&raw.to_string_lossy());
+                    return Err(bad(format!("names {name} outside its folder")));
+                }
             }
         }
         if let Some(found) = visit(&mut entry, rel)? {
@@ -365,7 +384,7 @@ fn unpack(reader: &mut impl std::io::Read, into: &Path, pack: &Path) -> Result<(
                 path: pack.to_path_buf(),
                 reason: format!(
                     "holds {} that is not a regular file or folder",
-                    rel.display()
+                    printable(&rel.to_string_lossy())
                 ),
             });
         }
@@ -453,6 +472,7 @@ mod tests {
                     &self.fw.policy(running()).unwrap(),
                     None,
                     &dest,
+                    None,
                 )
                 .unwrap();
             } else {

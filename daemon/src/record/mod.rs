@@ -126,6 +126,10 @@ pub struct Outcome<'a> {
 pub struct Recorder {
     store: Arc<Store>,
     delivery: Option<Delivery>,
+    /// Held while a heatmap is recorded: the last two heatmaps of a report settled at once
+    /// (the worker, and a skip for a full backlog) must not each see the other pending,
+    /// or the report's objects would never be made.
+    settling: std::sync::Mutex<()>,
 }
 
 /// Studies that came from the console's manual upload (no real patient) are analysed and
@@ -137,7 +141,11 @@ pub fn is_manual_upload(study: &StudyRecord) -> bool {
 impl Recorder {
     /// A recorder committing into `store`, planning deliveries when `delivery` is given.
     pub fn new(store: Arc<Store>, delivery: Option<Delivery>) -> Recorder {
-        Recorder { store, delivery }
+        Recorder {
+            store,
+            delivery,
+            settling: std::sync::Mutex::new(()),
+        }
     }
 
     /// The store it records into.
@@ -254,6 +262,7 @@ impl Recorder {
         state: HeatmapState,
         heatmap_ms: f64,
     ) -> Result<(), ObjectError> {
+        let _one_at_a_time = self.settling.lock().unwrap_or_else(|p| p.into_inner());
         let made = match &state {
             HeatmapState::Done { path, code } => Some((path.clone(), code.clone())),
             _ => None,
@@ -347,11 +356,24 @@ impl Recorder {
             // computed that UID).
             unkeyed: ResultUids::unkeyed(&d.uid_root, &result.report_id),
         };
-        let explained = explained_heatmap(&result, settling, heatmap);
+        // A map made before a restart keeps its image: the other objects follow it when
+        // its heatmap is still at hand (the one settling now may have been skipped this
+        // time), and the SR names a map only when it shows the finding the SR says.
+        let mapped = self.map_source(&objects);
+        let explained = explained_heatmap(&result, settling, heatmap, mapped.as_deref());
         if let Some(h) = &explained {
             self.heatmap_objects(d, &report, &objects, h)?;
         }
-        self.settled_report(d, &report, &result, &objects, explained.map(|h| h.code))
+        let shown = explained.filter(|h| mapped.as_deref().is_none_or(|sop| sop == h.sop));
+        self.settled_report(d, &report, &result, &objects, shown.map(|h| h.code))
+    }
+
+    /// The image the report's Parametric Map was made from, when this box made it already.
+    fn map_source(&self, objects: &Made) -> Option<String> {
+        [&objects.uids.pm_instance, &objects.unkeyed.pm_instance]
+            .into_iter()
+            .find(|uid| self.generated(uid))
+            .and_then(|uid| parametric_map::source_of(&self.store, uid))
     }
 
     /// The Structured Report: it references the report's Parametric Map when this box made
@@ -505,18 +527,20 @@ struct Made {
 /// study's top finding (the one the Secondary Capture's caption names) on the image where
 /// that finding is most probable; failing that, the most probable finding any map explains;
 /// ties go to the earlier image. A study of several images thus shows the map of the image
-/// that holds its finding, whichever heatmap settled first.
+/// that holds its finding, whichever heatmap settled first. The image a map was already
+/// made from (`mapped`) goes first while its heatmap is made.
 fn explained_heatmap<'a>(
     result: &'a StudyResult,
     settling: &str,
     made: Option<Heatmap<'a>>,
+    mapped: Option<&str>,
 ) -> Option<Heatmap<'a>> {
     let top = result
         .findings
         .iter()
         .max_by(|a, b| a.probability.total_cmp(&b.probability))
         .map(|f| f.code.as_str());
-    let mut best: Option<((bool, f32), Heatmap<'a>)> = None;
+    let mut best: Option<((bool, bool, f32), Heatmap<'a>)> = None;
     for image in &result.images {
         let heatmap = if image.sop_instance_uid == settling {
             made
@@ -536,10 +560,10 @@ fn explained_heatmap<'a>(
             .iter()
             .find(|f| f.code == h.code)
             .map_or(f32::NEG_INFINITY, |f| f.probability);
-        let rank = (Some(h.code) == top, probability);
-        let better = best.as_ref().is_none_or(|(r, _)| {
-            (rank.0, rank.1).partial_cmp(&(r.0, r.1)) == Some(std::cmp::Ordering::Greater)
-        });
+        let rank = (Some(h.sop) == mapped, Some(h.code) == top, probability);
+        let better = best
+            .as_ref()
+            .is_none_or(|(r, _)| rank.partial_cmp(r) == Some(std::cmp::Ordering::Greater));
         if better {
             best = Some((rank, h));
         }
@@ -923,35 +947,46 @@ mod tests {
                 ),
                 image(
                     "9.3",
-                    &[("PNEUMONIA", 0.2), ("EFFUSION", 0.97)],
+                    &[("PNEUMONIA", 0.2), ("EFFUSION", 0.7)],
                     done("EFFUSION", "c.png"),
                 ),
             ],
         );
         let made = |sop, png, code| Some(Heatmap { sop, png, code });
-        // EFFUSION (0.97 on 9.3) is the study's top finding: its map wins over any
-        // PNEUMONIA map, however probable.
-        let chosen = explained_heatmap(&r, "9.2", made("9.2", "b.png", "PNEUMONIA"));
+        // EFFUSION (0.95 on 9.1, which has a PNEUMONIA map) is the study's top finding: the
+        // only EFFUSION map (0.7 on 9.3) wins over any PNEUMONIA map, however probable.
+        let chosen = explained_heatmap(&r, "9.2", made("9.2", "b.png", "PNEUMONIA"), None);
+        assert_eq!(chosen.map(|h| h.sop), Some("9.3"));
+        // A map already made from 9.2 (before a restart) keeps its image.
+        let chosen = explained_heatmap(&r, "9.2", made("9.2", "b.png", "PNEUMONIA"), Some("9.2"));
+        assert_eq!(chosen.map(|h| h.sop), Some("9.2"));
+        // ... unless 9.2's heatmap is not made this time: then the best other one.
+        let chosen = explained_heatmap(&r, "9.2", None, Some("9.2"));
         assert_eq!(chosen.map(|h| h.sop), Some("9.3"));
         // Without an EFFUSION map: the most probable PNEUMONIA map, the one settling now.
         let mut only_pneumonia = r.clone();
         only_pneumonia.images[2].heatmap = HeatmapState::Skipped {
             reason: "backlog".into(),
         };
-        let chosen = explained_heatmap(&only_pneumonia, "9.2", made("9.2", "b.png", "PNEUMONIA"));
+        let chosen = explained_heatmap(
+            &only_pneumonia,
+            "9.2",
+            made("9.2", "b.png", "PNEUMONIA"),
+            None,
+        );
         assert_eq!(chosen, made("9.2", "b.png", "PNEUMONIA"));
         // The settling image's heatmap failed: the recorded one.
-        let chosen = explained_heatmap(&only_pneumonia, "9.2", None);
+        let chosen = explained_heatmap(&only_pneumonia, "9.2", None, None);
         assert_eq!(chosen.map(|h| (h.sop, h.png)), Some(("9.1", "a.png")));
         // Equal probabilities: the earlier image.
         let mut tie = only_pneumonia.clone();
         tie.images[1].findings[0].probability = 0.6;
-        let chosen = explained_heatmap(&tie, "9.2", made("9.2", "b.png", "PNEUMONIA"));
+        let chosen = explained_heatmap(&tie, "9.2", made("9.2", "b.png", "PNEUMONIA"), None);
         assert_eq!(chosen.map(|h| h.sop), Some("9.1"));
         // No made map at all.
         let mut none = only_pneumonia;
         none.images[0].heatmap = HeatmapState::Failed { reason: "x".into() };
-        assert_eq!(explained_heatmap(&none, "9.2", None), None);
+        assert_eq!(explained_heatmap(&none, "9.2", None, None), None);
     }
 
     /// Stores a header-only DX image `sop` of `study` (what the map reads of its source).

@@ -45,6 +45,26 @@ pub fn build(
     )?)
 }
 
+/// The image the stored Parametric Map `pm_uid` was made from (its referenced instance),
+/// read from its header; `None` when it cannot be read.
+pub fn source_of(store: &Store, pm_uid: &str) -> Option<String> {
+    let inst = store.instance(pm_uid).ok()??;
+    let obj = crate::store::header::open_header(&store.root().join(&inst.path)).ok()?;
+    let first = |obj: &InMemDicomObject, tag: Tag| -> Option<InMemDicomObject> {
+        obj.element_opt(tag).ok()??.items()?.first().cloned()
+    };
+    let series = first(&obj, tags::REFERENCED_SERIES_SEQUENCE)?;
+    let instance = first(&series, tags::REFERENCED_INSTANCE_SEQUENCE)?;
+    let sop = instance
+        .element_opt(tags::REFERENCED_SOP_INSTANCE_UID)
+        .ok()??
+        .to_str()
+        .ok()?
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    Some(sop)
+}
+
 /// The heatmap PNG `png_path` (relative to the data directory) as grey levels.
 pub(super) fn heatmap(store: &Store, png_path: &str) -> Result<image::GrayImage, ObjectError> {
     let heat = image::open(store.root().join(png_path)).map_err(|source| ObjectError::Heatmap {
