@@ -35,7 +35,8 @@ fn labelled_set(samples: &Path, dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Pairwise AUC and DeLong 95% CI, the rates at the 0.5 threshold (positive at or above
+/// Pairwise AUC and DeLong 95% CI (on the logit scale, the lower bound at most the
+/// perfect-separation bound 0.025^(1/k), k the smaller class), the rates at the 0.5 threshold (positive at or above
 /// it) and the expected calibration error over ten equal bins, written from the
 /// definitions (no library); a file is positive when its path has a component starting
 /// with `PNEUMONIA`.
@@ -61,8 +62,11 @@ for p, y in [(p, 1) for p in pos] + [(p, 0) for p in neg]:
     bins[min(int(p * 10), 9)].append((p, y))
 ece = sum(len(b) / (m + n) * abs(sum(p for p, _ in b) / len(b) - sum(y for _, y in b) / len(b))
           for b in bins if b)
-print(json.dumps({"auc": auc, "lo": max(0.0, auc - 1.959963984540054 * se),
-                  "hi": min(1.0, auc + 1.959963984540054 * se), "m": m, "n": n,
+logit, half = math.log(auc / (1 - auc)), 1.959963984540054 * se / (auc * (1 - auc))
+bound = 0.025 ** (1 / min(m, n))
+lo = min(1 / (1 + math.exp(-(logit - half))), bound)
+hi = max(1 / (1 + math.exp(-(logit + half))), 1 - bound)
+print(json.dumps({"auc": auc, "lo": lo, "hi": hi, "m": m, "n": n,
                   "sensitivity": tp / m, "specificity": tn / n,
                   "ppv": tp / (tp + fp) if tp + fp else None,
                   "npv": tn / (tn + fn) if tn + fn else None, "ece": ece}))

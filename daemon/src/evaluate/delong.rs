@@ -2,10 +2,19 @@
 //! O(n log n) midrank form of Sun & Xu (2014): no pairwise loop, so it stays fast on a
 //! site's full acceptance set.
 //!
+//! The interval is computed on the logit scale, logit(AUC) ± z·SE / (AUC·(1 − AUC)), and
+//! transformed back ([`logit_interval`]): it stays inside [0, 1] without clipping, and
+//! widens towards 1 where the normal approximation on the AUC scale is falsely narrow
+//! (5 positives and 5 negatives with one pair swapped, AUC 0.96: 0.849–1.000 on the AUC
+//! scale, 0.572–0.998 on the logit scale).
+//!
 //! An interval is never falsely narrow: none when a class has fewer than two cases (its
 //! variance cannot be estimated) or the variance is zero from tied scores; at perfect
 //! separation, where DeLong's variance is zero too, the exact conservative bound of
-//! [`separation_bound`].
+//! [`separation_bound`]; and below perfect separation a lower bound never above that
+//! bound for the same counts (an upper bound never below its mirror image), since a less
+//! complete separation cannot be surer than a perfect one (the 5 and 5 example gives
+//! 0.478–0.998).
 
 use crate::stats::midranks;
 
@@ -41,7 +50,8 @@ pub enum NoInterval {
 /// How an interval was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntervalMethod {
-    /// DeLong's variance and the normal approximation.
+    /// DeLong's variance and the normal approximation on the logit scale
+    /// ([`logit_interval`]), the lower bound at most [`separation_bound`].
     DeLong,
     /// Perfect separation (AUC 1, or 0 when inverted), where the DeLong variance is zero:
     /// the exact conservative bound [`separation_bound`] instead.
@@ -88,8 +98,19 @@ pub fn separation_bound(pos: usize, neg: usize) -> f64 {
     (ALPHA / 2.0).powf(1.0 / k)
 }
 
+/// The 95% interval of `auc` (strictly between 0 and 1) with DeLong standard error `se`,
+/// computed on the logit scale and transformed back: logit(AUC) ± z·SE / (AUC·(1 − AUC)),
+/// the delta-method standard error of logit(AUC). Both bounds are inside (0, 1).
+pub fn logit_interval(auc: f64, se: f64) -> (f64, f64) {
+    let logit = (auc / (1.0 - auc)).ln();
+    let half = Z_95 * se / (auc * (1.0 - auc));
+    let expit = |x: f64| 1.0 / (1.0 + (-x).exp());
+    (expit(logit - half), expit(logit + half))
+}
+
 /// AUC of scores `pos` (cases with the finding) against `neg` (cases without), with its
-/// 95% interval: DeLong's, or the exact bound of [`separation_bound`] at perfect
+/// 95% interval: DeLong's on the logit scale ([`logit_interval`], its lower bound never
+/// above [`separation_bound`] of the same counts), or that exact bound at perfect
 /// separation; none when a class has fewer than [`MIN_CASES_FOR_INTERVAL`] cases or the
 /// variance is zero otherwise. `None` when either set is empty.
 pub fn delong(pos: &[f64], neg: &[f64]) -> Option<AucEstimate> {
@@ -126,10 +147,10 @@ pub fn delong(pos: &[f64], neg: &[f64]) -> Option<AucEstimate> {
     } else {
         let var = sample_variance(&v10, auc) / mf + sample_variance(&v01, auc) / nf;
         let se = var.max(0.0).sqrt();
-        let (lo, hi) = (
-            (auc - Z_95 * se).clamp(0.0, 1.0),
-            (auc + Z_95 * se).clamp(0.0, 1.0),
-        );
+        let (lo, hi) = logit_interval(auc, se);
+        // Never surer than perfect separation of the same counts would be.
+        let bound = separation_bound(m, n);
+        let (lo, hi) = (lo.min(bound), hi.max(1.0 - bound));
         if se > 0.0 && hi > lo {
             Ok(AucInterval {
                 se: Some(se),
@@ -155,7 +176,8 @@ mod tests {
     /// A synthetic score set with ties inside and across the classes. The expected values
     /// come from the textbook pairwise definition (placement values ψ(x, y) = 1, ½, 0 over
     /// all 80 pairs, sample variances with n − 1), computed in plain Python:
-    /// AUC 0.775, SE 0.11320326920513453, 95% CI 0.5531256694257441–0.9968743305742559.
+    /// AUC 0.775, SE 0.11320326920513453, 95% CI on the logit scale
+    /// 0.49109220072593324–0.9247814958114505.
     #[test]
     fn known_interval_on_a_synthetic_score_set() {
         let pos = [0.95, 0.9, 0.8, 0.8, 0.6, 0.55, 0.4, 0.3];
@@ -165,8 +187,36 @@ mod tests {
         let i = e.interval.unwrap();
         assert_eq!(i.method, IntervalMethod::DeLong);
         assert!(close(i.se.unwrap(), 0.113_203_269_205_134_53), "{e:?}");
-        assert!(close(i.lo, 0.553_125_669_425_744_1), "{e:?}");
-        assert!(close(i.hi, 0.996_874_330_574_255_9), "{e:?}");
+        assert!(close(i.lo, 0.491_092_200_725_933_24), "{e:?}");
+        assert!(close(i.hi, 0.924_781_495_811_450_5), "{e:?}");
+    }
+
+    /// Five positives and five negatives with one pair swapped (AUC 0.96): the interval on
+    /// the AUC scale was 0.849–1.000, narrower than the 0.478–1.000 of perfect separation
+    /// of the same counts. On the logit scale it is 0.572–0.998, and its lower bound is
+    /// held at the separation bound: 0.478–0.998. Inverted, the mirror image.
+    #[test]
+    fn near_perfect_separation_is_never_surer_than_perfect_separation() {
+        let pos = [0.95, 0.9, 0.85, 0.8, 0.25];
+        let neg = [0.3, 0.2, 0.15, 0.1, 0.05];
+        let e = delong(&pos, &neg).unwrap();
+        assert!(close(e.auc, 0.96), "{e:?}");
+        let i = e.interval.unwrap();
+        assert_eq!(i.method, IntervalMethod::DeLong);
+        assert!(close(i.se.unwrap(), 0.056_568_542_494_923_79), "{e:?}");
+        let (lo, hi) = logit_interval(e.auc, i.se.unwrap());
+        assert!(close(lo, 0.572_180_762_635_470_2), "{lo}");
+        assert!(close(hi, 0.997_683_441_755_320_8), "{hi}");
+        assert!(close(i.lo, separation_bound(5, 5)), "{i:?}");
+        assert!(close(i.lo, 0.478_176_249_895_018_5), "{i:?}");
+        assert!(close(i.hi, 0.997_683_441_755_320_8), "{i:?}");
+        let perfect = delong(&[0.9, 0.8, 0.7, 0.95, 0.85], &neg).unwrap();
+        assert!(i.lo <= perfect.interval.unwrap().lo, "{i:?} vs {perfect:?}");
+        let e = delong(&neg, &pos).unwrap();
+        assert!(close(e.auc, 0.04), "{e:?}");
+        let i = e.interval.unwrap();
+        assert!(close(i.lo, 0.002_316_558_244_679_27), "{i:?}");
+        assert!(close(i.hi, 1.0 - separation_bound(5, 5)), "{i:?}");
     }
 
     /// One case in a class: its variance cannot be estimated, so there is no interval
