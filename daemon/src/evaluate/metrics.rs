@@ -141,13 +141,14 @@ pub struct ReliabilityBin {
 /// Calibration of the probabilities.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Calibration {
-    /// Expected calibration error: Σ (n_bin / N) × |mean predicted − observed|.
-    pub ece: f64,
+    /// Expected calibration error: Σ (n_bin / N) × |mean predicted − observed|; `None`
+    /// (JSON `null`) without cases, where there is nothing calibrated to measure.
+    pub ece: Option<f64>,
     /// The bins, lowest first.
     pub bins: Vec<ReliabilityBin>,
 }
 
-/// Calibration over [`RELIABILITY_BINS`] equal-width bins.
+/// Calibration over [`RELIABILITY_BINS`] equal-width bins (no ECE without cases).
 pub fn calibration(cases: &[Scored]) -> Calibration {
     let k = RELIABILITY_BINS;
     let mut sum_p = vec![0.0; k];
@@ -182,7 +183,10 @@ pub fn calibration(cases: &[Scored]) -> Calibration {
             }
         })
         .collect();
-    Calibration { ece, bins }
+    Calibration {
+        ece: (!cases.is_empty()).then_some(ece),
+        bins,
+    }
 }
 
 #[cfg(test)]
@@ -251,8 +255,21 @@ mod tests {
         assert_eq!(cal.bins[1].n, 2);
         assert_eq!(cal.bins[5].mean_predicted, None);
         let expected = 0.5 * (0.925f64 - 0.5).abs() + 0.5 * 0.125;
-        assert!((cal.ece - expected).abs() < 1e-12, "{}", cal.ece);
+        let ece = cal.ece.unwrap();
+        assert!((ece - expected).abs() < 1e-12, "{ece}");
         // A probability of exactly 1.0 lands in the last bin.
         assert_eq!(calibration(&cases(&[1.0], &[])).bins[9].n, 1);
+    }
+
+    /// Without cases there is no calibration error: absent (JSON `null`), not 0.0, which
+    /// would read as perfect calibration. Perfectly calibrated cases do give 0.0.
+    #[test]
+    fn no_cases_have_no_calibration_error() {
+        let cal = calibration(&[]);
+        assert_eq!(cal.ece, None);
+        assert!(cal.bins.iter().all(|b| b.n == 0));
+        let json = serde_json::to_value(&cal).unwrap();
+        assert!(json["ece"].is_null(), "{json}");
+        assert_eq!(calibration(&cases(&[1.0], &[0.0])).ece, Some(0.0));
     }
 }

@@ -139,8 +139,8 @@ where
                 .collect();
             chart.draw_series(LineSeries::new(pts.iter().copied(), blue.stroke_width(2)))?;
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, blue.filled())))?;
-            if text {
-                let label = format!("ECE {:.3}", cal.ece);
+            if let (true, Some(ece)) = (text, cal.ece) {
+                let label = format!("ECE {ece:.3}");
                 chart.draw_series(std::iter::once(Text::new(
                     label,
                     (0.05, 0.92),

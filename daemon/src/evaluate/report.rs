@@ -382,7 +382,7 @@ fn table_row(s: &mut String, label: &str, f: &FindingReport, op: &OperatingPoint
         opt(op.ppv),
         opt(op.npv),
         if first {
-            format!("{:.3}", f.calibration.ece)
+            opt(f.calibration.ece)
         } else {
             String::new()
         },
@@ -542,6 +542,11 @@ pub(crate) mod tests {
         assert!(text.contains("Cases: 3 found, 3 scored"), "{text}");
     }
 
+    /// The table row of finding `name`.
+    fn row_of<'a>(text: &'a str, name: &str) -> &'a str {
+        text.lines().find(|l| l.starts_with(name)).unwrap()
+    }
+
     /// With one positive there is no interval: `null` with the reason in the JSON, `n/a`
     /// in the table (it was 0.852–1.000 before, enough to pass "lower bound ≥ 0.85").
     #[test]
@@ -564,11 +569,34 @@ pub(crate) mod tests {
             "{json}"
         );
         let text = table(&r);
-        let row = text
-            .lines()
-            .find(|l| l.starts_with(&m.labels[i].name))
-            .unwrap();
+        let row = row_of(&text, &m.labels[i].name);
         assert!(row.contains(" n/a "), "{row}");
+    }
+
+    /// A finding none of whose cases was scored has no calibration error: `null` in the
+    /// JSON and `-` in the table (it was 0.000, which reads as perfect calibration).
+    #[test]
+    fn a_finding_without_scored_cases_has_no_calibration_error() {
+        let m = manifest();
+        let i = finding(&m);
+        let mut unreadable = scored(std::path::Path::new("p.png"), i, true, 0.9);
+        unreadable.outcome = Outcome::Error("truncated".into());
+        let r = build(
+            model(),
+            &m,
+            &[unreadable],
+            &BTreeSet::from([i]),
+            Vec::new(),
+            0.95,
+        );
+        let f = &r.findings[&m.labels[i].code];
+        assert_eq!(f.calibration.ece, None);
+        let json = serde_json::to_value(f).unwrap();
+        assert!(json["calibration"]["ece"].is_null(), "{json}");
+        let text = table(&r);
+        let row = row_of(&text, &m.labels[i].name);
+        assert!(row.ends_with(" -"), "{row}");
+        assert!(!row.contains("0.000"), "{row}");
     }
 
     /// The table prints thresholds rounded down: 0.31696 is 0.3169 (0.3170 would miss a
