@@ -125,6 +125,7 @@ fn run_gate(
     cases: Vec<super::dataset::Case>,
     scored: &[super::score::ScoredCase],
     findings: &std::collections::BTreeSet<usize>,
+    labels_sha256: Option<&str>,
     threads: usize,
     elapsed: std::time::Duration,
 ) -> anyhow::Result<Option<crate::infer::gate::GateRecord>> {
@@ -143,7 +144,7 @@ fn run_gate(
     let f32_elapsed = started.elapsed();
     drop(reference);
     let per_image = |d: std::time::Duration| d.as_secs_f64() * 1000.0 / scored.len().max(1) as f64;
-    let digest = super::gate::dataset_digest(&opts.dir, scored)
+    let digest = super::gate::dataset_digest(&opts.dir, scored, labels_sha256)
         .map_err(|e| anyhow!("reading the set for its digest: {e}"))?;
     let date =
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
@@ -216,7 +217,7 @@ fn evaluate(opts: &EvaluateOptions, cfg: &InferenceConfig) -> Result<i32, Stop> 
         None => from_folders(&opts.dir, &manifest, &opts.negative),
     }
     .map_err(Stop::unreadable)?;
-    for f in &set.ignored_folders {
+    for f in &set.not_counted.ignored_folders {
         eprintln!(
             "duli evaluate: {} names no finding of model {} and is not the negative folder {}: not read",
             f.display(),
@@ -241,7 +242,7 @@ fn evaluate(opts: &EvaluateOptions, cfg: &InferenceConfig) -> Result<i32, Stop> 
         &manifest,
         &scored,
         &set.findings,
-        set.ignored_folders,
+        set.not_counted,
         opts.target_sensitivity,
     );
     list_not_counted(&report);
@@ -256,6 +257,7 @@ fn evaluate(opts: &EvaluateOptions, cfg: &InferenceConfig) -> Result<i32, Stop> 
             cases,
             &scored,
             &set.findings,
+            set.labels_sha256.as_deref(),
             threads,
             elapsed,
         )
@@ -307,8 +309,8 @@ fn model_info(id: &crate::infer::engine::ModelIdentity) -> ModelInfo {
     }
 }
 
-/// Lists on stderr the files that were not counted: unreadable, or outside the model's
-/// intended use.
+/// Lists on stderr the files that were not counted: unreadable, outside the model's
+/// intended use, or not read (outside a label folder).
 fn list_not_counted(report: &Report) {
     for i in &report.dataset.errors {
         eprintln!(
@@ -320,6 +322,13 @@ fn list_not_counted(report: &Report) {
     for i in &report.dataset.not_applicable {
         eprintln!(
             "duli evaluate: not applicable, not counted: {}: {}",
+            i.file.display(),
+            i.reason
+        );
+    }
+    for i in &report.dataset.not_read {
+        eprintln!(
+            "duli evaluate: not read, not counted: {}: {}",
             i.file.display(),
             i.reason
         );

@@ -95,17 +95,41 @@ pub struct Case {
     pub truth: BTreeMap<usize, bool>,
 }
 
-/// The cases, plus the folders that matched no label (reported, not fatal).
+/// What the walk of an acceptance set found but made no case of: listed in the output,
+/// not counted, not fatal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotCounted {
+    /// Folders under the root that name no model label and are not the negative folder.
+    pub ignored_folders: Vec<PathBuf>,
+    /// Entries not read, with why: a file directly in the root (not in a label folder),
+    /// a folder deeper than [`MAX_DEPTH`] in its label folder.
+    pub not_read: Vec<(PathBuf, String)>,
+    /// Entries of label folders that cannot be read as files, with why (a broken
+    /// symbolic link, a device or a pipe): unreadable, as files that do not decode are.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl NotCounted {
+    /// Entries listed so far.
+    fn len(&self) -> usize {
+        self.ignored_folders.len() + self.not_read.len() + self.unreadable.len()
+    }
+}
+
+/// The cases, plus what was found but not counted (reported, not fatal).
 #[derive(Debug, Clone, Default)]
 pub struct Dataset {
     /// Cases in file-name order.
     pub cases: Vec<Case>,
-    /// Folders under the root that name no model label and are not the negative folder.
-    pub ignored_folders: Vec<PathBuf>,
+    /// What was found but made no case.
+    pub not_counted: NotCounted,
     /// The findings the set defines (a label folder, or any CSV row): the ones evaluated.
     pub findings: BTreeSet<usize>,
     /// What was read but not counted twice (the same image under two names), also logged.
     pub warnings: Vec<String>,
+    /// SHA-256 (hex) of the labels CSV as it was read, when the labels came from one: the
+    /// labels are part of the set a gate names.
+    pub labels_sha256: Option<String>,
 }
 
 /// The index of the non-background label called `name` (its code or its display name,
@@ -135,27 +159,67 @@ fn is_hidden(p: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Image files under `dir` (recursively, to [`MAX_DEPTH`]), hidden entries skipped.
-fn files_under(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DatasetError> {
+/// The entries of folder `dir` in name order, hidden ones skipped.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| !is_hidden(p))
         .collect();
     entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            if depth < MAX_DEPTH {
-                files_under(&p, depth + 1, out)?;
+    Ok(entries)
+}
+
+/// The error when more than [`MAX_FILES`] entries are found under `dir`.
+fn too_many(dir: &Path) -> DatasetError {
+    DatasetError::TooLarge(format!(
+        "more than {MAX_FILES} files under {}",
+        dir.display()
+    ))
+}
+
+/// Why entry `p` of a label folder, whose metadata (links followed) cannot be read, is
+/// unreadable.
+fn unreadable_reason(p: &Path, e: &std::io::Error) -> String {
+    let is_link = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        format!("broken symbolic link: {e}")
+    } else {
+        e.to_string()
+    }
+}
+
+/// Image files under `dir` (recursively, to [`MAX_DEPTH`]) into `out`, hidden entries
+/// skipped; what cannot be read as a file, and folders too deep, into `skipped`.
+fn files_under(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut NotCounted,
+) -> Result<(), DatasetError> {
+    for p in entries(dir)? {
+        if out.len() + skipped.len() >= MAX_FILES {
+            return Err(too_many(dir));
+        }
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                if depth < MAX_DEPTH {
+                    files_under(&p, depth + 1, out, skipped)?;
+                } else {
+                    skipped.not_read.push((
+                        p,
+                        format!("a folder deeper than {MAX_DEPTH} levels in its label folder: not searched"),
+                    ));
+                }
             }
-        } else if p.is_file() {
-            if out.len() >= MAX_FILES {
-                return Err(DatasetError::TooLarge(format!(
-                    "more than {MAX_FILES} files under {}",
-                    dir.display()
-                )));
+            Ok(m) if m.is_file() => out.push(p),
+            Ok(_) => skipped
+                .unreadable
+                .push((p, "not a regular file (a device, pipe or socket)".into())),
+            Err(e) => {
+                let reason = unreadable_reason(&p, &e);
+                skipped.unreadable.push((p, reason));
             }
-            out.push(p);
         }
     }
     Ok(())
@@ -167,14 +231,25 @@ pub fn from_folders(
     manifest: &Manifest,
     negative: &str,
 ) -> Result<Dataset, DatasetError> {
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(io(root))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && !is_hidden(p))
-        .collect();
-    folders.sort();
     let all = finding_indices(manifest);
     let mut set = Dataset::default();
+    let mut folders = Vec::new();
+    for p in entries(root)? {
+        if folders.len() + set.not_counted.len() >= MAX_FILES {
+            return Err(too_many(root));
+        }
+        if p.is_dir() {
+            folders.push(p);
+        } else {
+            set.not_counted.not_read.push((
+                p,
+                format!(
+                    "directly in the set's folder, not in a label folder ({negative} or a \
+                     finding's name): not read"
+                ),
+            ));
+        }
+    }
     let mut matched = false;
     for folder in folders {
         let name = folder
@@ -188,11 +263,11 @@ pub fn from_folders(
             set.findings.insert(i);
             BTreeMap::from([(i, true)])
         } else {
-            set.ignored_folders.push(folder);
+            set.not_counted.ignored_folders.push(folder);
             continue;
         };
         let mut files = Vec::new();
-        files_under(&folder, 1, &mut files)?;
+        files_under(&folder, 1, &mut files, &mut set.not_counted)?;
         if set.cases.len() + files.len() > MAX_FILES {
             return Err(DatasetError::TooLarge(format!(
                 "more than {MAX_FILES} files under {}",
@@ -291,14 +366,7 @@ fn label_row<'a>(
 /// 0 or 1 and its file column names no file under `root`; any other row with a bad value
 /// is an error naming it, and so is a row contradicting an earlier one.
 pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset, DatasetError> {
-    let len = std::fs::metadata(csv).map_err(io(csv))?.len();
-    if len > MAX_CSV_BYTES {
-        return Err(DatasetError::TooLarge(format!(
-            "{} is larger than {MAX_CSV_BYTES} bytes",
-            csv.display()
-        )));
-    }
-    let text = std::fs::read_to_string(csv).map_err(io(csv))?;
+    let (text, labels_sha256) = read_csv(csv)?;
     let bad = |line: usize, reason: String| DatasetError::Csv {
         path: csv.to_path_buf(),
         line,
@@ -309,6 +377,8 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
     let mut findings = BTreeSet::new();
     let mut warnings = Vec::new();
     let mut first_row = true;
+    // A byte order mark (spreadsheets save one) is not part of the first row.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -374,10 +444,33 @@ pub fn from_csv(root: &Path, csv: &Path, manifest: &Manifest) -> Result<Dataset,
     warnings.extend(more);
     Ok(Dataset {
         cases,
-        ignored_folders: Vec::new(),
+        not_counted: NotCounted::default(),
         findings,
         warnings,
+        labels_sha256: Some(labels_sha256),
     })
+}
+
+/// The text of the labels CSV at `csv`, read to at most [`MAX_CSV_BYTES`] whatever the
+/// file claims to be (a pipe or a `/proc` file has no size), and the SHA-256 (hex) of its
+/// bytes.
+fn read_csv(csv: &Path) -> Result<(String, String), DatasetError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(csv)
+        .and_then(|f| f.take(MAX_CSV_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(io(csv))?;
+    if bytes.len() as u64 > MAX_CSV_BYTES {
+        return Err(DatasetError::TooLarge(format!(
+            "{} is larger than {MAX_CSV_BYTES} bytes",
+            csv.display()
+        )));
+    }
+    let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+    let text = String::from_utf8(bytes).map_err(|e| DatasetError::Io {
+        path: csv.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    Ok((text, sha256))
 }
 
 /// The identifiers of a DICOM file that make cases and duplicates.
@@ -691,7 +784,10 @@ mod tests {
                 ("a.png".into(), vec![(1, false), (2, false)]),
             ]
         );
-        assert_eq!(set.ignored_folders, vec![dir.path().join("other")]);
+        assert_eq!(
+            set.not_counted.ignored_folders,
+            vec![dir.path().join("other")]
+        );
     }
 
     #[test]
@@ -779,6 +875,79 @@ mod tests {
         std::fs::write(&csv, "file,finding,label\nfile,finding,label\n").unwrap();
         let err = from_csv(dir.path(), &csv, &manifest()).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    /// A labels CSV saved with a byte order mark (as spreadsheets save it): the mark is not
+    /// part of the first row (its file was looked for as "\u{feff}a.png" before, and found
+    /// unreadable); the CSV's SHA-256 is that of the bytes read.
+    #[test]
+    fn a_labels_csv_with_a_byte_order_mark_reads_as_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("labels.csv");
+        let text = "file,finding,value\na.png,Pneumonia,1\nb.png,Pneumonia,0\n";
+        std::fs::write(&csv, format!("\u{feff}{text}")).unwrap();
+        let set = from_csv(dir.path(), &csv, &manifest()).unwrap();
+        assert_eq!(set.cases.len(), 2, "{:?}", set.cases);
+        let bytes = std::fs::read(&csv).unwrap();
+        let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+        assert_eq!(set.labels_sha256, Some(sha));
+        // A first data row after the mark is read too.
+        std::fs::write(&csv, "\u{feff}a.png,Pneumonia,1\n").unwrap();
+        let set = from_csv(dir.path(), &csv, &manifest()).unwrap();
+        assert_eq!(set.cases[0].file, dir.path().join("a.png"));
+        assert_eq!(set.cases[0].truth, BTreeMap::from([(1, true)]));
+    }
+
+    /// A labels "file" without a size (a device, a pipe, a `/proc` file) is read to the
+    /// cap and refused, not read without end.
+    #[test]
+    fn a_labels_csv_without_a_size_is_read_to_the_cap() {
+        let zero = Path::new("/dev/zero");
+        if !zero.exists() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let _ = tx.send(from_csv(dir.path(), zero, &manifest()).map(|s| s.cases.len()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("reading /dev/zero as a labels CSV did not stop at the cap");
+        assert!(
+            matches!(result, Err(DatasetError::TooLarge(_))),
+            "{result:?}"
+        );
+    }
+
+    /// A broken link in a label folder is listed as unreadable with the reason, and a file
+    /// directly in the set's folder as not read; neither was mentioned anywhere before.
+    #[test]
+    fn broken_links_and_files_outside_label_folders_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &str| dir.path().join(p);
+        std::fs::create_dir_all(at("PNEUMONIA")).unwrap();
+        std::fs::create_dir_all(at("NORMAL")).unwrap();
+        std::fs::write(at("PNEUMONIA/b.png"), b"b").unwrap();
+        std::os::unix::fs::symlink(at("nowhere.png"), at("NORMAL/gone.png")).unwrap();
+        std::fs::write(at("stray.png"), b"s").unwrap();
+        let set = from_folders(dir.path(), &manifest(), "NORMAL").unwrap();
+        assert_eq!(set.cases.len(), 1, "{:?}", set.cases);
+        let unreadable = &set.not_counted.unreadable;
+        assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+        assert_eq!(unreadable[0].0, at("NORMAL/gone.png"));
+        assert!(
+            unreadable[0].1.contains("broken symbolic link"),
+            "{unreadable:?}"
+        );
+        let not_read = &set.not_counted.not_read;
+        assert_eq!(not_read.len(), 1, "{not_read:?}");
+        assert_eq!(not_read[0].0, at("stray.png"));
+        assert!(
+            not_read[0].1.contains("not in a label folder"),
+            "{not_read:?}"
+        );
+        assert_eq!(set.labels_sha256, None);
     }
 
     /// The same image twice: counted once with a warning under the same label, a clear

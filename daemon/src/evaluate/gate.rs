@@ -232,11 +232,21 @@ fn failures(gate: &FindingGate, code: &str) -> Vec<String> {
     reasons
 }
 
-/// SHA-256 over the cases, in sorted order: each file's name (relative to `dir`), a NUL,
-/// and the SHA-256 of its contents ([`crate::infer::manifest::sha256_file`], the one
-/// file-hashing helper).
-pub fn dataset_digest(dir: &Path, cases: &[ScoredCase]) -> std::io::Result<String> {
-    let mut files: Vec<&Path> = cases.iter().map(|c| c.case.file.as_path()).collect();
+/// SHA-256 over the scored cases, in sorted order: each file's name (relative to `dir`), a
+/// NUL, and the SHA-256 of its contents ([`crate::infer::manifest::sha256_file`], the one
+/// file-hashing helper); then, when the labels came from a CSV, a NUL, `labels`, a NUL and
+/// the CSV's SHA-256 (`labels_sha256`). Files that were not scored (unreadable, not
+/// applicable) are listed in the report and are not part of the set measured.
+pub fn dataset_digest(
+    dir: &Path,
+    cases: &[ScoredCase],
+    labels_sha256: Option<&str>,
+) -> std::io::Result<String> {
+    let mut files: Vec<&Path> = cases
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Scored(_)))
+        .map(|c| c.case.file.as_path())
+        .collect();
     files.sort();
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for f in files {
@@ -244,6 +254,11 @@ pub fn dataset_digest(dir: &Path, cases: &[ScoredCase]) -> std::io::Result<Strin
         ctx.update(name.to_string_lossy().as_bytes());
         ctx.update(&[0]);
         ctx.update(crate::infer::manifest::sha256_file(f)?.as_bytes());
+    }
+    if let Some(labels) = labels_sha256 {
+        // A file's name never starts with NUL: the labels cannot be taken for a file.
+        ctx.update(b"\0labels\0");
+        ctx.update(labels.as_bytes());
     }
     Ok(hex::encode(ctx.finish().as_ref()))
 }
@@ -296,7 +311,7 @@ mod tests {
             std::fs::write(dir.join(name), body).unwrap();
         }
         let at = |name: &str| case(dir.join(name).to_str().unwrap(), true, 0.5);
-        let digest = |cases: &[ScoredCase]| dataset_digest(dir, cases).unwrap();
+        let digest = |cases: &[ScoredCase]| dataset_digest(dir, cases, None).unwrap();
         let ab = digest(&[at("NORMAL/a.png"), at("PNEUMONIA/b.png")]);
         assert_eq!(ab.len(), 64);
         assert_eq!(ab, digest(&[at("PNEUMONIA/b.png"), at("NORMAL/a.png")]));
@@ -305,6 +320,33 @@ mod tests {
         std::fs::write(dir.join("PNEUMONIA/b.png"), "b").unwrap();
         std::fs::rename(dir.join("PNEUMONIA/b.png"), dir.join("NORMAL/b.png")).unwrap();
         assert_ne!(ab, digest(&[at("NORMAL/a.png"), at("NORMAL/b.png")]));
+    }
+
+    /// A file that could not be read is listed in the report, not part of the set the
+    /// figures measure: it is not hashed (reading it for the digest failed the gate after
+    /// the scoring), and the digest is that of the scored files alone. The labels CSV is
+    /// part of the set: other labels give another digest.
+    #[test]
+    fn the_dataset_digest_covers_scored_files_and_the_labels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("NORMAL")).unwrap();
+        std::fs::write(dir.join("NORMAL/a.png"), "a").unwrap();
+        let a = case(dir.join("NORMAL/a.png").to_str().unwrap(), false, 0.1);
+        let mut gone = case(dir.join("NORMAL/gone.png").to_str().unwrap(), false, 0.1);
+        gone.outcome = Outcome::Error("No such file or directory".into());
+        let alone = dataset_digest(dir, std::slice::from_ref(&a), None).unwrap();
+        let with_gone = dataset_digest(dir, &[a.clone(), gone.clone()], None);
+        assert_eq!(with_gone.unwrap(), alone);
+        let mut not_applicable = gone;
+        not_applicable.outcome = Outcome::NotApplicable("adult".into());
+        let with_na = dataset_digest(dir, &[a.clone(), not_applicable], None).unwrap();
+        assert_eq!(with_na, alone);
+        let labels = |sha: &str| dataset_digest(dir, std::slice::from_ref(&a), Some(sha)).unwrap();
+        let one = labels(&"1".repeat(64));
+        assert_ne!(one, alone);
+        assert_ne!(one, labels(&"2".repeat(64)));
+        assert_eq!(one, labels(&"1".repeat(64)));
     }
 
     fn case(name: &str, positive: bool, p: f64) -> ScoredCase {

@@ -6,6 +6,7 @@
 //! UID) are one case, scored per finding by the highest probability over its images, as
 //! the daemon's study-level finding is; a PNG or JPEG file is one case.
 
+use super::dataset::NotCounted;
 use super::delong::{delong, IntervalMethod};
 use super::metrics::{
     at_sensitivity, at_threshold, calibration, Calibration, OperatingPoint, Scored,
@@ -51,20 +52,25 @@ pub struct FileIssue {
 /// What was read.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatasetInfo {
-    /// Image files found.
+    /// Image files found (with the entries of label folders that cannot be read as files).
     pub images: usize,
     /// Image files the model scored.
     pub scored: usize,
-    /// Cases the files make: one per DICOM study, one per PNG or JPEG file.
+    /// Cases the files make: one per DICOM study, one per PNG or JPEG file (and one per
+    /// entry that cannot be read as a file).
     pub cases: usize,
     /// Cases with at least one file scored: the ones counted in the figures.
     pub cases_scored: usize,
     /// Images outside the model's intended use (not counted in the figures).
     pub not_applicable: Vec<FileIssue>,
-    /// Unreadable or undecodable files (not counted in the figures).
+    /// Unreadable or undecodable files, broken links among them (not counted in the
+    /// figures).
     pub errors: Vec<FileIssue>,
     /// Folders that name no finding of the model (not read).
     pub ignored_folders: Vec<PathBuf>,
+    /// Other entries not read, with why (a file directly in the set's folder, a folder
+    /// too deep).
+    pub not_read: Vec<FileIssue>,
 }
 
 /// Figures of one finding.
@@ -219,27 +225,34 @@ pub fn finding_report(name: &str, cases: &[Scored], threshold: f64, target: f64)
     }
 }
 
-/// The report over `scored` for the findings in `findings`.
+/// The report over `scored` for the findings in `findings`; `not_counted` is what the
+/// set's folder held that made no case.
 pub fn build(
     model: ModelInfo,
     manifest: &Manifest,
     scored: &[ScoredCase],
     findings: &BTreeSet<usize>,
-    ignored_folders: Vec<PathBuf>,
+    not_counted: NotCounted,
     target: f64,
 ) -> Report {
     let (errors, excluded) = super::score::failures(scored);
     let issue = |(file, reason)| FileIssue { file, reason };
     let is_scored = |s: &&ScoredCase| matches!(s.outcome, Outcome::Scored(_));
     let cases = cases(scored);
+    let unreadable = not_counted.unreadable.len();
     let dataset = DatasetInfo {
-        images: scored.len(),
+        images: scored.len() + unreadable,
         scored: scored.iter().filter(is_scored).count(),
-        cases: cases.len(),
+        cases: cases.len() + unreadable,
         cases_scored: cases.iter().filter(|c| c.iter().any(is_scored)).count(),
         not_applicable: excluded.into_iter().map(issue).collect(),
-        errors: errors.into_iter().map(issue).collect(),
-        ignored_folders,
+        errors: errors
+            .into_iter()
+            .chain(not_counted.unreadable)
+            .map(issue)
+            .collect(),
+        ignored_folders: not_counted.ignored_folders,
+        not_read: not_counted.not_read.into_iter().map(issue).collect(),
     };
     let findings = findings
         .iter()
@@ -410,11 +423,12 @@ fn reliability(s: &mut String, code: &str, f: &FindingReport) {
     }
 }
 
-/// The files not counted (not applicable, unreadable) and the folders not read.
+/// The files not counted (not applicable, unreadable) and the folders and files not read.
 fn not_counted(s: &mut String, d: &DatasetInfo) {
     for (title, list) in [
         ("Not applicable (not counted)", &d.not_applicable),
         ("Unreadable (not counted)", &d.errors),
+        ("Not read (not counted)", &d.not_read),
     ] {
         if !list.is_empty() {
             let _ = writeln!(s, "\n{title}:");
@@ -529,7 +543,7 @@ pub(crate) mod tests {
             (0.8, false),
             "the study's highest probability"
         );
-        let r = build(model(), &m, &set, &BTreeSet::from([i]), Vec::new(), 0.95);
+        let r = report_of(&m, &set, i, 0.95);
         assert_eq!(
             (r.dataset.images, r.dataset.cases, r.dataset.cases_scored),
             (4, 3, 3)
@@ -540,6 +554,18 @@ pub(crate) mod tests {
         let text = table(&r);
         assert!(text.contains("Files: 4 found, 4 scored"), "{text}");
         assert!(text.contains("Cases: 3 found, 3 scored"), "{text}");
+    }
+
+    /// The report of `set` for finding `i` of `m`, with nothing else in the set's folder.
+    fn report_of(m: &Manifest, set: &[ScoredCase], i: usize, target: f64) -> Report {
+        build(
+            model(),
+            m,
+            set,
+            &BTreeSet::from([i]),
+            NotCounted::default(),
+            target,
+        )
     }
 
     /// The table row of finding `name`.
@@ -558,7 +584,7 @@ pub(crate) mod tests {
             let f = std::path::PathBuf::from(format!("n{k}.png"));
             set.push(scored(&f, i, false, 0.5 + f64::from(k) / 100.0));
         }
-        let r = build(model(), &m, &set, &BTreeSet::from([i]), Vec::new(), 0.95);
+        let r = report_of(&m, &set, i, 0.95);
         let f = &r.findings[&m.labels[i].code];
         assert!(f.auc.is_some());
         assert_eq!((f.auc_ci, f.auc_se), (None, None));
@@ -581,14 +607,7 @@ pub(crate) mod tests {
         let i = finding(&m);
         let mut unreadable = scored(std::path::Path::new("p.png"), i, true, 0.9);
         unreadable.outcome = Outcome::Error("truncated".into());
-        let r = build(
-            model(),
-            &m,
-            &[unreadable],
-            &BTreeSet::from([i]),
-            Vec::new(),
-            0.95,
-        );
+        let r = report_of(&m, &[unreadable], i, 0.95);
         let f = &r.findings[&m.labels[i].code];
         assert_eq!(f.calibration.ece, None);
         let json = serde_json::to_value(f).unwrap();
@@ -597,6 +616,41 @@ pub(crate) mod tests {
         let row = row_of(&text, &m.labels[i].name);
         assert!(row.ends_with(" -"), "{row}");
         assert!(!row.contains("0.000"), "{row}");
+    }
+
+    /// What the set's folder held that made no case is in the report: an entry that
+    /// cannot be read with the unreadable files (counted as found, not scored), a file
+    /// outside the label folders as not read.
+    #[test]
+    fn entries_not_counted_are_listed_in_json_and_table() {
+        let m = manifest();
+        let i = finding(&m);
+        let set = vec![scored(std::path::Path::new("p.png"), i, true, 0.9)];
+        let not_counted = NotCounted {
+            ignored_folders: Vec::new(),
+            not_read: vec![("stray.png".into(), "not in a label folder".into())],
+            unreadable: vec![("gone.png".into(), "broken symbolic link".into())],
+        };
+        let r = build(model(), &m, &set, &BTreeSet::from([i]), not_counted, 0.95);
+        let d = &r.dataset;
+        assert_eq!((d.images, d.scored, d.cases, d.cases_scored), (2, 1, 2, 1));
+        let json = serde_json::to_value(d).unwrap();
+        assert_eq!(json["errors"][0]["file"], "gone.png", "{json}");
+        assert_eq!(
+            json["errors"][0]["reason"], "broken symbolic link",
+            "{json}"
+        );
+        assert_eq!(json["not_read"][0]["file"], "stray.png", "{json}");
+        let text = table(&r);
+        assert!(
+            text.contains("Files: 2 found, 1 scored, 0 not applicable, 1 unreadable"),
+            "{text}"
+        );
+        assert!(text.contains("gone.png: broken symbolic link"), "{text}");
+        assert!(
+            text.contains("Not read (not counted):\n  stray.png: not in a label folder"),
+            "{text}"
+        );
     }
 
     /// The table prints thresholds rounded down: 0.31696 is 0.3169 (0.3170 would miss a
@@ -618,7 +672,7 @@ pub(crate) mod tests {
             scored(std::path::Path::new("n1.png"), i, false, 0.1),
             scored(std::path::Path::new("n2.png"), i, false, 0.2),
         ];
-        let r = build(model(), &m, &set, &BTreeSet::from([i]), Vec::new(), 1.0);
+        let r = report_of(&m, &set, i, 1.0);
         let f = &r.findings[&m.labels[i].code];
         assert_eq!(f.at_target_sensitivity.as_ref().unwrap().threshold, 0.31696);
         let text = table(&r);
