@@ -231,11 +231,9 @@ mod tests {
         let mut dropped = None;
         for _ in 0..600 {
             let st = status_of(&audit).unwrap();
-            if st
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("not taken within"))
-            {
+            if st.last_error.as_deref().is_some_and(|e| {
+                e.contains("not taken within") || e.contains("not acknowledged within")
+            }) {
                 dropped = Some(st);
                 break;
             }
@@ -340,5 +338,55 @@ mod tests {
                 .next_seq,
             301
         );
+    }
+
+    /// A repository that sends anything (a syslog receiver never does) is dropped at once
+    /// rather than read on and on; what follows goes out on the next connection.
+    #[tokio::test]
+    async fn a_repository_that_talks_back_is_dropped_and_records_follow() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shutdown = Shutdown::new();
+        let task = start(&forwarding_to(port), &store, &audit, &shutdown)
+            .unwrap()
+            .unwrap();
+        audit
+            .append(Event::new("ana", Action::Login, "ana"))
+            .unwrap();
+        let (mut chatty, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs_of(&mut chatty, 1).await, vec![0]);
+        chatty.write_all(&[b'x'; 4096]).await.unwrap();
+        let mut rest = Vec::new();
+        // Closed with what it sent unread: an end or a reset, either way dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(20), chatty.read_to_end(&mut rest))
+            .await
+            .expect("the connection is dropped");
+        let st = status_of(&audit).unwrap();
+        assert!(
+            st.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("never does")),
+            "{st:?}"
+        );
+        audit
+            .append(Event::new("bob", Action::Login, "bob"))
+            .unwrap();
+        let (mut next, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs_of(&mut next, 1).await, vec![1]);
+        shutdown.stop(None).await;
+        tokio::time::timeout(DRAIN, task)
+            .await
+            .expect("the stage stops on the signal")
+            .unwrap();
     }
 }

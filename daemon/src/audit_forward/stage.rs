@@ -1,12 +1,12 @@
 //! The forwarding stage: reads the trail from the cursor a page at a time (on a blocking
-//! thread), writes each page to the repository as framed messages, flushes, then moves and
-//! stores the cursor. Woken by each append ([`super::Forwarding`]) and every
+//! thread), writes each page to the repository as framed messages, flushes, waits until the
+//! repository's TCP has acknowledged every byte, then moves and stores the cursor. Woken by each append ([`super::Forwarding`]) and every
 //! [`RECHECK`]; reconnects with a doubling pause when the repository is away, while the
 //! trail keeps what waits. Failures are reported in the status and the log, never by
 //! ending the stage (a repository that is down is not a daemon that is down).
 
 use super::cursor::{Cursor, Cursors};
-use super::link::{Link, Stream};
+use super::link::{Link, Linked, Stream};
 use super::message::{frame_into, message, Origin};
 use super::Forwarding;
 use crate::audit::{Audit, Record};
@@ -151,7 +151,7 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
     let mut wake = f.forwarding.wake.subscribe();
     let mut stop = f.stop.clone();
     let mut retry = Retry::new();
-    let mut conn: Option<Box<dyn Stream>> = None;
+    let mut conn: Option<Linked> = None;
     let mut cursor = loop {
         match f.blocking(|f| f.cursors.resume(&f.audit)).await {
             Ok(c) => break c,
@@ -207,7 +207,7 @@ pub(super) async fn run(f: Arc<Forwarder>, beat: Beat) {
             }
             continue;
         }
-        if let Err(e) = send_page(&f, &beat, stream.as_mut(), &page).await {
+        if let Err(e) = send_page(&f, &beat, stream, &page).await {
             // The page is sent again on the next connection.
             conn = None;
             if back_off(&f, &mut retry, &beat, &mut stop, e.to_string()).await {
@@ -241,7 +241,7 @@ async fn connect(
     beat: &Beat,
     stop: &mut watch::Receiver<bool>,
     next_seq: u64,
-) -> Option<Result<Box<dyn Stream>, super::link::ConnectError>> {
+) -> Option<Result<Linked, super::link::ConnectError>> {
     let attempt = beat.during(async {
         tokio::select! {
             r = f.link.connect() => Some(r),
@@ -272,38 +272,69 @@ enum PageNotTaken {
     /// The repository did not take it within the write timeout (seconds).
     #[error("connection dropped: a page not taken within {0} s")]
     TimedOut(f32),
+    /// The repository's TCP did not acknowledge all of it within the write timeout: the
+    /// connection may have died silently.
+    #[error("connection dropped: {0} bytes of a page not acknowledged within {1} s")]
+    Unacknowledged(usize, f32),
 }
 
-/// Sends one page of records, framed, within the write timeout.
+/// Sends one page of records, framed, and waits until the repository's TCP acknowledged
+/// every byte of it, within the write timeout.
 async fn send_page(
     f: &Forwarder,
     beat: &Beat,
-    stream: &mut dyn Stream,
+    link: &mut Linked,
     page: &[Record],
 ) -> Result<(), PageNotTaken> {
     let mut bytes = Vec::new();
     for rec in page {
         frame_into(&message(rec, &f.origin), &mut bytes);
     }
+    let deadline = tokio::time::Instant::now() + f.write_timeout;
+    let stream: &mut dyn Stream = link.stream.as_mut();
     let written = beat
-        .during(tokio::time::timeout(f.write_timeout, async {
+        .during(tokio::time::timeout_at(deadline, async {
             stream.write_all(&bytes).await?;
             stream.flush().await
         }))
         .await;
     match written {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(PageNotTaken::Lost(e)),
-        Err(_) => Err(PageNotTaken::TimedOut(f.write_timeout.as_secs_f32())),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(PageNotTaken::Lost(e)),
+        Err(_) => return Err(PageNotTaken::TimedOut(f.write_timeout.as_secs_f32())),
+    }
+    beat.during(acknowledged(link, deadline))
+        .await
+        .map_err(|left| PageNotTaken::Unacknowledged(left, f.write_timeout.as_secs_f32()))
+}
+
+/// Waits until the peer acknowledged everything written into `link`, or `deadline`;
+/// the bytes still unacknowledged then.
+async fn acknowledged(link: &Linked, deadline: tokio::time::Instant) -> Result<(), usize> {
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match link.unacknowledged() {
+            Ok(0) => return Ok(()),
+            Ok(left) if tokio::time::Instant::now() >= deadline => return Err(left),
+            Ok(_) => {}
+            // A socket that cannot say: the write went through, as before it could.
+            Err(e) => {
+                log::debug!("audit forwarding: send queue not readable: {e}");
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(50));
     }
 }
 
 /// Waits for an append, the periodic look, or shutdown; notices meanwhile a repository
-/// that closed the connection (it never sends anything itself).
+/// that closed the connection. A repository sends nothing (RFC 5425): one that does is
+/// dropped, not read on and on.
 async fn idle(
     f: &Forwarder,
     beat: &Beat,
-    conn: &mut Option<Box<dyn Stream>>,
+    conn: &mut Option<Linked>,
     wake: &mut watch::Receiver<u64>,
     stop: &mut watch::Receiver<bool>,
 ) {
@@ -323,7 +354,10 @@ async fn idle(
                 r = read_some(conn, &mut buf) => match r {
                     Ok(0) => Some("connection closed by the repository".to_string()),
                     Err(e) => Some(format!("connection lost: {e}")),
-                    Ok(_) => None,
+                    Ok(n) => Some(format!(
+                        "the repository sent {n} bytes, which a syslog receiver never does; \
+                         connection dropped"
+                    )),
                 },
             }
         })
@@ -335,9 +369,9 @@ async fn idle(
 }
 
 /// Reads from the connection, or never returns when there is none.
-async fn read_some(conn: &mut Option<Box<dyn Stream>>, buf: &mut [u8]) -> std::io::Result<usize> {
+async fn read_some(conn: &mut Option<Linked>, buf: &mut [u8]) -> std::io::Result<usize> {
     match conn.as_mut() {
-        Some(stream) => stream.read(buf).await,
+        Some(link) => link.stream.read(buf).await,
         None => std::future::pending().await,
     }
 }
