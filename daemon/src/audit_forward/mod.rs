@@ -185,6 +185,14 @@ mod tests {
     }
 
     /// The configuration forwarding to `port` on loopback over plain TCP.
+    /// A store with its audit trail, in a temporary folder.
+    fn trail() -> (tempfile::TempDir, Arc<Store>, Arc<Audit>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let audit = Arc::new(Audit::open(&store).unwrap());
+        (dir, store, audit)
+    }
+
     fn forwarding_to(port: u16) -> Config {
         Config {
             audit: AuditConfig {
@@ -204,9 +212,7 @@ mod tests {
     /// again).
     #[tokio::test]
     async fn a_repository_that_stops_reading_is_dropped_and_nothing_is_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let audit = Arc::new(Audit::open(&store).unwrap());
+        let (_dir, store, audit) = trail();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let shutdown = Shutdown::new();
@@ -283,9 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn appends_never_wait_and_arrive_once_the_repository_listens() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let audit = Arc::new(Audit::open(&store).unwrap());
+        let (_dir, store, audit) = trail();
         // A port nobody listens on yet.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -345,9 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_repository_that_talks_back_is_dropped_and_records_follow() {
         use tokio::io::AsyncWriteExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let audit = Arc::new(Audit::open(&store).unwrap());
+        let (_dir, store, audit) = trail();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let shutdown = Shutdown::new();
