@@ -804,6 +804,77 @@ fn a_key_alone_must_match_the_configured_certificate() {
     assert_refused(&s, "another certificate alone", &[], "mqtt.cert");
 }
 
+/// `generate_site_secret = true` on a box that has a site secret keeps it where the box
+/// keeps it: in its data folder (where the daemon made one at its first start), or where
+/// its configuration names it. A new secret in the configuration folder would change
+/// every pseudonym and result UID the box makes.
+#[test]
+fn generating_a_site_secret_keeps_the_one_the_box_has() {
+    let s = Stick::new();
+    let generate = fs::read_to_string(s.file()).unwrap().replace(
+        "site_secret_file = \"secrets/site_secret\"",
+        "generate_site_secret = true",
+    );
+    fs::write(s.file(), generate).unwrap();
+    let (data, etc) = (s.path("box/data"), s.path("box/etc"));
+    // Provisions over a box configured with `device` (its data folder added); the site
+    // secret the written configuration names.
+    let provision_over = |device: &str| {
+        let config = format!("[device]\ndata_dir = \"{}\"\n{device}", data.display());
+        fs::write(s.config(), config).unwrap();
+        s.provision(&[])
+            .assert_success("provision generating a secret");
+        let cfg = duli::config::Config::load(Some(&s.config()), std::iter::empty()).unwrap();
+        cfg.site_secret_path()
+    };
+    // The daemon's own secret in its data folder.
+    fs::create_dir_all(&data).unwrap();
+    let daemons = [7u8; 32];
+    fs::write(data.join("site_secret"), daemons).unwrap();
+    assert_eq!(provision_over(""), data.join("site_secret"));
+    assert!(!etc.join("site_secret").exists(), "a second secret");
+    assert_eq!(fs::read(data.join("site_secret")).unwrap(), daemons);
+    // A secret the configuration names elsewhere (relative to its folder).
+    fs::create_dir_all(etc.join("keys")).unwrap();
+    fs::write(etc.join("keys/secret"), "ab".repeat(32)).unwrap();
+    let named = provision_over("site_secret = \"keys/secret\"\n");
+    assert_eq!(named, etc.join("keys/secret"));
+    assert!(!etc.join("site_secret").exists(), "a second secret");
+    assert_eq!(
+        fs::read_to_string(etc.join("keys/secret")).unwrap(),
+        "ab".repeat(32)
+    );
+    // A box without one gets one, in the configuration folder.
+    fs::remove_file(data.join("site_secret")).unwrap();
+    assert_eq!(provision_over(""), etc.join("site_secret"));
+    let made = fs::read_to_string(etc.join("site_secret")).unwrap();
+    assert_eq!(made.trim().len(), 64, "{made:?}");
+}
+
+/// The configuration is checked as the daemon will load it: a relative path already in
+/// it resolves against the configuration's folder, not the folder provisioning runs in
+/// (a CA file beside the configuration was refused as missing).
+#[test]
+fn relative_paths_of_the_configuration_are_checked_from_its_folder() {
+    let s = Stick::new();
+    let etc = s.path("box/etc");
+    fs::create_dir_all(etc.join("tls")).unwrap();
+    fs::copy(s.path("pki/stick-ca.pem"), etc.join("tls/audit-ca.pem")).unwrap();
+    fs::write(
+        s.config(),
+        "[audit]\nsyslog = \"127.0.0.1:6514\"\nsyslog_tls = true\nsyslog_ca = \"tls/audit-ca.pem\"\n",
+    )
+    .unwrap();
+    assert!(!Path::new("tls/audit-ca.pem").exists());
+    s.provision(&[])
+        .assert_success("provision over a relative CA path");
+    let check = duli(&["check-config", "--config", s.config().to_str().unwrap()]);
+    check.assert_success("check-config of the provisioned file");
+    // A relative path that is missing beside the configuration is refused, naming it.
+    fs::remove_file(etc.join("tls/audit-ca.pem")).unwrap();
+    assert_refused(&s, "a missing relative CA", &[], "audit.syslog_ca");
+}
+
 /// A config file for `--check` against the given ports.
 fn check_config(
     dir: &Path,

@@ -35,9 +35,7 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let mut table = toml::Table::new();
-        let mut file_dir = None;
         if let Some(path) = path {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
@@ -49,6 +47,29 @@ impl Config {
                     origin: path.display().to_string(),
                     message: e.message().to_string() + &span_hint(&text, e.span()),
                 })?;
+        }
+        let config = Config::from_table(table, path, env)?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// The configuration a file at `path` holding `table` gives, as [`Config::load`] makes
+    /// it but not validated: defaults, then `table`, then `DULI_*` variables from `env`,
+    /// relative paths the table sets resolved against the file's folder (the others
+    /// against the working directory), the model of `inference.model_pack` named. Also
+    /// for a configuration about to be written (`duli provision`), checked as the daemon
+    /// will load it.
+    pub fn from_table<I>(
+        mut table: toml::Table,
+        path: Option<&Path>,
+        env: I,
+    ) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let mut file_dir = None;
+        if let Some(path) = path {
             let dir = path.parent().unwrap_or(Path::new("."));
             file_dir = Some(if dir.as_os_str().is_empty() {
                 cwd.clone()
@@ -84,7 +105,6 @@ impl Config {
                 crate::infer::pack::manifest_path(&config.device.data_dir, &name);
         }
         config.origin = path.map(|p| cwd.join(p));
-        config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 

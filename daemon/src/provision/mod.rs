@@ -22,8 +22,9 @@
 //! The provisioning file (see `config/provision.example.toml`):
 //!
 //! - `[device]` `site_id`, `device_id` (required), `data_dir` (absolute), `site_secret_file`
-//!   (a file to copy: the 32 bytes a daemon generated, or a line of 32 to 128 hex digits)
-//!   or `generate_site_secret = true`;
+//!   (a file to copy: the 32 bytes a daemon generated, or a line of 32 to 128 hex digits,
+//!   kept as lower-case hex with one line end) or `generate_site_secret = true` (a secret
+//!   the box has is kept);
 //! - `[time]` `timezone`, `ntp` (servers);
 //! - `[dicom]`, `[pacs]`, `[hl7]`, `[mqtt]`, `[console]`: exactly the keys of the same
 //!   sections of `duli.toml`, merged over the existing configuration; `ca`, `cert` and
@@ -64,7 +65,9 @@ pub struct DeviceSection {
     pub data_dir: Option<PathBuf>,
     /// A file holding the site secret, copied to `<config dir>/site_secret` (0600).
     pub site_secret_file: Option<PathBuf>,
-    /// Generate a new random site secret when the box has none.
+    /// Generate a new random site secret when the box has none: one it has (where its
+    /// configuration names it, in its data folder, or in the configuration folder) is kept
+    /// where it is, since a new one changes every pseudonym and result UID.
     #[serde(default)]
     pub generate_site_secret: bool,
 }

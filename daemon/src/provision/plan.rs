@@ -19,7 +19,7 @@ use super::{
     material, paths, system, Overrides, PendingAdmin, Plan, ProvisionError, ProvisionFile,
     ProvisionedAdmin, Removal, Target, Write, PENDING_ADMIN,
 };
-use crate::config::{Config, KeyError};
+use crate::config::{Config, ConfigError, KeyError};
 use crate::fsutil::{PRIVATE, PUBLIC};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +33,9 @@ pub fn plan(
     target: &Target,
 ) -> Result<Plan, ProvisionError> {
     let target = checked_target(target)?;
-    let folder = Folder::open(file_dir).map_err(|e| {
+    // Absolute, so that the sources validated in place resolve as named wherever the
+    // configuration's relative paths resolve.
+    let folder = Folder::open(&paths::absolute(file_dir)).map_err(|e| {
         ProvisionError::Invalid(vec![KeyError {
             key: "provisioning file".into(),
             reason: format!("cannot open its folder {}: {e}", file_dir.display()),
@@ -65,7 +67,7 @@ pub fn plan(
         device,
         &sections,
         &checked_sections,
-        &config_dir,
+        &target.config,
         shape_errors,
         &mut refused,
     );
@@ -89,7 +91,7 @@ pub fn plan(
         writes.push(admin_write(a, &config_dir)?);
     }
     writes.extend(system_writes(&target, &ntp, timezone.as_deref()));
-    writes.push(config_write(&config, &base, &target));
+    writes.push(config_write(&config, &base, &target)?);
     Ok(Plan {
         config,
         writes,
@@ -204,16 +206,17 @@ fn device_table(
     } else if !has_data_dir {
         device.insert("data_dir".into(), "/var/lib/duli".into());
     }
-    let writes = site_secret(file, folder, config_dir, &mut device, refused);
+    let writes = site_secret(file, folder, config_dir, base, &mut device, refused);
     (device, writes)
 }
 
 /// The site secret: copied from the file the provisioning file names, or generated when
-/// asked and the box has none; `device.site_secret` then names it.
+/// asked and the box has none ([`existing_secret`]); `device.site_secret` then names it.
 fn site_secret(
     file: &ProvisionFile,
     folder: &Folder,
     config_dir: &Path,
+    base: &toml::Table,
     device: &mut toml::Table,
     refused: &mut Refusals,
 ) -> Vec<Write> {
@@ -256,10 +259,11 @@ fn site_secret(
             }
         }
         (None, true) => {
-            name_it(device);
-            if dest.exists() {
+            if let Some(kept) = existing_secret(base, device, config_dir) {
+                device.insert("site_secret".into(), kept.display().to_string().into());
                 return Vec::new();
             }
+            name_it(device);
             let mut raw = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
             vec![Write {
@@ -272,6 +276,33 @@ fn site_secret(
         }
         (None, false) => Vec::new(),
     }
+}
+
+/// The site secret the box has already, if any: the file its configuration names
+/// (`device.site_secret`, else `site_secret` in its data folder, as the daemon finds it),
+/// then `site_secret` in the data folder being provisioned, then
+/// `<config dir>/site_secret`. A new secret would change every pseudonym and result UID
+/// the box makes, so an existing one is kept where it is. Relative paths resolve against
+/// the configuration's folder, as the daemon resolves them.
+fn existing_secret(base: &toml::Table, device: &toml::Table, config_dir: &Path) -> Option<PathBuf> {
+    let path = |table: Option<&toml::Table>, key: &str| {
+        table
+            .and_then(|t| t.get(key))
+            .and_then(toml::Value::as_str)
+            .map(|p| config_dir.join(p))
+    };
+    let configured = base.get("device").and_then(toml::Value::as_table);
+    let in_data =
+        |table: Option<&toml::Table>| path(table, "data_dir").map(|d| d.join("site_secret"));
+    [
+        path(configured, "site_secret"),
+        in_data(configured),
+        in_data(Some(device)),
+        Some(config_dir.join("site_secret")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.exists())
 }
 
 /// The configuration sections the provisioning file gives, with `--ae-title` applied.
@@ -645,17 +676,17 @@ fn merge_section(base: &mut toml::Table, name: &str, table: &toml::Table) {
     merge(base, &t);
 }
 
-/// The configuration that will be in effect: validated with the TLS sources
-/// (`checked_sections`); `base` becomes the one written, pointing at the copies. A
-/// relative data folder already in the configuration is resolved as the daemon resolves
-/// it. `None` when it cannot be built (the reason is refused, unless a section's shape
-/// error already says it).
+/// The configuration that will be in effect at `config_path`, made as the daemon will load
+/// it ([`Config::from_table`]: relative paths resolved against the configuration's
+/// folder): validated with the TLS sources (`checked_sections`); `base` becomes the one
+/// written, pointing at the copies. `None` when it cannot be built (the reason is
+/// refused, unless a section's shape error already says it).
 fn build_config(
     base: &mut toml::Table,
     device: toml::Table,
     sections: &BTreeMap<&'static str, toml::Table>,
     checked_sections: &BTreeMap<&'static str, toml::Table>,
-    config_dir: &Path,
+    config_path: &Path,
     shape_errors: bool,
     refused: &mut Refusals,
 ) -> Option<Config> {
@@ -668,33 +699,28 @@ fn build_config(
     for (name, table) in sections {
         merge_section(base, name, table);
     }
-    let parse = |table: toml::Table| Config::deserialize(toml::Value::Table(table));
-    let config = match parse(checked) {
+    let load =
+        |table: toml::Table| Config::from_table(table, Some(config_path), std::iter::empty());
+    let refuse = |e: ConfigError, refused: &mut Refusals| match e {
+        ConfigError::Invalid(list) => refused.0.extend(list),
+        ConfigError::Parse { message, .. } if !shape_errors => {
+            refused.add("configuration", message)
+        }
+        ConfigError::Parse { .. } => {}
+        other => refused.add("configuration", other.to_string()),
+    };
+    match load(checked) {
         Ok(c) => {
             if let Err(list) = c.validate() {
                 refused.0.extend(list);
             }
-            match parse(base.clone()) {
-                Ok(c) => Some(c),
-                Err(m) => {
-                    refused.add("configuration", m.message());
-                    None
-                }
-            }
+            load(base.clone()).map_err(|e| refuse(e, refused)).ok()
         }
-        Err(m) => {
-            if !shape_errors {
-                refused.add("configuration", m.message());
-            }
+        Err(e) => {
+            refuse(e, refused);
             None
         }
-    };
-    config.map(|mut c| {
-        if c.device.data_dir.is_relative() {
-            c.device.data_dir = config_dir.join(&c.device.data_dir);
-        }
-        c
-    })
+    }
 }
 
 /// Private files go to the configured service user only (returned); the data folder is an
@@ -911,18 +937,55 @@ fn system_writes(target: &Target, ntp: &[String], timezone: Option<&str>) -> Vec
 }
 
 /// The configuration file as written (`base`: the box's configuration with the
-/// provisioned sections merged, TLS files pointing at the copies).
-fn config_write(config: &Config, base: &toml::Table, target: &Target) -> Write {
-    let mut text = format!(
+/// provisioned sections merged, TLS files pointing at the copies); refused when it cannot
+/// be rendered (an empty or default configuration is never written in its place).
+fn config_write(
+    config: &Config,
+    base: &toml::Table,
+    target: &Target,
+) -> Result<Write, ProvisionError> {
+    let header = format!(
         "# Written by `duli provision` for site {} device {}.\n",
         config.device.site_id, config.device.device_id
     );
-    text.push_str(&toml::to_string_pretty(base).unwrap_or_default());
-    Write {
+    Ok(Write {
         path: target.config.clone(),
-        bytes: text.into_bytes(),
+        bytes: config_text(&header, base)?.into_bytes(),
         mode: PUBLIC,
         private: false,
         what: "configuration".into(),
+    })
+}
+
+/// `header` followed by `value` as TOML; refused when `value` cannot be rendered.
+fn config_text<T: serde::Serialize + ?Sized>(
+    header: &str,
+    value: &T,
+) -> Result<String, ProvisionError> {
+    let body = toml::to_string_pretty(value).map_err(|e| {
+        ProvisionError::Invalid(vec![KeyError {
+            key: "configuration".into(),
+            reason: format!("cannot be written: {e}"),
+        }])
+    })?;
+    Ok(format!("{header}{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration that cannot be rendered is refused: neither an empty nor an
+    /// all-defaults file is written in its place.
+    #[test]
+    fn a_configuration_that_cannot_be_rendered_is_refused() {
+        let e = config_text("# header\n", &None::<u8>).unwrap_err();
+        assert!(
+            e.to_string().contains("configuration: cannot be written"),
+            "{e}"
+        );
+        let base: toml::Table = "[device]\nsite_id = \"a\"\n".parse().unwrap();
+        let text = config_text("# header\n", &base).unwrap();
+        assert_eq!(text, "# header\n[device]\nsite_id = \"a\"\n");
     }
 }
