@@ -71,6 +71,8 @@ enum Answer {
     AckCut,
     /// `AA`, then the same `AA` again a moment later (as some interface engines do).
     AckTwice,
+    /// `AA`, then 100 copies of it at once (an interface engine stuck repeating).
+    AckFlood,
     Garbage,
 }
 
@@ -139,6 +141,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     let _ = s.flush().await;
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     ack
+                }
+                Answer::AckFlood => {
+                    let ack = mllp::encode(build_ack(AckCode::AA, &id, "ACK1", "").as_bytes());
+                    ack.repeat(101)
                 }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
             };
@@ -740,6 +746,25 @@ async fn a_ris_that_acknowledges_twice_gets_each_message_once() {
     let distinct: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(distinct.len(), 4, "{seen:?}");
     assert_received_strict_valid();
+}
+
+/// A RIS that floods each ACK a hundred times: the repeats are passed over only so far
+/// (then the connection is made again), and every message still goes out, each at most
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ris_that_floods_repeated_acks_is_reconnected_and_loses_nothing() {
+    let seen = deliver_all(Arc::new(|_: &str, _| Answer::AckFlood), |ob| {
+        enqueue_reports(ob, 0..3)
+    })
+    .await;
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 3, "{seen:?}");
+    // The first message's own ACK comes first; each later one meets the flood of its
+    // predecessor's ACKs, gives that connection up and goes again on a new one.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for id in &distinct {
+        assert!(seen.iter().filter(|s| s == id).count() <= 2, "{seen:?}");
+    }
 }
 
 /// A RIS that keeps acknowledging another control id: after `max_rejections` such ACKs in

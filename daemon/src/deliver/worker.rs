@@ -244,8 +244,9 @@ fn record_outcome(
         Delivery::Acked => outbox.mark_delivered(entry),
         Delivery::Rejected(reason) => {
             log::warn!(
-                "{dest}: {what} of report {} refused: {reason}",
-                entry.report_id
+                "{dest}: {what} of report {} refused: {}",
+                entry.report_id,
+                for_the_journal(dest, reason)
             );
             outbox
                 .mark_rejected(
@@ -284,6 +285,19 @@ fn record_outcome(
     }
 }
 
+/// What of a refusal's `reason` goes to the journal (which reaches support bundles): a
+/// RIS's ACK text (MSA-3, ERR) often names the patient ("patient 123456 SMITH not found"),
+/// so of an HL7 refusal only its code; the whole reason stays with the entry in the outbox
+/// (the console's outbox view, for its users).
+fn for_the_journal<'a>(dest: &Destination, reason: &'a str) -> std::borrow::Cow<'a, str> {
+    match (dest, reason.split_once(':')) {
+        (Destination::Hl7, Some((code, _))) => {
+            format!("{code} (the RIS's text is kept with the entry: `duli outbox list`)").into()
+        }
+        _ => reason.into(),
+    }
+}
+
 /// Sleeps `wait` when given (the head entry's wait), forever when not (nothing queued).
 async fn sleep_for(wait: Option<Duration>) {
     match wait {
@@ -295,6 +309,16 @@ async fn sleep_for(wait: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A RIS's words, which may name the patient, stay out of the journal; the code goes in.
+    #[test]
+    fn a_ris_refusal_is_journalled_by_its_code_only() {
+        let said = for_the_journal(&Destination::Hl7, "AE: Patient 123456 SMITH^JOHN not found");
+        assert!(said.starts_with("AE ") && !said.contains("SMITH") && !said.contains("123456"));
+        assert_eq!(for_the_journal(&Destination::Hl7, "AR"), "AR");
+        let pacs = Destination::Pacs("main".into());
+        assert_eq!(for_the_journal(&pacs, "status A700"), "status A700");
+    }
 
     /// After the wall clock stepped back by a day, the head entry's due time lies a day
     /// ahead: it is tried within the backoff cap (120 s), and new entries waking the

@@ -69,6 +69,10 @@ impl Hl7Target {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
+/// ACKs of messages already acknowledged that one exchange passes over before the RIS is
+/// taken to be out of step (the connection is then made again).
+pub const MAX_REPEATED_ACKS: usize = 16;
+
 /// The HL7 MLLP channel.
 pub struct Hl7Channel {
     target: Hl7Target,
@@ -221,6 +225,7 @@ impl Hl7Channel {
         }
         let mut buf = vec![0u8; 4096];
         let mut got_any = false;
+        let mut repeated = 0usize;
         let deadline = tokio::time::Instant::now() + self.target.ack_timeout;
         loop {
             match conn.decoder.next_frame() {
@@ -230,10 +235,27 @@ impl Hl7Channel {
                     if ack.control_id != expected
                         && conn.acked.iter().any(|id| *id == ack.control_id)
                     {
-                        log::info!(
-                            "hl7: the RIS acknowledged message {:?} again; waiting for the ACK of {expected:?}",
-                            ack.control_id
-                        );
+                        // Said once per exchange; a RIS that keeps repeating is out of step.
+                        repeated += 1;
+                        if repeated == 1 {
+                            let level = if ack.code.is_positive() {
+                                log::Level::Info
+                            } else {
+                                log::Level::Warn
+                            };
+                            log::log!(
+                                level,
+                                "hl7: the RIS acknowledged message {:?} again ({}); waiting for the ACK of {expected:?}",
+                                ack.control_id,
+                                ack.code.as_str()
+                            );
+                        }
+                        if repeated > MAX_REPEATED_ACKS {
+                            return Err(Exchange::Failed(format!(
+                                "out of step: the RIS repeated ACKs of earlier messages \
+                                 {repeated} times"
+                            )));
+                        }
                         continue;
                     }
                     if ack.control_id == expected {
