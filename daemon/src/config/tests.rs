@@ -612,6 +612,48 @@ fn a_model_inside_the_data_folder_is_refused() {
     load("model", &dir.path().join("model/model.toml")).unwrap();
 }
 
+/// Root's records of the firmware trust (the model-pack floor, the endorsed keys) are
+/// refused inside the folders the service user writes, however the path reaches there:
+/// directly, through `..`, or through a link, also before the record exists (only a
+/// path starting with `firmware.model_packs` as written was refused before).
+#[test]
+fn firmware_trust_records_are_refused_where_the_service_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |p: &str| dir.path().join(p);
+    std::fs::create_dir_all(at("data/models")).unwrap();
+    std::fs::create_dir_all(at("etc")).unwrap();
+    std::os::unix::fs::symlink(at("data"), at("etc/state")).unwrap();
+    // The error of a configuration whose data folder is `data`, its packs `data/models`,
+    // with `key = path` in [firmware].
+    let load = |key: &str, path: &str| {
+        let text = format!(
+            "[device]\ndata_dir = \"{}\"\n[firmware]\nmodel_packs = \"{}\"\n{key} = \"{}\"\n",
+            at("data").display(),
+            at("data/models").display(),
+            at(path).display()
+        );
+        load_str(&text, &[]).map(|_| ()).map_err(|e| e.to_string())
+    };
+    for key in ["firmware.model_pack_versions", "firmware.endorsed_keys"] {
+        let short = key.trim_start_matches("firmware.");
+        for (how, path) in [
+            ("in the data folder", "data/keys"),
+            ("in the pack folder", "data/models/floor.json"),
+            ("through ..", "etc/../data/floor.json"),
+            ("through a link", "etc/state/floor.json"),
+            ("through a link and ..", "etc/state/x/../y/floor.json"),
+        ] {
+            let err = load(short, path).unwrap_err();
+            assert!(
+                err.contains(key) && err.contains("which the service user writes"),
+                "{key} {how}: {err}"
+            );
+        }
+        // Beside them, where only root writes, is fine.
+        load(short, "etc/firmware-state/floor.json").unwrap();
+    }
+}
+
 /// The shipped unit's `LimitNOFILE=` covers the descriptors the largest configuration the
 /// daemon accepts can open (with headroom), and systemd/README.md states that sum.
 #[test]

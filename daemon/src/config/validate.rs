@@ -5,7 +5,7 @@ use super::{
     PacsConfig, PacsDestination, RetentionConfig,
 };
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One problem with one configuration key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,7 @@ impl Config {
         check_pacs(&self.pacs, &mut bad);
         check_console(&self.console, &mut bad);
         check_firmware(&self.firmware, &mut bad);
+        check_root_records(&self.firmware, data_dir, &mut bad);
         check_retention(&self.retention, &mut bad);
         check_audit(&self.audit, &mut bad);
         if errs.is_empty() {
@@ -270,11 +271,34 @@ fn check_dicom_tls(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
     }
 }
 
-/// Whether `path` lies inside `dir`: compared resolved (links, `..`) where both exist,
-/// else as written.
+/// Whether `path` lies inside `dir`, as written or once both are resolved ([`resolved`]:
+/// links and `..`, also where the path does not exist yet).
 fn is_within(path: &Path, dir: &Path) -> bool {
-    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    path.starts_with(dir) || resolve(path).starts_with(resolve(dir))
+    path.starts_with(dir) || resolved(path).starts_with(resolved(dir))
+}
+
+/// `path` as the system resolves it: its longest existing part with links and `..`
+/// resolved, then the rest (not there yet) with `..` and `.` applied as written.
+fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let parts: Vec<Component<'_>> = path.components().collect();
+    for existing in (1..=parts.len()).rev() {
+        let Ok(mut out) = std::fs::canonicalize(parts[..existing].iter().collect::<PathBuf>())
+        else {
+            continue;
+        };
+        for part in &parts[existing..] {
+            match part {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(name) => out.push(name),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        return out;
+    }
+    path.to_path_buf()
 }
 
 /// `[inference]`: pixel budget, device, performance hint, precision.
@@ -774,11 +798,47 @@ fn check_firmware(fw: &duli_firmware::FirmwareConfig, bad: &mut impl FnMut(&str,
             bad(key, "must not be empty".into());
         }
     }
-    if fw.model_pack_versions.starts_with(&fw.model_packs) {
-        bad(
+}
+
+/// Root's records of the firmware trust, `firmware.model_pack_versions` (the floor that
+/// refuses an older pack) and `firmware.endorsed_keys` (keys allowed to sign), must not
+/// lie where the service user writes: in `device.data_dir` or `firmware.model_packs`,
+/// compared once links and `..` are resolved ([`is_within`]), also when the record does
+/// not exist yet.
+fn check_root_records(
+    fw: &duli_firmware::FirmwareConfig,
+    data_dir: &Path,
+    bad: &mut impl FnMut(&str, String),
+) {
+    for (key, record, why) in [
+        (
             "firmware.model_pack_versions",
-            "must not be in firmware.model_packs: the service user owns that folder, and the record is what it must not change".into(),
-        );
+            &fw.model_pack_versions,
+            "the service could lower the floor that refuses an older model pack",
+        ),
+        (
+            "firmware.endorsed_keys",
+            &fw.endorsed_keys,
+            "the service could endorse a key of its own to sign bundles",
+        ),
+    ] {
+        let inside = [
+            ("device.data_dir", data_dir),
+            ("firmware.model_packs", fw.model_packs.as_path()),
+        ]
+        .into_iter()
+        .find(|(_, folder)| !folder.as_os_str().is_empty() && is_within(record, folder));
+        if let Some((folder_key, folder)) = inside {
+            bad(
+                key,
+                format!(
+                    "{} is inside {folder_key} ({}), which the service user writes: {why}; \
+                     keep it where only root writes (under /etc/duli)",
+                    record.display(),
+                    folder.display()
+                ),
+            );
+        }
     }
 }
 
