@@ -221,7 +221,15 @@ pub struct MqttChannel {
     health: Option<watch::Receiver<String>>,
     reconnect_at: Instant,
     failures: u32,
+    /// When the connection in hand was made: the pause between reconnections starts short
+    /// again only once one lived [`STABLE`].
+    connected_at: Option<Instant>,
 }
+
+/// How long a connection must live for the pause between reconnections to start short
+/// again: a broker that accepts and then drops at once (two boxes with one client id
+/// taking the session from each other, an ACL refusal) meets growing pauses.
+pub const STABLE: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for MqttChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,6 +256,7 @@ impl MqttChannel {
             health: None,
             reconnect_at: Instant::now(),
             failures: 0,
+            connected_at: None,
         }
     }
 
@@ -330,9 +339,27 @@ impl MqttChannel {
         Ok(conn)
     }
 
+    /// Takes a new connection into use.
+    fn connected(&mut self, conn: Connection) {
+        self.conn = Some(conn);
+        self.connected_at = Some(Instant::now());
+    }
+
     fn lost(&mut self, why: &dyn std::fmt::Display) {
+        let lived = self.connected_at.take().map(|at| at.elapsed());
         if self.conn.take().is_some() {
-            log::warn!("mqtt: connection lost: {why}");
+            match lived {
+                Some(l) if l < STABLE => log::warn!(
+                    "mqtt: connection lost after {} s: {why} (a broker that drops a client \
+                     soon after accepting it may be giving its client id to another one, \
+                     or refusing a topic)",
+                    l.as_secs()
+                ),
+                _ => log::warn!("mqtt: connection lost: {why}"),
+            }
+        }
+        if lived.is_some_and(|l| l >= STABLE) {
+            self.failures = 0;
         }
         self.failures = self.failures.saturating_add(1);
         let exp = self.failures.min(16) - 1;
@@ -364,11 +391,10 @@ impl Channel for MqttChannel {
             loop {
                 match conn.events.try_recv() {
                     Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => {
-                        log::debug!("mqtt: stale connection: {e}");
-                        self.conn = None;
+                    Ok(Err(e)) => self.lost(&format!("stale connection: {e}")),
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.lost(&"event loop stopped")
                     }
-                    Err(mpsc::error::TryRecvError::Disconnected) => self.conn = None,
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
                 break;
@@ -376,10 +402,7 @@ impl Channel for MqttChannel {
         }
         if self.conn.is_none() {
             match self.connect().await {
-                Ok(c) => {
-                    self.conn = Some(c);
-                    self.failures = 0;
-                }
+                Ok(c) => self.connected(c),
                 Err(e) => {
                     self.lost(&e);
                     return Delivery::Failed(e.to_string());
@@ -412,10 +435,7 @@ impl Channel for MqttChannel {
             if self.conn.is_none() {
                 tokio::time::sleep_until(self.reconnect_at).await;
                 match self.connect().await {
-                    Ok(c) => {
-                        self.conn = Some(c);
-                        self.failures = 0;
-                    }
+                    Ok(c) => self.connected(c),
                     Err(e) => {
                         log::debug!("mqtt: {e}");
                         self.lost(&e);
@@ -482,6 +502,7 @@ impl Channel for MqttChannel {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Config;
 
     fn config(site: &str, device: &str) -> Config {
@@ -513,5 +534,31 @@ mod tests {
         let mut own = config("hospital-a", "edge-01");
         own.mqtt.client_id = Some("ris-gateway-7".into());
         assert_eq!(own.mqtt_client_id(), "ris-gateway-7");
+    }
+
+    /// The pause before the next connection grows while connections die young (a broker
+    /// that accepts and drops at once), and starts short again after one that lived.
+    #[test]
+    fn short_lived_connections_do_not_reset_the_reconnect_pause() {
+        let mut plain = Config::default();
+        plain.mqtt.tls = false;
+        let settings = MqttSettings::from_config(&plain).unwrap();
+        let min = settings.reconnect_min;
+        let mut ch = MqttChannel::new(settings, Arc::new(SiteSecret::from_bytes(&[1u8; 32])));
+        let pause = |ch: &MqttChannel| ch.reconnect_at.saturating_duration_since(Instant::now());
+        let mut before = Duration::ZERO;
+        for _ in 0..4 {
+            // Connected a moment ago, dropped at once.
+            ch.connected_at = Some(Instant::now());
+            ch.lost(&"dropped by the broker");
+            let now = pause(&ch);
+            assert!(now > before, "{now:?} after {before:?}");
+            before = now;
+        }
+        assert!(before >= min * 7, "{before:?}");
+        // A connection that lived: short again.
+        ch.connected_at = Instant::now().checked_sub(STABLE + Duration::from_secs(1));
+        ch.lost(&"dropped after a while");
+        assert!(pause(&ch) <= min, "{:?}", pause(&ch));
     }
 }
