@@ -235,6 +235,24 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
     // Keyed like the report it judges: the cloud links the two, an outsider cannot.
     assert_eq!(fb["report_id"], cloud_id("rep-0003").as_str());
     assert_eq!(fb["study_pseudonym"].as_str().unwrap().len(), 64);
+    // Its own keyed id: the same for this verdict on every send, so the cloud drops a
+    // resend; another verdict (here a minute later) another id.
+    let verdict = Feedback {
+        study_uid: report(3).study.study_instance_uid,
+        user: "rita".into(),
+        agree: false,
+        comment: String::new(),
+        finding: Some("PNEUMONIA".into()),
+        result_version: 1,
+        at_ms: 1_706_700_000_000,
+    };
+    let id = duli::deliver::mqtt::payload::feedback_id(&secret(), &verdict);
+    assert_eq!(fb["feedback_id"], id.as_str());
+    let later = Feedback {
+        at_ms: verdict.at_ms + 60_000,
+        ..verdict
+    };
+    assert_ne!(duli::deliver::mqtt::payload::feedback_id(&secret(), &later), id);
     // The comment and the user name stay on the box; the time is rounded to the hour.
     let text = fb.to_string();
     assert!(

@@ -24,6 +24,8 @@ pub const PATIENT_DOMAIN: &str = "patient";
 pub const STUDY_DOMAIN: &str = "study";
 /// Pseudonym domain of report ids.
 pub const REPORT_DOMAIN: &str = "report";
+/// Pseudonym domain of feedback ids.
+pub const FEEDBACK_DOMAIN: &str = "feedback";
 
 /// Modalities (0008,0060) a report or a reason sent to the cloud may name (DICOM defined
 /// terms); any other value is sent as `OT`.
@@ -311,6 +313,10 @@ pub struct FeedbackPayload {
     pub schema: &'static str,
     /// The report judged, keyed as in the report payload.
     pub report_id: String,
+    /// This verdict's own id, keyed like the other ids: the same for every copy of one
+    /// verdict (a resend after a lost acknowledgement), another for each verdict, so the
+    /// cloud can drop duplicates and order a reviewer's changed verdicts.
+    pub feedback_id: String,
     /// Site id.
     pub site_id: String,
     /// Device id.
@@ -341,6 +347,7 @@ pub fn feedback_payload(
     FeedbackPayload {
         schema: FEEDBACK_SCHEMA,
         report_id: cloud_report_id(secret, report_id),
+        feedback_id: feedback_id(secret, fb),
         site_id: site_id.into(),
         device_id: device_id.into(),
         study_pseudonym: secret.pseudonym(STUDY_DOMAIN, &fb.study_uid),
@@ -349,6 +356,17 @@ pub fn feedback_payload(
         reviewer_role: reviewer_role.into(),
         created_at: rfc3339(to_the_hour(fb.at_ms.div_euclid(1000))),
     }
+}
+
+/// The keyed id of verdict `fb`: of its study, result version, reviewer and millisecond,
+/// so one verdict always gets the same id and no two verdicts share one; nothing in it can
+/// be linked back to the study or the reviewer without the site secret.
+pub fn feedback_id(secret: &SiteSecret, fb: &crate::report::Feedback) -> String {
+    let key = format!(
+        "{}\u{0}{}\u{0}{}\u{0}{}",
+        fb.study_uid, fb.result_version, fb.user, fb.at_ms
+    );
+    secret.pseudonym(FEEDBACK_DOMAIN, &key)
 }
 
 /// The device's state as the health payload reports it (filled by the daemon).
