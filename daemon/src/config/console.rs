@@ -17,9 +17,11 @@ pub struct ConsoleConfig {
     pub cert: Option<PathBuf>,
     /// Private key (PEM).
     pub key: Option<PathBuf>,
-    /// A console session ends after this many seconds without a request.
+    /// A console session ends after this many seconds without a request (at most
+    /// [`MAX_SESSION_IDLE_SECS`]).
     pub session_idle_secs: u64,
-    /// A console session ends this many seconds after login, however active.
+    /// A console session ends this many seconds after login, however active (at most
+    /// [`MAX_SESSION_MAX_SECS`]).
     pub session_max_secs: u64,
     /// Seconds a client has to send a request's headers, counted from its first byte
     /// (or from the end of the TLS handshake for the first request).
@@ -44,6 +46,13 @@ pub struct ConsoleConfig {
     /// Most uploads one user may send at once.
     pub max_uploads_per_user: usize,
 }
+
+/// Longest `console.session_idle_secs`: 24 hours. A session left idle longer is an
+/// unattended logged-in console.
+pub const MAX_SESSION_IDLE_SECS: u64 = 24 * 3600;
+/// Longest `console.session_max_secs`: 7 days. Longer, a stolen session cookie stays good
+/// for as long, and a value in milliseconds by mistake would be years.
+pub const MAX_SESSION_MAX_SECS: u64 = 7 * 24 * 3600;
 
 impl Default for ConsoleConfig {
     fn default() -> Self {

@@ -612,6 +612,41 @@ fn a_model_inside_the_data_folder_is_refused() {
     load("model", &dir.path().join("model/model.toml")).unwrap();
 }
 
+/// Session lifetimes are bounded (24 hours idle, 7 days in all): a value in milliseconds
+/// by mistake, or a huge one, is refused naming the key and the limit (it was accepted,
+/// and the live event stream's end wrapped round to the past).
+#[test]
+fn session_lifetimes_are_bounded() {
+    let load = |idle: u64, max: u64| {
+        load_str(
+            &format!("[console]\nsession_idle_secs = {idle}\nsession_max_secs = {max}\n"),
+            &[],
+        )
+        .map(|c| (c.console.session_idle_secs, c.console.session_max_secs))
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(load(86_400, 604_800), Ok((86_400, 604_800)));
+    let err = load(86_401, 604_800).unwrap_err();
+    assert!(
+        err.contains("console.session_idle_secs") && err.contains("86400"),
+        "{err}"
+    );
+    let err = load(1800, 604_801).unwrap_err();
+    assert!(
+        err.contains("console.session_max_secs") && err.contains("604800"),
+        "{err}"
+    );
+    let err = load(1800, 9_223_372_036_854_775_807).unwrap_err();
+    assert!(err.contains("console.session_max_secs"), "{err}");
+    assert!(load(0, 1800)
+        .unwrap_err()
+        .contains("console.session_idle_secs"));
+    assert!(load(3600, 1800).unwrap_err().contains("at least"));
+    let defaults = ConsoleConfig::default();
+    assert!(defaults.session_idle_secs <= console::MAX_SESSION_IDLE_SECS);
+    assert!(defaults.session_max_secs <= console::MAX_SESSION_MAX_SECS);
+}
+
 /// Root's records of the firmware trust (the model-pack floor, the endorsed keys) are
 /// refused inside the folders the service user writes, however the path reaches there:
 /// directly, through `..`, or through a link, also before the record exists (only a

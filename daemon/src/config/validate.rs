@@ -493,10 +493,25 @@ fn check_console(c: &ConsoleConfig, bad: &mut impl FnMut(&str, String)) {
     if c.port == 0 {
         bad("console.port", "must be between 1 and 65535".into());
     }
-    if c.session_idle_secs == 0 {
-        bad("console.session_idle_secs", "must be at least 1".into());
+    use super::console::{MAX_SESSION_IDLE_SECS, MAX_SESSION_MAX_SECS};
+    if c.session_idle_secs == 0 || c.session_idle_secs > MAX_SESSION_IDLE_SECS {
+        bad(
+            "console.session_idle_secs",
+            format!(
+                "must be between 1 and {MAX_SESSION_IDLE_SECS} seconds (24 hours), got {}",
+                c.session_idle_secs
+            ),
+        );
     }
-    if c.session_max_secs < c.session_idle_secs {
+    if c.session_max_secs > MAX_SESSION_MAX_SECS {
+        bad(
+            "console.session_max_secs",
+            format!(
+                "must be at most {MAX_SESSION_MAX_SECS} seconds (7 days), got {}",
+                c.session_max_secs
+            ),
+        );
+    } else if c.session_max_secs < c.session_idle_secs {
         bad(
             "console.session_max_secs",
             "must be at least console.session_idle_secs".into(),

@@ -15,6 +15,23 @@ pub const STREAM_SESSION_CHECK: std::time::Duration = std::time::Duration::from_
 /// Interval of the keep-alive comments of event streams.
 pub const STREAM_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Milliseconds left at `now_ms` of a session created at `created_ms` that lives `max_age`
+/// (0 once it has ended); no lifetime, however long, wraps round to an end in the past.
+fn remaining_ms(created_ms: i64, max_age: std::time::Duration, now_ms: i64) -> u64 {
+    let max_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    let left = created_ms.saturating_add(max_ms).saturating_sub(now_ms);
+    u64::try_from(left).unwrap_or(0)
+}
+
+/// The instant `ms` milliseconds from now, or thirty years from now when the clock cannot
+/// represent that (a stream that outlives its session is ended by the session checks).
+fn deadline_in(ms: u64) -> tokio::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    let now = tokio::time::Instant::now();
+    now.checked_add(std::time::Duration::from_millis(ms).min(FAR))
+        .unwrap_or(now)
+}
+
 /// What woke an event stream.
 enum Wake {
     Event(Result<events::StudyEvent, tokio::sync::broadcast::error::RecvError>),
@@ -47,11 +64,11 @@ pub(super) fn event_stream(
         })?;
     let rx = c.events.subscribe();
     let ended = c.sessions.ended();
-    let end = tokio::time::Instant::now()
-        + std::time::Duration::from_millis(
-            (s.created_ms + c.sessions.max_age().as_millis() as i64 - crate::clock::now_millis())
-                .max(0) as u64,
-        );
+    let end = deadline_in(remaining_ms(
+        s.created_ms,
+        c.sessions.max_age(),
+        crate::clock::now_millis(),
+    ));
     let first = futures::stream::once(async {
         Ok::<_, Infallible>(Sse::default().event("ready").data("{}"))
     });
@@ -97,4 +114,31 @@ pub(super) fn event_stream(
         warp::http::HeaderValue::from_static("no-store"),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The time left of a session: its lifetime from its creation, none once past; a
+    /// lifetime too long for milliseconds in an i64 saturates (it wrapped to an end in
+    /// the past, or a panic adding it to the clock).
+    #[test]
+    fn the_time_left_of_a_session_never_wraps() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(remaining_ms(1_000, hour, 1_000), 3_600_000);
+        assert_eq!(remaining_ms(1_000, hour, 601_000), 3_000_000);
+        assert_eq!(remaining_ms(1_000, hour, 1_000 + 3_600_000), 0);
+        assert_eq!(remaining_ms(1_000, hour, i64::MAX), 0);
+        let now = 1_700_000_000_000;
+        for huge in [Duration::MAX, Duration::from_secs(u64::MAX / 1000)] {
+            let left = remaining_ms(now, huge, now);
+            assert_eq!(left, u64::try_from(i64::MAX - now).unwrap(), "{huge:?}");
+        }
+        // Any of them is a deadline the clock can hold.
+        let start = tokio::time::Instant::now();
+        assert!(deadline_in(u64::MAX) > start + Duration::from_secs(86_400 * 365));
+        assert!(deadline_in(0) >= start);
+    }
 }
