@@ -91,7 +91,8 @@ pub struct DatasetId {
     pub dir: PathBuf,
     /// Images scored at both precisions.
     pub images: usize,
-    /// SHA-256 over the files' names and contents, in sorted order.
+    /// SHA-256 over the scored files' names and contents, in sorted order, and the labels
+    /// CSV as it was read when the set came with one.
     pub sha256: String,
 }
 
