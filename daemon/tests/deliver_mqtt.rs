@@ -252,7 +252,10 @@ async fn reports_and_feedback_reach_the_broker_valid_and_in_order() {
         at_ms: verdict.at_ms + 60_000,
         ..verdict
     };
-    assert_ne!(duli::deliver::mqtt::payload::feedback_id(&secret(), &later), id);
+    assert_ne!(
+        duli::deliver::mqtt::payload::feedback_id(&secret(), &later),
+        id
+    );
     // The comment and the user name stay on the box; the time is rounded to the hour.
     let text = fb.to_string();
     assert!(
