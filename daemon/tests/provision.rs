@@ -844,6 +844,21 @@ fn generating_a_site_secret_keeps_the_one_the_box_has() {
         fs::read_to_string(etc.join("keys/secret")).unwrap(),
         "ab".repeat(32)
     );
+    // A secret the daemon could not use (too short): refused, named, not replaced.
+    fs::write(data.join("site_secret"), b"tiny").unwrap();
+    fs::write(
+        s.config(),
+        format!("[device]\ndata_dir = \"{}\"\n", data.display()),
+    )
+    .unwrap();
+    let out = s.provision(&[]);
+    assert!(!out.success(), "{}", out.combined());
+    assert!(
+        out.combined().contains("cannot be used") && out.combined().contains("site_secret"),
+        "{}",
+        out.combined()
+    );
+    assert_eq!(fs::read(data.join("site_secret")).unwrap(), b"tiny");
     // A box without one gets one, in the configuration folder.
     fs::remove_file(data.join("site_secret")).unwrap();
     assert_eq!(provision_over(""), etc.join("site_secret"));

@@ -51,8 +51,11 @@ pub enum NoInterval {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntervalMethod {
     /// DeLong's variance and the normal approximation on the logit scale
-    /// ([`logit_interval`]), the lower bound at most [`separation_bound`].
+    /// ([`logit_interval`]).
     DeLong,
+    /// As [`IntervalMethod::DeLong`], with a bound held at [`separation_bound`]: the
+    /// logit interval would have been surer than perfect separation of the same counts.
+    DeLongHeld,
     /// Perfect separation (AUC 1, or 0 when inverted), where the DeLong variance is zero:
     /// the exact conservative bound [`separation_bound`] instead.
     Separation,
@@ -150,13 +153,18 @@ pub fn delong(pos: &[f64], neg: &[f64]) -> Option<AucEstimate> {
         let (lo, hi) = logit_interval(auc, se);
         // Never surer than perfect separation of the same counts would be.
         let bound = separation_bound(m, n);
+        let held = lo > bound || hi < 1.0 - bound;
         let (lo, hi) = (lo.min(bound), hi.max(1.0 - bound));
         if se > 0.0 && hi > lo {
             Ok(AucInterval {
                 se: Some(se),
                 lo,
                 hi,
-                method: IntervalMethod::DeLong,
+                method: if held {
+                    IntervalMethod::DeLongHeld
+                } else {
+                    IntervalMethod::DeLong
+                },
             })
         } else {
             Err(NoInterval::ZeroVariance)
@@ -202,7 +210,11 @@ mod tests {
         let e = delong(&pos, &neg).unwrap();
         assert!(close(e.auc, 0.96), "{e:?}");
         let i = e.interval.unwrap();
-        assert_eq!(i.method, IntervalMethod::DeLong);
+        assert_eq!(
+            i.method,
+            IntervalMethod::DeLongHeld,
+            "the bound held is said"
+        );
         assert!(close(i.se.unwrap(), 0.056_568_542_494_923_79), "{e:?}");
         let (lo, hi) = logit_interval(e.auc, i.se.unwrap());
         assert!(close(lo, 0.572_180_762_635_470_2), "{lo}");
@@ -217,6 +229,7 @@ mod tests {
         let i = e.interval.unwrap();
         assert!(close(i.lo, 0.002_316_558_244_679_27), "{i:?}");
         assert!(close(i.hi, 1.0 - separation_bound(5, 5)), "{i:?}");
+        assert_eq!(i.method, IntervalMethod::DeLongHeld);
     }
 
     /// One case in a class: its variance cannot be estimated, so there is no interval

@@ -84,8 +84,10 @@ pub struct FindingReport {
     pub n_neg: usize,
     /// ROC AUC (`None` without positives or negatives).
     pub auc: Option<f64>,
-    /// 95% confidence interval of the AUC: DeLong's, or at perfect separation the exact
-    /// conservative bound (see `auc_ci_note`); `null` when none can be given (a class with
+    /// 95% confidence interval of the AUC: DeLong's on the logit scale, with a bound held at
+    /// the exact conservative bound of perfect separation when it would be surer, or at
+    /// perfect separation that bound (both said in `auc_ci_note`); `null` when none can be
+    /// given (a class with
     /// fewer than two cases, tied scores), which an acceptance criterion on it must treat
     /// as not met.
     pub auc_ci: Option<[f64; 2]>,
@@ -197,6 +199,13 @@ pub fn finding_report(name: &str, cases: &[Scored], threshold: f64, target: f64)
         Some(Ok(i)) if i.method == IntervalMethod::Separation => Some(
             "perfect separation, where the DeLong variance is zero: the interval is the exact \
              conservative bound 0.025^(1/k), k the smaller of the positives and negatives"
+                .to_string(),
+        ),
+        Some(Ok(i)) if i.method == IntervalMethod::DeLongHeld => Some(
+            "near perfect separation: the DeLong interval on the logit scale would be surer \
+             than perfect separation of the same counts, so its bound is held at that exact \
+             conservative bound (0.025^(1/k), k the smaller of the positives and negatives); \
+             it is not recomputed from auc_se"
                 .to_string(),
         ),
         _ => None,

@@ -260,7 +260,23 @@ fn site_secret(
         }
         (None, true) => {
             if let Some(kept) = existing_secret(base, device, config_dir) {
-                device.insert("site_secret".into(), kept.display().to_string().into());
+                // Kept only when the daemon can use it: an empty, short or unreadable one
+                // (or a folder) is refused here, not found at the daemon's start.
+                match crate::site_secret::SiteSecret::load_existing(&kept) {
+                    Ok(Some(_)) => {
+                        device.insert("site_secret".into(), kept.display().to_string().into());
+                    }
+                    Ok(None) => refused.add(
+                        "device.generate_site_secret",
+                        format!("the box's site secret {} vanished while provisioning", kept.display()),
+                    ),
+                    Err(e) => refused.add(
+                        "device.generate_site_secret",
+                        format!(
+                            "the box has a site secret that cannot be used ({e}); a new one would change every pseudonym and result UID: repair it, or remove it to have one generated"
+                        ),
+                    ),
+                }
                 return Vec::new();
             }
             name_it(device);
@@ -302,7 +318,7 @@ fn existing_secret(base: &toml::Table, device: &toml::Table, config_dir: &Path) 
     ]
     .into_iter()
     .flatten()
-    .find(|p| p.exists())
+    .find(|p| p.symlink_metadata().is_ok())
 }
 
 /// The configuration sections the provisioning file gives, with `--ae-title` applied.
