@@ -175,6 +175,9 @@ pub struct Summary {
     pub pixel_data_bytes: Option<u64>,
     /// Elements, items, delimiters and fragments walked (at most [`MAX_TOKENS`]).
     pub tokens: u64,
+    /// Whether the top-level Pixel Data is the data set's last top-level element (nothing
+    /// follows it): only then do the file's last bytes hold its value.
+    pub pixel_data_last: bool,
 }
 
 /// How a data set is encoded.
@@ -615,6 +618,9 @@ fn walk<R: Read + Seek>(input: &mut Input<R>, enc: Encoding) -> Result<Summary, 
             walk.input.read(&mut len)?;
             (implicit_vr(tag), u32_of(len, be))
         };
+        if walk.stack.is_empty() {
+            walk.summary.pixel_data_last = tag == PIXEL_DATA;
+        }
         if length == UNDEFINED || vr == VR::SQ {
             walk.open_container(tag, length, offset)?;
         } else {

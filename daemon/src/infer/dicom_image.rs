@@ -186,11 +186,18 @@ const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 
 /// Where the value of the top-level Pixel Data of a native little-endian file starts, when
-/// it is the last element of the file (as it nearly always is): the value length that
-/// Rows × Columns × Frames × Samples × Bits Allocated give (made even) must end the file,
-/// right after a Pixel Data element header (OB/OW) that declares exactly that length.
-/// `None` otherwise (the file is then loaded whole).
-fn native_pixel_offset(header: &DefaultDicomObject, path: &Path) -> Option<u64> {
+/// it is the last element of the file (as it nearly always is): the walk of the whole file
+/// (`summary`) must have found the top-level Pixel Data last and exactly as long as
+/// Rows × Columns × Frames × Samples × Bits Allocated give (made even), and that length
+/// must end the file right after a Pixel Data element header (OB/OW) declaring it. A file
+/// whose last bytes only look like Pixel Data (a second image inside a longer Pixel Data
+/// value, or inside an element after it) is not read there: the pixels analysed are the
+/// ones a viewer shows. `None` otherwise (the file is then loaded whole).
+fn native_pixel_offset(
+    header: &DefaultDicomObject,
+    summary: &crate::dataset_guard::Summary,
+    path: &Path,
+) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let ts = header
         .meta()
@@ -211,6 +218,9 @@ fn native_pixel_offset(header: &DefaultDicomObject, path: &Path) -> Option<u64> 
         .checked_mul(count_of(header, tags::SAMPLES_PER_PIXEL, 1).max(1))?
         .checked_mul(allocated / 8)?;
     let len = len + (len & 1);
+    if !summary.pixel_data_last || summary.pixel_data_bytes != Some(len) {
+        return None;
+    }
     let value_len = u32::try_from(len)
         .ok()
         .filter(|l| *l != u32::MAX && *l > 0)?;
@@ -274,7 +284,7 @@ impl DicomImage {
             check_pixel_budget(&header, limit)
                 .map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
         }
-        let pixels_at = native_pixel_offset(&header, path);
+        let pixels_at = native_pixel_offset(&header, &summary, path);
         let obj = match pixels_at {
             Some(_) => header,
             None => {

@@ -24,6 +24,10 @@ const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
 struct Dx {
     /// A Data Set Trailing Padding element after the Pixel Data.
     trailing: bool,
+    /// Bytes added after the frames inside the Pixel Data value (8-bit samples only).
+    inside: Vec<u8>,
+    /// The value of the Data Set Trailing Padding, when `trailing` (else 8 zero bytes).
+    padding: Option<Vec<u8>>,
     width: u32,
     height: u32,
     frames: u32,
@@ -58,6 +62,8 @@ impl Dx {
             .collect();
         Dx {
             trailing: false,
+            inside: Vec::new(),
+            padding: None,
             width,
             height,
             frames,
@@ -70,6 +76,28 @@ impl Dx {
             rle: false,
             raw,
         }
+    }
+
+    /// A copy changed by `change`.
+    fn clone_with(&self, change: impl FnOnce(&mut Dx)) -> Dx {
+        let mut d = Dx {
+            trailing: self.trailing,
+            inside: self.inside.clone(),
+            padding: self.padding.clone(),
+            width: self.width,
+            height: self.height,
+            frames: self.frames,
+            allocated: self.allocated,
+            stored: self.stored,
+            signed: self.signed,
+            monochrome1: self.monochrome1,
+            window: self.window,
+            rescale: self.rescale,
+            rle: self.rle,
+            raw: self.raw.clone(),
+        };
+        change(&mut d);
+        d
     }
 
     fn layout(&self) -> BitLayout {
@@ -141,9 +169,10 @@ impl Dx {
             ));
             RLE
         } else if self.allocated == 8 {
-            let bytes: Vec<u8> = (0..self.frames as usize)
+            let mut bytes: Vec<u8> = (0..self.frames as usize)
                 .flat_map(|f| self.frame_bytes(f))
                 .collect();
+            bytes.extend_from_slice(&self.inside);
             obj.put(DataElement::new(
                 tags::PIXEL_DATA,
                 VR::OB,
@@ -162,7 +191,7 @@ impl Dx {
             obj.put(DataElement::new(
                 tags::DATA_SET_TRAILING_PADDING,
                 VR::OB,
-                PrimitiveValue::from(vec![0u8; 8]),
+                PrimitiveValue::from(self.padding.clone().unwrap_or(vec![0u8; 8])),
             ));
         }
         let meta = FileMetaTableBuilder::new()
@@ -323,6 +352,40 @@ fn pixel_data_followed_by_other_elements_is_loaded_whole() {
     dx.trailing = true;
     dx.window = Some((2040.5, 4081.0));
     check(&dx, 128);
+}
+
+/// A second image hidden at the end of the file behind a fake Pixel Data header — inside a
+/// longer Pixel Data value, or in an element after it — is not what is analysed: the
+/// pixels read are the ones a viewer shows (the file is then loaded whole).
+#[test]
+fn an_image_hidden_behind_a_fake_pixel_data_header_is_not_read() {
+    let (w, h) = (64u32, 48u32);
+    let mut shown = Dx::new(w, h, 1, 8, 23);
+    shown.allocated = 8;
+    let hidden: Vec<u8> = shown.frame_bytes(0).iter().map(|v| 255 - v).collect();
+    let mut fake = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0];
+    fake.extend_from_slice(&(w * h).to_le_bytes());
+    fake.extend_from_slice(&hidden);
+    let mut inside = shown.clone_with(|d| d.inside = fake.clone());
+    let mut after = shown.clone_with(|d| {
+        d.trailing = true;
+        d.padding = Some(fake.clone());
+    });
+    for (what, dx) in [("inside", &mut inside), ("after", &mut after)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.dcm");
+        dx.write(&path);
+        let img = DicomImage::open(&path).unwrap();
+        assert!(
+            !img.pixels_in_file(),
+            "{what}: read from the file's last bytes"
+        );
+        assert_eq!(
+            img.display_image().unwrap(),
+            dx.reference_display(),
+            "{what}"
+        );
+    }
 }
 
 #[test]
