@@ -37,6 +37,18 @@ fn mentions_chest(s: &str) -> bool {
         .any(|w| s.contains(w))
 }
 
+/// Whether a description names a lateral view as a word of its own (`CHEST LAT`,
+/// `Thorax lateral`, `LL`), as CR images without a View Position often say it.
+fn mentions_lateral(s: &str) -> bool {
+    s.to_uppercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| matches!(w, "LAT" | "LATERAL" | "LL" | "RL" | "LLAT" | "RLAT"))
+}
+
+/// The DX "for processing" SOP class: raw detector data, whatever its Presentation Intent
+/// Type says.
+const DX_FOR_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.1.1.1";
+
 /// Decides from the header alone.
 pub fn check(h: &ImageHeader) -> Eligibility {
     use Eligibility::*;
@@ -57,7 +69,7 @@ pub fn check(h: &ImageHeader) -> Eligibility {
             empty_as(&h.modality)
         ));
     }
-    if h.presentation_intent == "FOR PROCESSING" {
+    if h.presentation_intent == "FOR PROCESSING" || h.sop_class_uid == DX_FOR_PROCESSING {
         return NotApplicable("a FOR PROCESSING image (raw detector data)".into());
     }
     let chest = match h.body_part.as_str() {
@@ -72,7 +84,15 @@ pub fn check(h: &ImageHeader) -> Eligibility {
         ));
     }
     match h.view_position.as_str() {
-        "PA" | "AP" | "" => Eligible,
+        // No View Position (type 2 in CR): a description that names a lateral view says it.
+        "" => match [&h.series_description, &h.study_description]
+            .into_iter()
+            .find(|d| mentions_lateral(d))
+        {
+            Some(d) => NotApplicable(format!("lateral view (described as {d:?})")),
+            None => Eligible,
+        },
+        "PA" | "AP" => Eligible,
         "LL" | "RL" | "LAT" | "LATERAL" | "LLD" | "RLD" => {
             NotApplicable(format!("lateral view ({})", h.view_position))
         }
@@ -214,6 +234,21 @@ mod tests {
                     ..dx()
                 },
                 "lateral view (LL)",
+            ),
+            (
+                ImageHeader {
+                    view_position: String::new(),
+                    series_description: "CHEST LAT".into(),
+                    ..dx()
+                },
+                "lateral view (described as \"CHEST LAT\")",
+            ),
+            (
+                ImageHeader {
+                    sop_class_uid: DX_FOR_PROCESSING.into(),
+                    ..dx()
+                },
+                "a FOR PROCESSING image (raw detector data)",
             ),
             (
                 ImageHeader {

@@ -66,13 +66,15 @@ impl BitLayout {
     }
 
     /// Whether DICOM allows this layout and this reader handles it (8, 16 or 32 bits
-    /// allocated, the stored bits inside them).
+    /// allocated, the stored bits inside them; values that fit an `i32`, so not 32 unsigned
+    /// stored bits, whose upper half would read as negative: the brightest pixels dark).
     pub fn check(&self) -> Result<(), SampleError> {
         let ok = matches!(self.allocated, 8 | 16 | 32)
             && self.stored >= 1
             && self.stored <= self.allocated
             && self.high < self.allocated
-            && self.high + 1 >= self.stored;
+            && self.high + 1 >= self.stored
+            && (self.signed || self.stored < 32);
         if ok {
             Ok(())
         } else {
@@ -186,5 +188,21 @@ mod tests {
             ..layout
         };
         assert!(stored_values(&[0], bad, 1).is_err());
+    }
+
+    /// 32 unsigned stored bits do not fit the reader's values: refused, not read with the
+    /// upper half negative; 32 signed bits, and 31 unsigned, are read.
+    #[test]
+    fn unsigned_32_bit_samples_are_refused() {
+        let layout = |stored: u16, signed: bool| BitLayout {
+            allocated: 32,
+            stored,
+            high: stored - 1,
+            signed,
+        };
+        assert!(layout(32, false).check().is_err());
+        assert!(layout(32, true).check().is_ok());
+        assert!(layout(31, false).check().is_ok());
+        assert_eq!(layout(31, false).value(u64::from(u32::MAX >> 1)), i32::MAX);
     }
 }
