@@ -61,6 +61,25 @@ pub fn hash_password(password: &str) -> Result<PasswordHash, UserError> {
     })
 }
 
+impl PasswordHash {
+    /// Whether the hash has the parameters this product makes ([`hash_password`]):
+    /// `pbkdf2-sha256`, [`PBKDF2_ITERATIONS`], a [`SALT_LEN`]-byte salt and a
+    /// [`HASH_LEN`]-byte key, in lower-case hex. A hash sent over the control socket is held
+    /// to it: one with a single iteration would be a weak credential, one with billions a
+    /// login that ties up a thread for hours.
+    pub fn is_ours(&self) -> bool {
+        let hex_of = |s: &str, len: usize| {
+            s.len() == 2 * len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        self.algorithm == "pbkdf2-sha256"
+            && self.iterations == PBKDF2_ITERATIONS
+            && hex_of(&self.salt, SALT_LEN)
+            && hex_of(&self.hash, HASH_LEN)
+    }
+}
+
 /// Checks a password against a stored hash in constant time.
 pub fn verify_password(stored: &PasswordHash, password: &str) -> bool {
     let (Ok(salt), Ok(hash)) = (hex::decode(&stored.salt), hex::decode(&stored.hash)) else {
@@ -115,5 +134,36 @@ mod tests {
             hash_password("short"),
             Err(UserError::BadPassword)
         ));
+    }
+
+    /// Only hashes made as [`hash_password`] makes them are taken from outside.
+    #[test]
+    fn only_hashes_of_our_parameters_are_ours() {
+        let made = hash_password("correct horse battery").unwrap();
+        assert!(made.is_ours());
+        for bad in [
+            PasswordHash {
+                iterations: 1,
+                ..made.clone()
+            },
+            PasswordHash {
+                iterations: u32::MAX,
+                ..made.clone()
+            },
+            PasswordHash {
+                salt: "abc".into(),
+                ..made.clone()
+            },
+            PasswordHash {
+                hash: made.hash.to_uppercase(),
+                ..made.clone()
+            },
+            PasswordHash {
+                algorithm: "md5".into(),
+                ..made.clone()
+            },
+        ] {
+            assert!(!bad.is_ours(), "{bad:?}");
+        }
     }
 }

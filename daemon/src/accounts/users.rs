@@ -237,7 +237,7 @@ impl Users {
 pub(crate) fn test_hash(n: u8) -> PasswordHash {
     PasswordHash {
         algorithm: "pbkdf2-sha256".into(),
-        iterations: 1,
+        iterations: super::password::PBKDF2_ITERATIONS,
         salt: hex::encode([n; 16]),
         hash: hex::encode([n; 32]),
     }

@@ -1,6 +1,6 @@
 //! `duli diagnostics`: the support bundle.
 
-use super::{load_config, runtime};
+use super::{box_config, load_config, runtime, APPLIANCE_CONFIG};
 use anyhow::Result;
 use duli::diagnostics;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 /// Writes the support bundle to `out` (default: a name with the device and the time) and
 /// lists what it holds.
 pub fn write(config: Option<PathBuf>, out: Option<PathBuf>) -> Result<ExitCode> {
+    let config = box_config(config, std::path::Path::new(APPLIANCE_CONFIG));
     let cfg = load_config(config.as_deref())?;
     let out = out.unwrap_or_else(|| diagnostics::default_name(&cfg));
     let config_dir = config

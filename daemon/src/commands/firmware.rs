@@ -1,6 +1,6 @@
 //! `duli firmware`: signed firmware and model pack updates.
 
-use super::load_config;
+use super::{box_config, load_config, APPLIANCE_CONFIG};
 use anyhow::Result;
 use clap::Subcommand;
 use duli::firmware_cli;
@@ -94,6 +94,7 @@ pub enum FirmwareAction {
 
 /// Runs one firmware action.
 pub fn run(action: FirmwareAction, config: Option<PathBuf>) -> Result<ExitCode> {
+    let config = box_config(config, std::path::Path::new(APPLIANCE_CONFIG));
     let cfg = load_config(config.as_deref())?;
     match action {
         FirmwareAction::Keygen { out_dir, name } => firmware_cli::keygen(&cfg, &out_dir, &name),

@@ -3,7 +3,7 @@
 //! none runs, its typed answer printed.
 
 use super::password::read_new_password;
-use super::{load_config, runtime};
+use super::{box_config, load_config, runtime, APPLIANCE_CONFIG};
 use anyhow::Result;
 use clap::Subcommand;
 use duli::control::{self, client, Request, Response};
@@ -46,6 +46,7 @@ pub enum UserAction {
 
 /// Runs `req` and prints its answer as JSON.
 pub fn print_answer(config: Option<PathBuf>, req: Request) -> Result<ExitCode> {
+    let config = box_config(config, std::path::Path::new(APPLIANCE_CONFIG));
     let cfg = load_config(config.as_deref())?;
     let resp = runtime()?.block_on(control::run_request(&cfg.device.data_dir, req))?;
     match resp {
@@ -74,6 +75,7 @@ fn refused(e: client::ClientError) -> Result<ExitCode> {
 /// `duli audit verify`: exit 1 with the first broken link when the chain is broken.
 pub fn audit(action: AuditAction, config: Option<PathBuf>) -> Result<ExitCode> {
     let AuditAction::Verify = action;
+    let config = box_config(config, std::path::Path::new(APPLIANCE_CONFIG));
     let cfg = load_config(config.as_deref())?;
     let report = match runtime()?.block_on(client::audit_verify(&cfg.device.data_dir)) {
         Ok(r) => r,
@@ -99,6 +101,7 @@ pub fn audit(action: AuditAction, config: Option<PathBuf>) -> Result<ExitCode> {
 
 /// `duli outbox list|retry`.
 pub fn outbox(action: OutboxAction, config: Option<PathBuf>) -> Result<ExitCode> {
+    let config = box_config(config, std::path::Path::new(APPLIANCE_CONFIG));
     let cfg = load_config(config.as_deref())?;
     let data_dir = &cfg.device.data_dir;
     let rt = runtime()?;

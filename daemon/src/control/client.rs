@@ -350,6 +350,9 @@ pub fn owner_child_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     if nix::unistd::geteuid().is_root() {
         return fail("refusing to open a data folder as root".into());
     }
+    // Files the store makes are the owner's alone, whatever umask the caller ran with (a
+    // root shell, the update service's 0022), as under `duli run`.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let mut body = Vec::new();
     if let Err(e) = std::io::stdin()
         .take(MAX_CHILD_MESSAGE)

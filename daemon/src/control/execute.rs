@@ -36,6 +36,9 @@ fn user_add(
     role: Role,
     password_hash: &PasswordHash,
 ) -> Result<Answer, ExecError> {
+    if !password_hash.is_ours() {
+        return Err(ExecError::Account(UserError::BadHash(name.to_string())));
+    }
     let users = Users::open(store)?;
     let user = User {
         name: name.to_string(),
@@ -200,5 +203,30 @@ mod tests {
             let user = Users::open(&store).unwrap().get(&name).unwrap().unwrap();
             assert_eq!(user.password, hash(winners[0]), "round {round}");
         }
+    }
+
+    /// A hash with other parameters than the product makes (one iteration: a weak
+    /// credential; billions: a login that ties up a thread for hours) is not stored.
+    #[test]
+    fn a_user_with_a_hash_of_other_parameters_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for iterations in [1, u32::MAX] {
+            let req = Request::UserAdd {
+                name: "weak".into(),
+                role: Role::Admin,
+                password_hash: PasswordHash {
+                    iterations,
+                    ..hash(3)
+                },
+            };
+            let err = answer(&store, &audit, None, &req).unwrap_err();
+            assert!(
+                matches!(err, ExecError::Account(UserError::BadHash(_))),
+                "{err}"
+            );
+        }
+        assert!(Users::open(&store).unwrap().get("weak").unwrap().is_none());
     }
 }
