@@ -448,7 +448,18 @@ pub async fn analyse_study(
     let maps_possible = (options.heatmaps && engine.cam().is_some()) || heatmaps.is_some();
     let mut held = 0usize;
     let mut analysed = Vec::with_capacity(instances.len());
+    // A study that grows after retention removed its older images' pixels keeps their
+    // findings in the new version, said as carried, rather than losing them.
+    let previous = record::latest_result(store, uid).ok().flatten();
     for inst in &instances {
+        if let Some(result) = carried_forward(previous.as_ref(), inst) {
+            analysed.push(AnalysedImage {
+                result,
+                input: None,
+                features: None,
+            });
+            continue;
+        }
         let maps = Maps {
             possible: maps_possible,
             room: held < MAX_HEATMAP_IMAGES,
@@ -771,6 +782,37 @@ async fn record_cam(
 
 /// `r` as the result of `inst`: its SOP Instance UID (when decoding did not give one) and
 /// its series.
+/// The result of an image whose pixel data retention removed, carried from the study's
+/// `previous` result when it was analysed there: its findings with a caveat saying from
+/// which result version and model, no heatmap (its pixels are gone). `None` when the
+/// image's pixels are still there or it was not analysed before.
+fn carried_forward(
+    previous: Option<&crate::result::StudyResult>,
+    inst: &crate::model::InstanceRecord,
+) -> Option<ImageResult> {
+    if !inst.pruned {
+        return None;
+    }
+    let prev = previous?;
+    let image = prev.images.iter().find(|i| {
+        i.sop_instance_uid == inst.sop_instance_uid && i.status == ImageStatus::Analysed
+    })?;
+    let carried = format!(
+        "analysed for result version {} by {} {}; its pixel data has since been removed by \
+         retention",
+        prev.version, prev.model.name, prev.model.version
+    );
+    Some(ImageResult {
+        caveat: Some(match &image.caveat {
+            Some(c) => format!("{c}; {carried}"),
+            None => carried,
+        }),
+        heatmap: HeatmapState::None,
+        timings: Timings::default(),
+        ..image.clone()
+    })
+}
+
 fn for_instance(mut r: ImageResult, inst: &crate::model::InstanceRecord) -> ImageResult {
     if r.sop_instance_uid.is_empty() {
         r.sop_instance_uid = inst.sop_instance_uid.clone();
@@ -819,6 +861,56 @@ pub fn build_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An image whose pixels retention removed keeps its earlier findings in a new version
+    /// of the study's result, with a caveat naming where they come from; one still on disk,
+    /// or not analysed before, is analysed (or reported) as usual.
+    #[test]
+    fn findings_of_pruned_images_are_carried_into_a_new_version() {
+        let finding = crate::result::fixtures::finding("PNEUMONIA", 0.9);
+        let image = ImageResult {
+            sop_instance_uid: "1.2.3.1".into(),
+            series_instance_uid: "1.2.3.0".into(),
+            status: ImageStatus::Analysed,
+            reason: None,
+            caveat: None,
+            findings: vec![finding],
+            timings: Timings::default(),
+            heatmap: HeatmapState::Done {
+                code: "PNEUMONIA".into(),
+                path: "heatmaps/x.png".into(),
+            },
+        };
+        let prev = crate::result::fixtures::study_result("1.2.3", vec![image.clone()]);
+        let inst = |pruned| crate::model::InstanceRecord {
+            sop_instance_uid: "1.2.3.1".into(),
+            pruned,
+            ..Default::default()
+        };
+        let carried = carried_forward(Some(&prev), &inst(true)).expect("carried");
+        assert_eq!(carried.findings, image.findings);
+        assert_eq!(carried.status, ImageStatus::Analysed);
+        assert_eq!(carried.heatmap, HeatmapState::None);
+        let caveat = carried.caveat.unwrap();
+        assert!(
+            caveat.contains("result version 1") && caveat.contains("removed by retention"),
+            "{caveat}"
+        );
+        assert!(
+            carried_forward(Some(&prev), &inst(false)).is_none(),
+            "pixels still there"
+        );
+        assert!(
+            carried_forward(None, &inst(true)).is_none(),
+            "no earlier result"
+        );
+        let mut failed = prev.clone();
+        failed.images[0].status = ImageStatus::Error;
+        assert!(
+            carried_forward(Some(&failed), &inst(true)).is_none(),
+            "not analysed before"
+        );
+    }
 
     /// The reason is logged the first time, when it changes, and again once a minute while
     /// it stays the same, not at every retry.
