@@ -143,12 +143,20 @@ pub fn patient_age(age_string: &str, birth_date: &str, study_date: &str) -> Age 
     if let Some(a) = parse_age_string(age_string) {
         return Age::Stated(a);
     }
+    match computed_age(birth_date, study_date) {
+        Some(a) => Age::Computed(a),
+        None => Age::Unknown,
+    }
+}
+
+/// The age from the birth date and the study date, when both are usable.
+pub fn computed_age(birth_date: &str, study_date: &str) -> Option<Completed> {
     match (parse_date(birth_date), parse_date(study_date)) {
-        (Some(birth), Some(study)) if study >= birth => Age::Computed(Completed {
+        (Some(birth), Some(study)) if study >= birth => Some(Completed {
             months: completed_months(birth, study),
             days: u32::try_from((study - birth).whole_days()).unwrap_or(u32::MAX),
         }),
-        _ => Age::Unknown,
+        _ => None,
     }
 }
 

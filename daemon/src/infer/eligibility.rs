@@ -167,6 +167,20 @@ pub fn check_intended_use(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
     let Some(range) = age_range(iu) else {
         return Eligible;
     };
+    // Patient's Age and the age the dates give must agree about the range: a header that
+    // says 4 years where the birth date says 40 is not analysed on either.
+    let stated = crate::infer::age::parse_age_string(&h.patient_age);
+    let computed = crate::infer::age::computed_age(&h.patient_birth_date, &h.study_date);
+    if let (Some(s), Some(c)) = (stated, computed) {
+        let (lo, hi) = (iu.age_min_years, iu.age_max_years);
+        if s.within(lo, hi) != c.within(lo, hi) {
+            return NotApplicable(format!(
+                "age {} stated but {} from the birth and study dates, one of them outside the model's {range}",
+                s.describe(),
+                c.describe()
+            ));
+        }
+    }
     match patient_age(&h.patient_age, &h.patient_birth_date, &h.study_date).completed() {
         Some(age) if !age.within(iu.age_min_years, iu.age_max_years) => NotApplicable(format!(
             "age {} outside the model's {range}",
@@ -363,6 +377,36 @@ mod tests {
         assert_eq!(
             check_with(&adult, &IntendedUse::default()),
             Eligibility::Eligible
+        );
+    }
+
+    /// Patient's Age and the birth and study dates that disagree about the model's range:
+    /// not analysed on either; agreeing (both inside, or both outside), as before.
+    #[test]
+    fn ages_that_disagree_about_the_range_are_not_analysed() {
+        let h = |age: &str, birth: &str| ImageHeader {
+            patient_age: age.into(),
+            patient_birth_date: birth.into(),
+            study_date: "20250601".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check_with(&h("004Y", "19850101"), &pediatric()),
+            Eligibility::NotApplicable(
+                "age 4 y stated but 40 y from the birth and study dates, one of them outside the model's 1\u{2013}5 y".into()
+            )
+        );
+        assert!(matches!(
+            check_with(&h("040Y", "20210101"), &pediatric()),
+            Eligibility::NotApplicable(_)
+        ));
+        assert_eq!(
+            check_with(&h("004Y", "20210101"), &pediatric()),
+            Eligibility::Eligible
+        );
+        assert_eq!(
+            check_with(&h("040Y", "19850101"), &pediatric()),
+            Eligibility::NotApplicable("age 40 y outside the model's 1\u{2013}5 y".into())
         );
     }
 
