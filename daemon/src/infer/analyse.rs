@@ -143,6 +143,15 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
         }
     };
     let decode_ms = ms(start);
+    // A model reading a blank image answers all the same, most likely "no finding": an
+    // image its own rescale or window leaves with no contrast (a slope of 0, a window far
+    // outside its values) is reported as not analysed, not as a negative.
+    if let Some(why) = no_contrast(&fitted.pixels) {
+        return Preparation::Error {
+            sop_instance_uid: sop,
+            reason: why,
+        };
+    }
     let start = Instant::now();
     let tensor = to_tensor(&fitted, spec);
     Preparation::Ready(Prepared {
@@ -156,6 +165,25 @@ pub fn prepare_file(path: &Path, manifest: &Manifest, max_pixels: u64) -> Prepar
         },
         caveat,
     })
+}
+
+/// Why the model's input image cannot show anything, when it holds fewer than three grey
+/// levels (blank, or black and white only).
+fn no_contrast(pixels: &[u8]) -> Option<String> {
+    let mut seen = [false; 256];
+    let mut levels = 0;
+    for &p in pixels {
+        if !seen[usize::from(p)] {
+            seen[usize::from(p)] = true;
+            levels += 1;
+            if levels >= 3 {
+                return None;
+            }
+        }
+    }
+    Some(format!(
+        "invalid pixel data: the image shows {levels} grey level(s) after its rescale and window, nothing the model can read"
+    ))
 }
 
 /// The image result from the network's raw outputs.
@@ -222,4 +250,41 @@ pub fn not_analysed(p: &Preparation) -> Option<ImageResult> {
         timings: Timings::default(),
         heatmap: HeatmapState::None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blank or black-and-white-only input is not analysed; any image with three grey
+    /// levels or more is.
+    #[test]
+    fn an_image_without_contrast_is_not_analysed() {
+        assert!(no_contrast(&[7; 100]).is_some());
+        assert!(no_contrast(&[0, 255, 0, 255]).is_some());
+        assert!(no_contrast(&[0, 128, 255]).is_none());
+        let manifest = Manifest::load(
+            &crate::infer::testdata::repo_root().join("models/pneumonia-xception/model.toml"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let blank = dir.path().join("blank.png");
+        image::GrayImage::from_pixel(300, 300, image::Luma([90u8]))
+            .save(&blank)
+            .unwrap();
+        match prepare_file(&blank, &manifest, 1 << 24) {
+            Preparation::Error { reason, .. } => {
+                assert!(reason.contains("1 grey level"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let ramp = dir.path().join("ramp.png");
+        image::GrayImage::from_fn(300, 300, |x, y| image::Luma([((x + y) % 256) as u8]))
+            .save(&ramp)
+            .unwrap();
+        assert!(matches!(
+            prepare_file(&ramp, &manifest, 1 << 24),
+            Preparation::Ready(_)
+        ));
+    }
 }

@@ -173,7 +173,9 @@ pub fn check_intended_use(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
     let computed = crate::infer::age::computed_age(&h.patient_birth_date, &h.study_date);
     if let (Some(s), Some(c)) = (stated, computed) {
         let (lo, hi) = (iu.age_min_years, iu.age_max_years);
-        if s.within(lo, hi) != c.within(lo, hi) {
+        // A stated age is rounded to its unit (`001Y` for 11 months and 28 days): only a
+        // year or more apart is a disagreement.
+        if s.within(lo, hi) != c.within(lo, hi) && s.months.abs_diff(c.months) >= 12 {
             return NotApplicable(format!(
                 "age {} stated but {} from the birth and study dates, one of them outside the model's {range}",
                 s.describe(),
@@ -402,6 +404,11 @@ mod tests {
         ));
         assert_eq!(
             check_with(&h("004Y", "20210101"), &pediatric()),
+            Eligibility::Eligible
+        );
+        // A year stated for 11 months and some days (the unit rounds): not a disagreement.
+        assert_eq!(
+            check_with(&h("001Y", "20240627"), &pediatric()),
             Eligibility::Eligible
         );
         assert_eq!(

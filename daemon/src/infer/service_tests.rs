@@ -460,9 +460,12 @@ async fn studies_wait_queued_while_the_engine_is_missing_and_finish_once_it_load
 
 fn write_png(dir: &Path, v: u8) -> PathBuf {
     let p = dir.join(format!("img{v}.png"));
-    image::GrayImage::from_pixel(64, 48, image::Luma([v]))
-        .save(&p)
-        .unwrap();
+    // A few grey levels around `v`: an image the model can read (a blank one is refused).
+    image::GrayImage::from_fn(64, 48, |x, y| {
+        image::Luma([v.saturating_add(((x + y) % 8) as u8)])
+    })
+    .save(&p)
+    .unwrap();
     p
 }
 
