@@ -4,7 +4,7 @@
 //! body parts, the patient's age range, the shortest image side). Everything else is "not
 //! applicable", with the reason; an image whose age is unknown is analysed with a caveat.
 
-use super::age::{bound, patient_age};
+use super::age::{bound, computed_age, patient_age, Age};
 use super::dicom_image::ImageHeader;
 use super::manifest::IntendedUse;
 
@@ -167,11 +167,10 @@ pub fn check_intended_use(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
     let Some(range) = age_range(iu) else {
         return Eligible;
     };
-    // Patient's Age and the age the dates give must agree about the range: a header that
+    let age = patient_age(&h.patient_age, &h.patient_birth_date, &h.study_date);
+    // A stated age and the age the dates give must agree about the range: a header that
     // says 4 years where the birth date says 40 is not analysed on either.
-    let stated = crate::infer::age::parse_age_string(&h.patient_age);
-    let computed = crate::infer::age::computed_age(&h.patient_birth_date, &h.study_date);
-    if let (Some(s), Some(c)) = (stated, computed) {
+    if let (Age::Stated(s), Some(c)) = (age, computed_age(&h.patient_birth_date, &h.study_date)) {
         let (lo, hi) = (iu.age_min_years, iu.age_max_years);
         // A stated age is rounded to its unit (`001Y` for 11 months and 28 days): only a
         // year or more apart is a disagreement.
@@ -183,7 +182,7 @@ pub fn check_intended_use(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
             ));
         }
     }
-    match patient_age(&h.patient_age, &h.patient_birth_date, &h.study_date).completed() {
+    match age.completed() {
         Some(age) if !age.within(iu.age_min_years, iu.age_max_years) => NotApplicable(format!(
             "age {} outside the model's {range}",
             age.describe()

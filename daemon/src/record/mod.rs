@@ -349,7 +349,7 @@ impl Recorder {
             return Ok(());
         }
         let report = Report::from_result(&result, &study);
-        let objects = Made {
+        let objects = ObjectUids {
             uids: ResultUids::new(&d.uid_root, &result.report_id, &d.secret),
             // Each object is made once per report: under its UID, or under the unkeyed UID
             // an earlier version gave it (made by this box, not stored by a peer that
@@ -369,7 +369,7 @@ impl Recorder {
     }
 
     /// The image the report's Parametric Map was made from, when this box made it already.
-    fn map_source(&self, objects: &Made) -> Option<String> {
+    fn map_source(&self, objects: &ObjectUids) -> Option<String> {
         [&objects.uids.pm_instance, &objects.unkeyed.pm_instance]
             .into_iter()
             .find(|uid| self.generated(uid))
@@ -384,7 +384,7 @@ impl Recorder {
         d: &Delivery,
         report: &Report,
         result: &StudyResult,
-        made: &Made,
+        made: &ObjectUids,
         explained: Option<&str>,
     ) -> Result<(), ObjectError> {
         let uids = &made.uids;
@@ -411,7 +411,7 @@ impl Recorder {
         &self,
         d: &Delivery,
         report: &Report,
-        made: &Made,
+        made: &ObjectUids,
         h: &Heatmap<'_>,
     ) -> Result<(), ObjectError> {
         let (uids, unkeyed) = (&made.uids, &made.unkeyed);
@@ -517,7 +517,7 @@ struct Heatmap<'a> {
 }
 
 /// The UIDs of a report's objects, as made now and as an earlier version made them.
-struct Made {
+struct ObjectUids {
     uids: ResultUids,
     unkeyed: ResultUids,
 }
