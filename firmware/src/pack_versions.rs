@@ -66,7 +66,7 @@ struct ModelRecord {
 }
 
 /// The floor of one install name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Floor {
     /// The highest version installed.
     pub version: Version,
