@@ -57,6 +57,10 @@ pub enum ScuError {
     /// The peer broke the protocol or the connection dropped.
     #[error("{0}")]
     Protocol(String),
+    /// A C-STORE went out in full and the peer ended the association without answering it
+    /// (closed the connection, aborted, or let the time limit pass).
+    #[error("no answer to the C-STORE: {0}")]
+    Unanswered(String),
     /// A file could not be read or is not DICOM Part 10.
     #[error("{path}: {reason}")]
     File {
@@ -464,7 +468,10 @@ impl StoreAssociation {
             .assoc
             .request(pc, &rq, Some(data))
             .await
-            .map_err(protocol)?;
+            .map_err(|e| match e {
+                e if e.is_unanswered() => ScuError::Unanswered(e.to_string()),
+                e => protocol(e),
+            })?;
         rsp.status
             .map(|s| s.0)
             .ok_or_else(|| ScuError::Protocol("response without a status".into()))

@@ -74,6 +74,8 @@ enum Answer {
     /// `AA`, then 100 copies of it at once (an interface engine stuck repeating).
     AckFlood,
     Garbage,
+    /// Close the connection without a byte of answer (a RIS whose parser fails on it).
+    Drop,
 }
 
 type Script = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
@@ -147,6 +149,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     ack.repeat(101)
                 }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
+                Answer::Drop => return,
             };
             if s.write_all(&reply).await.is_err() {
                 return;
@@ -822,4 +825,120 @@ async fn acks_for_another_control_id_are_dead_lettered_after_max_rejections() {
     );
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert_received_strict_valid();
+}
+
+/// What a RIS that drops some messages was sent: every receipt's control id, the ones it
+/// acknowledged (in order), and the outbox left behind.
+struct Dropping {
+    seen: Vec<String>,
+    acked: Vec<String>,
+    ob: Arc<Outbox>,
+    _store: duli::store::Store,
+    _dir: tempfile::TempDir,
+}
+
+/// Queues reports `reports` for a RIS that closes the connection without answering each
+/// message `drops` says so of (called with its control id), and acknowledges the others;
+/// runs a worker until nothing is left to send.
+async fn drain_dropping(
+    drops: impl Fn(&str) -> bool + Send + Sync + 'static,
+    reports: std::ops::Range<usize>,
+) -> Dropping {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let acked2 = acked.clone();
+    let script: Script = Arc::new(move |id: &str, _| {
+        if drops(id) {
+            Answer::Drop
+        } else {
+            acked2.lock().unwrap().push(id.to_string());
+            Answer::Ack(AckCode::AA)
+        }
+    });
+    let (seen, _l) = start_listener(port, script, None).await;
+    let (store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, reports);
+    let (stop, handle) = spawn_worker(&ob, port, 3);
+    assert!(drained(&ob, &Destination::Hl7, Duration::from_secs(60)).await);
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    Dropping {
+        seen,
+        acked,
+        ob,
+        _store: store,
+        _dir: dir,
+    }
+}
+
+/// A RIS whose parser drops the connection on one particular message, and takes every
+/// other: after the drops in a row the worker probes with the next report, which the RIS
+/// acknowledges, and the message dropped once more is dead-lettered with the reason; the
+/// reports behind it are delivered, in their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_ris_drops_the_connection_on_is_dead_lettered_once_the_next_is_taken() {
+    let poison = cid("rep-0000");
+    let d = drain_dropping(move |id| id == poison, 0..4).await;
+    let list = d.ob.list(None).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (list[0].report_id.as_str(), list[0].state),
+        ("rep-0000", EntryState::Dead)
+    );
+    let reason = list[0].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("connection closed by the RIS")
+            && reason.contains("4 times in a row")
+            && reason.contains("duli outbox retry"),
+        "{reason}"
+    );
+    // Three drops, the probe (rep-0001), the head once more: dead. That last attempt
+    // goes on the probe's kept connection, whose close may be an idle connection's, so
+    // it is sent once more on a new one: five receipts.
+    let seen = &d.seen;
+    assert_eq!(
+        seen.iter().filter(|s| **s == cid("rep-0000")).count(),
+        5,
+        "{seen:?}"
+    );
+    assert_eq!(seen[3], cid("rep-0001"), "{seen:?}");
+    assert_eq!(
+        d.acked,
+        vec![cid("rep-0001"), cid("rep-0002"), cid("rep-0003")]
+    );
+    // Re-queued, it is tried again (and dropped again) rather than lost.
+    assert_eq!(
+        d.ob.retry(&duli::store::outbox::RetrySelector::All)
+            .unwrap(),
+        1
+    );
+    assert_received_strict_valid();
+}
+
+/// A RIS that drops the connection on every message for a while (its interface engine
+/// failing after accepting) is at fault, not a message: the probe is dropped too, nothing
+/// is dead-lettered, and once the RIS recovers every report is delivered in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ris_that_drops_every_message_for_a_while_dead_letters_nothing() {
+    let received = std::sync::atomic::AtomicUsize::new(0);
+    // Ten drops: three of the head, the probe, three more, the probe, two more.
+    let d = drain_dropping(
+        move |_| received.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 10,
+        0..3,
+    )
+    .await;
+    assert!(d.ob.list(None).unwrap().is_empty(), "nothing dead-lettered");
+    assert_eq!(
+        d.acked,
+        vec![cid("rep-0000"), cid("rep-0001"), cid("rep-0002")]
+    );
+    let seen = &d.seen;
+    assert_eq!(
+        seen.iter().filter(|s| **s == cid("rep-0001")).count(),
+        3,
+        "probed twice, then delivered: {seen:?}"
+    );
 }

@@ -168,9 +168,22 @@ struct PlainBroker {
 
 impl PlainBroker {
     fn start() -> Option<PlainBroker> {
+        Self::start_with(&[])
+    }
+
+    /// A broker with `lines` added to its configuration.
+    fn start_with(lines: &[&str]) -> Option<PlainBroker> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let broker = start_mosquitto(dir.path(), port, None)?;
+        let broker = lines
+            .iter()
+            .fold(
+                common::mosquitto::Mosquitto::builder()
+                    .persistence_in(dir.path())
+                    .port(port),
+                |b, l| b.line(l),
+            )
+            .start()?;
         let (sub, lines) = start_subscriber(port, None)?;
         let cfg = config(port, None);
         let (store, ob) = outbox(&dir.path().join("data"));
@@ -506,6 +519,38 @@ async fn a_report_over_10_kib_reaches_the_broker() {
     h.await.unwrap();
 }
 
+/// Queues report 0, `odd` (as report 1) and reports 2 to 4 on broker `b`, drains the queue
+/// through a worker, and checks that every report but the odd one reached the broker, in
+/// order; returns the odd one's entry, the only one left.
+async fn deliver_around(b: &PlainBroker, odd: &duli::report::Report) -> duli::store::outbox::Entry {
+    let (lines, cfg, ob) = (b.lines.clone(), b.cfg.clone(), b.ob.clone());
+    let plan = DeliveryPlan::from_config(&cfg);
+    enqueue_reports(&ob, &cfg, 0..1);
+    ob.enqueue(&plan.report_entries(odd, &secret())).unwrap();
+    enqueue_reports(&ob, &cfg, 2..5);
+    let (stop, rx) = watch::channel(false);
+    let h = worker::spawn(
+        ob.clone(),
+        Destination::Mqtt,
+        MqttChannel::new(settings(&cfg), Arc::new(secret())),
+        fast_options(2),
+        rx,
+    );
+    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(60)).await);
+    let mut left = ob.list(Some(&Destination::Mqtt)).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].report_id, odd.report_id);
+    assert!(lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 4));
+    let expected: Vec<String> = [0, 2, 3, 4]
+        .iter()
+        .map(|i| cloud_id(&format!("rep-{i:04}")))
+        .collect();
+    assert_eq!(report_ids(&lines.snapshot()), expected);
+    stop.send(true).unwrap();
+    h.await.unwrap();
+    left.remove(0)
+}
+
 /// A message larger than the channel's packet limit can never be sent: it is refused,
 /// dead-lettered with the reason after `max_rejections`, and the entries queued after it
 /// are delivered.
@@ -516,38 +561,32 @@ async fn a_message_over_the_packet_limit_is_dead_lettered_and_the_rest_delivered
     let Some(b) = PlainBroker::start() else {
         return;
     };
-    let (lines, cfg, ob) = (b.lines.clone(), b.cfg.clone(), b.ob.clone());
-    let plan = DeliveryPlan::from_config(&cfg);
     let mut huge = report(1);
     huge.caveat = Some("x".repeat(MAX_PACKET_BYTES));
-    enqueue_reports(&ob, &cfg, 0..1);
-    ob.enqueue(&plan.report_entries(&huge, &secret())).unwrap();
-    enqueue_reports(&ob, &cfg, 2..5);
-    let (stop, rx) = watch::channel(false);
-    let h = worker::spawn(
-        ob.clone(),
-        Destination::Mqtt,
-        MqttChannel::new(settings(&cfg), Arc::new(secret())),
-        fast_options(2),
-        rx,
-    );
-    assert!(drained(&ob, &Destination::Mqtt, Duration::from_secs(30)).await);
-    let left = ob.list(Some(&Destination::Mqtt)).unwrap();
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0].report_id, "rep-0001");
-    assert_eq!(left[0].state, EntryState::Dead);
-    assert_eq!(left[0].rejections, 2);
-    let reason = left[0].last_error.clone().unwrap_or_default();
+    let left = deliver_around(&b, &huge).await;
+    assert_eq!((left.state, left.rejections), (EntryState::Dead, 2));
+    let reason = left.last_error.clone().unwrap_or_default();
     assert!(
         reason.contains("exceeds the MQTT packet limit of 262144 bytes"),
         "{reason}"
     );
-    assert!(lines.wait_until(Duration::from_secs(10), |l| report_ids(l).len() >= 4));
-    let expected: Vec<String> = [0, 2, 3, 4]
-        .iter()
-        .map(|i| cloud_id(&format!("rep-{i:04}")))
-        .collect();
-    assert_eq!(report_ids(&lines.snapshot()), expected);
-    stop.send(true).unwrap();
-    h.await.unwrap();
+}
+
+/// A broker that disconnects a client on a packet over its `max_packet_size` (mosquitto
+/// does, whatever the protocol version): the report it cannot take is dropped each time
+/// it is published, the next report is taken, and so the big one is dead-lettered with the
+/// reason while every other report reaches the broker in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_broker_disconnects_on_is_dead_lettered_and_the_rest_delivered() {
+    use duli::store::outbox::EntryState;
+    let Some(b) = PlainBroker::start_with(&["max_packet_size 12000"]) else {
+        return;
+    };
+    let left = deliver_around(&b, &report_with_findings(1, 80)).await;
+    assert_eq!((left.state, left.rejections), (EntryState::Dead, 0));
+    let reason = left.last_error.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("published, then") && reason.contains("cannot take this message"),
+        "{reason}"
+    );
 }

@@ -551,3 +551,42 @@ fn a_move_whose_requester_goes_away_is_audited_with_its_partial_tally() {
     assert!(export.detail.contains("1 completed"), "{export:?}");
     assert!(export.detail.contains("of 3"), "{export:?}");
 }
+
+/// DCMTK's storescp told to abort the association after each C-STORE request, before its
+/// answer: the push is dropped (sent in full, not answered), which the delivery worker
+/// counts towards telling a message the PACS cannot take from a PACS that is down; a
+/// PACS not listening at all is only failed.
+#[test]
+fn a_pacs_that_aborts_after_the_request_drops_the_push_and_one_not_listening_fails_it() {
+    if which("storescp").is_none() {
+        return skip("storescp absent");
+    }
+    let dir = temp_dir("abort-after");
+    let port = free_port();
+    let Some(mut cmd) = dcmtk("storescp") else {
+        return;
+    };
+    cmd.args([
+        "-aet",
+        "PACS",
+        "-od",
+        dir.path().to_str().unwrap(),
+        "--abort-after",
+    ])
+    .arg(port.to_string());
+    let mut scp = Background::spawn("storescp", &mut cmd, &dir.path().join("log.log")).unwrap();
+    scp.wait_for_port(loopback(port), READY_TIMEOUT).unwrap();
+    let files = prepared(dir.path(), &["1.2.3.9.1"], 100);
+    let results = runtime().block_on(scu::send_files(&target(port), "DULI", files));
+    match duli::deliver::pacs::outcome(&results) {
+        Delivery::Dropped(why) => assert!(why.contains("no answer to the C-STORE"), "{why}"),
+        other => panic!("{other:?}: {results:?}"),
+    }
+    drop(scp);
+    let files = prepared(dir.path(), &["1.2.3.9.2"], 100);
+    let results = runtime().block_on(scu::send_files(&target(free_port()), "DULI", files));
+    assert!(
+        matches!(duli::deliver::pacs::outcome(&results), Delivery::Failed(_)),
+        "{results:?}"
+    );
+}

@@ -45,6 +45,12 @@ pub enum Delivery {
     /// No answer (unreachable, timeout, broken connection, garbage): retried with backoff,
     /// for as long as it takes.
     Failed(String),
+    /// The message went out in full and the peer ended the exchange without answering it
+    /// (closed the connection, aborted the association, timed out): retried like
+    /// [`Delivery::Failed`], and counted, so a message the peer cannot take without
+    /// dropping the connection is told apart from a peer that is down
+    /// ([`worker`]'s probe).
+    Dropped(String),
 }
 
 /// One outbound channel (HL7, MQTT, DICOM push). A worker owns its channel and calls it

@@ -28,8 +28,9 @@ impl PacsChannel {
 }
 
 /// Maps the per-file results of one push to the outcome of the entry: every file stored
-/// (Success or a warning) → acked; a failure status from the PACS → rejected; no answer →
-/// failed (retried).
+/// (Success or a warning) → acked; a failure status from the PACS → rejected; an instance
+/// sent and the association ended without its answer → dropped; the PACS not reached →
+/// failed (both retried).
 pub fn outcome(results: &[scu::SendResult]) -> Delivery {
     let mut refused = Vec::new();
     for r in results {
@@ -42,6 +43,9 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
                 r.path.display()
             )),
             Ok(s) => refused.push(format!("{}: status {s:04X}", r.path.display())),
+            Err(scu::NotSent::Association(e)) if matches!(**e, scu::ScuError::Unanswered(_)) => {
+                return Delivery::Dropped(e.to_string())
+            }
             Err(e) => return Delivery::Failed(e.to_string()),
         }
     }
@@ -88,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn statuses_map_to_acked_rejected_or_failed() {
+    fn statuses_map_to_acked_rejected_dropped_or_failed() {
         assert_eq!(outcome(&[r(Ok(0)), r(Ok(0xB000))]), Delivery::Acked);
         match outcome(&[r(Ok(scu::SOP_CLASS_NOT_SUPPORTED))]) {
             Delivery::Rejected(why) => assert!(why.contains("result_objects"), "{why}"),
@@ -106,6 +110,13 @@ mod tests {
                 }
             ))))]),
             Delivery::Failed(_)
+        ));
+        // Sent, and the association ended without the answer: dropped, not failed.
+        assert!(matches!(
+            outcome(&[r(Err(scu::NotSent::Association(std::sync::Arc::new(
+                scu::ScuError::Unanswered("association aborted by peer".into())
+            ))))]),
+            Delivery::Dropped(_)
         ));
     }
 }

@@ -7,6 +7,16 @@
 //! delivered, rejected (dead at once when it can never be sent) or retried; flush. Woken
 //! by the outbox's [`tokio::sync::Notify`] when new entries commit; stopped by a `watch`
 //! signal.
+//!
+//! A message the peer cannot take without dropping the connection (a RIS parser that
+//! crashes on it, a broker that disconnects on a packet it will not take) must not hold
+//! every later report behind it, yet a silent drop alone does not tell such a message from
+//! a peer that is down. After [`WorkerOptions::drops_before_probe`] drops of the head in a
+//! row the worker probes ([`probe`]): it sends the next entry of another report; when the
+//! peer answers that, it sends the head once more at once, and only when the peer drops
+//! it again is the head dead-lettered (kept, listed, re-queueable). A peer that does not
+//! answer the probe either is at fault itself: the count starts again and the queue keeps
+//! its order.
 
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
@@ -33,7 +43,14 @@ pub struct WorkerOptions {
     pub refusal_backoff: Backoff,
     /// Pause after an outbox (database) error before trying again.
     pub error_pause: Duration,
+    /// Drops of the head in a row (sent in full, no answer: [`Delivery::Dropped`]) after
+    /// which the worker probes whether the message or the peer is at fault ([`probe`]).
+    pub drops_before_probe: u32,
 }
+
+/// The default [`WorkerOptions::drops_before_probe`]: five drops in a row, spaced by the
+/// backoff (about 15 s in all at the default's 1 s doubling).
+pub const DROPS_BEFORE_PROBE: u32 = 5;
 
 /// The default spacing of refusals: 15 s doubling to 2 min (each within its lower half by
 /// jitter), so with five refusals allowed a report is dead-lettered after two to four
@@ -61,6 +78,7 @@ impl Default for WorkerOptions {
             backoff: Backoff::default(),
             refusal_backoff: REFUSAL_BACKOFF,
             error_pause: Duration::from_secs(1),
+            drops_before_probe: DROPS_BEFORE_PROBE,
         }
     }
 }
@@ -100,6 +118,49 @@ impl HeadWait {
         };
         wall.min(deadline.saturating_duration_since(now))
     }
+}
+
+/// The head entry's drops in a row ([`Delivery::Dropped`]), kept in memory: a restart
+/// starts the count again, which only delays a probe.
+#[derive(Debug, Default)]
+struct Drops {
+    /// The entry counted.
+    entry: u64,
+    /// Its drops in a row.
+    count: u32,
+}
+
+impl Drops {
+    /// Counts `outcome` of an attempt at entry `entry`; its drops in a row since.
+    fn count(&mut self, entry: u64, outcome: &Delivery) -> u32 {
+        match outcome {
+            Delivery::Dropped(_) if self.entry == entry => self.count += 1,
+            Delivery::Dropped(_) => *self = Drops { entry, count: 1 },
+            // Not reached: neither evidence about the message nor against it.
+            Delivery::Failed(_) if self.entry == entry => {}
+            _ => *self = Drops::default(),
+        }
+        if self.entry == entry {
+            self.count
+        } else {
+            0
+        }
+    }
+}
+
+/// How a probe ended ([`probe`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// No entry of another report is queued behind the head: nothing to tell by.
+    NothingBehind,
+    /// The peer did not answer the other report either: it is at fault, not the message.
+    PeerAtFault,
+    /// The peer answered the other report and then the head itself.
+    HeadAnswered,
+    /// The peer answered the other report and dropped the head again: dead-lettered.
+    HeadDead,
+    /// Stopped or interrupted (the shutdown signal changed).
+    Interrupted { stop: bool },
 }
 
 /// How one delivery attempt ended for the loop.
@@ -149,6 +210,7 @@ pub async fn run_beating<C: Channel>(
     let notify = outbox.notifier(&dest);
     log::info!("delivery worker for {dest} started");
     let mut head_wait = HeadWait::default();
+    let mut drops = Drops::default();
     loop {
         beat.tick();
         if *shutdown.borrow() {
@@ -200,26 +262,31 @@ pub async fn run_beating<C: Channel>(
             }
             continue;
         };
-        let attempt = beat
-            .during(async {
-                tokio::select! {
-                    d = channel.deliver(&entry) => Attempt::Done(d),
-                    r = shutdown.changed() => if r.is_err() { Attempt::Stop } else { Attempt::Again },
-                }
-            })
-            .await;
-        let outcome = match attempt {
+        let outcome = match attempt(&mut channel, &entry, &mut shutdown, &beat).await {
             Attempt::Done(d) => d,
             Attempt::Stop => break,
             Attempt::Again => continue,
         };
-        let result = record_outcome(&outbox, &dest, &entry, &outcome, &options);
-        if let Err(e) = result {
-            log::error!(
-                "outbox {dest}: cannot record the outcome of entry {}: {e}",
-                entry.id
-            );
-            tokio::time::sleep(options.error_pause).await;
+        let dropped = drops.count(entry.id, &outcome);
+        record(&outbox, &dest, &entry, &outcome, &options).await;
+        if dropped >= options.drops_before_probe.max(1) {
+            let ended = probe(
+                &outbox,
+                &mut channel,
+                &entry,
+                dropped,
+                &mut shutdown,
+                &beat,
+                &options,
+            )
+            .await;
+            match ended {
+                Probe::Interrupted { stop: true } => break,
+                Probe::NothingBehind | Probe::Interrupted { stop: false } => {}
+                Probe::PeerAtFault | Probe::HeadAnswered | Probe::HeadDead => {
+                    drops = Drops::default()
+                }
+            }
         }
         if let Err(e) = outbox.flush().await {
             log::error!("outbox {dest}: flush failed: {e}");
@@ -229,9 +296,124 @@ pub async fn run_beating<C: Channel>(
     log::info!("delivery worker for {dest} stopped");
 }
 
-/// Records the outcome of one attempt at `entry` in the outbox, the one place the four
+/// One attempt at `entry` through `channel`, given up when the shutdown signal changes.
+async fn attempt<C: Channel>(
+    channel: &mut C,
+    entry: &Entry,
+    shutdown: &mut watch::Receiver<bool>,
+    beat: &Beat,
+) -> Attempt {
+    beat.during(async {
+        tokio::select! {
+            d = channel.deliver(entry) => Attempt::Done(d),
+            r = shutdown.changed() => if r.is_err() { Attempt::Stop } else { Attempt::Again },
+        }
+    })
+    .await
+}
+
+/// [`record_outcome`], an error logged and paused on.
+async fn record(
+    outbox: &Outbox,
+    dest: &Destination,
+    entry: &Entry,
+    outcome: &Delivery,
+    options: &WorkerOptions,
+) {
+    if let Err(e) = record_outcome(outbox, dest, entry, outcome, options) {
+        log::error!(
+            "outbox {dest}: cannot record the outcome of entry {}: {e}",
+            entry.id
+        );
+        tokio::time::sleep(options.error_pause).await;
+    }
+}
+
+/// Tells a message the peer cannot take from a peer that is down, after the head `head`
+/// was dropped `dropped` times in a row: sends the first entry of another report queued
+/// behind it; when the peer answers that (acknowledges or refuses it), sends the head
+/// once more at once, and dead-letters it when the peer drops it again. The other report
+/// is then delivered before the head, which the peer could not take anyway; entries of
+/// the head's own report never overtake it.
+async fn probe<C: Channel>(
+    outbox: &Outbox,
+    channel: &mut C,
+    head: &Entry,
+    dropped: u32,
+    shutdown: &mut watch::Receiver<bool>,
+    beat: &Beat,
+    options: &WorkerOptions,
+) -> Probe {
+    let dest = &head.dest;
+    let what = head.kind.as_str();
+    let next = match outbox.next_of_another_report(head) {
+        Ok(Some(next)) => next,
+        Ok(None) => return Probe::NothingBehind,
+        Err(e) => {
+            log::error!("outbox {dest}: {e}");
+            return Probe::NothingBehind;
+        }
+    };
+    log::warn!(
+        "{dest}: the peer dropped {what} of report {} {dropped} times in a row without \
+         answering; sending entry {} (report {}) to tell the message from the peer",
+        head.report_id,
+        next.id,
+        next.report_id
+    );
+    let answer = match attempt(channel, &next, shutdown, beat).await {
+        Attempt::Done(d) => d,
+        Attempt::Stop => return Probe::Interrupted { stop: true },
+        Attempt::Again => return Probe::Interrupted { stop: false },
+    };
+    if let Delivery::Failed(why) | Delivery::Dropped(why) = &answer {
+        // Left as it was: the peer, not that entry, is at fault (a copy it may have taken
+        // goes again in order, as at-least-once allows).
+        log::warn!(
+            "{dest}: entry {} of another report was not answered either ({why}): the peer \
+             is at fault, not the message; delivery goes on in order",
+            next.id
+        );
+        return Probe::PeerAtFault;
+    }
+    record(outbox, dest, &next, &answer, options).await;
+    // The peer answers other messages: the head once more, at once.
+    let head = match outbox.head(dest) {
+        Ok(Some(h)) if h.id == head.id => h,
+        Ok(_) => return Probe::HeadAnswered,
+        Err(e) => {
+            log::error!("outbox {dest}: {e}");
+            return Probe::NothingBehind;
+        }
+    };
+    let again = match attempt(channel, &head, shutdown, beat).await {
+        Attempt::Done(d) => d,
+        Attempt::Stop => return Probe::Interrupted { stop: true },
+        Attempt::Again => return Probe::Interrupted { stop: false },
+    };
+    let Delivery::Dropped(why) = &again else {
+        record(outbox, dest, &head, &again, options).await;
+        return Probe::HeadAnswered;
+    };
+    let reason = format!(
+        "{why}: the peer ended the exchange without answering this message {} times in a \
+         row and answered entry {} of another report between two of them, so it cannot \
+         take this message (re-queue it with `duli outbox retry` once the peer or the \
+         message is corrected)",
+        dropped + 1,
+        next.id
+    );
+    if let Err(e) = outbox.mark_dead(&head, &reason) {
+        log::error!("outbox {dest}: cannot dead-letter entry {}: {e}", head.id);
+        return Probe::NothingBehind;
+    }
+    Probe::HeadDead
+}
+
+/// Records the outcome of one attempt at `entry` in the outbox, the one place the five
 /// outcomes map to outbox transitions: acknowledged → delivered, refused → counted towards
-/// `max_rejections`, unsendable → dead at once, failed → retried after the backoff.
+/// `max_rejections`, unsendable → dead at once, failed or dropped → retried after the
+/// backoff.
 fn record_outcome(
     outbox: &Outbox,
     dest: &Destination,
@@ -266,15 +448,19 @@ fn record_outcome(
                 .mark_rejected(entry, reason, 1, &options.backoff)
                 .map(|_| ())
         }
-        Delivery::Failed(reason) => {
+        Delivery::Failed(reason) | Delivery::Dropped(reason) => {
             let level = if entry.attempts == 0 || entry.attempts % 20 == 0 {
                 log::Level::Warn
             } else {
                 log::Level::Debug
             };
+            let how = match outcome {
+                Delivery::Dropped(_) => "sent, not answered",
+                _ => "not delivered",
+            };
             log::log!(
                 level,
-                "{dest}: {what} of report {} not delivered (attempt {}): {reason}",
+                "{dest}: {what} of report {} {how} (attempt {}): {reason}",
                 entry.report_id,
                 entry.attempts + 1
             );
@@ -318,6 +504,23 @@ mod tests {
         assert_eq!(for_the_journal(&Destination::Hl7, "AR"), "AR");
         let pacs = Destination::Pacs("main".into());
         assert_eq!(for_the_journal(&pacs, "status A700"), "status A700");
+    }
+
+    /// Drops are counted in a row for one entry: an unreachable peer neither adds nor
+    /// clears them, any answer clears them, and another entry starts its own count.
+    #[test]
+    fn drops_count_in_a_row_per_entry() {
+        let mut d = Drops::default();
+        let dropped = Delivery::Dropped("closed".into());
+        assert_eq!(d.count(7, &dropped), 1);
+        assert_eq!(d.count(7, &dropped), 2);
+        assert_eq!(d.count(7, &Delivery::Failed("refused".into())), 2);
+        assert_eq!(d.count(7, &dropped), 3);
+        assert_eq!(d.count(7, &Delivery::Rejected("AE".into())), 0);
+        assert_eq!(d.count(7, &dropped), 1);
+        assert_eq!(d.count(8, &Delivery::Failed("refused".into())), 0);
+        assert_eq!(d.count(8, &dropped), 1);
+        assert_eq!(d.count(8, &Delivery::Acked), 0);
     }
 
     /// After the wall clock stepped back by a day, the head entry's due time lies a day

@@ -56,7 +56,10 @@ pub enum ClientError {
     /// The peer aborted the association.
     #[error("association aborted by peer")]
     Aborted,
-    /// The peer broke the protocol or closed the connection.
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer broke the protocol.
     #[error("{0}")]
     Protocol(String),
     /// The peer did not answer in time.
@@ -73,6 +76,18 @@ pub enum ClientError {
     /// A write failed.
     #[error("send failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// Whether the peer, after a request went out in full, ended the association without
+    /// a byte of answer: closed the connection, aborted, or let the time limit pass (what
+    /// [`Client::request`] returns after its write succeeded).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Closed | ClientError::Aborted | ClientError::Timeout(_)
+        )
+    }
 }
 
 /// Outbound DICOM TLS settings of one destination (PEM files).
@@ -125,7 +140,7 @@ pub struct Client {
 
 fn framing_error(e: FramingError) -> ClientError {
     match e {
-        FramingError::Closed => ClientError::Protocol("connection closed by peer".into()),
+        FramingError::Closed => ClientError::Closed,
         e => ClientError::Protocol(e.to_string()),
     }
 }

@@ -114,6 +114,7 @@ pub fn fast_options(max_rejections: u32) -> WorkerOptions {
             cap: Duration::from_millis(300),
         },
         error_pause: Duration::from_millis(50),
+        drops_before_probe: 3,
     }
 }
 

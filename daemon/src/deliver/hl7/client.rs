@@ -133,9 +133,15 @@ impl std::fmt::Debug for Hl7Channel {
 
 /// Why one exchange did not produce an ACK.
 enum Exchange {
-    /// The connection broke before any byte of the answer (worth one retry on a new
-    /// connection when the old one had been idle).
+    /// The message could not be written in full (worth one retry on a new connection when
+    /// the old one had been idle).
     Broken(String),
+    /// The message was written and the RIS closed the connection or reset it without one
+    /// byte of answer (also worth one retry when the connection had been idle: the RIS may
+    /// have closed it before reading).
+    Silent(String),
+    /// The message was written and the timeout passed without one byte of answer.
+    Unanswered(String),
     /// A frame came that is no acknowledgement.
     Unusable(AckError),
     /// Anything else (timeout, garbage).
@@ -267,11 +273,14 @@ impl Hl7Channel {
                 Err(e) => return Err(Exchange::Failed(format!("bad MLLP answer: {e}"))),
             }
             let n = match tokio::time::timeout_at(deadline, conn.stream.read(&mut buf)).await {
-                Err(_) => return Err(Exchange::Failed("no ACK within the timeout".into())),
-                Ok(Err(e)) if !got_any => return Err(Exchange::Broken(format!("read: {e}"))),
+                Err(_) if !got_any => {
+                    return Err(Exchange::Unanswered("no ACK within the timeout".into()))
+                }
+                Err(_) => return Err(Exchange::Failed("no whole ACK within the timeout".into())),
+                Ok(Err(e)) if !got_any => return Err(Exchange::Silent(format!("read: {e}"))),
                 Ok(Err(e)) => return Err(Exchange::Failed(format!("read: {e}"))),
                 Ok(Ok(0)) if !got_any => {
-                    return Err(Exchange::Broken("connection closed by the RIS".into()))
+                    return Err(Exchange::Silent("connection closed by the RIS".into()))
                 }
                 Ok(Ok(0)) => return Err(Exchange::Failed("connection closed mid-ACK".into())),
                 Ok(Ok(n)) => n,
@@ -336,7 +345,7 @@ impl Channel for Hl7Channel {
             }
             match self.exchange(&frame, &expected).await {
                 Ok(a) => break a,
-                Err(Exchange::Broken(e)) if reused => {
+                Err(Exchange::Broken(e) | Exchange::Silent(e)) if reused => {
                     // the RIS closed an idle connection: once more on a fresh one
                     log::debug!("hl7: kept connection broken ({e}); reconnecting");
                     self.conn = None;
@@ -346,6 +355,10 @@ impl Channel for Hl7Channel {
                     // out of step with the RIS: start again on a new connection
                     self.conn = None;
                     return Delivery::Failed(format!("unusable ACK: {e}"));
+                }
+                Err(Exchange::Silent(e) | Exchange::Unanswered(e)) => {
+                    self.conn = None;
+                    return Delivery::Dropped(e);
                 }
                 Err(Exchange::Broken(e)) | Err(Exchange::Failed(e)) => {
                     self.conn = None;

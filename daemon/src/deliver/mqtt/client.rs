@@ -153,9 +153,23 @@ pub enum MqttError {
     /// The connection failed once established.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// The publish went out and the connection ended, or the timeout passed, before its
+    /// PubAck (a broker that disconnects a client on a publish it will not take).
+    #[error("published, then {0}")]
+    Unanswered(Box<MqttError>),
 }
 
 impl MqttError {
+    /// This error as it ends a wait for the PubAck of a publish whose packet id is `pkid`
+    /// when seen: [`MqttError::Unanswered`] once the publish went out (unless the message
+    /// itself could not be encoded).
+    fn after_publish(self, pkid: Option<u16>) -> MqttError {
+        match pkid {
+            Some(_) if !self.is_unsendable() => MqttError::Unanswered(Box::new(self)),
+            _ => self,
+        }
+    }
+
     /// Whether the error is about the message itself, which no retry can send (the
     /// client refused to encode it), rather than about the connection.
     pub fn is_unsendable(&self) -> bool {
@@ -197,11 +211,13 @@ impl Connection {
         let deadline = Instant::now() + timeout;
         let mut pkid = None;
         loop {
-            let event = tokio::time::timeout_at(deadline, self.events.recv())
-                .await
-                .map_err(|_| MqttError::NoPubAck)?
-                .ok_or(MqttError::Stopped)?;
-            match event? {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(event))) => event,
+                Ok(Some(Err(e))) => return Err(MqttError::Connection(e).after_publish(pkid)),
+                Ok(None) => return Err(MqttError::Stopped.after_publish(pkid)),
+                Err(_) => return Err(MqttError::NoPubAck.after_publish(pkid)),
+            };
+            match event {
                 // QoS 0 publishes (health) carry id 0 and are never ours
                 Event::Outgoing(Outgoing::Publish(id)) if pkid.is_none() && id != 0 => {
                     pkid = Some(id)
@@ -422,6 +438,10 @@ impl Channel for MqttChannel {
                 // the event loop ended with the encode error: a fresh connection next time
                 self.conn = None;
                 Delivery::Rejected(format!("cannot be sent: {e}"))
+            }
+            Err(e @ MqttError::Unanswered(_)) => {
+                self.lost(&e);
+                Delivery::Dropped(e.to_string())
             }
             Err(e) => {
                 self.lost(&e);

@@ -371,6 +371,49 @@ impl Outbox {
         Ok(updated)
     }
 
+    /// Dead-letters `entry` at once with `reason` (a message its peer has shown it cannot
+    /// take); kept, listed and re-queueable like any dead entry. Counted as a refusal.
+    pub fn mark_dead(&self, entry: &Entry, reason: &str) -> Result<Entry, OutboxError> {
+        self.count(&entry.dest, |c| c.rejected += 1);
+        let updated = self.update(entry, |e| {
+            e.attempts += 1;
+            e.state = EntryState::Dead;
+            e.last_error = Some(reason.to_string());
+        })?;
+        log::error!(
+            "outbox: {} {} of report {} dead-lettered: {reason}",
+            updated.dest,
+            updated.kind.as_str(),
+            updated.report_id
+        );
+        Ok(updated)
+    }
+
+    /// The first entry still to send queued behind `head` in its destination's queue that
+    /// carries another report (a message the peer's answer to says nothing about `head`'s
+    /// order), read from entry headers until found.
+    pub fn next_of_another_report(&self, head: &Entry) -> Result<Option<Entry>, OutboxError> {
+        let after = head.dest.key(head.id.saturating_add(1));
+        let prefix = head.dest.prefix();
+        for kv in self.tree.range(after..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Ok(h) = decode::<EntryHead>(&k, &v) else {
+                continue;
+            };
+            if h.state == EntryState::Dead || h.report_id == head.report_id {
+                continue;
+            }
+            match decode::<Entry>(&k, &v) {
+                Ok(e) => return Ok(Some(e)),
+                Err(e) => log::error!("outbox: skipping undecodable entry: {e}"),
+            }
+        }
+        Ok(None)
+    }
+
     /// Dead-letters every pending entry of `dest` with `reason`: for a destination no
     /// worker serves any more (removed from the configuration). The entries are kept,
     /// listed and re-queueable like any dead entry. Returns how many changed.
