@@ -37,7 +37,7 @@ pub enum Delivery {
     /// The peer explicitly refused (HL7 `AE`/`AR`/`CE`/`CR`, a DICOM failure status), or
     /// the entry can never be sent (an MQTT message over the packet limit): counted towards
     /// `max_rejections`, then dead-lettered.
-    Rejected(String),
+    Rejected(Refusal),
     /// The entry can never be sent as it is (an HL7 message without the Patient ID the RIS
     /// files it under, a RIS that keeps acknowledging another message): dead-lettered at
     /// once, counted as a refusal, with the reason; it is listed and can be re-queued.
@@ -51,6 +51,55 @@ pub enum Delivery {
     /// dropping the connection is told apart from a peer that is down
     /// ([`worker`]'s probe).
     Dropped(String),
+}
+
+/// A refusal: what the journal may carry (a code, our own description), and the peer's own
+/// words, which may name the patient (a RIS's "patient 123456 SMITH not found") and so are
+/// kept only with the outbox entry, for the users of the outbox view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The code or our own description (HL7 `AE`, `status A700`, "cannot be sent: ...").
+    pub summary: String,
+    /// The peer's text (MSA-3 of an HL7 ACK), when it gave one.
+    pub peer_text: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal in our own words (nothing of the peer's).
+    pub fn ours(summary: impl Into<String>) -> Refusal {
+        Refusal {
+            summary: summary.into(),
+            peer_text: None,
+        }
+    }
+
+    /// A refusal coded `code` with the peer's text `text` (none when empty).
+    pub fn from_peer(code: impl Into<String>, text: &str) -> Refusal {
+        Refusal {
+            summary: code.into(),
+            peer_text: (!text.is_empty()).then(|| text.to_string()),
+        }
+    }
+
+    /// What is kept with the entry: the summary and, after a colon, the peer's text.
+    pub fn kept(&self) -> String {
+        match &self.peer_text {
+            Some(text) => format!("{}: {text}", self.summary),
+            None => self.summary.clone(),
+        }
+    }
+
+    /// What the journal (which reaches support bundles) carries: the summary, and where
+    /// the peer's words are when there are some.
+    pub fn for_the_journal(&self) -> String {
+        match &self.peer_text {
+            Some(_) => format!(
+                "{} (the peer's text is kept with the entry: `duli outbox list`)",
+                self.summary
+            ),
+            None => self.summary.clone(),
+        }
+    }
 }
 
 /// One outbound channel (HL7, MQTT, DICOM push). A worker owns its channel and calls it

@@ -2,7 +2,7 @@
 //! `[[pacs.destinations]]` entry with `push = true`. The objects are read from the store at
 //! send time and sent as stored, over one association per entry.
 
-use super::{Channel, Delivery};
+use super::{Channel, Delivery, Refusal};
 use crate::config::PacsDestination;
 use crate::scu::{self, Target};
 use crate::store::outbox::{Entry, Payload};
@@ -52,25 +52,30 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
     if refused.is_empty() {
         Delivery::Acked
     } else {
-        Delivery::Rejected(refused.join("; "))
+        Delivery::Rejected(Refusal::ours(refused.join("; ")))
     }
 }
 
 impl Channel for PacsChannel {
     async fn deliver(&mut self, entry: &Entry) -> Delivery {
         let Payload::Dicom { sop_instance_uids } = &entry.payload else {
-            return Delivery::Rejected(format!("entry {} is not a DICOM push", entry.id));
+            return Delivery::Rejected(Refusal::ours(format!(
+                "entry {} is not a DICOM push",
+                entry.id
+            )));
         };
         let mut files = Vec::new();
         for uid in sop_instance_uids {
             let rec = match self.store.instance(uid) {
                 Ok(Some(r)) => r,
-                Ok(None) => return Delivery::Rejected(format!("{uid} is not in the store")),
+                Ok(None) => {
+                    return Delivery::Rejected(Refusal::ours(format!("{uid} is not in the store")))
+                }
                 Err(e) => return Delivery::Failed(format!("store: {e}")),
             };
             match scu::prepare(&self.store.root().join(&rec.path)) {
                 Ok(p) => files.push(p),
-                Err(e) => return Delivery::Rejected(e.to_string()),
+                Err(e) => return Delivery::Rejected(Refusal::ours(e.to_string())),
             }
         }
         let results = scu::send_files(&self.target, &self.calling_ae, files).await;
@@ -95,7 +100,9 @@ mod tests {
     fn statuses_map_to_acked_rejected_dropped_or_failed() {
         assert_eq!(outcome(&[r(Ok(0)), r(Ok(0xB000))]), Delivery::Acked);
         match outcome(&[r(Ok(scu::SOP_CLASS_NOT_SUPPORTED))]) {
-            Delivery::Rejected(why) => assert!(why.contains("result_objects"), "{why}"),
+            Delivery::Rejected(why) => {
+                assert!(why.summary.contains("result_objects"), "{why:?}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -18,6 +18,8 @@
 //! answer the probe either is at fault itself: the count starts again and the queue keeps
 //! its order.
 
+#[cfg(test)]
+use super::Refusal;
 use super::{Channel, Delivery};
 use crate::clock::now_millis;
 use crate::store::outbox::{Backoff, Destination, Entry, Outbox, OutboxError};
@@ -424,16 +426,16 @@ fn record_outcome(
     let what = entry.kind.as_str();
     match outcome {
         Delivery::Acked => outbox.mark_delivered(entry),
-        Delivery::Rejected(reason) => {
+        Delivery::Rejected(refusal) => {
             log::warn!(
                 "{dest}: {what} of report {} refused: {}",
                 entry.report_id,
-                for_the_journal(dest, reason)
+                refusal.for_the_journal()
             );
             outbox
                 .mark_rejected(
                     entry,
-                    reason,
+                    &refusal.kept(),
                     options.max_rejections,
                     &options.refusal_backoff,
                 )
@@ -471,19 +473,6 @@ fn record_outcome(
     }
 }
 
-/// What of a refusal's `reason` goes to the journal (which reaches support bundles): a
-/// RIS's ACK text (MSA-3, ERR) often names the patient ("patient 123456 SMITH not found"),
-/// so of an HL7 refusal only its code; the whole reason stays with the entry in the outbox
-/// (the console's outbox view, for its users).
-fn for_the_journal<'a>(dest: &Destination, reason: &'a str) -> std::borrow::Cow<'a, str> {
-    match (dest, reason.split_once(':')) {
-        (Destination::Hl7, Some((code, _))) => {
-            format!("{code} (the RIS's text is kept with the entry: `duli outbox list`)").into()
-        }
-        _ => reason.into(),
-    }
-}
-
 /// Sleeps `wait` when given (the head entry's wait), forever when not (nothing queued).
 async fn sleep_for(wait: Option<Duration>) {
     match wait {
@@ -496,14 +485,21 @@ async fn sleep_for(wait: Option<Duration>) {
 mod tests {
     use super::*;
 
-    /// A RIS's words, which may name the patient, stay out of the journal; the code goes in.
+    /// A RIS's words, which may name the patient, stay out of the journal and with the
+    /// entry; the code goes in both.
     #[test]
-    fn a_ris_refusal_is_journalled_by_its_code_only() {
-        let said = for_the_journal(&Destination::Hl7, "AE: Patient 123456 SMITH^JOHN not found");
+    fn a_peers_words_are_kept_with_the_entry_not_journalled() {
+        let r = super::super::Refusal::from_peer("AE", "Patient 123456 SMITH^JOHN not found");
+        let said = r.for_the_journal();
         assert!(said.starts_with("AE ") && !said.contains("SMITH") && !said.contains("123456"));
-        assert_eq!(for_the_journal(&Destination::Hl7, "AR"), "AR");
-        let pacs = Destination::Pacs("main".into());
-        assert_eq!(for_the_journal(&pacs, "status A700"), "status A700");
+        assert_eq!(r.kept(), "AE: Patient 123456 SMITH^JOHN not found");
+        let bare = super::super::Refusal::from_peer("AR", "");
+        assert_eq!(
+            (bare.for_the_journal(), bare.kept()),
+            ("AR".into(), "AR".into())
+        );
+        let ours = super::super::Refusal::ours("status A700");
+        assert_eq!(ours.for_the_journal(), "status A700");
     }
 
     /// Drops are counted in a row for one entry: an unreachable peer neither adds nor
@@ -516,7 +512,7 @@ mod tests {
         assert_eq!(d.count(7, &dropped), 2);
         assert_eq!(d.count(7, &Delivery::Failed("refused".into())), 2);
         assert_eq!(d.count(7, &dropped), 3);
-        assert_eq!(d.count(7, &Delivery::Rejected("AE".into())), 0);
+        assert_eq!(d.count(7, &Delivery::Rejected(Refusal::ours("AE"))), 0);
         assert_eq!(d.count(7, &dropped), 1);
         assert_eq!(d.count(8, &Delivery::Failed("refused".into())), 0);
         assert_eq!(d.count(8, &dropped), 1);

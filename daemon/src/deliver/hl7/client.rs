@@ -8,7 +8,7 @@ use super::ack::{Ack, AckError};
 use super::message::{unescape, unsendable};
 use super::mllp;
 use crate::config::Hl7Config;
-use crate::deliver::{Channel, Delivery};
+use crate::deliver::{Channel, Delivery, Refusal};
 use crate::store::outbox::{Entry, Payload};
 use crate::tls::{client_config, TlsError};
 use std::collections::VecDeque;
@@ -328,7 +328,7 @@ pub fn control_id(message: &str) -> String {
 impl Channel for Hl7Channel {
     async fn deliver(&mut self, entry: &Entry) -> Delivery {
         let Payload::Hl7 { message } = &entry.payload else {
-            return Delivery::Rejected("entry is not an HL7 message".into());
+            return Delivery::Rejected(Refusal::ours("entry is not an HL7 message"));
         };
         if let Some(reason) = unsendable(message) {
             return Delivery::Unsendable(reason);
@@ -371,10 +371,8 @@ impl Channel for Hl7Channel {
                 self.mismatches = Mismatches::default();
                 if ack.code.is_positive() {
                     Delivery::Acked
-                } else if ack.text.is_empty() {
-                    Delivery::Rejected(ack.code.as_str().to_string())
                 } else {
-                    Delivery::Rejected(format!("{}: {}", ack.code.as_str(), ack.text))
+                    Delivery::Rejected(Refusal::from_peer(ack.code.as_str(), &ack.text))
                 }
             }
             Err(e) => self.mismatched(entry.id, e),

@@ -15,7 +15,7 @@
 
 use super::topics::Topics;
 use crate::config::Config;
-use crate::deliver::{Channel, Delivery};
+use crate::deliver::{Channel, Delivery, Refusal};
 use crate::site_secret::SiteSecret;
 use crate::store::outbox::{Entry, Payload};
 use crate::tls::{client_config, TlsError};
@@ -396,11 +396,11 @@ impl Channel for MqttChannel {
             retain,
         } = &entry.payload
         else {
-            return Delivery::Rejected("entry is not an MQTT publication".into());
+            return Delivery::Rejected(Refusal::ours("entry is not an MQTT publication"));
         };
         let body = super::payload::current_body(body, &entry.report_id, &self.secret);
         if let Some(why) = unsendable(topic, body.as_bytes()) {
-            return Delivery::Rejected(format!("cannot be sent: {why}"));
+            return Delivery::Rejected(Refusal::ours(format!("cannot be sent: {why}")));
         }
         // a connection that died while nobody listened is replaced before publishing
         if let Some(conn) = self.conn.as_mut() {
@@ -437,7 +437,7 @@ impl Channel for MqttChannel {
             Err(e) if e.is_unsendable() => {
                 // the event loop ended with the encode error: a fresh connection next time
                 self.conn = None;
-                Delivery::Rejected(format!("cannot be sent: {e}"))
+                Delivery::Rejected(Refusal::ours(format!("cannot be sent: {e}")))
             }
             Err(e @ MqttError::Unanswered(_)) => {
                 self.lost(&e);
