@@ -900,7 +900,10 @@ fn users_can_be_added_without_a_running_daemon() {
     let root = temp_dir("offline-user");
     let dir = root.path().join("data");
     let mut cmd = std::process::Command::new(Daemon::binary());
-    cmd.args(["user", "add", "offline", "--role", "admin"])
+    let args = ["user", "add", "offline", "--role", "admin"];
+    cmd.args(args)
+        .arg("--config")
+        .arg(box_command_config(&args, root.path()).unwrap())
         .env("DULI_DEVICE__DATA_DIR", &dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -928,11 +931,11 @@ fn users_can_be_added_without_a_running_daemon() {
 fn a_password_typed_on_a_terminal_is_not_echoed() {
     const SCRIPT: &str = r#"
 import os, pty, select, sys, time
-binary, data, password = sys.argv[1:4]
+binary, data, password, config = sys.argv[1:5]
 pid, fd = pty.fork()
 if pid == 0:
     os.environ["DULI_DEVICE__DATA_DIR"] = data
-    os.execv(binary, [binary, "user", "add", "tty-user", "--role", "admin"])
+    os.execv(binary, [binary, "user", "add", "tty-user", "--role", "admin", "--config", config])
 seen = b""
 def read_until(marker, limit=20.0):
     global seen
@@ -966,6 +969,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .arg(Daemon::binary())
         .arg(&dir)
         .arg(PW)
+        .arg(box_command_config(&["user"], root.path()).unwrap())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

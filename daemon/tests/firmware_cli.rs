@@ -82,6 +82,11 @@ impl Bench {
             }
         }
         cmd.arg("firmware").args(args).envs(self.env());
+        let mut all = vec!["firmware"];
+        all.extend_from_slice(args);
+        if let Some(config) = box_command_config(&all, &self.path("")) {
+            cmd.arg("--config").arg(config);
+        }
         if trust {
             cmd.env("DULI_FIRMWARE_DEV_ROOT", self.path("keys/release.pub"));
         }
@@ -1063,6 +1068,8 @@ fn mark_good_wrapper_over_a_damaged_grub_environment_does_not_reboot() {
             }
         }
         cmd.arg(&script)
+            .arg("--config")
+            .arg(box_command_config(&["firmware"], &b.path("")).unwrap())
             .envs(b.env())
             .env("DULI_FIRMWARE__BOOTLOADER", "grub")
             .env("DULI_FIRMWARE__GRUBENV", &grubenv)

@@ -280,6 +280,8 @@ fn root_opens_a_data_folder_of_the_service_user_only_as_that_user() {
     let status = |what: &str| {
         let mut cmd = Command::new(&exe);
         cmd.arg("status")
+            .arg("--config")
+            .arg(box_command_config(&["status"], dir.path()).unwrap())
             .current_dir(dir.path())
             .env("DULI_DEVICE__DATA_DIR", &data);
         let out = run(&mut cmd, Duration::from_secs(60));
@@ -306,6 +308,8 @@ fn root_opens_a_data_folder_of_the_service_user_only_as_that_user() {
     std::os::unix::fs::symlink(&data, &link).unwrap();
     let mut cmd = Command::new(&exe);
     cmd.arg("status")
+        .arg("--config")
+        .arg(box_command_config(&["status"], dir.path()).unwrap())
         .current_dir(dir.path())
         .env("DULI_DEVICE__DATA_DIR", &link);
     let out = run(&mut cmd, Duration::from_secs(60));

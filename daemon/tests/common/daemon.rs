@@ -3,8 +3,8 @@
 
 use super::http::{console_login, https_get, prometheus_value, ConsoleSession, HttpResponse};
 use super::{
-    echoscu, free_ports, loopback, repo_root, storescu, temp_dir, Background, TestDir, ToolOutput,
-    READY_TIMEOUT,
+    box_command_config, echoscu, free_ports, loopback, repo_root, storescu, temp_dir, Background,
+    TestDir, ToolOutput, READY_TIMEOUT,
 };
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -171,6 +171,9 @@ impl Daemon {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(Self::binary());
         cmd.args(args);
+        if let Some(config) = box_command_config(args, self.root.path()) {
+            cmd.arg("--config").arg(config);
+        }
         self.apply_env(&mut cmd);
         cmd
     }

@@ -857,3 +857,36 @@ pub fn dicom_attr(path: &Path, tag: dicom_core::Tag) -> String {
         .trim()
         .to_string()
 }
+
+/// The commands that read `/etc/duli/duli.toml` when given no `--config` (so that on the
+/// appliance they describe the box the daemon runs with).
+pub const BOX_COMMANDS: &[&str] = &[
+    "status",
+    "reindex",
+    "studies",
+    "instances",
+    "audit",
+    "outbox",
+    "user",
+    "firmware",
+    "diagnostics",
+];
+
+/// For a box command `args` given no `--config`: an empty configuration file in `dir` (the
+/// built-in defaults, which the environment's overrides then change), so a test run on a
+/// machine with an appliance configuration does not read it.
+pub fn box_command_config(args: &[&str], dir: &Path) -> Option<PathBuf> {
+    let first = args.first()?;
+    if !BOX_COMMANDS.contains(first) || args.contains(&"--config") {
+        return None;
+    }
+    let path = dir.join("defaults.toml");
+    if !path.exists() {
+        fs::write(
+            &path,
+            "# the built-in defaults; the test's environment overrides them\n",
+        )
+        .unwrap();
+    }
+    Some(path)
+}
