@@ -2,7 +2,8 @@
 //! (or with no view recorded), and Secondary Capture images the console's upload marks as
 //! chest radiographs; then the model's intended use from its manifest (modalities, views,
 //! body parts, the patient's age range, the shortest image side). Everything else is "not
-//! applicable", with the reason; an image whose age is unknown is analysed with a caveat.
+//! applicable", with the reason; an image whose age is unknown, or whose view neither its
+//! View Position nor its descriptions give, is analysed with a caveat.
 
 use super::age::{bound, computed_age, patient_age, Age};
 use super::dicom_image::ImageHeader;
@@ -45,6 +46,24 @@ fn mentions_lateral(s: &str) -> bool {
         .any(|w| matches!(w, "LAT" | "LATERAL" | "LL" | "RL" | "LLAT" | "RLAT"))
 }
 
+/// Whether a description names a frontal view as a word of its own (`Tórax PA`,
+/// `CHEST AP`, `frontal`).
+fn mentions_frontal(s: &str) -> bool {
+    s.to_uppercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| {
+            matches!(
+                w,
+                "PA" | "AP" | "FRONTAL" | "POSTEROANTERIOR" | "ANTEROPOSTERIOR"
+            )
+        })
+}
+
+/// The caveat of a chest image whose view is not recorded: neither a View Position (type 2
+/// in CR) nor a description naming one.
+pub const VIEW_UNKNOWN_CAVEAT: &str =
+    "view not recorded: the model is intended for frontal (PA or AP) chest images";
+
 /// The DX "for processing" SOP class: raw detector data, whatever its Presentation Intent
 /// Type says.
 const DX_FOR_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.1.1.1";
@@ -84,14 +103,16 @@ pub fn check(h: &ImageHeader) -> Eligibility {
         ));
     }
     match h.view_position.as_str() {
-        // No View Position (type 2 in CR): a description that names a lateral view says it.
-        "" => match [&h.series_description, &h.study_description]
-            .into_iter()
-            .find(|d| mentions_lateral(d))
-        {
-            Some(d) => NotApplicable(format!("lateral view (described as {d:?})")),
-            None => Eligible,
-        },
+        // No View Position (type 2 in CR): a description that names a lateral view says
+        // it; one that names neither view leaves it unknown, which the result says.
+        "" => {
+            let described = [&h.series_description, &h.study_description];
+            match described.into_iter().find(|d| mentions_lateral(d)) {
+                Some(d) => NotApplicable(format!("lateral view (described as {d:?})")),
+                None if described.into_iter().any(|d| mentions_frontal(d)) => Eligible,
+                None => EligibleWithCaveat(VIEW_UNKNOWN_CAVEAT.into()),
+            }
+        }
         "PA" | "AP" => Eligible,
         "LL" | "RL" | "LAT" | "LATERAL" | "LLD" | "RLD" => {
             NotApplicable(format!("lateral view ({})", h.view_position))
@@ -102,9 +123,15 @@ pub fn check(h: &ImageHeader) -> Eligibility {
 
 /// [`check`], then the model's intended use.
 pub fn check_with(h: &ImageHeader, iu: &IntendedUse) -> Eligibility {
+    use Eligibility::*;
     match check(h) {
-        Eligibility::Eligible => check_intended_use(h, iu),
-        other => other,
+        Eligible => check_intended_use(h, iu),
+        EligibleWithCaveat(first) => match check_intended_use(h, iu) {
+            Eligible => EligibleWithCaveat(first),
+            EligibleWithCaveat(then) => EligibleWithCaveat(format!("{first}; {then}")),
+            not => not,
+        },
+        not => not,
     }
 }
 
@@ -224,13 +251,43 @@ mod tests {
     #[test]
     fn chest_pa_ap_and_unknown_views_are_analysed() {
         assert_eq!(check(&dx()), Eligibility::Eligible);
-        for v in ["PA", ""] {
-            let h = ImageHeader {
-                view_position: v.into(),
-                ..dx()
-            };
-            assert_eq!(check(&h), Eligibility::Eligible);
+        let pa = ImageHeader {
+            view_position: "PA".into(),
+            ..dx()
+        };
+        assert_eq!(check(&pa), Eligibility::Eligible);
+        // No view recorded anywhere: analysed, and the result says the view is unknown.
+        let unknown = ImageHeader {
+            view_position: String::new(),
+            series_description: "Chest 1 view".into(),
+            ..dx()
+        };
+        assert_eq!(
+            check(&unknown),
+            Eligibility::EligibleWithCaveat(VIEW_UNKNOWN_CAVEAT.into())
+        );
+        // With the model's age range and no age either, both caveats.
+        let iu = IntendedUse {
+            age_min_years: Some(1.0),
+            age_max_years: Some(5.0),
+            ..Default::default()
+        };
+        match check_with(&unknown, &iu) {
+            Eligibility::EligibleWithCaveat(c) => {
+                assert!(
+                    c.starts_with(VIEW_UNKNOWN_CAVEAT) && c.contains("age unknown"),
+                    "{c}"
+                )
+            }
+            other => panic!("{other:?}"),
         }
+        // A description that names the frontal view stands for the View Position.
+        let described = ImageHeader {
+            view_position: String::new(),
+            study_description: "CHEST (PA)".into(),
+            ..dx()
+        };
+        assert_eq!(check(&described), Eligibility::Eligible);
         let cr = ImageHeader {
             modality: "CR".into(),
             body_part: String::new(),
