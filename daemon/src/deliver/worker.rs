@@ -12,7 +12,7 @@
 //! crashes on it, a broker that disconnects on a packet it will not take) must not hold
 //! every later report behind it, yet a silent drop alone does not tell such a message from
 //! a peer that is down. After [`WorkerOptions::drops_before_probe`] drops of the head in a
-//! row the worker probes ([`probe`]): it sends the next entry of another report; when the
+//! row the worker probes ([`probe`]): it sends the next entry of another study; when the
 //! peer answers that, it sends the head once more at once, and only when the peer drops
 //! it again is the head dead-lettered (kept, listed, re-queueable). A peer that does not
 //! answer the probe either is at fault itself: the count starts again and the queue keeps
@@ -153,9 +153,10 @@ impl Drops {
 /// How a probe ended ([`probe`]).
 #[derive(Debug, PartialEq, Eq)]
 enum Probe {
-    /// No entry of another report is queued behind the head: nothing to tell by.
+    /// No entry of another study is queued behind the head: nothing to tell by.
     NothingBehind,
-    /// The peer did not answer the other report either: it is at fault, not the message.
+    /// The peer did not answer the other study's entry either: it is at fault, not the
+    /// message.
     PeerAtFault,
     /// The peer answered the other report and then the head itself.
     HeadAnswered,
@@ -332,11 +333,12 @@ async fn record(
 }
 
 /// Tells a message the peer cannot take from a peer that is down, after the head `head`
-/// was dropped `dropped` times in a row: sends the first entry of another report queued
+/// was dropped `dropped` times in a row: sends the first entry of another study queued
 /// behind it; when the peer answers that (acknowledges or refuses it), sends the head
 /// once more at once, and dead-letters it when the peer drops it again. The other report
-/// is then delivered before the head, which the peer could not take anyway; entries of
-/// the head's own report never overtake it.
+/// is then delivered before the head, which the peer could not take anyway; results of
+/// the head's own study never overtake it (a RIS must never get an older result of a
+/// study after a newer one).
 async fn probe<C: Channel>(
     outbox: &Outbox,
     channel: &mut C,
@@ -348,7 +350,7 @@ async fn probe<C: Channel>(
 ) -> Probe {
     let dest = &head.dest;
     let what = head.kind.as_str();
-    let next = match outbox.next_of_another_report(head) {
+    let next = match outbox.next_of_another_study(head) {
         Ok(Some(next)) => next,
         Ok(None) => return Probe::NothingBehind,
         Err(e) => {
@@ -372,7 +374,7 @@ async fn probe<C: Channel>(
         // Left as it was: the peer, not that entry, is at fault (a copy it may have taken
         // goes again in order, as at-least-once allows).
         log::warn!(
-            "{dest}: entry {} of another report was not answered either ({why}): the peer \
+            "{dest}: entry {} of another study was not answered either ({why}): the peer \
              is at fault, not the message; delivery goes on in order",
             next.id
         );
@@ -399,7 +401,7 @@ async fn probe<C: Channel>(
     };
     let reason = format!(
         "{why}: the peer ended the exchange without answering this message {} times in a \
-         row and answered entry {} of another report between two of them, so it cannot \
+         row and answered entry {} of another study between two of them, so it cannot \
          take this message (re-queue it with `duli outbox retry` once the peer or the \
          message is corrected)",
         dropped + 1,

@@ -390,9 +390,16 @@ impl Outbox {
     }
 
     /// The first entry still to send queued behind `head` in its destination's queue that
-    /// carries another report (a message the peer's answer to says nothing about `head`'s
-    /// order), read from entry headers until found.
-    pub fn next_of_another_report(&self, head: &Entry) -> Result<Option<Entry>, OutboxError> {
+    /// carries a report of another study (so that the peer taking it says nothing about
+    /// the order of `head`'s study's results), read from entry headers until found. Two
+    /// reports whose results are no longer stored count as of other studies.
+    pub fn next_of_another_study(&self, head: &Entry) -> Result<Option<Entry>, OutboxError> {
+        let studies: HashMap<String, String> = self
+            .result_heads()?
+            .into_iter()
+            .map(|h| (h.report_id, h.study_instance_uid))
+            .collect();
+        let study_of = |report: &str| studies.get(report);
         let after = head.dest.key(head.id.saturating_add(1));
         let prefix = head.dest.prefix();
         for kv in self.tree.range(after..) {
@@ -403,7 +410,9 @@ impl Outbox {
             let Ok(h) = decode::<EntryHead>(&k, &v) else {
                 continue;
             };
-            if h.state == EntryState::Dead || h.report_id == head.report_id {
+            let same_study = h.report_id == head.report_id
+                || study_of(&h.report_id).is_some_and(|s| study_of(&head.report_id) == Some(s));
+            if h.state == EntryState::Dead || same_study {
                 continue;
             }
             match decode::<Entry>(&k, &v) {
@@ -545,26 +554,28 @@ impl Outbox {
         Ok(out)
     }
 
+    /// What every stored result says of itself: its report id, study and version (the rest
+    /// of it is not read).
+    fn result_heads(&self) -> Result<Vec<ResultHead>, OutboxError> {
+        let tree = self.db.open_tree(super::results::RESULTS_TREE)?;
+        let mut heads = Vec::new();
+        for kv in tree.iter() {
+            let (_, v) = kv?;
+            if let Ok(h) = serde_json::from_slice::<ResultHead>(&v) {
+                heads.push(h);
+            }
+        }
+        Ok(heads)
+    }
+
     /// The report ids of results that a later result of the same study superseded, each
     /// with the latest version of its study.
     fn superseded_reports(&self) -> Result<HashMap<String, u32>, OutboxError> {
-        /// What a stored result says of itself (the rest of it is not read).
-        #[derive(serde::Deserialize)]
-        struct Head {
-            report_id: String,
-            study_instance_uid: String,
-            version: u32,
-        }
-        let tree = self.db.open_tree(super::results::RESULTS_TREE)?;
-        let mut heads = Vec::new();
+        let heads = self.result_heads()?;
         let mut latest: HashMap<String, u32> = HashMap::new();
-        for kv in tree.iter() {
-            let (_, v) = kv?;
-            if let Ok(h) = serde_json::from_slice::<Head>(&v) {
-                let at = latest.entry(h.study_instance_uid.clone()).or_default();
-                *at = (*at).max(h.version);
-                heads.push(h);
-            }
+        for h in &heads {
+            let at = latest.entry(h.study_instance_uid.clone()).or_default();
+            *at = (*at).max(h.version);
         }
         Ok(heads
             .into_iter()
@@ -814,6 +825,14 @@ impl Outbox {
 
 /// The key and header of one stored entry (its payload skipped); `None`, logged, for an
 /// entry that does not decode.
+/// What a stored result says of itself, as the outbox reads it.
+#[derive(serde::Deserialize)]
+struct ResultHead {
+    report_id: String,
+    study_instance_uid: String,
+    version: u32,
+}
+
 fn head_of(
     kv: sled::Result<(sled::IVec, sled::IVec)>,
 ) -> Result<Option<(sled::IVec, EntryHead)>, OutboxError> {
@@ -1198,6 +1217,47 @@ mod tests {
         assert_eq!((dead(&Destination::Hl7), dead(&Destination::Mqtt)), (1, 0));
         assert_eq!(ob.retry(&RetrySelector::All).unwrap(), 1);
         assert_eq!(dead(&Destination::Hl7), 0);
+    }
+
+    /// The entry a probe may take behind the head is of another study: never a later
+    /// version of the head's own study, nor another entry of its report, nor a dead one.
+    #[test]
+    fn the_entry_behind_the_head_of_another_study_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, ob) = open(dir.path(), OutboxLimits::default());
+        let results = db.open_tree(crate::store::results::RESULTS_TREE).unwrap();
+        for (key, report, study, version) in [
+            ("a-1", "a1", "1.2.1", 1),
+            ("a-2", "a2", "1.2.1", 2),
+            ("b-1", "b1", "1.2.2", 1),
+            ("c-1", "c1", "1.2.3", 1),
+        ] {
+            let head = serde_json::json!({"report_id": report, "study_instance_uid": study,
+                "version": version, "findings": []});
+            results
+                .insert(key, serde_json::to_vec(&head).unwrap())
+                .unwrap();
+        }
+        ob.enqueue(&[
+            hl7("a1"),
+            mqtt("b1"),
+            hl7("a1"),
+            hl7("a2"),
+            hl7("b1"),
+            hl7("c1"),
+        ])
+        .unwrap();
+        let head = ob.head(&Destination::Hl7).unwrap().unwrap();
+        let next = ob.next_of_another_study(&head).unwrap().unwrap();
+        assert_eq!(
+            (next.report_id.as_str(), &next.dest),
+            ("b1", &Destination::Hl7)
+        );
+        // b1 dead: c1 is next; behind c1 nothing.
+        ob.mark_dead(&next, "x").unwrap();
+        let next = ob.next_of_another_study(&head).unwrap().unwrap();
+        assert_eq!(next.report_id, "c1");
+        assert!(ob.next_of_another_study(&next).unwrap().is_none());
     }
 
     /// A dead entry of a result that a later result of its study superseded is not
