@@ -28,6 +28,11 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
+/// The file at `path`, opened for a decoder to read.
+fn open(path: &Path) -> std::fs::File {
+    std::fs::File::open(path).unwrap()
+}
+
 /// [`decode_display`] of a script just written: another test's thread may fork while the
 /// script is still open for writing, and until that child execs, the script is "busy"
 /// (ETXTBSY); that race belongs to the test, so it is retried.
@@ -39,7 +44,7 @@ fn decode_script(
 ) -> Result<duli::infer::display::GrayImage, duli::infer::dicom_image::DicomImageError> {
     let mut tries = 0;
     loop {
-        let result = decode_display(exe, path, max_pixels, deadline);
+        let result = decode_display(exe, &open(path), max_pixels, deadline);
         match &result {
             Err(e) if e.to_string().contains("Text file busy") && tries < 50 => {
                 tries += 1;
@@ -61,7 +66,8 @@ fn jpeg_ls_and_jpeg_2000_decode_in_the_child_exactly_as_in_process() {
         let path = seed(name);
         let image = DicomImage::open(&path).unwrap();
         let here = image.decode_in_process().unwrap();
-        let child = decode_display(&duli(), &path, u64::MAX, Duration::from_secs(30)).unwrap();
+        let child =
+            decode_display(&duli(), &open(&path), u64::MAX, Duration::from_secs(30)).unwrap();
         assert_eq!(child, here, "{name}");
         // And the ordinary entry point takes the sandboxed route for these syntaxes.
         assert_eq!(image.display_image().unwrap(), here, "{name}");
@@ -166,7 +172,7 @@ fn a_file_that_is_not_dicom_is_refused_by_the_child_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.dcm");
     std::fs::write(&junk, b"not a dicom file at all").unwrap();
-    let err = decode_display(&duli(), &junk, 1 << 20, Duration::from_secs(10))
+    let err = decode_display(&duli(), &open(&junk), 1 << 20, Duration::from_secs(10))
         .unwrap_err()
         .to_string();
     assert!(err.contains("DICOM"), "{err}");
@@ -258,7 +264,7 @@ fn a_jpeg_ls_header_that_lies_about_the_size_is_refused_before_decoding() {
     let path = dir.path().join("lying.dcm");
     std::fs::write(&path, &bytes).unwrap();
     let want = "JPEG-LS stream frame is 65535 x 65535";
-    let err = decode_display(&duli(), &path, 1 << 30, Duration::from_secs(30))
+    let err = decode_display(&duli(), &open(&path), 1 << 30, Duration::from_secs(30))
         .unwrap_err()
         .to_string();
     assert!(err.contains(want), "{err}");
@@ -357,4 +363,35 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
     let bytes = std::fs::read(seed("rle.dcm")).unwrap();
     let rec = record("rle.dcm", &bytes[..bytes.len() / 2]);
     assert!(load(dir.path(), &rec, EXPLICIT_LE, limits(1 << 30)).is_err());
+}
+
+/// An image is decoded from the file that was pre-scanned and opened, in the confined child
+/// (JPEG-LS, JPEG 2000) and in place (native pixel data read from the file a row at a time)
+/// alike: another file renamed over its path meanwhile is not what is decoded.
+#[test]
+fn the_file_opened_is_the_file_decoded_though_its_path_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    for (first, second, in_file) in [
+        ("jpeg-ls-lossless.dcm", "j2k-lossy.dcm", false),
+        ("explicit-le.dcm", "monochrome1.dcm", true),
+    ] {
+        let path = dir.path().join("image.dcm");
+        std::fs::copy(seed(first), &path).unwrap();
+        let image = DicomImage::open(&path).unwrap();
+        assert_eq!(image.pixels_in_file(), in_file, "{first}");
+        assert_eq!(is_sandboxed(image.transfer_syntax()), !in_file, "{first}");
+        let expected = DicomImage::open(&seed(first))
+            .unwrap()
+            .decode_in_process()
+            .unwrap();
+        let other = dir.path().join("other.dcm");
+        std::fs::copy(seed(second), &other).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let replaced = DicomImage::open(&path)
+            .unwrap()
+            .decode_in_process()
+            .unwrap();
+        assert_ne!(replaced, expected, "{second} differs from {first}");
+        assert_eq!(image.display_image().unwrap(), expected, "{first}");
+    }
 }

@@ -2,8 +2,8 @@
 //! translated from C) run in a child process, so that a memory-safety bug reached by a
 //! hostile codestream ends that child, not the daemon.
 //!
-//! The parent ([`decode_display`]) starts `duli decode-pixels FILE` (the running executable)
-//! with no environment, stdin closed and stdout piped, reads at most the image the header
+//! The parent ([`decode_display`]) starts `duli decode-pixels -` (the running executable)
+//! with no environment, the file it checked as stdin and stdout piped, reads at most the image the header
 //! declared (already held to `inference.max_pixels`), and kills the child when it runs past
 //! its deadline. The child ([`child_main`]) lowers its limits (address space, CPU seconds,
 //! open descriptors, no core dump), opens and pre-scans the
@@ -98,25 +98,33 @@ pub fn decoder_exe() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Decodes the first frame of the file at `path` in a sandboxed child and returns its
-/// 8-bit display image. `max_pixels` bounds what is read back (the header's declared size,
-/// already checked against `inference.max_pixels`); the child is killed at `deadline`
-/// ([`DEADLINE`] in the daemon).
+/// Decodes the first frame of the open file `file` in a sandboxed child, which reads it as
+/// its stdin (the very file the caller checked, not whatever its path names by then), and
+/// returns its 8-bit display image. `max_pixels` bounds what is read back (the header's
+/// declared size, already checked against `inference.max_pixels`); the child is killed at
+/// `deadline` ([`DEADLINE`] in the daemon).
 pub fn decode_display(
     exe: &Path,
-    path: &Path,
+    file: &std::fs::File,
     max_pixels: u64,
     deadline: Duration,
 ) -> Result<GrayImage, DicomImageError> {
+    let stdin = file
+        .try_clone()
+        .map_err(|e| DicomImageError::Decode(format!("pixel decoder input: {e}")))?;
     let out = run_child(
         exe,
-        &[SUBCOMMAND.as_ref(), path.as_os_str()],
+        &[SUBCOMMAND.as_ref(), FROM_STDIN.as_ref()],
+        Stdio::from(stdin),
         Sink::Pipe,
         max_pixels.saturating_add(16),
         deadline,
     )?;
     parse_output(&out, max_pixels)
 }
+
+/// The file argument that makes the child read the file it was given as stdin.
+const FROM_STDIN: &str = "-";
 
 /// Re-encodes the file at `path` in transfer syntax `ts` in a sandboxed child, which
 /// writes the data set (no file meta) into `out` (an empty file; the daemon then streams
@@ -138,6 +146,7 @@ pub fn transcode(
             ts.as_ref(),
             path.as_os_str(),
         ],
+        Stdio::null(),
         Sink::File(out),
         max_bytes,
         deadline,
@@ -171,13 +180,15 @@ fn over_bound(cap: u64) -> DicomImageError {
     ))
 }
 
-/// Runs `exe args` with no environment and its stdout into `sink`, holds that output to
+/// Runs `exe args` with no environment, `stdin` (the file to decode, or nothing) and its
+/// stdout into `sink`, holds that output to
 /// `cap` bytes (a pipe is read to at most `cap` + 1, a file's child killed once past
 /// it), kills it at `deadline`, and maps a failure to a [`DicomImageError`] naming it.
 /// Returns what a pipe carried (nothing for a file).
 fn run_child(
     exe: &Path,
     args: &[&std::ffi::OsStr],
+    stdin: Stdio,
     sink: Sink<'_>,
     cap: u64,
     deadline: Duration,
@@ -192,7 +203,7 @@ fn run_child(
     let mut child = Command::new(exe)
         .args(args)
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
@@ -303,11 +314,12 @@ fn parse_output(out: &[u8], max_pixels: u64) -> Result<GrayImage, DicomImageErro
     })
 }
 
-/// `duli decode-pixels FILE` (the image) or `duli decode-pixels --transcode TS FILE` (the
-/// re-encoded data set): the child. Exit status 0 with the output on stdout, 2 with the
+/// `duli decode-pixels FILE|-` (the image of FILE, or of the file given as stdin) or
+/// `duli decode-pixels --transcode TS FILE` (the re-encoded data set): the child. Exit status 0 with the output on stdout, 2 with the
 /// reason on stderr.
 pub fn child_main(args: &[std::ffi::OsString]) -> ExitCode {
     let result = match args {
+        [file] if file == FROM_STDIN => child_of_stdin(),
         [file] => child(Path::new(file)),
         [flag, ts, file] if flag == TRANSCODE => match ts.to_str() {
             Some(ts) => child_transcode(Path::new(file), ts),
@@ -356,14 +368,31 @@ enum ChildError {
     /// The image cannot be written to stdout.
     #[error("writing the image: {0}")]
     Write(std::io::Error),
-    /// Arguments other than `FILE` or `--transcode TS FILE`.
-    #[error("usage: duli {SUBCOMMAND} [{TRANSCODE} TS] FILE")]
+    /// Arguments other than `FILE`, `-` (the file as stdin) or `--transcode TS FILE`.
+    #[error("usage: duli {SUBCOMMAND} [{TRANSCODE} TS] FILE|-")]
     Usage,
 }
 
 fn child(path: &Path) -> Result<(), ChildError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| DicomImageError::Open(format!("{}: {e}", path.display())))?;
+    child_of(file)
+}
+
+/// The child decoding the file its parent gave it as stdin.
+fn child_of_stdin() -> Result<(), ChildError> {
+    use std::os::fd::AsFd;
+    let file = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| DicomImageError::Open(format!("stdin: {e}")))?;
+    child_of(file)
+}
+
+fn child_of(file: std::fs::File) -> Result<(), ChildError> {
     limit_resources()?;
-    let image = DicomImage::open(path)?;
+    let image = DicomImage::open_held(file, None)?;
     confine()?;
     if cfg!(debug_assertions) && std::env::var_os("DULI_DEBUG_SANDBOX_PROBE").is_some() {
         return Err(ChildError::Probe(probe()));

@@ -175,7 +175,8 @@ pub struct DicomImage {
     /// The data set; without its Pixel Data when that is left in the file (`pixels_at`).
     obj: DefaultDicomObject,
     header: ImageHeader,
-    path: std::path::PathBuf,
+    /// The file everything was read from (and the pixel data left in it is read from).
+    file: std::fs::File,
     /// Byte offset in the file of native little-endian pixel data that was not loaded.
     pixels_at: Option<u64>,
 }
@@ -196,7 +197,8 @@ const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 fn native_pixel_offset(
     header: &DefaultDicomObject,
     summary: &crate::dataset_guard::Summary,
-    path: &Path,
+    file: &std::fs::File,
+    size: u64,
 ) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let ts = header
@@ -224,8 +226,6 @@ fn native_pixel_offset(
     let value_len = u32::try_from(len)
         .ok()
         .filter(|l| *l != u32::MAX && *l > 0)?;
-    let file = std::fs::File::open(path).ok()?;
-    let size = file.metadata().ok()?.len();
     let head = if explicit { 12 } else { 8 };
     let at = size.checked_sub(len)?;
     let mut element = [0u8; 12];
@@ -235,6 +235,13 @@ fn native_pixel_offset(
     let tag_ok = element[..4] == [0xE0, 0x7F, 0x10, 0x00];
     let vr_ok = !explicit || matches!(&element[4..8], b"OW\0\0" | b"OB\0\0");
     (tag_ok && vr_ok && declared == value_len).then_some(at)
+}
+
+/// Moves `file`'s offset back to its start (before a sequential read of it).
+fn rewind(mut file: &std::fs::File) -> Result<(), DicomImageError> {
+    use std::io::Seek;
+    file.rewind()
+        .map_err(|e| DicomImageError::Open(format!("seek: {e}")))
 }
 
 impl std::fmt::Debug for DicomImage {
@@ -274,24 +281,43 @@ impl DicomImage {
     }
 
     fn open_checked(path: &Path, max_pixels: Option<u64>) -> Result<DicomImage, DicomImageError> {
-        let summary = crate::dataset_guard::check_file(path)
-            .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| DicomImageError::Open(format!("{}: {e}", path.display())))?;
+        Self::open_held(file, max_pixels)
+    }
+
+    /// [`DicomImage::open_within`] of the open file `file`: the pre-scan, the header, the
+    /// pixel data and any decoding in a confined child all read this one file, so a file
+    /// replaced at its path meanwhile is never what some of them read.
+    pub fn open_held(
+        file: std::fs::File,
+        max_pixels: Option<u64>,
+    ) -> Result<DicomImage, DicomImageError> {
+        let open_error = |e: &dyn std::fmt::Display| DicomImageError::Open(e.to_string());
+        let len = file.metadata().map_err(|e| open_error(&e))?.len();
+        rewind(&file)?;
+        let summary = crate::dataset_guard::check_part10(
+            std::io::BufReader::with_capacity(64 * 1024, &file),
+            len,
+        )
+        .map_err(|e| open_error(&e))?;
         // Native pixel data stays in the file (read a row at a time when decoded);
         // anything else is loaded whole, once its size is held to the image attributes.
-        let header = crate::store::header::open_header(path)
-            .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        rewind(&file)?;
+        let header = crate::store::header::header_from(&file).map_err(|e| open_error(&e))?;
         if let Some(limit) = max_pixels {
             check_pixel_budget(&header, limit)
                 .map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
         }
-        let pixels_at = native_pixel_offset(&header, &summary, path);
+        let pixels_at = native_pixel_offset(&header, &summary, &file, len);
         let obj = match pixels_at {
             Some(_) => header,
             None => {
                 check_pixel_data_size(&header, &summary)?;
+                rewind(&file)?;
                 OpenFileOptions::new()
-                    .open_file(path)
-                    .map_err(|e| DicomImageError::Open(e.to_string()))?
+                    .from_reader(&file)
+                    .map_err(|e| open_error(&e))?
             }
         };
         let meta = obj.meta();
@@ -330,7 +356,7 @@ impl DicomImage {
         Ok(DicomImage {
             obj,
             header,
-            path: path.to_path_buf(),
+            file,
             pixels_at,
         })
     }
@@ -405,7 +431,7 @@ impl DicomImage {
                     let budget = declared_pixels(&self.obj);
                     let image = super::decode_sandbox::decode_display(
                         &exe,
-                        &self.path,
+                        &self.file,
                         budget,
                         super::decode_sandbox::DEADLINE,
                     )?;
@@ -521,7 +547,9 @@ impl DicomImage {
         let samples = match native {
             Some(Native::Loaded(samples)) => samples,
             Some(Native::InFile(at)) => {
-                let file = std::fs::File::open(&self.path)
+                let file = self
+                    .file
+                    .try_clone()
                     .map_err(|e| DicomImageError::Open(e.to_string()))?;
                 let row_bytes = width as usize * spp * usize::from(layout.allocated / 8);
                 let rows = Rc::new(FileSamples::new(file, at, row_bytes, height as usize));

@@ -113,6 +113,16 @@ pub fn open_header(path: &Path) -> Result<DefaultDicomObject, dicom_object::Read
         .open_file(path)
 }
 
+/// [`open_header`] of a Part 10 stream (preamble optional, as the pre-scan allows), read
+/// from where it stands.
+pub fn header_from<R: std::io::Read>(
+    source: R,
+) -> Result<DefaultDicomObject, dicom_object::ReadError> {
+    OpenFileOptions::new()
+        .read_until(tags::FLOAT_PIXEL_DATA)
+        .from_reader(source)
+}
+
 /// Parses the header of the Part 10 file at `path`, after the bounded pre-scan.
 pub fn read_header(path: &Path) -> Result<Header, HeaderError> {
     crate::dataset_guard::check_file(path)?;
