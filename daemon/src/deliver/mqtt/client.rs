@@ -43,6 +43,9 @@ pub const MAX_PACKET_BYTES: usize = 256 * 1024;
 /// bytes each; nothing is subscribed).
 const MAX_INCOMING_BYTES: usize = 10 * 1024;
 
+/// Events of the MQTT event loop waiting to be read by the channel, at most.
+const EVENT_QUEUE: usize = 64;
+
 /// Size on the wire of a QoS 1 PUBLISH of `body` on `topic`: fixed header (one byte and a
 /// remaining length of up to four), topic length and text, packet id, payload.
 pub fn publish_packet_size(topic: &str, body: &[u8]) -> usize {
@@ -186,7 +189,7 @@ impl MqttError {
 /// One live rumqttc client with its event loop running in a task.
 struct Connection {
     client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
     task: JoinHandle<()>,
 }
 
@@ -304,17 +307,19 @@ impl MqttChannel {
         let mut net = eventloop.network_options();
         net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(net);
-        let (tx, events) = mpsc::unbounded_channel();
+        // Bounded: a broker sending packets faster than the channel reads its events (a
+        // flood of unsolicited PUBLISHes) stalls its own event loop, never our memory.
+        let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(ev) => {
-                        if tx.send(Ok(ev)).is_err() {
+                        if tx.send(Ok(ev)).await.is_err() {
                             break;
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send(Err(e)).await;
                         break;
                     }
                 }
