@@ -12,7 +12,7 @@
 //! crashes on it, a broker that disconnects on a packet it will not take) must not hold
 //! every later report behind it, yet a silent drop alone does not tell such a message from
 //! a peer that is down. After [`WorkerOptions::drops_before_probe`] drops of the head in a
-//! row the worker probes ([`probe`]): it sends the next entry of another study; when the
+//! row the worker probes: it sends the next entry of another study; when the
 //! peer answers that, it sends the head once more at once, and only when the peer drops
 //! it again is the head dead-lettered (kept, listed, re-queueable). A peer that does not
 //! answer the probe either is at fault itself: the count starts again and the queue keeps
@@ -46,7 +46,7 @@ pub struct WorkerOptions {
     /// Pause after an outbox (database) error before trying again.
     pub error_pause: Duration,
     /// Drops of the head in a row (sent in full, no answer: [`Delivery::Dropped`]) after
-    /// which the worker probes whether the message or the peer is at fault ([`probe`]).
+    /// which the worker probes whether the message or the peer is at fault (see the module).
     pub drops_before_probe: u32,
 }
 
