@@ -122,6 +122,21 @@ function outboxSection() {
   };
   const button = (label, body, what, id) => canRetry
     ? h("button", { type: "button", id, onclick: () => retry(body, what) }, label) : "";
+  // The peer's own words may name the patient: read one entry at a time, on request
+  // (each read is audited).
+  const peerText = (e) => {
+    const out = h("span", { class: "peer-text" });
+    const show = h("button", { type: "button", id: `peer-text-${e.id}`, onclick: async () => {
+      try {
+        const got = await api("GET", `/api/v1/outbox/${e.id}/peer-text`);
+        out.replaceChildren(`: ${got.peer_text || ""}`);
+      } catch (err) {
+        if (!(err instanceof Unauthenticated)) out.replaceChildren(` (${err.message})`);
+      }
+    } }, "Show the peer's words");
+    out.replaceChildren(" ", show);
+    return out;
+  };
   const load = async () => {
     let data;
     try {
@@ -145,7 +160,7 @@ function outboxSection() {
         h("td", {}, e.id), h("td", {}, e.dest), h("td", {}, e.kind), h("td", { class: "id" }, e.report_id),
         h("td", {}, h("span", { class: `state ${e.state}` }, e.state)), h("td", {}, e.attempts),
         h("td", {}, e.state === "dead" ? "-" : `in ${secs(e.next_attempt_in_secs)}`), h("td", {}, secs(e.age_secs)),
-        h("td", {}, e.last_error || ""),
+        h("td", {}, e.last_error || "", e.peer_text ? peerText(e) : ""),
         h("td", {}, e.state !== "queued" ? button("Retry", { id: e.id }, `entry ${e.id}`, `retry-entry-${e.id}`) : "")))))
       : h("p", { class: "muted" }, "Nothing waiting: every report was delivered.");
     section.replaceChildren(h("h2", { id: "outbox-title" }, "Outbox"),

@@ -583,6 +583,14 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
             Duration::from_secs(60),
         );
         wd.screenshot("system.png");
+        // The RIS comes up and refuses each report with words naming the patient.
+        let (_, _) = common::ris::scripted_ris_at(
+            ris,
+            std::sync::Arc::new(|_, id: &str| {
+                common::ris::ar(id, "patient PNEU-01 SMITH^JOHN not found")
+            }),
+            Duration::ZERO,
+        );
         wd.click("#retry-dest-hl7");
         let msg = wd.wait_for(
             "retry answer",
@@ -594,6 +602,25 @@ fn uploads_results_and_the_system_page_in_headless_chromium() {
                 && msg.as_str().unwrap().ends_with("re-queued."),
             "{msg}"
         );
+        // The listing says the RIS gave words, not what they are; the technician asks for
+        // them (an audited read) and they show in the row.
+        wd.wait_for(
+            "the RIS's words to ask for",
+            "document.querySelector('.peer-text button') || \
+             (document.querySelector('#outbox-refresh').click(), false)",
+            Duration::from_secs(60),
+        );
+        let listed = wd.js("return document.querySelector('.outbox-entries').innerText;");
+        assert!(!listed.as_str().unwrap().contains("SMITH"), "{listed}");
+        wd.js("document.querySelector('.peer-text button').click(); return null;");
+        let words = wd.wait_for(
+            "the RIS's words",
+            "document.querySelector('.peer-text').textContent.includes('SMITH') && \
+             document.querySelector('.peer-text').textContent",
+            Duration::from_secs(10),
+        );
+        assert!(words.as_str().unwrap().contains("not found"), "{words}");
+        wd.screenshot("system-peer-text.png");
     }
 }
 

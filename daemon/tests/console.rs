@@ -1330,8 +1330,11 @@ fn technicians_echo_every_dicom_peer_and_see_which_fail() {
     );
 }
 
-/// An MLLP listener on `port` that refuses (AR) every message until `stop`; returns how
-/// many it refused.
+/// What the test RIS says with its refusals: as a real one may, it names the patient.
+const RIS_WORDS: &str = "patient UPLOAD-X SMITH^JOHN not found";
+
+/// An MLLP listener on `port` that refuses (AR) every message until `stop`, with
+/// [`RIS_WORDS`]; returns how many it refused.
 fn mllp_refuser(
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1373,12 +1376,7 @@ fn mllp_refuser(
                         .split('|')
                         .nth(9)
                         .unwrap_or("");
-                    let reply = ack::build_ack(
-                        ack::AckCode::AR,
-                        control,
-                        "ACK1",
-                        "refused by the test RIS",
-                    );
+                    let reply = ack::build_ack(ack::AckCode::AR, control, "ACK1", RIS_WORDS);
                     let _ = conn.write_all(&mllp::encode(reply.as_bytes()));
                     refused += 1;
                 }
@@ -1482,12 +1480,26 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let refuser = mllp_refuser(ris, stop.clone());
     let e = wait_for_entry(&theo, "dead letter", |e| e["state"] == "dead");
-    assert!(e["last_error"].as_str().unwrap().contains("AR"), "{e}");
+    assert_eq!(e["last_error"], "AR", "{e}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(refuser.join().unwrap() >= 1);
+    // The RIS's words name the patient: the listing only says there are some; a
+    // technician or admin reads them one entry at a time, audited; a radiologist may not.
+    assert_eq!(e["peer_text"], true, "{e}");
+    let listing = theo.get("/api/v1/outbox").text();
+    assert!(!listing.contains("SMITH"), "{listing}");
+    let id = e["id"].as_u64().unwrap();
+    let words = format!("/api/v1/outbox/{id}/peer-text");
+    let got = theo.get(&words);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["peer_text"], RIS_WORDS);
+    assert_eq!(got.json()["last_error"], "AR");
+    assert_eq!(theo.get("/api/v1/outbox/999999/peer-text").status, 404);
+    assert_eq!(theo.get("/api/v1/outbox/x/peer-text").status, 404);
+    let rita = d.login("rita", PW);
+    assert_eq!(rita.get(&words).status, 403);
 
     // Only technicians re-queue; the request must name what.
-    let id = e["id"].as_u64().unwrap();
     let ada = d.login("ada", PW);
     assert_eq!(ada.get("/api/v1/outbox").status, 200);
     assert_eq!(
@@ -1530,6 +1542,20 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
                     .as_str()
                     .unwrap()
                     .contains(&format!("entry {id}: 1 entries re-queued"))),
+        "{records}"
+    );
+    let read = |r: &&serde_json::Value| {
+        r["actor"] == "theo"
+            && r["action"] == "view"
+            && r["object"] == "outbox"
+            && r["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("refusal of entry {id} (report report-1)"))
+    };
+    assert_eq!(
+        records.as_array().unwrap().iter().filter(read).count(),
+        1,
         "{records}"
     );
 }

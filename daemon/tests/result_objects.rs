@@ -584,6 +584,7 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
         state: EntryState::Queued,
         next_attempt_at: 0,
         last_error: None,
+        peer_text: None,
         created_at: 0,
     };
     let sr = channel

@@ -31,8 +31,12 @@ pub struct EntryView<'a> {
     pub next_attempt_at: i64,
     /// Seconds until the next attempt.
     pub next_attempt_in_secs: f64,
-    /// The last failure.
+    /// The last failure (our words and the peer's code).
     pub last_error: Option<&'a str>,
+    /// Whether the peer gave words of its own with the last refusal: they may name the
+    /// patient, so they are not listed here but read one entry at a time, audited
+    /// (`GET /api/v1/outbox/{id}/peer-text`).
+    pub peer_text: bool,
     /// Creation time, milliseconds since the epoch.
     pub created_at: i64,
     /// Seconds since creation.
@@ -53,6 +57,7 @@ impl<'a> EntryView<'a> {
             next_attempt_at: e.next_attempt_at,
             next_attempt_in_secs: (e.next_attempt_at - now_ms).max(0) as f64 / 1000.0,
             last_error: e.last_error.as_deref(),
+            peer_text: e.peer_text.is_some(),
             created_at: e.created_at,
             age_secs: (now_ms - e.created_at).max(0) as f64 / 1000.0,
         }

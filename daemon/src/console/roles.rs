@@ -92,6 +92,9 @@ pub enum Endpoint {
     Echo,
     /// Re-queue dead-lettered outbox entries.
     OutboxRetry,
+    /// The peer's own words with an entry's last refusal (audited: they may name the
+    /// patient).
+    OutboxPeerText,
 }
 
 impl Endpoint {
@@ -256,6 +259,12 @@ pub const ROUTES: &[Route] = &[
         "/api/v1/outbox/retry",
         Access::Roles(TECHNICIAN),
         Endpoint::OutboxRetry,
+    ),
+    route(
+        "GET",
+        "/api/v1/outbox/{id}/peer-text",
+        Access::Roles(TECHNICIAN_ADMIN),
+        Endpoint::OutboxPeerText,
     ),
     route(
         "POST",

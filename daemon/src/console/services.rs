@@ -21,6 +21,8 @@ pub trait DeliveryQueue: Send + Sync + std::fmt::Debug {
     fn status_of(&self, report_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError>;
     /// Re-queues dead entries and makes retrying ones due now; how many changed.
     fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError>;
+    /// The entry with id `id`, if it is still queued.
+    fn entry(&self, id: u64) -> Result<Option<Entry>, OutboxError>;
 }
 
 impl DeliveryQueue for Outbox {
@@ -42,6 +44,10 @@ impl DeliveryQueue for Outbox {
 
     fn retry(&self, which: &RetrySelector) -> Result<u64, OutboxError> {
         Outbox::retry(self, which)
+    }
+
+    fn entry(&self, id: u64) -> Result<Option<Entry>, OutboxError> {
+        Outbox::entry(self, id)
     }
 }
 

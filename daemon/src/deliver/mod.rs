@@ -55,7 +55,8 @@ pub enum Delivery {
 
 /// A refusal: what the journal may carry (a code, our own description), and the peer's own
 /// words, which may name the patient (a RIS's "patient 123456 SMITH not found") and so are
-/// kept only with the outbox entry, for the users of the outbox view.
+/// kept only with the outbox entry, apart from the code (read on request, audited, in the
+/// console).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The code or our own description (HL7 `AE`, `status A700`, "cannot be sent: ...").
@@ -81,7 +82,8 @@ impl Refusal {
         }
     }
 
-    /// What is kept with the entry: the summary and, after a colon, the peer's text.
+    /// The whole refusal on one line: the summary and, after a colon, the peer's text (as
+    /// `duli outbox list` prints an entry's; the entry keeps the two apart).
     pub fn kept(&self) -> String {
         match &self.peer_text {
             Some(text) => format!("{}: {text}", self.summary),

@@ -437,7 +437,8 @@ fn record_outcome(
             outbox
                 .mark_rejected(
                     entry,
-                    &refusal.kept(),
+                    &refusal.summary,
+                    refusal.peer_text.as_deref(),
                     options.max_rejections,
                     &options.refusal_backoff,
                 )
@@ -449,7 +450,7 @@ fn record_outcome(
                 entry.report_id
             );
             outbox
-                .mark_rejected(entry, reason, 1, &options.backoff)
+                .mark_rejected(entry, reason, None, 1, &options.backoff)
                 .map(|_| ())
         }
         Delivery::Failed(reason) | Delivery::Dropped(reason) => {

@@ -26,10 +26,26 @@ pub fn aa(id: &str) -> String {
     )
 }
 
-/// Starts the listener: each message is recorded, then answered with `answer` after
-/// `delay`. Returns its port and the messages received so far.
+/// An `AR` for the message with control id `id`, with the RIS's own words `text` (MSA-3).
+pub fn ar(id: &str, text: &str) -> String {
+    format!(
+        "MSH|^~\\&|RIS|HOSPITAL|DULI|demo-site|20261123000000||ACK^R01^ACK|A{id}|P|2.5.1\rMSA|AR|{id}|{text}\r"
+    )
+}
+
+/// Starts the listener on a free port: each message is recorded, then answered with
+/// `answer` after `delay`. Returns its port and the messages received so far.
 pub fn scripted_ris(answer: Answer, delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    scripted_ris_at(0, answer, delay)
+}
+
+/// [`scripted_ris`] on `port` (one the daemon was already told).
+pub fn scripted_ris_at(
+    port: u16,
+    answer: Answer,
+    delay: Duration,
+) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
     let store = got.clone();

@@ -449,6 +449,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (Endpoint::System, Some(_)) => system::system(c),
         (Endpoint::Outbox, Some(_)) => outbox::overview(c).await,
         (Endpoint::OutboxRetry, Some((_, s))) => outbox::retry(c, &req, &s).await,
+        (Endpoint::OutboxPeerText, Some((_, s))) => outbox::peer_text(c, &req, &s, param(0)).await,
         (Endpoint::Echo, Some((_, s))) => system::echo(c, &s).await,
         (Endpoint::Upload, Some((_, s))) => upload::upload(c, req, &s).await,
     }

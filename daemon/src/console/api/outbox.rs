@@ -1,4 +1,5 @@
-//! `/api/v1/outbox`: delivery by destination, and technicians' retry requests.
+//! `/api/v1/outbox`: delivery by destination, technicians' retry requests, and a peer's
+//! own words with a refusal, one entry at a time.
 
 use super::{audit_now, parse_json, source, Request};
 use crate::audit::{Action, Event};
@@ -8,6 +9,16 @@ use crate::console::{outbox_view, Console};
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
+
+/// A peer's words with an entry's last refusal.
+#[derive(Serialize)]
+struct PeerText {
+    id: u64,
+    dest: String,
+    report_id: String,
+    last_error: Option<String>,
+    peer_text: Option<String>,
+}
 
 /// Answer of a retry request.
 #[derive(Serialize)]
@@ -47,4 +58,42 @@ pub(super) async fn retry(c: &Console, req: &Request, s: &Session) -> Result<Res
     )
     .await?;
     Ok(reply::json(StatusCode::OK, &Requeued { requeued }))
+}
+
+/// `GET /api/v1/outbox/{id}/peer-text`: the peer's own words with entry `id`'s last
+/// refusal (a RIS's MSA-3 may name the patient: "patient 123456 SMITH not found"), which
+/// the outbox list leaves out; each read is audited as a view of patient data.
+pub(super) async fn peer_text(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
+    let delivery = c.delivery.clone();
+    let entry = tokio::task::spawn_blocking(move || delivery.entry(id))
+        .await??
+        .ok_or(ApiError::NotFound)?;
+    if entry.peer_text.is_some() {
+        audit_now(
+            c,
+            Event::new(&s.user, Action::View, "outbox")
+                .from(&source(req))
+                .detail(format!(
+                    "the {}'s words with the refusal of entry {id} (report {})",
+                    entry.dest, entry.report_id
+                )),
+        )
+        .await?;
+    }
+    Ok(reply::json(
+        StatusCode::OK,
+        &PeerText {
+            id,
+            dest: entry.dest.name(),
+            report_id: entry.report_id,
+            last_error: entry.last_error,
+            peer_text: entry.peer_text,
+        },
+    ))
 }

@@ -290,6 +290,8 @@ struct DeliveryView {
     state: String,
     attempts: u32,
     last_error: Option<String>,
+    /// The peer's words with the last refusal (this page's view is audited).
+    peer_text: Option<String>,
 }
 
 /// Shown with every result.
@@ -338,6 +340,7 @@ async fn delivery_of(
                 state: s.state,
                 attempts: s.attempts,
                 last_error: s.last_error,
+                peer_text: s.peer_text,
             })
             .collect(),
     )

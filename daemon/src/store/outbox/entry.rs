@@ -200,8 +200,12 @@ pub struct Entry {
     pub state: EntryState,
     /// When the next attempt is due, milliseconds since the epoch.
     pub next_attempt_at: i64,
-    /// The last failure or refusal, for technicians.
+    /// The last failure or refusal, for technicians (our words and the peer's code).
     pub last_error: Option<String>,
+    /// The peer's own words with the last refusal (MSA-3 of an HL7 ACK), which may name
+    /// the patient: shown to console users only on request, and audited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_text: Option<String>,
     /// When the entry was committed, milliseconds since the epoch.
     pub created_at: i64,
 }
@@ -218,6 +222,8 @@ pub(super) struct EntryHead {
     pub(super) state: EntryState,
     pub(super) next_attempt_at: i64,
     pub(super) last_error: Option<String>,
+    #[serde(default)]
+    pub(super) peer_text: Option<String>,
     pub(super) created_at: i64,
 }
 
@@ -257,7 +263,10 @@ pub struct DeliveryStatus {
     pub attempts: u32,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// The peer's words with the last refusal, if any.
+    pub peer_text: Option<String>,
 }
+
 /// Which entries a technician re-queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetrySelector {
@@ -307,7 +316,10 @@ pub fn render_table(entries: &[Entry], now_ms: i64) -> String {
             e.rejections,
             age,
             e.report_id,
-            e.last_error.as_deref().unwrap_or("")
+            match (&e.last_error, &e.peer_text) {
+                (Some(error), Some(text)) => format!("{error}: {text}"),
+                (error, _) => error.clone().unwrap_or_default(),
+            }
         ));
     }
     out
@@ -326,6 +338,7 @@ impl Entry {
             state: EntryState::Queued,
             next_attempt_at: now,
             last_error: None,
+            peer_text: None,
             created_at: now,
         }
     }

@@ -335,15 +335,18 @@ impl Outbox {
             e.state = EntryState::Retrying;
             e.next_attempt_at = now_millis() + backoff.delay(e.attempts).as_millis() as i64;
             e.last_error = Some(reason.to_string());
+            e.peer_text = None;
         })
     }
 
-    /// Records an explicit refusal; the entry is dead after `max_rejections` of them and
-    /// otherwise retried after `backoff`. Returns the updated entry.
+    /// Records an explicit refusal (`reason`, with the peer's own words `peer_text` kept
+    /// apart); the entry is dead after `max_rejections` of them and otherwise retried
+    /// after `backoff`. Returns the updated entry.
     pub fn mark_rejected(
         &self,
         entry: &Entry,
         reason: &str,
+        peer_text: Option<&str>,
         max_rejections: u32,
         backoff: &Backoff,
     ) -> Result<Entry, OutboxError> {
@@ -352,6 +355,7 @@ impl Outbox {
             e.attempts += 1;
             e.rejections += 1;
             e.last_error = Some(reason.to_string());
+            e.peer_text = peer_text.map(str::to_string);
             if e.rejections >= max_rejections.max(1) {
                 e.state = EntryState::Dead;
             } else {
@@ -379,6 +383,7 @@ impl Outbox {
             e.attempts += 1;
             e.state = EntryState::Dead;
             e.last_error = Some(reason.to_string());
+            e.peer_text = None;
         })?;
         log::error!(
             "outbox: {} {} of report {} dead-lettered: {reason}",
@@ -631,6 +636,7 @@ impl Outbox {
                 state: e.state.as_str().into(),
                 attempts: e.attempts,
                 last_error: e.last_error,
+                peer_text: e.peer_text,
             })
             .collect();
         let mut prefix = report_id.as_bytes().to_vec();
@@ -647,6 +653,7 @@ impl Outbox {
                 state: "delivered".into(),
                 attempts: r.attempts,
                 last_error: None,
+                peer_text: None,
             });
         }
         Ok(out)
@@ -687,6 +694,22 @@ impl Outbox {
             }
         }
         Ok(map.into_values().collect())
+    }
+
+    /// The entry with id `id`, if it is still in the outbox (found from entry headers).
+    pub fn entry(&self, id: u64) -> Result<Option<Entry>, OutboxError> {
+        for kv in self.tree.iter() {
+            let Some((key, head)) = head_of(kv)? else {
+                continue;
+            };
+            if head.id == id {
+                return match self.tree.get(&key)? {
+                    Some(v) => Ok(Some(decode::<Entry>(&key, &v)?)),
+                    None => Ok(None),
+                };
+            }
+        }
+        Ok(None)
     }
 
     /// Every entry's header (its payload skipped), in destination then queue order.
@@ -989,7 +1012,7 @@ mod tests {
         ob.mark_retry(&head, "timeout", &FAST).unwrap();
         assert_eq!(figures(&ob), counted(&ob));
         let head = ob.head(&Destination::Hl7).unwrap().unwrap();
-        ob.mark_rejected(&head, "AR", 1, &FAST).unwrap();
+        ob.mark_rejected(&head, "AR", None, 1, &FAST).unwrap();
         assert_eq!(figures(&ob), counted(&ob));
         assert_eq!(
             ob.dead_letter_all(&Destination::Mqtt, "removed").unwrap(),
@@ -1142,7 +1165,7 @@ mod tests {
         let mut e = ob.head(&Destination::Hl7).unwrap().unwrap();
         for i in 1..=3 {
             e = ob
-                .mark_rejected(&e, "AR: unknown patient", 3, &FAST)
+                .mark_rejected(&e, "AR", Some("unknown patient"), 3, &FAST)
                 .unwrap();
             assert_eq!(e.rejections, i);
         }
@@ -1194,7 +1217,7 @@ mod tests {
         ob.enqueue(&[hl7("a"), mqtt("b"), mqtt("c")]).unwrap();
         for dest in [Destination::Hl7, Destination::Mqtt, Destination::Mqtt] {
             let e = ob.head(&dest).unwrap().unwrap();
-            ob.mark_rejected(&e, "refused", 1, &FAST).unwrap();
+            ob.mark_rejected(&e, "refused", None, 1, &FAST).unwrap();
         }
         let dead = |d: &Destination| {
             ob.list(Some(d))
@@ -1278,7 +1301,7 @@ mod tests {
         ob.enqueue(&[hl7("v1"), hl7("v2")]).unwrap();
         for _ in 0..2 {
             let e = ob.head(&Destination::Hl7).unwrap().unwrap();
-            ob.mark_rejected(&e, "AR", 1, &FAST).unwrap();
+            ob.mark_rejected(&e, "AR", None, 1, &FAST).unwrap();
         }
         assert_eq!(ob.retry(&RetrySelector::All).unwrap(), 1);
         let list = ob.list(Some(&Destination::Hl7)).unwrap();
@@ -1366,7 +1389,7 @@ mod tests {
         let (_db, ob) = open(dir.path(), OutboxLimits::default());
         ob.enqueue(&[hl7("r1")]).unwrap();
         let e = ob.head(&Destination::Hl7).unwrap().unwrap();
-        ob.mark_rejected(&e, "AR: unknown patient", 1, &FAST)
+        ob.mark_rejected(&e, "AR", Some("unknown patient"), 1, &FAST)
             .unwrap();
         let list = ob.list(None).unwrap();
         let table = render_table(&list, list[0].created_at + 5_000);
