@@ -192,7 +192,7 @@ fn retrieval_re_encodes_these_syntaxes_in_the_child_exactly_as_in_process() {
         let out = std::fs::File::create(dir.path().join("out")).unwrap();
         let len = duli::infer::decode_sandbox::transcode(
             &duli(),
-            &path,
+            &open(&path),
             EXPLICIT_LE,
             &out,
             64 << 20,
@@ -210,7 +210,7 @@ fn retrieval_re_encodes_these_syntaxes_in_the_child_exactly_as_in_process() {
         let out = std::fs::File::create(dir.path().join("small")).unwrap();
         let err = duli::infer::decode_sandbox::transcode(
             &duli(),
-            &path,
+            &open(&path),
             EXPLICIT_LE,
             &out,
             1024,
@@ -294,7 +294,11 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
         std::fs::write(dir.path().join(name), bytes).unwrap();
         let obj = dicom_object::open_file(seed(name)).unwrap();
         duli::model::InstanceRecord {
-            sop_instance_uid: name.into(),
+            sop_instance_uid: obj
+                .meta()
+                .media_storage_sop_instance_uid
+                .trim_end_matches('\0')
+                .to_string(),
             transfer_syntax: obj
                 .meta()
                 .transfer_syntax()
@@ -309,10 +313,20 @@ fn retrieval_of_hostile_stored_instances_fails_cleanly() {
         "j2k-lossless.dcm",
         &std::fs::read(seed("j2k-lossless.dcm")).unwrap(),
     );
-    assert!(matches!(
-        load(dir.path(), &good, EXPLICIT_LE, limits(1 << 30)),
-        Ok(Payload::Transcoded(_))
-    ));
+    let got = load(dir.path(), &good, EXPLICIT_LE, limits(1 << 30));
+    assert!(matches!(got, Ok(Payload::Transcoded(_))), "{got:?}");
+    drop(got); // its scratch file goes with it
+               // Another instance at the record's path (sent again since the index was read): not
+               // re-encoded for it.
+    let other = duli::model::InstanceRecord {
+        sop_instance_uid: "1.2.3.4.5".into(),
+        ..good.clone()
+    };
+    let err = load(dir.path(), &other, EXPLICIT_LE, limits(1 << 30)).unwrap_err();
+    assert!(
+        err.to_string().contains("changed since the retrieve began"),
+        "{err}"
+    );
     // A copy that would take the data disk below its reserve: refused, nothing written.
     let err = load(
         dir.path(),

@@ -14,7 +14,7 @@
 //!
 //! Retrieval by a peer that does not accept the stored transfer syntax needs the whole
 //! instance re-encoded uncompressed: [`transcode`] runs `duli decode-pixels --transcode TS
-//! FILE` under the same limits and filter, which writes the re-encoded data set into a file
+//! -` (the checked file as stdin) under the same limits and filter, which writes the re-encoded data set into a file
 //! the parent gave it as stdout (for every stored syntax, not only these codecs: the
 //! decoded instance is held by the child, never by the daemon).
 //!
@@ -109,13 +109,10 @@ pub fn decode_display(
     max_pixels: u64,
     deadline: Duration,
 ) -> Result<GrayImage, DicomImageError> {
-    let stdin = file
-        .try_clone()
-        .map_err(|e| DicomImageError::Decode(format!("pixel decoder input: {e}")))?;
     let out = run_child(
         exe,
         &[SUBCOMMAND.as_ref(), FROM_STDIN.as_ref()],
-        Stdio::from(stdin),
+        Stdio::from(held_copy(file)?),
         Sink::Pipe,
         max_pixels.saturating_add(16),
         deadline,
@@ -126,13 +123,29 @@ pub fn decode_display(
 /// The file argument that makes the child read the file it was given as stdin.
 const FROM_STDIN: &str = "-";
 
-/// Re-encodes the file at `path` in transfer syntax `ts` in a sandboxed child, which
-/// writes the data set (no file meta) into `out` (an empty file; the daemon then streams
-/// it from there, holding none of it); returns its length. The child is killed once it
-/// wrote more than `max_bytes`.
+/// Another descriptor of the open file `file`, for a child's stdin.
+fn held_copy(file: &std::fs::File) -> Result<std::fs::File, DicomImageError> {
+    file.try_clone()
+        .map_err(|e| DicomImageError::Decode(format!("pixel decoder input: {e}")))
+}
+
+/// The file the parent gave the child as its stdin.
+fn stdin_file() -> Result<std::fs::File, DicomImageError> {
+    use std::os::fd::AsFd;
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| DicomImageError::Open(format!("stdin: {e}")))
+}
+
+/// Re-encodes the open file `input` in transfer syntax `ts` in a sandboxed child (which
+/// reads it as its stdin), which writes the data set (no file meta) into `out` (an empty
+/// file; the daemon then streams it from there, holding none of it); returns its length.
+/// The child is killed once it wrote more than `max_bytes`.
 pub fn transcode(
     exe: &Path,
-    path: &Path,
+    input: &std::fs::File,
     ts: &str,
     out: &std::fs::File,
     max_bytes: u64,
@@ -144,9 +157,9 @@ pub fn transcode(
             SUBCOMMAND.as_ref(),
             TRANSCODE.as_ref(),
             ts.as_ref(),
-            path.as_os_str(),
+            FROM_STDIN.as_ref(),
         ],
-        Stdio::null(),
+        Stdio::from(held_copy(input)?),
         Sink::File(out),
         max_bytes,
         deadline,
@@ -322,7 +335,12 @@ pub fn child_main(args: &[std::ffi::OsString]) -> ExitCode {
         [file] if file == FROM_STDIN => child_of_stdin(),
         [file] => child(Path::new(file)),
         [flag, ts, file] if flag == TRANSCODE => match ts.to_str() {
-            Some(ts) => child_transcode(Path::new(file), ts),
+            Some(ts) if file == FROM_STDIN => stdin_file()
+                .map_err(ChildError::from)
+                .and_then(|f| child_transcode(f, ts)),
+            Some(ts) => std::fs::File::open(file)
+                .map_err(|e| ChildError::from(DicomImageError::Open(e.to_string())))
+                .and_then(|f| child_transcode(f, ts)),
             None => Err(ChildError::Usage),
         },
         _ => Err(ChildError::Usage),
@@ -368,7 +386,8 @@ enum ChildError {
     /// The image cannot be written to stdout.
     #[error("writing the image: {0}")]
     Write(std::io::Error),
-    /// Arguments other than `FILE`, `-` (the file as stdin) or `--transcode TS FILE`.
+    /// Arguments other than `FILE` or `--transcode TS FILE` (`-` for FILE: the file given
+    /// as stdin).
     #[error("usage: duli {SUBCOMMAND} [{TRANSCODE} TS] FILE|-")]
     Usage,
 }
@@ -381,13 +400,7 @@ fn child(path: &Path) -> Result<(), ChildError> {
 
 /// The child decoding the file its parent gave it as stdin.
 fn child_of_stdin() -> Result<(), ChildError> {
-    use std::os::fd::AsFd;
-    let file = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from)
-        .map_err(|e| DicomImageError::Open(format!("stdin: {e}")))?;
-    child_of(file)
+    child_of(stdin_file()?)
 }
 
 fn child_of(file: std::fs::File) -> Result<(), ChildError> {
@@ -414,7 +427,7 @@ fn write_out(out: &[u8]) -> Result<(), ChildError> {
         .map_err(ChildError::Write)
 }
 
-fn child_transcode(path: &Path, ts: &str) -> Result<(), ChildError> {
+fn child_transcode(file: std::fs::File, ts: &str) -> Result<(), ChildError> {
     use dicom_encoding::TransferSyntaxIndex;
     use dicom_pixeldata::Transcode;
     limit_resources()?;
@@ -422,8 +435,15 @@ fn child_transcode(path: &Path, ts: &str) -> Result<(), ChildError> {
     let target = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts)
         .ok_or_else(|| fail(format!("unknown transfer syntax {ts}")))?;
-    crate::dataset_guard::check_file(path).map_err(|e| fail(e.to_string()))?;
-    let mut obj = dicom_object::open_file(path).map_err(|e| fail(e.to_string()))?;
+    let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+    // The descriptor shares its offset with the parent's, which read it already.
+    std::io::Seek::rewind(&mut &file).map_err(|e| fail(e.to_string()))?;
+    crate::dataset_guard::check_part10(std::io::BufReader::with_capacity(64 * 1024, &file), len)
+        .map_err(|e| fail(e.to_string()))?;
+    std::io::Seek::rewind(&mut &file).map_err(|e| fail(e.to_string()))?;
+    let mut obj = dicom_object::OpenFileOptions::new()
+        .from_reader(&file)
+        .map_err(|e| fail(e.to_string()))?;
     let stored = obj.meta().transfer_syntax().to_string();
     super::stream_check::check_stream(&obj, &stored).map_err(ChildError::Image)?;
     confine()?;

@@ -74,17 +74,43 @@ pub fn check_pixel_budget(obj: &InMemDicomObject, limit: u64) -> Result<(), TooM
     Ok(())
 }
 
-/// Checks the pixel budget of the file at `path` from its header alone (everything before
-/// Pixel Data), so an image over the limit is never loaded, let alone decoded; returns the
-/// bytes its pixels take uncompressed.
-pub fn check_file_pixel_budget(path: &Path, limit: u64) -> Result<u64, DicomImageError> {
+/// What [`check_held_pixel_budget`] found of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budgeted {
+    /// The bytes its pixels take uncompressed.
+    pub bytes: u64,
+    /// Its SOP Instance UID (from the data set, else the file meta).
+    pub sop_instance_uid: String,
+}
+
+/// Checks the pixel budget of the open file `file` from its header alone (everything
+/// before Pixel Data), so an image over the limit is never loaded, let alone decoded.
+pub fn check_held_pixel_budget(
+    file: &std::fs::File,
+    limit: u64,
+) -> Result<Budgeted, DicomImageError> {
+    let open_error = |e: &dyn std::fmt::Display| DicomImageError::Open(e.to_string());
+    let len = file.metadata().map_err(|e| open_error(&e))?.len();
+    rewind(file)?;
     let summary =
-        crate::dataset_guard::check_file(path).map_err(|e| DicomImageError::Open(e.to_string()))?;
-    let header = crate::store::header::open_header(path)
-        .map_err(|e| DicomImageError::Open(e.to_string()))?;
+        crate::dataset_guard::check_part10(std::io::BufReader::with_capacity(64 * 1024, file), len)
+            .map_err(|e| open_error(&e))?;
+    rewind(file)?;
+    let header = crate::store::header::header_from(file).map_err(|e| open_error(&e))?;
     check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
     check_pixel_data_size(&header, &summary)?;
-    Ok(declared_bytes(&header))
+    let mut sop_instance_uid = text(&header, tags::SOP_INSTANCE_UID);
+    if sop_instance_uid.is_empty() {
+        sop_instance_uid = header
+            .meta()
+            .media_storage_sop_instance_uid
+            .trim_matches([' ', '\0'])
+            .to_string();
+    }
+    Ok(Budgeted {
+        bytes: declared_bytes(&header),
+        sop_instance_uid,
+    })
 }
 
 /// The bytes the image attributes of `header` declare uncompressed.

@@ -12,7 +12,7 @@
 
 use crate::dimse::uids;
 use crate::infer::decode_sandbox;
-use crate::infer::dicom_image::check_file_pixel_budget;
+use crate::infer::dicom_image::check_held_pixel_budget;
 use crate::infer::stream_check::check_stream;
 use crate::model::InstanceRecord;
 use crate::scu::{self, Prepared};
@@ -171,9 +171,20 @@ pub fn load(
     let target = TransferSyntaxRegistry
         .get(ts)
         .ok_or_else(|| err("unknown transfer syntax".into()))?;
-    let image_bytes =
-        check_file_pixel_budget(&path, limits.max_pixels).map_err(|e| err(e.to_string()))?;
-    let size = std::fs::metadata(&path)
+    // One open file for the checks and the re-encoding: a copy renamed onto the path
+    // meanwhile is neither re-encoded nor sent.
+    let held = std::fs::File::open(&path).map_err(|e| PayloadError::File(e.to_string()))?;
+    let budget =
+        check_held_pixel_budget(&held, limits.max_pixels).map_err(|e| err(e.to_string()))?;
+    if budget.sop_instance_uid != inst.sop_instance_uid {
+        return Err(PayloadError::File(format!(
+            "{} changed since the retrieve began (now {}); retrieve it again",
+            inst.sop_instance_uid, budget.sop_instance_uid
+        )));
+    }
+    let image_bytes = budget.bytes;
+    let size = held
+        .metadata()
         .map_err(|e| PayloadError::File(e.to_string()))?
         .len();
     let copy = size.saturating_add(image_bytes);
@@ -200,7 +211,7 @@ pub fn load(
     let len = match decode_sandbox::decoder_exe() {
         Some(exe) => decode_sandbox::transcode(
             &exe,
-            &path,
+            &held,
             ts,
             scratch.file(),
             bound,
