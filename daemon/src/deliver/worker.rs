@@ -492,16 +492,16 @@ mod tests {
     /// entry; the code goes in both.
     #[test]
     fn a_peers_words_are_kept_with_the_entry_not_journalled() {
-        let r = super::super::Refusal::from_peer("AE", "Patient 123456 SMITH^JOHN not found");
+        let r = Refusal::from_peer("AE", "Patient 123456 SMITH^JOHN not found");
         let said = r.for_the_journal();
         assert!(said.starts_with("AE ") && !said.contains("SMITH") && !said.contains("123456"));
         assert_eq!(r.kept(), "AE: Patient 123456 SMITH^JOHN not found");
-        let bare = super::super::Refusal::from_peer("AR", "");
+        let bare = Refusal::from_peer("AR", "");
         assert_eq!(
             (bare.for_the_journal(), bare.kept()),
             ("AR".into(), "AR".into())
         );
-        let ours = super::super::Refusal::ours("status A700");
+        let ours = Refusal::ours("status A700");
         assert_eq!(ours.for_the_journal(), "status A700");
     }
 
