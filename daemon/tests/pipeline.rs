@@ -511,6 +511,79 @@ fn peers_unreachable_while_50_studies_complete_then_all_arrive_in_order() {
     wait_drained(&d, Duration::from_secs(60));
 }
 
+/// The running daemon against a RIS whose parser drops the connection on one report's
+/// message and takes the others: with the shipped timings (five drops in a row, then the
+/// next report of another study as a probe) that message is dead-lettered with the reason,
+/// and the reports behind it reach the RIS instead of waiting behind it for good.
+#[test]
+fn a_report_the_ris_drops_the_connection_on_is_dead_lettered_and_the_others_arrive() {
+    if !inference_available() {
+        return;
+    }
+    let poison: Arc<Mutex<Option<String>>> = Arc::default();
+    let first = poison.clone();
+    let (hl7_port, hl7) = common::ris::scripted_ris(
+        Arc::new(move |_, id: &str| {
+            let mut first = first.lock().unwrap();
+            if first.get_or_insert_with(|| id.to_string()) == id {
+                String::new()
+            } else {
+                common::ris::aa(id)
+            }
+        }),
+        Duration::ZERO,
+    );
+    let dir = temp_dir("poison");
+    let Some(files) = make_studies(&dir.path().join("dx"), 3) else {
+        return;
+    };
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .start();
+    d.storescu("MODALITY", &[], &files)
+        .unwrap()
+        .assert_success("storescu");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let listing = loop {
+        let out = run(
+            &mut d.command(&["outbox", "list", "hl7"]),
+            Duration::from_secs(30),
+        );
+        let delivered = distinct(&control_ids(&hl7.lock().unwrap())).len();
+        // Three studies: one dead entry left, the two others taken.
+        if out.stdout.lines().count() == 2 && out.stdout.contains("dead") && delivered == 3 {
+            break out.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{delivered} messages seen; outbox:\n{}\nlog:\n{}",
+            out.stdout,
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(listing.contains("cannot take this message"), "{listing}");
+    let poison = poison.lock().unwrap().clone().unwrap();
+    let seen = control_ids(&hl7.lock().unwrap());
+    let drops = seen.iter().filter(|id| **id == poison).count();
+    assert!(
+        drops >= 6,
+        "five drops and one more after the probe: {seen:?}"
+    );
+    assert!(
+        seen.iter().filter(|id| **id != poison).count() >= 2,
+        "{seen:?}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("to tell the message from the peer") && !log.contains("panicked"),
+        "{log}"
+    );
+}
+
 /// SIGKILL at random moments while reports drain to a slow RIS and through a slow link to
 /// the broker; after each restart the drain resumes. Every report arrives on both at least
 /// once; duplicates are counted and printed (at-least-once, the report id deduplicates).

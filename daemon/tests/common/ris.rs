@@ -7,7 +7,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Chooses the ACK payload for the `n`-th message received (1-based) with control id `id`.
+/// Chooses the ACK payload for the `n`-th message received (1-based) with control id `id`;
+/// an empty one closes the connection without answering (a RIS whose parser fails on it).
 pub type Answer = Arc<dyn Fn(usize, &str) -> String + Send + Sync>;
 
 /// MSH-10 of an HL7 message (as sent: not unescaped), or "".
@@ -73,8 +74,12 @@ pub fn scripted_ris_at(
                             store.len()
                         };
                         std::thread::sleep(delay);
+                        let ack = answer(n, &id);
+                        if ack.is_empty() {
+                            return;
+                        }
                         let mut reply = vec![0x0b];
-                        reply.extend_from_slice(answer(n, &id).as_bytes());
+                        reply.extend_from_slice(ack.as_bytes());
                         reply.extend_from_slice(&[0x1c, 0x0d]);
                         if conn.write_all(&reply).is_err() {
                             return;
