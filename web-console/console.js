@@ -396,11 +396,13 @@ function findingsTable(findings) {
 function deliveryTable(rows) {
   if (!rows.length) return h("p", { class: "muted" }, "Nothing queued for delivery.");
   return h("table", { class: "delivery", id: "delivery" },
-    h("thead", {}, h("tr", {}, ["Destination", "Message", "State", "Attempts"].map((t) => h("th", { scope: "col" }, t)))),
-    h("tbody", {}, rows.map((r) => h("tr", { title: [r.last_error, r.peer_text].filter(Boolean).join(": ") },
+    h("thead", {}, h("tr", {}, ["Destination", "Message", "State", "Attempts", "Last error"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows.map((r) => h("tr", {},
       h("td", {}, String(r.destination ?? r.dest ?? "")), h("td", {}, String(r.kind ?? "")),
       h("td", {}, h("span", { class: `state ${r.state ?? ""}` }, String(r.state ?? ""))),
-      h("td", {}, r.attempts ?? "")))));
+      h("td", {}, r.attempts ?? ""),
+      // The peer's own words too: this page is an audited view of the patient's data.
+      h("td", {}, [r.last_error, r.peer_text].filter(Boolean).join(": "))))));
 }
 
 function feedbackItem(f) {
