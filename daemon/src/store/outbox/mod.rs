@@ -399,12 +399,8 @@ impl Outbox {
     /// the order of `head`'s study's results), read from entry headers until found. Two
     /// reports whose results are no longer stored count as of other studies.
     pub fn next_of_another_study(&self, head: &Entry) -> Result<Option<Entry>, OutboxError> {
-        let studies: HashMap<String, String> = self
-            .result_heads()?
-            .into_iter()
-            .map(|h| (h.report_id, h.study_instance_uid))
-            .collect();
-        let study_of = |report: &str| studies.get(report);
+        // The results are read only once an entry of another report is queued behind.
+        let mut studies: Option<HashMap<String, String>> = None;
         let after = head.dest.key(head.id.saturating_add(1));
         let prefix = head.dest.prefix();
         for kv in self.tree.range(after..) {
@@ -415,9 +411,19 @@ impl Outbox {
             let Ok(h) = decode::<EntryHead>(&k, &v) else {
                 continue;
             };
-            let same_study = h.report_id == head.report_id
-                || study_of(&h.report_id).is_some_and(|s| study_of(&head.report_id) == Some(s));
-            if h.state == EntryState::Dead || same_study {
+            if h.state == EntryState::Dead || h.report_id == head.report_id {
+                continue;
+            }
+            if studies.is_none() {
+                studies = Some(
+                    self.result_heads()?
+                        .into_iter()
+                        .map(|r| (r.report_id, r.study_instance_uid))
+                        .collect(),
+                );
+            }
+            let study_of = |report: &str| studies.as_ref().and_then(|m| m.get(report));
+            if study_of(&h.report_id).is_some_and(|s| study_of(&head.report_id) == Some(s)) {
                 continue;
             }
             match decode::<Entry>(&k, &v) {
@@ -478,18 +484,8 @@ impl Outbox {
         let selected: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match which
         {
             RetrySelector::Id(id) => {
-                let mut found = Vec::new();
-                for name in self.destination_prefixes()? {
-                    let mut key = name;
-                    key.extend_from_slice(&id.to_be_bytes());
-                    if let Some(v) = self.tree.get(&key)? {
-                        found.push(Ok((sled::IVec::from(key), v)));
-                    }
-                }
-                if found.is_empty() {
-                    return Err(OutboxError::NotFound(*id));
-                }
-                Box::new(found.into_iter())
+                let found = self.stored(*id)?.ok_or(OutboxError::NotFound(*id))?;
+                Box::new(std::iter::once(Ok(found)))
             }
             RetrySelector::Destination(d) => Box::new(self.tree.scan_prefix(d.prefix())),
             RetrySelector::All => Box::new(self.tree.iter()),
@@ -696,17 +692,21 @@ impl Outbox {
         Ok(map.into_values().collect())
     }
 
-    /// The entry with id `id`, if it is still in the outbox (found from entry headers).
+    /// The entry with id `id`, if it is still in the outbox.
     pub fn entry(&self, id: u64) -> Result<Option<Entry>, OutboxError> {
-        for kv in self.tree.iter() {
-            let Some((key, head)) = head_of(kv)? else {
-                continue;
-            };
-            if head.id == id {
-                return match self.tree.get(&key)? {
-                    Some(v) => Ok(Some(decode::<Entry>(&key, &v)?)),
-                    None => Ok(None),
-                };
+        match self.stored(id)? {
+            Some((key, v)) => Ok(Some(decode::<Entry>(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The key and stored value of entry `id` (ids are unique across destinations): one
+    /// lookup per destination that holds entries.
+    fn stored(&self, id: u64) -> Result<Option<(sled::IVec, sled::IVec)>, OutboxError> {
+        for mut key in self.destination_prefixes()? {
+            key.extend_from_slice(&id.to_be_bytes());
+            if let Some(v) = self.tree.get(&key)? {
+                return Ok(Some((sled::IVec::from(key), v)));
             }
         }
         Ok(None)
@@ -846,8 +846,6 @@ impl Outbox {
     }
 }
 
-/// The key and header of one stored entry (its payload skipped); `None`, logged, for an
-/// entry that does not decode.
 /// What a stored result says of itself, as the outbox reads it.
 #[derive(serde::Deserialize)]
 struct ResultHead {
@@ -856,6 +854,8 @@ struct ResultHead {
     version: u32,
 }
 
+/// The key and header of one stored entry (its payload skipped); `None`, logged, for an
+/// entry that does not decode.
 fn head_of(
     kv: sled::Result<(sled::IVec, sled::IVec)>,
 ) -> Result<Option<(sled::IVec, EntryHead)>, OutboxError> {
