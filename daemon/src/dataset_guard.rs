@@ -251,10 +251,15 @@ pub fn check_part10<R: Read + Seek>(mut input: R, len: u64) -> Result<Summary, G
 /// Checks a Part 10 file on disk.
 pub fn check_file(path: &Path) -> Result<Summary, GuardError> {
     let file = File::open(path).map_err(|e| GuardError::Io(e.to_string()))?;
-    let len = file
-        .metadata()
-        .map_err(|e| GuardError::Io(e.to_string()))?
-        .len();
+    check_open_file(&file)
+}
+
+/// Checks the open Part 10 file `file` from its start (its offset is moved; a caller that
+/// reads it on seeks first).
+pub fn check_open_file(mut file: &File) -> Result<Summary, GuardError> {
+    let io = |e: io::Error| GuardError::Io(e.to_string());
+    let len = file.metadata().map_err(io)?.len();
+    file.rewind().map_err(io)?;
     check_part10(BufReader::with_capacity(64 * 1024, file), len)
 }
 

@@ -3,9 +3,9 @@
 //! hostile codestream ends that child, not the daemon.
 //!
 //! The parent ([`decode_display`]) starts `duli decode-pixels -` (the running executable)
-//! with no environment, the file it checked as stdin and stdout piped, reads at most the image the header
-//! declared (already held to `inference.max_pixels`), and kills the child when it runs past
-//! its deadline. The child ([`child_main`]) lowers its limits (address space, CPU seconds,
+//! with no environment, the file it checked as stdin and stdout piped, reads at most the
+//! image the header declared (already held to `inference.max_pixels`), and kills the child
+//! when it runs past its deadline. The child ([`child_main`]) lowers its limits (address space, CPU seconds,
 //! open descriptors, no core dump), opens and pre-scans the
 //! file, then installs a seccomp filter that allows only memory management, reading and
 //! writing already-open descriptors and exiting, decodes the first frame through the same
@@ -14,8 +14,8 @@
 //!
 //! Retrieval by a peer that does not accept the stored transfer syntax needs the whole
 //! instance re-encoded uncompressed: [`transcode`] runs `duli decode-pixels --transcode TS
-//! -` (the checked file as stdin) under the same limits and filter, which writes the re-encoded data set into a file
-//! the parent gave it as stdout (for every stored syntax, not only these codecs: the
+//! -` (the checked file as stdin) under the same limits and filter, which writes the
+//! re-encoded data set into a file the parent gave it as stdout (for every stored syntax, not only these codecs: the
 //! decoded instance is held by the child, never by the daemon).
 //!
 //! Without a decoder executable these syntaxes are refused, never decoded in the daemon.
@@ -193,11 +193,10 @@ fn over_bound(cap: u64) -> DicomImageError {
     ))
 }
 
-/// Runs `exe args` with no environment, `stdin` (the file to decode, or nothing) and its
-/// stdout into `sink`, holds that output to
-/// `cap` bytes (a pipe is read to at most `cap` + 1, a file's child killed once past
-/// it), kills it at `deadline`, and maps a failure to a [`DicomImageError`] naming it.
-/// Returns what a pipe carried (nothing for a file).
+/// Runs `exe args` with no environment, `stdin` (the file to decode) and its stdout into
+/// `sink`, holds that output to `cap` bytes (a pipe is read to at most `cap` + 1, a
+/// file's child killed once past it), kills it at `deadline`, and maps a failure to a
+/// [`DicomImageError`] naming it. Returns what a pipe carried (nothing for a file).
 fn run_child(
     exe: &Path,
     args: &[&std::ffi::OsStr],
@@ -328,8 +327,8 @@ fn parse_output(out: &[u8], max_pixels: u64) -> Result<GrayImage, DicomImageErro
 }
 
 /// `duli decode-pixels FILE|-` (the image of FILE, or of the file given as stdin) or
-/// `duli decode-pixels --transcode TS FILE` (the re-encoded data set): the child. Exit status 0 with the output on stdout, 2 with the
-/// reason on stderr.
+/// `duli decode-pixels --transcode TS FILE|-` (the re-encoded data set): the child. Exit
+/// status 0 with the output on stdout, 2 with the reason on stderr.
 pub fn child_main(args: &[std::ffi::OsString]) -> ExitCode {
     let result = match args {
         [file] if file == FROM_STDIN => child_of_stdin(),
@@ -435,11 +434,8 @@ fn child_transcode(file: std::fs::File, ts: &str) -> Result<(), ChildError> {
     let target = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts)
         .ok_or_else(|| fail(format!("unknown transfer syntax {ts}")))?;
-    let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
-    // The descriptor shares its offset with the parent's, which read it already.
-    std::io::Seek::rewind(&mut &file).map_err(|e| fail(e.to_string()))?;
-    crate::dataset_guard::check_part10(std::io::BufReader::with_capacity(64 * 1024, &file), len)
-        .map_err(|e| fail(e.to_string()))?;
+    // From the file's start: the descriptor shares its offset with the parent's.
+    crate::dataset_guard::check_open_file(&file).map_err(|e| fail(e.to_string()))?;
     std::io::Seek::rewind(&mut &file).map_err(|e| fail(e.to_string()))?;
     let mut obj = dicom_object::OpenFileOptions::new()
         .from_reader(&file)

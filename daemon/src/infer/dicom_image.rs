@@ -89,28 +89,37 @@ pub fn check_held_pixel_budget(
     file: &std::fs::File,
     limit: u64,
 ) -> Result<Budgeted, DicomImageError> {
-    let open_error = |e: &dyn std::fmt::Display| DicomImageError::Open(e.to_string());
-    let len = file.metadata().map_err(|e| open_error(&e))?.len();
-    rewind(file)?;
-    let summary =
-        crate::dataset_guard::check_part10(std::io::BufReader::with_capacity(64 * 1024, file), len)
-            .map_err(|e| open_error(&e))?;
-    rewind(file)?;
-    let header = crate::store::header::header_from(file).map_err(|e| open_error(&e))?;
+    let (summary, header) = scan_and_header(file)?;
     check_pixel_budget(&header, limit).map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
     check_pixel_data_size(&header, &summary)?;
-    let mut sop_instance_uid = text(&header, tags::SOP_INSTANCE_UID);
-    if sop_instance_uid.is_empty() {
-        sop_instance_uid = header
-            .meta()
-            .media_storage_sop_instance_uid
-            .trim_matches([' ', '\0'])
-            .to_string();
-    }
     Ok(Budgeted {
         bytes: declared_bytes(&header),
-        sop_instance_uid,
+        sop_instance_uid: sop_instance_uid_of(&header),
     })
+}
+
+/// The bounded pre-scan of the open file `file`, then its header (everything before Pixel
+/// Data), both read from its start.
+fn scan_and_header(
+    file: &std::fs::File,
+) -> Result<(crate::dataset_guard::Summary, DefaultDicomObject), DicomImageError> {
+    let open_error = |e: &dyn std::fmt::Display| DicomImageError::Open(e.to_string());
+    let summary = crate::dataset_guard::check_open_file(file).map_err(|e| open_error(&e))?;
+    rewind(file)?;
+    let header = crate::store::header::header_from(file).map_err(|e| open_error(&e))?;
+    Ok((summary, header))
+}
+
+/// The SOP Instance UID of `obj`: its data set's, else its file meta's.
+fn sop_instance_uid_of(obj: &DefaultDicomObject) -> String {
+    let uid = text(obj, tags::SOP_INSTANCE_UID);
+    if !uid.is_empty() {
+        return uid;
+    }
+    obj.meta()
+        .media_storage_sop_instance_uid
+        .trim_matches([' ', '\0'])
+        .to_string()
 }
 
 /// The bytes the image attributes of `header` declare uncompressed.
@@ -321,16 +330,9 @@ impl DicomImage {
     ) -> Result<DicomImage, DicomImageError> {
         let open_error = |e: &dyn std::fmt::Display| DicomImageError::Open(e.to_string());
         let len = file.metadata().map_err(|e| open_error(&e))?.len();
-        rewind(&file)?;
-        let summary = crate::dataset_guard::check_part10(
-            std::io::BufReader::with_capacity(64 * 1024, &file),
-            len,
-        )
-        .map_err(|e| open_error(&e))?;
         // Native pixel data stays in the file (read a row at a time when decoded);
         // anything else is loaded whole, once its size is held to the image attributes.
-        rewind(&file)?;
-        let header = crate::store::header::header_from(&file).map_err(|e| open_error(&e))?;
+        let (summary, header) = scan_and_header(&file)?;
         if let Some(limit) = max_pixels {
             check_pixel_budget(&header, limit)
                 .map_err(|e| DicomImageError::TooLarge(e.to_string()))?;
@@ -347,13 +349,7 @@ impl DicomImage {
             }
         };
         let meta = obj.meta();
-        let mut sop_instance_uid = text(&obj, tags::SOP_INSTANCE_UID);
-        if sop_instance_uid.is_empty() {
-            sop_instance_uid = meta
-                .media_storage_sop_instance_uid
-                .trim_matches([' ', '\0'])
-                .to_string();
-        }
+        let sop_instance_uid = sop_instance_uid_of(&obj);
         let mut sop_class_uid = text(&obj, tags::SOP_CLASS_UID);
         if sop_class_uid.is_empty() {
             sop_class_uid = meta
