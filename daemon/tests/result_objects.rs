@@ -600,7 +600,7 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
         .await
     {
         Delivery::Rejected(why) => {
-            let why = why.kept();
+            let why = why.summary;
             assert!(why.contains("does not accept this SOP class"), "{why}");
             assert!(why.contains("result_objects"), "{why}");
         }

@@ -82,15 +82,6 @@ impl Refusal {
         }
     }
 
-    /// The whole refusal on one line: the summary and, after a colon, the peer's text (as
-    /// `duli outbox list` prints an entry's; the entry keeps the two apart).
-    pub fn kept(&self) -> String {
-        match &self.peer_text {
-            Some(text) => format!("{}: {text}", self.summary),
-            None => self.summary.clone(),
-        }
-    }
-
     /// What the journal (which reaches support bundles) carries: the summary, and where
     /// the peer's words are when there are some.
     pub fn for_the_journal(&self) -> String {

@@ -495,11 +495,14 @@ mod tests {
         let r = Refusal::from_peer("AE", "Patient 123456 SMITH^JOHN not found");
         let said = r.for_the_journal();
         assert!(said.starts_with("AE ") && !said.contains("SMITH") && !said.contains("123456"));
-        assert_eq!(r.kept(), "AE: Patient 123456 SMITH^JOHN not found");
+        assert_eq!(
+            (r.summary.as_str(), r.peer_text.as_deref()),
+            ("AE", Some("Patient 123456 SMITH^JOHN not found"))
+        );
         let bare = Refusal::from_peer("AR", "");
         assert_eq!(
-            (bare.for_the_journal(), bare.kept()),
-            ("AR".into(), "AR".into())
+            (bare.for_the_journal(), bare.peer_text),
+            ("AR".into(), None)
         );
         let ours = Refusal::ours("status A700");
         assert_eq!(ours.for_the_journal(), "status A700");
