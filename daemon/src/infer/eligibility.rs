@@ -41,22 +41,23 @@ fn mentions_chest(s: &str) -> bool {
 /// Whether a description names a lateral view as a word of its own (`CHEST LAT`,
 /// `Thorax lateral`, `LL`), as CR images without a View Position often say it.
 fn mentions_lateral(s: &str) -> bool {
-    s.to_uppercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .any(|w| matches!(w, "LAT" | "LATERAL" | "LL" | "RL" | "LLAT" | "RLAT"))
+    names_one_of(s, &["LAT", "LATERAL", "LL", "RL", "LLAT", "RLAT"])
 }
 
 /// Whether a description names a frontal view as a word of its own (`Tórax PA`,
 /// `CHEST AP`, `frontal`).
 fn mentions_frontal(s: &str) -> bool {
+    names_one_of(
+        s,
+        &["PA", "AP", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR"],
+    )
+}
+
+/// Whether `s` has one of `words` (upper case) as a word of its own, whatever its case.
+fn names_one_of(s: &str, words: &[&str]) -> bool {
     s.to_uppercase()
         .split(|c: char| !c.is_alphanumeric())
-        .any(|w| {
-            matches!(
-                w,
-                "PA" | "AP" | "FRONTAL" | "POSTEROANTERIOR" | "ANTEROPOSTERIOR"
-            )
-        })
+        .any(|w| words.contains(&w))
 }
 
 /// The caveat of a chest image whose view is not recorded: neither a View Position (type 2
