@@ -76,6 +76,8 @@ enum Answer {
     Garbage,
     /// Close the connection without a byte of answer (a RIS whose parser fails on it).
     Drop,
+    /// Keep the connection and never answer (a RIS whose parser hangs on it).
+    Hang,
 }
 
 type Script = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
@@ -150,6 +152,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
                 Answer::Drop => return,
+                Answer::Hang => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
             };
             if s.write_all(&reply).await.is_err() {
                 return;
@@ -941,4 +947,25 @@ async fn a_ris_that_drops_every_message_for_a_while_dead_letters_nothing() {
         3,
         "probed twice, then delivered: {seen:?}"
     );
+}
+
+/// A RIS that keeps the connection and never answers one message: the attempt ends at the
+/// ACK timeout as dropped (sent in full, not answered), which the worker counts towards its
+/// probe, not as a RIS that could not be reached; a closed port is only failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_ris_never_answers_is_dropped_and_a_closed_port_failed() {
+    use duli::deliver::{Channel, Delivery};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (seen, _l) = start_listener(port, Arc::new(|_: &str, _| Answer::Hang), None).await;
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, 0..1);
+    let entry = ob.head(&Destination::Hl7).unwrap().unwrap();
+    match Hl7Channel::new(target(port)).deliver(&entry).await {
+        Delivery::Dropped(why) => assert!(why.contains("no ACK within the timeout"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let closed = Hl7Channel::new(target(free_port())).deliver(&entry).await;
+    assert!(matches!(closed, Delivery::Failed(_)), "{closed:?}");
 }

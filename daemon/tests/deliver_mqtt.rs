@@ -590,3 +590,96 @@ async fn a_report_the_broker_disconnects_on_is_dead_lettered_and_the_rest_delive
         "{reason}"
     );
 }
+
+/// Reads one MQTT packet: its first byte and its body (None when the peer went away).
+fn read_packet(conn: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    conn.read_exact(&mut first).ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        conn.read_exact(&mut b).ok()?;
+        len |= usize::from(b[0] & 0x7f) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 || shift > 21 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+/// A broker that floods the client with unsolicited PUBLISH packets (8 KiB each) while it
+/// acknowledges the client's own: the report is delivered, and once nothing reads the
+/// channel's events (between deliveries) the flood stalls in the socket buffers, because
+/// the event queue is bounded, instead of filling the daemon's memory. No broker floods on
+/// demand, so this one is a few lines of Rust on a loopback socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_flooding_unsolicited_publishes_stalls_instead_of_filling_memory() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let written = Arc::new(AtomicU64::new(0));
+    let flooded = written.clone();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let Some((0x10, _)) = read_packet(&mut conn) else {
+            return;
+        };
+        conn.write_all(&[0x20, 0x02, 0x00, 0x00]).unwrap();
+        // One writer: the client's PUBACKs and PINGRESPs between flood packets.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut reader = conn.try_clone().unwrap();
+        std::thread::spawn(move || {
+            while let Some((kind, body)) = read_packet(&mut reader) {
+                let reply = match kind >> 4 {
+                    3 if kind & 0x06 == 0x02 => {
+                        let topic = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                        vec![0x40, 0x02, body[2 + topic], body[3 + topic]]
+                    }
+                    12 => vec![0xD0, 0x00],
+                    _ => continue,
+                };
+                if tx.send(reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut flood = vec![0x30, 0x83, 0x40, 0x00, 0x01, b'f'];
+        flood.resize(flood.len() + 8192, b'x');
+        loop {
+            while let Ok(reply) = rx.try_recv() {
+                if conn.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+            if conn.write_all(&flood).is_err() {
+                return;
+            }
+            flooded.fetch_add(flood.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(port, None);
+    let (_store, ob) = outbox(dir.path());
+    enqueue_reports(&ob, &cfg, 0..1);
+    let entry = ob.head(&Destination::Mqtt).unwrap().unwrap();
+    let mut channel = MqttChannel::new(settings(&cfg), Arc::new(secret()));
+    let delivered = duli::deliver::Channel::deliver(&mut channel, &entry).await;
+    assert_eq!(delivered, duli::deliver::Delivery::Acked);
+    assert!(
+        written.load(Ordering::Relaxed) > 0,
+        "the flood never started"
+    );
+    // Nothing reads the channel's events now: the flood must stall within the socket
+    // buffers and the 64 queued events (an unbounded queue takes hundreds of MB here).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = written.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = written.load(Ordering::Relaxed) - before;
+    assert!(grown < 32 << 20, "{grown} more bytes taken in 3 s");
+    drop(channel);
+}
