@@ -652,6 +652,12 @@ fn over_long_dicom_text_is_cut_to_its_hl7_lengths_and_stays_strict_valid() {
     assert!(description.chars().count() > 250);
     r.study.study_description = description.clone();
     r.study.patient_name = format!("{}^{}^{}", "Ñ".repeat(64), "G&".repeat(40), "M".repeat(64));
+    // A label without a standard code, with the longest local code a manifest may hold.
+    let mut local = r.findings[0].clone();
+    local.standard = None;
+    local.code = "ENL_CARDIOMEDIAS".into();
+    local.label = "Enlarged cardiomediastinum".into();
+    r.findings.push(local);
     let msg = message_of(&r);
     let Some(verdict) = common::ris::hl7_strict(&msg) else {
         return;

@@ -192,12 +192,12 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
         found.warnings,
         found.text
     );
-    // A finding the manifest maps to no standard code (8 of the research model's 18
+    // A finding the manifest maps to no standard code (4 of the research model's 18
     // labels): coded with the local scheme only, which the SR declares.
     let mut report = f.report.clone();
     report.findings[0].standard = None;
-    report.findings[0].code = "INFILTRATION".into();
-    report.findings[0].label = "Infiltration".into();
+    report.findings[0].code = "PLEURAL_THICK".into();
+    report.findings[0].label = "Pleural thickening".into();
     let local = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
     let path = f.store.root().join("local-code-sr.dcm");
     local.write_to_file(&path).unwrap();

@@ -366,19 +366,38 @@ impl Manifest {
         Ok(())
     }
 
-    /// Each label's standard code fits DICOM SH (code, scheme) and LO (meaning), with no
-    /// HL7 delimiters.
+    /// Each label's codes fit where results carry them: local and standard codes and
+    /// schemes a DICOM Code Value (SH, 16 characters; HL7's CE.1 holds 20), names and
+    /// meanings a Code Meaning (LO, 64), none with a backslash (DICOM's value separator),
+    /// an HL7 delimiter or a control character.
     fn check_standard_codes(&self) -> Result<(), Fault> {
         let fits = |v: &str, max: usize| {
             !v.trim().is_empty()
                 && v.chars().count() <= max
-                && !v.contains(['|', '^', '~', '\\', '&', '\r', '\n'])
+                && !v.contains(['|', '^', '~', '\\', '&'])
+                && !v.chars().any(char::is_control)
         };
+        if !fits(&self.coding_scheme, 16) {
+            return Err((
+                "coding_scheme",
+                "needs 1-16 characters, none of |^~\\& or a control character",
+            ));
+        }
+        for l in &self.labels {
+            if !fits(&l.code, 16) || !fits(&l.name, 64) {
+                return Err((
+                    "labels.code",
+                    "a label's code needs 1-16 characters and its name 1-64, none of \
+                     |^~\\& or a control character",
+                ));
+            }
+        }
         for c in self.labels.iter().filter_map(|l| l.standard.as_ref()) {
             if !fits(&c.code, 16) || !fits(&c.scheme, 16) || !fits(&c.meaning, 64) {
                 return Err((
                     "labels.standard",
-                    "code and scheme need 1-16 characters, meaning 1-64, none of |^~\\&",
+                    "code and scheme need 1-16 characters, meaning 1-64, none of |^~\\& or \
+                     a control character",
                 ));
             }
         }
@@ -599,7 +618,16 @@ mod tests {
         // as TOML but is refused until its conversion records the checksum.
         let text = std::fs::read_to_string(base.join(ROOT_MANIFESTS[1])).unwrap();
         let raw: toml::Table = text.parse().unwrap();
-        assert_eq!(raw["labels"].as_array().unwrap().len(), 18);
+        let labels = raw["labels"].as_array().unwrap();
+        assert_eq!(labels.len(), 18);
+        // 14 labels carry a standard concept, each in a scheme PS3.16 lists.
+        let schemes: Vec<&str> = labels
+            .iter()
+            .filter_map(|l| l.get("standard"))
+            .map(|c| c["scheme"].as_str().unwrap())
+            .collect();
+        assert_eq!(schemes.len(), 14);
+        assert!(schemes.iter().all(|s| ["SCT", "DCM"].contains(s)));
         match Manifest::load(&base.join(ROOT_MANIFESTS[1])) {
             Err(ManifestError::Invalid { key, .. }) => assert_eq!(key, "file.sha256"),
             other => panic!("expected a refusal for the missing checksum, got {other:?}"),
@@ -735,6 +763,23 @@ activation = "sigmoid"
             ("", label("", ""), "labels[0].code"),
             ("", label("A", "") + &label(" ", ""), "labels[1].code"),
             ("", label("A", "") + &label("A", ""), "labels[1].code"),
+            // Codes and names that would not fit a DICOM Code Value / Code Meaning.
+            ("", label("ENLARGED_CARDIOMEDIASTINUM", ""), "labels.code"),
+            (
+                "",
+                "[[labels]]\ncode = 'A\\B'\nname = 'A'\n".into(),
+                "labels.code",
+            ),
+            (
+                "",
+                "[[labels]]\ncode = 'A'\nname = \"x\\u0007\"\n".into(),
+                "labels.code",
+            ),
+            (
+                "coding_scheme = \"99DULI\\\\X\"",
+                label("A", ""),
+                "coding_scheme",
+            ),
         ];
         for (top, labels, key) in cases {
             std::fs::write(&path, manifest(top, &labels)).unwrap();

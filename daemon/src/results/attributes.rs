@@ -28,6 +28,17 @@ pub(super) fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDi
     DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
+/// A code sequence item (PS3.3 Table 8.8-1a, Basic Code Attributes). Every code this
+/// appliance writes fits a Code Value (SH): its own constants, and the label codes a model
+/// manifest may hold (checked when the manifest is loaded).
+pub(super) fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        text(tags::CODE_VALUE, VR::SH, value),
+        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
+        text(tags::CODE_MEANING, VR::LO, meaning),
+    ])
+}
+
 /// What sets one result object apart from the others of its report: SOP class and
 /// instance, modality and the series it is filed in.
 pub struct ObjectIdentity<'a> {

@@ -20,7 +20,7 @@
 //!   table itself is not embedded: dicom3tools' `dciodvfy` reports palette data attributes
 //!   as errors under the Image Pixel Description macro.
 
-use super::attributes::{fd, object_header, seq, text, us, ObjectIdentity};
+use super::attributes::{code_item, fd, object_header, seq, text, us, ObjectIdentity};
 use super::uids::ResultUids;
 use super::ResultsError;
 use crate::report::Report;
@@ -113,14 +113,6 @@ pub fn resample(values: &[f32], src_w: u32, src_h: u32, columns: u32, rows: u32)
         height,
         values: out,
     }
-}
-
-fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::CODE_VALUE, VR::SH, value),
-        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
-        text(tags::CODE_MEANING, VR::LO, meaning),
-    ])
 }
 
 fn ds(v: f64) -> String {

@@ -22,7 +22,7 @@
 //! standard concept matches a label, and the `DULI-MODEL` identification in HL7; every
 //! other concept is from DCM, SCT, UCUM or RFC 5646.
 
-use super::attributes::{object_header, seq, text, ObjectIdentity};
+use super::attributes::{self, object_header, seq, text, ObjectIdentity};
 use super::uids::ResultUids;
 use crate::model::InstanceRecord;
 use crate::report::{Finding, Report};
@@ -104,11 +104,7 @@ pub struct ObjectRef<'a> {
 }
 
 fn code_item(c: Code) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::CODE_VALUE, VR::SH, c.value),
-        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, c.scheme),
-        text(tags::CODE_MEANING, VR::LO, c.meaning),
-    ])
+    attributes::code_item(c.value, c.scheme, c.meaning)
 }
 
 fn concept(c: Code) -> DataElement<InMemDicomObject> {
