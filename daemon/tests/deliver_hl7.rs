@@ -677,6 +677,34 @@ fn over_long_dicom_text_is_cut_to_its_hl7_lengths_and_stays_strict_valid() {
     assert_eq!(field(&msg, "PID", 3), "PID00003");
 }
 
+/// An ORU with every finding of the 18-label research model (standard SNOMED CT and DCM
+/// concepts, 4 local codes) is valid for a strict parser, and codes each finding in OBX-3
+/// as its manifest does.
+#[test]
+fn an_oru_of_every_research_model_label_is_strict_valid() {
+    let mut r = report(4);
+    r.findings = common::delivery::research_model_findings();
+    let msg = message_of(&r);
+    let Some(verdict) = common::ris::hl7_strict(&msg) else {
+        return;
+    };
+    assert_eq!(verdict, "valid", "{msg}");
+    let ids: Vec<String> = msg
+        .split('\r')
+        .filter(|s| s.starts_with("OBX"))
+        .filter_map(|s| s.split('|').nth(3))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        ids.contains(&"112121^Infiltrate^DCM^INFILTRATION^Infiltration^99DULI".to_string()),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&"PLEURAL_THICK^Pleural thickening^99DULI".to_string()),
+        "{ids:?}"
+    );
+}
+
 /// A study without a Patient ID gets no message the RIS cannot file (PID-3 is required):
 /// its entry is refused at once, dead-lettered with the reason, and the next one is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,6 +244,37 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
         .is_none());
 }
 
+/// One SR with every finding of the 18-label research model, its standard SNOMED CT and
+/// DCM concepts and its 4 local codes: dciodvfy finds no error, and warns only of the
+/// declared private scheme.
+#[test]
+fn dciodvfy_accepts_the_sr_of_every_research_model_label() {
+    let Some(f) = fixture() else { return };
+    let Some(tool) = require_tool("dciodvfy") else {
+        return;
+    };
+    let mut report = f.report.clone();
+    report.findings = common::delivery::research_model_findings();
+    assert_eq!(report.findings.len(), 18);
+    let local = report.findings.iter().filter(|f| f.standard.is_none());
+    assert_eq!(local.count(), 4);
+    let built = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
+    let path = f.store.root().join("research-model-sr.dcm");
+    built.write_to_file(&path).unwrap();
+    let found = dciodvfy(&tool, &path);
+    eprintln!("dciodvfy research-model SR:\n{}", found.text);
+    let private = "Warning - Unrecognized defined term <99DULI> for value 1 of attribute \
+                   <Coding Scheme Designator>";
+    assert!(
+        found.errors.is_empty() && found.warnings.iter().all(|w| w == private),
+        "research-model SR: {:#?} {:#?}\n{}",
+        found.errors,
+        found.warnings,
+        found.text
+    );
+    assert!(found.text.contains("ComprehensiveSR"), "{}", found.text);
+}
+
 /// The value of `tag` in `obj` as text, without padding; empty when absent.
 fn string_of(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
     obj.element(tag)

@@ -249,3 +249,30 @@ pub fn start_subscriber(port: u16, pki: Option<&TestPki>) -> Option<(Peer, Lines
     }
     panic!("mosquitto_sub never received the probe (earlier subscribers exited: {exits:?})");
 }
+
+/// The findings of the 18-label research model, as its manifest codes them (standard
+/// concepts where it maps one, local codes otherwise).
+pub fn research_model_findings() -> Vec<Finding> {
+    let path = super::repo_root().join("models/densenet121-res224-all/model.toml");
+    let manifest: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    let labels = manifest["labels"].as_array().unwrap();
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let text = |t: &toml::Value, k: &str| t[k].as_str().unwrap().to_string();
+            Finding {
+                label: text(l, "name"),
+                code: text(l, "code"),
+                probability: i as f32 / labels.len() as f32,
+                threshold: 0.5,
+                positive: i as f32 / labels.len() as f32 >= 0.5,
+                standard: l.get("standard").map(|c| duli::result::Concept {
+                    code: text(c, "code"),
+                    scheme: text(c, "scheme"),
+                    meaning: text(c, "meaning"),
+                }),
+            }
+        })
+        .collect()
+}
