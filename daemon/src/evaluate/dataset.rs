@@ -132,12 +132,24 @@ pub struct Dataset {
     pub labels_sha256: Option<String>,
 }
 
-/// The index of the non-background label called `name` (its code or its display name,
-/// case-insensitive).
+/// The index of the non-background label called `name`: its code or its display name,
+/// ignoring case and taking `_`, `-` and a space as the same, so that a data set's own
+/// spelling (`Pleural_Thickening`, `Enlarged Cardiomediastinum`) finds the label.
 pub fn label_index(manifest: &Manifest, name: &str) -> Option<usize> {
-    manifest.labels.iter().position(|l| {
-        !l.background && (l.code.eq_ignore_ascii_case(name) || l.name.eq_ignore_ascii_case(name))
-    })
+    let key = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .map(|c| match c {
+                '_' | '-' => ' ',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect()
+    };
+    let wanted = key(name);
+    manifest
+        .labels
+        .iter()
+        .position(|l| !l.background && (key(&l.code) == wanted || key(&l.name) == wanted))
 }
 
 fn finding_indices(manifest: &Manifest) -> Vec<usize> {
@@ -748,6 +760,30 @@ mod tests {
             },
         ];
         m
+    }
+
+    #[test]
+    fn a_label_is_found_by_its_code_or_name_in_a_data_sets_spelling() {
+        let mut m = manifest();
+        m.labels.push(Label {
+            code: "PLEURAL_THICK".into(),
+            name: "Pleural thickening".into(),
+            threshold: None,
+            background: false,
+            standard: None,
+        });
+        for name in [
+            "Pleural_Thickening",
+            "pleural thickening",
+            "PLEURAL-THICK",
+            "pleural_thick",
+        ] {
+            assert_eq!(label_index(&m, name), Some(3), "{name}");
+        }
+        assert_eq!(label_index(&m, "eff"), Some(2));
+        // A background class is not a finding; an unknown name is none.
+        assert_eq!(label_index(&m, "normal"), None);
+        assert_eq!(label_index(&m, "Pleural"), None);
     }
 
     #[test]
