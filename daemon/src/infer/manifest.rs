@@ -366,10 +366,10 @@ impl Manifest {
         Ok(())
     }
 
-    /// Each label's codes fit where results carry them: local and standard codes and
-    /// schemes a DICOM Code Value (SH, 16 characters; HL7's CE.1 holds 20), names and
-    /// meanings a Code Meaning (LO, 64), none with a backslash (DICOM's value separator),
-    /// an HL7 delimiter or a control character.
+    /// The model's name and version and each label's codes fit where results carry them:
+    /// local and standard codes and schemes a DICOM Code Value (SH, 16 characters; HL7's
+    /// CE.1 holds 20), names, versions and meanings an LO (64), none with a backslash
+    /// (DICOM's value separator), an HL7 delimiter or a control character.
     fn check_standard_codes(&self) -> Result<(), Fault> {
         let fits = |v: &str, max: usize| {
             !v.trim().is_empty()
@@ -377,6 +377,13 @@ impl Manifest {
                 && !v.contains(['|', '^', '~', '\\', '&'])
                 && !v.chars().any(char::is_control)
         };
+        // The model's name is the Manufacturer's Model Name (LO) of every result object.
+        if !fits(&self.name, 64) || !fits(&self.version, 64) {
+            return Err((
+                "name",
+                "name and version need 1-64 characters, none of |^~\\& or a control character",
+            ));
+        }
         if !fits(&self.coding_scheme, 16) {
             return Err((
                 "coding_scheme",
@@ -803,5 +810,19 @@ activation = "sigmoid"
         )
         .unwrap();
         Manifest::load(&path).unwrap();
+        // A model name or version longer than an LO (the results' Manufacturer's Model
+        // Name), or with a backslash, is refused.
+        for (from, to) in [
+            ("name = \"t\"", format!("name = \"{}\"", "n".repeat(65))),
+            ("version = \"1\"", "version = '1\\2'".to_string()),
+        ] {
+            let text = manifest("", &label("A", "")).replacen(from, &to, 1);
+            assert_ne!(text, manifest("", &label("A", "")));
+            std::fs::write(&path, text).unwrap();
+            match Manifest::load(&path) {
+                Err(ManifestError::Invalid { key, .. }) => assert_eq!(key, "name"),
+                other => panic!("{to}: {other:?}"),
+            }
+        }
     }
 }
