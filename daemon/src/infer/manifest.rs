@@ -231,7 +231,7 @@ pub struct Label {
     /// A background class (e.g. NORMAL): never reported as a finding.
     #[serde(default)]
     pub background: bool,
-    /// The finding in a standard terminology (SNOMED CT, RadLex), e.g.
+    /// The finding in a standard terminology (SNOMED CT, DICOM, RadLex), e.g.
     /// `standard = { code = "233604007", scheme = "SCT", meaning = "Pneumonia" }`. Results,
     /// SRs and HL7 carry it first and the local code as the alternate; without it only the
     /// local code is sent.
