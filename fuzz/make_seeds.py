@@ -4,7 +4,8 @@
 Every seed is synthetic (made here, no patient data): small DICOM objects in each
 transfer syntax the daemon decodes, the PDUs and command sets of a real association,
 HL7 ACKs as RIS systems send them, console request bodies, configuration and
-provisioning files, and a firmware bundle and endorsement signed with a throw-away key.
+provisioning files, a firmware bundle and endorsement signed with a throw-away key, and
+model-pack archives.
 
 Run from the repository root with the test environment's Python:
     .venv/bin/python fuzz/make_seeds.py
@@ -414,6 +415,48 @@ def firmware_seeds(tmp):
     out("endorsement", "format1.json", json.dumps(endorsement, indent=2).encode())
 
 
+def pack_tar(entries, fmt=None):
+    """A tar archive of `entries`: (name, bytes) for files, (name, None) for folders,
+    (name, "->target") for symbolic links, (name, "=>target") for hard links."""
+    import tarfile
+    buf = io.BytesIO()
+    kw = {"format": fmt} if fmt is not None else {}
+    with tarfile.open(fileobj=buf, mode="w", **kw) as tar:
+        for name, body in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            if body is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(body, str):
+                info.type = tarfile.SYMTYPE if body.startswith("->") else tarfile.LNKTYPE
+                info.linkname = body[2:]
+                tar.addfile(info)
+            else:
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
+def model_pack_seeds():
+    """Model-pack archives as `duli firmware pack` makes them, and the shapes the daemon
+    refuses: names outside the folder, links, a model.toml that names nothing."""
+    import tarfile
+    toml = b'name = "pneumonia-xception"\nversion = "1.0.0"\n'
+    good = [("model.toml", toml), ("weights", None), ("weights/net.xml", b"<net/>"),
+            ("weights/net.bin", b"\0" * 64)]
+    out("model_pack", "pack.tar", pack_tar(good))
+    out("model_pack", "pack-pax.tar", pack_tar(good, tarfile.PAX_FORMAT))
+    out("model_pack", "pack-gnu-long-name.tar",
+        pack_tar([("model.toml", toml), ("d/" + "n" * 150, b"x")], tarfile.GNU_FORMAT))
+    out("model_pack", "dot-slash.tar", pack_tar([("./model.toml", toml)]))
+    out("model_pack", "no-name.tar", pack_tar([("model.toml", b"version = 1\n")]))
+    out("model_pack", "dotdot.tar", pack_tar([("model.toml", toml), ("../escape", b"x")]))
+    out("model_pack", "absolute.tar", pack_tar([("/tmp/escape", b"x"), ("model.toml", toml)]))
+    out("model_pack", "symlink.tar", pack_tar([("model.toml", toml), ("link", "->/etc")]))
+    out("model_pack", "hardlink.tar", pack_tar([("model.toml", toml), ("link", "=>model.toml")]))
+
+
 def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -425,6 +468,7 @@ def main():
         console_seeds()
         config_seeds()
         firmware_seeds(tmp)
+    model_pack_seeds()
     jpeg_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")

@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("hl7_ack", hl7_ack),
     ("console_json", console_json),
     ("firmware_bundle", firmware_bundle),
+    ("model_pack", model_pack),
     ("endorsement", endorsement),
     ("config_toml", config_toml),
 ];
@@ -413,6 +414,37 @@ pub fn firmware_bundle(data: &[u8]) {
         let _ = m.check();
         let _ = m.payload_sha256();
     }
+}
+
+/// Model packs: the archive of a pack's payload, read for the model its `model.toml`
+/// names, then unpacked into a new folder as the daemon puts a pack in service. Nothing
+/// may be written outside that folder, whatever the archive's names and entry kinds.
+pub fn model_pack(data: &[u8]) {
+    let name = std::path::Path::new("fuzz.pack");
+    let _ = crate::infer::pack::model_of(&mut Cursor::new(data), name);
+    let Some(scratch) = scratch_file("pack", b"") else {
+        return;
+    };
+    let room = scratch.with_extension("room");
+    let into = room.join("into");
+    let _ = std::fs::remove_dir_all(&room);
+    if std::fs::create_dir_all(&into).is_err() {
+        return;
+    }
+    let _ = crate::infer::pack::unpack(&mut Cursor::new(data), &into, name);
+    let outside: Vec<_> = std::fs::read_dir(&room)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .filter(|n| n != "into")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        outside.is_empty(),
+        "a pack archive wrote {outside:?} outside its folder"
+    );
+    let _ = std::fs::remove_dir_all(&room);
 }
 
 /// Endorsement JSON: parsed, verified against the roots, and accepted into trust anchors.

@@ -363,8 +363,13 @@ pub fn put_in_service(
     Ok((manifest_path(data_dir, name), version))
 }
 
-/// Unpacks the archive `reader` streams into the new, empty folder `into`.
-fn unpack(reader: &mut impl std::io::Read, into: &Path, pack: &Path) -> Result<(), PackError> {
+/// Unpacks the archive `reader` streams into the new, empty folder `into`: regular files
+/// and folders only, each inside `into` (created without following a link).
+pub(crate) fn unpack(
+    reader: &mut impl std::io::Read,
+    into: &Path,
+    pack: &Path,
+) -> Result<(), PackError> {
     use std::os::unix::fs::OpenOptionsExt;
     walk(reader, pack, |entry, rel| {
         let kind = entry.header().entry_type();
