@@ -8,7 +8,7 @@
 //! the DICOM files of one study, which the report counts as one case
 //! ([`super::report::cases`]).
 
-use crate::infer::manifest::Manifest;
+use crate::infer::manifest::{label_key, Manifest};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -133,23 +133,14 @@ pub struct Dataset {
 }
 
 /// The index of the non-background label called `name`: its code or its display name,
-/// ignoring case and taking `_`, `-` and a space as the same, so that a data set's own
-/// spelling (`Pleural_Thickening`, `Enlarged Cardiomediastinum`) finds the label.
+/// ignoring case and taking `_`, `-` and a space as the same ([`label_key`]), so that a
+/// data set's own spelling (`Pleural_Thickening`, `Enlarged Cardiomediastinum`) finds the
+/// label.
 pub fn label_index(manifest: &Manifest, name: &str) -> Option<usize> {
-    let key = |s: &str| -> String {
-        s.trim()
-            .chars()
-            .map(|c| match c {
-                '_' | '-' => ' ',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect()
-    };
-    let wanted = key(name);
-    manifest
-        .labels
-        .iter()
-        .position(|l| !l.background && (key(&l.code) == wanted || key(&l.name) == wanted))
+    let wanted = label_key(name);
+    manifest.labels.iter().position(|l| {
+        !l.background && (label_key(&l.code) == wanted || label_key(&l.name) == wanted)
+    })
 }
 
 fn finding_indices(manifest: &Manifest) -> Vec<usize> {

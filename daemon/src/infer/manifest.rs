@@ -93,6 +93,19 @@ pub struct Manifest {
     pub dir: PathBuf,
 }
 
+/// A label's code or name as data sets may spell it: lower case, with `_` and `-` read as
+/// a space (`Pleural_Thickening`, `pleural thickening`). Two labels of a manifest never
+/// share one.
+pub fn label_key(text: &str) -> String {
+    text.trim()
+        .chars()
+        .map(|c| match c {
+            '_' | '-' => ' ',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
 /// The coding scheme of label codes when a manifest names none: this appliance's private
 /// scheme (DICOM PS3.16 §8.2: `99` + an organisation's abbreviation).
 pub const LOCAL_SCHEME: &str = "99DULI";
@@ -510,6 +523,22 @@ impl Manifest {
                     format!("{:?} is already the code of labels[{j}]", l.code),
                 ));
             }
+            // A label folder or CSV row names one label only (`duli evaluate`).
+            let own = [label_key(&l.code), label_key(&l.name)];
+            if let Some(j) = self.labels[..i].iter().position(|o| {
+                [&o.code, &o.name]
+                    .iter()
+                    .any(|k| own.contains(&label_key(k)))
+            }) {
+                return Err(bad(
+                    format!("labels[{i}].name"),
+                    format!(
+                        "{:?} / {:?} reads as the code or name of labels[{j}] (case, _, - and \
+                         spaces aside)",
+                        l.code, l.name
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -770,6 +799,7 @@ activation = "sigmoid"
             ("", label("", ""), "labels[0].code"),
             ("", label("A", "") + &label(" ", ""), "labels[1].code"),
             ("", label("A", "") + &label("A", ""), "labels[1].code"),
+            ("", label("A_B", "") + &label("a-b", ""), "labels[1].name"),
             // Codes and names that would not fit a DICOM Code Value / Code Meaning.
             ("", label("ENLARGED_CARDIOMEDIASTINUM", ""), "labels.code"),
             (
