@@ -78,15 +78,20 @@ fn default_config() -> &'static Config {
     })
 }
 
-/// A scratch file per process (and thread) for parsers that read from a path.
-fn scratch_file(tag: &str, data: &[u8]) -> Option<PathBuf> {
+/// A scratch path per process (and thread) named by `tag`, in a folder that exists.
+fn scratch_path(tag: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let d = std::env::temp_dir().join(format!("duli-fuzz-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&d);
         d
     });
-    let path = dir.join(format!("{tag}-{:?}", std::thread::current().id()));
+    dir.join(format!("{tag}-{:?}", std::thread::current().id()))
+}
+
+/// A scratch file per process (and thread) for parsers that read from a path.
+fn scratch_file(tag: &str, data: &[u8]) -> Option<PathBuf> {
+    let path = scratch_path(tag);
     let mut f = std::fs::File::create(&path).ok()?;
     f.write_all(data).ok()?;
     Some(path)
@@ -422,10 +427,7 @@ pub fn firmware_bundle(data: &[u8]) {
 pub fn model_pack(data: &[u8]) {
     let name = std::path::Path::new("fuzz.pack");
     let _ = crate::infer::pack::model_of(&mut Cursor::new(data), name);
-    let Some(scratch) = scratch_file("pack", b"") else {
-        return;
-    };
-    let room = scratch.with_extension("room");
+    let room = scratch_path("pack");
     let into = room.join("into");
     let _ = std::fs::remove_dir_all(&room);
     if std::fs::create_dir_all(&into).is_err() {

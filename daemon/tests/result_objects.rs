@@ -198,22 +198,7 @@ fn dciodvfy_finds_no_error_or_warning_in_the_sr_the_parametric_map_or_the_sc() {
     report.findings[0].standard = None;
     report.findings[0].code = "PLEURAL_THICK".into();
     report.findings[0].label = "Pleural thickening".into();
-    let local = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
-    let path = f.store.root().join("local-code-sr.dcm");
-    local.write_to_file(&path).unwrap();
-    let found = dciodvfy(&tool, &path);
-    eprintln!("dciodvfy local-code SR:\n{}", found.text);
-    // dciodvfy checks a Coding Scheme Designator against PS3.16's list only: it warns on
-    // the declared private scheme wherever it appears, and on nothing else.
-    let private = "Warning - Unrecognized defined term <99DULI> for value 1 of attribute \
-                   <Coding Scheme Designator>";
-    assert!(
-        found.errors.is_empty() && found.warnings.iter().all(|w| w == private),
-        "local-code SR: {:#?} {:#?}\n{}",
-        found.errors,
-        found.warnings,
-        found.text
-    );
+    let path = sr_with_local_codes_only_warned(&f, &tool, &report, "local-code");
     let back = dicom_object::open_file(&path).unwrap();
     let schemes = back
         .element(dicom_dictionary_std::tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE)
@@ -258,21 +243,35 @@ fn dciodvfy_accepts_the_sr_of_every_research_model_label() {
     assert_eq!(report.findings.len(), 18);
     let local = report.findings.iter().filter(|f| f.standard.is_none());
     assert_eq!(local.count(), 4);
-    let built = sr::build(&report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
-    let path = f.store.root().join("research-model-sr.dcm");
+    sr_with_local_codes_only_warned(&f, &tool, &report, "research-model");
+}
+
+/// Builds the SR of `report` (file `<name>-sr.dcm`) and asserts that dciodvfy checks it as
+/// a Comprehensive SR and finds no error. dciodvfy checks a Coding Scheme Designator
+/// against PS3.16's list only: it warns on the declared private scheme wherever it
+/// appears, and must warn on nothing else. Returns the file.
+fn sr_with_local_codes_only_warned(
+    f: &Fixture,
+    tool: &Path,
+    report: &Report,
+    name: &str,
+) -> PathBuf {
+    let built = sr::build(report, &f.uids, std::slice::from_ref(&f.source), None).unwrap();
+    let path = f.store.root().join(format!("{name}-sr.dcm"));
     built.write_to_file(&path).unwrap();
-    let found = dciodvfy(&tool, &path);
-    eprintln!("dciodvfy research-model SR:\n{}", found.text);
+    let found = dciodvfy(tool, &path);
+    eprintln!("dciodvfy {name} SR:\n{}", found.text);
     let private = "Warning - Unrecognized defined term <99DULI> for value 1 of attribute \
                    <Coding Scheme Designator>";
     assert!(
         found.errors.is_empty() && found.warnings.iter().all(|w| w == private),
-        "research-model SR: {:#?} {:#?}\n{}",
+        "{name} SR: {:#?} {:#?}\n{}",
         found.errors,
         found.warnings,
         found.text
     );
     assert!(found.text.contains("ComprehensiveSR"), "{}", found.text);
+    path
 }
 
 /// The value of `tag` in `obj` as text, without padding; empty when absent.

@@ -106,6 +106,17 @@ pub fn label_key(text: &str) -> String {
         .collect()
 }
 
+/// Whether `text` fits a DICOM value of `max` characters where results carry it (a Code
+/// Value is an SH of 16, a Code Meaning or model name an LO of 64; HL7's CE.1 holds 20):
+/// not blank, and without a backslash (DICOM's value separator), an HL7 delimiter or a
+/// control character.
+fn fits_text(text: &str, max: usize) -> bool {
+    !text.trim().is_empty()
+        && text.chars().count() <= max
+        && !text.contains(['|', '^', '~', '\\', '&'])
+        && !text.chars().any(char::is_control)
+}
+
 /// The coding scheme of label codes when a manifest names none: this appliance's private
 /// scheme (DICOM PS3.16 §8.2: `99` + an organisation's abbreviation).
 pub const LOCAL_SCHEME: &str = "99DULI";
@@ -350,7 +361,7 @@ impl Manifest {
         };
         self.check_label_set().map_err(bad)?;
         self.validate_labels(path)?;
-        self.check_standard_codes().map_err(bad)?;
+        self.check_result_text().map_err(bad)?;
         self.check_input().map_err(bad)?;
         self.check_files().map_err(bad)?;
         self.check_intended_use().map_err(bad)?;
@@ -379,41 +390,25 @@ impl Manifest {
         Ok(())
     }
 
-    /// The model's name and version and each label's codes fit where results carry them:
-    /// local and standard codes and schemes a DICOM Code Value (SH, 16 characters; HL7's
-    /// CE.1 holds 20), names, versions and meanings an LO (64), none with a backslash
-    /// (DICOM's value separator), an HL7 delimiter or a control character.
-    fn check_standard_codes(&self) -> Result<(), Fault> {
-        let fits = |v: &str, max: usize| {
-            !v.trim().is_empty()
-                && v.chars().count() <= max
-                && !v.contains(['|', '^', '~', '\\', '&'])
-                && !v.chars().any(char::is_control)
-        };
+    /// The model's name and version, the coding scheme and each label's standard concept
+    /// fit where results carry them ([`fits_text`]); the labels' own codes and names are
+    /// checked with the labels.
+    fn check_result_text(&self) -> Result<(), Fault> {
         // The model's name is the Manufacturer's Model Name (LO) of every result object.
-        if !fits(&self.name, 64) || !fits(&self.version, 64) {
+        if !fits_text(&self.name, 64) || !fits_text(&self.version, 64) {
             return Err((
                 "name",
                 "name and version need 1-64 characters, none of |^~\\& or a control character",
             ));
         }
-        if !fits(&self.coding_scheme, 16) {
+        if !fits_text(&self.coding_scheme, 16) {
             return Err((
                 "coding_scheme",
                 "needs 1-16 characters, none of |^~\\& or a control character",
             ));
         }
-        for l in &self.labels {
-            if !fits(&l.code, 16) || !fits(&l.name, 64) {
-                return Err((
-                    "labels.code",
-                    "a label's code needs 1-16 characters and its name 1-64, none of \
-                     |^~\\& or a control character",
-                ));
-            }
-        }
         for c in self.labels.iter().filter_map(|l| l.standard.as_ref()) {
-            if !fits(&c.code, 16) || !fits(&c.scheme, 16) || !fits(&c.meaning, 64) {
+            if !fits_text(&c.code, 16) || !fits_text(&c.scheme, 16) || !fits_text(&c.meaning, 64) {
                 return Err((
                     "labels.standard",
                     "code and scheme need 1-16 characters, meaning 1-64, none of |^~\\& or \
@@ -489,8 +484,10 @@ impl Manifest {
         Ok(())
     }
 
-    /// Thresholds are probabilities (finite, in [0, 1]); label codes are present and
-    /// distinct (results, HL7 and SR tell findings apart by them).
+    /// Thresholds are probabilities (finite, in [0, 1]); label codes and names fit a DICOM
+    /// Code Value and Code Meaning ([`fits_text`]), and no two labels read alike
+    /// ([`label_key`]): results, HL7 and SR tell findings apart by their codes, and
+    /// `duli evaluate` finds them by code or name.
     fn validate_labels(&self, path: &Path) -> Result<(), ManifestError> {
         let bad = |key: String, reason: String| ManifestError::Invalid {
             path: path.to_path_buf(),
@@ -514,8 +511,19 @@ impl Manifest {
                     format!("{t} is not a probability between 0 and 1"),
                 ));
             }
-            if l.code.trim().is_empty() {
-                return Err(bad(format!("labels[{i}].code"), "must not be empty".into()));
+            for (key, text, max, what) in [
+                ("code", &l.code, 16, "a DICOM Code Value"),
+                ("name", &l.name, 64, "a DICOM Code Meaning"),
+            ] {
+                if !fits_text(text, max) {
+                    return Err(bad(
+                        format!("labels[{i}].{key}"),
+                        format!(
+                            "needs 1-{max} characters ({what}), none of |^~\\& or a control \
+                             character"
+                        ),
+                    ));
+                }
             }
             if let Some(j) = self.labels[..i].iter().position(|o| o.code == l.code) {
                 return Err(bad(
@@ -801,16 +809,20 @@ activation = "sigmoid"
             ("", label("A", "") + &label("A", ""), "labels[1].code"),
             ("", label("A_B", "") + &label("a-b", ""), "labels[1].name"),
             // Codes and names that would not fit a DICOM Code Value / Code Meaning.
-            ("", label("ENLARGED_CARDIOMEDIASTINUM", ""), "labels.code"),
+            (
+                "",
+                label("ENLARGED_CARDIOMEDIASTINUM", ""),
+                "labels[0].code",
+            ),
             (
                 "",
                 "[[labels]]\ncode = 'A\\B'\nname = 'A'\n".into(),
-                "labels.code",
+                "labels[0].code",
             ),
             (
                 "",
                 "[[labels]]\ncode = 'A'\nname = \"x\\u0007\"\n".into(),
-                "labels.code",
+                "labels[0].name",
             ),
             (
                 "coding_scheme = \"99DULI\\\\X\"",
