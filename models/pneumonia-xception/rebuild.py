@@ -5,6 +5,15 @@ Route: Keras 3.15.1 (TensorFlow-CPU 2.21.0) loads the .keras file → wrapped as
 input → model → Softmax → Model.export(format="onnx", opset_version=17) (tf2onnx 1.17.0,
 onnx 1.23.2) → output renamed `probs`, batch dimension `batch` → OpenVINO 2026.4.1
 convert_model → input reshaped to [1,150,150,3] → save_model(compress_to_fp16=True).
+
+The last bits of the weights depend on the CPU: the export folds each batch normalisation
+into its convolution with TensorFlow's reciprocal square root, which starts from the CPU's
+approximate `rsqrt` instruction, and that approximation differs between CPU makers. The
+rebuilt `.bin` then differs from the pinned one in a few hundred half-precision values, each
+by one unit in the last place. `rounding/<SHA-256 of the rebuilt .bin>.txt` lists, for
+each rounding seen, which values to move up or down by that one unit (positions and
+directions only, no weight values); the result must still hash to the pinned SHA-256.
+`--record-rounding PINNED.bin` writes such a list for this CPU from a pinned copy.
 """
 import argparse
 import hashlib
@@ -16,6 +25,9 @@ import zipfile
 WHEEL_SHA256 = "4bb1ee80366db5de818c7255e62878871b8ec545681193f429e2575b791d3536"
 KERAS_MEMBER = "pneumonia_model_package/trained_models/pneumonia_xception_model_val-acc_0.861.keras"
 KERAS_SHA256 = "d7997cd1923f4d13538f02d64b6d5925e2f87a2a2db8036c074f795c41439e26"
+
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -34,6 +46,11 @@ def main() -> None:
     ap.add_argument("--wheel", type=pathlib.Path, required=True)
     ap.add_argument("--out", type=pathlib.Path, required=True)
     ap.add_argument("--work", type=pathlib.Path, required=True)
+    ap.add_argument(
+        "--record-rounding",
+        type=pathlib.Path,
+        help="a pinned .bin: after the rebuild, record this CPU's rounding against it",
+    )
     a = ap.parse_args()
     check(a.wheel, WHEEL_SHA256)
     keras_path = a.work / "pneumonia_xception.keras"
@@ -74,7 +91,68 @@ def main() -> None:
 
     manifest = tomllib.loads((a.out / "model.toml").read_text())["file"]
     check(a.out / manifest["path"], manifest["sha256"])
-    check(a.out / manifest["weights"], manifest["weights_sha256"])
+    weights = a.out / manifest["weights"]
+    if a.record_rounding:
+        record_rounding(weights, a.record_rounding, HERE / "rounding")
+    correct_rounding(weights, manifest["weights_sha256"], HERE / "rounding")
+    check(weights, manifest["weights_sha256"])
+
+
+def correct_rounding(weights: pathlib.Path, pinned: str, folder: pathlib.Path) -> None:
+    """Moves the values this CPU rounded otherwise by one unit, when its rounding is known."""
+    got = sha256(weights)
+    if got == pinned:
+        return
+    known = folder / f"{got}.txt"
+    if not known.is_file():
+        sys.exit(
+            f"the rebuilt weights {weights.name} (SHA-256 {got}) are not the pinned ones "
+            f"({pinned}) and this CPU's rounding is not among {folder}/*.txt: "
+            "TensorFlow's reciprocal square root differs between CPU makers. Copy the IR "
+            "from a shared folder instead (DULI_SHARED_DIR=..., then make models), or, "
+            "holding a pinned copy, run rebuild.py with --record-rounding PINNED.bin"
+        )
+    values = bytearray(weights.read_bytes())
+    target = None
+    for n, line in enumerate(known.read_text().splitlines(), 1):
+        if line.startswith("# to "):
+            target = line.split()[-1]
+        if not line or line.startswith("#"):
+            continue
+        index, step = line.split()
+        i, d = int(index), int(step)
+        if d not in (1, -1) or not 0 <= i < len(values) // 2:
+            sys.exit(f"{known}:{n}: not an index and a step of +1 or -1: {line!r}")
+        v = int.from_bytes(values[2 * i : 2 * i + 2], "little") + d
+        if not 0 <= v <= 0xFFFF:
+            sys.exit(f"{known}:{n}: the step leaves the half-precision range")
+        values[2 * i : 2 * i + 2] = v.to_bytes(2, "little")
+    if target != pinned:
+        sys.exit(f"{known} leads to {target}, not to the pinned {pinned}")
+    tmp = weights.with_suffix(".rounded")
+    tmp.write_bytes(values)
+    tmp.replace(weights)
+    print(f"ok  {weights.name}: this CPU's rounding corrected ({known.name})")
+
+
+def record_rounding(weights: pathlib.Path, pinned: pathlib.Path, folder: pathlib.Path) -> None:
+    """Writes the list that turns this CPU's rebuilt weights into the pinned ones."""
+    mine, theirs = weights.read_bytes(), pinned.read_bytes()
+    if len(mine) != len(theirs):
+        sys.exit(f"{pinned} is not the same network: {len(theirs)} bytes, rebuilt {len(mine)}")
+    lines = [f"# from {sha256(weights)}", f"# to   {sha256(pinned)}",
+             "# <index of the half-precision value> <+1 or -1 to its bit pattern>"]
+    for i in range(0, len(mine), 2):
+        a = int.from_bytes(mine[i : i + 2], "little")
+        b = int.from_bytes(theirs[i : i + 2], "little")
+        if a != b:
+            if abs(a - b) != 1:
+                sys.exit(f"value {i // 2} differs by more than rounding: {a:#06x} against {b:#06x}")
+            lines.append(f"{i // 2} {b - a:+d}")
+    folder.mkdir(exist_ok=True)
+    out = folder / f"{sha256(weights)}.txt"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"recorded {len(lines) - 3} rounding differences in {out}")
 
 
 if __name__ == "__main__":
