@@ -551,7 +551,19 @@ fn install_path(
             };
             // Which model the pack is (signed with it): a pack of another model than the
             // one this name holds is installed only when a technician says so.
-            let (model, payload) = match crate::infer::pack::signed_model(path, &anchors) {
+            // Read through one descriptor opened here: the staged bundle's private copy
+            // (`/proc/self/fd/N`, itself a link) or the file the technician named, which
+            // may be a link on a USB stick.
+            let signed = fs::File::open(path)
+                .map_err(|source| crate::infer::pack::PackError::Verify {
+                    path: shown.to_path_buf(),
+                    source: BundleError::Io {
+                        path: shown.to_path_buf(),
+                        source,
+                    },
+                })
+                .and_then(|f| crate::infer::pack::signed_model_in(&f, shown, &anchors));
+            let (model, payload) = match signed {
                 Ok(m) => m,
                 Err(e) => {
                     report_refusal(data_dir, &object, &e);

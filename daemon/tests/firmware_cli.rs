@@ -1227,6 +1227,44 @@ fn a_staged_bundle_is_copied_only_as_far_as_it_declares() {
     assert_eq!(b.status()["target"], "B");
 }
 
+/// A model pack reaches the box unattended (staged by the daemon, installed by root's
+/// update service through a private copy) or from a technician's link on a USB stick: both
+/// install, and the staged file is consumed.
+#[test]
+fn a_staged_model_pack_and_one_named_through_a_link_install() {
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let pack = b.sign(
+        "pack",
+        "model-pack",
+        "1.0.0",
+        "0.1.0",
+        &pack_archive("chest-a", 20_000, 5),
+    );
+    fs::copy(&pack, b.path("data/staged.duli")).unwrap();
+    let out = b.duli(&["install", "--staged"], true);
+    out.assert_success("firmware install --staged (model pack)");
+    assert!(fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&pack).unwrap());
+    assert!(!b.path("data/staged.duli").exists());
+    assert!(!b.path("data/staged.duli.rejected").exists());
+    assert_eq!(b.status()["model_pack_floor"]["model"], "1.0.0");
+
+    let newer = b.sign(
+        "pack-2",
+        "model-pack",
+        "1.1.0",
+        "0.1.0",
+        &pack_archive("chest-a", 20_000, 6),
+    );
+    let link = b.path("stick-pack.duli");
+    std::os::unix::fs::symlink(&newer, &link).unwrap();
+    let out = b.duli(&["install", link.to_str().unwrap()], true);
+    out.assert_success("firmware install LINK (model pack)");
+    assert!(fs::read(b.path("data/models/model.pack")).unwrap() == fs::read(&newer).unwrap());
+    assert_eq!(b.status()["model_pack_floor"]["model"], "1.1.0");
+}
+
 /// The unattended install of a staged bundle waits for an operation in progress (here a
 /// lock held for two seconds, as mark-good at boot holds it) instead of throwing the
 /// bundle away, then installs it.

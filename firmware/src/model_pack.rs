@@ -109,6 +109,24 @@ pub fn open_installed(
             path: path.to_path_buf(),
             source,
         })?;
+    open_pack_file(file, path, anchors)
+}
+
+/// [`open_installed`] for a pack already opened as `file` (named `path` in errors), read
+/// from its first byte: a bundle a root command opened once (the private copy of a staged
+/// bundle, a technician's file) is checked through that descriptor, not by its name again.
+pub fn open_pack_file(
+    file: std::fs::File,
+    path: &Path,
+    anchors: &TrustAnchors,
+) -> Result<PayloadStream<BufReader<std::fs::File>>, BundleError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = file;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| BundleError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let stream = verify_stream(BufReader::with_capacity(CHUNK, file), path, anchors)?;
     if stream.manifest().payload.kind != PayloadKind::ModelPack {
         return Err(BundleError::Io {

@@ -14,7 +14,7 @@
 
 use duli_firmware::bundle::BundleError;
 use duli_firmware::config::FirmwareConfig;
-use duli_firmware::model_pack::open_installed;
+use duli_firmware::model_pack::{open_installed, open_pack_file};
 use duli_firmware::pack_versions::PackVersions;
 use duli_firmware::policy::PolicyError;
 use duli_firmware::{PayloadKind, TrustAnchors, Version};
@@ -242,19 +242,50 @@ fn walk<R: std::io::Read, T>(
     Ok(None)
 }
 
-/// The model of the model-pack bundle (or installed pack) at `bundle`, read from its payload
-/// and verified: signed by a key of `anchors`, every byte of the payload hashed. Returns
-/// the model with the SHA-256 of the payload it was read from (so that an install can
-/// tell that it wrote the same payload).
+/// The model of the model-pack bundle (or installed pack) at `bundle`, opened without
+/// following a link, read from its payload and verified: signed by a key of `anchors`,
+/// every byte of the payload hashed. Returns the model with the SHA-256 of the payload it
+/// was read from (so that an install can tell that it wrote the same payload).
 pub fn signed_model(bundle: &Path, anchors: &TrustAnchors) -> Result<(String, String), PackError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(bundle)
+        .map_err(|source| PackError::Verify {
+            path: bundle.to_path_buf(),
+            source: BundleError::Io {
+                path: bundle.to_path_buf(),
+                source,
+            },
+        })?;
+    signed_model_in(&file, bundle, anchors)
+}
+
+/// [`signed_model`] for a bundle already opened as `file` (named `shown`): a staged bundle's
+/// private copy, or the file a technician named. The whole payload is hashed before its
+/// archive is read, so the archive reader only ever sees signed bytes (the tar reader
+/// sizes some reads by an entry's header), then read again for the model, hashed again.
+pub fn signed_model_in(
+    file: &std::fs::File,
+    shown: &Path,
+    anchors: &TrustAnchors,
+) -> Result<(String, String), PackError> {
     let verify = |source| PackError::Verify {
-        path: bundle.to_path_buf(),
+        path: shown.to_path_buf(),
         source,
     };
-    let mut stream = open_installed(bundle, anchors).map_err(verify)?;
+    let reopen = || {
+        let copy = file.try_clone().map_err(|source| BundleError::Io {
+            path: shown.to_path_buf(),
+            source,
+        })?;
+        open_pack_file(copy, shown, anchors)
+    };
+    reopen().and_then(|s| s.finish()).map_err(verify)?;
+    let mut stream = reopen().map_err(verify)?;
     let payload = stream.manifest().payload.sha256.clone();
-    let model = model_of(&mut stream, bundle);
-    // An archive that does not read may be an altered one: the hash says so first.
+    let model = model_of(&mut stream, shown);
     stream.finish().map_err(verify)?;
     Ok((model?, payload))
 }
