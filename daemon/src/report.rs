@@ -94,11 +94,6 @@ impl Report {
         }
     }
 
-    /// Whether this report corrects an earlier one (HL7 OBR-25 `C`).
-    pub fn is_correction(&self) -> bool {
-        self.version > 1
-    }
-
     /// What every message says besides the findings: why the study was not analysed, or
     /// the caveat of its findings (HL7 NTE, SR comments).
     pub fn notes(&self) -> Vec<String> {

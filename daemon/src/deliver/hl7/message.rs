@@ -372,6 +372,17 @@ fn sex_to_hl7(sex: &str) -> &'static str {
     }
 }
 
+/// A finding's probability as OBX-5 shows it (4 decimals): never printed at or above its
+/// threshold (OBX-7 `<t`) beside `N`, nor below it beside `A`.
+fn shown(f: &crate::result::Finding) -> f64 {
+    crate::result::shown(
+        f64::from(f.probability),
+        f64::from(f.threshold),
+        f.positive,
+        4,
+    )
+}
+
 /// A probability or threshold as OBX-5/OBX-7 text: up to 4 decimals, no trailing zeros.
 fn number(x: f64) -> String {
     if !x.is_finite() {
@@ -526,7 +537,6 @@ fn patient(report: &Report) -> [String; 2] {
 /// service analysed, preliminary or corrected.
 fn order(report: &Report, ids: &MessageIds, times: &Times) -> [String; 2] {
     let s = &report.study;
-    let result_status = result_status(report);
     let accession = escape(&s.accession_number);
     let filler = format!("{}^{}", escape(&ids.filler_order), SENDING_APPLICATION);
     let service = format!(
@@ -550,7 +560,7 @@ fn order(report: &Report, ids: &MessageIds, times: &Times) -> [String; 2] {
             .set(18, accession)
             .set(22, times.created.clone())
             .set(24, "RAD")
-            .set(25, result_status)
+            .set(25, RESULT_STATUS)
             .render(),
     ]
 }
@@ -578,15 +588,11 @@ fn notes(report: &Report) -> Vec<String> {
 }
 
 /// The result status of the order (OBR-25) and of each of its observations (OBX-11), which
-/// must agree: `P` (preliminary) for the first result of a study, `C` (corrected) for a
-/// later version.
-fn result_status(report: &Report) -> &'static str {
-    if report.is_correction() {
-        "C"
-    } else {
-        "P"
-    }
-}
+/// must agree: `P` (preliminary) for every version. A later version (instances that
+/// arrived after the first result) replaces the earlier one under the same filler order
+/// number, but stays an unreviewed machine result: HL7 table 0085's `C` corrects a *final*
+/// result, and a receiver that shows `C` as final would drop the preliminary banner.
+const RESULT_STATUS: &str = "P";
 
 /// OBX: one numeric observation per finding, the Study Instance UID when the profile puts
 /// it there, and the model that made the findings.
@@ -598,10 +604,10 @@ fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<Str
                 .set(1, (segments.len() + 1).to_string())
                 .set(2, "NM")
                 .set(3, observation_id(f, &report.coding_scheme))
-                .set(5, number(f64::from(f.probability)))
+                .set(5, number(shown(f)))
                 .set(7, format!("<{}", number(f64::from(f.threshold))))
                 .set(8, if f.positive { "A" } else { "N" })
-                .set(11, result_status(report))
+                .set(11, RESULT_STATUS)
                 .set(14, times.study.clone())
                 .set(19, times.created.clone())
                 .render(),
@@ -614,7 +620,7 @@ fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<Str
                 .set(2, "ST")
                 .set(3, STUDY_UID_CODE)
                 .set(5, escape(&report.study.study_instance_uid))
-                .set(11, result_status(report))
+                .set(11, RESULT_STATUS)
                 .set(14, times.study.clone())
                 .set(19, times.created.clone())
                 .render(),
@@ -632,7 +638,7 @@ fn observations(report: &Report, profile: &Hl7Profile, times: &Times) -> Vec<Str
                     report.model_name, report.model_version, report.model_precision
                 )),
             )
-            .set(11, result_status(report))
+            .set(11, RESULT_STATUS)
             .set(19, times.created.clone())
             .render(),
     );
@@ -817,12 +823,12 @@ mod tests {
     }
 
     #[test]
-    fn a_later_version_is_a_correction_and_routine_without_triage() {
+    fn a_later_version_stays_preliminary_and_routine_without_triage() {
         let mut report = fixtures::report();
         report.version = 2;
         report.triage = false;
         let msg = oru_r01(&report, &profile(), &ids());
-        assert_eq!(segment(&msg, "OBR")[25], "C");
+        assert_eq!(segment(&msg, "OBR")[25], "P");
         // Each observation says what the order says.
         let obx: Vec<Vec<String>> = msg
             .split('\r')
@@ -830,10 +836,29 @@ mod tests {
             .map(|l| l.split('|').map(String::from).collect())
             .collect();
         assert!(
-            !obx.is_empty() && obx.iter().all(|o| o[11] == "C"),
+            !obx.is_empty() && obx.iter().all(|o| o[11] == "P"),
             "{obx:?}"
         );
         assert_eq!(segment(&msg, "TQ1")[9], "R");
+    }
+
+    #[test]
+    fn a_probability_beside_its_threshold_is_shown_on_its_decision_s_side() {
+        let mut report = fixtures::report();
+        report.findings[0].probability = 0.49996;
+        report.findings[0].threshold = 0.5;
+        report.findings[0].positive = false;
+        report.findings[1].probability = 0.35;
+        report.findings[1].threshold = 0.35;
+        report.findings[1].positive = true;
+        let msg = oru_r01(&report, &profile(), &ids());
+        let obx: Vec<Vec<&str>> = msg
+            .split('\r')
+            .filter(|l| l.starts_with("OBX|") && l.contains("|NM|"))
+            .map(|l| l.split('|').collect())
+            .collect();
+        assert_eq!((obx[0][5], obx[0][7], obx[0][8]), ("0.4999", "<0.5", "N"));
+        assert_eq!((obx[1][5], obx[1][7], obx[1][8]), ("0.35", "<0.35", "A"));
     }
 
     #[test]
