@@ -273,19 +273,23 @@ pub(crate) fn open_regular(path: &Path) -> Result<fs::File, NotRegular> {
 /// check and for the install alike. The service user owns the staged file and could
 /// change it between the two reads; cut short while the payload is written into the
 /// inactive slot, it would leave the fallback half-written. At most the bytes the
-/// bundle's header declares are copied (and one more, for the check of trailing bytes):
-/// a sparse terabyte appended costs nothing; what is not a bundle copies at most its
-/// header's size, for the check to name what is wrong.
-fn private_copy(file: &fs::File, path: &Path) -> std::io::Result<fs::File> {
+/// bundle's signed manifest declares are copied (and one more, for the check of trailing
+/// bytes): a sparse terabyte appended costs nothing; what is not a bundle signed by a key
+/// of `anchors` (an unsigned manifest may declare any size) copies at most its header's
+/// size, for the check to name what is wrong.
+fn private_copy(file: &fs::File, path: &Path, anchors: &TrustAnchors) -> std::io::Result<fs::File> {
     use duli_firmware::bundle::{RawHeader, HEADER_LEN, MAX_MANIFEST_LEN};
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
     let mut src = file;
     src.seek(SeekFrom::Start(0))?;
-    let bound = RawHeader::decode(&mut src, path)
+    let signed_size = duli_firmware::verify::verify_stream(&mut src, path, anchors)
         .ok()
-        .and_then(|h| {
-            let size = Manifest::from_json(&h.manifest).ok()?.payload.size;
+        .map(|s| s.manifest().payload.size);
+    src.seek(SeekFrom::Start(0))?;
+    let bound = signed_size
+        .and_then(|size| {
+            let h = RawHeader::decode(&mut src, path).ok()?;
             h.payload_offset().checked_add(size)?.checked_add(1)
         })
         .unwrap_or(HEADER_LEN + u64::from(MAX_MANIFEST_LEN));
@@ -390,7 +394,10 @@ pub fn install(
             report_refusal(&cfg.device.data_dir, &path.display().to_string(), &why);
             Ok(ExitCode::from(EXIT_REFUSED))
         }
-        (Ok(_), Some(Ok(file))) => match private_copy(file, &path) {
+        (Ok(_), Some(Ok(file))) => match device_anchors(cfg)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+            .and_then(|anchors| private_copy(file, &path, &anchors))
+        {
             Ok(copy) => {
                 let through = PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
                 install_path(cfg, &through, &path, model_name, false)

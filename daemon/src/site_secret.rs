@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 /// Length of a generated secret in bytes.
 pub const SECRET_LEN: usize = 32;
 
+/// Fewest bytes of an existing secret the daemon uses.
+pub const MIN_LEN: usize = 16;
+
 /// Errors loading or creating the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -67,7 +70,7 @@ impl SiteSecret {
     /// `None` when the file does not exist.
     pub fn load_existing(path: &Path) -> Result<Option<SiteSecret>, SecretError> {
         match std::fs::read(path) {
-            Ok(bytes) if bytes.len() < 16 => Err(SecretError::TooShort {
+            Ok(bytes) if bytes.len() < MIN_LEN => Err(SecretError::TooShort {
                 path: path.to_path_buf(),
                 len: bytes.len(),
             }),

@@ -1265,6 +1265,37 @@ fn a_staged_model_pack_and_one_named_through_a_link_install() {
     assert_eq!(b.status()["model_pack_floor"]["model"], "1.1.0");
 }
 
+/// A staged bundle whose manifest is not signed by a trusted key cannot make root copy
+/// what that manifest declares: here a terabyte (a sparse file the service user could
+/// stage), refused at once after a copy of its header.
+#[test]
+fn an_unsigned_size_does_not_bound_the_staged_copy() {
+    use duli_firmware::bundle::RawHeader;
+    let b = Bench::new();
+    fs::create_dir_all(b.data_dir()).unwrap();
+    b.keygen("release");
+    let good = b.sign("v020", "rootfs", "0.2.0", "0.1.0", &pattern(100_000, 9));
+    let bytes = fs::read(&good).unwrap();
+    let mut header = RawHeader::decode(&mut bytes.as_slice(), &good).unwrap();
+    let payload = &bytes[header.payload_offset() as usize..];
+    let manifest = String::from_utf8(header.manifest.clone()).unwrap();
+    assert!(manifest.contains("100000"), "{manifest}");
+    header.manifest = manifest.replacen("100000", "1099511627776", 1).into_bytes();
+    let mut forged = header.encode();
+    forged.extend_from_slice(payload);
+    let staged = b.path("data/staged.duli");
+    fs::write(&staged, &forged).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&staged).unwrap();
+    f.set_len(forged.len() as u64 + (1u64 << 40)).unwrap();
+    drop(f);
+    let started = std::time::Instant::now();
+    let out = b.duli(&["install", "--staged"], true);
+    assert_eq!(out.code(), Some(3), "{}", out.combined());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(b.path("data/staged.duli.rejected").exists());
+    assert_eq!(b.status()["target"], "A", "nothing armed");
+}
+
 /// The unattended install of a staged bundle waits for an operation in progress (here a
 /// lock held for two seconds, as mark-good at boot holds it) instead of throwing the
 /// bundle away, then installs it.

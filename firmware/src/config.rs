@@ -137,13 +137,15 @@ impl std::fmt::Display for HardwareIdFrom {
 /// Longest hardware identifier read from the image's file.
 const MAX_HARDWARE_ID: usize = 64;
 
-/// Lock file of the U-Boot backend, whose environment has no folder of its own on a
-/// filesystem: in a folder only root can enter (created at boot by the image's tmpfiles,
-/// else by the first lock), so that no local account can take or pre-create the lock
-/// (`/run/lock` is writable by every account).
-pub const UBOOT_LOCK_FILE: &str = "/run/duli-firmware/duli-firmware.lock";
+/// Lock file of the GRUB and U-Boot backends: in a folder only root can enter (created at
+/// boot by the image's tmpfiles, else by the first lock), so that no local account can take
+/// or pre-create the lock. U-Boot's environment has no folder of its own on a filesystem
+/// (and `/run/lock` is writable by every account); GRUB's lies on the EFI system
+/// partition, a FAT file system that keeps no owner or mode, where any account that can
+/// read the file could hold a shared `flock` on it.
+pub const SYSTEM_LOCK_FILE: &str = "/run/duli-firmware/duli-firmware.lock";
 
-/// Name of the lock file next to a GRUB environment block or a boot variable file.
+/// Name of the lock file next to a boot variable file (the file backend).
 pub const LOCK_FILE_NAME: &str = "duli-firmware.lock";
 
 /// A `[firmware]` value that cannot be used.
@@ -223,18 +225,17 @@ impl FirmwareConfig {
         }
     }
 
-    /// The lock file that serialises install, mark-good and rollback: `duli-firmware.lock`
-    /// next to the GRUB environment block or the boot variable file, [`UBOOT_LOCK_FILE`]
-    /// for U-Boot.
+    /// The lock file that serialises install, mark-good and rollback: [`SYSTEM_LOCK_FILE`]
+    /// for GRUB and U-Boot, `duli-firmware.lock` next to the boot variable file for the
+    /// file backend.
     pub fn lock_path(&self) -> PathBuf {
         let beside = |file: &Path| match file.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.join(LOCK_FILE_NAME),
             _ => PathBuf::from(LOCK_FILE_NAME),
         };
         match self.bootloader {
-            Bootloader::Grub => beside(&self.grubenv),
+            Bootloader::Grub | Bootloader::UBoot => PathBuf::from(SYSTEM_LOCK_FILE),
             Bootloader::File => beside(&self.boot_env_file),
-            Bootloader::UBoot => PathBuf::from(UBOOT_LOCK_FILE),
         }
     }
 
@@ -423,13 +424,11 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_block_devices_unless_configured_as_files_and_the_lock_sits_beside_the_env() {
+    fn slots_are_block_devices_unless_configured_as_files_and_the_lock_is_root_s() {
+        // Not beside grubenv: the EFI system partition keeps no owner or mode.
         let cfg: FirmwareConfig = toml::from_str("grubenv = \"/boot/EFI/BOOT/grubenv\"\n").unwrap();
         assert_eq!(cfg.slots().medium, SlotMedium::BlockDevice);
-        assert_eq!(
-            cfg.lock_path(),
-            PathBuf::from("/boot/EFI/BOOT/duli-firmware.lock")
-        );
+        assert_eq!(cfg.lock_path(), PathBuf::from(SYSTEM_LOCK_FILE));
         let cfg: FirmwareConfig = toml::from_str(
             "bootloader = \"file\"\nboot_env_file = \"/tmp/x/bootenv\"\nslot_files = true\n",
         )
@@ -440,7 +439,7 @@ mod tests {
             bootloader: Bootloader::UBoot,
             ..FirmwareConfig::default()
         };
-        assert_eq!(cfg.lock_path(), PathBuf::from(UBOOT_LOCK_FILE));
+        assert_eq!(cfg.lock_path(), PathBuf::from(SYSTEM_LOCK_FILE));
     }
 
     #[test]

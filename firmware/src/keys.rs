@@ -28,13 +28,33 @@ pub const BUILTIN_PUBLIC_KEY: PublicKey =
 /// neither as roots nor through any endorsement ([`TrustAnchors`]).
 pub const BUILTIN_REVOKED: &str = include_str!("../keys/revoked.txt");
 
-/// Parses a revocation list: one public key in hex per line, optionally followed by a
-/// space and a note; blank lines and lines starting with `#` are skipped.
+/// Parses a revocation list: one public key in hex per line, optionally followed by
+/// white space and a note; blank lines and lines starting with `#` are skipped.
 pub fn parse_revoked(text: &str) -> Result<Vec<PublicKey>, KeyError> {
+    revoked_lines(text).map(|(_, key)| key).collect()
+}
+
+/// Each key line of a revocation list with its line number, parsed on its own: a bad line
+/// does not hide the keys on the others.
+fn revoked_lines(text: &str) -> impl Iterator<Item = (usize, Result<PublicKey, KeyError>)> + '_ {
     text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| PublicKey::from_hex(line.split(' ').next().unwrap_or_default()))
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| {
+            let hex = line.split_whitespace().next().unwrap_or_default();
+            (n, PublicKey::from_hex(hex))
+        })
+}
+
+/// The keys of a revocation list, failing closed: every line that holds a key revokes it,
+/// whatever the other lines hold; a line that does not is logged.
+fn revoked_keys(text: &str) -> Vec<PublicKey> {
+    revoked_lines(text)
+        .filter_map(|(n, key)| {
+            key.map_err(|e| log::error!("firmware/keys/revoked.txt, line {n}: {e}"))
+                .ok()
+        })
         .collect()
 }
 
@@ -221,12 +241,9 @@ impl TrustAnchors {
     /// Trusts the given root keys (tests, and the pipeline's own checks), less the keys
     /// this release revokes ([`BUILTIN_REVOKED`]).
     pub fn from_roots(roots: Vec<PublicKey>) -> Self {
-        // The built-in list is checked by a test of this module; were it unreadable, the
-        // keys before the bad line would still be revoked.
-        let revoked = parse_revoked(BUILTIN_REVOKED).unwrap_or_else(|e| {
-            log::error!("firmware/keys/revoked.txt: {e}");
-            Vec::new()
-        });
+        // The built-in list is checked by a test of this module; were a line of it
+        // unreadable, the keys on every other line would still be revoked.
+        let revoked = revoked_keys(BUILTIN_REVOKED);
         TrustAnchors {
             roots,
             endorsed: Vec::new(),
@@ -350,6 +367,12 @@ mod tests {
         let list = format!("# comment\n\n{} leaked 2026-12\n", a.to_hex());
         assert_eq!(parse_revoked(&list).unwrap(), vec![a]);
         assert!(parse_revoked("not-a-key\n").is_err());
+        // A note after a tab, and a bad line: the keys on the other lines stay revoked.
+        let b = SigningKey::from_pkcs8(&generate_pkcs8().unwrap())
+            .unwrap()
+            .public_key();
+        let list = format!("{}\tleaked\nnot-a-key\n{}\n", a.to_hex(), b.to_hex());
+        assert_eq!(revoked_keys(&list), vec![a, b]);
     }
 
     #[test]

@@ -261,15 +261,26 @@ fn site_secret(
         (None, true) => {
             if let Some(kept) = existing_secret(base, device, config_dir) {
                 // Kept only when the daemon can use it: an empty, short or unreadable one
-                // (or a folder) is refused here, not found at the daemon's start.
-                match crate::site_secret::SiteSecret::load_existing(&kept) {
-                    Ok(Some(_)) => {
+                // (or a folder) is refused here, not found at the daemon's start. It lies
+                // in the service user's folder and root reads it: a regular file of at
+                // most 4 KiB, read without following a link or blocking on a FIFO.
+                let usable = source::read_nofollow(&kept, source::MAX_SECRET)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        if bytes.len() < crate::site_secret::MIN_LEN {
+                            Err(format!(
+                                "{} bytes, fewer than {}",
+                                bytes.len(),
+                                crate::site_secret::MIN_LEN
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    });
+                match usable {
+                    Ok(()) => {
                         device.insert("site_secret".into(), kept.display().to_string().into());
                     }
-                    Ok(None) => refused.add(
-                        "device.generate_site_secret",
-                        format!("the box's site secret {} vanished while provisioning", kept.display()),
-                    ),
                     Err(e) => refused.add(
                         "device.generate_site_secret",
                         format!(
