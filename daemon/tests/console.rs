@@ -548,6 +548,26 @@ fn worklist_live_events_study_preview_heatmap_and_feedback() {
     let detail = s.get(&format!("/api/v1/studies/{uid}")).json();
     assert_eq!(detail["feedback"][0]["agree"], false);
     assert_eq!(detail["feedback"][0]["user"], "rita");
+    // Bounded: at most 20 records per user and study (each is stored, audited and queued
+    // for the cloud), then 429 and nothing stored.
+    for i in 1..20 {
+        let r = s.send(
+            "POST",
+            &format!("/api/v1/studies/{uid}/feedback"),
+            &serde_json::json!({"agree": i % 2 == 0}),
+        );
+        assert_eq!(r.status, 201, "{i}: {}", r.text());
+    }
+    let r = s.send(
+        "POST",
+        &format!("/api/v1/studies/{uid}/feedback"),
+        &serde_json::json!({"agree": true}),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("per user and study"), "{}", r.text());
+    let detail = s.get(&format!("/api/v1/studies/{uid}")).json();
+    assert_eq!(detail["feedback_total"], 20);
+    assert_eq!(detail["feedback"].as_array().unwrap().len(), 20);
 
     let admin = d.login("ada", PW);
     let records = admin.get("/api/v1/audit?limit=1000").json()["records"].clone();
@@ -1145,6 +1165,26 @@ fn wait_for_study(s: &ConsoleSession, uid: &str, states: &[&str]) -> serde_json:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Each upload becomes a study analysed in the queue of received studies: one user may
+/// start at most 60 an hour (counted before the body is read, whatever it holds), so
+/// uploads cannot crowd out the modalities' studies.
+#[test]
+fn uploads_per_user_are_limited_per_hour() {
+    let d = daemon_with_users();
+    let rita = d.login("rita", PW);
+    for i in 0..60 {
+        let r = upload(&rita, "junk.png", "image/png", b"not an image");
+        assert_eq!(r.status, 400, "{i}: {}", r.text());
+    }
+    let r = upload(&rita, "junk.png", "image/png", b"not an image");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("uploads an hour"), "{}", r.text());
+    // Another user is not held back.
+    let theo = d.login("theo", PW);
+    let r = upload(&theo, "junk.png", "image/png", b"not an image");
+    assert_eq!(r.status, 400, "{}", r.text());
 }
 
 #[test]

@@ -25,13 +25,47 @@ pub fn store(store: &Store, f: &Feedback) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The feedback records of a study, oldest first.
-pub fn of_study(store: &Store, study_uid: &str) -> Result<Vec<Feedback>, StoreError> {
+/// Most feedback records one user may give on one study.
+pub const MAX_PER_USER_AND_STUDY: usize = 20;
+
+/// Most feedback records a study page shows (the latest).
+pub const MAX_SHOWN: usize = 200;
+
+fn study_prefix(study_uid: &str) -> Vec<u8> {
     let mut prefix = study_uid.as_bytes().to_vec();
     prefix.push(0);
-    store
+    prefix
+}
+
+/// The latest [`MAX_SHOWN`] feedback records of a study, oldest first, and how many it
+/// has in all.
+pub fn of_study(store: &Store, study_uid: &str) -> Result<(Vec<Feedback>, usize), StoreError> {
+    let mut latest = std::collections::VecDeque::with_capacity(MAX_SHOWN);
+    let mut total = 0;
+    for kv in store
         .records::<Feedback>(RecordTree::Feedback)?
-        .scan_prefix(prefix)
-        .map(|kv| kv.map(|(_, f)| f))
-        .collect()
+        .scan_prefix(study_prefix(study_uid))
+    {
+        let (_, f) = kv?;
+        total += 1;
+        if latest.len() == MAX_SHOWN {
+            latest.pop_front();
+        }
+        latest.push_back(f);
+    }
+    Ok((latest.into(), total))
+}
+
+/// How many feedback records `user` gave on the study.
+pub fn given_by(store: &Store, study_uid: &str, user: &str) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for kv in store
+        .records::<Feedback>(RecordTree::Feedback)?
+        .scan_prefix(study_prefix(study_uid))
+    {
+        if kv?.1.user == user {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -60,11 +60,19 @@ pub struct FeedbackNotQueued(pub String);
 pub trait FeedbackSink: Send + Sync + std::fmt::Debug {
     /// Queues `feedback`, given by a user of `role`, for delivery.
     fn queue_feedback(&self, feedback: &Feedback, role: &str) -> Result<(), FeedbackNotQueued>;
+
+    /// Whether feedback may be queued now: not while the delivery queue is nearly full,
+    /// where the room left belongs to the results of received studies.
+    fn has_room(&self) -> bool;
 }
 
 impl FeedbackSink for Recorder {
     fn queue_feedback(&self, feedback: &Feedback, role: &str) -> Result<(), FeedbackNotQueued> {
         self.record_feedback(feedback, role)
             .map_err(|e| FeedbackNotQueued(e.to_string()))
+    }
+
+    fn has_room(&self) -> bool {
+        self.feedback_has_room()
     }
 }

@@ -483,6 +483,14 @@ impl Recorder {
         }
     }
 
+    /// Whether feedback may be queued: no delivery (nothing is queued), or an outbox not
+    /// nearly full (its last room is kept for the results of received studies).
+    pub fn feedback_has_room(&self) -> bool {
+        self.delivery
+            .as_ref()
+            .is_none_or(|d| !d.outbox.is_near_full())
+    }
+
     /// Queues a radiologist's feedback for the cloud (pseudonymised; the comment and the
     /// user name are never sent). Manual uploads, and a box without delivery, send nothing.
     pub fn record_feedback(&self, f: &Feedback, role: &str) -> Result<(), OutboxError> {
@@ -632,9 +640,13 @@ mod tests {
     }
 
     fn setup() -> (tempfile::TempDir, Arc<Store>, Recorder, Arc<Outbox>) {
+        setup_with(OutboxLimits::default())
+    }
+
+    fn setup_with(limits: OutboxLimits) -> (tempfile::TempDir, Arc<Store>, Recorder, Arc<Outbox>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let outbox = Arc::new(store.outbox(OutboxLimits::default()).unwrap());
+        let outbox = Arc::new(store.outbox(limits).unwrap());
         let mut cfg = crate::config::Config::default();
         cfg.hl7.enabled = true;
         cfg.mqtt.enabled = true;
@@ -662,6 +674,39 @@ mod tests {
         };
         store.commit_instance(&inst, &attrs).unwrap();
         store.force_state(study, StudyState::Inferring);
+    }
+
+    /// Feedback stops being taken while the outbox is nearly full: however much of it
+    /// radiologists give, the last room stays for the results of received studies (a
+    /// full outbox refuses new studies).
+    #[tokio::test]
+    async fn feedback_never_fills_the_outbox() {
+        let (_dir, store, recorder, outbox) = setup_with(OutboxLimits {
+            max_entries: 10,
+            max_bytes: 1 << 30,
+            near_full_ratio: 0.8,
+        });
+        add_study(&store, "1.2.7", "PAT-7");
+        let mut queued = 0;
+        for i in 0..50i64 {
+            if !recorder.feedback_has_room() {
+                break;
+            }
+            let f = Feedback {
+                study_uid: "1.2.7".into(),
+                user: "rita".into(),
+                agree: i % 2 == 0,
+                comment: String::new(),
+                finding: None,
+                result_version: 1,
+                at_ms: 1_700_000_000_000 + i,
+            };
+            recorder.record_feedback(&f, "radiologist").unwrap();
+            queued += 1;
+        }
+        assert_eq!(outbox.fill().entries, 8, "queued {queued}");
+        assert!(outbox.is_near_full() && !outbox.is_full());
+        assert!(!recorder.feedback_has_room());
     }
 
     /// One call records the result, the study's `done`, the SR and every outbox entry,

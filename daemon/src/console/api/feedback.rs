@@ -37,6 +37,32 @@ pub(super) async fn give(
         )));
     }
     let rec = c.store.study(uid)?.ok_or(ApiError::NotFound)?;
+    // Feedback is bounded before anything is stored: per study and user, per user and
+    // hour, and not at all while the delivery queue is nearly full (received studies are
+    // refused once it is full, and feedback must never be what fills it).
+    if feedback::given_by(&c.store, uid, &s.user)? >= feedback::MAX_PER_USER_AND_STUDY {
+        return Err(ApiError::TooMany(format!(
+            "at most {} feedback records per user and study",
+            feedback::MAX_PER_USER_AND_STUDY
+        )));
+    }
+    if !c.feedback.has_room() {
+        return Err(ApiError::Busy(
+            "the delivery queue is nearly full: feedback is taken again once it drains \
+             (the room left is kept for the results of received studies)"
+                .into(),
+        ));
+    }
+    c.limits
+        .feedback_rate
+        .try_take(s.user.clone())
+        .map_err(|wait| {
+            ApiError::TooMany(format!(
+                "at most {} feedback records an hour per user; retry in {} s",
+                crate::console::limits::FEEDBACK_PER_USER_PER_HOUR,
+                wait.as_secs().max(1)
+            ))
+        })?;
     let finding = match body.finding.filter(|f| !f.is_empty()) {
         Some(named) => Some(model_code(c, uid, &named)?),
         None => None,

@@ -125,6 +125,18 @@ fn body_plan(
                 ApiError::Busy("the console receives as many uploads as it can".into())
             }
         })?;
+    console
+        .limits
+        .upload_rate
+        .try_take(s.user.clone())
+        .map_err(|wait| {
+            ApiError::TooMany(format!(
+                "at most {} uploads an hour per user (each is analysed in the queue of received \
+                 studies); retry in {} s",
+                super::limits::UPLOADS_PER_USER_PER_HOUR,
+                wait.as_secs().max(1)
+            ))
+        })?;
     Ok(BodyPlan::Upload(console.limits.max_upload, slot))
 }
 

@@ -311,8 +311,10 @@ pub struct StudyView<'a> {
     result: Option<&'a ResultView>,
     /// URL of the heatmap, when its file exists.
     heatmap: Option<String>,
-    /// Radiologists' feedback, oldest first.
+    /// Radiologists' feedback, oldest first: the latest [`feedback::MAX_SHOWN`].
     feedback: Vec<Feedback>,
+    /// How many feedback records the study has in all.
+    feedback_total: usize,
     /// Delivery of the result's report.
     delivery: Vec<DeliveryView>,
     /// The notice every result carries.
@@ -363,7 +365,7 @@ pub(super) async fn study(
         .and_then(|p| results::data_path(&c.data_dir, p))
         .filter(|p| p.exists())
         .map(|_| format!("/api/v1/studies/{uid}/heatmap"));
-    let feedback = feedback::of_study(&c.store, uid)?;
+    let (feedback, feedback_total) = feedback::of_study(&c.store, uid)?;
     let delivery = delivery_of(c, result.as_ref()).await?;
     audit_now(
         c,
@@ -384,6 +386,7 @@ pub(super) async fn study(
         result: result.as_ref(),
         heatmap,
         feedback,
+        feedback_total,
         delivery,
         ai_notice: AI_NOTICE,
     };
