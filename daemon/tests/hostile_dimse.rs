@@ -559,6 +559,64 @@ fn an_oversized_c_find_key_is_refused_and_the_association_serves_on() {
     peer.release().unwrap();
 }
 
+/// A loop of queries (a find permission is enough) cannot grow the audit trail without
+/// bound: each record's query description is held to 1 KiB whatever keys the peer sends,
+/// and past 300 queries and retrieves a minute from one calling AE and address the next
+/// is refused (A700) and not run.
+#[test]
+fn a_query_flood_is_refused_past_its_rate_with_bounded_audit_records() {
+    let mut d = Daemon::start();
+    let mut peer = open(&d, "MODALITY", &[ctx(1, uids::STUDY_ROOT_QR_FIND)], &[]);
+    let mut id = element(0x0008, 0x0052, b"CS", "STUDY", b' ');
+    id.extend(element(0x0009, 0x0010, b"LO", "FLOOD", b' '));
+    for i in 0..30u16 {
+        id.extend(element(0x0009, 0x1000 + i, b"LO", &"A".repeat(60), b' '));
+    }
+    id.extend(element(0x0010, 0x0020, b"LO", "NOSUCH", b' '));
+    id.extend(element(0x0020, 0x000D, b"UI", "", 0));
+    let mut refused_at = None;
+    for n in 1..=320u16 {
+        let rq = Command::find_rq(n, uids::STUDY_ROOT_QR_FIND, Priority::Medium);
+        let rsp = peer.request(1, &rq, Some(&id)).unwrap();
+        match status(&rsp) {
+            0x0000 => {}
+            0xA700 => {
+                assert!(
+                    rsp.error_comment
+                        .as_deref()
+                        .is_some_and(|c| c.contains("too many queries")),
+                    "{rsp:?}"
+                );
+                refused_at = Some(n);
+                break;
+            }
+            other => panic!("query {n}: status {other:04X} {rsp:?}"),
+        }
+    }
+    assert_eq!(
+        refused_at,
+        Some(301),
+        "the 301st query of the minute is refused"
+    );
+    peer.release().unwrap();
+    let records = audit_records(&mut d);
+    let queries: Vec<_> = records
+        .iter()
+        .filter(|r| r["actor"] == "ae:MODALITY" && r["action"] == "query")
+        .collect();
+    assert!(
+        (300..=301).contains(&queries.len()),
+        "{} query records",
+        queries.len()
+    );
+    let longest = queries
+        .iter()
+        .map(|r| r["detail"].as_str().unwrap_or_default().len())
+        .max()
+        .unwrap();
+    assert!(longest <= 1200, "a query's audit detail is {longest} bytes");
+}
+
 /// A refused association (here a wrong called AE title, as an AE-title guesser sends) is
 /// audited, once per address, calling AE and ten minutes, so guessing leaves a trace and a
 /// flood of attempts cannot fill the trail.

@@ -134,6 +134,9 @@ pub struct DicomConfig {
     /// Most C-FIND matches answered for one request; past it the query ends with
     /// A700 (Refused: Out of Resources) and an Error Comment asking to narrow it.
     pub max_find_matches: usize,
+    /// Most C-FIND, C-MOVE and C-GET requests one calling AE at one address may send in a
+    /// minute; past it a request is refused with A700 and not run (each is audited).
+    pub max_qr_requests_per_minute: u32,
     /// Serve plain (unencrypted) DICOM on `port`; `false` leaves only the TLS port.
     pub plain: bool,
     /// Serve DICOM TLS on `tls_port`.
@@ -184,6 +187,7 @@ impl Default for DicomConfig {
             max_pending_per_address: 32,
             idle_timeout: 120,
             max_find_matches: 10_000,
+            max_qr_requests_per_minute: 300,
             plain: true,
             tls: false,
             tls_port: 2762,

@@ -230,6 +230,7 @@ fn pending_connection_and_find_match_bounds_are_validated() {
     assert_eq!(c.dicom.max_pending_connections, 512);
     assert_eq!(c.dicom.max_pending_per_address, 32);
     assert_eq!(c.dicom.max_find_matches, 10_000);
+    assert_eq!(c.dicom.max_qr_requests_per_minute, 300);
     let c = load_str(
         "[dicom]\nmax_pending_connections = 64\nmax_pending_per_address = 64\n",
         &[],
@@ -255,6 +256,10 @@ fn pending_connection_and_find_match_bounds_are_validated() {
         ),
         ("max_find_matches = 0", "dicom.max_find_matches"),
         ("max_find_matches = 1000001", "dicom.max_find_matches"),
+        (
+            "max_qr_requests_per_minute = 0",
+            "dicom.max_qr_requests_per_minute",
+        ),
     ] {
         let err = load_str(&format!("[dicom]\n{text}\n"), &[]).unwrap_err();
         assert!(err.to_string().contains(key), "{text}: {err}");

@@ -110,51 +110,6 @@ pub const FEEDBACK_PER_USER_PER_HOUR: u32 = 120;
 /// The hour those rates count in.
 pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
 
-/// At most `limit` events per key in a window that starts at the key's first event; the
-/// window's end says how long to wait. Keys whose window ended are forgotten as others
-/// arrive, so the map holds only keys active within the last window.
-#[derive(Debug)]
-pub struct Rate<K: Hash + Eq + Clone> {
-    windows: Mutex<HashMap<K, (std::time::Instant, u32)>>,
-    limit: u32,
-    window: Duration,
-}
-
-impl<K: Hash + Eq + Clone> Rate<K> {
-    /// At most `limit` events per key and `window`.
-    pub fn new(limit: u32, window: Duration) -> Rate<K> {
-        Rate {
-            windows: Mutex::new(HashMap::new()),
-            limit,
-            window,
-        }
-    }
-
-    /// Counts one event of `key` at `now`; `Err` with the time left in the key's window
-    /// when it already had `limit` (the event is then not counted).
-    pub fn try_take_at(&self, key: K, now: std::time::Instant) -> Result<(), Duration> {
-        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let window = self.window;
-        if w.len() >= 1024 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
-        let entry = w.entry(key).or_insert((now, 0));
-        if now.duration_since(entry.0) >= window {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.limit {
-            return Err(window.saturating_sub(now.duration_since(entry.0)));
-        }
-        entry.1 += 1;
-        Ok(())
-    }
-
-    /// [`Rate::try_take_at`] now.
-    pub fn try_take(&self, key: K) -> Result<(), Duration> {
-        self.try_take_at(key, std::time::Instant::now())
-    }
-}
-
 /// The console's limits, built from `[console]`.
 #[derive(Debug)]
 pub struct Limits {
@@ -174,9 +129,9 @@ pub struct Limits {
     /// Uploads being received or processed, by user.
     pub uploads: Slots<String>,
     /// Uploads started in the last hour, by user ([`UPLOADS_PER_USER_PER_HOUR`]).
-    pub upload_rate: Rate<String>,
+    pub upload_rate: crate::rate::Rate<String>,
     /// Feedback given in the last hour, by user ([`FEEDBACK_PER_USER_PER_HOUR`]).
-    pub feedback_rate: Rate<String>,
+    pub feedback_rate: crate::rate::Rate<String>,
     /// Requests waiting on other hosts (a PACS that may never answer), by user. They hold
     /// one of these instead of a request permit, so they never keep others waiting.
     pub outbound: Slots<String>,
@@ -194,8 +149,8 @@ impl Limits {
             streams: Slots::new(c.max_event_streams, c.max_event_streams_per_user),
             max_upload: mb.saturating_mul(1024 * 1024),
             uploads: Slots::new(c.max_uploads, c.max_uploads_per_user),
-            upload_rate: Rate::new(UPLOADS_PER_USER_PER_HOUR, RATE_WINDOW),
-            feedback_rate: Rate::new(FEEDBACK_PER_USER_PER_HOUR, RATE_WINDOW),
+            upload_rate: crate::rate::Rate::new(UPLOADS_PER_USER_PER_HOUR, RATE_WINDOW),
+            feedback_rate: crate::rate::Rate::new(FEEDBACK_PER_USER_PER_HOUR, RATE_WINDOW),
             outbound: Slots::new(OUTBOUND_TOTAL, OUTBOUND_PER_USER),
         }
     }
@@ -224,29 +179,6 @@ mod tests {
         assert_eq!(s.in_use(), 2);
         let _c1 = s.try_take("c").unwrap();
         assert_eq!(s.try_take("a").unwrap_err(), Refused::Total(3));
-    }
-
-    #[test]
-    fn a_rate_counts_per_key_within_its_window_and_forgets_ended_ones() {
-        let r: Rate<u32> = Rate::new(2, Duration::from_secs(60));
-        let t0 = std::time::Instant::now();
-        assert!(r.try_take_at(1, t0).is_ok());
-        assert!(r.try_take_at(1, t0 + Duration::from_secs(10)).is_ok());
-        assert_eq!(
-            r.try_take_at(1, t0 + Duration::from_secs(20)),
-            Err(Duration::from_secs(40))
-        );
-        assert!(r.try_take_at(2, t0 + Duration::from_secs(20)).is_ok());
-        assert!(r.try_take_at(1, t0 + Duration::from_secs(60)).is_ok());
-        for k in 10..1100 {
-            r.try_take_at(k, t0 + Duration::from_secs(70)).unwrap();
-        }
-        r.try_take_at(5000, t0 + Duration::from_secs(200)).unwrap();
-        assert_eq!(
-            r.windows.lock().unwrap().len(),
-            1,
-            "ended windows forgotten"
-        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum Cause {
     Unrecognized,
     /// Another C-FIND, C-MOVE or C-GET is in progress on the association.
     Busy,
+    /// The calling AE at its address sent more queries and retrieves in a minute than
+    /// allowed.
+    RateExceeded,
     /// A request names the Message ID of the operation in progress (PS3.7 C.5.3 0210).
     DuplicateInvocation,
     /// A C-STORE-RQ without Affected SOP Class or Instance UID.
@@ -66,13 +69,14 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 23] = [
+    pub const ALL: [Cause; 24] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
         Cause::NotPermittedNoStatus,
         Cause::Unrecognized,
         Cause::Busy,
+        Cause::RateExceeded,
         Cause::DuplicateInvocation,
         Cause::MissingUids,
         Cause::DiskReserve,
@@ -102,6 +106,7 @@ impl Cause {
             }
             Cause::NotPermitted | Cause::Protected => Status::NOT_AUTHORIZED,
             Cause::Busy
+            | Cause::RateExceeded
             | Cause::DiskReserve
             | Cause::Admission
             | Cause::WriteFailed
@@ -126,7 +131,9 @@ impl Cause {
             Cause::NotPermittedNoStatus => "C-ECHO, C-FIND",
             Cause::TooManyMatches => "C-FIND",
             Cause::TooManyInstances => "C-MOVE, C-GET",
-            Cause::Busy | Cause::DuplicateInvocation => "C-FIND, C-MOVE, C-GET",
+            Cause::Busy | Cause::RateExceeded | Cause::DuplicateInvocation => {
+                "C-FIND, C-MOVE, C-GET"
+            }
             Cause::MissingUids
             | Cause::DiskReserve
             | Cause::Admission
@@ -158,6 +165,11 @@ impl Cause {
             }
             Cause::Unrecognized => "a request this association does not serve",
             Cause::Busy => "another operation is in progress on the association",
+            Cause::RateExceeded => {
+                "the calling AE at its address sent more C-FIND, C-MOVE and C-GET requests \
+                 in the last minute than `[dicom] max_qr_requests_per_minute` (default 300); \
+                 the refusal counts toward the 8 that abort an association"
+            }
             Cause::DuplicateInvocation => {
                 "the request names the Message ID of the operation in progress"
             }

@@ -173,6 +173,10 @@ pub struct Query {
 /// Most bytes of one query value written to the audit trail.
 pub const AUDITED_VALUE: usize = 128;
 
+/// Most bytes of a whole query's description in the audit trail (a query may carry many
+/// keys; what a peer sends must not size each record it leaves).
+pub const AUDITED_QUERY: usize = 1024;
+
 impl Query {
     /// A short description for the log: the level and the tags of the matching
     /// (non-universal) keys, never their values (they identify patients).
@@ -186,14 +190,17 @@ impl Query {
 
     /// The description for the audit trail, where access to patient data is recorded: the
     /// level and each matching (non-universal) key with its value, each value held to
-    /// [`AUDITED_VALUE`] bytes (marked when cut).
+    /// [`AUDITED_VALUE`] bytes and the whole to [`AUDITED_QUERY`] (marked when cut).
     pub fn describe_with_values(&self) -> String {
         let mut out = format!("{} level", self.level.as_str());
         for k in self.matching_keys() {
             let value = crate::audit::cut(&k.raw, AUDITED_VALUE);
             out.push_str(&format!(" ({:04X},{:04X})={value}", k.tag.0, k.tag.1));
+            if out.len() > AUDITED_QUERY {
+                break;
+            }
         }
-        out
+        crate::audit::cut(&out, AUDITED_QUERY).into_owned()
     }
 
     fn matching_keys(&self) -> impl Iterator<Item = &QueryKey> {

@@ -430,6 +430,21 @@ impl<'a> Association<'a> {
         if let Some(Err(refusal)) = checked {
             return self.refuse(pc_id, command, &refusal).await;
         }
+        if matches!(
+            command.command_field,
+            CommandField::CFindRq | CommandField::CMoveRq | CommandField::CGetRq
+        ) && self
+            .scp
+            .qr_rate
+            .try_take((self.peer.ip(), self.calling().to_string()))
+            .is_err()
+        {
+            let refusal = Refusal::RateExceeded {
+                operation: command.command_field,
+                limit: self.scp.qr_rate.limit(),
+            };
+            return self.refuse(pc_id, command, &refusal).await;
+        }
         match command.command_field {
             CommandField::CEchoRq => {
                 let rsp = echo::respond(&command);

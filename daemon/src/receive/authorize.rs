@@ -51,6 +51,17 @@ pub enum Refusal {
         /// The permission it needs.
         permission: Permission,
     },
+    /// The calling AE at this address sent more queries and retrieves in the last minute
+    /// than `dicom.max_qr_requests_per_minute`: each is a search or an export of patient
+    /// data with an audit record, so a loop of them (a find permission is enough) would
+    /// otherwise grow the audit trail, and the disk, without bound.
+    #[error("{operation} beyond {limit} queries and retrieves a minute from this calling AE and address")]
+    RateExceeded {
+        /// The operation requested.
+        operation: CommandField,
+        /// `dicom.max_qr_requests_per_minute`.
+        limit: u32,
+    },
     /// Role selection left the peer the SCP role only on this context: it was accepted to
     /// receive C-GET sub-operations, not to send requests.
     #[error(
@@ -85,6 +96,7 @@ impl Refusal {
                 }
                 _ => Cause::NotPermittedNoStatus,
             },
+            Refusal::RateExceeded { .. } => Cause::RateExceeded,
         }
     }
 
@@ -102,6 +114,7 @@ impl Refusal {
             Refusal::SopClassMismatch { .. } => "Affected SOP Class UID differs from the context's",
             Refusal::NotPermitted { .. } => "calling AE is not permitted this operation",
             Refusal::RoleNotAccepted { .. } => "peer holds only the SCP role on this context",
+            Refusal::RateExceeded { .. } => "too many queries and retrieves a minute; slow down",
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct Scp {
     pub(crate) next_id: AtomicU64,
     /// Which refused associations are audited ([`rejections`]).
     pub(crate) rejections: rejections::Rejections,
+    /// Queries and retrieves of the last minute, by address and calling AE
+    /// (`dicom.max_qr_requests_per_minute`).
+    pub(crate) qr_rate: crate::rate::Rate<(std::net::IpAddr, String)>,
 }
 
 /// The shared handles an SCP is built from.
@@ -133,6 +136,10 @@ impl Scp {
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             rejections: rejections::Rejections::default(),
+            qr_rate: crate::rate::Rate::new(
+                config.dicom.max_qr_requests_per_minute,
+                std::time::Duration::from_secs(60),
+            ),
         }
     }
 
