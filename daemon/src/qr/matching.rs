@@ -98,10 +98,12 @@ pub fn parse(vr: VR, raw: &str) -> Matcher {
     }
     if is_temporal(vr) {
         if let Some((lo, hi)) = value.split_once('-') {
-            return Matcher::Range {
-                lo: normalise(vr, clean(lo)),
-                hi: normalise(vr, clean(hi)),
-            };
+            let (lo, hi) = (normalise(vr, clean(lo)), normalise(vr, clean(hi)));
+            // `-` alone bounds nothing: every value matches, as for an empty key.
+            if lo.is_empty() && hi.is_empty() {
+                return Matcher::Universal;
+            }
+            return Matcher::Range { lo, hi };
         }
         return Matcher::Single(normalise(vr, value));
     }

@@ -566,8 +566,9 @@ fn patients(
         let first = first?;
         let patient = first.patient_id.clone();
         let mut group = vec![first];
-        while let Some(Ok(next)) =
-            studies.next_if(|r| r.as_ref().is_ok_and(|s| s.patient_id == patient))
+        // Studies without a Patient ID are no one patient: each is its own row.
+        while let Some(Ok(next)) = studies
+            .next_if(|r| !patient.is_empty() && r.as_ref().is_ok_and(|s| s.patient_id == patient))
         {
             group.push(next);
         }
@@ -699,8 +700,11 @@ fn series_of(instances: &[InstanceRecord]) -> BTreeMap<(i64, String), Vec<&Insta
     out
 }
 
-/// The studies worth matching when an indexed key narrows the query; `None` when none
-/// does (every study is a candidate).
+/// Most studies an indexed key may narrow a query to and still be loaded at once.
+const MAX_NARROWED: usize = 2_000;
+
+/// The studies worth matching when an indexed key narrows the query to at most
+/// [`MAX_NARROWED`]; `None` when none does (every study is a candidate, read in order).
 fn narrowed(store: &Store, query: &Query) -> Result<Option<Vec<StudyRecord>>, QueryError> {
     let mut narrowed: Option<HashSet<String>> = None;
     let mut intersect = |set: Vec<String>| {
@@ -755,6 +759,12 @@ fn narrowed(store: &Store, query: &Query) -> Result<Option<Vec<StudyRecord>>, Qu
     let Some(uids) = narrowed else {
         return Ok(None);
     };
+    // A broad key (`StudyDate=-`, a one-letter name prefix) narrows little: its studies
+    // are read one at a time in response order instead, where a cancel and the match
+    // limit stop the reading, rather than all loaded and sorted before the first answer.
+    if uids.len() > MAX_NARROWED {
+        return Ok(None);
+    }
     let mut out = Vec::with_capacity(uids.len());
     for uid in uids {
         if let Some(s) = store.study(&uid)? {
@@ -762,6 +772,16 @@ fn narrowed(store: &Store, query: &Query) -> Result<Option<Vec<StudyRecord>>, Qu
         }
     }
     Ok(Some(out))
+}
+
+/// Instance Availability (0008,0056) of a match: `UNAVAILABLE` for an instance whose pixel
+/// data retention removed (its record stays, a retrieve of it fails), `ONLINE` otherwise.
+/// Above the image level a match stands for instances that may differ, and is `ONLINE`.
+fn availability(level: Level, row: &Row) -> &'static str {
+    match (level, row.instance) {
+        (Level::Image, Some(i)) if i.pruned => "UNAVAILABLE",
+        _ => "ONLINE",
+    }
 }
 
 /// The response identifier for one match: every requested key (empty when the entity has
@@ -787,7 +807,7 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
         }
         let values: Vec<String> = match k.tag {
             tags::RETRIEVE_AE_TITLE => vec![retrieve_ae.to_string()],
-            tags::INSTANCE_AVAILABILITY => vec!["ONLINE".to_string()],
+            tags::INSTANCE_AVAILABILITY => vec![availability(query.level, row).to_string()],
             tag => match attribute_level(tag, query.model) {
                 Some(l) if l <= query.level => row.values(tag),
                 _ => Vec::new(),
@@ -904,6 +924,170 @@ mod tests {
         )
         .unwrap();
         out
+    }
+
+    /// A study stored with an old ACR-NEMA date (`2024.06.15`) is found by its date, single
+    /// or in a range, through the index as through matching.
+    #[test]
+    fn a_dotted_study_date_is_found_by_its_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_of(
+            dir.path(),
+            &[
+                ("1.3.1", "P1", "2024.06.15", ""),
+                ("1.3.2", "P2", "20230101", ""),
+            ],
+        );
+        for date in ["20240615", "2024.06.15", "20240101-20241231", "20240615-"] {
+            let keys = [
+                (tags::STUDY_DATE, VR::DA, date),
+                (tags::STUDY_INSTANCE_UID, VR::UI, ""),
+            ];
+            assert_eq!(
+                found(&store, Model::StudyRoot, "STUDY", &keys, usize::MAX),
+                ["1.3.1"],
+                "{date}"
+            );
+        }
+    }
+
+    /// An instance whose pixel data retention removed is answered `UNAVAILABLE` at the
+    /// image level (a retrieve of it would fail), the others `ONLINE`.
+    #[test]
+    fn pruned_instances_are_unavailable_at_the_image_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (sop, pruned) in [("1.6.1.1", true), ("1.6.1.2", false)] {
+            let inst = InstanceRecord {
+                sop_instance_uid: sop.into(),
+                study_instance_uid: "1.6.1".into(),
+                series_instance_uid: "1.6.1.9".into(),
+                pruned,
+                ..Default::default()
+            };
+            let attrs = StudyRecord {
+                patient_id: "P6".into(),
+                ..Default::default()
+            };
+            store.commit_instance(&inst, &attrs).unwrap();
+        }
+        let mut obj = InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.6.1"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.6.1.9"),
+            (tags::SOP_INSTANCE_UID, VR::UI, ""),
+            (tags::INSTANCE_AVAILABILITY, VR::CS, ""),
+        ] {
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        let query = parse(&obj, Model::StudyRoot).unwrap();
+        let mut seen = Vec::new();
+        let text = |r: &InMemDicomObject, tag| {
+            r.element(tag).unwrap().to_str().unwrap().trim().to_string()
+        };
+        run(
+            &store,
+            &query,
+            "DULI",
+            &crate::qr::Stop::default(),
+            &mut |r: InMemDicomObject| {
+                seen.push((
+                    text(&r, tags::SOP_INSTANCE_UID),
+                    text(&r, tags::INSTANCE_AVAILABILITY),
+                ));
+                true
+            },
+        )
+        .unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("1.6.1.1".to_string(), "UNAVAILABLE".to_string()),
+                ("1.6.1.2".to_string(), "ONLINE".to_string())
+            ]
+        );
+    }
+
+    /// At the PATIENT level studies are grouped by Patient ID, but studies without one
+    /// belong to no one patient: each is answered on its own, never summed together.
+    #[test]
+    fn studies_without_a_patient_id_are_not_one_patient() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_of(
+            dir.path(),
+            &[
+                ("1.4.1", "", "20240101", ""),
+                ("1.4.2", "", "20240102", ""),
+                ("1.4.3", "P9", "20240103", ""),
+                ("1.4.4", "P9", "20240104", ""),
+            ],
+        );
+        let rows = found(
+            &store,
+            Model::PatientRoot,
+            "PATIENT",
+            &[(tags::PATIENT_ID, VR::LO, "")],
+            usize::MAX,
+        );
+        assert_eq!(rows.len(), 3, "{rows:?}");
+    }
+
+    /// `-` alone bounds nothing (universal); a key that narrows to more than
+    /// `MAX_NARROWED` studies does not load them at once.
+    #[test]
+    fn broad_keys_do_not_narrow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_of(dir.path(), &[("1.5.1", "P1", "20240101", "")]);
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::QUERY_RETRIEVE_LEVEL,
+            VR::CS,
+            PrimitiveValue::from("STUDY"),
+        ));
+        obj.put(DataElement::new(
+            tags::STUDY_DATE,
+            VR::DA,
+            PrimitiveValue::from("-"),
+        ));
+        let query = parse(&obj, Model::StudyRoot).unwrap();
+        assert!(narrowed(&store, &query).unwrap().is_none());
+        for i in 0..=MAX_NARROWED {
+            let inst = InstanceRecord {
+                sop_instance_uid: format!("2.{i}.1"),
+                study_instance_uid: format!("2.{i}"),
+                series_instance_uid: format!("2.{i}.9"),
+                ..Default::default()
+            };
+            let attrs = StudyRecord {
+                patient_id: format!("Q{i}"),
+                study_date: "20250101".into(),
+                ..Default::default()
+            };
+            store.commit_instance(&inst, &attrs).unwrap();
+        }
+        obj.put(DataElement::new(
+            tags::STUDY_DATE,
+            VR::DA,
+            PrimitiveValue::from("20250101"),
+        ));
+        let query = parse(&obj, Model::StudyRoot).unwrap();
+        assert!(narrowed(&store, &query).unwrap().is_none());
+        assert_eq!(
+            found(
+                &store,
+                Model::StudyRoot,
+                "STUDY",
+                &[
+                    (tags::STUDY_DATE, VR::DA, "20250101"),
+                    (tags::STUDY_INSTANCE_UID, VR::UI, "")
+                ],
+                usize::MAX
+            )
+            .len(),
+            MAX_NARROWED + 1
+        );
     }
 
     /// The patient's counts are answered where the patient's studies are grouped (PATIENT

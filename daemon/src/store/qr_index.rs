@@ -51,7 +51,8 @@ fn values(study: &StudyRecord, kind: Kind) -> Vec<String> {
     match kind {
         Kind::PatientId => vec![nfc(&study.patient_id)],
         Kind::Accession => vec![nfc(&study.accession_number)],
-        Kind::StudyDate => vec![study.study_date.clone()],
+        // Indexed as compared: an old ACR-NEMA date `2024.06.15` without its dots.
+        Kind::StudyDate => vec![study.study_date.replace('.', "")],
         Kind::PatientName => pn_forms(&study.patient_name),
     }
 }
