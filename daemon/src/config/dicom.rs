@@ -137,6 +137,9 @@ pub struct DicomConfig {
     /// Most C-FIND, C-MOVE and C-GET requests one calling AE at one address may send in a
     /// minute; past it a request is refused with A700 and not run (each is audited).
     pub max_qr_requests_per_minute: u32,
+    /// Most instances one study may hold: a new instance past it is refused (A700), so
+    /// no study grows what one retrieve, query or analysis reads of it without bound.
+    pub max_instances_per_study: u64,
     /// Serve plain (unencrypted) DICOM on `port`; `false` leaves only the TLS port.
     pub plain: bool,
     /// Serve DICOM TLS on `tls_port`.
@@ -188,6 +191,7 @@ impl Default for DicomConfig {
             idle_timeout: 120,
             max_find_matches: 10_000,
             max_qr_requests_per_minute: 300,
+            max_instances_per_study: 10_000,
             plain: true,
             tls: false,
             tls_port: 2762,

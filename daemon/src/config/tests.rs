@@ -231,6 +231,7 @@ fn pending_connection_and_find_match_bounds_are_validated() {
     assert_eq!(c.dicom.max_pending_per_address, 32);
     assert_eq!(c.dicom.max_find_matches, 10_000);
     assert_eq!(c.dicom.max_qr_requests_per_minute, 300);
+    assert_eq!(c.dicom.max_instances_per_study, 10_000);
     let c = load_str(
         "[dicom]\nmax_pending_connections = 64\nmax_pending_per_address = 64\n",
         &[],
@@ -259,6 +260,10 @@ fn pending_connection_and_find_match_bounds_are_validated() {
         (
             "max_qr_requests_per_minute = 0",
             "dicom.max_qr_requests_per_minute",
+        ),
+        (
+            "max_instances_per_study = 50001",
+            "dicom.max_instances_per_study",
         ),
     ] {
         let err = load_str(&format!("[dicom]\n{text}\n"), &[]).unwrap_err();

@@ -238,6 +238,15 @@ fn check_dicom_limits(c: &DicomConfig, bad: &mut impl FnMut(&str, String)) {
             "must be between 1 and 86400 seconds".into(),
         );
     }
+    if !(1..=50_000).contains(&c.max_instances_per_study) {
+        bad(
+            "dicom.max_instances_per_study",
+            format!(
+                "must be between 1 and 50000, got {}",
+                c.max_instances_per_study
+            ),
+        );
+    }
     if !(1..=1_000_000).contains(&c.max_qr_requests_per_minute) {
         bad(
             "dicom.max_qr_requests_per_minute",

@@ -38,6 +38,8 @@ pub enum Cause {
     DiskReserve,
     /// An admission check refused (the delivery outbox is full).
     Admission,
+    /// The study already holds `dicom.max_instances_per_study` instances.
+    StudyFull,
     /// A write, fsync, file placement, index commit or flush failed.
     WriteFailed,
     /// The data set cannot be parsed or breaks a data set limit.
@@ -69,7 +71,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 24] = [
+    pub const ALL: [Cause; 25] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
@@ -81,6 +83,7 @@ impl Cause {
         Cause::MissingUids,
         Cause::DiskReserve,
         Cause::Admission,
+        Cause::StudyFull,
         Cause::WriteFailed,
         Cause::CannotUnderstand,
         Cause::DataSetMismatch,
@@ -109,6 +112,7 @@ impl Cause {
             | Cause::RateExceeded
             | Cause::DiskReserve
             | Cause::Admission
+            | Cause::StudyFull
             | Cause::WriteFailed
             | Cause::TooManyMatches => Status::OUT_OF_RESOURCES,
             Cause::MissingUids | Cause::CannotUnderstand | Cause::ReservedPatientId => {
@@ -137,6 +141,7 @@ impl Cause {
             Cause::MissingUids
             | Cause::DiskReserve
             | Cause::Admission
+            | Cause::StudyFull
             | Cause::WriteFailed
             | Cause::CannotUnderstand
             | Cause::DataSetMismatch
@@ -178,6 +183,10 @@ impl Cause {
                 "free disk below `[retention] disk_reserve_mb` when the C-STORE starts"
             }
             Cause::Admission => "the delivery outbox is full",
+            Cause::StudyFull => {
+                "a new instance of a study that already holds `[dicom] max_instances_per_study` \
+                 (default 10000) instances"
+            }
             Cause::WriteFailed => {
                 "a write, fsync, file placement, index commit or index flush failed"
             }

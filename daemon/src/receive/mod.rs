@@ -72,6 +72,8 @@ pub struct Scp {
     pub(crate) max_pixels: u64,
     /// Most C-FIND matches answered for one request (`dicom.max_find_matches`).
     pub(crate) max_find_matches: usize,
+    /// Most instances one study may hold (`dicom.max_instances_per_study`).
+    pub(crate) max_instances_per_study: u64,
     /// Connections still to associate, bounded in total and per address.
     pub(crate) unassociated: Arc<unassociated::Unassociated>,
     pub(crate) active: AtomicUsize,
@@ -129,6 +131,7 @@ impl Scp {
             move_destinations: config.pacs.destinations.clone(),
             max_pixels: config.inference.max_pixels,
             max_find_matches: config.dicom.max_find_matches,
+            max_instances_per_study: config.dicom.max_instances_per_study,
             unassociated: unassociated::Unassociated::new(
                 dicom.max_pending_connections,
                 dicom.max_pending_per_address,

@@ -67,6 +67,14 @@ pub enum StoreFailure {
     /// An admission check refused (its reason).
     #[error("{0}")]
     Admission(String),
+    /// A new instance of a study that holds as many as one study may.
+    #[error("study {study} already holds {held} instances, the most one study may")]
+    StudyFull {
+        /// Its Study Instance UID.
+        study: String,
+        /// Instances it holds.
+        held: u64,
+    },
     /// Writing the instance's file failed.
     #[error("cannot write: {0}")]
     Write(std::io::Error),
@@ -113,6 +121,7 @@ impl From<StoreFailure> for Refused {
             StoreFailure::MissingUids => Cause::MissingUids,
             StoreFailure::DiskReserve { .. } | StoreFailure::DiskUnknown(_) => Cause::DiskReserve,
             StoreFailure::Admission(_) => Cause::Admission,
+            StoreFailure::StudyFull { .. } => Cause::StudyFull,
             StoreFailure::Write(_)
             | StoreFailure::Fsync(_)
             | StoreFailure::Store(_)
@@ -288,6 +297,7 @@ impl Incoming {
         let sop_instance = self.sop_instance;
         let store = scp.store.clone();
         let source_ae = calling_ae.to_string();
+        let max_instances = scp.max_instances_per_study;
         let (rec, previous, replaced) =
             tokio::task::spawn_blocking(move || -> Result<Placed, StoreFailure> {
                 let staged = file.finish().map_err(StoreFailure::Fsync)?;
@@ -322,11 +332,23 @@ impl Incoming {
                         });
                     }
                 }
-                let patient_before = store
+                let study = store
                     .study(&header.instance.study_instance_uid)
-                    .map_err(StoreFailure::Store)?
-                    .map(|s| s.patient_id)
-                    .unwrap_or_default();
+                    .map_err(StoreFailure::Store)?;
+                if let Some(s) = &study {
+                    let known = || {
+                        store.instance(&sop_instance).map(|i| {
+                            i.is_some_and(|i| i.study_instance_uid == s.study_instance_uid)
+                        })
+                    };
+                    if s.instances >= max_instances && !known().map_err(StoreFailure::Store)? {
+                        return Err(StoreFailure::StudyFull {
+                            study: s.study_instance_uid.clone(),
+                            held: s.instances,
+                        });
+                    }
+                }
+                let patient_before = study.map(|s| s.patient_id).unwrap_or_default();
                 store
                     .place_and_commit(staged, &header, &source_ae, false, &[])
                     .map(|(rec, commit)| {
@@ -486,6 +508,58 @@ mod tests {
 
     const DX: &str = "1.2.840.10008.5.1.4.1.1.1.1";
     const TS: &str = "1.2.840.10008.1.2.1";
+
+    /// A minimal Explicit VR Little Endian data set of one DX instance of `study`.
+    fn data_set(study: &str, sop: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (group, element, vr, value) in [
+            (0x0008u16, 0x0016u16, b"UI", DX),
+            (0x0008, 0x0018, b"UI", sop),
+            (0x0010, 0x0020, b"LO", "P1"),
+            (0x0020, 0x000D, b"UI", study),
+            (0x0020, 0x000E, b"UI", "1.2.9.9"),
+        ] {
+            let mut v = value.as_bytes().to_vec();
+            if v.len() % 2 == 1 {
+                v.push(if vr == b"UI" { 0 } else { b' ' });
+            }
+            out.extend_from_slice(&group.to_le_bytes());
+            out.extend_from_slice(&element.to_le_bytes());
+            out.extend_from_slice(vr);
+            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            out.extend(v);
+        }
+        out
+    }
+
+    /// A study holds at most `dicom.max_instances_per_study`: a new instance past it is
+    /// refused (A700) and not stored, while one it already holds may be sent again.
+    #[tokio::test]
+    async fn a_study_holds_at_most_its_instance_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scp = scp(dir.path());
+        scp.max_instances_per_study = 2;
+        let send = |scp: &Scp, sop: &str| {
+            let mut incoming = Incoming::begin(scp, DX, sop, TS, "PEER");
+            incoming.write(scp, &data_set("1.2.9", sop)).unwrap();
+            incoming
+        };
+        for sop in ["1.2.9.1", "1.2.9.2"] {
+            send(&scp, sop).finish(&scp, "PEER").await.unwrap();
+        }
+        let refused = send(&scp, "1.2.9.3")
+            .finish(&scp, "PEER")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.status(),
+            crate::dimse::status::Status::OUT_OF_RESOURCES
+        );
+        assert!(refused.comment.contains("2 instances"), "{refused}");
+        assert_eq!(scp.store.instances_of("1.2.9").unwrap().len(), 2);
+        send(&scp, "1.2.9.2").finish(&scp, "PEER").await.unwrap();
+        assert_eq!(scp.store.instances_of("1.2.9").unwrap().len(), 2);
+    }
 
     #[test]
     fn an_instance_past_the_size_limit_is_cut_off_and_removed() {
