@@ -58,8 +58,9 @@ pub struct AllowedPeer {
     /// Optional source IP address the peer must connect from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
-    /// What the peer may do.
-    #[serde(default = "all_permissions")]
+    /// What the peer may do; when not written, what a modality needs (echo and store):
+    /// query and retrieve, which read every study, are given only when listed.
+    #[serde(default = "modality_permissions")]
     pub permissions: Vec<Permission>,
     /// SHA-256 of the peer's TLS client certificate (DER), 64 hex digits (colons and case
     /// ignored). When set, the entry matches only associations on the TLS port whose
@@ -86,6 +87,11 @@ pub fn normalise_fingerprint(text: &str) -> String {
 
 pub(super) fn all_permissions() -> Vec<Permission> {
     Permission::ALL.to_vec()
+}
+
+/// The permissions of an allowed peer whose entry lists none: a modality's.
+pub(super) fn modality_permissions() -> Vec<Permission> {
+    vec![Permission::Echo, Permission::Store]
 }
 
 /// `[dicom]`

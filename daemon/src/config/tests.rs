@@ -94,6 +94,17 @@ fn plain_port_and_certificate_bindings_are_checked() {
         cert_sha256: Some(fp),
     };
     assert_eq!(p.cert_fingerprint().unwrap(), "ab".repeat(32));
+    // An entry without permissions is a modality: echo and store, never query or
+    // retrieve (which read every study) unless listed.
+    let c = load_str(
+        "[dicom]\nallowed_peers = [{ae_title = \"CR_ROOM2\", address = \"10.10.2.32\"}]\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.dicom.allowed_peers[0].permissions,
+        [Permission::Echo, Permission::Store]
+    );
 }
 
 #[test]
