@@ -555,9 +555,34 @@ async function route() {
   }
 }
 
+// The screen is cleared only once the server ended the session (or says it is gone): a
+// logout that failed (network, a restarting daemon) leaves the session cookie live in the
+// browser, and on a shared reading-room PC the next person would be let back in.
 document.getElementById("logout").addEventListener("click", async () => {
-  try { await api("POST", "/api/v1/logout", {}); } catch (e) { /* already gone */ }
-  signedOut();
+  const attempt = async () => {
+    try {
+      await api("POST", "/api/v1/logout", {});
+      return true;
+    } catch (e) {
+      if (e instanceof Unauthenticated) return null; // gone already; api() signed out
+      throw e;
+    }
+  };
+  try {
+    let done;
+    try {
+      done = await attempt();
+    } catch (e) {
+      if (e.status !== 403) throw e;
+      // This page's CSRF token is stale (a login in another tab): take the cookie's.
+      state.csrf = csrfFromCookie();
+      done = await attempt();
+    }
+    if (done) signedOut();
+  } catch (e) {
+    say(`Logout failed (${e.message}): the session is still open. Try again; if it keeps ` +
+        "failing on a shared computer, close the browser.");
+  }
 });
 window.addEventListener("hashchange", route);
 route();

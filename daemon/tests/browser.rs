@@ -396,6 +396,25 @@ fn console_in_headless_chromium() {
         .unwrap()
         .contains("rita: agree"));
 
+    // A logout whose request fails (the network, a restarting daemon) leaves the screen
+    // as it is and says so: the session is still live, and clearing the screen would let
+    // the next person at a shared PC back in with it.
+    wd.js(
+        "const f = window.fetch; window.fetch = (p, o) => p === '/api/v1/logout' && !window.failedOnce \
+         ? (window.failedOnce = true, Promise.reject(new TypeError('network down'))) : f(p, o); \
+         return true;",
+    );
+    wd.click("#logout");
+    wd.wait_for(
+        "the failed logout said",
+        "document.querySelector('#status').textContent.includes('Logout failed')",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        wd.js("return document.querySelector('#who').hidden || !!document.querySelector('#login-form');"),
+        json!(false),
+        "the screen was cleared though the session lives"
+    );
     // Log out: back to the login form, and the API refuses the old session.
     wd.click("#logout");
     wd.wait_css("#login-form", 10);
