@@ -62,6 +62,53 @@ fn status_only(addr: std::net::SocketAddr, path: &str, cookie: &str) -> u16 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A page of another origin on the same site (another host of the hospital's domain)
+/// cannot make a logged-in user's browser search studies or export the audit trail: its
+/// requests say `Sec-Fetch-Site: same-site` and are refused before the session is used,
+/// leaving no search in the user's name; the console's own page and typed addresses work,
+/// and every answer forbids loading by other origins.
+#[test]
+fn requests_from_pages_of_other_origins_are_refused() {
+    let d = daemon_with_users();
+    let rita = d.login("rita", PW);
+    let ask = |site: Option<&str>| {
+        let mut headers = vec![("Cookie", rita.cookie.as_str())];
+        if let Some(site) = site {
+            headers.push(("Sec-Fetch-Site", site));
+        }
+        https_request(
+            rita.addr,
+            "GET",
+            "/api/v1/studies?q=crosssitecanary",
+            &headers,
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    for site in ["same-site", "cross-site"] {
+        assert_eq!(ask(Some(site)).status, 403, "{site}");
+    }
+    let own = ask(Some("same-origin"));
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(own.headers["cross-origin-resource-policy"], "same-origin");
+    assert_eq!(ask(Some("none")).status, 200);
+    assert_eq!(ask(None).status, 200);
+    let admin = d.login("ada", PW);
+    let records = admin.get("/api/v1/audit?limit=1000").json()["records"].clone();
+    let searches = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|t| t.contains("crosssitecanary"))
+        })
+        .count();
+    assert!(searches <= 3, "{searches} searches audited: {records}");
+}
+
 #[test]
 fn every_route_of_the_role_table_answers_401_without_session_and_403_for_wrong_roles() {
     let d = daemon_with_users();

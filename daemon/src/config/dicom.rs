@@ -85,10 +85,6 @@ pub fn normalise_fingerprint(text: &str) -> String {
         .collect()
 }
 
-pub(super) fn all_permissions() -> Vec<Permission> {
-    Permission::ALL.to_vec()
-}
-
 /// The permissions of an allowed peer whose entry lists none: a modality's.
 pub(super) fn modality_permissions() -> Vec<Permission> {
     vec![Permission::Echo, Permission::Store]

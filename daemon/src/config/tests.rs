@@ -1,4 +1,3 @@
-use super::dicom::all_permissions;
 use super::*;
 
 fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -90,7 +89,7 @@ fn plain_port_and_certificate_bindings_are_checked() {
     let p = AllowedPeer {
         ae_title: "MOD1".into(),
         address: None,
-        permissions: all_permissions(),
+        permissions: Permission::ALL.to_vec(),
         cert_sha256: Some(fp),
     };
     assert_eq!(p.cert_fingerprint().unwrap(), "ab".repeat(32));

@@ -263,8 +263,9 @@ pub fn with_cookies(mut r: Response, cookies: &[String]) -> Response {
     r
 }
 
-/// The headers every answer carries: HSTS, no sniffing, no framing, a strict content
-/// security policy, no referrer, and (unless the handler set one) no caching.
+/// The headers every answer carries: HSTS, no sniffing, no framing, no loading by other
+/// origins, a strict content security policy, no referrer, and (unless the handler set
+/// one) no caching.
 pub fn secure(mut r: Response) -> Response {
     let h = r.headers_mut();
     let set = |h: &mut warp::http::HeaderMap, k: header::HeaderName, v: &'static str| {
@@ -273,6 +274,11 @@ pub fn secure(mut r: Response) -> Response {
     set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(
+        h,
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    );
     set(h, header::REFERRER_POLICY, "no-referrer");
     set(
         h,

@@ -139,16 +139,26 @@ impl Format {
 
 /// Why an export ended before the end of the trail (the client sees the body cut short).
 #[derive(Debug, thiserror::Error)]
-#[error("audit export: {0}")]
-struct ExportError(#[from] StoreError);
+enum ExportError {
+    /// The trail could not be read.
+    #[error("audit export: {0}")]
+    Store(#[from] StoreError),
+    /// The session that asked for it ended.
+    #[error("audit export: the session that asked for it ended")]
+    SessionEnded,
+}
 
 /// Encodes the records before `end` into chunks of [`EXPORT_PAGE`] records sent on `tx`,
-/// until the end or until the client goes away. Blocking.
+/// until the end, until the client goes away, or until `live` says the session that asked
+/// ended (a logout, or its administrator disabled or demoted meanwhile): checked before
+/// each page, so a long export stops with its session as the live event stream does.
+/// Blocking.
 fn encode_pages(
     audit: &Audit,
     format: &Format,
     end: u64,
     tx: &mpsc::Sender<Result<Vec<u8>, ExportError>>,
+    live: &dyn Fn() -> bool,
 ) {
     let json = matches!(format, Format::Json);
     let mut from = 0u64;
@@ -158,11 +168,15 @@ fn encode_pages(
         chunk.push(b'[');
     }
     while from < end {
+        if !live() {
+            let _ = tx.blocking_send(Err(ExportError::SessionEnded));
+            return;
+        }
         let limit = usize::try_from(end - from).map_or(EXPORT_PAGE, |n| n.min(EXPORT_PAGE));
         let page = match audit.records(from, limit) {
             Ok(page) => page,
             Err(e) => {
-                let _ = tx.blocking_send(Err(ExportError(e)));
+                let _ = tx.blocking_send(Err(ExportError::Store(e)));
                 return;
             }
         };
@@ -189,10 +203,14 @@ fn encode_pages(
 }
 
 /// A response whose body is the trail up to `end` (exclusive), encoded on a blocking
-/// thread and streamed with at most [`EXPORT_CHUNKS`] chunks waiting.
-fn streamed(audit: Arc<Audit>, format: Format, end: u64) -> Response {
+/// thread and streamed with at most [`EXPORT_CHUNKS`] chunks waiting, while the session
+/// `token` of `console` lives.
+fn streamed(console: Arc<Console>, token: String, format: Format, end: u64) -> Response {
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS);
-    tokio::task::spawn_blocking(move || encode_pages(&audit, &format, end, &tx));
+    tokio::task::spawn_blocking(move || {
+        let live = || console.sessions.is_live(&token).unwrap_or(false);
+        encode_pages(&console.audit, &format, end, &tx, &live)
+    });
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
@@ -201,7 +219,12 @@ fn streamed(audit: Arc<Audit>, format: Format, end: u64) -> Response {
 
 /// `GET /api/v1/audit/export?format=json|syslog`: the whole trail as a download, up to its
 /// head when asked (the export's own audit record follows it).
-pub(super) async fn export(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
+pub(super) async fn export(
+    c: &Arc<Console>,
+    req: &Request,
+    s: &Session,
+    token: String,
+) -> Result<Response, ApiError> {
     let format = match req
         .query
         .get("format")
@@ -237,7 +260,7 @@ pub(super) async fn export(c: &Console, req: &Request, s: &Session) -> Result<Re
             "attachment; filename=\"duli-audit.log\"",
         ),
     };
-    let mut r = streamed(c.audit.clone(), format, end);
+    let mut r = streamed(Arc::clone(c), token, format, end);
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -282,4 +305,48 @@ pub(super) async fn verify(c: &Console) -> Result<Response, ApiError> {
         report: report.clone(),
     });
     Ok(reply::json(StatusCode::OK, &report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Action, Event};
+    use crate::store::Store;
+
+    /// An export stops at the page after its session ended, with an error (the client
+    /// sees the body cut short), not at the end of the trail.
+    #[test]
+    fn an_export_stops_when_its_session_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for i in 0..(3 * EXPORT_PAGE) {
+            audit
+                .append(Event::new("ada", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        let end = audit.head().map_or(0, |(seq, _)| seq + 1);
+        let (tx, mut rx) = mpsc::channel(16);
+        let pages = std::sync::atomic::AtomicUsize::new(0);
+        let live = || pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 1;
+        encode_pages(&audit, &Format::Json, end, &tx, &live);
+        drop(tx);
+        let mut chunks = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            chunks.push(c);
+        }
+        assert_eq!(chunks.len(), 2, "one page, then the end");
+        assert!(chunks[0].as_ref().is_ok_and(|c| !c.is_empty()));
+        assert!(matches!(chunks[1], Err(ExportError::SessionEnded)));
+        // A live session gets the whole trail.
+        let (tx, mut rx) = mpsc::channel(16);
+        encode_pages(&audit, &Format::Json, end, &tx, &|| true);
+        drop(tx);
+        let mut body = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            body.extend(c.unwrap());
+        }
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(all.len(), 3 * EXPORT_PAGE);
+    }
 }

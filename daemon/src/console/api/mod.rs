@@ -397,6 +397,23 @@ pub async fn handle(console: Arc<Console>, req: Request) -> Response {
     }
 }
 
+/// Refuses a request a browser made for a page of another origin (`Sec-Fetch-Site` other
+/// than `same-origin`, or `none` for a typed address), before its session is looked up:
+/// `SameSite=Strict` cookies still reach the console from another host of the same site
+/// (`intranet.hospital.local` beside `duli.hospital.local`), whose page could otherwise
+/// make a user's browser search studies or export the audit trail in their name. Clients
+/// that are not browsers send no such header.
+fn cross_site(req: &Request) -> Result<(), ApiError> {
+    match req
+        .headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("same-origin" | "none") => Ok(()),
+        Some(_) => Err(ApiError::Forbidden),
+    }
+}
+
 async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, ApiError> {
     let matched = roles::find(req.method.as_str(), &req.path).map_err(|e| match e {
         NoMatch::NotFound => ApiError::NotFound,
@@ -413,6 +430,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
     let session = if matches!(route.access, Access::Public | Access::Setup) {
         None
     } else {
+        cross_site(&req)?;
         let activity = activity(route.endpoint, &req.headers);
         let (token, s) = session_of(&console, &req, activity)?.ok_or(ApiError::Unauthenticated)?;
         if !route.access.allows(s.role) {
@@ -456,7 +474,7 @@ async fn route_and_run(console: Arc<Console>, req: Request) -> Result<Response, 
         (Endpoint::UserPut, Some((_, s))) => users::put(c, &req, &s, param(0)).await,
         (Endpoint::UserDelete, Some((_, s))) => users::delete(c, &req, &s, param(0)).await,
         (Endpoint::Audit, Some((_, s))) => audit::list(c, &req, &s).await,
-        (Endpoint::AuditExport, Some((_, s))) => audit::export(c, &req, &s).await,
+        (Endpoint::AuditExport, Some((token, s))) => audit::export(c, &req, &s, token).await,
         (Endpoint::AuditVerify, Some(_)) => audit::verify(c).await,
         (Endpoint::System, Some(_)) => system::system(c),
         (Endpoint::Outbox, Some(_)) => outbox::overview(c).await,
