@@ -110,6 +110,13 @@ pub const FEEDBACK_PER_USER_PER_HOUR: u32 = 120;
 /// The hour those rates count in.
 pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
 
+/// Password checks (PBKDF2, 600,000 iterations: a CPU-bound quarter second or so) run at
+/// once, whoever asks: a flood of logins, right or wrong, keeps at most this many cores
+/// busy, leaving the rest to analysis and to everyone else's requests.
+pub const PASSWORD_CHECKS: usize = 2;
+/// How long a login waits for a password check to be free before `503`.
+pub const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(2);
+
 /// The console's limits, built from `[console]`.
 #[derive(Debug)]
 pub struct Limits {
@@ -132,6 +139,8 @@ pub struct Limits {
     pub upload_rate: crate::rate::Rate<String>,
     /// Feedback given in the last hour, by user ([`FEEDBACK_PER_USER_PER_HOUR`]).
     pub feedback_rate: crate::rate::Rate<String>,
+    /// Password checks running ([`PASSWORD_CHECKS`]).
+    pub password_checks: Arc<Semaphore>,
     /// Requests waiting on other hosts (a PACS that may never answer), by user. They hold
     /// one of these instead of a request permit, so they never keep others waiting.
     pub outbound: Slots<String>,
@@ -151,6 +160,7 @@ impl Limits {
             uploads: Slots::new(c.max_uploads, c.max_uploads_per_user),
             upload_rate: crate::rate::Rate::new(UPLOADS_PER_USER_PER_HOUR, RATE_WINDOW),
             feedback_rate: crate::rate::Rate::new(FEEDBACK_PER_USER_PER_HOUR, RATE_WINDOW),
+            password_checks: Arc::new(Semaphore::new(PASSWORD_CHECKS)),
             outbound: Slots::new(OUTBOUND_TOTAL, OUTBOUND_PER_USER),
         }
     }

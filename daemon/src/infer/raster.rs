@@ -50,17 +50,28 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
     open: impl Fn() -> Result<R, RasterError>,
     max_pixels: u64,
 ) -> Result<GrayImage, RasterError> {
+    // What a decoder may allocate: the pixel budget at two bytes a pixel (16-bit grey),
+    // so a colour or 16-bit image of many pixels (an all-zero RGBA PNG of 400 KB declaring
+    // 10,000 x 10,000) is refused from its header, not decoded into hundreds of MB.
+    let byte_budget = max_pixels.saturating_mul(BYTES_PER_BUDGETED_PIXEL);
     let reader = || {
-        image::ImageReader::new(open()?)
+        let mut r = image::ImageReader::new(open()?)
             .with_guessed_format()
-            .map_err(|e| RasterError::Decode(e.to_string()))
+            .map_err(|e| RasterError::Decode(e.to_string()))?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(byte_budget);
+        r.limits(limits);
+        Ok::<_, RasterError>(r)
     };
     let header = reader()?;
     let format = header.format();
-    let (width, height) = header
-        .into_dimensions()
+    let decoder = header
+        .into_decoder()
         .map_err(|e| RasterError::Decode(e.to_string()))?;
-    if u64::from(width) * u64::from(height) > max_pixels {
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    let decoded_bytes = image::ImageDecoder::total_bytes(&decoder);
+    drop(decoder);
+    if u64::from(width) * u64::from(height) > max_pixels || decoded_bytes > byte_budget {
         return Err(RasterError::TooLarge {
             width,
             height,
@@ -140,7 +151,11 @@ fn read_jpeg(
     }))
 }
 
-/// Converts a decoded image to 8-bit grey (an 8-bit grey image keeps its buffer).
+/// Bytes a decoded image may take per pixel of the pixel budget.
+const BYTES_PER_BUDGETED_PIXEL: u64 = 2;
+
+/// Converts a decoded image to 8-bit grey (an 8-bit grey image keeps its buffer; 8-bit
+/// colour is read in place, with no colour copy beside it).
 pub fn to_gray(img: image::DynamicImage) -> GrayImage {
     use image::DynamicImage as D;
     let (width, height) = (img.width(), img.height());
@@ -148,6 +163,8 @@ pub fn to_gray(img: image::DynamicImage) -> GrayImage {
         D::ImageLuma8(g) => g.into_raw(),
         D::ImageLumaA8(g) => g.pixels().map(|p| p.0[0]).collect(),
         D::ImageLuma16(g) => g.pixels().map(|p| (p.0[0] >> 8) as u8).collect(),
+        D::ImageRgb8(c) => c.pixels().map(|p| luma(p.0[0], p.0[1], p.0[2])).collect(),
+        D::ImageRgba8(c) => c.pixels().map(|p| luma(p.0[0], p.0[1], p.0[2])).collect(),
         other => other
             .to_rgb8()
             .pixels()
@@ -295,6 +312,68 @@ mod tests {
             decode_bytes(&bytes, 40 * 24 - 1),
             Err(RasterError::TooLarge { .. })
         ));
+    }
+
+    /// CRC-32 as PNG chunks carry it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG of 8 x 8 pixels of `color` whose header then claims `width` x `height`.
+    fn png_claiming(color: image::ColorType, width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let (w, h) = (8u32, 8u32);
+        let raw = vec![0u8; (w * h) as usize * usize::from(color.bytes_per_pixel())];
+        image::ImageEncoder::write_image(
+            image::codecs::png::PngEncoder::new(&mut bytes),
+            &raw,
+            w,
+            h,
+            color.into(),
+        )
+        .unwrap();
+        // IHDR: after the 8-byte signature, length (4) and type (4): width, height.
+        bytes[16..20].copy_from_slice(&width.to_be_bytes());
+        bytes[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// The pixel budget counts bytes too: an RGBA image of as many pixels as the budget
+    /// allows in grey would take four times the memory, and is refused from its header.
+    #[test]
+    fn a_colour_image_is_held_to_the_budget_in_bytes() {
+        let rgba = png_claiming(image::ColorType::Rgba8, 10_000, 10_000);
+        assert!(matches!(
+            decode_bytes(&rgba, 100_000_000),
+            Err(RasterError::TooLarge {
+                width: 10_000,
+                height: 10_000,
+                ..
+            })
+        ));
+        // The same size in 8-bit grey is within the budget: decoded (and failing here for
+        // want of pixel data), not refused by size.
+        let grey = png_claiming(image::ColorType::L8, 10_000, 10_000);
+        assert!(matches!(
+            decode_bytes(&grey, 100_000_000),
+            Err(RasterError::Decode(_))
+        ));
+        // An honest RGBA image reads as before.
+        let small = png_claiming(image::ColorType::Rgba8, 8, 8);
+        assert_eq!(decode_bytes(&small, 100_000_000).unwrap().pixels.len(), 64);
     }
 
     /// A JPEG whose frame header lies about its size (far more pixels than its scan

@@ -107,6 +107,18 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
             "user name and password required".into(),
         ));
     }
+    // A password check is taken before the attempt counts: waiting for one is not a
+    // failed login.
+    let permit = tokio::time::timeout(
+        crate::console::limits::PASSWORD_CHECK_WAIT,
+        Arc::clone(&c.limits.password_checks).acquire_owned(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| {
+        ApiError::Busy("the console is checking as many passwords as it can; try again".into())
+    })?;
     let target = Target::Account(name.clone());
     let attempt = match c.sessions.login_throttle.begin(target, req.peer) {
         Ok(attempt) => attempt,
@@ -116,11 +128,14 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
     let password = body.password;
     let verified = {
         let user = user.clone();
-        tokio::task::spawn_blocking(move || match &user {
-            Some(u) => accounts::verify_password(&u.password, &password) && !u.disabled,
-            None => {
-                accounts::burn_verify(&password);
-                false
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match &user {
+                Some(u) => accounts::verify_password(&u.password, &password) && !u.disabled,
+                None => {
+                    accounts::burn_verify(&password);
+                    false
+                }
             }
         })
         .await?
