@@ -175,6 +175,16 @@ impl Store {
             if this_file {
                 header::merge_study(&mut study, &h.study);
             }
+            // A result object this box made carries its result version as its Instance
+            // Number: the study's versions go on from the highest found, so an index
+            // rebuilt after it was lost never makes a "version 1" again, whose UIDs and
+            // HL7 control id are those of the result delivered before (a RIS drops a
+            // repeated control id as a duplicate).
+            if inst.generated {
+                if let Some(v) = inst.instance_number.and_then(|n| u32::try_from(n).ok()) {
+                    study.result_version = study.result_version.max(v);
+                }
+            }
             if !linked {
                 study.instances += 1;
             }
@@ -506,6 +516,49 @@ mod tests {
         inst.path = rel.to_string_lossy().into_owned();
         store.commit_instance(&inst, &h.study).unwrap();
         inst
+    }
+
+    /// An index rebuilt after it was lost goes on from the highest result version of the
+    /// result objects this box made (their Instance Number), read only from objects its
+    /// ledger names: a peer's object claiming a high Instance Number counts for nothing.
+    #[test]
+    fn a_lost_index_goes_on_from_the_result_versions_made() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            stored_file(&store, "6.1", "6.1.1");
+            for (sop, number, ours) in [("6.1.8", 2, true), ("6.1.9", 7, false)] {
+                let class = "1.2.840.10008.5.1.4.1.1.88.34";
+                let pad = |s: &str| {
+                    let mut v = s.as_bytes().to_vec();
+                    if v.len() % 2 == 1 {
+                        v.push(0);
+                    }
+                    v
+                };
+                let number = format!("{number} ");
+                let mut file = part10_with_meta(class, sop, "1.2.840.10008.1.2.1", &[]);
+                file.extend(short(0x0008, 0x0016, b"UI", &pad(class)));
+                file.extend(short(0x0008, 0x0018, b"UI", &pad(sop)));
+                file.extend(short(0x0020, 0x000D, b"UI", &pad("6.1")));
+                file.extend(short(0x0020, 0x000E, b"UI", &pad("6.1.7")));
+                file.extend(short(0x0020, 0x0013, b"IS", number.as_bytes()));
+                let rel = FileArea::relative_path("6.1", sop);
+                let path = store.root().join(&rel);
+                std::fs::write(&path, file).unwrap();
+                if ours {
+                    store.note_generated(sop).unwrap();
+                }
+            }
+        }
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let study = store.study("6.1").unwrap().unwrap();
+        assert_eq!(study.instances, 3);
+        assert_eq!(
+            study.result_version, 2,
+            "ours says 2; the peer's 7 is not ours"
+        );
     }
 
     /// An instance the daemon receives while the reindex runs (its file placed, its record
