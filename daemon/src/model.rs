@@ -144,4 +144,44 @@ pub struct StudyRecord {
     /// Version of the latest result (0 = none yet).
     #[serde(default)]
     pub result_version: u32,
+    /// The patient the latest result was reported for: when the study is given to
+    /// another patient afterwards, the next result withdraws it from this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_for: Option<ReportedPatient>,
+}
+
+/// A patient's identity as a result was reported for it (PID-3, -5, -7, -8).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportedPatient {
+    /// Patient ID.
+    pub patient_id: String,
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Patient's Birth Date.
+    pub patient_birth_date: String,
+    /// Patient's Sex.
+    pub patient_sex: String,
+}
+
+impl ReportedPatient {
+    /// The identity `study` names now.
+    pub fn of(study: &StudyRecord) -> ReportedPatient {
+        ReportedPatient {
+            patient_id: study.patient_id.clone(),
+            patient_name: study.patient_name.clone(),
+            patient_birth_date: study.patient_birth_date.clone(),
+            patient_sex: study.patient_sex.clone(),
+        }
+    }
+
+    /// `study` as it was when reported for this patient.
+    pub fn applied_to(&self, study: &StudyRecord) -> StudyRecord {
+        StudyRecord {
+            patient_id: self.patient_id.clone(),
+            patient_name: self.patient_name.clone(),
+            patient_birth_date: self.patient_birth_date.clone(),
+            patient_sex: self.patient_sex.clone(),
+            ..study.clone()
+        }
+    }
 }

@@ -707,6 +707,24 @@ fn an_oru_of_every_research_model_label_is_strict_valid() {
     );
 }
 
+/// The withdrawal of a result reported for a study's former patient (every observation
+/// `W`, the order `C`) is a strictly valid ORU^R01 too.
+#[test]
+fn a_withdrawal_is_strict_valid() {
+    let r = report(4);
+    let secret = SiteSecret::from_bytes(&[1u8; 32]);
+    let entries = plan().withdrawal_entries(&r, &secret);
+    let msg = match &entries[0].payload {
+        duli::store::outbox::Payload::Hl7 { message } => message.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(msg.contains("|W|"), "{msg}");
+    let Some(verdict) = common::ris::hl7_strict(&msg) else {
+        return;
+    };
+    assert_eq!(verdict, "valid", "{msg}");
+}
+
 /// A study without a Patient ID gets no message the RIS cannot file (PID-3 is required):
 /// its entry is refused at once, dead-lettered with the reason, and the next one is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! What a report owes to whom: turns a [`Report`] (and later its DICOM result objects, and
 //! the radiologist's feedback) into the [`NewEntry`] list to commit, per the configuration.
 
-use super::hl7::message::{oru_r01, Hl7Profile, MessageIds};
+use super::hl7::message::{oru_r01, oru_r01_withdrawal, Hl7Profile, MessageIds};
 use super::mqtt::payload::{feedback_payload, report_payload, to_json};
 use super::mqtt::topics::Topics;
 use crate::config::{Config, ResultObject};
@@ -124,6 +124,28 @@ impl DeliveryPlan {
             });
         }
         out
+    }
+
+    /// The HL7 entry withdrawing `report` (a result reported for the patient its study
+    /// named then) from that patient: [`oru_r01_withdrawal`]. None without HL7: the cloud's
+    /// reports carry no patient identity to withdraw from, and the next report carries
+    /// the study's new pseudonym.
+    pub fn withdrawal_entries(&self, report: &Report, secret: &SiteSecret) -> Vec<NewEntry> {
+        let Some(profile) = &self.hl7 else {
+            return Vec::new();
+        };
+        vec![NewEntry {
+            dest: Destination::Hl7,
+            kind: Kind::Report,
+            report_id: report.report_id.clone(),
+            payload: Payload::Hl7 {
+                message: oru_r01_withdrawal(
+                    report,
+                    profile,
+                    &MessageIds::withdrawal(report, secret),
+                ),
+            },
+        }]
     }
 
     /// The PACS push entries of stored result objects of `kind` (a result object kind:

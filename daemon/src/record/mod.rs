@@ -28,7 +28,7 @@ pub mod parametric_map;
 pub mod secondary_capture;
 
 use crate::deliver::plan::DeliveryPlan;
-use crate::model::{StudyRecord, StudyState};
+use crate::model::{ReportedPatient, StudyRecord, StudyState};
 use crate::report::{Feedback, Report};
 use crate::result::{HeatmapState, ImageStatus, StudyResult};
 use crate::results::{self, sr::ObjectRef, uids::ResultUids};
@@ -159,9 +159,18 @@ impl Recorder {
     pub async fn record_result(&self, outcome: Outcome<'_>) -> Result<Committed, StoreError> {
         let result = outcome.result;
         let uid = result.study_instance_uid.as_str();
+        // The patient this result is reported for, recorded with it once its entries are
+        // planned: a later result withdraws it from this patient if the study changes hands.
+        let mut reported_for = None;
         let entries = match (&self.delivery, outcome.failure) {
             (Some(d), None) => match self.store.study(uid) {
-                Ok(Some(study)) => self.deliverables(d, result, &study, outcome.heatmaps_to_make),
+                Ok(Some(study)) => {
+                    let entries = self.deliverables(d, result, &study, outcome.heatmaps_to_make);
+                    if !is_manual_upload(&study) {
+                        reported_for = Some(ReportedPatient::of(&study));
+                    }
+                    entries
+                }
                 _ => Vec::new(),
             },
             _ => Vec::new(),
@@ -173,8 +182,13 @@ impl Recorder {
             }],
             _ => Vec::new(),
         };
-        let committed =
-            stored::commit_result(&self.store, result, &batches, outcome.heatmaps_to_make);
+        let committed = stored::commit_result(
+            &self.store,
+            result,
+            &batches,
+            outcome.heatmaps_to_make,
+            reported_for.as_ref(),
+        );
         match (&committed, outcome.failure) {
             (Ok(Committed::Done), Some(reason)) => {
                 let reason = format!("no image could be analysed: {reason}");
@@ -227,7 +241,8 @@ impl Recorder {
         }
         let report = Report::from_result(result, study);
         let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret);
-        let mut batch = d.plan.report_entries(&report, &d.secret);
+        let mut batch = self.withdrawals(d, study);
+        batch.extend(d.plan.report_entries(&report, &d.secret));
         if !heatmaps_to_make.is_empty() {
             // The SR is made once its heatmap is settled (made, skipped or failed), so that
             // it references the Parametric Map only when the map exists
@@ -248,6 +263,38 @@ impl Recorder {
             ),
         }
         batch
+    }
+
+    /// The withdrawal of the study's latest result from the patient it was reported for,
+    /// when the study now names another Patient ID (a modality or PACS resent it after
+    /// correcting its patient): queued before the new result, so the RIS takes the result
+    /// off the wrong patient's record before it files the new one. Nothing when the
+    /// study is the same patient's, or the latest result was reported for no one known.
+    fn withdrawals(&self, d: &Delivery, study: &StudyRecord) -> Vec<NewEntry> {
+        let Some(was) = &study.reported_for else {
+            return Vec::new();
+        };
+        if was.patient_id.is_empty() || was.patient_id == study.patient_id {
+            return Vec::new();
+        }
+        let previous = match stored::latest_result(&self.store, &study.study_instance_uid) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                log::error!(
+                    "study {}: the result to withdraw from its former patient cannot be read: {e}",
+                    study.study_instance_uid
+                );
+                return Vec::new();
+            }
+        };
+        log::warn!(
+            "study {}: result version {} withdrawn from the patient it was reported for (the study now names another)",
+            study.study_instance_uid,
+            previous.version
+        );
+        let old = Report::from_result(&previous, &was.applied_to(study));
+        d.plan.withdrawal_entries(&old, &d.secret)
     }
 
     /// Records the heatmap state of one image of result `version` of `study_uid`, made
@@ -674,6 +721,79 @@ mod tests {
         };
         store.commit_instance(&inst, &attrs).unwrap();
         store.force_state(study, StudyState::Inferring);
+    }
+
+    /// A study given to another patient after its result was reported: the next result
+    /// first withdraws the last one from the patient it was reported for (HL7, every
+    /// observation `W`), then reports for the new patient; a third result withdraws
+    /// nothing more.
+    #[tokio::test]
+    async fn a_result_reported_for_a_former_patient_is_withdrawn_before_the_next() {
+        let (_dir, store, recorder, outbox) = setup();
+        add_study(&store, "1.2.8", "PAT-A");
+        assert_eq!(
+            record(&recorder, &result("1.2.8", ImageStatus::Analysed)).await,
+            Committed::Done
+        );
+        assert_eq!(
+            store
+                .study("1.2.8")
+                .unwrap()
+                .unwrap()
+                .reported_for
+                .map(|p| p.patient_id),
+            Some("PAT-A".to_string())
+        );
+        // The modality resends the study corrected: another Patient ID.
+        let inst = InstanceRecord {
+            sop_instance_uid: "1.2.8.2".into(),
+            study_instance_uid: "1.2.8".into(),
+            received_at: 2,
+            ..Default::default()
+        };
+        let attrs = StudyRecord {
+            patient_id: "PAT-B".into(),
+            ..Default::default()
+        };
+        store.commit_instance(&inst, &attrs).unwrap();
+        store.force_state("1.2.8", StudyState::Inferring);
+        let version = |v: u32| {
+            let mut r = result("1.2.8", ImageStatus::Analysed);
+            r.version = v;
+            r.report_id = crate::result::report_id("1.2.8", v);
+            r
+        };
+        record(&recorder, &version(2)).await;
+        store.force_state("1.2.8", StudyState::Inferring);
+        record(&recorder, &version(3)).await;
+        let hl7: Vec<String> = outbox
+            .list(Some(&Destination::Hl7))
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.payload {
+                crate::store::outbox::Payload::Hl7 { message } => Some(message),
+                _ => None,
+            })
+            .collect();
+        let pid3 = |m: &str| {
+            m.split('\r')
+                .find(|s| s.starts_with("PID|"))
+                .and_then(|s| s.split('|').nth(3))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let withdrawn =
+            |m: &str| m.contains("|W|") && m.contains(crate::deliver::hl7::message::WITHDRAWN_NOTE);
+        let seen: Vec<(String, bool)> = hl7.iter().map(|m| (pid3(m), withdrawn(m))).collect();
+        assert_eq!(
+            seen,
+            [
+                ("PAT-A".to_string(), false),
+                ("PAT-A".to_string(), true),
+                ("PAT-B".to_string(), false),
+                ("PAT-B".to_string(), false),
+            ]
+        );
     }
 
     /// Feedback stops being taken while the outbox is nearly full: however much of it

@@ -10,7 +10,7 @@
 
 use super::records::update_json;
 use super::{decode, encode, write_extra, Change, Store, StoreError};
-use crate::model::{StudyRecord, StudyState};
+use crate::model::{ReportedPatient, StudyRecord, StudyState};
 use crate::result::{HeatmapState, StudyResult};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -74,6 +74,7 @@ pub fn commit_result(
     result: &StudyResult,
     batches: &[Batch],
     pending_heatmaps: &[&str],
+    reported_for: Option<&ReportedPatient>,
 ) -> Result<Committed, StoreError> {
     let mut extra = batch_writes(batches)?;
     extra.extend(pending_heatmap_marks(
@@ -102,6 +103,9 @@ pub fn commit_result(
             study.error = None;
         }
         study.result_version = study.result_version.max(result.version);
+        if let Some(p) = reported_for {
+            study.reported_for = Some(p.clone());
+        }
         studies.insert(uid.as_bytes(), encode(&study))?;
         write_extra(&views[2..], &names, extra)?;
         Ok((outcome, study))
@@ -276,7 +280,7 @@ mod tests {
             outbox: &outbox,
             entries: &entries,
         };
-        let err = commit_result(&store, &result, &[batch], &["4.4.1"]).unwrap_err();
+        let err = commit_result(&store, &result, &[batch], &["4.4.1"], None).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(outbox.list(None).unwrap().is_empty());
         assert!(pending_heatmaps(&store).unwrap().is_empty());
@@ -294,7 +298,7 @@ mod tests {
             .unwrap();
         store.force_state("4.4", StudyState::Inferring);
         assert_eq!(
-            commit_result(&store, &result, &[batch], &["4.4.1"]).unwrap(),
+            commit_result(&store, &result, &[batch], &["4.4.1"], None).unwrap(),
             Committed::Done
         );
         assert_eq!(outbox.list(None).unwrap().len(), 1);
@@ -372,7 +376,7 @@ mod tests {
             ]
         );
         store.force_state("1.1", StudyState::Inferring);
-        commit_result(&store, &result("1.1", 1, 0.9), &[], &[]).unwrap();
+        commit_result(&store, &result("1.1", 1, 0.9), &[], &[], None).unwrap();
         assert_eq!(
             page(&store),
             vec![
@@ -382,7 +386,7 @@ mod tests {
         );
         // A newer version that is not urgent moves the study back to its place.
         store.force_state("1.1", StudyState::Inferring);
-        commit_result(&store, &result("1.1", 2, 0.1), &[], &[]).unwrap();
+        commit_result(&store, &result("1.1", 2, 0.1), &[], &[], None).unwrap();
         assert_eq!(
             page(&store)[1],
             ("1.1".into(), StudyState::Done, Some(false))
@@ -414,7 +418,7 @@ mod tests {
             add_study(&store, uid, 100);
             store.force_state(uid, now);
             assert_eq!(
-                commit_result(&store, &result(uid, 1, 0.9), &[], &[]).unwrap(),
+                commit_result(&store, &result(uid, 1, 0.9), &[], &[], None).unwrap(),
                 committed,
                 "{now:?}"
             );
