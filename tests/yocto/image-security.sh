@@ -12,7 +12,12 @@
 #     without root's password (init=, SYSTEMD_SULOGIN_FORCE, systemd.debug_shell, rd.shell);
 #  4. GRUB's entries cannot be edited nor its command line opened at the console
 #     (superusers set, no password defined, every entry --unrestricted), and grub.cfg
-#     parses (grub-script-check).
+#     parses (grub-script-check);
+#  5. a trial slot that cannot reach mark-good still falls back unattended, and a slot an
+#     update wrote mounts /boot: both kernel command lines reboot after a panic
+#     (panic=N), the image lets systemd feed the hardware watchdog (RuntimeWatchdogSec),
+#     and /boot comes from boot.mount, installed for GRUB machines, not from an fstab
+#     line only the first disk image carries (--no-fstab-update in duli-ab.wks).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -148,5 +153,25 @@ else
     [ -z "${DULI_SKIP_LOG:-}" ] || echo "tests/yocto/image-security.sh: grub-script-check not installed" >> "$DULI_SKIP_LOG"
     echo "SKIP: grub-script-check (grub-common) not installed"
 fi
+echo "ok"
+
+echo "== a trial that cannot reach mark-good falls back; every slot mounts /boot"
+for f in $layer/recipes-bsp/duli-bootenv/files/grub.cfg $layer/recipes-bsp/duli-bootenv/files/boot.cmd; do
+    grep -E '^[[:space:]]*linux[[:space:]]|bootargs' "$f" | grep -Eq '(^|[[:space:]])panic=[1-9][0-9]*([[:space:]"]|$)' \
+        || { echo "FAIL: $f: the kernel command line does not reboot after a panic (panic=N)"; exit 1; }
+done
+grep -Eq 'RuntimeWatchdogSec=[1-9]' "$image" \
+    || { echo "FAIL: $image does not let systemd feed the hardware watchdog"; exit 1; }
+grep -Eq 'ROOTFS_POSTPROCESS_COMMAND:append = .*enable_duli_watchdog;' "$image" \
+    || { echo "FAIL: $image does not run enable_duli_watchdog"; exit 1; }
+wks=$layer/wic/duli-ab.wks
+grep -E '^part /boot ' "$wks" | grep -q -- '--no-fstab-update' \
+    || { echo "FAIL: $wks: /boot would be an fstab line of the first disk image only"; exit 1; }
+grep -Eq '^Where=/boot$' systemd/boot.mount && grep -Eq '^What=/dev/disk/by-partlabel/esp$' systemd/boot.mount \
+    || { echo "FAIL: systemd/boot.mount does not mount the EFI system partition at /boot"; exit 1; }
+recipe=$layer/recipes-duli/duli/duli_git.bb
+grep -Eq '^SYSTEMD_SERVICE:\$\{PN\}:append:x86-64 = " boot.mount"' "$recipe" \
+    && grep -q 'systemd/boot.mount' "$recipe" \
+    || { echo "FAIL: $recipe does not install and enable boot.mount on GRUB machines"; exit 1; }
 echo "ok"
 

@@ -102,4 +102,15 @@ enable_duli_time_wait_sync() {
     ln -sf "$unit" "$etc/sysinit.target.wants/systemd-time-wait-sync.service"
     printf '[Service]\nTimeoutStartSec=90s\n' > "$etc/systemd-time-wait-sync.service.d/duli.conf"
 }
-ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint; link_duli_time_settings; enable_duli_time_wait_sync;"
+enable_duli_watchdog[doc] = "Lets systemd feed the hardware watchdog, so a hung boot or system restarts"
+# A trial slot falls back only by rebooting until its attempts are spent: a kernel panic
+# reboots after 10 s (panic=10 on both boot scripts' command lines), and a boot or system
+# that hangs is reset by the hardware watchdog systemd feeds (the NUC's iTCO_wdt; a board
+# without one logs that it has none and carries on), so an unattended box never stays
+# stuck on a trial that cannot reach mark-good.
+enable_duli_watchdog() {
+    conf=${IMAGE_ROOTFS}${sysconfdir}/systemd/system.conf.d
+    install -d "$conf"
+    printf '[Manager]\nRuntimeWatchdogSec=30s\nRebootWatchdogSec=5min\n' > "$conf/duli-watchdog.conf"
+}
+ROOTFS_POSTPROCESS_COMMAND:append = " create_duli_mountpoint; link_duli_time_settings; enable_duli_time_wait_sync; enable_duli_watchdog;"

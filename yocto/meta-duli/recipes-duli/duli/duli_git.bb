@@ -59,6 +59,8 @@ RDEPENDS:${PN}:append:aarch64 = " libubootenv-bin"
 # The data partition (data.mount) holds /var/lib/duli, /etc/duli and the NTP drop-ins
 # (bind mounts whose sources duli-data-layout.service creates): see docs/appliance.md.
 SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service data.mount var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
+# GRUB machines: the EFI system partition at /boot in every slot (boot.mount).
+SYSTEMD_SERVICE:${PN}:append:x86-64 = " boot.mount"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
@@ -95,4 +97,9 @@ do_install:append() {
     chmod 0644 ${D}${datadir}/duli/hardware-id
     install -d ${D}${docdir}/duli/firmware
     install -m 0644 ${S}/firmware/README.md ${D}${docdir}/duli/firmware/README.md
+}
+
+# GRUB machines: the EFI system partition's mount unit (boot.mount).
+do_install:append:x86-64() {
+    install -m 0644 ${S}/systemd/boot.mount ${D}${systemd_system_unitdir}/boot.mount
 }

@@ -17,7 +17,7 @@ if test "${duli_target}" != "${duli_active}"; then
     saveenv
 fi
 if test "${slot}" = "B"; then setenv rootpart 3; else setenv slot A; setenv rootpart 2; fi
-setenv bootargs "${bootargs} root=PARTLABEL=rootfs-${slot} rootwait ro duli.slot=${slot}"
+setenv bootargs "${bootargs} root=PARTLABEL=rootfs-${slot} rootwait ro panic=10 duli.slot=${slot}"
 load ${devtype} ${devnum}:${rootpart} ${kernel_addr_r} /boot/Image
 load ${devtype} ${devnum}:${rootpart} ${fdt_addr_r} /boot/${fdtfile}
 booti ${kernel_addr_r} - ${fdt_addr_r}
