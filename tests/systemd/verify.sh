@@ -28,7 +28,8 @@ units="$root/usr/lib/systemd/system"
 mkdir -p "$units" "$root/usr/bin" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" \
     "$root/etc/duli" "$root/etc/systemd/system/duli.service.d" "$root/var/lib/duli/firmware"
 all_units="duli.service duli-update.service duli-update.path duli-mark-good.service data.mount \
-    duli-data-layout.service var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
+    duli-data-layout.service var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount \
+    boot.mount"
 for unit in $all_units; do
     cp "$here/systemd/$unit" "$units/"
 done
