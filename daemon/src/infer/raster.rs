@@ -50,9 +50,10 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
     open: impl Fn() -> Result<R, RasterError>,
     max_pixels: u64,
 ) -> Result<GrayImage, RasterError> {
-    // What a decoder may allocate: the pixel budget at two bytes a pixel (16-bit grey),
-    // so a colour or 16-bit image of many pixels (an all-zero RGBA PNG of 400 KB declaring
-    // 10,000 x 10,000) is refused from its header, not decoded into hundreds of MB.
+    // What a decoder may allocate: the pixel budget at three bytes a pixel (8-bit colour),
+    // so an image of more bytes a pixel (an all-zero RGBA PNG of 400 KB declaring
+    // 10,000 x 10,000, 16-bit colour) is refused from its header, not decoded into
+    // hundreds of MB beyond what the budget was set for.
     let byte_budget = max_pixels.saturating_mul(BYTES_PER_BUDGETED_PIXEL);
     let reader = || {
         let mut r = image::ImageReader::new(open()?)
@@ -152,7 +153,7 @@ fn read_jpeg(
 }
 
 /// Bytes a decoded image may take per pixel of the pixel budget.
-const BYTES_PER_BUDGETED_PIXEL: u64 = 2;
+const BYTES_PER_BUDGETED_PIXEL: u64 = 3;
 
 /// Converts a decoded image to 8-bit grey (an 8-bit grey image keeps its buffer; 8-bit
 /// colour is read in place, with no colour copy beside it).
@@ -351,8 +352,9 @@ mod tests {
         bytes
     }
 
-    /// The pixel budget counts bytes too: an RGBA image of as many pixels as the budget
-    /// allows in grey would take four times the memory, and is refused from its header.
+    /// The pixel budget counts bytes too (three a pixel, 8-bit colour): an RGBA image of as
+    /// many pixels as the budget allows would take a third more, and is refused from its
+    /// header; 8-bit colour and grey at the budget are read.
     #[test]
     fn a_colour_image_is_held_to_the_budget_in_bytes() {
         let rgba = png_claiming(image::ColorType::Rgba8, 10_000, 10_000);
@@ -364,13 +366,15 @@ mod tests {
                 ..
             })
         ));
-        // The same size in 8-bit grey is within the budget: decoded (and failing here for
-        // want of pixel data), not refused by size.
-        let grey = png_claiming(image::ColorType::L8, 10_000, 10_000);
-        assert!(matches!(
-            decode_bytes(&grey, 100_000_000),
-            Err(RasterError::Decode(_))
-        ));
+        // The same size in 8-bit colour or grey is within the budget: decoded (and
+        // failing here for want of pixel data), not refused by size.
+        for colour in [image::ColorType::Rgb8, image::ColorType::L8] {
+            let same = png_claiming(colour, 10_000, 10_000);
+            assert!(
+                matches!(decode_bytes(&same, 100_000_000), Err(RasterError::Decode(_))),
+                "{colour:?}"
+            );
+        }
         // An honest RGBA image reads as before.
         let small = png_claiming(image::ColorType::Rgba8, 8, 8);
         assert_eq!(decode_bytes(&small, 100_000_000).unwrap().pixels.len(), 64);
