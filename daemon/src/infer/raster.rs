@@ -371,7 +371,10 @@ mod tests {
         for colour in [image::ColorType::Rgb8, image::ColorType::L8] {
             let same = png_claiming(colour, 10_000, 10_000);
             assert!(
-                matches!(decode_bytes(&same, 100_000_000), Err(RasterError::Decode(_))),
+                matches!(
+                    decode_bytes(&same, 100_000_000),
+                    Err(RasterError::Decode(_))
+                ),
                 "{colour:?}"
             );
         }

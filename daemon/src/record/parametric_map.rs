@@ -130,5 +130,6 @@ pub fn source(store: &Store, sop_uid: &str) -> Result<Source, ObjectError> {
         pixel_spacing: spacing(tags::PIXEL_SPACING).or_else(|| spacing(tags::IMAGER_PIXEL_SPACING)),
         frame_of_reference,
         laterality,
+        patient_orientation: text(tags::PATIENT_ORIENTATION),
     })
 }

@@ -61,6 +61,9 @@ pub struct Source {
     pub frame_of_reference: Option<String>,
     /// Image Laterality (or Laterality).
     pub laterality: String,
+    /// Patient Orientation (0020,0020) as received (`L\F`: rows toward the patient's
+    /// left, columns toward the feet).
+    pub patient_orientation: String,
 }
 
 /// The map's values: `width × height` floats in [0, 1], row by row.
@@ -306,6 +309,39 @@ fn per_frame_groups() -> InMemDicomObject {
     ])
 }
 
+/// Image Orientation (Patient) of the map: the directions its rows and columns run in, from
+/// the source's Patient Orientation when that is two single, perpendicular directions
+/// (`L\F` gives `1\0\0\0\0\-1`); otherwise a frontal chest image as shown, rows toward
+/// the patient's left and columns toward the feet (coronal). A projection radiograph has
+/// no patient coordinates of its own: this only says which way the map faces.
+pub fn orientation(patient_orientation: &str) -> String {
+    const CORONAL: &str = "1\\0\\0\\0\\0\\-1";
+    let axis = |letter: &str| -> Option<[i8; 3]> {
+        Some(match letter.trim() {
+            "L" => [1, 0, 0],
+            "R" => [-1, 0, 0],
+            "P" => [0, 1, 0],
+            "A" => [0, -1, 0],
+            "H" => [0, 0, 1],
+            "F" => [0, 0, -1],
+            _ => return None,
+        })
+    };
+    let mut parts = patient_orientation.split('\\');
+    let (Some(row), Some(column), None) = (parts.next(), parts.next(), parts.next()) else {
+        return CORONAL.into();
+    };
+    match (axis(row), axis(column)) {
+        (Some(r), Some(c)) if r.iter().zip(&c).all(|(a, b)| a * b == 0) => r
+            .iter()
+            .chain(&c)
+            .map(i8::to_string)
+            .collect::<Vec<_>>()
+            .join("\\"),
+        _ => CORONAL.into(),
+    }
+}
+
 /// Common Instance Reference module: the source image.
 fn common_instance_reference(source: &Source) -> DataElement<InMemDicomObject> {
     seq(
@@ -378,7 +414,7 @@ fn shared_groups(source: &Source, factor: u32) -> InMemDicomObject {
         vec![InMemDicomObject::from_element_iter([text(
             tags::IMAGE_ORIENTATION_PATIENT,
             VR::DS,
-            "1\\0\\0\\0\\1\\0",
+            &orientation(&source.patient_orientation),
         )])],
     ));
     g.put(derivation_image(source));
@@ -528,6 +564,24 @@ mod tests {
         assert_eq!(&SRGB_ICC[12..16], b"mntr");
     }
 
+    /// A chest map faces as its source: coronal for a frontal view shown as usual, sagittal
+    /// for a lateral one, never the axial plane; anything else is a frontal view.
+    #[test]
+    fn the_map_faces_as_its_source() {
+        for (po, iop) in [
+            ("L\\F", "1\\0\\0\\0\\0\\-1"),
+            ("R\\F", "-1\\0\\0\\0\\0\\-1"),
+            ("A\\F", "0\\-1\\0\\0\\0\\-1"),
+            ("P\\H", "0\\1\\0\\0\\0\\1"),
+            ("", "1\\0\\0\\0\\0\\-1"),
+            ("L\\L", "1\\0\\0\\0\\0\\-1"),
+            ("LF\\F", "1\\0\\0\\0\\0\\-1"),
+            ("L\\F\\H", "1\\0\\0\\0\\0\\-1"),
+        ] {
+            assert_eq!(orientation(po), iop, "{po:?}");
+        }
+    }
+
     #[test]
     fn frame_laterality_follows_one_side_else_both() {
         for (source, frame) in [
@@ -556,7 +610,7 @@ mod tests {
                 columns: 2400,
                 pixel_spacing,
                 frame_of_reference: None,
-                laterality: String::new(),
+                ..Default::default()
             };
             let g = shared_groups(&source, factor);
             let measures = g.element(tags::PIXEL_MEASURES_SEQUENCE).unwrap();
