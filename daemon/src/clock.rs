@@ -51,6 +51,47 @@ pub fn dicom_date_time(unix: i64) -> (String, String) {
     )
 }
 
+/// Seconds east of UTC of the box's local time (its time zone: `/etc/localtime`, or `TZ`)
+/// at Unix seconds `unix`; 0 when the C library cannot tell.
+pub fn local_offset_secs(unix: i64) -> i32 {
+    let t: nix::libc::time_t = unix;
+    let mut tm = std::mem::MaybeUninit::<nix::libc::tm>::zeroed();
+    // SAFETY: localtime_r (POSIX, thread-safe) reads `t` and writes only into `tm`, which
+    // outlives the call; `tm` is read only after it returned non-null (filled in).
+    let filled = unsafe { !nix::libc::localtime_r(&t, tm.as_mut_ptr()).is_null() };
+    if !filled {
+        return 0;
+    }
+    // SAFETY: localtime_r succeeded, so it wrote every field of `tm`.
+    let tm = unsafe { tm.assume_init() };
+    i32::try_from(tm.tm_gmtoff)
+        .unwrap_or(0)
+        .clamp(-14 * 3600, 14 * 3600)
+}
+
+/// DICOM DA and TM of Unix seconds `unix` in the time `offset_secs` east of UTC, with
+/// that offset as Timezone Offset From UTC (0008,0201) writes it (`+HHMM`); a time
+/// outside the calendar's range is written as the epoch.
+pub fn dicom_date_time_at(unix: i64, offset_secs: i32) -> (String, String, String) {
+    let offset = time::UtcOffset::from_whole_seconds(offset_secs).unwrap_or(time::UtcOffset::UTC);
+    let t = time::OffsetDateTime::from_unix_timestamp(unix)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(offset);
+    let (h, m, _) = offset.as_hms();
+    let sign = if offset.is_negative() { '-' } else { '+' };
+    (
+        dicom_date(t.date()),
+        format!("{:02}{:02}{:02}", t.hour(), t.minute(), t.second()),
+        format!("{sign}{:02}{:02}", h.unsigned_abs(), m.unsigned_abs()),
+    )
+}
+
+/// [`dicom_date_time_at`] in the box's local time: what the DA and TM of an object this box
+/// makes mean to a reader (DICOM dates and times are local time), with the offset.
+pub fn dicom_local_date_time(unix: i64) -> (String, String, String) {
+    dicom_date_time_at(unix, local_offset_secs(unix))
+}
+
 /// A DICOM DA received from outside as `YYYYMMDD`: the value itself, or the old ACR-NEMA
 /// `YYYY.MM.DD` without its dots. Anything that is not a plausible date gives an empty
 /// string (the attribute is then left empty).
@@ -107,6 +148,35 @@ mod tests {
             dicom_date_time(i64::MAX),
             ("19700101".to_string(), "000000".to_string())
         );
+        // Local time: 23:30 UTC on 31 January is 00:30 on 1 February in UTC+1, and 18:00
+        // on the 31st in UTC-5:30.
+        let late = 1_706_743_800; // 2024-01-31T23:30:00Z
+        assert_eq!(
+            dicom_date_time_at(late, 3600),
+            ("20240201".into(), "003000".into(), "+0100".into())
+        );
+        assert_eq!(
+            dicom_date_time_at(late, -(5 * 3600 + 1800)),
+            ("20240131".into(), "180000".into(), "-0530".into())
+        );
+        assert_eq!(
+            dicom_date_time_at(late, 0),
+            ("20240131".into(), "233000".into(), "+0000".into())
+        );
+    }
+
+    /// The box's offset is the C library's, as `date +%z` prints it.
+    #[test]
+    fn the_local_offset_is_the_system_s() {
+        let now = now_secs();
+        let Ok(out) = std::process::Command::new("date")
+            .args(["+%z", "-d", &format!("@{now}")])
+            .output()
+        else {
+            return;
+        };
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(dicom_local_date_time(now).2, printed);
     }
 
     #[test]

@@ -323,7 +323,7 @@ pub fn wrap_gray(
             "{w}x{ht} is too large for DICOM"
         )));
     };
-    let (date, time) = crate::clock::dicom_date_time(crate::clock::now_secs());
+    let (date, time, _) = crate::clock::dicom_local_date_time(crate::clock::now_secs());
     let is_sc = h.sop_class == SECONDARY_CAPTURE;
     let mut obj = InMemDicomObject::new_empty();
     obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));

@@ -135,9 +135,13 @@ fn common_header(report: &Report, obj: &mut InMemDicomObject) {
         VR::LO,
         env!("CARGO_PKG_VERSION"),
     ));
-    let (date, time) = crate::clock::dicom_date_time(report.created_at);
+    // DICOM dates and times are local time: the box's, with its offset from UTC said
+    // (the study's own date and time, copied as received, are the modality's local time,
+    // normally the same zone's).
+    let (date, time, offset) = crate::clock::dicom_local_date_time(report.created_at);
     obj.put(text(tags::CONTENT_DATE, VR::DA, &date));
     obj.put(text(tags::CONTENT_TIME, VR::TM, &time));
     obj.put(text(tags::INSTANCE_CREATION_DATE, VR::DA, &date));
     obj.put(text(tags::INSTANCE_CREATION_TIME, VR::TM, &time));
+    obj.put(text(tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, &offset));
 }
