@@ -107,13 +107,22 @@ fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
         series: &f.uids.pm_series,
         finding: "PNEUMONIA",
     };
-    let sr = sr::build(
+    let mut sr = sr::build(
         &f.report,
         &f.uids,
         std::slice::from_ref(&f.source),
         Some(explanation),
     )
     .unwrap();
+    // A later result version names the SR it supersedes (checked by the validators too).
+    sr::add_predecessor(
+        &mut sr,
+        &f.report.study.study_instance_uid,
+        &sr::Predecessor {
+            series: "1.2.826.0.1.3680043.8.498.901".into(),
+            sop_instance: "1.2.826.0.1.3680043.8.498.901.1".into(),
+        },
+    );
     let sc = duli::record::secondary_capture::build(
         &f.store,
         &f.report,

@@ -250,6 +250,7 @@ impl Recorder {
             return batch;
         }
         match results::sr::build(&report, &uids, &self.sources(&report, result), None)
+            .map(|sr| self.superseding(d, result, sr))
             .and_then(|sr| results::store_object(&self.store, &sr))
         {
             Ok(rec) => batch.extend(d.plan.push_entries(
@@ -364,6 +365,39 @@ impl Recorder {
         matches!(self.store.instance(uid), Ok(Some(i)) if i.generated)
     }
 
+    /// `sr` naming the SR of the study's latest earlier result version that this box made
+    /// (its Predecessor Documents Sequence), when there is one: a later version replaces it.
+    fn superseding(
+        &self,
+        d: &Delivery,
+        result: &StudyResult,
+        mut sr: dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
+    ) -> dicom_object::FileDicomObject<dicom_object::InMemDicomObject> {
+        let uid = &result.study_instance_uid;
+        for version in (1..result.version).rev().take(MAX_PREDECESSOR_LOOKBACK) {
+            let Ok(Some(earlier)) = stored::result(&self.store, uid, version) else {
+                continue;
+            };
+            let keyed = ResultUids::new(&d.uid_root, &earlier.report_id, &d.secret);
+            let unkeyed = ResultUids::unkeyed(&d.uid_root, &earlier.report_id);
+            let made = [keyed, unkeyed]
+                .into_iter()
+                .find(|u| self.generated(&u.sr_instance));
+            if let Some(u) = made {
+                results::sr::add_predecessor(
+                    &mut sr,
+                    uid,
+                    &results::sr::Predecessor {
+                        series: u.sr_series,
+                        sop_instance: u.sr_instance,
+                    },
+                );
+                break;
+            }
+        }
+        sr
+    }
+
     /// Whether this box made an object already: under its `keyed` UID, or under the
     /// `unkeyed` one an earlier version gave it.
     fn made_before(&self, keyed: &str, unkeyed: &str) -> bool {
@@ -447,6 +481,7 @@ impl Recorder {
                 finding: code,
             });
         let built = results::sr::build(report, uids, &self.sources(report, result), explanation)
+            .map(|sr| self.superseding(d, result, sr))
             .map_err(ObjectError::from);
         self.commit_object(d, report, built, Kind::StructuredReport, &uids.sr_instance)
     }
@@ -561,6 +596,9 @@ impl Recorder {
         d.outbox.enqueue(&batch).map(|_| ())
     }
 }
+
+/// How many earlier result versions are looked through for the SR a new one supersedes.
+const MAX_PREDECESSOR_LOOKBACK: usize = 8;
 
 /// A made heatmap of one image: the PNG (relative to the data directory) and the code of
 /// the finding it explains.
@@ -794,6 +832,71 @@ mod tests {
                 ("PAT-B".to_string(), false),
             ]
         );
+    }
+
+    /// A later result version's SR names the SR it supersedes (Predecessor Documents
+    /// Sequence), and a finding keeps its tracking UID from one version to the next.
+    #[tokio::test]
+    async fn a_later_sr_names_the_one_it_supersedes_and_keeps_tracking_uids() {
+        use dicom_dictionary_std::tags;
+        let (_dir, store, recorder, _outbox) = setup();
+        add_study(&store, "1.2.6", "PAT-6");
+        let with_finding = |v: u32| {
+            let mut r = result("1.2.6", ImageStatus::Analysed);
+            r.version = v;
+            r.report_id = crate::result::report_id("1.2.6", v);
+            r.findings = vec![crate::result::fixtures::finding("PNEUMONIA", 0.8)];
+            r
+        };
+        record(&recorder, &with_finding(1)).await;
+        store.force_state("1.2.6", StudyState::Inferring);
+        record(&recorder, &with_finding(2)).await;
+        let key = SiteSecret::from_bytes(&[7u8; 32]);
+        let root = "1.2.826.0.1.3680043.8.498";
+        let sr_of = |v: u32| {
+            let uids = ResultUids::new(root, &crate::result::report_id("1.2.6", v), &key);
+            let rec = store.instance(&uids.sr_instance).unwrap().unwrap();
+            (
+                uids,
+                dicom_object::open_file(store.root().join(&rec.path)).unwrap(),
+            )
+        };
+        let (first, sr1) = sr_of(1);
+        let (_, sr2) = sr_of(2);
+        assert!(sr1
+            .element_opt(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+            .unwrap()
+            .is_none());
+        let pred = sr2.element(tags::PREDECESSOR_DOCUMENTS_SEQUENCE).unwrap();
+        let study = &pred.items().unwrap()[0];
+        let series = &study
+            .element(tags::REFERENCED_SERIES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        let sop = &series
+            .element(tags::REFERENCED_SOP_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0];
+        let text = |o: &dicom_object::InMemDicomObject, t| {
+            o.element(t)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        assert_eq!(text(study, tags::STUDY_INSTANCE_UID), "1.2.6");
+        assert_eq!(text(series, tags::SERIES_INSTANCE_UID), first.sr_series);
+        assert_eq!(
+            text(sop, tags::REFERENCED_SOP_INSTANCE_UID),
+            first.sr_instance
+        );
+        // The finding's tracking UID is the same in both documents (found in each's dump).
+        let tracked = first.tracking("1.2.6", "PNEUMONIA");
+        let tracking = |sr: &dicom_object::DefaultDicomObject| format!("{sr:?}").contains(&tracked);
+        assert!(tracking(&sr1) && tracking(&sr2));
     }
 
     /// Feedback stops being taken while the outbox is nearly full: however much of it

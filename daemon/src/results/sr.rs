@@ -275,7 +275,7 @@ fn not_measured_group(report: &Report, uids: &ResultUids) -> InMemDicomObject {
         uidref_item(
             "HAS OBS CONTEXT",
             TRACKING_UID,
-            &uids.tracking("NOT-ANALYSED"),
+            &uids.tracking(&report.study.study_instance_uid, "NOT-ANALYSED"),
         ),
         text_item("CONTAINS", COMMENT, &why),
     ];
@@ -298,7 +298,11 @@ fn measurement_group(
     };
     let mut children = vec![
         text_item("HAS OBS CONTEXT", TRACKING_ID, tracking),
-        uidref_item("HAS OBS CONTEXT", TRACKING_UID, &uids.tracking(&f.code)),
+        uidref_item(
+            "HAS OBS CONTEXT",
+            TRACKING_UID,
+            &uids.tracking(&report.study.study_instance_uid, &f.code),
+        ),
         code_value_item("CONTAINS", FINDING, finding),
     ];
     children.extend(algorithm(report, f));
@@ -390,6 +394,41 @@ pub fn build(
         &uids.sr_instance,
         crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN,
     )
+}
+
+/// The SR an earlier result version of the same study made: the document a later one
+/// supersedes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predecessor {
+    /// Its Series Instance UID.
+    pub series: String,
+    /// Its SOP Instance UID.
+    pub sop_instance: String,
+}
+
+/// Names `predecessor` in the Predecessor Documents Sequence (0040,A360) of `sr`, an SR
+/// of the same study (SR Document General module, type 1C: the document supersedes it and
+/// carries findings over from it).
+pub fn add_predecessor(sr: &mut InMemDicomObject, study_uid: &str, predecessor: &Predecessor) {
+    let sop = InMemDicomObject::from_element_iter([
+        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, COMPREHENSIVE_SR),
+        text(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            &predecessor.sop_instance,
+        ),
+    ]);
+    let series = InMemDicomObject::from_element_iter([
+        text(tags::SERIES_INSTANCE_UID, VR::UI, &predecessor.series),
+        seq(tags::REFERENCED_SOP_SEQUENCE, vec![sop]),
+    ]);
+    sr.put(seq(
+        tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+            seq(tags::REFERENCED_SERIES_SEQUENCE, vec![series]),
+        ])],
+    ));
 }
 
 /// The Coding Scheme Identification Sequence (SOP Common, type 1C) for the model's local

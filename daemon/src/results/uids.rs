@@ -61,6 +61,9 @@ impl ResultUids {
             key.pseudonym(UID_DOMAIN, &format!("{report_id}/{part}"))
         });
         uids.device_observer = device_observer(root, key);
+        // Tracking UIDs follow a finding of a study from one result version to the next
+        // (TID 1501): keyed, but not by the report.
+        uids.tracking_seed = format!("{root}\n{}", key.pseudonym(UID_DOMAIN, "tracking"));
         uids
     }
 
@@ -84,13 +87,15 @@ impl ResultUids {
         }
     }
 
-    /// The Tracking Unique Identifier of the finding coded `code` in this report (TID 1501).
-    pub fn tracking(&self, code: &str) -> String {
+    /// The Tracking Unique Identifier of the finding coded `code` of study `study_uid`
+    /// (TID 1501): the same in every result version of the study, so a viewer follows
+    /// one finding across them.
+    pub fn tracking(&self, study_uid: &str, code: &str) -> String {
         let (root, seed) = self
             .tracking_seed
             .split_once('\n')
             .unwrap_or(("2.25.", &self.tracking_seed));
-        derive(root, &format!("{seed}/{code}"))
+        derive(root, &format!("{seed}/{study_uid}/{code}"))
     }
 }
 
@@ -140,8 +145,8 @@ mod tests {
                 &a.pm_series,
                 &a.pm_instance,
                 &a.frame_of_reference,
-                &a.tracking("PNEUMONIA"),
-                &a.tracking("EFFUSION"),
+                &a.tracking("1.2.3", "PNEUMONIA"),
+                &a.tracking("1.2.3", "EFFUSION"),
                 &device_observer(root, &key),
             ];
             for u in all {
@@ -154,6 +159,16 @@ mod tests {
             }
             let set: std::collections::HashSet<_> = all.iter().collect();
             assert_eq!(set.len(), 11);
+            // A finding keeps its tracking UID from one result version to the next, and
+            // another study's finding has another.
+            assert_eq!(
+                a.tracking("1.2.3", "PNEUMONIA"),
+                b.tracking("1.2.3", "PNEUMONIA")
+            );
+            assert_ne!(
+                a.tracking("1.2.3", "PNEUMONIA"),
+                a.tracking("1.2.4", "PNEUMONIA")
+            );
         }
     }
 }
