@@ -129,6 +129,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             plan: delivery.plan.clone(),
             secret: delivery.secret.clone(),
             uid_root: config.dicom.uid_root.clone(),
+            ae_title: config.dicom.ae_title.clone(),
             max_pixels: config.inference.max_pixels,
         }),
     ));

@@ -37,6 +37,7 @@ async fn a_cam_model_makes_the_heatmap_and_its_objects_with_the_result() {
         plan: duli::deliver::plan::DeliveryPlan::from_config(&Config::default()),
         secret: Arc::clone(&secret),
         uid_root: root.into(),
+        ae_title: "DULI".into(),
         max_pixels: InferenceConfig::default().max_pixels,
     };
     let recorder = Arc::new(Recorder::new(Arc::clone(&store), Some(delivery)));

@@ -106,6 +106,7 @@ fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
         sop_instance: &f.uids.pm_instance,
         series: &f.uids.pm_series,
         finding: "PNEUMONIA",
+        retrieve_ae: "DULI",
     };
     let mut sr = sr::build(
         &f.report,
@@ -340,6 +341,15 @@ fn the_sr_states_its_flags_evidence_explanation_and_device_observer() {
         referenced(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE),
         std::slice::from_ref(&f.uids.pm_instance)
     );
+    // The map is referenced with where to retrieve it: this box, which serves it also to
+    // viewers of a PACS that took the SR but not the map.
+    let other = sr.element(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE).unwrap();
+    let series = &other.items().unwrap()[0]
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(text(series, tags::RETRIEVE_AE_TITLE), "DULI");
     // The content tree, flattened: (concept code value, text or UID value, referenced
     // SOP Instance UIDs).
     fn walk(obj: &dicom_object::InMemDicomObject, out: &mut Vec<(String, String, Vec<String>)>) {

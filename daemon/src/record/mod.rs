@@ -103,6 +103,9 @@ pub struct Delivery {
     pub secret: Arc<SiteSecret>,
     /// The root of the UIDs of the result objects.
     pub uid_root: String,
+    /// This box's AE title (`dicom.ae_title`): where the result objects it references can
+    /// be retrieved from.
+    pub ae_title: String,
     /// Most pixel samples of an image the result objects are made from
     /// (`inference.max_pixels`): the image is read again from the store, where a peer may
     /// have replaced it since it was analysed.
@@ -479,6 +482,7 @@ impl Recorder {
                 sop_instance: &uids.pm_instance,
                 series: &uids.pm_series,
                 finding: code,
+                retrieve_ae: &d.ae_title,
             });
         let built = results::sr::build(report, uids, &self.sources(report, result), explanation)
             .map(|sr| self.superseding(d, result, sr))
@@ -740,6 +744,7 @@ mod tests {
             plan: DeliveryPlan::from_config(&cfg),
             secret: Arc::new(SiteSecret::from_bytes(&[7u8; 32])),
             uid_root: "1.2.826.0.1.3680043.8.498".into(),
+            ae_title: "DULI".into(),
             max_pixels: cfg.inference.max_pixels,
         };
         let recorder = Recorder::new(Arc::clone(&store), Some(delivery));

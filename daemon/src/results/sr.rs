@@ -101,6 +101,9 @@ pub struct ObjectRef<'a> {
     pub series: &'a str,
     /// Local code of the finding it explains.
     pub finding: &'a str,
+    /// The AE title it can be retrieved from (this box's: it serves every object it made,
+    /// also one the PACS it pushes the SR to does not take); empty when not said.
+    pub retrieve_ae: &'a str,
 }
 
 fn code_item(c: Code) -> InMemDicomObject {
@@ -490,12 +493,25 @@ fn put_document_general(
         ));
     }
     if let Some(pm) = explanation {
+        // With where it can be retrieved from (Retrieve AE Title, series level of the
+        // Hierarchical SOP Instance Reference macro): a PACS that takes the SR but not the
+        // map (the default result objects are SR and SC) leaves the reference resolvable.
+        let mut series = InMemDicomObject::from_element_iter([
+            text(tags::SERIES_INSTANCE_UID, VR::UI, pm.series),
+            seq(
+                tags::REFERENCED_SOP_SEQUENCE,
+                vec![sop_ref(pm.sop_class, pm.sop_instance)],
+            ),
+        ]);
+        if !pm.retrieve_ae.is_empty() {
+            series.put(text(tags::RETRIEVE_AE_TITLE, VR::AE, pm.retrieve_ae));
+        }
         obj.put(seq(
             tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
-            vec![evidence(
-                study,
-                &[(pm.series, pm.sop_class, pm.sop_instance)],
-            )],
+            vec![InMemDicomObject::from_element_iter([
+                text(tags::STUDY_INSTANCE_UID, VR::UI, study),
+                seq(tags::REFERENCED_SERIES_SEQUENCE, vec![series]),
+            ])],
         ));
     }
 }
