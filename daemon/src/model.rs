@@ -116,6 +116,10 @@ pub struct StudyRecord {
     pub patient_birth_date: String,
     /// Patient's Sex (0010,0040).
     pub patient_sex: String,
+    /// Issuer of Patient ID (0010,0021): the domain the Patient ID is unique in (empty
+    /// when not sent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer_of_patient_id: String,
     /// Accession Number (0008,0050).
     pub accession_number: String,
     /// Study Date (0008,0020), YYYYMMDD.
@@ -161,6 +165,9 @@ pub struct ReportedPatient {
     pub patient_birth_date: String,
     /// Patient's Sex.
     pub patient_sex: String,
+    /// Issuer of Patient ID.
+    #[serde(default)]
+    pub issuer_of_patient_id: String,
 }
 
 impl ReportedPatient {
@@ -171,6 +178,7 @@ impl ReportedPatient {
             patient_name: study.patient_name.clone(),
             patient_birth_date: study.patient_birth_date.clone(),
             patient_sex: study.patient_sex.clone(),
+            issuer_of_patient_id: study.issuer_of_patient_id.clone(),
         }
     }
 
@@ -181,6 +189,7 @@ impl ReportedPatient {
             patient_name: self.patient_name.clone(),
             patient_birth_date: self.patient_birth_date.clone(),
             patient_sex: self.patient_sex.clone(),
+            issuer_of_patient_id: self.issuer_of_patient_id.clone(),
             ..study.clone()
         }
     }

@@ -707,6 +707,19 @@ fn an_oru_of_every_research_model_label_is_strict_valid() {
     );
 }
 
+/// A Patient ID with its issuer (PID-3 CX.4) is strictly valid.
+#[test]
+fn a_patient_id_with_its_issuer_is_strict_valid() {
+    let mut r = report(4);
+    r.study.issuer_of_patient_id = "HOSP_A".into();
+    let msg = message_of(&r);
+    assert!(msg.contains("^^^HOSP_A|"), "{msg}");
+    let Some(verdict) = common::ris::hl7_strict(&msg) else {
+        return;
+    };
+    assert_eq!(verdict, "valid", "{msg}");
+}
+
 /// The withdrawal of a result reported for a study's former patient (every observation
 /// `W`, the order `C`) is a strictly valid ORU^R01 too.
 #[test]

@@ -89,6 +89,15 @@ fn common_header(report: &Report, obj: &mut InMemDicomObject) {
     obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
     obj.put(text(tags::PATIENT_NAME, VR::PN, &s.patient_name));
     obj.put(text(tags::PATIENT_ID, VR::LO, &s.patient_id));
+    if !s.issuer_of_patient_id.is_empty() {
+        // Where the Patient ID is unique: an archive matching on both files the results
+        // with their study's patient.
+        obj.put(text(
+            tags::ISSUER_OF_PATIENT_ID,
+            VR::LO,
+            &s.issuer_of_patient_id,
+        ));
+    }
     // Dates and times as received may be in the old ACR-NEMA forms: written as DA and TM
     // are, or left empty.
     obj.put(text(

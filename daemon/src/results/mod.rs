@@ -267,6 +267,31 @@ mod tests {
         assert_eq!(floats, [0.0, 0.25, 1.0, 0.0, 1.0, 0.0]);
     }
 
+    /// The results carry the study's Issuer of Patient ID beside its Patient ID, and the
+    /// store reads it back from a received header; without one, none is written.
+    #[test]
+    fn result_objects_carry_the_issuer_of_patient_id() {
+        use dicom_dictionary_std::tags;
+        let (_dir, _store, mut report, uids) = fixture();
+        let issuer = |r: &crate::report::Report| {
+            sr::build(r, &uids, &[], None)
+                .unwrap()
+                .element_opt(tags::ISSUER_OF_PATIENT_ID)
+                .unwrap()
+                .map(|e| e.to_str().unwrap().trim().to_string())
+        };
+        assert_eq!(issuer(&report), None);
+        report.study.issuer_of_patient_id = "HOSP_A".into();
+        assert_eq!(issuer(&report).as_deref(), Some("HOSP_A"));
+        // Read from a received instance's header.
+        let sr = sr::build(&report, &uids, &[], None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sr.dcm");
+        sr.write_to_file(&path).unwrap();
+        let h = crate::store::header::read_header(&path).unwrap();
+        assert_eq!(h.study.issuer_of_patient_id, "HOSP_A");
+    }
+
     #[test]
     fn sr_and_sc_are_stored_indexed_and_parse_with_dcmtk() {
         let (dir, store, report, uids) = fixture();

@@ -215,6 +215,7 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
         patient_name: text(obj, tags::PATIENT_NAME),
         patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE),
         patient_sex: text(obj, tags::PATIENT_SEX),
+        issuer_of_patient_id: text(obj, tags::ISSUER_OF_PATIENT_ID),
         accession_number: text(obj, tags::ACCESSION_NUMBER),
         study_date: text(obj, tags::STUDY_DATE),
         study_time: text(obj, tags::STUDY_TIME),
@@ -238,6 +239,10 @@ fn from_object(obj: &DefaultDicomObject) -> Result<Header, HeaderError> {
             &study.patient_birth_date,
         ),
         ("Patient's Sex (0010,0040)", &study.patient_sex),
+        (
+            "Issuer of Patient ID (0010,0021)",
+            &study.issuer_of_patient_id,
+        ),
         ("Accession Number (0008,0050)", &study.accession_number),
         ("Study Date (0008,0020)", &study.study_date),
         ("Study Time (0008,0030)", &study.study_time),
@@ -280,11 +285,14 @@ pub fn merge_study(into: &mut StudyRecord, from: &StudyRecord) -> bool {
         into.patient_name.clone_from(&from.patient_name);
         into.patient_birth_date.clone_from(&from.patient_birth_date);
         into.patient_sex.clone_from(&from.patient_sex);
+        into.issuer_of_patient_id
+            .clone_from(&from.issuer_of_patient_id);
     } else if from.patient_id == into.patient_id {
         fill_gaps([
             (&mut into.patient_name, &from.patient_name),
             (&mut into.patient_birth_date, &from.patient_birth_date),
             (&mut into.patient_sex, &from.patient_sex),
+            (&mut into.issuer_of_patient_id, &from.issuer_of_patient_id),
         ]);
     }
     fill_study_attributes(into, from);
@@ -310,6 +318,7 @@ pub fn fill_study_gaps(into: &mut StudyRecord, from: &StudyRecord) {
             (&mut into.patient_name, &from.patient_name),
             (&mut into.patient_birth_date, &from.patient_birth_date),
             (&mut into.patient_sex, &from.patient_sex),
+            (&mut into.issuer_of_patient_id, &from.issuer_of_patient_id),
         ]);
     }
     fill_study_attributes(into, from);

@@ -54,6 +54,8 @@ pub mod limits {
     pub const PREFIX: usize = 20;
     /// NTE-3 (FT) comment.
     pub const COMMENT: usize = 65_536;
+    /// CX.4 HD.1 (namespace ID): the Issuer of Patient ID.
+    pub const ASSIGNING_AUTHORITY: usize = 20;
 }
 
 /// The identifiers of one message that the site secret keys: nobody without the secret can
@@ -572,13 +574,28 @@ fn patient(report: &Report) -> [String; 2] {
     [
         Segment::new("PID")
             .set(1, "1")
-            .set(3, escape(&s.patient_id))
+            .set(3, patient_identifier(s))
             .set(5, dicom_name_to_xpn(&s.patient_name))
             .set(7, dicom_date_to_hl7(&s.patient_birth_date))
             .set(8, sex_to_hl7(&s.patient_sex))
             .render(),
         Segment::new("PV1").set(1, "1").set(2, "U").render(),
     ]
+}
+
+/// PID-3: the Patient ID (CX.1) and, when the study has one that fits, its Issuer of
+/// Patient ID as the assigning authority (CX.4). An issuer longer than HD.1 allows is left
+/// out rather than cut: a cut issuer would name another domain.
+fn patient_identifier(s: &crate::model::StudyRecord) -> String {
+    let issuer = escape(&s.issuer_of_patient_id);
+    if s.patient_id.is_empty()
+        || issuer.is_empty()
+        || issuer.chars().count() > limits::ASSIGNING_AUTHORITY
+    {
+        escape(&s.patient_id)
+    } else {
+        format!("{}^^^{issuer}", escape(&s.patient_id))
+    }
 }
 
 /// ORC and OBR: the order by its accession number and our filler order number, the
@@ -917,6 +934,25 @@ mod tests {
             .collect();
         let expected: Vec<String> = (1..=numbers.len()).map(|i| i.to_string()).collect();
         assert_eq!(numbers, expected);
+    }
+
+    /// PID-3 names the Issuer of Patient ID as assigning authority (CX.4) when the study
+    /// has one that fits; never beside an empty Patient ID, never cut.
+    #[test]
+    fn the_issuer_of_patient_id_is_the_assigning_authority() {
+        let mut report = fixtures::report();
+        report.study.patient_id = "12345".into();
+        report.study.issuer_of_patient_id = "HOSP_A".into();
+        let pid3 = |r: &Report| {
+            let msg = oru_r01(r, &profile(), &ids());
+            segment(&msg, "PID")[3].to_string()
+        };
+        assert_eq!(pid3(&report), "12345^^^HOSP_A");
+        report.study.issuer_of_patient_id = "X".repeat(21);
+        assert_eq!(pid3(&report), "12345");
+        report.study.issuer_of_patient_id = "HOSP_A".into();
+        report.study.patient_id = String::new();
+        assert_eq!(pid3(&report), "");
     }
 
     #[test]
