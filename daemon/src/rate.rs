@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 /// Most keys remembered before the ones whose window ended are forgotten.
 const PRUNE_AT: usize = 1024;
 
+/// Most keys counted at once: past it (every window still running) an event of a new key
+/// is refused, so keys an outsider chooses (calling AE titles, rotated addresses) cannot
+/// grow the table without bound.
+pub const MAX_KEYS: usize = 4096;
+
 /// At most `limit` events per key in a window that starts at the key's first event; the
 /// window's end says how long to wait. Keys whose window ended are forgotten as others
 /// arrive, so the map holds only keys active within the last window.
@@ -35,8 +40,11 @@ impl<K: Hash + Eq + Clone> Rate<K> {
     pub fn try_take_at(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let window = self.window;
-        if w.len() >= PRUNE_AT {
+        if w.len() >= PRUNE_AT && !w.contains_key(&key) {
             w.retain(|_, (start, _)| now.duration_since(*start) < window);
+            if w.len() >= MAX_KEYS {
+                return Err(window);
+            }
         }
         let entry = w.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= window {
@@ -85,5 +93,12 @@ mod tests {
             1,
             "ended windows forgotten"
         );
+        // A full table refuses new keys (not the ones it counts) until windows end.
+        let full: Rate<u32> = Rate::new(1, Duration::from_secs(60));
+        for k in 0..MAX_KEYS as u32 {
+            full.try_take_at(k, t0).unwrap();
+        }
+        assert!(full.try_take_at(1_000_000, t0).is_err());
+        assert!(full.try_take_at(1_000_000, t0 + Duration::from_secs(61)).is_ok());
     }
 }

@@ -436,7 +436,10 @@ impl<'a> Association<'a> {
         ) && self
             .scp
             .qr_rate
-            .try_take((self.peer.ip(), self.calling().to_string()))
+            .try_take((
+                crate::client_key::ClientKey::of(self.peer.ip()),
+                self.calling().to_string(),
+            ))
             .is_err()
         {
             let refusal = Refusal::RateExceeded {

@@ -80,9 +80,10 @@ pub struct Scp {
     pub(crate) next_id: AtomicU64,
     /// Which refused associations are audited ([`rejections`]).
     pub(crate) rejections: rejections::Rejections,
-    /// Queries and retrieves of the last minute, by address and calling AE
+    /// Queries and retrieves of the last minute, by client (an IPv4 address, an IPv6 /64:
+    /// a host may rotate through its whole /64) and calling AE
     /// (`dicom.max_qr_requests_per_minute`).
-    pub(crate) qr_rate: crate::rate::Rate<(std::net::IpAddr, String)>,
+    pub(crate) qr_rate: crate::rate::Rate<(crate::client_key::ClientKey, String)>,
 }
 
 /// The shared handles an SCP is built from.
