@@ -99,6 +99,8 @@ mod tests {
             full.try_take_at(k, t0).unwrap();
         }
         assert!(full.try_take_at(1_000_000, t0).is_err());
-        assert!(full.try_take_at(1_000_000, t0 + Duration::from_secs(61)).is_ok());
+        assert!(full
+            .try_take_at(1_000_000, t0 + Duration::from_secs(61))
+            .is_ok());
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub const SECRET_LEN: usize = 32;
 
 /// Fewest bytes of an existing secret the daemon uses.
-pub const MIN_LEN: usize = 16;
+const MIN_LEN: usize = 16;
 
 /// Errors loading or creating the secret.
 #[derive(Debug, thiserror::Error)]
@@ -70,17 +70,25 @@ impl SiteSecret {
     /// `None` when the file does not exist.
     pub fn load_existing(path: &Path) -> Result<Option<SiteSecret>, SecretError> {
         match std::fs::read(path) {
-            Ok(bytes) if bytes.len() < MIN_LEN => Err(SecretError::TooShort {
-                path: path.to_path_buf(),
-                len: bytes.len(),
-            }),
-            Ok(bytes) => Ok(Some(SiteSecret::from_bytes(&bytes))),
+            Ok(bytes) => Self::from_file_bytes(path, &bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(SecretError::Io {
                 path: path.to_path_buf(),
                 source,
             }),
         }
+    }
+
+    /// The secret the file at `path` holds, read as `bytes` (by [`SiteSecret::load_existing`],
+    /// or by root without following a link): refused when shorter than a secret may be.
+    pub fn from_file_bytes(path: &Path, bytes: &[u8]) -> Result<SiteSecret, SecretError> {
+        if bytes.len() < MIN_LEN {
+            return Err(SecretError::TooShort {
+                path: path.to_path_buf(),
+                len: bytes.len(),
+            });
+        }
+        Ok(SiteSecret::from_bytes(bytes))
     }
 
     /// The pseudonym that stands for the DICOM UID `uid` in the support bundle:

@@ -100,16 +100,22 @@ pub fn open_installed(
     path: &Path,
     anchors: &TrustAnchors,
 ) -> Result<PayloadStream<BufReader<std::fs::File>>, BundleError> {
+    let file = open_no_follow(path)?;
+    open_pack_file(file, path, anchors)
+}
+
+/// Opens the file at `path` for reading without following a link at its name or blocking
+/// on a FIFO: a pack in a folder the service user writes.
+pub fn open_no_follow(path: &Path) -> Result<std::fs::File, BundleError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|source| BundleError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-    open_pack_file(file, path, anchors)
+        })
 }
 
 /// [`open_installed`] for a pack already opened as `file` (named `path` in errors), read

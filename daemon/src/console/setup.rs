@@ -330,12 +330,8 @@ pub(super) struct SetupBody {
 
 /// Refuses a request whose `Origin` (or `Sec-Fetch-Site`) shows another site.
 fn same_origin(req: &Request) -> Result<(), ApiError> {
+    super::api::cross_site(req)?;
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = header("sec-fetch-site") {
-        if !matches!(site, "same-origin" | "none") {
-            return Err(ApiError::Forbidden);
-        }
-    }
     if let Some(origin) = header("origin") {
         let host = header("host").unwrap_or_default();
         if origin != format!("https://{host}") {

@@ -14,7 +14,7 @@
 
 use duli_firmware::bundle::BundleError;
 use duli_firmware::config::FirmwareConfig;
-use duli_firmware::model_pack::{open_installed, open_pack_file};
+use duli_firmware::model_pack::{open_installed, open_no_follow, open_pack_file};
 use duli_firmware::pack_versions::PackVersions;
 use duli_firmware::policy::PolicyError;
 use duli_firmware::{PayloadKind, TrustAnchors, Version};
@@ -247,18 +247,10 @@ fn walk<R: std::io::Read, T>(
 /// every byte of the payload hashed. Returns the model with the SHA-256 of the payload it
 /// was read from (so that an install can tell that it wrote the same payload).
 pub fn signed_model(bundle: &Path, anchors: &TrustAnchors) -> Result<(String, String), PackError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(bundle)
-        .map_err(|source| PackError::Verify {
-            path: bundle.to_path_buf(),
-            source: BundleError::Io {
-                path: bundle.to_path_buf(),
-                source,
-            },
-        })?;
+    let file = open_no_follow(bundle).map_err(|source| PackError::Verify {
+        path: bundle.to_path_buf(),
+        source,
+    })?;
     signed_model_in(&file, bundle, anchors)
 }
 

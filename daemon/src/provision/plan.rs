@@ -267,15 +267,9 @@ fn site_secret(
                 let usable = source::read_nofollow(&kept, source::MAX_SECRET)
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| {
-                        if bytes.len() < crate::site_secret::MIN_LEN {
-                            Err(format!(
-                                "{} bytes, fewer than {}",
-                                bytes.len(),
-                                crate::site_secret::MIN_LEN
-                            ))
-                        } else {
-                            Ok(())
-                        }
+                        crate::site_secret::SiteSecret::from_file_bytes(&kept, &bytes)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
                     });
                 match usable {
                     Ok(()) => {

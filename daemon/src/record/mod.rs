@@ -381,9 +381,8 @@ impl Recorder {
             let Ok(Some(earlier)) = stored::result(&self.store, uid, version) else {
                 continue;
             };
-            let keyed = ResultUids::new(&d.uid_root, &earlier.report_id, &d.secret);
-            let unkeyed = ResultUids::unkeyed(&d.uid_root, &earlier.report_id);
-            let made = [keyed, unkeyed]
+            let objects = ObjectUids::of(d, &earlier.report_id);
+            let made = [objects.uids, objects.unkeyed]
                 .into_iter()
                 .find(|u| self.generated(&u.sr_instance));
             if let Some(u) = made {
@@ -433,13 +432,7 @@ impl Recorder {
             return Ok(());
         }
         let report = Report::from_result(&result, &study);
-        let objects = ObjectUids {
-            uids: ResultUids::new(&d.uid_root, &result.report_id, &d.secret),
-            // Each object is made once per report: under its UID, or under the unkeyed UID
-            // an earlier version gave it (made by this box, not stored by a peer that
-            // computed that UID).
-            unkeyed: ResultUids::unkeyed(&d.uid_root, &result.report_id),
-        };
+        let objects = ObjectUids::of(d, &result.report_id);
         // A map made before a restart keeps its image: the other objects follow it when
         // its heatmap is still at hand (the one settling now may have been skipped this
         // time), and the SR names a map only when it shows the finding the SR says.
@@ -617,6 +610,18 @@ struct Heatmap<'a> {
 struct ObjectUids {
     uids: ResultUids,
     unkeyed: ResultUids,
+}
+
+impl ObjectUids {
+    /// The UIDs of report `report_id`'s objects. Each object is made once per report:
+    /// under its UID, or under the unkeyed UID an earlier version gave it (made by this
+    /// box, not stored by a peer that computed that UID).
+    fn of(d: &Delivery, report_id: &str) -> ObjectUids {
+        ObjectUids {
+            uids: ResultUids::new(&d.uid_root, report_id, &d.secret),
+            unkeyed: ResultUids::unkeyed(&d.uid_root, report_id),
+        }
+    }
 }
 
 /// The heatmap the report's map and Secondary Capture are made from: among the made ones

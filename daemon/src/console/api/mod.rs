@@ -403,7 +403,7 @@ pub async fn handle(console: Arc<Console>, req: Request) -> Response {
 /// (`intranet.hospital.local` beside `duli.hospital.local`), whose page could otherwise
 /// make a user's browser search studies or export the audit trail in their name. Clients
 /// that are not browsers send no such header.
-fn cross_site(req: &Request) -> Result<(), ApiError> {
+pub(super) fn cross_site(req: &Request) -> Result<(), ApiError> {
     match req
         .headers
         .get("sec-fetch-site")
