@@ -706,6 +706,9 @@ const MAX_NARROWED: usize = 2_000;
 /// The studies worth matching when an indexed key narrows the query to at most
 /// [`MAX_NARROWED`]; `None` when none does (every study is a candidate, read in order).
 fn narrowed(store: &Store, query: &Query) -> Result<Option<Vec<StudyRecord>>, QueryError> {
+    // One more than may be loaded: an index scan stops there, and a key that reaches it
+    // narrows nothing (its studies are read in order instead).
+    const ENOUGH: usize = MAX_NARROWED + 1;
     let mut narrowed: Option<HashSet<String>> = None;
     let mut intersect = |set: Vec<String>| {
         let set: HashSet<String> = set.into_iter().collect();
@@ -735,25 +738,35 @@ fn narrowed(store: &Store, query: &Query) -> Result<Option<Vec<StudyRecord>>, Qu
             }
             _ => continue,
         };
-        match &k.matcher {
-            Matcher::Single(v) => intersect(store.query_exact(kind, v)?),
+        let candidates = match &k.matcher {
+            Matcher::Single(v) => Some(store.query_exact(kind, v, ENOUGH)?),
             Matcher::List(vs) => {
                 let mut all = Vec::new();
                 for v in vs {
-                    all.extend(store.query_exact(kind, v)?);
+                    all.extend(store.query_exact(kind, v, ENOUGH)?);
+                    if all.len() >= ENOUGH {
+                        break;
+                    }
                 }
-                intersect(all);
+                Some(all)
             }
             Matcher::Wildcard(p) => {
                 let prefix: String = p.iter().take_while(|c| **c != '*' && **c != '?').collect();
-                if !prefix.is_empty() {
-                    intersect(store.query_prefixed(kind, &prefix)?);
+                if prefix.is_empty() {
+                    None
+                } else {
+                    Some(store.query_prefixed(kind, &prefix, ENOUGH)?)
                 }
             }
             Matcher::Range { lo, hi } if kind == Kind::StudyDate => {
-                intersect(store.query_range(kind, lo, hi)?)
+                Some(store.query_range(kind, lo, hi, ENOUGH)?)
             }
-            _ => {}
+            _ => None,
+        };
+        // A key whose scan reached ENOUGH stopped short of its studies: it narrows nothing
+        // (intersecting its partial set would lose matches).
+        if let Some(c) = candidates.filter(|c| c.len() < ENOUGH) {
+            intersect(c);
         }
     }
     let Some(uids) = narrowed else {
@@ -1053,7 +1066,7 @@ mod tests {
         ));
         let query = parse(&obj, Model::StudyRoot).unwrap();
         assert!(narrowed(&store, &query).unwrap().is_none());
-        for i in 0..=MAX_NARROWED {
+        for i in 0..=MAX_NARROWED + 1 {
             let inst = InstanceRecord {
                 sop_instance_uid: format!("2.{i}.1"),
                 study_instance_uid: format!("2.{i}"),
@@ -1086,7 +1099,24 @@ mod tests {
                 usize::MAX
             )
             .len(),
-            MAX_NARROWED + 1
+            MAX_NARROWED + 2
+        );
+        // A narrow key beside the broad one still finds its study, though the broad key's
+        // index scan stopped before reaching it ("2.999" sorts last): a partial set is
+        // never intersected.
+        assert_eq!(
+            found(
+                &store,
+                Model::StudyRoot,
+                "STUDY",
+                &[
+                    (tags::STUDY_DATE, VR::DA, "20250101"),
+                    (tags::PATIENT_ID, VR::LO, "Q999"),
+                    (tags::STUDY_INSTANCE_UID, VR::UI, "")
+                ],
+                usize::MAX
+            ),
+            ["2.999"]
         );
     }
 

@@ -114,7 +114,7 @@ fn select_at_most(
                 return Err(QueryError::MissingUniqueKey("Patient ID (0010,0020)"));
             }
             for id in ids {
-                for uid in store.query_exact(Kind::PatientId, &id)? {
+                for uid in store.query_exact(Kind::PatientId, &id, usize::MAX)? {
                     sel.extend(store.instances_of(&uid)?)?;
                 }
             }

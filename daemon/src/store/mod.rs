@@ -602,13 +602,15 @@ impl Store {
         })
     }
 
-    /// Study UIDs whose `kind` query key equals `value` exactly ([`qr_index`]).
+    /// Study UIDs whose `kind` query key equals `value` exactly ([`qr_index`]), at most
+    /// `max` (as for the two below).
     pub fn query_exact(
         &self,
         kind: qr_index::Kind,
         value: &str,
+        max: usize,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(qr_index::exact(&self.qr_keys, kind, value)?)
+        Ok(qr_index::exact(&self.qr_keys, kind, value, max)?)
     }
 
     /// Study UIDs whose `kind` query key starts with `prefix`.
@@ -616,8 +618,9 @@ impl Store {
         &self,
         kind: qr_index::Kind,
         prefix: &str,
+        max: usize,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(qr_index::prefixed(&self.qr_keys, kind, prefix)?)
+        Ok(qr_index::prefixed(&self.qr_keys, kind, prefix, max)?)
     }
 
     /// Study UIDs whose `kind` query key lies in `lo..=hi` (either bound open when empty).
@@ -626,8 +629,9 @@ impl Store {
         kind: qr_index::Kind,
         lo: &str,
         hi: &str,
+        max: usize,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(qr_index::range(&self.qr_keys, kind, lo, hi)?)
+        Ok(qr_index::range(&self.qr_keys, kind, lo, hi, max)?)
     }
 }
 
@@ -871,12 +875,14 @@ mod tests {
         assert_eq!(order.last().map(String::as_str), Some("1.4"), "{order:?}");
         assert_eq!(
             store
-                .query_exact(qr_index::Kind::PatientId, "A\0B")
+                .query_exact(qr_index::Kind::PatientId, "A\0B", usize::MAX)
                 .unwrap(),
             ["1.1"]
         );
         assert_eq!(
-            store.query_exact(qr_index::Kind::PatientId, "A").unwrap(),
+            store
+                .query_exact(qr_index::Kind::PatientId, "A", usize::MAX)
+                .unwrap(),
             ["1.2"]
         );
     }

@@ -227,11 +227,12 @@ pub(super) fn exact(
     tree: &sled::Tree,
     kind: Kind,
     value: &str,
+    max: usize,
 ) -> Result<Vec<String>, sled::Error> {
     let mut prefix = vec![kind.byte()];
     prefix.extend_from_slice(&escaped(value));
     prefix.push(0);
-    scan(tree.scan_prefix(prefix))
+    scan(tree.scan_prefix(prefix), max)
 }
 
 /// Study UIDs whose `kind` value starts with `prefix`.
@@ -239,10 +240,11 @@ pub(super) fn prefixed(
     tree: &sled::Tree,
     kind: Kind,
     prefix: &str,
+    max: usize,
 ) -> Result<Vec<String>, sled::Error> {
     let mut p = vec![kind.byte()];
     p.extend_from_slice(&escaped(prefix));
-    scan(tree.scan_prefix(p))
+    scan(tree.scan_prefix(p), max)
 }
 
 /// Study UIDs whose `kind` value lies in `lo..=hi` (either bound open when empty).
@@ -251,6 +253,7 @@ pub(super) fn range(
     kind: Kind,
     lo: &str,
     hi: &str,
+    max: usize,
 ) -> Result<Vec<String>, sled::Error> {
     let mut start = vec![kind.byte()];
     start.extend_from_slice(&escaped(lo));
@@ -262,12 +265,17 @@ pub(super) fn range(
         // Every key with value `hi` is `hi, 0, uid`, below `hi, 1`.
         end.push(1);
     }
-    scan(tree.range(start..end))
+    scan(tree.range(start..end), max)
 }
 
-fn scan(iter: sled::Iter) -> Result<Vec<String>, sled::Error> {
+/// The study UIDs of the keys `iter` walks, at most `max` of them (a caller that asks for
+/// one more than it will use learns that there are more without holding them all).
+fn scan(iter: sled::Iter, max: usize) -> Result<Vec<String>, sled::Error> {
     let mut out = Vec::new();
     for kv in iter {
+        if out.len() >= max {
+            break;
+        }
         let (k, _) = kv?;
         if let Some(uid) = study_of(&k) {
             out.push(uid);
@@ -300,19 +308,30 @@ mod tests {
             study("1.3", "P10", "20241231", "Dorian^Gray"),
         ];
         rebuild(&tree, all.iter()).unwrap();
-        assert_eq!(exact(&tree, Kind::PatientId, "P1").unwrap(), ["1.1", "1.2"]);
-        assert_eq!(exact(&tree, Kind::PatientId, "P10").unwrap(), ["1.3"]);
-        assert_eq!(prefixed(&tree, Kind::PatientName, "DO").unwrap().len(), 3);
         assert_eq!(
-            range(&tree, Kind::StudyDate, "20240201", "20241231").unwrap(),
-            ["1.2", "1.3"]
-        );
-        assert_eq!(
-            range(&tree, Kind::StudyDate, "", "20240315").unwrap(),
+            exact(&tree, Kind::PatientId, "P1", usize::MAX).unwrap(),
             ["1.1", "1.2"]
         );
         assert_eq!(
-            range(&tree, Kind::StudyDate, "20240316", "").unwrap(),
+            exact(&tree, Kind::PatientId, "P10", usize::MAX).unwrap(),
+            ["1.3"]
+        );
+        assert_eq!(
+            prefixed(&tree, Kind::PatientName, "DO", usize::MAX)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            range(&tree, Kind::StudyDate, "20240201", "20241231", usize::MAX).unwrap(),
+            ["1.2", "1.3"]
+        );
+        assert_eq!(
+            range(&tree, Kind::StudyDate, "", "20240315", usize::MAX).unwrap(),
+            ["1.1", "1.2"]
+        );
+        assert_eq!(
+            range(&tree, Kind::StudyDate, "20240316", "", usize::MAX).unwrap(),
             ["1.3"]
         );
     }
@@ -328,14 +347,14 @@ mod tests {
             study("2.2", "P2", "20240101", "Hong^Gildong=洪^吉洞=홍^길동"),
         ];
         rebuild(&tree, all.iter()).unwrap();
-        let exact = |v: &str| exact(&tree, Kind::PatientName, v).unwrap();
+        let exact = |v: &str| exact(&tree, Kind::PatientName, v, usize::MAX).unwrap();
         assert_eq!(exact("DOE^JOHN"), ["2.1"]);
         assert_eq!(exact("DOE^JOHN^^^"), ["2.1"]);
         assert_eq!(exact("HONG^GILDONG"), ["2.2"]);
         assert_eq!(exact("洪^吉洞"), ["2.2"]);
         assert_eq!(exact("홍^길동"), ["2.2"]);
         assert_eq!(exact("HONG^GILDONG=洪^吉洞=홍^길동"), ["2.2"]);
-        let prefixed = |p: &str| prefixed(&tree, Kind::PatientName, p).unwrap();
+        let prefixed = |p: &str| prefixed(&tree, Kind::PatientName, p, usize::MAX).unwrap();
         assert!(prefixed("洪").contains(&"2.2".to_string()));
         assert!(prefixed("DOE^JOHN^").contains(&"2.1".to_string()));
         assert_eq!(pn_shortest("Doe^John^^=="), "Doe^John");
@@ -362,11 +381,20 @@ mod tests {
         )];
         rebuild(&tree, all.iter()).unwrap();
         assert_eq!(
-            exact(&tree, Kind::PatientName, "M\u{dc}LLER^J\u{d6}RG").unwrap(),
+            exact(
+                &tree,
+                Kind::PatientName,
+                "M\u{dc}LLER^J\u{d6}RG",
+                usize::MAX
+            )
+            .unwrap(),
             ["2.1"]
         );
-        assert_eq!(exact(&tree, Kind::PatientId, "P\u{e9}").unwrap(), ["2.1"]);
-        assert!(prefixed(&tree, Kind::PatientName, "M\u{dc}L")
+        assert_eq!(
+            exact(&tree, Kind::PatientId, "P\u{e9}", usize::MAX).unwrap(),
+            ["2.1"]
+        );
+        assert!(prefixed(&tree, Kind::PatientName, "M\u{dc}L", usize::MAX)
             .unwrap()
             .contains(&"2.1".to_string()));
     }

@@ -646,7 +646,7 @@ mod tests {
                 .map(|s| (s.study_instance_uid, s.instances, s.state))
                 .collect();
             let pat1 = store
-                .query_exact(qr_index::Kind::PatientId, "PAT1")
+                .query_exact(qr_index::Kind::PatientId, "PAT1", usize::MAX)
                 .unwrap();
             let links: Vec<usize> = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
                 .iter()
@@ -831,20 +831,20 @@ mod tests {
         assert!(store.instance("1.2.3.3.2").unwrap().is_none());
         assert_eq!(
             store
-                .query_exact(qr_index::Kind::PatientId, "PAT1")
+                .query_exact(qr_index::Kind::PatientId, "PAT1", usize::MAX)
                 .unwrap(),
             vec!["1.2.3.1".to_string()]
         );
         assert!(store
-            .query_exact(qr_index::Kind::PatientId, "WRONG")
+            .query_exact(qr_index::Kind::PatientId, "WRONG", usize::MAX)
             .unwrap()
             .is_empty());
         assert!(store
-            .query_exact(qr_index::Kind::PatientId, "PAT2")
+            .query_exact(qr_index::Kind::PatientId, "PAT2", usize::MAX)
             .unwrap()
             .is_empty());
         assert!(store
-            .query_exact(qr_index::Kind::PatientId, "GHOST")
+            .query_exact(qr_index::Kind::PatientId, "GHOST", usize::MAX)
             .unwrap()
             .is_empty());
         assert_eq!(store.instance_count(), 5);
@@ -871,7 +871,7 @@ mod tests {
         assert_eq!(store.study("1.2.5").unwrap().unwrap().patient_id, "PAT-NEW");
         assert_eq!(
             store
-                .query_exact(qr_index::Kind::PatientId, "PAT-NEW")
+                .query_exact(qr_index::Kind::PatientId, "PAT-NEW", usize::MAX)
                 .unwrap(),
             vec!["1.2.5".to_string()]
         );
