@@ -819,6 +819,15 @@ impl<R: Read + Seek> Walk<'_, R> {
 pub(crate) mod fixtures {
     use super::{ITEM, ITEM_END, SEQUENCE_END, UNDEFINED};
 
+    /// A UID value padded to even length with NUL, as a UI value is written.
+    pub fn padded_uid(uid: &str) -> Vec<u8> {
+        let mut v = uid.as_bytes().to_vec();
+        if v.len() % 2 == 1 {
+            v.push(0);
+        }
+        v
+    }
+
     /// An explicit VR LE element with a short header.
     pub fn short(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

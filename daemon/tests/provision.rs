@@ -861,30 +861,31 @@ fn generating_a_site_secret_keeps_the_one_the_box_has() {
     assert_eq!(fs::read(data.join("site_secret")).unwrap(), b"tiny");
     // Root reads the service user's file: a FIFO (which would block it) or a link (to a
     // file of root's, or an endless device) is refused at once, not read.
-    fs::remove_file(data.join("site_secret")).unwrap();
-    nix::unistd::mkfifo(
-        &data.join("site_secret"),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    let started = std::time::Instant::now();
-    let out = s.provision(&[]);
-    assert!(!out.success(), "{}", out.combined());
-    assert!(
-        out.combined().contains("cannot be used"),
-        "{}",
-        out.combined()
-    );
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    fs::remove_file(data.join("site_secret")).unwrap();
-    std::os::unix::fs::symlink("/dev/zero", data.join("site_secret")).unwrap();
-    let out = s.provision(&[]);
-    assert!(!out.success(), "{}", out.combined());
-    assert!(
-        out.combined().contains("cannot be used"),
-        "{}",
-        out.combined()
-    );
+    type Plant = fn(&std::path::Path);
+    let plants: [(&str, Plant); 2] = [
+        ("a FIFO", |p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+        }),
+        ("a link to /dev/zero", |p| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+    ];
+    for (what, plant) in plants {
+        fs::remove_file(data.join("site_secret")).unwrap();
+        plant(&data.join("site_secret"));
+        let started = std::time::Instant::now();
+        let out = s.provision(&[]);
+        assert!(!out.success(), "{what}: {}", out.combined());
+        assert!(
+            out.combined().contains("cannot be used"),
+            "{what}: {}",
+            out.combined()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{what}"
+        );
+    }
     // A box without one gets one, in the configuration folder.
     fs::remove_file(data.join("site_secret")).unwrap();
     assert_eq!(provision_over(""), etc.join("site_secret"));

@@ -511,25 +511,15 @@ mod tests {
 
     /// A minimal Explicit VR Little Endian data set of one DX instance of `study`.
     fn data_set(study: &str, sop: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (group, element, vr, value) in [
-            (0x0008u16, 0x0016u16, b"UI", DX),
-            (0x0008, 0x0018, b"UI", sop),
-            (0x0010, 0x0020, b"LO", "P1"),
-            (0x0020, 0x000D, b"UI", study),
-            (0x0020, 0x000E, b"UI", "1.2.9.9"),
-        ] {
-            let mut v = value.as_bytes().to_vec();
-            if v.len() % 2 == 1 {
-                v.push(if vr == b"UI" { 0 } else { b' ' });
-            }
-            out.extend_from_slice(&group.to_le_bytes());
-            out.extend_from_slice(&element.to_le_bytes());
-            out.extend_from_slice(vr);
-            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
-            out.extend(v);
-        }
-        out
+        use crate::dataset_guard::fixtures::{padded_uid, short};
+        [
+            short(0x0008, 0x0016, b"UI", &padded_uid(DX)),
+            short(0x0008, 0x0018, b"UI", &padded_uid(sop)),
+            short(0x0010, 0x0020, b"LO", b"P1"),
+            short(0x0020, 0x000D, b"UI", &padded_uid(study)),
+            short(0x0020, 0x000E, b"UI", &padded_uid("1.2.9.9")),
+        ]
+        .concat()
     }
 
     /// A study holds at most `dicom.max_instances_per_study`: a new instance past it is

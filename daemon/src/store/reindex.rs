@@ -479,7 +479,7 @@ fn earliest(a: i64, b: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset_guard::fixtures::{part10_with_meta, short};
+    use crate::dataset_guard::fixtures::{padded_uid, part10_with_meta, short};
     use crate::model::InstanceRecord;
     use crate::store::files::FileArea;
 
@@ -491,13 +491,7 @@ mod tests {
     /// [`stored_file`] of patient `patient` (none when empty).
     fn stored_file_of(store: &Store, study: &str, sop: &str, patient: &str) -> InstanceRecord {
         let class = "1.2.840.10008.5.1.4.1.1.1.1";
-        let uid = |s: &str| {
-            let mut v = s.as_bytes().to_vec();
-            if v.len() % 2 == 1 {
-                v.push(0);
-            }
-            v
-        };
+        let uid = padded_uid;
         let mut file = part10_with_meta(class, sop, "1.2.840.10008.1.2.1", &[]);
         file.extend(short(0x0008, 0x0016, b"UI", &uid(class)));
         file.extend(short(0x0008, 0x0018, b"UI", &uid(sop)));
@@ -529,13 +523,7 @@ mod tests {
             stored_file(&store, "6.1", "6.1.1");
             for (sop, number, ours) in [("6.1.8", 2, true), ("6.1.9", 7, false)] {
                 let class = "1.2.840.10008.5.1.4.1.1.88.34";
-                let pad = |s: &str| {
-                    let mut v = s.as_bytes().to_vec();
-                    if v.len() % 2 == 1 {
-                        v.push(0);
-                    }
-                    v
-                };
+                let pad = padded_uid;
                 let number = format!("{number} ");
                 let mut file = part10_with_meta(class, sop, "1.2.840.10008.1.2.1", &[]);
                 file.extend(short(0x0008, 0x0016, b"UI", &pad(class)));
