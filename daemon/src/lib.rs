@@ -18,7 +18,7 @@
 //!   C-FIND answers.
 //! - [`dimse`]: DIMSE messages — command sets, statuses, P-DATA reassembly (codec only).
 //! - [`client_key`]: the unit per-client limits count (an IPv4 address, an IPv6 /64).
-//! - [`rate`]: event rates by key (queries and retrieves per calling AE and address,
+//! - [`rate`]: event rates by key (queries and retrieves per calling AE and client,
 //!   console uploads and feedback per user).
 //! - [`receive`]: the SCP — listener, bounds on connections not yet associated,
 //!   associations, the check of every request (context, role, permission), the Verification

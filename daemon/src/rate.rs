@@ -1,6 +1,6 @@
 //! Event rates by key: at most so many events per key in a window, for the limits that
 //! count volume rather than concurrency (console uploads and feedback per user, DICOM
-//! queries and retrieves per calling AE and address).
+//! queries and retrieves per calling AE and client).
 
 use std::collections::HashMap;
 use std::hash::Hash;

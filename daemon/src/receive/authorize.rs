@@ -55,7 +55,9 @@ pub enum Refusal {
     /// than `dicom.max_qr_requests_per_minute`: each is a search or an export of patient
     /// data with an audit record, so a loop of them (a find permission is enough) would
     /// otherwise grow the audit trail, and the disk, without bound.
-    #[error("{operation} beyond {limit} queries and retrieves a minute from this calling AE and address")]
+    #[error(
+        "{operation} beyond {limit} queries and retrieves a minute from this calling AE and client"
+    )]
     RateExceeded {
         /// The operation requested.
         operation: CommandField,

@@ -948,6 +948,9 @@ mod tests {
             segment(&msg, "PID")[3].to_string()
         };
         assert_eq!(pid3(&report), "12345^^^HOSP_A");
+        // Delimiters in the issuer are escaped, never taken as structure.
+        report.study.issuer_of_patient_id = "A|B^C&D".into();
+        assert_eq!(pid3(&report), "12345^^^A\\F\\B\\S\\C\\T\\D");
         report.study.issuer_of_patient_id = "X".repeat(21);
         assert_eq!(pid3(&report), "12345");
         report.study.issuer_of_patient_id = "HOSP_A".into();
