@@ -100,6 +100,11 @@ pub struct InstanceRecord {
     /// Made by this box (SR, SC result objects): does not reopen its study.
     #[serde(default)]
     pub generated: bool,
+    /// A result object of this box's that its rejection note withdrew (it was made for a
+    /// patient the study no longer belongs to): no longer linked to its study, so neither
+    /// listed nor served; the record and file stay as what was sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 /// Patient and study attributes of a study (from its instances, first non-empty wins,

@@ -666,3 +666,177 @@ fn killed_while_the_outbox_drains_every_report_still_arrives() {
     common::ris::assert_strict_valid(&hl7.lock().unwrap());
     assert_eq!(distinct(&mqtt_reports(&sub.log())).len(), studies);
 }
+
+/// A study the modality sends again after correcting its patient: the RIS gets the
+/// withdrawal of the first result (every observation `W`, for the first patient) before
+/// the result for the corrected patient; the PACS (Orthanc) gets an IHE IOCM rejection note
+/// (Key Object Selection, *Incorrect Modality Worklist Entry*) that names the result
+/// objects made for the first patient and carries that patient, then the new SR; and this
+/// box's own Q/R no longer lists the rejected SR's series in the study.
+#[test]
+fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs() {
+    use dicom_dictionary_std::tags;
+    let Some(samples) = samples_dir() else { return };
+    if !inference_available() || require_tool("dcmodify").is_none() {
+        return;
+    }
+    let Some(orthanc) = Orthanc::start() else {
+        return;
+    };
+    let (hl7_port, hl7) = mllp_listener();
+    let dir = temp_dir("pipeline-correction");
+    let d = Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                r#"[{{name = "orthanc", ae_title = "{}", host = "127.0.0.1", port = {}, push = true, result_objects = ["sr"]}}]"#,
+                orthanc.aet, orthanc.dicom_port
+            ),
+        )
+        .start();
+    let original = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    let first_patient = dicom_attr(&original, tags::PATIENT_ID);
+    let modality_of = |id: &str| -> String {
+        orthanc.get_json(&format!("/instances/{id}/simplified-tags"))["Modality"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            done(),
+            "{what}: Orthanc has {:?}, the RIS {} message(s); daemon log:\n{}",
+            orthanc.instances(),
+            hl7.lock().unwrap().len(),
+            d.log()
+        );
+    };
+    d.storescu("MODALITY", &[], std::slice::from_ref(&original))
+        .unwrap()
+        .assert_success("storescu");
+    wait_for("the first SR", &|| {
+        orthanc.instances().iter().any(|id| modality_of(id) == "SR")
+    });
+    let fetch = |id: &str| -> PathBuf {
+        let path = dir.path().join(format!("{id}.dcm"));
+        let raw = orthanc.get(&format!("/instances/{id}/file")).unwrap();
+        std::fs::write(&path, &raw.body).unwrap();
+        path
+    };
+    let first_sr = fetch(&orthanc.instances()[0]);
+    let first_sr_uid = dicom_attr(&first_sr, tags::SOP_INSTANCE_UID);
+    let first_sr_series = dicom_attr(&first_sr, tags::SERIES_INSTANCE_UID);
+
+    // The modality corrects the patient and sends the study again.
+    let corrected = dir.path().join("corrected.dcm");
+    std::fs::copy(&original, &corrected).unwrap();
+    run_dcmtk(
+        "dcmodify",
+        &[
+            "-nb",
+            "-m",
+            "(0010,0020)=CORRECTED-1",
+            "-m",
+            "(0010,0010)=Corrected^Patient",
+            corrected.to_str().unwrap(),
+        ],
+    )
+    .unwrap()
+    .assert_success("dcmodify");
+    d.storescu("MODALITY", &[], &[corrected])
+        .unwrap()
+        .assert_success("storescu of the corrected study");
+    wait_for("the rejection note and the new SR", &|| {
+        orthanc.instances().len() >= 3 && hl7.lock().unwrap().len() >= 3
+    });
+
+    let objects: Vec<(String, PathBuf)> = orthanc
+        .instances()
+        .iter()
+        .map(|id| (modality_of(id), fetch(id)))
+        .collect();
+    let notes: Vec<&PathBuf> = objects
+        .iter()
+        .filter(|(m, _)| m == "KO")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(notes.len(), 1, "{objects:?}");
+    let note = dicom_object::open_file(notes[0]).unwrap();
+    let named: Vec<String> = duli::results::rejection::rejected_by(&note, 10)
+        .into_iter()
+        .map(|r| r.sop_instance)
+        .collect();
+    // The SR and, made for the same patient though this PACS takes only SRs, the
+    // Parametric Map and the Secondary Capture.
+    assert!(
+        named.contains(&first_sr_uid) && named.len() <= 3,
+        "{named:?}"
+    );
+    assert_eq!(dicom_attr(notes[0], tags::PATIENT_ID), first_patient);
+    let srs: Vec<String> = objects
+        .iter()
+        .filter(|(m, _)| m == "SR")
+        .map(|(_, p)| dicom_attr(p, tags::PATIENT_ID))
+        .collect();
+    assert_eq!(srs.len(), 2, "{objects:?}");
+    assert!(srs.contains(&"CORRECTED-1".to_string()), "{srs:?}");
+
+    // The RIS: the first result, its withdrawal for the same patient, then the new one.
+    let messages = hl7.lock().unwrap().clone();
+    common::ris::assert_strict_valid(&messages);
+    let pid3 = |m: &str| {
+        m.split('\r')
+            .find(|s| s.starts_with("PID|"))
+            .and_then(|s| s.split('|').nth(3))
+            .and_then(|f| f.split('^').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let seen: Vec<(String, bool)> = messages
+        .iter()
+        .map(|m| (pid3(m), m.contains("|W|")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (first_patient.clone(), false),
+            (first_patient.clone(), true),
+            ("CORRECTED-1".to_string(), false),
+        ]
+    );
+
+    // This box's Q/R: the study's series without the rejected SR's, with the note's.
+    let study_uid = dicom_attr(&original, tags::STUDY_INSTANCE_UID);
+    let series: Vec<String> = d
+        .findscu(
+            "-S",
+            &[
+                "QueryRetrieveLevel=SERIES".to_string(),
+                format!("StudyInstanceUID={study_uid}"),
+                "SeriesInstanceUID".to_string(),
+                "Modality".to_string(),
+            ],
+        )
+        .iter()
+        .map(|r| {
+            r.element(tags::SERIES_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect();
+    assert!(!series.contains(&first_sr_series), "{series:?}");
+    let note_series = dicom_attr(notes[0], tags::SERIES_INSTANCE_UID);
+    assert!(series.contains(&note_series), "{series:?}");
+}

@@ -47,34 +47,6 @@ fn load_fixture(d: &Daemon, dir: &Path) -> Option<Vec<Rec>> {
     Some(recs)
 }
 
-/// Runs findscu (`-S` study root or `-P` patient root) with `keys` (bytes as given: a key
-/// may carry Latin-1 or UTF-8); returns the response identifiers in arrival order.
-fn findscu<K: AsRef<std::ffi::OsStr>>(
-    d: &Daemon,
-    root: &str,
-    keys: &[K],
-) -> Vec<DefaultDicomObject> {
-    let out_dir = temp_dir("findscu");
-    let Some(mut cmd) = dcmtk("findscu") else {
-        panic!("findscu is required");
-    };
-    cmd.args([root, "-X", "-od"])
-        .arg(out_dir.path())
-        .args(["-aet", "FINDSCU", "-aec", DULI_AET]);
-    for k in keys {
-        cmd.arg("-k").arg(k);
-    }
-    cmd.args(["127.0.0.1", &d.dicom_port.to_string()]);
-    let out = run(&mut cmd, TOOL_TIMEOUT);
-    out.assert_success("findscu");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files.iter().map(|p| open_file(p).unwrap()).collect()
-}
-
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
     obj.element_opt(tag).unwrap().map(|e| {
         e.to_str()
@@ -108,8 +80,7 @@ fn findscu_at_each_level_answers_field_by_field() {
     let study_c = s(&recs[5], "study");
 
     // STUDY level, name wildcard (case-insensitive for PN), with empty return keys.
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=STUDY",
@@ -167,26 +138,21 @@ fn findscu_at_each_level_answers_field_by_field() {
         assert_eq!(got, modalities);
     }
     // Case rules: SH is case-sensitive, PN is not.
-    assert!(findscu(
-        &d,
-        "-S",
-        &["QueryRetrieveLevel=STUDY", "AccessionNumber=acc001"]
-    )
-    .is_empty());
-    assert_eq!(
-        findscu(
-            &d,
+    assert!(d
+        .findscu(
             "-S",
-            &["QueryRetrieveLevel=STUDY", "PatientName=DOE^JOHN"]
+            &["QueryRetrieveLevel=STUDY", "AccessionNumber=acc001"]
         )
-        .len(),
+        .is_empty());
+    assert_eq!(
+        d.findscu("-S", &["QueryRetrieveLevel=STUDY", "PatientName=DOE^JOHN"])
+            .len(),
         1
     );
     // `?` matches one character.
     assert_eq!(
         values(
-            &findscu(
-                &d,
+            &d.findscu(
                 "-S",
                 &[
                     "QueryRetrieveLevel=STUDY",
@@ -202,8 +168,7 @@ fn findscu_at_each_level_answers_field_by_field() {
     // Date ranges, open and closed, and a time range.
     let dates = |range: &str| {
         values(
-            &findscu(
-                &d,
+            &d.findscu(
                 "-S",
                 &[
                     "QueryRetrieveLevel=STUDY",
@@ -222,8 +187,7 @@ fn findscu_at_each_level_answers_field_by_field() {
     assert_eq!(dates("20250101-"), BTreeSet::from([study_c.clone()]));
     assert_eq!(dates("20240620"), BTreeSet::from([study_b.clone()]));
     let times = values(
-        &findscu(
-            &d,
+        &d.findscu(
             "-S",
             &[
                 "QueryRetrieveLevel=STUDY",
@@ -237,8 +201,7 @@ fn findscu_at_each_level_answers_field_by_field() {
 
     // UID list.
     let listed = values(
-        &findscu(
-            &d,
+        &d.findscu(
             "-S",
             &[
                 "QueryRetrieveLevel=STUDY",
@@ -250,8 +213,7 @@ fn findscu_at_each_level_answers_field_by_field() {
     assert_eq!(listed, BTreeSet::from([study_a.clone(), study_c.clone()]));
 
     // SERIES level by accession number: the SR and OT results are series of their own.
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=SERIES",
@@ -287,8 +249,7 @@ fn findscu_at_each_level_answers_field_by_field() {
 
     // IMAGE level: every instance of the study with SOP class and instance number; the SR
     // found again by its SOP class and by accession number.
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=IMAGE",
@@ -311,8 +272,7 @@ fn findscu_at_each_level_answers_field_by_field() {
         assert_eq!(text(o, tags::SERIES_INSTANCE_UID), Some(s(r, "series")));
     }
     let sr = recs.iter().find(|r| s(r, "modality") == "SR").unwrap();
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=IMAGE",
@@ -325,8 +285,7 @@ fn findscu_at_each_level_answers_field_by_field() {
         values(&rsp, tags::SOP_INSTANCE_UID),
         BTreeSet::from([s(sr, "sop")])
     );
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=STUDY",
@@ -341,8 +300,7 @@ fn findscu_at_each_level_answers_field_by_field() {
     );
 
     // Patient Root, PATIENT level with counts.
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-P",
         &[
             "QueryRetrieveLevel=PATIENT",
@@ -1037,10 +995,10 @@ fn find_without_character_set_reads_utf8_or_latin1_and_answers_in_utf8() {
     };
     // findscu from a UTF-8 shell: UTF-8 bytes, no (0008,0005). The study stored in UTF-8
     // and the one stored in Latin-1 both match; the answers are in UTF-8.
-    let rsp = findscu(&d, "-S", &with("Conceição*"));
+    let rsp = d.findscu("-S", &with("Conceição*"));
     assert_eq!(rsp.len(), 1);
     assert_answer(&rsp[0], &recs["AP0000"], "ISO_IR 192");
-    let rsp = findscu(&d, "-S", &with("gonçalves^josé"));
+    let rsp = d.findscu("-S", &with("gonçalves^josé"));
     assert_eq!(
         rsp.len(),
         1,
@@ -1052,12 +1010,11 @@ fn find_without_character_set_reads_utf8_or_latin1_and_answers_in_utf8() {
     let latin1 = std::ffi::OsString::from_vec(b"PatientName=Concei\xe7\xe3o*".to_vec());
     let mut keys = vec![latin1];
     keys.extend(CHARSET_KEYS.iter().map(std::ffi::OsString::from));
-    let rsp = findscu(&d, "-S", &keys);
+    let rsp = d.findscu("-S", &keys);
     assert_eq!(rsp.len(), 1);
     assert_answer(&rsp[0], &recs["AP0000"], "ISO_IR 192");
     // An ASCII-only answer declares no character set.
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=STUDY",
@@ -1074,7 +1031,7 @@ fn find_without_character_set_reads_utf8_or_latin1_and_answers_in_utf8() {
         text(&rsp[0], tags::SPECIFIC_CHARACTER_SET).as_deref(),
         Some("ISO_IR 192")
     );
-    let rsp = findscu(&d, "-S", &["QueryRetrieveLevel=STUDY", "PatientID=CP0000"]);
+    let rsp = d.findscu("-S", &["QueryRetrieveLevel=STUDY", "PatientID=CP0000"]);
     assert_eq!(rsp.len(), 1);
     assert_eq!(text(&rsp[0], tags::SPECIFIC_CHARACTER_SET), None);
 
@@ -1136,7 +1093,7 @@ fn find_with_character_set_matches_studies_stored_in_another() {
         std::ffi::OsString::from_vec(b"PatientName=CONCEI\xc7\xc3O^MARIA".to_vec()),
     ];
     keys.extend(CHARSET_KEYS.iter().map(std::ffi::OsString::from));
-    let rsp = findscu(&d, "-S", &keys);
+    let rsp = d.findscu("-S", &keys);
     assert_eq!(rsp.len(), 1);
     assert_answer(&rsp[0], &recs["AP0000"], "ISO_IR 100");
 
@@ -1259,7 +1216,7 @@ fn names_match_without_trailing_delimiters_and_by_component_group() {
     // DCMTK findscu, the stored form of the other name: still one match.
     let mut keys = vec!["PatientName=Doe^John^".to_string()];
     keys.extend(CHARSET_KEYS.iter().map(|k| k.to_string()));
-    let rsp = findscu(&d, "-S", &keys);
+    let rsp = d.findscu("-S", &keys);
     assert_eq!(rsp.len(), 1);
     assert_eq!(text(&rsp[0], tags::PATIENT_ID).as_deref(), Some("NP0000"));
 }
@@ -1325,8 +1282,7 @@ fn patient_identifiers_and_query_values_stay_out_of_the_log() {
         "{}",
         d.log()
     );
-    let answers = findscu(
-        &d,
+    let answers = d.findscu(
         "-P",
         &[
             "QueryRetrieveLevel=PATIENT",
@@ -1386,8 +1342,7 @@ fn a_find_matching_more_than_the_cap_answers_the_first_and_asks_to_narrow_it() {
     assert_eq!(statuses(&lines), [0xFF00, 0xFF00, 0x0000], "{lines:?}");
     // The association serves on after the refusal: findscu on a new one still works, and
     // the log and the audit trail say what happened.
-    let rsp = findscu(
-        &d,
+    let rsp = d.findscu(
         "-S",
         &[
             "QueryRetrieveLevel=STUDY",

@@ -534,21 +534,12 @@ fn orthanc_takes_all_three_by_c_store_and_gives_them_back_unchanged() {
         return;
     };
     let files = build_all(&f);
-    let paths: Vec<&str> = files.iter().map(|(_, p)| p.to_str().unwrap()).collect();
-    let port = orthanc.dicom_port.to_string();
-    // -R: propose exactly the classes of the files (DCMTK's default list has no
-    // Parametric Map).
-    let mut args = vec![
-        "-R",
-        "-aec",
-        orthanc.aet.as_str(),
-        "127.0.0.1",
-        port.as_str(),
-    ];
-    args.extend(paths.iter().copied());
-    run_dcmtk("storescu", &args)
-        .unwrap()
-        .assert_success("storescu of the SR, PM and SC into Orthanc");
+    let paths: Vec<&Path> = files.iter().map(|(_, p)| p.as_path()).collect();
+    store_into(
+        &orthanc,
+        &paths,
+        "storescu of the SR, PM and SC into Orthanc",
+    );
     assert_eq!(orthanc.instances().len(), 3, "{:?}", orthanc.instances());
     let dir = temp_dir("result-objects-back");
     for id in orthanc.instances() {
@@ -567,6 +558,21 @@ fn orthanc_takes_all_three_by_c_store_and_gives_them_back_unchanged() {
             "{name} came back changed over REST"
         );
     }
+}
+
+/// Sends `files` into Orthanc with DCMTK `storescu -R` (proposing exactly the classes of
+/// the files: DCMTK's default list has no Parametric Map); `what` names it on failure.
+fn store_into(orthanc: &Orthanc, files: &[&Path], what: &str) {
+    let port = orthanc.dicom_port.to_string();
+    let mut args = vec![
+        "-R",
+        "-aec",
+        orthanc.aet.as_str(),
+        "127.0.0.1",
+        port.as_str(),
+    ];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    run_dcmtk("storescu", &args).unwrap().assert_success(what);
 }
 
 /// A PACS (tests/tools/store_scp.py, pynetdicom) on a free port that takes only `classes`,
@@ -777,4 +783,89 @@ fn a_pacs_refusing_the_parametric_map_gets_the_rest_by_push_and_by_c_move() {
     assert_eq!(last["NumberOfCompletedSuboperations"], 3, "{last}");
     assert_eq!(last["NumberOfFailedSuboperations"], 0, "{last}");
     assert_eq!(std::fs::read_dir(got.path()).unwrap().count(), 3);
+}
+
+/// The IOCM rejection note that withdraws the SR, Parametric Map and Secondary Capture made
+/// for a former patient of the study: `dciodvfy` checks it as a Key Object Selection
+/// Document without error or warning; highdicom reads it as one (TID 2010) with the IOCM
+/// title, resolves each reference through its evidence; Orthanc takes it by C-STORE with
+/// the objects it names and gives it back unchanged.
+#[test]
+fn the_rejection_note_is_a_valid_key_object_selection_that_orthanc_takes() {
+    use duli::results::rejection;
+    let Some(f) = fixture() else { return };
+    let files = build_all(&f);
+    let rejected: Vec<rejection::Rejected> = files
+        .iter()
+        .map(|(_, p)| rejection::Rejected {
+            series: dicom_attr(p, dicom_dictionary_std::tags::SERIES_INSTANCE_UID),
+            sop_class: dicom_attr(p, dicom_dictionary_std::tags::SOP_CLASS_UID),
+            sop_instance: dicom_attr(p, dicom_dictionary_std::tags::SOP_INSTANCE_UID),
+        })
+        .collect();
+    assert!(rejection::build(&f.report, &f.uids, &[]).is_err());
+    let note = rejection::build(&f.report, &f.uids, &rejected).unwrap();
+    let ko = f.store.root().join("rejection-note.dcm");
+    note.write_to_file(&ko).unwrap();
+    assert_eq!(rejection::rejected_by(&note, 10), rejected);
+    assert_eq!(rejection::rejected_by(&note, 2), rejected[..2]);
+
+    if let Some(tool) = require_tool("dciodvfy") {
+        let found = dciodvfy(&tool, &ko);
+        let text = &found.text;
+        eprintln!("dciodvfy KO:\n{text}");
+        assert!(found.errors.is_empty(), "{:#?}\n{text}", found.errors);
+        assert!(found.warnings.is_empty(), "{:#?}\n{text}", found.warnings);
+        assert!(text.contains("KeyObjectSelectionDocument"), "{text}");
+    }
+    if let Some(mut cmd) = python_script(
+        &std::fs::read_to_string(repo_root().join("tests/tools/read_ko.py")).unwrap(),
+        &[],
+    ) {
+        let out = run(cmd.arg(&ko), Duration::from_secs(120));
+        out.assert_success("highdicom read_ko.py");
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(v["title"]["value"], "113038", "{v}");
+        assert_eq!(v["title"]["scheme"], "DCM", "{v}");
+        assert_eq!(v["template"], "2010", "{v}");
+        assert_eq!(v["description"][0], rejection::REASON, "{v}");
+        let types: Vec<&str> = v["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value_type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["COMPOSITE", "IMAGE", "IMAGE"], "{v}");
+        for (r, resolved) in rejected.iter().zip(v["resolved"].as_array().unwrap()) {
+            assert_eq!(resolved[1], r.series.as_str(), "{v}");
+            assert_eq!(resolved[2], r.sop_instance.as_str(), "{v}");
+        }
+    }
+    let Some(orthanc) = Orthanc::start() else {
+        return;
+    };
+    let mut paths: Vec<&Path> = files.iter().map(|(_, p)| p.as_path()).collect();
+    paths.push(&ko);
+    store_into(
+        &orthanc,
+        &paths,
+        "storescu of the result objects and their rejection note",
+    );
+    let sop = dicom_attr(&ko, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+    let dir = temp_dir("rejection-note-back");
+    let back = dir.path().join("ko.dcm");
+    let id = orthanc
+        .instances()
+        .into_iter()
+        .find(|id| {
+            let raw = orthanc.get(&format!("/instances/{id}/file")).unwrap();
+            std::fs::write(&back, &raw.body).unwrap();
+            dicom_attr(&back, dicom_dictionary_std::tags::SOP_INSTANCE_UID) == sop
+        })
+        .expect("Orthanc holds the rejection note");
+    assert_eq!(
+        data_set_dump(&ko),
+        data_set_dump(&back),
+        "{id} came back changed"
+    );
 }

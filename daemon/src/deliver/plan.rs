@@ -40,7 +40,7 @@ pub fn result_object(kind: Kind) -> Option<ResultObject> {
         Kind::StructuredReport => Some(ResultObject::Sr),
         Kind::ParametricMap => Some(ResultObject::Pm),
         Kind::SecondaryCapture => Some(ResultObject::Sc),
-        Kind::Report | Kind::Feedback => None,
+        Kind::Report | Kind::Feedback | Kind::Withdrawal | Kind::RejectionNote => None,
     }
 }
 
@@ -136,7 +136,7 @@ impl DeliveryPlan {
         };
         vec![NewEntry {
             dest: Destination::Hl7,
-            kind: Kind::Report,
+            kind: Kind::Withdrawal,
             report_id: report.report_id.clone(),
             payload: Payload::Hl7 {
                 message: oru_r01_withdrawal(
@@ -146,6 +146,24 @@ impl DeliveryPlan {
                 ),
             },
         }]
+    }
+
+    /// The PACS push entries of the rejection note `sop_instance_uid` withdrawing result
+    /// objects of the report `report_id`: one per push destination that receives result
+    /// objects (an archive ignores the references to objects it never got).
+    pub fn rejection_entries(&self, report_id: &str, sop_instance_uid: &str) -> Vec<NewEntry> {
+        self.pacs_push
+            .iter()
+            .filter(|d| !d.objects.is_empty())
+            .map(|d| NewEntry {
+                dest: Destination::Pacs(d.name.clone()),
+                kind: Kind::RejectionNote,
+                report_id: report_id.to_string(),
+                payload: Payload::Dicom {
+                    sop_instance_uids: vec![sop_instance_uid.to_string()],
+                },
+            })
+            .collect()
     }
 
     /// The PACS push entries of stored result objects of `kind` (a result object kind:

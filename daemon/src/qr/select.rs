@@ -164,7 +164,8 @@ fn select_at_most(
                 return Err(QueryError::MissingUniqueKey("SOP Instance UID (0008,0018)"));
             }
             for sop in sops {
-                sel.extend(store.instance(&sop)?)?;
+                // A result object its rejection note withdrew is no longer served.
+                sel.extend(store.instance(&sop)?.filter(|i| !i.rejected))?;
             }
         }
     }

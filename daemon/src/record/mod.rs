@@ -21,6 +21,11 @@
 //! that a peer stored is never taken for ours. A radiologist's [`Feedback`] joins the
 //! outbox through [`Recorder::record_feedback`].
 //!
+//! A study given to another patient after its result went out (a modality or PACS resent
+//! it corrected) has its next result preceded by the HL7 withdrawal of the last one and
+//! by an IHE IOCM rejection note naming the result objects made for the former patient,
+//! which leave the study ([`crate::results::rejection`]).
+//!
 //! Without delivery (tests, `duli demo` without peers) only the result and its marks are
 //! committed. Manual uploads without a real patient are never sent anywhere.
 
@@ -245,6 +250,7 @@ impl Recorder {
         let report = Report::from_result(result, study);
         let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret);
         let mut batch = self.withdrawals(d, study);
+        batch.extend(self.rejection(d, study));
         batch.extend(d.plan.report_entries(&report, &d.secret));
         if !heatmaps_to_make.is_empty() {
             // The SR is made once its heatmap is settled (made, skipped or failed), so that
@@ -267,6 +273,93 @@ impl Recorder {
             ),
         }
         batch
+    }
+
+    /// The IHE IOCM rejection note withdrawing, from the archive and from this box's own
+    /// Q/R, the result objects this box made for a former patient of the study (their
+    /// header names another Patient ID than the study now does), stored with the
+    /// objects taken out of the study; its push entries (one per PACS destination) join
+    /// the new result's. Made when a withdrawal is ([`Recorder::withdrawals`]), once per
+    /// report it withdraws: a note made before a crash is sent again, not made twice.
+    fn rejection(&self, d: &Delivery, study: &StudyRecord) -> Vec<NewEntry> {
+        let Some(was) = study
+            .reported_for
+            .as_ref()
+            .filter(|was| !was.patient_id.is_empty() && was.patient_id != study.patient_id)
+        else {
+            return Vec::new();
+        };
+        let uid = &study.study_instance_uid;
+        let previous = match stored::latest_result(&self.store, uid) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                log::error!("study {uid}: the result objects of its former patient cannot be looked up: {e}");
+                return Vec::new();
+            }
+        };
+        let old = Report::from_result(&previous, &was.applied_to(study));
+        let uids = ResultUids::new(&d.uid_root, &old.report_id, &d.secret);
+        if self.generated(&uids.ko_instance) {
+            return d.plan.rejection_entries(&old.report_id, &uids.ko_instance);
+        }
+        let rejected = match self.objects_of_another_patient(study) {
+            Ok(r) if r.is_empty() => return Vec::new(),
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("study {uid}: the result objects of its former patient cannot be looked up: {e}");
+                return Vec::new();
+            }
+        };
+        let sops: Vec<String> = rejected.iter().map(|r| r.sop_instance.clone()).collect();
+        match results::rejection::build(&old, &uids, &rejected)
+            .and_then(|note| results::store_rejection_note(&self.store, &note, &sops))
+        {
+            Ok(note) => {
+                log::warn!(
+                    "study {uid}: {} result object(s) made for its former patient rejected (IOCM rejection note {})",
+                    sops.len(),
+                    note.sop_instance_uid
+                );
+                d.plan
+                    .rejection_entries(&old.report_id, &note.sop_instance_uid)
+            }
+            Err(e) => {
+                log::error!("study {uid}: rejection note not made: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The result objects this box made in `study` (SR, Parametric Map, Secondary
+    /// Capture) whose header names another Patient ID than the study now does.
+    fn objects_of_another_patient(
+        &self,
+        study: &StudyRecord,
+    ) -> Result<Vec<results::rejection::Rejected>, ObjectError> {
+        let mut out = Vec::new();
+        for inst in self.store.instances_of(&study.study_instance_uid)? {
+            let result_object = [
+                results::sr::COMPREHENSIVE_SR,
+                results::parametric_map::PARAMETRIC_MAP,
+                results::sc::SECONDARY_CAPTURE,
+            ]
+            .contains(&inst.sop_class_uid.as_str());
+            if !inst.generated || !result_object {
+                continue;
+            }
+            let path = self.store.root().join(&inst.path);
+            let header = crate::store::header::read_header(&path)
+                .map_err(|e| ObjectError::Results(results::ResultsError::Header(e)))?;
+            if header.study.patient_id != study.patient_id {
+                out.push(results::rejection::Rejected {
+                    series: inst.series_instance_uid,
+                    sop_class: inst.sop_class_uid,
+                    sop_instance: inst.sop_instance_uid,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The withdrawal of the study's latest result from the patient it was reported for,
@@ -756,11 +849,13 @@ mod tests {
         (dir, store, recorder, outbox)
     }
 
-    fn add_study(store: &Store, study: &str, patient: &str) {
+    /// Instance `n` of `study`, naming Patient ID `patient`, received; the study then
+    /// awaits its result.
+    fn receive(store: &Store, study: &str, n: i64, patient: &str) {
         let inst = InstanceRecord {
-            sop_instance_uid: format!("{study}.1"),
+            sop_instance_uid: format!("{study}.{n}"),
             study_instance_uid: study.into(),
-            received_at: 1,
+            received_at: n,
             ..Default::default()
         };
         let attrs = StudyRecord {
@@ -769,6 +864,101 @@ mod tests {
         };
         store.commit_instance(&inst, &attrs).unwrap();
         store.force_state(study, StudyState::Inferring);
+    }
+
+    fn add_study(store: &Store, study: &str, patient: &str) {
+        receive(store, study, 1, patient);
+    }
+
+    /// The modality resends `study` corrected: an instance naming Patient ID `patient`.
+    fn give_to(store: &Store, study: &str, patient: &str) {
+        receive(store, study, 2, patient);
+    }
+
+    /// Result version `v` of `study`.
+    fn version(study: &str, v: u32) -> StudyResult {
+        let mut r = result(study, ImageStatus::Analysed);
+        r.version = v;
+        r.report_id = crate::result::report_id(study, v);
+        r
+    }
+
+    /// A study given to another patient after its result objects were made: the next
+    /// result rejects them by an IOCM rejection note (pushed to PACS between the former
+    /// SR and the new one), they leave the study (and stay out of it when the index is
+    /// rebuilt), the study keeps its new patient, and a later result makes no second note.
+    #[tokio::test]
+    async fn result_objects_of_a_former_patient_are_rejected_once() {
+        use crate::dimse::uids::KEY_OBJECT_SELECTION;
+        let (dir, store, mut recorder, outbox) = setup();
+        if let Some(d) = recorder.delivery.as_mut() {
+            d.plan.pacs_push = vec![crate::deliver::plan::PushDestination {
+                name: "main".into(),
+                objects: vec![crate::config::ResultObject::Sr],
+            }];
+        }
+        add_study(&store, "1.2.9", "PAT-A");
+        record(&recorder, &version("1.2.9", 1)).await;
+        let generated = |store: &Store| -> Vec<InstanceRecord> {
+            let all = store.instances_of("1.2.9").unwrap();
+            all.into_iter().filter(|i| i.generated).collect()
+        };
+        let first_sr = generated(&store)[0].sop_instance_uid.clone();
+        give_to(&store, "1.2.9", "PAT-B");
+        record(&recorder, &version("1.2.9", 2)).await;
+        store.force_state("1.2.9", StudyState::Inferring);
+        record(&recorder, &version("1.2.9", 3)).await;
+
+        let ours = generated(&store);
+        let notes: Vec<&InstanceRecord> = ours
+            .iter()
+            .filter(|i| i.sop_class_uid == KEY_OBJECT_SELECTION)
+            .collect();
+        assert_eq!(notes.len(), 1, "{ours:#?}");
+        assert!(!ours.iter().any(|i| i.sop_instance_uid == first_sr));
+        assert!(store.instance(&first_sr).unwrap().unwrap().rejected);
+        let note = dicom_object::open_file(store.root().join(&notes[0].path)).unwrap();
+        let named: Vec<String> = results::rejection::rejected_by(&note, 10)
+            .into_iter()
+            .map(|r| r.sop_instance)
+            .collect();
+        assert_eq!(named, std::slice::from_ref(&first_sr));
+        let patient = note
+            .element(dicom_dictionary_std::tags::PATIENT_ID)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(patient.trim(), "PAT-A");
+        let study = store.study("1.2.9").unwrap().unwrap();
+        assert_eq!(study.patient_id, "PAT-B");
+        // The two received instances, the note and the SRs of versions 2 and 3.
+        assert_eq!(study.instances, 5);
+        let pushed: Vec<Kind> = outbox
+            .list(Some(&Destination::Pacs("main".into())))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            pushed,
+            [
+                Kind::StructuredReport,
+                Kind::RejectionNote,
+                Kind::StructuredReport,
+                Kind::StructuredReport
+            ]
+        );
+
+        // A lost index is rebuilt without the rejected SR in the study, and the note's
+        // former patient does not become the study's.
+        drop((recorder, outbox, store));
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ours = generated(&store);
+        assert_eq!(ours.len(), 3, "{ours:#?}");
+        assert!(!ours.iter().any(|i| i.sop_instance_uid == first_sr));
+        assert!(store.instance(&first_sr).unwrap().unwrap().rejected);
+        assert_eq!(store.study("1.2.9").unwrap().unwrap().patient_id, "PAT-B");
     }
 
     /// A study given to another patient after its result was reported: the next result
@@ -792,28 +982,10 @@ mod tests {
                 .map(|p| p.patient_id),
             Some("PAT-A".to_string())
         );
-        // The modality resends the study corrected: another Patient ID.
-        let inst = InstanceRecord {
-            sop_instance_uid: "1.2.8.2".into(),
-            study_instance_uid: "1.2.8".into(),
-            received_at: 2,
-            ..Default::default()
-        };
-        let attrs = StudyRecord {
-            patient_id: "PAT-B".into(),
-            ..Default::default()
-        };
-        store.commit_instance(&inst, &attrs).unwrap();
+        give_to(&store, "1.2.8", "PAT-B");
+        record(&recorder, &version("1.2.8", 2)).await;
         store.force_state("1.2.8", StudyState::Inferring);
-        let version = |v: u32| {
-            let mut r = result("1.2.8", ImageStatus::Analysed);
-            r.version = v;
-            r.report_id = crate::result::report_id("1.2.8", v);
-            r
-        };
-        record(&recorder, &version(2)).await;
-        store.force_state("1.2.8", StudyState::Inferring);
-        record(&recorder, &version(3)).await;
+        record(&recorder, &version("1.2.8", 3)).await;
         let hl7: Vec<String> = outbox
             .list(Some(&Destination::Hl7))
             .unwrap()

@@ -3,12 +3,16 @@
 //! overlays itself ([`parametric_map`]) and a Secondary Capture with the heatmap burned in
 //! ([`sc`], drawn by [`overlay`]), each in its own series, with UIDs derived from the
 //! report id ([`uids`]) and the patient, study and equipment attributes of the report
-//! ([`attributes`]). They are stored and indexed exactly like received instances, so
-//! the Q/R SCP serves them and the outbox pushes them to PACS.
+//! ([`attributes`]); the SR's content items come from [`content`]. They are stored and
+//! indexed exactly like received instances, so the Q/R SCP serves them and the outbox
+//! pushes them to PACS. When a study is given to another patient, the objects made for
+//! the former one are withdrawn by an IOCM rejection note ([`rejection`]).
 
 pub mod attributes;
+pub mod content;
 pub mod overlay;
 pub mod parametric_map;
+pub mod rejection;
 pub mod sc;
 pub mod sr;
 pub mod uids;
@@ -98,6 +102,18 @@ pub fn store_as(
     write_object(store, obj, source_ae, generated, &[])
 }
 
+/// Writes the rejection note `note` into the store like [`store_object`], withdrawing the
+/// generated objects `rejects` (SOP Instance UIDs) of its study in the same transaction
+/// ([`Store::place_rejection_note`]).
+pub fn store_rejection_note(
+    store: &Store,
+    note: &FileDicomObject<InMemDicomObject>,
+    rejects: &[String],
+) -> Result<InstanceRecord, ResultsError> {
+    let (staged, header) = stage(store, note)?;
+    Ok(store.place_rejection_note(staged, &header, SOURCE_AE, rejects)?)
+}
+
 fn write_object(
     store: &Store,
     obj: &FileDicomObject<InMemDicomObject>,
@@ -105,6 +121,17 @@ fn write_object(
     generated: bool,
     batches: &[Batch],
 ) -> Result<InstanceRecord, ResultsError> {
+    let (staged, header) = stage(store, obj)?;
+    Ok(store
+        .place_and_commit(staged, &header, source_ae, generated, batches)?
+        .0)
+}
+
+/// Encodes `obj` into a synced file of the store's incoming area and reads its header back.
+fn stage(
+    store: &Store,
+    obj: &FileDicomObject<InMemDicomObject>,
+) -> Result<(crate::store::files::StagedFile, header::Header), ResultsError> {
     let mut bytes = Vec::with_capacity(64 * 1024);
     obj.write_all(&mut bytes)
         .map_err(|e| ResultsError::Build(e.to_string()))?;
@@ -112,9 +139,7 @@ fn write_object(
     file.write(&bytes)?;
     let staged = file.finish()?;
     let header = header::read_header(staged.path())?;
-    Ok(store
-        .place_and_commit(staged, &header, source_ae, generated, batches)?
-        .0)
+    Ok((staged, header))
 }
 
 #[cfg(test)]

@@ -22,11 +22,14 @@
 //! standard concept matches a label, and the `DULI-MODEL` identification in HL7; every
 //! other concept is from DCM, SCT, UCUM or RFC 5646.
 
-use super::attributes::{self, object_header, seq, text, ObjectIdentity};
+use super::attributes::{object_header, seq, text, ObjectIdentity};
+use super::content::{
+    code, code_item, code_value_item, concept, container, evidence, format_ds, image_item,
+    num_item, sop_ref, template, text_item, uidref_item, Code, ENGLISH, LANGUAGE,
+};
 use super::uids::ResultUids;
 use crate::model::InstanceRecord;
 use crate::report::{Finding, Report};
-use crate::result::Concept;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
@@ -36,34 +39,7 @@ pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 /// Series number of the SR series.
 pub const SR_SERIES_NUMBER: i32 = 9901;
 
-/// A coded concept.
-#[derive(Debug, Clone, Copy)]
-pub struct Code<'a> {
-    /// Code value.
-    pub value: &'a str,
-    /// Coding scheme designator.
-    pub scheme: &'a str,
-    /// Code meaning.
-    pub meaning: &'a str,
-}
-
-const fn code<'a>(value: &'a str, scheme: &'a str, meaning: &'a str) -> Code<'a> {
-    Code {
-        value,
-        scheme,
-        meaning,
-    }
-}
-
-impl<'a> From<&'a Concept> for Code<'a> {
-    fn from(c: &'a Concept) -> Self {
-        code(&c.code, &c.scheme, &c.meaning)
-    }
-}
-
 const DOC_TITLE: Code = code("126000", "DCM", "Imaging Measurement Report");
-const LANGUAGE: Code = code("121049", "DCM", "Language of Content Item and Descendants");
-const ENGLISH: Code = code("en-US", "RFC5646", "English (United States)");
 const OBSERVER_TYPE: Code = code("121005", "DCM", "Observer Type");
 const DEVICE: Code = code("121007", "DCM", "Device");
 const DEVICE_UID: Code = code("121012", "DCM", "Device Observer UID");
@@ -104,113 +80,6 @@ pub struct ObjectRef<'a> {
     /// The AE title it can be retrieved from (this box's: it serves every object it made,
     /// also one the PACS it pushes the SR to does not take); empty when not said.
     pub retrieve_ae: &'a str,
-}
-
-fn code_item(c: Code) -> InMemDicomObject {
-    attributes::code_item(c.value, c.scheme, c.meaning)
-}
-
-fn concept(c: Code) -> DataElement<InMemDicomObject> {
-    seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(c)])
-}
-
-fn item(relationship: &str, value_type: &str, name: Code) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::RELATIONSHIP_TYPE, VR::CS, relationship),
-        text(tags::VALUE_TYPE, VR::CS, value_type),
-        concept(name),
-    ])
-}
-
-fn text_item(relationship: &str, name: Code, value: &str) -> InMemDicomObject {
-    let mut o = item(relationship, "TEXT", name);
-    o.put(text(tags::TEXT_VALUE, VR::UT, value));
-    o
-}
-
-fn code_value_item(relationship: &str, name: Code, value: Code) -> InMemDicomObject {
-    let mut o = item(relationship, "CODE", name);
-    o.put(seq(tags::CONCEPT_CODE_SEQUENCE, vec![code_item(value)]));
-    o
-}
-
-fn num_item(relationship: &str, name: Code, value: f64, unit: Code) -> InMemDicomObject {
-    let mut o = item(relationship, "NUM", name);
-    let mv = InMemDicomObject::from_element_iter([
-        text(tags::NUMERIC_VALUE, VR::DS, &format_ds(value)),
-        seq(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(unit)]),
-    ]);
-    o.put(seq(tags::MEASURED_VALUE_SEQUENCE, vec![mv]));
-    o
-}
-
-/// A DS value (at most 16 characters).
-fn format_ds(v: f64) -> String {
-    let s = format!("{v:.6}");
-    s.chars().take(16).collect()
-}
-
-fn container(relationship: &str, name: Code, children: Vec<InMemDicomObject>) -> InMemDicomObject {
-    let mut o = item(relationship, "CONTAINER", name);
-    o.put(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
-    o.put(seq(tags::CONTENT_SEQUENCE, children));
-    o
-}
-
-fn uidref_item(relationship: &str, name: Code, uid: &str) -> InMemDicomObject {
-    let mut o = item(relationship, "UIDREF", name);
-    o.put(text(tags::UID, VR::UI, uid));
-    o
-}
-
-fn sop_ref(sop_class: &str, sop_instance: &str) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop_class),
-        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, sop_instance),
-    ])
-}
-
-/// An IMAGE content item, named `name` or (image library entries) unnamed.
-fn image_item(name: Option<Code>, sop_class: &str, sop_instance: &str) -> InMemDicomObject {
-    let mut o = InMemDicomObject::from_element_iter([
-        text(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
-        text(tags::VALUE_TYPE, VR::CS, "IMAGE"),
-    ]);
-    if let Some(name) = name {
-        o.put(concept(name));
-    }
-    o.put(seq(
-        tags::REFERENCED_SOP_SEQUENCE,
-        vec![sop_ref(sop_class, sop_instance)],
-    ));
-    o
-}
-
-/// One evidence item: the referenced instances of `study_uid`, grouped by series.
-fn evidence(study_uid: &str, objects: &[(&str, &str, &str)]) -> InMemDicomObject {
-    let mut series: Vec<(&str, Vec<InMemDicomObject>)> = Vec::new();
-    for &(series_uid, class, instance) in objects {
-        let r = sop_ref(class, instance);
-        match series.iter_mut().find(|(uid, _)| *uid == series_uid) {
-            Some((_, v)) => v.push(r),
-            None => series.push((series_uid, vec![r])),
-        }
-    }
-    InMemDicomObject::from_element_iter([
-        text(tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
-        seq(
-            tags::REFERENCED_SERIES_SEQUENCE,
-            series
-                .into_iter()
-                .map(|(uid, refs)| {
-                    InMemDicomObject::from_element_iter([
-                        text(tags::SERIES_INSTANCE_UID, VR::UI, uid),
-                        seq(tags::REFERENCED_SOP_SEQUENCE, refs),
-                    ])
-                })
-                .collect(),
-        ),
-    ])
 }
 
 /// The finding as coded in the SR: its standard concept, else the model's local code.
@@ -335,17 +204,6 @@ fn measurement_group(
     let mut group = container("CONTAINS", MEASUREMENT_GROUP, children);
     group.put(template(1501));
     group
-}
-
-/// A Content Template Sequence naming DCMR template `id`.
-fn template(id: u32) -> DataElement<InMemDicomObject> {
-    seq(
-        tags::CONTENT_TEMPLATE_SEQUENCE,
-        vec![InMemDicomObject::from_element_iter([
-            text(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
-            text(tags::TEMPLATE_IDENTIFIER, VR::CS, &id.to_string()),
-        ])],
-    )
 }
 
 /// Builds the SR of `report`, referencing `sources` (the analysed images) and, when the

@@ -25,6 +25,11 @@ pub struct ResultUids {
     pub pm_series: String,
     /// The Parametric Map (the heatmap as values a viewer overlays itself).
     pub pm_instance: String,
+    /// Series of the rejection note withdrawing the report's objects from the patient
+    /// they were made for ([`crate::results::rejection`]).
+    pub ko_series: String,
+    /// The rejection note (a Key Object Selection Document).
+    pub ko_instance: String,
     /// Frame of reference of the Parametric Map when its source image has none (projection
     /// radiographs usually have none).
     pub frame_of_reference: String,
@@ -81,6 +86,8 @@ impl ResultUids {
             sc_instance: derive(root, &seed("sc/instance")),
             pm_series: derive(root, &seed("pm/series")),
             pm_instance: derive(root, &seed("pm/instance")),
+            ko_series: derive(root, &seed("ko/series")),
+            ko_instance: derive(root, &seed("ko/instance")),
             frame_of_reference: derive(root, &seed("pm/frame-of-reference")),
             device_observer: derive(root, "device-observer"),
             tracking_seed: format!("{root}\n{}", seed("tracking")),
@@ -144,6 +151,8 @@ mod tests {
                 &b.sr_instance,
                 &a.pm_series,
                 &a.pm_instance,
+                &a.ko_series,
+                &a.ko_instance,
                 &a.frame_of_reference,
                 &a.tracking("1.2.3", "PNEUMONIA"),
                 &a.tracking("1.2.3", "EFFUSION"),
@@ -158,7 +167,7 @@ mod tests {
                 );
             }
             let set: std::collections::HashSet<_> = all.iter().collect();
-            assert_eq!(set.len(), 11);
+            assert_eq!(set.len(), 13);
             // A finding keeps its tracking UID from one result version to the next, and
             // another study's finding has another.
             assert_eq!(

@@ -1,6 +1,6 @@
 //! Instances in the index: commit one with its study (received or generated), place a
-//! staged file and index it, remove a superseded copy; and the ledger of the objects this
-//! box generated. (Pixel data is marked pruned by [`super::pruning`].)
+//! staged file and index it, remove a superseded copy; a rejection note with the objects
+//! it withdraws; and the ledgers of the objects this box generated and rejected. (Pixel data is marked pruned by [`super::pruning`].)
 
 use super::files;
 use super::header;
@@ -9,6 +9,7 @@ use super::qr_index;
 use super::{
     batch_writes, decode, encode, io_err, is_generated, link_key, link_key_bytes, unwrap_tx,
     write_extra, Change, ExtraWrite, InstanceCommit, Store, StoreError, GENERATED_LEDGER,
+    REJECTED_LEDGER,
 };
 use crate::model::{InstanceRecord, StudyRecord, StudyState};
 use sled::transaction::{
@@ -51,6 +52,30 @@ fn leave_previous_study(
     Ok(Some(after))
 }
 
+/// Within a commit: marks the generated object `sop` of study `study_uid` rejected and
+/// unlinks it from the study; returns whether it was linked (the study's count drops by
+/// one). Anything else (unknown, received, another study's, already rejected, a record
+/// that cannot be read) is left alone.
+fn reject(
+    instances: &TransactionalTree,
+    links: &TransactionalTree,
+    study_uid: &str,
+    sop: &str,
+) -> Result<bool, UnabortableTransactionError> {
+    let Some(v) = instances.get(sop.as_bytes())? else {
+        return Ok(false);
+    };
+    let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&v) else {
+        return Ok(false);
+    };
+    if !rec.generated || rec.rejected || rec.study_instance_uid != study_uid {
+        return Ok(false);
+    }
+    rec.rejected = true;
+    instances.insert(sop.as_bytes(), encode(&rec))?;
+    Ok(links.remove(link_key_bytes(study_uid, sop))?.is_some())
+}
+
 /// In tests, makes the next index commit of [`Store::place_and_commit`] for this SOP
 /// Instance UID fail as a full disk would; never set outside tests.
 #[cfg(test)]
@@ -80,15 +105,18 @@ impl Store {
         instance: &InstanceRecord,
         study_attrs: &StudyRecord,
     ) -> Result<InstanceCommit, StoreError> {
-        self.commit_instance_with(instance, study_attrs, &[])
+        self.commit_instance_with(instance, study_attrs, &[], &[])
     }
 
-    /// [`Store::commit_instance`] with `extra` writes in the same transaction.
+    /// [`Store::commit_instance`] with `extra` writes in the same transaction, and the
+    /// generated objects of the same study named by `rejects` (SOP Instance UIDs) taken
+    /// out of it: the instance is the rejection note that withdraws them.
     pub(super) fn commit_instance_with(
         &self,
         instance: &InstanceRecord,
         study_attrs: &StudyRecord,
         extra: &[ExtraWrite],
+        rejects: &[String],
     ) -> Result<InstanceCommit, StoreError> {
         let inst_key = instance.sop_instance_uid.as_bytes();
         let study_key = instance.study_instance_uid.as_bytes();
@@ -134,9 +162,21 @@ impl Store {
                     ..Default::default()
                 },
             };
-            let patient_replaced = header::merge_study(&mut study, study_attrs);
+            // An object this box made never changes whose study it is: a rejection note
+            // carries the former patient of the objects it withdraws.
+            let patient_replaced = if instance.generated {
+                header::fill_study_gaps(&mut study, study_attrs);
+                false
+            } else {
+                header::merge_study(&mut study, study_attrs)
+            };
             if links.insert(link_key.as_slice(), &[])?.is_none() {
                 study.instances += 1;
+            }
+            for sop in rejects {
+                if reject(instances, links, &instance.study_instance_uid, sop)? {
+                    study.instances = study.instances.saturating_sub(1);
+                }
             }
             study.last_received = study.last_received.max(instance.received_at);
             // New data reopens a study that was already analysed (result version n+1);
@@ -181,6 +221,37 @@ impl Store {
         source_ae: &str,
         generated: bool,
         batches: &[outbox::Batch],
+    ) -> Result<(InstanceRecord, InstanceCommit), StoreError> {
+        self.place(staged, header, source_ae, generated, batches, &[])
+    }
+
+    /// [`Store::place_and_commit`] of a rejection note this box made, which withdraws the
+    /// generated objects `rejects` (SOP Instance UIDs) of its study in the same
+    /// transaction: each is marked rejected and leaves the study (no longer listed,
+    /// counted, queried or retrieved; its record and file stay as what was sent). Objects
+    /// of another study, not generated, or already rejected are left as they are.
+    /// The rejections are in their ledger before the note is indexed: a rebuilt index
+    /// keeps the objects out of their study.
+    pub fn place_rejection_note(
+        &self,
+        staged: files::StagedFile,
+        header: &header::Header,
+        source_ae: &str,
+        rejects: &[String],
+    ) -> Result<InstanceRecord, StoreError> {
+        let sops: Vec<&str> = rejects.iter().map(String::as_str).collect();
+        self.append_ledger(REJECTED_LEDGER, &sops, "rejected objects")?;
+        Ok(self.place(staged, header, source_ae, true, &[], rejects)?.0)
+    }
+
+    fn place(
+        &self,
+        staged: files::StagedFile,
+        header: &header::Header,
+        source_ae: &str,
+        generated: bool,
+        batches: &[outbox::Batch],
+        rejects: &[String],
     ) -> Result<(InstanceRecord, InstanceCommit), StoreError> {
         let sop = &header.instance.sop_instance_uid;
         // Held until the record is committed: retention never removes a file placed here
@@ -239,7 +310,7 @@ impl Store {
         rec.generated = generated;
         let committed = match injected_commit_failure(sop) {
             Some(e) => Err(e),
-            None => self.commit_instance_with(&rec, &header.study, &extra),
+            None => self.commit_instance_with(&rec, &header.study, &extra, rejects),
         };
         match committed {
             Ok(mut commit) => {
@@ -292,24 +363,45 @@ impl Store {
     /// object is indexed): a rebuilt index takes "generated" from it, never from a header,
     /// which any peer can write.
     pub(super) fn note_generated(&self, sop: &str) -> Result<(), StoreError> {
-        use std::io::Write;
-        let path = self.root().join(GENERATED_LEDGER);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("open the ledger of generated objects"))?;
-        f.write_all(format!("{sop}\n").as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(io_err("write the ledger of generated objects"))
+        self.append_ledger(GENERATED_LEDGER, &[sop], "generated objects")
     }
 
     /// The SOP Instance UIDs of the objects this box generated, from its ledger.
     pub(super) fn generated_ledger(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        match std::fs::read_to_string(self.root().join(GENERATED_LEDGER)) {
+        self.read_ledger(GENERATED_LEDGER, "generated objects")
+    }
+
+    /// The SOP Instance UIDs of the generated objects a rejection note withdrew, from
+    /// their ledger.
+    pub(super) fn rejected_ledger(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read_ledger(REJECTED_LEDGER, "rejected objects")
+    }
+
+    /// Appends `sops`, one per line, to the ledger `name` in the data directory, synced
+    /// before it returns.
+    fn append_ledger(&self, name: &str, sops: &[&str], what: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.root().join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open the ledger of {what}")))?;
+        let lines: String = sops.iter().map(|s| format!("{s}\n")).collect();
+        f.write_all(lines.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io_err(format!("write the ledger of {what}")))
+    }
+
+    fn read_ledger(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        match std::fs::read_to_string(self.root().join(name)) {
             Ok(text) => Ok(text.lines().map(str::to_string).collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-            Err(e) => Err(io_err("read the ledger of generated objects")(e)),
+            Err(e) => Err(io_err(format!("read the ledger of {what}"))(e)),
         }
     }
 }

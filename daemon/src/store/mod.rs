@@ -66,6 +66,9 @@ const REBUILD_MARK: &str = "rebuild_in_progress";
 /// The ledger of the objects this box generated, one SOP Instance UID per line, in the data
 /// directory (see `Store::reindex`).
 const GENERATED_LEDGER: &str = "generated-objects";
+/// The ledger of the generated objects a rejection note withdrew, one SOP Instance UID per
+/// line, in the data directory: a rebuilt index keeps them out of their studies.
+const REJECTED_LEDGER: &str = "rejected-objects";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -902,6 +905,7 @@ mod tests {
                 &inst("1.2", "1.2.1"),
                 &StudyRecord::default(),
                 &[extra("a")],
+                &[],
             )
             .unwrap();
         let outbox = store.tree("outbox").unwrap();
@@ -915,6 +919,7 @@ mod tests {
                 &inst("1.3", "1.3.1"),
                 &StudyRecord::default(),
                 &[extra("b")],
+                &[],
             )
             .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");

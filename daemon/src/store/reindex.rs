@@ -17,6 +17,9 @@
 //!    pipeline left them. A study with no instance left is removed.
 //! 4. **Query keys**: a key that no study record gives is removed.
 //!
+//! A result object that a rejection note withdrew (its ledger, `rejected-objects`, says
+//! which) gets its record back marked rejected, never a link to its study.
+//!
 //! A state changed, an instance received or a study first seen while this runs is kept.
 //! From an empty index (lost, or set aside at start-up) the walk alone builds it, and
 //! passes 2 to 4 are skipped.
@@ -62,12 +65,14 @@ impl Store {
         let mut report = ReindexReport::default();
         let root = self.root().to_path_buf();
         let ours = self.generated_ledger()?;
+        let rejected = self.rejected_ledger()?;
         for path in self.files.walk().map_err(io_err("list stored files"))? {
             match header::read_header(&path) {
                 Ok(mut h) => {
                     let meta = std::fs::metadata(&path).map_err(io_err("stat stored file"))?;
                     let inst = &mut h.instance;
                     inst.generated = ours.contains(&inst.sop_instance_uid);
+                    inst.rejected = inst.generated && rejected.contains(&inst.sop_instance_uid);
                     inst.path = path
                         .strip_prefix(&root)
                         .unwrap_or(&path)
@@ -133,6 +138,7 @@ impl Store {
                 received_at: k.received_at,
                 pruned: k.pruned,
                 generated: k.generated || found.generated,
+                rejected: k.rejected || found.rejected,
                 ..found.clone()
             },
             Some(k) => k.clone(),
@@ -156,6 +162,12 @@ impl Store {
             if rewrite {
                 instances.insert(inst_key, inst_val.as_slice())?;
             }
+            // A rejected object stays out of its study (and its former patient out of the
+            // study's attributes).
+            if inst.rejected {
+                links.remove(link.as_slice())?;
+                return Ok((current.is_none(), None));
+            }
             let linked = links.insert(link.as_slice(), &[])?.is_some();
             let old: Option<StudyRecord> = studies
                 .get(study_key)?
@@ -172,7 +184,7 @@ impl Store {
                     ..Default::default()
                 },
             };
-            if this_file {
+            if this_file && gives_identity(&inst) {
                 header::merge_study(&mut study, &h.study);
             }
             // A result object this box made carries its result version as its Instance
@@ -201,7 +213,7 @@ impl Store {
         if let Some(study) = study {
             self.notify(super::Change::Study(Box::new(study)));
         }
-        Ok(this_file)
+        Ok(this_file && gives_identity(&inst))
     }
 
     /// Pass 2: removes the instance records that do not decode, and those whose file is
@@ -376,6 +388,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether a file's patient and study attributes count for its study: not those of a
+/// rejected result object, nor of this box's rejection note, which both carry the
+/// patient the study was taken from.
+fn gives_identity(inst: &InstanceRecord) -> bool {
+    let rejection_note =
+        inst.generated && inst.sop_class_uid == crate::dimse::uids::KEY_OBJECT_SELECTION;
+    !inst.rejected && !rejection_note
 }
 
 /// Pass 1: merges a file's study attributes into the scratch tree (only the walk writes it).

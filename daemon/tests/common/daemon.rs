@@ -424,6 +424,38 @@ impl Daemon {
         echoscu(calling, DULI_AET, self.dicom_port, extra)
     }
 
+    /// DCMTK `findscu` (`-S` study root or `-P` patient root) from `FINDSCU` with `keys`
+    /// (bytes as given: a key may carry Latin-1 or UTF-8); the response identifiers in
+    /// arrival order.
+    pub fn findscu<K: AsRef<std::ffi::OsStr>>(
+        &self,
+        root: &str,
+        keys: &[K],
+    ) -> Vec<dicom_object::DefaultDicomObject> {
+        let out_dir = temp_dir("findscu");
+        let Some(mut cmd) = super::dcmtk("findscu") else {
+            panic!("findscu is required");
+        };
+        cmd.args([root, "-X", "-od"])
+            .arg(out_dir.path())
+            .args(["-aet", "FINDSCU", "-aec", DULI_AET]);
+        for k in keys {
+            cmd.arg("-k").arg(k);
+        }
+        cmd.args(["127.0.0.1", &self.dicom_port.to_string()]);
+        let out = super::run(&mut cmd, super::TOOL_TIMEOUT);
+        out.assert_success("findscu");
+        let mut files: Vec<PathBuf> = fs::read_dir(out_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| dicom_object::open_file(p).unwrap())
+            .collect()
+    }
+
     /// `storescu` of `files` to the daemon with calling AE `calling`.
     pub fn storescu(&self, calling: &str, extra: &[&str], files: &[PathBuf]) -> Option<ToolOutput> {
         storescu(calling, DULI_AET, self.dicom_port, extra, files)

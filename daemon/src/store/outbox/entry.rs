@@ -103,6 +103,13 @@ pub enum Kind {
     SecondaryCapture,
     /// The heatmap as a DICOM Parametric Map (PACS push).
     ParametricMap,
+    /// The withdrawal of a result from the patient it was reported for, once its study
+    /// was given to another (HL7 ORU^R01 with every observation marked wrong). Never
+    /// superseded by a later result: that is what it makes room for.
+    Withdrawal,
+    /// The IHE IOCM rejection note withdrawing result objects made for a former patient
+    /// of the study (PACS push). Never superseded by a later result, like a withdrawal.
+    RejectionNote,
 }
 
 impl Kind {
@@ -114,7 +121,15 @@ impl Kind {
             Kind::StructuredReport => "structured_report",
             Kind::SecondaryCapture => "secondary_capture",
             Kind::ParametricMap => "parametric_map",
+            Kind::Withdrawal => "withdrawal",
+            Kind::RejectionNote => "rejection_note",
         }
+    }
+
+    /// Whether the entry withdraws something sent before (a withdrawal, a rejection
+    /// note) rather than carrying a result a later one may supersede.
+    pub fn withdraws(self) -> bool {
+        matches!(self, Kind::Withdrawal | Kind::RejectionNote)
     }
 }
 

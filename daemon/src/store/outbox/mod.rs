@@ -497,7 +497,7 @@ impl Outbox {
             if entry.state == EntryState::Queued && entry.next_attempt_at <= now {
                 continue;
             }
-            if entry.state == EntryState::Dead {
+            if entry.state == EntryState::Dead && !entry.kind.withdraws() {
                 if superseded.is_none() {
                     superseded = Some(self.superseded_reports()?);
                 }
@@ -1285,7 +1285,8 @@ mod tests {
 
     /// A dead entry of a result that a later result of its study superseded is not
     /// re-sent by a retry (it would put the older result back at the RIS after the newer
-    /// one): it stays dead and says why; the latest version's dead entry is re-queued.
+    /// one): it stays dead and says why; the latest version's dead entry is re-queued, and
+    /// so is the withdrawal of the superseded result.
     #[test]
     fn a_retry_never_resends_a_superseded_result() {
         let dir = tempfile::tempdir().unwrap();
@@ -1298,19 +1299,31 @@ mod tests {
                 .insert(key, serde_json::to_vec(&head).unwrap())
                 .unwrap();
         }
-        ob.enqueue(&[hl7("v1"), hl7("v2")]).unwrap();
-        for _ in 0..2 {
+        // The withdrawal of v1 (its study was given to another patient) comes between.
+        let withdrawal = NewEntry {
+            kind: Kind::Withdrawal,
+            ..hl7("v1")
+        };
+        ob.enqueue(&[hl7("v1"), withdrawal, hl7("v2")]).unwrap();
+        for _ in 0..3 {
             let e = ob.head(&Destination::Hl7).unwrap().unwrap();
             ob.mark_rejected(&e, "AR", None, 1, &FAST).unwrap();
         }
-        assert_eq!(ob.retry(&RetrySelector::All).unwrap(), 1);
+        assert_eq!(ob.retry(&RetrySelector::All).unwrap(), 2);
         let list = ob.list(Some(&Destination::Hl7)).unwrap();
-        let of = |r: &str| list.iter().find(|e| e.report_id == r).unwrap().clone();
-        assert_eq!(of("v1").state, EntryState::Dead);
-        assert!(of("v1")
+        let of = |r: &str, kind: Kind| {
+            list.iter()
+                .find(|e| e.report_id == r && e.kind == kind)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(of("v1", Kind::Report).state, EntryState::Dead);
+        assert!(of("v1", Kind::Report)
             .last_error
             .is_some_and(|m| m.contains("superseded by version 2")));
-        assert_eq!(of("v2").state, EntryState::Queued);
+        // A withdrawal is what the later result makes room for: re-sent.
+        assert_eq!(of("v1", Kind::Withdrawal).state, EntryState::Queued);
+        assert_eq!(of("v2", Kind::Report).state, EntryState::Queued);
     }
 
     #[test]
