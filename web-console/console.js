@@ -501,6 +501,14 @@ function forwardLine(f) {
   return h("p", { id: "audit-forward", class: f.connected ? "ok" : "error", role: "status" }, text);
 }
 
+// How full the trail on the box is against [audit] max_records; the alarm from nine tenths.
+function budgetLine(b) {
+  if (!b || !b.max_records) return null;
+  const text = `${b.held} records on this box, at most ${b.max_records} kept ([audit] max_records)` +
+    (b.alarm ? ": ALARM, nine tenths reached. Only records the audit record repository acknowledged are removed; the others stay until it takes them." : ".");
+  return h("p", { id: "audit-budget", class: b.alarm ? "error" : "muted", role: "status" }, text);
+}
+
 // The newest page of the trail first; "Older records" pages back from the oldest shown.
 async function auditPage(before = "latest") {
   try {
@@ -519,6 +527,7 @@ async function auditPage(before = "latest") {
         verify.intact ? `Chain intact: ${verify.records} records, head ${verify.head || "-"}` :
           `Chain BROKEN at record ${verify.first_broken.seq}: ${verify.first_broken.reason}`),
       forwardLine(data.forward),
+      budgetLine(data.budget),
       h("p", {}, "Export: ", h("a", { href: "/api/v1/audit/export?format=json", download: "duli-audit.json" }, "JSON"), " · ",
         h("a", { href: "/api/v1/audit/export?format=syslog", download: "duli-audit.log" }, "syslog (RFC 5424, DICOM audit messages)")),
       paging,

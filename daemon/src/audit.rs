@@ -17,8 +17,13 @@
 //! stop; one that lost more starts its new part with a failed record stating the loss
 //! ([`TRAIL_LOST`]: the last known sequence number and hash, which it links to), and
 //! [`Audit::verify`] reports the records missing before it, never an intact trail.
+//!
+//! The trail on the box holds at most `[audit] max_records` ([`budget`]): past it, the
+//! oldest records the audit record repository acknowledged are removed, the chain verified
+//! from the last one removed; a record not forwarded is never removed.
 
 pub mod anchor;
+pub mod budget;
 
 use crate::store::records::RecordTree;
 use crate::store::records::Records;
@@ -299,6 +304,12 @@ pub struct Audit {
     sink: std::sync::OnceLock<std::sync::Arc<dyn AppendSink>>,
     /// The head kept outside the index.
     anchor: Anchor,
+    /// The last record removed from the start of the trail ([`budget`]).
+    shed: Records<budget::Shed>,
+    /// Sequence number of the first record held.
+    first: std::sync::atomic::AtomicU64,
+    /// The budget of records kept on the box ([`budget`]).
+    limit: budget::Limit,
 }
 
 /// Whether `rec` is a record stating a break of the trail ([`TRAIL_LOST`]).
@@ -356,11 +367,18 @@ impl Audit {
     pub fn open(store: &Store) -> Result<Audit, StoreError> {
         let records = store.records::<Record>(RecordTree::Audit)?;
         let last = records.last()?.map(|(_, rec)| (rec.seq, rec.hash));
+        let first = match records.iter().next() {
+            Some(Ok((key, _))) => <[u8; 8]>::try_from(key.as_slice()).map_or(0, u64::from_be_bytes),
+            _ => 0,
+        };
         let audit = Audit {
             records,
             last: Mutex::new(last),
             sink: std::sync::OnceLock::new(),
             anchor: Anchor::in_dir(store.root()),
+            shed: store.records(RecordTree::AuditShed)?,
+            first: std::sync::atomic::AtomicU64::new(first),
+            limit: budget::Limit::default(),
         };
         audit.reconcile_anchor(store)?;
         Ok(audit)
@@ -515,6 +533,8 @@ impl Audit {
         self.records.insert(seq.to_be_bytes(), &rec)?;
         *last = Some((seq, rec.hash.clone()));
         self.anchor.note(&rec);
+        drop(last);
+        self.check_budget();
         if let Some(sink) = self.sink.get() {
             sink.appended(&rec);
         }
@@ -572,6 +592,12 @@ impl Audit {
         let mut expected = 0u64;
         let mut records = 0u64;
         let mut lost: Option<BrokenLink> = None;
+        // Records removed after forwarding ([`budget`]): the chain goes on from the last.
+        let shed = self.shed_point()?;
+        if let Some(s) = &shed {
+            prev.clone_from(&s.hash);
+            expected = s.seq.saturating_add(1);
+        }
         for kv in self.records.iter() {
             let stop = |lost: Option<BrokenLink>, reason: String| Verification {
                 records,
@@ -595,6 +621,13 @@ impl Audit {
                 Err(e) => return Err(e),
             };
             let key_seq = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).ok();
+            // Left by a removal cut off before its end.
+            if shed
+                .as_ref()
+                .is_some_and(|s| key_seq.is_some_and(|k| k <= s.seq))
+            {
+                continue;
+            }
             if key_seq == Some(rec.seq) && rec.seq >= expected && states_a_break(&rec) {
                 let reason = if rec.seq > expected {
                     format!(

@@ -228,6 +228,7 @@ async fn open_store(config: &Config) -> Result<(Arc<Store>, Arc<crate::audit::Au
             .context("audit open task")?
             .context("cannot open the audit trail")?
     };
+    audit.set_budget(config.audit.max_records);
     Ok((store, Arc::new(audit)))
 }
 

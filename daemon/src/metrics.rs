@@ -118,6 +118,8 @@ pub struct StoreSnapshot {
     pub outbox: Vec<(String, String, u64)>,
     /// Age in seconds of the oldest undelivered entry per destination.
     pub outbox_oldest: Vec<(String, f64)>,
+    /// Audit records on the box and the trail's budget (0: none).
+    pub audit: (u64, u64),
 }
 
 fn counter(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
@@ -227,6 +229,21 @@ impl Metrics {
         for (dest, age) in &snap.outbox_oldest {
             let _ = writeln!(out, "duli_outbox_oldest_seconds{{dest=\"{dest}\"}} {age}");
         }
+        let (held, max) = snap.audit;
+        counter(
+            &mut out,
+            "duli_audit_records",
+            "gauge",
+            "Audit records on this box.",
+            held,
+        );
+        if max > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP duli_audit_records_ratio Audit records on this box over [audit] max_records (alarm from 0.9).\n# TYPE duli_audit_records_ratio gauge\nduli_audit_records_ratio {}",
+                held as f64 / max as f64
+            );
+        }
         out
     }
 }
@@ -244,8 +261,11 @@ mod tests {
         let text = m.render(&StoreSnapshot {
             instances: 7,
             studies: vec![("receiving", 1), ("done", 2)],
+            audit: (450, 500),
             ..Default::default()
         });
+        assert!(text.contains("duli_audit_records 450\n"), "{text}");
+        assert!(text.contains("duli_audit_records_ratio 0.9\n"), "{text}");
         assert!(text.contains("duli_instances_stored_total 3\n"));
         assert!(text.contains("duli_store_instances 7\n"));
         assert!(text.contains("duli_store_seconds_bucket{le=\"0.025\"} 1\n"));

@@ -4,9 +4,14 @@
 use crate::metrics::StoreSnapshot;
 use crate::store::Store;
 
-/// Reads the store-side gauges for a scrape.
-pub fn snapshot(store: &Store, stats: &[crate::store::outbox::DestStats]) -> StoreSnapshot {
+/// Reads the store-side gauges for a scrape (`audit`: the trail's fill).
+pub fn snapshot(
+    store: &Store,
+    stats: &[crate::store::outbox::DestStats],
+    audit: crate::audit::budget::BudgetState,
+) -> StoreSnapshot {
     StoreSnapshot {
+        audit: (audit.held, audit.max_records),
         outbox: stats
             .iter()
             .flat_map(|d| {

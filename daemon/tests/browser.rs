@@ -703,6 +703,15 @@ fn first_time_setup_in_headless_chromium() {
             .starts_with("Not forwarded to an audit record repository"),
         "{forward}"
     );
+    // How full the trail is against its budget (the default, far from its alarm).
+    let budget = wd.js("return document.querySelector('#audit-budget').textContent;");
+    assert!(
+        budget
+            .as_str()
+            .unwrap()
+            .contains("records on this box, at most 1000000 kept"),
+        "{budget}"
+    );
     // The newest records, the whole trail of a new box on one page (no older page).
     let paging = wd.js("return document.querySelector('#audit-paging').textContent;");
     assert!(

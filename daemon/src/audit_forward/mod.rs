@@ -287,35 +287,83 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn appends_never_wait_and_arrive_once_the_repository_listens() {
-        let (_dir, store, audit) = trail();
-        // A port nobody listens on yet.
+    /// Starts forwarding to a port nobody listens on yet and appends `n` records while the
+    /// repository is away; the port and the stage's task.
+    async fn forwarding_while_away(
+        store: &Arc<Store>,
+        audit: &Arc<Audit>,
+        shutdown: &Shutdown,
+        n: u64,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let config = forwarding_to(port);
-        let shutdown = Shutdown::new();
-        let task = start(&config, &store, &audit, &shutdown).unwrap().unwrap();
-        for i in 0..300 {
+        let task = start(&forwarding_to(port), store, audit, shutdown)
+            .unwrap()
+            .unwrap();
+        for i in 0..n {
             audit
                 .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
                 .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let st = status_of(&audit).unwrap();
-        assert!(!st.connected && st.last_error.is_some(), "{st:?}");
-        assert_eq!((st.backlog, st.last_forwarded), (300, None));
+        (port, task)
+    }
 
+    /// The repository comes up on `port`: its listener and the forwarder's connection.
+    async fn repository_up(port: u16) -> (tokio::net::TcpListener, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
             .await
             .unwrap()
             .unwrap();
+        (listener, conn)
+    }
+
+    /// Past the trail's budget, the records the repository acknowledged are removed from
+    /// the box (the record saying so is forwarded like any other) and the rest still
+    /// verifies; while the repository is away nothing is removed and the alarm is up.
+    #[tokio::test]
+    async fn past_its_budget_the_trail_sheds_only_what_the_repository_took() {
+        let (_dir, store, audit) = trail();
+        audit.set_budget(200);
+        let shutdown = Shutdown::new();
+        let (port, task) = forwarding_while_away(&store, &audit, &shutdown, 300).await;
+        let b = audit.budget();
+        assert_eq!((b.held, b.max_records, b.alarm), (300, 200, true));
+        let (_listener, mut conn) = repository_up(port).await;
+        // Every record, then the one saying which were removed.
+        let got = read_until(&mut conn, |seqs| seqs.last().is_some_and(|l| *l >= 300)).await;
+        assert_eq!(got, (0..=300).collect::<Vec<u64>>());
+        let said = audit.records(300, 1).unwrap().remove(0);
+        assert!(
+            said.detail.starts_with(crate::audit::budget::SHED),
+            "{said:?}"
+        );
+        assert!(audit.held() <= 200, "{:?}", audit.budget());
+        assert!(audit.records(0, 1).unwrap()[0].seq >= 100);
+        let v = audit.verify().unwrap();
+        assert!(v.broken.is_none(), "{v:?}");
+        shutdown.stop(None).await;
+        tokio::time::timeout(DRAIN, task)
+            .await
+            .expect("the stage stops on the signal")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn appends_never_wait_and_arrive_once_the_repository_listens() {
+        let (_dir, store, audit) = trail();
+        let shutdown = Shutdown::new();
+        let (port, task) = forwarding_while_away(&store, &audit, &shutdown, 300).await;
+        let st = status_of(&audit).unwrap();
+        assert!(!st.connected && st.last_error.is_some(), "{st:?}");
+        assert_eq!((st.backlog, st.last_forwarded), (300, None));
+        let (_listener, mut conn) = repository_up(port).await;
         assert_eq!(
             seqs_of(&mut conn, 300).await,
             (0..300).collect::<Vec<u64>>()

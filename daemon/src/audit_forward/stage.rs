@@ -111,10 +111,16 @@ impl Forwarder {
         self.blocking(move |f| f.audit.records(from, PAGE)).await
     }
 
-    /// Stores `cursor` and makes it durable.
+    /// Stores `cursor` and makes it durable; then, past the trail's budget, removes the
+    /// oldest records the repository acknowledged ([`crate::audit::budget`]).
     async fn save(self: &Arc<Self>, cursor: Cursor) -> Result<(), StepError> {
+        let next = cursor.next_seq;
         self.blocking(move |f| f.cursors.save(&cursor)).await?;
         self.store.flush().await?;
+        let shed = self.blocking(move |f| f.audit.shed_forwarded(&f.store, next));
+        if let Err(e) = shed.await {
+            log::error!("audit trail: cannot remove forwarded records past its budget: {e}");
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! `[audit]`: forwarding of the audit trail to the site's audit record repository (ATNA)
-//! as RFC 5424 syslog messages over TCP (RFC 6587 octet counting) or TLS (RFC 5425).
+//! as RFC 5424 syslog messages over TCP (RFC 6587 octet counting) or TLS (RFC 5425), and
+//! how many records the trail keeps on the box.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -23,7 +24,18 @@ pub struct AuditConfig {
     pub syslog_cert: Option<PathBuf>,
     /// The private key (PEM) of `syslog_cert`.
     pub syslog_key: Option<PathBuf>,
+    /// Most records the trail keeps on the box: past it, the oldest records the repository
+    /// acknowledged are removed (down to nine tenths of it); records not forwarded are
+    /// never removed, and the trail raises its alarm from nine tenths on
+    /// ([`crate::audit::budget`]).
+    pub max_records: u64,
 }
+
+/// The default of `[audit] max_records`: a few hundred megabytes of records.
+pub const DEFAULT_MAX_RECORDS: u64 = 1_000_000;
+/// The least `[audit] max_records` accepted (a budget that small would shed the trail of
+/// a busy day within hours).
+pub const MIN_MAX_RECORDS: u64 = 10_000;
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -34,6 +46,7 @@ impl Default for AuditConfig {
             syslog_ca: None,
             syslog_cert: None,
             syslog_key: None,
+            max_records: DEFAULT_MAX_RECORDS,
         }
     }
 }

@@ -234,6 +234,23 @@ fn every_error_names_its_key() {
     }
 }
 
+/// The audit trail's budget defaults to a million records and is never set so low that a
+/// busy day would shed it within hours.
+#[test]
+fn the_audit_budget_has_a_floor() {
+    let c = Config::load(None, Vec::new()).unwrap();
+    assert_eq!(c.audit.max_records, 1_000_000);
+    let c = load_str("[audit]\nmax_records = 10000\n", &[]).unwrap();
+    assert_eq!(c.audit.max_records, 10_000);
+    for bad in ["0", "9999"] {
+        let err = load_str(&format!("[audit]\nmax_records = {bad}\n"), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("audit.max_records"),
+            "{bad}: {err}"
+        );
+    }
+}
+
 #[test]
 fn pending_connection_and_find_match_bounds_are_validated() {
     let c = Config::load(None, Vec::new()).unwrap();

@@ -568,8 +568,19 @@ fn check_retention(c: &RetentionConfig, bad: &mut impl FnMut(&str, String)) {
     }
 }
 
-/// `[audit]`: the repository address, consent to plain TCP off loopback, the TLS files.
+/// `[audit]`: the repository address, consent to plain TCP off loopback, the TLS files,
+/// the trail's budget.
 fn check_audit(c: &super::audit::AuditConfig, bad: &mut impl FnMut(&str, String)) {
+    if c.max_records < super::audit::MIN_MAX_RECORDS {
+        bad(
+            "audit.max_records",
+            format!(
+                "must be at least {} (default {})",
+                super::audit::MIN_MAX_RECORDS,
+                super::audit::DEFAULT_MAX_RECORDS
+            ),
+        );
+    }
     let files = [
         ("audit.syslog_ca", &c.syslog_ca),
         ("audit.syslog_cert", &c.syslog_cert),

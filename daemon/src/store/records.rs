@@ -18,6 +18,9 @@ pub enum RecordTree {
     Audit,
     /// How far the audit trail has been forwarded to the audit repository (one key).
     AuditForward,
+    /// The last record removed from the start of the audit trail (one key), from which
+    /// the trail's chain is verified.
+    AuditShed,
     /// Radiologists' feedback on results (`console::feedback`).
     Feedback,
     /// The console's login throttle (`console::login_throttle`): its failure counters and
@@ -33,6 +36,7 @@ impl RecordTree {
             RecordTree::Sessions => "sessions",
             RecordTree::Audit => "audit",
             RecordTree::AuditForward => "audit_forward",
+            RecordTree::AuditShed => "audit_shed",
             RecordTree::Feedback => "feedback",
             RecordTree::LoginThrottle => "login_throttle",
         }

@@ -32,6 +32,8 @@ struct AuditPage {
     head: Option<Head>,
     /// `null` when `[audit] syslog` is unset.
     forward: Option<ForwardStatus>,
+    /// Records on the box against `[audit] max_records`, and the alarm.
+    budget: crate::audit::budget::BudgetState,
 }
 
 /// The head of the trail as the console shows it.
@@ -56,6 +58,7 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
         .and_then(|v| v.parse().ok())
         .unwrap_or(200usize)
         .min(1000);
+    let mut before_seq = None;
     let from = match req.query.get("before").map(String::as_str) {
         Some(before) => {
             let before = match before {
@@ -66,6 +69,7 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
             };
             let from = before.saturating_sub(limit as u64);
             limit = limit.min(usize::try_from(before - from).unwrap_or(limit));
+            before_seq = Some(before);
             from
         }
         None => req
@@ -74,11 +78,16 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
             .and_then(|v| v.parse().ok())
             .unwrap_or(0u64),
     };
-    let records = if limit == 0 {
+    let mut records = if limit == 0 {
         Vec::new()
     } else {
         c.audit.records(from, limit)?
     };
+    // Paging back past the start of the trail kept on the box (records removed after
+    // forwarding) finds the first record held, which is not before `before`.
+    if let Some(before) = before_seq {
+        records.retain(|r| r.seq < before);
+    }
     let record = audit_now(
         c,
         Event::new(&s.user, Action::View, TRAIL_OBJECT)
@@ -98,6 +107,7 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
             records,
             head: head(c),
             forward: forward_status(c),
+            budget: c.audit.budget(),
         },
     ))
 }

@@ -109,7 +109,7 @@ pub(super) async fn metrics(c: &Console) -> Result<Response, ApiError> {
     let stats = tokio::task::spawn_blocking(move || delivery.stats())
         .await?
         .unwrap_or_default();
-    let snap = crate::web::snapshot(&c.store, &stats);
+    let snap = crate::web::snapshot(&c.store, &stats, c.audit.budget());
     Ok(reply::bytes(
         StatusCode::OK,
         "text/plain; version=0.0.4",
