@@ -308,6 +308,7 @@ mod tests {
             "1.2.826.0.1.3680043.8.498",
             &r.report_id,
             &secret,
+            "edge-01",
         );
         let sr = crate::results::sr::build(&r, &uids, &[], None).unwrap();
         let mut bytes = Vec::new();

@@ -88,7 +88,7 @@ async fn a_cam_model_makes_the_heatmap_and_its_objects_with_the_result() {
     assert_eq!((png.width(), png.height()), (150, 150));
     assert!(png.as_raw().iter().any(|v| *v > 200), "an empty map");
     assert!(image.timings.heatmap_ms > 0.0);
-    let uids = ResultUids::new(root, &result.report_id, &secret);
+    let uids = ResultUids::new(root, &result.report_id, &secret, "edge-01");
     for uid in [&uids.sr_instance, &uids.pm_instance, &uids.sc_instance] {
         assert!(store.instance(uid).unwrap().is_some(), "{uid} not made");
     }

@@ -79,6 +79,7 @@ fn fixture() -> Option<Fixture> {
         "1.2.826.0.1.3680043.8.498.",
         &report.report_id,
         &SiteSecret::from_bytes(&[9u8; 32]),
+        "edge-01",
     );
     Some(Fixture {
         _dir: dir,

@@ -248,7 +248,7 @@ impl Recorder {
             return Vec::new();
         }
         let report = Report::from_result(result, study);
-        let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret);
+        let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret, &d.plan.device_id);
         let mut batch = self.withdrawals(d, study);
         batch.extend(self.rejection(d, study));
         batch.extend(d.plan.report_entries(&report, &d.secret));
@@ -299,7 +299,7 @@ impl Recorder {
             }
         };
         let old = Report::from_result(&previous, &was.applied_to(study));
-        let uids = ResultUids::new(&d.uid_root, &old.report_id, &d.secret);
+        let uids = ResultUids::new(&d.uid_root, &old.report_id, &d.secret, &d.plan.device_id);
         if self.generated(&uids.ko_instance) {
             return d.plan.rejection_entries(&old.report_id, &uids.ko_instance);
         }
@@ -711,7 +711,7 @@ impl ObjectUids {
     /// box, not stored by a peer that computed that UID).
     fn of(d: &Delivery, report_id: &str) -> ObjectUids {
         ObjectUids {
-            uids: ResultUids::new(&d.uid_root, report_id, &d.secret),
+            uids: ResultUids::new(&d.uid_root, report_id, &d.secret, &d.plan.device_id),
             unkeyed: ResultUids::unkeyed(&d.uid_root, report_id),
         }
     }
@@ -1036,7 +1036,8 @@ mod tests {
         let key = SiteSecret::from_bytes(&[7u8; 32]);
         let root = "1.2.826.0.1.3680043.8.498";
         let sr_of = |v: u32| {
-            let uids = ResultUids::new(root, &crate::result::report_id("1.2.6", v), &key);
+            let uids =
+                ResultUids::new(root, &crate::result::report_id("1.2.6", v), &key, "edge-01");
             let rec = store.instance(&uids.sr_instance).unwrap().unwrap();
             (
                 uids,
@@ -1079,6 +1080,12 @@ mod tests {
         let tracked = first.tracking("1.2.6", "PNEUMONIA");
         let tracking = |sr: &dicom_object::DefaultDicomObject| format!("{sr:?}").contains(&tracked);
         assert!(tracking(&sr1) && tracking(&sr2));
+        // The device observer is this box (the configured device id), not the site.
+        let device = crate::config::Config::default().device.device_id;
+        let ours = crate::results::uids::device_observer(root, &key, &device);
+        let another = crate::results::uids::device_observer(root, &key, "another-box");
+        let dump = format!("{sr1:?}");
+        assert!(dump.contains(&ours) && !dump.contains(&another));
     }
 
     /// Feedback stops being taken while the outbox is nearly full: however much of it
@@ -1150,7 +1157,8 @@ mod tests {
             "the outbox was told of the committed entries"
         );
         let key = SiteSecret::from_bytes(&[7u8; 32]);
-        let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
+        let sr =
+            ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key, "edge-01").sr_instance;
         assert_eq!(
             stored::pending_heatmaps(&store).unwrap(),
             vec![("1.2.9".to_string(), 1, "1.2.9.1".to_string())]
@@ -1188,7 +1196,8 @@ mod tests {
                 &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
             )
             .unwrap();
-        let pm = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).pm_instance;
+        let pm =
+            ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key, "edge-01").pm_instance;
         assert!(
             !text.windows(pm.len()).any(|w| w == pm.as_bytes()),
             "the SR names a Parametric Map that was never made"
@@ -1223,7 +1232,8 @@ mod tests {
             .unwrap();
         assert_eq!(committed, Committed::Done);
         let key = SiteSecret::from_bytes(&[7u8; 32]);
-        let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
+        let sr =
+            ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key, "edge-01").sr_instance;
         let tmp = dir.path().join("tmp");
         std::fs::remove_dir_all(&tmp).unwrap();
         std::fs::write(&tmp, b"not a folder").unwrap();
@@ -1264,7 +1274,8 @@ mod tests {
         assert_eq!(failure(&r), None);
         record(&recorder, &r).await;
         let key = SiteSecret::from_bytes(&[7u8; 32]);
-        let sr = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key).sr_instance;
+        let sr =
+            ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key, "edge-01").sr_instance;
         let made = store.instance(&sr).unwrap().expect("the SR is stored");
         let sr = dicom_object::open_file(store.root().join(&made.path)).unwrap();
         let library = sr
@@ -1341,7 +1352,7 @@ mod tests {
             )
             .unwrap();
         let key = SiteSecret::from_bytes(&[7u8; 32]);
-        let keyed = ResultUids::new(root, &r.report_id, &key).sr_instance;
+        let keyed = ResultUids::new(root, &r.report_id, &key, "edge-01").sr_instance;
         assert_ne!(keyed, old);
         assert!(store.instance(&keyed).unwrap().is_none(), "a second SR");
         assert!(!outbox
@@ -1519,7 +1530,7 @@ mod tests {
             .await
             .unwrap();
         let key = SiteSecret::from_bytes(&[7u8; 32]);
-        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key);
+        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &r.report_id, &key, "edge-01");
         recorder
             .record_heatmap("9", 1, "9.1", done("PNEUMONIA", "heat.png"), 1.0)
             .unwrap();

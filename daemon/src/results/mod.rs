@@ -166,7 +166,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let report = fixtures::report();
         let key = crate::site_secret::SiteSecret::from_bytes(&[6u8; 32]);
-        let uids = uids::ResultUids::new("2.25.", &report.report_id, &key);
+        let uids = uids::ResultUids::new("2.25.", &report.report_id, &key, "edge-01");
         (dir, store, report, uids)
     }
 
@@ -373,7 +373,7 @@ mod tests {
         // (its Manufacturer): stored as the peer's. A rebuilt index asks the ledger of
         // what this box generated, not the header: ours stay ours, the forgery is not.
         let elsewhere = crate::site_secret::SiteSecret::from_bytes(&[9u8; 32]);
-        let other = uids::ResultUids::new("2.25.", &report.report_id, &elsewhere);
+        let other = uids::ResultUids::new("2.25.", &report.report_id, &elsewhere, "edge-01");
         let forged = sc::build(&report, &other, &img).unwrap();
         let forged_uid = other.sc_instance.clone();
         let forged_rec = store_as(&store, &forged, "PEER", false).unwrap();

@@ -4,7 +4,7 @@
 //! report version. The content tree:
 //!
 //! - TID 1204 language (`en-US`), TID 1001/1004 observation context: the observer is a
-//!   device, this appliance (Device Observer UID derived from the site, name, manufacturer,
+//!   device, this appliance (Device Observer UID derived from the site and the box, name, manufacturer,
 //!   model name = the AI model), and the procedure reported (plain chest X-ray, SNOMED CT);
 //! - TID 1600 image library: the analysed images;
 //! - Imaging Measurements, one TID 1501 measurement group per finding: tracking identifier
@@ -467,7 +467,12 @@ mod tests {
         report.study.study_date = "2024.01.31".into();
         report.study.study_time = "09:30:15".into();
         let key = crate::site_secret::SiteSecret::from_bytes(&[3u8; 32]);
-        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &report.report_id, &key);
+        let uids = ResultUids::new(
+            "1.2.826.0.1.3680043.8.498",
+            &report.report_id,
+            &key,
+            "edge-01",
+        );
         let value = |sr: &FileDicomObject<InMemDicomObject>, tag| {
             sr.element(tag)
                 .unwrap()
@@ -493,7 +498,12 @@ mod tests {
         report.findings.clear();
         report.not_applicable = Some("age 45 y outside the model's 1\u{2013}5 y".into());
         let key = crate::site_secret::SiteSecret::from_bytes(&[3u8; 32]);
-        let uids = ResultUids::new("1.2.826.0.1.3680043.8.498", &report.report_id, &key);
+        let uids = ResultUids::new(
+            "1.2.826.0.1.3680043.8.498",
+            &report.report_id,
+            &key,
+            "edge-01",
+        );
         let sr = build(&report, &uids, &[], None).unwrap();
         let texts = comments(&sr);
         assert!(

@@ -60,12 +60,12 @@ pub fn derive(root: &str, seed: &str) -> String {
 
 impl ResultUids {
     /// The UIDs of the report `report_id` under `root` (`dicom.uid_root`), keyed by the
-    /// site secret.
-    pub fn new(root: &str, report_id: &str, key: &SiteSecret) -> ResultUids {
+    /// site secret, made by the box `device_id` of the site.
+    pub fn new(root: &str, report_id: &str, key: &SiteSecret, device_id: &str) -> ResultUids {
         let mut uids = Self::from_seeds(root, |part| {
             key.pseudonym(UID_DOMAIN, &format!("{report_id}/{part}"))
         });
-        uids.device_observer = device_observer(root, key);
+        uids.device_observer = device_observer(root, key, device_id);
         // Tracking UIDs follow a finding of a study from one result version to the next
         // (TID 1501): keyed, but not by the report.
         uids.tracking_seed = format!("{root}\n{}", key.pseudonym(UID_DOMAIN, "tracking"));
@@ -106,10 +106,14 @@ impl ResultUids {
     }
 }
 
-/// The Device Observer UID of this appliance (TID 1004): one per site secret and UID root,
-/// stable across reports and restarts.
-pub fn device_observer(root: &str, key: &SiteSecret) -> String {
-    derive(root, &key.pseudonym(UID_DOMAIN, "device-observer"))
+/// The Device Observer UID of the appliance `device_id` (`device.device_id`) of a site
+/// (TID 1004: it names the device, so two boxes of one site have two): one per box, site
+/// secret and UID root, stable across reports and restarts.
+pub fn device_observer(root: &str, key: &SiteSecret, device_id: &str) -> String {
+    derive(
+        root,
+        &key.pseudonym(UID_DOMAIN, &format!("device-observer/{device_id}")),
+    )
 }
 
 #[cfg(test)]
@@ -123,9 +127,9 @@ mod tests {
             SiteSecret::from_bytes(&[1u8; 32]),
             SiteSecret::from_bytes(&[2u8; 32]),
         );
-        let keyed = ResultUids::new("2.25.", &rid, &k1);
-        assert_eq!(keyed, ResultUids::new("2.25.", &rid, &k1));
-        let other_site = ResultUids::new("2.25.", &rid, &k2);
+        let keyed = ResultUids::new("2.25.", &rid, &k1, "edge-01");
+        assert_eq!(keyed, ResultUids::new("2.25.", &rid, &k1, "edge-01"));
+        let other_site = ResultUids::new("2.25.", &rid, &k2, "edge-01");
         let unkeyed = ResultUids::unkeyed("2.25.", &rid);
         for (a, b) in [
             (&keyed.sr_instance, &other_site.sr_instance),
@@ -140,9 +144,9 @@ mod tests {
     fn uids_are_stable_distinct_and_valid() {
         let key = SiteSecret::from_bytes(&[7u8; 32]);
         for root in ["2.25.", "1.2.826.0.1.3680043.10.", "1.2.3."] {
-            let a = ResultUids::new(root, "r-1", &key);
-            assert_eq!(a, ResultUids::new(root, "r-1", &key));
-            let b = ResultUids::new(root, "r-2", &key);
+            let a = ResultUids::new(root, "r-1", &key, "edge-01");
+            assert_eq!(a, ResultUids::new(root, "r-1", &key, "edge-01"));
+            let b = ResultUids::new(root, "r-2", &key, "edge-01");
             let all = [
                 &a.sr_series,
                 &a.sr_instance,
@@ -156,7 +160,8 @@ mod tests {
                 &a.frame_of_reference,
                 &a.tracking("1.2.3", "PNEUMONIA"),
                 &a.tracking("1.2.3", "EFFUSION"),
-                &device_observer(root, &key),
+                &device_observer(root, &key, "edge-01"),
+                &device_observer(root, &key, "edge-02"),
             ];
             for u in all {
                 assert!(u.len() <= 64 && u.starts_with(root), "{u}");
@@ -167,7 +172,7 @@ mod tests {
                 );
             }
             let set: std::collections::HashSet<_> = all.iter().collect();
-            assert_eq!(set.len(), 13);
+            assert_eq!(set.len(), 14);
             // A finding keeps its tracking UID from one result version to the next, and
             // another study's finding has another.
             assert_eq!(
