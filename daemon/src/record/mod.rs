@@ -332,7 +332,8 @@ impl Recorder {
     }
 
     /// The result objects this box made in `study` (SR, Parametric Map, Secondary
-    /// Capture) whose header names another Patient ID than the study now does.
+    /// Capture) whose header names another Patient ID than the study now does (one whose
+    /// file cannot be read is logged and left out).
     fn objects_of_another_patient(
         &self,
         study: &StudyRecord,
@@ -349,8 +350,18 @@ impl Recorder {
                 continue;
             }
             let path = self.store.root().join(&inst.path);
-            let header = crate::store::header::read_header(&path)
-                .map_err(|e| ObjectError::Results(results::ResultsError::Header(e)))?;
+            let header = match crate::store::header::read_header(&path) {
+                Ok(h) => h,
+                Err(e) => {
+                    // The others are still rejected; this one stays as it is.
+                    log::error!(
+                        "study {}: result object {} cannot be read to tell its patient: {e}",
+                        study.study_instance_uid,
+                        inst.sop_instance_uid
+                    );
+                    continue;
+                }
+            };
             if header.study.patient_id != study.patient_id {
                 out.push(results::rejection::Rejected {
                     series: inst.series_instance_uid,
