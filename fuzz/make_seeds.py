@@ -457,6 +457,32 @@ def model_pack_seeds():
     out("model_pack", "hardlink.tar", pack_tar([("model.toml", toml), ("link", "=>model.toml")]))
 
 
+def model_manifest_seeds():
+    """Model manifests: the shipped ones, and the shapes the daemon refuses or must bound
+    (labels out of step, thresholds out of range, an intended use upside down, a grid that
+    asks for millions of occluded copies, codes too long for DICOM)."""
+    shipped = {}
+    for m in ["pneumonia-xception", "densenet121-res224-all"]:
+        text = open(os.path.join(ROOT, "models", m, "model.toml"), "rb").read()
+        shipped[m] = text
+        out("model_manifest", m + ".toml", text)
+    base = shipped["pneumonia-xception"]
+    variants = {
+        "threshold-above-one": base.replace(b"threshold = 0.5", b"threshold = 1.5"),
+        "threshold-nan": base.replace(b"threshold = 0.5", b"threshold = nan"),
+        "huge-grid": base.replace(b"grid = 8", b"grid = 4294967295"),
+        "zero-size": base.replace(b"width = 150", b"width = 0"),
+        "huge-size": base.replace(b"width = 150", b"width = 9223372036854775807"),
+        "ages-upside-down": base.replace(b"age_min_years = 1.0", b"age_min_years = 9.0"),
+        "long-code": base.replace(b'code = "PNEUMONIA"', b'code = "' + b"P" * 200 + b'"'),
+        "no-labels": base.split(b"[[labels]]")[0],
+        "path-escape": base.replace(b'path = "pneumonia_xception_fp16.xml"', b'path = "../../etc/passwd"'),
+        "unknown-key": base + b"\nsurprise = true\n",
+    }
+    for name, text in variants.items():
+        out("model_manifest", name + ".toml", text)
+
+
 def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -469,6 +495,7 @@ def main():
         config_seeds()
         firmware_seeds(tmp)
     model_pack_seeds()
+    model_manifest_seeds()
     jpeg_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")

@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("console_json", console_json),
     ("firmware_bundle", firmware_bundle),
     ("model_pack", model_pack),
+    ("model_manifest", model_manifest),
     ("endorsement", endorsement),
     ("config_toml", config_toml),
 ];
@@ -447,6 +448,23 @@ pub fn model_pack(data: &[u8]) {
         "a pack archive wrote {outside:?} outside its folder"
     );
     let _ = std::fs::remove_dir_all(&room);
+}
+
+/// Model manifests (`model.toml`, in a model folder or a signed pack): parsed and validated
+/// as the inference stage loads one, then asked what the daemon asks of it (each label's
+/// threshold, the input tensor's size, the files it names).
+pub fn model_manifest(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(m) = Manifest::parse(text, std::path::Path::new("/models/fuzz/model.toml")) else {
+        return;
+    };
+    for i in 0..m.labels.len() + 1 {
+        let _ = m.threshold(i);
+    }
+    let _ = m.input_len();
+    let _ = (m.model_path(), m.weights_path());
 }
 
 /// Endorsement JSON: parsed, verified against the roots, and accepted into trust anchors.
