@@ -97,7 +97,13 @@ fn main() -> anyhow::Result<()> {
             timings: Timings::default(),
             created_at: received * 1000,
         };
-        duli::store::results::commit_result(&store, &result, &[], &[], None)?;
+        duli::store::results::commit_result(
+            &store,
+            &result,
+            &[],
+            &[],
+            duli::store::results::ReportedFor::Keep,
+        )?;
     }
     store.flush_blocking()?;
     println!("{count} studies in {dir}");

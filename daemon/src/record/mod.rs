@@ -39,7 +39,7 @@ use crate::result::{HeatmapState, ImageStatus, StudyResult};
 use crate::results::{self, sr::ObjectRef, uids::ResultUids};
 use crate::site_secret::SiteSecret;
 use crate::store::outbox::{Batch, Kind, NewEntry, Outbox, OutboxError};
-use crate::store::results::{self as stored, Committed};
+use crate::store::results::{self as stored, Committed, ReportedFor};
 use crate::store::{Change, Store, StoreError};
 use std::sync::Arc;
 
@@ -140,6 +140,16 @@ pub struct Recorder {
     settling: std::sync::Mutex<()>,
 }
 
+/// The patient the study's latest result was reported for, when the study now names
+/// another Patient ID (a modality or PACS resent it after correcting its patient): what
+/// went out for them is to be withdrawn.
+fn former_patient(study: &StudyRecord) -> Option<&ReportedPatient> {
+    study
+        .reported_for
+        .as_ref()
+        .filter(|was| !was.patient_id.is_empty() && was.patient_id != study.patient_id)
+}
+
 /// Studies that came from the console's manual upload (no real patient) are analysed and
 /// shown, never sent.
 pub fn is_manual_upload(study: &StudyRecord) -> bool {
@@ -169,19 +179,38 @@ impl Recorder {
         let uid = result.study_instance_uid.as_str();
         // The patient this result is reported for, recorded with it once its entries are
         // planned: a later result withdraws it from this patient if the study changes hands.
-        let mut reported_for = None;
+        let mut reported_now = None;
+        let mut withdrawn_only = false;
         let entries = match (&self.delivery, outcome.failure) {
             (Some(d), None) => match self.store.study(uid) {
                 Ok(Some(study)) => {
                     let entries = self.deliverables(d, result, &study, outcome.heatmaps_to_make);
                     if !is_manual_upload(&study) {
-                        reported_for = Some(ReportedPatient::of(&study));
+                        reported_now = Some(ReportedPatient::of(&study));
                     }
                     entries
                 }
                 _ => Vec::new(),
             },
+            // Nothing new to report, but what went out for a former patient of the study
+            // is withdrawn all the same: it is not theirs whatever the analysis gives.
+            (Some(d), Some(_)) => match self.store.study(uid) {
+                Ok(Some(study))
+                    if !is_manual_upload(&study) && former_patient(&study).is_some() =>
+                {
+                    withdrawn_only = true;
+                    let mut entries = self.withdrawals(d, &study);
+                    entries.extend(self.rejection(d, &study));
+                    entries
+                }
+                _ => Vec::new(),
+            },
             _ => Vec::new(),
+        };
+        let reported_for = match (&reported_now, withdrawn_only) {
+            (Some(p), _) => ReportedFor::Now(p),
+            (None, true) => ReportedFor::Nobody,
+            (None, false) => ReportedFor::Keep,
         };
         let batches: Vec<Batch> = match &self.delivery {
             Some(d) if !entries.is_empty() => vec![Batch {
@@ -195,7 +224,7 @@ impl Recorder {
             result,
             &batches,
             outcome.heatmaps_to_make,
-            reported_for.as_ref(),
+            reported_for,
         );
         match (&committed, outcome.failure) {
             (Ok(Committed::Done), Some(reason)) => {
@@ -282,11 +311,7 @@ impl Recorder {
     /// the new result's. Made when a withdrawal is ([`Recorder::withdrawals`]), once per
     /// report it withdraws: a note made before a crash is sent again, not made twice.
     fn rejection(&self, d: &Delivery, study: &StudyRecord) -> Vec<NewEntry> {
-        let Some(was) = study
-            .reported_for
-            .as_ref()
-            .filter(|was| !was.patient_id.is_empty() && was.patient_id != study.patient_id)
-        else {
+        let Some(was) = former_patient(study) else {
             return Vec::new();
         };
         let uid = &study.study_instance_uid;
@@ -379,12 +404,9 @@ impl Recorder {
     /// off the wrong patient's record before it files the new one. Nothing when the
     /// study is the same patient's, or the latest result was reported for no one known.
     fn withdrawals(&self, d: &Delivery, study: &StudyRecord) -> Vec<NewEntry> {
-        let Some(was) = &study.reported_for else {
+        let Some(was) = former_patient(study) else {
             return Vec::new();
         };
-        if was.patient_id.is_empty() || was.patient_id == study.patient_id {
-            return Vec::new();
-        }
         let previous = match stored::latest_result(&self.store, &study.study_instance_uid) {
             Ok(Some(r)) => r,
             Ok(None) => return Vec::new(),
@@ -970,6 +992,73 @@ mod tests {
         assert!(!ours.iter().any(|i| i.sop_instance_uid == first_sr));
         assert!(store.instance(&first_sr).unwrap().unwrap().rejected);
         assert_eq!(store.study("1.2.9").unwrap().unwrap().patient_id, "PAT-B");
+    }
+
+    /// A study given to another patient whose resend cannot be analysed: what went out for
+    /// the former patient is withdrawn all the same (the HL7 withdrawal, the rejection
+    /// note), the study is then reported for no one, and the next result that is made
+    /// reports for the new patient without withdrawing anything twice.
+    #[tokio::test]
+    async fn a_correction_that_cannot_be_analysed_still_withdraws_the_former_result() {
+        use crate::dimse::uids::KEY_OBJECT_SELECTION;
+        let (_dir, store, recorder, outbox) = setup();
+        add_study(&store, "1.2.5", "PAT-A");
+        record(&recorder, &version("1.2.5", 1)).await;
+        give_to(&store, "1.2.5", "PAT-B");
+        let failed = version("1.2.5", 2);
+        recorder
+            .record_result(Outcome {
+                result: &failed,
+                heatmaps_to_make: &[],
+                failure: Some("undecodable"),
+            })
+            .await
+            .unwrap();
+        let study = store.study("1.2.5").unwrap().unwrap();
+        assert_eq!(study.state, StudyState::Error);
+        assert_eq!(study.reported_for, None);
+        let kinds = |outbox: &Outbox| -> Vec<Kind> {
+            let all = outbox.list(Some(&Destination::Hl7)).unwrap();
+            all.into_iter().map(|e| e.kind).collect()
+        };
+        assert_eq!(kinds(&outbox), [Kind::Report, Kind::Withdrawal]);
+        let generated = store.instances_of("1.2.5").unwrap();
+        assert!(generated
+            .iter()
+            .any(|i| i.sop_class_uid == KEY_OBJECT_SELECTION));
+        store.force_state("1.2.5", StudyState::Inferring);
+        record(&recorder, &version("1.2.5", 3)).await;
+        let hl7: Vec<(Kind, String)> = outbox
+            .list(Some(&Destination::Hl7))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.report_id))
+            .collect();
+        let id = |v| crate::result::report_id("1.2.5", v);
+        assert_eq!(
+            hl7,
+            [
+                (Kind::Report, id(1)),
+                (Kind::Withdrawal, id(1)),
+                (Kind::Report, id(3)),
+            ]
+        );
+        let notes = store
+            .instances_of("1.2.5")
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.sop_class_uid == KEY_OBJECT_SELECTION)
+            .count();
+        assert_eq!(notes, 1);
+        assert_eq!(
+            store
+                .study("1.2.5")
+                .unwrap()
+                .unwrap()
+                .reported_for
+                .map(|p| p.patient_id),
+            Some("PAT-B".to_string())
+        );
     }
 
     /// A study given to another patient after its result was reported: the next result

@@ -63,6 +63,19 @@ fn corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError
     })
 }
 
+/// Whom the study's results are reported for once a result is committed
+/// ([`StudyRecord::reported_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedFor<'a> {
+    /// As before (the result reports nothing anywhere).
+    Keep,
+    /// This patient: the result's report went out for them.
+    Now(&'a ReportedPatient),
+    /// No one: what was reported for a former patient was withdrawn, and nothing new was
+    /// reported.
+    Nobody,
+}
+
 /// Commits `result`, moves the study to `done` (unless new instances reopened it: see
 /// [`Committed::on`]) with
 /// `result_version = result.version`, writes the outbox `batches` and marks the heatmaps
@@ -74,7 +87,7 @@ pub fn commit_result(
     result: &StudyResult,
     batches: &[Batch],
     pending_heatmaps: &[&str],
-    reported_for: Option<&ReportedPatient>,
+    reported_for: ReportedFor<'_>,
 ) -> Result<Committed, StoreError> {
     let mut extra = batch_writes(batches)?;
     extra.extend(pending_heatmap_marks(
@@ -103,8 +116,10 @@ pub fn commit_result(
             study.error = None;
         }
         study.result_version = study.result_version.max(result.version);
-        if let Some(p) = reported_for {
-            study.reported_for = Some(p.clone());
+        match reported_for {
+            ReportedFor::Keep => {}
+            ReportedFor::Now(p) => study.reported_for = Some(p.clone()),
+            ReportedFor::Nobody => study.reported_for = None,
         }
         studies.insert(uid.as_bytes(), encode(&study))?;
         write_extra(&views[2..], &names, extra)?;
@@ -280,7 +295,8 @@ mod tests {
             outbox: &outbox,
             entries: &entries,
         };
-        let err = commit_result(&store, &result, &[batch], &["4.4.1"], None).unwrap_err();
+        let err =
+            commit_result(&store, &result, &[batch], &["4.4.1"], ReportedFor::Keep).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(outbox.list(None).unwrap().is_empty());
         assert!(pending_heatmaps(&store).unwrap().is_empty());
@@ -298,7 +314,7 @@ mod tests {
             .unwrap();
         store.force_state("4.4", StudyState::Inferring);
         assert_eq!(
-            commit_result(&store, &result, &[batch], &["4.4.1"], None).unwrap(),
+            commit_result(&store, &result, &[batch], &["4.4.1"], ReportedFor::Keep).unwrap(),
             Committed::Done
         );
         assert_eq!(outbox.list(None).unwrap().len(), 1);
@@ -376,7 +392,7 @@ mod tests {
             ]
         );
         store.force_state("1.1", StudyState::Inferring);
-        commit_result(&store, &result("1.1", 1, 0.9), &[], &[], None).unwrap();
+        commit_result(&store, &result("1.1", 1, 0.9), &[], &[], ReportedFor::Keep).unwrap();
         assert_eq!(
             page(&store),
             vec![
@@ -386,7 +402,7 @@ mod tests {
         );
         // A newer version that is not urgent moves the study back to its place.
         store.force_state("1.1", StudyState::Inferring);
-        commit_result(&store, &result("1.1", 2, 0.1), &[], &[], None).unwrap();
+        commit_result(&store, &result("1.1", 2, 0.1), &[], &[], ReportedFor::Keep).unwrap();
         assert_eq!(
             page(&store)[1],
             ("1.1".into(), StudyState::Done, Some(false))
@@ -418,7 +434,7 @@ mod tests {
             add_study(&store, uid, 100);
             store.force_state(uid, now);
             assert_eq!(
-                commit_result(&store, &result(uid, 1, 0.9), &[], &[], None).unwrap(),
+                commit_result(&store, &result(uid, 1, 0.9), &[], &[], ReportedFor::Keep).unwrap(),
                 committed,
                 "{now:?}"
             );
