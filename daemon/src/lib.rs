@@ -36,14 +36,16 @@
 //! - [`report`]: the domain records made from a result: the report every message and
 //!   result object is built from, and a radiologist's feedback.
 //! - [`results`]: the DICOM result objects (TID 1500 SR with the findings, Parametric Map
-//!   and Secondary Capture of the heatmap).
+//!   and Secondary Capture of the heatmap), and the IHE IOCM rejection note that withdraws
+//!   them from a study's former patient.
 //! - [`site_secret`]: the box's own secret that keys the pseudonyms and report identifiers
 //!   sent to the cloud and the UIDs of the result objects.
 //! - [`retention`]: prunes old pixel data, and the oldest finished studies below the disk reserve.
 //! - [`model`]: the records every stage shares (instances, studies, states).
 //! - [`deliver`]: the channels that drain the store's durable outbox (HL7/MLLP, MQTT, PACS
 //!   push), and the delivery plan of a report.
-//! - [`audit`]: the append-only, hash-chained audit trail every stage writes to.
+//! - [`audit`]: the append-only, hash-chained audit trail every stage writes to, kept on
+//!   the box within its budget.
 //! - [`accounts`]: console user accounts, roles and password hashes, shared by the console
 //!   and the CLI.
 //! - [`console`]: the HTTPS web console and API — logins, roles, worklist, viewer,
