@@ -771,10 +771,7 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
         .collect();
     assert_eq!(notes.len(), 1, "{objects:?}");
     let note = dicom_object::open_file(notes[0]).unwrap();
-    let named: Vec<String> = duli::results::rejection::rejected_by(&note, 10)
-        .into_iter()
-        .map(|r| r.sop_instance)
-        .collect();
+    let named = common::validators::key_object_references(&note);
     // The SR and, made for the same patient though this PACS takes only SRs, the
     // Parametric Map and the Secondary Capture.
     assert!(

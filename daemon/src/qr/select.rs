@@ -195,6 +195,43 @@ mod tests {
     /// A retrieve names its instances by value: a wildcard in any unique key is refused
     /// (A900 through `IdentifierInvalid`), a plain list of UIDs is resolved, and an unknown
     /// UID resolves to nothing.
+    /// A result object its rejection note withdrew is not retrieved even when a peer names
+    /// it by SOP Instance UID (IMAGE level, which reads the instance, not its study).
+    #[test]
+    fn a_rejected_object_named_by_its_uid_is_not_retrieved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (sop, rejected) in [("1.2.4.1", true), ("1.2.4.2", false)] {
+            let rec = InstanceRecord {
+                sop_instance_uid: sop.into(),
+                study_instance_uid: "1.2.4".into(),
+                series_instance_uid: "1.2.4.9".into(),
+                generated: true,
+                rejected,
+                ..Default::default()
+            };
+            store
+                .commit_instance(&rec, &StudyRecord::default())
+                .unwrap();
+        }
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::QUERY_RETRIEVE_LEVEL,
+            VR::CS,
+            PrimitiveValue::from("IMAGE"),
+        ));
+        for (tag, v) in [
+            (tags::STUDY_INSTANCE_UID, "1.2.4"),
+            (tags::SERIES_INSTANCE_UID, "1.2.4.9"),
+            (tags::SOP_INSTANCE_UID, "1.2.4.1\\1.2.4.2"),
+        ] {
+            obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
+        }
+        let (_, found) = select(&store, &obj, Model::StudyRoot).unwrap();
+        let uids: Vec<&str> = found.iter().map(|i| i.sop_instance_uid.as_str()).collect();
+        assert_eq!(uids, ["1.2.4.2"]);
+    }
+
     #[test]
     fn retrieve_keys_with_wildcards_are_refused() {
         let dir = tempfile::tempdir().unwrap();

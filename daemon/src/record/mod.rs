@@ -199,9 +199,7 @@ impl Recorder {
                     if !is_manual_upload(&study) && former_patient(&study).is_some() =>
                 {
                     withdrawn_only = true;
-                    let mut entries = self.withdrawals(d, &study);
-                    entries.extend(self.rejection(d, &study));
-                    entries
+                    self.withdrawals(d, &study)
                 }
                 _ => Vec::new(),
             },
@@ -279,7 +277,6 @@ impl Recorder {
         let report = Report::from_result(result, study);
         let uids = ResultUids::new(&d.uid_root, &report.report_id, &d.secret, &d.plan.device_id);
         let mut batch = self.withdrawals(d, study);
-        batch.extend(self.rejection(d, study));
         batch.extend(d.plan.report_entries(&report, &d.secret));
         if !heatmaps_to_make.is_empty() {
             // The SR is made once its heatmap is settled (made, skipped or failed), so that
@@ -307,23 +304,11 @@ impl Recorder {
     /// The IHE IOCM rejection note withdrawing, from the archive and from this box's own
     /// Q/R, the result objects this box made for a former patient of the study (their
     /// header names another Patient ID than the study now does), stored with the
-    /// objects taken out of the study; its push entries (one per PACS destination) join
-    /// the new result's. Made when a withdrawal is ([`Recorder::withdrawals`]), once per
-    /// report it withdraws: a note made before a crash is sent again, not made twice.
-    fn rejection(&self, d: &Delivery, study: &StudyRecord) -> Vec<NewEntry> {
-        let Some(was) = former_patient(study) else {
-            return Vec::new();
-        };
+    /// objects taken out of the study; `old` is the withdrawn report, for that patient.
+    /// Made once per withdrawn report: a note made before a crash is sent again, not made
+    /// twice.
+    fn rejection(&self, d: &Delivery, study: &StudyRecord, old: &Report) -> Vec<NewEntry> {
         let uid = &study.study_instance_uid;
-        let previous = match stored::latest_result(&self.store, uid) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Vec::new(),
-            Err(e) => {
-                log::error!("study {uid}: the result objects of its former patient cannot be looked up: {e}");
-                return Vec::new();
-            }
-        };
-        let old = Report::from_result(&previous, &was.applied_to(study));
         let uids = ResultUids::new(&d.uid_root, &old.report_id, &d.secret, &d.plan.device_id);
         if self.generated(&uids.ko_instance) {
             return d.plan.rejection_entries(&old.report_id, &uids.ko_instance);
@@ -337,7 +322,7 @@ impl Recorder {
             }
         };
         let sops: Vec<String> = rejected.iter().map(|r| r.sop_instance.clone()).collect();
-        match results::rejection::build(&old, &uids, &rejected)
+        match results::rejection::build(old, &uids, &rejected)
             .and_then(|note| results::store_rejection_note(&self.store, &note, &sops))
         {
             Ok(note) => {
@@ -400,9 +385,11 @@ impl Recorder {
 
     /// The withdrawal of the study's latest result from the patient it was reported for,
     /// when the study now names another Patient ID (a modality or PACS resent it after
-    /// correcting its patient): queued before the new result, so the RIS takes the result
-    /// off the wrong patient's record before it files the new one. Nothing when the
-    /// study is the same patient's, or the latest result was reported for no one known.
+    /// correcting its patient): the HL7 withdrawal and the rejection note of the result
+    /// objects made for that patient ([`Recorder::rejection`]), queued before the new
+    /// result, so the RIS and the PACS take them off the wrong patient's record before
+    /// they file the new one. Nothing when the study is the same patient's, or the latest
+    /// result was reported for no one known.
     fn withdrawals(&self, d: &Delivery, study: &StudyRecord) -> Vec<NewEntry> {
         let Some(was) = former_patient(study) else {
             return Vec::new();
@@ -424,7 +411,9 @@ impl Recorder {
             previous.version
         );
         let old = Report::from_result(&previous, &was.applied_to(study));
-        d.plan.withdrawal_entries(&old, &d.secret)
+        let mut entries = d.plan.withdrawal_entries(&old, &d.secret);
+        entries.extend(self.rejection(d, study, &old));
+        entries
     }
 
     /// Records the heatmap state of one image of result `version` of `study_uid`, made
@@ -908,6 +897,12 @@ mod tests {
         receive(store, study, 2, patient);
     }
 
+    /// The Patient ID `study`'s results are reported for.
+    fn reported_for(store: &Store, study: &str) -> Option<String> {
+        let record = store.study(study).unwrap().unwrap();
+        record.reported_for.map(|p| p.patient_id)
+    }
+
     /// Result version `v` of `study`.
     fn version(study: &str, v: u32) -> StudyResult {
         let mut r = result(study, ImageStatus::Analysed);
@@ -951,10 +946,7 @@ mod tests {
         assert!(!ours.iter().any(|i| i.sop_instance_uid == first_sr));
         assert!(store.instance(&first_sr).unwrap().unwrap().rejected);
         let note = dicom_object::open_file(store.root().join(&notes[0].path)).unwrap();
-        let named: Vec<String> = results::rejection::rejected_by(&note, 10)
-            .into_iter()
-            .map(|r| r.sop_instance)
-            .collect();
+        let named = results::rejection::evidence_of(&note);
         assert_eq!(named, std::slice::from_ref(&first_sr));
         let patient = note
             .element(dicom_dictionary_std::tags::PATIENT_ID)
@@ -1050,15 +1042,7 @@ mod tests {
             .filter(|i| i.sop_class_uid == KEY_OBJECT_SELECTION)
             .count();
         assert_eq!(notes, 1);
-        assert_eq!(
-            store
-                .study("1.2.5")
-                .unwrap()
-                .unwrap()
-                .reported_for
-                .map(|p| p.patient_id),
-            Some("PAT-B".to_string())
-        );
+        assert_eq!(reported_for(&store, "1.2.5"), Some("PAT-B".to_string()));
     }
 
     /// A study given to another patient after its result was reported: the next result
@@ -1073,15 +1057,7 @@ mod tests {
             record(&recorder, &result("1.2.8", ImageStatus::Analysed)).await,
             Committed::Done
         );
-        assert_eq!(
-            store
-                .study("1.2.8")
-                .unwrap()
-                .unwrap()
-                .reported_for
-                .map(|p| p.patient_id),
-            Some("PAT-A".to_string())
-        );
+        assert_eq!(reported_for(&store, "1.2.8"), Some("PAT-A".to_string()));
         give_to(&store, "1.2.8", "PAT-B");
         record(&recorder, &version("1.2.8", 2)).await;
         store.force_state("1.2.8", StudyState::Inferring);

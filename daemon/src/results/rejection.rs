@@ -128,31 +128,24 @@ pub fn build(
     )
 }
 
-/// The objects a rejection note names, read from its Current Requested Procedure Evidence
-/// Sequence (at most `max`): a rebuilt index applies the notes this box made again.
-pub fn rejected_by(note: &InMemDicomObject, max: usize) -> Vec<Rejected> {
-    let mut out = Vec::new();
-    fn items(obj: &InMemDicomObject, tag: dicom_core::Tag) -> &[InMemDicomObject] {
-        obj.get(tag).and_then(|e| e.items()).unwrap_or(&[])
-    }
-    let string = |obj: &InMemDicomObject, tag| {
+/// The SOP Instance UIDs a rejection note lists in its Current Requested Procedure
+/// Evidence Sequence (the tests' reading of a note this box made).
+#[cfg(test)]
+pub(crate) fn evidence_of(note: &InMemDicomObject) -> Vec<String> {
+    let items = |obj: &InMemDicomObject, tag| -> Vec<InMemDicomObject> {
         obj.get(tag)
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .and_then(|e| e.items())
+            .map(<[InMemDicomObject]>::to_vec)
             .unwrap_or_default()
     };
+    let mut out = Vec::new();
     for study in items(note, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE) {
-        for series in items(study, tags::REFERENCED_SERIES_SEQUENCE) {
-            let series_uid = string(series, tags::SERIES_INSTANCE_UID);
-            for sop in items(series, tags::REFERENCED_SOP_SEQUENCE) {
-                if out.len() == max {
-                    return out;
+        for series in items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
+            for sop in items(&series, tags::REFERENCED_SOP_SEQUENCE) {
+                if let Some(uid) = sop.get(tags::REFERENCED_SOP_INSTANCE_UID) {
+                    let uid = uid.to_str().unwrap_or_default();
+                    out.push(uid.trim_end_matches(['\0', ' ']).to_string());
                 }
-                out.push(Rejected {
-                    series: series_uid.clone(),
-                    sop_class: string(sop, tags::REFERENCED_SOP_CLASS_UID),
-                    sop_instance: string(sop, tags::REFERENCED_SOP_INSTANCE_UID),
-                });
             }
         }
     }

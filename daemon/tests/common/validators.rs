@@ -58,3 +58,25 @@ pub fn dciodvfy(dciodvfy: &Path, file: &Path) -> Findings {
         text,
     }
 }
+
+/// The SOP Instance UIDs a Key Object Selection Document's content tree references (its
+/// `IMAGE` and `COMPOSITE` items, TID 2010), in order.
+pub fn key_object_references(note: &dicom_object::InMemDicomObject) -> Vec<String> {
+    use dicom_dictionary_std::tags;
+    let Some(content) = note.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()) else {
+        return Vec::new();
+    };
+    content
+        .iter()
+        .filter_map(|item| {
+            item.get(tags::REFERENCED_SOP_SEQUENCE)?
+                .items()?
+                .first()
+                .cloned()
+        })
+        .filter_map(|sop| {
+            let uid = sop.get(tags::REFERENCED_SOP_INSTANCE_UID)?.to_str().ok()?;
+            Some(uid.trim_end_matches(['\0', ' ']).to_string())
+        })
+        .collect()
+}
