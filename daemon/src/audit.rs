@@ -367,9 +367,12 @@ impl Audit {
     pub fn open(store: &Store) -> Result<Audit, StoreError> {
         let records = store.records::<Record>(RecordTree::Audit)?;
         let last = records.last()?.map(|(_, rec)| (rec.seq, rec.hash));
+        // An empty trail has no first record yet: its first append sets it (a trail that
+        // goes on from its anchor after a lost index starts past 0).
         let first = match records.iter().next() {
             Some(Ok((key, _))) => <[u8; 8]>::try_from(key.as_slice()).map_or(0, u64::from_be_bytes),
-            _ => 0,
+            Some(Err(_)) => 0,
+            None => budget::NONE_HELD,
         };
         let audit = Audit {
             records,
@@ -531,6 +534,12 @@ impl Audit {
         };
         rec.hash = canonical_hash(&prev, &rec);
         self.records.insert(seq.to_be_bytes(), &rec)?;
+        let _ = self.first.compare_exchange(
+            budget::NONE_HELD,
+            seq,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         *last = Some((seq, rec.hash.clone()));
         self.anchor.note(&rec);
         drop(last);

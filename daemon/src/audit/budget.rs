@@ -21,6 +21,8 @@ pub const SHED: &str = "audit records removed from this box after the repository
 /// Most records one shedding removes (the next page forwarded removes more): the
 /// forwarding stage is not held up by a trail far over a budget lowered since.
 pub const SHED_CHUNK: u64 = 50_000;
+/// The first sequence number of a trail that holds no record yet.
+pub(super) const NONE_HELD: u64 = u64::MAX;
 /// The key of the shed point.
 pub(super) const SHED_KEY: &[u8] = b"through";
 
@@ -64,8 +66,10 @@ impl Audit {
     /// Records on the box now.
     pub fn held(&self) -> u64 {
         let first = self.first.load(Ordering::Relaxed);
-        self.head()
-            .map_or(0, |(last, _)| last.saturating_add(1).saturating_sub(first))
+        match self.head() {
+            Some((last, _)) if first != NONE_HELD => last.saturating_add(1).saturating_sub(first),
+            _ => 0,
+        }
     }
 
     /// How full the trail is.
@@ -124,6 +128,9 @@ impl Audit {
             return Ok(0);
         }
         let first = self.first.load(Ordering::Relaxed);
+        if first == NONE_HELD {
+            return Ok(0);
+        }
         let keep = max - max / 10;
         let end = forwarded_before
             .saturating_sub(1)
@@ -146,14 +153,17 @@ impl Audit {
             },
         )?;
         store.flush_blocking()?;
+        // Counted as removed, not as the span: records a lost index took are not in it.
+        let mut removed = 0u64;
         for seq in first..end {
-            self.records.remove(seq.to_be_bytes())?;
+            if self.records.remove(seq.to_be_bytes())? {
+                removed += 1;
+            }
         }
         self.first.store(end, Ordering::Relaxed);
-        let removed = end - first;
         let detail = format!(
-            "{SHED}: records {first} to {through} ({removed}), to keep the trail within its \
-             budget of {max} records ([audit] max_records); record {through} had hash {hash}"
+            "{SHED}: records {first} to {through} ({removed} held), to keep the trail within \
+             its budget of {max} records ([audit] max_records); record {through} had hash {hash}"
         );
         log::warn!("audit trail: {detail}");
         self.append(Event::new("system", Action::Other, TRAIL_OBJECT).detail(detail))?;
@@ -200,7 +210,10 @@ mod tests {
         assert_eq!(audit.records(0, 1).unwrap()[0].seq, 49);
         let said = audit.records(200, 1).unwrap().remove(0);
         assert!(said.detail.starts_with(SHED), "{said:?}");
-        assert!(said.detail.contains("records 0 to 48 (49)"), "{said:?}");
+        assert!(
+            said.detail.contains("records 0 to 48 (49 held)"),
+            "{said:?}"
+        );
         let v = audit.verify().unwrap();
         assert!(v.broken.is_none(), "{v:?}");
         assert_eq!(v.records, 152);
@@ -248,6 +261,39 @@ mod tests {
         audit.records.remove(25u64.to_be_bytes()).unwrap();
         let v = audit.verify().unwrap();
         assert_eq!(v.broken.map(|b| b.seq), Some(25));
+    }
+
+    /// A trail counts the records it holds, not its sequence numbers: one that goes on
+    /// from its anchor after a lost index (its first record past 0) or whose start was
+    /// removed; an empty one holds none.
+    #[test]
+    fn records_held_are_counted_from_the_first_one_held() {
+        let (dir, store, audit) = trail_of(0);
+        assert_eq!(audit.held(), 0);
+        // Goes on from an anchored head of 900 records its index lost.
+        *audit.last.lock().unwrap() = Some((899, "ab".repeat(32)));
+        assert_eq!(audit.held(), 0);
+        audit
+            .append(Event::new("ana", Action::Login, "ana"))
+            .unwrap();
+        assert_eq!(audit.held(), 1);
+        audit.set_budget(100);
+        assert_eq!(audit.shed_forwarded(&store, 1_000).unwrap(), 0);
+        drop((audit, store));
+        // Reopened with its first records removed.
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for i in 0..9u64 {
+            audit
+                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        for seq in 900..905u64 {
+            audit.records.remove(seq.to_be_bytes()).unwrap();
+        }
+        drop(audit);
+        let audit = Audit::open(&store).unwrap();
+        assert_eq!(audit.held(), 5);
     }
 
     /// The alarm is raised at nine tenths of the budget and lowered below eight tenths.
