@@ -295,6 +295,7 @@ mod tests {
             dest: crate::store::outbox::Destination::Pacs("main".into()),
             kind: crate::store::outbox::Kind::StructuredReport,
             report_id: "r-3.1".into(),
+            study_instance_uid: "1.2.840.99.1".into(),
             payload: crate::store::outbox::Payload::Dicom {
                 sop_instance_uids: vec![sop.into()],
             },

@@ -1515,6 +1515,7 @@ fn outbox_shows_waiting_entries_and_technicians_requeue_dead_letters() {
                 dest: Destination::Hl7,
                 kind: Kind::Report,
                 report_id: "report-1".into(),
+                study_instance_uid: String::new(),
                 payload: Payload::Hl7 {
                     message: "MSH|^~\\&|DULI|SITE|RIS|HOSP|20260101120000||ORU^R01^ORU_R01|CTRL-1|P|2.5.1\rPID|1||UPLOAD-X".into(),
                 },

@@ -401,6 +401,7 @@ async fn entries_queued_before_keying_reach_the_broker_keyed() {
         dest: Destination::Mqtt,
         kind,
         report_id: rid.clone(),
+        study_instance_uid: String::new(),
         payload: Payload::Mqtt {
             topic: topic(topic_kind),
             body,

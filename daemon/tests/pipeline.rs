@@ -179,7 +179,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
     let (hl7_port, hl7) = mllp_listener();
     let dir = temp_dir("pipeline");
     let sub = subscribe(&mq, dir.path());
-    let d = with_peers(hl7_port, mq.port)
+    let mut d = with_peers(hl7_port, mq.port)
         .config(
             "pacs",
             "destinations",
@@ -332,6 +332,51 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         "entries left:\n{}",
         out.stdout
     );
+
+    // What left the box with the patient's identity is in the audit trail as exports of
+    // the study: the report to the RIS and each result object to the PACS, once each peer
+    // acknowledged it; the cloud's pseudonymous messages are not.
+    let exports = delivery_exports(&d.stop_and_read_audit(), &study_uid);
+    let to_ris = format!(":{hl7_port}: acknowledged");
+    assert_eq!(
+        exports
+            .iter()
+            .filter(|e| e.starts_with("HL7 ORU^R01 report of report ") && e.contains(&to_ris))
+            .count(),
+        1,
+        "{exports:#?}"
+    );
+    let to_pacs = format!(
+        "to PACS orthanc (AE {} at 127.0.0.1:{}): acknowledged; 1 instance(s): ",
+        orthanc.aet, orthanc.dicom_port
+    );
+    for kind in ["structured report", "parametric map", "secondary capture"] {
+        let pushed = format!("DICOM C-STORE {kind} of report ");
+        assert_eq!(
+            exports
+                .iter()
+                .filter(|e| e.starts_with(&pushed) && e.contains(&to_pacs))
+                .count(),
+            1,
+            "{kind}: {exports:#?}"
+        );
+    }
+    assert_eq!(exports.len(), 4, "{exports:#?}");
+}
+
+/// The details of the successful exports of `study_uid` the daemon itself recorded for
+/// its deliveries (actor `system`).
+fn delivery_exports(records: &[duli::audit::Record], study_uid: &str) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| {
+            r.action == duli::audit::Action::Export
+                && r.actor == "system"
+                && r.object == study_uid
+                && r.success
+        })
+        .map(|r| r.detail.clone())
+        .collect()
 }
 
 /// Reads the pushed SR and SC back through Orthanc's REST API: the SR carries the
@@ -685,7 +730,7 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
     };
     let (hl7_port, hl7) = mllp_listener();
     let dir = temp_dir("pipeline-correction");
-    let d = Daemon::builder()
+    let mut d = Daemon::builder()
         .with_inference()
         .config("hl7", "enabled", "true")
         .config("hl7", "port", &hl7_port.to_string())
@@ -836,4 +881,28 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
     assert!(!series.contains(&first_sr_series), "{series:?}");
     let note_series = dicom_attr(notes[0], tags::SERIES_INSTANCE_UID);
     assert!(series.contains(&note_series), "{series:?}");
+
+    // The withdrawal sent to the RIS and the rejection note sent to the PACS are exports
+    // of the study in the audit trail, beside the two reports and the two SRs.
+    let note_uid = dicom_attr(notes[0], tags::SOP_INSTANCE_UID);
+    let exports = delivery_exports(&d.stop_and_read_audit(), &study_uid);
+    let count = |prefix: &str| exports.iter().filter(|e| e.starts_with(prefix)).count();
+    assert_eq!(count("HL7 ORU^R01 report of report "), 2, "{exports:#?}");
+    assert_eq!(
+        count("HL7 ORU^R01 withdrawal of report "),
+        1,
+        "{exports:#?}"
+    );
+    assert_eq!(
+        count("DICOM C-STORE structured report of report "),
+        2,
+        "{exports:#?}"
+    );
+    assert!(
+        exports
+            .iter()
+            .any(|e| e.starts_with("DICOM C-STORE rejection note of report ")
+                && e.ends_with(&format!("1 instance(s): {note_uid}"))),
+        "{exports:#?}"
+    );
 }

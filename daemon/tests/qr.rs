@@ -361,10 +361,7 @@ fn findscu_at_each_level_answers_field_by_field() {
 
 /// Stops the daemon and reads its audit trail.
 fn audit_records(mut d: Daemon) -> Vec<::duli::audit::Record> {
-    d.terminate(Duration::from_secs(20));
-    let store = ::duli::store::Store::open(d.data_dir()).unwrap();
-    let audit = ::duli::audit::Audit::open(&store).unwrap();
-    audit.records(0, 10_000).unwrap()
+    d.stop_and_read_audit()
 }
 
 /// Starts DCMTK storescp as a move destination; returns it with its port and folder.

@@ -632,6 +632,7 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
         dest: Destination::Pacs("picky".into()),
         kind,
         report_id: "r-fixture".into(),
+        study_instance_uid: String::new(),
         payload: Payload::Dicom {
             sop_instance_uids: vec![uid.to_string()],
         },

@@ -9,6 +9,8 @@
 //!   written in the same transaction as the result.
 //! - [`worker`]: one task per destination; sends the head entry through a [`Channel`],
 //!   then marks it delivered, retried or rejected.
+//! - [`export_audit`]: the audit record of each delivery that takes patient data off the
+//!   box (to the RIS, to a PACS), written by the worker before it marks the entry.
 //! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
 //! - [`mqtt`]: report/feedback/health payloads, topics, and the MQTT channel.
 //! - [`pacs`]: the C-STORE push of result objects to PACS.
@@ -19,6 +21,7 @@
 //! serving [`crate::store::outbox::Destination::Pacs`] entries whose payload is
 //! [`crate::store::outbox::Payload::Dicom`].
 
+pub mod export_audit;
 pub mod hl7;
 pub mod mqtt;
 pub mod pacs;

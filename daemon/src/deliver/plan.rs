@@ -100,6 +100,7 @@ impl DeliveryPlan {
                 dest: Destination::Hl7,
                 kind: Kind::Report,
                 report_id: report.report_id.clone(),
+                study_instance_uid: report.study.study_instance_uid.clone(),
                 payload: Payload::Hl7 {
                     message: oru_r01(report, profile, &MessageIds::of(report, secret)),
                 },
@@ -116,6 +117,7 @@ impl DeliveryPlan {
                 dest: Destination::Mqtt,
                 kind: Kind::Report,
                 report_id: report.report_id.clone(),
+                study_instance_uid: report.study.study_instance_uid.clone(),
                 payload: Payload::Mqtt {
                     topic: self.topics().reports(),
                     body,
@@ -138,6 +140,7 @@ impl DeliveryPlan {
             dest: Destination::Hl7,
             kind: Kind::Withdrawal,
             report_id: report.report_id.clone(),
+            study_instance_uid: report.study.study_instance_uid.clone(),
             payload: Payload::Hl7 {
                 message: oru_r01_withdrawal(
                     report,
@@ -149,9 +152,15 @@ impl DeliveryPlan {
     }
 
     /// The PACS push entries of the rejection note `sop_instance_uid` withdrawing result
-    /// objects of the report `report_id`: one per push destination that receives result
-    /// objects (an archive ignores the references to objects it never got).
-    pub fn rejection_entries(&self, report_id: &str, sop_instance_uid: &str) -> Vec<NewEntry> {
+    /// objects of the report `report_id` of the study `study_uid`: one per push destination
+    /// that receives result objects (an archive ignores the references to objects it never
+    /// got).
+    pub fn rejection_entries(
+        &self,
+        report_id: &str,
+        study_uid: &str,
+        sop_instance_uid: &str,
+    ) -> Vec<NewEntry> {
         self.pacs_push
             .iter()
             .filter(|d| !d.objects.is_empty())
@@ -159,6 +168,7 @@ impl DeliveryPlan {
                 dest: Destination::Pacs(d.name.clone()),
                 kind: Kind::RejectionNote,
                 report_id: report_id.to_string(),
+                study_instance_uid: study_uid.to_string(),
                 payload: Payload::Dicom {
                     sop_instance_uids: vec![sop_instance_uid.to_string()],
                 },
@@ -167,10 +177,12 @@ impl DeliveryPlan {
     }
 
     /// The PACS push entries of stored result objects of `kind` (a result object kind:
-    /// [`result_object`]), one per push destination that receives that kind.
+    /// [`result_object`]) of the report `report_id` of the study `study_uid`, one per push
+    /// destination that receives that kind.
     pub fn push_entries(
         &self,
         report_id: &str,
+        study_uid: &str,
         kind: Kind,
         sop_instance_uids: &[String],
     ) -> Vec<NewEntry> {
@@ -182,6 +194,7 @@ impl DeliveryPlan {
                 dest: Destination::Pacs(d.name.clone()),
                 kind,
                 report_id: report_id.to_string(),
+                study_instance_uid: study_uid.to_string(),
                 payload: Payload::Dicom {
                     sop_instance_uids: sop_instance_uids.to_vec(),
                 },
@@ -205,6 +218,7 @@ impl DeliveryPlan {
             dest: Destination::Mqtt,
             kind: Kind::Feedback,
             report_id: report_id.to_string(),
+            study_instance_uid: fb.study_uid.clone(),
             payload: Payload::Mqtt {
                 topic: self.topics().feedback(),
                 body: to_json(&feedback_payload(
@@ -301,7 +315,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let push = plan.push_entries("r1", Kind::StructuredReport, &["1.2.3".into()]);
+        let push = plan.push_entries("r1", "1.2.9", Kind::StructuredReport, &["1.2.3".into()]);
         assert_eq!(push.len(), 1);
         assert_eq!(push[0].dest, Destination::Pacs("main".into()));
         let fb = Feedback {

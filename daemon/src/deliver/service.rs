@@ -2,6 +2,7 @@
 //! destination (HL7, MQTT, each PACS with `push = true`), and the periodic health message
 //! that also anchors the audit trail's head off the box.
 
+use super::export_audit::ExportAudit;
 use super::hl7::client::{Hl7Channel, Hl7Target};
 use super::mqtt::client::{MqttChannel, MqttSettings};
 use super::mqtt::payload::{health_payload, to_json, Health};
@@ -85,7 +86,9 @@ pub fn start(
                     }
                 };
                 let options = refusals(config.hl7.max_rejections);
-                let task = spawn_worker(&shutdown, &outbox, dest, options, move || {
+                let ris = format!("RIS {}:{}", target.host, target.port);
+                let exports = Some(ExportAudit::new(audit.clone(), ris));
+                let task = spawn_worker(&shutdown, &outbox, dest, options, exports, move || {
                     Hl7Channel::new(target.clone())
                 });
                 shutdown.track(task);
@@ -118,7 +121,12 @@ pub fn start(
                 };
                 let (store, ae) = (store.clone(), config.dicom.ae_title.clone());
                 let options = refusals(d.max_rejections);
-                let task = spawn_worker(&shutdown, &outbox, dest, options, move || {
+                let pacs = format!(
+                    "PACS {} (AE {} at {}:{})",
+                    d.name, d.ae_title, d.host, d.port
+                );
+                let exports = Some(ExportAudit::new(audit.clone(), pacs));
+                let task = spawn_worker(&shutdown, &outbox, dest, options, exports, move || {
                     PacsChannel::new(store.clone(), &d, &ae)
                 });
                 shutdown.track(task);
@@ -179,6 +187,7 @@ fn start_mqtt(
         parts.outbox,
         dest,
         WorkerOptions::default(),
+        None,
         move || MqttChannel::new(settings.clone(), key.clone()).with_health(health_rx.clone()),
     );
     shutdown.track(task);
@@ -252,25 +261,31 @@ fn not_started(dest: &Destination, section: &str, e: &crate::tls::TlsError) {
     );
 }
 
-/// Starts the worker of `dest`, supervised by `shutdown`; `channel` makes the channel of
-/// each incarnation (a restarted worker starts on a fresh connection).
+/// Starts the worker of `dest`, supervised by `shutdown`, recording its exports of
+/// patient data with `exports`; `channel` makes the channel of each incarnation (a
+/// restarted worker starts on a fresh connection).
 fn spawn_worker<C: Channel>(
     shutdown: &Shutdown,
     outbox: &Arc<Outbox>,
     dest: Destination,
     options: WorkerOptions,
+    exports: Option<ExportAudit>,
     mut channel: impl FnMut() -> C + Send + 'static,
 ) -> JoinHandle<()> {
     let name = format!("deliver {dest}");
     let (outbox, stop) = (outbox.clone(), shutdown.signal());
     let handle = shutdown.supervise(&name, Backoff::default(), move |beat| {
+        let ends = worker::Ends {
+            shutdown: stop.clone(),
+            beat,
+        };
         worker::run_beating(
             outbox.clone(),
             dest.clone(),
             channel(),
             options,
-            stop.clone(),
-            beat,
+            exports.clone(),
+            ends,
         )
     });
     log::info!("{name} started");
@@ -369,6 +384,7 @@ mod tests {
             dest: Destination::Pacs(dest.into()),
             kind: Kind::StructuredReport,
             report_id: report.into(),
+            study_instance_uid: "1.2.840.99.1".into(),
             payload: Payload::Dicom {
                 sop_instance_uids: vec!["1.2.3".into()],
             },
@@ -388,6 +404,7 @@ mod tests {
             dest: Destination::Hl7,
             kind: Kind::Report,
             report_id: "r1".into(),
+            study_instance_uid: "1.2.840.99.1".into(),
             payload: Payload::Hl7 {
                 message: "MSH|^~\\&|".into(),
             },

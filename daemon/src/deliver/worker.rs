@@ -18,6 +18,7 @@
 //! answer the probe either is at fault itself: the count starts again and the queue keeps
 //! its order.
 
+use super::export_audit::ExportAudit;
 #[cfg(test)]
 use super::Refusal;
 use super::{Channel, Delivery};
@@ -197,19 +198,37 @@ pub async fn run<C: Channel>(
     shutdown: watch::Receiver<bool>,
 ) {
     let beat = Beat::detached(&format!("deliver {dest}"));
-    run_beating(outbox, dest, channel, options, shutdown, beat).await
+    let ends = Ends { shutdown, beat };
+    run_beating(outbox, dest, channel, options, None, ends).await
 }
 
-/// [`run`] beating `beat` each time round its loop and while it waits (for an entry, a
-/// due time, or the peer's answer), for [`crate::supervise`].
+/// How a worker run by [`run_beating`] is watched and stopped.
+pub struct Ends {
+    /// Stops the worker when it changes to `true` (or its sender is dropped).
+    pub shutdown: watch::Receiver<bool>,
+    /// Beaten each time round the loop and while it waits.
+    pub beat: Beat,
+}
+
+/// [`run`] beating `ends.beat` each time round its loop and while it waits (for an entry,
+/// a due time, or the peer's answer), for [`crate::supervise`]; with `exports`, each
+/// delivery that takes patient data off the box is recorded in the audit trail
+/// ([`super::export_audit`]).
 pub async fn run_beating<C: Channel>(
     outbox: Arc<Outbox>,
     dest: Destination,
     mut channel: C,
     options: WorkerOptions,
-    mut shutdown: watch::Receiver<bool>,
-    beat: Beat,
+    exports: Option<ExportAudit>,
+    ends: Ends,
 ) {
+    let Ends { mut shutdown, beat } = ends;
+    let recorder = Recorder {
+        outbox: &outbox,
+        dest: &dest,
+        options: &options,
+        exports: exports.as_ref(),
+    };
     let notify = outbox.notifier(&dest);
     log::info!("delivery worker for {dest} started");
     let mut head_wait = HeadWait::default();
@@ -271,16 +290,15 @@ pub async fn run_beating<C: Channel>(
             Attempt::Again => continue,
         };
         let dropped = drops.count(entry.id, &outcome);
-        record(&outbox, &dest, &entry, &outcome, &options).await;
+        recorder.record(&entry, &outcome).await;
         if dropped >= options.drops_before_probe.max(1) {
             let ended = probe(
-                &outbox,
+                &recorder,
                 &mut channel,
                 &entry,
                 dropped,
                 &mut shutdown,
                 &beat,
-                &options,
             )
             .await;
             match ended {
@@ -315,20 +333,31 @@ async fn attempt<C: Channel>(
     .await
 }
 
-/// [`record_outcome`], an error logged and paused on.
-async fn record(
-    outbox: &Outbox,
-    dest: &Destination,
-    entry: &Entry,
-    outcome: &Delivery,
-    options: &WorkerOptions,
-) {
-    if let Err(e) = record_outcome(outbox, dest, entry, outcome, options) {
-        log::error!(
-            "outbox {dest}: cannot record the outcome of entry {}: {e}",
-            entry.id
-        );
-        tokio::time::sleep(options.error_pause).await;
+/// Where a worker records the outcomes of its attempts: the outbox, and the audit trail
+/// for exports.
+struct Recorder<'a> {
+    outbox: &'a Outbox,
+    dest: &'a Destination,
+    options: &'a WorkerOptions,
+    exports: Option<&'a ExportAudit>,
+}
+
+impl Recorder<'_> {
+    /// The export record of the attempt (before the entry is marked, so a crash between
+    /// the two repeats the delivery rather than leaving it unrecorded), then
+    /// [`record_outcome`], an error logged and paused on.
+    async fn record(&self, entry: &Entry, outcome: &Delivery) {
+        if let Some(exports) = self.exports {
+            exports.record(entry, outcome);
+        }
+        let (outbox, dest, options) = (self.outbox, self.dest, self.options);
+        if let Err(e) = record_outcome(outbox, dest, entry, outcome, options) {
+            log::error!(
+                "outbox {dest}: cannot record the outcome of entry {}: {e}",
+                entry.id
+            );
+            tokio::time::sleep(options.error_pause).await;
+        }
     }
 }
 
@@ -340,15 +369,14 @@ async fn record(
 /// the head's own study never overtake it (a RIS must never get an older result of a
 /// study after a newer one).
 async fn probe<C: Channel>(
-    outbox: &Outbox,
+    recorder: &Recorder<'_>,
     channel: &mut C,
     head: &Entry,
     dropped: u32,
     shutdown: &mut watch::Receiver<bool>,
     beat: &Beat,
-    options: &WorkerOptions,
 ) -> Probe {
-    let dest = &head.dest;
+    let (outbox, dest) = (recorder.outbox, &head.dest);
     let what = head.kind.as_str();
     let next = match outbox.next_of_another_study(head) {
         Ok(Some(next)) => next,
@@ -380,7 +408,7 @@ async fn probe<C: Channel>(
         );
         return Probe::PeerAtFault;
     }
-    record(outbox, dest, &next, &answer, options).await;
+    recorder.record(&next, &answer).await;
     // The peer answers other messages: the head once more, at once.
     let head = match outbox.head(dest) {
         Ok(Some(h)) if h.id == head.id => h,
@@ -396,7 +424,7 @@ async fn probe<C: Channel>(
         Attempt::Again => return Probe::Interrupted { stop: false },
     };
     let Delivery::Dropped(why) = &again else {
-        record(outbox, dest, &head, &again, options).await;
+        recorder.record(&head, &again).await;
         return Probe::HeadAnswered;
     };
     let reason = format!(

@@ -290,6 +290,7 @@ impl Recorder {
         {
             Ok(rec) => batch.extend(d.plan.push_entries(
                 &report.report_id,
+                &study.study_instance_uid,
                 Kind::StructuredReport,
                 std::slice::from_ref(&rec.sop_instance_uid),
             )),
@@ -311,7 +312,9 @@ impl Recorder {
         let uid = &study.study_instance_uid;
         let uids = ResultUids::new(&d.uid_root, &old.report_id, &d.secret, &d.plan.device_id);
         if self.generated(&uids.ko_instance) {
-            return d.plan.rejection_entries(&old.report_id, &uids.ko_instance);
+            return d
+                .plan
+                .rejection_entries(&old.report_id, uid, &uids.ko_instance);
         }
         let rejected = match self.objects_of_another_patient(study) {
             Ok(r) if r.is_empty() => return Vec::new(),
@@ -332,7 +335,7 @@ impl Recorder {
                     note.sop_instance_uid
                 );
                 d.plan
-                    .rejection_entries(&old.report_id, &note.sop_instance_uid)
+                    .rejection_entries(&old.report_id, uid, &note.sop_instance_uid)
             }
             Err(e) => {
                 log::error!("study {uid}: rejection note not made: {e}");
@@ -639,6 +642,7 @@ impl Recorder {
         let stored = made.and_then(|obj| {
             let entries = d.plan.push_entries(
                 &report.report_id,
+                study_uid,
                 kind,
                 std::slice::from_ref(&sop_uid.to_string()),
             );

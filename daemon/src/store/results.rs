@@ -282,6 +282,7 @@ mod tests {
             dest: Destination::Hl7,
             kind: Kind::Report,
             report_id: "r-1".into(),
+            study_instance_uid: "1.2.840.99.1".into(),
             payload: Payload::Hl7 {
                 message: "MSH|^~\\&|DULI\r".into(),
             },

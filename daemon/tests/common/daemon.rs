@@ -365,6 +365,14 @@ impl Daemon {
         p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, timeout)
     }
 
+    /// Stops the daemon (SIGTERM) and reads its whole audit trail from its store.
+    pub fn stop_and_read_audit(&mut self) -> Vec<duli::audit::Record> {
+        self.terminate(Duration::from_secs(20));
+        let store = duli::store::Store::open(self.data_dir()).unwrap();
+        let audit = duli::audit::Audit::open(&store).unwrap();
+        audit.records(0, 100_000).unwrap()
+    }
+
     /// Starts again (after [`kill`](Self::kill) or [`terminate`](Self::terminate))
     /// with the same data directory, ports and configuration; panics with the log if
     /// it does not become ready.

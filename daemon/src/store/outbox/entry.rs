@@ -190,6 +190,9 @@ pub struct NewEntry {
     pub kind: Kind,
     /// Idempotency key (the report id).
     pub report_id: String,
+    /// The study the entry is about (its Study Instance UID): the object of the audit
+    /// record written when the entry leaves the box. Kept on the box only, never sent.
+    pub study_instance_uid: String,
     /// What to send.
     pub payload: Payload,
 }
@@ -205,6 +208,10 @@ pub struct Entry {
     pub kind: Kind,
     /// Idempotency key: the report id, carried in every message.
     pub report_id: String,
+    /// The study the entry is about (Study Instance UID), for the audit record of its
+    /// delivery; empty in entries queued by a release that did not record it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub study_instance_uid: String,
     /// What to send.
     pub payload: Payload,
     /// Attempts made so far.
@@ -347,6 +354,7 @@ impl Entry {
             dest: new.dest.clone(),
             kind: new.kind,
             report_id: new.report_id.clone(),
+            study_instance_uid: new.study_instance_uid.clone(),
             payload: new.payload.clone(),
             attempts: 0,
             rejections: 0,

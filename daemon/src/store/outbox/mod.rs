@@ -917,6 +917,7 @@ mod tests {
             dest: Destination::Hl7,
             kind: Kind::Report,
             report_id: report.into(),
+            study_instance_uid: "1.2.840.99.1".into(),
             payload: Payload::Hl7 {
                 message: format!("MSH|^~\\&|DULI|||||||{report}\r"),
             },
@@ -928,6 +929,7 @@ mod tests {
             dest: Destination::Mqtt,
             kind: Kind::Report,
             report_id: report.into(),
+            study_instance_uid: "1.2.840.99.1".into(),
             payload: Payload::Mqtt {
                 topic: "duli/s/d/reports".into(),
                 body: format!("{{\"report_id\":\"{report}\"}}"),
