@@ -288,7 +288,7 @@ mod tests {
             study_uid_in: crate::config::StudyUidIn::Obx,
         };
         let secret = crate::site_secret::SiteSecret::from_bytes(&[5u8; 32]);
-        let ids = crate::deliver::hl7::message::MessageIds::of(&r, &secret);
+        let ids = crate::deliver::hl7::message::MessageIds::of(&r, &secret, "edge-01");
         let msg = crate::deliver::hl7::message::oru_r01(&r, &profile, &ids);
         assert!(
             msg.split('\r')

@@ -34,9 +34,14 @@ fn plan() -> DeliveryPlan {
     }
 }
 
-/// MSH-10 of the message of report `report_id` (keyed by the tests' site secret).
+/// MSH-10 of the message of report `report_id` (keyed by the tests' site secret, sent by
+/// the plan's box).
 fn cid(report_id: &str) -> String {
-    control_id_of(&SiteSecret::from_bytes(&[1u8; 32]), report_id)
+    control_id_of(
+        &SiteSecret::from_bytes(&[1u8; 32]),
+        &plan().device_id,
+        report_id,
+    )
 }
 
 fn target(port: u16) -> Hl7Target {

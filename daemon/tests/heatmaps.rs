@@ -32,9 +32,11 @@ async fn a_cam_model_makes_the_heatmap_and_its_objects_with_the_result() {
     let outbox = Arc::new(store.outbox(Default::default()).unwrap());
     let secret = Arc::new(SiteSecret::from_bytes(&[5u8; 32]));
     let root = "1.2.826.0.1.3680043.8.498.";
+    let plan = duli::deliver::plan::DeliveryPlan::from_config(&Config::default());
+    let device = plan.device_id.clone();
     let delivery = Delivery {
         outbox,
-        plan: duli::deliver::plan::DeliveryPlan::from_config(&Config::default()),
+        plan,
         secret: Arc::clone(&secret),
         uid_root: root.into(),
         ae_title: "DULI".into(),
@@ -88,7 +90,7 @@ async fn a_cam_model_makes_the_heatmap_and_its_objects_with_the_result() {
     assert_eq!((png.width(), png.height()), (150, 150));
     assert!(png.as_raw().iter().any(|v| *v > 200), "an empty map");
     assert!(image.timings.heatmap_ms > 0.0);
-    let uids = ResultUids::new(root, &result.report_id, &secret, "edge-01");
+    let uids = ResultUids::new(root, &result.report_id, &secret, &device);
     for uid in [&uids.sr_instance, &uids.pm_instance, &uids.sc_instance] {
         assert!(store.instance(uid).unwrap().is_some(), "{uid} not made");
     }

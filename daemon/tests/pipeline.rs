@@ -86,12 +86,13 @@ fn cloud_ids(d: &Daemon, ids: &[String]) -> Vec<String> {
 }
 
 /// The HL7 control ids (MSH-10) of the device's report ids `ids` (keyed by the site
-/// secret of `d`).
+/// secret of `d`, sent by the default box).
 fn hl7_ids(d: &Daemon, ids: &[String]) -> Vec<String> {
     let secret =
         duli::site_secret::SiteSecret::load_or_generate(&d.data_dir().join("site_secret")).unwrap();
+    let device = duli::config::Config::default().device.device_id;
     ids.iter()
-        .map(|id| duli::deliver::hl7::message::control_id_of(&secret, id))
+        .map(|id| duli::deliver::hl7::message::control_id_of(&secret, &device, id))
         .collect()
 }
 
@@ -147,6 +148,24 @@ fn with_peers(hl7_port: u16, mqtt_port: u16) -> DaemonBuilder {
         .config("mqtt", "enabled", "true")
         .config("mqtt", "port", &mqtt_port.to_string())
         .config("mqtt", "tls", "false")
+}
+
+/// A daemon with inference, HL7 to `hl7_port` (plain TCP) and its SRs pushed to
+/// `orthanc`.
+fn with_ris_and_sr_push(hl7_port: u16, orthanc: &Orthanc) -> DaemonBuilder {
+    Daemon::builder()
+        .with_inference()
+        .config("hl7", "enabled", "true")
+        .config("hl7", "port", &hl7_port.to_string())
+        .config("hl7", "tls", "false")
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                r#"[{{name = "orthanc", ae_title = "{}", host = "127.0.0.1", port = {}, push = true, result_objects = ["sr"]}}]"#,
+                orthanc.aet, orthanc.dicom_port
+            ),
+        )
 }
 
 /// Subscribes to every `duli/` topic of `mq`, starts the daemon with inference, HL7 to
@@ -730,20 +749,7 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
     };
     let (hl7_port, hl7) = mllp_listener();
     let dir = temp_dir("pipeline-correction");
-    let mut d = Daemon::builder()
-        .with_inference()
-        .config("hl7", "enabled", "true")
-        .config("hl7", "port", &hl7_port.to_string())
-        .config("hl7", "tls", "false")
-        .config(
-            "pacs",
-            "destinations",
-            &format!(
-                r#"[{{name = "orthanc", ae_title = "{}", host = "127.0.0.1", port = {}, push = true, result_objects = ["sr"]}}]"#,
-                orthanc.aet, orthanc.dicom_port
-            ),
-        )
-        .start();
+    let mut d = with_ris_and_sr_push(hl7_port, &orthanc).start();
     let original = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
     let first_patient = dicom_attr(&original, tags::PATIENT_ID);
     let modality_of = |id: &str| -> String {
@@ -905,4 +911,85 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
                 && e.ends_with(&format!("1 instance(s): {note_uid}"))),
         "{exports:#?}"
     );
+}
+
+/// Two boxes of one site (one site secret) given the same study, as when a modality or
+/// router sends to both: each sends the RIS its own ORU^R01 under its own control id and
+/// the PACS its own SR under its own UIDs, so Orthanc keeps both SRs and a RIS dropping
+/// repeated control ids files both reports; the filler order number is the study's.
+#[test]
+fn two_boxes_of_a_site_given_the_same_study_send_distinct_results() {
+    let Some(samples) = samples_dir() else { return };
+    if !inference_available() {
+        return;
+    }
+    let Some(orthanc) = Orthanc::start() else {
+        return;
+    };
+    let (hl7_port, hl7) = mllp_listener();
+    let dir = temp_dir("pipeline-two-boxes");
+    let secret = dir.path().join("site_secret");
+    std::fs::write(&secret, [42u8; 32]).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let start = |device: &str| {
+        with_ris_and_sr_push(hl7_port, &orthanc)
+            .config("device", "device_id", device)
+            .config("device", "site_secret", secret.to_str().unwrap())
+            .start()
+    };
+    let boxes = [start("edge-a"), start("edge-b")];
+    let file = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
+    for d in &boxes {
+        d.storescu("MODALITY", &[], std::slice::from_ref(&file))
+            .unwrap()
+            .assert_success("storescu");
+    }
+    let srs = || -> Vec<String> {
+        orthanc
+            .instances()
+            .into_iter()
+            .filter(|id| {
+                orthanc.get_json(&format!("/instances/{id}/simplified-tags"))["Modality"] == "SR"
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while (srs().len() < 2 || hl7.lock().unwrap().len() < 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let messages = hl7.lock().unwrap().clone();
+    assert_eq!(
+        (srs().len(), messages.len()),
+        (2, 2),
+        "Orthanc: {:?}; logs:\n{}\n{}",
+        orthanc.instances(),
+        boxes[0].log(),
+        boxes[1].log()
+    );
+    common::ris::assert_strict_valid(&messages);
+    let field = |m: &str, segment: &str, n: usize| -> String {
+        m.split('\r')
+            .find(|s| s.starts_with(segment))
+            .and_then(|s| s.split('|').nth(n))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_ne!(
+        field(&messages[0], "MSH|", 9),
+        field(&messages[1], "MSH|", 9)
+    );
+    assert_eq!(
+        field(&messages[0], "OBR|", 3),
+        field(&messages[1], "OBR|", 3)
+    );
+    let uids: Vec<String> = srs()
+        .iter()
+        .map(|id| {
+            orthanc.get_json(&format!("/instances/{id}/simplified-tags"))["SOPInstanceUID"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(uids[0], uids[1], "{uids:?}");
 }

@@ -102,7 +102,11 @@ impl DeliveryPlan {
                 report_id: report.report_id.clone(),
                 study_instance_uid: report.study.study_instance_uid.clone(),
                 payload: Payload::Hl7 {
-                    message: oru_r01(report, profile, &MessageIds::of(report, secret)),
+                    message: oru_r01(
+                        report,
+                        profile,
+                        &MessageIds::of(report, secret, &self.device_id),
+                    ),
                 },
             });
         }
@@ -145,7 +149,7 @@ impl DeliveryPlan {
                 message: oru_r01_withdrawal(
                     report,
                     profile,
-                    &MessageIds::withdrawal(report, secret),
+                    &MessageIds::withdrawal(report, secret, &self.device_id),
                 ),
             },
         }]

@@ -310,12 +310,12 @@ impl Recorder {
     /// twice.
     fn rejection(&self, d: &Delivery, study: &StudyRecord, old: &Report) -> Vec<NewEntry> {
         let uid = &study.study_instance_uid;
-        let uids = ResultUids::new(&d.uid_root, &old.report_id, &d.secret, &d.plan.device_id);
-        if self.generated(&uids.ko_instance) {
-            return d
-                .plan
-                .rejection_entries(&old.report_id, uid, &uids.ko_instance);
+        let objects = ObjectUids::of(d, &old.report_id);
+        let made = objects.all().map(|u| &u.ko_instance);
+        if let Some(note) = made.into_iter().find(|note| self.generated(note)) {
+            return d.plan.rejection_entries(&old.report_id, uid, note);
         }
+        let uids = &objects.uids;
         let rejected = match self.objects_of_another_patient(study) {
             Ok(r) if r.is_empty() => return Vec::new(),
             Ok(r) => r,
@@ -325,7 +325,7 @@ impl Recorder {
             }
         };
         let sops: Vec<String> = rejected.iter().map(|r| r.sop_instance.clone()).collect();
-        match results::rejection::build(old, &uids, &rejected)
+        match results::rejection::build(old, uids, &rejected)
             .and_then(|note| results::store_rejection_note(&self.store, &note, &sops))
         {
             Ok(note) => {
@@ -500,9 +500,11 @@ impl Recorder {
                 continue;
             };
             let objects = ObjectUids::of(d, &earlier.report_id);
-            let made = [objects.uids, objects.unkeyed]
+            let made = objects
+                .all()
                 .into_iter()
-                .find(|u| self.generated(&u.sr_instance));
+                .find(|u| self.generated(&u.sr_instance))
+                .cloned();
             if let Some(u) = made {
                 results::sr::add_predecessor(
                     &mut sr,
@@ -518,10 +520,10 @@ impl Recorder {
         sr
     }
 
-    /// Whether this box made an object already: under its `keyed` UID, or under the
-    /// `unkeyed` one an earlier version gave it.
-    fn made_before(&self, keyed: &str, unkeyed: &str) -> bool {
-        self.generated(keyed) || self.generated(unkeyed)
+    /// Whether this box made the object `which` picks of a report already: under its
+    /// UID, or under one an earlier version gave it.
+    fn made_before(&self, objects: &ObjectUids, which: fn(&ResultUids) -> &String) -> bool {
+        objects.all().into_iter().any(|u| self.generated(which(u)))
     }
 
     /// The report objects of result `version` of `study_uid`, made once no heatmap of it is
@@ -565,8 +567,10 @@ impl Recorder {
 
     /// The image the report's Parametric Map was made from, when this box made it already.
     fn map_source(&self, objects: &ObjectUids) -> Option<String> {
-        [&objects.uids.pm_instance, &objects.unkeyed.pm_instance]
+        objects
+            .all()
             .into_iter()
+            .map(|u| &u.pm_instance)
             .find(|uid| self.generated(uid))
             .and_then(|uid| parametric_map::source_of(&self.store, uid))
     }
@@ -583,7 +587,7 @@ impl Recorder {
         explained: Option<&str>,
     ) -> Result<(), ObjectError> {
         let uids = &made.uids;
-        if self.made_before(&uids.sr_instance, &made.unkeyed.sr_instance) {
+        if self.made_before(made, |u| &u.sr_instance) {
             return Ok(());
         }
         let explanation = explained
@@ -611,13 +615,13 @@ impl Recorder {
         made: &ObjectUids,
         h: &Heatmap<'_>,
     ) -> Result<(), ObjectError> {
-        let (uids, unkeyed) = (&made.uids, &made.unkeyed);
-        if !self.made_before(&uids.pm_instance, &unkeyed.pm_instance) {
+        let uids = &made.uids;
+        if !self.made_before(made, |u| &u.pm_instance) {
             let built =
                 parametric_map::build(&self.store, report, uids, h.sop, h.png, &d.plan.device_id);
             self.commit_object(d, report, built, Kind::ParametricMap, &uids.pm_instance)?;
         }
-        if !self.made_before(&uids.sc_instance, &unkeyed.sc_instance) {
+        if !self.made_before(made, |u| &u.sc_instance) {
             let built =
                 secondary_capture::build(&self.store, report, uids, h.sop, h.png, d.max_pixels);
             self.commit_object(d, report, built, Kind::SecondaryCapture, &uids.sc_instance)?;
@@ -725,21 +729,28 @@ struct Heatmap<'a> {
     code: &'a str,
 }
 
-/// The UIDs of a report's objects, as made now and as an earlier version made them.
+/// The UIDs of a report's objects, as made now and as earlier versions made them.
 struct ObjectUids {
     uids: ResultUids,
-    unkeyed: ResultUids,
+    earlier: [ResultUids; 2],
 }
 
 impl ObjectUids {
     /// The UIDs of report `report_id`'s objects. Each object is made once per report:
-    /// under its UID, or under the unkeyed UID an earlier version gave it (made by this
-    /// box, not stored by a peer that computed that UID).
+    /// under its UID, or under a UID an earlier version gave it ([`ResultUids::earlier`];
+    /// made by this box, as the ledger of generated objects says, not stored by a peer
+    /// that computed that UID).
     fn of(d: &Delivery, report_id: &str) -> ObjectUids {
+        let (root, device) = (&d.uid_root, &d.plan.device_id);
         ObjectUids {
-            uids: ResultUids::new(&d.uid_root, report_id, &d.secret, &d.plan.device_id),
-            unkeyed: ResultUids::unkeyed(&d.uid_root, report_id),
+            uids: ResultUids::new(root, report_id, &d.secret, device),
+            earlier: ResultUids::earlier(root, report_id, &d.secret, device),
         }
+    }
+
+    /// Every derivation of the report's UIDs, the current one first.
+    fn all(&self) -> [&ResultUids; 3] {
+        [&self.uids, &self.earlier[0], &self.earlier[1]]
     }
 }
 
@@ -863,6 +874,8 @@ mod tests {
         let mut cfg = crate::config::Config::default();
         cfg.hl7.enabled = true;
         cfg.mqtt.enabled = true;
+        // The box the tests' result UIDs name.
+        cfg.device.device_id = "edge-01".into();
         let delivery = Delivery {
             outbox: Arc::clone(&outbox),
             plan: DeliveryPlan::from_config(&cfg),
@@ -1161,8 +1174,7 @@ mod tests {
         let tracking = |sr: &dicom_object::DefaultDicomObject| format!("{sr:?}").contains(&tracked);
         assert!(tracking(&sr1) && tracking(&sr2));
         // The device observer is this box (the configured device id), not the site.
-        let device = crate::config::Config::default().device.device_id;
-        let ours = crate::results::uids::device_observer(root, &key, &device);
+        let ours = crate::results::uids::device_observer(root, &key, "edge-01");
         let another = crate::results::uids::device_observer(root, &key, "another-box");
         let dump = format!("{sr1:?}");
         assert!(dump.contains(&ours) && !dump.contains(&another));
@@ -1392,54 +1404,59 @@ mod tests {
         );
     }
 
-    /// A report whose SR an earlier version made under the unkeyed UID (before result
-    /// object UIDs were keyed) gets no second SR when its heatmap settles after the upgrade.
+    /// A report whose SR an earlier version made under a UID of its own (before result
+    /// object UIDs were keyed, or before they named the box) gets no second SR when its
+    /// heatmap settles after the upgrade.
     #[tokio::test]
     async fn a_report_made_by_an_earlier_version_keeps_its_objects() {
-        let (_dir, store, recorder, outbox) = setup();
-        add_study(&store, "1.3.7", "PAT-7");
-        let r = result("1.3.7", ImageStatus::Analysed);
-        recorder
-            .record_result(Outcome {
-                result: &r,
-                heatmaps_to_make: &["1.3.7.1"],
-                failure: None,
-            })
-            .await
-            .unwrap();
         let root = "1.2.826.0.1.3680043.8.498";
-        let old = ResultUids::unkeyed(root, &r.report_id).sr_instance;
-        store
-            .commit_instance(
-                &InstanceRecord {
-                    sop_instance_uid: old.clone(),
-                    study_instance_uid: "1.3.7".into(),
-                    generated: true,
-                    ..Default::default()
-                },
-                &StudyRecord::default(),
-            )
-            .unwrap();
-        recorder
-            .record_heatmap(
-                "1.3.7",
-                1,
-                "1.3.7.1",
-                HeatmapState::Skipped {
-                    reason: "backlog".into(),
-                },
-                0.0,
-            )
-            .unwrap();
         let key = SiteSecret::from_bytes(&[7u8; 32]);
-        let keyed = ResultUids::new(root, &r.report_id, &key, "edge-01").sr_instance;
-        assert_ne!(keyed, old);
-        assert!(store.instance(&keyed).unwrap().is_none(), "a second SR");
-        assert!(!outbox
-            .list(None)
-            .unwrap()
-            .iter()
-            .any(|e| e.kind == Kind::StructuredReport));
+        for earlier in 0..2 {
+            let (_dir, store, recorder, outbox) = setup();
+            add_study(&store, "1.3.7", "PAT-7");
+            let r = result("1.3.7", ImageStatus::Analysed);
+            recorder
+                .record_result(Outcome {
+                    result: &r,
+                    heatmaps_to_make: &["1.3.7.1"],
+                    failure: None,
+                })
+                .await
+                .unwrap();
+            let old = ResultUids::earlier(root, &r.report_id, &key, "edge-01")[earlier]
+                .sr_instance
+                .clone();
+            store
+                .commit_instance(
+                    &InstanceRecord {
+                        sop_instance_uid: old.clone(),
+                        study_instance_uid: "1.3.7".into(),
+                        generated: true,
+                        ..Default::default()
+                    },
+                    &StudyRecord::default(),
+                )
+                .unwrap();
+            recorder
+                .record_heatmap(
+                    "1.3.7",
+                    1,
+                    "1.3.7.1",
+                    HeatmapState::Skipped {
+                        reason: "backlog".into(),
+                    },
+                    0.0,
+                )
+                .unwrap();
+            let keyed = ResultUids::new(root, &r.report_id, &key, "edge-01").sr_instance;
+            assert_ne!(keyed, old);
+            assert!(store.instance(&keyed).unwrap().is_none(), "a second SR");
+            assert!(!outbox
+                .list(None)
+                .unwrap()
+                .iter()
+                .any(|e| e.kind == Kind::StructuredReport));
+        }
     }
 
     /// An analysed image `sop` with `findings` and `heatmap`.

@@ -1,8 +1,10 @@
-//! UIDs of the result objects, derived from `dicom.uid_root` and the report id under the
-//! site secret, so that building the objects of the same report again (a resend, a
-//! restart) gives the same UIDs and never a duplicate, while nobody without the secret can
-//! predict them from the study UID (and store an object of their own under them first).
-//! Objects made before the UIDs were keyed keep theirs ([`ResultUids::unkeyed`]).
+//! UIDs of the result objects, derived from `dicom.uid_root`, the box (`device.device_id`)
+//! and the report id under the site secret, so that building the objects of the same
+//! report again (a resend, a restart) gives the same UIDs and never a duplicate, two boxes
+//! of a site given the same study make their objects under different UIDs, and nobody
+//! without the secret can predict them from the study UID (and store an object of their
+//! own under them first). Objects made before the UIDs were keyed, or before they named
+//! the box, keep theirs ([`ResultUids::earlier`]).
 
 use crate::site_secret::SiteSecret;
 use ring::digest::{digest, SHA256};
@@ -60,22 +62,44 @@ pub fn derive(root: &str, seed: &str) -> String {
 
 impl ResultUids {
     /// The UIDs of the report `report_id` under `root` (`dicom.uid_root`), keyed by the
-    /// site secret, made by the box `device_id` of the site.
+    /// site secret, made by the box `device_id` of the site (`device_id` holds no `/`:
+    /// the configuration allows letters, digits, `-`, `_` and `.`).
     pub fn new(root: &str, report_id: &str, key: &SiteSecret, device_id: &str) -> ResultUids {
+        Self::keyed(
+            root,
+            key,
+            device_id,
+            &format!("box/{device_id}/{report_id}"),
+        )
+    }
+
+    /// The UIDs of `seed`'s objects keyed by `key`, with the device observer of the box
+    /// `device_id`.
+    fn keyed(root: &str, key: &SiteSecret, device_id: &str, seed: &str) -> ResultUids {
         let mut uids = Self::from_seeds(root, |part| {
-            key.pseudonym(UID_DOMAIN, &format!("{report_id}/{part}"))
+            key.pseudonym(UID_DOMAIN, &format!("{seed}/{part}"))
         });
         uids.device_observer = device_observer(root, key, device_id);
         // Tracking UIDs follow a finding of a study from one result version to the next
-        // (TID 1501): keyed, but not by the report.
+        // (TID 1501): keyed, but not by the report or the box.
         uids.tracking_seed = format!("{root}\n{}", key.pseudonym(UID_DOMAIN, "tracking"));
         uids
     }
 
-    /// The UIDs earlier versions gave the report's objects (anyone holding the study UID
-    /// can compute them): only to recognise objects already made.
-    pub fn unkeyed(root: &str, report_id: &str) -> ResultUids {
-        Self::from_seeds(root, |part| format!("{report_id}/{part}"))
+    /// The UIDs earlier versions gave the report's objects, newest first: keyed by the site
+    /// secret but not naming the box (two boxes of a site made the same ones), then unkeyed
+    /// (anyone holding the study UID can compute them). Only to recognise objects already
+    /// made.
+    pub fn earlier(
+        root: &str,
+        report_id: &str,
+        key: &SiteSecret,
+        device_id: &str,
+    ) -> [ResultUids; 2] {
+        [
+            Self::keyed(root, key, device_id, report_id),
+            Self::from_seeds(root, |part| format!("{report_id}/{part}")),
+        ]
     }
 
     fn from_seeds(root: &str, seed: impl Fn(&str) -> String) -> ResultUids {
@@ -130,7 +154,7 @@ mod tests {
         let keyed = ResultUids::new("2.25.", &rid, &k1, "edge-01");
         assert_eq!(keyed, ResultUids::new("2.25.", &rid, &k1, "edge-01"));
         let other_site = ResultUids::new("2.25.", &rid, &k2, "edge-01");
-        let unkeyed = ResultUids::unkeyed("2.25.", &rid);
+        let [_, unkeyed] = ResultUids::earlier("2.25.", &rid, &k1, "edge-01");
         for (a, b) in [
             (&keyed.sr_instance, &other_site.sr_instance),
             (&keyed.sr_instance, &unkeyed.sr_instance),
@@ -173,6 +197,28 @@ mod tests {
             }
             let set: std::collections::HashSet<_> = all.iter().collect();
             assert_eq!(set.len(), 14);
+            // Another box of the site makes the same report's objects under other UIDs
+            // (a PACS given both keeps both), and so did earlier versions; the finding's
+            // tracking UID is the study's, whichever box follows it.
+            let other_box = ResultUids::new(root, "r-1", &key, "edge-02");
+            let [site_keyed, unkeyed] = ResultUids::earlier(root, "r-1", &key, "edge-01");
+            for earlier in [&other_box, &site_keyed, &unkeyed] {
+                for (x, y) in [
+                    (&a.sr_instance, &earlier.sr_instance),
+                    (&a.sr_series, &earlier.sr_series),
+                    (&a.pm_instance, &earlier.pm_instance),
+                    (&a.sc_instance, &earlier.sc_instance),
+                    (&a.ko_instance, &earlier.ko_instance),
+                    (&a.frame_of_reference, &earlier.frame_of_reference),
+                ] {
+                    assert_ne!(x, y);
+                }
+            }
+            assert_eq!(
+                a.tracking("1.2.3", "PNEUMONIA"),
+                other_box.tracking("1.2.3", "PNEUMONIA")
+            );
+            assert_eq!(site_keyed.device_observer, a.device_observer);
             // A finding keeps its tracking UID from one result version to the next, and
             // another study's finding has another.
             assert_eq!(

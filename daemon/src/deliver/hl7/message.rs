@@ -70,10 +70,10 @@ pub struct MessageIds {
 }
 
 impl MessageIds {
-    /// The identifiers of the message of `report`.
-    pub fn of(report: &Report, secret: &SiteSecret) -> MessageIds {
+    /// The identifiers of the message of `report` sent by the box `device_id`.
+    pub fn of(report: &Report, secret: &SiteSecret, device_id: &str) -> MessageIds {
         MessageIds {
-            control_id: control_id_of(secret, &report.report_id),
+            control_id: control_id_of(secret, device_id, &report.report_id),
             filler_order: filler_order_of(secret, &report.study.study_instance_uid),
         }
     }
@@ -81,18 +81,22 @@ impl MessageIds {
     /// The identifiers of the message withdrawing `report`: its order, a control id of
     /// its own (the report's own was taken by the message that posted it, and a receiver
     /// drops a repeated one as a duplicate).
-    pub fn withdrawal(report: &Report, secret: &SiteSecret) -> MessageIds {
+    pub fn withdrawal(report: &Report, secret: &SiteSecret, device_id: &str) -> MessageIds {
+        let withdrawn = format!("{}/withdrawn", report.report_id);
         MessageIds {
-            control_id: control_id_of(secret, &format!("{}/withdrawn", report.report_id)),
+            control_id: control_id_of(secret, device_id, &withdrawn),
             filler_order: filler_order_of(secret, &report.study.study_instance_uid),
         }
     }
 }
 
-/// MSH-10 of the report `report_id`: the first [`CONTROL_ID_CHARS`] hex digits of its
-/// pseudonym in [`CONTROL_ID_DOMAIN`] (80 bits).
-pub fn control_id_of(secret: &SiteSecret, report_id: &str) -> String {
-    let mut id = secret.pseudonym(CONTROL_ID_DOMAIN, report_id);
+/// MSH-10 of the report `report_id` sent by the box `device_id` (`device.device_id`,
+/// which holds no `/`): the first [`CONTROL_ID_CHARS`] hex digits of the pseudonym of
+/// `device_id/report_id` in [`CONTROL_ID_DOMAIN`] (80 bits), so two boxes of a site that
+/// report the same study send different control ids (a RIS dropping repeated control ids
+/// as duplicates keeps both).
+pub fn control_id_of(secret: &SiteSecret, device_id: &str, report_id: &str) -> String {
+    let mut id = secret.pseudonym(CONTROL_ID_DOMAIN, &format!("{device_id}/{report_id}"));
     id.truncate(CONTROL_ID_CHARS);
     id
 }
@@ -912,10 +916,17 @@ mod tests {
     fn a_withdrawal_posts_every_observation_as_wrong() {
         let report = fixtures::report();
         let secret = SiteSecret::from_bytes(&[5u8; 32]);
-        let posted = MessageIds::of(&report, &secret);
-        let ids = MessageIds::withdrawal(&report, &secret);
+        let posted = MessageIds::of(&report, &secret, "edge-01");
+        let ids = MessageIds::withdrawal(&report, &secret, "edge-01");
         assert_eq!(ids.filler_order, posted.filler_order);
         assert_ne!(ids.control_id, posted.control_id);
+        // Another box of the site posting the same report uses other control ids, the
+        // same order.
+        let other_box = MessageIds::of(&report, &secret, "edge-02");
+        assert_eq!(other_box.filler_order, posted.filler_order);
+        assert_ne!(other_box.control_id, posted.control_id);
+        let other_withdrawal = MessageIds::withdrawal(&report, &secret, "edge-02");
+        assert_ne!(other_withdrawal.control_id, ids.control_id);
         let msg = oru_r01_withdrawal(&report, &profile(), &ids);
         assert_eq!(segment(&msg, "PID")[3], escape(&report.study.patient_id));
         assert_eq!(segment(&msg, "OBR")[25], "C");
