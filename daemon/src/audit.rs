@@ -66,8 +66,12 @@ pub enum Action {
     Logout,
     /// Patient data was viewed (study, image, report).
     View,
-    /// Patient data left the box (export, C-MOVE, C-GET, push).
+    /// Patient data left the box other than as DICOM instances (a report to the RIS, the
+    /// audit trail exported).
     Export,
+    /// DICOM instances sent to another node (the result push, C-MOVE and C-GET
+    /// sub-operations): DICOM "DICOM Instances Transferred".
+    Transfer,
     /// Data was received (upload, C-STORE from an unknown source).
     Import,
     /// A query over patient data (C-FIND, search).

@@ -229,7 +229,7 @@ fn operations_on_contexts_of_other_services_are_refused_and_the_association_serv
         .collect();
     assert_eq!(
         actions,
-        ["import", "export", "import", "other"],
+        ["import", "transfer", "import", "other"],
         "{records:#?}"
     );
 }

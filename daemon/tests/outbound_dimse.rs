@@ -541,7 +541,7 @@ fn a_move_whose_requester_goes_away_is_audited_with_its_partial_tally() {
     let records = audit.records(0, 10_000).unwrap();
     let exports: Vec<_> = records
         .iter()
-        .filter(|r| r.action == duli::audit::Action::Export && r.actor == "ae:REQUESTER")
+        .filter(|r| r.action == duli::audit::Action::Transfer && r.actor == "ae:REQUESTER")
         .collect();
     assert_eq!(exports.len(), 1, "{records:#?}");
     let export = exports[0];

@@ -352,15 +352,18 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         out.stdout
     );
 
-    // What left the box with the patient's identity is in the audit trail as exports of
-    // the study: the report to the RIS and each result object to the PACS, once each peer
-    // acknowledged it; the cloud's pseudonymous messages are not.
+    // What left the box with the patient's identity is in the audit trail, against the
+    // study: the report to the RIS as an export, each result object to the PACS as a
+    // transfer of DICOM instances, once each peer acknowledged it; the cloud's
+    // pseudonymous messages are not.
     let exports = delivery_exports(&d.stop_and_read_audit(), &study_uid);
     let to_ris = format!(":{hl7_port}: acknowledged");
     assert_eq!(
         exports
             .iter()
-            .filter(|e| e.starts_with("HL7 ORU^R01 report of report ") && e.contains(&to_ris))
+            .filter(
+                |e| e.starts_with("export: HL7 ORU^R01 report of report ") && e.contains(&to_ris)
+            )
             .count(),
         1,
         "{exports:#?}"
@@ -370,7 +373,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         orthanc.aet, orthanc.dicom_port
     );
     for kind in ["structured report", "parametric map", "secondary capture"] {
-        let pushed = format!("DICOM C-STORE {kind} of report ");
+        let pushed = format!("transfer: DICOM C-STORE {kind} of report ");
         assert_eq!(
             exports
                 .iter()
@@ -383,18 +386,18 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
     assert_eq!(exports.len(), 4, "{exports:#?}");
 }
 
-/// The details of the successful exports of `study_uid` the daemon itself recorded for
-/// its deliveries (actor `system`).
+/// The successful exports and transfers of `study_uid` the daemon itself recorded for its
+/// deliveries (actor `system`), each as `export: DETAIL` or `transfer: DETAIL`.
 fn delivery_exports(records: &[duli::audit::Record], study_uid: &str) -> Vec<String> {
+    use duli::audit::Action;
     records
         .iter()
-        .filter(|r| {
-            r.action == duli::audit::Action::Export
-                && r.actor == "system"
-                && r.object == study_uid
-                && r.success
+        .filter(|r| r.actor == "system" && r.object == study_uid && r.success)
+        .filter_map(|r| match r.action {
+            Action::Export => Some(format!("export: {}", r.detail)),
+            Action::Transfer => Some(format!("transfer: {}", r.detail)),
+            _ => None,
         })
-        .map(|r| r.detail.clone())
         .collect()
 }
 
@@ -893,22 +896,26 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
     let note_uid = dicom_attr(notes[0], tags::SOP_INSTANCE_UID);
     let exports = delivery_exports(&d.stop_and_read_audit(), &study_uid);
     let count = |prefix: &str| exports.iter().filter(|e| e.starts_with(prefix)).count();
-    assert_eq!(count("HL7 ORU^R01 report of report "), 2, "{exports:#?}");
     assert_eq!(
-        count("HL7 ORU^R01 withdrawal of report "),
+        count("export: HL7 ORU^R01 report of report "),
+        2,
+        "{exports:#?}"
+    );
+    assert_eq!(
+        count("export: HL7 ORU^R01 withdrawal of report "),
         1,
         "{exports:#?}"
     );
     assert_eq!(
-        count("DICOM C-STORE structured report of report "),
+        count("transfer: DICOM C-STORE structured report of report "),
         2,
         "{exports:#?}"
     );
     assert!(
-        exports
-            .iter()
-            .any(|e| e.starts_with("DICOM C-STORE rejection note of report ")
-                && e.ends_with(&format!("1 instance(s): {note_uid}"))),
+        exports.iter().any(
+            |e| e.starts_with("transfer: DICOM C-STORE rejection note of report ")
+                && e.ends_with(&format!("1 instance(s): {note_uid}"))
+        ),
         "{exports:#?}"
     );
 }

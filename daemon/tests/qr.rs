@@ -532,7 +532,7 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
     let records = audit_records(d);
     let exports: Vec<&::duli::audit::Record> = records
         .iter()
-        .filter(|r| r.action == ::duli::audit::Action::Export)
+        .filter(|r| r.action == ::duli::audit::Action::Transfer)
         .collect();
     assert_eq!(exports.len(), 6, "{exports:?}");
     assert!(exports
@@ -560,7 +560,7 @@ fn py_get(d: &Daemon, study: &str, extra: &[&str]) -> Vec<Value> {
 fn get_exports(records: &[::duli::audit::Record]) -> Vec<&::duli::audit::Record> {
     records
         .iter()
-        .filter(|r| r.action == ::duli::audit::Action::Export && r.detail.contains("C-GET"))
+        .filter(|r| r.action == ::duli::audit::Action::Transfer && r.detail.contains("C-GET"))
         .collect()
 }
 

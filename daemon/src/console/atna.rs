@@ -48,6 +48,7 @@ fn event_codes(action: &Action, object: &str) -> (Code, Option<Code>, &'static s
         ),
         Action::View => (("110110", DCM, "Patient Record"), None, "R"),
         Action::Export => (("110106", DCM, "Export"), None, "R"),
+        Action::Transfer => (("110104", DCM, "DICOM Instances Transferred"), None, "R"),
         Action::Import => (("110107", DCM, "Import"), None, "C"),
         Action::Query => (("110112", DCM, "Query"), None, "E"),
         Action::Feedback => (("110110", DCM, "Patient Record"), None, "U"),
@@ -123,6 +124,7 @@ fn participants<'a>(action: &Action, object: &'a str) -> Vec<Participant<'a>> {
         action,
         Action::View
             | Action::Export
+            | Action::Transfer
             | Action::Import
             | Action::Query
             | Action::Feedback
@@ -399,9 +401,15 @@ mod tests {
             objects(Action::Export, "1.2.3,1.2.4"),
             [study("1.2.3"), study("1.2.4")]
         );
-        let mut r = rec(Action::Export, true);
+        assert_eq!(
+            objects(Action::Transfer, "1.2.3,1.2.4"),
+            [study("1.2.3"), study("1.2.4")]
+        );
+        // A retrieve over two studies (or a push) is DICOM Instances Transferred.
+        let mut r = rec(Action::Transfer, true);
         r.event.object = "1.2.3,1.2.4".into();
         let xml = audit_message(&r, "d");
+        assert!(xml.contains("<EventID csd-code=\"110104\" codeSystemName=\"DCM\" originalText=\"DICOM Instances Transferred\"/>"), "{xml}");
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let order: Vec<&str> = doc
             .root_element()

@@ -1,14 +1,17 @@
 //! The audit record of a delivery that takes patient data off the box: a report or its
 //! withdrawal to the RIS (HL7), a result object or rejection note to a PACS (C-STORE).
 //!
-//! Each is recorded as an export (DICOM "Export", 110106) of the entry's study once the
-//! peer answered it: acknowledged (a success) or refused (a failure; the peer still got
-//! the message). An attempt the peer did not answer is not recorded: it is sent again, and
-//! recorded when answered. The record is written before the entry is marked delivered,
-//! so a crash between the two sends the entry again and records it again, never leaves a
-//! delivery unrecorded. The cloud's MQTT messages are not recorded here: they carry
-//! keyed pseudonyms, not the patient's identity (their delivery is in the outbox's
-//! delivered records).
+//! Each is recorded against the entry's study once the peer answered it, acknowledged (a
+//! success) or refused (a failure; the peer still got the message): a message to the RIS
+//! as an export (DICOM "Export", 110106), instances pushed to a PACS as a transfer (DICOM
+//! "DICOM Instances Transferred", 110104, as a retrieve's sub-operations are).
+//!
+//! An attempt the peer did not answer is not recorded: it is sent again, and recorded
+//! when answered. The record is written before the entry is marked delivered, so a crash
+//! between the two sends the entry again and records it again, never leaves a delivery
+//! unrecorded. The cloud's MQTT messages are not recorded here: they carry keyed
+//! pseudonyms, not the patient's identity (their delivery is in the outbox's delivered
+//! records).
 
 use super::Delivery;
 use crate::audit::{Action, Audit, Event};
@@ -59,9 +62,9 @@ impl ExportAudit {
 /// patient data off the box and the peer answered it: `None` for the cloud's pseudonymous
 /// messages and for attempts without an answer (sent again later) or never sent.
 pub fn event(entry: &Entry, outcome: &Delivery, peer: &str) -> Option<Event> {
-    let channel = match (&entry.dest, &entry.payload) {
-        (Destination::Hl7, Payload::Hl7 { .. }) => "HL7 ORU^R01",
-        (Destination::Pacs(_), Payload::Dicom { .. }) => "DICOM C-STORE",
+    let (channel, action) = match (&entry.dest, &entry.payload) {
+        (Destination::Hl7, Payload::Hl7 { .. }) => ("HL7 ORU^R01", Action::Export),
+        (Destination::Pacs(_), Payload::Dicom { .. }) => ("DICOM C-STORE", Action::Transfer),
         _ => return None,
     };
     let (answer, failed) = match outcome {
@@ -92,7 +95,7 @@ pub fn event(entry: &Entry, outcome: &Delivery, peer: &str) -> Option<Event> {
             }
         ));
     }
-    let event = Event::new(ACTOR, Action::Export, &object(entry)).detail(detail);
+    let event = Event::new(ACTOR, action, &object(entry)).detail(detail);
     Some(if failed { event.failed() } else { event })
 }
 
@@ -169,10 +172,12 @@ mod tests {
         assert!(!e.detail.contains("SMITH"), "{}", e.detail);
     }
 
-    /// A push names its instances, at most eight of them and how many more.
+    /// A push is a transfer of DICOM instances and names them, at most eight and how many
+    /// more.
     #[test]
     fn pushes_name_their_instances() {
         let e = event(&push(1), &Delivery::Acked, "PACS main").unwrap();
+        assert_eq!(e.action, Action::Transfer);
         assert!(
             e.detail
                 .ends_with("to PACS main: acknowledged; 1 instance(s): 1.2.3.0"),
@@ -224,7 +229,7 @@ mod tests {
         let records = audit.records(0, 100).unwrap();
         let exported: Vec<_> = records
             .iter()
-            .filter(|r| r.action == Action::Export)
+            .filter(|r| r.action == Action::Transfer)
             .collect();
         assert_eq!(exported.len(), 1, "{records:?}");
         assert_eq!(exported[0].object, "1.2.840.99.1");

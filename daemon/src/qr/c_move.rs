@@ -198,7 +198,7 @@ pub async fn finish(op: &Op, tally: &Tally, object: &str, what: &str) -> String 
         if cancelled { ", cancelled" } else { "" }
     );
     op.audit(
-        Action::Export,
+        Action::Transfer,
         object,
         outcome.clone(),
         status.class() == StatusClass::Failure,
@@ -258,7 +258,7 @@ impl Export {
     /// failed export.
     pub fn failed(mut self, detail: String) {
         self.recorded = true;
-        self.op.audit(Action::Export, &self.object, detail, true);
+        self.op.audit(Action::Transfer, &self.object, detail, true);
     }
 
     fn record_early(&mut self, why: &str) {
@@ -268,7 +268,7 @@ impl Export {
         self.recorded = true;
         self.tally.abandon();
         self.op.audit(
-            Action::Export,
+            Action::Transfer,
             &self.object,
             format!(
                 "{}: ended early ({why}): {}",
@@ -304,7 +304,7 @@ pub async fn refuse(
         } else {
             String::new()
         };
-        op.audit(Action::Export, object, format!("{line}{summary}"), true);
+        op.audit(Action::Transfer, object, format!("{line}{summary}"), true);
     }
     send_final(op, refused.status(), tally, Some(&refused.comment)).await;
     line
@@ -478,7 +478,7 @@ pub async fn serve(op: Op) -> String {
     if instances.is_empty() {
         send_final(&op, Status::SUCCESS, &tally, None).await;
         op.audit(
-            Action::Export,
+            Action::Transfer,
             &object,
             format!("C-MOVE to {dest_ae}: nothing matched"),
             false,

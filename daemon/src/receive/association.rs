@@ -725,7 +725,7 @@ fn record_refusal(
     let action = match authorize::permission_for(rq.command_field) {
         Some(Permission::Store) => Action::Import,
         Some(Permission::Find) => Action::Query,
-        Some(Permission::Move | Permission::Get) => Action::Export,
+        Some(Permission::Move | Permission::Get) => Action::Transfer,
         _ => Action::Other,
     };
     // Recorded once per address, AE, command, status and window: an allowed AE repeating
