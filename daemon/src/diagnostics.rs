@@ -21,6 +21,10 @@ use std::time::Duration;
 /// Folder inside the archive.
 pub const ROOT: &str = "duli-diagnostics";
 
+/// The object of the audit record of a bundle written (an export by the user who ran
+/// `duli diagnostics`).
+pub const AUDIT_OBJECT: &str = "support bundle";
+
 /// Why the bundle could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum DiagnosticsError {

@@ -278,7 +278,7 @@ fn the_support_bundle_never_carries_the_open_setup_code() {
     let Some(tar) = require_tool("tar") else {
         return;
     };
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let code = read_code(&d);
     // journalctl as the bundle runs it: the daemon's own log, then an older version's
     // lines quoting the code.
@@ -335,6 +335,20 @@ fn the_support_bundle_never_carries_the_open_setup_code() {
     }
     // Setup is still open with that code: the bundle changed nothing on the box.
     assert_eq!(read_code(&d), code);
+    // Making it is in the audit trail: an export of the support bundle by whoever ran it.
+    let records = d.stop_and_read_audit();
+    let made: Vec<_> = records
+        .iter()
+        .filter(|r| r.object == duli::diagnostics::AUDIT_OBJECT)
+        .collect();
+    assert_eq!(made.len(), 1, "{records:?}");
+    assert_eq!(made[0].action, duli::audit::Action::Export);
+    assert!(made[0].actor.starts_with("cli:"), "{:?}", made[0]);
+    assert!(
+        made[0].detail.contains(bundle.to_str().unwrap()) && made[0].success,
+        "{:?}",
+        made[0]
+    );
 }
 
 /// A pending administrator (as `duli provision` writes it: the name and a hash) whose name

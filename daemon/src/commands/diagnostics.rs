@@ -2,7 +2,8 @@
 
 use super::{box_config, load_config, runtime, APPLIANCE_CONFIG};
 use anyhow::Result;
-use duli::diagnostics;
+use duli::audit::{Action, Event};
+use duli::{cli_audit, diagnostics};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,6 +19,20 @@ pub fn write(config: Option<PathBuf>, out: Option<PathBuf>) -> Result<ExitCode> 
         .map(|p| p.to_path_buf());
     let entries = runtime()?.block_on(diagnostics::collect(&cfg, config_dir.as_deref()));
     diagnostics::write(&entries, &out)?;
+    // The bundle goes to support, outside the hospital: who made it, and where, is in
+    // the trail (a box without a data folder has no trail to write to).
+    let event = Event::new(
+        &cli_audit::actor(),
+        Action::Export,
+        diagnostics::AUDIT_OBJECT,
+    )
+    .from("local")
+    .detail(format!(
+        "{} files written to {}",
+        entries.len(),
+        out.display()
+    ));
+    cli_audit::record(&cfg.device.data_dir, true, event);
     println!("wrote {} ({} files):", out.display(), entries.len());
     for e in &entries {
         println!("  {}/{}", diagnostics::ROOT, e.name);
