@@ -90,6 +90,23 @@ pub enum Action {
     Other,
 }
 
+impl Action {
+    /// Whether the action is on patient data (its object, when it names studies, names
+    /// them by Study Instance UID, and the record names their patients).
+    pub fn is_on_patient_data(&self) -> bool {
+        matches!(
+            self,
+            Action::View
+                | Action::Export
+                | Action::Transfer
+                | Action::Import
+                | Action::Query
+                | Action::Feedback
+                | Action::Delete
+        )
+    }
+}
+
 /// One audit record as stored: the [`Event`] with its place in the chain. Its fields
 /// read through to the event (`record.actor`); stored as one flat JSON object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,7 +149,16 @@ pub struct Event {
     /// Free-text detail (counts, reasons).
     #[serde(default)]
     pub detail: String,
+    /// The patients of the studies the event is about (Patient ID, `ID^^^ISSUER` with an
+    /// issuer), filled in by [`Audit::append`] for an event on patient data whose object
+    /// names studies held in the store; empty otherwise (and in records made before the
+    /// trail named patients).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
 }
+
+/// Most patients one record names (its object names at most a few studies).
+pub const MAX_PATIENTS: usize = 16;
 
 /// Most bytes of an event's detail kept in the trail (a record is never pruned, and a
 /// peer's values, a C-FIND's keys or a refusal's reason, reach it).
@@ -167,6 +193,12 @@ impl Event {
                 *field = cut(field, max).into_owned();
             }
         }
+        self.patients.truncate(MAX_PATIENTS);
+        for patient in &mut self.patients {
+            if patient.len() > MAX_FIELD {
+                *patient = cut(patient, MAX_FIELD).into_owned();
+            }
+        }
         self
     }
 
@@ -179,6 +211,7 @@ impl Event {
             object: object.to_string(),
             success: true,
             detail: String::new(),
+            patients: Vec::new(),
         }
     }
 
@@ -314,6 +347,8 @@ pub struct Audit {
     first: std::sync::atomic::AtomicU64,
     /// The budget of records kept on the box ([`budget`]).
     limit: budget::Limit,
+    /// Names the patients of the studies a record is about.
+    patients: crate::store::StudyPatients,
 }
 
 /// Whether `rec` is a record stating a break of the trail ([`TRAIL_LOST`]).
@@ -355,10 +390,15 @@ fn set_aside_note(store: &Store) -> String {
 }
 
 fn canonical_hash(prev: &str, r: &Record) -> String {
-    // The body is the record without its own hash, in a fixed field order.
-    let body = serde_json::json!([
+    // The body is the record without its own hash, in a fixed field order; the patients
+    // follow only when there are some, so records made before the trail named them hash
+    // as they did.
+    let mut body = serde_json::json!([
         r.seq, r.at_ms, r.actor, r.source, r.action, r.object, r.success, r.detail, prev
     ]);
+    if let (false, Some(fields)) = (r.patients.is_empty(), body.as_array_mut()) {
+        fields.push(serde_json::json!(r.patients));
+    }
     let mut input = prev.as_bytes().to_vec();
     input.extend_from_slice(body.to_string().as_bytes());
     hex::encode(digest(&SHA256, &input).as_ref())
@@ -386,6 +426,7 @@ impl Audit {
             shed: store.records(RecordTree::AuditShed)?,
             first: std::sync::atomic::AtomicU64::new(first),
             limit: budget::Limit::default(),
+            patients: store.study_patients(),
         };
         audit.reconcile_anchor(store)?;
         Ok(audit)
@@ -523,7 +564,7 @@ impl Audit {
     /// Appends an event; durable after the store's next flush (callers that answer a
     /// request flush before answering).
     pub fn append(&self, event: Event) -> Result<Record, StoreError> {
-        let event = event.bounded();
+        let event = self.with_patients(event).bounded();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let (seq, prev) = match &*last {
             Some((s, h)) => (s + 1, h.clone()),
@@ -552,6 +593,26 @@ impl Audit {
             sink.appended(&rec);
         }
         Ok(rec)
+    }
+
+    /// `event` naming the patients of the studies its object names (a Study Instance UID,
+    /// or several separated by commas), when it is on patient data and names none yet;
+    /// studies not held, or without a Patient ID, add none.
+    fn with_patients(&self, mut event: Event) -> Event {
+        if !event.patients.is_empty() || !event.action.is_on_patient_data() {
+            return event;
+        }
+        for uid in event.object.split(',').map(str::trim).take(MAX_PATIENTS) {
+            if !crate::store::header::is_valid_uid(uid) {
+                continue;
+            }
+            if let Some(p) = self.patients.patient_of(uid) {
+                if !event.patients.contains(&p) {
+                    event.patients.push(p);
+                }
+            }
+        }
+        event
     }
 
     /// Sets the sink told of every later append; only the first call sets one (`false`
@@ -749,6 +810,55 @@ mod tests {
         assert!(rec.detail.starts_with("éé"));
         assert_eq!(audit.records(0, 10).unwrap(), vec![rec]);
         assert_eq!(cut("short", 10), "short");
+    }
+
+    /// An event on patient data names the patients of the studies its object names (with
+    /// the issuer, HL7 CX style); other events, unknown studies and studies without a
+    /// Patient ID name none; the patients are in the chain: an edited one is found.
+    #[test]
+    fn records_on_patient_data_name_the_patients_of_their_studies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (study, patient, issuer) in [
+            ("1.2.3", "PAT-1", "HOSP"),
+            ("1.2.4", "PAT-2", ""),
+            ("1.2.5", "", ""),
+        ] {
+            let instance = crate::model::InstanceRecord {
+                sop_instance_uid: format!("{study}.1"),
+                study_instance_uid: study.into(),
+                ..Default::default()
+            };
+            let attrs = crate::model::StudyRecord {
+                patient_id: patient.into(),
+                issuer_of_patient_id: issuer.into(),
+                ..Default::default()
+            };
+            store.commit_instance(&instance, &attrs).unwrap();
+        }
+        let audit = Audit::open(&store).unwrap();
+        let named = |action: Action, object: &str| {
+            audit
+                .append(Event::new("ana", action, object))
+                .unwrap()
+                .patients
+                .clone()
+        };
+        assert_eq!(named(Action::View, "1.2.3"), ["PAT-1^^^HOSP"]);
+        assert_eq!(
+            named(Action::Transfer, "1.2.3,1.2.4,1.2.3,1.2.5,1.2.9"),
+            ["PAT-1^^^HOSP", "PAT-2"]
+        );
+        assert!(named(Action::Login, "1.2.3").is_empty());
+        assert!(named(Action::Query, "worklist").is_empty());
+        assert!(audit.verify().unwrap().broken.is_none());
+        let raw = store
+            .records::<serde_json::Value>(RecordTree::Audit)
+            .unwrap();
+        let mut edited = raw.get(1u64.to_be_bytes()).unwrap().unwrap();
+        edited["patients"] = serde_json::json!(["PAT-2"]);
+        raw.insert(1u64.to_be_bytes(), &edited).unwrap();
+        assert_eq!(audit.verify().unwrap().broken.map(|b| b.seq), Some(1));
     }
 
     /// A record that does not decode (here one a later release wrote, with an action this

@@ -210,7 +210,7 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         .start();
     let file: PathBuf = samples.join("dicom/explicit-le/PNEUMONIA_01.dcm");
     let sent = Instant::now();
-    d.storescu("MODALITY", &[], &[file])
+    d.storescu("MODALITY", &[], std::slice::from_ref(&file))
         .unwrap()
         .assert_success("storescu");
 
@@ -356,7 +356,8 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
     // study: the report to the RIS as an export, each result object to the PACS as a
     // transfer of DICOM instances, once each peer acknowledged it; the cloud's
     // pseudonymous messages are not.
-    let exports = delivery_exports(&d.stop_and_read_audit(), &study_uid);
+    let records = d.stop_and_read_audit();
+    let exports = delivery_exports(&records, &study_uid);
     let to_ris = format!(":{hl7_port}: acknowledged");
     assert_eq!(
         exports
@@ -384,6 +385,19 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         );
     }
     assert_eq!(exports.len(), 4, "{exports:#?}");
+    // Each record on the study names its patient (for a repository asked who touched
+    // this patient's data): the deliveries, and rita's view of the study page.
+    let patient = dicom_attr(&file, dicom_dictionary_std::tags::PATIENT_ID);
+    let on_study: Vec<&duli::audit::Record> =
+        records.iter().filter(|r| r.object == study_uid).collect();
+    assert!(on_study.iter().any(|r| r.actor == "rita"), "{on_study:#?}");
+    assert!(
+        on_study.len() >= 5
+            && on_study
+                .iter()
+                .all(|r| r.patients.len() == 1 && r.patients[0].split('^').next() == Some(&patient)),
+        "{patient}: {on_study:#?}"
+    );
 }
 
 /// The successful exports and transfers of `study_uid` the daemon itself recorded for its

@@ -125,6 +125,7 @@ mod tests {
                 object: "ana".into(),
                 success,
                 detail: "é <x>".into(),
+                patients: Vec::new(),
             },
             prev: "00ff".into(),
             hash: "ab]c".into(),

@@ -8,7 +8,9 @@
 //! Study Instance UID; a user name a Person with the User Identifier; the console's
 //! worklist a report, the audit trail a security resource, a refused request's path a URI,
 //! and any other name the daemon gives (`upload`, `outbox`, `firmware`, …) a resource with
-//! the local code `DULI` `object-name`; `-` (no object) none.
+//! the local code `DULI` `object-name`; `-` (no object) none. The patients the record
+//! names (those of its studies) follow, each a Person in the role Patient with its Patient
+//! Number.
 
 use crate::audit::{Action, Record};
 
@@ -99,6 +101,8 @@ type Participant<'a> = (&'a str, &'static str, &'static str, Code);
 
 /// Study Instance UID (DCM).
 const STUDY_UID: Code = ("110180", "DCM", "Study Instance UID");
+/// Patient Number (RFC 3881): a patient's ID, `ID^^^ISSUER` with an issuer.
+const PATIENT_ID: Code = ("2", "RFC-3881", "Patient Number");
 /// User Identifier (RFC 3881).
 const USER_ID: Code = ("11", "RFC-3881", "User Identifier");
 /// Report Name (RFC 3881).
@@ -120,17 +124,7 @@ fn participants<'a>(action: &Action, object: &'a str) -> Vec<Participant<'a>> {
     if object.is_empty() || object == "-" {
         return Vec::new();
     }
-    let patient_data = matches!(
-        action,
-        Action::View
-            | Action::Export
-            | Action::Transfer
-            | Action::Import
-            | Action::Query
-            | Action::Feedback
-            | Action::Delete
-    );
-    if patient_data {
+    if action.is_on_patient_data() {
         let studies: Vec<&str> = object.split(',').map(str::trim).collect();
         if studies
             .iter()
@@ -211,7 +205,16 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
         "<AuditSourceIdentification AuditSourceID=\"{}\"/>",
         xml_escape(source_id)
     ));
-    for (id, type_code, role, id_code) in participants(&rec.action, &rec.object) {
+    // The studies (or other objects), then each patient of the studies (Person, role
+    // Patient), so a repository can answer "who touched this patient's data".
+    let patients = rec
+        .patients
+        .iter()
+        .map(|id| (id.as_str(), "1", "1", PATIENT_ID));
+    for (id, type_code, role, id_code) in participants(&rec.action, &rec.object)
+        .into_iter()
+        .chain(patients)
+    {
         x.push_str(&format!(
             "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"{type_code}\" ParticipantObjectTypeCodeRole=\"{role}\"><ParticipantObjectIDTypeCode csd-code=\"{}\" codeSystemName=\"{}\" originalText=\"{}\"/></ParticipantObjectIdentification>",
             xml_escape(id), id_code.0, id_code.1, id_code.2
@@ -251,6 +254,7 @@ mod tests {
                 object: "1.2.840.1".into(),
                 success,
                 detail: "a \"b\"".into(),
+                patients: Vec::new(),
             },
             prev: "00".into(),
             hash: "ab".into(),
@@ -273,6 +277,59 @@ mod tests {
         assert!(l.starts_with("<84>1 "));
         assert!(l.contains("EventOutcomeIndicator=\"4\""));
         assert!(l.contains("csd-code=\"110122\""));
+    }
+
+    /// The patients a record names follow its studies, each a Person (1) in the role
+    /// Patient (1) with its Patient Number (RFC-3881 code 2), escaped; a record naming none
+    /// has no patient participant.
+    #[test]
+    fn the_patients_of_a_record_are_patient_participants() {
+        let mut r = rec(Action::Transfer, true);
+        r.event.patients = vec!["PAT<1>^^^HOSP".into(), "PAT-2".into()];
+        let xml = audit_message(&r, "d");
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let objects: Vec<(String, String, String, String)> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("ParticipantObjectIdentification"))
+            .map(|n| {
+                let code = n.first_element_child().unwrap();
+                (
+                    n.attribute("ParticipantObjectID").unwrap().to_string(),
+                    n.attribute("ParticipantObjectTypeCode")
+                        .unwrap()
+                        .to_string(),
+                    n.attribute("ParticipantObjectTypeCodeRole")
+                        .unwrap()
+                        .to_string(),
+                    format!(
+                        "{}/{}",
+                        code.attribute("csd-code").unwrap(),
+                        code.attribute("codeSystemName").unwrap()
+                    ),
+                )
+            })
+            .collect();
+        let one = |id: &str, t: &str, role: &str, code: &str| {
+            (
+                id.to_string(),
+                t.to_string(),
+                role.to_string(),
+                code.to_string(),
+            )
+        };
+        assert_eq!(
+            objects,
+            [
+                one("1.2.840.1", "2", "3", "110180/DCM"),
+                one("PAT<1>^^^HOSP", "1", "1", "2/RFC-3881"),
+                one("PAT-2", "1", "1", "2/RFC-3881"),
+            ]
+        );
+        let none = audit_message(&rec(Action::Transfer, true), "d");
+        assert!(
+            !none.contains("RFC-3881\" originalText=\"Patient Number"),
+            "{none}"
+        );
     }
 
     /// Reading or exporting the trail is "Audit Log Used" (DCM 110101), its object a

@@ -552,6 +552,14 @@ impl Store {
         get_json(&self.studies, study_uid)
     }
 
+    /// A handle that names the patient of a study, for the audit trail
+    /// ([`StudyPatients`]).
+    pub fn study_patients(&self) -> StudyPatients {
+        StudyPatients {
+            studies: self.studies.clone(),
+        }
+    }
+
     /// Every study (unordered).
     pub fn studies(&self) -> Result<Vec<StudyRecord>, StoreError> {
         self.studies
@@ -706,6 +714,26 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreE
 }
 
 /// Reads one JSON record from a tree.
+/// Names the patient of a study as the store holds it now, for the audit trail's records
+/// (cheap to clone; reads one study record per call).
+#[derive(Debug, Clone)]
+pub struct StudyPatients {
+    studies: sled::Tree,
+}
+
+impl StudyPatients {
+    /// The Patient ID of study `study_uid`, as `ID^^^ISSUER` (HL7 CX) when it has an Issuer
+    /// of Patient ID; `None` for a study not held or without a Patient ID.
+    pub fn patient_of(&self, study_uid: &str) -> Option<String> {
+        let study: StudyRecord = get_json(&self.studies, study_uid).ok()??;
+        match (study.patient_id.trim(), study.issuer_of_patient_id.trim()) {
+            ("", _) => None,
+            (id, "") => Some(id.to_string()),
+            (id, issuer) => Some(format!("{id}^^^{issuer}")),
+        }
+    }
+}
+
 fn get_json<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
     tree.get(key.as_bytes())?
         .map(|v| decode(key.as_bytes(), &v))
