@@ -510,18 +510,32 @@ function budgetLine(b) {
 }
 
 // The newest page of the trail first; "Older records" pages back from the oldest shown.
-async function auditPage(before = "latest") {
+// With a patient, the records naming that patient (an accounting of the accesses to their
+// data), searched a bounded stretch of the trail at a time: "Search older" goes on.
+async function auditPage(before = "latest", patient = null) {
   try {
-    const [data, verify] = await Promise.all([api("GET", `/api/v1/audit?limit=1000&before=${before}`), api("GET", "/api/v1/audit/verify")]);
+    const query = patient ? `patient=${encodeURIComponent(patient)}&` : "";
+    const [data, verify] = await Promise.all([api("GET", `/api/v1/audit?${query}limit=1000&before=${before}`), api("GET", "/api/v1/audit/verify")]);
     if (!state.user) return; // signed out meanwhile
     const oldest = data.records.length ? data.records[0].seq : null;
-    const paging = h("p", { id: "audit-paging" },
-      data.records.length ? `Records #${oldest}–#${data.records[data.records.length - 1].seq}` : "No records",
-      before !== "latest" ? h("button", { type: "button", id: "audit-newest", onclick: () => auditPage() }, "Newest records") : null,
-      oldest ? h("button", { type: "button", id: "audit-older", onclick: () => auditPage(String(oldest)) }, "Older records") : null);
+    const search = data.search;
+    const shown = data.records.length ? `Records #${oldest}–#${data.records[data.records.length - 1].seq}` : "No records";
+    const paging = search
+      ? h("p", { id: "audit-paging" },
+        `${data.records.length} record(s) naming patient ${search.patient}, read back to #${search.searched_from}` +
+          (search.complete ? " (the start of the trail on this box)." : "."),
+        !search.complete ? h("button", { type: "button", id: "audit-search-older", onclick: () => auditPage(String(search.searched_from), patient) }, "Search older") : null,
+        h("button", { type: "button", id: "audit-newest", onclick: () => auditPage() }, "All records"))
+      : h("p", { id: "audit-paging" }, shown,
+        before !== "latest" ? h("button", { type: "button", id: "audit-newest", onclick: () => auditPage() }, "Newest records") : null,
+        oldest ? h("button", { type: "button", id: "audit-older", onclick: () => auditPage(String(oldest)) }, "Older records") : null);
+    const patientInput = h("input", { type: "text", id: "audit-patient", maxlength: "128", value: patient || "", "aria-label": "Patient ID" });
+    const searchForm = h("form", { id: "audit-search", onsubmit: (e) => { e.preventDefault(); const p = patientInput.value.trim(); auditPage("latest", p || null); } },
+      h("label", { for: "audit-patient" }, "Records naming patient ID "), patientInput, " ", h("button", { type: "submit" }, "Search"));
     const rows = data.records.slice().reverse().map((r) => h("tr", { class: r.success ? "" : "failed" },
       h("td", {}, r.seq), h("td", {}, new Date(r.at_ms).toLocaleString()), h("td", {}, r.actor),
-      h("td", {}, r.source), h("td", {}, r.action), h("td", {}, r.object), h("td", {}, r.detail)));
+      h("td", {}, r.source), h("td", {}, r.action), h("td", {}, r.object), h("td", {}, (r.patients || []).join(", ")),
+      h("td", {}, r.detail)));
     app.replaceChildren(h("h2", {}, "Audit trail"),
       h("p", { class: verify.intact ? "ok" : "error", id: "audit-verify" },
         verify.intact ? `Chain intact: ${verify.records} records, head ${verify.head || "-"}` :
@@ -530,9 +544,10 @@ async function auditPage(before = "latest") {
       budgetLine(data.budget),
       h("p", {}, "Export: ", h("a", { href: "/api/v1/audit/export?format=json", download: "duli-audit.json" }, "JSON"), " · ",
         h("a", { href: "/api/v1/audit/export?format=syslog", download: "duli-audit.log" }, "syslog (RFC 5424, DICOM audit messages)")),
+      searchForm,
       paging,
       h("table", { class: "audit" },
-        h("thead", {}, h("tr", {}, ["#", "Time", "Who", "From", "Action", "Object", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["#", "Time", "Who", "From", "Action", "Object", "Patients", "Detail"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, rows)));
   } catch (e) {
     if (!(e instanceof Unauthenticated)) app.replaceChildren(h("p", { class: "error" }, e.message));

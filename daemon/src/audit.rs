@@ -21,9 +21,13 @@
 //! The trail on the box holds at most `[audit] max_records` ([`budget`]): past it, the
 //! oldest records the audit record repository acknowledged are removed, the chain verified
 //! from the last one removed; a record not forwarded is never removed.
+//!
+//! A record on patient data names the patients of its studies, and [`search`] finds one
+//! patient's records, a bounded walk at a time.
 
 pub mod anchor;
 pub mod budget;
+pub mod search;
 
 use crate::store::records::RecordTree;
 use crate::store::records::Records;

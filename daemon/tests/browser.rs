@@ -722,6 +722,19 @@ fn first_time_setup_in_headless_chromium() {
         wd.js("return !!document.querySelector('#audit-older');"),
         json!(false)
     );
+    // One patient's records: none on a new box, the whole trail read.
+    wd.js("document.querySelector('#audit-patient').value = 'PAT-X'; \
+           document.querySelector('#audit-search button[type=submit]').click(); return true;");
+    let searched = wd.wait_for(
+        "a patient search on the audit page",
+        "document.querySelector('#audit-paging')?.textContent.includes('naming patient PAT-X') && \
+         document.querySelector('#audit-paging').textContent",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        searched,
+        json!("0 record(s) naming patient PAT-X, read back to #0 (the start of the trail on this box).All records"),
+    );
     // From now on the login page is the login form.
     wd.click("#logout");
     wd.wait_for(

@@ -929,6 +929,69 @@ fn previews_listings_and_refusals_are_audited_once_per_window() {
         .find(|r| r["actor"] == "theo" && r["action"] == "other")
         .unwrap();
     assert_eq!(refused["success"], false, "{refused}");
+
+    // One patient's records (an accounting of the accesses to their data): rita's preview
+    // of the study names its patient, and a search by the Patient ID finds it, reading the
+    // whole trail of this new box; only admins search, a bad ID is refused, and each search
+    // is itself in the trail.
+    let pid = rita.get("/api/v1/studies").json()["studies"][0]["patient_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !pid.is_empty()
+            && pid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "{pid}"
+    );
+    let found = ada.get(&format!("/api/v1/audit?patient={pid}")).json();
+    let records = found["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["actor"] == "rita"
+            && r["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("preview of instance")),
+        "{found}"
+    );
+    assert!(
+        records.iter().all(
+            |r| r["patients"].as_array().is_some_and(|p| p.iter().any(|p| p
+                .as_str()
+                .unwrap()
+                .split('^')
+                .next()
+                == Some(&pid)))
+        ),
+        "{found}"
+    );
+    assert_eq!(
+        (&found["search"]["patient"], &found["search"]["complete"]),
+        (&serde_json::json!(pid), &serde_json::json!(true)),
+        "{found}"
+    );
+    let none = ada.get("/api/v1/audit?patient=NOBODY-9").json();
+    assert_eq!(none["records"].as_array().unwrap().len(), 0, "{none}");
+    assert_eq!(
+        rita.get(&format!("/api/v1/audit?patient={pid}")).status,
+        403
+    );
+    assert_eq!(ada.get("/api/v1/audit?patient=%0A").status, 400);
+    let audit = ada.get("/api/v1/audit?limit=1000").json();
+    let searched = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["actor"] == "ada"
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("searched for the records of patient ")
+        })
+        .count();
+    assert_eq!(searched, 2, "{audit}");
 }
 
 /// One user cannot take every live event stream: beyond `max_event_streams_per_user`

@@ -7,7 +7,7 @@
 //! does not grow with the trail.
 
 use super::{audit_now, source, Request};
-use crate::audit::{Action, Audit, Event, Head, Record, VerificationReport, TRAIL_OBJECT};
+use crate::audit::{search, Action, Audit, Event, Head, Record, VerificationReport, TRAIL_OBJECT};
 use crate::audit_forward::status::ForwardStatus;
 use crate::console::reply::{self, ApiError};
 use crate::console::sessions::Session;
@@ -29,11 +29,23 @@ pub const EXPORT_CHUNKS: usize = 4;
 #[derive(Serialize)]
 struct AuditPage {
     records: Vec<Record>,
+    /// How far a search for one patient's records read (`patient=`), when it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    search: Option<SearchView>,
     head: Option<Head>,
     /// `null` when `[audit] syslog` is unset.
     forward: Option<ForwardStatus>,
     /// Records on the box against `[audit] max_records`, and the alarm.
     budget: crate::audit::budget::BudgetState,
+}
+
+/// What a patient search read: the patient, where it stopped, whether it reached the
+/// first record held.
+#[derive(Serialize)]
+struct SearchView {
+    patient: String,
+    searched_from: u64,
+    complete: bool,
 }
 
 /// The head of the trail as the console shows it.
@@ -52,6 +64,9 @@ pub(super) fn forward_status(c: &Console) -> Option<ForwardStatus> {
 /// and what was searched for): once per user, page and window, so that re-reading a page
 /// leaves one record, and paging through the trail one per page.
 pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Response, ApiError> {
+    if let Some(patient) = req.query.get("patient") {
+        return search(c, req, s, patient).await;
+    }
     let mut limit = req
         .query
         .get("limit")
@@ -105,6 +120,81 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
         StatusCode::OK,
         &AuditPage {
             records,
+            search: None,
+            head: head(c),
+            forward: forward_status(c),
+            budget: c.audit.budget(),
+        },
+    ))
+}
+
+/// `GET /api/v1/audit?patient=ID&before=&limit=`: the newest records (at most `limit`,
+/// 200 by default, 1000 at most) before record `before` (default: the newest) that name
+/// the patient (by Patient ID alone, or as `ID^^^ISSUER`), reading at most
+/// [`search::MAX_SCAN`] records off the runtime's threads; `search.searched_from` is where
+/// the next search goes on. Each search is audited (once per user, patient and starting
+/// point within the window): it reads the trail and names a patient.
+async fn search(
+    c: &Console,
+    req: &Request,
+    s: &Session,
+    patient: &str,
+) -> Result<Response, ApiError> {
+    let patient = patient.trim().to_string();
+    if patient.is_empty()
+        || patient.len() > search::MAX_PATIENT
+        || patient.chars().any(char::is_control)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "patient is a Patient ID of 1 to {} bytes without control characters",
+            search::MAX_PATIENT
+        )));
+    }
+    let limit = req
+        .query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize)
+        .clamp(1, 1000);
+    let latest = c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1));
+    let before = match req.query.get("before").map(String::as_str) {
+        None | Some("latest") => latest,
+        Some(n) => n
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest("before is a record number or \"latest\"".into()))?,
+    };
+    let audit = c.audit.clone();
+    let wanted = patient.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        audit.records_of_patient(&wanted, before, limit, search::MAX_SCAN)
+    })
+    .await??;
+    let record = audit_now(
+        c,
+        Event::new(&s.user, Action::View, TRAIL_OBJECT)
+            .from(&source(req))
+            .detail(format!(
+                "searched for the records of patient {patient} before #{before}: {} found, read back to #{}",
+                found.records.len(),
+                found.searched_from
+            )),
+    );
+    c.accesses
+        .once(
+            &s.user,
+            &format!("{TRAIL_OBJECT} patient {patient} {before}"),
+            record,
+        )
+        .await?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &AuditPage {
+            records: found.records,
+            search: Some(SearchView {
+                patient: found.patient,
+                searched_from: found.searched_from,
+                complete: found.complete,
+            }),
             head: head(c),
             forward: forward_status(c),
             budget: c.audit.budget(),
