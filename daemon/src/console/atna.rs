@@ -70,6 +70,56 @@ fn event_codes(action: &Action, object: &str) -> (Code, Option<Code>, &'static s
     }
 }
 
+/// A role of an active participant (PS3.15 A.5.2, RoleIDCode).
+type Role = Code;
+/// The process that sent the data, or issued the query.
+const SOURCE: Role = ("110153", "DCM", "Source Role ID");
+/// The process that received the data, or answered the query.
+const DESTINATION: Role = ("110152", "DCM", "Destination Role ID");
+
+/// The roles of an event's requestor and of this box, where PS3.15 gives the event's
+/// active participants roles: instances transferred and exports leave this box (it is the
+/// source; whoever asked for a retrieve may be neither end); a query is answered by it and
+/// an import taken in by it (the destination; the requestor the source). Reading or
+/// exporting the trail itself, and the other events, name no roles.
+struct Roles {
+    requestor: Option<Role>,
+    this_box: Option<Role>,
+}
+
+fn roles(action: &Action, object: &str) -> Roles {
+    if object == crate::audit::TRAIL_OBJECT {
+        return Roles {
+            requestor: None,
+            this_box: None,
+        };
+    }
+    match action {
+        Action::Transfer | Action::Export => Roles {
+            requestor: None,
+            this_box: Some(SOURCE),
+        },
+        Action::Query | Action::Import => Roles {
+            requestor: Some(SOURCE),
+            this_box: Some(DESTINATION),
+        },
+        _ => Roles {
+            requestor: None,
+            this_box: None,
+        },
+    }
+}
+
+/// Ends an `<ActiveParticipant …` opened in `x`: with its role, or empty.
+fn close_participant(x: &mut String, role: Option<Role>) {
+    match role {
+        Some((code, system, name)) => x.push_str(&format!(
+            "><RoleIDCode csd-code=\"{code}\" codeSystemName=\"{system}\" originalText=\"{name}\"/></ActiveParticipant>"
+        )),
+        None => x.push_str("/>"),
+    }
+}
+
 /// Whether `c` matches the Char production of XML 1.0 (#x9 | #xA | #xD | [#x20-#xD7FF] |
 /// [#xE000-#xFFFD] | [#x10000-#x10FFFF]); a `char` is never a surrogate.
 fn is_xml_char(c: char) -> bool {
@@ -190,6 +240,8 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
         ));
     }
     x.push_str("</EventIdentification>");
+    let roles = roles(&rec.action, &rec.object);
+    let box_acts = rec.actor == "system";
     x.push_str(&format!(
         "<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"",
         xml_escape(&rec.actor)
@@ -200,7 +252,20 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
             xml_escape(&rec.source)
         ));
     }
-    x.push_str("/>");
+    let requestor_role = if box_acts {
+        roles.this_box
+    } else {
+        roles.requestor
+    };
+    close_participant(&mut x, requestor_role);
+    // This box, when someone else asked: the process that sent, answered or took in.
+    if let (false, Some(role)) = (box_acts, roles.this_box) {
+        x.push_str(&format!(
+            "<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"false\"",
+            xml_escape(source_id)
+        ));
+        close_participant(&mut x, Some(role));
+    }
     x.push_str(&format!(
         "<AuditSourceIdentification AuditSourceID=\"{}\"/>",
         xml_escape(source_id)
@@ -330,6 +395,59 @@ mod tests {
             !none.contains("RFC-3881\" originalText=\"Patient Number"),
             "{none}"
         );
+    }
+
+    /// The active participants' roles: a retrieve by a peer names the peer as requestor
+    /// and this box as the source; the box's own push names the box alone, requestor and
+    /// source; a query names its requestor the source and this box the destination; a view
+    /// and reading the trail name no roles.
+    #[test]
+    fn active_participants_carry_the_roles_of_their_event() {
+        let parts = |r: &Record| -> Vec<(String, String, Option<String>)> {
+            let xml = audit_message(r, "duli-edge-01");
+            let doc = roxmltree::Document::parse(&xml).unwrap();
+            doc.descendants()
+                .filter(|n| n.has_tag_name("ActiveParticipant"))
+                .map(|n| {
+                    (
+                        n.attribute("UserID").unwrap().to_string(),
+                        n.attribute("UserIsRequestor").unwrap().to_string(),
+                        n.first_element_child()
+                            .map(|c| c.attribute("csd-code").unwrap().to_string()),
+                    )
+                })
+                .collect()
+        };
+        let own = |id: &str, req: &str, role: Option<&str>| {
+            (id.to_string(), req.to_string(), role.map(String::from))
+        };
+        let mut r = rec(Action::Transfer, true);
+        r.event.actor = "ae:VIEWER".into();
+        assert_eq!(
+            parts(&r),
+            [
+                own("ae:VIEWER", "true", None),
+                own("duli-edge-01", "false", Some("110153"))
+            ]
+        );
+        r.event.actor = "system".into();
+        assert_eq!(parts(&r), [own("system", "true", Some("110153"))]);
+        let mut q = rec(Action::Query, true);
+        q.event.actor = "ae:RIS".into();
+        assert_eq!(
+            parts(&q),
+            [
+                own("ae:RIS", "true", Some("110153")),
+                own("duli-edge-01", "false", Some("110152"))
+            ]
+        );
+        assert_eq!(
+            parts(&rec(Action::View, true)),
+            [own("ana<x>", "true", None)]
+        );
+        let mut trail = rec(Action::Export, true);
+        trail.event.object = crate::audit::TRAIL_OBJECT.into();
+        assert_eq!(parts(&trail), [own("ana<x>", "true", None)]);
     }
 
     /// Reading or exporting the trail is "Audit Log Used" (DCM 110101), its object a
@@ -478,6 +596,7 @@ mod tests {
             order,
             [
                 "EventIdentification",
+                "ActiveParticipant",
                 "ActiveParticipant",
                 "AuditSourceIdentification",
                 "ParticipantObjectIdentification",
