@@ -90,6 +90,9 @@ pub enum Action {
     Software,
     /// Patient data was deleted (retention pruning a study's pixel data).
     Delete,
+    /// Patient data changed hands: a study given to another patient, what was reported
+    /// for the former withdrawn.
+    Update,
     /// Anything else, named in `detail`.
     Other,
 }
@@ -107,6 +110,7 @@ impl Action {
                 | Action::Query
                 | Action::Feedback
                 | Action::Delete
+                | Action::Update
         )
     }
 }

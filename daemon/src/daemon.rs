@@ -122,17 +122,20 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
 
     // The record stage: each result with its SR and outbox entries in one commit, each
     // heatmap with its SC, each feedback into the outbox.
-    let recorder = Arc::new(crate::record::Recorder::new(
-        store.clone(),
-        Some(crate::record::Delivery {
-            outbox: delivery.outbox.clone(),
-            plan: delivery.plan.clone(),
-            secret: delivery.secret.clone(),
-            uid_root: config.dicom.uid_root.clone(),
-            ae_title: config.dicom.ae_title.clone(),
-            max_pixels: config.inference.max_pixels,
-        }),
-    ));
+    let recorder = Arc::new(
+        crate::record::Recorder::new(
+            store.clone(),
+            Some(crate::record::Delivery {
+                outbox: delivery.outbox.clone(),
+                plan: delivery.plan.clone(),
+                secret: delivery.secret.clone(),
+                uid_root: config.dicom.uid_root.clone(),
+                ae_title: config.dicom.ae_title.clone(),
+                max_pixels: config.inference.max_pixels,
+            }),
+        )
+        .with_audit(audit.clone()),
+    );
     // Console: HTTPS with the API, the front end, /healthz and /metrics.
     let model_status = crate::infer::ModelStatus::default();
     let console_state = console::Console::new(

@@ -159,6 +159,16 @@ pub struct StudyRecord {
     pub reported_for: Option<ReportedPatient>,
 }
 
+/// A patient as the audit trail names them: the Patient ID, as `ID^^^ISSUER` (HL7 CX) when
+/// it has an Issuer of Patient ID; `None` without a Patient ID.
+pub fn patient_cx(patient_id: &str, issuer: &str) -> Option<String> {
+    match (patient_id.trim(), issuer.trim()) {
+        ("", _) => None,
+        (id, "") => Some(id.to_string()),
+        (id, issuer) => Some(format!("{id}^^^{issuer}")),
+    }
+}
+
 /// A patient's identity as a result was reported for it (PID-3, -5, -7, -8).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReportedPatient {

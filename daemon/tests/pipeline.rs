@@ -908,7 +908,8 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
     // The withdrawal sent to the RIS and the rejection note sent to the PACS are exports
     // of the study in the audit trail, beside the two reports and the two SRs.
     let note_uid = dicom_attr(notes[0], tags::SOP_INSTANCE_UID);
-    let exports = delivery_exports(&d.stop_and_read_audit(), &study_uid);
+    let records = d.stop_and_read_audit();
+    let exports = delivery_exports(&records, &study_uid);
     let count = |prefix: &str| exports.iter().filter(|e| e.starts_with(prefix)).count();
     assert_eq!(
         count("export: HL7 ORU^R01 report of report "),
@@ -931,6 +932,16 @@ fn a_study_given_to_another_patient_withdraws_its_result_objects_from_the_pacs()
                 && e.ends_with(&format!("1 instance(s): {note_uid}"))
         ),
         "{exports:#?}"
+    );
+    // The change of hands itself: one update of the study naming both patients.
+    let updates: Vec<&duli::audit::Record> = records
+        .iter()
+        .filter(|r| r.action == duli::audit::Action::Update && r.object == study_uid)
+        .collect();
+    assert_eq!(updates.len(), 1, "{records:#?}");
+    assert_eq!(
+        updates[0].patients,
+        [first_patient.clone(), "CORRECTED-1".to_string()]
     );
 }
 

@@ -53,7 +53,7 @@ fn event_codes(action: &Action, object: &str) -> (Code, Option<Code>, &'static s
         Action::Transfer => (("110104", DCM, "DICOM Instances Transferred"), None, "R"),
         Action::Import => (("110107", DCM, "Import"), None, "C"),
         Action::Query => (("110112", DCM, "Query"), None, "E"),
-        Action::Feedback => (("110110", DCM, "Patient Record"), None, "U"),
+        Action::Feedback | Action::Update => (("110110", DCM, "Patient Record"), None, "U"),
         Action::UserChange => (
             ("110113", DCM, "Security Alert"),
             Some(("110137", DCM, "User security Attributes Changed")),

@@ -134,6 +134,8 @@ pub struct Outcome<'a> {
 pub struct Recorder {
     store: Arc<Store>,
     delivery: Option<Delivery>,
+    /// Where a study given to another patient is recorded ([`Recorder::with_audit`]).
+    audit: Option<Arc<crate::audit::Audit>>,
     /// Held while a heatmap is recorded: the last two heatmaps of a report settled at once
     /// (the worker, and a skip for a full backlog) must not each see the other pending,
     /// or the report's objects would never be made.
@@ -150,6 +152,29 @@ fn former_patient(study: &StudyRecord) -> Option<&ReportedPatient> {
         .filter(|was| !was.patient_id.is_empty() && was.patient_id != study.patient_id)
 }
 
+/// A study given to another patient after its result was reported: the patient it was
+/// reported for and the one it names now, as the audit trail names them.
+struct Correction {
+    was: String,
+    /// `None` when the study now names no Patient ID.
+    now: Option<String>,
+}
+
+impl Correction {
+    /// The change `study` went through, when it names another patient than its latest
+    /// result was reported for (never for a manual upload).
+    fn of(study: &StudyRecord) -> Option<Correction> {
+        if is_manual_upload(study) {
+            return None;
+        }
+        let was = former_patient(study)?;
+        Some(Correction {
+            was: crate::model::patient_cx(&was.patient_id, &was.issuer_of_patient_id)?,
+            now: crate::model::patient_cx(&study.patient_id, &study.issuer_of_patient_id),
+        })
+    }
+}
+
 /// Studies that came from the console's manual upload (no real patient) are analysed and
 /// shown, never sent.
 pub fn is_manual_upload(study: &StudyRecord) -> bool {
@@ -162,8 +187,16 @@ impl Recorder {
         Recorder {
             store,
             delivery,
+            audit: None,
             settling: std::sync::Mutex::new(()),
         }
+    }
+
+    /// The recorder writing to `audit` when a result withdraws what was reported for a
+    /// former patient of its study.
+    pub fn with_audit(mut self, audit: Arc<crate::audit::Audit>) -> Recorder {
+        self.audit = Some(audit);
+        self
     }
 
     /// The store it records into.
@@ -181,9 +214,11 @@ impl Recorder {
         // planned: a later result withdraws it from this patient if the study changes hands.
         let mut reported_now = None;
         let mut withdrawn_only = false;
+        let mut changed_hands = None;
         let entries = match (&self.delivery, outcome.failure) {
             (Some(d), None) => match self.store.study(uid) {
                 Ok(Some(study)) => {
+                    changed_hands = Correction::of(&study);
                     let entries = self.deliverables(d, result, &study, outcome.heatmaps_to_make);
                     if !is_manual_upload(&study) {
                         reported_now = Some(ReportedPatient::of(&study));
@@ -199,6 +234,7 @@ impl Recorder {
                     if !is_manual_upload(&study) && former_patient(&study).is_some() =>
                 {
                     withdrawn_only = true;
+                    changed_hands = Correction::of(&study);
                     self.withdrawals(d, &study)
                 }
                 _ => Vec::new(),
@@ -242,6 +278,9 @@ impl Recorder {
                 let _ = self.store.transition_to_error(uid, &from, &reason);
             }
         }
+        if let (Ok(_), Some(change)) = (&committed, &changed_hands) {
+            self.audit_correction(uid, change, &entries);
+        }
         let flushed = self.store.flush().await;
         if committed.is_ok() {
             // The transaction holds the entries whether or not the flush went through
@@ -255,6 +294,31 @@ impl Recorder {
         }
         flushed?;
         committed
+    }
+
+    /// Records in the audit trail that study `uid` changed hands (`change`), with how many
+    /// withdrawals of what went out for the former patient `entries` queued (an update of
+    /// both patients' records, naming both); a record that cannot be written is logged.
+    fn audit_correction(&self, uid: &str, change: &Correction, entries: &[NewEntry]) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let withdrawn = entries.iter().filter(|e| e.kind.withdraws()).count();
+        let mut event = crate::audit::Event::new("system", crate::audit::Action::Update, uid)
+            .detail(format!(
+                "the study now names {} (its result was reported for patient {}): {withdrawn} withdrawal(s) of what went out for the former patient queued",
+                change
+                    .now
+                    .as_ref()
+                    .map_or("no Patient ID".to_string(), |p| format!("patient {p}")),
+                change.was
+            ));
+        event.patients = std::iter::once(change.was.clone())
+            .chain(change.now.clone())
+            .collect();
+        if let Err(e) = audit.append(event) {
+            log::error!("study {uid}: audit trail: cannot record the change of patient: {e}");
+        }
     }
 
     /// The outbox entries planned for `result` and, when no heatmap is still to be made,
@@ -1011,6 +1075,8 @@ mod tests {
     async fn a_correction_that_cannot_be_analysed_still_withdraws_the_former_result() {
         use crate::dimse::uids::KEY_OBJECT_SELECTION;
         let (_dir, store, recorder, outbox) = setup();
+        let audit = Arc::new(crate::audit::Audit::open(&store).unwrap());
+        let recorder = recorder.with_audit(audit.clone());
         add_study(&store, "1.2.5", "PAT-A");
         record(&recorder, &version("1.2.5", 1)).await;
         give_to(&store, "1.2.5", "PAT-B");
@@ -1060,6 +1126,14 @@ mod tests {
             .count();
         assert_eq!(notes, 1);
         assert_eq!(reported_for(&store, "1.2.5"), Some("PAT-B".to_string()));
+        assert_eq!(
+            changes_of_hands(&audit),
+            [(
+                "1.2.5".to_string(),
+                1,
+                vec!["PAT-A".to_string(), "PAT-B".to_string()]
+            )]
+        );
     }
 
     /// A study given to another patient after its result was reported: the next result
@@ -1069,6 +1143,8 @@ mod tests {
     #[tokio::test]
     async fn a_result_reported_for_a_former_patient_is_withdrawn_before_the_next() {
         let (_dir, store, recorder, outbox) = setup();
+        let audit = Arc::new(crate::audit::Audit::open(&store).unwrap());
+        let recorder = recorder.with_audit(audit.clone());
         add_study(&store, "1.2.8", "PAT-A");
         assert_eq!(
             record(&recorder, &result("1.2.8", ImageStatus::Analysed)).await,
@@ -1107,6 +1183,36 @@ mod tests {
                 ("PAT-B".to_string(), false),
             ]
         );
+        // The change of hands is in the audit trail once, naming both patients.
+        assert_eq!(
+            changes_of_hands(&audit),
+            [(
+                "1.2.8".to_string(),
+                1,
+                vec!["PAT-A".to_string(), "PAT-B".to_string()]
+            )]
+        );
+    }
+
+    /// The records of studies given to another patient in `audit`: the study, the
+    /// withdrawals queued, the patients named.
+    fn changes_of_hands(audit: &crate::audit::Audit) -> Vec<(String, usize, Vec<String>)> {
+        audit
+            .records(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == crate::audit::Action::Update && r.actor == "system")
+            .map(|r| {
+                let queued = r
+                    .detail
+                    .split(": ")
+                    .nth(1)
+                    .and_then(|s| s.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(usize::MAX);
+                (r.object.clone(), queued, r.patients.clone())
+            })
+            .collect()
     }
 
     /// A later result version's SR names the SR it supersedes (Predecessor Documents

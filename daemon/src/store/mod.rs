@@ -726,11 +726,7 @@ impl StudyPatients {
     /// of Patient ID; `None` for a study not held or without a Patient ID.
     pub fn patient_of(&self, study_uid: &str) -> Option<String> {
         let study: StudyRecord = get_json(&self.studies, study_uid).ok()??;
-        match (study.patient_id.trim(), study.issuer_of_patient_id.trim()) {
-            ("", _) => None,
-            (id, "") => Some(id.to_string()),
-            (id, issuer) => Some(format!("{id}^^^{issuer}")),
-        }
+        crate::model::patient_cx(&study.patient_id, &study.issuer_of_patient_id)
     }
 }
 
