@@ -29,7 +29,7 @@ mkdir -p "$units" "$root/usr/bin" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpf
     "$root/etc/duli" "$root/etc/systemd/system/duli.service.d" "$root/var/lib/duli/firmware"
 all_units="duli.service duli-update.service duli-update.path duli-mark-good.service data.mount \
     duli-data-layout.service var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount \
-    boot.mount"
+    var-volatile-log-journal.mount boot.mount"
 for unit in $all_units; do
     cp "$here/systemd/$unit" "$units/"
 done
@@ -61,6 +61,10 @@ echo "ok"
 echo "== sysusers / tmpfiles syntax"
 systemd-sysusers --root="$root" "$root/usr/lib/sysusers.d/duli.conf" >/dev/null 2>&1
 grep -q '^duli:' "$root/etc/passwd" || { echo "FAIL: sysusers did not create duli"; exit 1; }
+# The journal's group, which the image's systemd creates (its basic.conf) and the layout's
+# journal folder is given.
+printf 'g systemd-journal -\n' > "$root/usr/lib/sysusers.d/basic.conf"
+systemd-sysusers --root="$root" "$root/usr/lib/sysusers.d/basic.conf" >/dev/null 2>&1
 systemd-tmpfiles --root="$root" --create "$root/usr/lib/tmpfiles.d/duli.conf"
 test "$(stat -c '%a %U' "$root/var/lib/duli/firmware" 2>/dev/null | cut -d' ' -f1)" = 750 \
     || { echo "FAIL: tmpfiles did not create /var/lib/duli/firmware 0750"; exit 1; }
@@ -81,6 +85,7 @@ check_mode() {
 check_mode /data/etc 755 root root
 check_mode /data/etc/duli 750 root duli
 check_mode /data/duli 750 duli duli
+check_mode /data/log/journal 2755 root systemd-journal
 cmp -s "$root/data/etc/duli/duli.toml" "$here/config/duli.toml" \
     || { echo "FAIL: /data/etc/duli/duli.toml not seeded from the image's default"; exit 1; }
 cmp -s "$root/data/etc/timesyncd.conf.d/duli.conf" "$here/systemd/duli-timesyncd.conf" \

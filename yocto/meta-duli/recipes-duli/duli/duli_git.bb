@@ -47,6 +47,7 @@ FILES:${PN} += "\
     ${nonarch_libdir}/sysusers.d/duli.conf \
     ${nonarch_libdir}/tmpfiles.d/duli.conf \
     ${sysconfdir}/systemd/timesyncd.conf.d/duli.conf \
+    ${systemd_unitdir}/journald.conf.d/duli.conf \
 "
 
 # OpenVINO is loaded at run time (runtime-linking): it is a runtime dependency only.
@@ -58,7 +59,7 @@ RDEPENDS:${PN}:append:aarch64 = " libubootenv-bin"
 
 # The data partition (data.mount) holds /var/lib/duli, /etc/duli and the NTP drop-ins
 # (bind mounts whose sources duli-data-layout.service creates): see docs/appliance.md.
-SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service data.mount var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount"
+SYSTEMD_SERVICE:${PN} = "duli.service duli-update.path duli-mark-good.service data.mount var-lib-duli.mount etc-duli.mount etc-systemd-timesyncd.conf.d.mount var-volatile-log-journal.mount"
 # GRUB machines: the EFI system partition at /boot in every slot (boot.mount).
 SYSTEMD_SERVICE:${PN}:append:x86-64 = " boot.mount"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
@@ -67,7 +68,7 @@ do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     for unit in duli.service duli-update.service duli-update.path duli-mark-good.service \
                 data.mount duli-data-layout.service var-lib-duli.mount etc-duli.mount \
-                etc-systemd-timesyncd.conf.d.mount; do
+                etc-systemd-timesyncd.conf.d.mount var-volatile-log-journal.mount; do
         install -m 0644 ${S}/systemd/${unit} ${D}${systemd_system_unitdir}/${unit}
     done
     install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
@@ -75,6 +76,9 @@ do_install:append() {
     install -m 0644 ${S}/systemd/duli.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/duli.conf
     install -d ${D}${sysconfdir}/systemd/timesyncd.conf.d
     install -m 0644 ${S}/systemd/duli-timesyncd.conf ${D}${sysconfdir}/systemd/timesyncd.conf.d/duli.conf
+    # The journal persists on the data partition, bounded (systemd/duli-journald.conf).
+    install -d ${D}${systemd_unitdir}/journald.conf.d
+    install -m 0644 ${S}/systemd/duli-journald.conf ${D}${systemd_unitdir}/journald.conf.d/duli.conf
     install -d ${D}${nonarch_libdir}/duli
     install -m 0644 ${S}/systemd/duli-data-layout.conf ${D}${nonarch_libdir}/duli/data-layout.conf
     install -m 0755 ${S}/systemd/duli-mark-good.sh ${D}${nonarch_libdir}/duli/mark-good
