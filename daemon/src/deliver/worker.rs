@@ -3,8 +3,10 @@
 //!
 //! Loop: take the head entry; if it is not due yet, sleep until it is (or until woken),
 //! at most the backoff cap from when it was first seen waiting ([`HeadWait`]: a due time
-//! further away was computed before the wall clock stepped backwards); send it; mark it
-//! delivered, rejected (dead at once when it can never be sent) or retried; flush. Woken
+//! further away was computed before the wall clock stepped backwards); send it; record
+//! it in the audit trail when the peer answered a delivery that takes patient data off
+//! the box ([`super::export_audit`]); mark it delivered, rejected (dead at once when it
+//! can never be sent) or retried; flush. Woken
 //! by the outbox's [`tokio::sync::Notify`] when new entries commit; stopped by a `watch`
 //! signal.
 //!
