@@ -992,6 +992,28 @@ fn previews_listings_and_refusals_are_audited_once_per_window() {
         })
         .count();
     assert_eq!(searched, 2, "{audit}");
+    // Lying or oversized values: refused, or read from the newest record back.
+    let long = "X".repeat(129);
+    assert_eq!(
+        ada.get(&format!("/api/v1/audit?patient={long}")).status,
+        400
+    );
+    assert_eq!(
+        ada.get(&format!("/api/v1/audit?patient={pid}&before=-1"))
+            .status,
+        400
+    );
+    let far = ada
+        .get(&format!(
+            "/api/v1/audit?patient={pid}&before=18446744073709551615&limit=0"
+        ))
+        .json();
+    let head = far["head"]["seq"].as_u64().unwrap();
+    assert!(far["records"].as_array().unwrap().len() <= 1, "{far}");
+    assert!(
+        far["search"]["searched_from"].as_u64().unwrap() <= head + 1,
+        "{far}"
+    );
 }
 
 /// One user cannot take every live event stream: beyond `max_event_streams_per_user`

@@ -67,21 +67,11 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
     if let Some(patient) = req.query.get("patient") {
         return search(c, req, s, patient).await;
     }
-    let mut limit = req
-        .query
-        .get("limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200usize)
-        .min(1000);
+    let mut limit = page_limit(req);
     let mut before_seq = None;
-    let from = match req.query.get("before").map(String::as_str) {
+    let from = match req.query.get("before") {
         Some(before) => {
-            let before = match before {
-                "latest" => c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1)),
-                n => n.parse::<u64>().map_err(|_| {
-                    ApiError::BadRequest("before is a record number or \"latest\"".into())
-                })?,
-            };
+            let before = record_before(c, before)?;
             let from = before.saturating_sub(limit as u64);
             limit = limit.min(usize::try_from(before - from).unwrap_or(limit));
             before_seq = Some(before);
@@ -128,6 +118,28 @@ pub(super) async fn list(c: &Console, req: &Request, s: &Session) -> Result<Resp
     ))
 }
 
+/// The `limit` of a page: 200 records unless asked, 1000 at most.
+fn page_limit(req: &Request) -> usize {
+    req.query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize)
+        .min(1000)
+}
+
+/// The record a page ends before: `latest` (past the newest record) or a record number,
+/// never past the newest (a number beyond it reads from the newest back).
+fn record_before(c: &Console, before: &str) -> Result<u64, ApiError> {
+    let latest = c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1));
+    match before {
+        "latest" => Ok(latest),
+        n => n
+            .parse::<u64>()
+            .map(|n| n.min(latest))
+            .map_err(|_| ApiError::BadRequest("before is a record number or \"latest\"".into())),
+    }
+}
+
 /// `GET /api/v1/audit?patient=ID&before=&limit=`: the newest records (at most `limit`,
 /// 200 by default, 1000 at most) before record `before` (default: the newest) that name
 /// the patient (by Patient ID alone, or as `ID^^^ISSUER`), reading at most
@@ -150,19 +162,8 @@ async fn search(
             search::MAX_PATIENT
         )));
     }
-    let limit = req
-        .query
-        .get("limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200usize)
-        .clamp(1, 1000);
-    let latest = c.audit.head().map_or(0, |(seq, _)| seq.saturating_add(1));
-    let before = match req.query.get("before").map(String::as_str) {
-        None | Some("latest") => latest,
-        Some(n) => n
-            .parse::<u64>()
-            .map_err(|_| ApiError::BadRequest("before is a record number or \"latest\"".into()))?,
-    };
+    let limit = page_limit(req).max(1);
+    let before = record_before(c, req.query.get("before").map_or("latest", String::as_str))?;
     let audit = c.audit.clone();
     let wanted = patient.clone();
     let found = tokio::task::spawn_blocking(move || {
