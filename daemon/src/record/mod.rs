@@ -931,6 +931,20 @@ mod tests {
         setup_with(OutboxLimits::default())
     }
 
+    /// [`setup`] with the recorder writing to the store's audit trail, also returned.
+    fn setup_audited() -> (
+        tempfile::TempDir,
+        Arc<Store>,
+        Recorder,
+        Arc<Outbox>,
+        Arc<crate::audit::Audit>,
+    ) {
+        let (dir, store, recorder, outbox) = setup();
+        let audit = Arc::new(crate::audit::Audit::open(&store).unwrap());
+        let recorder = recorder.with_audit(audit.clone());
+        (dir, store, recorder, outbox, audit)
+    }
+
     fn setup_with(limits: OutboxLimits) -> (tempfile::TempDir, Arc<Store>, Recorder, Arc<Outbox>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -1074,9 +1088,7 @@ mod tests {
     #[tokio::test]
     async fn a_correction_that_cannot_be_analysed_still_withdraws_the_former_result() {
         use crate::dimse::uids::KEY_OBJECT_SELECTION;
-        let (_dir, store, recorder, outbox) = setup();
-        let audit = Arc::new(crate::audit::Audit::open(&store).unwrap());
-        let recorder = recorder.with_audit(audit.clone());
+        let (_dir, store, recorder, outbox, audit) = setup_audited();
         add_study(&store, "1.2.5", "PAT-A");
         record(&recorder, &version("1.2.5", 1)).await;
         give_to(&store, "1.2.5", "PAT-B");
@@ -1142,9 +1154,7 @@ mod tests {
     /// nothing more.
     #[tokio::test]
     async fn a_result_reported_for_a_former_patient_is_withdrawn_before_the_next() {
-        let (_dir, store, recorder, outbox) = setup();
-        let audit = Arc::new(crate::audit::Audit::open(&store).unwrap());
-        let recorder = recorder.with_audit(audit.clone());
+        let (_dir, store, recorder, outbox, audit) = setup_audited();
         add_study(&store, "1.2.8", "PAT-A");
         assert_eq!(
             record(&recorder, &result("1.2.8", ImageStatus::Analysed)).await,
