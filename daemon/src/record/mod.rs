@@ -230,13 +230,14 @@ impl Recorder {
             // Nothing new to report, but what went out for a former patient of the study
             // is withdrawn all the same: it is not theirs whatever the analysis gives.
             (Some(d), Some(_)) => match self.store.study(uid) {
-                Ok(Some(study))
-                    if !is_manual_upload(&study) && former_patient(&study).is_some() =>
-                {
-                    withdrawn_only = true;
-                    changed_hands = Correction::of(&study);
-                    self.withdrawals(d, &study)
-                }
+                Ok(Some(study)) => match Correction::of(&study) {
+                    Some(change) => {
+                        withdrawn_only = true;
+                        changed_hands = Some(change);
+                        self.withdrawals(d, &study)
+                    }
+                    None => Vec::new(),
+                },
                 _ => Vec::new(),
             },
             _ => Vec::new(),
