@@ -107,6 +107,7 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
             audit: audit.clone(),
             metrics: metrics.clone(),
             events: assembly.events,
+            commitments: delivery.commitments.clone(),
         },
         config,
     )

@@ -672,6 +672,8 @@ mod tests {
             tls_key: Some(pacs_key),
             result_objects: Vec::new(),
             max_rejections: 5,
+            storage_commitment: false,
+            commitment_timeout_s: 300,
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = cfg.clone();

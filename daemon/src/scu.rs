@@ -7,6 +7,7 @@
 
 use crate::dimse::command::{Command, Priority};
 use crate::dimse::status::Status;
+use crate::dimse::uids;
 pub use crate::ul::client::OutboundTls;
 use crate::ul::client::{Client, ClientError, Request};
 pub use crate::ul::writer::DataSet;
@@ -302,6 +303,28 @@ pub fn collect_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// Why a Storage Commitment request was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitmentRequestError {
+    /// The peer did not accept the Storage Commitment Push Model context.
+    #[error("the peer did not accept Storage Commitment Push Model")]
+    NotAccepted,
+    /// The N-ACTION went unanswered or broke the association.
+    #[error("{0}")]
+    Failed(ScuError),
+}
+
+/// The presentation context Storage Commitment is asked on (proposed beside the objects').
+pub fn commitment_context() -> (String, Vec<String>) {
+    (
+        uids::STORAGE_COMMITMENT_PUSH_MODEL.to_string(),
+        vec![
+            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        ],
+    )
+}
+
 /// Why a file was not sent (shared by every file of the association it concerns).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NotSent {
@@ -335,8 +358,24 @@ pub async fn send_files(
     calling_ae: &str,
     files: Vec<Prepared>,
 ) -> Vec<SendResult> {
+    let (results, open) = send_files_on(target, calling_ae, files, &[]).await;
+    if let Some(assoc) = open {
+        assoc.release().await;
+    }
+    results
+}
+
+/// Sends files as [`send_files`] does, with `extra` presentation contexts proposed beside
+/// theirs, and hands back the association when it is still sound (every C-STORE was
+/// answered), for the caller to go on with (Storage Commitment) and release.
+pub async fn send_files_on(
+    target: &Target,
+    calling_ae: &str,
+    files: Vec<Prepared>,
+    extra: &[(String, Vec<String>)],
+) -> (Vec<SendResult>, Option<StoreAssociation>) {
     if files.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
     for f in &files {
@@ -355,14 +394,17 @@ pub async fn send_files(
             })
             .collect::<Vec<_>>()
     };
-    if pairs.len() > 127 {
-        return fail_all(files, NotSent::TooManyContexts);
+    if pairs.len() + extra.len() > 127 {
+        return (fail_all(files, NotSent::TooManyContexts), None);
     }
-    let contexts: Vec<(String, Vec<String>)> =
-        pairs.into_iter().map(|(c, ts)| (c, vec![ts])).collect();
+    let contexts: Vec<(String, Vec<String>)> = pairs
+        .into_iter()
+        .map(|(c, ts)| (c, vec![ts]))
+        .chain(extra.iter().cloned())
+        .collect();
     let mut assoc = match StoreAssociation::open(target, calling_ae, &contexts).await {
         Ok(a) => a,
-        Err(e) => return fail_all(files, NotSent::Association(Arc::new(e))),
+        Err(e) => return (fail_all(files, NotSent::Association(Arc::new(e))), None),
     };
     let mut results = Vec::with_capacity(files.len());
     let mut broken: Option<NotSent> = None;
@@ -405,11 +447,11 @@ pub async fn send_files(
         });
     }
     if broken.is_none() {
-        assoc.release().await;
+        (results, Some(assoc))
     } else {
         assoc.abort().await;
+        (results, None)
     }
-    results
 }
 
 /// An open C-STORE SCU association with several presentation contexts, for sending the
@@ -475,6 +517,42 @@ impl StoreAssociation {
         rsp.status
             .map(|s| s.0)
             .ok_or_else(|| ScuError::Protocol("response without a status".into()))
+    }
+
+    /// Asks the peer to commit to keeping `references` (Storage Commitment Push Model
+    /// N-ACTION, transaction `transaction_uid`) on the context accepted for it; returns
+    /// the status of the N-ACTION-RSP. The archive's answer itself comes later, in an
+    /// N-EVENT-REPORT (see [`crate::deliver::commitment`]).
+    pub async fn request_commitment(
+        &mut self,
+        transaction_uid: &str,
+        references: &[crate::dimse::commitment::Reference],
+    ) -> Result<u16, CommitmentRequestError> {
+        let (pc, ts) = self
+            .accepted()
+            .iter()
+            .find(|(_, c, _)| c == uids::STORAGE_COMMITMENT_PUSH_MODEL)
+            .map(|(id, _, ts)| (*id, ts.clone()))
+            .ok_or(CommitmentRequestError::NotAccepted)?;
+        let data = crate::dimse::commitment::request(transaction_uid, references, &ts)
+            .map_err(|e| CommitmentRequestError::Failed(ScuError::Protocol(e.to_string())))?;
+        self.msg_id = self.msg_id.wrapping_add(1).max(1);
+        let rq = Command::action_rq(
+            self.msg_id,
+            uids::STORAGE_COMMITMENT_PUSH_MODEL,
+            uids::STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
+            crate::dimse::commitment::REQUEST_COMMITMENT,
+        );
+        let rsp = self
+            .assoc
+            .action(pc, &rq, &data)
+            .await
+            .map_err(|e| CommitmentRequestError::Failed(protocol(e)))?;
+        rsp.status.map(|s| s.0).ok_or_else(|| {
+            CommitmentRequestError::Failed(ScuError::Protocol(
+                "N-ACTION response without a status".into(),
+            ))
+        })
     }
 
     /// Releases the association (errors are only logged: the work is done).

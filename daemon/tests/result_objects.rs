@@ -624,9 +624,16 @@ async fn a_pacs_refusing_the_parametric_map_gets_a_clear_refusal_reason() {
         tls_key: None,
         result_objects: vec![ResultObject::Sr, ResultObject::Pm],
         max_rejections: 5,
+        storage_commitment: false,
+        commitment_timeout_s: 300,
     };
     let uids = f.uids.clone();
-    let mut channel = PacsChannel::new(std::sync::Arc::new(f.store), &dest, "DULI");
+    let mut channel = PacsChannel::new(
+        std::sync::Arc::new(f.store),
+        &dest,
+        "DULI",
+        &duli::deliver::commitment::Commitments::new(),
+    );
     let entry = |kind: Kind, uid: &str| Entry {
         id: 1,
         dest: Destination::Pacs("picky".into()),

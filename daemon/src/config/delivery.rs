@@ -188,11 +188,29 @@ pub struct PacsDestination {
     /// re-queueable. Default 5. No connection or no answer is retried, never counted.
     #[serde(default = "default_max_rejections")]
     pub max_rejections: u32,
+    /// Ask the PACS to commit to keeping each pushed object (Storage Commitment Push
+    /// Model, IHE RAD-10): an entry counts as delivered only once the PACS reported every
+    /// object committed. The PACS must accept N-ACTION requests from our AE title and send
+    /// its N-EVENT-REPORT to our SCP, which accepts it from this AE title (an
+    /// `allowed_peers` entry for it needs the `commitment` permission). Default false.
+    #[serde(default)]
+    pub storage_commitment: bool,
+    /// Seconds to wait for the PACS's commitment report before the objects are sent and
+    /// asked about again (1 to 86400). Default 300.
+    #[serde(default = "default_commitment_timeout")]
+    pub commitment_timeout_s: u64,
 }
 
 fn default_max_rejections() -> u32 {
     5
 }
+
+fn default_commitment_timeout() -> u64 {
+    300
+}
+
+/// Longest `commitment_timeout_s`: a day.
+pub const MAX_COMMITMENT_TIMEOUT_S: u64 = 86_400;
 
 /// A kind of DICOM result object (`[[pacs.destinations]] result_objects`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

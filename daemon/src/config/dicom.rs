@@ -19,16 +19,20 @@ pub enum Permission {
     Move,
     /// C-GET (retrieve on the same association).
     Get,
+    /// N-EVENT-REPORT of Storage Commitment: a PACS answering whether it keeps the result
+    /// objects pushed to it (taken only from the AE title the request went to).
+    Commitment,
 }
 
 impl Permission {
     /// Every permission, the default for a listed peer.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::Echo,
         Permission::Store,
         Permission::Find,
         Permission::Move,
         Permission::Get,
+        Permission::Commitment,
     ];
 
     /// The permission's name as written in `allowed_peers`.
@@ -39,6 +43,7 @@ impl Permission {
             Permission::Find => "find",
             Permission::Move => "move",
             Permission::Get => "get",
+            Permission::Commitment => "commitment",
         }
     }
 }

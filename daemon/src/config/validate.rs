@@ -502,6 +502,15 @@ fn check_pacs(c: &PacsConfig, bad: &mut impl FnMut(&str, String)) {
                 "must be at least 1".into(),
             );
         }
+        if !(1..=super::delivery::MAX_COMMITMENT_TIMEOUT_S).contains(&d.commitment_timeout_s) {
+            bad(
+                &format!("pacs.destinations[{i}].commitment_timeout_s"),
+                format!(
+                    "must be between 1 and {}",
+                    super::delivery::MAX_COMMITMENT_TIMEOUT_S
+                ),
+            );
+        }
         check_destination_tls(i, d, bad);
     }
 }

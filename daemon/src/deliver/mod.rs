@@ -13,7 +13,9 @@
 //!   box (to the RIS, to a PACS), written by the worker before it marks the entry.
 //! - [`hl7`]: ORU^R01 codec, MLLP framing, ACK parsing, and the MLLP channel.
 //! - [`mqtt`]: report/feedback/health payloads, topics, and the MQTT channel.
-//! - [`pacs`]: the C-STORE push of result objects to PACS.
+//! - [`pacs`]: the C-STORE push of result objects to PACS, with Storage Commitment where a
+//!   destination asks for it; [`commitment`]: the transactions waiting for the PACS's
+//!   report, which the SCP hands in.
 //! - [`service`]: starts the outbox, the workers and the health message in the daemon.
 //! - [`crate::tls`]: the rustls client configuration (ring provider) both channels use.
 //!
@@ -21,6 +23,7 @@
 //! serving [`crate::store::outbox::Destination::Pacs`] entries whose payload is
 //! [`crate::store::outbox::Payload::Dicom`].
 
+pub mod commitment;
 pub mod export_audit;
 pub mod hl7;
 pub mod mqtt;

@@ -1,28 +1,119 @@
-//! The PACS push channel: C-STORE SCU of stored result objects (SR, SC) to one
+//! The PACS push channel: C-STORE SCU of stored result objects (SR, PM, SC) to one
 //! `[[pacs.destinations]]` entry with `push = true`. The objects are read from the store at
 //! send time and sent as stored, over one association per entry.
+//!
+//! With `storage_commitment = true` the same association then asks the PACS to commit to
+//! keeping them (N-ACTION), and the entry is delivered only when the PACS's report
+//! ([`super::commitment`]) names every object committed: one it did not commit to is a
+//! refusal (sent again, then dead-lettered with the PACS's reason), no report within
+//! `commitment_timeout_s` a failed attempt (sent again).
 
+use super::commitment::{Commitments, Verdict};
 use super::{Channel, Delivery, Refusal};
 use crate::config::PacsDestination;
-use crate::scu::{self, Target};
+use crate::dimse::commitment::Reference;
+use crate::scu::{self, CommitmentRequestError, Target};
 use crate::store::outbox::{Entry, Payload};
 use crate::store::Store;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Pushes result objects to one PACS.
 pub struct PacsChannel {
     store: Arc<Store>,
     target: Target,
     calling_ae: String,
+    /// Storage Commitment: the registry the SCP hands reports to, and how long to wait.
+    commitment: Option<(Arc<Commitments>, Duration)>,
 }
 
 impl PacsChannel {
-    /// A channel to `dest`, calling as `calling_ae` (our AE title).
-    pub fn new(store: Arc<Store>, dest: &PacsDestination, calling_ae: &str) -> PacsChannel {
+    /// A channel to `dest`, calling as `calling_ae` (our AE title); `commitments` receives
+    /// the PACS's Storage Commitment reports when `dest` asks for them.
+    pub fn new(
+        store: Arc<Store>,
+        dest: &PacsDestination,
+        calling_ae: &str,
+        commitments: &Arc<Commitments>,
+    ) -> PacsChannel {
         PacsChannel {
             store,
             target: Target::of(dest),
             calling_ae: calling_ae.to_string(),
+            commitment: dest.storage_commitment.then(|| {
+                (
+                    commitments.clone(),
+                    Duration::from_secs(dest.commitment_timeout_s),
+                )
+            }),
+        }
+    }
+
+    /// Sends `files`, then asks the PACS to commit to keeping them and waits for its
+    /// report (at most `timeout`).
+    async fn send_committed(
+        &self,
+        files: Vec<scu::Prepared>,
+        registry: &Arc<Commitments>,
+        timeout: Duration,
+    ) -> Delivery {
+        let references: Vec<Reference> = files
+            .iter()
+            .map(|f| Reference {
+                sop_class: f.sop_class.clone(),
+                sop_instance: f.sop_instance.clone(),
+            })
+            .collect();
+        // Registered before the N-ACTION goes out: the report may come at once.
+        let mut waiting = match registry.expect(&self.target.ae_title, &references) {
+            Ok(w) => w,
+            Err(e) => return Delivery::Failed(e.to_string()),
+        };
+        let (results, open) = scu::send_files_on(
+            &self.target,
+            &self.calling_ae,
+            files,
+            &[scu::commitment_context()],
+        )
+        .await;
+        let stored = outcome(&results);
+        let Some(mut assoc) = open.filter(|_| stored == Delivery::Acked) else {
+            return stored;
+        };
+        let asked = assoc
+            .request_commitment(waiting.transaction_uid(), &references)
+            .await;
+        match asked {
+            Ok(0) => assoc.release().await,
+            Ok(status) => {
+                assoc.release().await;
+                return Delivery::Rejected(Refusal::ours(format!(
+                    "the PACS refused the Storage Commitment request (status {status:04X})"
+                )));
+            }
+            Err(CommitmentRequestError::NotAccepted) => {
+                assoc.release().await;
+                return Delivery::Rejected(Refusal::ours(
+                    "the PACS does not accept Storage Commitment Push Model from this AE \
+                     title: allow it there, or set storage_commitment = false for this \
+                     destination",
+                ));
+            }
+            Err(CommitmentRequestError::Failed(e)) => {
+                assoc.abort().await;
+                return Delivery::Failed(format!("Storage Commitment request: {e}"));
+            }
+        }
+        match tokio::time::timeout(timeout, waiting.verdict()).await {
+            Ok(Some(Verdict::Committed)) => Delivery::Acked,
+            Ok(Some(Verdict::NotCommitted(failures))) => {
+                Delivery::Rejected(Refusal::ours(Verdict::describe(&failures)))
+            }
+            Ok(None) | Err(_) => Delivery::Failed(format!(
+                "no Storage Commitment report from the PACS within {} s; the objects are \
+                 sent and asked about again",
+                timeout.as_secs()
+            )),
         }
     }
 }
@@ -78,8 +169,10 @@ impl Channel for PacsChannel {
                 Err(e) => return Delivery::Rejected(Refusal::ours(e.to_string())),
             }
         }
-        let results = scu::send_files(&self.target, &self.calling_ae, files).await;
-        outcome(&results)
+        match &self.commitment {
+            Some((registry, timeout)) => self.send_committed(files, registry, *timeout).await,
+            None => outcome(&scu::send_files(&self.target, &self.calling_ae, files).await),
+        }
     }
 }
 

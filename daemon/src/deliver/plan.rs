@@ -270,6 +270,8 @@ mod tests {
                 tls_key: None,
                 result_objects: vec![ResultObject::Sr, ResultObject::Sc],
                 max_rejections: 5,
+                storage_commitment: false,
+                commitment_timeout_s: 300,
             },
             PacsDestination {
                 name: "viewer".into(),
@@ -284,6 +286,8 @@ mod tests {
                 tls_key: None,
                 result_objects: vec![ResultObject::Sr, ResultObject::Sc],
                 max_rejections: 5,
+                storage_commitment: false,
+                commitment_timeout_s: 300,
             },
         ];
         let plan = DeliveryPlan::from_config(&cfg);

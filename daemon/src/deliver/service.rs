@@ -33,6 +33,8 @@ pub struct Delivery {
     pub plan: DeliveryPlan,
     /// The key of the pseudonyms.
     pub secret: Arc<SiteSecret>,
+    /// The Storage Commitment transactions of the PACS push, whose reports the SCP hands in.
+    pub commitments: Arc<super::commitment::Commitments>,
     shutdown: supervise::Shutdown,
 }
 
@@ -67,6 +69,7 @@ pub fn start(
             .context("cannot open the outbox")?,
     );
     let plan = DeliveryPlan::from_config(config);
+    let commitments = super::commitment::Commitments::new();
     dead_letter_unserved(&outbox, &plan, config);
     let mut shutdown = daemon.sharing_stages();
     // HL7 and each PACS destination count explicit refusals towards dead-lettering, each
@@ -120,6 +123,7 @@ pub fn start(
                     continue;
                 };
                 let (store, ae) = (store.clone(), config.dicom.ae_title.clone());
+                let commitments = commitments.clone();
                 let options = refusals(d.max_rejections);
                 let pacs = format!(
                     "PACS {} (AE {} at {}:{})",
@@ -127,7 +131,7 @@ pub fn start(
                 );
                 let exports = Some(ExportAudit::new(audit.clone(), pacs));
                 let task = spawn_worker(&shutdown, &outbox, dest, options, exports, move || {
-                    PacsChannel::new(store.clone(), &d, &ae)
+                    PacsChannel::new(store.clone(), &d, &ae, &commitments)
                 });
                 shutdown.track(task);
             }
@@ -138,6 +142,7 @@ pub fn start(
         outbox,
         plan,
         secret,
+        commitments,
         shutdown,
     })
 }
@@ -376,6 +381,8 @@ mod tests {
             tls_key: None,
             result_objects: vec![crate::config::ResultObject::Sr],
             max_rejections: 5,
+            storage_commitment: false,
+            commitment_timeout_s: 300,
         }
     }
 

@@ -1,5 +1,6 @@
 //! DIMSE command sets (group 0000) of the composite services: C-ECHO, C-STORE, C-FIND, C-MOVE,
-//! C-GET and C-CANCEL.
+//! C-GET and C-CANCEL, and of the two normalized services Storage Commitment uses:
+//! N-ACTION and N-EVENT-REPORT.
 //!
 //! A command set is always Implicit VR Little Endian (PS3.7 §6.3.1). [`encode`] writes the
 //! elements in ascending tag order behind a correct Command Group Length (0000,0000), pads
@@ -32,6 +33,8 @@ mod elem {
     pub const ERROR_ID: u16 = 0x0903;
     pub const AFFECTED_SOP_INSTANCE_UID: u16 = 0x1000;
     pub const REQUESTED_SOP_INSTANCE_UID: u16 = 0x1001;
+    pub const EVENT_TYPE_ID: u16 = 0x1002;
+    pub const ACTION_TYPE_ID: u16 = 0x1008;
     pub const REMAINING: u16 = 0x1020;
     pub const COMPLETED: u16 = 0x1021;
     pub const FAILED: u16 = 0x1022;
@@ -72,8 +75,16 @@ pub enum CommandField {
     CEchoRsp,
     /// C-CANCEL-RQ (0FFF).
     CCancelRq,
-    /// Any other command field (N-services or garbage); kept so that the peer can be answered
-    /// with "unrecognized operation".
+    /// N-EVENT-REPORT-RQ (0100).
+    NEventReportRq,
+    /// N-EVENT-REPORT-RSP (8100).
+    NEventReportRsp,
+    /// N-ACTION-RQ (0130).
+    NActionRq,
+    /// N-ACTION-RSP (8130).
+    NActionRsp,
+    /// Any other command field (other N-services or garbage); kept so that the peer can be
+    /// answered with "unrecognized operation".
     Other(u16),
 }
 
@@ -92,6 +103,10 @@ impl CommandField {
             CommandField::CEchoRq => 0x0030,
             CommandField::CEchoRsp => 0x8030,
             CommandField::CCancelRq => 0x0FFF,
+            CommandField::NEventReportRq => 0x0100,
+            CommandField::NEventReportRsp => 0x8100,
+            CommandField::NActionRq => 0x0130,
+            CommandField::NActionRsp => 0x8130,
             CommandField::Other(code) => code,
         }
     }
@@ -110,6 +125,10 @@ impl CommandField {
             0x0030 => CommandField::CEchoRq,
             0x8030 => CommandField::CEchoRsp,
             0x0FFF => CommandField::CCancelRq,
+            0x0100 => CommandField::NEventReportRq,
+            0x8100 => CommandField::NEventReportRsp,
+            0x0130 => CommandField::NActionRq,
+            0x8130 => CommandField::NActionRsp,
             other => CommandField::Other(other),
         }
     }
@@ -134,6 +153,10 @@ impl fmt::Display for CommandField {
             CommandField::CEchoRq => "C-ECHO-RQ",
             CommandField::CEchoRsp => "C-ECHO-RSP",
             CommandField::CCancelRq => "C-CANCEL-RQ",
+            CommandField::NEventReportRq => "N-EVENT-REPORT-RQ",
+            CommandField::NEventReportRsp => "N-EVENT-REPORT-RSP",
+            CommandField::NActionRq => "N-ACTION-RQ",
+            CommandField::NActionRsp => "N-ACTION-RSP",
             CommandField::Other(code) => return write!(f, "command {code:04X}H"),
         };
         f.write_str(name)
@@ -218,6 +241,10 @@ pub struct Command {
     pub affected_sop_instance_uid: Option<String>,
     /// Requested SOP Instance UID (0000,1001).
     pub requested_sop_instance_uid: Option<String>,
+    /// Event Type ID (0000,1002) of an N-EVENT-REPORT.
+    pub event_type_id: Option<u16>,
+    /// Action Type ID (0000,1008) of an N-ACTION.
+    pub action_type_id: Option<u16>,
     /// Number of Remaining Sub-operations (0000,1020).
     pub remaining_sub_operations: Option<u16>,
     /// Number of Completed Sub-operations (0000,1021).
@@ -250,6 +277,8 @@ impl Command {
             error_id: None,
             affected_sop_instance_uid: None,
             requested_sop_instance_uid: None,
+            event_type_id: None,
+            action_type_id: None,
             remaining_sub_operations: None,
             completed_sub_operations: None,
             failed_sub_operations: None,
@@ -329,6 +358,34 @@ impl Command {
         Command {
             message_id_being_responded_to: Some(message_id_being_cancelled),
             ..Command::new(CommandField::CCancelRq)
+        }
+    }
+
+    /// N-ACTION-RQ of action `action_type` on SOP instance `sop_instance_uid` of class
+    /// `sop_class_uid`; the action information follows as data set.
+    pub fn action_rq(
+        message_id: u16,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        action_type: u16,
+    ) -> Self {
+        Command {
+            requested_sop_class_uid: Some(sop_class_uid.to_owned()),
+            requested_sop_instance_uid: Some(sop_instance_uid.to_owned()),
+            message_id: Some(message_id),
+            action_type_id: Some(action_type),
+            has_data_set: true,
+            ..Command::new(CommandField::NActionRq)
+        }
+    }
+
+    /// N-EVENT-REPORT-RSP to `rq`: its SOP class, instance and event type echoed (PS3.7
+    /// Table 10.1-2), no data set.
+    pub fn event_report_rsp(rq: &Command, status: Status) -> Self {
+        Command {
+            affected_sop_instance_uid: rq.affected_sop_instance_uid.clone(),
+            event_type_id: rq.event_type_id,
+            ..Command::response_to(rq, CommandField::NEventReportRsp, status)
         }
     }
 
@@ -503,6 +560,8 @@ pub fn encode(cmd: &Command) -> Vec<u8> {
         elem::REQUESTED_SOP_INSTANCE_UID,
         &cmd.requested_sop_instance_uid,
     );
+    put_us(&mut body, elem::EVENT_TYPE_ID, cmd.event_type_id);
+    put_us(&mut body, elem::ACTION_TYPE_ID, cmd.action_type_id);
     put_us(&mut body, elem::REMAINING, cmd.remaining_sub_operations);
     put_us(&mut body, elem::COMPLETED, cmd.completed_sub_operations);
     put_us(&mut body, elem::FAILED, cmd.failed_sub_operations);
@@ -627,6 +686,8 @@ pub fn decode(bytes: &[u8]) -> Result<Command, DimseError> {
             elem::REQUESTED_SOP_INSTANCE_UID => {
                 cmd.requested_sop_instance_uid = Some(read_uid(value))
             }
+            elem::EVENT_TYPE_ID => cmd.event_type_id = Some(read_us(tag, value)?),
+            elem::ACTION_TYPE_ID => cmd.action_type_id = Some(read_us(tag, value)?),
             elem::REMAINING => cmd.remaining_sub_operations = Some(read_us(tag, value)?),
             elem::COMPLETED => cmd.completed_sub_operations = Some(read_us(tag, value)?),
             elem::FAILED => cmd.failed_sub_operations = Some(read_us(tag, value)?),
@@ -760,6 +821,64 @@ mod tests {
     }
 
     #[test]
+    fn hand_built_storage_commitment_action_matches_ps3_7() {
+        // PS3.7 Table 10.3-4: N-ACTION-RQ = Requested SOP Class UID, Command Field 0130,
+        // Message ID, Command Data Set Type (present), Requested SOP Instance UID, Action
+        // Type ID; PS3.4 J.3.2: action 1 on the well-known Storage Commitment instance.
+        let expected = unhex(concat!(
+            "00000000",
+            "04000000",
+            "62000000", // group length 98
+            "00000300",
+            "14000000",
+            "312e322e3834302e31303030382e312e32302e31",
+            "00000001",
+            "02000000",
+            "3001", // command field
+            "00001001",
+            "02000000",
+            "0100", // message id 1
+            "00000008",
+            "02000000",
+            "0100", // a data set follows
+            "00000110",
+            "16000000",
+            "312e322e3834302e31303030382e312e32302e312e31",
+            "00000810",
+            "02000000",
+            "0100", // action type 1
+        ));
+        let built = Command::action_rq(
+            1,
+            uids::STORAGE_COMMITMENT_PUSH_MODEL,
+            uids::STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
+            1,
+        );
+        assert_eq!(encode(&built), expected);
+        assert_eq!(decode(&expected).unwrap(), built);
+        assert_eq!(built.command_field.to_string(), "N-ACTION-RQ");
+    }
+
+    #[test]
+    fn an_event_report_is_answered_with_its_identity_and_no_data_set() {
+        let mut rq = Command::new(CommandField::NEventReportRq);
+        rq.affected_sop_class_uid = Some(uids::STORAGE_COMMITMENT_PUSH_MODEL.into());
+        rq.affected_sop_instance_uid = Some(uids::STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE.into());
+        rq.message_id = Some(9);
+        rq.event_type_id = Some(2);
+        rq.has_data_set = true;
+        let rq = decode(&encode(&rq)).unwrap();
+        let rsp = Command::event_report_rsp(&rq, Status::SUCCESS);
+        assert_eq!(rsp.command_field, CommandField::NEventReportRsp);
+        assert_eq!(rsp.message_id_being_responded_to, Some(9));
+        assert_eq!(rsp.affected_sop_class_uid, rq.affected_sop_class_uid);
+        assert_eq!(rsp.affected_sop_instance_uid, rq.affected_sop_instance_uid);
+        assert_eq!(rsp.event_type_id, Some(2));
+        assert!(!rsp.has_data_set);
+        assert_eq!(decode(&encode(&rsp)).unwrap(), rsp);
+    }
+
+    #[test]
     fn group_length_and_ascending_order() {
         let cmd = Command::store_rq(9, "1.2.3", "1.2.34", Priority::High)
             .with_move_originator("PACS", 41)
@@ -799,6 +918,8 @@ mod tests {
         cmd.error_id = Some(12);
         cmd.affected_sop_instance_uid = Some("1.2.3.4.5".into());
         cmd.requested_sop_instance_uid = Some("1.2.3.4.56".into());
+        cmd.event_type_id = Some(2);
+        cmd.action_type_id = Some(1);
         cmd.remaining_sub_operations = Some(1);
         cmd.completed_sub_operations = Some(2);
         cmd.failed_sub_operations = Some(3);
@@ -808,7 +929,7 @@ mod tests {
         assert_eq!(decode(&encode(&cmd)).unwrap(), cmd);
         for field in [
             0x0001u16, 0x8001, 0x0010, 0x8010, 0x0020, 0x8020, 0x0021, 0x8021, 0x0030, 0x8030,
-            0x0FFF, 0x0140,
+            0x0FFF, 0x0100, 0x8100, 0x0130, 0x8130, 0x0140,
         ] {
             let c = Command::new(CommandField::from_code(field));
             assert_eq!(c.command_field.code(), field);

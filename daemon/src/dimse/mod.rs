@@ -7,8 +7,10 @@
 //! - [`status`]: DIMSE status codes and their classification (PS3.7 Annex C).
 //! - [`refusal`]: the one answer of a request that does not succeed (cause → status, Error
 //!   Comment), and the conformance statement's table of them.
-//! - [`command`]: the command set (group 0000) of C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET and
-//!   C-CANCEL, encoded and decoded in Implicit VR Little Endian.
+//! - [`command`]: the command set (group 0000) of C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET,
+//!   C-CANCEL, N-ACTION and N-EVENT-REPORT, encoded and decoded in Implicit VR Little Endian.
+//! - [`commitment`]: the data sets of Storage Commitment (the request's instances, the
+//!   archive's report of those it keeps and those it does not).
 //! - [`assembler`]: reassembly of incoming P-DATA fragments into command sets, with data-set
 //!   fragments passed through unbuffered so large instances can be streamed to disk.
 //! - [`fragment`]: the reverse, splitting an outgoing command or data set into P-DATA values
@@ -16,6 +18,7 @@
 
 pub mod assembler;
 pub mod command;
+pub mod commitment;
 pub mod fragment;
 pub mod refusal;
 pub mod status;

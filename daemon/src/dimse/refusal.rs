@@ -67,11 +67,18 @@ pub enum Cause {
     MoveDestinationUnknown,
     /// The destination could not be reached or did not accept the association.
     DestinationUnreachable,
+    /// A Storage Commitment report names another SOP instance than the well-known one.
+    CommitmentInstanceUnknown,
+    /// A Storage Commitment report of an event type other than 1 or 2.
+    CommitmentEventUnknown,
+    /// A Storage Commitment report whose event information cannot be read, or whose
+    /// transaction waits for another AE title's report.
+    CommitmentReportRefused,
 }
 
 impl Cause {
     /// Every cause, in the order of the conformance statement's table.
-    pub const ALL: [Cause; 25] = [
+    pub const ALL: [Cause; 28] = [
         Cause::NotAgreed,
         Cause::SopClassMismatch,
         Cause::NotPermitted,
@@ -97,6 +104,9 @@ impl Cause {
         Cause::TooManyInstances,
         Cause::MoveDestinationUnknown,
         Cause::DestinationUnreachable,
+        Cause::CommitmentInstanceUnknown,
+        Cause::CommitmentEventUnknown,
+        Cause::CommitmentReportRefused,
     ];
 
     /// The DIMSE status that answers this cause.
@@ -124,6 +134,9 @@ impl Cause {
             Cause::TooManyInstances => Status::OUT_OF_RESOURCES_MATCHES,
             Cause::MoveDestinationUnknown => Status::MOVE_DESTINATION_UNKNOWN,
             Cause::DestinationUnreachable => Status::OUT_OF_RESOURCES_SUB_OPERATIONS,
+            Cause::CommitmentInstanceUnknown => Status::NO_SUCH_SOP_INSTANCE,
+            Cause::CommitmentEventUnknown => Status::NO_SUCH_EVENT_TYPE,
+            Cause::CommitmentReportRefused => Status::PROCESSING_FAILURE,
         }
     }
 
@@ -152,6 +165,9 @@ impl Cause {
             | Cause::IdentifierInvalid
             | Cause::IndexFailed => "C-FIND, C-MOVE, C-GET",
             Cause::MoveDestinationUnknown | Cause::DestinationUnreachable => "C-MOVE",
+            Cause::CommitmentInstanceUnknown
+            | Cause::CommitmentEventUnknown
+            | Cause::CommitmentReportRefused => "N-EVENT-REPORT (Storage Commitment)",
         }
     }
 
@@ -229,6 +245,16 @@ impl Cause {
                 "the destination cannot be reached or refuses the association (every \
                  sub-operation fails)"
             }
+            Cause::CommitmentInstanceUnknown => {
+                "the Affected SOP Instance UID is not the well-known Storage Commitment \
+                 instance"
+            }
+            Cause::CommitmentEventUnknown => "the Event Type ID is neither 1 nor 2",
+            Cause::CommitmentReportRefused => {
+                "the event information cannot be read (no Transaction UID, items without \
+                 their UIDs, over 10000 instances, a data set limit), or the transaction \
+                 was sent to another AE title than the caller's"
+            }
         }
     }
 }
@@ -280,6 +306,7 @@ pub fn failure_rsp(rq: &Command, status: Status, comment: &str) -> Command {
         CommandField::CFindRq => Command::find_rsp(rq, status),
         CommandField::CMoveRq => Command::move_rsp(rq, status, none),
         CommandField::CGetRq => Command::get_rsp(rq, status, none),
+        CommandField::NEventReportRq => Command::event_report_rsp(rq, status),
         _ => Command {
             status: Some(status),
             ..unrecognized(rq)

@@ -83,6 +83,8 @@ impl Status {
     pub const DUPLICATE_SOP_INSTANCE: Status = Status(0x0111);
     /// Failure (general): no such SOP instance (0112).
     pub const NO_SUCH_SOP_INSTANCE: Status = Status(0x0112);
+    /// Failure: no such event type (N-EVENT-REPORT).
+    pub const NO_SUCH_EVENT_TYPE: Status = Status(0x0113);
     /// Failure (general): no such SOP class (0118).
     pub const NO_SUCH_SOP_CLASS: Status = Status(0x0118);
     /// Failure (general): missing attribute (0120).

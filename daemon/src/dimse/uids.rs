@@ -3,6 +3,11 @@
 /// Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
+/// Storage Commitment Push Model SOP class (N-ACTION to ask, N-EVENT-REPORT to answer).
+pub const STORAGE_COMMITMENT_PUSH_MODEL: &str = "1.2.840.10008.1.20.1";
+/// The well-known SOP instance of Storage Commitment Push Model (PS3.4 J.3.1).
+pub const STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
+
 /// Computed Radiography Image Storage.
 pub const COMPUTED_RADIOGRAPHY: &str = "1.2.840.10008.5.1.4.1.1.1";
 /// Digital X-Ray Image Storage - For Presentation.

@@ -46,7 +46,8 @@ enum Current {
         rq: Box<Command>,
         incoming: Box<Incoming>,
     },
-    /// The identifier of a C-FIND, C-MOVE or C-GET is arriving.
+    /// The identifier of a C-FIND, C-MOVE or C-GET, or the event information of a
+    /// Storage Commitment report, is arriving.
     Request {
         rq: Box<Command>,
         identifier: Vec<u8>,
@@ -468,6 +469,16 @@ impl<'a> Association<'a> {
                 };
                 Next::Continue
             }
+            CommandField::NEventReportRq
+                if command.has_data_set
+                    && abstract_syntax == crate::dimse::uids::STORAGE_COMMITMENT_PUSH_MODEL =>
+            {
+                self.current = Current::Request {
+                    rq: command,
+                    identifier: Vec::new(),
+                };
+                Next::Continue
+            }
             CommandField::CCancelRq => {
                 if let Some(r) = &self.running {
                     if r.message_id == command.message_id_being_responded_to {
@@ -605,6 +616,28 @@ impl<'a> Association<'a> {
         }
         match std::mem::replace(&mut self.current, Current::Idle) {
             Current::Store { rq, incoming } => self.finish_store(pc_id, &rq, *incoming).await,
+            Current::Request { rq, identifier }
+                if rq.command_field == CommandField::NEventReportRq =>
+            {
+                let ts = self
+                    .contexts
+                    .get(&pc_id)
+                    .map(|(_, ts)| ts.clone())
+                    .unwrap_or_default();
+                let rsp = super::commitment_report::answer(
+                    self.scp,
+                    self.calling(),
+                    &rq,
+                    &ts,
+                    &identifier,
+                );
+                self.send(
+                    pc_id,
+                    &rsp,
+                    "connection lost while answering N-EVENT-REPORT",
+                )
+                .await
+            }
             Current::Request { rq, identifier } => self.start(pc_id, rq, identifier).await,
             Current::Refused { rq, refused, .. } => {
                 self.send(pc_id, &refused.response(&rq), "connection lost")

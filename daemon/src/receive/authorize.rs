@@ -136,6 +136,7 @@ pub fn permission_for(operation: CommandField) -> Option<Permission> {
         CommandField::CFindRq => Some(Permission::Find),
         CommandField::CMoveRq => Some(Permission::Move),
         CommandField::CGetRq => Some(Permission::Get),
+        CommandField::NEventReportRq => Some(Permission::Commitment),
         _ => None,
     }
 }
@@ -147,6 +148,7 @@ pub fn service_of(sop_class: &str) -> Option<Permission> {
         uids::STUDY_ROOT_QR_FIND | uids::PATIENT_ROOT_QR_FIND => Some(Permission::Find),
         uids::STUDY_ROOT_QR_MOVE | uids::PATIENT_ROOT_QR_MOVE => Some(Permission::Move),
         uids::STUDY_ROOT_QR_GET | uids::PATIENT_ROOT_QR_GET => Some(Permission::Get),
+        uids::STORAGE_COMMITMENT_PUSH_MODEL => Some(Permission::Commitment),
         uid if uids::is_storage_sop_class(uid) => Some(Permission::Store),
         _ => None,
     }
@@ -192,7 +194,9 @@ pub fn authorize(
             permission: needed,
         });
     }
-    if !context.peer_scu {
+    // The report of Storage Commitment comes from its SCP: the archive that proposed the
+    // SCP role, or (as older archives do) no role selection at all.
+    if !context.peer_scu && operation != CommandField::NEventReportRq {
         return Err(Refusal::RoleNotAccepted {
             operation,
             sop_class: sop_class.clone(),
@@ -214,6 +218,7 @@ mod tests {
     const MOVE: &str = uids::STUDY_ROOT_QR_MOVE;
     const GET: &str = uids::PATIENT_ROOT_QR_GET;
     const VERIFICATION: &str = uids::VERIFICATION;
+    const COMMIT: &str = uids::STORAGE_COMMITMENT_PUSH_MODEL;
 
     fn context(abstract_syntax: &str, peer_scu: bool) -> AcceptedContext {
         AcceptedContext {
@@ -290,7 +295,13 @@ mod tests {
         // Not requests we serve: the loop answers them.
         ("cancel", CommandField::CCancelRq, None, FIND, true, &[], None),
         ("store response", CommandField::CStoreRsp, Some(CR), CR, false, &[], None),
-        ("n-action", CommandField::Other(0x0130), None, CR, true, &[], None),
+        ("n-action", CommandField::NActionRq, None, CR, true, &[], None),
+        // A PACS's Storage Commitment report: from the SCP role it proposed, or with no
+        // role selection; only with the commitment permission, only on its context.
+        ("commitment report from its SCP", CommandField::NEventReportRq, Some(COMMIT), COMMIT, false, &[Commitment], None),
+        ("commitment report, default roles", CommandField::NEventReportRq, Some(COMMIT), COMMIT, true, &[Commitment], None),
+        ("commitment report without permission", CommandField::NEventReportRq, Some(COMMIT), COMMIT, false, &[Echo, Store], Some(0x0122)),
+        ("commitment report on storage", CommandField::NEventReportRq, Some(COMMIT), CR, true, &[Commitment, Store], Some(0x0211)),
     ];
 
     #[test]

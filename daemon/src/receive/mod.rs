@@ -9,10 +9,13 @@
 //! - [`authorize`]: whether one DIMSE request may run (context, role, permission).
 //! - [`echo`] and [`store`]: the Verification and Storage services; Query/Retrieve
 //!   requests are handed to [`crate::qr`].
+//! - [`commitment_report`]: a PACS's Storage Commitment report (N-EVENT-REPORT), handed to
+//!   the result push that asked for it.
 
 pub mod address_share;
 pub mod association;
 pub mod authorize;
+pub mod commitment_report;
 pub mod echo;
 pub mod policy;
 pub mod rejections;
@@ -84,6 +87,8 @@ pub struct Scp {
     /// a host may rotate through its whole /64) and calling AE
     /// (`dicom.max_qr_requests_per_minute`).
     pub(crate) qr_rate: crate::rate::Rate<(crate::client_key::ClientKey, String)>,
+    /// The push's Storage Commitment transactions, answered by N-EVENT-REPORTs received here.
+    pub(crate) commitments: Arc<crate::deliver::commitment::Commitments>,
 }
 
 /// The shared handles an SCP is built from.
@@ -97,6 +102,8 @@ pub struct ScpParts {
     pub metrics: Arc<Metrics>,
     /// Where stored instances are reported for study assembly.
     pub events: mpsc::Sender<assemble::Event>,
+    /// Where Storage Commitment reports from a PACS go (the push waits for them).
+    pub commitments: Arc<crate::deliver::commitment::Commitments>,
 }
 
 impl Scp {
@@ -109,6 +116,7 @@ impl Scp {
             audit,
             metrics,
             events,
+            commitments,
         } = parts;
         let dicom = &config.dicom;
         Scp {
@@ -140,6 +148,7 @@ impl Scp {
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             rejections: rejections::Rejections::default(),
+            commitments,
             qr_rate: crate::rate::Rate::new(
                 config.dicom.max_qr_requests_per_minute,
                 std::time::Duration::from_secs(60),

@@ -20,6 +20,10 @@ pub fn policy(config: &Config) -> Policy {
         (uids::PATIENT_ROOT_QR_MOVE.to_string(), Permission::Move),
         (uids::STUDY_ROOT_QR_GET.to_string(), Permission::Get),
         (uids::PATIENT_ROOT_QR_GET.to_string(), Permission::Get),
+        (
+            uids::STORAGE_COMMITMENT_PUSH_MODEL.to_string(),
+            Permission::Commitment,
+        ),
     ]);
     Policy {
         ae_title: config.dicom.ae_title.clone(),

@@ -491,6 +491,7 @@ mod tests {
                 audit,
                 metrics: Arc::new(Metrics::default()),
                 events,
+                commitments: crate::deliver::commitment::Commitments::new(),
             },
             &crate::config::Config::default(),
         );

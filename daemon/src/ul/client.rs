@@ -267,6 +267,33 @@ impl Client {
             Some(d) => self.writer.store(pc, rq, d).await?,
             None => self.writer.command(pc, rq).await?,
         }
+        self.answer_to(rq, pc, expected).await
+    }
+
+    /// Sends N-ACTION-RQ `rq` on context `pc` with its action information `data` (built
+    /// here, not read from a file) and returns the N-ACTION-RSP that answers it, checked as
+    /// [`Client::request`] checks its responses.
+    pub async fn action(
+        &mut self,
+        pc: u8,
+        rq: &Command,
+        data: &[u8],
+    ) -> Result<Command, ClientError> {
+        if rq.command_field != CommandField::NActionRq {
+            return Err(ClientError::Unsupported(rq.command_field));
+        }
+        self.writer.message(pc, rq, Some(data)).await?;
+        self.answer_to(rq, pc, CommandField::NActionRsp).await
+    }
+
+    /// Waits (at most [`TIMEOUT`]) for the response of kind `expected` to `rq`, sent on
+    /// context `pc`.
+    async fn answer_to(
+        &mut self,
+        rq: &Command,
+        pc: u8,
+        expected: CommandField,
+    ) -> Result<Command, ClientError> {
         let (on, rsp) = tokio::time::timeout(TIMEOUT, self.response())
             .await
             .map_err(|_| ClientError::Timeout(TIMEOUT))??;
@@ -396,19 +423,24 @@ fn answers(
         u.as_deref()
             .map(|u| u.trim_end_matches(['\0', ' ']).to_owned())
     };
+    // An N-ACTION names its instance as "requested"; its response answers as "affected".
+    let instance = rq
+        .affected_sop_instance_uid
+        .as_ref()
+        .or(rq.requested_sop_instance_uid.as_ref());
+    let class = rq
+        .affected_sop_class_uid
+        .as_ref()
+        .or(rq.requested_sop_class_uid.as_ref());
     for (name, sent, got) in [
         (
             "Affected SOP Instance UID",
-            &rq.affected_sop_instance_uid,
+            instance,
             &rsp.affected_sop_instance_uid,
         ),
-        (
-            "Affected SOP Class UID",
-            &rq.affected_sop_class_uid,
-            &rsp.affected_sop_class_uid,
-        ),
+        ("Affected SOP Class UID", class, &rsp.affected_sop_class_uid),
     ] {
-        if got.is_some() && uid(got) != uid(sent) {
+        if got.is_some() && uid(got) != uid(&sent.cloned()) {
             return unmatched(format!("{name} is not the one sent"));
         }
     }

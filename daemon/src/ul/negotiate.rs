@@ -314,28 +314,37 @@ fn role_allowed(policy: &Policy, uid: &str) -> bool {
         || (policy.accept_any_storage && uids::is_storage_sop_class(uid))
 }
 
-/// The roles answered (PS3.7 D.3.3.4), for the peers that may C-GET: the SCP role as
-/// proposed, the SCU role (sending C-STOREs) only with the `store` permission.
+/// The roles answered (PS3.7 D.3.3.4): for the peers that may C-GET, on storage classes,
+/// the SCP role as proposed and the SCU role (sending C-STOREs) only with the `store`
+/// permission; for a PACS with the `commitment` permission, on Storage Commitment, the SCP
+/// role as proposed (it sends its report as the SCP) and never the SCU role (this box
+/// commits to nothing).
 fn granted_roles(
     requested: &[(String, RequestorRoles)],
     permissions: &HashSet<Permission>,
     policy: &Policy,
 ) -> Vec<(String, RequestorRoles)> {
-    if !permissions.contains(&Permission::Get) {
-        return Vec::new();
-    }
     requested
         .iter()
-        .filter(|(uid, _)| role_allowed(policy, uid))
-        .map(|(uid, roles)| {
-            let scu = roles.scu && permissions.contains(&Permission::Store);
-            (
-                uid.clone(),
+        .filter_map(|(uid, roles)| {
+            let granted = if uid == uids::STORAGE_COMMITMENT_PUSH_MODEL {
+                if !permissions.contains(&Permission::Commitment) {
+                    return None;
+                }
                 RequestorRoles {
-                    scu,
+                    scu: false,
                     scp: roles.scp,
-                },
-            )
+                }
+            } else {
+                if !permissions.contains(&Permission::Get) || !role_allowed(policy, uid) {
+                    return None;
+                }
+                RequestorRoles {
+                    scu: roles.scu && permissions.contains(&Permission::Store),
+                    scp: roles.scp,
+                }
+            };
+            Some((uid.clone(), granted))
         })
         .collect()
 }
@@ -658,6 +667,67 @@ mod tests {
             );
             assert_eq!(answered, roles, "{permissions:?}");
             assert_eq!(a.peer_scp_classes.contains(CR), scp, "{permissions:?}");
+        }
+    }
+
+    /// A PACS sending its Storage Commitment report proposes the SCP role on Storage
+    /// Commitment: granted (and never the SCU role) with the `commitment` permission;
+    /// without it the context is refused and no role answered.
+    #[test]
+    fn a_pacs_reports_storage_commitment_in_the_scp_role_with_its_permission() {
+        use Permission::*;
+        const COMMIT: &str = uids::STORAGE_COMMITMENT_PUSH_MODEL;
+        let mut p = policy();
+        p.abstract_syntaxes.push((COMMIT.into(), Commitment));
+        let mut r = rq(
+            "PACS",
+            "DULI",
+            vec![(
+                1,
+                COMMIT,
+                vec![
+                    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+                    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+                ],
+            )],
+        );
+        r.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                COMMIT.into(),
+                RequestorRoles {
+                    scu: true,
+                    scp: true,
+                },
+            ));
+        let scp_only = RequestorRoles {
+            scu: false,
+            scp: true,
+        };
+        type Case<'a> = (&'a [Permission], Option<bool>, Option<RequestorRoles>);
+        let cases: [Case; 2] = [
+            (&[Echo, Commitment], Some(false), Some(scp_only)),
+            (&[Echo, Store, Find, Move, Get], None, None),
+        ];
+        for (permissions, peer_scu, roles) in cases {
+            p.allowed_peers = vec![AllowedPeer {
+                ae_title: "PACS".into(),
+                address: None,
+                permissions: permissions.to_vec(),
+                cert_sha256: None,
+            }];
+            let a = negotiate(&r, local(), &p).unwrap();
+            let answered = a.ac.user_variables.iter().find_map(|v| match v {
+                UserVariableItem::ScuScpRoleSelectionSubItem(uid, r) if uid == COMMIT => Some(*r),
+                _ => None,
+            });
+            assert_eq!(a.contexts.first().map(|c| c.peer_scu), peer_scu);
+            assert_eq!(answered, roles, "{permissions:?}");
+            if peer_scu.is_some() {
+                assert_eq!(
+                    a.contexts[0].transfer_syntax,
+                    uids::EXPLICIT_VR_LITTLE_ENDIAN
+                );
+            }
         }
     }
 
