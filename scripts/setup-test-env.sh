@@ -12,7 +12,7 @@ venv="$repo/.venv"
 requirements="$repo/tests/requirements.txt"
 
 apt_packages=(
-    dcmtk dicom3tools orthanc mosquitto mosquitto-clients
+    dcmtk dicom3tools orthanc orthanc-python mosquitto mosquitto-clients
     make cmake g++ libubootenv-tool u-boot-tools grub-common procps
     openssl ca-certificates python3-venv curl chromium chromium-driver
     systemd

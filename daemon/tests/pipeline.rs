@@ -1025,3 +1025,158 @@ fn two_boxes_of_a_site_given_the_same_study_send_distinct_results() {
         .collect();
     assert_ne!(uids[0], uids[1], "{uids:?}");
 }
+
+/// An archive that acknowledges every C-STORE and loses what it took: Orthanc's Python
+/// plugin deletes each instance as it is stored, so Orthanc's own Storage Commitment SCP
+/// finds none of them ("no such object instance", 0112H).
+const FORGETFUL_ARCHIVE: &str = "\
+import orthanc
+
+def forget(dicom, instance_id):
+    orthanc.RestApiDelete('/instances/' + instance_id)
+
+orthanc.RegisterOnStoredInstanceCallback(forget)
+";
+
+/// Storage Commitment with two real archives: the push asks each to commit to keeping the
+/// SR it took (N-ACTION on the push association) and each reports on an association of
+/// its own to our SCP, where the archives hold only the `commitment` permission. The
+/// archive that keeps it (Orthanc's own SCP) reports it committed: the entry is delivered.
+/// The one that does not (0112H) leaves the entry in the outbox: refused, and with
+/// `max_rejections = 1` dead-lettered at once with the archive's reason, for a technician
+/// to re-send. One whose reports never arrive keeps the entry too, retried after
+/// `commitment_timeout_s`.
+#[test]
+fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
+    let Some(samples) = samples_dir() else { return };
+    if !inference_available() {
+        return;
+    }
+    let plugin = std::path::Path::new("/usr/share/orthanc/plugins/libOrthancPython.so");
+    if !plugin.exists() {
+        return skip("Orthanc's Python plugin is absent (apt orthanc-python)");
+    }
+    let dir = temp_dir("commitment");
+    let script = dir.path().join("forgetful.py");
+    std::fs::write(&script, FORGETFUL_ARCHIVE).unwrap();
+    let Some(keeper) = Orthanc::builder().aet("KEEPER").start() else {
+        return;
+    };
+    let Some(forgetful) = Orthanc::builder()
+        .aet("FORGETFUL")
+        .option("Plugins", serde_json::json!([plugin]))
+        .option("PythonScript", serde_json::json!(script))
+        .start()
+    else {
+        return;
+    };
+    let Some(silent) = Orthanc::builder().aet("SILENT").start() else {
+        return;
+    };
+    let destination = |name: &str, o: &Orthanc| {
+        format!(
+            r#"{{name = "{name}", ae_title = "{}", host = "127.0.0.1", port = {}, push = true, result_objects = ["sr"], storage_commitment = true, commitment_timeout_s = 3, max_rejections = 1}}"#,
+            o.aet, o.dicom_port
+        )
+    };
+    let d = Daemon::builder()
+        .with_inference()
+        .config(
+            "dicom",
+            "allowed_peers",
+            r#"[{ae_title = "MODALITY"}, {ae_title = "KEEPER", permissions = ["commitment"]}, {ae_title = "FORGETFUL", permissions = ["commitment"]}]"#,
+        )
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                "[{}, {}, {}]",
+                destination("keeper", &keeper),
+                destination("forgetful", &forgetful),
+                destination("silent", &silent)
+            ),
+        )
+        .start();
+    // Each archive learns where to send its report; the silent one is given a port where
+    // nothing listens, so its reports never arrive.
+    let nowhere = free_ports(1)[0];
+    for (o, port) in [
+        (&keeper, d.dicom_port),
+        (&forgetful, d.dicom_port),
+        (&silent, nowhere),
+    ] {
+        o.put_json(
+            "/modalities/duli",
+            &serde_json::json!({"AET": DULI_AET, "Host": "127.0.0.1", "Port": port}),
+        );
+    }
+    d.storescu(
+        "MODALITY",
+        &[],
+        &[samples.join("dicom/explicit-le/PNEUMONIA_01.dcm")],
+    )
+    .unwrap()
+    .assert_success("storescu");
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let listing = loop {
+        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+        let settled = !out.stdout.contains("pacs:keeper")
+            && out
+                .stdout
+                .lines()
+                .any(|l| l.contains("pacs:forgetful") && l.contains("dead"));
+        let waited = out
+            .stdout
+            .lines()
+            .any(|l| l.contains("pacs:silent") && l.contains("no Storage Commitment report"));
+        if settled && waited || Instant::now() > deadline {
+            break out.stdout;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let context = || {
+        format!(
+            "outbox:\n{listing}\ndaemon log:\n{}\nforgetful archive's log:\n{}",
+            d.log(),
+            forgetful.process.log()
+        )
+    };
+    // Both archives took the SR (C-STORE Success, or the entry would not have reached the
+    // commitment); only one kept it.
+    assert_eq!(keeper.instances().len(), 1, "{}", context());
+    assert_eq!(forgetful.instances().len(), 0, "{}", context());
+    // The keeper's commitment delivered its entry; the forgetful one's is dead, with why.
+    assert!(!listing.contains("pacs:keeper"), "{}", context());
+    let dead = listing
+        .lines()
+        .find(|l| l.contains("pacs:forgetful"))
+        .unwrap_or_else(|| panic!("{}", context()));
+    assert!(dead.contains("dead"), "{}", context());
+    assert!(
+        dead.contains("did not commit to keeping 1 object(s)")
+            && dead.contains("0112H no such object instance"),
+        "{}",
+        context()
+    );
+    // No report within commitment_timeout_s: the entry stays, retried (sent and asked
+    // again), never counted as a refusal.
+    let waiting = listing
+        .lines()
+        .find(|l| l.contains("pacs:silent"))
+        .unwrap_or_else(|| panic!("{}", context()));
+    assert!(
+        waiting.contains("retrying")
+            && waiting.contains("no Storage Commitment report from the PACS within 3 s"),
+        "{}",
+        context()
+    );
+    assert_eq!(silent.instances().len(), 1, "{}", context());
+    let log = d.log();
+    assert!(
+        log.contains("Storage Commitment report from \"KEEPER\": 1 committed, 0 not")
+            && log.contains("Storage Commitment report from \"FORGETFUL\": 0 committed, 1 not"),
+        "{}",
+        context()
+    );
+}

@@ -101,7 +101,10 @@ impl PacsChannel {
             }
             Err(CommitmentRequestError::Failed(e)) => {
                 assoc.abort().await;
-                return Delivery::Failed(format!("Storage Commitment request: {e}"));
+                return Delivery::Failed(format!(
+                    "no answer to the Storage Commitment request ({e}): does the PACS \
+                     accept it from this AE title?"
+                ));
             }
         }
         match tokio::time::timeout(timeout, waiting.verdict()).await {

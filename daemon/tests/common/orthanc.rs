@@ -190,6 +190,21 @@ impl Orthanc {
         r.json()
     }
 
+    /// `PUT path` with a JSON body, expecting 200 (e.g. `/modalities/{name}`, which adds a
+    /// peer to a running Orthanc).
+    pub fn put_json(&self, path: &str, body: &serde_json::Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let r = http_request(
+            self.http_addr(),
+            "PUT",
+            path,
+            Some(("application/json", &bytes)),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("Orthanc PUT {path}: {e}"));
+        assert_eq!(r.status, 200, "Orthanc PUT {path}: {}", r.text());
+    }
+
     /// The Orthanc ids of all stored instances.
     pub fn instances(&self) -> Vec<String> {
         serde_json::from_value(self.get_json("/instances")).unwrap()
