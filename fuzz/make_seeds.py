@@ -359,6 +359,39 @@ def find_seeds():
         out("find_identifier", name, b"\x00" + data)
 
 
+def commitment_seeds():
+    """Storage Commitment reports (N-EVENT-REPORT event information) as archives send them."""
+    sr = "1.2.840.10008.5.1.4.1.1.88.33"
+
+    def refs(uids, reason=None):
+        items = []
+        for uid in uids:
+            it = Dataset()
+            it.ReferencedSOPClassUID = sr
+            it.ReferencedSOPInstanceUID = uid
+            if reason is not None:
+                it.FailureReason = reason
+            items.append(it)
+        return items
+
+    seeds = {}
+    ok = Dataset()
+    ok.TransactionUID = "2.25.1"
+    ok.ReferencedSOPSequence = refs(["2.25.1"])
+    seeds["committed"] = ok
+    mixed = Dataset()
+    mixed.TransactionUID = "2.25.2"
+    mixed.ReferencedSOPSequence = refs(["2.25.1"])
+    mixed.FailedSOPSequence = refs(["2.25.3", "2.25.4"], 0x0112)
+    seeds["failures"] = mixed
+    empty = Dataset()
+    empty.TransactionUID = "2.25.3"
+    seeds["transaction-only"] = empty
+    for name, ds in seeds.items():
+        out("commitment_report", name + "-implicit", b"\x00" + encoded(ds, True, True))
+        out("commitment_report", name + "-explicit", b"\x01" + encoded(ds, False, True))
+
+
 def hl7_seeds():
     acks = {
         "aa": "MSH|^~\\&|RIS|HOSP|DULI|EDGE|20260101120000||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|DULI0000000001\r",
@@ -490,6 +523,7 @@ def main():
         guard_parser_seeds()
         association_seeds()
         find_seeds()
+        commitment_seeds()
         hl7_seeds()
         console_seeds()
         config_seeds()

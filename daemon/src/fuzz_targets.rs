@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("store_header", store_header),
     ("guard_parser", guard_parser),
     ("find_identifier", find_identifier),
+    ("commitment_report", commitment_report),
     ("pixels", pixels),
     ("jpeg", jpeg),
     ("hl7_ack", hl7_ack),
@@ -315,6 +316,34 @@ pub fn find_identifier(data: &[u8]) {
         }
     }
     let _ = identifier::encode_identifier(&obj, ts);
+}
+
+/// Storage Commitment: a PACS's N-EVENT-REPORT event information read in either
+/// uncompressed syntax a context may carry (the first byte chooses), then handed to a
+/// registry with one transaction waiting, as the SCP hands it.
+pub fn commitment_report(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let ts = if selector % 2 == 0 {
+        crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN
+    } else {
+        crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN
+    };
+    let Ok(report) = crate::dimse::commitment::parse_report(body, ts) else {
+        return;
+    };
+    let registry = crate::deliver::commitment::Commitments::new();
+    let reference = crate::dimse::commitment::Reference {
+        sop_class: crate::dimse::uids::COMPREHENSIVE_SR.into(),
+        sop_instance: "2.25.1".into(),
+    };
+    if let Ok(_waiting) = registry.expect("PACS", &[reference]) {
+        let _ = registry.report("PACS", &report);
+    }
+    if let Some(first) = report.failed.first() {
+        let _ = crate::deliver::commitment::Verdict::describe(std::slice::from_ref(first));
+    }
 }
 
 fn input_spec() -> &'static crate::infer::manifest::InputSpec {

@@ -917,3 +917,76 @@ fn a_release_while_a_c_get_waits_for_a_store_response_is_answered_at_once() {
         d.log()
     );
 }
+
+/// Storage Commitment reports (N-EVENT-REPORT) from a peer on the LAN that claims to be an
+/// archive: each malformed one is refused with its standard status, one for a transaction
+/// this box never issued is acknowledged and changes nothing, and the association serves
+/// on. (Reports that answer a real request: `pipeline.rs`, with Orthanc.)
+#[test]
+fn commitment_reports_that_answer_nothing_are_refused_or_ignored() {
+    let d = Daemon::start();
+    let commit = uids::STORAGE_COMMITMENT_PUSH_MODEL;
+    let mut peer = open(
+        &d,
+        "LAN_HOST",
+        &[ctx(1, uids::VERIFICATION), ctx(3, commit)],
+        &[(commit, false, true)],
+    );
+    assert_eq!(peer.accepted(3), Some(EXPLICIT_LE));
+    let report = |id: u16, instance: &str, event: u16| {
+        let mut rq = Command::new(duli::dimse::CommandField::NEventReportRq);
+        rq.affected_sop_class_uid = Some(commit.into());
+        rq.affected_sop_instance_uid = Some(instance.into());
+        rq.message_id = Some(id);
+        rq.event_type_id = Some(event);
+        rq.has_data_set = true;
+        rq
+    };
+    let well_known = uids::STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE;
+    let transaction = element(0x0008, 0x1195, b"UI", "2.25.1234567890", 0);
+    let cases: [(&str, Command, Vec<u8>, u16); 4] = [
+        (
+            "another SOP instance",
+            report(1, "1.2.3", 1),
+            transaction.clone(),
+            0x0112,
+        ),
+        (
+            "event type 7",
+            report(2, well_known, 7),
+            transaction.clone(),
+            0x0113,
+        ),
+        (
+            "truncated event information",
+            report(3, well_known, 1),
+            transaction[..transaction.len() - 4].to_vec(),
+            0x0110,
+        ),
+        (
+            "no Transaction UID",
+            report(4, well_known, 1),
+            element(0x0010, 0x0010, b"PN", "DOE^JOHN", b' '),
+            0x0110,
+        ),
+    ];
+    for (what, rq, data, expected) in cases {
+        let rsp = peer.request(3, &rq, Some(&data)).unwrap();
+        assert_eq!(status(&rsp), expected, "{what}: {rsp:?}");
+        assert_eq!(rsp.message_id_being_responded_to, rq.message_id, "{what}");
+    }
+    // A well-formed report for a transaction never issued: acknowledged, nothing taken.
+    let rsp = peer
+        .request(3, &report(5, well_known, 1), Some(&transaction))
+        .unwrap();
+    assert_eq!(status(&rsp), 0x0000, "{rsp:?}");
+    assert_eq!(rsp.event_type_id, Some(1));
+    let rsp = peer.request(1, &Command::echo_rq(6), None).unwrap();
+    assert_eq!(status(&rsp), 0x0000);
+    peer.release().unwrap();
+    let log = d.log_once_it_holds("no longer waited for", Duration::from_secs(10));
+    assert!(
+        log.contains("Storage Commitment report from \"LAN_HOST\" refused"),
+        "{log}"
+    );
+}

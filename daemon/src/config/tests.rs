@@ -401,6 +401,29 @@ fn each_destination_counts_its_own_refusals() {
         ),
         other => panic!("max_rejections = 0 accepted: {other:?}"),
     }
+    // Storage Commitment: off by default, its wait bounded to a day.
+    assert!(!cfg.pacs.destinations[0].storage_commitment);
+    assert_eq!(cfg.pacs.destinations[0].commitment_timeout_s, 300);
+    let cfg = load_str(
+        &dest(
+            "storage_commitment = true
+commitment_timeout_s = 3600",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert!(cfg.pacs.destinations[0].storage_commitment);
+    assert_eq!(cfg.pacs.destinations[0].commitment_timeout_s, 3600);
+    for bad in ["commitment_timeout_s = 0", "commitment_timeout_s = 86401"] {
+        match load_str(&dest(bad), &[]) {
+            Err(ConfigError::Invalid(errors)) => assert_eq!(
+                errors.into_iter().map(|e| e.key).collect::<Vec<_>>(),
+                ["pacs.destinations[0].commitment_timeout_s"],
+                "{bad}"
+            ),
+            other => panic!("{bad} accepted: {other:?}"),
+        }
+    }
 }
 
 /// `[hl7] tls = true` is checked like a PACS destination's TLS: the CA bundle is required,
