@@ -202,6 +202,23 @@ pub async fn echo(target: &Target, calling_ae: &str) -> Result<Duration, ScuErro
     }
 }
 
+/// Whether `target` accepts a presentation context of `sop_class` (in Explicit or Implicit
+/// VR Little Endian) from `calling_ae`: opens an association proposing it, then releases
+/// it. For the connectivity checks of services the box asks for (Storage Commitment).
+pub async fn accepts(target: &Target, calling_ae: &str, sop_class: &str) -> Result<bool, ScuError> {
+    let contexts = [(
+        sop_class.to_string(),
+        vec![
+            crate::dimse::uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            crate::dimse::uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        ],
+    )];
+    let assoc = connect(target, calling_ae, &contexts).await?;
+    let accepted = assoc.accepted().iter().any(|(_, c, _)| c == sop_class);
+    let _ = assoc.release().await;
+    Ok(accepted)
+}
+
 /// A Part 10 file ready to send.
 #[derive(Debug, Clone)]
 pub struct Prepared {

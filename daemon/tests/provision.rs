@@ -937,6 +937,7 @@ fn check_config(
         format!(
             "[device]\ndata_dir = \"{}\"\n[dicom]\nport = {dicom_port}\n\
              [[pacs.destinations]]\nname = \"pacs\"\nae_title = \"DULI\"\nhost = \"127.0.0.1\"\nport = {pacs_port}\n\
+             push = true\nstorage_commitment = true\n\
              [hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {hl7_port}\n{mqtt}",
             dir.join("check-data").display()
         ),
@@ -975,6 +976,11 @@ fn check_passes_against_live_peers_and_fails_on_closed_ports() {
     };
     assert!(row("DICOM echo (this box)").contains("PASS"), "{table}");
     assert!(row("DICOM echo pacs").contains("PASS"), "{table}");
+    // The destination asks for Storage Commitment: its context is proposed and accepted.
+    assert!(
+        row("DICOM Storage Commitment pacs").contains("context accepted"),
+        "{table}"
+    );
     assert!(row("HL7 MLLP").contains("PASS"), "{table}");
     if mqtt_port.is_some() {
         assert!(row("MQTT connect").contains("PASS"), "{table}");
@@ -1014,6 +1020,10 @@ fn check_passes_against_live_peers_and_fails_on_closed_ports() {
     };
     assert!(row("DICOM echo (this box)").contains("PASS"), "{table}");
     assert!(row("DICOM echo pacs").contains("FAIL"), "{table}");
+    assert!(
+        row("DICOM Storage Commitment pacs").contains("FAIL"),
+        "{table}"
+    );
     assert!(row("HL7 MLLP").contains("FAIL"), "{table}");
     if mqtt_closed.is_some() {
         assert!(row("MQTT connect").contains("FAIL"), "{table}");

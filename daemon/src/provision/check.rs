@@ -129,6 +129,36 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Line> {
         });
     }
 
+    for d in cfg
+        .pacs
+        .destinations
+        .iter()
+        .filter(|d| d.storage_commitment)
+    {
+        let target = scu::Target::of(d);
+        let shown = target.to_string();
+        let name = format!("DICOM Storage Commitment {}", d.name);
+        let asked = scu::accepts(
+            &target,
+            &cfg.dicom.ae_title,
+            crate::dimse::uids::STORAGE_COMMITMENT_PUSH_MODEL,
+        );
+        lines.push(match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(true)) => line(&name, shown, Outcome::Pass, "context accepted".into()),
+            Ok(Ok(false)) => line(
+                &name,
+                shown,
+                Outcome::Fail,
+                format!(
+                    "the PACS does not accept Storage Commitment Push Model from AE {}",
+                    cfg.dicom.ae_title
+                ),
+            ),
+            Ok(Err(e)) => line(&name, shown, Outcome::Fail, e.to_string()),
+            Err(_) => line(&name, shown, Outcome::Fail, "no answer in time".into()),
+        });
+    }
+
     let hl7 = &cfg.hl7;
     let shown = format!("{}:{}", hl7.host, hl7.port);
     lines.push(if !hl7.enabled {
