@@ -83,6 +83,8 @@ pub struct Metrics {
     pub instances_failed_total: AtomicU64,
     /// Data-set bytes received since start.
     pub bytes_received_total: AtomicU64,
+    /// Storage Commitment reports received, by outcome ([`CommitmentOutcome`]).
+    pub commitment_reports_total: [AtomicU64; 3],
     /// Time from the last fragment of an instance to its durable index entry.
     pub store_seconds: Histogram,
     /// Inference time per image.
@@ -101,9 +103,45 @@ impl Default for Metrics {
             instances_stored_total: AtomicU64::new(0),
             instances_failed_total: AtomicU64::new(0),
             bytes_received_total: AtomicU64::new(0),
+            commitment_reports_total: Default::default(),
             store_seconds: Histogram::new(STORE_BUCKETS),
             infer_seconds: Histogram::new(INFER_BUCKETS),
         }
+    }
+}
+
+/// What became of a Storage Commitment report a PACS sent: the label of
+/// `duli_commitment_reports_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitmentOutcome {
+    /// It answered a transaction the push was waiting for.
+    Answered = 0,
+    /// No transaction of its UID was waited for: acknowledged and ignored.
+    Ignored = 1,
+    /// Refused (unreadable, another instance or event type, another AE's transaction).
+    Refused = 2,
+}
+
+impl CommitmentOutcome {
+    const ALL: [CommitmentOutcome; 3] = [
+        CommitmentOutcome::Answered,
+        CommitmentOutcome::Ignored,
+        CommitmentOutcome::Refused,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CommitmentOutcome::Answered => "answered",
+            CommitmentOutcome::Ignored => "ignored",
+            CommitmentOutcome::Refused => "refused",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one Storage Commitment report by what became of it.
+    pub fn commitment_report(&self, outcome: CommitmentOutcome) {
+        self.commitment_reports_total[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -204,6 +242,18 @@ impl Metrics {
             "Data set bytes received over DICOM.",
             l(&self.bytes_received_total),
         );
+        let _ = writeln!(
+            out,
+            "# HELP duli_commitment_reports_total Storage Commitment reports received from PACS, by outcome.\n# TYPE duli_commitment_reports_total counter"
+        );
+        for outcome in CommitmentOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "duli_commitment_reports_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                l(&self.commitment_reports_total[outcome as usize])
+            );
+        }
         self.store_seconds.render(
             &mut out,
             "duli_store_seconds",

@@ -984,6 +984,18 @@ fn commitment_reports_that_answer_nothing_are_refused_or_ignored() {
     let rsp = peer.request(1, &Command::echo_rq(6), None).unwrap();
     assert_eq!(status(&rsp), 0x0000);
     peer.release().unwrap();
+    assert_eq!(
+        d.metric("duli_commitment_reports_total{outcome=\"refused\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        d.metric("duli_commitment_reports_total{outcome=\"ignored\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        d.metric("duli_commitment_reports_total{outcome=\"answered\"}"),
+        Some(0.0)
+    );
     let log = d.log_once_it_holds("no longer waited for", Duration::from_secs(10));
     assert!(
         log.contains("Storage Commitment report from \"LAN_HOST\" refused"),

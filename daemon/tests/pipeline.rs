@@ -1179,4 +1179,10 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
         "{}",
         context()
     );
+    assert_eq!(
+        d.metric("duli_commitment_reports_total{outcome=\"answered\"}"),
+        Some(2.0),
+        "{}",
+        context()
+    );
 }

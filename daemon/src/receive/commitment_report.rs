@@ -13,13 +13,19 @@ use crate::dimse::commitment::{self, EVENT_FAILURES_EXIST, EVENT_SUCCESSFUL};
 use crate::dimse::refusal::{Cause, Refused};
 use crate::dimse::status::Status;
 use crate::dimse::uids;
+use crate::metrics::CommitmentOutcome;
 
 /// Answers report `rq` with event information `data` (transfer syntax `ts`) from
 /// `calling_ae`: the N-EVENT-REPORT-RSP to send.
+/// Each report is counted by outcome (`duli_commitment_reports_total`).
 pub fn answer(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) -> Command {
     match take(scp, calling_ae, rq, ts, data) {
-        Ok(()) => Command::event_report_rsp(rq, Status::SUCCESS),
+        Ok(outcome) => {
+            scp.metrics.commitment_report(outcome);
+            Command::event_report_rsp(rq, Status::SUCCESS)
+        }
         Err(refused) => {
+            scp.metrics.commitment_report(CommitmentOutcome::Refused);
             log::warn!(
                 "Storage Commitment report from {calling_ae:?} refused: {}",
                 refused.comment
@@ -29,7 +35,13 @@ pub fn answer(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) 
     }
 }
 
-fn take(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) -> Result<(), Refused> {
+fn take(
+    scp: &Scp,
+    calling_ae: &str,
+    rq: &Command,
+    ts: &str,
+    data: &[u8],
+) -> Result<CommitmentOutcome, Refused> {
     let instance = rq.affected_sop_instance_uid.as_deref().unwrap_or_default();
     if instance.trim_end_matches(['\0', ' ']) != uids::STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE {
         return Err(Refused::new(
@@ -55,14 +67,14 @@ fn take(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) -> Res
                 report.committed.len(),
                 report.failed.len()
             );
-            Ok(())
+            Ok(CommitmentOutcome::Answered)
         }
         Taken::Unknown => {
             log::info!(
                 "Storage Commitment report from {calling_ae:?} for a transaction no longer \
                  waited for (its objects are sent and asked about again): ignored"
             );
-            Ok(())
+            Ok(CommitmentOutcome::Ignored)
         }
         Taken::WrongPeer { expected } => Err(Refused::new(
             Cause::CommitmentReportRefused,
