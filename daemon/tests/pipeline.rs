@@ -1045,7 +1045,8 @@ orthanc.RegisterOnStoredInstanceCallback(forget)
 /// The one that does not (0112H) leaves the entry in the outbox: refused, and with
 /// `max_rejections = 1` dead-lettered at once with the archive's reason, for a technician
 /// to re-send. One whose reports never arrive keeps the entry too, retried after
-/// `commitment_timeout_s`.
+/// `commitment_timeout_s`; one that offers no Storage Commitment (DCMTK's storescp) gets the
+/// SR and a refusal saying so.
 #[test]
 fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
     let Some(samples) = samples_dir() else { return };
@@ -1073,6 +1074,19 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
     let Some(silent) = Orthanc::builder().aet("SILENT").start() else {
         return;
     };
+    // DCMTK's storescp stores whatever it is sent and offers no Storage Commitment.
+    let plain_port = free_port();
+    let plain_dir = temp_dir("commitment-storescp");
+    let Some(mut cmd) = dcmtk("storescp") else {
+        return;
+    };
+    cmd.args(["-aet", "PLAIN", "-od", plain_dir.path().to_str().unwrap()])
+        .arg(plain_port.to_string());
+    let mut plain =
+        Background::spawn("storescp", &mut cmd, &dir.path().join("storescp.log")).unwrap();
+    plain
+        .wait_for_port(common::loopback(plain_port), READY_TIMEOUT)
+        .unwrap();
     let destination = |name: &str, o: &Orthanc| {
         format!(
             r#"{{name = "{name}", ae_title = "{}", host = "127.0.0.1", port = {}, push = true, result_objects = ["sr"], storage_commitment = true, commitment_timeout_s = 3, max_rejections = 1}}"#,
@@ -1090,10 +1104,13 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
             "pacs",
             "destinations",
             &format!(
-                "[{}, {}, {}]",
+                "[{}, {}, {}, {}]",
                 destination("keeper", &keeper),
                 destination("forgetful", &forgetful),
-                destination("silent", &silent)
+                destination("silent", &silent),
+                format!(
+                    r#"{{name = "plain", ae_title = "PLAIN", host = "127.0.0.1", port = {plain_port}, push = true, result_objects = ["sr"], storage_commitment = true, max_rejections = 1}}"#
+                )
             ),
         )
         .start();
@@ -1130,7 +1147,11 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
             .stdout
             .lines()
             .any(|l| l.contains("pacs:silent") && l.contains("no Storage Commitment report"));
-        if settled && waited || Instant::now() > deadline {
+        let refused = out
+            .stdout
+            .lines()
+            .any(|l| l.contains("pacs:plain") && l.contains("dead"));
+        if settled && waited && refused || Instant::now() > deadline {
             break out.stdout;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -1172,6 +1193,23 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
         context()
     );
     assert_eq!(silent.instances().len(), 1, "{}", context());
+    // A PACS that offers no Storage Commitment: the SR stored, the entry refused with the
+    // reason (a configuration to correct at one end or the other).
+    let refused = listing
+        .lines()
+        .find(|l| l.contains("pacs:plain"))
+        .unwrap_or_else(|| panic!("{}", context()));
+    assert!(
+        refused.contains("dead")
+            && refused.contains("does not accept Storage Commitment Push Model"),
+        "{}",
+        context()
+    );
+    assert!(
+        std::fs::read_dir(plain_dir.path()).unwrap().count() >= 1,
+        "{}",
+        context()
+    );
     let log = d.log();
     assert!(
         log.contains("Storage Commitment report from \"KEEPER\": 1 committed, 0 not")

@@ -77,8 +77,14 @@ impl PacsChannel {
         )
         .await;
         let stored = outcome(&results);
-        let Some(mut assoc) = open.filter(|_| stored == Delivery::Acked) else {
-            return stored;
+        let mut assoc = match open {
+            Some(assoc) if stored == Delivery::Acked => assoc,
+            Some(assoc) => {
+                // An object refused: nothing to ask about; the association is still sound.
+                assoc.release().await;
+                return stored;
+            }
+            None => return stored,
         };
         let asked = assoc
             .request_commitment(waiting.transaction_uid(), &references)
