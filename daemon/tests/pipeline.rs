@@ -1093,6 +1093,9 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
             o.aet, o.dicom_port
         )
     };
+    let plain_destination = format!(
+        r#"{{name = "plain", ae_title = "PLAIN", host = "127.0.0.1", port = {plain_port}, push = true, result_objects = ["sr"], storage_commitment = true, max_rejections = 1}}"#
+    );
     let d = Daemon::builder()
         .with_inference()
         .config(
@@ -1108,9 +1111,7 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
                 destination("keeper", &keeper),
                 destination("forgetful", &forgetful),
                 destination("silent", &silent),
-                format!(
-                    r#"{{name = "plain", ae_title = "PLAIN", host = "127.0.0.1", port = {plain_port}, push = true, result_objects = ["sr"], storage_commitment = true, max_rejections = 1}}"#
-                )
+                plain_destination
             ),
         )
         .start();
