@@ -90,7 +90,8 @@ impl PacsChannel {
             .request_commitment(waiting.transaction_uid(), &references)
             .await;
         match asked {
-            Ok(0) => assoc.release().await,
+            // Success (or a warning: the classification of `Status::class`).
+            Ok(status) if crate::dimse::status::Status(status).is_ok() => assoc.release().await,
             Ok(status) => {
                 assoc.release().await;
                 return Delivery::Rejected(Refusal::ours(format!(
