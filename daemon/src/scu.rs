@@ -572,6 +572,28 @@ impl StoreAssociation {
         })
     }
 
+    /// Waits for the next request the peer sends on this association (an archive's
+    /// Storage Commitment report); returns its context, its transfer syntax, its command
+    /// and its data set (at most 1 MiB). No time limit: the caller bounds the wait.
+    pub async fn next_request(&mut self) -> Result<(u8, String, Command, Vec<u8>), ScuError> {
+        const MAX_DATA: usize = 1 << 20;
+        let (pc, rq, data) = self.assoc.next_request(MAX_DATA).await.map_err(protocol)?;
+        let ts = self
+            .accepted()
+            .iter()
+            .find(|(id, _, _)| *id == pc)
+            .map(|(_, _, ts)| ts.clone())
+            .ok_or_else(|| {
+                ScuError::Protocol(format!("request on presentation context {pc}, not agreed"))
+            })?;
+        Ok((pc, ts, rq, data))
+    }
+
+    /// Answers a request read with [`StoreAssociation::next_request`].
+    pub async fn answer(&mut self, pc: u8, rsp: &Command) -> Result<(), ScuError> {
+        self.assoc.answer(pc, rsp).await.map_err(protocol)
+    }
+
     /// Releases the association (errors are only logged: the work is done).
     pub async fn release(self) {
         if let Err(e) = self.assoc.release().await {

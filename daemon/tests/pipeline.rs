@@ -1225,3 +1225,67 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
         context()
     );
 }
+
+/// An archive that sends its Storage Commitment report on the association that asked
+/// (pynetdicom, `tests/tools/commitment_scp.py`; it never opens one of its own): the push
+/// keeps the association open while it waits, takes the report there and answers it, and
+/// the entry is delivered.
+#[test]
+fn a_report_sent_on_the_push_association_is_taken_there() {
+    let Some(samples) = samples_dir() else { return };
+    if !inference_available() {
+        return;
+    }
+    let dir = temp_dir("commitment-same");
+    let port = free_port();
+    let script =
+        std::fs::read_to_string(repo_root().join("tests/tools/commitment_scp.py")).unwrap();
+    let Some(mut cmd) = python_script(&script, &[&port.to_string(), "SAMEASSOC"]) else {
+        return skip("the test environment's Python is absent (scripts/setup-test-env.sh)");
+    };
+    let log = dir.path().join("scp.log");
+    let mut scp = Background::spawn("commitment_scp.py", &mut cmd, &log).unwrap();
+    scp.wait_for_port(common::loopback(port), READY_TIMEOUT)
+        .unwrap();
+    let d = Daemon::builder()
+        .with_inference()
+        .config(
+            "pacs",
+            "destinations",
+            &format!(
+                r#"[{{name = "same", ae_title = "SAMEASSOC", host = "127.0.0.1", port = {port}, push = true, result_objects = ["sr"], storage_commitment = true, commitment_timeout_s = 60, max_rejections = 1}}]"#
+            ),
+        )
+        .start();
+    d.storescu(
+        "MODALITY",
+        &[],
+        &[samples.join("dicom/explicit-le/PNEUMONIA_01.dcm")],
+    )
+    .unwrap()
+    .assert_success("storescu");
+    let log = d.log_once_it_holds(
+        "on the push association: 1 committed, 0 not",
+        Duration::from_secs(120),
+    );
+    assert!(
+        log.contains("on the push association: 1 committed, 0 not"),
+        "daemon log:\n{log}\narchive log:\n{}",
+        scp.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
+        if !out.stdout.contains("pacs:same") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "outbox:\n{}", out.stdout);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        scp.log()
+            .contains("report sent on the same association: status 0000"),
+        "archive log:\n{}",
+        scp.log()
+    );
+}

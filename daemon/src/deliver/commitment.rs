@@ -11,7 +11,12 @@
 //! transaction this box issued: Transaction UIDs carry 128 random bits, so a peer on the
 //! LAN cannot answer for the archive without having seen the request.
 
-use crate::dimse::commitment::{reason_text, Failure, Reference, Report};
+use crate::dimse::command::Command;
+use crate::dimse::commitment::{
+    reason_text, Failure, Reference, Report, EVENT_FAILURES_EXIST, EVENT_SUCCESSFUL,
+};
+use crate::dimse::refusal::{Cause, Refused};
+use crate::dimse::uids;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -210,6 +215,45 @@ impl Commitments {
         // The channel may have stopped waiting meanwhile: nothing to tell then.
         let _ = waiting.answer.send(verdict);
         Taken::Answered
+    }
+}
+
+/// Takes an N-EVENT-REPORT `rq` of Storage Commitment with event information `data`
+/// (transfer syntax `ts`) from `calling_ae`, wherever it came (an association the archive
+/// opened, or the one that asked): checks the SOP instance and event type, reads the
+/// report and hands it to `registry`. `Ok` is answered Success; a refusal carries the
+/// status to answer.
+pub fn take_report(
+    registry: &Commitments,
+    calling_ae: &str,
+    rq: &Command,
+    ts: &str,
+    data: &[u8],
+) -> Result<(Taken, Report), Refused> {
+    let instance = rq.affected_sop_instance_uid.as_deref().unwrap_or_default();
+    if instance.trim_end_matches(['\0', ' ']) != uids::STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE {
+        return Err(Refused::new(
+            Cause::CommitmentInstanceUnknown,
+            "not the Storage Commitment SOP instance",
+        ));
+    }
+    if !matches!(
+        rq.event_type_id,
+        Some(EVENT_SUCCESSFUL | EVENT_FAILURES_EXIST)
+    ) {
+        return Err(Refused::new(
+            Cause::CommitmentEventUnknown,
+            format!("event type {:?} is not 1 or 2", rq.event_type_id),
+        ));
+    }
+    let report = crate::dimse::commitment::parse_report(data, ts)
+        .map_err(|e| Refused::new(Cause::CommitmentReportRefused, e.to_string()))?;
+    match registry.report(calling_ae, &report) {
+        Taken::WrongPeer { expected } => Err(Refused::new(
+            Cause::CommitmentReportRefused,
+            format!("the transaction was sent to {expected:?}, not to the caller"),
+        )),
+        taken => Ok((taken, report)),
     }
 }
 

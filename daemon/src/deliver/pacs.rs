@@ -3,8 +3,9 @@
 //! send time and sent as stored, over one association per entry.
 //!
 //! With `storage_commitment = true` the same association then asks the PACS to commit to
-//! keeping them (N-ACTION), and the entry is delivered only when the PACS's report
-//! ([`super::commitment`]) names every object committed: one it did not commit to is a
+//! keeping them (N-ACTION) and stays open while it waits, and the entry is delivered only
+//! when the PACS's report ([`super::commitment`]), on an association of its own or on this
+//! one, names every object committed: one it did not commit to is a
 //! refusal (sent again, then dead-lettered with the PACS's reason), no report within
 //! `commitment_timeout_s` a failed attempt (sent again).
 
@@ -91,7 +92,7 @@ impl PacsChannel {
             .await;
         match asked {
             // Success (or a warning: the classification of `Status::class`).
-            Ok(status) if crate::dimse::status::Status(status).is_ok() => assoc.release().await,
+            Ok(status) if crate::dimse::status::Status(status).is_ok() => {}
             Ok(status) => {
                 assoc.release().await;
                 return Delivery::Rejected(Refusal::ours(format!(
@@ -114,7 +115,33 @@ impl PacsChannel {
                 ));
             }
         }
-        match tokio::time::timeout(timeout, waiting.verdict()).await {
+        // The report comes on an association the PACS opens (to the SCP), or on this one
+        // while it stays open: both are heeded until the verdict or the time limit.
+        let verdict = tokio::time::timeout(timeout, async {
+            let mut open = Some(assoc);
+            let verdict = loop {
+                let Some(assoc) = open.as_mut() else {
+                    break waiting.verdict().await;
+                };
+                tokio::select! {
+                    v = waiting.verdict() => break v,
+                    request = assoc.next_request() => {
+                        if !self.answer_on_push(assoc, registry, request).await {
+                            // Closed, aborted or broken: the SCP still takes the report.
+                            if let Some(broken) = open.take() {
+                                broken.abort().await;
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(assoc) = open {
+                assoc.release().await;
+            }
+            verdict
+        })
+        .await;
+        match verdict {
             Ok(Some(Verdict::Committed)) => Delivery::Acked,
             Ok(Some(Verdict::NotCommitted(failures))) => {
                 Delivery::Rejected(Refusal::ours(Verdict::describe(&failures)))
@@ -154,6 +181,51 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
         Delivery::Acked
     } else {
         Delivery::Rejected(Refusal::ours(refused.join("; ")))
+    }
+}
+
+impl PacsChannel {
+    /// Answers a request the PACS sent on the push association while the push waits for
+    /// its verdict: a Storage Commitment report is taken as the SCP takes one; anything
+    /// else is "unrecognized operation". `false` once the association is of no more use.
+    async fn answer_on_push(
+        &self,
+        assoc: &mut scu::StoreAssociation,
+        registry: &Commitments,
+        request: Result<(u8, String, crate::dimse::Command, Vec<u8>), scu::ScuError>,
+    ) -> bool {
+        let Ok((pc, ts, rq, data)) = request else {
+            return false;
+        };
+        let rsp = if rq.command_field == crate::dimse::CommandField::NEventReportRq {
+            match super::commitment::take_report(registry, &self.target.ae_title, &rq, &ts, &data) {
+                Ok((_, report)) => {
+                    log::info!(
+                        "Storage Commitment report from {:?} on the push association: {} \
+                         committed, {} not",
+                        self.target.ae_title,
+                        report.committed.len(),
+                        report.failed.len()
+                    );
+                    crate::dimse::Command::event_report_rsp(
+                        &rq,
+                        crate::dimse::status::Status::SUCCESS,
+                    )
+                }
+                Err(refused) => {
+                    log::warn!(
+                        "Storage Commitment report from {:?} on the push association \
+                         refused: {}",
+                        self.target.ae_title,
+                        refused.comment
+                    );
+                    refused.response(&rq)
+                }
+            }
+        } else {
+            crate::dimse::refusal::unrecognized(&rq)
+        };
+        assoc.answer(pc, &rsp).await.is_ok()
     }
 }
 

@@ -347,6 +347,80 @@ impl Client {
         }
     }
 
+    /// Reads the next request the peer sends on this association (a Storage Commitment
+    /// report an archive sends on the association that asked for it): its context, its
+    /// command set and its data set, at most `max_data` bytes. No time limit: the caller
+    /// bounds the wait.
+    pub async fn next_request(
+        &mut self,
+        max_data: usize,
+    ) -> Result<(u8, Command, Vec<u8>), ClientError> {
+        let mut command: Vec<u8> = Vec::new();
+        let mut data: Vec<u8> = Vec::new();
+        let mut on: Option<u8> = None;
+        let mut rq: Option<Command> = None;
+        loop {
+            let pdvs = match self.next_pdu().await? {
+                Pdu::PData { data } => data,
+                Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
+                _ => {
+                    return Err(ClientError::Protocol(
+                        "unexpected PDU while waiting for a request".into(),
+                    ))
+                }
+            };
+            for pdv in pdvs {
+                if *on.get_or_insert(pdv.presentation_context_id) != pdv.presentation_context_id {
+                    return Err(ClientError::Protocol(
+                        "request split over presentation contexts".into(),
+                    ));
+                }
+                let pc = pdv.presentation_context_id;
+                match (&rq, pdv.value_type) {
+                    (None, PDataValueType::Command) => {
+                        if command.len() + pdv.data.len() > MAX_COMMAND {
+                            return Err(ClientError::Protocol(format!(
+                                "request command set over {MAX_COMMAND} bytes"
+                            )));
+                        }
+                        command.extend_from_slice(&pdv.data);
+                        if pdv.is_last {
+                            let decoded = command::decode(&command)
+                                .map_err(|e| ClientError::Protocol(format!("bad request: {e}")))?;
+                            if !decoded.has_data_set {
+                                return Ok((pc, decoded, data));
+                            }
+                            rq = Some(decoded);
+                        }
+                    }
+                    (Some(_), PDataValueType::Data) => {
+                        if data.len() + pdv.data.len() > max_data {
+                            return Err(ClientError::Protocol(format!(
+                                "request data set over {max_data} bytes"
+                            )));
+                        }
+                        data.extend_from_slice(&pdv.data);
+                        if pdv.is_last {
+                            if let Some(decoded) = rq.take() {
+                                return Ok((pc, decoded, data));
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(ClientError::Protocol(
+                            "command and data set fragments out of order".into(),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `cmd` (the answer to a request read with [`Client::next_request`]) on `pc`.
+    pub async fn answer(&mut self, pc: u8, cmd: &Command) -> Result<(), ClientError> {
+        Ok(self.writer.command(pc, cmd).await?)
+    }
+
     /// Reads the next PDU (the callers bound the whole exchange in time).
     async fn next_pdu(&mut self) -> Result<Pdu, ClientError> {
         self.reader
