@@ -163,6 +163,11 @@ pub struct Event {
     /// trail named patients).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
+    /// Who received what the event sent, when that is not this box (the PACS of a push
+    /// or a C-MOVE, the requestor of a C-GET, as `ae:TITLE`; the RIS of a report, as
+    /// `hl7:HOST:PORT`); empty otherwise (and in records made before the trail named it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub destination: String,
 }
 
 /// Most patients one record names (its object names at most a few studies).
@@ -196,6 +201,7 @@ impl Event {
             (&mut self.source, MAX_FIELD),
             (&mut self.object, MAX_FIELD),
             (&mut self.detail, MAX_DETAIL),
+            (&mut self.destination, MAX_FIELD),
         ] {
             if field.len() > max {
                 *field = cut(field, max).into_owned();
@@ -220,6 +226,7 @@ impl Event {
             success: true,
             detail: String::new(),
             patients: Vec::new(),
+            destination: String::new(),
         }
     }
 
@@ -265,6 +272,12 @@ impl Event {
     /// Sets the detail text.
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = detail.into();
+        self
+    }
+
+    /// Names who received what the event sent ([`Event::destination`]).
+    pub fn to(mut self, destination: &str) -> Event {
+        self.destination = destination.to_string();
         self
     }
 
@@ -399,13 +412,18 @@ fn set_aside_note(store: &Store) -> String {
 
 fn canonical_hash(prev: &str, r: &Record) -> String {
     // The body is the record without its own hash, in a fixed field order; the patients
-    // follow only when there are some, so records made before the trail named them hash
-    // as they did.
+    // and the destination follow only when there are some, so records made before the
+    // trail named them hash as they did.
     let mut body = serde_json::json!([
         r.seq, r.at_ms, r.actor, r.source, r.action, r.object, r.success, r.detail, prev
     ]);
-    if let (false, Some(fields)) = (r.patients.is_empty(), body.as_array_mut()) {
-        fields.push(serde_json::json!(r.patients));
+    if let Some(fields) = body.as_array_mut() {
+        if !r.patients.is_empty() {
+            fields.push(serde_json::json!(r.patients));
+        }
+        if !r.destination.is_empty() {
+            fields.push(serde_json::json!({ "destination": r.destination }));
+        }
     }
     let mut input = prev.as_bytes().to_vec();
     input.extend_from_slice(body.to_string().as_bytes());
@@ -867,6 +885,55 @@ mod tests {
         edited["patients"] = serde_json::json!(["PAT-2"]);
         raw.insert(1u64.to_be_bytes(), &edited).unwrap();
         assert_eq!(audit.verify().unwrap().broken.map(|b| b.seq), Some(1));
+    }
+
+    /// The receiving process of a transfer is in the chain: a record naming one verifies,
+    /// one whose destination was changed (or removed) is found; a record without one hashes
+    /// as records did before the field existed.
+    #[test]
+    fn the_destination_of_a_transfer_is_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let pushed = audit
+            .append(Event::new("system", Action::Transfer, "1.2.3").to("ae:ARCHIVE"))
+            .unwrap();
+        let plain = audit
+            .append(Event::new("ana", Action::View, "1.2.3"))
+            .unwrap();
+        assert!(plain.destination.is_empty());
+        assert_eq!(
+            canonical_hash(&plain.prev, &plain),
+            {
+                let body = serde_json::json!([
+                    plain.seq,
+                    plain.at_ms,
+                    plain.actor,
+                    plain.source,
+                    plain.action,
+                    plain.object,
+                    plain.success,
+                    plain.detail,
+                    plain.prev
+                ]);
+                let mut input = plain.prev.as_bytes().to_vec();
+                input.extend_from_slice(body.to_string().as_bytes());
+                hex::encode(digest(&SHA256, &input).as_ref())
+            },
+            "a record without a destination hashes as before"
+        );
+        assert!(audit.verify().unwrap().broken.is_none());
+        let raw = store
+            .records::<serde_json::Value>(RecordTree::Audit)
+            .unwrap();
+        let mut edited = raw.get(pushed.seq.to_be_bytes()).unwrap().unwrap();
+        assert_eq!(edited["destination"], "ae:ARCHIVE");
+        edited["destination"] = serde_json::json!("ae:ELSEWHERE");
+        raw.insert(pushed.seq.to_be_bytes(), &edited).unwrap();
+        assert_eq!(
+            audit.verify().unwrap().broken.map(|b| b.seq),
+            Some(pushed.seq)
+        );
     }
 
     /// A record that does not decode (here one a later release wrote, with an action this

@@ -385,6 +385,32 @@ fn one_study_reaches_the_ris_the_cloud_and_the_pacs() {
         );
     }
     assert_eq!(exports.len(), 4, "{exports:#?}");
+    // Each names who received it: the RIS, the PACS (the ATNA destination participant).
+    let receivers: Vec<&str> = records
+        .iter()
+        .filter(|r| r.actor == "system" && r.object == study_uid && r.success)
+        .filter(|r| {
+            matches!(
+                r.action,
+                duli::audit::Action::Export | duli::audit::Action::Transfer
+            )
+        })
+        .map(|r| r.destination.as_str())
+        .collect();
+    let (ris, pacs) = (
+        format!("hl7:127.0.0.1:{hl7_port}"),
+        format!("ae:{}", orthanc.aet),
+    );
+    assert_eq!(
+        receivers.iter().filter(|d| **d == ris).count(),
+        1,
+        "{receivers:?}"
+    );
+    assert_eq!(
+        receivers.iter().filter(|d| **d == pacs).count(),
+        3,
+        "{receivers:?}"
+    );
     // Each record on the study names its patient (for a repository asked who touched
     // this patient's data): the deliveries, and rita's view of the study page.
     let patient = dicom_attr(&file, dicom_dictionary_std::tags::PATIENT_ID);

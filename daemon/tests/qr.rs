@@ -538,6 +538,16 @@ fn movescu_and_getscu_retrieve_every_instance_byte_identical() {
     assert!(exports
         .iter()
         .any(|r| !r.success && r.detail.contains("NOWHERE")));
+    // Each names who received the instances: a C-MOVE's destination, a C-GET's requestor.
+    for r in &exports {
+        if r.detail.contains("C-GET") {
+            assert_eq!(r.destination, r.actor, "{r:?}");
+        } else {
+            assert!(r.destination.starts_with("ae:"), "{r:?}");
+            assert_ne!(r.destination, r.actor, "{r:?}");
+        }
+    }
+    assert!(exports.iter().any(|r| r.destination == "ae:NOWHERE"));
     assert_eq!(
         exports
             .iter()

@@ -126,6 +126,7 @@ mod tests {
                 success,
                 detail: "é <x>".into(),
                 patients: Vec::new(),
+                destination: String::new(),
             },
             prev: "00ff".into(),
             hash: "ab]c".into(),

@@ -252,8 +252,14 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
             xml_escape(&rec.source)
         ));
     }
+    // Who received what was sent: the requestor itself (a C-GET), or another process
+    // (the PACS of a push or C-MOVE, the RIS of a report), a participant of its own.
+    let destination = rec.destination.trim();
+    let requestor_receives = !destination.is_empty() && destination == rec.actor;
     let requestor_role = if box_acts {
         roles.this_box
+    } else if requestor_receives {
+        Some(DESTINATION)
     } else {
         roles.requestor
     };
@@ -265,6 +271,13 @@ pub fn audit_message(rec: &Record, source_id: &str) -> String {
             xml_escape(source_id)
         ));
         close_participant(&mut x, Some(role));
+    }
+    if !destination.is_empty() && !requestor_receives {
+        x.push_str(&format!(
+            "<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"false\"",
+            xml_escape(destination)
+        ));
+        close_participant(&mut x, Some(DESTINATION));
     }
     x.push_str(&format!(
         "<AuditSourceIdentification AuditSourceID=\"{}\"/>",
@@ -320,6 +333,7 @@ mod tests {
                 success,
                 detail: "a \"b\"".into(),
                 patients: Vec::new(),
+                destination: String::new(),
             },
             prev: "00".into(),
             hash: "ab".into(),
@@ -448,6 +462,37 @@ mod tests {
         let mut trail = rec(Action::Export, true);
         trail.event.object = crate::audit::TRAIL_OBJECT.into();
         assert_eq!(parts(&trail), [own("ana<x>", "true", None)]);
+        // The receiving process (PS3.15 A.5.3.2, A.5.3.7): a C-MOVE's destination and a
+        // push's PACS as participants of their own, a C-GET's requestor in that role.
+        let mut moved = rec(Action::Transfer, true);
+        moved.event.actor = "ae:VIEWER".into();
+        moved.event.destination = "ae:WORKSTATION".into();
+        assert_eq!(
+            parts(&moved),
+            [
+                own("ae:VIEWER", "true", None),
+                own("duli-edge-01", "false", Some("110153")),
+                own("ae:WORKSTATION", "false", Some("110152"))
+            ]
+        );
+        moved.event.destination = "ae:VIEWER".into();
+        assert_eq!(
+            parts(&moved),
+            [
+                own("ae:VIEWER", "true", Some("110152")),
+                own("duli-edge-01", "false", Some("110153"))
+            ]
+        );
+        let mut pushed = rec(Action::Transfer, true);
+        pushed.event.actor = "system".into();
+        pushed.event.destination = "ae:ARCHIVE".into();
+        assert_eq!(
+            parts(&pushed),
+            [
+                own("system", "true", Some("110153")),
+                own("ae:ARCHIVE", "false", Some("110152"))
+            ]
+        );
     }
 
     /// Reading or exporting the trail is "Audit Log Used" (DCM 110101), its object a

@@ -29,6 +29,7 @@ const MAX_NAMED_INSTANCES: usize = 8;
 pub struct ExportAudit {
     audit: Arc<Audit>,
     peer: String,
+    destination: String,
 }
 
 impl ExportAudit {
@@ -38,15 +39,26 @@ impl ExportAudit {
         ExportAudit {
             audit,
             peer: peer.into(),
+            destination: String::new(),
         }
+    }
+
+    /// Names the receiving process in each record ([`Event::destination`]: `ae:TITLE` of
+    /// a PACS, `hl7:HOST:PORT` of a RIS), the destination participant of its ATNA message.
+    pub fn to(mut self, destination: &str) -> ExportAudit {
+        self.destination = destination.to_string();
+        self
     }
 
     /// Records the outcome of one attempt at `entry` when it is an export ([`event`]);
     /// a record that cannot be written is logged (the delivery itself stands).
     pub fn record(&self, entry: &Entry, outcome: &Delivery) {
-        let Some(event) = event(entry, outcome, &self.peer) else {
+        let Some(mut event) = event(entry, outcome, &self.peer) else {
             return;
         };
+        if !self.destination.is_empty() {
+            event = event.to(&self.destination);
+        }
         if let Err(e) = self.audit.append(event) {
             log::error!(
                 "audit trail: cannot record the delivery of entry {} ({}) to {}: {e}",
@@ -223,7 +235,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
         let audit = Arc::new(Audit::open(&store).unwrap());
-        let exports = ExportAudit::new(audit.clone(), "PACS main");
+        let exports = ExportAudit::new(audit.clone(), "PACS main").to("ae:ARCHIVE");
         exports.record(&push(2), &Delivery::Acked);
         exports.record(&push(2), &Delivery::Failed("down".into()));
         let records = audit.records(0, 100).unwrap();
@@ -233,5 +245,10 @@ mod tests {
             .collect();
         assert_eq!(exported.len(), 1, "{records:?}");
         assert_eq!(exported[0].object, "1.2.840.99.1");
+        assert_eq!(exported[0].destination, "ae:ARCHIVE");
+        assert!(
+            audit.verify().unwrap().broken.is_none(),
+            "the destination is in the chain"
+        );
     }
 }

@@ -90,7 +90,8 @@ pub fn start(
                 };
                 let options = refusals(config.hl7.max_rejections);
                 let ris = format!("RIS {}:{}", target.host, target.port);
-                let exports = Some(ExportAudit::new(audit.clone(), ris));
+                let receiver = format!("hl7:{}:{}", target.host, target.port);
+                let exports = Some(ExportAudit::new(audit.clone(), ris).to(&receiver));
                 let task = spawn_worker(&shutdown, &outbox, dest, options, exports, move || {
                     Hl7Channel::new(target.clone())
                 });
@@ -129,7 +130,8 @@ pub fn start(
                     "PACS {} (AE {} at {}:{})",
                     d.name, d.ae_title, d.host, d.port
                 );
-                let exports = Some(ExportAudit::new(audit.clone(), pacs));
+                let receiver = format!("ae:{}", d.ae_title.trim());
+                let exports = Some(ExportAudit::new(audit.clone(), pacs).to(&receiver));
                 let task = spawn_worker(&shutdown, &outbox, dest, options, exports, move || {
                     PacsChannel::new(store.clone(), &d, &ae, &commitments)
                 });

@@ -123,9 +123,27 @@ impl Op {
 
     /// Appends an audit record as the calling AE.
     pub fn audit(&self, action: Action, object: &str, detail: String, failed: bool) {
-        let mut e = Event::new(&format!("ae:{}", self.accepted.calling_ae), action, object)
+        let requestor = format!("ae:{}", self.accepted.calling_ae);
+        let transfer = action == Action::Transfer;
+        let mut e = Event::new(&requestor, action, object)
             .from(&self.peer.ip().to_canonical().to_string())
             .detail(detail);
+        // Instances transferred go to the Move Destination, or back to a C-GET's requestor.
+        if transfer {
+            let destination = match self.rq.command_field {
+                crate::dimse::CommandField::CMoveRq => self
+                    .rq
+                    .move_destination
+                    .as_deref()
+                    .map(|d| format!("ae:{}", d.trim()))
+                    .filter(|d| d.len() > 3),
+                crate::dimse::CommandField::CGetRq => Some(requestor.clone()),
+                _ => None,
+            };
+            if let Some(d) = destination {
+                e = e.to(&d);
+            }
+        }
         if failed {
             e = e.failed();
         }
