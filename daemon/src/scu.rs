@@ -647,6 +647,94 @@ mod tests {
         assert!(configured_peers(&cfg).iter().all(|p| !p.own));
     }
 
+    /// An archive that sends hostile bytes on the association the push keeps open for its
+    /// Storage Commitment report (dicom-ul's acceptor, crafting PDUs no real archive sends;
+    /// the well-formed case is `pipeline.rs`, with pynetdicom): an oversized data set,
+    /// fragments out of order, a command set that does not decode, an abort. Each ends the
+    /// wait with an error, nothing held beyond the bound.
+    #[tokio::test]
+    async fn hostile_requests_on_the_push_association_end_it_with_an_error() {
+        use dicom_ul::association::server::ServerAssociationOptions;
+        use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+        let pdv = |value_type, data: Vec<u8>, is_last| PDataValue {
+            presentation_context_id: 1,
+            value_type,
+            is_last,
+            data,
+        };
+        let mut report = Command::new(crate::dimse::CommandField::NEventReportRq);
+        report.has_data_set = true;
+        let command = crate::dimse::command::encode(&report);
+        let big = vec![0u8; 60_000];
+        let cases: Vec<(&str, Vec<Pdu>, &str)> = vec![
+            (
+                "a data set over 1 MiB",
+                std::iter::once(pdv(PDataValueType::Command, command.clone(), true))
+                    .chain((0..20).map(|_| pdv(PDataValueType::Data, big.clone(), false)))
+                    .map(|p| Pdu::PData { data: vec![p] })
+                    .collect(),
+                "over 1048576 bytes",
+            ),
+            (
+                "data before its command",
+                vec![Pdu::PData {
+                    data: vec![pdv(PDataValueType::Data, vec![1, 2], true)],
+                }],
+                "out of order",
+            ),
+            (
+                "a command set that does not decode",
+                vec![Pdu::PData {
+                    data: vec![pdv(PDataValueType::Command, vec![0, 0, 0], true)],
+                }],
+                "bad request",
+            ),
+            (
+                "an abort",
+                vec![Pdu::AbortRQ {
+                    source: dicom_ul::pdu::AbortRQSource::ServiceUser,
+                }],
+                "aborted",
+            ),
+        ];
+        for (what, pdus, expected) in cases {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let archive = std::thread::spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut assoc = ServerAssociationOptions::new()
+                    .accept_any()
+                    .with_abstract_syntax(uids::STORAGE_COMMITMENT_PUSH_MODEL)
+                    .establish(stream)
+                    .unwrap();
+                for pdu in &pdus {
+                    if assoc.send(pdu).is_err() {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            });
+            let target = Target {
+                ae_title: "ARCHIVE".into(),
+                host: "127.0.0.1".into(),
+                port,
+                tls: None,
+            };
+            let mut assoc = StoreAssociation::open(&target, "DULI", &[commitment_context()])
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(10), assoc.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no end to the wait"));
+            match got {
+                Err(e) => assert!(e.to_string().contains(expected), "{what}: {e}"),
+                Ok(r) => panic!("{what}: taken as a request: {:?}", r.2),
+            }
+            assoc.abort().await;
+            archive.join().unwrap();
+        }
+    }
+
     #[test]
     fn targets_parse() {
         let t: Target = "DULI@127.0.0.1:11112".parse().unwrap();
