@@ -95,8 +95,14 @@ pub async fn start_with(config: &Config, mut prebound: Prebound) -> Result<Runni
     {
         shutdown.drain_on_stop(task, crate::audit_forward::DRAIN);
     }
-    let delivery =
-        crate::deliver::service::start(config, &store, &audit, &model_name(config), &shutdown)?;
+    let delivery = crate::deliver::service::start(
+        config,
+        &store,
+        &audit,
+        &model_name(config),
+        &metrics,
+        &shutdown,
+    )?;
     let assembly = start_assembly(config, &store, &shutdown);
     let uploads = assembly.events.downgrade();
 

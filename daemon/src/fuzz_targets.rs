@@ -338,7 +338,7 @@ pub fn commitment_report(data: &[u8]) {
         sop_class: crate::dimse::uids::COMPREHENSIVE_SR.into(),
         sop_instance: "2.25.1".into(),
     };
-    if let Ok(_waiting) = registry.expect("PACS", &[reference]) {
+    if let Ok(_waiting) = registry.register("PACS", &[reference]) {
         let _ = registry.report("PACS", &report);
     }
     if let Some(first) = report.failed.first() {

@@ -1163,22 +1163,22 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
     .assert_success("storescu");
 
     let deadline = Instant::now() + Duration::from_secs(180);
+    // The listing's row of a destination, if it has one.
+    fn row<'a>(listing: &'a str, dest: &str) -> Option<&'a str> {
+        listing
+            .lines()
+            .find(|l| l.contains(&format!("pacs:{dest} ")))
+    }
+    let has = |listing: &str, dest: &str, text: &str| {
+        row(listing, dest).is_some_and(|l| l.contains(text))
+    };
     let listing = loop {
         let out = run(&mut d.command(&["outbox", "list"]), Duration::from_secs(30));
-        let settled = !out.stdout.contains("pacs:keeper")
-            && out
-                .stdout
-                .lines()
-                .any(|l| l.contains("pacs:forgetful") && l.contains("dead"));
-        let waited = out
-            .stdout
-            .lines()
-            .any(|l| l.contains("pacs:silent") && l.contains("no Storage Commitment report"));
-        let refused = out
-            .stdout
-            .lines()
-            .any(|l| l.contains("pacs:plain") && l.contains("dead"));
-        if settled && waited && refused || Instant::now() > deadline {
+        let settled = row(&out.stdout, "keeper").is_none()
+            && has(&out.stdout, "forgetful", "dead")
+            && has(&out.stdout, "silent", "no Storage Commitment report")
+            && has(&out.stdout, "plain", "dead");
+        if settled || Instant::now() > deadline {
             break out.stdout;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -1196,10 +1196,8 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
     assert_eq!(forgetful.instances().len(), 0, "{}", context());
     // The keeper's commitment delivered its entry; the forgetful one's is dead, with why.
     assert!(!listing.contains("pacs:keeper"), "{}", context());
-    let dead = listing
-        .lines()
-        .find(|l| l.contains("pacs:forgetful"))
-        .unwrap_or_else(|| panic!("{}", context()));
+    let row = |dest: &str| row(&listing, dest).unwrap_or_else(|| panic!("{}", context()));
+    let dead = row("forgetful");
     assert!(dead.contains("dead"), "{}", context());
     assert!(
         dead.contains("did not commit to keeping 1 object(s)")
@@ -1209,10 +1207,7 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
     );
     // No report within commitment_timeout_s: the entry stays, retried (sent and asked
     // again), never counted as a refusal.
-    let waiting = listing
-        .lines()
-        .find(|l| l.contains("pacs:silent"))
-        .unwrap_or_else(|| panic!("{}", context()));
+    let waiting = row("silent");
     assert!(
         waiting.contains("retrying")
             && waiting.contains("no Storage Commitment report from the PACS within 3 s"),
@@ -1222,10 +1217,7 @@ fn the_push_is_delivered_once_the_pacs_commits_and_kept_when_it_does_not() {
     assert_eq!(silent.instances().len(), 1, "{}", context());
     // A PACS that offers no Storage Commitment: the SR stored, the entry refused with the
     // reason (a configuration to correct at one end or the other).
-    let refused = listing
-        .lines()
-        .find(|l| l.contains("pacs:plain"))
-        .unwrap_or_else(|| panic!("{}", context()));
+    let refused = row("plain");
     assert!(
         refused.contains("dead")
             && refused.contains("does not accept Storage Commitment Push Model"),
@@ -1308,6 +1300,11 @@ fn a_report_sent_on_the_push_association_is_taken_there() {
         assert!(Instant::now() < deadline, "outbox:\n{}", out.stdout);
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Counted like a report the SCP takes.
+    assert_eq!(
+        d.metric("duli_commitment_reports_total{outcome=\"answered\"}"),
+        Some(1.0)
+    );
     assert!(
         scp.log()
             .contains("report sent on the same association: status 0000"),

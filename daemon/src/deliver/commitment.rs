@@ -1,7 +1,7 @@
 //! Storage Commitment of the result push: the transactions a PACS has been asked to commit
 //! to, and the reports that answer them.
 //!
-//! The push channel ([`super::pacs`]) registers a transaction ([`Commitments::expect`])
+//! The push channel ([`super::pacs`]) registers a transaction ([`Commitments::register`])
 //! before it sends the N-ACTION, then waits for its [`Verdict`]; the SCP hands each
 //! N-EVENT-REPORT it receives to [`Commitments::report`]. A transaction lives only while
 //! its channel waits: the outbox entry is the durable record, and stays queued until the
@@ -17,6 +17,7 @@ use crate::dimse::commitment::{
 };
 use crate::dimse::refusal::{Cause, Refused};
 use crate::dimse::uids;
+use crate::metrics::{CommitmentOutcome, Metrics};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -84,6 +85,8 @@ struct Pending {
 #[derive(Default)]
 pub struct Commitments {
     pending: Mutex<HashMap<String, Pending>>,
+    /// Where each report taken is counted (`duli_commitment_reports_total`), if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Commitments {
@@ -136,6 +139,14 @@ impl Commitments {
         Arc::new(Commitments::default())
     }
 
+    /// An empty registry that counts every report [`take_report`] takes into `metrics`.
+    pub fn counted(metrics: Arc<Metrics>) -> Arc<Commitments> {
+        Arc::new(Commitments {
+            metrics: Some(metrics),
+            ..Commitments::default()
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending
             .lock()
@@ -143,7 +154,7 @@ impl Commitments {
     }
 
     /// Registers a new transaction for `references`, sent to the archive `ae_title`.
-    pub fn expect(
+    pub fn register(
         self: &Arc<Self>,
         ae_title: &str,
         references: &[Reference],
@@ -221,9 +232,27 @@ impl Commitments {
 /// Takes an N-EVENT-REPORT `rq` of Storage Commitment with event information `data`
 /// (transfer syntax `ts`) from `calling_ae`, wherever it came (an association the archive
 /// opened, or the one that asked): checks the SOP instance and event type, reads the
-/// report and hands it to `registry`. `Ok` is answered Success; a refusal carries the
-/// status to answer.
+/// report and hands it to `registry`, which counts it by outcome. `Ok` is answered
+/// Success; a refusal carries the status to answer.
 pub fn take_report(
+    registry: &Commitments,
+    calling_ae: &str,
+    rq: &Command,
+    ts: &str,
+    data: &[u8],
+) -> Result<(Taken, Report), Refused> {
+    let taken = read_report(registry, calling_ae, rq, ts, data);
+    if let Some(metrics) = &registry.metrics {
+        metrics.commitment_report(match &taken {
+            Ok((Taken::Answered, _)) => CommitmentOutcome::Answered,
+            Ok(_) => CommitmentOutcome::Ignored,
+            Err(_) => CommitmentOutcome::Refused,
+        });
+    }
+    taken
+}
+
+fn read_report(
     registry: &Commitments,
     calling_ae: &str,
     rq: &Command,
@@ -293,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_report_from_the_archive_commits_the_transaction() {
         let registry = Commitments::new();
-        let mut waiting = registry.expect("PACS", &[r(1), r(2)]).unwrap();
+        let mut waiting = registry.register("PACS", &[r(1), r(2)]).unwrap();
         let uid = waiting.transaction_uid().to_string();
         assert!(uid.starts_with("2.25.") && uid.len() <= 64, "{uid}");
         assert_eq!(
@@ -311,7 +340,7 @@ mod tests {
     #[tokio::test]
     async fn failed_and_unnamed_objects_are_not_committed() {
         let registry = Commitments::new();
-        let mut waiting = registry.expect("PACS", &[r(1), r(2), r(3)]).unwrap();
+        let mut waiting = registry.register("PACS", &[r(1), r(2), r(3)]).unwrap();
         let uid = waiting.transaction_uid().to_string();
         registry.report("PACS", &report(&uid, &[r(1)], &[(r(2), 0x0112)]));
         let Some(Verdict::NotCommitted(failures)) = waiting.verdict().await else {
@@ -333,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_archive_asked_may_answer_and_only_while_asked() {
         let registry = Commitments::new();
-        let mut waiting = registry.expect("PACS", &[r(1)]).unwrap();
+        let mut waiting = registry.register("PACS", &[r(1)]).unwrap();
         let uid = waiting.transaction_uid().to_string();
         assert_eq!(
             registry.report("MODALITY", &report(&uid, &[r(1)], &[])),
@@ -351,7 +380,7 @@ mod tests {
             Taken::Answered
         );
         assert_eq!(waiting.verdict().await, Some(Verdict::Committed));
-        let dropped = registry.expect("PACS", &[r(1)]).unwrap();
+        let dropped = registry.register("PACS", &[r(1)]).unwrap();
         let uid = dropped.transaction_uid().to_string();
         drop(dropped);
         assert_eq!(
@@ -364,12 +393,12 @@ mod tests {
     fn transactions_are_bounded_and_unique() {
         let registry = Commitments::new();
         let held: Vec<Waiting> = (0..MAX_PENDING)
-            .map(|_| registry.expect("PACS", &[r(1)]).unwrap())
+            .map(|_| registry.register("PACS", &[r(1)]).unwrap())
             .collect();
         let uids: HashSet<&str> = held.iter().map(|w| w.transaction_uid()).collect();
         assert_eq!(uids.len(), MAX_PENDING);
         assert_eq!(
-            registry.expect("PACS", &[r(1)]).err(),
+            registry.register("PACS", &[r(1)]).err(),
             Some(CommitmentsError::Full)
         );
     }

@@ -66,7 +66,7 @@ impl PacsChannel {
             })
             .collect();
         // Registered before the N-ACTION goes out: the report may come at once.
-        let mut waiting = match registry.expect(&self.target.ae_title, &references) {
+        let mut waiting = match registry.register(&self.target.ae_title, &references) {
             Ok(w) => w,
             Err(e) => return Delivery::Failed(e.to_string()),
         };

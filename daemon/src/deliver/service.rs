@@ -48,12 +48,14 @@ impl Delivery {
 /// Opens the outbox and starts the workers of `config`, each supervised (restarted when
 /// it ends unexpectedly) with a heartbeat among the stages of `daemon`; delivery has a
 /// stop signal of its own ([`Delivery::stop`]). A destination whose TLS files do not load
-/// is logged and not started; the others and the rest of the daemon run.
+/// is logged and not started; the others and the rest of the daemon run. `metrics` counts
+/// the Storage Commitment reports the push takes.
 pub fn start(
     config: &Config,
     store: &Arc<Store>,
     audit: &Arc<Audit>,
     model: &str,
+    metrics: &Arc<crate::metrics::Metrics>,
     daemon: &Shutdown,
 ) -> Result<Delivery> {
     let secret = SiteSecret::load_or_generate(&config.site_secret_path()).with_context(|| {
@@ -69,7 +71,7 @@ pub fn start(
             .context("cannot open the outbox")?,
     );
     let plan = DeliveryPlan::from_config(config);
-    let commitments = super::commitment::Commitments::new();
+    let commitments = super::commitment::Commitments::counted(metrics.clone());
     dead_letter_unserved(&outbox, &plan, config);
     let mut shutdown = daemon.sharing_stages();
     // HL7 and each PACS destination count explicit refusals towards dead-lettering, each

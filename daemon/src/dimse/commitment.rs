@@ -32,6 +32,24 @@ pub struct Reference {
     pub sop_instance: String,
 }
 
+impl Reference {
+    /// The item that names it in a Referenced or Failed SOP Sequence.
+    fn item(&self) -> InMemDicomObject {
+        InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from(self.sop_class.as_str()),
+            ),
+            DataElement::new(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(self.sop_instance.as_str()),
+            ),
+        ])
+    }
+}
+
 /// An instance the archive did not commit to keeping, with its Failure Reason (0008,1197).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -92,23 +110,7 @@ pub fn request(
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| CommitmentError::TransferSyntax(ts_uid.to_string()))?;
-    let items: Vec<InMemDicomObject> = references
-        .iter()
-        .map(|r| {
-            InMemDicomObject::from_element_iter([
-                DataElement::new(
-                    tags::REFERENCED_SOP_CLASS_UID,
-                    VR::UI,
-                    PrimitiveValue::from(r.sop_class.as_str()),
-                ),
-                DataElement::new(
-                    tags::REFERENCED_SOP_INSTANCE_UID,
-                    VR::UI,
-                    PrimitiveValue::from(r.sop_instance.as_str()),
-                ),
-            ])
-        })
-        .collect();
+    let items: Vec<InMemDicomObject> = references.iter().map(Reference::item).collect();
     let obj = InMemDicomObject::from_element_iter([
         DataElement::new(
             tags::TRANSACTION_UID,
@@ -217,18 +219,7 @@ mod tests {
         ts: &str,
     ) -> Vec<u8> {
         let item = |r: &Reference, reason: Option<u16>| {
-            let mut o = InMemDicomObject::from_element_iter([
-                DataElement::new(
-                    tags::REFERENCED_SOP_CLASS_UID,
-                    VR::UI,
-                    PrimitiveValue::from(r.sop_class.as_str()),
-                ),
-                DataElement::new(
-                    tags::REFERENCED_SOP_INSTANCE_UID,
-                    VR::UI,
-                    PrimitiveValue::from(r.sop_instance.as_str()),
-                ),
-            ]);
+            let mut o = r.item();
             if let Some(code) = reason {
                 o.put(DataElement::new(
                     tags::FAILURE_REASON,

@@ -12,19 +12,13 @@ use crate::deliver::commitment::{take_report, Taken};
 use crate::dimse::command::Command;
 use crate::dimse::refusal::Refused;
 use crate::dimse::status::Status;
-use crate::metrics::CommitmentOutcome;
 
 /// Answers report `rq` with event information `data` (transfer syntax `ts`) from
 /// `calling_ae`: the N-EVENT-REPORT-RSP to send.
-/// Each report is counted by outcome (`duli_commitment_reports_total`).
 pub fn answer(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) -> Command {
     match take(scp, calling_ae, rq, ts, data) {
-        Ok(outcome) => {
-            scp.metrics.commitment_report(outcome);
-            Command::event_report_rsp(rq, Status::SUCCESS)
-        }
+        Ok(()) => Command::event_report_rsp(rq, Status::SUCCESS),
         Err(refused) => {
-            scp.metrics.commitment_report(CommitmentOutcome::Refused);
             log::warn!(
                 "Storage Commitment report from {calling_ae:?} refused: {}",
                 refused.comment
@@ -34,25 +28,19 @@ pub fn answer(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) 
     }
 }
 
-fn take(
-    scp: &Scp,
-    calling_ae: &str,
-    rq: &Command,
-    ts: &str,
-    data: &[u8],
-) -> Result<CommitmentOutcome, Refused> {
+fn take(scp: &Scp, calling_ae: &str, rq: &Command, ts: &str, data: &[u8]) -> Result<(), Refused> {
     let (taken, report) = take_report(&scp.commitments, calling_ae, rq, ts, data)?;
     if taken == Taken::Unknown {
         log::info!(
             "Storage Commitment report from {calling_ae:?} for a transaction no longer \
              waited for (its objects are sent and asked about again): ignored"
         );
-        return Ok(CommitmentOutcome::Ignored);
+        return Ok(());
     }
     log::info!(
         "Storage Commitment report from {calling_ae:?}: {} committed, {} not",
         report.committed.len(),
         report.failed.len()
     );
-    Ok(CommitmentOutcome::Answered)
+    Ok(())
 }
