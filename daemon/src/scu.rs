@@ -647,6 +647,40 @@ mod tests {
         assert!(configured_peers(&cfg).iter().all(|p| !p.own));
     }
 
+    /// An archive (dicom-ul's acceptor, on a thread) that accepts the Storage Commitment
+    /// context, sends `pdus` and waits a little; and our association to it, open.
+    async fn archive_sending(
+        pdus: Vec<dicom_ul::pdu::Pdu>,
+    ) -> (StoreAssociation, std::thread::JoinHandle<()>) {
+        use dicom_ul::association::server::ServerAssociationOptions;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let archive = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut assoc = ServerAssociationOptions::new()
+                .accept_any()
+                .with_abstract_syntax(uids::STORAGE_COMMITMENT_PUSH_MODEL)
+                .establish(stream)
+                .unwrap();
+            for pdu in &pdus {
+                if assoc.send(pdu).is_err() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let target = Target {
+            ae_title: "ARCHIVE".into(),
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        };
+        let assoc = StoreAssociation::open(&target, "DULI", &[commitment_context()])
+            .await
+            .unwrap();
+        (assoc, archive)
+    }
+
     /// An archive that sends hostile bytes on the association the push keeps open for its
     /// Storage Commitment report (dicom-ul's acceptor, crafting PDUs no real archive sends;
     /// the well-formed case is `pipeline.rs`, with pynetdicom): an oversized data set,
@@ -654,7 +688,6 @@ mod tests {
     /// wait with an error, nothing held beyond the bound.
     #[tokio::test]
     async fn hostile_requests_on_the_push_association_end_it_with_an_error() {
-        use dicom_ul::association::server::ServerAssociationOptions;
         use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
         let pdv = |value_type, data: Vec<u8>, is_last| PDataValue {
             presentation_context_id: 1,
@@ -680,14 +713,24 @@ mod tests {
                 vec![Pdu::PData {
                     data: vec![pdv(PDataValueType::Data, vec![1, 2], true)],
                 }],
-                "out of order",
+                "without a command announcing a data set",
             ),
             (
                 "a command set that does not decode",
                 vec![Pdu::PData {
                     data: vec![pdv(PDataValueType::Command, vec![0, 0, 0], true)],
                 }],
-                "bad request",
+                "command set truncated",
+            ),
+            (
+                "a request on a context never proposed",
+                vec![Pdu::PData {
+                    data: vec![PDataValue {
+                        presentation_context_id: 3,
+                        ..pdv(PDataValueType::Command, command.clone(), true)
+                    }],
+                }],
+                "context 3 was not accepted",
             ),
             (
                 "an abort",
@@ -698,31 +741,7 @@ mod tests {
             ),
         ];
         for (what, pdus, expected) in cases {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let archive = std::thread::spawn(move || {
-                let (stream, _) = listener.accept().unwrap();
-                let mut assoc = ServerAssociationOptions::new()
-                    .accept_any()
-                    .with_abstract_syntax(uids::STORAGE_COMMITMENT_PUSH_MODEL)
-                    .establish(stream)
-                    .unwrap();
-                for pdu in &pdus {
-                    if assoc.send(pdu).is_err() {
-                        break;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            });
-            let target = Target {
-                ae_title: "ARCHIVE".into(),
-                host: "127.0.0.1".into(),
-                port,
-                tls: None,
-            };
-            let mut assoc = StoreAssociation::open(&target, "DULI", &[commitment_context()])
-                .await
-                .unwrap();
+            let (mut assoc, archive) = archive_sending(pdus).await;
             let got = tokio::time::timeout(Duration::from_secs(10), assoc.next_request())
                 .await
                 .unwrap_or_else(|_| panic!("{what}: no end to the wait"));
@@ -733,6 +752,48 @@ mod tests {
             assoc.abort().await;
             archive.join().unwrap();
         }
+    }
+
+    /// Two requests packed into one PDU (allowed: a PDU carries any number of P-DATA
+    /// values) are both read, the second by the next call, with its data set intact.
+    #[tokio::test]
+    async fn requests_packed_into_one_pdu_are_each_read() {
+        use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+        let pdv = |value_type, data: Vec<u8>| PDataValue {
+            presentation_context_id: 1,
+            value_type,
+            is_last: true,
+            data,
+        };
+        let mut first = Command::new(crate::dimse::CommandField::NEventReportRq);
+        first.message_id = Some(7);
+        first.has_data_set = true;
+        let mut second = Command::new(crate::dimse::CommandField::NEventReportRq);
+        second.message_id = Some(8);
+        let packed = Pdu::PData {
+            data: vec![
+                pdv(
+                    PDataValueType::Command,
+                    crate::dimse::command::encode(&first),
+                ),
+                pdv(PDataValueType::Data, vec![1, 2, 3, 4]),
+                pdv(
+                    PDataValueType::Command,
+                    crate::dimse::command::encode(&second),
+                ),
+            ],
+        };
+        let (mut assoc, archive) = archive_sending(vec![packed]).await;
+        for (id, expected) in [(7, vec![1, 2, 3, 4]), (8, vec![])] {
+            let (pc, _, rq, data) =
+                tokio::time::timeout(Duration::from_secs(10), assoc.next_request())
+                    .await
+                    .unwrap_or_else(|_| panic!("request {id} never read"))
+                    .unwrap();
+            assert_eq!((pc, rq.message_id, data), (1, Some(id), expected));
+        }
+        assoc.abort().await;
+        archive.join().unwrap();
     }
 
     #[test]

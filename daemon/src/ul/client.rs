@@ -12,13 +12,15 @@ use super::framing::{self, FramingError, PduReader};
 use super::negotiate::{APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
 use super::writer::{self, DataSet, Writer};
 use super::Stream;
-use crate::dimse::command::{self, Command, CommandField};
+use crate::dimse::assembler::{Assembler, Event};
+use crate::dimse::command::{Command, CommandField};
 use crate::tls::TlsError;
 use dicom_ul::pdu::{
-    AbortRQSource, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
+    AbortRQSource, AssociationRQ, PDataValue, Pdu, PresentationContextProposed,
     PresentationContextResultReason, UserVariableItem,
 };
 use rustls::ClientConfig;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +28,6 @@ use tokio::io::ReadHalf;
 
 /// Largest P-DATA PDU received (our Maximum Length Received).
 pub const MAX_PDU: u32 = 262_144;
-
-/// Largest command set accepted in a response.
-const MAX_COMMAND: usize = 64 * 1024;
 
 /// How long the TCP connection and the TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,6 +135,26 @@ pub struct Client {
     reader: PduReader,
     writer: Writer,
     accepted: Vec<(u8, String, String)>,
+    assembler: Assembler,
+    pending: VecDeque<PDataValue>,
+}
+
+/// What [`Client::message`] waits for.
+#[derive(Debug, Clone, Copy)]
+enum Awaited {
+    /// A response: its command set only.
+    Response,
+    /// A request from the peer, with its data set of at most `max_data` bytes.
+    Request { max_data: usize },
+}
+
+impl Awaited {
+    fn name(self) -> &'static str {
+        match self {
+            Awaited::Response => "response",
+            Awaited::Request { .. } => "request",
+        }
+    }
 }
 
 fn framing_error(e: FramingError) -> ClientError {
@@ -216,7 +235,7 @@ impl Client {
             UserVariableItem::MaxLength(n) => Some(*n),
             _ => None,
         }));
-        let accepted = ac
+        let accepted: Vec<(u8, String, String)> = ac
             .presentation_contexts
             .iter()
             .filter(|p| p.reason == PresentationContextResultReason::Acceptance)
@@ -235,7 +254,9 @@ impl Client {
             read,
             reader,
             writer: Writer::new(Box::new(write), peer_max_pdu).with_write_timeout(TIMEOUT),
+            assembler: Assembler::new(accepted.iter().map(|(id, _, _)| *id)),
             accepted,
+            pending: VecDeque::new(),
         })
     }
 
@@ -301,50 +322,12 @@ impl Client {
         Ok(rsp)
     }
 
-    /// Reads the next response's command set and the context it came on. A data set
-    /// fragment is refused: the responses read here carry none, and no message starts
-    /// with one.
+    /// Reads the next response: its command set and the context it came on. A response
+    /// announcing a data set is returned without it (none of the responses read here
+    /// carries one; [`answers`] refuses it).
     async fn response(&mut self) -> Result<(u8, Command), ClientError> {
-        let mut buf = Vec::new();
-        let mut on: Option<u8> = None;
-        loop {
-            match self.next_pdu().await? {
-                Pdu::PData { data } => {
-                    for pdv in data {
-                        if pdv.value_type != PDataValueType::Command {
-                            return Err(ClientError::Protocol(format!(
-                                "data set fragment ({} bytes) where a response was expected",
-                                pdv.data.len()
-                            )));
-                        }
-                        if *on.get_or_insert(pdv.presentation_context_id)
-                            != pdv.presentation_context_id
-                        {
-                            return Err(ClientError::Protocol(
-                                "response command set split over presentation contexts".into(),
-                            ));
-                        }
-                        if buf.len() + pdv.data.len() > MAX_COMMAND {
-                            return Err(ClientError::Protocol(format!(
-                                "response command set over {MAX_COMMAND} bytes"
-                            )));
-                        }
-                        buf.extend_from_slice(&pdv.data);
-                        if pdv.is_last {
-                            let rsp = command::decode(&buf)
-                                .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))?;
-                            return Ok((pdv.presentation_context_id, rsp));
-                        }
-                    }
-                }
-                Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
-                _ => {
-                    return Err(ClientError::Protocol(
-                        "unexpected PDU while waiting for a response".into(),
-                    ))
-                }
-            }
-        }
+        let (pc, rsp, _) = self.message(Awaited::Response).await?;
+        Ok((pc, rsp))
     }
 
     /// Reads the next request the peer sends on this association (a Storage Commitment
@@ -355,62 +338,61 @@ impl Client {
         &mut self,
         max_data: usize,
     ) -> Result<(u8, Command, Vec<u8>), ClientError> {
-        let mut command: Vec<u8> = Vec::new();
+        self.message(Awaited::Request { max_data }).await
+    }
+
+    /// Reads the next message through the association's [`Assembler`] (fragments only on
+    /// accepted contexts, in order, the command set capped): its context, its command set
+    /// and, for a request, its data set. P-DATA values that arrive in the same PDU after
+    /// the message are kept for the next call.
+    async fn message(&mut self, awaited: Awaited) -> Result<(u8, Command, Vec<u8>), ClientError> {
+        let mut announced: Option<(u8, Command)> = None;
         let mut data: Vec<u8> = Vec::new();
-        let mut on: Option<u8> = None;
-        let mut rq: Option<Command> = None;
         loop {
-            let pdvs = match self.next_pdu().await? {
-                Pdu::PData { data } => data,
-                Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
-                _ => {
-                    return Err(ClientError::Protocol(
-                        "unexpected PDU while waiting for a request".into(),
-                    ))
-                }
-            };
-            for pdv in pdvs {
-                if *on.get_or_insert(pdv.presentation_context_id) != pdv.presentation_context_id {
-                    return Err(ClientError::Protocol(
-                        "request split over presentation contexts".into(),
-                    ));
-                }
-                let pc = pdv.presentation_context_id;
-                match (&rq, pdv.value_type) {
-                    (None, PDataValueType::Command) => {
-                        if command.len() + pdv.data.len() > MAX_COMMAND {
-                            return Err(ClientError::Protocol(format!(
-                                "request command set over {MAX_COMMAND} bytes"
-                            )));
-                        }
-                        command.extend_from_slice(&pdv.data);
-                        if pdv.is_last {
-                            let decoded = command::decode(&command)
-                                .map_err(|e| ClientError::Protocol(format!("bad request: {e}")))?;
-                            if !decoded.has_data_set {
-                                return Ok((pc, decoded, data));
-                            }
-                            rq = Some(decoded);
-                        }
-                    }
-                    (Some(_), PDataValueType::Data) => {
-                        if data.len() + pdv.data.len() > max_data {
-                            return Err(ClientError::Protocol(format!(
-                                "request data set over {max_data} bytes"
-                            )));
-                        }
-                        data.extend_from_slice(&pdv.data);
-                        if pdv.is_last {
-                            if let Some(decoded) = rq.take() {
-                                return Ok((pc, decoded, data));
-                            }
-                        }
-                    }
+            let Some(pdv) = self.pending.pop_front() else {
+                match self.next_pdu().await? {
+                    Pdu::PData { data } => self.pending.extend(data),
+                    Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
                     _ => {
-                        return Err(ClientError::Protocol(
-                            "command and data set fragments out of order".into(),
-                        ))
+                        return Err(ClientError::Protocol(format!(
+                            "unexpected PDU while waiting for a {}",
+                            awaited.name()
+                        )))
                     }
+                }
+                continue;
+            };
+            let event = self.assembler.feed(pdv).map_err(|e| {
+                ClientError::Protocol(format!("{e}, while waiting for a {}", awaited.name()))
+            })?;
+            match (event, awaited) {
+                (None, _) => {}
+                (Some(Event::Command { pc_id, command }), Awaited::Response) => {
+                    return Ok((pc_id, *command, data))
+                }
+                (Some(Event::Command { pc_id, command }), Awaited::Request { .. }) => {
+                    if !command.has_data_set {
+                        return Ok((pc_id, *command, data));
+                    }
+                    announced = Some((pc_id, *command));
+                }
+                (Some(Event::Data { bytes, last, .. }), Awaited::Request { max_data }) => {
+                    if data.len().saturating_add(bytes.len()) > max_data {
+                        return Err(ClientError::Protocol(format!(
+                            "request data set over {max_data} bytes"
+                        )));
+                    }
+                    data.extend_from_slice(&bytes);
+                    if last {
+                        if let Some((pc, rq)) = announced.take() {
+                            return Ok((pc, rq, data));
+                        }
+                    }
+                }
+                (Some(Event::Data { .. }), Awaited::Response) => {
+                    return Err(ClientError::Protocol(
+                        "data set fragment where a response was expected".into(),
+                    ))
                 }
             }
         }
