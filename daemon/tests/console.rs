@@ -338,9 +338,13 @@ fn login_cookies_csrf_logout_and_throttling() {
     assert_eq!(count("logout", "rita"), 1);
     assert!(count("login", "theo") >= 1);
     assert_eq!(
-        count("user_change", "local-cli"),
+        records
+            .iter()
+            .filter(|r| r["action"] == "user_change"
+                && r["actor"].as_str().is_some_and(|a| a.starts_with("cli:")))
+            .count(),
         3,
-        "duli user add is audited"
+        "duli user add is audited, naming who ran it"
     );
     assert!(records
         .iter()
@@ -1223,7 +1227,7 @@ fn tls_only_1_2_and_up_and_the_certificate_is_the_logged_one() {
 }
 
 #[test]
-fn healthz_and_the_system_page_say_what_inference_is_waiting_for() {
+fn healthz_says_inference_waits_and_the_system_page_says_for_what() {
     // The test daemon's model is a path that does not exist.
     let d = daemon_with_users();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1237,16 +1241,56 @@ fn healthz_and_the_system_page_say_what_inference_is_waiting_for() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(health["status"], "degraded", "{health}");
-    let why = health["inference"].as_str().unwrap_or_default();
-    assert!(why.starts_with("waiting for model: "), "{health}");
-    assert!(why.contains("inference-off-in-this-test"), "{health}");
+    // Without a login only the state: the reason names a path on the box.
+    assert_eq!(health["inference"], "waiting for model", "{health}");
+    assert!(
+        !String::from_utf8_lossy(&https_get(d.console_addr(), "/healthz").unwrap().body)
+            .contains("inference-off-in-this-test"),
+        "{health}"
+    );
     let theo = d.login("theo", PW);
     let sys: serde_json::Value = serde_json::from_slice(&theo.get("/api/v1/system").body).unwrap();
-    assert_eq!(sys["model"]["state"], why, "{sys}");
+    let why = sys["model"]["state"].as_str().unwrap_or_default();
+    assert!(why.starts_with("waiting for model: "), "{sys}");
+    assert!(why.contains("inference-off-in-this-test"), "{sys}");
     assert!(
         d.log().contains("inference is waiting for its model"),
         "{}",
         d.log()
+    );
+}
+
+/// A login from a browser that still holds another user's session (a shared reading-room
+/// PC where the last user did not log out) ends that session on the box, not only in the
+/// browser, and the trail records it as that user's logout.
+#[test]
+fn a_login_ends_the_session_the_browser_held() {
+    let d = daemon_with_users();
+    let rita = d.login("rita", PW);
+    let body = serde_json::json!({"username": "theo", "password": PW}).to_string();
+    let r = https_request(
+        d.console_addr(),
+        "POST",
+        "/api/v1/login",
+        &[("Cookie", &rita.cookie)],
+        Some(("application/json", body.as_bytes())),
+        Duration::from_secs(30),
+    )
+    .expect("login request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        rita.get("/api/v1/me").status,
+        401,
+        "rita's session lives on"
+    );
+    let admin = d.login("ada", PW);
+    let audit = admin.get("/api/v1/audit?limit=100").json();
+    let records = audit["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["action"] == "logout"
+            && r["actor"] == "rita"
+            && r["detail"] == "ended by a new login in the same browser"),
+        "{audit}"
     );
 }
 
@@ -1378,7 +1422,8 @@ fn uploads_become_non_patient_studies_that_complete_like_received_ones() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("not a DICOM Part 10 file, PNG or JPEG"));
 
-    // A technician may upload a DICOM file: its data kept, its identity replaced.
+    // A technician may upload a DICOM file: its image kept, its identity replaced (the
+    // worklist shows the upload, never the patient it came from).
     if let Some(files) = sample_dicoms("explicit-le") {
         let theo = d.login("theo", PW);
         let bytes = std::fs::read(&files[0]).unwrap();
@@ -1395,6 +1440,7 @@ fn uploads_become_non_patient_studies_that_complete_like_received_ones() {
         );
         assert!(row["patient_id"].as_str().unwrap().starts_with("UPLOAD-"));
         assert_ne!(row["patient_id"], orig(tags::PATIENT_ID).as_str());
+        assert_eq!(row["patient_name"], "UPLOAD^x.dcm", "{row}");
     }
 
     // An admin may not upload; nor may anyone without a session.

@@ -79,6 +79,8 @@ enum Answer {
     /// `AA`, then 100 copies of it at once (an interface engine stuck repeating).
     AckFlood,
     Garbage,
+    /// `AA` in ISO 8859-1 (MSH-18 `8859/1`), an accented sending facility and MSA-3.
+    AckLatin1,
     /// Close the connection without a byte of answer (a RIS whose parser fails on it).
     Drop,
     /// Keep the connection and never answer (a RIS whose parser hangs on it).
@@ -156,6 +158,12 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                     ack.repeat(101)
                 }
                 Answer::Garbage => b"HELLO, this is not MLLP\r\n".to_vec(),
+                Answer::AckLatin1 => {
+                    let mut ack = b"MSH|^~\\&|RIS|H\xd4PITAL|DULI|SITE|20261207||ACK|A1|P|2.5.1|||||FRA|8859/1\rMSA|AA|".to_vec();
+                    ack.extend_from_slice(id.as_bytes());
+                    ack.extend_from_slice(b"|Re\xe7u\r");
+                    mllp::encode(&ack)
+                }
                 Answer::Drop => return,
                 Answer::Hang => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -848,17 +856,16 @@ async fn a_ris_that_floods_repeated_acks_is_reconnected_and_loses_nothing() {
     }
 }
 
-/// A RIS that keeps acknowledging another control id: after `max_rejections` such ACKs in
-/// a row the message is dead-lettered with the reason, and the queue moves on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_for_another_control_id_are_dead_lettered_after_max_rejections() {
+/// The first of three messages answered with `first` every time, the others with `AA`,
+/// `[hl7] max_rejections = 3`: the outbox left once the queue drained, and every receipt.
+async fn first_answered_with(first: Answer) -> (Vec<duli::store::outbox::Entry>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let first_id: Arc<Mutex<Option<String>>> = Arc::default();
     let script: Script = Arc::new(move |id: &str, _| {
-        let mut first = first.lock().unwrap();
-        if first.get_or_insert_with(|| id.to_string()) == id {
-            Answer::AckFor("SOMEONE-ELSE")
+        let mut first_id = first_id.lock().unwrap();
+        if first_id.get_or_insert_with(|| id.to_string()) == id {
+            first.clone()
         } else {
             Answer::Ack(AckCode::AA)
         }
@@ -887,22 +894,45 @@ async fn acks_for_another_control_id_are_dead_lettered_after_max_rejections() {
     tx.send(true).unwrap();
     handle.await.unwrap();
     let list = ob.list(None).unwrap();
-    assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!(list[0].report_id, "rep-0000");
-    assert_eq!(list[0].state, EntryState::Dead);
-    let reason = list[0].last_error.clone().unwrap_or_default();
-    assert!(
-        reason.starts_with("the RIS acknowledges another control ID"),
-        "{reason}"
-    );
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(
-        seen.iter().filter(|s| **s == seen[0]).count(),
-        3,
-        "{seen:?}"
-    );
-    assert_eq!(seen.len(), 5, "{seen:?}");
     assert_received_strict_valid();
+    (list, seen)
+}
+
+/// A RIS that keeps acknowledging another control id, or keeps answering with something
+/// that is no acknowledgement (not MLLP): after `max_rejections` such answers in a row the
+/// message is dead-lettered with the reason, and the queue moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_are_not_the_messages_ack_are_dead_lettered_after_max_rejections() {
+    for (answer, reason_starts) in [
+        (
+            Answer::AckFor("SOMEONE-ELSE"),
+            "the RIS acknowledges another control ID",
+        ),
+        (Answer::Garbage, duli::deliver::hl7::client::UNREADABLE_ACKS),
+    ] {
+        let (list, seen) = first_answered_with(answer.clone()).await;
+        assert_eq!(list.len(), 1, "{answer:?}: {list:?}");
+        assert_eq!(list[0].report_id, "rep-0000");
+        assert_eq!(list[0].state, EntryState::Dead);
+        let reason = list[0].last_error.clone().unwrap_or_default();
+        assert!(reason.starts_with(reason_starts), "{answer:?}: {reason}");
+        assert_eq!(
+            seen.iter().filter(|s| **s == seen[0]).count(),
+            3,
+            "{answer:?}: {seen:?}"
+        );
+        assert_eq!(seen.len(), 5, "{answer:?}: {seen:?}");
+    }
+}
+
+/// A RIS that answers in ISO 8859-1 (MSH-18 `8859/1`, accented text in MSH-4 and MSA-3,
+/// as European sites do): its ACK is understood, the message delivered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_in_iso_8859_1_delivers_the_message() {
+    let (list, seen) = first_answered_with(Answer::AckLatin1).await;
+    assert!(list.is_empty(), "{list:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
 /// What a RIS that drops some messages was sent: every receipt's control id, the ones it

@@ -599,6 +599,13 @@ fn a_query_flood_is_refused_past_its_rate_with_bounded_audit_records() {
         "the 301st query of the minute is refused"
     );
     peer.release().unwrap();
+    // The budget is the client's, not the calling AE title's (which the peer chooses):
+    // calling as another AE from the same host gets no fresh one.
+    let mut other = open(&d, "GETSCU", &[ctx(1, uids::STUDY_ROOT_QR_FIND)], &[]);
+    let rq = Command::find_rq(1, uids::STUDY_ROOT_QR_FIND, Priority::Medium);
+    let rsp = other.request(1, &rq, Some(&id)).unwrap();
+    assert_eq!(status(&rsp), 0xA700, "{rsp:?}");
+    other.release().unwrap();
     let records = audit_records(&mut d);
     let queries: Vec<_> = records
         .iter()
@@ -684,22 +691,37 @@ fn empty_fragments_do_not_keep_an_association_past_the_idle_timeout() {
 }
 
 /// A C-ECHO request that announces a data set (PS3.7 gives it none) ends the association
-/// instead of streaming the data set into nothing, uncounted.
+/// instead of streaming the data set into nothing, uncounted; so does a response to
+/// nothing the box asked (a C-ECHO-RSP, a C-FIND-RSP), which is never answered with a
+/// response of its own.
 #[test]
 fn a_request_that_takes_no_data_set_but_announces_one_ends_the_association() {
     let d = Daemon::start();
+    let wait_for = |line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.log().contains(line) {
+            assert!(Instant::now() < deadline, "{line}: {}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let mut peer = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
     let mut rq = Command::echo_rq(1);
     rq.has_data_set = true;
     peer.send(1, &rq, Some(&[0u8; 4096])).unwrap();
     assert!(peer.command().is_err(), "the association went on");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d
-        .log()
-        .contains("announces a data set, which it never carries")
-    {
-        assert!(Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
+    wait_for("announces a data set, which it never carries");
+    for (field, name) in [
+        (duli::dimse::CommandField::CEchoRsp, "C-ECHO-RSP"),
+        (duli::dimse::CommandField::CFindRsp, "C-FIND-RSP"),
+    ] {
+        let mut peer = open(&d, "MODALITY", &[ctx(1, uids::VERIFICATION)], &[]);
+        let mut rsp = Command::new(field);
+        rsp.message_id_being_responded_to = Some(1);
+        rsp.affected_sop_class_uid = Some(uids::VERIFICATION.into());
+        rsp.status = Some(duli::dimse::Status::SUCCESS);
+        peer.send(1, &rsp, None).unwrap();
+        assert!(peer.command().is_err(), "{name}: the association went on");
+        wait_for(&format!("unsolicited {name}; aborted"));
     }
     let echo = timed_echo(&d);
     assert!(echo < Duration::from_secs(5), "{echo:?}");

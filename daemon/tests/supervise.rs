@@ -138,6 +138,11 @@ fn the_watchdog_starves_while_a_stage_is_down_and_is_fed_after_its_restart() {
             .any(|(status, body)| *status == 503 && body.contains(r#""stage":"assemble""#)),
         "{health:?}"
     );
+    // What is wrong, never why: the panic's text stays in the journal.
+    assert!(
+        health.iter().all(|(_, body)| !body.contains("panic")),
+        "{health:?}"
+    );
     assert_eq!(health.last().map(|h| h.0), Some(200), "{health:?}");
     // A ping is due every 100 ms; a death silences the watchdog for 1 s, then 2 s. 800 ms
     // tells those apart from a scheduler stall of a loaded 2-core machine.

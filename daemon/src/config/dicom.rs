@@ -141,9 +141,9 @@ pub struct DicomConfig {
     /// Most C-FIND matches answered for one request; past it the query ends with
     /// A700 (Refused: Out of Resources) and an Error Comment asking to narrow it.
     pub max_find_matches: usize,
-    /// Most C-FIND, C-MOVE and C-GET requests one calling AE from one client (an IPv4
-    /// address, an IPv6 /64) may send in a minute; past it a request is refused with A700
-    /// and not run (each is audited).
+    /// Most C-FIND, C-MOVE and C-GET requests one client (an IPv4 address, an IPv6 /64),
+    /// under whatever calling AE titles, may send in a minute; past it a request is
+    /// refused with A700 and not run (each is audited).
     pub max_qr_requests_per_minute: u32,
     /// Most instances one study may hold: a new instance past it is refused (A700), so
     /// no study grows what one retrieve, query or analysis reads of it without bound.

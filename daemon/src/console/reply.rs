@@ -226,6 +226,11 @@ impl From<super::preview::PreviewError> for ApiError {
         use super::preview::PreviewError;
         match e {
             PreviewError::Pruned => ApiError::Gone(e.to_string()),
+            // Its detail names the file on the box: kept in the log, as paths are.
+            PreviewError::Read(ref detail) => {
+                log::warn!("preview: cannot read the DICOM file: {detail}");
+                ApiError::Conflict("cannot read the DICOM file of this instance".into())
+            }
             PreviewError::Write(_) => ApiError::Internal(e.to_string()),
             PreviewError::Busy => ApiError::Busy(e.to_string()),
             PreviewError::UserBusy => ApiError::TooMany(e.to_string()),
@@ -290,4 +295,19 @@ pub fn secure(mut r: Response) -> Response {
         set(h, header::CACHE_CONTROL, "no-store");
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A preview whose file cannot be read answers 409 without the file's path on the box.
+    #[test]
+    fn an_unreadable_preview_names_no_path() {
+        let e = ApiError::from(super::super::preview::PreviewError::Read(
+            "/var/lib/duli/studies/1.2.3/4.dcm: No such file or directory".into(),
+        ));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(!e.to_string().contains("/var/lib"), "{e}");
+    }
 }

@@ -5,6 +5,9 @@
 //! keeps its results away from the RIS, the cloud and the PACS
 //! (`record::is_manual_upload`), and it gets fresh Study, Series and SOP
 //! Instance UIDs under `dicom.uid_root`, so it never joins or replaces a received study.
+//! A DICOM upload also loses what identifies its patient, visit and staff
+//! ([`IDENTIFYING`], private attributes): the console and the audit trail name it as the
+//! upload it is, never as the patient it came from.
 
 use crate::infer::eligibility::SC_UPLOAD_MARK;
 use crate::results::sc::SECONDARY_CAPTURE;
@@ -134,7 +137,7 @@ pub fn prepare(
     }
     let id = Identity::new(uid_root);
     if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
-        return from_dicom(bytes, id);
+        return from_dicom(bytes, filename, id);
     }
     let format = sniff(bytes).ok_or(UploadError::UnknownFormat)?;
     from_image(bytes, format, filename, id, max_pixels)
@@ -170,7 +173,7 @@ pub fn prepare_one_at_a_time(
     prepare(bytes, filename, uid_root, max_pixels)
 }
 
-fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
+fn from_dicom(bytes: &[u8], filename: &str, id: Identity) -> Result<Prepared, UploadError> {
     let summary = crate::dataset_guard::check_part10_bytes(bytes)
         .map_err(|e| UploadError::BadDicom(e.to_string()))?;
     let decoded = summary
@@ -209,6 +212,7 @@ fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
             "no pixel data (SOP class {sop_class}): only images can be analysed"
         )));
     }
+    without_identity(&mut ds, filename);
     ds.put(text(tags::PATIENT_ID, VR::LO, &id.patient_id));
     ds.put(text(tags::STUDY_INSTANCE_UID, VR::UI, &id.study));
     ds.put(text(tags::SERIES_INSTANCE_UID, VR::UI, &id.series));
@@ -221,6 +225,112 @@ fn from_dicom(bytes: &[u8], id: Identity) -> Result<Prepared, UploadError> {
         patient_id: id.patient_id,
         study_uid: id.study,
     })
+}
+
+/// What an uploaded data set loses: the attributes a radiograph carries that identify its
+/// patient, the visit or the staff (from the Basic Application Level Confidentiality
+/// Profile, PS3.15 Annex E), and the sequences that reference other objects of the
+/// patient's record. Patient's Age, Sex, Size and Weight stay (the intended-use check
+/// reads the age; the Retain Patient Characteristics Option keeps them), as do the study
+/// date and the acquisition's technique.
+pub const IDENTIFYING: &[Tag] = &[
+    Tag(0x0008, 0x0080), // Institution Name
+    Tag(0x0008, 0x0081), // Institution Address
+    Tag(0x0008, 0x0082), // Institution Code Sequence
+    Tag(0x0008, 0x0092), // Referring Physician's Address
+    Tag(0x0008, 0x0094), // Referring Physician's Telephone Numbers
+    Tag(0x0008, 0x1010), // Station Name
+    Tag(0x0008, 0x1040), // Institutional Department Name
+    Tag(0x0008, 0x1048), // Physician(s) of Record
+    Tag(0x0008, 0x1050), // Performing Physician's Name
+    Tag(0x0008, 0x1060), // Name of Physician(s) Reading Study
+    Tag(0x0008, 0x1070), // Operators' Name
+    Tag(0x0008, 0x1110), // Referenced Study Sequence
+    Tag(0x0008, 0x1111), // Referenced Performed Procedure Step Sequence
+    Tag(0x0008, 0x1120), // Referenced Patient Sequence
+    Tag(0x0008, 0x1140), // Referenced Image Sequence
+    Tag(0x0008, 0x9123), // Creator-Version UID
+    Tag(0x0010, 0x0021), // Issuer of Patient ID
+    Tag(0x0010, 0x0024), // Issuer of Patient ID Qualifiers Sequence
+    Tag(0x0010, 0x0030), // Patient's Birth Date
+    Tag(0x0010, 0x0032), // Patient's Birth Time
+    Tag(0x0010, 0x0050), // Patient's Insurance Plan Code Sequence
+    Tag(0x0010, 0x1000), // Other Patient IDs
+    Tag(0x0010, 0x1001), // Other Patient Names
+    Tag(0x0010, 0x1002), // Other Patient IDs Sequence
+    Tag(0x0010, 0x1005), // Patient's Birth Name
+    Tag(0x0010, 0x1040), // Patient's Address
+    Tag(0x0010, 0x1060), // Patient's Mother's Birth Name
+    Tag(0x0010, 0x1080), // Military Rank
+    Tag(0x0010, 0x1090), // Medical Record Locator
+    Tag(0x0010, 0x2150), // Country of Residence
+    Tag(0x0010, 0x2152), // Region of Residence
+    Tag(0x0010, 0x2154), // Patient's Telephone Numbers
+    Tag(0x0010, 0x2155), // Patient's Telecom Information
+    Tag(0x0010, 0x2160), // Ethnic Group
+    Tag(0x0010, 0x2180), // Occupation
+    Tag(0x0010, 0x21B0), // Additional Patient History
+    Tag(0x0010, 0x21F0), // Patient's Religious Preference
+    Tag(0x0010, 0x4000), // Patient Comments
+    Tag(0x0020, 0x0052), // Frame of Reference UID (links to the patient's other series)
+    Tag(0x0020, 0x4000), // Image Comments
+    Tag(0x0032, 0x1032), // Requesting Physician
+    Tag(0x0032, 0x1033), // Requesting Service
+    Tag(0x0038, 0x0010), // Admission ID
+    Tag(0x0038, 0x0300), // Current Patient Location
+    Tag(0x0038, 0x0400), // Patient's Institution Residence
+    Tag(0x0040, 0x0275), // Request Attributes Sequence
+    Tag(0x0040, 0x0280), // Comments on the Performed Procedure Step
+    Tag(0x0040, 0x1001), // Requested Procedure ID
+    Tag(0x0040, 0xA124), // UID
+];
+
+/// The data set of a DICOM upload without what identifies its patient, visit and staff:
+/// Patient Name `UPLOAD^<file name>` (as an image upload's), the [`IDENTIFYING`]
+/// attributes and every private attribute removed, Accession Number and Referring
+/// Physician's Name kept empty (type 2), Study ID `UPLOAD`. An age the header gave only
+/// by birth date is kept as Patient's Age before the birth date goes, so the model's
+/// intended use is still checked on it.
+fn without_identity(ds: &mut InMemDicomObject, filename: &str) {
+    let value = |tag| {
+        ds.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    let stated = value(tags::PATIENT_AGE);
+    if crate::infer::age::parse_age_string(&stated).is_none() {
+        let age = crate::infer::age::computed_age(
+            &value(tags::PATIENT_BIRTH_DATE),
+            &value(tags::STUDY_DATE),
+        );
+        match age {
+            Some(age) => {
+                ds.put(text(tags::PATIENT_AGE, VR::AS, &age.as_age_string()));
+            }
+            None => {
+                ds.remove_element(tags::PATIENT_AGE);
+            }
+        }
+    }
+    for tag in IDENTIFYING {
+        ds.remove_element(*tag);
+    }
+    let private: Vec<Tag> = ds.tags().filter(|t| t.group() % 2 == 1).collect();
+    for tag in private {
+        ds.remove_element(tag);
+    }
+    let name = name_component(filename);
+    ds.put(text(
+        tags::PATIENT_NAME,
+        VR::PN,
+        &format!("{PATIENT_NAME_PREFIX}{name}"),
+    ));
+    ds.put(text(tags::ACCESSION_NUMBER, VR::SH, ""));
+    ds.put(text(tags::REFERRING_PHYSICIAN_NAME, VR::PN, ""));
+    ds.put(text(tags::STUDY_ID, VR::SH, "UPLOAD"));
 }
 
 fn decode(
@@ -497,6 +607,69 @@ mod tests {
             TEST_MAX_PIXELS
         )
         .is_ok());
+    }
+
+    /// A DICOM upload keeps its image and technique but not who it was: the patient's
+    /// name, birth date, other IDs, the institution and private attributes are gone, the
+    /// age the birth date gave is kept as Patient's Age for the intended-use check.
+    #[test]
+    fn a_dicom_upload_loses_what_identifies_its_patient() {
+        use crate::dataset_guard::fixtures::{long_header, part10_with_meta, short};
+        let mut body = short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0");
+        body.extend(short(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+        body.extend(short(0x0008, 0x0020, b"DA", b"20250115"));
+        body.extend(short(0x0008, 0x0050, b"SH", b"ACC123"));
+        body.extend(short(0x0008, 0x0060, b"CS", b"DX"));
+        body.extend(short(0x0008, 0x0080, b"LO", b"GENERAL HOSPITAL"));
+        body.extend(short(0x0009, 0x0010, b"LO", b"ACME 1.0"));
+        body.extend(short(0x0009, 0x1001, b"LO", b"DOE JANE"));
+        body.extend(short(0x0010, 0x0010, b"PN", b"DOE^JANE"));
+        body.extend(short(0x0010, 0x0020, b"LO", b"PAT-1 "));
+        body.extend(short(0x0010, 0x0030, b"DA", b"19800115"));
+        body.extend(short(0x0010, 0x0040, b"CS", b"F "));
+        body.extend(short(0x0010, 0x1000, b"LO", b"OTHER-ID"));
+        body.extend(short(0x0028, 0x0010, b"US", &2u16.to_le_bytes()));
+        body.extend(short(0x0028, 0x0011, b"US", &2u16.to_le_bytes()));
+        body.extend(long_header(0x7FE0, 0x0010, b"OW", 8));
+        body.extend([0u8; 8]);
+        let file = part10_with_meta(
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.3.4",
+            "1.2.840.10008.1.2.1",
+            &body,
+        );
+        let prepared = prepare(&file, "/home/u/chest.dcm", "2.25.", TEST_MAX_PIXELS).unwrap();
+        let value = |tag| {
+            prepared.object.element_opt(tag).unwrap().map(|e| {
+                e.to_str()
+                    .unwrap()
+                    .trim_end_matches(['\0', ' '])
+                    .to_string()
+            })
+        };
+        assert_eq!(
+            value(tags::PATIENT_NAME).as_deref(),
+            Some("UPLOAD^chest.dcm")
+        );
+        assert_eq!(value(tags::PATIENT_ID), Some(prepared.patient_id.clone()));
+        assert_eq!(value(tags::PATIENT_AGE).as_deref(), Some("045Y"));
+        assert_eq!(value(tags::PATIENT_SEX).as_deref(), Some("F"));
+        assert_eq!(value(tags::MODALITY).as_deref(), Some("DX"));
+        assert_eq!(value(tags::ACCESSION_NUMBER).as_deref(), Some(""));
+        for gone in [
+            tags::PATIENT_BIRTH_DATE,
+            Tag(0x0010, 0x1000),
+            tags::INSTITUTION_NAME,
+            Tag(0x0009, 0x0010),
+            Tag(0x0009, 0x1001),
+        ] {
+            assert_eq!(value(gone), None, "{gone}");
+        }
+        assert!(prepared
+            .object
+            .element_opt(tags::PIXEL_DATA)
+            .unwrap()
+            .is_some());
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {

@@ -7,7 +7,7 @@
 //! request in a child process ([`OWNER_SUBCOMMAND`]) with the folder owner's user and group,
 //! which opens the store as that user, and reads its answer.
 
-use super::execute::execute;
+use super::execute::{execute, Caller};
 use super::protocol::{FromAnswer, OutboxListing, Request, Requeued, Response, StoreStatus};
 use super::socket_path;
 use crate::audit::{Audit, Event, Head, VerificationReport};
@@ -232,11 +232,12 @@ pub async fn run_request(data_dir: &Path, req: Request) -> Result<Response, Clie
     if let Some(owner) = foreign_owner(data_dir)? {
         return run_as_owner(data_dir, &req, owner).await;
     }
-    run_here(data_dir, req).await
+    run_here(data_dir, req, Caller::this_process()).await
 }
 
 /// Hidden subcommand of the child that runs one request as the data folder's owner:
-/// `duli control-as-owner DATA_DIR`, the request on stdin, the response on stdout.
+/// `duli control-as-owner DATA_DIR ACTOR`, the request on stdin, the response on stdout;
+/// ACTOR is who the audit trail names (the root user who asked, not the owner).
 pub const OWNER_SUBCOMMAND: &str = "control-as-owner";
 
 /// Largest request the child reads, and largest answer read back from it.
@@ -298,6 +299,7 @@ fn run_as_owner_blocking(
     let mut child = Command::new(&exe)
         .arg(OWNER_SUBCOMMAND)
         .arg(data_dir)
+        .arg(crate::cli_audit::actor())
         .uid(uid)
         .gid(gid)
         .env_clear()
@@ -344,8 +346,12 @@ pub fn owner_child_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         let _ = writeln!(std::io::stderr(), "{why}");
         std::process::ExitCode::from(2)
     };
-    let [dir] = args else {
-        return fail(format!("usage: duli {OWNER_SUBCOMMAND} DATA_DIR"));
+    let [dir, actor] = args else {
+        return fail(format!("usage: duli {OWNER_SUBCOMMAND} DATA_DIR ACTOR"));
+    };
+    let caller = Caller {
+        actor: actor.to_string_lossy().into_owned(),
+        process: Some(std::os::unix::process::parent_id()),
     };
     if nix::unistd::geteuid().is_root() {
         return fail("refusing to open a data folder as root".into());
@@ -371,7 +377,7 @@ pub fn owner_child_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(e.to_string()),
     };
-    let resp = match rt.block_on(run_here(Path::new(dir), req)) {
+    let resp = match rt.block_on(run_here(Path::new(dir), req, caller)) {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
@@ -386,13 +392,13 @@ pub fn owner_child_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     }
 }
 
-/// Runs `req` on the store of `data_dir` opened in this process.
-async fn run_here(data_dir: &Path, req: Request) -> Result<Response, ClientError> {
+/// Runs `req` of `caller` on the store of `data_dir` opened in this process.
+async fn run_here(data_dir: &Path, req: Request, caller: Caller) -> Result<Response, ClientError> {
     let dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let store = Store::open(&dir)?;
         let audit = Audit::open(&store)?;
-        let resp = execute(&store, &audit, None, &req);
+        let resp = execute(&store, &audit, None, &caller, &req);
         store.flush_blocking()?;
         Ok(resp)
     })

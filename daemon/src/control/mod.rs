@@ -89,8 +89,10 @@ pub async fn serve(
                 continue;
             }
         };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == my_uid || cred.uid() == 0 => {}
+        let caller = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == my_uid || cred.uid() == 0 => {
+                execute::Caller::peer(cred.uid(), cred.pid())
+            }
             Ok(cred) => {
                 log::warn!(
                     "control socket: refused uid {} (only {my_uid} and root)",
@@ -102,7 +104,7 @@ pub async fn serve(
                 log::warn!("control socket: cannot read peer credentials: {e}");
                 continue;
             }
-        }
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             log::warn!("control socket: {}", RequestError::Busy);
             tokio::spawn(async move {
@@ -116,7 +118,7 @@ pub async fn serve(
         let outbox = outbox.clone();
         let model = model.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(store, audit, outbox, model, stream).await {
+            if let Err(e) = handle(store, audit, outbox, model, caller, stream).await {
                 log::warn!("control socket: {e}");
             }
             drop(slot);
@@ -155,18 +157,20 @@ async fn handle(
     audit: Arc<Audit>,
     outbox: Arc<Outbox>,
     model: crate::infer::ModelStatus,
+    caller: execute::Caller,
     stream: UnixStream,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let resp = match read_request(r).await {
         Ok(req) => {
             log::info!("control: {}", describe(&req));
-            let mut resp =
-                tokio::task::spawn_blocking(move || execute(&store, &audit, Some(&outbox), &req))
-                    .await
-                    .unwrap_or_else(|e| Response::Error {
-                        message: format!("command failed: {e}"),
-                    });
+            let mut resp = tokio::task::spawn_blocking(move || {
+                execute(&store, &audit, Some(&outbox), &caller, &req)
+            })
+            .await
+            .unwrap_or_else(|e| Response::Error {
+                message: format!("command failed: {e}"),
+            });
             // Only the running daemon knows its model's state.
             if let Response::Ok {
                 data: crate::control::protocol::Answer::Status(status),

@@ -186,8 +186,10 @@ pub fn outcome(results: &[scu::SendResult]) -> Delivery {
 
 impl PacsChannel {
     /// Answers a request the PACS sent on the push association while the push waits for
-    /// its verdict: a Storage Commitment report is taken as the SCP takes one; anything
-    /// else is "unrecognized operation". `false` once the association is of no more use.
+    /// its verdict: a Storage Commitment report on the Storage Commitment context is taken
+    /// as the SCP takes one; any other request is "unrecognized operation"; a response
+    /// (to nothing asked) ends the association. `false` once the association is of no
+    /// more use.
     async fn answer_on_push(
         &self,
         assoc: &mut scu::StoreAssociation,
@@ -197,7 +199,20 @@ impl PacsChannel {
         let Ok((pc, ts, rq, data)) = request else {
             return false;
         };
-        let rsp = if rq.command_field == crate::dimse::CommandField::NEventReportRq {
+        if rq.command_field.is_response() {
+            log::warn!(
+                "{:?} sent an unsolicited {} on the push association; ending it",
+                self.target.ae_title,
+                rq.command_field
+            );
+            return false;
+        }
+        let on_commitment_context = assoc.accepted().iter().any(|(id, class, _)| {
+            *id == pc && class == crate::dimse::uids::STORAGE_COMMITMENT_PUSH_MODEL
+        });
+        let rsp = if rq.command_field == crate::dimse::CommandField::NEventReportRq
+            && on_commitment_context
+        {
             match super::commitment::take_report(registry, &self.target.ae_title, &rq, &ts, &data) {
                 Ok((_, report)) => {
                     log::info!(

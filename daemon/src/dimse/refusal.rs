@@ -27,8 +27,8 @@ pub enum Cause {
     Unrecognized,
     /// Another C-FIND, C-MOVE or C-GET is in progress on the association.
     Busy,
-    /// The calling AE from its client sent more queries and retrieves in a minute than
-    /// allowed.
+    /// The client (under whatever calling AE titles) sent more queries and retrieves in a
+    /// minute than allowed.
     RateExceeded,
     /// A request names the Message ID of the operation in progress (PS3.7 C.5.3 0210).
     DuplicateInvocation,
@@ -187,8 +187,8 @@ impl Cause {
             Cause::Unrecognized => "a request this association does not serve",
             Cause::Busy => "another operation is in progress on the association",
             Cause::RateExceeded => {
-                "the calling AE from its client (an IPv4 address, an IPv6 /64) sent more C-FIND, \
-                 C-MOVE and C-GET requests \
+                "the client (an IPv4 address, an IPv6 /64, under whatever calling AE titles) \
+                 sent more C-FIND, C-MOVE and C-GET requests \
                  in the last minute than `[dicom] max_qr_requests_per_minute` (default 300); \
                  the refusal counts toward the 8 that abort an association"
             }

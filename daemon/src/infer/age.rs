@@ -50,6 +50,20 @@ impl Completed {
         above && below
     }
 
+    /// The age as an Age String (PS3.5, AS) in the unit [`Completed::describe`] uses:
+    /// `045Y`, `018M`, `003W`, `005D` (at most `999Y`).
+    pub fn as_age_string(self) -> String {
+        if self.months >= 24 {
+            format!("{:03}Y", (self.months / 12).min(999))
+        } else if self.months >= 1 {
+            format!("{:03}M", self.months)
+        } else if self.days >= 14 {
+            format!("{:03}W", self.days / 7)
+        } else {
+            format!("{:03}D", self.days)
+        }
+    }
+
     /// The age for people: "45 y", "18 mo", "3 wk", "5 d".
     pub fn describe(self) -> String {
         if self.months >= 24 {
@@ -277,6 +291,15 @@ mod tests {
                 .describe(),
             "5 y"
         );
+        for (s, back) in [
+            ("045Y", "045Y"),
+            ("018M", "018M"),
+            ("001Y", "012M"),
+            ("003W", "003W"),
+            ("005D", "005D"),
+        ] {
+            assert_eq!(parse_age_string(s).unwrap().as_age_string(), back, "{s}");
+        }
         assert_eq!(bound(1.0), "1");
         assert_eq!(bound(0.5), "0.5");
     }

@@ -15,6 +15,16 @@ pub enum ModelState {
 }
 
 impl ModelState {
+    /// The state without its reason, for those who have not logged in (`/healthz`):
+    /// `ready`, `starting` or `waiting for model`.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            ModelState::Starting => "starting",
+            ModelState::Ready => "ready",
+            ModelState::Waiting(_) => "waiting for model",
+        }
+    }
+
     /// One line for people: `ready`, `starting`, or `waiting for model: <reason>`.
     pub fn describe(&self) -> String {
         match self {

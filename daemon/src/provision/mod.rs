@@ -134,11 +134,16 @@ impl ProvisionedAdmin {
     }
 
     /// The password hash to create the account with: the stored one, or the hash of an
-    /// older version's plain password.
+    /// older version's plain password. A stored hash of other parameters than the
+    /// product's (one iteration: a weak credential; billions: a login that ties up the
+    /// password checks for hours) is refused, as the control socket refuses it.
     pub fn credential(
         &self,
     ) -> Result<Option<crate::accounts::PasswordHash>, crate::accounts::UserError> {
         match (&self.password_hash, &self.password) {
+            (Some(h), _) if !h.is_ours() => {
+                Err(crate::accounts::UserError::BadHash(self.name.clone()))
+            }
             (Some(h), _) => Ok(Some(h.clone())),
             (None, Some(p)) => crate::accounts::hash_password(p).map(Some),
             (None, None) => Ok(None),
@@ -501,6 +506,34 @@ mod tests {
                 system_root: dir.join("root"),
                 owner: None,
             },
+        }
+    }
+
+    /// A provisioned administrator's hash of other parameters than the product's (one
+    /// iteration, billions) is no credential: the account is not made from it.
+    #[test]
+    fn a_provisioned_hash_of_other_parameters_is_refused() {
+        let ours = crate::accounts::users::test_hash(1);
+        let admin = |iterations| ProvisionedAdmin {
+            name: "ada".into(),
+            password_hash: Some(crate::accounts::PasswordHash {
+                iterations,
+                ..ours.clone()
+            }),
+            password: None,
+        };
+        assert_eq!(
+            admin(ours.iterations).credential().ok().flatten(),
+            Some(ours.clone())
+        );
+        for iterations in [1, u32::MAX] {
+            assert!(
+                matches!(
+                    admin(iterations).credential(),
+                    Err(crate::accounts::UserError::BadHash(name)) if name == "ada"
+                ),
+                "{iterations} iterations"
+            );
         }
     }
 

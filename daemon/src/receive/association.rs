@@ -400,7 +400,7 @@ impl<'a> Association<'a> {
 
     /// Sends a command; a failed write ends the association with `lost` as its line.
     async fn send(&self, pc_id: u8, cmd: &Command, lost: &str) -> Next {
-        match self.writer.lock().await.command(pc_id, cmd).await {
+        match self.writer.lock().await.reply(pc_id, cmd).await {
             Ok(()) => Next::Continue,
             Err(_) => Next::Ended(lost.to_string()),
         }
@@ -437,10 +437,7 @@ impl<'a> Association<'a> {
         ) && self
             .scp
             .qr_rate
-            .try_take((
-                crate::client_key::ClientKey::of(self.peer.ip()),
-                self.calling().to_string(),
-            ))
+            .try_take(crate::client_key::ClientKey::of(self.peer.ip()))
             .is_err()
         {
             let refusal = Refusal::RateExceeded {
@@ -488,6 +485,11 @@ impl<'a> Association<'a> {
                 Next::Continue
             }
             CommandField::CStoreRsp => self.pass_store_rsp(*command),
+            // A response to nothing this box asked (PS3.7 gives it no answer): answering
+            // it with another response would let a peer talk the loop into a reply.
+            field if field.is_response() => Next::Abort(AbortReason::Protocol(format!(
+                "unsolicited {field}; aborted"
+            ))),
             _ => {
                 // A request we do not serve on this association.
                 let next = self
@@ -696,7 +698,7 @@ impl<'a> Association<'a> {
                 .writer
                 .lock()
                 .await
-                .refusal(pc_id, &refused.response(&rq))
+                .reply(pc_id, &refused.response(&rq))
                 .await
             {
                 Ok(()) => Next::Continue,

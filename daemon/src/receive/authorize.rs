@@ -157,7 +157,8 @@ pub fn service_of(sop_class: &str) -> Option<Permission> {
 /// Decides whether `rq`, received on `context`, may run for a calling AE holding
 /// `permissions`. Commands that are not requests we serve pass: the association loop
 /// answers them itself (a C-CANCEL names an operation already authorized, a C-STORE-RSP
-/// answers one of our C-GET sub-operations, anything else is "unrecognized operation").
+/// answers one of our C-GET sub-operations, any other request is "unrecognized operation",
+/// any other response ends the association).
 pub fn authorize(
     rq: &Command,
     context: &AcceptedContext,

@@ -84,9 +84,10 @@ pub struct Scp {
     /// Which refused associations are audited ([`rejections`]).
     pub(crate) rejections: rejections::Rejections,
     /// Queries and retrieves of the last minute, by client (an IPv4 address, an IPv6 /64:
-    /// a host may rotate through its whole /64) and calling AE
+    /// a host may rotate through its whole /64), whatever calling AE titles it uses: a
+    /// title is the peer's to choose, so a budget per title would be a budget per guess
     /// (`dicom.max_qr_requests_per_minute`).
-    pub(crate) qr_rate: crate::rate::Rate<(crate::client_key::ClientKey, String)>,
+    pub(crate) qr_rate: crate::rate::Rate<crate::client_key::ClientKey>,
     /// The push's Storage Commitment transactions, answered by N-EVENT-REPORTs received here.
     pub(crate) commitments: Arc<crate::deliver::commitment::Commitments>,
 }

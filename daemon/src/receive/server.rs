@@ -313,7 +313,7 @@ async fn open(
         },
         None => Box::new(tcp),
     };
-    let mut reader = PduReader::new(scp.policy.max_pdu);
+    let mut reader = PduReader::awaiting_request(scp.policy.max_pdu);
     let mut scratch = Vec::new();
     match reader.read(&mut stream).await {
         Err(framing::FramingError::Closed) => None,

@@ -127,6 +127,17 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// What is wrong without why the stage last ended (a panic's or an error's text,
+    /// which may name files on the box): `not running`, or `not reported for N s`.
+    pub fn summary(&self) -> String {
+        match self {
+            Problem::Stopped { .. } => "not running".into(),
+            Problem::Stale { silent, .. } => {
+                format!("not reported for {:.1} s", silent.as_secs_f64())
+            }
+        }
+    }
+
     /// The stage concerned.
     pub fn stage(&self) -> &str {
         match self {

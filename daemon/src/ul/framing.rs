@@ -33,6 +33,10 @@ pub enum FramingError {
     /// The PDU type byte is not one of the seven the standard defines.
     #[error("unrecognised PDU type 0x{0:02X}")]
     UnknownType(u8),
+    /// A PDU of a type the peer may not send yet (anything but an A-ASSOCIATE-RQ, an
+    /// A-RELEASE-RQ or an A-ABORT before it has associated).
+    #[error("PDU of type 0x{0:02X} before an A-ASSOCIATE-RQ")]
+    Unexpected(u8),
     /// The announced length is over the limit for this PDU type.
     #[error("PDU of type 0x{pdu_type:02X} announces {length} bytes, over the limit of {limit}")]
     TooLong {
@@ -53,19 +57,38 @@ pub enum FramingError {
 pub struct PduReader {
     buf: BytesMut,
     max_pdata: u32,
+    /// Only the PDUs a peer may send before it is associated are read (the acceptor's
+    /// reader until the A-ASSOCIATE-RQ has come).
+    unassociated: bool,
 }
+
+/// Room the buffer starts with; it grows with the bytes that arrive.
+const INITIAL_BUFFER: usize = 16 * 1024;
 
 impl PduReader {
     /// A reader that accepts P-DATA PDUs up to `max_pdata` bytes (our advertised maximum).
     pub fn new(max_pdata: u32) -> Self {
         PduReader {
-            buf: BytesMut::with_capacity(PDU_HEADER + max_pdata.min(1 << 20) as usize),
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
             max_pdata,
+            unassociated: false,
+        }
+    }
+
+    /// The acceptor's reader of a new connection: until an A-ASSOCIATE-RQ has been read it
+    /// takes only that, an A-RELEASE-RQ or an A-ABORT, and refuses any other PDU on its
+    /// header, so a peer that has not associated cannot make the box hold a P-DATA of
+    /// `max_pdata` bytes; from then on it reads as [`PduReader::new`] does.
+    pub fn awaiting_request(max_pdata: u32) -> Self {
+        PduReader {
+            unassociated: true,
+            ..PduReader::new(max_pdata)
         }
     }
 
     fn limit(&self, pdu_type: u8) -> Result<u32, FramingError> {
         match pdu_type {
+            0x02..=0x04 | 0x06 if self.unassociated => Err(FramingError::Unexpected(pdu_type)),
             0x01..=0x03 => Ok(MAX_ASSOCIATE_RQ),
             0x04 => Ok(self.max_pdata),
             0x05..=0x07 => Ok(4),
@@ -120,6 +143,9 @@ impl PduReader {
         let max = length.max(dicom_ul::pdu::MINIMUM_PDU_SIZE);
         let pdu = read_pdu(&self.buf[..total], max, false);
         self.buf.advance(total);
+        if pdu_type == 0x01 {
+            self.unassociated = false;
+        }
         match pdu {
             Ok(Some(pdu)) => Ok(pdu),
             Ok(None) => Err(FramingError::Malformed("truncated PDU body".into())),
@@ -221,6 +247,43 @@ mod tests {
         }
         assert_eq!(pdv_items(&[0, 0, 0, 9, 1]), 1, "an item past the end");
         assert_eq!(pdv_items(&[0xFF, 0xFF, 0xFF, 0xFF]), 1);
+    }
+
+    /// Before its A-ASSOCIATE-RQ a peer gets no P-DATA (nor an A-ASSOCIATE-AC or -RJ, nor
+    /// an A-RELEASE-RP) read: refused on the 6-byte header, the declared megabytes never
+    /// awaited; after the request the reader takes P-DATA up to its maximum.
+    #[tokio::test]
+    async fn before_its_request_a_peer_gets_only_association_pdus_read() {
+        for pdu_type in [0x02u8, 0x03, 0x04, 0x06] {
+            let header = [pdu_type, 0, 0x00, 0xFF, 0xFF, 0xF0];
+            let mut r = PduReader::awaiting_request(16 * 1024 * 1024);
+            let err = r.read(&mut &header[..]).await.unwrap_err();
+            assert!(
+                matches!(err, FramingError::Unexpected(t) if t == pdu_type),
+                "type {pdu_type:#04x}: {err}"
+            );
+        }
+        let rq = Pdu::AssociationRQ(dicom_ul::pdu::AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "MODALITY".into(),
+            called_ae_title: "DULI".into(),
+            application_context_name: "1.2.840.10008.3.1.1.1".into(),
+            presentation_contexts: vec![],
+            user_variables: vec![],
+        });
+        let mut bytes = Vec::new();
+        write_pdu(&mut bytes, &rq).unwrap();
+        bytes.extend_from_slice(&[0x04, 0, 0, 0, 0, 8, 0, 0, 0, 4, 1, 0x03, 0xAB, 0xCD]);
+        let mut stream = &bytes[..];
+        let mut r = PduReader::awaiting_request(16384);
+        assert!(matches!(
+            r.read(&mut stream).await.unwrap(),
+            Pdu::AssociationRQ(_)
+        ));
+        assert!(matches!(
+            r.read(&mut stream).await.unwrap(),
+            Pdu::PData { .. }
+        ));
     }
 
     #[tokio::test]

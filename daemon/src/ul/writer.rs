@@ -136,10 +136,11 @@ impl Writer {
         self.send_command(pc_id, cmd).await
     }
 
-    /// Sends the refusal of a request that arrived while another operation runs: it is
-    /// not the running operation's final response, whatever Message ID it answers, so it
-    /// is not recorded as [`Writer::answered`].
-    pub async fn refusal(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
+    /// Sends a response the association loop gives itself (a C-ECHO's or C-STORE's, the
+    /// refusal of a request, one sent while another operation runs among them): never a
+    /// running operation's final response, whatever Message ID it answers, so it is not
+    /// recorded as [`Writer::answered`]. Operations answer through [`Writer::command`].
+    pub async fn reply(&mut self, pc_id: u8, cmd: &Command) -> std::io::Result<()> {
         self.send_command(pc_id, cmd).await
     }
 
@@ -359,5 +360,26 @@ mod tests {
             }
         }
         assert_eq!(got, body);
+    }
+
+    /// Only an operation's own final response (sent with `command`) is taken as its end;
+    /// what the association loop replies (`reply`: a refusal naming the same Message ID)
+    /// never is.
+    #[tokio::test]
+    async fn only_an_operations_own_final_response_counts_as_answered() {
+        let (a, _b) = tokio::io::duplex(1 << 16);
+        let mut w = Writer::new(Box::new(a), 16_384);
+        let rq = Command::find_rq(
+            7,
+            crate::dimse::uids::STUDY_ROOT_QR_FIND,
+            Default::default(),
+        );
+        let mut refusal = Command::new(CommandField::CFindRsp);
+        refusal.message_id_being_responded_to = rq.message_id;
+        refusal.status = Some(Status(0xA700));
+        w.reply(1, &refusal).await.unwrap();
+        assert_eq!(w.answered(), None);
+        w.command(1, &refusal).await.unwrap();
+        assert_eq!(w.answered(), Some(7));
     }
 }

@@ -10,6 +10,9 @@ use crate::dir_write::Dir;
 
 use super::{parse_env_lines, BootControl, BootError, BootState};
 
+/// Largest environment file read (a GRUB environment block is 1 KiB; a few variables).
+const MAX_ENV_BYTES: u64 = 64 * 1024;
+
 /// Boot variables kept in one file.
 #[derive(Debug, Clone)]
 pub struct FileBootControl {
@@ -33,17 +36,39 @@ impl BootControl for FileBootControl {
         "file"
     }
 
+    /// Reads the file as root reads it in a folder the service user may own: never
+    /// through a link, only a regular file (no FIFO to hang on, no device to read
+    /// without end), at most 64 KiB.
     fn load(&self) -> Result<BootState, BootError> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(BootError::Io {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |source| BootError::Io {
+            path: self.path.clone(),
+            source,
         };
+        let invalid = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return BootState::from_vars(&parse_env_lines(""))
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(invalid("not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_ENV_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_ENV_BYTES {
+            return Err(invalid(format!("larger than {MAX_ENV_BYTES} bytes")));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
         BootState::from_vars(&parse_env_lines(&text))
     }
 
@@ -120,5 +145,26 @@ mod tests {
         assert!(meta.file_type().is_file());
         assert_eq!(ctl.load().unwrap(), s);
         assert!(!owned.join(".boot_env.partial").exists());
+    }
+
+    /// What the service user may put at the file's place is refused when root reads it:
+    /// a link (to a device that never ends), a FIFO (that never answers), a file too large.
+    #[test]
+    fn a_link_a_fifo_or_a_huge_file_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let huge = dir.path().join("huge");
+        fs::write(&huge, vec![b'#'; MAX_ENV_BYTES as usize + 1]).unwrap();
+        for path in [link, fifo, huge] {
+            let got = FileBootControl::new(&path).load();
+            assert!(
+                matches!(got, Err(BootError::Io { .. })),
+                "{}: {got:?}",
+                path.display()
+            );
+        }
     }
 }

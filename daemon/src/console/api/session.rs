@@ -96,6 +96,31 @@ pub(in crate::console) async fn throttled(
     ApiError::Throttled(secs)
 }
 
+/// Ends the session whose cookie a login request carries: the browser's cookie is about
+/// to be replaced, and the session of someone who did not log out on a shared reading-room
+/// PC must not stay usable on the box until it expires. Recorded as that user's logout.
+async fn end_the_browsers_previous_session(
+    c: &Console,
+    req: &Request,
+    src: &str,
+) -> Result<(), ApiError> {
+    let Ok(Some(token)) = super::session_token(&req.headers) else {
+        return Ok(());
+    };
+    let Some(previous) = c.sessions.lookup(&token, sessions::Activity::Background)? else {
+        return Ok(());
+    };
+    c.sessions.remove(&token)?;
+    audit_now(
+        c,
+        Event::new(&previous.user, Action::Logout, &previous.user)
+            .from(src)
+            .detail("ended by a new login in the same browser"),
+    )
+    .await?;
+    Ok(())
+}
+
 /// `POST /api/v1/login`: checks the password (throttled per account and address, per
 /// address and per account: [`crate::console::login_throttle`]) and opens a session.
 pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, ApiError> {
@@ -161,6 +186,7 @@ pub(super) async fn login(c: &Arc<Console>, req: &Request) -> Result<Response, A
         }
     };
     c.sessions.login_throttle.succeeded(attempt);
+    end_the_browsers_previous_session(c, req, &src).await?;
     let (token, session) = c.sessions.create(&user.name, user.role, &src)?;
     // A change to the account while its password was checked (role, disabled, password,
     // removal) is written before it ends the account's sessions: either it ended this one

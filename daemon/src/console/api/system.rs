@@ -65,12 +65,13 @@ struct Health {
     stages: Option<Vec<StageProblem>>,
 }
 
-/// `/healthz`: `status` is `ok`, or `degraded` with the inference stage's reason (e.g.
-/// `waiting for model: ...`) while studies cannot be analysed: 200 while every supervised
-/// stage runs and beats; 503 with `stages` naming each one that is down or stale.
+/// `/healthz` (no login): `status` is `ok`, or `degraded` while studies cannot be analysed
+/// (`inference`: `waiting for model`): 200 while every supervised stage runs and beats;
+/// 503 with `stages` naming each one that is down or stale. Reasons (an error's text, a
+/// path on the box) are not given here: the system page and the journal have them.
 pub(super) fn health(c: &Console) -> Response {
     let model = c.model_status.get();
-    let inference = model.describe();
+    let inference = model.summary().to_string();
     match c.stages.check(crate::supervise::STALE_AFTER) {
         Ok(()) => {
             let status = match model {
@@ -89,7 +90,7 @@ pub(super) fn health(c: &Console) -> Response {
                 .iter()
                 .map(|p| StageProblem {
                     stage: p.stage().to_string(),
-                    problem: p.to_string(),
+                    problem: p.summary(),
                 })
                 .collect();
             let health = Health {

@@ -18,6 +18,18 @@ fn bounded(s: &str) -> String {
     out
 }
 
+/// `bytes` as text: UTF-8 when they are, else ISO 8859-1 (every byte is a character).
+fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => bytes
+            .iter()
+            .map(|&b| char::from(b))
+            .collect::<String>()
+            .into(),
+    }
+}
+
 /// MSA-1 acknowledgement code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckCode {
@@ -70,9 +82,10 @@ impl AckCode {
 /// Why bytes received as an ACK are not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AckError {
-    /// Not UTF-8 text.
-    #[error("acknowledgement is not UTF-8")]
-    NotText,
+    /// The MLLP frame that should carry the ACK is not one (too large, garbage between
+    /// frames).
+    #[error("bad MLLP answer: {0}")]
+    BadFrame(String),
     /// The first segment is not an MSH with a field separator and encoding characters.
     #[error("acknowledgement does not start with an MSH segment")]
     NoMsh,
@@ -107,13 +120,17 @@ impl Ack {
     /// Parses an ACK message (the payload of one MLLP frame). Accepts CR, LF or CRLF as
     /// segment terminators and any field separator/encoding characters the MSH declares.
     ///
+    /// The bytes are read as UTF-8 when they are UTF-8 and as ISO 8859-1 otherwise (a
+    /// RIS answering in its own 8-bit character set, `MSH-18` `8859/1` as European sites
+    /// do): the fields parsed are ASCII in either, and the RIS's words keep their accents.
+    ///
     /// Any input gives an [`Ack`] or an [`AckError`], never a panic: the text is handled
     /// as whole characters, and what is kept of it (MSA-2, MSA-3, ERR) is cut to
     /// [`MAX_TEXT_CHARS`] characters with control characters replaced, so a RIS cannot
     /// put line breaks or megabytes into a log line or an outbox record. The size of the
     /// input itself is bounded by the MLLP frame cap of the channel.
     pub fn parse(bytes: &[u8]) -> Result<Ack, AckError> {
-        let text = std::str::from_utf8(bytes).map_err(|_| AckError::NotText)?;
+        let text = text_of(bytes);
         let mut segments = text
             .split(['\r', '\n'])
             .map(|s| s.trim_start_matches('\u{feff}'))
@@ -242,7 +259,7 @@ mod tests {
 
     #[test]
     fn garbage_gets_typed_errors() {
-        assert_eq!(Ack::parse(b"\xff\xfe"), Err(AckError::NotText));
+        assert_eq!(Ack::parse(b"\xff\xfe"), Err(AckError::NoMsh));
         assert_eq!(Ack::parse(b""), Err(AckError::NoMsh));
         assert_eq!(Ack::parse(b"HELLO"), Err(AckError::NoMsh));
         assert_eq!(Ack::parse(b"MSH"), Err(AckError::NoMsh));
@@ -258,6 +275,18 @@ mod tests {
                 got: "other".into()
             })
         );
+    }
+
+    /// A RIS answering in ISO 8859-1 (MSH-18 `8859/1`): its ACK is read, accents kept.
+    #[test]
+    fn an_ack_in_iso_8859_1_is_read_with_its_accents() {
+        let ack = Ack::parse(
+            b"MSH|^~\\&|RIS|H\xf4PITAL|DULI|S|20261207||ACK|A1|P|2.5.1|||||FRA|8859/1\rMSA|AE|r-1|Patient non trouv\xe9\r",
+        )
+        .unwrap();
+        assert_eq!(ack.code, AckCode::AE);
+        assert_eq!(ack.control_id, "r-1");
+        assert_eq!(ack.text, "Patient non trouvé");
     }
 
     #[test]

@@ -32,13 +32,19 @@ pub struct Hl7Target {
     pub ack_timeout: Duration,
     /// Largest ACK frame accepted.
     pub max_ack_bytes: usize,
-    /// ACKs in a row naming another control id (MSA-2) after which a message is
-    /// dead-lettered ([`ACK_FOR_ANOTHER_ID`]) rather than sent again.
+    /// Answers in a row that cannot be taken as a message's ACK (naming another control
+    /// id in MSA-2, or no acknowledgement at all: no MSH or MSA, an unknown MSA-1 code, a
+    /// frame over [`Hl7Target::max_ack_bytes`]) after which the message is dead-lettered
+    /// ([`ACK_FOR_ANOTHER_ID`], [`UNREADABLE_ACKS`]) rather than sent again.
     pub max_mismatched_acks: u32,
 }
 
 /// Why a message is dead-lettered when the RIS keeps acknowledging another control id.
 pub const ACK_FOR_ANOTHER_ID: &str = "the RIS acknowledges another control ID";
+
+/// Why a message is dead-lettered when the RIS keeps answering it with something that is
+/// no acknowledgement.
+pub const UNREADABLE_ACKS: &str = "the RIS's answers to it are no acknowledgement";
 
 impl Hl7Target {
     /// The target of `[hl7]`: TLS with `ca` (and `cert`/`key` when the RIS asks for a
@@ -110,7 +116,8 @@ impl Connection {
     }
 }
 
-/// ACKs in a row that named another control id, for one outbox entry.
+/// Answers in a row that could not be taken as one outbox entry's ACK (another control
+/// id, or no acknowledgement at all).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Mismatches {
     /// The entry they answered.
@@ -270,7 +277,7 @@ impl Hl7Channel {
                     return Ok(ack);
                 }
                 Ok(None) => {}
-                Err(e) => return Err(Exchange::Failed(format!("bad MLLP answer: {e}"))),
+                Err(e) => return Err(Exchange::Unusable(AckError::BadFrame(e.to_string()))),
             }
             let n = match tokio::time::timeout_at(deadline, conn.stream.read(&mut buf)).await {
                 Err(_) if !got_any => {
@@ -290,10 +297,11 @@ impl Hl7Channel {
         }
     }
 
-    /// The outcome of an ACK for another message than entry `entry`'s: a retry on a new
-    /// connection, until [`Hl7Target::max_mismatched_acks`] such ACKs in a row make it a
-    /// message that cannot be delivered ([`ACK_FOR_ANOTHER_ID`]).
-    fn mismatched(&mut self, entry: u64, e: AckError) -> Delivery {
+    /// The outcome of an answer to entry `entry` that is not its ACK (an ACK for another
+    /// message, or no acknowledgement at all): out of step with the RIS, so a retry on a
+    /// new connection, until [`Hl7Target::max_mismatched_acks`] such answers in a row make
+    /// it a message that cannot be delivered ([`ACK_FOR_ANOTHER_ID`], [`UNREADABLE_ACKS`]).
+    fn unusable(&mut self, entry: u64, e: AckError) -> Delivery {
         self.conn = None;
         let count = if self.mismatches.entry == entry {
             self.mismatches.count + 1
@@ -303,13 +311,12 @@ impl Hl7Channel {
         self.mismatches = Mismatches { entry, count };
         if count >= self.target.max_mismatched_acks.max(1) {
             self.mismatches = Mismatches::default();
-            let detail = match &e {
-                AckError::WrongControlId { expected, got } => {
-                    format!("MSA-2 {got:?} for MSH-10 {expected:?}, {count} times in a row")
-                }
-                other => other.to_string(),
-            };
-            return Delivery::Unsendable(format!("{ACK_FOR_ANOTHER_ID} ({detail})"));
+            return Delivery::Unsendable(match &e {
+                AckError::WrongControlId { expected, got } => format!(
+                    "{ACK_FOR_ANOTHER_ID} (MSA-2 {got:?} for MSH-10 {expected:?}, {count} times in a row)"
+                ),
+                other => format!("{UNREADABLE_ACKS} ({other}, {count} times in a row)"),
+            });
         }
         Delivery::Failed(format!("unusable ACK: {e}"))
     }
@@ -351,11 +358,7 @@ impl Channel for Hl7Channel {
                     self.conn = None;
                     reused = false;
                 }
-                Err(Exchange::Unusable(e)) => {
-                    // out of step with the RIS: start again on a new connection
-                    self.conn = None;
-                    return Delivery::Failed(format!("unusable ACK: {e}"));
-                }
+                Err(Exchange::Unusable(e)) => return self.unusable(entry.id, e),
                 Err(Exchange::Silent(e) | Exchange::Unanswered(e)) => {
                     self.conn = None;
                     return Delivery::Dropped(e);
@@ -375,7 +378,7 @@ impl Channel for Hl7Channel {
                     Delivery::Rejected(Refusal::from_peer(ack.code.as_str(), &ack.text))
                 }
             }
-            Err(e) => self.mismatched(entry.id, e),
+            Err(e) => self.unusable(entry.id, e),
         }
     }
 
