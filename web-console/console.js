@@ -4,7 +4,9 @@
 // the CSRF token on state-changing requests and goes back to the login page on 401.
 "use strict";
 
-const state = { user: null, role: null, csrf: null, events: null, reloadTimer: null, sessionTimer: null };
+// `generation` counts sign-ins, sign-outs and page changes: an answer that arrives after
+// one of them is for a page no longer shown (perhaps another user's) and is dropped.
+const state = { user: null, role: null, csrf: null, events: null, reloadTimer: null, sessionTimer: null, generation: 0 };
 // How often a signed-in page asks whether its session still lives (automatic logoff).
 const SESSION_CHECK_MS = 15000;
 const app = document.getElementById("app");
@@ -34,10 +36,23 @@ function csrfFromCookie() {
 }
 
 class Unauthenticated extends Error {}
+// An answer for a page no longer shown: ignored wherever a signed-out request is.
+class Superseded extends Unauthenticated {}
+
+// Whether the browser's session is no longer this page's: another tab logged in (as
+// someone else, on a shared PC) or out. The CSRF cookie is issued per session.
+function sessionReplaced() {
+  return state.csrf !== null && csrfFromCookie() !== state.csrf;
+}
 
 // `background`: the page makes this request on its own (not the user), so it must not
 // keep the session alive: the server then leaves the idle timer running (automatic logoff).
 async function api(method, path, body, { background = false } = {}) {
+  if (state.user && sessionReplaced()) {
+    signedOut();
+    throw new Unauthenticated("this page's session ended");
+  }
+  const generation = state.generation;
   const opts = { method, headers: {}, credentials: "same-origin" };
   if (method !== "GET") {
     opts.headers["X-CSRF-Token"] = state.csrf || csrfFromCookie() || "";
@@ -54,6 +69,7 @@ async function api(method, path, body, { background = false } = {}) {
   }
   const type = r.headers.get("content-type") || "";
   const data = type.includes("json") ? await r.json() : await r.arrayBuffer();
+  if (state.generation !== generation) throw new Superseded("answer for a page no longer shown");
   if (!r.ok) {
     const msg = (data && data.message) || `${r.status}`;
     const err = new Error(msg);
@@ -96,6 +112,7 @@ function pct(p) {
 // Clears every view (patient names, images, searches) and goes to the login page: at
 // logout, and when the server ended the session (idle or absolute expiry, account change).
 function signedOut() {
+  state.generation++;
   state.user = state.role = state.csrf = null;
   if (state.events) { state.events.close(); state.events = null; }
   clearTimeout(state.reloadTimer);
@@ -113,6 +130,7 @@ function signedOut() {
 }
 
 function signedIn(me) {
+  state.generation++;
   state.user = me.user;
   state.role = me.role;
   state.csrf = me.csrf;
@@ -129,9 +147,11 @@ function signedIn(me) {
 
 // Automatic logoff: the server ends an idle session, and then the page must not keep
 // showing patient data on a shared reading-room PC. Asks whether the session lives
-// (without counting as activity) and signs out on 401; a network error changes nothing.
+// (without counting as activity) and signs out on 401, or at once when the browser's
+// session is another's (a login in another tab); a network error changes nothing.
 async function checkSession() {
   if (!state.user) return;
+  if (sessionReplaced()) return signedOut();
   let r;
   try {
     r = await fetch("/api/v1/session", { credentials: "same-origin" });
@@ -557,8 +577,11 @@ async function auditPage(before = "latest", patient = null) {
 // ---- routing -------------------------------------------------------------
 
 async function route() {
-  say("");
   const hash = location.hash || "#/";
+  // The skip link: focus moves to the page shown, which stays.
+  if (hash === "#app" && app.childElementCount) return;
+  say("");
+  state.generation++;
   if (hash !== "#/worklist" && state.events) { state.events.close(); state.events = null; }
   if (hash === "#/login") return loginPage();
   if (!state.user) {
@@ -568,7 +591,16 @@ async function route() {
       return;
     }
   }
-  if (hash.startsWith("#/study/")) return studyPage(decodeURIComponent(hash.slice(8)));
+  if (hash.startsWith("#/study/")) {
+    let uid;
+    try {
+      uid = decodeURIComponent(hash.slice(8));
+    } catch (e) {
+      location.hash = home(); // not a study address
+      return;
+    }
+    return studyPage(uid);
+  }
   switch (hash) {
     case "#/worklist": return worklistPage();
     case "#/system": return systemPage();

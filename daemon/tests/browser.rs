@@ -887,6 +887,7 @@ fn an_expired_session_clears_patient_data_off_the_screen() {
         .config("console", "session_idle_secs", "6")
         .start();
     d.add_user("rita", "radiologist", PW);
+    d.add_user("theo", "technician", PW);
     d.storescu("MODALITY", &[], std::slice::from_ref(&file))
         .unwrap()
         .assert_success("storescu");
@@ -930,13 +931,31 @@ fn an_expired_session_clears_patient_data_off_the_screen() {
     });
 
     // The study page, which has no event stream.
-    log_in(wd, &base, "rita", "#/worklist");
-    wd.click(&format!("#worklist-body tr[data-study=\"{uid}\"] a"));
-    wd.wait_for(
-        "rendered image",
-        "document.querySelector('#image') && document.querySelector('#image').dataset.rendered === 'true'",
-        Duration::from_secs(30),
-    );
-    assert!(shows(&family), "study page without the patient");
+    let open_study = || {
+        log_in(wd, &base, "rita", "#/worklist");
+        wd.click(&format!("#worklist-body tr[data-study=\"{uid}\"] a"));
+        wd.wait_for(
+            "rendered image",
+            "document.querySelector('#image') && document.querySelector('#image').dataset.rendered === 'true'",
+            Duration::from_secs(30),
+        );
+        assert!(shows(&family), "study page without the patient");
+    };
+    open_study();
     signed_out("logoff from the study page", 40);
+
+    // Another user logs in on the same browser (another tab of a shared reading-room PC):
+    // the cookie is now theirs, and the page left open must not go on showing the
+    // patient under the name of the one who left.
+    open_study();
+    // The other tab stays in use (its user's requests keep the session live, which the
+    // 6 s idle limit of this daemon would otherwise end before the page's next check).
+    wd.js(&format!(
+        "fetch('/api/v1/login', {{method: 'POST', credentials: 'same-origin', \
+         headers: {{'Content-Type': 'application/json'}}, \
+         body: JSON.stringify({{username: 'theo', password: {PW:?}}})}}) \
+         .then(() => setInterval(() => fetch('/api/v1/me', {{credentials: 'same-origin'}}), 1000)); \
+         return true;"
+    ));
+    signed_out("another user's login in this browser", 30);
 }

@@ -523,6 +523,24 @@ fn worklist_live_events_study_preview_heatmap_and_feedback() {
     assert_eq!(detail.status, 200);
     let detail = detail.json();
     assert_eq!(detail["result"], serde_json::Value::Null);
+    // The page gets what it shows of the study record, not the whole record.
+    let mut shown: Vec<&str> = detail["study"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    shown.sort_unstable();
+    assert_eq!(
+        shown,
+        [
+            "accession_number",
+            "first_received",
+            "patient_id",
+            "patient_name",
+            "study_description"
+        ]
+    );
     let inst = &detail["instances"][0];
     let png = s.get(inst["preview"].as_str().unwrap());
     assert_eq!(png.status, 200);

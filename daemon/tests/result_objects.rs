@@ -125,24 +125,21 @@ fn build_all(f: &Fixture) -> Vec<(&'static str, PathBuf)> {
             sop_instance: "1.2.826.0.1.3680043.8.498.901.1".into(),
         },
     );
+    let heatmap = duli::record::Heatmap {
+        sop: &f.source.sop_instance_uid,
+        png: &f.png,
+        code: "PNEUMONIA",
+    };
     let sc = duli::record::secondary_capture::build(
         &f.store,
         &f.report,
         &f.uids,
-        &f.source.sop_instance_uid,
-        &f.png,
+        &heatmap,
         duli::config::InferenceConfig::default().max_pixels,
     )
     .unwrap();
     // The image is read again from the store within the pixel budget.
-    let over = duli::record::secondary_capture::build(
-        &f.store,
-        &f.report,
-        &f.uids,
-        &f.source.sop_instance_uid,
-        &f.png,
-        16,
-    );
+    let over = duli::record::secondary_capture::build(&f.store, &f.report, &f.uids, &heatmap, 16);
     assert!(
         over.as_ref()
             .is_err_and(|e| e.to_string().contains("too large")),

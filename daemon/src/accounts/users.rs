@@ -96,13 +96,16 @@ impl From<&User> for UserInfo {
     }
 }
 
-/// Checks a user name: 1–64 characters of `[A-Za-z0-9._@-]`.
+/// Checks a user name: 1–64 characters of `[A-Za-z0-9._@-]`, not dots alone (`.` and
+/// `..` in the account's URL, `/api/v1/users/NAME`, are path segments a browser resolves
+/// away, even percent-encoded: such an account could not be changed from the console).
 pub fn check_name(name: &str) -> Result<(), UserError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+        && !name.chars().all(|c| c == '.');
     if ok {
         Ok(())
     } else {
@@ -370,5 +373,9 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a b").is_err());
         assert!(check_name("a/b").is_err());
+        for dots in [".", "..", "..."] {
+            assert!(check_name(dots).is_err(), "{dots}");
+        }
+        assert!(check_name(".a.").is_ok());
     }
 }

@@ -723,6 +723,10 @@ fn read_lut(item: &InMemDicomObject, signed: bool) -> Result<LutTable, DicomImag
     if desc.len() != 3 {
         return Err(bad("LUT Descriptor needs 3 values"));
     }
+    // US or SS values (PS3.3 C.11.1.1): anything else (a 64-bit VR) is no descriptor.
+    if !(0..=65535).contains(&desc[0]) || !(-32768..=65535).contains(&desc[1]) {
+        return Err(bad("LUT Descriptor values out of range"));
+    }
     let entries = if desc[0] == 0 {
         65536
     } else {

@@ -96,7 +96,11 @@ impl LutTable {
         let Some(last) = self.data.len().checked_sub(1) else {
             return 0.0;
         };
-        let i = (x.floor() as i64 - self.first_mapped).clamp(0, last as i64) as usize;
+        // Saturating: a first mapped value and an input at the ends of i64 (a huge
+        // rescale slope, a descriptor read as a 64-bit value) must not wrap.
+        let i = (x.floor() as i64)
+            .saturating_sub(self.first_mapped)
+            .clamp(0, last as i64) as usize;
         f64::from(self.data[i])
     }
 }
@@ -424,6 +428,20 @@ mod tests {
         assert_eq!(modality(11.0, &ModalityLut::Table(t.clone())), 100.0);
         assert_eq!(modality(99.0, &ModalityLut::Table(t.clone())), 255.0);
         assert_eq!(voi(11.0, &Voi::Table(t)), 100.0 / 255.0);
+        // Inputs and first values at the ends of i64 (a huge rescale slope, a first value
+        // far below any sample) take the table's ends, never a wrapped index.
+        let far = LutTable {
+            first_mapped: i64::MIN,
+            bits: 8,
+            data: vec![0, 100, 255],
+        };
+        assert_eq!(far.lookup(f64::MAX), 255.0);
+        assert_eq!(far.lookup(0.0), 255.0);
+        let low = LutTable {
+            first_mapped: 10,
+            ..far
+        };
+        assert_eq!(low.lookup(f64::MIN), 0.0);
     }
 
     #[test]

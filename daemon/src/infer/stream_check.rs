@@ -22,6 +22,10 @@ const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// Encapsulated Uncompressed Explicit VR Little Endian: native samples in fragments.
 const ENCAPSULATED_UNCOMPRESSED: &str = "1.2.840.10008.1.2.1.98";
 
+/// Bytes an RLE segment may decode to beyond its plane (Rows x Columns): a padding byte,
+/// or one run an encoder let run on past the end.
+const RLE_SLACK: u64 = 128;
+
 /// Output bytes of one PackBits segment, counted without decoding (PS3.5 Annex G.3.1).
 fn packbits_output_len(segment: &[u8]) -> u64 {
     let mut out = 0u64;
@@ -90,8 +94,17 @@ pub fn check_rle(obj: &InMemDicomObject, transfer_syntax: &str) -> Result<(), Di
                     "{frame}: segment {i} offset {start} out of order"
                 )));
             }
-            if packbits_output_len(&fragment[start..end]) < plane {
+            let decoded = packbits_output_len(&fragment[start..end]);
+            if decoded < plane {
                 return Err(bad(format!("{frame}: segment {i} decodes short")));
+            }
+            // The decoder expands a whole segment before it keeps Rows x Columns of it:
+            // a run of 2 bytes gives 128, so a segment that decodes far beyond its plane
+            // would take 64 times its size in memory.
+            if decoded > plane.saturating_add(RLE_SLACK) {
+                return Err(bad(format!(
+                    "{frame}: segment {i} decodes to {decoded} bytes, over the {plane} of its plane"
+                )));
             }
         }
     }
@@ -608,6 +621,21 @@ mod tests {
         short.extend_from_slice(&[0x02, 1, 2, 3]);
         assert!(with(short).is_err());
         assert!(with(vec![1, 0, 0]).is_err());
+        // A segment that decodes far beyond its plane (2 bytes give 128: the decoder
+        // expands the whole segment before it keeps Rows x Columns of it), refused; one
+        // with a few bytes of slack, as encoders pad, passes.
+        let mut bomb = header(1, &[64]);
+        for _ in 0..1000 {
+            bomb.extend_from_slice(&[0x81, 0x00]);
+        }
+        let err = with(bomb).unwrap_err();
+        assert!(
+            err.to_string().contains("over the 16 of its plane"),
+            "{err}"
+        );
+        let mut padded = header(1, &[64]);
+        padded.extend_from_slice(&[0x81, 0x00, 0x00]);
+        assert!(with(padded).is_ok());
         // Other transfer syntaxes are not this check's business.
         let obj = InMemDicomObject::new_empty();
         assert!(check_rle(&obj, "1.2.840.10008.1.2.1").is_ok());

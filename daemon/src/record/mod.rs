@@ -687,8 +687,7 @@ impl Recorder {
             self.commit_object(d, report, built, Kind::ParametricMap, &uids.pm_instance)?;
         }
         if !self.made_before(made, |u| &u.sc_instance) {
-            let built =
-                secondary_capture::build(&self.store, report, uids, h.sop, h.png, d.max_pixels);
+            let built = secondary_capture::build(&self.store, report, uids, h, d.max_pixels);
             self.commit_object(d, report, built, Kind::SecondaryCapture, &uids.sc_instance)?;
         }
         Ok(())
@@ -788,10 +787,13 @@ const MAX_PREDECESSOR_LOOKBACK: usize = 8;
 /// A made heatmap of one image: the PNG (relative to the data directory) and the code of
 /// the finding it explains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Heatmap<'a> {
-    sop: &'a str,
-    png: &'a str,
-    code: &'a str,
+pub struct Heatmap<'a> {
+    /// The image it explains.
+    pub sop: &'a str,
+    /// Its PNG, relative to the data directory.
+    pub png: &'a str,
+    /// The finding it explains.
+    pub code: &'a str,
 }
 
 /// The UIDs of a report's objects, as made now and as earlier versions made them.
@@ -832,10 +834,17 @@ fn explained_heatmap<'a>(
     made: Option<Heatmap<'a>>,
     mapped: Option<&str>,
 ) -> Option<Heatmap<'a>> {
+    // The finding the study is reported for: the most probable positive one, else the
+    // most probable (as each image's heatmap chose its own, `heatmap_target`).
+    let by_probability = |a: &&crate::result::Finding, b: &&crate::result::Finding| {
+        a.probability.total_cmp(&b.probability)
+    };
     let top = result
         .findings
         .iter()
-        .max_by(|a, b| a.probability.total_cmp(&b.probability))
+        .filter(|f| f.positive)
+        .max_by(by_probability)
+        .or_else(|| result.findings.iter().max_by(by_probability))
         .map(|f| f.code.as_str());
     let mut best: Option<((bool, bool, f32), Heatmap<'a>)> = None;
     for image in &result.images {
@@ -1658,6 +1667,26 @@ mod tests {
         tie.images[1].findings[0].probability = 0.6;
         let chosen = explained_heatmap(&tie, "9.2", made("9.2", "b.png", "PNEUMONIA"), None);
         assert_eq!(chosen.map(|h| h.sop), Some("9.1"));
+        // The study is reported for its most probable *positive* finding: EFFUSION at
+        // 0.95 under a threshold of 0.99 is negative, so a PNEUMONIA map explains it.
+        let mut negative_top = r.clone();
+        let images = negative_top
+            .images
+            .iter_mut()
+            .flat_map(|i| i.findings.iter_mut());
+        for f in negative_top.findings.iter_mut().chain(images) {
+            if f.code == "EFFUSION" {
+                f.threshold = 0.99;
+                f.positive = false;
+            }
+        }
+        let chosen = explained_heatmap(
+            &negative_top,
+            "9.2",
+            made("9.2", "b.png", "PNEUMONIA"),
+            None,
+        );
+        assert_eq!(chosen.map(|h| (h.sop, h.code)), Some(("9.2", "PNEUMONIA")));
         // No made map at all.
         let mut none = only_pneumonia;
         none.images[0].heatmap = HeatmapState::Failed { reason: "x".into() };

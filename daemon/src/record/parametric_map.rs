@@ -12,6 +12,9 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
+/// The pixel spacings (mm) taken from a source image; others are left out of the map.
+const PLAUSIBLE_SPACING: std::ops::RangeInclusive<f64> = 0.001..=1000.0;
+
 /// Builds the Parametric Map of `report` from the heatmap PNG `png_path` (relative to the
 /// data directory) of image `sop_uid`, made by the appliance `device_serial`.
 pub fn build(
@@ -100,18 +103,6 @@ pub fn source(store: &Store, sop_uid: &str) -> Result<Source, ObjectError> {
             .and_then(|e| e.to_int::<u32>().ok())
             .unwrap_or(0)
     };
-    let spacing = |tag: Tag| -> Option<(f64, f64)> {
-        let v = obj
-            .element_opt(tag)
-            .ok()
-            .flatten()?
-            .to_multi_float64()
-            .ok()?;
-        match v.as_slice() {
-            [r, c] if *r > 0.0 && *c > 0.0 && r.is_finite() && c.is_finite() => Some((*r, *c)),
-            _ => None,
-        }
-    };
     let (rows, columns) = (number(tags::ROWS), number(tags::COLUMNS));
     if rows == 0 || columns == 0 {
         return Err(ObjectError::NoImageSize(sop_uid.to_string()));
@@ -127,9 +118,58 @@ pub fn source(store: &Store, sop_uid: &str) -> Result<Source, ObjectError> {
         series: inst.series_instance_uid,
         rows,
         columns,
-        pixel_spacing: spacing(tags::PIXEL_SPACING).or_else(|| spacing(tags::IMAGER_PIXEL_SPACING)),
+        pixel_spacing: spacing(&obj, tags::PIXEL_SPACING)
+            .or_else(|| spacing(&obj, tags::IMAGER_PIXEL_SPACING)),
         frame_of_reference,
         laterality,
         patient_orientation: text(tags::PATIENT_ORIENTATION),
     })
+}
+
+/// The (row, column) spacing in `tag` of `obj`, when it is two plausible distances: a
+/// radiograph's pixels are tenths of a millimetre; a spacing outside 0.001..=1000 mm is
+/// no measurement (and would not fit a DS once scaled to the map's grid).
+fn spacing(obj: &InMemDicomObject, tag: Tag) -> Option<(f64, f64)> {
+    let v = obj
+        .element_opt(tag)
+        .ok()
+        .flatten()?
+        .to_multi_float64()
+        .ok()?;
+    match v.as_slice() {
+        [r, c] if PLAUSIBLE_SPACING.contains(r) && PLAUSIBLE_SPACING.contains(c) => Some((*r, *c)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    /// A received spacing is taken only when it is a plausible distance: 1e17 or 1e-7 mm
+    /// would be written as a wrong number (or `inf`) into the map's Pixel Spacing.
+    #[test]
+    fn only_plausible_spacings_are_taken() {
+        let with = |value: &str| {
+            let values = value.split('\\').map(String::from).collect();
+            let obj = InMemDicomObject::from_element_iter([DataElement::new(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                PrimitiveValue::Strs(values),
+            )]);
+            spacing(&obj, tags::PIXEL_SPACING)
+        };
+        assert_eq!(with("0.139\\0.139"), Some((0.139, 0.139)));
+        for odd in [
+            "1e17\\1e17",
+            "1e-7\\0.1",
+            "0\\0.1",
+            "-0.1\\0.1",
+            "0.1",
+            "NaN\\0.1",
+        ] {
+            assert_eq!(with(odd), None, "{odd}");
+        }
+    }
 }

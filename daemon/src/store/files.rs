@@ -100,17 +100,32 @@ impl FileArea {
         mut staged: StagedFile,
         study_uid: &str,
         sop_uid: &str,
-    ) -> io::Result<PathBuf> {
+    ) -> Result<PathBuf, PlaceError> {
+        let not_placed = |source| PlaceError {
+            source,
+            placed: false,
+        };
         let rel = Self::relative_path(study_uid, sop_uid);
         let dest = self.root.join(&rel);
         let dir = dest.parent().unwrap_or(&self.files).to_path_buf();
-        if !dir.exists() {
-            fs::create_dir_all(&dir)?;
-            sync_dir(&self.files)?;
+        // Twice at most: retention removes a study's folder once it empties, and may do
+        // so between the check and the rename of another of the study's files.
+        for attempt in 0..2 {
+            if !dir.exists() {
+                fs::create_dir_all(&dir).map_err(not_placed)?;
+                sync_dir(&self.files).map_err(not_placed)?;
+            }
+            match fs::rename(&staged.path, &dest) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
+                Err(e) => return Err(not_placed(e)),
+            }
         }
-        fs::rename(&staged.path, &dest)?;
         staged.placed = true;
-        sync_dir(&dir)?;
+        sync_dir(&dir).map_err(|source| PlaceError {
+            source,
+            placed: true,
+        })?;
         Ok(rel)
     }
 
@@ -299,6 +314,18 @@ fn is_component(name: &str) -> bool {
 /// fsync of a directory, so that a rename or create in it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Why [`FileArea::place`] failed, and whether the file had been renamed into place
+/// (its folder's sync failed after): then the place holds the new file, which the caller
+/// must undo ([`FileArea::undo_place`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct PlaceError {
+    /// What failed.
+    pub source: io::Error,
+    /// Whether the file is at its place.
+    pub placed: bool,
 }
 
 /// A scratch file under the data directory's `tmp/` (an instance re-encoded for a

@@ -292,7 +292,19 @@ impl Store {
         let rel = match self.files.place(staged, study_uid, sop_uid) {
             Ok(rel) => rel,
             Err(e) => {
-                let _ = self.files.drop_kept(kept);
+                // Renamed into place, then its folder's sync failed: the earlier copy
+                // goes back (or the new file goes), so the files hold what the index says.
+                let undone = match e.placed {
+                    true => self.files.undo_place(
+                        &super::files::FileArea::relative_path(study_uid, sop_uid),
+                        kept,
+                    ),
+                    false => self.files.drop_kept(kept),
+                };
+                if let Err(undo) = undone {
+                    log::error!("store: placing {sop} failed and could not be undone: {undo}");
+                }
+                let e = e.source;
                 if let Some(p) = moving {
                     self.clear_move(sop, &p.path)?;
                 }

@@ -232,6 +232,18 @@ impl Store {
         let (db, rebuild) = match open_db(&index_dir) {
             Ok(db) => (db, !existed),
             Err(StoreError::Locked(p)) => return Err(StoreError::Locked(p)),
+            // The disk full, a permission, the open-file limit: the index may be whole,
+            // and setting it aside would drop what only it holds (reports owed to the
+            // RIS, results, accounts, the audit chain). Fail, and be started again.
+            Err(StoreError::Index(sled::Error::Io(e))) if is_environmental(&e) => {
+                return Err(StoreError::Io {
+                    what: format!(
+                        "open the index at {} (kept as it is; fix the cause and start again)",
+                        index_dir.display()
+                    ),
+                    source: e,
+                })
+            }
             Err(e) => {
                 let aside = data_dir.join(format!("index.broken-{}", crate::clock::now_secs()));
                 log::error!(
@@ -560,15 +572,30 @@ impl Store {
         }
     }
 
-    /// Every study (unordered).
+    /// Every study (unordered). A record that does not decode (written by a newer
+    /// release before a rollback, or damaged) is logged and passed over: one bad record
+    /// must not stop the listings, retention and the health check that read them all.
     pub fn studies(&self) -> Result<Vec<StudyRecord>, StoreError> {
-        self.studies
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.studies.iter() {
+            let (k, v) = kv?;
+            match decode(&k, &v) {
+                Ok(study) => out.push(study),
+                Err(e) => log::error!("index: passing over a study record: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads every study record without decoding it (the health check: the index
+    /// answers), returning how many there are.
+    pub fn study_records_read(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.studies.iter() {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The instances of a study, in (series number, instance number) order.
@@ -579,8 +606,14 @@ impl Store {
         for kv in self.study_instances.scan_prefix(&prefix) {
             let (k, _) = kv?;
             let sop = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
-            if let Some(rec) = self.instance(&sop)? {
-                out.push(rec);
+            match self.instance(&sop) {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => {}
+                // As in `studies`: one bad record does not hide the study's others.
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    log::error!("index: passing over an instance record: {e}")
+                }
+                Err(e) => return Err(e),
             }
         }
         out.sort_by_key(|r| {
@@ -667,6 +700,32 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             Err(e) => return Err(StoreError::Index(e)),
         }
     }
+}
+
+/// Whether an error opening the index comes from its surroundings (the disk full or
+/// read-only, a permission, the process's or system's open-file limit, memory) rather
+/// than from what the index holds.
+fn is_environmental(e: &std::io::Error) -> bool {
+    use nix::libc;
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::ReadOnlyFilesystem
+            | std::io::ErrorKind::OutOfMemory
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EACCES
+                | libc::EPERM
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::EROFS
+                | libc::ENOMEM
+                | libc::EDQUOT
+        )
+    )
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
@@ -987,6 +1046,65 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with("index.broken")));
+    }
+
+    /// One study or instance record that does not decode (a newer release's, before a
+    /// rollback) is passed over: the others are listed, the health check (which reads
+    /// every record) passes, and a retention pass runs, instead of every one of them
+    /// failing on it (the daemon restarted by its watchdog again and again).
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_stops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        for (study, sop) in [("1.2", "1.2.1"), ("1.2", "1.2.2"), ("1.3", "1.3.1")] {
+            store
+                .commit_instance(&inst(study, sop), &StudyRecord::default())
+                .unwrap();
+        }
+        store
+            .studies
+            .insert("1.3", &b"{\"from\": \"a newer release\"}"[..])
+            .unwrap();
+        store.instances.insert("1.2.2", &b"not json"[..]).unwrap();
+        let studies = store.studies().unwrap();
+        assert_eq!(studies.len(), 1, "{studies:?}");
+        assert_eq!(store.instances_of("1.2").unwrap().len(), 1);
+        assert_eq!(store.study_records_read().unwrap(), 2);
+        store
+            .clone()
+            .answers_within(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let audit = crate::audit::Audit::open(&store).unwrap();
+        // A pass by age reads every study (none is old enough here to lose its pixels).
+        crate::retention::prune(&store, &audit, 1, 0, 200).unwrap();
+    }
+
+    /// An index that cannot be opened for its surroundings (disk full, a permission, the
+    /// open-file limit) is kept, not set aside and rebuilt: only it holds the reports owed
+    /// to the RIS, the accounts and the audit chain. What it holds being unreadable is
+    /// another matter (`audit::tests::a_set_aside_index_is_named_in_the_break`).
+    #[test]
+    fn only_an_index_broken_in_itself_is_set_aside() {
+        use nix::libc;
+        for errno in [
+            libc::ENOSPC,
+            libc::EACCES,
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EROFS,
+        ] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(is_environmental(&e), "{e}");
+        }
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::InvalidData,
+            std::io::ErrorKind::NotADirectory,
+            std::io::ErrorKind::AlreadyExists,
+        ] {
+            assert!(!is_environmental(&std::io::Error::from(kind)), "{kind:?}");
+        }
     }
 
     #[test]

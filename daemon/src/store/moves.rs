@@ -123,12 +123,25 @@ impl Store {
         Ok(removed)
     }
 
-    /// Removes a file of the data folder (gone already is fine).
+    /// Removes a file of the data folder (gone already is fine), durably: its folder is
+    /// synced before the caller clears the move's note, or a power cut could bring back
+    /// a copy (often under another patient's study) that no note names any more, which
+    /// nothing would then ever remove.
     fn remove_file(&self, rel: &str) -> Result<(), StoreError> {
-        match std::fs::remove_file(self.root().join(rel)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove a superseded file")(e)),
+        let path = self.root().join(rel);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("remove a superseded file")(e)),
+        }
+        match path.parent() {
+            Some(dir) => match super::files::sync_dir(dir) {
+                Ok(()) => Ok(()),
+                // Its folder went with it (the study's last file): nothing left to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("sync the folder of a removed superseded file")(e)),
+            },
+            None => Ok(()),
         }
     }
 }

@@ -167,6 +167,17 @@ impl Store {
         // crash in between looks for leftovers, every other start does not.
         self.meta.insert(PRUNING_MARK, &[1u8])?;
         let pending_tree = self.tree(super::results::PENDING_HEATMAPS_TREE)?;
+        // Every image of the study (the claim checks the heatmap marks of them all).
+        let mut prefix = study_uid.as_bytes().to_vec();
+        prefix.push(0);
+        let mut study_sops: Vec<String> = candidates
+            .iter()
+            .map(|c| c.sop_instance_uid.clone())
+            .collect();
+        for key in self.study_instances.scan_prefix(&prefix).keys() {
+            let key = key?;
+            study_sops.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
         let trees = (&self.instances, &self.studies, &pending_tree);
         let result = trees.transaction(|(instances, studies, pending)| {
             let mut claimed = Vec::new();
@@ -177,6 +188,18 @@ impl Store {
             let Some(study) = study.filter(|s| rule.admits_study(s.state)) else {
                 return Ok(claimed);
             };
+            // While a heatmap of the study's result is still to be made, none of its
+            // images' pixels go: the Parametric Map and Secondary Capture are made, once
+            // the last heatmap settles, from whichever image explains the finding best,
+            // which may be one whose own heatmap is long done.
+            let mut heatmap_pending = false;
+            for sop in &study_sops {
+                let key = super::results::pending_key(study_uid, study.result_version, sop);
+                if pending.get(key)?.is_some() {
+                    heatmap_pending = true;
+                    break;
+                }
+            }
             for cand in candidates {
                 let key = cand.sop_instance_uid.as_bytes();
                 let Some(current) = instances.get(key)? else {
@@ -188,15 +211,6 @@ impl Store {
                 let unchanged = current.study_instance_uid == study_uid
                     && current.path == cand.path
                     && current.received_at == cand.received_at;
-                // An image whose heatmap is still to be made keeps its pixels: the heatmap
-                // and the result objects made from it are made from them.
-                let heatmap_pending = pending
-                    .get(super::results::pending_key(
-                        study_uid,
-                        study.result_version,
-                        &current.sop_instance_uid,
-                    ))?
-                    .is_some();
                 if !unchanged
                     || !rule.admits_instance(&current)
                     || keep.contains(&current.sop_instance_uid)
@@ -270,7 +284,13 @@ impl Store {
         let mut left: std::collections::BTreeMap<String, Vec<Claimed>> = Default::default();
         for kv in self.instances.iter() {
             let (k, v) = kv?;
-            let rec: InstanceRecord = decode(&k, &v)?;
+            let rec: InstanceRecord = match decode(&k, &v) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    log::error!("index: passing over an instance record: {e}");
+                    continue;
+                }
+            };
             if rec.pruned && !rec.generated && self.root().join(&rec.path).exists() {
                 left.entry(rec.study_instance_uid.clone())
                     .or_default()

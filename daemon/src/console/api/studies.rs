@@ -297,14 +297,38 @@ struct DeliveryView {
 /// Shown with every result.
 const AI_NOTICE: &str = "AI-generated, preliminary: not a diagnosis";
 
+/// What the study page shows of the study record, and nothing more: the birth date, sex,
+/// physicians and the identity a report went out under stay on the box.
+#[derive(Debug, Serialize)]
+struct StudyHeader<'a> {
+    patient_name: &'a str,
+    patient_id: &'a str,
+    accession_number: &'a str,
+    study_description: &'a str,
+    /// When its first instance arrived (seconds since the epoch).
+    first_received: i64,
+}
+
+impl<'a> StudyHeader<'a> {
+    fn of(study: &'a StudyRecord) -> StudyHeader<'a> {
+        StudyHeader {
+            patient_name: &study.patient_name,
+            patient_id: &study.patient_id,
+            accession_number: &study.accession_number,
+            study_description: &study.study_description,
+            first_received: study.first_received,
+        }
+    }
+}
+
 /// The study page.
 #[derive(Debug, Serialize)]
 pub struct StudyView<'a> {
     /// What the worklist shows of the study.
     #[serde(flatten)]
     summary: StudySummary<'a>,
-    /// The whole study record.
-    study: &'a StudyRecord,
+    /// What the page shows of the study record.
+    study: StudyHeader<'a>,
     /// Its instances.
     instances: Vec<InstanceView<'a>>,
     /// The latest result.
@@ -378,7 +402,7 @@ pub(super) async fn study(
     c.accesses.note(&s.user, &viewed(uid));
     let view = StudyView {
         summary: StudySummary::new(&rec, summary.as_ref()),
-        study: &rec,
+        study: StudyHeader::of(&rec),
         instances: instances
             .iter()
             .map(|i| InstanceView::new(uid, i))
