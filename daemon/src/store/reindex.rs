@@ -63,30 +63,13 @@ impl Store {
         let scratch = self.tree(SCRATCH)?;
         scratch.clear()?;
         let mut report = ReindexReport::default();
-        let root = self.root().to_path_buf();
         let ours = self.generated_ledger()?;
         let rejected = self.rejected_ledger()?;
         for path in self.files.walk().map_err(io_err("list stored files"))? {
-            match header::read_header(&path) {
-                Ok(mut h) => {
-                    let meta = std::fs::metadata(&path).map_err(io_err("stat stored file"))?;
-                    let inst = &mut h.instance;
-                    inst.generated = ours.contains(&inst.sop_instance_uid);
-                    inst.rejected = inst.generated && rejected.contains(&inst.sop_instance_uid);
-                    inst.path = path
-                        .strip_prefix(&root)
-                        .unwrap_or(&path)
-                        .to_string_lossy()
-                        .to_string();
-                    inst.size = meta.len();
-                    inst.file_id = std::os::unix::fs::MetadataExt::ino(&meta);
-                    inst.received_at = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0);
-                    if self.index_found(&h)? && !from_empty {
+            match self.found_at(&path, &ours, &rejected) {
+                Ok(h) => {
+                    let (names_it, h) = self.index_found(h, &ours, &rejected)?;
+                    if names_it && !from_empty {
                         gather(&scratch, &h)?;
                     }
                     report.indexed += 1;
@@ -114,17 +97,69 @@ impl Store {
         Ok(report)
     }
 
+    /// The header of the stored file at `path` (absolute) as the index would record it:
+    /// its place, size, inode and time, and whether this box made (and rejected) it.
+    fn found_at(
+        &self,
+        path: &std::path::Path,
+        ours: &std::collections::HashSet<String>,
+        rejected: &std::collections::HashSet<String>,
+    ) -> Result<Header, Unreadable> {
+        let mut h = header::read_header(path)?;
+        let meta = std::fs::metadata(path).map_err(Unreadable::Stat)?;
+        let inst = &mut h.instance;
+        inst.generated = ours.contains(&inst.sop_instance_uid);
+        inst.rejected = inst.generated && rejected.contains(&inst.sop_instance_uid);
+        inst.path = path
+            .strip_prefix(self.root())
+            .unwrap_or(path)
+            .to_string_lossy()
+            .to_string();
+        inst.size = meta.len();
+        inst.file_id = std::os::unix::fs::MetadataExt::ino(&meta);
+        inst.received_at = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Ok(h)
+    }
+
     /// Indexes a file found by the walk, in one transaction, under the instance's
-    /// placement lock. When the instance's record names a file that exists (or was
+    /// placement lock. A file replaced at its place since the walk read it (the instance
+    /// sent again meanwhile) is read again under the lock: the record is never set from
+    /// the copy the placement replaced. When the instance's record names a file that exists (or was
     /// pruned), the record is kept with what only the index knows (the sender, the receive
     /// time, a retention mark) and, if it names this file, the attributes read from it;
     /// otherwise the instance is indexed from the file. Either way its link and its study
     /// are made when missing (a study as `complete`). Nothing is written when the daemon
     /// changed the record meanwhile. Returns whether the file is the one the index names
     /// (not an older copy the record moved on from).
-    fn index_found(&self, h: &Header) -> Result<bool, StoreError> {
+    fn index_found(
+        &self,
+        h: Header,
+        ours: &std::collections::HashSet<String>,
+        rejected: &std::collections::HashSet<String>,
+    ) -> Result<(bool, Header), StoreError> {
+        let _placing = self.instance_locks.hold(&h.instance.sop_instance_uid);
+        let abs = self.root().join(&h.instance.path);
+        let replaced = std::fs::metadata(&abs).ok().is_none_or(|m| {
+            std::os::unix::fs::MetadataExt::ino(&m) != h.instance.file_id
+                || m.len() != h.instance.size
+        });
+        let h = match replaced {
+            // The same instance, or (a copy under another UID at this place cannot be:
+            // places are named by UID) nothing there any more, which pass 2 sees to.
+            true => match self.found_at(&abs, ours, rejected) {
+                Ok(fresh) if fresh.instance.sop_instance_uid == h.instance.sop_instance_uid => {
+                    fresh
+                }
+                _ => return Ok((false, h)),
+            },
+            false => h,
+        };
         let found = &h.instance;
-        let _placing = self.instance_locks.hold(&found.sop_instance_uid);
         let inst_key = found.sop_instance_uid.as_bytes();
         let current = self.instances.get(inst_key)?;
         let kept = current
@@ -213,7 +248,8 @@ impl Store {
         if let Some(study) = study {
             self.notify(super::Change::Study(Box::new(study)));
         }
-        Ok(this_file && gives_identity(&inst))
+        let names_it = this_file && gives_identity(&inst);
+        Ok((names_it, h))
     }
 
     /// Pass 2: removes the instance records that do not decode, and those whose file is
@@ -400,6 +436,17 @@ fn gives_identity(inst: &InstanceRecord) -> bool {
 }
 
 /// Pass 1: merges a file's study attributes into the scratch tree (only the walk writes it).
+/// Why the walk passes over a stored file.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    /// Its header does not read.
+    #[error(transparent)]
+    Header(#[from] header::HeaderError),
+    /// It went, or cannot be examined.
+    #[error("stat: {0}")]
+    Stat(std::io::Error),
+}
+
 fn gather(scratch: &sled::Tree, h: &Header) -> Result<(), StoreError> {
     let key = h.instance.study_instance_uid.as_bytes();
     let mut study: StudyRecord = match scratch.get(key)? {
@@ -568,6 +615,27 @@ mod tests {
             study.result_version, 2,
             "ours says 2; the peer's 7 is not ours"
         );
+    }
+
+    /// The instance sent again between the walk's read of its file and its indexing: the
+    /// file is read again under the instance's lock, so neither the record nor the
+    /// study's attributes are set from the copy the placement replaced.
+    #[test]
+    fn a_file_replaced_after_the_walk_read_it_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = stored_file_of(&store, "7.1", "7.1.1", "OLD");
+        let path = store.root().join(&first.path);
+        let none = std::collections::HashSet::new();
+        let read_by_the_walk = store.found_at(&path, &none, &none).unwrap();
+        assert_eq!(read_by_the_walk.study.patient_id, "OLD");
+        // Sent again meanwhile, for another patient: a longer file at the same place.
+        stored_file_of(&store, "7.1", "7.1.1", "PATIENT-NEW");
+        let size = std::fs::metadata(&path).unwrap().len();
+        let (names_it, indexed) = store.index_found(read_by_the_walk, &none, &none).unwrap();
+        assert!(names_it);
+        assert_eq!(indexed.study.patient_id, "PATIENT-NEW");
+        assert_eq!(store.instance("7.1.1").unwrap().unwrap().size, size);
     }
 
     /// An instance the daemon receives while the reindex runs (its file placed, its record
