@@ -663,20 +663,33 @@ impl Audit {
     /// readers and the forwarding to the repository go on past it (`duli audit verify`
     /// reports the break).
     pub fn records(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let placeholder = |seq: u64, detail: String| Record {
+            seq,
+            at_ms: 0,
+            event: Event::new("-", Action::Other, TRAIL_OBJECT)
+                .detail(detail)
+                .failed(),
+            prev: String::new(),
+            hash: String::new(),
+        };
         let mut out: Vec<Record> = Vec::new();
         for kv in self.records.from_key(from_seq.to_be_bytes()).take(limit) {
             let seq = out.last().map_or(from_seq, |r| r.seq + 1);
             match kv {
-                Ok((_, rec)) => out.push(rec),
-                Err(StoreError::Corrupt { reason, .. }) => out.push(Record {
+                // Its place in the trail is its key: a record naming another sequence
+                // number (edited on the disk) must not move the forwarding cursor.
+                Ok((k, rec)) => match <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) {
+                    Ok(key_seq) if key_seq == rec.seq => out.push(rec),
+                    Ok(key_seq) => out.push(placeholder(
+                        key_seq,
+                        format!("record {key_seq} names itself record {}", rec.seq),
+                    )),
+                    Err(_) => continue,
+                },
+                Err(StoreError::Corrupt { reason, .. }) => out.push(placeholder(
                     seq,
-                    at_ms: 0,
-                    event: Event::new("-", Action::Other, TRAIL_OBJECT)
-                        .detail(format!("record {seq} does not decode: {reason}"))
-                        .failed(),
-                    prev: String::new(),
-                    hash: String::new(),
-                }),
+                    format!("record {seq} does not decode: {reason}"),
+                )),
                 Err(e) => return Err(e),
             }
         }
@@ -694,6 +707,7 @@ impl Audit {
         let mut lost: Option<BrokenLink> = None;
         // Records removed after forwarding ([`budget`]): the chain goes on from the last.
         let shed = self.shed_point()?;
+        let mut shed_stated = false;
         if let Some(s) = &shed {
             prev.clone_from(&s.hash);
             expected = s.seq.saturating_add(1);
@@ -770,9 +784,33 @@ impl Audit {
                     format!("content changed: hash {} recomputes as {want}", rec.hash),
                 ));
             }
+            shed_stated = shed_stated || shed.as_ref().is_some_and(|s| Self::states_shed(&rec, s));
             prev = rec.hash;
             expected = rec.seq + 1;
             records += 1;
+        }
+        // Records removed from the start of the trail are accounted for only by a record
+        // of the chain stating that removal: a shed point alone is anyone's.
+        if let Some(s) = shed.as_ref().filter(|_| !shed_stated) {
+            let unstated = BrokenLink {
+                seq: 0,
+                reason: format!(
+                    "records 0 to {} are gone and no record of the trail states their \
+                     removal after forwarding",
+                    s.seq
+                ),
+            };
+            return Ok(Verification {
+                records,
+                head: None,
+                broken: Some(match lost {
+                    Some(first) => BrokenLink {
+                        seq: 0,
+                        reason: format!("{}; and {}", unstated.reason, first.reason),
+                    },
+                    None => unstated,
+                }),
+            });
         }
         Ok(Verification {
             records,
@@ -785,6 +823,35 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trail of three views (its folder and store kept open with it).
+    fn three_views() -> (tempfile::TempDir, Store, Audit) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        for i in 0..3 {
+            audit
+                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
+                .unwrap();
+        }
+        (dir, store, audit)
+    }
+
+    /// A record edited on the disk to name another sequence number reads back under its
+    /// own place, as a failed record saying so: the forwarding cursor, which goes on from
+    /// the last record of a page, is never moved past records not yet forwarded.
+    #[test]
+    fn a_record_naming_another_place_reads_as_a_failed_record_at_its_own() {
+        let (_dir, _store, audit) = three_views();
+        let mut rec = audit.records(1, 1).unwrap().remove(0);
+        rec.seq = 1_000_000;
+        audit.records.insert(1u64.to_be_bytes(), &rec).unwrap();
+        let page = audit.records(0, 10).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert!(!page[1].success, "{:?}", page[1]);
+        assert!(page[1].detail.contains("names itself record 1000000"));
+    }
 
     /// A record is stored as one flat object, as before the event was its own type: old
     /// trails read, and a record reads back equal.
@@ -941,14 +1008,7 @@ mod tests {
     /// number: reading and forwarding go on past it instead of stopping there for good.
     #[test]
     fn an_undecodable_record_is_read_as_a_record_saying_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let audit = Audit::open(&store).unwrap();
-        for i in 0..3 {
-            audit
-                .append(Event::new("ana", Action::View, &format!("1.2.{i}")))
-                .unwrap();
-        }
+        let (_dir, store, audit) = three_views();
         let raw = store
             .records::<serde_json::Value>(RecordTree::Audit)
             .unwrap();

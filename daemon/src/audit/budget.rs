@@ -11,7 +11,7 @@
 //! mark, [`Audit::budget`] in the metrics and on the console's audit page), and a box with
 //! no repository keeps every record until the disk's own alarm.
 
-use super::{Action, Audit, Event, TRAIL_OBJECT};
+use super::{Action, Audit, Event, Record, TRAIL_OBJECT};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,6 +109,14 @@ impl Audit {
         }
     }
 
+    /// Whether `rec` is the trail's own statement of the removal through shed point `s`.
+    pub(super) fn states_shed(rec: &Record, s: &Shed) -> bool {
+        rec.actor == "system"
+            && rec.object == TRAIL_OBJECT
+            && rec.detail.starts_with(SHED)
+            && rec.detail.ends_with(&shed_statement(s.seq, &s.hash))
+    }
+
     /// The last record removed from the start of the trail, if any was.
     pub(super) fn shed_point(&self) -> Result<Option<Shed>, StoreError> {
         self.shed.get(SHED_KEY)
@@ -153,7 +161,24 @@ impl Audit {
             },
         )?;
         store.flush_blocking()?;
-        // Counted as removed, not as the span: records a lost index took are not in it.
+        // Counted as held, not as the span: records a lost index took are not in it.
+        let mut held = 0u64;
+        for seq in first..end {
+            if !matches!(self.records.get(seq.to_be_bytes()), Ok(None)) {
+                held += 1;
+            }
+        }
+        // Said in the chain before anything goes: a verification finds every removal
+        // stated (a shed point no record states is a removal by someone else), also one
+        // a stop cut off.
+        let detail = format!(
+            "{SHED}: records {first} to {through} ({held} held), to keep the trail within \
+             its budget of {max} records ([audit] max_records); {}",
+            shed_statement(through, &hash)
+        );
+        log::warn!("audit trail: {detail}");
+        self.append(Event::new("system", Action::Other, TRAIL_OBJECT).detail(detail))?;
+        store.flush_blocking()?;
         let mut removed = 0u64;
         for seq in first..end {
             if self.records.remove(seq.to_be_bytes())? {
@@ -161,15 +186,14 @@ impl Audit {
             }
         }
         self.first.store(end, Ordering::Relaxed);
-        let detail = format!(
-            "{SHED}: records {first} to {through} ({removed} held), to keep the trail within \
-             its budget of {max} records ([audit] max_records); record {through} had hash {hash}"
-        );
-        log::warn!("audit trail: {detail}");
-        self.append(Event::new("system", Action::Other, TRAIL_OBJECT).detail(detail))?;
         store.flush_blocking()?;
         Ok(removed)
     }
+}
+
+/// How a shed record names the last record removed and its hash.
+fn shed_statement(through: u64, hash: &str) -> String {
+    format!("record {through} had hash {hash}")
 }
 
 #[cfg(test)]
@@ -242,6 +266,37 @@ mod tests {
     fn a_removal_cut_off_verifies_and_a_missing_kept_record_is_found() {
         let (_dir, _store, audit) = trail_of(50);
         let through = audit.records(19, 1).unwrap().remove(0);
+        let point = Shed {
+            seq: 19,
+            hash: through.hash.clone(),
+        };
+        audit.shed.insert(SHED_KEY, &point).unwrap();
+        // The statement goes into the chain before the removal begins.
+        audit
+            .append(
+                Event::new("system", Action::Other, TRAIL_OBJECT).detail(format!(
+                    "{SHED}: records 0 to 19 (20 held), to keep the trail within its budget; {}",
+                    shed_statement(19, &through.hash)
+                )),
+            )
+            .unwrap();
+        for seq in 0..10u64 {
+            audit.records.remove(seq.to_be_bytes()).unwrap();
+        }
+        let v = audit.verify().unwrap();
+        assert!(v.broken.is_none(), "{v:?}");
+        assert_eq!(v.records, 31);
+        audit.records.remove(25u64.to_be_bytes()).unwrap();
+        let v = audit.verify().unwrap();
+        assert_eq!(v.broken.map(|b| b.seq), Some(25));
+    }
+
+    /// Whoever can write the store and removes the oldest records, leaving a shed point
+    /// for them, is found: no record of the chain states that removal.
+    #[test]
+    fn a_shed_point_no_record_states_is_a_break() {
+        let (_dir, _store, audit) = trail_of(50);
+        let through = audit.records(19, 1).unwrap().remove(0);
         audit
             .shed
             .insert(
@@ -252,15 +307,15 @@ mod tests {
                 },
             )
             .unwrap();
-        for seq in 0..10u64 {
+        for seq in 0..20u64 {
             audit.records.remove(seq.to_be_bytes()).unwrap();
         }
         let v = audit.verify().unwrap();
-        assert!(v.broken.is_none(), "{v:?}");
-        assert_eq!(v.records, 30);
-        audit.records.remove(25u64.to_be_bytes()).unwrap();
-        let v = audit.verify().unwrap();
-        assert_eq!(v.broken.map(|b| b.seq), Some(25));
+        let broken = v.broken.expect("a removal nothing states");
+        assert!(
+            broken.reason.contains("no record of the trail states"),
+            "{broken:?}"
+        );
     }
 
     /// A trail counts the records it holds, not its sequence numbers: one that goes on

@@ -49,6 +49,28 @@ fn env_overrides_scalars_and_lists() {
     );
 }
 
+/// The console's port taken by a DICOM port on the same address is refused at load, not
+/// found when the second listener fails to bind; on other addresses it is fine.
+#[test]
+fn the_console_port_is_no_dicom_port() {
+    let err = load_str("", &[("DULI_CONSOLE__PORT", "11112")])
+        .map(|_| ())
+        .expect_err("the console on the DICOM port")
+        .to_string();
+    assert!(
+        err.contains("console.port") && err.contains("dicom.port"),
+        "{err}"
+    );
+    assert!(load_str(
+        "",
+        &[
+            ("DULI_CONSOLE__PORT", "11112"),
+            ("DULI_CONSOLE__BIND", "127.0.0.2"),
+        ],
+    )
+    .is_ok());
+}
+
 #[test]
 fn plain_port_and_certificate_bindings_are_checked() {
     let err = |env: &[(&str, &str)]| match load_str("", env) {

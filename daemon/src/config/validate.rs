@@ -70,6 +70,7 @@ impl Config {
         check_mqtt(&self.mqtt, &mut bad);
         check_pacs(&self.pacs, &mut bad);
         check_console(&self.console, &mut bad);
+        check_console_port_is_its_own(self, &mut bad);
         check_firmware(&self.firmware, &mut bad);
         check_root_records(&self.firmware, data_dir, &mut bad);
         check_retention(&self.retention, &mut bad);
@@ -516,6 +517,23 @@ fn check_pacs(c: &PacsConfig, bad: &mut impl FnMut(&str, String)) {
 }
 
 /// `[console]`: port, sessions, limits, certificate files.
+/// The console's port is none of the DICOM ports on an address both listen on (the start
+/// would otherwise fail when the second bind finds the port taken).
+fn check_console_port_is_its_own(c: &Config, bad: &mut impl FnMut(&str, String)) {
+    let overlap = c.console.bind == c.dicom.bind
+        || c.console.bind.is_unspecified()
+        || c.dicom.bind.is_unspecified();
+    let dicom_ports = [
+        (c.dicom.plain, c.dicom.port, "dicom.port"),
+        (c.dicom.tls, c.dicom.tls_port, "dicom.tls_port"),
+    ];
+    for (listening, port, key) in dicom_ports {
+        if overlap && listening && port == c.console.port {
+            bad("console.port", format!("must differ from {key} ({port})"));
+        }
+    }
+}
+
 fn check_console(c: &ConsoleConfig, bad: &mut impl FnMut(&str, String)) {
     if c.port == 0 {
         bad("console.port", "must be between 1 and 65535".into());

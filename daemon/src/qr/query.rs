@@ -99,6 +99,18 @@ pub enum QueryError {
         /// How many it holds (counted up to one past the bound).
         count: usize,
     },
+    /// A PATIENT-level retrieve names a Patient ID that several issuers gave here (each a
+    /// different patient) without saying which.
+    #[error(
+        "Patient ID {id:?} names patients of {issuers} issuers here; name its Issuer of \
+         Patient ID (0010,0021), or retrieve by study"
+    )]
+    AmbiguousPatient {
+        /// The Patient ID.
+        id: String,
+        /// How many issuers it has in the store.
+        issuers: usize,
+    },
     /// A retrieve selects more instances than one C-MOVE or C-GET may send.
     #[error("more than {max} instances selected; retrieve by study or series")]
     TooManyInstances {
@@ -134,7 +146,8 @@ impl From<QueryError> for crate::dimse::Refused {
             | QueryError::MissingUniqueKey(_)
             | QueryError::WildcardInUniqueKey(_)
             | QueryError::ValueTooLong { .. }
-            | QueryError::TooManyKeys { .. } => Cause::IdentifierInvalid,
+            | QueryError::TooManyKeys { .. }
+            | QueryError::AmbiguousPatient { .. } => Cause::IdentifierInvalid,
             QueryError::TooManyInstances { .. } => Cause::TooManyInstances,
         };
         crate::dimse::Refused::new(cause, e.to_string())
@@ -303,6 +316,7 @@ fn attribute_level(tag: Tag, model: Model) -> Option<Level> {
     Some(match tag {
         tags::PATIENT_NAME
         | tags::PATIENT_ID
+        | tags::ISSUER_OF_PATIENT_ID
         | tags::PATIENT_BIRTH_DATE
         | tags::PATIENT_SEX
         | tags::NUMBER_OF_PATIENT_RELATED_STUDIES
@@ -392,6 +406,7 @@ impl Row<'_> {
         match tag {
             tags::PATIENT_NAME => one(&s.patient_name),
             tags::PATIENT_ID => one(&s.patient_id),
+            tags::ISSUER_OF_PATIENT_ID => one(&s.issuer_of_patient_id),
             tags::PATIENT_BIRTH_DATE => one(&s.patient_birth_date),
             tags::PATIENT_SEX => one(&s.patient_sex),
             tags::NUMBER_OF_PATIENT_RELATED_STUDIES => num(d.patient_studies),
@@ -564,34 +579,48 @@ fn patients(
             break;
         }
         let first = first?;
-        let patient = first.patient_id.clone();
-        let mut group = vec![first];
+        let id = first.patient_id.clone();
+        let mut run = vec![first];
         // Studies without a Patient ID are no one patient: each is its own row.
-        while let Some(Ok(next)) = studies
-            .next_if(|r| !patient.is_empty() && r.as_ref().is_ok_and(|s| s.patient_id == patient))
+        while let Some(Ok(next)) =
+            studies.next_if(|r| !id.is_empty() && r.as_ref().is_ok_and(|s| s.patient_id == id))
         {
-            group.push(next);
+            run.push(next);
         }
-        let (mut series, mut instances) = (0usize, 0usize);
-        for s in &group {
-            instances += s.instances as usize;
-            if need_instances {
-                series += series_of(&store.instances_of(&s.study_instance_uid)?).len();
+        // A patient is a Patient ID within its issuer: the same ID from two issuers is two
+        // patients, two rows (in the order each issuer first comes).
+        let mut patients: Vec<Vec<StudyRecord>> = Vec::new();
+        for study in run {
+            match patients
+                .iter_mut()
+                .find(|p| p[0].issuer_of_patient_id == study.issuer_of_patient_id)
+            {
+                Some(patient) => patient.push(study),
+                None => patients.push(vec![study]),
             }
         }
-        let derived = Derived {
-            patient_studies: Some(group.len()),
-            patient_series: Some(series),
-            patient_instances: Some(instances),
-            ..Default::default()
-        };
-        let row = Row {
-            study: &group[0],
-            instance: None,
-            derived,
-        };
-        if !out.send(&row) {
-            break;
+        for group in &patients {
+            let (mut series, mut instances) = (0usize, 0usize);
+            for s in group {
+                instances += s.instances as usize;
+                if need_instances {
+                    series += series_of(&store.instances_of(&s.study_instance_uid)?).len();
+                }
+            }
+            let derived = Derived {
+                patient_studies: Some(group.len()),
+                patient_series: Some(series),
+                patient_instances: Some(instances),
+                ..Default::default()
+            };
+            let row = Row {
+                study: &group[0],
+                instance: None,
+                derived,
+            };
+            if !out.send(&row) {
+                return Ok(());
+            }
         }
     }
     Ok(())
@@ -866,7 +895,7 @@ fn response(query: &Query, row: &Row, retrieve_ae: &str) -> InMemDicomObject {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use dicom_core::{DataElement, PrimitiveValue, VR};
 
@@ -1045,6 +1074,58 @@ mod tests {
             usize::MAX,
         );
         assert_eq!(rows.len(), 3, "{rows:?}");
+    }
+
+    /// Stores one instance (`UID.1`) of study `uid` of patient `id` given by `issuer`.
+    pub(crate) fn study_of_issuer(store: &Store, uid: &str, id: &str, issuer: &str) {
+        let inst = InstanceRecord {
+            sop_instance_uid: format!("{uid}.1"),
+            study_instance_uid: uid.into(),
+            series_instance_uid: format!("{uid}.9"),
+            ..Default::default()
+        };
+        let attrs = StudyRecord {
+            patient_id: id.into(),
+            issuer_of_patient_id: issuer.into(),
+            ..Default::default()
+        };
+        store.commit_instance(&inst, &attrs).unwrap();
+    }
+
+    /// One Patient ID from two issuers is two patients: two rows at the PATIENT level, and
+    /// a query naming the issuer finds only its own patient's studies.
+    #[test]
+    fn a_patient_id_of_two_issuers_is_two_patients() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (uid, issuer) in [
+            ("1.5.1", "HOSP_A"),
+            ("1.5.2", "HOSP_B"),
+            ("1.5.3", "HOSP_A"),
+        ] {
+            study_of_issuer(&store, uid, "123", issuer);
+        }
+        let patients = found(
+            &store,
+            Model::PatientRoot,
+            "PATIENT",
+            &[(tags::PATIENT_ID, VR::LO, "123")],
+            usize::MAX,
+        );
+        assert_eq!(patients.len(), 2, "{patients:?}");
+        let mut of_a = found(
+            &store,
+            Model::StudyRoot,
+            "STUDY",
+            &[
+                (tags::PATIENT_ID, VR::LO, "123"),
+                (tags::ISSUER_OF_PATIENT_ID, VR::LO, "HOSP_A"),
+                (tags::STUDY_INSTANCE_UID, VR::UI, ""),
+            ],
+            usize::MAX,
+        );
+        of_a.sort();
+        assert_eq!(of_a, ["1.5.1", "1.5.3"]);
     }
 
     /// `-` alone bounds nothing (universal); a key that narrows to more than

@@ -113,8 +113,31 @@ fn select_at_most(
             if ids.is_empty() {
                 return Err(QueryError::MissingUniqueKey("Patient ID (0010,0020)"));
             }
+            // A patient is a Patient ID within its issuer: the studies of the issuer the
+            // identifier names, or, when it names none, those of the ID's one issuer here.
+            let issuer = text_value(obj, tags::ISSUER_OF_PATIENT_ID);
             for id in ids {
+                let mut by_issuer: std::collections::BTreeMap<String, Vec<String>> =
+                    Default::default();
                 for uid in store.query_exact(Kind::PatientId, &id, usize::MAX)? {
+                    if let Some(study) = store.study(&uid)? {
+                        by_issuer
+                            .entry(study.issuer_of_patient_id)
+                            .or_default()
+                            .push(uid);
+                    }
+                }
+                let uids = match &issuer {
+                    Some(issuer) => by_issuer.remove(issuer).unwrap_or_default(),
+                    None if by_issuer.len() > 1 => {
+                        return Err(QueryError::AmbiguousPatient {
+                            id,
+                            issuers: by_issuer.len(),
+                        })
+                    }
+                    None => by_issuer.into_values().flatten().collect(),
+                };
+                for uid in uids {
                     sel.extend(store.instances_of(&uid)?)?;
                 }
             }
@@ -174,6 +197,16 @@ fn select_at_most(
 
 /// The values of a retrieve's unique key `tag` (`name` in errors): refused when one holds
 /// a wildcard (`*` or `?`), which a C-FIND may use and a C-MOVE or C-GET may not.
+/// The trimmed text of `tag` in `obj`, when it is present and not empty.
+fn text_value(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|v| v.trim_matches(['\0', ' ']).to_string())
+        .filter(|v| !v.is_empty())
+}
+
 fn unique_keys(
     obj: &InMemDicomObject,
     tag: dicom_core::Tag,
@@ -191,6 +224,46 @@ mod tests {
     use super::*;
     use crate::model::StudyRecord;
     use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    /// A PATIENT-level retrieve of a Patient ID two issuers gave here sends nothing until
+    /// the identifier names the issuer; then only that patient's studies.
+    #[test]
+    fn a_patient_id_of_two_issuers_is_retrieved_only_with_its_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (uid, issuer) in [("1.6.1", "HOSP_A"), ("1.6.2", "HOSP_B")] {
+            crate::qr::query::tests::study_of_issuer(&store, uid, "123", issuer);
+        }
+        let identifier = |issuer: Option<&str>| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::QUERY_RETRIEVE_LEVEL,
+                VR::CS,
+                PrimitiveValue::from("PATIENT"),
+            ));
+            obj.put(DataElement::new(
+                tags::PATIENT_ID,
+                VR::LO,
+                PrimitiveValue::from("123"),
+            ));
+            if let Some(issuer) = issuer {
+                obj.put(DataElement::new(
+                    tags::ISSUER_OF_PATIENT_ID,
+                    VR::LO,
+                    PrimitiveValue::from(issuer),
+                ));
+            }
+            obj
+        };
+        let err = select(&store, &identifier(None), Model::PatientRoot).unwrap_err();
+        assert!(
+            matches!(err, QueryError::AmbiguousPatient { issuers: 2, .. }),
+            "{err}"
+        );
+        let (_, sent) = select(&store, &identifier(Some("HOSP_B")), Model::PatientRoot).unwrap();
+        let sent: Vec<&str> = sent.iter().map(|i| i.sop_instance_uid.as_str()).collect();
+        assert_eq!(sent, ["1.6.2.1"]);
+    }
 
     /// A retrieve names its instances by value: a wildcard in any unique key is refused
     /// (A900 through `IdentifierInvalid`), a plain list of UIDs is resolved, and an unknown
