@@ -6,7 +6,8 @@
 //! repository acknowledged are removed from the start of the trail, down to nine tenths of
 //! it ([`Audit::shed_forwarded`], run by the forwarding stage after each page): the last
 //! one removed is kept aside ([`Shed`]), so the chain still verifies from it, and a record
-//! of the trail says what went. A record not forwarded is never removed: from nine tenths
+//! of the trail says, before anything goes, what goes: a shed point no record states is a
+//! break ([`Audit::verify`]). A record not forwarded is never removed: from nine tenths
 //! of the budget on the trail raises its alarm (an error in the log when it crosses that
 //! mark, [`Audit::budget`] in the metrics and on the console's audit page), and a box with
 //! no repository keeps every record until the disk's own alarm.
@@ -126,7 +127,8 @@ impl Audit {
     /// before `forwarded_before`, the forwarding cursor; the last forwarded one stays, so
     /// the cursor still finds it) while the trail holds more than its budget, down to nine
     /// tenths of it and at most [`SHED_CHUNK`] at a time; the shed point is made durable
-    /// first, and a record saying what went is appended. Returns how many were removed.
+    /// first, then a record saying what goes is appended and flushed, then the records go.
+    /// Returns how many were removed.
     pub fn shed_forwarded(&self, store: &Store, forwarded_before: u64) -> Result<u64, StoreError> {
         let max = self.limit.max.load(Ordering::Relaxed);
         let Some((last, _)) = self.head() else {
