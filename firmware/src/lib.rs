@@ -20,6 +20,7 @@
 //! - [`pack_versions`]: the model-pack floor, the highest pack version installed per model,
 //!   in a record only root writes.
 //! - [`dir_write`]: root's writes into folders the service user owns, never through a link.
+//! - [`dir_read`]: root's reads of small files there, never through a link, bounded.
 //! - [`config`]: the `[firmware]` configuration section.
 //!
 //! `firmware/README.md` documents the bundle format, key management, the boot state
@@ -32,6 +33,7 @@
 pub mod bootctl;
 pub mod bundle;
 pub mod config;
+pub mod dir_read;
 pub mod dir_write;
 pub mod endorsement;
 pub mod keys;

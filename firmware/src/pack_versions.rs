@@ -16,7 +16,6 @@
 //! beside it ([`models_path`]; missing means no model recorded yet).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -95,34 +94,21 @@ pub fn models_path(path: &Path) -> PathBuf {
 fn read_record<T: serde::de::DeserializeOwned>(
     path: &Path,
 ) -> Result<Option<T>, PackVersionsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PackVersionsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let invalid = |reason: String| PackVersionsError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
+    let text = match crate::dir_read::read_small(path, MAX_RECORD) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(None),
+        Err(crate::dir_read::ReadError::Io(source)) => {
+            return Err(PackVersionsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(e) => return Err(invalid(e.to_string())),
     };
-    if !file.metadata().map_err(io)?.is_file() {
-        return Err(invalid("not a regular file".into()));
-    }
-    let mut text = Vec::new();
-    file.take(MAX_RECORD + 1)
-        .read_to_end(&mut text)
-        .map_err(io)?;
-    if text.len() as u64 > MAX_RECORD {
-        return Err(invalid(format!("larger than {MAX_RECORD} bytes")));
-    }
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| invalid(e.to_string()))

@@ -3,7 +3,6 @@
 //! rename, fsync of the directory) and go through [`crate::dir_write`]: the file's folder
 //! may belong to the service user while root writes, so no link planted there is followed.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::dir_write::Dir;
@@ -40,34 +39,17 @@ impl BootControl for FileBootControl {
     /// through a link, only a regular file (no FIFO to hang on, no device to read
     /// without end), at most 64 KiB.
     fn load(&self) -> Result<BootState, BootError> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
         let io = |source| BootError::Io {
             path: self.path.clone(),
             source,
         };
         let invalid = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&self.path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return BootState::from_vars(&parse_env_lines(""))
-            }
-            Err(e) => return Err(io(e)),
+        let bytes = match crate::dir_read::read_small(&self.path, MAX_ENV_BYTES) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return BootState::from_vars(&parse_env_lines("")),
+            Err(crate::dir_read::ReadError::Io(e)) => return Err(io(e)),
+            Err(e) => return Err(invalid(e.to_string())),
         };
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(invalid("not a regular file".into()));
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_ENV_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_ENV_BYTES {
-            return Err(invalid(format!("larger than {MAX_ENV_BYTES} bytes")));
-        }
         let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
         BootState::from_vars(&parse_env_lines(&text))
     }
@@ -105,6 +87,7 @@ impl BootControl for FileBootControl {
 mod tests {
     use super::*;
     use crate::bootctl::Slot;
+    use std::fs;
 
     #[test]
     fn stores_and_loads() {
