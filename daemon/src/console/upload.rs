@@ -292,14 +292,7 @@ pub const IDENTIFYING: &[Tag] = &[
 /// by birth date is kept as Patient's Age before the birth date goes, so the model's
 /// intended use is still checked on it.
 fn without_identity(ds: &mut InMemDicomObject, filename: &str) {
-    let value = |tag| {
-        ds.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
-            .unwrap_or_default()
-    };
+    let value = |tag| crate::infer::dicom_image::text(ds, tag);
     let stated = value(tags::PATIENT_AGE);
     if crate::infer::age::parse_age_string(&stated).is_none() {
         let age = crate::infer::age::computed_age(

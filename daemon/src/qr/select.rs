@@ -115,7 +115,11 @@ fn select_at_most(
             }
             // A patient is a Patient ID within its issuer: the studies of the issuer the
             // identifier names, or, when it names none, those of the ID's one issuer here.
-            let issuer = text_value(obj, tags::ISSUER_OF_PATIENT_ID);
+            let issuer = Some(crate::infer::dicom_image::text(
+                obj,
+                tags::ISSUER_OF_PATIENT_ID,
+            ))
+            .filter(|v| !v.is_empty());
             for id in ids {
                 let mut by_issuer: std::collections::BTreeMap<String, Vec<String>> =
                     Default::default();
@@ -197,16 +201,6 @@ fn select_at_most(
 
 /// The values of a retrieve's unique key `tag` (`name` in errors): refused when one holds
 /// a wildcard (`*` or `?`), which a C-FIND may use and a C-MOVE or C-GET may not.
-/// The trimmed text of `tag` in `obj`, when it is present and not empty.
-fn text_value(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|v| v.trim_matches(['\0', ' ']).to_string())
-        .filter(|v| !v.is_empty())
-}
-
 fn unique_keys(
     obj: &InMemDicomObject,
     tag: dicom_core::Tag,
